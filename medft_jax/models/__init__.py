@@ -1,0 +1,92 @@
+"""The model registry: ``create(arch, num_classes)`` and each arch's facts.
+
+Models are plain Flax Linen modules with torchvision parameter names; they
+know nothing of strategies. Everything a strategy or the data pipeline needs
+to know about an arch (its block partition, the head's path, the resize size
+its ImageNet weights were trained with) is here, as data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from medft_jax.models.blocks import PARTITIONS, Block, BlockPartition
+from medft_jax.models.densenet import DenseNet, densenet121
+from medft_jax.models.layers import BNTrain, Dtype
+from medft_jax.models.resnet import ResNet, resnet50
+from medft_jax.models.vgg import VGG, vgg19
+
+__all__ = [
+    "ARCHS",
+    "VGG",
+    "ArchSpec",
+    "BNTrain",
+    "Block",
+    "BlockPartition",
+    "DenseNet",
+    "ResNet",
+    "create",
+    "get_arch",
+    "init_variables",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """What the toolkit knows about one architecture."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    partition: BlockPartition
+    resize_size: int
+    """Shorter side before the 224 centre crop, as in its torchvision ImageNet
+    weights' transform (ResNet-50 IMAGENET1K_V2: 232; the others: 256)."""
+    crop_size: int = 224
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "resnet50": ArchSpec("resnet50", resnet50, PARTITIONS["resnet50"], resize_size=232),
+    "densenet121": ArchSpec("densenet121", densenet121, PARTITIONS["densenet121"], resize_size=256),
+    "vgg19": ArchSpec("vgg19", vgg19, PARTITIONS["vgg19"], resize_size=256),
+}
+
+
+def get_arch(arch: str) -> ArchSpec:
+    """The :class:`ArchSpec` of ``arch``; an unknown name lists the known ones."""
+    try:
+        return ARCHS[arch]
+    except KeyError:
+        raise ValueError(f"unknown arch {arch!r}; known archs: {', '.join(ARCHS)}") from None
+
+
+def create(arch: str, num_classes: int = 1000, *, dtype: Dtype = jnp.float32) -> nn.Module:
+    """Builds ``arch`` with a ``num_classes`` head and the given compute dtype.
+
+    Parameters are always float32; ``dtype=jnp.bfloat16`` computes in
+    bfloat16 (BatchNorm statistics in float32).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return get_arch(arch).build(num_classes=num_classes, dtype=dtype)
+
+
+def init_variables(
+    model: nn.Module, rng: jax.Array | int = 0, image_size: int = 224
+) -> dict[str, Any]:
+    """Initialises ``{'params': ..., 'batch_stats': ...}`` as torchvision would.
+
+    The initialisers follow torchvision's (kaiming-normal convs, torch's
+    Linear defaults, BN weight 1 / bias 0), so an untrained model here is
+    distributed as an untrained torchvision one.
+    """
+    if isinstance(rng, int):
+        rng = jax.random.key(rng)
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    variables = jax.jit(model.init)(rng, x)
+    return dict(variables)

@@ -1,0 +1,158 @@
+"""DenseNet-121 in Flax Linen, as torchvision builds it.
+
+Parameter paths mirror torchvision's module names
+(``features/conv0``, ``features/denseblock1/denselayer1/conv1``,
+``features/transition1/conv``, ``features/norm5``, ``classifier``). Each dense
+block concatenates ``[input, layer1 output, layer2 output, ...]`` along
+channels, in torchvision's order, so ported 1x1 kernels line up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from medft_jax.models.layers import (
+    BatchNorm,
+    BNTrain,
+    Dtype,
+    bn_uses_batch_stats,
+    conv,
+    kaiming_normal_fan_in,
+    max_pool_3x3_s2,
+    torch_linear_kernel,
+)
+
+
+def _conv(features: int, kernel: int, dtype: Dtype, name: str, **kw) -> nn.Conv:
+    return conv(features, kernel, kernel_init=kaiming_normal_fan_in, dtype=dtype, name=name, **kw)
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-1x1 conv (bn_size * growth) then BN-ReLU-3x3 conv (growth)."""
+
+    growth_rate: int
+    bn_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
+        d = self.dtype
+        y = nn.relu(BatchNorm(dtype=d, name="norm1")(x, use_batch_stats))
+        y = _conv(self.bn_size * self.growth_rate, 1, d, "conv1")(y)
+        y = nn.relu(BatchNorm(dtype=d, name="norm2")(y, use_batch_stats))
+        return _conv(self.growth_rate, 3, d, "conv2", padding=1)(y)
+
+
+class DenseBlock(nn.Module):
+    """``num_layers`` dense layers named ``denselayer1`` ... each seeing all before it."""
+
+    num_layers: int
+    growth_rate: int
+    bn_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
+        features = [x]
+        for i in range(self.num_layers):
+            inp = features[0] if len(features) == 1 else jnp.concatenate(features, axis=-1)
+            new = DenseLayer(self.growth_rate, self.bn_size, self.dtype, name=f"denselayer{i + 1}")(
+                inp, use_batch_stats
+            )
+            features.append(new)
+        return jnp.concatenate(features, axis=-1)
+
+
+class Transition(nn.Module):
+    """BN-ReLU-1x1 conv (halving channels) then 2x2 average pooling."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
+        x = nn.relu(BatchNorm(dtype=self.dtype, name="norm")(x, use_batch_stats))
+        x = _conv(self.features, 1, self.dtype, "conv")(x)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class Features(nn.Module):
+    """torchvision's ``features`` Sequential (conv0 ... norm5)."""
+
+    growth_rate: int
+    block_config: Sequence[int]
+    num_init_features: int
+    bn_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, bn_train: BNTrain) -> jax.Array:
+        d = self.dtype
+        x = _conv(self.num_init_features, 7, d, "conv0", stride=2, padding=3)(x)
+        x = BatchNorm(dtype=d, name="norm0")(x, bn_uses_batch_stats(bn_train, "stem"))
+        x = max_pool_3x3_s2(nn.relu(x))
+        self.sow("intermediates", "stem", x)
+        channels = self.num_init_features
+        for i, n in enumerate(self.block_config):
+            name = f"denseblock{i + 1}"
+            x = DenseBlock(n, self.growth_rate, self.bn_size, d, name=name)(
+                x, bn_uses_batch_stats(bn_train, name)
+            )
+            self.sow("intermediates", name, x)
+            channels += n * self.growth_rate
+            if i != len(self.block_config) - 1:
+                name = f"transition{i + 1}"
+                channels //= 2
+                x = Transition(channels, d, name=name)(x, bn_uses_batch_stats(bn_train, name))
+                self.sow("intermediates", name, x)
+        return BatchNorm(dtype=d, name="norm5")(x, bn_uses_batch_stats(bn_train, "classifier"))
+
+
+class DenseNet(nn.Module):
+    """torchvision DenseNet (BC), NHWC input.
+
+    Attributes:
+      num_classes: size of the ``classifier`` head.
+      dtype: compute dtype (parameters and BN statistics stay float32).
+    """
+
+    num_classes: int = 1000
+    growth_rate: int = 32
+    block_config: Sequence[int] = (6, 12, 24, 16)
+    num_init_features: int = 64
+    bn_size: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, *, bn_train: BNTrain = False, deterministic: bool = True
+    ) -> jax.Array:
+        """Logits for an NHWC float batch; see ``ResNet.__call__`` for the arguments."""
+        del deterministic
+        x = Features(
+            self.growth_rate,
+            self.block_config,
+            self.num_init_features,
+            self.bn_size,
+            self.dtype,
+            name="features",
+        )(x.astype(self.dtype), bn_train)
+        x = jnp.mean(nn.relu(x), axis=(1, 2))
+        x = nn.Dense(
+            self.num_classes,
+            kernel_init=torch_linear_kernel,
+            bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="classifier",
+        )(x)
+        self.sow("intermediates", "classifier", x)
+        return x
+
+
+def densenet121(num_classes: int = 1000, dtype: Dtype = jnp.float32) -> DenseNet:
+    return DenseNet(num_classes=num_classes, block_config=(6, 12, 24, 16), dtype=dtype)

@@ -1,0 +1,151 @@
+"""Layers that behave exactly as their torch counterparts do.
+
+Flax's built-ins differ from torch in small ways that matter for weight
+parity: ``nn.BatchNorm`` updates its running variance with the biased batch
+variance (torch uses the unbiased one) and uses the opposite momentum
+convention; torch's default ``Linear`` initialiser draws its bias from a
+fan-in dependent uniform; ``AdaptiveAvgPool2d`` has its own overlapping bin
+rule. The modules here reproduce torch so that a torchvision checkpoint
+ported to Flax gives the same logits and the same running statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Dtype = jnp.dtype | type
+BNTrain = bool | Collection[str]
+"""Which blocks' BatchNorm layers use (and update) batch statistics.
+
+``True``: every block; ``False``: none (inference mode, running statistics);
+a collection of block names: exactly those blocks. Pass a ``frozenset`` or a
+tuple when the model is called under ``jax.jit`` with this as a static
+argument.
+"""
+
+
+def bn_uses_batch_stats(bn_train: BNTrain, block: str) -> bool:
+    """Resolves a model-level :data:`BNTrain` value for one block."""
+    if isinstance(bn_train, bool):
+        return bn_train
+    if isinstance(bn_train, str):
+        raise TypeError(f"bn_train must be a bool or a collection of block names, got {bn_train!r}")
+    return block in bn_train
+
+
+# torch.nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu").
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torch.nn.init.kaiming_normal_(w) (mode="fan_in").
+kaiming_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# torch.nn.Linear's default weight init: kaiming_uniform_(a=sqrt(5)) = U(±1/sqrt(fan_in)).
+torch_linear_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_linear_bias(fan_in: int) -> nn.initializers.Initializer:
+    """torch.nn.Linear's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class BatchNorm(nn.Module):
+    """torch.nn.BatchNorm2d over the last axis (NHWC).
+
+    Statistics are computed in float32 whatever the compute dtype. In training
+    mode the running mean and the *unbiased* running variance are updated
+    with torch's momentum convention (new = (1 - m) * old + m * batch).
+    Under ``jax.jit`` over a sharded batch the mean is global, i.e. this is
+    synchronised BatchNorm across devices.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        if use_batch_stats:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            if not self.is_initializing():
+                n = x.size // c
+                unbiased = var * (n / max(n - 1, 1))
+                ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean
+                ra_var.value = (1.0 - self.momentum) * ra_var.value + self.momentum * unbiased
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        mul = scale * jax.lax.rsqrt(var + self.epsilon)
+        shift = bias - mean * mul
+        return x * mul.astype(self.dtype) + shift.astype(self.dtype)
+
+
+def conv(
+    features: int,
+    kernel: int,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    use_bias: bool = False,
+    kernel_init: nn.initializers.Initializer = kaiming_normal_fan_out,
+    dtype: Dtype = jnp.float32,
+    name: str,
+) -> nn.Conv:
+    """A torch-style Conv2d: symmetric explicit padding, HWIO float32 kernel."""
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        use_bias=use_bias,
+        kernel_init=kernel_init,
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1): pads with -inf."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def _adaptive_matrix(size: int, out: int) -> np.ndarray:
+    """Averaging matrix (out, size) with torch's bins [floor(i*n/o), ceil((i+1)*n/o))."""
+    m = np.zeros((out, size), np.float32)
+    for i in range(out):
+        start = (i * size) // out
+        end = -((-(i + 1) * size) // out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+    """torch.nn.AdaptiveAvgPool2d on NHWC input, for any input size.
+
+    Expressed as two small averaging matrices so it works for bins that
+    overlap (input smaller than, or not a multiple of, the output).
+    """
+    _, h, w, _ = x.shape
+    oh, ow = output_size
+    if (h, w) == (oh, ow):
+        return x
+    ph = jnp.asarray(_adaptive_matrix(h, oh), x.dtype)
+    pw = jnp.asarray(_adaptive_matrix(w, ow), x.dtype)
+    return jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw)

@@ -1,0 +1,97 @@
+"""VGG-19 (no BatchNorm) in Flax Linen, as torchvision builds it.
+
+Parameter paths mirror torchvision's indices (``features/0`` ...
+``features/34``, ``classifier/0``, ``classifier/3``, ``classifier/6``). The
+adaptive 7x7 average pool makes any input of at least 32 px work, and the
+feature map is flattened in torch's NCHW order so ported ``classifier/0``
+weights apply unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from medft_jax.models.layers import BNTrain, Dtype, adaptive_avg_pool, conv
+
+# torchvision cfgs["E"]: channels per conv, "M" for a 2x2 max pool.
+VGG19_CFG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+    512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+)  # fmt: skip
+
+_linear_init = nn.initializers.normal(0.01)
+
+
+class Features(nn.Module):
+    """torchvision's ``features`` Sequential; convs keep their Sequential index."""
+
+    cfg: Sequence[int | str]
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        index, stage = 0, 1
+        for v in self.cfg:
+            if v == "M":
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                self.sow("intermediates", f"stage{stage}", x)
+                index, stage = index + 1, stage + 1
+            else:
+                x = conv(int(v), 3, padding=1, use_bias=True, dtype=self.dtype, name=str(index))(x)
+                x = nn.relu(x)
+                index += 2  # conv, ReLU
+        return x
+
+
+class Classifier(nn.Module):
+    """Linear-ReLU-Dropout-Linear-ReLU-Dropout-Linear at indices 0, 3, 6."""
+
+    num_classes: int
+    dropout_rate: float = 0.5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        for index, width in ((0, 4096), (3, 4096)):
+            x = nn.Dense(width, kernel_init=_linear_init, dtype=self.dtype, name=str(index))(x)
+            x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=deterministic)
+        return nn.Dense(self.num_classes, kernel_init=_linear_init, dtype=self.dtype, name="6")(x)
+
+
+class VGG(nn.Module):
+    """torchvision VGG without BatchNorm, NHWC input.
+
+    Attributes:
+      num_classes: size of the ``classifier/6`` head.
+      dropout_rate: the classifier's dropout (torchvision: 0.5), active when
+        called with ``deterministic=False`` and a ``dropout`` RNG.
+      dtype: compute dtype (parameters stay float32).
+    """
+
+    num_classes: int = 1000
+    cfg: Sequence[int | str] = VGG19_CFG
+    dropout_rate: float = 0.5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, *, bn_train: BNTrain = False, deterministic: bool = True
+    ) -> jax.Array:
+        """Logits for an NHWC float batch; ``bn_train`` is accepted and unused (no BN)."""
+        del bn_train
+        x = Features(self.cfg, self.dtype, name="features")(x.astype(self.dtype))
+        x = adaptive_avg_pool(x, (7, 7))
+        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's NCHW flatten
+        x = Classifier(self.num_classes, self.dropout_rate, self.dtype, name="classifier")(
+            x, deterministic
+        )
+        self.sow("intermediates", "classifier", x)
+        return x
+
+
+def vgg19(num_classes: int = 1000, dtype: Dtype = jnp.float32) -> VGG:
+    return VGG(num_classes=num_classes, cfg=VGG19_CFG, dtype=dtype)
