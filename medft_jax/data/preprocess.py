@@ -32,8 +32,8 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
         pads = [(pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2)]
         image = np.pad(image, pads + [(0, 0)] * (image.ndim - 2))
         h, w = image.shape[:2]
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    top = round((h - size) / 2.0)
+    left = round((w - size) / 2.0)
     return image[top : top + size, left : left + size]
 
 
