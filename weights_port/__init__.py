@@ -1,0 +1,68 @@
+"""torchvision ImageNet checkpoints <-> medft-jax model checkpoints (orbax).
+
+``python -m weights_port --arch resnet50 --torch-weights FILE --out DIR``
+ports a torchvision state_dict (``.pth`` or ``.safetensors``);
+``--download`` fetches torchvision's ImageNet weights first.
+``python -m weights_port export --checkpoint DIR --out model.pth`` goes back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medft_jax.model_checkpoint import load_model, save_model
+from medft_jax.models import get_arch
+from weights_port.download import WEIGHTS_NAMES, cache_dir, download
+from weights_port.keymap import PortError, flax_to_torch, torch_to_flax
+from weights_port.state_io import read_state_dict, sha256, write_state_dict
+
+__all__ = [
+    "PortError",
+    "default_checkpoint",
+    "export",
+    "port",
+    "port_imagenet",
+]
+
+
+def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool = False) -> Path:
+    """Ports a torchvision state_dict file of ``arch`` to a model checkpoint at ``out``."""
+    spec = get_arch(arch)
+    torch_weights = Path(torch_weights)
+    state = read_state_dict(torch_weights)
+    variables, tracked = torch_to_flax(state, arch, source=str(torch_weights))
+    head = variables["params"]
+    for part in spec.partition.head.split("/"):
+        head = head[part]
+    metadata = {
+        "arch": arch,
+        "num_classes": int(head["kernel"].shape[-1]),
+        "multilabel": False,
+        "class_names": None,
+        "resize_size": spec.resize_size,
+        "crop_size": spec.crop_size,
+        "source": torch_weights.name,
+        "source_sha256": sha256(torch_weights),
+        "num_batches_tracked": tracked,
+    }
+    return save_model(out, variables["params"], variables["batch_stats"], metadata, force=force)
+
+
+def default_checkpoint(arch: str) -> Path:
+    """Where the ported ImageNet weights of ``arch`` are cached."""
+    return cache_dir() / "flax" / f"{arch}_{WEIGHTS_NAMES[arch]}"
+
+
+def port_imagenet(arch: str, out: str | Path | None = None, *, force: bool = False) -> Path:
+    """Downloads (or reuses) torchvision's ImageNet weights of ``arch`` and ports them."""
+    out = Path(out) if out is not None else default_checkpoint(arch)
+    if out.exists() and not force and out == default_checkpoint(arch):
+        return out
+    return port(arch, download(arch), out, force=force)
+
+
+def export(checkpoint: str | Path, out: str | Path) -> list[Path]:
+    """Writes a model checkpoint as a torchvision state_dict (``.pth`` + ``.safetensors``)."""
+    variables, metadata = load_model(checkpoint)
+    state = flax_to_torch(variables, metadata["arch"], metadata.get("num_batches_tracked"))
+    return write_state_dict(state, out)

@@ -33,6 +33,7 @@ __all__ = [
     "ResNet",
     "create",
     "get_arch",
+    "block_outputs",
     "init_variables",
 ]
 
@@ -90,3 +91,19 @@ def init_variables(
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = jax.jit(model.init)(rng, x)
     return dict(variables)
+
+
+def block_outputs(intermediates: dict[str, Any]) -> dict[str, jax.Array]:
+    """Each block's output from the ``intermediates`` collection of an apply.
+
+    Models ``sow`` every block's output as ``<block>_out``; call
+    ``model.apply(..., mutable=['intermediates'])`` and pass the collection.
+    """
+    from medft_jax.models.blocks import flatten
+
+    out = {}
+    for path, value in flatten(intermediates).items():
+        name = path.split("/")[-2]
+        if name.endswith("_out"):
+            out[name[: -len("_out")]] = value
+    return out

@@ -95,20 +95,20 @@ class Features(nn.Module):
         x = _conv(self.num_init_features, 7, d, "conv0", stride=2, padding=3)(x)
         x = BatchNorm(dtype=d, name="norm0")(x, bn_uses_batch_stats(bn_train, "stem"))
         x = max_pool_3x3_s2(nn.relu(x))
-        self.sow("intermediates", "stem", x)
+        self.sow("intermediates", "stem_out", x)
         channels = self.num_init_features
         for i, n in enumerate(self.block_config):
             name = f"denseblock{i + 1}"
             x = DenseBlock(n, self.growth_rate, self.bn_size, d, name=name)(
                 x, bn_uses_batch_stats(bn_train, name)
             )
-            self.sow("intermediates", name, x)
+            self.sow("intermediates", f"{name}_out", x)
             channels += n * self.growth_rate
             if i != len(self.block_config) - 1:
                 name = f"transition{i + 1}"
                 channels //= 2
                 x = Transition(channels, d, name=name)(x, bn_uses_batch_stats(bn_train, name))
-                self.sow("intermediates", name, x)
+                self.sow("intermediates", f"{name}_out", x)
         return BatchNorm(dtype=d, name="norm5")(x, bn_uses_batch_stats(bn_train, "classifier"))
 
 
@@ -150,7 +150,7 @@ class DenseNet(nn.Module):
             param_dtype=jnp.float32,
             name="classifier",
         )(x)
-        self.sow("intermediates", "classifier", x)
+        self.sow("intermediates", "classifier_out", x)
         return x
 
 

@@ -115,13 +115,13 @@ class ResNet(nn.Module):
         x = conv(64, 7, stride=2, padding=3, dtype=d, name="conv1")(x)
         x = BatchNorm(dtype=d, name="bn1")(x, bn_uses_batch_stats(bn_train, "stem"))
         x = max_pool_3x3_s2(nn.relu(x))
-        self.sow("intermediates", "stem", x)
+        self.sow("intermediates", "stem_out", x)
         for i, n in enumerate(self.stage_sizes):
             name = f"layer{i + 1}"
             x = ResLayer(64 * 2**i, n, 1 if i == 0 else 2, dtype=d, name=name)(
                 x, bn_uses_batch_stats(bn_train, name)
             )
-            self.sow("intermediates", name, x)
+            self.sow("intermediates", f"{name}_out", x)
         x = jnp.mean(x, axis=(1, 2))
         fan_in = x.shape[-1]
         x = nn.Dense(
@@ -132,7 +132,7 @@ class ResNet(nn.Module):
             param_dtype=jnp.float32,
             name="fc",
         )(x)
-        self.sow("intermediates", "fc", x)
+        self.sow("intermediates", "fc_out", x)
         return x
 
 

@@ -38,7 +38,7 @@ class Features(nn.Module):
         for v in self.cfg:
             if v == "M":
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
-                self.sow("intermediates", f"stage{stage}", x)
+                self.sow("intermediates", f"stage{stage}_out", x)
                 index, stage = index + 1, stage + 1
             else:
                 x = conv(int(v), 3, padding=1, use_bias=True, dtype=self.dtype, name=str(index))(x)
@@ -89,7 +89,7 @@ class VGG(nn.Module):
         x = Classifier(self.num_classes, self.dropout_rate, self.dtype, name="classifier")(
             x, deterministic
         )
-        self.sow("intermediates", "classifier", x)
+        self.sow("intermediates", "classifier_out", x)
         return x
 
 

@@ -1,0 +1,83 @@
+"""Command line of the weight port; see ``python -m weights_port --help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from medft_jax.model_checkpoint import CheckpointError
+from medft_jax.models import ARCHS
+
+
+def _port_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m weights_port",
+        description="Port a torchvision checkpoint to a medft-jax (orbax) model checkpoint. "
+        "Use `python -m weights_port export --help` for the way back.",
+    )
+    p.add_argument("--arch", required=True, choices=sorted(ARCHS), help="architecture of the file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--torch-weights",
+        metavar="FILE",
+        help="torchvision state_dict (.pth, loaded with weights_only=True, or .safetensors)",
+    )
+    src.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch torchvision's ImageNet weights (resnet50: IMAGENET1K_V2; others: "
+        "IMAGENET1K_V1) with their hash check, cached under ~/.cache/medft_jax",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="checkpoint folder to write (default with --download: the cache, "
+        "where `experiments.run --weights auto` finds it)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    return p
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m weights_port export",
+        description="Write a medft-jax model checkpoint as a torchvision state_dict.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="model checkpoint folder")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="model.pth (also writes model.safetensors beside it) or model.safetensors",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import weights_port as wp
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["export"]:
+            args = _export_parser().parse_args(argv[1:])
+            for path in wp.export(args.checkpoint, args.out):
+                print(f"wrote {path}")
+            return 0
+        parser = _port_parser()
+        args = parser.parse_args(argv)
+        if args.download:
+            out = wp.port_imagenet(args.arch, args.out, force=args.force)
+        else:
+            if args.out is None:
+                parser.error("--out is required with --torch-weights")
+            out = wp.port(args.arch, args.torch_weights, args.out, force=args.force)
+        print(f"wrote {out}")
+        return 0
+    except (wp.PortError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Fetching torchvision's ImageNet weights, with torch.hub's hash check.
+
+The URLs are torchvision's own (``ResNet50_Weights.IMAGENET1K_V2`` and the
+``IMAGENET1K_V1`` weights of DenseNet-121 and VGG-19); a test checks them
+against the installed torchvision. As in ``torch.hub``, the hex digits after
+the last ``-`` of the file name are the start of the file's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from weights_port.keymap import PortError
+
+WEIGHTS_URLS: dict[str, str] = {
+    "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    "densenet121": "https://download.pytorch.org/models/densenet121-a639ec97.pth",
+    "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+}
+WEIGHTS_NAMES = {
+    "resnet50": "IMAGENET1K_V2",
+    "densenet121": "IMAGENET1K_V1",
+    "vgg19": "IMAGENET1K_V1",
+}
+
+
+def cache_dir() -> Path:
+    """``$MEDFT_JAX_CACHE`` or ``~/.cache/medft_jax``."""
+    return Path(os.environ.get("MEDFT_JAX_CACHE", "~/.cache/medft_jax")).expanduser()
+
+
+def expected_hash_prefix(url: str) -> str:
+    m = re.search(r"-([a-f0-9]+)\.", url.rsplit("/", 1)[-1])
+    if not m:
+        raise PortError(f"{url}: no hash prefix in the file name")
+    return m.group(1)
+
+
+def download(arch: str, *, timeout: float = 30.0) -> Path:
+    """The cached torchvision checkpoint of ``arch``, downloaded first if needed."""
+    if arch not in WEIGHTS_URLS:
+        raise PortError(f"--arch {arch}: no ImageNet weights known; known: {', '.join(WEIGHTS_URLS)}")
+    url = WEIGHTS_URLS[arch]
+    target = cache_dir() / "torchvision" / url.rsplit("/", 1)[-1]
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = expected_hash_prefix(url)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            try:
+                response = urllib.request.urlopen(url, timeout=timeout)
+            except (urllib.error.URLError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                raise PortError(
+                    f"cannot download {url} ({reason}); offline? Download it elsewhere and pass "
+                    "--torch-weights FILE"
+                ) from None
+            with response, tqdm(
+                total=int(response.headers.get("Content-Length", 0)) or None,
+                unit="B",
+                unit_scale=True,
+                desc=target.name,
+            ) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if not digest.hexdigest().startswith(prefix):
+            raise PortError(
+                f"{url}: sha256 {digest.hexdigest()[:16]}... does not start with {prefix}; "
+                "the download is corrupt, try again"
+            )
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target

@@ -1,0 +1,193 @@
+"""torchvision state_dict keys <-> Flax parameter paths, strictly.
+
+Because the Flax models use torchvision's module names, the map is
+mechanical: ``layer1.0.bn1.running_mean`` <-> ``batch_stats/layer1/0/bn1/mean``,
+``features.0.weight`` (OIHW) <-> ``params/features/0/kernel`` (HWIO),
+``fc.weight`` (out, in) <-> ``params/fc/kernel`` (in, out). The expected keys
+and shapes come from the Flax model itself (``jax.eval_shape``, no compute),
+so the map cannot drift from the model definition.
+
+Nothing here imports torch: arrays are numpy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from medft_jax.models import ARCHS, create, get_arch
+from medft_jax.models.blocks import flatten, unflatten
+
+# Flax leaf name -> torch parameter/buffer name, per collection.
+_PARAM_LEAF = {"kernel": "weight", "bias": "bias"}
+_BN_PARAM_LEAF = {"scale": "weight", "bias": "bias"}
+_STAT_LEAF = {"mean": "running_mean", "var": "running_var"}
+_TRACKED = "num_batches_tracked"
+
+# torchvision's DenseNet loader renames these pre-0.4 keys ("norm.1" -> "norm1").
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+class PortError(ValueError):
+    """A checkpoint that does not match the architecture it is ported to."""
+
+
+def rename_legacy_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Renames DenseNet's legacy ``norm.1``/``conv.2`` keys as torchvision does."""
+    out = {}
+    for key, value in state.items():
+        m = _DENSENET_LEGACY.match(key)
+        out[m.group(1) + m.group(2) if m else key] = value
+    return out
+
+
+@cache
+def _template(arch: str, num_classes: int) -> dict[str, tuple[tuple[int, ...], str, str]]:
+    """torch key -> (torch shape, flax collection, flax path) for ``arch``."""
+    model = create(arch, num_classes)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    out: dict[str, tuple[tuple[int, ...], str, str]] = {}
+    params = flatten(shapes["params"])
+    for path, leaf in params.items():
+        module, name = path.rsplit("/", 1)
+        is_bn = name == "scale" or (name == "bias" and f"{module}/scale" in params)
+        torch_name = (_BN_PARAM_LEAF if is_bn else _PARAM_LEAF)[name]
+        out[f"{module.replace('/', '.')}.{torch_name}"] = (
+            _torch_shape(leaf.shape),
+            "params",
+            path,
+        )
+    for path, leaf in flatten(shapes.get("batch_stats", {})).items():
+        module, name = path.rsplit("/", 1)
+        out[f"{module.replace('/', '.')}.{_STAT_LEAF[name]}"] = (leaf.shape, "batch_stats", path)
+    return out
+
+
+def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(shape) == 4:  # HWIO -> OIHW
+        return (shape[3], shape[2], shape[0], shape[1])
+    if len(shape) == 2:  # (in, out) -> (out, in)
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+def to_flax_array(value: np.ndarray) -> np.ndarray:
+    """A torch tensor's array in the Flax layout (OIHW -> HWIO, (out, in) -> (in, out))."""
+    if value.ndim == 4:
+        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+    if value.ndim == 2:
+        return np.ascontiguousarray(value.T)
+    return value
+
+
+def to_torch_array(value: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`to_flax_array`."""
+    if value.ndim == 4:
+        return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+    if value.ndim == 2:
+        return np.ascontiguousarray(value.T)
+    return value
+
+
+def head_key(arch: str) -> str:
+    return get_arch(arch).partition.head.replace("/", ".") + ".weight"
+
+
+def expected_keys(arch: str) -> set[str]:
+    """The torchvision state_dict keys of ``arch``, ``num_batches_tracked`` left out."""
+    return set(_template(arch, 1000))
+
+
+def guess_arch(keys: set[str]) -> str | None:
+    """The known arch whose key set equals ``keys``, if any."""
+    for arch in ARCHS:
+        if keys == expected_keys(arch):
+            return arch
+    return None
+
+
+def torch_to_flax(
+    state: Mapping[str, np.ndarray], arch: str, source: str = "checkpoint"
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Maps a torchvision state_dict onto ``arch``'s Flax variables, strictly.
+
+    Every torch key must be consumed and every Flax leaf filled with the right
+    shape; anything else raises :class:`PortError` with a one-line message
+    that names ``source``, the key, and what was expected.
+
+    Returns:
+      ``({'params': ..., 'batch_stats': ...}, num_batches_tracked)``; the head
+      size is taken from the checkpoint.
+    """
+    state = rename_legacy_keys(state)
+    tracked = {k: int(np.asarray(v)) for k, v in state.items() if k.endswith("." + _TRACKED)}
+    state = {k: v for k, v in state.items() if not k.endswith("." + _TRACKED)}
+    keys = set(state)
+    expected = expected_keys(arch)
+    if keys != expected:
+        other = guess_arch(keys)
+        if other is not None:
+            raise PortError(f"{source}: file looks like {other}, not {arch}")
+        missing, extra = sorted(expected - keys), sorted(keys - expected)
+        if missing:
+            raise PortError(
+                f"{source}: missing key {missing[0]!r} expected by {arch} "
+                f"({len(missing)} missing, {len(extra)} unexpected)"
+            )
+        raise PortError(
+            f"{source}: unexpected key {extra[0]!r}, not in {arch} ({len(extra)} unexpected)"
+        )
+    hk = head_key(arch)
+    head = np.asarray(state[hk])
+    if head.ndim != 2:
+        raise PortError(f"{source}: key {hk!r} has shape {head.shape}, expected (classes, features)")
+    num_classes = int(head.shape[0])
+    template = _template(arch, num_classes)
+    flat: dict[str, dict[str, np.ndarray]] = {"params": {}, "batch_stats": {}}
+    for key, (shape, collection, path) in template.items():
+        value = np.asarray(state[key])
+        if tuple(value.shape) != shape:
+            raise PortError(
+                f"{source}: key {key!r} has shape {tuple(value.shape)}, expected {shape} for {arch}"
+            )
+        if value.dtype != np.float32:
+            raise PortError(f"{source}: key {key!r} has dtype {value.dtype}, expected float32")
+        flat[collection][path] = to_flax_array(value)
+    return {c: unflatten(v) for c, v in flat.items()}, tracked
+
+
+def flax_to_torch(
+    variables: Mapping[str, Any], arch: str, num_batches_tracked: Mapping[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Flax variables of ``arch`` -> a torchvision state_dict of numpy arrays.
+
+    BatchNorm's ``num_batches_tracked`` buffers (which torchvision's strict
+    ``load_state_dict`` expects) are restored from ``num_batches_tracked``, 0
+    where unknown.
+    """
+    num_batches_tracked = num_batches_tracked or {}
+    params = flatten(variables["params"])
+    stats = flatten(variables.get("batch_stats") or {})
+    head = params[get_arch(arch).partition.head + "/kernel"]
+    template = _template(arch, int(head.shape[-1]))
+    out: dict[str, np.ndarray] = {}
+    for key, (shape, collection, path) in template.items():
+        source = params if collection == "params" else stats
+        if path not in source:
+            raise PortError(f"{arch} checkpoint lacks {collection}/{path} (torch key {key!r})")
+        value = to_torch_array(np.asarray(source[path], np.float32))
+        if value.shape != shape:
+            raise PortError(f"{collection}/{path} has shape {value.shape}, expected {shape}")
+        out[key] = value
+        if key.endswith(".running_var"):
+            tracked = key[: -len("running_var")] + _TRACKED
+            out[tracked] = np.asarray(num_batches_tracked.get(tracked, 0), np.int64)
+    return out
