@@ -1,0 +1,181 @@
+"""What the eight paper tasks share: the task description, the config and the TFDS builder.
+
+A task module (``chexpert.py``, ``mura.py``, ...) states its facts as a
+:class:`Task` (class names, multilabel, evaluation grouping, the on-disk
+layout) and a ``parse(root, config) -> {split: [Record]}`` that reads the
+official layout's CSVs/listings without decoding images. Its builder is a
+:class:`MedicalBuilder` subclass that only names the task.
+
+The builder writes ArrayRecord through TFDS: each image decoded once,
+resized (shorter side ``resize_size``) and centre-cropped to
+``crop_size`` exactly as torchvision, stored uint8 RGB, PNG-encoded
+(lossless, about half the bytes of raw pixels). TFDS writes into a
+temporary directory and renames it when done, so an interrupted preparation
+never looks finished. Reading the result needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from medft_jax.data.errors import DataError
+from medft_jax.data.images import ImageReader, open_image
+from medft_jax.data.locations import variant_name
+from medft_jax.data.records import Record, validate
+
+VERSION = "1.0.0"
+
+
+@dataclasses.dataclass
+class MedicalConfig(tfds.core.BuilderConfig):
+    """One prepared variant of a task: preprocessing sizes, split seed, label policy.
+
+    Build it with :meth:`make`, which derives the name from the values, so
+    every variant lands in its own directory.
+    """
+
+    resize_size: int = 256
+    crop_size: int = 224
+    seed: int = 0
+    val_fraction: float = 0.1
+    uncertain: str = "ones"
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        resize_size: int = 256,
+        crop_size: int = 224,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        uncertain: str | None = None,
+    ) -> MedicalConfig:
+        return cls(
+            name=config_name(resize_size, crop_size, seed, val_fraction, uncertain),
+            resize_size=resize_size,
+            crop_size=crop_size,
+            seed=seed,
+            val_fraction=val_fraction,
+            uncertain=uncertain or "ones",
+        )
+
+
+def config_name(
+    resize_size: int, crop_size: int, seed: int, val_fraction: float, uncertain: str | None
+) -> str:
+    """``r256_c224_s0`` (+ ``_vf15`` for a non-default val fraction, ``_uzeros``)."""
+    vf = None if val_fraction == 0.1 else round(val_fraction * 100)
+    u = None if uncertain in (None, "ones") else uncertain
+    return variant_name(resize_size, crop_size, s=seed, vf=vf, u=u)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """The facts of one paper task."""
+
+    name: str
+    class_names: tuple[str, ...]
+    parse: Callable[[Path, MedicalConfig], dict[str, list[Record]]]
+    layout: str
+    multilabel: bool = False
+    eval_grouping: str = "image"
+    decode: Callable[[Path], Image.Image] = open_image
+    options: tuple[str, ...] = ()
+    """Config fields beyond sizes/seed/val_fraction this task reads (e.g. ``uncertain``)."""
+
+    def parse_checked(self, root: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+        """``parse`` + :func:`~medft_jax.data.records.validate`, naming the manual dir."""
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"--manual-dir {root} is not a directory; expected {self.layout}")
+        splits = self.parse(root, config)
+        validate(splits, self.class_names, self.multilabel, where=f"{self.name} in {root}")
+        return splits
+
+
+class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """TFDS builder of a :class:`Task` read from a manual directory.
+
+    Construct with ``config=MedicalConfig.make(...)``, ``data_dir``,
+    ``file_format="array_record"`` and optionally ``skip_bad_images=True``
+    (bad images are then skipped and listed in ``info.metadata``).
+    """
+
+    VERSION = tfds.core.Version(VERSION)
+    BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = []
+    TASK: ClassVar[Task]
+
+    def __init__(self, *, skip_bad_images: bool = False, **kwargs: Any) -> None:
+        self.skip_bad_images = skip_bad_images
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        task, config = self.TASK, self.builder_config
+        c = config.crop_size
+        if task.multilabel:
+            label = tfds.features.Tensor(shape=(len(task.class_names),), dtype=np.float32)
+        else:
+            label = tfds.features.ClassLabel(names=list(task.class_names))
+        features = tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(c, c, 3), encoding_format="png"),
+                "label": label,
+                "id": tfds.features.Text(),
+                "patient": tfds.features.Text(),
+                "group": tfds.features.Text(),
+            }
+        )
+        metadata = tfds.core.MetadataDict(
+            task=task.name,
+            class_names=list(task.class_names),
+            multilabel=task.multilabel,
+            eval_grouping=task.eval_grouping,
+            resize_size=config.resize_size,
+            crop_size=config.crop_size,
+            split_seed=config.seed,
+            val_fraction=config.val_fraction,
+            uncertain=config.uncertain if "uncertain" in task.options else None,
+            skipped_bad_images=[],
+        )
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"{task.name}: {task.layout}",
+            features=features,
+            metadata=metadata,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+        splits = self.TASK.parse_checked(Path(dl_manager.manual_dir), self.builder_config)
+        return {name: self._generate_examples(records) for name, records in splits.items()}
+
+    def _generate_examples(self, records: list[Record]):
+        config = self.builder_config
+        reader = ImageReader(
+            config.resize_size,
+            config.crop_size,
+            skip_bad_images=self.skip_bad_images,
+            decode=self.TASK.decode,
+        )
+        for r in records:
+            image = reader.read(r.path)
+            if image is None:
+                self.info.metadata["skipped_bad_images"].append(r.id)
+                continue
+            label = np.asarray(r.label, np.float32) if self.TASK.multilabel else r.label
+            yield (
+                r.id,
+                {
+                    "image": image,
+                    "label": label,
+                    "id": r.id,
+                    "patient": r.patient,
+                    "group": r.group,
+                },
+            )

@@ -1,0 +1,126 @@
+"""CheXpert (Irvin et al. 2019): 5 multilabel findings from chest X-rays.
+
+Layout: ``CheXpert-v1.0-small/{train,valid}.csv`` + the images they list
+(paths in the CSVs start with ``CheXpert-v1.0-small/``). Like the paper:
+one frontal image per patient (the first the CSV lists) for training; the
+official ``valid`` set, one frontal image per patient, as ``test``; ``val``
+carved from training patients. Uncertain labels (-1) become 1 (U-Ones,
+default) or 0 (U-Zeros, ``uncertain="zeros"``); unmentioned (empty) is 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
+from medft_jax.data.errors import DataError
+from medft_jax.data.images import safe_join
+from medft_jax.data.records import Record, standard_splits
+from medft_jax.data.table import read_csv
+
+CLASS_NAMES = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
+HEADER = [
+    "Path",
+    "Sex",
+    "Age",
+    "Frontal/Lateral",
+    "AP/PA",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+]
+FOLDERS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
+POLICIES = ("ones", "zeros")
+
+
+def find_root(manual_dir: Path) -> tuple[Path, Path]:
+    """``(base the CSV paths are relative to, folder holding train.csv)``."""
+    for name in FOLDERS:
+        if (manual_dir / name / "train.csv").is_file():
+            return manual_dir, manual_dir / name
+    if (manual_dir / "train.csv").is_file():
+        return manual_dir.parent, manual_dir
+    raise DataError(f"{manual_dir}: no CheXpert-v1.0-small/train.csv; expected {LAYOUT}")
+
+
+def label_value(text: str, policy: str, where: str) -> float:
+    """1.0 / 0.0 / -1.0 (uncertain: U-Ones -> 1, U-Zeros -> 0) / empty (unmentioned -> 0)."""
+    text = text.strip()
+    if text == "":
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value == 1.0:
+        return 1.0
+    if value == 0.0:
+        return 0.0
+    if value == -1.0:
+        return 1.0 if policy == "ones" else 0.0
+    raise DataError(f"{where}: label {text!r} is not 1.0, 0.0, -1.0 or empty")
+
+
+def read_split(csv_path: Path, base: Path, policy: str) -> list[Record]:
+    """One frontal image per patient, in CSV order."""
+    rows = read_csv(csv_path, ["Path", "Frontal/Lateral", *CLASS_NAMES], HEADER)
+    records, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        where = f"{csv_path}:{line}"
+        if row["Frontal/Lateral"].strip() != "Frontal":
+            continue
+        rel = row["Path"].strip()
+        parts = rel.split("/")
+        patient = next((p for p in parts if p.startswith("patient")), None)
+        if patient is None:
+            raise DataError(f"{where}: Path {rel!r} has no patientN folder")
+        if patient in seen:
+            continue
+        seen.add(patient)
+        label = tuple(label_value(row[c], policy, f"{where} column {c!r}") for c in CLASS_NAMES)
+        records.append(Record(safe_join(base, rel, source=where), label, rel, patient=patient))
+    return records
+
+
+def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+    if config.uncertain not in POLICIES:
+        raise DataError(f"--uncertain must be one of {POLICIES}, got {config.uncertain!r}")
+    base, folder = find_root(manual_dir)
+    train = read_split(folder / "train.csv", base, config.uncertain)
+    test = read_split(folder / "valid.csv", base, config.uncertain)
+    return standard_splits(
+        train, test, val_fraction=config.val_fraction, seed=config.seed, stratify=False
+    )
+
+
+LAYOUT = (
+    "CheXpert-v1.0-small/{train,valid}.csv and CheXpert-v1.0-small/{train,valid}/"
+    "patientN/studyM/viewK_frontal.jpg (https://stanfordmlgroup.github.io/competitions/chexpert/)"
+)
+TASK = Task(
+    name="chexpert",
+    class_names=CLASS_NAMES,
+    parse=parse,
+    layout=LAYOUT,
+    multilabel=True,
+    options=("uncertain",),
+)
+
+
+class Chexpert(MedicalBuilder, skip_registration=True):
+    """TFDS builder of CheXpert (5 findings, U-Ones/U-Zeros)."""
+
+    name = "medft_chexpert"
+    TASK = TASK
+    MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT

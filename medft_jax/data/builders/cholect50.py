@@ -1,0 +1,119 @@
+"""CholecT50 instrument presence (Nwoye et al. 2022): 6 multilabel surgical instruments.
+
+Layout: ``videos/VIDxx/000000.png`` (frames at 1 fps) + ``labels/VIDxx.json``
+whose ``annotations`` map a frame id to a list of 15-value vectors, one per
+action triplet, value [1] the instrument id (-1: none). A frame's label is
+the multi-hot set of its instruments. Frames are subsampled to 6 a minute
+(every 10th frame id). Splits follow the official video lists of the
+CholecT50 release (Nwoye & Padoy 2022, "cholect50" split: 35 train, 5 val,
+10 test videos), so ``seed`` and ``val_fraction`` are not used here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
+from medft_jax.data.errors import DataError
+from medft_jax.data.images import safe_join
+from medft_jax.data.records import Record
+
+CLASS_NAMES = ("grasper", "bipolar", "hook", "scissors", "clipper", "irrigator")
+VIDEOS = {
+    "test": (6, 51, 10, 73, 14, 74, 32, 80, 42, 111),
+    "val": (8, 12, 29, 50, 78),
+    "train": (
+        1, 15, 26, 40, 52, 65, 79, 2, 18, 27, 43, 56, 66, 92, 4, 22, 31, 47, 57, 68, 96,
+        5, 23, 35, 48, 60, 70, 103, 13, 25, 36, 49, 62, 75, 110,
+    ),
+}  # fmt: skip
+FRAME_STRIDE = 10  # 1 fps -> 6 frames a minute
+VECTOR_LENGTH = 15
+
+
+def find_root(manual_dir: Path) -> Path:
+    for candidate in (manual_dir, manual_dir / "CholecT50"):
+        if (candidate / "labels").is_dir() and (candidate / "videos").is_dir():
+            return candidate
+    raise DataError(f"{manual_dir}: no labels/ and videos/ folders; expected {LAYOUT}")
+
+
+def split_of(video: int, path: Path) -> str:
+    for split, videos in VIDEOS.items():
+        if video in videos:
+            return split
+    raise DataError(f"{path}: VID{video:02d} is not one of CholecT50's 50 videos")
+
+
+def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
+    """``{frame id: multi-hot instruments}`` of one ``labels/VIDxx.json``."""
+    try:
+        annotations = json.loads(path.read_text())["annotations"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    except (KeyError, TypeError):
+        raise DataError(f"{path}: missing the 'annotations' field") from None
+    frames = {}
+    for key, vectors in annotations.items():
+        hot = [0.0] * len(CLASS_NAMES)
+        for vector in vectors:
+            if len(vector) != VECTOR_LENGTH:
+                raise DataError(
+                    f"{path}: frame {key}: expected {VECTOR_LENGTH}-value vectors, "
+                    f"got {len(vector)}"
+                )
+            instrument = int(vector[1])
+            if instrument == -1:
+                continue
+            if not 0 <= instrument < len(CLASS_NAMES):
+                raise DataError(
+                    f"{path}: frame {key}: instrument {instrument} outside the class list "
+                    f"0..{len(CLASS_NAMES) - 1} ({', '.join(CLASS_NAMES)})"
+                )
+            hot[instrument] = 1.0
+        frames[int(key)] = tuple(hot)
+    return frames
+
+
+def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+    root = find_root(manual_dir)
+    splits: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
+    label_files = sorted((root / "labels").glob("VID*.json"))
+    if not label_files:
+        raise DataError(f"{root / 'labels'}: no VIDxx.json files; expected {LAYOUT}")
+    for label_file in label_files:
+        video = label_file.stem
+        try:
+            number = int(video[3:])
+        except ValueError:
+            raise DataError(f"{label_file}: expected a name like VID01.json") from None
+        split = split_of(number, label_file)
+        for frame, label in sorted(frame_labels(label_file).items()):
+            if frame % FRAME_STRIDE:
+                continue
+            rel = f"videos/{video}/{frame:06d}.png"
+            path = safe_join(root, rel, source=str(label_file))
+            splits[split].append(Record(path, label, rel, patient=video))
+    return splits
+
+
+LAYOUT = (
+    "videos/VIDxx/NNNNNN.png and labels/VIDxx.json (CholecT50, "
+    "https://github.com/CAMMA-public/cholect50)"
+)
+TASK = Task(
+    name="cholect50_instrument",
+    class_names=CLASS_NAMES,
+    parse=parse,
+    layout=LAYOUT,
+    multilabel=True,
+)
+
+
+class Cholect50Instrument(MedicalBuilder, skip_registration=True):
+    """TFDS builder of CholecT50 instrument presence (official test videos)."""
+
+    name = "medft_cholect50_instrument"
+    TASK = TASK
+    MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT

@@ -1,0 +1,129 @@
+"""MURA (Rajpurkar et al. 2017): normal/abnormal musculoskeletal radiograph studies.
+
+Layout: ``MURA-v1.1/{train,valid}_image_paths.csv`` (one image path a line)
+and ``MURA-v1.1/{train,valid}_labeled_studies.csv`` (``study_dir,label``;
+some copies have a header line, both are accepted) + the PNGs. One task per
+body part (shoulder, wrist, humerus). Samples are studies: every image is
+an example carrying its study's label and its study as evaluation group,
+and a study's probability is the mean over its images. The official
+``valid`` is ``test``; ``val`` is carved from training patients.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
+from medft_jax.data.errors import DataError
+from medft_jax.data.images import safe_join
+from medft_jax.data.records import Record, standard_splits
+
+CLASS_NAMES = ("normal", "abnormal")
+BODY_PARTS = {"shoulder": "XR_SHOULDER", "wrist": "XR_WRIST", "humerus": "XR_HUMERUS"}
+FOLDER = "MURA-v1.1"
+
+
+def find_root(manual_dir: Path) -> tuple[Path, Path]:
+    """``(base the CSV paths are relative to, MURA-v1.1 folder)``."""
+    if (manual_dir / FOLDER / "train_image_paths.csv").is_file():
+        return manual_dir, manual_dir / FOLDER
+    if (manual_dir / "train_image_paths.csv").is_file():
+        return manual_dir.parent, manual_dir
+    raise DataError(f"{manual_dir}: no {FOLDER}/train_image_paths.csv; expected {LAYOUT}")
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise DataError(f"{path} not found; expected {LAYOUT}") from None
+
+
+def read_studies(path: Path) -> dict[str, int]:
+    """``{study_dir (no trailing /): label}`` from a ``*_labeled_studies.csv``."""
+    studies = {}
+    for n, line in enumerate(_lines(path), start=1):
+        study, _, label = line.rpartition(",")
+        if n == 1 and label.strip() not in ("0", "1") and "/" not in study:
+            continue  # header line, e.g. "study_dir,label"
+        if label.strip() not in ("0", "1"):
+            raise DataError(
+                f"{path}:{n}: label {label.strip()!r} outside the class list 0 (normal), "
+                "1 (abnormal); expected lines 'study_dir,label'"
+            )
+        studies[study.strip().rstrip("/")] = int(label)
+    return studies
+
+
+def read_split(folder: Path, base: Path, split: str, part: str) -> list[Record]:
+    """The images of body part ``part`` in ``split`` with their study labels."""
+    studies = read_studies(folder / f"{split}_labeled_studies.csv")
+    paths_csv = folder / f"{split}_image_paths.csv"
+    records = []
+    for n, rel in enumerate(_lines(paths_csv), start=1):
+        if "/" not in rel:
+            continue  # header line, e.g. "image_path"
+        parts = rel.split("/")
+        if part not in parts:
+            continue
+        study = rel.rsplit("/", 1)[0]
+        where = f"{paths_csv}:{n}"
+        if study not in studies:
+            raise DataError(f"{where}: study {study!r} is not in {split}_labeled_studies.csv")
+        patient = next((p for p in parts if p.startswith("patient")), study)
+        path = safe_join(base, rel, source=where)
+        records.append(Record(path, studies[study], rel, patient=patient, group=study))
+    return records
+
+
+def make_parse(part: str):
+    def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+        base, folder = find_root(manual_dir)
+        train = read_split(folder, base, "train", BODY_PARTS[part])
+        test = read_split(folder, base, "valid", BODY_PARTS[part])
+        return standard_splits(
+            train, test, val_fraction=config.val_fraction, seed=config.seed, stratify=True
+        )
+
+    return parse
+
+
+LAYOUT = (
+    "MURA-v1.1/{train,valid}_image_paths.csv, MURA-v1.1/{train,valid}_labeled_studies.csv and "
+    "MURA-v1.1/{train,valid}/XR_<PART>/patientN/studyM_{positive,negative}/imageK.png "
+    "(https://stanfordmlgroup.github.io/competitions/mura/)"
+)
+
+
+def _task(part: str) -> Task:
+    return Task(
+        name=f"mura_{part}",
+        class_names=CLASS_NAMES,
+        parse=make_parse(part),
+        layout=LAYOUT,
+        eval_grouping="study",
+    )
+
+
+class MuraShoulder(MedicalBuilder, skip_registration=True):
+    """TFDS builder of MURA-Shoulder (study-level evaluation)."""
+
+    name = "medft_mura_shoulder"
+    TASK = _task("shoulder")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
+
+
+class MuraWrist(MedicalBuilder, skip_registration=True):
+    """TFDS builder of MURA-Wrist (study-level evaluation)."""
+
+    name = "medft_mura_wrist"
+    TASK = _task("wrist")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
+
+
+class MuraHumerus(MedicalBuilder, skip_registration=True):
+    """TFDS builder of MURA-Humerus (study-level evaluation)."""
+
+    name = "medft_mura_humerus"
+    TASK = _task("humerus")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT

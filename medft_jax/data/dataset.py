@@ -1,0 +1,143 @@
+"""The :class:`Dataset` the training loop holds: splits as arrays, facts, batch iterators.
+
+Usage::
+
+    ds = medft_jax.data.load("bach", data_dir=..., resize_size=256, crop_size=224)
+    ds.num_classes, ds.class_names, ds.multilabel, ds.eval_grouping
+    for epoch in range(start, epochs):
+        it = ds.train_iter(batch_size=64, seed=run_seed, epoch=epoch)
+        it.set_state(saved)                # optional: resume mid-epoch
+        for batch in it:                   # {"image": uint8 NHWC, "label", "mask", "index"}
+            ...
+            saved = it.get_state()         # JSON-able; store it with the checkpoint
+    for batch in ds.eval_batches("val", batch_size=256):
+        ...                                # padded last batch: use batch["mask"]
+
+Labels are int32 class ids ``(B,)``, or float32 multi-hot ``(B, C)`` when
+``multilabel``. Images stay uint8 until the jitted step normalises them on
+the device (:func:`medft_jax.data.preprocess.normalize`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from medft_jax.data import pipeline
+from medft_jax.data.arrays import ArraySplit, group_mean
+from medft_jax.data.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A loaded dataset: its splits and what the training code needs to know about it.
+
+    Attributes:
+      name: the registry name it was loaded by.
+      splits: ``{"train", "val", "test"}`` -> :class:`ArraySplit`.
+      class_names: one name per output unit.
+      multilabel: labels are multi-hot (sigmoid per class) rather than one id.
+      eval_grouping: ``"image"``, or ``"study"`` when a prediction is the mean
+        of its study's images (MURA); see :meth:`grouped_scores`.
+      metadata: everything else (sizes, skipped bad images, source facts).
+    """
+
+    name: str
+    splits: dict[str, ArraySplit]
+    class_names: tuple[str, ...]
+    multilabel: bool = False
+    eval_grouping: str = "image"
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, 3)`` of every image."""
+        return self.split("train").image_shape
+
+    def split(self, name: str) -> ArraySplit:
+        try:
+            return self.splits[name]
+        except KeyError:
+            known = ", ".join(self.splits)
+            raise DataError(f"{self.name} has no split {name!r}; splits: {known}") from None
+
+    def num_examples(self, split: str) -> int:
+        return len(self.split(split))
+
+    def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
+        """Full training batches per epoch (the remainder is dropped, reshuffled each epoch)."""
+        return self.num_examples(split) // batch_size
+
+    def train_iter(
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int = 0,
+        split: str = "train",
+        shard_index: int | None = None,
+        shard_count: int | None = None,
+        num_threads: int = 2,
+        prefetch: int = 4,
+        num_workers: int = 0,
+    ) -> pipeline.BatchIterator:
+        """One epoch of shuffled full batches of the global size ``batch_size``.
+
+        Same (seed, epoch) -> the same batches. With several hosts each gets
+        its ``batch_size / process_count`` slice of every global batch.
+        """
+        return pipeline.train_batches(
+            self.split(split),
+            split,
+            batch_size,
+            seed=seed,
+            epoch=epoch,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            num_threads=num_threads,
+            prefetch=prefetch,
+            num_workers=num_workers,
+        )
+
+    def eval_batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shard_index: int | None = None,
+        shard_count: int | None = None,
+        num_threads: int = 2,
+        prefetch: int = 4,
+    ) -> pipeline.BatchIterator:
+        """Every example of ``split`` once, in order; the last batch padded, see ``mask``."""
+        return pipeline.eval_batches(
+            self.split(split),
+            split,
+            batch_size,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            num_threads=num_threads,
+            prefetch=prefetch,
+        )
+
+    def grouped_scores(
+        self, split: str, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(unit_ids, scores, labels)`` per evaluation unit, scores in split order.
+
+        For ``eval_grouping == "study"`` a study's score is the mean of its
+        images' scores (MURA); otherwise this returns the images unchanged.
+        """
+        s = self.split(split)
+        scores = np.asarray(scores)
+        if len(scores) != len(s):
+            raise DataError(f"{len(scores)} scores for the {len(s)} examples of split {split!r}")
+        if self.eval_grouping == "image":
+            return s.ids, scores, s.labels
+        return group_mean(scores, s.labels, s.groups)

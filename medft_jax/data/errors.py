@@ -1,0 +1,12 @@
+"""The one exception the data package raises for bad input on disk or in options.
+
+A :class:`DataError` message is one line that names the file, field or flag
+at fault and what was expected, so a user can fix their copy of a dataset
+without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A dataset on disk, or an option describing it, is not what was expected."""

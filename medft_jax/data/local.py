@@ -1,0 +1,90 @@
+"""Loading the user's own ``folder``/``csv`` datasets: parse, check, cache once, memmap.
+
+No TFDS and no TensorFlow here: a user's images go straight into the
+on-disk cache (see :mod:`medft_jax.data.cache`) the first time they are
+loaded; later loads memmap it. The cache's name includes a hash of the
+dataset root and of every option that changes its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from medft_jax.data import cache
+from medft_jax.data.dataset import Dataset
+from medft_jax.data.errors import DataError
+from medft_jax.data.folder import parse_folder
+from medft_jax.data.images import ImageReader
+from medft_jax.data.locations import cache_dir, variant_name
+from medft_jax.data.records import split_plan, validate
+from medft_jax.data.table import parse_table
+
+KINDS = ("folder", "csv")
+
+
+def _fingerprint(root: Path, options: dict[str, Any]) -> str:
+    text = json.dumps({"root": str(root.resolve()), **options}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def load_local(
+    kind: str,
+    *,
+    manual_dir: Path | None,
+    data_dir: Path,
+    resize_size: int,
+    crop_size: int,
+    seed: int = 0,
+    skip_bad_images: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> Dataset:
+    """Loads ``folder`` or ``csv`` from ``manual_dir``; ``options`` go to the parser.
+
+    folder: ``val_fraction``, ``test_fraction``. csv: ``csv_file`` (required),
+    ``path_column``, ``label_column`` | ``label_columns``, ``class_names``,
+    ``group_column``, ``split_column``, ``val_fraction``, ``test_fraction``.
+    """
+    if manual_dir is None:
+        raise DataError(f"dataset {kind!r} needs --manual-dir (the folder holding the images)")
+    root = Path(manual_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--manual-dir {root} is not a directory")
+    if kind == "csv" and "csv_file" not in options:
+        raise DataError("dataset 'csv' needs the csv_file option (--csv-file)")
+    options = {k: v for k, v in options.items() if v is not None}
+    variant = variant_name(resize_size, crop_size, s=seed)
+    fingerprint = _fingerprint(root, {**options, "kind": kind})
+    target = cache_dir(data_dir, f"{kind}-{fingerprint}", variant)
+    if not cache.is_complete(target):
+        if kind == "folder":
+            class_names, splits = parse_folder(root, seed=seed, **options)
+            multilabel = False
+        else:
+            class_names, multilabel, splits = parse_table(root, seed=seed, **options)
+        validate(splits, class_names, multilabel, where=str(root))
+        reader = ImageReader(resize_size, crop_size, skip_bad_images=skip_bad_images)
+        plans = {
+            s: split_plan(recs, reader, multilabel=multilabel, num_classes=len(class_names))
+            for s, recs in splits.items()
+        }
+        facts = {
+            "class_names": list(class_names),
+            "multilabel": multilabel,
+            "eval_grouping": "image",
+            "root": str(root.resolve()),
+            "options": {k: str(v) for k, v in options.items()},
+        }
+        cache.write_cache(target, plans, facts, progress=progress)
+    splits_arrays, meta = cache.read_cache(target)
+    return Dataset(
+        name=kind,
+        splits=splits_arrays,
+        class_names=tuple(meta["class_names"]),
+        multilabel=bool(meta["multilabel"]),
+        eval_grouping=meta["eval_grouping"],
+        metadata=meta,
+    )

@@ -1,0 +1,39 @@
+"""Where prepared data lives: the data directory and each variant's cache directory.
+
+``data_dir`` defaults to TFDS's own (``$TFDS_DATA_DIR`` or
+``~/tensorflow_datasets``) so prepared ArrayRecord files and our caches sit
+together. A cache directory name spells out everything that changes its
+bytes (resize, crop, split seed, label policy), so two variants never share
+one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ROOT = "medft_cache"
+
+
+def default_data_dir() -> Path:
+    """``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's default)."""
+    return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
+    return default_data_dir() if data_dir is None else Path(data_dir).expanduser()
+
+
+def variant_name(resize_size: int | None, crop_size: int | None, **extra: object) -> str:
+    """E.g. ``r256_c224_s0`` or ``native``; extra options appended as ``<key><value>``.
+
+    Only letters, digits and ``_`` (a valid TFDS config name).
+    """
+    parts = ["native"] if crop_size is None else [f"r{resize_size}", f"c{crop_size}"]
+    parts += [f"{k}{v}" for k, v in extra.items() if v is not None]
+    return "_".join(parts)
+
+
+def cache_dir(data_dir: Path, dataset: str, variant: str) -> Path:
+    """``<data_dir>/medft_cache/<dataset>/<variant>`` (``/`` in names becomes ``-``)."""
+    return Path(data_dir) / CACHE_ROOT / dataset.replace("/", "-").replace("@", "-") / variant

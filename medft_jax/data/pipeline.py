@@ -1,0 +1,251 @@
+"""Batches from an :class:`ArraySplit`: seeded per-epoch shuffle, sorted gathers, grain prefetch.
+
+The unit of work is a whole batch: the epoch's permutation is cut into
+batches, each batch's indices are sorted and gathered with one fancy index
+from the (memmapped) image array. Reading per example costs a Python call
+and a small read per image; one sorted gather reads a batch at memory speed
+(see the datasets spec). The batches form a grain ``MapDataset`` read through
+``to_iter_dataset`` (threads + a prefetch buffer) or ``mp_prefetch`` (worker
+processes), so batch ``k+1`` is read while the device trains on batch ``k``.
+
+Determinism and resumption: batch ``b`` of epoch ``e`` is a pure function of
+``(seed, e, b)``; the iterator's state is ``{seed, epoch, position, ...}``
+and :meth:`BatchIterator.set_state` restarts exactly at ``position``.
+
+Hosts: ``batch_size`` is the global batch. Every host draws the same
+permutation and takes its own contiguous ``batch_size / shard_count`` slice
+of each global batch, so the global batch, and so training, is the same
+whatever the number of hosts.
+
+Evaluation: every example exactly once, in order; the last batch is padded
+to the full batch size with zero images, and ``mask`` marks the real rows
+(static shapes: the jitted eval step compiles once). ``index`` gives each
+row's position in the split (-1 for padding), for per-study aggregation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from medft_jax.data.arrays import ArraySplit
+from medft_jax.data.errors import DataError
+
+Batch = dict[str, np.ndarray]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of epoch ``epoch``: a permutation of ``range(n)`` seeded by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def host_shard() -> tuple[int, int]:
+    """``(jax.process_index(), jax.process_count())``."""
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+class _BatchSource:
+    """Random-access batches: row ``b`` of ``order`` (indices, -1 = padding) gathered.
+
+    Picklable for grain's worker processes without copying a memmapped
+    image array: a memmap is re-opened from its file in the worker.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, order: np.ndarray) -> None:
+        self.images = images
+        self.labels = labels
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, b: int) -> Batch:
+        rows = self.order[b]
+        valid = rows >= 0
+        idx = np.sort(rows[valid])
+        images = self.images[idx]
+        labels = self.labels[idx]
+        pad = len(rows) - len(idx)
+        if pad:
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+            labels = np.concatenate([labels, np.zeros((pad, *labels.shape[1:]), labels.dtype)])
+            idx = np.concatenate([idx, np.full(pad, -1, idx.dtype)])
+        return {
+            "image": np.ascontiguousarray(images),
+            "label": np.ascontiguousarray(labels),
+            "mask": np.arange(len(rows)) < len(rows) - pad,
+            "index": idx.astype(np.int64),
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        images = self.images
+        if isinstance(images, np.memmap) and images.filename is not None:
+            state["images"] = (images.filename, images.offset, images.shape)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["images"], tuple):
+            filename, offset, shape = state["images"]
+            state["images"] = np.memmap(filename, np.uint8, "r", offset=offset, shape=shape)
+        self.__dict__.update(state)
+
+
+def _host_rows(global_rows: np.ndarray, shard_index: int, shard_count: int) -> np.ndarray:
+    """This host's contiguous slice of each global batch (rows of ``global_rows``)."""
+    per_host = global_rows.shape[1] // shard_count
+    return global_rows[:, shard_index * per_host : (shard_index + 1) * per_host]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What an iterator reads; its fields are the checkpointable identity."""
+
+    kind: str  # "train" | "eval"
+    split: str
+    num_examples: int
+    batch_size: int
+    seed: int | None
+    epoch: int | None
+    shard_index: int
+    shard_count: int
+
+
+class BatchIterator(Iterator[Batch]):
+    """Iterates batches of one epoch (train) or one pass (eval); checkpointable.
+
+    ``len(it)`` is the number of batches in the pass; ``get_state()`` is a
+    small JSON-able dict and ``set_state(state)`` resumes after the last
+    batch the state saw (the state must come from the same plan: split,
+    batch size, seed, epoch, shards).
+    """
+
+    def __init__(
+        self,
+        plan: _Plan,
+        source: _BatchSource,
+        *,
+        num_threads: int = 2,
+        prefetch: int = 4,
+        num_workers: int = 0,
+    ) -> None:
+        self._plan = plan
+        self._source = source
+        self._options = (num_threads, prefetch, num_workers)
+        self._position = 0
+        self._it: Iterator[Batch] | None = None
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def _start(self) -> Iterator[Batch]:
+        num_threads, prefetch, num_workers = self._options
+        ds = grain.MapDataset.source(self._source)
+        if self._position:
+            ds = ds[self._position :]
+        if num_workers > 0:
+            it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        elif num_threads > 0:
+            it_ds = ds.to_iter_dataset(
+                grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+            )
+        else:
+            it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+        return iter(it_ds)
+
+    def __next__(self) -> Batch:
+        if self._position >= len(self._source):
+            raise StopIteration
+        if self._it is None:
+            self._it = self._start()
+        batch = next(self._it)
+        self._position += 1
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        """``{kind, split, num_examples, batch_size, seed, epoch, shard_*, position}``."""
+        return {**dataclasses.asdict(self._plan), "position": self._position}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continues from ``state['position']`` (batches already delivered are skipped)."""
+        expected = dataclasses.asdict(self._plan)
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise DataError(
+                    f"iterator state field {key!r} is {state.get(key)!r}, this iterator has "
+                    f"{value!r}; restore a state saved from the same split, batch size, seed, "
+                    "epoch and shards"
+                )
+        position = int(state["position"])
+        if not 0 <= position <= len(self._source):
+            raise DataError(f"iterator state position {position} outside 0..{len(self._source)}")
+        self._position = position
+        self._it = None
+
+
+def _check_batch(batch_size: int, shard_count: int) -> None:
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size % shard_count:
+        raise DataError(
+            f"batch_size {batch_size} is not divisible by the number of hosts {shard_count}"
+        )
+
+
+def train_batches(
+    split: ArraySplit,
+    name: str,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int = 0,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    **options: int,
+) -> BatchIterator:
+    """One training epoch: shuffled with (seed, epoch), full batches only.
+
+    The last ``n % batch_size`` examples of the epoch's permutation are
+    dropped (static shapes); a new permutation each epoch means no example
+    is left out for good.
+    """
+    if shard_index is None or shard_count is None:
+        shard_index, shard_count = host_shard()
+    _check_batch(batch_size, shard_count)
+    n = len(split)
+    if batch_size > n:
+        raise DataError(f"batch_size {batch_size} exceeds the {n} examples of split {name!r}")
+    num_batches = n // batch_size
+    perm = epoch_permutation(n, seed, epoch)[: num_batches * batch_size]
+    rows = _host_rows(perm.reshape(num_batches, batch_size), shard_index, shard_count)
+    plan = _Plan("train", name, n, batch_size, seed, epoch, shard_index, shard_count)
+    return BatchIterator(plan, _BatchSource(split.images, split.labels, rows), **options)
+
+
+def eval_batches(
+    split: ArraySplit,
+    name: str,
+    batch_size: int,
+    *,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    **options: int,
+) -> BatchIterator:
+    """Every example once, in order, the last batch padded (``mask`` False on padding)."""
+    if shard_index is None or shard_count is None:
+        shard_index, shard_count = host_shard()
+    _check_batch(batch_size, shard_count)
+    n = len(split)
+    num_batches = -(-n // batch_size)
+    order = np.full(num_batches * batch_size, -1, dtype=np.int64)
+    order[:n] = np.arange(n)
+    rows = _host_rows(order.reshape(num_batches, batch_size), shard_index, shard_count)
+    plan = _Plan("eval", name, n, batch_size, None, None, shard_index, shard_count)
+    return BatchIterator(plan, _BatchSource(split.images, split.labels, rows), **options)

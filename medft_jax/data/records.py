@@ -1,0 +1,156 @@
+"""Examples of a file-based dataset before decoding: path, label, ids; splitting and checks.
+
+Every file-based source parses its on-disk layout into ``{split: [Record]}``
+first (cheap: CSVs and directory listings), so splitting, validation and
+counting are plain Python, testable without decoding an image, and shared by
+the TFDS builders and the ``folder``/``csv`` sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medft_jax.data import cache
+from medft_jax.data.errors import DataError
+from medft_jax.data.images import ImageReader
+from medft_jax.data.splits import carve, check_disjoint
+
+Label = int | tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One example on disk.
+
+    Attributes:
+      path: the file to decode.
+      label: class id, or a multi-hot tuple of floats.
+      id: unique, stable id (the path relative to the dataset root).
+      patient: the unit splits are disjoint over (patient, video); defaults to ``id``.
+      group: the evaluation unit (MURA's study); defaults to ``id``.
+    """
+
+    path: Path
+    label: Label
+    id: str
+    patient: str = ""
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.patient:
+            object.__setattr__(self, "patient", self.id)
+        if not self.group:
+            object.__setattr__(self, "group", self.id)
+
+
+def labels_of(records: Sequence[Record], multilabel: bool, num_classes: int) -> np.ndarray:
+    """int32 ``(N,)`` or float32 ``(N, C)``."""
+    if multilabel:
+        return np.asarray([r.label for r in records], dtype=np.float32).reshape(-1, num_classes)
+    return np.asarray([r.label for r in records], dtype=np.int32)
+
+
+def carve_records(
+    records: Sequence[Record], fraction: float, seed: int, *, stratify: bool
+) -> tuple[list[Record], list[Record]]:
+    """``(rest, carved)``: a patient-disjoint, seeded (and stratified) carve."""
+    labels = [int(r.label) for r in records] if stratify else None  # type: ignore[arg-type]
+    mask = carve([r.patient for r in records], fraction, seed, labels=labels)
+    return (
+        [r for r, m in zip(records, mask, strict=True) if not m],
+        [r for r, m in zip(records, mask, strict=True) if m],
+    )
+
+
+def standard_splits(
+    train: Sequence[Record],
+    test: Sequence[Record] | None = None,
+    *,
+    val_fraction: float,
+    test_fraction: float | None = None,
+    seed: int,
+    stratify: bool,
+) -> dict[str, list[Record]]:
+    """``train``/``val``/``test``: ``test`` given (official) or carved, then ``val`` carved.
+
+    Test is carved with ``seed``, val with ``seed + 1`` from what remains,
+    both disjoint by patient.
+    """
+    rest = list(train)
+    if test is None:
+        if test_fraction is None:
+            raise DataError("no official test split: a test fraction is needed")
+        rest, test = carve_records(rest, test_fraction, seed, stratify=stratify)
+    rest, val = carve_records(rest, val_fraction, seed + 1, stratify=stratify)
+    return {"train": rest, "val": val, "test": list(test)}
+
+
+def validate(
+    splits: dict[str, list[Record]], class_names: Sequence[str], multilabel: bool, *, where: str
+) -> None:
+    """Raises :class:`DataError` on an empty split, a bad label, an empty class or shared patients.
+
+    ``where`` names the dataset/manual dir for the message.
+    """
+    num = len(class_names)
+    seen = np.zeros(num, dtype=np.int64)
+    for name, records in splits.items():
+        if not records:
+            raise DataError(f"{where}: split {name!r} came out empty")
+        for r in records:
+            if multilabel:
+                if not isinstance(r.label, tuple) or len(r.label) != num:
+                    raise DataError(f"{where}: {r.id}: expected {num} multi-hot labels")
+                if any(v not in (0.0, 1.0) for v in r.label):
+                    raise DataError(f"{where}: {r.id}: multi-hot labels must be 0 or 1")
+                seen += np.asarray(r.label, dtype=np.int64)
+            else:
+                if not isinstance(r.label, int | np.integer) or not 0 <= r.label < num:
+                    raise DataError(
+                        f"{where}: {r.id}: label {r.label!r} outside the class list "
+                        f"{list(class_names)}"
+                    )
+                seen[r.label] += 1
+        ids = [r.id for r in records]
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{where}: split {name!r} lists an example twice")
+    if not multilabel:
+        for c, count in zip(class_names, seen, strict=True):
+            if count == 0:
+                raise DataError(f"{where}: class {c!r} has no examples")
+    check_disjoint({name: [r.patient for r in recs] for name, recs in splits.items()})
+
+
+def split_plan(
+    records: Sequence[Record],
+    reader: ImageReader,
+    *,
+    multilabel: bool,
+    num_classes: int,
+    chunk: int = 64,
+) -> cache.SplitPlan:
+    """A :class:`~medft_jax.data.cache.SplitPlan` that decodes ``records`` with ``reader``."""
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(records), chunk):
+            images, kept = [], []
+            for r in records[start : start + chunk]:
+                image = reader.read(r.path)
+                kept.append(image is not None)
+                if image is not None:
+                    images.append(image)
+            shape = (0, reader.crop_size, reader.crop_size, 3)
+            yield (np.stack(images) if images else np.zeros(shape, np.uint8)), np.asarray(kept)
+
+    fields = {
+        "labels": labels_of(records, multilabel, num_classes),
+        "ids": np.asarray([r.id for r in records], dtype=str),
+        "groups": np.asarray([r.group for r in records], dtype=str),
+        "patients": np.asarray([r.patient for r in records], dtype=str),
+    }
+    shape = (reader.crop_size, reader.crop_size, 3)
+    return cache.SplitPlan(len(records), shape, chunks, fields)

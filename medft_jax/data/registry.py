@@ -1,0 +1,160 @@
+"""Datasets by name: ``load(name, ...)`` and ``prepare(name, ...)`` for every source.
+
+Names: ``demo`` (default), the eight paper tasks (:data:`TASK_NAMES`),
+``medmnist/<flag>[@size]``, ``folder`` and ``csv``. An unknown name lists
+the known ones.
+
+Sizes: ``crop_size`` is the side of the square images the model sees and
+``resize_size`` the shorter side before the centre crop (torchvision's
+Resize + CenterCrop). File-based datasets default to 256/224; ``demo`` and
+MedMNIST keep their native size when ``crop_size`` is None.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from medft_jax.data.dataset import Dataset
+from medft_jax.data.demo import load_demo
+from medft_jax.data.errors import DataError
+from medft_jax.data.local import KINDS, load_local
+from medft_jax.data.locations import resolve_data_dir
+from medft_jax.data.medmnist import load_medmnist
+from medft_jax.data.tasks import TASK_NAMES, load_task, prepare_task
+
+DEFAULT_DATASET = "demo"
+DEFAULT_RESIZE = 256
+DEFAULT_CROP = 224
+TASK_OPTIONS = ("val_fraction", "uncertain")
+
+
+def known_names() -> list[str]:
+    return ["demo", *TASK_NAMES, "medmnist/<flag>[@size]", *KINDS]
+
+
+def _unknown(name: str) -> DataError:
+    return DataError(f"unknown dataset {name!r}; known datasets: {', '.join(known_names())}")
+
+
+def _sizes(resize_size: int | None, crop_size: int | None) -> tuple[int, int]:
+    crop = DEFAULT_CROP if crop_size is None else crop_size
+    resize = resize_size if resize_size is not None else round(crop * DEFAULT_RESIZE / DEFAULT_CROP)
+    if crop < 1 or resize < crop:
+        raise DataError(f"--resize-size {resize} must be >= --image-size {crop} >= 1")
+    return resize, crop
+
+
+def _task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(TASK_OPTIONS))
+    if unknown:
+        raise DataError(f"{name} takes options {', '.join(TASK_OPTIONS)}; got {unknown[0]!r}")
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def load(
+    name: str = DEFAULT_DATASET,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    manual_dir: str | os.PathLike[str] | None = None,
+    resize_size: int | None = None,
+    crop_size: int | None = None,
+    seed: int = 0,
+    skip_bad_images: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> Dataset:
+    """Loads dataset ``name`` as a :class:`~medft_jax.data.dataset.Dataset`.
+
+    Args:
+      name: see the module docstring.
+      data_dir: where prepared data and caches live (default: TFDS's).
+      manual_dir: the user's copy of the images (``folder``/``csv`` only;
+        the paper tasks read what ``experiments.prepare`` wrote).
+      resize_size, crop_size: preprocessing sizes (see the module docstring).
+      seed: the seed of everything random in the dataset itself (split
+        carving; demo images). Shuffling takes its own seed in ``train_iter``.
+      skip_bad_images: skip (and count in ``metadata``) undecodable images.
+      options: source-specific (tasks: ``val_fraction``, ``uncertain``; csv/
+        folder: see :func:`medft_jax.data.local.load_local`).
+    """
+    root = resolve_data_dir(data_dir)
+    if name == "demo":
+        if options:
+            raise DataError(f"demo takes no options; got {sorted(options)[0]!r}")
+        return load_demo(seed=seed, image_size=crop_size or 32)
+    if name.startswith("medmnist/"):
+        if options:
+            raise DataError(f"medmnist takes no options; got {sorted(options)[0]!r}")
+        resize = resize_size if crop_size is not None else None
+        return load_medmnist(
+            name, data_dir=root, resize_size=resize, crop_size=crop_size, progress=progress
+        )
+    resize, crop = _sizes(resize_size, crop_size)
+    if name in TASK_NAMES:
+        return load_task(
+            name,
+            data_dir=root,
+            resize_size=resize,
+            crop_size=crop,
+            seed=seed,
+            progress=progress,
+            **_task_options(name, options),
+        )
+    if name in KINDS:
+        return load_local(
+            name,
+            manual_dir=None if manual_dir is None else Path(manual_dir),
+            data_dir=root,
+            resize_size=resize,
+            crop_size=crop,
+            seed=seed,
+            skip_bad_images=skip_bad_images,
+            progress=progress,
+            **options,
+        )
+    raise _unknown(name)
+
+
+def prepare(
+    name: str,
+    *,
+    manual_dir: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    resize_size: int | None = None,
+    crop_size: int | None = None,
+    seed: int = 0,
+    skip_bad_images: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> Dataset:
+    """Prepares ``name`` once (paper tasks: TFDS, then the cache; others: the cache), loads it."""
+    root = resolve_data_dir(data_dir)
+    if name in TASK_NAMES:
+        if manual_dir is None:
+            raise DataError(f"preparing {name} needs --manual-dir (your copy of the dataset)")
+        resize, crop = _sizes(resize_size, crop_size)
+        opts = _task_options(name, options)
+        prepare_task(
+            name,
+            manual_dir=Path(manual_dir),
+            data_dir=root,
+            resize_size=resize,
+            crop_size=crop,
+            seed=seed,
+            skip_bad_images=skip_bad_images,
+            progress=progress,
+            **opts,
+        )
+    return load(
+        name,
+        data_dir=root,
+        manual_dir=manual_dir,
+        resize_size=resize_size,
+        crop_size=crop_size,
+        seed=seed,
+        skip_bad_images=skip_bad_images,
+        progress=progress,
+        **options,
+    )
