@@ -1,0 +1,126 @@
+"""Freezing and staged unfreezing as ordinary optax transformations.
+
+Frozen parameters get an update of exactly zero and hold *no* optimizer
+state: each group of parameters is routed by ``optax.multi_transform``
+either to the inner transformation or to ``optax.set_to_zero()``, whose
+state is empty. A group that starts training later is wrapped in
+:func:`unfreeze_at`, a gate driven by the step count kept in its own state:
+the stage changes inside the jitted update at exactly the right step, with
+no Python-side swapping of optimizers. While the gate is closed the inner
+state is passed through untouched, so an inner ``optax.scale_by_adam``
+keeps zero moments *and* a bias-correction count that advances only while
+the group trains (PyTorch's Adam with ``requires_grad`` toggled: a block
+unfrozen at step 3,000 takes its first update with count 1).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import optax
+
+from medft_jax.models.blocks import BlockPartition, path_str
+
+PyTree = Any
+Labels = PyTree | Callable[[PyTree], PyTree]
+"""A pytree of string labels shaped like the params, or a function of the params returning one."""
+
+HEAD = "new_head"
+"""The group label of the new head (the last Linear layer) in strategy labels."""
+
+
+def leaf_paths(params: PyTree) -> PyTree:
+    """A pytree like ``params`` holding each leaf's path string (``'layer1/0/conv1/kernel'``)."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p), params)
+
+
+def map_paths(fn: Callable[[str], Any]) -> Callable[[PyTree], PyTree]:
+    """Lifts ``fn(path) -> value`` to ``params -> pytree of values`` (a label or mask function)."""
+
+    def tree_fn(params: PyTree) -> PyTree:
+        return jax.tree_util.tree_map_with_path(lambda p, _: fn(path_str(p)), params)
+
+    return tree_fn
+
+
+def match_paths(patterns: str | Iterable[str]) -> Callable[[PyTree], PyTree]:
+    """A mask function: True where a leaf's path matches any ``fnmatch`` pattern.
+
+    ``match_paths(['fc/*', '*/bias'])(params)`` marks the ``fc`` layer and every bias.
+    """
+    pats = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+    return map_paths(lambda path: any(fnmatch.fnmatchcase(path, p) for p in pats))
+
+
+def block_mask(partition: BlockPartition, blocks: Iterable[str]) -> Callable[[PyTree], PyTree]:
+    """A mask function: True on every parameter of the named blocks of ``partition``."""
+    wanted = set(blocks)
+    for b in wanted:
+        partition.index(b)  # raises a KeyError naming the known blocks
+    return map_paths(lambda path: partition.block_of(path) in wanted)
+
+
+def _resolve(tree_or_fn: Labels, params: PyTree) -> PyTree:
+    return tree_or_fn(params) if callable(tree_or_fn) else tree_or_fn
+
+
+def train_only(
+    inner: optax.GradientTransformation, trainable: PyTree | Callable[[PyTree], PyTree]
+) -> optax.GradientTransformation:
+    """Applies ``inner`` where ``trainable`` is True and freezes everything else.
+
+    Unlike ``optax.masked`` (which passes masked-out updates through
+    unchanged) frozen updates here are exactly zero, and unlike chaining
+    ``optax.freeze`` with an optimizer, ``inner`` holds state only for the
+    trainable leaves: linear probing's Adam state is the head's size.
+    """
+
+    def labels(params: PyTree) -> PyTree:
+        return jax.tree.map(lambda t: "train" if t else "frozen", _resolve(trainable, params))
+
+    return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()}, labels)
+
+
+def unfreeze_at(
+    inner: optax.GradientTransformation, step: int
+) -> optax.GradientTransformationExtraArgs:
+    """Gives zero updates until update number ``step`` (0-based), then ``inner``'s.
+
+    The gate counts every call in its own state; before ``step`` the inner
+    state is passed through unchanged, so an inner Adam starts with zero
+    moments and its own bias-correction count 1 at the first update it
+    makes. The switch is a ``lax.cond`` on that count inside the update:
+    one jitted function serves every stage.
+    """
+    if step < 0:
+        raise ValueError(f"unfreeze_at: step must be >= 0, got {step}")
+    return optax.transforms.conditionally_mask(inner, lambda count: count >= step)
+
+
+def staged(
+    inner: optax.GradientTransformation,
+    labels: Labels,
+    start_steps: Mapping[str, int | None],
+) -> optax.GradientTransformation:
+    """Trains each labelled group with ``inner`` from its own start step on.
+
+    ``start_steps`` maps every label to the update number at which its group
+    starts training: ``0`` trains from the start (plain ``inner``), ``None``
+    never (``set_to_zero``, no state). Each group gets its own copy of
+    ``inner``'s state, created at init for every group that will ever train,
+    so a group's Adam moments and bias-correction count start fresh when it
+    unfreezes and nothing else is reset. Gradual unfreezing (G-LF, G-FL),
+    LP-FT, LP, surgical fine-tuning and BitFit are all this one function.
+    """
+    transforms: dict[str, optax.GradientTransformation] = {}
+    for group, start in start_steps.items():
+        if start is None:
+            transforms[group] = optax.set_to_zero()
+        elif start == 0:
+            transforms[group] = inner
+        else:
+            transforms[group] = unfreeze_at(inner, int(start))
+    return optax.multi_transform(transforms, labels)

@@ -1,0 +1,49 @@
+"""Per-group learning-rate multipliers, e.g. layer-wise learning-rate decay."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import optax
+
+PyTree = Any
+
+
+def scale_by_label(
+    labels: PyTree | Callable[[PyTree], PyTree], factors: Mapping[str, float]
+) -> optax.GradientTransformation:
+    """Multiplies each leaf's update by the factor of its label (stateless).
+
+    Chained after an optimizer it is a per-group learning rate; under Adam
+    that is the same as giving each group its own learning rate.
+    """
+
+    def init_fn(params: PyTree) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(
+        updates: PyTree, state: optax.EmptyState, params: PyTree | None = None
+    ) -> tuple[PyTree, optax.EmptyState]:
+        del params
+        lab = labels(updates) if callable(labels) else labels
+        missing = set(jax.tree.leaves(lab)) - set(factors)
+        if missing:
+            raise ValueError(f"scale_by_label: no factor for labels {sorted(missing)}")
+        return jax.tree.map(lambda u, label: u * factors[label], updates, lab), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def layerwise_decay_factors(blocks: Sequence[str], decay: float) -> dict[str, float]:
+    """``decay ** (distance from the last block)``: 1 for the last block, smaller towards the input.
+
+    Layer-wise learning-rate decay (ULMFiT's discriminative fine-tuning,
+    BEiT): layers near the input hold general features and move least.
+    """
+    if not 0 < decay <= 1:
+        raise ValueError(f"layer-wise decay must be in (0, 1], got {decay}")
+    n = len(blocks)
+    return {b: float(decay ** (n - 1 - i)) for i, b in enumerate(blocks)}

@@ -1,0 +1,552 @@
+"""Strategies on a small hand-made pytree: every update checked against a hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from medft_jax.models.blocks import Block, BlockPartition, flatten
+from medft_jax.strategies import (
+    EXTRA_STRATEGIES,
+    HEAD,
+    PAPER_STRATEGIES,
+    block_mask,
+    l1_sp,
+    l2_sp,
+    make,
+    match_paths,
+    scale_by_label,
+    scale_by_rgn,
+    staged,
+    train_only,
+    unfreeze_at,
+)
+
+LR = 0.1
+B1, B2, EPS = 0.9, 0.999, 1e-8
+
+# Three blocks, input to output; the head is the last Linear only, and the last
+# block ("top") holds one more layer (fc1), as VGG's and DenseNet's do.
+TOY = BlockPartition(
+    arch="toy",
+    blocks=(Block("stem", ("stem",)), Block("body", ("body",)), Block("top", ("top",))),
+    head="top/head",
+)
+
+
+def toy_params() -> dict:
+    f = lambda *x: jnp.array(x, jnp.float32)  # noqa: E731
+    return {
+        "stem": {
+            "conv": {"kernel": f([0.5, -1.0], [2.0, 0.25])},
+            "bn": {"scale": f(1.0, 1.5), "bias": f(0.0, 0.1)},
+        },
+        "body": {"dense": {"kernel": f([1.0, -2.0, 0.5]), "bias": f(0.0, 0.0, 0.0)}},
+        "top": {
+            "fc1": {"kernel": f([0.3], [0.7])},
+            "head": {"kernel": f([1.0, -1.0]), "bias": f(0.2, -0.2)},
+        },
+    }
+
+
+PATHS = tuple(flatten(toy_params()))
+HEAD_PATHS = ("top/head/bias", "top/head/kernel")
+# Gradient at step t = BASE * SCALE[t]: varying over time, so Adam's output
+# depends on its bias-correction count (with a constant gradient it would not).
+SCALE = (1.0, -0.5, 2.0, 0.25, 3.0, -1.5, 0.75, 1.25, -2.0, 0.5)
+
+
+def base_grads() -> dict:
+    leaves, treedef = jax.tree.flatten(toy_params())
+    out, k = [], 0
+    for x in leaves:
+        vals = [(-1.0) ** (k + i) * (0.1 + 0.05 * (k + i)) for i in range(x.size)]
+        out.append(jnp.array(vals, jnp.float32).reshape(x.shape))
+        k += x.size
+    return jax.tree.unflatten(treedef, out)
+
+
+def grads_at(t: int) -> dict:
+    return jax.tree.map(lambda b: b * SCALE[t], base_grads())
+
+
+def adam_reference(gs: list[np.ndarray], lr: float = LR) -> list[np.ndarray]:
+    """PyTorch/optax Adam written out in float64, count starting at 1 with gs[0].
+
+    optax computes in float32 (0.999 is not exact there), so results agree to ~1e-5.
+    """
+    m = v = 0.0
+    out = []
+    for k, g in enumerate(gs, start=1):
+        m = B1 * m + (1 - B1) * g
+        v = B2 * v + (1 - B2) * g * g
+        m_hat, v_hat = m / (1 - B1**k), v / (1 - B2**k)
+        out.append(-lr * m_hat / (np.sqrt(v_hat) + EPS))
+    return out
+
+
+def run(tx: optax.GradientTransformation, steps: int, params=None, grads=grads_at):
+    """Jitted updates for ``steps`` steps; returns (flat updates per step, states)."""
+    params = toy_params() if params is None else params
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    ups, states = [], []
+    for t in range(steps):
+        u, state = update(grads(t), state, params)
+        params = optax.apply_updates(params, u)
+        ups.append({k: np.asarray(v) for k, v in flatten(u).items()})
+        states.append(state)
+    return ups, states
+
+
+def group_adam(state, group: str) -> optax.ScaleByAdamState:
+    """The Adam state of one group of a staged strategy (chain -> partition -> gate)."""
+    inner = state[0].inner_states[group].inner_state
+    if isinstance(inner, optax.transforms.ConditionallyMaskState):
+        inner = inner.inner_state
+    return inner
+
+
+def check_against_reference(ups: list[dict], starts: dict[str, int | None]) -> None:
+    for path in PATHS:
+        start = starts[path]
+        gs = [np.asarray(flatten(grads_at(t))[path], np.float64) for t in range(len(ups))]
+        ref = [] if start is None else adam_reference(gs[start:])
+        for t, u in enumerate(ups):
+            if start is None or t < start:
+                assert np.all(u[path] == 0), (path, t, u[path])
+            else:
+                np.testing.assert_allclose(
+                    u[path], ref[t - start], rtol=2e-5, atol=1e-9, err_msg=f"{path} step {t}"
+                )
+
+
+def starts_of(**by_prefix: int | None) -> dict[str, int | None]:
+    out = {}
+    for path in PATHS:
+        key = "head" if path in HEAD_PATHS else path.split("/")[0]
+        key = "fc1" if path.startswith("top/fc1") else key
+        out[path] = by_prefix[key]
+    return out
+
+
+# steps_per_epoch = 2 and one block per epoch: stages begin at steps 2 and 4.
+STAGED_CASES = {
+    "ft": ({}, starts_of(head=0, fc1=0, body=0, stem=0)),
+    "lp": ({}, starts_of(head=0, fc1=None, body=None, stem=None)),
+    # G-LF epoch 0: the whole last block (fc1 + head); then body; then stem.
+    "g_lf": ({}, starts_of(head=0, fc1=0, body=2, stem=4)),
+    # G-FL epoch 0: the first block + the head; then body; then the rest of top.
+    "g_fl": ({}, starts_of(head=0, fc1=4, body=2, stem=0)),
+    "lp_ft": ({"lp_epochs": 2}, starts_of(head=0, fc1=4, body=4, stem=4)),
+    "surgical": ({"surgical_block": "body"}, starts_of(head=0, fc1=None, body=0, stem=None)),
+}
+
+
+@pytest.mark.parametrize("name", list(STAGED_CASES))
+def test_staged_updates_match_hand_computed_adam(name):
+    kwargs, starts = STAGED_CASES[name]
+    tx, _ = make(name, toy_params(), TOY, learning_rate=LR, steps_per_epoch=2, **kwargs)
+    ups, _ = run(tx, 8)
+    check_against_reference(ups, starts)
+
+
+def test_bitfit_trains_biases_norm_affine_and_head():
+    tx, schedule = make("bitfit", toy_params(), TOY, learning_rate=LR)
+    trains = {"stem/bn/bias", "stem/bn/scale", "body/dense/bias", *HEAD_PATHS}
+    ups, _ = run(tx, 3)
+    check_against_reference(ups, {p: 0 if p in trains else None for p in PATHS})
+    assert set(schedule.trainable_paths(0)) == trains
+
+
+def test_newly_unfrozen_block_first_updates_by_hand():
+    """A block unfrozen at step 2 starts from zero moments with its own count 1."""
+    params = {"a": {"w": jnp.zeros(1)}, "h": {"kernel": jnp.zeros(1)}}
+    part = BlockPartition("two", (Block("a", ("a",)), Block("h", ("h",))), head="h")
+    tx, _ = make("lp_ft", params, part, learning_rate=0.1, steps_per_epoch=1, lp_epochs=2)
+    ga = (1.0, 2.0, 3.0, -1.0)
+    grads = lambda t: {"a": {"w": jnp.array([ga[t]])}, "h": {"kernel": jnp.array([1.0])}}  # noqa: E731
+    state, update, got = tx.init(params), jax.jit(tx.update), []
+    for t in range(4):
+        u, state = update(grads(t), state, params)
+        got.append(float(u["a"]["w"][0]))
+    assert got[0] == 0.0 and got[1] == 0.0
+    # Count 1: m_hat = g, v_hat = g^2, so the update is -lr * g / (|g| + eps).
+    assert got[2] == pytest.approx(-0.1 * 3.0 / (3.0 + 1e-8), rel=2e-5)
+    # Count 2 with g = 3 then -1.
+    m_hat = (0.9 * 0.1 * 3.0 + 0.1 * -1.0) / (1 - 0.9**2)  # 0.17 / 0.19
+    v_hat = (0.999 * 0.001 * 9.0 + 0.001 * 1.0) / (1 - 0.999**2)  # 0.009991 / 0.001999
+    assert got[3] == pytest.approx(-0.1 * m_hat / (math.sqrt(v_hat) + 1e-8), rel=3e-5)
+    assert got[3] == pytest.approx(-0.0400219, rel=3e-5)
+    # With one count shared over the tree (count 3 at the first update) it would differ:
+    shared = -0.1 * (0.1 * 3.0 / (1 - 0.9**3)) / math.sqrt(0.001 * 9.0 / (1 - 0.999**3))
+    assert abs(got[2] - shared) > 0.03
+
+
+def test_frozen_moments_stay_zero_until_unfrozen():
+    tx, _ = make("g_lf", toy_params(), TOY, learning_rate=LR, steps_per_epoch=2)
+    _, states = run(tx, 6)
+    for t, state in enumerate(states):  # state after update t; stem unfreezes at step 4
+        adam = group_adam(state, "stem")
+        mu = jax.tree.leaves(adam.mu)
+        if t < 4:
+            assert int(adam.count) == 0
+            assert all(np.all(np.asarray(m) == 0) for m in mu)
+        else:
+            assert int(adam.count) == t - 3
+            assert all(np.any(np.asarray(m) != 0) for m in mu)
+        # The head's Adam counts every step; body's from step 2.
+        assert int(group_adam(state, HEAD).count) == t + 1
+        assert int(group_adam(state, "body").count) == max(0, t - 1)
+
+
+def test_ft_is_plain_adam_bit_for_bit():
+    tx, _ = make("ft", toy_params(), TOY, learning_rate=LR)
+    ref, _ = run(optax.adam(LR), 6)
+    got, _ = run(tx, 6)
+    for r, g in zip(ref, got, strict=True):
+        for k in r:
+            np.testing.assert_array_equal(r[k], g[k])
+
+
+def test_staged_with_every_group_from_step_0_is_adam():
+    tx, _ = make("lp_ft", toy_params(), TOY, learning_rate=LR, lp_epochs=0)
+    ref, _ = run(optax.adam(LR), 4)
+    got, _ = run(tx, 4)
+    for r, g in zip(ref, got, strict=True):
+        for k in r:  # equal up to float32 rounding (XLA fuses the two programs differently)
+            np.testing.assert_allclose(r[k], g[k], rtol=1e-6)
+
+
+def state_elements(state) -> int:
+    """Scalars held in arrays of rank >= 1 (moments); step counts are rank 0."""
+    return sum(x.size for x in jax.tree.leaves(state) if x.ndim > 0)
+
+
+def test_lp_state_is_head_sized():
+    params = toy_params()
+    tx, _ = make("lp", params, TOY, learning_rate=LR)
+    assert state_elements(tx.init(params)) == 2 * 4  # mu and nu of head kernel (2) + bias (2)
+    tx, _ = make("g_lf", params, TOY, learning_rate=LR, steps_per_epoch=2)
+    total = sum(x.size for x in jax.tree.leaves(params))
+    assert state_elements(tx.init(params)) == 2 * total  # every block will train
+
+
+# --- building blocks ---------------------------------------------------------
+
+
+def test_train_only_with_a_name_pattern_holds_state_only_for_trainable():
+    tx = train_only(optax.adam(LR), match_paths(["top/*", "*/bias"]))
+    params = toy_params()
+    trains = {p for p in PATHS if p.startswith("top/") or p.endswith("/bias")}
+    assert state_elements(tx.init(params)) == 2 * sum(flatten(params)[p].size for p in trains)
+    ups, _ = run(tx, 3)
+    check_against_reference(ups, {p: 0 if p in trains else None for p in PATHS})
+
+
+def test_block_mask_and_unknown_block():
+    mask = flatten(block_mask(TOY, ["body"])(toy_params()))
+    assert {p for p, m in mask.items() if m} == {"body/dense/bias", "body/dense/kernel"}
+    with pytest.raises(KeyError, match="stem"):
+        block_mask(TOY, ["nope"])
+
+
+def test_unfreeze_at_gate_alone():
+    tx = unfreeze_at(optax.adam(LR), 3)
+    ups, _ = run(tx, 6)
+    check_against_reference(ups, dict.fromkeys(PATHS, 3))
+
+
+def test_staged_building_block_with_explicit_labels():
+    labels = jax.tree.map(lambda _: "late", toy_params())
+    labels["top"]["head"] = {"kernel": "early", "bias": "never"}
+    tx = staged(optax.adam(LR), labels, {"early": 0, "late": 5, "never": None})
+    ups, _ = run(tx, 7)
+    starts = dict.fromkeys(PATHS, 5) | {"top/head/kernel": 0, "top/head/bias": None}
+    check_against_reference(ups, starts)
+
+
+def test_llrd_scales_adam_per_block():
+    tx, _ = make("llrd", toy_params(), TOY, learning_rate=LR, lr_decay=0.5)
+    ref, _ = run(optax.adam(LR), 3)
+    got, _ = run(tx, 3)
+    factor = {"stem": 0.25, "body": 0.5, "top": 1.0}
+    for r, g in zip(ref, got, strict=True):
+        for k in r:
+            np.testing.assert_allclose(g[k], r[k] * factor[k.split("/")[0]], rtol=1e-7)
+
+
+def test_scale_by_label_needs_every_factor():
+    tx = scale_by_label(jax.tree.map(lambda _: "x", toy_params()), {"y": 1.0})
+    with pytest.raises(ValueError, match="x"):
+        tx.update(toy_params(), tx.init(toy_params()))
+
+
+# --- L1-SP and L2-SP ---------------------------------------------------------
+
+
+def head_mask(tree):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: p[0].key == "top" and p[1].key == "head", tree
+    )
+
+
+def loss(params):
+    """A loss with a gradient that depends on the params: sum(c * w + w^2 / 2)."""
+    c = base_grads()
+    return sum(
+        jnp.sum(ci * w + 0.5 * w * w)
+        for ci, w in zip(jax.tree.leaves(c), jax.tree.leaves(params), strict=True)
+    )
+
+
+def sub_abs(x):
+    """|x| whose gradient is sign(x), i.e. 0 at 0 (jax.grad(jnp.abs)(0.) is 1)."""
+    return x * jax.lax.stop_gradient(jnp.sign(x))
+
+
+def sp_loss(params, w0, norm, alpha, beta, kernels_only=False):
+    f = (lambda x: 0.5 * x * x) if norm == "l2" else sub_abs
+    total = loss(params)
+    for path, w in flatten(params).items():
+        if path in HEAD_PATHS:
+            total += beta * jnp.sum(f(w))
+        elif not kernels_only or path.endswith("kernel"):
+            total += alpha * jnp.sum(f(w - flatten(w0)[path]))
+    return total
+
+
+def pretrained_w0():
+    """ω0: the params except two leaves, so w − ω0 starts nonzero there and 0 elsewhere."""
+    w0 = toy_params()
+    w0["stem"]["conv"]["kernel"] = w0["stem"]["conv"]["kernel"] + 0.5
+    w0["body"]["dense"]["bias"] = jnp.array([0.3, -0.1, 0.0])
+    return w0
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+@pytest.mark.parametrize("kernels_only", [False, True])
+def test_sp_equals_adam_on_penalised_loss(norm, kernels_only):
+    alpha, beta, w0 = 0.5, 0.3, pretrained_w0()
+    start = toy_params()
+    start["top"]["head"]["bias"] = jnp.array([0.0, -0.2])  # sign(0) = 0 on the head too
+    tx, _ = make(
+        f"{norm}_sp",
+        start,
+        TOY,
+        learning_rate=LR,
+        pretrained=w0,
+        alpha=alpha,
+        beta=beta,
+        kernels_only=kernels_only,
+    )
+    ref_tx = optax.adam(LR)
+    p, q = start, start
+    s, rs = tx.init(p), ref_tx.init(q)
+    step = jax.jit(lambda p, s: tx.update(jax.grad(loss)(p), s, p))
+    ref_grad = jax.jit(jax.grad(lambda q: sp_loss(q, w0, norm, alpha, beta, kernels_only)))
+    for _ in range(5):
+        u, s = step(p, s)
+        ru, rs = ref_tx.update(ref_grad(q), rs, q)
+        p, q = optax.apply_updates(p, u), optax.apply_updates(q, ru)
+        for k, v in flatten(q).items():
+            np.testing.assert_allclose(flatten(p)[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_sp_penalty_gradient_by_hand():
+    """Zero loss gradient: the transform returns exactly the penalty's gradient."""
+    params, w0 = toy_params(), pretrained_w0()
+    params["top"]["head"]["bias"] = jnp.array([0.0, -0.2])
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    for make_tx, pull in ((l2_sp, lambda d: d), (l1_sp, np.sign)):
+        tx = make_tx(head_mask, pretrained=w0)  # defaults alpha = beta = 0.01
+        u = flatten(jax.jit(tx.update)(zeros, tx.init(params), params)[0])
+        np.testing.assert_allclose(
+            u["stem/conv/kernel"], 0.01 * pull(np.full((2, 2), -0.5)), rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            u["body/dense/bias"], 0.01 * pull(np.array([-0.3, 0.1, 0.0])), rtol=1e-6
+        )
+        np.testing.assert_array_equal(u["stem/bn/scale"], 0.0)  # w = ω0: no pull (L1: sign(0)=0)
+        np.testing.assert_allclose(
+            u["top/head/bias"], 0.01 * pull(np.array([0.0, -0.2])), rtol=1e-6
+        )
+        np.testing.assert_allclose(u["top/fc1/kernel"], 0.0)  # pretrained, on its ω0
+
+
+def test_sp_default_anchor_is_the_init_params():
+    params = toy_params()
+    tx = l2_sp(head_mask, alpha=1.0)
+    state = tx.init(params)
+    moved = jax.tree.map(lambda w: w + 1.0, params)
+    u = flatten(tx.update(jax.tree.map(jnp.zeros_like, params), state, moved)[0])
+    np.testing.assert_allclose(u["stem/conv/kernel"], np.ones((2, 2)))
+
+
+def test_sp_needs_params():
+    tx = l2_sp(head_mask)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(toy_params(), tx.init(toy_params()))
+
+
+# --- Auto-RGN ----------------------------------------------------------------
+
+
+def rgn_params():
+    return {
+        "a": {"kernel": jnp.array([3.0, 4.0])},  # ‖w‖ = 5
+        "b": {"kernel": jnp.array([1.0, 0.0])},  # ‖w‖ = 1
+        "c": {"bias": jnp.zeros(2)},  # ‖w‖ = 0: a fresh bias
+    }
+
+
+def rgn_grads(t, c=(0.0, 0.0)):
+    """RGN of a = 0.2 (t + 1), of b = 0.5, of c = ‖c‖ / eps."""
+    return {
+        "a": {"kernel": (t + 1) * jnp.array([0.6, 0.8])},
+        "b": {"kernel": jnp.array([0.5, 0.0])},
+        "c": {"bias": jnp.array(c)},
+    }
+
+
+def rgn_run(tx, steps, c=(0.0, 0.0)):
+    params, out = rgn_params(), []
+    state, update = tx.init(params), jax.jit(tx.update)
+    for t in range(steps):
+        u, state = update(rgn_grads(t, c), state, params)
+        out.append((flatten(u), {k: float(v) for k, v in flatten(state.applied).items()}))
+    return out
+
+
+def test_rgn_per_epoch_estimate_by_hand():
+    # 7 steps per epoch, 5 estimation steps. Epoch 0: each of the first 5 steps
+    # applies its own normalised RGN; steps 5-6 apply mean(RGN over steps 0-4)/max
+    # = (a 0.6, b 0.5)/0.6. Epoch 1: steps 7-11 keep that; steps 12-13 apply the
+    # epoch-1 estimate: a = 0.2 * mean(8..12) = 2.0, b = 0.5 -> b = 0.25.
+    b_expected = [0.5 / max(0.2 * (t + 1), 0.5) for t in range(5)]
+    b_expected += [0.5 / 0.6] * 7 + [0.25] * 3
+    tx = scale_by_rgn(optax.identity(), steps_per_epoch=7)
+    for t, (u, m) in enumerate(rgn_run(tx, 15)):
+        a_expected = min(0.2 * (t + 1), 0.5) / 0.5 if t < 5 else 1.0
+        assert m["a/kernel"] == pytest.approx(a_expected, rel=1e-6), t
+        assert m["b/kernel"] == pytest.approx(b_expected[t], rel=1e-6), t
+        assert m["c/bias"] == 0.0
+        g = flatten(rgn_grads(t))
+        for k in g:  # identity inner: the update is the gradient times the multiplier
+            np.testing.assert_allclose(u[k], np.asarray(g[k]) * m[k], rtol=1e-6)
+
+
+def test_rgn_per_step_variant():
+    tx = scale_by_rgn(optax.identity(), per_step=True)
+    for t, (_, m) in enumerate(rgn_run(tx, 8)):
+        top = max(0.2 * (t + 1), 0.5)
+        assert m["a/kernel"] == pytest.approx(0.2 * (t + 1) / top, rel=1e-6)
+        assert m["b/kernel"] == pytest.approx(0.5 / top, rel=1e-6)
+
+
+def test_rgn_zero_bias_gives_no_nan():
+    tx = scale_by_rgn(optax.adam(LR), steps_per_epoch=3)
+    for c in ((0.0, 0.0), (0.3, 0.4)):
+        for u, m in rgn_run(tx, 4, c):
+            assert all(np.all(np.isfinite(v)) for v in u.values())
+            assert all(math.isfinite(v) and 0 <= v <= 1 for v in m.values())
+    # A zero bias with a gradient: RGN = 0.5 / eps is the largest, so it gets 1.
+    _, m = rgn_run(tx, 1, (0.3, 0.4))[0]
+    assert m["c/bias"] == 1.0 and m["b/kernel"] == pytest.approx(0.5 / (0.5 / 1e-8), rel=1e-5)
+    # No gradient at all: multipliers of 1, not 0/0.
+    tx = scale_by_rgn(optax.identity(), per_step=True)
+    zeros = jax.tree.map(jnp.zeros_like, rgn_params())
+    _, state = tx.update(zeros, tx.init(rgn_params()), rgn_params())
+    assert all(float(v) == 1.0 for v in jax.tree.leaves(state.applied))
+
+
+def test_rgn_scales_the_adam_update_not_the_gradient():
+    params = rgn_params()
+    tx, ref = scale_by_rgn(optax.adam(LR), 3), optax.adam(LR)
+    s, rs, update = tx.init(params), ref.init(params), jax.jit(tx.update)
+    for t in range(5):
+        u, s = update(rgn_grads(t), s, params)
+        ru, rs = ref.update(rgn_grads(t), rs, params)
+        for k, v in flatten(ru).items():
+            m = float(flatten(s.applied)[k])
+            np.testing.assert_allclose(flatten(u)[k], np.asarray(v) * m, rtol=1e-6)
+
+
+def test_make_auto_rgn_on_toy():
+    kw = {"steps_per_epoch": 4, "rgn_estimate_steps": 2}
+    tx, schedule = make("auto_rgn", toy_params(), TOY, learning_rate=LR, **kw)
+    got, states = run(tx, 6)
+    ref, _ = run(scale_by_rgn(optax.adam(LR), 4, estimate_steps=2), 6)
+    for r, g in zip(ref, got, strict=True):
+        for k in r:
+            np.testing.assert_array_equal(r[k], g[k])
+    assert max(float(v) for v in jax.tree.leaves(states[0].applied)) == 1.0
+    assert schedule.final_stage_epoch == 0 and schedule.frozen_blocks(0) == ()
+
+
+# --- make() and the schedule ----------------------------------------------------
+
+
+def test_unknown_id_lists_valid_ones():
+    with pytest.raises(ValueError) as err:
+        make("sgd", toy_params(), TOY, learning_rate=LR)
+    for name in PAPER_STRATEGIES + EXTRA_STRATEGIES:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["g_lf", "g_fl", "lp_ft", "auto_rgn"])
+def test_staged_ids_need_steps_per_epoch(name):
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        make(name, toy_params(), TOY, learning_rate=LR)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="frozen_bn"):
+        make("ft", toy_params(), TOY, learning_rate=LR, frozen_bn="train")
+    with pytest.raises(ValueError, match="surgical_block"):
+        make("surgical", toy_params(), TOY, learning_rate=LR)
+    with pytest.raises(ValueError, match="epochs_per_stage"):
+        make("g_lf", toy_params(), TOY, learning_rate=LR, steps_per_epoch=2, epochs_per_stage=0)
+
+
+def test_schedule_g_lf_and_g_fl_on_toy():
+    _, s = make("g_lf", toy_params(), TOY, learning_rate=LR, steps_per_epoch=10)
+    assert [s.trainable_blocks(e) for e in range(4)] == [
+        ("top",),
+        ("body", "top"),
+        ("stem", "body", "top"),
+        ("stem", "body", "top"),
+    ]
+    assert s.frozen_blocks(0) == ("stem", "body") and s.frozen_prefix(0) == 2
+    assert s.final_stage_epoch == 2 and s.stage_epochs == (0, 1, 2)
+    assert s.start_step("stem") == 20 and s.bn_train(0) is True
+    _, s = make("g_fl", toy_params(), TOY, learning_rate=LR, steps_per_epoch=10, epochs_per_stage=3)
+    assert s.trainable_blocks(0) == ("stem", "top")  # top only through its head
+    assert s.trainable_paths(0) == (
+        "stem/bn/bias",
+        "stem/bn/scale",
+        "stem/conv/kernel",
+        *HEAD_PATHS,
+    )
+    assert s.trainable_blocks(3) == ("stem", "body", "top") and s.final_stage_epoch == 6
+    assert not s.is_trainable("top/fc1/kernel", 5) and s.is_trainable("top/fc1/kernel", 6)
+
+
+def test_schedule_lp_and_bn_modes():
+    params = toy_params()
+    _, s = make("lp", params, TOY, learning_rate=LR, frozen_bn="freeze")
+    for e in (0, 7):
+        assert s.trainable_paths(e) == HEAD_PATHS
+        assert s.trainable_blocks(e) == ("top",) and s.frozen_prefix(e) == 2
+        assert s.bn_train(e) == frozenset()  # only the (Linear) head trains
+    assert s.final_stage_epoch == 0 and s.num_trainable(params, 0) == 4
+    mask = flatten(s.trainable_mask(params, 0))
+    assert {p for p, m in mask.items() if m} == set(HEAD_PATHS)
+    _, s = make("lp_ft", params, TOY, learning_rate=LR, steps_per_epoch=3, frozen_bn="freeze")
+    assert s.final_stage_epoch == 5 and s.start_step("body") == 15
+    assert s.bn_train(4) == frozenset() and s.bn_train(5) == frozenset({"stem", "body", "top"})
