@@ -87,7 +87,8 @@ def write_cache(
     """Writes a cache atomically and returns its directory.
 
     ``meta`` (JSON-able dataset facts) is stored in ``meta.json`` with the
-    per-split counts and the ids of skipped bad images. A split left with no
+    per-split counts and the ids of skipped bad images (added to any
+    ``meta["skipped_bad_images"][split]`` already skipped upstream). A split left with no
     examples is an error naming it.
     """
     cache_dir = Path(cache_dir)
@@ -111,7 +112,8 @@ def write_cache(
                     )
                 np.save(tmp / f"{name}_{field}.npy", array[kept], allow_pickle=False)
             counts[name] = int(kept.sum())
-            skipped[name] = [str(i) for i in np.asarray(fields["ids"])[~kept]]
+            earlier = list(meta.get("skipped_bad_images", {}).get(name, []))
+            skipped[name] = earlier + [str(i) for i in np.asarray(fields["ids"])[~kept]]
         meta = {**meta, "splits": list(counts), "counts": counts, "skipped_bad_images": skipped}
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
         try:

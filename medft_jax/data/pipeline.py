@@ -150,6 +150,7 @@ class BatchIterator(Iterator[Batch]):
         if self._position:
             ds = ds[self._position :]
         if num_workers > 0:
+            _absl_flags_parsed()
             it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
         elif num_threads > 0:
@@ -188,6 +189,14 @@ class BatchIterator(Iterator[Batch]):
             raise DataError(f"iterator state position {position} outside 0..{len(self._source)}")
         self._position = position
         self._it = None
+
+
+def _absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside an absl app they are unparsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def _check_batch(batch_size: int, shard_count: int) -> None:

@@ -142,7 +142,7 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             split_seed=config.seed,
             val_fraction=config.val_fraction,
             uncertain=config.uncertain if "uncertain" in task.options else None,
-            skipped_bad_images=[],
+            skipped_bad_images={},
         )
         return tfds.core.DatasetInfo(
             builder=self,
@@ -153,9 +153,9 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         splits = self.TASK.parse_checked(Path(dl_manager.manual_dir), self.builder_config)
-        return {name: self._generate_examples(records) for name, records in splits.items()}
+        return {name: self._generate_examples(recs, name) for name, recs in splits.items()}
 
-    def _generate_examples(self, records: list[Record]):
+    def _generate_examples(self, records: list[Record], split: str):
         config = self.builder_config
         reader = ImageReader(
             config.resize_size,
@@ -166,7 +166,7 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for r in records:
             image = reader.read(r.path)
             if image is None:
-                self.info.metadata["skipped_bad_images"].append(r.id)
+                self.info.metadata["skipped_bad_images"].setdefault(split, []).append(r.id)
                 continue
             label = np.asarray(r.label, np.float32) if self.TASK.multilabel else r.label
             yield (

@@ -1,0 +1,216 @@
+"""The batch pipeline, the cache and the split carving: numbers that could be wrong."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medft_jax.data import DataError, load
+from medft_jax.data import cache as cache_mod
+from medft_jax.data.arrays import group_mean, make_split
+from medft_jax.data.dataset import Dataset
+from medft_jax.data.splits import carve, check_disjoint
+
+ONE_HOST = {"shard_index": 0, "shard_count": 1}
+
+
+def _indices(it) -> list[np.ndarray]:
+    return [b["index"].copy() for b in it]
+
+
+def _toy(n: int = 50) -> Dataset:
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    split = make_split(images, np.arange(n, dtype=np.int32) % 3)
+    return Dataset("toy", {"train": split, "test": split}, ("a", "b", "c"))
+
+
+def test_demo_is_deterministic_and_balanced():
+    a, b, c = load("demo", seed=0), load("demo", seed=0), load("demo", seed=1)
+    assert {k: len(v) for k, v in a.splits.items()} == {"train": 192, "val": 64, "test": 128}
+    assert a.image_shape == (32, 32, 3) and a.num_classes == 2
+    assert np.array_equal(a.splits["train"].images, b.splits["train"].images)
+    assert not np.array_equal(a.splits["train"].images, c.splits["train"].images)
+    assert np.bincount(a.splits["train"].labels).tolist() == [96, 96]
+    # The spot is bright in class 1, dark in class 0: the class means differ.
+    tr = a.splits["train"]
+    centre = tr.images[:, 6:26, 6:26, 0].reshape(len(tr), -1).max(axis=1)
+    assert centre[tr.labels == 1].mean() > centre[tr.labels == 0].mean() + 20
+
+
+def test_same_seed_same_batches_other_seed_or_epoch_differs():
+    ds = load("demo")
+    run = lambda seed, epoch: _indices(ds.train_iter(32, seed=seed, epoch=epoch, **ONE_HOST))  # noqa: E731
+    a, b = run(0, 0), run(0, 0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, run(1, 0), strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, run(0, 1), strict=True))
+    # One epoch: 192 // 32 = 6 full batches, each index at most once, sorted within a batch.
+    flat = np.concatenate(a)
+    assert len(a) == 6 and len(np.unique(flat)) == 192
+    assert all(np.all(np.diff(x) > 0) for x in a)
+
+
+def test_batches_hold_the_right_images_and_labels():
+    ds = _toy()
+    for batch in ds.train_iter(8, seed=3, **ONE_HOST):
+        assert np.array_equal(batch["image"][:, 0, 0, 0], batch["index"])
+        assert np.array_equal(batch["label"], batch["index"] % 3)
+        assert batch["image"].dtype == np.uint8 and batch["mask"].all()
+
+
+def test_drop_remainder_but_every_example_seen_across_epochs():
+    ds = _toy(50)
+    seen = set()
+    for epoch in range(6):
+        batches = _indices(ds.train_iter(16, seed=0, epoch=epoch, **ONE_HOST))
+        assert len(batches) == 3  # 50 // 16
+        seen |= set(np.concatenate(batches).tolist())
+    assert seen == set(range(50))
+
+
+def test_eval_covers_every_example_once_with_padded_last_batch():
+    ds = load("demo")
+    batches = list(ds.eval_batches("test", 50, **ONE_HOST))
+    assert [len(b["image"]) for b in batches] == [50, 50, 50]
+    assert [int(b["mask"].sum()) for b in batches] == [50, 50, 28]
+    idx = np.concatenate([b["index"][b["mask"]] for b in batches])
+    assert np.array_equal(idx, np.arange(128))
+    last = batches[-1]
+    assert (last["index"][~last["mask"]] == -1).all() and (last["image"][~last["mask"]] == 0).all()
+    labels = np.concatenate([b["label"][b["mask"]] for b in batches])
+    assert np.array_equal(labels, ds.splits["test"].labels)
+
+
+def test_hosts_split_each_global_batch_and_together_equal_one_host():
+    ds = _toy(48)
+    single = _indices(ds.train_iter(12, seed=5, **ONE_HOST))
+    parts = [_indices(ds.train_iter(12, seed=5, shard_index=h, shard_count=3)) for h in range(3)]
+    for b, whole in enumerate(single):
+        joined = np.sort(np.concatenate([parts[h][b] for h in range(3)]))
+        assert np.array_equal(joined, whole)
+        assert all(len(parts[h][b]) == 4 for h in range(3))
+    ev = [list(ds.eval_batches("test", 20, shard_index=h, shard_count=2)) for h in range(2)]
+    idx = np.concatenate([b["index"][b["mask"]] for host in ev for b in host])
+    assert sorted(idx.tolist()) == list(range(48))
+    with pytest.raises(DataError, match="not divisible by the number of hosts 3"):
+        ds.train_iter(10, seed=0, shard_index=0, shard_count=3)
+
+
+def test_state_resumes_exactly_mid_epoch():
+    ds = load("demo")
+    full = _indices(ds.train_iter(16, seed=7, epoch=2, **ONE_HOST))
+    it = ds.train_iter(16, seed=7, epoch=2, **ONE_HOST)
+    for _ in range(5):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))  # survives a JSON checkpoint
+    assert state["position"] == 5 and state["seed"] == 7 and state["epoch"] == 2
+    resumed = ds.train_iter(16, seed=7, epoch=2, **ONE_HOST)
+    resumed.set_state(state)
+    rest = _indices(resumed)
+    assert len(rest) == len(full) - 5
+    assert all(np.array_equal(x, y) for x, y in zip(rest, full[5:], strict=True))
+    other = ds.train_iter(16, seed=8, epoch=2, **ONE_HOST)
+    with pytest.raises(DataError, match="'seed' is 7, this iterator has 8"):
+        other.set_state(state)
+
+
+def test_worker_processes_give_the_same_batches(tmp_path):
+    splits = {"train": make_split(*_toy_arrays(40))}
+    meta = {"class_names": ["a", "b", "c"], "multilabel": False, "eval_grouping": "image"}
+    plans = {
+        "train": cache_mod.SplitPlan(
+            40,
+            (4, 4, 3),
+            cache_mod.chunked(splits["train"].images, 16),
+            {f: getattr(splits["train"], f) for f in cache_mod.FIELDS},
+        )
+    }
+    read, _ = cache_mod.read_cache(
+        cache_mod.write_cache(tmp_path / "c", plans, meta, progress=False)
+    )
+    ds = Dataset("toy", read, ("a", "b", "c"))
+    threads = _indices(ds.train_iter(8, seed=1, **ONE_HOST))
+    workers = _indices(ds.train_iter(8, seed=1, num_workers=2, **ONE_HOST))
+    assert all(np.array_equal(x, y) for x, y in zip(threads, workers, strict=True))
+
+
+def _toy_arrays(n: int):
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    return images, np.arange(n, dtype=np.int32) % 3
+
+
+def test_batch_size_larger_than_split_is_an_error():
+    with pytest.raises(DataError, match="batch_size 500 exceeds the 192 examples of split 'train'"):
+        load("demo").train_iter(500, seed=0, **ONE_HOST)
+
+
+def test_cache_is_atomic_and_shrinks_over_skipped_images(tmp_path):
+    images, labels = _toy_arrays(5)
+    ids = np.asarray([f"im{i}" for i in range(5)])
+    fields = {"labels": labels, "ids": ids, "groups": ids, "patients": ids}
+
+    def chunks():
+        yield images[[0, 2]], np.array([True, False, True])
+        yield images[[3]], np.array([True, False])
+
+    target = tmp_path / "cache"
+    plan = cache_mod.SplitPlan(5, (4, 4, 3), chunks, fields)
+    splits, meta = cache_mod.read_cache(
+        cache_mod.write_cache(target, {"train": plan}, {}, progress=False)
+    )
+    assert np.array_equal(splits["train"].images, images[[0, 2, 3]])
+    assert splits["train"].ids.tolist() == ["im0", "im2", "im3"]
+    assert meta["skipped_bad_images"] == {"train": ["im1", "im4"]}
+    assert np.load(target / "train_images.npy", allow_pickle=False).shape == (3, 4, 4, 3)
+
+    def failing():
+        yield images[:2], np.ones(2, bool)
+        raise KeyboardInterrupt  # interrupted mid-write
+
+    other = tmp_path / "other"
+    with pytest.raises(KeyboardInterrupt):
+        cache_mod.write_cache(
+            other, {"train": cache_mod.SplitPlan(5, (4, 4, 3), failing, fields)}, {}, progress=False
+        )
+    assert not other.exists() and not list(tmp_path.glob("other*"))
+    with pytest.raises(DataError, match="not a finished dataset cache"):
+        cache_mod.read_cache(other)
+
+
+def test_empty_split_in_cache_is_an_error(tmp_path):
+    images, labels = _toy_arrays(2)
+    ids = np.asarray(["a", "b"])
+    fields = {"labels": labels, "ids": ids, "groups": ids, "patients": ids}
+    plan = cache_mod.SplitPlan(
+        2, (4, 4, 3), lambda: iter([(images[:0], np.zeros(2, bool))]), fields
+    )
+    with pytest.raises(DataError, match="split 'val' came out empty"):
+        cache_mod.write_cache(tmp_path / "c", {"val": plan}, {}, progress=False)
+
+
+def test_carve_is_group_disjoint_stratified_and_seeded():
+    groups = [f"p{i // 3}" for i in range(300)]  # 100 patients, 3 images each
+    labels = [(i // 3) % 4 for i in range(300)]
+    mask = carve(groups, 0.2, seed=0, labels=labels)
+    assert mask.sum() == 60
+    assert np.bincount(np.asarray(labels)[mask]).tolist() == [15, 15, 15, 15]
+    carved = {g for g, m in zip(groups, mask, strict=True) if m}
+    kept = {g for g, m in zip(groups, mask, strict=True) if not m}
+    assert not carved & kept
+    assert np.array_equal(mask, carve(groups, 0.2, seed=0, labels=labels))
+    assert not np.array_equal(mask, carve(groups, 0.2, seed=1, labels=labels))
+    with pytest.raises(DataError, match="share 1 group"):
+        check_disjoint({"train": ["a", "b"], "test": ["b", "c"]})
+
+
+def test_group_mean_is_the_study_probability():
+    ids, scores, labels = group_mean(
+        np.array([0.2, 0.4, 0.9, 0.1, 0.3]), np.array([1, 1, 0, 0, 0]), np.array(list("aabbb"))
+    )
+    assert ids.tolist() == ["a", "b"]
+    assert np.allclose(scores, [0.3, (0.9 + 0.1 + 0.3) / 3])
+    assert labels.tolist() == [1, 0]
+    with pytest.raises(DataError, match="different labels"):
+        group_mean(np.zeros(2), np.array([0, 1]), np.array(["a", "a"]))
