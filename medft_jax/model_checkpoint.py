@@ -65,9 +65,7 @@ def load_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         restored = ckptr.restore(
             directory,
-            ocp.args.Composite(
-                state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()
-            ),
+            ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()),
         )
     state = restored["state"]
     variables = {

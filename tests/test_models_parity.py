@@ -80,7 +80,7 @@ def test_eval_logits_non_square(pair):
 
 def test_train_mode_batch_statistics(pair):
     """Train mode: logits from batch statistics, and torch's running-stat update."""
-    arch, tm, variables = pair
+    arch, _, variables = pair
     x = _images(64, 96, n=4, seed=2)
     ref_model = random_torchvision(arch, NUM_CLASSES).train()
     for m in ref_model.modules():

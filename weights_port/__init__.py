@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medft_jax.model_checkpoint import load_model, save_model
 from medft_jax.models import get_arch
-from weights_port.download import WEIGHTS_NAMES, cache_dir, download
+from weights_port.fetch import WEIGHTS_NAMES, cache_dir, download
 from weights_port.keymap import PortError, flax_to_torch, torch_to_flax
 from weights_port.state_io import read_state_dict, sha256, write_state_dict
 

@@ -30,9 +30,11 @@ _BN_PARAM_LEAF = {"scale": "weight", "bias": "bias"}
 _STAT_LEAF = {"mean": "running_mean", "var": "running_var"}
 _TRACKED = "num_batches_tracked"
 
-# torchvision's DenseNet loader renames these pre-0.4 keys ("norm.1" -> "norm1").
+# torchvision's DenseNet loader renames these pre-0.4 keys ("norm.1" -> "norm1");
+# num_batches_tracked is included too, which torchvision's pattern leaves out.
 _DENSENET_LEGACY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
 
 
@@ -148,7 +150,9 @@ def torch_to_flax(
     hk = head_key(arch)
     head = np.asarray(state[hk])
     if head.ndim != 2:
-        raise PortError(f"{source}: key {hk!r} has shape {head.shape}, expected (classes, features)")
+        raise PortError(
+            f"{source}: key {hk!r} has shape {head.shape}, expected (classes, features)"
+        )
     num_classes = int(head.shape[0])
     template = _template(arch, num_classes)
     flat: dict[str, dict[str, np.ndarray]] = {"params": {}, "batch_stats": {}}

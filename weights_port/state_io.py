@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,7 +58,14 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
             "or convert the file to .safetensors"
         ) from e
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise PortError(
+            f"{path}: not a loadable torch state_dict (it holds pickled objects other than "
+            "tensors, refused by weights_only=True)"
+        ) from None
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PortError(f"{path}: not a loadable torch state_dict ({first})") from e
@@ -87,12 +96,12 @@ def write_state_dict(state: Mapping[str, np.ndarray], out: str | Path) -> list[P
                 f"--out {out}: writing .pth needs torch (pip install 'medft-jax[port]'); "
                 "ask for a .safetensors file instead"
             ) from e
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+        tensors = {k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()}
         written.append(_atomic(out, lambda p: torch.save(tensors, p)))
         out = out.with_suffix(".safetensors")
     from safetensors.numpy import save_file
 
-    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
     written.append(_atomic(out, lambda p: save_file(arrays, p)))
     return written
 

@@ -31,9 +31,9 @@ __all__ = [
     "BlockPartition",
     "DenseNet",
     "ResNet",
+    "block_outputs",
     "create",
     "get_arch",
-    "block_outputs",
     "init_variables",
 ]
 

@@ -47,7 +47,8 @@ def expected_hash_prefix(url: str) -> str:
 def download(arch: str, *, timeout: float = 30.0) -> Path:
     """The cached torchvision checkpoint of ``arch``, downloaded first if needed."""
     if arch not in WEIGHTS_URLS:
-        raise PortError(f"--arch {arch}: no ImageNet weights known; known: {', '.join(WEIGHTS_URLS)}")
+        known = ", ".join(WEIGHTS_URLS)
+        raise PortError(f"--arch {arch}: no ImageNet weights known; known: {known}")
     url = WEIGHTS_URLS[arch]
     target = cache_dir() / "torchvision" / url.rsplit("/", 1)[-1]
     if target.is_file():
@@ -66,12 +67,15 @@ def download(arch: str, *, timeout: float = 30.0) -> Path:
                     f"cannot download {url} ({reason}); offline? Download it elsewhere and pass "
                     "--torch-weights FILE"
                 ) from None
-            with response, tqdm(
-                total=int(response.headers.get("Content-Length", 0)) or None,
-                unit="B",
-                unit_scale=True,
-                desc=target.name,
-            ) as bar:
+            with (
+                response,
+                tqdm(
+                    total=int(response.headers.get("Content-Length", 0)) or None,
+                    unit="B",
+                    unit_scale=True,
+                    desc=target.name,
+                ) as bar,
+            ):
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     f.write(chunk)
                     digest.update(chunk)

@@ -1,0 +1,119 @@
+"""Class probabilities for image files from a model checkpoint.
+
+``python -m experiments.predict --checkpoint DIR --images A.png B.jpg [--json]``
+
+Images are preprocessed as torchvision's ImageNet weight transforms do (PIL
+bilinear antialiased resize of the shorter side to the checkpoint's resize
+size, centre crop, ImageNet mean/std; grayscale repeated to 3 channels).
+Probabilities are softmax outputs, or per-class sigmoids for a multilabel
+checkpoint, all classes in index order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from medft_jax.data.preprocess import normalize, resize_and_crop
+from medft_jax.model_checkpoint import CheckpointError, load_model
+from medft_jax.models import create
+
+
+class PredictError(ValueError):
+    """An input image or checkpoint that cannot be used."""
+
+
+def load_image(path: str | Path, resize_size: int, crop_size: int) -> np.ndarray:
+    """One image file -> the uint8 (crop, crop, 3) array the model sees."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return resize_and_crop(image, resize_size, crop_size)
+    except FileNotFoundError:
+        raise PredictError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise PredictError(f"{path}: not a readable image ({e})") from None
+
+
+class Predictor:
+    """A model checkpoint ready to turn uint8 image batches into probabilities."""
+
+    def __init__(self, checkpoint: str | Path):
+        self.variables, self.metadata = load_model(checkpoint)
+        m = self.metadata
+        for field in ("arch", "num_classes"):
+            if field not in m:
+                raise CheckpointError(f"{checkpoint}: metadata lacks the field {field!r}")
+        self.model = create(m["arch"], int(m["num_classes"]))
+        self.multilabel = bool(m.get("multilabel", False))
+        self.resize_size = int(m.get("resize_size", 256))
+        self.crop_size = int(m.get("crop_size", 224))
+        names = m.get("class_names")
+        self.class_names = list(names) if names else [str(i) for i in range(m["num_classes"])]
+        self._probs = jax.jit(self._probs_fn)
+
+    def _probs_fn(self, variables, images):
+        logits = self.model.apply(variables, normalize(images)).astype(jnp.float32)
+        return jax.nn.sigmoid(logits) if self.multilabel else jax.nn.softmax(logits)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._probs(self.variables, jnp.asarray(images)))
+
+    def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Probabilities (len(paths), num_classes); all images are checked before any compute."""
+        arrays = [load_image(p, self.resize_size, self.crop_size) for p in paths]
+        out = []
+        for i in range(0, len(arrays), batch_size):
+            batch = np.stack(arrays[i : i + batch_size])
+            n = len(batch)
+            if n < batch_size and len(arrays) > batch_size:  # one compiled shape
+                batch = np.concatenate([batch, np.zeros_like(batch[:1]).repeat(batch_size - n, 0)])
+            out.append(self(batch)[:n])
+        return np.concatenate(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.predict", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help="model checkpoint folder (from weights_port or a run's best parameters)",
+    )
+    p.add_argument("--images", required=True, nargs="+", metavar="FILE", help="image files")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object per image: {"image": PATH, "probs": [...]}',
+    )
+    p.add_argument("--top", type=int, default=3, help="classes shown per image without --json")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    args = p.parse_args(argv)
+    try:
+        predictor = Predictor(args.checkpoint)
+        probs = predictor.predict_files(args.images, args.batch_size)
+    except (PredictError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, row in zip(args.images, probs, strict=True):
+        if args.json:
+            print(json.dumps({"image": path, "probs": [float(v) for v in row]}))
+        else:
+            top = np.argsort(-row, kind="stable")[: args.top]
+            shown = ", ".join(f"{predictor.class_names[i]} {row[i]:.4f}" for i in top)
+            print(f"{path}: {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The weight port: round trips, strictness, safe loading, download."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import weights_port
+from medft_jax.model_checkpoint import load_metadata, load_model
+from tests.torch_ref import random_torchvision, state_dict_numpy, torch, torchvision
+from weights_port import fetch as dl
+from weights_port.__main__ import main
+from weights_port.keymap import PortError, rename_legacy_keys, torch_to_flax
+
+
+@pytest.fixture(scope="module")
+def resnet_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tv") / "resnet50-random.pth"
+    torch.save(random_torchvision("resnet50", 10, seed=3).state_dict(), path)
+    return path
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "densenet121"])
+def test_round_trip_is_bit_exact(arch, tmp_path, capsys):
+    model = random_torchvision(arch, 10, seed=1)
+    src = tmp_path / f"{arch}.pth"
+    torch.save(model.state_dict(), src)
+    assert main(["--arch", arch, "--torch-weights", str(src), "--out", str(tmp_path / "ck")]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "o.pth")]) == 0
+    back = torch.load(tmp_path / "o.pth", map_location="cpu", weights_only=True)
+    _assert_same_state(model.state_dict(), back)
+    fresh = getattr(torchvision.models, arch)(num_classes=10)
+    fresh.load_state_dict(back, strict=True)
+    from safetensors.torch import load_file
+
+    _assert_same_state(model.state_dict(), load_file(tmp_path / "o.safetensors"))
+    meta = load_metadata(tmp_path / "ck")
+    assert meta["arch"] == arch and meta["num_classes"] == 10
+    assert meta["source"] == src.name and len(meta["source_sha256"]) == 64
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_safetensors_input_equals_pth_input(resnet_file, tmp_path):
+    from safetensors.torch import save_file
+
+    state = torch.load(resnet_file, map_location="cpu", weights_only=True)
+    st = tmp_path / "r.safetensors"
+    save_file(state, st)
+    weights_port.port("resnet50", resnet_file, tmp_path / "a")
+    weights_port.port("resnet50", st, tmp_path / "b")
+    (va, _), (vb, _) = load_model(tmp_path / "a"), load_model(tmp_path / "b")
+    flat_a = {k: v for k, v in _leaves(va)}
+    flat_b = {k: v for k, v in _leaves(vb)}
+    assert flat_a.keys() == flat_b.keys()
+    assert all(np.array_equal(flat_a[k], flat_b[k]) for k in flat_a)
+
+
+def _leaves(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}/")
+        else:
+            yield prefix + k, v
+
+
+def test_densenet_legacy_keys_are_renamed():
+    state = state_dict_numpy(random_torchvision("densenet121", 10))
+    legacy = {}
+    for k, v in state.items():
+        k = k.replace("norm1.", "norm.1.").replace("conv2.", "conv.2.")
+        legacy[k] = v
+    assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
+    assert rename_legacy_keys(legacy).keys() == state.keys()
+    a, _ = torch_to_flax(legacy, "densenet121")
+    b, _ = torch_to_flax(state, "densenet121")
+    assert np.array_equal(
+        a["params"]["features"]["denseblock1"]["denselayer1"]["norm1"]["scale"],
+        b["params"]["features"]["denseblock1"]["denselayer1"]["norm1"]["scale"],
+    )
+
+
+@pytest.fixture(scope="module")
+def resnet_state():
+    return state_dict_numpy(random_torchvision("resnet50", 10))
+
+
+def test_wrong_arch_is_named(resnet_state):
+    with pytest.raises(PortError, match=r"^x.pth: file looks like resnet50, not densenet121$"):
+        torch_to_flax(resnet_state, "densenet121", source="x.pth")
+
+
+def test_missing_extra_and_misshapen_keys(resnet_state):
+    s = dict(resnet_state)
+    del s["layer2.1.conv2.weight"]
+    with pytest.raises(PortError, match=r"missing key 'layer2.1.conv2.weight' expected by resnet50"):
+        torch_to_flax(s, "resnet50")
+    s = {**resnet_state, "layer5.0.conv1.weight": np.zeros((1,), np.float32)}
+    with pytest.raises(PortError, match=r"unexpected key 'layer5.0.conv1.weight', not in resnet50"):
+        torch_to_flax(s, "resnet50")
+    s = {**resnet_state, "conv1.weight": np.zeros((64, 3, 3, 3), np.float32)}
+    with pytest.raises(
+        PortError, match=r"key 'conv1.weight' has shape \(64, 3, 3, 3\), expected \(64, 3, 7, 7\)"
+    ):
+        torch_to_flax(s, "resnet50")
+
+
+def test_num_batches_tracked_dropped_and_restored(resnet_state):
+    variables, tracked = torch_to_flax(resnet_state, "resnet50")
+    assert tracked["bn1.num_batches_tracked"] == 7  # random_torchvision's marker
+    assert "num_batches_tracked" not in str(list(_leaves(variables)))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (Path.touch, (Path(_Evil.target),))
+
+
+def test_pickled_code_is_never_run(tmp_path, capsys):
+    _Evil.target = str(tmp_path / "pwned")
+    bad = tmp_path / "evil.pth"
+    buf = io.BytesIO()
+    pickle.dump({"conv1.weight": _Evil()}, buf)
+    bad.write_bytes(buf.getvalue())
+    out = tmp_path / "ck"
+    assert main(["--arch", "resnet50", "--torch-weights", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}: not a loadable torch state_dict") and "\n" not in err
+    assert not (tmp_path / "pwned").exists()
+    assert not out.exists()
+
+
+def test_cli_errors_are_one_line_and_write_nothing(resnet_file, tmp_path, capsys):
+    out = tmp_path / "ck"
+    assert main(["--arch", "vgg19", "--torch-weights", str(resnet_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {resnet_file}: file looks like resnet50, not vgg19\n"
+    assert not out.exists()
+    missing = tmp_path / "nope.pth"
+    assert main(["--arch", "resnet50", "--torch-weights", str(missing), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {missing}: no such file\n"
+    out.mkdir()
+    assert main(["--arch", "resnet50", "--torch-weights", str(resnet_file), "--out", str(out)]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(tmp_path / "none"), "--out", "x.pth"]) == 2
+    assert "no such checkpoint folder" in capsys.readouterr().err
+
+
+def test_urls_match_torchvision():
+    from torchvision.models import DenseNet121_Weights, ResNet50_Weights, VGG19_Weights
+
+    from medft_jax.models import ARCHS
+
+    ref = {
+        "resnet50": ResNet50_Weights.IMAGENET1K_V2,
+        "densenet121": DenseNet121_Weights.IMAGENET1K_V1,
+        "vgg19": VGG19_Weights.IMAGENET1K_V1,
+    }
+    for arch, w in ref.items():
+        assert dl.WEIGHTS_URLS[arch] == w.url
+        assert dl.WEIGHTS_NAMES[arch] == w.name
+        assert ARCHS[arch].resize_size == w.transforms().resize_size[0]
+        assert ARCHS[arch].crop_size == w.transforms().crop_size[0]
+
+
+def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(dl.urllib.request, "urlopen", offline)
+    assert main(["--arch", "resnet50", "--download"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot download https://download.pytorch.org" in err
+    assert "offline?" in err
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+class _FakeResponse(io.BytesIO):
+    headers = {"Content-Length": "0"}
+
+
+def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path))
+    payload = resnet_file.read_bytes()
+    monkeypatch.setattr(dl.urllib.request, "urlopen", lambda *a, **k: _FakeResponse(payload))
+    with pytest.raises(PortError, match="does not start with 11ad3fa6"):
+        dl.download("resnet50")
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+    import hashlib
+
+    digest = hashlib.sha256(payload).hexdigest()
+    monkeypatch.setitem(
+        dl.WEIGHTS_URLS, "resnet50", f"https://example.invalid/resnet50-{digest[:8]}.pth"
+    )
+    path = dl.download("resnet50")
+    assert path.read_bytes() == payload and path.parent == tmp_path / "torchvision"
+    ck = weights_port.port_imagenet("resnet50")
+    assert ck == weights_port.default_checkpoint("resnet50")
+    assert load_metadata(ck)["source_sha256"] == digest
