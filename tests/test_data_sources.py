@@ -1,0 +1,297 @@
+"""MedMNIST, folder and csv sources, preprocessing parity, and their bad-input messages."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_fakes import image
+from PIL import Image
+
+from medft_jax.data import DataError, load
+from medft_jax.data.images import ImageReader, safe_join
+from medft_jax.data.medmnist import parse_name
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SIZES = {"resize_size": 36, "crop_size": 32}
+
+
+def _npz(path: Path, n: dict[str, int], labels_shape: str = "Nx1", classes: int = 2) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, count in n.items():
+        arrays[f"{split}_images"] = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = np.arange(count) % classes
+        if labels_shape == "Nx1":
+            labels = labels[:, None]
+        elif labels_shape == "multi":
+            labels = (rng.random((count, classes)) < 0.3).astype(np.uint8)
+        arrays[f"{split}_labels"] = labels
+    np.savez(path, **arrays)
+
+
+# MedMNIST
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "breastmnist.npz").is_file(), reason="no ../shared/data")
+def test_breastmnist_from_shared_data_flat_labels():
+    ds = load("medmnist/breastmnist", data_dir=SHARED_DATA)
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 546, "val": 78, "test": 156}
+    assert np.bincount(ds.splits["train"].labels).tolist() == [147, 399]
+    assert ds.class_names == ("malignant", "normal, benign") and not ds.multilabel
+    assert ds.image_shape == (28, 28, 3)
+    im = ds.splits["train"].images
+    assert np.array_equal(im[..., 0], im[..., 2])  # grey repeated to RGB
+
+
+def test_medmnist_nx1_labels_and_resized_cache(tmp_path):
+    _npz(tmp_path / "pneumoniamnist.npz", {"train": 10, "val": 4, "test": 6})
+    native = load("medmnist/pneumoniamnist", data_dir=tmp_path)
+    assert native.splits["train"].labels.tolist() == [0, 1] * 5
+    resized = load("medmnist/pneumoniamnist", data_dir=tmp_path, progress=False, **SIZES)
+    assert resized.image_shape == (32, 32, 3)
+    assert isinstance(resized.splits["test"].images, np.memmap)
+    grey = native.splits["val"].images[2, ..., 0]
+    expected = np.asarray(Image.fromarray(grey).convert("RGB").resize((36, 36), Image.BILINEAR))
+    assert np.array_equal(resized.splits["val"].images[2], expected[2:34, 2:34])
+
+
+def test_chestmnist_is_multilabel(tmp_path):
+    _npz(tmp_path / "chestmnist.npz", {"train": 6, "val": 2, "test": 2}, "multi", 14)
+    ds = load("medmnist/chestmnist", data_dir=tmp_path)
+    assert ds.multilabel and ds.num_classes == 14
+    assert ds.splits["train"].labels.shape == (6, 14)
+    assert ds.splits["train"].labels.dtype == np.float32
+
+
+def test_medmnist_bad_inputs(tmp_path):
+    with pytest.raises(DataError, match="unknown MedMNIST flag 'nosuch'"):
+        parse_name("medmnist/nosuch")
+    with pytest.raises(DataError, match=r"size 100 .* is not one of"):
+        parse_name("medmnist/breastmnist@100")
+    assert parse_name("medmnist/breastmnist@64") == ("breastmnist", 64)
+    _npz(tmp_path / "breastmnist.npz", {"train": 4, "val": 2, "test": 2}, classes=3)
+    with pytest.raises(DataError, match="train_labels holds label 2 outside the 2 classes"):
+        load("medmnist/breastmnist", data_dir=tmp_path)
+    np.savez(tmp_path / "octmnist.npz", train_images=np.zeros((1, 2, 2), np.uint8))
+    with pytest.raises(DataError, match="missing array 'train_labels'"):
+        load("medmnist/octmnist", data_dir=tmp_path)
+
+
+def test_medmnist_refuses_pickled_npz(tmp_path):
+    np.savez(
+        tmp_path / "bloodmnist.npz",
+        **{
+            f"{s}_{k}": np.array([object()])
+            for s in ("train", "val", "test")
+            for k in ("images", "labels")
+        },
+    )
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load("medmnist/bloodmnist", data_dir=tmp_path)
+
+
+# Preprocessing: equal to torchvision's Resize + CenterCrop on PIL images
+
+
+def test_reader_equals_torchvision_transforms(tmp_path):
+    tv = pytest.importorskip("torchvision.transforms", reason="torchvision not installed")
+    for k, (size, mode) in enumerate([((40, 48), "RGB"), ((61, 37), "L"), ((32, 32), "RGB")]):
+        path = tmp_path / f"im{k}.png"
+        image(k, size, mode).save(path)
+        ours = ImageReader(36, 32).read(path)
+        pipeline = tv.Compose([tv.Resize(36), tv.CenterCrop(32)])
+        theirs = np.asarray(pipeline(Image.open(path).convert("RGB")))
+        assert ours.shape == (32, 32, 3) and ours.dtype == np.uint8
+        assert np.array_equal(ours, theirs)
+
+
+# folder
+
+
+def _folder(root: Path, per_class: int = 10) -> None:
+    for c, name in enumerate(("cat", "dog")):
+        for i in range(per_class):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            image(100 * c + i).save(root / name / f"{i}.png")
+
+
+def test_folder_counts_labels_and_splits(tmp_path):
+    _folder(tmp_path / "imgs")
+    ds = load(
+        "folder", manual_dir=tmp_path / "imgs", data_dir=tmp_path / "out", progress=False, **SIZES
+    )
+    assert ds.class_names == ("cat", "dog")
+    counts = {k: len(v) for k, v in ds.splits.items()}
+    assert counts == {"train": 14, "val": 2, "test": 4} and sum(counts.values()) == 20
+    ids = np.concatenate([s.ids for s in ds.splits.values()])
+    assert len(set(ids.tolist())) == 20
+    for split in ds.splits.values():
+        assert np.array_equal(split.labels, [0 if i.startswith("cat") else 1 for i in split.ids])
+    first = ds.splits["train"]
+    expected = ImageReader(36, 32).read(tmp_path / "imgs" / first.ids[0])
+    assert np.array_equal(first.images[0], expected)
+
+
+def test_folder_empty_class_is_named(tmp_path):
+    _folder(tmp_path / "imgs", 3)
+    (tmp_path / "imgs" / "empty").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*empty is empty"):
+        load("folder", manual_dir=tmp_path / "imgs", data_dir=tmp_path / "out", **SIZES)
+
+
+def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
+    _folder(tmp_path / "imgs")
+    bad = tmp_path / "imgs" / "dog" / "7.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated PNG
+    with pytest.raises(DataError, match=r"corrupt or unreadable image .*dog/7\.png"):
+        load(
+            "folder",
+            manual_dir=tmp_path / "imgs",
+            data_dir=tmp_path / "out",
+            progress=False,
+            **SIZES,
+        )
+    assert not list((tmp_path / "out").rglob("meta.json"))  # nothing half-prepared looks done
+    ds = load(
+        "folder",
+        manual_dir=tmp_path / "imgs",
+        data_dir=tmp_path / "out",
+        skip_bad_images=True,
+        progress=False,
+        **SIZES,
+    )
+    skipped = ds.metadata["skipped_bad_images"]
+    assert sum(len(v) for v in skipped.values()) == 1
+    assert [i for v in skipped.values() for i in v] == ["dog/7.png"]
+    assert sum(len(s) for s in ds.splits.values()) == 19
+
+
+# csv
+
+
+def _csv_layout(root: Path, header: str = "path,label,patient", rows=None) -> None:
+    for i in range(12):
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        image(500 + i).save(root / "img" / f"{i}.jpg")
+    if rows is None:
+        rows = [f"img/{i}.jpg,{'benign' if i % 2 else 'malignant'},p{i // 2}" for i in range(12)]
+    (root / "labels.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+
+
+def test_csv_single_label_with_groups(tmp_path):
+    _csv_layout(tmp_path / "d")
+    ds = load(
+        "csv",
+        manual_dir=tmp_path / "d",
+        data_dir=tmp_path / "out",
+        csv_file="labels.csv",
+        group_column="patient",
+        progress=False,
+        **SIZES,
+    )
+    assert ds.class_names == ("benign", "malignant")
+    patients = {k: set(v.patients.tolist()) for k, v in ds.splits.items()}
+    assert not patients["train"] & patients["test"] and not patients["train"] & patients["val"]
+    assert sum(len(s) for s in ds.splits.values()) == 12
+    for split in ds.splits.values():
+        numbers = [int(i.split("/")[1].split(".")[0]) for i in split.ids]
+        assert split.labels.tolist() == [0 if n % 2 else 1 for n in numbers]
+
+
+def test_csv_multilabel_and_split_column(tmp_path):
+    rows = [
+        f"img/{i}.jpg,{i % 2},{(i // 2) % 2},{['train', 'val', 'test'][i % 3]}" for i in range(12)
+    ]
+    _csv_layout(tmp_path / "d", "file,a,b,split", rows)
+    ds = load(
+        "csv",
+        manual_dir=tmp_path / "d",
+        data_dir=tmp_path / "out",
+        csv_file="labels.csv",
+        path_column="file",
+        label_columns=["a", "b"],
+        split_column="split",
+        progress=False,
+        **SIZES,
+    )
+    assert ds.multilabel and ds.class_names == ("a", "b")
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 4, "val": 4, "test": 4}
+    # rows 1, 4, 7, 10: a = i % 2, b = (i // 2) % 2
+    assert ds.splits["val"].labels.tolist() == [[1, 0], [0, 0], [1, 1], [0, 1]]
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "options", "message"),
+    [
+        (
+            "path,diagnosis",
+            None,
+            {},
+            r"labels\.csv: missing column 'label'; expected the header path,label",
+        ),
+        (
+            "path,label",
+            ["../outside.jpg,benign"],
+            {},
+            r"image path '\.\./outside\.jpg' escapes the dataset root",
+        ),
+        ("path,label", ["/etc/passwd,benign"], {}, r"escapes the dataset root"),
+        (
+            "path,label",
+            ["img/0.jpg,cyst"],
+            {"class_names": ["benign", "malignant"]},
+            r"labels\.csv:2: label 'cyst' outside the class list \['benign', 'malignant'\]",
+        ),
+        (
+            "path,label",
+            [f"img/{i}.jpg,benign" for i in range(12)],
+            {"class_names": ["benign", "malignant"]},
+            r"class 'malignant' has no examples",
+        ),
+        (
+            "path,label",
+            ["img/0.jpg,benign", "img/1.jpg,malignant"],
+            {},
+            r"split '(val|test)' came out empty",
+        ),
+    ],
+)
+def test_csv_bad_inputs_by_message(tmp_path, header, rows, options, message):
+    _csv_layout(tmp_path / "d", header, rows)
+    if header == "path,diagnosis":
+        (tmp_path / "d" / "labels.csv").write_text("path,diagnosis\nimg/0.jpg,benign\n")
+    with pytest.raises(DataError, match=message):
+        load(
+            "csv",
+            manual_dir=tmp_path / "d",
+            data_dir=tmp_path / "out",
+            csv_file="labels.csv",
+            progress=False,
+            **options,
+            **SIZES,
+        )
+
+
+def test_symlink_escaping_the_root_is_refused(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    (tmp_path / "root" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    with pytest.raises(DataError, match="escapes the dataset root"):
+        safe_join(tmp_path / "root", "link.jpg", source="list.csv")
+
+
+def test_unknown_dataset_lists_known_ones():
+    with pytest.raises(
+        DataError,
+        match=r"unknown dataset 'imagenet'; known datasets: demo, chexpert, .*bach.*folder, csv",
+    ):
+        load("imagenet")
+
+
+def test_local_sources_need_a_manual_dir(tmp_path):
+    with pytest.raises(DataError, match="dataset 'folder' needs --manual-dir"):
+        load("folder", data_dir=tmp_path)
+    shutil.rmtree(tmp_path)
