@@ -211,7 +211,7 @@ def make_isic2020(root: Path, n_patients: int = 20, per_patient: int = 2) -> dic
         [{"image_name_1": a, "image_name_2": b} for a, b in duplicates],
     )
     for _, b in duplicates:
-        truth.pop(b)
+        truth.pop(b, None)
     return truth
 
 

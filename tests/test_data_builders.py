@@ -1,0 +1,359 @@
+"""The eight paper tasks on fake official layouts: parsing (no TF) and TFDS end to end.
+
+Parsing tests check counts, labels (CheXpert U-Ones/U-Zeros, MURA study
+labels, CholecT50 multi-hot), class names and disjoint splits. The TFDS
+tests prepare every task with TensorFlow (skipped with a reason where it is
+not installed), then read it back through the memmap cache, and once in a
+process where TensorFlow cannot be imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import data_fakes as fakes
+import numpy as np
+import pytest
+
+from medft_jax.data import DataError, load, prepare
+from medft_jax.data.builders import BUILDERS, builder_class
+from medft_jax.data.builders.base import MedicalConfig
+from medft_jax.data.builders.t1w_mri import decode as decode_mat
+from medft_jax.data.images import ImageReader
+
+SIZES = {"resize_size": 36, "crop_size": 32}
+CONFIG = MedicalConfig.make(**SIZES)
+MAKERS = {
+    "chexpert": fakes.make_chexpert,
+    "mura": fakes.make_mura,
+    "t1w_mri": fakes.make_t1w_mri,
+    "bach": fakes.make_bach,
+    "isic2020": fakes.make_isic2020,
+    "cholect50_instrument": fakes.make_cholect50,
+}
+DIRS = {name: ("mura" if name.startswith("mura") else name) for name in BUILDERS}
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    root = tmp_path_factory.mktemp("manual")
+    return {name: (root / name, make(root / name)) for name, make in MAKERS.items()}
+
+
+def _parse(name: str, root: Path, config: MedicalConfig = CONFIG):
+    return builder_class(name).TASK.parse_checked(root, config)
+
+
+def _disjoint(splits) -> None:
+    patients = {k: {r.patient for r in v} for k, v in splits.items()}
+    assert not patients["train"] & patients["val"]
+    assert not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+
+
+# Parsing the official layouts (no TensorFlow)
+
+
+@pytest.mark.parametrize("policy", ["ones", "zeros"])
+def test_chexpert_one_frontal_per_patient_and_uncertainty_policy(layouts, policy):
+    root, truth = layouts["chexpert"]
+    config = MedicalConfig.make(**SIZES, uncertain=policy)
+    splits = _parse("chexpert", root, config)
+    assert len(splits["train"]) + len(splits["val"]) == 12 and len(splits["test"]) == 4
+    _disjoint(splits)
+    expected_value = {"1.0": 1.0, "0.0": 0.0, "": 0.0, "-1.0": 1.0 if policy == "ones" else 0.0}
+    for split, records in splits.items():
+        for r in records:
+            assert r.id.endswith("study1/view1_frontal.jpg")  # first frontal, not the lateral
+            raw = truth["valid" if split == "test" else "train"][r.patient]
+            assert r.label == tuple(expected_value[v] for v in raw)
+    assert builder_class("chexpert").TASK.class_names == (
+        "Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("part", ["shoulder", "wrist", "humerus"])
+def test_mura_images_carry_their_study_label(layouts, part):
+    root, truth = layouts["mura"]
+    splits = _parse(f"mura_{part}", root)
+    _disjoint(splits)
+    body = f"XR_{part.upper()}"
+    for split, records in splits.items():
+        studies = truth[("valid" if split == "test" else "train", body)]
+        for r in records:
+            assert body in r.id and r.group == r.id.rsplit("/", 1)[0]
+            assert r.label == studies[r.group]
+            assert r.label == (1 if r.group.endswith("positive") else 0)
+    train_studies = {r.group for s in ("train", "val") for r in splits[s]}
+    assert train_studies == set(truth[("train", body)])
+    assert {r.group for r in splits["test"]} == set(truth[("valid", body)])
+    assert builder_class(f"mura_{part}").TASK.eval_grouping == "study"
+
+
+def test_t1w_mri_labels_patients_and_orientation(layouts):
+    root, truth = layouts["t1w_mri"]
+    splits = _parse("t1w_mri", root)
+    records = [r for v in splits.values() for r in v]
+    assert len(records) == 36  # cvind.mat ignored
+    _disjoint(splits)
+    for r in records:
+        label, pid, pixels = truth[r.path.name]
+        assert r.label == label - 1 and r.patient == pid
+    r = records[0]
+    pixels = truth[r.path.name][2].astype(float)
+    expected = np.rint((pixels - pixels.min()) / (pixels.max() - pixels.min()) * 255)
+    assert np.array_equal(np.asarray(decode_mat(r.path)), expected.astype(np.uint8))
+
+
+def test_bach_stratified_ten_percent_test(layouts):
+    root, truth = layouts["bach"]
+    splits = _parse("bach", root)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 32, "val": 4, "test": 4}
+    assert sorted(r.label for r in splits["test"]) == [0, 1, 2, 3]
+    assert all(truth[r.id] == r.label for v in splits.values() for r in v)
+
+
+def test_isic2020_drops_duplicates_and_groups_patients(layouts):
+    root, truth = layouts["isic2020"]
+    splits = _parse("isic2020", root)
+    records = [r for v in splits.values() for r in v]
+    assert len(records) == 38 and {r.id.split("/")[-1][:-4] for r in records} == set(truth)
+    _disjoint(splits)
+    for r in records:
+        assert (r.label, r.patient) == truth[r.id.split("/")[-1][:-4]]
+    assert {r.label for r in splits["test"]} == {0, 1}  # stratified: both classes
+
+
+def test_cholect50_official_videos_subsampled_multi_hot(layouts):
+    root, truth = layouts["cholect50_instrument"]
+    splits = _parse("cholect50_instrument", root)
+    assert {k: sorted({r.patient for r in v}) for k, v in splits.items()} == {
+        "train": ["VID01", "VID02"],
+        "val": ["VID08"],
+        "test": ["VID06"],
+    }
+    records = [r for v in splits.values() for r in v]
+    assert len(records) == 4 * 3  # frames 0, 10, 20 of 25
+    assert all(r.label == truth[r.id] for r in records)
+    frame10 = next(r for r in records if r.id == "videos/VID01/000010.png")
+    assert frame10.label == (0.0, 1.0, 0.0, 0.0, 1.0, 0.0)  # {10 % 6, (10 // 10) % 6}
+
+
+# Bad input, by message
+
+
+def test_chexpert_missing_column_names_it_and_the_header(tmp_path, layouts):
+    root, _ = layouts["chexpert"]
+    csv = (root / "CheXpert-v1.0-small" / "train.csv").read_text().replace("Edema", "Oedema", 1)
+    (tmp_path / "CheXpert-v1.0-small").mkdir()
+    (tmp_path / "CheXpert-v1.0-small" / "train.csv").write_text(csv)
+    with pytest.raises(
+        DataError,
+        match=r"train\.csv: missing column 'Edema'; expected the header "
+        r"Path,Sex,Age,Frontal/Lateral",
+    ):
+        _parse("chexpert", tmp_path)
+
+
+def test_chexpert_unknown_label_value(tmp_path, layouts):
+    root, _ = layouts["chexpert"]
+    with open(root / "CheXpert-v1.0-small" / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[1]["Edema"] = "2.0"  # line 3: the first frontal image of patient 1
+    (tmp_path / "CheXpert-v1.0-small").mkdir()
+    with open(tmp_path / "CheXpert-v1.0-small" / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(
+        DataError, match=r"train\.csv:3 column 'Edema': label '2\.0' is not 1\.0, 0\.0, -1\.0"
+    ):
+        _parse("chexpert", tmp_path)
+
+
+def test_mura_label_outside_class_list(tmp_path):
+    fakes.make_mura(tmp_path, ("XR_WRIST",), 2, 1)
+    path = tmp_path / "MURA-v1.1" / "train_labeled_studies.csv"
+    path.write_text(path.read_text().replace("/,1", "/,2", 1))
+    with pytest.raises(
+        DataError, match=r"train_labeled_studies\.csv:\d+: label '2' outside the class list"
+    ):
+        _parse("mura_wrist", tmp_path)
+
+
+def test_mura_path_escaping_root_is_refused(tmp_path):
+    fakes.make_mura(tmp_path, ("XR_WRIST",), 2, 1)
+    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"
+    study = path.read_text().splitlines()[0].rsplit("/", 1)[0]
+    path.write_text(f"{study}/../../../../../../escape/XR_WRIST/x.png\n" + path.read_text())
+    (tmp_path / "MURA-v1.1" / "train_labeled_studies.csv").write_text(
+        f"{study}/../../../../../../escape/XR_WRIST/,1\n"
+        + (tmp_path / "MURA-v1.1" / "train_labeled_studies.csv").read_text()
+    )
+    with pytest.raises(DataError, match="escapes the dataset root"):
+        _parse("mura_wrist", tmp_path)
+
+
+def test_t1w_label_outside_and_corrupt_mat(tmp_path):
+    fakes.write_mat(tmp_path / "1.mat", np.ones((8, 8), np.int16), 4, "7")
+    with pytest.raises(
+        DataError, match=r"1\.mat: cjdata/label 4 outside the class list 1 \(meningioma\)"
+    ):
+        _parse("t1w_mri", tmp_path)
+    (tmp_path / "1.mat").write_bytes(b"MATLAB 5.0 MAT-file, not HDF5")
+    with pytest.raises(DataError, match=r"cannot read .*1\.mat as MATLAB v7\.3 \(HDF5\)"):
+        _parse("t1w_mri", tmp_path)
+
+
+def test_bach_empty_class_is_named(tmp_path):
+    fakes.make_bach(tmp_path, 2)
+    for f in (tmp_path / "ICIAR2018_BACH_Challenge" / "Photos" / "InSitu").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match=r"class folder .*Photos/InSitu has no \.tif images"):
+        _parse("bach", tmp_path)
+
+
+def test_bach_split_that_comes_out_empty(tmp_path):
+    fakes.make_bach(tmp_path, 1)
+    with pytest.raises(DataError, match=r"split '(test|val)' came out empty"):
+        _parse("bach", tmp_path)
+
+
+def test_isic_needs_the_duplicate_list(tmp_path):
+    fakes.make_isic2020(tmp_path, 4, 1)
+    (tmp_path / "ISIC_2020_Training_Duplicates.csv").unlink()
+    with pytest.raises(DataError, match=r"ISIC_2020_Training_Duplicates\.csv not found"):
+        _parse("isic2020", tmp_path)
+
+
+def test_cholect50_bad_instrument_and_unknown_video(tmp_path):
+    fakes.make_cholect50(tmp_path, (1,), 3)
+    path = tmp_path / "labels" / "VID01.json"
+    path.write_text(path.read_text().replace("[0, 0, 0,", "[0, 9, 0,", 1))
+    with pytest.raises(
+        DataError, match=r"VID01\.json: frame 0: instrument 9 outside the class list"
+    ):
+        _parse("cholect50_instrument", tmp_path)
+    fakes.make_cholect50(tmp_path / "b", (3,), 3)
+    with pytest.raises(DataError, match="VID03 is not one of CholecT50's 50 videos"):
+        _parse("cholect50_instrument", tmp_path / "b")
+
+
+# TFDS end to end
+
+tf_required = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("tensorflow") is None,
+    reason="preparing TFDS builders needs TensorFlow (pip install medft-jax[prepare])",
+)
+
+
+@pytest.fixture(scope="module")
+def prepared(layouts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    datasets = {}
+    for name in BUILDERS:
+        root = layouts[DIRS[name]][0]
+        datasets[name] = prepare(name, manual_dir=root, data_dir=out, progress=False, **SIZES)
+    return out, datasets
+
+
+@tf_required
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_prepared_task_matches_its_layout(layouts, prepared, name):
+    root = layouts[DIRS[name]][0]
+    ds = prepared[1][name]
+    parsed = _parse(name, root)
+    task = builder_class(name).TASK
+    assert ds.class_names == task.class_names and ds.multilabel == task.multilabel
+    assert ds.eval_grouping == task.eval_grouping and ds.image_shape == (32, 32, 3)
+    reader = ImageReader(36, 32, decode=task.decode)
+    for split, records in parsed.items():
+        arrays = ds.splits[split]
+        by_id = {r.id: r for r in records}
+        assert sorted(arrays.ids.tolist()) == sorted(by_id)
+        for k, id_ in enumerate(arrays.ids):
+            r = by_id[str(id_)]
+            expected = np.asarray(r.label, np.float32) if task.multilabel else r.label
+            assert np.array_equal(arrays.labels[k], expected)
+            assert arrays.patients[k] == r.patient and arrays.groups[k] == r.group
+        k = len(arrays) - 1
+        assert np.array_equal(arrays.images[k], reader.read(by_id[str(arrays.ids[k])].path))
+    assert not any(ds.metadata["skipped_bad_images"].values())
+
+
+@tf_required
+def test_mura_study_scores_are_image_means(prepared):
+    ds = prepared[1]["mura_wrist"]
+    test = ds.splits["test"]
+    scores = np.linspace(0, 1, len(test))
+    ids, study_scores, labels = ds.grouped_scores("test", scores)
+    assert len(ids) == len(set(test.groups.tolist())) < len(test)
+    for sid, score, label in zip(ids, study_scores, labels, strict=True):
+        members = test.groups == sid
+        assert np.isclose(score, scores[members].mean())
+        assert label == (1 if sid.endswith("positive") else 0)
+
+
+@tf_required
+def test_reading_prepared_data_needs_no_tensorflow(prepared):
+    out, _ = prepared
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, shutil, sys
+        find_spec = importlib.util.find_spec
+        def no_tf(name, package=None):
+            return None if name.split(".")[0] == "tensorflow" else find_spec(name, package)
+        importlib.util.find_spec = no_tf
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "tensorflow":
+                    raise ModuleNotFoundError(name)
+        sys.meta_path.insert(0, Block())
+        shutil.rmtree({str(out / "medft_cache" / "bach")!r})
+        from medft_jax.data import load
+        ds = load("bach", data_dir={str(out)!r}, resize_size=36, crop_size=32, progress=False)
+        assert "tensorflow" not in sys.modules
+        print({{k: len(v) for k, v in ds.splits.items()}})
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "{'train': 32, 'val': 4, 'test': 4}" in result.stdout
+
+
+def test_unprepared_task_says_which_command_to_run(tmp_path):
+    with pytest.raises(
+        DataError,
+        match=r"bach \(r36_c32_s0\) is not prepared in .*; run: python -m experiments\.prepare "
+        r"--dataset bach --manual-dir .* --resize-size 36 --image-size 32",
+    ):
+        load("bach", data_dir=tmp_path, progress=False, **SIZES)
+
+
+@tf_required
+def test_corrupt_image_fails_cleanly_or_is_skipped_and_counted(tmp_path):
+    fakes.make_bach(tmp_path / "bach", 10)
+    bad = tmp_path / "bach" / "ICIAR2018_BACH_Challenge" / "Photos" / "Benign" / "b004.tif"
+    bad.write_bytes(bad.read_bytes()[:100])
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"corrupt or unreadable image .*Benign/b004\.tif"):
+        prepare("bach", manual_dir=tmp_path / "bach", data_dir=out, progress=False, **SIZES)
+    with pytest.raises(DataError, match="is not prepared"):  # nothing half-prepared is served
+        load("bach", data_dir=out, progress=False, **SIZES)
+    ds = prepare(
+        "bach",
+        manual_dir=tmp_path / "bach",
+        data_dir=out,
+        skip_bad_images=True,
+        progress=False,
+        **SIZES,
+    )
+    skipped = ds.metadata["skipped_bad_images"]
+    assert [i for v in skipped.values() for i in v] == ["Photos/Benign/b004.tif"]
+    assert sum(len(s) for s in ds.splits.values()) == 39
