@@ -1,0 +1,45 @@
+"""``python -m experiments.prepare``: exit codes, what it prints, what it writes."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import data_fakes as fakes
+import pytest
+
+from experiments.prepare import main
+from medft_jax.data import load
+
+
+def test_prepare_folder_then_load(tmp_path, capsys):
+    for c in ("a", "b"):
+        for i in range(10):
+            (tmp_path / "imgs" / c).mkdir(parents=True, exist_ok=True)
+            fakes.image(10 * i + (c == "b")).save(tmp_path / "imgs" / c / f"{i}.png")
+    argv = ["--dataset", "folder", "--manual-dir", str(tmp_path / "imgs")]
+    argv += ["--data-dir", str(tmp_path / "out"), "--resize-size", "36", "--image-size", "32"]
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "folder: train 14, val 2, test 4; 2 classes; images (32, 32, 3)" in out
+    assert len(list((tmp_path / "out" / "medft_cache").rglob("meta.json"))) == 1
+
+
+def test_prepare_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["--dataset", "bach", "--manual-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --manual-dir {tmp_path / 'missing'} is not a directory"
+    assert main(["--dataset", "nosuch", "--data-dir", str(tmp_path)]) == 2
+    assert "known datasets: demo, chexpert" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow")
+def test_prepare_task_with_arch_resize(tmp_path, capsys):
+    fakes.make_bach(tmp_path / "bach", 10)
+    argv = ["--dataset", "bach", "--manual-dir", str(tmp_path / "bach")]
+    argv += ["--data-dir", str(tmp_path / "out"), "--arch", "resnet50", "--no-progress"]
+    assert main(argv) == 0
+    assert (
+        "bach: train 32, val 4, test 4; 4 classes; images (224, 224, 3)" in capsys.readouterr().out
+    )
+    ds = load("bach", data_dir=tmp_path / "out", resize_size=232, crop_size=224)
+    assert ds.metadata["resize_size"] == 232
