@@ -1,0 +1,134 @@
+"""Model registry, initialisation as torchvision's, compute dtype, small inputs."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medft_jax.models import ARCHS, block_outputs, create
+from medft_jax.models.blocks import flatten
+from medft_jax.models.layers import _adaptive_matrix, adaptive_avg_pool
+
+
+def test_unknown_arch_lists_known():
+    with pytest.raises(ValueError, match=r"unknown arch 'resnet18'; known archs: resnet50, "):
+        create("resnet18", 3)
+
+
+def _init(arch: str, num_classes: int, size: int = 32, seed: int = 0):
+    model = create(arch, num_classes)
+    return model, jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return _init("resnet50", 7)
+
+
+def test_parameter_counts_match_torchvision():
+    # torchvision with num_classes=1000: 25,557,032 / 7,978,856 / 143,667,240.
+    expected = {"resnet50": 25_557_032, "densenet121": 7_978_856, "vgg19": 143_667_240}
+    for arch, n in expected.items():
+        model = create(arch, 1000)
+        shapes = jax.eval_shape(
+            lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        )
+        assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])) == n, arch
+
+
+def test_head_and_conv_init_follow_torchvision(resnet):
+    _, v = resnet
+    p = flatten(v["params"])
+    bound = 1 / math.sqrt(2048)
+    fc_w, fc_b = np.asarray(p["fc/kernel"]), np.asarray(p["fc/bias"])
+    assert fc_w.shape == (2048, 7)
+    assert np.abs(fc_w).max() <= bound and np.abs(fc_w).max() > 0.95 * bound
+    assert np.abs(fc_b).max() <= bound and np.abs(fc_b).std() > 0
+    # kaiming_normal_(mode="fan_out"): std = sqrt(2 / (out * kh * kw)) = sqrt(2 / (256 * 9))
+    w = np.asarray(p["layer3/0/conv2/kernel"])
+    assert w.shape == (3, 3, 256, 256)
+    assert abs(w.std() / math.sqrt(2 / (256 * 9)) - 1) < 0.02
+    assert np.all(np.asarray(p["bn1/scale"]) == 1) and np.all(np.asarray(p["bn1/bias"]) == 0)
+    stats = flatten(v["batch_stats"])
+    assert np.all(np.asarray(stats["bn1/mean"]) == 0) and np.all(np.asarray(stats["bn1/var"]) == 1)
+
+
+def test_vgg_and_densenet_heads():
+    m = create("vgg19", 3)
+    s = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    assert s["params"]["classifier"]["0"]["kernel"].shape == (25088, 4096)
+    assert s["params"]["classifier"]["6"]["kernel"].shape == (4096, 3)
+    _, v = _init("densenet121", 4, seed=1)
+    head = v["params"]["classifier"]
+    assert np.all(np.asarray(head["bias"]) == 0)  # torchvision zeroes DenseNet's Linear bias
+    assert np.abs(np.asarray(head["kernel"])).max() <= 1 / math.sqrt(1024)
+
+
+def test_same_seed_same_init_other_seed_differs():
+    model = create("resnet50", 2)
+    x = jnp.zeros((1, 32, 32, 3))
+    a = model.init(jax.random.key(3), x)["params"]["fc"]["kernel"]
+    b = model.init(jax.random.key(3), x)["params"]["fc"]["kernel"]
+    c = model.init(jax.random.key(4), x)["params"]["fc"]["kernel"]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_bfloat16_compute_keeps_float32_params(resnet):
+    _, v = resnet
+    x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+    f32 = create("resnet50", 7).apply(v, x)
+    bf16 = create("resnet50", 7, dtype=jnp.bfloat16).apply(v, x)
+    assert bf16.dtype == jnp.bfloat16 and f32.dtype == jnp.float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(v))
+    err = np.abs(np.asarray(bf16, np.float32) - np.asarray(f32)).max()
+    assert 0 < err < 0.05 * max(1.0, float(np.abs(f32).max()))
+
+
+def test_vgg_runs_at_32px_with_dropout_only_when_asked():
+    model = create("vgg19", 2)
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    v = jax.jit(model.init)(jax.random.key(0), x)
+    a = model.apply(v, x)
+    assert a.shape == (2, 2)
+    np.testing.assert_array_equal(a, model.apply(v, x))
+    d1 = model.apply(v, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    d2 = model.apply(v, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(d1, d2)
+
+
+def test_adaptive_pool_bins_by_hand():
+    # torch bins for 3 -> 2: [0, 2) and [1, 3) (they overlap)
+    np.testing.assert_allclose(_adaptive_matrix(3, 2), [[0.5, 0.5, 0], [0, 0.5, 0.5]])
+    x = jnp.arange(1 * 3 * 1 * 1, dtype=jnp.float32).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(adaptive_avg_pool(x, (2, 1))[0, :, 0, 0], [0.5, 1.5])
+    # 1 -> 7 replicates the value into every bin.
+    y = adaptive_avg_pool(jnp.full((1, 1, 1, 2), 3.0), (7, 7))
+    assert y.shape == (1, 7, 7, 2) and np.all(np.asarray(y) == 3.0)
+
+
+def test_block_outputs_cover_every_block():
+    for arch, spec in ARCHS.items():
+        model = create(arch, 2)
+        x = jnp.zeros((1, 32, 32, 3))
+        _, state = jax.eval_shape(
+            lambda m=model, x=x: m.init_with_output(jax.random.key(0), x, mutable=True)
+        )
+        assert set(block_outputs(state["intermediates"])) == set(spec.partition.names), arch
+
+
+def test_every_parameter_in_exactly_one_block():
+    for arch, spec in ARCHS.items():
+        model = create(arch, 5)
+        shapes = jax.eval_shape(
+            lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        )
+        paths = list(flatten(shapes["params"]))
+        owners = {p: [b.name for b in spec.partition.blocks if b.owns(p)] for p in paths}
+        assert all(len(o) == 1 for o in owners.values()), arch
+        assert {o[0] for o in owners.values()} == set(spec.partition.names), arch
+        heads = [p for p in paths if spec.partition.is_head(p)]
+        assert sorted(heads) == sorted(f"{spec.partition.head}/{n}" for n in ("bias", "kernel"))

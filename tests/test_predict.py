@@ -1,0 +1,73 @@
+"""experiments.predict against torchvision on the same images and weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import weights_port
+from experiments.predict import main
+from medft_jax.model_checkpoint import load_model, save_model
+from tests.torch_ref import random_torchvision, torch, torchvision
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict")
+    model = random_torchvision("resnet50", 4, seed=2)
+    torch.save(model.state_dict(), tmp / "r.pth")
+    ck = weights_port.port("resnet50", tmp / "r.pth", tmp / "ck")
+    rng = np.random.default_rng(0)
+    a, b = tmp / "a.png", tmp / "b.jpg"
+    Image.fromarray(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8)).save(a)
+    Image.fromarray(rng.integers(0, 256, (240, 250), dtype=np.uint8), "L").save(b)
+    return tmp, model, ck, [a, b]
+
+
+def _torch_logits(model, paths):
+    t = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
+    x = torch.stack([t(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_json_probs_equal_torchvision(setup, capsys):
+    _, model, ck, paths = setup
+    assert main(["--checkpoint", str(ck), "--images", *map(str, paths), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in rows] == [str(p) for p in paths]
+    ref = torch.softmax(_torch_logits(model, paths), -1).numpy()
+    np.testing.assert_allclose(np.array([r["probs"] for r in rows]), ref, atol=1e-5)
+
+
+def test_text_output_ranks_classes(setup, capsys):
+    _, model, ck, paths = setup
+    assert main(["--checkpoint", str(ck), "--images", str(paths[0]), "--top", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    ref = torch.softmax(_torch_logits(model, paths[:1]), -1).numpy()[0]
+    best = np.argsort(-ref)[:2]
+    assert line == f"{paths[0]}: {best[0]} {ref[best[0]]:.4f}, {best[1]} {ref[best[1]]:.4f}"
+
+
+def test_multilabel_checkpoint_uses_sigmoid(setup, capsys):
+    tmp, model, ck, paths = setup
+    variables, meta = load_model(ck)
+    meta = {**meta, "multilabel": True, "class_names": ["a", "b", "c", "d"]}
+    ml = save_model(tmp / "ml", variables["params"], variables["batch_stats"], meta)
+    assert main(["--checkpoint", str(ml), "--images", *map(str, paths), "--json"]) == 0
+    probs = np.array([json.loads(x)["probs"] for x in capsys.readouterr().out.splitlines()])
+    ref = torch.sigmoid(_torch_logits(model, paths)).numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+
+
+def test_bad_image_is_named(setup, capsys):
+    tmp, _, ck, paths = setup
+    bad = tmp / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert main(["--checkpoint", str(ck), "--images", str(paths[0]), str(bad)]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.startswith(f"error: {bad}: not a readable image")
+    assert cap.err.count("\n") == 1
