@@ -1,0 +1,243 @@
+"""Metrics against hand computations on made-up confusion matrices and scores."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from medft_jax import metrics
+from medft_jax.metrics import UndefinedClassWarning, compute_metrics
+
+# --- 3 classes, single-label ------------------------------------------------------------
+# Rows are softmax-like scores; argmax predictions are [0, 1, 1, 1, 2, 0].
+THREE_SCORES = np.array(
+    [
+        [0.60, 0.32, 0.08],  # true 0, pred 0
+        [0.05, 0.50, 0.45],  # true 0, pred 1
+        [0.30, 0.45, 0.25],  # true 1, pred 1
+        [0.10, 0.80, 0.10],  # true 1, pred 1
+        [0.15, 0.25, 0.60],  # true 2, pred 2
+        [0.50, 0.10, 0.40],  # true 2, pred 0
+    ]
+)
+THREE_LABELS = np.array([0, 0, 1, 1, 2, 2])
+# Confusion matrix (rows true, columns predicted):
+#   [[1, 1, 0],
+#    [0, 2, 0],
+#    [1, 0, 1]]
+# One-vs-rest, N = 6:
+#   class 0: TP 1, FN 1, FP 1, TN 3 -> (TP+TN)/N = 4/6, F1 = 2/(2+1+1) = 1/2
+#   class 1: TP 2, FN 0, FP 1, TN 3 -> 5/6,            F1 = 4/(4+1+0) = 4/5
+#   class 2: TP 1, FN 1, FP 0, TN 4 -> 5/6,            F1 = 2/(2+0+1) = 2/3
+# eq. 6 = (4/6 + 5/6 + 5/6)/3 = 7/9  (= 1 - 2(1 - 2/3)/3, top-1 being 4/6)
+# macro F1 = (1/2 + 4/5 + 2/3)/3 = 59/90
+# kappa: p_o = 4/6; true marginals (2,2,2)/6, predicted (2,3,1)/6;
+#   p_e = (2*2 + 2*3 + 2*1)/36 = 1/3; kappa = (2/3 - 1/3)/(1 - 1/3) = 1/2
+# balanced accuracy = mean recall = (1/2 + 1 + 1/2)/3 = 2/3
+# AUROC (pairs positive > negative out of 2*4):
+#   class 0: pos .60 .05, neg .30 .10 .15 .50 -> 4 + 0 = 4/8
+#   class 1: pos .45 .80, neg .32 .50 .25 .10 -> 3 + 4 = 7/8
+#   class 2: pos .60 .40, neg .08 .45 .25 .10 -> 4 + 3 = 7/8
+#   macro = (4/8 + 7/8 + 7/8)/3 = 3/4
+# AP (precision at each positive in the ranking, averaged):
+#   class 0: .60 P, .50 N, .30 N, .15 N, .10 N, .05 P -> (1 + 2/6)/2 = 2/3
+#   class 1: .80 P, .50 N, .45 P -> (1 + 2/3)/2 = 5/6
+#   class 2: .60 P, .45 N, .40 P -> (1 + 2/3)/2 = 5/6
+#   mAP = (2/3 + 5/6 + 5/6)/3 = 7/9
+
+
+def test_three_class_single_label_by_hand():
+    m = compute_metrics(THREE_SCORES, THREE_LABELS, multilabel=False)
+    assert m["accuracy"] == pytest.approx(7 / 9)
+    assert m["top1_accuracy"] == pytest.approx(4 / 6)
+    assert m["f1"] == pytest.approx(59 / 90)
+    assert m["kappa"] == pytest.approx(1 / 2)
+    assert m["balanced_accuracy"] == pytest.approx(2 / 3)
+    assert m["auroc"] == pytest.approx(3 / 4)
+    assert m["map"] == pytest.approx(7 / 9)
+    assert set(m) == {*metrics.METRIC_KEYS, "top1_accuracy"}
+    assert all(type(v) is float for v in m.values())
+
+
+def test_eq6_relation_to_top1_for_single_label():
+    """Each error is one FN and one FP: eq. 6 = 1 - 2 (1 - top1) / C."""
+    rng = np.random.default_rng(0)
+    scores = rng.dirichlet(np.ones(4), size=50)
+    labels = rng.integers(0, 4, size=50)
+    m = compute_metrics(scores, labels, multilabel=False)
+    assert m["accuracy"] == pytest.approx(1 - 2 * (1 - m["top1_accuracy"]) / 4)
+
+
+# --- binary, single-label -----------------------------------------------------------------
+# Positive-class scores p; predictions p > 0.5: [0,0,0,1,0,1,0,1].
+BIN_P = np.array([0.1, 0.2, 0.3, 0.6, 0.05, 0.7, 0.4, 0.9])
+BIN_LABELS = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+# TP 2 (.7 .9), FN 1 (.4), FP 1 (.6), TN 4.
+# accuracy = 6/8 = 3/4, and eq. 6 gives the same for both classes.
+# AUROC: positives .7 .4 .9 against negatives .1 .2 .3 .6 .05: 5 + 4 + 5 = 14/15
+# kappa: p_o = 3/4; marginals (5/8, 3/8) for both truth and prediction;
+#   p_e = 25/64 + 9/64 = 17/32; kappa = (24/32 - 17/32)/(15/32) = 7/15
+# F1: class 1 = 4/(4+1+1) = 2/3, class 0 = 8/(8+1+1) = 4/5 -> 11/15
+# balanced accuracy = (4/5 + 2/3)/2 = 11/15
+# AP class 1: .9 P, .7 P, .6 N, .4 P -> (1 + 1 + 3/4)/3 = 11/12
+# AP class 0 (score 1-p): .95 P, .9 P, .8 P, .7 P, .6 N, .4 P -> (4 + 5/6)/5 = 29/30
+# mAP = (11/12 + 29/30)/2 = 113/120
+
+
+def test_binary_single_label_by_hand():
+    scores = np.stack([1 - BIN_P, BIN_P], axis=1)
+    m = compute_metrics(scores, BIN_LABELS, multilabel=False)
+    assert m["accuracy"] == pytest.approx(3 / 4)
+    assert m["top1_accuracy"] == pytest.approx(3 / 4)
+    assert m["auroc"] == pytest.approx(14 / 15)
+    assert m["kappa"] == pytest.approx(7 / 15)
+    assert m["f1"] == pytest.approx(11 / 15)
+    assert m["balanced_accuracy"] == pytest.approx(11 / 15)
+    assert m["map"] == pytest.approx(113 / 120)
+
+
+def test_binary_auroc_is_the_positive_class_auc_only():
+    """Scores that are not complementary: class 0's AUC must not enter the mean."""
+    scores = np.stack([np.full(8, 0.5), BIN_P], axis=1)  # class 0 column is uninformative
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no warning about class 0
+        m = compute_metrics(scores, BIN_LABELS, multilabel=False)
+    assert m["auroc"] == pytest.approx(14 / 15)
+
+
+# --- multilabel ----------------------------------------------------------------------------
+ML_LABELS = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
+ML_SCORES = np.array(
+    [
+        [0.9, 0.2, 0.6],
+        [0.4, 0.7, 0.3],
+        [0.6, 0.4, 0.8],
+        [0.1, 0.45, 0.7],
+    ]
+)
+# Predictions at 0.5: [[1,0,1],[0,1,0],[1,0,1],[0,0,1]]
+# class 0: y 1010, p 1010: accuracy 1, F1 1, kappa 1, balanced 1; AUROC 1; AP 1
+# class 1: y 0110, p 0100: TP 1, FN 1, TN 2: accuracy 3/4, F1 2/3, balanced (1/2 + 1)/2 = 3/4
+#   kappa: p_o 3/4, truth (1/2, 1/2), pred (1/4, 3/4): p_e = 1/2 -> kappa 1/2
+#   AUROC: pos .7 .4, neg .2 .45 -> 2 + 1 = 3/4; AP: .7 P, .45 N, .4 P -> (1 + 2/3)/2 = 5/6
+# class 2: y 1101, p 1011: TP 2, FN 1, FP 1, TN 0: accuracy 1/2, F1 4/6 = 2/3,
+#   balanced (2/3 + 0)/2 = 1/3; kappa: p_o 1/2, p_e = 9/16 + 1/16 = 5/8 -> -1/3
+#   AUROC: pos .6 .3 .7 all below neg .8 -> 0; AP: .8 N, .7 P, .6 P, .3 P
+#   -> (1/2 + 2/3 + 3/4)/3 = 23/36
+# eq. 6 = (1 + 3/4 + 1/2)/3 = 3/4; subset accuracy = rows 0 and 3 exact = 1/2
+# F1 = (1 + 2/3 + 2/3)/3 = 7/9; kappa = (1 + 1/2 - 1/3)/3 = 7/18
+# AUROC = (1 + 3/4 + 0)/3 = 7/12; mAP = (1 + 5/6 + 23/36)/3 = 89/108
+# balanced accuracy = (1 + 3/4 + 1/3)/3 = 25/36
+
+
+def test_multilabel_by_hand():
+    m = compute_metrics(ML_SCORES, ML_LABELS, multilabel=True)
+    assert m["accuracy"] == pytest.approx(3 / 4)
+    assert m["subset_accuracy"] == pytest.approx(1 / 2)
+    assert m["f1"] == pytest.approx(7 / 9)
+    assert m["kappa"] == pytest.approx(7 / 18)
+    assert m["auroc"] == pytest.approx(7 / 12)
+    assert m["map"] == pytest.approx(89 / 108)
+    assert m["balanced_accuracy"] == pytest.approx(25 / 36)
+    assert set(m) == {*metrics.METRIC_KEYS, "subset_accuracy"}
+
+
+def test_multilabel_threshold_is_inclusive_and_configurable():
+    labels = np.array([[1], [0]])
+    scores = np.array([[0.5], [0.2]])
+    assert compute_metrics(scores, labels, multilabel=True)["accuracy"] == 1.0
+    assert compute_metrics(scores, labels, multilabel=True, threshold=0.6)["accuracy"] == 0.5
+
+
+# --- undefined classes ---------------------------------------------------------------------
+
+
+def test_class_with_one_label_value_gives_nan_with_warning_not_crash():
+    labels = ML_LABELS.copy()
+    labels[:, 1] = 0  # class 1 never positive in this split
+    with pytest.warns(UndefinedClassWarning) as caught:
+        m = compute_metrics(ML_SCORES, labels, multilabel=True)
+    messages = sorted(str(w.message) for w in caught)
+    assert [m.split(" (")[0] for m in messages] == [
+        "auroc is undefined for class(es) [1]",
+        "map is undefined for class(es) [1]",
+    ]
+    # The macro means are over classes 0 and 2 (values from the hand computation above).
+    assert m["auroc"] == pytest.approx((1 + 0) / 2)
+    assert m["map"] == pytest.approx((1 + 23 / 36) / 2)
+    assert m["kappa"] == pytest.approx((1 - 1 / 3) / 2)
+
+
+def test_single_label_absent_class_auroc_over_the_present_ones():
+    scores = THREE_SCORES[:4]  # labels 0, 0, 1, 1: class 2 absent
+    with pytest.warns(UndefinedClassWarning) as caught:
+        m = compute_metrics(scores, THREE_LABELS[:4], multilabel=False)
+    assert {str(w.message).split(" (")[0] for w in caught} == {
+        "auroc is undefined for class(es) [2]",
+        "map is undefined for class(es) [2]",
+    }
+    # class 0: pos .60 .05 vs neg .30 .10 -> 2 + 0 = 1/2; class 1: pos .45 .80 vs .32 .50 -> 1 + 2
+    assert m["auroc"] == pytest.approx((1 / 2 + 3 / 4) / 2)
+    assert math.isfinite(m["accuracy"])
+
+
+def test_nothing_defined_gives_nan():
+    scores = np.stack([1 - BIN_P, BIN_P], axis=1)
+    with pytest.warns(UndefinedClassWarning):
+        m = compute_metrics(scores, np.zeros(8, dtype=int), multilabel=False)
+    assert math.isnan(m["auroc"])
+    assert m["top1_accuracy"] == pytest.approx(5 / 8)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:(auroc|map) is undefined:medft_jax.metrics.UndefinedClassWarning"
+)
+def test_kappa_undefined_when_everything_is_one_class():
+    scores = np.array([[0.9, 0.1], [0.8, 0.2]])
+    with pytest.warns(UndefinedClassWarning, match="kappa"):
+        m = compute_metrics(scores, np.array([0, 0]), multilabel=False)
+    assert math.isnan(m["kappa"])
+    assert m["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "multilabel", "match"),
+    [
+        (np.ones((3, 2)) / 2, np.array([0, 1]), False, "labels must be"),
+        (np.ones((2, 2)) / 2, np.array([0, 2]), False, "integers in"),
+        (np.array([[np.nan, 1.0]]), np.array([1]), False, "NaN"),
+        (np.ones((2, 2)) / 2, np.array([0, 1]), True, r"\(N, C\)"),
+        (np.ones(3), np.array([0, 1, 1]), False, r"\(N, C\)"),
+    ],
+)
+def test_bad_inputs_say_what_is_wrong(scores, labels, multilabel, match):
+    with pytest.raises(ValueError, match=match):
+        compute_metrics(scores, labels, multilabel=multilabel)
+
+
+# --- primary metric ------------------------------------------------------------------------
+
+
+def test_primary_metric_per_task_and_defaults():
+    assert metrics.primary_metric("chexpert", True) == "map"
+    assert metrics.primary_metric("isic2020", False) == "auroc"
+    assert metrics.primary_metric("cholect50_instrument", True) == "map"
+    for task in ("mura_shoulder", "mura_wrist", "mura_humerus", "t1w_mri", "bach"):
+        assert metrics.primary_metric(task, False) == "accuracy"
+    assert metrics.primary_metric("demo", False) == "accuracy"
+    assert metrics.primary_metric("medmnist/chestmnist@64", True) == "map"
+    assert metrics.primary_metric("folder", False) == "accuracy"
+
+
+def test_task_tables_cover_the_data_registry_and_lead_with_the_primary_metric():
+    from medft_jax.data.tasks import TASK_NAMES
+
+    assert set(TASK_NAMES) == set(metrics.TASK_NAMES) == set(metrics.PRIMARY_METRIC)
+    assert set(metrics.TASK_METRICS) == set(TASK_NAMES)
+    for task, pair in metrics.TASK_METRICS.items():
+        assert pair[0] == metrics.PRIMARY_METRIC[task]
+        assert set(pair) <= set(metrics.METRIC_KEYS)
+    assert metrics.task_metrics("demo", False) == ("accuracy", "auroc")

@@ -1,0 +1,263 @@
+"""Run records: stable names, atomic writes, loading, mean ± SE and the LR choice by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medft_jax import results
+from medft_jax.results import RecordError
+
+CONFIG = {
+    "dataset": "medmnist/breastmnist@64",
+    "arch": "resnet50",
+    "strategy": "g_lf",
+    "lr": 1e-4,
+    "seed": 0,
+    "epochs": 50,
+    "patience": 5,
+    "batch_size": 64,
+    "image_size": 224,
+    "precision": "fp32",
+    "weights": "auto",
+    "strategy_options": {},
+}
+
+
+# --- names ---------------------------------------------------------------------------------
+
+
+def test_hash_is_stable_canonical_and_short():
+    h = results.config_hash(CONFIG)
+    assert len(h) == 16 and int(h, 16) >= 0
+    reordered = dict(reversed(list(CONFIG.items())))
+    assert results.config_hash(reordered) == h
+    assert results.config_hash({**CONFIG, "lr": 0.0001}) == h
+    assert results.config_hash({**CONFIG, "seed": np.int64(0)}) == h
+    # Pinned: the hash names every run folder, so it must not change between versions.
+    # The first 16 hex digits of sha256(b'{"a":1,"b":[1.5,"x"]}'):
+    assert results.config_hash({"a": 1, "b": [1.5, "x"]}) == "253252306831c7a5"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"lr": 1e-3}, {"seed": 1}, {"epochs": 49}, {"strategy_options": {"lp_epochs": 3}}],
+)
+def test_hash_differs_for_different_configs(change):
+    assert results.config_hash({**CONFIG, **change}) != results.config_hash(CONFIG)
+
+
+def test_run_dir_and_record_path(tmp_path):
+    d = results.run_dir(tmp_path, CONFIG)
+    assert d.parent == tmp_path
+    assert (
+        d.name == f"medmnist_breastmnist_64-resnet50-g_lf-lr0.0001-s0-{results.config_hash(CONFIG)}"
+    )
+    assert results.record_path(tmp_path, CONFIG) == d / "record.json"
+    assert results.record_path_of({"config": CONFIG}, tmp_path) == d / "record.json"
+    with pytest.raises(KeyError, match="seed"):
+        results.run_name({k: v for k, v in CONFIG.items() if k != "seed"})
+
+
+# --- writing and reading ---------------------------------------------------------------------
+
+
+def test_write_record_is_atomic_replaces_whole_and_writes_nan_as_null(tmp_path):
+    path = results.record_path(tmp_path, CONFIG)
+    results.write_record(path, {"config": CONFIG, "val": {"auroc": 0.5}, "old": "x" * 10_000})
+    written = results.write_record(
+        path,
+        {
+            "config": CONFIG,
+            "val": {"auroc": float("nan"), "map": np.float32(0.25)},
+            "epochs": [{"trainable_blocks": ("fc",), "images_per_s": None, "bad": math.inf}],
+        },
+    )
+    assert os.listdir(path.parent) == ["record.json"]  # no temporary file left behind
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    back = results.read_record(path)
+    assert back == written
+    assert "old" not in back  # replaced whole, not merged or appended
+    assert back["val"] == {"auroc": None, "map": 0.25}
+    assert back["epochs"] == [{"trainable_blocks": ["fc"], "images_per_s": None, "bad": None}]
+
+
+def test_a_failed_write_leaves_the_old_record_and_no_temp_file(tmp_path):
+    path = tmp_path / "run" / "record.json"
+    results.write_record(path, {"config": CONFIG, "test": {"map": 0.5}})
+    with pytest.raises(TypeError, match=r"record\['test'\]\['map'\]: cannot write a object"):
+        results.write_record(path, {"config": CONFIG, "test": {"map": object()}})
+    assert os.listdir(path.parent) == ["record.json"]
+    assert results.read_record(path)["test"] == {"map": 0.5}
+
+
+def test_load_records_skips_temp_files_and_names_a_corrupt_one(tmp_path):
+    for seed in (1, 0):
+        cfg = {**CONFIG, "seed": seed}
+        results.write_record(results.record_path(tmp_path, cfg), {"config": cfg})
+    run = results.run_dir(tmp_path, CONFIG)
+    (run / ".record.json.abc123.tmp").write_text('{"config": {"half": ')  # a write in progress
+    (run / "checkpoints").mkdir()
+    loaded = results.load_records(tmp_path)
+    assert sorted(r["config"]["seed"] for r in loaded) == [0, 1]
+
+    bad = results.record_path(tmp_path, {**CONFIG, "seed": 2})
+    bad.parent.mkdir()
+    bad.write_text('{"config": {"dataset": "demo"')  # truncated
+    with pytest.raises(RecordError, match=re.escape(str(bad))):
+        results.load_records(tmp_path)
+    bad.write_text("[1, 2]")
+    with pytest.raises(RecordError, match=re.escape(f"{bad}: not a run record")):
+        results.load_records(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        results.load_records(tmp_path / "nowhere")
+
+
+# --- mean and standard error -----------------------------------------------------------------
+
+
+def test_mean_se_by_hand():
+    # values 1, 2, 6: mean 3; deviations -2, -1, 3; sample variance (4 + 1 + 9)/2 = 7;
+    # SE = sqrt(7)/sqrt(3) = sqrt(7/3)
+    mean, se = results.mean_se([1.0, 2.0, 6.0])
+    assert mean == pytest.approx(3.0)
+    assert se == pytest.approx(math.sqrt(7 / 3))
+
+
+def test_mean_se_leaves_out_nan_and_none_and_one_value_has_no_se():
+    assert results.mean_se([1.0, float("nan"), 2.0, None, 6.0]) == pytest.approx(
+        (3.0, math.sqrt(7 / 3))
+    )
+    mean, se = results.mean_se([0.7, None])
+    assert mean == 0.7 and math.isnan(se)
+    assert all(math.isnan(x) for x in results.mean_se([]))
+    assert all(math.isnan(x) for x in results.mean_se([None, float("nan")]))
+
+
+# --- LR choice and summary --------------------------------------------------------------------
+
+
+def record(lr: float, seed: int, val: float | None, test: dict | None = None, **cfg) -> dict:
+    return {
+        "config": {**CONFIG, "lr": lr, "seed": seed, **cfg},
+        "primary_metric": "accuracy",
+        "val": {"accuracy": val, "auroc": 0.5},
+        "test": test or {"accuracy": val, "auroc": 0.5},
+    }
+
+
+def test_choose_lr_by_mean_validation_metric():
+    recs = [
+        # lr 1e-3: mean (0.70 + 0.80 + 0.90)/3 = 0.80
+        record(1e-3, 0, 0.70),
+        record(1e-3, 1, 0.80),
+        record(1e-3, 2, 0.90),
+        # lr 1e-4: mean (0.85 + 0.84 + 0.74)/3 = 0.81  <- highest mean, though not the best seed
+        record(1e-4, 0, 0.85),
+        record(1e-4, 1, 0.84),
+        record(1e-4, 2, 0.74),
+        # lr 1e-5: mean (0.60 + 0.95 + 0.60)/3 = 0.7167
+        record(1e-5, 0, 0.60),
+        record(1e-5, 1, 0.95),
+        record(1e-5, 2, 0.60),
+    ]
+    assert results.choose_lr(recs) == 1e-4
+    assert results.choose_lr(recs, "accuracy") == 1e-4
+    assert results.lr_means(recs)[1e-3] == pytest.approx(0.80)
+
+
+def test_choose_lr_tie_goes_to_the_smaller_lr_whatever_the_order():
+    recs = [
+        record(1e-3, 0, 0.5),
+        record(1e-3, 1, 0.75),
+        record(1e-4, 0, 0.75),
+        record(1e-4, 1, 0.5),
+    ]
+    assert results.choose_lr(recs) == 1e-4
+    assert results.choose_lr(recs[::-1]) == 1e-4
+
+
+def test_choose_lr_with_nan():
+    recs = [
+        record(1e-3, 0, None),  # an undefined metric for this seed: left out
+        record(1e-3, 1, 0.9),  # lr 1e-3: mean over the one finite seed = 0.9
+        record(1e-4, 0, 0.8),
+        record(1e-4, 1, 0.85),
+        record(1e-5, 0, float("nan")),  # lr 1e-5: no finite value, never chosen
+    ]
+    assert results.choose_lr(recs) == 1e-3
+    assert math.isnan(results.lr_means(recs)[1e-5])
+    with pytest.raises(RecordError, match="no finite validation accuracy"):
+        results.choose_lr([record(1e-3, 0, None), record(1e-4, 0, float("nan"))])
+
+
+def test_choose_lr_refuses_mixed_configurations_and_duplicates():
+    with pytest.raises(RecordError, match="epochs differ"):
+        results.choose_lr([record(1e-3, 0, 0.5), record(1e-4, 0, 0.6, epochs=10)])
+    with pytest.raises(RecordError, match=r"two records for lr 0\.001, seed 0"):
+        results.choose_lr([record(1e-3, 0, 0.5), record(1e-3, 0, 0.6)])
+    groups = results.group_records([record(1e-3, 0, 0.5), record(1e-4, 1, 0.6, epochs=10)])
+    assert sorted(len(g) for g in groups.values()) == [1, 1]
+
+
+def test_summarise_at_the_chosen_lr():
+    recs = [
+        record(1e-3, 0, 0.9, {"accuracy": 0.1, "auroc": 0.1}),
+        record(1e-4, 0, 0.5, {"accuracy": 1.0, "auroc": 0.8}),
+        record(1e-4, 1, 0.6, {"accuracy": 2.0, "auroc": None}),
+        record(1e-4, 2, 0.7, {"accuracy": 6.0, "auroc": 0.6}),
+        record(1e-3, 1, 0.1, {"accuracy": 0.1, "auroc": 0.1}),
+    ]
+    # lr 1e-3: mean val 0.5; lr 1e-4: mean val 0.6 -> 1e-4
+    s = results.summarise(recs, ["accuracy", "auroc"])
+    assert s["lr"] == 1e-4 and s["seeds"] == [0, 1, 2] and s["metric"] == "accuracy"
+    assert s["test"]["accuracy"] == pytest.approx((3.0, math.sqrt(7 / 3)))
+    # auroc: 0.8 and 0.6 (seed 1 undefined): mean 0.7, SE = sqrt(0.02)/sqrt(2) = 0.1
+    assert s["test"]["auroc"] == pytest.approx((0.7, 0.1))
+    assert s["n"] == {"accuracy": 3, "auroc": 2}
+    assert s["val"]["accuracy"][0] == pytest.approx(0.6)
+    assert s["lr_means"] == pytest.approx({1e-3: 0.5, 1e-4: 0.6})
+    # Default metric names: the first chosen record's test keys.
+    assert list(results.summarise(recs)["test"]) == ["accuracy", "auroc"]
+
+
+def test_written_records_round_trip_through_choice(tmp_path):
+    for lr, seed, v in [(1e-3, 0, 0.6), (1e-4, 0, 0.7), (1e-4, 1, float("nan"))]:
+        r = record(lr, seed, v)
+        results.write_record(results.record_path(tmp_path, r["config"]), r)
+    assert results.choose_lr(results.load_records(tmp_path)) == 1e-4
+
+
+# --- environment -------------------------------------------------------------------------------
+
+
+def test_environment_info():
+    env = results.environment_info()
+    json.dumps(env, allow_nan=False)
+    assert env["device_count"] >= 1 and env["process_count"] >= 1
+    assert env["packages"]["numpy"] == np.__version__
+    assert env["packages"]["jax"] is not None
+    assert isinstance(env["device_kind"], str) and env["hostname"]
+    assert set(env) >= {"python", "git_revision", "git_dirty", "local_device_count", "backend"}
+
+
+def test_git_info_outside_a_checkout_is_none(tmp_path):
+    pkg = tmp_path / "medft_jax"
+    pkg.mkdir()
+    assert results.git_info(pkg) == {"git_revision": None, "git_dirty": None}
+
+
+def test_git_info_in_this_checkout():
+    repo = Path(results.__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        pytest.skip("not running from a git checkout")
+    info = results.git_info()
+    assert info["git_revision"] is not None and len(info["git_revision"]) == 40
+    assert isinstance(info["git_dirty"], bool)
