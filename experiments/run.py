@@ -1,0 +1,251 @@
+"""Fine-tune one arch on one dataset with one strategy: ``python -m experiments.run``.
+
+    python -m experiments.run --strategy g_lf                 # demo data, CPU-sized, minutes
+    python -m experiments.run --strategy lp_ft --dataset bach --arch densenet121 --lr-grid
+
+Each (lr, seed) run writes one JSON record under ``--out`` (skipped when it
+already exists, unless ``--force``) and its best parameters as a model
+checkpoint beside it. With several seeds (and ``--lr-grid``), the learning
+rate is chosen by the mean validation primary metric and the test metrics
+at that rate are printed as mean ± standard error over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# Small settings that make the default command finish in minutes on a 2-core CPU.
+DEMO_DEFAULTS = {"image_size": 32, "epochs": 8, "batch_size": 32, "lr": 1e-4, "seeds": [0]}
+PAPER_DEFAULTS = {"image_size": 224, "epochs": 50, "batch_size": 64, "lr": 1e-4, "seeds": [0]}
+LR_GRID = (1e-3, 1e-4, 1e-5)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from medft_jax.models import ARCHS
+    from medft_jax.pretrained import WEIGHTS_CHOICES
+    from medft_jax.strategies import STRATEGIES
+
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.run",
+        description="Fine-tune a pretrained CNN on a medical image task with one strategy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--strategy",
+        required=True,
+        help=f"fine-tuning strategy, one of: {', '.join(STRATEGIES)}",
+    )
+    p.add_argument("--arch", default="resnet50", help=f"one of: {', '.join(ARCHS)}")
+    p.add_argument(
+        "--dataset",
+        default="demo",
+        help="demo (synthetic, no files), a paper task (chexpert, mura_shoulder, mura_wrist, "
+        "mura_humerus, t1w_mri, bach, isic2020, cholect50_instrument; prepare it first with "
+        "python -m experiments.prepare), medmnist/<flag>[@size], folder or csv",
+    )
+    p.add_argument("--data-dir", help="where prepared datasets live (default: TFDS's)")
+    p.add_argument("--manual-dir", help="the image root of a folder/csv dataset")
+    p.add_argument(
+        "--weights",
+        default="auto",
+        help=f"{', '.join(WEIGHTS_CHOICES)} or a model checkpoint folder. auto: cached ported "
+        "ImageNet weights, downloaded and ported when online, else random init with a warning",
+    )
+    lr = p.add_mutually_exclusive_group()
+    lr.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    lr.add_argument(
+        "--lr-grid",
+        action="store_true",
+        help=f"run every learning rate of {list(LR_GRID)} and choose by validation",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 50; demo: 8)")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 64; demo: 32)")
+    p.add_argument(
+        "--image-size", type=int, help="centre-crop size in pixels (default 224; demo: 32)"
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: bfloat16 compute, float32 parameters and optimizer",
+    )
+    p.add_argument(
+        "--frozen-bn",
+        default="update",
+        choices=["update", "freeze"],
+        help="BatchNorm of frozen blocks: keep updating running statistics (the "
+        "paper's code) or freeze them (inference mode)",
+    )
+    p.add_argument("--lp-epochs", type=int, help="LP-FT: head-only epochs (default 5)")
+    p.add_argument(
+        "--epochs-per-stage",
+        type=int,
+        help="G-LF/G-FL: epochs between unfreezing two blocks (default 1)",
+    )
+    p.add_argument("--alpha", type=float, help="L1/L2-SP: weight of the pull to w0 (default 0.01)")
+    p.add_argument("--beta", type=float, help="L1/L2-SP: weight of the head penalty (default 0.01)")
+    p.add_argument("--surgical-block", help="surgical: the block trained with the head")
+    p.add_argument("--out", default="runs", help="results folder")
+    p.add_argument("--force", action="store_true", help="rerun runs whose record exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _defaults(args: argparse.Namespace) -> dict[str, Any]:
+    base = DEMO_DEFAULTS if args.dataset == "demo" else PAPER_DEFAULTS
+    return {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in base.items()}
+
+
+def _strategy_options(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
+    names = {
+        "lp_epochs": args.lp_epochs,
+        "epochs_per_stage": args.epochs_per_stage,
+        "alpha": args.alpha,
+        "beta": args.beta,
+        "surgical_block": args.surgical_block,
+    }
+    return tuple(sorted((k, v) for k, v in names.items() if v is not None))
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Names the flag at fault before any work starts."""
+    from medft_jax import data
+    from medft_jax.models import get_arch
+    from medft_jax.strategies import STRATEGIES
+
+    if args.strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {args.strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
+    try:
+        get_arch(args.arch)
+    except ValueError as e:
+        raise ValueError(f"--arch: {e}") from None
+    base = args.dataset.split("/")[0].split("@")[0]
+    known = [n.split("/")[0] for n in data.known_names()]
+    if base not in known:
+        raise ValueError(
+            f"--dataset {args.dataset!r} is unknown; known: {', '.join(data.known_names())}"
+        )
+    for flag in ("epochs", "patience", "batch_size", "image_size"):
+        v = getattr(args, flag)
+        if v is not None and v < (0 if flag == "patience" else 1):
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {v}")
+    if args.image_size is not None and args.image_size < 32:
+        raise ValueError(f"--image-size must be at least 32 px, got {args.image_size}")
+
+
+def format_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        validate(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import jax
+
+    from medft_jax.data import DataError
+    from medft_jax.fit import RunConfig, load_dataset, run_one
+    from medft_jax.model_checkpoint import CheckpointError
+    from medft_jax.train import NonFiniteLossError
+
+    if os.environ.get("MEDFT_DISTRIBUTED") == "1":  # see BUILD.md: multi-host runs
+        jax.distributed.initialize()
+
+    d = _defaults(args)
+    lrs = list(LR_GRID) if args.lr_grid else [d["lr"]]
+    configs = [
+        RunConfig(
+            strategy=args.strategy,
+            arch=args.arch,
+            dataset=args.dataset,
+            weights=args.weights,
+            lr=lr,
+            seed=seed,
+            epochs=d["epochs"],
+            patience=args.patience,
+            batch_size=d["batch_size"],
+            image_size=d["image_size"],
+            precision=args.precision,
+            frozen_bn=args.frozen_bn,
+            strategy_options=_strategy_options(args),
+        )
+        for lr in lrs
+        for seed in d["seeds"]
+    ]
+    records = []
+    try:
+        options = {"manual_dir": args.manual_dir} if args.manual_dir else {}
+        dataset = load_dataset(configs[0], args.data_dir, **options)
+        for i, config in enumerate(configs, 1):
+            if len(configs) > 1:
+                print(f"[{i}/{len(configs)}] lr {config.lr:g}, seed {config.seed}", flush=True)
+            record = run_one(
+                config, args.out, dataset=dataset, force=args.force, progress=not args.no_progress
+            )
+            records.append(record)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (DataError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+            first = str(e).strip().splitlines()[0]
+            print(
+                f"error: out of device memory ({first[:200]}); try a smaller --batch-size "
+                f"than {d['batch_size']} or --precision bf16",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    if jax.process_index() == 0:
+        _print_summary(records, args.out)
+    return 0
+
+
+def _print_summary(records: list[dict[str, Any]], out: str) -> None:
+    from medft_jax import results
+
+    first = records[0]
+    metric = first["primary_metric"]
+    if len(records) == 1:
+        r = first
+        print(
+            f"\n{r['config']['strategy']} on {r['config']['dataset']} ({r['config']['arch']}), "
+            f"lr {r['config']['lr']:g}, seed {r['config']['seed']}: best epoch "
+            f"{r['best_epoch'] + 1} of {len(r['epochs'])}; test metrics:"
+        )
+        print(format_table([(k, _fmt(v)) for k, v in r["test"].items()]))
+    else:
+        lr = results.choose_lr(records, metric)
+        summary = results.summarise([r for r in records if r["config"]["lr"] == lr])
+        print(
+            f"\nlr {lr:g} chosen by mean validation {metric}; test metrics, mean ± SE over "
+            f"{len(summary['seeds'])} seeds:"
+        )
+        rows = [(k, f"{_fmt(m)} ± {_fmt(se)}") for k, (m, se) in summary["test"].items()]
+        print(format_table(rows))
+    for r in records:
+        print(f"record: {results.record_path_of(r, out)}")
+
+
+def _fmt(v: float | None) -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

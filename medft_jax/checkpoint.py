@@ -1,0 +1,96 @@
+"""A run's checkpoints: the latest train state (to resume) and the best parameters.
+
+``<run_dir>/checkpoints/<epoch>/`` (orbax ``CheckpointManager``, the latest
+kept) holds the whole :class:`~medft_jax.train.TrainState` and a JSON
+``progress`` item: the per-epoch records so far, the early-stopping state,
+the best epoch, and the data iterator's state. Restarting a run restores
+both and continues from the next epoch, so it ends with the record an
+uninterrupted run writes.
+
+``<run_dir>/best/`` is a model checkpoint (:mod:`medft_jax.model_checkpoint`,
+the weight port's format), so ``experiments.predict`` and ``weights_port
+export`` work on a run's best parameters directly.
+
+Every save is atomic (orbax writes a temporary folder and renames it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from medft_jax.model_checkpoint import save_model
+
+
+class RunCheckpoints:
+    """The latest-state manager and the best-parameters folder of one run."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir).expanduser().absolute()
+        self.best_dir = self.run_dir / "best"
+        self._manager = ocp.CheckpointManager(
+            self.run_dir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+            item_names=("state", "progress"),
+        )
+
+    def save_latest(self, epoch: int, state: Any, progress: dict[str, Any]) -> None:
+        """Saves the train state after ``epoch`` with the JSON ``progress``."""
+        self._manager.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_as_dict(state)),
+                progress=ocp.args.JsonSave(progress),
+            ),
+            force=True,
+        )
+        # Orbax copies the arrays to host before returning and writes them in the
+        # background while the next epoch trains; close() waits for the write.
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+        """``(state, progress)`` of the latest saved epoch, or None if there is none."""
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_as_dict(abstract_state)),
+                progress=ocp.args.JsonRestore(),
+            ),
+        )
+        state = abstract_state.replace(**restored["state"])
+        return state, dict(restored["progress"])
+
+    def save_best(self, variables: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """Writes the best parameters as a model checkpoint (replacing the previous best)."""
+        # Replicated jax.Arrays (not host copies): orbax then writes each array once
+        # even when several processes save together.
+        save_model(
+            self.best_dir,
+            variables["params"],
+            variables.get("batch_stats", {}),
+            metadata,
+            force=True,
+        )
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def remove_latest(self) -> None:
+        """Deletes the resume checkpoints once the run's record is written."""
+        self._manager.wait_until_finished()
+        for step in list(self._manager.all_steps()):
+            self._manager.delete(step)
+
+
+def _as_dict(state: Any) -> dict[str, Any]:
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+    }

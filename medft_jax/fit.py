@@ -1,0 +1,275 @@
+"""One run, end to end: load data and weights, train with early stopping, test, record.
+
+:func:`run_one` is what ``python -m experiments.run`` (and later the sweep)
+calls for each (dataset, arch, strategy, lr, seed). It is idempotent: a run
+whose record exists is skipped unless ``force``; a run killed half-way
+resumes from its latest checkpoint and writes the record an uninterrupted
+run writes; a failed run leaves no record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from medft_jax import data, metrics, pretrained, results, strategies
+from medft_jax.checkpoint import RunCheckpoints
+from medft_jax.early_stopping import EarlyStopping
+from medft_jax.models import create, get_arch, init_variables
+from medft_jax.train import Trainer, check_finite
+
+PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run (its record's name is a hash of this)."""
+
+    strategy: str
+    arch: str = "resnet50"
+    dataset: str = "demo"
+    weights: str = "auto"
+    lr: float = 1e-4
+    seed: int = 0
+    epochs: int = 50
+    patience: int = 5
+    batch_size: int = 64
+    image_size: int = 224
+    precision: str = "fp32"
+    frozen_bn: str = "update"
+    data_seed: int = 0
+    """Seed of the dataset's own randomness (val carving, demo images): fixed across runs."""
+    strategy_options: tuple[tuple[str, Any], ...] = ()
+    """Extra arguments of :func:`medft_jax.strategies.make` (e.g. ``lp_epochs``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["strategy_options"] = dict(self.strategy_options)
+        return d
+
+
+def _resize_for(arch: str, image_size: int) -> int:
+    """The arch's resize size scaled to the crop (232/224 or 256/224 of it)."""
+    spec = get_arch(arch)
+    return round(image_size * spec.resize_size / spec.crop_size)
+
+
+def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any) -> data.Dataset:
+    return data.load(
+        config.dataset,
+        data_dir=data_dir,
+        resize_size=_resize_for(config.arch, config.image_size),
+        crop_size=config.image_size,
+        seed=config.data_seed,
+        **options,
+    )
+
+
+def run_one(
+    config: RunConfig,
+    out_dir: str | Path = "runs",
+    *,
+    dataset: data.Dataset | None = None,
+    data_dir: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    eval_batch_size: int | None = None,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Trains, evaluates and records one configuration; returns its record.
+
+    ``stop_after_epoch`` ends the process's work after that epoch as if it
+    had been killed (for tests of resuming); the record is then not written
+    and ``{}`` is returned.
+    """
+    cfg = config.to_dict()
+    run_dir = results.run_dir(out_dir, cfg)
+    record_file = results.record_path(out_dir, cfg)
+    if record_file.exists() and not force:
+        return results.read_record(record_file)
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+
+    ds = dataset if dataset is not None else load_dataset(config, data_dir)
+    primary = metrics.primary_metric(config.dataset, ds.multilabel)
+    dtype = PRECISIONS[config.precision]
+    spec = get_arch(config.arch)
+    model = create(config.arch, ds.num_classes, dtype=dtype)
+    variables = jax.device_get(init_variables(model, config.seed, image_size=32))
+    start, weights_used = pretrained.resolve(config.weights, config.arch)
+    if start is not None:
+        variables = pretrained.merge(variables, start, spec.partition)
+
+    steps_per_epoch = ds.steps_per_epoch(config.batch_size)
+    if steps_per_epoch < 1:
+        raise data.DataError(
+            f"--batch-size {config.batch_size} is larger than the {ds.num_examples('train')} "
+            f"training examples of {config.dataset}"
+        )
+    strategy = strategies.make(
+        config.strategy,
+        variables["params"],
+        spec.partition,
+        learning_rate=config.lr,
+        steps_per_epoch=steps_per_epoch,
+        frozen_bn=config.frozen_bn,
+        **dict(config.strategy_options),
+    )
+    schedule = strategy.schedule
+    trainer = Trainer(
+        model, strategy.tx, multilabel=ds.multilabel, compute_dtype=dtype, seed=config.seed
+    )
+    n_dev = jax.device_count()
+    if config.batch_size % n_dev:
+        raise data.DataError(
+            f"--batch-size {config.batch_size} must be a multiple of {n_dev} devices"
+        )
+    eval_bs = eval_batch_size or max(n_dev, config.batch_size)
+    eval_bs -= eval_bs % n_dev
+    shard = {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
+
+    ckpts = RunCheckpoints(run_dir)
+    state = trainer.init_state(variables)
+    restored = ckpts.restore_latest(trainer.abstract_state(variables))
+    stopper = EarlyStopping(patience=config.patience, start_epoch=schedule.final_stage_epoch)
+    epochs: list[dict[str, Any]] = []
+    compile_seconds = 0.0
+    if restored is not None:
+        state, prog = restored
+        epochs = list(prog["epochs"])
+        stopper = EarlyStopping.from_state(prog["early_stopping"])
+        compile_seconds = float(prog["compile_seconds"])
+    best_meta = {
+        "arch": config.arch,
+        "num_classes": ds.num_classes,
+        "multilabel": ds.multilabel,
+        "class_names": list(ds.class_names),
+        "resize_size": _resize_for(config.arch, config.image_size),
+        "crop_size": config.image_size,
+        "source": f"run {run_dir.name}",
+    }
+    stop = bool(epochs) and bool(epochs[-1].get("stop"))
+    for epoch in range(len(epochs), config.epochs):
+        if stop:
+            break
+        trainable = schedule.trainable_mask(variables["params"], epoch)
+        bn_train = schedule.bn_train(epoch)
+        it = ds.train_iter(config.batch_size, seed=config.seed, epoch=epoch, **shard)
+        bar = tqdm(
+            total=len(it),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not progress or jax.process_index() != 0,
+            leave=False,
+        )
+        losses: list[float] = []
+        pending = None
+        train_seconds = 0.0
+        t_epoch = time.perf_counter()
+        for batch in it:
+            x = trainer.shard_batch(batch["image"])
+            y = trainer.shard_batch(batch["label"])
+            compile_seconds += trainer.compile_stage(
+                state, x, y, trainable=trainable, bn_train=bn_train
+            )
+            t = time.perf_counter()
+            state, loss = trainer.train_step(state, x, y, trainable=trainable, bn_train=bn_train)
+            if pending is not None:  # read the previous step's loss: keeps the device busy
+                losses.append(float(pending))
+                check_finite(losses[-1], step=int(state.step) - 1, epoch=epoch)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            pending = loss
+            train_seconds += time.perf_counter() - t
+            bar.update(1)
+        if pending is not None:
+            losses.append(float(pending))
+            check_finite(losses[-1], step=int(state.step), epoch=epoch)
+        bar.close()
+        val_probs = trainer.predict(state, ds.eval_batches("val", eval_bs, **shard))
+        val = _metrics(ds, "val", val_probs)
+        decision = stopper.update(epoch, val[primary])
+        images = steps_per_epoch * config.batch_size
+        epochs.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "val": val,
+                "seconds": time.perf_counter() - t_epoch,
+                "images_per_s": images / train_seconds if train_seconds else None,
+                "trainable_blocks": list(schedule.trainable_blocks(epoch)),
+                "improved": bool(decision.improved),
+                "stop": bool(decision.stop),
+            }
+        )
+        if progress and jax.process_index() == 0:
+            print(
+                f"epoch {epoch + 1}: loss {epochs[-1]['train_loss']:.4f}  val {primary} "
+                f"{val[primary]:.4f}{'  *' if decision.improved else ''}",
+                flush=True,
+            )
+        if decision.improved:
+            ckpts.save_best(state.variables, {**best_meta, "epoch": epoch})
+        ckpts.save_latest(
+            epoch,
+            state,
+            {
+                "epochs": epochs,
+                "early_stopping": stopper.state_dict(),
+                "compile_seconds": compile_seconds,
+                "iterator": it.get_state(),
+            },
+        )
+        stop = bool(decision.stop)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            ckpts.close()
+            return {}
+
+    best = next((e for e in epochs if e["epoch"] == stopper.best_epoch), None)
+    if best is None:
+        raise RuntimeError(f"run {run_dir.name}: no epoch finished with a finite val {primary}")
+    best_state = _load_best(trainer, state, ckpts)
+    test_probs = trainer.predict(best_state, ds.eval_batches("test", eval_bs, **shard))
+    record = {
+        "config": cfg,
+        "run": run_dir.name,
+        "weights_used": weights_used,
+        "primary_metric": primary,
+        "num_classes": ds.num_classes,
+        "class_names": list(ds.class_names),
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": epochs,
+        "best_epoch": best["epoch"],
+        "val": best["val"],
+        "test": _metrics(ds, "test", test_probs),
+        "final_stage_epoch": schedule.final_stage_epoch,
+        "compile_seconds": compile_seconds,
+        "train_seconds": float(sum(e["seconds"] for e in epochs)),
+        "environment": results.environment_info(),
+    }
+    record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    if jax.process_index() == 0:
+        record = results.write_record(record_file, record)
+    ckpts.remove_latest()
+    ckpts.close()
+    return record
+
+
+def _metrics(ds: data.Dataset, split: str, probs: np.ndarray) -> dict[str, float]:
+    _, scores, labels = ds.grouped_scores(split, probs)
+    return metrics.compute_metrics(scores, labels, multilabel=ds.multilabel)
+
+
+def _load_best(trainer: Trainer, state: Any, ckpts: RunCheckpoints) -> Any:
+    from medft_jax.model_checkpoint import load_model
+
+    variables, _ = load_model(ckpts.best_dir)
+    variables = jax.device_put(variables, trainer.replicated)
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])

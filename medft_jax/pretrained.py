@@ -1,0 +1,87 @@
+"""Starting weights for a run: ``--weights auto|imagenet|none|PATH``.
+
+``auto`` uses the cached ported ImageNet weights, or downloads and ports them
+when online; offline and uncached it says so in one loud line and the run
+starts from random initialisation. ``imagenet`` fails instead. ``PATH`` is a
+model checkpoint (ported or from an earlier run). The new head is never
+taken from the checkpoint: it keeps the run's seeded initialisation, sized
+for the task.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medft_jax.model_checkpoint import CheckpointError, load_model
+from medft_jax.models.blocks import BlockPartition, flatten, unflatten
+
+WEIGHTS_CHOICES = ("auto", "imagenet", "none")
+
+
+def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
+    """``(variables or None, what was used)`` for a ``--weights`` value."""
+    if weights == "none":
+        return None, "none (random initialisation)"
+    if weights in ("auto", "imagenet"):
+        import weights_port
+
+        cached = weights_port.default_checkpoint(arch)
+        try:
+            path = cached if cached.exists() else weights_port.port_imagenet(arch)
+        except weights_port.PortError as e:
+            if weights == "imagenet":
+                raise CheckpointError(f"--weights imagenet: {e}") from None
+            print(
+                f"WARNING: no ImageNet weights for {arch} ({e}); TRAINING FROM RANDOM "
+                "INITIALISATION. Port them with: python -m weights_port --download --arch "
+                f"{arch}",
+                file=sys.stderr,
+            )
+            return None, "none (ImageNet weights unavailable)"
+        variables, _ = load_model(path)
+        return variables, f"imagenet ({path})"
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"--weights {weights}: no such checkpoint folder; expected auto, imagenet, none or "
+            "a model checkpoint folder"
+        )
+    variables, metadata = load_model(path)
+    if metadata.get("arch") != arch:
+        raise CheckpointError(
+            f"--weights {path}: checkpoint is for arch {metadata.get('arch')!r}, not {arch!r}"
+        )
+    return variables, str(path)
+
+
+def merge(
+    initial: dict[str, Any], pretrained: dict[str, Any], partition: BlockPartition
+) -> dict[str, Any]:
+    """``initial`` with every non-head parameter and all BN statistics from ``pretrained``.
+
+    Shapes must agree leaf by leaf; a mismatch names the parameter.
+    """
+    out = {}
+    for collection in ("params", "batch_stats"):
+        init_flat = flatten(initial.get(collection, {}))
+        pre_flat = flatten(pretrained.get(collection, {}))
+        merged = {}
+        for path, value in init_flat.items():
+            if collection == "params" and partition.is_head(path):
+                merged[path] = value
+                continue
+            if path not in pre_flat:
+                raise CheckpointError(f"pretrained weights lack {collection}/{path}")
+            src = np.asarray(pre_flat[path])
+            if src.shape != tuple(value.shape):
+                raise CheckpointError(
+                    f"pretrained {collection}/{path} has shape {src.shape}, "
+                    f"expected {tuple(value.shape)}"
+                )
+            merged[path] = src.astype(np.asarray(value).dtype)
+        out[collection] = unflatten(merged) if merged else {}
+    return out
