@@ -159,10 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medft_jax.data import DataError
     from medft_jax.fit import RunConfig, load_dataset, run_one
     from medft_jax.model_checkpoint import CheckpointError
+    from medft_jax.runtime import enable_compilation_cache
     from medft_jax.train import NonFiniteLossError
 
     if os.environ.get("MEDFT_DISTRIBUTED") == "1":  # see BUILD.md: multi-host runs
         jax.distributed.initialize()
+    enable_compilation_cache()
 
     d = _defaults(args)
     lrs = list(LR_GRID) if args.lr_grid else [d["lr"]]

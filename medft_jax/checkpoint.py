@@ -19,6 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from medft_jax.model_checkpoint import save_model
@@ -41,13 +43,14 @@ class RunCheckpoints:
         self._manager.save(
             epoch,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_as_dict(state)),
+                state=ocp.args.StandardSave(_host_copy(state)),
                 progress=ocp.args.JsonSave(progress),
             ),
             force=True,
         )
-        # Orbax copies the arrays to host before returning and writes them in the
-        # background while the next epoch trains; close() waits for the write.
+        # The write runs in the background while the next epoch trains (close()
+        # waits for it); it reads private host copies, since the next train step
+        # donates the device buffers of ``state``.
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
         """``(state, progress)`` of the latest saved epoch, or None if there is none."""
@@ -85,6 +88,10 @@ class RunCheckpoints:
         self._manager.wait_until_finished()
         for step in list(self._manager.all_steps()):
             self._manager.delete(step)
+
+
+def _host_copy(state: Any) -> dict[str, Any]:
+    return jax.tree.map(lambda x: np.array(x, copy=True), _as_dict(state))
 
 
 def _as_dict(state: Any) -> dict[str, Any]:

@@ -251,6 +251,7 @@ def run_one(
         "test": _metrics(ds, "test", test_probs),
         "final_stage_epoch": schedule.final_stage_epoch,
         "compile_seconds": compile_seconds,
+        "num_compilations": trainer.num_compilations,
         "train_seconds": float(sum(e["seconds"] for e in epochs)),
         "environment": results.environment_info(),
     }

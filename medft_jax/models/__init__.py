@@ -9,6 +9,7 @@ its ImageNet weights were trained with) is here, as data.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -84,13 +85,19 @@ def init_variables(
 
     The initialisers follow torchvision's (kaiming-normal convs, torch's
     Linear defaults, BN weight 1 / bias 0), so an untrained model here is
-    distributed as an untrained torchvision one.
+    distributed as an untrained torchvision one. The jitted init is cached
+    per model configuration: compiling hundreds of random draws is slow on
+    CPU, and runs in one process (a sweep, the tests) share it.
     """
     if isinstance(rng, int):
         rng = jax.random.key(rng)
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = jax.jit(model.init)(rng, x)
-    return dict(variables)
+    return dict(_jitted_init(model)(rng, x))
+
+
+@functools.cache
+def _jitted_init(model: nn.Module) -> Callable[..., Any]:
+    return jax.jit(model.init)
 
 
 def block_outputs(intermediates: dict[str, Any]) -> dict[str, jax.Array]:

@@ -1,0 +1,142 @@
+"""Forward and train-step throughput of the Flax models against torchvision.
+
+    python benchmarks/models.py [--archs resnet50 densenet121 vgg19] [--steps 5]
+
+For each arch and setting (64 px batch 32; 224 px batch 16) it measures
+images/s of an inference forward pass and of one training step (forward in
+train mode, cross-entropy, backward, Adam update) in JAX (jit-compiled,
+donated buffers) and in PyTorch (eager, the same threads), side by side in
+one process, and prints the JAX/PyTorch ratio. Compilation and warm-up are
+excluded; the median over ``--steps`` timed repetitions is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import jax
+import optax
+
+from medft_jax.models import create
+
+SETTINGS = ((64, 32), (224, 16))  # (image size, batch)
+NUM_CLASSES = 10
+
+
+def _median_seconds(fn, steps: int) -> float:
+    fn()  # warm-up (and compilation)
+    fn()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def jax_fns(arch: str, size: int, batch: int):
+    model = create(arch, NUM_CLASSES)
+    x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
+    y = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
+    variables = jax.jit(model.init)(jax.random.key(2), x)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    tx = optax.adam(1e-4)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def forward(params, stats, x):
+        return model.apply({"params": params, "batch_stats": stats}, x)
+
+    def loss_fn(params, stats, x, y, rng):
+        logits, new = model.apply(
+            {"params": params, "batch_stats": stats},
+            x,
+            bn_train=True,
+            deterministic=False,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"],
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, new.get("batch_stats", {})
+
+    def train_step(params, stats, opt_state, x, y, rng):
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, x, y, rng)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), stats, opt_state, loss
+
+    train_step = jax.jit(train_step, donate_argnums=(0, 1, 2))
+    state = {"p": params, "s": stats, "o": opt_state}
+
+    def run_forward():
+        forward(state["p"], state["s"], x).block_until_ready()
+
+    def run_train():
+        p, s, o, loss = train_step(state["p"], state["s"], state["o"], x, y, jax.random.key(3))
+        loss.block_until_ready()
+        state.update(p=p, s=s, o=o)
+
+    return run_forward, run_train
+
+
+def torch_fns(arch: str, size: int, batch: int):
+    import torch
+    import torchvision
+
+    model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, NUM_CLASSES, (batch,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def run_forward():
+        model.eval()
+        with torch.inference_mode():
+            model(x)
+
+    def run_train():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return run_forward, run_train
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--archs", nargs="+", default=["resnet50", "densenet121", "vgg19"])
+    p.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument(
+        "--settings", nargs="+", default=[f"{s}x{b}" for s, b in SETTINGS], help="SIZExBATCH pairs"
+    )
+    args = p.parse_args()
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("benchmarks/models.py needs torch: pip install -e '.[port]'") from None
+    print(
+        f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].device_kind}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+    print("| arch | px | batch | mode | JAX img/s | PyTorch img/s | JAX/PyTorch |")
+    print("|---|---|---|---|---|---|---|")
+    for arch in args.archs:
+        for setting in args.settings:
+            size, batch = (int(v) for v in setting.split("x"))
+            jf, jt = jax_fns(arch, size, batch)
+            tf, tt = torch_fns(arch, size, batch)
+            for mode, jfn, tfn in (("forward", jf, tf), ("train step", jt, tt)):
+                j = batch / _median_seconds(jfn, args.steps)
+                t = batch / _median_seconds(tfn, args.steps)
+                print(
+                    f"| {arch} | {size} | {batch} | {mode} | {j:.1f} | {t:.1f} | {j / t:.2f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Seconds per epoch of each strategy relative to full fine-tuning (FT).
+
+    python benchmarks/strategies.py [--arch resnet50] [--image-size 64] [--batch 32] [--steps 4]
+
+All strategies run the same arch, batch and image size through the same
+:class:`medft_jax.train.Trainer` the toolkit trains with: for every stage
+of a strategy (its distinct trainable sets, epoch by epoch) the train step
+is compiled once and the median step time over ``--steps`` steps is taken,
+side by side in one process. An epoch's cost is proportional to the step
+time, so the ratio to FT is the ratio of step times. Goals: LP <= 0.35x FT
+(its backbone runs forward-only), and each gradual-unfreezing stage costing
+more as its trainable depth grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from medft_jax import strategies
+from medft_jax.models import create, get_arch, init_variables
+from medft_jax.train import Trainer
+
+
+def step_seconds(trainer, state, x, y, trainable, bn_train, steps):
+    trainer.compile_stage(state, x, y, trainable=trainable, bn_train=bn_train)
+    state, loss = trainer.train_step(state, x, y, trainable=trainable, bn_train=bn_train)
+    loss.block_until_ready()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, loss = trainer.train_step(state, x, y, trainable=trainable, bn_train=bn_train)
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), state
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--strategies", nargs="+", default=list(strategies.PAPER_STRATEGIES))
+    args = p.parse_args()
+    spec = get_arch(args.arch)
+    model = create(args.arch, 2)
+    variables = jax.device_get(init_variables(model, 0, 32))
+    rng = np.random.default_rng(0)
+    x_host = rng.integers(0, 256, (args.batch, args.image_size, args.image_size, 3), np.uint8)
+    y_host = rng.integers(0, 2, (args.batch,)).astype(np.int32)
+    print(
+        f"# {time.strftime('%Y-%m-%d')} {platform.machine()}, jax {jax.__version__} on "
+        f"{jax.device_count()}x {jax.devices()[0].device_kind}; {args.arch}, "
+        f"{args.image_size} px, batch {args.batch}, median of {args.steps} steps"
+    )
+    print("| strategy | stage (epoch: trainable blocks) | s/step | x FT |")
+    print("|---|---|---|---|")
+    ft = None
+    for name in ["ft", *[s for s in args.strategies if s != "ft"]]:
+        strat = strategies.make(
+            name,
+            variables["params"],
+            spec.partition,
+            learning_rate=1e-4,
+            steps_per_epoch=1,
+            lp_epochs=1,
+        )
+        trainer = Trainer(model, strat.tx, multilabel=False)
+        state = trainer.init_state(variables)
+        x, y = trainer.shard_batch(x_host), trainer.shard_batch(y_host)
+        seen = set()
+        for epoch in range(strat.schedule.final_stage_epoch + 1):
+            blocks = strat.schedule.trainable_blocks(epoch)
+            if blocks in seen:
+                continue
+            seen.add(blocks)
+            trainable = strat.schedule.trainable_mask(variables["params"], epoch)
+            sec, state = step_seconds(
+                trainer, state, x, y, trainable, strat.schedule.bn_train(epoch), args.steps
+            )
+            ft = sec if name == "ft" else ft
+            label = (
+                f"{epoch}: {', '.join(blocks)}"
+                if len(blocks) < len(spec.partition.names)
+                else f"{epoch}: all"
+            )
+            print(f"| {name} | {label} | {sec:.3f} | {sec / ft:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""End-to-end runs: every strategy on demo data from ported torchvision weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import weights_port
+from experiments.run import main
+from medft_jax import fit, strategies
+from medft_jax.data.demo import load_demo
+from medft_jax.model_checkpoint import load_model
+from medft_jax.models import create, get_arch, init_variables
+from medft_jax.models.blocks import flatten
+from medft_jax.pretrained import merge
+from tests.torch_ref import random_torchvision, torch
+
+SIZES = {"train": 32, "val": 16, "test": 16}
+BATCH = 8  # 4 steps per epoch
+
+
+@pytest.fixture(scope="module")
+def ported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("weights")
+    torch.save(random_torchvision("resnet50", 1000, seed=4).state_dict(), tmp / "r50.pth")
+    return weights_port.port("resnet50", tmp / "r50.pth", tmp / "ck")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo(seed=0, image_size=32, sizes=SIZES)
+
+
+def _config(strategy: str, weights, **kw) -> fit.RunConfig:
+    options = {"g_lf": (("epochs_per_stage", 1),), "lp_ft": (("lp_epochs", 1),)}
+    return fit.RunConfig(
+        strategy=strategy,
+        weights=str(weights),
+        epochs=kw.pop("epochs", 2),
+        batch_size=BATCH,
+        image_size=32,
+        lr=kw.pop("lr", 1e-3),
+        strategy_options=options.get(strategy, ()),
+        **kw,
+    )
+
+
+def _start_params(config: fit.RunConfig, weights) -> dict:
+    model = create(config.arch, 2)
+    init = jax.device_get(init_variables(model, config.seed, image_size=32))
+    start, _ = load_model(weights)
+    return flatten(merge(init, start, get_arch(config.arch).partition)["params"])
+
+
+@pytest.mark.parametrize("strategy", strategies.PAPER_STRATEGIES)
+def test_strategy_end_to_end(strategy, ported, demo, tmp_path):
+    config = _config(strategy, ported)
+    record = fit.run_one(config, tmp_path, dataset=demo, progress=False)
+    # The record holds what it should.
+    assert record["config"]["strategy"] == strategy and len(record["epochs"]) == 2
+    assert record["primary_metric"] == "accuracy"
+    assert set(record["test"]) >= {"map", "accuracy", "auroc", "kappa", "f1"}
+    assert record["environment"]["device_count"] == jax.device_count()
+    on_disk = json.loads((tmp_path / record["run"] / "record.json").read_text())
+    assert on_disk["best_epoch"] == record["best_epoch"]
+    # Frozen parameters are bit-identical in the best checkpoint; trained ones moved.
+    schedule = strategies.make(
+        strategy,
+        _dummy_params(),
+        get_arch("resnet50").partition,
+        learning_rate=1e-3,
+        steps_per_epoch=4,
+        **dict(config.strategy_options),
+    ).schedule
+    trained = set()
+    for epoch in range(record["best_epoch"] + 1):
+        trained |= set(schedule.trainable_paths(epoch))
+        assert record["epochs"][epoch]["trainable_blocks"] == list(schedule.trainable_blocks(epoch))
+    start = _start_params(config, ported)
+    best, meta = load_model(tmp_path / record["run"] / "best")
+    assert meta["epoch"] == record["best_epoch"] and meta["num_classes"] == 2
+    best = flatten(best["params"])
+    assert best.keys() == start.keys()
+    for path, value in best.items():
+        same = np.array_equal(value, start[path])
+        assert same == (path not in trained), (strategy, path)
+    # At most one compilation per stage (g_lf: 2 stages in 2 epochs; lp_ft: LP, then FT).
+    stages = {tuple(e["trainable_blocks"]) for e in record["epochs"]}
+    assert record["num_compilations"] <= len(stages)
+
+
+def _dummy_params():
+    model = create("resnet50", 2)
+    import jax.numpy as jnp
+
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))[
+        "params"
+    ]
+
+
+def test_resume_writes_the_uninterrupted_record(ported, demo, tmp_path):
+    config = _config("lp", ported, epochs=3, lr=1e-2)
+    full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
+    assert (
+        fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_epoch=0) == {}
+    )
+    assert not (tmp_path / "b" / full["run"] / "record.json").exists()
+    resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    for key in ("best_epoch", "val", "test"):
+        assert resumed[key] == full[key], key
+    for a, b in zip(full["epochs"], resumed["epochs"], strict=True):
+        assert (a["train_loss"], a["val"]) == (b["train_loss"], b["val"])
+    # A finished run is skipped: the same record comes back without training.
+    again = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    assert again["finished_at"] == resumed["finished_at"]
+
+
+def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights_port, "port_imagenet", _offline)
+    argv = ["--strategy", "lp", "--epochs", "1", "--out", str(tmp_path / "runs"), "--no-progress"]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert "TRAINING FROM RANDOM INITIALISATION" in cap.err
+    assert "test metrics:" in cap.out and "  accuracy" in cap.out
+    record_line = next(x for x in cap.out.splitlines() if x.startswith("record: "))
+    record = json.loads(Path(record_line.removeprefix("record: ")).read_text())
+    assert record["config"]["dataset"] == "demo" and record["config"]["image_size"] == 32
+
+
+def _offline(arch):
+    raise weights_port.PortError("cannot download (offline?)")
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--strategy", "sgd"], "error: --strategy 'sgd' is unknown; valid: ft, lp, g_lf"),
+        (["--strategy", "ft", "--arch", "resnet18"], "error: --arch: unknown arch 'resnet18'"),
+        (["--strategy", "ft", "--dataset", "imagenet"], "error: --dataset 'imagenet' is unknown"),
+        (["--strategy", "ft", "--weights", "/nonexistent"], "error: --weights /nonexistent: no"),
+        (["--strategy", "ft", "--image-size", "16"], "error: --image-size must be at least 32"),
+    ],
+)
+def test_bad_flags_are_named(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not any(tmp_path.rglob("record.json"))
