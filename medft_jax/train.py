@@ -116,7 +116,11 @@ class Trainer:
     # -- state ---------------------------------------------------------------
 
     def init_state(self, variables: Mapping[str, PyTree]) -> TrainState:
-        """A replicated train state from ``{'params', 'batch_stats'}``."""
+        """A replicated train state from ``{'params', 'batch_stats'}``.
+
+        The state owns copies (the train step donates its buffers, which must
+        not delete the caller's ``variables``).
+        """
         params = variables["params"]
         state = TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -124,7 +128,8 @@ class Trainer:
             batch_stats=variables.get("batch_stats", {}),
             opt_state=self.tx.init(params),
         )
-        return jax.device_put(state, self.replicated)
+        owned = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+        return jax.device_put(owned, self.replicated)
 
     def abstract_state(self, variables: Mapping[str, PyTree]) -> TrainState:
         """Shapes, dtypes and shardings of the state (the restore target of a checkpoint)."""

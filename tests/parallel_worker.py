@@ -1,6 +1,6 @@
 """Trains a few data-parallel steps and saves the result; run by test_parallel.py.
 
-    python -m tests.parallel_worker OUT.npz --devices N            # one process, N CPU devices
+    python -m tests.parallel_worker OUT.npz --devices N            # N devices, then 1 of them
     python -m tests.parallel_worker OUT.npz --process I --of K --port P   # jax.distributed
 
 Every process feeds its own rows of the same global batch; the result must
@@ -34,43 +34,74 @@ def main() -> None:
             process_id=args.process,
         )
     import numpy as np
+
+    from medft_jax.models import ResNet, init_variables
+    from medft_jax.train import make_mesh
+
+    # A ResNet-50 with one bottleneck per layer: the same layers (BatchNorm included)
+    # as the toolkit's models, at a quarter of the compile time.
+    model = ResNet(num_classes=3, stage_sizes=(1, 1, 1, 1))
+    variables = init_variables(model, 0, 32)
+    meshes = [make_mesh()]
+    if jax.process_count() == 1 and jax.device_count() > 1:
+        meshes.append(make_mesh(jax.devices()[:1]))  # the reference: the same, on one device
+    results = {}
+    for mesh in meshes:
+        results[mesh.devices.size] = _train(model, variables, mesh)
+    if jax.process_index() == 0:
+        np.savez(args.out, **{f"{n}/{k}": v for n, r in results.items() for k, v in r.items()})
+    sys.stdout.flush()
+
+
+def _train(model, variables, mesh):
+    """Phase 1: one step with BatchNorm on batch statistics (loss, running statistics).
+    Phase 2: one step with BatchNorm on running statistics (loss, parameter update,
+    eval probabilities). Gradients through train-mode BatchNorm of a random-init
+    ResNet on small batches are ill-conditioned (reordering the batch on one device
+    moves them by ~1%), so the update comparison runs in eval mode, where it
+    isolates what data parallelism changes: the gradient all-reduce.
+    """
+    import jax
+    import numpy as np
     import optax
 
-    from medft_jax.models import create, init_variables
     from medft_jax.models.blocks import flatten
     from medft_jax.train import Trainer
 
-    model = create("resnet50", 3)
-    variables = init_variables(model, 0, 32)
     rng = np.random.default_rng(0)
-    batch = 8
-    trainer = Trainer(model, optax.sgd(0.05), multilabel=False)
-    state = trainer.init_state(variables)
+    batch = 16
+    trainer = Trainer(model, optax.sgd(1e-2), multilabel=False, mesh=mesh)
     trainable = jax.tree.map(lambda _: True, variables["params"])
     rows = slice(
         jax.process_index() * batch // jax.process_count(),
         (jax.process_index() + 1) * batch // jax.process_count(),
     )
-    losses = []
-    for _ in range(2):
-        x = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-        y = rng.integers(0, 3, (batch,)).astype(np.int32)
-        state, loss = trainer.train_step(
-            state,
-            trainer.shard_batch(x[rows]),
-            trainer.shard_batch(y[rows]),
-            trainable=trainable,
-            bn_train=True,
-        )
-        losses.append(float(loss))
-    probs = trainer.predict(state, [{"image": x[rows], "mask": np.ones(batch, bool)[rows]}])
-    if jax.process_index() == 0:
-        out = {f"params/{k}": np.asarray(v) for k, v in flatten(state.params).items()}
-        out |= {f"stats/{k}": np.asarray(v) for k, v in flatten(state.batch_stats).items()}
-        np.savez(
-            args.out, losses=np.asarray(losses), probs=probs, devices=jax.device_count(), **out
-        )
-    sys.stdout.flush()
+    out = {}
+    for phase, bn_train, steps in (("bn", True, 1), ("eval", False, 1)):
+        state = trainer.init_state(variables)
+        losses = []
+        for _ in range(steps):
+            x = rng.integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)
+            y = rng.integers(0, 3, (batch,)).astype(np.int32)
+            state, loss = trainer.train_step(
+                state,
+                trainer.shard_batch(x[rows]),
+                trainer.shard_batch(y[rows]),
+                trainable=trainable,
+                bn_train=bn_train,
+            )
+            losses.append(float(loss))
+        out[f"{phase}/losses"] = np.asarray(losses)
+        if bn_train:
+            for k, v in flatten(state.batch_stats).items():
+                out[f"bn/stats/{k}"] = np.asarray(v)
+        else:
+            start = flatten(variables["params"])
+            for k, v in flatten(state.params).items():
+                out[f"eval/delta/{k}"] = np.asarray(v) - np.asarray(start[k])
+            mask = np.ones(batch, bool)[rows]
+            out["eval/probs"] = trainer.predict(state, [{"image": x[rows], "mask": mask}])
+    return out
 
 
 if __name__ == "__main__":

@@ -29,35 +29,50 @@ def _run(*procs: subprocess.Popen) -> None:
         assert p.returncode == 0, out[-3000:]
 
 
+def _split(npz, devices: int) -> dict:
+    prefix = f"{devices}/"
+    return {k.removeprefix(prefix): npz[k] for k in npz.files if k.startswith(prefix)}
+
+
 def _assert_same(a: dict, b: dict) -> None:
-    assert a["devices"] != b["devices"]
-    np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-5)
-    np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)
-    keys = [k for k in a.files if k.startswith(("params/", "stats/"))]
-    assert keys and set(keys) == {k for k in b.files if k.startswith(("params/", "stats/"))}
-    for k in keys:
-        scale = max(1.0, float(np.abs(a[k]).max()))
-        np.testing.assert_allclose(a[k], b[k], atol=2e-5 * scale, rtol=0, err_msg=k)
+    """Equal to float32 rounding (reductions are split differently across devices)."""
+    assert set(a) == set(b)
+    np.testing.assert_allclose(a["bn/losses"], b["bn/losses"], rtol=1e-5)
+    np.testing.assert_allclose(a["eval/losses"], b["eval/losses"], rtol=1e-5)
+    np.testing.assert_allclose(a["eval/probs"], b["eval/probs"], atol=1e-5)
+    # BatchNorm's running statistics: the batch statistics are global, not per device.
+    stats = [k for k in a if k.startswith("bn/stats/")]
+    assert len(stats) == 2 * 17  # 17 BatchNorms
+    for k in stats:
+        scale = max(1.0, float(np.abs(b[k]).max()))
+        np.testing.assert_allclose(a[k], b[k], atol=1e-4 * scale, rtol=0, err_msg=k)
+    # The SGD update: the gradient is the global batch's (all-reduced), for every tensor.
+    deltas = [k for k in a if k.startswith("eval/delta/")]
+    assert len(deltas) == 17 + 2 * 17 + 2
+    top = max(float(np.abs(b[k]).max()) for k in deltas)
+    assert top > 0
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in deltas)
+    assert worst <= 1e-3 * top, (worst, top)
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    out = tmp_path_factory.mktemp("par") / "one.npz"
-    _run(_worker(out, "--devices", "1"))
-    return np.load(out)
-
-
-def test_four_devices_equal_one(single, tmp_path):
-    out = tmp_path / "four.npz"
+def four_and_one(tmp_path_factory):
+    out = tmp_path_factory.mktemp("par") / "four.npz"
     _run(_worker(out, "--devices", "4"))
-    _assert_same(np.load(out), single)
+    npz = np.load(out)
+    return _split(npz, 4), _split(npz, 1)
 
 
-def test_two_processes_equal_one(single, tmp_path):
+def test_four_devices_equal_one(four_and_one):
+    four, one = four_and_one
+    _assert_same(four, one)
+
+
+def test_two_processes_equal_one(four_and_one, tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     out = tmp_path / "two.npz"
     procs = [_worker(out, "--process", str(i), "--of", "2", "--port", str(port)) for i in range(2)]
     _run(*procs)
-    _assert_same(np.load(out), single)
+    _assert_same(_split(np.load(out), 2), four_and_one[1])

@@ -1,0 +1,124 @@
+"""The compiled steps: what XLA is asked to compute, losses, and failure messages."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments import run as run_cli
+from medft_jax import fit, strategies, train
+from medft_jax.data.demo import load_demo
+from medft_jax.models import create, get_arch, init_variables
+from medft_jax.train import Trainer
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = create("resnet50", 2)
+    return model, jax.device_get(init_variables(model, 0, 32))
+
+
+def _count_convs(strategy: str, model, variables, epoch: int = 0) -> int:
+    """Convolutions in the train step XLA is given (lowered, not compiled)."""
+    strat = strategies.make(
+        strategy,
+        variables["params"],
+        get_arch("resnet50").partition,
+        learning_rate=1e-3,
+        steps_per_epoch=1,
+    )
+    trainer = Trainer(model, strat.tx, multilabel=False)
+    state = trainer.init_state(variables)
+    x = trainer.shard_batch(np.zeros((4, 32, 32, 3), np.uint8))
+    y = trainer.shard_batch(np.zeros((4,), np.int32))
+    mask = strat.schedule.trainable_mask(variables["params"], epoch)
+    fn = jax.jit(
+        lambda s, x, y: trainer._train(
+            s, x, y, mask=tuple(jax.tree.leaves(mask)), bn_train=strat.schedule.bn_train(epoch)
+        )
+    )
+    return fn.lower(state, x, y).as_text().count("stablehlo.convolution")
+
+
+def test_frozen_prefix_runs_forward_only(resnet):
+    """LP computes no backward convolution; FT all of them; G-LF's stages in between."""
+    model, variables = resnet
+    forward = 53  # ResNet-50: 49 convs in bottlenecks + 4 downsample convs
+    assert _count_convs("lp", model, variables) == forward
+    # FT: each conv also gets a weight gradient and (but the first) an input gradient.
+    assert _count_convs("ft", model, variables) == forward + forward + (forward - 1)
+    g_lf = [_count_convs("g_lf", model, variables, epoch) for epoch in range(6)]
+    assert g_lf[0] == forward and g_lf[-1] == 3 * forward - 1
+    assert all(a < b for a, b in itertools.pairwise(g_lf))  # each stage unfreezes more convs
+
+
+def test_losses_by_hand():
+    logits = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+    ce = train.classification_loss(logits, jnp.array([0, 0]), multilabel=False)
+    expected = np.mean([np.log(1 + np.exp(-2.0)), np.log(1 + np.exp(1.0))])
+    np.testing.assert_allclose(ce, expected, rtol=1e-6)
+    bce = train.classification_loss(logits, jnp.array([[1.0, 0.0], [0.0, 0.0]]), multilabel=True)
+    sp = lambda z: np.log1p(np.exp(z))  # noqa: E731  softplus: -log(sigmoid(-z))
+    expected = np.mean([sp(-2.0), sp(0.0), sp(0.0), sp(1.0)])
+    np.testing.assert_allclose(bce, expected, rtol=1e-6)
+
+
+def test_one_compilation_per_stage(resnet):
+    model, variables = resnet
+    strat = strategies.make(
+        "lp_ft",
+        variables["params"],
+        get_arch("resnet50").partition,
+        learning_rate=1e-3,
+        steps_per_epoch=1,
+        lp_epochs=1,
+    )
+    trainer = Trainer(model, strat.tx, multilabel=False)
+    state = trainer.init_state(variables)
+    x = trainer.shard_batch(np.zeros((2, 32, 32, 3), np.uint8))
+    y = trainer.shard_batch(np.zeros((2,), np.int32))
+    for epoch in (0, 0, 1, 1, 2):
+        mask = strat.schedule.trainable_mask(variables["params"], epoch)
+        state, _ = trainer.train_step(
+            state, x, y, trainable=mask, bn_train=strat.schedule.bn_train(epoch)
+        )
+    assert trainer.num_compilations == 2
+
+
+def test_non_finite_loss_stops_the_run(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(train, "classification_loss", lambda *a: jnp.float32(jnp.nan))
+    demo = load_demo(seed=0, image_size=32, sizes={"train": 16, "val": 8, "test": 8})
+    config = fit.RunConfig(strategy="lp", weights="none", epochs=1, batch_size=8, image_size=32)
+    with pytest.raises(
+        train.NonFiniteLossError,
+        match=r"^training loss became nan at step 1 \("
+        r"epoch 0\); try a smaller --lr",
+    ):
+        fit.run_one(config, tmp_path, dataset=demo, progress=False)
+    assert not list(tmp_path.rglob("record.json"))
+
+
+def test_out_of_memory_suggests_smaller_batch(monkeypatch, tmp_path, capsys):
+    def oom(*a, **k):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB")
+
+    monkeypatch.setattr(fit, "run_one", oom)
+    argv = ["--strategy", "ft", "--weights", "none", "--out", str(tmp_path), "--batch-size", "64"]
+    assert run_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "try a smaller --batch-size than 64" in err
+
+
+def test_trainer_rejects_a_mask_of_another_tree(resnet):
+    model, variables = resnet
+    trainer = Trainer(model, optax.sgd(0.1), multilabel=False)
+    state = trainer.init_state(variables)
+    x = trainer.shard_batch(np.zeros((2, 32, 32, 3), np.uint8))
+    y = trainer.shard_batch(np.zeros((2,), np.int32))
+    with pytest.raises(ValueError, match="trainable mask has 1 leaves, params have 161"):
+        trainer.train_step(state, x, y, trainable=[True], bn_train=True)
