@@ -136,6 +136,13 @@ def validate(args: argparse.Namespace) -> None:
         v = getattr(args, flag)
         if v is not None and v < (0 if flag == "patience" else 1):
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {v}")
+    if args.weights not in ("auto", "imagenet", "none") and not os.path.isdir(
+        os.path.expanduser(args.weights)
+    ):
+        raise ValueError(
+            f"--weights {args.weights}: no such checkpoint folder; expected auto, imagenet, "
+            "none or a model checkpoint folder"
+        )
     if args.image_size is not None and args.image_size < 32:
         raise ValueError(f"--image-size must be at least 32 px, got {args.image_size}")
 

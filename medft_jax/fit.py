@@ -103,9 +103,9 @@ def run_one(
     primary = metrics.primary_metric(config.dataset, ds.multilabel)
     dtype = PRECISIONS[config.precision]
     spec = get_arch(config.arch)
+    start, weights_used = pretrained.resolve(config.weights, config.arch)
     model = create(config.arch, ds.num_classes, dtype=dtype)
     variables = jax.device_get(init_variables(model, config.seed, image_size=32))
-    start, weights_used = pretrained.resolve(config.weights, config.arch)
     if start is not None:
         variables = pretrained.merge(variables, start, spec.partition)
 
