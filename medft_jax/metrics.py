@@ -63,20 +63,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from medft_jax.data.tasks import TASK_NAMES as _DATA_TASK_NAMES
+
 THRESHOLD = 0.5
 """Multilabel decision threshold on sigmoid probabilities."""
 
-TASK_NAMES = (
-    "chexpert",
-    "mura_shoulder",
-    "mura_wrist",
-    "mura_humerus",
-    "t1w_mri",
-    "bach",
-    "isic2020",
-    "cholect50_instrument",
-)
-"""The paper's eight tasks (the same names as ``medft_jax.data.tasks.TASK_NAMES``)."""
+TASK_NAMES = _DATA_TASK_NAMES
+"""The paper's eight tasks, as the data registry names them."""
 
 PRIMARY_METRIC: dict[str, str] = {
     "chexpert": "map",
