@@ -119,14 +119,19 @@ def run_one(
         config.strategy,
         variables["params"],
         spec.partition,
-        learning_rate=config.lr,
+        learning_rate=1.0,  # the trainer applies config.lr (one compilation for every lr)
         steps_per_epoch=steps_per_epoch,
         frozen_bn=config.frozen_bn,
         **dict(config.strategy_options),
     )
     schedule = strategy.schedule
     trainer = Trainer(
-        model, strategy.tx, multilabel=ds.multilabel, compute_dtype=dtype, seed=config.seed
+        model,
+        strategy.tx,
+        multilabel=ds.multilabel,
+        compute_dtype=dtype,
+        seed=config.seed,
+        learning_rate=config.lr,
     )
     n_dev = jax.device_count()
     if config.batch_size % n_dev:

@@ -85,6 +85,13 @@ class Trainer:
         built with the same dtype); parameters and optimizer stay float32.
       seed: the dropout RNG's seed (folded with the step number, so resuming
         gives the same masks).
+      learning_rate: when given, every update is multiplied by it inside the
+        step, and ``tx`` must be built with a learning rate of 1 (every
+        strategy's update is linear in its learning rate). The rate and the
+        seed are arguments of the compiled step, not constants in it, so
+        runs that differ only in learning rate or seed share one compiled
+        program (in the persistent compilation cache): a sweep compiles
+        each stage once, not once per (lr, seed).
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class Trainer:
         mesh: Mesh | None = None,
         compute_dtype: Any = jnp.float32,
         seed: int = 0,
+        learning_rate: float | None = None,
     ):
         self.model = model
         self.tx = tx
@@ -103,7 +111,12 @@ class Trainer:
         self.mesh = mesh if mesh is not None else make_mesh()
         self.compute_dtype = compute_dtype
         self.seed = seed
+        self.learning_rate = learning_rate
         self.replicated = NamedSharding(self.mesh, P())
+        hyper = {"rng": jax.random.key_data(jax.random.key(seed))}
+        if learning_rate is not None:
+            hyper["lr"] = jnp.asarray(learning_rate, jnp.float32)
+        self._hyper = jax.device_put(hyper, self.replicated)
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self._train_steps: dict[tuple, Any] = {}
         self._eval_step = jax.jit(self._eval, out_shardings=self.batch_sharding)
@@ -144,6 +157,30 @@ class Trainer:
 
     # -- train ---------------------------------------------------------------
 
+    def lower_stage(
+        self,
+        state: TrainState,
+        images: jax.Array,
+        labels: jax.Array,
+        *,
+        trainable: PyTree,
+        bn_train: BNTrain,
+    ) -> jax.stages.Lowered:
+        """The stage's train step traced and lowered (its program, not yet compiled)."""
+        mask, bn_key = _stage_key(trainable, bn_train)
+        jitted = jax.jit(
+            lambda s, x, y, h: self._train(s, x, y, h, mask=mask, bn_train=bn_key),
+            in_shardings=(
+                self.replicated,
+                self.batch_sharding,
+                self.batch_sharding,
+                self.replicated,
+            ),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=(0,),
+        )
+        return jitted.lower(state, images, labels, self._hyper)
+
     def compile_stage(
         self,
         state: TrainState,
@@ -157,15 +194,9 @@ class Trainer:
         key = _stage_key(trainable, bn_train)
         if key in self._train_steps:
             return 0.0
-        mask, bn_key = key
         t = time.perf_counter()
-        jitted = jax.jit(
-            lambda s, x, y: self._train(s, x, y, mask=mask, bn_train=bn_key),
-            in_shardings=(self.replicated, self.batch_sharding, self.batch_sharding),
-            out_shardings=(self.replicated, self.replicated),
-            donate_argnums=(0,),
-        )
-        self._train_steps[key] = jitted.lower(state, images, labels).compile()
+        lowered = self.lower_stage(state, images, labels, trainable=trainable, bn_train=bn_train)
+        self._train_steps[key] = lowered.compile()
         return time.perf_counter() - t
 
     def train_step(
@@ -183,13 +214,15 @@ class Trainer:
         get no gradient computation at all. ``state`` is donated.
         """
         self.compile_stage(state, images, labels, trainable=trainable, bn_train=bn_train)
-        return self._train_steps[_stage_key(trainable, bn_train)](state, images, labels)
+        step = self._train_steps[_stage_key(trainable, bn_train)]
+        return step(state, images, labels, self._hyper)
 
     def _train(
         self,
         state: TrainState,
         images: jax.Array,
         labels: jax.Array,
+        hyper: dict[str, jax.Array],
         *,
         mask: tuple[bool, ...],
         bn_train: BNTrain,
@@ -198,7 +231,7 @@ class Trainer:
         if len(leaves) != len(mask):
             raise ValueError(f"trainable mask has {len(mask)} leaves, params have {len(leaves)}")
         trained = [p for p, m in zip(leaves, mask, strict=True) if m]
-        rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
+        rng = jax.random.fold_in(jax.random.wrap_key_data(hyper["rng"]), state.step)
         x = normalize(images, self.compute_dtype)
 
         def merge(trained_leaves):
@@ -224,6 +257,8 @@ class Trainer:
             [next(it) if m else jnp.zeros_like(p) for p, m in zip(leaves, mask, strict=True)]
         )
         updates, opt_state = self.tx.update(full_grads, state.opt_state, state.params)
+        if "lr" in hyper:
+            updates = jax.tree.map(lambda u: u * hyper["lr"].astype(u.dtype), updates)
         new_params = optax.apply_updates(state.params, updates)
         # Frozen leaves keep their exact bits (p + 0.0 would turn -0.0 into 0.0).
         new_leaves = [

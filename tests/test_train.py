@@ -37,12 +37,10 @@ def _count_convs(strategy: str, model, variables, epoch: int = 0) -> int:
     x = trainer.shard_batch(np.zeros((4, 32, 32, 3), np.uint8))
     y = trainer.shard_batch(np.zeros((4,), np.int32))
     mask = strat.schedule.trainable_mask(variables["params"], epoch)
-    fn = jax.jit(
-        lambda s, x, y: trainer._train(
-            s, x, y, mask=tuple(jax.tree.leaves(mask)), bn_train=strat.schedule.bn_train(epoch)
-        )
+    lowered = trainer.lower_stage(
+        state, x, y, trainable=mask, bn_train=strat.schedule.bn_train(epoch)
     )
-    return fn.lower(state, x, y).as_text().count("stablehlo.convolution")
+    return lowered.as_text().count("stablehlo.convolution")
 
 
 def test_frozen_prefix_runs_forward_only(resnet):
@@ -122,3 +120,41 @@ def test_trainer_rejects_a_mask_of_another_tree(resnet):
     y = trainer.shard_batch(np.zeros((2,), np.int32))
     with pytest.raises(ValueError, match="trainable mask has 1 leaves, params have 161"):
         trainer.train_step(state, x, y, trainable=[True], bn_train=True)
+
+
+def test_runtime_learning_rate_and_seed_share_one_program(resnet):
+    """lr and seed are step arguments: the same program for every (lr, seed), same updates."""
+    model, variables = resnet
+    partition = get_arch("resnet50").partition
+
+    def trainer(lr, seed, runtime):
+        strat = strategies.make(
+            "lp", variables["params"], partition, learning_rate=1.0 if runtime else lr
+        )
+        return strat, Trainer(
+            model, strat.tx, multilabel=False, seed=seed, learning_rate=lr if runtime else None
+        )
+
+    strat, a = trainer(1e-3, 0, True)
+    _, b = trainer(1e-5, 7, True)
+    _, baked = trainer(1e-3, 0, False)
+    x = a.shard_batch(np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3))
+    y = a.shard_batch(np.array([0, 1], np.int32))
+    mask = strat.schedule.trainable_mask(variables["params"], 0)
+    bn = strat.schedule.bn_train(0)
+
+    def text(t):
+        return t.lower_stage(t.init_state(variables), x, y, trainable=mask, bn_train=bn).as_text()
+
+    assert text(a) == text(b)
+    assert text(a) != text(baked)  # the baked-in rate is a constant of the program
+    head = ("fc", "kernel")
+    moved = {}
+    for name, t in (("runtime", a), ("baked", baked)):
+        state, _ = t.train_step(t.init_state(variables), x, y, trainable=mask, bn_train=bn)
+        moved[name] = (
+            np.asarray(state.params[head[0]][head[1]]) - variables["params"]["fc"]["kernel"]
+        )
+    # First Adam step: no trained weight moves by more than lr, and some move.
+    assert 0 < np.abs(moved["runtime"]).max() <= 1e-3 * (1 + 1e-6)
+    np.testing.assert_allclose(moved["runtime"], moved["baked"], rtol=1e-6, atol=1e-9)
