@@ -248,6 +248,7 @@ def run_one(
         "weights_used": weights_used,
         "primary_metric": primary,
         "num_classes": ds.num_classes,
+        "multilabel": ds.multilabel,
         "class_names": list(ds.class_names),
         "steps_per_epoch": steps_per_epoch,
         "epochs": epochs,

@@ -37,7 +37,7 @@ Record schema (``medft_jax.fit.run_one`` writes it; keys a reader relies on):
     The test metrics of the parameters of ``best_epoch``; :func:`summarise`
     reads ``record["test"][name]``.
 ``final_stage_epoch``, ``compile_seconds``, ``train_seconds``, ``steps_per_epoch``,
-``num_classes``, ``class_names``, ``weights_used``
+``num_classes``, ``multilabel``, ``class_names``, ``weights_used``
     Run facts.
 ``environment``
     :func:`environment_info`: package versions, devices, git revision, host.
@@ -70,6 +70,8 @@ from typing import Any
 import numpy as np
 
 RECORD_NAME = "record.json"
+FAILURE_NAME = "failed.json"
+"""A run that ended without a result (e.g. its loss diverged) leaves this beside its checkpoints."""
 HASH_CHARS = 16
 PACKAGES = (
     "jax",
@@ -214,6 +216,36 @@ def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
     if not out_dir.is_dir():
         raise FileNotFoundError(f"no results folder {out_dir}")
     return [read_record(p) for p in sorted(out_dir.rglob(RECORD_NAME)) if p.is_file()]
+
+
+def failure_path(out_dir: str | Path, config: dict[str, Any]) -> Path:
+    """Where a failed run's failure note lives: ``run_dir(out_dir, config) / "failed.json"``."""
+    return run_dir(out_dir, config) / FAILURE_NAME
+
+
+def write_failure(
+    out_dir: str | Path, config: dict[str, Any], kind: str, error: str
+) -> dict[str, Any]:
+    """Notes that a run ended without a record: ``{"config", "run", "kind", "error"}``.
+
+    ``kind`` is a short label (``"nonfinite"``: the loss diverged, a
+    deterministic outcome of that learning rate, so a sweep does not retry
+    it unless asked). Reports count such runs as done but without a value.
+    """
+    note = {"config": config, "run": run_name(config), "kind": kind, "error": error}
+    return write_record(failure_path(out_dir, config), note)
+
+
+def load_failures(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Every failure note under ``out_dir`` whose run has no record (a later success wins)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"no results folder {out_dir}")
+    return [
+        read_record(p)
+        for p in sorted(out_dir.rglob(FAILURE_NAME))
+        if p.is_file() and not (p.parent / RECORD_NAME).exists()
+    ]
 
 
 def _jsonable(value: Any, where: str = "record") -> Any:

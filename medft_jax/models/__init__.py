@@ -50,12 +50,18 @@ class ArchSpec:
     """Shorter side before the 224 centre crop, as in its torchvision ImageNet
     weights' transform (ResNet-50 IMAGENET1K_V2: 232; the others: 256)."""
     crop_size: int = 224
+    label: str = ""
+    """How tables and figures name it (torchvision's model name in prose)."""
 
 
 ARCHS: dict[str, ArchSpec] = {
-    "resnet50": ArchSpec("resnet50", resnet50, PARTITIONS["resnet50"], resize_size=232),
-    "densenet121": ArchSpec("densenet121", densenet121, PARTITIONS["densenet121"], resize_size=256),
-    "vgg19": ArchSpec("vgg19", vgg19, PARTITIONS["vgg19"], resize_size=256),
+    "resnet50": ArchSpec(
+        "resnet50", resnet50, PARTITIONS["resnet50"], resize_size=232, label="ResNet-50"
+    ),
+    "densenet121": ArchSpec(
+        "densenet121", densenet121, PARTITIONS["densenet121"], resize_size=256, label="DenseNet-121"
+    ),
+    "vgg19": ArchSpec("vgg19", vgg19, PARTITIONS["vgg19"], resize_size=256, label="VGG-19"),
 }
 
 

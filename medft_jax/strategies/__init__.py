@@ -89,6 +89,20 @@ PAPER_STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto
 EXTRA_STRATEGIES = ("surgical", "llrd", "bitfit")
 """Beyond the paper: surgical fine-tuning (one block + head), layer-wise LR decay, BitFit."""
 STRATEGIES = PAPER_STRATEGIES + EXTRA_STRATEGIES
+LABELS: dict[str, str] = {
+    "ft": "FT",
+    "lp": "LP",
+    "g_lf": "G-LF",
+    "g_fl": "G-FL",
+    "lp_ft": "LP-FT",
+    "l1_sp": "L1-SP",
+    "l2_sp": "L2-SP",
+    "auto_rgn": "Auto-RGN",
+    "surgical": "Surgical",
+    "llrd": "LLRD",
+    "bitfit": "BitFit",
+}
+"""How tables and figures name each strategy id (the paper's labels)."""
 
 
 class Strategy(NamedTuple):

@@ -1,0 +1,31 @@
+"""The paper's grid: 8 tasks x 3 archs x 8 strategies x 3 learning rates x 3 seeds = 1,728 runs.
+
+    python -m experiments.sweep --config experiments/configs/paper.py --dry-run
+
+Protocol (Davila et al.): ImageNet weights, resize + centre-crop 224,
+Adam, batch 64, at most 50 epochs, early stopping with patience 5, the
+learning rate chosen per (task, arch, strategy) on validation. Prepare the
+tasks first (``python -m experiments.prepare``, see BUILD.md).
+"""
+
+from medft_jax.data.tasks import TASK_NAMES
+from medft_jax.grid import Grid
+from medft_jax.strategies import PAPER_STRATEGIES
+
+
+def get_config() -> Grid:
+    return Grid(
+        name="paper",
+        datasets=tuple(TASK_NAMES),
+        archs=("resnet50", "densenet121", "vgg19"),
+        strategies=tuple(PAPER_STRATEGIES),
+        lrs=(1e-3, 1e-4, 1e-5),
+        seeds=(0, 1, 2),
+        settings={
+            "weights": "imagenet",
+            "epochs": 50,
+            "patience": 5,
+            "batch_size": 64,
+            "image_size": 224,
+        },
+    )

@@ -1,0 +1,323 @@
+"""A sweep's grid: datasets x archs x strategies x learning rates x seeds, as run configs.
+
+A grid is plain data (:class:`Grid`), written in a config file that
+defines ``get_config() -> Grid`` (``experiments/configs/paper.py`` is the
+paper's 8 x 3 x 8 x 3 x 3 = 1,728 runs). This module expands it into an
+ordered list of :class:`~medft_jax.fit.RunConfig` (dataset, arch,
+strategy, lr, seed, with the seed varying fastest), filters it
+(``--only dataset=bach,arch=vgg19``), and splits it into shards.
+
+Sharding is a pure function of the list: run ``k`` belongs to shard
+``k mod N``. Processes given the same config and filters therefore agree
+on the split without talking to each other, their shards are disjoint and
+together they are the whole grid; round-robin also spreads every
+dataset's (very different) cost evenly over the shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medft_jax.fit import RunConfig
+
+AXES = ("dataset", "arch", "strategy", "lr", "seed")
+"""The grid's axes, in the order its runs are listed (the last varies fastest)."""
+
+SETTINGS = ("weights", "epochs", "patience", "batch_size", "image_size", "precision", "frozen_bn")
+"""RunConfig fields a grid sets once for all its runs."""
+
+NOMINAL_TRAIN_IMAGES: dict[str, int] = {
+    "chexpert": 64_540,
+    "mura_shoulder": 8_379,
+    "mura_wrist": 9_752,
+    "mura_humerus": 1_272,
+    "t1w_mri": 2_522,
+    "bach": 360,
+    "isic2020": 26_160,
+    "cholect50_instrument": 36_000,
+    "demo": 192,
+    "medmnist/breastmnist": 546,
+}
+"""Approximate training images per epoch, for cost estimates before any data is read.
+
+From the paper's Table 2 and the datasets' releases (MURA counts images,
+CholecT50 is the 6-frames-a-minute subsample, approximate). Only used by
+``--dry-run`` estimates; the runs themselves count the real data.
+"""
+
+REFERENCE_IMAGES_PER_S: dict[str, float] = {
+    "resnet50": 3000.0,
+    "densenet121": 2000.0,
+    "vgg19": 1200.0,
+}
+"""Assumed fp32 training throughput at 224 px on one H100, when no record measured it.
+
+ResNet-50's figure is the one the data spec quotes; DenseNet-121 and
+VGG-19 are scaled by their relative cost. Estimates from the records of
+finished runs (same arch and image size) replace these when present.
+"""
+
+
+class GridError(ValueError):
+    """A config file, filter or shard spec that cannot be used; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The runs of a sweep: every combination of the five axes, with shared settings.
+
+    Attributes:
+      name: a label for listings and reports.
+      datasets, archs, strategies, lrs, seeds: the axes.
+      settings: RunConfig fields shared by every run (``epochs``,
+        ``batch_size``, ``image_size``, ``weights``, ...); see :data:`SETTINGS`.
+      strategy_options: per strategy id, extra arguments of
+        :func:`medft_jax.strategies.make` (e.g. ``{"lp_ft": {"lp_epochs": 2}}``).
+      data_dir: where prepared datasets live (None: TFDS's default).
+      dataset_options: per dataset, extra options of :func:`medft_jax.data.load`
+        (e.g. ``{"folder": {"manual_dir": "/data/mine"}}``); not part of a
+        run's identity.
+    """
+
+    name: str
+    datasets: tuple[str, ...]
+    archs: tuple[str, ...]
+    strategies: tuple[str, ...]
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...]
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    strategy_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    data_dir: str | None = None
+    dataset_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for axis in AXES:
+            values = getattr(self, _plural(axis))
+            if not values:
+                raise GridError(f"grid {self.name!r}: {_plural(axis)} is empty")
+            if len(set(values)) != len(values):
+                raise GridError(f"grid {self.name!r}: {_plural(axis)} lists a value twice")
+        unknown = sorted(set(self.settings) - set(SETTINGS))
+        if unknown:
+            raise GridError(
+                f"grid {self.name!r}: settings {', '.join(unknown)} unknown; "
+                f"expected some of {', '.join(SETTINGS)}"
+            )
+        stray = sorted(set(self.strategy_options) - set(self.strategies))
+        if stray:
+            raise GridError(
+                f"grid {self.name!r}: strategy_options for {', '.join(stray)}, "
+                "which the grid does not run"
+            )
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(getattr(self, _plural(a))) for a in AXES)
+
+    def axis(self, name: str) -> tuple[Any, ...]:
+        """The values of axis ``name`` (one of :data:`AXES`)."""
+        return getattr(self, _plural(name))
+
+    def configs(self) -> list[RunConfig]:
+        """Every run, in grid order: dataset, arch, strategy, lr, seed (seed fastest)."""
+        return [
+            self.config(dataset, arch, strategy, lr, seed)
+            for dataset in self.datasets
+            for arch in self.archs
+            for strategy in self.strategies
+            for lr in self.lrs
+            for seed in self.seeds
+        ]
+
+    def config(self, dataset: str, arch: str, strategy: str, lr: float, seed: int) -> RunConfig:
+        options = tuple(sorted(dict(self.strategy_options.get(strategy, {})).items()))
+        return RunConfig(
+            strategy=strategy,
+            arch=arch,
+            dataset=dataset,
+            lr=float(lr),
+            seed=int(seed),
+            strategy_options=options,
+            **dict(self.settings),
+        )
+
+    def validate(self) -> None:
+        """Checks every axis value names something the toolkit has (before any work)."""
+        from medft_jax import data
+        from medft_jax.models import ARCHS
+        from medft_jax.strategies import STRATEGIES
+
+        known = {n.split("/")[0] for n in data.known_names()}
+        for d in self.datasets:
+            if d.split("/")[0].split("@")[0] not in known:
+                raise GridError(
+                    f"grid {self.name!r}: dataset {d!r} unknown; known: "
+                    f"{', '.join(data.known_names())}"
+                )
+        for a in self.archs:
+            if a not in ARCHS:
+                raise GridError(
+                    f"grid {self.name!r}: arch {a!r} unknown; known: {', '.join(ARCHS)}"
+                )
+        for s in self.strategies:
+            if s not in STRATEGIES:
+                raise GridError(
+                    f"grid {self.name!r}: strategy {s!r} unknown; known: {', '.join(STRATEGIES)}"
+                )
+        for lr in self.lrs:
+            if not (isinstance(lr, (int, float)) and lr > 0):
+                raise GridError(f"grid {self.name!r}: learning rate {lr!r} is not positive")
+
+
+def _plural(axis: str) -> str:
+    return {"lr": "lrs", "seed": "seeds", "strategy": "strategies"}.get(axis, axis + "s")
+
+
+# --- config files ------------------------------------------------------------------------------
+
+
+def load_grid(path: str | Path) -> Grid:
+    """The :class:`Grid` a config file's ``get_config()`` returns (the file is Python)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"--config {path}: no such file (expected a Python file with get_config())")
+    spec = importlib.util.spec_from_file_location(f"medft_grid_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise GridError(f"--config {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise GridError(f"--config {path}: cannot be imported ({type(e).__name__}: {e})") from e
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise GridError(f"--config {path}: defines no get_config() function")
+    grid = get_config()
+    if not isinstance(grid, Grid):
+        raise GridError(
+            f"--config {path}: get_config() returned a {type(grid).__name__}, expected a Grid"
+        )
+    grid.validate()
+    return grid
+
+
+# --- filters -------------------------------------------------------------------------------------
+
+
+Filters = dict[str, set[str]]
+
+
+def parse_only(specs: Iterable[str] | None) -> Filters:
+    """``["dataset=bach,arch=vgg19", "strategy=ft|lp"]`` -> ``{axis: {values}}``.
+
+    Keys are :data:`AXES`; ``|`` separates alternatives of one key; a key
+    given twice keeps the values both allow (the filters are ANDed).
+    """
+    out: Filters = {}
+    for spec in specs or ():
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, sep, value = part.partition("=")
+            key = key.strip()
+            if not sep or not value.strip():
+                raise GridError(f"--only {part!r}: expected key=value, e.g. dataset=bach")
+            if key not in AXES:
+                raise GridError(f"--only {part!r}: unknown key {key!r}; keys: {', '.join(AXES)}")
+            values = {_canonical(key, v.strip()) for v in value.split("|") if v.strip()}
+            out[key] = out[key] & values if key in out else values
+    return out
+
+
+def _canonical(key: str, value: str) -> str:
+    """Numbers compare by value: ``lr=0.0001`` and ``lr=1e-4`` are the same filter."""
+    if key == "lr":
+        try:
+            return repr(float(value))
+        except ValueError:
+            raise GridError(f"--only lr={value}: not a number") from None
+    if key == "seed":
+        try:
+            return str(int(value))
+        except ValueError:
+            raise GridError(f"--only seed={value}: not an integer") from None
+    return value
+
+
+def matches(config: Mapping[str, Any] | RunConfig, filters: Filters) -> bool:
+    """Whether a run (RunConfig or a record's ``config``) passes every filter."""
+    get = (lambda k: getattr(config, k)) if isinstance(config, RunConfig) else config.get
+    return all(_canonical(k, str(get(k))) in allowed for k, allowed in filters.items())
+
+
+def select(grid: Grid, filters: Filters) -> list[RunConfig]:
+    """The runs that pass ``filters``, in grid order; a filter value not in the grid is an error."""
+    for key, allowed in filters.items():
+        present = {_canonical(key, str(v)) for v in grid.axis(key)}
+        missing = sorted(allowed - present)
+        if missing:
+            raise GridError(
+                f"--only {key}={'|'.join(missing)}: not in grid {grid.name!r} "
+                f"(its {_plural(key)}: {', '.join(map(str, grid.axis(key)))})"
+            )
+    return [c for c in grid.configs() if matches(c, filters)]
+
+
+# --- shards --------------------------------------------------------------------------------------
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/N"`` (0-based i) -> ``(i, N)``."""
+    index, sep, count = spec.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i = n = -1
+    if not sep or n < 1 or not 0 <= i < n:
+        raise GridError(f"--shard {spec!r}: expected i/N with 0 <= i < N, e.g. 0/4")
+    return i, n
+
+
+def shard(runs: Sequence[RunConfig], index: int, count: int) -> list[RunConfig]:
+    """Shard ``index`` of ``count``: the runs at positions ``index``, ``index + count``, ..."""
+    if not 0 <= index < count:
+        raise GridError(f"shard {index}/{count}: expected 0 <= index < count")
+    return list(runs[index::count])
+
+
+# --- cost estimates ------------------------------------------------------------------------------
+
+
+def estimate_seconds(
+    config: RunConfig, measured: Mapping[tuple[str, int], float] | None = None
+) -> float | None:
+    """Upper-bound device-seconds of one run (every epoch run, no early stop); None if unknown.
+
+    ``epochs x training images / images per second``; the throughput is
+    ``measured[(arch, image_size)]`` (from finished runs' records) when
+    given, else :data:`REFERENCE_IMAGES_PER_S` scaled by pixel count.
+    """
+    images = NOMINAL_TRAIN_IMAGES.get(config.dataset.split("@")[0])
+    if images is None:
+        return None
+    rate = (measured or {}).get((config.arch, config.image_size))
+    if rate is None:
+        reference = REFERENCE_IMAGES_PER_S.get(config.arch)
+        if reference is None:
+            return None
+        rate = reference * (224 / config.image_size) ** 2
+    return config.epochs * images / rate
+
+
+def measured_throughput(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], float]:
+    """Mean training images/s per (arch, image size) over the epochs of finished runs."""
+    per: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        key = (r["config"]["arch"], int(r["config"]["image_size"]))
+        per.setdefault(key, []).extend(
+            e["images_per_s"] for e in r.get("epochs", []) if e.get("images_per_s")
+        )
+    return {k: sum(v) / len(v) for k, v in per.items() if v}
