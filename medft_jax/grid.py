@@ -97,11 +97,11 @@ class Grid:
 
     def __post_init__(self) -> None:
         for axis in AXES:
-            values = getattr(self, _plural(axis))
+            values = getattr(self, plural(axis))
             if not values:
-                raise GridError(f"grid {self.name!r}: {_plural(axis)} is empty")
+                raise GridError(f"grid {self.name!r}: {plural(axis)} is empty")
             if len(set(values)) != len(values):
-                raise GridError(f"grid {self.name!r}: {_plural(axis)} lists a value twice")
+                raise GridError(f"grid {self.name!r}: {plural(axis)} lists a value twice")
         unknown = sorted(set(self.settings) - set(SETTINGS))
         if unknown:
             raise GridError(
@@ -117,11 +117,11 @@ class Grid:
 
     @property
     def size(self) -> int:
-        return math.prod(len(getattr(self, _plural(a))) for a in AXES)
+        return math.prod(len(getattr(self, plural(a))) for a in AXES)
 
     def axis(self, name: str) -> tuple[Any, ...]:
         """The values of axis ``name`` (one of :data:`AXES`)."""
-        return getattr(self, _plural(name))
+        return getattr(self, plural(name))
 
     def configs(self) -> list[RunConfig]:
         """Every run, in grid order: dataset, arch, strategy, lr, seed (seed fastest)."""
@@ -174,7 +174,7 @@ class Grid:
                 raise GridError(f"grid {self.name!r}: learning rate {lr!r} is not positive")
 
 
-def _plural(axis: str) -> str:
+def plural(axis: str) -> str:
     return {"lr": "lrs", "seed": "seeds", "strategy": "strategies"}.get(axis, axis + "s")
 
 
@@ -261,7 +261,7 @@ def select(grid: Grid, filters: Filters) -> list[RunConfig]:
         if missing:
             raise GridError(
                 f"--only {key}={'|'.join(missing)}: not in grid {grid.name!r} "
-                f"(its {_plural(key)}: {', '.join(map(str, grid.axis(key)))})"
+                f"(its {plural(key)}: {', '.join(map(str, grid.axis(key)))})"
             )
     return [c for c in grid.configs() if matches(c, filters)]
 

@@ -1,0 +1,34 @@
+"""A CPU-sized grid: every strategy, two archs, the demo task, small images, three epochs.
+
+    python -m experiments.sweep --config experiments/configs/quick.py --out runs/quick
+    python -m experiments.report --runs runs/quick --out report/quick
+
+64 runs (1 task x 2 archs x 8 strategies x 2 learning rates x 2 seeds)
+that finish in under 30 minutes on a 2-core CPU (benchmarks/RESULTS.md):
+enough to see the whole pipeline, tables and figures work, not to rank
+strategies (random-init weights unless ported ImageNet weights are cached,
+synthetic images, 3 epochs). LP-FT's head-only phase and the gradual
+strategies' stages are shortened to fit the three epochs.
+"""
+
+from medft_jax.grid import Grid
+from medft_jax.strategies import PAPER_STRATEGIES
+
+
+def get_config() -> Grid:
+    return Grid(
+        name="quick",
+        datasets=("demo",),
+        archs=("resnet50", "densenet121"),
+        strategies=tuple(PAPER_STRATEGIES),
+        lrs=(1e-3, 1e-4),
+        seeds=(0, 1),
+        settings={
+            "weights": "auto",
+            "epochs": 3,
+            "patience": 2,
+            "batch_size": 32,
+            "image_size": 32,
+        },
+        strategy_options={"lp_ft": {"lp_epochs": 1}},
+    )

@@ -1,0 +1,92 @@
+"""The report of a sweep: the paper's Tables 3-12 and Figures 6-11 from run records, and more.
+
+    python -m experiments.report --runs runs/ --out report/
+
+or from Python::
+
+    from medft_jax import results
+    from medft_jax.report import collect, write_report
+
+    summary = collect(results.load_records("runs"), results.load_failures("runs"))
+    write_report(summary, "report")
+
+:func:`collect` gathers records into cells, one per (dataset, arch,
+strategy), each with its value (:func:`medft_jax.results.summarise`: LR
+chosen on validation, test mean ± SE over seeds), status (complete,
+partial, missing, failed) against the runs expected of it, and cost.
+:func:`write_report` renders every table as Markdown, LaTeX and CSV, draws
+the figures and writes an ``index.md`` that shows them all; the folder
+appears whole or not at all.
+
+Modules: :mod:`~medft_jax.report.cells` (the numbers),
+:mod:`~medft_jax.report.tables` (table model, renderers, builders, the
+report folder), :mod:`~medft_jax.report.figures` (PNG figures, Agg).
+"""
+
+from medft_jax.report.cells import (
+    ALPHA,
+    COMPLETE,
+    FAILED,
+    MISSING,
+    PARTIAL,
+    STATUSES,
+    Best,
+    Cell,
+    Cost,
+    Paired,
+    Summary,
+    beats_ft,
+    best_per_dataset,
+    collect,
+    paired_vs_ft,
+    relative_improvement,
+)
+from medft_jax.report.tables import (
+    Column,
+    Entry,
+    ReportError,
+    Table,
+    all_tables,
+    cost_table,
+    dataset_table,
+    paired_table,
+    table11,
+    table12,
+    to_csv,
+    to_latex,
+    to_markdown,
+    write_report,
+)
+
+__all__ = [
+    "ALPHA",
+    "COMPLETE",
+    "FAILED",
+    "MISSING",
+    "PARTIAL",
+    "STATUSES",
+    "Best",
+    "Cell",
+    "Column",
+    "Cost",
+    "Entry",
+    "Paired",
+    "ReportError",
+    "Summary",
+    "Table",
+    "all_tables",
+    "beats_ft",
+    "best_per_dataset",
+    "collect",
+    "cost_table",
+    "dataset_table",
+    "paired_table",
+    "paired_vs_ft",
+    "relative_improvement",
+    "table11",
+    "table12",
+    "to_csv",
+    "to_latex",
+    "to_markdown",
+    "write_report",
+]

@@ -1,0 +1,551 @@
+"""Run records gathered into report cells, and the numbers every table is built from.
+
+A *cell* is one (dataset, arch, strategy): the runs of that configuration
+at every learning rate and seed. Its value is :func:`medft_jax.results.summarise`
+(LR chosen by the mean validation primary metric over seeds, test metrics
+mean ± SE over the seeds at that LR), so a report shows exactly what the
+run command prints. What this module adds is what a report of a whole,
+possibly unfinished, sweep needs:
+
+- which runs a cell *should* have (the grid of ``--config``, or inferred
+  from what exists), hence its status: complete, partial, missing, failed;
+- failure notes (``failed.json``): done, but without a value, and the
+  learning rate of a failed run is never chosen (choosing it on the seeds
+  that survived would hide that it diverged);
+- cost in device-seconds, the paired comparison with FT, and the data of
+  the paper's Tables 11 and 12.
+
+Nothing here formats text: :mod:`medft_jax.report.tables` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from medft_jax import results
+from medft_jax.results import RecordError
+
+COMPLETE, PARTIAL, MISSING, FAILED = "complete", "partial", "missing", "failed"
+STATUSES = (COMPLETE, PARTIAL, MISSING, FAILED)
+ALPHA = 0.05
+"""Significance level of the paired comparison's mark."""
+
+_REQUIRED = ("dataset", "arch", "strategy", "lr", "seed")
+_PER_CELL = ("arch", "strategy", "strategy_options", "lr", "seed")
+"""Config keys that may differ between the cells of one dataset; every other key must agree."""
+
+CellKey = tuple[str, str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """What a cell cost, from its records' ``train_seconds`` and throughput.
+
+    Device-seconds (``train_seconds × environment.device_count``) compare
+    runs made on different numbers of accelerators; compilation is not
+    included (``train_seconds`` excludes it).
+    """
+
+    device_seconds: float
+    """Mean over the chosen LR's seeds: what one more run of the chosen setting costs."""
+    images_per_s: float
+    """Mean over those seeds of each run's mean per-epoch training throughput."""
+    epochs: float
+    """Mean number of epochs those runs trained (early stopping makes them differ)."""
+    total_device_seconds: float
+    """Sum over every record of the cell, all LRs: what the LR search cost."""
+    total_runs: int
+    """Records counted in the total (failure notes carry no time)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One (dataset, arch, strategy) of the report; see the module docstring."""
+
+    dataset: str
+    arch: str
+    strategy: str
+    status: str
+    metric: str
+    """The dataset's primary metric (LR choice, improvements, paired test)."""
+    lr: float | None = None
+    val: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    test: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    """Test metric -> (mean, SE) over the seeds at the chosen LR; empty without a value."""
+    n: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = ()
+    per_seed: Mapping[int, float] = dataclasses.field(default_factory=dict)
+    """Seed -> test primary metric at the chosen LR (the paired test pairs these)."""
+    lr_means: Mapping[float, float] = dataclasses.field(default_factory=dict)
+    runs_done: int = 0
+    runs_expected: int = 0
+    failure_kinds: tuple[str, ...] = ()
+    excluded_lrs: tuple[float, ...] = ()
+    """LRs not eligible for the choice because a run at them failed."""
+    cost: Cost | None = None
+
+    @property
+    def key(self) -> CellKey:
+        return (self.dataset, self.arch, self.strategy)
+
+    @property
+    def has_value(self) -> bool:
+        return self.status in (COMPLETE, PARTIAL)
+
+    def mean(self, metric: str | None = None) -> float:
+        """Mean test ``metric`` (default: primary); NaN when the cell has no value."""
+        return self.test.get(metric or self.metric, (math.nan, math.nan))[0]
+
+    @property
+    def failure_text(self) -> str:
+        """How a cell without a value but with failure notes reads in a table."""
+        kinds = set(self.failure_kinds)
+        return "diverged" if kinds and kinds <= {"nonfinite"} else "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Every cell of a report, with the axes in display order."""
+
+    cells: dict[CellKey, Cell]
+    datasets: tuple[str, ...]
+    archs: tuple[str, ...]
+    strategies: tuple[str, ...]
+    primary: dict[str, str]
+    """Dataset -> primary metric."""
+    metrics: dict[str, tuple[str, str]]
+    """Dataset -> the two metrics of its table (primary first)."""
+    grid_name: str | None = None
+    filters: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    left_out: int = 0
+    """Records and failure notes under ``--runs`` that are not runs of the grid."""
+
+    def cell(self, dataset: str, arch: str, strategy: str) -> Cell:
+        return self.cells[(dataset, arch, strategy)]
+
+
+# --- collecting ------------------------------------------------------------------------------
+
+
+def collect(
+    records: Iterable[dict[str, Any]],
+    failures: Iterable[dict[str, Any]] = (),
+    grid: Any = None,
+    filters: Mapping[str, Iterable[str]] | None = None,
+) -> Summary:
+    """Gathers records and failure notes into cells (see the module docstring).
+
+    Args:
+      records: finished runs (:func:`medft_jax.results.load_records`).
+      failures: failure notes (:func:`medft_jax.results.load_failures`).
+      grid: a :class:`medft_jax.grid.Grid` defining the expected cells and
+        runs; then only runs of the grid count (same config hash), the rest
+        are counted in ``Summary.left_out``. None: infer the expectation.
+      filters: ``--only`` filters (:func:`medft_jax.grid.parse_only`).
+
+    Raises:
+      RecordError: a record lacking what a report needs, records of one
+        dataset run with different settings, or two records of one run.
+      medft_jax.grid.GridError: a filter value the grid does not have.
+    """
+    from medft_jax import grid as gridlib
+
+    records = list(records)
+    failures = list(failures)
+    for r in records:
+        _check_record(r)
+    for f in failures:
+        _check_config(f)
+    # A run with a record and a failure note was retried and finished: the record wins.
+    finished = {results.config_hash(r["config"]) for r in records}
+    failures = [f for f in failures if results.config_hash(f["config"]) not in finished]
+    filt = {k: set(v) for k, v in (filters or {}).items()}
+    left_out = 0
+    if grid is not None:
+        configs = gridlib.select(grid, filt)
+        wanted = {results.config_hash(c.to_dict()): c for c in configs}
+        before = len(records) + len(failures)
+        records = [r for r in records if results.config_hash(r["config"]) in wanted]
+        failures = [f for f in failures if results.config_hash(f["config"]) in wanted]
+        left_out = before - len(records) - len(failures)
+        expected: dict[CellKey, set[tuple[float, int]]] = {}
+        for c in configs:
+            expected.setdefault((c.dataset, c.arch, c.strategy), set()).add(
+                (float(c.lr), int(c.seed))
+            )
+    else:
+        records = [r for r in records if gridlib.matches(r["config"], filt)]
+        failures = [f for f in failures if gridlib.matches(f["config"], filt)]
+        expected = _infer_expected(records + failures)
+
+    datasets = _order({k[0] for k in expected}, _dataset_order())
+    archs = _order({k[1] for k in expected}, _arch_order())
+    strategies = _order({k[2] for k in expected}, _strategy_order())
+    primary: dict[str, str] = {}
+    metrics: dict[str, tuple[str, str]] = {}
+    for d in datasets:
+        recs = [r for r in records if r["config"]["dataset"] == d]
+        _check_settings(d, recs + [f for f in failures if f["config"]["dataset"] == d])
+        primary[d], metrics[d] = _dataset_metrics(d, recs)
+
+    by_cell: dict[CellKey, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    for r in records:
+        by_cell.setdefault(_cell_key(r), ([], []))[0].append(r)
+    for f in failures:
+        by_cell.setdefault(_cell_key(f), ([], []))[1].append(f)
+    cells = {
+        key: _make_cell(key, *by_cell.get(key, ([], [])), expected[key], primary[key[0]])
+        for key in sorted(expected, key=_sorter(datasets, archs, strategies))
+    }
+    return Summary(
+        cells=cells,
+        datasets=datasets,
+        archs=archs,
+        strategies=strategies,
+        primary=primary,
+        metrics=metrics,
+        grid_name=None if grid is None else grid.name,
+        filters={k: frozenset(v) for k, v in filt.items()},
+        left_out=left_out,
+    )
+
+
+def _check_config(run: dict[str, Any]) -> None:
+    if not isinstance(run.get("config"), dict):
+        raise RecordError(f"run {run.get('run', '?')}: no config")
+    missing = [k for k in _REQUIRED if k not in run["config"]]
+    if missing:
+        raise RecordError(f"run {run.get('run', '?')}: config lacks {', '.join(missing)}")
+
+
+def _check_record(record: dict[str, Any]) -> None:
+    """A record lacking what the report reads is named now, not as a KeyError deep inside."""
+    _check_config(record)
+    name = record.get("run", "?")
+    for key in ("val", "test"):
+        if not isinstance(record.get(key), dict):
+            raise RecordError(f"run {name}: record has no {key!r} metrics")
+    if not isinstance(record.get("primary_metric"), str):
+        raise RecordError(f"run {name}: record has no primary_metric")
+
+
+def _cell_key(run: dict[str, Any]) -> CellKey:
+    c = run["config"]
+    return (str(c["dataset"]), str(c["arch"]), str(c["strategy"]))
+
+
+def _infer_expected(runs: list[dict[str, Any]]) -> dict[CellKey, set[tuple[float, int]]]:
+    """Archs, strategies: all seen anywhere; LRs, seeds: all seen within the dataset."""
+    archs = {r["config"]["arch"] for r in runs}
+    strategies = {r["config"]["strategy"] for r in runs}
+    per_dataset: dict[str, set[tuple[float, int]]] = {}
+    lrs: dict[str, set[float]] = {}
+    seeds: dict[str, set[int]] = {}
+    for r in runs:
+        d = r["config"]["dataset"]
+        lrs.setdefault(d, set()).add(float(r["config"]["lr"]))
+        seeds.setdefault(d, set()).add(int(r["config"]["seed"]))
+    for d in lrs:
+        per_dataset[d] = {(lr, s) for lr in lrs[d] for s in seeds[d]}
+    return {
+        (d, a, s): set(runs_) for d, runs_ in per_dataset.items() for a in archs for s in strategies
+    }
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _differing(configs: Sequence[Mapping[str, Any]], skip: Iterable[str]) -> dict[str, list[str]]:
+    """Key -> its distinct values, for the keys (outside ``skip``) whose values differ."""
+    skip = set(skip)
+    keys = sorted({k for c in configs for k in c} - skip)
+    out = {}
+    for k in keys:
+        values = sorted({_canon(c.get(k, "<absent>")) for c in configs})
+        if len(values) > 1:
+            out[k] = values
+    return out
+
+
+def _describe_diff(diff: Mapping[str, list[str]]) -> str:
+    return "; ".join(f"{k}: {' vs '.join(v[:4])}" for k, v in diff.items())
+
+
+def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
+    """One dataset's cells must be comparable: same settings up to arch, strategy, LR, seed."""
+    diff = _differing([r["config"] for r in runs], _PER_CELL)
+    if diff:
+        raise RecordError(
+            f"dataset {dataset!r} holds runs with different settings ({_describe_diff(diff)}); "
+            "report them from separate --runs folders"
+        )
+
+
+def _dataset_metrics(dataset: str, recs: list[dict[str, Any]]) -> tuple[str, tuple[str, str]]:
+    """The primary metric the records used, and the table's metric pair.
+
+    Records written before ``multilabel`` was recorded read as multilabel
+    exactly when their primary metric is ``map`` (the rule of
+    :func:`medft_jax.metrics.primary_metric` for non-paper datasets).
+    """
+    from medft_jax import metrics
+
+    if not recs:
+        return metrics.primary_metric(dataset, False), metrics.task_metrics(dataset, False)
+    names = {r["primary_metric"] for r in recs}
+    if len(names) > 1:
+        raise RecordError(
+            f"dataset {dataset!r}: records disagree on the primary metric "
+            f"({', '.join(sorted(names))})"
+        )
+    primary = names.pop()
+    multilabel = bool(recs[0].get("multilabel", primary == "map"))
+    pair = metrics.task_metrics(dataset, multilabel)
+    if pair[0] != primary:  # a dataset whose rule changed: keep the records' own choice first
+        pair = (primary, pair[0] if pair[1] == primary else pair[1])
+    return primary, pair
+
+
+def _make_cell(
+    key: CellKey,
+    recs: list[dict[str, Any]],
+    fails: list[dict[str, Any]],
+    expected: set[tuple[float, int]],
+    metric: str,
+) -> Cell:
+    d, a, s = key
+    runs = recs + fails
+    if len(results.group_records(runs)) > 1:
+        diff = _differing([r["config"] for r in runs], ("lr", "seed"))
+        raise RecordError(
+            f"{d}/{a}/{s}: runs with different settings ({_describe_diff(diff)}); "
+            "report them from separate --runs folders"
+        )
+    done = {(float(r["config"]["lr"]), int(r["config"]["seed"])) for r in runs}
+    base = {
+        "dataset": d,
+        "arch": a,
+        "strategy": s,
+        "metric": metric,
+        "runs_done": len(done & expected),
+        "runs_expected": len(expected),
+        "failure_kinds": tuple(sorted({str(f.get("kind", "failed")) for f in fails})),
+    }
+    if not runs:
+        return Cell(status=MISSING, **base)
+    bad_lrs = tuple(sorted({float(f["config"]["lr"]) for f in fails}))
+    eligible = [r for r in recs if float(r["config"]["lr"]) not in bad_lrs]
+    if not eligible or not any(map(math.isfinite, results.lr_means(eligible).values())):
+        return Cell(status=FAILED, excluded_lrs=bad_lrs, **base)
+    summary = results.summarise(eligible)
+    chosen = [r for r in eligible if float(r["config"]["lr"]) == summary["lr"]]
+    complete = base["runs_done"] >= len(expected)
+    return Cell(
+        status=COMPLETE if complete else PARTIAL,
+        lr=summary["lr"],
+        val=summary["val"],
+        test=summary["test"],
+        n=summary["n"],
+        seeds=tuple(summary["seeds"]),
+        per_seed={int(r["config"]["seed"]): _num(r["test"].get(metric)) for r in chosen},
+        lr_means=summary["lr_means"],
+        excluded_lrs=bad_lrs,
+        cost=_cost(chosen, recs),
+        **base,
+    )
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _device_seconds(record: dict[str, Any]) -> float:
+    devices = (record.get("environment") or {}).get("device_count") or 1
+    return _num(record.get("train_seconds")) * devices
+
+
+def _cost(chosen: list[dict[str, Any]], every: list[dict[str, Any]]) -> Cost:
+    def throughput(r: dict[str, Any]) -> float:
+        return results.mean_se(e.get("images_per_s") for e in r.get("epochs") or [])[0]
+
+    totals = [x for x in map(_device_seconds, every) if math.isfinite(x)]
+    return Cost(
+        device_seconds=results.mean_se(map(_device_seconds, chosen))[0],
+        images_per_s=results.mean_se(map(throughput, chosen))[0],
+        epochs=results.mean_se(len(r.get("epochs") or []) for r in chosen)[0],
+        total_device_seconds=math.fsum(totals) if totals else math.nan,
+        total_runs=len(totals),
+    )
+
+
+# --- display order ---------------------------------------------------------------------------
+
+
+def _order(values: Iterable[str], canonical: Sequence[str]) -> tuple[str, ...]:
+    """The canonical ones first in canonical order, then the rest sorted."""
+    values = set(values)
+    return tuple([v for v in canonical if v in values] + sorted(values - set(canonical)))
+
+
+def _dataset_order() -> tuple[str, ...]:
+    from medft_jax.metrics import TASK_NAMES
+
+    return tuple(TASK_NAMES)
+
+
+def _arch_order() -> tuple[str, ...]:
+    from medft_jax.models import ARCHS
+
+    return tuple(ARCHS)
+
+
+def _strategy_order() -> tuple[str, ...]:
+    from medft_jax.strategies import STRATEGIES
+
+    return tuple(STRATEGIES)
+
+
+def _sorter(*axes: Sequence[str]):
+    index = [{v: i for i, v in enumerate(axis)} for axis in axes]
+    return lambda key: tuple(ix[k] for ix, k in zip(index, key, strict=True))
+
+
+# --- comparisons with FT ---------------------------------------------------------------------
+
+BASELINE = "ft"
+
+
+def relative_improvement(summary: Summary, dataset: str, arch: str, strategy: str) -> float:
+    """100·(m − m_FT)/m_FT of the mean test primary metric; NaN when either has no value."""
+    key_ft = (dataset, arch, BASELINE)
+    if key_ft not in summary.cells or (dataset, arch, strategy) not in summary.cells:
+        return math.nan
+    m = summary.cell(dataset, arch, strategy).mean()
+    m_ft = summary.cells[key_ft].mean()
+    if not (math.isfinite(m) and math.isfinite(m_ft)) or m_ft == 0:
+        return math.nan
+    return 100.0 * (m - m_ft) / m_ft
+
+
+@dataclasses.dataclass(frozen=True)
+class Best:
+    """One row of Table 11: a dataset's best (arch, strategy) and its gain over FT."""
+
+    dataset: str
+    metric: str
+    cell: Cell | None
+    ft: Cell | None
+    improvement: float
+
+
+def best_per_dataset(summary: Summary) -> list[Best]:
+    """Per dataset, the cell with the highest mean test primary metric (first in display
+    order on a tie), FT of the same arch, and the relative improvement in percent."""
+    out = []
+    for d in summary.datasets:
+        valued = [
+            summary.cell(d, a, s)
+            for s in summary.strategies
+            for a in summary.archs
+            if (d, a, s) in summary.cells and math.isfinite(summary.cell(d, a, s).mean())
+        ]
+        best = max(valued, key=lambda c: c.mean(), default=None)
+        ft = None if best is None else summary.cells.get((d, best.arch, BASELINE))
+        gain = (
+            math.nan if best is None else relative_improvement(summary, d, best.arch, best.strategy)
+        )
+        out.append(Best(d, summary.primary[d], best, ft, gain))
+    return out
+
+
+def beats_ft(summary: Summary, threshold: float = 0.1) -> dict[tuple[str, str], tuple[int, int]]:
+    """Table 12: (strategy, arch) -> (k, n): datasets where the strategy's relative
+    improvement over FT exceeds ``threshold`` percent, out of the n datasets where
+    both cells have a value."""
+    out = {}
+    for s in summary.strategies:
+        if s == BASELINE:
+            continue
+        for a in summary.archs:
+            gains = [relative_improvement(summary, d, a, s) for d in summary.datasets]
+            gains = [g for g in gains if math.isfinite(g)]
+            out[(s, a)] = (sum(g > threshold for g in gains), len(gains))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Paired:
+    """A strategy against FT on one dataset and arch, paired by seed (each at its own LR)."""
+
+    dataset: str
+    arch: str
+    strategy: str
+    metric: str
+    seeds: tuple[int, ...]
+    mean: float
+    """Mean of (strategy − FT) over the shared seeds, as a fraction."""
+    se: float
+    t: float
+    df: int
+    p: float
+    p_holm: float = math.nan
+
+    @property
+    def significant(self) -> bool:
+        return math.isfinite(self.p) and self.p < ALPHA
+
+
+def paired_vs_ft(summary: Summary) -> list[Paired]:
+    """Every strategy ≠ FT against FT per dataset and arch, where both have a value.
+
+    Two-sided paired t-test (``scipy.stats.ttest_rel``) over the seeds both
+    cells have a finite test primary metric for; t and p are NaN with fewer
+    than two pairs or no spread. ``p_holm`` is Holm's step-down adjustment
+    over the strategies of one (dataset, arch), the family a reader scans.
+    """
+    from scipy import stats
+
+    out: list[Paired] = []
+    for d in summary.datasets:
+        for a in summary.archs:
+            ft = summary.cells.get((d, a, BASELINE))
+            family = []
+            for s in summary.strategies:
+                other = summary.cells.get((d, a, s))
+                if s == BASELINE or ft is None or other is None:
+                    continue
+                if not (ft.has_value and other.has_value):
+                    continue
+                seeds = tuple(
+                    sorted(
+                        k
+                        for k in set(ft.per_seed) & set(other.per_seed)
+                        if math.isfinite(ft.per_seed[k]) and math.isfinite(other.per_seed[k])
+                    )
+                )
+                x = [other.per_seed[k] for k in seeds]
+                y = [ft.per_seed[k] for k in seeds]
+                mean, se = results.mean_se(xi - yi for xi, yi in zip(x, y, strict=True))
+                t = p = math.nan
+                if len(seeds) >= 2 and math.isfinite(se) and se > 0:
+                    res = stats.ttest_rel(x, y)
+                    t, p = float(res.statistic), float(res.pvalue)
+                family.append(Paired(d, a, s, ft.metric, seeds, mean, se, t, len(seeds) - 1, p))
+            out.extend(_holm(family))
+    return out
+
+
+def _holm(family: list[Paired]) -> list[Paired]:
+    tested = sorted((p.p, i) for i, p in enumerate(family) if math.isfinite(p.p))
+    m = len(tested)
+    adjusted: dict[int, float] = {}
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return [dataclasses.replace(p, p_holm=adjusted.get(i, math.nan)) for i, p in enumerate(family)]

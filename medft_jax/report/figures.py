@@ -1,0 +1,160 @@
+"""Report figures as PNG: relative improvement over FT (the paper's Figures 6-11) and cost.
+
+Figures are drawn on a bare :class:`matplotlib.figure.Figure` with the Agg
+canvas, never through ``pyplot``: no GUI backend is needed (a headless
+cluster node), no global state changes for a caller who also plots, and
+nothing is left open. Size and dpi are fixed so reruns give images of the
+same size. Colours follow a strategy's place in
+:data:`medft_jax.strategies.STRATEGIES` and markers an arch's place in
+:data:`medft_jax.models.ARCHS`, so every figure of a report (and of two
+reports) uses the same ones.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from pathlib import Path
+
+from medft_jax.report.cells import BASELINE, Summary, relative_improvement
+from medft_jax.report.tables import arch_label, metric_label, slug, strategy_label
+
+FIGSIZE = (8.0, 4.5)
+DPI = 120
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def _index(name: str, known: list[str]) -> int:
+    """Place in ``known``; an unknown name gets a stable slot after them (by its CRC)."""
+    return known.index(name) if name in known else len(known) + zlib.crc32(name.encode()) % 9
+
+
+def strategy_colour(strategy: str) -> tuple[float, float, float, float]:
+    """tab10 without its grey (grey draws the arch legend), then tab20's light shades."""
+    from matplotlib import colormaps
+
+    from medft_jax.strategies import STRATEGIES
+
+    dark, light = colormaps["tab10"], colormaps["tab20"]
+    palette = [dark(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
+    palette += [light(i) for i in (1, 3, 5, 7, 9, 11, 13, 17, 19)]
+    return palette[_index(strategy, list(STRATEGIES)) % len(palette)]
+
+
+def arch_marker(arch: str) -> str:
+    from medft_jax.models import ARCHS
+
+    return MARKERS[_index(arch, list(ARCHS)) % len(MARKERS)]
+
+
+def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
+    """Grouped bars: x = strategies other than FT, one bar per arch, y = relative
+    improvement (%) of the mean test primary metric over FT of the same arch. A bar
+    without a value (either cell has none) is left out and labelled ``n/a``."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    strategies = [s for s in summary.strategies if s != BASELINE]
+    archs = list(summary.archs)
+    width = 0.8 / max(len(archs), 1)
+    for j, a in enumerate(archs):
+        offset = (j - (len(archs) - 1) / 2) * width
+        xs, ys = [], []
+        for i, s in enumerate(strategies):
+            gain = relative_improvement(summary, dataset, a, s)
+            if math.isfinite(gain):
+                xs.append(i + offset)
+                ys.append(gain)
+            else:
+                ax.text(i + offset, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+        ax.bar(xs, ys, width, label=arch_label(a), color=f"C{j}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(strategies)), [strategy_label(s) for s in strategies])
+    ax.set_xlim(-0.6, max(len(strategies), 1) - 0.4)
+    metric = metric_label(summary.primary[dataset])
+    ax.set_ylabel(f"Improvement over FT (%), test {metric}")
+    ax.set_title(f"{dataset}: relative improvement over FT")
+    if archs:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def cost_figure(summary: Summary, dataset: str, path: Path) -> Path:
+    """Scatter: x = device-seconds of one run at the chosen LR (log), y = mean test
+    primary metric (%); colour per strategy, marker per arch."""
+    from matplotlib.lines import Line2D
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    seen_s: list[str] = []
+    seen_a: list[str] = []
+    for (d, a, s), c in summary.cells.items():
+        if d != dataset or not c.has_value or c.cost is None:
+            continue
+        x, y = c.cost.device_seconds, c.mean()
+        if not (math.isfinite(x) and x > 0 and math.isfinite(y)):
+            continue
+        ax.scatter([x], [100 * y], color=strategy_colour(s), marker=arch_marker(a), s=40)
+        seen_s += [s] if s not in seen_s else []
+        seen_a += [a] if a not in seen_a else []
+    metric = metric_label(summary.primary[dataset])
+    ax.set_xlabel("Device-seconds per run (log scale)")
+    ax.set_ylabel(f"Test {metric} (%)")
+    ax.set_title(f"{dataset}: cost versus {metric}")
+    if seen_s:
+        ax.set_xscale("log")
+        colours = [
+            Line2D(
+                [], [], color=strategy_colour(s), marker="o", linestyle="", label=strategy_label(s)
+            )
+            for s in summary.strategies
+            if s in seen_s
+        ]
+        markers = [
+            Line2D([], [], color="grey", marker=arch_marker(a), linestyle="", label=arch_label(a))
+            for a in summary.archs
+            if a in seen_a
+        ]
+        first = ax.legend(handles=colours, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.add_artist(first)
+        ax.legend(handles=markers, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0))
+    else:
+        ax.text(
+            0.5, 0.5, "no cell has both a value and a cost", ha="center", transform=ax.transAxes
+        )
+    return _save(fig, path)
+
+
+def figure_names(dataset: str) -> dict[str, str]:
+    """Kind -> file name (under ``figures/``) of a dataset's figures."""
+    return {
+        "improvement": f"improvement_{slug(dataset)}.png",
+        "cost": f"cost_{slug(dataset)}.png",
+    }
+
+
+def write_figures(summary: Summary, folder: Path) -> dict[str, dict[str, Path]]:
+    """Every figure of the report into ``folder``: dataset -> kind -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, dict[str, Path]] = {}
+    for d in summary.datasets:
+        names = figure_names(d)
+        out[d] = {
+            "improvement": improvement_figure(summary, d, folder / names["improvement"]),
+            "cost": cost_figure(summary, d, folder / names["cost"]),
+        }
+    return out

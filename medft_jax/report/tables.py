@@ -1,0 +1,851 @@
+"""Report tables: a small Table model, its Markdown / LaTeX / CSV renderers, and the builders.
+
+A :class:`Table` holds two views of the same numbers: the display grid
+(rows of :class:`Entry` text with bold / underline flags, what Markdown
+and LaTeX show) and ``records``, one flat dict per number with raw
+fractions, SE, n, status and flags (what the CSV holds), so a reader of
+the CSV never parses "85.31 (0.42)†" back, and a missing cell is an empty
+field there, never 0.
+
+The builders (:func:`dataset_table`, :func:`cost_table`, :func:`paired_table`,
+:func:`table11`, :func:`table12`) only format what
+:mod:`medft_jax.report.cells` computed; :func:`write_report` renders them
+all, with the figures and ``index.md``, into a report folder that appears
+whole or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from medft_jax.report.cells import (
+    BASELINE,
+    COMPLETE,
+    MISSING,
+    PARTIAL,
+    Cell,
+    Summary,
+    beats_ft,
+    best_per_dataset,
+    paired_vs_ft,
+)
+
+MISSING_TEXT = "—"
+"""A cell without any run (Markdown, LaTeX); the CSV leaves the field empty."""
+NO_SE = "–"
+"""The SE of a single seed."""
+DAGGER = "†"
+UNDEFINED = "n/a"
+"""A metric undefined for every seed of a cell that has runs (e.g. AUROC with one class)."""
+
+METRIC_LABELS = {
+    "map": "mAP",
+    "accuracy": "Acc.",
+    "auroc": "AUROC",
+    "kappa": "κ",
+    "f1": "F1",
+    "balanced_accuracy": "Bal. acc.",
+    "top1_accuracy": "Top-1",
+    "subset_accuracy": "Subset acc.",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A column: ``label`` under an optional spanning ``group`` (an arch)."""
+
+    label: str
+    group: str = ""
+    align: str = "r"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """The text of one table cell and how it is emphasised."""
+
+    text: str
+    bold: bool = False
+    underline: bool = False
+
+
+@dataclasses.dataclass
+class Table:
+    """One report table: display grid, notes, and its raw CSV records."""
+
+    name: str
+    """File stem: ``tables/<name>.md|.tex|.csv``."""
+    title: str
+    columns: list[Column]
+    rows: list[list[Entry]]
+    notes: list[str] = dataclasses.field(default_factory=list)
+    fields: tuple[str, ...] = ()
+    """CSV header."""
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+# --- renderers -------------------------------------------------------------------------------
+
+
+def _md_escape(text: str) -> str:
+    return re.sub(r"([\\|*_<>])", r"\\\1", text)
+
+
+def _md_entry(e: Entry) -> str:
+    text = _md_escape(e.text)
+    if e.bold:
+        text = f"**{text}**"
+    if e.underline:
+        text = f"<u>{text}</u>"
+    return text
+
+
+def to_markdown(table: Table, *, title: bool = True) -> str:
+    """GitHub Markdown: a pipe table, bold ``**``, underline ``<u>``, notes as a list."""
+    header = [f"{c.group} {c.label}" if c.group else c.label for c in table.columns]
+    align = [":--" if c.align == "l" else "--:" for c in table.columns]
+    lines = [f"**{_md_escape(table.title)}**", ""] if title else []
+    lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
+    lines.append("|" + "|".join(align) + "|")
+    lines += ["| " + " | ".join(_md_entry(e) for e in row) + " |" for row in table.rows]
+    if table.notes:
+        lines.append("")
+        lines += [f"- {_md_escape(n)}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_CHARS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "—": "---",
+    "–": "--",
+    "−": "$-$",
+    "†": r"$^{\dagger}$",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "κ": r"$\kappa$",
+    "·": r"$\cdot$",
+    "×": r"$\times$",
+    "≥": r"$\geq$",
+    "√": r"$\surd$",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escapes LaTeX's special characters and spells the few non-ASCII ones we print."""
+    return "".join(_LATEX_CHARS.get(ch, ch) for ch in text)
+
+
+def _tex_entry(e: Entry) -> str:
+    text = latex_escape(e.text)
+    if e.bold:
+        text = rf"\textbf{{{text}}}"
+    if e.underline:
+        text = rf"\underline{{{text}}}"
+    return text
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``table`` float: spanning arch headers, ``\\textbf``/``\\underline``, notes."""
+    cols = table.columns
+    lines = [
+        r"% requires \usepackage{booktabs}",
+        r"\begin{table}[htbp]",
+        r"\centering",
+        rf"\caption{{{latex_escape(table.title)}}}",
+        rf"\label{{tab:{table.name}}}",
+        r"\begin{tabular}{" + "".join(c.align for c in cols) + "}",
+        r"\toprule",
+    ]
+    if any(c.group for c in cols):
+        spans, rules, start = [], [], 0
+        for i in range(1, len(cols) + 1):
+            if i == len(cols) or cols[i].group != cols[start].group:
+                width, group = i - start, cols[start].group
+                if group:
+                    spans.append(rf"\multicolumn{{{width}}}{{c}}{{{latex_escape(group)}}}")
+                    rules.append(rf"\cmidrule(lr){{{start + 1}-{i}}}")
+                else:
+                    spans += [""] * width
+                start = i
+        lines.append(" & ".join(spans) + r" \\")
+        lines.append(" ".join(rules))
+    lines.append(" & ".join(latex_escape(c.label) for c in cols) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(_tex_entry(e) for e in row) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        lines.append(r"\par\smallskip{\footnotesize")
+        lines += [latex_escape(n) + r"\par" for n in table.notes]
+        lines.append("}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_value(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (tuple, list)):
+        return " ".join(map(str, v))
+    return str(v)
+
+
+def to_csv(table: Table) -> str:
+    """One line per number: raw fractions, SE, n, status and flags; no value → empty field."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(table.fields)
+    for rec in table.records:
+        writer.writerow([_csv_value(rec.get(f)) for f in table.fields])
+    return buf.getvalue()
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def arch_label(arch: str) -> str:
+    from medft_jax.models import ARCHS
+
+    return ARCHS[arch].label if arch in ARCHS and ARCHS[arch].label else arch
+
+
+def strategy_label(strategy: str) -> str:
+    from medft_jax.strategies import LABELS
+
+    return LABELS.get(strategy, strategy)
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def pct(x: float, digits: int = 2, sign: bool = False) -> str:
+    """A fraction as percent with ``digits`` decimals; NaN -> ``–``."""
+    if not math.isfinite(x):
+        return NO_SE
+    return f"{100 * x:+.{digits}f}" if sign else f"{100 * x:.{digits}f}"
+
+
+def seconds(x: float | None) -> str:
+    """Device-seconds, readable: whole seconds with thousands separators above 100."""
+    if x is None or not math.isfinite(x):
+        return MISSING_TEXT
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "_"
+
+
+def table_number(dataset: str) -> int | None:
+    """The paper's table number of a task (Tables 3-10 in task order), else None."""
+    from medft_jax.metrics import TASK_NAMES
+
+    return TASK_NAMES.index(dataset) + 3 if dataset in TASK_NAMES else None
+
+
+def dataset_table_name(dataset: str) -> str:
+    number = table_number(dataset)
+    return f"table{number:02d}_{slug(dataset)}" if number else f"results_{slug(dataset)}"
+
+
+def _incomplete(cell: Cell) -> bool:
+    return cell.status != MISSING and cell.runs_done < cell.runs_expected
+
+
+def cell_text(cell: Cell, metric: str) -> str:
+    """``85.31 (0.42)``; ``†`` when runs are missing; ``—``, ``diverged``, ``n/a``."""
+    if cell.status == MISSING:
+        return MISSING_TEXT
+    mark = DAGGER if _incomplete(cell) else ""
+    if not cell.has_value:
+        return cell.failure_text + mark
+    mean, se = cell.test.get(metric, (math.nan, math.nan))
+    if not math.isfinite(mean):
+        return UNDEFINED + mark
+    return f"{pct(mean)} ({pct(se)}){mark}"
+
+
+def _partial_notes(cells: Iterable[Cell]) -> list[str]:
+    return [
+        f"{DAGGER} {strategy_label(c.strategy)}, {arch_label(c.arch)}: "
+        f"{c.runs_done} of {c.runs_expected} runs"
+        for c in cells
+        if _incomplete(c)
+    ]
+
+
+def _best(values: Mapping[Any, float]) -> set[Any]:
+    """Keys of the highest value, compared as shown (percent, 2 decimals): a tie a reader
+    sees is a tie."""
+    shown = {k: pct(v) for k, v in values.items() if math.isfinite(v)}
+    shown = {k: float(v) for k, v in shown.items()}
+    top = max(shown.values(), default=None)
+    return {k for k, v in shown.items() if v == top}
+
+
+def _cells_of(summary: Summary, dataset: str) -> list[Cell]:
+    return [
+        summary.cells[(dataset, a, s)]
+        for s in summary.strategies
+        for a in summary.archs
+        if (dataset, a, s) in summary.cells
+    ]
+
+
+def _strategies_of(summary: Summary, dataset: str) -> list[str]:
+    return [
+        s
+        for s in summary.strategies
+        if any((dataset, a, s) in summary.cells for a in summary.archs)
+    ]
+
+
+# --- builders --------------------------------------------------------------------------------
+
+MAIN_FIELDS = (
+    "dataset",
+    "strategy",
+    "arch",
+    "metric",
+    "mean",
+    "se",
+    "n",
+    "status",
+    "runs_done",
+    "runs_expected",
+    "lr",
+    "bold",
+    "underline",
+)
+
+
+def dataset_table(summary: Summary, dataset: str) -> Table:
+    """Tables 3-10: strategies × (arch × two metrics + cost), mean (SE) in percent."""
+    metrics = summary.metrics[dataset]
+    archs = [
+        a
+        for a in summary.archs
+        if any((dataset, a, s) in summary.cells for s in summary.strategies)
+    ]
+    strategies = _strategies_of(summary, dataset)
+    columns = [Column("Strategy", align="l")]
+    for a in archs:
+        columns += [Column(metric_label(m), arch_label(a)) for m in metrics]
+        columns.append(Column("Cost (device-s)", arch_label(a)))
+    cells = {(a, s): summary.cells.get((dataset, a, s)) for a in archs for s in strategies}
+
+    def mean(a: str, s: str, m: str) -> float:
+        c = cells[(a, s)]
+        return c.mean(m) if c is not None and c.has_value else math.nan
+
+    bold = {(a, m): _best({s: mean(a, s, m) for s in strategies}) for a in archs for m in metrics}
+    under = {m: _best({(a, s): mean(a, s, m) for a in archs for s in strategies}) for m in metrics}
+    rows, records = [], []
+    for s in strategies:
+        row = [Entry(strategy_label(s))]
+        for a in archs:
+            c = cells[(a, s)]
+            for m in metrics:
+                if c is None:
+                    row.append(Entry(MISSING_TEXT))
+                    continue
+                b, u = s in bold[(a, m)], (a, s) in under[m]
+                row.append(Entry(cell_text(c, m), bold=b, underline=u))
+                mu, se = c.test.get(m, (None, None))
+                records.append(
+                    {
+                        **_cell_fields(c),
+                        "metric": m,
+                        "mean": mu,
+                        "se": se,
+                        "n": c.n.get(m) if c.has_value else None,
+                        "bold": b,
+                        "underline": u,
+                    }
+                )
+            cost = c.cost.device_seconds if c is not None and c.cost else None
+            row.append(Entry(seconds(cost)))
+            if c is not None:
+                records.append(
+                    {
+                        **_cell_fields(c),
+                        "metric": "device_seconds",
+                        "mean": cost,
+                        "bold": False,
+                        "underline": False,
+                    }
+                )
+        rows.append(row)
+    number = table_number(dataset)
+    prefix = f"Table {number}: " if number else ""
+    title = (
+        f"{prefix}{dataset}: test {', '.join(metric_label(m) for m in metrics)}, "
+        "mean (SE) over seeds in %, at the LR chosen on validation"
+    )
+    notes = [
+        f"Bold: best mean per arch and metric; underlined: best over all archs. LR chosen by the "
+        f"mean validation {metric_label(summary.primary[dataset])} over seeds. Cost: "
+        "device-seconds of one run at the chosen LR (mean over seeds).",
+        *_partial_notes(cells[(a, s)] for s in strategies for a in archs if cells[(a, s)]),
+    ]
+    return Table(dataset_table_name(dataset), title, columns, rows, notes, MAIN_FIELDS, records)
+
+
+def _cell_fields(c: Cell) -> dict[str, Any]:
+    return {
+        "dataset": c.dataset,
+        "strategy": c.strategy,
+        "arch": c.arch,
+        "status": c.status,
+        "runs_done": c.runs_done,
+        "runs_expected": c.runs_expected,
+        "lr": c.lr,
+    }
+
+
+COST_FIELDS = (
+    "dataset",
+    "strategy",
+    "arch",
+    "status",
+    "lr",
+    "device_seconds",
+    "images_per_s",
+    "epochs",
+    "runs_done",
+    "runs_expected",
+    "total_device_seconds",
+    "total_runs",
+)
+
+
+def cost_table(summary: Summary, dataset: str) -> Table:
+    """What each cell cost: per run at the chosen LR, and the whole LR search."""
+    columns = [
+        Column("Strategy", align="l"),
+        Column("Arch", align="l"),
+        Column("LR"),
+        Column("Device-s / run"),
+        Column("Images/s"),
+        Column("Epochs"),
+        Column("Runs"),
+        Column("Device-s, all LRs"),
+    ]
+    rows, records = [], []
+    for c in _cells_of(summary, dataset):
+        k = c.cost
+        rows.append(
+            [
+                Entry(strategy_label(c.strategy)),
+                Entry(arch_label(c.arch)),
+                Entry(f"{c.lr:g}" if c.lr is not None else MISSING_TEXT),
+                Entry(seconds(k.device_seconds if k else None)),
+                Entry(
+                    f"{k.images_per_s:,.1f}"
+                    if k and math.isfinite(k.images_per_s)
+                    else MISSING_TEXT
+                ),
+                Entry(f"{k.epochs:.1f}" if k and math.isfinite(k.epochs) else MISSING_TEXT),
+                Entry(f"{c.runs_done}/{c.runs_expected}"),
+                Entry(seconds(k.total_device_seconds if k else None)),
+            ]
+        )
+        fields = dataclasses.asdict(k) if k else {}
+        records.append({**_cell_fields(c), **fields})
+    title = f"Cost on {dataset}: device-seconds (train_seconds × devices), throughput, epochs"
+    notes = [
+        "Device-s / run, images/s and epochs: mean over the seeds of the chosen LR; "
+        "all LRs: sum over every finished run of the cell (failed runs carry no time). "
+        "Compilation time is not included."
+    ]
+    return Table(f"cost_{slug(dataset)}", title, columns, rows, notes, COST_FIELDS, records)
+
+
+PAIRED_FIELDS = (
+    "dataset",
+    "arch",
+    "strategy",
+    "metric",
+    "n",
+    "seeds",
+    "mean_diff",
+    "se_diff",
+    "t",
+    "df",
+    "p",
+    "p_holm",
+    "significant",
+)
+
+
+def paired_note() -> str:
+    """What the paired comparison is and is not; the index shows it once."""
+    return (
+        "Paired comparison with FT: per seed, the strategy's test primary metric minus FT's "
+        "(each at its own chosen LR; only seeds both have), mean (SE) in percentage points; "
+        "two-sided paired t-test (scipy.stats.ttest_rel), * marks p < 0.05. With 3 seeds the "
+        "test has 2 degrees of freedom (|t| must exceed 4.30), so it has little power: a real "
+        "difference often goes unmarked. The p column is not corrected for the many "
+        "comparisons; the Holm column adjusts p (Holm step-down) over the strategies of one "
+        "dataset and arch. An exact sign-flip (permutation) test cannot go below p = 0.25 with "
+        "3 pairs, which is why the t-test is used."
+    )
+
+
+PAIRED_SHORT_NOTE = (
+    "Δ: strategy minus FT per seed (each at its own chosen LR), mean (SE) in percentage points. "
+    "p: two-sided paired t-test (scipy.stats.ttest_rel), * p < 0.05, not corrected for multiple "
+    "comparisons; p Holm: Holm-adjusted over the strategies of one dataset and arch. With 3 "
+    "seeds (df = 2) the test has little power. [n=k]: only k seeds paired."
+)
+
+
+def paired_table(summary: Summary, dataset: str) -> Table:
+    """Beyond the paper: each strategy minus FT, paired by seed, with a paired t-test."""
+    archs = [a for a in summary.archs if (dataset, a, BASELINE) in summary.cells]
+    tests = {(p.arch, p.strategy): p for p in paired_vs_ft(summary) if p.dataset == dataset}
+    columns = [Column("Strategy", align="l")]
+    for a in archs:
+        columns += [Column("Δ (SE)", arch_label(a)), Column("p", arch_label(a))]
+        columns.append(Column("p Holm", arch_label(a)))
+    rows, records = [], []
+    for s in _strategies_of(summary, dataset):
+        if s == BASELINE:
+            continue
+        row = [Entry(strategy_label(s))]
+        for a in archs:
+            p = tests.get((a, s))
+            if p is None:
+                row += [Entry(MISSING_TEXT)] * 3
+                continue
+            diff = f"{pct(p.mean, sign=True)} ({pct(p.se)})"
+            seeds = max(len(summary.cells[(dataset, a, x)].seeds) for x in (s, BASELINE))
+            if len(p.seeds) < seeds:  # some seed of one side has no partner
+                diff += f" [n={len(p.seeds)}]"
+            row += [Entry(diff), Entry(_p_text(p.p, p.significant)), Entry(_p_text(p.p_holm))]
+            records.append(
+                {
+                    "dataset": p.dataset,
+                    "arch": p.arch,
+                    "strategy": p.strategy,
+                    "metric": p.metric,
+                    "n": len(p.seeds),
+                    "seeds": p.seeds,
+                    "mean_diff": p.mean,
+                    "se_diff": p.se,
+                    "t": p.t,
+                    "df": p.df,
+                    "p": p.p,
+                    "p_holm": p.p_holm,
+                    "significant": p.significant,
+                }
+            )
+        rows.append(row)
+    title = (
+        f"{dataset}: test {metric_label(summary.primary[dataset])} minus FT's, paired by seed "
+        "(percentage points), paired t-test"
+    )
+    return Table(
+        f"paired_{slug(dataset)}", title, columns, rows, [PAIRED_SHORT_NOTE], PAIRED_FIELDS, records
+    )
+
+
+def _p_text(p: float, significant: bool = False) -> str:
+    if not math.isfinite(p):
+        return UNDEFINED
+    text = f"{p:.3f}" if p >= 0.001 else "<0.001"
+    return text + ("*" if significant else "")
+
+
+TABLE11_FIELDS = (
+    "dataset",
+    "metric",
+    "arch",
+    "strategy",
+    "mean",
+    "se",
+    "status",
+    "ft_mean",
+    "ft_se",
+    "ft_status",
+    "improvement_pct",
+)
+
+
+def table11(summary: Summary) -> Table:
+    """Table 11: per dataset, the best (arch, strategy) and its relative gain over FT."""
+    columns = [
+        Column("Dataset", align="l"),
+        Column("Metric", align="l"),
+        Column("Arch", align="l"),
+        Column("Strategy", align="l"),
+        Column("Best, mean (SE)"),
+        Column("FT, same arch"),
+        Column("Improvement (%)"),
+    ]
+    rows, records = [], []
+    for b in best_per_dataset(summary):
+        c, ft = b.cell, b.ft
+        rows.append(
+            [
+                Entry(b.dataset),
+                Entry(metric_label(b.metric)),
+                Entry(arch_label(c.arch) if c else MISSING_TEXT),
+                Entry(strategy_label(c.strategy) if c else MISSING_TEXT),
+                Entry(cell_text(c, b.metric) if c else MISSING_TEXT),
+                Entry(cell_text(ft, b.metric) if ft else MISSING_TEXT),
+                Entry(f"{b.improvement:+.2f}" if math.isfinite(b.improvement) else MISSING_TEXT),
+            ]
+        )
+        mean, se = c.test.get(b.metric, (None, None)) if c else (None, None)
+        ft_mean, ft_se = ft.test.get(b.metric, (None, None)) if ft else (None, None)
+        records.append(
+            {
+                "dataset": b.dataset,
+                "metric": b.metric,
+                "arch": c.arch if c else None,
+                "strategy": c.strategy if c else None,
+                "mean": mean,
+                "se": se,
+                "status": c.status if c else MISSING,
+                "ft_mean": ft_mean,
+                "ft_se": ft_se,
+                "ft_status": ft.status if ft else MISSING,
+                "improvement_pct": b.improvement,
+            }
+        )
+    notes = [
+        "Best: highest mean test primary metric over every arch and strategy of the dataset; "
+        "improvement = 100·(m − m_FT)/m_FT against FT of the same arch."
+    ]
+    if any(b.cell is not None and _incomplete(b.cell) for b in best_per_dataset(summary)):
+        notes.append(f"{DAGGER}: a cell with runs missing (see the dataset's table).")
+    title = "Table 11: best configuration per dataset and its gain over FT"
+    return Table("table11", title, columns, rows, notes, TABLE11_FIELDS, records)
+
+
+TABLE12_FIELDS = ("strategy", "arch", "k", "n", "share", "threshold_pct")
+
+
+def table12(summary: Summary, threshold: float = 0.1) -> Table:
+    """Table 12: per strategy and arch, the datasets where it beats FT by > threshold %."""
+    counts = beats_ft(summary, threshold)
+    columns = [Column("Strategy", align="l")]
+    columns += [Column(arch_label(a)) for a in summary.archs]
+    columns.append(Column("Total"))
+    rows, records = [], []
+    for s in summary.strategies:
+        if s == BASELINE:
+            continue
+        row = [Entry(strategy_label(s))]
+        total_k = total_n = 0
+        for a in summary.archs:
+            k, n = counts[(s, a)]
+            total_k, total_n = total_k + k, total_n + n
+            row.append(Entry(f"{k}/{n}" if n else MISSING_TEXT))
+            records.append(_count_record(s, a, k, n, threshold))
+        row.append(Entry(k_n_share(total_k, total_n) if total_n else MISSING_TEXT))
+        records.append(_count_record(s, "all", total_k, total_n, threshold))
+        rows.append(row)
+    title = (
+        f"Table 12: experiments (datasets) where a strategy beats FT by more than {threshold:g}%"
+    )
+    notes = [
+        f"Beats: relative improvement of the mean test primary metric over FT of the same "
+        f"dataset and arch > {threshold:g}%. k/n: n counts the datasets where both cells have "
+        "a value (complete or partial)."
+    ]
+    return Table("table12", title, columns, rows, notes, TABLE12_FIELDS, records)
+
+
+def k_n_share(k: int, n: int) -> str:
+    return f"{k}/{n} ({100 * k / n:.1f}%)"
+
+
+def _count_record(s: str, a: str, k: int, n: int, threshold: float) -> dict[str, Any]:
+    return {
+        "strategy": s,
+        "arch": a,
+        "k": k,
+        "n": n,
+        "share": k / n if n else None,
+        "threshold_pct": threshold,
+    }
+
+
+def all_tables(summary: Summary, beat_threshold: float = 0.1) -> list[Table]:
+    """Every table of a report, in the order the index shows them."""
+    tables = []
+    for d in summary.datasets:
+        tables += [dataset_table(summary, d), cost_table(summary, d), paired_table(summary, d)]
+    return [*tables, table11(summary), table12(summary, beat_threshold)]
+
+
+def status_counts(summary: Summary) -> dict[str, int]:
+    counts = dict.fromkeys((COMPLETE, PARTIAL, "failed", MISSING), 0)
+    for c in summary.cells.values():
+        counts[c.status] += 1
+    return counts
+
+
+# --- the report folder -------------------------------------------------------------------------
+
+
+class ReportError(ValueError):
+    """An ``--out`` folder that cannot take a report; the message names it."""
+
+
+def write_report(summary: Summary, out_dir: str | Path, *, beat_threshold: float = 0.1) -> Path:
+    """Writes every table (``tables/*.md|.tex|.csv``), figure and ``index.md``; returns the
+    index's path.
+
+    Everything is written into a temporary folder beside ``out_dir`` and
+    moved into place at the end, so a crash never leaves half a report and
+    an old report is replaced whole. An existing ``out_dir`` is only
+    replaced when it is empty or holds a report (an ``index.md``): pointing
+    ``--out`` at the runs folder by mistake must not delete it.
+    """
+    from medft_jax.report import figures
+
+    out = Path(out_dir)
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tables = all_tables(summary, beat_threshold)
+        (tmp / "tables").mkdir()
+        for t in tables:
+            for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
+                (tmp / "tables" / f"{t.name}.{ext}").write_text(render(t), encoding="utf-8")
+        figures.write_figures(summary, tmp / "figures")
+        index = index_markdown(summary, tables, beat_threshold)
+        (tmp / "index.md").write_text(index, encoding="utf-8")
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "index.md"
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "index.md").is_file():
+        raise ReportError(
+            f"--out {out}: exists and is not a report (no index.md); choose another folder"
+        )
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Renames ``tmp`` to ``out``; an old ``out`` is renamed aside first, then removed."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _section(table: Table, level: str = "###") -> list[str]:
+    links = " · ".join(f"[{ext}](tables/{table.name}.{ext})" for ext in ("md", "tex", "csv"))
+    return [f"{level} {_md_escape(table.title)}", "", to_markdown(table, title=False), links, ""]
+
+
+def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float = 0.1) -> str:
+    """``index.md``: how to read the report, then every table inline and every figure."""
+    from medft_jax.report.figures import figure_names
+
+    by_name = {t.name: t for t in tables}
+    counts = status_counts(summary)
+    done = sum(c.runs_done for c in summary.cells.values())
+    expected = sum(c.runs_expected for c in summary.cells.values())
+    if summary.grid_name is not None:
+        source = f"the runs of grid {summary.grid_name!r} (from --config)"
+    else:
+        source = (
+            "inferred from the records: every arch and strategy seen anywhere, every LR and "
+            "seed seen within the dataset"
+        )
+    lines = [
+        "# Comparison of fine-tuning strategies: report",
+        "",
+        f"Runs done (finished or failed): {done} of {expected} expected; expected runs are "
+        f"{source}. Cells (dataset × arch × strategy): {counts[COMPLETE]} complete, "
+        f"{counts[PARTIAL]} partial, {counts['failed']} failed, {counts[MISSING]} missing.",
+    ]
+    if summary.filters:
+        shown = "; ".join(f"{k} = {' | '.join(sorted(v))}" for k, v in summary.filters.items())
+        lines += ["", f"Filters (--only): {_md_escape(shown)}."]
+    if summary.left_out:
+        lines += [
+            "",
+            f"{summary.left_out} records or failure notes outside the grid were left out.",
+        ]
+    lines += [
+        "",
+        "## How to read the tables",
+        "",
+        "- Values are test metrics in percent, mean (SE) over seeds; SE = sample standard "
+        "deviation (ddof = 1) / √n; an SE of – means a single seed.",
+        "- Learning rate: per dataset, arch and strategy, the LR with the highest mean "
+        "validation primary metric over its seeds (each run's best epoch) is chosen, and the "
+        "test metrics are those of that LR (an exact tie goes to the smaller LR). An LR at "
+        "which any run failed is never chosen.",
+        f"- {DAGGER}: partial cell, some expected runs missing; the value is from the runs "
+        "that exist and the table's notes say k of n runs. — : no run at all (an empty field "
+        "in the CSV; never 0). diverged: only failure notes, the loss became non-finite; "
+        "failed: only failure notes of another kind. n/a: the metric is undefined for every "
+        "seed.",
+        "- **Bold**: best mean per arch and metric; <u>underlined</u>: best mean per metric "
+        "over all archs; means equal at the 2 decimals shown are all marked.",
+        "- Cost: device-seconds = train_seconds × number of devices (compilation excluded).",
+        f"- Table 11: best (arch, strategy) per dataset and its relative improvement over FT "
+        f"of the same arch, 100·(m − m_FT)/m_FT. Table 12: datasets where a strategy beats FT "
+        f"by more than {beat_threshold:g}% relative improvement of the primary metric.",
+        f"- {_md_escape(paired_note())}",
+        "",
+    ]
+    for d in summary.datasets:
+        names = figure_names(d)
+        metrics = ", ".join(metric_label(m) for m in summary.metrics[d])
+        lines += [
+            f"## {_md_escape(d)}",
+            "",
+            f"Primary metric: {metric_label(summary.primary[d])}; table metrics: {metrics}.",
+            "",
+            *_section(by_name[dataset_table_name(d)]),
+            f"![Relative improvement over FT, {d}](figures/{names['improvement']})",
+            "",
+            *_section(by_name[f"cost_{slug(d)}"]),
+            f"![Cost versus test metric, {d}](figures/{names['cost']})",
+            "",
+            *_section(by_name[f"paired_{slug(d)}"]),
+        ]
+    lines += [
+        "## Across datasets",
+        "",
+        *_section(by_name["table11"]),
+        *_section(by_name["table12"]),
+    ]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,447 @@
+"""The report from hand-made records: numbers, marks, counts and tests checked by hand."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments import report as cli
+from medft_jax import results
+from medft_jax.grid import Grid
+from medft_jax.report import (
+    beats_ft,
+    best_per_dataset,
+    collect,
+    dataset_table,
+    paired_table,
+    paired_vs_ft,
+    table11,
+    table12,
+    to_csv,
+    to_latex,
+    to_markdown,
+    write_report,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+SECOND = {"bach": "f1", "t1w_mri": "f1", "mura_wrist": "kappa"}
+"""The second table metric of each task used here (medft_jax.metrics.TASK_METRICS)."""
+
+
+def rec(
+    dataset="bach",
+    arch="resnet50",
+    strategy="ft",
+    lr=1e-4,
+    seed=0,
+    *,
+    val=0.5,
+    test=0.5,
+    test2=None,
+    seconds=10.0,
+    devices=1,
+    epochs=3,
+    ips=100.0,
+    config=None,
+    **settings,
+):
+    """A minimal finished-run record: accuracy is the primary metric (every task used here)."""
+    cfg = config or {
+        "dataset": dataset,
+        "arch": arch,
+        "strategy": strategy,
+        "lr": lr,
+        "seed": seed,
+        "epochs": 50,
+        "image_size": 224,
+        "batch_size": 64,
+        "weights": "imagenet",
+        "strategy_options": {},
+        **settings,
+    }
+    second = SECOND.get(cfg["dataset"], "auroc")
+    return {
+        "config": cfg,
+        "run": results.run_name(cfg),
+        "primary_metric": "accuracy",
+        "multilabel": False,
+        "val": {"accuracy": val, second: val},
+        "test": {"accuracy": test, second: test / 2 if test2 is None else test2},
+        "epochs": [{"images_per_s": ips, "seconds": 1.0}] * epochs,
+        "train_seconds": seconds,
+        "environment": {"device_count": devices},
+    }
+
+
+def fail(dataset="bach", arch="resnet50", strategy="ft", lr=1e-4, seed=0, config=None):
+    cfg = config or rec(dataset, arch, strategy, lr, seed)["config"]
+    return {"config": cfg, "run": results.run_name(cfg), "kind": "nonfinite", "error": "nan loss"}
+
+
+def read_csv(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def shown(m, se):
+    return f"{100 * m:.2f} ({100 * se:.2f})"
+
+
+# --- values ----------------------------------------------------------------------------------
+
+
+def test_value_is_mean_and_se_at_the_lr_with_best_mean_validation():
+    good = [0.70, 0.74, 0.75]  # test at the LR validation prefers
+    tempting = [0.95, 0.96, 0.97]  # better test numbers at the LR validation rejects
+    records = [
+        rec(lr=1e-4, seed=s, val=v, test=t)
+        for s, v, t in zip(range(3), [0.8, 0.82, 0.81], good, strict=True)
+    ]
+    records += [rec(lr=1e-3, seed=s, val=0.80, test=t) for s, t in enumerate(tempting)]
+    summary = collect(records)
+    cell = summary.cell("bach", "resnet50", "ft")
+    mean, se = float(np.mean(good)), float(np.std(good, ddof=1) / math.sqrt(3))
+    assert cell.status == "complete" and cell.lr == 1e-4 and cell.seeds == (0, 1, 2)
+    assert cell.test["accuracy"] == pytest.approx((mean, se))
+    assert (cell.runs_done, cell.runs_expected) == (6, 6)
+    assert cell.cost.device_seconds == pytest.approx(10.0)
+    assert cell.cost.total_device_seconds == pytest.approx(60.0)
+    table = dataset_table(summary, "bach")
+    assert table.name == "table08_bach" and table.title.startswith("Table 8: bach")
+    assert shown(mean, se) in to_markdown(table)
+    row = next(r for r in read_csv(to_csv(table)) if r["metric"] == "accuracy")
+    assert float(row["mean"]) == pytest.approx(mean) and float(row["se"]) == pytest.approx(se)
+    assert row["n"] == "3" and float(row["lr"]) == 1e-4
+
+
+def test_a_single_seed_shows_no_se_and_device_seconds_count_devices():
+    summary = collect([rec(test=0.5, seconds=10.0, devices=4, epochs=2, ips=50.0)])
+    cell = summary.cell("bach", "resnet50", "ft")
+    assert "50.00 (–)" in to_markdown(dataset_table(summary, "bach"))
+    assert (
+        cell.cost.device_seconds == 40.0 and cell.cost.epochs == 2 and cell.cost.images_per_s == 50
+    )
+
+
+def test_an_lr_with_a_failed_run_is_never_chosen():
+    records = [rec(lr=1e-4, seed=s, val=0.7, test=0.7) for s in (0, 1)]
+    records.append(rec(lr=1e-3, seed=1, val=0.99, test=0.99))
+    summary = collect(records, [fail(lr=1e-3, seed=0)])
+    cell = summary.cell("bach", "resnet50", "ft")
+    assert cell.lr == 1e-4 and cell.excluded_lrs == (1e-3,)
+    assert cell.status == "complete" and (cell.runs_done, cell.runs_expected) == (4, 4)
+    # A failure note of a run that later finished is superseded by its record.
+    again = collect(records, [fail(lr=1e-3, seed=1)]).cell("bach", "resnet50", "ft")
+    assert again.lr == 1e-3 and again.excluded_lrs == () and again.runs_done == 3
+
+
+def test_inferred_expectation_marks_a_cell_with_fewer_runs_partial():
+    records = [rec(strategy="ft", lr=lr, seed=s) for lr in (1e-4, 1e-3) for s in (0, 1)]
+    records.append(rec(strategy="lp", lr=1e-4, seed=0, test=0.25))
+    summary = collect(records)
+    lp = summary.cell("bach", "resnet50", "lp")
+    assert lp.status == "partial" and (lp.runs_done, lp.runs_expected) == (1, 4)
+    md = to_markdown(dataset_table(summary, "bach"))
+    assert "25.00 (–)†" in md and "LP, ResNet-50: 1 of 4 runs" in md
+
+
+# --- marks -----------------------------------------------------------------------------------
+
+
+def test_bold_per_arch_and_underline_over_archs_ties_all_marked():
+    accuracy = {
+        ("resnet50", "ft"): 0.80,
+        ("resnet50", "lp"): 0.85,  # best of ResNet-50, not overall
+        ("resnet50", "g_lf"): 0.85,  # tied with LP
+        ("densenet121", "ft"): 0.90,  # best of DenseNet-121 and overall
+        ("densenet121", "lp"): 0.88,
+        ("densenet121", "g_lf"): 0.70,
+    }
+    summary = collect([rec(arch=a, strategy=s, test=v) for (a, s), v in accuracy.items()])
+    table = dataset_table(summary, "bach")
+    md = to_markdown(table)
+    assert "| LP | **85.00 (–)** |" in md and "| G-LF | **85.00 (–)** |" in md
+    assert "<u>**90.00 (–)**</u>" in md and md.count("<u>") == 2  # accuracy and F1
+    assert "**80.00" not in md and "**88.00" not in md
+    tex = to_latex(table)
+    assert r"\textbf{85.00 (--)}" in tex and r"\underline{\textbf{90.00 (--)}}" in tex
+    assert r"\underline{\textbf{85.00" not in tex and r"\toprule" in tex
+    assert r"\multicolumn{3}{c}{ResNet-50}" in tex
+    flags = {
+        (r["arch"], r["strategy"]): (r["bold"], r["underline"])
+        for r in read_csv(to_csv(table))
+        if r["metric"] == "accuracy"
+    }
+    assert flags == {
+        ("resnet50", "ft"): ("False", "False"),
+        ("resnet50", "lp"): ("True", "False"),
+        ("resnet50", "g_lf"): ("True", "False"),
+        ("densenet121", "ft"): ("True", "True"),
+        ("densenet121", "lp"): ("False", "False"),
+        ("densenet121", "g_lf"): ("False", "False"),
+    }
+    # Rows follow the paper's strategy order, columns ARCHS' order.
+    assert [r[0].text for r in table.rows] == ["FT", "LP", "G-LF"]
+    assert [c.group for c in table.columns[1:4]] == ["ResNet-50"] * 3
+
+
+def test_latex_escapes_underscores_percent_and_ampersand():
+    summary = collect([rec(dataset="t1w_mri", test=0.9)])
+    tex = to_latex(dataset_table(summary, "t1w_mri"))
+    assert r"t1w\_mri" in tex and r"in \%" in tex and "t1w_mri:" not in tex
+    from medft_jax.report.tables import latex_escape
+
+    assert latex_escape("a & b_c 5%") == r"a \& b\_c 5\%"
+
+
+# --- Tables 11 and 12 ------------------------------------------------------------------------
+
+ACC = {
+    # dataset: {strategy: test accuracy}; FT is the reference of each dataset.
+    "bach": {"ft": 0.8000, "lp": 0.8007, "lp_ft": 0.8009},  # +0.0875% (no), +0.1125% (yes)
+    "t1w_mri": {"ft": 0.9000, "lp": 0.9500, "lp_ft": 0.8900},
+    "mura_wrist": {"ft": 0.7000, "lp": 0.7200},  # LP-FT missing: not counted in its n
+}
+
+
+def _three_datasets():
+    return collect(
+        [rec(dataset=d, strategy=s, test=v) for d, values in ACC.items() for s, v in values.items()]
+    )
+
+
+def test_table12_counts_against_a_hand_count():
+    summary = _three_datasets()
+    assert summary.cell("mura_wrist", "resnet50", "lp_ft").status == "missing"
+    assert beats_ft(summary, 0.1) == {("lp", "resnet50"): (2, 3), ("lp_ft", "resnet50"): (1, 2)}
+    assert beats_ft(summary, 0.05)[("lp", "resnet50")] == (3, 3)
+    table = table12(summary, 0.1)
+    md = to_markdown(table)
+    assert "| LP | 2/3 | 2/3 (66.7%) |" in md and "| LP-FT | 1/2 | 1/2 (50.0%) |" in md
+    rows = {(r["strategy"], r["arch"]): r for r in read_csv(to_csv(table))}
+    assert rows[("lp", "all")]["k"] == "2" and float(rows[("lp", "all")]["share"]) == pytest.approx(
+        2 / 3
+    )
+
+
+def test_table11_best_per_dataset_and_improvement():
+    summary = _three_datasets()
+    best = {b.dataset: b for b in best_per_dataset(summary)}
+    assert best["bach"].cell.strategy == "lp_ft"
+    assert best["bach"].improvement == pytest.approx(100 * (0.8009 - 0.8) / 0.8)
+    assert best["t1w_mri"].cell.strategy == "lp"
+    assert best["t1w_mri"].improvement == pytest.approx(100 * 0.05 / 0.9)
+    assert best["mura_wrist"].improvement == pytest.approx(100 * 0.02 / 0.7)
+    rows = {r["dataset"]: r for r in read_csv(to_csv(table11(summary)))}
+    assert float(rows["t1w_mri"]["improvement_pct"]) == pytest.approx(100 * 0.05 / 0.9)
+    assert float(rows["t1w_mri"]["ft_mean"]) == pytest.approx(0.9)
+    assert "+5.56" in to_markdown(table11(summary))
+    # Paper task order: the table follows metrics.TASK_NAMES, not the input order.
+    assert summary.datasets == ("mura_wrist", "t1w_mri", "bach")
+
+
+# --- paired comparison -----------------------------------------------------------------------
+
+
+def test_paired_t_test_against_a_hand_computed_t():
+    ft = [0.80, 0.82, 0.78]
+    lp = [0.83, 0.86, 0.79]
+    records = [rec(strategy="ft", lr=1e-4, seed=s, val=0.8, test=t) for s, t in enumerate(ft)]
+    records += [rec(strategy="ft", lr=1e-3, seed=s, val=0.1, test=0.99) for s in range(3)]
+    records += [rec(strategy="lp", lr=1e-3, seed=s, val=0.8, test=t) for s, t in enumerate(lp)]
+    summary = collect(records)
+    (paired,) = paired_vs_ft(summary)
+    d = np.array(lp) - np.array(ft)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    p = 2 * stats.t.sf(abs(t), df=2)
+    assert paired.strategy == "lp" and paired.seeds == (0, 1, 2) and paired.df == 2
+    assert paired.t == pytest.approx(t) and paired.p == pytest.approx(p)
+    assert paired.mean == pytest.approx(d.mean())
+    assert paired.significant == (p < 0.05) and paired.p_holm == pytest.approx(p)  # one test
+    md = to_markdown(paired_table(summary, "bach"))
+    assert f"{p:.3f}" in md and f"+{100 * d.mean():.2f}" in md
+
+
+def test_holm_adjusts_within_dataset_and_arch():
+    ft = [0.80, 0.82, 0.78]
+    records = [rec(strategy="ft", seed=s, test=t) for s, t in enumerate(ft)]
+    records += [rec(strategy="lp", seed=s, test=t + 0.01 * (s + 1)) for s, t in enumerate(ft)]
+    records += [
+        rec(strategy="g_lf", seed=s, test=t + (0.03, 0.05, 0.02)[s]) for s, t in enumerate(ft)
+    ]
+    tests = {p.strategy: p for p in paired_vs_ft(collect(records))}
+    low, high = sorted(tests.values(), key=lambda p: p.p)
+    assert low.p_holm == pytest.approx(min(1, 2 * low.p))
+    assert high.p_holm == pytest.approx(max(low.p_holm, high.p))
+
+
+# --- an unfinished grid ----------------------------------------------------------------------
+
+
+def test_half_finished_grid_shows_missing_partial_and_failed_cells():
+    grid = Grid(
+        name="half",
+        datasets=("bach",),
+        archs=("resnet50", "densenet121"),
+        strategies=("ft", "lp"),
+        lrs=(1e-4, 1e-3),
+        seeds=(0, 1),
+        settings={"weights": "imagenet", "epochs": 5, "image_size": 64},
+    )
+
+    def cfg(arch, strategy, lr, seed):
+        return grid.config("bach", arch, strategy, lr, seed).to_dict()
+
+    records = [
+        rec(config=cfg("resnet50", "ft", lr, s), test=0.8, val=0.8 if lr == 1e-4 else 0.7)
+        for lr in grid.lrs
+        for s in grid.seeds
+    ]
+    records += [rec(config=cfg("resnet50", "lp", 1e-4, s), test=0.6) for s in grid.seeds]
+    records.append(rec(strategy="lp", image_size=32))  # not a run of this grid
+    failures = [fail(config=cfg("densenet121", "lp", 1e-3, 0))]
+    summary = collect(records, failures, grid=grid)
+    status = {(a, s): c.status for (_, a, s), c in summary.cells.items()}
+    assert status == {
+        ("resnet50", "ft"): "complete",
+        ("resnet50", "lp"): "partial",
+        ("densenet121", "ft"): "missing",
+        ("densenet121", "lp"): "failed",
+    }
+    assert summary.left_out == 1
+    lp = summary.cell("bach", "resnet50", "lp")
+    assert (lp.runs_done, lp.runs_expected) == (2, 4)
+    table = dataset_table(summary, "bach")
+    md = to_markdown(table)
+    assert "60.00 (0.00)†" in md and "LP, ResNet-50: 2 of 4 runs" in md
+    assert "diverged†" in md and "LP, DenseNet-121: 1 of 4 runs" in md
+    densenet_ft = md.splitlines()[4]  # header, title, blank, rule, FT row
+    assert densenet_ft.startswith("| FT |") and densenet_ft.count("—") == 3  # 2 metrics + cost
+    assert r"$^{\dagger}$" in to_latex(table) and "†" not in to_latex(table)
+    rows = read_csv(to_csv(table))
+    missing = [r for r in rows if r["arch"] == "densenet121" and r["strategy"] == "ft"]
+    assert missing and all(r["status"] == "missing" for r in missing)
+    assert all(r["mean"] == "" and r["se"] == "" and r["n"] == "" for r in missing)
+    assert all(r["mean"] != "0" and r["mean"] != "0.0" for r in rows if r["status"] != "complete")
+    # The filter --only arch=resnet50 narrows the expected cells too.
+    narrow = collect(records, failures, grid=grid, filters={"arch": {"resnet50"}})
+    assert narrow.archs == ("resnet50",)
+
+
+def test_records_of_one_dataset_with_different_settings_are_refused():
+    records = [rec(image_size=32), rec(strategy="lp", image_size=224)]
+    with pytest.raises(results.RecordError, match=r"image_size.*separate"):
+        collect(records)
+
+
+# --- the report folder -----------------------------------------------------------------------
+
+
+def test_write_report_writes_every_table_figure_and_index(tmp_path):
+    summary = _three_datasets()
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "index.md").write_text("old")
+    (out / "stale.txt").write_text("old report")
+    index = write_report(summary, out)
+    assert index == out / "index.md" and not (out / "stale.txt").exists()
+    figures = sorted((out / "figures").glob("*.png"))
+    assert len(figures) == 2 * len(summary.datasets)
+    for f in figures:
+        data = f.read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG)
+    names = {p.stem for p in (out / "tables").iterdir()}
+    expected = {"table11", "table12"} | {
+        f"{kind}_{d}" for kind in ("cost", "paired") for d in ("bach", "t1w_mri", "mura_wrist")
+    }
+    assert expected | {"table05_mura_wrist", "table07_t1w_mri", "table08_bach"} == names
+    for name in names:
+        for ext in ("md", "tex", "csv"):
+            assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
+    text = index.read_text()
+    for link in re.findall(r"\]\(([^)]+)\)", text):
+        assert (out / link).is_file(), link
+    assert "ttest" in text and "4.30" in text and "†" in text and "—" in text
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_write_report_refuses_a_folder_that_is_not_a_report(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "keep.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a report"):
+        write_report(_three_datasets(), runs)
+    assert (runs / "keep.json").exists()
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def _write_runs(folder: Path, records):
+    for r in records:
+        results.write_record(results.record_path_of(r, folder), r)
+
+
+def test_cli_writes_the_report_and_prints_the_index(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _write_runs(
+        runs, [rec(strategy=s, seed=k, test=0.7 + 0.01 * k) for s in ("ft", "lp") for k in (0, 1)]
+    )
+    out = tmp_path / "out"
+    assert cli.main(["--runs", str(runs), "--out", str(out), "--only", "strategy=ft|lp"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "index.md")
+    assert (out / "tables" / "table08_bach.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "no such folder"),
+        ("empty", "no run records"),
+        ("corrupt", "record.json: not a readable run record"),
+        ("filter", "--only"),
+        ("threshold", "--beat-threshold"),
+        ("config", "--config"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case, expected):
+    runs = tmp_path / "runs"
+    args = []
+    if case != "missing":
+        runs.mkdir()
+    if case in ("corrupt", "filter", "threshold", "config"):
+        _write_runs(runs, [rec()])
+    if case == "corrupt":
+        bad = runs / "bach-broken" / "record.json"
+        bad.parent.mkdir()
+        bad.write_text('{"config": {"dataset": ')
+        expected = str(bad) + ": not a readable"
+    args = {
+        "filter": ["--only", "colour=red"],
+        "threshold": ["--beat-threshold", "-1"],
+        "config": ["--config", str(tmp_path / "nope.py")],
+    }.get(case, [])
+    out = tmp_path / "out"
+    assert cli.main(["--runs", str(runs), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_records_without_the_multilabel_key_read_map_as_multilabel():
+    r = rec(dataset="demo", test=0.6)
+    del r["multilabel"]
+    r["primary_metric"] = "map"
+    r["val"] = {"map": 0.6, "accuracy": 0.5}
+    r["test"] = {"map": 0.6, "accuracy": 0.5}
+    summary = collect([r])
+    assert summary.primary["demo"] == "map" and summary.metrics["demo"] == ("map", "auroc")
+    assert json.dumps(to_csv(dataset_table(summary, "demo")))  # renders
