@@ -67,6 +67,16 @@ class RunCheckpoints:
         state = abstract_state.replace(**restored["state"])
         return state, dict(restored["progress"])
 
+    def read_progress(self) -> dict[str, Any] | None:
+        """The JSON ``progress`` of the latest saved epoch (no state restored), or None."""
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())
+        )
+        return dict(restored["progress"])
+
     def save_best(self, variables: dict[str, Any], metadata: dict[str, Any]) -> None:
         """Writes the best parameters as a model checkpoint (replacing the previous best)."""
         # Replicated jax.Arrays (not host copies): orbax then writes each array once

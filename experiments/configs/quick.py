@@ -1,4 +1,4 @@
-"""A CPU-sized grid: every strategy, two archs, the demo task, small images, three epochs.
+"""A CPU-sized grid: every strategy, two archs, the demo task, small images, two epochs.
 
     python -m experiments.sweep --config experiments/configs/quick.py --out runs/quick
     python -m experiments.report --runs runs/quick --out report/quick
@@ -7,8 +7,8 @@
 that finish in under 30 minutes on a 2-core CPU (benchmarks/RESULTS.md):
 enough to see the whole pipeline, tables and figures work, not to rank
 strategies (random-init weights unless ported ImageNet weights are cached,
-synthetic images, 3 epochs). LP-FT's head-only phase and the gradual
-strategies' stages are shortened to fit the three epochs.
+synthetic images, 2 epochs). LP-FT's head-only phase and the gradual
+strategies' stages are shortened to fit the two epochs.
 """
 
 from medft_jax.grid import Grid
@@ -25,8 +25,8 @@ def get_config() -> Grid:
         seeds=(0, 1),
         settings={
             "weights": "auto",
-            "epochs": 3,
-            "patience": 2,
+            "epochs": 2,
+            "patience": 1,
             "batch_size": 32,
             "image_size": 32,
         },

@@ -1,0 +1,296 @@
+"""Pick a strategy for a new dataset by successive halving: ``python -m experiments.select``.
+
+    python -m experiments.select --config experiments/configs/quick.py --only arch=resnet50 \\
+        --out runs/select --grid-runs runs/quick
+
+The arms are the grid's strategies x learning rates for one dataset and
+arch, at one seed. Every arm trains ``--min-epochs`` epochs; the best
+``1/eta`` of them by validation primary metric (best epoch so far)
+continue to ``eta`` times as many epochs, and so on, until one arm is left
+or the survivors reach the grid's maximum epochs. Arms are not restarted
+between rungs: each continues from its own checkpoint, so an epoch is
+never trained twice, and an arm that early-stops keeps its score.
+
+The pick and its cost (epochs and device-seconds actually trained) are
+printed; with ``--grid-runs`` (the records of the same grid run in full)
+also the grid's winner (the strategy with the best mean validation
+primary metric at its chosen learning rate, over every seed) and the
+fraction of the grid's cost that the selection spent. A pick is a
+recommendation: run it with the full protocol (every seed) afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+@dataclasses.dataclass
+class Arm:
+    """One (strategy, lr) of the selection and what it has trained so far."""
+
+    strategy: str
+    lr: float
+    config: Any
+    score: float = math.nan
+    epochs: int = 0
+    seconds: float = 0.0
+    finished: bool = False
+    failed: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.strategy} @ lr {self.lr:g}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.select",
+        description="Successive halving over strategies x learning rates for one dataset and arch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="the grid file (its dataset, arch, settings)")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="narrow the grid to one dataset and one arch (and any strategies/lrs)",
+    )
+    p.add_argument("--out", default="runs/select", help="folder for the selection's own runs")
+    p.add_argument("--grid-runs", help="records of the full grid, to compare pick and cost with")
+    p.add_argument("--data-dir", help="where prepared datasets live (default: the grid's)")
+    p.add_argument("--seed", type=int, help="the one seed the arms use (default: the grid's first)")
+    p.add_argument("--min-epochs", type=int, default=1, help="epochs of the first rung")
+    p.add_argument("--eta", type=int, default=3, help="keep 1/eta per rung; budgets grow eta-fold")
+    p.add_argument("--json", help="also write the outcome to this JSON file")
+    return p
+
+
+def rung_budgets(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
+    """Epoch budgets of the rungs: min, min*eta, min*eta^2, ... capped at (and ending in) max."""
+    budgets = [min(min_epochs, max_epochs)]
+    while budgets[-1] < max_epochs:
+        budgets.append(min(budgets[-1] * eta, max_epochs))
+    return budgets
+
+
+def survivors(arms: Sequence[Arm], eta: int) -> list[Arm]:
+    """The best ``ceil(n / eta)`` arms by score (failed and NaN scores last; ties in grid order)."""
+    keep = max(1, math.ceil(len(arms) / eta))
+    ranked = sorted(
+        enumerate(arms),
+        key=lambda ia: (ia[1].failed is not None or math.isnan(ia[1].score), -_num(ia[1]), ia[0]),
+    )
+    return [a for _, a in ranked[:keep]]
+
+
+def _num(arm: Arm) -> float:
+    return -math.inf if math.isnan(arm.score) else arm.score
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from medft_jax import grid as grid_lib
+
+    try:
+        g, arms, max_epochs = _arms(args)
+        if args.min_epochs < 1 or args.eta < 2:
+            raise grid_lib.GridError("--min-epochs must be >= 1 and --eta >= 2")
+    except grid_lib.GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from medft_jax.data import DataError
+
+    try:
+        outcome = select(g, arms, max_epochs, args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.grid_runs:
+        outcome["grid"] = compare_with_grid(g, arms, args.grid_runs, outcome)
+    _print_outcome(outcome)
+    if args.json:
+        from medft_jax import results
+
+        results.write_record(args.json, outcome)
+    return 0
+
+
+def _arms(args: argparse.Namespace) -> tuple[Any, list[Arm], int]:
+    from medft_jax import grid as grid_lib
+
+    g = grid_lib.load_grid(args.config)
+    runs = grid_lib.select(g, grid_lib.parse_only(args.only))
+    for axis in ("dataset", "arch"):
+        values = sorted({getattr(c, axis) for c in runs})
+        if len(values) != 1:
+            raise grid_lib.GridError(
+                f"--only: select works on one {axis}; the selection has {len(values)} "
+                f"({', '.join(values)}): add --only {axis}=..."
+            )
+    seed = args.seed if args.seed is not None else min(c.seed for c in runs)
+    arms = [
+        Arm(c.strategy, c.lr, dataclasses.replace(c, seed=seed))
+        for c in runs
+        if c.seed == min(x.seed for x in runs)
+    ]
+    return g, arms, runs[0].epochs
+
+
+def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the rungs; returns the outcome (pick, rungs, cost)."""
+    from medft_jax.checkpoint import RunCheckpoints
+    from medft_jax.fit import load_dataset, run_one
+    from medft_jax.results import run_dir
+    from medft_jax.runtime import enable_compilation_cache
+    from medft_jax.train import NonFiniteLossError
+
+    enable_compilation_cache()
+    first = arms[0].config
+    dataset = load_dataset(
+        first, args.data_dir or g.data_dir, **dict(g.dataset_options.get(first.dataset, {}))
+    )
+    alive = list(arms)
+    rungs = []
+    for budget in rung_budgets(args.min_epochs, args.eta, max_epochs):
+        for arm in alive:
+            if arm.finished or arm.failed:
+                continue
+            try:
+                record = run_one(
+                    arm.config,
+                    args.out,
+                    dataset=dataset,
+                    progress=False,
+                    stop_after_epoch=budget - 1,
+                )
+            except NonFiniteLossError as e:
+                arm.failed = str(e)
+                continue
+            if record:
+                epochs, arm.finished = record["epochs"], True
+                metric = record["primary_metric"]
+            else:
+                progress = RunCheckpoints(run_dir(args.out, arm.config.to_dict())).read_progress()
+                epochs = progress["epochs"] if progress else []
+                metric = _primary(arm.config, dataset)
+            values = [e["val"].get(metric) for e in epochs]
+            finite = [v for v in values if v is not None and math.isfinite(v)]
+            arm.score = max(finite) if finite else math.nan
+            arm.epochs = len(epochs)
+            arm.seconds = float(sum(e["seconds"] for e in epochs))
+        rungs.append(
+            {
+                "epochs": budget,
+                "arms": [
+                    {"arm": a.label, "score": a.score, "epochs": a.epochs, "failed": a.failed}
+                    for a in alive
+                ],
+            }
+        )
+        print(f"rung at {budget} epoch(s): " + ", ".join(f"{a.label} {a.score:.4f}" for a in alive))
+        if len(alive) == 1:
+            break
+        alive = survivors(alive, args.eta) if budget < max_epochs else survivors(alive, len(alive))
+    pick = survivors(alive, len(alive))[0]
+    return {
+        "dataset": first.dataset,
+        "arch": first.arch,
+        "seed": first.seed,
+        "eta": args.eta,
+        "min_epochs": args.min_epochs,
+        "max_epochs": max_epochs,
+        "pick": {"strategy": pick.strategy, "lr": pick.lr, "val": pick.score},
+        "rungs": rungs,
+        "cost": {
+            "epochs": sum(a.epochs for a in arms),
+            "seconds": sum(a.seconds for a in arms),
+            "arms": len(arms),
+        },
+    }
+
+
+def _primary(config: Any, dataset: Any) -> str:
+    from medft_jax.metrics import primary_metric
+
+    return primary_metric(config.dataset, dataset.multilabel)
+
+
+def compare_with_grid(
+    g: Any, arms: list[Arm], grid_runs: str, outcome: dict[str, Any]
+) -> dict[str, Any]:
+    """The grid's winner and cost for the same dataset and arch, from its records."""
+    from medft_jax import results
+    from medft_jax.report import collect
+
+    wanted = {
+        results.config_hash(
+            g.config(a.config.dataset, a.config.arch, a.strategy, a.lr, s).to_dict()
+        )
+        for a in arms
+        for s in g.seeds
+    }
+    records = [
+        r for r in results.load_records(grid_runs) if results.config_hash(r["config"]) in wanted
+    ]
+    summary = collect(records)
+    cells = [c for c in summary.cells.values() if c.has_value]
+    out: dict[str, Any] = {
+        "runs": len(records),
+        "runs_expected": len(wanted),
+        "epochs": sum(len(r["epochs"]) for r in records),
+        "seconds": float(sum(r["train_seconds"] for r in records)),
+    }
+    if cells:
+        by_val = max(cells, key=lambda c: _finite(c.val.get(c.metric, (math.nan,))[0]))
+        by_test = max(cells, key=lambda c: _finite(c.mean()))
+        out["winner_by_val"] = {"strategy": by_val.strategy, "lr": by_val.lr}
+        out["winner_by_test"] = {"strategy": by_test.strategy, "lr": by_test.lr}
+        pick = outcome["pick"]
+        out["same_strategy"] = pick["strategy"] == by_val.strategy
+        out["same_strategy_and_lr"] = out["same_strategy"] and pick["lr"] == by_val.lr
+        pick_cell = summary.cells.get((outcome["dataset"], outcome["arch"], pick["strategy"]))
+        if pick_cell is not None and pick_cell.has_value:
+            out["pick_test"] = pick_cell.mean()
+            out["winner_test"] = by_val.mean()
+    cost = outcome["cost"]
+    out["fraction_epochs"] = cost["epochs"] / out["epochs"] if out["epochs"] else math.nan
+    out["fraction_seconds"] = cost["seconds"] / out["seconds"] if out["seconds"] else math.nan
+    return out
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -math.inf
+
+
+def _print_outcome(o: dict[str, Any]) -> None:
+    pick, cost = o["pick"], o["cost"]
+    print(
+        f"\npick for {o['dataset']} ({o['arch']}): {pick['strategy']} at lr {pick['lr']:g} "
+        f"(val {pick['val']:.4f}); spent {cost['epochs']} epochs, {cost['seconds']:.0f} "
+        f"device-s over {cost['arms']} arms"
+    )
+    gr = o.get("grid")
+    if not gr:
+        return
+    print(
+        f"full grid ({gr['runs']} of {gr['runs_expected']} runs recorded): {gr['epochs']} epochs, "
+        f"{gr['seconds']:.0f} device-s; selection spent {gr['fraction_epochs']:.1%} of its epochs, "
+        f"{gr['fraction_seconds']:.1%} of its device-seconds"
+    )
+    if "winner_by_val" in gr:
+        w = gr["winner_by_val"]
+        print(
+            f"grid winner (mean val over seeds at its chosen lr): {w['strategy']} at lr "
+            f"{w['lr']:g}; same strategy: {'yes' if gr['same_strategy'] else 'no'}"
+            + (f"; by test: {gr['winner_by_test']['strategy']}" if "winner_by_test" in gr else "")
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Sweeps: the grid, filters and shards by hand; real shards in parallel; kill and restart."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import report as report_cli
+from experiments import select as select_cli
+from experiments import sweep as sweep_cli
+from medft_jax import grid as grid_lib
+from medft_jax import results
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "experiments" / "configs" / "paper.py"
+QUICK = ROOT / "experiments" / "configs" / "quick.py"
+
+TINY = """
+from medft_jax.grid import Grid
+
+def get_config():
+    return Grid(
+        name="tiny",
+        datasets=("demo",),
+        archs=("resnet50",),
+        strategies={strategies},
+        lrs={lrs},
+        seeds={seeds},
+        settings={{"weights": "none", "epochs": {epochs}, "patience": 5, "batch_size": 32,
+                   "image_size": 32}},
+    )
+"""
+
+
+def _grid_file(folder: Path, name: str, **axes) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(TINY.format(**{k: repr(v) for k, v in axes.items()}))
+    return path
+
+
+def _sweep(config: Path, out: Path, *flags: str, cache: Path) -> subprocess.Popen:
+    env = {**os.environ, "MEDFT_JAX_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            *flags,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _ran(log: str) -> list[str]:
+    """Run names a sweep's log says it trained."""
+    return [line.split("] ")[1].split(":")[0] for line in log.splitlines() if ": done in" in line]
+
+
+@pytest.fixture(scope="session")
+def xla_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sweep-xla")
+
+
+# --- the grid by hand ----------------------------------------------------------------------------
+
+
+def test_paper_grid_is_the_papers_1728_runs():
+    g = grid_lib.load_grid(PAPER)
+    runs = g.configs()
+    assert len(runs) == g.size == 8 * 3 * 8 * 3 * 3 == 1728
+    assert len({results.run_name(r.to_dict()) for r in runs}) == 1728
+    first, second, last = runs[0], runs[1], runs[-1]
+    assert (first.dataset, first.arch, first.strategy, first.lr, first.seed) == (
+        "chexpert",
+        "resnet50",
+        "ft",
+        1e-3,
+        0,
+    )
+    assert second.seed == 1 and second.lr == 1e-3  # the seed varies fastest
+    assert (last.dataset, last.arch, last.strategy, last.lr, last.seed) == (
+        "cholect50_instrument",
+        "vgg19",
+        "auto_rgn",
+        1e-5,
+        2,
+    )
+    assert {(r.epochs, r.batch_size, r.image_size, r.patience) for r in runs} == {(50, 64, 224, 5)}
+
+
+def test_only_filters():
+    g = grid_lib.load_grid(PAPER)
+    runs = grid_lib.select(g, grid_lib.parse_only(["dataset=bach,arch=vgg19"]))
+    assert len(runs) == 8 * 3 * 3
+    assert {(r.dataset, r.arch) for r in runs} == {("bach", "vgg19")}
+    runs = grid_lib.select(g, grid_lib.parse_only(["strategy=ft|lp", "lr=0.0001", "seed=2"]))
+    assert len(runs) == 8 * 3 * 2 and {(r.lr, r.seed) for r in runs} == {(1e-4, 2)}
+    assert grid_lib.parse_only(["strategy=ft|lp", "strategy=lp|g_lf"]) == {"strategy": {"lp"}}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("color=red", "unknown key 'color'"),
+        ("dataset", "expected key=value"),
+        ("strategy=nope", "strategy=nope: not in grid 'paper'"),
+        ("lr=fast", "lr=fast: not a number"),
+    ],
+)
+def test_bad_only_is_named(spec, message, capsys):
+    assert sweep_cli.main(["--config", str(PAPER), "--only", spec, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("error: --only")
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 7])
+def test_shards_partition_the_grid(count):
+    runs = grid_lib.load_grid(PAPER).configs()
+    shards = [grid_lib.shard(runs, i, count) for i in range(count)]
+    names = [results.run_name(r.to_dict()) for s in shards for r in s]
+    assert len(names) == len(set(names)) == len(runs)  # no run twice, none lost
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert shards[0][1] == runs[count]  # run k goes to shard k mod N
+
+
+@pytest.mark.parametrize("spec", ["4/4", "-1/4", "a/b", "1", "0/0"])
+def test_bad_shard_is_named(spec, capsys):
+    assert sweep_cli.main(["--config", str(PAPER), f"--shard={spec}", "--dry-run"]) == 2
+    assert "--shard" in capsys.readouterr().err
+
+
+def test_bad_config_file_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config():\n    return {'datasets': ['demo']}\n")
+    for path, message in [
+        (tmp_path / "absent.py", "no such file"),
+        (bad, "returned a dict, expected a Grid"),
+    ]:
+        assert sweep_cli.main(["--config", str(path), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--config {path}" in err and message in err
+    typo = _grid_file(tmp_path, "typo", strategies=("ft", "lpp"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    assert sweep_cli.main(["--config", str(typo), "--dry-run"]) == 2
+    assert "strategy 'lpp' unknown" in capsys.readouterr().err
+
+
+def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
+    g = grid_lib.load_grid(PAPER)
+    done = g.config("bach", "vgg19", "ft", 1e-3, 0)
+    record = {
+        "config": done.to_dict(),
+        "epochs": [{"images_per_s": 600.0}, {"images_per_s": 600.0}],
+    }
+    results.write_record(results.record_path(tmp_path, done.to_dict()), record)
+    argv = ["--config", str(PAPER), "--only", "dataset=bach,arch=vgg19", "--out", str(tmp_path)]
+    assert sweep_cli.main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
+    assert len(rows) == 72 and rows[0][1] == "done" and {r[1] for r in rows[1:]} == {"todo"}
+    # BACH: 360 training images x 50 epochs at the measured 600 images/s of VGG-19 at 224 px.
+    assert rows[1][2:4] == ["30", "s"]
+    assert "done 1, failed 0, to run 71: at most 35.5 min" in out
+    assert sweep_cli.main([*argv, "--dry-run", "--shard", "1/4"]) == 0
+    out = capsys.readouterr().out
+    assert "shard 1/4: 18" in out and "shards: 0: 18 runs" in out
+
+
+# --- real sweeps ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory, xla_cache):
+    """A 2 strategies x 2 lrs x 2 seeds grid run by two shard processes at once."""
+    folder = tmp_path_factory.mktemp("shards")
+    config = _grid_file(
+        folder, "tiny", strategies=("ft", "lp"), lrs=(1e-3, 1e-4), seeds=(0, 1), epochs=1
+    )
+    out = folder / "runs"
+    procs = [_sweep(config, out, "--shard", f"{i}/2", cache=xla_cache) for i in range(2)]
+    logs = []
+    for p in procs:
+        log, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, log[-3000:]
+        logs.append(log)
+    return config, out, logs
+
+
+@pytest.mark.xdist_group("sweep")
+def test_two_shards_run_the_grid_once(two_shards):
+    config, out, logs = two_shards
+    expected = {results.run_name(c.to_dict()) for c in grid_lib.load_grid(config).configs()}
+    ran = [_ran(log) for log in logs]
+    assert len(ran[0]) == len(ran[1]) == 4
+    assert not set(ran[0]) & set(ran[1])
+    assert set(ran[0]) | set(ran[1]) == expected
+    assert {p.parent.name for p in out.rglob("record.json")} == expected
+
+
+@pytest.mark.xdist_group("sweep")
+def test_report_numbers_are_the_records(two_shards, tmp_path):
+    """Table cells = mean and SE recomputed from the records at the LR best on validation."""
+    _, out, _ = two_shards
+    assert report_cli.main(["--runs", str(out), "--out", str(tmp_path / "rep")]) == 0
+    records = results.load_records(out)
+    by_cell: dict[str, dict[float, list[dict]]] = {}
+    for r in records:
+        by_cell.setdefault(r["config"]["strategy"], {}).setdefault(r["config"]["lr"], []).append(r)
+    expected = {}
+    for strategy, per_lr in by_cell.items():
+        val = {lr: np.mean([r["val"]["accuracy"] for r in rs]) for lr, rs in per_lr.items()}
+        lr = min(lr for lr, v in val.items() if v == max(val.values()))
+        for metric in ("accuracy", "auroc"):
+            x = np.array([r["test"][metric] for r in per_lr[lr]])
+            expected[(strategy, metric)] = (x.mean(), x.std(ddof=1) / np.sqrt(len(x)))
+    rows = list(csv.DictReader((tmp_path / "rep" / "tables" / "results_demo.csv").open()))
+    got = {}
+    for row in rows:
+        if row["metric"] in ("accuracy", "auroc"):
+            got[(row["strategy"], row["metric"])] = (float(row["mean"]), float(row["se"]))
+    assert set(got) == set(expected)
+    for key, (mean, se) in expected.items():
+        assert got[key] == pytest.approx((mean, se), rel=1e-9, abs=1e-12)
+    # Table 12 by hand: does LP beat FT by more than 0.1 % (relative) on the primary metric?
+    ft, lp = expected[("ft", "accuracy")][0], expected[("lp", "accuracy")][0]
+    beats = 100 * (lp - ft) / ft > 0.1
+    table12 = (tmp_path / "rep" / "tables" / "table12.md").read_text()
+    lp_row = next(line for line in table12.splitlines() if line.startswith("| LP "))
+    assert f"{int(beats)}/1" in lp_row
+    figures = sorted((tmp_path / "rep" / "figures").glob("*.png"))
+    assert len(figures) == 2
+    for f in figures:
+        assert f.stat().st_size > 1000 and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.xdist_group("sweep")
+def test_killed_sweep_restarts_where_it_stopped(tmp_path, xla_cache):
+    """Kill a sweep after its first record; the report marks what is missing; a restart ends it."""
+    config = _grid_file(
+        tmp_path, "lp3", strategies=("lp", "ft"), lrs=(1e-3, 1e-4, 1e-5), seeds=(0,), epochs=2
+    )
+    out = tmp_path / "runs"
+    proc = _sweep(config, out, cache=xla_cache)
+    deadline = time.monotonic() + 600
+    while not list(out.rglob("record.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "sweep ended early"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    first = next(out.rglob("record.json"))
+    before = (first.read_bytes(), first.stat().st_mtime_ns)
+    assert len(list(out.rglob("record.json"))) == 1
+
+    # A report over the half-finished sweep: LP partial (1 of 3 runs), FT missing, never 0.
+    rep = tmp_path / "rep"
+    assert report_cli.main(["--runs", str(out), "--config", str(config), "--out", str(rep)]) == 0
+    table = (rep / "tables" / "results_demo.md").read_text()
+    ft_row = next(line for line in table.splitlines() if line.startswith("| FT "))
+    lp_row = next(line for line in table.splitlines() if line.startswith("| LP "))
+    assert "—" in ft_row and "0.00" not in ft_row
+    assert "†" in lp_row and "1 of 3" in table
+
+    proc = _sweep(config, out, "--only", "strategy=lp", cache=xla_cache)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-3000:]
+    assert "done, skipped" in log and len(_ran(log)) == 2
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == before
+    lp = grid_lib.select(grid_lib.load_grid(config), {"strategy": {"lp"}})
+    assert all(results.record_path(out, c.to_dict()).exists() for c in lp)
+
+    # Successive halving over the three LP learning rates, against that grid's records.
+    summary = tmp_path / "select.json"
+    argv = ["--config", str(config), "--only", "strategy=lp", "--out", str(tmp_path / "sel")]
+    argv += ["--grid-runs", str(out), "--eta", "2", "--json", str(summary)]
+    assert select_cli.main(argv) == 0
+    outcome = json.loads(summary.read_text())
+    assert [r["epochs"] for r in outcome["rungs"]] == [1, 2]
+    assert [len(r["arms"]) for r in outcome["rungs"]] == [3, 2]
+    first_rung = {a["arm"]: a["score"] for a in outcome["rungs"][0]["arms"]}
+    dropped = min(first_rung, key=first_rung.get)
+    assert dropped not in {a["arm"] for a in outcome["rungs"][1]["arms"]}
+    # Epochs trained: 3 arms x 1 + 2 arms x 1 more (unless one stopped early: never at 2).
+    assert outcome["cost"]["epochs"] == 5
+    grid_epochs = sum(
+        len(results.read_record(results.record_path(out, c.to_dict()))["epochs"]) for c in lp
+    )
+    assert outcome["grid"]["epochs"] == grid_epochs == 6
+    assert outcome["grid"]["fraction_epochs"] == pytest.approx(5 / 6)
+
+
+def test_rung_budgets_and_survivors_by_hand():
+    assert select_cli.rung_budgets(1, 3, 50) == [1, 3, 9, 27, 50]
+    assert select_cli.rung_budgets(1, 2, 2) == [1, 2]
+    assert select_cli.rung_budgets(5, 3, 3) == [3]
+    arms = [
+        select_cli.Arm(s, 1e-3, None, score=v)
+        for s, v in [
+            ("ft", 0.5),
+            ("lp", float("nan")),
+            ("g_lf", 0.7),
+            ("l2_sp", 0.7),
+            ("lp_ft", 0.6),
+        ]
+    ]
+    arms[4].failed = "diverged"
+    kept = select_cli.survivors(arms, 2)  # ceil(5 / 2) = 3; ties keep grid order; failed last
+    assert [a.strategy for a in kept] == ["g_lf", "l2_sp", "ft"]
