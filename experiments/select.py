@@ -156,6 +156,7 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
         first, args.data_dir or g.data_dir, **dict(g.dataset_options.get(first.dataset, {}))
     )
     alive = list(arms)
+    trainers: dict[tuple, Any] = {}  # compiled steps shared by the arms of one strategy
     rungs = []
     for budget in rung_budgets(args.min_epochs, args.eta, max_epochs):
         for arm in alive:
@@ -168,6 +169,7 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
                     dataset=dataset,
                     progress=False,
                     stop_after_epoch=budget - 1,
+                    trainers=trainers,
                 )
             except NonFiniteLossError as e:
                 arm.failed = str(e)

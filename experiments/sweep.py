@@ -186,6 +186,7 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
     mine = grid_lib.shard(runs, index, count)
     data_dir = args.data_dir or g.data_dir
     datasets: dict[tuple, Any] = {}
+    trainers: dict[tuple, Any] = {}  # compiled steps shared by runs differing in lr/seed
     unavailable: dict[str, str] = {}
     ran = skipped = diverged = 0
     errors: list[str] = []
@@ -210,7 +211,13 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
                 options = dict(g.dataset_options.get(config.dataset, {}))
                 datasets[key] = load_dataset(config, data_dir, **options)
             say(f"[{k}/{len(mine)}] {name}: running")
-            record = run_one(config, args.out, dataset=datasets[key], progress=args.progress)
+            record = run_one(
+                config,
+                args.out,
+                dataset=datasets[key],
+                progress=args.progress,
+                trainers=trainers,
+            )
         except NonFiniteLossError as e:
             diverged += 1
             if main_process:

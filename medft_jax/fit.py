@@ -84,8 +84,13 @@ def run_one(
     progress: bool = True,
     eval_batch_size: int | None = None,
     stop_after_epoch: int | None = None,
+    trainers: dict[tuple, Trainer] | None = None,
 ) -> dict[str, Any]:
     """Trains, evaluates and records one configuration; returns its record.
+
+    ``trainers``: a dict the caller keeps across runs (a sweep): runs that
+    differ only in seed, learning rate or initial weights then share one
+    :class:`Trainer` and its compiled steps, instead of tracing them again.
 
     ``stop_after_epoch`` ends the process's work after that epoch as if it
     had been killed (for tests of resuming); the record is then not written
@@ -125,14 +130,37 @@ def run_one(
         **dict(config.strategy_options),
     )
     schedule = strategy.schedule
-    trainer = Trainer(
-        model,
-        strategy.tx,
-        multilabel=ds.multilabel,
-        compute_dtype=dtype,
-        seed=config.seed,
-        learning_rate=config.lr,
-    )
+
+    def build_trainer() -> Trainer:
+        return Trainer(
+            model,
+            strategy.tx,
+            multilabel=ds.multilabel,
+            compute_dtype=dtype,
+            seed=config.seed,
+            learning_rate=config.lr,
+        )
+
+    if trainers is None:
+        trainer = build_trainer()
+    else:
+        key = (
+            config.arch,
+            config.strategy,
+            config.strategy_options,
+            config.frozen_bn,
+            config.precision,
+            config.batch_size,
+            config.image_size,
+            eval_batch_size,
+            ds.num_classes,
+            ds.multilabel,
+            steps_per_epoch,
+            jax.device_count(),
+        )
+        if key not in trainers:
+            trainers[key] = build_trainer()
+        trainer = trainers[key].with_hyper(seed=config.seed, learning_rate=config.lr)
     n_dev = jax.device_count()
     if config.batch_size % n_dev:
         raise data.DataError(

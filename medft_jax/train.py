@@ -16,6 +16,7 @@ epoch of that stage.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Mapping
@@ -113,18 +114,31 @@ class Trainer:
         self.seed = seed
         self.learning_rate = learning_rate
         self.replicated = NamedSharding(self.mesh, P())
-        hyper = {"rng": jax.random.key_data(jax.random.key(seed))}
-        if learning_rate is not None:
-            hyper["lr"] = jnp.asarray(learning_rate, jnp.float32)
-        self._hyper = jax.device_put(hyper, self.replicated)
+        self._hyper = _hyper(seed, learning_rate, self.replicated)
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self._train_steps: dict[tuple, Any] = {}
+        self._compiled = 0
         self._eval_step = jax.jit(self._eval, out_shardings=self.batch_sharding)
 
     @property
     def num_compilations(self) -> int:
-        """Train-step variants built so far (one per distinct stage)."""
-        return len(self._train_steps)
+        """Train-step variants this trainer built (one per distinct stage)."""
+        return self._compiled
+
+    def with_hyper(self, *, seed: int, learning_rate: float | None) -> Trainer:
+        """The same trainer for another run's seed and learning rate.
+
+        The copy shares the compiled steps (lr and seed are step arguments),
+        so the runs of a sweep that differ only in them trace and compile
+        nothing again. Requires a trainer built with a runtime
+        ``learning_rate`` (or none in both).
+        """
+        if (learning_rate is None) != (self.learning_rate is None):
+            raise ValueError("with_hyper: learning_rate must be given iff the trainer has one")
+        other = copy.copy(self)
+        other.seed, other.learning_rate, other._compiled = seed, learning_rate, 0
+        other._hyper = _hyper(seed, learning_rate, self.replicated)
+        return other
 
     # -- state ---------------------------------------------------------------
 
@@ -197,6 +211,7 @@ class Trainer:
         t = time.perf_counter()
         lowered = self.lower_stage(state, images, labels, trainable=trainable, bn_train=bn_train)
         self._train_steps[key] = lowered.compile()
+        self._compiled += 1
         return time.perf_counter() - t
 
     def train_step(
@@ -292,6 +307,14 @@ class Trainer:
             mask = _gather_host(np.asarray(batch["mask"]))
             out.append(probs[mask])
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _hyper(seed: int, learning_rate: float | None, sharding: NamedSharding) -> dict[str, Any]:
+    """The step's runtime arguments: the dropout key's data and the learning rate."""
+    hyper = {"rng": jax.random.key_data(jax.random.key(seed))}
+    if learning_rate is not None:
+        hyper["lr"] = jnp.asarray(learning_rate, jnp.float32)
+    return jax.device_put(hyper, sharding)
 
 
 def _stage_key(trainable: PyTree, bn_train: BNTrain) -> tuple[tuple[bool, ...], BNTrain]:

@@ -158,3 +158,24 @@ def test_runtime_learning_rate_and_seed_share_one_program(resnet):
     # First Adam step: no trained weight moves by more than lr, and some move.
     assert 0 < np.abs(moved["runtime"]).max() <= 1e-3 * (1 + 1e-6)
     np.testing.assert_allclose(moved["runtime"], moved["baked"], rtol=1e-6, atol=1e-9)
+
+
+def test_trainer_with_hyper_shares_compiled_steps(resnet):
+    """A sweep's runs at another lr/seed reuse the compiled step and update as a fresh trainer."""
+    model, variables = resnet
+    strat = strategies.make(
+        "lp", variables["params"], get_arch("resnet50").partition, learning_rate=1.0
+    )
+    first = Trainer(model, strat.tx, multilabel=False, seed=0, learning_rate=1e-3)
+    x = first.shard_batch(np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3))
+    y = first.shard_batch(np.array([0, 1], np.int32))
+    mask = strat.schedule.trainable_mask(variables["params"], 0)
+    bn = strat.schedule.bn_train(0)
+    first.train_step(first.init_state(variables), x, y, trainable=mask, bn_train=bn)
+    shared = first.with_hyper(seed=3, learning_rate=1e-5)
+    fresh = Trainer(model, strat.tx, multilabel=False, seed=3, learning_rate=1e-5)
+    a, _ = shared.train_step(shared.init_state(variables), x, y, trainable=mask, bn_train=bn)
+    b, _ = fresh.train_step(fresh.init_state(variables), x, y, trainable=mask, bn_train=bn)
+    assert (first.num_compilations, shared.num_compilations, fresh.num_compilations) == (1, 0, 1)
+    np.testing.assert_array_equal(a.params["fc"]["kernel"], b.params["fc"]["kernel"])
+    assert not np.array_equal(a.params["fc"]["kernel"], variables["params"]["fc"]["kernel"])
