@@ -196,7 +196,7 @@ def test_latex_escapes_underscores_percent_and_ampersand():
     summary = collect([rec(dataset="t1w_mri", test=0.9)])
     tex = to_latex(dataset_table(summary, "t1w_mri"))
     assert r"t1w\_mri" in tex and r"in \%" in tex and "t1w_mri:" not in tex
-    from medft_jax.report.tables import latex_escape
+    from medft_jax.report.render import latex_escape
 
     assert latex_escape("a & b_c 5%") == r"a \& b\_c 5\%"
 

@@ -19,8 +19,10 @@ the figures and writes an ``index.md`` that shows them all; the folder
 appears whole or not at all.
 
 Modules: :mod:`~medft_jax.report.cells` (the numbers),
-:mod:`~medft_jax.report.tables` (table model, renderers, builders, the
-report folder), :mod:`~medft_jax.report.figures` (PNG figures, Agg).
+:mod:`~medft_jax.report.render` (table model, Markdown / LaTeX / CSV
+renderers, text formatting), :mod:`~medft_jax.report.tables` (the table
+builders), :mod:`~medft_jax.report.figures` (PNG figures, Agg),
+:mod:`~medft_jax.report.write` (the report folder and its index).
 """
 
 from medft_jax.report.cells import (
@@ -41,22 +43,16 @@ from medft_jax.report.cells import (
     paired_vs_ft,
     relative_improvement,
 )
+from medft_jax.report.render import Column, Entry, Table, to_csv, to_latex, to_markdown
 from medft_jax.report.tables import (
-    Column,
-    Entry,
-    ReportError,
-    Table,
     all_tables,
     cost_table,
     dataset_table,
     paired_table,
     table11,
     table12,
-    to_csv,
-    to_latex,
-    to_markdown,
-    write_report,
 )
+from medft_jax.report.write import ReportError, write_report
 
 __all__ = [
     "ALPHA",

@@ -15,7 +15,8 @@ possibly unfinished, sweep needs:
 - cost in device-seconds, the paired comparison with FT, and the data of
   the paper's Tables 11 and 12.
 
-Nothing here formats text: :mod:`medft_jax.report.tables` does.
+Nothing here formats text: :mod:`medft_jax.report.render` and
+:mod:`medft_jax.report.tables` do.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 from medft_jax.report.cells import BASELINE, Summary, relative_improvement
-from medft_jax.report.tables import arch_label, metric_label, slug, strategy_label
+from medft_jax.report.render import arch_label, metric_label, slug, strategy_label
 
 FIGSIZE = (8.0, 4.5)
 DPI = 120

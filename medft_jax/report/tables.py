@@ -1,259 +1,41 @@
-"""Report tables: a small Table model, its Markdown / LaTeX / CSV renderers, and the builders.
-
-A :class:`Table` holds two views of the same numbers: the display grid
-(rows of :class:`Entry` text with bold / underline flags, what Markdown
-and LaTeX show) and ``records``, one flat dict per number with raw
-fractions, SE, n, status and flags (what the CSV holds), so a reader of
-the CSV never parses "85.31 (0.42)†" back, and a missing cell is an empty
-field there, never 0.
+"""Builds the report's tables (Tables 3-12, cost, paired comparison) from a :class:`Summary`.
 
 The builders (:func:`dataset_table`, :func:`cost_table`, :func:`paired_table`,
-:func:`table11`, :func:`table12`) only format what
-:mod:`medft_jax.report.cells` computed; :func:`write_report` renders them
-all, with the figures and ``index.md``, into a report folder that appears
-whole or not at all.
+:func:`table11`, :func:`table12`, :func:`all_tables`) only format what
+:mod:`medft_jax.report.cells` computed, into the :class:`~medft_jax.report.render.Table`
+model of :mod:`medft_jax.report.render`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
-import os
-import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from medft_jax.report.cells import (
     BASELINE,
-    COMPLETE,
     MISSING,
-    PARTIAL,
     Cell,
     Summary,
     beats_ft,
     best_per_dataset,
     paired_vs_ft,
 )
-
-MISSING_TEXT = "—"
-"""A cell without any run (Markdown, LaTeX); the CSV leaves the field empty."""
-NO_SE = "–"
-"""The SE of a single seed."""
-DAGGER = "†"
-UNDEFINED = "n/a"
-"""A metric undefined for every seed of a cell that has runs (e.g. AUROC with one class)."""
-
-METRIC_LABELS = {
-    "map": "mAP",
-    "accuracy": "Acc.",
-    "auroc": "AUROC",
-    "kappa": "κ",
-    "f1": "F1",
-    "balanced_accuracy": "Bal. acc.",
-    "top1_accuracy": "Top-1",
-    "subset_accuracy": "Subset acc.",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Column:
-    """A column: ``label`` under an optional spanning ``group`` (an arch)."""
-
-    label: str
-    group: str = ""
-    align: str = "r"
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """The text of one table cell and how it is emphasised."""
-
-    text: str
-    bold: bool = False
-    underline: bool = False
-
-
-@dataclasses.dataclass
-class Table:
-    """One report table: display grid, notes, and its raw CSV records."""
-
-    name: str
-    """File stem: ``tables/<name>.md|.tex|.csv``."""
-    title: str
-    columns: list[Column]
-    rows: list[list[Entry]]
-    notes: list[str] = dataclasses.field(default_factory=list)
-    fields: tuple[str, ...] = ()
-    """CSV header."""
-    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-
-# --- renderers -------------------------------------------------------------------------------
-
-
-def _md_escape(text: str) -> str:
-    return re.sub(r"([\\|*_<>])", r"\\\1", text)
-
-
-def _md_entry(e: Entry) -> str:
-    text = _md_escape(e.text)
-    if e.bold:
-        text = f"**{text}**"
-    if e.underline:
-        text = f"<u>{text}</u>"
-    return text
-
-
-def to_markdown(table: Table, *, title: bool = True) -> str:
-    """GitHub Markdown: a pipe table, bold ``**``, underline ``<u>``, notes as a list."""
-    header = [f"{c.group} {c.label}" if c.group else c.label for c in table.columns]
-    align = [":--" if c.align == "l" else "--:" for c in table.columns]
-    lines = [f"**{_md_escape(table.title)}**", ""] if title else []
-    lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
-    lines.append("|" + "|".join(align) + "|")
-    lines += ["| " + " | ".join(_md_entry(e) for e in row) + " |" for row in table.rows]
-    if table.notes:
-        lines.append("")
-        lines += [f"- {_md_escape(n)}" for n in table.notes]
-    return "\n".join(lines) + "\n"
-
-
-_LATEX_CHARS = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "—": "---",
-    "–": "--",
-    "−": "$-$",
-    "†": r"$^{\dagger}$",
-    "±": r"$\pm$",
-    "Δ": r"$\Delta$",
-    "κ": r"$\kappa$",
-    "·": r"$\cdot$",
-    "×": r"$\times$",
-    "≥": r"$\geq$",
-    "√": r"$\surd$",
-}
-
-
-def latex_escape(text: str) -> str:
-    """Escapes LaTeX's special characters and spells the few non-ASCII ones we print."""
-    return "".join(_LATEX_CHARS.get(ch, ch) for ch in text)
-
-
-def _tex_entry(e: Entry) -> str:
-    text = latex_escape(e.text)
-    if e.bold:
-        text = rf"\textbf{{{text}}}"
-    if e.underline:
-        text = rf"\underline{{{text}}}"
-    return text
-
-
-def to_latex(table: Table) -> str:
-    """A booktabs ``table`` float: spanning arch headers, ``\\textbf``/``\\underline``, notes."""
-    cols = table.columns
-    lines = [
-        r"% requires \usepackage{booktabs}",
-        r"\begin{table}[htbp]",
-        r"\centering",
-        rf"\caption{{{latex_escape(table.title)}}}",
-        rf"\label{{tab:{table.name}}}",
-        r"\begin{tabular}{" + "".join(c.align for c in cols) + "}",
-        r"\toprule",
-    ]
-    if any(c.group for c in cols):
-        spans, rules, start = [], [], 0
-        for i in range(1, len(cols) + 1):
-            if i == len(cols) or cols[i].group != cols[start].group:
-                width, group = i - start, cols[start].group
-                if group:
-                    spans.append(rf"\multicolumn{{{width}}}{{c}}{{{latex_escape(group)}}}")
-                    rules.append(rf"\cmidrule(lr){{{start + 1}-{i}}}")
-                else:
-                    spans += [""] * width
-                start = i
-        lines.append(" & ".join(spans) + r" \\")
-        lines.append(" ".join(rules))
-    lines.append(" & ".join(latex_escape(c.label) for c in cols) + r" \\")
-    lines.append(r"\midrule")
-    lines += [" & ".join(_tex_entry(e) for e in row) + r" \\" for row in table.rows]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if table.notes:
-        lines.append(r"\par\smallskip{\footnotesize")
-        lines += [latex_escape(n) + r"\par" for n in table.notes]
-        lines.append("}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
-
-
-def _csv_value(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return ""
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, (tuple, list)):
-        return " ".join(map(str, v))
-    return str(v)
-
-
-def to_csv(table: Table) -> str:
-    """One line per number: raw fractions, SE, n, status and flags; no value → empty field."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(table.fields)
-    for rec in table.records:
-        writer.writerow([_csv_value(rec.get(f)) for f in table.fields])
-    return buf.getvalue()
-
-
-# --- formatting ------------------------------------------------------------------------------
-
-
-def arch_label(arch: str) -> str:
-    from medft_jax.models import ARCHS
-
-    return ARCHS[arch].label if arch in ARCHS and ARCHS[arch].label else arch
-
-
-def strategy_label(strategy: str) -> str:
-    from medft_jax.strategies import LABELS
-
-    return LABELS.get(strategy, strategy)
-
-
-def metric_label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
-
-
-def pct(x: float, digits: int = 2, sign: bool = False) -> str:
-    """A fraction as percent with ``digits`` decimals; NaN -> ``–``."""
-    if not math.isfinite(x):
-        return NO_SE
-    return f"{100 * x:+.{digits}f}" if sign else f"{100 * x:.{digits}f}"
-
-
-def seconds(x: float | None) -> str:
-    """Device-seconds, readable: whole seconds with thousands separators above 100."""
-    if x is None or not math.isfinite(x):
-        return MISSING_TEXT
-    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "_"
+from medft_jax.report.render import (
+    DAGGER,
+    MISSING_TEXT,
+    UNDEFINED,
+    Column,
+    Entry,
+    Table,
+    arch_label,
+    metric_label,
+    pct,
+    seconds,
+    slug,
+    strategy_label,
+)
 
 
 def table_number(dataset: str) -> int | None:
@@ -699,153 +481,3 @@ def all_tables(summary: Summary, beat_threshold: float = 0.1) -> list[Table]:
     for d in summary.datasets:
         tables += [dataset_table(summary, d), cost_table(summary, d), paired_table(summary, d)]
     return [*tables, table11(summary), table12(summary, beat_threshold)]
-
-
-def status_counts(summary: Summary) -> dict[str, int]:
-    counts = dict.fromkeys((COMPLETE, PARTIAL, "failed", MISSING), 0)
-    for c in summary.cells.values():
-        counts[c.status] += 1
-    return counts
-
-
-# --- the report folder -------------------------------------------------------------------------
-
-
-class ReportError(ValueError):
-    """An ``--out`` folder that cannot take a report; the message names it."""
-
-
-def write_report(summary: Summary, out_dir: str | Path, *, beat_threshold: float = 0.1) -> Path:
-    """Writes every table (``tables/*.md|.tex|.csv``), figure and ``index.md``; returns the
-    index's path.
-
-    Everything is written into a temporary folder beside ``out_dir`` and
-    moved into place at the end, so a crash never leaves half a report and
-    an old report is replaced whole. An existing ``out_dir`` is only
-    replaced when it is empty or holds a report (an ``index.md``): pointing
-    ``--out`` at the runs folder by mistake must not delete it.
-    """
-    from medft_jax.report import figures
-
-    out = Path(out_dir)
-    _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        tables = all_tables(summary, beat_threshold)
-        (tmp / "tables").mkdir()
-        for t in tables:
-            for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
-                (tmp / "tables" / f"{t.name}.{ext}").write_text(render(t), encoding="utf-8")
-        figures.write_figures(summary, tmp / "figures")
-        index = index_markdown(summary, tables, beat_threshold)
-        (tmp / "index.md").write_text(index, encoding="utf-8")
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out / "index.md"
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "index.md").is_file():
-        raise ReportError(
-            f"--out {out}: exists and is not a report (no index.md); choose another folder"
-        )
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Renames ``tmp`` to ``out``; an old ``out`` is renamed aside first, then removed."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _section(table: Table, level: str = "###") -> list[str]:
-    links = " · ".join(f"[{ext}](tables/{table.name}.{ext})" for ext in ("md", "tex", "csv"))
-    return [f"{level} {_md_escape(table.title)}", "", to_markdown(table, title=False), links, ""]
-
-
-def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float = 0.1) -> str:
-    """``index.md``: how to read the report, then every table inline and every figure."""
-    from medft_jax.report.figures import figure_names
-
-    by_name = {t.name: t for t in tables}
-    counts = status_counts(summary)
-    done = sum(c.runs_done for c in summary.cells.values())
-    expected = sum(c.runs_expected for c in summary.cells.values())
-    if summary.grid_name is not None:
-        source = f"the runs of grid {summary.grid_name!r} (from --config)"
-    else:
-        source = (
-            "inferred from the records: every arch and strategy seen anywhere, every LR and "
-            "seed seen within the dataset"
-        )
-    lines = [
-        "# Comparison of fine-tuning strategies: report",
-        "",
-        f"Runs done (finished or failed): {done} of {expected} expected; expected runs are "
-        f"{source}. Cells (dataset × arch × strategy): {counts[COMPLETE]} complete, "
-        f"{counts[PARTIAL]} partial, {counts['failed']} failed, {counts[MISSING]} missing.",
-    ]
-    if summary.filters:
-        shown = "; ".join(f"{k} = {' | '.join(sorted(v))}" for k, v in summary.filters.items())
-        lines += ["", f"Filters (--only): {_md_escape(shown)}."]
-    if summary.left_out:
-        lines += [
-            "",
-            f"{summary.left_out} records or failure notes outside the grid were left out.",
-        ]
-    lines += [
-        "",
-        "## How to read the tables",
-        "",
-        "- Values are test metrics in percent, mean (SE) over seeds; SE = sample standard "
-        "deviation (ddof = 1) / √n; an SE of – means a single seed.",
-        "- Learning rate: per dataset, arch and strategy, the LR with the highest mean "
-        "validation primary metric over its seeds (each run's best epoch) is chosen, and the "
-        "test metrics are those of that LR (an exact tie goes to the smaller LR). An LR at "
-        "which any run failed is never chosen.",
-        f"- {DAGGER}: partial cell, some expected runs missing; the value is from the runs "
-        "that exist and the table's notes say k of n runs. — : no run at all (an empty field "
-        "in the CSV; never 0). diverged: only failure notes, the loss became non-finite; "
-        "failed: only failure notes of another kind. n/a: the metric is undefined for every "
-        "seed.",
-        "- **Bold**: best mean per arch and metric; <u>underlined</u>: best mean per metric "
-        "over all archs; means equal at the 2 decimals shown are all marked.",
-        "- Cost: device-seconds = train_seconds × number of devices (compilation excluded).",
-        f"- Table 11: best (arch, strategy) per dataset and its relative improvement over FT "
-        f"of the same arch, 100·(m − m_FT)/m_FT. Table 12: datasets where a strategy beats FT "
-        f"by more than {beat_threshold:g}% relative improvement of the primary metric.",
-        f"- {_md_escape(paired_note())}",
-        "",
-    ]
-    for d in summary.datasets:
-        names = figure_names(d)
-        metrics = ", ".join(metric_label(m) for m in summary.metrics[d])
-        lines += [
-            f"## {_md_escape(d)}",
-            "",
-            f"Primary metric: {metric_label(summary.primary[d])}; table metrics: {metrics}.",
-            "",
-            *_section(by_name[dataset_table_name(d)]),
-            f"![Relative improvement over FT, {d}](figures/{names['improvement']})",
-            "",
-            *_section(by_name[f"cost_{slug(d)}"]),
-            f"![Cost versus test metric, {d}](figures/{names['cost']})",
-            "",
-            *_section(by_name[f"paired_{slug(d)}"]),
-        ]
-    lines += [
-        "## Across datasets",
-        "",
-        *_section(by_name["table11"]),
-        *_section(by_name["table12"]),
-    ]
-    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,238 @@
+"""Report table model (Column, Entry, Table), its Markdown / LaTeX / CSV renderers, formatting.
+
+A :class:`Table` holds two views of the same numbers: the display grid
+(rows of :class:`Entry` text with bold / underline flags, what Markdown
+and LaTeX show) and ``records``, one flat dict per number with raw
+fractions, SE, n, status and flags (what the CSV holds), so a reader of
+the CSV never parses "85.31 (0.42)†" back, and a missing cell is an empty
+field there, never 0.
+
+The formatting helpers (labels, percent, seconds, file-name slugs) are
+shared by the table builders (:mod:`medft_jax.report.tables`), the
+figures and the index.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import re
+from typing import Any
+
+MISSING_TEXT = "—"
+"""A cell without any run (Markdown, LaTeX); the CSV leaves the field empty."""
+NO_SE = "–"
+"""The SE of a single seed."""
+DAGGER = "†"
+UNDEFINED = "n/a"
+"""A metric undefined for every seed of a cell that has runs (e.g. AUROC with one class)."""
+
+METRIC_LABELS = {
+    "map": "mAP",
+    "accuracy": "Acc.",
+    "auroc": "AUROC",
+    "kappa": "κ",
+    "f1": "F1",
+    "balanced_accuracy": "Bal. acc.",
+    "top1_accuracy": "Top-1",
+    "subset_accuracy": "Subset acc.",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A column: ``label`` under an optional spanning ``group`` (an arch)."""
+
+    label: str
+    group: str = ""
+    align: str = "r"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """The text of one table cell and how it is emphasised."""
+
+    text: str
+    bold: bool = False
+    underline: bool = False
+
+
+@dataclasses.dataclass
+class Table:
+    """One report table: display grid, notes, and its raw CSV records."""
+
+    name: str
+    """File stem: ``tables/<name>.md|.tex|.csv``."""
+    title: str
+    columns: list[Column]
+    rows: list[list[Entry]]
+    notes: list[str] = dataclasses.field(default_factory=list)
+    fields: tuple[str, ...] = ()
+    """CSV header."""
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+# --- renderers -------------------------------------------------------------------------------
+
+
+def md_escape(text: str) -> str:
+    """Escapes the characters Markdown would read as markup (``\\ | * _ < >``)."""
+    return re.sub(r"([\\|*_<>])", r"\\\1", text)
+
+
+def _md_entry(e: Entry) -> str:
+    text = md_escape(e.text)
+    if e.bold:
+        text = f"**{text}**"
+    if e.underline:
+        text = f"<u>{text}</u>"
+    return text
+
+
+def to_markdown(table: Table, *, title: bool = True) -> str:
+    """GitHub Markdown: a pipe table, bold ``**``, underline ``<u>``, notes as a list."""
+    header = [f"{c.group} {c.label}" if c.group else c.label for c in table.columns]
+    align = [":--" if c.align == "l" else "--:" for c in table.columns]
+    lines = [f"**{md_escape(table.title)}**", ""] if title else []
+    lines.append("| " + " | ".join(md_escape(h) for h in header) + " |")
+    lines.append("|" + "|".join(align) + "|")
+    lines += ["| " + " | ".join(_md_entry(e) for e in row) + " |" for row in table.rows]
+    if table.notes:
+        lines.append("")
+        lines += [f"- {md_escape(n)}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_CHARS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "—": "---",
+    "–": "--",
+    "−": "$-$",
+    "†": r"$^{\dagger}$",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "κ": r"$\kappa$",
+    "·": r"$\cdot$",
+    "×": r"$\times$",
+    "≥": r"$\geq$",
+    "√": r"$\surd$",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escapes LaTeX's special characters and spells the few non-ASCII ones we print."""
+    return "".join(_LATEX_CHARS.get(ch, ch) for ch in text)
+
+
+def _tex_entry(e: Entry) -> str:
+    text = latex_escape(e.text)
+    if e.bold:
+        text = rf"\textbf{{{text}}}"
+    if e.underline:
+        text = rf"\underline{{{text}}}"
+    return text
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``table`` float: spanning arch headers, ``\\textbf``/``\\underline``, notes."""
+    cols = table.columns
+    lines = [
+        r"% requires \usepackage{booktabs}",
+        r"\begin{table}[htbp]",
+        r"\centering",
+        rf"\caption{{{latex_escape(table.title)}}}",
+        rf"\label{{tab:{table.name}}}",
+        r"\begin{tabular}{" + "".join(c.align for c in cols) + "}",
+        r"\toprule",
+    ]
+    if any(c.group for c in cols):
+        spans, rules, start = [], [], 0
+        for i in range(1, len(cols) + 1):
+            if i == len(cols) or cols[i].group != cols[start].group:
+                width, group = i - start, cols[start].group
+                if group:
+                    spans.append(rf"\multicolumn{{{width}}}{{c}}{{{latex_escape(group)}}}")
+                    rules.append(rf"\cmidrule(lr){{{start + 1}-{i}}}")
+                else:
+                    spans += [""] * width
+                start = i
+        lines.append(" & ".join(spans) + r" \\")
+        lines.append(" ".join(rules))
+    lines.append(" & ".join(latex_escape(c.label) for c in cols) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(_tex_entry(e) for e in row) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        lines.append(r"\par\smallskip{\footnotesize")
+        lines += [latex_escape(n) + r"\par" for n in table.notes]
+        lines.append("}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_value(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (tuple, list)):
+        return " ".join(map(str, v))
+    return str(v)
+
+
+def to_csv(table: Table) -> str:
+    """One line per number: raw fractions, SE, n, status and flags; no value → empty field."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(table.fields)
+    for rec in table.records:
+        writer.writerow([_csv_value(rec.get(f)) for f in table.fields])
+    return buf.getvalue()
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def arch_label(arch: str) -> str:
+    from medft_jax.models import ARCHS
+
+    return ARCHS[arch].label if arch in ARCHS and ARCHS[arch].label else arch
+
+
+def strategy_label(strategy: str) -> str:
+    from medft_jax.strategies import LABELS
+
+    return LABELS.get(strategy, strategy)
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def pct(x: float, digits: int = 2, sign: bool = False) -> str:
+    """A fraction as percent with ``digits`` decimals; NaN -> ``–``."""
+    if not math.isfinite(x):
+        return NO_SE
+    return f"{100 * x:+.{digits}f}" if sign else f"{100 * x:.{digits}f}"
+
+
+def seconds(x: float | None) -> str:
+    """Device-seconds, readable: whole seconds with thousands separators above 100."""
+    if x is None or not math.isfinite(x):
+        return MISSING_TEXT
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "_"
