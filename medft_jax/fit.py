@@ -191,6 +191,7 @@ def run_one(
         "source": f"run {run_dir.name}",
     }
     stop = bool(epochs) and bool(epochs[-1].get("stop"))
+    best_variables = None
     for epoch in range(len(epochs), config.epochs):
         if stop:
             break
@@ -250,6 +251,11 @@ def run_one(
             )
         if decision.improved:
             ckpts.save_best(state.variables, {**best_meta, "epoch": epoch})
+            # A device copy for the test pass (the next step donates ``state``).
+            best_variables = _copy(state.variables)
+        stop = bool(decision.stop)
+        if stop or epoch + 1 >= config.epochs:
+            break  # finishing: no resume point needed (a kill now redoes only this epoch)
         ckpts.save_latest(
             epoch,
             state,
@@ -260,7 +266,6 @@ def run_one(
                 "iterator": it.get_state(),
             },
         )
-        stop = bool(decision.stop)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             ckpts.close()
             return {}
@@ -268,7 +273,12 @@ def run_one(
     best = next((e for e in epochs if e["epoch"] == stopper.best_epoch), None)
     if best is None:
         raise RuntimeError(f"run {run_dir.name}: no epoch finished with a finite val {primary}")
-    best_state = _load_best(trainer, state, ckpts)
+    if best_variables is None:  # the best epoch was trained before a restart
+        best_state = _load_best(trainer, state, ckpts)
+    else:
+        best_state = state.replace(
+            params=best_variables["params"], batch_stats=best_variables["batch_stats"]
+        )
     test_probs = trainer.predict(best_state, ds.eval_batches("test", eval_bs, **shard))
     record = {
         "config": cfg,
@@ -300,6 +310,12 @@ def run_one(
 def _metrics(ds: data.Dataset, split: str, probs: np.ndarray) -> dict[str, float]:
     _, scores, labels = ds.grouped_scores(split, probs)
     return metrics.compute_metrics(scores, labels, multilabel=ds.multilabel)
+
+
+@jax.jit
+def _copy(tree: Any) -> Any:
+    """Fresh device buffers with the same values and shardings (works across processes)."""
+    return jax.tree.map(jnp.copy, tree)
 
 
 def _load_best(trainer: Trainer, state: Any, ckpts: RunCheckpoints) -> Any:
