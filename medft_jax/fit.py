@@ -208,12 +208,11 @@ def run_one(
         pending = None
         train_seconds = 0.0
         t_epoch = time.perf_counter()
+        compiled_before = trainer.compile_seconds
         for batch in it:
             x = trainer.shard_batch(batch["image"])
             y = trainer.shard_batch(batch["label"])
-            compile_seconds += trainer.compile_stage(
-                state, x, y, trainable=trainable, bn_train=bn_train
-            )
+            trainer.compile_stage(state, x, y, trainable=trainable, bn_train=bn_train)
             t = time.perf_counter()
             state, loss = trainer.train_step(state, x, y, trainable=trainable, bn_train=bn_train)
             if pending is not None:  # read the previous step's loss: keeps the device busy
@@ -228,6 +227,8 @@ def run_one(
             check_finite(losses[-1], step=int(state.step), epoch=epoch)
         bar.close()
         val_probs = trainer.predict(state, ds.eval_batches("val", eval_bs, **shard))
+        epoch_compile = trainer.compile_seconds - compiled_before
+        compile_seconds += epoch_compile
         val = _metrics(ds, "val", val_probs)
         decision = stopper.update(epoch, val[primary])
         images = steps_per_epoch * config.batch_size
@@ -236,7 +237,7 @@ def run_one(
                 "epoch": epoch,
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),
                 "val": val,
-                "seconds": time.perf_counter() - t_epoch,
+                "seconds": time.perf_counter() - t_epoch - epoch_compile,
                 "images_per_s": images / train_seconds if train_seconds else None,
                 "trainable_blocks": list(schedule.trainable_blocks(epoch)),
                 "improved": bool(decision.improved),

@@ -118,7 +118,10 @@ class Trainer:
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self._train_steps: dict[tuple, Any] = {}
         self._compiled = 0
+        self.compile_seconds = 0.0
+        """Seconds this trainer spent compiling (train stages and eval steps)."""
         self._eval_step = jax.jit(self._eval, out_shardings=self.batch_sharding)
+        self._eval_steps: dict[tuple, Any] = {}
 
     @property
     def num_compilations(self) -> int:
@@ -137,6 +140,7 @@ class Trainer:
             raise ValueError("with_hyper: learning_rate must be given iff the trainer has one")
         other = copy.copy(self)
         other.seed, other.learning_rate, other._compiled = seed, learning_rate, 0
+        other.compile_seconds = 0.0
         other._hyper = _hyper(seed, learning_rate, self.replicated)
         return other
 
@@ -212,7 +216,9 @@ class Trainer:
         lowered = self.lower_stage(state, images, labels, trainable=trainable, bn_train=bn_train)
         self._train_steps[key] = lowered.compile()
         self._compiled += 1
-        return time.perf_counter() - t
+        seconds = time.perf_counter() - t
+        self.compile_seconds += seconds
+        return seconds
 
     def train_step(
         self,
@@ -293,6 +299,21 @@ class Trainer:
         logits = self.model.apply(variables, normalize(images, self.compute_dtype))
         return probabilities(logits, self.multilabel)
 
+    def compile_eval(self, state: TrainState, images: jax.Array) -> float:
+        """Compiles the eval step for batches shaped like ``images``; its seconds (0 if done).
+
+        Ahead of time, so that its cost is counted as compilation, not as
+        the epoch's time (records report the two apart).
+        """
+        key = (images.shape, images.dtype)
+        if key in self._eval_steps:
+            return 0.0
+        t = time.perf_counter()
+        self._eval_steps[key] = self._eval_step.lower(state.variables, images).compile()
+        seconds = time.perf_counter() - t
+        self.compile_seconds += seconds
+        return seconds
+
     def predict(self, state: TrainState, batches) -> np.ndarray:
         """Probabilities for every real (unmasked) example of ``batches``, in order.
 
@@ -302,7 +323,9 @@ class Trainer:
         """
         out = []
         for batch in batches:
-            probs = self._eval_step(state.variables, self.shard_batch(batch["image"]))
+            x = self.shard_batch(batch["image"])
+            self.compile_eval(state, x)
+            probs = self._eval_steps[(x.shape, x.dtype)](state.variables, x)
             probs = _gather(probs)
             mask = _gather_host(np.asarray(batch["mask"]))
             out.append(probs[mask])
