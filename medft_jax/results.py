@@ -26,8 +26,9 @@ Record schema (``medft_jax.fit.run_one`` writes it; keys a reader relies on):
     One dict per trained epoch, in order: ``epoch`` (0-based),
     ``train_loss``, ``val`` (the metrics dict of
     :func:`medft_jax.metrics.compute_metrics` on the validation split),
-    ``seconds`` (training and validation, compilation excluded), ``images_per_s``, ``trainable_blocks`` (block names that
-    trained), ``improved`` and ``stop`` (the early-stopping decision).
+    ``seconds`` (training and validation, compilation excluded),
+    ``images_per_s``, ``trainable_blocks`` (block names that trained),
+    ``improved`` and ``stop`` (the early-stopping decision).
 ``best_epoch``
     The epoch whose parameters were kept (best validation primary metric).
 ``val``
