@@ -196,9 +196,11 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
             }
         )
         print(f"rung at {budget} epoch(s): " + ", ".join(f"{a.label} {a.score:.4f}" for a in alive))
-        if len(alive) == 1:
+        if budget >= max_epochs:
             break
-        alive = survivors(alive, args.eta) if budget < max_epochs else survivors(alive, len(alive))
+        alive = survivors(alive, args.eta)
+        if len(alive) == 1:  # the pick: no need to train it further here
+            break
     pick = survivors(alive, len(alive))[0]
     return {
         "dataset": first.dataset,
