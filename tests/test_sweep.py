@@ -237,6 +237,14 @@ def test_report_numbers_are_the_records(two_shards, tmp_path):
     assert set(got) == set(expected)
     for key, (mean, se) in expected.items():
         assert got[key] == pytest.approx((mean, se), rel=1e-9, abs=1e-12)
+    # One arch: bold (best per arch) and underline (best overall) both mark the best shown mean.
+    for metric in ("accuracy", "auroc"):
+        shown = {s: round(100 * expected[(s, metric)][0], 2) for s in ("ft", "lp")}
+        best = {s for s, v in shown.items() if v == max(shown.values())}
+        for row in rows:
+            if row["metric"] == metric:
+                marked = row["strategy"] in best
+                assert (row["bold"], row["underline"]) == (str(marked), str(marked)), row
     # Table 12 by hand: does LP beat FT by more than 0.1 % (relative) on the primary metric?
     ft, lp = expected[("ft", "accuracy")][0], expected[("lp", "accuracy")][0]
     beats = 100 * (lp - ft) / ft > 0.1
