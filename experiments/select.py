@@ -133,11 +133,12 @@ def _arms(args: argparse.Namespace) -> tuple[Any, list[Arm], int]:
                 f"--only: select works on one {axis}; the selection has {len(values)} "
                 f"({', '.join(values)}): add --only {axis}=..."
             )
-    seed = args.seed if args.seed is not None else min(c.seed for c in runs)
+    first_seed = min(c.seed for c in runs)
+    seed = args.seed if args.seed is not None else first_seed
     arms = [
         Arm(c.strategy, c.lr, dataclasses.replace(c, seed=seed))
         for c in runs
-        if c.seed == min(x.seed for x in runs)
+        if c.seed == first_seed
     ]
     return g, arms, runs[0].epochs
 
