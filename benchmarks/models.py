@@ -5,7 +5,8 @@
 For each arch and setting (64 px batch 32; 224 px batch 16) it measures
 images/s of an inference forward pass and of one training step (forward in
 train mode, cross-entropy, backward, Adam update) in JAX (jit-compiled,
-donated buffers) and in PyTorch (eager, the same threads), side by side in
+donated buffers) and in PyTorch (eager, the same threads; on the GPU when
+torch sees one), side by side in
 one process, and prints the JAX/PyTorch ratio. Compilation and warm-up are
 excluded; the median over ``--steps`` timed repetitions is reported.
 """
@@ -86,21 +87,26 @@ def torch_fns(arch: str, size: int, batch: int):
     import torch
     import torchvision
 
-    model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, NUM_CLASSES, (batch,))
+    # The same kind of device JAX runs on: a GPU when torch sees one.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES).to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def run_forward():
         model.eval()
         with torch.inference_mode():
             model(x)
+        sync()
 
     def run_train():
         model.train()
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
+        sync()
 
     return run_forward, run_train
 
@@ -120,7 +126,9 @@ def main() -> None:
     print(
         f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].device_kind}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}, "
+        f"cudnn tf32 {torch.backends.cudnn.allow_tf32})"
     )
     print("| arch | px | batch | mode | JAX img/s | PyTorch img/s | JAX/PyTorch |")
     print("|---|---|---|---|---|---|---|")
