@@ -28,7 +28,7 @@ SETTINGS = ((64, 32), (224, 16))  # (image size, batch)
 NUM_CLASSES = 10
 
 
-def _median_seconds(fn, steps: int) -> float:
+def median_seconds(fn, steps: int) -> float:
     fn()  # warm-up (and compilation)
     fn()
     times = []
@@ -138,8 +138,8 @@ def main() -> None:
             jf, jt = jax_fns(arch, size, batch)
             tf, tt = torch_fns(arch, size, batch)
             for mode, jfn, tfn in (("forward", jf, tf), ("train step", jt, tt)):
-                j = batch / _median_seconds(jfn, args.steps)
-                t = batch / _median_seconds(tfn, args.steps)
+                j = batch / median_seconds(jfn, args.steps)
+                t = batch / median_seconds(tfn, args.steps)
                 print(
                     f"| {arch} | {size} | {batch} | {mode} | {j:.1f} | {t:.1f} | {j / t:.2f} |",
                     flush=True,

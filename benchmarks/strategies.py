@@ -11,7 +11,8 @@ time, so the ratio to FT is the ratio of step times. FT is measured first
 and again last, and the faster of the two is the reference, so a
 disturbance at either end shows up as a gap between them. Goals: LP <= 0.35x FT
 (its backbone runs forward-only), and each gradual-unfreezing stage costing
-more as its trainable depth grows.
+more as its trainable depth grows. Last, FT's step as one fused program
+(``benchmarks/models.py``'s) against the Trainer's two programs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 
 import jax
 import numpy as np
+from models import jax_fns, median_seconds  # benchmarks/models.py, beside this script
 
 from medft_jax import strategies
 from medft_jax.models import create, get_arch, init_variables
@@ -96,6 +98,15 @@ def main() -> None:
     ft = min(sec for name, _, sec in rows if name == "ft")
     for name, label, sec in rows:
         print(f"| {name} | {label} | {sec:.3f} | {sec / ft:.2f} |")
+    # The Trainer runs a step as two programs (gradients, then the update) so
+    # that strategies share the gradient program; a single fused jit of the
+    # same FT step is the reference for what that split costs.
+    _, fused_step = jax_fns(args.arch, args.image_size, args.batch)
+    fused = median_seconds(fused_step, args.steps)
+    print(
+        f"\nFT as one fused program (benchmarks/models.py's train step): {fused:.3f} s/step; "
+        f"the Trainer's two programs: {ft:.3f} s/step = {ft / fused:.2f}x fused"
+    )
 
 
 if __name__ == "__main__":
