@@ -11,9 +11,27 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def pytest_configure(config):
-    """One XLA compilation cache for the session: tests compile the same programs often."""
+    """One XLA compilation cache for the session: tests compile the same programs often.
+
+    The controlling process makes it and puts it in the environment, so the
+    xdist workers and every subprocess a test starts (sweep shards, the
+    parallel workers, the command lines) share it: a program compiled once
+    in the session is loaded, not compiled, everywhere else.
+    """
     import tempfile
 
     from medft_jax.runtime import enable_compilation_cache
 
-    enable_compilation_cache(tempfile.mkdtemp(prefix="medft-xla-cache-"))
+    if "MEDFT_TEST_XLA_CACHE" not in os.environ:  # the controller, or a run without xdist
+        config.medft_cache_owned = tempfile.mkdtemp(prefix="medft-xla-cache-")
+        os.environ["MEDFT_TEST_XLA_CACHE"] = config.medft_cache_owned
+    os.environ["MEDFT_JAX_CACHE"] = os.environ["MEDFT_TEST_XLA_CACHE"]
+    enable_compilation_cache()
+
+
+def pytest_unconfigure(config):
+    owned = getattr(config, "medft_cache_owned", None)
+    if owned:
+        import shutil
+
+        shutil.rmtree(owned, ignore_errors=True)

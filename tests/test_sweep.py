@@ -47,8 +47,8 @@ def _grid_file(folder: Path, name: str, **axes) -> Path:
     return path
 
 
-def _sweep(config: Path, out: Path, *flags: str, cache: Path) -> subprocess.Popen:
-    env = {**os.environ, "MEDFT_JAX_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
+def _sweep(config: Path, out: Path, *flags: str) -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the session's compilation cache
     return subprocess.Popen(
         [
             sys.executable,
@@ -71,11 +71,6 @@ def _sweep(config: Path, out: Path, *flags: str, cache: Path) -> subprocess.Pope
 def _ran(log: str) -> list[str]:
     """Run names a sweep's log says it trained."""
     return [line.split("] ")[1].split(":")[0] for line in log.splitlines() if ": done in" in line]
-
-
-@pytest.fixture(scope="session")
-def xla_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("sweep-xla")
 
 
 # --- the grid by hand ----------------------------------------------------------------------------
@@ -186,14 +181,14 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def two_shards(tmp_path_factory, xla_cache):
+def two_shards(tmp_path_factory):
     """A 2 strategies x 2 lrs x 2 seeds grid run by two shard processes at once."""
     folder = tmp_path_factory.mktemp("shards")
     config = _grid_file(
         folder, "tiny", strategies=("ft", "lp"), lrs=(1e-3, 1e-4), seeds=(0, 1), epochs=1
     )
     out = folder / "runs"
-    procs = [_sweep(config, out, "--shard", f"{i}/2", cache=xla_cache) for i in range(2)]
+    procs = [_sweep(config, out, "--shard", f"{i}/2") for i in range(2)]
     logs = []
     for p in procs:
         log, _ = p.communicate(timeout=900)
@@ -257,13 +252,13 @@ def test_report_numbers_are_the_records(two_shards, tmp_path):
         assert f.stat().st_size > 1000 and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_killed_sweep_restarts_where_it_stopped(tmp_path, xla_cache):
+def test_killed_sweep_restarts_where_it_stopped(tmp_path):
     """Kill a sweep after its first record; the report marks what is missing; a restart ends it."""
     config = _grid_file(
         tmp_path, "lp3", strategies=("lp", "ft"), lrs=(1e-3, 1e-4, 1e-5), seeds=(0,), epochs=2
     )
     out = tmp_path / "runs"
-    proc = _sweep(config, out, cache=xla_cache)
+    proc = _sweep(config, out)
     deadline = time.monotonic() + 600
     while not list(out.rglob("record.json")):
         assert proc.poll() is None and time.monotonic() < deadline, "sweep ended early"
@@ -283,7 +278,7 @@ def test_killed_sweep_restarts_where_it_stopped(tmp_path, xla_cache):
     assert "—" in ft_row and "0.00" not in ft_row
     assert "†" in lp_row and "1 of 3" in table
 
-    proc = _sweep(config, out, "--only", "strategy=lp", cache=xla_cache)
+    proc = _sweep(config, out, "--only", "strategy=lp")
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-3000:]
     assert "done, skipped" in log and len(_ran(log)) == 2

@@ -90,6 +90,7 @@ def test_one_compilation_per_stage(resnet):
 
 def test_non_finite_loss_stops_the_run(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(train, "classification_loss", lambda *a: jnp.float32(jnp.nan))
+    monkeypatch.setattr(train, "_GRAD_PROGRAMS", {})  # not the programs of the real loss
     demo = load_demo(seed=0, image_size=32, sizes={"train": 16, "val": 8, "test": 8})
     config = fit.RunConfig(strategy="lp", weights="none", epochs=1, batch_size=8, image_size=32)
     with pytest.raises(

@@ -1,0 +1,97 @@
+"""Successive halving against the full grid, side by side in one run.
+
+    python benchmarks/select_vs_grid.py --config experiments/configs/quick.py \\
+        --work /tmp/select_vs_grid [--grid-runs runs/quick]
+
+Runs the grid (``experiments.sweep``; skipped where ``--grid-runs`` already
+holds its records), then ``experiments.select`` for every arch of the
+grid into a fresh folder, and prints per arch: the pick, the grid's winner
+(best mean validation metric over seeds at its chosen learning rate), and
+the fraction of the grid's epochs and device-seconds (training and
+validation, compilation excluded) that the selection spent. The issue's
+goal: the same pick at <= 1/4 of the grid's cost. Wall times are printed
+too; they include compilation, which the two share through the process's
+compiled programs and the persistent compilation cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from experiments import select as select_cli
+from experiments import sweep as sweep_cli
+from medft_jax import grid as grid_lib
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="experiments/configs/quick.py")
+    p.add_argument("--work", default="/tmp/medft_select_vs_grid", help="scratch folder")
+    p.add_argument("--grid-runs", help="records of the grid already run (else it is run here)")
+    p.add_argument("--eta", type=int, default=3)
+    p.add_argument("--min-epochs", type=int, default=1)
+    args = p.parse_args()
+    work = Path(args.work)
+    grid_runs = Path(args.grid_runs) if args.grid_runs else work / "grid"
+    grid_wall = None
+    if not args.grid_runs:
+        t = time.perf_counter()
+        rc = sweep_cli.main(["--config", args.config, "--out", str(grid_runs)])
+        grid_wall = time.perf_counter() - t
+        if rc:
+            raise SystemExit(f"the grid's sweep failed (exit {rc})")
+    g = grid_lib.load_grid(args.config)
+    rows = []
+    for dataset in g.datasets:
+        for arch in g.archs:
+            out = work / "select" / f"{dataset}-{arch}"
+            shutil.rmtree(out, ignore_errors=True)
+            outcome_file = work / f"select-{dataset}-{arch}.json"
+            t = time.perf_counter()
+            rc = select_cli.main(
+                [
+                    "--config",
+                    args.config,
+                    "--only",
+                    f"dataset={dataset},arch={arch}",
+                    "--out",
+                    str(out),
+                    "--grid-runs",
+                    str(grid_runs),
+                    "--eta",
+                    str(args.eta),
+                    "--min-epochs",
+                    str(args.min_epochs),
+                    "--json",
+                    str(outcome_file),
+                ]
+            )
+            wall = time.perf_counter() - t
+            if rc:
+                raise SystemExit(f"select failed for {dataset}/{arch} (exit {rc})")
+            rows.append((dataset, arch, json.loads(outcome_file.read_text()), wall))
+    print(
+        f"\n# {args.config}: eta {args.eta}, first rung {args.min_epochs} epoch(s)"
+        + (f"; grid wall time {grid_wall / 60:.1f} min" if grid_wall is not None else "")
+    )
+    print("| dataset | arch | pick | grid's winner (val) | same? | epochs | device-s | wall |")
+    print("|---|---|---|---|---|--:|--:|--:|")
+    for dataset, arch, o, wall in rows:
+        gr, pick = o["grid"], o["pick"]
+        win = gr.get("winner_by_val", {})
+        print(
+            f"| {dataset} | {arch} | {pick['strategy']} @ {pick['lr']:g} "
+            f"| {win.get('strategy', '-')} @ {win.get('lr', float('nan')):g} "
+            f"| {'yes' if gr.get('same_strategy_and_lr') else 'no'} "
+            f"| {o['cost']['epochs']}/{gr['epochs']} = {gr['fraction_epochs']:.0%} "
+            f"| {o['cost']['seconds']:.0f}/{gr['seconds']:.0f} = {gr['fraction_seconds']:.0%} "
+            f"| {wall / 60:.1f} min |"
+        )
+
+
+if __name__ == "__main__":
+    main()
