@@ -188,7 +188,15 @@ def two_shards(tmp_path_factory):
         folder, "tiny", strategies=("ft", "lp"), lrs=(1e-3, 1e-4), seeds=(0, 1), epochs=1
     )
     out = folder / "runs"
-    procs = [_sweep(config, out, "--shard", f"{i}/2") for i in range(2)]
+    # Shard 1 starts once shard 0 has finished a run, so it loads the programs
+    # shard 0 compiled from the session's compilation cache instead of
+    # compiling them too; the two then train side by side.
+    procs = [_sweep(config, out, "--shard", "0/2")]
+    deadline = time.monotonic() + 600
+    while not list(out.rglob("record.json")) and procs[0].poll() is None:
+        assert time.monotonic() < deadline, "shard 0 finished no run in 10 minutes"
+        time.sleep(0.5)
+    procs.append(_sweep(config, out, "--shard", "1/2"))
     logs = []
     for p in procs:
         log, _ = p.communicate(timeout=900)

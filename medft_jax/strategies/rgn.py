@@ -36,12 +36,12 @@ class RGNState(NamedTuple):
 
     count: jax.Array
     """Updates made so far (int32); with ``steps_per_epoch`` it gives epoch and step in epoch."""
-    accumulated: PyTree
-    """Per tensor: sum of RGN over the estimation steps of the current epoch so far."""
-    held: PyTree
-    """Per tensor: the multipliers of the last finished estimate (applied after it)."""
+    accumulated: jax.Array
+    """Per tensor, in leaf order (a vector): RGN summed over this epoch's estimation steps."""
+    held: jax.Array
+    """Per tensor, in leaf order (a vector): the multipliers of the last finished estimate."""
     applied: PyTree
-    """Per tensor: the multipliers applied by the last update (for logging)."""
+    """Per tensor (a scalar per leaf): the multipliers applied by the last update (for logging)."""
     inner_state: optax.OptState
 
 
@@ -68,11 +68,17 @@ def normalise_by_max(values: PyTree) -> PyTree:
     leaves, treedef = jax.tree.flatten(values)
     if not leaves:
         return values
-    v = jax.lax.optimization_barrier(jnp.stack(leaves))
+    return jax.tree.unflatten(treedef, list(_normalise(_stack(leaves))))
+
+
+def _stack(leaves: list[jax.Array]) -> jax.Array:
+    return jax.lax.optimization_barrier(jnp.stack(leaves))
+
+
+def _normalise(v: jax.Array) -> jax.Array:
     top = jnp.max(v)
     safe = jnp.where(top > 0, top, 1.0)
-    out = jnp.where((top > 0) & (v < top), jnp.minimum(v / safe, 1.0), 1.0)
-    return jax.tree.unflatten(treedef, list(out))
+    return jnp.where((top > 0) & (v < top), jnp.minimum(v / safe, 1.0), 1.0)
 
 
 def scale_by_rgn(
@@ -110,10 +116,11 @@ def scale_by_rgn(
         return jax.tree.map(lambda _: jnp.full((), value, jnp.float32), params)
 
     def init_fn(params: PyTree) -> RGNState:
+        n = len(jax.tree.leaves(params))
         return RGNState(
             count=jnp.zeros((), jnp.int32),
-            accumulated=scalars(params, 0.0),
-            held=scalars(params, 1.0),
+            accumulated=jnp.zeros((n,), jnp.float32),
+            held=jnp.ones((n,), jnp.float32),
             applied=scalars(params, 1.0),
             inner_state=inner.init(params),
         )
@@ -123,31 +130,30 @@ def scale_by_rgn(
     ) -> tuple[PyTree, RGNState]:
         if params is None:
             raise ValueError("scale_by_rgn needs the params: call tx.update(grads, state, params)")
-        rgn = relative_gradient_norms(updates, params, eps)
-        current = normalise_by_max(rgn)
+        # The per-tensor bookkeeping runs on one vector (a handful of ops),
+        # not on a scalar per tensor (hundreds of tiny ops that XLA compiles
+        # one by one: seconds per architecture on a CPU).
+        leaves, treedef = jax.tree.flatten(relative_gradient_norms(updates, params, eps))
+        rgn = _stack(leaves)
+        current = _normalise(rgn)
         if per_step:
             multipliers, accumulated, held = current, state.accumulated, state.held
         else:
             epoch, pos = state.count // spe, state.count % spe
             estimating = pos < k
-            accumulated = jax.tree.map(
-                lambda a, r: jnp.where(pos == 0, 0.0, a) + jnp.where(estimating, r, 0.0),
-                state.accumulated,
-                rgn,
+            accumulated = jnp.where(pos == 0, 0.0, state.accumulated) + jnp.where(
+                estimating, rgn, 0.0
             )
-            use_current = estimating & (epoch == 0)
-            multipliers = jax.tree.map(
-                lambda c, h: jnp.where(use_current, c, h), current, state.held
-            )
-            estimate = normalise_by_max(jax.tree.map(lambda a: a / k, accumulated))
-            held = jax.tree.map(lambda e, h: jnp.where(pos == k - 1, e, h), estimate, state.held)
+            multipliers = jnp.where(estimating & (epoch == 0), current, state.held)
+            held = jnp.where(pos == k - 1, _normalise(accumulated / k), state.held)
+        applied = jax.tree.unflatten(treedef, list(multipliers))
         new_updates, inner_state = inner.update(updates, state.inner_state, params)
-        new_updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), new_updates, multipliers)
+        new_updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), new_updates, applied)
         return new_updates, RGNState(
             count=optax.safe_increment(state.count),
             accumulated=accumulated,
             held=held,
-            applied=multipliers,
+            applied=applied,
             inner_state=inner_state,
         )
 
