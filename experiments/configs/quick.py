@@ -4,9 +4,8 @@
     python -m experiments.report --runs runs/quick --out report/quick
 
 64 runs (1 task x 2 archs x 8 strategies x 2 learning rates x 2 seeds):
-37 minutes on a 2-core CPU with a cold compilation cache, 16 of them
-compiling (DenseNet-121's steps are slow to compile on CPU); 23 once
-the compilation cache holds the programs (benchmarks/RESULTS.md). It is
+26 minutes on a 2-core CPU with a cold compilation cache, 7.6 of them
+compiling train steps (benchmarks/RESULTS.md). It is
 enough to see the whole pipeline, tables and figures work, not to rank
 strategies (random-init weights unless ported ImageNet weights are cached,
 synthetic images, 2 epochs). LP-FT's head-only phase and the gradual
