@@ -21,6 +21,14 @@ from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
 WEIGHTS_CHOICES = ("auto", "imagenet", "none")
 
+_UNAVAILABLE: dict[str, str] = {}
+"""Archs whose ImageNet weights could not be ported in this process, and why.
+
+A sweep resolves ``auto`` once per run; on an offline node each attempt
+would try the download again (a network timeout per run) and print the
+same warning. The first failure is remembered instead.
+"""
+
 
 def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
     """``(variables or None, what was used)`` for a ``--weights`` value."""
@@ -30,9 +38,14 @@ def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
         import weights_port
 
         cached = weights_port.default_checkpoint(arch)
+        if not cached.exists() and arch in _UNAVAILABLE:
+            if weights == "imagenet":
+                raise CheckpointError(f"--weights imagenet: {_UNAVAILABLE[arch]}")
+            return None, "none (ImageNet weights unavailable)"
         try:
             path = cached if cached.exists() else weights_port.port_imagenet(arch)
         except weights_port.PortError as e:
+            _UNAVAILABLE[arch] = str(e)
             if weights == "imagenet":
                 raise CheckpointError(f"--weights imagenet: {e}") from None
             print(

@@ -11,7 +11,7 @@ import pytest
 
 import weights_port
 from experiments.run import main
-from medft_jax import fit, strategies
+from medft_jax import fit, pretrained, strategies
 from medft_jax.data.demo import load_demo
 from medft_jax.model_checkpoint import load_model
 from medft_jax.models import create, get_arch, init_variables
@@ -122,6 +122,7 @@ def test_resume_writes_the_uninterrupted_record(ported, demo, tmp_path):
 def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(weights_port, "port_imagenet", _offline)
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
     argv = ["--strategy", "lp", "--epochs", "1", "--out", str(tmp_path / "runs"), "--no-progress"]
     assert main(argv) == 0
     cap = capsys.readouterr()
@@ -134,6 +135,28 @@ def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
 
 def _offline(arch):
     raise weights_port.PortError("cannot download (offline?)")
+
+
+def test_unavailable_weights_are_tried_and_reported_once(tmp_path, capsys, monkeypatch):
+    """A sweep's runs on an offline node: one download attempt and one warning per arch."""
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    tries = []
+    monkeypatch.setattr(
+        weights_port, "port_imagenet", lambda arch: tries.append(arch) or _offline(arch)
+    )
+    for _ in range(3):
+        assert pretrained.resolve("auto", "resnet50") == (
+            None,
+            "none (ImageNet weights unavailable)",
+        )
+    assert tries == ["resnet50"]
+    assert capsys.readouterr().err.count("TRAINING FROM RANDOM INITIALISATION") == 1
+    with pytest.raises(pretrained.CheckpointError, match=r"^--weights imagenet: cannot download"):
+        pretrained.resolve("imagenet", "resnet50")
+    assert tries == ["resnet50"]
+    pretrained.resolve("auto", "densenet121")  # another arch is tried on its own
+    assert tries == ["resnet50", "densenet121"]
 
 
 @pytest.mark.parametrize(
