@@ -254,14 +254,16 @@ class Trainer:
         """One update; ``trainable`` (a bool pytree like the params) is the stage's mask.
 
         Frozen parameters are passed through untouched (bit-identical), and
-        get no gradient computation at all. ``state`` is donated.
+        get no gradient computation at all. ``state`` is donated (its trained
+        parameters, optimizer state and step are rewritten in place).
         """
         self.compile_stage(state, images, labels, trainable=trainable, bn_train=bn_train)
-        grad, update = self._train_steps[_stage_key(trainable, bn_train)]
+        key = _stage_key(trainable, bn_train)
+        grad, update = self._train_steps[key]
         loss, grads, batch_stats = grad(
             state.params, state.batch_stats, state.step, images, labels, self._hyper["rng"]
         )
-        mask = _stage_key(trainable, bn_train)[0]
+        mask = key[0]
         trained, frozen, treedef = _split(state.params, mask)
         trained, opt_state, step = update(
             trained, frozen, state.opt_state, state.step, grads, self._hyper.get("lr")
