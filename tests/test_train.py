@@ -180,3 +180,48 @@ def test_trainer_with_hyper_shares_compiled_steps(resnet):
     assert (first.num_compilations, shared.num_compilations, fresh.num_compilations) == (1, 0, 1)
     np.testing.assert_array_equal(a.params["fc"]["kernel"], b.params["fc"]["kernel"])
     assert not np.array_equal(a.params["fc"]["kernel"], variables["params"]["fc"]["kernel"])
+
+
+def test_strategies_share_the_gradient_program_and_match_one_fused_step(resnet, monkeypatch):
+    """Two trainers of one model share the gradient program; the split step is the plain one."""
+    model, variables = resnet
+    monkeypatch.setattr(train, "_GRAD_PROGRAMS", {})
+    adam = Trainer(model, optax.adam(1e-3), multilabel=False)
+    sgd = Trainer(model, optax.sgd(0.1), multilabel=False)
+    x_host = np.arange(4 * 32 * 32 * 3, dtype=np.uint8).reshape(4, 32, 32, 3)
+    y_host = np.array([0, 1, 1, 0], np.int32)
+    x, y = adam.shard_batch(x_host), adam.shard_batch(y_host)
+    mask = jax.tree.map(lambda _: True, variables["params"])
+    state, loss = adam.train_step(adam.init_state(variables), x, y, trainable=mask, bn_train=True)
+    sgd.compile_stage(sgd.init_state(variables), x, y, trainable=mask, bn_train=True)
+    key = train._stage_key(mask, True)
+    assert len(train._GRAD_PROGRAMS) == 1
+    assert sgd._train_steps[key][0] is adam._train_steps[key][0]
+    assert sgd._train_steps[key][1] is not adam._train_steps[key][1]
+
+    # The same step as one program: value_and_grad of the same loss, then Adam.
+    tx = optax.adam(1e-3)
+
+    @jax.jit
+    def fused(params, stats, images, labels):
+        def loss_fn(p):
+            logits, new = model.apply(
+                {"params": p, "batch_stats": stats},
+                train.normalize(images, jnp.float32),
+                bn_train=True,
+                deterministic=False,
+                mutable=["batch_stats"],
+            )
+            return train.classification_loss(logits, labels, False), new["batch_stats"]
+
+        (value, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return optax.apply_updates(params, updates), new_stats, value
+
+    params, stats, value = fused(variables["params"], variables["batch_stats"], x_host, y_host)
+    np.testing.assert_allclose(loss, value, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(stats), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert int(state.step) == 1
