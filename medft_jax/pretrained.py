@@ -37,23 +37,22 @@ def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
     if weights in ("auto", "imagenet"):
         import weights_port
 
-        cached = weights_port.default_checkpoint(arch)
-        if not cached.exists() and arch in _UNAVAILABLE:
+        path = weights_port.default_checkpoint(arch)
+        if not path.exists() and arch not in _UNAVAILABLE:
+            try:
+                path = weights_port.port_imagenet(arch)
+            except weights_port.PortError as e:
+                _UNAVAILABLE[arch] = str(e)
+                if weights == "auto":  # warned once, when first found missing
+                    print(
+                        f"WARNING: no ImageNet weights for {arch} ({e}); TRAINING FROM RANDOM "
+                        "INITIALISATION. Port them with: python -m weights_port --download "
+                        f"--arch {arch}",
+                        file=sys.stderr,
+                    )
+        if not path.exists():
             if weights == "imagenet":
-                raise CheckpointError(f"--weights imagenet: {_UNAVAILABLE[arch]}")
-            return None, "none (ImageNet weights unavailable)"
-        try:
-            path = cached if cached.exists() else weights_port.port_imagenet(arch)
-        except weights_port.PortError as e:
-            _UNAVAILABLE[arch] = str(e)
-            if weights == "imagenet":
-                raise CheckpointError(f"--weights imagenet: {e}") from None
-            print(
-                f"WARNING: no ImageNet weights for {arch} ({e}); TRAINING FROM RANDOM "
-                "INITIALISATION. Port them with: python -m weights_port --download --arch "
-                f"{arch}",
-                file=sys.stderr,
-            )
+                raise CheckpointError(f"--weights imagenet: {_UNAVAILABLE.get(arch, path)}")
             return None, "none (ImageNet weights unavailable)"
         variables, _ = load_model(path)
         return variables, f"imagenet ({path})"

@@ -221,6 +221,15 @@ class Trainer:
         if key in self._train_steps:
             return 0.0
         t = time.perf_counter()
+        self._build_stage(key, state, images, labels)
+        seconds = time.perf_counter() - t
+        self.compile_seconds += seconds
+        return seconds
+
+    def _build_stage(
+        self, key: tuple, state: TrainState, images: jax.Array, labels: jax.Array
+    ) -> tuple[Any, Any]:
+        """The stage's compiled (gradient, update) programs, built and kept."""
         mask, bn_key = key
         _check_mask(state.params, mask)
         grad_key = (
@@ -238,9 +247,7 @@ class Trainer:
         update = self._lower_update(state, grad.out_info[1], mask).compile()
         self._train_steps[key] = (grad, update)
         self._compiled += 1
-        seconds = time.perf_counter() - t
-        self.compile_seconds += seconds
-        return seconds
+        return grad, update
 
     def train_step(
         self,
@@ -257,9 +264,13 @@ class Trainer:
         get no gradient computation at all. ``state`` is donated (its trained
         parameters, optimizer state and step are rewritten in place).
         """
-        self.compile_stage(state, images, labels, trainable=trainable, bn_train=bn_train)
-        key = _stage_key(trainable, bn_train)
-        grad, update = self._train_steps[key]
+        key = _stage_key(trainable, bn_train)  # once per step: it walks the whole mask
+        programs = self._train_steps.get(key)
+        if programs is None:
+            t = time.perf_counter()
+            programs = self._build_stage(key, state, images, labels)
+            self.compile_seconds += time.perf_counter() - t
+        grad, update = programs
         loss, grads, batch_stats = grad(
             state.params, state.batch_stats, state.step, images, labels, self._hyper["rng"]
         )
