@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/medft_select_vs_grid", help="scratch folder")
     p.add_argument("--grid-runs", help="records of the grid already run (else it is run here)")
     p.add_argument("--eta", type=int, default=3)
-    p.add_argument("--min-epochs", type=int, default=1)
+    p.add_argument("--min-epochs", type=float, default=0.5)
     args = p.parse_args()
     work = Path(args.work)
     grid_runs = Path(args.grid_runs) if args.grid_runs else work / "grid"
@@ -75,7 +75,7 @@ def main() -> None:
                 raise SystemExit(f"select failed for {dataset}/{arch} (exit {rc})")
             rows.append((dataset, arch, json.loads(outcome_file.read_text()), wall))
     print(
-        f"\n# {args.config}: eta {args.eta}, first rung {args.min_epochs} epoch(s)"
+        f"\n# {args.config}: eta {args.eta}, first rung {args.min_epochs:g} epoch(s)"
         + (f"; grid wall time {grid_wall / 60:.1f} min" if grid_wall is not None else "")
     )
     print("| dataset | arch | pick | grid's winner (val) | same? | epochs | device-s | wall |")
@@ -87,7 +87,7 @@ def main() -> None:
             f"| {dataset} | {arch} | {pick['strategy']} @ {pick['lr']:g} "
             f"| {win.get('strategy', '-')} @ {win.get('lr', float('nan')):g} "
             f"| {'yes' if gr.get('same_strategy_and_lr') else 'no'} "
-            f"| {o['cost']['epochs']}/{gr['epochs']} = {gr['fraction_epochs']:.0%} "
+            f"| {o['cost']['epochs']:g}/{gr['epochs']} = {gr['fraction_epochs']:.0%} "
             f"| {o['cost']['seconds']:.0f}/{gr['seconds']:.0f} = {gr['fraction_seconds']:.0%} "
             f"| {wall / 60:.1f} min |"
         )

@@ -5,11 +5,17 @@
 
 The arms are the grid's strategies x learning rates for one dataset and
 arch, at one seed. Every arm trains ``--min-epochs`` epochs; the best
-``1/eta`` of them by validation primary metric (best epoch so far)
-continue to ``eta`` times as many epochs, and so on, until one arm is left
-or the survivors reach the grid's maximum epochs. Arms are not restarted
-between rungs: each continues from its own checkpoint, so an epoch is
-never trained twice, and an arm that early-stops keeps its score.
+``1/eta`` of them by validation primary metric (the best validation so
+far) continue to ``eta`` times as many epochs, and so on, until one arm is
+left or the survivors reach the grid's maximum epochs. Arms are not
+restarted between rungs: each continues from its own checkpoint, so a
+batch is never trained twice, and an arm that early-stops keeps its score.
+
+Budgets are counted in train steps, so a rung may end inside an epoch
+(``--min-epochs 0.5``): the arm is validated there and later resumes at
+the next batch of that epoch. On short grids this is what keeps the first
+rung cheap: with whole epochs, a grid of 2-epoch runs spends half of every
+arm's run on the first rung alone.
 
 The pick and its cost (epochs and device-seconds actually trained) are
 printed; with ``--grid-runs`` (the records of the same grid run in full)
@@ -37,7 +43,7 @@ class Arm:
     lr: float
     config: Any
     score: float = math.nan
-    epochs: int = 0
+    epochs: float = 0.0
     seconds: float = 0.0
     finished: bool = False
     failed: str | None = None
@@ -64,13 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-runs", help="records of the full grid, to compare pick and cost with")
     p.add_argument("--data-dir", help="where prepared datasets live (default: the grid's)")
     p.add_argument("--seed", type=int, help="the one seed the arms use (default: the grid's first)")
-    p.add_argument("--min-epochs", type=int, default=1, help="epochs of the first rung")
+    p.add_argument(
+        "--min-epochs",
+        type=float,
+        default=1.0,
+        help="epochs of the first rung (fractions allowed: counted in train steps)",
+    )
     p.add_argument("--eta", type=int, default=3, help="keep 1/eta per rung; budgets grow eta-fold")
     p.add_argument("--json", help="also write the outcome to this JSON file")
     return p
 
 
-def rung_budgets(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
+def rung_budgets(min_epochs: float, eta: int, max_epochs: int) -> list[float]:
     """Epoch budgets of the rungs: min, min*eta, min*eta^2, ... capped at (and ending in) max."""
     budgets = [min(min_epochs, max_epochs)]
     while budgets[-1] < max_epochs:
@@ -98,8 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         g, arms, max_epochs = _arms(args)
-        if args.min_epochs < 1 or args.eta < 2:
-            raise grid_lib.GridError("--min-epochs must be >= 1 and --eta >= 2")
+        if not args.min_epochs > 0 or args.eta < 2:
+            raise grid_lib.GridError(
+                f"--min-epochs must be > 0 (got {args.min_epochs:g}) and --eta >= 2 "
+                f"(got {args.eta})"
+            )
     except grid_lib.GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -145,9 +159,8 @@ def _arms(args: argparse.Namespace) -> tuple[Any, list[Arm], int]:
 
 def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -> dict[str, Any]:
     """Runs the rungs; returns the outcome (pick, rungs, cost)."""
-    from medft_jax.checkpoint import RunCheckpoints
+    from medft_jax.data import DataError
     from medft_jax.fit import load_dataset, run_one
-    from medft_jax.results import run_dir
     from medft_jax.runtime import enable_compilation_cache
     from medft_jax.train import NonFiniteLossError
 
@@ -156,10 +169,17 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
     dataset = load_dataset(
         first, args.data_dir or g.data_dir, **dict(g.dataset_options.get(first.dataset, {}))
     )
+    steps_per_epoch = dataset.steps_per_epoch(first.batch_size)
+    if args.min_epochs * steps_per_epoch < 1:
+        raise DataError(
+            f"--min-epochs {args.min_epochs:g} is under one train step: {first.dataset} has "
+            f"{steps_per_epoch} steps per epoch at batch size {first.batch_size}"
+        )
     alive = list(arms)
     trainers: dict[tuple, Any] = {}  # compiled steps shared by the arms of one strategy
     rungs = []
     for budget in rung_budgets(args.min_epochs, args.eta, max_epochs):
+        steps = round(budget * steps_per_epoch)
         for arm in alive:
             if arm.finished or arm.failed:
                 continue
@@ -169,34 +189,27 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
                     args.out,
                     dataset=dataset,
                     progress=False,
-                    stop_after_epoch=budget - 1,
+                    stop_after_steps=steps,
                     trainers=trainers,
                 )
             except NonFiniteLossError as e:
                 arm.failed = str(e)
                 continue
-            if record:
-                epochs, arm.finished = record["epochs"], True
-                metric = record["primary_metric"]
-            else:
-                progress = RunCheckpoints(run_dir(args.out, arm.config.to_dict())).read_progress()
-                epochs = progress["epochs"] if progress else []
-                metric = _primary(arm.config, dataset)
-            values = [e["val"].get(metric) for e in epochs]
-            finite = [v for v in values if v is not None and math.isfinite(v)]
-            arm.score = max(finite) if finite else math.nan
-            arm.epochs = len(epochs)
-            arm.seconds = float(sum(e["seconds"] for e in epochs))
+            _score(arm, record, args.out, dataset, steps_per_epoch)
         rungs.append(
             {
                 "epochs": budget,
+                "steps": steps,
                 "arms": [
                     {"arm": a.label, "score": a.score, "epochs": a.epochs, "failed": a.failed}
                     for a in alive
                 ],
             }
         )
-        print(f"rung at {budget} epoch(s): " + ", ".join(f"{a.label} {a.score:.4f}" for a in alive))
+        print(
+            f"rung at {budget:g} epoch(s), {steps} steps: "
+            + ", ".join(f"{a.label} {a.score:.4f}" for a in alive)
+        )
         if budget >= max_epochs:
             break
         alive = survivors(alive, args.eta)
@@ -218,6 +231,29 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
             "arms": len(arms),
         },
     }
+
+
+def _score(arm: Arm, record: dict[str, Any], out: str, dataset: Any, steps_per_epoch: int) -> None:
+    """Updates the arm from its record (finished) or its resume checkpoint (stopped).
+
+    The score is the best validation of the arm's epochs and of the partial
+    epoch it stopped in; its cost counts the steps and seconds of both.
+    """
+    from medft_jax.checkpoint import RunCheckpoints
+    from medft_jax.results import run_dir
+
+    if record:
+        epochs, partial, arm.finished = record["epochs"], None, True
+        metric = record["primary_metric"]
+    else:
+        progress = RunCheckpoints(run_dir(out, arm.config.to_dict())).read_progress() or {}
+        epochs, partial = progress.get("epochs", []), progress.get("partial")
+        metric = _primary(arm.config, dataset)
+    vals = [e["val"] for e in epochs] + ([partial["val"]] if partial else [])
+    finite = [v[metric] for v in vals if v.get(metric) is not None and math.isfinite(v[metric])]
+    arm.score = max(finite) if finite else math.nan
+    arm.epochs = len(epochs) + (partial["steps"] / steps_per_epoch if partial else 0)
+    arm.seconds = float(sum(e["seconds"] for e in epochs)) + (partial["seconds"] if partial else 0)
 
 
 def _primary(config: Any, dataset: Any) -> str:

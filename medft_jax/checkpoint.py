@@ -1,11 +1,12 @@
 """A run's checkpoints: the latest train state (to resume) and the best parameters.
 
-``<run_dir>/checkpoints/<epoch>/`` (orbax ``CheckpointManager``, the latest
-kept) holds the whole :class:`~medft_jax.train.TrainState` and a JSON
-``progress`` item: the per-epoch records so far, the early-stopping state,
-the best epoch, and the data iterator's state. Restarting a run restores
-both and continues from the next epoch, so it ends with the record an
-uninterrupted run writes.
+``<run_dir>/checkpoints/<step>/`` (orbax ``CheckpointManager``, the latest
+kept; ``step`` counts train steps) holds the whole
+:class:`~medft_jax.train.TrainState` and a JSON ``progress`` item: the
+per-epoch records so far, the early-stopping state, and, after a stop
+inside an epoch, that partial epoch (the data iterator's state, its losses
+and clocks). Restarting a run restores both and continues from the next
+batch, so it ends with the record an uninterrupted run writes.
 
 ``<run_dir>/best/`` is a model checkpoint (:mod:`medft_jax.model_checkpoint`,
 the weight port's format), so ``experiments.predict`` and ``weights_port
@@ -38,10 +39,10 @@ class RunCheckpoints:
             item_names=("state", "progress"),
         )
 
-    def save_latest(self, epoch: int, state: Any, progress: dict[str, Any]) -> None:
-        """Saves the train state after ``epoch`` with the JSON ``progress``."""
+    def save_latest(self, step: int, state: Any, progress: dict[str, Any]) -> None:
+        """Saves the train state after ``step`` train steps with the JSON ``progress``."""
         self._manager.save(
-            epoch,
+            step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(_host_copy(state)),
                 progress=ocp.args.JsonSave(progress),
@@ -53,7 +54,7 @@ class RunCheckpoints:
         # donates the device buffers of ``state``.
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
-        """``(state, progress)`` of the latest saved epoch, or None if there is none."""
+        """``(state, progress)`` of the latest save, or None if there is none."""
         step = self._manager.latest_step()
         if step is None:
             return None
@@ -68,7 +69,7 @@ class RunCheckpoints:
         return state, dict(restored["progress"])
 
     def read_progress(self) -> dict[str, Any] | None:
-        """The JSON ``progress`` of the latest saved epoch (no state restored), or None."""
+        """The JSON ``progress`` of the latest save (no state restored), or None."""
         step = self._manager.latest_step()
         if step is None:
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import shutil
 import time
 from pathlib import Path
@@ -83,7 +84,7 @@ def run_one(
     force: bool = False,
     progress: bool = True,
     eval_batch_size: int | None = None,
-    stop_after_epoch: int | None = None,
+    stop_after_steps: int | None = None,
     trainers: dict[tuple, Trainer] | None = None,
 ) -> dict[str, Any]:
     """Trains, evaluates and records one configuration; returns its record.
@@ -92,9 +93,15 @@ def run_one(
     differ only in seed, learning rate or initial weights then share one
     :class:`Trainer` and its compiled steps, instead of tracing them again.
 
-    ``stop_after_epoch`` ends the process's work after that epoch as if it
-    had been killed (for tests of resuming); the record is then not written
-    and ``{}`` is returned.
+    ``stop_after_steps`` ends this call once the run has trained that many
+    steps in all, as if it had been killed there, and returns ``{}`` (no
+    record is written): the budgets of successive halving, and tests of
+    resuming. A stop inside an epoch validates first and saves the partial
+    epoch (its batches seen, losses, clocks and that validation, under
+    ``progress["partial"]`` of the resume checkpoint); the next call
+    finishes the epoch where it stopped, so the run still ends with the
+    record an uninterrupted run writes. A partial epoch's validation never
+    counts for early stopping or the best epoch.
     """
     cfg = config.to_dict()
     run_dir = results.run_dir(out_dir, cfg)
@@ -176,11 +183,13 @@ def run_one(
     stopper = EarlyStopping(patience=config.patience, start_epoch=schedule.final_stage_epoch)
     epochs: list[dict[str, Any]] = []
     compile_seconds = 0.0
+    partial: dict[str, Any] | None = None  # the epoch a mid-epoch stop left unfinished
     if restored is not None:
         state, prog = restored
         epochs = list(prog["epochs"])
         stopper = EarlyStopping.from_state(prog["early_stopping"])
         compile_seconds = float(prog["compile_seconds"])
+        partial = prog.get("partial")
     best_meta = {
         "arch": config.arch,
         "num_classes": ds.num_classes,
@@ -191,6 +200,10 @@ def run_one(
         "source": f"run {run_dir.name}",
     }
     stop = bool(epochs) and bool(epochs[-1].get("stop"))
+    stop_at = math.inf if stop_after_steps is None else stop_after_steps
+    if len(epochs) * steps_per_epoch + (partial["steps"] if partial else 0) >= stop_at:
+        ckpts.close()
+        return {}
     best_variables = None
     for epoch in range(len(epochs), config.epochs):
         if stop:
@@ -198,15 +211,22 @@ def run_one(
         trainable = schedule.trainable_mask(variables["params"], epoch)
         bn_train = schedule.bn_train(epoch)
         it = ds.train_iter(config.batch_size, seed=config.seed, epoch=epoch, **shard)
+        # A resumed partial epoch continues its batches, losses and clocks.
+        losses: list[float] = list(partial["losses"]) if partial else []
+        train_seconds = float(partial["train_seconds"]) if partial else 0.0
+        spent = float(partial["seconds"]) if partial else 0.0
+        position = int(partial["steps"]) if partial else 0
+        if partial:
+            it.set_state(partial["iterator"])
+            partial = None
         bar = tqdm(
             total=len(it),
+            initial=position,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             disable=not progress or jax.process_index() != 0,
             leave=False,
         )
-        losses: list[float] = []
         pending = None
-        train_seconds = 0.0
         t_epoch = time.perf_counter()
         compiled_before = trainer.compile_seconds
         for batch in it:
@@ -222,6 +242,9 @@ def run_one(
             pending = loss
             train_seconds += time.perf_counter() - t
             bar.update(1)
+            position += 1
+            if epoch * steps_per_epoch + position >= stop_at:
+                break
         if pending is not None:
             losses.append(float(pending))
             check_finite(losses[-1], step=int(state.step), epoch=epoch)
@@ -230,6 +253,28 @@ def run_one(
         epoch_compile = trainer.compile_seconds - compiled_before
         compile_seconds += epoch_compile
         val = _metrics(ds, "val", val_probs)
+        seconds = spent + time.perf_counter() - t_epoch - epoch_compile
+        if position < len(it):  # a mid-epoch stop: validated, saved, not an epoch for stopping
+            ckpts.save_latest(
+                epoch * steps_per_epoch + position,
+                state,
+                {
+                    "epochs": epochs,
+                    "early_stopping": stopper.state_dict(),
+                    "compile_seconds": compile_seconds,
+                    "partial": {
+                        "epoch": epoch,
+                        "steps": position,
+                        "iterator": it.get_state(),
+                        "losses": losses,
+                        "train_seconds": train_seconds,
+                        "seconds": seconds,
+                        "val": val,
+                    },
+                },
+            )
+            ckpts.close()
+            return {}
         decision = stopper.update(epoch, val[primary])
         images = steps_per_epoch * config.batch_size
         epochs.append(
@@ -237,7 +282,7 @@ def run_one(
                 "epoch": epoch,
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),
                 "val": val,
-                "seconds": time.perf_counter() - t_epoch - epoch_compile,
+                "seconds": seconds,
                 "images_per_s": images / train_seconds if train_seconds else None,
                 "trainable_blocks": list(schedule.trainable_blocks(epoch)),
                 "improved": bool(decision.improved),
@@ -258,16 +303,15 @@ def run_one(
         if stop or epoch + 1 >= config.epochs:
             break  # finishing: no resume point needed (a kill now redoes only this epoch)
         ckpts.save_latest(
-            epoch,
+            (epoch + 1) * steps_per_epoch,
             state,
             {
                 "epochs": epochs,
                 "early_stopping": stopper.state_dict(),
                 "compile_seconds": compile_seconds,
-                "iterator": it.get_state(),
             },
         )
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+        if (epoch + 1) * steps_per_epoch >= stop_at:
             ckpts.close()
             return {}
 

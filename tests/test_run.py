@@ -12,7 +12,9 @@ import pytest
 import weights_port
 from experiments.run import main
 from medft_jax import fit, pretrained, strategies
+from medft_jax.checkpoint import RunCheckpoints
 from medft_jax.data.demo import load_demo
+from medft_jax.early_stopping import EarlyStopping
 from medft_jax.model_checkpoint import load_model
 from medft_jax.models import create, get_arch, init_variables
 from medft_jax.models.blocks import flatten
@@ -103,17 +105,39 @@ def _dummy_params():
 
 
 def test_resume_writes_the_uninterrupted_record(ported, demo, tmp_path):
+    """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
     config = _config("lp", ported, epochs=3, lr=1e-2)
     full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
-    assert (
-        fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_epoch=0) == {}
+    run = tmp_path / "b" / full["run"]
+
+    def stop_after(steps: int) -> dict:
+        stopped = fit.run_one(
+            config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=steps
+        )
+        assert stopped == {}
+        assert [p.name for p in (run / "checkpoints").iterdir()] == [str(steps)]
+        return RunCheckpoints(run).read_progress()
+
+    mid = stop_after(2)  # half of epoch 0: validated, not an epoch yet
+    assert mid["epochs"] == [] and mid["partial"]["steps"] == 2
+    assert len(mid["partial"]["losses"]) == 2 and mid["partial"]["iterator"]["position"] == 2
+    assert set(mid["partial"]["val"]) >= {"accuracy", "auroc"}
+    assert mid["early_stopping"] == EarlyStopping(patience=config.patience).state_dict()
+    assert stop_after(2) == mid  # the budget is spent: nothing trained, nothing saved
+    end = stop_after(4)  # the rest of epoch 0
+    assert "partial" not in end and len(end["epochs"]) == 1
+    assert (end["epochs"][0]["train_loss"], end["epochs"][0]["val"]) == (
+        full["epochs"][0]["train_loss"],
+        full["epochs"][0]["val"],
     )
-    assert not (tmp_path / "b" / full["run"] / "record.json").exists()
+    assert stop_after(7)["partial"]["steps"] == 3
+    assert not (run / "record.json").exists()
     resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
     for key in ("best_epoch", "val", "test"):
         assert resumed[key] == full[key], key
     for a, b in zip(full["epochs"], resumed["epochs"], strict=True):
-        assert (a["train_loss"], a["val"]) == (b["train_loss"], b["val"])
+        keys = ("train_loss", "val", "improved", "trainable_blocks")
+        assert [a[k] for k in keys] == [b[k] for k in keys]
     # A finished run is skipped: the same record comes back without training.
     again = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
     assert again["finished_at"] == resumed["finished_at"]

@@ -19,6 +19,7 @@ from experiments import select as select_cli
 from experiments import sweep as sweep_cli
 from medft_jax import grid as grid_lib
 from medft_jax import results
+from medft_jax.checkpoint import RunCheckpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "configs" / "paper.py"
@@ -294,30 +295,42 @@ def test_killed_sweep_restarts_where_it_stopped(tmp_path):
     lp = grid_lib.select(grid_lib.load_grid(config), {"strategy": {"lp"}})
     assert all(results.record_path(out, c.to_dict()).exists() for c in lp)
 
-    # Successive halving over the three LP learning rates, against that grid's records.
+    # Successive halving over the three LP learning rates, against that grid's records;
+    # the first rung ends inside the first epoch (3 of its 6 steps).
     summary = tmp_path / "select.json"
-    argv = ["--config", str(config), "--only", "strategy=lp", "--out", str(tmp_path / "sel")]
-    argv += ["--grid-runs", str(out), "--eta", "2", "--json", str(summary)]
+    sel_dir = tmp_path / "sel"
+    argv = ["--config", str(config), "--only", "strategy=lp", "--out", str(sel_dir)]
+    argv += ["--grid-runs", str(out), "--eta", "2", "--min-epochs", "0.5", "--json", str(summary)]
     assert select_cli.main(argv) == 0
     outcome = json.loads(summary.read_text())
-    assert [r["epochs"] for r in outcome["rungs"]] == [1, 2]
+    assert [(r["epochs"], r["steps"]) for r in outcome["rungs"]] == [(0.5, 3), (1, 6)]
     assert [len(r["arms"]) for r in outcome["rungs"]] == [3, 2]
     first_rung = {a["arm"]: a["score"] for a in outcome["rungs"][0]["arms"]}
-    dropped = min(first_rung, key=first_rung.get)
+    # The lowest score is dropped; of tied ones, the latest in grid order.
+    order = list(first_rung)
+    dropped = max(order, key=lambda a: (-first_rung[a], order.index(a)))
     assert dropped not in {a["arm"] for a in outcome["rungs"][1]["arms"]}
-    # Epochs trained: 3 arms x 1 + 2 arms x 1 more (unless one stopped early: never at 2).
-    assert outcome["cost"]["epochs"] == 5
+    assert [a["epochs"] for a in outcome["rungs"][1]["arms"]] == [1, 1]
+    # Epochs trained: 3 arms x 0.5 + 2 arms x 0.5 more; the survivors' scores count epoch 0.
+    assert outcome["cost"]["epochs"] == 2.5
     grid_epochs = sum(
         len(results.read_record(results.record_path(out, c.to_dict()))["epochs"]) for c in lp
     )
     assert outcome["grid"]["epochs"] == grid_epochs == 6
-    assert outcome["grid"]["fraction_epochs"] == pytest.approx(5 / 6)
+    assert outcome["grid"]["fraction_epochs"] == pytest.approx(2.5 / 6)
+    # A survivor's score is the best of its validations: the half epoch's and epoch 0's.
+    for arm in outcome["rungs"][1]["arms"]:
+        lr = float(arm["arm"].split(" @ lr ")[1])
+        run = results.run_dir(sel_dir, next(c for c in lp if c.lr == lr).to_dict())
+        epochs = RunCheckpoints(run).read_progress()["epochs"]
+        assert arm["score"] == max(first_rung[arm["arm"]], epochs[0]["val"]["accuracy"])
 
 
 def test_rung_budgets_and_survivors_by_hand():
     assert select_cli.rung_budgets(1, 3, 50) == [1, 3, 9, 27, 50]
     assert select_cli.rung_budgets(1, 2, 2) == [1, 2]
     assert select_cli.rung_budgets(5, 3, 3) == [3]
+    assert select_cli.rung_budgets(0.5, 3, 2) == [0.5, 1.5, 2]
     arms = [
         select_cli.Arm(s, 1e-3, None, score=v)
         for s, v in [
