@@ -6,7 +6,8 @@
 The arms are the grid's strategies x learning rates for one dataset and
 arch, at one seed. Every arm trains ``--min-epochs`` epochs; the best
 ``1/eta`` of them by validation primary metric (the best validation so
-far) continue to ``eta`` times as many epochs, and so on, until one arm is
+far; ties broken by AUROC, or mAP where AUROC is primary) continue to
+``eta`` times as many epochs, and so on, until one arm is
 left or the survivors reach the grid's maximum epochs. Arms are not
 restarted between rungs: each continues from its own checkpoint, so a
 batch is never trained twice, and an arm that early-stops keeps its score.
@@ -43,6 +44,8 @@ class Arm:
     lr: float
     config: Any
     score: float = math.nan
+    tiebreak: float = math.nan
+    """A threshold-free second metric at the best validation (see :func:`tiebreak_metric`)."""
     epochs: float = 0.0
     seconds: float = 0.0
     finished: bool = False
@@ -90,17 +93,33 @@ def rung_budgets(min_epochs: float, eta: int, max_epochs: int) -> list[float]:
 
 
 def survivors(arms: Sequence[Arm], eta: int) -> list[Arm]:
-    """The best ``ceil(n / eta)`` arms by score (failed and NaN scores last; ties in grid order)."""
+    """The best ``ceil(n / eta)`` arms by score, then tie-break (failed and NaN last).
+
+    Equal scores are common early: accuracy on a small validation set
+    moves in steps of one image, and after a few steps most arms still
+    predict one class. The tie-break metric ranks those; arms tied on both
+    keep grid order.
+    """
     keep = max(1, math.ceil(len(arms) / eta))
     ranked = sorted(
         enumerate(arms),
-        key=lambda ia: (ia[1].failed is not None or math.isnan(ia[1].score), -_num(ia[1]), ia[0]),
+        key=lambda ia: (
+            ia[1].failed is not None or math.isnan(ia[1].score),
+            -_num(ia[1].score),
+            -_num(ia[1].tiebreak),
+            ia[0],
+        ),
     )
     return [a for _, a in ranked[:keep]]
 
 
-def _num(arm: Arm) -> float:
-    return -math.inf if math.isnan(arm.score) else arm.score
+def tiebreak_metric(primary: str) -> str:
+    """AUROC, or mAP where AUROC is the primary metric: continuous where accuracy is not."""
+    return "map" if primary == "auroc" else "auroc"
+
+
+def _num(x: float) -> float:
+    return -math.inf if math.isnan(x) else x
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,7 +220,13 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
                 "epochs": budget,
                 "steps": steps,
                 "arms": [
-                    {"arm": a.label, "score": a.score, "epochs": a.epochs, "failed": a.failed}
+                    {
+                        "arm": a.label,
+                        "score": a.score,
+                        "tiebreak": a.tiebreak,
+                        "epochs": a.epochs,
+                        "failed": a.failed,
+                    }
                     for a in alive
                 ],
             }
@@ -224,6 +249,7 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
         "min_epochs": args.min_epochs,
         "max_epochs": max_epochs,
         "pick": {"strategy": pick.strategy, "lr": pick.lr, "val": pick.score},
+        "tiebreak_metric": tiebreak_metric(_primary(first, dataset)),
         "rungs": rungs,
         "cost": {
             "epochs": sum(a.epochs for a in arms),
@@ -236,8 +262,9 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
 def _score(arm: Arm, record: dict[str, Any], out: str, dataset: Any, steps_per_epoch: int) -> None:
     """Updates the arm from its record (finished) or its resume checkpoint (stopped).
 
-    The score is the best validation of the arm's epochs and of the partial
-    epoch it stopped in; its cost counts the steps and seconds of both.
+    The score is the best validation (by primary metric, then tie-break
+    metric) of the arm's epochs and of the partial epoch it stopped in; its
+    cost counts the steps and seconds of both.
     """
     from medft_jax.checkpoint import RunCheckpoints
     from medft_jax.results import run_dir
@@ -250,8 +277,14 @@ def _score(arm: Arm, record: dict[str, Any], out: str, dataset: Any, steps_per_e
         epochs, partial = progress.get("epochs", []), progress.get("partial")
         metric = _primary(arm.config, dataset)
     vals = [e["val"] for e in epochs] + ([partial["val"]] if partial else [])
-    finite = [v[metric] for v in vals if v.get(metric) is not None and math.isfinite(v[metric])]
-    arm.score = max(finite) if finite else math.nan
+    second = tiebreak_metric(metric)
+    ranked = [
+        (v[metric], _num(v.get(second, math.nan)))
+        for v in vals
+        if v.get(metric) is not None and math.isfinite(v[metric])
+    ]
+    arm.score, tiebreak = max(ranked) if ranked else (math.nan, math.nan)
+    arm.tiebreak = tiebreak if math.isfinite(tiebreak) else math.nan
     arm.epochs = len(epochs) + (partial["steps"] / steps_per_epoch if partial else 0)
     arm.seconds = float(sum(e["seconds"] for e in epochs)) + (partial["seconds"] if partial else 0)
 

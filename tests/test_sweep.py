@@ -306,9 +306,13 @@ def test_killed_sweep_restarts_where_it_stopped(tmp_path):
     assert [(r["epochs"], r["steps"]) for r in outcome["rungs"]] == [(0.5, 3), (1, 6)]
     assert [len(r["arms"]) for r in outcome["rungs"]] == [3, 2]
     first_rung = {a["arm"]: a["score"] for a in outcome["rungs"][0]["arms"]}
-    # The lowest score is dropped; of tied ones, the latest in grid order.
-    order = list(first_rung)
-    dropped = max(order, key=lambda a: (-first_rung[a], order.index(a)))
+    # The lowest score is dropped; of tied ones the lowest AUROC, then the latest in grid order.
+    order = [
+        (-a["score"], -a["tiebreak"], i, a["arm"])
+        for i, a in enumerate(outcome["rungs"][0]["arms"])
+    ]
+    assert outcome["tiebreak_metric"] == "auroc"
+    dropped = max(order)[-1]
     assert dropped not in {a["arm"] for a in outcome["rungs"][1]["arms"]}
     assert [a["epochs"] for a in outcome["rungs"][1]["arms"]] == [1, 1]
     # Epochs trained: 3 arms x 0.5 + 2 arms x 0.5 more; the survivors' scores count epoch 0.
@@ -331,16 +335,23 @@ def test_rung_budgets_and_survivors_by_hand():
     assert select_cli.rung_budgets(1, 2, 2) == [1, 2]
     assert select_cli.rung_budgets(5, 3, 3) == [3]
     assert select_cli.rung_budgets(0.5, 3, 2) == [0.5, 1.5, 2]
+    nan = float("nan")
     arms = [
-        select_cli.Arm(s, 1e-3, None, score=v)
-        for s, v in [
-            ("ft", 0.5),
-            ("lp", float("nan")),
-            ("g_lf", 0.7),
-            ("l2_sp", 0.7),
-            ("lp_ft", 0.6),
+        select_cli.Arm(s, 1e-3, None, score=v, tiebreak=t)
+        for s, v, t in [
+            ("ft", 0.5, 0.9),
+            ("lp", nan, 0.9),
+            ("g_lf", 0.7, 0.6),
+            ("l2_sp", 0.7, 0.6),
+            ("lp_ft", 0.6, 0.9),
+            ("l1_sp", 0.7, 0.8),
+            ("auto_rgn", 0.7, nan),
         ]
     ]
     arms[4].failed = "diverged"
-    kept = select_cli.survivors(arms, 2)  # ceil(5 / 2) = 3; ties keep grid order; failed last
-    assert [a.strategy for a in kept] == ["g_lf", "l2_sp", "ft"]
+    # ceil(7 / 2) = 4: by score, then tie-break (NaN last), then grid order; failed and NaN last.
+    kept = select_cli.survivors(arms, 2)
+    assert [a.strategy for a in kept] == ["l1_sp", "g_lf", "l2_sp", "auto_rgn"]
+    assert [a.strategy for a in select_cli.survivors(arms, 7)] == ["l1_sp"]
+    assert select_cli.tiebreak_metric("accuracy") == "auroc"
+    assert select_cli.tiebreak_metric("auroc") == "map"
