@@ -87,7 +87,7 @@ def main() -> None:
             f"| {dataset} | {arch} | {pick['strategy']} @ {pick['lr']:g} "
             f"| {win.get('strategy', '-')} @ {win.get('lr', float('nan')):g} "
             f"| {'yes' if gr.get('same_strategy_and_lr') else 'no'} "
-            f"| {o['cost']['epochs']:g}/{gr['epochs']} = {gr['fraction_epochs']:.0%} "
+            f"| {o['cost']['epochs']:.1f}/{gr['epochs']} = {gr['fraction_epochs']:.0%} "
             f"| {o['cost']['seconds']:.0f}/{gr['seconds']:.0f} = {gr['fraction_seconds']:.0%} "
             f"| {wall / 60:.1f} min |"
         )

@@ -232,7 +232,7 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
             }
         )
         print(
-            f"rung at {budget:g} epoch(s), {steps} steps: "
+            f"rung at {budget:.3g} epoch(s), {steps} steps: "
             + ", ".join(f"{a.label} {a.score:.4f}" for a in alive)
         )
         if budget >= max_epochs:
