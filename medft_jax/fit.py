@@ -259,9 +259,7 @@ def run_one(
                 epoch * steps_per_epoch + position,
                 state,
                 {
-                    "epochs": epochs,
-                    "early_stopping": stopper.state_dict(),
-                    "compile_seconds": compile_seconds,
+                    **_progress(epochs, stopper, compile_seconds),
                     "partial": {
                         "epoch": epoch,
                         "steps": position,
@@ -305,11 +303,7 @@ def run_one(
         ckpts.save_latest(
             (epoch + 1) * steps_per_epoch,
             state,
-            {
-                "epochs": epochs,
-                "early_stopping": stopper.state_dict(),
-                "compile_seconds": compile_seconds,
-            },
+            _progress(epochs, stopper, compile_seconds),
         )
         if (epoch + 1) * steps_per_epoch >= stop_at:
             ckpts.close()
@@ -350,6 +344,17 @@ def run_one(
     ckpts.remove_latest()
     ckpts.close()
     return record
+
+
+def _progress(
+    epochs: list[dict[str, Any]], stopper: EarlyStopping, compile_seconds: float
+) -> dict[str, Any]:
+    """The resume checkpoint's JSON item: finished epochs, early stopping, compile time."""
+    return {
+        "epochs": epochs,
+        "early_stopping": stopper.state_dict(),
+        "compile_seconds": compile_seconds,
+    }
 
 
 def _metrics(ds: data.Dataset, split: str, probs: np.ndarray) -> dict[str, float]:
