@@ -19,6 +19,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from experiments.common import add_dataset_flags, dataset_options, local_options
+from medft_jax.errors import UserError, cli_main, writable_dir
+
 # Small settings that make the default command finish in minutes on a 2-core CPU.
 DEMO_DEFAULTS = {"image_size": 32, "epochs": 8, "batch_size": 32, "lr": 1e-4, "seeds": [0]}
 PAPER_DEFAULTS = {"image_size": 224, "epochs": 50, "batch_size": 64, "lr": 1e-4, "seeds": [0]}
@@ -48,8 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         "mura_humerus, t1w_mri, bach, isic2020, cholect50_instrument; prepare it first with "
         "python -m experiments.prepare), medmnist/<flag>[@size], folder or csv",
     )
-    p.add_argument("--data-dir", help="where prepared datasets live (default: TFDS's)")
-    p.add_argument("--manual-dir", help="the image root of a folder/csv dataset")
+    add_dataset_flags(p)
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        default=0,
+        help="seed of the dataset's val/test carving (experiments.prepare's --seed)",
+    )
     p.add_argument(
         "--weights",
         default="auto",
@@ -114,65 +122,28 @@ def _strategy_options(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, v) for k, v in names.items() if v is not None))
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Names the flag at fault before any work starts."""
-    from medft_jax import data
-    from medft_jax.models import get_arch
-    from medft_jax.strategies import STRATEGIES
+def make_configs(args: argparse.Namespace) -> list[Any]:
+    """One :class:`RunConfig` per (lr, seed), every value checked against its range.
 
-    if args.strategy not in STRATEGIES:
-        raise ValueError(f"--strategy {args.strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
-    try:
-        get_arch(args.arch)
-    except ValueError as e:
-        raise ValueError(f"--arch: {e}") from None
+    Everything is checked before any work starts; a value out of range is
+    one line naming its flag (``--lr must be in (0, 1], got -1.0``).
+    """
+    from medft_jax import data
+    from medft_jax.config import RunConfig, check_config, flag_name
+
     base = args.dataset.split("/")[0].split("@")[0]
     known = [n.split("/")[0] for n in data.known_names()]
     if base not in known:
-        raise ValueError(
+        raise UserError(
             f"--dataset {args.dataset!r} is unknown; known: {', '.join(data.known_names())}"
         )
-    for flag in ("epochs", "patience", "batch_size", "image_size"):
-        v = getattr(args, flag)
-        if v is not None and v < (0 if flag == "patience" else 1):
-            raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {v}")
     if args.weights not in ("auto", "imagenet", "none") and not os.path.isdir(
         os.path.expanduser(args.weights)
     ):
-        raise ValueError(
+        raise UserError(
             f"--weights {args.weights}: no such checkpoint folder; expected auto, imagenet, "
             "none or a model checkpoint folder"
         )
-    if args.image_size is not None and args.image_size < 32:
-        raise ValueError(f"--image-size must be at least 32 px, got {args.image_size}")
-
-
-def format_table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        validate(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    import jax
-
-    from medft_jax.data import DataError
-    from medft_jax.fit import RunConfig, load_dataset, run_one
-    from medft_jax.model_checkpoint import CheckpointError
-    from medft_jax.runtime import enable_compilation_cache
-    from medft_jax.train import NonFiniteLossError
-
-    if os.environ.get("MEDFT_DISTRIBUTED") == "1":  # see BUILD.md: multi-host runs
-        jax.distributed.initialize()
-    enable_compilation_cache()
-
     d = _defaults(args)
     lrs = list(LR_GRID) if args.lr_grid else [d["lr"]]
     configs = [
@@ -189,28 +160,76 @@ def main(argv: Sequence[str] | None = None) -> int:
             image_size=d["image_size"],
             precision=args.precision,
             frozen_bn=args.frozen_bn,
+            data_seed=args.data_seed,
             strategy_options=_strategy_options(args),
         )
         for lr in lrs
         for seed in d["seeds"]
     ]
+    for config in configs:
+        check_config(config, lambda f: "--seeds" if f == "seed" else flag_name(f))
+    return configs
+
+
+def format_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done (or skipped), 1 a run diverged or ran out of memory or disk,
+    2 bad input (one ``error:`` line)."""
+    return cli_main(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    configs = make_configs(args)
+    options = dataset_options(args) | local_options(args)
+    writable_dir(args.out, "--out")
+    if args.data_dir is not None:
+        writable_dir(args.data_dir, "--data-dir")
+
+    import jax
+    from medft_jax.locks import RunLocked
+
+    from medft_jax import results
+    from medft_jax.fit import identify, load_dataset, run_one
+    from medft_jax.runtime import enable_compilation_cache
+    from medft_jax.train import NonFiniteLossError
+
+    if os.environ.get("MEDFT_DISTRIBUTED") == "1":  # see BUILD.md: multi-host runs
+        jax.distributed.initialize()
+    enable_compilation_cache()
+    main_process = jax.process_index() == 0
+
+    d = _defaults(args)
     records = []
     try:
-        options = {"manual_dir": args.manual_dir} if args.manual_dir else {}
         dataset = load_dataset(configs[0], args.data_dir, **options)
         for i, config in enumerate(configs, 1):
-            if len(configs) > 1:
+            config = identify(config, dataset)
+            if len(configs) > 1 and main_process:
                 print(f"[{i}/{len(configs)}] lr {config.lr:g}, seed {config.seed}", flush=True)
-            record = run_one(
-                config, args.out, dataset=dataset, force=args.force, progress=not args.no_progress
-            )
+            path = results.record_path(args.out, config.to_dict())
+            if path.exists() and not args.force and main_process:
+                print(f"skipped: record exists (use --force): {path}", flush=True)
+            try:
+                record = run_one(
+                    config,
+                    args.out,
+                    dataset=dataset,
+                    force=args.force,
+                    progress=not args.no_progress,
+                )
+            except RunLocked as e:
+                if main_process:
+                    print(f"{path.parent.name}: {e}, skipped", flush=True)
+                continue
             records.append(record)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (DataError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except Exception as e:
         if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
             first = str(e).strip().splitlines()[0]
@@ -221,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 1
         raise
-    if jax.process_index() == 0:
+    if records and main_process:
         _print_summary(records, args.out)
     return 0
 

@@ -123,27 +123,25 @@ def _num(x: float) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0, or 2 with one ``error:`` line for bad input."""
+    from medft_jax.errors import cli_main
+
+    return cli_main(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from medft_jax import grid as grid_lib
+    from medft_jax.config import check_value
 
-    try:
-        g, arms, max_epochs = _arms(args)
-        if not args.min_epochs > 0 or args.eta < 2:
-            raise grid_lib.GridError(
-                f"--min-epochs must be > 0 (got {args.min_epochs:g}) and --eta >= 2 "
-                f"(got {args.eta})"
-            )
-    except grid_lib.GridError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    from medft_jax.data import DataError
-
-    try:
-        outcome = select(g, arms, max_epochs, args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not (math.isfinite(args.min_epochs) and args.min_epochs > 0):
+        raise grid_lib.GridError(f"--min-epochs must be a finite number > 0, got {args.min_epochs}")
+    if not 2 <= args.eta <= 100:
+        raise grid_lib.GridError(f"--eta must be in [2, 100], got {args.eta}")
+    if args.seed is not None:
+        check_value("seed", args.seed, "--seed")
+    g, arms, max_epochs = _arms(args)
+    outcome = select(g, arms, max_epochs, args)
     if args.grid_runs:
         outcome["grid"] = compare_with_grid(g, arms, args.grid_runs, outcome)
     _print_outcome(outcome)
@@ -179,7 +177,7 @@ def _arms(args: argparse.Namespace) -> tuple[Any, list[Arm], int]:
 def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -> dict[str, Any]:
     """Runs the rungs; returns the outcome (pick, rungs, cost)."""
     from medft_jax.data import DataError
-    from medft_jax.fit import load_dataset, run_one
+    from medft_jax.fit import identify, load_dataset, run_one
     from medft_jax.runtime import enable_compilation_cache
     from medft_jax.train import NonFiniteLossError
 
@@ -188,6 +186,8 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
     dataset = load_dataset(
         first, args.data_dir or g.data_dir, **dict(g.dataset_options.get(first.dataset, {}))
     )
+    for arm in arms:  # the runs' identity covers the data and the starting weights
+        arm.config = identify(arm.config, dataset)
     steps_per_epoch = dataset.steps_per_epoch(first.batch_size)
     if args.min_epochs * steps_per_epoch < 1:
         raise DataError(
@@ -303,14 +303,14 @@ def compare_with_grid(
     from medft_jax.report import collect
 
     wanted = {
-        results.config_hash(
+        results.settings_hash(
             g.config(a.config.dataset, a.config.arch, a.strategy, a.lr, s).to_dict()
         )
         for a in arms
         for s in g.seeds
     }
     records = [
-        r for r in results.load_records(grid_runs) if results.config_hash(r["config"]) in wanted
+        r for r in results.load_records(grid_runs) if results.settings_hash(r["config"]) in wanted
     ]
     summary = collect(records)
     cells = [c for c in summary.cells.values() if c.has_value]

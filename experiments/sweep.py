@@ -69,7 +69,11 @@ def plan(args: argparse.Namespace) -> tuple[Any, list[Any], tuple[int, int]]:
 
 
 def status_of(config: Any, out: str | os.PathLike[str]) -> str:
-    """``done`` (record), ``failed`` (failure note, no record) or ``todo``."""
+    """``done`` (record), ``failed`` (failure note, no record) or ``todo``.
+
+    ``config`` must be identified (:func:`medft_jax.fit.identify`): a record
+    of the same settings on other data or weights is another run.
+    """
     from medft_jax import results
 
     cfg = config.to_dict()
@@ -81,17 +85,23 @@ def status_of(config: Any, out: str | os.PathLike[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from medft_jax.grid import GridError
+    """Exit status 0, 1 when a dataset was unavailable or the disk full, 2 for bad input."""
+    from medft_jax.errors import cli_main
 
-    try:
-        g, runs, (index, count) = plan(args)
-    except GridError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli_main(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    g, runs, (index, count) = plan(args)
     if args.dry_run:
         dry_run(g, runs, index, count, args.out)
         return 0
+    from medft_jax.errors import writable_dir
+
+    writable_dir(args.out, "--out")
+    if args.data_dir is not None:
+        writable_dir(args.data_dir, "--data-dir")
     return sweep(g, runs, index, count, args)
 
 
@@ -104,6 +114,15 @@ def dry_run(g: Any, runs: list[Any], index: int, count: int, out: str) -> None:
     from medft_jax import results
 
     records = results.load_records(out) if Path(out).is_dir() else []
+    failures = results.load_failures(out) if Path(out).is_dir() else []
+    # Without loading the data, a run is matched by its settings (any data version).
+    finished = {results.settings_hash(r["config"]) for r in records}
+    noted = {results.settings_hash(f["config"]) for f in failures}
+
+    def status(config: Any) -> str:
+        key = results.settings_hash(config.to_dict())
+        return "done" if key in finished else "failed" if key in noted else "todo"
+
     measured = grid_lib.measured_throughput(records)
     mine = grid_lib.shard(runs, index, count)
     axes = " x ".join(f"{len(g.axis(a))} {grid_lib.plural(a)}" for a in grid_lib.AXES)
@@ -113,7 +132,7 @@ def dry_run(g: Any, runs: list[Any], index: int, count: int, out: str) -> None:
     totals = {"todo": 0.0, "unknown": 0}
     counts = {"done": 0, "failed": 0, "todo": 0}
     for k, config in enumerate(runs[index::count]):
-        state = status_of(config, out)
+        state = status(config)
         counts[state] += 1
         seconds = grid_lib.estimate_seconds(config, measured)
         if state == "todo":
@@ -170,7 +189,7 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
     from medft_jax import grid as grid_lib
     from medft_jax import results
     from medft_jax.data import DataError
-    from medft_jax.fit import load_dataset, run_one
+    from medft_jax.fit import identify, load_dataset, run_one
     from medft_jax.runtime import enable_compilation_cache
     from medft_jax.train import NonFiniteLossError
 
@@ -195,21 +214,30 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
         + (f" (shard {index}/{count} of {len(runs)})" if count > 1 else "")
         + f", results in {args.out}"
     )
+    identified: list[Any] = []  # with their data and weights fingerprints
     for k, config in enumerate(mine, 1):
+        if config.dataset in unavailable:
+            continue
+        key = (config.dataset, config.arch, config.image_size, config.data_seed)
+        try:
+            if key not in datasets:
+                options = dict(g.dataset_options.get(config.dataset, {}))
+                datasets[key] = load_dataset(config, data_dir, **options)
+            config = identify(config, datasets[key])
+        except DataError as e:
+            unavailable[config.dataset] = str(e)
+            errors.append(f"dataset {config.dataset}: {e}")
+            say(f"[{k}/{len(mine)}] dataset {config.dataset} unavailable, its runs skipped ({e})")
+            continue
+        identified.append(config)
         name = results.run_name(config.to_dict())
         state = status_of(config, args.out)
         if state == "done" or (state == "failed" and not args.retry_failed):
             skipped += 1
             say(f"[{k}/{len(mine)}] {name}: {state}, skipped")
             continue
-        if config.dataset in unavailable:
-            continue
-        key = (config.dataset, config.arch, config.image_size, config.data_seed)
         t = time.perf_counter()
         try:
-            if key not in datasets:
-                options = dict(g.dataset_options.get(config.dataset, {}))
-                datasets[key] = load_dataset(config, data_dir, **options)
             say(f"[{k}/{len(mine)}] {name}: running")
             record = run_one(
                 config,
@@ -237,7 +265,8 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
             f"[{k}/{len(mine)}] {name}: done in {time.perf_counter() - t:.0f} s, best epoch "
             f"{record['best_epoch'] + 1} of {len(record['epochs'])}, test {metric} {shown}"
         )
-    left = sum(status_of(c, args.out) == "todo" for c in mine)
+    left = sum(status_of(c, args.out) == "todo" for c in identified)
+    left += len(mine) - len(identified)  # runs of datasets that were unavailable
     say(
         f"finished: {ran} run now, {skipped} already done or failed before, {diverged} diverged, "
         f"{left} not run"

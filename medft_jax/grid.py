@@ -3,7 +3,7 @@
 A grid is plain data (:class:`Grid`), written in a config file that
 defines ``get_config() -> Grid`` (``experiments/configs/paper.py`` is the
 paper's 8 x 3 x 8 x 3 x 3 = 1,728 runs). This module expands it into an
-ordered list of :class:`~medft_jax.fit.RunConfig` (dataset, arch,
+ordered list of :class:`~medft_jax.config.RunConfig` (dataset, arch,
 strategy, lr, seed, with the seed varying fastest), filters it
 (``--only dataset=bach,arch=vgg19``), and splits it into shards.
 
@@ -23,7 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medft_jax.fit import RunConfig
+from medft_jax.config import RunConfig, check_config
+from medft_jax.errors import UserError
 
 AXES = ("dataset", "arch", "strategy", "lr", "seed")
 """The grid's axes, in the order its runs are listed (the last varies fastest)."""
@@ -63,7 +64,7 @@ finished runs (same arch and image size) replace these when present.
 """
 
 
-class GridError(ValueError):
+class GridError(UserError):
     """A config file, filter or shard spec that cannot be used; the message names it."""
 
 
@@ -172,6 +173,22 @@ class Grid:
         for lr in self.lrs:
             if not (isinstance(lr, (int, float)) and lr > 0):
                 raise GridError(f"grid {self.name!r}: learning rate {lr!r} is not positive")
+        for config in self.configs():
+            try:
+                check_config(config, lambda f, s=config.strategy: self._key_name(f, s))
+            except UserError as e:
+                raise GridError(str(e)) from None
+
+    def _key_name(self, field: str, strategy: str) -> str:
+        """How a grid file spells ``field``, for an error naming the key at fault."""
+        prefix = f"grid {self.name!r}:"
+        if field in ("lr", "seed", "strategy", "arch", "dataset"):
+            return f"{prefix} {plural(field)} value"
+        if field in SETTINGS:
+            return f"{prefix} settings[{field!r}]"
+        if field == "data_seed":
+            return f"{prefix} data_seed"
+        return f"{prefix} strategy_options[{strategy!r}][{field!r}]"
 
 
 def plural(axis: str) -> str:

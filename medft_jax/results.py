@@ -70,6 +70,8 @@ from typing import Any
 
 import numpy as np
 
+from medft_jax.errors import UserError
+
 RECORD_NAME = "record.json"
 FAILURE_NAME = "failed.json"
 """A run that ended without a result (e.g. its loss diverged) leaves this beside its checkpoints."""
@@ -91,7 +93,7 @@ _SEED_KEYS = ("lr", "seed")
 """Config keys that vary inside one LR-selection group; every other key must agree."""
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A record file that cannot be read, or records that cannot be aggregated together."""
 
 
@@ -108,6 +110,20 @@ def config_hash(config: dict[str, Any]) -> str:
     """
     text = json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:HASH_CHARS]
+
+
+IDENTITY_KEYS = ("data_fingerprint", "weights_fingerprint")
+"""Config keys found out at run time (content hashes of the data and the starting
+weights), not chosen: a grid's configs lack them, its records have them."""
+
+
+def settings_hash(config: dict[str, Any]) -> str:
+    """:func:`config_hash` of the chosen settings alone (without :data:`IDENTITY_KEYS`).
+
+    How a grid's configuration finds its records: the records of one grid
+    cell run on the same data share it, whatever the data's fingerprint.
+    """
+    return config_hash({k: v for k, v in config.items() if k not in IDENTITY_KEYS})
 
 
 def run_name(config: dict[str, Any]) -> str:
@@ -215,7 +231,7 @@ def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise FileNotFoundError(f"no results folder {out_dir}")
+        raise RecordError(f"{out_dir}: no such results folder")
     return [read_record(p) for p in sorted(out_dir.rglob(RECORD_NAME)) if p.is_file()]
 
 
@@ -241,7 +257,7 @@ def load_failures(out_dir: str | Path) -> list[dict[str, Any]]:
     """Every failure note under ``out_dir`` whose run has no record (a later success wins)."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise FileNotFoundError(f"no results folder {out_dir}")
+        raise RecordError(f"{out_dir}: no such results folder")
     return [
         read_record(p)
         for p in sorted(out_dir.rglob(FAILURE_NAME))

@@ -116,7 +116,7 @@ def test_load_records_skips_temp_files_and_names_a_corrupt_one(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(RecordError, match=re.escape(f"{bad}: not a run record")):
         results.load_records(tmp_path)
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(RecordError, match="nowhere: no such results folder"):
         results.load_records(tmp_path / "nowhere")
 
 

@@ -12,6 +12,8 @@ Nothing here imports torch: arrays are numpy.
 
 from __future__ import annotations
 
+from medft_jax.errors import UserError
+
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -38,7 +40,7 @@ _DENSENET_LEGACY = re.compile(
 )
 
 
-class PortError(ValueError):
+class PortError(UserError):
     """A checkpoint that does not match the architecture it is ported to."""
 
 

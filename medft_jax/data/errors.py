@@ -7,6 +7,8 @@ without reading a traceback.
 
 from __future__ import annotations
 
+from medft_jax.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A dataset on disk, or an option describing it, is not what was expected."""

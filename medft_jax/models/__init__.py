@@ -53,6 +53,14 @@ class ArchSpec:
     label: str = ""
     """How tables and figures name it (torchvision's model name in prose)."""
 
+    def resize_for(self, crop_size: int) -> int:
+        """The resize size for a ``crop_size`` crop: the weights' ratio, 232/224 or 256/224.
+
+        The one rule for the resize size: ``experiments.prepare --arch`` and
+        every run use it, so a cache prepared for a run is the one it finds.
+        """
+        return round(crop_size * self.resize_size / self.crop_size)
+
 
 ARCHS: dict[str, ArchSpec] = {
     "resnet50": ArchSpec(

@@ -36,7 +36,17 @@ ALPHA = 0.05
 """Significance level of the paired comparison's mark."""
 
 _REQUIRED = ("dataset", "arch", "strategy", "lr", "seed")
-_PER_CELL = ("arch", "strategy", "strategy_options", "lr", "seed")
+_PER_CELL = (
+    "arch",
+    "strategy",
+    "strategy_options",
+    "lr",
+    "seed",
+    # The prepared data and the weights differ by arch (resize size, ImageNet file);
+    # within a cell they must agree (checked by the cell's LR-selection group).
+    "data_fingerprint",
+    "weights_fingerprint",
+)
 """Config keys that may differ between the cells of one dataset; every other key must agree."""
 
 CellKey = tuple[str, str, str]
@@ -168,10 +178,10 @@ def collect(
     left_out = 0
     if grid is not None:
         configs = gridlib.select(grid, filt)
-        wanted = {results.config_hash(c.to_dict()): c for c in configs}
+        wanted = {results.settings_hash(c.to_dict()): c for c in configs}
         before = len(records) + len(failures)
-        records = [r for r in records if results.config_hash(r["config"]) in wanted]
-        failures = [f for f in failures if results.config_hash(f["config"]) in wanted]
+        records = [r for r in records if results.settings_hash(r["config"]) in wanted]
+        failures = [f for f in failures if results.settings_hash(f["config"]) in wanted]
         left_out = before - len(records) - len(failures)
         expected: dict[CellKey, set[tuple[float, int]]] = {}
         for c in configs:

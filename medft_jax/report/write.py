@@ -8,6 +8,8 @@ and moves it into place, so the report appears whole or not at all;
 
 from __future__ import annotations
 
+from medft_jax.errors import UserError
+
 import os
 import shutil
 import tempfile
@@ -38,7 +40,7 @@ def status_counts(summary: Summary) -> dict[str, int]:
 # --- the report folder -------------------------------------------------------------------------
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """An ``--out`` folder that cannot take a report; the message names it."""
 
 

@@ -1,0 +1,102 @@
+"""Flags the command lines share: which data, where it lives, and how to read a user's own.
+
+``experiments.prepare`` and ``experiments.run`` take the same dataset flags
+(``--csv-file`` and friends), parsed and checked here once, so a ``csv``
+dataset prepared by one is loaded the same way by the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from medft_jax.errors import UserError
+
+LOCAL_KINDS = ("folder", "csv")
+
+
+def add_dataset_flags(p: argparse.ArgumentParser) -> None:
+    """``--data-dir``, ``--manual-dir`` and the folder/csv/task options."""
+    p.add_argument(
+        "--data-dir", help="where prepared datasets live (default: $TFDS_DATA_DIR or TFDS's)"
+    )
+    p.add_argument("--manual-dir", help="your copy of the dataset (official layout, or images)")
+    p.add_argument("--val-fraction", type=float, help="share of training data held out as val")
+    p.add_argument("--test-fraction", type=float, help="folder/csv: share carved as test")
+    p.add_argument("--uncertain", choices=("ones", "zeros"), help="CheXpert: U-Ones or U-Zeros")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip and count corrupt images")
+    p.add_argument("--csv-file", help="csv: the labels file (relative to --manual-dir)")
+    p.add_argument("--path-column", help="csv: column of image paths (default 'path')")
+    p.add_argument("--label-column", help="csv: column of class names (default 'label')")
+    p.add_argument("--label-columns", help="csv multilabel: comma-separated 0/1 columns")
+    p.add_argument("--group-column", help="csv: patient id column (splits stay disjoint)")
+    p.add_argument("--split-column", help="csv: column of train/val/test")
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``data.load``/``data.prepare`` that were given, checked.
+
+    A flag that does not apply to ``args.dataset`` (``--csv-file`` for a
+    paper task, say) is refused rather than silently ignored.
+    """
+    for flag in ("val_fraction", "test_fraction"):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and 0 < value < 1):
+            raise UserError(f"--{flag.replace('_', '-')} must be in (0, 1), got {value!r}")
+    if (args.val_fraction or 0) + (args.test_fraction or 0) >= 1:
+        raise UserError("--val-fraction plus --test-fraction must be below 1")
+    csv_only = {
+        "csv_file": args.csv_file,
+        "path_column": args.path_column,
+        "label_column": args.label_column,
+        "label_columns": args.label_columns.split(",") if args.label_columns else None,
+        "group_column": args.group_column,
+        "split_column": args.split_column,
+    }
+    given = {k: v for k, v in csv_only.items() if v is not None}
+    if args.dataset == "csv":
+        fractions = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+        return _given(fractions) | given
+    _refuse(args.dataset, given, "csv")
+    if args.dataset == "folder":
+        _refuse(args.dataset, {"uncertain": args.uncertain}, "chexpert")
+        return _given({"val_fraction": args.val_fraction, "test_fraction": args.test_fraction})
+    if args.dataset == "demo" or args.dataset.startswith("medmnist/"):
+        _refuse(
+            args.dataset,
+            {
+                "val_fraction": args.val_fraction,
+                "test_fraction": args.test_fraction,
+                "uncertain": args.uncertain,
+            },
+            "the file-based datasets",
+        )
+        return {}
+    _refuse(args.dataset, {"test_fraction": args.test_fraction}, "folder and csv")
+    return _given({"val_fraction": args.val_fraction, "uncertain": args.uncertain})
+
+
+def local_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What only the loader of a user's own images takes (``manual_dir``, bad-image policy)."""
+    if args.dataset in LOCAL_KINDS:
+        return _given({"manual_dir": args.manual_dir}) | (
+            {"skip_bad_images": True} if args.skip_bad_images else {}
+        )
+    if args.manual_dir is not None:
+        raise UserError(
+            f"--manual-dir applies to folder and csv datasets; {args.dataset} reads what "
+            "experiments.prepare wrote into --data-dir"
+        )
+    return {}
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _refuse(dataset: str, options: dict[str, Any], owner: str) -> None:
+    given = [k for k, v in options.items() if v is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UserError(f"{flag} applies to {owner} only, not to --dataset {dataset}")

@@ -1,0 +1,161 @@
+"""A run's configuration and the one place its values are checked (no JAX imported here).
+
+:class:`RunConfig` is what defines a run: its record's name is a hash of it.
+:func:`check_config` validates every field against the documented ranges in
+:data:`LIMITS` before any work starts, so ``--lr -1`` or a grid with
+``epochs=0`` is one line naming the flag or config key, not gradient ascent or
+a ``ZeroDivisionError`` an hour later. The command lines and grid files name
+fields differently (``--batch-size`` vs ``settings['batch_size']``), so the
+caller passes how to name a field.
+
+Two fields are not chosen by the user but found out: ``data_fingerprint``
+(the prepared data's content hash) and ``weights_fingerprint`` (the starting
+weights' content hash, or ``none``). :func:`medft_jax.fit.identify` fills
+them in once the data is loaded and the weights located, so two runs on
+different images or different starting weights never share a record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+from medft_jax.errors import UserError
+
+PRECISIONS = ("fp32", "bf16")
+FROZEN_BN = ("update", "freeze")
+
+LIMITS: dict[str, tuple[float, float]] = {
+    "lr": (0.0, 1.0),
+    "seed": (0, 2**31 - 1),
+    "data_seed": (0, 2**31 - 1),
+    "epochs": (1, 10_000),
+    "patience": (0, 10_000),
+    "batch_size": (1, 8_192),
+    "image_size": (32, 1_024),
+    "lp_epochs": (0, 10_000),
+    "epochs_per_stage": (1, 10_000),
+    "alpha": (0.0, 1e6),
+    "beta": (0.0, 1e6),
+    "rgn_estimate_steps": (1, 1_000_000),
+    "lr_decay": (0.0, 1.0),
+}
+"""Allowed ranges, inclusive except ``lr`` (> 0). Why these bounds: an Adam step
+above 1 or at 0 is never a fine-tuning rate; the models need 32 px or more
+(five stride-2 stages), and above 1,024 px a batch of ResNet-50 activations
+no longer fits a 141 GB accelerator; seeds are 31-bit for every RNG in use."""
+
+INT_FIELDS = (
+    "seed",
+    "data_seed",
+    "epochs",
+    "patience",
+    "batch_size",
+    "image_size",
+    "lp_epochs",
+    "epochs_per_stage",
+    "rgn_estimate_steps",
+)
+STRATEGY_OPTIONS = (
+    "lp_epochs",
+    "epochs_per_stage",
+    "alpha",
+    "beta",
+    "surgical_block",
+    "kernels_only",
+    "rgn_estimate_steps",
+    "rgn_per_step",
+    "lr_decay",
+)
+"""Keys a run's ``strategy_options`` may hold (arguments of ``strategies.make``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run (its record's name is a hash of this)."""
+
+    strategy: str
+    arch: str = "resnet50"
+    dataset: str = "demo"
+    weights: str = "auto"
+    lr: float = 1e-4
+    seed: int = 0
+    epochs: int = 50
+    patience: int = 5
+    batch_size: int = 64
+    image_size: int = 224
+    precision: str = "fp32"
+    frozen_bn: str = "update"
+    data_seed: int = 0
+    """Seed of the dataset's own randomness (val carving, demo images): fixed across runs."""
+    strategy_options: tuple[tuple[str, Any], ...] = ()
+    """Extra arguments of :func:`medft_jax.strategies.make` (e.g. ``lp_epochs``)."""
+    data_fingerprint: str = ""
+    """Content hash of the prepared data (filled in by :func:`medft_jax.fit.identify`)."""
+    weights_fingerprint: str = ""
+    """Content hash of the starting weights, or ``none`` (filled in by ``identify``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["strategy_options"] = dict(self.strategy_options)
+        return d
+
+    @property
+    def identified(self) -> bool:
+        """Whether the data and weights fingerprints are filled in."""
+        return bool(self.data_fingerprint and self.weights_fingerprint)
+
+
+def flag_name(field: str) -> str:
+    """How a command line names ``field``: ``--batch-size``."""
+    return "--" + field.replace("_", "-")
+
+
+def check_value(field: str, value: Any, name: str) -> None:
+    """Refuses ``value`` for ``field`` outside :data:`LIMITS`, naming it ``name``."""
+    if field not in LIMITS:
+        return
+    low, high = LIMITS[field]
+    is_int = field in INT_FIELDS
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "an integer" if is_int else "a number"
+        raise UserError(f"{name} must be {kind} in [{low:g}, {high:g}], got {value!r}")
+    if is_int and not float(value).is_integer():
+        raise UserError(f"{name} must be an integer in [{low:g}, {high:g}], got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+    if field == "lr":
+        if not 0 < value <= high:
+            raise UserError(f"{name} must be in (0, {high:g}], got {value!r}")
+    elif not low <= value <= high:
+        raise UserError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
+
+
+def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> None:
+    """Checks every field of ``config``; ``name(field)`` says how to name a field at fault."""
+    from medft_jax.models import ARCHS
+    from medft_jax.strategies import STRATEGIES
+
+    if config.strategy not in STRATEGIES:
+        raise UserError(
+            f"{name('strategy')} {config.strategy!r} is unknown; valid: {', '.join(STRATEGIES)}"
+        )
+    if config.arch not in ARCHS:
+        raise UserError(f"{name('arch')} {config.arch!r} is unknown; valid: {', '.join(ARCHS)}")
+    if config.precision not in PRECISIONS:
+        raise UserError(f"{name('precision')} must be one of {', '.join(PRECISIONS)}")
+    if config.frozen_bn not in FROZEN_BN:
+        raise UserError(f"{name('frozen_bn')} must be one of {', '.join(FROZEN_BN)}")
+    if not isinstance(config.weights, str) or not config.weights:
+        raise UserError(f"{name('weights')} must be auto, imagenet, none or a checkpoint folder")
+    for field in ("lr", "seed", "data_seed", "epochs", "patience", "batch_size", "image_size"):
+        check_value(field, getattr(config, field), name(field))
+    for key, value in config.strategy_options:
+        if key not in STRATEGY_OPTIONS:
+            raise UserError(
+                f"{name(key)}: unknown strategy option; expected some of "
+                f"{', '.join(STRATEGY_OPTIONS)}"
+            )
+        check_value(key, value, name(key))

@@ -1,0 +1,113 @@
+"""The toolkit's one base class for bad input, and how a command line reports it.
+
+Every error the toolkit raises because of what a user gave it (a file, a
+folder, a flag, a config key) derives from :class:`UserError`; its message
+is one line that names the thing at fault and what was expected. The
+command lines run under :func:`cli_main`, which prints such an error as
+``error: <message>`` and exits 2, turns the operating system's refusals
+(no space left, permission denied, a read-only filesystem, a file where a
+folder was expected) into one line naming the path, and lets anything else,
+a real bug, show its traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_BAD_INPUT = 2
+"""Exit status for bad input (argparse uses 2 for bad flags too)."""
+EXIT_FAILED = 1
+"""Exit status for a run that could not finish for another reason (disk full, diverged)."""
+
+_OS_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only filesystem",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EISDIR: "is a folder, expected a file",
+    errno.EEXIST: "already exists",
+    errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+class UserError(ValueError):
+    """Bad input: a file, folder, flag or setting that cannot be used as given."""
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) as one space."""
+    return " ".join(str(text).split())
+
+
+def os_error_line(err: OSError) -> str | None:
+    """One line for an operating-system refusal we know how to explain, else None."""
+    if err.errno not in _OS_REASONS:
+        return None
+    where = err.filename if err.filename is not None else "?"
+    if err.filename2 is not None:
+        where = f"{where} -> {err.filename2}"
+    return f"{where}: {_OS_REASONS[err.errno]}"
+
+
+def find_os_error(err: BaseException) -> OSError | None:
+    """The first explainable OSError in ``err`` or its causes (orbax wraps them)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _OS_REASONS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Runs a command line's ``main`` and maps the errors a user can cause to one line.
+
+    :class:`UserError` -> ``error: <message>``, exit 2. An OSError (or one
+    wrapped in another exception) with a known errno -> ``error: <path>:
+    <reason>``, exit 1 for a full disk (the input was fine) and 2 otherwise.
+    ``KeyboardInterrupt`` -> exit 130 without a traceback. Anything else
+    propagates: a real bug keeps its traceback.
+    """
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        os_err = find_os_error(e)
+        if os_err is None:
+            raise
+        print(f"error: {os_error_line(os_err)}", file=sys.stderr)
+        full = os_err.errno in (errno.ENOSPC, errno.EDQUOT)
+        return EXIT_FAILED if full else EXIT_BAD_INPUT
+
+
+def writable_dir(path: str | os.PathLike[str], flag: str) -> None:
+    """Refuses, naming ``flag``, a folder path that is a file or cannot be written.
+
+    Creates the folder when missing (what every caller would do next).
+    """
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    for parent in (p, *p.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is a file, expected a folder")
+            break
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror})") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: the folder is not writable")
