@@ -119,18 +119,19 @@ def check_value(field: str, value: Any, name: str) -> None:
         return
     low, high = LIMITS[field]
     is_int = field in INT_FIELDS
+    span = f"[{low}, {high}]" if is_int else f"[{low:g}, {high:g}]"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "an integer" if is_int else "a number"
-        raise UserError(f"{name} must be {kind} in [{low:g}, {high:g}], got {value!r}")
+        raise UserError(f"{name} must be {kind} in {span}, got {value!r}")
     if is_int and not float(value).is_integer():
-        raise UserError(f"{name} must be an integer in [{low:g}, {high:g}], got {value!r}")
+        raise UserError(f"{name} must be an integer in {span}, got {value!r}")
     if not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+        raise UserError(f"{name} must be a finite number in {span}, got {value!r}")
     if field == "lr":
         if not 0 < value <= high:
             raise UserError(f"{name} must be in (0, {high:g}], got {value!r}")
     elif not low <= value <= high:
-        raise UserError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
+        raise UserError(f"{name} must be in {span}, got {value!r}")
 
 
 def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> None:

@@ -170,9 +170,6 @@ class Grid:
                 raise GridError(
                     f"grid {self.name!r}: strategy {s!r} unknown; known: {', '.join(STRATEGIES)}"
                 )
-        for lr in self.lrs:
-            if not (isinstance(lr, (int, float)) and lr > 0):
-                raise GridError(f"grid {self.name!r}: learning rate {lr!r} is not positive")
         for config in self.configs():
             try:
                 check_config(config, lambda f, s=config.strategy: self._key_name(f, s))
@@ -214,7 +211,12 @@ def load_grid(path: str | Path) -> Grid:
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise GridError(f"--config {path}: defines no get_config() function")
-    grid = get_config()
+    try:
+        grid = get_config()
+    except UserError:
+        raise
+    except Exception as e:
+        raise GridError(f"--config {path}: get_config() failed ({type(e).__name__}: {e})") from e
     if not isinstance(grid, Grid):
         raise GridError(
             f"--config {path}: get_config() returned a {type(grid).__name__}, expected a Grid"

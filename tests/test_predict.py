@@ -69,5 +69,5 @@ def test_bad_image_is_named(setup, capsys):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     assert main(["--checkpoint", str(ck), "--images", str(paths[0]), str(bad)]) == 2
     cap = capsys.readouterr()
-    assert cap.out == "" and cap.err.startswith(f"error: {bad}: not a readable image")
+    assert cap.out == "" and cap.err.startswith(f"error: corrupt or unreadable image {bad}: ")
     assert cap.err.count("\n") == 1

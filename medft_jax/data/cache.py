@@ -18,16 +18,29 @@ Why it cannot look finished while half-written: everything is written into
 the last step (atomic on one filesystem). A crash leaves only a ``.tmp-``
 directory, removed by the next writer; ``<dir>`` existing means complete.
 All files load with ``allow_pickle=False``.
+
+What a cache was built from is in ``meta.json`` too, so a changed source is
+never served from an old cache: ``source`` holds a cheap signature (the
+source files' relative names, sizes and mtimes, and facts such as the class
+list; see :func:`stale_reason`), checked on every load by the source, which
+rebuilds with one line saying why when it differs. ``fingerprint`` is a
+SHA-256 of the prepared bytes (images, labels, ids, groups, patients per
+split, class names, multilabel, grouping; :func:`fingerprint_of`), computed
+once as the cache is written: the data's identity in a run's record. It
+never holds mtimes or paths, so it is the same for the same data anywhere.
+A cache without either (written before they existed) is stale and rebuilt.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +52,8 @@ from medft_jax.data.errors import DataError
 
 META = "meta.json"
 FIELDS = ("labels", "ids", "groups", "patients")
+FINGERPRINT_FORMAT = 1
+"""Bumped if :func:`fingerprint_of`'s definition changes (it is part of what is hashed)."""
 
 ImageChunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 """Yields ``(images, kept)`` chunks in example order: ``kept`` is a bool mask over the
@@ -84,12 +99,14 @@ def write_cache(
     *,
     progress: bool = True,
 ) -> Path:
-    """Writes a cache atomically and returns its directory.
+    """Writes a cache atomically (replacing a stale one) and returns its directory.
 
-    ``meta`` (JSON-able dataset facts) is stored in ``meta.json`` with the
-    per-split counts and the ids of skipped bad images (added to any
-    ``meta["skipped_bad_images"][split]`` already skipped upstream). A split left with no
-    examples is an error naming it.
+    ``meta`` (JSON-able dataset facts, with ``class_names`` and
+    ``multilabel``, and ``source``: what the cache is built from) is stored in
+    ``meta.json`` with the per-split counts, the ids of skipped bad images
+    (added to any ``meta["skipped_bad_images"][split]`` already skipped
+    upstream) and the content ``fingerprint``, hashed as the arrays are
+    written. A split left with no examples is an error naming it.
     """
     cache_dir = Path(cache_dir)
     remove_stale(cache_dir)
@@ -97,12 +114,13 @@ def write_cache(
     tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        counts, skipped = {}, {}
+        counts, skipped, digests = {}, {}, {}
         for name, plan in splits.items():
-            kept = _write_images(tmp / f"{name}_images.npy", name, plan, progress)
+            kept, images_digest = _write_images(tmp / f"{name}_images.npy", name, plan, progress)
             if not kept.any():
                 raise DataError(f"split {name!r} came out empty")
             fields = plan.fields() if callable(plan.fields) else plan.fields
+            written = {}
             for field in FIELDS:
                 array = np.asarray(fields[field])
                 if len(array) != plan.num_examples:
@@ -110,35 +128,66 @@ def write_cache(
                         f"split {name!r}: {field} has {len(array)} rows, "
                         f"expected {plan.num_examples}"
                     )
-                np.save(tmp / f"{name}_{field}.npy", array[kept], allow_pickle=False)
+                written[field] = array[kept]
+                np.save(tmp / f"{name}_{field}.npy", written[field], allow_pickle=False)
+            digests[name] = _split_digest(
+                [int(kept.sum()), *plan.image_shape], images_digest, written
+            )
             counts[name] = int(kept.sum())
             earlier = list(meta.get("skipped_bad_images", {}).get(name, []))
             skipped[name] = earlier + [str(i) for i in np.asarray(fields["ids"])[~kept]]
-        meta = {**meta, "splits": list(counts), "counts": counts, "skipped_bad_images": skipped}
+        meta = {
+            **meta,
+            "splits": list(counts),
+            "counts": counts,
+            "skipped_bad_images": skipped,
+            "fingerprint": _combine(digests, meta),
+        }
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        try:
-            tmp.rename(cache_dir)
-        except OSError:
-            if not is_complete(cache_dir):  # not a concurrent writer finishing first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        _swap_in(tmp, cache_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return cache_dir
 
 
-def _write_images(path: Path, name: str, plan: SplitPlan, progress: bool) -> np.ndarray:
-    """Streams a split's images into ``path``; returns the kept-mask over its examples."""
+def _swap_in(tmp: Path, cache_dir: Path) -> None:
+    """Renames the finished ``tmp`` to ``cache_dir``, moving a stale one aside first.
+
+    A reader holding the old arrays memmapped keeps them (the files live on
+    until unmapped). If another writer swaps in at the same moment, one of
+    the two finished caches wins; both were built from the same source.
+    """
+    old = None
+    if cache_dir.exists():
+        old = cache_dir.with_name(f"{cache_dir.name}.tmp-old-{uuid.uuid4().hex[:8]}")
+        try:
+            cache_dir.rename(old)
+        except FileNotFoundError:
+            old = None  # another writer moved it first
+    try:
+        tmp.rename(cache_dir)
+    except OSError:
+        if not is_complete(cache_dir):  # not a concurrent writer finishing first
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_images(path: Path, name: str, plan: SplitPlan, progress: bool) -> tuple[np.ndarray, str]:
+    """Streams a split's images into ``path``; returns the kept-mask and the images' SHA-256."""
     n = plan.num_examples
     if n == 0:
         raise DataError(f"split {name!r} came out empty")
     images = np.lib.format.open_memmap(path, "w+", np.uint8, (n, *plan.image_shape))
     masks = []
     start = 0
+    digest = hashlib.sha256()
     with tqdm(total=n, desc=f"caching {name}", unit="img", disable=not progress) as bar:
         for chunk, kept in plan.chunks():
             images[start : start + len(chunk)] = chunk
+            digest.update(np.ascontiguousarray(chunk, dtype=np.uint8).data)
             start += len(chunk)
             masks.append(np.asarray(kept, dtype=bool))
             bar.update(len(kept))
@@ -149,7 +198,7 @@ def _write_images(path: Path, name: str, plan: SplitPlan, progress: bool) -> np.
         raise DataError(f"split {name!r}: the image stream covered {len(kept)} of {n} examples")
     if start < n:
         _shrink_npy(path, start)
-    return kept
+    return kept, digest.hexdigest()
 
 
 def _shrink_npy(path: Path, rows: int) -> None:
@@ -186,7 +235,9 @@ def read_cache(cache_dir: Path) -> tuple[dict[str, ArraySplit], dict[str, Any]]:
     cache_dir = Path(cache_dir)
     if not is_complete(cache_dir):
         raise DataError(f"{cache_dir} is not a finished dataset cache (no {META})")
-    meta = json.loads((cache_dir / META).read_text())
+    meta = read_meta(cache_dir)
+    if isinstance(meta.get("source"), dict) and isinstance(meta["source"].get("files"), list):
+        meta["source"] = {**meta["source"], "files": len(meta["source"]["files"])}
     splits = {}
     for name in meta["splits"]:
         images = np.load(cache_dir / f"{name}_images.npy", mmap_mode="r", allow_pickle=False)
@@ -204,3 +255,169 @@ def chunked(array: np.ndarray, chunk: int = 256) -> ImageChunks:
             yield part, np.ones(len(part), dtype=bool)
 
     return chunks
+
+
+def read_meta(cache_dir: Path) -> dict[str, Any]:
+    """The full ``meta.json`` of a finished cache (unreadable JSON is one line naming it)."""
+    path = Path(cache_dir) / META
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable cache metadata ({err}); delete {cache_dir}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: unreadable cache metadata; delete {cache_dir}")
+    return meta
+
+
+def update_meta(cache_dir: Path, changes: Mapping[str, Any]) -> None:
+    """Rewrites ``meta.json`` with ``changes`` merged in, atomically (temp name + rename)."""
+    path = Path(cache_dir) / META
+    meta = {**read_meta(cache_dir), **changes}
+    tmp = path.with_name(f"{META}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# What a cache was built from
+
+
+def file_stats(root: Path, paths: Iterable[Path]) -> list[list[Any]]:
+    """``[[name relative to root, size, mtime_ns], ...]`` sorted; stat only, no reading.
+
+    Links are followed (the size and time of what is read). A missing file
+    gets size and time -1, so its later appearance changes the signature.
+    """
+    real_root = Path(root).resolve()
+    out = []
+    for path in paths:
+        real = Path(path).resolve()
+        try:
+            name = real.relative_to(real_root).as_posix()
+        except ValueError:
+            name = real.as_posix()
+        try:
+            st = os.stat(real)
+            out.append([name, st.st_size, st.st_mtime_ns])
+        except (FileNotFoundError, NotADirectoryError):
+            out.append([name, -1, -1])
+    return sorted(out)
+
+
+def tree_stats(folder: Path, *, exclude: Sequence[str] = ()) -> list[list[Any]]:
+    """:func:`file_stats` of every file below ``folder`` (names in ``exclude`` left out)."""
+    folder = Path(folder)
+    files = [p for p in folder.rglob("*") if p.is_file() and p.name not in exclude]
+    return file_stats(folder, files)
+
+
+def stale_reason(cache_dir: Path, source: Mapping[str, Any]) -> str | None:
+    """Why the finished cache in ``cache_dir`` does not match ``source``, or None if it does.
+
+    ``source`` is what the cache would be built from now: ``files`` (see
+    :func:`file_stats`) and any other JSON-able facts (class list, label file,
+    options). A cache that predates source records is stale.
+    """
+    meta = read_meta(cache_dir)
+    old = meta.get("source")
+    if not isinstance(old, dict) or not meta.get("fingerprint"):
+        return "it predates content checks (no source signature or fingerprint)"
+    return describe_change(old, source)
+
+
+def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """E.g. ``"3 files added, 1 removed; class_names changed"``; None when equal."""
+    parts = []
+    before = {f[0]: tuple(f[1:]) for f in old.get("files", [])}
+    after = {f[0]: tuple(f[1:]) for f in new.get("files", [])}
+    added = len(after.keys() - before.keys())
+    removed = len(before.keys() - after.keys())
+    changed = sum(1 for k in after.keys() & before.keys() if after[k] != before[k])
+    counts = [
+        (n, w) for n, w in ((added, "added"), (removed, "removed"), (changed, "changed")) if n
+    ]
+    if counts:
+        words = [f"{n} {w}" for n, w in counts]
+        n, w = counts[0]
+        words[0] = f"{n} file{'s' if n != 1 else ''} {w}"
+        parts.append(", ".join(words))
+    for key in sorted((old.keys() | new.keys()) - {"files"}):
+        if _jsonable(old.get(key)) != _jsonable(new.get(key)):
+            parts.append(f"{FACT_WORDS.get(key, key)} changed")
+    return "; ".join(parts) or None
+
+
+FACT_WORDS = {
+    "class_names": "class list",
+    "multilabel": "label kind",
+    "labels_csv": "labels CSV file",
+    "tfds_dir": "TFDS folder",
+    "examples": "examples (ids, labels, patients or splits)",
+    "decoding": "image decoding rules (16-bit, float, DICOM)",
+}
+"""How :func:`describe_change` names a changed fact of a source signature."""
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), for comparing."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def announce_rebuild(what: str, cache_dir: Path, reason: str) -> None:
+    """The one line a rebuild prints (stderr): which cache and why."""
+    print(f"{what} cache {cache_dir} is stale: {reason}; rebuilding", file=sys.stderr, flush=True)
+
+
+# The content fingerprint
+
+
+def fingerprint_of(
+    splits: Mapping[str, ArraySplit],
+    class_names: Sequence[str],
+    multilabel: bool,
+    eval_grouping: str = "image",
+    *,
+    chunk: int = 1024,
+) -> str:
+    """The content fingerprint of in-memory (or memmapped) splits; see the module docstring.
+
+    Equal to what :func:`write_cache` stores for the same arrays and facts.
+    """
+    digests = {}
+    for name, split in splits.items():
+        digest = hashlib.sha256()
+        for start in range(0, len(split.images), chunk):
+            part = np.asarray(split.images[start : start + chunk])
+            digest.update(np.ascontiguousarray(part, dtype=np.uint8).data)
+        fields = {f: np.asarray(getattr(split, f)) for f in FIELDS}
+        digests[name] = _split_digest(list(split.images.shape), digest.hexdigest(), fields)
+    facts = {"class_names": list(class_names), "multilabel": multilabel}
+    return _combine(digests, {**facts, "eval_grouping": eval_grouping})
+
+
+def _split_digest(
+    images_shape: list[int], images_sha: str, fields: Mapping[str, np.ndarray]
+) -> dict[str, Any]:
+    labels = np.asarray(fields["labels"])
+    canonical = labels.astype("<f8" if labels.dtype.kind == "f" else "<i8")
+    out: dict[str, Any] = {
+        "images": [list(map(int, images_shape)), images_sha],
+        "labels": [list(canonical.shape), hashlib.sha256(canonical.tobytes()).hexdigest()],
+    }
+    for field in FIELDS[1:]:
+        text = json.dumps([str(v) for v in np.asarray(fields[field]).tolist()])
+        out[field] = hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
+def _combine(digests: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    whole = {
+        "format": FINGERPRINT_FORMAT,
+        "class_names": [str(c) for c in meta.get("class_names", [])],
+        "multilabel": bool(meta.get("multilabel", False)),
+        "eval_grouping": str(meta.get("eval_grouping", "image")),
+        "splits": dict(digests),
+    }
+    return hashlib.sha256(json.dumps(whole, sort_keys=True).encode()).hexdigest()

@@ -3,8 +3,9 @@
 Either ``<root>/<class>/*.png`` (val and test carved, seeded and
 stratified) or pre-split ``<root>/train/<class>/...`` with optional
 ``val/`` and ``test/`` beside it (what is missing is carved from train).
-Class names are the subfolder names, sorted. An empty class folder is an
-error naming it.
+Class names are the subfolder names, sorted. An empty class folder, or a
+single class, is an error naming it. Symbolic links are followed only while
+they stay inside ``<root>`` (see :mod:`medft_jax.data.paths`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,21 @@ from pathlib import Path
 
 from medft_jax.data.errors import DataError
 from medft_jax.data.images import IMAGE_SUFFIXES
+from medft_jax.data.paths import scan_files, sub_folders
 from medft_jax.data.records import Record, carve_records
 
 SPLIT_DIRS = ("train", "val", "test")
 
 
-def _classes(root: Path) -> list[str]:
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _classes(root: Path, base: Path) -> list[str]:
+    names = [p.name for p in sub_folders(base, root)]
     if not names:
         raise DataError(f"{root}: no class subfolders found; expected <root>/<class>/<image>")
+    if len(names) == 1:
+        raise DataError(
+            f"{root}: only one class folder ({names[0]!r}); a classifier needs at least two "
+            "(<root>/<class>/<image>, one folder per class)"
+        )
     return names
 
 
@@ -31,13 +38,11 @@ def _scan(root: Path, base: Path, class_names: list[str], split: str) -> list[Re
         folder = root / name
         if not folder.is_dir():
             continue
-        files = sorted(
-            p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        files = scan_files(base, folder, IMAGE_SUFFIXES)
         if not files and split == "train":
             raise DataError(f"class folder {folder} is empty; expected {'/'.join(IMAGE_SUFFIXES)}")
         records += [Record(p, label, p.relative_to(base).as_posix()) for p in files]
-    extra = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in class_names)
+    extra = sorted(p.name for p in sub_folders(base, root) if p.name not in class_names)
     if extra:
         raise DataError(f"{root}: folder(s) {extra} are not classes of train {class_names}")
     return records
@@ -51,7 +56,7 @@ def parse_folder(
     if not root.is_dir():
         raise DataError(f"--manual-dir {root} is not a directory")
     if (root / "train").is_dir():
-        class_names = _classes(root / "train")
+        class_names = _classes(root / "train", root)
         given = {
             s: _scan(root / s, root, class_names, s) for s in SPLIT_DIRS if (root / s).is_dir()
         }
@@ -62,7 +67,7 @@ def parse_folder(
             train, given["val"] = carve_records(train, val_fraction, seed + 1, stratify=True)
         given["train"] = train
         return class_names, {s: given[s] for s in SPLIT_DIRS}
-    class_names = _classes(root)
+    class_names = _classes(root, root)
     records = _scan(root, root, class_names, "train")
     rest, test = carve_records(records, test_fraction, seed, stratify=True)
     rest, val = carve_records(rest, val_fraction, seed + 1, stratify=True)

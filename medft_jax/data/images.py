@@ -1,51 +1,133 @@
 """Decoding image files safely: paths stay inside the dataset root, bad files are named.
 
-Every file-based source (the eight paper tasks, ``folder``, ``csv``) decodes
-through here, so the rules are the same everywhere: a path that escapes the
-dataset root is refused, a corrupt or truncated image raises a
+Every file-based source (the eight paper tasks, ``folder``, ``csv``) and
+``experiments.predict`` decode through :func:`open_image`, so the rules are
+the same everywhere: a path that escapes the dataset root is refused, a
+corrupt or truncated image raises a
 :class:`~medft_jax.data.errors.DataError` naming the file, or, when the user
 asked for it (``--skip-bad-images``), is skipped and counted.
+
+What comes out is always an 8-bit L or RGB image. 8-bit files pass through
+Pillow's ``convert("RGB")`` as before (byte-identical); 16-bit and float
+files are converted by their real range and DICOM files through pydicom,
+by the rules in :mod:`medft_jax.data.pixels` and
+:mod:`medft_jax.data.dicom`. Images over the size limits
+(:data:`~medft_jax.data.pixels.MAX_PIXELS`,
+:data:`~medft_jax.data.pixels.MAX_ASPECT`) are refused from their header,
+before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from medft_jax.data import dicom
 from medft_jax.data.errors import DataError
-from medft_jax.data.preprocess import resize_and_crop
+from medft_jax.data.paths import safe_join  # noqa: F401  (the one path rule lives there)
+from medft_jax.data.pixels import (
+    MAX_PIXELS,
+    check_size,
+    signed16_to_uint8,
+    unit_float_to_uint8,
+    unsigned_to_uint8,
+)
+from medft_jax.data.preprocess import EIGHT_BIT_MODES, resize_and_crop
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", *dicom.DICOM_SUFFIXES)
 
+DECODING_VERSION = 2
+"""Bumped whenever the same file can decode to other pixels (2: 16-bit, float
+and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``): a
+cache built under another version is stale."""
 
-def safe_join(root: Path, relative: str, *, source: str) -> Path:
-    """``root / relative``, refusing a path that resolves outside ``root``.
-
-    ``source`` names where the path came from (a CSV file, a list file), for
-    the error message. Symlinks are resolved before the check, so a link
-    pointing outside the root is refused too.
-    """
-    root = Path(root).resolve()
-    path = (root / relative).resolve()
-    if path != root and root not in path.parents:
-        raise DataError(f"{source}: image path {relative!r} escapes the dataset root {root}")
-    return path
+_UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
+_SIGNED16 = ("I;16S", "I;16BS", "I;16NS")
 
 
 def open_image(path: Path) -> Image.Image:
-    """Fully decodes the image at ``path`` (PIL is lazy: ``load()`` finds truncation)."""
+    """The image at ``path``, fully decoded, as the 8-bit L or RGB image the models see.
+
+    DICOM (by suffix or preamble) goes through :func:`medft_jax.data.dicom.read_dicom`,
+    everything else through Pillow; see the module docstring for the rules.
+    """
+    path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        if dicom.is_dicom(path):
+            return dicom.read_dicom(path)
+        return _open_pillow(path)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except OSError as err:  # a folder, no permission: from the DICOM preamble check
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
+
+
+def _open_pillow(path: Path) -> Image.Image:
+    try:
+        with warnings.catch_warnings():  # over MAX_PIXELS anyway: refused below, in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as image:
+            check_size(path, *image.size)  # from the header: nothing decoded yet
+            samples = _stored_samples(image)  # the tile names them until load() clears it
+            image.load()  # PIL is lazy: load() finds truncation
+            return to_8bit(image, samples, path)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise
+    except Image.DecompressionBombError as err:
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "its size"
+        raise DataError(
+            f"{path}: image header claims {size}, over the limit of {MAX_PIXELS:,} pixels "
+            "(medft_jax.data.pixels.MAX_PIXELS)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"corrupt or unreadable image {path}: {err}") from None
+
+
+def _stored_samples(image: Image.Image) -> str | None:
+    """The raw sample layout of a mode-``I`` image (e.g. ``I;16S``), read before decoding."""
+    if image.mode != "I":
+        return None
+    if image.format == "PPM":  # Pillow scales a 9..16-bit PGM's maxval to 0..65535
+        return "I;16"
+    if not image.tile:
+        return None
+    args = image.tile[0].args
+    raw = args[0] if isinstance(args, tuple) and args else args
+    return raw if isinstance(raw, str) else None
+
+
+def to_8bit(image: Image.Image, samples: str | None, path: Path) -> Image.Image:
+    """A decoded Pillow image as 8-bit L or RGB by the rules of :mod:`medft_jax.data.pixels`.
+
+    ``samples`` is the stored layout of a mode-``I`` image (Pillow widens
+    16-bit signed and 32-bit samples alike to mode ``I``).
+    """
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image.copy()
+    if mode in EIGHT_BIT_MODES:
+        return image.convert("RGB")  # exactly what preprocessing did before: alpha dropped
+    if mode in _UNSIGNED16 or (mode == "I" and samples in _UNSIGNED16):
+        return Image.fromarray(unsigned_to_uint8(np.asarray(image), 16), "L")
+    if mode == "I" and samples in _SIGNED16:
+        return Image.fromarray(signed16_to_uint8(np.asarray(image)), "L")
+    if mode == "F":
+        return Image.fromarray(unit_float_to_uint8(np.asarray(image), path), "L")
+    what = f"{samples} samples" if mode == "I" and samples else f"mode {mode}"
+    raise DataError(
+        f"{path}: image with {what} cannot be converted to 8 bits faithfully; "
+        "save it as 8- or 16-bit integers or as floats in [0, 1]"
+    )
 
 
 class ImageReader:
@@ -78,6 +160,8 @@ class ImageReader:
         """uint8 (crop, crop, 3) array of the image at ``path``, or ``None`` if skipped."""
         try:
             image = self.decode(Path(path))
+        except dicom.DecoderMissing:
+            raise  # not a bad file: skipping would drop every file of its kind
         except DataError:
             if not self.skip_bad_images:
                 raise

@@ -2,8 +2,10 @@
 
 No TFDS and no TensorFlow here: a user's images go straight into the
 on-disk cache (see :mod:`medft_jax.data.cache`) the first time they are
-loaded; later loads memmap it. The cache's name includes a hash of the
-dataset root and of every option that changes its bytes.
+loaded; later loads memmap it after checking it was built from the files
+now there. The cache's name includes a hash of the dataset root and of
+every option that changes its bytes; its ``meta.json`` records the source
+signature and the content fingerprint.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from medft_jax.data import cache
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
 from medft_jax.data.folder import parse_folder
-from medft_jax.data.images import ImageReader
+from medft_jax.data.images import DECODING_VERSION, ImageReader
 from medft_jax.data.locations import cache_dir, variant_name
-from medft_jax.data.records import split_plan, validate
+from medft_jax.data.records import Record, split_plan, validate
 from medft_jax.data.table import parse_table
 
 KINDS = ("folder", "csv")
@@ -47,6 +49,11 @@ def load_local(
     folder: ``val_fraction``, ``test_fraction``. csv: ``csv_file`` (required),
     ``path_column``, ``label_column`` | ``label_columns``, ``class_names``,
     ``group_column``, ``split_column``, ``val_fraction``, ``test_fraction``.
+
+    Every load parses and checks the layout (directory listing or CSV, no
+    decoding) and compares its signature (see :func:`source_of`) with the
+    cache's: a cache built from other files, classes or labels is rebuilt,
+    with one line saying what changed.
     """
     if manual_dir is None:
         raise DataError(f"dataset {kind!r} needs --manual-dir (the folder holding the images)")
@@ -56,16 +63,19 @@ def load_local(
     if kind == "csv" and "csv_file" not in options:
         raise DataError("dataset 'csv' needs the csv_file option (--csv-file)")
     options = {k: v for k, v in options.items() if v is not None}
+    if kind == "folder":
+        class_names, splits = parse_folder(root, seed=seed, **options)
+        multilabel = False
+    else:
+        class_names, multilabel, splits = parse_table(root, seed=seed, **options)
+    validate(splits, class_names, multilabel, where=str(root))
+    source = source_of(root, class_names, multilabel, splits, options)
     variant = variant_name(resize_size, crop_size, s=seed)
-    fingerprint = _fingerprint(root, {**options, "kind": kind})
-    target = cache_dir(data_dir, f"{kind}-{fingerprint}", variant)
-    if not cache.is_complete(target):
-        if kind == "folder":
-            class_names, splits = parse_folder(root, seed=seed, **options)
-            multilabel = False
-        else:
-            class_names, multilabel, splits = parse_table(root, seed=seed, **options)
-        validate(splits, class_names, multilabel, where=str(root))
+    target = cache_dir(data_dir, f"{kind}-{_fingerprint(root, {**options, 'kind': kind})}", variant)
+    reason = cache.stale_reason(target, source) if cache.is_complete(target) else None
+    if reason:
+        cache.announce_rebuild(kind, target, reason)
+    if reason or not cache.is_complete(target):
         reader = ImageReader(resize_size, crop_size, skip_bad_images=skip_bad_images)
         plans = {
             s: split_plan(recs, reader, multilabel=multilabel, num_classes=len(class_names))
@@ -77,6 +87,7 @@ def load_local(
             "eval_grouping": "image",
             "root": str(root.resolve()),
             "options": {k: str(v) for k, v in options.items()},
+            "source": source,
         }
         cache.write_cache(target, plans, facts, progress=progress)
     splits_arrays, meta = cache.read_cache(target)
@@ -88,3 +99,32 @@ def load_local(
         eval_grouping=meta["eval_grouping"],
         metadata=meta,
     )
+
+
+def source_of(
+    root: Path,
+    class_names: list[str],
+    multilabel: bool,
+    splits: dict[str, list[Record]],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The signature of what a cache is built from: stat only, nothing decoded or hashed.
+
+    Every listed image file's (name, size, mtime), the class list, multilabel
+    and the labels CSV's (name, size, mtime) for ``csv``. Split membership
+    follows from these and the options (part of the cache's name).
+    """
+    paths = [r.path for recs in splits.values() for r in recs]
+    csv_file = options.get("csv_file")
+    csv_stat = None
+    if csv_file is not None:
+        csv_path = Path(csv_file) if Path(csv_file).is_absolute() else root / csv_file
+        csv_stat = cache.file_stats(root, [csv_path])[0]
+    return {
+        "files": cache.file_stats(root, paths),
+        "class_names": list(class_names),
+        "multilabel": multilabel,
+        "labels_csv": csv_stat,
+        # How files become pixels (16-bit, float, DICOM rules): a change rebuilds.
+        "decoding": DECODING_VERSION,
+    }

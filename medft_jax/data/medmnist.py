@@ -2,8 +2,10 @@
 
 A file is looked for in ``data_dir`` (as ``<flag>[_<size>].npz``, directly
 or under ``medmnist/``), else downloaded there from Zenodo and checked
-against its MD5 (files found on disk are trusted: users may hold re-saved
-copies, like the one with flat labels in the project's test data). Labels
+against its MD5 (files found on disk are used, their labels checked: users
+may hold re-saved copies, like the one with flat labels in the project's
+test data; ``metadata["source"]["official"]`` says whether the MD5 is the
+published one). Labels
 may be ``N`` or ``N×1``; ChestMNIST's ``N×14`` are multi-hot. Images are
 used at their native size unless a crop size is asked for, in which case
 they go through the same Resize + CenterCrop as every other dataset and are
@@ -12,13 +14,16 @@ cached on disk once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -97,21 +102,42 @@ def find_or_download(flag: str, size: int, data_dir: Path, *, allow_download: bo
 
 
 def read_npz(path: Path, flag: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{split: (uint8 N×H×W×3 images, labels)}`` from an official-format ``.npz``."""
+    """``{split: (uint8 N×H×W×3 images, labels)}`` from an official-format ``.npz``, checked.
+
+    Labels are checked (see :func:`_labels`) and every class must have a
+    training example; an unreadable file or array is one line naming it.
+    """
     info = FLAGS[flag]
     out = {}
-    with np.load(path, allow_pickle=False) as npz:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    with npz:
         for split in SPLITS:
             for key in (f"{split}_images", f"{split}_labels"):
                 if key not in npz.files:
                     raise DataError(f"{path}: missing array {key!r}; has {sorted(npz.files)}")
-            images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+            images, labels = (
+                _array(npz, path, f"{split}_images"),
+                _array(npz, path, f"{split}_labels"),
+            )
             out[split] = (_rgb(images, path, split), _labels(labels, info, path, split))
             if len(out[split][0]) != len(out[split][1]):
                 raise DataError(
                     f"{path}: {split}_images has {len(images)} rows, {split}_labels {len(labels)}"
                 )
+            if len(out[split][1]) == 0:
+                raise DataError(f"{path}: split {split!r} is empty")
+    _check_classes(out, info, path)
     return out
+
+
+def _array(npz, path: Path, key: str) -> np.ndarray:
+    try:
+        return npz[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: cannot read array {key!r} ({err})") from None
 
 
 def _rgb(images: np.ndarray, path: Path, split: str) -> np.ndarray:
@@ -125,24 +151,68 @@ def _rgb(images: np.ndarray, path: Path, split: str) -> np.ndarray:
 
 
 def _labels(labels: np.ndarray, info, path: Path, split: str) -> np.ndarray:
+    """Checked labels: int32 ids ``(N,)``, or float32 multi-hot ``(N, C)``.
+
+    A float array is accepted only if every value is a whole, finite number
+    (re-saved copies often hold 0.0/1.0): 0.9 would become 0 and NaN
+    -2147483648 in a cast. Strings, and any other dtype, are refused.
+    """
+    key = f"{split}_labels"
     num = len(info.labels)
     if info.multilabel:
+        if labels.dtype.kind not in "iufb":
+            raise DataError(f"{path}: {key} has dtype {labels.dtype}; expected 0/1 multi-hot")
         if labels.ndim != 2 or labels.shape[1] != num:
-            raise DataError(f"{path}: {split}_labels must be N×{num} multi-hot, got {labels.shape}")
-        if not np.isin(labels, (0, 1)).all():
-            raise DataError(f"{path}: {split}_labels must hold only 0/1")
+            raise DataError(f"{path}: {key} must be N×{num} multi-hot, got {labels.shape}")
+        bad = ~np.isin(labels, (0, 1))
+        if bad.any():
+            raise DataError(f"{path}: {key} must hold only 0/1, found {labels[bad][0]!s}")
         return labels.astype(np.float32)
+    labels = _integral(labels, path, key)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
-        raise DataError(f"{path}: {split}_labels must be N or N×1, got {labels.shape}")
+        raise DataError(f"{path}: {key} must be N or N×1, got {labels.shape}")
     bad = (labels < 0) | (labels >= num)
     if bad.any():
         raise DataError(
-            f"{path}: {split}_labels holds label {labels[bad][0]} outside the {num} classes "
-            f"0..{num - 1}"
+            f"{path}: {key} holds label {labels[bad][0]!s} outside the {num} classes 0..{num - 1}"
         )
     return labels.astype(np.int32)
+
+
+def _integral(labels: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """``labels`` as int64 if they are whole numbers; else one line naming the first bad value."""
+    kind = labels.dtype.kind
+    if kind in "iu":
+        return labels.astype(np.int64)
+    if kind == "b":
+        return labels.astype(np.int64)
+    if kind != "f":
+        raise DataError(
+            f"{path}: {key} has dtype {labels.dtype}; expected integer class ids "
+            "(string or object labels are not read)"
+        )
+    bad = ~np.isfinite(labels) | (labels != np.round(labels))
+    if bad.any():
+        raise DataError(
+            f"{path}: {key} holds {labels[bad][0]!s}, not a whole number; expected integer "
+            "class ids (a float label would be truncated)"
+        )
+    return labels.astype(np.int64)
+
+
+def _check_classes(arrays: dict[str, tuple[np.ndarray, np.ndarray]], info, path: Path) -> None:
+    """Every class has a training example (single-label): one line naming the first missing."""
+    if info.multilabel:
+        return
+    seen = np.bincount(arrays["train"][1], minlength=len(info.labels))
+    missing = [i for i, n in enumerate(seen) if n == 0]
+    if missing:
+        raise DataError(
+            f"{path}: train_labels has no example of class {missing[0]} "
+            f"({info.labels[missing[0]]!r}); every class needs training examples"
+        )
 
 
 def _resized_chunks(images: np.ndarray, resize_size: int, crop_size: int) -> cache.ImageChunks:
@@ -163,7 +233,14 @@ def load_medmnist(
     allow_download: bool = True,
     progress: bool = True,
 ) -> Dataset:
-    """Loads ``medmnist/<flag>[@size]``; see the module docstring."""
+    """Loads ``medmnist/<flag>[@size]``; see the module docstring.
+
+    ``metadata["fingerprint"]``: the SHA-256 of the ``.npz`` file at native
+    size; the resized cache's content fingerprint otherwise. A resized cache
+    records the file it was built from (size, mtime, SHA-256, MD5) and is
+    rebuilt, with one line, when the file found now differs (a poisoned copy
+    replaced by the official one, say); with no file found it is served as is.
+    """
     flag, size = parse_name(name)
     info = FLAGS[flag]
     facts = {
@@ -179,30 +256,107 @@ def load_medmnist(
         splits: dict[str, ArraySplit] = {
             s: make_split(im, lab, prefix=f"{s}/") for s, (im, lab) in arrays.items()
         }
-        for s, split in splits.items():
-            if len(split) == 0:
-                raise DataError(f"{path}: split {s!r} is empty")
-    else:
-        resize_size = resize_size or crop_size
-        target = cache_dir(
-            data_dir, f"medmnist/{flag}@{size}", variant_name(resize_size, crop_size)
-        )
-        if not cache.is_complete(target):
-            path = find_or_download(flag, size, data_dir, allow_download=allow_download)
-            arrays = read_npz(path, flag)
-            shape = (crop_size, crop_size, 3)
-            plan = {}
-            for s, (im, lab) in arrays.items():
-                ids = np.asarray([f"{s}/{i}" for i in range(len(lab))])
-                fields = {"labels": lab, "ids": ids, "groups": ids, "patients": ids}
-                chunks = _resized_chunks(im, resize_size, crop_size)
-                plan[s] = cache.SplitPlan(len(lab), shape, chunks, fields)
-            cache.write_cache(target, plan, facts, progress=progress)
-        splits, _ = cache.read_cache(target)
+        source = file_source(path, flag, size)
+        fingerprint = source["sha256"]
+        return _dataset(name, splits, info, {**facts, "source": source}, fingerprint, flag)
+    resize_size = resize_size or crop_size
+    target = cache_dir(data_dir, f"medmnist/{flag}@{size}", variant_name(resize_size, crop_size))
+    found = find_local(flag, size, data_dir)
+    reason = _stale_reason(target, found, flag, size) if cache.is_complete(target) else None
+    if reason:
+        cache.announce_rebuild(name, target, reason)
+    if reason or not cache.is_complete(target):
+        path = found or find_or_download(flag, size, data_dir, allow_download=allow_download)
+        arrays = read_npz(path, flag)
+        shape = (crop_size, crop_size, 3)
+        plan = {}
+        for s, (im, lab) in arrays.items():
+            ids = np.asarray([f"{s}/{i}" for i in range(len(lab))])
+            fields = {"labels": lab, "ids": ids, "groups": ids, "patients": ids}
+            chunks = _resized_chunks(im, resize_size, crop_size)
+            plan[s] = cache.SplitPlan(len(lab), shape, chunks, fields)
+        meta = {**facts, "source": file_source(path, flag, size)}
+        cache.write_cache(target, plan, meta, progress=progress)
+    splits, meta = cache.read_cache(target)
+    facts = {**facts, "source": meta["source"], "counts": meta["counts"]}
+    return _dataset(name, splits, info, facts, meta["fingerprint"], flag)
+
+
+def _dataset(
+    name: str, splits: dict[str, ArraySplit], info, facts: dict, fingerprint: str, flag: str
+) -> Dataset:
     return Dataset(
         name=name,
         splits=splits,
         class_names=tuple(info.labels),
         multilabel=info.multilabel,
-        metadata={**facts, "flag": flag},
+        metadata={**facts, "flag": flag, "fingerprint": fingerprint},
+    )
+
+
+def find_local(flag: str, size: int, data_dir: Path) -> Path | None:
+    """The ``.npz`` in ``data_dir`` (or its ``medmnist/``), or None; never downloads."""
+    try:
+        return find_or_download(flag, size, data_dir, allow_download=False)
+    except DataError:
+        return None
+
+
+def file_source(path: Path, flag: str, size: int) -> dict[str, Any]:
+    """What a MedMNIST dataset is read from: the file's stat, SHA-256 and MD5 (one pass).
+
+    ``official``: the MD5 is the one MedMNIST publishes for this file.
+    """
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHES:
+        sha, md5 = hashlib.sha256(), hashlib.md5()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+                md5.update(block)
+        _HASHES[key] = (sha.hexdigest(), md5.hexdigest())
+    sha256, md5_hex = _HASHES[key]
+    return {
+        "file": str(Path(path).resolve()),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": sha256,
+        "md5": md5_hex,
+        "official": md5_hex == FLAGS[flag].md5.get(size),
+    }
+
+
+_HASHES: dict[tuple[str, int, int, int], tuple[str, str]] = {}
+"""Hashes of files already read by this process, by (path, size, mtime, inode)."""
+
+
+def _stale_reason(target: Path, found: Path | None, flag: str, size: int) -> str | None:
+    """Why the cache in ``target`` no longer matches the ``.npz`` found now (None: it does).
+
+    Stat first; only when the size, time or place changed is the file hashed,
+    so a copied-back identical file just updates the record.
+    """
+    meta = cache.read_meta(target)
+    old = meta.get("source")
+    if not isinstance(old, dict) or "sha256" not in old or not meta.get("fingerprint"):
+        return "it predates content checks (no source signature or fingerprint)"
+    if found is None:
+        return None  # nothing to compare with: the cache is all there is
+    st = os.stat(found)
+    if [str(found.resolve()), st.st_size, st.st_mtime_ns] == [
+        old.get("file"),
+        old.get("size"),
+        old.get("mtime_ns"),
+    ]:
+        return None
+    now = file_source(found, flag, size)
+    if now["sha256"] == old["sha256"]:
+        # next time the stat matches; in a read-only data dir it is hashed again, that is all
+        with contextlib.suppress(OSError):
+            cache.update_meta(target, {"source": now})
+        return None
+    return (
+        f"{found} differs from the file it was built from "
+        f"(sha256 {now['sha256'][:12]}, was {old['sha256'][:12]})"
     )

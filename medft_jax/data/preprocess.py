@@ -16,6 +16,13 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
+"""Pillow modes whose ``convert("RGB")`` keeps every sample: 8 bits per channel or fewer.
+Wider modes (``I;16``, ``I``, ``F``) would be clipped to 0..255 by it; files in
+those are converted by :func:`medft_jax.data.images.open_image` first."""
+
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(width, height) with the shorter side ``size``, as torchvision computes it."""
@@ -38,7 +45,17 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_and_crop(image: Image.Image, resize_size: int, crop_size: int = 224) -> np.ndarray:
-    """PIL image -> uint8 (crop, crop, 3) RGB array; grayscale is repeated to 3 channels."""
+    """8-bit PIL image -> uint8 (crop, crop, 3) RGB array; grayscale is repeated to 3 channels.
+
+    Refuses (ValueError: a caller's bug, not the user's) 16-bit and float
+    modes, which ``convert("RGB")`` would silently clip: decode files with
+    :func:`medft_jax.data.images.open_image`.
+    """
+    if image.mode not in EIGHT_BIT_MODES:
+        raise ValueError(
+            f"resize_and_crop takes an 8-bit image, got mode {image.mode}; "
+            "decode files with medft_jax.data.images.open_image"
+        )
     if image.mode != "RGB":
         image = image.convert("RGB")
     image = image.resize(resized_size(*image.size, resize_size), Image.BILINEAR)

@@ -9,6 +9,7 @@ the TFDS builders and the ``folder``/``csv`` sources.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -92,37 +93,61 @@ def standard_splits(
 def validate(
     splits: dict[str, list[Record]], class_names: Sequence[str], multilabel: bool, *, where: str
 ) -> None:
-    """Raises :class:`DataError` on an empty split, a bad label, an empty class or shared patients.
+    """Raises :class:`DataError` unless the labels can train the classifier they describe.
 
-    ``where`` names the dataset/manual dir for the message.
+    Refused: an empty split; a label that is not an integer class id in
+    range (a bool, a float such as 0.9, NaN or a string included: they would
+    be cast without a word) or, multilabel, not 0/1; fewer than two classes
+    (single-label); a class with no example in ``train`` (the model could
+    never predict it: the error names it); an example listed twice; a patient
+    in two splits. ``where`` names the dataset/manual dir for the message.
+    Every source runs this before it writes anything.
     """
     num = len(class_names)
-    seen = np.zeros(num, dtype=np.int64)
+    if not multilabel and num < 2:
+        raise DataError(
+            f"{where}: only one class ({', '.join(map(repr, class_names)) or 'none'}); "
+            "a classifier needs at least two"
+        )
+    if multilabel and num < 1:
+        raise DataError(f"{where}: no label columns")
     for name, records in splits.items():
         if not records:
             raise DataError(f"{where}: split {name!r} came out empty")
         for r in records:
-            if multilabel:
-                if not isinstance(r.label, tuple) or len(r.label) != num:
-                    raise DataError(f"{where}: {r.id}: expected {num} multi-hot labels")
-                if any(v not in (0.0, 1.0) for v in r.label):
-                    raise DataError(f"{where}: {r.id}: multi-hot labels must be 0 or 1")
-                seen += np.asarray(r.label, dtype=np.int64)
-            else:
-                if not isinstance(r.label, int | np.integer) or not 0 <= r.label < num:
-                    raise DataError(
-                        f"{where}: {r.id}: label {r.label!r} outside the class list "
-                        f"{list(class_names)}"
-                    )
-                seen[r.label] += 1
-        ids = [r.id for r in records]
-        if len(set(ids)) != len(ids):
-            raise DataError(f"{where}: split {name!r} lists an example twice")
+            _check_label(r, class_names, multilabel, where)
+        counts = Counter(r.id for r in records)
+        if len(counts) != len(records):
+            twice = next(i for i, n in counts.items() if n > 1)
+            raise DataError(f"{where}: split {name!r} lists {twice!r} twice")
     if not multilabel:
-        for c, count in zip(class_names, seen, strict=True):
-            if count == 0:
-                raise DataError(f"{where}: class {c!r} has no examples")
+        seen = np.bincount([int(r.label) for r in splits.get("train", [])], minlength=num)
+        missing = [c for c, count in zip(class_names, seen, strict=True) if count == 0]
+        if missing:
+            raise DataError(
+                f"{where}: class {missing[0]!r} has no examples in the training split; "
+                "every class needs training examples"
+            )
     check_disjoint({name: [r.patient for r in recs] for name, recs in splits.items()})
+
+
+def _check_label(r: Record, class_names: Sequence[str], multilabel: bool, where: str) -> None:
+    num = len(class_names)
+    if multilabel:
+        if not isinstance(r.label, tuple) or len(r.label) != num:
+            raise DataError(f"{where}: {r.id}: expected {num} multi-hot labels, got {r.label!r}")
+        if any(isinstance(v, bool | str) or v not in (0.0, 1.0) for v in r.label):
+            raise DataError(f"{where}: {r.id}: multi-hot labels must be 0 or 1, got {r.label!r}")
+        return
+    if isinstance(r.label, bool | np.bool_) or not isinstance(r.label, int | np.integer):
+        raise DataError(
+            f"{where}: {r.id}: label {r.label!r} is not an integer class id "
+            f"(0..{num - 1} of {list(class_names)})"
+        )
+    if not 0 <= r.label < num:
+        raise DataError(
+            f"{where}: {r.id}: label {r.label!r} outside the class list {list(class_names)}"
+        )
 
 
 def split_plan(

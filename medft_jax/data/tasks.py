@@ -6,11 +6,30 @@ memmap cache (:mod:`medft_jax.data.cache`) in one pass over the prepared
 records. ``load_task`` memmaps that cache; if only the TFDS data is there
 it builds the cache first (no TensorFlow needed), and if nothing is there
 it says which prepare command to run.
+
+What each step was built from is recorded and checked, so a changed input
+is never served from old output (one line says what changed):
+
+- the cache's ``meta.json`` holds the names, sizes and mtimes of the TFDS
+  files it was read from; every load compares them (stat only) and rebuilds
+  the cache when TFDS data was prepared again. With the TFDS data gone, the
+  cache is served as it is (it is all there is); a cache written before
+  these records existed is rebuilt, or, without TFDS data, refused with the
+  prepare command.
+- the TFDS folder holds :data:`MANUAL_RECORD`: the manual dir's images
+  (name, size, mtime) and a hash of the parsed examples (ids, labels,
+  patients, split membership). ``prepare`` compares it and prepares again
+  when the user's copy changed (TFDS itself would keep the old preparation).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +40,7 @@ from medft_jax.data import cache
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import cache_dir
+from medft_jax.data.records import Record
 
 TASK_NAMES = (
     "chexpert",
@@ -32,6 +52,8 @@ TASK_NAMES = (
     "isic2020",
     "cholect50_instrument",
 )
+MANUAL_RECORD = "medft_manual_source.json"
+"""In a prepared TFDS folder: the signature of the manual dir it was prepared from."""
 
 
 def _config_kwargs(
@@ -74,10 +96,13 @@ def _variant(name: str, **config: Any) -> str:
     )
 
 
-def _cache_from_tfds(builder, target: Path, *, progress: bool, chunk: int = 64) -> Path:
+def _cache_from_tfds(
+    builder, target: Path, data_dir: Path, *, progress: bool, chunk: int = 64
+) -> Path:
     """One pass over the prepared ArrayRecord splits into the memmap cache."""
     info = builder.info
     meta = dict(info.metadata)
+    meta["source"] = tfds_source(Path(builder.data_dir), data_dir)
     plans = {}
     for split in ("train", "val", "test"):
         source = builder.as_data_source(split)
@@ -112,6 +137,67 @@ def _cache_from_tfds(builder, target: Path, *, progress: bool, chunk: int = 64) 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def tfds_source(tfds_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """The signature of a prepared TFDS folder: its files' (name, size, mtime), stat only."""
+    tfds_dir = Path(tfds_dir)
+    try:
+        where = tfds_dir.resolve().relative_to(Path(data_dir).resolve()).as_posix()
+    except ValueError:
+        where = str(tfds_dir.resolve())
+    return {"files": cache.tree_stats(tfds_dir, exclude=(MANUAL_RECORD,)), "tfds_dir": where}
+
+
+def _stale_reason(target: Path, data_dir: Path) -> str | None:
+    """Why the finished cache ``target`` no longer matches its TFDS data (None: it does).
+
+    With the TFDS folder gone there is nothing to compare with: None.
+    """
+    meta = cache.read_meta(target)
+    old = meta.get("source")
+    if not isinstance(old, dict) or "tfds_dir" not in old or not meta.get("fingerprint"):
+        return "it predates content checks (no source signature or fingerprint)"
+    tfds_dir = Path(data_dir) / old["tfds_dir"]
+    if not tfds_dir.is_dir():
+        return None
+    return cache.describe_change(old, tfds_source(tfds_dir, data_dir))
+
+
+def manual_source(manual_dir: Path, splits: dict[str, list[Record]]) -> dict[str, Any]:
+    """The signature of a manual dir as parsed: image files' stats + a hash of the examples."""
+    examples = [
+        [
+            split,
+            r.id,
+            list(r.label) if isinstance(r.label, tuple) else int(r.label),
+            r.patient,
+            r.group,
+        ]
+        for split, recs in splits.items()
+        for r in recs
+    ]
+    digest = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
+    paths = [r.path for recs in splits.values() for r in recs]
+    return {"files": cache.file_stats(manual_dir, paths), "examples": digest}
+
+
+def _read_manual_record(tfds_dir: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((Path(tfds_dir) / MANUAL_RECORD).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_manual_record(tfds_dir: Path, record: dict[str, Any]) -> None:
+    path = Path(tfds_dir) / MANUAL_RECORD
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prepare_command(name: str, data_dir: Path, **config: Any) -> str:
@@ -150,17 +236,35 @@ def prepare_task(
     if not manual_dir.is_dir():
         raise DataError(f"--manual-dir {manual_dir} is not a directory")
     builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
-    builder.TASK.parse_checked(manual_dir, builder.builder_config)  # fail fast, before TF work
-    target = cache_dir(data_dir, name, _variant(name, **config))
-    was_prepared = builder.is_prepared()
+    splits = builder.TASK.parse_checked(manual_dir, builder.builder_config)  # before TF work
+    manual = manual_source(manual_dir, splits)
+    if builder.is_prepared():
+        recorded = _read_manual_record(Path(builder.data_dir))
+        reason = None if recorded is None else cache.describe_change(recorded, manual)
+        if reason:
+            print(
+                f"{name} prepared data {builder.data_dir} is stale: {reason}; preparing again",
+                file=sys.stderr,
+                flush=True,
+            )
+            shutil.rmtree(builder.data_dir)
+            builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
     )
-    if not was_prepared and target.exists():
-        shutil.rmtree(target)  # a cache of an older preparation
-    if not cache.is_complete(target):
-        _cache_from_tfds(builder, target, progress=progress)
+    _write_manual_record(Path(builder.data_dir), manual)
+    target = cache_dir(data_dir, name, _variant(name, **config))
+    _ensure_cache(name, builder, target, data_dir, progress=progress)
     return target
+
+
+def _ensure_cache(name: str, builder, target: Path, data_dir: Path, *, progress: bool) -> None:
+    """Builds the cache from the prepared TFDS data unless a matching one is there."""
+    reason = _stale_reason(target, data_dir) if cache.is_complete(target) else None
+    if reason:
+        cache.announce_rebuild(name, target, reason)
+    if reason or not cache.is_complete(target):
+        _cache_from_tfds(builder, target, data_dir, progress=progress)
 
 
 def load_task(
@@ -177,14 +281,15 @@ def load_task(
     """The prepared task as a :class:`Dataset` (memmapped cache)."""
     config = _config_kwargs(resize_size, crop_size, seed, val_fraction, uncertain)
     target = cache_dir(data_dir, name, _variant(name, **config))
-    if not cache.is_complete(target):
+    reason = _stale_reason(target, data_dir) if cache.is_complete(target) else None
+    if reason or not cache.is_complete(target):
         builder = make_builder(name, data_dir, **config)
         if not builder.is_prepared():
             raise DataError(
                 f"{name} ({_variant(name, **config)}) is not prepared in {data_dir}; run: "
                 + prepare_command(name, data_dir, **config)
             )
-        _cache_from_tfds(builder, target, progress=progress)
+        _ensure_cache(name, builder, target, data_dir, progress=progress)
     splits, meta = cache.read_cache(target)
     return Dataset(
         name=name,

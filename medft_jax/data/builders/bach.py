@@ -12,6 +12,7 @@ from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
+from medft_jax.data.paths import scan_files
 from medft_jax.data.records import Record, standard_splits
 
 CLASS_NAMES = ("Normal", "Benign", "InSitu", "Invasive")
@@ -36,9 +37,7 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
     photos = find_photos(manual_dir)
     records = []
     for label, name in enumerate(CLASS_NAMES):
-        files = sorted(
-            p for p in (photos / name).iterdir() if p.suffix.lower() in (".tif", ".tiff")
-        )
+        files = scan_files(manual_dir, photos / name, (".tif", ".tiff"), recursive=False)
         if not files:
             raise DataError(f"class folder {photos / name} has no .tif images")
         records += [Record(p, label, p.relative_to(photos.parent).as_posix()) for p in files]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
-from medft_jax.data.images import safe_join
+from medft_jax.data.paths import safe_join
 from medft_jax.data.records import Record, standard_splits
 from medft_jax.data.table import read_csv
 
@@ -76,8 +76,8 @@ def read_split(csv_path: Path, base: Path, policy: str) -> list[Record]:
     """One frontal image per patient, in CSV order."""
     rows = read_csv(csv_path, ["Path", "Frontal/Lateral", *CLASS_NAMES], HEADER)
     records, seen = [], set()
-    for line, row in enumerate(rows, start=2):
-        where = f"{csv_path}:{line}"
+    for row in rows:
+        where = f"{csv_path}:{row.line}"
         if row["Frontal/Lateral"].strip() != "Frontal":
             continue
         rel = row["Path"].strip()

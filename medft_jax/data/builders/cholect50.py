@@ -12,11 +12,12 @@ CholecT50 release (Nwoye & Padoy 2022, "cholect50" split: 35 train, 5 val,
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
-from medft_jax.data.images import safe_join
+from medft_jax.data.paths import safe_join, scan_files
 from medft_jax.data.records import Record
 
 CLASS_NAMES = ("grasper", "bipolar", "hook", "scissors", "clipper", "irrigator")
@@ -56,14 +57,21 @@ def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
         raise DataError(f"{path}: missing the 'annotations' field") from None
     frames = {}
     for key, vectors in annotations.items():
+        if not str(key).isdigit() or not isinstance(vectors, list):
+            raise DataError(f"{path}: frame {key!r}: expected a frame number and a list of vectors")
         hot = [0.0] * len(CLASS_NAMES)
         for vector in vectors:
-            if len(vector) != VECTOR_LENGTH:
+            if not isinstance(vector, list) or len(vector) != VECTOR_LENGTH:
                 raise DataError(
                     f"{path}: frame {key}: expected {VECTOR_LENGTH}-value vectors, "
-                    f"got {len(vector)}"
+                    f"got {vector!r:.60}"
                 )
-            instrument = int(vector[1])
+            instrument = vector[1]
+            if isinstance(instrument, bool) or not isinstance(instrument, int | float):
+                raise DataError(f"{path}: frame {key}: instrument {instrument!r} is not a number")
+            if not math.isfinite(instrument) or instrument != int(instrument):
+                raise DataError(f"{path}: frame {key}: instrument {instrument!r} is not a whole id")
+            instrument = int(instrument)
             if instrument == -1:
                 continue
             if not 0 <= instrument < len(CLASS_NAMES):
@@ -79,7 +87,11 @@ def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
 def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
     root = find_root(manual_dir)
     splits: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
-    label_files = sorted((root / "labels").glob("VID*.json"))
+    label_files = [
+        p
+        for p in scan_files(manual_dir, root / "labels", (".json",), recursive=False)
+        if p.name.startswith("VID")
+    ]
     if not label_files:
         raise DataError(f"{root / 'labels'}: no VIDxx.json files; expected {LAYOUT}")
     for label_file in label_files:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
-from medft_jax.data.images import safe_join
+from medft_jax.data.paths import safe_join
 from medft_jax.data.records import Record, standard_splits
 from medft_jax.data.table import read_csv
 
@@ -51,10 +51,8 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
         raise DataError(f"{csv_path} not found; expected {LAYOUT}")
     duplicates = read_duplicates(manual_dir)
     records = []
-    for line, row in enumerate(
-        read_csv(csv_path, ["image_name", "patient_id", "target"], HEADER), 2
-    ):
-        where = f"{csv_path}:{line}"
+    for row in read_csv(csv_path, ["image_name", "patient_id", "target"], HEADER):
+        where = f"{csv_path}:{row.line}"
         name = row["image_name"].strip()
         if name in duplicates:
             continue

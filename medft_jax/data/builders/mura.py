@@ -15,8 +15,9 @@ from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
-from medft_jax.data.images import safe_join
+from medft_jax.data.paths import safe_join
 from medft_jax.data.records import Record, standard_splits
+from medft_jax.data.table import read_text
 
 CLASS_NAMES = ("normal", "abnormal")
 BODY_PARTS = {"shoulder": "XR_SHOULDER", "wrist": "XR_WRIST", "humerus": "XR_HUMERUS"}
@@ -32,19 +33,20 @@ def find_root(manual_dir: Path) -> tuple[Path, Path]:
     raise DataError(f"{manual_dir}: no {FOLDER}/train_image_paths.csv; expected {LAYOUT}")
 
 
-def _lines(path: Path) -> list[str]:
-    try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise DataError(f"{path} not found; expected {LAYOUT}") from None
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, text)`` of the non-blank lines (UTF-8, no NUL: checked by read_text)."""
+    if not path.is_file():
+        raise DataError(f"{path} not found; expected {LAYOUT}")
+    text = read_text(path)
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def read_studies(path: Path) -> dict[str, int]:
     """``{study_dir (no trailing /): label}`` from a ``*_labeled_studies.csv``."""
     studies = {}
-    for n, line in enumerate(_lines(path), start=1):
+    for k, (n, line) in enumerate(_lines(path)):
         study, _, label = line.rpartition(",")
-        if n == 1 and label.strip() not in ("0", "1") and "/" not in study:
+        if k == 0 and label.strip() not in ("0", "1") and "/" not in study:
             continue  # header line, e.g. "study_dir,label"
         if label.strip() not in ("0", "1"):
             raise DataError(
@@ -60,7 +62,7 @@ def read_split(folder: Path, base: Path, split: str, part: str) -> list[Record]:
     studies = read_studies(folder / f"{split}_labeled_studies.csv")
     paths_csv = folder / f"{split}_image_paths.csv"
     records = []
-    for n, rel in enumerate(_lines(paths_csv), start=1):
+    for n, rel in _lines(paths_csv):
         if "/" not in rel:
             continue  # header line, e.g. "image_path"
         parts = rel.split("/")

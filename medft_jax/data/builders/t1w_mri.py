@@ -12,6 +12,7 @@ carved at that fraction, stratified, seeded, then ``val`` from the rest.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from PIL import Image
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
+from medft_jax.data.paths import scan_files
+from medft_jax.data.pixels import check_finite, check_size, minmax_to_uint8
 from medft_jax.data.records import Record, standard_splits
 
 CLASS_NAMES = ("meningioma", "glioma", "pituitary")
@@ -45,9 +48,19 @@ def _field(f, path: Path, name: str) -> np.ndarray:
 def read_meta(path: Path) -> tuple[int, str]:
     """``(label 1..3, patient id)`` of one ``.mat`` file, without reading the image."""
     with _open(path) as f:
-        label = int(_field(f, path, "label").ravel()[0])
+        raw = _field(f, path, "label").ravel()
         pid_codes = _field(f, path, "PID").ravel()
-    return label, "".join(chr(int(c)) for c in pid_codes).strip()
+    return _whole(raw, path), "".join(chr(int(c)) for c in pid_codes).strip()
+
+
+def _whole(raw: np.ndarray, path: Path) -> int:
+    """The one label value as an int; a fraction, NaN or text is refused (int() would truncate)."""
+    if raw.size != 1 or raw.dtype.kind not in "iuf":
+        raise DataError(f"{path}: cjdata/label must be one number, got {raw.dtype} {raw.shape}")
+    value = raw[0].item()
+    if not (math.isfinite(value) and float(value).is_integer()):
+        raise DataError(f"{path}: cjdata/label {value!r} is not a whole class number 1..3")
+    return int(value)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -60,15 +73,15 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def decode(path: Path) -> Image.Image:
-    """Min-max scaled uint8 greyscale PIL image of a ``.mat`` file."""
-    image = read_image(path).astype(np.float64)
-    lo, hi = image.min(), image.max()
-    scaled = (image - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(image)
-    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+    """Min-max scaled uint8 greyscale PIL image of a ``.mat`` file (size limits as every image)."""
+    image = read_image(path)
+    check_size(path, image.shape[1], image.shape[0])
+    check_finite(image, path)
+    return Image.fromarray(minmax_to_uint8(image), mode="L")
 
 
 def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
-    files = sorted(p for p in manual_dir.rglob("*.mat") if p.name not in IGNORED)
+    files = [p for p in scan_files(manual_dir, manual_dir, (".mat",)) if p.name not in IGNORED]
     if not files:
         raise DataError(f"{manual_dir}: no .mat files found; expected {LAYOUT}")
     records = []

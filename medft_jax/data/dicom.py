@@ -1,0 +1,209 @@
+"""Reading DICOM files (``.dcm``/``.dicom``, or any file with the ``DICM`` preamble).
+
+DICOM is how a hospital hands over its images. pydicom reads them; it is an
+optional dependency (``pip install 'medft-jax[dicom]'``), imported only when
+a DICOM file is met. One file becomes the 8-bit image the models see in the
+order a DICOM viewer applies (PS3.3 C.11, PS3.4 N.2):
+
+1. the header is checked first: pixel data present, one frame, Rows×Columns
+   within :data:`~medft_jax.data.pixels.MAX_PIXELS` and
+   :data:`~medft_jax.data.pixels.MAX_ASPECT`;
+2. the pixel data is decoded (compressed transfer syntaxes need one of
+   pydicom's plugins; when none is installed, one line names the file and
+   the plugins that would do);
+3. greyscale (MONOCHROME1/2): the modality LUT (RescaleSlope and
+   RescaleIntercept, or a Modality LUT Sequence), then the VOI LUT Sequence
+   when present (mapped by its output bit depth), else the first
+   WindowCenter/WindowWidth pair with its VOILUTFunction, else the values'
+   own min..max (what a viewer shows without a window); MONOCHROME1 (higher
+   values darker) is then inverted so that bone is white as in MONOCHROME2;
+4. colour: RGB and YBR (pydicom converts YBR to RGB) by the stored bit
+   depth (``v >> (BitsStored - 8)``), PALETTE COLOR through its lookup table.
+
+Refused with the path: multi-frame files (a volume or a cine loop is not
+one image, and picking a frame silently would be a guess; export the frames
+you mean as single-frame files), other photometric interpretations, NaN or
+infinite float pixel data, and files pydicom cannot read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from medft_jax.data.errors import DataError
+from medft_jax.data.pixels import (
+    check_finite,
+    check_size,
+    minmax_to_uint8,
+    unsigned_to_uint8,
+    window_to_uint8,
+)
+from medft_jax.errors import one_line
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+INSTALL_HINT = "pip install 'medft-jax[dicom]'"
+GREY = ("MONOCHROME1", "MONOCHROME2")
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
+
+
+class DecoderMissing(DataError):
+    """A file needs a decoder that is not installed (pydicom, or one of its plugins).
+
+    Not a bad file: ``--skip-bad-images`` does not skip it, since every
+    file of that kind would be skipped and the dataset silently shrink.
+    """
+
+
+def is_dicom(path: Path) -> bool:
+    """True for a DICOM suffix or the ``DICM`` marker at byte 128 (the DICOM preamble)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return head[128:132] == b"DICM"
+
+
+def _pydicom(path: Path) -> Any:
+    try:
+        import pydicom
+        import pydicom.pixels
+    except ImportError:
+        raise DecoderMissing(f"{path}: reading DICOM needs pydicom: {INSTALL_HINT}") from None
+    return pydicom
+
+
+def read_dicom(path: Path) -> Image.Image:
+    """The DICOM file at ``path`` as an 8-bit L or RGB PIL image (see the module docstring)."""
+    pydicom = _pydicom(path)
+    try:
+        ds = pydicom.dcmread(path, defer_size="1 MB")
+    except pydicom.errors.InvalidDicomError as err:
+        raise DataError(f"{path}: not a DICOM file ({one_line(err)})") from None
+    except (OSError, EOFError, ValueError, KeyError, AttributeError) as err:
+        raise DataError(f"{path}: unreadable DICOM file ({one_line(err)})") from None
+    photometric = _check_header(ds, path)
+    pixels = _decode_pixels(ds, path)
+    try:
+        if photometric in GREY:
+            return Image.fromarray(_grey(pixels, ds, path, photometric), "L")
+        return Image.fromarray(_colour(pixels, ds, photometric), "RGB")
+    except DataError:
+        raise
+    except (ValueError, KeyError, AttributeError, TypeError, IndexError) as err:
+        raise DataError(
+            f"{path}: cannot apply the DICOM pixel transforms ({one_line(err)})"
+        ) from None
+
+
+def _check_header(ds: Any, path: Path) -> str:
+    """Everything that can be refused before decoding; returns the photometric interpretation."""
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DataError(f"{path}: DICOM file has no pixel data (not an image)")
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise DataError(f"{path}: bad DICOM image header ({one_line(err)})") from None
+    check_size(path, columns, rows)
+    if frames > 1:
+        raise DataError(
+            f"{path}: multi-frame DICOM ({frames} frames) is not one image; "
+            "export the frame(s) you mean as single-frame files"
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    one_sample = (*GREY, "PALETTE COLOR")
+    expected = 3 if photometric in COLOUR else 1 if photometric in one_sample else None
+    if expected is None or samples != expected:
+        raise DataError(
+            f"{path}: DICOM PhotometricInterpretation {photometric or '(missing)'} with "
+            f"{samples} sample(s) per pixel is not supported; expected "
+            f"{'/'.join(GREY)} (1 sample), {'/'.join(COLOUR)} (3) or PALETTE COLOR (1)"
+        )
+    return photometric
+
+
+def _decode_pixels(ds: Any, path: Path) -> np.ndarray:
+    from pydicom.pixels import get_decoder
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = getattr(syntax, "name", None) or str(syntax or "an unknown transfer syntax")
+    try:
+        with _quiet_pydicom():
+            pixels = ds.pixel_array
+    except (RuntimeError, NotImplementedError) as err:
+        try:
+            missing = list(get_decoder(syntax).missing_dependencies) if syntax else []
+        except (NotImplementedError, ValueError, TypeError):
+            missing = []
+        if "missing dependencies" in str(err):  # no installed plugin can decode it at all
+            raise DecoderMissing(
+                f"{path}: DICOM pixel data in {name} needs a pydicom decoder plugin; "
+                f"install one of: {'; '.join(missing) or one_line(err)}"
+            ) from None
+        hint = f"; plugins that may decode it: {'; '.join(missing)}" if missing else ""
+        raise DataError(
+            f"{path}: cannot decode DICOM pixel data in {name} ({one_line(err)}){hint}"
+        ) from None
+    except (ValueError, AttributeError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: unreadable DICOM pixel data ({one_line(err)})") from None
+    check_finite(pixels, path)
+    return pixels
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom logs each failing plugin's traceback; our one line says it all."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _grey(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi
+
+    values = apply_modality_lut(pixels, ds)
+    check_finite(values, path)
+    if ds.get("VOILUTSequence"):
+        out = apply_voi(values, ds, index=0)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        image = unsigned_to_uint8(out.astype(np.int64), bits)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        function = str(ds.get("VOILUTFunction") or "LINEAR")
+        try:
+            image = window_to_uint8(values, center, width, function)
+        except ValueError as err:
+            raise DataError(f"{path}: bad DICOM window ({err})") from None
+    else:
+        image = minmax_to_uint8(values)
+    return 255 - image if photometric == "MONOCHROME1" else image
+
+
+def _colour(pixels: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        rgb = apply_color_lut(pixels, ds)
+        return rgb if rgb.dtype == np.uint8 else unsigned_to_uint8(rgb, 16)
+    if pixels.dtype == np.uint8:
+        return pixels
+    return unsigned_to_uint8(pixels, int(ds.get("BitsStored") or pixels.dtype.itemsize * 8))
+
+
+def _first(value: Any) -> float:
+    """The first of a multi-valued element (DICOM may list several windows), as float."""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        value = value[0]
+    return float(value)

@@ -1,0 +1,106 @@
+"""The one rule for reading a user's dataset folder: nothing outside the dataset root is read.
+
+Every file-based source goes through here: ``csv`` (and the paper tasks'
+CSV/list files) with :func:`safe_join` for each listed path, ``folder`` (and
+the tasks that list a directory) with :func:`scan_files`. A path, or a
+symbolic link anywhere on the way, that resolves outside the root is refused
+with the path at fault; links that stay inside the root are followed. Why
+one place: a user sharing a dataset folder expects the toolkit to read that
+folder, not whatever a stray link (or a hostile ``../``) points at, and two
+sources with two rules is how one of them came to follow links out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from medft_jax.data.errors import DataError
+
+
+def is_inside(root: Path, path: Path) -> bool:
+    """True when the resolved ``path`` is ``root`` or below it (``root`` already resolved)."""
+    return path == root or root in path.parents
+
+
+def safe_join(root: Path, relative: str, *, source: str) -> Path:
+    """``root / relative``, refusing a path that resolves outside ``root``.
+
+    ``source`` names where the path came from (a CSV file, a list file), for
+    the error message. Symlinks are resolved before the check, so a link
+    pointing outside the root is refused too.
+    """
+    root = Path(root).resolve()
+    path = (root / relative).resolve()
+    if not is_inside(root, path):
+        raise DataError(f"{source}: image path {relative!r} escapes the dataset root {root}")
+    return path
+
+
+def check_inside(root: Path, path: Path) -> Path:
+    """``path`` unchanged if it resolves inside ``root``; else a :class:`DataError` naming it.
+
+    For paths found by listing a directory: a symbolic link (to a file or a
+    folder) that leads out of the root is named with where it points.
+    """
+    real_root = Path(root).resolve()
+    real = Path(path).resolve()
+    if not is_inside(real_root, real):
+        raise DataError(
+            f"{path} is a symbolic link to {real}, outside the dataset root {real_root}; "
+            "copy the file into the dataset folder or link inside it"
+        )
+    return Path(path)
+
+
+def scan_files(
+    root: Path, folder: Path, suffixes: Iterable[str] | None = None, *, recursive: bool = True
+) -> list[Path]:
+    """Sorted files in ``folder`` (and below, if ``recursive``) whose suffix is in ``suffixes``.
+
+    Symbolic links are followed when they stay inside ``root`` (each real
+    folder is walked once, so a link cycle ends) and refused when they lead
+    out of it. A link that points nowhere is refused too: it is an image the
+    user meant to include that would otherwise vanish without a word.
+    Hidden entries (``.name``) are skipped. Paths keep the names seen under
+    ``folder`` (not the link targets), so ids stay what the user sees.
+    """
+    wanted = None if suffixes is None else {s.lower() for s in suffixes}
+    real_root = Path(root).resolve()
+    check_inside(root, folder)
+    found: list[Path] = []
+    seen: set[Path] = set()
+    stack = [Path(folder)]
+    while stack:
+        current = stack.pop()
+        real = current.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        for entry in sorted(os.scandir(current), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink():
+                target = path.resolve()
+                if not is_inside(real_root, target):
+                    check_inside(root, path)
+                if not target.exists():
+                    raise DataError(f"{path} is a symbolic link to {target}, which does not exist")
+            if entry.is_dir():
+                if recursive:
+                    stack.append(path)
+            elif entry.is_file() and (wanted is None or path.suffix.lower() in wanted):
+                found.append(path)
+    return sorted(found)
+
+
+def sub_folders(root: Path, folder: Path) -> list[Path]:
+    """Non-hidden sub-folders of ``folder``, sorted by name, each checked to stay in ``root``."""
+    folders = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        folders.append(check_inside(root, Path(entry.path)))
+    return folders

@@ -1,0 +1,277 @@
+"""Every flag and setting checked up front; a run is what its inputs are.
+
+Command lines get wrong values (out of range, not a number, a file where a
+folder belongs) and must answer with one ``error:`` line naming the flag or
+config key, exit 2, and write nothing. Runs on other data or from other
+weights get other records, and a cache prepared for a run is the one it finds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import data_fakes as fakes
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import prepare as prepare_cli
+from experiments import run as run_cli
+from experiments import select as select_cli
+from experiments import sweep as sweep_cli
+from medft_jax import fit, pretrained
+from medft_jax.config import RunConfig, check_config
+from medft_jax.errors import UserError, cli_main
+from medft_jax.models import ARCHS
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+# --- one resize rule ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("crop", [32, 64, 224])
+def test_prepare_and_run_compute_one_resize_size(arch, crop):
+    args = prepare_cli.parse_args(
+        ["--dataset", "folder", "--arch", arch, "--image-size", str(crop)]
+    )
+    resize, got_crop = prepare_cli.sizes(args)
+    assert (resize, got_crop) == (fit._resize_for(arch, crop), crop)
+    expected = {"resnet50": {32: 33, 64: 66, 224: 232}, "densenet121": {32: 37, 64: 73, 224: 256}}
+    expected["vgg19"] = expected["densenet121"]
+    assert resize == expected[arch][crop]
+
+
+# --- run: flags ---------------------------------------------------------------------------------
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "f").write_text("not a folder")
+    assert run_cli.main(["--strategy", "lp", "--out", str(tmp_path / "f" / "runs")]) == 2
+    line = _one_error_line(capsys)
+    assert line == f"error: --out {tmp_path / 'f' / 'runs'}: {tmp_path / 'f'} is a file, " + (
+        "expected a folder"
+    )
+    assert run_cli.main(["--strategy", "lp", "--out", str(tmp_path / "f")]) == 2
+    assert "--out" in _one_error_line(capsys)
+
+
+def test_data_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "d").write_text("")
+    argv = ["--strategy", "lp", "--out", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "d")]
+    assert run_cli.main(argv) == 2
+    assert _one_error_line(capsys).startswith(f"error: --data-dir {tmp_path / 'd'}: ")
+
+
+def test_compilation_cache_variable_that_is_a_file_is_one_line(tmp_path, capsys, monkeypatch):
+    from medft_jax.runtime import enable_compilation_cache
+
+    (tmp_path / "c").write_text("")
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "c"))
+    with pytest.raises(UserError, match=r"^MEDFT_JAX_CACHE .*c is a file, expected a folder"):
+        enable_compilation_cache()
+
+
+def test_check_config_names_the_field_its_caller_uses():
+    bad = RunConfig(strategy="ft", strategy_options=(("epochs_per_stage", 0),))
+    with pytest.raises(UserError, match=r"^--epochs-per-stage must be in \[1, 10000\], got 0$"):
+        check_config(bad)
+    with pytest.raises(UserError, match=r"^--nosuch: unknown strategy option"):
+        check_config(RunConfig(strategy="ft", strategy_options=(("nosuch", 1),)))
+    with pytest.raises(UserError, match=r"^RunConfig.batch_size must be an integer"):
+        check_config(RunConfig(strategy="ft", batch_size=2.5), lambda f: f"RunConfig.{f}")
+    with pytest.raises(UserError, match=r"^--lr must be a number"):
+        check_config(RunConfig(strategy="ft", lr="1e-3"))
+    check_config(RunConfig(strategy="ft", lr=1.0, image_size=32, patience=0))  # the bounds
+
+
+# --- sweep configs, select, prepare --------------------------------------------------------------
+
+GRID = """
+from medft_jax.grid import Grid
+
+
+def get_config():
+    return Grid(
+        name="bad",
+        datasets=("demo",),
+        archs=("resnet50",),
+        strategies=("ft", "lp_ft"),
+        lrs={lrs},
+        seeds=(0,),
+        settings={settings},
+        strategy_options={options},
+    )
+"""
+
+
+@pytest.mark.parametrize(
+    "settings,lrs,options,message",
+    [
+        ({"epochs": 0}, (1e-3,), {}, "error: grid 'bad': settings['epochs'] must be in [1, 10000]"),
+        ({"batch_size": 0}, (1e-3,), {}, "error: grid 'bad': settings['batch_size'] must be in"),
+        ({"image_size": 10**6}, (1e-3,), {}, "error: grid 'bad': settings['image_size'] must be"),
+        ({"precision": "fp8"}, (1e-3,), {}, "error: grid 'bad': settings['precision'] must be"),
+        ({}, "(float('nan'),)", {}, "error: grid 'bad': lrs value must be a finite number"),
+        ({}, "(-1e-3,)", {}, "error: grid 'bad': lrs value must be in (0, 1], got -0.001"),
+        (
+            {},
+            (1e-3,),
+            {"lp_ft": {"lp_epochs": -1}},
+            "error: grid 'bad': strategy_options['lp_ft']['lp_epochs'] must be in [0, 10000]",
+        ),
+    ],
+)
+def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, capsys):
+    config = tmp_path / "bad.py"
+    config.write_text(GRID.format(settings=settings, lrs=str(lrs), options=options))
+    for extra in ([], ["--dry-run"]):
+        argv = ["--config", str(config), "--out", str(tmp_path / "runs"), *extra]
+        assert sweep_cli.main(argv) == 2
+        assert _one_error_line(capsys).startswith(message)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--min-epochs", "inf"], "error: --min-epochs must be a finite number > 0, got inf"),
+        (["--min-epochs", "0"], "error: --min-epochs must be a finite number > 0, got 0.0"),
+        (["--min-epochs", "nan"], "error: --min-epochs must be a finite number > 0, got nan"),
+        (["--eta", "1"], "error: --eta must be in [2, 100], got 1"),
+        (["--seed", "-1"], "error: --seed must be in [0, 2147483647], got -1"),
+    ],
+)
+def test_bad_select_flags_are_named(flags, message, tmp_path, capsys):
+    quick = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "quick.py"
+    argv = ["--config", str(quick), "--only", "arch=resnet50", "--out", str(tmp_path / "s")]
+    assert select_cli.main([*argv, *flags]) == 2
+    assert _one_error_line(capsys) == message
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--image-size", "0"], "error: --image-size must be in [32, 1024], got 0"),
+        (["--resize-size", "40", "--image-size", "64"], "error: --resize-size 40 must be >= "),
+        (["--seed", "-2"], "error: --seed must be in [0, 2147483647], got -2"),
+        (["--val-fraction", "0"], "error: --val-fraction must be in (0, 1), got 0.0"),
+        (["--test-fraction", "0.6", "--val-fraction", "0.5"], "error: --val-fraction plus"),
+        (["--label-column", "y"], "error: --label-column applies to csv only"),
+    ],
+)
+def test_bad_prepare_flags_are_named(flags, message, tmp_path, capsys):
+    argv = ["--dataset", "folder", "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path)]
+    assert prepare_cli.main([*argv, *flags]) == 2
+    assert _one_error_line(capsys).startswith(message)
+
+
+def test_cli_main_keeps_real_bugs_and_maps_disk_errors(capsys):
+    import errno
+
+    def bug(argv):
+        raise KeyError("a real bug")
+
+    with pytest.raises(KeyError):
+        cli_main(bug)
+
+    def full(argv):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/x.npy")
+        except OSError as e:
+            raise RuntimeError("orbax wrapped it") from e
+
+    assert cli_main(full) == 1
+    assert _one_error_line(capsys) == "error: /data/x.npy: no space left on the device"
+
+
+# --- a run is what its inputs are ---------------------------------------------------------------
+
+RUN = ["--strategy", "lp", "--arch", "resnet50", "--weights", "none", "--epochs", "1"]
+RUN += ["--batch-size", "8", "--image-size", "32", "--no-progress"]
+
+
+def _folder(root: Path, shift: int) -> Path:
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(12):
+            fakes.image(100 * shift + 10 * i + (c == "b")).save(root / c / f"{i}.png")
+    return root
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.rglob("record.json"))]
+
+
+@pytest.mark.slow
+def test_other_images_in_the_same_folder_are_another_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    images = _folder(tmp_path / "imgs", shift=0)
+    argv = [*RUN, "--dataset", "folder", "--manual-dir", str(images)]
+    argv += ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs")]
+    assert run_cli.main(argv) == 0
+    first = _records(tmp_path / "runs")
+    assert len(first) == 1 and first[0]["config"]["weights_fingerprint"] == "none"
+    capsys.readouterr()
+    # The same command again is a skip, and says so before the summary.
+    assert run_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "skipped: record exists (use --force)" in out
+    assert out.index("skipped: record exists") < out.index("test metrics:")
+    # Other images under the same path: a new run, not the old record.
+    for p in (images / "a").iterdir():
+        np_img = np.asarray(Image.open(p))
+        Image.fromarray(255 - np_img).save(p)
+    assert run_cli.main(argv) == 0
+    both = _records(tmp_path / "runs")
+    assert len(both) == 2
+    prints = {r["config"]["data_fingerprint"] for r in both}
+    assert len(prints) == 2 and all(prints)
+
+
+@pytest.mark.slow
+def test_run_reads_the_cache_prepare_wrote_and_takes_csv(tmp_path, capsys):
+    images = _folder(tmp_path / "imgs", shift=1)
+    rows = [{"file": f"{c}/{i}.png", "y": c, "who": f"p{i}"} for c in ("a", "b") for i in range(12)]
+    with open(images / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["file", "y", "who"])
+        w.writeheader()
+        w.writerows(rows)
+    data = tmp_path / "data"
+    csv_flags = ["--dataset", "csv", "--manual-dir", str(images), "--csv-file", "labels.csv"]
+    csv_flags += ["--path-column", "file", "--label-column", "y", "--group-column", "who"]
+    prep = [*csv_flags, "--arch", "resnet50", "--image-size", "32", "--data-dir", str(data)]
+    assert prepare_cli.main([*prep, "--no-progress"]) == 0
+    caches = sorted(p.parent for p in (data / "medft_cache").rglob("meta.json"))
+    assert len(caches) == 1 and caches[0].name.startswith("r33_c32")
+    argv = [*RUN, *csv_flags, "--data-dir", str(data), "--out", str(tmp_path / "runs")]
+    assert run_cli.main(argv) == 0
+    assert sorted(p.parent for p in (data / "medft_cache").rglob("meta.json")) == caches
+    (record,) = _records(tmp_path / "runs")
+    assert record["config"]["dataset"] == "csv" and record["class_names"] == ["a", "b"]
+
+
+def test_weights_fingerprint_is_the_checkpoint_content(tmp_path, monkeypatch):
+    from medft_jax.model_checkpoint import content_hash, save_model
+
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {"resnet50": "offline"})
+    params = {"fc": {"kernel": np.ones((2, 2), np.float32)}}
+    a = save_model(tmp_path / "a", params, {}, {"arch": "resnet50", "num_classes": 2})
+    params["fc"]["kernel"] = params["fc"]["kernel"] * 2
+    b = save_model(tmp_path / "b", params, {}, {"arch": "resnet50", "num_classes": 2})
+    fa, fb = (
+        fit.weights_fingerprint(str(a), "resnet50"),
+        fit.weights_fingerprint(str(b), "resnet50"),
+    )
+    assert fa == content_hash(a) and fb == content_hash(b) and fa != fb
+    assert fit.weights_fingerprint("none", "resnet50") == "none"
+    assert fit.weights_fingerprint("auto", "resnet50") == "none"  # unavailable: random init

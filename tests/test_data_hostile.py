@@ -1,0 +1,619 @@
+"""Hostile data sources: bad labels, malformed CSVs, symlinks out of the root, stale caches.
+
+Every case writes real files (npz, PNGs, CSVs, links, the fake paper layouts)
+and checks the one-line error, or that the cache is rebuilt from what is on
+disk now, or that the content fingerprint follows the bytes and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import data_fakes as fakes
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+from data_fakes import image
+
+from medft_jax.data import DataError, load, prepare
+from medft_jax.data import cache as cache_mod
+from medft_jax.data.builders import builder_class
+from medft_jax.data.builders.base import MedicalConfig
+from medft_jax.data.table import read_csv
+
+SIZES = {"resize_size": 36, "crop_size": 32}
+CONFIG = MedicalConfig.make(**SIZES)
+tf_required = pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None,
+    reason="preparing TFDS builders needs TensorFlow (pip install medft-jax[prepare])",
+)
+needs_h5py = pytest.mark.skipif(
+    importlib.util.find_spec("h5py") is None, reason="MATLAB v7.3 files need h5py"
+)
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+def _no_cache_written(out: Path) -> None:
+    assert not list(out.rglob("meta.json")), "a cache was written before the check"
+
+
+# MedMNIST-style .npz labels
+
+
+def _npz(path: Path, labels: dict[str, np.ndarray], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, lab in labels.items():
+        arrays[f"{split}_images"] = rng.integers(0, 256, (len(lab), 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = lab
+    np.savez(path, **arrays)
+
+
+def _ok_labels(dtype=np.uint8) -> dict[str, np.ndarray]:
+    return {
+        s: (np.arange(n) % 2).astype(dtype)[:, None]
+        for s, n in (("train", 8), ("val", 4), ("test", 4))
+    }
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        (
+            np.array([0, 1, 0.9, 1, 0, 1], np.float32),
+            r"train_labels holds 0\.9\d*, not a whole number",
+        ),
+        (np.array([0, 1, np.nan, 1, 0, 1]), r"train_labels holds nan, not a whole number"),
+        (np.array([0, 1, np.inf, 1, 0, 1]), r"train_labels holds inf, not a whole number"),
+        (np.array(["0", "1", "0", "1", "0", "1"]), r"train_labels has dtype <U1; expected integer"),
+        (np.zeros(6, np.uint8), r"train_labels has no example of class 1 \('normal, benign'\)"),
+    ],
+    ids=["float-0.9", "nan", "inf", "string", "one-class"],
+)
+def test_npz_bad_labels_refused_before_caching(tmp_path, train, message):
+    labels = {**_ok_labels(), "train": train}
+    _npz(tmp_path / "breastmnist.npz", labels)
+    out = tmp_path / "out"
+    for sizes in ({}, SIZES):
+        with pytest.raises(DataError, match=r"breastmnist\.npz: " + message) as err:
+            load("medmnist/breastmnist", data_dir=tmp_path, progress=False, **sizes)
+        _one_line(err)
+    _no_cache_written(out)
+    _no_cache_written(tmp_path)
+
+
+def test_npz_class_missing_from_train_only(tmp_path):
+    labels = _ok_labels()
+    labels["train"] = np.ones(8, np.uint8)  # class 0 only in val and test
+    _npz(tmp_path / "breastmnist.npz", labels)
+    with pytest.raises(DataError, match=r"train_labels has no example of class 0 \('malignant'\)"):
+        load("medmnist/breastmnist", data_dir=tmp_path, progress=False, **SIZES)
+    _no_cache_written(tmp_path)
+
+
+def test_npz_whole_float_labels_are_cast(tmp_path):
+    _npz(tmp_path / "breastmnist.npz", _ok_labels(np.float64))
+    ds = load("medmnist/breastmnist", data_dir=tmp_path)
+    assert ds.splits["train"].labels.dtype == np.int32
+    assert ds.splits["train"].labels.tolist() == [0, 1] * 4
+
+
+def test_npz_multilabel_non_binary_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = {s: (rng.random((4, 14)) < 0.5).astype(np.float32) for s in ("train", "val", "test")}
+    labels["val"][1, 3] = 0.5
+    _npz(tmp_path / "chestmnist.npz", labels)
+    with pytest.raises(
+        DataError, match=r"chestmnist\.npz: val_labels must hold only 0/1, found 0\.5"
+    ):
+        load("medmnist/chestmnist", data_dir=tmp_path)
+
+
+def test_npz_that_is_not_a_zip_is_one_line(tmp_path):
+    (tmp_path / "breastmnist.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match=r"breastmnist\.npz: not a readable \.npz file") as err:
+        load("medmnist/breastmnist", data_dir=tmp_path)
+    _one_line(err)
+
+
+# folder labels
+
+
+def _folder(root: Path, classes=("cat", "dog"), per_class: int = 10, seed: int = 0) -> None:
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image(seed + 100 * c + i, (20, 18)).save(root / name / f"{i}.png")
+
+
+def _load_folder(root: Path, out: Path, **kw):
+    return load("folder", manual_dir=root, data_dir=out, progress=False, **SIZES, **kw)
+
+
+def test_single_class_folder_fails_at_load(tmp_path):
+    _folder(tmp_path / "imgs", classes=("cat",))
+    with pytest.raises(DataError, match=r"imgs: only one class folder \('cat'\)") as err:
+        _load_folder(tmp_path / "imgs", tmp_path / "out")
+    _one_line(err)
+    _no_cache_written(tmp_path / "out")
+    # the same with a pre-split layout
+    _folder(tmp_path / "split" / "train", classes=("cat",))
+    with pytest.raises(DataError, match="only one class folder"):
+        _load_folder(tmp_path / "split", tmp_path / "out")
+
+
+def test_folder_class_missing_from_train(tmp_path):
+    root = tmp_path / "imgs"
+    _folder(root / "train")
+    _folder(root / "val")
+    for f in (root / "train" / "dog").iterdir():
+        f.unlink()
+    (root / "train" / "dog" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"class folder .*train/dog is empty"):
+        _load_folder(root, tmp_path / "out")
+    _no_cache_written(tmp_path / "out")
+
+
+# csv labels
+
+
+def _csv_dir(root: Path, labels: list[str], header: str = "path,label", extra=None) -> Path:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, label in enumerate(labels):
+        image(500 + i, (20, 18)).save(root / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{label}" + ("" if extra is None else f",{extra[i]}"))
+    (root / "labels.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def _load_csv(root: Path, out: Path, **kw):
+    return load(
+        "csv", manual_dir=root, data_dir=out, csv_file="labels.csv", progress=False, **SIZES, **kw
+    )
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (["0", "1"] * 5 + ["0.9"], r"labels\.csv:12: label '0\.9' is a number but not an integer"),
+        (["0", "1"] * 5 + ["nan"], r"labels\.csv:12: label 'nan' is a number but not an integer"),
+        (["0", "1"] * 5 + ["benign"], r"labels\.csv:12: column 'label' mixes class ids \('0'\)"),
+        (["0", "1"] * 5 + ["1.0"], r"labels\.csv:12: labels '1' and '1\.0' are the same id"),
+        (["0", "1"] * 5 + [" "], r"labels\.csv:12: empty 'label'; expected a class"),
+        (["benign"] * 11, r"only one class \('benign'\); a classifier needs at least two"),
+    ],
+    ids=["float-0.9", "nan", "string-among-ids", "two-spellings", "empty", "one-class"],
+)
+def test_csv_bad_labels_refused_before_caching(tmp_path, labels, message):
+    root = _csv_dir(tmp_path / "d", labels)
+    with pytest.raises(DataError, match=message) as err:
+        _load_csv(root, tmp_path / "out")
+    _one_line(err)
+    _no_cache_written(tmp_path / "out")
+
+
+def test_csv_class_missing_from_train(tmp_path):
+    labels = ["benign"] * 6 + ["malignant"] * 2
+    splits = ["train"] * 6 + ["test", "val"]
+    root = _csv_dir(tmp_path / "d", labels, "path,label,split", splits)
+    with pytest.raises(
+        DataError, match=r"class 'malignant' has no examples in the training split"
+    ) as err:
+        _load_csv(root, tmp_path / "out", split_column="split")
+    _one_line(err)
+    _no_cache_written(tmp_path / "out")
+
+
+def test_csv_multilabel_cell_that_is_not_0_or_1(tmp_path):
+    root = _csv_dir(tmp_path / "d", ["1,0"] * 5 + ["yes,1"], "path,a,b")
+    with pytest.raises(DataError, match=r"labels\.csv:7 column 'a': 'yes' is not 0 or 1"):
+        _load_csv(root, tmp_path / "out", label_columns=["a", "b"])
+
+
+def test_csv_integer_ids_are_ordered_by_value(tmp_path):
+    ids = (10, 2, 0)  # as strings "0" < "10" < "2"
+    labels = [str(ids[i % 3]) for i in range(30)]
+    ds = _load_csv(_csv_dir(tmp_path / "d", labels), tmp_path / "out")
+    assert ds.class_names == ("0", "2", "10")
+    for split in ds.splits.values():
+        numbers = [int(i.split("/")[1].split(".")[0]) for i in split.ids]
+        assert split.labels.tolist() == [{10: 2, 2: 1, 0: 0}[ids[n % 3]] for n in numbers]
+
+
+# the paper builders' labels (fake official layouts)
+
+
+def _parse(name: str, root: Path):
+    return builder_class(name).TASK.parse_checked(root, CONFIG)
+
+
+@needs_h5py
+@pytest.mark.parametrize(
+    ("value", "message"), [(1.5, r"cjdata/label 1\.5 is not a whole"), (np.nan, "cjdata/label nan")]
+)
+def test_t1w_fractional_or_nan_label_is_refused(tmp_path, value, message):
+    fakes.make_t1w_mri(tmp_path, n_patients=6, per_patient=1)
+    fakes.write_mat(
+        tmp_path / "brainTumorDataPublic_1-766" / "1.mat", np.ones((8, 8), np.int16), 1, "7"
+    )
+    import h5py
+
+    with h5py.File(tmp_path / "brainTumorDataPublic_1-766" / "1.mat", "r+") as f:
+        f["cjdata"]["label"][...] = value
+    with pytest.raises(DataError, match=r"1\.mat: " + message) as err:
+        _parse("t1w_mri", tmp_path)
+    _one_line(err)
+
+
+def test_isic_class_missing_from_train(tmp_path):
+    fakes.make_isic2020(tmp_path, 10, 2)
+    path = tmp_path / "train.csv"
+    lines = path.read_text().splitlines()
+    path.write_text(
+        "\n".join([lines[0]] + [ln[: ln.rindex(",")] + ",0" for ln in lines[1:]]) + "\n"
+    )
+    with pytest.raises(
+        DataError, match=r"class 'malignant' has no examples in the training split"
+    ) as err:
+        _parse("isic2020", tmp_path)
+    _one_line(err)
+
+
+def test_isic_float_target_is_refused(tmp_path):
+    fakes.make_isic2020(tmp_path, 10, 2)
+    path = tmp_path / "train.csv"
+    path.write_text(path.read_text().replace(",melanoma,malignant,1", ",melanoma,malignant,0.9", 1))
+    with pytest.raises(DataError, match=r"train\.csv:2: target '0\.9' outside the class list"):
+        _parse("isic2020", tmp_path)
+
+
+@pytest.mark.parametrize(("value", "message"), [("1.5", "not a whole id"), ('"2"', "not a number")])
+def test_cholect50_fractional_or_text_instrument_is_refused(tmp_path, value, message):
+    fakes.make_cholect50(tmp_path, (1,), 3)
+    path = tmp_path / "labels" / "VID01.json"
+    path.write_text(path.read_text().replace("[0, 0, 0,", f"[0, {value}, 0,", 1))
+    with pytest.raises(DataError, match=rf"VID01\.json: frame 0: instrument .* is {message}"):
+        _parse("cholect50_instrument", tmp_path)
+
+
+# CSV files
+
+
+CSV_CASES = [
+    (b"path,label\nimg/0.png,caf\xe9\n", r"labels\.csv:2: byte b'\\xe9' is not UTF-8"),
+    (b"path,label\nimg/0.png,a\nimg/1.png,b\x00\n", r"labels\.csv:3: NUL byte"),
+    (
+        b"path,label\nimg/0.png,a\nimg/1.png\n",
+        r"labels\.csv:3: 1 fields, fewer than the header's 2",
+    ),
+    (b"path,label\nimg/0.png,a,x\n", r"labels\.csv:2: 3 fields, more than the header's 2"),
+    (b"path,label\n", r"labels\.csv:2: only a header, no rows"),
+    (b"path,label\n\n\n", r"labels\.csv:4: only a header, no rows"),
+    (b"", r"labels\.csv:1: empty file; expected the header path,label"),
+    (b'path,label\nimg/0.png,a\n"img/1.png,b\n', r"labels\.csv:3: malformed CSV"),
+    (b"path,label,path\nimg/0.png,a,b\n", r"labels\.csv:1: column 'path' appears twice"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), CSV_CASES)
+def test_malformed_csv_is_one_line_with_file_and_line(tmp_path, data, message):
+    (tmp_path / "labels.csv").write_bytes(data)
+    with pytest.raises(DataError, match=message) as err:
+        read_csv(tmp_path / "labels.csv", ["path", "label"])
+    _one_line(err)
+    (tmp_path / "img").mkdir()
+    with pytest.raises(DataError, match=message):  # the csv source says the same
+        _load_csv(tmp_path, tmp_path / "out")
+
+
+def test_csv_rows_know_their_lines(tmp_path):
+    text = 'path,label\n\nimg/0.png,a\n"img/\n1.png",b\n\nimg/2.png,c\n'
+    (tmp_path / "l.csv").write_text(text)
+    rows = read_csv(tmp_path / "l.csv", ["path", "label"])
+    assert [(r["label"], r.line) for r in rows] == [("a", 3), ("b", 4), ("c", 7)]
+    assert rows[1]["path"] == "img/\n1.png"
+
+
+def test_builder_label_files_with_bad_bytes(tmp_path):
+    fakes.make_chexpert(tmp_path / "chex", 4, 2)
+    train = tmp_path / "chex" / "CheXpert-v1.0-small" / "train.csv"
+    lines = train.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b"Female", b"F\xe9male")
+    train.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"train\.csv:4: byte b'\\xe9' is not UTF-8"):
+        _parse("chexpert", tmp_path / "chex")
+    fakes.make_mura(tmp_path / "mura", ("XR_WRIST",), 2, 1)
+    paths = tmp_path / "mura" / "MURA-v1.1" / "train_image_paths.csv"
+    paths.write_bytes(paths.read_bytes().replace(b"\n", b"\n\x00", 1))
+    with pytest.raises(DataError, match=r"train_image_paths\.csv:2: NUL byte") as err:
+        _parse("mura_wrist", tmp_path / "mura")
+    _one_line(err)
+
+
+# Symbolic links: nothing outside the dataset root is read
+
+
+def test_folder_image_link_out_of_the_root_is_refused(tmp_path):
+    root = tmp_path / "imgs"
+    _folder(root)
+    image(9).save(tmp_path / "secret.png")
+    (root / "dog" / "link.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(
+        DataError, match=r"dog/link\.png is a symbolic link to .*secret\.png, outside the dataset"
+    ) as err:
+        _load_folder(root, tmp_path / "out")
+    _one_line(err)
+    _no_cache_written(tmp_path / "out")
+
+
+def test_folder_class_folder_link_out_of_the_root_is_refused(tmp_path):
+    root = tmp_path / "imgs"
+    _folder(root)
+    _folder(tmp_path / "elsewhere", classes=("bird",))
+    (root / "bird").symlink_to(tmp_path / "elsewhere" / "bird")
+    with pytest.raises(DataError, match=r"imgs/bird is a symbolic link to .*elsewhere/bird"):
+        _load_folder(root, tmp_path / "out")
+    # a link to a folder out of the root, deeper inside a class folder
+    (root / "bird").unlink()
+    (root / "dog" / "more").symlink_to(tmp_path / "elsewhere" / "bird")
+    with pytest.raises(DataError, match=r"dog/more is a symbolic link"):
+        _load_folder(root, tmp_path / "out")
+
+
+def test_folder_dangling_link_is_refused(tmp_path):
+    root = tmp_path / "imgs"
+    _folder(root)
+    (root / "cat" / "gone.png").symlink_to(root / "cat" / "nothing.png")
+    with pytest.raises(
+        DataError, match=r"gone\.png is a symbolic link to .*, which does not exist"
+    ):
+        _load_folder(root, tmp_path / "out")
+
+
+def test_folder_links_inside_the_root_are_followed(tmp_path):
+    root = tmp_path / "imgs"
+    _folder(root / "store", classes=("cat_files", "dog_files"))
+    (root / "train").mkdir()
+    (root / "train" / "cat").symlink_to(root / "store" / "cat_files")
+    (root / "train" / "dog").symlink_to(Path("../store/dog_files"))  # relative link
+    (root / "train" / "dog" / "extra.png").symlink_to(root / "store" / "cat_files" / "0.png")
+    ds = _load_folder(root, tmp_path / "out")
+    assert ds.class_names == ("cat", "dog")
+    ids = sorted(i for s in ds.splits.values() for i in s.ids.tolist())
+    assert len(ids) == 21 and "train/dog/extra.png" in ids
+
+
+def test_csv_link_out_of_the_root_is_refused(tmp_path):
+    root = _csv_dir(tmp_path / "d", ["a", "b"] * 5)
+    image(9).save(tmp_path / "secret.png")
+    (root / "img" / "0.png").unlink()
+    (root / "img" / "0.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(DataError, match=r"labels\.csv:2: image path 'img/0\.png' escapes"):
+        _load_csv(root, tmp_path / "out")
+
+
+def test_builder_listing_link_out_of_the_root_is_refused(tmp_path):
+    fakes.make_bach(tmp_path / "bach", 10)
+    image(9).save(tmp_path / "secret.tif")
+    normal = tmp_path / "bach" / "ICIAR2018_BACH_Challenge" / "Photos" / "Normal"
+    (normal / "n999.tif").symlink_to(tmp_path / "secret.tif")
+    with pytest.raises(DataError, match=r"Normal/n999\.tif is a symbolic link to .*secret\.tif"):
+        _parse("bach", tmp_path / "bach")
+
+
+# Caches follow their source
+
+
+def _rebuilds(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if "is stale" in line]
+
+
+def test_folder_cache_follows_added_removed_and_changed_images(tmp_path, capsys):
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root, per_class=8)
+    first = _load_folder(root, out)
+    again = _load_folder(root, out)
+    assert not _rebuilds(capsys)
+    assert again.metadata["fingerprint"] == first.metadata["fingerprint"]
+
+    for i in range(3):
+        image(900 + i, (20, 18)).save(root / "dog" / f"new{i}.png")
+    (root / "cat" / "0.png").unlink()
+    ds = _load_folder(root, out)
+    assert _rebuilds(capsys) == [
+        f"folder cache {_only_cache(out)} is stale: 3 files added, 1 removed; rebuilding"
+    ]
+    ids = {i for s in ds.splits.values() for i in s.ids.tolist()}
+    assert "dog/new2.png" in ids and "cat/0.png" not in ids and len(ids) == 18
+    assert ds.metadata["fingerprint"] != first.metadata["fingerprint"]
+
+    image(77, (20, 18)).save(root / "dog" / "new0.png")  # same name, other pixels
+    os.utime(root / "dog" / "new0.png", ns=(1, 1))
+    changed = _load_folder(root, out)
+    assert _rebuilds(capsys) == [
+        f"folder cache {_only_cache(out)} is stale: 1 file changed; rebuilding"
+    ]
+    assert changed.metadata["fingerprint"] != ds.metadata["fingerprint"]
+
+
+def test_folder_cache_follows_an_added_class(tmp_path, capsys):
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root)
+    assert _load_folder(root, out).num_classes == 2
+    _folder(root, classes=("eel",), seed=5000)
+    ds = _load_folder(root, out)
+    assert ds.class_names == ("cat", "dog", "eel")
+    [line] = _rebuilds(capsys)
+    assert line.endswith("is stale: 10 files added; class list changed; rebuilding")
+    assert sorted(np.unique(ds.splits["train"].labels).tolist()) == [0, 1, 2]
+
+
+def test_csv_cache_follows_the_labels_file(tmp_path, capsys):
+    root, out = _csv_dir(tmp_path / "d", ["a", "b"] * 10), tmp_path / "out"
+    first = _load_csv(root, out)
+    text = (root / "labels.csv").read_text()
+    (root / "labels.csv").write_text(text.replace("img/0.png,a", "img/0.png,b"))
+    second = _load_csv(root, out)
+    [line] = _rebuilds(capsys)
+    assert line.endswith("is stale: labels CSV file changed; rebuilding")
+    assert second.metadata["fingerprint"] != first.metadata["fingerprint"]
+    label_of = {
+        i: int(lab) for s in second.splits.values() for i, lab in zip(s.ids, s.labels, strict=True)
+    }
+    assert label_of["img/0.png"] == 1
+
+
+def test_cache_written_before_signatures_is_rebuilt(tmp_path, capsys):
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root)
+    first = _load_folder(root, out)
+    meta_path = _only_cache(out) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["fingerprint"], meta["source"]
+    meta_path.write_text(json.dumps(meta))
+    ds = _load_folder(root, out)
+    [line] = _rebuilds(capsys)
+    assert "predates content checks" in line
+    assert ds.metadata["fingerprint"] == first.metadata["fingerprint"]
+    assert "fingerprint" in json.loads(meta_path.read_text())
+
+
+def _only_cache(out: Path) -> Path:
+    [meta] = list(out.rglob("meta.json"))
+    return meta.parent
+
+
+def _poisoned_and_good(tmp_path: Path) -> tuple[bytes, bytes]:
+    if (SHARED_DATA / "breastmnist.npz").is_file():
+        good = (SHARED_DATA / "breastmnist.npz").read_bytes()
+    else:
+        _npz(tmp_path / "good.npz", _ok_labels())
+        good = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "good.npz").write_bytes(good)
+    with np.load(tmp_path / "good.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["train_images"] = 255 - arrays["train_images"]  # poisoned, still valid
+    np.savez(tmp_path / "bad.npz", **arrays)
+    return (tmp_path / "bad.npz").read_bytes(), good
+
+
+def test_medmnist_cache_follows_the_file_put_back(tmp_path, capsys):
+    poisoned, good = _poisoned_and_good(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "breastmnist.npz").write_bytes(poisoned)
+    bad = load("medmnist/breastmnist", data_dir=data, progress=False, **SIZES)
+    (data / "breastmnist.npz").write_bytes(good)  # the official file put back
+    ds = load("medmnist/breastmnist", data_dir=data, progress=False, **SIZES)
+    [line] = _rebuilds(capsys)
+    assert "breastmnist.npz differs from the file it was built from" in line
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "breastmnist.npz").write_bytes(good)
+    reference = load("medmnist/breastmnist", data_dir=clean, progress=False, **SIZES)
+    assert np.array_equal(ds.splits["train"].images, reference.splits["train"].images)
+    assert ds.metadata["fingerprint"] == reference.metadata["fingerprint"]
+    assert ds.metadata["fingerprint"] != bad.metadata["fingerprint"]
+    sha = hashlib.sha256(good).hexdigest()
+    assert ds.metadata["source"]["sha256"] == sha
+
+    os.utime(data / "breastmnist.npz", ns=(5, 5))  # touched, same bytes: no rebuild
+    again = load("medmnist/breastmnist", data_dir=data, progress=False, **SIZES)
+    assert not _rebuilds(capsys)
+    assert again.metadata["source"]["mtime_ns"] == 5
+    assert again.metadata["fingerprint"] == ds.metadata["fingerprint"]
+
+
+@tf_required
+def test_task_cache_follows_tfds_data_and_manual_dir(tmp_path, capsys):
+    manual, out = tmp_path / "bach", tmp_path / "out"
+    fakes.make_bach(manual, 10)
+    first = prepare("bach", manual_dir=manual, data_dir=out, progress=False, **SIZES)
+    again = load("bach", data_dir=out, progress=False, **SIZES)
+    assert not _rebuilds(capsys)
+    assert again.metadata["fingerprint"] == first.metadata["fingerprint"]
+
+    tfds_dir = out / again.metadata["source"]["tfds_dir"]
+    info = next(tfds_dir.glob("dataset_info.json"))
+    os.utime(info, ns=(7, 7))  # the TFDS data is not what the cache was built from
+    rebuilt = load("bach", data_dir=out, progress=False, **SIZES)
+    [line] = _rebuilds(capsys)
+    assert line.startswith("bach cache ") and "1 file changed" in line
+    assert rebuilt.metadata["fingerprint"] == first.metadata["fingerprint"]  # same bytes
+
+    photo = manual / "ICIAR2018_BACH_Challenge" / "Photos" / "Invasive" / "iv003.tif"
+    image(4242, (48, 36)).save(photo)
+    changed = prepare("bach", manual_dir=manual, data_dir=out, progress=False, **SIZES)
+    err = capsys.readouterr().err
+    assert "bach prepared data" in err and "is stale: 1 file changed; preparing again" in err
+    assert changed.metadata["fingerprint"] != first.metadata["fingerprint"]
+
+
+# Fingerprints
+
+
+def test_fingerprint_present_stable_and_content_only(tmp_path):
+    demo = load("demo")
+    assert demo.metadata["fingerprint"] == load("demo").metadata["fingerprint"]
+    assert demo.metadata["fingerprint"] != load("demo", seed=1).metadata["fingerprint"]
+
+    _npz(tmp_path / "breastmnist.npz", _ok_labels())
+    native = load("medmnist/breastmnist", data_dir=tmp_path)
+    digest = hashlib.sha256((tmp_path / "breastmnist.npz").read_bytes()).hexdigest()
+    assert native.metadata["fingerprint"] == digest
+    resized = load("medmnist/breastmnist", data_dir=tmp_path, progress=False, **SIZES)
+    assert len(resized.metadata["fingerprint"]) == 64
+    assert resized.metadata["fingerprint"] != native.metadata["fingerprint"]
+
+    # the same images in two folders: equal fingerprints (no paths or mtimes in it)
+    _folder(tmp_path / "a")
+    _folder(tmp_path / "b")
+    os.utime(tmp_path / "b" / "cat" / "0.png", ns=(3, 3))
+    fa = _load_folder(tmp_path / "a", tmp_path / "out").metadata["fingerprint"]
+    fb = _load_folder(tmp_path / "b", tmp_path / "out").metadata["fingerprint"]
+    assert fa == fb
+    assert len(list((tmp_path / "out").rglob("meta.json"))) == 2  # two caches, one fingerprint
+    csv_ds = _load_csv(_csv_dir(tmp_path / "c", ["a", "b"] * 10), tmp_path / "out")
+    assert len(csv_ds.metadata["fingerprint"]) == 64
+
+    # what write_cache stored is the hash of the arrays it wrote
+    for ds in (resized, csv_ds):
+        splits = ds.splits
+        assert (
+            cache_mod.fingerprint_of(splits, ds.class_names, ds.multilabel)
+            == ds.metadata["fingerprint"]
+        )
+
+
+def test_fingerprint_is_the_same_in_another_process(tmp_path):
+    _folder(tmp_path / "imgs")
+    ds = _load_folder(tmp_path / "imgs", tmp_path / "out")
+    fresh = tmp_path / "out2"  # built again from scratch by another process
+    script = textwrap.dedent(
+        f"""
+        from medft_jax.data import load
+        ds = load("folder", manual_dir={str(tmp_path / "imgs")!r}, data_dir={str(fresh)!r},
+                  resize_size=36, crop_size=32, progress=False)
+        print(ds.metadata["fingerprint"], load("demo").metadata["fingerprint"])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder_fp, demo_fp = result.stdout.split()
+    assert folder_fp == ds.metadata["fingerprint"]
+    assert demo_fp == load("demo").metadata["fingerprint"]

@@ -1,0 +1,443 @@
+"""Decoding real users' images: 16-bit, float, DICOM, pathological sizes, 8-bit unchanged.
+
+Every file here is written by the test itself (or is one of the small DICOM
+files pydicom's wheel ships), and goes through the one decoding path that
+``prepare`` (ImageReader, the folder source) and ``predict`` share.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments.predict import PredictError, load_image
+from medft_jax.data import DataError, load
+from medft_jax.data.dicom import DecoderMissing
+from medft_jax.data.images import IMAGE_SUFFIXES, ImageReader, open_image
+from medft_jax.data.pixels import MAX_ASPECT, MAX_PIXELS
+from medft_jax.data.preprocess import center_crop, resized_size
+
+pydicom = pytest.importorskip("pydicom", reason="DICOM tests need the [dicom] extra")
+from pydicom.data import get_testdata_file  # noqa: E402
+
+RESIZE, CROP = 36, 32
+
+
+def _old_path(path: Path) -> np.ndarray:
+    """What preprocessing did before 16-bit support: Pillow's ``convert("RGB")``, resize, crop."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    resized = rgb.resize(resized_size(*rgb.size, RESIZE), Image.BILINEAR)
+    return center_crop(np.asarray(resized, np.uint8), CROP)
+
+
+def _read(path: Path) -> np.ndarray:
+    return ImageReader(RESIZE, CROP).read(path)
+
+
+def _pattern(rng: np.random.Generator, shape=(40, 48)) -> np.ndarray:
+    return rng.integers(0, 8000, shape).astype(np.uint16)
+
+
+# 8-bit: byte-identical to the old path
+
+
+@pytest.mark.parametrize(
+    ("mode", "suffix"),
+    [
+        ("L", ".png"),
+        ("RGB", ".png"),
+        ("RGB", ".jpg"),
+        ("RGBA", ".png"),
+        ("LA", ".png"),
+        ("P", ".png"),
+        ("1", ".png"),
+        ("CMYK", ".tif"),
+        ("L", ".bmp"),
+    ],
+)
+def test_eight_bit_files_decode_byte_identically(tmp_path, mode, suffix):
+    rng = np.random.default_rng(1)
+    rgba = Image.fromarray(rng.integers(0, 256, (45, 38, 4), dtype=np.uint8), "RGBA")
+    path = tmp_path / f"img{suffix}"
+    (rgba if mode == "RGBA" else rgba.convert("RGB" if mode == "P" else mode)).convert(mode).save(
+        path
+    )
+    ours = _read(path)
+    assert ours.dtype == np.uint8 and ours.shape == (CROP, CROP, 3)
+    assert np.array_equal(ours, _old_path(path))
+    assert np.array_equal(load_image(path, RESIZE, CROP), ours)
+
+
+# 16-bit and float
+
+
+def _save16(path: Path, values: np.ndarray) -> Path:
+    Image.fromarray(values.astype(np.uint16)).save(path)
+    with Image.open(path) as check:
+        assert check.mode.startswith("I"), check.mode  # really stored as 16-bit
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_brightness_above_255_stays_separable(tmp_path, suffix):
+    base = _pattern(np.random.default_rng(2))
+    dark = _save16(tmp_path / f"dark{suffix}", base + 1000)
+    bright = _save16(tmp_path / f"bright{suffix}", base + 30000)
+    # the bug: both clip to white in the old path
+    assert np.array_equal(_old_path(dark), _old_path(bright))
+    assert (_old_path(dark) == 255).all()
+    a, b = _read(dark), _read(bright)
+    assert b.mean() - a.mean() > 100  # 29000 / 256 ≈ 113 grey levels apart
+    # the rule: v >> 8, before the 8-bit resize
+    assert np.array_equal(np.asarray(open_image(dark)), ((base + 1000) >> 8).astype(np.uint8))
+    assert np.array_equal(load_image(bright, RESIZE, CROP), b)
+
+
+def test_16bit_of_8bit_data_equals_the_8bit_file(tmp_path):
+    v = np.random.default_rng(3).integers(0, 256, (30, 41), dtype=np.uint8)
+    Image.fromarray(v).save(tmp_path / "v8.png")
+    _save16(tmp_path / "v16.png", v.astype(np.uint16) * 257)  # the usual 8 -> 16 bit scaling
+    assert np.array_equal(_read(tmp_path / "v16.png"), _read(tmp_path / "v8.png"))
+
+
+def _tiff16_signed(path: Path, values: np.ndarray) -> Path:
+    """A minimal uncompressed little-endian TIFF of int16 samples (SampleFormat 2)."""
+    h, w = values.shape
+    data = values.astype("<i2").tobytes()
+    entries = [  # tag, type (3 SHORT, 4 LONG), value
+        (256, 4, w),
+        (257, 4, h),
+        (258, 3, 16),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 8),
+        (277, 3, 1),
+        (278, 4, h),
+        (279, 4, len(data)),
+        (339, 3, 2),
+    ]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, 1) + packed
+    ifd += struct.pack("<I", 0)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8 + len(data)) + data + ifd)
+    return path
+
+
+def test_signed_16bit_tiff_by_the_type_range(tmp_path):
+    values = np.array([[-32768, -1024, 0, 3071, 32767]], np.int16).repeat(3, 0)
+    path = _tiff16_signed(tmp_path / "ct.tif", values)
+    out = np.asarray(open_image(path))
+    assert out[0].tolist() == [0, 124, 128, 139, 255]
+
+
+def test_float_tiff_in_unit_range(tmp_path):
+    v = np.random.default_rng(4).random((33, 40)).astype(np.float32)
+    v[0, 0], v[0, 1] = 0.0, 1.0
+    Image.fromarray(v).save(tmp_path / "f.tif")
+    assert np.asarray(Image.open(tmp_path / "f.tif")).dtype == np.float32
+    assert (_old_path(tmp_path / "f.tif") <= 1).all()  # the bug: black
+    out = np.asarray(open_image(tmp_path / "f.tif"))
+    assert np.array_equal(out, np.rint(v * np.float32(255)).astype(np.uint8))
+    assert out.max() == 255 and _read(tmp_path / "f.tif").mean() > 100
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(np.nan, r"NaN or infinite"), (np.inf, r"NaN or infinite"), (4.5, r"span \[0, 4\.5\]")],
+)
+def test_float_tiff_nan_inf_or_out_of_range_refused(tmp_path, bad, message):
+    v = np.full((8, 8), 0.5, np.float32)
+    v[3, 3], v[0, 0] = bad, 0.0
+    path = tmp_path / "f.tif"
+    Image.fromarray(v).save(path)
+    with pytest.raises(DataError, match=message) as err:
+        _read(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(PredictError, match=message):
+        load_image(path, RESIZE, CROP)
+
+
+def test_32bit_integer_tiff_refused(tmp_path):
+    path = tmp_path / "i32.tif"
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(path)
+    with pytest.raises(DataError, match=r"i32\.tif: image with I;32S samples cannot be converted"):
+        open_image(path)
+
+
+def test_folder_source_keeps_16bit_classes_separable(tmp_path):
+    rng = np.random.default_rng(5)
+    root = tmp_path / "imgs"
+    for name, offset in (("dark", 2000), ("bright", 40000)):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            suffix = ".png" if i % 2 else ".tif"
+            _save16(root / name / f"{i}{suffix}", _pattern(rng, (34, 38)) + offset)
+    ds = load(
+        "folder",
+        manual_dir=root,
+        data_dir=tmp_path / "out",
+        crop_size=32,
+        resize_size=32,
+        progress=False,
+    )
+    assert ds.class_names == ("bright", "dark")
+    for split in ds.splits.values():
+        means = split.images.reshape(len(split), -1).mean(axis=1)
+        bright, dark = means[split.labels == 0], means[split.labels == 1]
+        assert len(bright) and len(dark)
+        assert bright.min() > dark.max() + 100  # (40000 - 2000) / 256 ≈ 148 grey levels
+        assert dark.max() < 60  # not clipped to white
+    first = ds.splits["train"]
+    expected = ImageReader(32, 32).read(root / first.ids[0])
+    assert np.array_equal(first.images[0], expected)
+
+
+# DICOM
+
+
+def _write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    rescale: tuple[float, float] | None = None,
+    window: tuple[float, float] | None = None,
+    voi_lut: tuple[list[int], list[int]] | None = None,
+) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = int(pixels.dtype == np.int16)
+    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    if rescale:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if voi_lut:
+        item = Dataset()
+        item.LUTDescriptor = voi_lut[0]
+        item.add_new(0x00283006, "US", voi_lut[1])  # LUTData: US or OW, say which
+        ds.VOILUTSequence = [item]
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# stored v -> x = 2 v - 100 (rescale) -> LINEAR window c=100, w=201: c' = 99.5, w' = 200,
+# y = ((x - 99.5) / 200 + 0.5) * 255, clipped, rounded (PS3.3 C.11.2.1.2.1), worked by hand:
+STORED = np.array([[0, 50, 100, 125, 150, 1000]], np.uint16)
+WINDOWED = [0, 1, 128, 192, 255, 255]
+
+
+def test_dicom_rescale_then_window_numerically(tmp_path):
+    path = _write_dicom(tmp_path / "a.dcm", STORED, rescale=(2, -100), window=(100, 201))
+    assert np.asarray(open_image(path))[0].tolist() == WINDOWED
+    inverted = _write_dicom(
+        tmp_path / "b.dcm", STORED, photometric="MONOCHROME1", rescale=(2, -100), window=(100, 201)
+    )
+    assert np.asarray(open_image(inverted))[0].tolist() == [255 - v for v in WINDOWED]
+
+
+def test_dicom_without_window_uses_the_pixel_range(tmp_path):
+    stored = np.array([[10, 60, 110, 1030]], np.uint16)  # x = 2 v - 100: -80, 20, 120, 1960
+    path = _write_dicom(tmp_path / "a.dcm", stored, rescale=(2, -100))
+    expected = np.rint((np.array([-80, 20, 120, 1960]) + 80) / 2040 * 255).astype(int)
+    assert np.asarray(open_image(path))[0].tolist() == expected.tolist() == [0, 12, 25, 255]
+
+
+def test_dicom_voi_lut_sequence_by_its_bit_depth(tmp_path):
+    stored = np.array([[0, 1, 2, 3, 9]], np.uint16)
+    path = _write_dicom(tmp_path / "a.dcm", stored, voi_lut=([4, 0, 12], [0, 1000, 2000, 4095]))
+    assert np.asarray(open_image(path))[0].tolist() == [0, 62, 125, 255, 255]  # >> 4
+
+
+def test_dicom_with_preamble_but_no_suffix_and_a_fake_dcm(tmp_path):
+    path = _write_dicom(tmp_path / "a.dcm", STORED, rescale=(2, -100), window=(100, 201))
+    bare = tmp_path / "IM0001"
+    bare.write_bytes(path.read_bytes())
+    assert np.asarray(open_image(bare))[0].tolist() == WINDOWED
+    fake = tmp_path / "photo.dcm"
+    Image.new("L", (4, 4)).save(fake, format="PNG")
+    with pytest.raises(DataError, match=r"photo\.dcm: not a DICOM file"):
+        open_image(fake)
+
+
+def test_wheel_mr_small_matches_pydicom_windowing():
+    from pydicom.pixels import apply_voi_lut
+
+    path = Path(get_testdata_file("MR_small.dcm"))
+    ds = pydicom.dcmread(path)
+    assert (ds.WindowCenter, ds.WindowWidth) == (600, 1600) and ds.PixelRepresentation == 1
+    y = apply_voi_lut(ds.pixel_array, ds)  # pydicom's output spans the signed 16-bit range
+    ref = np.rint((y + 32768) / 65535 * 255)
+    ours = np.asarray(open_image(path)).astype(float)
+    assert np.abs(ours - ref).max() <= 1 and (ours == ref).mean() > 0.99
+    assert np.array_equal(load_image(path, RESIZE, CROP), _read(path))
+
+
+def test_wheel_ct_small_rescaled_without_window():
+    from pydicom.pixels import apply_modality_lut
+
+    path = Path(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(path)
+    assert "WindowCenter" not in ds and float(ds.RescaleIntercept) == -1024
+    hu = apply_modality_lut(ds.pixel_array, ds)
+    ref = np.rint((hu - hu.min()) / (hu.max() - hu.min()) * 255)
+    assert np.array_equal(np.asarray(open_image(path)), ref.astype(np.uint8))
+
+
+def test_wheel_monochrome1_is_inverted(tmp_path):
+    path = Path(get_testdata_file("6154"))  # a CR with MONOCHROME1, rescale and window
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.save_as(tmp_path / "m2.dcm")
+    m1, m2 = np.asarray(open_image(path)), np.asarray(open_image(tmp_path / "m2.dcm"))
+    assert np.array_equal(m1.astype(int), 255 - m2.astype(int)) and m2.std() > 0
+
+
+def test_wheel_16bit_rgb_by_its_bits():
+    path = Path(get_testdata_file("SC_rgb_rle_16bit.dcm"))
+    ds = pydicom.dcmread(path)
+    assert ds.BitsStored == 16
+    assert np.array_equal(np.asarray(open_image(path)), (ds.pixel_array >> 8).astype(np.uint8))
+
+
+def test_dicom_multi_frame_refused():
+    path = get_testdata_file("SC_rgb_rle_2frame.dcm")
+    with pytest.raises(DataError, match=r"2frame\.dcm: multi-frame DICOM \(2 frames\)"):
+        open_image(Path(path))
+
+
+def test_dicom_compressed_without_plugin_names_file_and_plugins(tmp_path):
+    from pydicom.pixels import get_decoder
+
+    path = Path(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    uid = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    if get_decoder(uid).available_plugins:
+        pytest.skip("a JPEG-LS plugin is installed here")
+    reader = ImageReader(RESIZE, CROP, skip_bad_images=True)
+    with pytest.raises(DecoderMissing) as err:  # not skipped: every such file would be
+        reader.read(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: DICOM pixel data in JPEG-LS") and "\n" not in msg
+    assert "pylibjpeg" in msg and "gdcm" in msg
+    with pytest.raises(PredictError, match="decoder plugin"):
+        load_image(path, RESIZE, CROP)
+
+
+def test_dicom_without_pydicom_names_the_extra(tmp_path, monkeypatch):
+    path = _write_dicom(tmp_path / "a.dcm", STORED)
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    monkeypatch.setitem(sys.modules, "pydicom.pixels", None)
+    with pytest.raises(DecoderMissing, match=r"a\.dcm: reading DICOM needs pydicom") as err:
+        ImageReader(RESIZE, CROP, skip_bad_images=True).read(path)
+    assert "pip install 'medft-jax[dicom]'" in str(err.value)
+
+
+def test_folder_source_reads_dicom(tmp_path):
+    assert ".dcm" in IMAGE_SUFFIXES
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(6)
+    for name, offset in (("a", 0), ("b", 400)):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = (rng.integers(0, 300, (20, 24)) + offset).astype(np.uint16)
+            _write_dicom(root / name / f"{i}.dcm", pixels, rescale=(1, -100), window=(350, 800))
+    ds = load("folder", manual_dir=root, data_dir=tmp_path / "out", progress=False, **_sizes())
+    for split in ds.splits.values():
+        means = split.images.reshape(len(split), -1).mean(axis=1)
+        assert means[split.labels == 1].min() > means[split.labels == 0].max() + 80
+    first = ds.splits["train"]
+    assert np.array_equal(first.images[0], ImageReader(36, 32).read(root / first.ids[0]))
+
+
+def _sizes() -> dict[str, int]:
+    return {"resize_size": RESIZE, "crop_size": CROP}
+
+
+# pathological sizes
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A 1x1 PNG whose IHDR (CRC fixed) claims ``width`` x ``height``."""
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data[12:29]  # chunk type + 13 data bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_long_thin_png_refused_before_decoding(tmp_path):
+    path = tmp_path / "line.png"
+    Image.new("L", (200000, 1)).save(path)
+    assert path.stat().st_size < 1000
+    with pytest.raises(DataError, match=r"line\.png: image size 200000x1 has aspect ratio"):
+        _read(path)
+    with pytest.raises(PredictError, match=rf"line\.png: .*limit of {MAX_ASPECT:g}:1"):
+        load_image(path, RESIZE, CROP)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "message"),
+    [
+        (100000, 100000, r"claims 10,000,000,000 pixels, over the limit of 67,108,864"),
+        (10000, 10000, r"image size 10000x10000 \(100,000,000 pixels\) exceeds the limit"),
+        (8193, 8192, r"image size 8193x8192 .*exceeds the limit of 67,108,864 pixels"),
+    ],
+)
+def test_huge_header_refused_with_path_size_and_limit(tmp_path, width, height, message):
+    path = _png_claiming(tmp_path / "bomb.png", width, height)
+    with pytest.raises(DataError, match=message) as err:
+        _read(path)
+    assert str(err.value).startswith(f"{path}: ")
+    with pytest.raises(PredictError, match=message):
+        load_image(path, RESIZE, CROP)
+
+
+def test_limits_admit_real_sizes(tmp_path):
+    assert MAX_PIXELS >= 5928 * 4728 and MAX_ASPECT >= 4  # mammograms, long-leg radiographs
+    at_limit = _png_claiming(tmp_path / "big.png", 8192, 8192)
+    with pytest.raises(DataError, match="corrupt or unreadable") as err:  # decoded, then truncated
+        _read(at_limit)
+    assert "the limit of" not in str(err.value)
+    Image.new("L", (int(MAX_ASPECT), 1), 200).save(tmp_path / "strip.png")
+    assert (_read(tmp_path / "strip.png")[..., 0] == 200).any()
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "message"),
+    [
+        (1, 60000, r"image size 60000x1 has aspect ratio 60000\.0:1"),
+        (65535, 65535, r"image size 65535x65535 \(4,294,836,225 pixels\) exceeds the limit"),
+    ],
+)
+def test_dicom_size_refused_from_the_header(tmp_path, rows, columns, message):
+    path = _write_dicom(tmp_path / "a.dcm", np.zeros((1, 4), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = rows, columns  # the pixel data is 8 bytes: refused before decoding
+    ds.save_as(path)
+    with pytest.raises(DataError, match=rf"a\.dcm: {message}"):
+        open_image(path)
