@@ -20,38 +20,41 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from medft_jax.data.errors import DataError
+from medft_jax.data.images import open_image
 from medft_jax.data.preprocess import normalize, resize_and_crop
-from medft_jax.model_checkpoint import CheckpointError, load_model
+from medft_jax.errors import UserError, cli_main
+from medft_jax.model_checkpoint import load_model
 from medft_jax.models import create
 
 
-class PredictError(ValueError):
+class PredictError(UserError):
     """An input image or checkpoint that cannot be used."""
 
 
 def load_image(path: str | Path, resize_size: int, crop_size: int) -> np.ndarray:
-    """One image file -> the uint8 (crop, crop, 3) array the model sees."""
+    """One image file -> the uint8 (crop, crop, 3) array the model sees.
+
+    Decoded by :func:`medft_jax.data.images.open_image`, the one path
+    ``prepare`` uses too: 16-bit, float and DICOM files converted by the same
+    rules, the same size limits, the same one-line refusals.
+    """
     try:
-        with Image.open(path) as image:
-            image.load()
-            return resize_and_crop(image, resize_size, crop_size)
-    except FileNotFoundError:
-        raise PredictError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise PredictError(f"{path}: not a readable image ({e})") from None
+        image = open_image(Path(path))
+    except DataError as e:
+        raise PredictError(str(e)) from None
+    return resize_and_crop(image, resize_size, crop_size)
 
 
 class Predictor:
     """A model checkpoint ready to turn uint8 image batches into probabilities."""
 
     def __init__(self, checkpoint: str | Path):
+        # load_model verifies the arrays and checks the metadata against them
+        # (arch, num_classes, class_names, sizes) before anything is built here.
         self.variables, self.metadata = load_model(checkpoint)
         m = self.metadata
-        for field in ("arch", "num_classes"):
-            if field not in m:
-                raise CheckpointError(f"{checkpoint}: metadata lacks the field {field!r}")
         self.model = create(m["arch"], int(m["num_classes"]))
         self.multilabel = bool(m.get("multilabel", False))
         self.resize_size = int(m.get("resize_size", 256))
@@ -69,6 +72,7 @@ class Predictor:
 
     def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Probabilities (len(paths), num_classes); all images are checked before any compute."""
+        check_batch_size(batch_size)
         arrays = [load_image(p, self.resize_size, self.crop_size) for p in paths]
         out = []
         for i in range(0, len(arrays), batch_size):
@@ -80,7 +84,30 @@ class Predictor:
         return np.concatenate(out)
 
 
+MAX_BATCH_SIZE = 4096
+"""Largest ``--batch-size``: more images per forward pass only costs memory."""
+
+
+def check_batch_size(batch_size: int) -> None:
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise PredictError(
+            f"--batch-size must be an integer in [1, {MAX_BATCH_SIZE}], got {batch_size}"
+        )
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Names the flag at fault before any work (``--top`` above the class count shows all)."""
+    check_batch_size(args.batch_size)
+    if args.top < 1:
+        raise PredictError(f"--top must be an integer >= 1, got {args.top}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0, or 2 with one ``error:`` line for bad input (see ``cli_main``)."""
+    return cli_main(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m experiments.predict", description=__doc__.split("\n")[0]
     )
@@ -96,15 +123,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help='print one JSON object per image: {"image": PATH, "probs": [...]}',
     )
-    p.add_argument("--top", type=int, default=3, help="classes shown per image without --json")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument(
+        "--top", type=int, default=3, help="classes shown per image without --json (>= 1)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help=f"images per forward pass (1 to {MAX_BATCH_SIZE})",
+    )
     args = p.parse_args(argv)
-    try:
-        predictor = Predictor(args.checkpoint)
-        probs = predictor.predict_files(args.images, args.batch_size)
-    except (PredictError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_flags(args)
+    predictor = Predictor(args.checkpoint)
+    probs = predictor.predict_files(args.images, args.batch_size)
     for path, row in zip(args.images, probs, strict=True):
         if args.json:
             print(json.dumps({"image": path, "probs": [float(v) for v in row]}))

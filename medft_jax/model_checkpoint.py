@@ -10,22 +10,57 @@ Metadata keys: ``arch``, ``num_classes``, ``multilabel``, ``class_names``
 (or null), ``resize_size``, ``crop_size``, ``source`` and ``source_sha256``
 (the torchvision file it came from, if any), ``num_batches_tracked``
 (torchvision's BN counters, kept only so an export round-trips bit for bit),
-``format_version``.
+``content_sha256`` (see :func:`variables_hash`), ``format_version``.
+
+A checkpoint is checked, not trusted, when it is loaded: the arrays must
+hash to the recorded ``content_sha256`` (orbax's files carry no checksum of
+their own, and a flipped bit in an uncompressed chunk otherwise loads as a
+silently wrong weight), every float array must be finite, and the metadata
+must agree with the arrays (:func:`check_metadata`) before anything is built
+from it. Each failure is one :class:`CheckpointError` line naming the folder
+or file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from medft_jax.errors import UserError, one_line
+from medft_jax.models import ARCHS, create, get_arch
+from medft_jax.models.blocks import flatten
+
 FORMAT_VERSION = 1
 
+MIN_CROP_SIZE = 32
+"""Smallest crop a checkpoint may declare (the smallest ``--image-size`` of a run)."""
+MAX_CROP_SIZE = 2048
+"""Largest crop a checkpoint may declare: well above any run's ``--image-size``, and
+small enough that a batch of crops fits in memory; a larger value is a damaged file."""
+MAX_RESIZE_SIZE = 4096
+"""Largest resize (shorter side before the crop) a checkpoint may declare."""
 
-class CheckpointError(ValueError):
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_METADATA_FILE = ("metadata", "metadata")
+"""Where orbax's JsonSave puts the metadata item, relative to the checkpoint folder."""
+
+
+class CheckpointError(UserError):
     """A model checkpoint folder is missing, incomplete or of the wrong kind."""
+
+
+# --- writing -----------------------------------------------------------------------------------
 
 
 def save_model(
@@ -36,12 +71,27 @@ def save_model(
     *,
     force: bool = False,
 ) -> Path:
-    """Writes ``{params, batch_stats}`` and ``metadata`` to ``directory`` atomically."""
+    """Writes ``{params, batch_stats}`` and ``metadata`` to ``directory`` atomically.
+
+    The metadata gains ``content_sha256``, the hash of the arrays as written
+    (any value passed in is replaced: it described other arrays).
+    """
     directory = Path(directory).expanduser().absolute()
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file, expected a checkpoint folder")
     if directory.exists() and not force:
         raise CheckpointError(f"{directory} already exists; pass --force to overwrite it")
+    for parent in directory.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CheckpointError(f"{directory}: {parent} is a file, expected a folder")
+            break
     tree = {"params": params, "batch_stats": batch_stats}
     meta = {"format_version": FORMAT_VERSION, **metadata}
+    meta.pop("content_sha256", None)
+    digest = variables_hash(tree)
+    if digest is not None:
+        meta["content_sha256"] = digest
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(
             directory,
@@ -51,28 +101,100 @@ def save_model(
     return directory
 
 
+def variables_hash(variables: Mapping[str, Any]) -> str | None:
+    """sha256 of ``{'params', 'batch_stats'}``: sorted leaf paths, dtypes, shapes and bytes.
+
+    Each leaf contributes ``["params/layer1/0/conv1/kernel", "float32", [1, 1, 64, 64]]``
+    as JSON, a newline, then its C-order bytes, in sorted path order, so the
+    hash depends only on the values and not on how the tree was built or
+    where it lives. None when an array is sharded over other processes (its
+    bytes are not all here); such a checkpoint is saved without a hash.
+    """
+    flat = {}
+    for collection in ("params", "batch_stats"):
+        for path, leaf in flatten(variables.get(collection) or {}).items():
+            host = _host_array(leaf)
+            if host is None:
+                return None
+            flat[f"{collection}/{path}"] = host
+    h = hashlib.sha256()
+    for path in sorted(flat):
+        a = np.ascontiguousarray(flat[path])
+        h.update(json.dumps([path, a.dtype.name, list(a.shape)]).encode() + b"\n")
+        h.update(a.reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+def _host_array(x: Any) -> np.ndarray | None:
+    """``x`` as a numpy array, None if part of it lives only in another process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if not x.is_fully_replicated:
+            return None
+        x = x.addressable_data(0)
+    return np.asarray(x)
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
 def load_metadata(directory: str | Path) -> dict[str, Any]:
-    """Reads only the metadata of a model checkpoint."""
+    """Reads only the metadata of a model checkpoint (a JSON object; not checked against
+    the arrays, which are not read)."""
+    return _read_metadata(_check_dir(directory))
+
+
+def content_hash(directory: str | Path) -> str:
+    """The ``content_sha256`` of a model checkpoint, for a run's identity.
+
+    Read from the metadata without loading arrays when recorded (it is
+    verified against the arrays whenever they are loaded); computed from the
+    arrays (which :func:`load_model` checks) for a checkpoint saved before
+    hashes were recorded.
+    """
     directory = _check_dir(directory)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        restored = ckptr.restore(directory, ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-    return dict(restored["metadata"])
+    recorded = _recorded_hash(_read_metadata(directory), directory)
+    if recorded is not None:
+        return recorded
+    variables, _ = load_model(directory)
+    digest = variables_hash(variables)
+    assert digest is not None  # host arrays: every byte is here
+    return digest
 
 
 def load_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Reads a model checkpoint: ``({'params', 'batch_stats'}, metadata)`` as numpy arrays."""
+    """Reads a model checkpoint: ``({'params', 'batch_stats'}, metadata)`` as numpy arrays.
+
+    Raises :class:`CheckpointError` (one line naming the folder or file) for
+    unreadable metadata, truncated or corrupted array files, arrays that do
+    not hash to the recorded ``content_sha256``, metadata that disagrees
+    with the arrays (:func:`check_metadata`) and non-finite weights. A
+    checkpoint saved before hashes were recorded loads without the hash check.
+    """
     directory = _check_dir(directory)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        restored = ckptr.restore(
-            directory,
-            ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()),
-        )
-    state = restored["state"]
+    metadata = _read_metadata(directory)
+    recorded = _recorded_hash(metadata, directory)
+    state = _restore_state(directory)
     variables = {
-        "params": _to_numpy(state.get("params", {})),
+        "params": _to_numpy(state.get("params", {}) or {}),
         "batch_stats": _to_numpy(state.get("batch_stats", {}) or {}),
     }
-    return variables, dict(restored["metadata"])
+    if recorded is not None and variables_hash(variables) != recorded:
+        raise CheckpointError(
+            f"{directory}: content hash mismatch: the checkpoint's arrays were modified or "
+            "corrupted (they no longer hash to the metadata's content_sha256)"
+        )
+    check_metadata(variables, metadata, directory)
+    check_finite(variables, directory)
+    return variables, metadata
+
+
+def check_finite(variables: Mapping[str, Any], where: str | Path) -> None:
+    """Refuses NaN or infinite weights, naming the first such array by its path."""
+    for collection in ("params", "batch_stats"):
+        for path, leaf in flatten(variables.get(collection) or {}).items():
+            a = np.asarray(leaf)
+            if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+                raise CheckpointError(f"non-finite weights in {where}: {collection}/{path}")
 
 
 def _check_dir(directory: str | Path) -> Path:
@@ -87,7 +209,247 @@ def _check_dir(directory: str | Path) -> Path:
     return directory
 
 
+def _read_metadata(directory: Path) -> dict[str, Any]:
+    """The metadata JSON object, read directly so that a bad file is named."""
+    path = directory.joinpath(*_METADATA_FILE)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the metadata ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: the metadata is not UTF-8 text (corrupted)") from None
+    if not text.strip():
+        raise CheckpointError(f"{path}: the metadata file is empty (a truncated checkpoint)")
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"{path}: unreadable metadata JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        ) from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(
+            f"{path}: the metadata is a JSON {type(metadata).__name__}, expected an object"
+        )
+    return metadata
+
+
+def _recorded_hash(metadata: Mapping[str, Any], directory: Path) -> str | None:
+    value = metadata.get("content_sha256")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise CheckpointError(
+            f"{directory}: metadata content_sha256 {value!r} is not a sha256 hex digest"
+        )
+    return value
+
+
+def _restore_state(directory: Path) -> dict[str, Any]:
+    """The ``state`` item, any failure of orbax or tensorstore as one line naming the folder.
+
+    A truncated, deleted or bit-flipped file under ``state/`` makes tensorstore
+    raise ValueError (DATA_LOSS, OUT_OF_RANGE, a zstd decode error...) or
+    orbax an OSError or JSON error: all mean the same to a user.
+    """
+    _quiet_closed_event_loop()
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            restored = ckptr.restore(
+                directory, ocp.args.Composite(state=ocp.args.StandardRestore())
+            )
+    except (ValueError, OSError, EOFError) as e:
+        raise CheckpointError(
+            f"{directory}: the checkpoint's arrays cannot be read; files under state/ are "
+            f"truncated, missing or corrupted ({_short(e)})"
+        ) from None
+    state = restored["state"]
+    if not isinstance(state, Mapping) or not isinstance(state.get("params"), Mapping):
+        raise CheckpointError(f"{directory}: the checkpoint's state holds no params")
+    return dict(state)
+
+
+def _short(err: BaseException) -> str:
+    text = one_line(err).split(" [tensorstore_spec=")[0]
+    text = text or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _quiet_closed_event_loop() -> None:
+    """Drops tensorstore's late "Event loop is closed" reports after a failed restore.
+
+    When one array of a restore fails, orbax closes its asyncio loop while
+    tensorstore still completes the other reads; each completion then reports
+    ``RuntimeError: Event loop is closed`` through ``sys.unraisablehook``, a
+    six-line traceback per array (about a hundred for a ResNet), some of them
+    after the restore has returned. They say nothing about the checkpoint, so
+    the hook installed here drops exactly that report and passes every other
+    one to the hook it wraps. It stays installed because the reports come
+    late; installing it again is a no-op unless the hook was replaced since.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_event_loop", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_event_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def _to_numpy(tree: Any) -> Any:
-    if isinstance(tree, dict):
+    if isinstance(tree, Mapping):
         return {k: _to_numpy(v) for k, v in tree.items()}
     return np.asarray(tree)
+
+
+# --- metadata against arrays -------------------------------------------------------------------
+
+
+def check_metadata(
+    variables: Mapping[str, Any], metadata: Mapping[str, Any], where: str | Path
+) -> None:
+    """Refuses metadata that disagrees with the arrays, before anything is built from it.
+
+    ``arch`` must be a known arch whose parameter tree (paths and shapes,
+    from ``jax.eval_shape`` of its init: no memory) is exactly the stored
+    one; ``num_classes`` must equal the head's output size; ``class_names``
+    (if not null) one string per class; ``multilabel`` a bool;
+    ``resize_size``/``crop_size`` integers with ``MIN_CROP_SIZE <= crop <=
+    MAX_CROP_SIZE`` and ``crop <= resize <= MAX_RESIZE_SIZE``;
+    ``num_batches_tracked`` null or names to integers. Optional fields may be
+    absent. ``where`` names the checkpoint in the one-line
+    :class:`CheckpointError`.
+    """
+    if not isinstance(metadata, Mapping):
+        raise CheckpointError(f"{where}: metadata is not a JSON object")
+    for field in ("arch", "num_classes"):
+        if field not in metadata:
+            raise CheckpointError(f"{where}: metadata lacks the field {field!r}")
+    version = metadata.get("format_version", FORMAT_VERSION)
+    if not _is_int(version) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: metadata format_version {version!r} is not one this medft-jax reads "
+            f"(<= {FORMAT_VERSION}); upgrade medft-jax"
+        )
+    arch = metadata["arch"]
+    if not isinstance(arch, str) or arch not in ARCHS:
+        raise CheckpointError(
+            f"{where}: metadata arch {arch!r} is not a known arch ({', '.join(ARCHS)})"
+        )
+    num_classes = metadata["num_classes"]
+    if not _is_int(num_classes) or num_classes < 1:
+        raise CheckpointError(
+            f"{where}: metadata num_classes {num_classes!r} is not a positive integer"
+        )
+    stored = _stored_shapes(variables)
+    head_path = f"params/{get_arch(arch).partition.head}/kernel"
+    head = stored.get(head_path)
+    if head is None or len(head) != 2:
+        raise CheckpointError(_arch_mismatch(where, arch, stored, None))
+    if num_classes != head[1]:
+        raise CheckpointError(
+            f"{where}: metadata num_classes {num_classes} disagrees with the stored head "
+            f"{head_path} of shape {head} ({head[1]} classes)"
+        )
+    if stored != _expected_shapes(arch, head[1]):
+        raise CheckpointError(_arch_mismatch(where, arch, stored, _expected_shapes(arch, head[1])))
+    _check_other_fields(metadata, num_classes, where)
+
+
+def _check_other_fields(metadata: Mapping[str, Any], num_classes: int, where: Any) -> None:
+    names = metadata.get("class_names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{where}: metadata class_names is not a list of strings")
+        if len(names) != num_classes:
+            raise CheckpointError(
+                f"{where}: metadata class_names has {len(names)} names for {num_classes} classes"
+            )
+    if not isinstance(metadata.get("multilabel", False), bool):
+        raise CheckpointError(
+            f"{where}: metadata multilabel {metadata['multilabel']!r} is not true or false"
+        )
+    crop = metadata.get("crop_size")
+    if crop is not None and (not _is_int(crop) or not MIN_CROP_SIZE <= crop <= MAX_CROP_SIZE):
+        raise CheckpointError(
+            f"{where}: metadata crop_size {crop!r} is not an integer in "
+            f"[{MIN_CROP_SIZE}, {MAX_CROP_SIZE}]"
+        )
+    resize = metadata.get("resize_size")
+    low = crop if crop is not None else MIN_CROP_SIZE
+    if resize is not None and (not _is_int(resize) or not low <= resize <= MAX_RESIZE_SIZE):
+        raise CheckpointError(
+            f"{where}: metadata resize_size {resize!r} is not an integer in "
+            f"[{low} (the crop), {MAX_RESIZE_SIZE}]"
+        )
+    tracked = metadata.get("num_batches_tracked")
+    if tracked is not None and (
+        not isinstance(tracked, dict)
+        or not all(isinstance(k, str) and _is_int(v) and v >= 0 for k, v in tracked.items())
+    ):
+        raise CheckpointError(
+            f"{where}: metadata num_batches_tracked is not a mapping of names to counts"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _stored_shapes(variables: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{collection}/{path}": tuple(int(d) for d in np.shape(leaf))
+        for collection in ("params", "batch_stats")
+        for path, leaf in flatten(variables.get(collection) or {}).items()
+    }
+
+
+@cache
+def _expected_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """``arch``'s variable paths and shapes with a ``num_classes`` head (no memory used)."""
+    model = create(arch, num_classes)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    return _stored_shapes(shapes)
+
+
+def _arch_mismatch(
+    where: Any,
+    arch: str,
+    stored: dict[str, tuple[int, ...]],
+    expected: dict[str, tuple[int, ...]] | None,
+) -> str:
+    """The one line for metadata whose arch is not the arrays' arch, naming the first
+    difference and, when the arrays are another known arch's, that arch."""
+    actual = next(
+        (
+            other
+            for other in ARCHS
+            if other != arch
+            and len(head := stored.get(f"params/{get_arch(other).partition.head}/kernel", ())) == 2
+            and stored == _expected_shapes(other, head[1])
+        ),
+        None,
+    )
+    if actual is not None:
+        detail = f"the arrays are a {actual} model's"
+    elif expected is None:
+        head_path = f"params/{get_arch(arch).partition.head}/kernel"
+        detail = f"no head {head_path} of shape (features, classes)"
+    else:
+        missing = sorted(expected.keys() - stored.keys())
+        extra = sorted(stored.keys() - expected.keys())
+        wrong = [p for p in sorted(expected.keys() & stored.keys()) if expected[p] != stored[p]]
+        if missing:
+            detail = f"{missing[0]} is missing ({len(missing)} missing, {len(extra)} unexpected)"
+        elif extra:
+            detail = f"{extra[0]} is unexpected ({len(extra)} unexpected)"
+        else:
+            p = wrong[0]
+            detail = f"{p} has shape {stored[p]}, expected {expected[p]}"
+    return f"{where}: metadata arch {arch!r} disagrees with the stored arrays ({detail})"

@@ -30,10 +30,15 @@ same warning. The first failure is remembered instead.
 """
 
 
-def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
-    """``(variables or None, what was used)`` for a ``--weights`` value."""
+def locate(weights: str, arch: str) -> Path | None:
+    """The checkpoint folder ``--weights`` names for ``arch``, or None for random init.
+
+    ``auto`` and ``imagenet`` port torchvision's weights on first use (once
+    per process and arch, see :data:`_UNAVAILABLE`); ``auto`` falls back to
+    None with one warning, ``imagenet`` raises. A path must exist.
+    """
     if weights == "none":
-        return None, "none (random initialisation)"
+        return None
     if weights in ("auto", "imagenet"):
         import weights_port
 
@@ -53,16 +58,26 @@ def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
         if not path.exists():
             if weights == "imagenet":
                 raise CheckpointError(f"--weights imagenet: {_UNAVAILABLE.get(arch, path)}")
-            return None, "none (ImageNet weights unavailable)"
-        variables, _ = load_model(path)
-        return variables, f"imagenet ({path})"
+            return None
+        return path
     path = Path(weights).expanduser()
     if not path.exists():
         raise CheckpointError(
             f"--weights {weights}: no such checkpoint folder; expected auto, imagenet, none or "
             "a model checkpoint folder"
         )
+    return path
+
+
+def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
+    """``(variables or None, what was used)`` for a ``--weights`` value."""
+    path = locate(weights, arch)
+    if path is None:
+        used = "random initialisation" if weights == "none" else "ImageNet weights unavailable"
+        return None, f"none ({used})"
     variables, metadata = load_model(path)
+    if weights in ("auto", "imagenet"):
+        return variables, f"imagenet ({path})"
     if metadata.get("arch") != arch:
         raise CheckpointError(
             f"--weights {path}: checkpoint is for arch {metadata.get('arch')!r}, not {arch!r}"

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medft_jax.model_checkpoint import load_model, save_model
+from medft_jax.model_checkpoint import CheckpointError, load_model, save_model
 from medft_jax.models import get_arch
 from weights_port.fetch import WEIGHTS_NAMES, cache_dir, download
 from weights_port.keymap import PortError, flax_to_torch, torch_to_flax
-from weights_port.state_io import read_state_dict, sha256, write_state_dict
+from weights_port.state_io import check_out_path, read_state_dict, sha256, write_state_dict
 
 __all__ = [
     "PortError",
@@ -26,9 +26,15 @@ __all__ = [
 
 
 def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool = False) -> Path:
-    """Ports a torchvision state_dict file of ``arch`` to a model checkpoint at ``out``."""
+    """Ports a torchvision state_dict file of ``arch`` to a model checkpoint at ``out``.
+
+    The file is checked before it is converted (zip CRCs of a ``.pth``, finite
+    values, every key and shape; see :mod:`weights_port.state_io`).
+    """
     spec = get_arch(arch)
     torch_weights = Path(torch_weights)
+    if Path(out).expanduser().exists() and not force:
+        raise CheckpointError(f"--out {out} already exists; pass --force to overwrite it")
     state = read_state_dict(torch_weights)
     variables, tracked = torch_to_flax(state, arch, source=str(torch_weights))
     head = variables["params"]
@@ -62,7 +68,12 @@ def port_imagenet(arch: str, out: str | Path | None = None, *, force: bool = Fal
 
 
 def export(checkpoint: str | Path, out: str | Path) -> list[Path]:
-    """Writes a model checkpoint as a torchvision state_dict (``.pth`` + ``.safetensors``)."""
+    """Writes a model checkpoint as a torchvision state_dict (``.pth`` + ``.safetensors``).
+
+    ``out`` is checked first; the checkpoint is verified and its metadata
+    checked against its arrays by :func:`load_model` before anything is built.
+    """
+    out = check_out_path(out)
     variables, metadata = load_model(checkpoint)
     state = flax_to_torch(variables, metadata["arch"], metadata.get("num_batches_tracked"))
     return write_state_dict(state, out)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from medft_jax.model_checkpoint import CheckpointError
+from medft_jax.errors import cli_main
 from medft_jax.models import ARCHS
 
 
@@ -55,28 +55,29 @@ def _export_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0, or 2 with one ``error:`` line for bad input (see ``cli_main``)."""
+    return cli_main(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     import weights_port as wp
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv[:1] == ["export"]:
-            args = _export_parser().parse_args(argv[1:])
-            for path in wp.export(args.checkpoint, args.out):
-                print(f"wrote {path}")
-            return 0
-        parser = _port_parser()
-        args = parser.parse_args(argv)
-        if args.download:
-            out = wp.port_imagenet(args.arch, args.out, force=args.force)
-        else:
-            if args.out is None:
-                parser.error("--out is required with --torch-weights")
-            out = wp.port(args.arch, args.torch_weights, args.out, force=args.force)
-        print(f"wrote {out}")
+    if argv[:1] == ["export"]:
+        args = _export_parser().parse_args(argv[1:])
+        for path in wp.export(args.checkpoint, args.out):
+            print(f"wrote {path}")
         return 0
-    except (wp.PortError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    parser = _port_parser()
+    args = parser.parse_args(argv)
+    if args.download:
+        out = wp.port_imagenet(args.arch, args.out, force=args.force)
+    else:
+        if args.out is None:
+            parser.error("--out is required with --torch-weights")
+        out = wp.port(args.arch, args.torch_weights, args.out, force=args.force)
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ Nothing here imports torch: arrays are numpy.
 
 from __future__ import annotations
 
-from medft_jax.errors import UserError
-
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -23,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medft_jax.errors import UserError
 from medft_jax.models import ARCHS, create, get_arch
 from medft_jax.models.blocks import flatten, unflatten
 

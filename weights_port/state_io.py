@@ -3,6 +3,14 @@
 ``.pth`` files are read with ``torch.load(..., weights_only=True)``, which
 refuses anything but tensors and plain containers; ``.safetensors`` files are
 read with ``safetensors.numpy``, which needs no torch at all.
+
+What is read is checked, not trusted. A ``.pth`` written by torch >= 1.6 is a
+zip archive whose members carry CRC-32s that ``torch.load`` never checks; they
+are verified first, so a damaged download or disk is refused with the member
+named instead of porting silently wrong weights. (A legacy non-zip ``.pth``
+and a ``.safetensors`` file carry no checksum, so only what follows applies
+to them.) Every float tensor must be finite: "non-finite weights in PATH:
+KEY".
 """
 
 from __future__ import annotations
@@ -12,11 +20,14 @@ import os
 import pickle
 import tempfile
 import warnings
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from medft_jax.errors import writable_dir
 from weights_port.keymap import PortError
 
 
@@ -34,8 +45,37 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise PortError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    return _read_pth(path)
+        state = _read_safetensors(path)
+    else:
+        if zipfile.is_zipfile(path):
+            check_zip_crcs(path)
+        state = _read_pth(path)
+    check_finite(state, path)
+    return state
+
+
+def check_zip_crcs(path: str | Path) -> None:
+    """Refuses a zip (a ``.pth``) whose members do not match their CRC-32, naming the first.
+
+    Streams every member once (``ZipFile.testzip``); about as fast as the disk.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        raise PortError(f"{path}: corrupted zip archive ({e}); download or copy it again") from None
+    if bad is not None:
+        raise PortError(
+            f"{path}: corrupted file: member {bad!r} fails its CRC check; download or copy it again"
+        )
+
+
+def check_finite(state: Mapping[str, np.ndarray], path: str | Path) -> None:
+    """Refuses NaN or infinite float tensors, naming the first by its key."""
+    for key, value in state.items():
+        a = np.asarray(value)
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+            raise PortError(f"non-finite weights in {path}: {key}")
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -76,6 +116,21 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in obj.items()}
 
 
+def check_out_path(out: str | Path) -> Path:
+    """``--out`` of an export: a .pth/.safetensors name in a folder that can be written.
+
+    Checked before any work, so a bad ``--out`` is one line, not a traceback
+    after the checkpoint was read. The folder is created when missing.
+    """
+    out = Path(out).expanduser()
+    if out.suffix not in (".pth", ".pt", ".safetensors"):
+        raise PortError(f"--out {out}: expected a .pth or .safetensors file name")
+    if out.is_dir():
+        raise PortError(f"--out {out}: is a folder, expected a .pth or .safetensors file name")
+    writable_dir(out.parent, "--out")
+    return out
+
+
 def write_state_dict(state: Mapping[str, np.ndarray], out: str | Path) -> list[Path]:
     """Writes ``out`` (``.pth`` needs torch; ``.safetensors`` does not).
 
@@ -83,10 +138,7 @@ def write_state_dict(state: Mapping[str, np.ndarray], out: str | Path) -> list[P
     Files are written to a temporary name and renamed, so a failed export
     leaves nothing half-written.
     """
-    out = Path(out)
-    if out.suffix not in (".pth", ".pt", ".safetensors"):
-        raise PortError(f"--out {out}: expected a .pth or .safetensors file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_out_path(out)
     written = []
     if out.suffix in (".pth", ".pt"):
         try:

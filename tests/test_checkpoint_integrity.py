@@ -1,0 +1,493 @@
+"""Weights and checkpoints are checked, not trusted: damaged or inconsistent files are refused.
+
+Every case is a real file the test writes and then damages as a disk, a
+transfer or a hand edit would: bit flips inside a ``.pth``'s zip member and
+inside orbax's array files, truncations, deletions, edited metadata. Each
+must give one line naming the file (and the member, tensor or field), never
+a silently wrong model and never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import predict
+from medft_jax.model_checkpoint import (
+    MAX_CROP_SIZE,
+    CheckpointError,
+    check_metadata,
+    content_hash,
+    load_metadata,
+    load_model,
+    save_model,
+    variables_hash,
+)
+from medft_jax.models import create
+from medft_jax.models.blocks import flatten, unflatten
+from weights_port.__main__ import main as port_main
+from weights_port.keymap import PortError
+from weights_port.state_io import read_state_dict
+
+torch = pytest.importorskip("torch", reason="the .pth checks need torch (pip install -e '.[test]')")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _abstract(arch: str, num_classes: int) -> dict:
+    """``arch``'s variables as shapes only (no memory)."""
+    model = create(arch, num_classes)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+
+
+def _random_variables(arch: str, num_classes: int, seed: int = 0) -> dict:
+    """Real arrays of ``arch``'s shapes; random values do not compress, as trained ones."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for collection, tree in _abstract(arch, num_classes).items():
+        flat = flatten(tree)
+        out[collection] = unflatten(
+            {p: rng.standard_normal(s.shape, dtype=np.float32) * 0.05 for p, s in flat.items()}
+        )
+    return out
+
+
+META = {
+    "arch": "resnet50",
+    "num_classes": 3,
+    "multilabel": False,
+    "class_names": ["a", "b", "c"],
+    "resize_size": 232,
+    "crop_size": 224,
+    "source": "test",
+}
+
+
+def _member_data_offset(path: Path, member: str) -> int:
+    """Where ``member``'s bytes start in the zip (after its local header)."""
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    raw = path.read_bytes()
+    h = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", raw[h + 26 : h + 30])
+    return h + 30 + name_len + extra_len
+
+
+def _flip(path: Path, start: int, n: int) -> None:
+    """Inverts ``n`` bytes of ``path`` from ``start``, as a damaged disk or transfer would."""
+    b = bytearray(path.read_bytes())
+    assert start + n <= len(b)
+    for i in range(start, start + n):
+        b[i] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+def _one_error_line(err: str) -> str:
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err[len("error: ") : -1]
+
+
+# --- the .pth and .safetensors files of the port -----------------------------------------------
+
+
+@pytest.fixture
+def small_pth(tmp_path) -> Path:
+    """A small torchvision-format state_dict: one 64 KiB float tensor and an int counter."""
+    path = tmp_path / "small.pth"
+    torch.manual_seed(0)
+    torch.save({"w.weight": torch.randn(16384), "bn.num_batches_tracked": torch.tensor(3)}, path)
+    return path
+
+
+def _data_member(path: Path) -> str:
+    with zipfile.ZipFile(path) as z:
+        sizes = {i.filename: i.file_size for i in z.infolist() if "/data/" in i.filename}
+    return max(sizes, key=sizes.get)  # the 64 KiB tensor's storage
+
+
+def test_bit_flipped_pth_is_refused_naming_file_and_member(small_pth):
+    clean = read_state_dict(small_pth)
+    assert clean["w.weight"].shape == (16384,) and clean["bn.num_batches_tracked"] == 3
+    member = _data_member(small_pth)
+    _flip(small_pth, _member_data_offset(small_pth, member) + 1000, 4096)
+    # torch.load itself does not notice: this is what was silently ported before.
+    silent = torch.load(small_pth, map_location="cpu", weights_only=True)["w.weight"].numpy()
+    assert not np.array_equal(silent, clean["w.weight"])
+    with pytest.raises(PortError) as e:
+        read_state_dict(small_pth)
+    msg = str(e.value)
+    assert msg == (
+        f"{small_pth}: corrupted file: member {member!r} fails its CRC check; "
+        "download or copy it again"
+    )
+
+
+def test_bit_flipped_pth_via_port_cli_is_one_line_and_writes_nothing(small_pth, tmp_path, capsys):
+    _flip(small_pth, _member_data_offset(small_pth, _data_member(small_pth)) + 64, 4096)
+    out = tmp_path / "ck"
+    rc = port_main(["--arch", "resnet50", "--torch-weights", str(small_pth), "--out", str(out)])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"{small_pth}: corrupted file: member ")
+    assert not out.exists()
+
+
+def test_nan_tensor_is_refused_with_its_name(tmp_path, capsys):
+    path = tmp_path / "nan.pth"
+    w = torch.ones(8, 4)
+    w[3, 1] = float("nan")
+    state = {"conv1.weight": torch.ones(3), "fc.weight": w}
+    state["bn.num_batches_tracked"] = torch.tensor(2)  # an int: never "non-finite"
+
+    torch.save(state, path)
+    with pytest.raises(PortError, match=rf"^non-finite weights in {path}: fc.weight$"):
+        read_state_dict(path)
+    out = tmp_path / "ck"
+    assert port_main(["--arch", "resnet50", "--torch-weights", str(path), "--out", str(out)]) == 2
+    assert _one_error_line(capsys.readouterr().err) == f"non-finite weights in {path}: fc.weight"
+    assert not out.exists()
+
+
+def test_inf_in_safetensors_is_refused_with_its_name(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "inf.safetensors"
+    save_file(
+        {"a.weight": np.ones(4, np.float32), "b.running_var": np.array([1, np.inf], np.float32)},
+        str(path),
+    )
+    with pytest.raises(PortError, match=rf"^non-finite weights in {path}: b.running_var$"):
+        read_state_dict(path)
+
+
+# --- the model checkpoint ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[Path, dict]:
+    """A real ResNet-50 model checkpoint (3 classes, random weights) written by save_model."""
+    variables = _random_variables("resnet50", 3)
+    path = save_model(
+        tmp_path_factory.mktemp("ck") / "ck", variables["params"], variables["batch_stats"], META
+    )
+    return path, variables
+
+
+@pytest.fixture
+def ck(saved, tmp_path) -> Path:
+    """A fresh copy of the saved checkpoint to damage."""
+    return Path(shutil.copytree(saved[0], tmp_path / "ck"))
+
+
+def _largest_array_file(ck: Path) -> Path:
+    files = [p for p in (ck / "state").rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def _edit_metadata(ck: Path, **changes) -> None:
+    path = ck / "metadata" / "metadata"
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    for k in [k for k, v in changes.items() if v is _DELETE]:
+        del meta[k]
+    path.write_text(json.dumps(meta))
+
+
+_DELETE = object()
+
+
+def test_clean_checkpoint_round_trips_with_its_hash(saved):
+    path, variables = saved
+    loaded, meta = load_model(path)
+    assert len(meta["content_sha256"]) == 64
+    assert meta["content_sha256"] == variables_hash(variables) == variables_hash(loaded)
+    assert content_hash(path) == meta["content_sha256"]
+    for p, leaf in flatten(variables["params"]).items():
+        assert np.array_equal(flatten(loaded["params"])[p], leaf), p
+
+
+def test_hash_depends_on_every_value(saved):
+    _, variables = saved
+    other = jax.tree.map(np.copy, variables)
+    other["batch_stats"]["bn1"]["var"][5] = np.nextafter(other["batch_stats"]["bn1"]["var"][5], 1)
+    assert variables_hash(other) != variables_hash(variables)
+
+
+def test_bit_flipped_array_file_is_refused_not_loaded(ck):
+    data = _largest_array_file(ck)
+    _flip(data, data.stat().st_size // 2, 64)
+    with pytest.raises(CheckpointError) as e:
+        load_model(ck)
+    assert str(e.value).startswith(f"{ck}: content hash mismatch: the checkpoint's arrays were")
+
+
+@pytest.mark.parametrize("offset", [0.25, 0.5, 0.9])
+def test_4kib_flip_anywhere_in_the_arrays_is_refused(ck, offset):
+    data = _largest_array_file(ck)
+    _flip(data, int(data.stat().st_size * offset), 4096)
+    with pytest.raises(CheckpointError) as e:
+        load_model(ck)
+    msg = str(e.value)
+    assert msg.startswith(f"{ck}: ") and "\n" not in msg
+    assert "content hash mismatch" in msg or "cannot be read" in msg
+
+
+def test_content_hash_reads_only_the_metadata(saved, ck):
+    """The run identity needs the hash without loading ~100 MB; load_model verifies it."""
+    (ck / "state" / "_METADATA").unlink()  # no array can be read now
+    assert content_hash(ck) == load_metadata(saved[0])["content_sha256"]
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_model(ck)
+
+
+def test_checkpoint_without_hash_still_loads_and_hash_is_computed(saved, ck):
+    _edit_metadata(ck, content_sha256=_DELETE)
+    _, meta = load_model(ck)
+    assert "content_sha256" not in meta
+    assert content_hash(ck) == load_metadata(saved[0])["content_sha256"]
+
+
+def test_non_finite_weights_are_refused_by_path(saved, tmp_path):
+    variables = jax.tree.map(np.copy, saved[1])
+    variables["params"]["layer1"]["0"]["conv1"]["kernel"][0, 0, 3, 7] = np.nan
+    path = save_model(tmp_path / "nan", variables["params"], variables["batch_stats"], META)
+    with pytest.raises(CheckpointError) as e:
+        load_model(path)
+    assert str(e.value) == f"non-finite weights in {path}: params/layer1/0/conv1/kernel"
+    _edit_metadata(path, content_sha256=_DELETE)  # an old checkpoint: still checked
+    with pytest.raises(CheckpointError, match=r"non-finite weights in .*: params/layer1/0/conv1"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expect"),
+    [
+        ("truncate_data", "cannot be read"),
+        ("delete_data", "cannot be read"),
+        ("truncate_state_metadata", "cannot be read"),
+        ("delete_state_metadata", "cannot be read"),
+        ("flip_btree", "cannot be read"),
+    ],
+)
+def test_truncated_or_missing_array_files_are_one_line(ck, damage, expect):
+    data = _largest_array_file(ck)
+    btree = next((ck / "state" / "d").iterdir())  # the root b-tree node of orbax's OCDBT store
+    if damage == "truncate_data":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif damage == "delete_data":
+        data.unlink()
+    elif damage == "truncate_state_metadata":
+        p = ck / "state" / "_METADATA"
+        p.write_bytes(p.read_bytes()[:100])
+    elif damage == "delete_state_metadata":
+        (ck / "state" / "_METADATA").unlink()
+    else:
+        _flip(btree, btree.stat().st_size - 40, 16)
+    with pytest.raises(CheckpointError) as e:
+        load_model(ck)
+    msg = str(e.value)
+    assert msg.startswith(f"{ck}: ") and expect in msg and "\n" not in msg
+    assert "tensorstore_spec" not in msg and len(msg) < 500
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        (b"", "the metadata file is empty"),
+        (b'{"arch": "resnet50",\n garbage', "unreadable metadata JSON (Expecting property name"),
+        (b"[1, 2]", "the metadata is a JSON list, expected an object"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (None, "missing"),
+    ],
+)
+def test_unreadable_metadata_names_the_file(ck, content, expect):
+    path = ck / "metadata" / "metadata"
+    if content is None:
+        path.unlink()
+    else:
+        path.write_bytes(content)
+    for read in (load_model, load_metadata, content_hash):
+        with pytest.raises(CheckpointError) as e:
+            read(ck)
+        assert str(e.value).startswith(f"{path}: ") and expect in str(e.value)
+
+
+BAD_METADATA = [
+    (
+        {"num_classes": 10**9},
+        "metadata num_classes 1000000000 disagrees with the stored head "
+        "params/fc/kernel of shape (2048, 3) (3 classes)",
+    ),
+    (
+        {"arch": "vgg19"},
+        "metadata arch 'vgg19' disagrees with the stored arrays (the arrays are "
+        "a resnet50 model's)",
+    ),
+    ({"arch": "resnet18"}, "metadata arch 'resnet18' is not a known arch"),
+    ({"crop_size": 10**6}, f"metadata crop_size 1000000 is not an integer in [32, {MAX_CROP_SIZE}"),
+    ({"crop_size": 224.0}, "metadata crop_size 224.0 is not an integer"),
+    ({"resize_size": 100}, "metadata resize_size 100 is not an integer in [224 (the crop)"),
+    ({"class_names": ["a", "b"]}, "metadata class_names has 2 names for 3 classes"),
+    ({"multilabel": "yes"}, "metadata multilabel 'yes' is not true or false"),
+    ({"num_classes": _DELETE}, "metadata lacks the field 'num_classes'"),
+    ({"num_classes": "3"}, "metadata num_classes '3' is not a positive integer"),
+    ({"num_batches_tracked": {"bn1.num_batches_tracked": "x"}}, "metadata num_batches_tracked"),
+]
+
+
+@pytest.mark.parametrize(("changes", "expect"), BAD_METADATA)
+def test_inconsistent_metadata_is_refused_before_building_predictor(
+    ck, changes, expect, monkeypatch
+):
+    _edit_metadata(ck, **changes)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a model was built from metadata that was not checked")
+
+    monkeypatch.setattr(predict, "create", no_build)
+    with pytest.raises(CheckpointError) as e:
+        predict.Predictor(ck)
+    assert str(e.value) == f"{ck}: {expect}" or str(e.value).startswith(f"{ck}: {expect}")
+
+
+@pytest.mark.parametrize(("changes", "expect"), BAD_METADATA[:4])
+def test_inconsistent_metadata_is_refused_by_export(ck, tmp_path, changes, expect, capsys):
+    _edit_metadata(ck, **changes)
+    out = tmp_path / "o.pth"
+    assert port_main(["export", "--checkpoint", str(ck), "--out", str(out)]) == 2
+    assert _one_error_line(capsys.readouterr().err).startswith(f"{ck}: {expect}")
+    assert not out.exists() and not out.with_suffix(".safetensors").exists()
+
+
+def test_check_metadata_names_the_first_structural_difference():
+    densenet = _abstract("densenet121", 5)
+    meta = {"arch": "densenet121", "num_classes": 5}
+    check_metadata(densenet, meta, "x")  # the right tree passes
+    del densenet["params"]["features"]["denseblock2"]["denselayer3"]["conv1"]
+    with pytest.raises(
+        CheckpointError,
+        match=r"^x: metadata arch 'densenet121' disagrees .*"
+        r"params/features/denseblock2/denselayer3/conv1/kernel is missing",
+    ):
+        check_metadata(densenet, meta, "x")
+    vgg = _abstract("vgg19", 7)
+    with pytest.raises(CheckpointError, match=r"\(the arrays are a vgg19 model's\)$"):
+        check_metadata(vgg, {"arch": "resnet50", "num_classes": 7}, "y")
+
+
+def test_save_refuses_a_path_through_a_file(saved, tmp_path):
+    (tmp_path / "f").write_text("x")
+    params, stats = saved[1]["params"], saved[1]["batch_stats"]
+    with pytest.raises(CheckpointError, match=r"is a file, expected a folder$"):
+        save_model(tmp_path / "f" / "ck", params, stats, META)
+    with pytest.raises(CheckpointError, match=r"is a file, expected a checkpoint folder$"):
+        save_model(tmp_path / "f", params, stats, META, force=True)
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_late_event_loop_reports_are_dropped_and_others_kept(ck, monkeypatch):
+    """tensorstore reports "Event loop is closed" through sys.unraisablehook after a failed
+    restore (a traceback per pending array); only that report is dropped."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+    (ck / "state" / "_METADATA").unlink()
+    with pytest.raises(CheckpointError):
+        load_model(ck)  # wraps the hook in place
+    for message in ("Event loop is closed", "something else"):
+        report = SimpleNamespace(
+            exc_type=RuntimeError, exc_value=RuntimeError(message), exc_traceback=None,
+            err_msg=None, object=None,
+        )  # fmt: skip
+        sys.unraisablehook(report)
+    assert seen == ["something else"]
+
+
+# --- command-line flags and outputs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "expect"),
+    [
+        (["--batch-size", "0"], "--batch-size must be an integer in [1, 4096], got 0"),
+        (["--batch-size", "100000"], "--batch-size must be an integer in [1, 4096], got 100000"),
+        (["--top", "-1"], "--top must be an integer >= 1, got -1"),
+        (["--top", "0"], "--top must be an integer >= 1, got 0"),
+    ],
+)
+def test_predict_flags_checked_before_any_work(tmp_path, flags, expect, capsys):
+    missing = tmp_path / "no-such-checkpoint"  # the flag is named first, before the folder
+    rc = predict.main(["--checkpoint", str(missing), "--images", "x.png", *flags])
+    assert rc == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and _one_error_line(cap.err) == expect
+
+
+@pytest.mark.slow
+def test_predict_top_larger_than_classes_shows_all(saved, tmp_path, capsys):
+    from PIL import Image
+
+    variables = saved[1]
+    meta = {**META, "resize_size": 37, "crop_size": 32}  # a small crop: a quick compile
+    path = save_model(tmp_path / "ck", variables["params"], variables["batch_stats"], meta)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)
+    assert predict.main(["--checkpoint", str(path), "--images", str(image), "--top", "50"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{image}: ") and line.count(",") == 2  # all three classes
+
+
+def test_export_out_in_a_file_or_a_folder_is_one_line(saved, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d.pth").mkdir()
+    for out, expect in [
+        (tmp_path / "f" / "m.pth", f"--out {tmp_path / 'f'}: {tmp_path / 'f'} is a file"),
+        (tmp_path / "d.pth", f"--out {tmp_path / 'd.pth'}: is a folder"),
+        (tmp_path / "m.txt", "expected a .pth or .safetensors file name"),
+    ]:
+        assert port_main(["export", "--checkpoint", str(saved[0]), "--out", str(out)]) == 2
+        assert expect in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_export_into_read_only_folder_is_one_line(saved, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert port_main(["export", "--checkpoint", str(saved[0]), "--out", str(ro / "m.pth")]) == 2
+        assert "not writable" in _one_error_line(capsys.readouterr().err)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_predict_cli_on_damaged_checkpoint_prints_one_line(ck, tmp_path):
+    """The whole process, as a user sees it: no orbax/tensorstore/asyncio traceback on stderr."""
+    btree = next((ck / "state" / "d").iterdir())
+    _flip(btree, btree.stat().st_size - 40, 16)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.predict", "--checkpoint", str(ck), "--images", "x.png"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert _one_error_line(proc.stderr).startswith(f"{ck}: the checkpoint's arrays cannot be read")
