@@ -107,6 +107,16 @@ def test_16bit_of_8bit_data_equals_the_8bit_file(tmp_path):
     assert np.array_equal(_read(tmp_path / "v16.png"), _read(tmp_path / "v8.png"))
 
 
+def test_16bit_file_of_unscaled_8bit_values_refused(tmp_path):
+    """0..255 stored as 16-bit would come out black: refused, never a silent black image."""
+    v = np.random.default_rng(4).integers(1, 256, (30, 41), dtype=np.uint8)
+    path = _save16(tmp_path / "raw.png", v.astype(np.uint16))
+    with pytest.raises(DataError, match=r"raw.png: 16-bit image whose values all lie below 256"):
+        open_image(path)
+    _save16(tmp_path / "zeros.png", np.zeros((8, 8), np.uint16))  # truly black stays black
+    assert not np.asarray(open_image(tmp_path / "zeros.png")).any()
+
+
 def _tiff16_signed(path: Path, values: np.ndarray) -> Path:
     """A minimal uncompressed little-endian TIFF of int16 samples (SampleFormat 2)."""
     h, w = values.shape

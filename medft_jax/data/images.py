@@ -118,7 +118,14 @@ def to_8bit(image: Image.Image, samples: str | None, path: Path) -> Image.Image:
     if mode in EIGHT_BIT_MODES:
         return image.convert("RGB")  # exactly what preprocessing did before: alpha dropped
     if mode in _UNSIGNED16 or (mode == "I" and samples in _UNSIGNED16):
-        return Image.fromarray(unsigned_to_uint8(np.asarray(image), 16), "L")
+        values = np.asarray(image)
+        top = int(values.max()) if values.size else 0
+        if 0 < top < 256:  # v >> 8 would make it black: 8-bit data in a 16-bit file
+            raise DataError(
+                f"{path}: 16-bit image whose values all lie below 256 (max {top}) would come out "
+                "black under the 16-bit rule (v >> 8); save it as an 8-bit image"
+            )
+        return Image.fromarray(unsigned_to_uint8(values, 16), "L")
     if mode == "I" and samples in _SIGNED16:
         return Image.fromarray(signed16_to_uint8(np.asarray(image)), "L")
     if mode == "F":

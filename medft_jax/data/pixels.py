@@ -34,7 +34,9 @@ through, converts by these rules instead:
   slope/intercept), then the VOI LUT or the first window (centre/width, with
   its LINEAR, LINEAR_EXACT or SIGMOID function), else the pixel values' own
   min..max (what a viewer shows without a window); MONOCHROME1 is inverted.
-* **Refused**, with the path: NaN or infinite samples, 32-bit integer
+* **Refused**, with the path: 16-bit images whose values all lie below 256
+  (8-bit data stored unscaled: the rule would turn them black), NaN or
+  infinite samples, 32-bit integer
   samples (no range to map; save them as 16-bit), images Pillow cannot
   decode (e.g. 2-channel or 64-bit float TIFFs).
 
