@@ -24,7 +24,7 @@ import numpy as np
 from medft_jax.data.errors import DataError
 from medft_jax.data.images import open_image
 from medft_jax.data.preprocess import normalize, resize_and_crop
-from medft_jax.errors import UserError, cli_main
+from medft_jax.errors import ArgumentParser, UserError, cli_main
 from medft_jax.model_checkpoint import load_model
 from medft_jax.models import create
 
@@ -108,9 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.predict", description=__doc__.split("\n")[0]
-    )
+    p = ArgumentParser(prog="python -m experiments.predict", description=__doc__.split("\n")[0])
     p.add_argument(
         "--checkpoint",
         required=True,

@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from experiments.common import add_dataset_flags, dataset_options
 from medft_jax.config import check_value
 from medft_jax.data.registry import known_names, prepare
-from medft_jax.errors import UserError, cli_main, writable_dir
+from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
 from medft_jax.models import ARCHS
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.prepare", description=__doc__)
+    p = ArgumentParser(prog="python -m experiments.prepare", description=__doc__)
     p.add_argument("--dataset", required=True, help="one of: " + ", ".join(known_names()))
     size = p.add_mutually_exclusive_group()
     size.add_argument(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments.common import add_dataset_flags, dataset_options, local_options
-from medft_jax.errors import UserError, cli_main, writable_dir
+from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
 
 # Small settings that make the default command finish in minutes on a 2-core CPU.
 DEMO_DEFAULTS = {"image_size": 32, "epochs": 8, "batch_size": 32, "lr": 1e-4, "seeds": [0]}
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     from medft_jax.pretrained import WEIGHTS_CHOICES
     from medft_jax.strategies import STRATEGIES
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m experiments.run",
         description="Fine-tune a pretrained CNN on a medical image task with one strategy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -191,10 +191,10 @@ def _main(argv: Sequence[str] | None) -> int:
         writable_dir(args.data_dir, "--data-dir")
 
     import jax
-    from medft_jax.locks import RunLocked
 
     from medft_jax import results
     from medft_jax.fit import identify, load_dataset, run_one
+    from medft_jax.locks import RunLocked
     from medft_jax.runtime import enable_compilation_cache
     from medft_jax.train import NonFiniteLossError
 

@@ -35,6 +35,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from medft_jax.errors import ArgumentParser
+
 
 @dataclasses.dataclass
 class Arm:
@@ -57,7 +59,7 @@ class Arm:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m experiments.select",
         description="Successive halving over strategies x learning rates for one dataset and arch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

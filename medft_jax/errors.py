@@ -12,10 +12,12 @@ a real bug, show its traceback.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 EXIT_BAD_INPUT = 2
 """Exit status for bad input (argparse uses 2 for bad flags too)."""
@@ -111,3 +113,15 @@ def writable_dir(path: str | os.PathLike[str], flag: str) -> None:
         raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror})") from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: the folder is not writable")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line too.
+
+    argparse prints the whole usage block before its message; for a typo in
+    a flag value (``--batch-size x``) one line naming the flag, and where to
+    look, is what the user needs.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {one_line(message)} (see {self.prog} --help)\n")

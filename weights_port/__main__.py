@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from medft_jax.errors import cli_main
+from medft_jax.errors import ArgumentParser, cli_main
 from medft_jax.models import ARCHS
 
 
 def _port_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m weights_port",
         description="Port a torchvision checkpoint to a medft-jax (orbax) model checkpoint. "
         "Use `python -m weights_port export --help` for the way back.",
@@ -40,7 +40,7 @@ def _port_parser() -> argparse.ArgumentParser:
 
 
 def _export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m weights_port export",
         description="Write a medft-jax model checkpoint as a torchvision state_dict.",
     )
