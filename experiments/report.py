@@ -11,6 +11,9 @@ comparisons with FT, figures and an ``index.md`` under ``--out``. With
 shows what is missing; without it the expectation is inferred from the
 records. Any problem (no runs folder, a corrupt record, a bad config or
 filter) is one ``error:`` line and exit status 2, with nothing written.
+``--out`` is only ever replaced when it is a report this command wrote
+(its ``.medft-report`` marker lists the files) holding nothing else; it may
+not be, be inside, or contain ``--runs``.
 """
 
 from __future__ import annotations
@@ -21,15 +24,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from medft_jax.errors import ArgumentParser, UserError, cli_main
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m experiments.report",
         description="Write the tables and figures of a sweep's finished runs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--runs", required=True, help="results folder holding the run records")
-    p.add_argument("--out", default="report", help="report folder (replaced whole)")
+    p.add_argument(
+        "--out",
+        default="report",
+        help="report folder: created, or replaced whole if it holds a report written by this "
+        "command and nothing else; any other non-empty folder is refused",
+    )
     p.add_argument(
         "--config",
         help="the sweep's grid file (get_config()): defines the expected runs; "
@@ -55,22 +65,24 @@ def _summary(args: argparse.Namespace):
     from medft_jax import grid as gridlib
     from medft_jax import results
     from medft_jax.report import collect
+    from medft_jax.report.write import check_out
 
     if not math.isfinite(args.beat_threshold) or args.beat_threshold < 0:
-        raise ValueError(f"--beat-threshold must be a percentage >= 0, got {args.beat_threshold}")
+        raise UserError(f"--beat-threshold must be a percentage >= 0, got {args.beat_threshold}")
     filters = gridlib.parse_only(args.only)
     grid = gridlib.load_grid(args.config) if args.config else None
     runs = Path(args.runs)
     if not runs.is_dir():
-        raise ValueError(f"--runs {runs}: no such folder")
+        raise UserError(f"--runs {runs}: no such folder")
+    check_out(args.out, runs)  # before the work: a folder that is not ours is never replaced
     records = results.load_records(runs)
     failures = results.load_failures(runs)
     if not records and not failures:
-        raise ValueError(f"--runs {runs}: no run records (record.json) or failure notes in it")
+        raise UserError(f"--runs {runs}: no run records (record.json) or failure notes in it")
     summary = collect(records, failures, grid=grid, filters=filters)
     if not any(c.runs_done for c in summary.cells.values()):
         what = f"grid {grid.name!r}" if grid is not None else "the filters"
-        raise ValueError(
+        raise UserError(
             f"--runs {runs}: none of its {len(records) + len(failures)} runs match {what}; "
             "check --config and --only"
         )
@@ -78,16 +90,16 @@ def _summary(args: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0, or 2 with one ``error:`` line for bad input (nothing written)."""
+    return cli_main(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from medft_jax.report import write_report
 
-    try:
-        summary = _summary(args)
-        index = write_report(summary, args.out, beat_threshold=args.beat_threshold)
-    except (ValueError, OSError) as e:  # RecordError, GridError and ReportError are ValueErrors
-        message = " ".join(str(e).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    summary = _summary(args)
+    index = write_report(summary, args.out, beat_threshold=args.beat_threshold, runs_dir=args.runs)
     print(index)
     return 0
 

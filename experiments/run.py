@@ -193,6 +193,7 @@ def _main(argv: Sequence[str] | None) -> int:
     import jax
 
     from medft_jax import results
+    from medft_jax.checkpoint import os_errno_in
     from medft_jax.fit import identify, load_dataset, run_one
     from medft_jax.locks import RunLocked
     from medft_jax.runtime import enable_compilation_cache
@@ -231,6 +232,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:
+        if os_errno_in(e) is not None:
+            raise  # a full disk or a refused write: cli_main names the path
         if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
             first = str(e).strip().splitlines()[0]
             print(

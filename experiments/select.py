@@ -179,7 +179,9 @@ def _arms(args: argparse.Namespace) -> tuple[Any, list[Arm], int]:
 def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -> dict[str, Any]:
     """Runs the rungs; returns the outcome (pick, rungs, cost)."""
     from medft_jax.data import DataError
+    from medft_jax.errors import UserError
     from medft_jax.fit import identify, load_dataset, run_one
+    from medft_jax.locks import RunLocked
     from medft_jax.runtime import enable_compilation_cache
     from medft_jax.train import NonFiniteLossError
 
@@ -216,6 +218,10 @@ def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -
             except NonFiniteLossError as e:
                 arm.failed = str(e)
                 continue
+            except RunLocked as e:  # another selection trains this arm: it cannot be scored
+                raise UserError(
+                    f"--out {args.out}: arm {arm.label} is {e}; give each selection its own --out"
+                ) from None
             _score(arm, record, args.out, dataset, steps_per_epoch)
         rungs.append(
             {

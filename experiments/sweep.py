@@ -13,12 +13,17 @@ the i-th: N processes given the same config and filters split the grid
 with nothing done twice and nothing left out, without talking to each
 other (see BUILD.md for a SLURM array and a TPU pod launch). A run whose
 loss diverges leaves a ``failed.json`` note and the sweep goes on; it is
-not retried unless ``--retry-failed``.
+not retried unless ``--retry-failed``. A run another process is running
+(it holds the run folder's lock, :mod:`medft_jax.locks`) is skipped with
+one line, so two unsharded sweeps of one grid share it out. A full disk
+stops the sweep (exit status 1, one line naming the path): every later run
+would fail too; started again once space is freed, it resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -26,9 +31,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medft_jax.errors import ArgumentParser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m experiments.sweep",
         description="Run a grid of datasets x archs x strategies x learning rates x seeds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -189,7 +196,9 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
     from medft_jax import grid as grid_lib
     from medft_jax import results
     from medft_jax.data import DataError
+    from medft_jax.errors import find_os_error, os_error_line
     from medft_jax.fit import identify, load_dataset, run_one
+    from medft_jax.locks import RunLocked
     from medft_jax.runtime import enable_compilation_cache
     from medft_jax.train import NonFiniteLossError
 
@@ -208,6 +217,7 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
     trainers: dict[tuple, Any] = {}  # compiled steps shared by runs differing in lr/seed
     unavailable: dict[str, str] = {}
     ran = skipped = diverged = 0
+    busy: set[str] = set()  # runs another process was running
     errors: list[str] = []
     say(
         f"grid {g.name}: {len(mine)} runs in this process"
@@ -257,6 +267,18 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
             errors.append(f"dataset {config.dataset}: {e}")
             say(f"[{k}/{len(mine)}] {name}: dataset unavailable, its runs skipped ({e})")
             continue
+        except RunLocked as e:  # another sweep (or experiments.run) is on it: go on
+            busy.add(name)
+            say(f"[{k}/{len(mine)}] {name}: {e}, skipped")
+            continue
+        except Exception as e:
+            os_err = find_os_error(e)
+            if os_err is None or os_err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Every later run would fail the same way: stop (the run resumes when rerun).
+            errors.append(os_error_line(os_err))
+            say(f"[{k}/{len(mine)}] {name}: stopped, {os_error_line(os_err)}")
+            break
         ran += 1
         metric = record["primary_metric"]
         value = record["test"].get(metric)
@@ -265,11 +287,15 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
             f"[{k}/{len(mine)}] {name}: done in {time.perf_counter() - t:.0f} s, best epoch "
             f"{record['best_epoch'] + 1} of {len(record['epochs'])}, test {metric} {shown}"
         )
-    left = sum(status_of(c, args.out) == "todo" for c in identified)
-    left += len(mine) - len(identified)  # runs of datasets that were unavailable
+    left = sum(
+        status_of(c, args.out) == "todo" and results.run_name(c.to_dict()) not in busy
+        for c in identified
+    )
+    left += len(mine) - len(identified)  # runs of datasets that were unavailable, or not reached
+    running = f", {len(busy)} running in another process" if busy else ""
     say(
-        f"finished: {ran} run now, {skipped} already done or failed before, {diverged} diverged, "
-        f"{left} not run"
+        f"finished: {ran} run now, {skipped} already done or failed before, {diverged} diverged"
+        f"{running}, {left} not run"
     )
     for line in errors:
         print(f"error: {line}", file=sys.stderr)

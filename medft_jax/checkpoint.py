@@ -12,11 +12,30 @@ batch, so it ends with the record an uninterrupted run writes.
 the weight port's format), so ``experiments.predict`` and ``weights_port
 export`` work on a run's best parameters directly.
 
-Every save is atomic (orbax writes a temporary folder and renames it).
+Every save is atomic: orbax writes a temporary folder and renames it, and
+:meth:`RunCheckpoints.save_best` writes the new best beside the old one and
+swaps them, so a failed or killed save never leaves a checkpoint that
+restores as complete, nor a run without its previous best. A failed write
+(a full disk, above all) is raised as an :class:`OSError` naming the
+checkpoint folder, however orbax and tensorstore wrapped it: orbax's
+background writes report their errors late (at the next save or at
+:meth:`~RunCheckpoints.close`), and tensorstore reports a full disk as a
+``ValueError`` ("RESOURCE_EXHAUSTED ... [os_error_code='28']"). Orbax's
+own reports of such a failure (an absl ERROR log with a traceback per
+background thread, and one "Event loop is closed" traceback per array write
+still in flight when its event loop was closed) are silenced: the one line
+says it all (:func:`quiet_reported_failures`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +43,71 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from medft_jax.model_checkpoint import save_model
+from medft_jax.errors import find_os_error, os_error_line
+from medft_jax.model_checkpoint import quiet_closed_event_loop, save_model
+
+_NEW_BEST = ".best.new"
+_OLD_BEST = ".best.old"
+"""Where :meth:`RunCheckpoints.save_best` writes the next best, and puts the previous one
+while it swaps them."""
 
 
 class RunCheckpoints:
-    """The latest-state manager and the best-parameters folder of one run."""
+    """The latest-state manager and the best-parameters folder of one run.
 
-    def __init__(self, run_dir: str | Path):
+    ``exclusive``: this process holds the run's lock (:mod:`medft_jax.locks`),
+    so it may tidy the folder: the leftovers of saves that were killed or
+    failed are deleted, and a best checkpoint whose swap was interrupted is
+    put back. Readers (``read_progress`` of another process's run) leave it.
+    Also a context manager: leaving the block waits for the background
+    writes and closes, so no write of this process outlives its lock.
+    """
+
+    def __init__(self, run_dir: str | Path, *, exclusive: bool = False):
         self.run_dir = Path(run_dir).expanduser().absolute()
         self.best_dir = self.run_dir / "best"
-        self._manager = ocp.CheckpointManager(
-            self.run_dir / "checkpoints",
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
-            item_names=("state", "progress"),
-        )
+        self.latest_dir = self.run_dir / "checkpoints"
+        self._exclusive = exclusive
+        self._manager_: ocp.CheckpointManager | None = None  # made on first use
+        quiet_reported_failures()
+        if exclusive:
+            self._recover_best()
+
+    @property
+    def _manager(self) -> ocp.CheckpointManager:
+        if self._manager_ is None:
+            self._manager_ = ocp.CheckpointManager(
+                self.latest_dir,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1, create=True, cleanup_tmp_directories=self._exclusive
+                ),
+                item_names=("state", "progress"),
+            )
+        return self._manager_
+
+    def __enter__(self) -> RunCheckpoints:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is None:
+            self.close()
+            return
+        # Already failing: wait for the background writes, but the first error is the one to
+        # report (a failed close is most often the same full disk again).
+        with contextlib.suppress(Exception):
+            self.close()
 
     def save_latest(self, step: int, state: Any, progress: dict[str, Any]) -> None:
         """Saves the train state after ``step`` train steps with the JSON ``progress``."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_host_copy(state)),
-                progress=ocp.args.JsonSave(progress),
-            ),
-            force=True,
-        )
+        with naming_os_errors(self.latest_dir):
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(_host_copy(state)),
+                    progress=ocp.args.JsonSave(progress),
+                ),
+                force=True,
+            )
         # The write runs in the background while the next epoch trains (close()
         # waits for it); it reads private host copies, since the next train step
         # donates the device buffers of ``state``.
@@ -79,26 +138,163 @@ class RunCheckpoints:
         return dict(restored["progress"])
 
     def save_best(self, variables: dict[str, Any], metadata: dict[str, Any]) -> None:
-        """Writes the best parameters as a model checkpoint (replacing the previous best)."""
+        """Writes the best parameters as a model checkpoint (replacing the previous best).
+
+        The new one is written completely beside the old one, then swapped
+        in: a save that fails (disk full) or is killed leaves the previous
+        best in place, which is what the resume checkpoint expects.
+        """
+        new = self.run_dir / _NEW_BEST
         # Replicated jax.Arrays (not host copies): orbax then writes each array once
         # even when several processes save together.
-        save_model(
-            self.best_dir,
-            variables["params"],
-            variables.get("batch_stats", {}),
-            metadata,
-            force=True,
-        )
+        with naming_os_errors(self.best_dir):
+            try:
+                save_model(
+                    new,
+                    variables["params"],
+                    variables.get("batch_stats", {}),
+                    metadata,
+                    force=True,
+                )
+            except BaseException:
+                self._discard_unfinished()  # the space it took is needed
+                raise
+            if jax.process_index() == 0:
+                old = self.run_dir / _OLD_BEST
+                if old.exists():
+                    shutil.rmtree(old)
+                if self.best_dir.exists():
+                    os.replace(self.best_dir, old)
+                os.replace(new, self.best_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            _sync_processes("medft_jax.checkpoint.save_best")
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for the background writes (raising their error) and closes; idempotent."""
+        manager, self._manager_ = self._manager_, None
+        if manager is None:
+            return
+        try:
+            with naming_os_errors(self.latest_dir):
+                try:
+                    manager.wait_until_finished()
+                finally:
+                    manager.close()
+        except OSError:
+            self._discard_unfinished()
+            raise
 
     def remove_latest(self) -> None:
         """Deletes the resume checkpoints once the run's record is written."""
-        self._manager.wait_until_finished()
-        for step in list(self._manager.all_steps()):
-            self._manager.delete(step)
+        with naming_os_errors(self.latest_dir):
+            self._manager.wait_until_finished()
+            for step in list(self._manager.all_steps()):
+                self._manager.delete(step)
+
+    def _discard_unfinished(self) -> None:
+        """Deletes what a failed save wrote (with the lock only: another process's save may run).
+
+        Orbax leaves a failed save's temporary folder behind (it never
+        restores as a checkpoint); on a full disk its space is needed.
+        """
+        if not self._exclusive or jax.process_index() != 0:
+            return
+        for path in [
+            *self.run_dir.glob(_NEW_BEST + "*"),
+            *self.latest_dir.glob("*.orbax-checkpoint-tmp*"),
+        ]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _recover_best(self) -> None:
+        """Undoes what a killed :meth:`save_best` left: the previous best goes back in place."""
+        if jax.process_index() != 0:
+            return
+        old = self.run_dir / _OLD_BEST
+        if old.exists() and not self.best_dir.exists():
+            os.replace(old, self.best_dir)  # killed between the two renames
+        # The rest: an unswapped new best, a previous best not yet deleted, and orbax's
+        # temporary folders of either.
+        for leftover in self.run_dir.glob(".best.*"):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+
+
+@contextlib.contextmanager
+def naming_os_errors(path: str | Path) -> Iterator[None]:
+    """Re-raises a failed write (disk full, ...) as one ``OSError`` naming ``path``.
+
+    Finds the operating system's error in orbax's exception chain, or the
+    errno in tensorstore's message; any other error propagates unchanged.
+    """
+    try:
+        yield
+    except Exception as e:
+        code = os_errno_in(e)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
+_TENSORSTORE_ERRNO = re.compile(r"os_error_code='?(\d+)'?")
+
+
+def os_errno_in(err: BaseException) -> int | None:
+    """The errno of an explainable OS error in ``err``'s chain (or tensorstore's text)."""
+    found = find_os_error(err)
+    if found is not None:
+        return found.errno
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for match in _TENSORSTORE_ERRNO.finditer(str(e)):
+            code = int(match.group(1))
+            if os_error_line(OSError(code, "")) is not None:
+                return code
+        if "No space left on device" in str(e):
+            return errno.ENOSPC
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class _DropReportedOsErrors(logging.Filter):
+    """Drops orbax's ERROR logs of an OS error that :func:`naming_os_errors` re-raises."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            return os_errno_in(record.exc_info[1]) is None
+        return os_errno_in(Exception(record.getMessage())) is None
+
+
+_quieted = False
+
+
+def quiet_reported_failures() -> None:
+    """Silences orbax's and tensorstore's own reports of a failed write (once per process).
+
+    A failed save surfaces here as one exception (re-raised by
+    :func:`naming_os_errors`, then one line from the command line), but
+    orbax also logs it from each background thread with a traceback, and
+    tensorstore reports every array write still in flight when orbax closed
+    its event loop as an unraisable "Event loop is closed" error: dozens of
+    tracebacks around the one line that matters. Other logs and unraisable
+    errors pass through untouched.
+    """
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    logging.getLogger("absl").addFilter(_DropReportedOsErrors())
+    quiet_closed_event_loop()
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _host_copy(state: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,46 +22,19 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from medft_jax import data, metrics, pretrained, results, strategies
+from medft_jax import data, locks, metrics, pretrained, results, strategies
 from medft_jax.checkpoint import RunCheckpoints
+from medft_jax.config import RunConfig, check_config
 from medft_jax.early_stopping import EarlyStopping
+from medft_jax.errors import one_line
 from medft_jax.models import create, get_arch, init_variables
 from medft_jax.train import Trainer, check_finite
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines a run (its record's name is a hash of this)."""
-
-    strategy: str
-    arch: str = "resnet50"
-    dataset: str = "demo"
-    weights: str = "auto"
-    lr: float = 1e-4
-    seed: int = 0
-    epochs: int = 50
-    patience: int = 5
-    batch_size: int = 64
-    image_size: int = 224
-    precision: str = "fp32"
-    frozen_bn: str = "update"
-    data_seed: int = 0
-    """Seed of the dataset's own randomness (val carving, demo images): fixed across runs."""
-    strategy_options: tuple[tuple[str, Any], ...] = ()
-    """Extra arguments of :func:`medft_jax.strategies.make` (e.g. ``lp_epochs``)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["strategy_options"] = dict(self.strategy_options)
-        return d
-
-
 def _resize_for(arch: str, image_size: int) -> int:
-    """The arch's resize size scaled to the crop (232/224 or 256/224 of it)."""
-    spec = get_arch(arch)
-    return round(image_size * spec.resize_size / spec.crop_size)
+    return get_arch(arch).resize_for(image_size)
 
 
 def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any) -> data.Dataset:
@@ -72,6 +45,37 @@ def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any)
         crop_size=config.image_size,
         seed=config.data_seed,
         **options,
+    )
+
+
+def weights_fingerprint(weights: str, arch: str) -> str:
+    """The content hash of the weights a run starts from, or ``none`` for random init.
+
+    ``auto`` resolves to what it will use (ported ImageNet weights, or none
+    when they are unavailable), so a run trained offline from random
+    initialisation is never mistaken for one trained from ImageNet.
+    """
+    path = pretrained.locate(weights, arch)
+    from medft_jax import model_checkpoint
+
+    return "none" if path is None else model_checkpoint.content_hash(path)
+
+
+def identify(config: RunConfig, ds: data.Dataset) -> RunConfig:
+    """``config`` with the fingerprints of its data and starting weights filled in.
+
+    They are part of the run's identity (its record's name): a run on other
+    images, or from other weights, is another run, never a skip.
+    """
+    if config.identified:
+        return config
+    fingerprint = ds.metadata.get("fingerprint")
+    if not fingerprint:
+        raise RuntimeError(f"dataset {ds.name!r} was loaded without a content fingerprint")
+    return dataclasses.replace(
+        config,
+        data_fingerprint=str(fingerprint),
+        weights_fingerprint=weights_fingerprint(config.weights, config.arch),
     )
 
 
@@ -103,15 +107,48 @@ def run_one(
     record an uninterrupted run writes. A partial epoch's validation never
     counts for early stopping or the best epoch.
     """
+    check_config(config, lambda field: f"RunConfig.{field}")
+    ds = dataset if dataset is not None else load_dataset(config, data_dir)
+    config = identify(config, ds)
     cfg = config.to_dict()
     run_dir = results.run_dir(out_dir, cfg)
     record_file = results.record_path(out_dir, cfg)
     if record_file.exists() and not force:
         return results.read_record(record_file)
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
+    # One process per run (another gets RunLocked); the lock is released, and this
+    # process's background checkpoint writes end, whatever ends the run.
+    with locks.run_lock(run_dir) as lock, RunCheckpoints(run_dir, exclusive=True) as ckpts:
+        if record_file.exists() and not force:  # another process finished it meanwhile
+            return results.read_record(record_file)
+        if force:
+            lock.clear_folder()
+        return _train(
+            config,
+            ds,
+            run_dir,
+            record_file,
+            ckpts,
+            progress=progress,
+            eval_batch_size=eval_batch_size,
+            stop_after_steps=stop_after_steps,
+            trainers=trainers,
+        )
 
-    ds = dataset if dataset is not None else load_dataset(config, data_dir)
+
+def _train(
+    config: RunConfig,
+    ds: data.Dataset,
+    run_dir: Path,
+    record_file: Path,
+    ckpts: RunCheckpoints,
+    *,
+    progress: bool,
+    eval_batch_size: int | None,
+    stop_after_steps: int | None,
+    trainers: dict[tuple, Trainer] | None,
+) -> dict[str, Any]:
+    """The body of :func:`run_one`, run while holding the run's lock."""
+    cfg = config.to_dict()
     primary = metrics.primary_metric(config.dataset, ds.multilabel)
     dtype = PRECISIONS[config.precision]
     spec = get_arch(config.arch)
@@ -177,7 +214,6 @@ def run_one(
     eval_bs -= eval_bs % n_dev
     shard = {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
 
-    ckpts = RunCheckpoints(run_dir)
     state = trainer.init_state(variables)
     restored = ckpts.restore_latest(trainer.abstract_state(variables))
     stopper = EarlyStopping(patience=config.patience, start_epoch=schedule.final_stage_epoch)
@@ -341,9 +377,27 @@ def run_one(
     record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if jax.process_index() == 0:
         record = results.write_record(record_file, record)
-    ckpts.remove_latest()
-    ckpts.close()
+    _tidy_up(ckpts)  # never raises: with the record written, the run has succeeded
     return record
+
+
+def _tidy_up(ckpts: RunCheckpoints) -> None:
+    """Deletes a finished run's resume checkpoints; a failure (disk full) is one warning line.
+
+    The record is written, so the run succeeded and must not end in an
+    error exit: a leftover checkpoint only takes space.
+    """
+    try:
+        try:
+            ckpts.remove_latest()
+        finally:
+            ckpts.close()
+    except Exception as e:  # the record stands whatever went wrong here
+        print(
+            f"warning: {ckpts.latest_dir}: could not delete the resume checkpoints "
+            f"({one_line(e)}); the record is written, delete them to free the space",
+            file=sys.stderr,
+        )
 
 
 def _progress(

@@ -253,7 +253,7 @@ def _restore_state(directory: Path) -> dict[str, Any]:
     raise ValueError (DATA_LOSS, OUT_OF_RANGE, a zstd decode error...) or
     orbax an OSError or JSON error: all mean the same to a user.
     """
-    _quiet_closed_event_loop()
+    quiet_closed_event_loop()
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             restored = ckptr.restore(
@@ -276,7 +276,7 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _quiet_closed_event_loop() -> None:
+def quiet_closed_event_loop() -> None:
     """Drops tensorstore's late "Event loop is closed" reports after a failed restore.
 
     When one array of a restore fails, orbax closes its asyncio loop while

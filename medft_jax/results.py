@@ -170,7 +170,8 @@ def write_record(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
     The text goes to a temporary file in the same folder (same filesystem,
     so the rename is atomic), is flushed and fsynced, then ``os.replace``-d
     over ``path``: a reader sees the old record whole or the new one whole,
-    never part of one. Any failure removes the temporary file. NaN and ±inf
+    never part of one. Any failure removes the temporary file, and an
+    OSError of the write itself (a full disk) is raised naming ``path``. NaN and ±inf
     are written as ``null`` (the returned dict has ``None`` there, i.e. is
     what :func:`read_record` will return).
     """
@@ -186,13 +187,26 @@ def write_record(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp's 0600 would hide records from a shared group
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     _fsync_dir(path.parent)
     return data
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+"""What ``open()`` would have given a new file: the process's umask applies."""
 
 
 def _fsync_dir(folder: Path) -> None:

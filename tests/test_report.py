@@ -347,11 +347,11 @@ def test_records_of_one_dataset_with_different_settings_are_refused():
 def test_write_report_writes_every_table_figure_and_index(tmp_path):
     summary = _three_datasets()
     out = tmp_path / "report"
-    out.mkdir()
-    (out / "index.md").write_text("old")
-    (out / "stale.txt").write_text("old report")
+    write_report(collect([rec(dataset="demo", test=0.6)]), out)  # an old report, replaced
+    stale = out / "tables" / "cost_demo.csv"
+    assert stale.is_file()
     index = write_report(summary, out)
-    assert index == out / "index.md" and not (out / "stale.txt").exists()
+    assert index == out / "index.md" and not stale.exists()
     figures = sorted((out / "figures").glob("*.png"))
     assert len(figures) == 2 * len(summary.datasets)
     for f in figures:

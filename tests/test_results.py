@@ -261,3 +261,13 @@ def test_git_info_in_this_checkout():
     info = results.git_info()
     assert info["git_revision"] is not None and len(info["git_revision"]) == 40
     assert isinstance(info["git_dirty"], bool)
+
+
+def test_records_are_readable_like_any_new_file(tmp_path):
+    """mkstemp's private 0600 mode would hide records from the rest of a shared group."""
+    results.write_record(tmp_path / "record.json", {"config": {}})
+    mode = (tmp_path / "record.json").stat().st_mode & 0o777
+    mask = results._umask()
+    assert mode == 0o666 & ~mask
+    if not mask & 0o044:  # the usual 022: group and others may read
+        assert mode & 0o044 == 0o044

@@ -69,6 +69,20 @@ def _sweep(config: Path, out: Path, *flags: str) -> subprocess.Popen:
     )
 
 
+def _identified(configs) -> list:
+    """The grid's configs as the sweep runs them: with data and weights fingerprints."""
+    from medft_jax import fit
+
+    data = {}
+    out = []
+    for c in configs:
+        key = (c.dataset, c.arch, c.image_size, c.data_seed)
+        if key not in data:
+            data[key] = fit.load_dataset(c)
+        out.append(fit.identify(c, data[key]))
+    return out
+
+
 def _ran(log: str) -> list[str]:
     """Run names a sweep's log says it trained."""
     return [line.split("] ")[1].split(":")[0] for line in log.splitlines() if ": done in" in line]
@@ -209,7 +223,8 @@ def two_shards(tmp_path_factory):
 @pytest.mark.xdist_group("shards")
 def test_two_shards_run_the_grid_once(two_shards):
     config, out, logs = two_shards
-    expected = {results.run_name(c.to_dict()) for c in grid_lib.load_grid(config).configs()}
+    configs = _identified(grid_lib.load_grid(config).configs())
+    expected = {results.run_name(c.to_dict()) for c in configs}
     ran = [_ran(log) for log in logs]
     assert len(ran[0]) == len(ran[1]) == 4
     assert not set(ran[0]) & set(ran[1])
@@ -292,7 +307,7 @@ def test_killed_sweep_restarts_where_it_stopped(tmp_path):
     assert proc.returncode == 0, log[-3000:]
     assert "done, skipped" in log and len(_ran(log)) == 2
     assert (first.read_bytes(), first.stat().st_mtime_ns) == before
-    lp = grid_lib.select(grid_lib.load_grid(config), {"strategy": {"lp"}})
+    lp = _identified(grid_lib.select(grid_lib.load_grid(config), {"strategy": {"lp"}}))
     assert all(results.record_path(out, c.to_dict()).exists() for c in lp)
 
     # Successive halving over the three LP learning rates, against that grid's records;

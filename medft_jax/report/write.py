@@ -3,18 +3,22 @@
 :func:`write_report` renders all of :func:`medft_jax.report.tables.all_tables`
 and :func:`medft_jax.report.figures.write_figures` into a temporary folder
 and moves it into place, so the report appears whole or not at all;
-:func:`index_markdown` is the ``index.md`` that shows them all.
+:func:`index_markdown` is the ``index.md`` that shows them all. A report
+folder carries a marker listing its files (:data:`MARKER`), and an existing
+``--out`` is replaced only when it is such a folder with nothing added.
 """
 
 from __future__ import annotations
 
-from medft_jax.errors import UserError
-
+import contextlib
+import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+from medft_jax.errors import UserError
 from medft_jax.report import figures
 from medft_jax.report.cells import COMPLETE, MISSING, PARTIAL, Summary
 from medft_jax.report.render import (
@@ -44,18 +48,35 @@ class ReportError(UserError):
     """An ``--out`` folder that cannot take a report; the message names it."""
 
 
-def write_report(summary: Summary, out_dir: str | Path, *, beat_threshold: float = 0.1) -> Path:
+MARKER = ".medft-report"
+"""The file that marks a folder as a report this module wrote. JSON:
+``{"written_by": "experiments.report", "format": 1, "files": [...]}``, ``files``
+being every file of the report (POSIX paths relative to the folder, the
+marker itself excepted). Only such a folder, holding nothing but those files
+(in their subfolders ``tables/`` and ``figures/``), is ever replaced."""
+_MARKER_FORMAT = 1
+
+
+def write_report(
+    summary: Summary,
+    out_dir: str | Path,
+    *,
+    beat_threshold: float = 0.1,
+    runs_dir: str | Path | None = None,
+) -> Path:
     """Writes every table (``tables/*.md|.tex|.csv``), figure and ``index.md``; returns the
     index's path.
 
     Everything is written into a temporary folder beside ``out_dir`` and
     moved into place at the end, so a crash never leaves half a report and
     an old report is replaced whole. An existing ``out_dir`` is only
-    replaced when it is empty or holds a report (an ``index.md``): pointing
-    ``--out`` at the runs folder by mistake must not delete it.
+    replaced when it is empty or is a report this function wrote (see
+    :data:`MARKER`) holding nothing else: a report never deletes what it
+    did not write. ``runs_dir``: the records' folder, which ``out_dir``
+    may neither be, nor be inside, nor contain.
     """
-    out = Path(out_dir)
-    _check_out(out)
+    check_out(out_dir, runs_dir)
+    out = Path(os.path.abspath(out_dir))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -67,31 +88,151 @@ def write_report(summary: Summary, out_dir: str | Path, *, beat_threshold: float
         figures.write_figures(summary, tmp / "figures")
         index = index_markdown(summary, tables, beat_threshold)
         (tmp / "index.md").write_text(index, encoding="utf-8")
-        _move_into_place(tmp, out)
+        _write_marker(tmp)
+        _move_into_place(tmp, out, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder this call made
         raise
-    return out / "index.md"
+    return Path(out_dir) / "index.md"
 
 
-def _check_out(out: Path) -> None:
+def check_out(out_dir: str | Path, runs_dir: str | Path | None = None) -> None:
+    """Refuses, with one line naming it, an ``--out`` a report may not replace.
+
+    That is: a file or a symbolic link; ``runs_dir`` itself, a folder
+    inside it or one holding it; a non-empty folder without the marker of
+    a report (:data:`MARKER`), or a report folder where the user added a
+    file.
+    """
+    out = Path(out_dir)
+    if out.is_symlink():
+        raise ReportError(f"--out {out_dir}: is a symbolic link; give the folder itself")
     if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "index.md").is_file():
+        raise ReportError(f"--out {out_dir}: exists and is not a folder")
+    if runs_dir is not None:
+        _check_apart(out_dir, runs_dir)
+    if out.is_dir():
+        _old_report_files(out, out_dir)
+
+
+def _check_apart(out_dir: str | Path, runs_dir: str | Path) -> None:
+    out, runs = Path(out_dir).resolve(), Path(runs_dir).resolve()
+    if out == runs:
+        problem = "is the --runs folder"
+    elif out.is_relative_to(runs):
+        problem = f"is inside --runs {runs_dir}"
+    elif runs.is_relative_to(out):
+        problem = f"contains --runs {runs_dir}"
+    else:
+        return
+    raise ReportError(f"--out {out_dir}: {problem}; choose a folder apart from the runs")
+
+
+def _old_report_files(out: Path, shown: str | Path) -> list[str] | None:
+    """The files of the old report in ``out`` (None when empty); refuses anything else."""
+    if not any(out.iterdir()):
+        return None
+    files = _read_marker(out / MARKER)
+    if files is None:
         raise ReportError(
-            f"--out {out}: exists and is not a report (no index.md); choose another folder"
+            f"--out {shown}: not empty and not a report written by experiments.report; "
+            "choose another folder"
         )
+    folders = {parent.as_posix() for f in files for parent in Path(f).parents} - {"."}
+    allowed = set(files) | {MARKER}
+    for root, dirs, names in os.walk(out):  # does not follow links to folders
+        here = Path(root)
+        for name in sorted(dirs) + sorted(names):
+            path = here / name
+            rel = path.relative_to(out).as_posix()
+            if path.is_symlink():
+                ok = False
+            elif name in dirs:
+                ok = rel in folders
+            else:
+                ok = rel in allowed and path.is_file()
+            if not ok:
+                raise ReportError(
+                    f"--out {shown}: {rel} was not written by experiments.report; move it "
+                    "away or choose another folder"
+                )
+    return files
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Renames ``tmp`` to ``out``; an old ``out`` is renamed aside first, then removed."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _read_marker(path: Path) -> list[str] | None:
+    """The files a report's marker lists, or None when it is missing or not one of ours."""
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(marker, dict) or marker.get("written_by") != "experiments.report":
+        return None
+    files = marker.get("files")
+    if not isinstance(files, list) or not all(_safe_relative(f) for f in files):
+        return None  # a path outside the folder is never ours to delete
+    return list(files)
+
+
+def _safe_relative(name: object) -> bool:
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    parts = name.split("/")
+    return all(p not in ("", ".", "..") for p in parts) and name != MARKER
+
+
+def _write_marker(folder: Path) -> None:
+    files = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != MARKER
+    )
+    marker = {"written_by": "experiments.report", "format": _MARKER_FORMAT, "files": files}
+    (folder / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+
+
+def _move_into_place(tmp: Path, out: Path, shown: str | Path) -> None:
+    """Renames ``tmp`` to ``out``; an old report is renamed aside, then its files deleted.
+
+    ``out`` is checked again just before (the tables and figures take a
+    while), and of the old report only the files its marker lists are
+    deleted, one by one, never the folder as a whole.
+    """
+    aside = None
+    if out.is_dir():
+        old_files = _old_report_files(out, shown)
+        if old_files is None:
+            out.rmdir()  # empty: fails, losing nothing, if a file appeared since
+        else:
+            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, aside / out.name)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside / out.name, out)
+            aside.rmdir()
+        raise
+    if aside is not None:
+        _remove_report(aside / out.name, old_files)
+        try:
+            aside.rmdir()
+        except OSError:
+            print(
+                f"warning: kept {aside / out.name}: it held files the old report did not "
+                "list (added while this one was written)",
+                file=sys.stderr,
+            )
+
+
+def _remove_report(folder: Path, files: list[str]) -> None:
+    """Deletes the listed files and the marker, then the folders they leave empty."""
+    for rel in [*files, MARKER]:
+        with contextlib.suppress(OSError):  # gone, or no longer a file: it stays
+            (folder / rel).unlink()
+    folders = {folder / parent for f in files for parent in Path(f).parents}
+    for path in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: something unlisted stays
+            path.rmdir()
 
 
 def _section(table: Table, level: str = "###") -> list[str]:

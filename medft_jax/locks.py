@@ -1,0 +1,248 @@
+"""One process per run: an exclusive lock file in the run's folder.
+
+Two processes training the same run (two identical ``experiments.run``
+into one ``--out``, two unsharded sweeps at once) would write the same
+checkpoints and crash each other with orbax errors. :func:`run_lock` takes
+an exclusive, non-blocking ``fcntl.flock`` on ``<run_dir>/.lock`` for the
+whole run; the second process gets :class:`RunLocked` at once and can go on
+to its next run. The operating system drops a flock when its holder dies,
+so a ``kill -9`` never leaves a stale lock: the file may remain, but it is
+only locked while a live process holds it open. The holder writes its pid
+and host name into the file so that the refusal can say who runs it.
+
+The file is removed when the lock is released. Because a process may have
+opened the file just before it was removed (and then locks a file no
+longer in the folder), every acquisition checks that the file it locked
+is still the one at ``<run_dir>/.lock`` and tries again if not.
+
+Limitations:
+
+- Multi-host JAX (``jax.process_count() > 1``): every process of the job
+  runs the same run, so only process 0 takes the lock and it broadcasts
+  the outcome; the job's processes therefore all run the run or all raise
+  :class:`RunLocked`. This is a collective: every process must reach
+  :func:`run_lock` for the same run (they do: they run the same grid in
+  the same order). The other processes' :class:`RunLocked` names the
+  holder's pid but not its host.
+- The lock excludes processes across hosts only where the shared
+  filesystem supports ``flock`` between clients (NFS on Linux emulates it
+  with POSIX locks; Lustre needs the ``flock`` mount option, and on a
+  ``localflock`` mount it only excludes processes of one host).
+- Fork: a child forked while the lock is held shares it (flock belongs to
+  the open file); it is released when both have exited or closed it.
+- Windows has no ``fcntl``: runs there are not locked, with one warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
+"""The lock file in a run's folder; :meth:`RunLock.clear_folder` keeps it."""
+
+_ATTEMPTS = 50
+"""Tries to lock a file that is still the folder's lock file (each retry means another
+process removed or replaced it in between: a finished holder)."""
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run's lock (it is running this run now).
+
+    Not a :class:`~medft_jax.errors.UserError`: the input is fine, the run
+    is simply busy. ``str(e)`` is ``"running in process N"``, plus
+    ``" on host H"`` when the holder is on another host (``"running in
+    another process"`` if the holder's pid could not be read); the caller's
+    line names the run (``e.run_dir``). ``e.pid`` and ``e.host`` are the
+    holder's (None when unknown).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], pid: int | None, host: str | None):
+        self.run_dir = Path(run_dir)
+        self.pid = pid
+        self.host = host
+        who = "another process" if pid is None else f"process {pid}"
+        where = f" on host {host}" if host and host != _host() else ""
+        super().__init__(f"running in {who}{where}")
+
+
+class RunLock:
+    """A held run lock: :func:`run_lock` yields it."""
+
+    def __init__(self, run_dir: Path, fd: int | None, created_dir: bool, clears: bool = True):
+        self.run_dir = run_dir
+        self.path = run_dir / LOCK_NAME
+        self._fd = fd
+        self._created_dir = created_dir
+        self._clears = clears  # False on the processes > 0 of a multi-host job
+
+    def clear_folder(self) -> None:
+        """Deletes everything in the run folder but the lock file (``--force`` starts afresh).
+
+        Removing the whole folder would remove the lock file too, and a
+        third process could then lock a new one while this one runs. Under
+        multi-host JAX every process calls it: process 0 deletes, the others
+        wait for it.
+        """
+        if self._clears:
+            for entry in self.run_dir.iterdir():
+                if entry.name == LOCK_NAME:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        if _process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"medft_jax.locks.clear_folder {self.run_dir}")
+
+    def release(self) -> None:
+        """Removes the lock file and drops the lock (the removal first: see the module note)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self._fd)  # drops the flock
+        self._fd = None
+        if self._created_dir:  # a run that failed before writing anything leaves no folder
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[RunLock]:
+    """Holds ``run_dir``'s lock for the ``with`` block; raises :class:`RunLocked` if taken.
+
+    Creates ``run_dir`` when missing. Under multi-host JAX only process 0
+    locks, and every process learns the outcome (see the module note).
+    """
+    run_dir = Path(run_dir)
+    lock = _acquire_for_all_processes(run_dir) if _process_count() > 1 else acquire(run_dir)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
+    """Takes ``run_dir``'s lock now or raises :class:`RunLocked`; release with ``release()``."""
+    run_dir = Path(run_dir)
+    if fcntl is None:
+        _warn_unlocked()
+        return RunLock(run_dir, None, created_dir=False)
+    path = run_dir / LOCK_NAME
+    for _ in range(_ATTEMPTS):
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir()
+            created = True
+        except FileExistsError:
+            created = False
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was removed in between (a holder finishing)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLocked(run_dir, *_holder(path)) from None
+        if not _same_file(fd, path):  # locked a file its holder removed on release
+            os.close(fd)
+            continue
+        _write_holder(fd)
+        return RunLock(run_dir, fd, created_dir=created)
+    raise RuntimeError(f"{path}: could not lock it in {_ATTEMPTS} tries (replaced each time)")
+
+
+def _acquire_for_all_processes(run_dir: Path) -> RunLock:
+    """Process 0 locks; the others learn whether it did (a collective of every process)."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    lock, failure, outcome = None, None, np.array([0, -1], np.int64)  # (0 ok 1 locked 2 error, pid)
+    if jax.process_index() == 0:
+        try:
+            lock = acquire(run_dir)
+        except RunLocked as e:
+            failure, outcome = e, np.array([1, -1 if e.pid is None else e.pid], np.int64)
+        except Exception as e:  # every process must reach the broadcast, then process 0 raises
+            failure, outcome = e, np.array([2, -1], np.int64)
+    code, pid = (int(x) for x in multihost_utils.broadcast_one_to_all(outcome))
+    if failure is not None:
+        raise failure
+    if code == 1:
+        raise RunLocked(run_dir, None if pid < 0 else pid, None)
+    if code == 2:
+        raise RuntimeError(f"{run_dir}: process 0 could not take the run lock")
+    return lock if lock is not None else RunLock(run_dir, None, created_dir=False, clears=False)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _write_holder(fd: int) -> None:
+    text = json.dumps({"pid": os.getpid(), "host": _host()}) + "\n"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode(), 0)
+
+
+def _holder(path: Path, wait: float = 1.0) -> tuple[int | None, str | None]:
+    """``(pid, host)`` written by the lock's holder (it writes them just after locking)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            return int(info["pid"]), str(info["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return None, None
+            time.sleep(0.02)
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _process_count() -> int:
+    jax = sys.modules.get("jax")  # a process that never imported jax is one process
+    return 1 if jax is None else jax.process_count()
+
+
+_warned = False
+
+
+def _warn_unlocked() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "this platform has no fcntl: runs are not locked, so do not start two processes "
+            "on the same run",
+            RuntimeWarning,
+            stacklevel=3,
+        )

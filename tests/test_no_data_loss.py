@@ -1,0 +1,655 @@
+"""Never lose or overwrite a user's data: report folders, run locks, a full disk.
+
+The report replaces only a folder it wrote itself (its marker lists every
+file); two processes on one run never both train it (a flock in the run
+folder, dropped by the OS when its holder dies); a full disk is one line
+naming the path, leaves no half-written record or checkpoint, and a rerun
+once space is freed ends with the record an uninterrupted run writes. The
+full-disk checks run twice: with ``ENOSPC`` raised where orbax and
+tensorstore raise it (everywhere), and on a real small tmpfs (where this
+process may mount one).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments import report as report_cli
+from experiments import sweep as sweep_cli
+from medft_jax import checkpoint, fit, locks, results
+from medft_jax.checkpoint import RunCheckpoints
+from medft_jax.data.demo import load_demo
+from medft_jax.errors import find_os_error, os_error_line
+from medft_jax.locks import RunLocked
+from medft_jax.model_checkpoint import load_metadata
+from medft_jax.report import collect, write_report
+from medft_jax.report.write import MARKER, ReportError
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = "No space left on device"
+TENSORSTORE_FULL = (
+    'RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database at local file "{path}/": '
+    f"Failed to write 184 bytes to file 5: {FULL} [os_error_code='28']"
+)
+"""How tensorstore (under orbax) reports a full disk: a ValueError, not an OSError."""
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None for a folder)."""
+    return {
+        p.relative_to(folder).as_posix(): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+# --- the report only replaces what it wrote ----------------------------------------------------
+
+
+def _record(strategy: str, seed: int, test: float) -> dict:
+    cfg = {
+        "dataset": "bach",
+        "arch": "resnet50",
+        "strategy": strategy,
+        "lr": 1e-4,
+        "seed": seed,
+        "epochs": 50,
+        "image_size": 224,
+        "batch_size": 64,
+        "weights": "imagenet",
+        "strategy_options": {},
+    }
+    return {
+        "config": cfg,
+        "run": results.run_name(cfg),
+        "primary_metric": "accuracy",
+        "multilabel": False,
+        "val": {"accuracy": test, "f1": test},
+        "test": {"accuracy": test, "f1": test},
+        "epochs": [{"images_per_s": 100.0, "seconds": 1.0}],
+        "train_seconds": 10.0,
+        "environment": {"device_count": 1},
+    }
+
+
+def _runs(folder: Path, strategies=("ft", "lp")) -> Path:
+    for k, s in enumerate(strategies):
+        for seed in (0, 1):
+            r = _record(s, seed, 0.6 + 0.05 * k + 0.01 * seed)
+            results.write_record(results.record_path_of(r, folder), r)
+    return folder
+
+
+def _summary(strategies=("ft", "lp")):
+    return collect([_record(s, 0, 0.7) for s in strategies])
+
+
+def test_report_refuses_a_folder_with_an_index_but_no_marker_and_leaves_it_untouched(
+    tmp_path, capsys
+):
+    """What the old rule (an ``index.md`` means a report) deleted: a project folder."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "index.md").write_text("# my notes\n")
+    (project / "src" / "train.py").write_text("print('mine')\n")
+    (project / "tables").mkdir()
+    (project / "tables" / "table08_bach.csv").write_text("hand-made\n")
+    before = _snapshot(project)
+    with pytest.raises(ReportError) as e:
+        write_report(_summary(), project)
+    assert str(e.value) == (
+        f"--out {project}: not empty and not a report written by experiments.report; "
+        "choose another folder"
+    )
+    runs = _runs(tmp_path / "runs")
+    assert report_cli.main(["--runs", str(runs), "--out", str(project)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a report written by experiments.report" in err
+    assert _snapshot(project) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project", "runs"]  # no temporary
+
+
+def test_report_replaces_its_own_report_and_its_marker_lists_every_file(tmp_path):
+    out = tmp_path / "report"
+    write_report(_summary(("ft", "lp", "g_lf")), out)
+    first = json.loads((out / MARKER).read_text())
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert first["written_by"] == "experiments.report" and first["format"] == 1
+    assert first["files"] == [f for f in on_disk if f != MARKER]
+    assert "index.md" in first["files"] and any(f.startswith("figures/") for f in first["files"])
+    old_index = (out / "index.md").read_text()
+    assert "G-LF" in old_index
+
+    write_report(_summary(("ft", "lp")), out)  # fewer strategies: a different index
+    second = json.loads((out / MARKER).read_text())
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert second["files"] == [f for f in on_disk if f != MARKER]
+    assert (out / "index.md").read_text() != old_index
+    assert "G-LF" not in (out / "index.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # the old one is gone
+
+
+def test_report_refuses_its_own_report_once_the_user_added_a_file(tmp_path):
+    out = tmp_path / "report"
+    write_report(_summary(), out)
+    (out / "tables" / "my_notes.txt").write_text("do not lose me\n")
+    before = _snapshot(out)
+    with pytest.raises(ReportError) as e:
+        write_report(_summary(), out)
+    assert str(e.value) == (
+        f"--out {out}: tables/my_notes.txt was not written by experiments.report; move it "
+        "away or choose another folder"
+    )
+    assert _snapshot(out) == before
+    # A folder the user made inside it, even empty, is not the report's either.
+    (out / "tables" / "my_notes.txt").unlink()
+    (out / "drafts").mkdir()
+    with pytest.raises(ReportError, match="drafts was not written"):
+        write_report(_summary(), out)
+    assert (out / "drafts").is_dir()
+
+
+def test_a_marker_listing_paths_outside_its_folder_is_not_a_report(tmp_path):
+    """A hand-edited marker must not make the report delete files elsewhere."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "index.md").write_text("x")
+    marker = {"written_by": "experiments.report", "format": 1, "files": ["index.md"]}
+    for files in (["index.md", "../precious.txt"], ["/etc/passwd"], "index.md"):
+        (out / MARKER).write_text(json.dumps({**marker, "files": files}))
+        with pytest.raises(ReportError, match=r"not a report written by experiments\.report"):
+            write_report(_summary(), out)
+    assert victim.read_text() == "keep" and (out / "index.md").read_text() == "x"
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "containing"])
+def test_report_out_may_not_be_in_or_around_the_runs(tmp_path, capsys, where):
+    runs = _runs(tmp_path / "work" / "runs")
+    out = {"same": runs, "inside": runs / "report", "containing": tmp_path / "work"}[where]
+    before = _snapshot(tmp_path)
+    assert report_cli.main(["--runs", str(runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    problem = {
+        "same": "is the --runs folder",
+        "inside": f"is inside --runs {runs}",
+        "containing": f"contains --runs {runs}",
+    }[where]
+    assert err == f"error: --out {out}: {problem}; choose a folder apart from the runs\n"
+    assert _snapshot(tmp_path) == before
+
+
+def test_report_refuses_a_symbolic_link_as_out(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "report"
+    link.symlink_to(target)
+    with pytest.raises(ReportError, match="is a symbolic link"):
+        write_report(_summary(), link)
+    assert list(target.iterdir()) == []
+
+
+# --- one process per run -----------------------------------------------------------------------
+
+HOLD = (
+    "import sys, time\n"
+    "from medft_jax import locks\n"
+    "locks.acquire(sys.argv[1])\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def _holder(run_dir: Path) -> subprocess.Popen:
+    """Another process holding ``run_dir``'s lock (until killed)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_process_gets_run_locked_naming_the_holder_and_kill_9_leaves_no_stale_lock(
+    tmp_path,
+):
+    run = tmp_path / "runs" / "demo-run"
+    proc = _holder(run)
+    try:
+        holder = json.loads((run / locks.LOCK_NAME).read_text())
+        assert holder["pid"] == proc.pid
+        with pytest.raises(RunLocked) as e, locks.run_lock(run):
+            pytest.fail("took a lock another process holds")
+        assert (e.value.pid, e.value.run_dir) == (proc.pid, run)
+        assert str(e.value) == f"running in process {proc.pid}"  # same host: not named
+        assert not isinstance(e.value, ValueError)  # not bad input
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (run / locks.LOCK_NAME).exists()  # the file outlives its killed holder...
+    with locks.run_lock(run) as lock:  # ...but not its lock
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert not (run / locks.LOCK_NAME).exists()  # released: the file is gone
+
+
+def test_the_lock_excludes_a_second_taker_clears_around_itself_and_tidies_up(tmp_path):
+    run = tmp_path / "new-run"
+    with locks.run_lock(run) as lock:
+        # flock belongs to the open file, so even this process cannot take it twice.
+        with pytest.raises(RunLocked, match=f"^running in process {os.getpid()}$"):
+            locks.acquire(run)
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "x").write_text("old")
+        (run / "record.json").write_text("{}")
+        lock.clear_folder()  # --force: everything goes but the lock itself
+        assert [p.name for p in run.iterdir()] == [locks.LOCK_NAME]
+    assert not run.exists()  # the lock made the folder and nothing else was written
+    # A holder on another host is named.
+    e = RunLocked(run, 12, "node-7")
+    assert str(e) == "running in process 12 on host node-7"
+    assert str(RunLocked(run, None, None)) == "running in another process"
+
+
+MULTI_HOST = """
+import json, os, sys
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+run_dir, port, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=index)
+from medft_jax import locks
+try:
+    with locks.run_lock(run_dir) as lock:
+        lock.clear_folder()
+        print(json.dumps({"cleared": not os.path.exists(os.path.join(run_dir, "old"))}))
+except locks.RunLocked as e:
+    print(json.dumps({"locked_by": e.pid}))
+"""
+
+
+def _two_process_job(run_dir: Path) -> list[dict]:
+    """What each process of a 2-process jax.distributed job gets from ``run_lock``."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTI_HOST, str(run_dir), str(port), str(i)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outcomes = []
+    for p in procs:
+        log, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, log[-3000:]
+        outcomes.append(json.loads(log.strip().splitlines()[-1]))
+    return outcomes
+
+
+def test_under_multi_host_jax_all_processes_run_the_run_or_none_does(tmp_path):
+    """Only process 0 locks; the others learn the outcome (a mismatch would hang the job)."""
+    free = tmp_path / "free"
+    (free / "old").mkdir(parents=True)
+    assert _two_process_job(free) == [{"cleared": True}] * 2  # the clear done before either goes on
+    busy = tmp_path / "busy"
+    proc = _holder(busy)
+    try:
+        assert _two_process_job(busy) == [{"locked_by": proc.pid}] * 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+SIZES = {"train": 16, "val": 8, "test": 8}  # 2 steps of 8 per epoch
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo(seed=0, image_size=32, sizes=SIZES)
+
+
+def _config(epochs: int = 2) -> fit.RunConfig:
+    return fit.RunConfig(
+        strategy="lp", weights="none", epochs=epochs, batch_size=8, image_size=32, lr=1e-2
+    )
+
+
+def _run_dir(out: Path, config: fit.RunConfig, ds) -> Path:
+    return results.run_dir(out, fit.identify(config, ds).to_dict())
+
+
+def test_run_one_on_a_run_another_process_holds_touches_nothing_even_with_force(tmp_path, demo):
+    run = _run_dir(tmp_path, _config(), demo)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "in-use").write_text("the other process's")
+    proc = _holder(run)
+    try:
+        before = _snapshot(run)
+        for force in (False, True):
+            with pytest.raises(RunLocked) as e:
+                fit.run_one(_config(), tmp_path, dataset=demo, progress=False, force=force)
+            assert e.value.pid == proc.pid and e.value.run_dir == run
+            assert _snapshot(run) == before
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def _grid(folder: Path, lrs, epochs=1) -> Path:
+    path = folder / "grid.py"
+    path.write_text(
+        "from medft_jax.grid import Grid\n\n"
+        "def get_config():\n"
+        "    return Grid(name='locks', datasets=('demo',), archs=('resnet50',),\n"
+        f"                strategies=('lp',), lrs={tuple(lrs)!r}, seeds=(0,),\n"
+        "                settings={'weights': 'none', 'epochs': " + str(epochs) + ",\n"
+        "                          'patience': 5, 'batch_size': 32, 'image_size': 32})\n"
+    )
+    return path
+
+
+def _grid_run_dirs(grid: Path, out: Path) -> list[Path]:
+    from medft_jax import grid as grid_lib
+
+    g = grid_lib.load_grid(grid)
+    ds = fit.load_dataset(g.configs()[0])
+    return [_run_dir(out, c, ds) for c in g.configs()]
+
+
+@pytest.mark.slow
+def test_sweep_skips_a_run_another_process_holds_and_goes_on(tmp_path, capsys):
+    grid = _grid(tmp_path, lrs=(1e-3, 1e-4))
+    out = tmp_path / "runs"
+    first, second = _grid_run_dirs(grid, out)
+    held = locks.acquire(first)  # a separate open file: excludes this process's sweep too
+    try:
+        assert sweep_cli.main(["--config", str(grid), "--out", str(out)]) == 0
+    finally:
+        held.release()
+    log = capsys.readouterr().out
+    assert f"[1/2] {first.name}: running in process {os.getpid()}, skipped" in log
+    assert f"[2/2] {second.name}: done in" in log
+    assert "1 run now" in log and "1 running in another process, 0 not run" in log
+    assert not (first / "record.json").exists() and (second / "record.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_sweeps_of_one_grid_at_once_both_succeed_with_one_record_per_run(tmp_path):
+    grid = _grid(tmp_path, lrs=(1e-2, 1e-3, 1e-4))
+    out = tmp_path / "runs"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    argv = [sys.executable, "-m", "experiments.sweep", "--config", str(grid), "--out", str(out)]
+    procs = [
+        subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+    runs = _grid_run_dirs(grid, out)
+    assert sorted(p.parent for p in out.rglob("record.json")) == sorted(runs)
+    assert not list(out.rglob(".lock")) and not list(out.rglob("*.tmp"))
+
+
+# --- a full disk -------------------------------------------------------------------------------
+
+
+def _enospc(path: object = None) -> OSError:
+    return OSError(errno.ENOSPC, FULL) if path is None else OSError(errno.ENOSPC, FULL, path)
+
+
+def test_a_record_write_that_fills_the_disk_leaves_the_old_record_and_no_temporary(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "run" / "record.json"
+    results.write_record(path, {"config": {"a": 1}, "value": "old"})
+    old = path.read_bytes()
+
+    def full(fd):
+        raise _enospc()  # what write/flush/fsync raise: no file name
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full)
+        with pytest.raises(OSError) as e:
+            results.write_record(path, {"config": {"a": 1}, "value": "new"})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert os_error_line(e.value) == f"{path}: no space left on the device"
+    assert path.read_bytes() == old
+    assert sorted(p.name for p in path.parent.iterdir()) == ["record.json"]
+    results.write_record(path, {"config": {"a": 1}, "value": "new"})  # space freed
+    assert results.read_record(path)["value"] == "new"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError(TENSORSTORE_FULL.format(path="/x/checkpoints/3.orbax-checkpoint-tmp")),
+        RuntimeError("Save Finalize thread failed"),  # with an OSError as its cause
+    ],
+    ids=["tensorstore", "wrapped"],
+)
+def test_checkpoint_write_errors_become_one_oserror_naming_the_folder(tmp_path, error):
+    if isinstance(error, RuntimeError):
+        error.__cause__ = _enospc("/x/checkpoints/3.orbax-checkpoint-tmp/_CHECKPOINT_METADATA")
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(OSError) as e, checkpoint.naming_os_errors(folder):
+        raise error
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(folder)
+    assert find_os_error(e.value) is e.value
+    # Anything that is not an OS error passes through unchanged (a real bug keeps its type).
+    with pytest.raises(KeyError), checkpoint.naming_os_errors(folder):
+        raise KeyError("params")
+    oom = pytest.raises(ValueError, match="RESOURCE_EXHAUSTED: out of memory")
+    with oom, checkpoint.naming_os_errors(folder):
+        raise ValueError("RESOURCE_EXHAUSTED: out of memory allocating 4 GiB")
+
+
+def _same_result(a: dict, b: dict) -> None:
+    for key in ("best_epoch", "val", "test"):
+        assert a[key] == b[key], key
+    keys = ("train_loss", "val", "improved", "trainable_blocks")
+    assert [[e[k] for k in keys] for e in a["epochs"]] == [
+        [e[k] for k in keys] for e in b["epochs"]
+    ]
+
+
+@pytest.mark.slow
+def test_disk_full_in_a_checkpoint_or_the_record_then_a_rerun_ends_the_same(
+    tmp_path, demo, monkeypatch, capsys
+):
+    config = _config()
+    # The reference, uninterrupted; deleting its resume checkpoints fails, which after the
+    # record is written is one warning, not an error.
+    with monkeypatch.context() as m:
+        m.setattr(RunCheckpoints, "remove_latest", lambda self: (_ for _ in ()).throw(_enospc()))
+        full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
+    err = capsys.readouterr().err
+    assert full["test"] and (tmp_path / "a" / full["run"] / "record.json").is_file()
+    assert err.count("\n") == 1 and err.startswith("warning: ") and "record is written" in err
+
+    out = tmp_path / "b"
+    run = _run_dir(out, config, demo)
+
+    def no_leftovers() -> None:
+        assert not (run / "record.json").exists()
+        assert not [
+            p for p in run.rglob("*") if ".tmp" in p.name or "orbax-checkpoint-tmp" in p.name
+        ]
+
+    # 1. The first resume checkpoint (after epoch 0) hits a full disk, as tensorstore says it.
+    def full_save(self, *a, **k):
+        raise ValueError(TENSORSTORE_FULL.format(path=run / "checkpoints" / "2"))
+
+    with monkeypatch.context() as m:
+        m.setattr(ocp.CheckpointManager, "save", full_save)
+        with pytest.raises(OSError) as e:
+            fit.run_one(config, out, dataset=demo, progress=False)
+    assert os_error_line(e.value) == f"{run / 'checkpoints'}: no space left on the device"
+    no_leftovers()
+    assert RunCheckpoints(run).read_progress() is None  # nothing restores as complete
+    assert load_metadata(run / "best")["epoch"] == 0  # the best written before stays
+
+    # 2. Space freed for the checkpoints, but the record itself does not fit.
+    real_write = results.write_record
+
+    def write_on_full_disk(path, record):
+        with monkeypatch.context() as m:
+            m.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(_enospc()))
+            return real_write(path, record)
+
+    with monkeypatch.context() as m:
+        m.setattr(results, "write_record", write_on_full_disk)
+        with pytest.raises(OSError) as e:
+            fit.run_one(config, out, dataset=demo, progress=False)
+    assert os_error_line(e.value) == f"{run / 'record.json'}: no space left on the device"
+    no_leftovers()
+    assert len(RunCheckpoints(run).read_progress()["epochs"]) == 1  # resumable after epoch 0
+
+    # 3. Space freed: the rerun resumes and writes the uninterrupted run's record.
+    resumed = fit.run_one(config, out, dataset=demo, progress=False)
+    _same_result(resumed, full)
+    assert results.read_record(run / "record.json")["test"] == full["test"]
+    assert not list((run / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_sweep_stops_at_a_full_disk_with_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    grid = _grid(tmp_path, lrs=(1e-3, 1e-4))
+    out = tmp_path / "runs"
+    first, _ = _grid_run_dirs(grid, out)
+
+    def full_save(*a, **k):
+        raise ValueError(TENSORSTORE_FULL.format(path=first / ".best.new"))
+
+    monkeypatch.setattr(checkpoint, "save_model", full_save)
+    assert sweep_cli.main(["--config", str(grid), "--out", str(out)]) == 1
+    cap = capsys.readouterr()
+    line = f"{first / 'best'}: no space left on the device"
+    assert cap.err == f"error: {line}\n"
+    assert f"[1/2] {first.name}: stopped, {line}" in cap.out
+    assert "[2/2]" not in cap.out and "2 not run" in cap.out
+    assert not list(out.rglob("record.json"))
+
+
+# --- a real full disk (a small tmpfs, where this process may mount one) -------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB filesystem; remount with ``_resize`` to free space."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        reason = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+        pytest.skip(f"cannot mount a tmpfs here ({reason}); the ENOSPC tests above cover it")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _resize(mnt: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+
+def _fill(folder: Path) -> Path:
+    """Takes every free byte of ``folder``'s filesystem; delete the file to free them."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\1" * 65536)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    return filler
+
+
+def _state(value: float):
+    return types.SimpleNamespace(
+        step=np.int32(1),
+        params={"w": np.full((64, 64), value, np.float32)},
+        batch_stats={},
+        opt_state={"m": np.zeros((64, 64), np.float32)},
+    )
+
+
+def test_real_full_disk_record_and_checkpoints(small_disk):
+    run = small_disk / "run"
+    record = run / "record.json"
+    ck = RunCheckpoints(run, exclusive=True)
+    ck.save_best({"params": {"w": np.ones((64, 64), np.float32)}}, {"tag": "first"})
+    filler = _fill(small_disk)
+
+    with pytest.raises(OSError) as e:
+        results.write_record(record, {"config": {}, "x": 1})
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(record))
+    with pytest.raises(OSError) as e:  # orbax reports it in the background: at the latest here
+        ck.save_latest(1, _state(1.0), {"epochs": []})
+        ck.close()
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(run / "checkpoints"))
+    with pytest.raises(OSError) as e:
+        ck.save_best({"params": {"w": np.zeros((64, 64), np.float32)}}, {"tag": "second"})
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(run / "best"))
+
+    # Nothing half-written: no record, no checkpoint that restores, the previous best intact.
+    assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoints"]
+    assert list((run / "checkpoints").iterdir()) == []
+    assert RunCheckpoints(run).read_progress() is None
+    assert load_metadata(run / "best")["tag"] == "first"
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as c:
+        best = c.restore(run / "best", ocp.args.Composite(state=ocp.args.StandardRestore()))
+    np.testing.assert_array_equal(best["state"]["params"]["w"], np.ones((64, 64)))
+
+    filler.unlink()  # space freed: the same writes succeed
+    results.write_record(record, {"config": {}, "x": 1})
+    ck = RunCheckpoints(run, exclusive=True)
+    ck.save_latest(1, _state(1.0), {"epochs": [0]})
+    ck.close()
+    assert RunCheckpoints(run).read_progress() == {"epochs": [0]}
+
+
+@pytest.mark.slow
+def test_real_full_disk_during_a_run_then_the_rerun_ends_the_same(
+    small_disk, tmp_path, demo, capfd
+):
+    config = _config(epochs=3)  # the second resume checkpoint's save reports the first's failure
+    full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
+    # Room for the first best checkpoint (84 MiB) but not for the resume checkpoint beside it.
+    _resize(small_disk, "100m")
+    out = small_disk / "runs"
+    run = _run_dir(out, config, demo)
+    capfd.readouterr()
+    with pytest.raises(OSError) as e:
+        fit.run_one(config, out, dataset=demo, progress=False)
+    assert e.value.errno == errno.ENOSPC and Path(e.value.filename).parent == run
+    assert not (run / "record.json").exists()
+    noise = capfd.readouterr().err  # orbax's own logs and tracebacks of it are silenced
+    assert "Traceback" not in noise and "Event loop is closed" not in noise, noise[-2000:]
+    _resize(small_disk, "1g")
+    _same_result(fit.run_one(config, out, dataset=demo, progress=False), full)
+    assert (run / "record.json").is_file()
