@@ -193,7 +193,7 @@ def _main(argv: Sequence[str] | None) -> int:
     import jax
 
     from medft_jax import results
-    from medft_jax.checkpoint import os_errno_in
+    from medft_jax.errors import os_errno_in
     from medft_jax.fit import identify, load_dataset, run_one
     from medft_jax.locks import RunLocked
     from medft_jax.runtime import enable_compilation_cache

@@ -30,12 +30,8 @@ says it all (:func:`quiet_reported_failures`).
 from __future__ import annotations
 
 import contextlib
-import errno
-import logging
 import os
-import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +39,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from medft_jax.errors import find_os_error, os_error_line
-from medft_jax.model_checkpoint import quiet_closed_event_loop, save_model
+from medft_jax.errors import naming_os_errors, os_errno_in
+from medft_jax.model_checkpoint import quiet_reported_failures, save_model
+
+__all__ = ["RunCheckpoints", "naming_os_errors", "os_errno_in", "quiet_reported_failures"]
 
 _NEW_BEST = ".best.new"
 _OLD_BEST = ".best.old"
@@ -217,77 +215,6 @@ class RunCheckpoints:
         for leftover in self.run_dir.glob(".best.*"):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover)
-
-
-@contextlib.contextmanager
-def naming_os_errors(path: str | Path) -> Iterator[None]:
-    """Re-raises a failed write (disk full, ...) as one ``OSError`` naming ``path``.
-
-    Finds the operating system's error in orbax's exception chain, or the
-    errno in tensorstore's message; any other error propagates unchanged.
-    """
-    try:
-        yield
-    except Exception as e:
-        code = os_errno_in(e)
-        if code is None:
-            raise
-        raise OSError(code, os.strerror(code), str(path)) from e
-
-
-_TENSORSTORE_ERRNO = re.compile(r"os_error_code='?(\d+)'?")
-
-
-def os_errno_in(err: BaseException) -> int | None:
-    """The errno of an explainable OS error in ``err``'s chain (or tensorstore's text)."""
-    found = find_os_error(err)
-    if found is not None:
-        return found.errno
-    seen: set[int] = set()
-    e: BaseException | None = err
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        for match in _TENSORSTORE_ERRNO.finditer(str(e)):
-            code = int(match.group(1))
-            if os_error_line(OSError(code, "")) is not None:
-                return code
-        if "No space left on device" in str(e):
-            return errno.ENOSPC
-        e = e.__cause__ or e.__context__
-    return None
-
-
-class _DropReportedOsErrors(logging.Filter):
-    """Drops orbax's ERROR logs of an OS error that :func:`naming_os_errors` re-raises."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
-        if record.exc_info and record.exc_info[1] is not None:
-            return os_errno_in(record.exc_info[1]) is None
-        return os_errno_in(Exception(record.getMessage())) is None
-
-
-_quieted = False
-
-
-def quiet_reported_failures() -> None:
-    """Silences orbax's and tensorstore's own reports of a failed write (once per process).
-
-    A failed save surfaces here as one exception (re-raised by
-    :func:`naming_os_errors`, then one line from the command line), but
-    orbax also logs it from each background thread with a traceback, and
-    tensorstore reports every array write still in flight when orbax closed
-    its event loop as an unraisable "Event loop is closed" error: dozens of
-    tracebacks around the one line that matters. Other logs and unraisable
-    errors pass through untouched.
-    """
-    global _quieted
-    if _quieted:
-        return
-    _quieted = True
-    logging.getLogger("absl").addFilter(_DropReportedOsErrors())
-    quiet_closed_event_loop()
 
 
 def _sync_processes(name: str) -> None:

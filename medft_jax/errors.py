@@ -13,10 +13,12 @@ a real bug, show its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 EXIT_BAD_INPUT = 2
@@ -88,7 +90,10 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except Exception as e:
         os_err = find_os_error(e)
         if os_err is None:
-            raise
+            code = os_errno_in(e)  # tensorstore and torch name the errno only in their text
+            if code is None:
+                raise
+            os_err = OSError(code, os.strerror(code))
         print(f"error: {os_error_line(os_err)}", file=sys.stderr)
         full = os_err.errno in (errno.ENOSPC, errno.EDQUOT)
         return EXIT_FAILED if full else EXIT_BAD_INPUT
@@ -125,3 +130,41 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+@contextlib.contextmanager
+def naming_os_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raises a failed write (disk full, ...) as one ``OSError`` naming ``path``.
+
+    Finds the operating system's error in orbax's exception chain, or the
+    errno in tensorstore's message; any other error propagates unchanged.
+    """
+    try:
+        yield
+    except Exception as e:
+        code = os_errno_in(e)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
+_TENSORSTORE_ERRNO = re.compile(r"os_error_code='?(\d+)'?")
+
+
+def os_errno_in(err: BaseException) -> int | None:
+    """The errno of an explainable OS error in ``err``'s chain (or tensorstore's text)."""
+    found = find_os_error(err)
+    if found is not None:
+        return found.errno
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for match in _TENSORSTORE_ERRNO.finditer(str(e)):
+            code = int(match.group(1))
+            if os_error_line(OSError(code, "")) is not None:
+                return code
+        if "No space left on device" in str(e):
+            return errno.ENOSPC
+        e = e.__cause__ or e.__context__
+    return None

@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import shutil
 import sys
+import warnings
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -37,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from medft_jax.errors import UserError, one_line
+from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
 from medft_jax.models import ARCHS, create, get_arch
 from medft_jax.models.blocks import flatten
 
@@ -81,6 +84,11 @@ def save_model(
         raise CheckpointError(f"{directory} is a file, expected a checkpoint folder")
     if directory.exists() and not force:
         raise CheckpointError(f"{directory} already exists; pass --force to overwrite it")
+    if directory.exists() and any(directory.iterdir()) and not _is_checkpoint(directory):
+        raise CheckpointError(
+            f"{directory} exists and is not a model checkpoint; --force replaces only a "
+            "checkpoint, choose another folder"
+        )
     for parent in directory.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -92,13 +100,27 @@ def save_model(
     digest = variables_hash(tree)
     if digest is not None:
         meta["content_sha256"] = digest
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(
-            directory,
-            ocp.args.Composite(state=ocp.args.StandardSave(tree), metadata=ocp.args.JsonSave(meta)),
-            force=force,
-        )
+    quiet_reported_failures()
+    try:
+        with naming_os_errors(directory), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as c:
+            c.save(
+                directory,
+                ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree), metadata=ocp.args.JsonSave(meta)
+                ),
+                force=force,
+            )
+    except BaseException:
+        if jax.process_index() == 0:  # orbax's half-written temporary folder
+            for tmp in directory.parent.glob(f"{directory.name}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return directory
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a model checkpoint's two items (and may be replaced)."""
+    return (directory / "metadata").exists() and (directory / "state").exists()
 
 
 def variables_hash(variables: Mapping[str, Any]) -> str | None:
@@ -453,3 +475,41 @@ def _arch_mismatch(
             p = wrong[0]
             detail = f"{p} has shape {stored[p]}, expected {expected[p]}"
     return f"{where}: metadata arch {arch!r} disagrees with the stored arrays ({detail})"
+
+
+class _DropReportedOsErrors(logging.Filter):
+    """Drops orbax's ERROR logs of an OS error that :func:`naming_os_errors` re-raises."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            return os_errno_in(record.exc_info[1]) is None
+        return os_errno_in(Exception(record.getMessage())) is None
+
+
+_quieted = False
+
+
+def quiet_reported_failures() -> None:
+    """Silences orbax's and tensorstore's own reports of a failed write (once per process).
+
+    A failed save surfaces here as one exception (re-raised by
+    :func:`naming_os_errors`, then one line from the command line), but
+    orbax also logs it from each background thread with a traceback, and
+    tensorstore reports every array write still in flight when orbax closed
+    its event loop as an unraisable "Event loop is closed" error: dozens of
+    tracebacks around the one line that matters. Other logs and unraisable
+    errors pass through untouched.
+    """
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    for logger in ("absl", "asyncio"):  # orbax logs through absl; its futures through asyncio
+        logging.getLogger(logger).addFilter(_DropReportedOsErrors())
+    quiet_closed_event_loop()
+    # The writes a failed save abandoned are reported again as the interpreter exits.
+    warnings.filterwarnings(
+        "ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning
+    )

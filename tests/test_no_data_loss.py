@@ -653,3 +653,57 @@ def test_real_full_disk_during_a_run_then_the_rerun_ends_the_same(
     _resize(small_disk, "1g")
     _same_result(fit.run_one(config, out, dataset=demo, progress=False), full)
     assert (run / "record.json").is_file()
+
+
+def test_real_full_disk_in_the_port_export_and_a_cache_is_one_oserror(small_disk, capfd):
+    """Three writers besides a run's: a model checkpoint, an exported state_dict, a cache."""
+    from medft_jax.data import cache
+    from medft_jax.model_checkpoint import save_model
+    from weights_port.state_io import write_state_dict
+
+    filler = _fill(small_disk)
+    big = {"fc": {"kernel": np.ones((512, 512), np.float32)}}  # 1 MiB
+    with pytest.raises(OSError) as e:
+        save_model(small_disk / "ck", big, {}, {"arch": "resnet50", "num_classes": 2})
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(small_disk / "ck"))
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no orbax temporary
+    assert "Traceback" not in capfd.readouterr().err  # orbax's own reports are silenced
+
+    with pytest.raises(OSError) as e:
+        write_state_dict({"fc.weight": big["fc"]["kernel"]}, small_disk / "model.safetensors")
+    assert (e.value.errno, e.value.filename) == (
+        errno.ENOSPC,
+        str(small_disk / "model.safetensors"),
+    )
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+    # A cache's images are written through a memory map: without reserving the blocks,
+    # a full disk is a SIGBUS that kills the process without a word.
+    images = np.zeros((64, 64, 64, 3), np.uint8)
+    ids = np.asarray([str(i) for i in range(64)])
+    plan = cache.SplitPlan(
+        64,
+        (64, 64, 3),
+        cache.chunked(images),
+        {"labels": np.zeros(64, np.int32), "ids": ids, "groups": ids, "patients": ids},
+    )
+    target = small_disk / "medft_cache" / "x" / "r64_c64"
+    with pytest.raises(OSError) as e:
+        cache.write_cache(target, {"train": plan}, {"class_names": ["a"]}, progress=False)
+    assert e.value.errno == errno.ENOSPC and e.value.filename.startswith(str(target))
+    assert not target.exists() and not list(target.parent.glob("*.tmp-*"))
+    filler.unlink()
+
+
+def test_port_force_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path):
+    from medft_jax.model_checkpoint import CheckpointError, save_model
+
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("months of work")
+    params = {"fc": {"kernel": np.ones((2, 2), np.float32)}}
+    with pytest.raises(CheckpointError, match="exists and is not a model checkpoint"):
+        save_model(thesis, params, {}, {"arch": "resnet50", "num_classes": 2}, force=True)
+    assert (thesis / "chapter1.tex").read_text() == "months of work"
+    ck = save_model(tmp_path / "ck", params, {}, {"arch": "resnet50", "num_classes": 2})
+    save_model(ck, params, {}, {"arch": "resnet50", "num_classes": 2}, force=True)  # ours: fine

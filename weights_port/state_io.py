@@ -16,6 +16,7 @@ KEY".
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import tempfile
@@ -149,22 +150,33 @@ def write_state_dict(state: Mapping[str, np.ndarray], out: str | Path) -> list[P
                 "ask for a .safetensors file instead"
             ) from e
         tensors = {k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()}
-        written.append(_atomic(out, lambda p: torch.save(tensors, p)))
+        buffer = io.BytesIO()  # torch reports a full disk without its errno: write it ourselves
+        torch.save(tensors, buffer)
+        written.append(_atomic(out, buffer.getvalue()))
         out = out.with_suffix(".safetensors")
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
-    written.append(_atomic(out, lambda p: save_file(arrays, p)))
+    written.append(_atomic(out, save(arrays)))
     return written
 
 
-def _atomic(path: Path, write) -> Path:
+def _atomic(path: Path, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` through a temporary file and a rename.
+
+    Python's own writes raise ``OSError`` with the errno (a full disk is
+    ENOSPC) and the file name, which the command line turns into one line.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        write(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     return path

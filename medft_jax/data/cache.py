@@ -34,6 +34,7 @@ A cache without either (written before they existed) is stale and rebuilt.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -145,8 +146,10 @@ def write_cache(
         }
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
         _swap_in(tmp, cache_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is None:  # numpy's writes name no file
+            raise OSError(e.errno, e.strerror, str(cache_dir)) from e
         raise
     return cache_dir
 
@@ -181,6 +184,7 @@ def _write_images(path: Path, name: str, plan: SplitPlan, progress: bool) -> tup
     if n == 0:
         raise DataError(f"split {name!r} came out empty")
     images = np.lib.format.open_memmap(path, "w+", np.uint8, (n, *plan.image_shape))
+    reserve_space(path)
     masks = []
     start = 0
     digest = hashlib.sha256()
@@ -199,6 +203,27 @@ def _write_images(path: Path, name: str, plan: SplitPlan, progress: bool) -> tup
     if start < n:
         _shrink_npy(path, start)
     return kept, digest.hexdigest()
+
+
+def reserve_space(path: Path) -> None:
+    """Allocates a freshly created (sparse) file's blocks now, so a full disk is an OSError.
+
+    The images are written through a memory map; a page the filesystem
+    cannot back is a SIGBUS that kills the process without a word. Reserving
+    the blocks first turns a full disk into ``OSError(ENOSPC)`` naming the
+    file. Filesystems that cannot preallocate are left as they are.
+    """
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
+        # EOPNOTSUPP, EINVAL: no preallocation here; the memory map still works.
+    finally:
+        os.close(fd)
 
 
 def _shrink_npy(path: Path, rows: int) -> None:
