@@ -42,6 +42,7 @@ def test_parameter_counts_match_torchvision():
         assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])) == n, arch
 
 
+@pytest.mark.slow
 def test_head_and_conv_init_follow_torchvision(resnet):
     _, v = resnet
     p = flatten(v["params"])
@@ -59,6 +60,7 @@ def test_head_and_conv_init_follow_torchvision(resnet):
     assert np.all(np.asarray(stats["bn1/mean"]) == 0) and np.all(np.asarray(stats["bn1/var"]) == 1)
 
 
+@pytest.mark.slow
 def test_vgg_and_densenet_heads():
     m = create("vgg19", 3)
     s = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
@@ -70,6 +72,7 @@ def test_vgg_and_densenet_heads():
     assert np.abs(np.asarray(head["kernel"])).max() <= 1 / math.sqrt(1024)
 
 
+@pytest.mark.slow
 def test_same_seed_same_init_other_seed_differs():
     model = create("resnet50", 2)
     a, b, c = (init_variables(model, s, 32)["params"]["fc"]["kernel"] for s in (3, 3, 4))
@@ -87,6 +90,7 @@ def test_bfloat16_compute_keeps_float32_params(resnet):
     assert 0 < err < 0.05 * max(1.0, float(np.abs(f32).max()))
 
 
+@pytest.mark.slow
 def test_vgg_runs_at_32px_with_dropout_only_when_asked():
     model = create("vgg19", 2)
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))

@@ -60,6 +60,7 @@ def _assert_blocks(arch, ours, ref):
         assert err <= 1e-4 * max(1.0, np.abs(r).max()), (name, err)
 
 
+@pytest.mark.slow
 def test_eval_logits_and_blocks_224(pair):
     arch, tm, variables = pair
     x = _images(224, 224)
@@ -70,6 +71,7 @@ def test_eval_logits_and_blocks_224(pair):
     _assert_blocks(arch, blocks, ref_blocks)
 
 
+@pytest.mark.slow
 def test_eval_logits_non_square(pair):
     arch, tm, variables = pair
     x = _images(200, 264, seed=1)
@@ -78,6 +80,7 @@ def test_eval_logits_non_square(pair):
     np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_train_mode_batch_statistics(pair):
     """Train mode: logits from batch statistics, and torch's running-stat update."""
     arch, _, variables = pair
@@ -99,6 +102,7 @@ def test_train_mode_batch_statistics(pair):
             np.testing.assert_allclose(expected[key], value, atol=1e-5, rtol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,block", [("resnet50", "layer3"), ("densenet121", "transition2")])
 def test_per_block_bn_mode(arch, block):
     """Only the named block uses batch statistics; the others keep running ones."""

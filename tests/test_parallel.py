@@ -63,12 +63,14 @@ def four_and_one(tmp_path_factory):
     return _split(npz, 4), _split(npz, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("parallel")
 def test_four_devices_equal_one(four_and_one):
     four, one = four_and_one
     _assert_same(four, one)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("parallel")
 def test_two_processes_equal_one(four_and_one, tmp_path):
     with socket.socket() as s:

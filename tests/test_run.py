@@ -58,6 +58,7 @@ def _start_params(config: fit.RunConfig, weights) -> dict:
     return flatten(merge(init, start, get_arch(config.arch).partition)["params"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", strategies.PAPER_STRATEGIES)
 def test_strategy_end_to_end(strategy, ported, demo, tmp_path):
     config = _config(strategy, ported)
@@ -104,6 +105,7 @@ def _dummy_params():
     ]
 
 
+@pytest.mark.slow
 def test_resume_writes_the_uninterrupted_record(ported, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
     config = _config("lp", ported, epochs=3, lr=1e-2)
@@ -143,6 +145,7 @@ def test_resume_writes_the_uninterrupted_record(ported, demo, tmp_path):
     assert again["finished_at"] == resumed["finished_at"]
 
 
+@pytest.mark.slow
 def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(weights_port, "port_imagenet", _offline)

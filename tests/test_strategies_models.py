@@ -126,6 +126,7 @@ def test_lp_optimizer_state_is_head_sized(arch):
     assert sum(x.size for x in jax.tree.leaves(state)) <= 2 * head + 2  # + step counts
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_transform_follows_the_schedule(arch):
     """One jitted update per epoch (1 step each): nonzero updates = the schedule's set."""
     name, params, partition = arch

@@ -220,6 +220,7 @@ def two_shards(tmp_path_factory):
     return config, out, logs
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("shards")
 def test_two_shards_run_the_grid_once(two_shards):
     config, out, logs = two_shards
@@ -232,6 +233,7 @@ def test_two_shards_run_the_grid_once(two_shards):
     assert {p.parent.name for p in out.rglob("record.json")} == expected
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("shards")
 def test_report_numbers_are_the_records(two_shards, tmp_path):
     """Table cells = mean and SE recomputed from the records at the LR best on validation."""
@@ -276,6 +278,7 @@ def test_report_numbers_are_the_records(two_shards, tmp_path):
         assert f.stat().st_size > 1000 and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_killed_sweep_restarts_where_it_stopped(tmp_path):
     """Kill a sweep after its first record; the report marks what is missing; a restart ends it."""
     config = _grid_file(

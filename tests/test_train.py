@@ -43,6 +43,7 @@ def _count_convs(strategy: str, model, variables, epoch: int = 0) -> int:
     return lowered.as_text().count("stablehlo.convolution")
 
 
+@pytest.mark.slow
 def test_frozen_prefix_runs_forward_only(resnet):
     """LP computes no backward convolution; FT all of them; G-LF's stages in between."""
     model, variables = resnet
@@ -66,6 +67,7 @@ def test_losses_by_hand():
     np.testing.assert_allclose(bce, expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_one_compilation_per_stage(resnet):
     model, variables = resnet
     strat = strategies.make(
@@ -123,6 +125,7 @@ def test_trainer_rejects_a_mask_of_another_tree(resnet):
         trainer.train_step(state, x, y, trainable=[True], bn_train=True)
 
 
+@pytest.mark.slow
 def test_runtime_learning_rate_and_seed_share_one_program(resnet):
     """lr and seed are step arguments: the same program for every (lr, seed), same updates."""
     model, variables = resnet
@@ -182,6 +185,7 @@ def test_trainer_with_hyper_shares_compiled_steps(resnet):
     assert not np.array_equal(a.params["fc"]["kernel"], variables["params"]["fc"]["kernel"])
 
 
+@pytest.mark.slow
 def test_strategies_share_the_gradient_program_and_match_one_fused_step(resnet, monkeypatch):
     """Two trainers of one model share the gradient program; the split step is the plain one."""
     model, variables = resnet
