@@ -36,6 +36,7 @@ from medft_jax.locks import RunLocked
 from medft_jax.model_checkpoint import load_metadata
 from medft_jax.report import collect, write_report
 from medft_jax.report.write import MARKER, ReportError
+from tests.test_report import rec
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = "No space left on device"
@@ -58,29 +59,7 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
 
 
 def _record(strategy: str, seed: int, test: float) -> dict:
-    cfg = {
-        "dataset": "bach",
-        "arch": "resnet50",
-        "strategy": strategy,
-        "lr": 1e-4,
-        "seed": seed,
-        "epochs": 50,
-        "image_size": 224,
-        "batch_size": 64,
-        "weights": "imagenet",
-        "strategy_options": {},
-    }
-    return {
-        "config": cfg,
-        "run": results.run_name(cfg),
-        "primary_metric": "accuracy",
-        "multilabel": False,
-        "val": {"accuracy": test, "f1": test},
-        "test": {"accuracy": test, "f1": test},
-        "epochs": [{"images_per_s": 100.0, "seconds": 1.0}],
-        "train_seconds": 10.0,
-        "environment": {"device_count": 1},
-    }
+    return rec(strategy=strategy, seed=seed, val=test, test=test)
 
 
 def _runs(folder: Path, strategies=("ft", "lp")) -> Path:
