@@ -187,7 +187,7 @@ def write_record(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp's 0600 would hide records from a shared group
+        os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would hide records from a shared group
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -205,7 +205,7 @@ def _umask() -> int:
     return mask
 
 
-_FILE_MODE = 0o666 & ~_umask()
+FILE_MODE = 0o666 & ~_umask()
 """What ``open()`` would have given a new file: the process's umask applies."""
 
 

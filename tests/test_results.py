@@ -271,3 +271,7 @@ def test_records_are_readable_like_any_new_file(tmp_path):
     assert mode == 0o666 & ~mask
     if not mask & 0o044:  # the usual 022: group and others may read
         assert mode & 0o044 == 0o044
+    from weights_port.state_io import write_state_dict  # an exported model, likewise
+
+    write_state_dict({"fc.bias": np.zeros(2, np.float32)}, tmp_path / "m.safetensors")
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == mode

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from medft_jax.errors import writable_dir
+from medft_jax.results import FILE_MODE
 from weights_port.keymap import PortError
 
 
@@ -173,6 +174,7 @@ def _atomic(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)  # as open() would make it, not mkstemp's private 0600
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
