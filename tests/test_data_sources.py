@@ -167,6 +167,15 @@ def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
     assert sum(len(v) for v in skipped.values()) == 1
     assert [i for v in skipped.values() for i in v] == ["dog/7.png"]
     assert sum(len(s) for s in ds.splits.values()) == 19
+    # A later load that does not skip bad images is not served the cache that did.
+    with pytest.raises(DataError, match=r"corrupt or unreadable image .*dog/7\.png"):
+        load(
+            "folder",
+            manual_dir=tmp_path / "imgs",
+            data_dir=tmp_path / "out",
+            progress=False,
+            **SIZES,
+        )
 
 
 # csv

@@ -381,6 +381,7 @@ FACT_WORDS = {
     "tfds_dir": "TFDS folder",
     "examples": "examples (ids, labels, patients or splits)",
     "decoding": "image decoding rules (16-bit, float, DICOM)",
+    "skip_bad_images": "--skip-bad-images",
 }
 """How :func:`describe_change` names a changed fact of a source signature."""
 

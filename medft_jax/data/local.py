@@ -70,6 +70,8 @@ def load_local(
         class_names, multilabel, splits = parse_table(root, seed=seed, **options)
     validate(splits, class_names, multilabel, where=str(root))
     source = source_of(root, class_names, multilabel, splits, options)
+    # A cache that skipped bad images is not what a load that refuses them expects.
+    source["skip_bad_images"] = bool(skip_bad_images)
     variant = variant_name(resize_size, crop_size, s=seed)
     target = cache_dir(data_dir, f"{kind}-{_fingerprint(root, {**options, 'kind': kind})}", variant)
     reason = cache.stale_reason(target, source) if cache.is_complete(target) else None
