@@ -24,7 +24,18 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manual-dir", help="your copy of the dataset (official layout, or images)")
     p.add_argument("--val-fraction", type=float, help="share of training data held out as val")
     p.add_argument("--test-fraction", type=float, help="folder/csv: share carved as test")
-    p.add_argument("--uncertain", choices=("ones", "zeros"), help="CheXpert: U-Ones or U-Zeros")
+    p.add_argument(
+        "--uncertain",
+        choices=("ones", "zeros", "libauc"),
+        help="CheXpert uncertain labels: 1 (ones, default), 0 (zeros), or the paper's "
+        "per finding (libauc: 1 for Edema and Atelectasis, 0 for the others)",
+    )
+    p.add_argument(
+        "--split-by",
+        choices=("patient", "image"),
+        help="ISIC 2020 train/test split: by patient (default, grouped) or by image (the "
+        "paper's random 80/20; one patient's images can fall on both sides)",
+    )
     p.add_argument("--skip-bad-images", action="store_true", help="skip and count corrupt images")
     p.add_argument("--csv-file", help="csv: the labels file (relative to --manual-dir)")
     p.add_argument("--path-column", help="csv: column of image paths (default 'path')")
@@ -55,12 +66,12 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
         "split_column": args.split_column,
     }
     given = {k: v for k, v in csv_only.items() if v is not None}
+    _refuse_task_options(args)
     if args.dataset == "csv":
         fractions = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
         return _given(fractions) | given
     _refuse(args.dataset, given, "csv")
     if args.dataset == "folder":
-        _refuse(args.dataset, {"uncertain": args.uncertain}, "chexpert")
         return _given({"val_fraction": args.val_fraction, "test_fraction": args.test_fraction})
     if args.dataset == "demo" or args.dataset.startswith("medmnist/"):
         _refuse(
@@ -68,13 +79,22 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "val_fraction": args.val_fraction,
                 "test_fraction": args.test_fraction,
-                "uncertain": args.uncertain,
             },
             "the file-based datasets",
         )
         return {}
     _refuse(args.dataset, {"test_fraction": args.test_fraction}, "folder and csv")
-    return _given({"val_fraction": args.val_fraction, "uncertain": args.uncertain})
+    return _given(
+        {"val_fraction": args.val_fraction, "uncertain": args.uncertain, "split_by": args.split_by}
+    )
+
+
+def _refuse_task_options(args: argparse.Namespace) -> None:
+    """``--uncertain`` is CheXpert's alone, ``--split-by`` ISIC 2020's."""
+    if args.dataset != "chexpert":
+        _refuse(args.dataset, {"uncertain": args.uncertain}, "chexpert")
+    if args.dataset != "isic2020":
+        _refuse(args.dataset, {"split_by": args.split_by}, "isic2020")
 
 
 def local_options(args: argparse.Namespace) -> dict[str, Any]:

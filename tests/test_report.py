@@ -32,7 +32,7 @@ from medft_jax.report import (
 )
 
 PNG = b"\x89PNG\r\n\x1a\n"
-SECOND = {"bach": "f1", "t1w_mri": "f1", "mura_wrist": "kappa"}
+SECOND = {"bach": "kappa", "t1w_mri": "f1", "mura_wrist": "kappa"}
 """The second table metric of each task used here (medft_jax.metrics.TASK_METRICS)."""
 
 
@@ -445,3 +445,87 @@ def test_records_without_the_multilabel_key_read_map_as_multilabel():
     summary = collect([r])
     assert summary.primary["demo"] == "map" and summary.metrics["demo"] == ("map", "auroc")
     assert json.dumps(to_csv(dataset_table(summary, "demo")))  # renders
+
+
+# --- the paper's metrics: top-1 headline, Table 12's counting metric, error bars -------------
+
+
+def top1_rec(strategy="ft", seed=0, lr=1e-4, *, top1, eq6=None, kappa=0.5, f1=0.5, **kw):
+    """A BACH record as fit writes it today: eq. 6 primary, top-1 beside it."""
+    r = rec(strategy=strategy, seed=seed, lr=lr, **kw)
+    eq6 = 1 - 2 * (1 - top1) / 4 if eq6 is None else eq6
+    metrics_ = {"accuracy": eq6, "top1_accuracy": top1, "kappa": kappa, "f1": f1}
+    r["val"], r["test"] = dict(metrics_), dict(metrics_)
+    return r
+
+
+def test_multiclass_tables_show_top1_and_improve_in_it():
+    """BACH's table shows top-1 accuracy and κ; the improvement is in top-1 (eq. 6 would
+    give 100·(0.9 − 0.875)/0.875 = 2.86 %, top-1 100·(0.8 − 0.75)/0.75 = 6.67 %)."""
+    summary = collect([top1_rec("ft", top1=0.75), top1_rec("lp", top1=0.80)])
+    assert summary.primary["bach"] == "accuracy"  # the LR is still chosen as recorded
+    assert summary.metrics["bach"] == ("top1_accuracy", "kappa")
+    assert summary.cell("bach", "resnet50", "lp").metric == "top1_accuracy"
+    (best,) = best_per_dataset(summary)
+    assert best.metric == "top1_accuracy"
+    assert best.improvement == pytest.approx(100 * 0.05 / 0.75)
+    md = to_markdown(dataset_table(summary, "bach"))
+    assert "Acc. (top-1)" in md and "κ" in md and "80.00 (–)" in md and "90.00" not in md
+    assert "top-1" in to_markdown(table11(summary))
+
+
+def test_records_without_top1_keep_their_primary_as_headline():
+    """Records that lack the headline key fall back to their primary, never to NaN."""
+    summary = collect([rec(strategy="ft", test=0.7), rec(strategy="lp", test=0.8)])
+    assert summary.metrics["bach"] == ("accuracy", "kappa")
+    assert best_per_dataset(summary)[0].improvement == pytest.approx(100 * 0.1 / 0.7)
+
+
+def test_table12_counts_each_dataset_in_its_counting_metric():
+    """T1w counts F1 (COUNT_METRICS), not its headline top-1: here top-1 rises, F1 falls."""
+    from medft_jax.report import COUNT_METRICS, count_metric
+
+    records = [
+        top1_rec("ft", dataset="t1w_mri", top1=0.80, f1=0.70),
+        top1_rec("lp", dataset="t1w_mri", top1=0.85, f1=0.69),
+    ]
+    summary = collect(records)
+    assert summary.headline("t1w_mri") == "top1_accuracy"
+    assert count_metric(summary, "t1w_mri") == COUNT_METRICS["t1w_mri"] == "f1"
+    assert beats_ft(summary) == {("lp", "resnet50"): (0, 1)}
+    assert beats_ft(summary, count_metrics={}) == {("lp", "resnet50"): (1, 1)}
+    table = table12(summary)
+    assert "t1w_mri F1" in table.notes[0] and table.records[0]["k"] == 0
+
+
+def test_improvement_error_bars_from_the_seeds_se():
+    """SE(g) = 100·√(se² + (m/m_FT)²·se_FT²)/m_FT, each SE over the cell's seeds."""
+    from medft_jax.report import improvement_se
+    from medft_jax.report.figures import improvement_bars
+
+    ft, lp = [0.70, 0.74, 0.72], [0.80, 0.76, 0.81]
+    records = [rec(strategy="ft", seed=s, test=t) for s, t in enumerate(ft)]
+    records += [rec(strategy="lp", seed=s, test=t) for s, t in enumerate(lp)]
+    records += [rec(strategy="g_lf", seed=0, test=0.75)]  # one seed: no spread
+    summary = collect(records)
+    m, m_ft = np.mean(lp), np.mean(ft)
+    se, se_ft = (np.std(x, ddof=1) / math.sqrt(3) for x in (lp, ft))
+    expected = 100 * math.sqrt(se**2 + (m / m_ft) ** 2 * se_ft**2) / m_ft
+    assert improvement_se(summary, "bach", "resnet50", "lp") == pytest.approx(expected)
+    bars = {b.strategy: b for b in improvement_bars(summary, "bach")}
+    assert bars["lp"].gain == pytest.approx(100 * (m - m_ft) / m_ft)
+    assert bars["lp"].err == pytest.approx(expected)
+    assert math.isfinite(bars["g_lf"].gain) and math.isnan(bars["g_lf"].err)
+    assert set(bars) == {"lp", "g_lf"}  # FT is the reference, not a bar
+
+
+def test_how_to_read_names_every_tables_metrics(tmp_path):
+    records = [top1_rec("ft", top1=0.75), top1_rec("lp", top1=0.80)]
+    records += [rec(dataset="mura_wrist", strategy=s, test=0.7) for s in ("ft", "lp")]
+    text = write_report(collect(records), tmp_path / "report").read_text()
+    how = text[text.index("## How to read") : text.index("## mura\\_wrist")]
+    assert "Table 8 (bach): Acc. (top-1) = top-1 accuracy" in how
+    assert "κ = Cohen's κ" in how
+    assert "Table 5 (mura\\_wrist): Acc. = the paper's eq. 6" in how
+    assert "bach Acc. (top-1)" in how and "mura\\_wrist Acc." in how
+    assert "error bar" in how

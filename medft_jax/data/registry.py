@@ -27,7 +27,7 @@ from medft_jax.data.tasks import TASK_NAMES, load_task, prepare_task
 DEFAULT_DATASET = "demo"
 DEFAULT_RESIZE = 256
 DEFAULT_CROP = 224
-TASK_OPTIONS = ("val_fraction", "uncertain")
+TASK_OPTIONS = ("val_fraction", "uncertain", "split_by")
 
 
 def known_names() -> list[str]:
@@ -76,7 +76,7 @@ def load(
       seed: the seed of everything random in the dataset itself (split
         carving; demo images). Shuffling takes its own seed in ``train_iter``.
       skip_bad_images: skip (and count in ``metadata``) undecodable images.
-      options: source-specific (tasks: ``val_fraction``, ``uncertain``; csv/
+      options: source-specific (tasks: ``val_fraction``, ``uncertain``, ``split_by``; csv/
         folder: see :func:`medft_jax.data.local.load_local`).
     """
     root = resolve_data_dir(data_dir)

@@ -56,8 +56,18 @@ MANUAL_RECORD = "medft_manual_source.json"
 """In a prepared TFDS folder: the signature of the manual dir it was prepared from."""
 
 
+OPTION_OWNERS = {"uncertain": ("chexpert", "ones"), "split_by": ("isic2020", "patient")}
+"""Task-specific options: ``{option: (the task that reads it, its default)}``, as the
+builders' ``Task.options`` say; kept here so loading needs no builder (no TFDS import)."""
+
+
 def _config_kwargs(
-    resize_size: int, crop_size: int, seed: int, val_fraction: float, uncertain: str | None
+    resize_size: int,
+    crop_size: int,
+    seed: int,
+    val_fraction: float,
+    uncertain: str | None,
+    split_by: str | None = None,
 ) -> dict[str, Any]:
     return {
         "resize_size": resize_size,
@@ -65,7 +75,16 @@ def _config_kwargs(
         "seed": seed,
         "val_fraction": val_fraction,
         "uncertain": uncertain,
+        "split_by": split_by,
     }
+
+
+def _check_options(name: str, config: dict[str, Any]) -> None:
+    """Refuses a task-specific option given to a task that does not read it."""
+    for option, (owner, default) in OPTION_OWNERS.items():
+        if config.get(option) not in (None, default) and name != owner:
+            flag = "--" + option.replace("_", "-")
+            raise DataError(f"{flag} applies to {owner} only, not {name!r}")
 
 
 def make_builder(name: str, data_dir: Path, *, skip_bad_images: bool = False, **config: Any):
@@ -74,8 +93,7 @@ def make_builder(name: str, data_dir: Path, *, skip_bad_images: bool = False, **
     from medft_jax.data.builders.base import MedicalConfig
 
     cls = builder_class(name)
-    if config.get("uncertain") not in (None, "ones") and "uncertain" not in cls.TASK.options:
-        raise DataError(f"--uncertain applies to chexpert only, not {name!r}")
+    _check_options(name, config)
     return cls(
         config=MedicalConfig.make(**config),
         data_dir=str(data_dir),
@@ -93,6 +111,7 @@ def _variant(name: str, **config: Any) -> str:
         config["seed"],
         config["val_fraction"],
         config["uncertain"],
+        config["split_by"],
     )
 
 
@@ -212,6 +231,8 @@ def prepare_command(name: str, data_dir: Path, **config: Any) -> str:
         parts.append(f"--val-fraction {config['val_fraction']}")
     if config["uncertain"] not in (None, "ones"):
         parts.append(f"--uncertain {config['uncertain']}")
+    if config["split_by"] not in (None, "patient"):
+        parts.append(f"--split-by {config['split_by']}")
     return " ".join(parts)
 
 
@@ -225,13 +246,15 @@ def prepare_task(
     seed: int = 0,
     val_fraction: float = 0.1,
     uncertain: str | None = None,
+    split_by: str | None = None,
     skip_bad_images: bool = False,
     progress: bool = True,
 ) -> Path:
     """TFDS ``download_and_prepare`` from ``manual_dir``, then the cache; returns its dir."""
     import tensorflow_datasets as tfds
 
-    config = _config_kwargs(resize_size, crop_size, seed, val_fraction, uncertain)
+    config = _config_kwargs(resize_size, crop_size, seed, val_fraction, uncertain, split_by)
+    _check_options(name, config)
     manual_dir = Path(manual_dir).expanduser()
     if not manual_dir.is_dir():
         raise DataError(f"--manual-dir {manual_dir} is not a directory")
@@ -276,10 +299,12 @@ def load_task(
     seed: int = 0,
     val_fraction: float = 0.1,
     uncertain: str | None = None,
+    split_by: str | None = None,
     progress: bool = True,
 ) -> Dataset:
     """The prepared task as a :class:`Dataset` (memmapped cache)."""
-    config = _config_kwargs(resize_size, crop_size, seed, val_fraction, uncertain)
+    config = _config_kwargs(resize_size, crop_size, seed, val_fraction, uncertain, split_by)
+    _check_options(name, config)
     target = cache_dir(data_dir, name, _variant(name, **config))
     reason = _stale_reason(target, data_dir) if cache.is_complete(target) else None
     if reason or not cache.is_complete(target):

@@ -10,6 +10,8 @@ or from Python::
     summary = collect(results.load_records("runs"), results.load_failures("runs"))
     write_report(summary, "report")
 
+:func:`summary_from_means` builds the same cells from bare per-cell means (a paper's
+published tables), so Tables 11 and 12 can be checked against the paper's own numbers.
 :func:`collect` gathers records into cells, one per (dataset, arch,
 strategy), each with its value (:func:`medft_jax.results.summarise`: LR
 chosen on validation, test mean ± SE over seeds), status (complete,
@@ -28,6 +30,7 @@ builders), :mod:`~medft_jax.report.figures` (PNG figures, Agg),
 from medft_jax.report.cells import (
     ALPHA,
     COMPLETE,
+    COUNT_METRICS,
     FAILED,
     MISSING,
     PARTIAL,
@@ -40,8 +43,11 @@ from medft_jax.report.cells import (
     beats_ft,
     best_per_dataset,
     collect,
+    count_metric,
+    improvement_se,
     paired_vs_ft,
     relative_improvement,
+    summary_from_means,
 )
 from medft_jax.report.render import Column, Entry, Table, to_csv, to_latex, to_markdown
 from medft_jax.report.tables import (
@@ -57,6 +63,7 @@ from medft_jax.report.write import ReportError, write_report
 __all__ = [
     "ALPHA",
     "COMPLETE",
+    "COUNT_METRICS",
     "FAILED",
     "MISSING",
     "PARTIAL",
@@ -75,10 +82,13 @@ __all__ = [
     "best_per_dataset",
     "collect",
     "cost_table",
+    "count_metric",
     "dataset_table",
+    "improvement_se",
     "paired_table",
     "paired_vs_ft",
     "relative_improvement",
+    "summary_from_means",
     "table11",
     "table12",
     "to_csv",

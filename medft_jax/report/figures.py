@@ -12,11 +12,12 @@ reports) uses the same ones.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from pathlib import Path
 
-from medft_jax.report.cells import BASELINE, Summary, relative_improvement
+from medft_jax.report.cells import BASELINE, Summary, improvement_se, relative_improvement
 from medft_jax.report.render import arch_label, metric_label, slug, strategy_label
 
 FIGSIZE = (8.0, 4.5)
@@ -62,32 +63,69 @@ def arch_marker(arch: str) -> str:
     return MARKERS[_index(arch, list(ARCHS)) % len(MARKERS)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Bar:
+    """One bar of an improvement figure: its place, height and error bar (percent)."""
+
+    arch: str
+    strategy: str
+    x: float
+    gain: float
+    """Relative improvement of the mean test headline metric over FT of the same arch;
+    NaN when either cell has no value (drawn as ``n/a``)."""
+    err: float
+    """SE of ``gain`` over the seeds (:func:`~medft_jax.report.cells.improvement_se`);
+    NaN when either cell has a single seed (no error bar)."""
+
+
+def improvement_bars(summary: Summary, dataset: str) -> list[Bar]:
+    """The bars of :func:`improvement_figure`: x = strategy index (FT left out) plus the
+    arch's offset within the group."""
+    strategies = [s for s in summary.strategies if s != BASELINE]
+    archs = list(summary.archs)
+    width = 0.8 / max(len(archs), 1)
+    bars = []
+    for j, a in enumerate(archs):
+        offset = (j - (len(archs) - 1) / 2) * width
+        for i, s in enumerate(strategies):
+            gain = relative_improvement(summary, dataset, a, s)
+            err = improvement_se(summary, dataset, a, s) if math.isfinite(gain) else math.nan
+            bars.append(Bar(a, s, i + offset, gain, err))
+    return bars
+
+
 def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
     """Grouped bars: x = strategies other than FT, one bar per arch, y = relative
-    improvement (%) of the mean test primary metric over FT of the same arch. A bar
-    without a value (either cell has none) is left out and labelled ``n/a``."""
+    improvement (%) of the mean test headline metric over FT of the same arch, with an
+    error bar of ± its SE over the seeds (:func:`improvement_bars`). A bar without a value
+    (either cell has none) is left out and labelled ``n/a``."""
     fig = _figure()
     ax = fig.add_subplot()
     strategies = [s for s in summary.strategies if s != BASELINE]
     archs = list(summary.archs)
     width = 0.8 / max(len(archs), 1)
+    bars = improvement_bars(summary, dataset)
     for j, a in enumerate(archs):
-        offset = (j - (len(archs) - 1) / 2) * width
-        xs, ys = [], []
-        for i, s in enumerate(strategies):
-            gain = relative_improvement(summary, dataset, a, s)
-            if math.isfinite(gain):
-                xs.append(i + offset)
-                ys.append(gain)
-            else:
-                ax.text(i + offset, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
-        ax.bar(xs, ys, width, label=arch_label(a), color=f"C{j}")
+        mine = [b for b in bars if b.arch == a]
+        for b in mine:
+            if not math.isfinite(b.gain):
+                ax.text(b.x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+        shown = [b for b in mine if math.isfinite(b.gain)]
+        ax.bar(
+            [b.x for b in shown],
+            [b.gain for b in shown],
+            width,
+            yerr=[b.err if math.isfinite(b.err) else 0.0 for b in shown],
+            error_kw={"elinewidth": 0.8, "capsize": 2},
+            label=arch_label(a),
+            color=f"C{j}",
+        )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(strategies)), [strategy_label(s) for s in strategies])
     ax.set_xlim(-0.6, max(len(strategies), 1) - 0.4)
-    metric = metric_label(summary.primary[dataset])
+    metric = metric_label(summary.headline(dataset))
     ax.set_ylabel(f"Improvement over FT (%), test {metric}")
-    ax.set_title(f"{dataset}: relative improvement over FT")
+    ax.set_title(f"{dataset}: relative improvement over FT (± SE over seeds)")
     if archs:
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -95,7 +133,7 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
 
 def cost_figure(summary: Summary, dataset: str, path: Path) -> Path:
     """Scatter: x = device-seconds of one run at the chosen LR (log), y = mean test
-    primary metric (%); colour per strategy, marker per arch."""
+    headline metric (%); colour per strategy, marker per arch."""
     from matplotlib.lines import Line2D
 
     fig = _figure()
@@ -111,7 +149,7 @@ def cost_figure(summary: Summary, dataset: str, path: Path) -> Path:
         ax.scatter([x], [100 * y], color=strategy_colour(s), marker=arch_marker(a), s=40)
         seen_s += [s] if s not in seen_s else []
         seen_a += [a] if a not in seen_a else []
-    metric = metric_label(summary.primary[dataset])
+    metric = metric_label(summary.headline(dataset))
     ax.set_xlabel("Device-seconds per run (log scale)")
     ax.set_ylabel(f"Test {metric} (%)")
     ax.set_title(f"{dataset}: cost versus {metric}")

@@ -36,9 +36,24 @@ METRIC_LABELS = {
     "kappa": "κ",
     "f1": "F1",
     "balanced_accuracy": "Bal. acc.",
-    "top1_accuracy": "Top-1",
+    "top1_accuracy": "Acc. (top-1)",
     "subset_accuracy": "Subset acc.",
 }
+
+METRIC_MEANINGS = {
+    "map": "mean over classes of average precision",
+    "accuracy": (
+        "the paper's eq. 6, mean over classes of one-vs-rest (TP+TN)/N (plain accuracy on a "
+        "binary task, equal to top-1 there; 1 − Hamming loss on a multilabel one)"
+    ),
+    "auroc": "mean over classes of one-vs-rest ROC AUC (binary: AUROC of the positive class)",
+    "kappa": "Cohen's κ (multilabel: mean over classes of the binary κ)",
+    "f1": "macro F1",
+    "balanced_accuracy": "mean over classes of recall",
+    "top1_accuracy": "top-1 accuracy, the share of images whose highest-scoring class is right",
+    "subset_accuracy": "share of images whose whole label vector is right",
+}
+"""What each metric key is, for the report's "How to read" (see :mod:`medft_jax.metrics`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +233,12 @@ def strategy_label(strategy: str) -> str:
 
 def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
+
+
+def metric_meaning(metric: str) -> str:
+    """``Acc. (top-1) = top-1 accuracy, …``: a label and what it measures."""
+    meaning = METRIC_MEANINGS.get(metric)
+    return f"{metric_label(metric)} = {meaning}" if meaning else metric_label(metric)
 
 
 def pct(x: float, digits: int = 2, sign: bool = False) -> str:

@@ -20,6 +20,7 @@ from medft_jax.report.cells import (
     Summary,
     beats_ft,
     best_per_dataset,
+    count_metric,
     paired_vs_ft,
 )
 from medft_jax.report.render import (
@@ -283,7 +284,8 @@ PAIRED_FIELDS = (
 def paired_note() -> str:
     """What the paired comparison is and is not; the index shows it once."""
     return (
-        "Paired comparison with FT: per seed, the strategy's test primary metric minus FT's "
+        "Paired comparison with FT: per seed, the strategy's test headline metric (the first "
+        "column of the dataset's table) minus FT's "
         "(each at its own chosen LR; only seeds both have), mean (SE) in percentage points; "
         "two-sided paired t-test (scipy.stats.ttest_rel), * marks p < 0.05. With 3 seeds the "
         "test has 2 degrees of freedom (|t| must exceed 4.30), so it has little power: a real "
@@ -344,7 +346,7 @@ def paired_table(summary: Summary, dataset: str) -> Table:
             )
         rows.append(row)
     title = (
-        f"{dataset}: test {metric_label(summary.primary[dataset])} minus FT's, paired by seed "
+        f"{dataset}: test {metric_label(summary.headline(dataset))} minus FT's, paired by seed "
         "(percentage points), paired t-test"
     )
     return Table(
@@ -417,8 +419,9 @@ def table11(summary: Summary) -> Table:
             }
         )
     notes = [
-        "Best: highest mean test primary metric over every arch and strategy of the dataset; "
-        "improvement = 100·(m − m_FT)/m_FT against FT of the same arch."
+        "Best: highest mean test headline metric (the first column of the dataset's table, "
+        "named under Metric) over every arch and strategy of the dataset; improvement = "
+        "100·(m − m_FT)/m_FT against FT of the same arch."
     ]
     if any(b.cell is not None and _incomplete(b.cell) for b in best_per_dataset(summary)):
         notes.append(f"{DAGGER}: a cell with runs missing (see the dataset's table).")
@@ -429,9 +432,13 @@ def table11(summary: Summary) -> Table:
 TABLE12_FIELDS = ("strategy", "arch", "k", "n", "share", "threshold_pct")
 
 
-def table12(summary: Summary, threshold: float = 0.1) -> Table:
-    """Table 12: per strategy and arch, the datasets where it beats FT by > threshold %."""
-    counts = beats_ft(summary, threshold)
+def table12(
+    summary: Summary, threshold: float = 0.1, count_metrics: Mapping[str, str] | None = None
+) -> Table:
+    """Table 12: per strategy and arch, the datasets where it beats FT by > threshold %,
+    counted in each dataset's :func:`~medft_jax.report.cells.count_metric` (the paper's
+    :data:`~medft_jax.report.cells.COUNT_METRICS` unless ``count_metrics`` is given)."""
+    counts = beats_ft(summary, threshold, count_metrics)
     columns = [Column("Strategy", align="l")]
     columns += [Column(arch_label(a)) for a in summary.archs]
     columns.append(Column("Total"))
@@ -453,11 +460,19 @@ def table12(summary: Summary, threshold: float = 0.1) -> Table:
         f"Table 12: experiments (datasets) where a strategy beats FT by more than {threshold:g}%"
     )
     notes = [
-        f"Beats: relative improvement of the mean test primary metric over FT of the same "
-        f"dataset and arch > {threshold:g}%. k/n: n counts the datasets where both cells have "
-        "a value (complete or partial)."
+        f"Beats: relative improvement of the mean test metric over FT of the same dataset and "
+        f"arch > {threshold:g}%, each dataset counted in the metric the paper counted it in "
+        f"({count_metrics_text(summary, count_metrics)}). k/n: "
+        "n counts the datasets where both cells have a value (complete or partial)."
     ]
     return Table("table12", title, columns, rows, notes, TABLE12_FIELDS, records)
+
+
+def count_metrics_text(summary: Summary, count_metrics: Mapping[str, str] | None = None) -> str:
+    """``bach Acc. (top-1), isic2020 Acc., …``: the metric Table 12 counts each dataset in."""
+    return ", ".join(
+        f"{d} {metric_label(count_metric(summary, d, count_metrics))}" for d in summary.datasets
+    )
 
 
 def k_n_share(k: int, n: int) -> str:
@@ -475,9 +490,13 @@ def _count_record(s: str, a: str, k: int, n: int, threshold: float) -> dict[str,
     }
 
 
-def all_tables(summary: Summary, beat_threshold: float = 0.1) -> list[Table]:
+def all_tables(
+    summary: Summary,
+    beat_threshold: float = 0.1,
+    count_metrics: Mapping[str, str] | None = None,
+) -> list[Table]:
     """Every table of a report, in the order the index shows them."""
     tables = []
     for d in summary.datasets:
         tables += [dataset_table(summary, d), cost_table(summary, d), paired_table(summary, d)]
-    return [*tables, table11(summary), table12(summary, beat_threshold)]
+    return [*tables, table11(summary), table12(summary, beat_threshold, count_metrics)]

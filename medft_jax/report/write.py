@@ -26,12 +26,19 @@ from medft_jax.report.render import (
     Table,
     md_escape,
     metric_label,
+    metric_meaning,
     slug,
     to_csv,
     to_latex,
     to_markdown,
 )
-from medft_jax.report.tables import all_tables, dataset_table_name, paired_note
+from medft_jax.report.tables import (
+    all_tables,
+    count_metrics_text,
+    dataset_table_name,
+    paired_note,
+    table_number,
+)
 
 
 def status_counts(summary: Summary) -> dict[str, int]:
@@ -240,6 +247,33 @@ def _section(table: Table, level: str = "###") -> list[str]:
     return [f"{level} {md_escape(table.title)}", "", to_markdown(table, title=False), links, ""]
 
 
+def _selection_text(summary: Summary, dataset: str) -> str:
+    """Which validation metric chose the epoch and LR, and how it relates to the headline."""
+    primary, headline = summary.primary[dataset], summary.headline(dataset)
+    how = (
+        "the headline"
+        if primary == headline
+        else f"{metric_label(primary)}, "
+        + (
+            "eq. 6, which ranks single-label runs as top-1 does"
+            if {primary, headline} == {"accuracy", "top1_accuracy"}
+            else "as the records say"
+        )
+    )
+    return f"The epoch and LR are chosen by the validation {md_escape(how)}."
+
+
+def _metric_lines(summary: Summary) -> list[str]:
+    """One line per dataset table: which metric each of its columns is."""
+    lines = []
+    for d in summary.datasets:
+        number = table_number(d)
+        name = f"Table {number} ({d})" if number else d
+        shown = "; ".join(metric_meaning(m) for m in summary.metrics[d])
+        lines.append(f"  - {md_escape(name)}: {md_escape(shown)}.")
+    return lines
+
+
 def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float = 0.1) -> str:
     """``index.md``: how to read the report, then every table inline and every figure."""
     by_name = {t.name: t for t in tables}
@@ -286,9 +320,17 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         "- **Bold**: best mean per arch and metric; <u>underlined</u>: best mean per metric "
         "over all archs; means equal at the 2 decimals shown are all marked.",
         "- Cost: device-seconds = train_seconds × number of devices (compilation excluded).",
-        f"- Table 11: best (arch, strategy) per dataset and its relative improvement over FT "
-        f"of the same arch, 100·(m − m_FT)/m_FT. Table 12: datasets where a strategy beats FT "
-        f"by more than {beat_threshold:g}% relative improvement of the primary metric.",
+        "- Metrics, per table (each dataset's first column is its headline metric: the "
+        "figures' relative improvements, Table 11 and the paired comparison use it):",
+        *_metric_lines(summary),
+        f"- Table 11: best (arch, strategy) per dataset by its headline metric, and its "
+        f"relative improvement over FT of the same arch, 100·(m − m_FT)/m_FT. Table 12: "
+        f"datasets where a strategy beats FT by more than {beat_threshold:g}% relative "
+        f"improvement, each dataset counted in the metric the paper counted it in "
+        f"({md_escape(count_metrics_text(summary))}).",
+        "- Figures: relative improvement over FT with an error bar of ± its SE over the "
+        "seeds, 100·√(se² + (m/m_FT)²·se_FT²)/m_FT (the two cells' SEs taken as "
+        "independent); no error bar where a cell has a single seed.",
         f"- {md_escape(paired_note())}",
         "",
     ]
@@ -298,7 +340,8 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         lines += [
             f"## {md_escape(d)}",
             "",
-            f"Primary metric: {metric_label(summary.primary[d])}; table metrics: {metrics}.",
+            f"Table metrics: {metrics}; headline: {metric_label(summary.headline(d))}. "
+            f"{_selection_text(summary, d)}",
             "",
             *_section(by_name[dataset_table_name(d)]),
             f"![Relative improvement over FT, {d}](figures/{names['improvement']})",

@@ -46,6 +46,7 @@ class MedicalConfig(tfds.core.BuilderConfig):
     seed: int = 0
     val_fraction: float = 0.1
     uncertain: str = "ones"
+    split_by: str = "patient"
 
     @classmethod
     def make(
@@ -56,24 +57,35 @@ class MedicalConfig(tfds.core.BuilderConfig):
         seed: int = 0,
         val_fraction: float = 0.1,
         uncertain: str | None = None,
+        split_by: str | None = None,
     ) -> MedicalConfig:
         return cls(
-            name=config_name(resize_size, crop_size, seed, val_fraction, uncertain),
+            name=config_name(resize_size, crop_size, seed, val_fraction, uncertain, split_by),
             resize_size=resize_size,
             crop_size=crop_size,
             seed=seed,
             val_fraction=val_fraction,
             uncertain=uncertain or "ones",
+            split_by=split_by or "patient",
         )
 
 
 def config_name(
-    resize_size: int, crop_size: int, seed: int, val_fraction: float, uncertain: str | None
+    resize_size: int,
+    crop_size: int,
+    seed: int,
+    val_fraction: float,
+    uncertain: str | None,
+    split_by: str | None = None,
 ) -> str:
-    """``r256_c224_s0`` (+ ``_vf15`` for a non-default val fraction, ``_uzeros``)."""
+    """``r256_c224_s0`` (+ ``_vf15`` for a non-default val fraction, ``_uzeros``, ``_byimage``).
+
+    Defaults add nothing, so variants prepared before an option existed keep their names.
+    """
     vf = None if val_fraction == 0.1 else round(val_fraction * 100)
     u = None if uncertain in (None, "ones") else uncertain
-    return variant_name(resize_size, crop_size, s=seed, vf=vf, u=u)
+    by = None if split_by in (None, "patient") else split_by
+    return variant_name(resize_size, crop_size, s=seed, vf=vf, u=u, by=by)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +154,7 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             split_seed=config.seed,
             val_fraction=config.val_fraction,
             uncertain=config.uncertain if "uncertain" in task.options else None,
+            split_by=config.split_by if "split_by" in task.options else None,
             skipped_bad_images={},
         )
         return tfds.core.DatasetInfo(

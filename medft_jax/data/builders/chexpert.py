@@ -4,8 +4,17 @@ Layout: ``CheXpert-v1.0-small/{train,valid}.csv`` + the images they list
 (paths in the CSVs start with ``CheXpert-v1.0-small/``). Like the paper:
 one frontal image per patient (the first the CSV lists) for training; the
 official ``valid`` set, one frontal image per patient, as ``test``; ``val``
-carved from training patients. Uncertain labels (-1) become 1 (U-Ones,
-default) or 0 (U-Zeros, ``uncertain="zeros"``); unmentioned (empty) is 0.
+carved from training patients. Lateral views are never used.
+
+Uncertain labels (-1), by ``uncertain``:
+
+- ``"ones"`` (U-Ones, default): every uncertain label becomes 1.
+- ``"zeros"`` (U-Zeros): every uncertain label becomes 0.
+- ``"libauc"``: the paper's, after its reference (the LibAUC CheXpert
+  loader): 1 for Edema and Atelectasis, 0 for Cardiomegaly, Consolidation
+  and Pleural Effusion, on frontal images.
+
+Unmentioned (empty) is 0 under every policy.
 """
 
 from __future__ import annotations
@@ -41,7 +50,16 @@ HEADER = [
     "Support Devices",
 ]
 FOLDERS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
-POLICIES = ("ones", "zeros")
+POLICIES = ("ones", "zeros", "libauc")
+LIBAUC_ONES = frozenset({"Edema", "Atelectasis"})
+"""Under ``uncertain="libauc"`` these findings' uncertain labels become 1, the others' 0."""
+
+
+def uncertain_value(policy: str, finding: str) -> float:
+    """What an uncertain (-1) label of ``finding`` becomes under ``policy``."""
+    if policy == "libauc":
+        return 1.0 if finding in LIBAUC_ONES else 0.0
+    return 1.0 if policy == "ones" else 0.0
 
 
 def find_root(manual_dir: Path) -> tuple[Path, Path]:
@@ -54,8 +72,8 @@ def find_root(manual_dir: Path) -> tuple[Path, Path]:
     raise DataError(f"{manual_dir}: no CheXpert-v1.0-small/train.csv; expected {LAYOUT}")
 
 
-def label_value(text: str, policy: str, where: str) -> float:
-    """1.0 / 0.0 / -1.0 (uncertain: U-Ones -> 1, U-Zeros -> 0) / empty (unmentioned -> 0)."""
+def label_value(text: str, policy: str, where: str, finding: str = "") -> float:
+    """1.0 / 0.0 / -1.0 (uncertain: see :func:`uncertain_value`) / empty (unmentioned -> 0)."""
     text = text.strip()
     if text == "":
         return 0.0
@@ -68,7 +86,7 @@ def label_value(text: str, policy: str, where: str) -> float:
     if value == 0.0:
         return 0.0
     if value == -1.0:
-        return 1.0 if policy == "ones" else 0.0
+        return uncertain_value(policy, finding)
     raise DataError(f"{where}: label {text!r} is not 1.0, 0.0, -1.0 or empty")
 
 
@@ -88,7 +106,7 @@ def read_split(csv_path: Path, base: Path, policy: str) -> list[Record]:
         if patient in seen:
             continue
         seen.add(patient)
-        label = tuple(label_value(row[c], policy, f"{where} column {c!r}") for c in CLASS_NAMES)
+        label = tuple(label_value(row[c], policy, f"{where} column {c!r}", c) for c in CLASS_NAMES)
         records.append(Record(safe_join(base, rel, source=where), label, rel, patient=patient))
     return records
 
@@ -119,7 +137,7 @@ TASK = Task(
 
 
 class Chexpert(MedicalBuilder, skip_registration=True):
-    """TFDS builder of CheXpert (5 findings, U-Ones/U-Zeros)."""
+    """TFDS builder of CheXpert (5 findings; U-Ones, U-Zeros or LibAUC's per-finding policy)."""
 
     name = "medft_chexpert"
     TASK = TASK

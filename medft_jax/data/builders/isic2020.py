@@ -4,14 +4,29 @@ Layout: ``train.csv`` (``image_name,patient_id,sex,age_approx,
 anatom_site_general_challenge,diagnosis,benign_malignant,target``),
 ``jpeg/train/<image_name>.jpg`` and the challenge's duplicate list
 ``ISIC_2020_Training_Duplicates.csv`` (``image_name_1,image_name_2``): the
-second image of each of its 425 pairs is dropped (33,126 -> 32,701). Like
-the paper: ``test`` a patient-grouped, stratified, seeded 20% (26,160 /
-6,541 at full size), ``val`` carved from the remaining patients.
+second image of each of its 425 pairs is dropped (33,126 -> 32,701).
+
+``test`` is a seeded, stratified 20%, ``val`` a 10% carve of the rest, split
+by ``split_by``:
+
+- ``"patient"`` (default): grouped by ``patient_id``, so no patient's
+  lesions sit on both sides of the split. This cannot give the paper's
+  counts exactly (whole patients are taken).
+- ``"image"``: the paper's split, a random 80/20 split by image: exactly
+  ``ceil(0.2 * 32,701) = 6,541`` test images and 26,160 for training (val
+  then carved from those). One patient's images can fall on both sides, so
+  test lesions may have look-alikes from the same patient in training. Each
+  image is then its own "patient" for the disjointness checks.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
@@ -32,6 +47,7 @@ HEADER = [
 ]
 DUPLICATES = "ISIC_2020_Training_Duplicates.csv"
 TEST_FRACTION = 0.2
+SPLIT_BY = ("patient", "image")
 
 
 def read_duplicates(manual_dir: Path) -> set[str]:
@@ -45,7 +61,55 @@ def read_duplicates(manual_dir: Path) -> set[str]:
     return {row["image_name_2"].strip() for row in read_csv(path, ["image_name_1", "image_name_2"])}
 
 
+def carve_images(labels: Sequence[int], fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a seeded, stratified ``ceil(fraction * n)`` images (the paper's split).
+
+    The test size is rounded up, as scikit-learn's ``train_test_split`` rounds
+    it (hence the paper's 6,541 of 32,701), shared among classes in proportion
+    (largest remainders), each class's images drawn at random with ``seed``.
+    The paper's seed is unknown: its counts are reproduced, not its images.
+    """
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    n = len(labels_arr)
+    target = math.ceil(fraction * n)
+    classes, counts = np.unique(labels_arr, return_counts=True)
+    exact = counts * target / n
+    take = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - take), kind="stable")
+    take[order[: target - int(take.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(n, dtype=bool)
+    for c, k in zip(classes, take, strict=True):
+        members = np.flatnonzero(labels_arr == c)
+        mask[rng.permutation(members)[:k]] = True
+    return mask
+
+
+def split_records(
+    records: list[Record], *, split_by: str, val_fraction: float, seed: int
+) -> dict[str, list[Record]]:
+    """``train``/``val``/``test`` by patient (grouped) or by image (the paper's)."""
+    if split_by == "patient":
+        return standard_splits(
+            records,
+            val_fraction=val_fraction,
+            test_fraction=TEST_FRACTION,
+            seed=seed,
+            stratify=True,
+        )
+    if split_by != "image":
+        raise DataError(f"--split-by must be one of {SPLIT_BY}, got {split_by!r}")
+    # Each image is its own split unit, so the patient-disjointness checks hold trivially.
+    records = [dataclasses.replace(r, patient=r.id) for r in records]
+    mask = carve_images([int(r.label) for r in records], TEST_FRACTION, seed)
+    rest = [r for r, m in zip(records, mask, strict=True) if not m]
+    test = [r for r, m in zip(records, mask, strict=True) if m]
+    return standard_splits(rest, test, val_fraction=val_fraction, seed=seed, stratify=True)
+
+
 def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+    if config.split_by not in SPLIT_BY:
+        raise DataError(f"--split-by must be one of {SPLIT_BY}, got {config.split_by!r}")
     csv_path = manual_dir / "train.csv"
     if not csv_path.is_file():
         raise DataError(f"{csv_path} not found; expected {LAYOUT}")
@@ -64,12 +128,8 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
         rel = f"jpeg/train/{name}.jpg"
         path = safe_join(manual_dir, rel, source=where)
         records.append(Record(path, int(target), rel, patient=row["patient_id"].strip()))
-    return standard_splits(
-        records,
-        val_fraction=config.val_fraction,
-        test_fraction=TEST_FRACTION,
-        seed=config.seed,
-        stratify=True,
+    return split_records(
+        records, split_by=config.split_by, val_fraction=config.val_fraction, seed=config.seed
     )
 
 
@@ -77,11 +137,17 @@ LAYOUT = (
     "train.csv, ISIC_2020_Training_Duplicates.csv and jpeg/train/ISIC_*.jpg "
     "(https://challenge2020.isic-archive.com/)"
 )
-TASK = Task(name="isic2020", class_names=CLASS_NAMES, parse=parse, layout=LAYOUT)
+TASK = Task(
+    name="isic2020",
+    class_names=CLASS_NAMES,
+    parse=parse,
+    layout=LAYOUT,
+    options=("split_by",),
+)
 
 
 class Isic2020(MedicalBuilder, skip_registration=True):
-    """TFDS builder of ISIC 2020 (patient-grouped, stratified 20% test)."""
+    """TFDS builder of ISIC 2020 (stratified 20% test, by patient or by image)."""
 
     name = "medft_isic2020"
     TASK = TASK
