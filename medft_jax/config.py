@@ -64,6 +64,7 @@ STRATEGY_OPTIONS = (
     "alpha",
     "beta",
     "surgical_block",
+    "sp_half",
     "kernels_only",
     "rgn_estimate_steps",
     "rgn_per_step",

@@ -379,6 +379,31 @@ def test_sp_penalty_gradient_by_hand():
         np.testing.assert_allclose(u["top/fc1/kernel"], 0.0)  # pretrained, on its ω0
 
 
+def _three_steps(tx, params, grads):
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return flatten(params)
+
+
+def test_l2_sp_half_convention():
+    """sp_half=False is the paper's eq. 3 (no ½): Li et al.'s penalty at twice α and β."""
+    params, w0 = toy_params(), pretrained_w0()
+    grads = jax.tree.map(lambda x: 0.1 * jnp.ones_like(x), params)
+
+    def run(**kw):
+        tx, _ = make("l2_sp", params, TOY, learning_rate=1.0, pretrained=w0, **kw)
+        return _three_steps(tx, params, grads)
+
+    paper = run(sp_half=False)
+    doubled = run(alpha=0.02, beta=0.02)
+    default = run()
+    for path in paper:
+        np.testing.assert_allclose(paper[path], doubled[path], rtol=1e-6)
+    assert not np.allclose(paper["stem/conv/kernel"], default["stem/conv/kernel"])
+
+
 def test_sp_default_anchor_is_the_init_params():
     params = toy_params()
     tx = l2_sp(head_mask, alpha=1.0)

@@ -37,5 +37,7 @@ def get_config() -> Grid:
             "batch_size": 64,
             "image_size": 224,
         },
+        # The paper's eq. 3: L2-SP without the ½ of Li et al. (the toolkit's default).
+        strategy_options={"l2_sp": {"sp_half": False}},
         dataset_options=PAPER_DATASET_OPTIONS,
     )

@@ -178,6 +178,7 @@ def make(
     lp_epochs: int = 5,
     alpha: float = 0.01,
     beta: float = 0.01,
+    sp_half: bool = True,
     kernels_only: bool = False,
     rgn_estimate_steps: int = 5,
     rgn_per_step: bool = False,
@@ -205,6 +206,10 @@ def make(
       epochs_per_stage: epochs between unfreezing two blocks (G-LF, G-FL).
       lp_epochs: LP-FT's head-only epochs.
       alpha, beta: SP weights of the pull to ω0 and of the head penalty.
+      sp_half: L2-SP's convention. True (default, Li et al. 2018, whose
+        reference code the SP literature follows): the penalty is
+        α/2‖w_s − ω0‖² + β/2‖w_head‖². False: the paper's eq. 3,
+        α‖w_s − ω0‖² + β‖w_head‖², twice the gradient at the same α, β.
       kernels_only: SP counts only kernels as w_s (the original TF code);
         default all pretrained parameters. The head penalty covers all head
         parameters either way.
@@ -258,10 +263,13 @@ def make(
     if name == "ft":
         tx = adam
     elif name in ("l1_sp", "l2_sp"):
+        # L2-SP's penalty α/2‖w_s − ω0‖² + β/2‖w‖² (Li et al.) has gradient α(w_s − ω0), βw;
+        # the paper's eq. 3, α‖w_s − ω0‖² + β‖w‖² without the ½, has twice that.
+        double = 2.0 if name == "l2_sp" and not sp_half else 1.0
         penalty = sp_penalty(
             "l1" if name == "l1_sp" else "l2",
-            alpha,
-            beta,
+            double * alpha,
+            double * beta,
             head_mask,
             source_mask=kernel_mask if kernels_only else None,
             pretrained=pretrained,
