@@ -71,6 +71,8 @@ STRATEGY_OPTIONS = (
     "lr_decay",
 )
 """Keys a run's ``strategy_options`` may hold (arguments of ``strategies.make``)."""
+BOOL_OPTIONS = ("sp_half", "kernels_only", "rgn_per_step")
+"""Strategy options that are switches: ``"no"`` would otherwise read as true."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,4 +162,8 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
                 f"{name(key)}: unknown strategy option; expected some of "
                 f"{', '.join(STRATEGY_OPTIONS)}"
             )
+        if key in BOOL_OPTIONS and not isinstance(value, bool):
+            raise UserError(f"{name(key)} must be True or False, got {value!r}")
+        if key == "surgical_block" and not isinstance(value, str):
+            raise UserError(f"{name(key)} must be a block name, got {value!r}")
         check_value(key, value, name(key))

@@ -92,6 +92,9 @@ def test_check_config_names_the_field_its_caller_uses():
     with pytest.raises(UserError, match=r"^--lr must be a number"):
         check_config(RunConfig(strategy="ft", lr="1e-3"))
     check_config(RunConfig(strategy="ft", lr=1.0, image_size=32, patience=0))  # the bounds
+    with pytest.raises(UserError, match=r"^--sp-half must be True or False, got 'no'$"):
+        check_config(RunConfig(strategy="l2_sp", strategy_options=(("sp_half", "no"),)))
+    check_config(RunConfig(strategy="l2_sp", strategy_options=(("sp_half", False),)))
 
 
 # --- sweep configs, select, prepare --------------------------------------------------------------
