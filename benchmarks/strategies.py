@@ -44,6 +44,60 @@ def step_seconds(trainer, state, x, y, trainable, bn_train, steps):
     return statistics.median(times), state
 
 
+def prepass_cost(model, variables, spec, x_host, y_host, steps: int) -> None:
+    """Auto-RGN's two modes: an epoch's extra cost under ``rgn_mode='prepass'``.
+
+    The stream estimates from the epoch's own updates (no extra work); the
+    prepass evaluates 5 gradients per epoch without updating. Both modes'
+    steps are timed, then one prepass batch, side by side; the epoch
+    overhead follows for a range of epoch lengths (BACH trains 324 images:
+    6 steps of 64, the shortest epoch of the paper's tasks).
+    """
+    timed = {}
+    for mode in ("stream", "prepass"):
+        strat = strategies.make(
+            "auto_rgn",
+            variables["params"],
+            spec.partition,
+            learning_rate=1e-4,
+            steps_per_epoch=100,
+            rgn_mode=mode,
+        )
+        trainer = Trainer(model, strat.tx, multilabel=False)
+        state = trainer.init_state(variables)
+        x, y = trainer.shard_batch(x_host), trainer.shard_batch(y_host)
+        trainable = strat.schedule.trainable_mask(variables["params"], 0)
+        timed[mode], state = step_seconds(trainer, state, x, y, trainable, True, steps)
+    batch = {"image": x_host, "label": y_host}
+    prepass = strat.schedule.prepass
+
+    def one_prepass(state):
+        state = trainer.estimate_rgn(
+            state, [batch], trainable=trainable, bn_train=True, prepass=prepass
+        )
+        jax.block_until_ready(state.opt_state)
+        return state
+
+    state = one_prepass(state)  # compiles the RGN sum
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state = one_prepass(state)
+        times.append(time.perf_counter() - t)
+    batch_s = statistics.median(times)
+    print(
+        f"\nAuto-RGN: stream step {timed['stream']:.3f} s, prepass-mode step "
+        f"{timed['prepass']:.3f} s, one prepass batch {batch_s:.3f} s "
+        f"({batch_s / timed['stream']:.2f}x a step); {prepass.batches} per epoch"
+    )
+    # The two modes' steps are one program but for the norms the stream adds,
+    # so the epoch ratio counts the prepass batches against stream steps.
+    print("| steps per epoch | prepass epoch / stream epoch |")
+    print("|---|---|")
+    for spe in (5, 20, 100, 1000):
+        print(f"| {spe} | {1 + prepass.batches * batch_s / (spe * timed['stream']):.2f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="resnet50")
@@ -98,6 +152,8 @@ def main() -> None:
     ft = min(sec for name, _, sec in rows if name == "ft")
     for name, label, sec in rows:
         print(f"| {name} | {label} | {sec:.3f} | {sec / ft:.2f} |")
+    if "auto_rgn" in args.strategies:
+        prepass_cost(model, variables, spec, x_host, y_host, args.steps)
     # The Trainer runs a step as two programs (gradients, then the update) so
     # that strategies share the gradient program; a single fused jit of the
     # same FT step is the reference for what that split costs.

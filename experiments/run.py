@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--alpha", type=float, help="L1/L2-SP: weight of the pull to w0 (default 0.01)")
     p.add_argument("--beta", type=float, help="L1/L2-SP: weight of the head penalty (default 0.01)")
+    p.add_argument(
+        "--no-sp-half",
+        dest="sp_half",
+        action="store_const",
+        const=False,
+        help="L2-SP: the paper's eq. 3, without Li et al.'s ½ (twice the penalty's gradient)",
+    )
+    p.add_argument(
+        "--rgn-mode",
+        choices=["stream", "prepass"],
+        help="Auto-RGN: estimate from each epoch's first 5 updates (stream, default) or from "
+        "5 gradient evaluations before each epoch (prepass, the reference code's order)",
+    )
     p.add_argument("--surgical-block", help="surgical: the block trained with the head")
     p.add_argument("--out", default="runs", help="results folder")
     p.add_argument("--force", action="store_true", help="rerun runs whose record exists")
@@ -118,6 +131,8 @@ def _strategy_options(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
         "alpha": args.alpha,
         "beta": args.beta,
         "surgical_block": args.surgical_block,
+        "sp_half": args.sp_half,
+        "rgn_mode": args.rgn_mode,
     }
     return tuple(sorted((k, v) for k, v in names.items() if v is not None))
 

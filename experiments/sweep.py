@@ -196,6 +196,7 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
     from medft_jax import grid as grid_lib
     from medft_jax import results
     from medft_jax.data import DataError
+    from medft_jax.data.tasks import task_options
     from medft_jax.errors import find_os_error, os_error_line
     from medft_jax.fit import identify, load_dataset, run_one
     from medft_jax.locks import RunLocked
@@ -259,7 +260,13 @@ def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namesp
         except NonFiniteLossError as e:
             diverged += 1
             if main_process:
-                results.write_failure(args.out, config.to_dict(), "nonfinite", str(e))
+                results.write_failure(
+                    args.out,
+                    config.to_dict(),
+                    "nonfinite",
+                    str(e),
+                    task_options(config.dataset, datasets[key].metadata),
+                )
             say(f"[{k}/{len(mine)}] {name}: diverged ({e})")
             continue
         except DataError as e:

@@ -58,18 +58,23 @@ INT_FIELDS = (
     "epochs_per_stage",
     "rgn_estimate_steps",
 )
-STRATEGY_OPTIONS = (
-    "lp_epochs",
-    "epochs_per_stage",
-    "alpha",
-    "beta",
-    "surgical_block",
-    "sp_half",
-    "kernels_only",
-    "rgn_estimate_steps",
-    "rgn_per_step",
-    "lr_decay",
-)
+RGN_MODES = ("stream", "prepass")
+"""Auto-RGN's modes (``strategies.rgn.RGN_MODES``; repeated here, which imports no JAX)."""
+OPTION_STRATEGIES = {
+    "lp_epochs": ("lp_ft",),
+    "epochs_per_stage": ("g_lf", "g_fl"),
+    "alpha": ("l1_sp", "l2_sp"),
+    "beta": ("l1_sp", "l2_sp"),
+    "sp_half": ("l2_sp",),
+    "kernels_only": ("l1_sp", "l2_sp"),
+    "rgn_estimate_steps": ("auto_rgn",),
+    "rgn_mode": ("auto_rgn",),
+    "rgn_per_step": ("auto_rgn",),
+    "surgical_block": ("surgical",),
+    "lr_decay": ("llrd",),
+}
+"""The strategies that read each option: given to another, it would be ignored silently."""
+STRATEGY_OPTIONS = tuple(OPTION_STRATEGIES)
 """Keys a run's ``strategy_options`` may hold (arguments of ``strategies.make``)."""
 BOOL_OPTIONS = ("sp_half", "kernels_only", "rgn_per_step")
 """Strategy options that are switches: ``"no"`` would otherwise read as true."""
@@ -162,8 +167,15 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
                 f"{name(key)}: unknown strategy option; expected some of "
                 f"{', '.join(STRATEGY_OPTIONS)}"
             )
+        if config.strategy not in OPTION_STRATEGIES[key]:
+            raise UserError(
+                f"{name(key)} applies to {', '.join(OPTION_STRATEGIES[key])} only, "
+                f"not {config.strategy}"
+            )
         if key in BOOL_OPTIONS and not isinstance(value, bool):
             raise UserError(f"{name(key)} must be True or False, got {value!r}")
         if key == "surgical_block" and not isinstance(value, str):
             raise UserError(f"{name(key)} must be a block name, got {value!r}")
+        if key == "rgn_mode" and value not in RGN_MODES:
+            raise UserError(f"{name(key)} must be one of {', '.join(RGN_MODES)}, got {value!r}")
         check_value(key, value, name(key))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import math
 import sys
 import time
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from medft_jax import data, locks, metrics, pretrained, results, strategies
 from medft_jax.checkpoint import RunCheckpoints
 from medft_jax.config import RunConfig, check_config
+from medft_jax.data.tasks import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.errors import one_line
 from medft_jax.models import create, get_arch, init_variables
@@ -265,6 +267,19 @@ def _train(
         pending = None
         t_epoch = time.perf_counter()
         compiled_before = trainer.compile_seconds
+        if schedule.prepass is not None and position == 0:
+            t, c = time.perf_counter(), trainer.compile_seconds
+            state = trainer.estimate_rgn(
+                state,
+                itertools.islice(
+                    ds.train_iter(config.batch_size, seed=config.seed, epoch=epoch, **shard),
+                    schedule.prepass.batches,
+                ),
+                trainable=trainable,
+                bn_train=bn_train,
+                prepass=schedule.prepass,
+            )
+            train_seconds += time.perf_counter() - t - (trainer.compile_seconds - c)
         for batch in it:
             x = trainer.shard_batch(batch["image"])
             y = trainer.shard_batch(batch["label"])
@@ -363,6 +378,7 @@ def _train(
         "num_classes": ds.num_classes,
         "multilabel": ds.multilabel,
         "class_names": list(ds.class_names),
+        **_dataset_options(config, ds),
         "steps_per_epoch": steps_per_epoch,
         "epochs": epochs,
         "best_epoch": best["epoch"],
@@ -379,6 +395,16 @@ def _train(
         record = results.write_record(record_file, record)
     _tidy_up(ckpts)  # never raises: with the record written, the run has succeeded
     return record
+
+
+def _dataset_options(config: RunConfig, ds: data.Dataset) -> dict[str, Any]:
+    """``{"dataset_options": ...}`` for a task with label or split options, else nothing.
+
+    The record then says which split and labels its numbers come from (the
+    config does not: the data fingerprint tells variants apart, not by name).
+    """
+    options = task_options(config.dataset, ds.metadata)
+    return {"dataset_options": options} if options else {}
 
 
 def _tidy_up(ckpts: RunCheckpoints) -> None:

@@ -64,7 +64,7 @@ import re
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,15 +255,22 @@ def failure_path(out_dir: str | Path, config: dict[str, Any]) -> Path:
 
 
 def write_failure(
-    out_dir: str | Path, config: dict[str, Any], kind: str, error: str
+    out_dir: str | Path,
+    config: dict[str, Any],
+    kind: str,
+    error: str,
+    dataset_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Notes that a run ended without a record: ``{"config", "run", "kind", "error"}``.
 
     ``kind`` is a short label (``"nonfinite"``: the loss diverged, a
     deterministic outcome of that learning rate, so a sweep does not retry
     it unless asked). Reports count such runs as done but without a value.
+    ``dataset_options``: the task-specific options, as a record carries them.
     """
     note = {"config": config, "run": run_name(config), "kind": kind, "error": error}
+    if dataset_options:
+        note["dataset_options"] = dict(dataset_options)
     return write_record(failure_path(out_dir, config), note)
 
 

@@ -42,6 +42,7 @@ from jax.sharding import PartitionSpec as P
 
 from medft_jax.data.preprocess import normalize
 from medft_jax.models.layers import BNTrain
+from medft_jax.strategies.rgn import Prepass, hold_multipliers, rgn_vector
 
 PyTree = Any
 
@@ -286,6 +287,63 @@ class Trainer:
             opt_state=opt_state,
         )
         return new_state, loss
+
+    def estimate_rgn(
+        self,
+        state: TrainState,
+        batches,
+        *,
+        trainable: PyTree,
+        bn_train: BNTrain,
+        prepass: Prepass,
+    ) -> TrainState:
+        """Auto-RGN's prepass: ``state`` holding the multipliers of ``batches``' mean RGN.
+
+        Each batch (``image``, ``label``; this process's rows) gets one
+        gradient evaluation on ``state``'s weights through the stage's own
+        gradient program (no extra compilation of the model); the new
+        BatchNorm statistics are dropped and nothing is updated, so only the
+        optimizer state's held multipliers change. Frozen tensors count with
+        a zero gradient. ``state`` is not donated.
+        """
+        key = _stage_key(trainable, bn_train)
+        mask = key[0]
+        total, n = None, 0
+        for batch in batches:
+            x, y = self.shard_batch(batch["image"]), self.shard_batch(batch["label"])
+            programs = self._train_steps.get(key)
+            if programs is None:
+                t = time.perf_counter()
+                programs = self._build_stage(key, state, x, y)
+                self.compile_seconds += time.perf_counter() - t
+            _, grads, _ = programs[0](
+                state.params, state.batch_stats, state.step, x, y, self._hyper["rng"]
+            )
+            if total is None:
+                total = jax.device_put(np.zeros(len(mask), np.float32), self.replicated)
+            total = self._rgn_sum(grads, state.params, total, mask=mask, eps=prepass.eps)
+            n += 1
+        if n == 0:
+            raise ValueError("estimate_rgn: no batches")
+        return state.replace(opt_state=self._hold(state.opt_state, total, n))
+
+    @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("mask", "eps"))
+    def _rgn_sum(
+        self,
+        grads: list[jax.Array],
+        params: PyTree,
+        total: jax.Array,
+        *,
+        mask: tuple[bool, ...],
+        eps: float,
+    ) -> jax.Array:
+        _, frozen, treedef = _split(params, mask)
+        full = _merge(treedef, mask, grads, [jnp.zeros_like(p) for p in frozen])
+        return total + rgn_vector(full, params, eps)
+
+    @functools.partial(jax.jit, static_argnums=(0, 3))
+    def _hold(self, opt_state: PyTree, total: jax.Array, n: int) -> PyTree:
+        return hold_multipliers(opt_state, total / n)
 
     def _lower_grad(
         self,

@@ -82,7 +82,7 @@ def test_compilation_cache_variable_that_is_a_file_is_one_line(tmp_path, capsys,
 
 
 def test_check_config_names_the_field_its_caller_uses():
-    bad = RunConfig(strategy="ft", strategy_options=(("epochs_per_stage", 0),))
+    bad = RunConfig(strategy="g_lf", strategy_options=(("epochs_per_stage", 0),))
     with pytest.raises(UserError, match=r"^--epochs-per-stage must be in \[1, 10000\], got 0$"):
         check_config(bad)
     with pytest.raises(UserError, match=r"^--nosuch: unknown strategy option"):
@@ -95,6 +95,13 @@ def test_check_config_names_the_field_its_caller_uses():
     with pytest.raises(UserError, match=r"^--sp-half must be True or False, got 'no'$"):
         check_config(RunConfig(strategy="l2_sp", strategy_options=(("sp_half", "no"),)))
     check_config(RunConfig(strategy="l2_sp", strategy_options=(("sp_half", False),)))
+    with pytest.raises(UserError, match=r"^--rgn-mode must be one of stream, prepass, got 'pre'$"):
+        check_config(RunConfig(strategy="auto_rgn", strategy_options=(("rgn_mode", "pre"),)))
+    check_config(RunConfig(strategy="auto_rgn", strategy_options=(("rgn_mode", "prepass"),)))
+    from medft_jax.config import RGN_MODES
+    from medft_jax.strategies import rgn
+
+    assert RGN_MODES == rgn.RGN_MODES  # the config's copy (no JAX import) is the transform's
 
 
 # --- sweep configs, select, prepare --------------------------------------------------------------

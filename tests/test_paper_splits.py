@@ -237,6 +237,13 @@ def test_paper_config_uses_the_papers_choices():
     grid = load_grid(Path(__file__).parents[1] / "experiments" / "configs" / "paper.py")
     assert grid.dataset_options["isic2020"] == {"split_by": "image"}
     assert grid.dataset_options["chexpert"] == {"uncertain": "libauc"}
+    grid.validate()
+    runs = grid.configs()
+    assert len(runs) == 8 * 3 * 8 * 3 * 3 == 1728
+    options = {c.strategy: dict(c.strategy_options) for c in runs}
+    assert options["l2_sp"] == {"sp_half": False}  # the paper's eq. 3, no ½
+    assert options["auto_rgn"] == {"rgn_mode": "prepass"}  # the reference code's order
+    assert all(not options[s] for s in ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow")

@@ -529,3 +529,61 @@ def test_how_to_read_names_every_tables_metrics(tmp_path):
     assert "Table 5 (mura\\_wrist): Acc. = the paper's eq. 6" in how
     assert "bach Acc. (top-1)" in how and "mura\\_wrist Acc." in how
     assert "error bar" in how
+
+
+def opt_rec(strategy="ft", seed=0, *, dataset="isic2020", options=None, **kw):
+    """A record of a task with split or label options (None: written before they existed)."""
+    r = rec(dataset=dataset, strategy=strategy, seed=seed, **kw)
+    if options is not None:
+        r["dataset_options"] = options
+    return r
+
+
+def test_how_to_read_says_which_split_and_labels_the_runs_used(tmp_path):
+    records = [opt_rec(s, options={"split_by": "image"}) for s in ("ft", "lp")]
+    records += [opt_rec(s, dataset="chexpert", options={"uncertain": "libauc"}) for s in ("ft",)]
+    records += [opt_rec(s, dataset="bach") for s in ("ft", "lp")]
+    summary = collect(records)
+    assert summary.dataset_options == {
+        "chexpert": {"uncertain": "libauc"},
+        "isic2020": {"split_by": "image"},
+        "bach": {},
+    }
+    text = write_report(summary, tmp_path / "report").read_text()
+    how = text[text.index("## How to read") : text.index("## chexpert")]
+    assert "isic2020: split by image, as the paper did" in how
+    assert "patient's images can fall in both training and test" in how
+    assert "chexpert: uncertain labels mapped as LibAUC does" in how
+    assert "bach:" not in how.replace("(bach)", "")
+    # A record written before records carried options reads as the default split.
+    assert collect([opt_rec(s) for s in ("ft", "lp")]).dataset_options == {
+        "isic2020": {"split_by": "patient"}
+    }
+
+
+def test_one_dataset_split_two_ways_is_refused():
+    records = [opt_rec("ft", options={"split_by": "image"}), opt_rec("lp")]
+    with pytest.raises(results.RecordError, match=r"dataset_options.split_by.*separate"):
+        collect(records)
+
+
+def test_a_grid_takes_only_runs_of_its_split():
+    grid = Grid(
+        name="paper-like",
+        datasets=("isic2020",),
+        archs=("resnet50",),
+        strategies=("ft",),
+        lrs=(1e-4,),
+        seeds=(0,),
+        settings={"weights": "imagenet"},
+        dataset_options={"isic2020": {"split_by": "image"}},
+    )
+    cfg = grid.config("isic2020", "resnet50", "ft", 1e-4, 0).to_dict()
+    by_patient = opt_rec(config=cfg, options={"split_by": "patient"}, test=0.9)
+    by_image = opt_rec(config=cfg, options={"split_by": "image"}, test=0.7)
+    summary = collect([by_patient], grid=grid)
+    assert summary.left_out == 1 and summary.cell("isic2020", "resnet50", "ft").status == "missing"
+    summary = collect([by_image, by_patient], grid=grid)
+    assert summary.left_out == 1
+    assert summary.cell("isic2020", "resnet50", "ft").test["accuracy"][0] == pytest.approx(0.7)
+    assert summary.dataset_options == {"isic2020": {"split_by": "image"}}

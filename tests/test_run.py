@@ -39,6 +39,7 @@ def demo():
 
 def _config(strategy: str, weights, **kw) -> fit.RunConfig:
     options = {"g_lf": (("epochs_per_stage", 1),), "lp_ft": (("lp_epochs", 1),)}
+    options[strategy] = kw.pop("strategy_options", options.get(strategy, ()))
     return fit.RunConfig(
         strategy=strategy,
         weights=str(weights),
@@ -103,6 +104,42 @@ def _dummy_params():
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))[
         "params"
     ]
+
+
+@pytest.mark.slow
+def test_rgn_prepass_runs_before_each_epoch_and_resumes(ported, demo, tmp_path, monkeypatch):
+    """Auto-RGN's prepass: once per epoch, on the epoch's first batches; not again on resume."""
+    options = (("rgn_estimate_steps", 2), ("rgn_mode", "prepass"))
+    config = _config("auto_rgn", ported, epochs=2, strategy_options=options)
+    calls = []
+    estimate = fit.Trainer.estimate_rgn
+
+    def spy(self, state, batches, **kw):
+        batches = list(batches)
+        calls.append((int(state.step), [b["label"].tolist() for b in batches]))
+        return estimate(self, state, batches, **kw)
+
+    monkeypatch.setattr(fit.Trainer, "estimate_rgn", spy)
+    full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
+    first = [
+        [b["label"].tolist() for b in demo.train_iter(BATCH, seed=0, epoch=e)][:2] for e in (0, 1)
+    ]
+    assert calls == [(0, first[0]), (4, first[1])]
+    # Stopped inside epoch 1: the resumed run keeps the held multipliers (no new prepass).
+    calls.clear()
+    fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=6)
+    resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    assert [c[0] for c in calls] == [0, 4]
+    for key in ("best_epoch", "val", "test"):
+        assert resumed[key] == full[key], key
+    # Prepass and stream differ (epoch 0's first steps hold other multipliers).
+    stream = fit.run_one(
+        _config("auto_rgn", ported, epochs=2, strategy_options=options[:1]),
+        tmp_path / "c",
+        dataset=demo,
+        progress=False,
+    )
+    assert stream["epochs"][0]["train_loss"] != full["epochs"][0]["train_loss"]
 
 
 @pytest.mark.slow
@@ -207,6 +244,9 @@ def test_unavailable_weights_are_tried_and_reported_once(tmp_path, capsys, monke
         (["--strategy", "ft", "--dataset", "bach", "--csv-file", "x.csv"], "error: --csv-file"),
         (["--strategy", "ft", "--val-fraction", "1.5"], "error: --val-fraction must be in (0, 1)"),
         (["--strategy", "ft", "--dataset", "bach", "--manual-dir", "/x"], "error: --manual-dir"),
+        (["--strategy", "ft", "--rgn-mode", "prepass"], "error: --rgn-mode applies to auto_rgn"),
+        (["--strategy", "l1_sp", "--no-sp-half"], "error: --sp-half applies to l2_sp only, not"),
+        (["--strategy", "ft", "--alpha", "0.1"], "error: --alpha applies to l1_sp, l2_sp only"),
     ],
 )
 def test_bad_flags_are_named(argv, message, tmp_path, capsys):
@@ -214,3 +254,15 @@ def test_bad_flags_are_named(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
     assert not any(tmp_path.rglob("record.json"))
+
+
+def test_strategy_option_flags_reach_the_config():
+    from experiments.run import build_parser, make_configs
+
+    def options(*argv):
+        return dict(make_configs(build_parser().parse_args(list(argv)))[0].strategy_options)
+
+    assert options("--strategy", "auto_rgn", "--rgn-mode", "prepass") == {"rgn_mode": "prepass"}
+    assert options("--strategy", "l2_sp", "--no-sp-half") == {"sp_half": False}
+    assert options("--strategy", "l2_sp", "--alpha", "0.1") == {"alpha": 0.1}
+    assert options("--strategy", "auto_rgn") == {}  # defaults stay out of the run's name

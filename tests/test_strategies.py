@@ -15,11 +15,14 @@ from medft_jax.strategies import (
     EXTRA_STRATEGIES,
     HEAD,
     PAPER_STRATEGIES,
+    Prepass,
     block_mask,
+    hold_multipliers,
     l1_sp,
     l2_sp,
     make,
     match_paths,
+    rgn_vector,
     scale_by_label,
     scale_by_rgn,
     staged,
@@ -464,6 +467,75 @@ def test_rgn_per_epoch_estimate_by_hand():
         g = flatten(rgn_grads(t))
         for k in g:  # identity inner: the update is the gradient times the multiplier
             np.testing.assert_allclose(u[k], np.asarray(g[k]) * m[k], rtol=1e-6)
+
+
+def test_rgn_prepass_by_hand():
+    """The reference order: a prepass on the current weights, then the epoch holds it.
+
+    Epoch 0's prepass sees the gradients of steps 0-4 (a: 0.2, 0.4, ..., 1.0;
+    mean 0.6; b: 0.5), so all 7 updates of epoch 0 apply a = 1, b = 0.5/0.6,
+    including the first five (the stream applies each step's own RGN there).
+    Epoch 1's prepass sees gradients 7-11: a = 0.2 * mean(8..12) = 2.0, so
+    b = 0.25 from epoch 1's first update on (the stream: from its 6th).
+    """
+    params = rgn_params()
+    tx = scale_by_rgn(optax.identity(), mode="prepass")
+    state, update = tx.init(params), jax.jit(tx.update)
+    # Before any prepass: ones (the inner update unchanged).
+    u, _ = update(rgn_grads(0), state, params)
+    np.testing.assert_allclose(flatten(u)["a/kernel"], flatten(rgn_grads(0))["a/kernel"])
+
+    def prepass(state, steps):
+        rgns = [rgn_vector(rgn_grads(t), params) for t in steps]
+        return hold_multipliers(state, sum(rgns) / len(rgns))
+
+    expected = {0: (1.0, 0.5 / 0.6), 1: (1.0, 0.25)}
+    for epoch in (0, 1):
+        state = prepass(state, range(7 * epoch, 7 * epoch + 5))
+        for t in range(7 * epoch, 7 * epoch + 7):
+            u, state = update(rgn_grads(t), state, params)
+            m = {k: float(v) for k, v in flatten(state.applied).items()}
+            a, b = expected[epoch]
+            assert m["a/kernel"] == pytest.approx(a, rel=1e-6), t
+            assert m["b/kernel"] == pytest.approx(b, rel=1e-6), t
+            assert m["c/bias"] == 0.0
+            g = flatten(rgn_grads(t))
+            for k in g:
+                np.testing.assert_allclose(flatten(u)[k], np.asarray(g[k]) * m[k], rtol=1e-6)
+
+
+def test_rgn_prepass_state_checks():
+    params = rgn_params()
+    with pytest.raises(ValueError, match="no Auto-RGN state"):
+        hold_multipliers(optax.adam(LR).init(params), jnp.ones(3))
+    state = scale_by_rgn(optax.adam(LR), mode="prepass").init(params)
+    with pytest.raises(ValueError, match="2 RGNs for 3 tensors"):
+        hold_multipliers(state, jnp.ones(2))
+    # Found inside a chain, as make() or user code may nest it.
+    chained = optax.chain(optax.identity(), scale_by_rgn(optax.adam(LR), mode="prepass"))
+    held = hold_multipliers(chained.init(params), jnp.array([2.0, 1.0, 0.0]))
+    np.testing.assert_allclose(held[1].held, [1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        scale_by_rgn(optax.adam(LR), 3, mode="before")
+    with pytest.raises(ValueError, match="per_step"):
+        scale_by_rgn(optax.adam(LR), mode="prepass", per_step=True)
+
+
+def test_make_auto_rgn_prepass():
+    # No steps_per_epoch needed; the schedule tells the loop what to evaluate.
+    _, schedule = make("auto_rgn", toy_params(), TOY, learning_rate=LR, rgn_mode="prepass")
+    assert schedule.prepass == Prepass(batches=5, eps=1e-8)
+    kw = {"rgn_mode": "prepass", "rgn_estimate_steps": 5, "rgn_eps": 1e-6}
+    _, schedule = make("auto_rgn", toy_params(), TOY, learning_rate=LR, steps_per_epoch=3, **kw)
+    assert schedule.prepass == Prepass(batches=3, eps=1e-6)  # an epoch of 3 batches
+    _, schedule = make("auto_rgn", toy_params(), TOY, learning_rate=LR, steps_per_epoch=3)
+    assert schedule.prepass is None  # stream, the default
+    _, schedule = make("ft", toy_params(), TOY, learning_rate=LR, rgn_mode="prepass")
+    assert schedule.prepass is None
+    with pytest.raises(ValueError, match="rgn_mode"):
+        make("auto_rgn", toy_params(), TOY, learning_rate=LR, rgn_mode="both")
+    with pytest.raises(ValueError, match="per_step"):
+        make("auto_rgn", toy_params(), TOY, learning_rate=LR, rgn_mode="prepass", rgn_per_step=True)
 
 
 def test_rgn_per_step_variant():

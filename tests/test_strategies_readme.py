@@ -25,4 +25,6 @@ def test_readme_strategies_example_runs(capsys):
     out = capsys.readouterr().out.splitlines()
     assert [line.split(" (")[0] for line in out] == ["0", "1", "2"]
     assert "('fc',)" in out[0] and "('encoder', 'neck', 'fc')" in out[2]
-    assert namespace["schedule"].final_stage_epoch == 2
+    assert namespace["schedule"].prepass.batches == 4  # an epoch of 4 batches caps the 5
+    held = namespace["opt_state"].held
+    assert held.max() == 1.0 and held.min() < 1.0

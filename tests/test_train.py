@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 
 from experiments import run as run_cli
 from medft_jax import fit, strategies, train
@@ -229,3 +230,82 @@ def test_strategies_share_the_gradient_program_and_match_one_fused_step(resnet, 
     for got, want in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(stats), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert int(state.step) == 1
+
+
+class TinyNet(nn.Module):
+    """A conv, a BatchNorm and a head: enough for the loop's own arithmetic."""
+
+    @nn.compact
+    def __call__(self, x, bn_train=False, deterministic=True):
+        x = nn.Conv(4, (3, 3), use_bias=False, name="conv")(x)
+        x = nn.BatchNorm(use_running_average=not bn_train, momentum=0.9, name="bn")(x)
+        return nn.Dense(2, name="fc")(nn.relu(x).mean(axis=(1, 2)))
+
+
+def test_rgn_prepass_by_hand():
+    """The prepass holds normalised mean RGN over its batches and changes nothing else."""
+    model = TinyNet()
+    variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+    # Pretrained-like: no zero-norm tensor, whose RGN ‖g‖/eps would dwarf the rest.
+    variables = jax.tree.map(lambda w: w + 0.1, variables)
+    tx = strategies.scale_by_rgn(optax.adam(1.0), mode="prepass")
+    trainer = Trainer(model, tx, multilabel=False, learning_rate=1e-2)
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "image": rng.integers(0, 256, (4, 8, 8, 3), np.uint8),
+            "label": rng.integers(0, 2, 4).astype(np.int32),
+        }
+        for _ in range(3)
+    ]
+
+    def rgns(params, batch, frozen=()):
+        def loss_fn(p):
+            logits, _ = model.apply(
+                {"params": p, "batch_stats": variables["batch_stats"]},
+                train.normalize(batch["image"], jnp.float32),
+                bn_train=True,
+                mutable=["batch_stats"],
+            )
+            return train.classification_loss(logits, batch["label"], False)
+
+        grads = jax.grad(loss_fn)(params)
+        return np.array(
+            [
+                0.0 if "/".join(k.key for k in path) in frozen else np.linalg.norm(g)
+                for path, g in jax.tree_util.tree_leaves_with_path(grads)
+            ]
+        ) / np.array([max(np.linalg.norm(w), 1e-8) for w in jax.tree.leaves(params)])
+
+    def expected(frozen=()):
+        mean = np.mean([rgns(variables["params"], b, frozen) for b in batches], axis=0)
+        return mean / mean.max()
+
+    everything = jax.tree.map(lambda _: True, variables["params"])
+    state = trainer.init_state(variables)
+    before = jax.device_get(state)
+    prepass = strategies.Prepass(batches=3)
+    state = trainer.estimate_rgn(
+        state, iter(batches), trainable=everything, bn_train=True, prepass=prepass
+    )
+    np.testing.assert_allclose(state.opt_state.held, expected(), rtol=1e-5)
+    assert state.opt_state.held.max() == 1.0
+    # Nothing but the held multipliers moved: weights, statistics, step, Adam's moments.
+    unchanged = (state.params, state.batch_stats, state.step, state.opt_state.inner_state)
+    want = (before.params, before.batch_stats, before.step, before.opt_state.inner_state)
+    for got, ref in zip(jax.tree.leaves(unchanged), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(got, ref)
+    # The next update applies them.
+    x, y = trainer.shard_batch(batches[0]["image"]), trainer.shard_batch(batches[0]["label"])
+    state, _ = trainer.train_step(state, x, y, trainable=everything, bn_train=True)
+    applied = np.array([float(m) for m in jax.tree.leaves(state.opt_state.applied)])
+    np.testing.assert_allclose(applied, expected(), rtol=1e-5)
+    # A frozen tensor counts with a zero gradient (so a zero multiplier).
+    frozen = {"conv/kernel", "bn/scale"}
+    mask = jax.tree_util.tree_map_with_path(
+        lambda p, _: "/".join(k.key for k in p) not in frozen, variables["params"]
+    )
+    state = trainer.estimate_rgn(
+        trainer.init_state(variables), iter(batches), trainable=mask, bn_train=True, prepass=prepass
+    )
+    np.testing.assert_allclose(state.opt_state.held, expected(frozen), rtol=1e-5)

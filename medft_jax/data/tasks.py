@@ -30,7 +30,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,22 @@ MANUAL_RECORD = "medft_manual_source.json"
 OPTION_OWNERS = {"uncertain": ("chexpert", "ones"), "split_by": ("isic2020", "patient")}
 """Task-specific options: ``{option: (the task that reads it, its default)}``, as the
 builders' ``Task.options`` say; kept here so loading needs no builder (no TFDS import)."""
+
+
+def task_options(dataset: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``dataset``'s task-specific options (:data:`OPTION_OWNERS`), defaults filled in.
+
+    What a record carries to say which labels and split its numbers come
+    from (e.g. ``{"split_by": "image"}`` for ISIC 2020); empty for datasets
+    without such options. ``given``: a loaded dataset's metadata, a grid's
+    ``dataset_options`` entry or a record's (missing or None: the default).
+    """
+    given = given or {}
+    return {
+        option: given.get(option) or default
+        for option, (owner, default) in OPTION_OWNERS.items()
+        if owner == dataset
+    }
 
 
 def _config_kwargs(

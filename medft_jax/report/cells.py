@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from medft_jax import results
+from medft_jax.data.tasks import task_options
 from medft_jax.results import RecordError
 
 COMPLETE, PARTIAL, MISSING, FAILED = "complete", "partial", "missing", "failed"
@@ -136,6 +137,8 @@ class Summary:
     filters: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     left_out: int = 0
     """Records and failure notes under ``--runs`` that are not runs of the grid."""
+    dataset_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    """Dataset -> the split and label options its runs used (``task_options``)."""
 
     def cell(self, dataset: str, arch: str, strategy: str) -> Cell:
         return self.cells[(dataset, arch, strategy)]
@@ -186,8 +189,15 @@ def collect(
         configs = gridlib.select(grid, filt)
         wanted = {results.settings_hash(c.to_dict()): c for c in configs}
         before = len(records) + len(failures)
-        records = [r for r in records if results.settings_hash(r["config"]) in wanted]
-        failures = [f for f in failures if results.settings_hash(f["config"]) in wanted]
+
+        def of_grid(run: dict[str, Any]) -> bool:  # same settings, same split and labels
+            d = run["config"]["dataset"]
+            return results.settings_hash(run["config"]) in wanted and run_options(
+                run
+            ) == task_options(d, grid.dataset_options.get(d))
+
+        records = [r for r in records if of_grid(r)]
+        failures = [f for f in failures if of_grid(f)]
         left_out = before - len(records) - len(failures)
         expected: dict[CellKey, set[tuple[float, int]]] = {}
         for c in configs:
@@ -204,10 +214,14 @@ def collect(
     strategies = _order({k[2] for k in expected}, _strategy_order())
     primary: dict[str, str] = {}
     metrics: dict[str, tuple[str, str]] = {}
+    options: dict[str, dict[str, Any]] = {}
     for d in datasets:
         recs = [r for r in records if r["config"]["dataset"] == d]
         _check_settings(d, recs + [f for f in failures if f["config"]["dataset"] == d])
         primary[d], metrics[d] = _dataset_metrics(d, recs)
+        runs = recs + [f for f in failures if f["config"]["dataset"] == d]
+        given = grid.dataset_options.get(d) if grid is not None else None
+        options[d] = run_options(runs[0]) if runs else task_options(d, given)
 
     by_cell: dict[CellKey, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
     for r in records:
@@ -228,6 +242,7 @@ def collect(
         grid_name=None if grid is None else grid.name,
         filters={k: frozenset(v) for k, v in filt.items()},
         left_out=left_out,
+        dataset_options=options,
     )
 
 
@@ -336,9 +351,20 @@ def _describe_diff(diff: Mapping[str, list[str]]) -> str:
     return "; ".join(f"{k}: {' vs '.join(v[:4])}" for k, v in diff.items())
 
 
+def run_options(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's or failure note's split and label options (older ones: the defaults)."""
+    return task_options(run["config"]["dataset"], run.get("dataset_options"))
+
+
 def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
     """One dataset's cells must be comparable: same settings up to arch, strategy, LR, seed."""
-    diff = _differing([r["config"] for r in runs], _PER_CELL)
+    diff = _differing(
+        [
+            {**r["config"], **{f"dataset_options.{k}": v for k, v in run_options(r).items()}}
+            for r in runs
+        ],
+        _PER_CELL,
+    )
     if diff:
         raise RecordError(
             f"dataset {dataset!r} holds runs with different settings ({_describe_diff(diff)}); "

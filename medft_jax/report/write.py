@@ -274,6 +274,31 @@ def _metric_lines(summary: Summary) -> list[str]:
     return lines
 
 
+OPTION_NOTES = {
+    ("split_by", "image"): "split by image, as the paper did (`--split-by image`): one "
+    "patient's images can fall in both training and test, which flatters the test metrics",
+    ("split_by", "patient"): "split by patient, each patient's images on one side (the "
+    "paper split by image: `--split-by image`)",
+    ("uncertain", "libauc"): "uncertain labels mapped as LibAUC does, as the paper did: 1 "
+    "for Edema and Atelectasis, 0 for Cardiomegaly, Consolidation and Pleural Effusion",
+    ("uncertain", "ones"): "every uncertain label counted as positive, U-Ones (the paper "
+    "used LibAUC's mapping: `--uncertain libauc`)",
+    ("uncertain", "zeros"): "every uncertain label counted as negative, U-Zeros (the paper "
+    "used LibAUC's mapping: `--uncertain libauc`)",
+}
+"""What each split or label option means for the numbers, for "How to read"."""
+
+
+def _option_lines(summary: Summary) -> list[str]:
+    """One line per dataset run with a split or label option (ISIC 2020, CheXpert)."""
+    lines = []
+    for d in summary.datasets:
+        for option, value in summary.dataset_options.get(d, {}).items():
+            text = OPTION_NOTES.get((option, value), f"{option} = {value}")
+            lines.append(f"- {md_escape(d)}: {md_escape(text)}.")
+    return lines
+
+
 def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float = 0.1) -> str:
     """``index.md``: how to read the report, then every table inline and every figure."""
     by_name = {t.name: t for t in tables}
@@ -332,6 +357,7 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         "seeds, 100·√(se² + (m/m_FT)²·se_FT²)/m_FT (the two cells' SEs taken as "
         "independent); no error bar where a cell has a single seed.",
         f"- {md_escape(paired_note())}",
+        *_option_lines(summary),
         "",
     ]
     for d in summary.datasets:

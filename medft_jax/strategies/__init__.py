@@ -43,9 +43,13 @@ from medft_jax.strategies.freeze import (
 )
 from medft_jax.strategies.lr import layerwise_decay_factors, scale_by_label
 from medft_jax.strategies.rgn import (
+    RGN_MODES,
+    Prepass,
     RGNState,
+    hold_multipliers,
     normalise_by_max,
     relative_gradient_norms,
+    rgn_vector,
     scale_by_rgn,
 )
 from medft_jax.strategies.schedule import FROZEN_BN_MODES, Schedule
@@ -56,7 +60,9 @@ __all__ = [
     "FROZEN_BN_MODES",
     "HEAD",
     "PAPER_STRATEGIES",
+    "RGN_MODES",
     "STRATEGIES",
+    "Prepass",
     "RGNState",
     "SPState",
     "Schedule",
@@ -64,6 +70,7 @@ __all__ = [
     "bitfit_group",
     "block_group",
     "block_mask",
+    "hold_multipliers",
     "kernel_mask",
     "l1_sp",
     "l2_sp",
@@ -74,6 +81,7 @@ __all__ = [
     "match_paths",
     "normalise_by_max",
     "relative_gradient_norms",
+    "rgn_vector",
     "scale_by_label",
     "scale_by_rgn",
     "sp_penalty",
@@ -181,6 +189,7 @@ def make(
     sp_half: bool = True,
     kernels_only: bool = False,
     rgn_estimate_steps: int = 5,
+    rgn_mode: str = "stream",
     rgn_per_step: bool = False,
     rgn_eps: float = 1e-8,
     frozen_bn: str = "update",
@@ -214,7 +223,11 @@ def make(
         default all pretrained parameters. The head penalty covers all head
         parameters either way.
       rgn_estimate_steps: Auto-RGN's batches averaged at each epoch start.
-      rgn_per_step: Auto-RGN applies each step's own RGN instead.
+      rgn_mode: Auto-RGN's ``'stream'`` (default: the estimate comes from
+        the epoch's first updates, no extra passes) or ``'prepass'`` (the
+        reference code's: the loop evaluates ``rgn_estimate_steps``
+        gradients before each epoch, ``schedule.prepass``).
+      rgn_per_step: Auto-RGN applies each step's own RGN instead (stream).
       rgn_eps: floor of ‖w‖ in RGN.
       frozen_bn: ``'update'`` or ``'freeze'`` (see :class:`Schedule`).
       b1, b2, eps: Adam's.
@@ -236,7 +249,10 @@ def make(
     if lp_epochs < 0:
         raise ValueError(f"make({name!r}): lp_epochs must be >= 0, got {lp_epochs}")
     staged_ids = ("g_lf", "g_fl") + (("lp_ft",) if lp_epochs > 0 else ())
-    needs_steps = name in staged_ids or (name == "auto_rgn" and not rgn_per_step)
+    if name == "auto_rgn" and rgn_mode not in RGN_MODES:
+        raise ValueError(f"make('auto_rgn'): rgn_mode must be one of {RGN_MODES}, got {rgn_mode!r}")
+    streamed = name == "auto_rgn" and rgn_mode == "stream" and not rgn_per_step
+    needs_steps = name in staged_ids or streamed
     if needs_steps and steps_per_epoch is None:
         raise ValueError(f"make({name!r}): steps_per_epoch is required (stages are in epochs)")
 
@@ -256,6 +272,9 @@ def make(
         starts,
         steps_per_epoch=steps_per_epoch,
         frozen_bn=frozen_bn,
+        prepass=Prepass(_prepass_batches(rgn_estimate_steps, steps_per_epoch), rgn_eps)
+        if name == "auto_rgn" and rgn_mode == "prepass"
+        else None,
     )
     adam = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
     head_mask = map_paths(partition.is_head)
@@ -280,6 +299,7 @@ def make(
             adam,
             steps_per_epoch,
             estimate_steps=rgn_estimate_steps,
+            mode=rgn_mode,
             per_step=rgn_per_step,
             eps=rgn_eps,
         )
@@ -296,3 +316,10 @@ def make(
             optax.scale_by_learning_rate(learning_rate),
         )
     return Strategy(tx, schedule)
+
+
+def _prepass_batches(estimate_steps: int, steps_per_epoch: int | None) -> int:
+    """The reference's ``islice(loader, 5)``: no more batches than an epoch has."""
+    if estimate_steps < 1:
+        raise ValueError(f"make('auto_rgn'): rgn_estimate_steps must be >= 1, got {estimate_steps}")
+    return estimate_steps if steps_per_epoch is None else min(estimate_steps, steps_per_epoch)

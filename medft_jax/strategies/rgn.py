@@ -18,10 +18,23 @@ next step on it applies the mean of those RGNs, normalised by their
 maximum, until epoch e ends. ``per_step=True`` applies every step's own
 normalised RGN instead. A zero-norm tensor (a fresh bias) divides by
 ``eps`` instead of 0.
+
+``mode="prepass"`` is the reference code's own order: before epoch e's
+first update, the gradients of ``estimate_steps`` batches are evaluated on
+the current weights without updating anything, and their mean RGN,
+normalised, is held for the whole of epoch e (epoch 0 included). A
+transform cannot evaluate gradients itself, so the training loop does it
+(:meth:`medft_jax.train.Trainer.estimate_rgn`; in other code:
+:func:`rgn_vector` per batch, then :func:`hold_multipliers`); the transform
+applies what it was given. It costs ``estimate_steps`` extra gradient
+evaluations per epoch; the stream costs none, and differs only in which
+weights the estimate is taken on (the epoch's first steps rather than the
+weights before them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -29,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 PyTree = Any
+RGN_MODES = ("stream", "prepass")
 
 
 class RGNState(NamedTuple):
@@ -43,6 +57,20 @@ class RGNState(NamedTuple):
     applied: PyTree
     """Per tensor (a scalar per leaf): the multipliers applied by the last update (for logging)."""
     inner_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepass:
+    """What the training loop does before each epoch of a ``mode="prepass"`` Auto-RGN.
+
+    Evaluate the loss gradients of the epoch's first ``batches`` batches on
+    the current weights, update nothing (parameters, BatchNorm statistics,
+    optimizer state), and hold the mean RGN's normalised multipliers for the
+    epoch (:func:`hold_multipliers`).
+    """
+
+    batches: int = 5
+    eps: float = 1e-8
 
 
 def relative_gradient_norms(grads: PyTree, params: PyTree, eps: float = 1e-8) -> PyTree:
@@ -71,6 +99,36 @@ def normalise_by_max(values: PyTree) -> PyTree:
     return jax.tree.unflatten(treedef, list(_normalise(_stack(leaves))))
 
 
+def rgn_vector(grads: PyTree, params: PyTree, eps: float = 1e-8) -> jax.Array:
+    """Every tensor's RGN, in leaf order, as one float32 vector (what a prepass sums)."""
+    return _stack(jax.tree.leaves(relative_gradient_norms(grads, params, eps)))
+
+
+def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
+    """``opt_state`` with every :class:`RGNState` holding ``mean_rgn`` normalised by its max.
+
+    ``mean_rgn`` is the prepass's mean of :func:`rgn_vector` over its
+    batches. A ``mode="prepass"`` transform applies the held multipliers
+    from its next update on (all ones until the first call).
+    """
+    found = []
+
+    def hold(node: Any) -> Any:
+        if not isinstance(node, RGNState):
+            return node
+        if node.held.shape != mean_rgn.shape:
+            raise ValueError(
+                f"hold_multipliers: {mean_rgn.shape[0]} RGNs for {node.held.shape[0]} tensors"
+            )
+        found.append(node)
+        return node._replace(held=_normalise(mean_rgn.astype(jnp.float32)))
+
+    new = jax.tree.map(hold, opt_state, is_leaf=lambda n: isinstance(n, RGNState))
+    if not found:
+        raise ValueError("hold_multipliers: the optimizer state has no Auto-RGN state")
+    return new
+
+
 def _stack(leaves: list[jax.Array]) -> jax.Array:
     return jax.lax.optimization_barrier(jnp.stack(leaves))
 
@@ -86,6 +144,7 @@ def scale_by_rgn(
     steps_per_epoch: int | None = None,
     *,
     estimate_steps: int = 5,
+    mode: str = "stream",
     per_step: bool = False,
     eps: float = 1e-8,
 ) -> optax.GradientTransformation:
@@ -96,12 +155,22 @@ def scale_by_rgn(
       steps_per_epoch: updates per epoch; required unless ``per_step``.
       estimate_steps: batches at the start of each epoch whose RGN is
         averaged (the reference uses 5); capped at ``steps_per_epoch``.
-      per_step: apply each step's own normalised RGN instead.
+        Under ``mode="prepass"`` the loop's :class:`Prepass` holds the count.
+      mode: ``"stream"`` (estimate from the epoch's first updates, no extra
+        passes) or ``"prepass"`` (apply the multipliers that
+        :func:`hold_multipliers` set before the epoch, as the reference
+        code does).
+      per_step: apply each step's own normalised RGN instead (stream only).
       eps: floor of ‖w‖ so a zero-norm tensor gives no NaN.
 
     The update needs ``params``: ``tx.update(grads, state, params)``.
     """
-    if not per_step:
+    if mode not in RGN_MODES:
+        raise ValueError(f"scale_by_rgn: mode must be one of {RGN_MODES}, got {mode!r}")
+    prepass = mode == "prepass"
+    if prepass and per_step:
+        raise ValueError("scale_by_rgn: per_step=True is a stream variant, not a prepass one")
+    if not per_step and not prepass:
         if steps_per_epoch is None or steps_per_epoch < 1:
             raise ValueError(
                 f"scale_by_rgn: steps_per_epoch must be >= 1 (got {steps_per_epoch}) "
@@ -109,7 +178,7 @@ def scale_by_rgn(
             )
         if estimate_steps < 1:
             raise ValueError(f"scale_by_rgn: estimate_steps must be >= 1, got {estimate_steps}")
-    k = min(estimate_steps, steps_per_epoch) if not per_step else 1
+    k = 1 if per_step or prepass else min(estimate_steps, steps_per_epoch)
     spe = steps_per_epoch or 1
 
     def scalars(params: PyTree, value: float) -> PyTree:
@@ -133,12 +202,15 @@ def scale_by_rgn(
         # The per-tensor bookkeeping runs on one vector (a handful of ops),
         # not on a scalar per tensor (hundreds of tiny ops that XLA compiles
         # one by one: seconds per architecture on a CPU).
-        leaves, treedef = jax.tree.flatten(relative_gradient_norms(updates, params, eps))
-        rgn = _stack(leaves)
-        current = _normalise(rgn)
+        treedef = jax.tree.structure(params)
+        if prepass:  # the loop's prepass set ``held``; nothing to estimate here
+            multipliers, accumulated, held = state.held, state.accumulated, state.held
+        else:
+            rgn = rgn_vector(updates, params, eps)
+            current = _normalise(rgn)
         if per_step:
             multipliers, accumulated, held = current, state.accumulated, state.held
-        else:
+        elif not prepass:
             epoch, pos = state.count // spe, state.count % spe
             estimating = pos < k
             accumulated = jnp.where(pos == 0, 0.0, state.accumulated) + jnp.where(

@@ -18,6 +18,7 @@ import jax
 
 from medft_jax.models.blocks import BlockPartition, path_str
 from medft_jax.strategies.freeze import HEAD
+from medft_jax.strategies.rgn import Prepass
 
 PyTree = Any
 FROZEN_BN_MODES = ("update", "freeze")
@@ -46,6 +47,9 @@ class Schedule:
     running statistics, frozen or not (the authors' code keeps the whole
     model in train mode). ``'freeze'``: BatchNorm layers whose parameters
     are frozen run in inference mode."""
+    prepass: Prepass | None = None
+    """Gradient evaluations the loop makes before each epoch, updating
+    nothing (Auto-RGN's ``rgn_mode='prepass'``); None: none."""
 
     def __post_init__(self) -> None:
         if self.frozen_bn not in FROZEN_BN_MODES:
@@ -65,6 +69,7 @@ class Schedule:
         *,
         steps_per_epoch: int | None = None,
         frozen_bn: str = "update",
+        prepass: Prepass | None = None,
     ) -> Schedule:
         """Labels every leaf of ``params`` with its block and group (``group_of(path)``)."""
         leaves = tuple(
@@ -76,7 +81,7 @@ class Schedule:
         extra = present - set(start_epochs)
         if extra:
             raise ValueError(f"schedule {strategy!r}: no start epoch for groups {sorted(extra)}")
-        return cls(strategy, partition.names, leaves, starts, steps_per_epoch, frozen_bn)
+        return cls(strategy, partition.names, leaves, starts, steps_per_epoch, frozen_bn, prepass)
 
     @functools.cached_property
     def _starts(self) -> dict[str, int | None]:
