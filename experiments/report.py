@@ -24,7 +24,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from medft_jax import grid as gridlib
+from medft_jax import results
 from medft_jax.errors import ArgumentParser, UserError, cli_main
+from medft_jax.report import collect, write_report
+from medft_jax.report.write import check_out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,11 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _summary(args: argparse.Namespace):
-    from medft_jax import grid as gridlib
-    from medft_jax import results
-    from medft_jax.report import collect
-    from medft_jax.report.write import check_out
-
     if not math.isfinite(args.beat_threshold) or args.beat_threshold < 0:
         raise UserError(f"--beat-threshold must be a percentage >= 0, got {args.beat_threshold}")
     filters = gridlib.parse_only(args.only)
@@ -96,7 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from medft_jax.report import write_report
 
     summary = _summary(args)
     index = write_report(summary, args.out, beat_threshold=args.beat_threshold, runs_dir=args.runs)

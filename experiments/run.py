@@ -20,7 +20,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments.common import add_dataset_flags, dataset_options, local_options
+from medft_jax import data, results
+from medft_jax.config import RunConfig, check_config, flag_name
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
+from medft_jax.models import ARCHS
+from medft_jax.outcomes import BUSY, DIVERGED, OUT_OF_MEMORY, SKIPPED
+from medft_jax.pretrained import WEIGHTS_CHOICES
+from medft_jax.report import aggregate
+from medft_jax.session import Session
+from medft_jax.strategies import STRATEGIES
 
 # Small settings that make the default command finish in minutes on a 2-core CPU.
 DEMO_DEFAULTS = {"image_size": 32, "epochs": 8, "batch_size": 32, "lr": 1e-4, "seeds": [0]}
@@ -29,10 +37,6 @@ LR_GRID = (1e-3, 1e-4, 1e-5)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medft_jax.models import ARCHS
-    from medft_jax.pretrained import WEIGHTS_CHOICES
-    from medft_jax.strategies import STRATEGIES
-
     p = ArgumentParser(
         prog="python -m experiments.run",
         description="Fine-tune a pretrained CNN on a medical image task with one strategy.",
@@ -91,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="BatchNorm of frozen blocks: keep updating running statistics (the "
         "paper's code) or freeze them (inference mode)",
     )
+    _add_strategy_options(p)
+    p.add_argument("--out", default="runs", help="results folder")
+    p.add_argument("--force", action="store_true", help="rerun runs whose record exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _add_strategy_options(p: argparse.ArgumentParser) -> None:
+    """Flags of the options some strategies read (``strategies.make``'s arguments)."""
     p.add_argument("--lp-epochs", type=int, help="LP-FT: head-only epochs (default 5)")
     p.add_argument(
         "--epochs-per-stage",
@@ -113,10 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
         "5 gradient evaluations before each epoch (prepass, the reference code's order)",
     )
     p.add_argument("--surgical-block", help="surgical: the block trained with the head")
-    p.add_argument("--out", default="runs", help="results folder")
-    p.add_argument("--force", action="store_true", help="rerun runs whose record exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
 
 
 def _defaults(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,9 +152,6 @@ def make_configs(args: argparse.Namespace) -> list[Any]:
     Everything is checked before any work starts; a value out of range is
     one line naming its flag (``--lr must be in (0, 1], got -1.0``).
     """
-    from medft_jax import data
-    from medft_jax.config import RunConfig, check_config, flag_name
-
     base = args.dataset.split("/")[0].split("@")[0]
     known = [n.split("/")[0] for n in data.known_names()]
     if base not in known:
@@ -204,68 +210,44 @@ def _main(argv: Sequence[str] | None) -> int:
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
         writable_dir(args.data_dir, "--data-dir")
-
-    import jax
-
-    from medft_jax import results
-    from medft_jax.errors import os_errno_in
-    from medft_jax.fit import identify, load_dataset, run_one
-    from medft_jax.locks import RunLocked
-    from medft_jax.runtime import enable_compilation_cache
-    from medft_jax.train import NonFiniteLossError
-
-    if os.environ.get("MEDFT_DISTRIBUTED") == "1":  # see BUILD.md: multi-host runs
-        jax.distributed.initialize()
-    enable_compilation_cache()
-    main_process = jax.process_index() == 0
-
-    d = _defaults(args)
-    records = []
-    try:
-        dataset = load_dataset(configs[0], args.data_dir, **options)
-        for i, config in enumerate(configs, 1):
-            config = identify(config, dataset)
-            if len(configs) > 1 and main_process:
-                print(f"[{i}/{len(configs)}] lr {config.lr:g}, seed {config.seed}", flush=True)
-            path = results.record_path(args.out, config.to_dict())
-            if path.exists() and not args.force and main_process:
-                print(f"skipped: record exists (use --force): {path}", flush=True)
-            try:
-                record = run_one(
-                    config,
-                    args.out,
-                    dataset=dataset,
-                    force=args.force,
-                    progress=not args.no_progress,
-                )
-            except RunLocked as e:
-                if main_process:
-                    print(f"{path.parent.name}: {e}, skipped", flush=True)
-                continue
-            records.append(record)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        if os_errno_in(e) is not None:
-            raise  # a full disk or a refused write: cli_main names the path
-        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
-            first = str(e).strip().splitlines()[0]
+    session = Session(
+        args.out,
+        data_dir=args.data_dir,
+        dataset_options={args.dataset: options},
+        force=args.force,
+        retry_failed=True,  # a run asked for by name is tried again
+        progress=not args.no_progress,
+    )
+    say = print if session.main_process else lambda *a, **k: None
+    records, status = [], 0
+    for i, config in enumerate(configs, 1):
+        if len(configs) > 1:
+            say(f"[{i}/{len(configs)}] lr {config.lr:g}, seed {config.seed}", flush=True)
+        o = session.run(config)
+        if o.kind == SKIPPED:
+            say(f"skipped: record exists (use --force): {session.path_of(o.config)}", flush=True)
+        elif o.kind == BUSY:
+            say(f"{o.name}: {o.error}, skipped", flush=True)
+        elif o.kind == DIVERGED:  # noted in failed.json; the other learning rates go on
+            print(f"error: {o.error}", file=sys.stderr)
+            status = 1
+        elif o.kind == OUT_OF_MEMORY:
             print(
-                f"error: out of device memory ({first[:200]}); try a smaller --batch-size "
-                f"than {d['batch_size']} or --precision bf16",
+                f"error: out of device memory ({o.error}); try a smaller --batch-size "
+                f"than {config.batch_size} or --precision bf16",
                 file=sys.stderr,
             )
             return 1
-        raise
-    if records and main_process:
+        elif o.exception is not None:  # data unavailable, disk full: one line from cli_main
+            raise o.exception
+        if o.record:
+            records.append(o.record)
+    if records and session.main_process:
         _print_summary(records, args.out)
-    return 0
+    return status
 
 
 def _print_summary(records: list[dict[str, Any]], out: str) -> None:
-    from medft_jax import results
-
     first = records[0]
     metric = first["primary_metric"]
     if len(records) == 1:
@@ -277,8 +259,8 @@ def _print_summary(records: list[dict[str, Any]], out: str) -> None:
         )
         print(format_table([(k, _fmt(v)) for k, v in r["test"].items()]))
     else:
-        lr = results.choose_lr(records, metric)
-        summary = results.summarise([r for r in records if r["config"]["lr"] == lr])
+        lr = aggregate.choose_lr(records, metric)
+        summary = aggregate.summarise([r for r in records if r["config"]["lr"] == lr])
         print(
             f"\nlr {lr:g} chosen by mean validation {metric}; test metrics, mean ± SE over "
             f"{len(summary['seeds'])} seeds:"

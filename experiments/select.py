@@ -35,27 +35,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from medft_jax.errors import ArgumentParser
+from medft_jax import grid as grid_lib
+from medft_jax import results
+from medft_jax.config import check_value
+from medft_jax.errors import ArgumentParser, cli_main
+from medft_jax.grid import Grid
+from medft_jax.halving import Arm, rung_budgets, successive_halving, survivors, tiebreak_metric
+from medft_jax.report import collect
+from medft_jax.session import Session
 
-
-@dataclasses.dataclass
-class Arm:
-    """One (strategy, lr) of the selection and what it has trained so far."""
-
-    strategy: str
-    lr: float
-    config: Any
-    score: float = math.nan
-    tiebreak: float = math.nan
-    """A threshold-free second metric at the best validation (see :func:`tiebreak_metric`)."""
-    epochs: float = 0.0
-    seconds: float = 0.0
-    finished: bool = False
-    failed: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.strategy} @ lr {self.lr:g}"
+__all__ = ["Arm", "main", "rung_budgets", "survivors", "tiebreak_metric"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,56 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def rung_budgets(min_epochs: float, eta: int, max_epochs: int) -> list[float]:
-    """Epoch budgets of the rungs: min, min*eta, min*eta^2, ... capped at (and ending in) max."""
-    budgets = [min(min_epochs, max_epochs)]
-    while budgets[-1] < max_epochs:
-        budgets.append(min(budgets[-1] * eta, max_epochs))
-    return budgets
-
-
-def survivors(arms: Sequence[Arm], eta: int) -> list[Arm]:
-    """The best ``ceil(n / eta)`` arms by score, then tie-break (failed and NaN last).
-
-    Equal scores are common early: accuracy on a small validation set
-    moves in steps of one image, and after a few steps most arms still
-    predict one class. The tie-break metric ranks those; arms tied on both
-    keep grid order.
-    """
-    keep = max(1, math.ceil(len(arms) / eta))
-    ranked = sorted(
-        enumerate(arms),
-        key=lambda ia: (
-            ia[1].failed is not None or math.isnan(ia[1].score),
-            -_num(ia[1].score),
-            -_num(ia[1].tiebreak),
-            ia[0],
-        ),
-    )
-    return [a for _, a in ranked[:keep]]
-
-
-def tiebreak_metric(primary: str) -> str:
-    """AUROC, or mAP where AUROC is the primary metric: continuous where accuracy is not."""
-    return "map" if primary == "auroc" else "auroc"
-
-
-def _num(x: float) -> float:
-    return -math.inf if math.isnan(x) else x
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status 0, or 2 with one ``error:`` line for bad input."""
-    from medft_jax.errors import cli_main
-
     return cli_main(_main, argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from medft_jax import grid as grid_lib
-    from medft_jax.config import check_value
-
     if not (math.isfinite(args.min_epochs) and args.min_epochs > 0):
         raise grid_lib.GridError(f"--min-epochs must be a finite number > 0, got {args.min_epochs}")
     if not 2 <= args.eta <= 100:
@@ -143,20 +89,24 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.seed is not None:
         check_value("seed", args.seed, "--seed")
     g, arms, max_epochs = _arms(args)
-    outcome = select(g, arms, max_epochs, args)
+    session = Session(
+        args.out,
+        data_dir=args.data_dir or g.data_dir,
+        dataset_options=g.dataset_options,
+        retry_failed=True,  # a diverged arm is tried again, and fails again, as before
+    )
+    outcome = successive_halving(
+        arms, session, min_epochs=args.min_epochs, eta=args.eta, max_epochs=max_epochs
+    )
     if args.grid_runs:
         outcome["grid"] = compare_with_grid(g, arms, args.grid_runs, outcome)
     _print_outcome(outcome)
     if args.json:
-        from medft_jax import results
-
         results.write_record(args.json, outcome)
     return 0
 
 
-def _arms(args: argparse.Namespace) -> tuple[Any, list[Arm], int]:
-    from medft_jax import grid as grid_lib
-
+def _arms(args: argparse.Namespace) -> tuple[Grid, list[Arm], int]:
     g = grid_lib.load_grid(args.config)
     runs = grid_lib.select(g, grid_lib.parse_only(args.only))
     for axis in ("dataset", "arch"):
@@ -176,140 +126,10 @@ def _arms(args: argparse.Namespace) -> tuple[Any, list[Arm], int]:
     return g, arms, runs[0].epochs
 
 
-def select(g: Any, arms: list[Arm], max_epochs: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Runs the rungs; returns the outcome (pick, rungs, cost)."""
-    from medft_jax.data import DataError
-    from medft_jax.errors import UserError
-    from medft_jax.fit import identify, load_dataset, run_one
-    from medft_jax.locks import RunLocked
-    from medft_jax.runtime import enable_compilation_cache
-    from medft_jax.train import NonFiniteLossError
-
-    enable_compilation_cache()
-    first = arms[0].config
-    dataset = load_dataset(
-        first, args.data_dir or g.data_dir, **dict(g.dataset_options.get(first.dataset, {}))
-    )
-    for arm in arms:  # the runs' identity covers the data and the starting weights
-        arm.config = identify(arm.config, dataset)
-    steps_per_epoch = dataset.steps_per_epoch(first.batch_size)
-    if args.min_epochs * steps_per_epoch < 1:
-        raise DataError(
-            f"--min-epochs {args.min_epochs:g} is under one train step: {first.dataset} has "
-            f"{steps_per_epoch} steps per epoch at batch size {first.batch_size}"
-        )
-    alive = list(arms)
-    trainers: dict[tuple, Any] = {}  # compiled steps shared by the arms of one strategy
-    rungs = []
-    for budget in rung_budgets(args.min_epochs, args.eta, max_epochs):
-        steps = round(budget * steps_per_epoch)
-        for arm in alive:
-            if arm.finished or arm.failed:
-                continue
-            try:
-                record = run_one(
-                    arm.config,
-                    args.out,
-                    dataset=dataset,
-                    progress=False,
-                    stop_after_steps=steps,
-                    trainers=trainers,
-                )
-            except NonFiniteLossError as e:
-                arm.failed = str(e)
-                continue
-            except RunLocked as e:  # another selection trains this arm: it cannot be scored
-                raise UserError(
-                    f"--out {args.out}: arm {arm.label} is {e}; give each selection its own --out"
-                ) from None
-            _score(arm, record, args.out, dataset, steps_per_epoch)
-        rungs.append(
-            {
-                "epochs": budget,
-                "steps": steps,
-                "arms": [
-                    {
-                        "arm": a.label,
-                        "score": a.score,
-                        "tiebreak": a.tiebreak,
-                        "epochs": a.epochs,
-                        "failed": a.failed,
-                    }
-                    for a in alive
-                ],
-            }
-        )
-        print(
-            f"rung at {budget:.3g} epoch(s), {steps} steps: "
-            + ", ".join(f"{a.label} {a.score:.4f}" for a in alive)
-        )
-        if budget >= max_epochs:
-            break
-        alive = survivors(alive, args.eta)
-        if len(alive) == 1:  # the pick: no need to train it further here
-            break
-    pick = survivors(alive, len(alive))[0]
-    return {
-        "dataset": first.dataset,
-        "arch": first.arch,
-        "seed": first.seed,
-        "eta": args.eta,
-        "min_epochs": args.min_epochs,
-        "max_epochs": max_epochs,
-        "pick": {"strategy": pick.strategy, "lr": pick.lr, "val": pick.score},
-        "tiebreak_metric": tiebreak_metric(_primary(first, dataset)),
-        "rungs": rungs,
-        "cost": {
-            "epochs": sum(a.epochs for a in arms),
-            "seconds": sum(a.seconds for a in arms),
-            "arms": len(arms),
-        },
-    }
-
-
-def _score(arm: Arm, record: dict[str, Any], out: str, dataset: Any, steps_per_epoch: int) -> None:
-    """Updates the arm from its record (finished) or its resume checkpoint (stopped).
-
-    The score is the best validation (by primary metric, then tie-break
-    metric) of the arm's epochs and of the partial epoch it stopped in; its
-    cost counts the steps and seconds of both.
-    """
-    from medft_jax.checkpoint import RunCheckpoints
-    from medft_jax.results import run_dir
-
-    if record:
-        epochs, partial, arm.finished = record["epochs"], None, True
-        metric = record["primary_metric"]
-    else:
-        progress = RunCheckpoints(run_dir(out, arm.config.to_dict())).read_progress() or {}
-        epochs, partial = progress.get("epochs", []), progress.get("partial")
-        metric = _primary(arm.config, dataset)
-    vals = [e["val"] for e in epochs] + ([partial["val"]] if partial else [])
-    second = tiebreak_metric(metric)
-    ranked = [
-        (v[metric], _num(v.get(second, math.nan)))
-        for v in vals
-        if v.get(metric) is not None and math.isfinite(v[metric])
-    ]
-    arm.score, tiebreak = max(ranked) if ranked else (math.nan, math.nan)
-    arm.tiebreak = tiebreak if math.isfinite(tiebreak) else math.nan
-    arm.epochs = len(epochs) + (partial["steps"] / steps_per_epoch if partial else 0)
-    arm.seconds = float(sum(e["seconds"] for e in epochs)) + (partial["seconds"] if partial else 0)
-
-
-def _primary(config: Any, dataset: Any) -> str:
-    from medft_jax.metrics import primary_metric
-
-    return primary_metric(config.dataset, dataset.multilabel)
-
-
 def compare_with_grid(
     g: Any, arms: list[Arm], grid_runs: str, outcome: dict[str, Any]
 ) -> dict[str, Any]:
     """The grid's winner and cost for the same dataset and arch, from its records."""
-    from medft_jax import results
-    from medft_jax.report import collect
-
     wanted = {
         results.settings_hash(
             g.config(a.config.dataset, a.config.arch, a.strategy, a.lr, s).to_dict()

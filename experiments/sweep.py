@@ -23,15 +23,25 @@ would fail too; started again once space is freed, it resumes.
 from __future__ import annotations
 
 import argparse
-import errno
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medft_jax.errors import ArgumentParser
+from medft_jax import grid as grid_lib
+from medft_jax import results
+from medft_jax.config import RunConfig
+from medft_jax.errors import ArgumentParser, cli_main, writable_dir
+from medft_jax.grid import Grid
+from medft_jax.outcomes import (
+    BUSY,
+    DIVERGED,
+    DONE,
+    FAILED_BEFORE,
+    SKIPPED,
+    UNAVAILABLE,
+    Outcome,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan(args: argparse.Namespace) -> tuple[Any, list[Any], tuple[int, int]]:
     """The grid, this process's runs and its shard; a bad flag raises GridError naming it."""
-    from medft_jax import grid as grid_lib
 
     g = grid_lib.load_grid(args.config)
     runs = grid_lib.select(g, grid_lib.parse_only(args.only))
@@ -75,25 +84,8 @@ def plan(args: argparse.Namespace) -> tuple[Any, list[Any], tuple[int, int]]:
     return g, runs, (index, count)
 
 
-def status_of(config: Any, out: str | os.PathLike[str]) -> str:
-    """``done`` (record), ``failed`` (failure note, no record) or ``todo``.
-
-    ``config`` must be identified (:func:`medft_jax.fit.identify`): a record
-    of the same settings on other data or weights is another run.
-    """
-    from medft_jax import results
-
-    cfg = config.to_dict()
-    if results.record_path(out, cfg).exists():
-        return "done"
-    if results.failure_path(out, cfg).exists():
-        return "failed"
-    return "todo"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status 0, 1 when a dataset was unavailable or the disk full, 2 for bad input."""
-    from medft_jax.errors import cli_main
 
     return cli_main(_main, argv)
 
@@ -104,8 +96,6 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.dry_run:
         dry_run(g, runs, index, count, args.out)
         return 0
-    from medft_jax.errors import writable_dir
-
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
         writable_dir(args.data_dir, "--data-dir")
@@ -115,18 +105,15 @@ def _main(argv: Sequence[str] | None) -> int:
 # --- dry run -------------------------------------------------------------------------------------
 
 
-def dry_run(g: Any, runs: list[Any], index: int, count: int, out: str) -> None:
+def dry_run(g: Grid, runs: list[RunConfig], index: int, count: int, out: str) -> None:
     """Lists this shard's runs with status and estimated cost, and every shard's total."""
-    from medft_jax import grid as grid_lib
-    from medft_jax import results
-
     records = results.load_records(out) if Path(out).is_dir() else []
     failures = results.load_failures(out) if Path(out).is_dir() else []
     # Without loading the data, a run is matched by its settings (any data version).
     finished = {results.settings_hash(r["config"]) for r in records}
     noted = {results.settings_hash(f["config"]) for f in failures}
 
-    def status(config: Any) -> str:
+    def status(config: RunConfig) -> str:
         key = results.settings_hash(config.to_dict())
         return "done" if key in finished else "failed" if key in noted else "todo"
 
@@ -189,124 +176,92 @@ def _duration(seconds: float | None) -> str:
 # --- the sweep -----------------------------------------------------------------------------------
 
 
-def sweep(g: Any, runs: list[Any], index: int, count: int, args: argparse.Namespace) -> int:
+def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse.Namespace) -> int:
     """Runs this shard's unfinished runs in grid order; returns the exit status."""
-    import jax
+    # The one import of JAX, here and not at the top: --dry-run and a bad flag stay fast.
+    from medft_jax.session import Session
 
-    from medft_jax import grid as grid_lib
-    from medft_jax import results
-    from medft_jax.data import DataError
-    from medft_jax.data.tasks import task_options
-    from medft_jax.errors import find_os_error, os_error_line
-    from medft_jax.fit import identify, load_dataset, run_one
-    from medft_jax.locks import RunLocked
-    from medft_jax.runtime import enable_compilation_cache
-    from medft_jax.train import NonFiniteLossError
-
-    if os.environ.get("MEDFT_DISTRIBUTED") == "1":  # every process of one job runs every run
-        jax.distributed.initialize()
-    enable_compilation_cache()
-    main_process = jax.process_index() == 0
+    session = Session(
+        args.out,
+        data_dir=args.data_dir or g.data_dir,
+        dataset_options=g.dataset_options,
+        retry_failed=args.retry_failed,
+        progress=args.progress,
+    )
 
     def say(text: str) -> None:
-        if main_process:
+        if session.main_process:
             print(text, flush=True)
 
     mine = grid_lib.shard(runs, index, count)
-    data_dir = args.data_dir or g.data_dir
-    datasets: dict[tuple, Any] = {}
-    trainers: dict[tuple, Any] = {}  # compiled steps shared by runs differing in lr/seed
-    unavailable: dict[str, str] = {}
-    ran = skipped = diverged = 0
-    busy: set[str] = set()  # runs another process was running
-    errors: list[str] = []
     say(
         f"grid {g.name}: {len(mine)} runs in this process"
         + (f" (shard {index}/{count} of {len(runs)})" if count > 1 else "")
         + f", results in {args.out}"
     )
-    identified: list[Any] = []  # with their data and weights fingerprints
+    tally = {kind: 0 for kind in (DONE, SKIPPED, FAILED_BEFORE, DIVERGED)}
+    unavailable: set[str] = set()
+    busy: set[str] = set()  # runs another process was running
+    errors: list[str] = []
+    identified: list[RunConfig] = []  # with their data and weights fingerprints
     for k, config in enumerate(mine, 1):
         if config.dataset in unavailable:
             continue
-        key = (config.dataset, config.arch, config.image_size, config.data_seed)
-        try:
-            if key not in datasets:
-                options = dict(g.dataset_options.get(config.dataset, {}))
-                datasets[key] = load_dataset(config, data_dir, **options)
-            config = identify(config, datasets[key])
-        except DataError as e:
-            unavailable[config.dataset] = str(e)
-            errors.append(f"dataset {config.dataset}: {e}")
-            say(f"[{k}/{len(mine)}] dataset {config.dataset} unavailable, its runs skipped ({e})")
+        at = f"[{k}/{len(mine)}]"
+        started: list[RunConfig] = []
+
+        def on_start(c: RunConfig, at: str = at, started: list = started) -> None:
+            started.append(c)
+            say(f"{at} {results.run_name(c.to_dict())}: running")
+
+        o = session.run(config, on_start=on_start)
+        if o.kind == UNAVAILABLE:
+            unavailable.add(config.dataset)
+            errors.append(f"dataset {config.dataset}: {o.error}")
+            where = f"{o.name}: dataset" if started else f"dataset {config.dataset}"
+            say(f"{at} {where} unavailable, its runs skipped ({o.error})")
             continue
-        identified.append(config)
-        name = results.run_name(config.to_dict())
-        state = status_of(config, args.out)
-        if state == "done" or (state == "failed" and not args.retry_failed):
-            skipped += 1
-            say(f"[{k}/{len(mine)}] {name}: {state}, skipped")
-            continue
-        t = time.perf_counter()
-        try:
-            say(f"[{k}/{len(mine)}] {name}: running")
-            record = run_one(
-                config,
-                args.out,
-                dataset=datasets[key],
-                progress=args.progress,
-                trainers=trainers,
-            )
-        except NonFiniteLossError as e:
-            diverged += 1
-            if main_process:
-                results.write_failure(
-                    args.out,
-                    config.to_dict(),
-                    "nonfinite",
-                    str(e),
-                    task_options(config.dataset, datasets[key].metadata),
-                )
-            say(f"[{k}/{len(mine)}] {name}: diverged ({e})")
-            continue
-        except DataError as e:
-            unavailable[config.dataset] = str(e)
-            errors.append(f"dataset {config.dataset}: {e}")
-            say(f"[{k}/{len(mine)}] {name}: dataset unavailable, its runs skipped ({e})")
-            continue
-        except RunLocked as e:  # another sweep (or experiments.run) is on it: go on
-            busy.add(name)
-            say(f"[{k}/{len(mine)}] {name}: {e}, skipped")
-            continue
-        except Exception as e:
-            os_err = find_os_error(e)
-            if os_err is None or os_err.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            # Every later run would fail the same way: stop (the run resumes when rerun).
-            errors.append(os_error_line(os_err))
-            say(f"[{k}/{len(mine)}] {name}: stopped, {os_error_line(os_err)}")
+        identified.append(o.config)
+        if o.kind in tally:
+            tally[o.kind] += 1
+        if o.kind == BUSY:
+            busy.add(o.name)
+        say(f"{at} {o.name}: {_outcome_text(o)}")
+        if o.fatal:  # every later run would fail the same way: stop (rerun resumes)
+            errors.append(o.error)
             break
-        ran += 1
-        metric = record["primary_metric"]
-        value = record["test"].get(metric)
-        shown = "nan" if value is None else f"{value:.4f}"
-        say(
-            f"[{k}/{len(mine)}] {name}: done in {time.perf_counter() - t:.0f} s, best epoch "
-            f"{record['best_epoch'] + 1} of {len(record['epochs'])}, test {metric} {shown}"
-        )
     left = sum(
-        status_of(c, args.out) == "todo" and results.run_name(c.to_dict()) not in busy
+        session.status(c) == "todo" and results.run_name(c.to_dict()) not in busy
         for c in identified
     )
     left += len(mine) - len(identified)  # runs of datasets that were unavailable, or not reached
     running = f", {len(busy)} running in another process" if busy else ""
     say(
-        f"finished: {ran} run now, {skipped} already done or failed before, {diverged} diverged"
-        f"{running}, {left} not run"
+        f"finished: {tally[DONE]} run now, {tally[SKIPPED] + tally[FAILED_BEFORE]} already done "
+        f"or failed before, {tally[DIVERGED]} diverged{running}, {left} not run"
     )
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _outcome_text(o: Outcome) -> str:
+    """How the sweep's log line tells how a run ended."""
+    if o.kind in (SKIPPED, FAILED_BEFORE):
+        return f"{'done' if o.kind == SKIPPED else 'failed'}, skipped"
+    if o.kind == DIVERGED:
+        return f"diverged ({o.error})"
+    if o.kind == BUSY:
+        return f"{o.error}, skipped"
+    if o.fatal:
+        return f"stopped, {o.error}"
+    r = o.record
+    value = r["test"].get(r["primary_metric"])
+    shown = "nan" if value is None else f"{value:.4f}"
+    return (
+        f"done in {o.seconds:.0f} s, best epoch {r['best_epoch'] + 1} of {len(r['epochs'])}, "
+        f"test {r['primary_metric']} {shown}"
+    )
 
 
 if __name__ == "__main__":

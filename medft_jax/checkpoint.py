@@ -40,7 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from medft_jax.errors import naming_os_errors, os_errno_in
-from medft_jax.model_checkpoint import quiet_reported_failures, save_model
+from medft_jax.model_checkpoint import load_model, quiet_reported_failures, save_model
 
 __all__ = ["RunCheckpoints", "naming_os_errors", "os_errno_in", "quiet_reported_failures"]
 
@@ -166,6 +166,11 @@ class RunCheckpoints:
                 os.replace(new, self.best_dir)
                 shutil.rmtree(old, ignore_errors=True)
             _sync_processes("medft_jax.checkpoint.save_best")
+
+    def load_best(self, sharding: Any = None) -> dict[str, Any]:
+        """The best epoch's ``{'params', 'batch_stats'}`` (on ``sharding`` when given)."""
+        variables, _ = load_model(self.best_dir)
+        return variables if sharding is None else jax.device_put(variables, sharding)
 
     def close(self) -> None:
         """Waits for the background writes (raising their error) and closes; idempotent."""

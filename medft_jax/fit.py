@@ -1,10 +1,20 @@
 """One run, end to end: load data and weights, train with early stopping, test, record.
 
-:func:`run_one` is what ``python -m experiments.run`` (and later the sweep)
-calls for each (dataset, arch, strategy, lr, seed). It is idempotent: a run
-whose record exists is skipped unless ``force``; a run killed half-way
-resumes from its latest checkpoint and writes the record an uninterrupted
-run writes; a failed run leaves no record.
+:func:`run_one` is what every run goes through (``experiments.run``,
+``experiments.sweep`` and ``experiments.select``, by way of
+:class:`medft_jax.session.Session`), for each (dataset, arch, strategy, lr,
+seed). It is idempotent: a run whose record exists is skipped unless
+``force``; a run killed half-way resumes from its latest checkpoint and
+writes the record an uninterrupted run writes; a failed run leaves no
+record. It is three named steps:
+
+- :func:`_prepare`: the model, the strategy, the compiled steps and the
+  train state, restored from the run's latest checkpoint when there is one;
+- :func:`_train_epochs`: epochs (each: an Auto-RGN prepass where the
+  strategy asks for one, the batches, validation, early stopping, the best
+  and resume checkpoints) until early stopping, the last epoch or a step
+  budget;
+- :func:`_finish`: the test pass of the best epoch, and the record.
 """
 
 from __future__ import annotations
@@ -23,14 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from medft_jax import data, locks, metrics, pretrained, results, strategies
+from medft_jax import data, locks, metrics, model_checkpoint, pretrained, results, strategies
 from medft_jax.checkpoint import RunCheckpoints
 from medft_jax.config import RunConfig, check_config
 from medft_jax.data.tasks import task_options
 from medft_jax.early_stopping import EarlyStopping
+from medft_jax.environment import environment_info
 from medft_jax.errors import one_line
-from medft_jax.models import create, get_arch, init_variables
-from medft_jax.train import Trainer, check_finite
+from medft_jax.models import ArchSpec, get_arch, init_variables
+from medft_jax.strategies import Schedule
+from medft_jax.train import Trainer, TrainState, check_finite
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -40,6 +52,7 @@ def _resize_for(arch: str, image_size: int) -> int:
 
 
 def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any) -> data.Dataset:
+    """The dataset of ``config``, prepared at its arch's resize size for its crop."""
     return data.load(
         config.dataset,
         data_dir=data_dir,
@@ -58,8 +71,6 @@ def weights_fingerprint(weights: str, arch: str) -> str:
     initialisation is never mistaken for one trained from ImageNet.
     """
     path = pretrained.locate(weights, arch)
-    from medft_jax import model_checkpoint
-
     return "none" if path is None else model_checkpoint.content_hash(path)
 
 
@@ -81,6 +92,119 @@ def identify(config: RunConfig, ds: data.Dataset) -> RunConfig:
     )
 
 
+# --- what a resume checkpoint holds besides the train state ------------------------------------
+
+
+@dataclasses.dataclass
+class PartialEpoch:
+    """An epoch that a mid-epoch stop left unfinished: where it goes on, and what it has so far.
+
+    Its validation never counts for early stopping or the best epoch.
+    """
+
+    epoch: int
+    steps: int
+    iterator: dict[str, Any]
+    losses: list[float]
+    train_seconds: float
+    seconds: float
+    val: dict[str, float]
+
+
+@dataclasses.dataclass
+class Progress:
+    """Finished epochs, early stopping, compile time and a partial epoch: the resume JSON."""
+
+    epochs: list[dict[str, Any]]
+    stopper: EarlyStopping
+    compile_seconds: float = 0.0
+    partial: PartialEpoch | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "epochs": self.epochs,
+            "early_stopping": self.stopper.state_dict(),
+            "compile_seconds": self.compile_seconds,
+        }
+        if self.partial is not None:
+            out["partial"] = dataclasses.asdict(self.partial)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Progress:
+        partial = d.get("partial")
+        return cls(
+            epochs=list(d["epochs"]),
+            stopper=EarlyStopping.from_state(d["early_stopping"]),
+            compile_seconds=float(d["compile_seconds"]),
+            partial=PartialEpoch(**partial) if partial else None,
+        )
+
+    def steps_done(self, steps_per_epoch: int) -> int:
+        return len(self.epochs) * steps_per_epoch + (self.partial.steps if self.partial else 0)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether early stopping ended the run at its last finished epoch."""
+        return bool(self.epochs) and bool(self.epochs[-1].get("stop"))
+
+
+# --- the run's compiled steps -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerKey:
+    """What a :class:`Trainer`'s compiled steps depend on.
+
+    Runs equal in it (a sweep's runs that differ in learning rate, seed or
+    starting weights only) share one Trainer and compile nothing again.
+    """
+
+    arch: str
+    strategy: str
+    strategy_options: tuple[tuple[str, Any], ...]
+    frozen_bn: str
+    precision: str
+    batch_size: int
+    image_size: int
+    eval_batch_size: int | None
+    num_classes: int
+    multilabel: bool
+    steps_per_epoch: int
+    device_count: int
+
+
+@dataclasses.dataclass
+class _Run:
+    """A prepared run: everything the epochs and the finish read and update."""
+
+    config: RunConfig
+    ds: data.Dataset
+    spec: ArchSpec
+    schedule: Schedule
+    trainer: Trainer
+    params: Any
+    """The host initial parameters (the tree the schedule's masks are built on)."""
+    state: TrainState
+    progress: Progress
+    steps_per_epoch: int
+    eval_batch_size: int
+    weights_used: str
+    best_variables: Any = None
+    """Device copy of the best epoch's variables when trained in this call."""
+
+    @property
+    def primary(self) -> str:
+        return metrics.primary_metric(self.config.dataset, self.ds.multilabel)
+
+    @property
+    def shard(self) -> dict[str, int]:
+        return {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
+
+
+# --- run_one --------------------------------------------------------------------------------------
+
+
 def run_one(
     config: RunConfig,
     out_dir: str | Path = "runs",
@@ -91,7 +215,7 @@ def run_one(
     progress: bool = True,
     eval_batch_size: int | None = None,
     stop_after_steps: int | None = None,
-    trainers: dict[tuple, Trainer] | None = None,
+    trainers: dict[TrainerKey, Trainer] | None = None,
 ) -> dict[str, Any]:
     """Trains, evaluates and records one configuration; returns its record.
 
@@ -124,42 +248,29 @@ def run_one(
             return results.read_record(record_file)
         if force:
             lock.clear_folder()
-        return _train(
-            config,
-            ds,
-            run_dir,
-            record_file,
-            ckpts,
-            progress=progress,
-            eval_batch_size=eval_batch_size,
-            stop_after_steps=stop_after_steps,
-            trainers=trainers,
-        )
+        run = _prepare(config, ds, ckpts, eval_batch_size=eval_batch_size, trainers=trainers)
+        stop_at = math.inf if stop_after_steps is None else stop_after_steps
+        if not _train_epochs(run, ckpts, run_dir.name, progress=progress, stop_at=stop_at):
+            ckpts.close()
+            return {}
+        return _finish(run, ckpts, run_dir.name, record_file)
 
 
-def _train(
+def _prepare(
     config: RunConfig,
     ds: data.Dataset,
-    run_dir: Path,
-    record_file: Path,
     ckpts: RunCheckpoints,
     *,
-    progress: bool,
     eval_batch_size: int | None,
-    stop_after_steps: int | None,
-    trainers: dict[tuple, Trainer] | None,
-) -> dict[str, Any]:
-    """The body of :func:`run_one`, run while holding the run's lock."""
-    cfg = config.to_dict()
-    primary = metrics.primary_metric(config.dataset, ds.multilabel)
-    dtype = PRECISIONS[config.precision]
+    trainers: dict[TrainerKey, Trainer] | None,
+) -> _Run:
+    """The model, strategy, trainer and state of a run, resumed from its checkpoint if any."""
     spec = get_arch(config.arch)
     start, weights_used = pretrained.resolve(config.weights, config.arch)
-    model = create(config.arch, ds.num_classes, dtype=dtype)
+    model = spec.build(num_classes=ds.num_classes, dtype=PRECISIONS[config.precision])
     variables = jax.device_get(init_variables(model, config.seed, image_size=32))
     if start is not None:
         variables = pretrained.merge(variables, start, spec.partition)
-
     steps_per_epoch = ds.steps_per_epoch(config.batch_size)
     if steps_per_epoch < 1:
         raise data.DataError(
@@ -175,220 +286,267 @@ def _train(
         frozen_bn=config.frozen_bn,
         **dict(config.strategy_options),
     )
-    schedule = strategy.schedule
-
-    def build_trainer() -> Trainer:
-        return Trainer(
-            model,
-            strategy.tx,
-            multilabel=ds.multilabel,
-            compute_dtype=dtype,
-            seed=config.seed,
-            learning_rate=config.lr,
-        )
-
-    if trainers is None:
-        trainer = build_trainer()
-    else:
-        key = (
-            config.arch,
-            config.strategy,
-            config.strategy_options,
-            config.frozen_bn,
-            config.precision,
-            config.batch_size,
-            config.image_size,
-            eval_batch_size,
-            ds.num_classes,
-            ds.multilabel,
-            steps_per_epoch,
-            jax.device_count(),
-        )
-        if key not in trainers:
-            trainers[key] = build_trainer()
-        trainer = trainers[key].with_hyper(seed=config.seed, learning_rate=config.lr)
+    trainer = _trainer(config, ds, model, strategy.tx, steps_per_epoch, eval_batch_size, trainers)
     n_dev = jax.device_count()
     if config.batch_size % n_dev:
         raise data.DataError(
             f"--batch-size {config.batch_size} must be a multiple of {n_dev} devices"
         )
     eval_bs = eval_batch_size or max(n_dev, config.batch_size)
-    eval_bs -= eval_bs % n_dev
-    shard = {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
-
     state = trainer.init_state(variables)
     restored = ckpts.restore_latest(trainer.abstract_state(variables))
-    stopper = EarlyStopping(patience=config.patience, start_epoch=schedule.final_stage_epoch)
-    epochs: list[dict[str, Any]] = []
-    compile_seconds = 0.0
-    partial: dict[str, Any] | None = None  # the epoch a mid-epoch stop left unfinished
-    if restored is not None:
-        state, prog = restored
-        epochs = list(prog["epochs"])
-        stopper = EarlyStopping.from_state(prog["early_stopping"])
-        compile_seconds = float(prog["compile_seconds"])
-        partial = prog.get("partial")
+    if restored is None:
+        stopper = EarlyStopping(
+            patience=config.patience, start_epoch=strategy.schedule.final_stage_epoch
+        )
+        progress = Progress([], stopper)
+    else:
+        state, saved = restored
+        progress = Progress.from_dict(saved)
+    return _Run(
+        config=config,
+        ds=ds,
+        spec=spec,
+        schedule=strategy.schedule,
+        trainer=trainer,
+        params=variables["params"],
+        state=state,
+        progress=progress,
+        steps_per_epoch=steps_per_epoch,
+        eval_batch_size=eval_bs - eval_bs % n_dev,
+        weights_used=weights_used,
+    )
+
+
+def _trainer(
+    config: RunConfig,
+    ds: data.Dataset,
+    model: Any,
+    tx: Any,
+    steps_per_epoch: int,
+    eval_batch_size: int | None,
+    trainers: dict[TrainerKey, Trainer] | None,
+) -> Trainer:
+    """The run's :class:`Trainer`: the one in ``trainers`` with the same key, else a new one."""
+    key = TrainerKey(
+        config.arch,
+        config.strategy,
+        config.strategy_options,
+        config.frozen_bn,
+        config.precision,
+        config.batch_size,
+        config.image_size,
+        eval_batch_size,
+        ds.num_classes,
+        ds.multilabel,
+        steps_per_epoch,
+        jax.device_count(),
+    )
+    if trainers is not None and key in trainers:
+        return trainers[key].with_hyper(seed=config.seed, learning_rate=config.lr)
+    trainer = Trainer(
+        model,
+        tx,
+        multilabel=ds.multilabel,
+        compute_dtype=PRECISIONS[config.precision],
+        seed=config.seed,
+        learning_rate=config.lr,
+    )
+    if trainers is not None:
+        trainers[key] = trainer
+    return trainer
+
+
+def _train_epochs(
+    run: _Run, ckpts: RunCheckpoints, name: str, *, progress: bool, stop_at: float
+) -> bool:
+    """Trains epochs from where the run stands; False when a step budget ended this call."""
+    p, spe = run.progress, run.steps_per_epoch
+    if p.steps_done(spe) >= stop_at:
+        return False
     best_meta = {
-        "arch": config.arch,
-        "num_classes": ds.num_classes,
-        "multilabel": ds.multilabel,
-        "class_names": list(ds.class_names),
-        "resize_size": _resize_for(config.arch, config.image_size),
-        "crop_size": config.image_size,
-        "source": f"run {run_dir.name}",
+        "arch": run.config.arch,
+        "num_classes": run.ds.num_classes,
+        "multilabel": run.ds.multilabel,
+        "class_names": list(run.ds.class_names),
+        "resize_size": run.spec.resize_for(run.config.image_size),
+        "crop_size": run.config.image_size,
+        "source": f"run {name}",
     }
-    stop = bool(epochs) and bool(epochs[-1].get("stop"))
-    stop_at = math.inf if stop_after_steps is None else stop_after_steps
-    if len(epochs) * steps_per_epoch + (partial["steps"] if partial else 0) >= stop_at:
-        ckpts.close()
-        return {}
-    best_variables = None
-    for epoch in range(len(epochs), config.epochs):
-        if stop:
+    for epoch in range(len(p.epochs), run.config.epochs):
+        if p.stopped:
             break
-        trainable = schedule.trainable_mask(variables["params"], epoch)
-        bn_train = schedule.bn_train(epoch)
-        it = ds.train_iter(config.batch_size, seed=config.seed, epoch=epoch, **shard)
-        # A resumed partial epoch continues its batches, losses and clocks.
-        losses: list[float] = list(partial["losses"]) if partial else []
-        train_seconds = float(partial["train_seconds"]) if partial else 0.0
-        spent = float(partial["seconds"]) if partial else 0.0
-        position = int(partial["steps"]) if partial else 0
-        if partial:
-            it.set_state(partial["iterator"])
-            partial = None
-        bar = tqdm(
-            total=len(it),
-            initial=position,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not progress or jax.process_index() != 0,
-            leave=False,
-        )
-        pending = None
-        t_epoch = time.perf_counter()
-        compiled_before = trainer.compile_seconds
-        if schedule.prepass is not None and position == 0:
-            t, c = time.perf_counter(), trainer.compile_seconds
-            state = trainer.estimate_rgn(
-                state,
-                itertools.islice(
-                    ds.train_iter(config.batch_size, seed=config.seed, epoch=epoch, **shard),
-                    schedule.prepass.batches,
-                ),
-                trainable=trainable,
-                bn_train=bn_train,
-                prepass=schedule.prepass,
-            )
-            train_seconds += time.perf_counter() - t - (trainer.compile_seconds - c)
-        for batch in it:
-            x = trainer.shard_batch(batch["image"])
-            y = trainer.shard_batch(batch["label"])
-            trainer.compile_stage(state, x, y, trainable=trainable, bn_train=bn_train)
-            t = time.perf_counter()
-            state, loss = trainer.train_step(state, x, y, trainable=trainable, bn_train=bn_train)
-            if pending is not None:  # read the previous step's loss: keeps the device busy
-                losses.append(float(pending))
-                check_finite(losses[-1], step=int(state.step) - 1, epoch=epoch)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            pending = loss
-            train_seconds += time.perf_counter() - t
-            bar.update(1)
-            position += 1
-            if epoch * steps_per_epoch + position >= stop_at:
-                break
-        if pending is not None:
-            losses.append(float(pending))
-            check_finite(losses[-1], step=int(state.step), epoch=epoch)
-        bar.close()
-        val_probs = trainer.predict(state, ds.eval_batches("val", eval_bs, **shard))
-        epoch_compile = trainer.compile_seconds - compiled_before
-        compile_seconds += epoch_compile
-        val = _metrics(ds, "val", val_probs)
-        seconds = spent + time.perf_counter() - t_epoch - epoch_compile
-        if position < len(it):  # a mid-epoch stop: validated, saved, not an epoch for stopping
-            ckpts.save_latest(
-                epoch * steps_per_epoch + position,
-                state,
-                {
-                    **_progress(epochs, stopper, compile_seconds),
-                    "partial": {
-                        "epoch": epoch,
-                        "steps": position,
-                        "iterator": it.get_state(),
-                        "losses": losses,
-                        "train_seconds": train_seconds,
-                        "seconds": seconds,
-                        "val": val,
-                    },
-                },
-            )
-            ckpts.close()
-            return {}
-        decision = stopper.update(epoch, val[primary])
-        images = steps_per_epoch * config.batch_size
-        epochs.append(
-            {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "val": val,
-                "seconds": seconds,
-                "images_per_s": images / train_seconds if train_seconds else None,
-                "trainable_blocks": list(schedule.trainable_blocks(epoch)),
-                "improved": bool(decision.improved),
-                "stop": bool(decision.stop),
-            }
-        )
+        entry = _train_epoch(run, epoch, progress=progress, stop_at=stop_at)
+        if entry is None:  # a mid-epoch stop: validated and saved, not an epoch for stopping
+            ckpts.save_latest(epoch * spe + p.partial.steps, run.state, p.to_dict())
+            return False
+        decision = p.stopper.update(epoch, entry["val"][run.primary])
+        entry.update(improved=bool(decision.improved), stop=bool(decision.stop))
+        p.epochs.append(entry)
         if progress and jax.process_index() == 0:
             print(
-                f"epoch {epoch + 1}: loss {epochs[-1]['train_loss']:.4f}  val {primary} "
-                f"{val[primary]:.4f}{'  *' if decision.improved else ''}",
+                f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}  val {run.primary} "
+                f"{entry['val'][run.primary]:.4f}{'  *' if decision.improved else ''}",
                 flush=True,
             )
         if decision.improved:
-            ckpts.save_best(state.variables, {**best_meta, "epoch": epoch})
+            ckpts.save_best(run.state.variables, {**best_meta, "epoch": epoch})
             # A device copy for the test pass (the next step donates ``state``).
-            best_variables = _copy(state.variables)
-        stop = bool(decision.stop)
-        if stop or epoch + 1 >= config.epochs:
+            run.best_variables = _copy(run.state.variables)
+        if decision.stop or epoch + 1 >= run.config.epochs:
             break  # finishing: no resume point needed (a kill now redoes only this epoch)
-        ckpts.save_latest(
-            (epoch + 1) * steps_per_epoch,
-            state,
-            _progress(epochs, stopper, compile_seconds),
-        )
-        if (epoch + 1) * steps_per_epoch >= stop_at:
-            ckpts.close()
-            return {}
+        ckpts.save_latest((epoch + 1) * spe, run.state, p.to_dict())
+        if (epoch + 1) * spe >= stop_at:
+            return False
+    return True
 
-    best = next((e for e in epochs if e["epoch"] == stopper.best_epoch), None)
-    if best is None:
-        raise RuntimeError(f"run {run_dir.name}: no epoch finished with a finite val {primary}")
-    if best_variables is None:  # the best epoch was trained before a restart
-        best_state = _load_best(trainer, state, ckpts)
-    else:
-        best_state = state.replace(
-            params=best_variables["params"], batch_stats=best_variables["batch_stats"]
+
+def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> dict[str, Any] | None:
+    """One epoch (or what is left of it) and its validation: its record entry.
+
+    Returns None when the step budget ends it early; ``run.progress.partial``
+    then holds where it stands.
+    """
+    p, config = run.progress, run.config
+    trainable = run.schedule.trainable_mask(run.params, epoch)
+    bn_train = run.schedule.bn_train(epoch)
+    it = run.ds.train_iter(config.batch_size, seed=config.seed, epoch=epoch, **run.shard)
+    # A resumed partial epoch continues its batches, losses and clocks.
+    part = p.partial or PartialEpoch(epoch, 0, {}, [], 0.0, 0.0, {})
+    if p.partial is not None:
+        it.set_state(part.iterator)
+        p.partial = None
+    t_epoch = time.perf_counter()
+    compiled_before = run.trainer.compile_seconds
+    if run.schedule.prepass is not None and part.steps == 0:
+        part.train_seconds += _rgn_prepass(run, epoch, trainable, bn_train)
+    part.steps, part.train_seconds = _run_batches(
+        run, it, part, epoch, trainable, bn_train, progress=progress, stop_at=stop_at
+    )
+    val = _metrics(
+        run.ds,
+        "val",
+        run.trainer.predict(
+            run.state, run.ds.eval_batches("val", run.eval_batch_size, **run.shard)
+        ),
+    )
+    epoch_compile = run.trainer.compile_seconds - compiled_before
+    p.compile_seconds += epoch_compile
+    seconds = part.seconds + time.perf_counter() - t_epoch - epoch_compile
+    if part.steps < len(it):
+        p.partial = dataclasses.replace(part, iterator=it.get_state(), seconds=seconds, val=val)
+        return None
+    return {
+        "epoch": epoch,
+        "train_loss": float(np.mean(part.losses)) if part.losses else float("nan"),
+        "val": val,
+        "seconds": seconds,
+        "images_per_s": run.steps_per_epoch * config.batch_size / part.train_seconds
+        if part.train_seconds
+        else None,
+        "trainable_blocks": list(run.schedule.trainable_blocks(epoch)),
+    }
+
+
+def _rgn_prepass(run: _Run, epoch: int, trainable: Any, bn_train: Any) -> float:
+    """Auto-RGN's prepass on the epoch's first batches; its seconds, compilation excluded."""
+    t, c = time.perf_counter(), run.trainer.compile_seconds
+    batches = run.ds.train_iter(
+        run.config.batch_size, seed=run.config.seed, epoch=epoch, **run.shard
+    )
+    run.state = run.trainer.estimate_rgn(
+        run.state,
+        itertools.islice(batches, run.schedule.prepass.batches),
+        trainable=trainable,
+        bn_train=bn_train,
+        prepass=run.schedule.prepass,
+    )
+    return time.perf_counter() - t - (run.trainer.compile_seconds - c)
+
+
+def _run_batches(
+    run: _Run,
+    it: Any,
+    part: PartialEpoch,
+    epoch: int,
+    trainable: Any,
+    bn_train: Any,
+    *,
+    progress: bool,
+    stop_at: float,
+) -> tuple[int, float]:
+    """The epoch's train steps from ``part.steps`` on; ``(steps done, train seconds)``.
+
+    Losses are appended to ``part.losses``; each step's loss is read one
+    step late, which keeps the device busy.
+    """
+    trainer, losses = run.trainer, part.losses
+    position, train_seconds = part.steps, part.train_seconds
+    bar = tqdm(
+        total=len(it),
+        initial=position,
+        desc=f"epoch {epoch + 1}/{run.config.epochs}",
+        disable=not progress or jax.process_index() != 0,
+        leave=False,
+    )
+    pending = None
+    for batch in it:
+        x, y = trainer.shard_batch(batch["image"]), trainer.shard_batch(batch["label"])
+        trainer.compile_stage(run.state, x, y, trainable=trainable, bn_train=bn_train)
+        t = time.perf_counter()
+        run.state, loss = trainer.train_step(
+            run.state, x, y, trainable=trainable, bn_train=bn_train
         )
-    test_probs = trainer.predict(best_state, ds.eval_batches("test", eval_bs, **shard))
+        if pending is not None:
+            losses.append(float(pending))
+            check_finite(losses[-1], step=int(run.state.step) - 1, epoch=epoch)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        pending = loss
+        train_seconds += time.perf_counter() - t
+        bar.update(1)
+        position += 1
+        if epoch * run.steps_per_epoch + position >= stop_at:
+            break
+    if pending is not None:
+        losses.append(float(pending))
+        check_finite(losses[-1], step=int(run.state.step), epoch=epoch)
+    bar.close()
+    return position, train_seconds
+
+
+def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> dict[str, Any]:
+    """Tests the best epoch and writes the record; removes the resume checkpoints."""
+    p, config, ds = run.progress, run.config, run.ds
+    best = next((e for e in p.epochs if e["epoch"] == p.stopper.best_epoch), None)
+    if best is None:
+        raise RuntimeError(f"run {name}: no epoch finished with a finite val {run.primary}")
+    # The best epoch was trained in this call (a device copy), or before a restart.
+    variables = run.best_variables
+    if variables is None:
+        variables = ckpts.load_best(run.trainer.replicated)
+    best_state = run.state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    test_probs = run.trainer.predict(
+        best_state, ds.eval_batches("test", run.eval_batch_size, **run.shard)
+    )
     record = {
-        "config": cfg,
-        "run": run_dir.name,
-        "weights_used": weights_used,
-        "primary_metric": primary,
+        "config": config.to_dict(),
+        "run": name,
+        "weights_used": run.weights_used,
+        "primary_metric": run.primary,
         "num_classes": ds.num_classes,
         "multilabel": ds.multilabel,
         "class_names": list(ds.class_names),
         **_dataset_options(config, ds),
-        "steps_per_epoch": steps_per_epoch,
-        "epochs": epochs,
+        "steps_per_epoch": run.steps_per_epoch,
+        "epochs": p.epochs,
         "best_epoch": best["epoch"],
         "val": best["val"],
         "test": _metrics(ds, "test", test_probs),
-        "final_stage_epoch": schedule.final_stage_epoch,
-        "compile_seconds": compile_seconds,
-        "num_compilations": trainer.num_compilations,
-        "train_seconds": float(sum(e["seconds"] for e in epochs)),
-        "environment": results.environment_info(),
+        "final_stage_epoch": run.schedule.final_stage_epoch,
+        "compile_seconds": p.compile_seconds,
+        "num_compilations": run.trainer.num_compilations,
+        "train_seconds": float(sum(e["seconds"] for e in p.epochs)),
+        "environment": environment_info(),
     }
     record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if jax.process_index() == 0:
@@ -426,17 +584,6 @@ def _tidy_up(ckpts: RunCheckpoints) -> None:
         )
 
 
-def _progress(
-    epochs: list[dict[str, Any]], stopper: EarlyStopping, compile_seconds: float
-) -> dict[str, Any]:
-    """The resume checkpoint's JSON item: finished epochs, early stopping, compile time."""
-    return {
-        "epochs": epochs,
-        "early_stopping": stopper.state_dict(),
-        "compile_seconds": compile_seconds,
-    }
-
-
 def _metrics(ds: data.Dataset, split: str, probs: np.ndarray) -> dict[str, float]:
     _, scores, labels = ds.grouped_scores(split, probs)
     return metrics.compute_metrics(scores, labels, multilabel=ds.multilabel)
@@ -446,11 +593,3 @@ def _metrics(ds: data.Dataset, split: str, probs: np.ndarray) -> dict[str, float
 def _copy(tree: Any) -> Any:
     """Fresh device buffers with the same values and shardings (works across processes)."""
     return jax.tree.map(jnp.copy, tree)
-
-
-def _load_best(trainer: Trainer, state: Any, ckpts: RunCheckpoints) -> Any:
-    from medft_jax.model_checkpoint import load_model
-
-    variables, _ = load_model(ckpts.best_dir)
-    variables = jax.device_put(variables, trainer.replicated)
-    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])

@@ -1,4 +1,4 @@
-"""One JSON record per finished run, written atomically, and their aggregation over seeds.
+"""One JSON record per finished run: its name, its folder, writing and reading it.
 
 Layout: every run has a folder ``<out>/<run name>/`` (:func:`run_dir`)
 holding its orbax checkpoints (best parameters, latest training state) and,
@@ -32,65 +32,45 @@ Record schema (``medft_jax.fit.run_one`` writes it; keys a reader relies on):
 ``best_epoch``
     The epoch whose parameters were kept (best validation primary metric).
 ``val``
-    The validation metrics of ``best_epoch``; :func:`choose_lr` reads
+    The validation metrics of ``best_epoch``; ``aggregate.choose_lr`` reads
     ``record["val"][metric]``.
 ``test``
-    The test metrics of the parameters of ``best_epoch``; :func:`summarise`
+    The test metrics of the parameters of ``best_epoch``; ``aggregate.summarise``
     reads ``record["test"][name]``.
 ``final_stage_epoch``, ``compile_seconds``, ``train_seconds``, ``steps_per_epoch``,
 ``num_classes``, ``multilabel``, ``class_names``, ``weights_used``
     Run facts.
 ``environment``
-    :func:`environment_info`: package versions, devices, git revision, host.
+    :func:`medft_jax.environment.environment_info`: package versions, devices, git
+    revision, host.
 ``finished_at``
     ISO 8601 UTC time the record was written (optional; readers must not need it).
 
 Non-finite floats (an undefined metric, NaN) are written as JSON ``null``,
 so that every record is standard JSON that any tool reads; records read
-back therefore hold ``None`` where the run had NaN, and :func:`mean_se`,
-:func:`choose_lr` and :func:`summarise` read ``None`` as NaN.
+back therefore hold ``None`` where the run had NaN, and the aggregation
+over seeds (:mod:`medft_jax.report.aggregate`) reads ``None`` as NaN.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.metadata
 import json
 import math
-import os
-import platform
 import re
-import socket
-import subprocess
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medft_jax.atomic import write_bytes
 from medft_jax.errors import UserError
 
 RECORD_NAME = "record.json"
 FAILURE_NAME = "failed.json"
 """A run that ended without a result (e.g. its loss diverged) leaves this beside its checkpoints."""
 HASH_CHARS = 16
-PACKAGES = (
-    "jax",
-    "jaxlib",
-    "flax",
-    "optax",
-    "orbax-checkpoint",
-    "grain",
-    "numpy",
-    "scikit-learn",
-    "tensorflow-datasets",
-)
-"""Distributions whose versions a record keeps (``None`` when not installed)."""
-_ALTERNATIVE_NAMES = {"grain": ("grain-nightly",)}
-_SEED_KEYS = ("lr", "seed")
-"""Config keys that vary inside one LR-selection group; every other key must agree."""
 
 
 class RecordError(UserError):
@@ -108,7 +88,7 @@ def config_hash(config: dict[str, Any]) -> str:
     ``1e-4`` and ``0.0001`` hash the same), but an int and a float differ
     (``1`` vs ``1.0``); configurations built by the same code agree.
     """
-    text = json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:HASH_CHARS]
 
 
@@ -176,51 +156,12 @@ def write_record(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
     what :func:`read_record` will return).
     """
     path = Path(path)
-    data = _jsonable(record)
+    data = jsonable(record)
     if not isinstance(data, dict):
         raise TypeError(f"a record is a dict; got {type(record).__name__}")
     text = json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would hide records from a shared group
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-    _fsync_dir(path.parent)
+    write_bytes(path, text.encode("utf-8"))
     return data
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()
-"""What ``open()`` would have given a new file: the process's umask applies."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Makes the rename itself durable (best effort: not every OS allows opening a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
@@ -286,7 +227,7 @@ def load_failures(out_dir: str | Path) -> list[dict[str, Any]]:
     ]
 
 
-def _jsonable(value: Any, where: str = "record") -> Any:
+def jsonable(value: Any, where: str = "record") -> Any:
     """``value`` as plain JSON types; non-finite floats become None."""
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -297,218 +238,11 @@ def _jsonable(value: Any, where: str = "record") -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist(), where)
+        return jsonable(value.tolist(), where)
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {str(k): jsonable(v, f"{where}[{k!r}]") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
     raise TypeError(f"{where}: cannot write a {type(value).__name__} to JSON")
-
-
-# --- aggregation ---------------------------------------------------------------------------------
-
-
-def mean_se(values: Iterable[float | None]) -> tuple[float, float]:
-    """Mean and standard error (sample std with ddof=1, over sqrt(n)) of the finite values.
-
-    NaN, ±inf and None (a metric undefined for that seed) are left out, and
-    ``n`` counts the rest: a seed without a value cannot pull the mean. With
-    n = 1 the SE is NaN (one seed says nothing about spread); with n = 0
-    both are NaN.
-    """
-    v = np.array([x for x in (_as_float(x) for x in values) if math.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return math.nan, math.nan
-    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-    return float(v.mean()), se
-
-
-def group_key(record: dict[str, Any]) -> str:
-    """The hash of the record's config without ``lr`` and ``seed``: one LR-selection group."""
-    return config_hash({k: v for k, v in record["config"].items() if k not in _SEED_KEYS})
-
-
-def group_records(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Records split into LR-selection groups (same config up to ``lr`` and ``seed``)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault(group_key(r), []).append(r)
-    return groups
-
-
-def lr_means(records: Sequence[dict[str, Any]], metric: str | None = None) -> dict[float, float]:
-    """Mean validation ``metric`` (best-epoch ``record["val"]``) per LR, over the seeds."""
-    _check_one_group(records)
-    metric = metric or _primary(records)
-    per_lr: dict[float, list[float]] = {}
-    for r in records:
-        per_lr.setdefault(float(r["config"]["lr"]), []).append(_as_float(r["val"].get(metric)))
-    return {lr: mean_se(v)[0] for lr, v in sorted(per_lr.items())}
-
-
-def choose_lr(records: Sequence[dict[str, Any]], metric: str | None = None) -> float:
-    """The LR with the highest mean validation ``metric`` over its seeds.
-
-    ``records`` are the runs of one configuration at several LRs and seeds
-    (everything but ``lr`` and ``seed`` equal, else :class:`RecordError`).
-    ``metric`` defaults to the records' ``primary_metric``. Each record
-    contributes its best epoch's validation value, ``record["val"][metric]``;
-    seeds whose value is NaN/None are left out of their LR's mean, and an
-    LR with no finite value is never chosen. An exact tie goes to the
-    smaller LR: it stays closer to the pretrained weights, and the choice
-    does not depend on record order.
-    """
-    means = lr_means(records, metric)
-    finite = {lr: m for lr, m in means.items() if math.isfinite(m)}
-    if not finite:
-        raise RecordError(
-            f"no finite validation {metric or _primary(records)} in the {len(records)} records "
-            f"of {_describe(records[0])}"
-        )
-    best = max(finite.values())
-    return min(lr for lr, m in finite.items() if m == best)
-
-
-def summarise(
-    records: Sequence[dict[str, Any]],
-    metric_names: Sequence[str] | None = None,
-    *,
-    metric: str | None = None,
-) -> dict[str, Any]:
-    """Mean ± SE over seeds of the test metrics at the chosen LR, for one group of runs.
-
-    The LR is :func:`choose_lr`'s (``records`` may hold one LR only, which
-    is then the choice). ``metric_names`` defaults to every test metric of
-    the first record. Returns::
-
-        {"dataset", "arch", "strategy", "lr", "metric", "seeds": [...],
-         "lr_means": {lr: mean val metric},
-         "val": {name: (mean, se)}, "test": {name: (mean, se)}, "n": {name: n}}
-
-    where ``n`` counts the seeds with a finite test value of each metric.
-    """
-    lr = choose_lr(records, metric)
-    metric = metric or _primary(records)
-    chosen = [r for r in records if float(r["config"]["lr"]) == lr]
-    names = list(metric_names) if metric_names is not None else list(chosen[0]["test"])
-
-    def stat(split: str) -> dict[str, tuple[float, float]]:
-        return {n: mean_se(_as_float(r[split].get(n)) for r in chosen) for n in names}
-
-    cfg = chosen[0]["config"]
-    return {
-        "dataset": cfg["dataset"],
-        "arch": cfg["arch"],
-        "strategy": cfg["strategy"],
-        "lr": lr,
-        "metric": metric,
-        "seeds": sorted(r["config"]["seed"] for r in chosen),
-        "lr_means": lr_means(records, metric),
-        "val": stat("val"),
-        "test": stat("test"),
-        "n": {n: sum(math.isfinite(_as_float(r["test"].get(n))) for r in chosen) for n in names},
-    }
-
-
-def _as_float(x: Any) -> float:
-    return math.nan if x is None else float(x)
-
-
-def _primary(records: Sequence[dict[str, Any]]) -> str:
-    names = {r.get("primary_metric") for r in records}
-    if len(names) != 1 or None in names:
-        raise RecordError(
-            f"records disagree on or lack the primary metric: {sorted(map(str, names))}"
-        )
-    return names.pop()
-
-
-def _check_one_group(records: Sequence[dict[str, Any]]) -> None:
-    if not records:
-        raise RecordError("no records to choose an LR from")
-    first = {k: v for k, v in records[0]["config"].items() if k not in _SEED_KEYS}
-    for r in records[1:]:
-        other = {k: v for k, v in r["config"].items() if k not in _SEED_KEYS}
-        if _jsonable(other) != _jsonable(first):
-            diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
-            raise RecordError(
-                f"records of different configurations ({', '.join(diff)} differ) "
-                "cannot share an LR choice; use group_records first"
-            )
-    seen: set[tuple[float, Any]] = set()
-    for r in records:
-        key = (float(r["config"]["lr"]), r["config"]["seed"])
-        if key in seen:
-            raise RecordError(f"two records for lr {key[0]:g}, seed {key[1]} of {_describe(r)}")
-        seen.add(key)
-
-
-def _describe(record: dict[str, Any]) -> str:
-    c = record["config"]
-    return f"{c.get('dataset')}/{c.get('arch')}/{c.get('strategy')}"
-
-
-# --- environment -------------------------------------------------------------------------------
-
-
-def environment_info() -> dict[str, Any]:
-    """Where and with what a run ran: versions, devices, processes, git revision, host.
-
-    Enough to tell two records' conditions apart later (a jax upgrade, a
-    different GPU, uncommitted code). Calls ``jax.devices()``, so it
-    initialises the backend if nothing has yet.
-    """
-    import jax
-
-    devices = jax.devices()
-    return {
-        "python": platform.python_version(),
-        "packages": {name: _version(name) for name in PACKAGES},
-        "platform": platform.platform(),
-        "backend": devices[0].platform if devices else None,
-        "device_kind": devices[0].device_kind if devices else None,
-        "device_count": len(devices),
-        "local_device_count": jax.local_device_count(),
-        "process_count": jax.process_count(),
-        "hostname": socket.gethostname(),
-        **git_info(),
-    }
-
-
-def _version(dist: str) -> str | None:
-    for name in (dist, *_ALTERNATIVE_NAMES.get(dist, ())):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def git_info(package_dir: Path | None = None) -> dict[str, Any]:
-    """``git_revision`` (HEAD) and ``git_dirty`` of the checkout this package runs from.
-
-    Both None when the package is not in a git checkout (an installed
-    wheel), when git is missing, or when the enclosing repository is not
-    this project's (a virtual environment inside some other repository).
-    """
-    pkg = (package_dir or Path(__file__).resolve().parent).resolve()
-    top = _git(pkg, "rev-parse", "--show-toplevel")
-    if top is None or Path(top).resolve() / pkg.name != pkg:
-        return {"git_revision": None, "git_dirty": None}
-    status = _git(pkg, "status", "--porcelain", "--untracked-files=no")
-    return {
-        "git_revision": _git(pkg, "rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-    }
-
-
-def _git(cwd: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()

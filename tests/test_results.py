@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medft_jax import results
+from medft_jax import atomic, environment, results
+from medft_jax.report import aggregate
 from medft_jax.results import RecordError
 
 CONFIG = {
@@ -126,19 +127,19 @@ def test_load_records_skips_temp_files_and_names_a_corrupt_one(tmp_path):
 def test_mean_se_by_hand():
     # values 1, 2, 6: mean 3; deviations -2, -1, 3; sample variance (4 + 1 + 9)/2 = 7;
     # SE = sqrt(7)/sqrt(3) = sqrt(7/3)
-    mean, se = results.mean_se([1.0, 2.0, 6.0])
+    mean, se = aggregate.mean_se([1.0, 2.0, 6.0])
     assert mean == pytest.approx(3.0)
     assert se == pytest.approx(math.sqrt(7 / 3))
 
 
 def test_mean_se_leaves_out_nan_and_none_and_one_value_has_no_se():
-    assert results.mean_se([1.0, float("nan"), 2.0, None, 6.0]) == pytest.approx(
+    assert aggregate.mean_se([1.0, float("nan"), 2.0, None, 6.0]) == pytest.approx(
         (3.0, math.sqrt(7 / 3))
     )
-    mean, se = results.mean_se([0.7, None])
+    mean, se = aggregate.mean_se([0.7, None])
     assert mean == 0.7 and math.isnan(se)
-    assert all(math.isnan(x) for x in results.mean_se([]))
-    assert all(math.isnan(x) for x in results.mean_se([None, float("nan")]))
+    assert all(math.isnan(x) for x in aggregate.mean_se([]))
+    assert all(math.isnan(x) for x in aggregate.mean_se([None, float("nan")]))
 
 
 # --- LR choice and summary --------------------------------------------------------------------
@@ -168,9 +169,9 @@ def test_choose_lr_by_mean_validation_metric():
         record(1e-5, 1, 0.95),
         record(1e-5, 2, 0.60),
     ]
-    assert results.choose_lr(recs) == 1e-4
-    assert results.choose_lr(recs, "accuracy") == 1e-4
-    assert results.lr_means(recs)[1e-3] == pytest.approx(0.80)
+    assert aggregate.choose_lr(recs) == 1e-4
+    assert aggregate.choose_lr(recs, "accuracy") == 1e-4
+    assert aggregate.lr_means(recs)[1e-3] == pytest.approx(0.80)
 
 
 def test_choose_lr_tie_goes_to_the_smaller_lr_whatever_the_order():
@@ -180,8 +181,8 @@ def test_choose_lr_tie_goes_to_the_smaller_lr_whatever_the_order():
         record(1e-4, 0, 0.75),
         record(1e-4, 1, 0.5),
     ]
-    assert results.choose_lr(recs) == 1e-4
-    assert results.choose_lr(recs[::-1]) == 1e-4
+    assert aggregate.choose_lr(recs) == 1e-4
+    assert aggregate.choose_lr(recs[::-1]) == 1e-4
 
 
 def test_choose_lr_with_nan():
@@ -192,18 +193,18 @@ def test_choose_lr_with_nan():
         record(1e-4, 1, 0.85),
         record(1e-5, 0, float("nan")),  # lr 1e-5: no finite value, never chosen
     ]
-    assert results.choose_lr(recs) == 1e-3
-    assert math.isnan(results.lr_means(recs)[1e-5])
+    assert aggregate.choose_lr(recs) == 1e-3
+    assert math.isnan(aggregate.lr_means(recs)[1e-5])
     with pytest.raises(RecordError, match="no finite validation accuracy"):
-        results.choose_lr([record(1e-3, 0, None), record(1e-4, 0, float("nan"))])
+        aggregate.choose_lr([record(1e-3, 0, None), record(1e-4, 0, float("nan"))])
 
 
 def test_choose_lr_refuses_mixed_configurations_and_duplicates():
     with pytest.raises(RecordError, match="epochs differ"):
-        results.choose_lr([record(1e-3, 0, 0.5), record(1e-4, 0, 0.6, epochs=10)])
+        aggregate.choose_lr([record(1e-3, 0, 0.5), record(1e-4, 0, 0.6, epochs=10)])
     with pytest.raises(RecordError, match=r"two records for lr 0\.001, seed 0"):
-        results.choose_lr([record(1e-3, 0, 0.5), record(1e-3, 0, 0.6)])
-    groups = results.group_records([record(1e-3, 0, 0.5), record(1e-4, 1, 0.6, epochs=10)])
+        aggregate.choose_lr([record(1e-3, 0, 0.5), record(1e-3, 0, 0.6)])
+    groups = aggregate.group_records([record(1e-3, 0, 0.5), record(1e-4, 1, 0.6, epochs=10)])
     assert sorted(len(g) for g in groups.values()) == [1, 1]
 
 
@@ -216,7 +217,7 @@ def test_summarise_at_the_chosen_lr():
         record(1e-3, 1, 0.1, {"accuracy": 0.1, "auroc": 0.1}),
     ]
     # lr 1e-3: mean val 0.5; lr 1e-4: mean val 0.6 -> 1e-4
-    s = results.summarise(recs, ["accuracy", "auroc"])
+    s = aggregate.summarise(recs, ["accuracy", "auroc"])
     assert s["lr"] == 1e-4 and s["seeds"] == [0, 1, 2] and s["metric"] == "accuracy"
     assert s["test"]["accuracy"] == pytest.approx((3.0, math.sqrt(7 / 3)))
     # auroc: 0.8 and 0.6 (seed 1 undefined): mean 0.7, SE = sqrt(0.02)/sqrt(2) = 0.1
@@ -225,21 +226,21 @@ def test_summarise_at_the_chosen_lr():
     assert s["val"]["accuracy"][0] == pytest.approx(0.6)
     assert s["lr_means"] == pytest.approx({1e-3: 0.5, 1e-4: 0.6})
     # Default metric names: the first chosen record's test keys.
-    assert list(results.summarise(recs)["test"]) == ["accuracy", "auroc"]
+    assert list(aggregate.summarise(recs)["test"]) == ["accuracy", "auroc"]
 
 
 def test_written_records_round_trip_through_choice(tmp_path):
     for lr, seed, v in [(1e-3, 0, 0.6), (1e-4, 0, 0.7), (1e-4, 1, float("nan"))]:
         r = record(lr, seed, v)
         results.write_record(results.record_path(tmp_path, r["config"]), r)
-    assert results.choose_lr(results.load_records(tmp_path)) == 1e-4
+    assert aggregate.choose_lr(results.load_records(tmp_path)) == 1e-4
 
 
 # --- environment -------------------------------------------------------------------------------
 
 
 def test_environment_info():
-    env = results.environment_info()
+    env = environment.environment_info()
     json.dumps(env, allow_nan=False)
     assert env["device_count"] >= 1 and env["process_count"] >= 1
     assert env["packages"]["numpy"] == np.__version__
@@ -251,14 +252,14 @@ def test_environment_info():
 def test_git_info_outside_a_checkout_is_none(tmp_path):
     pkg = tmp_path / "medft_jax"
     pkg.mkdir()
-    assert results.git_info(pkg) == {"git_revision": None, "git_dirty": None}
+    assert environment.git_info(pkg) == {"git_revision": None, "git_dirty": None}
 
 
 def test_git_info_in_this_checkout():
     repo = Path(results.__file__).resolve().parents[1]
     if not (repo / ".git").exists():
         pytest.skip("not running from a git checkout")
-    info = results.git_info()
+    info = environment.git_info()
     assert info["git_revision"] is not None and len(info["git_revision"]) == 40
     assert isinstance(info["git_dirty"], bool)
 
@@ -267,7 +268,7 @@ def test_records_are_readable_like_any_new_file(tmp_path):
     """mkstemp's private 0600 mode would hide records from the rest of a shared group."""
     results.write_record(tmp_path / "record.json", {"config": {}})
     mode = (tmp_path / "record.json").stat().st_mode & 0o777
-    mask = results._umask()
+    mask = atomic._umask()
     assert mode == 0o666 & ~mask
     if not mask & 0o044:  # the usual 022: group and others may read
         assert mode & 0o044 == 0o044

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -28,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medft_jax.atomic import write_bytes
 from medft_jax.errors import writable_dir
-from medft_jax.results import FILE_MODE
 from weights_port.keymap import PortError
 
 
@@ -153,32 +151,10 @@ def write_state_dict(state: Mapping[str, np.ndarray], out: str | Path) -> list[P
         tensors = {k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()}
         buffer = io.BytesIO()  # torch reports a full disk without its errno: write it ourselves
         torch.save(tensors, buffer)
-        written.append(_atomic(out, buffer.getvalue()))
+        written.append(write_bytes(out, buffer.getvalue()))
         out = out.with_suffix(".safetensors")
     from safetensors.numpy import save
 
     arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
-    written.append(_atomic(out, save(arrays)))
+    written.append(write_bytes(out, save(arrays)))
     return written
-
-
-def _atomic(path: Path, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` through a temporary file and a rename.
-
-    Python's own writes raise ``OSError`` with the errno (a full disk is
-    ENOSPC) and the file name, which the command line turns into one line.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)  # as open() would make it, not mkstemp's private 0600
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-    return path

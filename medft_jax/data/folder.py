@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example, carve_examples
 from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.paths import scan_files, sub_folders
-from medft_jax.data.records import Record, carve_records
 
 SPLIT_DIRS = ("train", "val", "test")
 
@@ -32,8 +32,8 @@ def _classes(root: Path, base: Path) -> list[str]:
     return names
 
 
-def _scan(root: Path, base: Path, class_names: list[str], split: str) -> list[Record]:
-    records = []
+def _scan(root: Path, base: Path, class_names: list[str], split: str) -> list[Example]:
+    examples = []
     for label, name in enumerate(class_names):
         folder = root / name
         if not folder.is_dir():
@@ -41,17 +41,17 @@ def _scan(root: Path, base: Path, class_names: list[str], split: str) -> list[Re
         files = scan_files(base, folder, IMAGE_SUFFIXES)
         if not files and split == "train":
             raise DataError(f"class folder {folder} is empty; expected {'/'.join(IMAGE_SUFFIXES)}")
-        records += [Record(p, label, p.relative_to(base).as_posix()) for p in files]
+        examples += [Example(p, label, p.relative_to(base).as_posix()) for p in files]
     extra = sorted(p.name for p in sub_folders(base, root) if p.name not in class_names)
     if extra:
         raise DataError(f"{root}: folder(s) {extra} are not classes of train {class_names}")
-    return records
+    return examples
 
 
 def parse_folder(
     root: Path, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[list[str], dict[str, list[Record]]]:
-    """``(class_names, {split: records})`` of an image folder tree."""
+) -> tuple[list[str], dict[str, list[Example]]]:
+    """``(class_names, {split: examples})`` of an image folder tree."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"--manual-dir {root} is not a directory")
@@ -62,13 +62,13 @@ def parse_folder(
         }
         train = given["train"]
         if "test" not in given:
-            train, given["test"] = carve_records(train, test_fraction, seed, stratify=True)
+            train, given["test"] = carve_examples(train, test_fraction, seed, stratify=True)
         if "val" not in given:
-            train, given["val"] = carve_records(train, val_fraction, seed + 1, stratify=True)
+            train, given["val"] = carve_examples(train, val_fraction, seed + 1, stratify=True)
         given["train"] = train
         return class_names, {s: given[s] for s in SPLIT_DIRS}
     class_names = _classes(root, root)
-    records = _scan(root, root, class_names, "train")
-    rest, test = carve_records(records, test_fraction, seed, stratify=True)
-    rest, val = carve_records(rest, val_fraction, seed + 1, stratify=True)
+    examples = _scan(root, root, class_names, "train")
+    rest, test = carve_examples(examples, test_fraction, seed, stratify=True)
+    rest, val = carve_examples(rest, val_fraction, seed + 1, stratify=True)
     return class_names, {"train": rest, "val": val, "test": test}

@@ -18,10 +18,10 @@ from typing import Any
 from medft_jax.data import cache
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example, split_plan, validate
 from medft_jax.data.folder import parse_folder
 from medft_jax.data.images import DECODING_VERSION, ImageReader
 from medft_jax.data.locations import cache_dir, variant_name
-from medft_jax.data.records import Record, split_plan, validate
 from medft_jax.data.table import parse_table
 
 KINDS = ("folder", "csv")
@@ -80,8 +80,8 @@ def load_local(
     if reason or not cache.is_complete(target):
         reader = ImageReader(resize_size, crop_size, skip_bad_images=skip_bad_images)
         plans = {
-            s: split_plan(recs, reader, multilabel=multilabel, num_classes=len(class_names))
-            for s, recs in splits.items()
+            s: split_plan(members, reader, multilabel=multilabel, num_classes=len(class_names))
+            for s, members in splits.items()
         }
         facts = {
             "class_names": list(class_names),
@@ -107,7 +107,7 @@ def source_of(
     root: Path,
     class_names: list[str],
     multilabel: bool,
-    splits: dict[str, list[Record]],
+    splits: dict[str, list[Example]],
     options: dict[str, Any],
 ) -> dict[str, Any]:
     """The signature of what a cache is built from: stat only, nothing decoded or hashed.
@@ -116,7 +116,7 @@ def source_of(
     and the labels CSV's (name, size, mtime) for ``csv``. Split membership
     follows from these and the options (part of the cache's name).
     """
-    paths = [r.path for recs in splits.values() for r in recs]
+    paths = [ex.path for members in splits.values() for ex in members]
     csv_file = options.get("csv_file")
     csv_stat = None
     if csv_file is not None:

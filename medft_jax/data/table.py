@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example, carve_examples
 from medft_jax.data.paths import safe_join
-from medft_jax.data.records import Record, carve_records
 
 SPLITS = ("train", "val", "test")
 
@@ -167,8 +167,8 @@ def parse_table(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
-) -> tuple[list[str], bool, dict[str, list[Record]]]:
-    """``(class_names, multilabel, {split: records})`` from a labels CSV."""
+) -> tuple[list[str], bool, dict[str, list[Example]]]:
+    """``(class_names, multilabel, {split: examples})`` from a labels CSV."""
     root = Path(root)
     csv_path = Path(csv_file) if Path(csv_file).is_absolute() else root / csv_file
     multilabel = bool(label_columns)
@@ -181,7 +181,7 @@ def parse_table(
         names = [str(c) for c in class_names]
     else:
         names = class_names_of(rows, label_column, csv_path)
-    by_split: dict[str, list[Record]] = {s: [] for s in SPLITS}
+    by_split: dict[str, list[Example]] = {s: [] for s in SPLITS}
     for row in rows:
         where = f"{csv_path}:{row.line}"
         if not row[path_column].strip():
@@ -198,14 +198,14 @@ def parse_table(
         if split not in by_split:
             raise DataError(f"{where}: split {split!r} must be one of {', '.join(SPLITS)}")
         group = row[group_column].strip() if group_column else ""
-        by_split[split].append(Record(path, label, row[path_column].strip(), patient=group))
+        by_split[split].append(Example(path, label, row[path_column].strip(), patient=group))
     stratify = not multilabel
     if not by_split["test"]:
-        by_split["train"], by_split["test"] = carve_records(
+        by_split["train"], by_split["test"] = carve_examples(
             by_split["train"], test_fraction, seed, stratify=stratify
         )
     if not by_split["val"]:
-        by_split["train"], by_split["val"] = carve_records(
+        by_split["train"], by_split["val"] = carve_examples(
             by_split["train"], val_fraction, seed + 1, stratify=stratify
         )
     return names, multilabel, by_split

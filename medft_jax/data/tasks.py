@@ -39,8 +39,8 @@ import numpy as np
 from medft_jax.data import cache
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example
 from medft_jax.data.locations import cache_dir
-from medft_jax.data.records import Record
 
 TASK_NAMES = (
     "chexpert",
@@ -199,21 +199,21 @@ def _stale_reason(target: Path, data_dir: Path) -> str | None:
     return cache.describe_change(old, tfds_source(tfds_dir, data_dir))
 
 
-def manual_source(manual_dir: Path, splits: dict[str, list[Record]]) -> dict[str, Any]:
+def manual_source(manual_dir: Path, splits: dict[str, list[Example]]) -> dict[str, Any]:
     """The signature of a manual dir as parsed: image files' stats + a hash of the examples."""
     examples = [
         [
             split,
-            r.id,
-            list(r.label) if isinstance(r.label, tuple) else int(r.label),
-            r.patient,
-            r.group,
+            ex.id,
+            list(ex.label) if isinstance(ex.label, tuple) else int(ex.label),
+            ex.patient,
+            ex.group,
         ]
-        for split, recs in splits.items()
-        for r in recs
+        for split, members in splits.items()
+        for ex in members
     ]
     digest = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
-    paths = [r.path for recs in splits.values() for r in recs]
+    paths = [ex.path for members in splits.values() for ex in members]
     return {"files": cache.file_stats(manual_dir, paths), "examples": digest}
 
 

@@ -13,7 +13,7 @@ or from Python::
 :func:`summary_from_means` builds the same cells from bare per-cell means (a paper's
 published tables), so Tables 11 and 12 can be checked against the paper's own numbers.
 :func:`collect` gathers records into cells, one per (dataset, arch,
-strategy), each with its value (:func:`medft_jax.results.summarise`: LR
+strategy), each with its value (:func:`medft_jax.report.aggregate.summarise`: LR
 chosen on validation, test mean ± SE over seeds), status (complete,
 partial, missing, failed) against the runs expected of it, and cost.
 :func:`write_report` renders every table as Markdown, LaTeX and CSV, draws

@@ -1,7 +1,7 @@
 """Run records gathered into report cells, and the numbers every table is built from.
 
 A *cell* is one (dataset, arch, strategy): the runs of that configuration
-at every learning rate and seed. Its value is :func:`medft_jax.results.summarise`
+at every learning rate and seed. Its value is :func:`medft_jax.report.aggregate.summarise`
 (LR chosen by the mean validation primary metric over seeds, test metrics
 mean ± SE over the seeds at that LR), so a report shows exactly what the
 run command prints. What this module adds is what a report of a whole,
@@ -29,6 +29,7 @@ from typing import Any
 
 from medft_jax import results
 from medft_jax.data.tasks import task_options
+from medft_jax.report import aggregate
 from medft_jax.results import RecordError
 
 COMPLETE, PARTIAL, MISSING, FAILED = "complete", "partial", "missing", "failed"
@@ -413,7 +414,7 @@ def _make_cell(
 ) -> Cell:
     d, a, s = key
     runs = recs + fails
-    if len(results.group_records(runs)) > 1:
+    if len(aggregate.group_records(runs)) > 1:
         diff = _differing([r["config"] for r in runs], ("lr", "seed"))
         raise RecordError(
             f"{d}/{a}/{s}: runs with different settings ({_describe_diff(diff)}); "
@@ -433,9 +434,9 @@ def _make_cell(
         return Cell(status=MISSING, **base)
     bad_lrs = tuple(sorted({float(f["config"]["lr"]) for f in fails}))
     eligible = [r for r in recs if float(r["config"]["lr"]) not in bad_lrs]
-    if not eligible or not any(map(math.isfinite, results.lr_means(eligible).values())):
+    if not eligible or not any(map(math.isfinite, aggregate.lr_means(eligible).values())):
         return Cell(status=FAILED, excluded_lrs=bad_lrs, **base)
-    summary = results.summarise(eligible)
+    summary = aggregate.summarise(eligible)
     chosen = [r for r in eligible if float(r["config"]["lr"]) == summary["lr"]]
     complete = base["runs_done"] >= len(expected)
     return Cell(
@@ -464,13 +465,13 @@ def _device_seconds(record: dict[str, Any]) -> float:
 
 def _cost(chosen: list[dict[str, Any]], every: list[dict[str, Any]]) -> Cost:
     def throughput(r: dict[str, Any]) -> float:
-        return results.mean_se(e.get("images_per_s") for e in r.get("epochs") or [])[0]
+        return aggregate.mean_se(e.get("images_per_s") for e in r.get("epochs") or [])[0]
 
     totals = [x for x in map(_device_seconds, every) if math.isfinite(x)]
     return Cost(
-        device_seconds=results.mean_se(map(_device_seconds, chosen))[0],
-        images_per_s=results.mean_se(map(throughput, chosen))[0],
-        epochs=results.mean_se(len(r.get("epochs") or []) for r in chosen)[0],
+        device_seconds=aggregate.mean_se(map(_device_seconds, chosen))[0],
+        images_per_s=aggregate.mean_se(map(throughput, chosen))[0],
+        epochs=aggregate.mean_se(len(r.get("epochs") or []) for r in chosen)[0],
         total_device_seconds=math.fsum(totals) if totals else math.nan,
         total_runs=len(totals),
     )
@@ -678,7 +679,7 @@ def paired_vs_ft(summary: Summary) -> list[Paired]:
                 )
                 x = [other.per_seed[k] for k in seeds]
                 y = [ft.per_seed[k] for k in seeds]
-                mean, se = results.mean_se(xi - yi for xi, yi in zip(x, y, strict=True))
+                mean, se = aggregate.mean_se(xi - yi for xi, yi in zip(x, y, strict=True))
                 t = p = math.nan
                 if len(seeds) >= 2 and math.isfinite(se) and se > 0:
                     res = stats.ttest_rel(x, y)

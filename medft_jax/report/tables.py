@@ -1,5 +1,21 @@
 """Builds the report's tables (Tables 3-12, cost, paired comparison) from a :class:`Summary`.
 
+Each table is built once, as a list of typed *lines*: one frozen dataclass
+per line of its CSV (:class:`ValueLine`, :class:`CostLine`,
+:class:`PairedLine`, :class:`BestLine`, :class:`CountLine`), holding the raw
+values and marks, plus (as display-only fields) the little a reader sees that
+the raw numbers cannot say, e.g. ``diverged``. Everything else comes from
+that list through the shared code of this module (:func:`_long_table`,
+:func:`_wide_table`), so a table's content is defined in one place:
+
+- the CSV header is the line type's fields (:func:`csv_fields`), the CSV
+  dicts are the lines' values;
+- the display grid (Markdown, LaTeX) is laid out by the table's *slots*
+  (:class:`Slot`: a column header and how it shows a line), either one row
+  per line (cost, Table 11) or a strategy's lines spread over the slots of
+  one row (Tables 3-10, paired, Table 12), where a slot without a line reads
+  ``—``.
+
 The builders (:func:`dataset_table`, :func:`cost_table`, :func:`paired_table`,
 :func:`table11`, :func:`table12`, :func:`all_tables`) only format what
 :mod:`medft_jax.report.cells` computed, into the :class:`~medft_jax.report.render.Table`
@@ -10,13 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from operator import attrgetter
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from medft_jax.report.cells import (
     BASELINE,
+    COMPLETE,
     MISSING,
+    PARTIAL,
+    Best,
     Cell,
+    Paired,
     Summary,
     beats_ft,
     best_per_dataset,
@@ -103,98 +124,16 @@ def _strategies_of(summary: Summary, dataset: str) -> list[str]:
     ]
 
 
-# --- builders --------------------------------------------------------------------------------
-
-MAIN_FIELDS = (
-    "dataset",
-    "strategy",
-    "arch",
-    "metric",
-    "mean",
-    "se",
-    "n",
-    "status",
-    "runs_done",
-    "runs_expected",
-    "lr",
-    "bold",
-    "underline",
-)
-
-
-def dataset_table(summary: Summary, dataset: str) -> Table:
-    """Tables 3-10: strategies × (arch × two metrics + cost), mean (SE) in percent."""
-    metrics = summary.metrics[dataset]
-    archs = [
+def _archs_of(summary: Summary, dataset: str) -> list[str]:
+    return [
         a
         for a in summary.archs
         if any((dataset, a, s) in summary.cells for s in summary.strategies)
     ]
-    strategies = _strategies_of(summary, dataset)
-    columns = [Column("Strategy", align="l")]
-    for a in archs:
-        columns += [Column(metric_label(m), arch_label(a)) for m in metrics]
-        columns.append(Column("Cost (device-s)", arch_label(a)))
-    cells = {(a, s): summary.cells.get((dataset, a, s)) for a in archs for s in strategies}
-
-    def mean(a: str, s: str, m: str) -> float:
-        c = cells[(a, s)]
-        return c.mean(m) if c is not None and c.has_value else math.nan
-
-    bold = {(a, m): _best({s: mean(a, s, m) for s in strategies}) for a in archs for m in metrics}
-    under = {m: _best({(a, s): mean(a, s, m) for a in archs for s in strategies}) for m in metrics}
-    rows, records = [], []
-    for s in strategies:
-        row = [Entry(strategy_label(s))]
-        for a in archs:
-            c = cells[(a, s)]
-            for m in metrics:
-                if c is None:
-                    row.append(Entry(MISSING_TEXT))
-                    continue
-                b, u = s in bold[(a, m)], (a, s) in under[m]
-                row.append(Entry(cell_text(c, m), bold=b, underline=u))
-                mu, se = c.test.get(m, (None, None))
-                records.append(
-                    {
-                        **_cell_fields(c),
-                        "metric": m,
-                        "mean": mu,
-                        "se": se,
-                        "n": c.n.get(m) if c.has_value else None,
-                        "bold": b,
-                        "underline": u,
-                    }
-                )
-            cost = c.cost.device_seconds if c is not None and c.cost else None
-            row.append(Entry(seconds(cost)))
-            if c is not None:
-                records.append(
-                    {
-                        **_cell_fields(c),
-                        "metric": "device_seconds",
-                        "mean": cost,
-                        "bold": False,
-                        "underline": False,
-                    }
-                )
-        rows.append(row)
-    number = table_number(dataset)
-    prefix = f"Table {number}: " if number else ""
-    title = (
-        f"{prefix}{dataset}: test {', '.join(metric_label(m) for m in metrics)}, "
-        "mean (SE) over seeds in %, at the LR chosen on validation"
-    )
-    notes = [
-        f"Bold: best mean per arch and metric; underlined: best over all archs. LR chosen by the "
-        f"mean validation {metric_label(summary.primary[dataset])} over seeds. Cost: "
-        "device-seconds of one run at the chosen LR (mean over seeds).",
-        *_partial_notes(cells[(a, s)] for s in strategies for a in archs if cells[(a, s)]),
-    ]
-    return Table(dataset_table_name(dataset), title, columns, rows, notes, MAIN_FIELDS, records)
 
 
 def _cell_fields(c: Cell) -> dict[str, Any]:
+    """The fields every line about one cell starts from."""
     return {
         "dataset": c.dataset,
         "strategy": c.strategy,
@@ -206,79 +145,316 @@ def _cell_fields(c: Cell) -> dict[str, Any]:
     }
 
 
-COST_FIELDS = (
-    "dataset",
-    "strategy",
-    "arch",
-    "status",
-    "lr",
-    "device_seconds",
-    "images_per_s",
-    "epochs",
-    "runs_done",
-    "runs_expected",
-    "total_device_seconds",
-    "total_runs",
+_DISPLAY_ONLY = {"display_only": True}
+"""Field metadata: shown in Markdown / LaTeX, left out of the CSV (which has the raw values)."""
+
+
+def _shown(**kwargs: Any) -> Any:
+    """A display-only line field (see :data:`_DISPLAY_ONLY`)."""
+    return dataclasses.field(metadata=_DISPLAY_ONLY, **kwargs)
+
+
+# --- from lines to a Table (shared by every builder) -----------------------------------------
+
+L = TypeVar("L")
+
+
+class Head(NamedTuple):
+    """What a table says around its lines."""
+
+    name: str
+    """File stem: ``tables/<name>.md|.tex|.csv``."""
+    title: str
+    notes: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot(Generic[L]):
+    """One display column: its header, and how it shows the line that falls in it."""
+
+    column: Column
+    show: Callable[[L], Entry | str]
+    """The entry, or its plain text."""
+    key: Hashable = None
+    """Wide tables: which of a row's lines the slot shows (the one whose ``slot_of`` it is)."""
+
+
+def csv_fields(kind: type) -> tuple[str, ...]:
+    """A line type's CSV header: its fields in order, less the display-only ones."""
+    return tuple(f.name for f in dataclasses.fields(kind) if not f.metadata.get("display_only"))
+
+
+def _table(
+    head: Head,
+    kind: type,
+    lines: Sequence[Any],
+    columns: list[Column],
+    rows: list[list[Entry]],
+) -> Table:
+    """The :class:`Table` of ``lines``: its CSV header and dicts come from ``kind``'s fields."""
+    name, title, notes = head
+    fields = csv_fields(kind)
+    records = [{f: getattr(x, f) for f in fields} for x in lines]
+    return Table(name, title, columns, rows, notes, fields, records)
+
+
+def _entry(shown: Entry | str) -> Entry:
+    return shown if isinstance(shown, Entry) else Entry(shown)
+
+
+def _long_table(head: Head, kind: type[L], lines: Sequence[L], slots: Sequence[Slot[L]]) -> Table:
+    """A table showing one row per line, one column per slot."""
+    rows = [[_entry(slot.show(x)) for slot in slots] for x in lines]
+    return _table(head, kind, lines, [slot.column for slot in slots], rows)
+
+
+def _wide_table(
+    head: Head,
+    kind: type[L],
+    lines: Sequence[L],
+    slots: Sequence[Slot[L]],
+    strategies: Sequence[str],
+    slot_of: Callable[[L], Hashable],
+) -> Table:
+    """A table showing one row per strategy: its label, then per slot the strategy's line
+    whose ``slot_of`` is the slot's key, or ``—`` where it has none."""
+    at = {(x.strategy, slot_of(x)): x for x in lines}
+    if len(at) != len(lines):
+        raise AssertionError(f"{kind.__name__}: two lines fall in one slot")  # a builder bug
+
+    def shown(s: str, slot: Slot[L]) -> Entry:
+        line = at.get((s, slot.key))
+        return Entry(MISSING_TEXT) if line is None else _entry(slot.show(line))
+
+    rows = [[Entry(strategy_label(s)), *(shown(s, slot) for slot in slots)] for s in strategies]
+    columns = [Column("Strategy", align="l"), *(slot.column for slot in slots)]
+    return _table(head, kind, lines, columns, rows)
+
+
+# --- Tables 3-10 -----------------------------------------------------------------------------
+
+COST_METRIC = "device_seconds"
+"""The ``metric`` of a dataset table's cost line."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ValueLine:
+    """Tables 3-10: one test metric of one cell, or the cell's cost (:data:`COST_METRIC`)."""
+
+    dataset: str
+    strategy: str
+    arch: str
+    metric: str
+    mean: float | None
+    """Fraction (device-seconds for the cost); None where the cell has none."""
+    se: float | None = None
+    n: int | None = None
+    """Seeds the mean is over; None for a cell without a value and for the cost."""
+    status: str
+    runs_done: int
+    runs_expected: int
+    lr: float | None
+    bold: bool = False
+    """Best mean of its arch and metric, as shown (ties all marked)."""
+    underline: bool = False
+    """Best mean of its metric over all archs, as shown."""
+    text: str = _shown()
+    """How it reads: ``85.31 (0.42)†``, ``diverged``, ``n/a``, device-seconds ``1,234``."""
+
+
+def _value_lines(
+    cells: Mapping[tuple[str, str], Cell],
+    archs: Sequence[str],
+    strategies: Sequence[str],
+    metrics: Sequence[str],
+) -> list[ValueLine]:
+    """Per strategy and arch with a cell: one line per metric, then its cost; unmarked."""
+    lines = []
+    for s in strategies:
+        for a in archs:
+            c = cells.get((a, s))
+            if c is None:
+                continue
+            for m in metrics:
+                mean, se = c.test.get(m, (None, None))
+                n = c.n.get(m) if c.has_value else None
+                text = cell_text(c, m)
+                lines.append(
+                    ValueLine(**_cell_fields(c), metric=m, mean=mean, se=se, n=n, text=text)
+                )
+            cost = c.cost.device_seconds if c.cost else None
+            lines.append(
+                ValueLine(**_cell_fields(c), metric=COST_METRIC, mean=cost, text=seconds(cost))
+            )
+    return lines
+
+
+def _marked(lines: list[ValueLine]) -> list[ValueLine]:
+    """The lines with bold (best per arch and metric) and underline (best per metric over
+    all archs) set, from the means of the cells that have a value."""
+
+    def key(x: ValueLine) -> tuple[str, str, str]:
+        return (x.arch, x.strategy, x.metric)
+
+    valued = {
+        key(x): x.mean if x.status in (COMPLETE, PARTIAL) and x.mean is not None else math.nan
+        for x in lines
+        if x.metric != COST_METRIC
+    }
+    bold: set[tuple[str, str, str]] = set()
+    under: set[tuple[str, str, str]] = set()
+    for a, m in {(a, m) for a, _, m in valued}:
+        bold |= _best({k: v for k, v in valued.items() if (k[0], k[2]) == (a, m)})
+    for m in {m for _, _, m in valued}:
+        under |= _best({k: v for k, v in valued.items() if k[2] == m})
+    return [dataclasses.replace(x, bold=key(x) in bold, underline=key(x) in under) for x in lines]
+
+
+def _value_entry(x: ValueLine) -> Entry:
+    return Entry(x.text, bold=x.bold, underline=x.underline)
+
+
+def dataset_table(summary: Summary, dataset: str) -> Table:
+    """Tables 3-10: strategies × (arch × two metrics + cost), mean (SE) in percent."""
+    metrics = summary.metrics[dataset]
+    archs, strategies = _archs_of(summary, dataset), _strategies_of(summary, dataset)
+    cells = {
+        (a, s): summary.cells[(dataset, a, s)]
+        for a in archs
+        for s in strategies
+        if (dataset, a, s) in summary.cells
+    }
+    slots: list[Slot[ValueLine]] = []
+    for a in archs:
+        slots += [
+            Slot(Column(metric_label(m), arch_label(a)), _value_entry, (a, m)) for m in metrics
+        ]
+        slots.append(Slot(Column("Cost (device-s)", arch_label(a)), _value_entry, (a, COST_METRIC)))
+    number = table_number(dataset)
+    prefix = f"Table {number}: " if number else ""
+    title = (
+        f"{prefix}{dataset}: test {', '.join(metric_label(m) for m in metrics)}, "
+        "mean (SE) over seeds in %, at the LR chosen on validation"
+    )
+    notes = [
+        f"Bold: best mean per arch and metric; underlined: best over all archs. LR chosen by the "
+        f"mean validation {metric_label(summary.primary[dataset])} over seeds. Cost: "
+        "device-seconds of one run at the chosen LR (mean over seeds).",
+        *_partial_notes(cells[(a, s)] for s in strategies for a in archs if (a, s) in cells),
+    ]
+    lines = _marked(_value_lines(cells, archs, strategies, metrics))
+    head = Head(dataset_table_name(dataset), title, notes)
+    return _wide_table(head, ValueLine, lines, slots, strategies, lambda x: (x.arch, x.metric))
+
+
+# --- cost ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CostLine:
+    """The cost table: what one cell cost (:class:`~medft_jax.report.cells.Cost`)."""
+
+    dataset: str
+    strategy: str
+    arch: str
+    status: str
+    lr: float | None
+    device_seconds: float | None = None
+    images_per_s: float | None = None
+    epochs: float | None = None
+    runs_done: int
+    runs_expected: int
+    total_device_seconds: float | None = None
+    total_runs: int | None = None
+
+
+def _cost_line(c: Cell) -> CostLine:
+    return CostLine(**_cell_fields(c), **(dataclasses.asdict(c.cost) if c.cost else {}))
+
+
+def _finite(x: float | None, spec: str) -> str:
+    return format(x, spec) if x is not None and math.isfinite(x) else MISSING_TEXT
+
+
+COST_SLOTS: tuple[Slot[CostLine], ...] = (
+    Slot(Column("Strategy", align="l"), lambda x: strategy_label(x.strategy)),
+    Slot(Column("Arch", align="l"), lambda x: arch_label(x.arch)),
+    Slot(Column("LR"), lambda x: f"{x.lr:g}" if x.lr is not None else MISSING_TEXT),
+    Slot(Column("Device-s / run"), lambda x: seconds(x.device_seconds)),
+    Slot(Column("Images/s"), lambda x: _finite(x.images_per_s, ",.1f")),
+    Slot(Column("Epochs"), lambda x: _finite(x.epochs, ".1f")),
+    Slot(Column("Runs"), lambda x: f"{x.runs_done}/{x.runs_expected}"),
+    Slot(Column("Device-s, all LRs"), lambda x: seconds(x.total_device_seconds)),
 )
 
 
 def cost_table(summary: Summary, dataset: str) -> Table:
     """What each cell cost: per run at the chosen LR, and the whole LR search."""
-    columns = [
-        Column("Strategy", align="l"),
-        Column("Arch", align="l"),
-        Column("LR"),
-        Column("Device-s / run"),
-        Column("Images/s"),
-        Column("Epochs"),
-        Column("Runs"),
-        Column("Device-s, all LRs"),
-    ]
-    rows, records = [], []
-    for c in _cells_of(summary, dataset):
-        k = c.cost
-        rows.append(
-            [
-                Entry(strategy_label(c.strategy)),
-                Entry(arch_label(c.arch)),
-                Entry(f"{c.lr:g}" if c.lr is not None else MISSING_TEXT),
-                Entry(seconds(k.device_seconds if k else None)),
-                Entry(
-                    f"{k.images_per_s:,.1f}"
-                    if k and math.isfinite(k.images_per_s)
-                    else MISSING_TEXT
-                ),
-                Entry(f"{k.epochs:.1f}" if k and math.isfinite(k.epochs) else MISSING_TEXT),
-                Entry(f"{c.runs_done}/{c.runs_expected}"),
-                Entry(seconds(k.total_device_seconds if k else None)),
-            ]
-        )
-        fields = dataclasses.asdict(k) if k else {}
-        records.append({**_cell_fields(c), **fields})
     title = f"Cost on {dataset}: device-seconds (train_seconds × devices), throughput, epochs"
     notes = [
         "Device-s / run, images/s and epochs: mean over the seeds of the chosen LR; "
         "all LRs: sum over every finished run of the cell (failed runs carry no time). "
         "Compilation time is not included."
     ]
-    return Table(f"cost_{slug(dataset)}", title, columns, rows, notes, COST_FIELDS, records)
+    lines = [_cost_line(c) for c in _cells_of(summary, dataset)]
+    return _long_table(Head(f"cost_{slug(dataset)}", title, notes), CostLine, lines, COST_SLOTS)
 
 
-PAIRED_FIELDS = (
-    "dataset",
-    "arch",
-    "strategy",
-    "metric",
-    "n",
-    "seeds",
-    "mean_diff",
-    "se_diff",
-    "t",
-    "df",
-    "p",
-    "p_holm",
-    "significant",
-)
+# --- paired comparison -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PairedLine:
+    """The paired table: a strategy minus FT on one arch (a :class:`~.cells.Paired`)."""
+
+    dataset: str
+    arch: str
+    strategy: str
+    metric: str
+    n: int
+    """Seeds paired."""
+    seeds: tuple[int, ...]
+    mean_diff: float
+    se_diff: float
+    t: float
+    df: int
+    p: float
+    p_holm: float
+    significant: bool
+    cell_seeds: int = _shown()
+    """Seeds of the larger of the two cells: fewer paired ones read ``[n=k]``."""
+
+
+def _paired_line(summary: Summary, p: Paired) -> PairedLine:
+    sides = (summary.cells[(p.dataset, p.arch, s)] for s in (p.strategy, BASELINE))
+    return PairedLine(
+        dataset=p.dataset,
+        arch=p.arch,
+        strategy=p.strategy,
+        metric=p.metric,
+        n=len(p.seeds),
+        seeds=p.seeds,
+        mean_diff=p.mean,
+        se_diff=p.se,
+        t=p.t,
+        df=p.df,
+        p=p.p,
+        p_holm=p.p_holm,
+        significant=p.significant,
+        cell_seeds=max(len(c.seeds) for c in sides),
+    )
+
+
+def _diff_text(x: PairedLine) -> str:
+    text = f"{pct(x.mean_diff, sign=True)} ({pct(x.se_diff)})"
+    return text + (f" [n={x.n}]" if x.n < x.cell_seeds else "")  # a seed without a partner
+
+
+def _p_text(p: float, significant: bool = False) -> str:
+    if not math.isfinite(p):
+        return UNDEFINED
+    text = f"{p:.3f}" if p >= 0.001 else "<0.001"
+    return text + ("*" if significant else "")
 
 
 def paired_note() -> str:
@@ -307,129 +483,149 @@ PAIRED_SHORT_NOTE = (
 def paired_table(summary: Summary, dataset: str) -> Table:
     """Beyond the paper: each strategy minus FT, paired by seed, with a paired t-test."""
     archs = [a for a in summary.archs if (dataset, a, BASELINE) in summary.cells]
-    tests = {(p.arch, p.strategy): p for p in paired_vs_ft(summary) if p.dataset == dataset}
-    columns = [Column("Strategy", align="l")]
+    strategies = [s for s in _strategies_of(summary, dataset) if s != BASELINE]
+    by_place = {(p.strategy, p.arch): p for p in paired_vs_ft(summary) if p.dataset == dataset}
+    lines = [
+        _paired_line(summary, by_place[(s, a)])
+        for s in strategies
+        for a in archs
+        if (s, a) in by_place
+    ]
+    slots: list[Slot[PairedLine]] = []
     for a in archs:
-        columns += [Column("Δ (SE)", arch_label(a)), Column("p", arch_label(a))]
-        columns.append(Column("p Holm", arch_label(a)))
-    rows, records = [], []
-    for s in _strategies_of(summary, dataset):
-        if s == BASELINE:
-            continue
-        row = [Entry(strategy_label(s))]
-        for a in archs:
-            p = tests.get((a, s))
-            if p is None:
-                row += [Entry(MISSING_TEXT)] * 3
-                continue
-            diff = f"{pct(p.mean, sign=True)} ({pct(p.se)})"
-            seeds = max(len(summary.cells[(dataset, a, x)].seeds) for x in (s, BASELINE))
-            if len(p.seeds) < seeds:  # some seed of one side has no partner
-                diff += f" [n={len(p.seeds)}]"
-            row += [Entry(diff), Entry(_p_text(p.p, p.significant)), Entry(_p_text(p.p_holm))]
-            records.append(
-                {
-                    "dataset": p.dataset,
-                    "arch": p.arch,
-                    "strategy": p.strategy,
-                    "metric": p.metric,
-                    "n": len(p.seeds),
-                    "seeds": p.seeds,
-                    "mean_diff": p.mean,
-                    "se_diff": p.se,
-                    "t": p.t,
-                    "df": p.df,
-                    "p": p.p,
-                    "p_holm": p.p_holm,
-                    "significant": p.significant,
-                }
-            )
-        rows.append(row)
+        group = arch_label(a)
+        slots += [
+            Slot(Column("Δ (SE)", group), _diff_text, a),
+            Slot(Column("p", group), lambda x: _p_text(x.p, x.significant), a),
+            Slot(Column("p Holm", group), lambda x: _p_text(x.p_holm), a),
+        ]
     title = (
         f"{dataset}: test {metric_label(summary.headline(dataset))} minus FT's, paired by seed "
         "(percentage points), paired t-test"
     )
-    return Table(
-        f"paired_{slug(dataset)}", title, columns, rows, [PAIRED_SHORT_NOTE], PAIRED_FIELDS, records
+    head = Head(f"paired_{slug(dataset)}", title, [PAIRED_SHORT_NOTE])
+    return _wide_table(head, PairedLine, lines, slots, strategies, attrgetter("arch"))
+
+
+# --- Table 11 --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BestLine:
+    """Table 11: a dataset's best (arch, strategy) and FT of the same arch."""
+
+    dataset: str
+    metric: str
+    arch: str | None
+    strategy: str | None
+    mean: float | None
+    se: float | None
+    status: str
+    ft_mean: float | None
+    ft_se: float | None
+    ft_status: str
+    improvement_pct: float
+    text: str = _shown()
+    """How the best cell reads (:func:`cell_text`)."""
+    ft_text: str = _shown()
+    """How FT's cell reads."""
+
+
+def _best_line(b: Best) -> BestLine:
+    c, ft = b.cell, b.ft
+    mean, se = c.test.get(b.metric, (None, None)) if c else (None, None)
+    ft_mean, ft_se = ft.test.get(b.metric, (None, None)) if ft else (None, None)
+    return BestLine(
+        dataset=b.dataset,
+        metric=b.metric,
+        arch=c.arch if c else None,
+        strategy=c.strategy if c else None,
+        mean=mean,
+        se=se,
+        status=c.status if c else MISSING,
+        ft_mean=ft_mean,
+        ft_se=ft_se,
+        ft_status=ft.status if ft else MISSING,
+        improvement_pct=b.improvement,
+        text=cell_text(c, b.metric) if c else MISSING_TEXT,
+        ft_text=cell_text(ft, b.metric) if ft else MISSING_TEXT,
     )
 
 
-def _p_text(p: float, significant: bool = False) -> str:
-    if not math.isfinite(p):
-        return UNDEFINED
-    text = f"{p:.3f}" if p >= 0.001 else "<0.001"
-    return text + ("*" if significant else "")
+def _or_missing(name: str | None, label: Callable[[str], str]) -> str:
+    return label(name) if name is not None else MISSING_TEXT
 
 
-TABLE11_FIELDS = (
-    "dataset",
-    "metric",
-    "arch",
-    "strategy",
-    "mean",
-    "se",
-    "status",
-    "ft_mean",
-    "ft_se",
-    "ft_status",
-    "improvement_pct",
+TABLE11_SLOTS: tuple[Slot[BestLine], ...] = (
+    Slot(Column("Dataset", align="l"), lambda x: x.dataset),
+    Slot(Column("Metric", align="l"), lambda x: metric_label(x.metric)),
+    Slot(Column("Arch", align="l"), lambda x: _or_missing(x.arch, arch_label)),
+    Slot(Column("Strategy", align="l"), lambda x: _or_missing(x.strategy, strategy_label)),
+    Slot(Column("Best, mean (SE)"), lambda x: x.text),
+    Slot(Column("FT, same arch"), lambda x: x.ft_text),
+    Slot(Column("Improvement (%)"), lambda x: _finite(x.improvement_pct, "+.2f")),
 )
 
 
 def table11(summary: Summary) -> Table:
     """Table 11: per dataset, the best (arch, strategy) and its relative gain over FT."""
-    columns = [
-        Column("Dataset", align="l"),
-        Column("Metric", align="l"),
-        Column("Arch", align="l"),
-        Column("Strategy", align="l"),
-        Column("Best, mean (SE)"),
-        Column("FT, same arch"),
-        Column("Improvement (%)"),
-    ]
-    rows, records = [], []
-    for b in best_per_dataset(summary):
-        c, ft = b.cell, b.ft
-        rows.append(
-            [
-                Entry(b.dataset),
-                Entry(metric_label(b.metric)),
-                Entry(arch_label(c.arch) if c else MISSING_TEXT),
-                Entry(strategy_label(c.strategy) if c else MISSING_TEXT),
-                Entry(cell_text(c, b.metric) if c else MISSING_TEXT),
-                Entry(cell_text(ft, b.metric) if ft else MISSING_TEXT),
-                Entry(f"{b.improvement:+.2f}" if math.isfinite(b.improvement) else MISSING_TEXT),
-            ]
-        )
-        mean, se = c.test.get(b.metric, (None, None)) if c else (None, None)
-        ft_mean, ft_se = ft.test.get(b.metric, (None, None)) if ft else (None, None)
-        records.append(
-            {
-                "dataset": b.dataset,
-                "metric": b.metric,
-                "arch": c.arch if c else None,
-                "strategy": c.strategy if c else None,
-                "mean": mean,
-                "se": se,
-                "status": c.status if c else MISSING,
-                "ft_mean": ft_mean,
-                "ft_se": ft_se,
-                "ft_status": ft.status if ft else MISSING,
-                "improvement_pct": b.improvement,
-            }
-        )
+    bests = best_per_dataset(summary)
     notes = [
         "Best: highest mean test headline metric (the first column of the dataset's table, "
         "named under Metric) over every arch and strategy of the dataset; improvement = "
         "100·(m − m_FT)/m_FT against FT of the same arch."
     ]
-    if any(b.cell is not None and _incomplete(b.cell) for b in best_per_dataset(summary)):
+    if any(b.cell is not None and _incomplete(b.cell) for b in bests):
         notes.append(f"{DAGGER}: a cell with runs missing (see the dataset's table).")
     title = "Table 11: best configuration per dataset and its gain over FT"
-    return Table("table11", title, columns, rows, notes, TABLE11_FIELDS, records)
+    lines = [_best_line(b) for b in bests]
+    return _long_table(Head("table11", title, notes), BestLine, lines, TABLE11_SLOTS)
 
 
-TABLE12_FIELDS = ("strategy", "arch", "k", "n", "share", "threshold_pct")
+# --- Table 12 --------------------------------------------------------------------------------
+
+ALL_ARCHS = "all"
+"""The ``arch`` of a strategy's total line in Table 12."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CountLine:
+    """Table 12: on how many datasets (k of n) a strategy beats FT, per arch and in all."""
+
+    strategy: str
+    arch: str
+    """An arch, or :data:`ALL_ARCHS` for the strategy's total."""
+    k: int
+    n: int
+    share: float | None
+    threshold_pct: float
+
+
+def _count_line(s: str, a: str, k: int, n: int, threshold: float) -> CountLine:
+    share = k / n if n else None
+    return CountLine(strategy=s, arch=a, k=k, n=n, share=share, threshold_pct=threshold)
+
+
+def _count_lines(
+    summary: Summary, counts: Mapping[tuple[str, str], tuple[int, int]], threshold: float
+) -> list[CountLine]:
+    """Per strategy but FT: one line per arch, then the total over the archs."""
+    lines = []
+    for s in summary.strategies:
+        if s == BASELINE:
+            continue
+        per_arch = [counts[(s, a)] for a in summary.archs]
+        lines += [
+            _count_line(s, a, k, n, threshold)
+            for a, (k, n) in zip(summary.archs, per_arch, strict=True)
+        ]
+        total_k, total_n = sum(k for k, _ in per_arch), sum(n for _, n in per_arch)
+        lines.append(_count_line(s, ALL_ARCHS, total_k, total_n, threshold))
+    return lines
+
+
+def k_n_share(k: int, n: int) -> str:
+    return f"{k}/{n} ({100 * k / n:.1f}%)"
 
 
 def table12(
@@ -438,24 +634,14 @@ def table12(
     """Table 12: per strategy and arch, the datasets where it beats FT by > threshold %,
     counted in each dataset's :func:`~medft_jax.report.cells.count_metric` (the paper's
     :data:`~medft_jax.report.cells.COUNT_METRICS` unless ``count_metrics`` is given)."""
-    counts = beats_ft(summary, threshold, count_metrics)
-    columns = [Column("Strategy", align="l")]
-    columns += [Column(arch_label(a)) for a in summary.archs]
-    columns.append(Column("Total"))
-    rows, records = [], []
-    for s in summary.strategies:
-        if s == BASELINE:
-            continue
-        row = [Entry(strategy_label(s))]
-        total_k = total_n = 0
-        for a in summary.archs:
-            k, n = counts[(s, a)]
-            total_k, total_n = total_k + k, total_n + n
-            row.append(Entry(f"{k}/{n}" if n else MISSING_TEXT))
-            records.append(_count_record(s, a, k, n, threshold))
-        row.append(Entry(k_n_share(total_k, total_n) if total_n else MISSING_TEXT))
-        records.append(_count_record(s, "all", total_k, total_n, threshold))
-        rows.append(row)
+    lines = _count_lines(summary, beats_ft(summary, threshold, count_metrics), threshold)
+    slots = [
+        Slot(Column(arch_label(a)), lambda x: f"{x.k}/{x.n}" if x.n else MISSING_TEXT, a)
+        for a in summary.archs
+    ]
+    slots.append(
+        Slot(Column("Total"), lambda x: k_n_share(x.k, x.n) if x.n else MISSING_TEXT, ALL_ARCHS)
+    )
     title = (
         f"Table 12: experiments (datasets) where a strategy beats FT by more than {threshold:g}%"
     )
@@ -465,7 +651,10 @@ def table12(
         f"({count_metrics_text(summary, count_metrics)}). k/n: "
         "n counts the datasets where both cells have a value (complete or partial)."
     ]
-    return Table("table12", title, columns, rows, notes, TABLE12_FIELDS, records)
+    strategies = [s for s in summary.strategies if s != BASELINE]
+    return _wide_table(
+        Head("table12", title, notes), CountLine, lines, slots, strategies, attrgetter("arch")
+    )
 
 
 def count_metrics_text(summary: Summary, count_metrics: Mapping[str, str] | None = None) -> str:
@@ -473,21 +662,6 @@ def count_metrics_text(summary: Summary, count_metrics: Mapping[str, str] | None
     return ", ".join(
         f"{d} {metric_label(count_metric(summary, d, count_metrics))}" for d in summary.datasets
     )
-
-
-def k_n_share(k: int, n: int) -> str:
-    return f"{k}/{n} ({100 * k / n:.1f}%)"
-
-
-def _count_record(s: str, a: str, k: int, n: int, threshold: float) -> dict[str, Any]:
-    return {
-        "strategy": s,
-        "arch": a,
-        "k": k,
-        "n": n,
-        "share": k / n if n else None,
-        "threshold_pct": threshold,
-    }
 
 
 def all_tables(

@@ -1,7 +1,7 @@
 """Freezing and staged unfreezing as ordinary optax transformations.
 
 Frozen parameters get an update of exactly zero and hold *no* optimizer
-state: each group of parameters is routed by ``optax.multi_transform``
+state: each group of parameters is routed by ``optax.partition``
 either to the inner transformation or to ``optax.set_to_zero()``, whose
 state is empty. A group that starts training later is wrapped in
 :func:`unfreeze_at`, a gate driven by the step count kept in its own state:
@@ -63,25 +63,35 @@ def block_mask(partition: BlockPartition, blocks: Iterable[str]) -> Callable[[Py
     return map_paths(lambda path: partition.block_of(path) in wanted)
 
 
-def _resolve(tree_or_fn: Labels, params: PyTree) -> PyTree:
+def resolve(tree_or_fn: Labels, params: PyTree) -> PyTree:
+    """A label or mask pytree, given as is or as a function of ``params`` (optax takes both)."""
     return tree_or_fn(params) if callable(tree_or_fn) else tree_or_fn
 
 
 def train_only(
     inner: optax.GradientTransformation, trainable: PyTree | Callable[[PyTree], PyTree]
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Applies ``inner`` where ``trainable`` is True and freezes everything else.
 
     Unlike ``optax.masked`` (which passes masked-out updates through
     unchanged) frozen updates here are exactly zero, and unlike chaining
     ``optax.freeze`` with an optimizer, ``inner`` holds state only for the
-    trainable leaves: linear probing's Adam state is the head's size.
+    trainable leaves: linear probing's Adam state is the head's size. This is
+    ``optax.transforms.selective_transform``; it takes only a fixed mask, so
+    a mask function (:func:`match_paths`) is applied to each tree it is given.
     """
 
-    def labels(params: PyTree) -> PyTree:
-        return jax.tree.map(lambda t: "train" if t else "frozen", _resolve(trainable, params))
+    def for_tree(tree: PyTree) -> optax.GradientTransformation:
+        frozen = jax.tree.map(lambda t: not t, resolve(trainable, tree))
+        return optax.transforms.selective_transform(inner, freeze_mask=frozen)
 
-    return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()}, labels)
+    def init_fn(params: PyTree) -> optax.OptState:
+        return for_tree(params).init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        return for_tree(updates).update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def unfreeze_at(
@@ -123,4 +133,4 @@ def staged(
             transforms[group] = inner
         else:
             transforms[group] = unfreeze_at(inner, int(start))
-    return optax.multi_transform(transforms, labels)
+    return optax.partition(transforms, labels)

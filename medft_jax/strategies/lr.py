@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import optax
 
+from medft_jax.strategies.freeze import resolve
+
 PyTree = Any
 
 
@@ -19,6 +21,10 @@ def scale_by_label(
     Chained after an optimizer it is a per-group learning rate; under Adam
     that is the same as giving each group its own learning rate.
     """
+    # Not ``optax.partition({label: optax.scale(f)}, labels)``: its updates are bit-for-bit
+    # these, but its state is a PartitionState of per-label MaskedState(EmptyState) instead of
+    # one EmptyState, and orbax refuses to restore a checkpoint whose tree differs, so an
+    # ``llrd`` run checkpointed before could not resume.
 
     def init_fn(params: PyTree) -> optax.EmptyState:
         del params
@@ -28,7 +34,7 @@ def scale_by_label(
         updates: PyTree, state: optax.EmptyState, params: PyTree | None = None
     ) -> tuple[PyTree, optax.EmptyState]:
         del params
-        lab = labels(updates) if callable(labels) else labels
+        lab = resolve(labels, updates)
         missing = set(jax.tree.leaves(lab)) - set(factors)
         if missing:
             raise ValueError(f"scale_by_label: no factor for labels {sorted(missing)}")

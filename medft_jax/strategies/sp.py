@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from medft_jax.strategies.freeze import map_paths
+from medft_jax.strategies.freeze import map_paths, resolve
 
 PyTree = Any
 Mask = PyTree | Callable[[PyTree], PyTree]
@@ -36,10 +36,6 @@ class SPState(NamedTuple):
 def kernel_mask(params: PyTree) -> PyTree:
     """True on weight matrices and conv filters (leaves named ``kernel``)."""
     return map_paths(lambda path: path.rsplit("/", 1)[-1] == "kernel")(params)
-
-
-def _resolve(mask: Mask, params: PyTree) -> PyTree:
-    return mask(params) if callable(mask) else mask
 
 
 def sp_penalty(
@@ -84,11 +80,11 @@ def sp_penalty(
     ) -> tuple[PyTree, SPState]:
         if params is None:
             raise ValueError("sp_penalty needs the params: call tx.update(grads, state, params)")
-        head = _resolve(head_mask, params)
+        head = resolve(head_mask, params)
         source = (
             jax.tree.map(lambda h: not h, head)
             if source_mask is None
-            else jax.tree.map(lambda s, h: bool(s) and not h, _resolve(source_mask, params), head)
+            else jax.tree.map(lambda s, h: bool(s) and not h, resolve(source_mask, params), head)
         )
 
         def add(g, w, w0, is_head, is_source):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import scan_files
-from medft_jax.data.records import Record, standard_splits
 
 CLASS_NAMES = ("Normal", "Benign", "InSitu", "Invasive")
 TEST_FRACTION = 0.1
@@ -33,16 +33,16 @@ def find_photos(manual_dir: Path) -> Path:
     )
 
 
-def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     photos = find_photos(manual_dir)
-    records = []
+    examples = []
     for label, name in enumerate(CLASS_NAMES):
         files = scan_files(manual_dir, photos / name, (".tif", ".tiff"), recursive=False)
         if not files:
             raise DataError(f"class folder {photos / name} has no .tif images")
-        records += [Record(p, label, p.relative_to(photos.parent).as_posix()) for p in files]
+        examples += [Example(p, label, p.relative_to(photos.parent).as_posix()) for p in files]
     return standard_splits(
-        records,
+        examples,
         val_fraction=config.val_fraction,
         test_fraction=TEST_FRACTION,
         seed=config.seed,

@@ -2,7 +2,7 @@
 
 A task module (``chexpert.py``, ``mura.py``, ...) states its facts as a
 :class:`Task` (class names, multilabel, evaluation grouping, the on-disk
-layout) and a ``parse(root, config) -> {split: [Record]}`` that reads the
+layout) and a ``parse(root, config) -> {split: [Example]}`` that reads the
 official layout's CSVs/listings without decoding images. Its builder is a
 :class:`MedicalBuilder` subclass that only names the task.
 
@@ -26,9 +26,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example, validate
 from medft_jax.data.images import ImageReader, open_image
 from medft_jax.data.locations import variant_name
-from medft_jax.data.records import Record, validate
 
 VERSION = "1.0.0"
 
@@ -94,7 +94,7 @@ class Task:
 
     name: str
     class_names: tuple[str, ...]
-    parse: Callable[[Path, MedicalConfig], dict[str, list[Record]]]
+    parse: Callable[[Path, MedicalConfig], dict[str, list[Example]]]
     layout: str
     multilabel: bool = False
     eval_grouping: str = "image"
@@ -102,8 +102,8 @@ class Task:
     options: tuple[str, ...] = ()
     """Config fields beyond sizes/seed/val_fraction this task reads (e.g. ``uncertain``)."""
 
-    def parse_checked(self, root: Path, config: MedicalConfig) -> dict[str, list[Record]]:
-        """``parse`` + :func:`~medft_jax.data.records.validate`, naming the manual dir."""
+    def parse_checked(self, root: Path, config: MedicalConfig) -> dict[str, list[Example]]:
+        """``parse`` + :func:`~medft_jax.data.examples.validate`, naming the manual dir."""
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"--manual-dir {root} is not a directory; expected {self.layout}")
@@ -166,9 +166,9 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         splits = self.TASK.parse_checked(Path(dl_manager.manual_dir), self.builder_config)
-        return {name: self._generate_examples(recs, name) for name, recs in splits.items()}
+        return {name: self._generate_examples(members, name) for name, members in splits.items()}
 
-    def _generate_examples(self, records: list[Record], split: str):
+    def _generate_examples(self, examples: list[Example], split: str):
         config = self.builder_config
         reader = ImageReader(
             config.resize_size,
@@ -176,19 +176,19 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             skip_bad_images=self.skip_bad_images,
             decode=self.TASK.decode,
         )
-        for r in records:
-            image = reader.read(r.path)
+        for ex in examples:
+            image = reader.read(ex.path)
             if image is None:
-                self.info.metadata["skipped_bad_images"].setdefault(split, []).append(r.id)
+                self.info.metadata["skipped_bad_images"].setdefault(split, []).append(ex.id)
                 continue
-            label = np.asarray(r.label, np.float32) if self.TASK.multilabel else r.label
+            label = np.asarray(ex.label, np.float32) if self.TASK.multilabel else ex.label
             yield (
-                r.id,
+                ex.id,
                 {
                     "image": image,
                     "label": label,
-                    "id": r.id,
-                    "patient": r.patient,
-                    "group": r.group,
+                    "id": ex.id,
+                    "patient": ex.patient,
+                    "group": ex.group,
                 },
             )

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import safe_join
-from medft_jax.data.records import Record, standard_splits
 from medft_jax.data.table import read_csv
 
 CLASS_NAMES = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
@@ -90,10 +90,10 @@ def label_value(text: str, policy: str, where: str, finding: str = "") -> float:
     raise DataError(f"{where}: label {text!r} is not 1.0, 0.0, -1.0 or empty")
 
 
-def read_split(csv_path: Path, base: Path, policy: str) -> list[Record]:
+def read_split(csv_path: Path, base: Path, policy: str) -> list[Example]:
     """One frontal image per patient, in CSV order."""
     rows = read_csv(csv_path, ["Path", "Frontal/Lateral", *CLASS_NAMES], HEADER)
-    records, seen = [], set()
+    examples, seen = [], set()
     for row in rows:
         where = f"{csv_path}:{row.line}"
         if row["Frontal/Lateral"].strip() != "Frontal":
@@ -107,11 +107,11 @@ def read_split(csv_path: Path, base: Path, policy: str) -> list[Record]:
             continue
         seen.add(patient)
         label = tuple(label_value(row[c], policy, f"{where} column {c!r}", c) for c in CLASS_NAMES)
-        records.append(Record(safe_join(base, rel, source=where), label, rel, patient=patient))
-    return records
+        examples.append(Example(safe_join(base, rel, source=where), label, rel, patient=patient))
+    return examples
 
 
-def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     if config.uncertain not in POLICIES:
         raise DataError(f"--uncertain must be one of {POLICIES}, got {config.uncertain!r}")
     base, folder = find_root(manual_dir)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example
 from medft_jax.data.paths import safe_join, scan_files
-from medft_jax.data.records import Record
 
 CLASS_NAMES = ("grasper", "bipolar", "hook", "scissors", "clipper", "irrigator")
 VIDEOS = {
@@ -84,9 +84,9 @@ def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
     return frames
 
 
-def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     root = find_root(manual_dir)
-    splits: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
+    splits: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
     label_files = [
         p
         for p in scan_files(manual_dir, root / "labels", (".json",), recursive=False)
@@ -106,7 +106,7 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
                 continue
             rel = f"videos/{video}/{frame:06d}.png"
             path = safe_join(root, rel, source=str(label_file))
-            splits[split].append(Record(path, label, rel, patient=video))
+            splits[split].append(Example(path, label, rel, patient=video))
     return splits
 
 

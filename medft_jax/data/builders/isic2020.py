@@ -30,8 +30,8 @@ import numpy as np
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import safe_join
-from medft_jax.data.records import Record, standard_splits
 from medft_jax.data.table import read_csv
 
 CLASS_NAMES = ("benign", "malignant")
@@ -85,13 +85,13 @@ def carve_images(labels: Sequence[int], fraction: float, seed: int) -> np.ndarra
     return mask
 
 
-def split_records(
-    records: list[Record], *, split_by: str, val_fraction: float, seed: int
-) -> dict[str, list[Record]]:
+def split_examples(
+    examples: list[Example], *, split_by: str, val_fraction: float, seed: int
+) -> dict[str, list[Example]]:
     """``train``/``val``/``test`` by patient (grouped) or by image (the paper's)."""
     if split_by == "patient":
         return standard_splits(
-            records,
+            examples,
             val_fraction=val_fraction,
             test_fraction=TEST_FRACTION,
             seed=seed,
@@ -100,21 +100,21 @@ def split_records(
     if split_by != "image":
         raise DataError(f"--split-by must be one of {SPLIT_BY}, got {split_by!r}")
     # Each image is its own split unit, so the patient-disjointness checks hold trivially.
-    records = [dataclasses.replace(r, patient=r.id) for r in records]
-    mask = carve_images([int(r.label) for r in records], TEST_FRACTION, seed)
-    rest = [r for r, m in zip(records, mask, strict=True) if not m]
-    test = [r for r, m in zip(records, mask, strict=True) if m]
+    examples = [dataclasses.replace(ex, patient=ex.id) for ex in examples]
+    mask = carve_images([int(ex.label) for ex in examples], TEST_FRACTION, seed)
+    rest = [ex for ex, m in zip(examples, mask, strict=True) if not m]
+    test = [ex for ex, m in zip(examples, mask, strict=True) if m]
     return standard_splits(rest, test, val_fraction=val_fraction, seed=seed, stratify=True)
 
 
-def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     if config.split_by not in SPLIT_BY:
         raise DataError(f"--split-by must be one of {SPLIT_BY}, got {config.split_by!r}")
     csv_path = manual_dir / "train.csv"
     if not csv_path.is_file():
         raise DataError(f"{csv_path} not found; expected {LAYOUT}")
     duplicates = read_duplicates(manual_dir)
-    records = []
+    examples = []
     for row in read_csv(csv_path, ["image_name", "patient_id", "target"], HEADER):
         where = f"{csv_path}:{row.line}"
         name = row["image_name"].strip()
@@ -127,9 +127,9 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
             )
         rel = f"jpeg/train/{name}.jpg"
         path = safe_join(manual_dir, rel, source=where)
-        records.append(Record(path, int(target), rel, patient=row["patient_id"].strip()))
-    return split_records(
-        records, split_by=config.split_by, val_fraction=config.val_fraction, seed=config.seed
+        examples.append(Example(path, int(target), rel, patient=row["patient_id"].strip()))
+    return split_examples(
+        examples, split_by=config.split_by, val_fraction=config.val_fraction, seed=config.seed
     )
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import safe_join
-from medft_jax.data.records import Record, standard_splits
 from medft_jax.data.table import read_text
 
 CLASS_NAMES = ("normal", "abnormal")
@@ -57,11 +57,11 @@ def read_studies(path: Path) -> dict[str, int]:
     return studies
 
 
-def read_split(folder: Path, base: Path, split: str, part: str) -> list[Record]:
+def read_split(folder: Path, base: Path, split: str, part: str) -> list[Example]:
     """The images of body part ``part`` in ``split`` with their study labels."""
     studies = read_studies(folder / f"{split}_labeled_studies.csv")
     paths_csv = folder / f"{split}_image_paths.csv"
-    records = []
+    examples = []
     for n, rel in _lines(paths_csv):
         if "/" not in rel:
             continue  # header line, e.g. "image_path"
@@ -74,12 +74,12 @@ def read_split(folder: Path, base: Path, split: str, part: str) -> list[Record]:
             raise DataError(f"{where}: study {study!r} is not in {split}_labeled_studies.csv")
         patient = next((p for p in parts if p.startswith("patient")), study)
         path = safe_join(base, rel, source=where)
-        records.append(Record(path, studies[study], rel, patient=patient, group=study))
-    return records
+        examples.append(Example(path, studies[study], rel, patient=patient, group=study))
+    return examples
 
 
 def make_parse(part: str):
-    def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+    def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         base, folder = find_root(manual_dir)
         train = read_split(folder, base, "train", BODY_PARTS[part])
         test = read_split(folder, base, "valid", BODY_PARTS[part])

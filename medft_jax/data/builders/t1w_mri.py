@@ -20,9 +20,9 @@ from PIL import Image
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
+from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import scan_files
 from medft_jax.data.pixels import check_finite, check_size, minmax_to_uint8
-from medft_jax.data.records import Record, standard_splits
 
 CLASS_NAMES = ("meningioma", "glioma", "pituitary")
 TEST_FRACTION = 542 / 3064
@@ -80,11 +80,11 @@ def decode(path: Path) -> Image.Image:
     return Image.fromarray(minmax_to_uint8(image), mode="L")
 
 
-def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
+def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     files = [p for p in scan_files(manual_dir, manual_dir, (".mat",)) if p.name not in IGNORED]
     if not files:
         raise DataError(f"{manual_dir}: no .mat files found; expected {LAYOUT}")
-    records = []
+    examples = []
     for path in files:
         label, pid = read_meta(path)
         if label not in (1, 2, 3):
@@ -93,9 +93,9 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Record]]:
                 "1 (meningioma), 2 (glioma), 3 (pituitary)"
             )
         rel = path.relative_to(manual_dir).as_posix()
-        records.append(Record(path, label - 1, rel, patient=pid or rel))
+        examples.append(Example(path, label - 1, rel, patient=pid or rel))
     return standard_splits(
-        records,
+        examples,
         val_fraction=config.val_fraction,
         test_fraction=TEST_FRACTION,
         seed=config.seed,

@@ -1,6 +1,9 @@
 """Examples of a file-based dataset before decoding: path, label, ids; splitting and checks.
 
-Every file-based source parses its on-disk layout into ``{split: [Record]}``
+An :class:`Example` is one image of a dataset as its source lists it (not
+to be confused with a *run record*, :mod:`medft_jax.results`).
+
+Every file-based source parses its on-disk layout into ``{split: [Example]}``
 first (cheap: CSVs and directory listings), so splitting, validation and
 counting are plain Python, testable without decoding an image, and shared by
 the TFDS builders and the ``folder``/``csv`` sources.
@@ -24,7 +27,7 @@ Label = int | tuple[float, ...]
 
 
 @dataclasses.dataclass(frozen=True)
-class Record:
+class Example:
     """One example on disk.
 
     Attributes:
@@ -48,34 +51,34 @@ class Record:
             object.__setattr__(self, "group", self.id)
 
 
-def labels_of(records: Sequence[Record], multilabel: bool, num_classes: int) -> np.ndarray:
+def labels_of(examples: Sequence[Example], multilabel: bool, num_classes: int) -> np.ndarray:
     """int32 ``(N,)`` or float32 ``(N, C)``."""
     if multilabel:
-        return np.asarray([r.label for r in records], dtype=np.float32).reshape(-1, num_classes)
-    return np.asarray([r.label for r in records], dtype=np.int32)
+        return np.asarray([ex.label for ex in examples], dtype=np.float32).reshape(-1, num_classes)
+    return np.asarray([ex.label for ex in examples], dtype=np.int32)
 
 
-def carve_records(
-    records: Sequence[Record], fraction: float, seed: int, *, stratify: bool
-) -> tuple[list[Record], list[Record]]:
+def carve_examples(
+    examples: Sequence[Example], fraction: float, seed: int, *, stratify: bool
+) -> tuple[list[Example], list[Example]]:
     """``(rest, carved)``: a patient-disjoint, seeded (and stratified) carve."""
-    labels = [int(r.label) for r in records] if stratify else None  # type: ignore[arg-type]
-    mask = carve([r.patient for r in records], fraction, seed, labels=labels)
+    labels = [int(ex.label) for ex in examples] if stratify else None  # type: ignore[arg-type]
+    mask = carve([ex.patient for ex in examples], fraction, seed, labels=labels)
     return (
-        [r for r, m in zip(records, mask, strict=True) if not m],
-        [r for r, m in zip(records, mask, strict=True) if m],
+        [ex for ex, m in zip(examples, mask, strict=True) if not m],
+        [ex for ex, m in zip(examples, mask, strict=True) if m],
     )
 
 
 def standard_splits(
-    train: Sequence[Record],
-    test: Sequence[Record] | None = None,
+    train: Sequence[Example],
+    test: Sequence[Example] | None = None,
     *,
     val_fraction: float,
     test_fraction: float | None = None,
     seed: int,
     stratify: bool,
-) -> dict[str, list[Record]]:
+) -> dict[str, list[Example]]:
     """``train``/``val``/``test``: ``test`` given (official) or carved, then ``val`` carved.
 
     Test is carved with ``seed``, val with ``seed + 1`` from what remains,
@@ -85,13 +88,13 @@ def standard_splits(
     if test is None:
         if test_fraction is None:
             raise DataError("no official test split: a test fraction is needed")
-        rest, test = carve_records(rest, test_fraction, seed, stratify=stratify)
-    rest, val = carve_records(rest, val_fraction, seed + 1, stratify=stratify)
+        rest, test = carve_examples(rest, test_fraction, seed, stratify=stratify)
+    rest, val = carve_examples(rest, val_fraction, seed + 1, stratify=stratify)
     return {"train": rest, "val": val, "test": list(test)}
 
 
 def validate(
-    splits: dict[str, list[Record]], class_names: Sequence[str], multilabel: bool, *, where: str
+    splits: dict[str, list[Example]], class_names: Sequence[str], multilabel: bool, *, where: str
 ) -> None:
     """Raises :class:`DataError` unless the labels can train the classifier they describe.
 
@@ -111,60 +114,60 @@ def validate(
         )
     if multilabel and num < 1:
         raise DataError(f"{where}: no label columns")
-    for name, records in splits.items():
-        if not records:
+    for name, examples in splits.items():
+        if not examples:
             raise DataError(f"{where}: split {name!r} came out empty")
-        for r in records:
-            _check_label(r, class_names, multilabel, where)
-        counts = Counter(r.id for r in records)
-        if len(counts) != len(records):
+        for ex in examples:
+            _check_label(ex, class_names, multilabel, where)
+        counts = Counter(ex.id for ex in examples)
+        if len(counts) != len(examples):
             twice = next(i for i, n in counts.items() if n > 1)
             raise DataError(f"{where}: split {name!r} lists {twice!r} twice")
     if not multilabel:
-        seen = np.bincount([int(r.label) for r in splits.get("train", [])], minlength=num)
+        seen = np.bincount([int(ex.label) for ex in splits.get("train", [])], minlength=num)
         missing = [c for c, count in zip(class_names, seen, strict=True) if count == 0]
         if missing:
             raise DataError(
                 f"{where}: class {missing[0]!r} has no examples in the training split; "
                 "every class needs training examples"
             )
-    check_disjoint({name: [r.patient for r in recs] for name, recs in splits.items()})
+    check_disjoint({name: [ex.patient for ex in members] for name, members in splits.items()})
 
 
-def _check_label(r: Record, class_names: Sequence[str], multilabel: bool, where: str) -> None:
+def _check_label(ex: Example, class_names: Sequence[str], multilabel: bool, where: str) -> None:
     num = len(class_names)
     if multilabel:
-        if not isinstance(r.label, tuple) or len(r.label) != num:
-            raise DataError(f"{where}: {r.id}: expected {num} multi-hot labels, got {r.label!r}")
-        if any(isinstance(v, bool | str) or v not in (0.0, 1.0) for v in r.label):
-            raise DataError(f"{where}: {r.id}: multi-hot labels must be 0 or 1, got {r.label!r}")
+        if not isinstance(ex.label, tuple) or len(ex.label) != num:
+            raise DataError(f"{where}: {ex.id}: expected {num} multi-hot labels, got {ex.label!r}")
+        if any(isinstance(v, bool | str) or v not in (0.0, 1.0) for v in ex.label):
+            raise DataError(f"{where}: {ex.id}: multi-hot labels must be 0 or 1, got {ex.label!r}")
         return
-    if isinstance(r.label, bool | np.bool_) or not isinstance(r.label, int | np.integer):
+    if isinstance(ex.label, bool | np.bool_) or not isinstance(ex.label, int | np.integer):
         raise DataError(
-            f"{where}: {r.id}: label {r.label!r} is not an integer class id "
+            f"{where}: {ex.id}: label {ex.label!r} is not an integer class id "
             f"(0..{num - 1} of {list(class_names)})"
         )
-    if not 0 <= r.label < num:
+    if not 0 <= ex.label < num:
         raise DataError(
-            f"{where}: {r.id}: label {r.label!r} outside the class list {list(class_names)}"
+            f"{where}: {ex.id}: label {ex.label!r} outside the class list {list(class_names)}"
         )
 
 
 def split_plan(
-    records: Sequence[Record],
+    examples: Sequence[Example],
     reader: ImageReader,
     *,
     multilabel: bool,
     num_classes: int,
     chunk: int = 64,
 ) -> cache.SplitPlan:
-    """A :class:`~medft_jax.data.cache.SplitPlan` that decodes ``records`` with ``reader``."""
+    """A :class:`~medft_jax.data.cache.SplitPlan` that decodes ``examples`` with ``reader``."""
 
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, len(records), chunk):
+        for start in range(0, len(examples), chunk):
             images, kept = [], []
-            for r in records[start : start + chunk]:
-                image = reader.read(r.path)
+            for ex in examples[start : start + chunk]:
+                image = reader.read(ex.path)
                 kept.append(image is not None)
                 if image is not None:
                     images.append(image)
@@ -172,10 +175,10 @@ def split_plan(
             yield (np.stack(images) if images else np.zeros(shape, np.uint8)), np.asarray(kept)
 
     fields = {
-        "labels": labels_of(records, multilabel, num_classes),
-        "ids": np.asarray([r.id for r in records], dtype=str),
-        "groups": np.asarray([r.group for r in records], dtype=str),
-        "patients": np.asarray([r.patient for r in records], dtype=str),
+        "labels": labels_of(examples, multilabel, num_classes),
+        "ids": np.asarray([ex.id for ex in examples], dtype=str),
+        "groups": np.asarray([ex.group for ex in examples], dtype=str),
+        "patients": np.asarray([ex.patient for ex in examples], dtype=str),
     }
     shape = (reader.crop_size, reader.crop_size, 3)
-    return cache.SplitPlan(len(records), shape, chunks, fields)
+    return cache.SplitPlan(len(examples), shape, chunks, fields)

@@ -1,0 +1,67 @@
+"""Files written whole or not at all: a temporary file, fsync, then a rename.
+
+Run records, failure notes and exported state_dicts are written this way,
+so a reader (or a killed writer's next run) never sees part of a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+"""What ``open()`` would have given a new file: the process's umask applies."""
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Writes ``data`` at ``path`` atomically; returns the path.
+
+    The bytes go to a temporary file in the same folder (same filesystem,
+    so the rename is atomic), are flushed and fsynced, then ``os.replace``-d
+    over ``path``: a reader sees the old file whole or the new one whole.
+    Any failure removes the temporary file, and an OSError of the write
+    itself (a full disk) is raised naming ``path``. The file gets the mode
+    ``open()`` would give it, not ``mkstemp``'s private 0600, so a shared
+    group can read it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Makes the rename itself durable (best effort: not every OS allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,85 @@
+"""Where and with what a run ran: package versions, devices, git revision, host."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "grain",
+    "numpy",
+    "scikit-learn",
+    "tensorflow-datasets",
+)
+"""Distributions whose versions a record keeps (``None`` when not installed)."""
+_ALTERNATIVE_NAMES = {"grain": ("grain-nightly",)}
+
+
+def environment_info() -> dict[str, Any]:
+    """Where and with what a run ran: versions, devices, processes, git revision, host.
+
+    Enough to tell two records' conditions apart later (a jax upgrade, a
+    different GPU, uncommitted code). Calls ``jax.devices()``, so it
+    initialises the backend if nothing has yet.
+    """
+    import jax
+
+    devices = jax.devices()
+    return {
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "platform": platform.platform(),
+        "backend": devices[0].platform if devices else None,
+        "device_kind": devices[0].device_kind if devices else None,
+        "device_count": len(devices),
+        "local_device_count": jax.local_device_count(),
+        "process_count": jax.process_count(),
+        "hostname": socket.gethostname(),
+        **git_info(),
+    }
+
+
+def _version(dist: str) -> str | None:
+    for name in (dist, *_ALTERNATIVE_NAMES.get(dist, ())):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def git_info(package_dir: Path | None = None) -> dict[str, Any]:
+    """``git_revision`` (HEAD) and ``git_dirty`` of the checkout this package runs from.
+
+    Both None when the package is not in a git checkout (an installed
+    wheel), when git is missing, or when the enclosing repository is not
+    this project's (a virtual environment inside some other repository).
+    """
+    pkg = (package_dir or Path(__file__).resolve().parent).resolve()
+    top = _git(pkg, "rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() / pkg.name != pkg:
+        return {"git_revision": None, "git_dirty": None}
+    status = _git(pkg, "status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_revision": _git(pkg, "rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+    }
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()

@@ -1,0 +1,226 @@
+"""Successive halving over strategies x learning rates: pick a strategy cheaply.
+
+The arms are (strategy, lr) runs of one dataset and arch at one seed.
+Every arm trains a first budget (in epochs, counted in train steps, so a
+fraction of an epoch is a budget); the best ``1/eta`` by validation
+primary metric (the best validation so far; ties broken by a
+threshold-free second metric) continue to ``eta`` times the budget, and
+so on, until one arm is left or the survivors reach the maximum epochs.
+Arms are not restarted between rungs: each continues from its own resume
+checkpoint (:func:`medft_jax.fit.run_one` with ``stop_after_steps``), so a
+batch is never trained twice, and an arm that early-stops keeps its score.
+:func:`successive_halving` runs the rungs through a
+:class:`medft_jax.session.Session`, the one way every run is run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medft_jax import results
+from medft_jax.checkpoint import RunCheckpoints
+from medft_jax.config import RunConfig
+from medft_jax.data import DataError
+from medft_jax.errors import UserError
+from medft_jax.metrics import primary_metric
+from medft_jax.outcomes import BUSY, DIVERGED, DONE, STOPPED
+from medft_jax.session import Session
+
+
+@dataclasses.dataclass
+class Arm:
+    """One (strategy, lr) of the selection and what it has trained so far."""
+
+    strategy: str
+    lr: float
+    config: Any
+    score: float = math.nan
+    tiebreak: float = math.nan
+    """A threshold-free second metric at the best validation (see :func:`tiebreak_metric`)."""
+    epochs: float = 0.0
+    seconds: float = 0.0
+    finished: bool = False
+    failed: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.strategy} @ lr {self.lr:g}"
+
+
+def rung_budgets(min_epochs: float, eta: int, max_epochs: int) -> list[float]:
+    """Epoch budgets of the rungs: min, min*eta, min*eta^2, ... capped at (and ending in) max."""
+    budgets = [min(min_epochs, max_epochs)]
+    while budgets[-1] < max_epochs:
+        budgets.append(min(budgets[-1] * eta, max_epochs))
+    return budgets
+
+
+def survivors(arms: Sequence[Arm], eta: int) -> list[Arm]:
+    """The best ``ceil(n / eta)`` arms by score, then tie-break (failed and NaN last).
+
+    Equal scores are common early: accuracy on a small validation set
+    moves in steps of one image, and after a few steps most arms still
+    predict one class. The tie-break metric ranks those; arms tied on both
+    keep grid order.
+    """
+    keep = max(1, math.ceil(len(arms) / eta))
+    ranked = sorted(
+        enumerate(arms),
+        key=lambda ia: (
+            ia[1].failed is not None or math.isnan(ia[1].score),
+            -_num(ia[1].score),
+            -_num(ia[1].tiebreak),
+            ia[0],
+        ),
+    )
+    return [a for _, a in ranked[:keep]]
+
+
+def tiebreak_metric(primary: str) -> str:
+    """AUROC, or mAP where AUROC is the primary metric: continuous where accuracy is not."""
+    return "map" if primary == "auroc" else "auroc"
+
+
+def successive_halving(
+    arms: list[Arm],
+    session: Session,
+    *,
+    min_epochs: float,
+    eta: int,
+    max_epochs: int,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Runs the rungs over ``arms`` (one dataset and arch); returns the outcome.
+
+    The outcome holds the pick (strategy, lr, its validation score), every
+    rung's scores and the cost actually trained (epochs and seconds).
+    """
+    first = arms[0].config
+    dataset = session.dataset(first)
+    for arm in arms:  # the runs' identity covers the data and the starting weights
+        arm.config = session.identify(arm.config)
+    steps_per_epoch = dataset.steps_per_epoch(first.batch_size)
+    if min_epochs * steps_per_epoch < 1:
+        raise DataError(
+            f"--min-epochs {min_epochs:g} is under one train step: {first.dataset} has "
+            f"{steps_per_epoch} steps per epoch at batch size {first.batch_size}"
+        )
+    primary = primary_metric(first.dataset, dataset.multilabel)
+    alive, rungs = list(arms), []
+    for budget in rung_budgets(min_epochs, eta, max_epochs):
+        steps = round(budget * steps_per_epoch)
+        for arm in alive:
+            if not (arm.finished or arm.failed):
+                _advance(arm, session, steps, primary, steps_per_epoch)
+        rungs.append(_rung(budget, steps, alive))
+        say(
+            f"rung at {budget:.3g} epoch(s), {steps} steps: "
+            + ", ".join(f"{a.label} {a.score:.4f}" for a in alive)
+        )
+        if budget >= max_epochs:
+            break
+        alive = survivors(alive, eta)
+        if len(alive) == 1:  # the pick: no need to train it further here
+            break
+    pick = survivors(alive, len(alive))[0]
+    return {
+        "dataset": first.dataset,
+        "arch": first.arch,
+        "seed": first.seed,
+        "eta": eta,
+        "min_epochs": min_epochs,
+        "max_epochs": max_epochs,
+        "pick": {"strategy": pick.strategy, "lr": pick.lr, "val": pick.score},
+        "tiebreak_metric": tiebreak_metric(primary),
+        "rungs": rungs,
+        "cost": {
+            "epochs": sum(a.epochs for a in arms),
+            "seconds": sum(a.seconds for a in arms),
+            "arms": len(arms),
+        },
+    }
+
+
+def _advance(arm: Arm, session: Session, steps: int, primary: str, steps_per_epoch: int) -> None:
+    """Trains ``arm`` up to ``steps`` train steps in all and scores it."""
+    o = session.run(arm.config, stop_after_steps=steps)
+    if o.kind == DIVERGED:
+        arm.failed = o.error
+        return
+    if o.kind == BUSY:  # another selection trains this arm: it cannot be scored
+        raise UserError(
+            f"--out {session.out}: arm {arm.label} is {o.error}; give each selection its own --out"
+        )
+    if o.kind not in (DONE, STOPPED) and o.exception is not None:
+        raise o.exception
+    score_arm(arm, o.record or {}, session.out, primary, steps_per_epoch)
+
+
+def _rung(budget: float, steps: int, alive: list[Arm]) -> dict[str, Any]:
+    return {
+        "epochs": budget,
+        "steps": steps,
+        "arms": [
+            {
+                "arm": a.label,
+                "score": a.score,
+                "tiebreak": a.tiebreak,
+                "epochs": a.epochs,
+                "failed": a.failed,
+            }
+            for a in alive
+        ],
+    }
+
+
+def score_arm(
+    arm: Arm, record: dict[str, Any], out: str | Path, primary: str, steps_per_epoch: int
+) -> None:
+    """Updates the arm from its record (finished) or its resume checkpoint (stopped).
+
+    The score is the best validation (by primary metric, then tie-break
+    metric) the arm has had: of its epochs, of the partial epoch it stopped
+    in, and of the earlier rungs' partial epochs (whose validation the
+    resume checkpoint drops once the epoch is finished). Its cost counts
+    the steps and seconds of its epochs and partial epoch.
+    """
+    if record:
+        epochs, partial, arm.finished = record["epochs"], None, True
+        metric = record["primary_metric"]
+    else:
+        run = results.run_dir(out, arm.config.to_dict())
+        progress = RunCheckpoints(run).read_progress() or {}
+        epochs, partial = progress.get("epochs", []), progress.get("partial")
+        metric = primary
+    vals = [e["val"] for e in epochs] + ([partial["val"]] if partial else [])
+    second = tiebreak_metric(metric)
+    ranked = [
+        (v[metric], _num(v.get(second, math.nan)))
+        for v in vals
+        if v.get(metric) is not None and math.isfinite(v[metric])
+    ]
+    if math.isfinite(arm.score):  # an earlier rung's best
+        ranked.append((arm.score, _num(arm.tiebreak)))
+    arm.score, tiebreak = max(ranked) if ranked else (math.nan, math.nan)
+    arm.tiebreak = tiebreak if math.isfinite(tiebreak) else math.nan
+    arm.epochs = len(epochs) + (partial["steps"] / steps_per_epoch if partial else 0)
+    arm.seconds = float(sum(e["seconds"] for e in epochs)) + (partial["seconds"] if partial else 0)
+
+
+def _num(x: float) -> float:
+    return -math.inf if math.isnan(x) else x
+
+
+__all__ = [
+    "Arm",
+    "RunConfig",
+    "rung_budgets",
+    "score_arm",
+    "successive_halving",
+    "survivors",
+    "tiebreak_metric",
+]

@@ -1,0 +1,161 @@
+"""Aggregation over seeds: mean and standard error, and the learning rate chosen on validation.
+
+A group of runs is one configuration at several learning rates and seeds
+(:func:`group_records`); :func:`choose_lr` picks the LR with the best mean
+validation primary metric and :func:`summarise` gives the test metrics'
+mean ± SE over the seeds at that LR. Records read back hold ``None`` where
+a run had NaN; everything here reads ``None`` as NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from medft_jax.results import RecordError, config_hash, jsonable
+
+_SEED_KEYS = ("lr", "seed")
+"""Config keys that vary inside one LR-selection group; every other key must agree."""
+
+
+def mean_se(values: Iterable[float | None]) -> tuple[float, float]:
+    """Mean and standard error (sample std with ddof=1, over sqrt(n)) of the finite values.
+
+    NaN, ±inf and None (a metric undefined for that seed) are left out, and
+    ``n`` counts the rest: a seed without a value cannot pull the mean. With
+    n = 1 the SE is NaN (one seed says nothing about spread); with n = 0
+    both are NaN.
+    """
+    v = np.array([x for x in (_as_float(x) for x in values) if math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+    return float(v.mean()), se
+
+
+def group_key(record: dict[str, Any]) -> str:
+    """The hash of the record's config without ``lr`` and ``seed``: one LR-selection group."""
+    return config_hash({k: v for k, v in record["config"].items() if k not in _SEED_KEYS})
+
+
+def group_records(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records split into LR-selection groups (same config up to ``lr`` and ``seed``)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(group_key(r), []).append(r)
+    return groups
+
+
+def lr_means(records: Sequence[dict[str, Any]], metric: str | None = None) -> dict[float, float]:
+    """Mean validation ``metric`` (best-epoch ``record["val"]``) per LR, over the seeds."""
+    _check_one_group(records)
+    metric = metric or _primary(records)
+    per_lr: dict[float, list[float]] = {}
+    for r in records:
+        per_lr.setdefault(float(r["config"]["lr"]), []).append(_as_float(r["val"].get(metric)))
+    return {lr: mean_se(v)[0] for lr, v in sorted(per_lr.items())}
+
+
+def choose_lr(records: Sequence[dict[str, Any]], metric: str | None = None) -> float:
+    """The LR with the highest mean validation ``metric`` over its seeds.
+
+    ``records`` are the runs of one configuration at several LRs and seeds
+    (everything but ``lr`` and ``seed`` equal, else :class:`RecordError`).
+    ``metric`` defaults to the records' ``primary_metric``. Each record
+    contributes its best epoch's validation value, ``record["val"][metric]``;
+    seeds whose value is NaN/None are left out of their LR's mean, and an
+    LR with no finite value is never chosen. An exact tie goes to the
+    smaller LR: it stays closer to the pretrained weights, and the choice
+    does not depend on record order.
+    """
+    means = lr_means(records, metric)
+    finite = {lr: m for lr, m in means.items() if math.isfinite(m)}
+    if not finite:
+        raise RecordError(
+            f"no finite validation {metric or _primary(records)} in the {len(records)} records "
+            f"of {_describe(records[0])}"
+        )
+    best = max(finite.values())
+    return min(lr for lr, m in finite.items() if m == best)
+
+
+def summarise(
+    records: Sequence[dict[str, Any]],
+    metric_names: Sequence[str] | None = None,
+    *,
+    metric: str | None = None,
+) -> dict[str, Any]:
+    """Mean ± SE over seeds of the test metrics at the chosen LR, for one group of runs.
+
+    The LR is :func:`choose_lr`'s (``records`` may hold one LR only, which
+    is then the choice). ``metric_names`` defaults to every test metric of
+    the first record. Returns::
+
+        {"dataset", "arch", "strategy", "lr", "metric", "seeds": [...],
+         "lr_means": {lr: mean val metric},
+         "val": {name: (mean, se)}, "test": {name: (mean, se)}, "n": {name: n}}
+
+    where ``n`` counts the seeds with a finite test value of each metric.
+    """
+    lr = choose_lr(records, metric)
+    metric = metric or _primary(records)
+    chosen = [r for r in records if float(r["config"]["lr"]) == lr]
+    names = list(metric_names) if metric_names is not None else list(chosen[0]["test"])
+
+    def stat(split: str) -> dict[str, tuple[float, float]]:
+        return {n: mean_se(_as_float(r[split].get(n)) for r in chosen) for n in names}
+
+    cfg = chosen[0]["config"]
+    return {
+        "dataset": cfg["dataset"],
+        "arch": cfg["arch"],
+        "strategy": cfg["strategy"],
+        "lr": lr,
+        "metric": metric,
+        "seeds": sorted(r["config"]["seed"] for r in chosen),
+        "lr_means": lr_means(records, metric),
+        "val": stat("val"),
+        "test": stat("test"),
+        "n": {n: sum(math.isfinite(_as_float(r["test"].get(n))) for r in chosen) for n in names},
+    }
+
+
+def _as_float(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _primary(records: Sequence[dict[str, Any]]) -> str:
+    names = {r.get("primary_metric") for r in records}
+    if len(names) != 1 or None in names:
+        raise RecordError(
+            f"records disagree on or lack the primary metric: {sorted(map(str, names))}"
+        )
+    return names.pop()
+
+
+def _check_one_group(records: Sequence[dict[str, Any]]) -> None:
+    if not records:
+        raise RecordError("no records to choose an LR from")
+    first = {k: v for k, v in records[0]["config"].items() if k not in _SEED_KEYS}
+    for r in records[1:]:
+        other = {k: v for k, v in r["config"].items() if k not in _SEED_KEYS}
+        if jsonable(other) != jsonable(first):
+            diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+            raise RecordError(
+                f"records of different configurations ({', '.join(diff)} differ) "
+                "cannot share an LR choice; use group_records first"
+            )
+    seen: set[tuple[float, Any]] = set()
+    for r in records:
+        key = (float(r["config"]["lr"]), r["config"]["seed"])
+        if key in seen:
+            raise RecordError(f"two records for lr {key[0]:g}, seed {key[1]} of {_describe(r)}")
+        seen.add(key)
+
+
+def _describe(record: dict[str, Any]) -> str:
+    c = record["config"]
+    return f"{c.get('dataset')}/{c.get('arch')}/{c.get('strategy')}"

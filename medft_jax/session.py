@@ -1,0 +1,183 @@
+"""The one way runs are run: ``experiments.run``, ``experiments.sweep`` and ``experiments.select``.
+
+A :class:`Session` is a process's setup, done once (multi-host init under
+``MEDFT_DISTRIBUTED=1``, the persistent compilation cache), and what its
+runs share: each dataset loaded once, each strategy's compiled steps built
+once (:class:`medft_jax.fit.TrainerKey`). :meth:`Session.run` takes one
+:class:`RunConfig` through every step a run has, wherever it was started:
+load and identify (the data and weights fingerprints), skip what is done,
+train (:func:`medft_jax.fit.run_one`), and turn every way a run can end
+into an :class:`Outcome`. A diverged run leaves a ``failed.json`` note, a
+run another process holds is skipped, and a full disk or an exhausted
+device memory ends the session (every later run would fail the same way).
+The command lines only print outcomes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from medft_jax import fit, results
+from medft_jax.config import RunConfig
+from medft_jax.data import DataError
+from medft_jax.data.tasks import task_options
+from medft_jax.locks import RunLocked
+from medft_jax.outcomes import (
+    BUSY,
+    DIVERGED,
+    DONE,
+    FAILED_BEFORE,
+    SKIPPED,
+    STOPPED,
+    UNAVAILABLE,
+    Outcome,
+    fatal_kind,
+)
+from medft_jax.runtime import enable_compilation_cache
+from medft_jax.train import NonFiniteLossError
+
+_SET_UP = False
+
+
+def set_up_process() -> None:
+    """Once per process: multi-host init (``MEDFT_DISTRIBUTED=1``) and the compilation cache."""
+    global _SET_UP
+    if _SET_UP:
+        return
+    if os.environ.get("MEDFT_DISTRIBUTED") == "1":  # see BUILD.md: multi-host runs
+        jax.distributed.initialize()
+    enable_compilation_cache()
+    _SET_UP = True
+
+
+class Session:
+    """Runs configs one at a time, sharing datasets and compiled steps between them.
+
+    Args:
+      out: the results folder.
+      data_dir: where prepared datasets live (None: the default).
+      dataset_options: per dataset, extra arguments of :func:`medft_jax.data.load`
+        (``--split-by``, ``--csv-file``, ...).
+      force: train again runs whose record exists.
+      retry_failed: train again runs that left a failure note.
+      progress: per-epoch progress bars.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        *,
+        data_dir: str | None = None,
+        dataset_options: Mapping[str, Mapping[str, Any]] | None = None,
+        force: bool = False,
+        retry_failed: bool = False,
+        progress: bool = False,
+    ):
+        set_up_process()
+        self.out = str(out)
+        self.data_dir = data_dir
+        self.dataset_options = dict(dataset_options or {})
+        self.force, self.retry_failed, self.progress = force, retry_failed, progress
+        self.trainers: dict[fit.TrainerKey, Any] = {}
+        self._datasets: dict[tuple, Any] = {}
+        self._unavailable: dict[str, DataError] = {}
+
+    @property
+    def main_process(self) -> bool:
+        return jax.process_index() == 0
+
+    def dataset(self, config: RunConfig) -> Any:
+        """``config``'s dataset, loaded once per (dataset, arch, image size, data seed)."""
+        if config.dataset in self._unavailable:
+            raise self._unavailable[config.dataset]
+        key = (config.dataset, config.arch, config.image_size, config.data_seed)
+        if key not in self._datasets:
+            options = dict(self.dataset_options.get(config.dataset, {}))
+            try:
+                self._datasets[key] = fit.load_dataset(config, self.data_dir, **options)
+            except DataError as e:
+                self._unavailable[config.dataset] = e
+                raise
+        return self._datasets[key]
+
+    def identify(self, config: RunConfig) -> RunConfig:
+        """``config`` with its data and weights fingerprints (loads the dataset)."""
+        return fit.identify(config, self.dataset(config))
+
+    def status(self, config: RunConfig) -> str:
+        """``done`` (record), ``failed`` (a failure note, no record) or ``todo``.
+
+        ``config`` must be identified: a record of the same settings on other data or
+        weights is another run.
+        """
+        cfg = config.to_dict()
+        if results.record_path(self.out, cfg).exists():
+            return "done"
+        if results.failure_path(self.out, cfg).exists():
+            return "failed"
+        return "todo"
+
+    def run(
+        self,
+        config: RunConfig,
+        *,
+        on_start: Callable[[RunConfig], None] | None = None,
+        stop_after_steps: int | None = None,
+    ) -> Outcome:
+        """Runs ``config`` unless it is done; ``on_start(config)`` just before training."""
+        t = time.perf_counter()
+        try:
+            config = self.identify(config)
+        except DataError as e:
+            return Outcome(config, UNAVAILABLE, error=str(e), exception=e)
+        state = self.status(config)
+        if state == "done" and not self.force:
+            record = results.read_record(results.record_path(self.out, config.to_dict()))
+            return Outcome(config, SKIPPED, record=record)
+        if state == "failed" and not (self.retry_failed or self.force):
+            return Outcome(config, FAILED_BEFORE)
+        if on_start is not None:
+            on_start(config)
+        outcome = self._train(config, stop_after_steps)
+        outcome.seconds = time.perf_counter() - t
+        return outcome
+
+    def _train(self, config: RunConfig, stop_after_steps: int | None) -> Outcome:
+        try:
+            record = fit.run_one(
+                config,
+                self.out,
+                dataset=self.dataset(config),
+                force=self.force,
+                progress=self.progress,
+                stop_after_steps=stop_after_steps,
+                trainers=self.trainers,
+            )
+        except NonFiniteLossError as e:
+            if self.main_process:
+                ds = self.dataset(config)
+                options = task_options(config.dataset, ds.metadata)
+                results.write_failure(self.out, config.to_dict(), "nonfinite", str(e), options)
+            return Outcome(config, DIVERGED, error=str(e), exception=e)
+        except DataError as e:  # found while training (e.g. a batch larger than the data)
+            self._unavailable[config.dataset] = e
+            return Outcome(config, UNAVAILABLE, error=str(e), exception=e)
+        except RunLocked as e:
+            return Outcome(config, BUSY, error=str(e), exception=e)
+        except Exception as e:
+            fatal = fatal_kind(e)
+            if fatal is None:
+                raise
+            kind, line = fatal
+            return Outcome(config, kind, error=line, exception=e)
+        return Outcome(config, DONE if record else STOPPED, record=record or None)
+
+    def path_of(self, config: RunConfig) -> Path:
+        """Where ``config``'s record is (or will be)."""
+        return results.record_path(self.out, config.to_dict())

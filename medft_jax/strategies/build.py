@@ -1,0 +1,128 @@
+"""``make``: a strategy by id, from its entry in :mod:`medft_jax.strategies.specs`."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import optax
+
+from medft_jax.models.blocks import BlockPartition
+from medft_jax.strategies.freeze import HEAD
+from medft_jax.strategies.schedule import Schedule
+from medft_jax.strategies.specs import (
+    EXTRA_STRATEGIES,
+    PAPER_STRATEGIES,
+    SPECS,
+    STRATEGIES,
+    Layout,
+    Options,
+)
+
+PyTree = Any
+
+
+class Strategy(NamedTuple):
+    """What :func:`make` returns: ``tx, schedule = make(...)``."""
+
+    tx: optax.GradientTransformation
+    """The optimizer (Adam inside); ``tx.update(grads, state, params)``."""
+    schedule: Schedule
+    """Which blocks train in which epoch; ``final_stage_epoch``; ``bn_train``."""
+
+
+def make(
+    name: str,
+    params: PyTree,
+    partition: BlockPartition,
+    *,
+    learning_rate: optax.ScalarOrSchedule,
+    steps_per_epoch: int | None = None,
+    pretrained: PyTree | None = None,
+    epochs_per_stage: int = 1,
+    lp_epochs: int = 5,
+    alpha: float = 0.01,
+    beta: float = 0.01,
+    sp_half: bool = True,
+    kernels_only: bool = False,
+    rgn_estimate_steps: int = 5,
+    rgn_mode: str = "stream",
+    rgn_per_step: bool = False,
+    rgn_eps: float = 1e-8,
+    frozen_bn: str = "update",
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    surgical_block: str | None = None,
+    lr_decay: float = 0.7,
+) -> Strategy:
+    """Builds strategy ``name`` for ``params`` split into blocks by ``partition``.
+
+    Args:
+      name: one of :data:`STRATEGIES` (the paper's eight, then the extras).
+      params: the model's parameters (the pretrained weights with the new
+        head); only their tree structure and paths are read, plus ω0 for SP.
+      partition: the architecture's blocks and head path.
+      learning_rate: Adam's learning rate (a float or an optax schedule).
+      steps_per_epoch: updates per epoch; stages switch at
+        ``start_epoch * steps_per_epoch``. Needed by ``g_lf``, ``g_fl``,
+        ``lp_ft`` and ``auto_rgn`` (per-epoch estimate).
+      pretrained: ω0 for ``l1_sp``/``l2_sp``; default: the params given to
+        ``tx.init``.
+      epochs_per_stage: epochs between unfreezing two blocks (G-LF, G-FL).
+      lp_epochs: LP-FT's head-only epochs.
+      alpha, beta: SP weights of the pull to ω0 and of the head penalty.
+      sp_half: L2-SP's convention. True (default, Li et al. 2018, whose
+        reference code the SP literature follows): the penalty is
+        α/2‖w_s − ω0‖² + β/2‖w_head‖². False: the paper's eq. 3,
+        α‖w_s − ω0‖² + β‖w_head‖², twice the gradient at the same α, β.
+      kernels_only: SP counts only kernels as w_s (the original TF code);
+        default all pretrained parameters. The head penalty covers all head
+        parameters either way.
+      rgn_estimate_steps: Auto-RGN's batches averaged at each epoch start.
+      rgn_mode: Auto-RGN's ``'stream'`` (default: the estimate comes from
+        the epoch's first updates, no extra passes) or ``'prepass'`` (the
+        reference code's: the loop evaluates ``rgn_estimate_steps``
+        gradients before each epoch, ``schedule.prepass``).
+      rgn_per_step: Auto-RGN applies each step's own RGN instead (stream).
+      rgn_eps: floor of ‖w‖ in RGN.
+      frozen_bn: ``'update'`` or ``'freeze'`` (see :class:`Schedule`).
+      b1, b2, eps: Adam's.
+      surgical_block: the block that ``surgical`` trains (with the head).
+      lr_decay: ``llrd``'s per-block factor towards the input.
+
+    Returns:
+      ``Strategy(tx, schedule)``. ``ft`` is exactly ``optax.adam``.
+    """
+    # Every keyword argument, by its own name (a parameter Options lacks is a TypeError here).
+    o = Options(**{k: v for k, v in locals().items() if k not in ("name", "params", "partition")})
+    if name not in STRATEGIES:
+        raise ValueError(
+            f"unknown strategy {name!r}; valid ids: {', '.join(PAPER_STRATEGIES)} "
+            f"(the paper) and {', '.join(EXTRA_STRATEGIES)} (extras)"
+        )
+    spec = SPECS[name]
+    _check(name, o)
+    if spec.needs_steps(o) and steps_per_epoch is None:
+        raise ValueError(f"make({name!r}): steps_per_epoch is required (stages are in epochs)")
+    group_of = spec.groups(partition)
+    schedule = Schedule.build(
+        name,
+        params,
+        partition,
+        group_of,
+        {HEAD: 0, **spec.starts(o, partition.names)},
+        steps_per_epoch=steps_per_epoch,
+        frozen_bn=frozen_bn,
+        prepass=spec.prepass(o),
+    )
+    return Strategy(spec.optimizer(o, Layout(partition, group_of, schedule)), schedule)
+
+
+def _check(name: str, o: Options) -> None:
+    """The numeric options every strategy shares."""
+    if o.steps_per_epoch is not None and o.steps_per_epoch < 1:
+        raise ValueError(f"make({name!r}): steps_per_epoch must be >= 1, got {o.steps_per_epoch}")
+    if o.epochs_per_stage < 1:
+        raise ValueError(f"make({name!r}): epochs_per_stage must be >= 1, got {o.epochs_per_stage}")
+    if o.lp_epochs < 0:
+        raise ValueError(f"make({name!r}): lp_epochs must be >= 0, got {o.lp_epochs}")
