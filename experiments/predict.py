@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medft_jax.checkpoints.model import load_model
 from medft_jax.data.errors import DataError
 from medft_jax.data.images import open_image
 from medft_jax.data.preprocess import normalize, resize_and_crop
 from medft_jax.errors import ArgumentParser, UserError, cli_main
-from medft_jax.model_checkpoint import load_model
 from medft_jax.models import create
 
 

@@ -20,15 +20,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments.common import add_dataset_flags, dataset_options, local_options
-from medft_jax import data, results
+from medft_jax import results
+from medft_jax.checkpoints.pretrained import WEIGHTS_CHOICES
 from medft_jax.config import RunConfig, check_config, flag_name
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
-from medft_jax.models import ARCHS
+from medft_jax.names import ARCHS, STRATEGIES, dataset_base, dataset_names
 from medft_jax.outcomes import BUSY, DIVERGED, OUT_OF_MEMORY, SKIPPED
-from medft_jax.pretrained import WEIGHTS_CHOICES
 from medft_jax.report import aggregate
 from medft_jax.session import Session
-from medft_jax.strategies import STRATEGIES
 
 # Small settings that make the default command finish in minutes on a 2-core CPU.
 DEMO_DEFAULTS = {"image_size": 32, "epochs": 8, "batch_size": 32, "lr": 1e-4, "seeds": [0]}
@@ -152,11 +151,9 @@ def make_configs(args: argparse.Namespace) -> list[Any]:
     Everything is checked before any work starts; a value out of range is
     one line naming its flag (``--lr must be in (0, 1], got -1.0``).
     """
-    base = args.dataset.split("/")[0].split("@")[0]
-    known = [n.split("/")[0] for n in data.known_names()]
-    if base not in known:
+    if dataset_base(args.dataset) not in {dataset_base(n) for n in dataset_names()}:
         raise UserError(
-            f"--dataset {args.dataset!r} is unknown; known: {', '.join(data.known_names())}"
+            f"--dataset {args.dataset!r} is unknown; known: {', '.join(dataset_names())}"
         )
     if args.weights not in ("auto", "imagenet", "none") and not os.path.isdir(
         os.path.expanduser(args.weights)

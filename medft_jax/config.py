@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from medft_jax.errors import UserError
+from medft_jax.names import ARCHS, STRATEGIES, is_known_arch
 
 PRECISIONS = ("fp32", "bf16")
 FROZEN_BN = ("update", "freeze")
@@ -144,14 +145,11 @@ def check_value(field: str, value: Any, name: str) -> None:
 
 def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> None:
     """Checks every field of ``config``; ``name(field)`` says how to name a field at fault."""
-    from medft_jax.models import ARCHS
-    from medft_jax.strategies import STRATEGIES
-
     if config.strategy not in STRATEGIES:
         raise UserError(
             f"{name('strategy')} {config.strategy!r} is unknown; valid: {', '.join(STRATEGIES)}"
         )
-    if config.arch not in ARCHS:
+    if not is_known_arch(config.arch):
         raise UserError(f"{name('arch')} {config.arch!r} is unknown; valid: {', '.join(ARCHS)}")
     if config.precision not in PRECISIONS:
         raise UserError(f"{name('precision')} must be one of {', '.join(PRECISIONS)}")

@@ -33,14 +33,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from medft_jax import data, locks, metrics, model_checkpoint, pretrained, results, strategies
-from medft_jax.checkpoint import RunCheckpoints
+from medft_jax import data, locks, metrics, results, strategies
+from medft_jax.checkpoints import model as model_checkpoint
+from medft_jax.checkpoints import pretrained
+from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.config import RunConfig, check_config
 from medft_jax.data.tasks import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_info
 from medft_jax.errors import one_line
 from medft_jax.models import ArchSpec, get_arch, init_variables
+from medft_jax.results import RunRecord
 from medft_jax.strategies import Schedule
 from medft_jax.train import Trainer, TrainState, check_finite
 
@@ -528,7 +531,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
     test_probs = run.trainer.predict(
         best_state, ds.eval_batches("test", run.eval_batch_size, **run.shard)
     )
-    record = {
+    record: RunRecord = {
         "config": config.to_dict(),
         "run": name,
         "weights_used": run.weights_used,

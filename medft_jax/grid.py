@@ -25,6 +25,7 @@ from typing import Any
 
 from medft_jax.config import RunConfig, check_config
 from medft_jax.errors import UserError
+from medft_jax.names import ARCHS, STRATEGIES, dataset_base, dataset_names, is_known_arch
 
 AXES = ("dataset", "arch", "strategy", "lr", "seed")
 """The grid's axes, in the order its runs are listed (the last varies fastest)."""
@@ -149,19 +150,15 @@ class Grid:
 
     def validate(self) -> None:
         """Checks every axis value names something the toolkit has (before any work)."""
-        from medft_jax import data
-        from medft_jax.models import ARCHS
-        from medft_jax.strategies import STRATEGIES
-
-        known = {n.split("/")[0] for n in data.known_names()}
+        known = {dataset_base(n) for n in dataset_names()}
         for d in self.datasets:
-            if d.split("/")[0].split("@")[0] not in known:
+            if dataset_base(d) not in known:
                 raise GridError(
                     f"grid {self.name!r}: dataset {d!r} unknown; known: "
-                    f"{', '.join(data.known_names())}"
+                    f"{', '.join(dataset_names())}"
                 )
         for a in self.archs:
-            if a not in ARCHS:
+            if not is_known_arch(a):
                 raise GridError(
                     f"grid {self.name!r}: arch {a!r} unknown; known: {', '.join(ARCHS)}"
                 )

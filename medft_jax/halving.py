@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from medft_jax import results
-from medft_jax.checkpoint import RunCheckpoints
+from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.config import RunConfig
 from medft_jax.data import DataError
 from medft_jax.errors import UserError

@@ -60,7 +60,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -71,6 +71,47 @@ RECORD_NAME = "record.json"
 FAILURE_NAME = "failed.json"
 """A run that ended without a result (e.g. its loss diverged) leaves this beside its checkpoints."""
 HASH_CHARS = 16
+
+
+class EpochEntry(TypedDict):
+    """One trained epoch of a record's ``epochs`` (see the module docstring)."""
+
+    epoch: int
+    train_loss: float | None
+    val: dict[str, float | None]
+    seconds: float
+    images_per_s: float | None
+    trainable_blocks: list[str]
+    improved: bool
+    stop: bool
+
+
+class RunRecord(TypedDict, total=False):
+    """A finished run's ``record.json``, as :func:`medft_jax.fit.run_one` writes it.
+
+    ``dataset_options`` is there only for tasks with split or label options,
+    ``finished_at`` is optional; the module docstring says what each key holds.
+    """
+
+    config: dict[str, Any]
+    run: str
+    weights_used: str
+    primary_metric: str
+    num_classes: int
+    multilabel: bool
+    class_names: list[str]
+    dataset_options: dict[str, str]
+    steps_per_epoch: int
+    epochs: list[EpochEntry]
+    best_epoch: int
+    val: dict[str, float | None]
+    test: dict[str, float | None]
+    final_stage_epoch: int
+    compile_seconds: float
+    num_compilations: int
+    train_seconds: float
+    environment: dict[str, Any]
+    finished_at: str
 
 
 class RecordError(UserError):

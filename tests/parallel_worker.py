@@ -35,12 +35,12 @@ def main() -> None:
         )
     import numpy as np
 
-    from medft_jax.models import ResNet, init_variables
+    from medft_jax.models import create, init_variables
     from medft_jax.train import make_mesh
 
     # A ResNet-50 with one bottleneck per layer: the same layers (BatchNorm included)
     # as the toolkit's models, at a quarter of the compile time.
-    model = ResNet(num_classes=3, stage_sizes=(1, 1, 1, 1))
+    model = create("resnet_tiny", 3)
     variables = init_variables(model, 0, 32)
     meshes = [make_mesh()]
     if jax.process_count() == 1 and jax.device_count() > 1:

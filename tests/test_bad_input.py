@@ -21,7 +21,8 @@ from experiments import prepare as prepare_cli
 from experiments import run as run_cli
 from experiments import select as select_cli
 from experiments import sweep as sweep_cli
-from medft_jax import fit, pretrained
+from medft_jax import fit
+from medft_jax.checkpoints import pretrained
 from medft_jax.config import RunConfig, check_config
 from medft_jax.errors import UserError, cli_main
 from medft_jax.models import ARCHS
@@ -271,7 +272,7 @@ def test_run_reads_the_cache_prepare_wrote_and_takes_csv(tmp_path, capsys):
 
 
 def test_weights_fingerprint_is_the_checkpoint_content(tmp_path, monkeypatch):
-    from medft_jax.model_checkpoint import content_hash, save_model
+    from medft_jax.checkpoints.model import content_hash, save_model
 
     monkeypatch.setattr(pretrained, "_UNAVAILABLE", {"resnet50": "offline"})
     params = {"fc": {"kernel": np.ones((2, 2), np.float32)}}

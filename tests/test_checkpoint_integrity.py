@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from experiments import predict
-from medft_jax.model_checkpoint import (
+from medft_jax.checkpoints.model import (
     MAX_CROP_SIZE,
     CheckpointError,
     check_metadata,
@@ -437,12 +437,12 @@ def test_predict_flags_checked_before_any_work(tmp_path, flags, expect, capsys):
     assert cap.out == "" and _one_error_line(cap.err) == expect
 
 
-@pytest.mark.slow
-def test_predict_top_larger_than_classes_shows_all(saved, tmp_path, capsys):
+def test_predict_top_larger_than_classes_shows_all(tmp_path, capsys):
     from PIL import Image
 
-    variables = saved[1]
-    meta = {**META, "resize_size": 37, "crop_size": 32}  # a small crop: a quick compile
+    # ResNet-50 with one bottleneck per layer and a small crop: a quick compile.
+    variables = _random_variables("resnet_tiny", 3)
+    meta = {**META, "arch": "resnet_tiny", "resize_size": 37, "crop_size": 32}
     path = save_model(tmp_path / "ck", variables["params"], variables["batch_stats"], meta)
     image = tmp_path / "a.png"
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)

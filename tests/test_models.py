@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medft_jax.models import ARCHS, block_outputs, create, init_variables
+from medft_jax.models import ARCHS, TEST_ARCHS, block_outputs, create, get_arch, init_variables
 from medft_jax.models.blocks import flatten
 from medft_jax.models.layers import _adaptive_matrix, adaptive_avg_pool
 
@@ -29,6 +29,16 @@ def _init(arch: str, num_classes: int, size: int = 32, seed: int = 0):
 @pytest.fixture(scope="module")
 def resnet():
     return _init("resnet50", 2)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """ResNet-50's layers with one bottleneck each: for what is not ResNet-50's own numbers.
+
+    Its users share one xdist worker (group ``resnet_tiny``): the initialiser's
+    program compiles once there, not once in each worker at the same time.
+    """
+    return _init("resnet_tiny", 2)
 
 
 def test_parameter_counts_match_torchvision():
@@ -72,18 +82,19 @@ def test_vgg_and_densenet_heads():
     assert np.abs(np.asarray(head["kernel"])).max() <= 1 / math.sqrt(1024)
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("resnet_tiny")
 def test_same_seed_same_init_other_seed_differs():
-    model = create("resnet50", 2)
+    model = create("resnet_tiny", 2)
     a, b, c = (init_variables(model, s, 32)["params"]["fc"]["kernel"] for s in (3, 3, 4))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_bfloat16_compute_keeps_float32_params(resnet):
-    _, v = resnet
+@pytest.mark.xdist_group("resnet_tiny")
+def test_bfloat16_compute_keeps_float32_params(tiny):
+    _, v = tiny
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
-    f32 = jax.jit(create("resnet50", 2).apply)(v, x)
-    bf16 = jax.jit(create("resnet50", 2, dtype=jnp.bfloat16).apply)(v, x)
+    f32 = jax.jit(create("resnet_tiny", 2).apply)(v, x)
+    bf16 = jax.jit(create("resnet_tiny", 2, dtype=jnp.bfloat16).apply)(v, x)
     assert bf16.dtype == jnp.bfloat16 and f32.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(v))
     err = np.abs(np.asarray(bf16, np.float32) - np.asarray(f32)).max()
@@ -114,7 +125,7 @@ def test_adaptive_pool_bins_by_hand():
 
 
 def test_block_outputs_cover_every_block():
-    for arch, spec in ARCHS.items():
+    for arch, spec in {**ARCHS, **TEST_ARCHS}.items():
         model = create(arch, 2)
         x = jnp.zeros((1, 32, 32, 3))
         _, state = jax.eval_shape(
@@ -124,7 +135,7 @@ def test_block_outputs_cover_every_block():
 
 
 def test_every_parameter_in_exactly_one_block():
-    for arch, spec in ARCHS.items():
+    for arch, spec in {**ARCHS, **TEST_ARCHS}.items():
         model = create(arch, 5)
         shapes = jax.eval_shape(
             lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
@@ -135,3 +146,22 @@ def test_every_parameter_in_exactly_one_block():
         assert {o[0] for o in owners.values()} == set(spec.partition.names), arch
         heads = [p for p in paths if spec.partition.is_head(p)]
         assert sorted(heads) == sorted(f"{spec.partition.head}/{n}" for n in ("bias", "kernel"))
+
+
+def _shapes(arch: str) -> dict:
+    model = create(arch, 2)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+
+
+def test_tiny_resnet_is_resnet50_with_one_bottleneck_per_layer():
+    """What lets the fast tests stand it in for ResNet-50: its blocks, paths and shapes."""
+    assert "resnet_tiny" not in ARCHS  # runnable by name, offered to no user
+    tiny, full = get_arch("resnet_tiny"), get_arch("resnet50")
+    assert tiny.partition.blocks == full.partition.blocks
+    assert tiny.partition.head == full.partition.head
+    assert (tiny.resize_size, tiny.crop_size) == (full.resize_size, full.crop_size)
+    for collection in ("params", "batch_stats"):
+        small = flatten(_shapes("resnet_tiny")[collection])
+        big = flatten(_shapes("resnet50")[collection])
+        first = {p: s for p, s in big.items() if not p.startswith("layer") or "/0/" in p}
+        assert {p: s.shape for p, s in small.items()} == {p: s.shape for p, s in first.items()}

@@ -28,12 +28,13 @@ import pytest
 
 from experiments import report as report_cli
 from experiments import sweep as sweep_cli
-from medft_jax import checkpoint, fit, locks, results
-from medft_jax.checkpoint import RunCheckpoints
+from medft_jax import fit, locks, results
+from medft_jax.checkpoints import run as checkpoint
+from medft_jax.checkpoints.model import load_metadata
+from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.demo import load_demo
 from medft_jax.errors import find_os_error, os_error_line
 from medft_jax.locks import RunLocked
-from medft_jax.model_checkpoint import load_metadata
 from medft_jax.report import collect, write_report
 from medft_jax.report.write import MARKER, ReportError
 from tests.test_report import rec
@@ -305,9 +306,16 @@ def demo():
     return load_demo(seed=0, image_size=32, sizes=SIZES)
 
 
-def _config(epochs: int = 2) -> fit.RunConfig:
+def _config(epochs: int = 2, arch: str = "resnet_tiny") -> fit.RunConfig:
+    """An LP run; ResNet-50's layers with one bottleneck each unless the sizes matter."""
     return fit.RunConfig(
-        strategy="lp", weights="none", epochs=epochs, batch_size=8, image_size=32, lr=1e-2
+        strategy="lp",
+        arch=arch,
+        weights="none",
+        epochs=epochs,
+        batch_size=8,
+        image_size=32,
+        lr=1e-2,
     )
 
 
@@ -337,7 +345,7 @@ def _grid(folder: Path, lrs, epochs=1) -> Path:
     path.write_text(
         "from medft_jax.grid import Grid\n\n"
         "def get_config():\n"
-        "    return Grid(name='locks', datasets=('demo',), archs=('resnet50',),\n"
+        "    return Grid(name='locks', datasets=('demo',), archs=('resnet_tiny',),\n"
         f"                strategies=('lp',), lrs={tuple(lrs)!r}, seeds=(0,),\n"
         "                settings={'weights': 'none', 'epochs': " + str(epochs) + ",\n"
         "                          'patience': 5, 'batch_size': 32, 'image_size': 32})\n"
@@ -616,7 +624,9 @@ def test_real_full_disk_record_and_checkpoints(small_disk):
 def test_real_full_disk_during_a_run_then_the_rerun_ends_the_same(
     small_disk, tmp_path, demo, capfd
 ):
-    config = _config(epochs=3)  # the second resume checkpoint's save reports the first's failure
+    # ResNet-50: the checkpoints' sizes below are its. The second resume checkpoint's save
+    # reports the first's failure.
+    config = _config(epochs=3, arch="resnet50")
     full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
     # Room for the first best checkpoint (84 MiB) but not for the resume checkpoint beside it.
     _resize(small_disk, "100m")
@@ -636,8 +646,8 @@ def test_real_full_disk_during_a_run_then_the_rerun_ends_the_same(
 
 def test_real_full_disk_in_the_port_export_and_a_cache_is_one_oserror(small_disk, capfd):
     """Three writers besides a run's: a model checkpoint, an exported state_dict, a cache."""
+    from medft_jax.checkpoints.model import save_model
     from medft_jax.data import cache
-    from medft_jax.model_checkpoint import save_model
     from weights_port.state_io import write_state_dict
 
     filler = _fill(small_disk)
@@ -675,7 +685,7 @@ def test_real_full_disk_in_the_port_export_and_a_cache_is_one_oserror(small_disk
 
 
 def test_port_force_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path):
-    from medft_jax.model_checkpoint import CheckpointError, save_model
+    from medft_jax.checkpoints.model import CheckpointError, save_model
 
     thesis = tmp_path / "thesis"
     thesis.mkdir()

@@ -1,4 +1,7 @@
-"""experiments.predict against torchvision on the same images and weights."""
+"""experiments.predict against torchvision on the same images and weights.
+
+ResNet-50 at 224 px, as a user runs it: the comparisons are ``slow``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from PIL import Image
 
 import weights_port
 from experiments.predict import main
-from medft_jax.model_checkpoint import load_model, save_model
+from medft_jax.checkpoints.model import load_model, save_model
 from tests.torch_ref import random_torchvision, torch, torchvision
 
 
@@ -34,6 +37,7 @@ def _torch_logits(model, paths):
         return model.eval()(x)
 
 
+@pytest.mark.slow
 def test_json_probs_equal_torchvision(setup, capsys):
     _, model, ck, paths = setup
     assert main(["--checkpoint", str(ck), "--images", *map(str, paths), "--json"]) == 0
@@ -43,6 +47,7 @@ def test_json_probs_equal_torchvision(setup, capsys):
     np.testing.assert_allclose(np.array([r["probs"] for r in rows]), ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_text_output_ranks_classes(setup, capsys):
     _, model, ck, paths = setup
     assert main(["--checkpoint", str(ck), "--images", str(paths[0]), "--top", "2"]) == 0
@@ -52,6 +57,7 @@ def test_text_output_ranks_classes(setup, capsys):
     assert line == f"{paths[0]}: {best[0]} {ref[best[0]]:.4f}, {best[1]} {ref[best[1]]:.4f}"
 
 
+@pytest.mark.slow
 def test_multilabel_checkpoint_uses_sigmoid(setup, capsys):
     tmp, model, ck, paths = setup
     variables, meta = load_model(ck)

@@ -11,18 +11,21 @@ import pytest
 
 import weights_port
 from experiments.run import main
-from medft_jax import fit, pretrained, strategies
-from medft_jax.checkpoint import RunCheckpoints
+from medft_jax import fit, strategies
+from medft_jax.checkpoints import pretrained
+from medft_jax.checkpoints.model import load_model
+from medft_jax.checkpoints.pretrained import merge
+from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.demo import load_demo
 from medft_jax.early_stopping import EarlyStopping
-from medft_jax.model_checkpoint import load_model
 from medft_jax.models import create, get_arch, init_variables
 from medft_jax.models.blocks import flatten
-from medft_jax.pretrained import merge
-from tests.torch_ref import random_torchvision, torch
+from tests.torch_ref import random_torchvision, randomise_batchnorm, torch, torchvision
 
 SIZES = {"train": 32, "val": 16, "test": 16}
 BATCH = 8  # 4 steps per epoch
+TINY = "resnet_tiny"
+"""ResNet-50 with one bottleneck per layer: the resume checks, which are not about ResNet-50."""
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +33,28 @@ def ported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("weights")
     torch.save(random_torchvision("resnet50", 1000, seed=4).state_dict(), tmp / "r50.pth")
     return weights_port.port("resnet50", tmp / "r50.pth", tmp / "ck")
+
+
+def _tiny_torchvision(seed: int) -> torch.nn.Module:
+    """torchvision's ResNet with one bottleneck per layer (``resnet_tiny``), pretrained-like.
+
+    BN weights, biases and statistics drawn as ``random_torchvision`` draws them:
+    no zero-norm tensor, whose relative gradient norm would dwarf the rest.
+    """
+    torch.manual_seed(seed)
+    resnet = torchvision.models.resnet
+    model = resnet.ResNet(resnet.Bottleneck, [1, 1, 1, 1], num_classes=1000)
+    randomise_batchnorm(model, seed)
+    with torch.no_grad():
+        model.fc.weight.mul_(30.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ported_tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("weights")
+    torch.save(_tiny_torchvision(seed=4).state_dict(), tmp / "tiny.pth")
+    return weights_port.port(TINY, tmp / "tiny.pth", tmp / "ck")
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +132,10 @@ def _dummy_params():
 
 
 @pytest.mark.slow
-def test_rgn_prepass_runs_before_each_epoch_and_resumes(ported, demo, tmp_path, monkeypatch):
+def test_rgn_prepass_runs_before_each_epoch_and_resumes(ported_tiny, demo, tmp_path, monkeypatch):
     """Auto-RGN's prepass: once per epoch, on the epoch's first batches; not again on resume."""
     options = (("rgn_estimate_steps", 2), ("rgn_mode", "prepass"))
-    config = _config("auto_rgn", ported, epochs=2, strategy_options=options)
+    config = _config("auto_rgn", ported_tiny, epochs=2, strategy_options=options, arch=TINY)
     calls = []
     estimate = fit.Trainer.estimate_rgn
 
@@ -134,7 +159,7 @@ def test_rgn_prepass_runs_before_each_epoch_and_resumes(ported, demo, tmp_path, 
         assert resumed[key] == full[key], key
     # Prepass and stream differ (epoch 0's first steps hold other multipliers).
     stream = fit.run_one(
-        _config("auto_rgn", ported, epochs=2, strategy_options=options[:1]),
+        _config("auto_rgn", ported_tiny, epochs=2, strategy_options=options[:1], arch=TINY),
         tmp_path / "c",
         dataset=demo,
         progress=False,
@@ -143,9 +168,9 @@ def test_rgn_prepass_runs_before_each_epoch_and_resumes(ported, demo, tmp_path, 
 
 
 @pytest.mark.slow
-def test_resume_writes_the_uninterrupted_record(ported, demo, tmp_path):
+def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
-    config = _config("lp", ported, epochs=3, lr=1e-2)
+    config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
     full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
     run = tmp_path / "b" / full["run"]
 

@@ -19,7 +19,7 @@ from experiments import select as select_cli
 from experiments import sweep as sweep_cli
 from medft_jax import grid as grid_lib
 from medft_jax import results
-from medft_jax.checkpoint import RunCheckpoints
+from medft_jax.checkpoints.run import RunCheckpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "configs" / "paper.py"
@@ -32,7 +32,7 @@ def get_config():
     return Grid(
         name="tiny",
         datasets=("demo",),
-        archs=("resnet50",),
+        archs=("resnet_tiny",),
         strategies={strategies},
         lrs={lrs},
         seeds={seeds},

@@ -17,11 +17,33 @@ from medft_jax.data.demo import load_demo
 from medft_jax.models import create, get_arch, init_variables
 from medft_jax.train import Trainer
 
+TINY = "resnet_tiny"
+"""ResNet-50's layers, blocks and paths with one bottleneck per layer: for what is not
+ResNet-50's own numbers (compilations, shared programs, updates). Its fast tests share
+an xdist worker (group ``resnet_tiny``), which compiles its initialiser once."""
+
+
+def _model(arch: str):
+    model = create(arch, 2)
+    return model, jax.device_get(init_variables(model, 0, 32))
+
 
 @pytest.fixture(scope="module")
 def resnet():
+    return _model("resnet50")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _model(TINY)
+
+
+@pytest.fixture(scope="module")
+def resnet_tree():
+    """ResNet-50's variables as zeros: its tree without compiling its initialiser."""
     model = create("resnet50", 2)
-    return model, jax.device_get(init_variables(model, 0, 32))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    return model, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def _count_convs(strategy: str, model, variables, epoch: int = 0) -> int:
@@ -69,12 +91,12 @@ def test_losses_by_hand():
 
 
 @pytest.mark.slow
-def test_one_compilation_per_stage(resnet):
-    model, variables = resnet
+def test_one_compilation_per_stage(tiny):
+    model, variables = tiny
     strat = strategies.make(
         "lp_ft",
         variables["params"],
-        get_arch("resnet50").partition,
+        get_arch(TINY).partition,
         learning_rate=1e-3,
         steps_per_epoch=1,
         lp_epochs=1,
@@ -91,11 +113,14 @@ def test_one_compilation_per_stage(resnet):
     assert trainer.num_compilations == 2
 
 
+@pytest.mark.xdist_group("resnet_tiny")
 def test_non_finite_loss_stops_the_run(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(train, "classification_loss", lambda *a: jnp.float32(jnp.nan))
     monkeypatch.setattr(train, "_GRAD_PROGRAMS", {})  # not the programs of the real loss
     demo = load_demo(seed=0, image_size=32, sizes={"train": 16, "val": 8, "test": 8})
-    config = fit.RunConfig(strategy="lp", weights="none", epochs=1, batch_size=8, image_size=32)
+    config = fit.RunConfig(
+        strategy="lp", arch=TINY, weights="none", epochs=1, batch_size=8, image_size=32
+    )
     with pytest.raises(
         train.NonFiniteLossError,
         match=r"^training loss became nan at step 1 \("
@@ -116,8 +141,8 @@ def test_out_of_memory_suggests_smaller_batch(monkeypatch, tmp_path, capsys):
     assert err.count("\n") == 1 and "try a smaller --batch-size than 64" in err
 
 
-def test_trainer_rejects_a_mask_of_another_tree(resnet):
-    model, variables = resnet
+def test_trainer_rejects_a_mask_of_another_tree(resnet_tree):
+    model, variables = resnet_tree
     trainer = Trainer(model, optax.sgd(0.1), multilabel=False)
     state = trainer.init_state(variables)
     x = trainer.shard_batch(np.zeros((2, 32, 32, 3), np.uint8))
@@ -126,11 +151,11 @@ def test_trainer_rejects_a_mask_of_another_tree(resnet):
         trainer.train_step(state, x, y, trainable=[True], bn_train=True)
 
 
-@pytest.mark.slow
-def test_runtime_learning_rate_and_seed_share_one_program(resnet):
+@pytest.mark.xdist_group("resnet_tiny")
+def test_runtime_learning_rate_and_seed_share_one_program(tiny):
     """lr and seed are step arguments: the same program for every (lr, seed), same updates."""
-    model, variables = resnet
-    partition = get_arch("resnet50").partition
+    model, variables = tiny
+    partition = get_arch(TINY).partition
 
     def trainer(lr, seed, runtime):
         strat = strategies.make(
@@ -165,12 +190,11 @@ def test_runtime_learning_rate_and_seed_share_one_program(resnet):
     np.testing.assert_allclose(moved["runtime"], moved["baked"], rtol=1e-6, atol=1e-9)
 
 
-def test_trainer_with_hyper_shares_compiled_steps(resnet):
+@pytest.mark.xdist_group("resnet_tiny")
+def test_trainer_with_hyper_shares_compiled_steps(tiny):
     """A sweep's runs at another lr/seed reuse the compiled step and update as a fresh trainer."""
-    model, variables = resnet
-    strat = strategies.make(
-        "lp", variables["params"], get_arch("resnet50").partition, learning_rate=1.0
-    )
+    model, variables = tiny
+    strat = strategies.make("lp", variables["params"], get_arch(TINY).partition, learning_rate=1.0)
     first = Trainer(model, strat.tx, multilabel=False, seed=0, learning_rate=1e-3)
     x = first.shard_batch(np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3))
     y = first.shard_batch(np.array([0, 1], np.int32))
@@ -187,9 +211,9 @@ def test_trainer_with_hyper_shares_compiled_steps(resnet):
 
 
 @pytest.mark.slow
-def test_strategies_share_the_gradient_program_and_match_one_fused_step(resnet, monkeypatch):
+def test_strategies_share_the_gradient_program_and_match_one_fused_step(tiny, monkeypatch):
     """Two trainers of one model share the gradient program; the split step is the plain one."""
-    model, variables = resnet
+    model, variables = tiny
     monkeypatch.setattr(train, "_GRAD_PROGRAMS", {})
     adam = Trainer(model, optax.adam(1e-3), multilabel=False)
     sgd = Trainer(model, optax.sgd(0.1), multilabel=False)
@@ -242,6 +266,7 @@ class TinyNet(nn.Module):
         return nn.Dense(2, name="fc")(nn.relu(x).mean(axis=(1, 2)))
 
 
+@pytest.mark.slow  # ~10 s: its reference gradients run op by op, each op compiled
 def test_rgn_prepass_by_hand():
     """The prepass holds normalised mean RGN over its batches and changes nothing else."""
     model = TinyNet()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import weights_port
-from medft_jax.model_checkpoint import load_metadata, load_model
+from medft_jax.checkpoints.model import load_metadata, load_model
 from tests.torch_ref import random_torchvision, state_dict_numpy, torch, torchvision
 from weights_port import fetch as dl
 from weights_port.__main__ import main

@@ -9,6 +9,18 @@ torch = pytest.importorskip("torch", reason="parity tests need torch (pip instal
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
 
 
+def randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
+    """Draws every BatchNorm's statistics and affine parameters (the torch RNG's next draws)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(1.0, 2.0)
+                m.weight.uniform_(0.2, 0.5)
+                m.bias.uniform_(-0.1, 0.1)
+                m.num_batches_tracked.fill_(seed + 7)
+
+
 def random_torchvision(arch: str, num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
     """torchvision ``arch`` with seeded weights and non-trivial BN statistics.
 
@@ -18,14 +30,8 @@ def random_torchvision(arch: str, num_classes: int = 10, seed: int = 0) -> torch
     """
     torch.manual_seed(seed)
     model = getattr(torchvision.models, arch)(num_classes=num_classes)
+    randomise_batchnorm(model, seed)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(1.0, 2.0)
-                m.weight.uniform_(0.2, 0.5)
-                m.bias.uniform_(-0.1, 0.1)
-                m.num_batches_tracked.fill_(seed + 7)
         head = {"resnet50": "fc", "densenet121": "classifier"}.get(arch)
         head = getattr(model, head) if head else model.classifier[6]
         head.weight.mul_(30.0)  # logits of order 1, as a trained model's

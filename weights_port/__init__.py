@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medft_jax.model_checkpoint import CheckpointError, load_model, save_model
+from medft_jax.checkpoints.model import CheckpointError, load_model, save_model
 from medft_jax.models import get_arch
 from weights_port.fetch import WEIGHTS_NAMES, cache_dir, download
 from weights_port.keymap import PortError, flax_to_torch, torch_to_flax

@@ -10,9 +10,8 @@ paper's data choices below: ``--uncertain libauc`` for chexpert and
 ``--split-by image`` for isic2020 (BUILD.md, "Differences from the paper").
 """
 
-from medft_jax.data.tasks import TASK_NAMES
 from medft_jax.grid import Grid
-from medft_jax.strategies import PAPER_STRATEGIES
+from medft_jax.names import PAPER_STRATEGIES, TASK_NAMES
 
 PAPER_DATASET_OPTIONS = {
     # The LibAUC loader the paper follows: uncertain -> 1 for Edema and Atelectasis, else 0.

@@ -13,7 +13,7 @@ strategies' stages are shortened to fit the two epochs.
 """
 
 from medft_jax.grid import Grid
-from medft_jax.strategies import PAPER_STRATEGIES
+from medft_jax.names import PAPER_STRATEGIES
 
 
 def get_config() -> Grid:

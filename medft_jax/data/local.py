@@ -23,8 +23,9 @@ from medft_jax.data.folder import parse_folder
 from medft_jax.data.images import DECODING_VERSION, ImageReader
 from medft_jax.data.locations import cache_dir, variant_name
 from medft_jax.data.table import parse_table
+from medft_jax.names import LOCAL_KINDS
 
-KINDS = ("folder", "csv")
+KINDS = LOCAL_KINDS
 
 
 def _fingerprint(root: Path, options: dict[str, Any]) -> str:

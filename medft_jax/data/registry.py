@@ -23,6 +23,7 @@ from medft_jax.data.local import KINDS, load_local
 from medft_jax.data.locations import resolve_data_dir
 from medft_jax.data.medmnist import load_medmnist
 from medft_jax.data.tasks import TASK_NAMES, load_task, prepare_task
+from medft_jax.names import dataset_names
 
 DEFAULT_DATASET = "demo"
 DEFAULT_RESIZE = 256
@@ -31,7 +32,7 @@ TASK_OPTIONS = ("val_fraction", "uncertain", "split_by")
 
 
 def known_names() -> list[str]:
-    return ["demo", *TASK_NAMES, "medmnist/<flag>[@size]", *KINDS]
+    return dataset_names()
 
 
 def _unknown(name: str) -> DataError:

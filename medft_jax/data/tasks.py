@@ -41,17 +41,8 @@ from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example
 from medft_jax.data.locations import cache_dir
+from medft_jax.names import TASK_NAMES as TASK_NAMES  # the one list of the tasks' names
 
-TASK_NAMES = (
-    "chexpert",
-    "mura_shoulder",
-    "mura_wrist",
-    "mura_humerus",
-    "t1w_mri",
-    "bach",
-    "isic2020",
-    "cholect50_instrument",
-)
 MANUAL_RECORD = "medft_manual_source.json"
 """In a prepared TFDS folder: the signature of the manual dir it was prepared from."""
 

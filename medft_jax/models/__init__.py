@@ -20,11 +20,13 @@ from flax import linen as nn
 from medft_jax.models.blocks import PARTITIONS, Block, BlockPartition
 from medft_jax.models.densenet import DenseNet, densenet121
 from medft_jax.models.layers import BNTrain, Dtype
-from medft_jax.models.resnet import ResNet, resnet50
+from medft_jax.models.resnet import ResNet, resnet50, resnet_tiny
 from medft_jax.models.vgg import VGG, vgg19
+from medft_jax.names import is_known_arch
 
 __all__ = [
     "ARCHS",
+    "TEST_ARCHS",
     "VGG",
     "ArchSpec",
     "BNTrain",
@@ -36,6 +38,7 @@ __all__ = [
     "create",
     "get_arch",
     "init_variables",
+    "is_known_arch",
 ]
 
 
@@ -71,14 +74,28 @@ ARCHS: dict[str, ArchSpec] = {
     ),
     "vgg19": ArchSpec("vgg19", vgg19, PARTITIONS["vgg19"], resize_size=256, label="VGG-19"),
 }
+"""The architectures a user chooses from: ``--arch``, a grid's ``archs``, the report's columns."""
+
+TEST_ARCHS: dict[str, ArchSpec] = {
+    "resnet_tiny": ArchSpec(
+        "resnet_tiny",
+        resnet_tiny,
+        PARTITIONS["resnet_tiny"],
+        resize_size=232,
+        label="ResNet (1 bottleneck per layer)",
+    ),
+}
+"""Small stand-ins that run by name wherever an arch does (a run, a sweep, a
+checkpoint) but are offered to no user: the fast test tier trains these
+instead of compiling full-size models."""
 
 
 def get_arch(arch: str) -> ArchSpec:
-    """The :class:`ArchSpec` of ``arch``; an unknown name lists the known ones."""
-    try:
-        return ARCHS[arch]
-    except KeyError:
-        raise ValueError(f"unknown arch {arch!r}; known archs: {', '.join(ARCHS)}") from None
+    """The :class:`ArchSpec` of ``arch``; an unknown name lists the offered ones."""
+    spec = ARCHS.get(arch) or TEST_ARCHS.get(arch)
+    if spec is None:
+        raise ValueError(f"unknown arch {arch!r}; known archs: {', '.join(ARCHS)}")
+    return spec
 
 
 def create(arch: str, num_classes: int = 1000, *, dtype: Dtype = jnp.float32) -> nn.Module:

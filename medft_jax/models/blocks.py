@@ -16,8 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
-
-PyTree = Any
+from flax import traverse_util
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,17 +62,6 @@ class BlockPartition:
     def is_head(self, path: str) -> bool:
         return Block("head", (self.head,)).owns(path)
 
-    def labels(self, params: PyTree) -> PyTree:
-        """A pytree like ``params`` holding each leaf's block name.
-
-        Suitable as the ``param_labels`` of ``optax.multi_transform``.
-        """
-        return jax.tree_util.tree_map_with_path(lambda p, _: self.block_of(path_str(p)), params)
-
-    def head_mask(self, params: PyTree) -> PyTree:
-        """A pytree of bools, True on the head's leaves."""
-        return jax.tree_util.tree_map_with_path(lambda p, _: self.is_head(path_str(p)), params)
-
     def index(self, name: str) -> int:
         try:
             return self.names.index(name)
@@ -84,36 +72,22 @@ class BlockPartition:
 
 
 def path_str(path: Iterable[Any]) -> str:
-    """``('layer1', '0', 'conv1', 'kernel')`` key path -> ``'layer1/0/conv1/kernel'``."""
-    parts = []
-    for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(k.name)
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+    """A ``jax.tree_util`` key path -> ``'layer1/0/conv1/kernel'``, the partition's spelling."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested dict -> ``{'a/b/c': leaf}`` in tree order."""
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {path_str(p): v for p, v in leaves}
+    """Nested dict -> ``{'a/b/c': leaf}`` in tree order (jax's: keys sorted at each level).
+
+    Tree order, not insertion order, so every flat view of one tree lists its
+    leaves as ``jax.tree.leaves`` does, however the tree was built or restored.
+    """
+    return {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{'a/b/c': leaf}`` -> nested dict."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        *parents, last = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
+    """``{'a/b/c': leaf}`` -> nested dict, the inverse of :func:`flatten`."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def _vgg_stage(*indices: int) -> tuple[str, ...]:
@@ -132,6 +106,9 @@ RESNET50 = BlockPartition(
     ),
     head="fc",
 )
+
+# ResNet-50's blocks and paths with one bottleneck per layer (``layerN/0`` only).
+RESNET_TINY = dataclasses.replace(RESNET50, arch="resnet_tiny")
 
 DENSENET121 = BlockPartition(
     arch="densenet121",
@@ -163,4 +140,6 @@ VGG19 = BlockPartition(
     head="classifier/6",
 )
 
-PARTITIONS: dict[str, BlockPartition] = {p.arch: p for p in (RESNET50, DENSENET121, VGG19)}
+PARTITIONS: dict[str, BlockPartition] = {
+    p.arch: p for p in (RESNET50, RESNET_TINY, DENSENET121, VGG19)
+}

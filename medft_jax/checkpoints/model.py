@@ -41,7 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
-from medft_jax.models import ARCHS, create, get_arch
+from medft_jax.models import ARCHS, create, get_arch, is_known_arch
 from medft_jax.models.blocks import flatten
 
 FORMAT_VERSION = 1
@@ -360,7 +360,7 @@ def check_metadata(
             f"(<= {FORMAT_VERSION}); upgrade medft-jax"
         )
     arch = metadata["arch"]
-    if not isinstance(arch, str) or arch not in ARCHS:
+    if not isinstance(arch, str) or not is_known_arch(arch):
         raise CheckpointError(
             f"{where}: metadata arch {arch!r} is not a known arch ({', '.join(ARCHS)})"
         )

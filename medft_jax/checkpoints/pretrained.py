@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from medft_jax.model_checkpoint import CheckpointError, load_model
+from medft_jax.checkpoints.model import CheckpointError, load_model
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
 WEIGHTS_CHOICES = ("auto", "imagenet", "none")

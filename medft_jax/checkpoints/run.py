@@ -8,7 +8,7 @@ inside an epoch, that partial epoch (the data iterator's state, its losses
 and clocks). Restarting a run restores both and continues from the next
 batch, so it ends with the record an uninterrupted run writes.
 
-``<run_dir>/best/`` is a model checkpoint (:mod:`medft_jax.model_checkpoint`,
+``<run_dir>/best/`` is a model checkpoint (:mod:`medft_jax.checkpoints.model`,
 the weight port's format), so ``experiments.predict`` and ``weights_port
 export`` work on a run's best parameters directly.
 
@@ -39,8 +39,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from medft_jax.checkpoints.model import load_model, quiet_reported_failures, save_model
 from medft_jax.errors import naming_os_errors, os_errno_in
-from medft_jax.model_checkpoint import load_model, quiet_reported_failures, save_model
 
 __all__ = ["RunCheckpoints", "naming_os_errors", "os_errno_in", "quiet_reported_failures"]
 
@@ -165,7 +165,7 @@ class RunCheckpoints:
                     os.replace(self.best_dir, old)
                 os.replace(new, self.best_dir)
                 shutil.rmtree(old, ignore_errors=True)
-            _sync_processes("medft_jax.checkpoint.save_best")
+            _sync_processes("medft_jax.checkpoints.run.save_best")
 
     def load_best(self, sharding: Any = None) -> dict[str, Any]:
         """The best epoch's ``{'params', 'batch_stats'}`` (on ``sharding`` when given)."""

@@ -1,0 +1,51 @@
+"""The names of what the toolkit has: architectures, strategies, paper tasks, dataset sources.
+
+A leaf module (no JAX, no data libraries): the registries take their names
+from here (``models.ARCHS``, ``strategies.SPECS`` and ``data.tasks`` are
+checked against it by the tests), and what only needs the names reads them
+here, so that checking settings, loading a grid file and listing a dry run
+take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+ARCHS = ("resnet50", "densenet121", "vgg19")
+"""The paper's architectures (``medft_jax.models.ARCHS`` builds them)."""
+TEST_ARCHS = ("resnet_tiny",)
+"""Small stand-ins that run by name wherever an arch does but are offered to no user
+(``medft_jax.models.TEST_ARCHS``): the fast test tier trains these."""
+PAPER_STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn")
+"""The paper's eight strategies, in its order (``medft_jax.strategies.SPECS``)."""
+EXTRA_STRATEGIES = ("surgical", "llrd", "bitfit")
+"""Strategies beyond the paper's."""
+STRATEGIES = PAPER_STRATEGIES + EXTRA_STRATEGIES
+TASK_NAMES = (
+    "chexpert",
+    "mura_shoulder",
+    "mura_wrist",
+    "mura_humerus",
+    "t1w_mri",
+    "bach",
+    "isic2020",
+    "cholect50_instrument",
+)
+"""The paper's eight tasks, in the order of its Tables 3-10 (``medft_jax.data.tasks``)."""
+LOCAL_KINDS = ("folder", "csv")
+"""The user's own images: a class-per-folder tree, or a CSV of paths and labels."""
+DEMO = "demo"
+"""Synthetic images, no files: the default dataset."""
+
+
+def is_known_arch(arch: str) -> bool:
+    """Whether ``arch`` names an architecture that can be built (offered or test-only)."""
+    return arch in ARCHS or arch in TEST_ARCHS
+
+
+def dataset_names() -> list[str]:
+    """Every dataset name or pattern ``medft_jax.data.load`` takes, for messages and checks."""
+    return [DEMO, *TASK_NAMES, "medmnist/<flag>[@size]", *LOCAL_KINDS]
+
+
+def dataset_base(name: str) -> str:
+    """``medmnist`` of ``medmnist/breastmnist@64``: the part a name is checked by."""
+    return name.split("/")[0].split("@")[0]

@@ -1,0 +1,39 @@
+"""The names module is the registries' one list, and what reads only names loads no JAX."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from medft_jax import data, models, names, strategies
+from medft_jax.data import tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_registries_hold_exactly_the_names():
+    assert tuple(models.ARCHS) == names.ARCHS
+    assert tuple(models.TEST_ARCHS) == names.TEST_ARCHS
+    assert strategies.PAPER_STRATEGIES == names.PAPER_STRATEGIES
+    assert strategies.EXTRA_STRATEGIES == names.EXTRA_STRATEGIES
+    assert tasks.TASK_NAMES is names.TASK_NAMES
+    assert data.known_names() == names.dataset_names()
+    assert names.dataset_base("medmnist/breastmnist@64") == "medmnist"
+
+
+def test_a_grid_file_and_its_check_load_no_jax():
+    """The paper grid loads and validates (1,728 runs) with no JAX, Flax or data library."""
+    code = (
+        "import sys\n"
+        "from medft_jax.grid import load_grid\n"
+        f"g = load_grid({str(ROOT / 'experiments' / 'configs' / 'paper.py')!r})\n"
+        "g.validate()\n"
+        "heavy = sorted(m for m in ('jax', 'flax', 'optax', 'grain', 'tensorflow', 'orbax')"
+        " if m in sys.modules)\n"
+        "print(len(g.configs()), heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "1728 []"

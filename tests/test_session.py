@@ -1,0 +1,65 @@
+"""The one run path: every way a run ends, as experiments.run and experiments.sweep see it."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import pytest
+
+from experiments import run as run_cli
+from medft_jax import fit, outcomes, results, train
+from medft_jax.session import Session
+
+ARGS = ["--arch", "resnet_tiny", "--weights", "none", "--epochs", "1", "--batch-size", "16"]
+ARGS += ["--no-progress"]
+
+
+def test_a_diverged_run_leaves_a_note_under_run_as_under_sweep(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(train, "classification_loss", lambda *a: jnp.float32(jnp.nan))
+    monkeypatch.setattr(train, "_GRAD_PROGRAMS", {})  # not the programs of the real loss
+    argv = ["--strategy", "lp", *ARGS, "--seeds", "0", "1", "--out", str(tmp_path)]
+    assert run_cli.main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    # Both seeds were tried (one diverging does not stop the others), each noted once.
+    assert len(err) == 2 and all(e.startswith("error: training loss became nan") for e in err)
+    notes = results.load_failures(tmp_path)
+    assert sorted(n["config"]["seed"] for n in notes) == [0, 1]
+    assert {n["kind"] for n in notes} == {"nonfinite"}
+    assert not list(tmp_path.rglob("record.json"))
+
+
+def test_outcomes_of_one_session(tmp_path, monkeypatch):
+    """Done, then skipped; a failure note is skipped unless retried; out of memory is fatal."""
+    config = fit.RunConfig(
+        strategy="lp", arch="resnet_tiny", weights="none", epochs=1, batch_size=16, image_size=32
+    )
+    session = Session(tmp_path)
+    started = []
+    first = session.run(config, on_start=started.append)
+    assert first.kind == outcomes.DONE and first.record["config"]["strategy"] == "lp"
+    assert started == [first.config] and first.config.identified
+    again = session.run(config, on_start=started.append)
+    assert again.kind == outcomes.SKIPPED and again.record == first.record and len(started) == 1
+
+    other = fit.identify(
+        fit.RunConfig(**{**config.to_dict(), "seed": 1, "strategy_options": ()}),
+        session.dataset(config),
+    )
+    results.write_failure(tmp_path, other.to_dict(), "nonfinite", "nan")
+    assert session.run(other).kind == outcomes.FAILED_BEFORE
+
+    def oom(*a, **k):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB")
+
+    monkeypatch.setattr(fit, "run_one", oom)
+    retried = Session(tmp_path, retry_failed=True).run(other)
+    assert retried.kind == outcomes.OUT_OF_MEMORY and retried.fatal
+    assert retried.error.startswith("RESOURCE_EXHAUSTED: Out of memory")
+
+
+def test_an_unknown_dataset_folder_is_unavailable_once(tmp_path):
+    config = fit.RunConfig(strategy="lp", arch="resnet_tiny", dataset="folder", weights="none")
+    session = Session(tmp_path, dataset_options={"folder": {"manual_dir": str(tmp_path / "none")}})
+    first = session.run(config)
+    assert first.kind == outcomes.UNAVAILABLE and str(tmp_path / "none") in first.error
+    with pytest.raises(type(first.exception)):
+        session.dataset(config)  # remembered: not loaded again
