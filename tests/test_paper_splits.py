@@ -73,6 +73,7 @@ def _name(record) -> str:
     return record.id.split("/")[-1][: -len(".jpg")]
 
 
+@pytest.mark.slow  # 32,701 rows, as the real list
 def test_isic_by_image_gives_the_papers_26160_and_6541(isic_full, isic_by_image):
     _, truth = isic_full
     splits = isic_by_image
@@ -92,12 +93,14 @@ def test_isic_by_image_gives_the_papers_26160_and_6541(isic_full, isic_by_image)
     assert all(r.patient == r.id for v in splits.values() for r in v)
 
 
+@pytest.mark.slow
 def test_isic_by_image_is_seeded(isic_full, isic_by_image):
     other = _parse("isic2020", isic_full[0], split_by="image", seed=1)
     assert {r.id for r in other["test"]} != {r.id for r in isic_by_image["test"]}
     assert len(other["test"]) == 6_541
 
 
+@pytest.mark.slow
 def test_isic_by_patient_stays_patient_disjoint(isic_full):
     root, truth = isic_full
     assert MedicalConfig.make().split_by == "patient"  # the default

@@ -33,6 +33,7 @@ def _assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow  # full-size models
 @pytest.mark.parametrize("arch", ["resnet50", "densenet121"])
 def test_round_trip_is_bit_exact(arch, tmp_path, capsys):
     model = random_torchvision(arch, 10, seed=1)
