@@ -321,29 +321,11 @@ class Trainer:
             )
             if total is None:
                 total = jax.device_put(np.zeros(len(mask), np.float32), self.replicated)
-            total = self._rgn_sum(grads, state.params, total, mask=mask, eps=prepass.eps)
+            total = _rgn_sum(grads, state.params, total, mask=mask, eps=prepass.eps)
             n += 1
         if n == 0:
             raise ValueError("estimate_rgn: no batches")
-        return state.replace(opt_state=self._hold(state.opt_state, total, n))
-
-    @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("mask", "eps"))
-    def _rgn_sum(
-        self,
-        grads: list[jax.Array],
-        params: PyTree,
-        total: jax.Array,
-        *,
-        mask: tuple[bool, ...],
-        eps: float,
-    ) -> jax.Array:
-        _, frozen, treedef = _split(params, mask)
-        full = _merge(treedef, mask, grads, [jnp.zeros_like(p) for p in frozen])
-        return total + rgn_vector(full, params, eps)
-
-    @functools.partial(jax.jit, static_argnums=(0, 3))
-    def _hold(self, opt_state: PyTree, total: jax.Array, n: int) -> PyTree:
-        return hold_multipliers(opt_state, total / n)
+        return state.replace(opt_state=_hold(state.opt_state, total, n))
 
     def _lower_grad(
         self,
@@ -498,6 +480,25 @@ class StagePrograms(NamedTuple):
 
     def as_text(self) -> str:
         return self.grad.as_text() + "\n" + self.update.as_text()
+
+
+@functools.partial(jax.jit, static_argnames=("mask", "eps"))
+def _rgn_sum(
+    grads: list[jax.Array], params: PyTree, total: jax.Array, *, mask: tuple[bool, ...], eps: float
+) -> jax.Array:
+    """``total`` plus every tensor's RGN (frozen tensors: a zero gradient).
+
+    Module-level, not a method: a sweep's runs (``Trainer.with_hyper`` copies)
+    then share one compiled program per stage.
+    """
+    _, frozen, treedef = _split(params, mask)
+    full = _merge(treedef, mask, grads, [jnp.zeros_like(p) for p in frozen])
+    return total + rgn_vector(full, params, eps)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _hold(opt_state: PyTree, total: jax.Array, n: int) -> PyTree:
+    return hold_multipliers(opt_state, total / n)
 
 
 _GRAD_PROGRAMS: dict[tuple, Any] = {}
