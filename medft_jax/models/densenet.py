@@ -18,6 +18,7 @@ from flax import linen as nn
 from medft_jax.models.layers import (
     BatchNorm,
     BNTrain,
+    Conv,
     Dtype,
     bn_uses_batch_stats,
     conv,
@@ -27,7 +28,7 @@ from medft_jax.models.layers import (
 )
 
 
-def _conv(features: int, kernel: int, dtype: Dtype, name: str, **kw) -> nn.Conv:
+def _conv(features: int, kernel: int, dtype: Dtype, name: str, **kw) -> Conv:
     return conv(features, kernel, kernel_init=kaiming_normal_fan_in, dtype=dtype, name=name, **kw)
 
 

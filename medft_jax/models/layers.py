@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from medft_jax.models.conv import conv2d
+from medft_jax.models.pool import max_pool2d
+
 Dtype = jnp.dtype | type
 BNTrain = bool | Collection[str]
 """Which blocks' BatchNorm layers use (and update) batch statistics.
@@ -95,6 +98,33 @@ class BatchNorm(nn.Module):
         return x * mul.astype(self.dtype) + shift.astype(self.dtype)
 
 
+class Conv(nn.Module):
+    """torch.nn.Conv2d on NHWC input: square kernel, symmetric padding, HWIO float32 kernel.
+
+    The parameters are those of ``flax.linen.Conv`` (``kernel``, ``bias``), so
+    checkpoints and the torchvision port are unchanged; the product is
+    :func:`medft_jax.models.conv.conv2d`, which is fast on XLA's CPU backend.
+    """
+
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = False
+    kernel_init: nn.initializers.Initializer = kaiming_normal_fan_out
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel, self.kernel, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def conv(
     features: int,
     kernel: int,
@@ -105,25 +135,23 @@ def conv(
     kernel_init: nn.initializers.Initializer = kaiming_normal_fan_out,
     dtype: Dtype = jnp.float32,
     name: str,
-) -> nn.Conv:
-    """A torch-style Conv2d: symmetric explicit padding, HWIO float32 kernel."""
-    return nn.Conv(
+) -> Conv:
+    """A torch-style Conv2d (see :class:`Conv`)."""
+    return Conv(
         features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
+        kernel,
+        stride=stride,
+        padding=padding,
         use_bias=use_bias,
         kernel_init=kernel_init,
-        bias_init=nn.initializers.zeros,
         dtype=dtype,
-        param_dtype=jnp.float32,
         name=name,
     )
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1): pads with -inf."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return max_pool2d(x, 3, 2, 1)
 
 
 def _adaptive_matrix(size: int, out: int) -> np.ndarray:

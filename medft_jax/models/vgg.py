@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from medft_jax.models.layers import BNTrain, Dtype, adaptive_avg_pool, conv
+from medft_jax.models.pool import max_pool2d
 
 # torchvision cfgs["E"]: channels per conv, "M" for a 2x2 max pool.
 VGG19_CFG: tuple[int | str, ...] = (
@@ -37,7 +38,7 @@ class Features(nn.Module):
         index, stage = 0, 1
         for v in self.cfg:
             if v == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool2d(x, 2, 2)
                 self.sow("intermediates", f"stage{stage}_out", x)
                 index, stage = index + 1, stage + 1
             else:

@@ -1,0 +1,174 @@
+"""2-D convolution that is fast on XLA's CPU backend as well as on accelerators.
+
+On GPU and TPU, ``lax.conv_general_dilated`` lowers to cuDNN or the TPU's
+convolution units and is left alone. On CPU, XLA lowers a convolution to
+Eigen's spatial convolution, which is slow in three places that a fine-tuning
+step hits every time (``benchmarks/RESULTS.md``, "CPU training step"):
+
+* 1x1 convolutions (most of ResNet-50's and DenseNet-121's FLOPs): Eigen's
+  convolution is 2-5x slower than the same product as one matrix multiply;
+* the weight gradient, which XLA writes as a convolution over the batch
+  dimension: 2-4x slower than ``patches^T @ grad`` as one matrix multiply;
+* small outputs with wide padding (ResNet-50's stride-2 3x3 convolutions at
+  low resolution): up to 50x slower than im2col + matrix multiply.
+
+So on CPU :func:`conv2d` is a ``jax.custom_vjp`` whose forward pass, input
+gradient and weight gradient each pick the formulation that is fast for the
+shape (the rules are below, measured by ``benchmarks/conv.py``), all of them
+exact reformulations of the same sums: only the order of float additions
+changes. :func:`lax.platform_dependent` keeps every other backend on
+``lax.conv_general_dilated``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+# The weight gradient builds the im2col patch matrix of at most this many bytes
+# at a time (a chunk of the batch, at least one image), summing the chunks'
+# products: bounded memory, and cache-sized products are faster on CPU
+# (benchmarks/RESULTS.md: 86 ms at 32 MiB chunks, 161 ms whole, ResNet-50's
+# 56 px 3x3 at batch 16).
+PATCH_BYTES_LIMIT = 32 * 2**20
+# At or below this many output pixels per image, Eigen's padded convolution is
+# pathological (mostly padding); im2col there is 3-50x faster.
+SMALL_OUTPUT_PIXELS = 4
+# A k x k convolution with at most this many output channels (DenseNet-121's
+# 32-channel growth convolutions) keeps XLA's weight gradient: building the
+# k*k*C-wide patch matrix costs more than a product only this wide saves.
+NARROW_OUTPUT = 32
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def lax_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The reference: ``lax.conv_general_dilated`` with torch's padding."""
+    pad = ((padding, padding), (padding, padding))
+    return lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=_DIMS)
+
+
+def _taps(x: jax.Array, kernel: int, stride: int, padding: int) -> list[jax.Array]:
+    """The kernel's k*k shifted (and strided) views of the padded input, row-major."""
+    _, h, w, _ = x.shape
+    oh, ow = _out_size(h, kernel, stride, padding), _out_size(w, kernel, stride, padding)
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    return [
+        x[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride, :]
+        for i in range(kernel)
+        for j in range(kernel)
+    ]
+
+
+def _patches(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
+    """im2col: (N, OH, OW, k*k*C), channels fastest, taps in HWIO kernel order."""
+    taps = _taps(x, kernel, stride, padding)
+    return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+
+
+def matmul_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The convolution as im2col + one matrix multiply (no copy for a 1x1 kernel)."""
+    kh, kw, c, o = w.shape
+    cols = _patches(x, kh, stride, padding)
+    return jnp.einsum("nhwk,ko->nhwo", cols, w.reshape(kh * kw * c, o))
+
+
+def _patch_bytes(x: jax.Array, w: jax.Array, stride: int, padding: int) -> int:
+    n, h, wd, c = x.shape
+    k = w.shape[0]
+    oh, ow = _out_size(h, k, stride, padding), _out_size(wd, k, stride, padding)
+    return n * oh * ow * k * k * c * x.dtype.itemsize
+
+
+def _use_matmul(x: jax.Array, w: jax.Array, stride: int, padding: int) -> bool:
+    """Forward and input gradient: a matrix multiply for 1x1 kernels and small outputs."""
+    k = w.shape[0]
+    oh = _out_size(x.shape[1], k, stride, padding)
+    ow = _out_size(x.shape[2], k, stride, padding)
+    return k == 1 or oh * ow <= SMALL_OUTPUT_PIXELS
+
+
+def _forward(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+    if _use_matmul(x, w, stride, padding):
+        return matmul_conv(x, w, stride, padding)
+    return lax_conv(x, w, stride, padding)
+
+
+def _input_grad(x: jax.Array, w: jax.Array, g: jax.Array, stride: int, padding: int) -> jax.Array:
+    conv = matmul_conv if _use_matmul(x, w, stride, padding) else lax_conv
+    _, vjp = jax.vjp(lambda x_: conv(x_, w, stride, padding), x)
+    return vjp(g)[0]
+
+
+def _weight_grad(x: jax.Array, w: jax.Array, g: jax.Array, stride: int, padding: int) -> jax.Array:
+    """dL/dw = patches^T @ g, in batch chunks whose patch matrix fits PATCH_BYTES_LIMIT."""
+    k, o = w.shape[0], w.shape[-1]
+    if k > 1 and o <= NARROW_OUTPUT:
+        _, vjp = jax.vjp(lambda w_: lax_conv(x, w_, stride, padding), w)
+        return vjp(g)[0]
+    n = x.shape[0]
+    per_image = _patch_bytes(x, w, stride, padding) // n
+    fits = max(PATCH_BYTES_LIMIT, per_image)  # at least one image per chunk
+    chunk = max(b for b in range(1, n + 1) if n % b == 0 and b * per_image <= fits)
+    if chunk == n:
+        return _tn(_patches(x, k, stride, padding), g).reshape(w.shape)
+    xs = x.reshape(n // chunk, chunk, *x.shape[1:])
+    gs = g.reshape(n // chunk, chunk, *g.shape[1:])
+
+    def step(total, xg):
+        return total + _tn(_patches(xg[0], k, stride, padding), xg[1]), None
+
+    total = jnp.zeros((k * k * x.shape[-1], o), jnp.promote_types(x.dtype, g.dtype))
+    return lax.scan(step, total, (xs, gs))[0].reshape(w.shape).astype(w.dtype)
+
+
+def _tn(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a^T @ b over all but the last axis, as one 2-D product (no 4-D transposes)."""
+    a2 = a.reshape(-1, a.shape[-1])
+    b2 = b.reshape(-1, b.shape[-1])
+    return lax.dot_general(a2, b2, (((0,), (0,)), ((), ())))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def cpu_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The CPU convolution: each pass in the formulation fast for its shape."""
+    return _forward(x, w, stride, padding)
+
+
+def _cpu_conv_fwd(x, w, stride, padding):
+    return _forward(x, w, stride, padding), (x, w)
+
+
+def _cpu_conv_bwd(stride, padding, residuals, g):
+    x, w = residuals
+    return _input_grad(x, w, g, stride, padding), _weight_grad(x, w, g, stride, padding)
+
+
+cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
+
+
+def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+    """torch's ``conv2d`` on NHWC input and an HWIO kernel (square kernel, stride, padding).
+
+    The CPU formulation is chosen when the program is lowered for a CPU;
+    other platforms get ``lax.conv_general_dilated``.
+    """
+    if w.shape[0] != w.shape[1]:
+        raise ValueError(f"conv2d takes square kernels, got {w.shape[:2]}")
+    if not math.prod(x.shape):
+        return lax_conv(x, w, stride, padding)
+    return lax.platform_dependent(
+        x,
+        w,
+        cpu=lambda x_, w_: cpu_conv(x_, w_, stride, padding),
+        default=lambda x_, w_: lax_conv(x_, w_, stride, padding),
+    )

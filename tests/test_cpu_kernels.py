@@ -1,0 +1,116 @@
+"""The CPU convolution and max pool against the plain XLA ops and torch.
+
+``medft_jax.models.conv.cpu_conv`` and ``medft_jax.models.pool.cpu_max_pool``
+carry hand-written gradients; each is checked against ``jax.grad`` of the
+plain ``lax`` op (which XLA differentiates itself) on every formulation the
+shape rules can pick, and the pool's tie rule against torch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medft_jax.models import conv as conv_mod
+from medft_jax.models.conv import conv2d, cpu_conv, lax_conv
+from medft_jax.models.pool import _taps, cpu_max_pool, lax_max_pool, max_pool2d
+
+# (batch, size, in channels, out channels, kernel, stride, padding): a 1x1 conv,
+# a strided 1x1 (ResNet's downsample), a 3x3 left to lax, a strided 3x3 with a
+# small output (im2col), ResNet's 7x7 stem, and a 3x3 on an odd size.
+SHAPES = [
+    (3, 6, 5, 7, 1, 1, 0),
+    (3, 7, 5, 7, 1, 2, 0),
+    (2, 9, 4, 6, 3, 1, 1),
+    (2, 4, 6, 5, 3, 2, 1),
+    (2, 13, 3, 4, 7, 2, 3),
+    (2, 5, 3, 4, 3, 1, 0),
+]
+
+
+def _inputs(n, h, c, o, k, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, h, h, c)).astype(np.float32)
+    w = rng.normal(size=(k, k, c, o)).astype(np.float32) / np.sqrt(k * k * c)
+    return x, w
+
+
+def _loss(fn, s, p):
+    # A loss whose cotangent is not constant, so every gradient entry is tested.
+    def loss(x, w):
+        y = fn(x, w, s, p)
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
+
+    return loss
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cpu_conv_value_and_gradients_equal_lax(shape):
+    n, h, c, o, k, s, p = shape
+    x, w = _inputs(n, h, c, o, k)
+    np.testing.assert_allclose(cpu_conv(x, w, s, p), lax_conv(x, w, s, p), rtol=1e-5, atol=1e-5)
+    got = jax.jit(jax.grad(_loss(cpu_conv, s, p), argnums=(0, 1)))(x, w)
+    want = jax.jit(jax.grad(_loss(lax_conv, s, p), argnums=(0, 1)))(x, w)
+    for g, r in zip(got, want, strict=True):
+        assert g.shape == r.shape
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_conv_weight_gradient_by_taps_when_patches_are_large(monkeypatch):
+    # Past PATCH_BYTES_LIMIT the weight gradient is one product per kernel tap.
+    monkeypatch.setattr(conv_mod, "PATCH_BYTES_LIMIT", 0)
+    x, w = _inputs(2, 9, 4, 6, 3)
+    got = jax.grad(_loss(cpu_conv, 1, 1), argnums=1)(x, w)
+    want = jax.grad(_loss(lax_conv, 1, 1), argnums=1)(x, w)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_lowers_to_products_on_cpu():
+    # The dispatch really picks the CPU formulation here: a 1x1 conv leaves
+    # no convolution in the compiled program.
+    x, w = _inputs(2, 6, 5, 7, 1)
+    hlo = jax.jit(conv2d).lower(x, w).compile().as_text()
+    assert "convolution(" not in hlo
+    np.testing.assert_allclose(jax.jit(conv2d)(x, w), lax_conv(x, w, 1, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_refuses_non_square_kernels():
+    with pytest.raises(ValueError, match="square kernels"):
+        conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 3, 2, 2)))
+
+
+def _tied_images(n, h, c, seed=0):
+    # Small integers: most windows hold several equal maxima, as flat regions do.
+    return np.random.default_rng(seed).integers(0, 3, (n, h, h, c)).astype(np.float32)
+
+
+@pytest.mark.parametrize("window", [(3, 2, 1, 9), (3, 2, 1, 8), (2, 2, 0, 7), (2, 2, 0, 8)])
+def test_cpu_max_pool_gradient_equals_lax_and_torch_on_ties(window):
+    torch = pytest.importorskip("torch")
+    k, s, p, h = window
+    x = _tied_images(2, h, 3)
+    out = lax_max_pool(x, k, s, p)
+    g = np.random.default_rng(1).normal(size=out.shape).astype(np.float32)
+    np.testing.assert_array_equal(cpu_max_pool(x, k, s, p), out)
+    got = jax.vjp(lambda x_: cpu_max_pool(x_, k, s, p), x)[1](g)[0]
+    want = jax.vjp(lambda x_: lax_max_pool(x_, k, s, p), x)[1](g)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, k, s, p)
+    yt.backward(torch.tensor(g.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(got, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=0, atol=1e-6)
+    # The data has ties that matter: sharing each window's gradient among its
+    # maxima (jnp.max's rule) gives another answer.
+    shared = jax.grad(lambda x_: jnp.sum(jnp.max(jnp.stack(_taps(x_, k, s, p)), 0) * g))(x)
+    assert np.abs(shared - got).max() > 0.1
+
+
+def test_max_pool2d_dispatch_equals_lax():
+    x = _tied_images(2, 9, 3)
+    g = np.ones(lax_max_pool(x, 3, 2, 1).shape, np.float32)
+    got = jax.jit(lambda g_: jax.vjp(lambda x_: max_pool2d(x_, 3, 2, 1), x)[1](g_)[0])(g)
+    want = jax.vjp(lambda x_: lax_max_pool(x_, 3, 2, 1), x)[1](g)[0]
+    np.testing.assert_array_equal(got, want)
