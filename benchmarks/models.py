@@ -9,11 +9,18 @@ donated buffers) and in PyTorch (eager, the same threads; on the GPU when
 torch sees one), side by side in
 one process, and prints the JAX/PyTorch ratio. Compilation and warm-up are
 excluded; the median over ``--steps`` timed repetitions is reported.
+
+``--xla-baseline`` adds a column: the same JAX step with XLA's own
+convolution and max pool (``lax.conv_general_dilated``, ``reduce_window``)
+in place of the toolkit's CPU formulations (``medft_jax/models/conv.py``,
+``pool.py``), i.e. the models as they were before those; on a GPU or TPU
+both columns run the same program.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -22,7 +29,9 @@ import time
 import jax
 import optax
 
-from medft_jax.models import create
+from medft_jax.models import create, layers, vgg
+from medft_jax.models.conv import lax_conv
+from medft_jax.models.pool import lax_max_pool
 
 SETTINGS = ((64, 32), (224, 16))  # (image size, batch)
 NUM_CLASSES = 10
@@ -37,6 +46,18 @@ def median_seconds(fn, steps: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+@contextlib.contextmanager
+def xla_ops():
+    """Traces the models with XLA's own convolution and max pool (the baseline)."""
+    saved = layers.conv2d, layers.max_pool2d, vgg.max_pool2d
+    layers.conv2d = lambda x, w, stride=1, padding=0: lax_conv(x, w, stride, padding)
+    layers.max_pool2d = vgg.max_pool2d = lambda x, k, s, p=0: lax_max_pool(x, k, s, p)
+    try:
+        yield
+    finally:
+        layers.conv2d, layers.max_pool2d, vgg.max_pool2d = saved
 
 
 def jax_fns(arch: str, size: int, batch: int):
@@ -118,6 +139,11 @@ def main() -> None:
     p.add_argument(
         "--settings", nargs="+", default=[f"{s}x{b}" for s, b in SETTINGS], help="SIZExBATCH pairs"
     )
+    p.add_argument(
+        "--xla-baseline",
+        action="store_true",
+        help="also time JAX with XLA's own convolution and max pool (the models before)",
+    )
     args = p.parse_args()
     try:
         import torch
@@ -130,20 +156,26 @@ def main() -> None:
         f"{'cuda' if torch.cuda.is_available() else 'cpu'}, "
         f"cudnn tf32 {torch.backends.cudnn.allow_tf32})"
     )
-    print("| arch | px | batch | mode | JAX img/s | PyTorch img/s | JAX/PyTorch |")
-    print("|---|---|---|---|---|---|---|")
+    base = "| XLA-ops JAX img/s | XLA-ops/PyTorch " if args.xla_baseline else ""
+    print(f"| arch | px | batch | mode {base}| JAX img/s | PyTorch img/s | JAX/PyTorch |")
+    print("|---" * (7 + 2 * args.xla_baseline) + "|")
     for arch in args.archs:
         for setting in args.settings:
             size, batch = (int(v) for v in setting.split("x"))
             jf, jt = jax_fns(arch, size, batch)
             tf, tt = torch_fns(arch, size, batch)
-            for mode, jfn, tfn in (("forward", jf, tf), ("train step", jt, tt)):
+            bf, bt = jax_fns(arch, size, batch) if args.xla_baseline else (None, None)
+            for mode, jfn, tfn, bfn in (("forward", jf, tf, bf), ("train step", jt, tt, bt)):
+                cells = ""
+                if bfn is not None:
+                    with xla_ops():  # traced (at the warm-up) with XLA's ops
+                        b = batch / median_seconds(bfn, args.steps)
                 j = batch / median_seconds(jfn, args.steps)
                 t = batch / median_seconds(tfn, args.steps)
-                print(
-                    f"| {arch} | {size} | {batch} | {mode} | {j:.1f} | {t:.1f} | {j / t:.2f} |",
-                    flush=True,
-                )
+                if bfn is not None:
+                    cells = f"| {b:.1f} | {b / t:.2f} "
+                row = f"| {arch} | {size} | {batch} | {mode} {cells}"
+                print(f"{row}| {j:.1f} | {t:.1f} | {j / t:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

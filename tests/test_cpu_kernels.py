@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from medft_jax.models import conv as conv_mod
-from medft_jax.models.conv import conv2d, cpu_conv, lax_conv
-from medft_jax.models.pool import _taps, cpu_max_pool, lax_max_pool, max_pool2d
+from medft_jax.models.conv import conv2d, cpu_conv, lax_conv, taps
+from medft_jax.models.pool import cpu_max_pool, lax_max_pool, max_pool2d
 
 # (batch, size, in channels, out channels, kernel, stride, padding): a 1x1 conv,
 # a strided 1x1 (ResNet's downsample), a 3x3 left to lax, a strided 3x3 with a
@@ -46,8 +46,11 @@ def _loss(fn, s, p):
     return loss
 
 
+@pytest.mark.parametrize("narrow", [0, 64], ids=["patch-weight-grad", "xla-weight-grad"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_cpu_conv_value_and_gradients_equal_lax(shape):
+def test_cpu_conv_value_and_gradients_equal_lax(shape, narrow, monkeypatch):
+    # narrow=0: every weight gradient through patches; 64: k x k ones through XLA's.
+    monkeypatch.setattr(conv_mod, "NARROW_OUTPUT", narrow)
     n, h, c, o, k, s, p = shape
     x, w = _inputs(n, h, c, o, k)
     np.testing.assert_allclose(cpu_conv(x, w, s, p), lax_conv(x, w, s, p), rtol=1e-5, atol=1e-5)
@@ -58,10 +61,13 @@ def test_cpu_conv_value_and_gradients_equal_lax(shape):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
-def test_cpu_conv_weight_gradient_by_taps_when_patches_are_large(monkeypatch):
-    # Past PATCH_BYTES_LIMIT the weight gradient is one product per kernel tap.
-    monkeypatch.setattr(conv_mod, "PATCH_BYTES_LIMIT", 0)
-    x, w = _inputs(2, 9, 4, 6, 3)
+@pytest.mark.parametrize("limit_images", [1, 2])
+def test_cpu_conv_weight_gradient_in_batch_chunks(limit_images, monkeypatch):
+    # Past PATCH_BYTES_LIMIT the patch products are summed over batch chunks
+    # (one image each, or two of the batch of 4).
+    monkeypatch.setattr(conv_mod, "NARROW_OUTPUT", 0)
+    monkeypatch.setattr(conv_mod, "PATCH_BYTES_LIMIT", limit_images * 9 * 9 * 9 * 4 * 4)
+    x, w = _inputs(4, 9, 4, 6, 3)
     got = jax.grad(_loss(cpu_conv, 1, 1), argnums=1)(x, w)
     want = jax.grad(_loss(lax_conv, 1, 1), argnums=1)(x, w)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -104,7 +110,7 @@ def test_cpu_max_pool_gradient_equals_lax_and_torch_on_ties(window):
     np.testing.assert_allclose(got, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=0, atol=1e-6)
     # The data has ties that matter: sharing each window's gradient among its
     # maxima (jnp.max's rule) gives another answer.
-    shared = jax.grad(lambda x_: jnp.sum(jnp.max(jnp.stack(_taps(x_, k, s, p)), 0) * g))(x)
+    shared = jax.grad(lambda x_: jnp.sum(jnp.max(jnp.stack(taps(x_, k, s, p, -jnp.inf)), 0) * g))(x)
     assert np.abs(shared - got).max() > 0.1
 
 
@@ -114,3 +120,14 @@ def test_max_pool2d_dispatch_equals_lax():
     got = jax.jit(lambda g_: jax.vjp(lambda x_: max_pool2d(x_, 3, 2, 1), x)[1](g_)[0])(g)
     want = jax.vjp(lambda x_: lax_max_pool(x_, 3, 2, 1), x)[1](g)[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_cpu_conv_bf16_weight_gradient_accumulates_in_float32():
+    # bf16 compute: the product over the batch accumulates in float32, so the
+    # weight gradient is within bf16 rounding of the float32 one.
+    x, w = _inputs(4, 9, 8, 40, 3)
+    got = jax.grad(_loss(cpu_conv, 1, 1), argnums=1)(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    want = jax.grad(_loss(lax_conv, 1, 1), argnums=1)(x, w)
+    assert got.dtype == jnp.bfloat16
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0, atol=0.02 * scale)

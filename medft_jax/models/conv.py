@@ -46,7 +46,7 @@ SMALL_OUTPUT_PIXELS = 4
 NARROW_OUTPUT = 32
 
 
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
@@ -56,12 +56,18 @@ def lax_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array
     return lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=_DIMS)
 
 
-def _taps(x: jax.Array, kernel: int, stride: int, padding: int) -> list[jax.Array]:
-    """The kernel's k*k shifted (and strided) views of the padded input, row-major."""
+def taps(
+    x: jax.Array, kernel: int, stride: int, padding: int, pad_value: float = 0.0
+) -> list[jax.Array]:
+    """The window's k*k shifted (and strided) views of the padded input, row-major.
+
+    Shared by the convolution (zero padding) and the max pool (-inf padding).
+    """
     _, h, w, _ = x.shape
-    oh, ow = _out_size(h, kernel, stride, padding), _out_size(w, kernel, stride, padding)
+    oh, ow = out_size(h, kernel, stride, padding), out_size(w, kernel, stride, padding)
     if padding:
-        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+        x = jnp.pad(x, pad, constant_values=pad_value)
     return [
         x[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride, :]
         for i in range(kernel)
@@ -71,8 +77,8 @@ def _taps(x: jax.Array, kernel: int, stride: int, padding: int) -> list[jax.Arra
 
 def _patches(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
     """im2col: (N, OH, OW, k*k*C), channels fastest, taps in HWIO kernel order."""
-    taps = _taps(x, kernel, stride, padding)
-    return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    views = taps(x, kernel, stride, padding)
+    return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
 
 
 def matmul_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
@@ -85,15 +91,15 @@ def matmul_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Ar
 def _patch_bytes(x: jax.Array, w: jax.Array, stride: int, padding: int) -> int:
     n, h, wd, c = x.shape
     k = w.shape[0]
-    oh, ow = _out_size(h, k, stride, padding), _out_size(wd, k, stride, padding)
+    oh, ow = out_size(h, k, stride, padding), out_size(wd, k, stride, padding)
     return n * oh * ow * k * k * c * x.dtype.itemsize
 
 
 def _use_matmul(x: jax.Array, w: jax.Array, stride: int, padding: int) -> bool:
     """Forward and input gradient: a matrix multiply for 1x1 kernels and small outputs."""
     k = w.shape[0]
-    oh = _out_size(x.shape[1], k, stride, padding)
-    ow = _out_size(x.shape[2], k, stride, padding)
+    oh = out_size(x.shape[1], k, stride, padding)
+    ow = out_size(x.shape[2], k, stride, padding)
     return k == 1 or oh * ow <= SMALL_OUTPUT_PIXELS
 
 
@@ -120,22 +126,25 @@ def _weight_grad(x: jax.Array, w: jax.Array, g: jax.Array, stride: int, padding:
     fits = max(PATCH_BYTES_LIMIT, per_image)  # at least one image per chunk
     chunk = max(b for b in range(1, n + 1) if n % b == 0 and b * per_image <= fits)
     if chunk == n:
-        return _tn(_patches(x, k, stride, padding), g).reshape(w.shape)
+        return _tn(_patches(x, k, stride, padding), g).reshape(w.shape).astype(w.dtype)
     xs = x.reshape(n // chunk, chunk, *x.shape[1:])
     gs = g.reshape(n // chunk, chunk, *g.shape[1:])
 
     def step(total, xg):
         return total + _tn(_patches(xg[0], k, stride, padding), xg[1]), None
 
-    total = jnp.zeros((k * k * x.shape[-1], o), jnp.promote_types(x.dtype, g.dtype))
+    total = jnp.zeros((k * k * x.shape[-1], o), jnp.float32)
     return lax.scan(step, total, (xs, gs))[0].reshape(w.shape).astype(w.dtype)
 
 
 def _tn(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a^T @ b over all but the last axis, as one 2-D product (no 4-D transposes)."""
+    """a^T @ b over all but the last axis, as one 2-D product (no 4-D transposes).
+
+    Accumulates in float32 whatever the compute dtype: it sums over the batch.
+    """
     a2 = a.reshape(-1, a.shape[-1])
     b2 = b.reshape(-1, b.shape[-1])
-    return lax.dot_general(a2, b2, (((0,), (0,)), ((), ())))
+    return lax.dot_general(a2, b2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

@@ -18,23 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def _taps(x: jax.Array, kernel: int, stride: int, padding: int) -> list[jax.Array]:
-    """The k*k strided views of the -inf-padded input, in row-major window order."""
-    _, h, w, _ = x.shape
-    oh, ow = _out_size(h, kernel, stride, padding), _out_size(w, kernel, stride, padding)
-    if padding:
-        pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-        x = jnp.pad(x, pad, constant_values=-jnp.inf)
-    return [
-        x[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride, :]
-        for i in range(kernel)
-        for j in range(kernel)
-    ]
+from medft_jax.models.conv import taps
 
 
 def lax_max_pool(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
@@ -62,7 +46,7 @@ def _bwd(kernel, stride, padding, residuals, g):
     zero = jnp.zeros((), g.dtype)
     unclaimed = jnp.ones(out.shape, bool)
     grad = jnp.zeros((n, h + 2 * padding, w + 2 * padding, c), g.dtype)
-    for index, tap in enumerate(_taps(x, kernel, stride, padding)):
+    for index, tap in enumerate(taps(x, kernel, stride, padding, -jnp.inf)):
         i, j = divmod(index, kernel)
         first = unclaimed & (tap == out)
         unclaimed = unclaimed & ~first
