@@ -141,6 +141,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.npz and not args.npz.is_file():
+        raise SystemExit(f"--npz {args.npz}: no such file (expected a MedMNIST-format .npz)")
     if args.torch_only:
         torch_main(str(args.npz), args.epochs)
         return
