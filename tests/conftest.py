@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Cache compiled (and assertion-rewritten) test modules even where the
+# environment sets PYTHONDONTWRITEBYTECODE: rewriting every test module again
+# costs each xdist worker about 7 s of its collection.
+sys.dont_write_bytecode = False
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

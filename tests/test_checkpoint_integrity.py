@@ -365,6 +365,7 @@ def test_inconsistent_metadata_is_refused_before_building_predictor(
     assert str(e.value) == f"{ck}: {expect}" or str(e.value).startswith(f"{ck}: {expect}")
 
 
+@pytest.mark.slow  # the predictor test above checks the same metadata in the fast tier
 @pytest.mark.parametrize(("changes", "expect"), BAD_METADATA[:4])
 def test_inconsistent_metadata_is_refused_by_export(ck, tmp_path, changes, expect, capsys):
     _edit_metadata(ck, **changes)

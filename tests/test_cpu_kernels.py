@@ -96,7 +96,15 @@ def _tied_images(n, h, c, seed=0):
     return np.random.default_rng(seed).integers(0, 3, (n, h, h, c)).astype(np.float32)
 
 
-@pytest.mark.parametrize("window", [(3, 2, 1, 9), (3, 2, 1, 8), (2, 2, 0, 7), (2, 2, 0, 8)])
+@pytest.mark.parametrize(
+    "window",
+    [
+        (3, 2, 1, 9),
+        pytest.param((3, 2, 1, 8), marks=pytest.mark.slow),
+        (2, 2, 0, 7),
+        pytest.param((2, 2, 0, 8), marks=pytest.mark.slow),
+    ],
+)
 def test_cpu_max_pool_gradient_equals_lax_and_torch_on_ties(window):
     torch = pytest.importorskip("torch")
     k, s, p, h = window

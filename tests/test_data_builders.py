@@ -276,6 +276,7 @@ def prepared(layouts, tmp_path_factory):
 
 
 @tf_required
+@pytest.mark.xdist_group("tfds_prepared")  # one worker prepares the eight builders, not each
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_prepared_task_matches_its_layout(layouts, prepared, name):
     root = layouts[DIRS[name]][0]
@@ -300,6 +301,7 @@ def test_prepared_task_matches_its_layout(layouts, prepared, name):
 
 
 @tf_required
+@pytest.mark.xdist_group("tfds_prepared")
 def test_mura_study_scores_are_image_means(prepared):
     ds = prepared[1]["mura_wrist"]
     test = ds.splits["test"]
@@ -313,6 +315,7 @@ def test_mura_study_scores_are_image_means(prepared):
 
 
 @tf_required
+@pytest.mark.xdist_group("tfds_prepared")
 def test_reading_prepared_data_needs_no_tensorflow(prepared):
     out, _ = prepared
     script = textwrap.dedent(

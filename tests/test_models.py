@@ -165,3 +165,14 @@ def test_tiny_resnet_is_resnet50_with_one_bottleneck_per_layer():
         big = flatten(_shapes("resnet50")[collection])
         first = {p: s for p, s in big.items() if not p.startswith("layer") or "/0/" in p}
         assert {p: s.shape for p, s in small.items()} == {p: s.shape for p, s in first.items()}
+
+
+@pytest.mark.slow
+def test_cpu_init_without_llvm_optimisation_draws_the_same_values():
+    """init_variables compiles at XLA's optimisation level 0 on CPU: the same draws, to rounding."""
+    model = create("resnet_tiny", 2)
+    x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    plain = jax.jit(model.init)(jax.random.key(5), x)
+    fast = init_variables(model, 5, 32)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(fast), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)

@@ -13,6 +13,7 @@ ARGS = ["--arch", "resnet_tiny", "--weights", "none", "--epochs", "1", "--batch-
 ARGS += ["--no-progress"]
 
 
+@pytest.mark.slow  # two CLI runs; test_train checks the stop itself in the fast tier
 def test_a_diverged_run_leaves_a_note_under_run_as_under_sweep(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(train, "classification_loss", lambda *a: jnp.float32(jnp.nan))
     monkeypatch.setattr(train, "_GRAD_PROGRAMS", {})  # not the programs of the real loss

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 HEADING = "## Use the strategies in your own JAX code"
 
@@ -18,6 +20,7 @@ def readme_example() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow  # compiles a model step; a documentation check
 def test_readme_strategies_example_runs(capsys):
     code = readme_example()
     namespace: dict = {"__name__": "readme_example"}

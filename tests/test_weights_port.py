@@ -55,6 +55,7 @@ def test_round_trip_is_bit_exact(arch, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a second full ResNet-50 port
 def test_safetensors_input_equals_pth_input(resnet_file, tmp_path):
     from safetensors.torch import save_file
 
