@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medft_jax import data, locks, metrics, results, strategies
+from medft_jax import features as features_lib
 from medft_jax.checkpoints import model as model_checkpoint
 from medft_jax.checkpoints import pretrained
 from medft_jax.checkpoints.run import RunCheckpoints
@@ -195,6 +196,12 @@ class _Run:
     weights_used: str
     best_variables: Any = None
     """Device copy of the best epoch's variables when trained in this call."""
+    feature_root: Path | None = None
+    """Where head-only epochs may cache the backbone's features (None: never)."""
+    features: Any = None
+    """The :class:`medft_jax.features.FeatureSet` once read or computed."""
+    feature_info: dict[str, Any] | None = None
+    """How the features were had (for the record); None until a head-only epoch asks."""
 
     @property
     def primary(self) -> str:
@@ -219,8 +226,15 @@ def run_one(
     eval_batch_size: int | None = None,
     stop_after_steps: int | None = None,
     trainers: dict[TrainerKey, Trainer] | None = None,
+    feature_cache: bool = True,
 ) -> dict[str, Any]:
     """Trains, evaluates and records one configuration; returns its record.
+
+    ``feature_cache``: head-only epochs under ``frozen_bn='freeze'`` train
+    from the backbone's features computed once (:mod:`medft_jax.features`),
+    kept beside the prepared images, or under ``out_dir/features`` for a
+    dataset held in memory. The record is the same either way, to float
+    rounding; False always runs the backbone.
 
     ``trainers``: a dict the caller keeps across runs (a sweep): runs that
     differ only in seed, learning rate or initial weights then share one
@@ -252,6 +266,8 @@ def run_one(
         if force:
             lock.clear_folder()
         run = _prepare(config, ds, ckpts, eval_batch_size=eval_batch_size, trainers=trainers)
+        if feature_cache:
+            run.feature_root = features_lib.root_for(ds, out_dir)
         stop_at = math.inf if stop_after_steps is None else stop_after_steps
         if not _train_epochs(run, ckpts, run_dir.name, progress=progress, stop_at=stop_at):
             ckpts.close()
@@ -413,7 +429,8 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
     p, config = run.progress, run.config
     trainable = run.schedule.trainable_mask(run.params, epoch)
     bn_train = run.schedule.bn_train(epoch)
-    it = run.ds.train_iter(config.batch_size, seed=config.seed, epoch=epoch, **run.shard)
+    source, from_features = _epoch_source(run, epoch)
+    it = source.train_iter(config.batch_size, seed=config.seed, epoch=epoch, **run.shard)
     # A resumed partial epoch continues its batches, losses and clocks.
     part = p.partial or PartialEpoch(epoch, 0, {}, [], 0.0, 0.0, {})
     if p.partial is not None:
@@ -424,13 +441,21 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
     if run.schedule.prepass is not None and part.steps == 0:
         part.train_seconds += _rgn_prepass(run, epoch, trainable, bn_train)
     part.steps, part.train_seconds = _run_batches(
-        run, it, part, epoch, trainable, bn_train, progress=progress, stop_at=stop_at
+        run,
+        it,
+        part,
+        epoch,
+        (trainable, bn_train, from_features),
+        progress=progress,
+        stop_at=stop_at,
     )
     val = _metrics(
         run.ds,
         "val",
         run.trainer.predict(
-            run.state, run.ds.eval_batches("val", run.eval_batch_size, **run.shard)
+            run.state,
+            source.eval_batches("val", run.eval_batch_size, **run.shard),
+            from_features=from_features,
         ),
     )
     epoch_compile = run.trainer.compile_seconds - compiled_before
@@ -448,7 +473,37 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
         if part.train_seconds
         else None,
         "trainable_blocks": list(run.schedule.trainable_blocks(epoch)),
+        **({"from_features": True} if from_features else {}),
     }
+
+
+def _epoch_source(run: _Run, epoch: int) -> tuple[Any, bool]:
+    """The epoch's data: cached backbone features for a head-only epoch, else the images.
+
+    The features are read or computed at the first head-only epoch (the
+    backbone is frozen from the start of such a stage, so any epoch's
+    weights give the same features); their seconds go to the record's
+    ``features``, not to the epoch.
+    """
+    if run.feature_root is None or not run.schedule.head_only(epoch):
+        return run.ds, False
+    if run.feature_info is None:
+        compiled = run.trainer.compile_seconds
+        state = run.state
+        run.features, run.feature_info = features_lib.cached_features(
+            run.ds,
+            root=run.feature_root,
+            arch=run.config.arch,
+            precision=run.config.precision,
+            variables=state.variables,
+            partition=run.spec.partition,
+            extract=lambda batches: run.trainer.features(state, batches),
+            batch_size=run.eval_batch_size,
+        )
+        if run.feature_info.get("used"):
+            spent = run.trainer.compile_seconds - compiled
+            run.feature_info["seconds"] -= spent  # compilation is counted as such
+    return (run.features, True) if run.features is not None else (run.ds, False)
 
 
 def _rgn_prepass(run: _Run, epoch: int, trainable: Any, bn_train: Any) -> float:
@@ -472,17 +527,18 @@ def _run_batches(
     it: Any,
     part: PartialEpoch,
     epoch: int,
-    trainable: Any,
-    bn_train: Any,
+    stage: tuple[Any, Any, bool],
     *,
     progress: bool,
     stop_at: float,
 ) -> tuple[int, float]:
     """The epoch's train steps from ``part.steps`` on; ``(steps done, train seconds)``.
 
-    Losses are appended to ``part.losses``; each step's loss is read one
-    step late, which keeps the device busy.
+    ``stage``: the trainable mask, the BatchNorm mode, and whether the
+    batches are cached features. Losses are appended to ``part.losses``;
+    each step's loss is read one step late, which keeps the device busy.
     """
+    trainable, bn_train, from_features = stage
     trainer, losses = run.trainer, part.losses
     position, train_seconds = part.steps, part.train_seconds
     bar = tqdm(
@@ -495,11 +551,10 @@ def _run_batches(
     pending = None
     for batch in it:
         x, y = trainer.shard_batch(batch["image"]), trainer.shard_batch(batch["label"])
-        trainer.compile_stage(run.state, x, y, trainable=trainable, bn_train=bn_train)
+        kw = {"trainable": trainable, "bn_train": bn_train, "from_features": from_features}
+        trainer.compile_stage(run.state, x, y, **kw)
         t = time.perf_counter()
-        run.state, loss = trainer.train_step(
-            run.state, x, y, trainable=trainable, bn_train=bn_train
-        )
+        run.state, loss = trainer.train_step(run.state, x, y, **kw)
         if pending is not None:
             losses.append(float(pending))
             check_finite(losses[-1], step=int(run.state.step) - 1, epoch=epoch)
@@ -549,6 +604,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "compile_seconds": p.compile_seconds,
         "num_compilations": run.trainer.num_compilations,
         "train_seconds": float(sum(e["seconds"] for e in p.epochs)),
+        **({"features": run.feature_info} if run.feature_info else {}),
         "environment": environment_info(),
     }
     record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()

@@ -28,7 +28,7 @@ import copy
 import functools
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -130,7 +130,9 @@ class Trainer:
         self._compiled = 0
         self.compile_seconds = 0.0
         """Seconds this trainer spent compiling (train stages and eval steps)."""
-        self._eval_step = jax.jit(self._eval, out_shardings=self.batch_sharding)
+        self._eval_step = jax.jit(
+            self._eval, out_shardings=self.batch_sharding, static_argnames=("part",)
+        )
         self._init_state = jax.jit(self._new_state, out_shardings=self.replicated)
         self._eval_steps: dict[tuple, Any] = {}
 
@@ -196,11 +198,12 @@ class Trainer:
         *,
         trainable: PyTree,
         bn_train: BNTrain,
+        from_features: bool = False,
     ) -> StagePrograms:
         """The stage's two programs traced and lowered (not yet compiled)."""
-        mask, bn_key = _stage_key(trainable, bn_train)
+        mask, bn_key, _ = _stage_key(trainable, bn_train, from_features)
         _check_mask(state.params, mask)
-        grad = self._lower_grad(state, images, labels, mask, bn_key)
+        grad = self._lower_grad(state, images, labels, mask, bn_key, from_features)
         return StagePrograms(grad, self._lower_update(state, grad.out_info[1], mask))
 
     def compile_stage(
@@ -211,6 +214,7 @@ class Trainer:
         *,
         trainable: PyTree,
         bn_train: BNTrain,
+        from_features: bool = False,
     ) -> float:
         """Compiles the stage's train step ahead of time; returns its seconds (0 if cached).
 
@@ -218,7 +222,7 @@ class Trainer:
         trainer of the same model compiled it for the same trainable set,
         BatchNorm mode and shapes; only the update program is this trainer's.
         """
-        key = _stage_key(trainable, bn_train)
+        key = _stage_key(trainable, bn_train, from_features)
         if key in self._train_steps:
             return 0.0
         t = time.perf_counter()
@@ -231,7 +235,7 @@ class Trainer:
         self, key: tuple, state: TrainState, images: jax.Array, labels: jax.Array
     ) -> tuple[Any, Any]:
         """The stage's compiled (gradient, update) programs, built and kept."""
-        mask, bn_key = key
+        mask, bn_key, from_features = key
         _check_mask(state.params, mask)
         grad_key = (
             self.model,
@@ -243,7 +247,7 @@ class Trainer:
         )
         grad = _GRAD_PROGRAMS.get(grad_key)
         if grad is None:
-            grad = self._lower_grad(state, images, labels, mask, bn_key).compile()
+            grad = self._lower_grad(state, images, labels, mask, bn_key, from_features).compile()
             _GRAD_PROGRAMS[grad_key] = grad
         update = self._lower_update(state, grad.out_info[1], mask).compile()
         self._train_steps[key] = (grad, update)
@@ -258,14 +262,18 @@ class Trainer:
         *,
         trainable: PyTree,
         bn_train: BNTrain,
+        from_features: bool = False,
     ) -> tuple[TrainState, jax.Array]:
         """One update; ``trainable`` (a bool pytree like the params) is the stage's mask.
 
         Frozen parameters are passed through untouched (bit-identical), and
         get no gradient computation at all. ``state`` is donated (its trained
         parameters, optimizer state and step are rewritten in place).
+        ``from_features``: ``images`` are the backbone's features of the
+        batch (``model(..., part='backbone')``) and only the head runs; the
+        update is the one the images would give when only the head trains.
         """
-        key = _stage_key(trainable, bn_train)  # once per step: it walks the whole mask
+        key = _stage_key(trainable, bn_train, from_features)  # once per step: walks the mask
         programs = self._train_steps.get(key)
         if programs is None:
             t = time.perf_counter()
@@ -306,7 +314,7 @@ class Trainer:
         optimizer state's held multipliers change. Frozen tensors count with
         a zero gradient. ``state`` is not donated.
         """
-        key = _stage_key(trainable, bn_train)
+        key = _stage_key(trainable, bn_train, False)
         mask = key[0]
         total, n = None, 0
         for batch in batches:
@@ -334,10 +342,13 @@ class Trainer:
         labels: jax.Array,
         mask: tuple[bool, ...],
         bn_train: BNTrain,
+        from_features: bool = False,
     ) -> jax.stages.Lowered:
         r, b = self.replicated, self.batch_sharding
         jitted = jax.jit(
-            functools.partial(self._grads, mask=mask, bn_train=bn_train),
+            functools.partial(
+                self._grads, mask=mask, bn_train=bn_train, from_features=from_features
+            ),
             in_shardings=(r, r, r, b, b, r),
             out_shardings=(r, r, r),
         )
@@ -372,6 +383,7 @@ class Trainer:
         *,
         mask: tuple[bool, ...],
         bn_train: BNTrain,
+        from_features: bool = False,
     ) -> tuple[jax.Array, list[jax.Array], PyTree]:
         """Loss, gradients of the trained leaves (in leaf order), new BatchNorm statistics.
 
@@ -381,7 +393,8 @@ class Trainer:
         """
         trained, frozen, treedef = _split(params, mask)
         rng = jax.random.fold_in(jax.random.wrap_key_data(rng_data), step)
-        x = normalize(images, self.compute_dtype)
+        part = "head" if from_features else "all"
+        x = _model_input(images, part, self.compute_dtype)
 
         def loss_fn(trained_leaves):
             merged = _merge(treedef, mask, trained_leaves, frozen)
@@ -392,6 +405,7 @@ class Trainer:
                 deterministic=False,
                 rngs={"dropout": rng},
                 mutable=["batch_stats"],
+                part=part,
             )
             return classification_loss(logits, labels, self.multilabel), new_vars
 
@@ -427,40 +441,60 @@ class Trainer:
 
     # -- eval ----------------------------------------------------------------
 
-    def _eval(self, variables: PyTree, images: jax.Array) -> jax.Array:
-        logits = self.model.apply(variables, normalize(images, self.compute_dtype))
-        return probabilities(logits, self.multilabel)
+    def _eval(self, variables: PyTree, images: jax.Array, part: str = "all") -> jax.Array:
+        out = self.model.apply(variables, _model_input(images, part, self.compute_dtype), part=part)
+        if part == "backbone":  # features, stored in float32 (exact for bf16 compute)
+            return out.astype(jnp.float32)
+        return probabilities(out, self.multilabel)
 
-    def compile_eval(self, state: TrainState, images: jax.Array) -> float:
+    def compile_eval(self, state: TrainState, images: jax.Array, part: str = "all") -> float:
         """Compiles the eval step for batches shaped like ``images``; its seconds (0 if done).
 
         Ahead of time, so that its cost is counted as compilation, not as
-        the epoch's time (records report the two apart).
+        the epoch's time (records report the two apart). ``part``: what the
+        step computes (:data:`medft_jax.models.layers.PARTS`): probabilities
+        from images (``'all'``) or from features (``'head'``), or the
+        features themselves (``'backbone'``).
         """
-        key = (images.shape, images.dtype)
+        key = (images.shape, images.dtype, part)
         if key in self._eval_steps:
             return 0.0
         t = time.perf_counter()
-        self._eval_steps[key] = self._eval_step.lower(state.variables, images).compile()
+        lowered = self._eval_step.lower(state.variables, images, part=part)
+        self._eval_steps[key] = lowered.compile()
         seconds = time.perf_counter() - t
         self.compile_seconds += seconds
         return seconds
 
-    def predict(self, state: TrainState, batches) -> np.ndarray:
+    def predict(self, state: TrainState, batches, *, from_features: bool = False) -> np.ndarray:
         """Probabilities for every real (unmasked) example of ``batches``, in order.
 
         ``batches`` yield this process's rows (``image``, ``mask``); with
         several processes the rows of all of them are gathered, in process
         order, which is the order the data pipeline's shards come in.
+        ``from_features``: the batches' ``image`` are backbone features.
         """
+        return self._map(state, batches, "head" if from_features else "all")
+
+    def features(self, state: TrainState, batches) -> Iterator[np.ndarray]:
+        """The backbone's float32 features of every real example of ``batches``, batch by batch.
+
+        Inference mode (BatchNorm running statistics, no dropout): what the
+        backbone computes in a train step when it is frozen under
+        ``frozen_bn='freeze'``.
+        """
+        for batch in batches:
+            yield self._map(state, [batch], "backbone")
+
+    def _map(self, state: TrainState, batches, part: str) -> np.ndarray:
         out = []
         for batch in batches:
             x = self.shard_batch(batch["image"])
-            self.compile_eval(state, x)
-            probs = self._eval_steps[(x.shape, x.dtype)](state.variables, x)
-            probs = _gather(probs)
+            self.compile_eval(state, x, part)
+            y = self._eval_steps[(x.shape, x.dtype, part)](state.variables, x)
+            y = _gather(y)
             mask = _gather_host(np.asarray(batch["mask"]))
-            out.append(probs[mask])
+            out.append(y[mask])
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -535,9 +569,16 @@ def _check_mask(params: PyTree, mask: tuple[bool, ...]) -> None:
         raise ValueError(f"trainable mask has {len(mask)} leaves, params have {n}")
 
 
-def _stage_key(trainable: PyTree, bn_train: BNTrain) -> tuple[tuple[bool, ...], BNTrain]:
+def _stage_key(
+    trainable: PyTree, bn_train: BNTrain, from_features: bool
+) -> tuple[tuple[bool, ...], BNTrain, bool]:
     mask = tuple(bool(m) for m in jax.tree.leaves(trainable))
-    return mask, bn_train if isinstance(bn_train, bool) else frozenset(bn_train)
+    return mask, bn_train if isinstance(bn_train, bool) else frozenset(bn_train), from_features
+
+
+def _model_input(x: jax.Array, part: str, dtype: Any) -> jax.Array:
+    """Images are normalised for the backbone; features go to the head as they are."""
+    return x.astype(dtype) if part == "head" else normalize(x, dtype)
 
 
 def _gather(x: jax.Array) -> np.ndarray:

@@ -227,7 +227,7 @@ def test_strategies_share_the_gradient_program_and_match_one_fused_step(tiny, mo
     mask = jax.tree.map(lambda _: True, variables["params"])
     state, loss = adam.train_step(adam.init_state(variables), x, y, trainable=mask, bn_train=True)
     sgd.compile_stage(sgd.init_state(variables), x, y, trainable=mask, bn_train=True)
-    key = train._stage_key(mask, True)
+    key = train._stage_key(mask, True, False)
     assert len(train._GRAD_PROGRAMS) == 1
     assert sgd._train_steps[key][0] is adam._train_steps[key][0]
     assert sgd._train_steps[key][1] is not adam._train_steps[key][1]

@@ -87,13 +87,13 @@ class _BatchSource:
         state = dict(self.__dict__)
         images = self.images
         if isinstance(images, np.memmap) and images.filename is not None:
-            state["images"] = (images.filename, images.offset, images.shape)
+            state["images"] = (images.filename, images.offset, images.shape, images.dtype.str)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if isinstance(state["images"], tuple):
-            filename, offset, shape = state["images"]
-            state["images"] = np.memmap(filename, np.uint8, "r", offset=offset, shape=shape)
+            filename, offset, shape, dtype = state["images"]
+            state["images"] = np.memmap(filename, dtype, "r", offset=offset, shape=shape)
         self.__dict__.update(state)
 
 
@@ -225,17 +225,60 @@ def train_batches(
     dropped (static shapes); a new permutation each epoch means no example
     is left out for good.
     """
+    return array_train_batches(
+        split.images,
+        split.labels,
+        name,
+        batch_size,
+        seed=seed,
+        epoch=epoch,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        **options,
+    )
+
+
+def array_train_batches(
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    name: str,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int = 0,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    **options: int,
+) -> BatchIterator:
+    """:func:`train_batches` over any per-example array (``image`` is ``inputs[rows]``).
+
+    The same plan as the images' iterator, so the same batches, and states
+    that resume either one.
+    """
     if shard_index is None or shard_count is None:
         shard_index, shard_count = host_shard()
     _check_batch(batch_size, shard_count)
-    n = len(split)
+    n = len(inputs)
     if batch_size > n:
         raise DataError(f"batch_size {batch_size} exceeds the {n} examples of split {name!r}")
+    rows = train_rows(n, batch_size, seed, epoch, shard_index, shard_count)
+    plan = _Plan("train", name, n, batch_size, seed, epoch, shard_index, shard_count)
+    return BatchIterator(plan, _BatchSource(inputs, labels, rows), **options)
+
+
+def train_rows(
+    n: int, batch_size: int, seed: int, epoch: int, shard_index: int = 0, shard_count: int = 1
+) -> np.ndarray:
+    """Example indices of an epoch's batches, this host's rows: ``(batches, per host)``.
+
+    Each row is sorted (the order a batch gathers its examples in), so
+    anything that trains on per-example arrays other than the images (the
+    cached features) sees the batches this pipeline yields, element for element.
+    """
     num_batches = n // batch_size
     perm = epoch_permutation(n, seed, epoch)[: num_batches * batch_size]
     rows = _host_rows(perm.reshape(num_batches, batch_size), shard_index, shard_count)
-    plan = _Plan("train", name, n, batch_size, seed, epoch, shard_index, shard_count)
-    return BatchIterator(plan, _BatchSource(split.images, split.labels, rows), **options)
+    return np.sort(rows, axis=1)
 
 
 def eval_batches(
@@ -248,13 +291,35 @@ def eval_batches(
     **options: int,
 ) -> BatchIterator:
     """Every example once, in order, the last batch padded (``mask`` False on padding)."""
+    return array_eval_batches(
+        split.images,
+        split.labels,
+        name,
+        batch_size,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        **options,
+    )
+
+
+def array_eval_batches(
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    name: str,
+    batch_size: int,
+    *,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    **options: int,
+) -> BatchIterator:
+    """:func:`eval_batches` over any per-example array."""
     if shard_index is None or shard_count is None:
         shard_index, shard_count = host_shard()
     _check_batch(batch_size, shard_count)
-    n = len(split)
+    n = len(inputs)
     num_batches = -(-n // batch_size)
     order = np.full(num_batches * batch_size, -1, dtype=np.int64)
     order[:n] = np.arange(n)
     rows = _host_rows(order.reshape(num_batches, batch_size), shard_index, shard_count)
     plan = _Plan("eval", name, n, batch_size, None, None, shard_index, shard_count)
-    return BatchIterator(plan, _BatchSource(split.images, split.labels, rows), **options)
+    return BatchIterator(plan, _BatchSource(inputs, labels, rows), **options)

@@ -21,6 +21,7 @@ from medft_jax.models.layers import (
     Conv,
     Dtype,
     bn_uses_batch_stats,
+    check_part,
     conv,
     kaiming_normal_fan_in,
     max_pool_3x3_s2,
@@ -130,19 +131,32 @@ class DenseNet(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, *, bn_train: BNTrain = False, deterministic: bool = True
+        self,
+        x: jax.Array,
+        *,
+        bn_train: BNTrain = False,
+        deterministic: bool = True,
+        part: str = "all",
     ) -> jax.Array:
-        """Logits for an NHWC float batch; see ``ResNet.__call__`` for the arguments."""
+        """Logits for an NHWC float batch; see ``ResNet.__call__`` for the arguments.
+
+        The backbone ends at the pooled ReLU of ``norm5``: ``(N, 1024)``.
+        """
         del deterministic
-        x = Features(
-            self.growth_rate,
-            self.block_config,
-            self.num_init_features,
-            self.bn_size,
-            self.dtype,
-            name="features",
-        )(x.astype(self.dtype), bn_train)
-        x = jnp.mean(nn.relu(x), axis=(1, 2))
+        check_part(part)
+        x = x.astype(self.dtype)
+        if part != "head":
+            x = Features(
+                self.growth_rate,
+                self.block_config,
+                self.num_init_features,
+                self.bn_size,
+                self.dtype,
+                name="features",
+            )(x, bn_train)
+            x = jnp.mean(nn.relu(x), axis=(1, 2))
+        if part == "backbone":
+            return x
         x = nn.Dense(
             self.num_classes,
             kernel_init=torch_linear_kernel,

@@ -24,6 +24,20 @@ from medft_jax.models.pool import max_pool2d
 
 Dtype = jnp.dtype | type
 BNTrain = bool | Collection[str]
+
+PARTS = ("all", "backbone", "head")
+"""What a model call computes: ``'all'`` (images -> logits), ``'backbone'``
+(images -> the features the head's trained layer reads, after every
+BatchNorm and before any dropout) or ``'head'`` (those features -> logits).
+``head(backbone(x)) == all(x)``: the split lets linear probing train on
+features computed once (:mod:`medft_jax.features`)."""
+
+
+def check_part(part: str) -> None:
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+
+
 """Which blocks' BatchNorm layers use (and update) batch statistics.
 
 ``True``: every block; ``False``: none (inference mode, running statistics);

@@ -18,6 +18,7 @@ from medft_jax.models.layers import (
     BNTrain,
     Dtype,
     bn_uses_batch_stats,
+    check_part,
     conv,
     max_pool_3x3_s2,
     torch_linear_bias,
@@ -98,31 +99,33 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, *, bn_train: BNTrain = False, deterministic: bool = True
+        self,
+        x: jax.Array,
+        *,
+        bn_train: BNTrain = False,
+        deterministic: bool = True,
+        part: str = "all",
     ) -> jax.Array:
         """Logits for an NHWC float batch.
 
         Args:
-          x: images, already normalised, shape (N, H, W, 3).
+          x: images, already normalised, shape (N, H, W, 3); with
+            ``part='head'`` the pooled features ``(N, 2048)``.
           bn_train: which blocks' BatchNorms use batch statistics (see
             :data:`medft_jax.models.layers.BNTrain`).
           deterministic: unused (no dropout in ResNet); accepted so every
             model has one call signature.
+          part: see :data:`medft_jax.models.layers.PARTS`; the backbone
+            ends at the global average pool.
         """
         del deterministic
+        check_part(part)
         d = self.dtype
         x = x.astype(d)
-        x = conv(64, 7, stride=2, padding=3, dtype=d, name="conv1")(x)
-        x = BatchNorm(dtype=d, name="bn1")(x, bn_uses_batch_stats(bn_train, "stem"))
-        x = max_pool_3x3_s2(nn.relu(x))
-        self.sow("intermediates", "stem_out", x)
-        for i, n in enumerate(self.stage_sizes):
-            name = f"layer{i + 1}"
-            x = ResLayer(64 * 2**i, n, 1 if i == 0 else 2, dtype=d, name=name)(
-                x, bn_uses_batch_stats(bn_train, name)
-            )
-            self.sow("intermediates", f"{name}_out", x)
-        x = jnp.mean(x, axis=(1, 2))
+        if part != "head":
+            x = self.backbone(x, bn_train)
+        if part == "backbone":
+            return x
         fan_in = x.shape[-1]
         x = nn.Dense(
             self.num_classes,
@@ -134,6 +137,21 @@ class ResNet(nn.Module):
         )(x)
         self.sow("intermediates", "fc_out", x)
         return x
+
+    def backbone(self, x: jax.Array, bn_train: BNTrain) -> jax.Array:
+        """Images -> pooled features ``(N, 2048)``; called from ``__call__`` (its scope)."""
+        d = self.dtype
+        x = conv(64, 7, stride=2, padding=3, dtype=d, name="conv1")(x)
+        x = BatchNorm(dtype=d, name="bn1")(x, bn_uses_batch_stats(bn_train, "stem"))
+        x = max_pool_3x3_s2(nn.relu(x))
+        self.sow("intermediates", "stem_out", x)
+        for i, n in enumerate(self.stage_sizes):
+            name = f"layer{i + 1}"
+            x = ResLayer(64 * 2**i, n, 1 if i == 0 else 2, dtype=d, name=name)(
+                x, bn_uses_batch_stats(bn_train, name)
+            )
+            self.sow("intermediates", f"{name}_out", x)
+        return jnp.mean(x, axis=(1, 2))
 
 
 def resnet50(num_classes: int = 1000, dtype: Dtype = jnp.float32) -> ResNet:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from medft_jax.models.layers import BNTrain, Dtype, adaptive_avg_pool, conv
+from medft_jax.models.layers import BNTrain, Dtype, adaptive_avg_pool, check_part, conv
 from medft_jax.models.pool import max_pool2d
 
 # torchvision cfgs["E"]: channels per conv, "M" for a 2x2 max pool.
@@ -56,10 +56,21 @@ class Classifier(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        for index, width in ((0, 4096), (3, 4096)):
-            x = nn.Dense(width, kernel_init=_linear_init, dtype=self.dtype, name=str(index))(x)
-            x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=deterministic)
+    def __call__(self, x: jax.Array, deterministic: bool, part: str = "all") -> jax.Array:
+        """``part='backbone'`` stops at ``relu(classifier/0)``, before the first dropout.
+
+        The cut is there, not at the head, because dropout is random: what
+        comes before it is a pure function of the image; the head part then
+        applies the same dropout layers (same names, so the same masks for
+        the same RNG) and ``classifier/3`` before ``classifier/6``.
+        """
+        if part != "head":
+            x = nn.relu(nn.Dense(4096, kernel_init=_linear_init, dtype=self.dtype, name="0")(x))
+        if part == "backbone":
+            return x
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = nn.Dense(4096, kernel_init=_linear_init, dtype=self.dtype, name="3")(x)
+        x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=deterministic)
         return nn.Dense(self.num_classes, kernel_init=_linear_init, dtype=self.dtype, name="6")(x)
 
 
@@ -80,17 +91,30 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, *, bn_train: BNTrain = False, deterministic: bool = True
+        self,
+        x: jax.Array,
+        *,
+        bn_train: BNTrain = False,
+        deterministic: bool = True,
+        part: str = "all",
     ) -> jax.Array:
-        """Logits for an NHWC float batch; ``bn_train`` is accepted and unused (no BN)."""
+        """Logits for an NHWC float batch; ``bn_train`` is accepted and unused (no BN).
+
+        The backbone ends at ``relu(classifier/0)``, ``(N, 4096)``: see
+        :class:`Classifier`.
+        """
         del bn_train
-        x = Features(self.cfg, self.dtype, name="features")(x.astype(self.dtype))
-        x = adaptive_avg_pool(x, (7, 7))
-        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's NCHW flatten
+        check_part(part)
+        x = x.astype(self.dtype)
+        if part != "head":
+            x = Features(self.cfg, self.dtype, name="features")(x)
+            x = adaptive_avg_pool(x, (7, 7))
+            x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's NCHW flatten
         x = Classifier(self.num_classes, self.dropout_rate, self.dtype, name="classifier")(
-            x, deterministic
+            x, deterministic, part
         )
-        self.sow("intermediates", "classifier_out", x)
+        if part != "backbone":
+            self.sow("intermediates", "classifier_out", x)
         return x
 
 

@@ -180,6 +180,20 @@ class Schedule:
             return True
         return frozenset(b for p, b, g in self.leaves if g != HEAD and self.is_trainable(p, epoch))
 
+    def head_only(self, epoch: int) -> bool:
+        """Whether only the head trains in ``epoch`` and every other layer is a fixed function.
+
+        True for linear probing, LP-FT's LP phase and G-LF's first stage
+        under ``frozen_bn='freeze'``: the backbone then maps an image to the
+        same features every epoch, so they can be computed once
+        (:mod:`medft_jax.features`). Under ``'update'`` the frozen layers'
+        BatchNorms use the batch's statistics and this is False.
+        """
+        if self.frozen_bn != "freeze":
+            return False
+        trained = [g for p, _, g in self.leaves if self.is_trainable(p, epoch)]
+        return bool(trained) and all(g == HEAD for g in trained)
+
     def num_trainable(self, params: PyTree, epoch: int) -> int:
         """How many scalars train in ``epoch``."""
         return sum(

@@ -1,0 +1,289 @@
+"""A frozen backbone's features, computed once per (data, backbone) and kept on disk.
+
+With BatchNorm frozen (``frozen_bn='freeze'``) and only the head training
+(linear probing, LP-FT's LP phase, G-LF's first stage), the backbone is a
+pure function of the image: the protocol has no augmentation, and its
+BatchNorms use running statistics. Every epoch of such a stage would
+compute the same features again; here they are computed once, in inference
+mode, written in chunks to float32 ``.npy`` files and read back memmapped,
+so host memory holds a batch at a time. The head then trains on batches of
+features that :mod:`medft_jax.data.pipeline` gathers in exactly the order it
+gathers the images, so the updates, and the records, are those of the
+uncached run up to float rounding.
+
+Under the paper's default ``frozen_bn='update'`` the frozen layers' outputs
+depend on the batch (batch statistics), so nothing is cached.
+
+Layout, beside the prepared images (``<variant cache>/features``, or
+``<runs>/features`` for a dataset held in memory)::
+
+    <root>/<data fingerprint>/<arch>-<precision>-<backbone hash>/
+        train.npy  val.npy  test.npy   float32 (N, D), rows in split order
+        meta.json                      what they were computed from, and each file's sha256
+
+The backbone hash is the sha256 of every non-head parameter and BatchNorm
+statistic, so features are never reused for other weights; ``meta.json`` is
+written last and the folder renamed into place, so a folder with one is
+whole; the files' hashes are checked when read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from medft_jax import atomic
+from medft_jax.checkpoints.model import variables_hash
+from medft_jax.data import pipeline
+from medft_jax.data.dataset import Dataset
+from medft_jax.errors import one_line
+from medft_jax.models.blocks import BlockPartition, flatten, unflatten
+
+FORMAT = 1
+"""Bumped when the files' meaning changes (older folders are then recomputed)."""
+
+_CHUNK_ROWS = 4096  # rows hashed at a time when a cache is checked
+
+
+def backbone_hash(variables: Mapping[str, Any], partition: BlockPartition) -> str:
+    """sha256 of every parameter outside the head, and every BatchNorm statistic."""
+    params = {k: v for k, v in flatten(variables["params"]).items() if not partition.is_head(k)}
+    digest = variables_hash(
+        {"params": unflatten(params), "batch_stats": variables.get("batch_stats") or {}}
+    )
+    if digest is None:  # parameters sharded over other processes
+        raise ValueError("backbone_hash: the variables are not all on this host")
+    return digest
+
+
+def root_for(ds: Dataset, out_dir: str | Path) -> Path:
+    """Beside the prepared images when they are an on-disk cache, else under ``out_dir``."""
+    images = ds.split("train").images
+    if isinstance(images, np.memmap) and images.filename is not None:
+        return Path(images.filename).parent / "features"
+    return Path(out_dir) / "features"
+
+
+def location(root: Path, ds: Dataset, arch: str, precision: str, backbone: str) -> Path:
+    fingerprint = str(ds.metadata.get("fingerprint") or "")
+    if not fingerprint:
+        raise ValueError(f"dataset {ds.name!r} has no content fingerprint")
+    return root / fingerprint[:24] / f"{arch}-{precision}-{backbone[:24]}"
+
+
+class FeatureSet:
+    """Memmapped features of every split, iterated as the images are."""
+
+    def __init__(self, directory: Path, ds: Dataset, arrays: Mapping[str, np.ndarray]) -> None:
+        self.directory = directory
+        self.ds = ds
+        self.arrays = dict(arrays)
+
+    def train_iter(
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int = 0,
+        split: str = "train",
+        shard_index: int | None = None,
+        shard_count: int | None = None,
+        **_: Any,
+    ) -> pipeline.BatchIterator:
+        """The batches of :meth:`Dataset.train_iter`, features in place of images."""
+        return pipeline.array_train_batches(
+            self.arrays[split],
+            self.ds.split(split).labels,
+            split,
+            batch_size,
+            seed=seed,
+            epoch=epoch,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            num_threads=0,  # a memmap slice per batch: no thread pool needed
+        )
+
+    def eval_batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shard_index: int | None = None,
+        shard_count: int | None = None,
+        **_: Any,
+    ) -> pipeline.BatchIterator:
+        """The batches of :meth:`Dataset.eval_batches`, features in place of images."""
+        return pipeline.array_eval_batches(
+            self.arrays[split],
+            self.ds.split(split).labels,
+            split,
+            batch_size,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            num_threads=0,
+        )
+
+
+def open_features(directory: Path, ds: Dataset, expected: Mapping[str, Any]) -> FeatureSet | None:
+    """The features in ``directory`` if they are whole and were computed from ``expected``.
+
+    None when the folder is missing, from another format, or any file's
+    size or hash disagrees with its ``meta.json`` (then it is recomputed).
+    """
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in expected.items()):
+        return None
+    arrays = {}
+    for split in ds.splits:
+        info = (meta.get("splits") or {}).get(split) or {}
+        path = directory / f"{split}.npy"
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if array.shape != (ds.num_examples(split), info.get("dim")) or array.dtype != np.float32:
+            return None
+        if _file_sha256(path) != info.get("sha256"):
+            return None
+        arrays[split] = array
+    return FeatureSet(directory, ds, arrays)
+
+
+def compute_features(
+    directory: Path,
+    ds: Dataset,
+    expected: Mapping[str, Any],
+    extract: Any,
+    batch_size: int,
+) -> FeatureSet:
+    """Runs ``extract`` (batches -> feature arrays) over every split, written as it goes.
+
+    The files go to a temporary sibling folder, ``meta.json`` last, which
+    is then renamed into place: a kill leaves no folder that looks whole.
+    When another process finished the same folder first, its copy is used.
+    """
+    tmp = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        splits = {}
+        for split in ds.splits:
+            splits[split] = _write_split(
+                tmp / f"{split}.npy",
+                ds.num_examples(split),
+                extract(ds.eval_batches(split, batch_size, shard_index=0, shard_count=1)),
+            )
+        atomic.write_bytes(
+            tmp / "meta.json", json.dumps({**expected, "splits": splits}, indent=1).encode()
+        )
+        if directory.exists():  # stale or damaged (open_features refused it): set aside
+            trash = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.old"
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(directory, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, directory)
+        except OSError:
+            if not (directory / "meta.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process's copy is in place
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    found = open_features(directory, ds, expected)
+    if found is None:
+        raise OSError(f"{directory}: the features just written do not read back whole")
+    return found
+
+
+def _write_split(path: Path, rows: int, chunks: Any) -> dict[str, Any]:
+    out, position = None, 0
+    for chunk in chunks:
+        if out is None:
+            out = np.lib.format.open_memmap(path, "w+", np.float32, (rows, chunk.shape[1]))
+        out[position : position + len(chunk)] = chunk
+        position += len(chunk)
+    if out is None or position != rows:
+        raise ValueError(f"{path}: the backbone gave {position} rows for {rows} examples")
+    out.flush()
+    dim = int(out.shape[1])
+    del out
+    return {"rows": rows, "dim": dim, "sha256": _file_sha256(path)}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cached_features(
+    ds: Dataset,
+    *,
+    root: Path,
+    arch: str,
+    precision: str,
+    variables: Mapping[str, Any],
+    partition: BlockPartition,
+    extract: Any,
+    batch_size: int,
+) -> tuple[FeatureSet | None, dict[str, Any]]:
+    """The run's features under ``root`` (:func:`root_for`), read or computed.
+
+    ``(None, info)`` when they cannot be had.
+
+    ``info`` (for the run's record): the folder, whether it was reused, and
+    the seconds spent computing or checking. Only single-process runs cache
+    (several hosts would each need their own rows); a failure to write (a
+    full disk) is one warning line, and the run trains from the images,
+    which gives the same numbers.
+    """
+    if jax.process_count() > 1:
+        return None, {"used": False, "reason": "multi-process run"}
+    t = time.perf_counter()
+    host = jax.device_get(dict(variables))
+    backbone = backbone_hash(host, partition)
+    directory = location(root, ds, arch, precision, backbone)
+    expected = {
+        "format": FORMAT,
+        "arch": arch,
+        "precision": precision,
+        "backbone_sha256": backbone,
+        "data_fingerprint": str(ds.metadata["fingerprint"]),
+    }
+    found = open_features(directory, ds, expected)
+    reused = found is not None
+    if found is None:
+        try:
+            found = compute_features(directory, ds, expected, extract, batch_size)
+        except OSError as e:
+            print(
+                f"warning: {directory}: cannot write the cached features ({one_line(e)}); "
+                "training the head from the images instead (same results, slower)",
+                file=sys.stderr,
+            )
+            with contextlib.suppress(OSError):
+                directory.parent.rmdir()  # only if empty
+            return None, {"used": False, "reason": f"cannot write: {one_line(e)}"}
+    return found, {
+        "used": True,
+        "directory": str(directory),
+        "reused": reused,
+        "seconds": time.perf_counter() - t,
+    }

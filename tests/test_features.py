@@ -1,0 +1,188 @@
+"""Frozen features computed once: the split models, the schedule's head-only epochs, the cache."""
+
+from __future__ import annotations
+
+import errno
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medft_jax import features, fit, strategies
+from medft_jax.data.arrays import ArraySplit
+from medft_jax.data.dataset import Dataset
+from medft_jax.data.demo import load_demo
+from medft_jax.models import create, get_arch, init_variables
+
+SIZES = {"train": 32, "val": 16, "test": 16}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo(seed=0, image_size=32, sizes=SIZES)
+
+
+def _config(strategy: str, frozen_bn: str = "freeze", **options) -> fit.RunConfig:
+    return fit.RunConfig(
+        dataset="demo",
+        arch="resnet_tiny",
+        strategy=strategy,
+        lr=1e-3,
+        epochs=3,
+        batch_size=8,
+        image_size=32,
+        weights="none",
+        frozen_bn=frozen_bn,
+        strategy_options=tuple(options.items()),
+    )
+
+
+def _numbers(record: dict) -> list[float]:
+    out = []
+    for e in record["epochs"]:
+        out += [e["train_loss"], *e["val"].values()]
+    return out + list(record["test"].values())
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+def test_resnet_head_of_backbone_is_the_whole_model():
+    model = create("resnet_tiny", 3)
+    v = init_variables(model, 0, 32)
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    feats = model.apply(v, x, part="backbone")
+    assert feats.shape == (2, 2048)
+    np.testing.assert_array_equal(model.apply(v, feats, part="head"), model.apply(v, x))
+    with pytest.raises(ValueError, match="part must be one of"):
+        model.apply(v, x, part="neck")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "dim"), [("densenet121", 1024), ("vgg19", 4096)])
+def test_head_of_backbone_is_the_whole_model_dropout_masks_included(arch, dim):
+    model = create(arch, 3)
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    v = jax.jit(model.init)(jax.random.key(0), x)
+    feats = model.apply(v, x, part="backbone")
+    assert feats.shape == (2, dim)
+    np.testing.assert_array_equal(model.apply(v, feats, part="head"), model.apply(v, x))
+    rng = {"dropout": jax.random.key(7)}
+    whole = model.apply(v, x, deterministic=False, rngs=rng)
+    head = model.apply(v, feats, part="head", deterministic=False, rngs=rng)
+    np.testing.assert_array_equal(head, whole)
+    if arch == "vgg19":  # the dropout is live: the masks, not luck, make them equal
+        assert not np.allclose(whole, model.apply(v, x))
+
+
+def test_head_only_epochs_of_each_strategy():
+    params = jax.eval_shape(
+        lambda: create("resnet_tiny", 2).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    )["params"]
+    partition = get_arch("resnet_tiny").partition
+
+    def head_only(name, frozen_bn, epochs=4, **kw):
+        s = strategies.make(
+            name,
+            params,
+            partition,
+            learning_rate=1e-3,
+            steps_per_epoch=2,
+            frozen_bn=frozen_bn,
+            pretrained=params,
+            **kw,
+        ).schedule
+        return [s.head_only(e) for e in range(epochs)]
+
+    assert head_only("lp", "freeze") == [True] * 4
+    assert head_only("lp", "update") == [False] * 4
+    assert head_only("lp_ft", "freeze", lp_epochs=2) == [True, True, False, False]
+    assert head_only("g_lf", "freeze", epochs_per_stage=1) == [True, False, False, False]
+    assert head_only("g_fl", "freeze", epochs_per_stage=1) == [False] * 4
+    assert head_only("ft", "freeze") == [False] * 4
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.parametrize(
+    ("strategy", "options"), [("lp_ft", {"lp_epochs": 2}), ("g_lf", {"epochs_per_stage": 1})]
+)
+def test_cached_run_records_the_uncached_run(demo, tmp_path, strategy, options):
+    config = _config(strategy, **options)
+    plain = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False, feature_cache=False)
+    cached = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    np.testing.assert_allclose(_numbers(cached), _numbers(plain), rtol=1e-5, atol=1e-6)
+    assert cached["best_epoch"] == plain["best_epoch"] and "features" not in plain
+    head_epochs = 2 if strategy == "lp_ft" else 1
+    flags = [e.get("from_features", False) for e in cached["epochs"]]
+    assert flags == [True] * head_epochs + [False] * (3 - head_epochs)
+    info = cached["features"]
+    assert info["used"] and not info["reused"] and info["seconds"] >= 0
+    stored = np.load(f"{info['directory']}/train.npy", mmap_mode="r")
+    assert isinstance(stored, np.memmap) and stored.shape == (SIZES["train"], 2048)
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+def test_features_are_reused_checked_and_recomputed_when_damaged(demo, tmp_path):
+    first = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False)
+    directory = first["features"]["directory"]
+    again = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False, force=True)
+    assert again["features"]["reused"] and again["features"]["directory"] == directory
+    # One flipped byte in the stored features: found by the hash, recomputed, same record.
+    path = f"{directory}/val.npy"
+    with open(path, "r+b") as f:
+        f.seek(-5, 2)
+        byte = f.read(1)
+        f.seek(-5, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    third = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False, force=True)
+    assert not third["features"]["reused"]
+    np.testing.assert_allclose(_numbers(third), _numbers(first), rtol=1e-6)
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+def test_batch_statistics_mode_caches_nothing(demo, tmp_path):
+    record = fit.run_one(_config("lp", "update"), tmp_path, dataset=demo, progress=False)
+    assert "features" not in record and not (tmp_path / "features").exists()
+    assert not any(e.get("from_features") for e in record["epochs"])
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+def test_a_cache_that_cannot_be_written_falls_back_to_the_images(
+    demo, tmp_path, monkeypatch, capsys
+):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(features, "compute_features", full_disk)
+    record = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False)
+    assert not record["features"]["used"]
+    assert "No space left on device" in record["features"]["reason"]
+    assert not any(e.get("from_features") for e in record["epochs"])
+    assert "training the head from the images instead" in capsys.readouterr().err
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+def test_resumed_cached_run_writes_the_uninterrupted_record(demo, tmp_path):
+    config = _config("lp")
+    full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
+    # Stopped inside the second epoch (4 steps an epoch), then resumed from the checkpoint.
+    stopped = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=6)
+    assert stopped == {}
+    resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    np.testing.assert_allclose(_numbers(resumed), _numbers(full), rtol=1e-6)
+
+
+def test_features_sit_beside_memmapped_images(tmp_path):
+    path = tmp_path / "variant" / "train_images.npy"
+    path.parent.mkdir()
+    np.save(path, np.zeros((4, 8, 8, 3), np.uint8))
+    split = ArraySplit(
+        np.load(path, mmap_mode="r"),
+        np.zeros(4, np.int32),
+        *(np.array(list("abcd")),) * 3,
+    )
+    on_disk = Dataset("x", {"train": split}, ("a", "b"))
+    assert features.root_for(on_disk, tmp_path / "runs") == tmp_path / "variant" / "features"
+    ids = split.ids
+    held = ArraySplit(np.zeros((4, 8, 8, 3), np.uint8), split.labels, ids, ids, ids)
+    in_memory = Dataset("x", {"train": held}, ("a", "b"))
+    assert features.root_for(in_memory, tmp_path / "runs") == tmp_path / "runs" / "features"
