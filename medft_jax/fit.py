@@ -99,6 +99,14 @@ def identify(config: RunConfig, ds: data.Dataset) -> RunConfig:
 # --- what a resume checkpoint holds besides the train state ------------------------------------
 
 
+TIMED = ("setup", "data", "validation", "checkpoints", "features", "test")
+"""Where a run's wall time goes besides the train steps and compilation: building
+the model and state (and restoring a checkpoint), waiting for batches, the
+validation passes, checkpoint writes and copies, computing cached features,
+and the test pass. A record's ``seconds`` holds these, ``train`` (the steps),
+``compile``, ``wall`` and ``other`` (the rest: metrics, logging, Python)."""
+
+
 @dataclasses.dataclass
 class PartialEpoch:
     """An epoch that a mid-epoch stop left unfinished: where it goes on, and what it has so far.
@@ -123,12 +131,18 @@ class Progress:
     stopper: EarlyStopping
     compile_seconds: float = 0.0
     partial: PartialEpoch | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Wall seconds so far by where they went (:data:`TIMED`), across resumed calls."""
+
+    def add(self, part: str, seconds: float) -> None:
+        self.seconds[part] = self.seconds.get(part, 0.0) + seconds
 
     def to_dict(self) -> dict[str, Any]:
         out = {
             "epochs": self.epochs,
             "early_stopping": self.stopper.state_dict(),
             "compile_seconds": self.compile_seconds,
+            "seconds": self.seconds,
         }
         if self.partial is not None:
             out["partial"] = dataclasses.asdict(self.partial)
@@ -142,6 +156,7 @@ class Progress:
             stopper=EarlyStopping.from_state(d["early_stopping"]),
             compile_seconds=float(d["compile_seconds"]),
             partial=PartialEpoch(**partial) if partial else None,
+            seconds={k: float(v) for k, v in (d.get("seconds") or {}).items()},
         )
 
     def steps_done(self, steps_per_epoch: int) -> int:
@@ -202,6 +217,14 @@ class _Run:
     """The :class:`medft_jax.features.FeatureSet` once read or computed."""
     feature_info: dict[str, Any] | None = None
     """How the features were had (for the record); None until a head-only epoch asks."""
+    started: float = 0.0
+    """``time.perf_counter()`` when this call began."""
+    wall_before: float = 0.0
+    """Wall seconds of earlier calls (a resumed run)."""
+
+    def wall(self) -> float:
+        """Wall seconds of the run so far, this call included."""
+        return self.wall_before + time.perf_counter() - self.started
 
     @property
     def primary(self) -> str:
@@ -250,9 +273,11 @@ def run_one(
     record an uninterrupted run writes. A partial epoch's validation never
     counts for early stopping or the best epoch.
     """
+    started = time.perf_counter()
     check_config(config, lambda field: f"RunConfig.{field}")
     ds = dataset if dataset is not None else load_dataset(config, data_dir)
     config = identify(config, ds)
+    loading = time.perf_counter() - started
     cfg = config.to_dict()
     run_dir = results.run_dir(out_dir, cfg)
     record_file = results.record_path(out_dir, cfg)
@@ -265,7 +290,10 @@ def run_one(
             return results.read_record(record_file)
         if force:
             lock.clear_folder()
+        t = time.perf_counter()
         run = _prepare(config, ds, ckpts, eval_batch_size=eval_batch_size, trainers=trainers)
+        run.started, run.wall_before = started, run.progress.seconds.get("wall", 0.0)
+        run.progress.add("setup", time.perf_counter() - t + loading)
         if feature_cache:
             run.feature_root = features_lib.root_for(ds, out_dir)
         stop_at = math.inf if stop_after_steps is None else stop_after_steps
@@ -397,7 +425,7 @@ def _train_epochs(
             break
         entry = _train_epoch(run, epoch, progress=progress, stop_at=stop_at)
         if entry is None:  # a mid-epoch stop: validated and saved, not an epoch for stopping
-            ckpts.save_latest(epoch * spe + p.partial.steps, run.state, p.to_dict())
+            _save_latest(run, ckpts, epoch * spe + p.partial.steps)
             return False
         decision = p.stopper.update(epoch, entry["val"][run.primary])
         entry.update(improved=bool(decision.improved), stop=bool(decision.stop))
@@ -409,15 +437,25 @@ def _train_epochs(
                 flush=True,
             )
         if decision.improved:
+            t = time.perf_counter()
             ckpts.save_best(run.state.variables, {**best_meta, "epoch": epoch})
             # A device copy for the test pass (the next step donates ``state``).
             run.best_variables = _copy(run.state.variables)
+            p.add("checkpoints", time.perf_counter() - t)
         if decision.stop or epoch + 1 >= run.config.epochs:
             break  # finishing: no resume point needed (a kill now redoes only this epoch)
-        ckpts.save_latest((epoch + 1) * spe, run.state, p.to_dict())
+        _save_latest(run, ckpts, (epoch + 1) * spe)
         if (epoch + 1) * spe >= stop_at:
             return False
     return True
+
+
+def _save_latest(run: _Run, ckpts: RunCheckpoints, step: int) -> None:
+    """The resume checkpoint, its progress carrying the wall clock up to now."""
+    t = time.perf_counter()
+    run.progress.seconds["wall"] = run.wall()
+    ckpts.save_latest(step, run.state, run.progress.to_dict())
+    run.progress.add("checkpoints", time.perf_counter() - t)
 
 
 def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> dict[str, Any] | None:
@@ -449,6 +487,7 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
         progress=progress,
         stop_at=stop_at,
     )
+    t_val, c_val = time.perf_counter(), run.trainer.compile_seconds
     val = _metrics(
         run.ds,
         "val",
@@ -458,6 +497,7 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
             from_features=from_features,
         ),
     )
+    p.add("validation", time.perf_counter() - t_val - (run.trainer.compile_seconds - c_val))
     epoch_compile = run.trainer.compile_seconds - compiled_before
     p.compile_seconds += epoch_compile
     seconds = part.seconds + time.perf_counter() - t_epoch - epoch_compile
@@ -469,6 +509,7 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
         "train_loss": float(np.mean(part.losses)) if part.losses else float("nan"),
         "val": val,
         "seconds": seconds,
+        "train_seconds": part.train_seconds,
         "images_per_s": run.steps_per_epoch * config.batch_size / part.train_seconds
         if part.train_seconds
         else None,
@@ -503,6 +544,7 @@ def _epoch_source(run: _Run, epoch: int) -> tuple[Any, bool]:
         if run.feature_info.get("used"):
             spent = run.trainer.compile_seconds - compiled
             run.feature_info["seconds"] -= spent  # compilation is counted as such
+            run.progress.add("features", run.feature_info["seconds"])
     return (run.features, True) if run.features is not None else (run.ds, False)
 
 
@@ -549,8 +591,10 @@ def _run_batches(
         leave=False,
     )
     pending = None
+    t_data = time.perf_counter()
     for batch in it:
         x, y = trainer.shard_batch(batch["image"]), trainer.shard_batch(batch["label"])
+        run.progress.add("data", time.perf_counter() - t_data)
         kw = {"trainable": trainable, "bn_train": bn_train, "from_features": from_features}
         trainer.compile_stage(run.state, x, y, **kw)
         t = time.perf_counter()
@@ -565,6 +609,7 @@ def _run_batches(
         position += 1
         if epoch * run.steps_per_epoch + position >= stop_at:
             break
+        t_data = time.perf_counter()
     if pending is not None:
         losses.append(float(pending))
         check_finite(losses[-1], step=int(run.state.step), epoch=epoch)
@@ -581,11 +626,18 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
     # The best epoch was trained in this call (a device copy), or before a restart.
     variables = run.best_variables
     if variables is None:
+        t = time.perf_counter()
         variables = ckpts.load_best(run.trainer.replicated)
+        p.add("checkpoints", time.perf_counter() - t)
     best_state = run.state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    t, compiled = time.perf_counter(), run.trainer.compile_seconds
     test_probs = run.trainer.predict(
         best_state, ds.eval_batches("test", run.eval_batch_size, **run.shard)
     )
+    test = _metrics(ds, "test", test_probs)
+    compile_test = run.trainer.compile_seconds - compiled
+    p.compile_seconds += compile_test
+    p.add("test", time.perf_counter() - t - compile_test)
     record: RunRecord = {
         "config": config.to_dict(),
         "run": name,
@@ -599,19 +651,34 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "epochs": p.epochs,
         "best_epoch": best["epoch"],
         "val": best["val"],
-        "test": _metrics(ds, "test", test_probs),
+        "test": test,
         "final_stage_epoch": run.schedule.final_stage_epoch,
         "compile_seconds": p.compile_seconds,
         "num_compilations": run.trainer.num_compilations,
         "train_seconds": float(sum(e["seconds"] for e in p.epochs)),
         **({"features": run.feature_info} if run.feature_info else {}),
+        "seconds": _seconds_split(run),
         "environment": environment_info(),
     }
+    record["wall_seconds"] = record["seconds"]["wall"]
     record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if jax.process_index() == 0:
         record = results.write_record(record_file, record)
     _tidy_up(ckpts)  # never raises: with the record written, the run has succeeded
     return record
+
+
+def _seconds_split(run: _Run) -> dict[str, float]:
+    """The record's ``seconds``: the wall time by where it went (see :data:`TIMED`)."""
+    p = run.progress
+    split = {
+        "wall": run.wall(),
+        "train": float(sum(e.get("train_seconds", 0.0) for e in p.epochs)),
+        "compile": p.compile_seconds,
+        **{k: p.seconds.get(k, 0.0) for k in TIMED},
+    }
+    split["other"] = split["wall"] - sum(v for k, v in split.items() if k != "wall")
+    return split
 
 
 def _dataset_options(config: RunConfig, ds: data.Dataset) -> dict[str, Any]:

@@ -27,8 +27,9 @@ Record schema (``medft_jax.fit.run_one`` writes it; keys a reader relies on):
     ``train_loss``, ``val`` (the metrics dict of
     :func:`medft_jax.metrics.compute_metrics` on the validation split),
     ``seconds`` (training and validation, compilation excluded),
-    ``images_per_s``, ``trainable_blocks`` (block names that trained),
-    ``improved`` and ``stop`` (the early-stopping decision).
+    ``train_seconds`` (the train steps alone), ``images_per_s``,
+    ``trainable_blocks`` (block names that trained), ``improved`` and ``stop``
+    (the early-stopping decision).
 ``best_epoch``
     The epoch whose parameters were kept (best validation primary metric).
 ``val``
@@ -40,6 +41,17 @@ Record schema (``medft_jax.fit.run_one`` writes it; keys a reader relies on):
 ``final_stage_epoch``, ``compile_seconds``, ``train_seconds``, ``steps_per_epoch``,
 ``num_classes``, ``multilabel``, ``class_names``, ``weights_used``
     Run facts.
+``wall_seconds``, ``seconds``
+    The run's wall time (every call of a resumed run) and where it went:
+    ``train`` (the steps), ``compile``, ``setup``, ``data``, ``validation``,
+    ``checkpoints``, ``features``, ``test`` and ``other`` (see
+    :data:`medft_jax.fit.TIMED`). Records written before these existed lack them.
+``features``
+    Only when a head-only epoch asked for cached backbone features
+    (:mod:`medft_jax.features`): ``used``, and the ``directory``, whether they
+    were ``reused`` and the ``seconds`` spent computing or checking them, or
+    the ``reason`` they were not used. Epochs trained from them carry
+    ``from_features: true``.
 ``environment``
     :func:`medft_jax.environment.environment_info`: package versions, devices, git
     revision, host.
@@ -80,6 +92,7 @@ class EpochEntry(TypedDict):
     train_loss: float | None
     val: dict[str, float | None]
     seconds: float
+    train_seconds: float
     images_per_s: float | None
     trainable_blocks: list[str]
     improved: bool
@@ -110,8 +123,28 @@ class RunRecord(TypedDict, total=False):
     compile_seconds: float
     num_compilations: int
     train_seconds: float
+    wall_seconds: float
+    seconds: dict[str, float]
+    features: dict[str, Any]
     environment: dict[str, Any]
     finished_at: str
+
+
+EPOCH_WORK = ("train", "data", "validation")
+"""The parts of a record's ``seconds`` that grow with the epochs; the rest is per-run overhead."""
+
+
+def run_overhead(record: Mapping[str, Any]) -> tuple[float, dict[str, float]] | None:
+    """``(overhead seconds, its parts)`` of a record: its wall time outside the epochs' work.
+
+    Setup, compilation, checkpoints, cached features, the test pass and the
+    rest; None for a record written before ``seconds`` was recorded.
+    """
+    seconds = record.get("seconds")
+    if not isinstance(seconds, Mapping) or "wall" not in seconds:
+        return None
+    parts = {k: float(v) for k, v in seconds.items() if k != "wall" and k not in EPOCH_WORK}
+    return sum(parts.values()), parts
 
 
 class RecordError(UserError):

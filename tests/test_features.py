@@ -23,6 +23,12 @@ def demo():
     return load_demo(seed=0, image_size=32, sizes=SIZES)
 
 
+@pytest.fixture(scope="module")
+def trainers():
+    """Shared by the module's runs: each stage's steps compile once."""
+    return {}
+
+
 def _config(strategy: str, frozen_bn: str = "freeze", **options) -> fit.RunConfig:
     return fit.RunConfig(
         dataset="demo",
@@ -50,9 +56,15 @@ def test_resnet_head_of_backbone_is_the_whole_model():
     model = create("resnet_tiny", 3)
     v = init_variables(model, 0, 32)
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    feats = model.apply(v, x, part="backbone")
+
+    @jax.jit
+    def both(v, x):  # one program: eager op-by-op dispatch of a ResNet is slow
+        feats = model.apply(v, x, part="backbone")
+        return feats, model.apply(v, feats, part="head"), model.apply(v, x)
+
+    feats, head, whole = both(v, x)
     assert feats.shape == (2, 2048)
-    np.testing.assert_array_equal(model.apply(v, feats, part="head"), model.apply(v, x))
+    np.testing.assert_allclose(head, whole, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="part must be one of"):
         model.apply(v, x, part="neck")
 
@@ -103,15 +115,21 @@ def test_head_only_epochs_of_each_strategy():
 
 @pytest.mark.xdist_group("resnet_tiny")
 @pytest.mark.parametrize(
-    ("strategy", "options"), [("lp_ft", {"lp_epochs": 2}), ("g_lf", {"epochs_per_stage": 1})]
+    ("strategy", "options"),
+    [
+        ("lp", {}),
+        pytest.param("lp_ft", {"lp_epochs": 2}, marks=pytest.mark.slow),
+        pytest.param("g_lf", {"epochs_per_stage": 1}, marks=pytest.mark.slow),
+    ],
 )
-def test_cached_run_records_the_uncached_run(demo, tmp_path, strategy, options):
+def test_cached_run_records_the_uncached_run(demo, tmp_path, trainers, strategy, options):
     config = _config(strategy, **options)
-    plain = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False, feature_cache=False)
-    cached = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    kw = {"dataset": demo, "progress": False, "trainers": trainers}
+    plain = fit.run_one(config, tmp_path / "a", feature_cache=False, **kw)
+    cached = fit.run_one(config, tmp_path / "b", **kw)
     np.testing.assert_allclose(_numbers(cached), _numbers(plain), rtol=1e-5, atol=1e-6)
     assert cached["best_epoch"] == plain["best_epoch"] and "features" not in plain
-    head_epochs = 2 if strategy == "lp_ft" else 1
+    head_epochs = {"lp": 3, "lp_ft": 2, "g_lf": 1}[strategy]
     flags = [e.get("from_features", False) for e in cached["epochs"]]
     assert flags == [True] * head_epochs + [False] * (3 - head_epochs)
     info = cached["features"]
@@ -120,7 +138,7 @@ def test_cached_run_records_the_uncached_run(demo, tmp_path, strategy, options):
     assert isinstance(stored, np.memmap) and stored.shape == (SIZES["train"], 2048)
 
 
-@pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.slow  # three runs
 def test_features_are_reused_checked_and_recomputed_when_damaged(demo, tmp_path):
     first = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False)
     directory = first["features"]["directory"]
@@ -138,29 +156,30 @@ def test_features_are_reused_checked_and_recomputed_when_damaged(demo, tmp_path)
     np.testing.assert_allclose(_numbers(third), _numbers(first), rtol=1e-6)
 
 
-@pytest.mark.xdist_group("resnet_tiny")
-def test_batch_statistics_mode_caches_nothing(demo, tmp_path):
-    record = fit.run_one(_config("lp", "update"), tmp_path, dataset=demo, progress=False)
+@pytest.mark.slow  # another stage to compile
+def test_batch_statistics_mode_caches_nothing(demo, tmp_path, trainers):
+    config = _config("lp", "update")
+    record = fit.run_one(config, tmp_path, dataset=demo, progress=False, trainers=trainers)
     assert "features" not in record and not (tmp_path / "features").exists()
     assert not any(e.get("from_features") for e in record["epochs"])
 
 
 @pytest.mark.xdist_group("resnet_tiny")
 def test_a_cache_that_cannot_be_written_falls_back_to_the_images(
-    demo, tmp_path, monkeypatch, capsys
+    demo, tmp_path, trainers, monkeypatch, capsys
 ):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(features, "compute_features", full_disk)
-    record = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False)
+    record = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False, trainers=trainers)
     assert not record["features"]["used"]
     assert "No space left on device" in record["features"]["reason"]
     assert not any(e.get("from_features") for e in record["epochs"])
     assert "training the head from the images instead" in capsys.readouterr().err
 
 
-@pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.slow  # three runs
 def test_resumed_cached_run_writes_the_uninterrupted_record(demo, tmp_path):
     config = _config("lp")
     full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)

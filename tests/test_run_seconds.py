@@ -1,0 +1,91 @@
+"""Where a run's wall time goes: the record's ``seconds``, and the sweep's overhead line."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from experiments.sweep import _overhead_text
+from medft_jax import fit, results
+from medft_jax.data.demo import load_demo
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo(seed=0, image_size=32, sizes={"train": 32, "val": 16, "test": 16})
+
+
+def _config() -> fit.RunConfig:
+    return fit.RunConfig(
+        dataset="demo",
+        arch="resnet_tiny",
+        strategy="ft",
+        lr=1e-3,
+        epochs=2,
+        batch_size=8,
+        image_size=32,
+        weights="none",
+    )
+
+
+@pytest.mark.slow  # three runs
+def test_record_splits_the_wall_time_of_every_call(demo, tmp_path):
+    trainers: dict = {}  # the later calls reuse the compiled steps
+    t = time.perf_counter()
+    full = fit.run_one(_config(), tmp_path / "a", dataset=demo, progress=False, trainers=trainers)
+    elapsed = time.perf_counter() - t
+    s = full["seconds"]
+    assert full["wall_seconds"] == s["wall"]
+    assert 0.9 * elapsed - 0.2 <= s["wall"] <= elapsed
+    assert s["train"] == pytest.approx(sum(e["train_seconds"] for e in full["epochs"]))
+    assert s["compile"] == full["compile_seconds"] > 0
+    assert s["checkpoints"] > 0 and s["validation"] > 0 and s["test"] > 0 and s["setup"] > 0
+    assert s["features"] == 0.0  # FT trains no head-only epoch
+    assert -0.05 <= s["other"] < 0.2 * s["wall"]
+    assert sum(s.values()) - s["wall"] == pytest.approx(s["wall"], rel=1e-9)
+
+    # Stopped after 6 of 8 steps and resumed: the record's wall time is both calls'.
+    t = time.perf_counter()
+    assert (
+        fit.run_one(_config(), tmp_path / "b", dataset=demo, progress=False, stop_after_steps=6)
+        == {}
+    )
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    resumed = fit.run_one(
+        _config(), tmp_path / "b", dataset=demo, progress=False, trainers=trainers
+    )
+    second = time.perf_counter() - t
+    assert second < resumed["wall_seconds"] <= first + second
+
+
+def test_overhead_is_the_wall_time_outside_the_epochs_work():
+    record = {
+        "seconds": {
+            "wall": 100.0,
+            "train": 80.0,
+            "data": 4.0,
+            "validation": 6.0,
+            "compile": 5.0,
+            "checkpoints": 2.5,
+            "setup": 1.0,
+            "features": 0.0,
+            "test": 1.0,
+            "other": 0.5,
+        }
+    }
+    total, parts = results.run_overhead(record)
+    assert total == pytest.approx(10.0) and set(parts) == {
+        "compile",
+        "checkpoints",
+        "setup",
+        "features",
+        "test",
+        "other",
+    }
+    assert (
+        _overhead_text(record)
+        == "; overhead 10.0 s = 10% (compile 5.0, checkpoints 2.5, setup 1.0)"
+    )
+    assert results.run_overhead({"train_seconds": 3.0}) is None and _overhead_text({}) == ""
