@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="BatchNorm of frozen blocks: keep updating running statistics (the "
         "paper's code) or freeze them (inference mode)",
     )
+    p.add_argument(
+        "--no-feature-cache",
+        action="store_true",
+        help="under --frozen-bn freeze, run the frozen backbone every epoch instead of "
+        "training the head on its features computed once (same results, slower)",
+    )
     _add_strategy_options(p)
     p.add_argument("--out", default="runs", help="results folder")
     p.add_argument("--force", action="store_true", help="rerun runs whose record exists")
@@ -214,6 +220,7 @@ def _main(argv: Sequence[str] | None) -> int:
         force=args.force,
         retry_failed=True,  # a run asked for by name is tried again
         progress=not args.no_progress,
+        feature_cache=not args.no_feature_cache,
     )
     say = print if session.main_process else lambda *a, **k: None
     records, status = [], 0

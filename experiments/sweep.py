@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true", help="rerun runs that left a failed.json note"
     )
     p.add_argument("--progress", action="store_true", help="per-epoch progress bars")
+    p.add_argument(
+        "--no-feature-cache",
+        action="store_true",
+        help="under frozen_bn='freeze', run frozen backbones every epoch (same results, slower)",
+    )
     return p
 
 
@@ -187,6 +192,7 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         dataset_options=g.dataset_options,
         retry_failed=args.retry_failed,
         progress=args.progress,
+        feature_cache=not args.no_feature_cache,
     )
 
     def say(text: str) -> None:

@@ -67,6 +67,8 @@ class Session:
       force: train again runs whose record exists.
       retry_failed: train again runs that left a failure note.
       progress: per-epoch progress bars.
+      feature_cache: head-only epochs under ``frozen_bn='freeze'`` train from
+        cached backbone features (:func:`medft_jax.fit.run_one`).
     """
 
     def __init__(
@@ -78,12 +80,14 @@ class Session:
         force: bool = False,
         retry_failed: bool = False,
         progress: bool = False,
+        feature_cache: bool = True,
     ):
         set_up_process()
         self.out = str(out)
         self.data_dir = data_dir
         self.dataset_options = dict(dataset_options or {})
         self.force, self.retry_failed, self.progress = force, retry_failed, progress
+        self.feature_cache = feature_cache
         self.trainers: dict[fit.TrainerKey, Any] = {}
         self._datasets: dict[tuple, Any] = {}
         self._unavailable: dict[str, DataError] = {}
@@ -158,6 +162,7 @@ class Session:
                 progress=self.progress,
                 stop_after_steps=stop_after_steps,
                 trainers=self.trainers,
+                feature_cache=self.feature_cache,
             )
         except NonFiniteLossError as e:
             if self.main_process:

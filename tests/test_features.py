@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 
 import jax
 import jax.numpy as jnp
@@ -205,3 +206,18 @@ def test_features_sit_beside_memmapped_images(tmp_path):
     held = ArraySplit(np.zeros((4, 8, 8, 3), np.uint8), split.labels, ids, ids, ids)
     in_memory = Dataset("x", {"train": held}, ("a", "b"))
     assert features.root_for(in_memory, tmp_path / "runs") == tmp_path / "runs" / "features"
+
+
+@pytest.mark.slow  # two command-line runs
+def test_command_line_caches_unless_told_not_to(tmp_path, capsys):
+    from experiments import run as run_cli
+
+    args = ["--strategy", "lp", "--arch", "resnet_tiny", "--weights", "none", "--epochs", "1"]
+    args += ["--batch-size", "16", "--frozen-bn", "freeze", "--no-progress"]
+    assert run_cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert run_cli.main([*args, "--no-feature-cache", "--out", str(tmp_path / "b")]) == 0
+    (a,) = (tmp_path / "a").rglob("record.json")
+    (b,) = (tmp_path / "b").rglob("record.json")
+    cached, plain = (json.loads(p.read_text()) for p in (a, b))
+    assert cached["features"]["used"] and "features" not in plain
+    np.testing.assert_allclose(_numbers(cached), _numbers(plain), rtol=1e-5, atol=1e-6)
