@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The GPU benchmarks, as one script for a single lease of a GPU machine.
+# The GPU benchmarks, as one script for a single lease of a GPU machine (about ten minutes).
 #
 #   OUT=/some/dir bash benchmarks/gpu.sh
 #
-# Runs the models benchmark at the paper's 224 px / batch 64 for the three
-# archs, the strategies benchmark for ResNet-50 at the same size, and two
-# cells of the quick sweep end to end, each under its own time limit so a
-# slow step cannot starve the rest; every log is written under $OUT.
+# Runs, each under its own time limit so a slow step cannot starve the rest
+# (every log is written under $OUT):
+# - models.py at the paper's 224 px / batch 64, fp32 and bf16 (JAX bf16 vs
+#   PyTorch AMP channels_last, and torch.compile where it builds), one
+#   process per arch so a slow torch.compile costs only its own arch;
+# - strategies.py for ResNet-50 at the same size (LP from cached features too);
+# - grid_bill.py at the grid's real size: the paper grid's projected
+#   device-hours, bf16 then fp32, measuring within --time-budget (it still
+#   reports if `timeout` stops it: SIGTERM ends only the measuring);
+# - two cells of the quick sweep end to end.
 set -uo pipefail
 OUT=${OUT:-/tmp/medft_gpu}
 mkdir -p "$OUT"
@@ -14,9 +20,15 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import jax, flax, optax, grain; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a "$OUT/gpu.txt"
-timeout 220 python3 benchmarks/models.py --settings 224x64 --steps 10 2>&1 | tee "$OUT/models.txt"
-timeout 170 python3 benchmarks/strategies.py --arch resnet50 --image-size 224 --batch 64 \
-    --steps 10 --strategies lp lp_ft l2_sp auto_rgn 2>&1 | tee "$OUT/strategies.txt"
-timeout 100 python3 -m experiments.sweep --config experiments/configs/quick.py \
+: > "$OUT/models.txt"
+for arch in resnet50 densenet121 vgg19; do
+    timeout -k 10 90 python3 benchmarks/models.py --archs "$arch" --settings 224x64 --steps 5 \
+        --precision both --torch-compile 2>&1 | tee -a "$OUT/models.txt"
+done
+timeout -k 10 60 python3 benchmarks/strategies.py --arch resnet50 --image-size 224 --batch 64 \
+    --steps 5 --strategies lp lp_ft l2_sp auto_rgn 2>&1 | tee "$OUT/strategies.txt"
+timeout -k 20 200 python3 benchmarks/grid_bill.py --image-size 224 --batch 64 --steps 5 \
+    --data-steps 20 --precisions bf16 fp32 --time-budget 110 2>&1 | tee "$OUT/grid_bill.txt"
+timeout -k 10 50 python3 -m experiments.sweep --config experiments/configs/quick.py \
     --only "arch=resnet50,strategy=ft|lp,seed=0,lr=0.001" --out /tmp/medft_gpu_runs 2>&1 \
     | tee "$OUT/sweep.txt"

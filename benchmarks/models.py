@@ -1,6 +1,7 @@
 """Forward and train-step throughput of the Flax models against torchvision.
 
     python benchmarks/models.py [--archs resnet50 densenet121 vgg19] [--steps 5]
+        [--precision {fp32,bf16,both}] [--torch-compile]
 
 For each arch and setting (64 px batch 32; 224 px batch 16) it measures
 images/s of an inference forward pass and of one training step (forward in
@@ -9,6 +10,17 @@ donated buffers) and in PyTorch (eager, the same threads; on the GPU when
 torch sees one), side by side in
 one process, and prints the JAX/PyTorch ratio. Compilation and warm-up are
 excluded; the median over ``--steps`` timed repetitions is reported.
+
+``--precision bf16`` (or ``both``: the fp32 table, then the bf16 one)
+measures mixed precision the way each side's users run it: JAX with the
+model built for bfloat16 compute (``create(arch, n, dtype=jnp.bfloat16)``;
+parameters, optimizer state and BatchNorm statistics stay float32, as the
+toolkit's ``--precision bf16`` trains) against PyTorch AMP
+(``torch.autocast(..., dtype=torch.bfloat16)`` with model and input in
+``channels_last``, the fastest eager setting). ``--torch-compile`` adds a
+column to the bf16 table: the same AMP model under ``torch.compile``, or
+``n/a (reason)`` where it does not build on the machine. The first line
+names the card and the jax, torch and (on a GPU) CUDA versions.
 
 ``--xla-baseline`` adds a column: the same JAX step with XLA's own
 convolution and max pool (``lax.conv_general_dilated``, ``reduce_window``)
@@ -21,14 +33,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
+from medft_jax.errors import one_line
 from medft_jax.models import create, layers, vgg
 from medft_jax.models.conv import lax_conv
 from medft_jax.models.pool import lax_max_pool
@@ -60,9 +77,11 @@ def xla_ops():
         layers.conv2d, layers.max_pool2d, vgg.max_pool2d = saved
 
 
-def jax_fns(arch: str, size: int, batch: int):
-    model = create(arch, NUM_CLASSES)
-    x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
+def jax_fns(arch: str, size: int, batch: int, dtype: Any = jnp.float32):
+    """(forward, train step) closures; ``dtype`` is the compute dtype (params stay float32)."""
+    model = create(arch, NUM_CLASSES, dtype=dtype)
+    # The input in the compute dtype, as the Trainer's normalize() gives it.
+    x = jax.random.normal(jax.random.key(0), (batch, size, size, 3)).astype(dtype)
     y = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
     variables = jax.jit(model.init)(jax.random.key(2), x)
     params, stats = variables["params"], variables.get("batch_stats", {})
@@ -82,6 +101,8 @@ def jax_fns(arch: str, size: int, batch: int):
             rngs={"dropout": rng},
             mutable=["batch_stats"],
         )
+        # The loss in float32 whatever the compute dtype (a no-op in fp32).
+        logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, new.get("batch_stats", {})
 
@@ -104,12 +125,18 @@ def jax_fns(arch: str, size: int, batch: int):
     return run_forward, run_train
 
 
+def torch_device() -> str:
+    import torch
+
+    # The same kind of device JAX runs on: a GPU when torch sees one.
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def torch_fns(arch: str, size: int, batch: int):
     import torch
     import torchvision
 
-    # The same kind of device JAX runs on: a GPU when torch sees one.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES).to(device)
     x = torch.randn(batch, 3, size, size, device=device)
@@ -132,36 +159,94 @@ def torch_fns(arch: str, size: int, batch: int):
     return run_forward, run_train
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--archs", nargs="+", default=["resnet50", "densenet121", "vgg19"])
-    p.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
-    p.add_argument(
-        "--settings", nargs="+", default=[f"{s}x{b}" for s, b in SETTINGS], help="SIZExBATCH pairs"
-    )
-    p.add_argument(
-        "--xla-baseline",
-        action="store_true",
-        help="also time JAX with XLA's own convolution and max pool (the models before)",
-    )
-    args = p.parse_args()
+def torch_amp_fns(arch: str, size: int, batch: int, *, compiled: bool = False):
+    """PyTorch AMP: bf16 autocast, model and input ``channels_last``; ``torch.compile`` if asked.
+
+    Parameters and Adam's state stay float32 (autocast casts per op), like
+    the JAX side. A ``torch.compile`` that fails to build raises at the
+    first call (the warm-up), where the caller catches it.
+    """
+    import torch
+    import torchvision
+
+    device = torch_device()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)
+    model = model.to(device, memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    run = torch.compile(model) if compiled else model
+
+    def autocast():
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+    def run_forward():
+        model.eval()
+        with torch.inference_mode(), autocast():
+            run(x)
+        sync()
+
+    def run_train():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(run(x), y)
+        loss.backward()
+        opt.step()
+        sync()
+
+    return run_forward, run_train
+
+
+def images_per_s_or_reason(fn: Callable[[], None], batch: int, steps: int) -> float | str:
+    """Images/s of ``fn``, or ``'n/a (reason)'`` when it fails (a torch.compile not building).
+
+    Only for the optional torch.compile column: whatever stops it building
+    (no C++ compiler or Triton, an unsupported op, a dynamo error) is the
+    cell's content, not the end of the benchmark.
+    """
     try:
-        import torch
-    except ImportError:
-        raise SystemExit("benchmarks/models.py needs torch: pip install -e '.[port]'") from None
-    print(
+        return batch / median_seconds(fn, steps)
+    except Exception as e:  # any build failure of torch.compile: reported in the cell
+        reason = one_line(f"{type(e).__name__}: {e}")
+        return f"n/a ({reason[:120]})"
+
+
+def header(precisions: list[str]) -> str:
+    """The first line: date, machine, card, jax / torch / CUDA versions, precisions."""
+    import torch
+
+    jax_dev = jax.devices()[0]
+    versions = f"jax {jax.__version__} (jaxlib {importlib.metadata.version('jaxlib')})"
+    for plugin in ("jax-cuda12-plugin", "jax-cuda13-plugin"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions += f", {plugin} {importlib.metadata.version(plugin)}"
+    on_gpu = torch.cuda.is_available()
+    card = torch.cuda.get_device_name(0) if on_gpu else jax_dev.device_kind
+    torch_part = f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+    if on_gpu:
+        torch_part += (
+            f"cuda {torch.version.cuda}, cudnn {torch.backends.cudnn.version()}, "
+            f"cudnn tf32 {torch.backends.cudnn.allow_tf32})"
+        )
+    else:
+        torch_part += f"cpu, cudnn tf32 {torch.backends.cudnn.allow_tf32})"
+    return (
         f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].device_kind}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
-        f"{'cuda' if torch.cuda.is_available() else 'cpu'}, "
-        f"cudnn tf32 {torch.backends.cudnn.allow_tf32})"
+        f"{os.cpu_count()} cores, card {card}; {versions} on {jax.device_count()}x "
+        f"{jax_dev.device_kind}; {torch_part}; precision {' '.join(precisions)}"
     )
+
+
+def fp32_table(args: argparse.Namespace) -> None:
+    """JAX float32 (TF32 where the GPU uses it) against eager PyTorch: today's table."""
     base = "| XLA-ops JAX img/s | XLA-ops/PyTorch " if args.xla_baseline else ""
     print(f"| arch | px | batch | mode {base}| JAX img/s | PyTorch img/s | JAX/PyTorch |")
     print("|---" * (7 + 2 * args.xla_baseline) + "|")
     for arch in args.archs:
         for setting in args.settings:
-            size, batch = (int(v) for v in setting.split("x"))
+            size, batch = parse_setting(setting)
             jf, jt = jax_fns(arch, size, batch)
             tf, tt = torch_fns(arch, size, batch)
             bf, bt = jax_fns(arch, size, batch) if args.xla_baseline else (None, None)
@@ -176,6 +261,82 @@ def main() -> None:
                     cells = f"| {b:.1f} | {b / t:.2f} "
                 row = f"| {arch} | {size} | {batch} | {mode} {cells}"
                 print(f"{row}| {j:.1f} | {t:.1f} | {j / t:.2f} |", flush=True)
+
+
+def bf16_table(args: argparse.Namespace) -> None:
+    """JAX bf16 compute against PyTorch AMP (and torch.compile'd AMP when asked)."""
+    comp = "| compile AMP img/s | JAX/compile " if args.torch_compile else ""
+    print(f"| arch | px | batch | mode | JAX bf16 img/s | PyTorch AMP img/s | JAX/AMP {comp}|")
+    print("|---" * (7 + 2 * args.torch_compile) + "|")
+    for arch in args.archs:
+        for setting in args.settings:
+            size, batch = parse_setting(setting)
+            jf, jt = jax_fns(arch, size, batch, dtype=jnp.bfloat16)
+            tf, tt = torch_amp_fns(arch, size, batch)
+            cf, ct = None, None
+            if args.torch_compile:
+                cf, ct = torch_amp_fns(arch, size, batch, compiled=True)
+            for mode, jfn, tfn, cfn in (("forward", jf, tf, cf), ("train step", jt, tt, ct)):
+                j = batch / median_seconds(jfn, args.steps)
+                t = batch / median_seconds(tfn, args.steps)
+                cells = ""
+                if cfn is not None:
+                    # Kept if torch.compile takes longer than the caller's time limit.
+                    print(f"# {arch} {size}x{batch} {mode}: JAX bf16 {j:.1f}, AMP {t:.1f} img/s")
+                    c = images_per_s_or_reason(cfn, batch, args.steps)
+                    cells = f"| {c} | n/a " if isinstance(c, str) else f"| {c:.1f} | {j / c:.2f} "
+                row = f"| {arch} | {size} | {batch} | {mode} | {j:.1f} | {t:.1f} | {j / t:.2f} "
+                print(row + cells + "|", flush=True)
+
+
+def parse_setting(setting: str) -> tuple[int, int]:
+    try:
+        size, batch = (int(v) for v in setting.split("x"))
+    except ValueError:
+        raise SystemExit(f"--settings {setting!r}: expected SIZExBATCH, e.g. 224x64") from None
+    return size, batch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--archs", nargs="+", default=["resnet50", "densenet121", "vgg19"])
+    p.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument(
+        "--settings", nargs="+", default=[f"{s}x{b}" for s, b in SETTINGS], help="SIZExBATCH pairs"
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "both"),
+        default="fp32",
+        help="fp32: JAX float32 vs eager PyTorch; bf16: JAX bf16 compute vs PyTorch AMP "
+        "(channels_last); both: the two tables",
+    )
+    p.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="bf16 table: also a torch.compile'd AMP column ('n/a (reason)' if it does not build)",
+    )
+    p.add_argument(
+        "--xla-baseline",
+        action="store_true",
+        help="also time JAX with XLA's own convolution and max pool (the models before)",
+    )
+    args = p.parse_args()
+    for setting in args.settings:
+        parse_setting(setting)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit("benchmarks/models.py needs torch: pip install -e '.[port]'") from None
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    print(header(precisions))
+    for i, precision in enumerate(precisions):
+        if i:
+            print()
+        if precision == "fp32":
+            fp32_table(args)
+        else:
+            bf16_table(args)
 
 
 if __name__ == "__main__":

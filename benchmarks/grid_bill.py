@@ -1,0 +1,1129 @@
+"""The paper grid's bill in device-hours, projected from measured step times.
+
+    python benchmarks/grid_bill.py                  # CPU: reduced size, says so
+    python benchmarks/grid_bill.py --image-size 224 --batch 64 --precisions fp32 bf16
+    python benchmarks/grid_bill.py --quick          # a one-minute smoke run (the tests')
+
+On synthetic data (random uint8 images, no files), with each paper task's
+nominal training-set size (``medft_jax.grid.NOMINAL_TRAIN_IMAGES``) and its
+class count and loss (the task registry), it times through the toolkit's
+own :class:`medft_jax.train.Trainer`, for each arch and precision:
+
+- one train step of every stage of every strategy (compiled once, median of
+  ``--steps``; ``benchmarks/strategies.py``'s timing), the Auto-RGN prepass
+  batch where the grid asks for one, and the compile seconds of each
+  strategy's trainer as a sweep process builds them one after the other;
+- one evaluation batch (a validation or test batch), and one feature
+  extraction batch (the backbone in inference mode);
+- a head-only step from cached features (``from_features=True``) for the
+  stages that may train from features computed once (LP, LP-FT's LP phase,
+  G-LF's first stage where only the new head trains; ``frozen_bn='freeze'``);
+- a best-parameters save and a resume save (``medft_jax.checkpoints``);
+- a short epoch fed by a real ``Dataset.train_iter`` over in-memory images
+  against the same steps on one resident batch (images/s, data + step vs
+  step only).
+
+It then projects every run of the grid (``--config``, default the paper's:
+its tasks, archs, strategies, learning rates, seeds and settings)::
+
+    run = sum over its epochs (steps_per_epoch x stage step + prepass + val pass)
+          + compile share + test pass + checkpoint saves
+
+with every epoch (the grid's maximum, the upper bound) and with a stated
+mean epoch count under early stopping (``--mean-epochs``; never below a
+strategy's last stage + patience + 1), for fp32 and bf16 and with LP
+cached or not (cached: head-only epochs cost head steps, plus one feature
+extraction over train+val+test per (task, arch, precision)). It prints the
+step and epoch table, the device-hours of each variant, the per-run
+overhead as a share of the grid, the data-fed epoch's images/s ratio, and
+the issue's goal lines with PASS / FAIL / not measured.
+
+On a CPU (``jax.default_backend() == 'cpu'``) the default is a reduced size
+(64 px, batch 8, ResNet-50 and the strategies that share its two gradient
+programs; fp32): the real archs, few steps, step times scaled to the grid's
+size and batch by the pixel and batch ratios, and the output says it is a
+CPU projection. On a GPU the defaults are the grid's size and batch and
+every arch, strategy and precision. ``--time-budget`` shares its seconds
+among the (arch, precision) pairs, FT always timed, the gradual strategies
+(a compilation per stage) last; what was not measured is bounded (a stage
+never costs more than FT's step, which trains a superset) and labelled.
+A SIGTERM (``timeout``) while measuring ends the measuring and still
+prints the report of the pairs finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from models import median_seconds  # benchmarks/models.py, beside this script
+from strategies import step_seconds  # benchmarks/strategies.py, beside this script
+
+from medft_jax import strategies
+from medft_jax.checkpoints.run import RunCheckpoints
+from medft_jax.data.arrays import make_split
+from medft_jax.data.dataset import Dataset
+from medft_jax.fit import PRECISIONS
+from medft_jax.grid import NOMINAL_TRAIN_IMAGES, Grid, load_grid
+from medft_jax.models import create, get_arch, init_variables
+from medft_jax.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+VAL_FRACTION, TEST_FRACTION = 0.10, 0.20
+"""The val and test sizes assumed, as fractions of the nominal training set."""
+GOAL_HOURS = 24.0
+GOAL_OVERHEAD = 0.02
+GOAL_DATA_RATIO = 0.95
+CPU_DEFAULTS = {
+    "image_size": 64,
+    "batch": 8,
+    "steps": 3,
+    "data_steps": 6,
+    "archs": ["resnet50"],
+    # The strategies that share FT's and LP's gradient programs (each of
+    # G-LF's and G-FL's stages is another compilation, a minute on a CPU).
+    "strategies": ["ft", "lp", "lp_ft", "l1_sp", "l2_sp", "auto_rgn"],
+    "precisions": ["fp32"],
+}
+QUICK = {
+    "image_size": 32,
+    "batch": 4,
+    "steps": 1,
+    "data_steps": 3,
+    "archs": ["resnet50"],
+    "strategies": ["ft", "lp"],
+    "precisions": ["fp32"],
+}
+
+
+# --- the projection: pure arithmetic on measured seconds ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """One kind of run of the grid as counts and seconds: what :func:`project` sums.
+
+    Attributes:
+      runs: how many runs of the grid are this one (learning rates x seeds).
+      epoch_train: seconds of the train steps (and prepass) of each epoch the
+        run may train, in order (``len`` = the grid's maximum epochs).
+      epoch_val: seconds of each epoch's validation pass.
+      test: the test pass at the end.
+      checkpoint_per_epoch: the resume and best saves an epoch may make.
+      compile: this run's share of its compilations.
+      min_epochs: epochs early stopping cannot cut (last stage + patience + 1).
+    """
+
+    runs: int
+    epoch_train: tuple[float, ...]
+    epoch_val: tuple[float, ...]
+    test: float
+    checkpoint_per_epoch: float
+    compile: float
+    min_epochs: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """Seconds of a set of runs, by kind; ``fixed`` is the per-run overhead."""
+
+    train: float = 0.0
+    val: float = 0.0
+    fixed: float = 0.0
+    one_time: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.train + self.val + self.fixed + self.one_time
+
+    @property
+    def hours(self) -> float:
+        return self.total / 3600
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(*(a + b for a, b in zip(_fields(self), _fields(other), strict=True)))
+
+
+def _fields(cost: Cost) -> tuple[float, ...]:
+    return tuple(getattr(cost, f.name) for f in dataclasses.fields(cost))
+
+
+def epochs_trained(plan: RunPlan, epochs: int | None) -> int:
+    """Epochs the run trains: ``epochs`` (None: every one), never below its ``min_epochs``."""
+    most = len(plan.epoch_train)
+    return most if epochs is None else min(most, max(epochs, plan.min_epochs))
+
+
+def run_cost(plan: RunPlan, epochs: int | None) -> Cost:
+    """One run's seconds: its epochs' steps and validations, and its fixed costs."""
+    n = epochs_trained(plan, epochs)
+    return Cost(
+        train=sum(plan.epoch_train[:n]),
+        val=sum(plan.epoch_val[:n]),
+        fixed=plan.compile + plan.test + n * plan.checkpoint_per_epoch,
+    )
+
+
+def project(plans: Iterable[RunPlan], epochs: int | None, one_time: float = 0.0) -> Cost:
+    """The grid's seconds: every plan's runs, plus one-time work (feature extraction)."""
+    total = Cost(one_time=one_time)
+    for plan in plans:
+        c = run_cost(plan, epochs)
+        total += Cost(c.train * plan.runs, c.val * plan.runs, c.fixed * plan.runs)
+    return total
+
+
+def scale_factor(image_size: int, batch: int, grid_size: int, grid_batch: int) -> float:
+    """What a step timed at ``image_size``/``batch`` is multiplied by for the grid's size.
+
+    Pixels and batch ratios: a convolutional step's work is linear in both.
+    A crude projection across sizes (fixed per-step costs scale too), exact
+    (1.0) when measured at the grid's size.
+    """
+    return (grid_size / image_size) ** 2 * (grid_batch / batch)
+
+
+# --- the tasks -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFacts:
+    name: str
+    train: int
+    val: int
+    test: int
+    num_classes: int
+    multilabel: bool
+
+    def steps_per_epoch(self, batch: int) -> int:
+        return self.train // batch  # the remainder is dropped, as Dataset.steps_per_epoch does
+
+
+def task_facts(names: Sequence[str]) -> list[TaskFacts]:
+    """Sizes (nominal train; val and test as assumed fractions) and heads from the registry."""
+    from medft_jax.data.builders import builder_class  # imports tensorflow_datasets
+
+    out = []
+    for name in names:
+        if name not in NOMINAL_TRAIN_IMAGES:
+            raise SystemExit(f"--tasks {name}: no nominal training-set size in medft_jax.grid")
+        task = builder_class(name).TASK
+        n = NOMINAL_TRAIN_IMAGES[name]
+        out.append(
+            TaskFacts(
+                name,
+                n,
+                math.ceil(VAL_FRACTION * n),
+                math.ceil(TEST_FRACTION * n),
+                len(task.class_names),
+                bool(task.multilabel),
+            )
+        )
+    return out
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def stage_key(schedule: strategies.Schedule, params: Any, epoch: int) -> tuple:
+    """What a stage's step time depends on: its trainable leaves and BatchNorm mode."""
+    mask = tuple(bool(m) for m in jax.tree.leaves(schedule.trainable_mask(params, epoch)))
+    bn = schedule.bn_train(epoch)
+    return mask, bn if isinstance(bn, bool) else frozenset(bn)
+
+
+def stage_epochs(schedule: strategies.Schedule, params: Any, epochs: int) -> dict[tuple, int]:
+    """Each distinct stage of ``schedule`` -> the first epoch it trains."""
+    first: dict[tuple, int] = {}
+    for epoch in range(epochs):
+        first.setdefault(stage_key(schedule, params, epoch), epoch)
+    return first
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyEpochs:
+    """A strategy's epochs as the projection needs them (from its schedules, no timing)."""
+
+    keys: tuple[tuple, ...]
+    """Each epoch's stage key under the grid's ``frozen_bn`` (images)."""
+    freeze_keys: tuple[tuple, ...]
+    """Each epoch's stage key under ``frozen_bn='freeze'`` (the cached variant)."""
+    head_only: tuple[bool, ...]
+    """Each epoch: only the new head trains, so it may train from cached features."""
+    final_stage_epoch: int
+    prepass_batches: int
+    """Gradient evaluations before each epoch (Auto-RGN's prepass), 0 if none."""
+
+    @property
+    def num_stages(self) -> int:
+        return len(set(self.keys))
+
+
+def strategy_epochs(
+    name: str, params: Any, partition: Any, *, epochs: int, frozen_bn: str, options: dict
+) -> StrategyEpochs:
+    """Strategy ``name``'s stage per epoch, under the grid's BatchNorm mode and under freeze."""
+
+    def schedule(mode: str) -> strategies.Schedule:
+        return strategies.make(
+            name,
+            params,
+            partition,
+            learning_rate=1.0,
+            steps_per_epoch=1,
+            frozen_bn=mode,
+            **options,
+        ).schedule
+
+    update, freeze = schedule(frozen_bn), schedule("freeze")
+    return StrategyEpochs(
+        keys=tuple(stage_key(update, params, e) for e in range(epochs)),
+        freeze_keys=tuple(stage_key(freeze, params, e) for e in range(epochs)),
+        head_only=tuple(freeze.head_only(e) for e in range(epochs)),
+        final_stage_epoch=update.final_stage_epoch,
+        prepass_batches=update.prepass.batches if update.prepass is not None else 0,
+    )
+
+
+@dataclasses.dataclass
+class ArchTimes:
+    """What was measured for one (arch, precision), in seconds at the measured size.
+
+    Image-step and eval seconds are at the measured image size and batch
+    (``scale`` converts them to the grid's); head steps from features are
+    timed at the grid's batch (features do not depend on the image size).
+    """
+
+    arch: str
+    precision: str
+    scale: float
+    steps: dict[tuple[str, tuple], float] = dataclasses.field(default_factory=dict)
+    """(strategy, stage key) -> s/step from images."""
+    cached: dict[tuple[str, tuple], float] = dataclasses.field(default_factory=dict)
+    """(strategy, stage key) -> s/step from features (head-only stages)."""
+    compile: dict[str, float] = dataclasses.field(default_factory=dict)
+    """strategy -> its trainer's compile seconds (train stages), in measurement order."""
+    cached_compile: dict[str, float] = dataclasses.field(default_factory=dict)
+    """strategy -> compile seconds of its step from features."""
+    epochs: dict[str, StrategyEpochs] = dataclasses.field(default_factory=dict)
+    """Every grid strategy's epochs (measured or not)."""
+    prepass_batch: float | None = None
+    eval_batch: float = math.nan
+    head_eval_batch: float = math.nan
+    extract_batch: float = math.nan
+    eval_compile: float = 0.0
+    feature_compile: float = 0.0
+    ckpt_latest: float = math.nan
+    ckpt_latest_background: float = math.nan
+    ckpt_best: float = math.nan
+    feature_dim: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The measurement's fixed inputs."""
+
+    grid: Grid
+    tasks: list[TaskFacts]
+    image_size: int
+    batch: int
+    steps: int
+    data_steps: int
+    grid_size: int
+    grid_batch: int
+    deadline: float
+
+    @property
+    def timing_task(self) -> TaskFacts:
+        """The head the backbones are timed with: the largest task's (it dominates the bill)."""
+        return max(self.tasks, key=lambda t: t.train)
+
+    def options(self, strategy: str) -> dict[str, Any]:
+        return dict(self.grid.strategy_options.get(strategy, {}))
+
+
+def random_labels(rng: np.random.Generator, n: int, task: TaskFacts) -> np.ndarray:
+    if task.multilabel:
+        return rng.integers(0, 2, (n, task.num_classes)).astype(np.float32)
+    return rng.integers(0, task.num_classes, (n,)).astype(np.int32)
+
+
+def measure_arch(
+    setup: Setup,
+    arch: str,
+    precision: str,
+    measure: Sequence[str],
+    *,
+    deadline: float,
+    data_ratio: dict | None,
+) -> ArchTimes:
+    """Times ``arch`` at ``precision``: every stage of the strategies in ``measure``, and more.
+
+    FT first (its step bounds every other stage's), the rest in order until
+    ``deadline`` (``time.perf_counter()``); then FT again, its faster time
+    kept (as ``benchmarks/strategies.py`` does: a disturbance at the start
+    shows as a gap). ``data_ratio``: a dict to fill with the data-fed
+    epochs' images/s (FT's and LP's), or None.
+    """
+    task, spec = setup.timing_task, get_arch(arch)
+    model = create(arch, task.num_classes, dtype=PRECISIONS[precision])
+    variables = jax.device_get(init_variables(model, 0, 32))
+    params = variables["params"]
+    rng = np.random.default_rng(0)
+    shape = (setup.batch, setup.image_size, setup.image_size, 3)
+    x_host = rng.integers(0, 256, shape, np.uint8)
+    y_host = random_labels(rng, setup.batch, task)
+    settings = setup.grid.config(task.name, arch, "ft", 1e-4, 0)
+    times = ArchTimes(
+        arch,
+        precision,
+        scale_factor(setup.image_size, setup.batch, setup.grid_size, setup.grid_batch),
+    )
+    for name in setup.grid.strategies:
+        times.epochs[name] = strategy_epochs(
+            name,
+            params,
+            spec.partition,
+            epochs=settings.epochs,
+            frozen_bn=settings.frozen_bn,
+            options=setup.options(name),
+        )
+    ctx = _Context(setup, times, task, spec, model, variables, x_host, y_host, settings.frozen_bn)
+    ft = None
+    for name in ["ft", *[s for s in measure if s != "ft"]]:
+        if name != "ft" and time.perf_counter() > deadline:
+            print(f"# time budget spent: {arch} {precision} {name} not measured", flush=True)
+            continue
+        trainer, state, schedule = measure_strategy(ctx, name)
+        if name == "ft":
+            eval_times(setup, times, trainer, state, x_host)
+            checkpoint_times(times, state, arch, task, spec)
+        if data_ratio is not None and name in ("ft", "lp"):
+            kw = {"trainable": schedule.trainable_mask(params, 0), "bn_train": schedule.bn_train(0)}
+            data_ratio[name], state = data_fed_ratio(setup, trainer, state, kw, x_host, task)
+        if name == "ft":
+            ft = trainer, state, schedule
+        del state
+    trainer, state, schedule = ft
+    key = times.epochs["ft"].keys[0]
+    x, y = trainer.shard_batch(x_host), trainer.shard_batch(y_host)
+    kw = {"trainable": schedule.trainable_mask(params, 0), "bn_train": schedule.bn_train(0)}
+    again, _ = step_seconds(trainer, state, x, y, steps=setup.steps, **kw)
+    print(f"# {arch} {precision} ft again: {again:.4f} s/step", flush=True)
+    times.steps[("ft", key)] = min(times.steps[("ft", key)], again)
+    return times
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What every strategy of one (arch, precision) is measured with."""
+
+    setup: Setup
+    times: ArchTimes
+    task: TaskFacts
+    spec: Any
+    model: Any
+    variables: Any
+    x_host: np.ndarray
+    y_host: np.ndarray
+    frozen_bn: str
+
+    def strategy(self, name: str, frozen_bn: str) -> strategies.Strategy:
+        return strategies.make(
+            name,
+            self.variables["params"],
+            self.spec.partition,
+            learning_rate=1.0,  # the trainer applies the rate, as in medft_jax.fit
+            steps_per_epoch=self.task.steps_per_epoch(self.setup.grid_batch),
+            frozen_bn=frozen_bn,
+            **self.setup.options(name),
+        )
+
+
+def measure_strategy(ctx: _Context, name: str) -> tuple[Trainer, Any, strategies.Schedule]:
+    """Every stage of strategy ``name`` (its step, its compile seconds; the prepass, and the
+    step from features where it has head-only epochs); returns its trainer and state."""
+    times, params = ctx.times, ctx.variables["params"]
+    strat = ctx.strategy(name, ctx.frozen_bn)
+    trainer = Trainer(
+        ctx.model,
+        strat.tx,
+        multilabel=ctx.task.multilabel,
+        compute_dtype=PRECISIONS[times.precision],
+        learning_rate=1e-4,
+    )
+    state = trainer.init_state(ctx.variables)
+    x, y = trainer.shard_batch(ctx.x_host), trainer.shard_batch(ctx.y_host)
+    for key, epoch in stage_epochs(strat.schedule, params, len(times.epochs[name].keys)).items():
+        kw = {
+            "trainable": strat.schedule.trainable_mask(params, epoch),
+            "bn_train": strat.schedule.bn_train(epoch),
+        }
+        sec, state = step_seconds(trainer, state, x, y, steps=ctx.setup.steps, **kw)
+        times.steps[(name, key)] = sec
+        print(
+            f"# {times.arch} {times.precision} {name} epoch {epoch}: {sec:.4f} s/step", flush=True
+        )
+    times.compile[name] = trainer.compile_seconds
+    if strat.schedule.prepass is not None:
+        times.prepass_batch = prepass_seconds(
+            trainer, state, strat.schedule, params, ctx.x_host, ctx.y_host, ctx.setup.steps
+        )
+    head_only = times.epochs[name].head_only
+    if any(head_only):
+        freeze = ctx.strategy(name, "freeze").schedule
+        state = cached_step(
+            ctx.setup, times, trainer, state, name, freeze, params, head_only.index(True)
+        )
+    return trainer, state, strat.schedule
+
+
+def prepass_seconds(
+    trainer: Trainer,
+    state: Any,
+    schedule: strategies.Schedule,
+    params: Any,
+    x_host: np.ndarray,
+    y_host: np.ndarray,
+    steps: int,
+) -> float:
+    """One Auto-RGN prepass batch (a gradient evaluation, nothing updated), compiled first."""
+    kw = {
+        "trainable": schedule.trainable_mask(params, 0),
+        "bn_train": schedule.bn_train(0),
+        "prepass": schedule.prepass,
+    }
+    batch = [{"image": x_host, "label": y_host}]
+
+    def one() -> None:
+        jax.block_until_ready(trainer.estimate_rgn(state, batch, **kw).opt_state)
+
+    return median_seconds(one, steps)
+
+
+def eval_times(
+    setup: Setup, times: ArchTimes, trainer: Trainer, state: Any, x_host: np.ndarray
+) -> None:
+    """An eval batch (probabilities), a feature-extraction batch, and their compile seconds."""
+    batch = [{"image": x_host, "mask": np.ones(len(x_host), bool)}]
+    before = trainer.compile_seconds
+    times.eval_batch = median_seconds(lambda: trainer.predict(state, batch), setup.steps)
+    times.eval_compile = trainer.compile_seconds - before
+    before = trainer.compile_seconds
+    feats: list[np.ndarray] = []
+    times.extract_batch = median_seconds(
+        lambda: feats.append(next(iter(trainer.features(state, batch)))), setup.steps
+    )
+    times.feature_compile = trainer.compile_seconds - before
+    times.feature_dim = int(np.prod(feats[-1].shape[1:]))
+
+
+def cached_step(
+    setup: Setup,
+    times: ArchTimes,
+    trainer: Trainer,
+    state: Any,
+    name: str,
+    freeze: strategies.Schedule,
+    params: Any,
+    epoch: int,
+) -> Any:
+    """The head-only step from features at the grid's batch, and a head eval batch."""
+    rng = np.random.default_rng(1)
+    task = setup.timing_task
+    f_host = rng.standard_normal((setup.grid_batch, times.feature_dim), np.float32)
+    y_host = random_labels(rng, setup.grid_batch, task)
+    f, y = trainer.shard_batch(f_host), trainer.shard_batch(y_host)
+    trainable, bn = freeze.trainable_mask(params, epoch), freeze.bn_train(epoch)
+    before = trainer.compile_seconds
+    kw = {"trainable": trainable, "bn_train": bn, "from_features": True}
+    sec, state = step_seconds(trainer, state, f, y, steps=setup.steps, **kw)
+    times.cached[(name, stage_key(freeze, params, epoch))] = sec
+    times.cached_compile[name] = trainer.compile_seconds - before
+    if math.isnan(times.head_eval_batch):
+        batch = [{"image": f_host, "mask": np.ones(len(f_host), bool)}]
+        times.head_eval_batch = median_seconds(
+            lambda: trainer.predict(state, batch, from_features=True), setup.steps
+        )
+    print(f"# {times.arch} {times.precision} {name} from features: {sec:.5f} s/step", flush=True)
+    return state
+
+
+def checkpoint_times(times: ArchTimes, state: Any, arch: str, task: TaskFacts, spec: Any) -> None:
+    """A resume save (its blocking part, then its background write) and a best save."""
+    folder = Path(tempfile.mkdtemp(prefix="medft-grid-bill-"))
+    try:
+        with RunCheckpoints(folder / "run", exclusive=True) as ckpts:
+            t = time.perf_counter()
+            ckpts.save_latest(1, state, {"epochs": []})
+            times.ckpt_latest = time.perf_counter() - t
+            ckpts.close()
+            times.ckpt_latest_background = time.perf_counter() - t - times.ckpt_latest
+            meta = {
+                "arch": arch,
+                "num_classes": task.num_classes,
+                "multilabel": task.multilabel,
+                "class_names": [str(i) for i in range(task.num_classes)],
+                "resize_size": spec.resize_for(224),
+                "crop_size": 224,
+                "source": "benchmarks/grid_bill.py",
+            }
+            t = time.perf_counter()
+            ckpts.save_best(state.variables, meta)
+            times.ckpt_best = time.perf_counter() - t
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def data_fed_ratio(
+    setup: Setup,
+    trainer: Trainer,
+    state: Any,
+    kw: dict[str, Any],
+    x_host: np.ndarray,
+    task: TaskFacts,
+) -> tuple[dict[str, float], Any]:
+    """Images/s of ``data_steps`` steps fed by ``Dataset.train_iter`` vs on one resident batch.
+
+    The fed loop is the training loop's (``medft_jax.fit``): shard each
+    batch, step, read the loss one step late; the iterator is created inside
+    the clock, as an epoch's is.
+    """
+    n = setup.data_steps * setup.batch
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (n, *x_host.shape[1:]), np.uint8)
+    split = make_split(images, random_labels(rng, n, task), prefix="train/")
+    ds = Dataset(
+        name="synthetic",
+        splits={"train": split},
+        class_names=tuple(str(i) for i in range(task.num_classes)),
+        multilabel=task.multilabel,
+    )
+
+    def fed() -> float:
+        nonlocal state
+        t = time.perf_counter()
+        pending = None
+        for batch in ds.train_iter(setup.batch, seed=0, epoch=0):
+            x, y = trainer.shard_batch(batch["image"]), trainer.shard_batch(batch["label"])
+            state, loss = trainer.train_step(state, x, y, **kw)
+            if pending is not None:
+                float(pending)
+            pending = loss
+        float(pending)
+        return time.perf_counter() - t
+
+    y_res = random_labels(rng, setup.batch, task)
+    x_res, y_res = trainer.shard_batch(x_host), trainer.shard_batch(y_res)
+
+    def resident() -> float:
+        nonlocal state
+        t = time.perf_counter()
+        pending = None
+        for _ in range(setup.data_steps):
+            state, loss = trainer.train_step(state, x_res, y_res, **kw)
+            if pending is not None:
+                float(pending)
+            pending = loss
+        float(pending)
+        return time.perf_counter() - t
+
+    resident()  # warm: both loops' programs are compiled already
+    fed_s = min(fed(), fed())
+    res_s = min(resident(), resident())
+    return {"fed": n / fed_s, "resident": n / res_s, "ratio": res_s / fed_s}, state
+
+
+# --- from measurements to run plans --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Bounds:
+    """The stages whose time was not measured for their own strategy (see :func:`stage_step`).
+
+    Sets of ``(arch, strategy, stage key)``: each distinct stage counts once,
+    however many epochs and tasks it runs in.
+    """
+
+    other_strategy: set[tuple] = dataclasses.field(default_factory=set)
+    ft_bound: set[tuple] = dataclasses.field(default_factory=set)
+
+    def note(self) -> str:
+        parts = []
+        if self.other_strategy:
+            parts.append(f"{_stages(self.other_strategy)} timed under another strategy")
+        if self.ft_bound:
+            parts.append(f"{_stages(self.ft_bound)} at FT's step (upper bound)")
+        return "; ".join(parts)
+
+
+def _stages(keys: set[tuple]) -> str:
+    return f"{len(keys)} stage{'s' if len(keys) != 1 else ''}"
+
+
+def stage_step(
+    times: ArchTimes,
+    table: Mapping[tuple[str, tuple], float],
+    name: str,
+    key: tuple,
+    fallback: float,
+    bounds: Bounds,
+) -> float:
+    """A stage's s/step: measured for ``name``, else for another strategy, else ``fallback``.
+
+    The same trainable set and BatchNorm mode run the same gradient program
+    whatever the strategy (only the optimizer's update differs); a stage
+    measured for no strategy is bounded by ``fallback`` (FT's step: every
+    stage trains a subset of FT's parameters).
+    """
+    if (name, key) in table:
+        return table[(name, key)]
+    same = {s: sec for (s, k), sec in table.items() if k == key}
+    if same:
+        bounds.other_strategy.add((times.arch, name, key))
+        # FT's own step where it is the same stage (Adam on the same set, as a gradual
+        # strategy's last stage), else the slowest measurement of it.
+        return same.get("ft", max(same.values()))
+    bounds.ft_bound.add((times.arch, name, key))
+    return fallback
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    precision: str
+    cached: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.precision}, LP {'cached' if self.cached else 'uncached'}"
+
+
+def ft_step(times: ArchTimes) -> float:
+    return times.steps[("ft", times.epochs["ft"].keys[0])]
+
+
+def cell_plan(
+    times: ArchTimes,
+    name: str,
+    task: TaskFacts,
+    *,
+    cached: bool,
+    runs: int,
+    batch: int,
+    patience: int,
+    bounds: Bounds,
+) -> RunPlan:
+    """The :class:`RunPlan` of (task, ``times.arch``, ``name``) from the measurements.
+
+    Seconds at the grid's size and batch; ``cached``: head-only epochs
+    train and validate from features.
+    """
+    ep, ft = times.epochs[name], ft_step(times)
+    spe = task.steps_per_epoch(batch)
+    val_batches, test_batches = math.ceil(task.val / batch), math.ceil(task.test / batch)
+    prepass = times.prepass_batch if times.prepass_batch is not None else ft / times.scale
+    train, val = [], []
+    for epoch, key in enumerate(ep.keys):
+        if cached and ep.head_only[epoch]:
+            image_bound = stage_step(times, times.steps, name, key, ft, Bounds()) * times.scale
+            sec = stage_step(times, times.cached, name, ep.freeze_keys[epoch], image_bound, bounds)
+            train.append(spe * sec)
+            head_eval = times.head_eval_batch
+            if math.isnan(head_eval):  # no step from features timed: the image pass bounds it
+                head_eval = times.eval_batch * times.scale
+            val.append(val_batches * head_eval)
+            continue
+        sec = stage_step(times, times.steps, name, key, ft, bounds) * times.scale
+        train.append(spe * sec + ep.prepass_batches * prepass * times.scale)
+        val.append(val_batches * times.eval_batch * times.scale)
+    if name in times.compile:
+        compile_s = times.compile[name] + (times.cached_compile.get(name, 0.0) if cached else 0.0)
+    else:  # one FT-sized compilation per stage (an upper bound)
+        compile_s = ep.num_stages * times.compile["ft"]
+    return RunPlan(
+        runs=runs,
+        epoch_train=tuple(train),
+        epoch_val=tuple(val),
+        test=test_batches * times.eval_batch * times.scale,
+        checkpoint_per_epoch=times.ckpt_latest + times.ckpt_best,
+        compile=(compile_s + times.eval_compile) / runs,
+        min_epochs=min(len(ep.keys), ep.final_stage_epoch + patience + 1),
+    )
+
+
+def extraction_seconds(times: ArchTimes, task: TaskFacts, batch: int) -> float:
+    """One pass of the backbone over train + val + test, and its compilation."""
+    batches = math.ceil((task.train + task.val + task.test) / batch)
+    return batches * times.extract_batch * times.scale + times.feature_compile
+
+
+@dataclasses.dataclass
+class Projection:
+    """A variant's projected grid, with the cells it could not measure."""
+
+    variant: Variant
+    plans: list[RunPlan]
+    one_time: float
+    missing_runs: int
+    bounds: Bounds
+
+    def cost(self, epochs: int | None) -> Cost:
+        return project(self.plans, epochs, self.one_time)
+
+
+def project_variant(
+    grid: Grid, tasks: list[TaskFacts], measured: Mapping[tuple[str, str], ArchTimes], v: Variant
+) -> Projection:
+    settings = grid.config(tasks[0].name, grid.archs[0], grid.strategies[0], 1e-4, 0)
+    runs = len(grid.lrs) * len(grid.seeds)
+    plans, one_time, missing, bounds = [], 0.0, 0, Bounds()
+    for task in tasks:
+        for arch in grid.archs:
+            times = measured.get((arch, v.precision))
+            if times is None:
+                missing += runs * len(grid.strategies)
+                continue
+            for name in grid.strategies:
+                plans.append(
+                    cell_plan(
+                        times,
+                        name,
+                        task,
+                        cached=v.cached,
+                        runs=runs,
+                        batch=settings.batch_size,
+                        patience=settings.patience,
+                        bounds=bounds,
+                    )
+                )
+            if v.cached and any(any(times.epochs[s].head_only) for s in grid.strategies):
+                one_time += extraction_seconds(times, task, settings.batch_size)
+    return Projection(v, plans, one_time, missing, bounds)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:,.1f}"
+
+
+def ratio(x: float) -> str:
+    return f"{x:.3f}" if x >= 0.001 else f"{x:.1e}"
+
+
+def epoch_table(
+    grid: Grid, task: TaskFacts, measured: Mapping[tuple[str, str], ArchTimes], batch: int
+) -> None:
+    """Per (arch, strategy, precision): stage steps and the mean epoch on ``task``."""
+    print(
+        f"\n## Steps and epochs at the grid's size ({task.name}: {task.train:,} train, "
+        f"{task.val:,} val images; epoch = train steps + prepass + validation, mean over "
+        f"{len(next(iter(measured.values())).epochs['ft'].keys)} epochs)"
+    )
+    print(
+        "| arch | strategy | precision | s/step per stage (from images) | s/step from features "
+        "| epoch s | epoch s, LP cached | x FT | x FT, LP cached | not measured |"
+    )
+    print("|---" * 10 + "|")
+    for (arch, precision), times in measured.items():
+        ft = [mean_epoch(times, "ft", task, cached, batch, Bounds()) for cached in (False, True)]
+        for name in grid.strategies:
+            bounds = Bounds()
+            mean = [
+                mean_epoch(times, name, task, cached, batch, bounds) for cached in (False, True)
+            ]
+            ep = times.epochs[name]
+            steps = [
+                stage_step(times, times.steps, name, k, ft_step(times), Bounds()) * times.scale
+                for k in dict.fromkeys(ep.keys)
+            ]
+            from_features = [sec for (s, k), sec in times.cached.items() if s == name]
+            print(
+                f"| {arch} | {name} | {precision} | {' / '.join(f'{s:.4f}' for s in steps)} | "
+                f"{' / '.join(f'{s:.5f}' for s in from_features) or '-'} | "
+                f"{mean[0]:,.1f} | {mean[1]:,.1f} | {ratio(mean[0] / ft[0])} | "
+                f"{ratio(mean[1] / ft[1])} | {bounds.note() or '-'} |"
+            )
+
+
+def mean_epoch(
+    times: ArchTimes, name: str, task: TaskFacts, cached: bool, batch: int, bounds: Bounds
+) -> float:
+    """Seconds of an epoch (train steps, prepass, validation) averaged over a whole run's."""
+    plan = cell_plan(
+        times, name, task, cached=cached, runs=1, batch=batch, patience=0, bounds=bounds
+    )
+    return (sum(plan.epoch_train) + sum(plan.epoch_val)) / len(plan.epoch_train)
+
+
+def grid_table(projections: list[Projection], mean_epochs: int, max_epochs: int) -> None:
+    print(
+        f"\n## The grid in device-hours (every epoch = {max_epochs}; early stopping: a mean "
+        f"of {mean_epochs} epochs ASSUMED, --mean-epochs, at least each strategy's last "
+        "stage + patience + 1)"
+    )
+    print(
+        "| variant | epochs | train h | val h | per-run fixed h | one-time h | device-hours "
+        "| fixed % | not measured |"
+    )
+    print("|---" * 9 + "|")
+    for proj in projections:
+        for label, epochs in (
+            (f"every ({max_epochs})", None),
+            (f"mean {mean_epochs}", mean_epochs),
+        ):
+            c = proj.cost(epochs)
+            note = []
+            if proj.missing_runs:
+                note.append(f"{proj.missing_runs:,} runs (archs not timed)")
+            if proj.bounds.note():
+                note.append(proj.bounds.note())
+            print(
+                f"| {proj.variant.label} | {label} | {hours(c.train)} | {hours(c.val)} | "
+                f"{hours(c.fixed)} | {hours(c.one_time)} | **{hours(c.total)}** | "
+                f"{100 * c.fixed / c.total:.2f} | {'; '.join(note) or '-'} |"
+            )
+
+
+def overhead_lines(times: ArchTimes, grid: Grid, task: TaskFacts, batch: int) -> None:
+    """The per-run fixed costs measured for one arch, in seconds."""
+    test = math.ceil(task.test / batch) * times.eval_batch * times.scale
+    print(
+        f"- {times.arch} {times.precision}: compile FT {times.compile['ft']:.1f} s (+ eval "
+        f"{times.eval_compile:.1f} s) per (task, strategy) trainer, shared by its "
+        f"{len(grid.lrs) * len(grid.seeds)} lr x seed runs; test pass on {task.name} "
+        f"{test:.1f} s; checkpoints per epoch: resume save {times.ckpt_latest:.2f} s blocking "
+        f"(+ {times.ckpt_latest_background:.2f} s written in the background), best save "
+        f"{times.ckpt_best:.2f} s (counted every epoch: an upper bound)"
+    )
+
+
+def goal_lines(
+    projections: list[Projection],
+    data_ratio: Mapping[str, Mapping[str, float]],
+    *,
+    on_cpu: bool,
+    mean_epochs: int,
+) -> None:
+    print("\n## Goals (issue 16)")
+    goal = next(
+        (p for p in projections if p.variant == Variant("bf16", cached=True)),
+        None,
+    )
+    where = " (CPU projection at reduced size)" if on_cpu else ""
+    if goal is None:
+        verdict = "not measured (bf16 with cached LP not timed: --precisions bf16)"
+    elif on_cpu:
+        verdict = "not measured (CPU projection at reduced size; the goal is one H100/H200's)"
+    elif goal.missing_runs:
+        verdict = f"not measured ({goal.missing_runs:,} runs' archs not timed)"
+    else:
+        every, mean = goal.cost(None).hours, goal.cost(mean_epochs).hours
+        bound = " (an upper bound: some stages at FT's step)" if goal.bounds.ft_bound else ""
+        if mean <= GOAL_HOURS:
+            verdict = "PASS"
+        elif goal.bounds.ft_bound:
+            verdict = "not measured (the upper bound is above the goal)"
+        else:
+            verdict = "FAIL"
+        verdict = f"{verdict}: {mean:.1f} h at a mean {mean_epochs} epochs{bound}, {every:.1f} h "
+        verdict += "at every epoch"
+    print(f"- projected grid <= {GOAL_HOURS:.0f} device-hours in bf16 with cached LP: {verdict}")
+    # The goal's variant, else the nearest measured: cached LP at the first precision.
+    ref = goal or next((p for p in projections if p.variant.cached), None)
+    if ref is None or not ref.plans:
+        print(f"- per-run overhead <= {100 * GOAL_OVERHEAD:.0f}% of the grid: not measured")
+    else:
+        c = ref.cost(mean_epochs)
+        share = c.fixed / c.total
+        ok = "PASS" if share <= GOAL_OVERHEAD else "FAIL"
+        print(
+            f"- per-run overhead <= {100 * GOAL_OVERHEAD:.0f}% of the grid: {ok}: "
+            f"{100 * share:.2f}% ({ref.variant.label}, mean {mean_epochs} epochs){where}"
+        )
+    if not data_ratio:
+        print(f"- epoch images/s (data + step) >= {100 * GOAL_DATA_RATIO:.0f}%: not measured")
+        return
+    worst = min(data_ratio, key=lambda k: data_ratio[k]["ratio"])
+    r = data_ratio[worst]["ratio"]
+    ok = "PASS" if r >= GOAL_DATA_RATIO else "FAIL"
+    detail = ", ".join(
+        f"{k.upper()} {d['fed']:.1f} vs {d['resident']:.1f} img/s = {100 * d['ratio']:.1f}%"
+        for k, d in data_ratio.items()
+    )
+    print(
+        f"- epoch images/s (data + step) >= {100 * GOAL_DATA_RATIO:.0f}% of step-only: "
+        f"{ok}: {detail}{where}"
+    )
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """SIGTERM while measuring (``timeout``): the report is printed from what was measured."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stopped
+
+
+def cheap_first(grid: Grid) -> list[str]:
+    """The grid's strategies, the gradual ones (a compilation per stage) last.
+
+    Under a time budget what is left unmeasured is then bounded by FT's
+    step, stage by stage, rather than a whole arch left out.
+    """
+    return sorted(grid.strategies, key=lambda s: s in ("g_lf", "g_fl"))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(ROOT / "experiments" / "configs" / "paper.py"))
+    p.add_argument("--archs", nargs="+", help="archs to time (CPU: resnet50; GPU: the grid's)")
+    p.add_argument(
+        "--strategies", nargs="+", help="strategies to time (the rest are bounded; default: all)"
+    )
+    p.add_argument("--tasks", nargs="+", help="tasks to project (default: the grid's)")
+    p.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS))
+    p.add_argument("--image-size", type=int, help="timed image size (CPU 64, GPU the grid's)")
+    p.add_argument("--batch", type=int, help="timed batch (CPU 8, GPU the grid's)")
+    p.add_argument("--steps", type=int, help="timed steps per stage (median; CPU 3, GPU 10)")
+    p.add_argument("--data-steps", type=int, help="steps of the data-fed epoch (CPU 6, GPU 30)")
+    p.add_argument("--mean-epochs", type=int, default=20, help="assumed mean under early stopping")
+    p.add_argument("--time-budget", type=float, help="seconds of measuring, then bound the rest")
+    p.add_argument("--quick", action="store_true", help="a smoke run: ResNet-50, 32 px, FT and LP")
+    args = p.parse_args(argv)
+    on_cpu = jax.default_backend() == "cpu"
+    defaults = QUICK if args.quick else CPU_DEFAULTS if on_cpu else {}
+    for field in ("image_size", "batch", "steps", "data_steps", "archs", "strategies"):
+        if getattr(args, field) is None:
+            setattr(args, field, defaults.get(field))
+    if args.precisions is None:
+        args.precisions = defaults.get("precisions", ["bf16", "fp32"])
+    for field in ("image_size", "batch", "steps", "data_steps", "mean_epochs"):
+        value = getattr(args, field)
+        if value is not None and value < 1:
+            p.error(f"--{field.replace('_', '-')} must be >= 1, got {value}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    on_cpu = jax.default_backend() == "cpu"
+    grid = load_grid(args.config)
+    settings = grid.config(grid.datasets[0], grid.archs[0], grid.strategies[0], 1e-4, 0)
+    if args.tasks:
+        unknown = sorted(set(args.tasks) - set(grid.datasets))
+        if unknown:
+            raise SystemExit(f"--tasks {' '.join(unknown)}: not in grid {grid.name!r}")
+        grid = dataclasses.replace(grid, datasets=tuple(args.tasks))
+    archs = args.archs or list(grid.archs)
+    for arch in archs:
+        if arch not in grid.archs:
+            raise SystemExit(f"--archs {arch}: not in grid {grid.name!r}")
+    measure = args.strategies or cheap_first(grid)
+    for name in measure:
+        if name not in grid.strategies:
+            raise SystemExit(f"--strategies {name}: not in grid {grid.name!r}")
+    tasks = task_facts(grid.datasets)
+    size, batch = settings.image_size, settings.batch_size
+    setup = Setup(
+        grid=grid,
+        tasks=tasks,
+        image_size=args.image_size or size,
+        batch=args.batch or batch,
+        steps=args.steps or 10,
+        data_steps=args.data_steps or 30,
+        grid_size=size,
+        grid_batch=batch,
+        deadline=time.perf_counter() + (args.time_budget or math.inf),
+    )
+    scale = scale_factor(setup.image_size, setup.batch, size, batch)
+    print(
+        f"# {time.strftime('%Y-%m-%d')} {platform.machine()}, jax {jax.__version__} on "
+        f"{jax.device_count()}x {jax.devices()[0].device_kind}; grid {grid.name!r}: "
+        f"{len(grid.datasets)} tasks x {len(grid.archs)} archs x {len(grid.strategies)} "
+        f"strategies x {len(grid.lrs)} lrs x {len(grid.seeds)} seeds = {grid.size:,} runs, "
+        f"at most {settings.epochs} epochs, patience {settings.patience}, batch {batch}, {size} px"
+    )
+    if on_cpu:
+        print(
+            f"# CPU PROJECTION AT REDUCED SIZE: the real archs timed at {setup.image_size} px "
+            f"batch {setup.batch} (median of {setup.steps} steps), scaled to {size} px batch "
+            f"{batch} by pixels and batch ({scale:.1f}x); 'device-hours' are this CPU's, not a "
+            "GPU's"
+        )
+    elif scale != 1:
+        print(f"# timed at {setup.image_size} px batch {setup.batch}, scaled {scale:.2f}x")
+    print(
+        f"# timing {', '.join(archs)}; strategies {', '.join(measure)} (others: bounded); "
+        f"precisions {', '.join(args.precisions)}; heads of {setup.timing_task.name} "
+        f"(the largest task); val = {VAL_FRACTION:.0%} and test = {TEST_FRACTION:.0%} of "
+        "train (ASSUMED); the per-stage compile is measured cold (no persistent cache)"
+    )
+    print("\n| task | train | val | test | classes | multilabel | steps/epoch |")
+    print("|---|---|---|---|---|---|---|")
+    for t in tasks:
+        print(
+            f"| {t.name} | {t.train:,} | {t.val:,} | {t.test:,} | {t.num_classes} | "
+            f"{'yes' if t.multilabel else 'no'} | {t.steps_per_epoch(batch):,} |"
+        )
+    print(flush=True)
+    measured: dict[tuple[str, str], ArchTimes] = {}
+    data_ratio: dict[str, dict[str, float]] = {}
+    pairs = [(arch, precision) for precision in args.precisions for arch in archs]
+    signal.signal(signal.SIGTERM, _stop)  # `timeout` stops the measuring, not the report
+    try:
+        for i, (arch, precision) in enumerate(pairs):
+            now = time.perf_counter()
+            if now > setup.deadline:
+                print(f"# time budget spent: {arch} {precision} not measured", flush=True)
+                continue
+            # An equal share of what is left, so that every arch gets its FT step timed.
+            share = now + (setup.deadline - now) / (len(pairs) - i)
+            measured[(arch, precision)] = measure_arch(
+                setup,
+                arch,
+                precision,
+                measure,
+                deadline=share,
+                data_ratio=None if measured else data_ratio,
+            )
+    except _Stopped:
+        print("# SIGTERM: measuring stopped, projecting what was measured", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not measured:
+        print("nothing measured: no arch finished within the time budget (or before SIGTERM)")
+        return 1
+    ref_task = setup.timing_task
+    epoch_table(grid, ref_task, measured, batch)
+    projections = [
+        project_variant(grid, tasks, measured, Variant(p, cached))
+        for p in args.precisions
+        for cached in (False, True)
+    ]
+    grid_table(projections, args.mean_epochs, settings.epochs)
+    print("\n## Per-run fixed costs (compile share + test pass + checkpoint saves)")
+    for times in measured.values():
+        overhead_lines(times, grid, ref_task, batch)
+    goal_lines(projections, data_ratio, on_cpu=on_cpu, mean_epochs=args.mean_epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The benchmarks' own logic: grid_bill's projection arithmetic, its CLI, models.py's cells.
+
+The projection is pure arithmetic on measured seconds, so it is checked
+against hand calculations; the measuring is checked end to end by the
+``--quick`` run (a real ResNet-50 on a CPU, a minute: slow tier).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import grid_bill  # noqa: E402  (benchmarks/ is not a package)
+import models as bench_models  # noqa: E402
+
+from medft_jax.grid import NOMINAL_TRAIN_IMAGES  # noqa: E402
+
+
+def test_projection_matches_a_hand_calculation():
+    a = grid_bill.RunPlan(
+        runs=9,
+        epoch_train=(10.0, 10.0, 20.0, 20.0),
+        epoch_val=(1.0, 1.0, 1.0, 1.0),
+        test=3.0,
+        checkpoint_per_epoch=0.5,
+        compile=4.0,
+        min_epochs=3,
+    )
+    b = grid_bill.RunPlan(
+        runs=2,
+        epoch_train=(5.0, 5.0, 5.0),
+        epoch_val=(0.5, 0.5, 0.5),
+        test=1.0,
+        checkpoint_per_epoch=0.0,
+        compile=2.0,
+    )
+    # Every epoch: A = 60 + 4 + (4 + 3 + 4 x 0.5) = 73 s a run, x 9 = 657;
+    # B = 15 + 1.5 + 3 = 19.5, x 2 = 39; plus 36 s one-time: 732 s.
+    every = grid_bill.project([a, b], None, one_time=36.0)
+    assert (every.train, every.val, every.fixed, every.one_time) == (570.0, 39.0, 87.0, 36.0)
+    assert every.hours == pytest.approx(732 / 3600)
+    # A mean of 2 epochs: A never stops before its 3 (min_epochs): 40 + 3 + 8.5 = 51.5,
+    # x 9 = 463.5; B trains 2: 10 + 1 + 3 = 14, x 2 = 28; + 36 = 527.5 s.
+    mean = grid_bill.project([a, b], 2, one_time=36.0)
+    assert mean.total == pytest.approx(527.5)
+    assert mean.hours == pytest.approx(527.5 / 3600)
+    # More epochs than a run has: capped at its length.
+    assert grid_bill.epochs_trained(a, 80) == 4
+
+
+def test_scale_factor_is_the_pixel_and_batch_ratio():
+    assert grid_bill.scale_factor(64, 8, 224, 64) == pytest.approx(3.5**2 * 8)
+    assert grid_bill.scale_factor(224, 64, 224, 64) == 1.0
+
+
+def _times() -> grid_bill.ArchTimes:
+    """Made-up measurements: FT's stage 'all', LP's 'head', an unmeasured middle stage."""
+    se = grid_bill.StrategyEpochs
+    t = grid_bill.ArchTimes("resnet50", "fp32", scale=2.0)
+    t.steps = {("ft", "all"): 0.5, ("lp", "head"): 0.1}
+    t.cached = {("lp", "f-head"): 0.01}
+    t.compile = {"ft": 10.0, "lp": 4.0}
+    t.cached_compile = {"lp": 1.0}
+    t.eval_batch, t.head_eval_batch, t.eval_compile = 0.2, 0.002, 3.0
+    t.ckpt_latest, t.ckpt_best = 0.3, 0.2
+    t.prepass_batch = 0.4
+    t.epochs = {
+        "ft": se(("all",) * 3, ("f-all",) * 3, (False,) * 3, 0, 0),
+        "lp": se(("head",) * 3, ("f-head",) * 3, (True,) * 3, 0, 0),
+        "g": se(("head", "mid", "all"), ("f-head", "f-mid", "f-all"), (True, False, False), 2, 0),
+        "rgn": se(("all",) * 3, ("f-all",) * 3, (False,) * 3, 0, 5),
+    }
+    return t
+
+
+def test_cell_plan_turns_measurements_into_seconds():
+    # 640 train images at batch 64: 10 steps an epoch; 130 val: 3 batches; 250 test: 4.
+    task = grid_bill.TaskFacts("t", 640, 130, 250, 2, False)
+    t = _times()
+    kw = {"runs": 9, "batch": 64, "patience": 5}
+    lp = grid_bill.cell_plan(t, "lp", task, cached=False, bounds=grid_bill.Bounds(), **kw)
+    assert lp.epoch_train == pytest.approx((10 * 0.1 * 2,) * 3)  # steps x s/step x scale
+    assert lp.epoch_val == pytest.approx((3 * 0.2 * 2,) * 3)
+    assert lp.test == pytest.approx(4 * 0.2 * 2)
+    assert lp.checkpoint_per_epoch == pytest.approx(0.5)
+    assert lp.compile == pytest.approx((4 + 3) / 9)
+    assert lp.min_epochs == 3  # capped at the run's 3 epochs (0 + patience 5 + 1 = 6)
+    cached = grid_bill.cell_plan(t, "lp", task, cached=True, bounds=grid_bill.Bounds(), **kw)
+    assert cached.epoch_train == pytest.approx((10 * 0.01,) * 3)  # features: no image scaling
+    assert cached.epoch_val == pytest.approx((3 * 0.002,) * 3)
+    assert cached.compile == pytest.approx((4 + 1 + 3) / 9)
+    # An unmeasured strategy: its head stage from LP's, 'all' from FT's, 'mid' bounded by FT.
+    bounds = grid_bill.Bounds()
+    g = grid_bill.cell_plan(t, "g", task, cached=False, bounds=bounds, **kw)
+    assert g.epoch_train == pytest.approx((2.0, 10.0, 10.0))
+    assert g.compile == pytest.approx((3 * 10 + 3) / 9)  # one FT-sized compile per stage
+    assert len(bounds.other_strategy) == 2 and len(bounds.ft_bound) == 1
+    g_cached = grid_bill.cell_plan(t, "g", task, cached=True, bounds=grid_bill.Bounds(), **kw)
+    assert g_cached.epoch_train == pytest.approx((0.1, 10.0, 10.0))
+    # Auto-RGN's prepass: 5 gradient evaluations before each epoch.
+    rgn = grid_bill.cell_plan(t, "rgn", task, cached=False, bounds=grid_bill.Bounds(), **kw)
+    assert rgn.epoch_train == pytest.approx((10 * 0.5 * 2 + 5 * 0.4 * 2,) * 3)
+
+
+def test_torch_compile_failure_is_a_cell_not_a_crash():
+    def fails():
+        raise RuntimeError("inductor: no C++ compiler\nsecond line")
+
+    cell = bench_models.images_per_s_or_reason(fails, 4, 1)
+    assert cell == "n/a (RuntimeError: inductor: no C++ compiler second line)"
+    assert bench_models.images_per_s_or_reason(lambda: None, 4, 1) > 0
+
+
+def test_models_rejects_a_malformed_setting():
+    with pytest.raises(SystemExit, match="--settings '224': expected SIZExBATCH"):
+        bench_models.parse_setting("224")
+
+
+@pytest.mark.slow
+def test_grid_bill_quick_runs_on_cpu_and_states_its_goals():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "grid_bill.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "CPU PROJECTION AT REDUCED SIZE" in text
+    assert "ASSUMED" in text  # the mean epoch count and the val/test sizes
+    # chexpert's steps per epoch at the grid's batch 64.
+    assert f"| chexpert | {NOMINAL_TRAIN_IMAGES['chexpert']:,} |" in text
+    assert f"| {NOMINAL_TRAIN_IMAGES['chexpert'] // 64:,} |" in text
+    for goal in (
+        "- projected grid <= 24 device-hours in bf16 with cached LP: not measured",
+        "- per-run overhead <= 2% of the grid: ",
+        "- epoch images/s (data + step) >= 95% of step-only: ",
+    ):
+        assert goal in text
+    assert re.search(r"per-run overhead <= 2% of the grid: (PASS|FAIL): \d", text)
+    assert re.search(r"of step-only: (PASS|FAIL): FT [\d.]+ vs [\d.]+ img/s", text)
+    for variant in ("fp32, LP uncached", "fp32, LP cached"):
+        assert re.search(rf"\| {variant} \| every \(50\) \| .* \*\*[\d,.]+\*\*", text)
+    # Cached LP trains a head on features: far cheaper an epoch than from images.
+    row = re.search(r"\| resnet50 \| lp \| fp32 \|[^\n]*", text).group(0).split("|")
+    uncached_x_ft, cached_x_ft = float(row[8]), float(row[9])
+    assert cached_x_ft < uncached_x_ft / 5
