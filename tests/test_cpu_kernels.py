@@ -48,13 +48,20 @@ def _loss(fn, s, p):
 
 @pytest.mark.parametrize(
     "shape,narrow",
-    [(shape, 0) for shape in SHAPES] + [(SHAPES[2], 64)],
+    [(shape, 0) for shape in SHAPES] + [(SHAPES[2], 64), ((2, 5, 3, 4, 3, 1, 1), 64)],
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"narrow{v}",
 )
 def test_cpu_conv_value_and_gradients_equal_lax(shape, narrow, monkeypatch):
     # narrow=0: every weight gradient through patches (the shapes here have
-    # few channels); 64: the narrow-output rule's route, XLA's own.
+    # few channels); 64: the narrow-output rules: both gradients from the
+    # output gradient's shifted views (9x9 = 81 output pixels, inside
+    # GRAD_TAPS_PIXELS), or XLA's own weight gradient (5x5, outside it).
     monkeypatch.setattr(conv_mod, "NARROW_OUTPUT", narrow)
+    n, h, c, o, k, s, p = shape
+    taps_route = narrow and conv_mod._use_grad_taps(
+        np.zeros((n, h, h, c)), np.zeros((k, k, c, o)), s, p
+    )
+    assert taps_route == (narrow and h == 9)
     n, h, c, o, k, s, p = shape
     x, w = _inputs(n, h, c, o, k)
     np.testing.assert_allclose(cpu_conv(x, w, s, p), lax_conv(x, w, s, p), rtol=1e-5, atol=1e-5)

@@ -44,6 +44,13 @@ SMALL_OUTPUT_PIXELS = 4
 # 32-channel growth convolutions) keeps XLA's weight gradient: building the
 # k*k*C-wide patch matrix costs more than a product only this wide saves.
 NARROW_OUTPUT = 32
+# ... except when its output has this many pixels per image (DenseNet-121's
+# 28 and 14 px blocks at 224 px, 16 and 8 px at 64 px): then both of its
+# gradients come from the k*k shifted views of the narrow output gradient,
+# only k*k*32 wide (0.46x XLA's weight gradient, 0.55-0.86x its input
+# gradient there; slower at 56 px, where the views outgrow the cache, and at
+# 7 px). Stride 1, "same" padding.
+GRAD_TAPS_PIXELS = (64, 1024)
 
 
 def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -109,7 +116,34 @@ def _forward(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array
     return lax_conv(x, w, stride, padding)
 
 
+def _use_grad_taps(x: jax.Array, w: jax.Array, stride: int, padding: int) -> bool:
+    """Both gradients from the output gradient's shifted views (see GRAD_TAPS_PIXELS)."""
+    k, o = w.shape[0], w.shape[-1]
+    lo, hi = GRAD_TAPS_PIXELS
+    same = k % 2 == 1 and padding == k // 2
+    return (
+        k > 1
+        and stride == 1
+        and same
+        and o <= NARROW_OUTPUT
+        and lo <= x.shape[1] * x.shape[2] <= hi
+    )
+
+
+def _grad_taps(g: jax.Array, k: int) -> jax.Array:
+    """(N, H, W, k*k*O): the output gradient at every offset of the window, row-major.
+
+    Tap (i, j) holds ``g[p + (i - k//2, j - k//2)]``: the output positions
+    that read input position p through kernel tap (k-1-i, k-1-j).
+    """
+    return jnp.concatenate(taps(g, k, 1, k // 2), axis=-1)
+
+
 def _input_grad(x: jax.Array, w: jax.Array, g: jax.Array, stride: int, padding: int) -> jax.Array:
+    if _use_grad_taps(x, w, stride, padding):
+        k, _, c, o = w.shape
+        flipped = w[::-1, ::-1].transpose(0, 1, 3, 2).reshape(k * k * o, c)
+        return jnp.einsum("nhwq,qc->nhwc", _grad_taps(g, k), flipped)
     conv = matmul_conv if _use_matmul(x, w, stride, padding) else lax_conv
     _, vjp = jax.vjp(lambda x_: conv(x_, w, stride, padding), x)
     return vjp(g)[0]
@@ -118,6 +152,10 @@ def _input_grad(x: jax.Array, w: jax.Array, g: jax.Array, stride: int, padding: 
 def _weight_grad(x: jax.Array, w: jax.Array, g: jax.Array, stride: int, padding: int) -> jax.Array:
     """dL/dw = patches^T @ g, in batch chunks whose patch matrix fits PATCH_BYTES_LIMIT."""
     k, o = w.shape[0], w.shape[-1]
+    if _use_grad_taps(x, w, stride, padding):
+        c = x.shape[-1]
+        r = _tn(x, _grad_taps(g, k)).reshape(c, k, k, o)  # taps flipped: (k-1-i, k-1-j)
+        return r[:, ::-1, ::-1, :].transpose(1, 2, 0, 3).astype(w.dtype)
     if k > 1 and o <= NARROW_OUTPUT:
         _, vjp = jax.vjp(lambda w_: lax_conv(x, w_, stride, padding), w)
         return vjp(g)[0]
