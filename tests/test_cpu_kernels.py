@@ -73,12 +73,17 @@ def test_cpu_conv_value_and_gradients_equal_lax(shape, narrow, monkeypatch):
 
 
 @pytest.mark.parametrize("limit_images", [1, 2])
-def test_cpu_conv_weight_gradient_in_batch_chunks(limit_images, monkeypatch):
-    # Past PATCH_BYTES_LIMIT the patch products are summed over batch chunks
-    # (one image each, or two of the batch of 4).
-    monkeypatch.setattr(conv_mod, "NARROW_OUTPUT", 0)
-    monkeypatch.setattr(conv_mod, "PATCH_BYTES_LIMIT", limit_images * 9 * 9 * 9 * 4 * 4)
+@pytest.mark.parametrize("route", ["patches", "taps"])
+def test_cpu_conv_weight_gradient_in_batch_chunks(limit_images, route, monkeypatch):
+    # Past PATCH_BYTES_LIMIT (TAPS_BYTES_LIMIT for a narrow output) the
+    # products are summed over batch chunks (one image each, or two of 4).
+    narrow = route == "taps"
+    monkeypatch.setattr(conv_mod, "NARROW_OUTPUT", 64 if narrow else 0)
+    per_image = 9 * 9 * 9 * (6 if narrow else 4) * 4  # 3x3 views of g, or of x
+    limit = "TAPS_BYTES_LIMIT" if narrow else "PATCH_BYTES_LIMIT"
+    monkeypatch.setattr(conv_mod, limit, limit_images * per_image)
     x, w = _inputs(4, 9, 4, 6, 3)
+    assert conv_mod._use_grad_taps(x, w, 1, 1) == narrow
     got = jax.grad(_loss(cpu_conv, 1, 1), argnums=1)(x, w)
     want = jax.grad(_loss(lax_conv, 1, 1), argnums=1)(x, w)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

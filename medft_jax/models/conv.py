@@ -44,13 +44,14 @@ SMALL_OUTPUT_PIXELS = 4
 # 32-channel growth convolutions) keeps XLA's weight gradient: building the
 # k*k*C-wide patch matrix costs more than a product only this wide saves.
 NARROW_OUTPUT = 32
-# ... except when its output has this many pixels per image (DenseNet-121's
-# 28 and 14 px blocks at 224 px, 16 and 8 px at 64 px): then both of its
-# gradients come from the k*k shifted views of the narrow output gradient,
-# only k*k*32 wide (0.46x XLA's weight gradient, 0.55-0.86x its input
-# gradient there; slower at 56 px, where the views outgrow the cache, and at
-# 7 px). Stride 1, "same" padding.
+# ... except at stride 1 with "same" padding and at least GRAD_TAPS_PIXELS[0]
+# output pixels per image: then the weight gradient is x^T @ the k*k shifted
+# views of the narrow output gradient (only k*k*32 wide), summed over batch
+# chunks whose views fit TAPS_BYTES_LIMIT (0.3-0.5x XLA's at DenseNet-121's
+# 56, 28 and 14 px; slower at 7 px). The input gradient takes the same views
+# within GRAD_TAPS_PIXELS (0.55-0.86x XLA's; slower at 56 px and 7 px).
 GRAD_TAPS_PIXELS = (64, 1024)
+TAPS_BYTES_LIMIT = 8 * 2**20
 
 
 def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -116,18 +117,16 @@ def _forward(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array
     return lax_conv(x, w, stride, padding)
 
 
-def _use_grad_taps(x: jax.Array, w: jax.Array, stride: int, padding: int) -> bool:
-    """Both gradients from the output gradient's shifted views (see GRAD_TAPS_PIXELS)."""
+def _use_grad_taps(
+    x: jax.Array, w: jax.Array, stride: int, padding: int, *, for_input: bool = False
+) -> bool:
+    """A gradient from the output gradient's shifted views (see GRAD_TAPS_PIXELS)."""
     k, o = w.shape[0], w.shape[-1]
     lo, hi = GRAD_TAPS_PIXELS
+    pixels = x.shape[1] * x.shape[2]
     same = k % 2 == 1 and padding == k // 2
-    return (
-        k > 1
-        and stride == 1
-        and same
-        and o <= NARROW_OUTPUT
-        and lo <= x.shape[1] * x.shape[2] <= hi
-    )
+    sized = lo <= pixels <= hi if for_input else lo <= pixels
+    return k > 1 and stride == 1 and same and o <= NARROW_OUTPUT and sized
 
 
 def _grad_taps(g: jax.Array, k: int) -> jax.Array:
@@ -140,7 +139,7 @@ def _grad_taps(g: jax.Array, k: int) -> jax.Array:
 
 
 def _input_grad(x: jax.Array, w: jax.Array, g: jax.Array, stride: int, padding: int) -> jax.Array:
-    if _use_grad_taps(x, w, stride, padding):
+    if _use_grad_taps(x, w, stride, padding, for_input=True):
         k, _, c, o = w.shape
         flipped = w[::-1, ::-1].transpose(0, 1, 3, 2).reshape(k * k * o, c)
         return jnp.einsum("nhwq,qc->nhwc", _grad_taps(g, k), flipped)
@@ -150,29 +149,52 @@ def _input_grad(x: jax.Array, w: jax.Array, g: jax.Array, stride: int, padding: 
 
 
 def _weight_grad(x: jax.Array, w: jax.Array, g: jax.Array, stride: int, padding: int) -> jax.Array:
-    """dL/dw = patches^T @ g, in batch chunks whose patch matrix fits PATCH_BYTES_LIMIT."""
-    k, o = w.shape[0], w.shape[-1]
+    """dL/dw = patches^T @ g, in batch chunks whose patch matrix fits PATCH_BYTES_LIMIT.
+
+    Or, for narrow outputs (see TAPS_BYTES_LIMIT), x^T @ the output
+    gradient's shifted views, with the kernel's taps flipped back.
+    """
+    k, c, o = w.shape[0], w.shape[2], w.shape[-1]
     if _use_grad_taps(x, w, stride, padding):
-        c = x.shape[-1]
-        r = _tn(x, _grad_taps(g, k)).reshape(c, k, k, o)  # taps flipped: (k-1-i, k-1-j)
+        per_image = g[0].size * k * k * g.dtype.itemsize
+        r = _batch_chunked(
+            lambda xc, gc: _tn(xc, _grad_taps(gc, k)), x, g, per_image, TAPS_BYTES_LIMIT
+        )
+        r = r.reshape(c, k, k, o)  # taps flipped: (k-1-i, k-1-j)
         return r[:, ::-1, ::-1, :].transpose(1, 2, 0, 3).astype(w.dtype)
     if k > 1 and o <= NARROW_OUTPUT:
         _, vjp = jax.vjp(lambda w_: lax_conv(x, w_, stride, padding), w)
         return vjp(g)[0]
+    per_image = _patch_bytes(x, w, stride, padding) // x.shape[0]
+    r = _batch_chunked(
+        lambda xc, gc: _tn(_patches(xc, k, stride, padding), gc),
+        x,
+        g,
+        per_image,
+        PATCH_BYTES_LIMIT,
+    )
+    return r.reshape(w.shape).astype(w.dtype)
+
+
+def _batch_chunked(product, x: jax.Array, g: jax.Array, per_image: int, limit: int) -> jax.Array:
+    """``product(x, g)``, a sum over the batch, as a sum over chunks of at most ``limit`` bytes.
+
+    ``per_image`` is what one image's share of the product's operand takes;
+    a chunk holds at least one image and divides the batch.
+    """
     n = x.shape[0]
-    per_image = _patch_bytes(x, w, stride, padding) // n
-    fits = max(PATCH_BYTES_LIMIT, per_image)  # at least one image per chunk
+    fits = max(limit, per_image)
     chunk = max(b for b in range(1, n + 1) if n % b == 0 and b * per_image <= fits)
     if chunk == n:
-        return _tn(_patches(x, k, stride, padding), g).reshape(w.shape).astype(w.dtype)
+        return product(x, g)
     xs = x.reshape(n // chunk, chunk, *x.shape[1:])
     gs = g.reshape(n // chunk, chunk, *g.shape[1:])
+    first = jax.eval_shape(product, xs[0], gs[0])
 
     def step(total, xg):
-        return total + _tn(_patches(xg[0], k, stride, padding), xg[1]), None
+        return total + product(xg[0], xg[1]), None
 
-    total = jnp.zeros((k * k * x.shape[-1], o), jnp.float32)
-    return lax.scan(step, total, (xs, gs))[0].reshape(w.shape).astype(w.dtype)
+    return lax.scan(step, jnp.zeros(first.shape, first.dtype), (xs, gs))[0]
 
 
 def _tn(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -3,8 +3,9 @@
 ``lax.reduce_window``'s gradient is a ``select_and_scatter``; XLA's CPU backend
 runs it as a variadic reduce-window that tracks each window's argmax, which
 for ResNet-50's stem pool at 224 px costs as much as a large convolution
-(``benchmarks/RESULTS.md``). Here the backward pass is k*k elementwise
-compares and one fused sum of padded views instead. It routes each window's
+(``benchmarks/RESULTS.md``). Here the backward pass finds each window's
+first maximum in one pass of k*k compares, then sums the routed gradient
+phase by phase (stride s: s*s phases of shifted views, interleaved once). It routes each window's
 gradient to the *first* maximal element in row-major window order, as torch
 (and ``select_and_scatter`` with ``ge``) does, so ties (flat image regions)
 get the same gradient as in torch. Other backends keep ``lax.reduce_window``.
@@ -43,21 +44,36 @@ def _bwd(kernel, stride, padding, residuals, g):
     x, out = residuals
     n, h, w, c = x.shape
     oh, ow = out.shape[1:3]
+    k, s = kernel, stride
+    # Each window's first maximum, as its tap number (row-major), in one pass;
+    # the barrier keeps XLA from recomputing it inside every use below.
+    views = taps(x, k, s, padding, -jnp.inf)
+    first = jnp.full(out.shape, k * k, jnp.int8)
+    for t in reversed(range(k * k)):
+        first = jnp.where(views[t] == out, jnp.int8(t), first)
+    first = lax.optimization_barrier(first)
+    # The padded input's rows r = s*q + a (a = r mod s) receive, from tap i
+    # with i mod s == a, the gradient of output row q - i // s: each of the
+    # s*s phases is a sum of shifted (not interleaved) arrays, and the phases
+    # are interleaved once at the end.
     zero = jnp.zeros((), g.dtype)
-    unclaimed = jnp.ones(out.shape, bool)
-    grad = jnp.zeros((n, h + 2 * padding, w + 2 * padding, c), g.dtype)
-    for index, tap in enumerate(taps(x, kernel, stride, padding, -jnp.inf)):
-        i, j = divmod(index, kernel)
-        first = unclaimed & (tap == out)
-        unclaimed = unclaimed & ~first
-        # The transpose of the strided view: scatter back with interior padding.
-        config = (
-            (0, 0, 0),
-            (i, h + 2 * padding - i - stride * (oh - 1) - 1, stride - 1),
-            (j, w + 2 * padding - j - stride * (ow - 1) - 1, stride - 1),
-            (0, 0, 0),
-        )
-        grad = grad + lax.pad(jnp.where(first, g, zero), zero, config)
+    qh, qw = oh + (k - 1) // s, ow + (k - 1) // s
+    rows = []
+    for a in range(s):
+        cols = []
+        for b in range(s):
+            phase = jnp.zeros((n, qh, qw, c), g.dtype)
+            for i in range(a, k, s):
+                for j in range(b, k, s):
+                    routed = jnp.where(first == i * k + j, g, zero)
+                    di, dj = i // s, j // s
+                    pad = ((0, 0), (di, qh - oh - di), (dj, qw - ow - dj), (0, 0))
+                    phase = phase + jnp.pad(routed, pad)
+            cols.append(phase)
+        rows.append(jnp.stack(cols, axis=3))  # (n, qh, qw, s, c)
+    grad = jnp.stack(rows, axis=2).reshape(n, qh * s, qw * s, c)
+    hp, wp = h + 2 * padding, w + 2 * padding
+    grad = jnp.pad(grad, ((0, 0), (0, max(0, hp - qh * s)), (0, max(0, wp - qw * s)), (0, 0)))
     return (grad[:, padding : padding + h, padding : padding + w, :],)
 
 
