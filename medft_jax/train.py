@@ -405,7 +405,7 @@ class Trainer:
                 deterministic=False,
                 rngs={"dropout": rng},
                 mutable=["batch_stats"],
-                part=part,
+                **_part_kwargs(part),
             )
             return classification_loss(logits, labels, self.multilabel), new_vars
 
@@ -442,7 +442,8 @@ class Trainer:
     # -- eval ----------------------------------------------------------------
 
     def _eval(self, variables: PyTree, images: jax.Array, part: str = "all") -> jax.Array:
-        out = self.model.apply(variables, _model_input(images, part, self.compute_dtype), part=part)
+        x = _model_input(images, part, self.compute_dtype)
+        out = self.model.apply(variables, x, **_part_kwargs(part))
         if part == "backbone":  # features, stored in float32 (exact for bf16 compute)
             return out.astype(jnp.float32)
         return probabilities(out, self.multilabel)
@@ -574,6 +575,16 @@ def _stage_key(
 ) -> tuple[tuple[bool, ...], BNTrain, bool]:
     mask = tuple(bool(m) for m in jax.tree.leaves(trainable))
     return mask, bn_train if isinstance(bn_train, bool) else frozenset(bn_train), from_features
+
+
+def _part_kwargs(part: str) -> dict[str, str]:
+    """``part`` for the model only when it is not the whole model.
+
+    A model of the user's own that knows no ``part`` argument still trains
+    here; only the cached-feature stages (which the toolkit's models
+    support) need it.
+    """
+    return {} if part == "all" else {"part": part}
 
 
 def _model_input(x: jax.Array, part: str, dtype: Any) -> jax.Array:

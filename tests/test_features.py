@@ -140,10 +140,11 @@ def test_cached_run_records_the_uncached_run(demo, tmp_path, trainers, strategy,
 
 
 @pytest.mark.slow  # three runs
-def test_features_are_reused_checked_and_recomputed_when_damaged(demo, tmp_path):
-    first = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False)
+def test_features_are_reused_checked_and_recomputed_when_damaged(demo, tmp_path, trainers):
+    kw = {"dataset": demo, "progress": False, "trainers": trainers}
+    first = fit.run_one(_config("lp"), tmp_path, **kw)
     directory = first["features"]["directory"]
-    again = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False, force=True)
+    again = fit.run_one(_config("lp"), tmp_path, force=True, **kw)
     assert again["features"]["reused"] and again["features"]["directory"] == directory
     # One flipped byte in the stored features: found by the hash, recomputed, same record.
     path = f"{directory}/val.npy"
@@ -152,7 +153,7 @@ def test_features_are_reused_checked_and_recomputed_when_damaged(demo, tmp_path)
         byte = f.read(1)
         f.seek(-5, 2)
         f.write(bytes([byte[0] ^ 0xFF]))
-    third = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False, force=True)
+    third = fit.run_one(_config("lp"), tmp_path, force=True, **kw)
     assert not third["features"]["reused"]
     np.testing.assert_allclose(_numbers(third), _numbers(first), rtol=1e-6)
 
@@ -181,9 +182,9 @@ def test_a_cache_that_cannot_be_written_falls_back_to_the_images(
 
 
 @pytest.mark.slow  # three runs
-def test_resumed_cached_run_writes_the_uninterrupted_record(demo, tmp_path):
+def test_resumed_cached_run_writes_the_uninterrupted_record(demo, tmp_path, trainers):
     config = _config("lp")
-    full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
+    full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False, trainers=trainers)
     # Stopped inside the second epoch (4 steps an epoch), then resumed from the checkpoint.
     stopped = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=6)
     assert stopped == {}
