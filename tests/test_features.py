@@ -119,7 +119,8 @@ def test_head_only_epochs_of_each_strategy():
     ("strategy", "options"),
     [
         ("lp", {}),
-        pytest.param("lp_ft", {"lp_epochs": 2}, marks=pytest.mark.slow),
+        # G-LF switches from cached features to images after its first epoch, as
+        # LP-FT does after its LP phase: one switch is enough for the slow tier.
         pytest.param("g_lf", {"epochs_per_stage": 1}, marks=pytest.mark.slow),
     ],
 )
