@@ -54,8 +54,6 @@ from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 FORMAT = 1
 """Bumped when the files' meaning changes (older folders are then recomputed)."""
 
-_CHUNK_ROWS = 4096  # rows hashed at a time when a cache is checked
-
 
 def backbone_hash(variables: Mapping[str, Any], partition: BlockPartition) -> str:
     """sha256 of every parameter outside the head, and every BatchNorm statistic."""
