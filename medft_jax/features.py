@@ -14,8 +14,9 @@ uncached run up to float rounding.
 Under the paper's default ``frozen_bn='update'`` the frozen layers' outputs
 depend on the batch (batch statistics), so nothing is cached.
 
-Layout, beside the prepared images (``<variant cache>/features``, or
-``<runs>/features`` for a dataset held in memory)::
+Layout, beside the prepared images (``<variant cache>/features``), or
+under ``<runs>/features`` for a dataset held in memory or prepared data
+that cannot be written (a read-only shared copy)::
 
     <root>/<data fingerprint>/<arch>-<precision>-<backbone hash>/
         train.npy  val.npy  test.npy   float32 (N, D), rows in split order
@@ -37,7 +38,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,21 @@ def backbone_hash(variables: Mapping[str, Any], partition: BlockPartition) -> st
     return digest
 
 
-def root_for(ds: Dataset, out_dir: str | Path) -> Path:
-    """Beside the prepared images when they are an on-disk cache, else under ``out_dir``."""
+def roots_for(ds: Dataset, out_dir: str | Path) -> tuple[Path, ...]:
+    """Where a run looks for and writes its features, in order of preference.
+
+    Beside the prepared images when they are an on-disk cache (every run of
+    that variant shares them), then under ``out_dir``: a read-only shared
+    copy of the prepared data still gets its features computed once, in
+    the run folder's tree, instead of recomputing them every run.
+    """
+    out = Path(out_dir) / "features"
     images = ds.split("train").images
     if isinstance(images, np.memmap) and images.filename is not None:
-        return Path(images.filename).parent / "features"
-    return Path(out_dir) / "features"
+        beside = Path(images.filename).parent / "features"
+        if beside != out:
+            return (beside, out)
+    return (out,)
 
 
 def location(root: Path, ds: Dataset, arch: str, precision: str, backbone: str) -> Path:
@@ -234,7 +244,7 @@ def _file_sha256(path: Path) -> str:
 def cached_features(
     ds: Dataset,
     *,
-    root: Path,
+    roots: Sequence[Path],
     arch: str,
     precision: str,
     variables: Mapping[str, Any],
@@ -242,7 +252,7 @@ def cached_features(
     extract: Any,
     batch_size: int,
 ) -> tuple[FeatureSet | None, dict[str, Any]]:
-    """The run's features under ``root`` (:func:`root_for`), read or computed.
+    """The run's features under the first of ``roots`` (:func:`roots_for`) that has or takes them.
 
     ``(None, info)`` when they cannot be had.
 
@@ -257,7 +267,6 @@ def cached_features(
     t = time.perf_counter()
     host = jax.device_get(dict(variables))
     backbone = backbone_hash(host, partition)
-    directory = location(root, ds, arch, precision, backbone)
     expected = {
         "format": FORMAT,
         "arch": arch,
@@ -265,23 +274,33 @@ def cached_features(
         "backbone_sha256": backbone,
         "data_fingerprint": str(ds.metadata["fingerprint"]),
     }
-    found = open_features(directory, ds, expected)
-    reused = found is not None
-    if found is None:
+    directories = [location(root, ds, arch, precision, backbone) for root in roots]
+    for directory in directories:
+        found = open_features(directory, ds, expected)
+        if found is not None:
+            return found, _info(directory, reused=True, started=t)
+    errors = []
+    for directory in directories:
         try:
             found = compute_features(directory, ds, expected, extract, batch_size)
         except OSError as e:
-            print(
-                f"warning: {directory}: cannot write the cached features ({one_line(e)}); "
-                "training the head from the images instead (same results, slower)",
-                file=sys.stderr,
-            )
+            errors.append(f"{directory}: {one_line(e)}")
             with contextlib.suppress(OSError):
                 directory.parent.rmdir()  # only if empty
-            return None, {"used": False, "reason": f"cannot write: {one_line(e)}"}
-    return found, {
+            continue
+        return found, _info(directory, reused=False, started=t)
+    print(
+        f"warning: cannot write the cached features ({'; '.join(errors)}); "
+        "training the head from the images instead (same results, slower)",
+        file=sys.stderr,
+    )
+    return None, {"used": False, "reason": f"cannot write: {'; '.join(errors)}"}
+
+
+def _info(directory: Path, *, reused: bool, started: float) -> dict[str, Any]:
+    return {
         "used": True,
         "directory": str(directory),
         "reused": reused,
-        "seconds": time.perf_counter() - t,
+        "seconds": time.perf_counter() - started,
     }

@@ -211,7 +211,7 @@ class _Run:
     weights_used: str
     best_variables: Any = None
     """Device copy of the best epoch's variables when trained in this call."""
-    feature_root: Path | None = None
+    feature_roots: tuple[Path, ...] = ()
     """Where head-only epochs may cache the backbone's features (None: never)."""
     features: Any = None
     """The :class:`medft_jax.features.FeatureSet` once read or computed."""
@@ -256,8 +256,9 @@ def run_one(
     ``feature_cache``: head-only epochs under ``frozen_bn='freeze'`` train
     from the backbone's features computed once (:mod:`medft_jax.features`),
     kept beside the prepared images, or under ``out_dir/features`` for a
-    dataset held in memory. The record is the same either way, to float
-    rounding; False always runs the backbone.
+    dataset held in memory or prepared data that cannot be written. The
+    record is the same either way, to float rounding; False always runs
+    the backbone.
 
     ``trainers``: a dict the caller keeps across runs (a sweep): runs that
     differ only in seed, learning rate or initial weights then share one
@@ -295,7 +296,7 @@ def run_one(
         run.started, run.wall_before = started, run.progress.seconds.get("wall", 0.0)
         run.progress.add("setup", time.perf_counter() - t + loading)
         if feature_cache:
-            run.feature_root = features_lib.root_for(ds, out_dir)
+            run.feature_roots = features_lib.roots_for(ds, out_dir)
         stop_at = math.inf if stop_after_steps is None else stop_after_steps
         if not _train_epochs(run, ckpts, run_dir.name, progress=progress, stop_at=stop_at):
             ckpts.close()
@@ -526,14 +527,14 @@ def _epoch_source(run: _Run, epoch: int) -> tuple[Any, bool]:
     weights give the same features); their seconds go to the record's
     ``features``, not to the epoch.
     """
-    if run.feature_root is None or not run.schedule.head_only(epoch):
+    if not run.feature_roots or not run.schedule.head_only(epoch):
         return run.ds, False
     if run.feature_info is None:
         compiled = run.trainer.compile_seconds
         state = run.state
         run.features, run.feature_info = features_lib.cached_features(
             run.ds,
-            root=run.feature_root,
+            roots=run.feature_roots,
             arch=run.config.arch,
             precision=run.config.precision,
             variables=state.variables,

@@ -15,6 +15,8 @@ import pytest
 
 from medft_jax.models import conv as conv_mod
 from medft_jax.models.conv import conv2d, cpu_conv, lax_conv, taps
+from medft_jax.models.densenet import avg_pool_2x2
+from medft_jax.models.fusion import materialize
 from medft_jax.models.pool import cpu_max_pool, lax_max_pool, max_pool2d
 
 # (batch, size, in channels, out channels, kernel, stride, padding): a 1x1 conv,
@@ -156,3 +158,29 @@ def test_cpu_conv_bf16_weight_gradient_accumulates_in_float32():
     assert got.dtype == jnp.bfloat16
     scale = np.abs(want).max()
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0, atol=0.02 * scale)
+
+
+def test_materialize_returns_its_input_through_a_loop_fusion_cannot_cross():
+    def f(a):
+        g = jnp.sin(a) * 2.0  # an elementwise producer XLA would fuse into the views
+        return sum(jnp.roll(materialize(g), i, axis=1) for i in range(3))
+
+    a = jax.random.normal(jax.random.key(0), (2, 5, 4))
+    want = sum(jnp.roll(jnp.sin(a) * 2.0, i, axis=1) for i in range(3))
+    np.testing.assert_array_equal(jax.jit(f)(a), want)
+    assert "while(" in jax.jit(f).lower(a).compile().as_text()  # not folded away
+    # A NaN first element runs the loop twice: still the input, NaN included.
+    nan = a.at[0, 0, 0].set(jnp.nan)
+    np.testing.assert_array_equal(jax.jit(materialize)(nan), nan)
+    # Differentiable as the identity.
+    np.testing.assert_array_equal(jax.grad(lambda x: (materialize(x) * x).sum())(a), 2 * a)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (2, 7, 9, 3)])
+def test_avg_pool_2x2_equals_torch_floor_mode(shape):
+    torch = pytest.importorskip("torch")
+    x = np.asarray(jax.random.normal(jax.random.key(1), shape))
+    want = torch.nn.functional.avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), 2)
+    np.testing.assert_allclose(
+        avg_pool_2x2(jnp.asarray(x)), want.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6
+    )

@@ -182,6 +182,28 @@ def test_a_cache_that_cannot_be_written_falls_back_to_the_images(
     assert "training the head from the images instead" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two runs
+def test_features_of_read_only_prepared_data_go_under_the_runs_folder(
+    demo, tmp_path, trainers, monkeypatch
+):
+    # A file where the prepared data's folder would be: no folder can be made in
+    # it, whoever runs the test (a read-only folder does not stop root).
+    blocked = tmp_path / "prepared"
+    blocked.write_text("")
+    out = tmp_path / "runs" / "features"
+    monkeypatch.setattr(features, "roots_for", lambda ds, out_dir: (blocked / "features", out))
+    kw = {"dataset": demo, "progress": False, "trainers": trainers}
+    first = fit.run_one(_config("lp"), tmp_path / "runs", **kw)
+    assert first["features"]["used"] and not first["features"]["reused"]
+    assert first["features"]["directory"].startswith(str(out))
+    again = fit.run_one(_config("lp"), tmp_path / "runs", force=True, **kw)
+    assert (
+        again["features"]["reused"]
+        and again["features"]["directory"] == first["features"]["directory"]
+    )
+    np.testing.assert_allclose(_numbers(again), _numbers(first), rtol=1e-6)
+
+
 @pytest.mark.slow  # three runs
 def test_resumed_cached_run_writes_the_uninterrupted_record(demo, tmp_path, trainers):
     config = _config("lp")
@@ -203,11 +225,14 @@ def test_features_sit_beside_memmapped_images(tmp_path):
         *(np.array(list("abcd")),) * 3,
     )
     on_disk = Dataset("x", {"train": split}, ("a", "b"))
-    assert features.root_for(on_disk, tmp_path / "runs") == tmp_path / "variant" / "features"
+    assert features.roots_for(on_disk, tmp_path / "runs") == (
+        tmp_path / "variant" / "features",
+        tmp_path / "runs" / "features",
+    )
     ids = split.ids
     held = ArraySplit(np.zeros((4, 8, 8, 3), np.uint8), split.labels, ids, ids, ids)
     in_memory = Dataset("x", {"train": held}, ("a", "b"))
-    assert features.root_for(in_memory, tmp_path / "runs") == tmp_path / "runs" / "features"
+    assert features.roots_for(in_memory, tmp_path / "runs") == (tmp_path / "runs" / "features",)
 
 
 @pytest.mark.slow  # two command-line runs

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from medft_jax.models.fusion import materialize
+
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 # The weight gradient builds the im2col patch matrix of at most this many bytes
@@ -142,7 +144,8 @@ def _input_grad(x: jax.Array, w: jax.Array, g: jax.Array, stride: int, padding: 
     if _use_grad_taps(x, w, stride, padding, for_input=True):
         k, _, c, o = w.shape
         flipped = w[::-1, ::-1].transpose(0, 1, 3, 2).reshape(k * k * o, c)
-        return jnp.einsum("nhwq,qc->nhwc", _grad_taps(g, k), flipped)
+        # Nine views of g: written once, not recomputed from its producers per view.
+        return jnp.einsum("nhwq,qc->nhwc", _grad_taps(materialize(g), k), flipped)
     conv = matmul_conv if _use_matmul(x, w, stride, padding) else lax_conv
     _, vjp = jax.vjp(lambda x_: conv(x_, w, stride, padding), x)
     return vjp(g)[0]

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from medft_jax.models.conv import taps
+from medft_jax.models.fusion import materialize
 
 
 def lax_max_pool(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
@@ -45,13 +46,15 @@ def _bwd(kernel, stride, padding, residuals, g):
     n, h, w, c = x.shape
     oh, ow = out.shape[1:3]
     k, s = kernel, stride
-    # Each window's first maximum, as its tap number (row-major), in one pass;
-    # the barrier keeps XLA from recomputing it inside every use below.
+    # Each window's first maximum, as its tap number (row-major), in one pass.
     views = taps(x, k, s, padding, -jnp.inf)
     first = jnp.full(out.shape, k * k, jnp.int8)
     for t in reversed(range(k * k)):
         first = jnp.where(views[t] == out, jnp.int8(t), first)
-    first = lax.optimization_barrier(first)
+    # Both are written once: XLA would otherwise compute them again for every
+    # tap below, with the gradient's producers (in DenseNet-121, the BatchNorm
+    # backward of every dense layer of the first block) fused in.
+    first, g = materialize(first), materialize(g)
     # The padded input's rows r = s*q + a (a = r mod s) receive, from tap i
     # with i mod s == a, the gradient of output row q - i // s: each of the
     # s*s phases is a sum of shifted (not interleaved) arrays, and the phases
