@@ -207,7 +207,7 @@ def test_cli_main_keeps_real_bugs_and_maps_disk_errors(capsys):
 
 # --- a run is what its inputs are ---------------------------------------------------------------
 
-RUN = ["--strategy", "lp", "--arch", "resnet50", "--weights", "none", "--epochs", "1"]
+RUN = ["--strategy", "lp", "--arch", "resnet_tiny", "--weights", "none", "--epochs", "1"]
 RUN += ["--batch-size", "8", "--image-size", "32", "--no-progress"]
 
 

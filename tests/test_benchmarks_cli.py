@@ -124,11 +124,24 @@ def test_models_rejects_a_malformed_setting():
         bench_models.parse_setting("224")
 
 
+TINY = ["--archs", "resnet_tiny"]
+
+
 @pytest.mark.slow
-def test_grid_bill_quick_runs_on_cpu_and_states_its_goals():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def test_grid_bill_quick_runs_on_cpu_and_states_its_goals(tmp_path):
+    # The paper's grid with the test arch (ResNet-50 wired with one bottleneck
+    # per layer) in place of its three: the same script, half the compiling.
+    config = tmp_path / "tiny_grid.py"
+    config.write_text(
+        "import dataclasses\n"
+        "from experiments.configs.paper import get_config as paper\n"
+        "def get_config():\n"
+        "    return dataclasses.replace(paper(), archs=('resnet_tiny',))\n"
+    )
+    path = os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
     out = subprocess.run(
-        [sys.executable, str(BENCH / "grid_bill.py"), "--quick"],
+        [sys.executable, str(BENCH / "grid_bill.py"), "--quick", "--config", str(config), *TINY],
         capture_output=True,
         text=True,
         env=env,
@@ -153,6 +166,6 @@ def test_grid_bill_quick_runs_on_cpu_and_states_its_goals():
     for variant in ("fp32, LP uncached", "fp32, LP cached"):
         assert re.search(rf"\| {variant} \| every \(50\) \| .* \*\*[\d,.]+\*\*", text)
     # Cached LP trains a head on features: far cheaper an epoch than from images.
-    row = re.search(r"\| resnet50 \| lp \| fp32 \|[^\n]*", text).group(0).split("|")
+    row = re.search(r"\| resnet_tiny \| lp \| fp32 \|[^\n]*", text).group(0).split("|")
     uncached_x_ft, cached_x_ft = float(row[8]), float(row[9])
     assert cached_x_ft < uncached_x_ft / 5
