@@ -52,7 +52,7 @@ def _numbers(record: dict) -> list[float]:
     return out + list(record["test"].values())
 
 
-@pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.slow  # the fast tier's cached LP run equals the uncached one through both parts
 def test_resnet_head_of_backbone_is_the_whole_model():
     model = create("resnet_tiny", 3)
     v = init_variables(model, 0, 32)
