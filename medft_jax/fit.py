@@ -212,7 +212,7 @@ class _Run:
     best_variables: Any = None
     """Device copy of the best epoch's variables when trained in this call."""
     feature_roots: tuple[Path, ...] = ()
-    """Where head-only epochs may cache the backbone's features (None: never)."""
+    """Where head-only epochs may cache the backbone's features, in order (empty: never)."""
     features: Any = None
     """The :class:`medft_jax.features.FeatureSet` once read or computed."""
     feature_info: dict[str, Any] | None = None
