@@ -78,6 +78,7 @@ from medft_jax.data.dataset import Dataset
 from medft_jax.fit import PRECISIONS
 from medft_jax.grid import NOMINAL_TRAIN_IMAGES, Grid, load_grid
 from medft_jax.models import create, get_arch, init_variables
+from medft_jax.runtime import tune_cpu_host
 from medft_jax.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1023,6 +1024,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_cpu_host()  # the process as the command lines set it up, before JAX's first use
     on_cpu = jax.default_backend() == "cpu"
     grid = load_grid(args.config)
     settings = grid.config(grid.datasets[0], grid.archs[0], grid.strategies[0], 1e-4, 0)

@@ -27,6 +27,13 @@ convolution and max pool (``lax.conv_general_dilated``, ``reduce_window``)
 in place of the toolkit's CPU formulations (``medft_jax/models/conv.py``,
 ``pool.py``), i.e. the models as they were before those; on a GPU or TPU
 both columns run the same program.
+
+``--host`` (default ``toolkit``) sets up the process as the toolkit's
+command lines do (``medft_jax.runtime.tune_cpu_host``: CPU steps on the
+calling thread, glibc keeping freed memory). The allocator part applies to
+the whole process, PyTorch included, so the ratio does not credit JAX with
+it. ``--host default`` leaves the process as started, for the comparison
+before that setting.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from medft_jax.errors import one_line
 from medft_jax.models import create, layers, vgg
 from medft_jax.models.conv import lax_conv
 from medft_jax.models.pool import lax_max_pool
+from medft_jax.runtime import tune_cpu_host
 
 SETTINGS = ((64, 32), (224, 16))  # (image size, batch)
 NUM_CLASSES = 10
@@ -213,7 +221,7 @@ def images_per_s_or_reason(fn: Callable[[], None], batch: int, steps: int) -> fl
         return f"n/a ({reason[:120]})"
 
 
-def header(precisions: list[str]) -> str:
+def header(precisions: list[str], host: str) -> str:
     """The first line: date, machine, card, jax / torch / CUDA versions, precisions."""
     import torch
 
@@ -235,7 +243,8 @@ def header(precisions: list[str]) -> str:
     return (
         f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, card {card}; {versions} on {jax.device_count()}x "
-        f"{jax_dev.device_kind}; {torch_part}; precision {' '.join(precisions)}"
+        f"{jax_dev.device_kind}; {torch_part}; precision {' '.join(precisions)}; "
+        f"host {host}"
     )
 
 
@@ -321,7 +330,17 @@ def main() -> None:
         action="store_true",
         help="also time JAX with XLA's own convolution and max pool (the models before)",
     )
+    p.add_argument(
+        "--host",
+        choices=("toolkit", "default"),
+        default="toolkit",
+        help="toolkit: the command lines' process settings (tune_cpu_host), for both "
+        "frameworks; default: the process as started",
+    )
     args = p.parse_args()
+    host = "default"
+    if args.host == "toolkit":  # before anything creates JAX's CPU client
+        host = "toolkit (allocator kept)" if tune_cpu_host() else "toolkit"
     for setting in args.settings:
         parse_setting(setting)
     try:
@@ -329,7 +348,7 @@ def main() -> None:
     except ImportError:
         raise SystemExit("benchmarks/models.py needs torch: pip install -e '.[port]'") from None
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
-    print(header(precisions))
+    print(header(precisions, host))
     for i, precision in enumerate(precisions):
         if i:
             print()

@@ -28,6 +28,7 @@ from models import jax_fns, median_seconds  # benchmarks/models.py, beside this 
 
 from medft_jax import strategies
 from medft_jax.models import create, get_arch, init_variables
+from medft_jax.runtime import tune_cpu_host
 from medft_jax.train import Trainer
 
 
@@ -139,6 +140,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--strategies", nargs="+", default=list(strategies.PAPER_STRATEGIES))
     args = p.parse_args()
+    tune_cpu_host()  # the process as the command lines set it up, before JAX's first use
     spec = get_arch(args.arch)
     model = create(args.arch, 2)
     variables = jax.device_get(init_variables(model, 0, 32))

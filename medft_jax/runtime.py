@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -40,3 +43,60 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def tune_cpu_host() -> bool:
+    """Runs CPU steps on the calling thread and keeps freed host memory for reuse.
+
+    XLA's CPU client allocates every execution's temporary buffer (hundreds of
+    MB for a training step) with ``posix_memalign`` and frees it at the end.
+    glibc serves an allocation that large with a fresh ``mmap``, and frees it
+    with ``munmap``, so each step first-touches every page again: about 490K
+    minor page faults, 1.4 s of kernel time, in a DenseNet-121 224 px batch-16
+    step on 2 cores (benchmarks/RESULTS.md, "Page faults"). Two settings stop
+    that, and each is useless without the other:
+
+    - ``jax_cpu_enable_async_dispatch=False``: single-device CPU computations
+      run on the calling thread, whose malloc arena is the main one. An
+      asynchronous execution allocates from a worker thread's arena, which
+      glibc cannot grow past 64 MB and so always maps afresh.
+    - ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, -1)`` (both
+      documented in mallopt(3)): the main arena serves large blocks from its
+      heap and never gives freed memory back, so the next step reuses pages
+      already mapped. The process's resident size stays at its peak, which a
+      training loop reaches every step anyway.
+
+    Applied only when JAX's default backend is the CPU: the dispatch setting
+    must precede the CPU client's creation, so call this before any JAX
+    computation (``medft_jax.session.set_up_process`` does). The allocator
+    part needs glibc; elsewhere only the dispatch setting applies.
+    ``MEDFT_JAX_TUNE_CPU_HOST=0`` turns both off. Returns whether the
+    allocator was tuned.
+    """
+    if os.environ.get("MEDFT_JAX_TUNE_CPU_HOST", "1") == "0":
+        return False
+    # Only single-device CPU computations are affected: a GPU or TPU run's
+    # steps, and sharded ones, keep their asynchronous dispatch.
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    if jax.default_backend() != "cpu":
+        return False
+    return keep_freed_host_memory()
+
+
+def keep_freed_host_memory() -> bool:
+    """glibc only: large blocks from the heap, never trimmed (see :func:`tune_cpu_host`)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success.
+    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1

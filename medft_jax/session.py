@@ -39,19 +39,21 @@ from medft_jax.outcomes import (
     Outcome,
     fatal_kind,
 )
-from medft_jax.runtime import enable_compilation_cache
+from medft_jax.runtime import enable_compilation_cache, tune_cpu_host
 from medft_jax.train import NonFiniteLossError
 
 _SET_UP = False
 
 
 def set_up_process() -> None:
-    """Once per process: multi-host init (``MEDFT_DISTRIBUTED=1``) and the compilation cache."""
+    """Once per process: multi-host init (``MEDFT_DISTRIBUTED=1``), the CPU host
+    settings (:func:`medft_jax.runtime.tune_cpu_host`) and the compilation cache."""
     global _SET_UP
     if _SET_UP:
         return
     if os.environ.get("MEDFT_DISTRIBUTED") == "1":  # see BUILD.md: multi-host runs
         jax.distributed.initialize()
+    tune_cpu_host()
     enable_compilation_cache()
     _SET_UP = True
 

@@ -37,11 +37,10 @@ from medft_jax.checkpoints.model import (
 )
 from medft_jax.models import create
 from medft_jax.models.blocks import flatten, unflatten
+from tests.torch_ref import torch  # skips the module without torch
 from weights_port.__main__ import main as port_main
 from weights_port.keymap import PortError
 from weights_port.state_io import read_state_dict
-
-torch = pytest.importorskip("torch", reason="the .pth checks need torch (pip install -e '.[test]')")
 
 REPO = Path(__file__).resolve().parents[1]
 

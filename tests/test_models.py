@@ -89,6 +89,7 @@ def test_same_seed_same_init_other_seed_differs():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("resnet_tiny")
 def test_bfloat16_compute_keeps_float32_params(tiny):
     _, v = tiny

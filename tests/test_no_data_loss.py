@@ -284,6 +284,7 @@ def _two_process_job(run_dir: Path) -> list[dict]:
     return outcomes
 
 
+@pytest.mark.slow
 def test_under_multi_host_jax_all_processes_run_the_run_or_none_does(tmp_path):
     """Only process 0 locks; the others learn the outcome (a mismatch would hang the job)."""
     free = tmp_path / "free"

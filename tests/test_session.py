@@ -28,6 +28,7 @@ def test_a_diverged_run_leaves_a_note_under_run_as_under_sweep(monkeypatch, tmp_
     assert not list(tmp_path.rglob("record.json"))
 
 
+@pytest.mark.slow
 def test_outcomes_of_one_session(tmp_path, monkeypatch):
     """Done, then skipped; a failure note is skipped unless retried; out of memory is fatal."""
     config = fit.RunConfig(

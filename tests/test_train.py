@@ -150,6 +150,7 @@ def test_trainer_rejects_a_mask_of_another_tree(resnet_tree):
         trainer.train_step(state, x, y, trainable=[True], bn_train=True)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("resnet_tiny")
 def test_runtime_learning_rate_and_seed_share_one_program(tiny):
     """lr and seed are step arguments: the same program for every (lr, seed), same updates."""

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import types
+
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="parity tests need torch (pip install -e '.[test]')")
-torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
+if importlib.util.find_spec("torch") is None or importlib.util.find_spec("torchvision") is None:
+    pytest.skip(
+        "parity tests need torch and torchvision (pip install -e '.[test]')",
+        allow_module_level=True,
+    )
+
+
+class _ImportedOnFirstUse(types.ModuleType):
+    """Stands for a module and imports it at its first attribute access.
+
+    Importing torch and torchvision costs each test worker about 4 s; at
+    module level that is paid at collection, by every worker, even when no
+    test that runs uses them (the fast tier's workers, a ``-k`` selection).
+    """
+
+    def __getattr__(self, name: str):
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+torch = _ImportedOnFirstUse("torch")
+torchvision = _ImportedOnFirstUse("torchvision")
 
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
