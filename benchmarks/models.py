@@ -33,7 +33,9 @@ command lines do (``medft_jax.runtime.tune_cpu_host``: CPU steps on the
 calling thread, glibc keeping freed memory). The allocator part applies to
 the whole process, PyTorch included, so the ratio does not credit JAX with
 it. ``--host default`` leaves the process as started, for the comparison
-before that setting.
+before that setting. ``--host split`` compares each framework as its users
+run it: JAX here with the toolkit's settings, PyTorch timed in a child
+process as started (fp32 table only).
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -256,8 +261,9 @@ def fp32_table(args: argparse.Namespace) -> None:
     for arch in args.archs:
         for setting in args.settings:
             size, batch = parse_setting(setting)
+            child = torch_in_child(arch, size, batch, args.steps) if args.host == "split" else None
             jf, jt = jax_fns(arch, size, batch)
-            tf, tt = torch_fns(arch, size, batch)
+            tf, tt = (None, None) if child else torch_fns(arch, size, batch)
             bf, bt = jax_fns(arch, size, batch) if args.xla_baseline else (None, None)
             for mode, jfn, tfn, bfn in (("forward", jf, tf, bf), ("train step", jt, tt, bt)):
                 cells = ""
@@ -265,11 +271,32 @@ def fp32_table(args: argparse.Namespace) -> None:
                     with xla_ops():  # traced (at the warm-up) with XLA's ops
                         b = batch / median_seconds(bfn, args.steps)
                 j = batch / median_seconds(jfn, args.steps)
-                t = batch / median_seconds(tfn, args.steps)
+                t = child[mode] if child else batch / median_seconds(tfn, args.steps)
                 if bfn is not None:
                     cells = f"| {b:.1f} | {b / t:.2f} "
                 row = f"| {arch} | {size} | {batch} | {mode} {cells}"
                 print(f"{row}| {j:.1f} | {t:.1f} | {j / t:.2f} |", flush=True)
+
+
+def torch_in_child(arch: str, size: int, batch: int, steps: int) -> dict[str, float]:
+    """PyTorch's images/s for ``forward`` and ``train step``, timed in a process as started."""
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import models; "
+        "f, t = models.torch_fns(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])); "
+        "n, k = int(sys.argv[4]), int(sys.argv[5]); "
+        "print(json.dumps({'forward': n / models.median_seconds(f, k), "
+        "'train step': n / models.median_seconds(t, k)}))"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code, here, arch, str(size), str(batch), str(steps)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def bf16_table(args: argparse.Namespace) -> None:
@@ -332,15 +359,16 @@ def main() -> None:
     )
     p.add_argument(
         "--host",
-        choices=("toolkit", "default"),
+        choices=("toolkit", "default", "split"),
         default="toolkit",
         help="toolkit: the command lines' process settings (tune_cpu_host), for both "
-        "frameworks; default: the process as started",
+        "frameworks; default: the process as started; split: JAX with them, PyTorch in a "
+        "child process as started",
     )
     args = p.parse_args()
     host = "default"
-    if args.host == "toolkit":  # before anything creates JAX's CPU client
-        host = "toolkit (allocator kept)" if tune_cpu_host() else "toolkit"
+    if args.host != "default":  # before anything creates JAX's CPU client
+        host = f"{args.host} (allocator kept)" if tune_cpu_host() else args.host
     for setting in args.settings:
         parse_setting(setting)
     try:
