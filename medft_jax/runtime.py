@@ -55,11 +55,12 @@ def tune_cpu_host() -> bool:
 
     XLA's CPU client allocates every execution's temporary buffer (hundreds of
     MB for a training step) with ``posix_memalign`` and frees it at the end.
-    glibc serves an allocation that large with a fresh ``mmap``, and frees it
-    with ``munmap``, so each step first-touches every page again: about 490K
-    minor page faults, 1.4 s of kernel time, in a DenseNet-121 224 px batch-16
-    step on 2 cores (benchmarks/RESULTS.md, "Page faults"). Two settings stop
-    that, and each is useless without the other:
+    By default glibc serves an allocation that large with a fresh ``mmap``,
+    and frees it with ``munmap``, so each step first-touches every page
+    again: about 490K minor page faults, 1.4 s of kernel time, in a
+    DenseNet-121 224 px batch-16 step on 2 cores (benchmarks/RESULTS.md,
+    "Fourth pass"). Two settings stop that, and each is useless without the
+    other:
 
     - ``jax_cpu_enable_async_dispatch=False``: single-device CPU computations
       run on the calling thread, whose malloc arena is the main one. An
@@ -71,10 +72,10 @@ def tune_cpu_host() -> bool:
       already mapped. The process's resident size stays at its peak, which a
       training loop reaches every step anyway.
 
-    Applied only when JAX's default backend is the CPU: the dispatch setting
-    must precede the CPU client's creation, so call this before any JAX
+    The dispatch setting is always made (it only concerns the CPU client) and
+    must precede that client's creation, so call this before any JAX
     computation (``medft_jax.session.set_up_process`` does). The allocator
-    part needs glibc; elsewhere only the dispatch setting applies.
+    part is made only when JAX's default backend is the CPU, and needs glibc.
     ``MEDFT_JAX_TUNE_CPU_HOST=0`` turns both off. Returns whether the
     allocator was tuned.
     """
