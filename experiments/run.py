@@ -21,13 +21,11 @@ from typing import Any
 
 from experiments.common import add_dataset_flags, dataset_options, local_options
 from medft_jax import results
-from medft_jax.checkpoints.pretrained import WEIGHTS_CHOICES
 from medft_jax.config import RunConfig, check_config, flag_name
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
-from medft_jax.names import ARCHS, STRATEGIES, dataset_base, dataset_names
+from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_base, dataset_names
 from medft_jax.outcomes import BUSY, DIVERGED, OUT_OF_MEMORY, SKIPPED
 from medft_jax.report import aggregate
-from medft_jax.session import Session
 
 # Small settings that make the default command finish in minutes on a 2-core CPU.
 DEMO_DEFAULTS = {"image_size": 32, "epochs": 8, "batch_size": 32, "lr": 1e-4, "seeds": [0]}
@@ -213,6 +211,9 @@ def _main(argv: Sequence[str] | None) -> int:
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
         writable_dir(args.data_dir, "--data-dir")
+    # The one import of JAX, here and not at the top: --help and a bad flag stay fast.
+    from medft_jax.session import Session
+
     session = Session(
         args.out,
         data_dir=args.data_dir,

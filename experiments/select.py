@@ -42,7 +42,6 @@ from medft_jax.errors import ArgumentParser, cli_main
 from medft_jax.grid import Grid
 from medft_jax.halving import Arm, rung_budgets, successive_halving, survivors, tiebreak_metric
 from medft_jax.report import collect
-from medft_jax.session import Session
 
 __all__ = ["Arm", "main", "rung_budgets", "survivors", "tiebreak_metric"]
 
@@ -89,6 +88,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.seed is not None:
         check_value("seed", args.seed, "--seed")
     g, arms, max_epochs = _arms(args)
+    # The one import of JAX, here and not at the top: --help and a bad flag stay fast.
+    from medft_jax.session import Session
+
     session = Session(
         args.out,
         data_dir=args.data_dir or g.data_dir,

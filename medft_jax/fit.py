@@ -39,7 +39,7 @@ from medft_jax.checkpoints import model as model_checkpoint
 from medft_jax.checkpoints import pretrained
 from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.config import RunConfig, check_config
-from medft_jax.data.tasks import task_options
+from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_info
 from medft_jax.errors import one_line

@@ -19,16 +19,16 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medft_jax import results
-from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.config import RunConfig
-from medft_jax.data import DataError
+from medft_jax.data.errors import DataError
 from medft_jax.errors import UserError
-from medft_jax.metrics import primary_metric
 from medft_jax.outcomes import BUSY, DIVERGED, DONE, STOPPED
-from medft_jax.session import Session
+
+if TYPE_CHECKING:  # JAX comes with the session: imported where a rung runs, not on --help
+    from medft_jax.session import Session
 
 
 @dataclasses.dataclass
@@ -109,6 +109,8 @@ def successive_halving(
             f"--min-epochs {min_epochs:g} is under one train step: {first.dataset} has "
             f"{steps_per_epoch} steps per epoch at batch size {first.batch_size}"
         )
+    from medft_jax.metrics import primary_metric
+
     primary = primary_metric(first.dataset, dataset.multilabel)
     alive, rungs = list(arms), []
     for budget in rung_budgets(min_epochs, eta, max_epochs):
@@ -192,6 +194,8 @@ def score_arm(
         epochs, partial, arm.finished = record["epochs"], None, True
         metric = record["primary_metric"]
     else:
+        from medft_jax.checkpoints.run import RunCheckpoints
+
         run = results.run_dir(out, arm.config.to_dict())
         progress = RunCheckpoints(run).read_progress() or {}
         epochs, partial = progress.get("epochs", []), progress.get("partial")

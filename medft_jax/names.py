@@ -19,6 +19,9 @@ PAPER_STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto
 EXTRA_STRATEGIES = ("surgical", "llrd", "bitfit")
 """Strategies beyond the paper's."""
 STRATEGIES = PAPER_STRATEGIES + EXTRA_STRATEGIES
+WEIGHTS_CHOICES = ("auto", "imagenet", "none")
+"""``--weights`` values besides a model checkpoint folder
+(``medft_jax.checkpoints.pretrained`` resolves them)."""
 TASK_NAMES = (
     "chexpert",
     "mura_shoulder",

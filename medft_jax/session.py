@@ -26,7 +26,7 @@ import jax
 from medft_jax import fit, results
 from medft_jax.config import RunConfig
 from medft_jax.data import DataError
-from medft_jax.data.tasks import task_options
+from medft_jax.data.options import task_options
 from medft_jax.locks import RunLocked
 from medft_jax.outcomes import (
     BUSY,

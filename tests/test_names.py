@@ -37,3 +37,26 @@ def test_a_grid_file_and_its_check_load_no_jax():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "1728 []"
+
+
+def test_the_commands_help_loads_no_jax():
+    """``--help`` of the run, sweep, select and report commands prints in a fraction of a
+    second: their modules load JAX (with the session) only once flags are checked."""
+    code = (
+        "import contextlib, io, sys\n"
+        "import experiments.report, experiments.run, experiments.select, experiments.sweep\n"
+        "for m in (experiments.run, experiments.sweep, experiments.select, experiments.report):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        try:\n"
+        "            m.main(['--help'])\n"
+        "        except SystemExit as e:\n"
+        "            assert e.code == 0, (m.__name__, e.code)\n"
+        "    assert 'usage:' in out.getvalue(), m.__name__\n"
+        "heavy = sorted(m for m in ('jax', 'flax', 'optax', 'grain', 'tensorflow', 'orbax',"
+        " 'sklearn') if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"

@@ -19,8 +19,6 @@ import numpy as np
 from medft_jax.checkpoints.model import CheckpointError, load_model
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
-WEIGHTS_CHOICES = ("auto", "imagenet", "none")
-
 _UNAVAILABLE: dict[str, str] = {}
 """Archs whose ImageNet weights could not be ported in this process, and why.
 

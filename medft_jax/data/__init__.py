@@ -17,11 +17,31 @@ arrays), ``tasks`` + ``builders/`` (TFDS), ``medmnist``, ``local``
 (folder/csv), ``demo``, ``preprocess`` (torchvision-equal resizing).
 """
 
-from medft_jax.data.arrays import ArraySplit
-from medft_jax.data.dataset import Dataset
-from medft_jax.data.errors import DataError
-from medft_jax.data.pipeline import BatchIterator
-from medft_jax.data.registry import DEFAULT_DATASET, known_names, load, prepare
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medft_jax.data.arrays import ArraySplit
+    from medft_jax.data.dataset import Dataset
+    from medft_jax.data.errors import DataError
+    from medft_jax.data.pipeline import BatchIterator
+    from medft_jax.data.registry import DEFAULT_DATASET, known_names, load, prepare
+
+_HOMES = {
+    "ArraySplit": "arrays",
+    "BatchIterator": "pipeline",
+    "DEFAULT_DATASET": "registry",
+    "DataError": "errors",
+    "Dataset": "dataset",
+    "known_names": "registry",
+    "load": "registry",
+    "prepare": "registry",
+}
+"""Each public name's module. Imported on first use: the pipeline brings grain and JAX,
+and importing a light submodule (``errors``, ``tasks``' names) or printing a command's
+``--help`` should not."""
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -33,3 +53,15 @@ __all__ = [
     "load",
     "prepare",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -30,7 +30,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,31 +41,12 @@ from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example
 from medft_jax.data.locations import cache_dir
+from medft_jax.data.options import OPTION_OWNERS as OPTION_OWNERS
+from medft_jax.data.options import task_options as task_options
 from medft_jax.names import TASK_NAMES as TASK_NAMES  # the one list of the tasks' names
 
 MANUAL_RECORD = "medft_manual_source.json"
 """In a prepared TFDS folder: the signature of the manual dir it was prepared from."""
-
-
-OPTION_OWNERS = {"uncertain": ("chexpert", "ones"), "split_by": ("isic2020", "patient")}
-"""Task-specific options: ``{option: (the task that reads it, its default)}``, as the
-builders' ``Task.options`` say; kept here so loading needs no builder (no TFDS import)."""
-
-
-def task_options(dataset: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``dataset``'s task-specific options (:data:`OPTION_OWNERS`), defaults filled in.
-
-    What a record carries to say which labels and split its numbers come
-    from (e.g. ``{"split_by": "image"}`` for ISIC 2020); empty for datasets
-    without such options. ``given``: a loaded dataset's metadata, a grid's
-    ``dataset_options`` entry or a record's (missing or None: the default).
-    """
-    given = given or {}
-    return {
-        option: given.get(option) or default
-        for option, (owner, default) in OPTION_OWNERS.items()
-        if owner == dataset
-    }
 
 
 def _config_kwargs(

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from medft_jax import results
-from medft_jax.data.tasks import task_options
+from medft_jax.data.options import task_options
 from medft_jax.report import aggregate
 from medft_jax.results import RecordError
 

@@ -1,0 +1,30 @@
+"""The paper tasks' own options (CheXpert's uncertain labels, ISIC 2020's split unit).
+
+A leaf module: records, reports and grid files name these options without
+loading a dataset, so it imports nothing from the data pipeline or TFDS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+OPTION_OWNERS = {"uncertain": ("chexpert", "ones"), "split_by": ("isic2020", "patient")}
+"""Task-specific options: ``{option: (the task that reads it, its default)}``, as the
+builders' ``Task.options`` say; kept here so loading needs no builder (no TFDS import)."""
+
+
+def task_options(dataset: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``dataset``'s task-specific options (:data:`OPTION_OWNERS`), defaults filled in.
+
+    What a record carries to say which labels and split its numbers come
+    from (e.g. ``{"split_by": "image"}`` for ISIC 2020); empty for datasets
+    without such options. ``given``: a loaded dataset's metadata, a grid's
+    ``dataset_options`` entry or a record's (missing or None: the default).
+    """
+    given = given or {}
+    return {
+        option: given.get(option) or default
+        for option, (owner, default) in OPTION_OWNERS.items()
+        if owner == dataset
+    }
