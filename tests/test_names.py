@@ -22,28 +22,34 @@ def test_the_registries_hold_exactly_the_names():
     assert names.dataset_base("medmnist/breastmnist@64") == "medmnist"
 
 
-def test_a_grid_file_and_its_check_load_no_jax():
-    """The paper grid loads and validates (1,728 runs) with no JAX, Flax or data library."""
-    code = (
-        "import sys\n"
-        "from medft_jax.grid import load_grid\n"
-        f"g = load_grid({str(ROOT / 'experiments' / 'configs' / 'paper.py')!r})\n"
-        "g.validate()\n"
-        "heavy = sorted(m for m in ('jax', 'flax', 'optax', 'grain', 'tensorflow', 'orbax')"
-        " if m in sys.modules)\n"
-        "print(len(g.configs()), heavy)\n"
-    )
+HEAVY = ("jax", "flax", "optax", "grain", "tensorflow", "orbax", "sklearn")
+
+
+def _run_then_heavy(code: str) -> str:
+    """Runs ``code`` in a fresh interpreter; its stdout, then the heavy libraries it loaded."""
+    code += f"\nprint(sorted(m for m in {HEAVY!r} if m in __import__('sys').modules))\n"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
-    assert out.stdout.strip() == "1728 []"
+    return out.stdout.strip()
+
+
+def test_a_grid_file_and_its_check_load_no_jax():
+    """The paper grid loads and validates (1,728 runs) with no JAX, Flax or data library."""
+    code = (
+        "from medft_jax.grid import load_grid\n"
+        f"g = load_grid({str(ROOT / 'experiments' / 'configs' / 'paper.py')!r})\n"
+        "g.validate()\n"
+        "print(len(g.configs()))\n"
+    )
+    assert _run_then_heavy(code).split("\n") == ["1728", "[]"]
 
 
 def test_the_commands_help_loads_no_jax():
     """``--help`` of the run, sweep, select and report commands prints in a fraction of a
     second: their modules load JAX (with the session) only once flags are checked."""
     code = (
-        "import contextlib, io, sys\n"
+        "import contextlib, io\n"
         "import experiments.report, experiments.run, experiments.select, experiments.sweep\n"
         "for m in (experiments.run, experiments.sweep, experiments.select, experiments.report):\n"
         "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
@@ -52,11 +58,5 @@ def test_the_commands_help_loads_no_jax():
         "        except SystemExit as e:\n"
         "            assert e.code == 0, (m.__name__, e.code)\n"
         "    assert 'usage:' in out.getvalue(), m.__name__\n"
-        "heavy = sorted(m for m in ('jax', 'flax', 'optax', 'grain', 'tensorflow', 'orbax',"
-        " 'sklearn') if m in sys.modules)\n"
-        "print(heavy)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    assert out.stdout.strip() == "[]"
+    assert _run_then_heavy(code) == "[]"
