@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.dont_write_bytecode = False
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# TensorFlow (dataset preparation) and triton (which torchvision's import pulls in)
+# each bundle LLVM, and triton's library loaded after TensorFlow's segfaults the
+# process. Tests import torch on first use (tests/torch_ref.py), so a worker may
+# prepare a dataset first: load triton now, before anything can import TensorFlow
+# (0.6 s; importing torch and torchvision here would cost each worker 4-7 s).
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
 
 
 def pytest_configure(config):

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from medft_jax.data.preprocess import center_crop, normalize, resize_and_crop, resized_size
-from tests.torch_ref import torch, torchvision  # noqa: F401  (skips without torch)
+from tests.torch_ref import ON_ONE_WORKER, torch, torchvision  # noqa: F401  (skips without torch)
 
-T = torchvision.transforms
+pytestmark = ON_ONE_WORKER
 
 
 def _image(w: int, h: int, mode: str, seed: int) -> Image.Image:
@@ -33,6 +33,7 @@ CASES = [  # (width, height, mode, resize, crop)
 def test_uint8_stage_equals_torchvision(w, h, mode, resize, crop):
     img = _image(w, h, mode, seed=w)
     ours = resize_and_crop(img, resize, crop)
+    T = torchvision.transforms
     ref = T.Compose([T.Resize(resize), T.CenterCrop(crop)])(img.convert("RGB"))
     assert ours.dtype == np.uint8 and ours.shape == (crop, crop, 3)
     np.testing.assert_array_equal(ours, np.asarray(ref))

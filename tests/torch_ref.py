@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 import types
 
 import numpy as np
@@ -25,11 +26,20 @@ class _ImportedOnFirstUse(types.ModuleType):
     """
 
     def __getattr__(self, name: str):
+        # Collection probes every module-level object for dunder attributes
+        # (``__test__``, unittest's checks): answering those must not import.
+        if name.startswith("__") and name.endswith("__") and self.__name__ not in sys.modules:
+            raise AttributeError(name)
         return getattr(importlib.import_module(self.__name__), name)
 
 
 torch = _ImportedOnFirstUse("torch")
 torchvision = _ImportedOnFirstUse("torchvision")
+
+ON_ONE_WORKER = pytest.mark.xdist_group("torch")
+"""``pytestmark`` of the fast tier's modules that use torch: on one xdist worker, so
+only that worker pays the import (4-7 s; see ``tests/conftest.py`` for why triton is
+loaded early)."""
 
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
