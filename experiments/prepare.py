@@ -20,14 +20,13 @@ from collections.abc import Sequence
 
 from experiments.common import add_dataset_flags, dataset_options
 from medft_jax.config import check_value
-from medft_jax.data.registry import known_names, prepare
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
-from medft_jax.models import ARCHS
+from medft_jax.names import ARCHS, dataset_names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(prog="python -m experiments.prepare", description=__doc__)
-    p.add_argument("--dataset", required=True, help="one of: " + ", ".join(known_names()))
+    p.add_argument("--dataset", required=True, help="one of: " + ", ".join(dataset_names()))
     size = p.add_mutually_exclusive_group()
     size.add_argument(
         "--arch",
@@ -50,7 +49,12 @@ def sizes(args: argparse.Namespace) -> tuple[int | None, int | None]:
         crop = 224
     if crop is not None:
         check_value("image_size", crop, "--image-size")
-    resize = ARCHS[args.arch].resize_for(crop or 224) if args.arch else args.resize_size
+    if args.arch:
+        from medft_jax.models import ARCHS as MODELS  # Flax: only when an arch is named
+
+        resize = MODELS[args.arch].resize_for(crop or 224)
+    else:
+        resize = args.resize_size
     if args.resize_size is not None:
         check_value("image_size", args.resize_size, "--resize-size")
         if crop is not None and args.resize_size < crop:
@@ -73,6 +77,9 @@ def _main(argv: Sequence[str] | None) -> int:
     options = dataset_options(args)
     if args.data_dir is not None:
         writable_dir(args.data_dir, "--data-dir")
+    # The data pipeline (grain, JAX), here and not at the top: --help and a bad flag stay fast.
+    from medft_jax.data.registry import prepare
+
     ds = prepare(
         args.dataset,
         manual_dir=args.manual_dir,

@@ -46,12 +46,13 @@ def test_a_grid_file_and_its_check_load_no_jax():
 
 
 def test_the_commands_help_loads_no_jax():
-    """``--help`` of the run, sweep, select and report commands prints in a fraction of a
-    second: their modules load JAX (with the session) only once flags are checked."""
+    """``--help`` of the run, sweep, select, report and prepare commands prints in a fraction
+    of a second: their modules load JAX (with the session or the data pipeline) only once
+    flags are checked."""
     code = (
         "import contextlib, io\n"
-        "import experiments.report, experiments.run, experiments.select, experiments.sweep\n"
-        "for m in (experiments.run, experiments.sweep, experiments.select, experiments.report):\n"
+        "from experiments import prepare, report, run, select, sweep\n"
+        "for m in (run, sweep, select, report, prepare):\n"
         "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "        try:\n"
         "            m.main(['--help'])\n"
