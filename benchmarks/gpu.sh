@@ -13,22 +13,31 @@
 #   device-hours, bf16 then fp32, measuring within --time-budget (it still
 #   reports if `timeout` stops it: SIGTERM ends only the measuring);
 # - two cells of the quick sweep end to end.
+#
+# SMOKE=1 runs the same commands at 32 px, batch 4, one step, with longer limits:
+# a check, on any machine, that every command and flag in this script still works.
 set -uo pipefail
 OUT=${OUT:-/tmp/medft_gpu}
+SIZE=224 BATCH=64 STEPS=5 DATA_STEPS=20 SLOW=1
+if [ "${SMOKE:-0}" = 1 ]; then SIZE=32 BATCH=4 STEPS=1 DATA_STEPS=2 SLOW=4; fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"; } \
+    2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import jax, flax, optax, grain; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a "$OUT/gpu.txt"
 : > "$OUT/models.txt"
 for arch in resnet50 densenet121 vgg19; do
-    timeout -k 10 90 python3 benchmarks/models.py --archs "$arch" --settings 224x64 --steps 5 \
+    timeout -k 10 $((90 * SLOW)) python3 benchmarks/models.py --archs "$arch" \
+        --settings "${SIZE}x${BATCH}" --steps "$STEPS" \
         --precision both --torch-compile 2>&1 | tee -a "$OUT/models.txt"
 done
-timeout -k 10 60 python3 benchmarks/strategies.py --arch resnet50 --image-size 224 --batch 64 \
-    --steps 5 --strategies lp lp_ft l2_sp auto_rgn 2>&1 | tee "$OUT/strategies.txt"
-timeout -k 20 200 python3 benchmarks/grid_bill.py --image-size 224 --batch 64 --steps 5 \
-    --data-steps 20 --precisions bf16 fp32 --time-budget 110 2>&1 | tee "$OUT/grid_bill.txt"
-timeout -k 10 50 python3 -m experiments.sweep --config experiments/configs/quick.py \
+timeout -k 10 $((60 * SLOW)) python3 benchmarks/strategies.py --arch resnet50 \
+    --image-size "$SIZE" --batch "$BATCH" --steps "$STEPS" --strategies lp lp_ft l2_sp auto_rgn \
+    2>&1 | tee "$OUT/strategies.txt"
+timeout -k 20 $((200 * SLOW)) python3 benchmarks/grid_bill.py --image-size "$SIZE" \
+    --batch "$BATCH" --steps "$STEPS" --data-steps "$DATA_STEPS" --precisions bf16 fp32 \
+    --time-budget $((110 * SLOW)) 2>&1 | tee "$OUT/grid_bill.txt"
+timeout -k 10 $((50 * SLOW)) python3 -m experiments.sweep --config experiments/configs/quick.py \
     --only "arch=resnet50,strategy=ft|lp,seed=0,lr=0.001" --out /tmp/medft_gpu_runs 2>&1 \
     | tee "$OUT/sweep.txt"
