@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Cache compiled (and assertion-rewritten) test modules even where the
 # environment sets PYTHONDONTWRITEBYTECODE: rewriting every test module again
@@ -41,6 +43,21 @@ def pytest_configure(config):
         os.environ["MEDFT_TEST_XLA_CACHE"] = config.medft_cache_owned
     os.environ["MEDFT_JAX_CACHE"] = os.environ["MEDFT_TEST_XLA_CACHE"]
     enable_compilation_cache()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """The fast tests of a module that sets ``FAST_TESTS_GROUP`` share one xdist worker.
+
+    The modules whose fast tests use torch set it: only one worker then pays
+    torch's import (4-7 s), which keeps the fast tier's two workers under two
+    minutes. Slow tests stay free to spread: in the full suite the parity
+    tests need torch on every worker anyway, and one worker would be the tail.
+    """
+    for item in items:
+        group = getattr(getattr(item, "module", None), "FAST_TESTS_GROUP", None)
+        if group and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_unconfigure(config):

@@ -37,12 +37,12 @@ from medft_jax.checkpoints.model import (
 )
 from medft_jax.models import create
 from medft_jax.models.blocks import flatten, unflatten
-from tests.torch_ref import ON_ONE_WORKER, torch  # skips the module without torch
+from tests.torch_ref import torch  # skips the module without torch
 from weights_port.__main__ import main as port_main
 from weights_port.keymap import PortError
 from weights_port.state_io import read_state_dict
 
-pytestmark = ON_ONE_WORKER
+FAST_TESTS_GROUP = "torch"  # see tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ from PIL import Image
 import weights_port
 from experiments.predict import main
 from medft_jax.checkpoints.model import load_model, save_model
-from tests.torch_ref import ON_ONE_WORKER, random_torchvision, torch, torchvision
+from tests.torch_ref import random_torchvision, torch, torchvision
 
-pytestmark = ON_ONE_WORKER
+FAST_TESTS_GROUP = "torch"  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

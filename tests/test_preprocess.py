@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from medft_jax.data.preprocess import center_crop, normalize, resize_and_crop, resized_size
-from tests.torch_ref import ON_ONE_WORKER, torch, torchvision  # noqa: F401  (skips without torch)
+from tests.torch_ref import torch, torchvision  # noqa: F401  (skips without torch)
 
-pytestmark = ON_ONE_WORKER
+FAST_TESTS_GROUP = "torch"  # see tests/conftest.py
 
 
 def _image(w: int, h: int, mode: str, seed: int) -> Image.Image:

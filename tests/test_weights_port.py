@@ -14,7 +14,6 @@ import pytest
 import weights_port
 from medft_jax.checkpoints.model import load_metadata, load_model
 from tests.torch_ref import (
-    ON_ONE_WORKER,
     random_torchvision,
     state_dict_numpy,
     torch,
@@ -24,7 +23,7 @@ from weights_port import fetch as dl
 from weights_port.__main__ import main
 from weights_port.keymap import PortError, rename_legacy_keys, torch_to_flax
 
-pytestmark = ON_ONE_WORKER
+FAST_TESTS_GROUP = "torch"  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

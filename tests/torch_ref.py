@@ -36,11 +36,6 @@ class _ImportedOnFirstUse(types.ModuleType):
 torch = _ImportedOnFirstUse("torch")
 torchvision = _ImportedOnFirstUse("torchvision")
 
-ON_ONE_WORKER = pytest.mark.xdist_group("torch")
-"""``pytestmark`` of the fast tier's modules that use torch: on one xdist worker, so
-only that worker pays the import (4-7 s; see ``tests/conftest.py`` for why triton is
-loaded early)."""
-
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
     """Draws every BatchNorm's statistics and affine parameters (the torch RNG's next draws)."""
