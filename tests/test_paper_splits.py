@@ -269,7 +269,8 @@ def test_isic_by_image_and_by_patient_never_share_a_cache(tmp_path):
 
 
 def test_option_owners_match_the_builders():
-    from medft_jax.data.tasks import OPTION_OWNERS, TASK_NAMES
+    from medft_jax.data.options import OPTION_OWNERS
+    from medft_jax.data.tasks import TASK_NAMES
 
     for option, (owner, _) in OPTION_OWNERS.items():
         takers = [n for n in TASK_NAMES if option in builder_class(n).TASK.options]

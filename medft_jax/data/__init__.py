@@ -13,8 +13,9 @@ The API the training loop uses::
 Preparing (paper tasks need TensorFlow for it): :func:`prepare` or
 ``python -m experiments.prepare``. Modules: ``registry`` (names),
 ``dataset`` (the Dataset), ``pipeline`` (batches), ``cache`` (on-disk
-arrays), ``tasks`` + ``builders/`` (TFDS), ``medmnist``, ``local``
-(folder/csv), ``demo``, ``preprocess`` (torchvision-equal resizing).
+arrays), ``tasks`` + ``builders/`` (TFDS), ``options`` (the tasks' own
+options), ``medmnist``, ``local`` (folder/csv), ``demo``, ``preprocess``
+(torchvision-equal resizing).
 """
 
 from __future__ import annotations

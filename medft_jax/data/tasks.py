@@ -41,8 +41,7 @@ from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example
 from medft_jax.data.locations import cache_dir
-from medft_jax.data.options import OPTION_OWNERS as OPTION_OWNERS
-from medft_jax.data.options import task_options as task_options
+from medft_jax.data.options import OPTION_OWNERS
 from medft_jax.names import TASK_NAMES as TASK_NAMES  # the one list of the tasks' names
 
 MANUAL_RECORD = "medft_manual_source.json"
