@@ -291,11 +291,13 @@ def torch_in_child(arch: str, size: int, batch: int, steps: int) -> dict[str, fl
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
         [sys.executable, "-c", code, here, arch, str(size), str(batch), str(steps)],
-        check=True,
         capture_output=True,
         text=True,
         env=env,
     )
+    if out.returncode != 0:  # the child's own last line says why
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"--host split: PyTorch's child process for {arch} failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

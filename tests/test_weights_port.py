@@ -13,12 +13,7 @@ import pytest
 
 import weights_port
 from medft_jax.checkpoints.model import load_metadata, load_model
-from tests.torch_ref import (
-    random_torchvision,
-    state_dict_numpy,
-    torch,
-    torchvision,
-)
+from tests.torch_ref import random_torchvision, state_dict_numpy, torch, torchvision
 from weights_port import fetch as dl
 from weights_port.__main__ import main
 from weights_port.keymap import PortError, rename_legacy_keys, torch_to_flax
