@@ -17,16 +17,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from medft_jax.checkpoints.model import load_model
 from medft_jax.data.errors import DataError
 from medft_jax.data.images import open_image
 from medft_jax.data.preprocess import normalize, resize_and_crop
 from medft_jax.errors import ArgumentParser, UserError, cli_main
-from medft_jax.models import create
 
 
 class PredictError(UserError):
@@ -51,6 +47,13 @@ class Predictor:
     """A model checkpoint ready to turn uint8 image batches into probabilities."""
 
     def __init__(self, checkpoint: str | Path):
+        # JAX, Flax and Orbax load here, not with the module: --help and bad
+        # flags answer at once.
+        import jax
+
+        from medft_jax.checkpoints.model import load_model
+        from medft_jax.models import create
+
         # load_model verifies the arrays and checks the metadata against them
         # (arch, num_classes, class_names, sizes) before anything is built here.
         self.variables, self.metadata = load_model(checkpoint)
@@ -64,11 +67,14 @@ class Predictor:
         self._probs = jax.jit(self._probs_fn)
 
     def _probs_fn(self, variables, images):
+        import jax
+        import jax.numpy as jnp
+
         logits = self.model.apply(variables, normalize(images)).astype(jnp.float32)
         return jax.nn.sigmoid(logits) if self.multilabel else jax.nn.softmax(logits)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self._probs(self.variables, jnp.asarray(images)))
+        return np.asarray(self._probs(self.variables, images))
 
     def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Probabilities (len(paths), num_classes); all images are checked before any compute."""
@@ -132,6 +138,9 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     args = p.parse_args(argv)
     check_flags(args)
+    from medft_jax.runtime import set_up_process
+
+    set_up_process(distributed=False)
     predictor = Predictor(args.checkpoint)
     probs = predictor.predict_files(args.images, args.batch_size)
     for path, row in zip(args.images, probs, strict=True):

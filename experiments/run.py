@@ -217,7 +217,8 @@ def _main(argv: Sequence[str] | None) -> int:
     session = Session(
         args.out,
         data_dir=args.data_dir,
-        dataset_options={args.dataset: options},
+        # --no-progress silences the bars of caching a folder's images too.
+        dataset_options={args.dataset: {**options, "progress": not args.no_progress}},
         force=args.force,
         retry_failed=True,  # a run asked for by name is tried again
         progress=not args.no_progress,

@@ -1,7 +1,7 @@
 """The toolkit's one base class for bad input, and how a command line reports it.
 
 Every error the toolkit raises because of what a user gave it (a file, a
-folder, a flag, a config key) derives from :class:`UserError`; its message
+folder, a flag, a config key, an environment switch) derives from :class:`UserError`; its message
 is one line that names the thing at fault and what was expected. The
 command lines run under :func:`cli_main`, which prints such an error as
 ``error: <message>`` and exits 2, turns the operating system's refusals
@@ -70,6 +70,29 @@ def find_os_error(err: BaseException) -> OSError | None:
     return None
 
 
+SWITCHES: dict[str, bool] = {
+    "MEDFT_DISTRIBUTED": False,  # jax.distributed.initialize() (BUILD.md, multi-host runs)
+    "MEDFT_JAX_XLA_CACHE": True,  # the persistent compilation cache (runtime)
+    "MEDFT_JAX_TUNE_CPU_HOST": True,  # the CPU host settings (runtime.tune_cpu_host)
+}
+"""The toolkit's on/off environment variables and their defaults."""
+
+
+def env_switch(name: str) -> bool:
+    """The switch ``name`` of :data:`SWITCHES`: ``1`` on, ``0`` off, unset (or empty) its default.
+
+    Anything else is refused in one line rather than read as "off": a
+    ``MEDFT_DISTRIBUTED=true`` taken for off would run every host of a pod
+    as its own single-host job, each writing the same records.
+    """
+    value = os.environ.get(name, "")
+    if value == "":
+        return SWITCHES[name]
+    if value not in ("0", "1"):
+        raise UserError(f"environment variable {name} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Runs a command line's ``main`` and maps the errors a user can cause to one line.
 
@@ -78,8 +101,12 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     <reason>``, exit 1 for a full disk (the input was fine) and 2 otherwise.
     ``KeyboardInterrupt`` -> exit 130 without a traceback. Anything else
     propagates: a real bug keeps its traceback.
+    Every switch of :data:`SWITCHES` is checked first, so a malformed one
+    stops a command before it writes anything.
     """
     try:
+        for name in SWITCHES:
+            env_switch(name)
         return main(argv)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

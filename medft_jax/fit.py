@@ -284,6 +284,7 @@ def run_one(
     record_file = results.record_path(out_dir, cfg)
     if record_file.exists() and not force:
         return results.read_record(record_file)
+    ds.check_scorable()  # before the run's folder exists
     # One process per run (another gets RunLocked); the lock is released, and this
     # process's background checkpoint writes end, whatever ends the run.
     with locks.run_lock(run_dir) as lock, RunCheckpoints(run_dir, exclusive=True) as ckpts:

@@ -50,6 +50,10 @@ macro mean is over the classes where the metric is defined (NaN when there
 are none). F1 of a class that is neither present nor predicted, balanced
 accuracy and κ of a class with one label value are left out of their means
 the same way, silently (κ warns when the whole single-label κ is undefined).
+A run never gets there for AUROC and AP: it refuses, before training, an
+evaluation split in which a class has one label value
+(:meth:`medft_jax.data.dataset.Dataset.check_scorable`), since a macro mean
+over fewer classes reads like the others and is not comparable with them.
 """
 
 from __future__ import annotations

@@ -11,7 +11,27 @@ from pathlib import Path
 
 import jax
 
-from medft_jax.errors import UserError, writable_dir
+from medft_jax.errors import UserError, env_switch, writable_dir
+
+_SET_UP = False
+
+
+def set_up_process(distributed: bool = True) -> None:
+    """Once per process: multi-host init (``MEDFT_DISTRIBUTED=1``, where
+    ``distributed``), the CPU host settings (:func:`tune_cpu_host`) and the
+    compilation cache (:func:`enable_compilation_cache`).
+
+    ``experiments.predict`` passes ``distributed=False``: it runs on one host,
+    and joining a pod's coordinator would wait for hosts that never come.
+    """
+    global _SET_UP
+    if _SET_UP:
+        return
+    if distributed and env_switch("MEDFT_DISTRIBUTED"):  # BUILD.md: multi-host runs
+        jax.distributed.initialize()
+    tune_cpu_host()
+    enable_compilation_cache()
+    _SET_UP = True
 
 
 def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path | None:
@@ -24,7 +44,7 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path
     A ``MEDFT_JAX_CACHE`` that is a file or cannot be written is refused in one
     line; an unwritable default folder only turns the cache off, with a warning.
     """
-    if os.environ.get("MEDFT_JAX_XLA_CACHE", "1") == "0":
+    if not env_switch("MEDFT_JAX_XLA_CACHE"):
         return None
     named = "the compilation cache folder"
     if path is None:
@@ -74,12 +94,12 @@ def tune_cpu_host() -> bool:
 
     The dispatch setting is always made (it only concerns the CPU client) and
     must precede that client's creation, so call this before any JAX
-    computation (``medft_jax.session.set_up_process`` does). The allocator
+    computation (:func:`set_up_process` does). The allocator
     part is made only when JAX's default backend is the CPU, and needs glibc.
     ``MEDFT_JAX_TUNE_CPU_HOST=0`` turns both off. Returns whether the
     allocator was tuned.
     """
-    if os.environ.get("MEDFT_JAX_TUNE_CPU_HOST", "1") == "0":
+    if not env_switch("MEDFT_JAX_TUNE_CPU_HOST"):
         return False
     # Only single-device CPU computations are affected: a GPU or TPU run's
     # steps, and sharded ones, keep their asynchronous dispatch.

@@ -1,9 +1,10 @@
 """The one way runs are run: ``experiments.run``, ``experiments.sweep`` and ``experiments.select``.
 
-A :class:`Session` is a process's setup, done once (multi-host init under
-``MEDFT_DISTRIBUTED=1``, the persistent compilation cache), and what its
-runs share: each dataset loaded once, each strategy's compiled steps built
-once (:class:`medft_jax.fit.TrainerKey`). :meth:`Session.run` takes one
+A :class:`Session` is a process's setup, done once
+(:func:`medft_jax.runtime.set_up_process`: multi-host init under
+``MEDFT_DISTRIBUTED=1``, the CPU host settings, the persistent compilation
+cache), and what its runs share: each dataset loaded once, each strategy's
+compiled steps built once (:class:`medft_jax.fit.TrainerKey`). :meth:`Session.run` takes one
 :class:`RunConfig` through every step a run has, wherever it was started:
 load and identify (the data and weights fingerprints), skip what is done,
 train (:func:`medft_jax.fit.run_one`), and turn every way a run can end
@@ -39,23 +40,8 @@ from medft_jax.outcomes import (
     Outcome,
     fatal_kind,
 )
-from medft_jax.runtime import enable_compilation_cache, tune_cpu_host
+from medft_jax.runtime import set_up_process
 from medft_jax.train import NonFiniteLossError
-
-_SET_UP = False
-
-
-def set_up_process() -> None:
-    """Once per process: multi-host init (``MEDFT_DISTRIBUTED=1``), the CPU host
-    settings (:func:`medft_jax.runtime.tune_cpu_host`) and the compilation cache."""
-    global _SET_UP
-    if _SET_UP:
-        return
-    if os.environ.get("MEDFT_DISTRIBUTED") == "1":  # see BUILD.md: multi-host runs
-        jax.distributed.initialize()
-    tune_cpu_host()
-    enable_compilation_cache()
-    _SET_UP = True
 
 
 class Session:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import data_fakes as fakes
@@ -247,6 +248,25 @@ def test_other_images_in_the_same_folder_are_another_run(tmp_path, capsys, monke
     assert len(both) == 2
     prints = {r["config"]["data_fingerprint"] for r in both}
     assert len(prints) == 2 and all(prints)
+
+
+def test_a_class_missing_from_an_evaluation_split_stops_the_run_before_it_starts(tmp_path, capsys):
+    """One image of class "rare": some evaluation split lacks it, and its AUROC would be
+    undefined there. The run refuses before its folder exists, naming split and class."""
+    images = _folder(tmp_path / "imgs", shift=2)
+    (images / "rare").mkdir()
+    fakes.image(7).save(images / "rare" / "0.png")
+    out = tmp_path / "runs"
+    argv = [*RUN, "--dataset", "folder", "--manual-dir", str(images)]
+    argv += ["--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert run_cli.main(argv) == 2
+    line = _one_error_line(capsys)
+    assert re.fullmatch(
+        r"error: folder: the (val|test) split \(\d+ examples\) has no example of class 'rare', "
+        r"so its AUROC is undefined .* or drop the class",
+        line,
+    ), line
+    assert not _records(out) and not any(p.is_dir() for p in out.iterdir())
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import medft_jax.models
 from experiments import predict
 from medft_jax.checkpoints.model import (
     MAX_CROP_SIZE,
@@ -360,7 +361,7 @@ def test_inconsistent_metadata_is_refused_before_building_predictor(
     def no_build(*args, **kwargs):
         raise AssertionError("a model was built from metadata that was not checked")
 
-    monkeypatch.setattr(predict, "create", no_build)
+    monkeypatch.setattr(medft_jax.models, "create", no_build)
     with pytest.raises(CheckpointError) as e:
         predict.Predictor(ck)
     assert str(e.value) == f"{ck}: {expect}" or str(e.value).startswith(f"{ck}: {expect}")

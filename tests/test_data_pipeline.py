@@ -214,3 +214,37 @@ def test_group_mean_is_the_study_probability():
     assert labels.tolist() == [1, 0]
     with pytest.raises(DataError, match="different labels"):
         group_mean(np.zeros(2), np.array([0, 1]), np.array(["a", "a"]))
+
+
+def _scored(labels: np.ndarray, multilabel: bool, names=("a", "b", "c")) -> Dataset:
+    n = len(labels)
+    split = make_split(np.zeros((n, 2, 2, 3), np.uint8), labels)
+    return Dataset("toy", {"train": split, "val": split, "test": split}, names, multilabel)
+
+
+def test_a_split_that_holds_every_class_both_ways_is_scorable():
+    _scored(np.array([0, 1, 2, 2], np.int32), False).check_scorable()
+    multi = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 0]], np.float32)
+    _scored(multi, True).check_scorable()
+
+
+@pytest.mark.parametrize(
+    ("labels", "multilabel", "what", "name"),
+    [
+        (np.array([0, 2, 2, 0], np.int32), False, "no example", "b"),
+        (np.array([[1, 0, 1], [0, 0, 0]], np.float32), True, "no positive", "b"),
+        (np.array([[1, 1, 1], [0, 1, 0]], np.float32), True, "only positives", "b"),
+    ],
+)
+def test_a_class_with_one_label_value_in_an_evaluation_split_is_refused(
+    labels, multilabel, what, name
+):
+    """Its AUROC is undefined; the macro mean would quietly be over fewer classes."""
+    ds = _scored(labels, multilabel)
+    with pytest.raises(DataError) as e:
+        ds.check_scorable()
+    assert str(e.value) == (
+        f"toy: the val split ({len(labels)} examples) has {what} of class {name!r}, so its "
+        "AUROC is undefined and the macro means would leave it out; carve larger evaluation "
+        "splits (experiments.prepare --val-fraction/--test-fraction) or drop the class"
+    )

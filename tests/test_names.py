@@ -49,13 +49,13 @@ def test_a_grid_file_and_its_check_load_no_jax():
 
 
 def test_the_commands_help_loads_no_jax():
-    """``--help`` of the run, sweep, select, report and prepare commands prints in a fraction
-    of a second: their modules load JAX (with the session or the data pipeline) only once
-    flags are checked."""
+    """``--help`` of the run, sweep, select, report, prepare and predict commands prints in a
+    fraction of a second: their modules load JAX (with the session, the data pipeline or the
+    checkpoint) only once flags are checked."""
     code = (
         "import contextlib, io\n"
-        "from experiments import prepare, report, run, select, sweep\n"
-        "for m in (run, sweep, select, report, prepare):\n"
+        "from experiments import predict, prepare, report, run, select, sweep\n"
+        "for m in (run, sweep, select, report, prepare, predict):\n"
         "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "        try:\n"
         "            m.main(['--help'])\n"

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # for the matrix product. Prints the minor page faults of each of five calls.
 _FAULTS = """
 import json, resource
-from medft_jax.session import set_up_process
+from medft_jax.runtime import set_up_process
 set_up_process()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x, w: (jnp.sin(x) @ w).sum())
@@ -79,3 +79,45 @@ def test_the_opt_out_leaves_the_process_alone(monkeypatch):
     before = flag.value
     assert tune_cpu_host() is False
     assert flag.value == before
+
+
+@pytest.mark.parametrize(("value", "on"), [(None, None), ("", None), ("1", True), ("0", False)])
+@pytest.mark.parametrize("name", ["MEDFT_DISTRIBUTED", "MEDFT_JAX_XLA_CACHE"])
+def test_a_switch_is_1_or_0_and_unset_is_its_default(monkeypatch, name, value, on):
+    from medft_jax.errors import env_switch
+
+    if value is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, value)
+    default = {"MEDFT_DISTRIBUTED": False, "MEDFT_JAX_XLA_CACHE": True}[name]
+    assert env_switch(name) is (default if on is None else on)
+
+
+@pytest.mark.parametrize("value", ["true", "yes", "off", " 1", "2"])
+def test_any_other_switch_value_is_refused_naming_the_variable(monkeypatch, value):
+    from medft_jax.errors import UserError, env_switch
+
+    monkeypatch.setenv("MEDFT_JAX_XLA_CACHE", value)
+    with pytest.raises(UserError) as e:
+        env_switch("MEDFT_JAX_XLA_CACHE")
+    assert str(e.value) == f"environment variable MEDFT_JAX_XLA_CACHE must be 0 or 1, got {value!r}"
+
+
+def test_a_run_under_a_misspelt_distributed_switch_stops_in_one_line_before_writing(tmp_path):
+    """``MEDFT_DISTRIBUTED=true`` read as off would run each host of a pod alone."""
+    out = tmp_path / "runs"
+    flags = ["--dataset", "demo", "--strategy", "lp", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", *flags],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "MEDFT_DISTRIBUTED": "true"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: environment variable MEDFT_DISTRIBUTED must be 0 or 1, got 'true'"
+    ]
+    assert not out.exists()

@@ -70,6 +70,39 @@ class Dataset:
     def num_examples(self, split: str) -> int:
         return len(self.split(split))
 
+    def check_scorable(self, splits: tuple[str, ...] = ("val", "test")) -> None:
+        """Refuses an evaluation split in which a class's labels take one value.
+
+        Such a class has no ROC AUC (and, without a positive, no AP), and the
+        macro means of :func:`medft_jax.metrics.compute_metrics` would then
+        be over the other classes: a number that reads like the others and
+        is not comparable with them. Checked before any training, so a run
+        fails in seconds, not after fifty epochs. A small class in a user's
+        folder is the usual cause; larger ``--val-fraction``/``--test-fraction``
+        at ``experiments.prepare`` carve splits that hold it.
+        """
+        for name in splits:
+            labels = np.asarray(self.split(name).labels)
+            n = len(labels)
+            if self.multilabel:
+                positives = labels.astype(bool).sum(axis=0)
+            else:
+                positives = np.bincount(labels, minlength=self.num_classes)
+            for c, k in enumerate(positives[: self.num_classes]):
+                if 0 < k < n:
+                    continue
+                what = (
+                    ("no positive" if k == 0 else "only positives")
+                    if self.multilabel
+                    else ("no example" if k == 0 else "only examples")
+                )
+                raise DataError(
+                    f"{self.name}: the {name} split ({n} examples) has {what} of class "
+                    f"{self.class_names[c]!r}, so its AUROC is undefined and the macro means "
+                    "would leave it out; carve larger evaluation splits (experiments.prepare "
+                    "--val-fraction/--test-fraction) or drop the class"
+                )
+
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
         """Full training batches per epoch (the remainder is dropped, reshuffled each epoch)."""
         return self.num_examples(split) // batch_size

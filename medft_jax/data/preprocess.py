@@ -5,13 +5,19 @@ resampling, ``CenterCrop(crop_size)``, then ``[0, 1]`` scaling and ImageNet
 mean/std normalisation. The uint8 stage (:func:`resize_and_crop`) runs once
 on the host (and can be cached: nothing random happens to an image); the
 float stage (:func:`normalize`) runs on the device inside the jitted step.
+The module loads JAX only when :func:`normalize` is called, so that reading
+images (``prepare``, ``predict``) does not pay for it.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import jax
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,8 +68,10 @@ def resize_and_crop(image: Image.Image, resize_size: int, crop_size: int = 224) 
     return center_crop(np.asarray(image, dtype=np.uint8), crop_size)
 
 
-def normalize(images: jnp.ndarray, dtype: jnp.dtype = jnp.float32) -> jnp.ndarray:
+def normalize(images: jax.Array, dtype: Any = np.float32) -> jax.Array:
     """uint8 NHWC -> ImageNet-normalised floats, as ``ToTensor`` + ``Normalize``."""
+    import jax.numpy as jnp
+
     mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
     std = jnp.asarray(IMAGENET_STD, jnp.float32)
     x = images.astype(jnp.float32) / 255.0
