@@ -11,6 +11,7 @@ import argparse
 import math
 from typing import Any
 
+from medft_jax.data.pixels import check_bits_stored
 from medft_jax.errors import UserError
 
 LOCAL_KINDS = ("folder", "csv")
@@ -37,12 +38,27 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
         "paper's random 80/20; one patient's images can fall on both sides)",
     )
     p.add_argument("--skip-bad-images", action="store_true", help="skip and count corrupt images")
+    add_bits_stored_flag(p)
     p.add_argument("--csv-file", help="csv: the labels file (relative to --manual-dir)")
     p.add_argument("--path-column", help="csv: column of image paths (default 'path')")
     p.add_argument("--label-column", help="csv: column of class names (default 'label')")
     p.add_argument("--label-columns", help="csv multilabel: comma-separated 0/1 columns")
     p.add_argument("--group-column", help="csv: patient id column (splits stay disjoint)")
     p.add_argument("--split-column", help="csv: column of train/val/test")
+
+
+def add_bits_stored_flag(
+    p: argparse.ArgumentParser, scope: str = "folder/csv: ", unset: str = "16"
+) -> None:
+    """``--bits-stored``: the bits a dataset's 16-bit files use (``medft_jax.data.pixels``)."""
+    p.add_argument(
+        "--bits-stored",
+        type=int,
+        metavar="N",
+        help=f"{scope}the bits 16-bit grayscale images' values use, 8 to 16 (12-bit X-rays "
+        "saved as 16-bit PNG: 12); maps 0..2^N-1 to 0..255 for every image alike. Unset: "
+        f"{unset}, and an image whose values fit in 14 bits is refused",
+    )
 
 
 def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,12 +83,20 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     }
     given = {k: v for k, v in csv_only.items() if v is not None}
     _refuse_task_options(args)
+    local = {
+        "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction,
+        "bits_stored": args.bits_stored,
+    }
+    if args.dataset in LOCAL_KINDS:
+        check_bits_stored(args.bits_stored)
+    else:
+        _refuse(args.dataset, {"bits_stored": args.bits_stored}, "folder and csv")
     if args.dataset == "csv":
-        fractions = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
-        return _given(fractions) | given
+        return _given(local) | given
     _refuse(args.dataset, given, "csv")
     if args.dataset == "folder":
-        return _given({"val_fraction": args.val_fraction, "test_fraction": args.test_fraction})
+        return _given(local)
     if args.dataset == "demo" or args.dataset.startswith("medmnist/"):
         _refuse(
             args.dataset,

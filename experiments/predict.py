@@ -2,9 +2,11 @@
 
 ``python -m experiments.predict --checkpoint DIR --images A.png B.jpg [--json]``
 
-Images are preprocessed as torchvision's ImageNet weight transforms do (PIL
-bilinear antialiased resize of the shorter side to the checkpoint's resize
-size, centre crop, ImageNet mean/std; grayscale repeated to 3 channels).
+Images are decoded as the checkpoint's training images were (16-bit files by
+its ``bits_stored``, when it has one) and preprocessed as torchvision's
+ImageNet weight transforms do (PIL bilinear antialiased resize of the shorter
+side to the checkpoint's resize size, centre crop, ImageNet mean/std;
+grayscale repeated to 3 channels).
 Probabilities are softmax outputs, or per-class sigmoids for a multilabel
 checkpoint, all classes in index order.
 """
@@ -19,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.common import add_bits_stored_flag
 from medft_jax.data.errors import DataError
 from medft_jax.data.images import open_image
+from medft_jax.data.pixels import check_bits_stored
 from medft_jax.data.preprocess import normalize, resize_and_crop
 from medft_jax.errors import ArgumentParser, UserError, cli_main
 
@@ -29,7 +33,9 @@ class PredictError(UserError):
     """An input image or checkpoint that cannot be used."""
 
 
-def load_image(path: str | Path, resize_size: int, crop_size: int) -> np.ndarray:
+def load_image(
+    path: str | Path, resize_size: int, crop_size: int, bits_stored: int | None = None
+) -> np.ndarray:
     """One image file -> the uint8 (crop, crop, 3) array the model sees.
 
     Decoded by :func:`medft_jax.data.images.open_image`, the one path
@@ -37,7 +43,7 @@ def load_image(path: str | Path, resize_size: int, crop_size: int) -> np.ndarray
     rules, the same size limits, the same one-line refusals.
     """
     try:
-        image = open_image(Path(path))
+        image = open_image(Path(path), bits_stored)
     except DataError as e:
         raise PredictError(str(e)) from None
     return resize_and_crop(image, resize_size, crop_size)
@@ -46,7 +52,9 @@ def load_image(path: str | Path, resize_size: int, crop_size: int) -> np.ndarray
 class Predictor:
     """A model checkpoint ready to turn uint8 image batches into probabilities."""
 
-    def __init__(self, checkpoint: str | Path):
+    def __init__(self, checkpoint: str | Path, bits_stored: int | None = None):
+        """``bits_stored``: how to decode 16-bit files when the checkpoint does not say;
+        one that disagrees with the checkpoint's is refused."""
         # JAX, Flax and Orbax load here, not with the module: --help and bad
         # flags answer at once.
         import jax
@@ -62,6 +70,13 @@ class Predictor:
         self.multilabel = bool(m.get("multilabel", False))
         self.resize_size = int(m.get("resize_size", 256))
         self.crop_size = int(m.get("crop_size", 224))
+        trained = m.get("bits_stored")
+        if bits_stored is not None and trained is not None and bits_stored != trained:
+            raise PredictError(
+                f"--bits-stored {bits_stored} disagrees with the checkpoint's {trained}, the "
+                "bits its training images were decoded with; leave the flag out"
+            )
+        self.bits_stored = trained if trained is not None else bits_stored
         names = m.get("class_names")
         self.class_names = list(names) if names else [str(i) for i in range(m["num_classes"])]
         self._probs = jax.jit(self._probs_fn)
@@ -79,7 +94,8 @@ class Predictor:
     def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Probabilities (len(paths), num_classes); all images are checked before any compute."""
         check_batch_size(batch_size)
-        arrays = [load_image(p, self.resize_size, self.crop_size) for p in paths]
+        size = (self.resize_size, self.crop_size, self.bits_stored)
+        arrays = [load_image(p, *size) for p in paths]
         out = []
         for i in range(0, len(arrays), batch_size):
             batch = np.stack(arrays[i : i + batch_size])
@@ -104,6 +120,7 @@ def check_batch_size(batch_size: int) -> None:
 def check_flags(args: argparse.Namespace) -> None:
     """Names the flag at fault before any work (``--top`` above the class count shows all)."""
     check_batch_size(args.batch_size)
+    check_bits_stored(args.bits_stored)
     if args.top < 1:
         raise PredictError(f"--top must be an integer >= 1, got {args.top}")
 
@@ -136,12 +153,13 @@ def _main(argv: Sequence[str] | None) -> int:
         default=32,
         help=f"images per forward pass (1 to {MAX_BATCH_SIZE})",
     )
+    add_bits_stored_flag(p, scope="", unset="the checkpoint's, if it has one, else 16")
     args = p.parse_args(argv)
     check_flags(args)
     from medft_jax.runtime import set_up_process
 
     set_up_process(distributed=False)
-    predictor = Predictor(args.checkpoint)
+    predictor = Predictor(args.checkpoint, args.bits_stored)
     probs = predictor.predict_files(args.images, args.batch_size)
     for path, row in zip(args.images, probs, strict=True):
         if args.json:

@@ -70,11 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
+    options = dataset_options(args)  # a flag that does not apply is refused, demo included
     if args.dataset == "demo":
         print("demo is generated in memory from a seed: nothing to prepare")
         return 0
     resize, crop = sizes(args)
-    options = dataset_options(args)
     if args.data_dir is not None:
         writable_dir(args.data_dir, "--data-dir")
     # The data pipeline (grain, JAX), here and not at the top: --help and a bad flag stay fast.

@@ -422,6 +422,9 @@ def _train_epochs(
         "crop_size": run.config.image_size,
         "source": f"run {name}",
     }
+    # How 16-bit files were decoded (folder/csv --bits-stored): predict decodes alike.
+    if run.ds.metadata.get("bits_stored") is not None:
+        best_meta["bits_stored"] = int(run.ds.metadata["bits_stored"])
     for epoch in range(len(p.epochs), run.config.epochs):
         if p.stopped:
             break

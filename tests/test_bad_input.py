@@ -179,12 +179,27 @@ def test_bad_select_flags_are_named(flags, message, tmp_path, capsys):
         (["--val-fraction", "0"], "error: --val-fraction must be in (0, 1), got 0.0"),
         (["--test-fraction", "0.6", "--val-fraction", "0.5"], "error: --val-fraction plus"),
         (["--label-column", "y"], "error: --label-column applies to csv only"),
+        (["--bits-stored", "20"], "error: --bits-stored must be an integer from 8 to 16, got 20"),
+        (["--bits-stored", "7"], "error: --bits-stored must be an integer from 8 to 16, got 7"),
     ],
 )
 def test_bad_prepare_flags_are_named(flags, message, tmp_path, capsys):
     argv = ["--dataset", "folder", "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path)]
     assert prepare_cli.main([*argv, *flags]) == 2
     assert _one_error_line(capsys).startswith(message)
+
+
+@pytest.mark.parametrize("cli", [prepare_cli, run_cli])
+@pytest.mark.parametrize("dataset", ["bach", "demo", "medmnist/breastmnist"])
+def test_bits_stored_applies_to_a_users_own_files_only(cli, dataset, tmp_path, capsys):
+    """The paper tasks, MedMNIST and the demo are 8-bit: the flag would be silently ignored."""
+    argv = ["--dataset", dataset, "--bits-stored", "12", "--data-dir", str(tmp_path)]
+    argv += ["--out", str(tmp_path / "runs")] if cli is run_cli else []
+    argv += ["--strategy", "lp"] if cli is run_cli else []
+    assert cli.main(argv) == 2
+    assert _one_error_line(capsys) == (
+        f"error: --bits-stored applies to folder and csv only, not to --dataset {dataset}"
+    )
 
 
 def test_cli_main_keeps_real_bugs_and_maps_disk_errors(capsys):
@@ -267,6 +282,32 @@ def test_a_class_missing_from_an_evaluation_split_stops_the_run_before_it_starts
         line,
     ), line
     assert not _records(out) and not any(p.is_dir() for p in out.iterdir())
+
+
+@pytest.mark.slow
+def test_12bit_files_train_only_once_their_bits_are_declared(tmp_path, capsys):
+    """A folder of 12-bit X-rays in 16-bit PNGs: refused in one line naming a file, nothing
+    written; with --bits-stored 12 it trains, and the best parameters carry the 12."""
+    from medft_jax.checkpoints.model import load_metadata
+
+    rng = np.random.default_rng(3)
+    images = tmp_path / "imgs"
+    for c, shift in (("a", 0), ("b", 1000)):
+        (images / c).mkdir(parents=True)
+        for i in range(12):
+            values = rng.integers(0, 3000, (40, 44)) + shift
+            Image.fromarray(values.astype(np.uint16)).save(images / c / f"{i}.png")
+    out = tmp_path / "runs"
+    argv = [*RUN, "--dataset", "folder", "--manual-dir", str(images)]
+    argv += ["--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert run_cli.main(argv) == 2
+    line = _one_error_line(capsys)
+    assert re.fullmatch(r"error: .*/imgs/[ab]/\d+\.png: 16-bit image whose values all fit .*", line)
+    assert not _records(out)
+    assert run_cli.main([*argv, "--bits-stored", "12"]) == 0
+    assert len(_records(out)) == 1
+    best = next(out.rglob("record.json")).parent / "best"
+    assert load_metadata(best)["bits_stored"] == 12
 
 
 @pytest.mark.slow

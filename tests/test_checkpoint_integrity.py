@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 import medft_jax.models
 from experiments import predict
@@ -349,6 +350,8 @@ BAD_METADATA = [
     ({"num_classes": _DELETE}, "metadata lacks the field 'num_classes'"),
     ({"num_classes": "3"}, "metadata num_classes '3' is not a positive integer"),
     ({"num_batches_tracked": {"bn1.num_batches_tracked": "x"}}, "metadata num_batches_tracked"),
+    ({"bits_stored": 20}, "metadata bits_stored 20 is not an integer from 8 to 16"),
+    ({"bits_stored": True}, "metadata bits_stored True is not an integer from 8 to 16"),
 ]
 
 
@@ -365,6 +368,35 @@ def test_inconsistent_metadata_is_refused_before_building_predictor(
     with pytest.raises(CheckpointError) as e:
         predict.Predictor(ck)
     assert str(e.value) == f"{ck}: {expect}" or str(e.value).startswith(f"{ck}: {expect}")
+
+
+def test_a_checkpoint_carries_how_its_training_images_were_decoded(saved, tmp_path, monkeypatch):
+    """A run on 16-bit files of declared bits (``--bits-stored 12``) writes it into its best
+    parameters' metadata (format version 2: a version-1 reader would decode otherwise), and
+    predict decodes with it; a flag that disagrees is refused, before any compute."""
+    path0, variables = saved
+    meta12 = {**META, "bits_stored": 12}
+    path12 = save_model(tmp_path / "b", variables["params"], variables["batch_stats"], meta12)
+    assert load_metadata(path12)["format_version"] == 2
+    assert load_metadata(path0)["format_version"] == 1
+    with pytest.raises(predict.PredictError) as e:
+        predict.Predictor(path12, 16)
+    assert str(e.value) == (
+        "--bits-stored 16 disagrees with the checkpoint's 12, the bits its training images "
+        "were decoded with; leave the flag out"
+    )
+    values = np.random.default_rng(0).integers(0, 4096, (240, 250)).astype(np.uint16)
+    image = tmp_path / "xray.png"
+    Image.fromarray(values).save(image)
+    seen = []
+    monkeypatch.setattr(
+        predict.Predictor, "__call__", lambda self, b: seen.append(b) or b[:, :3, 0, 0]
+    )
+    predict.Predictor(path12).predict_files([str(image)])
+    assert np.array_equal(seen[0][0], predict.load_image(image, 232, 224, 12))
+    assert seen[0][0].max() > 200  # 12-bit data spread over 0..255, not crushed to 0..15
+    with pytest.raises(predict.PredictError, match=r"xray\.png: 16-bit image whose values"):
+        predict.Predictor(path0).predict_files([str(image)])
 
 
 @pytest.mark.slow  # the predictor test above checks the same metadata in the fast tier

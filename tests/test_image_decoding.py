@@ -88,15 +88,15 @@ def _save16(path: Path, values: np.ndarray) -> Path:
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_16bit_brightness_above_255_stays_separable(tmp_path, suffix):
     base = _pattern(np.random.default_rng(2))
-    dark = _save16(tmp_path / f"dark{suffix}", base + 1000)
-    bright = _save16(tmp_path / f"bright{suffix}", base + 30000)
+    dark = _save16(tmp_path / f"dark{suffix}", base + 17000)  # above 14 bits: no flag needed
+    bright = _save16(tmp_path / f"bright{suffix}", base + 46000)
     # the bug: both clip to white in the old path
     assert np.array_equal(_old_path(dark), _old_path(bright))
     assert (_old_path(dark) == 255).all()
     a, b = _read(dark), _read(bright)
     assert b.mean() - a.mean() > 100  # 29000 / 256 ≈ 113 grey levels apart
     # the rule: v >> 8, before the 8-bit resize
-    assert np.array_equal(np.asarray(open_image(dark)), ((base + 1000) >> 8).astype(np.uint8))
+    assert np.array_equal(np.asarray(open_image(dark)), ((base + 17000) >> 8).astype(np.uint8))
     assert np.array_equal(load_image(bright, RESIZE, CROP), b)
 
 
@@ -107,14 +107,65 @@ def test_16bit_of_8bit_data_equals_the_8bit_file(tmp_path):
     assert np.array_equal(_read(tmp_path / "v16.png"), _read(tmp_path / "v8.png"))
 
 
-def test_16bit_file_of_unscaled_8bit_values_refused(tmp_path):
-    """0..255 stored as 16-bit would come out black: refused, never a silent black image."""
+def test_16bit_file_of_unscaled_8bit_values_refused_unless_declared(tmp_path):
+    """0..255 stored as 16-bit would come out black: refused, never a silent black image;
+    declared as 8 bits, it is the 8-bit image."""
     v = np.random.default_rng(4).integers(1, 256, (30, 41), dtype=np.uint8)
     path = _save16(tmp_path / "raw.png", v.astype(np.uint16))
-    with pytest.raises(DataError, match=r"raw.png: 16-bit image whose values all lie below 256"):
+    with pytest.raises(DataError, match=r"raw.png: 16-bit image whose values all fit in 14 bits"):
         open_image(path)
+    assert np.array_equal(np.asarray(open_image(path, bits_stored=8)), v)
     _save16(tmp_path / "zeros.png", np.zeros((8, 8), np.uint16))  # truly black stays black
     assert not np.asarray(open_image(tmp_path / "zeros.png")).any()
+
+
+def _twelve_bit(rng: np.random.Generator, shape=(40, 48)) -> np.ndarray:
+    values = rng.integers(0, 4096, shape).astype(np.uint16)
+    values[0, :2] = 0, 4095
+    return values
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_12bit_data_in_a_16bit_file_is_refused_until_its_bits_are_declared(tmp_path, suffix):
+    """v >> 8 would leave 12-bit X-rays 16 grey levels: the user says how many bits it uses."""
+    values = _twelve_bit(np.random.default_rng(7))
+    path = _save16(tmp_path / f"xray{suffix}", values)
+    with pytest.raises(DataError) as err:
+        open_image(path)
+    assert str(err.value) == (
+        f"{path}: 16-bit image whose values all fit in 14 bits (0..4095) would keep at most 64 "
+        "grey levels under the 16-bit rule; give --bits-stored with the bits its data uses (12 "
+        "for most X-rays, 8 for unscaled 8-bit data), or --bits-stored 16 to keep the 16-bit rule"
+    )
+    twelve = np.asarray(open_image(path, bits_stored=12))
+    assert np.array_equal(twelve, (values >> 4).astype(np.uint8))
+    assert twelve.max() == 255 and len(np.unique(twelve)) == 256
+    sixteen = np.asarray(open_image(path, bits_stored=16))  # the 16-bit rule, as asked
+    assert np.array_equal(sixteen, (values >> 8).astype(np.uint8)) and sixteen.max() == 15
+    assert np.array_equal(
+        load_image(path, RESIZE, CROP, 12),
+        ImageReader(RESIZE, CROP, decode=lambda p: open_image(p, 12)).read(path),
+    )
+
+
+def test_values_beyond_the_declared_bits_are_refused(tmp_path):
+    values = _twelve_bit(np.random.default_rng(8))
+    values[3, 3] = 5000
+    path = _save16(tmp_path / "lies.png", values)
+    with pytest.raises(DataError) as err:
+        open_image(path, bits_stored=12)
+    assert str(err.value) == (
+        f"{path}: values 0..5000 exceed the 12-bit range 0..4095 of --bits-stored 12; give the "
+        "bits the data really uses"
+    )
+    assert np.asarray(open_image(path, bits_stored=13)).max() == 5000 >> 5
+
+
+@pytest.mark.parametrize("bad", [7, 17, 12.0, True, "12"])
+def test_bits_stored_is_an_integer_from_8_to_16(tmp_path, bad):
+    path = _save16(tmp_path / "x.png", _twelve_bit(np.random.default_rng(9)))
+    with pytest.raises(DataError, match=r"^--bits-stored must be an integer from 8 to 16, got "):
+        open_image(path, bits_stored=bad)
 
 
 def _tiff16_signed(path: Path, values: np.ndarray) -> Path:
@@ -147,6 +198,21 @@ def test_signed_16bit_tiff_by_the_type_range(tmp_path):
     path = _tiff16_signed(tmp_path / "ct.tif", values)
     out = np.asarray(open_image(path))
     assert out[0].tolist() == [0, 124, 128, 139, 255]
+
+
+def test_signed_data_of_few_bits_is_refused_until_declared(tmp_path):
+    """CT numbers (-1024..3071) under the signed 16-bit rule: 16 grey levels. Declared as
+    13 bits (-4096..4095): (v + 4096) >> 5."""
+    values = np.array([[-1024, -1000, 0, 1000, 3071]], np.int16).repeat(3, 0)
+    path = _tiff16_signed(tmp_path / "ct.tif", values)
+    with pytest.raises(
+        DataError, match=r"ct\.tif: signed 16-bit image whose values all fit in 14 "
+    ):
+        open_image(path)
+    out = np.asarray(open_image(path, bits_stored=13))
+    assert out[0].tolist() == [(v + 4096) >> 5 for v in (-1024, -1000, 0, 1000, 3071)]
+    with pytest.raises(DataError, match=r"exceed the 12-bit range -2048\.\.2047"):
+        open_image(path, bits_stored=12)
 
 
 def test_float_tiff_in_unit_range(tmp_path):
@@ -191,6 +257,8 @@ def test_folder_source_keeps_16bit_classes_separable(tmp_path):
         for i in range(10):
             suffix = ".png" if i % 2 else ".tif"
             _save16(root / name / f"{i}{suffix}", _pattern(rng, (34, 38)) + offset)
+    with pytest.raises(DataError, match=r"dark/\d\.(png|tif): 16-bit image whose values all fit"):
+        load("folder", manual_dir=root, data_dir=tmp_path / "out", progress=False, **_sizes())
     ds = load(
         "folder",
         manual_dir=root,
@@ -198,7 +266,9 @@ def test_folder_source_keeps_16bit_classes_separable(tmp_path):
         crop_size=32,
         resize_size=32,
         progress=False,
+        bits_stored=16,  # the dark class is dark, not of fewer bits
     )
+    assert ds.metadata["bits_stored"] == 16
     assert ds.class_names == ("bright", "dark")
     for split in ds.splits.values():
         means = split.images.reshape(len(split), -1).mean(axis=1)
@@ -207,8 +277,18 @@ def test_folder_source_keeps_16bit_classes_separable(tmp_path):
         assert bright.min() > dark.max() + 100  # (40000 - 2000) / 256 ≈ 148 grey levels
         assert dark.max() < 60  # not clipped to white
     first = ds.splits["train"]
-    expected = ImageReader(32, 32).read(root / first.ids[0])
+    expected = ImageReader(32, 32, decode=lambda p: open_image(p, 16)).read(root / first.ids[0])
     assert np.array_equal(first.images[0], expected)
+    # Declared otherwise, the same files are another cache (and are refused: values > 14 bits).
+    with pytest.raises(DataError, match=r"exceed the 14-bit range 0\.\.16383 of --bits-stored 14"):
+        load(
+            "folder",
+            manual_dir=root,
+            data_dir=tmp_path / "out",
+            progress=False,
+            bits_stored=14,
+            **_sizes(),
+        )
 
 
 # DICOM

@@ -7,8 +7,9 @@ when complete, so an interrupted save never leaves a folder that looks like
 a finished checkpoint.
 
 Metadata keys: ``arch``, ``num_classes``, ``multilabel``, ``class_names``
-(or null), ``resize_size``, ``crop_size``, ``source`` and ``source_sha256``
-(the torchvision file it came from, if any), ``num_batches_tracked``
+(or null), ``resize_size``, ``crop_size``, ``bits_stored`` (optional: the
+``--bits-stored`` its training images were decoded with), ``source`` and
+``source_sha256`` (the torchvision file it came from, if any), ``num_batches_tracked``
 (torchvision's BN counters, kept only so an export round-trips bit for bit),
 ``content_sha256`` (see :func:`variables_hash`), ``format_version``.
 
@@ -44,7 +45,10 @@ from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
 from medft_jax.models import ARCHS, create, get_arch, is_known_arch
 from medft_jax.models.blocks import flatten
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest metadata this version reads. A checkpoint is written as version 1
+unless it needs 2 (``bits_stored``, which a reader of version 1 would ignore
+and so decode images otherwise than its training did)."""
 
 MIN_CROP_SIZE = 32
 """Smallest crop a checkpoint may declare (the smallest ``--image-size`` of a run)."""
@@ -95,7 +99,7 @@ def save_model(
                 raise CheckpointError(f"{directory}: {parent} is a file, expected a folder")
             break
     tree = {"params": params, "batch_stats": batch_stats}
-    meta = {"format_version": FORMAT_VERSION, **metadata}
+    meta = {"format_version": 2 if metadata.get("bits_stored") is not None else 1, **metadata}
     meta.pop("content_sha256", None)
     digest = variables_hash(tree)
     if digest is not None:
@@ -343,7 +347,8 @@ def check_metadata(
     one; ``num_classes`` must equal the head's output size; ``class_names``
     (if not null) one string per class; ``multilabel`` a bool;
     ``resize_size``/``crop_size`` integers with ``MIN_CROP_SIZE <= crop <=
-    MAX_CROP_SIZE`` and ``crop <= resize <= MAX_RESIZE_SIZE``;
+    MAX_CROP_SIZE`` and ``crop <= resize <= MAX_RESIZE_SIZE``; ``bits_stored``
+    null or an integer from 8 to 16;
     ``num_batches_tracked`` null or names to integers. Optional fields may be
     absent. ``where`` names the checkpoint in the one-line
     :class:`CheckpointError`.
@@ -409,6 +414,11 @@ def _check_other_fields(metadata: Mapping[str, Any], num_classes: int, where: An
         raise CheckpointError(
             f"{where}: metadata resize_size {resize!r} is not an integer in "
             f"[{low} (the crop), {MAX_RESIZE_SIZE}]"
+        )
+    bits = metadata.get("bits_stored")
+    if bits is not None and (not _is_int(bits) or not 8 <= bits <= 16):
+        raise CheckpointError(
+            f"{where}: metadata bits_stored {bits!r} is not an integer from 8 to 16"
         )
     tracked = metadata.get("num_batches_tracked")
     if tracked is not None and (

@@ -33,42 +33,46 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.paths import safe_join  # noqa: F401  (the one path rule lives there)
 from medft_jax.data.pixels import (
     MAX_PIXELS,
+    check_bits_stored,
     check_size,
-    signed16_to_uint8,
+    integer16_to_uint8,
     unit_float_to_uint8,
-    unsigned_to_uint8,
 )
 from medft_jax.data.preprocess import EIGHT_BIT_MODES, resize_and_crop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", *dicom.DICOM_SUFFIXES)
 
-DECODING_VERSION = 2
+DECODING_VERSION = 3
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
-and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``): a
+and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``; 3:
+``bits_stored``, and 16-bit files of 14 bits or fewer refused without it): a
 cache built under another version is stale."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIGNED16 = ("I;16S", "I;16BS", "I;16NS")
 
 
-def open_image(path: Path) -> Image.Image:
+def open_image(path: Path, bits_stored: int | None = None) -> Image.Image:
     """The image at ``path``, fully decoded, as the 8-bit L or RGB image the models see.
 
     DICOM (by suffix or preamble) goes through :func:`medft_jax.data.dicom.read_dicom`,
     everything else through Pillow; see the module docstring for the rules.
+    ``bits_stored``: how many bits a 16-bit single-channel file's values use
+    (:func:`medft_jax.data.pixels.integer16_to_uint8`); DICOM states its own.
     """
     path = Path(path)
+    check_bits_stored(bits_stored)
     try:
         if dicom.is_dicom(path):
             return dicom.read_dicom(path)
-        return _open_pillow(path)
+        return _open_pillow(path, bits_stored)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except OSError as err:  # a folder, no permission: from the DICOM preamble check
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
 
 
-def _open_pillow(path: Path) -> Image.Image:
+def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
     try:
         with warnings.catch_warnings():  # over MAX_PIXELS anyway: refused below, in one line
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -77,7 +81,7 @@ def _open_pillow(path: Path) -> Image.Image:
             check_size(path, *image.size)  # from the header: nothing decoded yet
             samples = _stored_samples(image)  # the tile names them until load() clears it
             image.load()  # PIL is lazy: load() finds truncation
-            return to_8bit(image, samples, path)
+            return to_8bit(image, samples, path, bits_stored)
     except DataError:
         raise
     except FileNotFoundError:
@@ -106,7 +110,9 @@ def _stored_samples(image: Image.Image) -> str | None:
     return raw if isinstance(raw, str) else None
 
 
-def to_8bit(image: Image.Image, samples: str | None, path: Path) -> Image.Image:
+def to_8bit(
+    image: Image.Image, samples: str | None, path: Path, bits_stored: int | None = None
+) -> Image.Image:
     """A decoded Pillow image as 8-bit L or RGB by the rules of :mod:`medft_jax.data.pixels`.
 
     ``samples`` is the stored layout of a mode-``I`` image (Pillow widens
@@ -117,17 +123,10 @@ def to_8bit(image: Image.Image, samples: str | None, path: Path) -> Image.Image:
         return image.copy()
     if mode in EIGHT_BIT_MODES:
         return image.convert("RGB")  # exactly what preprocessing did before: alpha dropped
-    if mode in _UNSIGNED16 or (mode == "I" and samples in _UNSIGNED16):
-        values = np.asarray(image)
-        top = int(values.max()) if values.size else 0
-        if 0 < top < 256:  # v >> 8 would make it black: 8-bit data in a 16-bit file
-            raise DataError(
-                f"{path}: 16-bit image whose values all lie below 256 (max {top}) would come out "
-                "black under the 16-bit rule (v >> 8); save it as an 8-bit image"
-            )
-        return Image.fromarray(unsigned_to_uint8(values, 16), "L")
-    if mode == "I" and samples in _SIGNED16:
-        return Image.fromarray(signed16_to_uint8(np.asarray(image)), "L")
+    unsigned = mode in _UNSIGNED16 or (mode == "I" and samples in _UNSIGNED16)
+    if unsigned or (mode == "I" and samples in _SIGNED16):
+        values = integer16_to_uint8(np.asarray(image), not unsigned, bits_stored, path)
+        return Image.fromarray(values, "L")
     if mode == "F":
         return Image.fromarray(unit_float_to_uint8(np.asarray(image), path), "L")
     what = f"{samples} samples" if mode == "I" and samples else f"mode {mode}"

@@ -10,6 +10,7 @@ signature and the content fingerprint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -20,8 +21,9 @@ from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, split_plan, validate
 from medft_jax.data.folder import parse_folder
-from medft_jax.data.images import DECODING_VERSION, ImageReader
+from medft_jax.data.images import DECODING_VERSION, ImageReader, open_image
 from medft_jax.data.locations import cache_dir, variant_name
+from medft_jax.data.pixels import check_bits_stored
 from medft_jax.data.table import parse_table
 from medft_jax.names import LOCAL_KINDS
 
@@ -50,6 +52,10 @@ def load_local(
     folder: ``val_fraction``, ``test_fraction``. csv: ``csv_file`` (required),
     ``path_column``, ``label_column`` | ``label_columns``, ``class_names``,
     ``group_column``, ``split_column``, ``val_fraction``, ``test_fraction``.
+    Both: ``bits_stored``, the bits 16-bit files' values use
+    (:func:`medft_jax.data.pixels.integer16_to_uint8`); part of the cache's
+    name and recorded in its metadata, so a model checkpoint carries it to
+    ``experiments.predict``.
 
     Every load parses and checks the layout (directory listing or CSV, no
     decoding) and compares its signature (see :func:`source_of`) with the
@@ -64,11 +70,14 @@ def load_local(
     if kind == "csv" and "csv_file" not in options:
         raise DataError("dataset 'csv' needs the csv_file option (--csv-file)")
     options = {k: v for k, v in options.items() if v is not None}
+    bits_stored = options.get("bits_stored")
+    check_bits_stored(bits_stored)
+    layout = {k: v for k, v in options.items() if k != "bits_stored"}
     if kind == "folder":
-        class_names, splits = parse_folder(root, seed=seed, **options)
+        class_names, splits = parse_folder(root, seed=seed, **layout)
         multilabel = False
     else:
-        class_names, multilabel, splits = parse_table(root, seed=seed, **options)
+        class_names, multilabel, splits = parse_table(root, seed=seed, **layout)
     validate(splits, class_names, multilabel, where=str(root))
     source = source_of(root, class_names, multilabel, splits, options)
     # A cache that skipped bad images is not what a load that refuses them expects.
@@ -79,7 +88,12 @@ def load_local(
     if reason:
         cache.announce_rebuild(kind, target, reason)
     if reason or not cache.is_complete(target):
-        reader = ImageReader(resize_size, crop_size, skip_bad_images=skip_bad_images)
+        reader = ImageReader(
+            resize_size,
+            crop_size,
+            skip_bad_images=skip_bad_images,
+            decode=functools.partial(open_image, bits_stored=bits_stored),
+        )
         plans = {
             s: split_plan(members, reader, multilabel=multilabel, num_classes=len(class_names))
             for s, members in splits.items()
@@ -88,6 +102,7 @@ def load_local(
             "class_names": list(class_names),
             "multilabel": multilabel,
             "eval_grouping": "image",
+            "bits_stored": bits_stored,
             "root": str(root.resolve()),
             "options": {k: str(v) for k, v in options.items()},
             "source": source,

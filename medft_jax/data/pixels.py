@@ -12,20 +12,27 @@ through, converts by these rules instead:
   ``convert("RGB")``, as before, byte for byte, so the torchvision parity
   and existing caches hold. Alpha is dropped, not composited: the colour
   stored under a transparent pixel is kept.
-* **16-bit integer samples** (PNG, TIFF, JPEG 2000, PGM): the data type's full
-  range, ``v >> 8`` for unsigned (0..65535 -> 0..255 in 256 equal bins),
-  ``(v + 32768) >> 8`` for signed. Why the type's range and not each
-  image's own min..max: a fixed rule gives a stored value the same grey in
-  every image, as 8-bit images have, so two images (or two classes) that
-  differ only in brightness stay different; per-image min-max maps a
-  uniformly brighter image onto the darker one. It is also what
-  OpenCV's ``imread`` and scikit-image's ``img_as_ubyte`` do, and it agrees
-  with Pillow, which already reads 16-bit RGB(A) PNG/TIFF as their high
-  byte. The cost: data using only part of the range (12-bit values in a
-  16-bit file) comes out dark, with 16 grey levels; window such data to
-  8 bits yourself, or hand over the DICOM files, whose window is applied.
-  An 8-bit image stored as 16-bit by the usual ``v * 257`` comes back as
-  exactly ``v``.
+* **16-bit integer samples** (single-channel PNG, TIFF, JPEG 2000, PGM): a
+  fixed range per dataset, the range of the bits its values use,
+  ``bits_stored`` (``--bits-stored``, 8 to 16; 16 by default):
+  ``v >> (bits - 8)`` for unsigned (16 bits: 0..65535 -> 0..255 in 256
+  equal bins; 12 bits: 0..4095), ``(v + 2^(bits-1)) >> (bits - 8)`` for
+  signed. Why a fixed range and not each image's own min..max: it gives a
+  stored value the same grey in every image, as 8-bit images have, so two
+  images (or two classes) that differ only in brightness stay different;
+  per-image min-max maps a uniformly brighter image onto the darker one.
+  With 16 bits it is also what OpenCV's ``imread`` and scikit-image's
+  ``img_as_ubyte`` do, and it agrees with Pillow, which already reads 16-bit
+  RGB(A) PNG/TIFF as their high byte. A file is refused when its values
+  exceed the declared bits (the declaration is wrong). Without a
+  declaration, a file whose values all fit in 14 bits (unsigned below
+  16384; signed within -8192..8191) is refused rather than crushed: 12-bit
+  X-rays saved in 16-bit PNGs are common, and the 16-bit rule would leave
+  them 16 grey levels. The message asks for ``--bits-stored`` (12 for such
+  X-rays, 16 to keep the 16-bit rule for data that is merely dark). An
+  8-bit image stored as 16-bit by the usual ``v * 257`` comes back as
+  exactly ``v``; one stored unscaled (0..255) needs ``--bits-stored 8``.
+  DICOM files state their own bits and window, and ignore the option.
 * **Float samples**: [0, 1] is the float image convention (scikit-image,
   torchvision), mapped by ``round(v * 255)``. A float image with values
   outside [0, 1] is refused: a float file states no range, and guessing one
@@ -34,8 +41,7 @@ through, converts by these rules instead:
   slope/intercept), then the VOI LUT or the first window (centre/width, with
   its LINEAR, LINEAR_EXACT or SIGMOID function), else the pixel values' own
   min..max (what a viewer shows without a window); MONOCHROME1 is inverted.
-* **Refused**, with the path: 16-bit images whose values all lie below 256
-  (8-bit data stored unscaled: the rule would turn them black), NaN or
+* **Refused**, with the path: 16-bit images as above, NaN or
   infinite samples, 32-bit integer
   samples (no range to map; save them as 16-bit), images Pillow cannot
   decode (e.g. 2-channel or 64-bit float TIFFs).
@@ -112,10 +118,70 @@ def unsigned_to_uint8(values: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(np.minimum(values, top) * (255.0 / top)).astype(np.uint8)
 
 
-def signed16_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Signed 16-bit samples -> uint8 by the type's full range (``(v + 32768) >> 8``)."""
-    values = np.clip(np.asarray(values, np.int32), -32768, 32767)
-    return ((values + 32768) >> 8).astype(np.uint8)
+def signed_to_uint8(values: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Signed ``bits``-bit samples -> uint8 by that range (``(v + 2^(bits-1)) >> (bits - 8)``)."""
+    half = 1 << (bits - 1)
+    values = np.clip(np.asarray(values, np.int32), -half, half - 1)
+    return ((values + half) >> (bits - 8)).astype(np.uint8)
+
+
+BITS_STORED = range(8, 17)
+"""The bit depths ``--bits-stored`` takes: how many bits a 16-bit file's values use."""
+
+
+def check_bits_stored(bits: object) -> None:
+    """Refuses a ``bits_stored`` that is not None or an integer in :data:`BITS_STORED`."""
+    if bits is not None and (type(bits) is not int or bits not in BITS_STORED):
+        raise DataError(f"--bits-stored must be an integer from 8 to 16, got {bits!r}")
+
+
+UNDECLARED_FLOOR_BITS = 14
+"""Without ``--bits-stored``, a 16-bit image whose values fit in this many bits is
+refused: the 16-bit rule would leave it at most 64 grey levels (12-bit data: 16)."""
+
+
+def integer16_to_uint8(
+    values: np.ndarray, signed: bool, bits_stored: int | None, path: Path | str
+) -> np.ndarray:
+    """16-bit integer samples -> uint8 by the declared range, or the full 16-bit one.
+
+    Refuses, naming ``path``, values outside the declared ``bits_stored``
+    range and, with nothing declared, an image (not all zero) whose values
+    fit in :data:`UNDECLARED_FLOOR_BITS` bits: only the user knows whether
+    that is 12-bit data or a dark 16-bit image.
+    """
+    values = np.asarray(values)
+    lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if bits_stored is None:
+        if (lo, hi) != (0, 0) and _fits(lo, hi, UNDECLARED_FLOOR_BITS, signed):
+            kind = "signed 16-bit" if signed else "16-bit"
+            raise DataError(
+                f"{path}: {kind} image whose values all fit in {UNDECLARED_FLOOR_BITS} bits "
+                f"({lo}..{hi}) would keep at most 64 grey levels under the 16-bit rule; give "
+                "--bits-stored with the bits its data uses (12 for most X-rays, 8 for unscaled "
+                "8-bit data), or --bits-stored 16 to keep the 16-bit rule"
+            )
+        bits_stored = 16
+    if not _fits(lo, hi, bits_stored, signed):
+        low, high = _range(bits_stored, signed)
+        raise DataError(
+            f"{path}: values {lo}..{hi} exceed the {bits_stored}-bit range {low}..{high} of "
+            f"--bits-stored {bits_stored}; give the bits the data really uses"
+        )
+    if signed:
+        return signed_to_uint8(values, bits_stored)
+    return unsigned_to_uint8(values, bits_stored)
+
+
+def _range(bits: int, signed: bool) -> tuple[int, int]:
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _fits(lo: int, hi: int, bits: int, signed: bool) -> bool:
+    low, high = _range(bits, signed)
+    return low <= lo and hi <= high
 
 
 def unit_float_to_uint8(values: np.ndarray, path: Path | str) -> np.ndarray:
