@@ -161,6 +161,41 @@ def test_values_beyond_the_declared_bits_are_refused(tmp_path):
     assert np.asarray(open_image(path, bits_stored=13)).max() == 5000 >> 5
 
 
+def _png16_rgb(path: Path, values: np.ndarray) -> Path:
+    """A 16-bit RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2."""
+    h, w, _ = values.shape
+    rows = b"".join(b"\x00" + values[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+    path.write_bytes(png + chunk(b"IEND", b""))
+    return path
+
+
+def test_16bit_colour_is_read_by_the_16bit_rule_and_never_crushed_silently(tmp_path):
+    """Pillow reads 16-bit colour as each sample's high byte: 12-bit colour would come out
+    0..15. Refused unless the 16-bit rule is asked for; other declared bits cannot be met."""
+    rng = np.random.default_rng(10)
+    twelve = _png16_rgb(tmp_path / "c12.png", rng.integers(0, 4096, (6, 7, 3)))
+    with pytest.raises(
+        DataError, match=r"c12\.png: 16-bit colour image whose values all fit in 14"
+    ):
+        open_image(twelve)
+    with pytest.raises(DataError, match=r"c12\.png: --bits-stored 12 applies to 16-bit grayscale"):
+        open_image(twelve, bits_stored=12)
+    values = rng.integers(0, 65536, (6, 7, 3))
+    full = _png16_rgb(tmp_path / "c16.png", values)
+    for bits in (None, 16):
+        out = np.asarray(open_image(full, bits_stored=bits))
+        assert out.shape == (6, 7, 3) and np.array_equal(out, (values >> 8).astype(np.uint8))
+    assert np.asarray(open_image(twelve, bits_stored=16)).max() == 15  # as asked
+
+
 @pytest.mark.parametrize("bad", [7, 17, 12.0, True, "12"])
 def test_bits_stored_is_an_integer_from_8_to_16(tmp_path, bad):
     path = _save16(tmp_path / "x.png", _twelve_bit(np.random.default_rng(9)))

@@ -35,6 +35,7 @@ from medft_jax.data.pixels import (
     MAX_PIXELS,
     check_bits_stored,
     check_size,
+    colour16_check,
     integer16_to_uint8,
     unit_float_to_uint8,
 )
@@ -98,8 +99,9 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
 
 
 def _stored_samples(image: Image.Image) -> str | None:
-    """The raw sample layout of a mode-``I`` image (e.g. ``I;16S``), read before decoding."""
-    if image.mode != "I":
+    """The raw sample layout of a mode-``I`` image (e.g. ``I;16S``) or of 16-bit colour
+    (``RGB;16B``), read before decoding."""
+    if image.mode not in ("I", "RGB", "RGBA"):
         return None
     if image.format == "PPM":  # Pillow scales a 9..16-bit PGM's maxval to 0..65535
         return "I;16"
@@ -107,7 +109,9 @@ def _stored_samples(image: Image.Image) -> str | None:
         return None
     args = image.tile[0].args
     raw = args[0] if isinstance(args, tuple) and args else args
-    return raw if isinstance(raw, str) else None
+    if not isinstance(raw, str) or (image.mode != "I" and ";16" not in raw):
+        return None
+    return raw
 
 
 def to_8bit(
@@ -119,6 +123,10 @@ def to_8bit(
     16-bit signed and 32-bit samples alike to mode ``I``).
     """
     mode = image.mode
+    if mode in ("RGB", "RGBA") and samples is not None:  # 16-bit colour
+        rgb = image.convert("RGB")
+        colour16_check(np.asarray(rgb), bits_stored, path)
+        return rgb
     if mode in ("L", "RGB"):
         return image.copy()
     if mode in EIGHT_BIT_MODES:

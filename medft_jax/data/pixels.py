@@ -33,6 +33,8 @@ through, converts by these rules instead:
   8-bit image stored as 16-bit by the usual ``v * 257`` comes back as
   exactly ``v``; one stored unscaled (0..255) needs ``--bits-stored 8``.
   DICOM files state their own bits and window, and ignore the option.
+  16-bit colour PNG/TIFF, which Pillow reads as each sample's high byte,
+  takes the 16-bit rule only (:func:`colour16_check`).
 * **Float samples**: [0, 1] is the float image convention (scikit-image,
   torchvision), mapped by ``round(v * 255)``. A float image with values
   outside [0, 1] is refused: a float file states no range, and guessing one
@@ -171,6 +173,30 @@ def integer16_to_uint8(
     if signed:
         return signed_to_uint8(values, bits_stored)
     return unsigned_to_uint8(values, bits_stored)
+
+
+def colour16_check(high_bytes: np.ndarray, bits_stored: int | None, path: Path | str) -> None:
+    """Refuses 16-bit colour the 16-bit rule would crush, or that ``bits_stored`` cannot reach.
+
+    Pillow decodes 16-bit RGB(A) PNG and TIFF to the high byte of each sample
+    (the 16-bit rule, ``v >> 8``), so only that rule can be applied: another
+    ``bits_stored`` is refused, and so, without one, is an image whose high
+    bytes all lie below 64 (its samples fit in 14 bits), by the rule for
+    grayscale files.
+    """
+    top = int(high_bytes.max()) if high_bytes.size else 0
+    if bits_stored is not None and bits_stored != 16:
+        raise DataError(
+            f"{path}: --bits-stored {bits_stored} applies to 16-bit grayscale images; this is "
+            "16-bit colour, which is read by the 16-bit rule only (save it as 8-bit colour, "
+            "scaled as you want it)"
+        )
+    if bits_stored is None and 0 < top < 1 << (UNDECLARED_FLOOR_BITS - 8):
+        raise DataError(
+            f"{path}: 16-bit colour image whose values all fit in {UNDECLARED_FLOOR_BITS} bits "
+            "would keep at most 64 levels per channel under the 16-bit rule; save it as 8-bit "
+            "colour, scaled as you want it, or give --bits-stored 16 to keep the 16-bit rule"
+        )
 
 
 def _range(bits: int, signed: bool) -> tuple[int, int]:
