@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from medft_jax.data.pixels import BITS_STORED
 from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
 from medft_jax.models import ARCHS, create, get_arch, is_known_arch
 from medft_jax.models.blocks import flatten
@@ -416,7 +417,7 @@ def _check_other_fields(metadata: Mapping[str, Any], num_classes: int, where: An
             f"[{low} (the crop), {MAX_RESIZE_SIZE}]"
         )
     bits = metadata.get("bits_stored")
-    if bits is not None and (not _is_int(bits) or not 8 <= bits <= 16):
+    if bits is not None and (not _is_int(bits) or bits not in BITS_STORED):
         raise CheckpointError(
             f"{where}: metadata bits_stored {bits!r} is not an integer from 8 to 16"
         )
