@@ -20,7 +20,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -37,7 +36,7 @@ from medft_jax.checkpoints.model import (
     save_model,
     variables_hash,
 )
-from medft_jax.models import create
+from medft_jax.models import variable_shapes
 from medft_jax.models.blocks import flatten, unflatten
 from tests.torch_ref import torch  # skips the module without torch
 from weights_port.__main__ import main as port_main
@@ -54,8 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _abstract(arch: str, num_classes: int) -> dict:
     """``arch``'s variables as shapes only (no memory)."""
-    model = create(arch, num_classes)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    return variable_shapes(arch, num_classes)
 
 
 def _random_variables(arch: str, num_classes: int, seed: int = 0) -> dict:

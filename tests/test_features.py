@@ -7,7 +7,6 @@ import functools
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,7 +14,7 @@ from medft_jax import features, fit, strategies
 from medft_jax.data.arrays import ArraySplit
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.demo import load_demo
-from medft_jax.models import create, densenet, get_arch, init_variables, vgg
+from medft_jax.models import create, densenet, get_arch, init_variables, variable_shapes, vgg
 
 SIZES = {"train": 32, "val": 16, "test": 16}
 
@@ -119,9 +118,7 @@ def test_head_of_backbone_is_the_whole_model_dropout_masks_included(model, head_
 
 
 def test_head_only_epochs_of_each_strategy():
-    params = jax.eval_shape(
-        lambda: create("resnet_tiny", 2).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    )["params"]
+    params = variable_shapes("resnet_tiny", 2)["params"]
     partition = get_arch("resnet_tiny").partition
 
     def head_only(name, frozen_bn, epochs=4, **kw):

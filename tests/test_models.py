@@ -9,7 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medft_jax.models import ARCHS, TEST_ARCHS, block_outputs, create, get_arch, init_variables
+from medft_jax.models import (
+    ARCHS,
+    TEST_ARCHS,
+    VGG,
+    DenseNet,
+    block_outputs,
+    create,
+    get_arch,
+    init_variables,
+    variable_shapes,
+)
 from medft_jax.models.blocks import flatten
 from medft_jax.models.layers import _adaptive_matrix, adaptive_avg_pool
 
@@ -45,11 +55,19 @@ def test_parameter_counts_match_torchvision():
     # torchvision with num_classes=1000: 25,557,032 / 7,978,856 / 143,667,240.
     expected = {"resnet50": 25_557_032, "densenet121": 7_978_856, "vgg19": 143_667_240}
     for arch, n in expected.items():
-        model = create(arch, 1000)
-        shapes = jax.eval_shape(
-            lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-        )
+        shapes = variable_shapes(arch, 1000)
         assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])) == n, arch
+
+
+def test_variable_shapes_are_the_initialisers_and_each_call_owns_its_tree():
+    model = create("resnet_tiny", 3)
+    traced = jax.eval_shape(lambda: model.init(jax.random.key(1), jnp.zeros((2, 64, 64, 3))))
+    shapes = variable_shapes("resnet_tiny", 3)
+    assert jax.tree.structure(shapes) == jax.tree.structure(traced)
+    assert jax.tree.leaves(shapes) == jax.tree.leaves(traced)  # shapes and dtypes
+    assert shapes["params"]["fc"]["kernel"].shape == (2048, 3)
+    del shapes["params"]["fc"]  # a caller's edit stays in its own tree
+    assert "fc" in variable_shapes("resnet_tiny", 3)["params"]
 
 
 @pytest.mark.slow
@@ -72,14 +90,17 @@ def test_head_and_conv_init_follow_torchvision(resnet):
 
 @pytest.mark.slow
 def test_vgg_and_densenet_heads():
-    m = create("vgg19", 3)
-    s = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    s = variable_shapes("vgg19", 3)
     assert s["params"]["classifier"]["0"]["kernel"].shape == (25088, 4096)
     assert s["params"]["classifier"]["6"]["kernel"].shape == (4096, 3)
-    _, v = _init("densenet121", 2, seed=1)
+    assert variable_shapes("densenet121", 2)["params"]["classifier"]["kernel"].shape == (1024, 2)
+    # DenseNet-121's head, initialised on a DenseNet with a layer a block: the
+    # same classifier code, without compiling 120 convolutions' initialisers.
+    v = init_variables(DenseNet(2, block_config=(1, 1, 1, 1)), 1, 32)
     head = v["params"]["classifier"]
     assert np.all(np.asarray(head["bias"]) == 0)  # torchvision zeroes DenseNet's Linear bias
-    assert np.abs(np.asarray(head["kernel"])).max() <= 1 / math.sqrt(1024)
+    bound = 1 / math.sqrt(head["kernel"].shape[0])  # torch's Linear: U(-1/sqrt(in), 1/sqrt(in))
+    assert bound * 0.9 < np.abs(np.asarray(head["kernel"])).max() <= bound
 
 
 @pytest.mark.xdist_group("resnet_tiny")
@@ -104,15 +125,24 @@ def test_bfloat16_compute_keeps_float32_params(tiny):
 
 @pytest.mark.slow
 def test_vgg_runs_at_32px_with_dropout_only_when_asked():
-    model = create("vgg19", 2)
+    # VGG-19's five 2x2 pools (32 px -> 1 px, then the adaptive 7x7 pool) at
+    # 8 channels a conv: the same layers as VGG-19, op by op in a second.
+    model = VGG(2, cfg=(8, "M", 8, "M", 8, "M", 8, "M", 8, "M"))
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-    v = jax.jit(model.init)(jax.random.key(0), x)
-    a = model.apply(v, x)
+    v = init_variables(model, 0, 32)
+
+    @jax.jit
+    def outputs(v, x):  # one program: op-by-op dispatch compiles every op
+        dropped = [
+            model.apply(v, x, deterministic=False, rngs={"dropout": jax.random.key(k)})
+            for k in (1, 2)
+        ]
+        return model.apply(v, x), *dropped  # by default: no dropout, so no RNG needed
+
+    a, d1, d2 = outputs(v, x)
     assert a.shape == (2, 2)
-    np.testing.assert_array_equal(a, model.apply(v, x))
-    d1 = model.apply(v, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
-    d2 = model.apply(v, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
-    assert not np.allclose(d1, d2)
+    np.testing.assert_array_equal(a, outputs(v, x)[0])
+    assert not np.allclose(d1, d2) and not np.allclose(d1, a)
 
 
 def test_adaptive_pool_bins_by_hand():
@@ -137,11 +167,7 @@ def test_block_outputs_cover_every_block():
 
 def test_every_parameter_in_exactly_one_block():
     for arch, spec in {**ARCHS, **TEST_ARCHS}.items():
-        model = create(arch, 5)
-        shapes = jax.eval_shape(
-            lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-        )
-        paths = list(flatten(shapes["params"]))
+        paths = list(flatten(variable_shapes(arch, 2)["params"]))
         owners = {p: [b.name for b in spec.partition.blocks if b.owns(p)] for p in paths}
         assert all(len(o) == 1 for o in owners.values()), arch
         assert {o[0] for o in owners.values()} == set(spec.partition.names), arch
@@ -150,8 +176,7 @@ def test_every_parameter_in_exactly_one_block():
 
 
 def _shapes(arch: str) -> dict:
-    model = create(arch, 2)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    return variable_shapes(arch, 2)
 
 
 def test_tiny_resnet_is_resnet50_with_one_bottleneck_per_layer():

@@ -18,7 +18,7 @@ from medft_jax.checkpoints.pretrained import merge
 from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.demo import load_demo
 from medft_jax.early_stopping import EarlyStopping
-from medft_jax.models import create, get_arch, init_variables
+from medft_jax.models import create, get_arch, init_variables, variable_shapes
 from medft_jax.models.blocks import flatten
 from tests.torch_ref import randomise_batchnorm, torch, torchvision
 
@@ -118,12 +118,7 @@ def test_strategy_end_to_end(strategy, ported_tiny, demo, tmp_path):
 
 
 def _dummy_params(arch: str):
-    model = create(arch, 2)
-    import jax.numpy as jnp
-
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))[
-        "params"
-    ]
+    return variable_shapes(arch, 2)["params"]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from flax import linen as nn
 from experiments import run as run_cli
 from medft_jax import fit, strategies, train
 from medft_jax.data.demo import load_demo
-from medft_jax.models import create, get_arch, init_variables, layers
+from medft_jax.models import create, get_arch, init_variables, layers, variable_shapes
 from medft_jax.models.conv import lax_conv
 from medft_jax.train import Trainer
 
@@ -36,9 +36,8 @@ def tiny():
 
 def _zeros_tree(arch: str):
     """The model's variables as zeros: its tree without compiling its initialiser."""
-    model = create(arch, 2)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    return model, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes(arch, 2))
+    return create(arch, 2), zeros
 
 
 @pytest.fixture(scope="module")

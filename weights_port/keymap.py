@@ -17,12 +17,10 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from medft_jax.errors import UserError
-from medft_jax.models import ARCHS, create, get_arch
+from medft_jax.models import ARCHS, get_arch, variable_shapes
 from medft_jax.models.blocks import flatten, unflatten
 
 # Flax leaf name -> torch parameter/buffer name, per collection.
@@ -55,8 +53,7 @@ def rename_legacy_keys(state: Mapping[str, Any]) -> dict[str, Any]:
 @cache
 def _template(arch: str, num_classes: int) -> dict[str, tuple[tuple[int, ...], str, str]]:
     """torch key -> (torch shape, flax collection, flax path) for ``arch``."""
-    model = create(arch, num_classes)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    shapes = variable_shapes(arch, num_classes)
     out: dict[str, tuple[tuple[int, ...], str, str]] = {}
     params = flatten(shapes["params"])
     for path, leaf in params.items():

@@ -37,13 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from medft_jax.data.pixels import BITS_STORED
 from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
-from medft_jax.models import ARCHS, create, get_arch, is_known_arch
+from medft_jax.models import ARCHS, get_arch, is_known_arch, variable_shapes
 from medft_jax.models.blocks import flatten
 
 FORMAT_VERSION = 2
@@ -446,9 +445,7 @@ def _stored_shapes(variables: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 @cache
 def _expected_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
     """``arch``'s variable paths and shapes with a ``num_classes`` head (no memory used)."""
-    model = create(arch, num_classes)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    return _stored_shapes(shapes)
+    return _stored_shapes(variable_shapes(arch, num_classes))
 
 
 def _arch_mismatch(

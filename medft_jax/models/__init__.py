@@ -39,6 +39,7 @@ __all__ = [
     "get_arch",
     "init_variables",
     "is_known_arch",
+    "variable_shapes",
 ]
 
 
@@ -107,6 +108,23 @@ def create(arch: str, num_classes: int = 1000, *, dtype: Dtype = jnp.float32) ->
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return get_arch(arch).build(num_classes=num_classes, dtype=dtype)
+
+
+def variable_shapes(arch: str, num_classes: int) -> dict[str, Any]:
+    """``arch``'s variables (``params``, ``batch_stats``) as ``jax.ShapeDtypeStruct`` trees.
+
+    No memory and no compiling, but tracing DenseNet-121's initialiser takes
+    seconds: the weight port, the checkpoint checks and the strategies ask
+    for the same trees, so each (arch, head size) is traced once a process.
+    Each call returns its own dicts: a caller may edit them.
+    """
+    return jax.tree.map(lambda leaf: leaf, _traced_shapes(arch, num_classes))
+
+
+@functools.cache
+def _traced_shapes(arch: str, num_classes: int) -> dict[str, Any]:
+    model = create(arch, num_classes)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
 
 
 def init_variables(
