@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +15,7 @@ from PIL import Image
 import weights_port
 from experiments.predict import main
 from medft_jax.checkpoints.model import load_model, save_model
+from medft_jax.models import variable_shapes
 from tests.torch_ref import random_torchvision, torch, torchvision
 
 FAST_TESTS_GROUP = "torch"  # see tests/conftest.py
@@ -71,11 +73,17 @@ def test_multilabel_checkpoint_uses_sigmoid(setup, capsys):
     np.testing.assert_allclose(probs, ref, atol=1e-5)
 
 
-def test_bad_image_is_named(setup, capsys):
-    tmp, _, ck, paths = setup
-    bad = tmp / "broken.png"
+def test_bad_image_is_named(tmp_path, capsys):
+    # Images are read before any compute: a checkpoint of zeros is enough (no torch, no port).
+    shapes = variable_shapes("resnet_tiny", 2)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    ck = tmp_path / "ck"
+    meta = {"arch": "resnet_tiny", "num_classes": 2, "resize_size": 36, "crop_size": 32}
+    save_model(ck, zeros["params"], zeros["batch_stats"], meta)
+    good, bad = tmp_path / "a.png", tmp_path / "broken.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(good)
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    assert main(["--checkpoint", str(ck), "--images", str(paths[0]), str(bad)]) == 2
+    assert main(["--checkpoint", str(ck), "--images", str(good), str(bad)]) == 2
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err.startswith(f"error: corrupt or unreadable image {bad}: ")
     assert cap.err.count("\n") == 1
