@@ -13,6 +13,7 @@ from PIL import Image
 from medft_jax.data import DataError, load
 from medft_jax.data.images import ImageReader, safe_join
 from medft_jax.data.medmnist import parse_name
+from medft_jax.data.paths import is_inside
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SIZES = {"resize_size": 36, "crop_size": 32}
@@ -290,6 +291,21 @@ def test_symlink_escaping_the_root_is_refused(tmp_path):
     (tmp_path / "root" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
     with pytest.raises(DataError, match="escapes the dataset root"):
         safe_join(tmp_path / "root", "link.jpg", source="list.csv")
+
+
+def test_a_sibling_folder_sharing_the_roots_name_is_outside(tmp_path):
+    """Inside is by path component: ``root2`` is not inside ``root``, though it starts so."""
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root2").mkdir()
+    (tmp_path / "root2" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "root" / "b.jpg").write_bytes(b"x")
+    real = tmp_path.resolve()
+    assert safe_join(tmp_path / "root", "b.jpg", source="l.csv") == real / "root" / "b.jpg"
+    assert safe_join(tmp_path / "root", "sub/../b.jpg", source="l.csv") == real / "root" / "b.jpg"
+    with pytest.raises(DataError, match=r"^l\.csv: image path '\.\./root2/a\.jpg' escapes"):
+        safe_join(tmp_path / "root", "../root2/a.jpg", source="l.csv")
+    assert is_inside("/", "/data") and is_inside("/data/x", "/data/x")
+    assert not is_inside("/data/x", "/data/xy/a.png") and not is_inside("/data/x", "/data")
 
 
 def test_unknown_dataset_lists_known_ones():

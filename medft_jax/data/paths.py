@@ -19,9 +19,10 @@ from pathlib import Path
 from medft_jax.data.errors import DataError
 
 
-def is_inside(root: Path, path: Path) -> bool:
+def is_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
     """True when the resolved ``path`` is ``root`` or below it (``root`` already resolved)."""
-    return path == root or root in path.parents
+    root, path = os.fspath(root), os.fspath(path)
+    return path == root or path.startswith(os.path.join(root, ""))
 
 
 def safe_join(root: Path, relative: str, *, source: str) -> Path:
@@ -35,7 +36,7 @@ def safe_join(root: Path, relative: str, *, source: str) -> Path:
     # 224k), where pathlib's resolve costs three times os.path.realpath.
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, relative))
-    if real != real_root and not real.startswith(os.path.join(real_root, "")):
+    if not is_inside(real_root, real):
         raise DataError(
             f"{source}: image path {relative!r} escapes the dataset root {Path(real_root)}"
         )
