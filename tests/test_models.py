@@ -126,7 +126,7 @@ def test_bfloat16_compute_keeps_float32_params(tiny):
 @pytest.mark.slow
 def test_vgg_runs_at_32px_with_dropout_only_when_asked():
     # VGG-19's five 2x2 pools (32 px -> 1 px, then the adaptive 7x7 pool) at
-    # 8 channels a conv: the same layers as VGG-19, op by op in a second.
+    # 8 channels a conv: the same layers as VGG-19, compiled in seconds.
     model = VGG(2, cfg=(8, "M", 8, "M", 8, "M", 8, "M", 8, "M"))
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     v = init_variables(model, 0, 32)
