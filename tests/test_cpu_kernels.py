@@ -110,6 +110,7 @@ def _tied_images(n, h, c, seed=0):
     return np.random.default_rng(seed).integers(0, 3, (n, h, h, c)).astype(np.float32)
 
 
+@pytest.mark.xdist_group("torch")  # the worker that imports torch anyway (tests/conftest.py)
 @pytest.mark.parametrize(
     "window",
     [

@@ -354,6 +354,7 @@ def test_unprepared_task_says_which_command_to_run(tmp_path):
 
 
 @tf_required
+@pytest.mark.xdist_group("tfds_prepared")  # the worker that loads TensorFlow anyway
 def test_corrupt_image_fails_cleanly_or_is_skipped_and_counted(tmp_path):
     fakes.make_bach(tmp_path / "bach", 10)
     bad = tmp_path / "bach" / "ICIAR2018_BACH_Challenge" / "Photos" / "Benign" / "b004.tif"

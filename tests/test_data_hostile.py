@@ -538,6 +538,7 @@ def test_medmnist_cache_follows_the_file_put_back(tmp_path, capsys):
 
 
 @tf_required
+@pytest.mark.xdist_group("tfds_prepared")  # the worker that loads TensorFlow anyway
 def test_task_cache_follows_tfds_data_and_manual_dir(tmp_path, capsys):
     manual, out = tmp_path / "bach", tmp_path / "out"
     fakes.make_bach(manual, 10)

@@ -33,6 +33,7 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow")
+@pytest.mark.xdist_group("tfds_prepared")  # the worker that loads TensorFlow anyway
 def test_prepare_task_with_arch_resize(tmp_path, capsys):
     fakes.make_bach(tmp_path / "bach", 10)
     argv = ["--dataset", "bach", "--manual-dir", str(tmp_path / "bach")]

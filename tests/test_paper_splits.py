@@ -250,6 +250,7 @@ def test_paper_config_uses_the_papers_choices():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow")
+@pytest.mark.xdist_group("tfds_prepared")  # the worker that loads TensorFlow anyway
 def test_isic_by_image_and_by_patient_never_share_a_cache(tmp_path):
     fakes.make_isic2020(tmp_path / "isic", 10, 2)  # 20 images, 2 duplicates dropped
     out = tmp_path / "out"
