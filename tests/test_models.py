@@ -29,16 +29,16 @@ def test_unknown_arch_lists_known():
         create("resnet18", 3)
 
 
-def _init(arch: str, num_classes: int, size: int = 32, seed: int = 0):
+def _init(arch: str):
     # init_variables' program: the one other tests and processes of the session
     # compile too (2 classes, 32 px), so the compilation cache serves it.
-    model = create(arch, num_classes)
-    return model, init_variables(model, seed, size)
+    model = create(arch, 2)
+    return model, init_variables(model, 0, 32)
 
 
 @pytest.fixture(scope="module")
 def resnet():
-    return _init("resnet50", 2)
+    return _init("resnet50")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def tiny():
     Its users share one xdist worker (group ``resnet_tiny``): the initialiser's
     program compiles once there, not once in each worker at the same time.
     """
-    return _init("resnet_tiny", 2)
+    return _init("resnet_tiny")
 
 
 def test_parameter_counts_match_torchvision():

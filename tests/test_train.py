@@ -40,11 +40,6 @@ def _zeros_tree(arch: str):
     return create(arch, 2), zeros
 
 
-@pytest.fixture(scope="module")
-def resnet_tree():
-    return _zeros_tree("resnet50")
-
-
 def _count_convs(strategy: str, model, variables, epoch: int = 0) -> int:
     """Convolutions in the train step XLA is given (lowered, not compiled)."""
     strat = strategies.make(
@@ -145,8 +140,8 @@ def test_out_of_memory_suggests_smaller_batch(monkeypatch, tmp_path, capsys):
     assert err.count("\n") == 1 and "try a smaller --batch-size than 64" in err
 
 
-def test_trainer_rejects_a_mask_of_another_tree(resnet_tree):
-    model, variables = resnet_tree
+def test_trainer_rejects_a_mask_of_another_tree():
+    model, variables = _zeros_tree("resnet50")
     trainer = Trainer(model, optax.sgd(0.1), multilabel=False)
     state = trainer.init_state(variables)
     x = trainer.shard_batch(np.zeros((2, 32, 32, 3), np.uint8))
