@@ -238,6 +238,25 @@ def test_unavailable_weights_are_tried_and_reported_once(tmp_path, capsys, monke
     assert tries == ["resnet50", "densenet121"]
 
 
+def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, monkeypatch):
+    """resnet_tiny (the test arch) has no torchvision weights: auto warns, imagenet refuses."""
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    monkeypatch.setattr(weights_port, "port_imagenet", lambda arch: pytest.fail("no port"))
+    with pytest.raises(
+        pretrained.CheckpointError,
+        match=r"^--weights imagenet: --arch resnet_tiny: no ImageNet weights known; known: "
+        "resnet50, densenet121, vgg19$",
+    ):
+        pretrained.resolve("imagenet", "resnet_tiny")
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    for _ in range(2):
+        assert pretrained.resolve("auto", "resnet_tiny")[0] is None
+    err = capsys.readouterr().err
+    assert err.count("TRAINING FROM RANDOM INITIALISATION") == 1 and "--weights none" in err
+    assert "python -m weights_port" not in err  # porting cannot help this arch
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medft_jax.checkpoints.model import CheckpointError, load_model, save_model
 from medft_jax.models import get_arch
-from weights_port.fetch import WEIGHTS_NAMES, cache_dir, download
+from weights_port.fetch import WEIGHTS_NAMES, cache_dir, download, require_known
 from weights_port.keymap import PortError, flax_to_torch, torch_to_flax
 from weights_port.state_io import check_out_path, read_state_dict, sha256, write_state_dict
 
@@ -55,7 +55,8 @@ def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool =
 
 
 def default_checkpoint(arch: str) -> Path:
-    """Where the ported ImageNet weights of ``arch`` are cached."""
+    """Where the ported ImageNet weights of ``arch`` are cached (:class:`PortError` if none)."""
+    require_known(arch)
     return cache_dir() / "flax" / f"{arch}_{WEIGHTS_NAMES[arch]}"
 
 

@@ -37,6 +37,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDFT_JAX_CACHE", "~/.cache/medft_jax")).expanduser()
 
 
+def require_known(arch: str) -> None:
+    """Raises :class:`PortError` unless torchvision publishes ImageNet weights for ``arch``."""
+    if arch not in WEIGHTS_URLS:
+        known = ", ".join(WEIGHTS_URLS)
+        raise PortError(f"--arch {arch}: no ImageNet weights known; known: {known}")
+
+
 def expected_hash_prefix(url: str) -> str:
     m = re.search(r"-([a-f0-9]+)\.", url.rsplit("/", 1)[-1])
     if not m:
@@ -46,9 +53,7 @@ def expected_hash_prefix(url: str) -> str:
 
 def download(arch: str, *, timeout: float = 30.0) -> Path:
     """The cached torchvision checkpoint of ``arch``, downloaded first if needed."""
-    if arch not in WEIGHTS_URLS:
-        known = ", ".join(WEIGHTS_URLS)
-        raise PortError(f"--arch {arch}: no ImageNet weights known; known: {known}")
+    require_known(arch)
     url = WEIGHTS_URLS[arch]
     target = cache_dir() / "torchvision" / url.rsplit("/", 1)[-1]
     if target.is_file():

@@ -38,25 +38,9 @@ def locate(weights: str, arch: str) -> Path | None:
     if weights == "none":
         return None
     if weights in ("auto", "imagenet"):
-        import weights_port
-
-        path = weights_port.default_checkpoint(arch)
-        if not path.exists() and arch not in _UNAVAILABLE:
-            try:
-                path = weights_port.port_imagenet(arch)
-            except weights_port.PortError as e:
-                _UNAVAILABLE[arch] = str(e)
-                if weights == "auto":  # warned once, when first found missing
-                    print(
-                        f"WARNING: no ImageNet weights for {arch} ({e}); TRAINING FROM RANDOM "
-                        "INITIALISATION. Port them with: python -m weights_port --download "
-                        f"--arch {arch}",
-                        file=sys.stderr,
-                    )
-        if not path.exists():
-            if weights == "imagenet":
-                raise CheckpointError(f"--weights imagenet: {_UNAVAILABLE.get(arch, path)}")
-            return None
+        path = _imagenet(arch, warn=weights == "auto")
+        if path is None and weights == "imagenet":
+            raise CheckpointError(f"--weights imagenet: {_UNAVAILABLE[arch]}")
         return path
     path = Path(weights).expanduser()
     if not path.exists():
@@ -65,6 +49,38 @@ def locate(weights: str, arch: str) -> Path | None:
             "a model checkpoint folder"
         )
     return path
+
+
+def _imagenet(arch: str, *, warn: bool) -> Path | None:
+    """The ported ImageNet checkpoint of ``arch``, ported on first use; None if unavailable.
+
+    The reason is kept in :data:`_UNAVAILABLE`; ``warn`` prints it, once, when
+    first found (``auto`` then trains from random initialisation). An arch
+    torchvision has no weights for (``resnet_tiny``) is unavailable too.
+    """
+    import weights_port
+
+    try:
+        path = weights_port.default_checkpoint(arch)
+        if path.exists():
+            return path
+        if arch in _UNAVAILABLE:
+            return None
+        return weights_port.port_imagenet(arch)
+    except weights_port.PortError as e:
+        reason = str(e)
+    if arch in weights_port.WEIGHTS_NAMES:
+        hint = f"Port them with: python -m weights_port --download --arch {arch}"
+    else:
+        hint = "Say --weights none for random initialisation, or --weights PATH"
+    if arch not in _UNAVAILABLE and warn:
+        print(
+            f"WARNING: no ImageNet weights for {arch} ({reason}); TRAINING FROM RANDOM "
+            f"INITIALISATION. {hint}",
+            file=sys.stderr,
+        )
+    _UNAVAILABLE[arch] = reason
+    return None
 
 
 def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
