@@ -35,7 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m experiments.report",
         description="Write the tables and figures of a sweep's finished runs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--runs", required=True, help="results folder holding the run records")
     p.add_argument(

@@ -37,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m experiments.run",
         description="Fine-tune a pretrained CNN on a medical image task with one strategy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--strategy",

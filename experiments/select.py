@@ -50,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m experiments.select",
         description="Successive halving over strategies x learning rates for one dataset and arch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", required=True, help="the grid file (its dataset, arch, settings)")
     p.add_argument(

@@ -48,7 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m experiments.sweep",
         description="Run a grid of datasets x archs x strategies x learning rates x seeds.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--config",

@@ -19,7 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 EXIT_BAD_INPUT = 2
 """Exit status for bad input (argparse uses 2 for bad flags too)."""
@@ -147,6 +147,20 @@ def writable_dir(path: str | os.PathLike[str], flag: str) -> None:
         raise UserError(f"{flag} {path}: the folder is not writable")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless it has none to show.
+
+    argparse would print "(default: None)" for an option whose default is
+    decided later (from the grid, the environment, the dataset), and a second
+    default after a help text that already says what it is.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line too.
 
@@ -154,6 +168,10 @@ class ArgumentParser(argparse.ArgumentParser):
     a flag value (``--batch-size x``) one line naming the flag, and where to
     look, is what the user needs.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"error: {one_line(message)} (see {self.prog} --help)\n")

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from experiments import prepare as prepare_cli
+from experiments import report as report_cli
 from experiments import run as run_cli
 from experiments import select as select_cli
 from experiments import sweep as sweep_cli
@@ -347,3 +348,13 @@ def test_weights_fingerprint_is_the_checkpoint_content(tmp_path, monkeypatch):
     assert fa == content_hash(a) and fb == content_hash(b) and fa != fb
     assert fit.weights_fingerprint("none", "resnet50") == "none"
     assert fit.weights_fingerprint("auto", "resnet50") == "none"  # unavailable: random init
+
+
+@pytest.mark.parametrize("cli", [run_cli, sweep_cli, select_cli, report_cli])
+def test_help_states_each_default_once_and_never_none(cli):
+    text = " ".join(cli.build_parser().format_help().split())
+    assert "(default: None)" not in text
+    assert not re.search(r"\(default[^)]*\) \(default", text)  # the help said it already
+    if cli is run_cli:
+        assert "--patience PATIENCE early-stopping patience in epochs (default: 5)" in text
+        assert "(default: $TFDS_DATA_DIR or TFDS's) --manual-dir" in text
