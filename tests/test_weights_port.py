@@ -147,6 +147,19 @@ def test_pickled_code_is_never_run(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_file_that_is_no_torch_checkpoint_is_named_as_such(tmp_path):
+    from weights_port.state_io import read_state_dict
+
+    for name, content in [("text.pth", b"junk\n"), ("empty.pth", b"")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(PortError, match=r"not a torch checkpoint \(neither torch.save's zip"):
+            read_state_dict(tmp_path / name)
+    # torch's legacy (pre-zip) format is still read, weights_only.
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.arange(3.0)}, legacy, _use_new_zipfile_serialization=False)
+    np.testing.assert_array_equal(read_state_dict(legacy)["w"], [0.0, 1.0, 2.0])
+
+
 def test_cli_errors_are_one_line_and_write_nothing(resnet_file, tmp_path, capsys):
     out = tmp_path / "ck"
     assert main(["--arch", "vgg19", "--torch-weights", str(resnet_file), "--out", str(out)]) == 2

@@ -39,6 +39,10 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+_PICKLE_PROTO = b"\x80"
+"""The first byte of a pickle of protocol 2 or later: torch's legacy (pre-1.6) format."""
+
+
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """A ``.pth`` or ``.safetensors`` state_dict as numpy arrays."""
     path = Path(path)
@@ -49,9 +53,19 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     else:
         if zipfile.is_zipfile(path):
             check_zip_crcs(path)
+        elif _first_byte(path) != _PICKLE_PROTO:
+            raise PortError(
+                f"{path}: not a torch checkpoint (neither torch.save's zip archive nor a legacy "
+                "pickle); expected a torchvision state_dict .pth or a .safetensors file"
+            )
         state = _read_pth(path)
     check_finite(state, path)
     return state
+
+
+def _first_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(1)
 
 
 def check_zip_crcs(path: str | Path) -> None:
