@@ -137,6 +137,15 @@ def test_an_lr_with_a_failed_run_is_never_chosen():
     cell = summary.cell("bach", "resnet50", "ft")
     assert cell.lr == 1e-4 and cell.excluded_lrs == (1e-3,)
     assert cell.status == "complete" and (cell.runs_done, cell.runs_expected) == (4, 4)
+    # The reader sees it: a mark, a note naming the LR, the CSV's field; Table 11 notes it.
+    table = dataset_table(summary, "bach")
+    assert f"{shown(0.7, 0.0)}‡" in to_markdown(table)
+    assert "‡ FT, ResNet-50: lr 0.001 left out of the choice (a run there diverged)" in (
+        " ".join(table.notes)
+    )
+    rows = read_csv(to_csv(table))
+    assert {r["excluded_lrs"] for r in rows} == {"0.001"}
+    assert any(n.startswith("‡: a cell whose LR") for n in table11(summary).notes)
     # A failure note of a run that later finished is superseded by its record.
     again = collect(records, [fail(lr=1e-3, seed=1)]).cell("bach", "resnet50", "ft")
     assert again.lr == 1e-3 and again.excluded_lrs == () and again.runs_done == 3
@@ -528,6 +537,12 @@ def test_how_to_read_names_every_tables_metrics(tmp_path):
     assert "κ = Cohen's κ" in how
     assert "Table 5 (mura\\_wrist): Acc. = the paper's eq. 6" in how
     assert "bach Acc. (top-1)" in how and "mura\\_wrist Acc." in how
+    assert "counted in its headline metric or, where the paper counted it in another" in how
+    mura = text[text.index("## mura\\_wrist") :]
+    assert (
+        "(headline: Acc.). The epoch and LR are chosen by the validation Acc. (the headline)."
+        in mura
+    )
     assert "error bar" in how
 
 

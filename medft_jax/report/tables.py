@@ -46,6 +46,7 @@ from medft_jax.report.cells import (
 )
 from medft_jax.report.render import (
     DAGGER,
+    DOUBLE_DAGGER,
     MISSING_TEXT,
     UNDEFINED,
     Column,
@@ -76,26 +77,44 @@ def _incomplete(cell: Cell) -> bool:
     return cell.status != MISSING and cell.runs_done < cell.runs_expected
 
 
+def _lrs_left_out(cell: Cell) -> bool:
+    """A cell with a value chosen without the LRs where a run failed."""
+    return cell.has_value and bool(cell.excluded_lrs)
+
+
+def lrs_text(lrs: Iterable[float]) -> str:
+    """``0.001 1e-05``: learning rates as the CSVs and notes write them."""
+    return " ".join(f"{lr:g}" for lr in lrs)
+
+
 def cell_text(cell: Cell, metric: str) -> str:
-    """``85.31 (0.42)``; ``†`` when runs are missing; ``—``, ``diverged``, ``n/a``."""
+    """``85.31 (0.42)``; ``†`` when runs are missing, ``‡`` when an LR was left out
+    because a run at it failed; ``—``, ``diverged``, ``failed``, ``n/a``."""
     if cell.status == MISSING:
         return MISSING_TEXT
     mark = DAGGER if _incomplete(cell) else ""
     if not cell.has_value:
         return cell.failure_text + mark
+    mark += DOUBLE_DAGGER if _lrs_left_out(cell) else ""
     mean, se = cell.test.get(metric, (math.nan, math.nan))
     if not math.isfinite(mean):
         return UNDEFINED + mark
     return f"{pct(mean)} ({pct(se)}){mark}"
 
 
-def _partial_notes(cells: Iterable[Cell]) -> list[str]:
-    return [
-        f"{DAGGER} {strategy_label(c.strategy)}, {arch_label(c.arch)}: "
-        f"{c.runs_done} of {c.runs_expected} runs"
-        for c in cells
-        if _incomplete(c)
-    ]
+def _cell_notes(cells: Iterable[Cell]) -> list[str]:
+    """What the † and ‡ of each marked cell stand for."""
+    notes = []
+    for c in cells:
+        name = f"{strategy_label(c.strategy)}, {arch_label(c.arch)}"
+        if _incomplete(c):
+            notes.append(f"{DAGGER} {name}: {c.runs_done} of {c.runs_expected} runs")
+        if _lrs_left_out(c):
+            notes.append(
+                f"{DOUBLE_DAGGER} {name}: lr {lrs_text(c.excluded_lrs)} left out of the choice "
+                f"(a run there {c.failure_text}); the value is from the best of the other LRs"
+            )
+    return notes
 
 
 def _best(values: Mapping[Any, float]) -> set[Any]:
@@ -142,6 +161,7 @@ def _cell_fields(c: Cell) -> dict[str, Any]:
         "runs_done": c.runs_done,
         "runs_expected": c.runs_expected,
         "lr": c.lr,
+        "excluded_lrs": lrs_text(c.excluded_lrs),
     }
 
 
@@ -254,6 +274,8 @@ class ValueLine:
     runs_done: int
     runs_expected: int
     lr: float | None
+    excluded_lrs: str = ""
+    """LRs left out of the choice because a run at them failed (space-separated)."""
     bold: bool = False
     """Best mean of its arch and metric, as shown (ties all marked)."""
     underline: bool = False
@@ -340,7 +362,7 @@ def dataset_table(summary: Summary, dataset: str) -> Table:
         f"Bold: best mean per arch and metric; underlined: best over all archs. LR chosen by the "
         f"mean validation {metric_label(summary.primary[dataset])} over seeds. Cost: "
         "device-seconds of one run at the chosen LR (mean over seeds).",
-        *_partial_notes(cells[(a, s)] for s in strategies for a in archs if (a, s) in cells),
+        *_cell_notes(cells[(a, s)] for s in strategies for a in archs if (a, s) in cells),
     ]
     lines = _marked(_value_lines(cells, archs, strategies, metrics))
     head = Head(dataset_table_name(dataset), title, notes)
@@ -359,6 +381,7 @@ class CostLine:
     arch: str
     status: str
     lr: float | None
+    excluded_lrs: str = ""
     device_seconds: float | None = None
     images_per_s: float | None = None
     epochs: float | None = None
@@ -577,6 +600,11 @@ def table11(summary: Summary) -> Table:
     ]
     if any(b.cell is not None and _incomplete(b.cell) for b in bests):
         notes.append(f"{DAGGER}: a cell with runs missing (see the dataset's table).")
+    if any(c is not None and _lrs_left_out(c) for b in bests for c in (b.cell, b.ft)):
+        notes.append(
+            f"{DOUBLE_DAGGER}: a cell whose LR was chosen without an LR where a run failed "
+            "(see the dataset's table)."
+        )
     title = "Table 11: best configuration per dataset and its gain over FT"
     lines = [_best_line(b) for b in bests]
     return _long_table(Head("table11", title, notes), BestLine, lines, TABLE11_SLOTS)
@@ -647,8 +675,7 @@ def table12(
     )
     notes = [
         f"Beats: relative improvement of the mean test metric over FT of the same dataset and "
-        f"arch > {threshold:g}%, each dataset counted in the metric the paper counted it in "
-        f"({count_metrics_text(summary, count_metrics)}). k/n: "
+        f"arch > {threshold:g}%, {count_rule_text(summary, count_metrics)}. k/n: "
         "n counts the datasets where both cells have a value (complete or partial)."
     ]
     strategies = [s for s in summary.strategies if s != BASELINE]
@@ -657,10 +684,18 @@ def table12(
     )
 
 
-def count_metrics_text(summary: Summary, count_metrics: Mapping[str, str] | None = None) -> str:
-    """``bach Acc. (top-1), isic2020 Acc., …``: the metric Table 12 counts each dataset in."""
-    return ", ".join(
+def count_rule_text(summary: Summary, count_metrics: Mapping[str, str] | None = None) -> str:
+    """Which metric Table 12 counts each dataset in, as a clause of a sentence.
+
+    The paper's choice for its tasks (:data:`~medft_jax.report.cells.COUNT_METRICS`,
+    else their headline); a dataset the paper did not use is counted in its headline.
+    """
+    each = ", ".join(
         f"{d} {metric_label(count_metric(summary, d, count_metrics))}" for d in summary.datasets
+    )
+    return (
+        "each dataset counted in its headline metric or, where the paper counted it in "
+        f"another, in that one ({each})"
     )
 
 

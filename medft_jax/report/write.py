@@ -23,6 +23,7 @@ from medft_jax.report import figures
 from medft_jax.report.cells import COMPLETE, MISSING, PARTIAL, Summary
 from medft_jax.report.render import (
     DAGGER,
+    DOUBLE_DAGGER,
     Table,
     md_escape,
     metric_label,
@@ -34,7 +35,7 @@ from medft_jax.report.render import (
 )
 from medft_jax.report.tables import (
     all_tables,
-    count_metrics_text,
+    count_rule_text,
     dataset_table_name,
     paired_note,
     table_number,
@@ -251,7 +252,7 @@ def _selection_text(summary: Summary, dataset: str) -> str:
     """Which validation metric chose the epoch and LR, and how it relates to the headline."""
     primary, headline = summary.primary[dataset], summary.headline(dataset)
     how = (
-        "the headline"
+        f"{metric_label(primary)} (the headline)"
         if primary == headline
         else f"{metric_label(primary)}, "
         + (
@@ -341,7 +342,9 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         "that exist and the table's notes say k of n runs. — : no run at all (an empty field "
         "in the CSV; never 0). diverged: only failure notes, the loss became non-finite; "
         "failed: only failure notes of another kind. n/a: the metric is undefined for every "
-        "seed.",
+        f"seed. {DOUBLE_DAGGER}: a run failed at one of the cell's LRs, so that LR was left "
+        "out of the choice and the value is the best of the others (the table's notes and "
+        "the CSV's excluded_lrs name it).",
         "- **Bold**: best mean per arch and metric; <u>underlined</u>: best mean per metric "
         "over all archs; means equal at the 2 decimals shown are all marked.",
         "- Cost: device-seconds = train_seconds × number of devices (compilation excluded).",
@@ -351,8 +354,7 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         f"- Table 11: best (arch, strategy) per dataset by its headline metric, and its "
         f"relative improvement over FT of the same arch, 100·(m − m_FT)/m_FT. Table 12: "
         f"datasets where a strategy beats FT by more than {beat_threshold:g}% relative "
-        f"improvement, each dataset counted in the metric the paper counted it in "
-        f"({md_escape(count_metrics_text(summary))}).",
+        f"improvement, {md_escape(count_rule_text(summary))}.",
         "- Figures: relative improvement over FT with an error bar of ± its SE over the "
         "seeds, 100·√(se² + (m/m_FT)²·se_FT²)/m_FT (the two cells' SEs taken as "
         "independent); no error bar where a cell has a single seed.",
@@ -366,7 +368,7 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         lines += [
             f"## {md_escape(d)}",
             "",
-            f"Table metrics: {metrics}; headline: {metric_label(summary.headline(d))}. "
+            f"Table metrics: {metrics} (headline: {metric_label(summary.headline(d))}). "
             f"{_selection_text(summary, d)}",
             "",
             *_section(by_name[dataset_table_name(d)]),
