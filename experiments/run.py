@@ -26,6 +26,7 @@ from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
 from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_base, dataset_names
 from medft_jax.outcomes import BUSY, DIVERGED, OUT_OF_MEMORY, SKIPPED
 from medft_jax.report import aggregate
+from medft_jax.report.render import lrs_text
 
 # Small settings that make the default command finish in minutes on a 2-core CPU.
 DEMO_DEFAULTS = {"image_size": 32, "epochs": 8, "batch_size": 32, "lr": 1e-4, "seeds": [0]}
@@ -224,7 +225,7 @@ def _main(argv: Sequence[str] | None) -> int:
         feature_cache=not args.no_feature_cache,
     )
     say = print if session.main_process else lambda *a, **k: None
-    records, status = [], 0
+    records, status, failed_lrs = [], 0, set()
     for i, config in enumerate(configs, 1):
         if len(configs) > 1:
             say(f"[{i}/{len(configs)}] lr {config.lr:g}, seed {config.seed}", flush=True)
@@ -235,6 +236,7 @@ def _main(argv: Sequence[str] | None) -> int:
             say(f"{o.name}: {o.error}, skipped", flush=True)
         elif o.kind == DIVERGED:  # noted in failed.json; the other learning rates go on
             print(f"error: {o.error}", file=sys.stderr)
+            failed_lrs.add(config.lr)
             status = 1
         elif o.kind == OUT_OF_MEMORY:
             print(
@@ -248,15 +250,24 @@ def _main(argv: Sequence[str] | None) -> int:
         if o.record:
             records.append(o.record)
     if records and session.main_process:
-        _print_summary(records, args.out)
+        _print_summary(records, args.out, sorted(failed_lrs))
     return status
 
 
-def _print_summary(records: list[dict[str, Any]], out: str) -> None:
-    first = records[0]
-    metric = first["primary_metric"]
-    if len(records) == 1:
-        r = first
+def _print_summary(records: list[dict[str, Any]], out: str, failed_lrs: list[float]) -> None:
+    """The test metrics of the one run, or mean ± SE at the LR chosen by validation.
+
+    As the report chooses (:func:`medft_jax.report.aggregate.eligible`): an
+    LR at which a run diverged is never chosen.
+    """
+    chosen = aggregate.eligible(records, failed_lrs)
+    metric = records[0]["primary_metric"]
+    if failed_lrs:
+        print(f"\nlr {lrs_text(failed_lrs)} left out of the choice: a run there diverged")
+    if not chosen:
+        print("no learning rate without a diverged run: no test metrics to show")
+    elif len(chosen) == 1:
+        r = chosen[0]
         print(
             f"\n{r['config']['strategy']} on {r['config']['dataset']} ({r['config']['arch']}), "
             f"lr {r['config']['lr']:g}, seed {r['config']['seed']}: best epoch "
@@ -264,8 +275,8 @@ def _print_summary(records: list[dict[str, Any]], out: str) -> None:
         )
         print(format_table([(k, _fmt(v)) for k, v in r["test"].items()]))
     else:
-        lr = aggregate.choose_lr(records, metric)
-        summary = aggregate.summarise([r for r in records if r["config"]["lr"] == lr])
+        lr = aggregate.choose_lr(chosen, metric)
+        summary = aggregate.summarise([r for r in chosen if r["config"]["lr"] == lr])
         print(
             f"\nlr {lr:g} chosen by mean validation {metric}; test metrics, mean ± SE over "
             f"{len(summary['seeds'])} seeds:"

@@ -151,6 +151,26 @@ def test_an_lr_with_a_failed_run_is_never_chosen():
     assert again.lr == 1e-3 and again.excluded_lrs == () and again.runs_done == 3
 
 
+def test_the_run_command_and_the_report_choose_alike_when_a_run_diverged(tmp_path, capsys):
+    from experiments import run as run_cli
+
+    records = [rec(lr=1e-3, seed=s, val=0.9, test=0.9) for s in (0, 2)]  # seed 1 diverged
+    records += [rec(lr=1e-4, seed=s, val=0.8, test=t) for s, t in enumerate([0.5, 0.6, 0.7])]
+    run_cli._print_summary(records, str(tmp_path), [1e-3])
+    out = capsys.readouterr().out
+    assert "lr 0.001 left out of the choice: a run there diverged" in out
+    assert (
+        "lr 0.0001 chosen by mean validation accuracy; test metrics, mean ± SE over 3 seeds" in out
+    )
+    assert f"accuracy  0.6000 ± {0.1 / math.sqrt(3):.4f}" in out
+    cell = collect(records, [fail(lr=1e-3, seed=1)]).cell("bach", "resnet50", "ft")
+    assert cell.lr == 1e-4 and cell.test["accuracy"][0] == pytest.approx(0.6)
+    # Every LR had a diverged run: no metrics, and no guess.
+    run_cli._print_summary(records, str(tmp_path), [1e-3, 1e-4])
+    out = capsys.readouterr().out
+    assert "no learning rate without a diverged run" in out and "±" not in out
+
+
 def test_inferred_expectation_marks_a_cell_with_fewer_runs_partial():
     records = [rec(strategy="ft", lr=lr, seed=s) for lr in (1e-4, 1e-3) for s in (0, 1)]
     records.append(rec(strategy="lp", lr=1e-4, seed=0, test=0.25))

@@ -49,6 +49,19 @@ def group_records(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str,
     return groups
 
 
+def eligible(
+    records: Iterable[dict[str, Any]], failed_lrs: Iterable[float]
+) -> list[dict[str, Any]]:
+    """The records at LRs where no run failed: only these may be chosen.
+
+    Choosing an LR at which a seed diverged, on the seeds that survived,
+    would hide that it diverged; the run command and the report both apply
+    this rule.
+    """
+    bad = {float(lr) for lr in failed_lrs}
+    return [r for r in records if float(r["config"]["lr"]) not in bad]
+
+
 def lr_means(records: Sequence[dict[str, Any]], metric: str | None = None) -> dict[float, float]:
     """Mean validation ``metric`` (best-epoch ``record["val"]``) per LR, over the seeds."""
     _check_one_group(records)

@@ -433,7 +433,7 @@ def _make_cell(
     if not runs:
         return Cell(status=MISSING, **base)
     bad_lrs = tuple(sorted({float(f["config"]["lr"]) for f in fails}))
-    eligible = [r for r in recs if float(r["config"]["lr"]) not in bad_lrs]
+    eligible = aggregate.eligible(recs, bad_lrs)
     if not eligible or not any(map(math.isfinite, aggregate.lr_means(eligible).values())):
         return Cell(status=FAILED, excluded_lrs=bad_lrs, **base)
     summary = aggregate.summarise(eligible)

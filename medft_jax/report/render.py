@@ -19,6 +19,7 @@ import dataclasses
 import io
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 MISSING_TEXT = "—"
@@ -242,6 +243,11 @@ def metric_meaning(metric: str) -> str:
     """``Acc. (top-1) = top-1 accuracy, …``: a label and what it measures."""
     meaning = METRIC_MEANINGS.get(metric)
     return f"{metric_label(metric)} = {meaning}" if meaning else metric_label(metric)
+
+
+def lrs_text(lrs: Iterable[float]) -> str:
+    """``0.001 1e-05``: learning rates as the CSVs, notes and run summary write them."""
+    return " ".join(f"{lr:g}" for lr in lrs)
 
 
 def pct(x: float, digits: int = 2, sign: bool = False) -> str:

@@ -53,6 +53,7 @@ from medft_jax.report.render import (
     Entry,
     Table,
     arch_label,
+    lrs_text,
     metric_label,
     pct,
     seconds,
@@ -80,11 +81,6 @@ def _incomplete(cell: Cell) -> bool:
 def _lrs_left_out(cell: Cell) -> bool:
     """A cell with a value chosen without the LRs where a run failed."""
     return cell.has_value and bool(cell.excluded_lrs)
-
-
-def lrs_text(lrs: Iterable[float]) -> str:
-    """``0.001 1e-05``: learning rates as the CSVs and notes write them."""
-    return " ".join(f"{lr:g}" for lr in lrs)
 
 
 def cell_text(cell: Cell, metric: str) -> str:
