@@ -137,6 +137,33 @@ def test_folder_counts_labels_and_splits(tmp_path):
     assert np.array_equal(first.images[0], expected)
 
 
+def test_split_folders_are_known_by_their_usual_names_and_strays_refused(tmp_path):
+    from medft_jax.data.folder import parse_folder
+
+    def tree(root: Path, **splits: int) -> Path:
+        for split, n in splits.items():
+            _folder(root / split, n)
+        return root
+
+    # Kaggle's brain-MRI layout: Training/ and Testing/ are splits, not two classes.
+    names, splits = parse_folder(tree(tmp_path / "a", Training=10, Testing=3))
+    assert names == ["cat", "dog"]
+    assert {k: len(v) for k, v in splits.items()} == {"train": 18, "val": 2, "test": 6}
+    assert {i.id.split("/")[0] for i in splits["test"]} == {"Testing"}
+    # validation/ is the val split, not ignored while val is carved from train.
+    _, splits = parse_folder(tree(tmp_path / "b", train=5, validation=2, TEST=3))
+    assert {k: len(v) for k, v in splits.items()} == {"train": 10, "val": 4, "test": 6}
+    assert {i.id.split("/")[0] for i in splits["val"]} == {"validation"}
+    refused = [
+        (dict(train=3, val=1, valid=1), r"folders \['val', 'valid'\] hold the same split \(val\)"),
+        (dict(train=3, extra=1), r"folder\(s\) \['extra'\] beside the split folders are not"),
+        (dict(val=1, test=1), r"split folder\(s\) \['test', 'val'\] but no train folder"),
+    ]
+    for i, (splits_, message) in enumerate(refused):
+        with pytest.raises(DataError, match=message):
+            parse_folder(tree(tmp_path / f"bad{i}", **splits_))
+
+
 def test_folder_empty_class_is_named(tmp_path):
     _folder(tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "empty").mkdir()

@@ -3,8 +3,15 @@
 Either ``<root>/<class>/*.png`` (val and test carved, seeded and
 stratified) or pre-split ``<root>/train/<class>/...`` with optional
 ``val/`` and ``test/`` beside it (what is missing is carved from train).
-Class names are the subfolder names, sorted. An empty class folder, or a
-single class, is an error naming it. Symbolic links are followed only while
+Split folders are known by the names datasets use for them, in any case:
+``train``/``training``, ``val``/``valid``/``validation``, ``test``/``testing``
+(:data:`SPLIT_NAMES`). Class names are the subfolder names, sorted. An
+empty class folder, or a single class, is an error naming it.
+
+What would silently train on the wrong thing is refused: split folders
+without a train folder, two folders of one split, or a folder beside the
+splits that is none (its images would be ignored, or ``Training`` and
+``Testing`` become the "classes"). Symbolic links are followed only while
 they stay inside ``<root>`` (see :mod:`medft_jax.data.paths`).
 """
 
@@ -18,6 +25,44 @@ from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.paths import scan_files, sub_folders
 
 SPLIT_DIRS = ("train", "val", "test")
+SPLIT_NAMES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+"""A top-level folder name (lower-cased) -> the split it holds."""
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """``{split: folder}`` of a pre-split layout; empty when ``root`` holds class folders."""
+    top = sub_folders(root, root)
+    found: dict[str, list[Path]] = {}
+    for p in top:
+        if p.name.lower() in SPLIT_NAMES:
+            found.setdefault(SPLIT_NAMES[p.name.lower()], []).append(p)
+    if not found:
+        return {}
+    for split, folders in found.items():
+        if len(folders) > 1:
+            names = [p.name for p in folders]
+            raise DataError(f"{root}: folders {names} hold the same split ({split}); keep one")
+    if "train" not in found:
+        names = sorted(p.name for folders in found.values() for p in folders)
+        raise DataError(
+            f"{root}: split folder(s) {names} but no train folder; expected "
+            "<root>/train/<class>/<image> (val/ and test/ optional), or <root>/<class>/<image>"
+        )
+    other = sorted(p.name for p in top if p.name.lower() not in SPLIT_NAMES)
+    if other:
+        raise DataError(
+            f"{root}: folder(s) {other} beside the split folders are not train, val or test; "
+            "move them out (their images would be ignored)"
+        )
+    return {split: folders[0] for split, folders in found.items()}
 
 
 def _classes(root: Path, base: Path) -> list[str]:
@@ -55,11 +100,10 @@ def parse_folder(
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"--manual-dir {root} is not a directory")
-    if (root / "train").is_dir():
-        class_names = _classes(root / "train", root)
-        given = {
-            s: _scan(root / s, root, class_names, s) for s in SPLIT_DIRS if (root / s).is_dir()
-        }
+    folders = _split_folders(root)
+    if folders:
+        class_names = _classes(folders["train"], root)
+        given = {s: _scan(p, root, class_names, s) for s, p in folders.items()}
         train = given["train"]
         if "test" not in given:
             train, given["test"] = carve_examples(train, test_fraction, seed, stratify=True)
