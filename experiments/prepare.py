@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from experiments.common import add_dataset_flags, dataset_options
 from medft_jax.config import check_value
+from medft_jax.data.cache import skipped_counts
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
 from medft_jax.names import ARCHS, dataset_names
 
@@ -92,8 +93,7 @@ def _main(argv: Sequence[str] | None) -> int:
         **options,
     )
     counts = ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items())
-    skipped = ds.metadata.get("skipped_bad_images") or {}
-    n_skipped = sum(len(v) for v in skipped.values()) if isinstance(skipped, dict) else 0
+    n_skipped = sum(skipped_counts(ds.metadata).values())
     print(
         f"{args.dataset}: {counts}; {ds.num_classes} classes; images {ds.image_shape}; "
         f"skipped bad images: {n_skipped}"

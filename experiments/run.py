@@ -262,6 +262,10 @@ def _print_summary(records: list[dict[str, Any]], out: str, failed_lrs: list[flo
     """
     chosen = aggregate.eligible(records, failed_lrs)
     metric = records[0]["primary_metric"]
+    skipped = records[0].get("skipped_bad_images")
+    if skipped:
+        each = ", ".join(f"{split} {n}" for split, n in skipped.items())
+        print(f"\nskipped bad images (--skip-bad-images): {sum(skipped.values())} ({each})")
     if failed_lrs:
         print(f"\nlr {lrs_text(failed_lrs)} left out of the choice: a run there diverged")
     if not chosen:

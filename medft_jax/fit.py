@@ -39,6 +39,7 @@ from medft_jax.checkpoints import model as model_checkpoint
 from medft_jax.checkpoints import pretrained
 from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.config import RunConfig, check_config
+from medft_jax.data.cache import skipped_counts
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_info
@@ -652,6 +653,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "multilabel": ds.multilabel,
         "class_names": list(ds.class_names),
         **_dataset_options(config, ds),
+        **_skipped_images(ds),
         "steps_per_epoch": run.steps_per_epoch,
         "epochs": p.epochs,
         "best_epoch": best["epoch"],
@@ -694,6 +696,15 @@ def _dataset_options(config: RunConfig, ds: data.Dataset) -> dict[str, Any]:
     """
     options = task_options(config.dataset, ds.metadata)
     return {"dataset_options": options} if options else {}
+
+
+def _skipped_images(ds: data.Dataset) -> dict[str, Any]:
+    """``{"skipped_bad_images": {split: n}}`` when ``--skip-bad-images`` left files out.
+
+    The numbers are of fewer images than the user gave; the record says so.
+    """
+    counts = skipped_counts(ds.metadata)
+    return {"skipped_bad_images": counts} if counts else {}
 
 
 def _tidy_up(ckpts: RunCheckpoints) -> None:

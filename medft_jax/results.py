@@ -103,7 +103,8 @@ class RunRecord(TypedDict, total=False):
     """A finished run's ``record.json``, as :func:`medft_jax.fit.run_one` writes it.
 
     ``dataset_options`` is there only for tasks with split or label options,
-    ``finished_at`` is optional; the module docstring says what each key holds.
+    ``skipped_bad_images`` (split -> count) only when ``--skip-bad-images``
+    left files out, ``finished_at`` is optional; the module docstring says what each key holds.
     """
 
     config: dict[str, Any]
@@ -114,6 +115,7 @@ class RunRecord(TypedDict, total=False):
     multilabel: bool
     class_names: list[str]
     dataset_options: dict[str, str]
+    skipped_bad_images: dict[str, int]
     steps_per_epoch: int
     epochs: list[EpochEntry]
     best_epoch: int

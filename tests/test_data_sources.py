@@ -10,6 +10,7 @@ import pytest
 from data_fakes import image
 from PIL import Image
 
+from medft_jax import fit
 from medft_jax.data import DataError, load
 from medft_jax.data.images import ImageReader, safe_join
 from medft_jax.data.medmnist import parse_name
@@ -196,6 +197,9 @@ def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
     assert sum(len(v) for v in skipped.values()) == 1
     assert [i for v in skipped.values() for i in v] == ["dog/7.png"]
     assert sum(len(s) for s in ds.splits.values()) == 19
+    # A run's record says so (and the run command prints it).
+    (split,) = [k for k, v in skipped.items() if v]
+    assert fit._skipped_images(ds) == {"skipped_bad_images": {split: 1}}
     # A later load that does not skip bad images is not served the cache that did.
     with pytest.raises(DataError, match=r"corrupt or unreadable image .*dog/7\.png"):
         load(
@@ -205,6 +209,20 @@ def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
             progress=False,
             **SIZES,
         )
+
+
+def test_skipping_every_image_of_a_class_is_refused(tmp_path):
+    _folder(tmp_path / "imgs")
+    for p in (tmp_path / "imgs" / "dog").iterdir():
+        p.write_bytes(b"not a png")
+    kw = {"data_dir": tmp_path / "out", "skip_bad_images": True, "progress": False, **SIZES}
+    with pytest.raises(
+        DataError,
+        match=r"class 'dog' has no training images left after skipping 7 bad image\(s\) "
+        r"\(--skip-bad-images\)",
+    ):
+        load("folder", manual_dir=tmp_path / "imgs", **kw)
+    assert not list((tmp_path / "out").rglob("meta.json"))
 
 
 # csv

@@ -165,6 +165,12 @@ def test_the_run_command_and_the_report_choose_alike_when_a_run_diverged(tmp_pat
     assert f"accuracy  0.6000 ± {0.1 / math.sqrt(3):.4f}" in out
     cell = collect(records, [fail(lr=1e-3, seed=1)]).cell("bach", "resnet50", "ft")
     assert cell.lr == 1e-4 and cell.test["accuracy"][0] == pytest.approx(0.6)
+    # Images --skip-bad-images left out are said before the numbers they change.
+    records[0]["skipped_bad_images"] = {"train": 14, "test": 1}
+    run_cli._print_summary(records, str(tmp_path), [])
+    assert (
+        "skipped bad images (--skip-bad-images): 15 (train 14, test 1)" in capsys.readouterr().out
+    )
     # Every LR had a diverged run: no metrics, and no guess.
     run_cli._print_summary(records, str(tmp_path), [1e-3, 1e-4])
     out = capsys.readouterr().out

@@ -137,6 +137,8 @@ def write_cache(
             counts[name] = int(kept.sum())
             earlier = list(meta.get("skipped_bad_images", {}).get(name, []))
             skipped[name] = earlier + [str(i) for i in np.asarray(fields["ids"])[~kept]]
+            if name == "train" and skipped[name]:
+                _check_classes_left(written["labels"], meta, len(skipped[name]))
         meta = {
             **meta,
             "splits": list(counts),
@@ -152,6 +154,32 @@ def write_cache(
             raise OSError(e.errno, e.strerror, str(cache_dir)) from e
         raise
     return cache_dir
+
+
+def _check_classes_left(labels: np.ndarray, meta: dict[str, Any], n_skipped: int) -> None:
+    """Refuses a single-label training split that skipping bad images left without a class.
+
+    The labels were checked before decoding (every class in train,
+    :func:`medft_jax.data.examples.validate`); a class whose images were all
+    corrupt would otherwise train a model that can never predict it, with
+    nothing said but a count.
+    """
+    names = meta.get("class_names") or []
+    if meta.get("multilabel") or not names:
+        return
+    seen = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
+    missing = [c for c, count in zip(names, seen, strict=False) if count == 0]
+    if missing:
+        raise DataError(
+            f"class {missing[0]!r} has no training images left after skipping {n_skipped} bad "
+            "image(s) (--skip-bad-images); repair or replace its files"
+        )
+
+
+def skipped_counts(meta: dict[str, Any]) -> dict[str, int]:
+    """``{split: n}`` of the bad images a cache skipped, splits with none left out."""
+    skipped = meta.get("skipped_bad_images") or {}
+    return {k: len(v) for k, v in skipped.items() if v} if isinstance(skipped, dict) else {}
 
 
 def _swap_in(tmp: Path, cache_dir: Path) -> None:
