@@ -77,7 +77,7 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
         "csv_file": args.csv_file,
         "path_column": args.path_column,
         "label_column": args.label_column,
-        "label_columns": args.label_columns.split(",") if args.label_columns else None,
+        "label_columns": None if args.label_columns is None else args.label_columns.split(","),
         "group_column": args.group_column,
         "split_column": args.split_column,
     }
@@ -93,6 +93,7 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     else:
         _refuse(args.dataset, {"bits_stored": args.bits_stored}, "folder and csv")
     if args.dataset == "csv":
+        _check_label_flags(args.label_column, given.get("label_columns"))
         return _given(local) | given
     _refuse(args.dataset, given, "csv")
     if args.dataset == "folder":
@@ -111,6 +112,29 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     return _given(
         {"val_fraction": args.val_fraction, "uncertain": args.uncertain, "split_by": args.split_by}
     )
+
+
+def _check_label_flags(label_column: str | None, label_columns: list[str] | None) -> None:
+    """``--label-column`` (single-label) and ``--label-columns`` (multilabel) checked together.
+
+    Why: with both, one would be ignored without a word; a column named
+    twice in ``--label-columns`` would give two identical outputs.
+    """
+    if label_columns is None:
+        return
+    if label_column is not None:
+        raise UserError(
+            "--label-column and --label-columns exclude each other: --label-column names one "
+            "column of class names (single-label), --label-columns the 0/1 columns (multilabel)"
+        )
+    if any(not c.strip() for c in label_columns):
+        raise UserError(
+            f"--label-columns names an empty column in {','.join(label_columns)!r}; "
+            "give the 0/1 columns, comma-separated"
+        )
+    twice = next((c for c in label_columns if label_columns.count(c) > 1), None)
+    if twice is not None:
+        raise UserError(f"--label-columns names column {twice!r} twice")
 
 
 def _refuse_task_options(args: argparse.Namespace) -> None:

@@ -12,7 +12,6 @@ the TFDS builders and the ``folder``/``csv`` sources.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -102,8 +101,9 @@ def validate(
     range (a bool, a float such as 0.9, NaN or a string included: they would
     be cast without a word) or, multilabel, not 0/1; fewer than two classes
     (single-label); a class with no example in ``train`` (the model could
-    never predict it: the error names it); an example listed twice; a patient
-    in two splits. ``where`` names the dataset/manual dir for the message.
+    never predict it: the error names it); an example (id) listed twice, in
+    one split or in two (one image would train and test the model); a
+    patient in two splits. ``where`` names the dataset/manual dir for the message.
     Every source runs this before it writes anything.
     """
     num = len(class_names)
@@ -114,15 +114,19 @@ def validate(
         )
     if multilabel and num < 1:
         raise DataError(f"{where}: no label columns")
+    listed: dict[str, str] = {}  # example id -> the split that lists it
     for name, examples in splits.items():
         if not examples:
             raise DataError(f"{where}: split {name!r} came out empty")
         for ex in examples:
             _check_label(ex, class_names, multilabel, where)
-        counts = Counter(ex.id for ex in examples)
-        if len(counts) != len(examples):
-            twice = next(i for i, n in counts.items() if n > 1)
-            raise DataError(f"{where}: split {name!r} lists {twice!r} twice")
+            first = listed.get(ex.id)
+            if first is not None:
+                in_which = f"split {name!r}" if first == name else f"splits {first!r} and {name!r}"
+                raise DataError(
+                    f"{where}: {ex.id!r} is listed twice ({in_which}); an example listed twice"
+                )
+            listed[ex.id] = name
     if not multilabel:
         seen = np.bincount([int(ex.label) for ex in splits.get("train", [])], minlength=num)
         missing = [c for c, count in zip(class_names, seen, strict=True) if count == 0]

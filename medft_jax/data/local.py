@@ -119,6 +119,12 @@ def load_local(
     )
 
 
+LISTING_VERSION = 2
+"""Bumped whenever the same files can list as other examples (2: a csv's ids are the
+resolved path under the root, so ``./a.png`` and ``a.png`` are one example; folder split
+folders known by their usual names): a cache built under another version is stale."""
+
+
 def source_of(
     root: Path,
     class_names: list[str],
@@ -145,4 +151,6 @@ def source_of(
         "labels_csv": csv_stat,
         # How files become pixels (16-bit, float, DICOM rules): a change rebuilds.
         "decoding": DECODING_VERSION,
+        # How a listing becomes examples (ids, splits): a change rebuilds.
+        "listing": LISTING_VERSION,
     }

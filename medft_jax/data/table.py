@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -159,7 +161,7 @@ def parse_table(
     csv_file: str | Path,
     *,
     path_column: str = "path",
-    label_column: str = "label",
+    label_column: str | None = None,
     label_columns: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     group_column: str | None = None,
@@ -168,11 +170,26 @@ def parse_table(
     test_fraction: float = 0.2,
     seed: int = 0,
 ) -> tuple[list[str], bool, dict[str, list[Example]]]:
-    """``(class_names, multilabel, {split: examples})`` from a labels CSV."""
+    """``(class_names, multilabel, {split: examples})`` from a labels CSV.
+
+    ``label_column`` (default ``label``) is single-label, ``label_columns``
+    multilabel: giving both is refused, not one silently ignored. Each
+    example's id is its path relative to the root, resolved, so two
+    spellings of one file (``a.png``, ``./a.png``, ``x/../a.png``) are one
+    id; a file listed twice, in one split or in two, is refused naming both
+    lines (else one image could train and test the same model). A listed
+    file that does not exist is refused naming its line, even with
+    ``--skip-bad-images``: that skips corrupt images, and a wrong path is a
+    mistake in the list, not a bad image. With ``split_column`` and
+    ``group_column``, a group in two given splits is refused naming a line
+    of each.
+    """
     root = Path(root)
     csv_path = Path(csv_file) if Path(csv_file).is_absolute() else root / csv_file
-    multilabel = bool(label_columns)
-    label_cols = list(label_columns) if multilabel else [label_column]  # type: ignore[arg-type]
+    check_label_options(label_column, label_columns, class_names)
+    multilabel = label_columns is not None
+    label_column = label_column or "label"
+    label_cols = list(label_columns) if label_columns is not None else [label_column]
     required = [path_column, *label_cols] + [c for c in (group_column, split_column) if c]
     rows = read_csv(csv_path, required)
     if multilabel:
@@ -181,12 +198,26 @@ def parse_table(
         names = [str(c) for c in class_names]
     else:
         names = class_names_of(rows, label_column, csv_path)
+    real_root = os.path.realpath(root)
     by_split: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    listed: dict[str, Row] = {}  # example id -> the row that first listed it
+    group_first: dict[str, tuple[str, int]] = {}  # group -> (split, line) where first seen
     for row in rows:
         where = f"{csv_path}:{row.line}"
-        if not row[path_column].strip():
+        raw = row[path_column].strip()
+        if not raw:
             raise DataError(f"{where}: empty {path_column!r}; expected an image path")
-        path = safe_join(root, row[path_column].strip(), source=where)
+        path = safe_join(root, raw, source=where)
+        _check_file(path, raw, where, root)
+        example_id = Path(os.path.relpath(path, real_root)).as_posix()
+        first = listed.setdefault(example_id, row)
+        if first is not row:
+            before = first[path_column].strip()
+            spelled = "" if before == raw else f", spelled {before!r} there and {raw!r} here"
+            raise DataError(
+                f"{csv_path}: line {row.line} lists {example_id} again (line {first.line}"
+                f"{spelled}); an example listed twice"
+            )
         if multilabel:
             label = tuple(_hot(row[c], f"{where} column {c!r}") for c in label_cols)
         else:
@@ -198,7 +229,15 @@ def parse_table(
         if split not in by_split:
             raise DataError(f"{where}: split {split!r} must be one of {', '.join(SPLITS)}")
         group = row[group_column].strip() if group_column else ""
-        by_split[split].append(Example(path, label, row[path_column].strip(), patient=group))
+        if group_column and split_column:
+            other, line = group_first.setdefault(group, (split, row.line))
+            if other != split:
+                raise DataError(
+                    f"{csv_path}: column {group_column!r}: group {group!r} is in split "
+                    f"{other!r} (line {line}) and in split {split!r} (line {row.line}); "
+                    "one group's images must stay in one split"
+                )
+        by_split[split].append(Example(path, label, example_id, patient=group))
     stratify = not multilabel
     if not by_split["test"]:
         by_split["train"], by_split["test"] = carve_examples(
@@ -209,6 +248,56 @@ def parse_table(
             by_split["train"], val_fraction, seed + 1, stratify=stratify
         )
     return names, multilabel, by_split
+
+
+def check_label_options(
+    label_column: str | None,
+    label_columns: Sequence[str] | None,
+    class_names: Sequence[str] | None,
+) -> None:
+    """Refuses label options that contradict each other, each in one line naming the option.
+
+    Why: ``label_column`` beside ``label_columns`` used to be ignored
+    without a word, and a column named twice in ``label_columns`` gave two
+    identical outputs the user never asked for.
+    """
+    if label_columns is None:
+        return
+    if label_column is not None:
+        raise DataError(
+            "label_column (--label-column) and label_columns (--label-columns) exclude each "
+            "other: the first names one column of class names, the second the 0/1 columns"
+        )
+    if class_names is not None:
+        raise DataError(
+            "class_names applies to a single-label csv (label_column); with label_columns "
+            "(--label-columns) the columns are the classes"
+        )
+    columns = list(label_columns)
+    if not columns or any(not c.strip() for c in columns):
+        raise DataError(
+            f"label_columns (--label-columns) names an empty column in {','.join(columns)!r}; "
+            "give the 0/1 columns, comma-separated"
+        )
+    twice = next((c for c in columns if columns.count(c) > 1), None)
+    if twice is not None:
+        raise DataError(f"label_columns (--label-columns) names column {twice!r} twice")
+
+
+def _check_file(path: Path, raw: str, where: str, root: Path) -> None:
+    """Refuses a listed image that is missing or a folder, naming the CSV line.
+
+    Checked here, not when decoding, so the line is known and
+    ``--skip-bad-images`` (corrupt files only) cannot silently drop it.
+    """
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"{where}: image file {raw!r} not found in {root}") from None
+    except OSError as err:
+        raise DataError(f"{where}: image file {raw!r} cannot be read: {err.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DataError(f"{where}: image path {raw!r} is a folder, expected an image file")
 
 
 def _hot(text: str, where: str) -> float:

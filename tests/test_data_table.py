@@ -1,0 +1,213 @@
+"""The ``csv`` source's list of examples: one file is one example, in one split, once.
+
+A labels CSV is written by hand or by a script, so the same image can be
+listed twice (two spellings of one path, or one path given two splits), a
+patient can be put in two splits, a path can be wrong, and label flags can
+contradict each other. Each is refused in one line naming the file, the
+line(s) and the path or flag, before anything is decoded or written;
+nothing is silently dropped, doubled or ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from data_fakes import image
+
+from experiments import prepare as prepare_cli
+from medft_jax.data import DataError, load
+from medft_jax.data.examples import Example, validate
+from medft_jax.data.table import parse_table
+
+SIZES = {"resize_size": 36, "crop_size": 32}
+
+
+def _images(root: Path, n: int = 12) -> None:
+    (root / "imgs" / "x").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image(700 + i, (8, 8)).save(root / "imgs" / f"a{i}.png")
+
+
+def _write(root: Path, header: str, rows: list[str]) -> None:
+    (root / "labels.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+def _table(root: Path, **kw):
+    return parse_table(root, "labels.csv", **kw)
+
+
+# --- one file, one example ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", ["./imgs/a0.png", "imgs/x/../a0.png", "imgs//a0.png"])
+def test_one_file_spelled_two_ways_is_listed_twice(tmp_path, spelling):
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    rows[9] = f"{spelling},dog"  # line 11 (the header is line 1)
+    _write(tmp_path, "path,label", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    csv_path = tmp_path / "labels.csv"
+    assert _one_line(err) == (
+        f"{csv_path}: line 11 lists imgs/a0.png again (line 2, spelled 'imgs/a0.png' there "
+        f"and {spelling!r} here); an example listed twice"
+    )
+
+
+def test_same_path_in_two_splits_is_refused(tmp_path):
+    _images(tmp_path)
+    rows = [
+        f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{('train', 'val', 'test')[i % 3]}"
+        for i in range(12)
+    ]
+    rows.append("imgs/a0.png,dog,test")  # line 14; line 2 says train
+    _write(tmp_path, "path,label,split", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, split_column="split")
+    assert _one_line(err) == (
+        f"{tmp_path / 'labels.csv'}: line 14 lists imgs/a0.png again (line 2); "
+        "an example listed twice"
+    )
+
+
+def test_example_id_is_the_normalised_path_under_the_root(tmp_path):
+    _images(tmp_path)
+    rows = [f"./imgs/x/../a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    _write(tmp_path, "path,label", rows)
+    _, _, splits = _table(tmp_path)
+    ids = sorted(ex.id for members in splits.values() for ex in members)
+    assert ids == sorted(f"imgs/a{i}.png" for i in range(12))
+
+
+def test_validate_refuses_one_id_in_two_splits():
+    """Every source's last check: one id in two splits, even with other patients."""
+    splits = {
+        "train": [Example(Path("a"), 0, "a", patient="p1"), Example(Path("b"), 1, "b")],
+        "test": [Example(Path("a"), 0, "a", patient="p2")],
+    }
+    with pytest.raises(DataError) as err:
+        validate(splits, ["x", "y"], False, where="root")
+    assert _one_line(err) == (
+        "root: 'a' is listed twice (splits 'train' and 'test'); an example listed twice"
+    )
+    splits["test"] = [Example(Path("b"), 1, "b", patient="p3")]
+    splits["train"].append(Example(Path("b"), 1, "b", patient="p3"))
+    with pytest.raises(DataError, match=r"^root: 'b' is listed twice \(split 'train'\)"):
+        validate(splits, ["x", "y"], False, where="root")
+
+
+# --- groups across given splits ----------------------------------------------------------------
+
+
+def test_group_in_two_given_splits_names_file_column_and_lines(tmp_path):
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},p{i},train" for i in range(9)]
+    rows += [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},p{i},test" for i in range(9, 12)]
+    rows[10] = "imgs/a10.png,dog,p1,test"  # line 12; p1 is in train on line 3
+    _write(tmp_path, "path,label,patient,split", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, group_column="patient", split_column="split")
+    assert _one_line(err) == (
+        f"{tmp_path / 'labels.csv'}: column 'patient': group 'p1' is in split 'train' "
+        "(line 3) and in split 'test' (line 12); one group's images must stay in one split"
+    )
+
+
+# --- label flags -------------------------------------------------------------------------------
+
+
+def test_label_options_that_contradict_are_refused(tmp_path):
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png,{i % 2},{(i // 2) % 2}" for i in range(12)]
+    _write(tmp_path, "path,x,y", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, label_columns=["x", "x"])
+    assert _one_line(err) == "label_columns (--label-columns) names column 'x' twice"
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, label_column="nosuch", label_columns=["x", "y"])
+    assert _one_line(err).startswith(
+        "label_column (--label-column) and label_columns (--label-columns) exclude each other"
+    )
+    with pytest.raises(DataError, match=r"^class_names applies to a single-label csv"):
+        _table(tmp_path, class_names=["a", "b"], label_columns=["x", "y"])
+    names, multilabel, _ = _table(tmp_path, label_columns=["x", "y"])
+    assert names == ["x", "y"] and multilabel
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--label-columns", "x,x"], "error: --label-columns names column 'x' twice"),
+        (
+            ["--label-columns", "x,y", "--label-column", "nosuch"],
+            "error: --label-column and --label-columns exclude each other",
+        ),
+        (["--label-columns", "x,,y"], "error: --label-columns names an empty column in 'x,,y'"),
+    ],
+)
+def test_label_flags_that_contradict_are_refused(tmp_path, capsys, flags, message):
+    _images(tmp_path)
+    _write(tmp_path, "path,x,y", [f"imgs/a{i}.png,{i % 2},{(i // 2) % 2}" for i in range(12)])
+    argv = ["--dataset", "csv", "--manual-dir", str(tmp_path), "--csv-file", "labels.csv"]
+    argv += ["--data-dir", str(tmp_path / "out"), *flags]
+    assert prepare_cli.main(argv) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("meta.json"))
+
+
+# --- a missing file is not a bad image ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("skip_bad_images", [False, True])
+def test_missing_file_is_an_error_naming_the_line_even_when_skipping(tmp_path, skip_bad_images):
+    _images(tmp_path, 24)  # enough for every split: only the missing file is at fault
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(24)]
+    rows[4] = "imgs/nosuch.png,dog"  # line 6
+    _write(tmp_path, "path,label", rows)
+    with pytest.raises(DataError) as err:
+        load(
+            "csv",
+            manual_dir=tmp_path,
+            data_dir=tmp_path / "out",
+            csv_file="labels.csv",
+            skip_bad_images=skip_bad_images,
+            progress=False,
+            **SIZES,
+        )
+    assert re.fullmatch(
+        rf"{re.escape(str(tmp_path / 'labels.csv'))}:6: image file 'imgs/nosuch\.png' not found "
+        rf"in {re.escape(str(tmp_path))}",
+        _one_line(err),
+    )
+    assert not list((tmp_path / "out").rglob("meta.json"))
+
+
+def test_folder_listed_as_an_image_is_named(tmp_path):
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    rows[0] = "imgs/x,dog"
+    _write(tmp_path, "path,label", rows)
+    with pytest.raises(DataError, match=r"labels\.csv:2: image path 'imgs/x' is a folder"):
+        _table(tmp_path)
+
+
+def test_a_clean_csv_with_groups_and_splits_still_loads(tmp_path):
+    _images(tmp_path)
+    rows = [
+        f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},p{i // 2},{('train', 'test')[i >= 8]}"
+        for i in range(12)
+    ]
+    _write(tmp_path, "path,label,patient,split", rows)
+    names, multilabel, splits = _table(tmp_path, group_column="patient", split_column="split")
+    assert names == ["cat", "dog"] and not multilabel
+    assert sum(len(v) for v in splits.values()) == 12
+    validate(splits, names, multilabel, where=str(tmp_path))
