@@ -97,10 +97,14 @@ def test_vgg_and_densenet_heads():
     # DenseNet-121's head, initialised on a DenseNet with a layer a block: the
     # same classifier code, without compiling 120 convolutions' initialisers.
     v = init_variables(DenseNet(2, block_config=(1, 1, 1, 1)), 1, 32)
-    head = v["params"]["classifier"]
-    assert np.all(np.asarray(head["bias"]) == 0)  # torchvision zeroes DenseNet's Linear bias
-    bound = 1 / math.sqrt(head["kernel"].shape[0])  # torch's Linear: U(-1/sqrt(in), 1/sqrt(in))
-    assert bound * 0.9 < np.abs(np.asarray(head["kernel"])).max() <= bound
+    # The new head of each arch is a fresh torch.nn.Linear: kernel and bias U(±1/sqrt(in)),
+    # not torchvision's zero bias (which Auto-RGN could not divide by).
+    small_vgg = init_variables(VGG(2, cfg=(8, "M", 16, "M")), 1, 32)["params"]["classifier"]
+    for head in (v["params"]["classifier"], small_vgg["6"]):
+        bound = 1 / math.sqrt(head["kernel"].shape[0])
+        for w in (np.asarray(head["kernel"]), np.asarray(head["bias"])):
+            assert 0 < np.abs(w).max() <= bound and np.abs(w).std() > 0
+        assert np.abs(np.asarray(head["kernel"])).max() > 0.9 * bound
 
 
 @pytest.mark.xdist_group("resnet_tiny")

@@ -25,6 +25,7 @@ from medft_jax.models.layers import (
     conv,
     kaiming_normal_fan_in,
     max_pool_3x3_s2,
+    torch_linear_bias,
     torch_linear_kernel,
 )
 
@@ -177,7 +178,7 @@ class DenseNet(nn.Module):
         x = nn.Dense(
             self.num_classes,
             kernel_init=torch_linear_kernel,
-            bias_init=nn.initializers.zeros,
+            bias_init=torch_linear_bias(x.shape[-1]),
             dtype=self.dtype,
             param_dtype=jnp.float32,
             name="classifier",

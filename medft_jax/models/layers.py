@@ -65,7 +65,15 @@ torch_linear_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uni
 
 
 def torch_linear_bias(fan_in: int) -> nn.initializers.Initializer:
-    """torch.nn.Linear's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    """torch.nn.Linear's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Every arch's new head (ResNet ``fc``, DenseNet ``classifier``, VGG
+    ``classifier/6``) is initialised as a fresh ``torch.nn.Linear``, which is
+    what a PyTorch user replacing the last layer gets. torchvision's own
+    model init zeroes DenseNet's and VGG's Linear biases; a zero bias has no
+    relative gradient norm (Auto-RGN divides by ‖w‖), and the three archs'
+    heads would start differently for no reason.
+    """
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:

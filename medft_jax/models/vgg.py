@@ -15,7 +15,15 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from medft_jax.models.layers import BNTrain, Dtype, adaptive_avg_pool, check_part, conv
+from medft_jax.models.layers import (
+    BNTrain,
+    Dtype,
+    adaptive_avg_pool,
+    check_part,
+    conv,
+    torch_linear_bias,
+    torch_linear_kernel,
+)
 from medft_jax.models.pool import max_pool2d
 
 # torchvision cfgs["E"]: channels per conv, "M" for a 2x2 max pool.
@@ -71,7 +79,14 @@ class Classifier(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = nn.Dense(4096, kernel_init=_linear_init, dtype=self.dtype, name="3")(x)
         x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=deterministic)
-        return nn.Dense(self.num_classes, kernel_init=_linear_init, dtype=self.dtype, name="6")(x)
+        # The new head: a fresh torch.nn.Linear (see medft_jax.models.layers.torch_linear_bias).
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=torch_linear_kernel,
+            bias_init=torch_linear_bias(x.shape[-1]),
+            dtype=self.dtype,
+            name="6",
+        )(x)
 
 
 class VGG(nn.Module):
