@@ -185,6 +185,7 @@ def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
             **SIZES,
         )
     assert not list((tmp_path / "out").rglob("meta.json"))  # nothing half-prepared looks done
+    assert not (tmp_path / "out" / "medft_cache").exists()  # nor an empty folder
     ds = load(
         "folder",
         manual_dir=tmp_path / "imgs",

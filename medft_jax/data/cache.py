@@ -33,6 +33,7 @@ A cache without either (written before they existed) is stale and rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -111,6 +112,7 @@ def write_cache(
     """
     cache_dir = Path(cache_dir)
     remove_stale(cache_dir)
+    made = _missing_parents(cache_dir)
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
@@ -150,10 +152,27 @@ def write_cache(
         _swap_in(tmp, cache_dir)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # innermost first; one another writer filled stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         if isinstance(e, OSError) and e.filename is None:  # numpy's writes name no file
             raise OSError(e.errno, e.strerror, str(cache_dir)) from e
         raise
     return cache_dir
+
+
+def _missing_parents(cache_dir: Path) -> list[Path]:
+    """The folders above ``cache_dir`` that do not exist yet, innermost first.
+
+    A failed write removes them again (when still empty): nothing half-made
+    is left for the user to wonder about.
+    """
+    missing = []
+    for folder in cache_dir.parents:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
 
 
 def _check_classes_left(labels: np.ndarray, meta: dict[str, Any], n_skipped: int) -> None:
