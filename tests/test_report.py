@@ -376,6 +376,23 @@ def test_records_of_one_dataset_with_different_settings_are_refused():
         collect(records)
 
 
+def test_strategies_of_one_arch_from_other_weights_or_data_are_refused():
+    def fp(arch, strategy, weights="w1", data="d1"):
+        return rec(arch=arch, strategy=strategy, weights_fingerprint=weights, data_fingerprint=data)
+
+    # Per arch they differ (another ImageNet file, another resize size): fine.
+    collect([fp("resnet50", "ft"), fp("resnet50", "lp"), fp("vgg19", "ft", "w2", "d2")])
+    # FT from random weights (auto, offline) and LP from ImageNet: refused, both named.
+    with pytest.raises(
+        results.RecordError,
+        match=r"dataset 'bach', arch resnet50: runs from different inputs "
+        r'\(weights_fingerprint: "none" vs "w1"\).*separate --runs',
+    ):
+        collect([fp("resnet50", "ft", "none"), fp("resnet50", "lp")])
+    with pytest.raises(results.RecordError, match=r'data_fingerprint: "d1" vs "d2"'):
+        collect([fp("vgg19", "ft"), fp("vgg19", "l2_sp", data="d2")])
+
+
 # --- the report folder -----------------------------------------------------------------------
 
 

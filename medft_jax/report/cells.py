@@ -45,7 +45,7 @@ _PER_CELL = (
     "lr",
     "seed",
     # The prepared data and the weights differ by arch (resize size, ImageNet file);
-    # within a cell they must agree (checked by the cell's LR-selection group).
+    # within an arch they must agree (checked by _check_settings).
     "data_fingerprint",
     "weights_fingerprint",
 )
@@ -371,6 +371,21 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
             f"dataset {dataset!r} holds runs with different settings ({_describe_diff(diff)}); "
             "report them from separate --runs folders"
         )
+    # What may differ by arch must still agree between the strategies of one arch: FT
+    # from random weights (``auto`` offline) against LP from ImageNet is no comparison.
+    for arch in sorted({r["config"]["arch"] for r in runs}):
+        configs = [r["config"] for r in runs if r["config"]["arch"] == arch]
+        diff = {
+            k: v
+            for k, v in _differing(configs, ()).items()
+            if k in ("data_fingerprint", "weights_fingerprint")
+        }
+        if diff:
+            raise RecordError(
+                f"dataset {dataset!r}, arch {arch}: runs from different inputs "
+                f"({_describe_diff(diff)}); their strategies cannot be compared: report them "
+                "from separate --runs folders"
+            )
 
 
 def _dataset_metrics(dataset: str, recs: list[dict[str, Any]]) -> tuple[str, tuple[str, str]]:
