@@ -157,7 +157,11 @@ def test_split_folders_are_known_by_their_usual_names_and_strays_refused(tmp_pat
     assert {i.id.split("/")[0] for i in splits["val"]} == {"validation"}
     refused = [
         (dict(train=3, val=1, valid=1), r"folders \['val', 'valid'\] hold the same split \(val\)"),
-        (dict(train=3, extra=1), r"folder\(s\) \['extra'\] beside the split folders are not"),
+        (
+            dict(train=3, extra=1),
+            r"folder 'extra' beside the split folders is not train, val or "
+            r"test, and no split reaches its 2 image\(s\) \(e\.g\. extra/cat/0\.png\)",
+        ),
         (dict(val=1, test=1), r"split folder\(s\) \['test', 'val'\] but no train folder"),
     ]
     for i, (splits_, message) in enumerate(refused):

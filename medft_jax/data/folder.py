@@ -10,13 +10,15 @@ empty class folder, or a single class, is an error naming it.
 
 What would silently train on the wrong thing is refused: split folders
 without a train folder, two folders of one split, or a folder beside the
-splits that is none (its images would be ignored, or ``Training`` and
-``Testing`` become the "classes"). Symbolic links are followed only while
+splits whose images no split reaches (they would be ignored; a store the
+splits link into is fine). Unknown split names would make ``Training``
+and ``Testing`` the "classes". Symbolic links are followed only while
 they stay inside ``<root>`` (see :mod:`medft_jax.data.paths`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from medft_jax.data.errors import DataError
@@ -56,13 +58,29 @@ def _split_folders(root: Path) -> dict[str, Path]:
             f"{root}: split folder(s) {names} but no train folder; expected "
             "<root>/train/<class>/<image> (val/ and test/ optional), or <root>/<class>/<image>"
         )
-    other = sorted(p.name for p in top if p.name.lower() not in SPLIT_NAMES)
-    if other:
-        raise DataError(
-            f"{root}: folder(s) {other} beside the split folders are not train, val or test; "
-            "move them out (their images would be ignored)"
-        )
     return {split: folders[0] for split, folders in found.items()}
+
+
+def _check_nothing_left_out(root: Path, splits: dict[str, list[Example]]) -> None:
+    """Refuses a folder beside the split folders whose images no split reaches.
+
+    Its images would be ignored without a word (a ``validation/`` under
+    another name, say). A folder the splits link into (a shared store) or
+    one without images is fine.
+    """
+    reached = {os.path.realpath(ex.path) for members in splits.values() for ex in members}
+    for folder in sub_folders(root, root):
+        if folder.name.lower() in SPLIT_NAMES:
+            continue
+        images = scan_files(root, folder, IMAGE_SUFFIXES)
+        left = [p for p in images if os.path.realpath(p) not in reached]
+        if left:
+            raise DataError(
+                f"{root}: folder {folder.name!r} beside the split folders is not train, val or "
+                f"test, and no split reaches its {len(left)} image(s) (e.g. "
+                f"{left[0].relative_to(root).as_posix()}); move it into a split or out of "
+                "--manual-dir"
+            )
 
 
 def _classes(root: Path, base: Path) -> list[str]:
@@ -104,6 +122,7 @@ def parse_folder(
     if folders:
         class_names = _classes(folders["train"], root)
         given = {s: _scan(p, root, class_names, s) for s, p in folders.items()}
+        _check_nothing_left_out(root, given)
         train = given["train"]
         if "test" not in given:
             train, given["test"] = carve_examples(train, test_fraction, seed, stratify=True)
