@@ -75,6 +75,72 @@ def test_eight_bit_files_decode_byte_identically(tmp_path, mode, suffix):
     assert np.array_equal(load_image(path, RESIZE, CROP), ours)
 
 
+# multi-frame files: refused like multi-frame DICOM, never read as their first frame
+
+
+def _frames(n: int, mode: str = "L") -> list[Image.Image]:
+    """``n`` distinct frames (GIF and WebP writers merge equal ones); ``I;16``: 16-bit ones."""
+    rng = np.random.default_rng(20)
+    values = [rng.integers(0, 256, (20, 24), dtype=np.uint8) for _ in range(n)]
+    if mode == "I;16":
+        return [Image.fromarray(v.astype(np.uint16) * 257) for v in values]
+    return [Image.fromarray(v).convert(mode) for v in values]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "options"),
+    [
+        ("stack.tif", "TIFF", {}),
+        ("stack16.tif", "TIFF", {"mode": "I;16"}),
+        ("anim.gif", "GIF", {}),
+        ("anim.png", "PNG", {}),  # APNG
+        ("anim.webp", "WEBP", {"lossless": True}),
+    ],
+)
+def test_multi_frame_file_refused_and_its_single_frame_read(tmp_path, name, kind, options):
+    """Pillow opens a stack on its first page and says nothing: a volume, a time series
+    or a pyramid is not one image, so it is refused (and skippable) as multi-frame DICOM is."""
+    options = dict(options)
+    first, *rest = _frames(3, options.pop("mode", "L"))
+    stack = tmp_path / name
+    first.save(stack, save_all=True, append_images=rest, **options)
+    with pytest.raises(DataError) as err:
+        open_image(stack)
+    assert str(err.value) == (
+        f"{stack}: multi-frame {kind} (3 frames) is not one image; export the frame(s) you "
+        "mean as single-frame files"
+    )
+    reader = ImageReader(RESIZE, CROP, skip_bad_images=True)
+    assert reader.read(stack) is None and reader.skipped == [str(stack)]
+    single = tmp_path / f"single{stack.suffix}"
+    first.save(single, save_all=True, **options)  # the same writer, one frame
+    with Image.open(single) as check:
+        assert getattr(check, "n_frames", 1) == 1
+    assert _read(single).shape == (CROP, CROP, 3)
+
+
+def test_mpo_jpeg_is_read_as_its_primary_image(tmp_path):
+    """A camera JPEG with MP previews opens on its primary image by definition: not a guess."""
+    first, second = _frames(1, "RGB")[0], Image.new("RGB", (20, 24))
+    path = tmp_path / "camera.jpg"
+    first.save(path, format="MPO", save_all=True, append_images=[second])
+    with Image.open(path) as check:
+        assert (check.format, check.n_frames) == ("MPO", 2)
+    assert np.array_equal(_read(path), _old_path(path))
+
+
+def test_truncated_multi_frame_file_is_a_data_error(tmp_path):
+    """Counting frames walks every frame header: a damaged one is a bad file, not a crash."""
+    first, *rest = _frames(3)
+    path = tmp_path / "anim.gif"
+    first.save(path, save_all=True, append_images=rest)
+    whole = path.read_bytes()
+    for end in range(len(whole) // 3, len(whole), 7):
+        path.write_bytes(whole[:end])
+        with pytest.raises(DataError, match=r"anim\.gif"):
+            open_image(path)
+
+
 # 16-bit and float
 
 
@@ -161,8 +227,9 @@ def test_values_beyond_the_declared_bits_are_refused(tmp_path):
     assert np.asarray(open_image(path, bits_stored=13)).max() == 5000 >> 5
 
 
-def _png16_rgb(path: Path, values: np.ndarray) -> Path:
-    """A 16-bit RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2."""
+def _png16_rgb(path: Path, values: np.ndarray, colour_type: int = 2) -> Path:
+    """A 16-bit RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2;
+    ``colour_type=4`` with two channels: 16-bit greyscale+alpha."""
     h, w, _ = values.shape
     rows = b"".join(b"\x00" + values[i].astype(">u2").tobytes() for i in range(h))
 
@@ -171,7 +238,7 @@ def _png16_rgb(path: Path, values: np.ndarray) -> Path:
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
-    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
     path.write_bytes(png + chunk(b"IEND", b""))
     return path
@@ -194,6 +261,31 @@ def test_16bit_colour_is_read_by_the_16bit_rule_and_never_crushed_silently(tmp_p
         out = np.asarray(open_image(full, bits_stored=bits))
         assert out.shape == (6, 7, 3) and np.array_equal(out, (values >> 8).astype(np.uint8))
     assert np.asarray(open_image(twelve, bits_stored=16)).max() == 15  # as asked
+
+
+def test_16bit_grey_alpha_png_follows_the_greyscale_rules(tmp_path):
+    """Pillow opens 16-bit greyscale+alpha as RGBA of the high bytes: it was taken for
+    16-bit colour, and --bits-stored refused. All 16 bits are read, alpha dropped as for
+    8-bit LA, and the grey decodes exactly as the same values without alpha do."""
+    rng = np.random.default_rng(11)
+    grey = _twelve_bit(rng, (6, 7))
+    alpha = rng.integers(0, 65536, grey.shape)
+    path = _png16_rgb(tmp_path / "la12.png", np.stack([grey, alpha], -1), colour_type=4)
+    with Image.open(path) as check:
+        assert check.mode == "RGBA"  # Pillow has no 16-bit LA mode
+    plain = _save16(tmp_path / "l12.png", grey)
+    with pytest.raises(DataError) as err:
+        open_image(path)
+    assert str(err.value).startswith(f"{path}: 16-bit image whose values all fit in 14 bits")
+    twelve = open_image(path, bits_stored=12)
+    assert twelve.mode == "L" and np.array_equal(np.asarray(twelve), (grey >> 4).astype(np.uint8))
+    assert np.array_equal(twelve, open_image(plain, bits_stored=12))
+    full = rng.integers(0, 65536, grey.shape)
+    path = _png16_rgb(tmp_path / "la16.png", np.stack([full, alpha], -1), colour_type=4)
+    assert np.array_equal(np.asarray(open_image(path)), (full >> 8).astype(np.uint8))
+    path.write_bytes(path.read_bytes()[:-30])  # truncated inside the image data
+    with pytest.raises(DataError, match=r"la16\.png"):
+        open_image(path)
 
 
 @pytest.mark.parametrize("bad", [7, 17, 12.0, True, "12"])
@@ -451,6 +543,69 @@ def test_dicom_multi_frame_refused():
     path = get_testdata_file("SC_rgb_rle_2frame.dcm")
     with pytest.raises(DataError, match=r"2frame\.dcm: multi-frame DICOM \(2 frames\)"):
         open_image(Path(path))
+
+
+def _decodes_or_data_error(path: Path) -> bool:
+    """True if ``path`` decodes; False if refused in one line naming it; anything else fails."""
+    try:
+        open_image(path)
+    except DataError as err:
+        assert str(path) in str(err) and "\n" not in str(err), str(err)
+        return False
+    return True
+
+
+def test_damaged_dicom_is_a_data_error_never_a_traceback(tmp_path):
+    """pydicom parses lazily and fails in many exception types (struct.error at byte 153,
+    BytesLengthException at 141, NotImplementedError for an unknown VR): every truncation
+    and a seeded sample of bit flips must decode or be the one-line DataError."""
+    import logging
+    import warnings
+
+    rng = np.random.default_rng(12)
+    valid = _write_dicom(tmp_path / "ok.dcm", rng.integers(0, 4096, (24, 24)).astype(np.uint16))
+    whole = valid.read_bytes()
+    pixels_at = len(whole) - 24 * 24 * 2
+    vr = whole.index(b"US", whole.index(b"(\x00\x11\x00"))  # Columns' VR
+    cases = [whole[:end] for end in range(pixels_at + 8)]  # every offset through the header
+    cases += [whole[:end] for end in range(pixels_at + 8, len(whole), 97)]
+    cases.append(whole[:vr] + b"U\x13" + whole[vr + 2 :])
+    for index, bit in zip(rng.integers(0, len(whole), 250), rng.integers(0, 8, 250), strict=True):
+        flipped = bytearray(whole)
+        flipped[index] ^= 1 << int(bit)
+        cases.append(bytes(flipped))
+    path = tmp_path / "damaged.dcm"
+    decoded = []
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # pydicom warns of every bad value it meets
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for data in cases:
+                path.write_bytes(data)
+                decoded.append(_decodes_or_data_error(path))
+            reader = ImageReader(RESIZE, CROP, skip_bad_images=True)
+            for end in (141, 153):
+                path.write_bytes(whole[:end])
+                assert reader.read(path) is None
+    finally:
+        logger.setLevel(level)
+    assert reader.skipped == [str(path)] * 2
+    assert not any(decoded[: pixels_at + 8]) and decoded[-251] is False  # truncated, bad VR
+    assert any(decoded[-250:])  # most flips hit values that still make an image
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "data"),
+    [([4, 0, 28], [0, 1, 2, 3]), ([4, 0, 8], [0, 1000, 2000, 4095])],
+    ids=["28-bit-entries", "entries-over-8-bits"],
+)
+def test_dicom_lut_contradicting_itself_is_a_data_error(tmp_path, descriptor, data):
+    """pydicom's apply_voi raises NotImplementedError or OverflowError on such a table."""
+    path = _write_dicom(tmp_path / "a.dcm", STORED, voi_lut=(descriptor, data))
+    with pytest.raises(DataError, match=r"a\.dcm: cannot apply the DICOM pixel transforms"):
+        open_image(path)
 
 
 def test_dicom_compressed_without_plugin_names_file_and_plugins(tmp_path):

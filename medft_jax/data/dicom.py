@@ -23,14 +23,16 @@ order a DICOM viewer applies (PS3.3 C.11, PS3.4 N.2):
 Refused with the path: multi-frame files (a volume or a cine loop is not
 one image, and picking a frame silently would be a guess; export the frames
 you mean as single-frame files), other photometric interpretations, NaN or
-infinite float pixel data, and files pydicom cannot read.
+infinite float pixel data, and files pydicom cannot read: a truncated or
+damaged file is one "unreadable DICOM file" line (see :func:`_parse_elements`),
+which ``--skip-bad-images`` skips, never a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,22 +86,51 @@ def read_dicom(path: Path) -> Image.Image:
     pydicom = _pydicom(path)
     try:
         ds = pydicom.dcmread(path, defer_size="1 MB")
+        _parse_elements(ds)
     except pydicom.errors.InvalidDicomError as err:
         raise DataError(f"{path}: not a DICOM file ({one_line(err)})") from None
-    except (OSError, EOFError, ValueError, KeyError, AttributeError) as err:
+    except Exception as err:  # only pydicom's parser runs here: see _parse_elements
         raise DataError(f"{path}: unreadable DICOM file ({one_line(err)})") from None
     photometric = _check_header(ds, path)
     pixels = _decode_pixels(ds, path)
     try:
         if photometric in GREY:
             return Image.fromarray(_grey(pixels, ds, path, photometric), "L")
-        return Image.fromarray(_colour(pixels, ds, photometric), "RGB")
+        return Image.fromarray(_colour(pixels, ds, path, photometric), "RGB")
     except DataError:
         raise
     except (ValueError, KeyError, AttributeError, TypeError, IndexError) as err:
         raise DataError(
             f"{path}: cannot apply the DICOM pixel transforms ({one_line(err)})"
         ) from None
+
+
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+"""Float, double float and integer Pixel Data: left deferred, read by :func:`_decode_pixels`."""
+
+
+def _parse_elements(ds: Any) -> None:
+    """Parses every element but the pixel data now, recursing into sequences.
+
+    pydicom parses lazily: ``dcmread`` only splits the file into raw elements,
+    and a damaged one (an unknown VR, a length past the end, a value whose
+    bytes do not fit its VR) fails when first touched, as ``struct.error``,
+    ``NotImplementedError``, ``BytesLengthException``, ``UnicodeDecodeError``
+    and more; no one exception type covers them. Touching them all here,
+    inside the one ``try`` around ``dcmread``, turns any such failure into the
+    one-line "unreadable DICOM file" error, and leaves the code after it
+    (header checks, pixel transforms) working on parsed values, where an
+    unexpected exception is a bug to see, not a file to skip. The pixel data
+    stays deferred so that an oversized image is refused from its header
+    before it is read.
+    """
+    for tag in list(ds.keys()):
+        if tag in PIXEL_TAGS:
+            continue
+        element = ds[tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                _parse_elements(item)
 
 
 def _check_header(ds: Any, path: Path) -> str:
@@ -152,7 +183,7 @@ def _decode_pixels(ds: Any, path: Path) -> np.ndarray:
         raise DataError(
             f"{path}: cannot decode DICOM pixel data in {name} ({one_line(err)}){hint}"
         ) from None
-    except (ValueError, AttributeError, KeyError, TypeError) as err:
+    except Exception as err:  # only pydicom's decoders run here, on the file's bytes
         raise DataError(f"{path}: unreadable DICOM pixel data ({one_line(err)})") from None
     check_finite(pixels, path)
     return pixels
@@ -173,10 +204,10 @@ def _quiet_pydicom() -> Iterator[None]:
 def _grey(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi
 
-    values = apply_modality_lut(pixels, ds)
+    values = _lut(path, apply_modality_lut, pixels, ds)
     check_finite(values, path)
     if ds.get("VOILUTSequence"):
-        out = apply_voi(values, ds, index=0)
+        out = _lut(path, apply_voi, values, ds, index=0)
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         image = unsigned_to_uint8(out.astype(np.int64), bits)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
@@ -191,15 +222,32 @@ def _grey(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarr
     return 255 - image if photometric == "MONOCHROME1" else image
 
 
-def _colour(pixels: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
+def _colour(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarray:
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        rgb = apply_color_lut(pixels, ds)
+        rgb = _lut(path, apply_color_lut, pixels, ds)
         return rgb if rgb.dtype == np.uint8 else unsigned_to_uint8(rgb, 16)
     if pixels.dtype == np.uint8:
         return pixels
     return unsigned_to_uint8(pixels, int(ds.get("BitsStored") or pixels.dtype.itemsize * 8))
+
+
+def _lut(path: Path, apply: Callable[..., np.ndarray], *args: Any, **kwargs: Any) -> np.ndarray:
+    """pydicom's ``apply`` (a modality, VOI or palette LUT) with the file's own tables.
+
+    The tables come from the file, and one that contradicts itself (a
+    descriptor of 28 bits per entry, entries that overflow the descriptor's
+    depth, data shorter than described) fails inside pydicom as
+    ``NotImplementedError``, ``OverflowError``, ``struct.error`` and others:
+    a bad file, refused in one line naming it.
+    """
+    try:
+        return apply(*args, **kwargs)
+    except Exception as err:  # only pydicom runs here, on the file's values
+        raise DataError(
+            f"{path}: cannot apply the DICOM pixel transforms ({one_line(err)})"
+        ) from None
 
 
 def _first(value: Any) -> float:

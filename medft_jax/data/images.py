@@ -14,7 +14,9 @@ by the rules in :mod:`medft_jax.data.pixels` and
 :mod:`medft_jax.data.dicom`. Images over the size limits
 (:data:`~medft_jax.data.pixels.MAX_PIXELS`,
 :data:`~medft_jax.data.pixels.MAX_ASPECT`) are refused from their header,
-before any pixel is decoded.
+before any pixel is decoded, and so are files of several frames (a
+multi-page TIFF, an animated GIF/PNG/WebP; :func:`check_one_frame`), which
+Pillow would otherwise read as their first frame without a word.
 """
 
 from __future__ import annotations
@@ -43,14 +45,23 @@ from medft_jax.data.preprocess import EIGHT_BIT_MODES, resize_and_crop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", *dicom.DICOM_SUFFIXES)
 
-DECODING_VERSION = 3
+DECODING_VERSION = 4
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
 and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``; 3:
-``bits_stored``, and 16-bit files of 14 bits or fewer refused without it): a
-cache built under another version is stale."""
+``bits_stored``, and 16-bit files of 14 bits or fewer refused without it; 4:
+multi-frame files refused instead of read as their first frame, and 16-bit
+greyscale+alpha PNG read by the greyscale rules from all 16 bits instead of
+as colour from the high byte): a cache built under another version is stale."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIGNED16 = ("I;16S", "I;16BS", "I;16NS")
+_GREY_ALPHA16 = "LA;16B"
+"""The stored layout of a 16-bit greyscale+alpha PNG, which Pillow opens as RGBA of
+the high bytes; :func:`_grey_alpha16` reads all 16 bits instead."""
+_ONE_IMAGE_FORMATS = ("MPO", "PSD")
+"""Multi-frame formats whose first frame is the image by definition, not a pick:
+an MPO (a camera JPEG with previews or depth maps) opens on its primary image,
+a layered PSD on its flattened composite (its layers are the other frames)."""
 
 
 def open_image(path: Path, bits_stored: int | None = None) -> Image.Image:
@@ -81,6 +92,10 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
         with opened as image:
             check_size(path, *image.size)  # from the header: nothing decoded yet
             samples = _stored_samples(image)  # the tile names them until load() clears it
+            check_one_frame(image, path)
+            if samples == _GREY_ALPHA16 and image.mode == "RGBA" and len(image.tile) == 1:
+                grey = integer16_to_uint8(_grey_alpha16(image), False, bits_stored, path)
+                return Image.fromarray(grey, "L")
             image.load()  # PIL is lazy: load() finds truncation
             return to_8bit(image, samples, path, bits_stored)
     except DataError:
@@ -96,6 +111,46 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
         ) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
+
+
+def check_one_frame(image: Image.Image, path: Path) -> None:
+    """Refuses, naming ``path``, a file of several frames: a multi-page TIFF, an
+    animated GIF, PNG (APNG) or WebP.
+
+    Pillow opens such a file on its first frame and would say nothing of the
+    rest. A stack (a volume, a time series, channels stored as pages, the
+    levels of a TIFF pyramid) is not one image, and taking its first page is
+    a guess, as for multi-frame DICOM: the user exports the frame(s) meant.
+    :data:`_ONE_IMAGE_FORMATS` are exempt: their first frame is the image.
+    """
+    try:
+        frames = getattr(image, "n_frames", 1)  # walks the file's frame headers
+    except Exception as err:  # only Pillow's parser runs here, and it fails many ways
+        raise DataError(f"corrupt or unreadable image {path}: bad frame header ({err})") from None
+    if frames > 1 and image.format not in _ONE_IMAGE_FORMATS:
+        kind = image.format or "image"
+        raise DataError(
+            f"{path}: multi-frame {kind} ({frames} frames) is not one image; "
+            "export the frame(s) you mean as single-frame files"
+        )
+
+
+def _grey_alpha16(image: Image.Image) -> np.ndarray:
+    """All 16 bits of a 16-bit greyscale+alpha PNG's grey samples (alpha dropped).
+
+    Pillow has no 16-bit LA mode: it opens such a file as RGBA holding each
+    sample's high byte, which made a 12-bit X-ray with an alpha channel look
+    like 16-bit colour. Decoding the same tile as 8-bit RGBA instead keeps
+    Pillow's PNG decoder (inflate, filters, interlacing, checksums) and gives
+    the stored bytes unchanged, since both layouts are 4 bytes a pixel:
+    grey high, grey low, alpha high, alpha low. Alpha is dropped, as for 8-bit
+    LA (``convert("RGB")``), and the grey follows the 16-bit greyscale rules.
+    """
+    tile = image.tile[0]
+    image.tile = [(*tile[:3], "RGBA")]  # type: ignore[list-item]  # same bytes, 8 bits each
+    image.load()  # PIL is lazy: load() finds truncation
+    raw = np.asarray(image)
+    return (raw[..., 0].astype(np.uint16) << 8) | raw[..., 1]
 
 
 def _stored_samples(image: Image.Image) -> str | None:

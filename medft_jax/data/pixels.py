@@ -33,8 +33,9 @@ through, converts by these rules instead:
   8-bit image stored as 16-bit by the usual ``v * 257`` comes back as
   exactly ``v``; one stored unscaled (0..255) needs ``--bits-stored 8``.
   DICOM files state their own bits and window, and ignore the option.
-  16-bit colour PNG/TIFF, which Pillow reads as each sample's high byte,
-  takes the 16-bit rule only (:func:`colour16_check`).
+  16-bit greyscale+alpha PNG is greyscale: all 16 bits, alpha dropped as for
+  8-bit LA. 16-bit colour PNG/TIFF, which Pillow reads as each sample's high
+  byte, takes the 16-bit rule only (:func:`colour16_check`).
 * **Float samples**: [0, 1] is the float image convention (scikit-image,
   torchvision), mapped by ``round(v * 255)``. A float image with values
   outside [0, 1] is refused: a float file states no range, and guessing one
@@ -44,7 +45,8 @@ through, converts by these rules instead:
   its LINEAR, LINEAR_EXACT or SIGMOID function), else the pixel values' own
   min..max (what a viewer shows without a window); MONOCHROME1 is inverted.
 * **Refused**, with the path: 16-bit images as above, NaN or
-  infinite samples, 32-bit integer
+  infinite samples, files of several frames (multi-page TIFF, animated
+  GIF/PNG/WebP, multi-frame DICOM: not one image), 32-bit integer
   samples (no range to map; save them as 16-bit), images Pillow cannot
   decode (e.g. 2-channel or 64-bit float TIFFs).
 
