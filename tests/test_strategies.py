@@ -434,7 +434,7 @@ def rgn_params():
 
 
 def rgn_grads(t, c=(0.0, 0.0)):
-    """RGN of a = 0.2 (t + 1), of b = 0.5, of c = ‖c‖ / eps."""
+    """RGN of a = 0.2 (t + 1), of b = 0.5; c's is undefined (‖w‖ = 0)."""
     return {
         "a": {"kernel": (t + 1) * jnp.array([0.6, 0.8])},
         "b": {"kernel": jnp.array([0.5, 0.0])},
@@ -463,7 +463,7 @@ def test_rgn_per_epoch_estimate_by_hand():
         a_expected = min(0.2 * (t + 1), 0.5) / 0.5 if t < 5 else 1.0
         assert m["a/kernel"] == pytest.approx(a_expected, rel=1e-6), t
         assert m["b/kernel"] == pytest.approx(b_expected[t], rel=1e-6), t
-        assert m["c/bias"] == 0.0
+        assert m["c/bias"] == 1.0  # ‖w‖ = 0: RGN undefined, multiplier 1
         g = flatten(rgn_grads(t))
         for k in g:  # identity inner: the update is the gradient times the multiplier
             np.testing.assert_allclose(u[k], np.asarray(g[k]) * m[k], rtol=1e-6)
@@ -498,7 +498,7 @@ def test_rgn_prepass_by_hand():
             a, b = expected[epoch]
             assert m["a/kernel"] == pytest.approx(a, rel=1e-6), t
             assert m["b/kernel"] == pytest.approx(b, rel=1e-6), t
-            assert m["c/bias"] == 0.0
+            assert m["c/bias"] == 1.0  # ‖w‖ = 0: RGN undefined, multiplier 1
             g = flatten(rgn_grads(t))
             for k in g:
                 np.testing.assert_allclose(flatten(u)[k], np.asarray(g[k]) * m[k], rtol=1e-6)
@@ -552,14 +552,64 @@ def test_rgn_zero_bias_gives_no_nan():
         for u, m in rgn_run(tx, 4, c):
             assert all(np.all(np.isfinite(v)) for v in u.values())
             assert all(math.isfinite(v) and 0 <= v <= 1 for v in m.values())
-    # A zero bias with a gradient: RGN = 0.5 / eps is the largest, so it gets 1.
+    # A zero bias with a gradient gets 1 and does not set the others' scale:
+    # a = 0.2, b = 0.5 at step 0, so b = 1 and a = 0.4 (not ~1e-8 from 0.5 / eps).
     _, m = rgn_run(tx, 1, (0.3, 0.4))[0]
-    assert m["c/bias"] == 1.0 and m["b/kernel"] == pytest.approx(0.5 / (0.5 / 1e-8), rel=1e-5)
+    assert m == pytest.approx({"a/kernel": 0.4, "b/kernel": 1.0, "c/bias": 1.0}, rel=1e-6)
     # No gradient at all: multipliers of 1, not 0/0.
     tx = scale_by_rgn(optax.identity(), per_step=True)
     zeros = jax.tree.map(jnp.zeros_like, rgn_params())
     _, state = tx.update(zeros, tx.init(rgn_params()), rgn_params())
     assert all(float(v) == 1.0 for v in jax.tree.leaves(state.applied))
+
+
+def zero_bias_case():
+    """A toy tree with a fresh zero bias: RGNs k 0.5, bn/scale 0.25, bias undefined."""
+    params = {
+        "k": {"kernel": jnp.array([[0.6, 0.8], [0.0, 0.0]])},  # ‖w‖ = 1
+        "bn": {"scale": jnp.array([2.0, 0.0]), "bias": jnp.zeros(3)},  # ‖w‖ = 2 and 0
+    }
+    grads = {
+        "k": {"kernel": jnp.array([[0.3, 0.0], [0.0, 0.4]])},  # ‖g‖ = 0.5
+        "bn": {"scale": jnp.array([0.0, 0.5]), "bias": jnp.array([1.0, 2.0, 2.0])},  # 0.5, 3
+    }
+    # RGN / max over the non-zero-norm tensors (0.5): k 1, scale 0.5; the bias 1.
+    expected = {"bn/bias": 1.0, "bn/scale": 0.5, "k/kernel": 1.0}
+    return params, grads, expected
+
+
+@pytest.mark.parametrize("kind", ["stream", "averaged", "per_step", "prepass"])
+def test_rgn_zero_norm_tensor_does_not_freeze_the_others(kind):
+    """A zero bias gets 1; the rest get RGN / max over the non-zero tensors, in every mode.
+
+    With ‖w‖ floored at eps the bias's RGN would be 3e8 and the others' ~1e-9:
+    the network frozen for the epoch (the whole of it under a prepass).
+    """
+    params, grads, expected = zero_bias_case()
+    if kind == "prepass":
+        tx = scale_by_rgn(optax.identity(), mode="prepass")
+        state = hold_multipliers(tx.init(params), rgn_vector(grads, params))
+    else:
+        kw = {"per_step": True} if kind == "per_step" else {"steps_per_epoch": 3}
+        tx = scale_by_rgn(optax.identity(), estimate_steps=2, **kw)
+        state = tx.init(params)
+    steps = 3 if kind == "averaged" else 1  # step 2 applies the mean of steps 0-1
+    for _ in range(steps):
+        u, state = jax.jit(tx.update)(grads, state, params)
+    got = {k: float(v) for k, v in flatten(state.applied).items()}
+    assert got == pytest.approx(expected, rel=1e-6)
+    for k, g in flatten(grads).items():  # identity inner: gradient times multiplier
+        np.testing.assert_allclose(flatten(u)[k], np.asarray(g) * expected[k], rtol=1e-6)
+
+
+def test_rgn_every_tensor_zero_norm_gives_ones():
+    params = {"a": jnp.zeros(2), "b": jnp.zeros(3)}
+    grads = {"a": jnp.ones(2), "b": jnp.zeros(3)}  # b: 0 / 0 must not be NaN
+    rgn = rgn_vector(grads, params)
+    assert np.all(np.isposinf(np.asarray(rgn)))
+    tx = scale_by_rgn(optax.identity(), per_step=True)
+    _, state = tx.update(grads, tx.init(params), params)
+    assert [float(v) for v in jax.tree.leaves(state.applied)] == [1.0, 1.0]
 
 
 def test_rgn_scales_the_adam_update_not_the_gradient():
@@ -647,3 +697,146 @@ def test_schedule_lp_and_bn_modes():
     _, s = make("lp_ft", params, TOY, learning_rate=LR, steps_per_epoch=3, frozen_bn="freeze")
     assert s.final_stage_epoch == 5 and s.start_step("body") == 15
     assert s.bn_train(4) == frozenset() and s.bn_train(5) == frozenset({"stem", "body", "top"})
+
+
+# --- argument checks -----------------------------------------------------------
+
+
+def test_partition_head_that_matches_no_parameter_is_refused():
+    """'top.head' for 'top/head': LP would train nothing and SP take the head as pretrained."""
+    import dataclasses
+
+    typo = dataclasses.replace(TOY, head="top.head")
+    for name in ("lp", "l2_sp"):
+        with pytest.raises(ValueError, match=r"partition\.head 'top\.head'") as err:
+            make(name, toy_params(), typo, learning_rate=LR)
+        assert "['body', 'stem', 'top']" in str(err.value)
+
+
+def test_an_arch_name_where_a_partition_goes_is_a_type_error():
+    with pytest.raises(TypeError, match=r"get_arch\('resnet50'\)\.partition"):
+        make("ft", toy_params(), "resnet50", learning_rate=LR)
+
+
+@pytest.mark.parametrize(
+    ("name", "arg", "value"),
+    [
+        ("g_lf", "epochs_per_stage", 1.5),
+        ("g_lf", "epochs_per_stage", True),
+        ("g_lf", "steps_per_epoch", 2.5),
+        ("lp_ft", "lp_epochs", 2.0),
+        ("lp_ft", "lp_epochs", -1),
+        ("ft", "steps_per_epoch", "2"),
+    ],
+)
+def test_counts_must_be_integers(name, arg, value):
+    """A fractional count made the optimizer (int(), truncated) and the schedule disagree."""
+    kw = {"steps_per_epoch": 2, arg: value}
+    with pytest.raises(ValueError, match=f"{arg} must be an integer"):
+        make(name, toy_params(), TOY, learning_rate=LR, **kw)
+
+
+def test_numpy_integer_counts_are_accepted():
+    kw = {"steps_per_epoch": np.int64(2), "epochs_per_stage": np.int32(1)}
+    _, s = make("g_lf", toy_params(), TOY, learning_rate=LR, **kw)
+    assert s.start_step("stem") == 4
+
+
+@pytest.mark.parametrize("lr", [-1e-3, 0.0, float("nan"), "1e-3", None])
+def test_learning_rate_must_be_positive_number_or_schedule(lr):
+    with pytest.raises(ValueError, match="learning_rate"):
+        make("ft", toy_params(), TOY, learning_rate=lr)
+
+
+def test_learning_rate_schedule_is_accepted():
+    tx, _ = make("ft", toy_params(), TOY, learning_rate=optax.constant_schedule(LR))
+    ref, _ = run(optax.adam(LR), 2)
+    got, _ = run(tx, 2)
+    for r, g in zip(ref, got, strict=True):
+        for k in r:
+            np.testing.assert_allclose(g[k], r[k], rtol=1e-6)
+
+
+def test_staged_refuses_fractional_start_and_names_missing_labels():
+    labels = jax.tree.map(lambda _: "enc", toy_params())
+    labels["top"]["head"] = {"kernel": "head", "bias": "head"}
+    with pytest.raises(ValueError, match=r"start_steps\['enc'\] must be an integer"):
+        staged(optax.adam(LR), labels, {"enc": 2.5, "head": 0})
+    tx = staged(optax.adam(LR), labels, {"enc": 1})
+    with pytest.raises(ValueError, match=r"no start step for labels \['head'\]"):
+        tx.init(toy_params())
+
+
+def test_make_names_its_own_arguments_in_errors():
+    """Not scale_by_rgn's estimate_steps or layerwise_decay_factors' decay: make's names."""
+    kw = {"steps_per_epoch": 2, "rgn_estimate_steps": 0}
+    with pytest.raises(ValueError, match="rgn_estimate_steps must be an integer >= 1"):
+        make("auto_rgn", toy_params(), TOY, learning_rate=LR, **kw)
+    with pytest.raises(ValueError, match=r"lr_decay must be in \(0, 1\]"):
+        make("llrd", toy_params(), TOY, learning_rate=LR, lr_decay=0.0)
+    with pytest.raises(ValueError, match="rgn_eps"):
+        make("auto_rgn", toy_params(), TOY, learning_rate=LR, rgn_per_step=True, rgn_eps=-1.0)
+
+
+def test_sp_pretrained_of_another_shape_is_refused():
+    """A (2,) bias anchored to a broadcastable (1, 2) ω0 gave a (1, 2) update silently."""
+    w0 = toy_params()
+    w0["stem"]["bn"]["bias"] = jnp.zeros((1, 2))
+    tx, _ = make("l2_sp", toy_params(), TOY, learning_rate=LR, pretrained=w0)
+    with pytest.raises(ValueError, match=r"'stem/bn/bias': params \(2,\), pretrained \(1, 2\)"):
+        tx.init(toy_params())
+    del w0["stem"]["bn"]["bias"]
+    with pytest.raises(ValueError, match=r"'stem/bn/bias': params \(2,\), pretrained missing"):
+        l2_sp(head_mask, pretrained=w0).init(toy_params())
+
+
+def test_sp_and_rgn_range_checks_still_refuse_concrete_values():
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        l2_sp(head_mask, alpha=-0.1)
+    with pytest.raises(ValueError, match="beta must be >= 0"):
+        l1_sp(head_mask, beta=np.float32(-1.0))
+    with pytest.raises(ValueError, match="steps_per_epoch must be an integer >= 1"):
+        scale_by_rgn(optax.adam(LR), 0)
+    with pytest.raises(ValueError, match="estimate_steps must be an integer >= 1"):
+        scale_by_rgn(optax.adam(LR), 3, estimate_steps=0)
+
+
+def test_sp_under_inject_hyperparams_and_jit():
+    """As for optax.add_decayed_weights: injected alpha, beta are traced, not range-checked."""
+    params = toy_params()
+    inject = optax.inject_hyperparams(l2_sp, static_args=("head_mask",))
+    tx = optax.chain(inject(head_mask=head_mask, alpha=0.5, beta=0.3), optax.identity())
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    moved = jax.tree.map(lambda w: w + 1.0, params)
+    u, _ = jax.jit(tx.update)(zeros, tx.init(params), moved)
+    u = flatten(u)
+    np.testing.assert_allclose(u["stem/conv/kernel"], np.full((2, 2), 0.5), rtol=1e-6)
+    np.testing.assert_allclose(u["top/head/bias"], 0.3 * np.array([1.2, 0.8]), rtol=1e-6)
+
+
+def test_rgn_under_inject_hyperparams_and_jit():
+    inject = optax.inject_hyperparams(scale_by_rgn, static_args=("inner",))
+    tx = inject(optax.identity(), steps_per_epoch=7, eps=1e-8)
+    params, update = rgn_params(), jax.jit(tx.update)
+    state = tx.init(params)
+    for t in range(6):  # step 5 applies the mean of steps 0-4: a 0.6, b 0.5
+        _, state = update(rgn_grads(t), state, params)
+    m = {k: float(v) for k, v in flatten(state.inner_state.applied).items()}
+    assert m == pytest.approx({"a/kernel": 1.0, "b/kernel": 0.5 / 0.6, "c/bias": 1.0}, rel=1e-6)
+
+
+def test_rgn_forwards_extra_args_to_inner():
+    """optax.contrib.reduce_on_plateau needs ``value``: scale_by_rgn passes it on."""
+    params = rgn_params()
+    inner = optax.chain(optax.identity(), optax.contrib.reduce_on_plateau(patience=1, factor=0.5))
+    tx = scale_by_rgn(inner, per_step=True)
+    assert isinstance(tx, optax.GradientTransformationExtraArgs)
+    state, update = tx.init(params), jax.jit(tx.update)
+    for t in range(4):  # the loss never improves on the first: the scale halves
+        u, state = update(rgn_grads(0), state, params, value=jnp.asarray(1.0 + t))
+    plateau = state.inner_state[1]
+    assert float(plateau.scale) < 1.0
+    g = flatten(rgn_grads(0))
+    np.testing.assert_allclose(
+        flatten(u)["a/kernel"], np.asarray(g["a/kernel"]) * 0.4 * float(plateau.scale), rtol=1e-6
+    )

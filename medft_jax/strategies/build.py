@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import optax
 
-from medft_jax.models.blocks import BlockPartition
+from medft_jax.models.blocks import BlockPartition, path_str
+from medft_jax.strategies.checks import require_int, require_learning_rate
 from medft_jax.strategies.freeze import HEAD
 from medft_jax.strategies.schedule import Schedule
 from medft_jax.strategies.specs import (
@@ -60,10 +62,15 @@ def make(
     Args:
       name: one of :data:`STRATEGIES` (the paper's eight, then the extras).
       params: the model's parameters (the pretrained weights with the new
-        head); only their tree structure and paths are read, plus ω0 for SP.
-      partition: the architecture's blocks and head path.
-      learning_rate: Adam's learning rate (a float or an optax schedule).
-      steps_per_epoch: updates per epoch; stages switch at
+        head); only their tree structure and paths are read (no values:
+        SP's ω0 is ``pretrained``, or else the params given to ``tx.init``).
+      partition: the architecture's blocks and head path, a
+        :class:`~medft_jax.models.blocks.BlockPartition` (for a named arch:
+        ``medft_jax.models.get_arch(name).partition``). Its ``head`` must
+        match at least one parameter.
+      learning_rate: Adam's learning rate (a number > 0 or an optax schedule).
+      steps_per_epoch: updates per epoch (an integer, as are the epoch
+        counts below); stages switch at
         ``start_epoch * steps_per_epoch``. Needed by ``g_lf``, ``g_fl``,
         ``lp_ft`` and ``auto_rgn`` (per-epoch estimate).
       pretrained: ω0 for ``l1_sp``/``l2_sp``; default: the params given to
@@ -84,7 +91,8 @@ def make(
         reference code's: the loop evaluates ``rgn_estimate_steps``
         gradients before each epoch, ``schedule.prepass``).
       rgn_per_step: Auto-RGN applies each step's own RGN instead (stream).
-      rgn_eps: floor of ‖w‖ in RGN.
+      rgn_eps: a tensor with ‖w‖ <= rgn_eps is zero-norm (no defined RGN):
+        multiplier 1, left out of the maximum that normalises the others.
       frozen_bn: ``'update'`` or ``'freeze'`` (see :class:`Schedule`).
       b1, b2, eps: Adam's.
       surgical_block: the block that ``surgical`` trains (with the head).
@@ -101,6 +109,7 @@ def make(
             f"(the paper) and {', '.join(EXTRA_STRATEGIES)} (extras)"
         )
     spec = SPECS[name]
+    _check_partition(name, params, partition)
     _check(name, o)
     if spec.needs_steps(o) and steps_per_epoch is None:
         raise ValueError(f"make({name!r}): steps_per_epoch is required (stages are in epochs)")
@@ -118,11 +127,37 @@ def make(
     return Strategy(spec.optimizer(o, Layout(partition, group_of, schedule)), schedule)
 
 
+def _check_partition(name: str, params: PyTree, partition: Any) -> None:
+    """``partition`` is a BlockPartition whose head is a parameter of ``params``.
+
+    A head path that matches nothing (``'cls.6'`` for ``'cls/6'``) would
+    make LP train nothing and SP treat the new head as pretrained, silently.
+    """
+    where = f"make({name!r})"
+    if not isinstance(partition, BlockPartition):
+        hint = (
+            f"; for an arch name use medft_jax.models.get_arch({partition!r}).partition"
+            if isinstance(partition, str)
+            else ""
+        )
+        raise TypeError(
+            f"{where}: partition must be a medft_jax.models.blocks.BlockPartition, "
+            f"got {type(partition).__name__}{hint}"
+        )
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    if not any(partition.is_head(p) for p in paths):
+        top = sorted({p.split("/", 1)[0] for p in paths})
+        raise ValueError(
+            f"{where}: partition.head {partition.head!r} ({partition.arch}) matches no "
+            f"parameter; the params' top-level names are {top} (paths are '/'-separated)"
+        )
+
+
 def _check(name: str, o: Options) -> None:
-    """The numeric options every strategy shares."""
-    if o.steps_per_epoch is not None and o.steps_per_epoch < 1:
-        raise ValueError(f"make({name!r}): steps_per_epoch must be >= 1, got {o.steps_per_epoch}")
-    if o.epochs_per_stage < 1:
-        raise ValueError(f"make({name!r}): epochs_per_stage must be >= 1, got {o.epochs_per_stage}")
-    if o.lp_epochs < 0:
-        raise ValueError(f"make({name!r}): lp_epochs must be >= 0, got {o.lp_epochs}")
+    """The numeric options every strategy shares: counts are integers, the rate positive."""
+    where = f"make({name!r})"
+    if o.steps_per_epoch is not None:
+        require_int(where, "steps_per_epoch", o.steps_per_epoch, 1)
+    require_int(where, "epochs_per_stage", o.epochs_per_stage, 1)
+    require_int(where, "lp_epochs", o.lp_epochs, 0)
+    require_learning_rate(where, o.learning_rate)

@@ -1,10 +1,11 @@
 """Freezing and staged unfreezing as ordinary optax transformations.
 
-Frozen parameters get an update of exactly zero and hold *no* optimizer
-state: each group of parameters is routed by ``optax.partition``
-either to the inner transformation or to ``optax.set_to_zero()``, whose
-state is empty. A group that starts training later is wrapped in
-:func:`unfreeze_at`, a gate driven by the step count kept in its own state:
+Frozen parameters get an update of exactly zero. A group that never trains
+holds *no* optimizer state: each group of parameters is routed by
+``optax.partition`` either to the inner transformation or to
+``optax.set_to_zero()``, whose state is empty. A group that starts training
+later holds its inner state (zero Adam moments) from ``init`` on, and is
+wrapped in :func:`unfreeze_at`, a gate driven by the step count kept in its own state:
 the stage changes inside the jitted update at exactly the right step, with
 no Python-side swapping of optimizers. While the gate is closed the inner
 state is passed through untouched, so an inner ``optax.scale_by_adam``
@@ -23,6 +24,7 @@ import jax
 import optax
 
 from medft_jax.models.blocks import BlockPartition, path_str
+from medft_jax.strategies.checks import require_int
 
 PyTree = Any
 Labels = PyTree | Callable[[PyTree], PyTree]
@@ -105,8 +107,7 @@ def unfreeze_at(
     makes. The switch is a ``lax.cond`` on that count inside the update:
     one jitted function serves every stage.
     """
-    if step < 0:
-        raise ValueError(f"unfreeze_at: step must be >= 0, got {step}")
+    require_int("unfreeze_at", "step", step, 0)
     return optax.transforms.conditionally_mask(inner, lambda count: count >= step)
 
 
@@ -114,7 +115,7 @@ def staged(
     inner: optax.GradientTransformation,
     labels: Labels,
     start_steps: Mapping[str, int | None],
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Trains each labelled group with ``inner`` from its own start step on.
 
     ``start_steps`` maps every label to the update number at which its group
@@ -124,13 +125,28 @@ def staged(
     so a group's Adam moments and bias-correction count start fresh when it
     unfreezes and nothing else is reset. Gradual unfreezing (G-LF, G-FL),
     LP-FT, LP, surgical fine-tuning and BitFit are all this one function.
+
+    A start step must be an integer (a fraction would otherwise be
+    truncated here while a schedule used it as is), and every label of the
+    params must be in ``start_steps``: ``init`` names the missing ones.
     """
     transforms: dict[str, optax.GradientTransformation] = {}
     for group, start in start_steps.items():
         if start is None:
             transforms[group] = optax.set_to_zero()
-        elif start == 0:
-            transforms[group] = inner
-        else:
-            transforms[group] = unfreeze_at(inner, int(start))
-    return optax.partition(transforms, labels)
+            continue
+        step = require_int("staged", f"start_steps[{group!r}]", start, 0)
+        transforms[group] = inner if step == 0 else unfreeze_at(inner, step)
+    routed = optax.partition(transforms, labels)
+
+    def init_fn(params: PyTree) -> optax.OptState:
+        # optax.partition's own message lists every label and key; name the culprits.
+        missing = set(jax.tree.leaves(resolve(labels, params))) - set(start_steps)
+        if missing:
+            raise ValueError(
+                f"staged: no start step for labels {sorted(map(str, missing))}; "
+                f"start_steps has {sorted(map(str, start_steps))}"
+            )
+        return routed.init(params)
+
+    return optax.GradientTransformationExtraArgs(init_fn, routed.update)

@@ -50,6 +50,6 @@ def layerwise_decay_factors(blocks: Sequence[str], decay: float) -> dict[str, fl
     BEiT): layers near the input hold general features and move least.
     """
     if not 0 < decay <= 1:
-        raise ValueError(f"layer-wise decay must be in (0, 1], got {decay}")
+        raise ValueError(f"layerwise_decay_factors: decay must be in (0, 1], got {decay!r}")
     n = len(blocks)
     return {b: float(decay ** (n - 1 - i)) for i, b in enumerate(blocks)}

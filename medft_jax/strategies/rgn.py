@@ -16,8 +16,20 @@ transform accumulates each tensor's RGN while applying epoch e−1's
 multipliers (in epoch 0: the current step's own normalised RGN); from the
 next step on it applies the mean of those RGNs, normalised by their
 maximum, until epoch e ends. ``per_step=True`` applies every step's own
-normalised RGN instead. A zero-norm tensor (a fresh bias) divides by
-``eps`` instead of 0.
+normalised RGN instead.
+
+A tensor whose ‖w‖ is 0 (at most ``eps``: a fresh zero bias, or BatchNorm
+biases trained from scratch) has no defined RGN: :func:`relative_gradient_norms`
+gives it ``inf``. Dividing by a floor instead would make its RGN ~‖g‖/1e-8,
+the maximum by seven orders of magnitude, and every other tensor's
+multiplier ~1e-8: one zero bias would freeze the network for an epoch.
+So in every mode (stream, per-step, prepass) :func:`normalise_by_max`
+gives an ``inf`` RGN the multiplier 1 and leaves it out of the maximum
+that normalises the others (all ones if every tensor is zero-norm). In the
+stream's averaged estimate the decision comes from the accumulated values:
+a tensor that was zero-norm at any of the epoch's estimation steps sums to
+``inf`` and gets 1 for the epoch (a prepass sees one set of weights, so
+there the two readings agree).
 
 ``mode="prepass"`` is the reference code's own order: before epoch e's
 first update, the gradients of ``estimate_steps`` batches are evaluated on
@@ -41,6 +53,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from medft_jax.strategies.checks import is_concrete_number, require_int
+
 PyTree = Any
 RGN_MODES = ("stream", "prepass")
 
@@ -51,7 +65,8 @@ class RGNState(NamedTuple):
     count: jax.Array
     """Updates made so far (int32); with ``steps_per_epoch`` it gives epoch and step in epoch."""
     accumulated: jax.Array
-    """Per tensor, in leaf order (a vector): RGN summed over this epoch's estimation steps."""
+    """Per tensor, in leaf order (a vector): RGN summed over this epoch's estimation steps
+    (``inf`` for a tensor that was zero-norm at one of them: it gets multiplier 1)."""
     held: jax.Array
     """Per tensor, in leaf order (a vector): the multipliers of the last finished estimate."""
     applied: PyTree
@@ -74,21 +89,30 @@ class Prepass:
 
 
 def relative_gradient_norms(grads: PyTree, params: PyTree, eps: float = 1e-8) -> PyTree:
-    """Per tensor ‖g‖₂ / max(‖w‖₂, eps), as float32 scalars."""
+    """Per tensor ‖g‖₂ / ‖w‖₂ as float32 scalars; ``inf`` where ‖w‖₂ <= ``eps``.
+
+    ``inf`` marks an undefined RGN (a zero-norm tensor), whatever its
+    gradient (0/0 included: no NaN), so :func:`normalise_by_max` can give it
+    the multiplier 1 without letting it set the others' scale.
+    """
 
     def rgn(g: jax.Array, w: jax.Array) -> jax.Array:
         gn = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
         wn = jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32))))
-        return gn / jnp.maximum(wn, eps)
+        zero = wn <= eps
+        return jnp.where(zero, jnp.inf, gn / jnp.where(zero, 1.0, wn))
 
     return jax.tree.map(rgn, grads, params)
 
 
 def normalise_by_max(values: PyTree) -> PyTree:
-    """Divides every scalar leaf by the maximum over leaves (all ones if that is 0).
+    """Divides every scalar leaf by the maximum over the finite leaves.
 
-    The maximum maps to exactly 1 and the rest are clipped to 1: XLA may
-    divide by multiplying with a reciprocal, a rounding error off. The leaves are stacked
+    An ``inf`` leaf (a zero-norm tensor's undefined RGN) maps to 1 and is
+    left out of the maximum, so it cannot shrink the others; if every leaf
+    is ``inf``, or the finite maximum is 0, all map to 1. The maximum maps
+    to exactly 1 and the rest are clipped to 1: XLA may divide by
+    multiplying with a reciprocal, a rounding error off. The leaves are stacked
     behind an optimisation barrier: without it XLA fuses every tensor's norm
     reduction into every consumer of the maximum, which made compiling
     Auto-RGN's step for ResNet-50 take over a minute on a CPU (3 s with it).
@@ -100,7 +124,11 @@ def normalise_by_max(values: PyTree) -> PyTree:
 
 
 def rgn_vector(grads: PyTree, params: PyTree, eps: float = 1e-8) -> jax.Array:
-    """Every tensor's RGN, in leaf order, as one float32 vector (what a prepass sums)."""
+    """Every tensor's RGN, in leaf order, as one float32 vector (what a prepass sums).
+
+    A zero-norm tensor's ``inf`` survives the prepass's sum and mean, so
+    :func:`hold_multipliers` gives it 1 (see :func:`normalise_by_max`).
+    """
     return _stack(jax.tree.leaves(relative_gradient_norms(grads, params, eps)))
 
 
@@ -134,9 +162,11 @@ def _stack(leaves: list[jax.Array]) -> jax.Array:
 
 
 def _normalise(v: jax.Array) -> jax.Array:
-    top = jnp.max(v)
+    """RGNs -> multipliers: v / max over finite v, clipped to 1; 1 for ``inf`` (see above)."""
+    undefined = jnp.isposinf(v)
+    top = jnp.max(jnp.where(undefined, 0.0, v))
     safe = jnp.where(top > 0, top, 1.0)
-    return jnp.where((top > 0) & (v < top), jnp.minimum(v / safe, 1.0), 1.0)
+    return jnp.where(~undefined & (top > 0) & (v < top), jnp.minimum(v / safe, 1.0), 1.0)
 
 
 def scale_by_rgn(
@@ -147,11 +177,13 @@ def scale_by_rgn(
     mode: str = "stream",
     per_step: bool = False,
     eps: float = 1e-8,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Multiplies ``inner``'s update of each tensor by its normalised RGN.
 
     Args:
       inner: the optimizer whose updates are scaled (e.g. ``optax.adam(lr)``).
+        Extra keyword arguments of ``update`` (e.g. ``value`` for
+        ``optax.contrib.reduce_on_plateau``) are passed on to it.
       steps_per_epoch: updates per epoch; required unless ``per_step``.
       estimate_steps: batches at the start of each epoch whose RGN is
         averaged (the reference uses 5); capped at ``steps_per_epoch``.
@@ -161,25 +193,39 @@ def scale_by_rgn(
         :func:`hold_multipliers` set before the epoch, as the reference
         code does).
       per_step: apply each step's own normalised RGN instead (stream only).
-      eps: floor of ‖w‖ so a zero-norm tensor gives no NaN.
+      eps: a tensor with ‖w‖ <= eps counts as zero-norm: its RGN is
+        undefined and its multiplier 1, outside the others' maximum.
 
     The update needs ``params``: ``tx.update(grads, state, params)``.
+    Range checks run on Python/numpy numbers only, so the numeric arguments
+    may be injected (``optax.inject_hyperparams``, with ``inner`` static)
+    and traced under ``jit``.
     """
     if mode not in RGN_MODES:
         raise ValueError(f"scale_by_rgn: mode must be one of {RGN_MODES}, got {mode!r}")
     prepass = mode == "prepass"
     if prepass and per_step:
         raise ValueError("scale_by_rgn: per_step=True is a stream variant, not a prepass one")
-    if not per_step and not prepass:
-        if steps_per_epoch is None or steps_per_epoch < 1:
+    streams = not per_step and not prepass
+    if streams:
+        if steps_per_epoch is None:
             raise ValueError(
-                f"scale_by_rgn: steps_per_epoch must be >= 1 (got {steps_per_epoch}) "
-                "unless per_step=True"
+                "scale_by_rgn: steps_per_epoch must be >= 1 (got None) unless per_step=True"
             )
-        if estimate_steps < 1:
-            raise ValueError(f"scale_by_rgn: estimate_steps must be >= 1, got {estimate_steps}")
-    k = 1 if per_step or prepass else min(estimate_steps, steps_per_epoch)
-    spe = steps_per_epoch or 1
+        if not isinstance(steps_per_epoch, jax.Array):
+            require_int("scale_by_rgn", "steps_per_epoch", steps_per_epoch, 1)
+        if not isinstance(estimate_steps, jax.Array):
+            require_int("scale_by_rgn", "estimate_steps", estimate_steps, 1)
+    if is_concrete_number(eps) and not eps >= 0:
+        raise ValueError(f"scale_by_rgn: eps must be >= 0, got {eps!r}")
+    if not streams:
+        k: Any = 1
+    elif isinstance(estimate_steps, jax.Array) or isinstance(steps_per_epoch, jax.Array):
+        k = jnp.minimum(estimate_steps, steps_per_epoch)  # injected: known only when traced
+    else:
+        k = min(int(estimate_steps), int(steps_per_epoch))
+    spe = 1 if steps_per_epoch is None else steps_per_epoch
+    inner = optax.with_extra_args_support(inner)
 
     def scalars(params: PyTree, value: float) -> PyTree:
         return jax.tree.map(lambda _: jnp.full((), value, jnp.float32), params)
@@ -195,7 +241,7 @@ def scale_by_rgn(
         )
 
     def update_fn(
-        updates: PyTree, state: RGNState, params: PyTree | None = None
+        updates: PyTree, state: RGNState, params: PyTree | None = None, **extra_args: Any
     ) -> tuple[PyTree, RGNState]:
         if params is None:
             raise ValueError("scale_by_rgn needs the params: call tx.update(grads, state, params)")
@@ -213,13 +259,14 @@ def scale_by_rgn(
         elif not prepass:
             epoch, pos = state.count // spe, state.count % spe
             estimating = pos < k
+            # A zero-norm tensor's inf stays inf in the sum: 1 for the epoch (module doc).
             accumulated = jnp.where(pos == 0, 0.0, state.accumulated) + jnp.where(
                 estimating, rgn, 0.0
             )
             multipliers = jnp.where(estimating & (epoch == 0), current, state.held)
             held = jnp.where(pos == k - 1, _normalise(accumulated / k), state.held)
         applied = jax.tree.unflatten(treedef, list(multipliers))
-        new_updates, inner_state = inner.update(updates, state.inner_state, params)
+        new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         new_updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), new_updates, applied)
         return new_updates, RGNState(
             count=optax.safe_increment(state.count),
@@ -229,4 +276,4 @@ def scale_by_rgn(
             inner_state=inner_state,
         )
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

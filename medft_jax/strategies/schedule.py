@@ -183,11 +183,14 @@ class Schedule:
     def head_only(self, epoch: int) -> bool:
         """Whether only the head trains in ``epoch`` and every other layer is a fixed function.
 
-        True for linear probing, LP-FT's LP phase and G-LF's first stage
-        under ``frozen_bn='freeze'``: the backbone then maps an image to the
-        same features every epoch, so they can be computed once
-        (:mod:`medft_jax.features`). Under ``'update'`` the frozen layers'
-        BatchNorms use the batch's statistics and this is False.
+        True under ``frozen_bn='freeze'`` for linear probing and LP-FT's LP
+        phase, and for G-LF's first stage only where the last block is the
+        head alone (ResNet's ``fc``; DenseNet's last block is ``norm5`` +
+        ``classifier`` and VGG's is fc6-fc8, which G-LF trains whole in
+        epoch 0). The backbone then maps an image to the same features
+        every epoch, so they can be computed once (:mod:`medft_jax.features`).
+        Under ``'update'`` the frozen layers' BatchNorms use the batch's
+        statistics and this is False.
         """
         if self.frozen_bn != "freeze":
             return False

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from medft_jax.models.blocks import path_str
+from medft_jax.strategies.checks import is_concrete_number
 from medft_jax.strategies.freeze import map_paths, resolve
 
 PyTree = Any
@@ -61,18 +63,28 @@ def sp_penalty(
         Transfer-Learning-Library does). Pass :func:`kernel_mask` for the
         original TF code's kernels-only penalty. Head leaves are never w_s.
       pretrained: ω0; by default the params given to ``init`` (the
-        pretrained weights with the fresh head).
+        pretrained weights with the fresh head). ``init`` checks that it has
+        the params' tree structure and shapes: one that merely broadcasts
+        against them would silently change the shape of the updates.
 
     The update needs ``params``: ``tx.update(grads, state, params)``.
+    ``alpha`` and ``beta`` are range-checked only as Python/numpy numbers,
+    so ``optax.inject_hyperparams(l2_sp, static_args=("head_mask",))`` works
+    under ``jit`` (their injected values are traced arrays).
     """
     if norm not in ("l1", "l2"):
         raise ValueError(f"sp_penalty: norm must be 'l1' or 'l2', got {norm!r}")
-    if alpha < 0 or beta < 0:
-        raise ValueError(f"sp_penalty: alpha and beta must be >= 0, got {alpha}, {beta}")
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if is_concrete_number(value) and not value >= 0:
+            raise ValueError(f"sp_penalty: {name} must be >= 0, got {value!r}")
     pull = (lambda x: x) if norm == "l2" else jnp.sign
 
     def init_fn(params: PyTree) -> SPState:
-        start = params if pretrained is None else pretrained
+        if pretrained is None:
+            start = params
+        else:
+            _check_like(pretrained, params)
+            start = pretrained
         return SPState(anchor=jax.tree.map(jnp.array, start))
 
     def update_fn(
@@ -98,6 +110,29 @@ def sp_penalty(
         return new, state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_like(anchor: PyTree, params: PyTree) -> None:
+    """Raises a ValueError at the first path where ``anchor`` differs from ``params``.
+
+    A missing or extra leaf, or a leaf of another shape, names that path and
+    both shapes: ``w - w0`` would otherwise broadcast (a (1,) parameter
+    against a (1, 3) anchor gives a (1, 3) update) or fail deep inside jit.
+    """
+    mine = {path_str(p): jnp.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    theirs = {path_str(p): jnp.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(anchor)}
+    for path in [*mine, *(p for p in theirs if p not in mine)]:  # params' order first
+        want, got = mine.get(path, "missing"), theirs.get(path, "missing")
+        if want != got:
+            raise ValueError(
+                f"sp_penalty: pretrained differs from the params at {path!r}: "
+                f"params {want}, pretrained {got}"
+            )
+    if jax.tree.structure(anchor) != jax.tree.structure(params):
+        raise ValueError(
+            "sp_penalty: pretrained has the params' paths and shapes but another tree "
+            f"structure: {jax.tree.structure(anchor)} vs {jax.tree.structure(params)}"
+        )
 
 
 def l2_sp(

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import optax
 
 from medft_jax.models.blocks import BlockPartition
+from medft_jax.strategies.checks import is_concrete_number, require_int
 from medft_jax.strategies.freeze import HEAD, map_paths, staged
 from medft_jax.strategies.lr import layerwise_decay_factors, scale_by_label
 from medft_jax.strategies.rgn import RGN_MODES, Prepass, scale_by_rgn
@@ -169,16 +170,47 @@ def _rgn_streams(o: Options) -> bool:
     return o.rgn_mode == "stream" and not o.rgn_per_step
 
 
+def _check_rgn(o: Options) -> None:
+    """Auto-RGN's options, named as ``make`` takes them (not as ``scale_by_rgn`` does)."""
+    require_int("make('auto_rgn')", "rgn_estimate_steps", o.rgn_estimate_steps, 1)
+    if not (is_concrete_number(o.rgn_eps) and o.rgn_eps >= 0):
+        raise ValueError(f"make('auto_rgn'): rgn_eps must be a number >= 0, got {o.rgn_eps!r}")
+
+
 def _rgn_prepass(o: Options) -> Prepass | None:
     """The reference's ``islice(loader, 5)`` before each epoch: no more batches than it has."""
     if o.rgn_mode != "prepass":
         return None
-    if o.rgn_estimate_steps < 1:
-        raise ValueError(
-            f"make('auto_rgn'): rgn_estimate_steps must be >= 1, got {o.rgn_estimate_steps}"
-        )
-    batches, spe = o.rgn_estimate_steps, o.steps_per_epoch
+    _check_rgn(o)
+    batches, spe = int(o.rgn_estimate_steps), o.steps_per_epoch
     return Prepass(batches if spe is None else min(batches, spe), o.rgn_eps)
+
+
+def _rgn_adam(o: Options, layout: Layout) -> optax.GradientTransformation:
+    """Adam's update of each tensor scaled by its normalised RGN."""
+    del layout
+    _check_rgn(o)
+    return scale_by_rgn(
+        _adam(o),
+        o.steps_per_epoch,
+        estimate_steps=o.rgn_estimate_steps,
+        mode=o.rgn_mode,
+        per_step=o.rgn_per_step,
+        eps=o.rgn_eps,
+    )
+
+
+def _llrd_adam(o: Options, layout: Layout) -> optax.GradientTransformation:
+    """Adam, each block's update times ``lr_decay ** (blocks above it)``."""
+    if not (is_concrete_number(o.lr_decay) and 0 < o.lr_decay <= 1):
+        raise ValueError(f"make('llrd'): lr_decay must be in (0, 1], got {o.lr_decay!r}")
+    return optax.chain(
+        _adam(o),
+        scale_by_label(
+            map_paths(layout.partition.block_of),
+            layerwise_decay_factors(layout.partition.names, o.lr_decay),
+        ),
+    )
 
 
 def _surgical_starts(o: Options, blocks: tuple[str, ...]) -> Starts:
@@ -220,14 +252,7 @@ PAPER: dict[str, Spec] = {
     "auto_rgn": Spec(  # Adam's update of each tensor scaled by its normalised RGN
         "Auto-RGN",
         starts=_every_block(0),
-        optimizer=lambda o, layout: scale_by_rgn(
-            _adam(o),
-            o.steps_per_epoch,
-            estimate_steps=o.rgn_estimate_steps,
-            mode=o.rgn_mode,
-            per_step=o.rgn_per_step,
-            eps=o.rgn_eps,
-        ),
+        optimizer=_rgn_adam,
         needs_steps=_rgn_streams,
         prepass=_rgn_prepass,
     ),
@@ -237,15 +262,7 @@ PAPER: dict[str, Spec] = {
 EXTRAS: dict[str, Spec] = {
     "surgical": Spec("Surgical", starts=_surgical_starts, optimizer=_staged_adam),
     "llrd": Spec(  # Adam, each block's update times lr_decay ** (blocks above it)
-        "LLRD",
-        starts=_every_block(0),
-        optimizer=lambda o, layout: optax.chain(
-            _adam(o),
-            scale_by_label(
-                map_paths(layout.partition.block_of),
-                layerwise_decay_factors(layout.partition.names, o.lr_decay),
-            ),
-        ),
+        "LLRD", starts=_every_block(0), optimizer=_llrd_adam
     ),
     "bitfit": Spec(  # biases and norm affine parameters (+ the head) only
         "BitFit",

@@ -1,0 +1,68 @@
+"""Argument checks shared by the strategies' transformations and :func:`.build.make`.
+
+Two rules run through them. A check runs only on *concrete* Python or
+numpy values: under ``optax.inject_hyperparams`` a numeric hyperparameter
+arrives as a jax array (a tracer under ``jit``), and ``if x < 0`` on a
+tracer raises ``TracerBoolConversionError``; optax's own transformations
+(``add_decayed_weights``) do no range checks at all, so an injected value
+is left to the caller here too. And counts of steps or epochs must be true
+integers: a fractional one would be truncated in one place (the optimizer's
+start step) and used as is in another (the schedule's epochs), so the two
+would disagree about when a block unfreezes.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_concrete_number(value: Any) -> bool:
+    """Whether ``value`` is a Python or numpy real number (not a jax array or tracer, not bool)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and np.issubdtype(value.dtype, np.number)
+    return isinstance(value, numbers.Real)
+
+
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is a Python or numpy integer (``bool`` excluded: ``True`` is no count)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, (numbers.Integral, np.integer))
+
+
+def require_int(where: str, name: str, value: Any, minimum: int) -> int:
+    """``value`` as an ``int`` if it is an integer >= ``minimum``, else a ValueError naming it.
+
+    One message for both faults (a fraction, a string, a bool; too small),
+    so the caller learns the argument and its valid range at once.
+    """
+    if not is_integer(value) or value < minimum:
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def require_learning_rate(where: str, value: Any) -> None:
+    """A learning rate is a positive number or a schedule (a callable of the step count).
+
+    A negative rate would ascend the loss and a zero one train nothing; both
+    run without complaint, so they are refused here. A jax array (e.g. an
+    injected hyperparameter) is not checked.
+    """
+    if callable(value):
+        return
+    if is_concrete_number(value):
+        if not float(value) > 0:  # also refuses NaN
+            raise ValueError(f"{where}: learning_rate must be > 0, got {value!r}")
+        return
+    if isinstance(value, jax.Array):
+        return
+    raise ValueError(
+        f"{where}: learning_rate must be a number > 0 or a schedule (a callable), "
+        f"got {type(value).__name__} {value!r}"
+    )
