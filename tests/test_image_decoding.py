@@ -7,6 +7,7 @@ files pydicom's wheel ships), and goes through the one decoding path that
 
 from __future__ import annotations
 
+import shutil
 import struct
 import sys
 import zlib
@@ -721,3 +722,25 @@ def test_dicom_size_refused_from_the_header(tmp_path, rows, columns, message):
     ds.save_as(path)
     with pytest.raises(DataError, match=rf"a\.dcm: {message}"):
         open_image(path)
+
+
+def test_folder_lists_every_readable_format_and_says_what_it_left_out(tmp_path, capsys):
+    from medft_jax.data.folder import parse_folder
+
+    root = tmp_path / "imgs"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i, suffix in enumerate((".png", ".pgm", ".webp", ".gif")):
+            Image.new("L", (8, 8), 40 * i).save(root / name / f"{i}{suffix}")
+        # A PACS export: DICOM files named without a suffix, or by UID.
+        shutil.copy(get_testdata_file("MR_small.dcm"), root / name / "IM0001")
+        shutil.copy(get_testdata_file("MR_small.dcm"), root / name / "1.2.840.10008.3")
+    (root / "a" / "notes.txt").write_text("scanner settings")
+    (root / "b" / "Thumbs.db").write_bytes(b"\0" * 200)
+    _, splits = parse_folder(root)
+    listed = sorted(ex.id for ex in splits["train"] + splits["val"] + splits["test"])
+    assert len(listed) == 12 and "a/IM0001" in listed and "b/1.2.840.10008.3" in listed
+    assert "a/2.webp" in listed and "b/1.pgm" in listed
+    err = capsys.readouterr().err
+    assert f"note: {root}: 2 file(s) that are not images left out (.db 1, .txt 1)" in err
+    assert open_image(root / "a" / "IM0001").size == (64, 64)

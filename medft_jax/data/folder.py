@@ -19,8 +19,11 @@ they stay inside ``<root>`` (see :mod:`medft_jax.data.paths`).
 from __future__ import annotations
 
 import os
+import sys
+from collections import Counter
 from pathlib import Path
 
+from medft_jax.data import dicom
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, carve_examples
 from medft_jax.data.images import IMAGE_SUFFIXES
@@ -72,7 +75,7 @@ def _check_nothing_left_out(root: Path, splits: dict[str, list[Example]]) -> Non
     for folder in sub_folders(root, root):
         if folder.name.lower() in SPLIT_NAMES:
             continue
-        images = scan_files(root, folder, IMAGE_SUFFIXES)
+        images = image_files(root, folder)
         left = [p for p in images if os.path.realpath(p) not in reached]
         if left:
             raise DataError(
@@ -95,13 +98,38 @@ def _classes(root: Path, base: Path) -> list[str]:
     return names
 
 
-def _scan(root: Path, base: Path, class_names: list[str], split: str) -> list[Example]:
+def image_files(base: Path, folder: Path, others: Counter[str] | None = None) -> list[Path]:
+    """The images under ``folder``: by suffix (:data:`IMAGE_SUFFIXES`), or any file
+    with the DICOM marker (PACS exports name files ``IM0001`` or by UID).
+
+    Every other file is counted in ``others`` by suffix, so that the user
+    hears that it was left out.
+    """
+    images = []
+    for p in scan_files(base, folder):
+        if p.suffix.lower() in IMAGE_SUFFIXES or _dicom_marked(p):
+            images.append(p)
+        elif others is not None:
+            others[p.suffix.lower() or "(no suffix)"] += 1
+    return images
+
+
+def _dicom_marked(path: Path) -> bool:
+    try:
+        return dicom.is_dicom(path)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _scan(
+    root: Path, base: Path, class_names: list[str], split: str, others: Counter[str]
+) -> list[Example]:
     examples = []
     for label, name in enumerate(class_names):
         folder = root / name
         if not folder.is_dir():
             continue
-        files = scan_files(base, folder, IMAGE_SUFFIXES)
+        files = image_files(base, folder, others)
         if not files and split == "train":
             raise DataError(f"class folder {folder} is empty; expected {'/'.join(IMAGE_SUFFIXES)}")
         examples += [Example(p, label, p.relative_to(base).as_posix()) for p in files]
@@ -109,6 +137,15 @@ def _scan(root: Path, base: Path, class_names: list[str], split: str) -> list[Ex
     if extra:
         raise DataError(f"{root}: folder(s) {extra} are not classes of train {class_names}")
     return examples
+
+
+def _say_left_out(root: Path, others: Counter[str]) -> None:
+    if others:
+        each = ", ".join(f"{suffix} {n}" for suffix, n in sorted(others.items()))
+        print(
+            f"note: {root}: {sum(others.values())} file(s) that are not images left out ({each})",
+            file=sys.stderr,
+        )
 
 
 def parse_folder(
@@ -119,10 +156,12 @@ def parse_folder(
     if not root.is_dir():
         raise DataError(f"--manual-dir {root} is not a directory")
     folders = _split_folders(root)
+    others: Counter[str] = Counter()
     if folders:
         class_names = _classes(folders["train"], root)
-        given = {s: _scan(p, root, class_names, s) for s, p in folders.items()}
+        given = {s: _scan(p, root, class_names, s, others) for s, p in folders.items()}
         _check_nothing_left_out(root, given)
+        _say_left_out(root, others)
         train = given["train"]
         if "test" not in given:
             train, given["test"] = carve_examples(train, test_fraction, seed, stratify=True)
@@ -131,7 +170,8 @@ def parse_folder(
         given["train"] = train
         return class_names, {s: given[s] for s in SPLIT_DIRS}
     class_names = _classes(root, root)
-    examples = _scan(root, root, class_names, "train")
+    examples = _scan(root, root, class_names, "train", others)
+    _say_left_out(root, others)
     rest, test = carve_examples(examples, test_fraction, seed, stratify=True)
     rest, val = carve_examples(rest, val_fraction, seed + 1, stratify=True)
     return class_names, {"train": rest, "val": val, "test": test}

@@ -43,7 +43,22 @@ from medft_jax.data.pixels import (
 )
 from medft_jax.data.preprocess import EIGHT_BIT_MODES, resize_and_crop
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", *dicom.DICOM_SUFFIXES)
+IMAGE_SUFFIXES = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".pgm",
+    ".ppm",
+    ".pnm",
+    ".webp",
+    ".gif",
+    *dicom.DICOM_SUFFIXES,
+)
+"""What a ``folder`` dataset lists as images by name; a file of any other name is
+listed when it carries the DICOM marker (:func:`medft_jax.data.folder.image_files`)."""
 
 DECODING_VERSION = 4
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
