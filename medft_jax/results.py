@@ -249,7 +249,33 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise RecordError(f"{path}: not a readable run record ({e})") from e
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise RecordError(f"{path}: not a run record (expected a JSON object with a 'config')")
+    _check_folder(path, record["config"])
     return record
+
+
+_HASHED_FOLDER = re.compile(rf"-([0-9a-f]{{{HASH_CHARS}}})$")
+
+
+def _check_folder(path: Path, config: dict[str, Any]) -> None:
+    """Refuses a record whose config is not the run its folder is named after.
+
+    A run's folder ends in its config's hash; an edited config (another lr,
+    more epochs) would otherwise be reported, and skipped by ``run``, as
+    the run it no longer is. A folder not named by a hash (a record copied
+    elsewhere by hand) is not checked.
+    """
+    named = _HASHED_FOLDER.search(path.parent.name)
+    if named is None:
+        return
+    try:
+        actual = config_hash(config)
+    except (TypeError, ValueError) as e:
+        raise RecordError(f"{path}: config cannot be hashed ({e})") from None
+    if actual != named.group(1):
+        raise RecordError(
+            f"{path}: its config hashes to {actual}, not the {named.group(1)} its folder is "
+            "named after; the record was edited or moved: restore it, or rerun with --force"
+        )
 
 
 def load_records(out_dir: str | Path) -> list[dict[str, Any]]:

@@ -121,6 +121,25 @@ def test_load_records_skips_temp_files_and_names_a_corrupt_one(tmp_path):
         results.load_records(tmp_path / "nowhere")
 
 
+def test_a_record_edited_away_from_its_folder_is_refused(tmp_path):
+    path = results.record_path(tmp_path, CONFIG)
+    results.write_record(path, {"config": CONFIG})
+    assert results.read_record(path)["config"] == CONFIG
+    edited = json.loads(path.read_text())
+    edited["config"]["lr"] = 1e-3  # another run now, in the first one's folder
+    path.write_text(json.dumps(edited))
+    now, named = results.config_hash(edited["config"]), results.config_hash(CONFIG)
+    with pytest.raises(
+        RecordError,
+        match=rf"{re.escape(str(path))}: its config hashes to {now}, not the {named} its folder",
+    ):
+        results.load_records(tmp_path)
+    # A record copied by hand into a folder of another name is read as it is.
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "record.json").write_text(json.dumps(edited))
+    assert results.read_record(tmp_path / "kept" / "record.json")["config"]["lr"] == 1e-3
+
+
 # --- mean and standard error -----------------------------------------------------------------
 
 
