@@ -20,6 +20,9 @@ its failure note already there, or trained up to its step budget."""
 BUSY, DIVERGED, UNAVAILABLE = "busy", "diverged", "unavailable"
 """Outcomes that leave the run to later: another process holds it, its loss became
 non-finite (a note is written), its dataset could not be loaded."""
+UNRESUMABLE = "cannot resume"
+"""The run's resume checkpoint is damaged: it is left as it is (no note, the run stays
+to do) for the user to start the run over; the other runs are not affected."""
 DISK_FULL, OUT_OF_MEMORY = "disk full", "out of memory"
 """Outcomes that end the session: every later run would fail the same way."""
 FATAL = (DISK_FULL, OUT_OF_MEMORY)

@@ -9,8 +9,10 @@ compiled steps built once (:class:`medft_jax.fit.TrainerKey`). :meth:`Session.ru
 load and identify (the data and weights fingerprints), skip what is done,
 train (:func:`medft_jax.fit.run_one`), and turn every way a run can end
 into an :class:`Outcome`. A diverged run leaves a ``failed.json`` note, a
-run another process holds is skipped, and a full disk or an exhausted
-device memory ends the session (every later run would fail the same way).
+run another process holds is skipped, a run whose resume checkpoint is
+damaged is left as it is (``cannot resume``: no note, since only the user
+can decide to start it over), and a full disk or an exhausted device memory
+ends the session (every later run would fail the same way).
 The command lines only print outcomes.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 import jax
 
 from medft_jax import fit, results
+from medft_jax.checkpoints.run import ResumeError
 from medft_jax.config import RunConfig
 from medft_jax.data import DataError
 from medft_jax.data.options import task_options
@@ -37,6 +40,7 @@ from medft_jax.outcomes import (
     SKIPPED,
     STOPPED,
     UNAVAILABLE,
+    UNRESUMABLE,
     Outcome,
     fatal_kind,
 )
@@ -163,6 +167,8 @@ class Session:
             return Outcome(config, UNAVAILABLE, error=str(e), exception=e)
         except RunLocked as e:
             return Outcome(config, BUSY, error=str(e), exception=e)
+        except ResumeError as e:  # this run's files, not the session's: the others can go on
+            return Outcome(config, UNRESUMABLE, error=str(e), exception=e)
         except Exception as e:
             fatal = fatal_kind(e)
             if fatal is None:

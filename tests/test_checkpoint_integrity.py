@@ -524,3 +524,83 @@ def test_predict_cli_on_damaged_checkpoint_prints_one_line(ck, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     assert _one_error_line(proc.stderr).startswith(f"{ck}: the checkpoint's arrays cannot be read")
+
+
+# --- a damaged array file of a small model: orbax wraps tensorstore's error -----------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_saved(tmp_path_factory) -> Path:
+    """A resnet_tiny model checkpoint: its arrays are small enough that orbax reads each
+    in one piece and wraps tensorstore's read error in a bare ``Exception``."""
+    variables = _random_variables("resnet_tiny", 3)
+    meta = {**META, "arch": "resnet_tiny", "resize_size": 36, "crop_size": 32}
+    folder = tmp_path_factory.mktemp("tiny") / "ck"
+    return save_model(folder, variables["params"], variables["batch_stats"], meta)
+
+
+def _damage_array_file(ck: Path, damage: str) -> None:
+    """Truncates or deletes the largest OCDBT data file (``state/ocdbt.process_0/d/*``)."""
+    files = [p for p in (ck / "state" / "ocdbt.process_0" / "d").iterdir() if p.is_file()]
+    data = max(files, key=lambda p: p.stat().st_size)
+    if damage == "truncate":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    else:
+        data.unlink()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_array_file_under_ocdbt_is_one_line_from_load_predict_and_run(
+    tiny_saved, tmp_path, capsys, damage
+):
+    from experiments import run as run_cli
+
+    ck = Path(shutil.copytree(tiny_saved, tmp_path / "ck"))
+    _damage_array_file(ck, damage)
+    with pytest.raises(CheckpointError) as e:
+        load_model(ck)
+    msg = str(e.value)
+    assert msg.startswith(f"{ck}: the checkpoint's arrays cannot be read") and "\n" not in msg
+    assert "Error reading" in msg and "TensorStore(" not in msg and len(msg) < 500
+
+    assert predict.main(["--checkpoint", str(ck), "--images", "x.png"]) == 2
+    assert _one_error_line(capsys.readouterr().err).startswith(f"{ck}: the checkpoint's arrays")
+
+    out = tmp_path / "out" / "runs"  # two folders the command would create
+    argv = ["--strategy", "lp", "--dataset", "demo", "--arch", "resnet_tiny", "--weights"]
+    argv += [str(ck), "--image-size", "32", "--batch-size", "8", "--epochs", "1"]
+    assert run_cli.main([*argv, "--no-progress", "--out", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"{ck}: the checkpoint's arrays cannot be read")
+    assert not (tmp_path / "out").exists()  # nothing half-written, not even the folder
+
+
+def test_only_read_errors_wrapped_by_orbax_count_as_a_damaged_checkpoint(tiny_saved, monkeypatch):
+    """Orbax wraps whatever fails in a read (its ``except BaseException``); a bug stays one."""
+    import orbax.checkpoint as ocp
+
+    from medft_jax.checkpoints.model import storage_read_error
+
+    def wrapped(inner: BaseException) -> Exception:
+        try:
+            try:
+                raise inner
+            except BaseException as e:
+                raise Exception("Encountered error while reading array index: (0,)") from e
+        except Exception as outer:
+            return outer
+
+    ts = ValueError('OUT_OF_RANGE: Error reading "params.fc.kernel/0" in OCDBT database')
+    assert storage_read_error(wrapped(ts)) is ts
+    assert storage_read_error(wrapped(TypeError("unsupported operand"))) is None
+    assert storage_read_error(wrapped(ValueError("shapes (3,) and (4,) differ"))) is None
+
+    bug = wrapped(TypeError("unsupported operand"))
+
+    def restore(*a, **k):
+        raise bug
+
+    monkeypatch.setattr(ocp.Checkpointer, "restore", restore)
+    with pytest.raises(Exception) as e:
+        load_model(tiny_saved)
+    assert e.value is bug  # not a CheckpointError: the traceback is what a bug needs

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -696,3 +697,129 @@ def test_port_force_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path):
     assert (thesis / "chapter1.tex").read_text() == "months of work"
     ck = save_model(tmp_path / "ck", params, {}, {"arch": "resnet50", "num_classes": 2})
     save_model(ck, params, {}, {"arch": "resnet50", "num_classes": 2}, force=True)  # ours: fine
+
+
+# --- a damaged resume checkpoint ---------------------------------------------------------------
+
+RUN_ARGV = ["--strategy", "lp", "--dataset", "demo", "--arch", "resnet_tiny", "--weights", "none"]
+RUN_ARGV += ["--image-size", "32", "--batch-size", "8", "--epochs", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory) -> tuple[Path, fit.RunConfig]:
+    """``experiments.run RUN_ARGV``'s run stopped after 3 steps, as a killed run leaves it:
+    a resume checkpoint (step 3) and no record. Its config is the command line's own."""
+    from experiments import run as run_cli
+    from medft_jax.session import Session
+
+    out = tmp_path_factory.mktemp("killed") / "runs"
+    [config] = run_cli.make_configs(run_cli.build_parser().parse_args(RUN_ARGV))
+    outcome = Session(out).run(config, stop_after_steps=3)
+    assert outcome.kind == "stopped", outcome.error
+    run = results.run_dir(out, outcome.config.to_dict())
+    assert (run / "checkpoints" / "3").is_dir() and not (run / "record.json").exists()
+    return out, outcome.config
+
+
+def _truncate(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def _largest(folder: Path) -> Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+RESUME_DAMAGE = {
+    "progress truncated": (
+        lambda step: _truncate(step / "progress" / "metadata", 200),
+        "3/progress/metadata: unreadable JSON, truncated?",
+    ),
+    "progress empty": (
+        lambda step: _truncate(step / "progress" / "metadata", 0),
+        "3/progress/metadata: unreadable JSON, truncated? empty",
+    ),
+    "array file truncated": (
+        lambda step: _truncate(_largest(step / "state"), 1000),
+        "3/state: files there are truncated, missing or corrupted: OUT_OF_RANGE",
+    ),
+    "array file deleted": (
+        lambda step: _largest(step / "state").unlink(),
+        "3/state: files there are truncated, missing or corrupted: ",
+    ),
+    "state metadata truncated": (
+        lambda step: _truncate(step / "state" / "_METADATA", 100),
+        "3/state: files there are truncated, missing or corrupted: ",
+    ),
+    "state deleted": (lambda step: shutil.rmtree(step / "state"), "3/state: missing"),
+}
+
+
+@pytest.mark.parametrize("damage", list(RESUME_DAMAGE))
+def test_a_damaged_resume_checkpoint_is_one_line_that_touches_nothing(
+    killed_run, tmp_path, capsys, damage
+):
+    """Refused, not resumed from garbage nor started over: the user decides (``--force``)."""
+    from experiments import run as run_cli
+    from medft_jax.session import Session
+
+    out = Path(shutil.copytree(killed_run[0], tmp_path / "runs"))
+    run = results.run_dir(out, killed_run[1].to_dict())
+    harm, detail = RESUME_DAMAGE[damage]
+    harm(run / "checkpoints" / "3")
+    before = _snapshot(out)
+
+    o = Session(out).run(killed_run[1])
+    assert o.kind == "cannot resume" and isinstance(o.exception, checkpoint.ResumeError)
+    head = f"{run / 'checkpoints'}: the run cannot be resumed, its checkpoint is damaged ("
+    assert o.error.startswith(head + detail), o.error
+    assert o.error.endswith(
+        "; start the run over with experiments.run --force, or by deleting that folder"
+    )
+    assert "\n" not in o.error and "TensorStore(" not in o.error and len(o.error) < 600
+    assert _snapshot(out) == before
+
+    assert run_cli.main([*RUN_ARGV, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {head}{detail}"), err
+    assert _snapshot(out) == before
+
+
+def test_a_bug_while_resuming_keeps_its_traceback(killed_run, tmp_path, monkeypatch):
+    """Only a failed read of the stored bytes is a damaged checkpoint, not any exception."""
+    from medft_jax.session import Session
+
+    out = Path(shutil.copytree(killed_run[0], tmp_path / "runs"))
+
+    def restore(*a, **k):
+        try:
+            raise TypeError("a bug")
+        except TypeError as e:  # as orbax wraps whatever fails in a read
+            raise Exception("Encountered error while reading array index: (0,)") from e
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
+    with pytest.raises(Exception, match="Encountered error") as e:
+        Session(out).run(killed_run[1])
+    assert isinstance(e.value.__cause__, TypeError)
+
+
+@pytest.mark.slow
+def test_sweep_notes_a_run_it_cannot_resume_and_goes_on(tmp_path, capsys):
+    """One damaged run of a long grid should not hold up the rest: the sweep goes on,
+    and ends with exit 1 and the error repeated."""
+    from medft_jax import grid as grid_lib
+    from medft_jax.session import Session
+
+    grid = _grid(tmp_path, lrs=(1e-3, 1e-4), epochs=2)
+    out = tmp_path / "runs"
+    first, second = _grid_run_dirs(grid, out)
+    config = grid_lib.load_grid(grid).configs()[0]
+    assert Session(out).run(config, stop_after_steps=1).kind == "stopped"
+    _truncate(next((first / "checkpoints").iterdir()) / "progress" / "metadata", 200)
+    assert sweep_cli.main(["--config", str(grid), "--out", str(out)]) == 1
+    cap = capsys.readouterr()
+    assert f"[1/2] {first.name}: cannot resume (damaged checkpoint), skipped" in cap.out
+    assert f"[2/2] {second.name}: done in" in cap.out
+    assert "1 run now" in cap.out and "1 cannot resume, 1 not run" in cap.out
+    assert cap.err.count("\n") == 1
+    assert cap.err.startswith(f"error: {first / 'checkpoints'}: the run cannot be resumed")
+    assert (second / "record.json").is_file() and not (first / "record.json").exists()

@@ -285,10 +285,15 @@ def _restore_state(directory: Path) -> dict[str, Any]:
             restored = ckptr.restore(
                 directory, ocp.args.Composite(state=ocp.args.StandardRestore())
             )
-    except (ValueError, OSError, EOFError) as e:
+    except Exception as e:
+        # Orbax raises a read error itself, or wraps tensorstore's in a bare Exception
+        # ("Encountered error while reading array index"); anything else is a bug.
+        cause = e if isinstance(e, (ValueError, OSError, EOFError)) else storage_read_error(e)
+        if cause is None:
+            raise
         raise CheckpointError(
             f"{directory}: the checkpoint's arrays cannot be read; files under state/ are "
-            f"truncated, missing or corrupted ({_short(e)})"
+            f"truncated, missing or corrupted ({_short(cause)})"
         ) from None
     state = restored["state"]
     if not isinstance(state, Mapping) or not isinstance(state.get("params"), Mapping):
@@ -296,8 +301,42 @@ def _restore_state(directory: Path) -> dict[str, Any]:
     return dict(state)
 
 
+_TENSORSTORE_STATUS = re.compile(
+    r"^(?:DATA_LOSS|OUT_OF_RANGE|FAILED_PRECONDITION|NOT_FOUND|INVALID_ARGUMENT|UNKNOWN|"
+    r"INTERNAL|ABORTED|UNAVAILABLE|PERMISSION_DENIED):"
+)
+"""How tensorstore's errors begin: an absl status code (it raises them as ValueError)."""
+
+
+def storage_read_error(err: BaseException) -> BaseException | None:
+    """The error in ``err``'s chain that says stored bytes could not be read, else None.
+
+    Orbax re-raises a failed array read as a bare ``Exception`` whose cause is
+    tensorstore's ``ValueError`` (``OUT_OF_RANGE: Error reading "params.x/0"
+    ...``, a truncated zstd stream, a missing chunk); its JSON items fail with
+    ``json.JSONDecodeError`` and missing files with ``OSError``. Those mean a
+    damaged checkpoint. Matching them by kind and by tensorstore's status prefix,
+    not "any exception", keeps a genuine bug (a TypeError in our code, or one
+    orbax wraps the same way) a traceback.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError)):
+            return e
+        if isinstance(e, ValueError) and _TENSORSTORE_STATUS.match(str(e)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+_OCDBT_WHERE = re.compile(r' in OCDBT database at local file "[^"]*"')
+"""Where tensorstore says the array lives: the checkpoint folder, which the line names."""
+
+
 def _short(err: BaseException) -> str:
-    text = one_line(err).split(" [tensorstore_spec=")[0]
+    text = _OCDBT_WHERE.sub("", one_line(err).split(" [tensorstore_spec=")[0])
     text = text or type(err).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 

@@ -30,6 +30,7 @@ says it all (:func:`quiet_reported_failures`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -39,15 +40,41 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from medft_jax.checkpoints.model import load_model, quiet_reported_failures, save_model
-from medft_jax.errors import naming_os_errors, os_errno_in
+from medft_jax.checkpoints.model import (
+    _short,
+    load_model,
+    quiet_closed_event_loop,
+    quiet_reported_failures,
+    save_model,
+    storage_read_error,
+)
+from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
 
-__all__ = ["RunCheckpoints", "naming_os_errors", "os_errno_in", "quiet_reported_failures"]
+__all__ = [
+    "ResumeError",
+    "RunCheckpoints",
+    "naming_os_errors",
+    "os_errno_in",
+    "quiet_reported_failures",
+]
 
 _NEW_BEST = ".best.new"
 _OLD_BEST = ".best.old"
 """Where :meth:`RunCheckpoints.save_best` writes the next best, and puts the previous one
 while it swaps them."""
+
+
+_PROGRESS_FILE = ("progress", "metadata")
+"""Where orbax's JsonSave puts the ``progress`` item, relative to a step's folder."""
+
+
+class ResumeError(UserError):
+    """A run's resume checkpoint is damaged: the run cannot go on from it.
+
+    Its own kind, not a bare :class:`UserError`, because a sweep notes the run
+    and goes on with the others (only this run needs the user), while
+    ``experiments.run`` stops with this one line (exit 2).
+    """
 
 
 class RunCheckpoints:
@@ -111,29 +138,78 @@ class RunCheckpoints:
         # donates the device buffers of ``state``.
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
-        """``(state, progress)`` of the latest save, or None if there is none."""
+        """``(state, progress)`` of the latest save, or None if there is none.
+
+        A damaged save (a truncated or deleted file: a disk error, a copy cut
+        short, a hand edit) raises :class:`ResumeError`, one line naming the file
+        or folder. The run is refused rather than resumed from an older save or
+        started over: orbax keeps only the latest step, and starting over would
+        delete the run's progress and best checkpoint without being asked.
+        """
         step = self._manager.latest_step()
         if step is None:
             return None
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_as_dict(abstract_state)),
-                progress=ocp.args.JsonRestore(),
-            ),
-        )
+        progress = self._read_progress(step)
+        step_dir = self.latest_dir / str(step)
+        if not (step_dir / "state").is_dir():
+            raise self._damaged(step_dir / "state", "missing")
+        quiet_closed_event_loop()
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(_as_dict(abstract_state))),
+            )
+        except Exception as e:
+            cause = storage_read_error(e)
+            if cause is None:  # not a read of stored bytes: a bug keeps its traceback
+                raise
+            raise self._damaged(
+                step_dir / "state",
+                f"files there are truncated, missing or corrupted: {_short(cause)}",
+            ) from None
         state = abstract_state.replace(**restored["state"])
-        return state, dict(restored["progress"])
+        return state, progress
 
     def read_progress(self) -> dict[str, Any] | None:
-        """The JSON ``progress`` of the latest save (no state restored), or None."""
+        """The JSON ``progress`` of the latest save (no state restored), or None.
+
+        A damaged progress file raises :class:`ResumeError`, as when resuming.
+        """
         step = self._manager.latest_step()
         if step is None:
             return None
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())
+        return self._read_progress(step)
+
+    def _read_progress(self, step: int) -> dict[str, Any]:
+        """The ``progress`` item of ``step``, read directly (as orbax's JsonRestore does)
+        so that a truncated or missing file is named in the error."""
+        path = self.latest_dir.joinpath(str(step), *_PROGRESS_FILE)
+        try:
+            progress = json.loads(path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            raise self._damaged(path, "missing") from None
+        except OSError as e:
+            raise self._damaged(path, f"cannot be read: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise self._damaged(path, "not UTF-8 text") from None
+        except json.JSONDecodeError as e:
+            what = "empty" if not e.doc.strip() else f"{e.msg} at line {e.lineno} column {e.colno}"
+            raise self._damaged(path, f"unreadable JSON, truncated? {what}") from None
+        if not isinstance(progress, dict):
+            raise self._damaged(path, f"a JSON {type(progress).__name__}, expected an object")
+        return progress
+
+    def _damaged(self, where: Path, detail: str) -> ResumeError:
+        """The one line for a resume checkpoint that cannot be read, and what to do.
+
+        It names the run's checkpoints folder (the thing to delete) and, inside it,
+        the file or item found damaged.
+        """
+        return ResumeError(
+            f"{self.latest_dir}: the run cannot be resumed, its checkpoint is damaged "
+            f"({where.relative_to(self.latest_dir)}: {one_line(detail)}); start the run over "
+            "with experiments.run --force, or by deleting that folder"
         )
-        return dict(restored["progress"])
 
     def save_best(self, variables: dict[str, Any], metadata: dict[str, Any]) -> None:
         """Writes the best parameters as a model checkpoint (replacing the previous best).
