@@ -8,6 +8,12 @@ already exists, unless ``--force``) and its best parameters as a model
 checkpoint beside it. With several seeds (and ``--lr-grid``), the learning
 rate is chosen by the mean validation primary metric and the test metrics
 at that rate are printed as mean ± standard error over seeds.
+
+Exit status: 0 every run done (or skipped because its record exists), 1 a
+run diverged or ran out of device memory or disk, 2 bad input (one
+``error:`` line, nothing written), 75 (EX_TEMPFAIL, "try again later") a
+run skipped because another process is running it now, so it has no
+record yet; a failure's 1 takes precedence over 75.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 from experiments.common import add_dataset_flags, dataset_options, local_options
 from medft_jax import results
 from medft_jax.config import RunConfig, check_config, flag_name
-from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
+from medft_jax.errors import EXIT_BUSY, ArgumentParser, UserError, cli_main, writable_dir
 from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_base, dataset_names
 from medft_jax.outcomes import BUSY, DIVERGED, OUT_OF_MEMORY, SKIPPED
 from medft_jax.report import aggregate
@@ -38,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m experiments.run",
         description="Fine-tune a pretrained CNN on a medical image task with one strategy.",
+        epilog="exit status: 0 done, or skipped because its record exists; 1 a run diverged "
+        "or ran out of memory or disk; 2 bad input; 75 a run skipped because another process "
+        "is running it (try again later)",
     )
     p.add_argument(
         "--strategy",
@@ -72,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"run every learning rate of {list(LR_GRID)} and choose by validation",
     )
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds, each once (default: 0)")
     p.add_argument("--epochs", type=int, help="maximum epochs (default 50; demo: 8)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--batch-size", type=int, help="global batch size (default 64; demo: 32)")
@@ -167,6 +176,12 @@ def make_configs(args: argparse.Namespace) -> list[Any]:
             "none or a model checkpoint folder"
         )
     d = _defaults(args)
+    twice = sorted({s for s in d["seeds"] if d["seeds"].count(s) > 1})
+    if twice:  # two runs of one (lr, seed) would be one run with two records, found at the end
+        raise UserError(
+            f"--seeds {' '.join(map(str, d['seeds']))}: seed {', '.join(map(str, twice))} "
+            "given twice; expected distinct seeds"
+        )
     lrs = list(LR_GRID) if args.lr_grid else [d["lr"]]
     configs = [
         RunConfig(
@@ -199,8 +214,9 @@ def format_table(rows: list[tuple[str, str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 done (or skipped), 1 a run diverged or ran out of memory or disk,
-    2 bad input (one ``error:`` line)."""
+    """Exit status: 0 done (or skipped: record exists), 1 a run diverged or ran out of memory
+    or disk, 2 bad input (one ``error:`` line), 75 a run skipped because another process
+    is running it (``EXIT_BUSY``, "try again later"; only when nothing else failed)."""
     return cli_main(_main, argv)
 
 
@@ -232,8 +248,9 @@ def _main(argv: Sequence[str] | None) -> int:
         o = session.run(config)
         if o.kind == SKIPPED:
             say(f"skipped: record exists (use --force): {session.path_of(o.config)}", flush=True)
-        elif o.kind == BUSY:
+        elif o.kind == BUSY:  # no record: a script `run && report` must not go on without it
             say(f"{o.name}: {o.error}, skipped", flush=True)
+            status = status or EXIT_BUSY
         elif o.kind == DIVERGED:  # noted in failed.json; the other learning rates go on
             print(f"error: {o.error}", file=sys.stderr)
             failed_lrs.add(config.lr)

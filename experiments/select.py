@@ -31,14 +31,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.config import check_value
-from medft_jax.errors import ArgumentParser, cli_main
+from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
 from medft_jax.grid import Grid
 from medft_jax.halving import Arm, rung_budgets, successive_halving, survivors, tiebreak_metric
 from medft_jax.report import collect
@@ -87,6 +89,14 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.seed is not None:
         check_value("seed", args.seed, "--seed")
     g, arms, max_epochs = _arms(args)
+    # Paths the end of the selection reads or writes, checked before hours of training.
+    if args.grid_runs is not None:
+        _check_grid_runs(args.grid_runs)
+    if args.json is not None:
+        _check_json_path(args.json)
+    writable_dir(args.out, "--out")
+    if args.data_dir is not None:
+        writable_dir(args.data_dir, "--data-dir")
     # The one import of JAX, here and not at the top: --help and a bad flag stay fast.
     from medft_jax.session import Session
 
@@ -105,6 +115,31 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.json:
         results.write_record(args.json, outcome)
     return 0
+
+
+def _check_grid_runs(path: str) -> None:
+    """Refuses a ``--grid-runs`` that is not a folder (its records are read after training)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"--grid-runs {path}: no such folder; expected the full grid's --out")
+    if not p.is_dir():
+        raise UserError(f"--grid-runs {path}: is a file; expected the full grid's --out folder")
+
+
+def _check_json_path(path: str) -> None:
+    """Refuses a ``--json`` that cannot become a file: a folder, or under a file or a
+    folder that cannot be written. Written last, a bad one would waste the whole selection;
+    nothing is created here (the write makes missing folders)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"--json {path}: is a folder; expected a file path")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--json {path}: {parent} is a file, expected a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"--json {path}: the folder {parent} is not writable")
+            return
 
 
 def _arms(args: argparse.Namespace) -> tuple[Grid, list[Arm], int]:

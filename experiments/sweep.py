@@ -15,9 +15,13 @@ other (see BUILD.md for a SLURM array and a TPU pod launch). A run whose
 loss diverges leaves a ``failed.json`` note and the sweep goes on; it is
 not retried unless ``--retry-failed``. A run another process is running
 (it holds the run folder's lock, :mod:`medft_jax.locks`) is skipped with
-one line, so two unsharded sweeps of one grid share it out. A full disk
-stops the sweep (exit status 1, one line naming the path): every later run
-would fail too; started again once space is freed, it resumes.
+one line, so two unsharded sweeps of one grid share it out. A run whose
+resume checkpoint is damaged is skipped with one line and the sweep goes
+on (exit status 1 at the end, the error repeated): one unreadable run of a
+long grid should not hold up the rest, and only the user can decide to
+start it over (``experiments.run --force``, or deleting its checkpoints).
+A full disk stops the sweep (exit status 1, one line naming the path):
+every later run would fail too; started again once space is freed, it resumes.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from medft_jax.outcomes import (
     FAILED_BEFORE,
     SKIPPED,
     UNAVAILABLE,
+    UNRESUMABLE,
     Outcome,
 )
 
@@ -138,12 +143,15 @@ def dry_run(g: Grid, runs: list[RunConfig], index: int, count: int, out: str) ->
                 totals["unknown"] += 1
             else:
                 totals["todo"] += seconds
-        run = results.run_name(config.to_dict())
-        print(f"{index + k * count:>5}  {state:<6}  {_duration(seconds):>8}  {run}")
+        print(f"{index + k * count:>5}  {state:<6}  {_duration(seconds):>8}  {_unhashed(config)}")
     unknown = f" (+{totals['unknown']} of unknown cost)" if totals["unknown"] else ""
     print(
         f"done {counts['done']}, failed {counts['failed']}, to run {counts['todo']}: "
         f"at most {_duration(totals['todo'])} of device time{unknown}"
+    )
+    print(
+        "a run's folder is its name with a hash in place of '*': the hash covers the data's "
+        "and the weights' contents too, so it is decided at run time"
     )
     if count > 1:
         per = []
@@ -163,6 +171,16 @@ def dry_run(g: Grid, runs: list[RunConfig], index: int, count: int, out: str) ->
         f"({', '.join(f'{a} {r:g} img/s' for a, r in grid_lib.REFERENCE_IMAGES_PER_S.items())} "
         "at 224 px)"
     )
+
+
+def _unhashed(config: RunConfig) -> str:
+    """``run_name`` with ``*`` for its hash: ``demo-resnet50-ft-lr0.001-s0-*``.
+
+    The hash in a run folder's name includes the data and weights fingerprints,
+    which only loading the data and locating the weights find out; a hash
+    computed without them would name a folder no run ever writes.
+    """
+    return results.run_name(config.to_dict()).rsplit("-", 1)[0] + "-*"
 
 
 def _duration(seconds: float | None) -> str:
@@ -204,7 +222,7 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         + (f" (shard {index}/{count} of {len(runs)})" if count > 1 else "")
         + f", results in {args.out}"
     )
-    tally = {kind: 0 for kind in (DONE, SKIPPED, FAILED_BEFORE, DIVERGED)}
+    tally = {kind: 0 for kind in (DONE, SKIPPED, FAILED_BEFORE, DIVERGED, UNRESUMABLE)}
     unavailable: set[str] = set()
     busy: set[str] = set()  # runs another process was running
     errors: list[str] = []
@@ -232,6 +250,8 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         if o.kind == BUSY:
             busy.add(o.name)
         say(f"{at} {o.name}: {_outcome_text(o)}")
+        if o.kind == UNRESUMABLE:  # only this run's files: the others go on, the exit says 1
+            errors.append(o.error)
         if o.fatal:  # every later run would fail the same way: stop (rerun resumes)
             errors.append(o.error)
             break
@@ -241,9 +261,10 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
     )
     left += len(mine) - len(identified)  # runs of datasets that were unavailable, or not reached
     running = f", {len(busy)} running in another process" if busy else ""
+    damaged = f", {tally[UNRESUMABLE]} cannot resume" if tally[UNRESUMABLE] else ""
     say(
         f"finished: {tally[DONE]} run now, {tally[SKIPPED] + tally[FAILED_BEFORE]} already done "
-        f"or failed before, {tally[DIVERGED]} diverged{running}, {left} not run"
+        f"or failed before, {tally[DIVERGED]} diverged{running}{damaged}, {left} not run"
     )
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
@@ -258,6 +279,8 @@ def _outcome_text(o: Outcome) -> str:
         return f"diverged ({o.error})"
     if o.kind == BUSY:
         return f"{o.error}, skipped"
+    if o.kind == UNRESUMABLE:
+        return "cannot resume (damaged checkpoint), skipped"
     if o.fatal:
         return f"stopped, {o.error}"
     r = o.record

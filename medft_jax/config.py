@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
 from medft_jax.errors import UserError
-from medft_jax.names import ARCHS, STRATEGIES, is_known_arch
+from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, is_known_arch
 
 PRECISIONS = ("fp32", "bf16")
 FROZEN_BN = ("update", "freeze")
@@ -132,7 +133,7 @@ def check_value(field: str, value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "an integer" if is_int else "a number"
         raise UserError(f"{name} must be {kind} in {span}, got {value!r}")
-    if is_int and not float(value).is_integer():
+    if is_int and not isinstance(value, int):  # 5.0 would be another run's hash than 5
         raise UserError(f"{name} must be an integer in {span}, got {value!r}")
     if not math.isfinite(value):
         raise UserError(f"{name} must be a finite number in {span}, got {value!r}")
@@ -157,6 +158,15 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
         raise UserError(f"{name('frozen_bn')} must be one of {', '.join(FROZEN_BN)}")
     if not isinstance(config.weights, str) or not config.weights:
         raise UserError(f"{name('weights')} must be auto, imagenet, none or a checkpoint folder")
+    # A path is looked up only when the run loads its weights, after its data: checked here,
+    # a typo fails a grid's --dry-run too, naming the key the user wrote, not a flag.
+    if config.weights not in WEIGHTS_CHOICES and not os.path.isdir(
+        os.path.expanduser(config.weights)
+    ):
+        raise UserError(
+            f"{name('weights')} {config.weights}: no such checkpoint folder; expected auto, "
+            "imagenet, none or a model checkpoint folder"
+        )
     for field in ("lr", "seed", "data_seed", "epochs", "patience", "batch_size", "image_size"):
         check_value(field, getattr(config, field), name(field))
     for key, value in config.strategy_options:

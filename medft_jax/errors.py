@@ -19,12 +19,17 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 EXIT_BAD_INPUT = 2
 """Exit status for bad input (argparse uses 2 for bad flags too)."""
 EXIT_FAILED = 1
 """Exit status for a run that could not finish for another reason (disk full, diverged)."""
+EXIT_BUSY = 75
+"""Exit status for a run skipped because another process holds it (``EX_TEMPFAIL`` of
+sysexits.h, "try again later"): a script ``run && report`` must not go on without the
+result, yet can tell this from a failure and retry."""
 
 _OS_REASONS = {
     errno.ENOSPC: "no space left on the device",
@@ -102,12 +107,16 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     ``KeyboardInterrupt`` -> exit 130 without a traceback. Anything else
     propagates: a real bug keeps its traceback.
     Every switch of :data:`SWITCHES` is checked first, so a malformed one
-    stops a command before it writes anything.
+    stops a command before it writes anything; a command that fails removes
+    the folders :func:`writable_dir` created for it if they are still empty.
     """
+    _created.clear()
+    status: int | None = None
     try:
         for name in SWITCHES:
             env_switch(name)
-        return main(argv)
+        status = main(argv)
+        return status
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -124,23 +133,48 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         print(f"error: {os_error_line(os_err)}", file=sys.stderr)
         full = os_err.errno in (errno.ENOSPC, errno.EDQUOT)
         return EXIT_FAILED if full else EXIT_BAD_INPUT
+    finally:
+        if status != 0:
+            _remove_created_if_empty()
+
+
+_created: list[Path] = []
+"""The folders :func:`writable_dir` created in this command, parents first."""
+
+
+def _remove_created_if_empty() -> None:
+    """Removes again the folders this command created and left empty, deepest first.
+
+    ``--out`` is created while the flags are checked, before the work that can
+    still refuse the input (a damaged ``--weights`` checkpoint, a dataset that
+    is not prepared); a failed command leaves nothing behind, not even an empty
+    folder. ``rmdir`` removes only an empty folder, so nothing anyone wrote
+    there (another shard of the sweep, say) is touched.
+    """
+    for folder in reversed(_created):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    _created.clear()
 
 
 def writable_dir(path: str | os.PathLike[str], flag: str) -> None:
     """Refuses, naming ``flag``, a folder path that is a file or cannot be written.
 
-    Creates the folder when missing (what every caller would do next).
+    Creates the folder when missing (what every caller would do next); under
+    :func:`cli_main`, a folder created here is removed again if the command
+    fails and leaves it empty.
     """
-    from pathlib import Path
-
     p = Path(path).expanduser()
+    missing = []
     for parent in (p, *p.parents):
         if parent.exists():
             if not parent.is_dir():
                 raise UserError(f"{flag} {path}: {parent} is a file, expected a folder")
             break
+        missing.append(parent.absolute())
     try:
         p.mkdir(parents=True, exist_ok=True)
+        _created.extend(reversed(missing))  # removed again if the command fails
     except OSError as e:
         raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror})") from None
     if not os.access(p, os.W_OK | os.X_OK):

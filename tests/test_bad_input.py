@@ -92,6 +92,10 @@ def test_check_config_names_the_field_its_caller_uses():
         check_config(RunConfig(strategy="ft", strategy_options=(("nosuch", 1),)))
     with pytest.raises(UserError, match=r"^RunConfig.batch_size must be an integer"):
         check_config(RunConfig(strategy="ft", batch_size=2.5), lambda f: f"RunConfig.{f}")
+    # A whole float is refused too: lp_epochs 5.0 would be another run (hash) than 5, and
+    # strategies.make takes integers only.
+    with pytest.raises(UserError, match=r"^--lp-epochs must be an integer in .*, got 5\.0$"):
+        check_config(RunConfig(strategy="lp_ft", strategy_options=(("lp_epochs", 5.0),)))
     with pytest.raises(UserError, match=r"^--lr must be a number"):
         check_config(RunConfig(strategy="ft", lr="1e-3"))
     check_config(RunConfig(strategy="ft", lr=1.0, image_size=32, patience=0))  # the bounds
@@ -282,7 +286,7 @@ def test_a_class_missing_from_an_evaluation_split_stops_the_run_before_it_starts
         r"so its AUROC is undefined .* or drop the class",
         line,
     ), line
-    assert not _records(out) and not any(p.is_dir() for p in out.iterdir())
+    assert not out.exists()  # not even the --out folder the flags' check made
 
 
 @pytest.mark.slow
@@ -358,3 +362,76 @@ def test_help_states_each_default_once_and_never_none(cli):
     if cli is run_cli:
         assert "--patience PATIENCE early-stopping patience in epochs (default: 5)" in text
         assert "(default: $TFDS_DATA_DIR or TFDS's) --manual-dir" in text
+
+
+# --- refused before any work, naming the flag ----------------------------------------------------
+
+
+def test_run_refuses_a_seed_given_twice_before_any_work(tmp_path, capsys):
+    """Two runs of one (lr, seed) are one run: found only after training, and not by flag."""
+    out = tmp_path / "runs"
+    argv = [*RUN, "--dataset", "demo", "--out", str(out)]
+    assert run_cli.main([*argv, "--seeds", "0", "1", "0"]) == 2
+    assert _one_error_line(capsys) == (
+        "error: --seeds 0 1 0: seed 0 given twice; expected distinct seeds"
+    )
+    assert not out.exists()
+
+
+def test_a_run_another_process_holds_exits_75_without_a_record(tmp_path, capsys):
+    """Busy is not done: ``run && report`` must stop, and can tell "try again later"."""
+    from medft_jax import locks, results
+    from medft_jax.errors import EXIT_BUSY
+
+    out = tmp_path / "runs"
+    argv = [*RUN, "--dataset", "demo", "--out", str(out)]
+    (config,) = run_cli.make_configs(run_cli.build_parser().parse_args(argv))
+    run = results.run_dir(out, fit.identify(config, fit.load_dataset(config)).to_dict())
+    held = locks.acquire(run)  # a separate open file: excludes this process's run too
+    try:
+        assert run_cli.main(argv) == EXIT_BUSY == 75
+    finally:
+        held.release()
+    captured = capsys.readouterr()
+    assert f"{run.name}: running in process {locks.os.getpid()}, skipped" in captured.out
+    assert "Traceback" not in captured.err
+    assert not list(out.rglob("record.json"))
+
+
+def _select_argv(out: Path) -> list[str]:
+    quick = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "quick.py"
+    return ["--config", str(quick), "--only", "arch=resnet50", "--out", str(out)]
+
+
+@pytest.mark.parametrize(
+    "flag,make,message",
+    [
+        ("--grid-runs", None, "{p}: no such folder; expected the full grid's --out"),
+        ("--grid-runs", "file", "{p}: is a file; expected the full grid's --out folder"),
+        ("--json", "folder", "{p}: is a folder; expected a file path"),
+        ("--json", "under-file", "{p}: {parent} is a file, expected a folder"),
+        ("--out", "file", "{p}: {p} is a file, expected a folder"),
+    ],
+)
+def test_select_checks_its_paths_before_any_work(
+    flag, make, message, tmp_path, capsys, monkeypatch
+):
+    """Read or written only after every arm trained: a bad one would waste the selection."""
+
+    def no_work(*args, **kwargs):
+        pytest.fail("trained before checking the paths")
+
+    monkeypatch.setattr(select_cli, "successive_halving", no_work)
+    parent = tmp_path / "f"
+    p = parent / "x.json" if make == "under-file" else tmp_path / "p"
+    if make in ("file", "under-file"):
+        (p if make == "file" else parent).write_text("a file")
+    elif make == "folder":
+        p.mkdir()
+    argv = [*_select_argv(tmp_path / "s"), flag, str(p)]
+    if flag == "--out":
+        argv = _select_argv(p)
+    assert select_cli.main(argv) == 2
+    expected = f"error: {flag} " + message.format(p=p, parent=parent)
+    assert _one_error_line(capsys) == expected
+    assert not (tmp_path / "s").exists()

@@ -373,3 +373,53 @@ def test_rung_budgets_and_survivors_by_hand():
     assert [a.strategy for a in select_cli.survivors(arms, 7)] == ["l1_sp"]
     assert select_cli.tiebreak_metric("accuracy") == "auroc"
     assert select_cli.tiebreak_metric("auroc") == "map"
+
+
+# --- what a dry run checks and shows -------------------------------------------------------------
+
+WEIGHTS_GRID = """
+from medft_jax.grid import Grid
+
+def get_config():
+    return Grid(name="w", datasets=("demo",), archs=("resnet_tiny",), strategies=("lp",),
+                lrs=(1e-3,), seeds=(0,), settings={{"weights": {weights!r}, "epochs": 1}})
+"""
+
+
+def test_a_grids_missing_weights_folder_fails_the_dry_run_naming_its_key(tmp_path, capsys):
+    """Looked up only once the data is loaded, it failed the real sweep naming --weights."""
+    config = tmp_path / "w.py"
+    for weights in ("auto", "imagenet", "none", str(tmp_path)):  # no file needed, or one there
+        config.write_text(WEIGHTS_GRID.format(weights=weights))
+        assert sweep_cli.main(["--config", str(config), "--dry-run"]) == 0, weights
+    capsys.readouterr()
+    missing = tmp_path / "nonexistent"
+    config.write_text(WEIGHTS_GRID.format(weights=str(missing)))
+    out = tmp_path / "runs"
+    for extra in (["--dry-run"], []):
+        assert sweep_cli.main(["--config", str(config), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: grid 'w': settings['weights'] {missing}: no such checkpoint folder; "
+            "expected auto, imagenet, none or a model checkpoint folder\n"
+        )
+    assert not out.exists()
+
+
+def test_dry_run_names_runs_without_the_hash_decided_at_run_time(tmp_path, capsys):
+    """The folder's hash covers the data and weights fingerprints, unknown before loading."""
+    import fnmatch
+
+    config = _grid_file(
+        tmp_path, "tiny", strategies=("lp",), lrs=(1e-3, 1e-4), seeds=(0,), epochs=1
+    )
+    assert sweep_cli.main(["--config", str(config), "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    shown = [line.split()[-1] for line in out.splitlines() if line[:5].strip().isdigit()]
+    folders = [
+        results.run_name(c.to_dict()) for c in _identified(grid_lib.load_grid(config).configs())
+    ]
+    assert len(shown) == len(folders) == 2
+    for name, folder in zip(shown, folders, strict=True):
+        assert name.endswith("-*") and fnmatch.fnmatch(folder, name), (name, folder)
+    assert "hash in place of '*'" in out and "decided at run time" in out
