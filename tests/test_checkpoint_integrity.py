@@ -195,6 +195,17 @@ def ck(saved, tmp_path) -> Path:
     return Path(shutil.copytree(saved[0], tmp_path / "ck"))
 
 
+@pytest.fixture
+def ck_meta(saved, tmp_path) -> Path:
+    """A copy of the saved checkpoint whose metadata a test may edit: the metadata is
+    copied, the 100 MB of arrays are hard links (only read here), so each test costs
+    no 100 MB copy."""
+    root = Path(shutil.copytree(saved[0], tmp_path / "ck", copy_function=os.link))
+    shutil.rmtree(root / "metadata")
+    shutil.copytree(saved[0] / "metadata", root / "metadata")
+    return root
+
+
 def _largest_array_file(ck: Path) -> Path:
     files = [p for p in (ck / "state").rglob("*") if p.is_file()]
     return max(files, key=lambda p: p.stat().st_size)
@@ -316,7 +327,8 @@ def test_truncated_or_missing_array_files_are_one_line(ck, damage, expect):
         (None, "missing"),
     ],
 )
-def test_unreadable_metadata_names_the_file(ck, content, expect):
+def test_unreadable_metadata_names_the_file(ck_meta, content, expect):
+    ck = ck_meta
     path = ck / "metadata" / "metadata"
     if content is None:
         path.unlink()
@@ -355,8 +367,9 @@ BAD_METADATA = [
 
 @pytest.mark.parametrize(("changes", "expect"), BAD_METADATA)
 def test_inconsistent_metadata_is_refused_before_building_predictor(
-    ck, changes, expect, monkeypatch
+    ck_meta, changes, expect, monkeypatch
 ):
+    ck = ck_meta
     _edit_metadata(ck, **changes)
 
     def no_build(*args, **kwargs):
@@ -407,6 +420,7 @@ def test_inconsistent_metadata_is_refused_by_export(ck, tmp_path, changes, expec
     assert not out.exists() and not out.with_suffix(".safetensors").exists()
 
 
+@pytest.mark.slow  # traces DenseNet-121's and VGG-19's trees
 def test_check_metadata_names_the_first_structural_difference():
     densenet = _abstract("densenet121", 5)
     meta = {"arch": "densenet121", "num_classes": 5}
@@ -508,6 +522,7 @@ def test_export_into_read_only_folder_is_one_line(saved, tmp_path, capsys):
         ro.chmod(0o700)
 
 
+@pytest.mark.slow  # the fast tier's damaged resnet_tiny checkpoint goes through predict too
 def test_predict_cli_on_damaged_checkpoint_prints_one_line(ck, tmp_path):
     """The whole process, as a user sees it: no orbax/tensorstore/asyncio traceback on stderr."""
     btree = next((ck / "state" / "d").iterdir())

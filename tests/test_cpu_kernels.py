@@ -185,7 +185,9 @@ def test_materialize_returns_its_input_through_a_loop_fusion_cannot_cross():
     np.testing.assert_array_equal(jax.grad(lambda x: (materialize(x) * x).sum())(a), 2 * a)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (2, 7, 9, 3)])
+@pytest.mark.parametrize(
+    "shape", [pytest.param((2, 8, 6, 3), marks=pytest.mark.slow), (2, 7, 9, 3)]
+)  # the odd edge is the fast tier's case
 def test_avg_pool_2x2_equals_reduce_window_dropping_an_odd_edge(shape):
     # torch's AvgPool2d(2, 2) floors an odd size, as a VALID reduce_window does.
     x = jax.random.normal(jax.random.key(1), shape)

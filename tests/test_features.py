@@ -153,20 +153,42 @@ def test_head_only_epochs_of_each_strategy():
         pytest.param("g_lf", {"epochs_per_stage": 1}, marks=pytest.mark.slow),
     ],
 )
-def test_cached_run_records_the_uncached_run(demo, tmp_path, trainers, strategy, options):
+def test_cached_run_records_the_uncached_run(
+    demo, tmp_path, trainers, strategy, options, monkeypatch, capsys
+):
     # Two epochs: LP's features are read again in the second; G-LF leaves them.
     config = dataclasses.replace(_config(strategy, **options), epochs=2)
     kw = {"dataset": demo, "progress": False, "trainers": trainers}
-    plain = fit.run_one(config, tmp_path / "a", feature_cache=False, **kw)
+    # The uncached run: a cache that cannot be written (a full disk) falls back to the
+    # images, which is what feature_cache=False does from the start.
+    with monkeypatch.context() as m:
+
+        def full_disk(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        m.setattr(features, "compute_features", full_disk)
+        plain = fit.run_one(config, tmp_path / "a", **kw)
+    assert not plain["features"]["used"]
+    assert "No space left on device" in plain["features"]["reason"]
+    assert not any(e.get("from_features", False) for e in plain["epochs"])
+    assert "training the head from the images instead" in capsys.readouterr().err
     cached = fit.run_one(config, tmp_path / "b", **kw)
     np.testing.assert_allclose(_numbers(cached), _numbers(plain), rtol=1e-5, atol=1e-6)
-    assert cached["best_epoch"] == plain["best_epoch"] and "features" not in plain
+    assert cached["best_epoch"] == plain["best_epoch"]
     flags = [e.get("from_features", False) for e in cached["epochs"]]
     assert flags == {"lp": [True, True], "g_lf": [True, False]}[strategy]
     info = cached["features"]
     assert info["used"] and not info["reused"] and info["seconds"] >= 0
     stored = np.load(f"{info['directory']}/train.npy", mmap_mode="r")
     assert isinstance(stored, np.memmap) and stored.shape == (SIZES["train"], 2048)
+
+
+@pytest.mark.slow  # the fast tier's cached run compares against a fallback run
+def test_a_run_without_the_cache_records_no_features(demo, tmp_path, trainers):
+    config = dataclasses.replace(_config("lp"), epochs=1)
+    kw = {"dataset": demo, "progress": False, "trainers": trainers}
+    record = fit.run_one(config, tmp_path, feature_cache=False, **kw)
+    assert "features" not in record and not (tmp_path / "features").exists()
 
 
 @pytest.mark.slow  # three runs
@@ -194,21 +216,6 @@ def test_batch_statistics_mode_caches_nothing(demo, tmp_path, trainers):
     record = fit.run_one(config, tmp_path, dataset=demo, progress=False, trainers=trainers)
     assert "features" not in record and not (tmp_path / "features").exists()
     assert not any(e.get("from_features") for e in record["epochs"])
-
-
-@pytest.mark.xdist_group("resnet_tiny")
-def test_a_cache_that_cannot_be_written_falls_back_to_the_images(
-    demo, tmp_path, trainers, monkeypatch, capsys
-):
-    def full_disk(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(features, "compute_features", full_disk)
-    record = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False, trainers=trainers)
-    assert not record["features"]["used"]
-    assert "No space left on device" in record["features"]["reason"]
-    assert not any(e.get("from_features") for e in record["epochs"])
-    assert "training the head from the images instead" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # two runs

@@ -754,6 +754,8 @@ RESUME_DAMAGE = {
 }
 
 
+@pytest.mark.slow  # a killed run to build (the fast tier checks damaged model checkpoints)
+@pytest.mark.xdist_group("killed_run")  # one worker builds the killed run, once
 @pytest.mark.parametrize("damage", list(RESUME_DAMAGE))
 def test_a_damaged_resume_checkpoint_is_one_line_that_touches_nothing(
     killed_run, tmp_path, capsys, damage
@@ -784,6 +786,8 @@ def test_a_damaged_resume_checkpoint_is_one_line_that_touches_nothing(
     assert _snapshot(out) == before
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("killed_run")
 def test_a_bug_while_resuming_keeps_its_traceback(killed_run, tmp_path, monkeypatch):
     """Only a failed read of the stored bytes is a damaged checkpoint, not any exception."""
     from medft_jax.session import Session

@@ -332,8 +332,16 @@ def pretrained_w0():
     return w0
 
 
-@pytest.mark.parametrize("norm", ["l2", "l1"])
-@pytest.mark.parametrize("kernels_only", [False, True])
+@pytest.mark.parametrize(
+    ("norm", "kernels_only"),
+    [
+        ("l2", False),
+        ("l1", True),
+        # Each norm and each scope is in the fast tier once; the other pairs are slow.
+        pytest.param("l2", True, marks=pytest.mark.slow),
+        pytest.param("l1", False, marks=pytest.mark.slow),
+    ],
+)
 def test_sp_equals_adam_on_penalised_loss(norm, kernels_only):
     alpha, beta, w0 = 0.5, 0.3, pretrained_w0()
     start = toy_params()

@@ -81,6 +81,7 @@ def _leaves(tree, prefix=""):
             yield prefix + k, v
 
 
+@pytest.mark.slow  # a DenseNet-121 to build and port twice
 def test_densenet_legacy_keys_are_renamed():
     state = state_dict_numpy(random_torchvision("densenet121", 10))
     legacy = {}
