@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from medft_jax.data.pixels import check_bits_stored
+from medft_jax.data.table import check_label_options
 from medft_jax.errors import UserError
 
 LOCAL_KINDS = ("folder", "csv")
@@ -93,7 +94,8 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     else:
         _refuse(args.dataset, {"bits_stored": args.bits_stored}, "folder and csv")
     if args.dataset == "csv":
-        _check_label_flags(args.label_column, given.get("label_columns"))
+        # One rule with the Python API's; its messages name the flags too.
+        check_label_options(args.label_column, given.get("label_columns"), None)
         return _given(local) | given
     _refuse(args.dataset, given, "csv")
     if args.dataset == "folder":
@@ -112,29 +114,6 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     return _given(
         {"val_fraction": args.val_fraction, "uncertain": args.uncertain, "split_by": args.split_by}
     )
-
-
-def _check_label_flags(label_column: str | None, label_columns: list[str] | None) -> None:
-    """``--label-column`` (single-label) and ``--label-columns`` (multilabel) checked together.
-
-    Why: with both, one would be ignored without a word; a column named
-    twice in ``--label-columns`` would give two identical outputs.
-    """
-    if label_columns is None:
-        return
-    if label_column is not None:
-        raise UserError(
-            "--label-column and --label-columns exclude each other: --label-column names one "
-            "column of class names (single-label), --label-columns the 0/1 columns (multilabel)"
-        )
-    if any(not c.strip() for c in label_columns):
-        raise UserError(
-            f"--label-columns names an empty column in {','.join(label_columns)!r}; "
-            "give the 0/1 columns, comma-separated"
-        )
-    twice = next((c for c in label_columns if label_columns.count(c) > 1), None)
-    if twice is not None:
-        raise UserError(f"--label-columns names column {twice!r} twice")
 
 
 def _refuse_task_options(args: argparse.Namespace) -> None:

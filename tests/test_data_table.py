@@ -145,12 +145,18 @@ def test_label_options_that_contradict_are_refused(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--label-columns", "x,x"], "error: --label-columns names column 'x' twice"),
+        (
+            ["--label-columns", "x,x"],
+            "error: label_columns (--label-columns) names column 'x' twice",
+        ),
         (
             ["--label-columns", "x,y", "--label-column", "nosuch"],
-            "error: --label-column and --label-columns exclude each other",
+            "error: label_column (--label-column) and label_columns (--label-columns) exclude",
         ),
-        (["--label-columns", "x,,y"], "error: --label-columns names an empty column in 'x,,y'"),
+        (
+            ["--label-columns", "x,,y"],
+            "error: label_columns (--label-columns) names an empty column in 'x,,y'",
+        ),
     ],
 )
 def test_label_flags_that_contradict_are_refused(tmp_path, capsys, flags, message):
