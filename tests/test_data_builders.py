@@ -198,6 +198,33 @@ def test_mura_label_outside_class_list(tmp_path):
         _parse("mura_wrist", tmp_path)
 
 
+def test_a_partly_downloaded_copy_is_refused_before_any_decoding(tmp_path):
+    """A listed image that is not on disk: refused when the listing is read (the same with
+    --skip-bad-images, which skips corrupt files), not found mid-prepare or skipped."""
+    fakes.make_mura(tmp_path, ("XR_WRIST",))
+    first = (tmp_path / "MURA-v1.1" / "train_image_paths.csv").read_text().splitlines()[0]
+    (tmp_path / first).unlink()
+    with pytest.raises(
+        DataError,
+        match=rf"mura_wrist in {tmp_path}: 1 of the \d+ listed images do not exist, e\.g\. "
+        rf"{tmp_path / first} \(a partly downloaded or moved copy\?\); --skip-bad-images",
+    ):
+        _parse("mura_wrist", tmp_path)
+
+
+def test_mura_listing_no_image_of_the_part_says_why(tmp_path):
+    fakes.make_mura(tmp_path, ("XR_SHOULDER",), 2, 1)
+    # No humerus in this copy: one line, not numpy's error from carving an empty list.
+    with pytest.raises(DataError, match=r"train_image_paths\.csv: lists no XR_HUMERUS images \("):
+        _parse("mura_humerus", tmp_path)
+    # A copy extracted on Windows: backslash paths.
+    for split in ("train", "valid"):
+        path = tmp_path / "MURA-v1.1" / f"{split}_image_paths.csv"
+        path.write_text(path.read_text().replace("/", "\\"))
+    with pytest.raises(DataError, match=r"lists no XR_SHOULDER images; its paths use backslash"):
+        _parse("mura_shoulder", tmp_path)
+
+
 def test_mura_path_escaping_root_is_refused(tmp_path):
     fakes.make_mura(tmp_path, ("XR_WRIST",), 2, 1)
     path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"

@@ -12,6 +12,7 @@ the TFDS builders and the ``folder``/``csv`` sources.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -136,6 +137,24 @@ def validate(
                 "every class needs training examples"
             )
     check_disjoint({name: [ex.patient for ex in members] for name, members in splits.items()})
+    _check_files_exist(splits, where)
+
+
+def _check_files_exist(splits: dict[str, list[Example]], where: str) -> None:
+    """Refuses listed images that are not on disk, before anything is decoded or written.
+
+    A partly downloaded or moved copy would otherwise fail only when its first
+    missing file is decoded, after part of the data was written, or, with
+    ``--skip-bad-images`` (corrupt files), shrink without a word.
+    """
+    listed = [ex for members in splits.values() for ex in members]
+    missing = [ex for ex in listed if not os.path.isfile(ex.path)]
+    if missing:
+        raise DataError(
+            f"{where}: {len(missing)} of the {len(listed)} listed images do not exist, e.g. "
+            f"{missing[0].path} (a partly downloaded or moved copy?); --skip-bad-images "
+            "skips corrupt files, not missing ones"
+        )
 
 
 def _check_label(ex: Example, class_names: Sequence[str], multilabel: bool, where: str) -> None:

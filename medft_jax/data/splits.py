@@ -33,6 +33,8 @@ def carve(
         raise DataError(f"split fraction must be in (0, 1), got {fraction}")
     groups_arr = np.asarray(groups, dtype=str)
     n = len(groups_arr)
+    if n == 0:
+        raise DataError("nothing to carve a split from: the source split is empty")
     unique, inverse, sizes = np.unique(groups_arr, return_inverse=True, return_counts=True)
     if labels is None:
         strata = np.zeros(len(unique), dtype=np.int64)

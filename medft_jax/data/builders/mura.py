@@ -75,6 +75,16 @@ def read_split(folder: Path, base: Path, split: str, part: str) -> list[Example]
         patient = next((p for p in parts if p.startswith("patient")), study)
         path = safe_join(base, rel, source=where)
         examples.append(Example(path, studies[study], rel, patient=patient, group=study))
+    if not examples:
+        hint = (
+            "; its paths use backslashes, expected '/'"
+            if any("\\" in rel for _, rel in _lines(paths_csv))
+            else ""
+        )
+        raise DataError(
+            f"{paths_csv}: lists no {part} images{hint} (expected lines like "
+            f"MURA-v1.1/{split}/{part}/patient00001/study1_positive/image1.png)"
+        )
     return examples
 
 
