@@ -282,6 +282,13 @@ def test_cholect50_bad_instrument_and_unknown_video(tmp_path):
     fakes.make_cholect50(tmp_path / "b", (3,), 3)
     with pytest.raises(DataError, match="VID03 is not one of CholecT50's 50 videos"):
         _parse("cholect50_instrument", tmp_path / "b")
+    # A label file with a BOM (saved by a Windows editor) is read like one without.
+    from medft_jax.data.builders.cholect50 import frame_labels
+
+    plain = tmp_path / "b" / "labels" / "VID03.json"
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert frame_labels(bom) == frame_labels(plain) and frame_labels(plain)
 
 
 # TFDS end to end

@@ -50,7 +50,8 @@ def split_of(video: int, path: Path) -> str:
 def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
     """``{frame id: multi-hot instruments}`` of one ``labels/VIDxx.json``."""
     try:
-        annotations = json.loads(path.read_text())["annotations"]
+        # utf-8-sig: a BOM (a copy saved by a Windows editor) is read as the CSVs are.
+        annotations = json.loads(path.read_text(encoding="utf-8-sig"))["annotations"]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     except (KeyError, TypeError):
