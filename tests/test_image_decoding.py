@@ -7,6 +7,7 @@ files pydicom's wheel ships), and goes through the one decoding path that
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import sys
@@ -744,3 +745,8 @@ def test_folder_lists_every_readable_format_and_says_what_it_left_out(tmp_path, 
     err = capsys.readouterr().err
     assert f"note: {root}: 2 file(s) that are not images left out (.db 1, .txt 1)" in err
     assert open_image(root / "a" / "IM0001").size == (64, 64)
+
+
+def test_a_folder_given_as_an_image_is_named_a_folder(tmp_path):
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path))} is a folder, expected an"):
+        open_image(tmp_path)

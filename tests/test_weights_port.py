@@ -161,6 +161,20 @@ def test_a_file_that_is_no_torch_checkpoint_is_named_as_such(tmp_path):
     np.testing.assert_array_equal(read_state_dict(legacy)["w"], [0.0, 1.0, 2.0])
 
 
+def test_read_only_arrays_export_without_a_warning(tmp_path):
+    """Arrays restored from a run's checkpoint can be read-only; torch would warn."""
+    import warnings
+
+    from weights_port.state_io import read_state_dict, write_state_dict
+
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    w.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_state_dict({"fc.weight": w}, tmp_path / "x.pth")
+    np.testing.assert_array_equal(read_state_dict(tmp_path / "x.pth")["fc.weight"], w)
+
+
 def test_cli_errors_are_one_line_and_write_nothing(resnet_file, tmp_path, capsys):
     out = tmp_path / "ck"
     assert main(["--arch", "vgg19", "--torch-weights", str(resnet_file), "--out", str(out)]) == 2

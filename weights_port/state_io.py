@@ -162,7 +162,8 @@ def write_state_dict(state: Mapping[str, np.ndarray], out: str | Path) -> list[P
                 f"--out {out}: writing .pth needs torch (pip install 'medft-jax[port]'); "
                 "ask for a .safetensors file instead"
             ) from e
-        tensors = {k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()}
+        # A copy: arrays restored from a checkpoint can be read-only, which torch warns about.
+        tensors = {k: torch.from_numpy(np.array(v, order="C")) for k, v in state.items()}
         buffer = io.BytesIO()  # torch reports a full disk without its errno: write it ourselves
         torch.save(tensors, buffer)
         written.append(write_bytes(out, buffer.getvalue()))

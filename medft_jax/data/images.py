@@ -95,7 +95,9 @@ def open_image(path: Path, bits_stored: int | None = None) -> Image.Image:
         return _open_pillow(path, bits_stored)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
-    except OSError as err:  # a folder, no permission: from the DICOM preamble check
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder, expected an image file") from None
+    except OSError as err:  # no permission: from the DICOM preamble check
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
 
 

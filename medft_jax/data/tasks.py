@@ -24,8 +24,10 @@ is never served from old output (one line says what changed):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -277,6 +279,18 @@ def _ensure_cache(name: str, builder, target: Path, data_dir: Path, *, progress:
         _cache_from_tfds(builder, target, data_dir, progress=progress)
 
 
+@contextlib.contextmanager
+def _absl_quiet() -> Iterator[None]:
+    """TFDS's absl warnings held back: a run's output is its own lines, or one error line."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_task(
     name: str,
     *,
@@ -295,8 +309,10 @@ def load_task(
     target = cache_dir(data_dir, name, _variant(name, **config))
     reason = _stale_reason(target, data_dir) if cache.is_complete(target) else None
     if reason or not cache.is_complete(target):
-        builder = make_builder(name, data_dir, **config)
-        if not builder.is_prepared():
+        with _absl_quiet():  # TFDS warns of its custom config and a missing variant
+            builder = make_builder(name, data_dir, **config)
+            prepared = builder.is_prepared()
+        if not prepared:
             raise DataError(
                 f"{name} ({_variant(name, **config)}) is not prepared in {data_dir}; run: "
                 + prepare_command(name, data_dir, **config)
