@@ -30,9 +30,7 @@ which ``--skip-bad-images`` skips, never a traceback.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,7 @@ from medft_jax.data.pixels import (
     unsigned_to_uint8,
     window_to_uint8,
 )
-from medft_jax.errors import one_line
+from medft_jax.errors import one_line, quiet_logger
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 INSTALL_HINT = "pip install 'medft-jax[dicom]'"
@@ -167,7 +165,7 @@ def _decode_pixels(ds: Any, path: Path) -> np.ndarray:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     name = getattr(syntax, "name", None) or str(syntax or "an unknown transfer syntax")
     try:
-        with _quiet_pydicom():
+        with quiet_logger("pydicom"):  # it logs each failing plugin's traceback
             pixels = ds.pixel_array
     except (RuntimeError, NotImplementedError) as err:
         try:
@@ -187,18 +185,6 @@ def _decode_pixels(ds: Any, path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable DICOM pixel data ({one_line(err)})") from None
     check_finite(pixels, path)
     return pixels
-
-
-@contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[None]:
-    """pydicom logs each failing plugin's traceback; our one line says it all."""
-    logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _grey(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarray:

@@ -24,7 +24,6 @@ is never served from old output (one line says what changed):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -44,6 +43,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example
 from medft_jax.data.locations import cache_dir
 from medft_jax.data.options import OPTION_OWNERS
+from medft_jax.errors import quiet_logger
 from medft_jax.names import TASK_NAMES as TASK_NAMES  # the one list of the tasks' names
 
 MANUAL_RECORD = "medft_manual_source.json"
@@ -279,18 +279,6 @@ def _ensure_cache(name: str, builder, target: Path, data_dir: Path, *, progress:
         _cache_from_tfds(builder, target, data_dir, progress=progress)
 
 
-@contextlib.contextmanager
-def _absl_quiet() -> Iterator[None]:
-    """TFDS's absl warnings held back: a run's output is its own lines, or one error line."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def load_task(
     name: str,
     *,
@@ -309,7 +297,8 @@ def load_task(
     target = cache_dir(data_dir, name, _variant(name, **config))
     reason = _stale_reason(target, data_dir) if cache.is_complete(target) else None
     if reason or not cache.is_complete(target):
-        with _absl_quiet():  # TFDS warns of its custom config and a missing variant
+        # TFDS warns of its custom config and a missing variant: a run says one line.
+        with quiet_logger("absl", logging.ERROR):
             builder = make_builder(name, data_dir, **config)
             prepared = builder.is_prepared()
         if not prepared:
