@@ -411,3 +411,13 @@ def test_corrupt_image_fails_cleanly_or_is_skipped_and_counted(tmp_path):
     skipped = ds.metadata["skipped_bad_images"]
     assert [i for v in skipped.values() for i in v] == ["Photos/Benign/b004.tif"]
     assert sum(len(s) for s in ds.splits.values()) == 39
+    # Every Benign image corrupt: skipping them would train a model that never predicts it.
+    for p in bad.parent.iterdir():
+        p.write_bytes(b"not a tif")
+    with pytest.raises(
+        DataError, match=r"class 'Benign' has no training images left after skipping \d+ bad"
+    ):
+        prepare("bach", manual_dir=tmp_path / "bach", data_dir=tmp_path / "out2",
+                skip_bad_images=True, progress=False, **SIZES)  # fmt: skip
+    with pytest.raises(DataError, match="is not prepared"):
+        load("bach", data_dir=tmp_path / "out2", progress=False, **SIZES)

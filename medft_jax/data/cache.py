@@ -140,7 +140,7 @@ def write_cache(
             earlier = list(meta.get("skipped_bad_images", {}).get(name, []))
             skipped[name] = earlier + [str(i) for i in np.asarray(fields["ids"])[~kept]]
             if name == "train" and skipped[name]:
-                _check_classes_left(written["labels"], meta, len(skipped[name]))
+                check_classes_left(written["labels"], meta, len(skipped[name]))
         meta = {
             **meta,
             "splits": list(counts),
@@ -175,7 +175,7 @@ def _missing_parents(cache_dir: Path) -> list[Path]:
     return missing
 
 
-def _check_classes_left(labels: np.ndarray, meta: dict[str, Any], n_skipped: int) -> None:
+def check_classes_left(labels: np.ndarray, meta: dict[str, Any], n_skipped: int) -> None:
     """Refuses a single-label training split that skipping bad images left without a class.
 
     The labels were checked before decoding (every class in train,

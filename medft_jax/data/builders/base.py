@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from medft_jax.data import cache
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, validate
 from medft_jax.data.images import ImageReader, open_image
@@ -176,11 +177,14 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             skip_bad_images=self.skip_bad_images,
             decode=self.TASK.decode,
         )
+        skipped, kept_labels = [], []
         for ex in examples:
             image = reader.read(ex.path)
             if image is None:
+                skipped.append(ex.id)
                 self.info.metadata["skipped_bad_images"].setdefault(split, []).append(ex.id)
                 continue
+            kept_labels.append(ex.label)
             label = np.asarray(ex.label, np.float32) if self.TASK.multilabel else ex.label
             yield (
                 ex.id,
@@ -192,3 +196,13 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "group": ex.group,
                 },
             )
+        # As the folder/csv cache does: what --skip-bad-images left must still train every
+        # class and fill every split (else TFDS's "No examples were yielded" assertion).
+        if skipped and not kept_labels:
+            raise DataError(
+                f"split {split!r}: every image was skipped as bad ({len(skipped)}, "
+                "--skip-bad-images); repair or replace the files"
+            )
+        if skipped and split == "train":
+            meta = {"class_names": list(self.TASK.class_names), "multilabel": self.TASK.multilabel}
+            cache.check_classes_left(np.asarray(kept_labels), meta, len(skipped))
