@@ -1,7 +1,8 @@
 """The paper's splits and labels, each behind a switch: ISIC 2020 by image, CheXpert's LibAUC.
 
 The ISIC test lists the real dataset's size (33,126 images, 425 duplicate
-pairs, 2,056 patients) without writing images: parsing reads the CSVs only.
+pairs, 2,056 patients) with empty image files: parsing checks that each
+listed file exists, and decodes none.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _parse(name: str, root: Path, **options) -> dict:
 
 @pytest.fixture(scope="module")
 def isic_full(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, str]]]:
-    """ISIC 2020's train.csv at full size (no images): 32,701 kept + 425 duplicates.
+    """ISIC 2020's train.csv at full size (empty images): 32,701 kept + 425 duplicates.
 
     Returns the root and ``{image_name: (target, patient_id)}`` of the kept images.
     """
@@ -44,6 +45,10 @@ def isic_full(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, str]]]:
     targets = (rng.random(total) < 0.0176).astype(int)  # ISIC 2020's 1.76% malignant
     names = [f"ISIC_{i:07d}" for i in range(total)]
     duplicates = set(names[N_KEPT:])
+    images = root / "jpeg" / "train"
+    images.mkdir(parents=True)
+    for name in names:  # empty files: they exist, which is all a parse checks
+        (images / f"{name}.jpg").touch()
     with open(root / "train.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(HEADER)
