@@ -75,9 +75,8 @@ from medft_jax import strategies
 from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.arrays import make_split
 from medft_jax.data.dataset import Dataset
-from medft_jax.fit import PRECISIONS
 from medft_jax.grid import NOMINAL_TRAIN_IMAGES, Grid, load_grid
-from medft_jax.models import create, get_arch, init_variables
+from medft_jax.models import COMPUTE_DTYPES, create, get_arch, init_variables
 from medft_jax.runtime import tune_cpu_host
 from medft_jax.train import Trainer
 
@@ -379,7 +378,7 @@ def measure_arch(
     epochs' images/s (FT's and LP's), or None.
     """
     task, spec = setup.timing_task, get_arch(arch)
-    model = create(arch, task.num_classes, dtype=PRECISIONS[precision])
+    model = create(arch, task.num_classes, dtype=COMPUTE_DTYPES[precision])
     variables = jax.device_get(init_variables(model, 0, 32))
     params = variables["params"]
     rng = np.random.default_rng(0)
@@ -462,7 +461,7 @@ def measure_strategy(ctx: _Context, name: str) -> tuple[Trainer, Any, strategies
         ctx.model,
         strat.tx,
         multilabel=ctx.task.multilabel,
-        compute_dtype=PRECISIONS[times.precision],
+        compute_dtype=COMPUTE_DTYPES[times.precision],
         learning_rate=1e-4,
     )
     state = trainer.init_state(ctx.variables)
@@ -999,7 +998,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--strategies", nargs="+", help="strategies to time (the rest are bounded; default: all)"
     )
     p.add_argument("--tasks", nargs="+", help="tasks to project (default: the grid's)")
-    p.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS))
+    p.add_argument("--precisions", nargs="+", choices=tuple(COMPUTE_DTYPES))
     p.add_argument("--image-size", type=int, help="timed image size (CPU 64, GPU the grid's)")
     p.add_argument("--batch", type=int, help="timed batch (CPU 8, GPU the grid's)")
     p.add_argument("--steps", type=int, help="timed steps per stage (median; CPU 3, GPU 10)")

@@ -8,7 +8,9 @@ ImageNet weight transforms do (PIL bilinear antialiased resize of the shorter
 side to the checkpoint's resize size, centre crop, ImageNet mean/std;
 grayscale repeated to 3 channels).
 Probabilities are softmax outputs, or per-class sigmoids for a multilabel
-checkpoint, all classes in index order.
+checkpoint, all classes in index order. They are computed in the checkpoint's
+precision (a ``--precision bf16`` run's checkpoint in bfloat16, as the run
+evaluated it) unless ``--precision`` says otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import add_bits_stored_flag
+from medft_jax.config import PRECISIONS
 from medft_jax.data.errors import DataError
 from medft_jax.data.images import open_image
 from medft_jax.data.pixels import check_bits_stored
@@ -52,21 +55,30 @@ def load_image(
 class Predictor:
     """A model checkpoint ready to turn uint8 image batches into probabilities."""
 
-    def __init__(self, checkpoint: str | Path, bits_stored: int | None = None):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        bits_stored: int | None = None,
+        precision: str | None = None,
+    ):
         """``bits_stored``: how to decode 16-bit files when the checkpoint does not say;
-        one that disagrees with the checkpoint's is refused."""
+        one that disagrees with the checkpoint's is refused. ``precision``: the compute
+        precision, by default the checkpoint's (a run's ``--precision``: the
+        probabilities are then those its evaluation computed), else fp32."""
         # JAX, Flax and Orbax load here, not with the module: --help and bad
         # flags answer at once.
         import jax
 
         from medft_jax.checkpoints.model import load_model
-        from medft_jax.models import create
+        from medft_jax.models import COMPUTE_DTYPES, create
 
         # load_model verifies the arrays and checks the metadata against them
         # (arch, num_classes, class_names, sizes) before anything is built here.
         self.variables, self.metadata = load_model(checkpoint)
         m = self.metadata
-        self.model = create(m["arch"], int(m["num_classes"]))
+        self.precision = precision or m.get("precision", "fp32")
+        self.dtype = COMPUTE_DTYPES[self.precision]
+        self.model = create(m["arch"], int(m["num_classes"]), dtype=self.dtype)
         self.multilabel = bool(m.get("multilabel", False))
         self.resize_size = int(m.get("resize_size", 256))
         self.crop_size = int(m.get("crop_size", 224))
@@ -85,7 +97,8 @@ class Predictor:
         import jax
         import jax.numpy as jnp
 
-        logits = self.model.apply(variables, normalize(images)).astype(jnp.float32)
+        logits = self.model.apply(variables, normalize(images, self.dtype))
+        logits = logits.astype(jnp.float32)
         return jax.nn.sigmoid(logits) if self.multilabel else jax.nn.softmax(logits)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -154,12 +167,17 @@ def _main(argv: Sequence[str] | None) -> int:
         help=f"images per forward pass (1 to {MAX_BATCH_SIZE})",
     )
     add_bits_stored_flag(p, scope="", unset="the checkpoint's, if it has one, else 16")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="compute precision (default: the checkpoint's, a run's --precision, else fp32)",
+    )
     args = p.parse_args(argv)
     check_flags(args)
     from medft_jax.runtime import set_up_process
 
     set_up_process(distributed=False)
-    predictor = Predictor(args.checkpoint, args.bits_stored)
+    predictor = Predictor(args.checkpoint, args.bits_stored, args.precision)
     probs = predictor.predict_files(args.images, args.batch_size)
     for path, row in zip(args.images, probs, strict=True):
         if args.json:

@@ -44,12 +44,10 @@ from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_info
 from medft_jax.errors import one_line
-from medft_jax.models import ArchSpec, get_arch, init_variables
+from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
 from medft_jax.results import RunRecord
 from medft_jax.strategies import Schedule
 from medft_jax.train import Trainer, TrainState, check_finite
-
-PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 def _resize_for(arch: str, image_size: int) -> int:
@@ -317,7 +315,7 @@ def _prepare(
     """The model, strategy, trainer and state of a run, resumed from its checkpoint if any."""
     spec = get_arch(config.arch)
     start, weights_used = pretrained.resolve(config.weights, config.arch)
-    model = spec.build(num_classes=ds.num_classes, dtype=PRECISIONS[config.precision])
+    model = spec.build(num_classes=ds.num_classes, dtype=COMPUTE_DTYPES[config.precision])
     variables = jax.device_get(init_variables(model, config.seed, image_size=32))
     if start is not None:
         variables = pretrained.merge(variables, start, spec.partition)
@@ -398,7 +396,7 @@ def _trainer(
         model,
         tx,
         multilabel=ds.multilabel,
-        compute_dtype=PRECISIONS[config.precision],
+        compute_dtype=COMPUTE_DTYPES[config.precision],
         seed=config.seed,
         learning_rate=config.lr,
     )
@@ -421,6 +419,7 @@ def _train_epochs(
         "class_names": list(run.ds.class_names),
         "resize_size": run.spec.resize_for(run.config.image_size),
         "crop_size": run.config.image_size,
+        "precision": run.config.precision,  # predict computes as the run evaluated
         "source": f"run {name}",
     }
     # How 16-bit files were decoded (folder/csv --bits-stored): predict decodes alike.

@@ -107,6 +107,7 @@ def test_strategy_end_to_end(strategy, ported_tiny, demo, tmp_path):
     start = _start_params(config, ported_tiny)
     best, meta = load_model(tmp_path / record["run"] / "best")
     assert meta["epoch"] == record["best_epoch"] and meta["num_classes"] == 2
+    assert meta["precision"] == config.precision == "fp32"  # predict computes alike
     best = flatten(best["params"])
     assert best.keys() == start.keys()
     for path, value in best.items():

@@ -8,7 +8,8 @@ a finished checkpoint.
 
 Metadata keys: ``arch``, ``num_classes``, ``multilabel``, ``class_names``
 (or null), ``resize_size``, ``crop_size``, ``bits_stored`` (optional: the
-``--bits-stored`` its training images were decoded with), ``source`` and
+``--bits-stored`` its training images were decoded with), ``precision``
+(optional: the run's ``--precision``, ``fp32`` when absent), ``source`` and
 ``source_sha256`` (the torchvision file it came from, if any), ``num_batches_tracked``
 (torchvision's BN counters, kept only so an export round-trips bit for bit),
 ``content_sha256`` (see :func:`variables_hash`), ``format_version``.
@@ -40,15 +41,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from medft_jax.config import PRECISIONS
 from medft_jax.data.pixels import BITS_STORED
 from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
 from medft_jax.models import ARCHS, get_arch, is_known_arch, variable_shapes
 from medft_jax.models.blocks import flatten
 
-FORMAT_VERSION = 2
-"""The newest metadata this version reads. A checkpoint is written as version 1
-unless it needs 2 (``bits_stored``, which a reader of version 1 would ignore
-and so decode images otherwise than its training did)."""
+FORMAT_VERSION = 3
+"""The newest metadata this version reads. A checkpoint is written with the
+lowest version that says what it holds: 3 for ``precision`` bf16, 2 for
+``bits_stored``, else 1; an older reader, which would ignore the field and so
+decode or compute otherwise than the run did, refuses it instead."""
 
 MIN_CROP_SIZE = 32
 """Smallest crop a checkpoint may declare (the smallest ``--image-size`` of a run)."""
@@ -99,7 +102,7 @@ def save_model(
                 raise CheckpointError(f"{directory}: {parent} is a file, expected a folder")
             break
     tree = {"params": params, "batch_stats": batch_stats}
-    meta = {"format_version": 2 if metadata.get("bits_stored") is not None else 1, **metadata}
+    meta = {"format_version": _format_version(metadata), **metadata}
     meta.pop("content_sha256", None)
     digest = variables_hash(tree)
     if digest is not None:
@@ -120,6 +123,13 @@ def save_model(
                 shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _format_version(metadata: Mapping[str, Any]) -> int:
+    """The lowest format version whose readers use every field ``metadata`` sets."""
+    if metadata.get("precision", "fp32") != "fp32":
+        return 3
+    return 2 if metadata.get("bits_stored") is not None else 1
 
 
 def _is_checkpoint(directory: Path) -> bool:
@@ -387,7 +397,7 @@ def check_metadata(
     (if not null) one string per class; ``multilabel`` a bool;
     ``resize_size``/``crop_size`` integers with ``MIN_CROP_SIZE <= crop <=
     MAX_CROP_SIZE`` and ``crop <= resize <= MAX_RESIZE_SIZE``; ``bits_stored``
-    null or an integer from 8 to 16;
+    null or an integer from 8 to 16; ``precision`` a ``--precision`` value;
     ``num_batches_tracked`` null or names to integers. Optional fields may be
     absent. ``where`` names the checkpoint in the one-line
     :class:`CheckpointError`.
@@ -458,6 +468,11 @@ def _check_other_fields(metadata: Mapping[str, Any], num_classes: int, where: An
     if bits is not None and (not _is_int(bits) or bits not in BITS_STORED):
         raise CheckpointError(
             f"{where}: metadata bits_stored {bits!r} is not an integer from 8 to 16"
+        )
+    precision = metadata.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise CheckpointError(
+            f"{where}: metadata precision {precision!r} is not one of {', '.join(PRECISIONS)}"
         )
     tracked = metadata.get("num_batches_tracked")
     if tracked is not None and (

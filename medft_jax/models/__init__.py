@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from medft_jax.config import PRECISIONS
 from medft_jax.models.blocks import PARTITIONS, Block, BlockPartition
 from medft_jax.models.densenet import DenseNet, densenet121
 from medft_jax.models.layers import BNTrain, Dtype
@@ -26,6 +27,7 @@ from medft_jax.names import is_known_arch
 
 __all__ = [
     "ARCHS",
+    "COMPUTE_DTYPES",
     "TEST_ARCHS",
     "VGG",
     "ArchSpec",
@@ -97,6 +99,11 @@ def get_arch(arch: str) -> ArchSpec:
     if spec is None:
         raise ValueError(f"unknown arch {arch!r}; known archs: {', '.join(ARCHS)}")
     return spec
+
+
+COMPUTE_DTYPES: dict[str, Any] = dict(zip(PRECISIONS, (jnp.float32, jnp.bfloat16), strict=True))
+"""The compute dtype of each ``--precision``: what a run trains and evaluates in,
+and what ``experiments.predict`` computes in for the run's checkpoint."""
 
 
 def create(arch: str, num_classes: int = 1000, *, dtype: Dtype = jnp.float32) -> nn.Module:
