@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -167,13 +166,6 @@ def make_configs(args: argparse.Namespace) -> list[Any]:
     if dataset_base(args.dataset) not in {dataset_base(n) for n in dataset_names()}:
         raise UserError(
             f"--dataset {args.dataset!r} is unknown; known: {', '.join(dataset_names())}"
-        )
-    if args.weights not in ("auto", "imagenet", "none") and not os.path.isdir(
-        os.path.expanduser(args.weights)
-    ):
-        raise UserError(
-            f"--weights {args.weights}: no such checkpoint folder; expected auto, imagenet, "
-            "none or a model checkpoint folder"
         )
     d = _defaults(args)
     twice = sorted({s for s in d["seeds"] if d["seeds"].count(s) > 1})
