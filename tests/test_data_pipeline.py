@@ -201,8 +201,12 @@ def test_carve_is_group_disjoint_stratified_and_seeded():
     assert not carved & kept
     assert np.array_equal(mask, carve(groups, 0.2, seed=0, labels=labels))
     assert not np.array_equal(mask, carve(groups, 0.2, seed=1, labels=labels))
-    with pytest.raises(DataError, match="share 1 group"):
-        check_disjoint({"train": ["a", "b"], "test": ["b", "c"]})
+    with pytest.raises(DataError) as e:
+        check_disjoint({"train": ["a", "b"], "test": ["b", "c", "a"]}, "/data/x")
+    assert str(e.value) == (
+        "/data/x: splits 'train' and 'test' share 2 patient group(s), e.g. 'a'; one "
+        "patient's images in two splits would leak into the evaluation"
+    )
 
 
 def test_group_mean_is_the_study_probability():

@@ -136,7 +136,9 @@ def validate(
                 f"{where}: class {missing[0]!r} has no examples in the training split; "
                 "every class needs training examples"
             )
-    check_disjoint({name: [ex.patient for ex in members] for name, members in splits.items()})
+    check_disjoint(
+        {name: [ex.patient for ex in members] for name, members in splits.items()}, where
+    )
     _check_files_exist(splits, where)
 
 

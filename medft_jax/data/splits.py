@@ -60,15 +60,20 @@ def carve(
     return chosen[inverse]
 
 
-def check_disjoint(named_groups: dict[str, Sequence[str]]) -> None:
-    """Raises if any two splits share a group (a patient, study or video)."""
+def check_disjoint(named_groups: dict[str, Sequence[str]], where: str = "") -> None:
+    """Raises if any two splits share a group (a patient, study or video).
+
+    ``where`` (the dataset or file) leads the one-line message.
+    """
     names = list(named_groups)
     sets = {k: set(v) for k, v in named_groups.items()}
+    lead = f"{where}: " if where else ""
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             shared = sets[a] & sets[b]
             if shared:
                 raise DataError(
-                    f"splits {a!r} and {b!r} share {len(shared)} group(s), "
-                    f"e.g. {sorted(shared)[0]!r}"
+                    f"{lead}splits {a!r} and {b!r} share {len(shared)} patient group(s), "
+                    f"e.g. {sorted(shared)[0]!r}; one patient's images in two splits would "
+                    "leak into the evaluation"
                 )
