@@ -27,6 +27,17 @@ from medft_jax.errors import UserError
 from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, is_known_arch
 
 PRECISIONS = ("fp32", "bf16")
+NUMERICS_VERSION = 2
+"""The version of what a run computes from its settings, data and weights.
+
+Raised by a change that alters a run's numbers (an initialisation, a strategy's
+rule); it is part of the run's identity (:attr:`RunConfig.numerics`), so a record
+written before is another run's, not a finished one: a sweep into the same
+``--out`` runs the grid again, and a report refuses to mix the two. Records
+without the field are version 1; version 2 (2026-12-02) brought torchvision's
+``nn.Linear`` init to the new DenseNet-121/VGG-19 heads and multiplier 1 for a
+zero-norm tensor in Auto-RGN.
+"""
 FROZEN_BN = ("update", "freeze")
 
 LIMITS: dict[str, tuple[float, float]] = {
@@ -106,6 +117,8 @@ class RunConfig:
     """Content hash of the prepared data (filled in by :func:`medft_jax.fit.identify`)."""
     weights_fingerprint: str = ""
     """Content hash of the starting weights, or ``none`` (filled in by ``identify``)."""
+    numerics: int = NUMERICS_VERSION
+    """The toolkit's :data:`NUMERICS_VERSION` the run computes with (not a choice)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -154,6 +167,11 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
         raise UserError(f"{name('arch')} {config.arch!r} is unknown; valid: {', '.join(ARCHS)}")
     if config.precision not in PRECISIONS:
         raise UserError(f"{name('precision')} must be one of {', '.join(PRECISIONS)}")
+    if config.numerics != NUMERICS_VERSION or isinstance(config.numerics, bool):
+        raise UserError(
+            f"{name('numerics')} {config.numerics!r}: this medft-jax computes numerics version "
+            f"{NUMERICS_VERSION} only; leave it out"
+        )
     if config.frozen_bn not in FROZEN_BN:
         raise UserError(f"{name('frozen_bn')} must be one of {', '.join(FROZEN_BN)}")
     if not isinstance(config.weights, str) or not config.weights:

@@ -105,6 +105,9 @@ def test_check_config_names_the_field_its_caller_uses():
     with pytest.raises(UserError, match=r"^--rgn-mode must be one of stream, prepass, got 'pre'$"):
         check_config(RunConfig(strategy="auto_rgn", strategy_options=(("rgn_mode", "pre"),)))
     check_config(RunConfig(strategy="auto_rgn", strategy_options=(("rgn_mode", "prepass"),)))
+    # An older numerics version is what older records say, not something to run.
+    with pytest.raises(UserError, match=r"^--numerics 1: this medft-jax computes numerics "):
+        check_config(RunConfig(strategy="ft", numerics=1))
     from medft_jax.config import RGN_MODES
     from medft_jax.strategies import rgn
 

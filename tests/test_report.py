@@ -15,6 +15,7 @@ from scipy import stats
 
 from experiments import report as cli
 from medft_jax import results
+from medft_jax.config import NUMERICS_VERSION
 from medft_jax.grid import Grid
 from medft_jax.report import (
     beats_ft,
@@ -391,6 +392,38 @@ def test_strategies_of_one_arch_from_other_weights_or_data_are_refused():
         collect([fp("resnet50", "ft", "none"), fp("resnet50", "lp")])
     with pytest.raises(results.RecordError, match=r'data_fingerprint: "d1" vs "d2"'):
         collect([fp("vgg19", "ft"), fp("vgg19", "l2_sp", data="d2")])
+
+
+def test_runs_of_two_numerics_versions_are_refused_and_a_grid_leaves_the_older_out():
+    """A record without ``numerics`` predates version 2 (DenseNet/VGG head init, Auto-RGN's
+    zero-norm rule): its numbers are not comparable with a current run's."""
+    old, new = rec(strategy="lp"), rec(numerics=NUMERICS_VERSION)
+    assert "numerics" not in old["config"]
+    collect([old, rec()])  # all of one version (the older): reported
+    with pytest.raises(results.RecordError) as e:
+        collect([new, old])
+    assert str(e.value) == (
+        f"runs of numerics versions 1 and {NUMERICS_VERSION} (e.g. {old['run']} is version "
+        "1): a change between them alters runs' numbers (see medft_jax.config."
+        "NUMERICS_VERSION); delete or move the older runs' folders, or report them from "
+        "separate --runs folders"
+    )
+    grid = Grid(
+        name="g",
+        datasets=("bach",),
+        archs=("resnet50",),
+        strategies=("ft",),
+        lrs=(1e-4,),
+        seeds=(0,),
+        settings={"weights": "imagenet"},
+    )
+    cfg = grid.config("bach", "resnet50", "ft", 1e-4, 0).to_dict()
+    current = rec(config=cfg, test=0.7)
+    stale = rec(config={k: v for k, v in cfg.items() if k != "numerics"}, test=0.9)
+    assert current["run"] != stale["run"]  # another run: a sweep runs it again
+    summary = collect([stale, current], grid=grid)
+    assert summary.left_out == 1
+    assert summary.cell("bach", "resnet50", "ft").test["accuracy"][0] == pytest.approx(0.7)
 
 
 # --- the report folder -----------------------------------------------------------------------

@@ -170,7 +170,8 @@ def collect(
 
     Raises:
       RecordError: a record lacking what a report needs, records of one
-        dataset run with different settings, or two records of one run.
+        dataset run with different settings, records of two numerics
+        versions, or two records of one run.
       medft_jax.grid.GridError: a filter value the grid does not have.
     """
     from medft_jax import grid as gridlib
@@ -210,6 +211,7 @@ def collect(
         failures = [f for f in failures if gridlib.matches(f["config"], filt)]
         expected = _infer_expected(records + failures)
 
+    _check_numerics(records + failures)
     datasets = _order({k[0] for k in expected}, _dataset_order())
     archs = _order({k[1] for k in expected}, _arch_order())
     strategies = _order({k[2] for k in expected}, _strategy_order())
@@ -355,6 +357,25 @@ def _describe_diff(diff: Mapping[str, list[str]]) -> str:
 def run_options(run: Mapping[str, Any]) -> dict[str, Any]:
     """A record's or failure note's split and label options (older ones: the defaults)."""
     return task_options(run["config"]["dataset"], run.get("dataset_options"))
+
+
+def numerics_of(run: Mapping[str, Any]) -> int:
+    """The numerics version a record's run computed with (records without one: 1)."""
+    return int(run["config"].get("numerics", 1))
+
+
+def _check_numerics(runs: list[dict[str, Any]]) -> None:
+    """One report, one numerics version: a change between them altered runs' numbers."""
+    versions = sorted({numerics_of(r) for r in runs})
+    if len(versions) > 1:
+        older = next(r for r in runs if numerics_of(r) == versions[0])
+        raise RecordError(
+            f"runs of numerics versions {' and '.join(map(str, versions))} (e.g. "
+            f"{older.get('run', older['config']['dataset'])} is version {versions[0]}): "
+            "a change between them alters runs' numbers (see medft_jax.config."
+            "NUMERICS_VERSION); delete or move the older runs' folders, or report them "
+            "from separate --runs folders"
+        )
 
 
 def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
