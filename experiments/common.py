@@ -11,6 +11,7 @@ import argparse
 import math
 from typing import Any
 
+from medft_jax.data.options import split_option_error
 from medft_jax.data.pixels import check_bits_stored
 from medft_jax.data.table import check_label_options
 from medft_jax.errors import UserError
@@ -111,6 +112,9 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
         )
         return {}
     _refuse(args.dataset, {"test_fraction": args.test_fraction}, "folder and csv")
+    error = split_option_error(args.dataset, "--val-fraction", args.val_fraction, None)
+    if error:
+        raise UserError(error)
     return _given(
         {"val_fraction": args.val_fraction, "uncertain": args.uncertain, "split_by": args.split_by}
     )
@@ -136,6 +140,13 @@ def local_options(args: argparse.Namespace) -> dict[str, Any]:
             "experiments.prepare wrote into --data-dir"
         )
     return {}
+
+
+def refuse_split_seed(dataset: str, flag: str, seed: int) -> None:
+    """A split seed (``--seed``, ``--data-seed``) for a dataset whose splits are all given."""
+    error = split_option_error(dataset, flag, seed, 0)
+    if error:
+        raise UserError(error)
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from experiments.common import add_dataset_flags, dataset_options
+from experiments.common import add_dataset_flags, dataset_options, refuse_split_seed
 from medft_jax.config import check_value
 from medft_jax.data.cache import skipped_counts
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     options = dataset_options(args)  # a flag that does not apply is refused, demo included
+    refuse_split_seed(args.dataset, "--seed", args.seed)
     if args.dataset == "demo":
         print("demo is generated in memory from a seed: nothing to prepare")
         return 0

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from experiments.common import add_dataset_flags, dataset_options, local_options
+from experiments.common import add_dataset_flags, dataset_options, local_options, refuse_split_seed
 from medft_jax import results
 from medft_jax.config import RunConfig, check_config, flag_name
 from medft_jax.errors import EXIT_BUSY, ArgumentParser, UserError, cli_main, writable_dir
@@ -167,6 +167,7 @@ def make_configs(args: argparse.Namespace) -> list[Any]:
         raise UserError(
             f"--dataset {args.dataset!r} is unknown; known: {', '.join(dataset_names())}"
         )
+    refuse_split_seed(args.dataset, "--data-seed", args.data_seed)
     d = _defaults(args)
     twice = sorted({s for s in d["seeds"] if d["seeds"].count(s) > 1})
     if twice:  # two runs of one (lr, seed) would be one run with two records, found at the end

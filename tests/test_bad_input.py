@@ -210,6 +210,47 @@ def test_bits_stored_applies_to_a_users_own_files_only(cli, dataset, tmp_path, c
     )
 
 
+CHOLEC_SPLITS = "the official video lists (35 train, 5 val, 10 test videos)"
+
+
+@pytest.mark.parametrize("cli", [prepare_cli, run_cli])
+@pytest.mark.parametrize(
+    "dataset,flags,said",
+    [
+        ("cholect50_instrument", ["--val-fraction", "0.1"], CHOLEC_SPLITS),
+        ("cholect50_instrument", ["SEED", "3"], CHOLEC_SPLITS),
+        ("medmnist/breastmnist", ["SEED", "1"], "MedMNIST's official train/val/test"),
+    ],
+)
+def test_split_options_of_a_dataset_with_given_splits_are_refused(
+    cli, dataset, flags, said, tmp_path, capsys
+):
+    """Every split given by the release: a seed or val fraction would change the run's name
+    only, and seeds "over splits" would all be one split."""
+    flags = [
+        ("--seed" if cli is prepare_cli else "--data-seed") if f == "SEED" else f for f in flags
+    ]
+    argv = ["--dataset", dataset, *flags, "--data-dir", str(tmp_path / "d")]
+    argv += ["--out", str(tmp_path / "runs"), "--strategy", "lp"] if cli is run_cli else []
+    assert cli.main(argv) == 2
+    assert _one_error_line(capsys) == (
+        f"error: {flags[0]} {flags[1]} does not apply to {dataset}: its splits are {said}; "
+        "leave it out"
+    )
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_library_refuses_split_options_of_given_splits_alike(tmp_path):
+    """A grid's dataset_options or a script: the same refusal, before anything is read."""
+    from medft_jax.data.errors import DataError
+    from medft_jax.data.registry import load
+
+    with pytest.raises(DataError, match=r"^seed 2 does not apply to medmnist/breastmnist: "):
+        load("medmnist/breastmnist", data_dir=tmp_path, seed=2)
+    with pytest.raises(DataError, match=r"^--val-fraction 0.2 does not apply to cholect50"):
+        load("cholect50_instrument", data_dir=tmp_path, val_fraction=0.2)
+
+
 def test_cli_main_keeps_real_bugs_and_maps_disk_errors(capsys):
     import errno
 

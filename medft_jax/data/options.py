@@ -14,6 +14,32 @@ OPTION_OWNERS = {"uncertain": ("chexpert", "ones"), "split_by": ("isic2020", "pa
 builders' ``Task.options`` say; kept here so loading needs no builder (no TFDS import)."""
 
 
+OFFICIAL_SPLITS = {
+    "cholect50_instrument": "the official video lists (35 train, 5 val, 10 test videos)",
+}
+"""Paper tasks whose every split is given by the release: no carving, so no split seed."""
+
+
+def official_splits(dataset: str) -> str | None:
+    """What fixes ``dataset``'s splits when it carves none (MedMNIST, CholecT50), else None."""
+    if dataset.startswith("medmnist/"):
+        return "MedMNIST's official train/val/test"
+    return OFFICIAL_SPLITS.get(dataset)
+
+
+def split_option_error(dataset: str, flag: str, value: Any, default: Any) -> str | None:
+    """The one line refusing a split seed or val fraction for a dataset that carves no split.
+
+    Such a value changes nothing in the data but the run's name: runs "on
+    other splits" would be the same split, and their spread no split
+    variance at all. ``value`` None or ``default`` passes.
+    """
+    fixed = official_splits(dataset)
+    if fixed is None or value is None or value == default:
+        return None
+    return f"{flag} {value} does not apply to {dataset}: its splits are {fixed}; leave it out"
+
+
 def task_options(dataset: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``dataset``'s task-specific options (:data:`OPTION_OWNERS`), defaults filled in.
 

@@ -22,6 +22,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.local import KINDS, load_local
 from medft_jax.data.locations import resolve_data_dir
 from medft_jax.data.medmnist import load_medmnist
+from medft_jax.data.options import split_option_error
 from medft_jax.data.tasks import TASK_NAMES, load_task, prepare_task
 from medft_jax.names import dataset_names
 
@@ -45,6 +46,13 @@ def _sizes(resize_size: int | None, crop_size: int | None) -> tuple[int, int]:
     if crop < 1 or resize < crop:
         raise DataError(f"--resize-size {resize} must be >= --image-size {crop} >= 1")
     return resize, crop
+
+
+def _check_split_seed(name: str, seed: int) -> None:
+    """A seed for a dataset whose splits are all given (the command lines name their flag)."""
+    error = split_option_error(name, "seed", seed, 0)
+    if error:
+        raise DataError(error)
 
 
 def _task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +93,7 @@ def load(
         if options:
             raise DataError(f"demo takes no options; got {sorted(options)[0]!r}")
         return load_demo(seed=seed, image_size=crop_size or 32)
+    _check_split_seed(name, seed)
     if name.startswith("medmnist/"):
         if options:
             raise DataError(f"medmnist takes no options; got {sorted(options)[0]!r}")
@@ -131,6 +140,7 @@ def prepare(
     **options: Any,
 ) -> Dataset:
     """Prepares ``name`` once (paper tasks: TFDS, then the cache; others: the cache), loads it."""
+    _check_split_seed(name, seed)
     root = resolve_data_dir(data_dir)
     if name in TASK_NAMES:
         if manual_dir is None:

@@ -42,7 +42,7 @@ from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example
 from medft_jax.data.locations import cache_dir
-from medft_jax.data.options import OPTION_OWNERS
+from medft_jax.data.options import OPTION_OWNERS, split_option_error
 from medft_jax.errors import quiet_logger
 from medft_jax.names import TASK_NAMES as TASK_NAMES  # the one list of the tasks' names
 
@@ -70,6 +70,9 @@ def _config_kwargs(
 
 def _check_options(name: str, config: dict[str, Any]) -> None:
     """Refuses a task-specific option given to a task that does not read it."""
+    error = split_option_error(name, "--val-fraction", config.get("val_fraction"), 0.1)
+    if error:
+        raise DataError(error)
     for option, (owner, default) in OPTION_OWNERS.items():
         if config.get(option) not in (None, default) and name != owner:
             flag = "--" + option.replace("_", "-")
