@@ -30,6 +30,7 @@ which ``--skip-bad-images`` skips, never a traceback.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,20 @@ def _pydicom(path: Path) -> Any:
 
 
 def read_dicom(path: Path) -> Image.Image:
-    """The DICOM file at ``path`` as an 8-bit L or RGB PIL image (see the module docstring)."""
+    """The DICOM file at ``path`` as an 8-bit L or RGB PIL image (see the module docstring).
+
+    pydicom's own warnings and log records (a value longer than its VR allows,
+    an unknown character set, each failing decoder plugin's traceback) are
+    held back: a damaged file printed screenfuls of its bytes, and what
+    matters is this function's one line, or an image whose header passed
+    :func:`_check_header`.
+    """
+    with warnings.catch_warnings(), quiet_logger("pydicom"):
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        return _read_dicom(path)
+
+
+def _read_dicom(path: Path) -> Image.Image:
     pydicom = _pydicom(path)
     try:
         ds = pydicom.dcmread(path, defer_size="1 MB")
@@ -165,8 +179,7 @@ def _decode_pixels(ds: Any, path: Path) -> np.ndarray:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     name = getattr(syntax, "name", None) or str(syntax or "an unknown transfer syntax")
     try:
-        with quiet_logger("pydicom"):  # it logs each failing plugin's traceback
-            pixels = ds.pixel_array
+        pixels = ds.pixel_array
     except (RuntimeError, NotImplementedError) as err:
         try:
             missing = list(get_decoder(syntax).missing_dependencies) if syntax else []
