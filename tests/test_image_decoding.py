@@ -121,6 +121,21 @@ def test_multi_frame_file_refused_and_its_single_frame_read(tmp_path, name, kind
     assert _read(single).shape == (CROP, CROP, 3)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".dcm"])
+def test_a_file_gone_while_reading_is_an_error_even_when_skipping_bad_images(tmp_path, suffix):
+    """Every source checks its listed files exist; one gone by decoding time is a copy
+    changing under the reader, not a corrupt image to leave out of the data silently."""
+    reader = ImageReader(RESIZE, CROP, skip_bad_images=True)
+    gone = tmp_path / f"gone{suffix}"
+    with pytest.raises(DataError) as err:
+        reader.read(gone)
+    assert str(err.value) == (
+        f"image file not found: {gone} (moved or deleted while the data was read); "
+        "--skip-bad-images skips corrupt files, not missing ones"
+    )
+    assert reader.skipped == []
+
+
 def test_mpo_jpeg_is_read_as_its_primary_image(tmp_path):
     """A camera JPEG with MP previews opens on its primary image by definition: not a guess."""
     first, second = _frames(1, "RGB")[0], Image.new("RGB", (20, 24))

@@ -12,3 +12,7 @@ from medft_jax.errors import UserError
 
 class DataError(UserError):
     """A dataset on disk, or an option describing it, is not what was expected."""
+
+
+class ImageMissing(DataError):
+    """A listed image file is not on disk: a moved or partial copy, never skipped as bad."""

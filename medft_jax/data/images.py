@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from medft_jax.data import dicom
-from medft_jax.data.errors import DataError
+from medft_jax.data.errors import DataError, ImageMissing
 from medft_jax.data.paths import safe_join  # noqa: F401  (the one path rule lives there)
 from medft_jax.data.pixels import (
     MAX_PIXELS,
@@ -94,7 +94,7 @@ def open_image(path: Path, bits_stored: int | None = None) -> Image.Image:
             return dicom.read_dicom(path)
         return _open_pillow(path, bits_stored)
     except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
+        raise ImageMissing(f"image file not found: {path}") from None
     except IsADirectoryError:
         raise DataError(f"{path} is a folder, expected an image file") from None
     except OSError as err:  # no permission: from the DICOM preamble check
@@ -224,7 +224,9 @@ class ImageReader:
       crop_size: side of the centre crop (torchvision ``CenterCrop``).
       skip_bad_images: if true, a file that fails to decode is recorded in
         :attr:`skipped` and :meth:`read` returns ``None``; otherwise the
-        :class:`DataError` naming the file propagates.
+        :class:`DataError` naming the file propagates. A missing file is
+        never skipped: every source checks its listed files exist first, so
+        one gone later is a copy changing under the reader.
       decode: file -> PIL image; the MRI task swaps in its HDF5 reader.
     """
 
@@ -248,6 +250,11 @@ class ImageReader:
             image = self.decode(Path(path))
         except dicom.DecoderMissing:
             raise  # not a bad file: skipping would drop every file of its kind
+        except ImageMissing as err:  # listed, checked, then gone: not a corrupt file
+            raise ImageMissing(
+                f"{err} (moved or deleted while the data was read); --skip-bad-images "
+                "skips corrupt files, not missing ones"
+            ) from None
         except DataError:
             if not self.skip_bad_images:
                 raise
