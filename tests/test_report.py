@@ -87,6 +87,20 @@ def fail(dataset="bach", arch="resnet50", strategy="ft", lr=1e-4, seed=0, config
     return {"config": cfg, "run": results.run_name(cfg), "kind": "nonfinite", "error": "nan loss"}
 
 
+def one_run_grid(dataset, dataset_options=None):
+    """A grid of one run: ResNet-50 FT at lr 1e-4, seed 0, from ImageNet weights."""
+    return Grid(
+        name="one",
+        datasets=(dataset,),
+        archs=("resnet50",),
+        strategies=("ft",),
+        lrs=(1e-4,),
+        seeds=(0,),
+        settings={"weights": "imagenet"},
+        dataset_options=dataset_options or {},
+    )
+
+
 def read_csv(text):
     return list(csv.DictReader(io.StringIO(text)))
 
@@ -408,15 +422,7 @@ def test_runs_of_two_numerics_versions_are_refused_and_a_grid_leaves_the_older_o
         "NUMERICS_VERSION); delete or move the older runs' folders, or report them from "
         "separate --runs folders"
     )
-    grid = Grid(
-        name="g",
-        datasets=("bach",),
-        archs=("resnet50",),
-        strategies=("ft",),
-        lrs=(1e-4,),
-        seeds=(0,),
-        settings={"weights": "imagenet"},
-    )
+    grid = one_run_grid("bach")
     cfg = grid.config("bach", "resnet50", "ft", 1e-4, 0).to_dict()
     current = rec(config=cfg, test=0.7)
     stale = rec(config={k: v for k, v in cfg.items() if k != "numerics"}, test=0.9)
@@ -659,16 +665,7 @@ def test_one_dataset_split_two_ways_is_refused():
 
 
 def test_a_grid_takes_only_runs_of_its_split():
-    grid = Grid(
-        name="paper-like",
-        datasets=("isic2020",),
-        archs=("resnet50",),
-        strategies=("ft",),
-        lrs=(1e-4,),
-        seeds=(0,),
-        settings={"weights": "imagenet"},
-        dataset_options={"isic2020": {"split_by": "image"}},
-    )
+    grid = one_run_grid("isic2020", {"isic2020": {"split_by": "image"}})
     cfg = grid.config("isic2020", "resnet50", "ft", 1e-4, 0).to_dict()
     by_patient = opt_rec(config=cfg, options={"split_by": "patient"}, test=0.9)
     by_image = opt_rec(config=cfg, options={"split_by": "image"}, test=0.7)
