@@ -417,15 +417,21 @@ def test_a_bf16_runs_checkpoint_predicts_in_bf16(tmp_path, capsys):
     """A ``--precision bf16`` run evaluated in bfloat16; its checkpoint says so (format
     version 3: an older reader would compute in float32) and predict computes alike,
     unless ``--precision fp32`` asks otherwise."""
-    variables = medft_jax.models.init_variables(medft_jax.models.create("resnet_tiny", 3), 0, 32)
+    rng = np.random.default_rng(0)
+    shapes = variable_shapes("resnet_tiny", 3)  # random weights, unit BN statistics: no init
+    variables = {
+        "params": jax.tree.map(
+            lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes["params"]
+        ),
+        "batch_stats": jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes["batch_stats"]),
+    }
     meta = {"arch": "resnet_tiny", "num_classes": 3, "resize_size": 36, "crop_size": 32}
     meta["precision"] = "bf16"
     ck = save_model(tmp_path / "ck", variables["params"], variables["batch_stats"], meta)
     assert load_metadata(ck)["format_version"] == 3
     image = tmp_path / "a.png"  # 36 px: the resize keeps it, the crop takes [2:34]
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (36, 36, 3), np.uint8)).save(image)
-    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    images[0] = np.asarray(Image.open(image))[2:34, 2:34]
+    Image.fromarray(rng.integers(0, 256, (36, 36, 3), np.uint8)).save(image)
+    crop = np.asarray(Image.open(image))[None, 2:34, 2:34]
 
     def probs(dtype):  # normalised inside the jit, as a run's evaluation step does
         model = medft_jax.models.create("resnet_tiny", 3, dtype=dtype)
@@ -434,17 +440,15 @@ def test_a_bf16_runs_checkpoint_predicts_in_bf16(tmp_path, capsys):
             logits = model.apply(variables, normalize(images, dtype))
             return jax.nn.softmax(logits.astype(jnp.float32))
 
-        return np.asarray(jax.jit(forward)(variables, images))
+        return np.asarray(jax.jit(forward)(variables, crop))[0]
 
     bf16, f32 = probs(jnp.bfloat16), probs(jnp.float32)
     assert np.abs(bf16 - f32).max() > 1e-4  # the two differ: the test tells them apart
-    np.testing.assert_allclose(predict.Predictor(ck)(images), bf16, atol=1e-6)
-    np.testing.assert_allclose(predict.Predictor(ck, precision="fp32")(images), f32, atol=1e-6)
     argv = ["--checkpoint", str(ck), "--images", str(image), "--json"]
     for flags, expect in (([], bf16), (["--precision", "fp32"], f32)):
         assert predict.main([*argv, *flags]) == 0
         row = json.loads(capsys.readouterr().out)["probs"]
-        np.testing.assert_allclose(row, expect[0], atol=1e-6)
+        np.testing.assert_allclose(row, expect, atol=1e-6)
 
 
 @pytest.mark.slow  # the predictor test above checks the same metadata in the fast tier
