@@ -261,6 +261,20 @@ def _png16_rgb(path: Path, values: np.ndarray, colour_type: int = 2) -> Path:
     return path
 
 
+def test_netpbm_colour_is_16_bit_only_when_its_maxval_says_so(tmp_path):
+    """An 8-bit PPM (maxval <= 255), dark or not, is 8-bit colour: it was refused by the
+    16-bit colour rule; a 16-bit one (maxval 4095) still takes that rule."""
+    dark = np.random.default_rng(11).integers(0, 60, (5, 6, 3)).astype(np.uint8)
+    eight = tmp_path / "dark.ppm"
+    Image.fromarray(dark, "RGB").save(eight)
+    for bits in (None, 12):  # a folder of 12-bit X-rays may hold colour PPMs too
+        assert np.array_equal(np.asarray(open_image(eight, bits_stored=bits)), dark)
+    sixteen = tmp_path / "c12.ppm"
+    sixteen.write_bytes(b"P6\n6 5\n4095\n" + np.full((5, 6, 3), 1000, ">u2").tobytes())
+    with pytest.raises(DataError, match=r"c12\.ppm: 16-bit colour image whose values all fit"):
+        open_image(sixteen)
+
+
 def test_16bit_colour_is_read_by_the_16bit_rule_and_never_crushed_silently(tmp_path):
     """Pillow reads 16-bit colour as each sample's high byte: 12-bit colour would come out
     0..15. Refused unless the 16-bit rule is asked for; other declared bits cannot be met."""

@@ -175,8 +175,12 @@ def _stored_samples(image: Image.Image) -> str | None:
     (``RGB;16B``), read before decoding."""
     if image.mode not in ("I", "RGB", "RGBA"):
         return None
-    if image.format == "PPM":  # Pillow scales a 9..16-bit PGM's maxval to 0..65535
-        return "I;16"
+    if image.format == "PPM":  # Pillow scales a 9..16-bit maxval to 0..65535
+        args = image.tile[0].args if image.tile else None
+        maxval = args[1] if isinstance(args, tuple) and len(args) > 1 else None
+        if image.mode == "I" or (isinstance(maxval, int) and maxval > 255):
+            return "I;16"
+        return None  # 8-bit colour (maxval <= 255, scaled to 0..255 by Pillow)
     if not image.tile:
         return None
     args = image.tile[0].args
