@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -389,11 +390,88 @@ def test_folder_links_inside_the_root_are_followed(tmp_path):
     (root / "train").mkdir()
     (root / "train" / "cat").symlink_to(root / "store" / "cat_files")
     (root / "train" / "dog").symlink_to(Path("../store/dog_files"))  # relative link
-    (root / "train" / "dog" / "extra.png").symlink_to(root / "store" / "cat_files" / "0.png")
+    image(99).save(root / "store" / "extra.png")  # listed through the link only
+    (root / "train" / "dog" / "extra.png").symlink_to(root / "store" / "extra.png")
     ds = _load_folder(root, tmp_path / "out")
     assert ds.class_names == ("cat", "dog")
     ids = sorted(i for s in ds.splits.values() for i in s.ids.tolist())
     assert len(ids) == 21 and "train/dog/extra.png" in ids
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard", "folder"])
+def test_one_file_under_two_names_is_refused(tmp_path, link):
+    """Two names of one image (a link into another class, or a link to a folder above that
+    reaches the classes again) would be two examples: in two classes, or train and test."""
+    root = tmp_path / "imgs"
+    _folder(root)
+    if link == "symbolic":
+        (root / "dog" / "also.png").symlink_to(root / "cat" / "3.png")
+    elif link == "hard":
+        os.link(root / "cat" / "3.png", root / "dog" / "also.png")
+    else:
+        (root / "cat" / "up").symlink_to(Path(".."))
+    with pytest.raises(DataError) as err:
+        _load_folder(root, tmp_path / "out")
+    message = _one_line(err)
+    assert re.search(
+        r"imgs/(cat/up/)?(cat|dog)/\S+\.png and \S+imgs/(cat|dog)/\S+\.png are one file \(links "
+        r"to one image; splits? .*\); an image listed twice would be two examples$",
+        message,
+    ), message
+    _no_cache_written(tmp_path / "out")
+
+
+def test_a_change_of_the_toolkits_rules_is_said_alone():
+    """A new listing version may change the signature's form too: not "3 files changed"."""
+    old = {"files": [["a.png", 1, 2]], "listing": 2, "examples": "x"}
+    new = {"files": [["a.png", 1, 2, 3]], "listing": 3, "examples": "y"}
+    assert cache_mod.describe_change(old, new) == (
+        "listing rules (ids, splits, the files' signature) changed"
+    )
+    assert cache_mod.describe_change(old, {**old, "examples": "y"}) == (
+        "examples (ids, labels, patients or splits) changed"
+    )
+
+
+def test_folder_cache_follows_links_moved_and_files_swapped(tmp_path, capsys):
+    """Moving a link to another class relabels an image without touching any image file;
+    swapping two same-size files keeps every name, size and mtime: both rebuild."""
+    from PIL import Image
+
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root / "store", classes=("files",), per_class=24)
+    for i in range(24):
+        split, c = ("train" if i < 16 else "test"), ("cat" if i % 2 else "dog")
+        (root / split / c).mkdir(parents=True, exist_ok=True)
+        (root / split / c / f"{i}.png").symlink_to(Path("../../store/files") / f"{i}.png")
+    _load_folder(root, out)
+    (root / "train" / "cat" / "1.png").rename(root / "train" / "dog" / "1.png")
+    ds = _load_folder(root, out)
+    assert _rebuilds(capsys) == [
+        f"folder cache {_only_cache(out)} is stale: examples (ids, labels, patients or "
+        "splits) changed; rebuilding"
+    ]
+    labels = {
+        i: ds.class_names[label]
+        for s in ds.splits.values()
+        for i, label in zip(s.ids.tolist(), s.labels.tolist(), strict=True)
+    }
+    assert labels["train/dog/1.png"] == "dog" and "train/cat/1.png" not in labels
+    a, b = root / "store" / "files" / "2.png", root / "store" / "files" / "3.png"
+    Image.new("RGB", (20, 18), (30, 30, 30)).save(a)
+    Image.new("RGB", (20, 18), (220, 220, 220)).save(b)
+    assert a.stat().st_size == b.stat().st_size  # one size: only the ctime tells them apart
+    for p in (a, b):
+        os.utime(p, ns=(5, 5))
+    _load_folder(root, out)
+    capsys.readouterr()
+    a.rename(tmp_path / "t.png")
+    b.rename(a)
+    (tmp_path / "t.png").rename(b)
+    _load_folder(root, out)
+    assert _rebuilds(capsys) == [
+        f"folder cache {_only_cache(out)} is stale: 2 files changed; rebuilding"
+    ]
 
 
 def test_csv_link_out_of_the_root_is_refused(tmp_path):

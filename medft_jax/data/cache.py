@@ -356,11 +356,16 @@ def update_meta(cache_dir: Path, changes: Mapping[str, Any]) -> None:
 # What a cache was built from
 
 
-def file_stats(root: Path, paths: Iterable[Path]) -> list[list[Any]]:
-    """``[[name relative to root, size, mtime_ns], ...]`` sorted; stat only, no reading.
+def file_stats(root: Path, paths: Iterable[Path], *, ctime: bool = False) -> list[list[Any]]:
+    """``[[name relative to root, size, mtime_ns(, ctime_ns)], ...]`` sorted; stat only.
 
-    Links are followed (the size and time of what is read). A missing file
-    gets size and time -1, so its later appearance changes the signature.
+    Links are followed (the size and times of what is read). A missing file
+    gets size and times -1, so its later appearance changes the signature.
+    ``ctime``: also the inode change time, which no copy tool sets back: a
+    file replaced by one of the same size and modification time (``cp -p``,
+    ``rsync -a``, two same-size files swapped with ``mv``) changes it. The
+    user's own folders take it; the paper tasks' prepared data does not, so
+    that caches built before it are not rebuilt for nothing.
     """
     real_root = Path(root).resolve()
     out = []
@@ -372,10 +377,30 @@ def file_stats(root: Path, paths: Iterable[Path]) -> list[list[Any]]:
             name = real.as_posix()
         try:
             st = os.stat(real)
-            out.append([name, st.st_size, st.st_mtime_ns])
+            out.append([name, st.st_size, st.st_mtime_ns, *([st.st_ctime_ns] if ctime else [])])
         except (FileNotFoundError, NotADirectoryError):
-            out.append([name, -1, -1])
+            out.append([name, -1, -1, *([-1] if ctime else [])])
     return sorted(out)
+
+
+def examples_digest(splits: Mapping[str, Sequence[Any]]) -> str:
+    """A hash of every example's split, id, label, patient and group, in listing order.
+
+    Part of a cache's source signature: the same files listed as other examples
+    (a link moved to another class or split) is another dataset.
+    """
+    examples = [
+        [
+            split,
+            ex.id,
+            list(ex.label) if isinstance(ex.label, tuple) else int(ex.label),
+            ex.patient,
+            ex.group,
+        ]
+        for split, members in splits.items()
+        for ex in members
+    ]
+    return hashlib.sha256(json.dumps(examples).encode()).hexdigest()
 
 
 def tree_stats(folder: Path, *, exclude: Sequence[str] = ()) -> list[list[Any]]:
@@ -400,7 +425,18 @@ def stale_reason(cache_dir: Path, source: Mapping[str, Any]) -> str | None:
 
 
 def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
-    """E.g. ``"3 files added, 1 removed; class_names changed"``; None when equal."""
+    """E.g. ``"3 files added, 1 removed; class_names changed"``; None when equal.
+
+    A change of the toolkit's own rules (:data:`RULE_FACTS`) is said alone: the
+    signature's other parts may have changed form with it.
+    """
+    rules = [
+        f"{FACT_WORDS[key]} changed"
+        for key in RULE_FACTS
+        if _jsonable(old.get(key)) != _jsonable(new.get(key))
+    ]
+    if rules:
+        return "; ".join(rules)
     parts = []
     before = {f[0]: tuple(f[1:]) for f in old.get("files", [])}
     after = {f[0]: tuple(f[1:]) for f in new.get("files", [])}
@@ -415,11 +451,19 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
         n, w = counts[0]
         words[0] = f"{n} file{'s' if n != 1 else ''} {w}"
         parts.append(", ".join(words))
-    for key in sorted((old.keys() | new.keys()) - {"files"}):
-        if _jsonable(old.get(key)) != _jsonable(new.get(key)):
-            parts.append(f"{FACT_WORDS.get(key, key)} changed")
+    facts = [
+        key
+        for key in sorted((old.keys() | new.keys()) - {"files"})
+        if _jsonable(old.get(key)) != _jsonable(new.get(key))
+    ]
+    if "examples" in facts and (added or removed or len(facts) > 1):
+        facts.remove("examples")  # it changed with the files or facts said
+    parts += [f"{FACT_WORDS.get(key, key)} changed" for key in facts]
     return "; ".join(parts) or None
 
+
+RULE_FACTS = ("decoding", "listing")
+"""Signature facts that are versions of the toolkit's rules, not of the user's files."""
 
 FACT_WORDS = {
     "class_names": "class list",
@@ -428,6 +472,7 @@ FACT_WORDS = {
     "tfds_dir": "TFDS folder",
     "examples": "examples (ids, labels, patients or splits)",
     "decoding": "image decoding rules (16-bit, float, DICOM)",
+    "listing": "listing rules (ids, splits, the files' signature)",
     "skip_bad_images": "--skip-bad-images",
 }
 """How :func:`describe_change` names a changed fact of a source signature."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -143,14 +144,33 @@ def validate(
 
 
 def _check_files_exist(splits: dict[str, list[Example]], where: str) -> None:
-    """Refuses listed images that are not on disk, before anything is decoded or written.
+    """Refuses listed images that are not on disk, or one file listed under two names.
 
     A partly downloaded or moved copy would otherwise fail only when its first
     missing file is decoded, after part of the data was written, or, with
-    ``--skip-bad-images`` (corrupt files), shrink without a word.
+    ``--skip-bad-images`` (corrupt files), shrink without a word. Two names of
+    one file (symbolic or hard links: the same device and inode) would be two
+    examples of one image, in two classes or in training and test.
     """
-    listed = [ex for members in splits.values() for ex in members]
-    missing = [ex for ex in listed if not os.path.isfile(ex.path)]
+    listed = [(name, ex) for name, members in splits.items() for ex in members]
+    missing = []
+    first: dict[tuple[int, int], tuple[str, Example]] = {}
+    for name, ex in listed:
+        try:
+            st = os.stat(ex.path)
+        except OSError:
+            missing.append(ex)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            missing.append(ex)
+            continue
+        seen = first.setdefault((st.st_dev, st.st_ino), (name, ex))
+        if seen[1] is not ex:
+            in_which = f"split {name!r}" if seen[0] == name else f"splits {seen[0]!r} and {name!r}"
+            raise DataError(
+                f"{where}: {seen[1].path} and {ex.path} are one file (links to one image; "
+                f"{in_which}); an image listed twice would be two examples"
+            )
     if missing:
         raise DataError(
             f"{where}: {len(missing)} of the {len(listed)} listed images do not exist, e.g. "

@@ -119,10 +119,12 @@ def load_local(
     )
 
 
-LISTING_VERSION = 2
-"""Bumped whenever the same files can list as other examples (2: a csv's ids are the
-resolved path under the root, so ``./a.png`` and ``a.png`` are one example; folder split
-folders known by their usual names): a cache built under another version is stale."""
+LISTING_VERSION = 3
+"""Bumped whenever the same files can list as other examples, or the signature changes
+form (2: a csv's ids are the resolved path under the root, so ``./a.png`` and ``a.png``
+are one example; folder split folders known by their usual names; 3: the signature
+holds the examples' digest and each file's ctime, and one file listed under two names
+is refused): a cache built under another version is stale."""
 
 
 def source_of(
@@ -134,18 +136,20 @@ def source_of(
 ) -> dict[str, Any]:
     """The signature of what a cache is built from: stat only, nothing decoded or hashed.
 
-    Every listed image file's (name, size, mtime), the class list, multilabel
-    and the labels CSV's (name, size, mtime) for ``csv``. Split membership
-    follows from these and the options (part of the cache's name).
+    Every listed image file's (name, size, mtime, ctime), the examples' digest
+    (ids, labels, splits), the class list, multilabel and the labels CSV's
+    (name, size, mtime, ctime) for ``csv``.
     """
     paths = [ex.path for members in splits.values() for ex in members]
     csv_file = options.get("csv_file")
     csv_stat = None
     if csv_file is not None:
         csv_path = Path(csv_file) if Path(csv_file).is_absolute() else root / csv_file
-        csv_stat = cache.file_stats(root, [csv_path])[0]
+        csv_stat = cache.file_stats(root, [csv_path], ctime=True)[0]
     return {
-        "files": cache.file_stats(root, paths),
+        "files": cache.file_stats(root, paths, ctime=True),
+        # Which file is which example: a link moved to another class or split.
+        "examples": cache.examples_digest(splits),
         "class_names": list(class_names),
         "multilabel": multilabel,
         "labels_csv": csv_stat,

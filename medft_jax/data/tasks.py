@@ -24,7 +24,6 @@ is never served from old output (one line says what changed):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -177,20 +176,8 @@ def _stale_reason(target: Path, data_dir: Path) -> str | None:
 
 def manual_source(manual_dir: Path, splits: dict[str, list[Example]]) -> dict[str, Any]:
     """The signature of a manual dir as parsed: image files' stats + a hash of the examples."""
-    examples = [
-        [
-            split,
-            ex.id,
-            list(ex.label) if isinstance(ex.label, tuple) else int(ex.label),
-            ex.patient,
-            ex.group,
-        ]
-        for split, members in splits.items()
-        for ex in members
-    ]
-    digest = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
     paths = [ex.path for members in splits.values() for ex in members]
-    return {"files": cache.file_stats(manual_dir, paths), "examples": digest}
+    return {"files": cache.file_stats(manual_dir, paths), "examples": cache.examples_digest(splits)}
 
 
 def _read_manual_record(tfds_dir: Path) -> dict[str, Any] | None:
