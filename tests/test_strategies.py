@@ -721,6 +721,35 @@ def test_partition_head_that_matches_no_parameter_is_refused():
         assert "['body', 'stem', 'top']" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("blocks", "head", "message"),
+    [
+        (  # G-FL would start the second "stem" at epoch 1 and G-LF merge the two
+            (Block("stem", ("stem",)), Block("stem", ("body",)), Block("top", ("top",))),
+            "top/head",
+            r"partition \(toy\) names block 'stem' twice; block names must be distinct",
+        ),
+        (  # an epoch that unfreezes nothing, and patience counted from one epoch late
+            (*TOY.blocks[:2], Block("ghost", ("ghost",)), TOY.blocks[2]),
+            "top/head",
+            r"partition block 'ghost' \(toy\) owns no parameter; it would be a stage that",
+        ),
+        (
+            (Block("stem", ("stem",)), Block("top", ("top",)), Block("body", ("body",))),
+            "top/head",
+            r"partition\.head 'top/head' \(toy\) is not in the last block 'body'",
+        ),
+    ],
+    ids=["name-twice", "empty-block", "head-not-last"],
+)
+def test_a_partition_whose_blocks_are_not_stages_is_refused(blocks, head, message):
+    """Each block is a stage of G-LF/G-FL: a user's own partition is checked before use."""
+    partition = BlockPartition(arch="toy", blocks=blocks, head=head)
+    for name in ("g_fl", "g_lf"):
+        with pytest.raises(ValueError, match=rf"^make\('{name}'\): {message}"):
+            make(name, toy_params(), partition, learning_rate=LR)
+
+
 def test_an_arch_name_where_a_partition_goes_is_a_type_error():
     with pytest.raises(TypeError, match=r"get_arch\('resnet50'\)\.partition"):
         make("ft", toy_params(), "resnet50", learning_rate=LR)

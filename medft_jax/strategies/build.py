@@ -145,11 +145,33 @@ def _check_partition(name: str, params: PyTree, partition: Any) -> None:
             f"got {type(partition).__name__}{hint}"
         )
     paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-    if not any(partition.is_head(p) for p in paths):
+    heads = [p for p in paths if partition.is_head(p)]
+    if not heads:
         top = sorted({p.split("/", 1)[0] for p in paths})
         raise ValueError(
             f"{where}: partition.head {partition.head!r} ({partition.arch}) matches no "
             f"parameter; the params' top-level names are {top} (paths are '/'-separated)"
+        )
+    # Each block is a stage of G-LF/G-FL: a name given twice would merge or skip stages,
+    # a block owning nothing would be an epoch that unfreezes nothing.
+    names = list(partition.names)
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise ValueError(
+            f"{where}: partition ({partition.arch}) names block {twice!r} twice; block "
+            "names must be distinct (each block is a stage)"
+        )
+    empty = next((b.name for b in partition.blocks if not any(b.owns(p) for p in paths)), None)
+    if empty is not None:
+        raise ValueError(
+            f"{where}: partition block {empty!r} ({partition.arch}) owns no parameter; "
+            "it would be a stage that trains nothing"
+        )
+    last = partition.blocks[-1]
+    if not all(last.owns(p) for p in heads):
+        raise ValueError(
+            f"{where}: partition.head {partition.head!r} ({partition.arch}) is not in the "
+            f"last block {last.name!r}; the head's block must be the last (output) block"
         )
 
 
