@@ -278,6 +278,12 @@ def _print_summary(records: list[dict[str, Any]], out: str, failed_lrs: list[flo
         print(f"\nskipped bad images (--skip-bad-images): {sum(skipped.values())} ({each})")
     if failed_lrs:
         print(f"\nlr {lrs_text(failed_lrs)} left out of the choice: a run there diverged")
+    unvalidated = aggregate.unvalidated_lrs(records)
+    if unvalidated:
+        print(
+            f"\nlr {lrs_text(unvalidated)} left out of the choice: a run there has no "
+            f"validation {metric}"
+        )
     if not chosen:
         print("no learning rate without a diverged run: no test metrics to show")
     elif len(chosen) == 1:

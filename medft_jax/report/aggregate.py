@@ -52,14 +52,28 @@ def group_records(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str,
 def eligible(
     records: Iterable[dict[str, Any]], failed_lrs: Iterable[float]
 ) -> list[dict[str, Any]]:
-    """The records at LRs where no run failed: only these may be chosen.
+    """The records at LRs where no run failed and every run has a validation value:
+    only these may be chosen.
 
     Choosing an LR at which a seed diverged, on the seeds that survived,
-    would hide that it diverged; the run command and the report both apply
-    this rule.
+    would hide that it diverged (and likewise :func:`unvalidated_lrs`); the
+    run command and the report both apply this rule.
     """
-    bad = {float(lr) for lr in failed_lrs}
+    records = list(records)
+    bad = {float(lr) for lr in failed_lrs} | set(unvalidated_lrs(records))
     return [r for r in records if float(r["config"]["lr"]) not in bad]
+
+
+def unvalidated_lrs(records: Iterable[dict[str, Any]]) -> tuple[float, ...]:
+    """LRs at which a record has no finite validation primary metric (an older or
+    edited record): chosen on the other seeds' mean, one seed's value could decide.
+    Like an LR with a failed run, such an LR is left out of the choice."""
+    bad = set()
+    for r in records:
+        value = _as_float((r.get("val") or {}).get(r.get("primary_metric")))
+        if not math.isfinite(value):
+            bad.add(float(r["config"]["lr"]))
+    return tuple(sorted(bad))
 
 
 def lr_means(records: Sequence[dict[str, Any]], metric: str | None = None) -> dict[float, float]:

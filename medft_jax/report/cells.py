@@ -36,6 +36,8 @@ COMPLETE, PARTIAL, MISSING, FAILED = "complete", "partial", "missing", "failed"
 STATUSES = (COMPLETE, PARTIAL, MISSING, FAILED)
 ALPHA = 0.05
 """Significance level of the paired comparison's mark."""
+SPREAD_TOLERANCE = 1e-9
+"""Paired differences whose SE is below this (times the values' scale) have no spread."""
 
 _REQUIRED = ("dataset", "arch", "strategy", "lr", "seed")
 _PER_CELL = (
@@ -100,7 +102,7 @@ class Cell:
     runs_expected: int = 0
     failure_kinds: tuple[str, ...] = ()
     excluded_lrs: tuple[float, ...] = ()
-    """LRs not eligible for the choice because a run at them failed."""
+    """LRs not eligible for the choice: a run at them failed or has no validation value."""
     cost: Cost | None = None
 
     @property
@@ -468,7 +470,8 @@ def _make_cell(
     }
     if not runs:
         return Cell(status=MISSING, **base)
-    bad_lrs = tuple(sorted({float(f["config"]["lr"]) for f in fails}))
+    failed = {float(f["config"]["lr"]) for f in fails}
+    bad_lrs = tuple(sorted(failed | set(aggregate.unvalidated_lrs(recs))))
     eligible = aggregate.eligible(recs, bad_lrs)
     if not eligible or not any(map(math.isfinite, aggregate.lr_means(eligible).values())):
         return Cell(status=FAILED, excluded_lrs=bad_lrs, **base)
@@ -690,7 +693,8 @@ def paired_vs_ft(summary: Summary) -> list[Paired]:
 
     Two-sided paired t-test (``scipy.stats.ttest_rel``) over the seeds both
     cells have a finite test primary metric for; t and p are NaN with fewer
-    than two pairs or no spread. ``p_holm`` is Holm's step-down adjustment
+    than two pairs or no spread (an SE below :data:`SPREAD_TOLERANCE` of the
+    values' scale: equal differences up to float rounding). ``p_holm`` is Holm's step-down adjustment
     over the strategies of one (dataset, arch), the family a reader scans.
     """
     from scipy import stats
@@ -717,7 +721,11 @@ def paired_vs_ft(summary: Summary) -> list[Paired]:
                 y = [ft.per_seed[k] for k in seeds]
                 mean, se = aggregate.mean_se(xi - yi for xi, yi in zip(x, y, strict=True))
                 t = p = math.nan
-                if len(seeds) >= 2 and math.isfinite(se) and se > 0:
+                # "No spread" up to rounding: 0.55-0.60 and 0.60-0.65 differ in the last
+                # bit, and a test set's accuracy moves in steps, so equal differences are
+                # common; their t would be ~1e15, a "significant" artefact.
+                scale = max([1.0, *map(abs, x), *map(abs, y)])
+                if len(seeds) >= 2 and math.isfinite(se) and se > SPREAD_TOLERANCE * scale:
                     res = stats.ttest_rel(x, y)
                     t, p = float(res.statistic), float(res.pvalue)
                 family.append(Paired(d, a, s, ft.metric, seeds, mean, se, t, len(seeds) - 1, p))

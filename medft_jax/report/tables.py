@@ -108,7 +108,8 @@ def _cell_notes(cells: Iterable[Cell]) -> list[str]:
         if _lrs_left_out(c):
             notes.append(
                 f"{DOUBLE_DAGGER} {name}: lr {lrs_text(c.excluded_lrs)} left out of the choice "
-                f"(a run there {c.failure_text}); the value is from the best of the other LRs"
+                f"(a run there {c.failure_text if c.failure_kinds else 'has no validation value'}"
+                "); the value is from the best of the other LRs"
             )
     return notes
 
@@ -599,7 +600,7 @@ def table11(summary: Summary) -> Table:
     if any(c is not None and _lrs_left_out(c) for b in bests for c in (b.cell, b.ft)):
         notes.append(
             f"{DOUBLE_DAGGER}: a cell whose LR was chosen without an LR where a run failed "
-            "(see the dataset's table)."
+            "or had no validation value (see the dataset's table)."
         )
     title = "Table 11: best configuration per dataset and its gain over FT"
     lines = [_best_line(b) for b in bests]

@@ -342,7 +342,8 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         "that exist and the table's notes say k of n runs. — : no run at all (an empty field "
         "in the CSV; never 0). diverged: only failure notes, the loss became non-finite; "
         "failed: only failure notes of another kind. n/a: the metric is undefined for every "
-        f"seed. {DOUBLE_DAGGER}: a run failed at one of the cell's LRs, so that LR was left "
+        f"seed. {DOUBLE_DAGGER}: a run failed (or has no validation value) at one of the "
+        "cell's LRs, so that LR was left "
         "out of the choice and the value is the best of the others (the table's notes and "
         "the CSV's excluded_lrs name it).",
         "- **Bold**: best mean per arch and metric; <u>underlined</u>: best mean per metric "
