@@ -313,6 +313,20 @@ def test_table12_counts_against_a_hand_count():
     )
 
 
+def test_table12_counts_a_strategy_that_diverged_as_not_beating_ft():
+    """LP diverged at every LR on ISIC and beats FT on BACH: 1 of 2, not 1 of 1 (the
+    paper counts out of all experiments); a dataset not run at all stays out."""
+    records = [rec(strategy="ft", test=0.8), rec(strategy="lp", test=0.9)]
+    records += [rec(dataset="isic2020", strategy="ft", test=0.8)]
+    records += [rec(dataset="mura_wrist", strategy="ft", test=0.8)]  # LP not run there
+    failures = [fail(dataset="isic2020", strategy="lp", lr=lr) for lr in (1e-3, 1e-4)]
+    summary = collect(records, failures)
+    assert summary.cell("isic2020", "resnet50", "lp").status == "failed"
+    assert summary.cell("mura_wrist", "resnet50", "lp").status == "missing"
+    assert beats_ft(summary, 0.1) == {("lp", "resnet50"): (1, 2)}
+    assert "| LP | 1/2 | 1/2 (50.0%) |" in to_markdown(table12(summary, 0.1))
+
+
 def test_table11_best_per_dataset_and_improvement():
     summary = _three_datasets()
     best = {b.dataset: b for b in best_per_dataset(summary)}

@@ -673,7 +673,8 @@ def table12(
     notes = [
         f"Beats: relative improvement of the mean test metric over FT of the same dataset and "
         f"arch > {threshold:g}%, {count_rule_text(summary, count_metrics)}. k/n: "
-        "n counts the datasets where both cells have a value (complete or partial)."
+        "n counts the datasets where FT has a value and the strategy has a value (complete "
+        "or partial) or only failed runs (it did not beat FT); datasets not run are left out."
     ]
     strategies = [s for s in summary.strategies if s != BASELINE]
     return _wide_table(
