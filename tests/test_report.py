@@ -186,6 +186,18 @@ def test_an_lr_where_a_seed_has_no_validation_value_is_never_chosen():
     assert "‡" not in tex and r"$^{\ddagger}$" in tex  # LaTeX has no raw double dagger
 
 
+def test_a_value_over_fewer_seeds_than_its_cell_is_marked():
+    """kappa undefined for seed 2: its mean is over 2 seeds while accuracy's is over 3; the
+    table says so next to the value, in a note, and in LaTeX."""
+    records = [rec(seed=k, test=v) for k, v in enumerate((0.6, 0.7, 0.85))]
+    records[2]["test"]["kappa"] = None
+    table = dataset_table(collect(records), "bach")
+    md = to_markdown(table)
+    assert f"**{shown(0.7166666, 0.0726483)}**" in md and f"**{shown(0.325, 0.025)}§**" in md
+    assert "§ FT, ResNet-50: κ over 2 of 3 seeds (undefined for the others)" in table.notes
+    assert r"$^{\S}$" in to_latex(table)
+
+
 def test_equal_paired_differences_up_to_rounding_have_no_spread():
     """BACH accuracy moves in 2.5 % steps: LP 5 points under FT on every seed differs in
     the last bit between seeds, which must not read as t = -1e15, p < 0.001."""

@@ -30,6 +30,8 @@ DAGGER = "†"
 """A cell with expected runs missing."""
 DOUBLE_DAGGER = "‡"
 """A cell whose LR was chosen without an LR at which a run failed."""
+SECTION = "§"
+"""A value over fewer seeds than its cell has: the metric was undefined for the others."""
 UNDEFINED = "n/a"
 """A metric undefined for every seed of a cell that has runs (e.g. AUROC with one class)."""
 
@@ -140,6 +142,7 @@ _LATEX_CHARS = {
     "−": "$-$",
     "†": r"$^{\dagger}$",
     "‡": r"$^{\ddagger}$",
+    "§": r"$^{\S}$",
     "±": r"$\pm$",
     "Δ": r"$\Delta$",
     "κ": r"$\kappa$",

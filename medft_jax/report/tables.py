@@ -48,6 +48,7 @@ from medft_jax.report.render import (
     DAGGER,
     DOUBLE_DAGGER,
     MISSING_TEXT,
+    SECTION,
     UNDEFINED,
     Column,
     Entry,
@@ -95,14 +96,26 @@ def cell_text(cell: Cell, metric: str) -> str:
     mean, se = cell.test.get(metric, (math.nan, math.nan))
     if not math.isfinite(mean):
         return UNDEFINED + mark
+    mark += SECTION if _fewer_seeds(cell, metric) else ""
     return f"{pct(mean)} ({pct(se)}){mark}"
 
 
-def _cell_notes(cells: Iterable[Cell]) -> list[str]:
-    """What the † and ‡ of each marked cell stand for."""
+def _fewer_seeds(cell: Cell, metric: str) -> bool:
+    """A value over fewer seeds than the cell has (the metric undefined for some)."""
+    return cell.has_value and 0 < cell.n.get(metric, len(cell.seeds)) < len(cell.seeds)
+
+
+def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]:
+    """What the †, ‡ and § of each marked cell stand for."""
     notes = []
     for c in cells:
         name = f"{strategy_label(c.strategy)}, {arch_label(c.arch)}"
+        for m in metrics:
+            if _fewer_seeds(c, m):
+                notes.append(
+                    f"{SECTION} {name}: {metric_label(m)} over {c.n[m]} of {len(c.seeds)} "
+                    "seeds (undefined for the others)"
+                )
         if _incomplete(c):
             notes.append(f"{DAGGER} {name}: {c.runs_done} of {c.runs_expected} runs")
         if _lrs_left_out(c):
@@ -359,7 +372,9 @@ def dataset_table(summary: Summary, dataset: str) -> Table:
         f"Bold: best mean per arch and metric; underlined: best over all archs. LR chosen by the "
         f"mean validation {metric_label(summary.primary[dataset])} over seeds. Cost: "
         "device-seconds of one run at the chosen LR (mean over seeds).",
-        *_cell_notes(cells[(a, s)] for s in strategies for a in archs if (a, s) in cells),
+        *_cell_notes(
+            (cells[(a, s)] for s in strategies for a in archs if (a, s) in cells), metrics
+        ),
     ]
     lines = _marked(_value_lines(cells, archs, strategies, metrics))
     head = Head(dataset_table_name(dataset), title, notes)

@@ -24,6 +24,7 @@ from medft_jax.report.cells import COMPLETE, MISSING, PARTIAL, Summary
 from medft_jax.report.render import (
     DAGGER,
     DOUBLE_DAGGER,
+    SECTION,
     Table,
     md_escape,
     metric_label,
@@ -345,7 +346,9 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         f"seed. {DOUBLE_DAGGER}: a run failed (or has no validation value) at one of the "
         "cell's LRs, so that LR was left "
         "out of the choice and the value is the best of the others (the table's notes and "
-        "the CSV's excluded_lrs name it).",
+        "the CSV's excluded_lrs name it). "
+        f"{SECTION}: the value is over fewer seeds than the cell has, the metric being "
+        "undefined for the others (the notes and the CSV's n say how many).",
         "- **Bold**: best mean per arch and metric; <u>underlined</u>: best mean per metric "
         "over all archs; means equal at the 2 decimals shown are all marked.",
         "- Cost: device-seconds = train_seconds × number of devices (compilation excluded).",
