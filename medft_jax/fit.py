@@ -23,6 +23,8 @@ import dataclasses
 import datetime
 import itertools
 import math
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -290,7 +292,9 @@ def run_one(
         if record_file.exists() and not force:  # another process finished it meanwhile
             return results.read_record(record_file)
         if force:
-            lock.clear_folder()
+            if jax.process_index() == 0:
+                _set_aside_finished(run_dir)
+            lock.clear_folder(keep=results.PREVIOUS_NAMES)
         t = time.perf_counter()
         run = _prepare(config, ds, ckpts, eval_batch_size=eval_batch_size, trainers=trainers)
         run.started, run.wall_before = started, run.progress.seconds.get("wall", 0.0)
@@ -302,6 +306,34 @@ def run_one(
             ckpts.close()
             return {}
         return _finish(run, ckpts, run_dir.name, record_file)
+
+
+def _set_aside_finished(run_dir: Path) -> None:
+    """Moves the finished record and best parameters into ``previous/`` (``--force``).
+
+    A folder without a record (an interrupted forced run) keeps the ``previous/``
+    it has: the last finished result. Every step is a rename; a crash between
+    them leaves the files in ``previous.new/``, which no later step deletes.
+    """
+    record = run_dir / results.RECORD_NAME
+    if not record.exists():
+        return
+    previous, new = (run_dir / name for name in results.PREVIOUS_NAMES)
+    if new.exists() and not (new / results.RECORD_NAME).exists():
+        shutil.rmtree(new)  # an empty or partial set-aside: the record is still in place
+    new.mkdir(exist_ok=True)
+    if (run_dir / "best").exists():
+        os.replace(run_dir / "best", new / "best")
+    os.replace(record, new / results.RECORD_NAME)
+    if previous.exists():
+        shutil.rmtree(previous)
+    os.replace(new, previous)
+
+
+def _drop_previous(run_dir: Path) -> None:
+    """Deletes what ``--force`` set aside, once the new record is written (never raises)."""
+    for name in results.PREVIOUS_NAMES:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
 def _prepare(
@@ -670,6 +702,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
     record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if jax.process_index() == 0:
         record = results.write_record(record_file, record)
+        _drop_previous(record_file.parent)
     _tidy_up(ckpts)  # never raises: with the record written, the run has succeeded
     return record
 

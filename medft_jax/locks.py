@@ -90,8 +90,9 @@ class RunLock:
         self._created_dir = created_dir
         self._clears = clears  # False on the processes > 0 of a multi-host job
 
-    def clear_folder(self) -> None:
-        """Deletes everything in the run folder but the lock file (``--force`` starts afresh).
+    def clear_folder(self, keep: tuple[str, ...] = ()) -> None:
+        """Deletes everything in the run folder but the lock file and ``keep`` (``--force``
+        starts afresh; it keeps the previous result aside until the new one is written).
 
         Removing the whole folder would remove the lock file too, and a
         third process could then lock a new one while this one runs. Under
@@ -100,7 +101,7 @@ class RunLock:
         """
         if self._clears:
             for entry in self.run_dir.iterdir():
-                if entry.name == LOCK_NAME:
+                if entry.name == LOCK_NAME or entry.name in keep:
                     continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)

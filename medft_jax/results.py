@@ -80,6 +80,10 @@ from medft_jax.atomic import write_bytes
 from medft_jax.errors import UserError
 
 RECORD_NAME = "record.json"
+PREVIOUS_NAMES = ("previous", "previous.new")
+"""Sub-folders of a run folder where ``--force`` keeps the last finished ``record.json``
+and ``best/`` until the new ones are written (a forced run that is interrupted loses no
+result); their records are not the run's and are never loaded."""
 FAILURE_NAME = "failed.json"
 """A run that ended without a result (e.g. its loss diverged) leaves this beside its checkpoints."""
 HASH_CHARS = 16
@@ -282,14 +286,19 @@ def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
     """Every finished run's record under ``out_dir`` (any depth), in path order.
 
     Only files named ``record.json`` are read, so temporary files of a
-    write in progress (``.record.json.*.tmp``) are never picked up. A
+    write in progress (``.record.json.*.tmp``) are never picked up, nor the
+    results ``--force`` set aside (:data:`PREVIOUS_NAMES`). A
     corrupt record raises :class:`RecordError` naming the file (a results
     table silently missing a run would be worse).
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise RecordError(f"{out_dir}: no such results folder")
-    return [read_record(p) for p in sorted(out_dir.rglob(RECORD_NAME)) if p.is_file()]
+    return [
+        read_record(p)
+        for p in sorted(out_dir.rglob(RECORD_NAME))
+        if p.is_file() and p.parent.name not in PREVIOUS_NAMES
+    ]
 
 
 def failure_path(out_dir: str | Path, config: dict[str, Any]) -> Path:

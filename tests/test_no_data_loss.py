@@ -342,6 +342,33 @@ def test_run_one_on_a_run_another_process_holds_touches_nothing_even_with_force(
         proc.wait()
 
 
+def test_an_interrupted_force_keeps_the_finished_result_until_the_new_one_is_written(
+    tmp_path, demo
+):
+    """``--force`` sets the finished record and best parameters aside in ``previous/``;
+    a forced run stopped half-way (twice) still has them, no report reads them as the
+    run's, and the run, resumed to its end, replaces them."""
+    first = fit.run_one(_config(), tmp_path, dataset=demo, progress=False)
+    run = tmp_path / first["run"]
+    best = load_metadata(run / "best")["content_sha256"]
+    for _ in range(2):  # stopped after one step, as if killed; then --force again
+        assert (
+            fit.run_one(
+                _config(), tmp_path, dataset=demo, progress=False, force=True, stop_after_steps=1
+            )
+            == {}
+        )
+        kept = run / "previous"
+        assert json.loads((kept / "record.json").read_text()) == first
+        assert load_metadata(kept / "best")["content_sha256"] == best
+        assert not (run / "record.json").exists() and results.load_records(tmp_path) == []
+    second = fit.run_one(_config(), tmp_path, dataset=demo, progress=False)  # resumes
+    assert results.load_records(tmp_path) == [second]
+    assert second["test"] == pytest.approx(first["test"])  # the same run, trained again
+    assert {"best", "record.json"} <= {p.name for p in run.iterdir()}
+    assert not (run / "previous").exists() and not (run / "previous.new").exists()
+
+
 def _grid(folder: Path, lrs, epochs=1) -> Path:
     path = folder / "grid.py"
     path.write_text(
