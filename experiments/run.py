@@ -234,7 +234,7 @@ def _main(argv: Sequence[str] | None) -> int:
         feature_cache=not args.no_feature_cache,
     )
     say = print if session.main_process else lambda *a, **k: None
-    records, status, failed_lrs = [], 0, set()
+    records, status, failed_lrs, busy_lrs = [], 0, set(), set()
     for i, config in enumerate(configs, 1):
         if len(configs) > 1:
             say(f"[{i}/{len(configs)}] lr {config.lr:g}, seed {config.seed}", flush=True)
@@ -243,6 +243,7 @@ def _main(argv: Sequence[str] | None) -> int:
             say(f"skipped: record exists (use --force): {session.path_of(o.config)}", flush=True)
         elif o.kind == BUSY:  # no record: a script `run && report` must not go on without it
             say(f"{o.name}: {o.error}, skipped", flush=True)
+            busy_lrs.add(config.lr)
             status = status or EXIT_BUSY
         elif o.kind == DIVERGED:  # noted in failed.json; the other learning rates go on
             print(f"error: {o.error}", file=sys.stderr)
@@ -260,17 +261,23 @@ def _main(argv: Sequence[str] | None) -> int:
         if o.record:
             records.append(o.record)
     if records and session.main_process:
-        _print_summary(records, args.out, sorted(failed_lrs))
+        _print_summary(records, args.out, sorted(failed_lrs), sorted(busy_lrs))
     return status
 
 
-def _print_summary(records: list[dict[str, Any]], out: str, failed_lrs: list[float]) -> None:
+def _print_summary(
+    records: list[dict[str, Any]],
+    out: str,
+    failed_lrs: list[float],
+    busy_lrs: Sequence[float] = (),
+) -> None:
     """The test metrics of the one run, or mean ± SE at the LR chosen by validation.
 
     As the report chooses (:func:`medft_jax.report.aggregate.eligible`): an
-    LR at which a run diverged is never chosen.
+    LR at which a run diverged is never chosen, nor one whose run another
+    process holds (its mean would be over fewer seeds than the others').
     """
-    chosen = aggregate.eligible(records, failed_lrs)
+    chosen = aggregate.eligible(records, [*failed_lrs, *busy_lrs])
     metric = records[0]["primary_metric"]
     skipped = records[0].get("skipped_bad_images")
     if skipped:
@@ -278,6 +285,11 @@ def _print_summary(records: list[dict[str, Any]], out: str, failed_lrs: list[flo
         print(f"\nskipped bad images (--skip-bad-images): {sum(skipped.values())} ({each})")
     if failed_lrs:
         print(f"\nlr {lrs_text(failed_lrs)} left out of the choice: a run there diverged")
+    if busy_lrs:
+        print(
+            f"\nlr {lrs_text(busy_lrs)} left out of the choice: a run there is running in "
+            "another process (no record yet)"
+        )
     unvalidated = aggregate.unvalidated_lrs(records)
     if unvalidated:
         print(
@@ -285,7 +297,7 @@ def _print_summary(records: list[dict[str, Any]], out: str, failed_lrs: list[flo
             f"validation {metric}"
         )
     if not chosen:
-        print("no learning rate without a diverged run: no test metrics to show")
+        print("no learning rate with every run finished: no test metrics to show")
     elif len(chosen) == 1:
         r = chosen[0]
         print(

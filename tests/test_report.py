@@ -230,10 +230,16 @@ def test_the_run_command_and_the_report_choose_alike_when_a_run_diverged(tmp_pat
     assert (
         "skipped bad images (--skip-bad-images): 15 (train 14, test 1)" in capsys.readouterr().out
     )
+    # A run another process holds (no record yet): its LR is left out and said, not chosen
+    # on the seeds that are there (1e-3's two 0.9s would win against 1e-4's three 0.8s).
+    run_cli._print_summary(records, str(tmp_path), [], [1e-3])
+    out = capsys.readouterr().out
+    assert "lr 0.001 left out of the choice: a run there is running in another process" in out
+    assert "lr 0.0001 chosen by mean validation accuracy" in out
     # Every LR had a diverged run: no metrics, and no guess.
     run_cli._print_summary(records, str(tmp_path), [1e-3, 1e-4])
     out = capsys.readouterr().out
-    assert "no learning rate without a diverged run" in out and "±" not in out
+    assert "no learning rate with every run finished" in out and "±" not in out
 
 
 def test_inferred_expectation_marks_a_cell_with_fewer_runs_partial():
