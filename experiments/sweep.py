@@ -15,7 +15,9 @@ other (see BUILD.md for a SLURM array and a TPU pod launch). A run whose
 loss diverges leaves a ``failed.json`` note and the sweep goes on; it is
 not retried unless ``--retry-failed``. A run another process is running
 (it holds the run folder's lock, :mod:`medft_jax.locks`) is skipped with
-one line, so two unsharded sweeps of one grid share it out. A run whose
+one line, so two unsharded sweeps of one grid share it out; if it still has
+no record when the sweep ends, the exit status is 75 (as ``experiments.run``'s:
+``sweep && report`` must not go on without it). A run whose
 resume checkpoint is damaged is skipped with one line and the sweep goes
 on (exit status 1 at the end, the error repeated): one unreadable run of a
 long grid should not hold up the rest, and only the user can decide to
@@ -35,7 +37,7 @@ from typing import Any
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.config import RunConfig
-from medft_jax.errors import ArgumentParser, cli_main, writable_dir
+from medft_jax.errors import EXIT_BUSY, ArgumentParser, cli_main, writable_dir
 from medft_jax.grid import Grid
 from medft_jax.outcomes import (
     BUSY,
@@ -260,6 +262,10 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         for c in identified
     )
     left += len(mine) - len(identified)  # runs of datasets that were unavailable, or not reached
+    # Runs another process held when reached and has not finished since: no record yet.
+    still_running = sum(
+        results.run_name(c.to_dict()) in busy and session.status(c) != "done" for c in identified
+    )
     running = f", {len(busy)} running in another process" if busy else ""
     damaged = f", {tally[UNRESUMABLE]} cannot resume" if tally[UNRESUMABLE] else ""
     say(
@@ -268,7 +274,12 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
     )
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
-    return 1 if errors else 0
+    if errors:
+        return 1
+    if still_running:  # as experiments.run: `sweep && report` must not go on without them
+        say(f"{still_running} run(s) still running in another process: no record yet")
+        return EXIT_BUSY
+    return 0
 
 
 def _outcome_text(o: Outcome) -> str:
