@@ -235,8 +235,12 @@ def parse_only(specs: Iterable[str] | None) -> Filters:
     given twice keeps the values both allow (the filters are ANDed).
     """
     out: Filters = {}
+    given: dict[str, list[str]] = {}
     for spec in specs or ():
-        for part in filter(None, (p.strip() for p in spec.split(","))):
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+        if not parts:  # an empty shell variable: not "no filter", which would run the grid
+            raise GridError(f"--only {spec!r}: expected key=value, e.g. dataset=bach")
+        for part in parts:
             key, sep, value = part.partition("=")
             key = key.strip()
             if not sep or not value.strip():
@@ -245,6 +249,13 @@ def parse_only(specs: Iterable[str] | None) -> Filters:
                 raise GridError(f"--only {part!r}: unknown key {key!r}; keys: {', '.join(AXES)}")
             values = {_canonical(key, v.strip()) for v in value.split("|") if v.strip()}
             out[key] = out[key] & values if key in out else values
+            given.setdefault(key, []).append(part)
+            if not out[key]:
+                raise GridError(
+                    f"--only {' and '.join(given[key])}: no {key} passes both (a key given "
+                    f"twice keeps the values both allow); for either, write "
+                    f"{key}={'|'.join(v.partition('=')[2] for v in given[key])}"
+                )
     return out
 
 

@@ -140,6 +140,23 @@ def test_bad_only_is_named(spec, message, capsys):
     assert err.count("\n") == 1 and message in err and err.startswith("error: --only")
 
 
+@pytest.mark.parametrize(
+    "specs, message",
+    [
+        (  # ANDed: nothing would run, exit 0 and no word
+            ["strategy=ft", "strategy=lp"],
+            "error: --only strategy=ft and strategy=lp: no strategy passes both (a key given "
+            "twice keeps the values both allow); for either, write strategy=ft|lp",
+        ),
+        ([""], "error: --only '': expected key=value, e.g. dataset=bach"),  # not the whole grid
+    ],
+)
+def test_only_that_selects_nothing_or_is_empty_is_refused(specs, message, capsys):
+    argv = ["--config", str(PAPER), "--dry-run"]
+    assert sweep_cli.main([*argv, *(x for spec in specs for x in ("--only", spec))]) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 7])
 def test_shards_partition_the_grid(count):
     runs = grid_lib.load_grid(PAPER).configs()
