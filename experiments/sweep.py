@@ -153,7 +153,8 @@ def dry_run(g: Grid, runs: list[RunConfig], index: int, count: int, out: str) ->
     )
     print(
         "a run's folder is its name with a hash in place of '*': the hash covers the data's "
-        "and the weights' contents too, so it is decided at run time"
+        "and the weights' contents too, so it is decided at run time; 'done' means a record "
+        "of these settings exists, and a run whose data or weights changed since runs again"
     )
     if count > 1:
         per = []
@@ -162,8 +163,9 @@ def dry_run(g: Grid, runs: list[RunConfig], index: int, count: int, out: str) ->
             per.append(f"{i}: {len(cost)} runs, {_duration(sum(x for x in cost if x))}")
         print("shards: " + "; ".join(per))
     source = (
-        f"measured throughput of {len(records)} records in {out} where the arch and image "
-        "size match, else "
+        f"measured throughput of {len(records)} records in {out} where the arch, image "
+        "size and strategy match (unknown where only other strategies of the arch and size "
+        "were measured), else "
         if measured
         else ""
     )

@@ -319,19 +319,25 @@ def shard(runs: Sequence[RunConfig], index: int, count: int) -> list[RunConfig]:
 
 
 def estimate_seconds(
-    config: RunConfig, measured: Mapping[tuple[str, int], float] | None = None
+    config: RunConfig, measured: Mapping[tuple[str, int, str], float] | None = None
 ) -> float | None:
     """Upper-bound device-seconds of one run (every epoch run, no early stop); None if unknown.
 
     ``epochs x training images / images per second``; the throughput is
-    ``measured[(arch, image_size)]`` (from finished runs' records) when
-    given, else :data:`REFERENCE_IMAGES_PER_S` scaled by pixel count.
+    ``measured[(arch, image_size, strategy)]`` (from finished runs' records)
+    when given. Without any measurement of the arch and size, it is
+    :data:`REFERENCE_IMAGES_PER_S` scaled by pixel count; with only other
+    strategies measured there, unknown: LP's speed would be no bound for FT's,
+    and the reference device is not the one measured.
     """
     images = NOMINAL_TRAIN_IMAGES.get(config.dataset.split("@")[0])
     if images is None:
         return None
-    rate = (measured or {}).get((config.arch, config.image_size))
+    measured = measured or {}
+    rate = measured.get((config.arch, config.image_size, config.strategy))
     if rate is None:
+        if any(k[:2] == (config.arch, config.image_size) for k in measured):
+            return None
         reference = REFERENCE_IMAGES_PER_S.get(config.arch)
         if reference is None:
             return None
@@ -339,11 +345,14 @@ def estimate_seconds(
     return config.epochs * images / rate
 
 
-def measured_throughput(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], float]:
-    """Mean training images/s per (arch, image size) over the epochs of finished runs."""
-    per: dict[tuple[str, int], list[float]] = {}
+def measured_throughput(
+    records: Iterable[Mapping[str, Any]],
+) -> dict[tuple[str, int, str], float]:
+    """Mean training images/s per (arch, image size, strategy) over finished runs' epochs."""
+    per: dict[tuple[str, int, str], list[float]] = {}
     for r in records:
-        key = (r["config"]["arch"], int(r["config"]["image_size"]))
+        c = r["config"]
+        key = (c["arch"], int(c["image_size"]), c["strategy"])
         per.setdefault(key, []).extend(
             e["images_per_s"] for e in r.get("epochs", []) if e.get("images_per_s")
         )
