@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,8 +252,13 @@ def run_one(
     stop_after_steps: int | None = None,
     trainers: dict[TrainerKey, Trainer] | None = None,
     feature_cache: bool = True,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Trains, evaluates and records one configuration; returns its record.
+
+    ``on_start()`` is called once this process holds the run (its lock taken,
+    no record found), before anything of it is prepared: a sweep's "running"
+    line is then never said of a run another process holds.
 
     ``feature_cache``: head-only epochs under ``frozen_bn='freeze'`` train
     from the backbone's features computed once (:mod:`medft_jax.features`),
@@ -291,6 +297,8 @@ def run_one(
     with locks.run_lock(run_dir) as lock, RunCheckpoints(run_dir, exclusive=True) as ckpts:
         if record_file.exists() and not force:  # another process finished it meanwhile
             return results.read_record(record_file)
+        if on_start is not None:
+            on_start()
         if force:
             if jax.process_index() == 0:
                 _set_aside_finished(run_dir)

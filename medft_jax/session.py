@@ -126,7 +126,8 @@ class Session:
         on_start: Callable[[RunConfig], None] | None = None,
         stop_after_steps: int | None = None,
     ) -> Outcome:
-        """Runs ``config`` unless it is done; ``on_start(config)`` just before training."""
+        """Runs ``config`` unless it is done; ``on_start(config)`` once this process holds
+        the run (its lock taken, no record yet), just before training."""
         t = time.perf_counter()
         try:
             config = self.identify(config)
@@ -138,17 +139,22 @@ class Session:
             return Outcome(config, SKIPPED, record=record)
         if state == "failed" and not (self.retry_failed or self.force):
             return Outcome(config, FAILED_BEFORE)
-        if on_start is not None:
-            on_start(config)
-        outcome = self._train(config, stop_after_steps)
+        started = None if on_start is None else (lambda: on_start(config))
+        outcome = self._train(config, stop_after_steps, started)
         outcome.seconds = time.perf_counter() - t
         return outcome
 
-    def _train(self, config: RunConfig, stop_after_steps: int | None) -> Outcome:
+    def _train(
+        self,
+        config: RunConfig,
+        stop_after_steps: int | None,
+        on_start: Callable[[], None] | None = None,
+    ) -> Outcome:
         try:
             record = fit.run_one(
                 config,
                 self.out,
+                on_start=on_start,
                 dataset=self.dataset(config),
                 force=self.force,
                 progress=self.progress,

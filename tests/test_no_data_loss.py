@@ -403,7 +403,8 @@ def test_sweep_skips_a_run_another_process_holds_and_goes_on(tmp_path, capsys):
         held.release()
     log = capsys.readouterr().out
     assert f"[1/2] {first.name}: running in process {os.getpid()}, skipped" in log
-    assert f"[2/2] {second.name}: done in" in log
+    assert f"[1/2] {first.name}: running\n" not in log  # said only of a run it holds
+    assert f"[2/2] {second.name}: running\n" in log and f"[2/2] {second.name}: done in" in log
     assert "1 run now" in log and "1 running in another process, 0 not run" in log
     assert log.rstrip().endswith("1 run(s) still running in another process: no record yet")
     assert not (first / "record.json").exists() and (second / "record.json").is_file()
