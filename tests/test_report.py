@@ -555,6 +555,23 @@ def test_cli_writes_the_report_and_prints_the_index(tmp_path, capsys):
     assert (out / "tables" / "table08_bach.csv").is_file()
 
 
+def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec()])
+
+    def read_only(prefix, suffix, dir):
+        raise OSError(errno.EROFS, "Read-only file system", f"{dir}/{prefix}abc{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    out = tmp_path / "ro" / "report"
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and ".tmp" not in err, err
+
+
 @pytest.mark.parametrize(
     "case, expected",
     [

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from medft_jax.errors import UserError
+from medft_jax.errors import UserError, naming_os_errors
 from medft_jax.report import figures
 from medft_jax.report.cells import COMPLETE, MISSING, PARTIAL, Summary
 from medft_jax.report.render import (
@@ -86,8 +86,9 @@ def write_report(
     """
     check_out(out_dir, runs_dir)
     out = Path(os.path.abspath(out_dir))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    with naming_os_errors(out_dir):  # a read-only --out is named, not our temporary folder
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         tables = all_tables(summary, beat_threshold)
         (tmp / "tables").mkdir()
