@@ -421,6 +421,32 @@ def test_one_file_under_two_names_is_refused(tmp_path, link):
     _no_cache_written(tmp_path / "out")
 
 
+def test_test_images_that_copy_training_images_are_noted_on_every_load(tmp_path, capsys):
+    """Three test images are byte copies of training images under other names (one of them
+    re-saved as another format), a fourth differs in a few pixels: 3, said on each load."""
+    import shutil
+
+    from PIL import Image
+
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root / "train", per_class=8)
+    _folder(root / "test", per_class=4, seed=7000)
+    shutil.copy(root / "train" / "cat" / "1.png", root / "test" / "cat" / "copy.png")
+    shutil.copy(root / "train" / "dog" / "2.png", root / "test" / "dog" / "copy.png")
+    Image.open(root / "train" / "dog" / "3.png").save(root / "test" / "dog" / "copy.bmp")
+    near = np.asarray(Image.open(root / "train" / "cat" / "4.png")).copy()
+    near[8:12, 8:12] ^= 16  # inside the crop
+    Image.fromarray(near).save(root / "test" / "cat" / "near.png")
+    for _ in range(2):
+        _load_folder(root, out)
+        notes = [x for x in capsys.readouterr().err.splitlines() if "pixel-identical" in x]
+        assert notes == [
+            f"note: {root}: images pixel-identical to a training image after preprocessing: "
+            "3 in test (e.g. test/cat/copy.png = train/cat/1.png); they inflate "
+            "validation/test scores, remove them"
+        ]
+
+
 def test_a_change_of_the_toolkits_rules_is_said_alone():
     """A new listing version may change the signature's form too: not "3 files changed"."""
     old = {"files": [["a.png", 1, 2]], "listing": 2, "examples": "x"}

@@ -117,9 +117,11 @@ def write_cache(
     tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        counts, skipped, digests = {}, {}, {}
+        counts, skipped, digests, by_image = {}, {}, {}, {}
         for name, plan in splits.items():
-            kept, images_digest = _write_images(tmp / f"{name}_images.npy", name, plan, progress)
+            kept, images_digest, each = _write_images(
+                tmp / f"{name}_images.npy", name, plan, progress
+            )
             if not kept.any():
                 raise DataError(f"split {name!r} came out empty")
             fields = plan.fields() if callable(plan.fields) else plan.fields
@@ -137,6 +139,7 @@ def write_cache(
                 [int(kept.sum()), *plan.image_shape], images_digest, written
             )
             counts[name] = int(kept.sum())
+            by_image[name] = list(zip(each, map(str, written["ids"]), strict=True))
             earlier = list(meta.get("skipped_bad_images", {}).get(name, []))
             skipped[name] = earlier + [str(i) for i in np.asarray(fields["ids"])[~kept]]
             if name == "train" and skipped[name]:
@@ -147,6 +150,7 @@ def write_cache(
             "counts": counts,
             "skipped_bad_images": skipped,
             "fingerprint": _combine(digests, meta),
+            "duplicates": leaked_duplicates(by_image),
         }
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
         _swap_in(tmp, cache_dir)
@@ -159,6 +163,24 @@ def write_cache(
             raise OSError(e.errno, e.strerror, str(cache_dir)) from e
         raise
     return cache_dir
+
+
+def leaked_duplicates(by_image: Mapping[str, Sequence[tuple[bytes, str]]]) -> dict[str, Any]:
+    """Evaluation images pixel-identical (after preprocessing) to a training image.
+
+    ``by_image``: split -> [(image hash, id), ...]. Returns ``{split: count, ...,
+    "example": [eval id, train id]}`` for ``val``/``test``, empty when none:
+    a copy of a training image in the test split inflates its score, and
+    byte-identical copies under two names are common in collected data.
+    """
+    train = dict(by_image.get("train", ()))
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        same = [(i, train[h]) for h, i in by_image.get(split, ()) if h in train]
+        if same:
+            out[split] = len(same)
+            out.setdefault("example", list(min(same)))
+    return out
 
 
 def _missing_parents(cache_dir: Path) -> list[Path]:
@@ -225,8 +247,11 @@ def _swap_in(tmp: Path, cache_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_images(path: Path, name: str, plan: SplitPlan, progress: bool) -> tuple[np.ndarray, str]:
-    """Streams a split's images into ``path``; returns the kept-mask and the images' SHA-256."""
+def _write_images(
+    path: Path, name: str, plan: SplitPlan, progress: bool
+) -> tuple[np.ndarray, str, list[bytes]]:
+    """Streams a split's images into ``path``; returns the kept-mask, the images' SHA-256
+    and each kept image's own short hash (for :func:`leaked_duplicates`)."""
     n = plan.num_examples
     if n == 0:
         raise DataError(f"split {name!r} came out empty")
@@ -235,10 +260,13 @@ def _write_images(path: Path, name: str, plan: SplitPlan, progress: bool) -> tup
     masks = []
     start = 0
     digest = hashlib.sha256()
+    each: list[bytes] = []
     with tqdm(total=n, desc=f"caching {name}", unit="img", disable=not progress) as bar:
         for chunk, kept in plan.chunks():
             images[start : start + len(chunk)] = chunk
-            digest.update(np.ascontiguousarray(chunk, dtype=np.uint8).data)
+            contiguous = np.ascontiguousarray(chunk, dtype=np.uint8)
+            digest.update(contiguous.data)
+            each += [hashlib.blake2b(image.data, digest_size=16).digest() for image in contiguous]
             start += len(chunk)
             masks.append(np.asarray(kept, dtype=bool))
             bar.update(len(kept))
@@ -249,7 +277,7 @@ def _write_images(path: Path, name: str, plan: SplitPlan, progress: bool) -> tup
         raise DataError(f"split {name!r}: the image stream covered {len(kept)} of {n} examples")
     if start < n:
         _shrink_npy(path, start)
-    return kept, digest.hexdigest()
+    return kept, digest.hexdigest(), each
 
 
 def reserve_space(path: Path) -> None:

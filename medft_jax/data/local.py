@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,7 @@ def load_local(
         }
         cache.write_cache(target, plans, facts, progress=progress)
     splits_arrays, meta = cache.read_cache(target)
+    _note_duplicates(root, meta.get("duplicates") or {})
     return Dataset(
         name=kind,
         splits=splits_arrays,
@@ -117,6 +119,20 @@ def load_local(
         eval_grouping=meta["eval_grouping"],
         metadata=meta,
     )
+
+
+def _note_duplicates(root: Path, duplicates: dict[str, Any]) -> None:
+    """One note line when evaluation images are copies of training images (every load:
+    the numbers of every run on this data carry it)."""
+    counts = {k: v for k, v in duplicates.items() if k in ("val", "test")}
+    if counts:
+        each = ", ".join(f"{n} in {split}" for split, n in counts.items())
+        example = " = ".join(duplicates.get("example", []))
+        print(
+            f"note: {root}: images pixel-identical to a training image after preprocessing: "
+            f"{each} (e.g. {example}); they inflate validation/test scores, remove them",
+            file=sys.stderr,
+        )
 
 
 LISTING_VERSION = 3
