@@ -631,6 +631,38 @@ def test_damaged_array_file_under_ocdbt_is_one_line_from_load_predict_and_run(
     assert not (tmp_path / "out").exists()  # nothing half-written, not even the folder
 
 
+def test_reads_a_failed_restore_abandoned_are_not_reported_later(tiny_saved, tmp_path, caplog):
+    """The other concurrent reads of a damaged checkpoint fail too; their futures, collected
+    later (at exit, in the CLI), were each reported by asyncio with a tensorstore traceback
+    after the one line. Once a restore has failed, only those are held back."""
+    import asyncio
+    import gc
+    import logging
+
+    ck = Path(shutil.copytree(tiny_saved, tmp_path / "ck"))
+    _damage_array_file(ck, "truncate")
+    with pytest.raises(CheckpointError):
+        load_model(ck)
+
+    async def fail(error: Exception) -> None:
+        raise error
+
+    spec = ' [tensorstore_spec=\'{"driver":"zarr"}\']'
+    abandoned = ValueError(f'Error opening "zarr" driver: Error reading "params.a/.zarray"{spec}')
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for error in (abandoned, ValueError("a bug of ours")):
+                task = loop.create_task(fail(error))
+                loop.run_until_complete(asyncio.sleep(0))
+                del task
+                gc.collect()
+    finally:
+        loop.close()
+    reported = [r.exc_info[1] for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert [str(e) for e in reported] == ["a bug of ours"]
+
+
 def test_only_read_errors_wrapped_by_orbax_count_as_a_damaged_checkpoint(tiny_saved, monkeypatch):
     """Orbax wraps whatever fails in a read (its ``except BaseException``); a bug stays one."""
     import orbax.checkpoint as ocp

@@ -301,6 +301,7 @@ def _restore_state(directory: Path) -> dict[str, Any]:
         cause = e if isinstance(e, (ValueError, OSError, EOFError)) else storage_read_error(e)
         if cause is None:
             raise
+        _quiet_abandoned_reads()
         raise CheckpointError(
             f"{directory}: the checkpoint's arrays cannot be read; files under state/ are "
             f"truncated, missing or corrupted ({_short(cause)})"
@@ -548,6 +549,36 @@ class _DropReportedOsErrors(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             return os_errno_in(record.exc_info[1]) is None
         return os_errno_in(Exception(record.getMessage())) is None
+
+
+class _DropAbandonedReads(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" reports of failed array reads.
+
+    A damaged checkpoint fails many of orbax's concurrent reads; the first
+    becomes the one-line :class:`CheckpointError`, and the others' futures,
+    garbage-collected later (often as the process exits), are each reported
+    with a traceback. Only tensorstore's errors (their message carries its
+    spec) and those :func:`storage_read_error` recognises are dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "never retrieved" not in record.getMessage():
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            return True
+        tensorstore = isinstance(error, ValueError) and "tensorstore_spec" in str(error)
+        return not tensorstore and storage_read_error(error) is None
+
+
+_abandoned_reads_quieted = False
+
+
+def _quiet_abandoned_reads() -> None:
+    global _abandoned_reads_quieted
+    if not _abandoned_reads_quieted:
+        _abandoned_reads_quieted = True
+        logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
 
 
 _quieted = False
