@@ -27,7 +27,7 @@ from medft_jax.errors import UserError
 from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, is_known_arch
 
 PRECISIONS = ("fp32", "bf16")
-NUMERICS_VERSION = 2
+NUMERICS_VERSION = 3
 """The version of what a run computes from its settings, data and weights.
 
 Raised by a change that alters a run's numbers (an initialisation, a strategy's
@@ -36,7 +36,8 @@ written before is another run's, not a finished one: a sweep into the same
 ``--out`` runs the grid again, and a report refuses to mix the two. Records
 without the field are version 1; version 2 (2026-12-02) brought torchvision's
 ``nn.Linear`` init to the new DenseNet-121/VGG-19 heads and multiplier 1 for a
-zero-norm tensor in Auto-RGN.
+zero-norm tensor in Auto-RGN; version 3 (2026-12-02) computes eq. 6 accuracy as
+one division, so epochs of equal top-1 tie exactly in early stopping (BACH, T1w).
 """
 FROZEN_BN = ("update", "freeze")
 

@@ -71,6 +71,24 @@ def test_eq6_relation_to_top1_for_single_label():
     assert m["accuracy"] == pytest.approx(1 - 2 * (1 - m["top1_accuracy"]) / 4)
 
 
+def test_eq6_is_equal_for_predictions_of_equal_top1():
+    """Early stopping keeps the earliest of equal values and the LR choice breaks exact ties
+    by the smaller LR: epochs with the same top-1 must give the same eq. 6, bit for bit
+    (a mean of per-class means gave 0.8875 and 0.8875000000000001)."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, size=36)  # BACH's validation size
+    values = set()
+    for trial in range(200):
+        wrong = rng.choice(36, size=6, replace=False)  # 30 of 36 right, other errors each time
+        pred = labels.copy()
+        pred[wrong] = (labels[wrong] + rng.integers(1, 4, size=6)) % 4
+        scores = np.eye(4)[pred] * 0.7 + 0.075
+        m = compute_metrics(scores, labels, multilabel=False)
+        assert m["top1_accuracy"] == 30 / 36, trial
+        values.add(m["accuracy"])
+    assert values == {1 - 2 * (6 / 36) / 4}
+
+
 # --- four classes, balanced: top-1, eq. 6 and κ from a confusion matrix ----------------------
 # Rows: true class, columns: predicted class; 20 images per true class (N = 80).
 CONFUSION4 = np.array(

@@ -136,6 +136,18 @@ def test_value_is_mean_and_se_at_the_lr_with_best_mean_validation():
     assert row["n"] == "3" and float(row["lr"]) == 1e-4
 
 
+def test_the_mean_over_seeds_does_not_depend_on_their_order():
+    """The LR choice gives an exact tie to the smaller LR: a mean that changes in its last
+    bit with the records' order (0.5648148148148148 or ...49) would decide it instead."""
+    import itertools
+
+    from medft_jax.report.aggregate import mean_se
+
+    values = (20 / 36, 20 / 36, 21 / 36)
+    means = {mean_se(order)[0] for order in itertools.permutations(values)}
+    assert means == {math.fsum(values) / 3}
+
+
 def test_a_single_seed_shows_no_se_and_device_seconds_count_devices():
     summary = collect([rec(test=0.5, seconds=10.0, devices=4, epochs=2, ips=50.0)])
     cell = summary.cell("bach", "resnet50", "ft")

@@ -33,7 +33,9 @@ def mean_se(values: Iterable[float | None]) -> tuple[float, float]:
     if v.size == 0:
         return math.nan, math.nan
     se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-    return float(v.mean()), se
+    # fsum: exactly rounded, so the mean does not depend on the seeds' order and
+    # equal means (the LR choice's exact tie) are equal whatever order records came in.
+    return math.fsum(v.tolist()) / v.size, se
 
 
 def group_key(record: dict[str, Any]) -> str:
