@@ -7,8 +7,13 @@ so a reader (or a killed writer's next run) never sees part of a file.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
+import shutil
+import socket
 import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -65,3 +70,49 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def temporary_sibling(final: Path) -> Path:
+    """A unique hidden name beside ``final`` for a folder written whole, then renamed.
+
+    The name says which process on which host writes it, so that
+    :func:`remove_abandoned` can tell a killed writer's leftover from a
+    folder another process is still writing (two sweeps filling one cache).
+    """
+    final = Path(final)
+    owner = f"{os.getpid()}@{socket.gethostname()}"
+    return final.parent / f".{final.name}.tmp-{owner}-{uuid.uuid4().hex[:8]}"
+
+
+_TEMPORARY = re.compile(r"\.tmp-(\d+)(?:@(.*))?-[0-9a-f]{8}$")
+
+
+def remove_abandoned(final: Path) -> None:
+    """Removes the temporaries of ``final`` whose writer died on this host.
+
+    Those of live processes, and of other hosts (a shared filesystem), stay.
+    Names without a host (``<name>.tmp-<pid>-<hex>``, written before) count
+    as this host's.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    here = socket.gethostname()
+    name = glob.escape(final.name)
+    for path in [*final.parent.glob(f".{name}.tmp-*"), *final.parent.glob(f"{name}.tmp-*")]:
+        found = _TEMPORARY.search(path.name)
+        if found is None or found.group(2) not in (None, here) or _alive(int(found.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

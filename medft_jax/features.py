@@ -48,6 +48,7 @@ import numpy as np
 from medft_jax import atomic
 from medft_jax.checkpoints.model import variables_hash
 from medft_jax.data import pipeline
+from medft_jax.data.cache import reserve_space
 from medft_jax.data.dataset import Dataset
 from medft_jax.errors import one_line
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
@@ -162,7 +163,7 @@ def open_features(directory: Path, ds: Dataset, expected: Mapping[str, Any]) -> 
         path = directory / f"{split}.npy"
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):  # EOFError: an empty (truncated) file
             return None
         if array.shape != (ds.num_examples(split), info.get("dim")) or array.dtype != np.float32:
             return None
@@ -185,7 +186,8 @@ def compute_features(
     is then renamed into place: a kill leaves no folder that looks whole.
     When another process finished the same folder first, its copy is used.
     """
-    tmp = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = atomic.temporary_sibling(directory)
+    atomic.remove_abandoned(directory)  # what a killed writer left, never a live one's
     tmp.mkdir(parents=True)
     try:
         splits = {}
@@ -223,6 +225,9 @@ def _write_split(path: Path, rows: int, chunks: Any) -> dict[str, Any]:
     for chunk in chunks:
         if out is None:
             out = np.lib.format.open_memmap(path, "w+", np.float32, (rows, chunk.shape[1]))
+            # A page of a memmap a full disk cannot back is a SIGBUS that kills the
+            # process without a word: reserve the blocks now, as an OSError to fall back on.
+            reserve_space(path)
         out[position : position + len(chunk)] = chunk
         position += len(chunk)
     if out is None or position != rows:

@@ -6,6 +6,7 @@ import dataclasses
 import errno
 import functools
 import json
+import os
 
 import jax
 import numpy as np
@@ -159,17 +160,19 @@ def test_cached_run_records_the_uncached_run(
     # Two epochs: LP's features are read again in the second; G-LF leaves them.
     config = dataclasses.replace(_config(strategy, **options), epochs=2)
     kw = {"dataset": demo, "progress": False, "trainers": trainers}
-    # The uncached run: a cache that cannot be written (a full disk) falls back to the
-    # images, which is what feature_cache=False does from the start.
+    # The uncached run: a cache that cannot be written (a full disk, found when its
+    # blocks are reserved: a memmap page it cannot back would be a silent SIGBUS) falls
+    # back to the images, which is what feature_cache=False does from the start.
     with monkeypatch.context() as m:
 
-        def full_disk(*args, **kwargs):
+        def full_disk(fd, offset, length):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        m.setattr(features, "compute_features", full_disk)
+        m.setattr(os, "posix_fallocate", full_disk)
         plain = fit.run_one(config, tmp_path / "a", **kw)
     assert not plain["features"]["used"]
     assert "No space left on device" in plain["features"]["reason"]
+    assert not [p for p in (tmp_path / "a" / "features").rglob("*") if p.is_file()]
     assert not any(e.get("from_features", False) for e in plain["epochs"])
     assert "training the head from the images instead" in capsys.readouterr().err
     cached = fit.run_one(config, tmp_path / "b", **kw)
@@ -208,6 +211,11 @@ def test_features_are_reused_checked_and_recomputed_when_damaged(demo, tmp_path,
     third = fit.run_one(_config("lp"), tmp_path, force=True, **kw)
     assert not third["features"]["reused"]
     np.testing.assert_allclose(_numbers(third), _numbers(first), rtol=1e-6)
+    # An empty file (np.load's EOFError, not an OSError): recomputed too, not a crash.
+    open(f"{directory}/train.npy", "wb").close()
+    fourth = fit.run_one(_config("lp"), tmp_path, force=True, **kw)
+    assert not fourth["features"]["reused"]
+    np.testing.assert_allclose(_numbers(fourth), _numbers(first), rtol=1e-6)
 
 
 @pytest.mark.slow  # another stage to compile

@@ -435,6 +435,33 @@ def test_two_sweeps_of_one_grid_at_once_both_succeed_with_one_record_per_run(tmp
     assert not list(out.rglob(".lock")) and not list(out.rglob("*.tmp"))
 
 
+def test_only_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
+    """Two sweeps filling one cache at once: each cleans up after killed writers, never
+    the folder the other is writing (nor one another host writes on a shared disk)."""
+    import socket
+
+    from medft_jax import atomic
+
+    final = tmp_path / "r36_c32_s0"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    names = {
+        "live": f".{final.name}.tmp-{os.getpid()}@{host}-0123abcd",
+        "dead": f".{final.name}.tmp-{dead.pid}@{host}-0123abcd",
+        "elsewhere": f".{final.name}.tmp-{dead.pid}@another-host-0123abcd",
+        "before": f"{final.name}.tmp-{dead.pid}-0123abcd",  # written before hosts were named
+        "other cache": f".r40_c32_s0.tmp-{dead.pid}@{host}-0123abcd",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+    mine = atomic.temporary_sibling(final)
+    assert mine.name.startswith(f".{final.name}.tmp-{os.getpid()}@{host}-")
+    atomic.remove_abandoned(final)
+    left = {k for k, name in names.items() if (tmp_path / name).exists()}
+    assert left == {"live", "elsewhere", "other cache"}
+
+
 # --- a full disk -------------------------------------------------------------------------------
 
 

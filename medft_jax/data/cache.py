@@ -14,9 +14,11 @@ reads ~37,000 images/s on a 2-core host, against ~1,600 for per-example
 ArrayRecord reads (see the datasets spec); the page cache does the rest.
 
 Why it cannot look finished while half-written: everything is written into
-``<dir>.tmp-<pid>-<random>`` and the directory is renamed to ``<dir>`` as
-the last step (atomic on one filesystem). A crash leaves only a ``.tmp-``
-directory, removed by the next writer; ``<dir>`` existing means complete.
+``.<dir>.tmp-<pid>@<host>-<random>`` and the directory is renamed to
+``<dir>`` as the last step (atomic on one filesystem). A crash leaves only
+that temporary directory, removed by the next writer on the host once its
+process is gone (never one another live process is writing);
+``<dir>`` existing means complete.
 All files load with ``allow_pickle=False``.
 
 What a cache was built from is in ``meta.json`` too, so a changed source is
@@ -36,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -49,6 +52,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from medft_jax import atomic
 from medft_jax.data.arrays import ArraySplit
 from medft_jax.data.errors import DataError
 
@@ -87,11 +91,13 @@ def is_complete(cache_dir: Path) -> bool:
 
 
 def remove_stale(cache_dir: Path) -> None:
-    """Removes ``.tmp-`` leftovers of interrupted writes of ``cache_dir``."""
+    """Removes the leftovers of interrupted writes of ``cache_dir`` (killed writers' only:
+    another process may be writing the same cache right now)."""
     cache_dir = Path(cache_dir)
-    if cache_dir.parent.is_dir():
-        for tmp in cache_dir.parent.glob(f"{cache_dir.name}.tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+    atomic.remove_abandoned(cache_dir)
+    if cache_dir.parent.is_dir():  # an old cache set aside to be deleted: nobody reads it
+        for old in cache_dir.parent.glob(f"{glob.escape(cache_dir.name)}.tmp-old-*"):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_cache(
@@ -114,7 +120,7 @@ def write_cache(
     remove_stale(cache_dir)
     made = _missing_parents(cache_dir)
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = atomic.temporary_sibling(cache_dir)
     tmp.mkdir()
     try:
         counts, skipped, digests, by_image = {}, {}, {}, {}
