@@ -109,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_strategy_options(p)
     p.add_argument("--out", default="runs", help="results folder")
     p.add_argument("--force", action="store_true", help="rerun runs whose record exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars and no per-epoch lines (the record holds every epoch)",
+    )
     return p
 
 

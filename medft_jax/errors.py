@@ -99,13 +99,18 @@ def env_switch(name: str) -> bool:
     return value == "1"
 
 
+EXIT_BROKEN_PIPE = 141
+"""Exit status when the reader of stdout went away (128 + SIGPIPE, as a shell reports it)."""
+
+
 def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Runs a command line's ``main`` and maps the errors a user can cause to one line.
 
     :class:`UserError` -> ``error: <message>``, exit 2. An OSError (or one
     wrapped in another exception) with a known errno -> ``error: <path>:
     <reason>``, exit 1 for a full disk (the input was fine) and 2 otherwise.
-    ``KeyboardInterrupt`` -> exit 130 without a traceback. Anything else
+    ``KeyboardInterrupt`` -> exit 130 without a traceback; a closed output
+    pipe (``| head``) -> exit 141, silently, as a Unix tool ends on SIGPIPE. Anything else
     propagates: a real bug keeps its traceback.
     Every switch of :data:`SWITCHES` is checked first, so a malformed one
     stops a command before it writes anything; a command that fails removes
@@ -117,6 +122,11 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         for name in SWITCHES:
             env_switch(name)
         status = main(argv)
+        sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
+        return status
+    except BrokenPipeError:  # `... --dry-run | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_BROKEN_PIPE
         return status
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

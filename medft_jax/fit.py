@@ -76,7 +76,7 @@ def weights_fingerprint(weights: str, arch: str) -> str:
     when they are unavailable), so a run trained offline from random
     initialisation is never mistaken for one trained from ImageNet.
     """
-    path = pretrained.locate(weights, arch)
+    path = pretrained.locate(weights, arch, warn=False)  # warned when a run trains from it
     return "none" if path is None else model_checkpoint.content_hash(path)
 
 

@@ -291,6 +291,7 @@ def _records(out: Path) -> list[dict]:
 @pytest.mark.slow
 def test_other_images_in_the_same_folder_are_another_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    monkeypatch.setattr(pretrained, "_WARNED", set())
     images = _folder(tmp_path / "imgs", shift=0)
     argv = [*RUN, "--dataset", "folder", "--manual-dir", str(images)]
     argv += ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs")]
@@ -385,6 +386,8 @@ def test_weights_fingerprint_is_the_checkpoint_content(tmp_path, monkeypatch):
     from medft_jax.checkpoints.model import content_hash, save_model
 
     monkeypatch.setattr(pretrained, "_UNAVAILABLE", {"resnet50": "offline"})
+
+    monkeypatch.setattr(pretrained, "_WARNED", set())
     params = {"fc": {"kernel": np.ones((2, 2), np.float32)}}
     a = save_model(tmp_path / "a", params, {}, {"arch": "resnet50", "num_classes": 2})
     params["fc"]["kernel"] = params["fc"]["kernel"] * 2

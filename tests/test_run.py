@@ -203,6 +203,7 @@ def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(weights_port, "port_imagenet", _offline)
     monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    monkeypatch.setattr(pretrained, "_WARNED", set())
     argv = ["--strategy", "lp", "--epochs", "1", "--out", str(tmp_path / "runs"), "--no-progress"]
     assert main(argv) == 0
     cap = capsys.readouterr()
@@ -211,6 +212,11 @@ def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
     record_line = next(x for x in cap.out.splitlines() if x.startswith("record: "))
     record = json.loads(Path(record_line.removeprefix("record: ")).read_text())
     assert record["config"]["dataset"] == "demo" and record["config"]["image_size"] == 32
+    # The same command again trains nothing: skipped, and no warning of random weights.
+    monkeypatch.setattr(pretrained, "_WARNED", set())
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert "skipped: record exists" in cap.out and "RANDOM INITIALISATION" not in cap.err
 
 
 def _offline(arch):
@@ -221,6 +227,7 @@ def test_unavailable_weights_are_tried_and_reported_once(tmp_path, capsys, monke
     """A sweep's runs on an offline node: one download attempt and one warning per arch."""
     monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    monkeypatch.setattr(pretrained, "_WARNED", set())
     tries = []
     monkeypatch.setattr(
         weights_port, "port_imagenet", lambda arch: tries.append(arch) or _offline(arch)
@@ -243,6 +250,7 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
     """resnet_tiny (the test arch) has no torchvision weights: auto warns, imagenet refuses."""
     monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    monkeypatch.setattr(pretrained, "_WARNED", set())
     monkeypatch.setattr(weights_port, "port_imagenet", lambda arch: pytest.fail("no port"))
     with pytest.raises(
         pretrained.CheckpointError,
@@ -251,6 +259,7 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
     ):
         pretrained.resolve("imagenet", "resnet_tiny")
     monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    monkeypatch.setattr(pretrained, "_WARNED", set())
     for _ in range(2):
         assert pretrained.resolve("auto", "resnet_tiny")[0] is None
     err = capsys.readouterr().err

@@ -188,6 +188,19 @@ def test_bad_config_file_is_named(tmp_path, capsys):
     assert "strategy 'lpp' unknown" in capsys.readouterr().err
 
 
+def test_a_dry_run_piped_into_head_ends_quietly(tmp_path):
+    """`sweep --dry-run | head`: the reader closes the pipe; no BrokenPipeError traceback,
+    exit 141 as a Unix tool ending on SIGPIPE."""
+    argv = [sys.executable, "-m", "experiments.sweep", "--config", str(PAPER), "--dry-run"]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().startswith("grid paper: 1728 runs")
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == ""
+
+
 def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     g = grid_lib.load_grid(PAPER)
     done = g.config("bach", "vgg19", "ft", 1e-3, 0)

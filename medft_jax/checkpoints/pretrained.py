@@ -28,17 +28,23 @@ same warning. The first failure is remembered instead.
 """
 
 
-def locate(weights: str, arch: str) -> Path | None:
+_WARNED: set[str] = set()
+"""Archs whose fallback to random initialisation this process has announced."""
+
+
+def locate(weights: str, arch: str, *, warn: bool = True) -> Path | None:
     """The checkpoint folder ``--weights`` names for ``arch``, or None for random init.
 
     ``auto`` and ``imagenet`` port torchvision's weights on first use (once
     per process and arch, see :data:`_UNAVAILABLE`); ``auto`` falls back to
-    None with one warning, ``imagenet`` raises. A path must exist.
+    None with one warning (once per process and arch, and only when ``warn``:
+    a run identified but skipped trains nothing to warn of), ``imagenet``
+    raises. A path must exist.
     """
     if weights == "none":
         return None
     if weights in ("auto", "imagenet"):
-        path = _imagenet(arch, warn=weights == "auto")
+        path = _imagenet(arch, warn=warn and weights == "auto")
         if path is None and weights == "imagenet":
             raise CheckpointError(f"--weights imagenet: {_UNAVAILABLE[arch]}")
         return path
@@ -64,22 +70,21 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
         path = weights_port.default_checkpoint(arch)
         if path.exists():
             return path
-        if arch in _UNAVAILABLE:
-            return None
-        return weights_port.port_imagenet(arch)
+        if arch not in _UNAVAILABLE:
+            return weights_port.port_imagenet(arch)
     except weights_port.PortError as e:
-        reason = str(e)
-    if arch in weights_port.WEIGHTS_NAMES:
-        hint = f"Port them with: python -m weights_port --download --arch {arch}"
-    else:
-        hint = "Say --weights none for random initialisation, or --weights PATH"
-    if arch not in _UNAVAILABLE and warn:
+        _UNAVAILABLE[arch] = str(e)
+    if warn and arch not in _WARNED:
+        _WARNED.add(arch)
+        if arch in weights_port.WEIGHTS_NAMES:
+            hint = f"Port them with: python -m weights_port --download --arch {arch}"
+        else:
+            hint = "Say --weights none for random initialisation, or --weights PATH"
         print(
-            f"WARNING: no ImageNet weights for {arch} ({reason}); TRAINING FROM RANDOM "
-            f"INITIALISATION. {hint}",
+            f"WARNING: no ImageNet weights for {arch} ({_UNAVAILABLE[arch]}); TRAINING FROM "
+            f"RANDOM INITIALISATION. {hint}",
             file=sys.stderr,
         )
-    _UNAVAILABLE[arch] = reason
     return None
 
 
