@@ -114,6 +114,27 @@ def guess_arch(keys: set[str]) -> str | None:
     return None
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+"""What ``nn.DataParallel``/``DistributedDataParallel`` and ``torch.compile`` put in front of
+every key of the model they wrap."""
+
+
+def _strip_wrapper_prefix(state: Mapping[str, np.ndarray], arch: str) -> dict[str, np.ndarray]:
+    """``state`` without a wrapper's prefix, when every key has it and the rest is ``arch``'s.
+
+    Only then: a file whose keys would still not match is left for the strict
+    check to name, not half-renamed.
+    """
+    state = dict(state)
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix) :]: v for k, v in state.items()}
+            names = {k for k in rename_legacy_keys(stripped) if not k.endswith("." + _TRACKED)}
+            if names == expected_keys(arch):
+                state = stripped
+    return state
+
+
 def torch_to_flax(
     state: Mapping[str, np.ndarray], arch: str, source: str = "checkpoint"
 ) -> tuple[dict[str, Any], dict[str, int]]:
@@ -127,7 +148,7 @@ def torch_to_flax(
       ``({'params': ..., 'batch_stats': ...}, num_batches_tracked)``; the head
       size is taken from the checkpoint.
     """
-    state = rename_legacy_keys(state)
+    state = rename_legacy_keys(_strip_wrapper_prefix(state, arch))
     tracked = {k: int(np.asarray(v)) for k, v in state.items() if k.endswith("." + _TRACKED)}
     state = {k: v for k, v in state.items() if not k.endswith("." + _TRACKED)}
     keys = set(state)
