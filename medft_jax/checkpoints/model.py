@@ -359,10 +359,12 @@ def quiet_closed_event_loop() -> None:
     tensorstore still completes the other reads; each completion then reports
     ``RuntimeError: Event loop is closed`` through ``sys.unraisablehook``, a
     six-line traceback per array (about a hundred for a ResNet), some of them
-    after the restore has returned. They say nothing about the checkpoint, so
-    the hook installed here drops exactly that report and passes every other
-    one to the hook it wraps. It stays installed because the reports come
-    late; installing it again is a no-op unless the hook was replaced since.
+    after the restore has returned; a read coroutine closed unfinished
+    reports its ``GeneratorExit`` as orbax's "error while reading array
+    index". They say nothing about the checkpoint, so the hook installed here
+    drops exactly those reports and passes every other one to the hook it
+    wraps. It stays installed because the reports come late; installing it
+    again is a no-op unless the hook was replaced since.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_drops_closed_event_loop", False):
@@ -371,6 +373,10 @@ def quiet_closed_event_loop() -> None:
     def hook(unraisable: Any) -> None:
         exc = unraisable.exc_value
         if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        # A read orbax abandoned (its coroutine closed, GeneratorExit) that it then reports
+        # as an error of its own while being closed: the restore has already failed.
+        if isinstance(exc.__cause__, GeneratorExit) and "while reading array index" in str(exc):
             return
         previous(unraisable)
 
