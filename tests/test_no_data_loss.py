@@ -342,6 +342,7 @@ def test_run_one_on_a_run_another_process_holds_touches_nothing_even_with_force(
         proc.wait()
 
 
+@pytest.mark.slow  # four runs
 def test_an_interrupted_force_keeps_the_finished_result_until_the_new_one_is_written(
     tmp_path, demo
 ):
