@@ -320,22 +320,24 @@ def _set_aside_finished(run_dir: Path) -> None:
     """Moves the finished record and best parameters into ``previous/`` (``--force``).
 
     A folder without a record (an interrupted forced run) keeps the ``previous/``
-    it has: the last finished result. Every step is a rename; a crash between
-    them leaves the files in ``previous.new/``, which no later step deletes.
+    it has: the last finished result. Every step is a rename, the record first:
+    a crash between them leaves the record in ``previous.new/``, which the next
+    ``--force`` completes and no step deletes, and never a record without its
+    ``best/`` in the run folder.
     """
-    record = run_dir / results.RECORD_NAME
-    if not record.exists():
-        return
+    record, best = run_dir / results.RECORD_NAME, run_dir / "best"
     previous, new = (run_dir / name for name in results.PREVIOUS_NAMES)
-    if new.exists() and not (new / results.RECORD_NAME).exists():
-        shutil.rmtree(new)  # an empty or partial set-aside: the record is still in place
+    if not record.exists() and not new.exists():
+        return
     new.mkdir(exist_ok=True)
-    if (run_dir / "best").exists():
-        os.replace(run_dir / "best", new / "best")
-    os.replace(record, new / results.RECORD_NAME)
-    if previous.exists():
-        shutil.rmtree(previous)
-    os.replace(new, previous)
+    if record.exists():
+        os.replace(record, new / results.RECORD_NAME)
+    if best.exists() and not (new / "best").exists():
+        os.replace(best, new / "best")
+    if (new / results.RECORD_NAME).exists():
+        if previous.exists():
+            shutil.rmtree(previous)
+        os.replace(new, previous)
 
 
 def _drop_previous(run_dir: Path) -> None:
