@@ -37,7 +37,7 @@ STATUSES = (COMPLETE, PARTIAL, MISSING, FAILED)
 ALPHA = 0.05
 """Significance level of the paired comparison's mark."""
 SPREAD_TOLERANCE = 1e-9
-"""Paired differences whose SE is below this (times the values' scale) have no spread."""
+"""Paired differences (metrics in [0, 1]) whose SE is below this have no spread."""
 
 _REQUIRED = ("dataset", "arch", "strategy", "lr", "seed")
 _PER_CELL = (
@@ -472,7 +472,7 @@ def _make_cell(
         return Cell(status=MISSING, **base)
     failed = {float(f["config"]["lr"]) for f in fails}
     bad_lrs = tuple(sorted(failed | set(aggregate.unvalidated_lrs(recs))))
-    eligible = aggregate.eligible(recs, bad_lrs)
+    eligible = aggregate.eligible(recs, failed)  # leaves the unvalidated LRs out itself
     if not eligible or not any(map(math.isfinite, aggregate.lr_means(eligible).values())):
         return Cell(status=FAILED, excluded_lrs=bad_lrs, **base)
     summary = aggregate.summarise(eligible)
@@ -708,8 +708,8 @@ def paired_vs_ft(summary: Summary) -> list[Paired]:
 
     Two-sided paired t-test (``scipy.stats.ttest_rel``) over the seeds both
     cells have a finite test primary metric for; t and p are NaN with fewer
-    than two pairs or no spread (an SE below :data:`SPREAD_TOLERANCE` of the
-    values' scale: equal differences up to float rounding). ``p_holm`` is
+    than two pairs or no spread (an SE below :data:`SPREAD_TOLERANCE`: equal
+    differences up to float rounding). ``p_holm`` is
     Holm's step-down adjustment over the strategies of one (dataset, arch),
     the family a reader scans.
     """
@@ -740,8 +740,7 @@ def paired_vs_ft(summary: Summary) -> list[Paired]:
                 # "No spread" up to rounding: 0.55-0.60 and 0.60-0.65 differ in the last
                 # bit, and a test set's accuracy moves in steps, so equal differences are
                 # common; their t would be ~1e15, a "significant" artefact.
-                scale = max([1.0, *map(abs, x), *map(abs, y)])
-                if len(seeds) >= 2 and math.isfinite(se) and se > SPREAD_TOLERANCE * scale:
+                if len(seeds) >= 2 and math.isfinite(se) and se > SPREAD_TOLERANCE:
                     res = stats.ttest_rel(x, y)
                     t, p = float(res.statistic), float(res.pvalue)
                 family.append(Paired(d, a, s, ft.metric, seeds, mean, se, t, len(seeds) - 1, p))
