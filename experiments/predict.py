@@ -155,7 +155,8 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument(
         "--json",
         action="store_true",
-        help='print one JSON object per image: {"image": PATH, "probs": [...]}',
+        help='print one JSON object per image: {"image": PATH, "classes": [NAME, ...], '
+        '"probs": [...]} (probs in the classes\' order)',
     )
     p.add_argument(
         "--top", type=int, default=3, help="classes shown per image without --json (>= 1)"
@@ -181,7 +182,8 @@ def _main(argv: Sequence[str] | None) -> int:
     probs = predictor.predict_files(args.images, args.batch_size)
     for path, row in zip(args.images, probs, strict=True):
         if args.json:
-            print(json.dumps({"image": path, "probs": [float(v) for v in row]}))
+            record = {"image": path, "classes": list(predictor.class_names)}
+            print(json.dumps({**record, "probs": [float(v) for v in row]}))
         else:
             top = np.argsort(-row, kind="stable")[: args.top]
             shown = ", ".join(f"{predictor.class_names[i]} {row[i]:.4f}" for i in top)

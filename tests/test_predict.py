@@ -68,7 +68,9 @@ def test_multilabel_checkpoint_uses_sigmoid(setup, capsys):
     meta = {**meta, "multilabel": True, "class_names": ["a", "b", "c", "d"]}
     ml = save_model(tmp / "ml", variables["params"], variables["batch_stats"], meta)
     assert main(["--checkpoint", str(ml), "--images", *map(str, paths), "--json"]) == 0
-    probs = np.array([json.loads(x)["probs"] for x in capsys.readouterr().out.splitlines()])
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert all(r["classes"] == ["a", "b", "c", "d"] for r in rows)
+    probs = np.array([r["probs"] for r in rows])
     ref = torch.sigmoid(_torch_logits(model, paths)).numpy()
     np.testing.assert_allclose(probs, ref, atol=1e-5)
 
