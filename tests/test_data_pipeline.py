@@ -209,6 +209,18 @@ def test_carve_is_group_disjoint_stratified_and_seeded():
     )
 
 
+def test_carve_keeps_a_rare_class_share_held_by_mixed_patients():
+    # ISIC-like: 40 of 200 patients have one melanoma among ten images, so every
+    # patient's most frequent label is benign; the carve must still take 20% of
+    # the melanomas, whatever the seed.
+    groups = [f"p{i // 10}" for i in range(2000)]
+    labels = [int(i % 10 == 0 and i // 10 < 40) for i in range(2000)]
+    for seed in range(5):
+        mask = carve(groups, 0.2, seed=seed, labels=labels)
+        assert np.asarray(labels)[mask].sum() == 8
+        assert mask.sum() == 400  # 8 mixed patients' 80 images + 320 of the rest's 1600
+
+
 def test_group_mean_is_the_study_probability():
     ids, scores, labels = group_mean(
         np.array([0.2, 0.4, 0.9, 0.1, 0.3]), np.array([1, 1, 0, 0, 0]), np.array(list("aabbb"))

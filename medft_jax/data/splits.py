@@ -25,9 +25,13 @@ def carve(
     """Boolean mask of the examples to move into the carved split.
 
     Groups are shuffled with ``seed`` and taken, whole, until the carved
-    split holds ``round(fraction * n)`` examples of each stratum (the
-    stratum of a group is its most frequent label; all one stratum when
-    ``labels`` is None). Deterministic for a given (groups, labels, seed).
+    split holds ``round(fraction * n)`` of each stratum's ``n`` examples of
+    its label (at least one group in all where there are two). The stratum of a group is the
+    rarest label (fewest examples overall) it holds: a patient with one
+    melanoma among fifteen benign images is a melanoma patient, so the
+    carved split keeps the rare class's share although nearly every
+    patient's most frequent label is the common one. All one stratum when
+    ``labels`` is None. Deterministic for a given (groups, labels, seed).
     """
     if not 0.0 < fraction < 1.0:
         raise DataError(f"split fraction must be in (0, 1), got {fraction}")
@@ -35,28 +39,34 @@ def carve(
     n = len(groups_arr)
     if n == 0:
         raise DataError("nothing to carve a split from: the source split is empty")
-    unique, inverse, sizes = np.unique(groups_arr, return_inverse=True, return_counts=True)
-    if labels is None:
-        strata = np.zeros(len(unique), dtype=np.int64)
-    else:
-        labels_arr = np.asarray(labels, dtype=np.int64)
-        if len(labels_arr) != n:
-            raise DataError(f"{len(labels_arr)} labels for {n} examples")
-        counts = np.zeros((len(unique), int(labels_arr.max()) + 1), dtype=np.int64)
-        np.add.at(counts, (inverse, labels_arr), 1)
-        strata = counts.argmax(axis=1)
+    unique, inverse = np.unique(groups_arr, return_inverse=True)
+    labels_arr = np.zeros(n, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    if len(labels_arr) != n:
+        raise DataError(f"{len(labels_arr)} labels for {n} examples")
+    counts = np.zeros((len(unique), int(labels_arr.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (inverse, labels_arr), 1)
+    # Rank labels rarest first (ties by label), then give each group its best-ranked label.
+    rank = np.empty(counts.shape[1], np.int64)
+    rank[np.lexsort((np.arange(counts.shape[1]), counts.sum(axis=0)))] = np.arange(len(rank))
+    strata = np.where(counts > 0, rank, len(rank)).argmin(axis=1)
+    # A stratum counts its own label's examples: a melanoma patient's benign images
+    # come along but do not fill the melanoma quota.
+    held = counts[np.arange(len(unique)), strata]
+    present = np.unique(strata)
+    targets = {int(s): round(fraction * held[strata == s].sum()) for s in present}
+    if not any(targets.values()) and len(unique) > 1:  # tiny data: one group, not none
+        targets[int(present[np.argmax([held[strata == s].sum() for s in present])])] = 1
     rng = np.random.default_rng(seed)
     chosen = np.zeros(len(unique), dtype=bool)
-    for stratum in np.unique(strata):
+    for stratum in present:
         members = np.flatnonzero(strata == stratum)
         members = members[rng.permutation(len(members))]
-        target = round(fraction * sizes[members].sum())
         taken = 0
         for g in members:
-            if taken >= target:
+            if taken >= targets[int(stratum)]:
                 break
             chosen[g] = True
-            taken += sizes[g]
+            taken += held[g]
     return chosen[inverse]
 
 
