@@ -827,6 +827,16 @@ def test_sp_pretrained_of_another_shape_is_refused():
         l2_sp(head_mask, pretrained=w0).init(toy_params())
 
 
+def test_sp_head_mask_marking_nothing_is_refused():
+    """A head mask that missed would pull the fresh head towards its random start."""
+    tx, _ = make("l2_sp", toy_params(), TOY, learning_rate=LR)
+    with pytest.raises(ValueError, match=r"head_mask marks none of the params.*'params/"):
+        tx.init({"params": toy_params()})  # the Flax variables dict, not the params
+    with pytest.raises(ValueError, match="head_mask marks none"):
+        l1_sp(match_paths("top/head")).init(toy_params())  # no '/*': matches no leaf
+    l1_sp(match_paths("top/head/*")).init(toy_params())
+
+
 def test_sp_and_rgn_range_checks_still_refuse_concrete_values():
     with pytest.raises(ValueError, match="alpha must be >= 0"):
         l2_sp(head_mask, alpha=-0.1)

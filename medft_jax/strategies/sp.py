@@ -57,7 +57,8 @@ def sp_penalty(
         parameter sitting exactly on its starting point feels no pull).
       alpha: weight of the pull towards ω0 on the pretrained parameters.
       beta: weight of the plain decay on the head.
-      head_mask: True on the head's leaves (a pytree or a function of params).
+      head_mask: True on the head's leaves (a pytree or a function of params);
+        ``init`` refuses one that marks no leaf.
       source_mask: True on the non-head leaves that count as w_s; default
         all of them (kernels, biases, BatchNorm affine, as the
         Transfer-Learning-Library does). Pass :func:`kernel_mask` for the
@@ -80,6 +81,15 @@ def sp_penalty(
     pull = (lambda x: x) if norm == "l2" else jnp.sign
 
     def init_fn(params: PyTree) -> SPState:
+        if not any(jax.tree.leaves(resolve(head_mask, params))):
+            # Silently, the fresh head would count as pretrained: pulled towards its
+            # random start with alpha instead of decayed with beta.
+            paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+            raise ValueError(
+                "sp_penalty: head_mask marks none of the params as the new head (paths "
+                f"look like {paths[-1]!r}; params wrapped as {{'params': ...}}, or a "
+                "pattern without '/*'?)"
+            )
         if pretrained is None:
             start = params
         else:
