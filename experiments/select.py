@@ -106,11 +106,15 @@ def _main(argv: Sequence[str] | None) -> int:
         dataset_options=g.dataset_options,
         retry_failed=True,  # a diverged arm is tried again, and fails again, as before
     )
+    grid = None
+    if args.grid_runs is not None:  # on this data and these weights, before any training
+        grid = grid_records(g, arms, args.grid_runs)
+        check_grid_identity(grid[0], session.identify(arms[0].config), args.grid_runs)
     outcome = successive_halving(
         arms, session, min_epochs=args.min_epochs, eta=args.eta, max_epochs=max_epochs
     )
-    if args.grid_runs:
-        outcome["grid"] = compare_with_grid(g, arms, args.grid_runs, outcome)
+    if grid is not None:
+        outcome["grid"] = compare_with_grid(*grid, outcome)
     _print_outcome(outcome)
     if args.json:
         results.write_record(args.json, outcome)
@@ -118,7 +122,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _check_grid_runs(path: str) -> None:
-    """Refuses a ``--grid-runs`` that is not a folder (its records are read after training)."""
+    """Refuses a ``--grid-runs`` that is not a folder (before the dataset loads)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"--grid-runs {path}: no such folder; expected the full grid's --out")
@@ -162,10 +166,8 @@ def _arms(args: argparse.Namespace) -> tuple[Grid, list[Arm], int]:
     return g, arms, runs[0].epochs
 
 
-def compare_with_grid(
-    g: Any, arms: list[Arm], grid_runs: str, outcome: dict[str, Any]
-) -> dict[str, Any]:
-    """The grid's winner and cost for the same dataset and arch, from its records."""
+def grid_records(g: Any, arms: list[Arm], grid_runs: str) -> tuple[list[dict[str, Any]], int]:
+    """The full grid's records of the selection's cells (every seed), and how many it has."""
     wanted = {
         results.settings_hash(
             g.config(a.config.dataset, a.config.arch, a.strategy, a.lr, s).to_dict()
@@ -176,11 +178,37 @@ def compare_with_grid(
     records = [
         r for r in results.load_records(grid_runs) if results.settings_hash(r["config"]) in wanted
     ]
+    return records, len(wanted)
+
+
+def check_grid_identity(records: list[dict[str, Any]], config: Any, grid_runs: str) -> None:
+    """Refuses grid records made from other data or weights than the selection's own.
+
+    Their settings match, so they would be compared silently, and the "selection
+    found the grid's winner at X% of its cost" would be about another dataset
+    (a folder edited since the sweep, weights downloaded since).
+    """
+    for r in records:
+        for key in results.IDENTITY_KEYS:
+            theirs, mine = r["config"].get(key), getattr(config, key)
+            if theirs != mine:
+                what = "data" if key == "data_fingerprint" else "starting weights"
+                raise UserError(
+                    f"--grid-runs {grid_runs}: {results.run_name(r['config'])} ran on other "
+                    f"{what} than this selection ({key} {str(theirs)[:12]}, here "
+                    f"{str(mine)[:12]}); compare with a grid run on the same {what}"
+                )
+
+
+def compare_with_grid(
+    records: list[dict[str, Any]], runs_expected: int, outcome: dict[str, Any]
+) -> dict[str, Any]:
+    """The grid's winner and cost for the same dataset and arch, from its records."""
     summary = collect(records)
     cells = [c for c in summary.cells.values() if c.has_value]
     out: dict[str, Any] = {
         "runs": len(records),
-        "runs_expected": len(wanted),
+        "runs_expected": runs_expected,
         "epochs": sum(len(r["epochs"]) for r in records),
         "seconds": float(sum(r["train_seconds"] for r in records)),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -308,6 +309,28 @@ def test_report_numbers_are_the_records(two_shards, tmp_path):
     assert len(figures) == 2
     for f in figures:
         assert f.stat().st_size > 1000 and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_select_refuses_grid_runs_from_other_data_before_training(tmp_path, monkeypatch, capsys):
+    """Same settings, other data (a folder edited since the sweep): never compared."""
+
+    def no_work(*args, **kwargs):
+        pytest.fail("trained before checking --grid-runs")
+
+    monkeypatch.setattr(select_cli, "successive_halving", no_work)
+    config = _grid_file(tmp_path, "g", strategies=("lp",), lrs=(1e-3,), seeds=(0,), epochs=1)
+    grid = tmp_path / "grid"
+    (run,) = _identified(grid_lib.load_grid(config).configs())
+    stale = dataclasses.replace(run, data_fingerprint="0" * 16).to_dict()
+    results.write_record(results.record_path(grid, stale), {"config": stale, "epochs": []})
+    argv = ["--config", str(config), "--out", str(tmp_path / "sel"), "--grid-runs", str(grid)]
+    assert select_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: --grid-runs {grid}: {results.run_name(stale)} ran on other data than this "
+        f"selection (data_fingerprint 000000000000, here {run.data_fingerprint[:12]}); "
+        "compare with a grid run on the same data"
+    )
 
 
 @pytest.mark.slow
