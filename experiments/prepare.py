@@ -99,6 +99,7 @@ def _main(argv: Sequence[str] | None) -> int:
         f"{args.dataset}: {counts}; {ds.num_classes} classes; images {ds.image_shape}; "
         f"skipped bad images: {n_skipped}"
     )
+    ds.check_scorable()  # what a run would refuse, said now rather than at its start
     return 0
 
 

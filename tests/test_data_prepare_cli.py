@@ -24,6 +24,20 @@ def test_prepare_folder_then_load(tmp_path, capsys):
     assert len(list((tmp_path / "out" / "medft_cache").rglob("meta.json"))) == 1
 
 
+def test_prepare_says_what_a_run_would_refuse(tmp_path, capsys):
+    # One image of class "c": a 20% test carve takes it, so val has none of "c".
+    for c, n in (("a", 10), ("b", 10), ("c", 1)):
+        for i in range(n):
+            (tmp_path / "imgs" / c).mkdir(parents=True, exist_ok=True)
+            fakes.image(10 * i + ord(c)).save(tmp_path / "imgs" / c / f"{i}.png")
+    argv = ["--dataset", "folder", "--manual-dir", str(tmp_path / "imgs")]
+    argv += ["--data-dir", str(tmp_path / "out"), "--resize-size", "36", "--image-size", "32"]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: folder: the ") and "of class 'c'" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_prepare_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["--dataset", "bach", "--manual-dir", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
