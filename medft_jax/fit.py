@@ -50,7 +50,7 @@ from medft_jax.errors import one_line
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
 from medft_jax.results import RunRecord
 from medft_jax.strategies import Schedule
-from medft_jax.train import Trainer, TrainState, check_finite
+from medft_jax.train import NonFiniteOutputError, Trainer, TrainState, check_finite
 
 
 def _resize_for(arch: str, image_size: int) -> int:
@@ -543,6 +543,7 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
             source.eval_batches("val", run.eval_batch_size, **run.shard),
             from_features=from_features,
         ),
+        f"epoch {epoch}",
     )
     p.add("validation", time.perf_counter() - t_val - (run.trainer.compile_seconds - c_val))
     epoch_compile = run.trainer.compile_seconds - compiled_before
@@ -681,7 +682,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
     test_probs = run.trainer.predict(
         best_state, ds.eval_batches("test", run.eval_batch_size, **run.shard)
     )
-    test = _metrics(ds, "test", test_probs)
+    test = _metrics(ds, "test", test_probs, f"best epoch {best['epoch']}")
     compile_test = run.trainer.compile_seconds - compiled
     p.compile_seconds += compile_test
     p.add("test", time.perf_counter() - t - compile_test)
@@ -768,7 +769,13 @@ def _tidy_up(ckpts: RunCheckpoints) -> None:
         )
 
 
-def _metrics(ds: data.Dataset, split: str, probs: np.ndarray) -> dict[str, float]:
+def _metrics(ds: data.Dataset, split: str, probs: np.ndarray, when: str) -> dict[str, float]:
+    if not np.all(np.isfinite(probs)):
+        bad = int((~np.isfinite(probs)).any(axis=tuple(range(1, probs.ndim))).sum())
+        raise NonFiniteOutputError(
+            f"the model's {split} outputs became NaN or infinite ({bad} of {len(probs)} "
+            f"examples, {when}); try a smaller --lr or --precision fp32"
+        )
     _, scores, labels = ds.grouped_scores(split, probs)
     return metrics.compute_metrics(scores, labels, multilabel=ds.multilabel)
 

@@ -64,6 +64,14 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class NonFiniteOutputError(NonFiniteLossError):
+    """The model's evaluation outputs became NaN or infinite: diverged, as a loss would.
+
+    A finite training loss does not rule it out (eval mode reads BatchNorm's
+    running statistics, which can overflow while batch statistics stay finite).
+    """
+
+
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
     """A 1-D ``data`` mesh over ``devices`` (default: every device of every process)."""
     devices = jax.devices() if devices is None else devices

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import run as run_cli
@@ -25,6 +26,27 @@ def test_a_diverged_run_leaves_a_note_under_run_as_under_sweep(monkeypatch, tmp_
     notes = results.load_failures(tmp_path)
     assert sorted(n["config"]["seed"] for n in notes) == [0, 1]
     assert {n["kind"] for n in notes} == {"nonfinite"}
+    assert not list(tmp_path.rglob("record.json"))
+
+
+@pytest.mark.slow
+def test_nan_outputs_at_validation_are_a_divergence_noted(monkeypatch, tmp_path, capsys):
+    """A finite loss with NaN eval outputs (overflowed BN statistics): a note, not a crash."""
+    real = train.Trainer.predict
+
+    def nan_predict(self, *args, **kwargs):
+        probs = np.array(real(self, *args, **kwargs))
+        probs[1] = np.nan
+        return probs
+
+    monkeypatch.setattr(train.Trainer, "predict", nan_predict)
+    argv = ["--strategy", "lp", *ARGS, "--seeds", "0", "--out", str(tmp_path)]
+    assert run_cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the model's val outputs became NaN or infinite (1 of ")
+    assert err.endswith(" examples, epoch 0); try a smaller --lr or --precision fp32")
+    (note,) = results.load_failures(tmp_path)
+    assert note["kind"] == "nonfinite" and note["error"] == err.removeprefix("error: ")
     assert not list(tmp_path.rglob("record.json"))
 
 
