@@ -26,7 +26,8 @@ def carve(
 
     Groups are shuffled with ``seed`` and taken, whole, until the carved
     split holds ``round(fraction * n)`` of each stratum's ``n`` examples of
-    its label (at least one group in all where there are two). The stratum of a group is the
+    its label (or one group, where that rounds every stratum to none but
+    ``round(fraction * len(groups))`` is at least one). The stratum of a group is the
     rarest label (fewest examples overall) it holds: a patient with one
     melanoma among fifteen benign images is a melanoma patient, so the
     carved split keeps the rare class's share although nearly every
@@ -54,7 +55,7 @@ def carve(
     held = counts[np.arange(len(unique)), strata]
     present = np.unique(strata)
     targets = {int(s): round(fraction * held[strata == s].sum()) for s in present}
-    if not any(targets.values()) and len(unique) > 1:  # tiny data: one group, not none
+    if not any(targets.values()) and round(fraction * n) >= 1 and len(unique) > 1:
         targets[int(present[np.argmax([held[strata == s].sum() for s in present])])] = 1
     rng = np.random.default_rng(seed)
     chosen = np.zeros(len(unique), dtype=bool)
