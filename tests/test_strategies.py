@@ -827,6 +827,17 @@ def test_sp_pretrained_of_another_shape_is_refused():
         l2_sp(head_mask, pretrained=w0).init(toy_params())
 
 
+def test_sp_pretrained_as_a_frozendict_is_matched_by_path():
+    from flax.core import freeze
+
+    w0 = jax.tree.map(lambda x: x - 1.0, toy_params())
+    tx = l2_sp(head_mask, alpha=1.0, pretrained=freeze(w0))
+    state = tx.init(toy_params())
+    assert isinstance(state.anchor, dict)
+    u = flatten(tx.update(jax.tree.map(jnp.zeros_like, toy_params()), state, toy_params())[0])
+    np.testing.assert_allclose(u["stem/bn/scale"], [1.0, 1.0])  # alpha * (w - w0)
+
+
 def test_sp_head_mask_marking_nothing_is_refused():
     """A head mask that missed would pull the fresh head towards its random start."""
     tx, _ = make("l2_sp", toy_params(), TOY, learning_rate=LR)

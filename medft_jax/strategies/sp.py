@@ -94,7 +94,10 @@ def sp_penalty(
             start = params
         else:
             _check_like(pretrained, params)
-            start = pretrained
+            # Same paths and shapes: ω0 takes the params' structure (a FrozenDict ω0 for
+            # dict params), each leaf found by its path, never by its position.
+            by_path = {path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(pretrained)}
+            start = jax.tree_util.tree_map_with_path(lambda p, _: by_path[path_str(p)], params)
         return SPState(anchor=jax.tree.map(jnp.array, start))
 
     def update_fn(
@@ -138,11 +141,6 @@ def _check_like(anchor: PyTree, params: PyTree) -> None:
                 f"sp_penalty: pretrained differs from the params at {path!r}: "
                 f"params {want}, pretrained {got}"
             )
-    if jax.tree.structure(anchor) != jax.tree.structure(params):
-        raise ValueError(
-            "sp_penalty: pretrained has the params' paths and shapes but another tree "
-            f"structure: {jax.tree.structure(anchor)} vs {jax.tree.structure(params)}"
-        )
 
 
 def l2_sp(
