@@ -827,6 +827,14 @@ def test_sp_pretrained_of_another_shape_is_refused():
         l2_sp(head_mask, pretrained=w0).init(toy_params())
 
 
+@pytest.mark.parametrize("name", ["ft", "g_lf"])
+def test_an_integer_parameter_is_refused_by_name(name):
+    params = toy_params()
+    params["body"]["dense"]["count"] = jnp.array(3, jnp.int32)
+    with pytest.raises(TypeError, match=r"parameter 'body/dense/count' is int32; strategies"):
+        make(name, params, TOY, learning_rate=LR, steps_per_epoch=2)
+
+
 def test_sp_pretrained_as_a_frozendict_is_matched_by_path():
     from flax.core import freeze
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import optax
 
 from medft_jax.models.blocks import BlockPartition, path_str
@@ -144,7 +145,17 @@ def _check_partition(name: str, params: PyTree, partition: Any) -> None:
             f"{where}: partition must be a medft_jax.models.blocks.BlockPartition, "
             f"got {type(partition).__name__}{hint}"
         )
-    paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    paths = [path_str(p) for p, _ in leaves]
+    # Adam's float update of an integer leaf is truncated (FT) or breaks a stage's
+    # lax.cond (G-LF, G-FL, LP-FT) deep inside optax.
+    for path, leaf in zip(paths, (x for _, x in leaves), strict=True):
+        dtype = np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
+        if not np.issubdtype(dtype, np.inexact):
+            raise TypeError(
+                f"{where}: parameter {path!r} is {dtype}; strategies train floating-point "
+                "parameters only (keep counters and other integer state out of the params)"
+            )
     heads = [p for p in paths if partition.is_head(p)]
     if not heads:
         top = sorted({p.split("/", 1)[0] for p in paths})
