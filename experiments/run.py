@@ -27,7 +27,14 @@ from typing import Any
 from experiments.common import add_dataset_flags, dataset_options, local_options, refuse_split_seed
 from medft_jax import results
 from medft_jax.config import RunConfig, check_config, flag_name
-from medft_jax.errors import EXIT_BUSY, ArgumentParser, UserError, cli_main, writable_dir
+from medft_jax.errors import (
+    EXIT_BUSY,
+    ArgumentParser,
+    UserError,
+    check_data_dir,
+    cli_main,
+    writable_dir,
+)
 from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_base, dataset_names
 from medft_jax.outcomes import BUSY, DIVERGED, OUT_OF_MEMORY, SKIPPED
 from medft_jax.report import aggregate
@@ -223,7 +230,7 @@ def _main(argv: Sequence[str] | None) -> int:
     options = dataset_options(args) | local_options(args)
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
-        writable_dir(args.data_dir, "--data-dir")
+        check_data_dir(args.data_dir)
     # The one import of JAX, here and not at the top: --help and a bad flag stay fast.
     from medft_jax.session import Session
 

@@ -40,7 +40,7 @@ from typing import Any
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.config import check_value
-from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
+from medft_jax.errors import ArgumentParser, UserError, check_data_dir, cli_main, writable_dir
 from medft_jax.grid import Grid
 from medft_jax.halving import Arm, rung_budgets, successive_halving, survivors, tiebreak_metric
 from medft_jax.report import collect
@@ -96,7 +96,7 @@ def _main(argv: Sequence[str] | None) -> int:
         _check_json_path(args.json)
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
-        writable_dir(args.data_dir, "--data-dir")
+        check_data_dir(args.data_dir)
     # The one import of JAX, here and not at the top: --help and a bad flag stay fast.
     from medft_jax.session import Session
 

@@ -37,7 +37,7 @@ from typing import Any
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.config import RunConfig
-from medft_jax.errors import EXIT_BUSY, ArgumentParser, cli_main, writable_dir
+from medft_jax.errors import EXIT_BUSY, ArgumentParser, check_data_dir, cli_main, writable_dir
 from medft_jax.grid import Grid
 from medft_jax.outcomes import (
     BUSY,
@@ -109,7 +109,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
-        writable_dir(args.data_dir, "--data-dir")
+        check_data_dir(args.data_dir)
     return sweep(g, runs, index, count, args)
 
 

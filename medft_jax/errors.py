@@ -192,6 +192,22 @@ def writable_dir(path: str | os.PathLike[str], flag: str) -> None:
         raise UserError(f"{flag} {path}: the folder is not writable")
 
 
+def check_data_dir(path: str | os.PathLike[str], flag: str = "--data-dir") -> None:
+    """Checks a ``--data-dir`` that a command reads and may write.
+
+    An existing folder need only be readable: prepared data shared read-only
+    (a lab's drive) is only read, and a write it cannot make (an unprepared
+    dataset, the optional feature cache) names the path then. A missing one
+    is created, as :func:`writable_dir` does.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise UserError(f"{flag} {path}: the folder cannot be read")
+        return
+    writable_dir(path, flag)
+
+
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` shows each option's default, unless it has none to show.
 

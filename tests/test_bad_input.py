@@ -75,6 +75,30 @@ def test_data_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     assert _one_error_line(capsys).startswith(f"error: --data-dir {tmp_path / 'd'}: ")
 
 
+def test_read_only_data_dir_is_read_and_an_unreadable_one_refused(tmp_path, monkeypatch):
+    """Prepared data on a lab's read-only drive is only read (root cannot make one here)."""
+    from medft_jax import errors
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    denied: set[int] = set()
+    real = errors.os.access
+    monkeypatch.setattr(
+        errors.os,
+        "access",
+        lambda path, mode: not (Path(path) == shared and mode & sum(denied)) and real(path, mode),
+    )
+    denied.add(errors.os.W_OK)
+    errors.check_data_dir(shared)
+    with pytest.raises(UserError, match="not writable"):
+        errors.writable_dir(shared, "--out")
+    denied.add(errors.os.R_OK)
+    with pytest.raises(UserError, match=rf"^--data-dir {shared}: the folder cannot be read$"):
+        errors.check_data_dir(shared)
+    errors.check_data_dir(tmp_path / "new" / "d")
+    assert (tmp_path / "new" / "d").is_dir()
+
+
 def test_compilation_cache_variable_that_is_a_file_is_one_line(tmp_path, capsys, monkeypatch):
     from medft_jax.runtime import enable_compilation_cache
 
