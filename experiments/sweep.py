@@ -146,11 +146,13 @@ def dry_run(g: Grid, runs: list[RunConfig], index: int, count: int, out: str) ->
             else:
                 totals["todo"] += seconds
         print(f"{index + k * count:>5}  {state:<6}  {_duration(seconds):>8}  {_unhashed(config)}")
-    unknown = f" (+{totals['unknown']} of unknown cost)" if totals["unknown"] else ""
-    print(
-        f"done {counts['done']}, failed {counts['failed']}, to run {counts['todo']}: "
-        f"at most {_duration(totals['todo'])} of device time{unknown}"
-    )
+    known = counts["todo"] - totals["unknown"]
+    if not known and totals["unknown"]:  # "at most <1 s" would read as a promise
+        cost = f"device time unknown for all {totals['unknown']} (no size known to estimate from)"
+    else:
+        unknown = f" (+{totals['unknown']} of unknown cost)" if totals["unknown"] else ""
+        cost = f"at most {_duration(totals['todo'])} of device time{unknown}"
+    print(f"done {counts['done']}, failed {counts['failed']}, to run {counts['todo']}: {cost}")
     print(
         "a run's folder is its name with a hash in place of '*': the hash covers the data's "
         "and the weights' contents too, so it is decided at run time; 'done' means a record "

@@ -225,6 +225,14 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     assert "shard 1/4: 18" in out and "shards: 0: 18 runs" in out
 
 
+def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
+    config = _grid_file(tmp_path, "g", strategies=("lp", "ft"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    assert sweep_cli.main(["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "to run 2: device time unknown for all 2 (no size known to estimate from)" in out
+    assert "at most" not in out
+
+
 # --- real sweeps ---------------------------------------------------------------------------------
 
 
