@@ -115,6 +115,18 @@ def test_state_resumes_exactly_mid_epoch():
     with pytest.raises(DataError, match="'seed' is 7, this iterator has 8"):
         other.set_state(state)
 
+    # One host's saved state resumes every host (a multi-host run's progress is process
+    # 0's): host 1 of 2 goes on with its halves of the same global batches.
+    halves = [ds.train_iter(16, seed=7, epoch=2, shard_index=i, shard_count=2) for i in (0, 1)]
+    for _ in range(5):
+        next(halves[0])
+    second = ds.train_iter(16, seed=7, epoch=2, shard_index=1, shard_count=2)
+    second.set_state(halves[0].get_state())
+    rest = _indices(second)
+    assert len(rest) == len(full) - 5
+    assert all(np.array_equal(x, y) for x, y in zip(rest, _indices(halves[1])[5:], strict=True))
+    assert all(len(x) == 8 and set(x) <= set(y) for x, y in zip(rest, full[5:], strict=True))
+
 
 def test_worker_processes_give_the_same_batches(tmp_path):
     splits = {"train": make_split(*_toy_arrays(40))}

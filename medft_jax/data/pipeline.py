@@ -123,7 +123,7 @@ class BatchIterator(Iterator[Batch]):
     ``len(it)`` is the number of batches in the pass; ``get_state()`` is a
     small JSON-able dict and ``set_state(state)`` resumes after the last
     batch the state saw (the state must come from the same plan: split,
-    batch size, seed, epoch, shards).
+    batch size, seed, epoch; any host's).
     """
 
     def __init__(
@@ -175,14 +175,22 @@ class BatchIterator(Iterator[Batch]):
         return {**dataclasses.asdict(self._plan), "position": self._position}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Continues from ``state['position']`` (batches already delivered are skipped)."""
+        """Continues from ``state['position']`` (batches already delivered are skipped).
+
+        The position counts global batches, which are the same on every host
+        and for any number of hosts (each takes its slice of one permutation),
+        so a state saved by one host resumes every host's iterator: the shard
+        fields are not compared.
+        """
         expected = dataclasses.asdict(self._plan)
         for key, value in expected.items():
+            if key in ("shard_index", "shard_count"):
+                continue
             if state.get(key) != value:
                 raise DataError(
                     f"iterator state field {key!r} is {state.get(key)!r}, this iterator has "
                     f"{value!r}; restore a state saved from the same split, batch size, seed, "
-                    "epoch and shards"
+                    "epoch"
                 )
         position = int(state["position"])
         if not 0 <= position <= len(self._source):
