@@ -72,9 +72,21 @@ class NonFiniteOutputError(NonFiniteLossError):
     """
 
 
+def process_ordered(devices: list[jax.Device]) -> list[jax.Device]:
+    """``devices`` by process, then id: a process's devices form one block, in process order."""
+    return sorted(devices, key=lambda d: (d.process_index, d.id))
+
+
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A 1-D ``data`` mesh over ``devices`` (default: every device of every process)."""
-    devices = jax.devices() if devices is None else devices
+    """A 1-D ``data`` mesh over ``devices`` (default: every device of every process).
+
+    The default orders devices by process, then id: each process's rows of a
+    global batch are then one contiguous block, in process order, which is
+    the order :meth:`Trainer.predict` gathers the examples' masks in (its
+    probabilities come back in mesh order). ``jax.devices()`` is usually so
+    ordered but need not be (TPU pods list by id).
+    """
+    devices = process_ordered(jax.devices()) if devices is None else devices
     return Mesh(np.asarray(devices), ("data",))
 
 

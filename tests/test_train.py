@@ -372,3 +372,14 @@ def test_bf16_loss_curve_stays_within_five_percent_of_float32(tiny):
     assert not np.array_equal(bf16, f32)  # the bf16 run did compute in bf16
     assert f32.min() < 0.1 * f32[0]  # and the curve moves: the comparison is of training
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params[jnp.bfloat16]))
+
+
+def test_default_mesh_orders_devices_by_process():
+    """predict gathers masks in process order; a mesh listing devices by id (TPU pods can
+    interleave processes) would pair probabilities with other examples' labels."""
+    from types import SimpleNamespace as D
+
+    listed = [D(id=0, process_index=1), D(id=1, process_index=0), D(id=2, process_index=1)]
+    listed.append(D(id=3, process_index=0))
+    assert [d.id for d in train.process_ordered(listed)] == [1, 3, 0, 2]
+    assert list(train.make_mesh().devices.flat) == train.process_ordered(jax.devices())
