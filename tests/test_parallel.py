@@ -13,9 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _worker(out: Path, *args: str) -> subprocess.Popen:
+def _worker(out: Path, *args: str, module: str = "tests.parallel_worker") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.parallel_worker", str(out), *args],
+        [sys.executable, "-m", module, str(out), *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -80,3 +80,26 @@ def test_two_processes_equal_one(four_and_one, tmp_path):
     procs = [_worker(out, "--process", str(i), "--of", "2", "--port", str(port)) for i in range(2)]
     _run(*procs)
     _assert_same(_split(np.load(out), 2), four_and_one[1])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("parallel")
+def test_two_processes_resume_a_run_stopped_mid_epoch(tmp_path):
+    """Select's rungs stop runs inside an epoch; every host must resume from process 0's state."""
+    from medft_jax import fit, results
+    from tests.resume_worker import run_config
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two"
+    args = ("--of", "2", "--port", str(port))
+    procs = [_worker(out, "--process", str(i), *args, module="tests.resume_worker") for i in (0, 1)]
+    _run(*procs)
+    (resumed,) = results.load_records(out)
+    config, ds = run_config()
+    straight = fit.run_one(config, tmp_path / "one", dataset=ds, progress=False)
+    for a, b in zip(resumed["epochs"], straight["epochs"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val"] == pytest.approx(b["val"], abs=1e-5)
+    assert resumed["test"] == pytest.approx(straight["test"], abs=1e-5)
