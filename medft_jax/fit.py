@@ -403,7 +403,7 @@ def _prepare(
         state=state,
         progress=progress,
         steps_per_epoch=steps_per_epoch,
-        eval_batch_size=eval_bs - eval_bs % n_dev,
+        eval_batch_size=-(-eval_bs // n_dev) * n_dev,  # up: padded rows are masked
         weights_used=weights_used,
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -103,3 +105,35 @@ def test_two_processes_resume_a_run_stopped_mid_epoch(tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val"] == pytest.approx(b["val"], abs=1e-5)
     assert resumed["test"] == pytest.approx(straight["test"], abs=1e-5)
+
+
+_SMALL_EVAL = """
+import json
+from medft_jax import fit
+from medft_jax.config import RunConfig
+from medft_jax.data.demo import load_demo
+ds = load_demo(seed=0, image_size=32, sizes={"train": 64, "val": 13, "test": 11})
+cfg = RunConfig(strategy="lp", arch="resnet_tiny", dataset="demo", weights="none",
+                epochs=1, batch_size=16, image_size=32)
+tests = [fit.run_one(cfg, f"{OUT}/{b}", dataset=ds, progress=False, eval_batch_size=b)["test"]
+         for b in (2, 16)]
+print(json.dumps(tests))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("parallel")
+def test_an_eval_batch_below_the_device_count_rounds_up(tmp_path):
+    """2 rows on 4 devices: a batch of 4 (2 padded), the same metrics as a batch of 16."""
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SMALL_EVAL.replace("OUT", repr(str(tmp_path)))],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    small, large = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert small == pytest.approx(large, abs=1e-6)
