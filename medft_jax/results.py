@@ -69,6 +69,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -291,14 +292,36 @@ def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
     corrupt record raises :class:`RecordError` naming the file (a results
     table silently missing a run would be worse).
     """
+    return [
+        read_record(p)
+        for p in _find_files(out_dir, RECORD_NAME)
+        if p.parent.name not in PREVIOUS_NAMES
+    ]
+
+
+def _find_files(out_dir: str | Path, name: str) -> list[Path]:
+    """Every file called ``name`` under ``out_dir``, following linked folders, in path order.
+
+    Run folders linked in from another disk are runs like the others (the
+    runner, which checks ``record.json`` through the link, counts them as
+    done), so the walk follows links; a folder reached twice (a loop, or a
+    link to a folder already inside) is read once.
+    """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise RecordError(f"{out_dir}: no such results folder")
-    return [
-        read_record(p)
-        for p in sorted(out_dir.rglob(RECORD_NAME))
-        if p.is_file() and p.parent.name not in PREVIOUS_NAMES
-    ]
+    seen: set[str] = set()
+    found = []
+    for root, dirs, names in os.walk(out_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        if name in names and os.path.isfile(os.path.join(root, name)):
+            found.append(Path(root) / name)
+    return sorted(found)
 
 
 def failure_path(out_dir: str | Path, config: dict[str, Any]) -> Path:
@@ -328,13 +351,10 @@ def write_failure(
 
 def load_failures(out_dir: str | Path) -> list[dict[str, Any]]:
     """Every failure note under ``out_dir`` whose run has no record (a later success wins)."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise RecordError(f"{out_dir}: no such results folder")
     return [
         read_record(p)
-        for p in sorted(out_dir.rglob(FAILURE_NAME))
-        if p.is_file() and not (p.parent / RECORD_NAME).exists()
+        for p in _find_files(out_dir, FAILURE_NAME)
+        if not (p.parent / RECORD_NAME).exists()
     ]
 
 

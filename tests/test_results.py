@@ -121,6 +121,20 @@ def test_load_records_skips_temp_files_and_names_a_corrupt_one(tmp_path):
         results.load_records(tmp_path / "nowhere")
 
 
+def test_run_folders_linked_in_from_another_disk_are_loaded_once(tmp_path):
+    runs, scratch = tmp_path / "runs", tmp_path / "scratch"
+    results.write_record(results.record_path(runs, CONFIG), {"config": CONFIG})
+    moved = {**CONFIG, "seed": 1}
+    results.write_record(results.record_path(scratch, moved), {"config": moved})
+    results.write_failure(scratch, {**CONFIG, "seed": 2}, "nonfinite", "loss is nan")
+    for cfg in (moved, {**CONFIG, "seed": 2}):
+        (runs / results.run_name(cfg)).symlink_to(results.run_dir(scratch, cfg))
+    (runs / "loop").symlink_to(runs)  # a loop, and a second way to every run
+    (runs / "again").symlink_to(scratch)
+    assert sorted(r["config"]["seed"] for r in results.load_records(runs)) == [0, 1]
+    assert [f["config"]["seed"] for f in results.load_failures(runs)] == [2]
+
+
 def test_a_record_edited_away_from_its_folder_is_refused(tmp_path):
     path = results.record_path(tmp_path, CONFIG)
     results.write_record(path, {"config": CONFIG})
