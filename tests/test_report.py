@@ -311,6 +311,8 @@ def test_latex_escapes_underscores_percent_and_ampersand():
     from medft_jax.report.render import latex_escape
 
     assert latex_escape("a & b_c 5%") == r"a \& b\_c 5\%"
+    # Text-mode < and > print as other glyphs in LaTeX's default font encoding.
+    assert latex_escape("p < 0.05, >1") == r"p \textless{} 0.05, \textgreater{}1"
 
 
 # --- Tables 11 and 12 ------------------------------------------------------------------------
@@ -593,6 +595,9 @@ def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, mon
         ("filter", "--only"),
         ("threshold", "--beat-threshold"),
         ("config", "--config"),
+        ("value", "test.accuracy is '0.71 (bad)', not a number"),
+        ("seed", "config.seed is '0', not an integer"),
+        ("seconds", "train_seconds is [1.0], not a number"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case, expected):
@@ -602,6 +607,14 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case
         runs.mkdir()
     if case in ("corrupt", "filter", "threshold", "config"):
         _write_runs(runs, [rec()])
+    if case in ("value", "seed", "seconds"):  # hand-edited values, in a folder not named by hash
+        edited = rec(strategy="lp")
+        edited["test"]["accuracy"] = "0.71 (bad)" if case == "value" else 0.71
+        edited["config"]["seed"] = "0" if case == "seed" else 0
+        edited["train_seconds"] = [1.0] if case == "seconds" else 1.0
+        _write_runs(runs, [rec()])
+        (runs / "edited").mkdir()
+        (runs / "edited" / "record.json").write_text(json.dumps(edited))
     if case == "corrupt":
         bad = runs / "bach-broken" / "record.json"
         bad.parent.mkdir()

@@ -297,9 +297,14 @@ def summary_from_means(
 def _check_config(run: dict[str, Any]) -> None:
     if not isinstance(run.get("config"), dict):
         raise RecordError(f"run {run.get('run', '?')}: no config")
-    missing = [k for k in _REQUIRED if k not in run["config"]]
+    config, name = run["config"], run.get("run", "?")
+    missing = [k for k in _REQUIRED if k not in config]
     if missing:
-        raise RecordError(f"run {run.get('run', '?')}: config lacks {', '.join(missing)}")
+        raise RecordError(f"run {name}: config lacks {', '.join(missing)}")
+    if not _is_number(config["lr"]):
+        raise RecordError(f"run {name}: config.lr is {config['lr']!r}, not a number")
+    if not isinstance(config["seed"], int) or isinstance(config["seed"], bool):
+        raise RecordError(f"run {name}: config.seed is {config['seed']!r}, not an integer")
 
 
 def _check_record(record: dict[str, Any]) -> None:
@@ -309,8 +314,34 @@ def _check_record(record: dict[str, Any]) -> None:
     for key in ("val", "test"):
         if not isinstance(record.get(key), dict):
             raise RecordError(f"run {name}: record has no {key!r} metrics")
+        for metric, value in record[key].items():
+            if value is not None and not _is_number(value):
+                raise RecordError(f"run {name}: {key}.{metric} is {value!r}, not a number")
     if not isinstance(record.get("primary_metric"), str):
         raise RecordError(f"run {name}: record has no primary_metric")
+    seconds = record.get("train_seconds")
+    if seconds is not None and not _is_number(seconds):
+        raise RecordError(f"run {name}: train_seconds is {seconds!r}, not a number")
+    epochs = record.get("epochs")
+    if epochs is not None and not (
+        isinstance(epochs, list)
+        and all(
+            isinstance(e, dict) and (e.get("images_per_s") is None or _is_number(e["images_per_s"]))
+            for e in epochs
+        )
+    ):
+        raise RecordError(f"run {name}: epochs is not a list of epoch entries")
+    environment = record.get("environment") or {}
+    if not isinstance(environment, dict):
+        raise RecordError(f"run {name}: environment is not a JSON object")
+    devices = environment.get("device_count")
+    if devices is not None and not (_is_number(devices) and devices == int(devices) > 0):
+        raise RecordError(f"run {name}: environment.device_count is {devices!r}, not a count")
+
+
+def _is_number(x: Any) -> bool:
+    """A real number as JSON holds one (a bool is not one, though Python says so)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _cell_key(run: dict[str, Any]) -> CellKey:

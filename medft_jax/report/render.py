@@ -137,6 +137,8 @@ _LATEX_CHARS = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
     "—": "---",
     "–": "--",
     "−": "$-$",
