@@ -835,6 +835,19 @@ def test_an_integer_parameter_is_refused_by_name(name):
         make(name, params, TOY, learning_rate=LR, steps_per_epoch=2)
 
 
+@pytest.mark.parametrize("name", ["ft", "g_lf", "l2_sp", "auto_rgn"])
+def test_bfloat16_parameters_train_in_bfloat16(name):
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), toy_params())
+    tx, _ = make(name, params, TOY, learning_rate=LR, steps_per_epoch=2)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    u = flatten(updates)
+    assert {x.dtype for x in u.values()} == {jnp.dtype(jnp.bfloat16)}
+    assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in u.values())
+    if name != "auto_rgn":  # Adam's first step: -lr * sign(g) (the head is not SP-penalised)
+        np.testing.assert_allclose(np.asarray(u["top/head/kernel"], np.float32), -LR, rtol=2e-2)
+
+
 def test_sp_pretrained_as_a_frozendict_is_matched_by_path():
     from flax.core import freeze
 
@@ -856,11 +869,26 @@ def test_sp_head_mask_marking_nothing_is_refused():
     l1_sp(match_paths("top/head/*")).init(toy_params())
 
 
+def test_a_trainable_mask_marking_nothing_is_refused():
+    """A mask that missed would freeze the whole model: every update zero, and no error."""
+    tx = train_only(optax.adam(LR), match_paths("top/head"))  # no '/*': matches no leaf
+    with pytest.raises(ValueError, match=r"train_only: trainable marks none.*'top/head/kernel'"):
+        tx.init(toy_params())
+    tx = train_only(optax.adam(LR), match_paths("top/head/*"))
+    u = flatten(tx.update(jax.tree.map(jnp.ones_like, toy_params()), tx.init(toy_params()))[0])
+    np.testing.assert_allclose(u["top/head/bias"], [-LR, -LR], rtol=1e-5)
+
+
 def test_sp_and_rgn_range_checks_still_refuse_concrete_values():
-    with pytest.raises(ValueError, match="alpha must be >= 0"):
+    with pytest.raises(ValueError, match="alpha must be a number >= 0"):
         l2_sp(head_mask, alpha=-0.1)
-    with pytest.raises(ValueError, match="beta must be >= 0"):
+    with pytest.raises(ValueError, match="beta must be a number >= 0"):
         l1_sp(head_mask, beta=np.float32(-1.0))
+    for bad in ("0.1", None):  # would fail inside the jitted update, naming neither
+        with pytest.raises(ValueError, match=r"sp_penalty: alpha must be a number >= 0, got"):
+            l2_sp(head_mask, alpha=bad)
+        with pytest.raises(ValueError, match=r"make\('l1_sp'\): beta must be a number >= 0"):
+            make("l1_sp", toy_params(), TOY, learning_rate=LR, beta=bad)
     with pytest.raises(ValueError, match="steps_per_epoch must be an integer >= 1"):
         scale_by_rgn(optax.adam(LR), 0)
     with pytest.raises(ValueError, match="estimate_steps must be an integer >= 1"):

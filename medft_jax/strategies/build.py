@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -151,7 +152,7 @@ def _check_partition(name: str, params: PyTree, partition: Any) -> None:
     # lax.cond (G-LF, G-FL, LP-FT) deep inside optax.
     for path, leaf in zip(paths, (x for _, x in leaves), strict=True):
         dtype = np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
-        if not np.issubdtype(dtype, np.inexact):
+        if not jnp.issubdtype(dtype, jnp.inexact):  # numpy's own says no to bfloat16
             raise TypeError(
                 f"{where}: parameter {path!r} is {dtype}; strategies train floating-point "
                 "parameters only (keep counters and other integer state out of the params)"

@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from medft_jax.models.blocks import path_str
+
 
 def is_concrete_number(value: Any) -> bool:
     """Whether ``value`` is a Python or numpy real number (not a jax array or tracer, not bool)."""
@@ -45,6 +47,38 @@ def require_int(where: str, name: str, value: Any, minimum: int) -> int:
     if not is_integer(value) or value < minimum:
         raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def require_coefficient(where: str, name: str, value: Any) -> None:
+    """A penalty coefficient is a number >= 0, or a jax array (an injected hyperparameter).
+
+    A string or None would otherwise fail far from here, inside the jitted
+    update, with an error that names neither the argument nor its range.
+    """
+    if is_concrete_number(value):
+        if not float(value) >= 0:  # also refuses NaN
+            raise ValueError(f"{where}: {name} must be a number >= 0, got {value!r}")
+        return
+    if not isinstance(value, jax.Array):
+        raise ValueError(
+            f"{where}: {name} must be a number >= 0, got {type(value).__name__} {value!r}"
+        )
+
+
+def require_marks_some(where: str, mask_name: str, mask: Any, params: Any) -> None:
+    """Refuses a mask that marks none of ``params``: the typo that trains or spares nothing.
+
+    The usual causes are named: params wrapped as ``{'params': ...}`` (paths
+    then start with ``params/``), or a pattern ``'fc'`` that should read ``'fc/*'``.
+    """
+    if any(jax.tree.leaves(mask)):
+        return
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    sample = repr(paths[-1]) if paths else "none: the params are empty"
+    raise ValueError(
+        f"{where}: {mask_name} marks none of the params (paths look like {sample}; "
+        "params wrapped as {'params': ...}, or a pattern without '/*'?)"
+    )
 
 
 def require_learning_rate(where: str, value: Any) -> None:

@@ -24,7 +24,7 @@ import jax
 import optax
 
 from medft_jax.models.blocks import BlockPartition, path_str
-from medft_jax.strategies.checks import require_int
+from medft_jax.strategies.checks import require_int, require_marks_some
 
 PyTree = Any
 Labels = PyTree | Callable[[PyTree], PyTree]
@@ -88,6 +88,8 @@ def train_only(
         return optax.transforms.selective_transform(inner, freeze_mask=frozen)
 
     def init_fn(params: PyTree) -> optax.OptState:
+        # A mask that missed would freeze the whole model: every update zero, no error.
+        require_marks_some("train_only", "trainable", resolve(trainable, params), params)
         return for_tree(params).init(params)
 
     def update_fn(updates, state, params=None, **extra_args):

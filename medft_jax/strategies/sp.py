@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from medft_jax.models.blocks import path_str
-from medft_jax.strategies.checks import is_concrete_number
+from medft_jax.strategies.checks import require_coefficient, require_marks_some
 from medft_jax.strategies.freeze import map_paths, resolve
 
 PyTree = Any
@@ -75,21 +75,14 @@ def sp_penalty(
     """
     if norm not in ("l1", "l2"):
         raise ValueError(f"sp_penalty: norm must be 'l1' or 'l2', got {norm!r}")
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if is_concrete_number(value) and not value >= 0:
-            raise ValueError(f"sp_penalty: {name} must be >= 0, got {value!r}")
+    require_coefficient("sp_penalty", "alpha", alpha)
+    require_coefficient("sp_penalty", "beta", beta)
     pull = (lambda x: x) if norm == "l2" else jnp.sign
 
     def init_fn(params: PyTree) -> SPState:
-        if not any(jax.tree.leaves(resolve(head_mask, params))):
-            # Silently, the fresh head would count as pretrained: pulled towards its
-            # random start with alpha instead of decayed with beta.
-            paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-            raise ValueError(
-                "sp_penalty: head_mask marks none of the params as the new head (paths "
-                f"look like {paths[-1]!r}; params wrapped as {{'params': ...}}, or a "
-                "pattern without '/*'?)"
-            )
+        # Silently, the fresh head would count as pretrained: pulled towards its
+        # random start with alpha instead of decayed with beta.
+        require_marks_some("sp_penalty", "head_mask", resolve(head_mask, params), params)
         if pretrained is None:
             start = params
         else:

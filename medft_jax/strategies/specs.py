@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import optax
 
 from medft_jax.models.blocks import BlockPartition
-from medft_jax.strategies.checks import is_concrete_number, require_int
+from medft_jax.strategies.checks import is_concrete_number, require_coefficient, require_int
 from medft_jax.strategies.freeze import HEAD, map_paths, staged
 from medft_jax.strategies.lr import layerwise_decay_factors, scale_by_label
 from medft_jax.strategies.rgn import RGN_MODES, Prepass, scale_by_rgn
@@ -147,6 +147,8 @@ def _sp_adam(norm: str) -> Callable[[Options, Layout], optax.GradientTransformat
     """
 
     def build(o: Options, layout: Layout) -> optax.GradientTransformation:
+        require_coefficient(f"make('{norm}_sp')", "alpha", o.alpha)
+        require_coefficient(f"make('{norm}_sp')", "beta", o.beta)
         double = 2.0 if norm == "l2" and not o.sp_half else 1.0
         penalty = sp_penalty(
             norm,
