@@ -169,6 +169,24 @@ def test_split_folders_are_known_by_their_usual_names_and_strays_refused(tmp_pat
             parse_folder(tree(tmp_path / f"bad{i}", **splits_))
 
 
+def test_images_outside_every_class_folder_are_refused_and_a_dicomdir_left_out(tmp_path, capsys):
+    from medft_jax.data.folder import parse_folder
+
+    for where in ("flat", "split", "pre"):
+        root = tmp_path / where
+        _folder(root / "train" if where != "flat" else root, 5)
+        loose = {"flat": root, "split": root / "train", "pre": root}[where] / "stray.png"
+        image(7).save(loose)
+        with pytest.raises(DataError, match=rf"{loose.parent}: 1 image\(s\) outside every class"):
+            parse_folder(root)
+    # A DICOM export's index file carries the DICOM marker but is no image.
+    _folder(tmp_path / "pacs", 5)
+    (tmp_path / "pacs" / "cat" / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    _, splits = parse_folder(tmp_path / "pacs")
+    assert sum(len(v) for v in splits.values()) == 10
+    assert "not images left out ((no suffix) 1)" in capsys.readouterr().err
+
+
 def test_folder_empty_class_is_named(tmp_path):
     _folder(tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "empty").mkdir()

@@ -271,8 +271,55 @@ def test_netpbm_colour_is_16_bit_only_when_its_maxval_says_so(tmp_path):
         assert np.array_equal(np.asarray(open_image(eight, bits_stored=bits)), dark)
     sixteen = tmp_path / "c12.ppm"
     sixteen.write_bytes(b"P6\n6 5\n4095\n" + np.full((5, 6, 3), 1000, ">u2").tobytes())
-    with pytest.raises(DataError, match=r"c12\.ppm: 16-bit colour image whose values all fit"):
-        open_image(sixteen)
+    for bits in (None, 12, 16):  # maxval states the range: 1000 of 4095 is 62 of 255
+        assert np.array_equal(
+            np.asarray(open_image(sixteen, bits_stored=bits)), np.full((5, 6, 3), 62)
+        )
+    full = tmp_path / "c16.ppm"  # maxval 65535 states nothing: the 16-bit rule's checks hold
+    full.write_bytes(b"P6\n6 5\n65535\n" + np.full((5, 6, 3), 1000, ">u2").tobytes())
+    with pytest.raises(DataError, match=r"c16\.ppm: 16-bit colour image whose values all fit"):
+        open_image(full)
+
+
+def test_a_pgm_of_12_bits_is_read_by_its_maxval_whatever_bits_are_declared(tmp_path):
+    """Pillow scales 0..maxval to 0..65535 first: --bits-stored 12, right for the folder's
+    12-bit PNGs, refused the same X-ray as a PGM (its values quoted as 0..65535)."""
+    values = np.array([[0, 1024], [2048, 4095]])
+    pgm = tmp_path / "x12.pgm"
+    pgm.write_bytes(b"P5\n2 2\n4095\n" + values.astype(">u2").tobytes())
+    for bits in (None, 12, 16):
+        assert np.asarray(open_image(pgm, bits_stored=bits)).tolist() == [[0, 64], [128, 255]]
+
+
+@pytest.mark.parametrize("kind", ["uint16", "float32"])
+def test_white_is_zero_tiff_is_inverted_at_any_bit_depth(tmp_path, kind):
+    """PhotometricInterpretation 0 (TIFF's MONOCHROME1): Pillow inverts 8-bit files only,
+    so a 16-bit or float X-ray exported this way came out as its negative."""
+    stored = {
+        "uint16": np.array([[0, 64], [128, 255]], np.uint16) * 257,
+        "float32": np.array([[0, 0.25], [0.5, 1.0]], np.float32),
+    }[kind]
+    for photometric, expected in ((0, [[255, 191], [127, 0]]), (1, [[0, 64], [128, 255]])):
+        path = tmp_path / f"p{photometric}.tif"
+        Image.fromarray(stored).save(path, tiffinfo={262: photometric})
+        assert np.asarray(open_image(path)).tolist() == expected
+
+
+def test_an_rgb565_bmp_is_8_bit_colour(tmp_path):
+    """A 5-6-5 BMP's stored layout reads ``BGR;16``: taken for 16 bits a sample, a dark one
+    was refused, and any --bits-stored but 16 too, though Pillow reads it as 8-bit colour."""
+    h, w = 4, 3
+    px = (np.uint16(5) << 11) | (np.uint16(10) << 5) | np.uint16(5)  # r, g, b = 5, 10, 5
+    rows = b"".join(np.full(w, px, "<u2").tobytes().ljust(8, b"\0") for _ in range(h))
+    dib = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 16, 3, len(rows), 2835, 2835, 0, 0)
+    masks = struct.pack("<III", 0xF800, 0x07E0, 0x001F)
+    off = 14 + len(dib) + len(masks)
+    path = tmp_path / "dark.bmp"
+    path.write_bytes(b"BM" + struct.pack("<IHHI", off + len(rows), 0, 0, off) + dib + masks + rows)
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    assert expected[0, 0].tolist() == [41, 40, 41]  # 5/31, 10/63, 5/31 of 255
+    for bits in (None, 12):
+        assert np.array_equal(np.asarray(open_image(path, bits_stored=bits)), expected)
 
 
 def test_16bit_colour_is_read_by_the_16bit_rule_and_never_crushed_silently(tmp_path):
@@ -757,7 +804,7 @@ def test_folder_lists_every_readable_format_and_says_what_it_left_out(tmp_path, 
     root = tmp_path / "imgs"
     for name in ("a", "b"):
         (root / name).mkdir(parents=True)
-        for i, suffix in enumerate((".png", ".pgm", ".webp", ".gif")):
+        for i, suffix in enumerate((".png", ".pgm", ".webp", ".gif", ".jp2")):
             Image.new("L", (8, 8), 40 * i).save(root / name / f"{i}{suffix}")
         # A PACS export: DICOM files named without a suffix, or by UID.
         shutil.copy(get_testdata_file("MR_small.dcm"), root / name / "IM0001")
@@ -766,8 +813,8 @@ def test_folder_lists_every_readable_format_and_says_what_it_left_out(tmp_path, 
     (root / "b" / "Thumbs.db").write_bytes(b"\0" * 200)
     _, splits = parse_folder(root)
     listed = sorted(ex.id for ex in splits["train"] + splits["val"] + splits["test"])
-    assert len(listed) == 12 and "a/IM0001" in listed and "b/1.2.840.10008.3" in listed
-    assert "a/2.webp" in listed and "b/1.pgm" in listed
+    assert len(listed) == 14 and "a/IM0001" in listed and "b/1.2.840.10008.3" in listed
+    assert "a/2.webp" in listed and "b/1.pgm" in listed and "a/4.jp2" in listed
     err = capsys.readouterr().err
     assert f"note: {root}: 2 file(s) that are not images left out (.db 1, .txt 1)" in err
     assert open_image(root / "a" / "IM0001").size == (64, 64)

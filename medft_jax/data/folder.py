@@ -105,13 +105,35 @@ def image_files(base: Path, folder: Path, others: Counter[str] | None = None) ->
     Every other file is counted in ``others`` by suffix, so that the user
     hears that it was left out.
     """
+    return _images(scan_files(base, folder), others)
+
+
+def _images(files: list[Path], others: Counter[str] | None = None) -> list[Path]:
     images = []
-    for p in scan_files(base, folder):
-        if p.suffix.lower() in IMAGE_SUFFIXES or _dicom_marked(p):
+    for p in files:
+        if p.name.upper() != DICOMDIR and (p.suffix.lower() in IMAGE_SUFFIXES or _dicom_marked(p)):
             images.append(p)
         elif others is not None:
             others[p.suffix.lower() or "(no suffix)"] += 1
     return images
+
+
+DICOMDIR = "DICOMDIR"
+"""The index file of a DICOM export (CD, PACS): DICOM-marked, but holds no image."""
+
+
+def _check_no_loose_images(root: Path, folder: Path) -> None:
+    """Refuses images lying in ``folder`` itself, outside every class folder.
+
+    An image's label is the folder it is in: one beside the class folders has
+    none, and would be left out without a word.
+    """
+    loose = _images(scan_files(root, folder, recursive=False))
+    if loose:
+        raise DataError(
+            f"{folder}: {len(loose)} image(s) outside every class folder (e.g. {loose[0].name}); "
+            "an image's class is the folder it is in: move them into one, or out of --manual-dir"
+        )
 
 
 def _dicom_marked(path: Path) -> bool:
@@ -157,6 +179,8 @@ def parse_folder(
         raise DataError(f"--manual-dir {root} is not a directory")
     folders = _split_folders(root)
     others: Counter[str] = Counter()
+    for folder in (root, *folders.values()):
+        _check_no_loose_images(root, folder)
     if folders:
         class_names = _classes(folders["train"], root)
         given = {s: _scan(p, root, class_names, s, others) for s, p in folders.items()}

@@ -55,21 +55,31 @@ IMAGE_SUFFIXES = (
     ".pnm",
     ".webp",
     ".gif",
+    ".jp2",
+    ".j2k",
+    ".j2c",
+    ".jpx",
+    ".jfif",
+    ".jpe",
     *dicom.DICOM_SUFFIXES,
 )
 """What a ``folder`` dataset lists as images by name; a file of any other name is
 listed when it carries the DICOM marker (:func:`medft_jax.data.folder.image_files`)."""
 
-DECODING_VERSION = 4
+DECODING_VERSION = 5
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
 and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``; 3:
 ``bits_stored``, and 16-bit files of 14 bits or fewer refused without it; 4:
 multi-frame files refused instead of read as their first frame, and 16-bit
 greyscale+alpha PNG read by the greyscale rules from all 16 bits instead of
-as colour from the high byte): a cache built under another version is stale."""
+as colour from the high byte; 5: 16-bit and float WhiteIsZero TIFFs inverted, as
+8-bit ones always were): a cache built under another version is stale."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIGNED16 = ("I;16S", "I;16BS", "I;16NS")
+_COLOUR16 = re.compile(r"(RGB[AXa]?|LA);16[BLN]?")
+"""Stored layouts of 16 bits per colour sample (``RGB;16B``); not ``BGR;16``, a
+BMP's 5-6-5 bits per pixel, which Pillow already widens to 8 bits a sample."""
 _GREY_ALPHA16 = "LA;16B"
 """The stored layout of a 16-bit greyscale+alpha PNG, which Pillow opens as RGBA of
 the high bytes; :func:`_grey_alpha16` reads all 16 bits instead."""
@@ -113,8 +123,12 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
             if samples == _GREY_ALPHA16 and image.mode == "RGBA" and len(image.tile) == 1:
                 grey = integer16_to_uint8(_grey_alpha16(image), False, bits_stored, path)
                 return Image.fromarray(grey, "L")
+            if _maxval_states_range(image):
+                bits_stored = 16  # Pillow scaled the samples from 0..maxval to 0..65535
+            inverted = _white_is_zero(image)
             image.load()  # PIL is lazy: load() finds truncation
-            return to_8bit(image, samples, path, bits_stored)
+            out = to_8bit(image, samples, path, bits_stored)
+            return Image.fromarray(255 - np.asarray(out), out.mode) if inverted else out
     except DataError:
         raise
     except FileNotFoundError:
@@ -170,22 +184,57 @@ def _grey_alpha16(image: Image.Image) -> np.ndarray:
     return (raw[..., 0].astype(np.uint16) << 8) | raw[..., 1]
 
 
+def _white_is_zero(image: Image.Image) -> bool:
+    """A 16-bit or float TIFF stored WhiteIsZero (PhotometricInterpretation 0).
+
+    It is TIFF's MONOCHROME1: 0 is white, as some X-ray exports store it.
+    Pillow inverts such files only at 8 bits (and 1 bit); wider samples come
+    out as stored, a negative of the image. Inverting the 8-bit result is
+    the same as inverting the samples first (``255 - (v >> 8)`` equals
+    ``(65535 - v) >> 8``), for every ``bits_stored``.
+    """
+    return (
+        image.format == "TIFF"
+        and image.mode.startswith(("I", "F"))
+        and getattr(image, "tag_v2", {}).get(262) == 0
+    )
+
+
+def _maxval_states_range(image: Image.Image) -> bool:
+    """A PGM/PPM whose header's maxval (256..65534) states its samples' range.
+
+    Pillow scales such samples to 0..65535 before anything here sees them,
+    so the 16-bit rule maps 0..maxval to 0..255 and ``--bits-stored`` (meant
+    for files that do not state their range) no longer applies.
+    """
+    maxval = _maxval(image)
+    return maxval is not None and 255 < maxval < 65535
+
+
+def _maxval(image: Image.Image) -> int | None:
+    """A PGM/PPM's maxval, from its header (the decoder's arguments); else None."""
+    if image.format != "PPM" or not image.tile:
+        return None
+    args = image.tile[0].args
+    maxval = args[1] if isinstance(args, tuple) and len(args) > 1 else None
+    return maxval if isinstance(maxval, int) else None
+
+
 def _stored_samples(image: Image.Image) -> str | None:
     """The raw sample layout of a mode-``I`` image (e.g. ``I;16S``) or of 16-bit colour
     (``RGB;16B``), read before decoding."""
     if image.mode not in ("I", "RGB", "RGBA"):
         return None
     if image.format == "PPM":  # Pillow scales a 9..16-bit maxval to 0..65535
-        args = image.tile[0].args if image.tile else None
-        maxval = args[1] if isinstance(args, tuple) and len(args) > 1 else None
-        if image.mode == "I" or (isinstance(maxval, int) and maxval > 255):
+        maxval = _maxval(image)
+        if image.mode == "I" or (maxval is not None and maxval > 255):
             return "I;16"
         return None  # 8-bit colour (maxval <= 255, scaled to 0..255 by Pillow)
     if not image.tile:
         return None
     args = image.tile[0].args
     raw = args[0] if isinstance(args, tuple) and args else args
-    if not isinstance(raw, str) or (image.mode != "I" and ";16" not in raw):
+    if not isinstance(raw, str) or (image.mode != "I" and not _COLOUR16.fullmatch(raw)):
         return None
     return raw
 
