@@ -140,6 +140,29 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[RunLock]:
         lock.release()
 
 
+@contextlib.contextmanager
+def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Holds an exclusive lock on the file ``path`` for the ``with`` block, waiting for it.
+
+    For work that every process needs done once, where the others may
+    simply wait (porting the ImageNet weights into the shared cache): each
+    re-checks, inside the block, whether the work is already done. The file
+    stays (removing it would let a third process lock a new one meanwhile);
+    it is empty. Without ``fcntl`` (Windows) nothing is locked.
+    """
+    if fcntl is None:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
+
+
 def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
     """Takes ``run_dir``'s lock now or raises :class:`RunLocked`; release with ``release()``."""
     run_dir = Path(run_dir)

@@ -488,6 +488,65 @@ def test_save_refuses_a_path_through_a_file(saved, tmp_path):
     assert (tmp_path / "f").read_text() == "x"
 
 
+def test_a_failed_overwrite_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Orbax's own ``force`` deleted the old checkpoint before writing: a full disk then
+    left none. The new one is written beside it and swapped in when whole."""
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    meta = {**META, "arch": "resnet_tiny", "resize_size": 36, "crop_size": 32}
+    first, second = _random_variables("resnet_tiny", 3, 0), _random_variables("resnet_tiny", 3, 1)
+    folder = save_model(tmp_path / "ck", first["params"], first["batch_stats"], meta)
+    real_save = ocp.Checkpointer.save
+
+    def save_then_fill_the_disk(self, directory, *args, **kwargs):
+        real_save(self, directory, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+    with monkeypatch.context() as m:
+        m.setattr(ocp.Checkpointer, "save", save_then_fill_the_disk)
+        with pytest.raises(OSError, match="No space left on device"):
+            save_model(folder, second["params"], second["batch_stats"], meta, force=True)
+    assert variables_hash(load_model(folder)[0]) == variables_hash(first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # the staging folder is gone
+    save_model(folder, second["params"], second["batch_stats"], meta, force=True)
+    assert variables_hash(load_model(folder)[0]) == variables_hash(second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_two_runs_needing_the_imagenet_weights_port_them_once(tmp_path, monkeypatch):
+    """Two runs starting at once on an empty cache ported into one folder together: one
+    deleted the other's unfinished orbax folder and died with a traceback."""
+    import threading
+    import time
+
+    import weights_port
+    from medft_jax.checkpoints import pretrained
+
+    target = tmp_path / "flax" / "resnet50_IMAGENET1K_V2"
+    ported = []
+
+    def slow_port(arch):
+        ported.append(arch)
+        time.sleep(0.3)  # the other run asks meanwhile
+        target.mkdir(parents=True)
+        return target
+
+    monkeypatch.setattr(weights_port, "default_checkpoint", lambda arch: target)
+    monkeypatch.setattr(weights_port, "port_imagenet", slow_port)
+    found = []
+    runs = [
+        threading.Thread(target=lambda: found.append(pretrained.locate("auto", "resnet50")))
+        for _ in range(2)
+    ]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    assert ported == ["resnet50"] and found == [target, target]
+
+
 def test_late_event_loop_reports_are_dropped_and_others_kept(ck, monkeypatch):
     """tensorstore reports "Event loop is closed" through sys.unraisablehook after a failed
     restore (a traceback per pending array); only that report is dropped."""

@@ -140,6 +140,27 @@ def test_num_batches_tracked_dropped_and_restored(resnet_state):
     variables, tracked = torch_to_flax(resnet_state, "resnet50")
     assert tracked["bn1.num_batches_tracked"] == 7  # random_torchvision's marker
     assert "num_batches_tracked" not in str(list(_leaves(variables)))
+    # A counter of no BatchNorm of the arch is an unexpected key, not metadata.
+    stray = {**resnet_state, "bogus.num_batches_tracked": np.array(5, np.int64)}
+    with pytest.raises(PortError, match=r"unexpected key 'bogus.num_batches_tracked', not in"):
+        torch_to_flax(stray, "resnet50")
+    bad = {**resnet_state, "bn1.num_batches_tracked": np.array([1, 2], np.int64)}
+    with pytest.raises(PortError, match=r"'bn1.num_batches_tracked' has shape \(2,\) and dtype"):
+        torch_to_flax(bad, "resnet50")
+
+
+def test_a_bfloat16_or_oddly_keyed_pth_is_one_line(tmp_path):
+    """numpy has no bfloat16: the conversion raised a bare TypeError from torch."""
+    from weights_port.state_io import read_state_dict
+
+    bf16 = tmp_path / "bf16.pth"
+    torch.save({"conv1.weight": torch.ones(2, dtype=torch.bfloat16)}, bf16)
+    with pytest.raises(PortError, match=r"bf16.pth: key 'conv1.weight' has dtype bfloat16, expe"):
+        read_state_dict(bf16)
+    numbered = tmp_path / "numbered.pth"
+    torch.save({0: torch.ones(2)}, numbered)
+    with pytest.raises(PortError, match=r"numbered.pth: key 0 is not a name; expected a state_d"):
+        read_state_dict(numbered)
 
 
 class _Evil:

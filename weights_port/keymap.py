@@ -149,13 +149,22 @@ def torch_to_flax(
       size is taken from the checkpoint.
     """
     state = rename_legacy_keys(_strip_wrapper_prefix(state, arch))
-    tracked = {k: int(np.asarray(v)) for k, v in state.items() if k.endswith("." + _TRACKED)}
-    state = {k: v for k, v in state.items() if not k.endswith("." + _TRACKED)}
-    keys = set(state)
     expected = expected_keys(arch)
+    tracked = {}
+    for key in [k for k in state if k.endswith("." + _TRACKED)]:
+        if key.removesuffix(_TRACKED) + "running_mean" not in expected:
+            continue  # not one of arch's BatchNorm layers: named below as unexpected
+        value = np.asarray(state.pop(key))
+        if value.shape != () or value.dtype.kind not in "iu":
+            raise PortError(
+                f"{source}: key {key!r} has shape {value.shape} and dtype {value.dtype}, "
+                "expected one integer"
+            )
+        tracked[key] = int(value)
+    keys = set(state)
     if keys != expected:
-        other = guess_arch(keys)
-        if other is not None:
+        other = guess_arch({k for k in keys if not k.endswith("." + _TRACKED)})
+        if other is not None and other != arch:
             raise PortError(f"{source}: file looks like {other}, not {arch}")
         missing, extra = sorted(expected - keys), sorted(keys - expected)
         if missing:

@@ -127,7 +127,18 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise PortError(f"{path}: expected a state_dict (a mapping of names to tensors)")
-    return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+    out = {}
+    for key, tensor in obj.items():
+        if not isinstance(key, str):
+            raise PortError(f"{path}: key {key!r} is not a name; expected a state_dict")
+        try:
+            out[key] = tensor.detach().cpu().numpy()
+        except TypeError:  # bfloat16 and other dtypes numpy has no type for
+            raise PortError(
+                f"{path}: key {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')}, "
+                "expected float32"
+            ) from None
+    return out
 
 
 def check_out_path(out: str | Path) -> Path:

@@ -25,9 +25,11 @@ or file.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -85,12 +87,18 @@ def save_model(
 
     The metadata gains ``content_sha256``, the hash of the arrays as written
     (any value passed in is replaced: it described other arrays).
+
+    The checkpoint is written whole beside ``directory`` (``.<name>.new``),
+    then swapped in (the one it replaces, with ``force``, goes to
+    ``.<name>.old`` for the moment between two renames): a save that fails
+    (disk full) or is killed leaves the previous checkpoint in place. Orbax's
+    own ``force`` deletes it before writing anything.
     """
     directory = Path(directory).expanduser().absolute()
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} is a file, expected a checkpoint folder")
     if directory.exists() and not force:
-        raise CheckpointError(f"{directory} already exists; pass --force to overwrite it")
+        raise _exists(directory)
     if directory.exists() and any(directory.iterdir()) and not _is_checkpoint(directory):
         raise CheckpointError(
             f"{directory} exists and is not a model checkpoint; --force replaces only a "
@@ -108,21 +116,54 @@ def save_model(
     if digest is not None:
         meta["content_sha256"] = digest
     quiet_reported_failures()
+    staging, old = staging_paths(directory)
     try:
         with naming_os_errors(directory), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as c:
-            c.save(
-                directory,
+            c.save(  # force: replaces only a staging folder a killed save left
+                staging,
                 ocp.args.Composite(
                     state=ocp.args.StandardSave(tree), metadata=ocp.args.JsonSave(meta)
                 ),
-                force=force,
+                force=True,
             )
+        if jax.process_index() == 0:
+            with naming_os_errors(directory):
+                if directory.exists() and not force:  # another process got there first
+                    raise _exists(directory)
+                if old.exists():
+                    shutil.rmtree(old)
+                if directory.exists():
+                    os.replace(directory, old)
+                os.replace(staging, directory)
+                shutil.rmtree(old, ignore_errors=True)
+        sync_processes("medft_jax.checkpoints.model.save_model")
     except BaseException:
-        if jax.process_index() == 0:  # orbax's half-written temporary folder
-            for tmp in directory.parent.glob(f"{directory.name}.orbax-checkpoint-tmp*"):
+        if jax.process_index() == 0:  # the staging folder, whole or orbax's half-written one
+            for tmp in directory.parent.glob(f"{glob.escape(staging.name)}*"):
                 shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _exists(directory: Path) -> CheckpointError:
+    return CheckpointError(f"{directory} already exists; pass --force to overwrite it")
+
+
+def staging_paths(directory: Path) -> tuple[Path, Path]:
+    """``(new, old)``: where :func:`save_model` writes a checkpoint, and where the one it
+    replaces waits, until the two are swapped."""
+    return (
+        directory.parent / f".{directory.name}.new",
+        directory.parent / f".{directory.name}.old",
+    )
+
+
+def sync_processes(name: str) -> None:
+    """A barrier across the job's processes (none with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _format_version(metadata: Mapping[str, Any]) -> int:

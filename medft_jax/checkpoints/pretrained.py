@@ -10,6 +10,7 @@ for the task.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medft_jax.checkpoints.model import CheckpointError, load_model
+from medft_jax.locks import waiting_lock
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
 _UNAVAILABLE: dict[str, str] = {}
@@ -71,7 +73,8 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
         if path.exists():
             return path
         if arch not in _UNAVAILABLE:
-            return weights_port.port_imagenet(arch)
+            with _one_porter(path):  # two runs starting at once would port over each other
+                return path if path.exists() else weights_port.port_imagenet(arch)
     except weights_port.PortError as e:
         _UNAVAILABLE[arch] = str(e)
     if warn and arch not in _WARNED:
@@ -86,6 +89,20 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
             file=sys.stderr,
         )
     return None
+
+
+def _one_porter(checkpoint: Path) -> contextlib.AbstractContextManager[None]:
+    """One process at a time ports ``checkpoint``; the others wait, then find it there.
+
+    Not under multi-host JAX: there every process ports together (orbax's
+    save is a collective), and one waiting for a lock another holds while
+    that one waits for it at orbax's barrier would never return.
+    """
+    import jax
+
+    if jax.process_count() > 1:
+        return contextlib.nullcontext()
+    return waiting_lock(checkpoint.parent / f".{checkpoint.name}.lock")
 
 
 def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:

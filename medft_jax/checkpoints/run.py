@@ -46,6 +46,7 @@ from medft_jax.checkpoints.model import (
     quiet_closed_event_loop,
     quiet_reported_failures,
     save_model,
+    staging_paths,
     storage_read_error,
 )
 from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
@@ -57,11 +58,6 @@ __all__ = [
     "os_errno_in",
     "quiet_reported_failures",
 ]
-
-_NEW_BEST = ".best.new"
-_OLD_BEST = ".best.old"
-"""Where :meth:`RunCheckpoints.save_best` writes the next best, and puts the previous one
-while it swaps them."""
 
 
 _PROGRESS_FILE = ("progress", "metadata")
@@ -218,13 +214,12 @@ class RunCheckpoints:
         in: a save that fails (disk full) or is killed leaves the previous
         best in place, which is what the resume checkpoint expects.
         """
-        new = self.run_dir / _NEW_BEST
         # Replicated jax.Arrays (not host copies): orbax then writes each array once
         # even when several processes save together.
         with naming_os_errors(self.best_dir):
             try:
                 save_model(
-                    new,
+                    self.best_dir,
                     variables["params"],
                     variables.get("batch_stats", {}),
                     metadata,
@@ -233,15 +228,6 @@ class RunCheckpoints:
             except BaseException:
                 self._discard_unfinished()  # the space it took is needed
                 raise
-            if jax.process_index() == 0:
-                old = self.run_dir / _OLD_BEST
-                if old.exists():
-                    shutil.rmtree(old)
-                if self.best_dir.exists():
-                    os.replace(self.best_dir, old)
-                os.replace(new, self.best_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            _sync_processes("medft_jax.checkpoints.run.save_best")
 
     def load_best(self, sharding: Any = None) -> dict[str, Any]:
         """The best epoch's ``{'params', 'batch_stats'}`` (on ``sharding`` when given)."""
@@ -279,7 +265,7 @@ class RunCheckpoints:
         if not self._exclusive or jax.process_index() != 0:
             return
         for path in [
-            *self.run_dir.glob(_NEW_BEST + "*"),
+            *self.run_dir.glob(staging_paths(self.best_dir)[0].name + "*"),
             *self.latest_dir.glob("*.orbax-checkpoint-tmp*"),
         ]:
             shutil.rmtree(path, ignore_errors=True)
@@ -288,7 +274,7 @@ class RunCheckpoints:
         """Undoes what a killed :meth:`save_best` left: the previous best goes back in place."""
         if jax.process_index() != 0:
             return
-        old = self.run_dir / _OLD_BEST
+        old = staging_paths(self.best_dir)[1]
         if old.exists() and not self.best_dir.exists():
             os.replace(old, self.best_dir)  # killed between the two renames
         # The rest: an unswapped new best, a previous best not yet deleted, and orbax's
@@ -296,13 +282,6 @@ class RunCheckpoints:
         for leftover in self.run_dir.glob(".best.*"):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover)
-
-
-def _sync_processes(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def _host_copy(state: Any) -> dict[str, Any]:
