@@ -813,7 +813,44 @@ RESUME_DAMAGE = {
         "3/state: files there are truncated, missing or corrupted: ",
     ),
     "state deleted": (lambda step: shutil.rmtree(step / "state"), "3/state: missing"),
+    "array file bit flipped": (
+        lambda step: _flip_middle_byte(_largest(step / "state")),
+        "3/state: its arrays hash to ",
+    ),
 }
+
+
+def _flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_bit_flipped_resume_checkpoint_is_refused_not_resumed(tmp_path):
+    """Orbax's files carry no checksum: a flipped bit in an array restored silently, and
+    training went on from a weight no run ever had."""
+    import jax
+    import jax.numpy as jnp
+    from flax import struct
+
+    @struct.dataclass
+    class State:
+        step: jax.Array
+        params: dict
+        batch_stats: dict
+        opt_state: tuple
+
+    w = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    saved = State(jnp.int32(3), {"w": jnp.asarray(w)}, {}, (jnp.zeros(4),))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
+    with RunCheckpoints(tmp_path / "run") as ckpts:
+        ckpts.save_latest(10, saved, {"epochs": []})
+    state, _ = RunCheckpoints(tmp_path / "run").restore_latest(abstract)  # intact: restores
+    np.testing.assert_array_equal(state.params["w"], w)
+    step = tmp_path / "run" / "checkpoints" / "10"
+    _flip_middle_byte(_largest(step / "state"))
+    with pytest.raises(checkpoint.ResumeError, match=r"damaged \(10/state: its arrays hash to"):
+        RunCheckpoints(tmp_path / "run").restore_latest(abstract)
 
 
 @pytest.mark.slow  # a killed run to build (the fast tier checks damaged model checkpoints)

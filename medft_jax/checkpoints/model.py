@@ -190,13 +190,24 @@ def variables_hash(variables: Mapping[str, Any]) -> str | None:
     flat = {}
     for collection in ("params", "batch_stats"):
         for path, leaf in flatten(variables.get(collection) or {}).items():
-            host = _host_array(leaf)
-            if host is None:
-                return None
-            flat[f"{collection}/{path}"] = host
+            flat[f"{collection}/{path}"] = leaf
+    return _arrays_hash(flat)
+
+
+def tree_hash(tree: Any) -> str | None:
+    """sha256 of any pytree's arrays, as :func:`variables_hash` hashes its leaves, each leaf
+    named by its ``jax.tree_util.keystr`` path (a train state with its optimizer state)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return _arrays_hash({jax.tree_util.keystr(path): leaf for path, leaf in leaves})
+
+
+def _arrays_hash(flat: Mapping[str, Any]) -> str | None:
     h = hashlib.sha256()
     for path in sorted(flat):
-        a = np.ascontiguousarray(flat[path])
+        host = _host_array(flat[path])
+        if host is None:
+            return None
+        a = np.ascontiguousarray(host)
         h.update(json.dumps([path, a.dtype.name, list(a.shape)]).encode() + b"\n")
         h.update(a.reshape(-1).view(np.uint8).data)
     return h.hexdigest()

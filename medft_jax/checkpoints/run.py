@@ -48,6 +48,7 @@ from medft_jax.checkpoints.model import (
     save_model,
     staging_paths,
     storage_read_error,
+    tree_hash,
 )
 from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
 
@@ -62,6 +63,11 @@ __all__ = [
 
 _PROGRESS_FILE = ("progress", "metadata")
 """Where orbax's JsonSave puts the ``progress`` item, relative to a step's folder."""
+
+
+STATE_HASH = "state_sha256"
+"""The ``progress`` key holding :func:`~medft_jax.checkpoints.model.tree_hash` of the saved
+train state."""
 
 
 class ResumeError(UserError):
@@ -119,12 +125,19 @@ class RunCheckpoints:
             self.close()
 
     def save_latest(self, step: int, state: Any, progress: dict[str, Any]) -> None:
-        """Saves the train state after ``step`` train steps with the JSON ``progress``."""
+        """Saves the train state after ``step`` train steps with the JSON ``progress``.
+
+        The progress carries the state's hash (:data:`STATE_HASH`), checked when
+        it is restored: orbax's files carry no checksum, and a flipped bit would
+        otherwise resume training from a silently different weight or moment.
+        """
+        host = _host_copy(state)
+        progress = {**progress, STATE_HASH: tree_hash(host)}
         with naming_os_errors(self.latest_dir):
             self._manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(_host_copy(state)),
+                    state=ocp.args.StandardSave(host),
                     progress=ocp.args.JsonSave(progress),
                 ),
                 force=True,
@@ -163,6 +176,15 @@ class RunCheckpoints:
                 step_dir / "state",
                 f"files there are truncated, missing or corrupted: {_short(cause)}",
             ) from None
+        recorded = progress.pop(STATE_HASH, None)
+        if recorded is not None:  # None: saved before hashes were recorded, or sharded
+            actual = tree_hash(restored["state"])
+            if actual is not None and actual != recorded:
+                raise self._damaged(
+                    step_dir / "state",
+                    f"its arrays hash to {actual[:12]}…, not the {recorded[:12]}… saved; "
+                    "a file there was corrupted",
+                )
         state = abstract_state.replace(**restored["state"])
         return state, progress
 
@@ -174,7 +196,9 @@ class RunCheckpoints:
         step = self._manager.latest_step()
         if step is None:
             return None
-        return self._read_progress(step)
+        progress = self._read_progress(step)
+        progress.pop(STATE_HASH, None)
+        return progress
 
     def _read_progress(self, step: int) -> dict[str, Any]:
         """The ``progress`` item of ``step``, read directly (as orbax's JsonRestore does)
