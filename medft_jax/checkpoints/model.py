@@ -141,6 +141,8 @@ def save_model(
         if jax.process_index() == 0:  # the staging folder, whole or orbax's half-written one
             for tmp in directory.parent.glob(f"{glob.escape(staging.name)}*"):
                 shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not directory.exists():  # failed between the two renames
+                os.replace(old, directory)
         raise
     return directory
 
