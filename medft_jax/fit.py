@@ -135,6 +135,9 @@ class Progress:
     partial: PartialEpoch | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     """Wall seconds so far by where they went (:data:`TIMED`), across resumed calls."""
+    features: dict[str, Any] | None = None
+    """How the first head-only epoch had its cached features (the record's ``features``),
+    kept across resumed calls: a run resumed after its head-only epochs has none itself."""
 
     def add(self, part: str, seconds: float) -> None:
         self.seconds[part] = self.seconds.get(part, 0.0) + seconds
@@ -148,6 +151,8 @@ class Progress:
         }
         if self.partial is not None:
             out["partial"] = dataclasses.asdict(self.partial)
+        if self.features is not None:
+            out["features"] = self.features
         return out
 
     @classmethod
@@ -159,6 +164,7 @@ class Progress:
             compile_seconds=float(d["compile_seconds"]),
             partial=PartialEpoch(**partial) if partial else None,
             seconds={k: float(v) for k, v in (d.get("seconds") or {}).items()},
+            features=d.get("features"),
         )
 
     def steps_done(self, steps_per_epoch: int) -> int:
@@ -218,7 +224,8 @@ class _Run:
     features: Any = None
     """The :class:`medft_jax.features.FeatureSet` once read or computed."""
     feature_info: dict[str, Any] | None = None
-    """How the features were had (for the record); None until a head-only epoch asks."""
+    """How this call had the features; None until a head-only epoch asks (the record's
+    entry is the run's first: :attr:`Progress.features`)."""
     started: float = 0.0
     """``time.perf_counter()`` when this call began."""
     wall_before: float = 0.0
@@ -593,6 +600,8 @@ def _epoch_source(run: _Run, epoch: int) -> tuple[Any, bool]:
             spent = run.trainer.compile_seconds - compiled
             run.feature_info["seconds"] -= spent  # compilation is counted as such
             run.progress.add("features", run.feature_info["seconds"])
+        if run.progress.features is None:  # the run's first head-only epoch, not a resumed one
+            run.progress.features = run.feature_info
     return (run.features, True) if run.features is not None else (run.ds, False)
 
 
@@ -705,7 +714,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "compile_seconds": p.compile_seconds,
         "num_compilations": run.trainer.num_compilations,
         "train_seconds": float(sum(e["seconds"] for e in p.epochs)),
-        **({"features": run.feature_info} if run.feature_info else {}),
+        **({"features": run.progress.features} if run.progress.features else {}),
         "seconds": _seconds_split(run),
         "environment": environment_info(),
     }

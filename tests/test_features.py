@@ -248,15 +248,21 @@ def test_features_of_read_only_prepared_data_go_under_the_runs_folder(
     np.testing.assert_allclose(_numbers(again), _numbers(first), rtol=1e-6)
 
 
-@pytest.mark.slow  # three runs
-def test_resumed_cached_run_writes_the_uninterrupted_record(demo, tmp_path, trainers):
-    config = _config("lp")
+@pytest.mark.slow  # three runs each
+@pytest.mark.parametrize(("strategy", "options"), [("lp", {}), ("lp_ft", {"lp_epochs": 1})])
+def test_resumed_cached_run_writes_the_uninterrupted_record(
+    demo, tmp_path, trainers, strategy, options
+):
+    config = _config(strategy, **options)
     full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False, trainers=trainers)
-    # Stopped inside the second epoch (4 steps an epoch), then resumed from the checkpoint.
+    # Stopped inside the second epoch (4 steps an epoch), then resumed from the checkpoint:
+    # LP-FT then resumes in its FT phase, with no head-only epoch left to ask for features.
     stopped = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=6)
     assert stopped == {}
     resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
     np.testing.assert_allclose(_numbers(resumed), _numbers(full), rtol=1e-6)
+    for record in (full, resumed):  # the first head-only epoch's features, not a later call's
+        assert record["features"]["used"] and not record["features"]["reused"]
 
 
 def test_features_sit_beside_memmapped_images(tmp_path):
