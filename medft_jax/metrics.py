@@ -250,6 +250,9 @@ def _multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float
         _binary_balanced_accuracy(labels[:, k], pred[:, k]) for k in range(labels.shape[1])
     ]
     binary_kappa = [_binary_kappa(labels[:, k], pred[:, k]) for k in range(labels.shape[1])]
+    # Column by column: scikit-learn reads a single label column (N, 1) as a binary task
+    # and would average the F1 of its negatives in.
+    binary_f1 = [f1_score(labels[:, k], pred[:, k], **_F1_KW) for k in range(labels.shape[1])]
     return {
         "map": _per_class_macro("map", _average_precision, labels, scores),
         "accuracy": _eq6_accuracy(labels, pred),
@@ -257,7 +260,7 @@ def _multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float
         "balanced_accuracy": _nanmean(binary_ba),
         "auroc": _per_class_macro("auroc", _auroc, labels, scores),
         "kappa": _nanmean(binary_kappa),
-        "f1": _nanmean(f1_score(labels, pred, average=None, **_F1_KW)),
+        "f1": _nanmean(binary_f1),
     }
 
 

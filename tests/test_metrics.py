@@ -222,6 +222,15 @@ def test_multilabel_by_hand():
     assert set(m) == {*metrics.METRIC_KEYS, "subset_accuracy"}
 
 
+def test_a_single_label_column_scores_its_positives_only():
+    """One label column is (N, 1): scikit-learn took it for a binary task and averaged in
+    the F1 of the negatives (0.486 here, not the label's 0.4)."""
+    labels = np.array([[1], [0], [0], [0], [1], [0]])
+    scores = np.array([[0.9], [0.8], [0.7], [0.2], [0.1], [0.3]])
+    # Predicted 1, 1, 1, 0, 0, 0: TP 1, FP 2, FN 1 -> F1 = 2/(2 + 2 + 1) = 0.4
+    assert compute_metrics(scores, labels, multilabel=True)["f1"] == pytest.approx(0.4)
+
+
 def test_multilabel_threshold_is_inclusive_and_configurable():
     labels = np.array([[1], [0]])
     scores = np.array([[0.5], [0.2]])
