@@ -159,6 +159,18 @@ def test_cholect50_official_videos_subsampled_multi_hot(layouts):
 # Bad input, by message
 
 
+def test_every_val_fraction_names_its_own_prepared_variant():
+    """Rounded to a whole percent, 0.115 and 0.125 were one variant: a load served
+    whichever split was prepared last, without a word."""
+    from medft_jax.data.builders.base import config_name
+
+    names = {v: config_name(256, 224, 0, v, None) for v in (0.1, 0.15, 0.115, 0.12, 0.125, 0.001)}
+    assert len(set(names.values())) == len(names)
+    # The names variants already prepared have are kept.
+    assert names[0.1] == "r256_c224_s0" and names[0.15] == "r256_c224_s0_vf15"
+    assert names[0.125] == "r256_c224_s0_vf12p5" and names[0.001] == "r256_c224_s0_vf0p1"
+
+
 def test_chexpert_missing_column_names_it_and_the_header(tmp_path, layouts):
     root, _ = layouts["chexpert"]
     csv = (root / "CheXpert-v1.0-small" / "train.csv").read_text().replace("Edema", "Oedema", 1)

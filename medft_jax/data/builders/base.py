@@ -82,11 +82,21 @@ def config_name(
     """``r256_c224_s0`` (+ ``_vf15`` for a non-default val fraction, ``_uzeros``, ``_byimage``).
 
     Defaults add nothing, so variants prepared before an option existed keep their names.
+    A fraction of a whole percent is named by it (``vf15``), any other exactly
+    (``vf12p5`` for 0.125): rounded, 0.115 and 0.125 shared one prepared split.
     """
-    vf = None if val_fraction == 0.1 else round(val_fraction * 100)
+    vf = None if val_fraction == 0.1 else _percent_name(val_fraction)
     u = None if uncertain in (None, "ones") else uncertain
     by = None if split_by in (None, "patient") else split_by
     return variant_name(resize_size, crop_size, s=seed, vf=vf, u=u, by=by)
+
+
+def _percent_name(fraction: float) -> str:
+    """``fraction`` in percent for a name: ``15``, or ``12p5`` (letters and digits only)."""
+    percent = fraction * 100
+    if abs(percent - round(percent)) < 1e-9:
+        return str(round(percent))
+    return format(percent, ".10g").replace(".", "p").replace("-", "m")
 
 
 @dataclasses.dataclass(frozen=True)
