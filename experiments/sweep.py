@@ -266,9 +266,9 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         for c in identified
     )
     left += len(mine) - len(identified)  # runs of datasets that were unavailable, or not reached
-    # Runs another process held when reached and has not finished since: no record yet.
+    # Runs another process held when reached and has not ended since: no record, no note.
     still_running = sum(
-        results.run_name(c.to_dict()) in busy and session.status(c) != "done" for c in identified
+        results.run_name(c.to_dict()) in busy and session.status(c) == "todo" for c in identified
     )
     running = f", {len(busy)} running in another process" if busy else ""
     damaged = f", {tally[UNRESUMABLE]} cannot resume" if tally[UNRESUMABLE] else ""

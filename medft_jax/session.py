@@ -150,11 +150,18 @@ class Session:
         stop_after_steps: int | None,
         on_start: Callable[[], None] | None = None,
     ) -> Outcome:
+        started = []
+
+        def start() -> None:
+            started.append(True)
+            if on_start is not None:
+                on_start()
+
         try:
             record = fit.run_one(
                 config,
                 self.out,
-                on_start=on_start,
+                on_start=start,
                 dataset=self.dataset(config),
                 force=self.force,
                 progress=self.progress,
@@ -181,6 +188,8 @@ class Session:
                 raise
             kind, line = fatal
             return Outcome(config, kind, error=line, exception=e)
+        if record and not started:  # another process finished it after status() looked
+            return Outcome(config, SKIPPED, record=record)
         return Outcome(config, DONE if record else STOPPED, record=record or None)
 
     def path_of(self, config: RunConfig) -> Path:

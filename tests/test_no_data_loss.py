@@ -412,6 +412,34 @@ def test_sweep_skips_a_run_another_process_holds_and_goes_on(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_held_run_that_then_diverged_is_not_still_running(tmp_path, capsys, monkeypatch):
+    """Its holder ended it with a failure note: two sweeps both exited 75, with nothing left
+    running, so `sweep && report` stopped for no reason."""
+    from medft_jax import outcomes
+    from medft_jax.session import Session
+
+    grid = _grid(tmp_path, lrs=(1e-3,))
+    out = tmp_path / "runs"
+    (first,) = _grid_run_dirs(grid, out)
+    real_run = Session.run
+
+    def run_then_the_holder_diverges(self, config, **kwargs):
+        outcome = real_run(self, config, **kwargs)
+        if outcome.kind == outcomes.BUSY:
+            results.write_failure(out, outcome.config.to_dict(), "nonfinite", "loss is nan")
+        return outcome
+
+    monkeypatch.setattr(Session, "run", run_then_the_holder_diverges)
+    held = locks.acquire(first)
+    try:
+        assert sweep_cli.main(["--config", str(grid), "--out", str(out)]) == 0
+    finally:
+        held.release()
+    log = capsys.readouterr().out
+    assert "1 running in another process, 0 not run" in log and "still running" not in log
+
+
+@pytest.mark.slow
 def test_two_sweeps_of_one_grid_at_once_both_succeed_with_one_record_per_run(tmp_path):
     grid = _grid(tmp_path, lrs=(1e-2, 1e-3, 1e-4))
     out = tmp_path / "runs"

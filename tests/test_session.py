@@ -63,6 +63,11 @@ def test_outcomes_of_one_session(tmp_path, monkeypatch):
     assert started == [first.config] and first.config.identified
     again = session.run(config, on_start=started.append)
     assert again.kind == outcomes.SKIPPED and again.record == first.record and len(started) == 1
+    # Finished by another process after status() looked: found by run_one, not trained here.
+    with monkeypatch.context() as m:
+        m.setattr(Session, "status", lambda self, c: "todo")
+        raced = Session(tmp_path).run(config, on_start=started.append)
+    assert raced.kind == outcomes.SKIPPED and raced.record == first.record and len(started) == 1
 
     other = fit.identify(
         fit.RunConfig(**{**config.to_dict(), "seed": 1, "strategy_options": ()}),
