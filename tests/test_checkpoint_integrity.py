@@ -618,6 +618,23 @@ def test_export_out_in_a_file_or_a_folder_is_one_line(saved, tmp_path, capsys):
         assert expect in _one_error_line(capsys.readouterr().err)
 
 
+def test_export_replaces_existing_files_only_with_force(tiny_saved, tmp_path, capsys):
+    """It wrote over the user's files, the .safetensors twin of a .pth without a word."""
+    for name in ("model.pth", "model.safetensors"):
+        mine = tmp_path / name
+        mine.write_text("mine")
+        out = tmp_path / "model.pth"
+        assert port_main(["export", "--checkpoint", str(tiny_saved), "--out", str(out)]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert line == f"--out {out}: {mine} already exists; pass --force to overwrite it"
+        assert mine.read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
+        mine.unlink()
+    argv = ["export", "--checkpoint", str(tiny_saved), "--out", str(tmp_path / "model.pth")]
+    assert port_main(argv) == 0
+    assert port_main(argv) == 2 and "already exists" in capsys.readouterr().err
+    assert port_main([*argv, "--force"]) == 0
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_export_into_read_only_folder_is_one_line(saved, tmp_path, capsys):
     ro = tmp_path / "ro"

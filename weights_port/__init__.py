@@ -68,13 +68,15 @@ def port_imagenet(arch: str, out: str | Path | None = None, *, force: bool = Fal
     return port(arch, download(arch), out, force=force)
 
 
-def export(checkpoint: str | Path, out: str | Path) -> list[Path]:
+def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> list[Path]:
     """Writes a model checkpoint as a torchvision state_dict (``.pth`` + ``.safetensors``).
 
-    ``out`` is checked first; the checkpoint is verified and its metadata
-    checked against its arrays by :func:`load_model` before anything is built.
+    ``out`` is checked first (an existing file, or the ``.safetensors`` twin of
+    a ``.pth``, is replaced only with ``force``); the checkpoint is verified
+    and its metadata checked against its arrays by :func:`load_model` before
+    anything is built.
     """
-    out = check_out_path(out)
+    out = check_out_path(out, force=force)
     variables, metadata = load_model(checkpoint)
     state = flax_to_torch(variables, metadata["arch"], metadata.get("num_batches_tracked"))
     return write_state_dict(state, out)

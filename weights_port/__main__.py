@@ -51,6 +51,7 @@ def _export_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="model.pth (also writes model.safetensors beside it) or model.safetensors",
     )
+    p.add_argument("--force", action="store_true", help="overwrite the file(s) if they exist")
     return p
 
 
@@ -65,7 +66,7 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["export"]:
         args = _export_parser().parse_args(argv[1:])
-        for path in wp.export(args.checkpoint, args.out):
+        for path in wp.export(args.checkpoint, args.out, force=args.force):
             print(f"wrote {path}")
         return 0
     parser = _port_parser()

@@ -141,19 +141,35 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def check_out_path(out: str | Path) -> Path:
+def check_out_path(out: str | Path, *, force: bool = True) -> Path:
     """``--out`` of an export: a .pth/.safetensors name in a folder that can be written.
 
     Checked before any work, so a bad ``--out`` is one line, not a traceback
-    after the checkpoint was read. The folder is created when missing.
+    after the checkpoint was read. The folder is created when missing. Without
+    ``force``, a file already there (the ``.safetensors`` written beside a
+    ``.pth`` included) is refused: it may be the user's.
     """
     out = Path(out).expanduser()
     if out.suffix not in (".pth", ".pt", ".safetensors"):
         raise PortError(f"--out {out}: expected a .pth or .safetensors file name")
     if out.is_dir():
         raise PortError(f"--out {out}: is a folder, expected a .pth or .safetensors file name")
+    if not force:
+        for target in output_files(out):
+            if target.exists() or target.is_symlink():
+                raise PortError(
+                    f"--out {out}: {target} already exists; pass --force to overwrite it"
+                )
     writable_dir(out.parent, "--out")
     return out
+
+
+def output_files(out: Path) -> list[Path]:
+    """The files :func:`write_state_dict` writes for ``out``: a ``.pth`` has a
+    ``.safetensors`` twin."""
+    if out.suffix in (".pth", ".pt"):
+        return [out, out.with_suffix(".safetensors")]
+    return [out]
 
 
 def write_state_dict(state: Mapping[str, np.ndarray], out: str | Path) -> list[Path]:
