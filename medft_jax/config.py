@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from medft_jax.errors import UserError
-from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, is_known_arch
+from medft_jax.names import ARCHS, BLOCKS, STRATEGIES, WEIGHTS_CHOICES, is_known_arch
 
 PRECISIONS = ("fp32", "bf16")
 NUMERICS_VERSION = 3
@@ -56,10 +56,13 @@ LIMITS: dict[str, tuple[float, float]] = {
     "rgn_estimate_steps": (1, 1_000_000),
     "lr_decay": (0.0, 1.0),
 }
-"""Allowed ranges, inclusive except ``lr`` (> 0). Why these bounds: an Adam step
-above 1 or at 0 is never a fine-tuning rate; the models need 32 px or more
-(five stride-2 stages), and above 1,024 px a batch of ResNet-50 activations
+"""Allowed ranges, inclusive except the lower limit of :data:`OPEN_LOW`. Why these
+bounds: an Adam step above 1 or at 0 is never a fine-tuning rate; the models need 32 px
+or more (five stride-2 stages), and above 1,024 px a batch of ResNet-50 activations
 no longer fits a 141 GB accelerator; seeds are 31-bit for every RNG in use."""
+OPEN_LOW = ("lr", "lr_decay")
+"""Fields whose lower limit is excluded: a learning rate of 0, or a layer-wise decay
+factor of 0 (every block but the head at rate 0), trains nothing."""
 
 INT_FIELDS = (
     "seed",
@@ -90,6 +93,15 @@ OPTION_STRATEGIES = {
 """The strategies that read each option: given to another, it would be ignored silently."""
 STRATEGY_OPTIONS = tuple(OPTION_STRATEGIES)
 """Keys a run's ``strategy_options`` may hold (arguments of ``strategies.make``)."""
+LP_EPOCHS_DEFAULT = 5
+"""``strategies.make``'s default ``lp_epochs`` (repeated here, which imports no JAX).
+
+A shorter gradual unfreezing (G-LF, G-FL) is allowed: it is the same strategy
+cut short (the record's epochs name the blocks each trained), as in the
+quick grid's two epochs. An LP-FT that never leaves its head-only phase is
+another strategy, LP, and is refused."""
+
+
 BOOL_OPTIONS = ("sp_half", "kernels_only", "rgn_per_step")
 """Strategy options that are switches: ``"no"`` would otherwise read as true."""
 
@@ -143,7 +155,8 @@ def check_value(field: str, value: Any, name: str) -> None:
         return
     low, high = LIMITS[field]
     is_int = field in INT_FIELDS
-    span = f"[{low}, {high}]" if is_int else f"[{low:g}, {high:g}]"
+    open_low = field in OPEN_LOW
+    span = f"[{low}, {high}]" if is_int else f"{'(' if open_low else '['}{low:g}, {high:g}]"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "an integer" if is_int else "a number"
         raise UserError(f"{name} must be {kind} in {span}, got {value!r}")
@@ -151,10 +164,7 @@ def check_value(field: str, value: Any, name: str) -> None:
         raise UserError(f"{name} must be an integer in {span}, got {value!r}")
     if not math.isfinite(value):
         raise UserError(f"{name} must be a finite number in {span}, got {value!r}")
-    if field == "lr":
-        if not 0 < value <= high:
-            raise UserError(f"{name} must be in (0, {high:g}], got {value!r}")
-    elif not low <= value <= high:
+    if not (low < value if open_low else low <= value) or not value <= high:
         raise UserError(f"{name} must be in {span}, got {value!r}")
 
 
@@ -201,8 +211,23 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
             )
         if key in BOOL_OPTIONS and not isinstance(value, bool):
             raise UserError(f"{name(key)} must be True or False, got {value!r}")
-        if key == "surgical_block" and not isinstance(value, str):
-            raise UserError(f"{name(key)} must be a block name, got {value!r}")
+        if key == "surgical_block" and value not in BLOCKS[config.arch]:
+            raise UserError(
+                f"{name(key)} must be one of {', '.join(BLOCKS[config.arch])} "
+                f"(the blocks of {config.arch}), got {value!r}"
+            )
         if key == "rgn_mode" and value not in RGN_MODES:
             raise UserError(f"{name(key)} must be one of {', '.join(RGN_MODES)}, got {value!r}")
         check_value(key, value, name(key))
+    lp_epochs = dict(config.strategy_options).get("lp_epochs", LP_EPOCHS_DEFAULT)
+    if config.strategy == "lp_ft" and config.epochs <= lp_epochs:
+        raise UserError(
+            f"{name('epochs')} {config.epochs} ends within LP-FT's {lp_epochs} head-only "
+            f"epochs ({name('lp_epochs')}): the run would be LP under LP-FT's name; give more "
+            "epochs, or fewer head-only ones"
+        )
+    if config.strategy == "surgical" and "surgical_block" not in dict(config.strategy_options):
+        raise UserError(
+            f"{name('strategy')} surgical needs {name('surgical_block')}: the one block to "
+            f"train, one of {', '.join(BLOCKS[config.arch])}"
+        )

@@ -14,6 +14,24 @@ ARCHS = ("resnet50", "densenet121", "vgg19")
 TEST_ARCHS = ("resnet_tiny",)
 """Small stand-ins that run by name wherever an arch does but are offered to no user
 (``medft_jax.models.TEST_ARCHS``): the fast test tier trains these."""
+BLOCKS: dict[str, tuple[str, ...]] = {
+    "resnet50": ("stem", "layer1", "layer2", "layer3", "layer4", "fc"),
+    "resnet_tiny": ("stem", "layer1", "layer2", "layer3", "layer4", "fc"),
+    "densenet121": (
+        "stem",
+        "denseblock1",
+        "transition1",
+        "denseblock2",
+        "transition2",
+        "denseblock3",
+        "transition3",
+        "denseblock4",
+        "classifier",
+    ),
+    "vgg19": ("stage1", "stage2", "stage3", "stage4", "stage5", "classifier"),
+}
+"""Each arch's blocks, first to last (``medft_jax.models.blocks.PARTITIONS`` defines them):
+what ``--surgical-block`` names, checked with the other settings."""
 PAPER_STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn")
 """The paper's eight strategies, in its order (``medft_jax.strategies.SPECS``)."""
 EXTRA_STRATEGIES = ("surgical", "llrd", "bitfit")

@@ -132,10 +132,32 @@ def test_check_config_names_the_field_its_caller_uses():
     # An older numerics version is what older records say, not something to run.
     with pytest.raises(UserError, match=r"^--numerics 1: this medft-jax computes numerics "):
         check_config(RunConfig(strategy="ft", numerics=1))
-    from medft_jax.config import RGN_MODES
-    from medft_jax.strategies import rgn
+    # Checked with the other settings, not raised by make() deep in a run (a traceback).
+    with pytest.raises(UserError, match=r"^--strategy surgical needs --surgical-block: the one "):
+        check_config(RunConfig(strategy="surgical"))
+    with pytest.raises(
+        UserError,
+        match=r"^--surgical-block must be one of stem, layer1, layer2, layer3, layer4, fc "
+        r"\(the blocks of resnet50\), got 'nosuch'$",
+    ):
+        check_config(
+            RunConfig(strategy="surgical", strategy_options=(("surgical_block", "nosuch"),))
+        )
+    check_config(RunConfig(strategy="surgical", strategy_options=(("surgical_block", "layer2"),)))
+    with pytest.raises(UserError, match=r"^--lr-decay must be in \(0, 1\], got 0$"):
+        check_config(RunConfig(strategy="llrd", strategy_options=(("lr_decay", 0),)))
+    # LP-FT that never leaves its head-only phase is LP under another name.
+    with pytest.raises(UserError, match=r"^--epochs 5 ends within LP-FT's 5 head-only epochs"):
+        check_config(RunConfig(strategy="lp_ft", epochs=5))
+    check_config(RunConfig(strategy="lp_ft", epochs=2, strategy_options=(("lp_epochs", 1),)))
+    check_config(RunConfig(strategy="g_lf", epochs=2))  # cut short, but G-LF: allowed
+    import inspect
+
+    from medft_jax.config import LP_EPOCHS_DEFAULT, RGN_MODES
+    from medft_jax.strategies import make, rgn
 
     assert RGN_MODES == rgn.RGN_MODES  # the config's copy (no JAX import) is the transform's
+    assert inspect.signature(make).parameters["lp_epochs"].default == LP_EPOCHS_DEFAULT
 
 
 # --- sweep configs, select, prepare --------------------------------------------------------------
@@ -172,6 +194,12 @@ def get_config():
             (1e-3,),
             {"lp_ft": {"lp_epochs": -1}},
             "error: grid 'bad': strategy_options['lp_ft']['lp_epochs'] must be in [0, 10000]",
+        ),
+        (
+            {"epochs": 3},
+            (1e-3,),
+            {},
+            "error: grid 'bad': settings['epochs'] 3 ends within LP-FT's 5 head-only epochs",
         ),
     ],
 )

@@ -20,6 +20,8 @@ def test_the_registries_hold_exactly_the_names():
     assert tasks.TASK_NAMES is names.TASK_NAMES
     assert data.known_names() == names.dataset_names()
     assert names.dataset_base("medmnist/breastmnist@64") == "medmnist"
+    every = [*models.ARCHS, *models.TEST_ARCHS]
+    assert {a: models.get_arch(a).partition.names for a in every} == names.BLOCKS
     # The data package's lazy names: each listed once, each found in its module.
     assert sorted(data.__all__) == sorted(data._HOMES)
     assert all(getattr(data, name) is not None for name in data.__all__)
