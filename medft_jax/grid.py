@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,24 +99,47 @@ class Grid:
     dataset_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        where = f"grid {self.name!r}:"
         for axis in AXES:
             values = getattr(self, plural(axis))
+            # A string is a sequence too: seeds="01" would be the seeds 0 and 1.
+            if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
+                raise GridError(f"{where} {plural(axis)} must be a tuple, got {values!r}")
             if not values:
-                raise GridError(f"grid {self.name!r}: {plural(axis)} is empty")
-            if len(set(values)) != len(values):
-                raise GridError(f"grid {self.name!r}: {plural(axis)} lists a value twice")
+                raise GridError(f"{where} {plural(axis)} is empty")
+            for value in values:
+                _check_axis_value(where, axis, value)
+            # As the runs see them: 1e-3 and "0.001", or 0 and 0.0, are one run twice.
+            if len({_AS_RUN.get(axis, str)(v) for v in values}) != len(values):
+                raise GridError(f"{where} {plural(axis)} lists a value twice")
+        for field in ("settings", "strategy_options", "dataset_options"):
+            if not isinstance(getattr(self, field), Mapping):
+                raise GridError(f"{where} {field} must be a dict")
+        for field in ("strategy_options", "dataset_options"):
+            for key, options in getattr(self, field).items():
+                if not isinstance(options, Mapping):
+                    raise GridError(f"{where} {field}[{key!r}] must be a dict of option: value")
         unknown = sorted(set(self.settings) - set(SETTINGS))
         if unknown:
             raise GridError(
                 f"grid {self.name!r}: settings {', '.join(unknown)} unknown; "
                 f"expected some of {', '.join(SETTINGS)}"
             )
-        stray = sorted(set(self.strategy_options) - set(self.strategies))
-        if stray:
-            raise GridError(
-                f"grid {self.name!r}: strategy_options for {', '.join(stray)}, "
-                "which the grid does not run"
-            )
+        for field, runs in (
+            ("strategy_options", self.strategies),
+            ("dataset_options", self.datasets),
+        ):
+            stray = sorted(map(str, set(getattr(self, field)) - set(runs)))
+            if stray:
+                raise GridError(
+                    f"{where} {field} for {', '.join(stray)}, which the grid does not run"
+                )
+        for dataset, options in self.dataset_options.items():
+            if options and (dataset == "demo" or dataset_base(dataset) == "medmnist"):
+                raise GridError(
+                    f"{where} dataset_options[{dataset!r}]: {dataset} takes no options, "
+                    f"got {sorted(options)[0]!r}"
+                )
 
     @property
     def size(self) -> int:
@@ -142,8 +166,8 @@ class Grid:
             strategy=strategy,
             arch=arch,
             dataset=dataset,
-            lr=float(lr),
-            seed=int(seed),
+            lr=_AS_RUN["lr"](lr),
+            seed=_AS_RUN["seed"](seed),
             strategy_options=options,
             **dict(self.settings),
         )
@@ -190,6 +214,18 @@ def plural(axis: str) -> str:
 
 
 # --- config files ------------------------------------------------------------------------------
+
+
+_AS_RUN = {"lr": float, "seed": int}
+"""How a run holds an axis value that a grid file may write otherwise (``1`` for ``1.0``)."""
+
+
+def _check_axis_value(where: str, axis: str, value: Any) -> None:
+    """An lr is a number, a seed an integer (not a bool, a string or 0.5 made 0)."""
+    if axis == "lr" and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise GridError(f"{where} lrs value must be a number, got {value!r}")
+    if axis == "seed" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise GridError(f"{where} seeds value must be an integer, got {value!r}")
 
 
 def load_grid(path: str | Path) -> Grid:

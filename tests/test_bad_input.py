@@ -214,6 +214,44 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
 
 
 @pytest.mark.parametrize(
+    "fields,message",
+    [
+        ("seeds=(0, 0.5)", "seeds value must be an integer, got 0.5"),
+        ("seeds=(True,)", "seeds value must be an integer, got True"),
+        ("seeds='01'", "seeds must be a tuple, got '01'"),  # not the seeds 0 and 1
+        ("lrs=(1e-3, '0.001')", "lrs value must be a number, got '0.001'"),
+        ("lrs=(1e-3, 0.001)", "lrs lists a value twice"),
+        ("lrs=(1, 1.0)", "lrs lists a value twice"),  # one run, 1.0, twice
+        ("strategy_options={'ft': 5}", "strategy_options['ft'] must be a dict of option: value"),
+        ("dataset_options={'bach': {}}", "dataset_options for bach, which the grid does not run"),
+        (
+            "dataset_options={'demo': {'manul_dir': 'x'}}",
+            "dataset_options['demo']: demo takes no options, got 'manul_dir'",
+        ),
+    ],
+)
+def test_bad_grid_axes_and_options_are_named_before_any_run(fields, message, tmp_path, capsys):
+    defaults = {
+        "seeds": "(0,)",
+        "lrs": "(1e-3,)",
+        "strategy_options": "{}",
+        "dataset_options": "{}",
+    }
+    key, value = fields.split("=", 1)
+    body = ", ".join(f"{k}={value if k == key else v}" for k, v in defaults.items())
+    config = tmp_path / "bad.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n\n"
+        "def get_config():\n"
+        f"    return Grid(name='bad', datasets=('demo',), archs=('resnet_tiny',), "
+        f"strategies=('ft',), {body})\n"
+    )
+    argv = ["--config", str(config), "--out", str(tmp_path / "runs"), "--dry-run"]
+    assert sweep_cli.main(argv) == 2
+    assert _one_error_line(capsys) == f"error: grid 'bad': {message}"
+
+
+@pytest.mark.parametrize(
     "flags,message",
     [
         (["--min-epochs", "inf"], "error: --min-epochs must be a finite number > 0, got inf"),
