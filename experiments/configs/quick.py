@@ -8,8 +8,9 @@
 compiling train steps (benchmarks/RESULTS.md). It is
 enough to see the whole pipeline, tables and figures work, not to rank
 strategies (random-init weights unless ported ImageNet weights are cached,
-synthetic images, 2 epochs). LP-FT's head-only phase and the gradual
-strategies' stages are shortened to fit the two epochs.
+synthetic images, 2 epochs). LP-FT's head-only phase is shortened to one
+epoch, so that it fine-tunes in the second; the gradual strategies unfreeze a
+block an epoch, so in two epochs they train their first two stages only.
 """
 
 from medft_jax.grid import Grid
