@@ -93,6 +93,9 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/medft_bench_input")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args()
+    for flag in ("images", "raw_images", "epochs"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:

@@ -35,6 +35,11 @@ def main() -> None:
     p.add_argument("--eta", type=int, default=3)
     p.add_argument("--min-epochs", type=float, default=0.5)
     args = p.parse_args()
+    try:  # before the grid: a bad flag found after hours of runs would waste them
+        select_cli.check_halving(args.min_epochs, args.eta)
+        grid_lib.load_grid(args.config)
+    except grid_lib.GridError as e:
+        p.error(str(e))
     work = Path(args.work)
     grid_runs = Path(args.grid_runs) if args.grid_runs else work / "grid"
     grid_wall = None

@@ -80,12 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli_main(_main, argv)
 
 
+def check_halving(min_epochs: float, eta: int) -> None:
+    """Refuses ``--min-epochs`` and ``--eta`` out of range (also before a benchmark's grid)."""
+    if not (math.isfinite(min_epochs) and min_epochs > 0):
+        raise grid_lib.GridError(f"--min-epochs must be a finite number > 0, got {min_epochs}")
+    if not 2 <= eta <= 100:
+        raise grid_lib.GridError(f"--eta must be in [2, 100], got {eta}")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if not (math.isfinite(args.min_epochs) and args.min_epochs > 0):
-        raise grid_lib.GridError(f"--min-epochs must be a finite number > 0, got {args.min_epochs}")
-    if not 2 <= args.eta <= 100:
-        raise grid_lib.GridError(f"--eta must be in [2, 100], got {args.eta}")
+    check_halving(args.min_epochs, args.eta)
     if args.seed is not None:
         check_value("seed", args.seed, "--seed")
     g, arms, max_epochs = _arms(args)

@@ -124,6 +124,37 @@ def test_models_rejects_a_malformed_setting():
         bench_models.parse_setting("224")
 
 
+@pytest.mark.parametrize(
+    ("script", "flags", "message"),
+    [
+        ("select_vs_grid.py", ["--eta", "1"], "--eta must be in [2, 100], got 1"),
+        ("select_vs_grid.py", ["--min-epochs", "0"], "--min-epochs must be a finite number > 0"),
+        ("input_pipeline.py", ["--images", "-5"], "--images must be >= 1, got -5"),
+    ],
+)
+def test_benchmark_flags_are_checked_before_any_work(tmp_path, script, flags, message):
+    """select_vs_grid ran the whole grid before select refused --eta; input_pipeline crashed."""
+    path = os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))
+    work = tmp_path / "work"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / script),
+            *flags,
+            "--work" + ("dir" if "input" in script else ""),
+            str(work),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path},
+        cwd=BENCH.parent,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    assert not work.exists()
+
+
 TINY = ["--archs", "resnet_tiny"]
 
 
