@@ -71,7 +71,8 @@ def _summary(args: argparse.Namespace):
     grid = gridlib.load_grid(args.config) if args.config else None
     runs = Path(args.runs)
     if not runs.is_dir():
-        raise UserError(f"--runs {runs}: no such folder")
+        what = "is a file, expected the runs' folder" if runs.exists() else "no such folder"
+        raise UserError(f"--runs {runs}: {what}")
     check_out(args.out, runs)  # before the work: a folder that is not ours is never replaced
     records = results.load_records(runs)
     failures = results.load_failures(runs)

@@ -618,6 +618,14 @@ def test_export_out_in_a_file_or_a_folder_is_one_line(saved, tmp_path, capsys):
         assert expect in _one_error_line(capsys.readouterr().err)
 
 
+def test_a_file_given_as_a_checkpoint_is_named_a_file(tmp_path):
+    (tmp_path / "ck").write_text("")
+    with pytest.raises(CheckpointError, match=r"ck: is a file, expected a checkpoint folder$"):
+        load_model(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match=r"none: no such checkpoint folder$"):
+        load_model(tmp_path / "none")
+
+
 def test_export_replaces_existing_files_only_with_force(tiny_saved, tmp_path, capsys):
     """It wrote over the user's files, the .safetensors twin of a .pth without a word."""
     for name in ("model.pth", "model.safetensors"):

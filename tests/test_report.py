@@ -590,6 +590,7 @@ def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, mon
     "case, expected",
     [
         ("missing", "no such folder"),
+        ("file", "is a file, expected the runs' folder"),
         ("empty", "no run records"),
         ("corrupt", "record.json: not a readable run record"),
         ("filter", "--only"),
@@ -603,7 +604,9 @@ def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, mon
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case, expected):
     runs = tmp_path / "runs"
     args = []
-    if case != "missing":
+    if case == "file":
+        runs.write_text("")
+    elif case != "missing":
         runs.mkdir()
     if case in ("corrupt", "filter", "threshold", "config"):
         _write_runs(runs, [rec()])

@@ -289,6 +289,8 @@ def check_finite(variables: Mapping[str, Any], where: str | Path) -> None:
 
 def _check_dir(directory: str | Path) -> Path:
     directory = Path(directory).expanduser().absolute()
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory}: is a file, expected a checkpoint folder")
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint folder")
     if not (directory / "metadata").exists() or not (directory / "state").exists():
