@@ -128,8 +128,18 @@ def test_models_rejects_a_malformed_setting():
     ("script", "flags", "message"),
     [
         ("select_vs_grid.py", ["--eta", "1"], "--eta must be in [2, 100], got 1"),
-        ("select_vs_grid.py", ["--min-epochs", "0"], "--min-epochs must be a finite number > 0"),
-        ("input_pipeline.py", ["--images", "-5"], "--images must be >= 1, got -5"),
+        pytest.param(
+            "select_vs_grid.py",
+            ["--min-epochs", "0"],
+            "--min-epochs must be a finite number > 0",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "input_pipeline.py",
+            ["--images", "-5"],
+            "--images must be >= 1, got -5",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_benchmark_flags_are_checked_before_any_work(tmp_path, script, flags, message):

@@ -835,7 +835,10 @@ def test_an_integer_parameter_is_refused_by_name(name):
         make(name, params, TOY, learning_rate=LR, steps_per_epoch=2)
 
 
-@pytest.mark.parametrize("name", ["ft", "g_lf", "l2_sp", "auto_rgn"])
+@pytest.mark.parametrize(
+    "name",
+    ["l2_sp", *(pytest.param(n, marks=pytest.mark.slow) for n in ("ft", "g_lf", "auto_rgn"))],
+)
 def test_bfloat16_parameters_train_in_bfloat16(name):
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), toy_params())
     tx, _ = make(name, params, TOY, learning_rate=LR, steps_per_epoch=2)
