@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from medft_jax.config import RunConfig, check_config
+from medft_jax.data.options import TASK_OPTIONS
 from medft_jax.errors import UserError
-from medft_jax.names import ARCHS, STRATEGIES, dataset_base, dataset_names, is_known_arch
+from medft_jax.names import (
+    ARCHS,
+    STRATEGIES,
+    TASK_NAMES,
+    dataset_base,
+    dataset_names,
+    is_known_arch,
+)
 
 AXES = ("dataset", "arch", "strategy", "lr", "seed")
 """The grid's axes, in the order its runs are listed (the last varies fastest)."""
@@ -139,6 +147,12 @@ class Grid:
                 raise GridError(
                     f"{where} dataset_options[{dataset!r}]: {dataset} takes no options, "
                     f"got {sorted(options)[0]!r}"
+                )
+            unknown = sorted(set(options) - set(TASK_OPTIONS))
+            if dataset in TASK_NAMES and unknown:
+                raise GridError(
+                    f"{where} dataset_options[{dataset!r}]: unknown option {unknown[0]!r}; "
+                    f"a paper task takes {', '.join(TASK_OPTIONS)}"
                 )
 
     @property

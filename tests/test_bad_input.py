@@ -225,26 +225,31 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
         ("strategy_options={'ft': 5}", "strategy_options['ft'] must be a dict of option: value"),
         ("dataset_options={'bach': {}}", "dataset_options for bach, which the grid does not run"),
         (
+            "datasets=('demo', 'bach'); dataset_options={'bach': {'val_fracton': 0.2}}",
+            "dataset_options['bach']: unknown option 'val_fracton'; a paper task takes "
+            "val_fraction, uncertain, split_by",
+        ),
+        (
             "dataset_options={'demo': {'manul_dir': 'x'}}",
             "dataset_options['demo']: demo takes no options, got 'manul_dir'",
         ),
     ],
 )
 def test_bad_grid_axes_and_options_are_named_before_any_run(fields, message, tmp_path, capsys):
-    defaults = {
+    values = {
+        "datasets": "('demo',)",
         "seeds": "(0,)",
         "lrs": "(1e-3,)",
         "strategy_options": "{}",
         "dataset_options": "{}",
     }
-    key, value = fields.split("=", 1)
-    body = ", ".join(f"{k}={value if k == key else v}" for k, v in defaults.items())
+    values.update(f.strip().split("=", 1) for f in fields.split("; "))
+    body = ", ".join(f"{k}={v}" for k, v in values.items())
     config = tmp_path / "bad.py"
     config.write_text(
         "from medft_jax.grid import Grid\n\n"
         "def get_config():\n"
-        f"    return Grid(name='bad', datasets=('demo',), archs=('resnet_tiny',), "
-        f"strategies=('ft',), {body})\n"
+        f"    return Grid(name='bad', archs=('resnet_tiny',), strategies=('ft',), {body})\n"
     )
     argv = ["--config", str(config), "--out", str(tmp_path / "runs"), "--dry-run"]
     assert sweep_cli.main(argv) == 2

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+TASK_OPTIONS = ("val_fraction", "uncertain", "split_by")
+"""The options a paper task's load takes (each task reads those that apply to it)."""
+
 OPTION_OWNERS = {"uncertain": ("chexpert", "ones"), "split_by": ("isic2020", "patient")}
 """Task-specific options: ``{option: (the task that reads it, its default)}``, as the
 builders' ``Task.options`` say; kept here so loading needs no builder (no TFDS import)."""

@@ -22,14 +22,13 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.local import KINDS, load_local
 from medft_jax.data.locations import resolve_data_dir
 from medft_jax.data.medmnist import load_medmnist
-from medft_jax.data.options import split_option_error
+from medft_jax.data.options import TASK_OPTIONS, split_option_error
 from medft_jax.data.tasks import TASK_NAMES, load_task, prepare_task
 from medft_jax.names import dataset_names
 
 DEFAULT_DATASET = "demo"
 DEFAULT_RESIZE = 256
 DEFAULT_CROP = 224
-TASK_OPTIONS = ("val_fraction", "uncertain", "split_by")
 
 
 def known_names() -> list[str]:
