@@ -254,12 +254,12 @@ def test_resumed_cached_run_writes_the_uninterrupted_record(
     demo, tmp_path, trainers, strategy, options
 ):
     config = _config(strategy, **options)
-    full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False, trainers=trainers)
+    kw = {"dataset": demo, "progress": False, "trainers": trainers}  # each stage compiles once
+    full = fit.run_one(config, tmp_path / "a", **kw)
     # Stopped inside the second epoch (4 steps an epoch), then resumed from the checkpoint:
     # LP-FT then resumes in its FT phase, with no head-only epoch left to ask for features.
-    stopped = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=6)
-    assert stopped == {}
-    resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    assert fit.run_one(config, tmp_path / "b", stop_after_steps=6, **kw) == {}
+    resumed = fit.run_one(config, tmp_path / "b", **kw)
     np.testing.assert_allclose(_numbers(resumed), _numbers(full), rtol=1e-6)
     for record in (full, resumed):  # the first head-only epoch's features, not a later call's
         assert record["features"]["used"] and not record["features"]["reused"]
