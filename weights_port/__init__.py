@@ -79,4 +79,4 @@ def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> l
     out = check_out_path(out, force=force)
     variables, metadata = load_model(checkpoint)
     state = flax_to_torch(variables, metadata["arch"], metadata.get("num_batches_tracked"))
-    return write_state_dict(state, out)
+    return write_state_dict(state, out, force=force)

@@ -141,7 +141,7 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def check_out_path(out: str | Path, *, force: bool = True) -> Path:
+def check_out_path(out: str | Path, *, force: bool = False) -> Path:
     """``--out`` of an export: a .pth/.safetensors name in a folder that can be written.
 
     Checked before any work, so a bad ``--out`` is one line, not a traceback
@@ -172,16 +172,20 @@ def output_files(out: Path) -> list[Path]:
     return [out]
 
 
-def write_state_dict(state: Mapping[str, np.ndarray], out: str | Path) -> list[Path]:
+def write_state_dict(
+    state: Mapping[str, np.ndarray], out: str | Path, *, force: bool = False
+) -> list[Path]:
     """Writes ``out`` (``.pth`` needs torch; ``.safetensors`` does not).
 
-    A ``.pth`` is written together with a ``.safetensors`` twin beside it.
-    Files are written to a temporary name and renamed, so a failed export
-    leaves nothing half-written.
+    A ``.pth`` is written together with a ``.safetensors`` twin beside it
+    (:func:`output_files`); files already there are replaced only with
+    ``force``. Files are written to a temporary name and renamed, so a
+    failed export leaves nothing half-written.
     """
-    out = check_out_path(out)
+    out = check_out_path(out, force=force)
+    *pth, safetensors = output_files(out)
     written = []
-    if out.suffix in (".pth", ".pt"):
+    if pth:
         try:
             import torch
         except ImportError as e:
@@ -194,9 +198,8 @@ def write_state_dict(state: Mapping[str, np.ndarray], out: str | Path) -> list[P
         buffer = io.BytesIO()  # torch reports a full disk without its errno: write it ourselves
         torch.save(tensors, buffer)
         written.append(write_bytes(out, buffer.getvalue()))
-        out = out.with_suffix(".safetensors")
     from safetensors.numpy import save
 
     arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
-    written.append(write_bytes(out, save(arrays)))
+    written.append(write_bytes(safetensors, save(arrays)))
     return written
