@@ -18,7 +18,7 @@ Layout, beside the prepared images (``<variant cache>/features``), or
 under ``<runs>/features`` for a dataset held in memory or prepared data
 that cannot be written (a read-only shared copy)::
 
-    <root>/<data fingerprint>/<arch>-<precision>-<backbone hash>/
+    <root>/<data fingerprint>/<arch>-<precision>-<backend>-<backbone hash>/
         train.npy  val.npy  test.npy   float32 (N, D), rows in split order
         meta.json                      what they were computed from, and each file's sha256
 
@@ -37,7 +37,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from medft_jax import atomic
+from medft_jax import atomic, locks
 from medft_jax.checkpoints.model import variables_hash
 from medft_jax.data import pipeline
 from medft_jax.data.cache import reserve_space
@@ -85,11 +84,19 @@ def roots_for(ds: Dataset, out_dir: str | Path) -> tuple[Path, ...]:
     return (out,)
 
 
-def location(root: Path, ds: Dataset, arch: str, precision: str, backbone: str) -> Path:
+def location(
+    root: Path, ds: Dataset, arch: str, precision: str, backbone: str, backend: str
+) -> Path:
+    """The folder of one (data, arch, precision, backend, backbone) feature set.
+
+    The backend is part of the name: a GPU's convolutions (TF32, other
+    algorithms) give features that differ from a CPU's in the last digits,
+    and a run's record should be that of the device it ran on.
+    """
     fingerprint = str(ds.metadata.get("fingerprint") or "")
     if not fingerprint:
         raise ValueError(f"dataset {ds.name!r} has no content fingerprint")
-    return root / fingerprint[:24] / f"{arch}-{precision}-{backbone[:24]}"
+    return root / fingerprint[:24] / f"{arch}-{precision}-{backend}-{backbone[:24]}"
 
 
 class FeatureSet:
@@ -201,7 +208,9 @@ def compute_features(
             tmp / "meta.json", json.dumps({**expected, "splits": splits}, indent=1).encode()
         )
         if directory.exists():  # stale or damaged (open_features refused it): set aside
-            trash = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.old"
+            # under a temporary's name, so that a kill mid-removal leaves a
+            # folder the next writer's remove_abandoned clears
+            trash = atomic.temporary_sibling(directory)
             with contextlib.suppress(FileNotFoundError):
                 os.replace(directory, trash)
             shutil.rmtree(trash, ignore_errors=True)
@@ -272,14 +281,16 @@ def cached_features(
     t = time.perf_counter()
     host = jax.device_get(dict(variables))
     backbone = backbone_hash(host, partition)
+    backend = jax.default_backend()
     expected = {
         "format": FORMAT,
         "arch": arch,
         "precision": precision,
+        "backend": backend,
         "backbone_sha256": backbone,
         "data_fingerprint": str(ds.metadata["fingerprint"]),
     }
-    directories = [location(root, ds, arch, precision, backbone) for root in roots]
+    directories = [location(root, ds, arch, precision, backbone, backend) for root in roots]
     for directory in directories:
         found = open_features(directory, ds, expected)
         if found is not None:
@@ -287,13 +298,20 @@ def cached_features(
     errors = []
     for directory in directories:
         try:
-            found = compute_features(directory, ds, expected, extract, batch_size)
+            # Two runs of one variant starting together (a sweep's workers)
+            # would both compute the same features: the second waits, then
+            # reads the first's.
+            with locks.waiting_lock(directory.parent / f".{directory.name}.lock"):
+                found = open_features(directory, ds, expected)
+                reused = found is not None
+                if found is None:
+                    found = compute_features(directory, ds, expected, extract, batch_size)
         except OSError as e:
             errors.append(f"{directory}: {one_line(e)}")
             with contextlib.suppress(OSError):
                 directory.parent.rmdir()  # only if empty
             continue
-        return found, _info(directory, reused=False, started=t)
+        return found, _info(directory, reused=reused, started=t)
     print(
         f"warning: cannot write the cached features ({'; '.join(errors)}); "
         "training the head from the images instead (same results, slower)",

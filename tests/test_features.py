@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -298,3 +299,106 @@ def test_command_line_caches_unless_told_not_to(tmp_path, capsys):
     cached, plain = (json.loads(p.read_text()) for p in (a, b))
     assert cached["features"]["used"] and "features" not in plain
     np.testing.assert_allclose(_numbers(cached), _numbers(plain), rtol=1e-5, atol=1e-6)
+
+
+def _mean_pixels(batches):
+    """A stand-in backbone: each real example's mean pixel per channel."""
+    for batch in batches:
+        yield np.asarray(batch["image"], np.float32).mean(axis=(1, 2))[np.asarray(batch["mask"])]
+
+
+def _cache_kwargs(demo, roots, calls):
+    def extract(batches):
+        calls.append(1)
+        return _mean_pixels(batches)
+
+    model = create("resnet_tiny", 2)
+    return dict(
+        roots=roots,
+        arch="resnet_tiny",
+        precision="fp32",
+        variables=init_variables(model, 0, 32),
+        partition=get_arch("resnet_tiny").partition,
+        extract=extract,
+        batch_size=8,
+    )
+
+
+def test_a_second_process_waits_for_the_first_and_reads_its_features(demo, tmp_path):
+    import threading
+
+    from medft_jax import locks
+
+    calls = []
+    kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
+    found, info = features.cached_features(demo, **kw)
+    directory = found.directory
+    assert info["used"] and not info["reused"] and len(calls) == 3  # once a split
+    assert f"-{jax.default_backend()}-" in directory.name  # features of this backend only
+    np.testing.assert_allclose(
+        found.arrays["val"], np.concatenate(list(_mean_pixels(demo.eval_batches("val", 8))))
+    )
+    # The first process holds the folder's lock and is (re)writing it; the
+    # second waits, then reads the first's files instead of computing them too.
+    import shutil
+
+    expected = _expected_of(found)
+    shutil.rmtree(directory)
+    lock = directory.parent / f".{directory.name}.lock"
+    holding, done = threading.Event(), {}
+
+    def slow(batches):  # long enough for the second to find no folder and want to write
+        time.sleep(0.5)
+        return _mean_pixels(batches)
+
+    def first():
+        with locks.waiting_lock(lock):
+            holding.set()
+            features.compute_features(directory, demo, expected, slow, 8)
+
+    t = threading.Thread(target=first)
+    t.start()
+    holding.wait()
+    done["found"], done["info"] = features.cached_features(demo, **kw)
+    t.join()
+    assert done["info"]["reused"] and len(calls) == 3
+
+
+def _expected_of(found) -> dict:
+    """What ``cached_features`` expects of a folder: its meta without the files' hashes."""
+    meta = json.loads((found.directory / "meta.json").read_text())
+    meta.pop("splits")
+    return meta
+
+
+def test_a_killed_set_aside_of_stale_features_is_cleared_by_the_next_writer(
+    demo, tmp_path, monkeypatch
+):
+    import subprocess
+    import sys
+    import types
+
+    calls = []
+    kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
+    found, _ = features.cached_features(demo, **kw)
+    directory = found.directory
+    (directory / "meta.json").write_text("{}")  # stale: set aside and recomputed
+    # A writer killed between setting the stale folder aside and removing it:
+    # a process that has exited, whose removal never happens.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    with monkeypatch.context() as m:
+        m.setattr(os, "getpid", lambda: int(dead.stdout))
+        m.setattr(features, "shutil", types.SimpleNamespace(rmtree=lambda *a, **k: None))
+        features.cached_features(demo, **kw)
+    assert len([p for p in directory.parent.iterdir() if p.name.startswith(".")]) == 2
+    (directory / "meta.json").write_text("{}")  # stale again: the next writer clears both
+    _, info = features.cached_features(demo, **kw)
+    assert not info["reused"] and len(calls) == 9  # three computations, once a split
+    assert sorted(p.name for p in directory.parent.iterdir()) == sorted(
+        [directory.name, f".{directory.name}.lock"]
+    )
