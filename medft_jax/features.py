@@ -301,11 +301,18 @@ def cached_features(
             # Two runs of one variant starting together (a sweep's workers)
             # would both compute the same features: the second waits, then
             # reads the first's.
-            with locks.waiting_lock(directory.parent / f".{directory.name}.lock"):
+            lock = directory.parent / f".{directory.name}.lock"
+            with locks.waiting_lock(lock):
                 found = open_features(directory, ds, expected)
                 reused = found is not None
                 if found is None:
-                    found = compute_features(directory, ds, expected, extract, batch_size)
+                    try:
+                        found = compute_features(directory, ds, expected, extract, batch_size)
+                    except OSError:
+                        # Nothing left behind (a full disk): at worst a waiting
+                        # process and a newcomer then both compute, each whole.
+                        lock.unlink(missing_ok=True)
+                        raise
         except OSError as e:
             errors.append(f"{directory}: {one_line(e)}")
             with contextlib.suppress(OSError):
