@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from medft_jax.config import RunConfig, check_config
-from medft_jax.data.options import TASK_OPTIONS
+from medft_jax.data.options import unknown_option
 from medft_jax.errors import UserError
 from medft_jax.names import (
     ARCHS,
     STRATEGIES,
-    TASK_NAMES,
     dataset_base,
     dataset_names,
     is_known_arch,
@@ -148,12 +147,9 @@ class Grid:
                     f"{where} dataset_options[{dataset!r}]: {dataset} takes no options, "
                     f"got {sorted(options)[0]!r}"
                 )
-            unknown = sorted(set(options) - set(TASK_OPTIONS))
-            if dataset in TASK_NAMES and unknown:
-                raise GridError(
-                    f"{where} dataset_options[{dataset!r}]: unknown option {unknown[0]!r}; "
-                    f"a paper task takes {', '.join(TASK_OPTIONS)}"
-                )
+            unknown = unknown_option(dataset, options)
+            if unknown:
+                raise GridError(f"{where} dataset_options[{dataset!r}]: {unknown}")
 
     @property
     def size(self) -> int:

@@ -226,8 +226,19 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
         ("dataset_options={'bach': {}}", "dataset_options for bach, which the grid does not run"),
         (
             "datasets=('demo', 'bach'); dataset_options={'bach': {'val_fracton': 0.2}}",
-            "dataset_options['bach']: unknown option 'val_fracton'; a paper task takes "
+            "dataset_options['bach']: unknown option 'val_fracton'; bach takes "
             "val_fraction, uncertain, split_by",
+        ),
+        (
+            "datasets=('folder',); dataset_options={'folder': {'manual_dir': 'x', 'val': 0.2}}",
+            "dataset_options['folder']: unknown option 'val'; folder takes manual_dir, "
+            "skip_bad_images, val_fraction, test_fraction, bits_stored",
+        ),
+        (
+            "datasets=('csv',); dataset_options={'csv': {'csv_file': 'x', 'label_colum': 'y'}}",
+            "dataset_options['csv']: unknown option 'label_colum'; csv takes manual_dir, "
+            "skip_bad_images, val_fraction, test_fraction, bits_stored, csv_file, "
+            "path_column, label_column, label_columns, class_names, group_column, split_column",
         ),
         (
             "dataset_options={'demo': {'manul_dir': 'x'}}",
@@ -577,3 +588,26 @@ def test_select_checks_its_paths_before_any_work(
     expected = f"error: {flag} " + message.format(p=p, parent=parent)
     assert _one_error_line(capsys) == expected
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "options", "message"),
+    [
+        ("folder", {"val_fractoin": 0.2}, "dataset folder: unknown option 'val_fractoin'"),
+        ("csv", {"csv_file": "l.csv", "label_colum": "y"}, "dataset csv: unknown option"),
+        ("bach", {"split_bi": "x"}, "dataset bach: unknown option 'split_bi'; bach takes"),
+    ],
+)
+def test_a_misspelt_dataset_option_is_named_not_a_type_error(dataset, options, message, tmp_path):
+    from medft_jax import data
+
+    (tmp_path / "images").mkdir()
+    with pytest.raises(data.DataError, match=re.escape(message)):
+        data.load(
+            dataset,
+            manual_dir=tmp_path / "images",
+            data_dir=tmp_path / "prepared",
+            progress=False,
+            **options,
+        )
+    assert not (tmp_path / "prepared").exists()

@@ -9,12 +9,52 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from medft_jax.names import TASK_NAMES
+
 TASK_OPTIONS = ("val_fraction", "uncertain", "split_by")
 """The options a paper task's load takes (each task reads those that apply to it)."""
 
 OPTION_OWNERS = {"uncertain": ("chexpert", "ones"), "split_by": ("isic2020", "patient")}
 """Task-specific options: ``{option: (the task that reads it, its default)}``, as the
 builders' ``Task.options`` say; kept here so loading needs no builder (no TFDS import)."""
+
+
+_LOCAL_COMMON = ("manual_dir", "skip_bad_images", "val_fraction", "test_fraction", "bits_stored")
+LOCAL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "folder": _LOCAL_COMMON,
+    "csv": (
+        *_LOCAL_COMMON,
+        "csv_file",
+        "path_column",
+        "label_column",
+        "label_columns",
+        "class_names",
+        "group_column",
+        "split_column",
+    ),
+}
+"""The options a user's own data (``folder``, ``csv``) takes, as :func:`medft_jax.data.load`
+and :func:`medft_jax.data.local.load_local` read them: checked by name when a grid
+file loads, so a typo is one line before any run, not a failure mid-sweep."""
+
+
+def unknown_option(dataset: str, options: Mapping[str, Any]) -> str | None:
+    """The one line naming the first option ``dataset`` does not take, or None.
+
+    Only for the datasets whose options are listed here (the user's own
+    ``folder``/``csv``, the paper tasks); others (demo, MedMNIST) say so
+    where they load.
+    """
+    if dataset in LOCAL_OPTIONS:
+        known = LOCAL_OPTIONS[dataset]
+    elif dataset in TASK_NAMES:
+        known = TASK_OPTIONS
+    else:
+        return None
+    unknown = sorted(set(options) - set(known))
+    if not unknown:
+        return None
+    return f"unknown option {unknown[0]!r}; {dataset} takes {', '.join(known)}"
 
 
 OFFICIAL_SPLITS = {

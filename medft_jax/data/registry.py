@@ -22,7 +22,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.local import KINDS, load_local
 from medft_jax.data.locations import resolve_data_dir
 from medft_jax.data.medmnist import load_medmnist
-from medft_jax.data.options import TASK_OPTIONS, split_option_error
+from medft_jax.data.options import split_option_error, unknown_option
 from medft_jax.data.tasks import TASK_NAMES, load_task, prepare_task
 from medft_jax.names import dataset_names
 
@@ -54,10 +54,11 @@ def _check_split_seed(name: str, seed: int) -> None:
         raise DataError(error)
 
 
-def _task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(TASK_OPTIONS))
+def _known_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without the unset ones; an option ``name`` does not take is one line."""
+    unknown = unknown_option(name, options)
     if unknown:
-        raise DataError(f"{name} takes options {', '.join(TASK_OPTIONS)}; got {unknown[0]!r}")
+        raise DataError(f"dataset {name}: {unknown}")
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -109,7 +110,7 @@ def load(
             crop_size=crop,
             seed=seed,
             progress=progress,
-            **_task_options(name, options),
+            **_known_options(name, options),
         )
     if name in KINDS:
         return load_local(
@@ -121,7 +122,7 @@ def load(
             seed=seed,
             skip_bad_images=skip_bad_images,
             progress=progress,
-            **options,
+            **_known_options(name, options),
         )
     raise _unknown(name)
 
@@ -145,7 +146,7 @@ def prepare(
         if manual_dir is None:
             raise DataError(f"preparing {name} needs --manual-dir (your copy of the dataset)")
         resize, crop = _sizes(resize_size, crop_size)
-        opts = _task_options(name, options)
+        opts = _known_options(name, options)
         prepare_task(
             name,
             manual_dir=Path(manual_dir),
