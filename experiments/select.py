@@ -218,7 +218,7 @@ def compare_with_grid(
         "seconds": float(sum(r["train_seconds"] for r in records)),
     }
     if cells:
-        by_val = max(cells, key=lambda c: _finite(c.val.get(c.metric, (math.nan,))[0]))
+        by_val = max(cells, key=_val_rank)
         by_test = max(cells, key=lambda c: _finite(c.mean()))
         out["winner_by_val"] = {"strategy": by_val.strategy, "lr": by_val.lr}
         out["winner_by_test"] = {"strategy": by_test.strategy, "lr": by_test.lr}
@@ -233,6 +233,12 @@ def compare_with_grid(
     out["fraction_epochs"] = cost["epochs"] / out["epochs"] if out["epochs"] else math.nan
     out["fraction_seconds"] = cost["seconds"] / out["seconds"] if out["seconds"] else math.nan
     return out
+
+
+def _val_rank(cell: Any) -> tuple[float, float]:
+    """A cell's mean validation primary metric, ties broken as the selection breaks them."""
+    second = tiebreak_metric(cell.metric)
+    return tuple(_finite(cell.val.get(m, (math.nan,))[0]) for m in (cell.metric, second))
 
 
 def _finite(x: float) -> float:

@@ -679,7 +679,10 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
     p, config, ds = run.progress, run.config, run.ds
     best = next((e for e in p.epochs if e["epoch"] == p.stopper.best_epoch), None)
     if best is None:
-        raise RuntimeError(f"run {name}: no epoch finished with a finite val {run.primary}")
+        raise data.DataError(
+            f"run {name}: no epoch had a finite validation {run.primary}; the val split "
+            "cannot score it (does it hold both outcomes of every class?)"
+        )
     # The best epoch was trained in this call (a device copy), or before a restart.
     variables = run.best_variables
     if variables is None:

@@ -16,12 +16,13 @@ batch is never trained twice, and an arm that early-stops keeps its score.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medft_jax import results
+from medft_jax import atomic, results
 from medft_jax.config import RunConfig
 from medft_jax.data.errors import DataError
 from medft_jax.errors import UserError
@@ -129,6 +130,11 @@ def successive_halving(
         if len(alive) == 1:  # the pick: no need to train it further here
             break
     pick = survivors(alive, len(alive))[0]
+    if pick.failed is not None or math.isnan(pick.score):
+        raise UserError(
+            f"no arm of {first.dataset} ({first.arch}) has a finite validation {primary}: "
+            + "; ".join(f"{a.label}: {a.failed or 'no finite validation'}" for a in arms)
+        )
     return {
         "dataset": first.dataset,
         "arch": first.arch,
@@ -159,7 +165,7 @@ def _advance(arm: Arm, session: Session, steps: int, primary: str, steps_per_epo
         )
     if o.kind not in (DONE, STOPPED) and o.exception is not None:
         raise o.exception
-    score_arm(arm, o.record or {}, session.out, primary, steps_per_epoch)
+    score_arm(arm, o.record or {}, session.out, primary, steps_per_epoch, steps=steps)
 
 
 def _rung(budget: float, steps: int, alive: list[Arm]) -> dict[str, Any]:
@@ -180,15 +186,29 @@ def _rung(budget: float, steps: int, alive: list[Arm]) -> dict[str, Any]:
 
 
 def score_arm(
-    arm: Arm, record: dict[str, Any], out: str | Path, primary: str, steps_per_epoch: int
+    arm: Arm,
+    record: dict[str, Any],
+    out: str | Path,
+    primary: str,
+    steps_per_epoch: int,
+    *,
+    steps: int | None = None,
 ) -> None:
     """Updates the arm from its record (finished) or its resume checkpoint (stopped).
 
     The score is the best validation (by primary metric, then tie-break
-    metric) the arm has had: of its epochs, of the partial epoch it stopped
-    in, and of the earlier rungs' partial epochs (whose validation the
-    resume checkpoint drops once the epoch is finished). Its cost counts
-    the steps and seconds of its epochs and partial epoch.
+    metric) the arm has had within the rung's ``steps``: of its epochs, of
+    the partial epoch it stopped in, and of the earlier rungs' partial
+    epochs (whose validation the resume checkpoint drops once the epoch is
+    finished, so they are kept beside it in :data:`RUNG_VALIDATIONS`).
+    Its cost counts the steps and seconds of its epochs and partial epoch.
+
+    An arm that has trained past ``steps`` (a re-run selection, or an
+    earlier one with larger budgets in the same ``--out``) is scored as if
+    it had stopped at ``steps``: on its epochs up to there and the partial
+    validations kept, never on a later epoch the other arms have not
+    reached. Where its validation at ``steps`` was never taken, it is
+    refused: that score cannot be recovered.
     """
     if record:
         epochs, partial, arm.finished = record["epochs"], None, True
@@ -200,7 +220,27 @@ def score_arm(
         progress = RunCheckpoints(run).read_progress() or {}
         epochs, partial = progress.get("epochs", []), progress.get("partial")
         metric = primary
-    vals = [e["val"] for e in epochs] + ([partial["val"]] if partial else [])
+    kept: dict[int, dict[str, Any]] = {}
+    if steps is not None:
+        kept_file = results.run_dir(out, arm.config.to_dict()) / RUNG_VALIDATIONS
+        kept = _read_kept(kept_file)
+        trained = len(epochs) * steps_per_epoch + (partial["steps"] if partial else 0)
+        if partial and trained <= steps and trained not in kept:
+            kept[trained] = {"val": partial["val"], "seconds": partial["seconds"]}
+            atomic.write_bytes(kept_file, json.dumps({str(k): v for k, v in kept.items()}).encode())
+        if trained > steps:
+            whole, extra = divmod(steps, steps_per_epoch)
+            if extra and steps not in kept:
+                raise UserError(
+                    f"--out {out}: arm {arm.label} has trained {trained} steps, past this "
+                    f"rung's {steps}, and its validation at step {steps} was not kept; "
+                    "give the selection a new --out"
+                )
+            epochs, arm.finished = epochs[:whole], False
+            partial = {"steps": extra, **kept[steps]} if extra else None
+        kept = {k: v for k, v in kept.items() if k <= steps}
+    vals = [e["val"] for e in epochs] + [k["val"] for k in kept.values()]
+    vals += [partial["val"]] if partial else []
     second = tiebreak_metric(metric)
     ranked = [
         (v[metric], _num(v.get(second, math.nan)))
@@ -213,6 +253,20 @@ def score_arm(
     arm.tiebreak = tiebreak if math.isfinite(tiebreak) else math.nan
     arm.epochs = len(epochs) + (partial["steps"] / steps_per_epoch if partial else 0)
     arm.seconds = float(sum(e["seconds"] for e in epochs)) + (partial["seconds"] if partial else 0)
+
+
+RUNG_VALIDATIONS = "rung_validations.json"
+"""Beside an arm's checkpoints: its validations inside an epoch (by train step), score and
+seconds, which the resume checkpoint drops once that epoch finishes."""
+
+
+def _read_kept(path: Path) -> dict[int, dict[str, Any]]:
+    try:
+        return {int(k): v for k, v in json.loads(path.read_text()).items()}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, AttributeError) as e:
+        raise UserError(f"{path}: not the rung validations this selection wrote ({e})") from e
 
 
 def _num(x: float) -> float:

@@ -640,6 +640,24 @@ def test_medmnist_cache_follows_the_file_put_back(tmp_path, capsys):
     assert again.metadata["source"]["mtime_ns"] == 5
     assert again.metadata["fingerprint"] == ds.metadata["fingerprint"]
 
+    # Other bytes of the same size with the time set back (cp -p): the inode change time says.
+    with np.load(tmp_path / "bad.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["train_images"] = 255 - arrays["train_images"]
+    np.savez(tmp_path / "unpoisoned.npz", **arrays)  # uncompressed: bad.npz's size exactly
+    target = data / "breastmnist.npz"
+    target.write_bytes(poisoned)
+    load("medmnist/breastmnist", data_dir=data, progress=False, **SIZES)
+    _rebuilds(capsys)
+    st = target.stat()
+    target.write_bytes((tmp_path / "unpoisoned.npz").read_bytes())
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size
+    swapped = load("medmnist/breastmnist", data_dir=data, progress=False, **SIZES)
+    [line] = _rebuilds(capsys)
+    assert "breastmnist.npz differs from the file it was built from" in line
+    assert swapped.metadata["fingerprint"] != bad.metadata["fingerprint"]
+
 
 @tf_required
 @pytest.mark.xdist_group("tfds_prepared")  # the worker that loads TensorFlow anyway
@@ -665,6 +683,42 @@ def test_task_cache_follows_tfds_data_and_manual_dir(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bach prepared data" in err and "is stale: 1 file changed; preparing again" in err
     assert changed.metadata["fingerprint"] != first.metadata["fingerprint"]
+
+    # A prepare killed after TFDS finished but before its record: prepared again, not trusted.
+    from medft_jax import atomic
+    from medft_jax.data.tasks import MANUAL_RECORD, prepare_lock
+
+    (tfds_dir / MANUAL_RECORD).unlink()
+    photo.write_bytes(b"")  # edited meanwhile: a trusted prepare would serve the old image
+    image(4343, (48, 36)).save(photo)
+    leftover = atomic.temporary_sibling(tfds_dir)  # a killed removal's set-aside copy
+    leftover = leftover.with_name(leftover.name.replace(f"-{os.getpid()}@", "-999999999@"))
+    leftover.mkdir()
+    renewed = prepare("bach", manual_dir=manual, data_dir=out, progress=False, **SIZES)
+    err = capsys.readouterr().err
+    assert "is stale: it has no record of the files it was prepared from" in err
+    assert renewed.metadata["fingerprint"] != changed.metadata["fingerprint"]
+    assert not leftover.exists()
+    # Skipping bad images is other data than a strict prepare's: prepared again, said why.
+    prepare("bach", manual_dir=manual, data_dir=out, skip_bad_images=True, progress=False, **SIZES)
+    assert "is stale: --skip-bad-images changed; preparing again" in capsys.readouterr().err
+
+    # A second prepare waits for the first's lock, then finds the data fresh and reuses it.
+    import fcntl
+    import threading
+
+    with open(prepare_lock(tfds_dir), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = []
+        kw = {"skip_bad_images": True, "progress": False, **SIZES}
+        waiter = threading.Thread(
+            target=lambda: done.append(prepare("bach", manual_dir=manual, data_dir=out, **kw))
+        )
+        waiter.start()
+        waiter.join(timeout=2)
+        assert waiter.is_alive() and not done
+    waiter.join(timeout=120)
+    assert done and "preparing again" not in capsys.readouterr().err
 
 
 # Fingerprints

@@ -141,3 +141,20 @@ def test_from_state_refuses_something_else():
     del state["bad_epochs"]
     with pytest.raises(ValueError, match=r"missing \['bad_epochs'\]"):
         EarlyStopping.from_state(state)
+
+
+def test_a_run_without_one_finite_validation_is_a_data_error_not_a_crash(tmp_path):
+    """No best epoch to test: one line naming the run and the metric, not a RuntimeError."""
+    from types import SimpleNamespace
+
+    from medft_jax import fit
+    from medft_jax.data.errors import DataError
+
+    stopper = EarlyStopping(patience=5)
+    progress = SimpleNamespace(
+        epochs=[{"epoch": 0, "val": {"auroc": float("nan")}}], stopper=stopper
+    )
+    run = SimpleNamespace(progress=progress, config=None, ds=None, primary="auroc")
+    with pytest.raises(DataError, match=r"^run r1: no epoch had a finite validation auroc; "):
+        fit._finish(run, None, "r1", tmp_path / "record.json")
+    assert not (tmp_path / "record.json").exists()

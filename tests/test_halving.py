@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from medft_jax.config import RunConfig
+from medft_jax.errors import UserError
 from medft_jax.halving import Arm, score_arm
 
 
@@ -34,3 +36,84 @@ def test_an_arm_without_a_finite_validation_scores_nan():
     score_arm(arm, _record((math.nan, 0.5)), "unused", "accuracy", steps_per_epoch=6)
     assert math.isnan(arm.score) and math.isnan(arm.tiebreak)
     assert arm.epochs == pytest.approx(1)
+
+
+def _val(accuracy: float, auroc: float = 0.5) -> dict:
+    return {"accuracy": accuracy, "auroc": auroc}
+
+
+def test_an_arm_trained_past_the_rung_is_scored_at_the_rung(tmp_path):
+    """A re-run selection finds an arm's finished record: it competes at the rung's steps only.
+
+    Epoch 2's 0.99 is past a 2-epoch rung, where the other arms stand; scoring it there
+    would pick this arm on budget the others never had.
+    """
+    config = RunConfig(strategy="lp")
+    record = {
+        "epochs": [
+            {"val": _val(0.6), "seconds": 1.0},
+            {"val": _val(0.7), "seconds": 1.0},
+            {"val": _val(0.99), "seconds": 1.0},
+        ],
+        "primary_metric": "accuracy",
+    }
+    arm = Arm("lp", 1e-4, config)
+    score_arm(arm, record, tmp_path, "accuracy", steps_per_epoch=6, steps=12)
+    assert (arm.score, arm.epochs, arm.seconds, arm.finished) == (0.7, 2, 2.0, False)
+    score_arm(arm, record, tmp_path, "accuracy", steps_per_epoch=6, steps=36)
+    assert (arm.score, arm.epochs, arm.finished) == (0.99, 3, True)
+
+
+def test_a_validation_inside_an_epoch_outlives_its_checkpoint(tmp_path, monkeypatch):
+    """Half an epoch's validation is kept beside the run: a re-run at that rung scores it,
+    and an arm trained past a rung whose validation was never taken is refused."""
+    from medft_jax.checkpoints import run as run_ckpt
+
+    config = RunConfig(strategy="lp")
+    state = {"epochs": [], "partial": {"steps": 3, "val": _val(0.8), "seconds": 0.5}}
+    monkeypatch.setattr(run_ckpt.RunCheckpoints, "read_progress", lambda self: state)
+    arm = Arm("lp", 1e-4, config)
+    score_arm(arm, {}, tmp_path, "accuracy", steps_per_epoch=6, steps=3)
+    assert (arm.score, arm.epochs, arm.seconds) == (0.8, 0.5, 0.5)
+    # The arm went on to finish epoch 0 (its checkpoint dropped the half epoch's 0.8) and more.
+    state = {
+        "epochs": [{"val": _val(0.6), "seconds": 1.0}, {"val": _val(0.9), "seconds": 1.0}],
+        "partial": None,
+    }
+    again = Arm("lp", 1e-4, config)  # a re-run selection starts from no score
+    score_arm(again, {}, tmp_path, "accuracy", steps_per_epoch=6, steps=3)
+    assert (again.score, again.epochs, again.seconds) == (0.8, 0.5, 0.5)
+    score_arm(again, {}, tmp_path, "accuracy", steps_per_epoch=6, steps=6)
+    assert (again.score, again.epochs) == (0.8, 1)  # best of 0.8 (half) and 0.6 (epoch 0)
+    with pytest.raises(
+        UserError,
+        match=r"arm lp @ lr 0.0001 has trained 12 steps, past this "
+        r"rung's 4, and its validation at step 4 was not kept",
+    ):
+        score_arm(Arm("lp", 1e-4, config), {}, tmp_path, "accuracy", 6, steps=4)
+
+
+def test_when_every_arm_diverges_there_is_no_pick():
+    """Not a failed arm named the winner: one line listing why each arm has no score."""
+    from medft_jax.halving import successive_halving
+    from medft_jax.outcomes import DIVERGED, Outcome
+
+    class Session:
+        out = "unused"
+
+        def dataset(self, config):
+            return type("D", (), {"multilabel": False, "steps_per_epoch": lambda self, b: 4})()
+
+        def identify(self, config):
+            return config
+
+        def run(self, config, stop_after_steps):
+            return Outcome(config, DIVERGED, error=f"loss nan at lr {config.lr:g}")
+
+    arms = [Arm("ft", lr, RunConfig(strategy="ft", lr=lr)) for lr in (1e-3, 1e-4)]
+    with pytest.raises(UserError) as e:
+        successive_halving(arms, Session(), min_epochs=1, eta=2, max_epochs=2, say=lambda s: None)
+    assert str(e.value) == (
+        "no arm of demo (resnet50) has a finite validation accuracy: "
+        "ft @ lr 0.001: loss nan at lr 0.001; ft @ lr 0.0001: loss nan at lr 0.0001"
+    )

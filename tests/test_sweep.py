@@ -438,6 +438,23 @@ def test_rung_budgets_and_survivors_by_hand():
     assert select_cli.tiebreak_metric("auroc") == "map"
 
 
+def test_the_grid_winner_breaks_ties_as_the_selection_does(monkeypatch):
+    """Equal mean val accuracy: the grid's winner is the better AUROC, not the first cell."""
+    from medft_jax.report.cells import COMPLETE, Cell
+
+    def cell(strategy: str, auroc: float) -> Cell:
+        val = {"accuracy": (0.75, 0.0), "auroc": (auroc, 0.0)}
+        return Cell("demo", "resnet50", strategy, COMPLETE, "accuracy", 1e-3, val, val)
+
+    cells = [cell("ft", 0.7), cell("lp", 0.9), cell("g_lf", 0.8)]
+    summary = type("S", (), {"cells": {c.key: c for c in cells}})()
+    monkeypatch.setattr(select_cli, "collect", lambda records: summary)
+    outcome = {"pick": {"strategy": "lp", "lr": 1e-3}, "dataset": "demo", "arch": "resnet50"}
+    outcome["cost"] = {"epochs": 1, "seconds": 1.0}
+    got = select_cli.compare_with_grid([], 3, outcome)
+    assert got["winner_by_val"] == {"strategy": "lp", "lr": 1e-3} and got["same_strategy"]
+
+
 # --- what a dry run checks and shows -------------------------------------------------------------
 
 WEIGHTS_GRID = """

@@ -308,7 +308,7 @@ def file_source(path: Path, flag: str, size: int) -> dict[str, Any]:
     ``official``: the MD5 is the one MedMNIST publishes for this file.
     """
     st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if key not in _HASHES:
         sha, md5 = hashlib.sha256(), hashlib.md5()
         with open(path, "rb") as f:
@@ -321,21 +321,24 @@ def file_source(path: Path, flag: str, size: int) -> dict[str, Any]:
         "file": str(Path(path).resolve()),
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
         "sha256": sha256,
         "md5": md5_hex,
         "official": md5_hex == FLAGS[flag].md5.get(size),
     }
 
 
-_HASHES: dict[tuple[str, int, int, int], tuple[str, str]] = {}
-"""Hashes of files already read by this process, by (path, size, mtime, inode)."""
+_HASHES: dict[tuple[str, int, int, int, int], tuple[str, str]] = {}
+"""Hashes of files already read by this process, by (path, size, mtime, ctime, inode)."""
 
 
 def _stale_reason(target: Path, found: Path | None, flag: str, size: int) -> str | None:
     """Why the cache in ``target`` no longer matches the ``.npz`` found now (None: it does).
 
-    Stat first; only when the size, time or place changed is the file hashed,
-    so a copied-back identical file just updates the record.
+    Stat first; only when the size, times or place changed is the file hashed,
+    so a copied-back identical file just updates the record. The times include
+    the inode change time, which no copy tool sets back; a cache recorded
+    before it is hashed once and its record updated.
     """
     meta = cache.read_meta(target)
     old = meta.get("source")
@@ -344,12 +347,9 @@ def _stale_reason(target: Path, found: Path | None, flag: str, size: int) -> str
     if found is None:
         return None  # nothing to compare with: the cache is all there is
     st = os.stat(found)
-    if [str(found.resolve()), st.st_size, st.st_mtime_ns] == [
-        old.get("file"),
-        old.get("size"),
-        old.get("mtime_ns"),
-    ]:
-        return None
+    stat = [str(found.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    if stat == [old.get(k) for k in ("file", "size", "mtime_ns", "ctime_ns")]:
+        return None  # the inode change time: a same-size copy with its mtime kept (cp -p) is not
     now = file_source(found, flag, size)
     if now["sha256"] == old["sha256"]:
         # next time the stat matches; in a read-only data dir it is hashed again, that is all

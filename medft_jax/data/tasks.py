@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from medft_jax import atomic, locks
 from medft_jax.data import cache
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
@@ -240,24 +241,42 @@ def prepare_task(
     builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
     splits = builder.TASK.parse_checked(manual_dir, builder.builder_config)  # before TF work
     manual = manual_source(manual_dir, splits)
-    if builder.is_prepared():
-        recorded = _read_manual_record(Path(builder.data_dir))
-        reason = None if recorded is None else cache.describe_change(recorded, manual)
-        if reason:
-            print(
-                f"{name} prepared data {builder.data_dir} is stale: {reason}; preparing again",
-                file=sys.stderr,
-                flush=True,
+    if skip_bad_images:  # other data than a strict prepare's: said only when set, so that
+        manual["skip_bad_images"] = True  # records written before it stay fresh
+    version_dir = Path(builder.data_dir)
+    with locks.waiting_lock(prepare_lock(version_dir)):  # a second prepare waits, then reuses
+        atomic.remove_abandoned(version_dir)  # a killed removal's leftover, set aside whole
+        if builder.is_prepared():
+            recorded = _read_manual_record(version_dir)
+            reason = (
+                "it has no record of the files it was prepared from (a prepare killed before "
+                "writing it)"
+                if recorded is None
+                else cache.describe_change(recorded, manual)
             )
-            shutil.rmtree(builder.data_dir)
-            builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
-    )
-    _write_manual_record(Path(builder.data_dir), manual)
+            if reason:
+                print(
+                    f"{name} prepared data {version_dir} is stale: {reason}; preparing again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                trash = atomic.temporary_sibling(version_dir)
+                os.replace(version_dir, trash)  # gone whole, never half-removed
+                shutil.rmtree(trash)
+                builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
+        )
+        _write_manual_record(version_dir, manual)
     target = cache_dir(data_dir, name, _variant(name, **config))
     _ensure_cache(name, builder, target, data_dir, progress=progress)
     return target
+
+
+def prepare_lock(version_dir: Path) -> Path:
+    """The file a prepare of the TFDS folder ``version_dir`` holds while it writes there."""
+    version_dir = Path(version_dir)
+    return version_dir.parent / f".{version_dir.name}.prepare.lock"
 
 
 def _ensure_cache(name: str, builder, target: Path, data_dir: Path, *, progress: bool) -> None:
