@@ -134,11 +134,14 @@ def local_options(args: argparse.Namespace) -> dict[str, Any]:
         return _given({"manual_dir": args.manual_dir}) | (
             {"skip_bad_images": True} if args.skip_bad_images else {}
         )
-    if args.manual_dir is not None:
-        raise UserError(
-            f"--manual-dir applies to folder and csv datasets; {args.dataset} reads what "
-            "experiments.prepare wrote into --data-dir"
-        )
+    for flag, given in (("--manual-dir", args.manual_dir is not None),
+                        ("--skip-bad-images", args.skip_bad_images)):  # fmt: skip
+        if given:  # a no-op here: the images were decoded (or skipped) when prepared
+            raise UserError(
+                f"{flag} applies to folder and csv datasets; {args.dataset} reads what "
+                "experiments.prepare wrote into --data-dir"
+                + (" (give it to experiments.prepare)" if flag == "--skip-bad-images" else "")
+            )
     return {}
 
 

@@ -70,7 +70,7 @@ class Predictor:
         import jax
 
         from medft_jax.checkpoints.model import load_model
-        from medft_jax.models import COMPUTE_DTYPES, create
+        from medft_jax.models import COMPUTE_DTYPES, create, get_arch
 
         # load_model verifies the arrays and checks the metadata against them
         # (arch, num_classes, class_names, sizes) before anything is built here.
@@ -80,8 +80,9 @@ class Predictor:
         self.dtype = COMPUTE_DTYPES[self.precision]
         self.model = create(m["arch"], int(m["num_classes"]), dtype=self.dtype)
         self.multilabel = bool(m.get("multilabel", False))
-        self.resize_size = int(m.get("resize_size", 256))
         self.crop_size = int(m.get("crop_size", 224))
+        # Unsaid: the arch's own rule (ResNet-50's 232/224), the one every run uses.
+        self.resize_size = int(m.get("resize_size", get_arch(m["arch"]).resize_for(self.crop_size)))
         trained = m.get("bits_stored")
         if bits_stored is not None and trained is not None and bits_stored != trained:
             raise PredictError(

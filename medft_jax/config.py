@@ -17,6 +17,7 @@ different images or different starting weights never share a record.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -104,6 +105,51 @@ another strategy, LP, and is refused."""
 
 BOOL_OPTIONS = ("sp_half", "kernels_only", "rgn_per_step")
 """Strategy options that are switches: ``"no"`` would otherwise read as true."""
+OPTION_DEFAULTS: dict[str, Any] = {
+    "lp_epochs": LP_EPOCHS_DEFAULT,
+    "epochs_per_stage": 1,
+    "alpha": 0.01,
+    "beta": 0.01,
+    "sp_half": True,
+    "kernels_only": False,
+    "rgn_estimate_steps": 5,
+    "rgn_mode": "stream",
+    "rgn_per_step": False,
+    "lr_decay": 0.7,
+}
+"""``strategies.make``'s defaults of the options (repeated here, which imports no JAX;
+a test holds them equal). An option given at its default is the same run as one left out."""
+
+
+def canonical_options(
+    strategy: str, options: tuple[tuple[str, Any], ...]
+) -> tuple[tuple[str, Any], ...]:
+    """``options`` as one run names them, whichever way they were written.
+
+    A number option written as an integer (``alpha: 1`` in a grid file) is
+    the float the command line would give (``--alpha 1``), and an option
+    given at its default for ``strategy`` is left out: ``--lp-epochs 5`` is
+    the run without it, not a second cell with the same numbers. Anything
+    else (a wrong type, an option of another strategy) is left for
+    :func:`check_config` to refuse.
+    """
+    out = []
+    for key, value in options:
+        if type(value) is int and isinstance(OPTION_DEFAULTS.get(key), float):
+            with contextlib.suppress(OverflowError):  # too large: check_config says so
+                value = float(value)
+        default = OPTION_DEFAULTS.get(key, _NO_DEFAULT)
+        if (
+            strategy in OPTION_STRATEGIES.get(key, ())
+            and type(value) is type(default)
+            and value == default
+        ):
+            continue
+        out.append((key, value))
+    return tuple(sorted(out, key=lambda kv: kv[0]))
+
+
+_NO_DEFAULT = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +178,15 @@ class RunConfig:
     """Content hash of the starting weights, or ``none`` (filled in by ``identify``)."""
     numerics: int = NUMERICS_VERSION
     """The toolkit's :data:`NUMERICS_VERSION` the run computes with (not a choice)."""
+
+    def __post_init__(self) -> None:
+        # One run, one name: an option at its default, or an int for a float, is not another.
+        if isinstance(self.strategy_options, tuple) and all(
+            isinstance(kv, tuple) and len(kv) == 2 for kv in self.strategy_options
+        ):
+            object.__setattr__(
+                self, "strategy_options", canonical_options(self.strategy, self.strategy_options)
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

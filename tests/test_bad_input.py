@@ -144,7 +144,7 @@ def test_check_config_names_the_field_its_caller_uses():
             RunConfig(strategy="surgical", strategy_options=(("surgical_block", "nosuch"),))
         )
     check_config(RunConfig(strategy="surgical", strategy_options=(("surgical_block", "layer2"),)))
-    with pytest.raises(UserError, match=r"^--lr-decay must be in \(0, 1\], got 0$"):
+    with pytest.raises(UserError, match=r"^--lr-decay must be in \(0, 1\], got 0.0$"):
         check_config(RunConfig(strategy="llrd", strategy_options=(("lr_decay", 0),)))
     # LP-FT that never leaves its head-only phase is LP under another name.
     with pytest.raises(UserError, match=r"^--epochs 5 ends within LP-FT's 5 head-only epochs"):

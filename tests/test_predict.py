@@ -89,3 +89,22 @@ def test_bad_image_is_named(tmp_path, capsys):
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err.startswith(f"error: corrupt or unreadable image {bad}: ")
     assert cap.err.count("\n") == 1
+
+
+def test_a_checkpoint_without_sizes_takes_its_archs_resize_rule(tmp_path):
+    """ResNet's 232/224, as every run resizes: not a 256 that no run of it used."""
+    from experiments.predict import Predictor
+
+    shapes = variable_shapes("resnet_tiny", 2)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    save_model(
+        tmp_path / "a",
+        zeros["params"],
+        zeros["batch_stats"],
+        {"arch": "resnet_tiny", "num_classes": 2},
+    )
+    p = Predictor(tmp_path / "a")
+    assert (p.resize_size, p.crop_size) == (232, 224)
+    meta = {"arch": "resnet_tiny", "num_classes": 2, "crop_size": 64}
+    save_model(tmp_path / "b", zeros["params"], zeros["batch_stats"], meta)
+    assert (Predictor(tmp_path / "b").resize_size, 64) == (66, 64)  # round(64 * 232 / 224)

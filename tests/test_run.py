@@ -291,6 +291,12 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
         (["--strategy", "ft", "--rgn-mode", "prepass"], "error: --rgn-mode applies to auto_rgn"),
         (["--strategy", "l1_sp", "--no-sp-half"], "error: --sp-half applies to l2_sp only, not"),
         (["--strategy", "ft", "--alpha", "0.1"], "error: --alpha applies to l1_sp, l2_sp only"),
+        (["--strategy", "ft", "--alpha", "0.01"], "error: --alpha applies to l1_sp, l2_sp only"),
+        (
+            ["--strategy", "ft", "--dataset", "bach", "--skip-bad-images"],
+            "error: --skip-bad-images applies to folder and csv datasets; bach reads what "
+            "experiments.prepare wrote into --data-dir (give it to experiments.prepare)\n",
+        ),
     ],
 )
 def test_bad_flags_are_named(argv, message, tmp_path, capsys):
@@ -310,3 +316,46 @@ def test_strategy_option_flags_reach_the_config():
     assert options("--strategy", "l2_sp", "--no-sp-half") == {"sp_half": False}
     assert options("--strategy", "l2_sp", "--alpha", "0.1") == {"alpha": 0.1}
     assert options("--strategy", "auto_rgn") == {}  # defaults stay out of the run's name
+
+
+def test_an_option_at_its_default_or_written_as_an_int_is_the_same_run(tmp_path):
+    """``--lp-epochs 5`` is the run without it; a grid's ``alpha: 1`` is ``--alpha 1``."""
+    import inspect
+
+    from experiments.run import build_parser, make_configs
+    from medft_jax import grid as grid_lib
+    from medft_jax import results, strategies
+    from medft_jax.config import OPTION_DEFAULTS
+
+    made = inspect.signature(strategies.make).parameters
+    assert {k: made[k].default for k in OPTION_DEFAULTS} == OPTION_DEFAULTS
+
+    def config(*argv):
+        (c,) = make_configs(build_parser().parse_args([*argv, "--seeds", "0", "--lr", "1e-3"]))
+        return c
+
+    def name(*argv):
+        return results.run_name(config(*argv).to_dict())
+
+    for strategy, flags in [
+        ("lp_ft", ("--lp-epochs", "5")),
+        ("g_lf", ("--epochs-per-stage", "1")),
+        ("l1_sp", ("--alpha", "0.01", "--beta", "0.01")),
+        ("auto_rgn", ("--rgn-mode", "stream")),
+    ]:
+        assert name("--strategy", strategy, *flags) == name("--strategy", strategy), flags
+    assert name("--strategy", "lp_ft", "--lp-epochs", "4") != name("--strategy", "lp_ft")
+
+    grid = grid_lib.Grid(
+        name="g",
+        datasets=("demo",),
+        archs=("resnet50",),
+        strategies=("l2_sp",),
+        lrs=(1e-3,),
+        seeds=(0,),
+        strategy_options={"l2_sp": {"alpha": 1, "beta": 0.01}},
+    )
+    (from_grid,) = grid.configs()
+    cli = config("--strategy", "l2_sp", "--alpha", "1")
+    assert from_grid.strategy_options == cli.strategy_options == (("alpha", 1.0),)
+    assert type(from_grid.strategy_options[0][1]) is float  # the same JSON, the same hash

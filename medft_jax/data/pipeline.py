@@ -279,14 +279,17 @@ def train_rows(
 ) -> np.ndarray:
     """Example indices of an epoch's batches, this host's rows: ``(batches, per host)``.
 
-    Each row is sorted (the order a batch gathers its examples in), so
+    Each global batch is sorted (the order a batch gathers its examples in)
+    before the hosts take their slices, so the hosts' slices, concatenated,
+    are the one-host batch element for element: a position-dependent op
+    (VGG's dropout mask) meets the same example however many hosts run. And
     anything that trains on per-example arrays other than the images (the
-    cached features) sees the batches this pipeline yields, element for element.
+    cached features) sees the batches this pipeline yields.
     """
     num_batches = n // batch_size
     perm = epoch_permutation(n, seed, epoch)[: num_batches * batch_size]
-    rows = _host_rows(perm.reshape(num_batches, batch_size), shard_index, shard_count)
-    return np.sort(rows, axis=1)
+    batches = np.sort(perm.reshape(num_batches, batch_size), axis=1)
+    return _host_rows(batches, shard_index, shard_count)
 
 
 def eval_batches(
