@@ -148,6 +148,12 @@ def _add_strategy_options(p: argparse.ArgumentParser) -> None:
         "5 gradient evaluations before each epoch (prepass, the reference code's order)",
     )
     p.add_argument("--surgical-block", help="surgical: the block trained with the head")
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        help="llrd: each block's rate is this times the next one's, the head's is --lr "
+        "(default 0.7)",
+    )
 
 
 def _defaults(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,6 +170,7 @@ def _strategy_options(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
         "surgical_block": args.surgical_block,
         "sp_half": args.sp_half,
         "rgn_mode": args.rgn_mode,
+        "lr_decay": args.lr_decay,
     }
     return tuple(sorted((k, v) for k, v in names.items() if v is not None))
 

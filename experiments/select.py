@@ -94,6 +94,11 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.seed is not None:
         check_value("seed", args.seed, "--seed")
     g, arms, max_epochs = _arms(args)
+    if args.min_epochs > max_epochs:  # one rung of the whole grid: not halving at all
+        raise grid_lib.GridError(
+            f"--min-epochs {args.min_epochs:g} exceeds the grid's {max_epochs} epochs; "
+            "the first rung must be shorter than a run"
+        )
     # Paths the end of the selection reads or writes, checked before hours of training.
     if args.grid_runs is not None:
         _check_grid_runs(args.grid_runs)
