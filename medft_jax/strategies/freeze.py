@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from medft_jax.models.blocks import BlockPartition, path_str
@@ -108,9 +109,39 @@ def unfreeze_at(
     moments and its own bias-correction count 1 at the first update it
     makes. The switch is a ``lax.cond`` on that count inside the update:
     one jitted function serves every stage.
+
+    ``optax.transforms.conditionally_mask`` with its own state, but its
+    closed branch returns what the open one would in type, not in the
+    gradients' dtype: gradients of another dtype than the params (float32
+    ones accumulated for bfloat16 params) give Adam's promoted dtype, and
+    ``lax.cond`` refuses branches that differ.
     """
     require_int("unfreeze_at", "step", step, 0)
-    return optax.transforms.conditionally_mask(inner, lambda count: count >= step)
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params: PyTree) -> optax.transforms.ConditionallyMaskState:
+        return optax.transforms.ConditionallyMaskState(
+            step=jnp.zeros([], jnp.int32), inner_state=inner.init(params)
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        def train(_):
+            return inner.update(updates, state.inner_state, params, **extra_args)
+
+        out = jax.eval_shape(train, None)
+
+        def wait(_):
+            zeros = jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), out[0])
+            kept = jax.tree.map(lambda x, o: jnp.asarray(x, o.dtype), state.inner_state, out[1])
+            return zeros, kept
+
+        new_updates, inner_state = jax.lax.cond(state.step >= step, train, wait, None)
+        new_state = optax.transforms.ConditionallyMaskState(
+            step=optax.safe_increment(state.step), inner_state=inner_state
+        )
+        return new_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def staged(
@@ -127,6 +158,11 @@ def staged(
     so a group's Adam moments and bias-correction count start fresh when it
     unfreezes and nothing else is reset. Gradual unfreezing (G-LF, G-FL),
     LP-FT, LP, surgical fine-tuning and BitFit are all this one function.
+
+    Keep a learning-rate schedule out of ``inner`` (chain it after, as
+    :func:`medft_jax.strategies.make` does): each group's copy would count
+    its own steps from its start, so a block unfrozen at step 8 would begin
+    at the schedule's step-0 rate.
 
     A start step must be an integer (a fraction would otherwise be
     truncated here while a schedule used it as is), and every label of the
