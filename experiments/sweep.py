@@ -41,6 +41,7 @@ from medft_jax.errors import EXIT_BUSY, ArgumentParser, check_data_dir, cli_main
 from medft_jax.grid import Grid
 from medft_jax.outcomes import (
     BUSY,
+    DAMAGED,
     DIVERGED,
     DONE,
     FAILED_BEFORE,
@@ -228,7 +229,7 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         + (f" (shard {index}/{count} of {len(runs)})" if count > 1 else "")
         + f", results in {args.out}"
     )
-    tally = {kind: 0 for kind in (DONE, SKIPPED, FAILED_BEFORE, DIVERGED, UNRESUMABLE)}
+    tally = {kind: 0 for kind in (DONE, SKIPPED, FAILED_BEFORE, DIVERGED, UNRESUMABLE, DAMAGED)}
     unavailable: set[str] = set()
     busy: set[str] = set()  # runs another process was running
     errors: list[str] = []
@@ -256,7 +257,7 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         if o.kind == BUSY:
             busy.add(o.name)
         say(f"{at} {o.name}: {_outcome_text(o)}")
-        if o.kind == UNRESUMABLE:  # only this run's files: the others go on, the exit says 1
+        if o.kind in (UNRESUMABLE, DAMAGED):  # this run's files: the others go on, exit 1
             errors.append(o.error)
         if o.fatal:  # every later run would fail the same way: stop (rerun resumes)
             errors.append(o.error)
@@ -272,6 +273,7 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
     )
     running = f", {len(busy)} running in another process" if busy else ""
     damaged = f", {tally[UNRESUMABLE]} cannot resume" if tally[UNRESUMABLE] else ""
+    damaged += f", {tally[DAMAGED]} damaged records" if tally[DAMAGED] else ""
     say(
         f"finished: {tally[DONE]} run now, {tally[SKIPPED] + tally[FAILED_BEFORE]} already done "
         f"or failed before, {tally[DIVERGED]} diverged{running}{damaged}, {left} not run"
@@ -296,6 +298,8 @@ def _outcome_text(o: Outcome) -> str:
         return f"{o.error}, skipped"
     if o.kind == UNRESUMABLE:
         return "cannot resume (damaged checkpoint), skipped"
+    if o.kind == DAMAGED:
+        return "damaged record, skipped"
     if o.fatal:
         return f"stopped, {o.error}"
     r = o.record

@@ -297,7 +297,9 @@ def run_one(
     run_dir = results.run_dir(out_dir, cfg)
     record_file = results.record_path(out_dir, cfg)
     if record_file.exists() and not force:
-        return results.read_record(record_file)
+        record = results.read_record(record_file)
+        clear_leftovers(run_dir)
+        return record
     ds.check_scorable()  # before the run's folder exists
     # One process per run (another gets RunLocked); the lock is released, and this
     # process's background checkpoint writes end, whatever ends the run.
@@ -760,6 +762,31 @@ def _skipped_images(ds: data.Dataset) -> dict[str, Any]:
     """
     counts = skipped_counts(ds.metadata)
     return {"skipped_bad_images": counts} if counts else {}
+
+
+def clear_leftovers(run_dir: Path) -> None:
+    """Deletes the resume checkpoints a kill left beside a finished run's record.
+
+    A run writes its record, then deletes them (:func:`_tidy_up`); killed in
+    between, they would stay for good, every later call finding the record
+    and returning. Under the run's lock (another process in the run: left
+    to it); a failure is one warning line, as in :func:`_tidy_up`.
+    """
+    latest = Path(run_dir) / "checkpoints"
+    if not latest.is_dir():
+        return
+    try:
+        with locks.run_lock(run_dir):
+            if jax.process_index() == 0 and latest.is_dir():
+                shutil.rmtree(latest)
+    except locks.RunLocked:
+        return
+    except OSError as e:
+        print(
+            f"warning: {latest}: could not delete a finished run's resume checkpoints "
+            f"({one_line(e)}); delete them to free the space",
+            file=sys.stderr,
+        )
 
 
 def _tidy_up(ckpts: RunCheckpoints) -> None:

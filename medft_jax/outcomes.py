@@ -23,6 +23,9 @@ non-finite (a note is written), its dataset could not be loaded."""
 UNRESUMABLE = "cannot resume"
 """The run's resume checkpoint is damaged: it is left as it is (no note, the run stays
 to do) for the user to start the run over; the other runs are not affected."""
+DAMAGED = "damaged record"
+"""The run's record was edited or cut short: it is left as it is for the user to restore
+or delete; the other runs are not affected."""
 DISK_FULL, OUT_OF_MEMORY = "disk full", "out of memory"
 """Outcomes that end the session: every later run would fail the same way."""
 FATAL = (DISK_FULL, OUT_OF_MEMORY)

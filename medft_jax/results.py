@@ -246,7 +246,11 @@ def write_record(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
-    """Reads one record; an unreadable or malformed file raises :class:`RecordError` naming it."""
+    """Reads one record; an unreadable or malformed file raises :class:`RecordError` naming it.
+
+    Also failure notes; a finished run's record is checked further by
+    :func:`check_finished`.
+    """
     path = Path(path)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -256,6 +260,26 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise RecordError(f"{path}: not a run record (expected a JSON object with a 'config')")
     _check_folder(path, record["config"])
     return record
+
+
+def check_finished(path: str | Path, record: dict[str, Any]) -> None:
+    """Refuses, naming ``path``, a run's record without what every reader of it reads."""
+    for key, kind, what in _RECORD_FIELDS:
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+            raise RecordError(
+                f"{path}: record has no {key!r} ({what}); the record was edited: restore it, "
+                "or delete it to run it again"
+            )
+
+
+_RECORD_FIELDS = (
+    ("val", dict, "validation metrics"),
+    ("test", dict, "test metrics"),
+    ("primary_metric", str, "a metric name"),
+    ("epochs", list, "a list of epochs"),
+    ("best_epoch", int, "an epoch number"),
+)
+"""What every reader of a finished run's record reads (the run and sweep summaries, selection)."""
 
 
 _HASHED_FOLDER = re.compile(rf"-([0-9a-f]{{{HASH_CHARS}}})$")
@@ -279,7 +303,8 @@ def _check_folder(path: Path, config: dict[str, Any]) -> None:
     if actual != named.group(1):
         raise RecordError(
             f"{path}: its config hashes to {actual}, not the {named.group(1)} its folder is "
-            "named after; the record was edited or moved: restore it, or rerun with --force"
+            "named after; the record was edited or moved: restore it, or delete it to run it "
+            "again"
         )
 
 

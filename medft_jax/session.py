@@ -34,6 +34,7 @@ from medft_jax.data.options import task_options
 from medft_jax.locks import RunLocked
 from medft_jax.outcomes import (
     BUSY,
+    DAMAGED,
     DIVERGED,
     DONE,
     FAILED_BEFORE,
@@ -135,7 +136,13 @@ class Session:
             return Outcome(config, UNAVAILABLE, error=str(e), exception=e)
         state = self.status(config)
         if state == "done" and not self.force:
-            record = results.read_record(results.record_path(self.out, config.to_dict()))
+            path = results.record_path(self.out, config.to_dict())
+            try:
+                record = results.read_record(path)
+                results.check_finished(path, record)
+            except results.RecordError as e:  # this run's file: the others can go on
+                return Outcome(config, DAMAGED, error=str(e), exception=e)
+            fit.clear_leftovers(results.run_dir(self.out, config.to_dict()))
             return Outcome(config, SKIPPED, record=record)
         if state == "failed" and not (self.retry_failed or self.force):
             return Outcome(config, FAILED_BEFORE)

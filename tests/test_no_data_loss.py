@@ -954,3 +954,30 @@ def test_sweep_notes_a_run_it_cannot_resume_and_goes_on(tmp_path, capsys):
     assert cap.err.count("\n") == 1
     assert cap.err.startswith(f"error: {first / 'checkpoints'}: the run cannot be resumed")
     assert (second / "record.json").is_file() and not (first / "record.json").exists()
+
+
+@pytest.mark.slow
+def test_sweep_goes_on_past_an_edited_record_and_clears_a_killed_runs_leftovers(tmp_path, capsys):
+    """An edited record is this run's problem: named, the rest of the grid goes on, exit 1.
+    Checkpoints left by a kill between a record and its tidy-up go at the next look."""
+    grid = _grid(tmp_path, lrs=(1e-3, 1e-4), epochs=1)
+    out = tmp_path / "runs"
+    first, second = _grid_run_dirs(grid, out)
+    assert sweep_cli.main(["--config", str(grid), "--out", str(out)]) == 0
+    record = json.loads((first / "record.json").read_text())
+    del record["test"]
+    (first / "record.json").write_text(json.dumps(record))
+    leftover = second / "checkpoints" / "1"
+    leftover.mkdir(parents=True)
+    (leftover / "state").write_bytes(b"x" * 100)
+    capsys.readouterr()
+    assert sweep_cli.main(["--config", str(grid), "--out", str(out)]) == 1
+    cap = capsys.readouterr()
+    assert f"[1/2] {first.name}: damaged record, skipped" in cap.out
+    assert f"[2/2] {second.name}: done, skipped" in cap.out
+    assert "1 damaged records, 0 not run" in cap.out
+    assert cap.err == (
+        f"error: {first / 'record.json'}: record has no 'test' (test metrics); the record was "
+        "edited: restore it, or delete it to run it again\n"
+    )
+    assert not (second / "checkpoints").exists() and (second / "record.json").is_file()
