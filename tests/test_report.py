@@ -484,6 +484,26 @@ def test_strategies_of_one_arch_from_other_weights_or_data_are_refused():
         collect([fp("resnet50", "ft", "none"), fp("resnet50", "lp")])
     with pytest.raises(results.RecordError, match=r'data_fingerprint: "d1" vs "d2"'):
         collect([fp("vgg19", "ft"), fp("vgg19", "l2_sp", data="d2")])
+    # One arch all from random initialisation, another from ImageNet: not one table.
+    with pytest.raises(results.RecordError) as e:
+        collect([fp("resnet50", "ft", "none"), fp("resnet50", "lp", "none"), fp("vgg19", "ft")])
+    assert str(e.value) == (
+        "dataset 'bach': resnet50 trained from random initialisation (weights_fingerprint "
+        "none), vgg19 from pretrained weights; their cells cannot be compared: report them "
+        "from separate --runs folders"
+    )
+    collect([fp("resnet50", "ft", "none"), fp("vgg19", "ft", "none")])  # all random: one table
+
+
+def test_a_record_without_its_epoch_log_has_an_unknown_epoch_count():
+    """Not 0.0 epochs in the cost table: the count is unknown, shown as a dash."""
+    records = [rec(seed=s) for s in range(3)]
+    for r in records:
+        del r["epochs"]
+    (cell,) = collect(records).cells.values()
+    assert math.isnan(cell.cost.epochs) and cell.cost.device_seconds == 10.0
+    (cell,) = collect([rec(seed=s) for s in range(3)]).cells.values()
+    assert cell.cost.epochs == 3
 
 
 def test_runs_of_two_numerics_versions_are_refused_and_a_grid_leaves_the_older_out():

@@ -440,6 +440,18 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
                 f"({_describe_diff(diff)}); their strategies cannot be compared: report them "
                 "from separate --runs folders"
             )
+    # Across archs the weights differ by design (each its own ImageNet file), but one
+    # arch from random initialisation against another's ImageNet runs is no comparison
+    # either: its cells would compete for the best mark and Table 11 unannounced.
+    random = {r["config"]["arch"] for r in runs if r["config"].get("weights_fingerprint") == "none"}
+    pretrained = {r["config"]["arch"] for r in runs} - random
+    if random and pretrained:
+        raise RecordError(
+            f"dataset {dataset!r}: {', '.join(sorted(random))} trained from random "
+            f"initialisation (weights_fingerprint none), {', '.join(sorted(pretrained))} from "
+            "pretrained weights; their cells cannot be compared: report them from separate "
+            "--runs folders"
+        )
 
 
 def _dataset_metrics(dataset: str, recs: list[dict[str, Any]]) -> tuple[str, tuple[str, str]]:
@@ -541,7 +553,10 @@ def _cost(chosen: list[dict[str, Any]], every: list[dict[str, Any]]) -> Cost:
     return Cost(
         device_seconds=aggregate.mean_se(map(_device_seconds, chosen))[0],
         images_per_s=aggregate.mean_se(map(throughput, chosen))[0],
-        epochs=aggregate.mean_se(len(r.get("epochs") or []) for r in chosen)[0],
+        # A record without its epoch log has an unknown count, not 0 epochs.
+        epochs=aggregate.mean_se(
+            len(r["epochs"]) if isinstance(r.get("epochs"), list) else None for r in chosen
+        )[0],
         total_device_seconds=math.fsum(totals) if totals else math.nan,
         total_runs=len(totals),
     )
