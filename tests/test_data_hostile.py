@@ -384,6 +384,18 @@ def test_folder_dangling_link_is_refused(tmp_path):
         _load_folder(root, tmp_path / "out")
 
 
+@pytest.mark.parametrize("where", ["cat/x.png", "loose.png", "bird"])
+def test_a_symbolic_link_loop_is_one_line_naming_it(tmp_path, where):
+    """Path.resolve raises RuntimeError on a loop: a traceback, where a dangling link is a line."""
+    root = tmp_path / "imgs"
+    _folder(root)
+    link = root / where
+    link.symlink_to(link)  # the shortest loop: itself
+    with pytest.raises(DataError, match=rf"{where}(\.png)? is a symbolic link loop: it never"):
+        _load_folder(root, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("meta.json"))
+
+
 def test_folder_links_inside_the_root_are_followed(tmp_path):
     root = tmp_path / "imgs"
     _folder(root / "store", classes=("cat_files", "dog_files"))

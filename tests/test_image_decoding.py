@@ -339,6 +339,11 @@ def test_16bit_colour_is_read_by_the_16bit_rule_and_never_crushed_silently(tmp_p
         out = np.asarray(open_image(full, bits_stored=bits))
         assert out.shape == (6, 7, 3) and np.array_equal(out, (values >> 8).astype(np.uint8))
     assert np.asarray(open_image(twelve, bits_stored=16)).max() == 15  # as asked
+    # 8-bit values stored unscaled (0..255): every high byte 0, all black under the rule.
+    unscaled = _png16_rgb(tmp_path / "c8.png", rng.integers(0, 256, (6, 7, 3)))
+    with pytest.raises(DataError, match=r"c8\.png: 16-bit colour image whose values all fit in"):
+        open_image(unscaled)
+    assert np.asarray(open_image(unscaled, bits_stored=16)).max() == 0  # as asked
 
 
 def test_16bit_grey_alpha_png_follows_the_greyscale_rules(tmp_path):

@@ -43,14 +43,23 @@ def safe_join(root: Path, relative: str, *, source: str) -> Path:
     return Path(real)
 
 
+def resolved(path: Path | str) -> Path:
+    """``Path(path).resolve()``; a symbolic link loop is one line naming it, not a
+    RuntimeError (what ``resolve`` raises for one)."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise DataError(f"{path} is a symbolic link loop: it never reaches a file") from None
+
+
 def check_inside(root: Path, path: Path) -> Path:
     """``path`` unchanged if it resolves inside ``root``; else a :class:`DataError` naming it.
 
     For paths found by listing a directory: a symbolic link (to a file or a
     folder) that leads out of the root is named with where it points.
     """
-    real_root = Path(root).resolve()
-    real = Path(path).resolve()
+    real_root = resolved(root)
+    real = resolved(path)
     if not is_inside(real_root, real):
         raise DataError(
             f"{path} is a symbolic link to {real}, outside the dataset root {real_root}; "
@@ -72,14 +81,14 @@ def scan_files(
     ``folder`` (not the link targets), so ids stay what the user sees.
     """
     wanted = None if suffixes is None else {s.lower() for s in suffixes}
-    real_root = Path(root).resolve()
+    real_root = resolved(root)
     check_inside(root, folder)
     found: list[Path] = []
     seen: set[Path] = set()
     stack = [Path(folder)]
     while stack:
         current = stack.pop()
-        real = current.resolve()
+        real = resolved(current)
         if real in seen:
             continue
         seen.add(real)
@@ -88,7 +97,7 @@ def scan_files(
                 continue
             path = Path(entry.path)
             if entry.is_symlink():
-                target = path.resolve()
+                target = resolved(path)
                 if not is_inside(real_root, target):
                     check_inside(root, path)
                 if not target.exists():
@@ -105,7 +114,11 @@ def sub_folders(root: Path, folder: Path) -> list[Path]:
     """Non-hidden sub-folders of ``folder``, sorted by name, each checked to stay in ``root``."""
     folders = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink():
+            resolved(entry.path)  # a loop: named, not the OSError is_dir() raises
+        if not entry.is_dir():
             continue
         folders.append(check_inside(root, Path(entry.path)))
     return folders

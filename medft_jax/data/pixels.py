@@ -184,7 +184,10 @@ def colour16_check(high_bytes: np.ndarray, bits_stored: int | None, path: Path |
     (the 16-bit rule, ``v >> 8``), so only that rule can be applied: another
     ``bits_stored`` is refused, and so, without one, is an image whose high
     bytes all lie below 64 (its samples fit in 14 bits), by the rule for
-    grayscale files.
+    grayscale files. All-zero high bytes are refused too: the low bytes
+    cannot be read back from Pillow's decode, and such a file is far more
+    often 8-bit values stored unscaled (all black under the rule) than a
+    truly black image (``--bits-stored 16`` keeps the rule for that).
     """
     top = int(high_bytes.max()) if high_bytes.size else 0
     if bits_stored is not None and bits_stored != 16:
@@ -193,7 +196,7 @@ def colour16_check(high_bytes: np.ndarray, bits_stored: int | None, path: Path |
             "16-bit colour, which is read by the 16-bit rule only (save it as 8-bit colour, "
             "scaled as you want it)"
         )
-    if bits_stored is None and 0 < top < 1 << (UNDECLARED_FLOOR_BITS - 8):
+    if bits_stored is None and top < 1 << (UNDECLARED_FLOOR_BITS - 8):
         raise DataError(
             f"{path}: 16-bit colour image whose values all fit in {UNDECLARED_FLOOR_BITS} bits "
             "would keep at most 64 levels per channel under the 16-bit rule; save it as 8-bit "
