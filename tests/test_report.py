@@ -140,12 +140,17 @@ def test_the_mean_over_seeds_does_not_depend_on_their_order():
     """The LR choice gives an exact tie to the smaller LR: a mean that changes in its last
     bit with the records' order (0.5648148148148148 or ...49) would decide it instead."""
     import itertools
+    from fractions import Fraction
 
     from medft_jax.report.aggregate import mean_se
 
     values = (20 / 36, 20 / 36, 21 / 36)
     means = {mean_se(order)[0] for order in itertools.permutations(values)}
-    assert means == {math.fsum(values) / 3}
+    assert means == {float(sum(map(Fraction, values)) / 3)}  # the exact mean, rounded once
+    values = (0.11, 0.2, 0.2, 0.73)
+    assert len({mean_se(order)[1] for order in itertools.permutations(values)}) == 1
+    # Three seeds of one value: that value, no spread (fsum / 3 gave 0.6999999999999998).
+    assert mean_se([0.7, 0.7, 0.7]) == (0.7, 0.0)
 
 
 def test_a_single_seed_shows_no_se_and_device_seconds_count_devices():

@@ -10,10 +10,9 @@ a run had NaN; everything here reads ``None`` as NaN.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
-
-import numpy as np
 
 from medft_jax.results import RecordError, config_hash, jsonable
 
@@ -29,13 +28,14 @@ def mean_se(values: Iterable[float | None]) -> tuple[float, float]:
     n = 1 the SE is NaN (one seed says nothing about spread); with n = 0
     both are NaN.
     """
-    v = np.array([x for x in (_as_float(x) for x in values) if math.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
+    v = [x for x in (_as_float(x) for x in values) if math.isfinite(x)]
+    if not v:
         return math.nan, math.nan
-    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-    # fsum: exactly rounded, so the mean does not depend on the seeds' order and
-    # equal means (the LR choice's exact tie) are equal whatever order records came in.
-    return math.fsum(v.tolist()) / v.size, se
+    # statistics computes in exact fractions, rounding once: the mean and SE do not
+    # depend on the seeds' order (the LR choice's exact tie), three equal seeds give
+    # that value and an SE of exactly 0, not one off in the last bit.
+    se = statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else math.nan
+    return float(statistics.mean(v)), float(se)
 
 
 def group_key(record: dict[str, Any]) -> str:
