@@ -80,9 +80,12 @@ class Predictor:
         self.dtype = COMPUTE_DTYPES[self.precision]
         self.model = create(m["arch"], int(m["num_classes"]), dtype=self.dtype)
         self.multilabel = bool(m.get("multilabel", False))
-        self.crop_size = int(m.get("crop_size", 224))
-        # Unsaid: the arch's own rule (ResNet-50's 232/224), the one every run uses.
-        self.resize_size = int(m.get("resize_size", get_arch(m["arch"]).resize_for(self.crop_size)))
+        # Unsaid (absent or null): 224 and the arch's own resize rule (ResNet-50's 232/224),
+        # the one every run uses.
+        self.crop_size = int(m.get("crop_size") or 224)
+        self.resize_size = int(
+            m.get("resize_size") or get_arch(m["arch"]).resize_for(self.crop_size)
+        )
         trained = m.get("bits_stored")
         if bits_stored is not None and trained is not None and bits_stored != trained:
             raise PredictError(

@@ -365,6 +365,7 @@ BAD_METADATA = [
     ({"bits_stored": 20}, "metadata bits_stored 20 is not an integer from 8 to 16"),
     ({"bits_stored": True}, "metadata bits_stored True is not an integer from 8 to 16"),
     ({"precision": "fp16"}, "metadata precision 'fp16' is not one of fp32, bf16"),
+    ({"format_version": 0}, "metadata format_version 0 is not one this medft-jax reads (1 to"),
 ]
 
 

@@ -108,3 +108,7 @@ def test_a_checkpoint_without_sizes_takes_its_archs_resize_rule(tmp_path):
     meta = {"arch": "resnet_tiny", "num_classes": 2, "crop_size": 64}
     save_model(tmp_path / "b", zeros["params"], zeros["batch_stats"], meta)
     assert (Predictor(tmp_path / "b").resize_size, 64) == (66, 64)  # round(64 * 232 / 224)
+    meta = {"arch": "resnet_tiny", "num_classes": 2, "crop_size": None, "resize_size": None}
+    save_model(tmp_path / "c", zeros["params"], zeros["batch_stats"], meta)
+    p = Predictor(tmp_path / "c")  # null reads as unsaid, not int(None)
+    assert (p.resize_size, p.crop_size) == (232, 224)

@@ -278,3 +278,79 @@ def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
     ck = weights_port.port_imagenet("resnet50")
     assert ck == weights_port.default_checkpoint("resnet50")
     assert load_metadata(ck)["source_sha256"] == digest
+
+
+def test_odd_tensors_and_cut_files_are_named_for_what_they_are(tmp_path):
+    """Meta and sparse tensors, a zip cut short, a legacy pickle cut short: one line each,
+    saying what is wrong with the file (not 'objects other than tensors')."""
+    from weights_port.state_io import read_state_dict
+
+    meta = tmp_path / "meta.pth"
+    torch.save({"fc.weight": torch.empty(2, 3, device="meta")}, meta)
+    with pytest.raises(PortError, match=r"meta.pth: key 'fc.weight' is a meta \(no data\) tens"):
+        read_state_dict(meta)
+    sparse = tmp_path / "sparse.pth"
+    torch.save({"fc.weight": torch.eye(3).to_sparse()}, sparse)
+    with pytest.raises(PortError, match=r"sparse.pth: key 'fc.weight' is a sparse_coo layout"):
+        read_state_dict(sparse)
+    whole = tmp_path / "whole.pth"
+    torch.save({"w": torch.arange(1000.0)}, whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(PortError, match=r"cut.pth: truncated or corrupted zip archive"):
+        read_state_dict(cut)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.arange(1000.0)}, legacy, _use_new_zipfile_serialization=False)
+    short = tmp_path / "short.pth"
+    short.write_bytes(legacy.read_bytes()[:200])
+    with pytest.raises(PortError, match=r"short.pth: truncated (or corrupted )?torch file"):
+        read_state_dict(short)
+
+
+def test_a_head_of_zero_classes_is_one_line(resnet_state):
+    state = {**resnet_state, "fc.weight": np.zeros((0, 2048), np.float32)}
+    state["fc.bias"] = np.zeros((0,), np.float32)
+    with pytest.raises(PortError, match=r"'fc.weight' has shape \(0, 2048\), expected at least"):
+        torch_to_flax(state, "resnet50", source="x.pth")
+
+
+def test_an_export_whose_twin_cannot_be_written_writes_neither(tmp_path):
+    """A folder where the .safetensors twin goes: refused before anything, even with --force;
+    and a twin that fails while written takes the .pth with it."""
+    from weights_port.state_io import write_state_dict
+
+    out = tmp_path / "model.pth"
+    (tmp_path / "model.safetensors").mkdir()
+    w = {"fc.weight": np.ones((2, 3), np.float32)}
+    with pytest.raises(PortError, match=r"model.safetensors is a folder; expected a file name"):
+        write_state_dict(w, out, force=True)
+    assert not out.exists()
+    (tmp_path / "model.safetensors").rmdir()
+    import weights_port.state_io as sio
+
+    real = sio.write_bytes
+
+    def full_disk(path, data):
+        if Path(path).suffix == ".pth":
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, data)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sio, "write_bytes", full_disk)
+        with pytest.raises(OSError):
+            write_state_dict(w, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_download_refuses_an_existing_out_before_downloading(tmp_path, monkeypatch, capsys):
+    def no_download(*a, **k):
+        pytest.fail("downloaded before checking --out")
+
+    monkeypatch.setattr(dl.urllib.request, "urlopen", no_download)
+    out = tmp_path / "ck"
+    out.mkdir()
+    assert main(["--arch", "resnet50", "--download", "--out", str(out)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: --out {out} already exists; pass --force to overwrite it\n"
+    )

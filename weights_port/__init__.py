@@ -33,8 +33,7 @@ def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool =
     """
     spec = get_arch(arch)
     torch_weights = Path(torch_weights)
-    if Path(out).expanduser().exists() and not force:
-        raise CheckpointError(f"--out {out} already exists; pass --force to overwrite it")
+    _check_free(out, force)
     state = read_state_dict(torch_weights)
     variables, tracked = torch_to_flax(state, arch, source=str(torch_weights))
     head = variables["params"]
@@ -65,7 +64,13 @@ def port_imagenet(arch: str, out: str | Path | None = None, *, force: bool = Fal
     out = Path(out) if out is not None else default_checkpoint(arch)
     if out.exists() and not force and out == default_checkpoint(arch):
         return out
+    _check_free(out, force)  # before a 100 MB download that would then be refused
     return port(arch, download(arch), out, force=force)
+
+
+def _check_free(out: str | Path, force: bool) -> None:
+    if Path(out).expanduser().exists() and not force:
+        raise CheckpointError(f"--out {out} already exists; pass --force to overwrite it")
 
 
 def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> list[Path]:

@@ -182,6 +182,8 @@ def torch_to_flax(
             f"{source}: key {hk!r} has shape {head.shape}, expected (classes, features)"
         )
     num_classes = int(head.shape[0])
+    if num_classes < 1:
+        raise PortError(f"{source}: key {hk!r} has shape {head.shape}, expected at least one class")
     template = _template(arch, num_classes)
     flat: dict[str, dict[str, np.ndarray]] = {"params": {}, "batch_stats": {}}
     for key, (shape, collection, path) in template.items():

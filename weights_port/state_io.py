@@ -53,7 +53,12 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     else:
         if zipfile.is_zipfile(path):
             check_zip_crcs(path)
-        elif _first_byte(path) != _PICKLE_PROTO:
+        elif _first_bytes(path, 4) == b"PK\x03\x04":  # a zip without its directory: cut short
+            raise PortError(
+                f"{path}: truncated or corrupted zip archive (no central directory); download or "
+                "copy it again"
+            )
+        elif _first_bytes(path, 1) != _PICKLE_PROTO:
             raise PortError(
                 f"{path}: not a torch checkpoint (neither torch.save's zip archive nor a legacy "
                 "pickle); expected a torchvision state_dict .pth or a .safetensors file"
@@ -63,9 +68,9 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     return state
 
 
-def _first_byte(path: Path) -> bytes:
+def _first_bytes(path: Path, n: int) -> bytes:
     with open(path, "rb") as f:
-        return f.read(1)
+        return f.read(n)
 
 
 def check_zip_crcs(path: str | Path) -> None:
@@ -115,14 +120,23 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise PortError(
+                f"{path}: not a loadable torch state_dict (it holds pickled objects other than "
+                "tensors, refused by weights_only=True)"
+            ) from None
         raise PortError(
-            f"{path}: not a loadable torch state_dict (it holds pickled objects other than "
-            "tensors, refused by weights_only=True)"
+            f"{path}: truncated or corrupted torch file ({_first_line(e)}); download or copy "
+            "it again"
         ) from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PortError(f"{path}: not a loadable torch state_dict ({first})") from e
+        if isinstance(e, EOFError) or not zipfile.is_zipfile(path):  # a legacy pickle cut short
+            raise PortError(
+                f"{path}: truncated or corrupted torch file ({_first_line(e)}); download or "
+                "copy it again"
+            ) from None
+        raise PortError(f"{path}: not a loadable torch state_dict ({_first_line(e)})") from e
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -131,6 +145,15 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
     for key, tensor in obj.items():
         if not isinstance(key, str):
             raise PortError(f"{path}: key {key!r} is not a name; expected a state_dict")
+        if tensor.is_meta or tensor.layout != torch.strided or tensor.is_quantized:
+            kind = (
+                "meta (no data)"
+                if tensor.is_meta
+                else "quantized"
+                if (tensor.is_quantized)
+                else f"{str(tensor.layout).removeprefix('torch.')} layout"
+            )
+            raise PortError(f"{path}: key {key!r} is a {kind} tensor, expected a dense float32 one")
         try:
             out[key] = tensor.detach().cpu().numpy()
         except TypeError:  # bfloat16 and other dtypes numpy has no type for
@@ -139,6 +162,10 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
                 "expected float32"
             ) from None
     return out
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def check_out_path(out: str | Path, *, force: bool = False) -> Path:
@@ -154,12 +181,11 @@ def check_out_path(out: str | Path, *, force: bool = False) -> Path:
         raise PortError(f"--out {out}: expected a .pth or .safetensors file name")
     if out.is_dir():
         raise PortError(f"--out {out}: is a folder, expected a .pth or .safetensors file name")
-    if not force:
-        for target in output_files(out):
-            if target.exists() or target.is_symlink():
-                raise PortError(
-                    f"--out {out}: {target} already exists; pass --force to overwrite it"
-                )
+    for target in output_files(out):
+        if target.is_dir():  # not even --force replaces a folder with a file
+            raise PortError(f"--out {out}: {target} is a folder; expected a file name there")
+        if not force and (target.exists() or target.is_symlink()):
+            raise PortError(f"--out {out}: {target} already exists; pass --force to overwrite it")
     writable_dir(out.parent, "--out")
     return out
 
@@ -183,9 +209,10 @@ def write_state_dict(
     failed export leaves nothing half-written.
     """
     out = check_out_path(out, force=force)
-    *pth, safetensors = output_files(out)
-    written = []
-    if pth:
+    *wants_pth, safetensors = output_files(out)
+    written: list[Path] = []
+    pth: list[tuple[Path, bytes]] = []
+    if wants_pth:
         try:
             import torch
         except ImportError as e:
@@ -197,9 +224,16 @@ def write_state_dict(
         tensors = {k: torch.from_numpy(np.array(v, order="C")) for k, v in state.items()}
         buffer = io.BytesIO()  # torch reports a full disk without its errno: write it ourselves
         torch.save(tensors, buffer)
-        written.append(write_bytes(out, buffer.getvalue()))
+        pth = [(out, buffer.getvalue())]
     from safetensors.numpy import save
 
     arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
+    # The twin first, and the .pth removed again if the twin fails: both files or neither.
     written.append(write_bytes(safetensors, save(arrays)))
+    for path, data in pth:
+        try:
+            written.insert(0, write_bytes(path, data))
+        except BaseException:
+            safetensors.unlink(missing_ok=True)
+            raise
     return written

@@ -471,10 +471,11 @@ def check_metadata(
         if field not in metadata:
             raise CheckpointError(f"{where}: metadata lacks the field {field!r}")
     version = metadata.get("format_version", FORMAT_VERSION)
-    if not _is_int(version) or version > FORMAT_VERSION:
+    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(
             f"{where}: metadata format_version {version!r} is not one this medft-jax reads "
-            f"(<= {FORMAT_VERSION}); upgrade medft-jax"
+            f"(1 to {FORMAT_VERSION})"
+            + ("; upgrade medft-jax" if _is_int(version) and version > FORMAT_VERSION else "")
         )
     arch = metadata["arch"]
     if not isinstance(arch, str) or not is_known_arch(arch):
