@@ -92,7 +92,7 @@ def plan(args: argparse.Namespace) -> tuple[Any, list[Any], tuple[int, int]]:
 
     g = grid_lib.load_grid(args.config)
     runs = grid_lib.select(g, grid_lib.parse_only(args.only))
-    index, count = grid_lib.parse_shard(args.shard) if args.shard else (0, 1)
+    index, count = grid_lib.parse_shard(args.shard) if args.shard is not None else (0, 1)
     return g, runs, (index, count)
 
 
@@ -106,7 +106,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     g, runs, (index, count) = plan(args)
     if args.dry_run:
-        dry_run(g, runs, index, count, args.out)
+        dry_run(g, runs, index, count, args.out, args.retry_failed)
         return 0
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
@@ -117,8 +117,14 @@ def _main(argv: Sequence[str] | None) -> int:
 # --- dry run -------------------------------------------------------------------------------------
 
 
-def dry_run(g: Grid, runs: list[RunConfig], index: int, count: int, out: str) -> None:
-    """Lists this shard's runs with status and estimated cost, and every shard's total."""
+def dry_run(
+    g: Grid, runs: list[RunConfig], index: int, count: int, out: str, retry_failed: bool = False
+) -> None:
+    """Lists this shard's runs with status and estimated cost, and every shard's total.
+
+    With ``retry_failed`` a run with a failure note counts as to run, as the
+    sweep itself would run it.
+    """
     records = results.load_records(out) if Path(out).is_dir() else []
     failures = results.load_failures(out) if Path(out).is_dir() else []
     # Without loading the data, a run is matched by its settings (any data version).
@@ -127,33 +133,27 @@ def dry_run(g: Grid, runs: list[RunConfig], index: int, count: int, out: str) ->
 
     def status(config: RunConfig) -> str:
         key = results.settings_hash(config.to_dict())
-        return "done" if key in finished else "failed" if key in noted else "todo"
+        if key in finished:
+            return "done"
+        if key in noted:
+            return "retry" if retry_failed else "failed"
+        return "todo"
 
     measured = grid_lib.measured_throughput(records)
+    states = [status(c) for c in runs]
+    seconds = [grid_lib.estimate_seconds(c, measured) for c in runs]
     mine = grid_lib.shard(runs, index, count)
     axes = " x ".join(f"{len(g.axis(a))} {grid_lib.plural(a)}" for a in grid_lib.AXES)
     print(f"grid {g.name}: {g.size} runs ({axes}); selected {len(runs)}", end="")
     print(f"; shard {index}/{count}: {len(mine)}" if count > 1 else "")
     print(f"{'#':>5}  {'status':<6}  {'est.':>8}  run")
-    totals = {"todo": 0.0, "unknown": 0}
-    counts = {"done": 0, "failed": 0, "todo": 0}
-    for k, config in enumerate(runs[index::count]):
-        state = status(config)
-        counts[state] += 1
-        seconds = grid_lib.estimate_seconds(config, measured)
-        if state == "todo":
-            if seconds is None:
-                totals["unknown"] += 1
-            else:
-                totals["todo"] += seconds
-        print(f"{index + k * count:>5}  {state:<6}  {_duration(seconds):>8}  {_unhashed(config)}")
-    known = counts["todo"] - totals["unknown"]
-    if not known and totals["unknown"]:  # "at most <1 s" would read as a promise
-        cost = f"device time unknown for all {totals['unknown']} (no size known to estimate from)"
-    else:
-        unknown = f" (+{totals['unknown']} of unknown cost)" if totals["unknown"] else ""
-        cost = f"at most {_duration(totals['todo'])} of device time{unknown}"
-    print(f"done {counts['done']}, failed {counts['failed']}, to run {counts['todo']}: {cost}")
+    for k in range(index, len(runs), count):
+        print(f"{k:>5}  {states[k]:<6}  {_duration(seconds[k]):>8}  {_unhashed(runs[k])}")
+    shard_states = states[index::count]
+    done, failed = shard_states.count("done"), shard_states.count("failed")
+    todo = len(shard_states) - done - failed
+    cost = _to_run_cost(states[index::count], seconds[index::count])
+    print(f"done {done}, failed {failed}, to run {todo}: {cost}")
     print(
         "a run's folder is its name with a hash in place of '*': the hash covers the data's "
         "and the weights' contents too, so it is decided at run time; 'done' means a record "
@@ -162,8 +162,9 @@ def dry_run(g: Grid, runs: list[RunConfig], index: int, count: int, out: str) ->
     if count > 1:
         per = []
         for i in range(count):
-            cost = [grid_lib.estimate_seconds(c, measured) for c in runs[i::count]]
-            per.append(f"{i}: {len(cost)} runs, {_duration(sum(x for x in cost if x))}")
+            todo_i = sum(s in _TO_RUN for s in states[i::count])
+            short = _to_run_cost(states[i::count], seconds[i::count], short=True)
+            per.append(f"{i}: {todo_i} of {len(states[i::count])} runs to run, {short}")
         print("shards: " + "; ".join(per))
     source = (
         f"measured throughput of {len(records)} records in {out} where the arch, image "
@@ -178,6 +179,24 @@ def dry_run(g: Grid, runs: list[RunConfig], index: int, count: int, out: str) ->
         f"({', '.join(f'{a} {r:g} img/s' for a, r in grid_lib.REFERENCE_IMAGES_PER_S.items())} "
         "at 224 px)"
     )
+
+
+_TO_RUN = ("todo", "retry")
+
+
+def _to_run_cost(states: list[str], seconds: list[float | None], short: bool = False) -> str:
+    """The device time of the runs still to run, with the count whose cost is unknown."""
+    pending = [t for s, t in zip(states, seconds, strict=True) if s in _TO_RUN]
+    known = [t for t in pending if t is not None]
+    unknown = len(pending) - len(known)
+    if not known and unknown:  # "at most <1 s" would read as a promise
+        if short:
+            return f"? ({unknown} of unknown cost)"
+        return f"device time unknown for all {unknown} (no size known to estimate from)"
+    extra = f" (+{unknown} of unknown cost)" if unknown else ""
+    if short:
+        return f"{_duration(sum(known))}{extra}"
+    return f"at most {_duration(sum(known))} of device time{extra}"
 
 
 def _unhashed(config: RunConfig) -> str:

@@ -50,7 +50,13 @@ from medft_jax.errors import one_line
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
 from medft_jax.results import RunRecord
 from medft_jax.strategies import Schedule
-from medft_jax.train import NonFiniteOutputError, Trainer, TrainState, check_finite
+from medft_jax.train import (
+    NonFiniteLossError,
+    NonFiniteOutputError,
+    Trainer,
+    TrainState,
+    check_finite,
+)
 
 
 def _resize_for(arch: str, image_size: int) -> int:
@@ -260,8 +266,16 @@ def run_one(
     trainers: dict[TrainerKey, Trainer] | None = None,
     feature_cache: bool = True,
     on_start: Callable[[], None] | None = None,
+    on_diverged: Callable[[NonFiniteLossError], None] | None = None,
+    skip_failed: bool = False,
 ) -> dict[str, Any]:
     """Trains, evaluates and records one configuration; returns its record.
+
+    ``on_diverged(error)`` is called when the loss turns non-finite, while this
+    process still holds the run, and ``skip_failed`` raises :class:`FailedBefore`
+    when the run has a failure note (checked under the same lock): a second
+    process can then never train a diverged run again between the divergence and
+    its note.
 
     ``on_start()`` is called once this process holds the run (its lock taken,
     no record found), before anything of it is prepared: a sweep's "running"
@@ -306,6 +320,8 @@ def run_one(
     with locks.run_lock(run_dir) as lock, RunCheckpoints(run_dir, exclusive=True) as ckpts:
         if record_file.exists() and not force:  # another process finished it meanwhile
             return results.read_record(record_file)
+        if skip_failed and not force and results.failure_path(out_dir, cfg).exists():
+            raise FailedBefore(f"{run_dir.name}: failed before")
         if on_start is not None:
             on_start()
         if force:
@@ -319,10 +335,20 @@ def run_one(
         if feature_cache:
             run.feature_roots = features_lib.roots_for(ds, out_dir)
         stop_at = math.inf if stop_after_steps is None else stop_after_steps
-        if not _train_epochs(run, ckpts, run_dir.name, progress=progress, stop_at=stop_at):
+        try:
+            trained = _train_epochs(run, ckpts, run_dir.name, progress=progress, stop_at=stop_at)
+        except NonFiniteLossError as e:
+            if on_diverged is not None:
+                on_diverged(e)
+            raise
+        if not trained:
             ckpts.close()
             return {}
         return _finish(run, ckpts, run_dir.name, record_file)
+
+
+class FailedBefore(RuntimeError):
+    """The run has a failure note, found once its lock was held (another process's)."""
 
 
 def _set_aside_finished(run_dir: Path) -> None:

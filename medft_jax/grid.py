@@ -294,6 +294,8 @@ def parse_only(specs: Iterable[str] | None) -> Filters:
             if key not in AXES:
                 raise GridError(f"--only {part!r}: unknown key {key!r}; keys: {', '.join(AXES)}")
             values = {_canonical(key, v.strip()) for v in value.split("|") if v.strip()}
+            if not values:  # "strategy=|": alternatives, all empty
+                raise GridError(f"--only {part!r}: expected key=value, e.g. {key}=a|b")
             out[key] = out[key] & values if key in out else values
             given.setdefault(key, []).append(part)
             if not out[key]:
@@ -328,15 +330,28 @@ def matches(config: Mapping[str, Any] | RunConfig, filters: Filters) -> bool:
 
 def select(grid: Grid, filters: Filters) -> list[RunConfig]:
     """The runs that pass ``filters``, in grid order; a filter value not in the grid is an error."""
+    # As the runs hold them (a float32 lr of 1e-3 is 0.0010000000474974513), so that a
+    # value that passes this check also matches a run.
+    held = {key: [_AS_RUN.get(key, str)(v) for v in grid.axis(key)] for key in filters}
+    check_filter_values(filters, held, f"not in grid {grid.name!r} (its")
+    return [c for c in grid.configs() if matches(c, filters)]
+
+
+def check_filter_values(filters: Filters, held: Mapping[str, Iterable[Any]], where: str) -> None:
+    """Refuses a filter value that no run holds: a typo would drop runs without a word.
+
+    ``held``: each filtered key's values as the runs hold them, in the order to list
+    them; ``where`` starts the
+    message's tail, e.g. ``"not in grid 'paper' (its"``.
+    """
     for key, allowed in filters.items():
-        present = {_canonical(key, str(v)) for v in grid.axis(key)}
-        missing = sorted(allowed - present)
+        values = list(dict.fromkeys(held.get(key, ())))
+        missing = sorted(allowed - {_canonical(key, str(v)) for v in values})
         if missing:
             raise GridError(
-                f"--only {key}={'|'.join(missing)}: not in grid {grid.name!r} "
-                f"(its {plural(key)}: {', '.join(map(str, grid.axis(key)))})"
+                f"--only {key}={'|'.join(missing)}: {where} {plural(key)}: "
+                f"{', '.join(map(str, values)) or 'none'})"
             )
-    return [c for c in grid.configs() if matches(c, filters)]
 
 
 # --- shards --------------------------------------------------------------------------------------

@@ -164,6 +164,12 @@ class Session:
             if on_start is not None:
                 on_start()
 
+        def note(e: NonFiniteLossError) -> None:  # while the run's lock is held
+            if self.main_process:
+                ds = self.dataset(config)
+                options = task_options(config.dataset, ds.metadata)
+                results.write_failure(self.out, config.to_dict(), "nonfinite", str(e), options)
+
         try:
             record = fit.run_one(
                 config,
@@ -175,13 +181,13 @@ class Session:
                 stop_after_steps=stop_after_steps,
                 trainers=self.trainers,
                 feature_cache=self.feature_cache,
+                on_diverged=note,
+                skip_failed=not self.retry_failed,
             )
         except NonFiniteLossError as e:
-            if self.main_process:
-                ds = self.dataset(config)
-                options = task_options(config.dataset, ds.metadata)
-                results.write_failure(self.out, config.to_dict(), "nonfinite", str(e), options)
             return Outcome(config, DIVERGED, error=str(e), exception=e)
+        except fit.FailedBefore:  # another process's run diverged after status() looked
+            return Outcome(config, FAILED_BEFORE)
         except DataError as e:  # found while training (e.g. a batch larger than the data)
             self._unavailable[config.dataset] = e
             return Outcome(config, UNAVAILABLE, error=str(e), exception=e)

@@ -619,6 +619,8 @@ def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, mon
         ("empty", "no run records"),
         ("corrupt", "record.json: not a readable run record"),
         ("filter", "--only"),
+        # A value no run has: seed 7 would vanish from a report that says "2 of 2 expected".
+        ("typo", "--only seed=7: no run has it (the runs' seeds: 0)"),
         ("threshold", "--beat-threshold"),
         ("config", "--config"),
         ("value", "test.accuracy is '0.71 (bad)', not a number"),
@@ -633,7 +635,7 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case
         runs.write_text("")
     elif case != "missing":
         runs.mkdir()
-    if case in ("corrupt", "filter", "threshold", "config"):
+    if case in ("corrupt", "filter", "typo", "threshold", "config"):
         _write_runs(runs, [rec()])
     if case in ("value", "seed", "seconds"):  # hand-edited values, in a folder not named by hash
         edited = rec(strategy="lp")
@@ -650,6 +652,7 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case
         expected = str(bad) + ": not a readable"
     args = {
         "filter": ["--only", "colour=red"],
+        "typo": ["--only", "seed=0|7"],
         "threshold": ["--beat-threshold", "-1"],
         "config": ["--config", str(tmp_path / "nope.py")],
     }.get(case, [])

@@ -85,6 +85,38 @@ def test_outcomes_of_one_session(tmp_path, monkeypatch):
     assert retried.error.startswith("RESOURCE_EXHAUSTED: Out of memory")
 
 
+def test_a_divergence_is_noted_under_the_runs_lock_and_the_note_read_under_it(
+    tmp_path, monkeypatch
+):
+    """Two sweeps on one --out: the note is written before the lock is released, and a
+    process that found the run to do (before the note) skips it once it holds the lock."""
+    from medft_jax import locks
+
+    config = fit.RunConfig(
+        strategy="lp", arch="resnet_tiny", weights="none", epochs=1, batch_size=16, image_size=32
+    )
+    held = []
+    real_write = results.write_failure
+
+    def write_failure(out, cfg, *args, **kwargs):
+        held.append((results.run_dir(out, cfg) / locks.LOCK_NAME).exists())
+        return real_write(out, cfg, *args, **kwargs)
+
+    def diverge(*args, **kwargs):
+        raise train.NonFiniteLossError("training loss became nan at step 1")
+
+    monkeypatch.setattr(results, "write_failure", write_failure)
+    monkeypatch.setattr(fit, "_train_epochs", diverge)
+    first = Session(tmp_path).run(config)
+    assert first.kind == outcomes.DIVERGED and held == [True]
+    started = []
+    monkeypatch.setattr(Session, "status", lambda self, c: "todo")  # looked before the note
+    raced = Session(tmp_path).run(config, on_start=started.append)
+    assert raced.kind == outcomes.FAILED_BEFORE and started == [] and held == [True]
+    retried = Session(tmp_path, retry_failed=True).run(config, on_start=started.append)
+    assert retried.kind == outcomes.DIVERGED and len(started) == 1 and held == [True, True]
+
+
 def test_an_unknown_dataset_folder_is_unavailable_once(tmp_path):
     config = fit.RunConfig(strategy="lp", arch="resnet_tiny", dataset="folder", weights="none")
     session = Session(tmp_path, dataset_options={"folder": {"manual_dir": str(tmp_path / "none")}})

@@ -133,6 +133,7 @@ def test_only_filters():
         ("dataset", "expected key=value"),
         ("strategy=nope", "strategy=nope: not in grid 'paper'"),
         ("lr=fast", "lr=fast: not a number"),
+        ("strategy=|", "--only 'strategy=|': expected key=value, e.g. strategy=a|b"),
     ],
 )
 def test_bad_only_is_named(spec, message, capsys):
@@ -158,6 +159,24 @@ def test_only_that_selects_nothing_or_is_empty_is_refused(specs, message, capsys
     assert capsys.readouterr().err == message + "\n"
 
 
+def test_only_matches_float32_learning_rates_as_the_runs_hold_them(tmp_path, capsys):
+    """A grid file may write its lrs as float32: a filter that passes the grid check
+    must select runs, never none with exit 0."""
+    config = tmp_path / "f32.py"
+    config.write_text(
+        "import numpy as np\nfrom medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='f32', datasets=('demo',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft',), lrs=tuple(np.array([1e-3, 1e-2], np.float32)),\n"
+        "                seeds=(0,), settings={'epochs': 1})\n"
+    )
+    held = float(np.float32(1e-3))
+    runs = grid_lib.select(grid_lib.load_grid(config), grid_lib.parse_only([f"lr={held!r}"]))
+    assert [r.lr for r in runs] == [held]
+    assert sweep_cli.main(["--config", str(config), "--only", "lr=0.001", "--dry-run"]) == 2
+    assert f"not in grid 'f32' (its lrs: {held!r}, " in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 7])
 def test_shards_partition_the_grid(count):
     runs = grid_lib.load_grid(PAPER).configs()
@@ -168,7 +187,7 @@ def test_shards_partition_the_grid(count):
     assert shards[0][1] == runs[count]  # run k goes to shard k mod N
 
 
-@pytest.mark.parametrize("spec", ["4/4", "-1/4", "a/b", "1", "0/0"])
+@pytest.mark.parametrize("spec", ["4/4", "-1/4", "a/b", "1", "0/0", ""])
 def test_bad_shard_is_named(spec, capsys):
     assert sweep_cli.main(["--config", str(PAPER), f"--shard={spec}", "--dry-run"]) == 2
     assert "--shard" in capsys.readouterr().err
@@ -222,7 +241,9 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     assert "done 1, failed 0, to run 71: at most 4.0 min of device time (+63 of unknown" in out
     assert sweep_cli.main([*argv, "--dry-run", "--shard", "1/4"]) == 0
     out = capsys.readouterr().out
-    assert "shard 1/4: 18" in out and "shards: 0: 18 runs" in out
+    assert "shard 1/4: 18" in out
+    # Shard 0 holds the done run; the other shards' unknown costs are counted, not dropped.
+    assert "shards: 0: 17 of 18 runs to run, 1.0 min (+15 of unknown cost); 1: 18 of 18" in out
 
 
 def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
@@ -231,6 +252,30 @@ def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "to run 2: device time unknown for all 2 (no size known to estimate from)" in out
     assert "at most" not in out
+    assert (
+        sweep_cli.main(
+            ["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run", "--shard", "1/2"]
+        )
+        == 0
+    )
+    assert "shards: 0: 1 of 1 runs to run, ? (1 of unknown cost); 1: 1" in capsys.readouterr().out
+
+
+def test_dry_run_counts_failed_runs_as_to_run_under_retry_failed(tmp_path, capsys):
+    config = _grid_file(tmp_path, "g", strategies=("lp", "ft"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    out = tmp_path / "o"
+    failed = grid_lib.load_grid(config).configs()[0].to_dict()
+    results.write_failure(out, failed, "nonfinite", "loss nan at step 1")
+    argv = ["--config", str(config), "--out", str(out), "--dry-run"]
+    assert sweep_cli.main(argv) == 0
+    assert "done 0, failed 1, to run 1:" in capsys.readouterr().out
+    assert sweep_cli.main([*argv, "--retry-failed"]) == 0
+    out_text = capsys.readouterr().out
+    assert "done 0, failed 0, to run 2:" in out_text
+    assert [line.split()[1] for line in out_text.splitlines() if line[:5].strip().isdigit()] == [
+        "retry",
+        "todo",
+    ]
 
 
 # --- real sweeps ---------------------------------------------------------------------------------

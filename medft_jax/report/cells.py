@@ -209,6 +209,9 @@ def collect(
                 (float(c.lr), int(c.seed))
             )
     else:
+        runs = records + failures
+        held = {k: sorted({r["config"][k] for r in runs if k in r["config"]}) for k in filt}
+        gridlib.check_filter_values(filt, held, "no run has it (the runs'")
         records = [r for r in records if gridlib.matches(r["config"], filt)]
         failures = [f for f in failures if gridlib.matches(f["config"], filt)]
         expected = _infer_expected(records + failures)
