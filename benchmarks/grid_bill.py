@@ -733,7 +733,8 @@ def cell_plan(
     ep, ft = times.epochs[name], ft_step(times)
     spe = task.steps_per_epoch(batch)
     val_batches, test_batches = math.ceil(task.val / batch), math.ceil(task.test / batch)
-    prepass = times.prepass_batch if times.prepass_batch is not None else ft / times.scale
+    # Seconds at the measured size, as ft is (scaled below); unmeasured: one FT step bounds it.
+    prepass = times.prepass_batch if times.prepass_batch is not None else ft
     train, val = [], []
     for epoch, key in enumerate(ep.keys):
         if cached and ep.head_only[epoch]:

@@ -15,9 +15,11 @@ at about 3,000 images/s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,7 +89,7 @@ def time_raw(workdir: Path, n: int, fmt: str, size: tuple[int, int] = (512, 512)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--images", type=int, default=2000, help="at least 256, the largest batch")
     p.add_argument("--raw-images", type=int, default=100)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workdir", default="/tmp/medft_bench_input")
@@ -96,8 +98,13 @@ def main() -> None:
     for flag in ("images", "raw_images", "epochs"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.images < 256:
+        p.error(f"--images must be >= 256 (the largest batch timed), got {args.images}")
+    parent = Path(args.workdir)
+    made_parent = not parent.exists()
+    parent.mkdir(parents=True, exist_ok=True)
+    # A folder of its own: --workdir may hold the user's files (~, /tmp), never removed.
+    workdir = Path(tempfile.mkdtemp(prefix="medft_bench_input_", dir=parent))
     try:
         ds = make_cache(workdir, args.images)
         time_pipeline(ds, 256, 1, num_threads=0)  # warm the page cache
@@ -123,8 +130,13 @@ def main() -> None:
         for name, rate in rows:
             print(f"| {name} | {rate:,.0f} |")
     finally:
-        if not args.keep:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
             shutil.rmtree(workdir, ignore_errors=True)
+            if made_parent:
+                with contextlib.suppress(OSError):  # only if nothing else was put there
+                    parent.rmdir()
 
 
 if __name__ == "__main__":

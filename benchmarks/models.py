@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import optax
 
 from medft_jax.errors import one_line
-from medft_jax.models import create, layers, vgg
+from medft_jax.models import ARCHS, TEST_ARCHS, create, layers, vgg
 from medft_jax.models.conv import lax_conv
 from medft_jax.models.pool import lax_max_pool
 from medft_jax.runtime import tune_cpu_host
@@ -368,6 +368,11 @@ def main() -> None:
         "child process as started",
     )
     args = p.parse_args()
+    if args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
+    unknown = [a for a in args.archs if a not in ARCHS and a not in TEST_ARCHS]
+    if unknown:
+        p.error(f"--archs {unknown[0]!r}: unknown arch; known: {', '.join(ARCHS)}")
     host = "default"
     if args.host != "default":  # before anything creates JAX's CPU client
         host = f"{args.host} (allocator kept)" if tune_cpu_host() else args.host

@@ -27,7 +27,7 @@ import numpy as np
 from models import jax_fns, median_seconds  # benchmarks/models.py, beside this script
 
 from medft_jax import strategies
-from medft_jax.models import create, get_arch, init_variables
+from medft_jax.models import ARCHS, TEST_ARCHS, create, get_arch, init_variables
 from medft_jax.runtime import tune_cpu_host
 from medft_jax.train import Trainer
 
@@ -140,6 +140,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--strategies", nargs="+", default=list(strategies.PAPER_STRATEGIES))
     args = p.parse_args()
+    for flag in ("image_size", "batch", "steps"):  # before any compiling
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.arch not in ARCHS and args.arch not in TEST_ARCHS:
+        p.error(f"--arch {args.arch!r}: unknown arch; known: {', '.join(ARCHS)}")
+    unknown = [s for s in args.strategies if s not in strategies.STRATEGIES]
+    if unknown:
+        p.error(
+            f"--strategies {unknown[0]!r}: unknown strategy; known: "
+            f"{', '.join(strategies.STRATEGIES)}"
+        )
     tune_cpu_host()  # the process as the command lines set it up, before JAX's first use
     spec = get_arch(args.arch)
     model = create(args.arch, 2)

@@ -8,8 +8,9 @@ For ``folder``/``csv`` it writes the cache directly; for
 official file. ``demo`` needs no preparation. Preprocessing follows the
 architecture: ``--arch`` picks its resize size for the crop (ResNet-50
 232/224 of it, DenseNet-121 and VGG-19 256/224: the rule ``experiments.run``
-uses, so ``--arch resnet50 --image-size 32`` prepares what that run reads),
-or give ``--resize-size``; ``--image-size`` is the crop.
+uses, so ``--arch resnet50 --image-size 32`` prepares what that run reads;
+without it, the sizes of ``experiments.run``'s default arch, ResNet-50), or
+give ``--resize-size``; ``--image-size`` is the crop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from experiments.common import add_dataset_flags, dataset_options, refuse_split_seed
-from medft_jax.config import check_value
+from medft_jax.config import RunConfig, check_value
 from medft_jax.data.cache import skipped_counts
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
 from medft_jax.names import ARCHS, dataset_names
@@ -33,7 +34,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--arch",
         choices=sorted(ARCHS),
         help="use this architecture's resize size (its weights' ratio to the crop: ResNet-50 "
-        "232/224, the others 256/224), the one experiments.run uses",
+        "232/224, the others 256/224), the one experiments.run uses (default: run's default "
+        f"arch, {RunConfig.arch})",
     )
     size.add_argument("--resize-size", type=int, help="shorter side before the centre crop")
     p.add_argument("--image-size", type=int, default=None, help="centre crop side (default 224)")
@@ -44,16 +46,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def sizes(args: argparse.Namespace) -> tuple[int | None, int | None]:
-    """``(resize, crop)`` as ``experiments.run`` computes them, checked."""
+    """``(resize, crop)`` as ``experiments.run`` computes them, checked.
+
+    Neither ``--arch`` nor ``--resize-size``: the sizes of ``experiments.run``'s
+    default arch, so that ``prepare`` then ``run`` without flags meet.
+    """
+    arch = args.arch
+    if arch is None and args.resize_size is None:
+        arch = RunConfig.arch  # experiments.run's default
     crop = args.image_size
-    if crop is None and (args.arch or args.resize_size) and not args.dataset.startswith("demo"):
+    if crop is None and not args.dataset.startswith("demo"):
         crop = 224
     if crop is not None:
         check_value("image_size", crop, "--image-size")
-    if args.arch:
+    if arch:
         from medft_jax.models import ARCHS as MODELS  # Flax: only when an arch is named
 
-        resize = MODELS[args.arch].resize_for(crop or 224)
+        resize = MODELS[arch].resize_for(crop or 224)
     else:
         resize = args.resize_size
     if args.resize_size is not None:

@@ -2,7 +2,7 @@
 
     python -m experiments.report --runs runs/ --out report/
     python -m experiments.report --runs runs/ --config experiments/configs/paper.py \\
-        --only dataset=bach|isic2020
+        --only "dataset=bach|isic2020"
 
 Reads every ``record.json`` and ``failed.json`` under ``--runs`` and writes
 the paper's Tables 3-12 (Markdown, LaTeX, CSV), cost tables, paired

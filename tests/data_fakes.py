@@ -217,7 +217,8 @@ def make_isic2020(root: Path, n_patients: int = 20, per_patient: int = 2) -> dic
 
 def make_cholect50(root: Path, videos: tuple[int, ...] = (1, 2, 8, 6), frames: int = 25) -> dict:
     """``videos/VIDxx/NNNNNN.png`` at "1 fps" + ``labels/VIDxx.json``.
-    Frame f holds instruments {f % 6, (f // 10) % 6} (plus one null triplet).
+    Frame f holds instruments {(f // 10) % 6, (f // 10 + 3) % 6} (plus one null triplet): the
+    subsampled frames 0, 10, 20 of a video hold every instrument, as a training split must.
     Returns ``{frame id string: multi-hot}`` of the subsampled frames."""
     truth = {}
     for v in videos:
@@ -225,7 +226,7 @@ def make_cholect50(root: Path, videos: tuple[int, ...] = (1, 2, 8, 6), frames: i
         annotations = {}
         for f in range(frames):
             _write(root / "videos" / name / f"{f:06d}.png", image(4000 + 100 * v + f, (40, 32)))
-            instruments = {f % 6, (f // 10) % 6}
+            instruments = {(f // 10) % 6, (f // 10 + 3) % 6}
             vectors = [[i * 10, i] + [0] * 13 for i in sorted(instruments)]
             vectors.append([-1] * 15)
             annotations[str(f)] = vectors

@@ -54,6 +54,22 @@ def test_prepare_and_run_compute_one_resize_size(arch, crop):
     assert resize == expected[arch][crop]
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], (232, 224)),  # run's default arch, ResNet-50, at run's default crop
+        (["--image-size", "64"], (66, 64)),
+        (["--resize-size", "300"], (300, 224)),
+        (["--arch", "vgg19"], (256, 224)),
+    ],
+)
+def test_prepare_without_an_arch_prepares_what_a_default_run_reads(flags, expected):
+    """`prepare --dataset bach` then `run --dataset bach`: the run found nothing prepared."""
+    args = prepare_cli.parse_args(["--dataset", "bach", *flags])
+    assert prepare_cli.sizes(args) == expected
+    assert fit._resize_for(fit.RunConfig.arch, 224) == 232
+
+
 # --- run: flags ---------------------------------------------------------------------------------
 
 

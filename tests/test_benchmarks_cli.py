@@ -108,6 +108,10 @@ def test_cell_plan_turns_measurements_into_seconds():
     # Auto-RGN's prepass: 5 gradient evaluations before each epoch.
     rgn = grid_bill.cell_plan(t, "rgn", task, cached=False, bounds=grid_bill.Bounds(), **kw)
     assert rgn.epoch_train == pytest.approx((10 * 0.5 * 2 + 5 * 0.4 * 2,) * 3)
+    # Unmeasured (left out of --strategies, or past --time-budget): FT's step, scaled.
+    t.prepass_batch = None
+    rgn = grid_bill.cell_plan(t, "rgn", task, cached=False, bounds=grid_bill.Bounds(), **kw)
+    assert rgn.epoch_train == pytest.approx((10 * 0.5 * 2 + 5 * 0.5 * 2,) * 3)
 
 
 def test_torch_compile_failure_is_a_cell_not_a_crash():
@@ -140,20 +144,26 @@ def test_models_rejects_a_malformed_setting():
             "--images must be >= 1, got -5",
             marks=pytest.mark.slow,
         ),
+        pytest.param(
+            "input_pipeline.py",
+            ["--images", "8"],
+            "--images must be >= 256 (the largest batch timed), got 8",
+            marks=pytest.mark.slow,
+        ),
+        ("models.py", ["--steps", "0"], "--steps must be >= 1, got 0"),
+        ("models.py", ["--archs", "resnet50", "bogus"], "--archs 'bogus': unknown arch"),
+        ("strategies.py", ["--arch", "bogus"], "--arch 'bogus': unknown arch"),
+        ("strategies.py", ["--strategies", "lp", "bogus"], "--strategies 'bogus': unknown"),
     ],
 )
 def test_benchmark_flags_are_checked_before_any_work(tmp_path, script, flags, message):
     """select_vs_grid ran the whole grid before select refused --eta; input_pipeline crashed."""
     path = os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))
     work = tmp_path / "work"
+    work_flag = {"select_vs_grid.py": ["--work"], "input_pipeline.py": ["--workdir"]}
     out = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / script),
-            *flags,
-            "--work" + ("dir" if "input" in script else ""),
-            str(work),
-        ],
+        [sys.executable, str(BENCH / script), *flags, *(f for f in work_flag.get(script, []))]
+        + ([str(work)] if script in work_flag else []),
         capture_output=True,
         text=True,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path},

@@ -122,6 +122,43 @@ def test_npz_multilabel_non_binary_is_named(tmp_path):
         load("medmnist/chestmnist", data_dir=tmp_path)
 
 
+def test_npz_multilabel_label_never_positive_in_train_is_named(tmp_path):
+    labels = {s: np.ones((4, 14), np.float32) for s in ("train", "val", "test")}
+    labels["train"][:, 5] = 0  # 'pneumonia' positive only in val and test
+    _npz(tmp_path / "chestmnist.npz", labels)
+    with pytest.raises(
+        DataError, match=r"chestmnist\.npz: train_labels has no positive example of label 5 "
+    ) as err:
+        load("medmnist/chestmnist", data_dir=tmp_path)
+    _one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes", "message"),
+    [
+        # A 28 px file saved under the 64 px name would train at 28 px recorded as 64.
+        ("breastmnist_64.npz", {}, r"train_images are 28×28, expected 64×64"),
+        ("breastmnist.npz", {"val": 32}, r"val_images are 32×32, expected 28×28"),
+        ("breastmnist.npz", {"test": 0}, r"test_images are 0×0, expected 28×28"),
+    ],
+    ids=["named-64", "mixed-splits", "empty-images"],
+)
+def test_npz_images_of_another_size_than_the_name_are_refused(tmp_path, name, sizes, message):
+    labels = _ok_labels()
+    _npz(tmp_path / name, labels)
+    with np.load(tmp_path / name) as npz:
+        arrays = dict(npz)
+    for split, size in sizes.items():
+        arrays[f"{split}_images"] = np.zeros((len(labels[split]), size, size), np.uint8)
+    np.savez(tmp_path / name, **arrays)
+    flag = "medmnist/breastmnist" + ("@64" if "_64" in name else "")
+    for kw in ({}, SIZES):
+        with pytest.raises(DataError, match=message) as err:
+            load(flag, data_dir=tmp_path, progress=False, **kw)
+        _one_line(err)
+    _no_cache_written(tmp_path)
+
+
 def test_npz_that_is_not_a_zip_is_one_line(tmp_path):
     (tmp_path / "breastmnist.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(DataError, match=r"breastmnist\.npz: not a readable \.npz file") as err:

@@ -30,6 +30,7 @@ def _npz(path: Path, n: dict[str, int], labels_shape: str = "Nx1", classes: int 
             labels = labels[:, None]
         elif labels_shape == "multi":
             labels = (rng.random((count, classes)) < 0.3).astype(np.uint8)
+            labels[np.arange(classes) % count, np.arange(classes)] = 1  # each label positive
         arrays[f"{split}_labels"] = labels
     np.savez(path, **arrays)
 

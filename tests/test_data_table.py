@@ -121,6 +121,34 @@ def test_group_in_two_given_splits_names_file_column_and_lines(tmp_path):
     )
 
 
+def test_a_blank_group_id_is_refused_not_read_as_its_own_patient(tmp_path):
+    """Blank ids would be one patient per image without a split column (its images in
+    train and test) and all one patient with one: refused either way."""
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},p{i},train" for i in range(12)]
+    rows[4] = "imgs/a4.png,dog, ,train"  # line 6
+    _write(tmp_path, "path,label,patient,split", rows)
+    for split_column in (None, "split"):
+        with pytest.raises(DataError) as err:
+            _table(tmp_path, group_column="patient", split_column=split_column)
+        assert _one_line(err) == (
+            f"{tmp_path / 'labels.csv'}:6: empty 'patient'; expected a patient/group id"
+        )
+
+
+def test_a_label_column_never_positive_in_train_is_refused(tmp_path):
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png,1,{int(i >= 10)},{'test' if i >= 10 else 'train'}" for i in range(12)]
+    _write(tmp_path, "path,x,y,split", rows)
+    names, multilabel, splits = _table(tmp_path, label_columns=["x", "y"], split_column="split")
+    with pytest.raises(DataError) as err:
+        validate(splits, names, multilabel, where="labels.csv")
+    assert _one_line(err) == (
+        "labels.csv: label 'y' is positive in no training example; every label needs "
+        "positive training examples"
+    )
+
+
 # --- label flags -------------------------------------------------------------------------------
 
 

@@ -253,6 +253,10 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot download https://download.pytorch.org" in err
     assert "offline?" in err
+    # The command it names is one that exists, with --out where --weights auto looks.
+    command = err.split("then ", 1)[1].strip()
+    ported = weights_port.default_checkpoint("resnet50")
+    assert command == f"python -m weights_port --arch resnet50 --torch-weights FILE --out {ported}"
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
 

@@ -68,9 +68,10 @@ def download(arch: str, *, timeout: float = 30.0) -> Path:
                 response = urllib.request.urlopen(url, timeout=timeout)
             except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", e)
+                ported = cache_dir() / "flax" / f"{arch}_{WEIGHTS_NAMES[arch]}"
                 raise PortError(
-                    f"cannot download {url} ({reason}); offline? Download it elsewhere and pass "
-                    "--torch-weights FILE"
+                    f"cannot download {url} ({reason}); offline? Download it elsewhere, then "
+                    f"python -m weights_port --arch {arch} --torch-weights FILE --out {ported}"
                 ) from None
             with (
                 response,

@@ -129,8 +129,17 @@ def validate(
                     f"{where}: {ex.id!r} is listed twice ({in_which}); an example listed twice"
                 )
             listed[ex.id] = name
-    if not multilabel:
-        seen = np.bincount([int(ex.label) for ex in splits.get("train", [])], minlength=num)
+    train = splits.get("train", [])
+    if multilabel:  # a label column never positive in train: an output that never learns
+        seen = np.sum([ex.label for ex in train], axis=0) if train else np.zeros(num)
+        missing = [c for c, count in zip(class_names, seen, strict=True) if count == 0]
+        if missing:
+            raise DataError(
+                f"{where}: label {missing[0]!r} is positive in no training example; "
+                "every label needs positive training examples"
+            )
+    else:
+        seen = np.bincount([int(ex.label) for ex in train], minlength=num)
         missing = [c for c, count in zip(class_names, seen, strict=True) if count == 0]
         if missing:
             raise DataError(

@@ -101,7 +101,7 @@ def find_or_download(flag: str, size: int, data_dir: Path, *, allow_download: bo
     return download(flag, size, data_dir / "medmnist")
 
 
-def read_npz(path: Path, flag: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_npz(path: Path, flag: str, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{split: (uint8 N×H×W×3 images, labels)}`` from an official-format ``.npz``, checked.
 
     Labels are checked (see :func:`_labels`) and every class must have a
@@ -122,7 +122,7 @@ def read_npz(path: Path, flag: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 _array(npz, path, f"{split}_images"),
                 _array(npz, path, f"{split}_labels"),
             )
-            out[split] = (_rgb(images, path, split), _labels(labels, info, path, split))
+            out[split] = (_rgb(images, path, split, size), _labels(labels, info, path, split))
             if len(out[split][0]) != len(out[split][1]):
                 raise DataError(
                     f"{path}: {split}_images has {len(images)} rows, {split}_labels {len(labels)}"
@@ -140,14 +140,21 @@ def _array(npz, path: Path, key: str) -> np.ndarray:
         raise DataError(f"{path}: cannot read array {key!r} ({err})") from None
 
 
-def _rgb(images: np.ndarray, path: Path, split: str) -> np.ndarray:
+def _rgb(images: np.ndarray, path: Path, split: str, size: int) -> np.ndarray:
+    """N×size×size×3 uint8: a file of another size (a 28 px file saved under the 64 px
+    name, or splits of two sizes) would train at one size while the record says another."""
     if images.dtype != np.uint8:
         raise DataError(f"{path}: {split}_images must be uint8, got {images.dtype}")
     if images.ndim == 3:
-        return np.repeat(images[..., None], 3, axis=-1)
-    if images.ndim == 4 and images.shape[-1] == 3:
-        return images
-    raise DataError(f"{path}: {split}_images must be N×H×W or N×H×W×3, got {images.shape}")
+        images = np.repeat(images[..., None], 3, axis=-1)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"{path}: {split}_images must be N×H×W or N×H×W×3, got {images.shape}")
+    if images.shape[1:3] != (size, size):
+        raise DataError(
+            f"{path}: {split}_images are {images.shape[1]}×{images.shape[2]}, expected "
+            f"{size}×{size} (the file's name says {size} px)"
+        )
+    return images
 
 
 def _labels(labels: np.ndarray, info, path: Path, split: str) -> np.ndarray:
@@ -203,14 +210,19 @@ def _integral(labels: np.ndarray, path: Path, key: str) -> np.ndarray:
 
 
 def _check_classes(arrays: dict[str, tuple[np.ndarray, np.ndarray]], info, path: Path) -> None:
-    """Every class has a training example (single-label): one line naming the first missing."""
+    """Every class has a training example (multi-label: a positive one); one line naming
+    the first missing."""
+    labels = arrays["train"][1]
     if info.multilabel:
-        return
-    seen = np.bincount(arrays["train"][1], minlength=len(info.labels))
+        seen = labels.sum(axis=0)
+        what = "positive example of label"
+    else:
+        seen = np.bincount(labels, minlength=len(info.labels))
+        what = "example of class"
     missing = [i for i, n in enumerate(seen) if n == 0]
     if missing:
         raise DataError(
-            f"{path}: train_labels has no example of class {missing[0]} "
+            f"{path}: train_labels has no {what} {missing[0]} "
             f"({info.labels[missing[0]]!r}); every class needs training examples"
         )
 
@@ -252,7 +264,7 @@ def load_medmnist(
     }
     if crop_size is None:
         path = find_or_download(flag, size, data_dir, allow_download=allow_download)
-        arrays = read_npz(path, flag)
+        arrays = read_npz(path, flag, size)
         splits: dict[str, ArraySplit] = {
             s: make_split(im, lab, prefix=f"{s}/") for s, (im, lab) in arrays.items()
         }
@@ -267,7 +279,7 @@ def load_medmnist(
         cache.announce_rebuild(name, target, reason)
     if reason or not cache.is_complete(target):
         path = found or find_or_download(flag, size, data_dir, allow_download=allow_download)
-        arrays = read_npz(path, flag)
+        arrays = read_npz(path, flag, size)
         shape = (crop_size, crop_size, 3)
         plan = {}
         for s, (im, lab) in arrays.items():

@@ -229,6 +229,8 @@ def parse_table(
         if split not in by_split:
             raise DataError(f"{where}: split {split!r} must be one of {', '.join(SPLITS)}")
         group = row[group_column].strip() if group_column else ""
+        if group_column and not group:  # blank: one patient per image, or all one patient?
+            raise DataError(f"{where}: empty {group_column!r}; expected a patient/group id")
         if group_column and split_column:
             other, line = group_first.setdefault(group, (split, row.line))
             if other != split:
