@@ -512,6 +512,9 @@ def _write_dicom(
     rescale: tuple[float, float] | None = None,
     window: tuple[float, float] | None = None,
     voi_lut: tuple[list[int], list[int]] | None = None,
+    transfer_syntax: str | None = None,
+    pixel_data: bytes | None = None,
+    **extra,
 ) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -519,16 +522,25 @@ def _write_dicom(
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
     ds.Modality = "OT"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
     ds.PixelRepresentation = int(pixels.dtype == np.int16)
-    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    if pixel_data is not None:  # compressed: one fragment
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([pixel_data])
+        ds["PixelData"].is_undefined_length = True
+    else:
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
     if rescale:
         ds.RescaleSlope, ds.RescaleIntercept = rescale
     if window:
@@ -568,6 +580,118 @@ def test_dicom_voi_lut_sequence_by_its_bit_depth(tmp_path):
     stored = np.array([[0, 1, 2, 3, 9]], np.uint16)
     path = _write_dicom(tmp_path / "a.dcm", stored, voi_lut=([4, 0, 12], [0, 1000, 2000, 4095]))
     assert np.asarray(open_image(path))[0].tolist() == [0, 62, 125, 255, 255]  # >> 4
+
+
+def _voi_item(descriptor: list[int], data: np.ndarray):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.LUTDescriptor = descriptor
+    item.add_new(0x00283006, "OW", data.astype("<u2").tobytes())
+    return item
+
+
+def test_dicom_8bit_lut_of_4096_entries_is_indexed_past_255(tmp_path):
+    """An 8-bit VOI table of 4096 entries for 12-bit data: entry 1000, not entry 1000 % 256."""
+    table = np.rint(np.arange(4096) / 4095 * 255).astype(np.uint16)
+    stored = np.array([[0, 1000, 2000, 4095]], np.uint16)
+    path = _write_dicom(tmp_path / "a.dcm", stored, VOILUTSequence=[_voi_item([4096, 0, 8], table)])
+    assert np.asarray(open_image(path))[0].tolist() == [0, 62, 125, 255]
+
+
+def test_dicom_voi_lut_declared_16_bits_with_12_bit_entries_scales_by_its_data(tmp_path):
+    """Some CRs declare 16 bits for a 12-bit table: read by the declared depth the image
+    would be 16 times too dark (0..15); viewers scale by the table's data."""
+    stored = np.array([[0, 1, 2, 3]], np.uint16)
+    table = np.array([0, 1000, 2000, 4095], np.uint16)
+    path = _write_dicom(tmp_path / "a.dcm", stored, VOILUTSequence=[_voi_item([4, 0, 16], table)])
+    assert np.asarray(open_image(path))[0].tolist() == [0, 62, 125, 255]
+
+
+def test_dicom_modality_lut_of_12_bit_entries(tmp_path):
+    """9-15 bits per entry are allowed in a Modality LUT; its output has no window here,
+    so it is shown by its own range."""
+    stored = np.array([[0, 1, 2, 3]], np.uint16)
+    table = 4095 - np.array([0, 1000, 2000, 4095], np.uint16)
+    path = _write_dicom(
+        tmp_path / "a.dcm", stored, ModalityLUTSequence=[_voi_item([4, 0, 12], table)]
+    )
+    expected = np.rint((table - table.min()) / (table.max() - table.min()) * 255).astype(int)
+    assert np.asarray(open_image(path))[0].tolist() == expected.tolist() == [255, 193, 130, 0]
+
+
+def test_dicom_empty_window_is_no_window(tmp_path):
+    """WindowCenter/WindowWidth present but empty (type 3 elements sent blank)."""
+    stored = np.array([[10, 60, 110, 1030]], np.uint16)
+    windowed = _write_dicom(tmp_path / "a.dcm", stored, WindowCenter=None, WindowWidth=None)
+    plain = _write_dicom(tmp_path / "b.dcm", stored)
+    assert np.array_equal(np.asarray(open_image(windowed)), np.asarray(open_image(plain)))
+
+
+def test_dicom_enhanced_single_frame_reads_its_functional_groups(tmp_path):
+    """Rescale and window stored in the shared functional groups (an enhanced CT of one
+    frame): HU -1024, 0, 40, 1024 through the 40/400 window, not the values' own range."""
+    from pydicom.dataset import Dataset
+
+    shared, rescale, window = Dataset(), Dataset(), Dataset()
+    rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 1, -1024, "HU"
+    window.WindowCenter, window.WindowWidth = 40, 400
+    shared.PixelValueTransformationSequence = [rescale]
+    shared.FrameVOILUTSequence = [window]
+    stored = np.array([[0, 1024, 1064, 2048]], np.uint16)
+    path = _write_dicom(
+        tmp_path / "a.dcm", stored, NumberOfFrames=1, SharedFunctionalGroupsSequence=[shared]
+    )
+    # LINEAR: c' = 39.5, w' = 399: y = ((x - 39.5) / 399 + 0.5) * 255, clipped, rounded.
+    assert np.asarray(open_image(path))[0].tolist() == [0, 102, 128, 255]
+
+
+def test_dicom_palette_of_8_bit_entries_in_16_bit_words(tmp_path):
+    """PS3.3 C.7.6.3.1.5: 8-bit palette entries may be stored one per 16-bit word; read
+    as 16-bit entries they would all be shifted to black."""
+    index = np.array([[0, 1, 2, 255]], np.uint8)
+    tables = {c: np.zeros(256, np.uint16) for c in ("Red", "Green", "Blue")}
+    tables["Red"][1], tables["Green"][2] = 255, 255
+    for table in tables.values():
+        table[255] = 128
+    extra = {}
+    for colour, table in tables.items():
+        extra[f"{colour}PaletteColorLookupTableDescriptor"] = [256, 0, 8]
+        extra[f"{colour}PaletteColorLookupTableData"] = table.astype("<u2").tobytes()
+    path = _write_dicom(tmp_path / "a.dcm", index, photometric="PALETTE COLOR", **extra)
+    rgb = np.asarray(open_image(path))[0].tolist()
+    assert rgb == [[0, 0, 0], [255, 0, 0], [0, 255, 0], [128, 128, 128]]
+    # 16-bit entries, first mapped value 1 (index 0 clamps to the first entry): as pydicom.
+    from pydicom.pixels import apply_color_lut
+
+    rng = np.random.default_rng(3)
+    for colour in tables:
+        extra[f"{colour}PaletteColorLookupTableDescriptor"] = [255, 1, 16]
+        extra[f"{colour}PaletteColorLookupTableData"] = (
+            rng.integers(0, 65536, 255).astype("<u2").tobytes()
+        )
+    path = _write_dicom(tmp_path / "b.dcm", index, photometric="PALETTE COLOR", **extra)
+    expected = apply_color_lut(pydicom.dcmread(path).pixel_array, pydicom.dcmread(path)) >> 8
+    assert np.array_equal(np.asarray(open_image(path)), expected.astype(np.uint8))
+
+
+def test_dicom_12_bit_jpeg_without_a_plugin_for_it_is_not_skipped(tmp_path):
+    """Pillow decodes 8-bit JPEG but refuses 12-bit JPEG Extended: every such file would be
+    skipped as bad and the dataset silently shrink, so it is a missing decoder."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGExtended12Bit
+
+    if "pylibjpeg" in get_decoder(JPEGExtended12Bit).available_plugins:
+        pytest.skip("a 12-bit JPEG plugin is installed here")
+    stored = np.array([[0, 1000], [2000, 4095]], np.uint16)
+    path = _write_dicom(
+        tmp_path / "a.dcm",
+        stored,
+        transfer_syntax=JPEGExtended12Bit,
+        pixel_data=b"\xff\xd8" + bytes(10),
+    )
+    with pytest.raises(DecoderMissing, match=r"a\.dcm: DICOM pixel data in JPEG Extended"):
+        ImageReader(RESIZE, CROP, skip_bad_images=True).read(path)
 
 
 def test_dicom_with_preamble_but_no_suffix_and_a_fake_dcm(tmp_path):

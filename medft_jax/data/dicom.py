@@ -13,12 +13,20 @@ order a DICOM viewer applies (PS3.3 C.11, PS3.4 N.2):
    the plugins that would do);
 3. greyscale (MONOCHROME1/2): the modality LUT (RescaleSlope and
    RescaleIntercept, or a Modality LUT Sequence), then the VOI LUT Sequence
-   when present (mapped by its output bit depth), else the first
-   WindowCenter/WindowWidth pair with its VOILUTFunction, else the values'
-   own min..max (what a viewer shows without a window); MONOCHROME1 (higher
-   values darker) is then inverted so that bone is white as in MONOCHROME2;
+   when present (mapped by its output bit depth; a table declared 16-bit
+   whose entries fit 12 bits, as some CRs write, by its data's), else the
+   first WindowCenter/WindowWidth pair with its VOILUTFunction, else the
+   values' own min..max (what a viewer shows without a window); an enhanced
+   file's one frame takes its rescale and window from its functional groups;
+   MONOCHROME1 (higher values darker) is then inverted so that bone is white
+   as in MONOCHROME2;
 4. colour: RGB and YBR (pydicom converts YBR to RGB) by the stored bit
-   depth (``v >> (BitsStored - 8)``), PALETTE COLOR through its lookup table.
+   depth (``v >> (BitsStored - 8)``), PALETTE COLOR through its lookup tables
+   (8-bit entries packed or one per 16-bit word).
+
+Lookup tables are applied here (:func:`_lut_table`), not by pydicom's
+``apply_*``, which wrap an 8-bit table's index past 255 and cannot hold
+9-15-bit entries.
 
 Refused with the path: multi-frame files (a volume or a cine loop is not
 one image, and picking a frame silently would be a guess; export the frames
@@ -187,7 +195,9 @@ def _decode_pixels(ds: Any, path: Path) -> np.ndarray:
             missing = list(get_decoder(syntax).missing_dependencies) if syntax else []
         except (NotImplementedError, ValueError, TypeError):
             missing = []
-        if "missing dependencies" in str(err):  # no installed plugin can decode it at all
+        # No installed plugin can decode it at all, or the installed ones cannot decode this
+        # kind of it (Pillow and 12-bit JPEG Extended): not a bad file, not to be skipped.
+        if "missing dependencies" in str(err) or (missing and "does not support" in str(err)):
             raise DecoderMissing(
                 f"{path}: DICOM pixel data in {name} needs a pydicom decoder plugin; "
                 f"install one of: {'; '.join(missing) or one_line(err)}"
@@ -203,17 +213,17 @@ def _decode_pixels(ds: Any, path: Path) -> np.ndarray:
 
 
 def _grey(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi
-
-    values = _lut(path, apply_modality_lut, pixels, ds)
+    values = _modality(pixels, ds, path)
     check_finite(values, path)
+    window = _window(ds)
     if ds.get("VOILUTSequence"):
-        out = _lut(path, apply_voi, values, ds, index=0)
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        image = unsigned_to_uint8(out.astype(np.int64), bits)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        function = str(ds.get("VOILUTFunction") or "LINEAR")
+        table, first, bits = _lut_table(ds.VOILUTSequence[0], ds, path, "VOI LUT")
+        top = int(table.max())
+        if bits == 16 and top < 1 << 12:  # 12-bit entries declared 16: viewers scale by the data
+            bits = max(8, top.bit_length())
+        image = unsigned_to_uint8(_look_up(values, table, first), bits)
+    elif window is not None:
+        center, width, function = window
         try:
             image = window_to_uint8(values, center, width, function)
         except ValueError as err:
@@ -223,15 +233,130 @@ def _grey(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarr
     return 255 - image if photometric == "MONOCHROME1" else image
 
 
+def _modality(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
+    """The modality LUT (PS3.3 C.11.1): a Modality LUT Sequence, else RescaleSlope and
+    RescaleIntercept (top level, or an enhanced file's Pixel Value Transformation)."""
+    if ds.get("ModalityLUTSequence"):
+        table, first, _ = _lut_table(ds.ModalityLUTSequence[0], ds, path, "Modality LUT")
+        return _look_up(pixels, table, first)
+    source = (
+        ds if _given(ds, "RescaleSlope") else _frame_item(ds, "PixelValueTransformationSequence")
+    )
+    if source is None or not _given(source, "RescaleSlope"):
+        return pixels
+    slope = _first(source.RescaleSlope)
+    intercept = _first(source.RescaleIntercept) if _given(source, "RescaleIntercept") else 0.0
+    return pixels.astype(np.float64) * slope + intercept
+
+
+def _window(ds: Any) -> tuple[float, float, str] | None:
+    """The first WindowCenter/WindowWidth and its VOILUTFunction, top level or from an
+    enhanced file's Frame VOI LUT; None when there is none (an empty value is none)."""
+    for source in (ds, _frame_item(ds, "FrameVOILUTSequence")):
+        if source is not None and _given(source, "WindowCenter") and _given(source, "WindowWidth"):
+            function = str(source.get("VOILUTFunction") or "LINEAR")
+            return _first(source.WindowCenter), _first(source.WindowWidth), function
+    return None
+
+
+def _given(item: Any, keyword: str) -> bool:
+    return item.get(keyword) not in (None, "", [])
+
+
+def _frame_item(ds: Any, keyword: str) -> Any | None:
+    """An enhanced (functional groups) file's ``keyword`` item for its one frame: per-frame
+    first, else shared (PS3.3 C.7.6.16); None for a classic file."""
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        items = ds.get(groups)
+        if items and items[0].get(keyword):
+            return items[0].get(keyword)[0]
+    return None
+
+
+def _lut_table(
+    item: Any,
+    ds: Any,
+    path: Path,
+    what: str,
+    descriptor: str = "LUTDescriptor",
+    data: str = "LUTData",
+) -> tuple[np.ndarray, int, int]:
+    """A lookup table's entries (int64), first mapped value and bits per entry.
+
+    Read here, not by pydicom's ``apply_*``: those index an 8-bit table with an
+    8-bit array (entries past 255 wrap around), cannot hold 9-15-bit entries and
+    take a palette's 8-bit entries stored one per 16-bit word for 16-bit ones.
+    """
+    try:
+        entries, first, bits = (int(v) for v in item[descriptor].value)
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{path}: DICOM {what}: {descriptor} is not three numbers") from None
+    entries = entries or 1 << 16  # 0 means 65536 (PS3.3 C.11.1.1)
+    if not 8 <= bits <= 16:
+        raise DataError(
+            f"{path}: cannot apply the DICOM pixel transforms ({what} of {bits} bits per "
+            "entry; expected 8 to 16)"
+        )
+    raw = item[data].value if data in item else None
+    if isinstance(raw, bytes):
+        if bits == 8 and len(raw) == entries:  # a palette's 8-bit entries packed in bytes
+            table = np.frombuffer(raw, np.uint8)
+        else:  # one entry a 16-bit word
+            little = ds.original_encoding[1] is not False
+            table = np.frombuffer(raw[: len(raw) // 2 * 2], "<u2" if little else ">u2")
+    elif raw is not None:
+        table = np.asarray(raw if isinstance(raw, Sequence) else [raw])
+    else:
+        table = np.zeros(0)
+    if len(table) < entries:
+        raise DataError(
+            f"{path}: cannot apply the DICOM pixel transforms ({what} has {len(table)} "
+            f"entries, its {descriptor} says {entries})"
+        )
+    table = table[:entries].astype(np.int64)
+    if table.min() < 0 or table.max() >= 1 << bits:
+        raise DataError(
+            f"{path}: cannot apply the DICOM pixel transforms ({what} entry "
+            f"{int(table.max()) if table.max() >= 1 << bits else int(table.min())} outside "
+            f"the {bits} bits its {descriptor} says)"
+        )
+    return table, first, bits
+
+
+def _look_up(values: np.ndarray, table: np.ndarray, first: int) -> np.ndarray:
+    """``table`` at ``value - first``; below the first entry the first, past the last the
+    last (PS3.3 C.11.2.1.1)."""
+    index = np.clip(np.floor(np.asarray(values, np.float64)) - first, 0, len(table) - 1)
+    return table[index.astype(np.int64)]
+
+
 def _colour(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarray:
     if photometric == "PALETTE COLOR":
+        return _palette(pixels, ds, path)
+    if pixels.dtype == np.uint8:
+        return pixels
+    return unsigned_to_uint8(pixels, int(ds.get("BitsStored") or pixels.dtype.itemsize * 8))
+
+
+def _palette(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
+    """PALETTE COLOR through its three tables, each by its own bits per entry."""
+    if "SegmentedRedPaletteColorLookupTableData" in ds:
         from pydicom.pixels import apply_color_lut
 
         rgb = _lut(path, apply_color_lut, pixels, ds)
         return rgb if rgb.dtype == np.uint8 else unsigned_to_uint8(rgb, 16)
-    if pixels.dtype == np.uint8:
-        return pixels
-    return unsigned_to_uint8(pixels, int(ds.get("BitsStored") or pixels.dtype.itemsize * 8))
+    channels = []
+    for colour in ("Red", "Green", "Blue"):
+        table, first, bits = _lut_table(
+            ds,
+            ds,
+            path,
+            f"{colour} palette",
+            descriptor=f"{colour}PaletteColorLookupTableDescriptor",
+            data=f"{colour}PaletteColorLookupTableData",
+        )
+        channels.append(unsigned_to_uint8(_look_up(pixels, table, first), bits))
+    return np.stack(channels, axis=-1)
 
 
 def _lut(path: Path, apply: Callable[..., np.ndarray], *args: Any, **kwargs: Any) -> np.ndarray:
