@@ -164,20 +164,49 @@ def open_features(directory: Path, ds: Dataset, expected: Mapping[str, Any]) -> 
         return None
     if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in expected.items()):
         return None
+    splits = meta.get("splits")
+    if not isinstance(splits, dict):  # valid JSON of another shape: damaged, recomputed
+        return None
     arrays = {}
     for split in ds.splits:
-        info = (meta.get("splits") or {}).get(split) or {}
+        info = splits.get(split)
         path = directory / f"{split}.npy"
         try:
+            before = os.stat(path)
             array = np.load(path, mmap_mode="r", allow_pickle=False)
+            digest = _file_sha256(path)
+            after = os.stat(path)
         except (OSError, ValueError, EOFError):  # EOFError: an empty (truncated) file
             return None
+        if not isinstance(info, dict) or _identity(before) != _identity(after):
+            return None  # damaged, or replaced between the memmap and the hash
         if array.shape != (ds.num_examples(split), info.get("dim")) or array.dtype != np.float32:
             return None
-        if _file_sha256(path) != info.get("sha256"):
+        if digest != info.get("sha256"):
             return None
         arrays[split] = array
     return FeatureSet(directory, ds, arrays)
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def images_signature(ds: Dataset) -> dict[str, list[int]] | None:
+    """Each split's prepared image file as (size, mtime, inode); None for images in memory.
+
+    The data fingerprint is the one its cache recorded when written; an image
+    file changed in place since then (a repair, a restore from another copy)
+    keeps it, so the features also record the files they were computed from.
+    """
+    out = {}
+    for split in ds.splits:
+        images = ds.split(split).images
+        if not isinstance(images, np.memmap) or images.filename is None:
+            return None
+        st = os.stat(images.filename)
+        out[split] = [st.st_size, st.st_mtime_ns, st.st_ino]
+    return out
 
 
 def compute_features(
@@ -289,6 +318,7 @@ def cached_features(
         "backend": backend,
         "backbone_sha256": backbone,
         "data_fingerprint": str(ds.metadata["fingerprint"]),
+        "images": images_signature(ds),
     }
     directories = [location(root, ds, arch, precision, backbone, backend) for root in roots]
     for directory in directories:

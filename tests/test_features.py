@@ -402,3 +402,49 @@ def test_a_killed_set_aside_of_stale_features_is_cleared_by_the_next_writer(
     assert sorted(p.name for p in directory.parent.iterdir()) == sorted(
         [directory.name, f".{directory.name}.lock"]
     )
+
+
+def _on_disk(demo, folder):
+    """The demo splits with their images memmapped from ``folder``, as a prepared cache."""
+    folder.mkdir()
+    splits = {}
+    for name, split in demo.splits.items():
+        np.save(folder / f"{name}_images.npy", np.asarray(split.images))
+        images = np.load(folder / f"{name}_images.npy", mmap_mode="r")
+        splits[name] = dataclasses.replace(split, images=images)
+    return dataclasses.replace(demo, splits=splits)
+
+
+def test_prepared_images_changed_in_place_are_features_recomputed(demo, tmp_path):
+    """The data fingerprint is the one recorded when the images were written: an image file
+    changed since (a repair, a restore) must not be served its old features."""
+    ds = _on_disk(demo, tmp_path / "variant")
+    calls = []
+    kw = _cache_kwargs(ds, (tmp_path / "features",), calls)
+    first, _ = features.cached_features(ds, **kw)
+    _, info = features.cached_features(ds, **kw)
+    assert info["reused"] and len(calls) == 3
+    train = np.load(tmp_path / "variant" / "train_images.npy", mmap_mode="r+")
+    train[:] = 255 - train  # the same shape and fingerprint, other pixels
+    train.flush()
+    del train
+    time.sleep(0.01)  # a later mtime on coarse clocks
+    again, info = features.cached_features(ds, **kw)
+    assert not info["reused"] and len(calls) == 6
+    assert not np.array_equal(again.arrays["train"], first.arrays["train"])
+    expected = np.asarray(255 - np.asarray(demo.split("train").images), np.float32).mean(
+        axis=(1, 2)
+    )
+    np.testing.assert_allclose(again.arrays["train"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("splits", [[], {"train": []}, "x"], ids=["list", "entry-list", "str"])
+def test_a_features_meta_of_another_shape_is_recomputed_not_a_crash(demo, tmp_path, splits):
+    calls = []
+    kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
+    found, _ = features.cached_features(demo, **kw)
+    meta = json.loads((found.directory / "meta.json").read_text())
+    (found.directory / "meta.json").write_text(json.dumps({**meta, "splits": splits}))
+    again, info = features.cached_features(demo, **kw)
+    assert not info["reused"] and len(calls) == 6
+    np.testing.assert_array_equal(again.arrays["val"], found.arrays["val"])
