@@ -138,7 +138,11 @@ def write_mat(path: Path, pixels: np.ndarray, label: int, pid: str) -> None:
         g = f.create_group("cjdata")
         g["image"] = pixels.T  # MATLAB writes column-major: h5py sees the transpose
         g["label"] = np.array([[float(label)]])
-        g["PID"] = np.array([[ord(c)] for c in pid], dtype=np.uint16)
+        if pid:
+            g["PID"] = np.array([[ord(c)] for c in pid], dtype=np.uint16)
+        else:  # MATLAB's empty char array: its dimensions, marked empty
+            g["PID"] = np.array([0, 0], dtype=np.uint64)
+            g["PID"].attrs["MATLAB_empty"] = np.uint8(1)
         g["tumorMask"] = np.zeros_like(pixels, dtype=np.uint8).T
         g["tumorBorder"] = np.zeros((1, 4))
 

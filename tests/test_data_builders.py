@@ -262,6 +262,16 @@ def test_t1w_label_outside_and_corrupt_mat(tmp_path):
         _parse("t1w_mri", tmp_path)
 
 
+@pytest.mark.parametrize("pid", ["", "\x00\x00"], ids=["matlab-empty", "nul-codes"])
+def test_t1w_empty_patient_id_is_refused_not_one_shared_patient(tmp_path, pid):
+    """MATLAB's empty char array is stored as [0 0]: read as text, every such file was
+    one patient "\x00\x00"; the split is patient-disjoint, so it is refused."""
+    fakes.write_mat(tmp_path / "1.mat", np.ones((8, 8), np.int16), 1, "100")
+    fakes.write_mat(tmp_path / "2.mat", np.ones((8, 8), np.int16), 2, pid)
+    with pytest.raises(DataError, match=r"2\.mat: cjdata/PID is empty; expected the patient id"):
+        _parse("t1w_mri", tmp_path)
+
+
 def test_bach_empty_class_is_named(tmp_path):
     fakes.make_bach(tmp_path, 2)
     for f in (tmp_path / "ICIAR2018_BACH_Challenge" / "Photos" / "InSitu").iterdir():

@@ -50,7 +50,16 @@ def read_meta(path: Path) -> tuple[int, str]:
     with _open(path) as f:
         raw = _field(f, path, "label").ravel()
         pid_codes = _field(f, path, "PID").ravel()
-    return _whole(raw, path), "".join(chr(int(c)) for c in pid_codes).strip()
+        # MATLAB writes an empty char array as its dimensions, [0 0], marked MATLAB_empty:
+        # read as text it would be "\x00\x00", one patient shared by every such file.
+        empty = bool(f["cjdata"]["PID"].attrs.get("MATLAB_empty", 0))
+    pid = "" if empty else "".join(chr(int(c)) for c in pid_codes).strip("\x00 \t\r\n")
+    if not pid:
+        raise DataError(
+            f"{path}: cjdata/PID is empty; expected the patient id (the test split is "
+            "patient-disjoint, and an image without one cannot be placed)"
+        )
+    return _whole(raw, path), pid
 
 
 def _whole(raw: np.ndarray, path: Path) -> int:
@@ -93,7 +102,7 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
                 "1 (meningioma), 2 (glioma), 3 (pituitary)"
             )
         rel = path.relative_to(manual_dir).as_posix()
-        examples.append(Example(path, label - 1, rel, patient=pid or rel))
+        examples.append(Example(path, label - 1, rel, patient=pid))
     return standard_splits(
         examples,
         val_fraction=config.val_fraction,
