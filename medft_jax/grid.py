@@ -38,8 +38,18 @@ from medft_jax.names import (
 AXES = ("dataset", "arch", "strategy", "lr", "seed")
 """The grid's axes, in the order its runs are listed (the last varies fastest)."""
 
-SETTINGS = ("weights", "epochs", "patience", "batch_size", "image_size", "precision", "frozen_bn")
-"""RunConfig fields a grid sets once for all its runs."""
+SETTINGS = (
+    "weights",
+    "epochs",
+    "patience",
+    "batch_size",
+    "image_size",
+    "precision",
+    "frozen_bn",
+    "data_seed",
+)
+"""RunConfig fields a grid sets once for all its runs (``data_seed``: the val/test carving
+of tasks without official splits, as ``experiments.prepare --seed`` prepared it)."""
 
 NOMINAL_TRAIN_IMAGES: dict[str, int] = {
     "chexpert": 64_540,
@@ -214,8 +224,6 @@ class Grid:
             return f"{prefix} {plural(field)} value"
         if field in SETTINGS:
             return f"{prefix} settings[{field!r}]"
-        if field == "data_seed":
-            return f"{prefix} data_seed"
         return f"{prefix} strategy_options[{strategy!r}][{field!r}]"
 
 

@@ -159,6 +159,16 @@ def test_only_that_selects_nothing_or_is_empty_is_refused(specs, message, capsys
     assert capsys.readouterr().err == message + "\n"
 
 
+def test_a_grid_sets_the_data_seed_for_all_its_runs(tmp_path, capsys):
+    config = _grid_file(tmp_path, "g", strategies=("lp",), lrs=(1e-3,), seeds=(0, 1), epochs=1)
+    text = config.read_text().replace('"epochs": 1,', '"epochs": 1, "data_seed": 3,')
+    config.write_text(text)
+    assert {c.data_seed for c in grid_lib.load_grid(config).configs()} == {3}
+    config.write_text(text.replace('"data_seed": 3', '"data_seed": -1'))
+    assert sweep_cli.main(["--config", str(config), "--dry-run"]) == 2
+    assert "settings['data_seed']" in capsys.readouterr().err
+
+
 def test_only_matches_float32_learning_rates_as_the_runs_hold_them(tmp_path, capsys):
     """A grid file may write its lrs as float32: a filter that passes the grid check
     must select runs, never none with exit 0."""
