@@ -785,3 +785,36 @@ def test_only_read_errors_wrapped_by_orbax_count_as_a_damaged_checkpoint(tiny_sa
     with pytest.raises(Exception) as e:
         load_model(tiny_saved)
     assert e.value is bug  # not a CheckpointError: the traceback is what a bug needs
+
+
+def test_a_model_saved_across_two_devices_loads_on_one(tmp_path):
+    """Trained on several GPUs (parameters replicated over their mesh), used on a laptop:
+    orbax restored each array with its saved sharding, a "topology mismatch" read as a
+    corrupted checkpoint."""
+    script = (
+        "import sys, jax, numpy as np\n"
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec\n"
+        "from medft_jax.checkpoints.model import save_model\n"
+        "mesh = Mesh(np.array(jax.devices()), ('data',))\n"
+        "rep = NamedSharding(mesh, PartitionSpec())\n"
+        "params = {'fc': {'kernel': jax.device_put(np.arange(6, dtype=np.float32)"
+        ".reshape(2, 3), rep)}}\n"
+        "stats = {'bn': {'mean': jax.device_put(np.ones(3, np.float32), rep)}}\n"
+        "assert len(params['fc']['kernel'].sharding.device_set) == 2\n"
+        "save_model(sys.argv[1], params, stats, {'arch': 'resnet50'})\n"
+    )
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "ck")], env=env, check=True, timeout=300
+    )
+    assert jax.device_count() == 1
+    from medft_jax.checkpoints.model import _restore_state
+
+    state = _restore_state(tmp_path / "ck")
+    kernel = state["params"]["fc"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(kernel), np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(np.asarray(state["batch_stats"]["bn"]["mean"]), np.ones(3))

@@ -45,7 +45,7 @@ import orbax.checkpoint as ocp
 
 from medft_jax.config import PRECISIONS
 from medft_jax.data.pixels import BITS_STORED
-from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
+from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in, quiet_logger
 from medft_jax.models import ARCHS, get_arch, is_known_arch, variable_shapes
 from medft_jax.models.blocks import flatten
 
@@ -347,9 +347,10 @@ def _restore_state(directory: Path) -> dict[str, Any]:
     """
     quiet_closed_event_loop()
     try:
+        target = _single_device_target(directory)
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             restored = ckptr.restore(
-                directory, ocp.args.Composite(state=ocp.args.StandardRestore())
+                directory, ocp.args.Composite(state=ocp.args.StandardRestore(target))
             )
     except Exception as e:
         # Orbax raises a read error itself, or wraps tensorstore's in a bare Exception
@@ -366,6 +367,26 @@ def _restore_state(directory: Path) -> dict[str, Any]:
     if not isinstance(state, Mapping) or not isinstance(state.get("params"), Mapping):
         raise CheckpointError(f"{directory}: the checkpoint's state holds no params")
     return dict(state)
+
+
+def _single_device_target(directory: Path) -> Any:
+    """The stored arrays' shapes and dtypes, placed on this process's first device.
+
+    Orbax restores an array with the sharding it was saved with: a model
+    trained on 8 GPUs (replicated over their mesh) would not load on a laptop
+    ("topology mismatch"). A model is read whole wherever it is used.
+    """
+    # The composite layout has no per-item checkpoint metadata file: orbax logs that as
+    # a warning, and a damaged item's as another, before the one line that matters.
+    with quiet_logger("absl", logging.ERROR), ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.metadata(directory / "state").item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(
+        lambda m: (
+            jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device) if hasattr(m, "shape") else m
+        ),
+        tree,
+    )
 
 
 _TENSORSTORE_STATUS = re.compile(
