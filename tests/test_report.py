@@ -812,3 +812,46 @@ def test_a_grid_takes_only_runs_of_its_split():
     assert summary.left_out == 1
     assert summary.cell("isic2020", "resnet50", "ft").test["accuracy"][0] == pytest.approx(0.7)
     assert summary.dataset_options == {"isic2020": {"split_by": "image"}}
+
+
+def test_a_cell_failed_so_far_with_runs_to_come_is_not_a_lost_experiment():
+    """LP's one run so far diverged, five are still to run: Table 12 must not count it
+    lost, and the index calls it partial, not failed."""
+    from medft_jax.report.write import status_counts
+
+    records = [rec(strategy="ft", lr=lr, seed=s, test=0.8) for lr in (1e-3, 1e-4) for s in (0, 1)]
+    records += [rec(strategy="lp", lr=1e-4, seed=0, test=0.9)]  # the seeds/LRs it will have
+    early = collect(records[:4], [fail(strategy="lp", lr=1e-3, seed=0)])
+    cell = early.cell("bach", "resnet50", "lp")
+    assert cell.status == "failed" and (cell.runs_done, cell.runs_expected) == (1, 4)
+    assert beats_ft(early, 0.1)[("lp", "resnet50")] == (0, 0)
+    assert status_counts(early)["partial"] == 1 and status_counts(early)["failed"] == 0
+    lost = collect(
+        records[:4], [fail(strategy="lp", lr=lr, seed=s) for lr in (1e-3, 1e-4) for s in (0, 1)]
+    )
+    assert beats_ft(lost, 0.1)[("lp", "resnet50")] == (0, 1)
+    assert status_counts(lost)["failed"] == 1
+
+
+def test_equal_validation_sums_are_a_tie_and_go_to_the_smaller_lr():
+    """Accuracies k/78 summing to 156 at both LRs: means 0.6666666666666666 and ...67."""
+    small = [rec(lr=1e-4, seed=s, val=k / 78, test=0.71) for s, k in enumerate((40, 70, 46))]
+    large = [rec(lr=1e-3, seed=s, val=k / 78, test=0.61) for s, k in enumerate((51, 50, 55))]
+    cell = collect(small + large).cell("bach", "resnet50", "ft")
+    assert cell.lr == 1e-4 and cell.test["accuracy"][0] == pytest.approx(0.71)
+
+
+def test_a_metric_missing_from_one_seeds_record_is_kept_from_the_others():
+    records = [rec(strategy="ft", seed=s, test=0.7 + 0.01 * s) for s in range(3)]
+    del records[0]["test"]["kappa"]
+    cell = collect(records).cell("bach", "resnet50", "ft")
+    assert cell.n["kappa"] == 2
+    assert cell.test["kappa"][0] == pytest.approx((0.71 + 0.72) / 2 / 2)
+
+
+def test_table11_explains_the_marks_of_the_ft_cell_too():
+    records = [rec(strategy="lp", seed=s, test=0.81) for s in range(3)]
+    records += [rec(strategy="ft", seed=s, test=0.705) for s in range(2)]  # seed 2 missing
+    md = to_markdown(table11(collect(records)))
+    assert "| 81.00 (0.00) | 70.50 (0.00)† | +14.89 |" in md
+    assert "†: a cell with runs missing" in md

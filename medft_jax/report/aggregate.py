@@ -108,7 +108,9 @@ def choose_lr(records: Sequence[dict[str, Any]], metric: str | None = None) -> f
             f"of {_describe(records[0])}"
         )
     best = max(finite.values())
-    return min(lr for lr, m in finite.items() if m == best)
+    # Equal sums of correct answers over the seeds can give means a rounding apart
+    # (0.6666666666666666 and ...67): that is the tie the rule is about.
+    return min(lr for lr, m in finite.items() if math.isclose(m, best, rel_tol=1e-12))
 
 
 def summarise(
@@ -121,7 +123,7 @@ def summarise(
 
     The LR is :func:`choose_lr`'s (``records`` may hold one LR only, which
     is then the choice). ``metric_names`` defaults to every test metric of
-    the first record. Returns::
+    the chosen LR's records. Returns::
 
         {"dataset", "arch", "strategy", "lr", "metric", "seeds": [...],
          "lr_means": {lr: mean val metric},
@@ -132,7 +134,10 @@ def summarise(
     lr = choose_lr(records, metric)
     metric = metric or _primary(records)
     chosen = [r for r in records if float(r["config"]["lr"]) == lr]
-    names = list(metric_names) if metric_names is not None else list(chosen[0]["test"])
+    if metric_names is not None:
+        names = list(metric_names)
+    else:  # every seed's, in first-seen order: one record without a metric hides none
+        names = list(dict.fromkeys(n for r in chosen for n in r["test"]))
 
     def stat(split: str) -> dict[str, tuple[float, float]]:
         return {n: mean_se(_as_float(r[split].get(n)) for r in chosen) for n in names}

@@ -353,21 +353,19 @@ def _cell_key(run: dict[str, Any]) -> CellKey:
 
 
 def _infer_expected(runs: list[dict[str, Any]]) -> dict[CellKey, set[tuple[float, int]]]:
-    """Archs, strategies: all seen anywhere; LRs, seeds: all seen within the dataset."""
+    """Every arch, strategy, LR and seed seen anywhere, for every dataset seen.
+
+    A sweep runs one grid: a dataset with one LR and seed done so far is a
+    partial sweep, not a complete one of its own (use ``--config`` for a grid
+    whose datasets differ in their LRs or seeds).
+    """
     archs = {r["config"]["arch"] for r in runs}
     strategies = {r["config"]["strategy"] for r in runs}
-    per_dataset: dict[str, set[tuple[float, int]]] = {}
-    lrs: dict[str, set[float]] = {}
-    seeds: dict[str, set[int]] = {}
-    for r in runs:
-        d = r["config"]["dataset"]
-        lrs.setdefault(d, set()).add(float(r["config"]["lr"]))
-        seeds.setdefault(d, set()).add(int(r["config"]["seed"]))
-    for d in lrs:
-        per_dataset[d] = {(lr, s) for lr in lrs[d] for s in seeds[d]}
-    return {
-        (d, a, s): set(runs_) for d, runs_ in per_dataset.items() for a in archs for s in strategies
-    }
+    datasets = {r["config"]["dataset"] for r in runs}
+    lrs = {float(r["config"]["lr"]) for r in runs}
+    seeds = {int(r["config"]["seed"]) for r in runs}
+    cell = {(lr, s) for lr in lrs for s in seeds}
+    return {(d, a, s): set(cell) for d in datasets for a in archs for s in strategies}
 
 
 def _canon(value: Any) -> str:
@@ -724,10 +722,15 @@ def beats_ft(
 
 
 def _failed_against_ft(summary: Summary, dataset: str, arch: str, strategy: str) -> bool:
-    """The strategy's runs all failed where FT has a value: an experiment it lost."""
+    """The strategy's runs all failed where FT has a value: an experiment it lost.
+
+    Only once every expected run is done: runs still to come may yet give a value.
+    """
     ft = summary.cells.get((dataset, arch, BASELINE))
     cell = summary.cells.get((dataset, arch, strategy))
-    return ft is not None and ft.has_value and cell is not None and cell.status == FAILED
+    if ft is None or not ft.has_value or cell is None or cell.status != FAILED:
+        return False
+    return cell.runs_done >= cell.runs_expected
 
 
 @dataclasses.dataclass(frozen=True)

@@ -610,8 +610,14 @@ def table11(summary: Summary) -> Table:
         "named under Metric) over every arch and strategy of the dataset; improvement = "
         "100·(m − m_FT)/m_FT against FT of the same arch."
     ]
-    if any(b.cell is not None and _incomplete(b.cell) for b in bests):
+    shown = [(b, c) for b in bests for c in (b.cell, b.ft) if c is not None]  # FT's marked too
+    if any(_incomplete(c) for _, c in shown):
         notes.append(f"{DAGGER}: a cell with runs missing (see the dataset's table).")
+    if any(_fewer_seeds(c, b.metric) for b, c in shown):
+        notes.append(
+            f"{SECTION}: a value over fewer seeds than the cell has, the metric undefined "
+            "for the others (see the dataset's table)."
+        )
     if any(c is not None and _lrs_left_out(c) for b in bests for c in (b.cell, b.ft)):
         notes.append(
             f"{DOUBLE_DAGGER}: a cell whose LR was chosen without an LR where a run failed "

@@ -44,9 +44,12 @@ from medft_jax.report.tables import (
 
 
 def status_counts(summary: Summary) -> dict[str, int]:
+    """Cells by status; a cell whose runs so far all failed, with runs still to do, is
+    partial: not yet a failed experiment."""
     counts = dict.fromkeys((COMPLETE, PARTIAL, "failed", MISSING), 0)
     for c in summary.cells.values():
-        counts[c.status] += 1
+        early = c.status == "failed" and c.runs_done < c.runs_expected
+        counts[PARTIAL if early else c.status] += 1
     return counts
 
 
@@ -312,8 +315,8 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         source = f"the runs of grid {summary.grid_name!r} (from --config)"
     else:
         source = (
-            "inferred from the records: every arch and strategy seen anywhere, every LR and "
-            "seed seen within the dataset"
+            "inferred from the records: every arch, strategy, LR and seed seen anywhere, "
+            "for every dataset (--config gives a grid's own)"
         )
     lines = [
         "# Comparison of fine-tuning strategies: report",
