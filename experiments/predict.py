@@ -45,6 +45,8 @@ def load_image(
     ``prepare`` uses too: 16-bit, float and DICOM files converted by the same
     rules, the same size limits, the same one-line refusals.
     """
+    if not str(path):  # Path("") is ".", the current folder
+        raise PredictError("--images: an empty path; expected an image file")
     try:
         image = open_image(Path(path), bits_stored)
     except DataError as e:
@@ -69,11 +71,12 @@ class Predictor:
         # flags answer at once.
         import jax
 
-        from medft_jax.checkpoints.model import load_model
+        from medft_jax.checkpoints.model import UNSAID_CROP_SIZE, load_model
         from medft_jax.models import COMPUTE_DTYPES, create, get_arch
 
         # load_model verifies the arrays and checks the metadata against them
         # (arch, num_classes, class_names, sizes) before anything is built here.
+        self.checkpoint = checkpoint
         self.variables, self.metadata = load_model(checkpoint)
         m = self.metadata
         self.precision = precision or m.get("precision", "fp32")
@@ -82,7 +85,7 @@ class Predictor:
         self.multilabel = bool(m.get("multilabel", False))
         # Unsaid (absent or null): 224 and the arch's own resize rule (ResNet-50's 232/224),
         # the one every run uses.
-        self.crop_size = int(m.get("crop_size") or 224)
+        self.crop_size = int(m.get("crop_size") or UNSAID_CROP_SIZE)
         self.resize_size = int(
             m.get("resize_size") or get_arch(m["arch"]).resize_for(self.crop_size)
         )
@@ -120,7 +123,15 @@ class Predictor:
             if n < batch_size and len(arrays) > batch_size:  # one compiled shape
                 batch = np.concatenate([batch, np.zeros_like(batch[:1]).repeat(batch_size - n, 0)])
             out.append(self(batch)[:n])
-        return np.concatenate(out)
+        probs = np.concatenate(out)
+        bad = ~np.isfinite(probs).all(axis=1)
+        if bad.any():  # overflowed weights (a run evaluating so would have diverged)
+            raise PredictError(
+                f"{self.checkpoint}: the model's outputs are NaN or infinite for "
+                f"{int(bad.sum())} of {len(probs)} images (first: {paths[int(np.argmax(bad))]}); "
+                "its weights overflow"
+            )
+        return probs
 
 
 MAX_BATCH_SIZE = 4096

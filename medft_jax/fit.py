@@ -494,7 +494,10 @@ def _train_epochs(
         "num_classes": run.ds.num_classes,
         "multilabel": run.ds.multilabel,
         "class_names": list(run.ds.class_names),
-        "resize_size": run.spec.resize_for(run.config.image_size),
+        # The demo's images are made at the crop size, never resized: predict does as they were.
+        "resize_size": run.config.image_size
+        if run.ds.metadata.get("synthetic")
+        else run.spec.resize_for(run.config.image_size),
         "crop_size": run.config.image_size,
         "precision": run.config.precision,  # predict computes as the run evaluated
         "source": f"run {name}",

@@ -112,3 +112,48 @@ def test_a_checkpoint_without_sizes_takes_its_archs_resize_rule(tmp_path):
     save_model(tmp_path / "c", zeros["params"], zeros["batch_stats"], meta)
     p = Predictor(tmp_path / "c")  # null reads as unsaid, not int(None)
     assert (p.resize_size, p.crop_size) == (232, 224)
+
+
+def _zeros_checkpoint(path, **meta):
+    shapes = variable_shapes("resnet_tiny", 2)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    return zeros, save_model(
+        path,
+        zeros["params"],
+        zeros["batch_stats"],
+        {"arch": "resnet_tiny", "num_classes": 2, **meta},
+    )
+
+
+def test_non_finite_outputs_are_refused_not_printed(tmp_path, capsys):
+    """Finite weights that overflow (a head kernel of 3e38): NaN probabilities, which
+    --json wrote as invalid JSON with exit 0."""
+    zeros, _ = _zeros_checkpoint(tmp_path / "ok", resize_size=32, crop_size=32)
+    params = jax.tree.map(np.copy, zeros["params"])
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if path[-1].key == "bias":  # BatchNorm shifts of 1: positive features
+            leaf[:] = 1.0
+    params["fc"]["kernel"][:] = 3e38  # finite, but the logits overflow to inf
+    meta = {"arch": "resnet_tiny", "num_classes": 2, "resize_size": 32, "crop_size": 32}
+    ck = save_model(tmp_path / "ck", params, zeros["batch_stats"], meta)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(image)
+    assert main(["--checkpoint", str(ck), "--images", str(image), "--json"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.count("\n") == 1
+    assert "outputs are NaN or infinite for 1 of 1 images" in cap.err
+
+
+def test_an_empty_image_path_is_named(tmp_path, capsys):
+    _, ck = _zeros_checkpoint(tmp_path / "ck", resize_size=32, crop_size=32)
+    assert main(["--checkpoint", str(ck), "--images", ""]) == 2
+    assert capsys.readouterr().err == "error: --images: an empty path; expected an image file\n"
+
+
+def test_a_resize_below_the_unsaid_crop_is_refused(tmp_path):
+    """crop_size null reads as 224: a resize of 40 would feed mostly padding."""
+    from medft_jax.checkpoints.model import CheckpointError
+
+    _, ck = _zeros_checkpoint(tmp_path / "ck", resize_size=40, crop_size=None)
+    with pytest.raises(CheckpointError, match=r"resize_size 40 is not an integer in \[224"):
+        load_model(ck)

@@ -212,6 +212,11 @@ def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
     record_line = next(x for x in cap.out.splitlines() if x.startswith("record: "))
     record = json.loads(Path(record_line.removeprefix("record: ")).read_text())
     assert record["config"]["dataset"] == "demo" and record["config"]["image_size"] == 32
+    # The demo's images are made at 32 px, never resized: predict must not resize to 33.
+    from medft_jax.checkpoints.model import load_metadata
+
+    best = load_metadata(Path(record_line.removeprefix("record: ")).parent / "best")
+    assert (best["resize_size"], best["crop_size"]) == (32, 32)
     # The same command again trains nothing: skipped, and no warning of random weights.
     monkeypatch.setattr(pretrained, "_WARNED", set())
     assert main(argv) == 0

@@ -369,6 +369,10 @@ def _restore_state(directory: Path) -> dict[str, Any]:
     return dict(state)
 
 
+UNSAID_CROP_SIZE = 224
+"""The crop of a checkpoint whose metadata does not say (the protocol's)."""
+
+
 def _single_device_target(directory: Path) -> Any:
     """The stored arrays' shapes and dtypes, placed on this process's first device.
 
@@ -543,7 +547,7 @@ def _check_other_fields(metadata: Mapping[str, Any], num_classes: int, where: An
             f"[{MIN_CROP_SIZE}, {MAX_CROP_SIZE}]"
         )
     resize = metadata.get("resize_size")
-    low = crop if crop is not None else MIN_CROP_SIZE
+    low = crop if crop is not None else UNSAID_CROP_SIZE  # the crop a reader then uses
     if resize is not None and (not _is_int(resize) or not low <= resize <= MAX_RESIZE_SIZE):
         raise CheckpointError(
             f"{where}: metadata resize_size {resize!r} is not an integer in "
