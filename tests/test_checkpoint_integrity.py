@@ -64,8 +64,10 @@ def _random_variables(arch: str, num_classes: int, seed: int = 0) -> dict:
     out = {}
     for collection, tree in _abstract(arch, num_classes).items():
         flat = flatten(tree)
+        values = {p: rng.standard_normal(s.shape, dtype=np.float32) * 0.05 for p, s in flat.items()}
+        # BatchNorm variances are positive: a negative one is a NaN output.
         out[collection] = unflatten(
-            {p: rng.standard_normal(s.shape, dtype=np.float32) * 0.05 for p, s in flat.items()}
+            {p: np.abs(v) + 1.0 if str(p).endswith("var") else v for p, v in values.items()}
         )
     return out
 
