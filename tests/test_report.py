@@ -855,3 +855,14 @@ def test_table11_explains_the_marks_of_the_ft_cell_too():
     md = to_markdown(table11(collect(records)))
     assert "| 81.00 (0.00) | 70.50 (0.00)† | +14.89 |" in md
     assert "†: a cell with runs missing" in md
+
+
+def test_datasets_that_would_share_a_file_name_are_refused(tmp_path):
+    from medft_jax.report.write import ReportError
+
+    records = [
+        rec(dataset=d, strategy="ft", test=t) for d, t in (("my-data", 0.6), ("my_data", 0.9))
+    ]
+    with pytest.raises(ReportError, match=r"datasets 'my-data' and 'my_data' would share"):
+        write_report(collect(records), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -69,6 +69,19 @@ marker itself excepted). Only such a folder, holding nothing but those files
 _MARKER_FORMAT = 1
 
 
+def _check_file_names(summary: Summary) -> None:
+    """Two datasets whose names give one file name (``a-b`` and ``a_b``) would write over
+    each other's tables and figures: refused before anything is written."""
+    seen: dict[str, str] = {}
+    for d in summary.datasets:
+        other = seen.setdefault(slug(d), d)
+        if other != d:
+            raise ReportError(
+                f"datasets {other!r} and {d!r} would share the file name {slug(d)!r}; "
+                "report them from separate --runs folders"
+            )
+
+
 def write_report(
     summary: Summary,
     out_dir: str | Path,
@@ -88,6 +101,7 @@ def write_report(
     may neither be, nor be inside, nor contain.
     """
     check_out(out_dir, runs_dir)
+    _check_file_names(summary)
     out = Path(os.path.abspath(out_dir))
     with naming_os_errors(out_dir):  # a read-only --out is named, not our temporary folder
         out.parent.mkdir(parents=True, exist_ok=True)
