@@ -87,18 +87,20 @@ def temporary_sibling(final: Path) -> Path:
 _TEMPORARY = re.compile(r"\.tmp-(\d+)(?:@(.*))?-[0-9a-f]{8}$")
 
 
-def remove_abandoned(final: Path) -> None:
+def remove_abandoned(final: Path, *, siblings: bool = False) -> None:
     """Removes the temporaries of ``final`` whose writer died on this host.
 
     Those of live processes, and of other hosts (a shared filesystem), stay.
     Names without a host (``<name>.tmp-<pid>-<hex>``, written before) count
-    as this host's.
+    as this host's. ``siblings``: those of every name in ``final``'s folder
+    (a cache of many entries, where a killed writer's entry may never be
+    written again).
     """
     final = Path(final)
     if not final.parent.is_dir():
         return
     here = socket.gethostname()
-    name = glob.escape(final.name)
+    name = "*" if siblings else glob.escape(final.name)
     for path in [*final.parent.glob(f".{name}.tmp-*"), *final.parent.glob(f"{name}.tmp-*")]:
         found = _TEMPORARY.search(path.name)
         if found is None or found.group(2) not in (None, here) or _alive(int(found.group(1))):

@@ -223,7 +223,9 @@ def compute_features(
     When another process finished the same folder first, its copy is used.
     """
     tmp = atomic.temporary_sibling(directory)
-    atomic.remove_abandoned(directory)  # what a killed writer left, never a live one's
+    # What killed writers left, of this feature set or another of the data (a backbone
+    # that will not come again), never a live one's.
+    atomic.remove_abandoned(directory, siblings=True)
     tmp.mkdir(parents=True)
     try:
         splits = {}

@@ -489,6 +489,10 @@ def test_only_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
     atomic.remove_abandoned(final)
     left = {k for k, name in names.items() if (tmp_path / name).exists()}
     assert left == {"live", "elsewhere", "other cache"}
+    # Siblings too (feature sets: another backbone's may never be written again).
+    atomic.remove_abandoned(final, siblings=True)
+    left = {k for k, name in names.items() if (tmp_path / name).exists()}
+    assert left == {"live", "elsewhere"}
 
 
 # --- a full disk -------------------------------------------------------------------------------
