@@ -448,3 +448,26 @@ def test_a_features_meta_of_another_shape_is_recomputed_not_a_crash(demo, tmp_pa
     again, info = features.cached_features(demo, **kw)
     assert not info["reused"] and len(calls) == 6
     np.testing.assert_array_equal(again.arrays["val"], found.arrays["val"])
+
+
+def test_a_file_replaced_between_its_memmap_and_its_hash_is_not_served(demo, tmp_path, monkeypatch):
+    """The hash was taken by path after the memmap opened the file: a folder swapped in
+    between passed the check while the memmap read the old, damaged bytes."""
+    import shutil
+
+    calls = []
+    kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
+    found, _ = features.cached_features(demo, **kw)
+    expected = {k: v for k, v in json.loads((found.directory / "meta.json").read_text()).items()}
+    expected.pop("splits")
+    real = features._file_sha256
+
+    def swapped(path):  # another writer replaces the file after the memmap opened it
+        copy = path.with_name(path.name + ".copy")
+        shutil.copyfile(path, copy)
+        os.replace(copy, path)
+        return real(path)
+
+    assert features.open_features(found.directory, demo, expected) is not None
+    monkeypatch.setattr(features, "_file_sha256", swapped)
+    assert features.open_features(found.directory, demo, expected) is None
