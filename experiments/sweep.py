@@ -152,7 +152,7 @@ def dry_run(
     shard_states = states[index::count]
     done, failed = shard_states.count("done"), shard_states.count("failed")
     todo = len(shard_states) - done - failed
-    cost = _to_run_cost(states[index::count], seconds[index::count])
+    cost = _to_run_cost(shard_states, seconds[index::count])
     print(f"done {done}, failed {failed}, to run {todo}: {cost}")
     print(
         "a run's folder is its name with a hash in place of '*': the hash covers the data's "

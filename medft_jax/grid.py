@@ -349,8 +349,7 @@ def check_filter_values(filters: Filters, held: Mapping[str, Iterable[Any]], whe
     """Refuses a filter value that no run holds: a typo would drop runs without a word.
 
     ``held``: each filtered key's values as the runs hold them, in the order to list
-    them; ``where`` starts the
-    message's tail, e.g. ``"not in grid 'paper' (its"``.
+    them; ``where`` starts the message's tail, e.g. ``"not in grid 'paper' (its"``.
     """
     for key, allowed in filters.items():
         values = list(dict.fromkeys(held.get(key, ())))

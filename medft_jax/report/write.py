@@ -20,7 +20,7 @@ from pathlib import Path
 
 from medft_jax.errors import UserError, naming_os_errors
 from medft_jax.report import figures
-from medft_jax.report.cells import COMPLETE, MISSING, PARTIAL, Summary
+from medft_jax.report.cells import COMPLETE, FAILED, MISSING, PARTIAL, Summary
 from medft_jax.report.render import (
     DAGGER,
     DOUBLE_DAGGER,
@@ -46,9 +46,9 @@ from medft_jax.report.tables import (
 def status_counts(summary: Summary) -> dict[str, int]:
     """Cells by status; a cell whose runs so far all failed, with runs still to do, is
     partial: not yet a failed experiment."""
-    counts = dict.fromkeys((COMPLETE, PARTIAL, "failed", MISSING), 0)
+    counts = dict.fromkeys((COMPLETE, PARTIAL, FAILED, MISSING), 0)
     for c in summary.cells.values():
-        early = c.status == "failed" and c.runs_done < c.runs_expected
+        early = c.status == FAILED and c.runs_done < c.runs_expected
         counts[PARTIAL if early else c.status] += 1
     return counts
 
@@ -337,7 +337,7 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         "",
         f"Runs done (finished or failed): {done} of {expected} expected; expected runs are "
         f"{source}. Cells (dataset × arch × strategy): {counts[COMPLETE]} complete, "
-        f"{counts[PARTIAL]} partial, {counts['failed']} failed, {counts[MISSING]} missing.",
+        f"{counts[PARTIAL]} partial, {counts[FAILED]} failed, {counts[MISSING]} missing.",
     ]
     if summary.filters:
         shown = "; ".join(f"{k} = {' | '.join(sorted(v))}" for k, v in summary.filters.items())
