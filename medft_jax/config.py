@@ -275,6 +275,11 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
             raise UserError(f"{name(key)} must be one of {', '.join(RGN_MODES)}, got {value!r}")
         check_value(key, value, name(key))
     lp_epochs = dict(config.strategy_options).get("lp_epochs", LP_EPOCHS_DEFAULT)
+    if config.strategy == "lp_ft" and lp_epochs < 1:
+        raise UserError(
+            f"{name('lp_epochs')} {lp_epochs}: LP-FT without head-only epochs is FT under "
+            "LP-FT's name; expected at least 1"
+        )
     if config.strategy == "lp_ft" and config.epochs <= lp_epochs:
         raise UserError(
             f"{name('epochs')} {config.epochs} ends within LP-FT's {lp_epochs} head-only "

@@ -300,6 +300,18 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
         (["--strategy", "ft", "--lr-decay", "0.5"], "error: --lr-decay applies to llrd only"),
         (["--strategy", "llrd", "--lr-decay", "0"], "error: --lr-decay must be in (0, 1], got 0.0"),
         (
+            ["--strategy", "lp_ft", "--lp-epochs", "0"],
+            "error: --lp-epochs 0: LP-FT without head-only epochs is FT under LP-FT's name",
+        ),
+        (
+            ["--strategy", "ft", "--data-dir", "/tmp/medft-test-never-made"],
+            "error: --data-dir does not apply to --dataset demo (synthetic, no files)\n",
+        ),
+        (
+            ["--strategy", "lp", "--no-feature-cache"],
+            "error: --no-feature-cache applies under --frozen-bn freeze only",
+        ),
+        (
             ["--strategy", "ft", "--dataset", "bach", "--skip-bad-images"],
             "error: --skip-bad-images applies to folder and csv datasets; bach reads what "
             "experiments.prepare wrote into --data-dir (give it to experiments.prepare)\n",
@@ -307,9 +319,11 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
     ],
 )
 def test_bad_flags_are_named(argv, message, tmp_path, capsys):
-    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    assert not Path("/tmp/medft-test-never-made").exists()
     assert not any(tmp_path.rglob("record.json"))
 
 
