@@ -105,6 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     g, runs, (index, count) = plan(args)
+    if args.no_feature_cache and g.settings.get("frozen_bn", RunConfig.frozen_bn) != "freeze":
+        raise grid_lib.GridError(
+            f"--no-feature-cache applies under frozen_bn 'freeze' only; grid {g.name!r} "
+            "updates BatchNorm statistics, so nothing is cached"
+        )
     if args.dry_run:
         dry_run(g, runs, index, count, args.out, args.retry_failed)
         return 0

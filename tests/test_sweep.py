@@ -203,6 +203,15 @@ def test_bad_shard_is_named(spec, capsys):
     assert "--shard" in capsys.readouterr().err
 
 
+def test_no_feature_cache_is_refused_where_nothing_is_cached(capsys):
+    argv = ["--config", str(PAPER), "--dry-run", "--no-feature-cache"]
+    assert sweep_cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "error: --no-feature-cache applies under frozen_bn 'freeze' only; grid 'paper' "
+        "updates BatchNorm statistics, so nothing is cached\n"
+    )
+
+
 def test_bad_config_file_is_named(tmp_path, capsys):
     bad = tmp_path / "bad.py"
     bad.write_text("def get_config():\n    return {'datasets': ['demo']}\n")
