@@ -86,8 +86,8 @@ def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
 
 def test_data_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "d").write_text("")
-    argv = ["--strategy", "lp", "--out", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "d")]
-    assert run_cli.main(argv) == 2
+    argv = ["--strategy", "lp", "--dataset", "bach", "--out", str(tmp_path / "runs")]
+    assert run_cli.main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
     assert _one_error_line(capsys).startswith(f"error: --data-dir {tmp_path / 'd'}: ")
 
 
