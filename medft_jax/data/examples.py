@@ -132,20 +132,13 @@ def validate(
     train = splits.get("train", [])
     if multilabel:  # a label column never positive in train: an output that never learns
         seen = np.sum([ex.label for ex in train], axis=0) if train else np.zeros(num)
-        missing = [c for c, count in zip(class_names, seen, strict=True) if count == 0]
-        if missing:
-            raise DataError(
-                f"{where}: label {missing[0]!r} is positive in no training example; "
-                "every label needs positive training examples"
-            )
+        lack = "label {!r} is positive in no training example; every label needs positive"
     else:
         seen = np.bincount([int(ex.label) for ex in train], minlength=num)
-        missing = [c for c, count in zip(class_names, seen, strict=True) if count == 0]
-        if missing:
-            raise DataError(
-                f"{where}: class {missing[0]!r} has no examples in the training split; "
-                "every class needs training examples"
-            )
+        lack = "class {!r} has no examples in the training split; every class needs"
+    missing = [c for c, count in zip(class_names, seen, strict=True) if count == 0]
+    if missing:
+        raise DataError(f"{where}: {lack.format(missing[0])} training examples")
     check_disjoint(
         {name: [ex.patient for ex in members] for name, members in splits.items()}, where
     )
