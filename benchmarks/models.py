@@ -58,9 +58,10 @@ import jax.numpy as jnp
 import optax
 
 from medft_jax.errors import one_line
-from medft_jax.models import ARCHS, TEST_ARCHS, create, layers, vgg
+from medft_jax.models import ARCHS, create, layers, vgg
 from medft_jax.models.conv import lax_conv
 from medft_jax.models.pool import lax_max_pool
+from medft_jax.names import is_known_arch
 from medft_jax.runtime import tune_cpu_host
 
 SETTINGS = ((64, 32), (224, 16))  # (image size, batch)
@@ -370,7 +371,7 @@ def main() -> None:
     args = p.parse_args()
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
-    unknown = [a for a in args.archs if a not in ARCHS and a not in TEST_ARCHS]
+    unknown = [a for a in args.archs if not is_known_arch(a)]
     if unknown:
         p.error(f"--archs {unknown[0]!r}: unknown arch; known: {', '.join(ARCHS)}")
     host = "default"

@@ -27,7 +27,8 @@ import numpy as np
 from models import jax_fns, median_seconds  # benchmarks/models.py, beside this script
 
 from medft_jax import strategies
-from medft_jax.models import ARCHS, TEST_ARCHS, create, get_arch, init_variables
+from medft_jax.models import ARCHS, create, get_arch, init_variables
+from medft_jax.names import is_known_arch
 from medft_jax.runtime import tune_cpu_host
 from medft_jax.train import Trainer
 
@@ -143,7 +144,7 @@ def main() -> None:
     for flag in ("image_size", "batch", "steps"):  # before any compiling
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.arch not in ARCHS and args.arch not in TEST_ARCHS:
+    if not is_known_arch(args.arch):
         p.error(f"--arch {args.arch!r}: unknown arch; known: {', '.join(ARCHS)}")
     unknown = [s for s in args.strategies if s not in strategies.STRATEGIES]
     if unknown:
