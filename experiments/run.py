@@ -237,10 +237,11 @@ def _main(argv: Sequence[str] | None) -> int:
     options = dataset_options(args) | local_options(args)
     if args.data_dir is not None and args.dataset == "demo":  # before it makes the folder
         raise UserError("--data-dir does not apply to --dataset demo (synthetic, no files)")
-    if args.no_feature_cache and args.frozen_bn != "freeze":
+    if args.no_feature_cache and configs[0].frozen_bn != "freeze":
         raise UserError(
-            "--no-feature-cache applies under --frozen-bn freeze only (features are cached "
-            "only when frozen BatchNorm makes the backbone a function of the image)"
+            "--no-feature-cache applies under --frozen-bn freeze, with a strategy that freezes "
+            "blocks, only (features are cached only when frozen BatchNorm makes the backbone "
+            "a function of the image)"
         )
     writable_dir(args.out, "--out")
     if args.data_dir is not None:

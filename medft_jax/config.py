@@ -41,6 +41,11 @@ zero-norm tensor in Auto-RGN; version 3 (2026-12-02) computes eq. 6 accuracy as
 one division, so epochs of equal top-1 tie exactly in early stopping (BACH, T1w).
 """
 FROZEN_BN = ("update", "freeze")
+BN_TRAINS_THROUGHOUT = ("ft", "l1_sp", "l2_sp", "auto_rgn", "llrd", "bitfit")
+"""Strategies under which every block with a BatchNorm has a trainable parameter in every
+epoch (BitFit trains the norms' scale and bias), on every arch: ``frozen_bn='freeze'``
+freezes no BatchNorm there, so it is the run ``'update'`` names (a test holds this against
+each arch's schedule)."""
 
 LIMITS: dict[str, tuple[float, float]] = {
     "lr": (0.0, 1.0),
@@ -180,7 +185,11 @@ class RunConfig:
     """The toolkit's :data:`NUMERICS_VERSION` the run computes with (not a choice)."""
 
     def __post_init__(self) -> None:
-        # One run, one name: an option at its default, or an int for a float, is not another.
+        # One run, one name: freezing the BatchNorm of frozen blocks where no block is
+        # ever frozen is the run that updates them.
+        if self.frozen_bn == "freeze" and self.strategy in BN_TRAINS_THROUGHOUT:
+            object.__setattr__(self, "frozen_bn", "update")
+        # An option at its default, or an int for a float, is not another run either.
         if isinstance(self.strategy_options, tuple) and all(
             isinstance(kv, tuple) and len(kv) == 2 for kv in self.strategy_options
         ):

@@ -124,6 +124,15 @@ def test_compilation_cache_variable_that_is_a_file_is_one_line(tmp_path, capsys,
         enable_compilation_cache()
 
 
+def test_freezing_bn_where_no_block_freezes_is_the_update_run():
+    """FT and its kin train every BatchNorm every epoch: ``freeze`` is another name only."""
+    for strategy in ("ft", "l2_sp", "bitfit"):
+        frozen = RunConfig(strategy=strategy, frozen_bn="freeze")
+        assert frozen == RunConfig(strategy=strategy) and frozen.frozen_bn == "update"
+    for strategy in ("lp", "g_lf", "lp_ft"):  # these freeze blocks: another run
+        assert RunConfig(strategy=strategy, frozen_bn="freeze").frozen_bn == "freeze"
+
+
 def test_check_config_names_the_field_its_caller_uses():
     bad = RunConfig(strategy="g_lf", strategy_options=(("epochs_per_stage", 0),))
     with pytest.raises(UserError, match=r"^--epochs-per-stage must be in \[1, 10000\], got 0$"):

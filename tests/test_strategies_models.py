@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from medft_jax import models
+from medft_jax.config import BN_TRAINS_THROUGHOUT
 from medft_jax.models.blocks import flatten
-from medft_jax.strategies import make
+from medft_jax.strategies import STRATEGIES, make
 
 ARCHS = ("resnet50", "densenet121", "vgg19")
 NUM_CLASSES = 3
@@ -113,6 +114,32 @@ def test_epoch0_trainable_set(arch, strategy):
     g_lf, g_fl = FINAL_STAGE[name]
     want_final = {"g_lf": g_lf, "g_fl": g_fl, "lp_ft": 5}.get(strategy, 0)
     assert schedule.final_stage_epoch == want_final
+
+
+@pytest.mark.parametrize("arch_name", (*ARCHS, *models.TEST_ARCHS))
+def test_bn_trains_throughout_is_exactly_where_freezing_bn_changes_nothing(arch_name):
+    """``RunConfig`` names ``frozen_bn='freeze'`` of these strategies as ``'update'``."""
+    shapes = models.variable_shapes(arch_name, NUM_CLASSES)
+    partition = models.get_arch(arch_name).partition
+    bn_blocks = {partition.block_of(p) for p in flatten(shapes.get("batch_stats", {}))}
+    surgical = SURGICAL.get(arch_name, partition.names[1])
+    for strategy in STRATEGIES:
+        _, schedule = make(
+            strategy,
+            shapes["params"],
+            partition,
+            learning_rate=1e-3,
+            steps_per_epoch=1,
+            frozen_bn="freeze",
+            surgical_block=surgical,
+        )
+        in_inference = {
+            e: bn_blocks - set(schedule.bn_train(e)) for e in range(len(partition.names) + 6)
+        }
+        if strategy in BN_TRAINS_THROUGHOUT or not bn_blocks:
+            assert not any(in_inference.values()), (strategy, in_inference)
+        else:  # the set is complete: every other strategy freezes some BatchNorm
+            assert in_inference[0], strategy
 
 
 def test_lp_optimizer_state_is_head_sized(arch):
