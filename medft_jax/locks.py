@@ -31,6 +31,10 @@ Limitations:
 - Fork: a child forked while the lock is held shares it (flock belongs to
   the open file); it is released when both have exited or closed it.
 - Windows has no ``fcntl``: runs there are not locked, with one warning.
+- A filesystem that refuses ``flock`` outright (an NFSv3 client without its
+  lock daemon: "No locks available") is refused with one line, before any
+  work; ``MEDFT_JAX_NO_LOCKS=1`` runs unlocked there, as on Windows, for
+  whoever makes sure no two processes run one run.
 """
 
 from __future__ import annotations
@@ -47,10 +51,19 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from medft_jax.errors import UserError
+
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
+
+NO_LOCKS_ENV = "MEDFT_JAX_NO_LOCKS"
+"""Set to ``1``: take no locks (a filesystem without ``flock``; the user keeps runs apart)."""
+UNSUPPORTED = frozenset(
+    getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS") if hasattr(errno, n)
+)
+"""``flock``'s errors that mean the filesystem cannot lock at all (not: someone holds it)."""
 
 LOCK_NAME = ".lock"
 """The lock file in a run's folder; :meth:`RunLock.clear_folder` keeps it."""
@@ -150,14 +163,18 @@ def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     stays (removing it would let a third process lock a new one meanwhile);
     it is empty. Without ``fcntl`` (Windows) nothing is locked.
     """
-    if fcntl is None:
+    if not _locking():
         yield
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            _refuse_unsupported(e, path)
+            raise
         yield
     finally:
         os.close(fd)  # drops the flock
@@ -166,8 +183,7 @@ def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
 def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
     """Takes ``run_dir``'s lock now or raises :class:`RunLocked`; release with ``release()``."""
     run_dir = Path(run_dir)
-    if fcntl is None:
-        _warn_unlocked()
+    if not _locking():
         return RunLock(run_dir, None, created_dir=False)
     path = run_dir / LOCK_NAME
     for _ in range(_ATTEMPTS):
@@ -186,6 +202,11 @@ def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
         except OSError as e:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if created:  # nothing of this run is left behind
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                        run_dir.rmdir()
+                _refuse_unsupported(e, path)
                 raise
             raise RunLocked(run_dir, *_holder(path)) from None
         if not _same_file(fd, path):  # locked a file its holder removed on release
@@ -257,16 +278,33 @@ def _process_count() -> int:
     return 1 if jax is None else jax.process_count()
 
 
+def _refuse_unsupported(e: OSError, path: Path) -> None:
+    """One line for a filesystem that cannot lock (``e`` is re-raised by the caller if not)."""
+    if e.errno in UNSUPPORTED:
+        raise UserError(
+            f"{path}: this filesystem refuses file locks ({e.strerror}); put the folder on one "
+            "that locks (on NFS, start the client's lock daemon), or set "
+            f"{NO_LOCKS_ENV}=1 to run unlocked and never start two processes on one run"
+        ) from None
+
+
 _warned = False
 
 
-def _warn_unlocked() -> None:
+def _locking() -> bool:
+    """Whether to lock: not without ``fcntl`` nor under ``MEDFT_JAX_NO_LOCKS=1`` (one warning)."""
+    setting = os.environ.get(NO_LOCKS_ENV, "")
+    if setting not in ("", "0", "1"):
+        raise UserError(f"{NO_LOCKS_ENV}={setting!r}: expected 1 (no locks) or 0")
+    if fcntl is not None and setting != "1":
+        return True
     global _warned
     if not _warned:
         _warned = True
+        why = "this platform has no fcntl" if fcntl is None else f"{NO_LOCKS_ENV} is set"
         warnings.warn(
-            "this platform has no fcntl: runs are not locked, so do not start two processes "
-            "on the same run",
+            f"{why}: runs are not locked, so do not start two processes on the same run",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+    return False

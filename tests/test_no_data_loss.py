@@ -34,7 +34,7 @@ from medft_jax.checkpoints import run as checkpoint
 from medft_jax.checkpoints.model import load_metadata
 from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.demo import load_demo
-from medft_jax.errors import find_os_error, os_error_line
+from medft_jax.errors import UserError, find_os_error, os_error_line
 from medft_jax.locks import RunLocked
 from medft_jax.report import collect, write_report
 from medft_jax.report.write import MARKER, ReportError
@@ -243,6 +243,32 @@ def test_the_lock_excludes_a_second_taker_clears_around_itself_and_tidies_up(tmp
     e = RunLocked(run, 12, "node-7")
     assert str(e) == "running in process 12 on host node-7"
     assert str(RunLocked(run, None, None)) == "running in another process"
+
+
+def _no_flock(fd, flags):
+    raise OSError(errno.ENOLCK, "No locks available")
+
+
+def test_a_filesystem_that_cannot_lock_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """An NFSv3 client without its lock daemon: refused before any work, or unlocked by choice."""
+    monkeypatch.setattr(locks.fcntl, "flock", _no_flock)
+    run = tmp_path / "new-run"
+    with pytest.raises(UserError, match=r"new-run/\.lock: this filesystem refuses file locks "):
+        locks.acquire(run)
+    assert list(tmp_path.iterdir()) == []  # the folder it made is gone
+    refused = pytest.raises(UserError, match=r"cache\.lock: this filesystem refuses")
+    with refused, locks.waiting_lock(tmp_path / "cache.lock"):
+        pytest.fail("went on unlocked")
+    monkeypatch.setenv(locks.NO_LOCKS_ENV, "yes")
+    with pytest.raises(
+        UserError, match=r"^MEDFT_JAX_NO_LOCKS='yes': expected 1 \(no locks\) or 0$"
+    ):
+        locks.acquire(run)
+    monkeypatch.setenv(locks.NO_LOCKS_ENV, "1")
+    monkeypatch.setattr(locks, "_warned", False)
+    warned = pytest.warns(RuntimeWarning, match="MEDFT_JAX_NO_LOCKS is set: runs are not locked")
+    with warned, locks.run_lock(run), locks.waiting_lock(tmp_path / "cache.lock"):
+        pass
 
 
 MULTI_HOST = """
