@@ -25,6 +25,8 @@ def _umask() -> int:
 
 FILE_MODE = 0o666 & ~_umask()
 """What ``open()`` would have given a new file: the process's umask applies."""
+DIR_MODE = 0o777 & ~_umask()
+"""What ``mkdir()`` would have given a new folder (``mkdtemp`` gives 0700, whatever the umask)."""
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

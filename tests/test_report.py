@@ -15,6 +15,7 @@ from scipy import stats
 
 from experiments import report as cli
 from medft_jax import results
+from medft_jax.atomic import DIR_MODE
 from medft_jax.config import NUMERICS_VERSION
 from medft_jax.grid import Grid
 from medft_jax.report import (
@@ -31,6 +32,7 @@ from medft_jax.report import (
     to_markdown,
     write_report,
 )
+from medft_jax.report.figures import improvement_bars
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SECOND = {"bach": "kappa", "t1w_mri": "f1", "mura_wrist": "kappa"}
@@ -564,6 +566,8 @@ def test_write_report_writes_every_table_figure_and_index(tmp_path):
         assert (out / link).is_file(), link
     assert "ttest" in text and "4.30" in text and "†" in text and "—" in text
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    # A folder the user shares is as readable as mkdir under the umask makes it (not 0700).
+    assert out.stat().st_mode & 0o777 == (out / "tables").stat().st_mode & 0o777 == DIR_MODE
 
 
 def test_write_report_refuses_a_folder_that_is_not_a_report(tmp_path):
@@ -729,7 +733,6 @@ def test_table12_counts_each_dataset_in_its_counting_metric():
 def test_improvement_error_bars_from_the_seeds_se():
     """SE(g) = 100·√(se² + (m/m_FT)²·se_FT²)/m_FT, each SE over the cell's seeds."""
     from medft_jax.report import improvement_se
-    from medft_jax.report.figures import improvement_bars
 
     ft, lp = [0.70, 0.74, 0.72], [0.80, 0.76, 0.81]
     records = [rec(strategy="ft", seed=s, test=t) for s, t in enumerate(ft)]
@@ -745,6 +748,48 @@ def test_improvement_error_bars_from_the_seeds_se():
     assert bars["lp"].err == pytest.approx(expected)
     assert math.isfinite(bars["g_lf"].gain) and math.isnan(bars["g_lf"].err)
     assert set(bars) == {"lp", "g_lf"}  # FT is the reference, not a bar
+
+
+def _drawn(summary, kind, monkeypatch, dataset="bach"):
+    """The matplotlib figure a report draws for ``dataset`` (its axes)."""
+    from medft_jax.report import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    draw = figures.improvement_figure if kind == "improvement" else figures.cost_figure
+    draw(summary, dataset, Path("unused.png"))
+    return drawn[0].axes[0]
+
+
+def test_figures_mark_partial_cells_and_missing_error_bars(monkeypatch):
+    """As the tables' †: LP has 2 of FT's 3 seeds (partial), G-LF 1 (partial, no spread)."""
+    from matplotlib.colors import to_rgba
+
+    records = [rec(strategy="ft", seed=k, test=0.7 + 0.01 * k) for k in range(3)]
+    records += [rec(strategy="lp", seed=k, test=0.8 + 0.01 * k) for k in range(2)]
+    records += [rec(strategy="g_lf", seed=0, test=0.75)]
+    records += [rec(arch="densenet121", strategy=s, seed=k) for s in ("ft", "lp") for k in range(3)]
+    summary = collect(records)
+    assert summary.cell("bach", "resnet50", "lp").status == "partial"
+    bars = {(b.arch, b.strategy): b for b in improvement_bars(summary, "bach")}
+    assert bars[("resnet50", "lp")].partial and bars[("resnet50", "g_lf")].partial
+    assert not bars[("densenet121", "lp")].partial
+    ax = _drawn(summary, "improvement", monkeypatch)
+    drawn = {c.get_label(): c.patches for c in ax.containers if hasattr(c, "patches")}
+    by_arch = {arch: [p.get_hatch() for p in patches] for arch, patches in drawn.items()}
+    assert by_arch == {"ResNet-50": ["//", "//"], "DenseNet-121": [None]}
+    assert ax.get_xlabel() == "hatched: runs missing (†); no error bar: one seed"
+    densenet = drawn["DenseNet-121"][0]
+    alone = collect([r for r in records if r["config"]["arch"] == "densenet121"])
+    ax_alone = _drawn(alone, "improvement", monkeypatch)
+    alone_bar = next(c for c in ax_alone.containers if hasattr(c, "patches")).patches[0]
+    assert alone_bar.get_facecolor() == densenet.get_facecolor()
+    assert densenet.get_facecolor() == to_rgba("C1")  # DenseNet-121's colour in every report
+    assert ax_alone.get_xlabel() == ""  # complete cells, three seeds: nothing to say
+    cost = _drawn(summary, "cost", monkeypatch)
+    assert cost.get_xlabel().endswith("; hollow: runs missing (†)")
+    ft_only = _drawn(collect([rec(strategy="ft")]), "improvement", monkeypatch)
+    assert [t.get_text() for t in ft_only.texts] == ["no strategy but FT: nothing to compare"]
 
 
 def test_how_to_read_names_every_tables_metrics(tmp_path):

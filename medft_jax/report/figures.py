@@ -5,9 +5,11 @@ canvas, never through ``pyplot``: no GUI backend is needed (a headless
 cluster node), no global state changes for a caller who also plots, and
 nothing is left open. Size and dpi are fixed so reruns give images of the
 same size. Colours follow a strategy's place in
-:data:`medft_jax.strategies.STRATEGIES` and markers an arch's place in
-:data:`medft_jax.models.ARCHS`, so every figure of a report (and of two
-reports) uses the same ones.
+:data:`medft_jax.strategies.STRATEGIES` (an arch's in the improvement
+bars) and markers an arch's place in :data:`medft_jax.models.ARCHS`, so
+every figure of a report (and of two reports) uses the same ones. As the
+tables mark a cell with runs missing (``†``), the figures draw it hatched
+(bars) or hollow (points) and say so under the axes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import math
 import zlib
 from pathlib import Path
 
-from medft_jax.report.cells import BASELINE, Summary, improvement_se, relative_improvement
+from medft_jax.report.cells import (
+    BASELINE,
+    PARTIAL,
+    Summary,
+    improvement_se,
+    relative_improvement,
+)
 from medft_jax.report.render import arch_label, metric_label, slug, strategy_label
 
 FIGSIZE = (8.0, 4.5)
@@ -63,6 +71,22 @@ def arch_marker(arch: str) -> str:
     return MARKERS[_index(arch, list(ARCHS)) % len(MARKERS)]
 
 
+def arch_colour(arch: str) -> str:
+    """The improvement bars' colour of ``arch``: by its place in ARCHS, not in the report."""
+    from medft_jax.models import ARCHS
+
+    return f"C{_index(arch, list(ARCHS)) % 10}"
+
+
+PARTIAL_NOTE = "runs missing (†)"
+ONE_SEED_NOTE = "no error bar: one seed"
+
+
+def _partial(summary: Summary, dataset: str, arch: str, strategy: str) -> bool:
+    cell = summary.cells.get((dataset, arch, strategy))
+    return cell is not None and cell.status == PARTIAL
+
+
 @dataclasses.dataclass(frozen=True)
 class Bar:
     """One bar of an improvement figure: its place, height and error bar (percent)."""
@@ -76,6 +100,8 @@ class Bar:
     err: float
     """SE of ``gain`` over the seeds (:func:`~medft_jax.report.cells.improvement_se`);
     NaN when either cell has a single seed (no error bar)."""
+    partial: bool = False
+    """Whether this cell or its FT cell has runs missing (drawn hatched)."""
 
 
 def improvement_bars(summary: Summary, dataset: str) -> list[Bar]:
@@ -90,7 +116,8 @@ def improvement_bars(summary: Summary, dataset: str) -> list[Bar]:
         for i, s in enumerate(strategies):
             gain = relative_improvement(summary, dataset, a, s)
             err = improvement_se(summary, dataset, a, s) if math.isfinite(gain) else math.nan
-            bars.append(Bar(a, s, i + offset, gain, err))
+            partial = any(_partial(summary, dataset, a, x) for x in (s, BASELINE))
+            bars.append(Bar(a, s, i + offset, gain, err, partial))
     return bars
 
 
@@ -98,35 +125,49 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
     """Grouped bars: x = strategies other than FT, one bar per arch, y = relative
     improvement (%) of the mean test headline metric over FT of the same arch, with an
     error bar of ± its SE over the seeds (:func:`improvement_bars`). A bar without a value
-    (either cell has none) is left out and labelled ``n/a``."""
+    (either cell has none) is left out and labelled ``n/a``; a bar whose cell or FT cell
+    has runs missing is hatched, and a note under the axes says what hatching and a
+    missing error bar mean."""
     fig = _figure()
     ax = fig.add_subplot()
     strategies = [s for s in summary.strategies if s != BASELINE]
-    archs = list(summary.archs)
-    width = 0.8 / max(len(archs), 1)
+    width = 0.8 / max(len(summary.archs), 1)
     bars = improvement_bars(summary, dataset)
-    for j, a in enumerate(archs):
+    for a in summary.archs:
         mine = [b for b in bars if b.arch == a]
         for b in mine:
             if not math.isfinite(b.gain):
                 ax.text(b.x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
         shown = [b for b in mine if math.isfinite(b.gain)]
-        ax.bar(
+        drawn = ax.bar(
             [b.x for b in shown],
             [b.gain for b in shown],
             width,
             yerr=[b.err if math.isfinite(b.err) else 0.0 for b in shown],
             error_kw={"elinewidth": 0.8, "capsize": 2},
             label=arch_label(a),
-            color=f"C{j}",
+            color=arch_colour(a),
         )
+        for patch, b in zip(drawn.patches, shown, strict=True):
+            if b.partial:
+                patch.set_hatch("//")
+                patch.set_edgecolor("black")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(strategies)), [strategy_label(s) for s in strategies])
     ax.set_xlim(-0.6, max(len(strategies), 1) - 0.4)
     metric = metric_label(summary.headline(dataset))
     ax.set_ylabel(f"Improvement over FT (%), test {metric}")
     ax.set_title(f"{dataset}: relative improvement over FT (± SE over seeds)")
-    if archs:
+    shown = [b for b in bars if math.isfinite(b.gain)]
+    notes = [f"hatched: {PARTIAL_NOTE}"] if any(b.partial for b in shown) else []
+    notes += [ONE_SEED_NOTE] if any(not math.isfinite(b.err) for b in shown) else []
+    if notes:
+        ax.set_xlabel("; ".join(notes), fontsize=8)
+    if not strategies:
+        ax.text(
+            0.5, 0.5, "no strategy but FT: nothing to compare", ha="center", transform=ax.transAxes
+        )
+    elif summary.archs:
         ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -140,17 +181,29 @@ def cost_figure(summary: Summary, dataset: str, path: Path) -> Path:
     ax = fig.add_subplot()
     seen_s: list[str] = []
     seen_a: list[str] = []
+    partial = False
     for (d, a, s), c in summary.cells.items():
         if d != dataset or not c.has_value or c.cost is None:
             continue
         x, y = c.cost.device_seconds, c.mean()
         if not (math.isfinite(x) and x > 0 and math.isfinite(y)):
             continue
-        ax.scatter([x], [100 * y], color=strategy_colour(s), marker=arch_marker(a), s=40)
+        colour = strategy_colour(s)
+        hollow = c.status == PARTIAL
+        partial |= hollow
+        ax.scatter(
+            [x],
+            [100 * y],
+            marker=arch_marker(a),
+            s=40,
+            facecolors="none" if hollow else colour,
+            edgecolors=colour,
+        )
         seen_s += [s] if s not in seen_s else []
         seen_a += [a] if a not in seen_a else []
     metric = metric_label(summary.headline(dataset))
-    ax.set_xlabel("Device-seconds per run (log scale)")
+    note = f"; hollow: {PARTIAL_NOTE}" if partial else ""
+    ax.set_xlabel(f"Device-seconds per run (log scale){note}")
     ax.set_ylabel(f"Test {metric} (%)")
     ax.set_title(f"{dataset}: cost versus {metric}")
     if seen_s:

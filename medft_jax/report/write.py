@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from medft_jax.atomic import DIR_MODE
 from medft_jax.errors import UserError, naming_os_errors
 from medft_jax.report import figures
 from medft_jax.report.cells import COMPLETE, FAILED, MISSING, PARTIAL, Summary
@@ -106,6 +107,7 @@ def write_report(
     with naming_os_errors(out_dir):  # a read-only --out is named, not our temporary folder
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        os.chmod(tmp, DIR_MODE)  # it becomes out: readable by whom the umask says
     try:
         tables = all_tables(summary, beat_threshold)
         (tmp / "tables").mkdir()
