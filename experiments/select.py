@@ -121,13 +121,19 @@ def _main(argv: Sequence[str] | None) -> int:
         grid = grid_records(g, arms, args.grid_runs)
         check_grid_identity(grid[0], session.identify(arms[0].config), args.grid_runs)
     outcome = successive_halving(
-        arms, session, min_epochs=args.min_epochs, eta=args.eta, max_epochs=max_epochs
+        arms,
+        session,
+        min_epochs=args.min_epochs,
+        eta=args.eta,
+        max_epochs=max_epochs,
+        say=print if session.main_process else lambda line: None,
     )
     if grid is not None:
         outcome["grid"] = compare_with_grid(*grid, outcome)
-    _print_outcome(outcome)
-    if args.json:
-        results.write_record(args.json, outcome)
+    if session.main_process:  # a multi-host job's other processes say and write nothing
+        _print_outcome(outcome)
+        if args.json:
+            results.write_record(args.json, outcome)
     return 0
 
 

@@ -21,6 +21,7 @@ from experiments import sweep as sweep_cli
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.checkpoints.run import RunCheckpoints
+from medft_jax.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "configs" / "paper.py"
@@ -406,7 +407,7 @@ def test_select_refuses_grid_runs_from_other_data_before_training(tmp_path, monk
 
 
 @pytest.mark.slow
-def test_killed_sweep_restarts_where_it_stopped(tmp_path):
+def test_killed_sweep_restarts_where_it_stopped(tmp_path, monkeypatch, capsys):
     """Kill a sweep after its first record; the report marks what is missing; a restart ends it."""
     config = _grid_file(
         tmp_path, "lp3", strategies=("lp", "ft"), lrs=(1e-3, 1e-4, 1e-5), seeds=(0,), epochs=2
@@ -473,6 +474,12 @@ def test_killed_sweep_restarts_where_it_stopped(tmp_path):
         run = results.run_dir(sel_dir, next(c for c in lp if c.lr == lr).to_dict())
         epochs = RunCheckpoints(run).read_progress()["epochs"]
         assert arm["score"] == max(first_rung[arm["arm"]], epochs[0]["val"]["accuracy"])
+    # A multi-host job's other processes neither print the outcome nor write --json.
+    capsys.readouterr()
+    monkeypatch.setattr(Session, "main_process", property(lambda self: False))
+    other = tmp_path / "select-process-1.json"
+    assert select_cli.main([*argv[:-1], str(other)]) == 0
+    assert not other.exists() and capsys.readouterr().out == ""
 
 
 def test_rung_budgets_and_survivors_by_hand():
