@@ -49,6 +49,7 @@ from medft_jax.environment import environment_info
 from medft_jax.errors import one_line
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
 from medft_jax.results import RunRecord
+from medft_jax.runtime import process_0_says
 from medft_jax.strategies import Schedule
 from medft_jax.train import (
     NonFiniteLossError,
@@ -310,7 +311,7 @@ def run_one(
     cfg = config.to_dict()
     run_dir = results.run_dir(out_dir, cfg)
     record_file = results.record_path(out_dir, cfg)
-    if record_file.exists() and not force:
+    if not force and process_0_says(record_file.exists()):  # every process decides alike
         record = results.read_record(record_file)
         clear_leftovers(run_dir)
         return record
@@ -318,9 +319,13 @@ def run_one(
     # One process per run (another gets RunLocked); the lock is released, and this
     # process's background checkpoint writes end, whatever ends the run.
     with locks.run_lock(run_dir) as lock, RunCheckpoints(run_dir, exclusive=True) as ckpts:
-        if record_file.exists() and not force:  # another process finished it meanwhile
+        if not force and process_0_says(record_file.exists()):  # another finished it meanwhile
             return results.read_record(record_file)
-        if skip_failed and not force and results.failure_path(out_dir, cfg).exists():
+        if (
+            skip_failed
+            and not force
+            and process_0_says(results.failure_path(out_dir, cfg).exists())
+        ):
             raise FailedBefore(f"{run_dir.name}: failed before")
         if on_start is not None:
             on_start()

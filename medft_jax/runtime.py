@@ -34,6 +34,23 @@ def set_up_process(distributed: bool = True) -> None:
     _SET_UP = True
 
 
+def process_0_says(value: int) -> int:
+    """Process 0's ``value``, on every process of a multi-host job (``value`` in one process).
+
+    For a decision each process reads from the shared filesystem (is this run
+    done? did it fail before?): two hosts' views of a folder may differ for a
+    moment (NFS caches file attributes), and processes that decide apart wait
+    at the next collective forever. A collective itself: every process calls it
+    at the same point.
+    """
+    if jax.process_count() == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
 def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path | None:
     """Keeps compiled XLA programs on disk, so the next run skips compiling them.
 

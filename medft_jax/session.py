@@ -45,8 +45,11 @@ from medft_jax.outcomes import (
     Outcome,
     fatal_kind,
 )
-from medft_jax.runtime import set_up_process
+from medft_jax.runtime import process_0_says, set_up_process
 from medft_jax.train import NonFiniteLossError
+
+STATES = ("done", "failed", "todo")
+"""What :meth:`Session.status` says of a run."""
 
 
 class Session:
@@ -115,10 +118,12 @@ class Session:
         """
         cfg = config.to_dict()
         if results.record_path(self.out, cfg).exists():
-            return "done"
-        if results.failure_path(self.out, cfg).exists():
-            return "failed"
-        return "todo"
+            state = 0
+        elif results.failure_path(self.out, cfg).exists():
+            state = 1
+        else:
+            state = 2
+        return STATES[process_0_says(state)]  # every process of a job decides alike
 
     def run(
         self,

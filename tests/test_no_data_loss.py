@@ -288,14 +288,15 @@ except locks.RunLocked as e:
 """
 
 
-def _two_process_job(run_dir: Path) -> list[dict]:
-    """What each process of a 2-process jax.distributed job gets from ``run_lock``."""
+def _two_process_job(run_dir: Path, script: str = MULTI_HOST, *args: str) -> list[dict]:
+    """What each process of a 2-process jax.distributed job prints last (JSON): by default
+    what it gets from ``run_lock``."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", MULTI_HOST, str(run_dir), str(port), str(i)],
+            [sys.executable, "-c", script, str(run_dir), str(port), str(i), *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -309,6 +310,33 @@ def _two_process_job(run_dir: Path) -> list[dict]:
         assert p.returncode == 0, log[-3000:]
         outcomes.append(json.loads(log.strip().splitlines()[-1]))
     return outcomes
+
+
+TWO_VIEWS = """
+import json, os, sys
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+_, port, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=index)
+from medft_jax import results
+from medft_jax.config import RunConfig
+from medft_jax.runtime import process_0_says
+from medft_jax.session import Session
+out = sys.argv[4 + index]  # each process its own view of the results folder
+cfg = RunConfig(strategy="ft", data_fingerprint="d", weights_fingerprint="w")
+if index == 0:
+    results.write_record(results.record_path(out, cfg.to_dict()), {"config": cfg.to_dict()})
+print(json.dumps({"says": process_0_says(10 + index), "status": Session(out).status(cfg)}))
+"""
+
+
+@pytest.mark.slow
+def test_under_multi_host_jax_every_process_sees_what_process_0_sees(tmp_path):
+    """A record one host sees and another does not yet (NFS caching) is done for both:
+    processes that decided apart would wait at the run's next collective forever."""
+    views = [str(tmp_path / "seen"), str(tmp_path / "not-yet")]
+    assert _two_process_job(tmp_path, TWO_VIEWS, *views) == [{"says": 10, "status": "done"}] * 2
 
 
 @pytest.mark.slow
