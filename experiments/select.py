@@ -43,6 +43,7 @@ from medft_jax.config import check_value
 from medft_jax.errors import ArgumentParser, UserError, check_data_dir, cli_main, writable_dir
 from medft_jax.grid import Grid
 from medft_jax.halving import Arm, rung_budgets, successive_halving, survivors, tiebreak_metric
+from medft_jax.names import DEMO
 from medft_jax.report import collect
 
 __all__ = ["Arm", "main", "rung_budgets", "survivors", "tiebreak_metric"]
@@ -94,11 +95,13 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.seed is not None:
         check_value("seed", args.seed, "--seed")
     g, arms, max_epochs = _arms(args)
-    if args.min_epochs > max_epochs:  # one rung of the whole grid: not halving at all
+    if args.min_epochs >= max_epochs:  # one rung of the whole grid: not halving at all
         raise grid_lib.GridError(
-            f"--min-epochs {args.min_epochs:g} exceeds the grid's {max_epochs} epochs; "
+            f"--min-epochs {args.min_epochs:g} is not under the grid's {max_epochs} epochs; "
             "the first rung must be shorter than a run"
         )
+    if args.data_dir is not None and {a.config.dataset for a in arms} == {DEMO}:
+        raise UserError("--data-dir does not apply to --dataset demo (synthetic, no files)")
     # Paths the end of the selection reads or writes, checked before hours of training.
     if args.grid_runs is not None:
         _check_grid_runs(args.grid_runs)
@@ -119,6 +122,11 @@ def _main(argv: Sequence[str] | None) -> int:
     grid = None
     if args.grid_runs is not None:  # on this data and these weights, before any training
         grid = grid_records(g, arms, args.grid_runs)
+        if not grid[0]:  # the comparison would be NaN, after all the training
+            raise UserError(
+                f"--grid-runs {args.grid_runs}: holds none of the grid's {grid[1]} runs of "
+                "this selection; expected the full grid's --out"
+            )
         check_grid_identity(grid[0], session.identify(arms[0].config), args.grid_runs)
     outcome = successive_halving(
         arms,
@@ -179,6 +187,11 @@ def _arms(args: argparse.Namespace) -> tuple[Grid, list[Arm], int]:
         for c in runs
         if c.seed == first_seed
     ]
+    if len(arms) < 2:
+        raise grid_lib.GridError(
+            f"--only: select chooses among arms (strategy × lr); the selection has "
+            f"{len(arms)} ({arms[0].strategy} at lr {arms[0].lr:g}): widen --only"
+        )
     return g, arms, runs[0].epochs
 
 

@@ -25,7 +25,14 @@ from collections.abc import Callable
 from typing import Any
 
 from medft_jax.errors import UserError
-from medft_jax.names import ARCHS, BLOCKS, STRATEGIES, WEIGHTS_CHOICES, is_known_arch
+from medft_jax.names import (
+    ARCHS,
+    BLOCKS,
+    HEAD_ALONE_BLOCK,
+    STRATEGIES,
+    WEIGHTS_CHOICES,
+    is_known_arch,
+)
 
 PRECISIONS = ("fp32", "bf16")
 NUMERICS_VERSION = 3
@@ -70,6 +77,9 @@ OPEN_LOW = ("lr", "lr_decay")
 """Fields whose lower limit is excluded: a learning rate of 0, or a layer-wise decay
 factor of 0 (every block but the head at rate 0), trains nothing."""
 
+FLOAT32_TINY = 2.0**-126
+"""float32's smallest normal number: a rate below it is 0, or nearly, where the step computes."""
+
 INT_FIELDS = (
     "seed",
     "data_seed",
@@ -104,7 +114,8 @@ LP_EPOCHS_DEFAULT = 5
 
 A shorter gradual unfreezing (G-LF, G-FL) is allowed: it is the same strategy
 cut short (the record's epochs name the blocks each trained), as in the
-quick grid's two epochs. An LP-FT that never leaves its head-only phase is
+quick grid's two epochs, but one that ends within its first stage unfreezes
+nothing and is refused. An LP-FT that never leaves its head-only phase is
 another strategy, LP, and is refused."""
 
 
@@ -283,6 +294,7 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
         if key == "rgn_mode" and value not in RGN_MODES:
             raise UserError(f"{name(key)} must be one of {', '.join(RGN_MODES)}, got {value!r}")
         check_value(key, value, name(key))
+    _refuse_another_strategy(config, name)
     lp_epochs = dict(config.strategy_options).get("lp_epochs", LP_EPOCHS_DEFAULT)
     if config.strategy == "lp_ft" and lp_epochs < 1:
         raise UserError(
@@ -299,4 +311,47 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
         raise UserError(
             f"{name('strategy')} surgical needs {name('surgical_block')}: the one block to "
             f"train, one of {', '.join(BLOCKS[config.arch])}"
+        )
+
+
+def _refuse_another_strategy(config: RunConfig, name: Callable[[str], str]) -> None:
+    """Refuses settings that train nothing, or train another strategy under this one's name
+    (as LP-FT without head-only epochs would be FT): the table would credit the wrong one."""
+    options = {**OPTION_DEFAULTS, **dict(config.strategy_options)}
+    strategy, tiny = config.strategy, f"{FLOAT32_TINY:.2g}"
+    if config.lr < FLOAT32_TINY:
+        raise UserError(
+            f"{name('lr')} {config.lr:g} is 0 in float32, where the step computes; expected at "
+            f"least {tiny}"
+        )
+    if strategy == "llrd":
+        decay, blocks = options["lr_decay"], len(BLOCKS[config.arch])
+        if decay == 1:
+            raise UserError(
+                f"{name('lr_decay')} 1: LLRD without decay is FT under LLRD's name; expected "
+                "a factor below 1"
+            )
+        first = config.lr * decay ** (blocks - 1)
+        if first < FLOAT32_TINY:
+            raise UserError(
+                f"{name('lr_decay')} {decay:g}: the first block's rate, {name('lr')} × "
+                f"{decay:g}^{blocks - 1} = {first:.3g}, is 0 in float32; expected a factor "
+                f"that leaves it at least {tiny}"
+            )
+    if strategy in ("l1_sp", "l2_sp") and options["alpha"] == options["beta"] == 0:
+        raise UserError(
+            f"{name('alpha')} 0 and {name('beta')} 0: {strategy} without its penalty is FT "
+            "under its name; expected a coefficient above 0"
+        )
+    if strategy in ("g_lf", "g_fl") and config.epochs <= options["epochs_per_stage"]:
+        raise UserError(
+            f"{name('epochs')} {config.epochs} ends within {strategy}'s first stage "
+            f"({name('epochs_per_stage')} {options['epochs_per_stage']}): no block would "
+            "ever be unfrozen; give more epochs, or shorter stages"
+        )
+    block = options.get("surgical_block")
+    if strategy == "surgical" and block is not None and block == HEAD_ALONE_BLOCK.get(config.arch):
+        raise UserError(
+            f"{name('surgical_block')} {block}: {config.arch}'s {block} is the new head "
+            "alone, so this is LP under surgical's name; expected another block"
         )

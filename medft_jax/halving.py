@@ -110,6 +110,12 @@ def successive_halving(
             f"--min-epochs {min_epochs:g} is under one train step: {first.dataset} has "
             f"{steps_per_epoch} steps per epoch at batch size {first.batch_size}"
         )
+    if round(min_epochs * steps_per_epoch) >= max_epochs * steps_per_epoch:
+        raise DataError(
+            f"--min-epochs {min_epochs:g} is {round(min_epochs * steps_per_epoch)} train steps "
+            f"of {first.dataset}, a whole run of {max_epochs} epochs ({steps_per_epoch} steps "
+            "each): the first rung must be shorter than a run"
+        )
     from medft_jax.metrics import primary_metric
 
     primary = primary_metric(first.dataset, dataset.multilabel)

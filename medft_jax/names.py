@@ -32,6 +32,9 @@ BLOCKS: dict[str, tuple[str, ...]] = {
 }
 """Each arch's blocks, first to last (``medft_jax.models.blocks.PARTITIONS`` defines them):
 what ``--surgical-block`` names, checked with the other settings."""
+HEAD_ALONE_BLOCK: dict[str, str] = {"resnet50": "fc", "resnet_tiny": "fc"}
+"""Archs whose last block is the new head and nothing else (DenseNet's holds ``norm5``,
+VGG's fc6 and fc7): surgical fine-tuning of that block is linear probing."""
 PAPER_STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn")
 """The paper's eight strategies, in its order (``medft_jax.strategies.SPECS``)."""
 EXTRA_STRATEGIES = ("surgical", "llrd", "bitfit")

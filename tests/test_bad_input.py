@@ -133,6 +133,67 @@ def test_freezing_bn_where_no_block_freezes_is_the_update_run():
         assert RunConfig(strategy=strategy, frozen_bn="freeze").frozen_bn == "freeze"
 
 
+@pytest.mark.parametrize(
+    "strategy, settings, options, message",
+    [
+        ("ft", {"lr": 1e-50}, {}, r"^--lr 1e-50 is 0 in float32, where the step computes"),
+        ("llrd", {}, {"lr_decay": 1.0}, r"^--lr-decay 1: LLRD without decay is FT"),
+        (  # ResNet-50: 6 blocks, the stem's rate 1e-4 x (1e-8)^5
+            "llrd",
+            {},
+            {"lr_decay": 1e-8},
+            r"^--lr-decay 1e-08: the first block's rate, --lr × 1e-08\^5 = 1e-44, is 0",
+        ),
+        ("l2_sp", {}, {"alpha": 0.0, "beta": 0.0}, r"^--alpha 0 and --beta 0: l2_sp without"),
+        ("l1_sp", {}, {"alpha": 0, "beta": 0}, r"^--alpha 0 and --beta 0: l1_sp without"),
+        ("g_lf", {"epochs": 1}, {}, r"^--epochs 1 ends within g_lf's first stage"),
+        (
+            "g_fl",
+            {"epochs": 6},
+            {"epochs_per_stage": 10},
+            r"^--epochs 6 ends within g_fl's first stage \(--epochs-per-stage 10\)",
+        ),
+        (
+            "surgical",
+            {},
+            {"surgical_block": "fc"},
+            r"^--surgical-block fc: resnet50's fc is the new head alone, so this is LP",
+        ),
+    ],
+)
+def test_settings_that_make_another_strategy_or_train_nothing_are_refused(
+    strategy, settings, options, message
+):
+    """Each trains nothing, or another strategy's numbers under this one's name."""
+    config = RunConfig(strategy=strategy, **settings, strategy_options=tuple(options.items()))
+    with pytest.raises(UserError, match=message):
+        check_config(config)
+
+
+def test_the_edges_next_to_another_strategy_are_allowed():
+    check_config(RunConfig(strategy="ft", lr=2.0**-126))
+    check_config(RunConfig(strategy="llrd", strategy_options=(("lr_decay", 0.999),)))
+    check_config(RunConfig(strategy="l2_sp", strategy_options=(("alpha", 0.0),)))  # β: the head
+    check_config(RunConfig(strategy="g_lf", epochs=3, strategy_options=(("epochs_per_stage", 2),)))
+    for arch, block in (("densenet121", "classifier"), ("vgg19", "classifier")):  # + norm5, fc6-7
+        check_config(
+            RunConfig(strategy="surgical", arch=arch, strategy_options=(("surgical_block", block),))
+        )
+
+
+def test_head_alone_blocks_are_those_whose_params_are_all_the_head():
+    from medft_jax import models
+    from medft_jax.models.blocks import flatten
+    from medft_jax.names import HEAD_ALONE_BLOCK
+
+    for arch in (*models.ARCHS, *models.TEST_ARCHS):
+        partition = models.get_arch(arch).partition
+        last = partition.names[-1]
+        paths = [p for p in flatten(models.variable_shapes(arch, 3)["params"])]
+        alone = all(partition.is_head(p) for p in paths if partition.block_of(p) == last)
+        assert (HEAD_ALONE_BLOCK.get(arch) == last) == alone, arch
+
+
 def test_check_config_names_the_field_its_caller_uses():
     bad = RunConfig(strategy="g_lf", strategy_options=(("epochs_per_stage", 0),))
     with pytest.raises(UserError, match=r"^--epochs-per-stage must be in \[1, 10000\], got 0$"):
@@ -298,7 +359,17 @@ def test_bad_grid_axes_and_options_are_named_before_any_run(fields, message, tmp
         (["--min-epochs", "inf"], "error: --min-epochs must be a finite number > 0, got inf"),
         (["--min-epochs", "0"], "error: --min-epochs must be a finite number > 0, got 0.0"),
         (["--min-epochs", "nan"], "error: --min-epochs must be a finite number > 0, got nan"),
-        (["--min-epochs", "3"], "error: --min-epochs 3 exceeds the grid's 2 epochs; the first"),
+        (["--min-epochs", "3"], "error: --min-epochs 3 is not under the grid's 2 epochs; the "),
+        (["--min-epochs", "2"], "error: --min-epochs 2 is not under the grid's 2 epochs; the "),
+        (
+            ["--only", "strategy=ft,lr=0.001"],
+            "error: --only: select chooses among arms (strategy × lr); the selection has 1 "
+            "(ft at lr 0.001): widen --only",
+        ),
+        (
+            ["--data-dir", "/tmp/medft-test-never-made"],
+            "error: --data-dir does not apply to --dataset demo (synthetic, no files)\n",
+        ),
         (["--eta", "1"], "error: --eta must be in [2, 100], got 1"),
         (["--seed", "-1"], "error: --seed must be in [0, 2147483647], got -1"),
     ],
@@ -307,7 +378,8 @@ def test_bad_select_flags_are_named(flags, message, tmp_path, capsys):
     quick = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "quick.py"
     argv = ["--config", str(quick), "--only", "arch=resnet50", "--out", str(tmp_path / "s")]
     assert select_cli.main([*argv, *flags]) == 2
-    assert _one_error_line(capsys).startswith(message)
+    assert (_one_error_line(capsys) + "\n").startswith(message)
+    assert not (tmp_path / "s").exists() and not Path("/tmp/medft-test-never-made").exists()
 
 
 @pytest.mark.parametrize(

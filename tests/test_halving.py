@@ -117,3 +117,25 @@ def test_when_every_arm_diverges_there_is_no_pick():
         "no arm of demo (resnet50) has a finite validation accuracy: "
         "ft @ lr 0.001: loss nan at lr 0.001; ft @ lr 0.0001: loss nan at lr 0.0001"
     )
+
+
+def test_a_first_rung_that_rounds_to_a_whole_run_is_refused():
+    """1.9 of 2 epochs at 4 steps an epoch is 8 steps: every arm would train the full run."""
+    from medft_jax.data import DataError
+    from medft_jax.halving import successive_halving
+
+    class Session:
+        out = "unused"
+
+        def dataset(self, config):
+            return type("D", (), {"multilabel": False, "steps_per_epoch": lambda self, b: 4})()
+
+        def identify(self, config):
+            return config
+
+        def run(self, config, stop_after_steps):
+            pytest.fail("trained a rung that is a whole run")
+
+    arms = [Arm("ft", lr, RunConfig(strategy="ft", lr=lr)) for lr in (1e-3, 1e-4)]
+    with pytest.raises(DataError, match=r"^--min-epochs 1.9 is 8 train steps of demo, a whole"):
+        successive_halving(arms, Session(), min_epochs=1.9, eta=2, max_epochs=2, say=print)

@@ -391,12 +391,18 @@ def test_select_refuses_grid_runs_from_other_data_before_training(tmp_path, monk
         pytest.fail("trained before checking --grid-runs")
 
     monkeypatch.setattr(select_cli, "successive_halving", no_work)
-    config = _grid_file(tmp_path, "g", strategies=("lp",), lrs=(1e-3,), seeds=(0,), epochs=1)
+    config = _grid_file(tmp_path, "g", strategies=("lp",), lrs=(1e-3, 1e-4), seeds=(0,), epochs=2)
     grid = tmp_path / "grid"
-    (run,) = _identified(grid_lib.load_grid(config).configs())
+    grid.mkdir()
+    argv = ["--config", str(config), "--out", str(tmp_path / "sel"), "--grid-runs", str(grid)]
+    assert select_cli.main(argv) == 2  # no record of the grid at all: the comparison is NaN
+    assert capsys.readouterr().err.strip() == (
+        f"error: --grid-runs {grid}: holds none of the grid's 2 runs of this selection; "
+        "expected the full grid's --out"
+    )
+    run = _identified(grid_lib.load_grid(config).configs())[0]
     stale = dataclasses.replace(run, data_fingerprint="0" * 16).to_dict()
     results.write_record(results.record_path(grid, stale), {"config": stale, "epochs": []})
-    argv = ["--config", str(config), "--out", str(tmp_path / "sel"), "--grid-runs", str(grid)]
     assert select_cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
