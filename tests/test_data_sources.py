@@ -61,6 +61,24 @@ def test_medmnist_nx1_labels_and_resized_cache(tmp_path):
     assert np.array_equal(resized.splits["val"].images[2], expected[2:34, 2:34])
 
 
+def test_the_resized_cache_makes_no_rgb_copy_of_a_split(tmp_path, monkeypatch):
+    """Grey images go RGB one at a time as they are resized: a whole split at three times
+    its size (ChestMNIST at 224 px: 17 GB) is never held; the pixels are the same."""
+    from medft_jax.data import medmnist
+
+    _npz(tmp_path / "pneumoniamnist.npz", {"train": 10, "val": 4, "test": 6})
+    native = load("medmnist/pneumoniamnist", data_dir=tmp_path)
+
+    def whole_split_rgb(images):
+        pytest.fail(f"an RGB copy of {images.shape}")
+
+    monkeypatch.setattr(medmnist, "_as_rgb", whole_split_rgb)
+    resized = load("medmnist/pneumoniamnist", data_dir=tmp_path, progress=False, **SIZES)
+    grey = native.splits["test"].images[5, ..., 0]
+    expected = np.asarray(Image.fromarray(grey).convert("RGB").resize((36, 36), Image.BILINEAR))
+    assert np.array_equal(resized.splits["test"].images[5], expected[2:34, 2:34])
+
+
 def test_chestmnist_is_multilabel(tmp_path):
     _npz(tmp_path / "chestmnist.npz", {"train": 6, "val": 2, "test": 2}, "multi", 14)
     ds = load("medmnist/chestmnist", data_dir=tmp_path)
