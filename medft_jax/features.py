@@ -46,6 +46,7 @@ import numpy as np
 
 from medft_jax import atomic, locks
 from medft_jax.checkpoints.model import variables_hash
+from medft_jax.config import NUMERICS_VERSION
 from medft_jax.data import pipeline
 from medft_jax.data.cache import reserve_space
 from medft_jax.data.dataset import Dataset
@@ -315,6 +316,7 @@ def cached_features(
     backend = jax.default_backend()
     expected = {
         "format": FORMAT,
+        "numerics": NUMERICS_VERSION,  # a toolkit that computes otherwise recomputes them
         "arch": arch,
         "precision": precision,
         "backend": backend,
@@ -345,7 +347,7 @@ def cached_features(
                         # process and a newcomer then both compute, each whole.
                         lock.unlink(missing_ok=True)
                         raise
-        except OSError as e:
+        except (OSError, locks.LocksUnsupported) as e:  # e.g. a read-only or NFS data dir
             errors.append(f"{directory}: {one_line(e)}")
             with contextlib.suppress(OSError):
                 directory.parent.rmdir()  # only if empty

@@ -278,10 +278,14 @@ def _process_count() -> int:
     return 1 if jax is None else jax.process_count()
 
 
+class LocksUnsupported(UserError):
+    """The filesystem refuses file locks (not: someone holds the lock)."""
+
+
 def _refuse_unsupported(e: OSError, path: Path) -> None:
     """One line for a filesystem that cannot lock (``e`` is re-raised by the caller if not)."""
     if e.errno in UNSUPPORTED:
-        raise UserError(
+        raise LocksUnsupported(
             f"{path}: this filesystem refuses file locks ({e.strerror}); put the folder on one "
             "that locks (on NFS, start the client's lock daemon), or set "
             f"{NO_LOCKS_ENV}=1 to run unlocked and never start two processes on one run"

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from medft_jax import features, fit, strategies
+from medft_jax import features, fit, locks, strategies
+from medft_jax.config import NUMERICS_VERSION
 from medft_jax.data.arrays import ArraySplit
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.demo import load_demo
@@ -448,6 +449,36 @@ def test_a_features_meta_of_another_shape_is_recomputed_not_a_crash(demo, tmp_pa
     again, info = features.cached_features(demo, **kw)
     assert not info["reused"] and len(calls) == 6
     np.testing.assert_array_equal(again.arrays["val"], found.arrays["val"])
+
+
+def test_features_of_another_numerics_version_are_recomputed(demo, tmp_path):
+    """A toolkit that computes otherwise (NUMERICS_VERSION) never serves older features."""
+    calls = []
+    kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
+    found, _ = features.cached_features(demo, **kw)
+    meta = json.loads((found.directory / "meta.json").read_text())
+    assert meta["numerics"] == NUMERICS_VERSION
+    (found.directory / "meta.json").write_text(json.dumps({**meta, "numerics": 1}))
+    _, info = features.cached_features(demo, **kw)
+    assert not info["reused"] and len(calls) == 6
+
+
+def test_a_root_whose_filesystem_refuses_locks_gives_way_to_the_next(demo, tmp_path, monkeypatch):
+    """Prepared data on an NFS mount without its lock daemon: features go under --out."""
+    real = locks.waiting_lock
+    nfs = tmp_path / "nfs" / "features"
+
+    def waiting_lock(path):
+        if str(path).startswith(str(nfs)):
+            raise locks.LocksUnsupported(f"{path}: this filesystem refuses file locks")
+        return real(path)
+
+    monkeypatch.setattr(locks, "waiting_lock", waiting_lock)
+    calls = []
+    found, info = features.cached_features(
+        demo, **_cache_kwargs(demo, (nfs, tmp_path / "out"), calls)
+    )
+    assert found is not None and info["directory"].startswith(str(tmp_path / "out"))
 
 
 def test_a_file_replaced_between_its_memmap_and_its_hash_is_not_served(demo, tmp_path, monkeypatch):
