@@ -93,26 +93,34 @@ def test_a_validation_inside_an_epoch_outlives_its_checkpoint(tmp_path, monkeypa
         score_arm(Arm("lp", 1e-4, config), {}, tmp_path, "accuracy", 6, steps=4)
 
 
+class _Session:
+    """A session over a 4-steps-an-epoch dataset whose runs ``run(config, steps)`` gives."""
+
+    out = "unused"
+
+    def __init__(self, run):
+        self.run = run
+
+    def dataset(self, config):
+        return type("D", (), {"multilabel": False, "steps_per_epoch": lambda self, b: 4})()
+
+    def identify(self, config):
+        return config
+
+
 def test_when_every_arm_diverges_there_is_no_pick():
     """Not a failed arm named the winner: one line listing why each arm has no score."""
     from medft_jax.halving import successive_halving
     from medft_jax.outcomes import DIVERGED, Outcome
 
-    class Session:
-        out = "unused"
-
-        def dataset(self, config):
-            return type("D", (), {"multilabel": False, "steps_per_epoch": lambda self, b: 4})()
-
-        def identify(self, config):
-            return config
-
-        def run(self, config, stop_after_steps):
-            return Outcome(config, DIVERGED, error=f"loss nan at lr {config.lr:g}")
+    def diverged(config, stop_after_steps):
+        return Outcome(config, DIVERGED, error=f"loss nan at lr {config.lr:g}")
 
     arms = [Arm("ft", lr, RunConfig(strategy="ft", lr=lr)) for lr in (1e-3, 1e-4)]
     with pytest.raises(UserError) as e:
-        successive_halving(arms, Session(), min_epochs=1, eta=2, max_epochs=2, say=lambda s: None)
+        successive_halving(
+            arms, _Session(diverged), min_epochs=1, eta=2, max_epochs=2, say=lambda s: None
+        )
     assert str(e.value) == (
         "no arm of demo (resnet50) has a finite validation accuracy: "
         "ft @ lr 0.001: loss nan at lr 0.001; ft @ lr 0.0001: loss nan at lr 0.0001"
@@ -124,18 +132,9 @@ def test_a_first_rung_that_rounds_to_a_whole_run_is_refused():
     from medft_jax.data import DataError
     from medft_jax.halving import successive_halving
 
-    class Session:
-        out = "unused"
-
-        def dataset(self, config):
-            return type("D", (), {"multilabel": False, "steps_per_epoch": lambda self, b: 4})()
-
-        def identify(self, config):
-            return config
-
-        def run(self, config, stop_after_steps):
-            pytest.fail("trained a rung that is a whole run")
+    def no_run(config, stop_after_steps):
+        pytest.fail("trained a rung that is a whole run")
 
     arms = [Arm("ft", lr, RunConfig(strategy="ft", lr=lr)) for lr in (1e-3, 1e-4)]
     with pytest.raises(DataError, match=r"^--min-epochs 1.9 is 8 train steps of demo, a whole"):
-        successive_halving(arms, Session(), min_epochs=1.9, eta=2, max_epochs=2, say=print)
+        successive_halving(arms, _Session(no_run), min_epochs=1.9, eta=2, max_epochs=2, say=print)
