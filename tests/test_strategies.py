@@ -21,6 +21,7 @@ from medft_jax.strategies import (
     l1_sp,
     l2_sp,
     make,
+    map_paths,
     match_paths,
     rgn_vector,
     scale_by_label,
@@ -647,6 +648,23 @@ def test_rgn_every_tensor_zero_norm_gives_ones():
     assert [float(v) for v in jax.tree.leaves(state.applied)] == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("per_step", [False, True])
+def test_rgn_in_a_partition_group_with_no_tensors(per_step):
+    """As optax.adam there: a label this model lacks, or an all-False mask, is a no-op."""
+    params = {"enc": {"kernel": jnp.ones((2, 2))}, "fc": {"kernel": jnp.ones((2, 1))}}
+    grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+    rgn = scale_by_rgn(optax.adam(LR), steps_per_epoch=4, per_step=per_step)
+    labels = map_paths(lambda path: "head" if path.startswith("fc") else "backbone")
+    tx = optax.partition({"backbone": optax.adam(LR), "head": optax.adam(LR), "rgn": rgn}, labels)
+    ref = optax.adam(LR)
+    u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    ru, _ = ref.update(grads, ref.init(params), params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u, ru)
+    masked = optax.masked(rgn, jax.tree.map(lambda _: False, params))
+    u, _ = masked.update(grads, masked.init(params), params)
+    jax.tree.map(np.testing.assert_array_equal, u, grads)
+
+
 def test_rgn_scales_the_adam_update_not_the_gradient():
     params = rgn_params()
     tx, ref = scale_by_rgn(optax.adam(LR), 3), optax.adam(LR)
@@ -826,6 +844,13 @@ def test_staged_refuses_fractional_start_and_names_missing_labels():
     labels["top"]["head"] = {"kernel": "head", "bias": "head"}
     with pytest.raises(ValueError, match=r"start_steps\['enc'\] must be an integer"):
         staged(optax.adam(LR), labels, {"enc": 2.5, "head": 0})
+    # optax's int32 count saturates at 2**31 - 1: a later start would overflow inside jit.
+    with pytest.raises(ValueError, match=r"start_steps\['enc'\] must be an integer in \[0, "):
+        staged(optax.adam(LR), labels, {"enc": 2**31, "head": 0})
+    with pytest.raises(ValueError, match=r"^unfreeze_at: step must be an integer in \[0, 2147"):
+        unfreeze_at(optax.adam(LR), 2**31)
+    last = unfreeze_at(optax.sgd(LR), 2**31 - 1)
+    jax.jit(last.update)(toy_params(), last.init(toy_params()))  # compiles: the gate stays shut
     tx = staged(optax.adam(LR), labels, {"enc": 1})
     with pytest.raises(ValueError, match=r"no start step for labels \['head'\]"):
         tx.init(toy_params())

@@ -38,12 +38,21 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, (numbers.Integral, np.integer))
 
 
-def require_int(where: str, name: str, value: Any, minimum: int) -> int:
-    """``value`` as an ``int`` if it is an integer >= ``minimum``, else a ValueError naming it.
+MAX_STEP = 2**31 - 1
+"""The last update number optax's int32 step count reaches (it saturates there)."""
 
-    One message for both faults (a fraction, a string, a bool; too small),
+
+def require_int(where: str, name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an ``int`` if it is an integer in [``minimum``, ``maximum``], else a
+    ValueError naming it.
+
+    One message for every fault (a fraction, a string, a bool; out of range),
     so the caller learns the argument and its valid range at once.
     """
+    if maximum is not None and not (is_integer(value) and minimum <= value <= maximum):
+        raise ValueError(
+            f"{where}: {name} must be an integer in [{minimum}, {maximum}], got {value!r}"
+        )
     if not is_integer(value) or value < minimum:
         raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)

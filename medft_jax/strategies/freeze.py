@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from medft_jax.models.blocks import BlockPartition, path_str
-from medft_jax.strategies.checks import require_int, require_marks_some
+from medft_jax.strategies.checks import MAX_STEP, require_int, require_marks_some
 
 PyTree = Any
 Labels = PyTree | Callable[[PyTree], PyTree]
@@ -116,7 +116,7 @@ def unfreeze_at(
     ones accumulated for bfloat16 params) give Adam's promoted dtype, and
     ``lax.cond`` refuses branches that differ.
     """
-    require_int("unfreeze_at", "step", step, 0)
+    require_int("unfreeze_at", "step", step, 0, MAX_STEP)  # an int32 count never passes it
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: PyTree) -> optax.transforms.ConditionallyMaskState:
@@ -173,7 +173,7 @@ def staged(
         if start is None:
             transforms[group] = optax.set_to_zero()
             continue
-        step = require_int("staged", f"start_steps[{group!r}]", start, 0)
+        step = require_int("staged", f"start_steps[{group!r}]", start, 0, MAX_STEP)
         transforms[group] = inner if step == 0 else unfreeze_at(inner, step)
     routed = optax.partition(transforms, labels)
 

@@ -158,13 +158,15 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
 
 
 def _stack(leaves: list[jax.Array]) -> jax.Array:
+    if not leaves:  # a group with no tensors (an optax.partition label this model lacks)
+        return jnp.zeros((0,), jnp.float32)
     return jax.lax.optimization_barrier(jnp.stack(leaves))
 
 
 def _normalise(v: jax.Array) -> jax.Array:
     """RGNs -> multipliers: v / max over finite v, clipped to 1; 1 for ``inf`` (see above)."""
     undefined = jnp.isposinf(v)
-    top = jnp.max(jnp.where(undefined, 0.0, v))
+    top = jnp.max(jnp.where(undefined, 0.0, v), initial=0.0)  # RGNs are >= 0; none: 0
     safe = jnp.where(top > 0, top, 1.0)
     return jnp.where(~undefined & (top > 0) & (v < top), jnp.minimum(v / safe, 1.0), 1.0)
 
