@@ -139,6 +139,8 @@ class Progress:
     epochs: list[dict[str, Any]]
     stopper: EarlyStopping
     compile_seconds: float = 0.0
+    compilations: int = 0
+    """Train-step programs compiled for the run by earlier calls (a resumed run's)."""
     partial: PartialEpoch | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     """Wall seconds so far by where they went (:data:`TIMED`), across resumed calls."""
@@ -154,6 +156,7 @@ class Progress:
             "epochs": self.epochs,
             "early_stopping": self.stopper.state_dict(),
             "compile_seconds": self.compile_seconds,
+            "compilations": self.compilations,
             "seconds": self.seconds,
         }
         if self.partial is not None:
@@ -169,6 +172,7 @@ class Progress:
             epochs=list(d["epochs"]),
             stopper=EarlyStopping.from_state(d["early_stopping"]),
             compile_seconds=float(d["compile_seconds"]),
+            compilations=int(d.get("compilations", 0)),  # 0: saved before it was kept
             partial=PartialEpoch(**partial) if partial else None,
             seconds={k: float(v) for k, v in (d.get("seconds") or {}).items()},
             features=d.get("features"),
@@ -237,10 +241,17 @@ class _Run:
     """``time.perf_counter()`` when this call began."""
     wall_before: float = 0.0
     """Wall seconds of earlier calls (a resumed run)."""
+    compilations_before: int = 0
+    """Train-step programs earlier calls compiled (a resumed run)."""
 
     def wall(self) -> float:
         """Wall seconds of the run so far, this call included."""
         return self.wall_before + time.perf_counter() - self.started
+
+    def compilations(self) -> int:
+        """Train-step programs compiled for the run so far, this call's included (a sweep's
+        later runs share the first's and compile none: a cost, like compile seconds)."""
+        return self.compilations_before + self.trainer.num_compilations
 
     @property
     def primary(self) -> str:
@@ -336,6 +347,7 @@ def run_one(
         t = time.perf_counter()
         run = _prepare(config, ds, ckpts, eval_batch_size=eval_batch_size, trainers=trainers)
         run.started, run.wall_before = started, run.progress.seconds.get("wall", 0.0)
+        run.compilations_before = run.progress.compilations
         run.progress.add("setup", time.perf_counter() - t + loading)
         if feature_cache:
             run.feature_roots = features_lib.roots_for(ds, out_dir)
@@ -544,6 +556,7 @@ def _save_latest(run: _Run, ckpts: RunCheckpoints, step: int) -> None:
     """The resume checkpoint, its progress carrying the wall clock up to now."""
     t = time.perf_counter()
     run.progress.seconds["wall"] = run.wall()
+    run.progress.compilations = run.compilations()
     ckpts.save_latest(step, run.state, run.progress.to_dict())
     run.progress.add("checkpoints", time.perf_counter() - t)
 
@@ -557,7 +570,9 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
     p, config = run.progress, run.config
     trainable = run.schedule.trainable_mask(run.params, epoch)
     bn_train = run.schedule.bn_train(epoch)
+    compiled_before = run.trainer.compile_seconds
     source, from_features = _epoch_source(run, epoch)
+    p.compile_seconds += run.trainer.compile_seconds - compiled_before  # the feature extractor
     it = source.train_iter(config.batch_size, seed=config.seed, epoch=epoch, **run.shard)
     # A resumed partial epoch continues its batches, losses and clocks.
     part = p.partial or PartialEpoch(epoch, 0, {}, [], 0.0, 0.0, {})
@@ -684,6 +699,8 @@ def _run_batches(
         leave=False,
     )
     pending = None
+    # Update numbers from the host: reading the state's step would wait for every step.
+    done_before = int(run.state.step) - position
     t_data = time.perf_counter()
     for batch in it:
         x, y = trainer.shard_batch(batch["image"]), trainer.shard_batch(batch["label"])
@@ -694,7 +711,7 @@ def _run_batches(
         run.state, loss = trainer.train_step(run.state, x, y, **kw)
         if pending is not None:
             losses.append(float(pending))
-            check_finite(losses[-1], step=int(run.state.step) - 1, epoch=epoch)
+            check_finite(losses[-1], step=done_before + position, epoch=epoch)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         pending = loss
         train_seconds += time.perf_counter() - t
@@ -705,7 +722,7 @@ def _run_batches(
         t_data = time.perf_counter()
     if pending is not None:
         losses.append(float(pending))
-        check_finite(losses[-1], step=int(run.state.step), epoch=epoch)
+        check_finite(losses[-1], step=done_before + position, epoch=epoch)
     bar.close()
     return position, train_seconds
 
@@ -751,7 +768,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "test": test,
         "final_stage_epoch": run.schedule.final_stage_epoch,
         "compile_seconds": p.compile_seconds,
-        "num_compilations": run.trainer.num_compilations,
+        "num_compilations": run.compilations(),
         "train_seconds": float(sum(e["seconds"] for e in p.epochs)),
         **({"features": run.progress.features} if run.progress.features else {}),
         "seconds": _seconds_split(run),

@@ -41,6 +41,9 @@ Record schema (``medft_jax.fit.run_one`` writes it; keys a reader relies on):
 ``final_stage_epoch``, ``compile_seconds``, ``train_seconds``, ``steps_per_epoch``,
 ``num_classes``, ``multilabel``, ``class_names``, ``weights_used``
     Run facts.
+``num_compilations``
+    Train-step programs compiled for the run, over every call of a resumed run; a
+    cost like ``compile_seconds``: a sweep's runs that share compiled steps record 0.
 ``wall_seconds``, ``seconds``
     The run's wall time (every call of a resumed run) and where it went:
     ``train`` (the steps), ``compile``, ``setup``, ``data``, ``validation``,

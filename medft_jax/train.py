@@ -349,11 +349,23 @@ class Trainer:
             )
             if total is None:
                 total = jax.device_put(np.zeros(len(mask), np.float32), self.replicated)
-            total = _rgn_sum(grads, state.params, total, mask=mask, eps=prepass.eps)
+            args = (grads, state.params, total)
+            total = self._program(_rgn_sum, args, mask=mask, eps=prepass.eps)(*args)
             n += 1
         if n == 0:
             raise ValueError("estimate_rgn: no batches")
-        return state.replace(opt_state=_hold(state.opt_state, total, n))
+        args = (state.opt_state, total)
+        return state.replace(opt_state=self._program(_hold, args, n=n)(*args))
+
+    def _program(self, fn: Any, args: tuple, **static: Any) -> Any:
+        """``fn`` compiled for ``args`` and ``static``, its compilation counted as such."""
+        key = (fn, self.mesh, tuple(sorted(static.items())), _shapes(args))
+        program = _PREPASS_PROGRAMS.get(key)
+        if program is None:
+            t = time.perf_counter()
+            program = _PREPASS_PROGRAMS[key] = fn.lower(*args, **static).compile()
+            self.compile_seconds += time.perf_counter() - t
+        return program
 
     def _lower_grad(
         self,
@@ -551,13 +563,15 @@ def _rgn_sum(
     return total + rgn_vector(full, params, eps)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _hold(opt_state: PyTree, total: jax.Array, n: int) -> PyTree:
+@functools.partial(jax.jit, static_argnames=("n",))
+def _hold(opt_state: PyTree, total: jax.Array, *, n: int) -> PyTree:
     return hold_multipliers(opt_state, total / n)
 
 
 _GRAD_PROGRAMS: dict[tuple, Any] = {}
 """Compiled gradient programs of this process, keyed by model, stage and shapes."""
+_PREPASS_PROGRAMS: dict[tuple, Any] = {}
+"""Compiled Auto-RGN prepass programs (:func:`_rgn_sum`, :func:`_hold`), as above."""
 
 
 def _both(variables: Mapping[str, PyTree]) -> dict[str, PyTree]:

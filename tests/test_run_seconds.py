@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -94,3 +95,42 @@ def test_overhead_is_the_wall_time_outside_the_epochs_work():
         == "; overhead 10.0 s = 10% (compile 5.0, checkpoints 2.5, setup 1.0)"
     )
     assert results.run_overhead({"train_seconds": 3.0}) is None and _overhead_text({}) == ""
+
+
+@pytest.mark.parametrize(
+    "strategy, options",
+    [
+        ("lp", {"frozen_bn": "freeze"}),
+        ("auto_rgn", {"strategy_options": (("rgn_mode", "prepass"),)}),
+    ],
+    ids=["cached-features", "rgn-prepass"],
+)
+def test_every_compilation_of_the_run_is_counted_as_compilation(
+    demo, tmp_path, monkeypatch, strategy, options
+):
+    """The feature extractor's and the prepass's programs too: they were counted as training
+    (the prepass) or nowhere (the features), so a run's seconds misplaced them."""
+    from medft_jax import train
+
+    monkeypatch.setattr(train, "_PREPASS_PROGRAMS", {})
+    config = dataclasses.replace(_config(), strategy=strategy, **options)
+    trainers: dict = {}
+    record = fit.run_one(config, tmp_path, dataset=demo, progress=False, trainers=trainers)
+    (trainer,) = trainers.values()
+    assert record["compile_seconds"] == pytest.approx(trainer.compile_seconds, rel=1e-9)
+    assert record["seconds"]["compile"] == record["compile_seconds"]
+    if strategy == "lp":
+        assert record["features"]["used"] and not record["features"]["reused"]
+    else:  # compiled once each, through the trainer, and kept for the next epoch
+        assert len(train._PREPASS_PROGRAMS) == 2
+
+
+def test_a_resumed_run_counts_the_compilations_of_every_call(demo, tmp_path):
+    """G-LF, 2 stages: the stopped call compiles both, the resumed one the second again."""
+    config = dataclasses.replace(_config(), strategy="g_lf")
+    full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False, trainers={})
+    assert full["num_compilations"] == 2
+    stopped = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=6)
+    assert stopped == {}
+    resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, trainers={})
+    assert resumed["num_compilations"] == 3
