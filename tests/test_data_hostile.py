@@ -204,6 +204,25 @@ def test_folder_class_missing_from_train(tmp_path):
     _no_cache_written(tmp_path / "out")
 
 
+NFC, NFD = "pneumon\u00eda", "pneumoni\u0301a"  # one name as Linux and as macOS store it
+TWINS = r"class names 'pneumon\\xeda' and 'pneumoni\\u0301a' differ only in Unicode normalisation"
+
+
+def test_folder_class_names_written_two_ways_are_refused(tmp_path):
+    """Two folders that look alike would be two classes (macro metrics over a fake one)."""
+    _folder(tmp_path / "flat", classes=("normal", NFC, NFD))
+    flat = r"flat: class names 'pneumoni\\u0301a' and 'pneumon\\xeda' differ only in Unicode"
+    with pytest.raises(DataError, match=flat) as err:  # in sorted order
+        _load_folder(tmp_path / "flat", tmp_path / "out")
+    _one_line(err)
+    _no_cache_written(tmp_path / "out")
+    root = tmp_path / "split"  # the test folder made on another machine
+    _folder(root / "train", classes=("normal", NFC))
+    _folder(root / "test", classes=("normal", NFD), per_class=3)
+    with pytest.raises(DataError, match=rf"split/test and train: {TWINS}"):
+        _load_folder(root, tmp_path / "out")
+
+
 # csv labels
 
 
@@ -232,8 +251,9 @@ def _load_csv(root: Path, out: Path, **kw):
         (["0", "1"] * 5 + ["1.0"], r"labels\.csv:12: labels '1' and '1\.0' are the same id"),
         (["0", "1"] * 5 + [" "], r"labels\.csv:12: empty 'label'; expected a class"),
         (["benign"] * 11, r"only one class \('benign'\); a classifier needs at least two"),
+        (["normal", NFC] * 5 + [NFD], rf"labels\.csv:12: {TWINS}"),
     ],
-    ids=["float-0.9", "nan", "string-among-ids", "two-spellings", "empty", "one-class"],
+    ids=["float-0.9", "nan", "string-among-ids", "two-spellings", "empty", "one-class", "nfd"],
 )
 def test_csv_bad_labels_refused_before_caching(tmp_path, labels, message):
     root = _csv_dir(tmp_path / "d", labels)

@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from medft_jax.data import dicom
+from medft_jax.data.class_names import refuse_twins, twin_of, twins_message
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, carve_examples
 from medft_jax.data.images import IMAGE_SUFFIXES
@@ -88,6 +89,7 @@ def _check_nothing_left_out(root: Path, splits: dict[str, list[Example]]) -> Non
 
 def _classes(root: Path, base: Path) -> list[str]:
     names = [p.name for p in sub_folders(base, root)]
+    refuse_twins(names, str(root))
     if not names:
         raise DataError(f"{root}: no class subfolders found; expected <root>/<class>/<image>")
     if len(names) == 1:
@@ -156,6 +158,10 @@ def _scan(
             raise DataError(f"class folder {folder} is empty; expected {'/'.join(IMAGE_SUFFIXES)}")
         examples += [Example(p, label, p.relative_to(base).as_posix()) for p in files]
     extra = sorted(p.name for p in sub_folders(base, root) if p.name not in class_names)
+    for name in extra:
+        twin = twin_of(name, class_names)
+        if twin is not None:
+            raise DataError(twins_message(f"{root} and train", twin, name))
     if extra:
         raise DataError(f"{root}: folder(s) {extra} are not classes of train {class_names}")
     return examples

@@ -1,0 +1,43 @@
+"""One class, one spelling: class names that differ only in Unicode normalisation are refused.
+
+A folder made on macOS often stores ``pneumonía`` decomposed (NFD: ``i`` and a
+combining accent), one made on Linux or typed into a CSV composed (NFC). The
+two look the same and sort apart: read as given they are two classes, and the
+macro metrics average over a class that does not exist. Renaming is the
+user's call (a folder name is a path), so the toolkit names both and stops.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable
+
+from medft_jax.data.errors import DataError
+
+
+def normalised(name: str) -> str:
+    """``name`` in NFC: equal for two spellings of one name."""
+    return unicodedata.normalize("NFC", name)
+
+
+def twin_of(name: str, names: Iterable[str]) -> str | None:
+    """A name of ``names`` other than ``name`` that is ``name`` spelled otherwise, or None."""
+    key = normalised(name)
+    return next((n for n in names if n != name and normalised(n) == key), None)
+
+
+def refuse_twins(names: Iterable[str], where: str) -> None:
+    """Refuses two of ``names`` that differ only in Unicode normalisation, naming both."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(normalised(name), name)
+        if other != name:
+            raise DataError(twins_message(where, other, name))
+
+
+def twins_message(where: str, a: str, b: str) -> str:
+    """The one line for two spellings of one class name (escaped, so they differ on screen)."""
+    return (
+        f"{where}: class names {a!a} and {b!a} differ only in Unicode normalisation "
+        "(one name written two ways, e.g. on macOS and on Linux); spell them alike"
+    )
