@@ -274,6 +274,7 @@ def test_a_class_with_one_label_value_in_an_evaluation_split_is_refused(
         ds.check_scorable()
     assert str(e.value) == (
         f"toy: the val split ({len(labels)} examples) has {what} of class {name!r}, so its "
-        "AUROC is undefined and the macro means would leave it out; carve larger evaluation "
-        "splits (experiments.prepare --val-fraction/--test-fraction) or drop the class"
+        "AUROC is undefined and the macro means would leave it out; give the split more "
+        "images of it (where the split is carved: a larger --val-fraction/--test-fraction, "
+        "for a paper task at experiments.prepare) or drop the class"
     )

@@ -174,6 +174,11 @@ def test_split_folders_are_known_by_their_usual_names_and_strays_refused(tmp_pat
     _, splits = parse_folder(tree(tmp_path / "b", train=5, validation=2, TEST=3))
     assert {k: len(v) for k, v in splits.items()} == {"train": 10, "val": 4, "test": 6}
     assert {i.id.split("/")[0] for i in splits["val"]} == {"validation"}
+    # A fraction for a split a folder gives would change nothing but the cache's name.
+    with pytest.raises(DataError, match=r"a: test_fraction \(--test-fraction\) 0.4 does not "):
+        parse_folder(tmp_path / "a", test_fraction=0.4)  # Testing/ gives it
+    _, carved = parse_folder(tmp_path / "a", val_fraction=0.5)  # val is carved: it applies
+    assert {k: len(v) for k, v in carved.items()} == {"train": 10, "val": 10, "test": 6}
     refused = [
         (dict(train=3, val=1, valid=1), r"folders \['val', 'valid'\] hold the same split \(val\)"),
         (
@@ -319,6 +324,17 @@ def test_csv_multilabel_and_split_column(tmp_path):
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 4, "val": 4, "test": 4}
     # rows 1, 4, 7, 10: a = i % 2, b = (i // 2) % 2
     assert ds.splits["val"].labels.tolist() == [[1, 0], [0, 0], [1, 1], [0, 1]]
+    from medft_jax.data.table import parse_table
+
+    with pytest.raises(DataError, match=r"labels\.csv: val_fraction \(--val-fraction\) 0\.3 "):
+        parse_table(
+            tmp_path / "d",
+            csv_file="labels.csv",
+            path_column="file",
+            label_columns=["a", "b"],
+            split_column="split",
+            val_fraction=0.3,
+        )
 
 
 @pytest.mark.parametrize(

@@ -99,8 +99,9 @@ class Dataset:
                 raise DataError(
                     f"{self.name}: the {name} split ({n} examples) has {what} of class "
                     f"{self.class_names[c]!r}, so its AUROC is undefined and the macro means "
-                    "would leave it out; carve larger evaluation splits (experiments.prepare "
-                    "--val-fraction/--test-fraction) or drop the class"
+                    "would leave it out; give the split more images of it (where the split "
+                    "is carved: a larger --val-fraction/--test-fraction, for a paper task at "
+                    "experiments.prepare) or drop the class"
                 )
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:

@@ -59,6 +59,26 @@ def labels_of(examples: Sequence[Example], multilabel: bool, num_classes: int) -
     return np.asarray([ex.label for ex in examples], dtype=np.int32)
 
 
+VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
+"""What a user's dataset carves from its training images for a split it does not give."""
+
+
+def fraction_for(split: str, value: float | None, given_by: str | None, where: str) -> float:
+    """The fraction to carve ``split`` with; refuses one given for a split the data gives.
+
+    ``given_by``: what gives the split (``test/``, column ``split``), None when
+    nothing does. A fraction given there would change nothing but the cache's
+    name: refused, as every flag that changes nothing is.
+    """
+    default = VAL_FRACTION if split == "val" else TEST_FRACTION
+    if value is not None and given_by is not None:
+        raise DataError(
+            f"{where}: {split}_fraction (--{split}-fraction) {value:g} does not apply: "
+            f"{given_by} gives the {split} split; leave it out"
+        )
+    return default if value is None else value
+
+
 def carve_examples(
     examples: Sequence[Example], fraction: float, seed: int, *, stratify: bool
 ) -> tuple[list[Example], list[Example]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from medft_jax.data import dicom
 from medft_jax.data.class_names import refuse_twins, twin_of, twins_message
 from medft_jax.data.errors import DataError
-from medft_jax.data.examples import Example, carve_examples
+from medft_jax.data.examples import Example, carve_examples, fraction_for
 from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.paths import scan_files, sub_folders
 
@@ -177,7 +177,11 @@ def _say_left_out(root: Path, others: Counter[str]) -> None:
 
 
 def parse_folder(
-    root: Path, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
+    root: Path,
+    *,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    seed: int = 0,
 ) -> tuple[list[str], dict[str, list[Example]]]:
     """``(class_names, {split: examples})`` of an image folder tree."""
     root = Path(root)
@@ -193,15 +197,23 @@ def parse_folder(
         _check_nothing_left_out(root, given)
         _say_left_out(root, others)
         train = given["train"]
+        fraction = {
+            split: fraction_for(
+                split, value, f"{folders[split].name}/" if split in given else None, str(root)
+            )
+            for split, value in (("test", test_fraction), ("val", val_fraction))
+        }
         if "test" not in given:
-            train, given["test"] = carve_examples(train, test_fraction, seed, stratify=True)
+            train, given["test"] = carve_examples(train, fraction["test"], seed, stratify=True)
         if "val" not in given:
-            train, given["val"] = carve_examples(train, val_fraction, seed + 1, stratify=True)
+            train, given["val"] = carve_examples(train, fraction["val"], seed + 1, stratify=True)
         given["train"] = train
         return class_names, {s: given[s] for s in SPLIT_DIRS}
     class_names = _classes(root, root)
     examples = _scan(root, root, class_names, "train", others)
     _say_left_out(root, others)
+    test_fraction = fraction_for("test", test_fraction, None, str(root))
+    val_fraction = fraction_for("val", val_fraction, None, str(root))
     rest, test = carve_examples(examples, test_fraction, seed, stratify=True)
     rest, val = carve_examples(rest, val_fraction, seed + 1, stratify=True)
     return class_names, {"train": rest, "val": val, "test": test}

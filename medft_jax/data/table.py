@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medft_jax.data.class_names import twin_of, twins_message
 from medft_jax.data.errors import DataError
-from medft_jax.data.examples import Example, carve_examples
+from medft_jax.data.examples import Example, carve_examples, fraction_for
 from medft_jax.data.paths import safe_join
 
 SPLITS = ("train", "val", "test")
@@ -171,8 +171,8 @@ def parse_table(
     class_names: Sequence[str] | None = None,
     group_column: str | None = None,
     split_column: str | None = None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
     seed: int = 0,
 ) -> tuple[list[str], bool, dict[str, list[Example]]]:
     """``(class_names, multilabel, {split: examples})`` from a labels CSV.
@@ -246,13 +246,19 @@ def parse_table(
                 )
         by_split[split].append(Example(path, label, example_id, patient=group))
     stratify = not multilabel
+    fraction = {
+        split: fraction_for(
+            split, value, f"column {split_column!r}" if by_split[split] else None, str(csv_path)
+        )
+        for split, value in (("test", test_fraction), ("val", val_fraction))
+    }
     if not by_split["test"]:
         by_split["train"], by_split["test"] = carve_examples(
-            by_split["train"], test_fraction, seed, stratify=stratify
+            by_split["train"], fraction["test"], seed, stratify=stratify
         )
     if not by_split["val"]:
         by_split["train"], by_split["val"] = carve_examples(
-            by_split["train"], val_fraction, seed + 1, stratify=stratify
+            by_split["train"], fraction["val"], seed + 1, stratify=stratify
         )
     return names, multilabel, by_split
 
