@@ -513,6 +513,16 @@ def test_a_record_without_its_epoch_log_has_an_unknown_epoch_count():
     assert cell.cost.epochs == 3
 
 
+def test_a_grid_that_freezes_batchnorm_reports_its_ft_runs_named_update():
+    """FT has no frozen block, so a freeze grid's FT runs are named ``update``
+    (``RunConfig``): one grid, not runs of different settings."""
+    records = [rec(strategy="ft", frozen_bn="update"), rec(strategy="lp", frozen_bn="freeze")]
+    summary = collect(records)
+    assert summary.cell("bach", "resnet50", "lp").status == "complete"
+    with pytest.raises(results.RecordError, match=r"frozen_bn.*separate --runs"):
+        collect([*records, rec(strategy="lp", seed=1, frozen_bn="update")])
+
+
 def test_runs_of_two_numerics_versions_are_refused_and_a_grid_leaves_the_older_out():
     """A record without ``numerics`` predates version 2 (DenseNet/VGG head init, Auto-RGN's
     zero-norm rule): its numbers are not comparable with a current run's."""

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from medft_jax import results
+from medft_jax.config import BN_TRAINS_THROUGHOUT
 from medft_jax.data.options import task_options
 from medft_jax.report import aggregate
 from medft_jax.results import RecordError
@@ -414,13 +415,18 @@ def _check_numerics(runs: list[dict[str, Any]]) -> None:
 
 def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
     """One dataset's cells must be comparable: same settings up to arch, strategy, LR, seed."""
-    diff = _differing(
-        [
-            {**r["config"], **{f"dataset_options.{k}": v for k, v in run_options(r).items()}}
-            for r in runs
-        ],
-        _PER_CELL,
-    )
+    settings = [
+        {
+            **{k: v for k, v in r["config"].items() if k != "frozen_bn"},
+            **{f"dataset_options.{k}": v for k, v in run_options(r).items()},
+        }
+        for r in runs
+    ]
+    diff = _differing(settings, _PER_CELL)
+    # frozen_bn between the strategies that freeze blocks: a grid that freezes BatchNorm
+    # names its FT runs ``update`` (:data:`~medft_jax.config.BN_TRAINS_THROUGHOUT`).
+    freezing = [r["config"] for r in runs if r["config"]["strategy"] not in BN_TRAINS_THROUGHOUT]
+    diff |= _differing([{k: c[k] for k in ("frozen_bn",) if k in c} for c in freezing], ())
     if diff:
         raise RecordError(
             f"dataset {dataset!r} holds runs with different settings ({_describe_diff(diff)}); "
