@@ -675,6 +675,27 @@ def test_dicom_palette_of_8_bit_entries_in_16_bit_words(tmp_path):
     assert np.array_equal(np.asarray(open_image(path)), expected.astype(np.uint8))
 
 
+def test_dicom_segmented_palettes_of_16_bit_entries_and_8_bit_ones_refused(tmp_path):
+    """PS3.3 C.7.9.2: a discrete segment of 256 16-bit entries; values past the table take
+    its last entry. 8-bit segmented tables pydicom indexes with 8-bit numbers: refused."""
+    stored = np.array([[0, 5, 255, 1000]], np.uint16)
+    ramp = np.arange(256, dtype=np.uint16) * 257  # 0..65535
+    tables = {"Red": ramp, "Green": ramp[::-1].copy(), "Blue": np.full(256, 32896, np.uint16)}
+    extra = {}
+    for colour, table in tables.items():
+        extra[f"{colour}PaletteColorLookupTableDescriptor"] = [256, 0, 16]
+        segment = np.concatenate([[0, 256], table]).astype("<u2")
+        extra[f"Segmented{colour}PaletteColorLookupTableData"] = segment.tobytes()
+    path = _write_dicom(tmp_path / "a.dcm", stored, photometric="PALETTE COLOR", **extra)
+    rgb = np.asarray(open_image(path))[0].tolist()
+    assert rgb == [[0, 255, 128], [5, 250, 128], [255, 0, 128], [255, 0, 128]]
+    for colour in tables:
+        extra[f"{colour}PaletteColorLookupTableDescriptor"] = [256, 0, 8]
+    path = _write_dicom(tmp_path / "b.dcm", stored, photometric="PALETTE COLOR", **extra)
+    with pytest.raises(DataError, match=r"b\.dcm: .*a segmented palette of 8-bit entries"):
+        open_image(path)
+
+
 def test_dicom_12_bit_jpeg_without_a_plugin_for_it_is_not_skipped(tmp_path):
     """Pillow decodes 8-bit JPEG but refuses 12-bit JPEG Extended: every such file would be
     skipped as bad and the dataset silently shrink, so it is a missing decoder."""

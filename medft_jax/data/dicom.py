@@ -343,6 +343,14 @@ def _palette(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
     if "SegmentedRedPaletteColorLookupTableData" in ds:
         from pydicom.pixels import apply_color_lut
 
+        bits = _descriptor_bits(ds, "RedPaletteColorLookupTableDescriptor")
+        if bits != 16:  # pydicom indexes 8-bit tables with 8-bit numbers (wrapping past 255)
+            raise DataError(
+                f"{path}: cannot apply the DICOM pixel transforms (a segmented palette of "
+                f"{bits}-bit entries, which this toolkit cannot read faithfully; expected 16-bit "
+                "entries, or a plain palette, or RGB)"
+            )
+
         rgb = _lut(path, apply_color_lut, pixels, ds)
         return rgb if rgb.dtype == np.uint8 else unsigned_to_uint8(rgb, 16)
     channels = []
@@ -357,6 +365,14 @@ def _palette(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
         )
         channels.append(unsigned_to_uint8(_look_up(pixels, table, first), bits))
     return np.stack(channels, axis=-1)
+
+
+def _descriptor_bits(ds: Any, descriptor: str) -> int | None:
+    """The bits per entry a LUT descriptor states (its third number), or None."""
+    try:
+        return int(ds[descriptor].value[2])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
 
 
 def _lut(path: Path, apply: Callable[..., np.ndarray], *args: Any, **kwargs: Any) -> np.ndarray:
