@@ -516,19 +516,28 @@ class Trainer:
         backbone computes in a train step when it is frozen under
         ``frozen_bn='freeze'``.
         """
-        for batch in batches:
-            yield self._map(state, [batch], "backbone")
+        yield from self._outputs(state, batches, "backbone")
 
     def _map(self, state: TrainState, batches, part: str) -> np.ndarray:
-        out = []
+        out = list(self._outputs(state, batches, part))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def _outputs(self, state: TrainState, batches, part: str) -> Iterator[np.ndarray]:
+        """Each batch's outputs for its real rows, read one batch late: the device computes
+        batch k + 1 while the host takes batch k's (reading each at once left it idle while
+        the host fetched, uploaded and sent the next)."""
+        pending = None
         for batch in batches:
             x = self.shard_batch(batch["image"])
             self.compile_eval(state, x, part)
             y = self._eval_steps[(x.shape, x.dtype, part)](state.variables, x)
-            y = _gather(y)
-            mask = _gather_host(np.asarray(batch["mask"]))
-            out.append(y[mask])
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+            if y.is_fully_addressable:
+                y.copy_to_host_async()
+            if pending is not None:
+                yield _real_rows(*pending)
+            pending = (y, batch["mask"])
+        if pending is not None:
+            yield _real_rows(*pending)
 
 
 def _hyper(seed: int, learning_rate: float | None, sharding: NamedSharding) -> dict[str, Any]:
@@ -624,6 +633,11 @@ def _part_kwargs(part: str) -> dict[str, str]:
 def _model_input(x: jax.Array, part: str, dtype: Any) -> jax.Array:
     """Images are normalised for the backbone; features go to the head as they are."""
     return x.astype(dtype) if part == "head" else normalize(x, dtype)
+
+
+def _real_rows(y: jax.Array, mask: Any) -> np.ndarray:
+    """``y``'s rows of real examples, every process's, in process order."""
+    return _gather(y)[_gather_host(np.asarray(mask))]
 
 
 def _gather(x: jax.Array) -> np.ndarray:

@@ -47,6 +47,7 @@ from medft_jax.checkpoints.model import (
     quiet_reported_failures,
     save_model,
     staging_paths,
+    start_host_copies,
     storage_read_error,
     tree_hash,
 )
@@ -309,7 +310,10 @@ class RunCheckpoints:
 
 
 def _host_copy(state: Any) -> dict[str, Any]:
-    return jax.tree.map(lambda x: np.array(x, copy=True), _as_dict(state))
+    """A host copy of the state that the next (donating) step cannot change."""
+    tree = _as_dict(state)
+    start_host_copies(tree)
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
 
 
 def _as_dict(state: Any) -> dict[str, Any]:
