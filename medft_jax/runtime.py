@@ -28,10 +28,39 @@ def set_up_process(distributed: bool = True) -> None:
     if _SET_UP:
         return
     if distributed and env_switch("MEDFT_DISTRIBUTED"):  # BUILD.md: multi-host runs
-        jax.distributed.initialize()
+        jax.distributed.initialize(**_process_layout())
     tune_cpu_host()
     enable_compilation_cache()
     _SET_UP = True
+
+
+LAYOUT_ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+"""What a cluster without auto-detection (not Cloud TPU, not SLURM) sets beside
+``JAX_COORDINATOR_ADDRESS``, which JAX reads itself; these two it does not."""
+
+
+def _process_layout() -> dict[str, int]:
+    """``jax.distributed.initialize``'s ``num_processes``/``process_id`` from the environment."""
+    layout = {}
+    for arg, env in LAYOUT_ENV.items():
+        text = os.environ.get(env, "").strip()
+        if not text:
+            continue
+        try:
+            layout[arg] = int(text)
+        except ValueError:
+            raise UserError(f"{env}={text!r}: expected an integer") from None
+    if "process_id" in layout and "num_processes" in layout:
+        if not 0 <= layout["process_id"] < layout["num_processes"]:
+            raise UserError(
+                f"JAX_PROCESS_ID={layout['process_id']} is outside 0..JAX_NUM_PROCESSES-1 "
+                f"({layout['num_processes'] - 1})"
+            )
+    elif layout:
+        have = [LAYOUT_ENV[arg] for arg in layout]
+        lack = [env for arg, env in LAYOUT_ENV.items() if arg not in layout]
+        raise UserError(f"{', '.join(have)} set without {', '.join(lack)}: set both")
+    return layout
 
 
 def process_0_says(value: int) -> int:

@@ -125,3 +125,35 @@ def test_a_run_under_a_misspelt_distributed_switch_stops_in_one_line_before_writ
         "error: environment variable MEDFT_DISTRIBUTED must be 0 or 1, got 'true'"
     ]
     assert not out.exists()
+
+
+def test_a_cluster_without_auto_detection_gives_its_process_layout(monkeypatch):
+    """BUILD.md: elsewhere than Cloud TPU and SLURM, JAX_NUM_PROCESSES and JAX_PROCESS_ID,
+    which jax.distributed.initialize does not read itself ("Number of processes must be
+    defined")."""
+    from medft_jax import runtime
+    from medft_jax.errors import UserError
+
+    calls = []
+    monkeypatch.setattr(runtime.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(runtime, "tune_cpu_host", lambda: False)
+    monkeypatch.setattr(runtime, "enable_compilation_cache", lambda: None)
+    monkeypatch.setattr(runtime, "_SET_UP", False)
+    monkeypatch.setenv("MEDFT_DISTRIBUTED", "1")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    runtime.set_up_process()
+    assert calls == [{"num_processes": 4, "process_id": 3}]
+    for env, message in [
+        ({"JAX_PROCESS_ID": "4"}, r"^JAX_PROCESS_ID=4 is outside 0\.\.JAX_NUM_PROCESSES-1 \(3\)$"),
+        ({"JAX_NUM_PROCESSES": "two"}, r"^JAX_NUM_PROCESSES='two': expected an integer$"),
+        ({"JAX_NUM_PROCESSES": ""}, r"^JAX_PROCESS_ID set without JAX_NUM_PROCESSES: set both$"),
+    ]:
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            with pytest.raises(UserError, match=message):
+                runtime._process_layout()
+    monkeypatch.delenv("JAX_NUM_PROCESSES")
+    monkeypatch.delenv("JAX_PROCESS_ID")
+    assert runtime._process_layout() == {}  # Cloud TPU, SLURM: JAX finds them itself
