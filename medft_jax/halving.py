@@ -100,10 +100,10 @@ def successive_halving(
     The outcome holds the pick (strategy, lr, its validation score), every
     rung's scores and the cost actually trained (epochs and seconds).
     """
+    for arm in arms:  # the runs' identity covers the data and the starting weights
+        arm.config = session.identify(arm.config)  # every process has the data, or none
     first = arms[0].config
     dataset = session.dataset(first)
-    for arm in arms:  # the runs' identity covers the data and the starting weights
-        arm.config = session.identify(arm.config)
     steps_per_epoch = dataset.steps_per_epoch(first.batch_size)
     if min_epochs * steps_per_epoch < 1:
         raise DataError(

@@ -80,6 +80,21 @@ def process_0_says(value: int) -> int:
     return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
+def every_process(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process of a multi-host job (``ok`` in one process).
+
+    For what one host may find and another not (a dataset on a stale mount):
+    a process that went on alone would pair its next collective with another
+    run's on the others and wait forever. A collective itself.
+    """
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
 def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path | None:
     """Keeps compiled XLA programs on disk, so the next run skips compiling them.
 

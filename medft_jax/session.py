@@ -45,7 +45,7 @@ from medft_jax.outcomes import (
     Outcome,
     fatal_kind,
 )
-from medft_jax.runtime import process_0_says, set_up_process
+from medft_jax.runtime import every_process, process_0_says, set_up_process
 from medft_jax.train import NonFiniteLossError
 
 STATES = ("done", "failed", "todo")
@@ -107,8 +107,25 @@ class Session:
         return self._datasets[key]
 
     def identify(self, config: RunConfig) -> RunConfig:
-        """``config`` with its data and weights fingerprints (loads the dataset)."""
-        return fit.identify(config, self.dataset(config))
+        """``config`` with its data and weights fingerprints (loads the dataset).
+
+        Every process of a multi-host job loads it or none goes on: a
+        :class:`DataError` on one (a missing or stale mount) is raised on all,
+        the others' naming the process that had it.
+        """
+        try:
+            identified, error = fit.identify(config, self.dataset(config)), None
+        except DataError as e:
+            identified, error = config, e
+        if not every_process(error is None):
+            if error is None:
+                error = DataError(
+                    f"dataset {config.dataset}: unavailable on another process of this job "
+                    "(its own error line says why)"
+                )
+                self._unavailable[config.dataset] = error
+            raise error
+        return identified
 
     def status(self, config: RunConfig) -> str:
         """``done`` (record), ``failed`` (a failure note, no record) or ``todo``.

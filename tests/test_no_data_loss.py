@@ -331,6 +331,49 @@ print(json.dumps({"says": process_0_says(10 + index), "status": Session(out).sta
 """
 
 
+ONE_HOST_LACKS_DATA = """
+import json, os, sys
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+_, port, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=index)
+from medft_jax.config import RunConfig
+from medft_jax.data import DataError
+from medft_jax.session import Session
+folder = sys.argv[4 + index]  # process 1's copy has lost a class folder (a stale mount)
+session = Session(sys.argv[6 + index], data_dir=sys.argv[6 + index],
+                  dataset_options={"folder": {"manual_dir": folder, "progress": False}})
+config = RunConfig(strategy="lp", arch="resnet_tiny", dataset="folder", weights="none",
+                   image_size=32, epochs=2, batch_size=4)
+outcomes = []
+for _ in range(2):  # the second meets the cached failure: still in step with the other
+    o = session.run(config)
+    outcomes.append([o.kind, o.error.split(": ", 1)[-1][:40]])
+print(json.dumps(outcomes))
+"""
+
+
+@pytest.mark.slow
+def test_a_dataset_one_process_cannot_load_is_unavailable_on_every_process(tmp_path):
+    """Process 1 alone failing went on to the next run, pairing its collectives with
+    another run's on process 0: a hung job."""
+    from PIL import Image
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for root, classes in ((good, ("a", "b")), (bad, ("a",))):
+        for c in classes:
+            (root / c).mkdir(parents=True)
+            for i in range(12):
+                Image.new("RGB", (40, 40), (i * 20, 0 if c == "a" else 200, 0)).save(
+                    root / c / f"{i}.png"
+                )
+    outs = [str(tmp_path / "out0"), str(tmp_path / "out1")]
+    got = _two_process_job(tmp_path, ONE_HOST_LACKS_DATA, str(good), str(bad), *outs)
+    assert got[0] == [["unavailable", "unavailable on another process of this j"]] * 2
+    assert got[1] == [["unavailable", "only one class folder ('a'); a classifie"]] * 2
+
+
 @pytest.mark.slow
 def test_under_multi_host_jax_every_process_sees_what_process_0_sees(tmp_path):
     """A record one host sees and another does not yet (NFS caching) is done for both:
