@@ -157,6 +157,43 @@ def test_folder_counts_labels_and_splits(tmp_path):
     assert np.array_equal(first.images[0], expected)
 
 
+def test_loads_that_meet_build_the_folder_cache_once(tmp_path, monkeypatch):
+    """A multi-host job's processes (or a sweep's workers) each decoded every image; the
+    second now waits on the cache's lock and reads the first's (flock excludes two opens
+    of the file even in one process, so threads stand in for processes)."""
+    import threading
+    import time
+
+    from medft_jax.data import cache
+
+    _folder(tmp_path / "imgs")
+    real, builds = cache.write_cache, []
+
+    def slow_write(*args, **kwargs):
+        builds.append(threading.get_ident())
+        time.sleep(0.3)  # the other load arrives meanwhile
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "write_cache", slow_write)
+    kw = {"manual_dir": tmp_path / "imgs", "data_dir": tmp_path / "out", "progress": False}
+    loaded = []
+    threads = [
+        threading.Thread(target=lambda: loaded.append(load("folder", **kw, **SIZES)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(loaded) == 2
+    assert loaded[0].metadata["fingerprint"] == loaded[1].metadata["fingerprint"]
+    # A fresh cache is read without the lock: a read-only --data-dir still loads.
+    monkeypatch.setattr("medft_jax.locks.waiting_lock", lambda path: pytest.fail("locked"))
+    assert (
+        load("folder", **kw, **SIZES).metadata["fingerprint"] == loaded[0].metadata["fingerprint"]
+    )
+
+
 def test_split_folders_are_known_by_their_usual_names_and_strays_refused(tmp_path):
     from medft_jax.data.folder import parse_folder
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medft_jax import locks
 from medft_jax.data import cache
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
@@ -85,30 +86,39 @@ def load_local(
     source["skip_bad_images"] = bool(skip_bad_images)
     variant = variant_name(resize_size, crop_size, s=seed)
     target = cache_dir(data_dir, f"{kind}-{_fingerprint(root, {**options, 'kind': kind})}", variant)
-    reason = cache.stale_reason(target, source) if cache.is_complete(target) else None
-    if reason:
-        cache.announce_rebuild(kind, target, reason)
-    if reason or not cache.is_complete(target):
-        reader = ImageReader(
-            resize_size,
-            crop_size,
-            skip_bad_images=skip_bad_images,
-            decode=functools.partial(open_image, bits_stored=bits_stored),
-        )
-        plans = {
-            s: split_plan(members, reader, multilabel=multilabel, num_classes=len(class_names))
-            for s, members in splits.items()
-        }
-        facts = {
-            "class_names": list(class_names),
-            "multilabel": multilabel,
-            "eval_grouping": "image",
-            "bits_stored": bits_stored,
-            "root": str(root.resolve()),
-            "options": {k: str(v) for k, v in options.items()},
-            "source": source,
-        }
-        cache.write_cache(target, plans, facts, progress=progress)
+    # Processes building one cache at once (a multi-host job's, a sweep's workers) would
+    # each decode every image: the first builds, the others wait, then find it built. A
+    # fresh cache is read without the lock: a shared --data-dir may be read-only.
+    fresh = cache.is_complete(target) and not cache.stale_reason(target, source)
+    if not fresh:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with locks.waiting_lock(target.parent / f".{target.name}.lock"):
+            reason = cache.stale_reason(target, source) if cache.is_complete(target) else None
+            if reason:
+                cache.announce_rebuild(kind, target, reason)
+            if reason or not cache.is_complete(target):
+                reader = ImageReader(
+                    resize_size,
+                    crop_size,
+                    skip_bad_images=skip_bad_images,
+                    decode=functools.partial(open_image, bits_stored=bits_stored),
+                )
+                plans = {
+                    s: split_plan(
+                        members, reader, multilabel=multilabel, num_classes=len(class_names)
+                    )
+                    for s, members in splits.items()
+                }
+                facts = {
+                    "class_names": list(class_names),
+                    "multilabel": multilabel,
+                    "eval_grouping": "image",
+                    "bits_stored": bits_stored,
+                    "root": str(root.resolve()),
+                    "options": {k: str(v) for k, v in options.items()},
+                    "source": source,
+                }
+                cache.write_cache(target, plans, facts, progress=progress)
     splits_arrays, meta = cache.read_cache(target)
     _note_duplicates(root, meta.get("duplicates") or {})
     return Dataset(
