@@ -180,6 +180,29 @@ def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
         os.close(fd)  # drops the flock
 
 
+@contextlib.contextmanager
+def build_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """:func:`waiting_lock` for building something once; a failed build leaves nothing.
+
+    The folders made for the lock file, and the file itself, are removed when
+    the block raises (a dataset refused for a corrupt image writes nothing),
+    so a process that waited then locks a removed file and builds too: at
+    worst the same work twice, never a half-built result.
+    """
+    path = Path(path)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        with waiting_lock(path):
+            yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        for folder in made:  # deepest first; only if empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
     """Takes ``run_dir``'s lock now or raises :class:`RunLocked`; release with ``release()``."""
     run_dir = Path(run_dir)
