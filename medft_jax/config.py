@@ -344,10 +344,11 @@ def _refuse_another_strategy(config: RunConfig, name: Callable[[str], str]) -> N
             "under its name; expected a coefficient above 0"
         )
     if strategy in ("g_lf", "g_fl") and config.epochs <= options["epochs_per_stage"]:
+        only = "last block" if strategy == "g_lf" else "first block and the head"
         raise UserError(
             f"{name('epochs')} {config.epochs} ends within {strategy}'s first stage "
-            f"({name('epochs_per_stage')} {options['epochs_per_stage']}): no block would "
-            "ever be unfrozen; give more epochs, or shorter stages"
+            f"({name('epochs_per_stage')} {options['epochs_per_stage']}): only its {only} "
+            "would ever train, no gradual unfreezing; give more epochs, or shorter stages"
         )
     block = options.get("surgical_block")
     if strategy == "surgical" and block is not None and block == HEAD_ALONE_BLOCK.get(config.arch):

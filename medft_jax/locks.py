@@ -185,22 +185,23 @@ def build_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """:func:`waiting_lock` for building something once; a failed build leaves nothing.
 
     The folders made for the lock file, and the file itself, are removed when
-    the block raises (a dataset refused for a corrupt image writes nothing),
-    so a process that waited then locks a removed file and builds too: at
-    worst the same work twice, never a half-built result.
+    the block raises in the holder (a dataset refused for a corrupt image
+    writes nothing), so a process that waited then locks a removed file and
+    builds too: at worst the same work twice, never a half-built result. A
+    waiter that stops while waiting leaves the holder's file alone.
     """
     path = Path(path)
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    try:
-        with waiting_lock(path):
+    with waiting_lock(path):  # a waiter interrupted here removes nothing: not its lock
+        try:
             yield
-    except BaseException:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        for folder in made:  # deepest first; only if empty
+        except BaseException:
             with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+                path.unlink()  # while still held, as RunLock.release does
+            for folder in made:  # deepest first; only if empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
 
 
 def acquire(run_dir: str | os.PathLike[str]) -> RunLock:

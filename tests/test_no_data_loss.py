@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -243,6 +244,37 @@ def test_the_lock_excludes_a_second_taker_clears_around_itself_and_tidies_up(tmp
     e = RunLocked(run, 12, "node-7")
     assert str(e) == "running in process 12 on host node-7"
     assert str(RunLocked(run, None, None)) == "running in another process"
+
+
+BUILDER = """
+import sys, time
+from medft_jax import locks
+with locks.build_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_waiter_stopped_while_waiting_leaves_the_holders_build_lock(tmp_path):
+    """It never held the lock: removing the file would let a third process build alongside
+    the holder."""
+    lock = tmp_path / "cache" / ".variant.lock"
+    run = [sys.executable, "-c", BUILDER, str(lock)]
+    holder = subprocess.Popen([*run, "30"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        waiter = subprocess.Popen([*run, "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # blocked in flock
+        waiter.send_signal(signal.SIGINT)
+        waiter.wait(timeout=30)
+        assert waiter.returncode != 0 and lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # A holder whose build fails takes its lock file and the folders made for it along.
+    with pytest.raises(RuntimeError, match="corrupt"), locks.build_lock(tmp_path / "a" / "b.lock"):
+        raise RuntimeError("corrupt image")
+    assert not (tmp_path / "a").exists()
 
 
 def _no_flock(fd, flags):

@@ -18,6 +18,7 @@ from medft_jax import results
 from medft_jax.atomic import DIR_MODE
 from medft_jax.config import NUMERICS_VERSION
 from medft_jax.grid import Grid
+from medft_jax.names import ARCHS
 from medft_jax.report import (
     beats_ft,
     best_per_dataset,
@@ -795,6 +796,9 @@ def test_figures_mark_partial_cells_and_missing_error_bars(monkeypatch):
     alone_bar = next(c for c in ax_alone.containers if hasattr(c, "patches")).patches[0]
     assert alone_bar.get_facecolor() == densenet.get_facecolor()
     assert densenet.get_facecolor() == to_rgba("C1")  # DenseNet-121's colour in every report
+    from medft_jax.report.figures import arch_colour
+
+    assert arch_colour("resnet_tiny") not in {arch_colour(a) for a in ARCHS}  # no clash
     assert ax_alone.get_xlabel() == ""  # complete cells, three seeds: nothing to say
     cost = _drawn(summary, "cost", monkeypatch)
     assert cost.get_xlabel().endswith("; hollow: runs missing (†)")

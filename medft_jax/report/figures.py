@@ -72,10 +72,14 @@ def arch_marker(arch: str) -> str:
 
 
 def arch_colour(arch: str) -> str:
-    """The improvement bars' colour of ``arch``: by its place in ARCHS, not in the report."""
+    """The improvement bars' colour of ``arch``: by its place in ARCHS, not in the report;
+    an arch not listed takes one of the colours after theirs (never one of theirs)."""
     from medft_jax.models import ARCHS
 
-    return f"C{_index(arch, list(ARCHS)) % 10}"
+    known = list(ARCHS)
+    if arch in known:
+        return f"C{known.index(arch)}"
+    return f"C{len(known) + zlib.crc32(arch.encode()) % (10 - len(known))}"
 
 
 PARTIAL_NOTE = "runs missing (†)"
