@@ -35,7 +35,7 @@ from medft_jax.errors import (
     cli_main,
     writable_dir,
 )
-from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_base, dataset_names
+from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_name_error
 from medft_jax.outcomes import BUSY, DIVERGED, OUT_OF_MEMORY, SKIPPED
 from medft_jax.report import aggregate
 from medft_jax.report.render import lrs_text
@@ -181,10 +181,9 @@ def make_configs(args: argparse.Namespace) -> list[Any]:
     Everything is checked before any work starts; a value out of range is
     one line naming its flag (``--lr must be in (0, 1], got -1.0``).
     """
-    if dataset_base(args.dataset) not in {dataset_base(n) for n in dataset_names()}:
-        raise UserError(
-            f"--dataset {args.dataset!r} is unknown; known: {', '.join(dataset_names())}"
-        )
+    error = dataset_name_error(args.dataset)
+    if error:
+        raise UserError(f"--dataset {args.dataset!r}: {error}")
     refuse_split_seed(args.dataset, "--data-seed", args.data_seed)
     d = _defaults(args)
     twice = sorted({s for s in d["seeds"] if d["seeds"].count(s) > 1})

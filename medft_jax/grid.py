@@ -20,6 +20,7 @@ import dataclasses
 import importlib.util
 import math
 import numbers
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from medft_jax.names import (
     ARCHS,
     STRATEGIES,
     dataset_base,
-    dataset_names,
+    dataset_name_error,
     is_known_arch,
 )
 
@@ -126,8 +127,10 @@ class Grid:
                 raise GridError(f"{where} {plural(axis)} is empty")
             for value in values:
                 _check_axis_value(where, axis, value)
-            # As the runs see them: 1e-3 and "0.001", or 0 and 0.0, are one run twice.
-            if len({_AS_RUN.get(axis, str)(v) for v in values}) != len(values):
+            # As the runs see them: 1e-3 and "0.001", or 0 and 0.0, are one run twice; two
+            # lrs one float32 apart train alike (the step computes in float32).
+            seen = _AS_STEP.get(axis, _AS_RUN.get(axis, str))
+            if len({seen(v) for v in values}) != len(values):
                 raise GridError(f"{where} {plural(axis)} lists a value twice")
         for field in ("settings", "strategy_options", "dataset_options"):
             if not isinstance(getattr(self, field), Mapping):
@@ -194,13 +197,10 @@ class Grid:
 
     def validate(self) -> None:
         """Checks every axis value names something the toolkit has (before any work)."""
-        known = {dataset_base(n) for n in dataset_names()}
         for d in self.datasets:
-            if dataset_base(d) not in known:
-                raise GridError(
-                    f"grid {self.name!r}: dataset {d!r} unknown; known: "
-                    f"{', '.join(dataset_names())}"
-                )
+            error = dataset_name_error(d)
+            if error:
+                raise GridError(f"grid {self.name!r}: datasets value {d!r}: {error}")
         for a in self.archs:
             if not is_known_arch(a):
                 raise GridError(
@@ -236,6 +236,10 @@ def plural(axis: str) -> str:
 
 _AS_RUN = {"lr": float, "seed": int}
 """How a run holds an axis value that a grid file may write otherwise (``1`` for ``1.0``)."""
+
+
+_AS_STEP = {"lr": lambda lr: struct.unpack("f", struct.pack("f", float(lr)))[0]}
+"""An lr as the train step holds it (float32)."""
 
 
 def _check_axis_value(where: str, axis: str, value: Any) -> None:

@@ -70,6 +70,33 @@ def dataset_names() -> list[str]:
     return [DEMO, *TASK_NAMES, "medmnist/<flag>[@size]", *LOCAL_KINDS]
 
 
+def dataset_name_error(name: object) -> str | None:
+    """Why ``name`` names no dataset, or None: checked where a grid or flag names one, so
+    that a typo (``demo@64``, ``medmnist/nosuch``) stops a dry run, not a sweep midway.
+
+    One dataset, one spelling: ``medmnist/breastmnist@28`` (28 is the default size) or
+    ``@028`` would be runs of their own on the same data.
+    """
+    if not isinstance(name, str):
+        return f"must be a name (a string), got {name!r}"
+    if name in (DEMO, *TASK_NAMES, *LOCAL_KINDS):
+        return None
+    if name.startswith("medmnist/"):
+        from medft_jax.data.medmnist_info import FLAGS, SIZES  # names and sizes only
+
+        flag, at, size = name.removeprefix("medmnist/").partition("@")
+        if flag not in FLAGS:
+            return f"unknown MedMNIST flag {flag!r}; known: {', '.join(sorted(FLAGS))}"
+        larger = [str(s) for s in SIZES if s != SIZES[0]]
+        if at and size not in larger:
+            return (
+                f"size @{size} is not one of {', '.join(larger)} ({SIZES[0]} px, the default, "
+                "is written without @)"
+            )
+        return None
+    return f"unknown; known: {', '.join(dataset_names())}"
+
+
 def dataset_base(name: str) -> str:
     """``medmnist`` of ``medmnist/breastmnist@64``: the part a name is checked by."""
     return name.split("/")[0].split("@")[0]

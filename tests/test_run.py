@@ -277,7 +277,13 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
     [
         (["--strategy", "sgd"], "error: --strategy 'sgd' is unknown; valid: ft, lp, g_lf"),
         (["--strategy", "ft", "--arch", "resnet18"], "error: --arch 'resnet18' is unknown"),
-        (["--strategy", "ft", "--dataset", "imagenet"], "error: --dataset 'imagenet' is unknown"),
+        (["--strategy", "ft", "--dataset", "imagenet"], "error: --dataset 'imagenet': unknown"),
+        (
+            ["--strategy", "ft", "--dataset", "medmnist/breastmnist@28"],
+            "error: --dataset 'medmnist/breastmnist@28': size @28 is not one of 64, 128, 224 "
+            "(28 px, the default, is written without @)",
+        ),
+        (["--strategy", "ft", "--dataset", "demo@64"], "error: --dataset 'demo@64': unknown;"),
         (["--strategy", "ft", "--weights", "/nonexistent"], "error: --weights /nonexistent: no"),
         (["--strategy", "ft", "--image-size", "16"], "error: --image-size must be in [32, 1024]"),
         (["--strategy", "ft", "--image-size", "1000000"], "error: --image-size must be in [32,"),
