@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from medft_jax.config import RunConfig, check_config
-from medft_jax.data.options import unknown_option
+from medft_jax.data.options import option_value_error, unknown_option
 from medft_jax.errors import UserError
 from medft_jax.names import (
     ARCHS,
@@ -163,6 +163,10 @@ class Grid:
             unknown = unknown_option(dataset, options)
             if unknown:
                 raise GridError(f"{where} dataset_options[{dataset!r}]: {unknown}")
+            for option, value in options.items():
+                bad = option_value_error(option, value)
+                if bad:
+                    raise GridError(f"{where} dataset_options[{dataset!r}]: {bad}")
 
     @property
     def size(self) -> int:

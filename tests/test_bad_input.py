@@ -318,6 +318,18 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
             "datasets value 'medmnist/breastmnist@28': size @28 is not one of 64, 128, 224",
         ),
         ("datasets=('medmnist/nosuch',)", "datasets value 'medmnist/nosuch': unknown MedMNIST"),
+        (
+            "datasets=('folder',); dataset_options={'folder': {'skip_bad_images': 'no'}}",
+            "dataset_options['folder']: skip_bad_images must be True or False, got 'no'",
+        ),
+        (
+            "datasets=('folder',); dataset_options={'folder': {'val_fraction': '0.2'}}",
+            "dataset_options['folder']: val_fraction must be a number in (0, 1), got '0.2'",
+        ),
+        (
+            "datasets=('folder',); dataset_options={'folder': {'manual_dir': 5}}",
+            "dataset_options['folder']: manual_dir must be a non-empty string, got 5",
+        ),
         ("strategy_options={'ft': 5}", "strategy_options['ft'] must be a dict of option: value"),
         ("dataset_options={'bach': {}}", "dataset_options for bach, which the grid does not run"),
         (

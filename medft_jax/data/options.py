@@ -57,6 +57,36 @@ def unknown_option(dataset: str, options: Mapping[str, Any]) -> str | None:
     return f"unknown option {unknown[0]!r}; {dataset} takes {', '.join(known)}"
 
 
+_TEXT = ("manual_dir", "csv_file", "path_column", "label_column", "group_column")
+_TEXT += ("split_column", "uncertain", "split_by")
+_FRACTIONS = ("val_fraction", "test_fraction")
+
+
+def option_value_error(option: str, value: Any) -> str | None:
+    """Why ``value`` cannot be ``option``'s (a grid file's ``dataset_options``), or None.
+
+    The command line's flags give these types; a grid file may write anything,
+    and ``"skip_bad_images": "no"`` would read as true, ``"val_fraction": "0.2"``
+    fail mid-sweep.
+    """
+    if option in _TEXT:
+        ok, expected = isinstance(value, str) and bool(value.strip()), "a non-empty string"
+    elif option in ("label_columns", "class_names"):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        expected = "a list of strings"
+    elif option == "skip_bad_images":
+        ok, expected = isinstance(value, bool), "True or False"
+    elif option in _FRACTIONS:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok, expected = number and 0 < value < 1, "a number in (0, 1)"
+    elif option == "bits_stored":
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        ok, expected = integer and 8 <= value <= 16, "an integer from 8 to 16"
+    else:
+        return None
+    return None if ok else f"{option} must be {expected}, got {value!r}"
+
+
 OFFICIAL_SPLITS = {
     "cholect50_instrument": "the official video lists (35 train, 5 val, 10 test videos)",
 }
