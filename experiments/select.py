@@ -180,7 +180,7 @@ def _arms(args: argparse.Namespace) -> tuple[Grid, list[Arm], int]:
                 f"--only: select works on one {axis}; the selection has {len(values)} "
                 f"({', '.join(values)}): add --only {axis}=..."
             )
-    first_seed = min(c.seed for c in runs)
+    first_seed = runs[0].seed  # the grid's first (seeds vary fastest, in the grid's order)
     seed = args.seed if args.seed is not None else first_seed
     arms = [
         Arm(c.strategy, c.lr, dataclasses.replace(c, seed=seed))

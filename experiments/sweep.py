@@ -37,7 +37,14 @@ from typing import Any
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.config import RunConfig
-from medft_jax.errors import EXIT_BUSY, ArgumentParser, check_data_dir, cli_main, writable_dir
+from medft_jax.errors import (
+    EXIT_BUSY,
+    ArgumentParser,
+    check_data_dir,
+    cli_main,
+    no_file_in_the_way,
+    writable_dir,
+)
 from medft_jax.grid import Grid
 from medft_jax.outcomes import (
     BUSY,
@@ -110,7 +117,8 @@ def _main(argv: Sequence[str] | None) -> int:
             f"--no-feature-cache applies under frozen_bn 'freeze' only; grid {g.name!r} "
             "updates BatchNorm statistics, so nothing is cached"
         )
-    if args.dry_run:
+    if args.dry_run:  # reads --out only, but a file there is the sweep's error too
+        no_file_in_the_way(args.out, "--out")
         dry_run(g, runs, index, count, args.out, args.retry_failed)
         return 0
     writable_dir(args.out, "--out")

@@ -168,13 +168,9 @@ def _remove_created_if_empty() -> None:
     _created.clear()
 
 
-def writable_dir(path: str | os.PathLike[str], flag: str) -> None:
-    """Refuses, naming ``flag``, a folder path that is a file or cannot be written.
-
-    Creates the folder when missing (what every caller would do next); under
-    :func:`cli_main`, a folder created here is removed again if the command
-    fails and leaves it empty.
-    """
+def no_file_in_the_way(path: str | os.PathLike[str], flag: str) -> list[Path]:
+    """Refuses, naming ``flag``, a folder path that is, or lies under, a file; returns the
+    folders still missing on the way (absolute, deepest first). Creates nothing."""
     p = Path(path).expanduser()
     missing = []
     for parent in (p, *p.parents):
@@ -183,6 +179,18 @@ def writable_dir(path: str | os.PathLike[str], flag: str) -> None:
                 raise UserError(f"{flag} {path}: {parent} is a file, expected a folder")
             break
         missing.append(parent.absolute())
+    return missing
+
+
+def writable_dir(path: str | os.PathLike[str], flag: str) -> None:
+    """Refuses, naming ``flag``, a folder path that is a file or cannot be written.
+
+    Creates the folder when missing (what every caller would do next); under
+    :func:`cli_main`, a folder created here is removed again if the command
+    fails and leaves it empty.
+    """
+    p = Path(path).expanduser()
+    missing = no_file_in_the_way(path, flag)
     try:
         p.mkdir(parents=True, exist_ok=True)
         _created.extend(reversed(missing))  # removed again if the command fails

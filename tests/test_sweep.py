@@ -188,6 +188,20 @@ def test_only_matches_float32_learning_rates_as_the_runs_hold_them(tmp_path, cap
     assert f"not in grid 'f32' (its lrs: {held!r}, " in capsys.readouterr().err
 
 
+def test_a_dry_run_into_a_file_is_the_sweeps_error_not_every_run_to_do(tmp_path, capsys):
+    out = tmp_path / "afile"
+    out.write_text("")
+    assert sweep_cli.main(["--config", str(QUICK), "--out", str(out), "--dry-run"]) == 2
+    assert capsys.readouterr().err == f"error: --out {out}: {out} is a file, expected a folder\n"
+
+
+def test_select_uses_the_grids_first_seed_as_its_help_says(tmp_path):
+    config = _grid_file(tmp_path, "g", strategies=("ft", "lp"), lrs=(1e-3,), seeds=(1, 0), epochs=2)
+    args = select_cli.build_parser().parse_args(["--config", str(config)])
+    _, arms, _ = select_cli._arms(args)
+    assert {a.config.seed for a in arms} == {1} and len(arms) == 2
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 7])
 def test_shards_partition_the_grid(count):
     runs = grid_lib.load_grid(PAPER).configs()
