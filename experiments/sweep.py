@@ -117,6 +117,7 @@ def _main(argv: Sequence[str] | None) -> int:
             f"--no-feature-cache applies under frozen_bn 'freeze' only; grid {g.name!r} "
             "updates BatchNorm statistics, so nothing is cached"
         )
+    g.check_manual_dirs(c.dataset for c in runs)
     if args.dry_run:  # reads --out only, but a file there is the sweep's error too
         no_file_in_the_way(args.out, "--out")
         dry_run(g, runs, index, count, args.out, args.retry_failed)

@@ -168,6 +168,18 @@ class Grid:
                 if bad:
                     raise GridError(f"{where} dataset_options[{dataset!r}]: {bad}")
 
+    def check_manual_dirs(self, datasets: Iterable[str]) -> None:
+        """Refuses a ``manual_dir`` of ``datasets``' options that is no folder (before any
+        run, a dry run's too). A relative one is from the folder the command runs in."""
+        for dataset in sorted(set(datasets)):
+            folder = self.dataset_options.get(dataset, {}).get("manual_dir")
+            if folder is not None and not Path(folder).expanduser().is_dir():
+                raise GridError(
+                    f"grid {self.name!r}: dataset_options[{dataset!r}]['manual_dir'] {folder}: "
+                    f"no such folder (a relative path is from where the command runs, "
+                    f"{Path.cwd()})"
+                )
+
     @property
     def size(self) -> int:
         return math.prod(len(getattr(self, plural(a))) for a in AXES)

@@ -195,6 +195,22 @@ def test_a_dry_run_into_a_file_is_the_sweeps_error_not_every_run_to_do(tmp_path,
     assert capsys.readouterr().err == f"error: --out {out}: {out} is a file, expected a folder\n"
 
 
+def test_a_grid_folder_dataset_without_its_folder_stops_the_dry_run(tmp_path, capsys):
+    config = tmp_path / "f.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='f', datasets=('folder',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
+        "                dataset_options={'folder': {'manual_dir': 'no/such/imgs'}})\n"
+    )
+    assert sweep_cli.main(["--config", str(config), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: grid 'f': dataset_options['folder']['manual_dir'] no/such/imgs: no such folder "
+        "(a relative path is from where the command runs, "
+    )
+
+
 def test_select_uses_the_grids_first_seed_as_its_help_says(tmp_path):
     config = _grid_file(tmp_path, "g", strategies=("ft", "lp"), lrs=(1e-3,), seeds=(1, 0), epochs=2)
     args = select_cli.build_parser().parse_args(["--config", str(config)])
