@@ -11,7 +11,7 @@ import argparse
 import math
 from typing import Any
 
-from medft_jax.data.options import split_option_error
+from medft_jax.data.options import OPTION_CHOICES, split_option_error
 from medft_jax.data.pixels import check_bits_stored
 from medft_jax.data.table import check_label_options
 from medft_jax.errors import UserError
@@ -29,13 +29,13 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float, help="folder/csv: share carved as test")
     p.add_argument(
         "--uncertain",
-        choices=("ones", "zeros", "libauc"),
+        choices=OPTION_CHOICES["uncertain"],
         help="CheXpert uncertain labels: 1 (ones, default), 0 (zeros), or the paper's "
         "per finding (libauc: 1 for Edema and Atelectasis, 0 for the others)",
     )
     p.add_argument(
         "--split-by",
-        choices=("patient", "image"),
+        choices=OPTION_CHOICES["split_by"],
         help="ISIC 2020 train/test split: by patient (default, grouped) or by image (the "
         "paper's random 80/20; one patient's images can fall on both sides)",
     )

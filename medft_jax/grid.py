@@ -26,14 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from medft_jax.config import RunConfig, check_config
-from medft_jax.data.options import option_value_error, unknown_option
+from medft_jax.data.options import option_value_error, split_option_error, unknown_option
 from medft_jax.errors import UserError
 from medft_jax.names import (
     ARCHS,
+    LOCAL_KINDS,
     STRATEGIES,
     dataset_base,
     dataset_name_error,
     is_known_arch,
+    same_data,
 )
 
 AXES = ("dataset", "arch", "strategy", "lr", "seed")
@@ -130,8 +132,14 @@ class Grid:
             # As the runs see them: 1e-3 and "0.001", or 0 and 0.0, are one run twice; two
             # lrs one float32 apart train alike (the step computes in float32).
             seen = _AS_STEP.get(axis, _AS_RUN.get(axis, str))
-            if len({seen(v) for v in values}) != len(values):
-                raise GridError(f"{where} {plural(axis)} lists a value twice")
+            first: dict[Any, Any] = {}
+            for i, v in enumerate(values):
+                j, other = first.setdefault(seen(v), (i, v))
+                if j != i:
+                    alike = " (equal in float32, where the step computes)" if axis == "lr" else ""
+                    raise GridError(
+                        f"{where} {plural(axis)} lists a value twice: {other!r} and {v!r}{alike}"
+                    )
         for field in ("settings", "strategy_options", "dataset_options"):
             if not isinstance(getattr(self, field), Mapping):
                 raise GridError(f"{where} {field} must be a dict")
@@ -167,12 +175,30 @@ class Grid:
                 bad = option_value_error(option, value)
                 if bad:
                     raise GridError(f"{where} dataset_options[{dataset!r}]: {bad}")
+            # The command line's rules for the fractions, for a grid's too.
+            fractions = [options.get(f) or 0 for f in ("val_fraction", "test_fraction")]
+            if sum(fractions) >= 1:
+                raise GridError(
+                    f"{where} dataset_options[{dataset!r}]: val_fraction plus test_fraction "
+                    "must be below 1"
+                )
+            fixed = split_option_error(dataset, "val_fraction", options.get("val_fraction"), None)
+            if fixed:
+                raise GridError(f"{where} dataset_options[{dataset!r}]: {fixed}")
 
     def check_manual_dirs(self, datasets: Iterable[str]) -> None:
         """Refuses a ``manual_dir`` of ``datasets``' options that is no folder (before any
         run, a dry run's too). A relative one is from the folder the command runs in."""
         for dataset in sorted(set(datasets)):
-            folder = self.dataset_options.get(dataset, {}).get("manual_dir")
+            options = self.dataset_options.get(dataset, {})
+            folder = options.get("manual_dir")
+            needs = ("manual_dir", "csv_file") if dataset == "csv" else ("manual_dir",)
+            for key in needs if dataset in LOCAL_KINDS else ():
+                if options.get(key) is None:
+                    raise GridError(
+                        f"grid {self.name!r}: dataset {dataset} needs "
+                        f"dataset_options[{dataset!r}][{key!r}]"
+                    )
             if folder is not None and not Path(folder).expanduser().is_dir():
                 raise GridError(
                     f"grid {self.name!r}: dataset_options[{dataset!r}]['manual_dir'] {folder}: "
@@ -254,8 +280,11 @@ _AS_RUN = {"lr": float, "seed": int}
 """How a run holds an axis value that a grid file may write otherwise (``1`` for ``1.0``)."""
 
 
-_AS_STEP = {"lr": lambda lr: struct.unpack("f", struct.pack("f", float(lr)))[0]}
-"""An lr as the train step holds it (float32)."""
+_AS_STEP = {
+    "lr": lambda lr: struct.unpack("f", struct.pack("f", float(lr)))[0],
+    "dataset": lambda d: same_data(d) if isinstance(d, str) else str(d),
+}
+"""An lr as the train step holds it (float32); a dataset by the data it names."""
 
 
 def _check_axis_value(where: str, axis: str, value: Any) -> None:

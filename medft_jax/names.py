@@ -74,8 +74,9 @@ def dataset_name_error(name: object) -> str | None:
     """Why ``name`` names no dataset, or None: checked where a grid or flag names one, so
     that a typo (``demo@64``, ``medmnist/nosuch``) stops a dry run, not a sweep midway.
 
-    One dataset, one spelling: ``medmnist/breastmnist@28`` (28 is the default size) or
-    ``@028`` would be runs of their own on the same data.
+    A size is written as MedMNIST names it (``@64``, not ``@064``); ``@28``, the default,
+    is accepted as runs before this check named it, and :func:`same_data` says it is
+    the name without it.
     """
     if not isinstance(name, str):
         return f"must be a name (a string), got {name!r}"
@@ -87,14 +88,17 @@ def dataset_name_error(name: object) -> str | None:
         flag, at, size = name.removeprefix("medmnist/").partition("@")
         if flag not in FLAGS:
             return f"unknown MedMNIST flag {flag!r}; known: {', '.join(sorted(FLAGS))}"
-        larger = [str(s) for s in SIZES if s != SIZES[0]]
-        if at and size not in larger:
-            return (
-                f"size @{size} is not one of {', '.join(larger)} ({SIZES[0]} px, the default, "
-                "is written without @)"
-            )
+        sizes = [str(s) for s in SIZES]
+        if at and size not in sizes:
+            return f"size @{size} is not one of {', '.join(sizes)}"
         return None
     return f"unknown; known: {', '.join(dataset_names())}"
+
+
+def same_data(name: str) -> str:
+    """``name`` as the data it names: ``medmnist/breastmnist@28`` is ``medmnist/breastmnist``
+    (28 px is the default size), so a grid cannot list one dataset twice."""
+    return name.removesuffix("@28") if name.startswith("medmnist/") else name
 
 
 def dataset_base(name: str) -> str:

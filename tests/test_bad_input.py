@@ -309,13 +309,35 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
         ("lrs=(1e-3, '0.001')", "lrs value must be a number, got '0.001'"),
         ("lrs=(1e-3, 0.001)", "lrs lists a value twice"),
         ("lrs=(1, 1.0)", "lrs lists a value twice"),  # one run, 1.0, twice
-        ("lrs=(1e-3, 1.00000001e-3)", "lrs lists a value twice"),  # one float32
+        (  # one float32
+            "lrs=(1e-3, 1.00000001e-3)",
+            "lrs lists a value twice: 0.001 and 0.00100000001 (equal in float32, where the step",
+        ),
         ("lrs=(1e-3, __import__('numpy').float32(1e-3))", "lrs lists a value twice"),
         ("datasets=('demo@64',)", "datasets value 'demo@64': unknown; known: demo, chexpert"),
         ("datasets=(('demo', 'x'),)", "datasets value ('demo', 'x'): must be a name (a string)"),
         (
-            "datasets=('medmnist/breastmnist@28',)",
-            "datasets value 'medmnist/breastmnist@28': size @28 is not one of 64, 128, 224",
+            "datasets=('medmnist/breastmnist@028',)",
+            "datasets value 'medmnist/breastmnist@028': size @028 is not one of 28, 64, 128, 224",
+        ),
+        (  # 28 px is the default size: one dataset twice
+            "datasets=('medmnist/breastmnist', 'medmnist/breastmnist@28')",
+            "datasets lists a value twice: 'medmnist/breastmnist' and 'medmnist/breastmnist@28'",
+        ),
+        (
+            "datasets=('chexpert',); dataset_options={'chexpert': {'uncertain': 'LibAUC'}}",
+            "dataset_options['chexpert']: uncertain must be one of ones, zeros, libauc, got",
+        ),
+        (
+            "datasets=('folder',); "
+            "dataset_options={'folder': {'manual_dir': '.', 'val_fraction': 0.6, "
+            "'test_fraction': 0.5}}",
+            "dataset_options['folder']: val_fraction plus test_fraction must be below 1",
+        ),
+        (
+            "datasets=('cholect50_instrument',); "
+            "dataset_options={'cholect50_instrument': {'val_fraction': 0.2}}",
+            "dataset_options['cholect50_instrument']: val_fraction 0.2 does not apply",
         ),
         ("datasets=('medmnist/nosuch',)", "datasets value 'medmnist/nosuch': unknown MedMNIST"),
         (
@@ -328,7 +350,7 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
         ),
         (
             "datasets=('folder',); dataset_options={'folder': {'manual_dir': 5}}",
-            "dataset_options['folder']: manual_dir must be a non-empty string, got 5",
+            "dataset_options['folder']: manual_dir must be a path, got 5",
         ),
         ("strategy_options={'ft': 5}", "strategy_options['ft'] must be a dict of option: value"),
         ("dataset_options={'bach': {}}", "dataset_options for bach, which the grid does not run"),

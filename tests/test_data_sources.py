@@ -461,3 +461,12 @@ def test_local_sources_need_a_manual_dir(tmp_path):
     with pytest.raises(DataError, match="dataset 'folder' needs --manual-dir"):
         load("folder", data_dir=tmp_path)
     shutil.rmtree(tmp_path)
+
+
+def test_the_task_option_choices_are_the_builders():
+    """The command line's and the grid check's copy (no TFDS import) of what the tasks take."""
+    from medft_jax.data.builders.chexpert import POLICIES
+    from medft_jax.data.builders.isic2020 import SPLIT_BY
+    from medft_jax.data.options import OPTION_CHOICES
+
+    assert OPTION_CHOICES == {"uncertain": POLICIES, "split_by": SPLIT_BY}

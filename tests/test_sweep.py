@@ -211,6 +211,22 @@ def test_a_grid_folder_dataset_without_its_folder_stops_the_dry_run(tmp_path, ca
     )
 
 
+def test_a_grid_folder_or_csv_dataset_without_its_paths_stops_the_dry_run(tmp_path, capsys):
+    """The sweep has no --manual-dir to follow the loader's advice with."""
+    config = tmp_path / "c.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='c', datasets=('csv',), archs=('resnet_tiny',),\n"
+        f"                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
+        f"                dataset_options={{'csv': {{'manual_dir': {str(tmp_path)!r}}}}})\n"
+    )
+    assert sweep_cli.main(["--config", str(config), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (
+        "error: grid 'c': dataset csv needs dataset_options['csv']['csv_file']\n"
+    )
+
+
 def test_select_uses_the_grids_first_seed_as_its_help_says(tmp_path):
     config = _grid_file(tmp_path, "g", strategies=("ft", "lp"), lrs=(1e-3,), seeds=(1, 0), epochs=2)
     args = select_cli.build_parser().parse_args(["--config", str(config)])

@@ -6,6 +6,7 @@ loading a dataset, so it imports nothing from the data pipeline or TFDS.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,8 +58,11 @@ def unknown_option(dataset: str, options: Mapping[str, Any]) -> str | None:
     return f"unknown option {unknown[0]!r}; {dataset} takes {', '.join(known)}"
 
 
-_TEXT = ("manual_dir", "csv_file", "path_column", "label_column", "group_column")
-_TEXT += ("split_column", "uncertain", "split_by")
+OPTION_CHOICES = {"uncertain": ("ones", "zeros", "libauc"), "split_by": ("patient", "image")}
+"""The values the task options take (the builders' ``POLICIES`` and ``SPLIT_BY``; a test
+holds them equal), for the command line's choices and a grid file's check."""
+_PATHS = ("manual_dir", "csv_file")
+_TEXT = ("path_column", "label_column", "group_column", "split_column")
 _FRACTIONS = ("val_fraction", "test_fraction")
 
 
@@ -69,8 +73,16 @@ def option_value_error(option: str, value: Any) -> str | None:
     and ``"skip_bad_images": "no"`` would read as true, ``"val_fraction": "0.2"``
     fail mid-sweep.
     """
-    if option in _TEXT:
+    if value is None:  # unset: the default
+        return None
+    if option in _PATHS:
+        ok = isinstance(value, os.PathLike) or (isinstance(value, str) and bool(value.strip()))
+        expected = "a path"
+    elif option in _TEXT:
         ok, expected = isinstance(value, str) and bool(value.strip()), "a non-empty string"
+    elif option in OPTION_CHOICES:
+        choices = OPTION_CHOICES[option]
+        ok, expected = value in choices, f"one of {', '.join(choices)}"
     elif option in ("label_columns", "class_names"):
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         expected = "a list of strings"
