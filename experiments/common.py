@@ -11,7 +11,7 @@ import argparse
 import math
 from typing import Any
 
-from medft_jax.data.options import OPTION_CHOICES, split_option_error
+from medft_jax.data.options import OPTION_CHOICES, fractions_leave_no_train, split_option_error
 from medft_jax.data.pixels import check_bits_stored
 from medft_jax.data.table import check_label_options
 from medft_jax.errors import UserError
@@ -73,7 +73,7 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and 0 < value < 1):
             raise UserError(f"--{flag.replace('_', '-')} must be in (0, 1), got {value!r}")
-    if (args.val_fraction or 0) + (args.test_fraction or 0) >= 1:
+    if fractions_leave_no_train(args.val_fraction, args.test_fraction):
         raise UserError("--val-fraction plus --test-fraction must be below 1")
     csv_only = {
         "csv_file": args.csv_file,

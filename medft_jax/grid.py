@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from medft_jax.config import RunConfig, check_config
-from medft_jax.data.options import option_value_error, split_option_error, unknown_option
+from medft_jax.data.options import (
+    fractions_leave_no_train,
+    option_value_error,
+    split_option_error,
+    unknown_option,
+)
 from medft_jax.errors import UserError
 from medft_jax.names import (
     ARCHS,
@@ -176,8 +181,7 @@ class Grid:
                 if bad:
                     raise GridError(f"{where} dataset_options[{dataset!r}]: {bad}")
             # The command line's rules for the fractions, for a grid's too.
-            fractions = [options.get(f) or 0 for f in ("val_fraction", "test_fraction")]
-            if sum(fractions) >= 1:
+            if fractions_leave_no_train(options.get("val_fraction"), options.get("test_fraction")):
                 raise GridError(
                     f"{where} dataset_options[{dataset!r}]: val_fraction plus test_fraction "
                     "must be below 1"

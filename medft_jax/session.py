@@ -111,7 +111,7 @@ class Session:
 
         Every process of a multi-host job loads it or none goes on: a
         :class:`DataError` on one (a missing or stale mount) is raised on all,
-        the others' naming the process that had it.
+        the others' saying that another process could not load it.
         """
         try:
             identified, error = fit.identify(config, self.dataset(config)), None
