@@ -15,8 +15,7 @@ from medft_jax.data.options import OPTION_CHOICES, fractions_leave_no_train, spl
 from medft_jax.data.pixels import check_bits_stored
 from medft_jax.data.table import check_label_options
 from medft_jax.errors import UserError
-
-LOCAL_KINDS = ("folder", "csv")
+from medft_jax.names import DEMO, LOCAL_KINDS
 
 
 def add_dataset_flags(p: argparse.ArgumentParser) -> None:
@@ -161,3 +160,10 @@ def _refuse(dataset: str, options: dict[str, Any], owner: str) -> None:
     if given:
         flag = "--" + given[0].replace("_", "-")
         raise UserError(f"{flag} applies to {owner} only, not to --dataset {dataset}")
+
+
+def refuse_data_dir_for_demo(data_dir: str | None, datasets: set[str]) -> None:
+    """``--data-dir`` for the demo task alone (synthetic, no files): refused before it is
+    created, not made and left empty."""
+    if data_dir is not None and datasets == {DEMO}:
+        raise UserError("--data-dir does not apply to --dataset demo (synthetic, no files)")

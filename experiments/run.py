@@ -24,7 +24,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from experiments.common import add_dataset_flags, dataset_options, local_options, refuse_split_seed
+from experiments.common import (
+    add_dataset_flags,
+    dataset_options,
+    local_options,
+    refuse_data_dir_for_demo,
+    refuse_split_seed,
+)
 from medft_jax import results
 from medft_jax.config import RunConfig, check_config, flag_name
 from medft_jax.errors import (
@@ -234,8 +240,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configs = make_configs(args)
     options = dataset_options(args) | local_options(args)
-    if args.data_dir is not None and args.dataset == "demo":  # before it makes the folder
-        raise UserError("--data-dir does not apply to --dataset demo (synthetic, no files)")
+    refuse_data_dir_for_demo(args.data_dir, {args.dataset})
     if args.no_feature_cache and configs[0].frozen_bn != "freeze":
         raise UserError(
             "--no-feature-cache applies under --frozen-bn freeze, with a strategy that freezes "

@@ -37,13 +37,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments.common import refuse_data_dir_for_demo
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.config import check_value
 from medft_jax.errors import ArgumentParser, UserError, check_data_dir, cli_main, writable_dir
 from medft_jax.grid import Grid
 from medft_jax.halving import Arm, rung_budgets, successive_halving, survivors, tiebreak_metric
-from medft_jax.names import DEMO
 from medft_jax.report import collect
 
 __all__ = ["Arm", "main", "rung_budgets", "survivors", "tiebreak_metric"]
@@ -101,8 +101,7 @@ def _main(argv: Sequence[str] | None) -> int:
             f"--min-epochs {args.min_epochs:g} is not under the grid's {max_epochs} epochs; "
             "the first rung must be shorter than a run"
         )
-    if args.data_dir is not None and {a.config.dataset for a in arms} == {DEMO}:
-        raise UserError("--data-dir does not apply to --dataset demo (synthetic, no files)")
+    refuse_data_dir_for_demo(args.data_dir, {a.config.dataset for a in arms})
     # Paths the end of the selection reads or writes, checked before hours of training.
     if args.grid_runs is not None:
         _check_grid_runs(args.grid_runs)

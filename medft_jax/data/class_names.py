@@ -10,7 +10,7 @@ user's call (a folder name is a path), so the toolkit names both and stops.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from medft_jax.data.errors import DataError
 
@@ -26,13 +26,14 @@ def twin_of(name: str, names: Iterable[str]) -> str | None:
     return next((n for n in names if n != name and normalised(n) == key), None)
 
 
-def refuse_twins(names: Iterable[str], where: str) -> None:
-    """Refuses two of ``names`` that differ only in Unicode normalisation, naming both."""
+def refuse_twins(names: Iterable[str], where: Callable[[str], str]) -> None:
+    """Refuses two of ``names`` that differ only in Unicode normalisation, naming both;
+    ``where(name)`` says where the second was found (a folder, a CSV line)."""
     seen: dict[str, str] = {}
     for name in names:
         other = seen.setdefault(normalised(name), name)
         if other != name:
-            raise DataError(twins_message(where, other, name))
+            raise DataError(twins_message(where(name), other, name))
 
 
 def twins_message(where: str, a: str, b: str) -> str:

@@ -89,7 +89,7 @@ def _check_nothing_left_out(root: Path, splits: dict[str, list[Example]]) -> Non
 
 def _classes(root: Path, base: Path) -> list[str]:
     names = [p.name for p in sub_folders(base, root)]
-    refuse_twins(names, str(root))
+    refuse_twins(names, lambda name: str(root))
     if not names:
         raise DataError(f"{root}: no class subfolders found; expected <root>/<class>/<image>")
     if len(names) == 1:

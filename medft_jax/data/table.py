@@ -17,7 +17,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from medft_jax.data.class_names import normalised, twins_message
+from medft_jax.data.class_names import refuse_twins
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, carve_examples, fraction_for
 from medft_jax.data.paths import safe_join
@@ -133,11 +133,7 @@ def class_names_of(rows: Sequence[Row], label_column: str, csv_path: Path) -> li
         if not value:
             raise DataError(f"{csv_path}:{row.line}: empty {label_column!r}; expected a class")
         first.setdefault(value, row.line)
-    spellings: dict[str, str] = {}
-    for value, line in first.items():  # in order of first appearance
-        twin = spellings.setdefault(normalised(value), value)
-        if twin != value:
-            raise DataError(twins_message(f"{csv_path}:{line}", twin, value))
+    refuse_twins(first, lambda value: f"{csv_path}:{first[value]}")  # first appearances
     numbers = {v: _number(v) for v in first}
     ids = {v: x for v, x in numbers.items() if x is not None}
     if not ids:
