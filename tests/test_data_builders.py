@@ -313,6 +313,20 @@ def test_cholect50_bad_instrument_and_unknown_video(tmp_path):
     assert frame_labels(bom) == frame_labels(plain) and frame_labels(plain)
 
 
+def test_cholect50_video_without_labels_and_annotations_not_an_object(tmp_path):
+    # A video whose label file is missing would leave its split (here the official
+    # test set: VID06 and VID10 are test videos) smaller without a word.
+    fakes.make_cholect50(tmp_path, (1, 8, 6, 10), 21)
+    assert len(_parse("cholect50_instrument", tmp_path)["test"]) == 6
+    (tmp_path / "labels" / "VID10.json").unlink()
+    with pytest.raises(DataError, match=r"VID10: frames without labels/VID10\.json"):
+        _parse("cholect50_instrument", tmp_path)
+    fakes.make_cholect50(tmp_path / "b", (1,), 3)
+    (tmp_path / "b" / "labels" / "VID01.json").write_text('{"annotations": []}')
+    with pytest.raises(DataError, match=r"VID01\.json: 'annotations' is a JSON list, expected"):
+        _parse("cholect50_instrument", tmp_path / "b")
+
+
 # TFDS end to end
 
 tf_required = pytest.mark.skipif(

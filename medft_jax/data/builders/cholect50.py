@@ -56,6 +56,11 @@ def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     except (KeyError, TypeError):
         raise DataError(f"{path}: missing the 'annotations' field") from None
+    if not isinstance(annotations, dict):
+        raise DataError(
+            f"{path}: 'annotations' is a JSON {type(annotations).__name__}, "
+            "expected an object mapping frame ids to lists of vectors"
+        )
     frames = {}
     for key, vectors in annotations.items():
         if not str(key).isdigit() or not isinstance(vectors, list):
@@ -95,6 +100,15 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     ]
     if not label_files:
         raise DataError(f"{root / 'labels'}: no VIDxx.json files; expected {LAYOUT}")
+    # The label files index the frames: a video whose file is missing would drop out
+    # of its split (the official test set among them) without a word.
+    labelled = {p.stem for p in label_files}
+    for video in sorted((root / "videos").iterdir()):
+        if video.is_dir() and video.name.startswith("VID") and video.name not in labelled:
+            raise DataError(
+                f"{video}: frames without labels/{video.name}.json; a partial copy? "
+                f"expected {LAYOUT}"
+            )
     for label_file in label_files:
         video = label_file.stem
         try:
