@@ -356,8 +356,16 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
         ("dataset_options={'bach': {}}", "dataset_options for bach, which the grid does not run"),
         (
             "datasets=('demo', 'bach'); dataset_options={'bach': {'val_fracton': 0.2}}",
-            "dataset_options['bach']: unknown option 'val_fracton'; bach takes "
-            "val_fraction, uncertain, split_by",
+            "dataset_options['bach']: unknown option 'val_fracton'; bach takes val_fraction",
+        ),
+        (  # CheXpert's own option, even at its default: refused as the command line does
+            "datasets=('demo', 'bach'); dataset_options={'bach': {'uncertain': 'ones'}}",
+            "dataset_options['bach']: unknown option 'uncertain'; bach takes val_fraction",
+        ),
+        (
+            "datasets=('chexpert',); dataset_options={'chexpert': {'split_by': 'image'}}",
+            "dataset_options['chexpert']: unknown option 'split_by'; chexpert takes "
+            "val_fraction, uncertain",
         ),
         (
             "datasets=('folder',); dataset_options={'folder': {'manual_dir': 'x', 'val': 0.2}}",

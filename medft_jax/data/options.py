@@ -40,7 +40,8 @@ file loads, so a typo is one line before any run, not a failure mid-sweep."""
 
 
 def unknown_option(dataset: str, options: Mapping[str, Any]) -> str | None:
-    """The one line naming the first option ``dataset`` does not take, or None.
+    """The one line naming the first option ``dataset`` does not take, or None (unset ones,
+    None, pass).
 
     Only for the datasets whose options are listed here (the user's own
     ``folder``/``csv``, the paper tasks); others (demo, MedMNIST) say so
@@ -48,11 +49,13 @@ def unknown_option(dataset: str, options: Mapping[str, Any]) -> str | None:
     """
     if dataset in LOCAL_OPTIONS:
         known = LOCAL_OPTIONS[dataset]
-    elif dataset in TASK_NAMES:
-        known = TASK_OPTIONS
+    elif dataset in TASK_NAMES:  # a task-specific option is its owner's alone, as on the CLI
+        known = tuple(
+            o for o in TASK_OPTIONS if OPTION_OWNERS.get(o, (dataset,))[0] == dataset
+        )
     else:
         return None
-    unknown = sorted(set(options) - set(known))
+    unknown = sorted(k for k, v in options.items() if v is not None and k not in known)
     if not unknown:
         return None
     return f"unknown option {unknown[0]!r}; {dataset} takes {', '.join(known)}"
