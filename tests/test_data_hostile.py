@@ -728,6 +728,44 @@ def test_medmnist_cache_follows_the_file_put_back(tmp_path, capsys):
     assert swapped.metadata["fingerprint"] != bad.metadata["fingerprint"]
 
 
+def test_preparing_without_tensorflow_is_one_line_before_any_work(tmp_path):
+    manual, out = tmp_path / "bach", tmp_path / "out"
+    fakes.make_bach(manual, 10)
+    missing = tmp_path / "no_tf" / "tensorflow"  # first on the path: as a missing install
+    missing.mkdir(parents=True)
+    (missing / "__init__.py").write_text("raise ImportError('No module named tensorflow')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.prepare", "--dataset", "bach", "--no-progress",
+         "--manual-dir", str(manual), "--data-dir", str(out), "--resize-size", "36",
+         "--image-size", "32"],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(missing.parent), *filter(None, [os.environ.get("PYTHONPATH")])])},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: preparing bach needs TensorFlow (No module named tensorflow); "
+        "pip install 'medft-jax[prepare]'"
+    )
+    assert "Traceback" not in result.stderr
+    assert not [p for p in out.rglob("*") if p.is_dir()]  # no TFDS or downloads folders
+
+
+@tf_required
+@pytest.mark.xdist_group("tfds_prepared")
+def test_a_failed_prepare_of_changed_data_leaves_no_old_cache_served(tmp_path):
+    manual, out = tmp_path / "bach", tmp_path / "out"
+    fakes.make_bach(manual, 10)
+    prepare("bach", manual_dir=manual, data_dir=out, progress=False, **SIZES)
+    photo = manual / "ICIAR2018_BACH_Challenge" / "Photos" / "Invasive" / "iv003.tif"
+    photo.write_bytes(b"not a tiff")  # edited, and now undecodable: the prepare fails
+    with pytest.raises(DataError, match=r"iv003\.tif"):
+        prepare("bach", manual_dir=manual, data_dir=out, progress=False, **SIZES)
+    # The cache of the old images is gone with their TFDS data: a run says to prepare.
+    with pytest.raises(DataError, match=r"bach \(.*\) is not prepared in .*; run: "):
+        load("bach", data_dir=out, progress=False, **SIZES)
+
+
 @tf_required
 @pytest.mark.xdist_group("tfds_prepared")  # the worker that loads TensorFlow anyway
 def test_task_cache_follows_tfds_data_and_manual_dir(tmp_path, capsys):

@@ -100,6 +100,18 @@ def remove_stale(cache_dir: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def retire(cache_dir: Path) -> None:
+    """Removes the finished cache ``cache_dir`` whole (a reader sees it or nothing), when
+    what it was built from is being replaced."""
+    cache_dir = Path(cache_dir)
+    old = cache_dir.with_name(f"{cache_dir.name}.tmp-old-{uuid.uuid4().hex[:8]}")
+    try:
+        cache_dir.rename(old)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_cache(
     cache_dir: Path,
     splits: dict[str, SplitPlan],

@@ -244,9 +244,14 @@ def prepare_task(
     if skip_bad_images:  # other data than a strict prepare's: said only when set, so that
         manual["skip_bad_images"] = True  # records written before it stay fresh
     version_dir = Path(builder.data_dir)
+    target = cache_dir(data_dir, name, _variant(name, **config))
+    if not builder.is_prepared():
+        _require_tensorflow(name)  # before the lock's folders are made
     with locks.waiting_lock(prepare_lock(version_dir)):  # a second prepare waits, then reuses
         atomic.remove_abandoned(version_dir)  # a killed removal's leftover, set aside whole
-        if builder.is_prepared():
+        if not builder.is_prepared():
+            _require_tensorflow(name)
+        else:
             recorded = _read_manual_record(version_dir)
             reason = (
                 "it has no record of the files it was prepared from (a prepare killed before "
@@ -255,11 +260,15 @@ def prepare_task(
                 else cache.describe_change(recorded, manual)
             )
             if reason:
+                _require_tensorflow(name)  # before the stale data is removed
                 print(
                     f"{name} prepared data {version_dir} is stale: {reason}; preparing again",
                     file=sys.stderr,
                     flush=True,
                 )
+                # Its cache first: with the TFDS folder gone, a cache is not checked against
+                # it, and a failed prepare would leave the old images served as current.
+                cache.retire(target)
                 trash = atomic.temporary_sibling(version_dir)
                 os.replace(version_dir, trash)  # gone whole, never half-removed
                 shutil.rmtree(trash)
@@ -268,9 +277,19 @@ def prepare_task(
             download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
         )
         _write_manual_record(version_dir, manual)
-    target = cache_dir(data_dir, name, _variant(name, **config))
     _ensure_cache(name, builder, target, data_dir, progress=progress)
     return target
+
+
+def _require_tensorflow(name: str) -> None:
+    """TFDS encodes images with TensorFlow: without it, one line before any work, not a
+    traceback from inside the first encoded example."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError as e:
+        raise DataError(
+            f"preparing {name} needs TensorFlow ({e}); pip install 'medft-jax[prepare]'"
+        ) from None
 
 
 def prepare_lock(version_dir: Path) -> Path:
