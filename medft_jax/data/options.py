@@ -50,9 +50,7 @@ def unknown_option(dataset: str, options: Mapping[str, Any]) -> str | None:
     if dataset in LOCAL_OPTIONS:
         known = LOCAL_OPTIONS[dataset]
     elif dataset in TASK_NAMES:  # a task-specific option is its owner's alone, as on the CLI
-        known = tuple(
-            o for o in TASK_OPTIONS if OPTION_OWNERS.get(o, (dataset,))[0] == dataset
-        )
+        known = tuple(o for o in TASK_OPTIONS if OPTION_OWNERS.get(o, (dataset,))[0] == dataset)
     else:
         return None
     unknown = sorted(k for k, v in options.items() if v is not None and k not in known)
