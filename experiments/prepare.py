@@ -23,7 +23,7 @@ from experiments.common import add_dataset_flags, dataset_options, refuse_split_
 from medft_jax.config import RunConfig, check_value
 from medft_jax.data.cache import skipped_counts
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
-from medft_jax.names import ARCHS, dataset_names
+from medft_jax.names import ARCHS, DEMO, dataset_names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -73,6 +73,18 @@ def sizes(args: argparse.Namespace) -> tuple[int | None, int | None]:
     return resize, crop
 
 
+def _refuse_image_file_flags(args: argparse.Namespace) -> None:
+    """``--manual-dir`` and ``--skip-bad-images`` for a dataset that has no image files of
+    the user's (demo is generated, MedMNIST's arrays are downloaded): refused, not ignored."""
+    for flag, given in (("--manual-dir", args.manual_dir is not None),
+                        ("--skip-bad-images", args.skip_bad_images)):  # fmt: skip
+        if given:
+            raise UserError(
+                f"{flag} applies to the paper tasks, folder and csv; --dataset "
+                f"{args.dataset} has no image files of yours"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status 0, or 2 with one ``error:`` line for bad input."""
     return cli_main(_main, argv)
@@ -82,7 +94,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     options = dataset_options(args)  # a flag that does not apply is refused, demo included
     refuse_split_seed(args.dataset, "--seed", args.seed)
-    if args.dataset == "demo":
+    if args.dataset == DEMO or args.dataset.startswith("medmnist/"):
+        _refuse_image_file_flags(args)
+    if args.dataset == DEMO:
         print("demo is generated in memory from a seed: nothing to prepare")
         return 0
     resize, crop = sizes(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -275,6 +276,15 @@ def test_a_class_with_one_label_value_in_an_evaluation_split_is_refused(
     assert str(e.value) == (
         f"toy: the val split ({len(labels)} examples) has {what} of class {name!r}, so its "
         "AUROC is undefined and the macro means would leave it out; give the split more "
-        "images of it (where the split is carved: a larger --val-fraction/--test-fraction, "
-        "for a paper task at experiments.prepare) or drop the class"
+        "images of it (where the split is carved: a larger --val-fraction) or drop the class"
     )
+
+
+def test_a_paper_tasks_unscorable_split_is_not_told_to_carve_a_test_fraction():
+    # --test-fraction is folder and csv's alone: a paper task's test split is its own.
+    ds = dataclasses.replace(_scored(np.array([0, 2, 2, 0], np.int32), False), name="bach")
+    with pytest.raises(DataError, match=r"the val split .*a larger --val-fraction at exp"):
+        ds.check_scorable()
+    ds = dataclasses.replace(ds, splits={"test": ds.splits["val"]})
+    with pytest.raises(DataError, match=r"; bach fixes this split: is your copy of its data comp"):
+        ds.check_scorable(("test",))

@@ -44,6 +44,15 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path, capsys):
     assert err == f"error: --manual-dir {tmp_path / 'missing'} is not a directory"
     assert main(["--dataset", "nosuch", "--data-dir", str(tmp_path)]) == 2
     assert "known datasets: demo, chexpert" in capsys.readouterr().err
+    # Flags that name image files, for datasets without any: refused, not ignored.
+    for dataset, flag in (("medmnist/breastmnist", "--skip-bad-images"), ("demo", "--manual-dir")):
+        argv = ["--dataset", dataset, flag, *([str(tmp_path)] if flag == "--manual-dir" else [])]
+        assert main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: {flag} applies to the paper tasks, folder and csv; --dataset {dataset} "
+            "has no image files of yours"
+        )
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow")
@@ -53,8 +62,11 @@ def test_prepare_task_with_arch_resize(tmp_path, capsys):
     argv = ["--dataset", "bach", "--manual-dir", str(tmp_path / "bach")]
     argv += ["--data-dir", str(tmp_path / "out"), "--arch", "resnet50", "--no-progress"]
     assert main(argv) == 0
-    assert (
-        "bach: train 32, val 4, test 4; 4 classes; images (224, 224, 3)" in capsys.readouterr().out
-    )
+    out, err = capsys.readouterr()
+    assert "bach: train 32, val 4, test 4; 4 classes; images (224, 224, 3)" in out
+    assert "Generating splits" not in err  # TFDS's bars too: --no-progress
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    assert tqdm_utils._active  # TFDS's setting is as it was
     ds = load("bach", data_dir=tmp_path / "out", resize_size=232, crop_size=224)
     assert ds.metadata["resize_size"] == 232

@@ -28,6 +28,8 @@ import numpy as np
 from medft_jax.data import pipeline
 from medft_jax.data.arrays import ArraySplit, group_mean
 from medft_jax.data.errors import DataError
+from medft_jax.data.options import official_splits
+from medft_jax.names import TASK_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +101,26 @@ class Dataset:
                 raise DataError(
                     f"{self.name}: the {name} split ({n} examples) has {what} of class "
                     f"{self.class_names[c]!r}, so its AUROC is undefined and the macro means "
-                    "would leave it out; give the split more images of it (where the split "
-                    "is carved: a larger --val-fraction/--test-fraction, for a paper task at "
-                    "experiments.prepare) or drop the class"
+                    f"would leave it out; {self._scorable_hint(name)}"
                 )
+
+    def _scorable_hint(self, split: str) -> str:
+        """What gives ``split`` every class: a larger carve where one is, else the copy.
+
+        A paper task carves its val split only (at ``experiments.prepare``); its test
+        split, and every split of one with official splits, is the release's own.
+        """
+        if self.name in TASK_NAMES:
+            if split == "val" and official_splits(self.name) is None:
+                return (
+                    "give the split more images of it (a larger --val-fraction at "
+                    "experiments.prepare)"
+                )
+            return f"{self.name} fixes this split: is your copy of its data complete?"
+        return (
+            f"give the split more images of it (where the split is carved: a larger "
+            f"--{split}-fraction) or drop the class"
+        )
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
         """Full training batches per epoch (the remainder is dropped, reshuffled each epoch)."""

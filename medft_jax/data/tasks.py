@@ -24,6 +24,7 @@ is never served from old output (one line says what changed):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -273,12 +274,31 @@ def prepare_task(
                 os.replace(version_dir, trash)  # gone whole, never half-removed
                 shutil.rmtree(trash)
                 builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
-        )
+        with _tfds_progress(progress):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
+            )
         _write_manual_record(version_dir, manual)
     _ensure_cache(name, builder, target, data_dir, progress=progress)
     return target
+
+
+@contextlib.contextmanager
+def _tfds_progress(progress: bool) -> Iterator[None]:
+    """TFDS's own progress bars and info logs, shown only with ``progress``
+    (``--no-progress`` silences them too), then TFDS's setting as it was."""
+    if progress:
+        yield
+        return
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    before = getattr(tqdm_utils, "_active", True)
+    tqdm_utils.display_progress_bar(False)
+    try:
+        with quiet_logger("absl", logging.WARNING):
+            yield
+    finally:
+        tqdm_utils.display_progress_bar(before)
 
 
 def _require_tensorflow(name: str) -> None:
