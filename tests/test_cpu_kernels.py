@@ -156,6 +156,10 @@ def test_max_pool2d_dispatch_equals_lax():
     got = jax.jit(lambda g_: jax.vjp(lambda x_: max_pool2d(x_, 3, 2, 1), x)[1](g_)[0])(g)
     want = jax.vjp(lambda x_: lax_max_pool(x_, 3, 2, 1), x)[1](g)[0]
     np.testing.assert_array_equal(got, want)
+    # An empty batch: a zero gradient of its (empty) shape, as conv2d's, not an IndexError.
+    empty = np.zeros((0, 9, 9, 3), np.float32)
+    grad = jax.grad(lambda x_: max_pool2d(x_, 3, 2, 1).sum())(empty)
+    assert grad.shape == empty.shape
 
 
 def test_cpu_conv_bf16_weight_gradient_accumulates_in_float32():

@@ -149,6 +149,34 @@ def test_vgg_runs_at_32px_with_dropout_only_when_asked():
     assert not np.allclose(d1, d2) and not np.allclose(d1, a)
 
 
+def test_batch_statistics_of_one_value_per_channel_are_refused():
+    # Batch 1 at a 1x1 map: the batch variance is 0 and every output the bias, whatever
+    # the image (torch raises too). Two values per channel, or running statistics, are fine.
+    from medft_jax.errors import UserError
+    from medft_jax.models.layers import BatchNorm
+
+    bn = BatchNorm()
+    one = jnp.arange(4.0).reshape(1, 1, 1, 4)
+    variables = bn.init(jax.random.key(0), one, True)  # initialising is no training step
+    with pytest.raises(
+        UserError, match=r"one value per channel in training \(input \(1, 1, 1, 4\)"
+    ):
+        bn.apply(variables, one, True, mutable=["batch_stats"])
+    two = jnp.arange(8.0).reshape(2, 1, 1, 4)
+    out, _ = bn.apply(variables, two, True, mutable=["batch_stats"])
+    np.testing.assert_allclose(out[:, 0, 0, 0], [-1.0, 1.0], atol=1e-5)  # (x - mean) / std
+    np.testing.assert_allclose(bn.apply(variables, one, False)[0, 0, 0], one[0, 0, 0] / 1.0000050)
+
+
+def test_densenet_refuses_a_map_too_small_to_pool_rather_than_nan_logits():
+    model = create("densenet121", num_classes=2)
+    with pytest.raises(ValueError, match=r"a 1x1 feature map is too small for DenseNet's 2x2"):
+        jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jnp.zeros((1, 24, 24, 3)))
+    logits = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0],
+                            jnp.zeros((1, 32, 32, 3)))  # fmt: skip
+    assert logits.shape == (1, 2)  # 32 px: the smallest the config takes
+
+
 def test_adaptive_pool_bins_by_hand():
     # torch bins for 3 -> 2: [0, 2) and [1, 3) (they overlap)
     np.testing.assert_allclose(_adaptive_matrix(3, 2), [[0.5, 0.5, 0], [0, 0.5, 0.5]])

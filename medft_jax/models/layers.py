@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from medft_jax.errors import UserError
 from medft_jax.models.conv import conv2d
 from medft_jax.models.pool import max_pool2d
 
@@ -104,6 +105,14 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         if use_batch_stats:
+            if x.size == c and not self.is_initializing():
+                # One value per channel (batch 1 at a 1x1 map): the batch variance is 0 and
+                # every output its bias, whatever the image. torch refuses it too.
+                raise UserError(
+                    f"BatchNorm {'/'.join(self.scope.path)}: one value per channel in training "
+                    f"(input {tuple(x.shape)}), so the batch statistics say nothing of the "
+                    "image; use a larger --batch-size or --image-size, or --frozen-bn freeze"
+                )
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
             mean = jnp.mean(xf, axes)
