@@ -358,19 +358,27 @@ def main() -> None:
     p.add_argument(
         "--xla-baseline",
         action="store_true",
-        help="also time JAX with XLA's own convolution and max pool (the models before)",
+        help="fp32 table only: also time JAX with XLA's own convolution and max pool (the "
+        "models before)",
     )
     p.add_argument(
         "--host",
         choices=("toolkit", "default", "split"),
         default="toolkit",
         help="toolkit: the command lines' process settings (tune_cpu_host), for both "
-        "frameworks; default: the process as started; split: JAX with them, PyTorch in a "
-        "child process as started",
+        "frameworks; default: the process as started; split (fp32 table only): JAX with "
+        "them, PyTorch in a child process as started",
     )
     args = p.parse_args()
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
+    if args.precision == "bf16":  # the bf16 table has neither: refused, not ignored
+        if args.xla_baseline:
+            p.error("--xla-baseline applies to the fp32 table (--precision fp32 or both)")
+        if args.host == "split":
+            p.error("--host split applies to the fp32 table (--precision fp32 or both)")
+    if args.torch_compile and args.precision == "fp32":
+        p.error("--torch-compile applies to the bf16 table (--precision bf16 or both)")
     unknown = [a for a in args.archs if not is_known_arch(a)]
     if unknown:
         p.error(f"--archs {unknown[0]!r}: unknown arch; known: {', '.join(ARCHS)}")

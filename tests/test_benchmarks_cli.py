@@ -114,6 +114,48 @@ def test_cell_plan_turns_measurements_into_seconds():
     assert rgn.epoch_train == pytest.approx((10 * 0.5 * 2 + 5 * 0.5 * 2,) * 3)
 
 
+def test_auto_rgn_prepass_is_billed_five_batches_or_an_epochs_fewer():
+    from medft_jax.models import create, get_arch, init_variables
+
+    params = init_variables(create("resnet_tiny", 2), 0, 32)["params"]
+    partition = get_arch("resnet_tiny").partition
+    kw = {"epochs": 3, "frozen_bn": "update", "options": {"rgn_mode": "prepass"}}  # paper.py
+    assert grid_bill.strategy_epochs("auto_rgn", params, partition, **kw).prepass_batches == 5
+    # A task of 3 steps an epoch: its prepass takes those 3 (fit's rule), not 5.
+    task = grid_bill.TaskFacts("t", 192, 130, 250, 2, False)
+    plan = grid_bill.cell_plan(
+        _times(), "rgn", task, cached=False, bounds=grid_bill.Bounds(), runs=1, batch=64, patience=5
+    )
+    assert plan.epoch_train == pytest.approx((3 * 0.5 * 2 + 3 * 0.4 * 2,) * 3)
+
+
+def _projection(plans: list, missing: int) -> grid_bill.Projection:
+    variant = grid_bill.Variant("bf16", cached=True)
+    return grid_bill.Projection(variant, plans, 0.0, missing, grid_bill.Bounds())
+
+
+def test_a_precision_with_nothing_timed_is_a_row_not_a_crash(capsys):
+    # SIGTERM or the budget before any bf16 pair: its variant has no plans at all.
+    grid_bill.grid_table([_projection([], 576)], mean_epochs=20, max_epochs=50)
+    grid_bill.goal_lines([_projection([], 576)], {}, reduced=None, mean_epochs=20)
+    out = capsys.readouterr().out
+    assert "| bf16, LP cached | - | - | - | - | - | - | - | not measured: 576 runs" in out
+    assert "cached LP: not measured (576 runs' archs not timed)" in out
+    assert "per-run overhead <= 2% of the grid: not measured" in out
+
+
+def test_a_scaled_timing_on_a_gpu_judges_no_goal(capsys):
+    plan = grid_bill.RunPlan(runs=1, epoch_train=(1.0,), epoch_val=(0.1,), test=0.1,
+                             checkpoint_per_epoch=0.0, compile=0.1)  # fmt: skip
+    reduced = "timed at 32 px batch 4, scaled 784.00x"
+    grid_bill.goal_lines([_projection([plan], 0)], {}, reduced=reduced, mean_epochs=20)
+    out = capsys.readouterr().out
+    assert f"cached LP: not measured ({reduced}; the goal is one H100/H200's" in out
+    assert re.search(
+        r"per-run overhead <= 2% of the grid: (PASS|FAIL): [\d.]+% .*\(timed at 32", out
+    )
+
+
 def test_torch_compile_failure_is_a_cell_not_a_crash():
     def fails():
         raise RuntimeError("inductor: no C++ compiler\nsecond line")
@@ -152,6 +194,17 @@ def test_models_rejects_a_malformed_setting():
         ),
         ("models.py", ["--steps", "0"], "--steps must be >= 1, got 0"),
         ("models.py", ["--archs", "resnet50", "bogus"], "--archs 'bogus': unknown arch"),
+        (  # the bf16 table has no XLA-ops column and no child process: refused, not ignored
+            "models.py",
+            ["--precision", "bf16", "--host", "split"],
+            "--host split applies to the fp32 table (--precision fp32 or both)",
+        ),
+        (
+            "models.py",
+            ["--precision", "bf16", "--xla-baseline"],
+            "--xla-baseline applies to the fp32 table (--precision fp32 or both)",
+        ),
+        ("models.py", ["--torch-compile"], "--torch-compile applies to the bf16 table"),
         ("strategies.py", ["--arch", "bogus"], "--arch 'bogus': unknown arch"),
         ("strategies.py", ["--strategies", "lp", "bogus"], "--strategies 'bogus': unknown"),
     ],
