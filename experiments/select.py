@@ -205,7 +205,9 @@ def grid_records(g: Any, arms: list[Arm], grid_runs: str) -> tuple[list[dict[str
         for s in g.seeds
     }
     records = [
-        r for r in results.load_records(grid_runs) if results.settings_hash(r["config"]) in wanted
+        r
+        for r in results.load_records(grid_runs, finished=True)
+        if results.settings_hash(r["config"]) in wanted
     ]
     return records, len(wanted)
 

@@ -256,23 +256,61 @@ def read_record(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordError(f"{path}: not a readable run record ({e})") from e
+    except ValueError as e:  # NaN or Infinity: never written (they are null), so edited
+        raise RecordError(f"{path}: not a readable run record ({e})") from None
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise RecordError(f"{path}: not a run record (expected a JSON object with a 'config')")
     _check_folder(path, record["config"])
     return record
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON; a record writes a non-finite number as null")
+
+
+_EDITED = "the record was edited: restore it, or delete it to run it again"
+
+
 def check_finished(path: str | Path, record: dict[str, Any]) -> None:
     """Refuses, naming ``path``, a run's record without what every reader of it reads."""
     for key, kind, what in _RECORD_FIELDS:
         if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
-            raise RecordError(
-                f"{path}: record has no {key!r} ({what}); the record was edited: restore it, "
-                "or delete it to run it again"
-            )
+            raise RecordError(f"{path}: record has no {key!r} ({what}); {_EDITED}")
+    problem = numbers_problem(record)
+    if problem:
+        raise RecordError(f"{path}: {problem}; {_EDITED}")
+
+
+def numbers_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a finished record's numbers (its ``val``/``test`` dicts and
+    ``primary_metric`` given), or None.
+
+    The same metric names for val and test, each null (undefined) or a finite
+    number in [-1, 1] (κ can be negative), and a finite train time. A missing
+    test metric would read as an undefined one, a 57.0 as the best cell, a
+    deleted train time as a cheaper strategy: only an edit makes them.
+    """
+    val, test = record["val"], record["test"]
+    if set(val) != set(test):
+        odd = sorted(set(val) ^ set(test))[0]
+        return f"metric {odd!r} is in {'val' if odd in val else 'test'} only"
+    if record["primary_metric"] not in val:
+        return f"primary_metric {record['primary_metric']!r} is not among its metrics"
+    for split, metrics in (("val", val), ("test", test)):
+        for name, value in metrics.items():
+            if value is not None and not (_finite(value) and -1 <= value <= 1):
+                return f"{split}.{name} is {value!r}, expected null or a number in [-1, 1]"
+    seconds = record.get("train_seconds")
+    if not (_finite(seconds) and seconds >= 0):
+        return f"train_seconds is {seconds!r}, expected seconds >= 0"
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _RECORD_FIELDS = (
@@ -311,20 +349,24 @@ def _check_folder(path: Path, config: dict[str, Any]) -> None:
         )
 
 
-def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
+def load_records(out_dir: str | Path, *, finished: bool = False) -> list[dict[str, Any]]:
     """Every finished run's record under ``out_dir`` (any depth), in path order.
 
     Only files named ``record.json`` are read, so temporary files of a
     write in progress (``.record.json.*.tmp``) are never picked up, nor the
     results ``--force`` set aside (:data:`PREVIOUS_NAMES`). A
     corrupt record raises :class:`RecordError` naming the file (a results
-    table silently missing a run would be worse).
+    table silently missing a run would be worse). ``finished``: each is
+    also checked by :func:`check_finished`, for readers that take its
+    numbers as they are.
     """
-    return [
-        read_record(p)
-        for p in _find_files(out_dir, RECORD_NAME)
-        if p.parent.name not in PREVIOUS_NAMES
-    ]
+    records = []
+    for path in _find_files(out_dir, RECORD_NAME):
+        if path.parent.name not in PREVIOUS_NAMES:
+            records.append(read_record(path))
+            if finished:
+                check_finished(path, records[-1])
+    return records
 
 
 def _find_files(out_dir: str | Path, name: str) -> list[Path]:
@@ -347,8 +389,12 @@ def _find_files(out_dir: str | Path, name: str) -> list[Path]:
             continue
         seen.add(real)
         dirs.sort()
-        if name in names and os.path.isfile(os.path.join(root, name)):
-            found.append(Path(root) / name)
+        if name in names or name in dirs:
+            path = Path(root) / name
+            if not path.is_file():  # skipped, its run would vanish from every table
+                what = "a folder" if path.is_dir() else "a broken or looping link"
+                raise RecordError(f"{path}: {what}, expected a record file")
+            found.append(path)
     return sorted(found)
 
 

@@ -641,6 +641,14 @@ def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, mon
         ("value", "test.accuracy is '0.71 (bad)', not a number"),
         ("seed", "config.seed is '0', not an integer"),
         ("seconds", "train_seconds is [1.0], not a number"),
+        # Edits that read as numbers: a cell's winner, an undefined metric, a cheaper strategy.
+        ("range", "test.accuracy is 57.0, expected null or a number in [-1, 1]"),
+        ("dropped", "metric 'accuracy' is in val only"),
+        ("untimed", "train_seconds is None, expected seconds >= 0"),
+        ("nan", "NaN is not JSON; a record writes a non-finite number as null"),
+        # A record file that is not a file: its run would vanish from every table.
+        ("folder", "record.json: a folder, expected a record file"),
+        ("loop", "record.json: a broken or looping link, expected a record file"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case, expected):
@@ -652,14 +660,24 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case
         runs.mkdir()
     if case in ("corrupt", "filter", "typo", "threshold", "config"):
         _write_runs(runs, [rec()])
-    if case in ("value", "seed", "seconds"):  # hand-edited values, in a folder not named by hash
+    edits = ("value", "seed", "seconds", "range", "dropped", "untimed", "nan")
+    if case in edits:  # hand-edited values, in a folder not named by hash
         edited = rec(strategy="lp")
-        edited["test"]["accuracy"] = "0.71 (bad)" if case == "value" else 0.71
+        edited["test"]["accuracy"] = {"value": "0.71 (bad)", "range": 57.0, "nan": math.nan}.get(
+            case, 0.71
+        )
+        if case == "dropped":
+            del edited["test"]["accuracy"]
         edited["config"]["seed"] = "0" if case == "seed" else 0
-        edited["train_seconds"] = [1.0] if case == "seconds" else 1.0
+        edited["train_seconds"] = {"seconds": [1.0], "untimed": None}.get(case, 1.0)
         _write_runs(runs, [rec()])
         (runs / "edited").mkdir()
         (runs / "edited" / "record.json").write_text(json.dumps(edited))
+    if case in ("folder", "loop"):
+        _write_runs(runs, [rec()])
+        (runs / "lp-run").mkdir()
+        bad = runs / "lp-run" / "record.json"
+        bad.mkdir() if case == "folder" else bad.symlink_to(bad)
     if case == "corrupt":
         bad = runs / "bach-broken" / "record.json"
         bad.parent.mkdir()
@@ -901,8 +919,9 @@ def test_equal_validation_sums_are_a_tie_and_go_to_the_smaller_lr():
 
 
 def test_a_metric_missing_from_one_seeds_record_is_kept_from_the_others():
+    # An older record, written before the metric was: in neither its val nor its test.
     records = [rec(strategy="ft", seed=s, test=0.7 + 0.01 * s) for s in range(3)]
-    del records[0]["test"]["kappa"]
+    del records[0]["test"]["kappa"], records[0]["val"]["kappa"]
     cell = collect(records).cell("bach", "resnet50", "ft")
     assert cell.n["kappa"] == 2
     assert cell.test["kappa"][0] == pytest.approx((0.71 + 0.72) / 2 / 2)

@@ -448,13 +448,25 @@ def test_select_refuses_grid_runs_from_other_data_before_training(tmp_path, monk
     )
     run = _identified(grid_lib.load_grid(config).configs())[0]
     stale = dataclasses.replace(run, data_fingerprint="0" * 16).to_dict()
-    results.write_record(results.record_path(grid, stale), {"config": stale, "epochs": []})
+    finished = {"epochs": [], "best_epoch": 0, "primary_metric": "auroc", "train_seconds": 1.0}
+    finished |= {"val": {"auroc": 0.5}, "test": {"auroc": 0.5}}
+    results.write_record(results.record_path(grid, stale), {"config": stale, **finished})
     assert select_cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
         f"error: --grid-runs {grid}: {results.run_name(stale)} ran on other data than this "
         f"selection (data_fingerprint 000000000000, here {run.data_fingerprint[:12]}); "
         "compare with a grid run on the same data"
+    )
+    # A grid record without its train time (an edit): one line naming it, not a KeyError.
+    results.record_path(grid, stale).unlink()
+    untimed = results.record_path(grid, run.to_dict())
+    del finished["train_seconds"]
+    results.write_record(untimed, {"config": run.to_dict(), **finished})
+    assert select_cli.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {untimed}: train_seconds is None, expected seconds >= 0; the record was "
+        "edited: restore it, or delete it to run it again"
     )
 
 

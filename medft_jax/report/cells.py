@@ -326,6 +326,9 @@ def _check_record(record: dict[str, Any]) -> None:
     seconds = record.get("train_seconds")
     if seconds is not None and not _is_number(seconds):
         raise RecordError(f"run {name}: train_seconds is {seconds!r}, not a number")
+    problem = results.numbers_problem(record)
+    if problem:
+        raise RecordError(f"run {name}: {problem}")
     epochs = record.get("epochs")
     if epochs is not None and not (
         isinstance(epochs, list)
