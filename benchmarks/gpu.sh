@@ -30,7 +30,7 @@ if [ "${SMOKE:-0}" = 1 ]; then SIZE=32 BATCH=4 STEPS=1 DATA_STEPS=2 SLOW=4; fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if [ -d .whl ]; then
+if ! python3 -c "import grain, tensorflow_datasets" 2>/dev/null && [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site" || exit 2
 fi

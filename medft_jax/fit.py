@@ -178,6 +178,26 @@ class Progress:
             features=d.get("features"),
         )
 
+    def check(self, step: int, steps_per_epoch: int) -> None:
+        """Raises ``ValueError`` unless this progress is the state's of ``step`` train steps:
+        one entry per finished epoch, in order, as early stopping last saw them."""
+        for i, entry in enumerate(self.epochs):
+            if not isinstance(entry, dict) or entry.get("epoch") != i:
+                raise ValueError(f"epochs[{i}] is not the entry of epoch {i}")
+            if not isinstance(entry.get("val"), dict):
+                raise ValueError(f"epochs[{i}] has no 'val' metrics")
+        last = len(self.epochs) - 1 if self.epochs else None
+        if self.stopper.last_epoch != last:
+            raise ValueError(
+                f"{len(self.epochs)} epochs, but early stopping's last epoch is "
+                f"{self.stopper.last_epoch}"
+            )
+        if self.steps_done(steps_per_epoch) != step:
+            raise ValueError(
+                f"{self.steps_done(steps_per_epoch)} train steps of {steps_per_epoch} an epoch, "
+                f"but the saved state has taken {step}"
+            )
+
     def steps_done(self, steps_per_epoch: int) -> int:
         return len(self.epochs) * steps_per_epoch + (self.partial.steps if self.partial else 0)
 
@@ -444,7 +464,13 @@ def _prepare(
         progress = Progress([], stopper)
     else:
         state, saved = restored
-        progress = Progress.from_dict(saved)
+        try:
+            progress = Progress.from_dict(saved)
+            progress.check(int(jax.device_get(state.step)), steps_per_epoch)
+        except KeyError as e:  # valid JSON, not what this toolkit saves: edited, or damaged
+            raise ckpts.damaged_progress(f"no {e.args[0]!r} field") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ckpts.damaged_progress(str(e)) from None
     return _Run(
         config=config,
         ds=ds,

@@ -961,6 +961,19 @@ RESUME_DAMAGE = {
         lambda step: _truncate(step / "progress" / "metadata", 0),
         "3/progress/metadata: unreadable JSON, truncated? empty",
     ),
+    # Valid JSON that is not a run's progress: one line too, not a KeyError or TypeError.
+    "progress field deleted": (
+        lambda step: _edit_progress(step, lambda d: d.pop("early_stopping")),
+        "3/progress/metadata: no 'early_stopping' field",
+    ),
+    "progress field of another type": (
+        lambda step: _edit_progress(step, lambda d: d.update(epochs="x")),
+        "3/progress/metadata: epochs[0] is not the entry of epoch 0",
+    ),
+    "progress behind its state": (
+        lambda step: _edit_progress(step, lambda d: d["partial"].update(steps=2)),
+        "3/progress/metadata: 2 train steps of ",
+    ),
     "array file truncated": (
         lambda step: _truncate(_largest(step / "state"), 1000),
         "3/state: files there are truncated, missing or corrupted: OUT_OF_RANGE",
@@ -979,6 +992,13 @@ RESUME_DAMAGE = {
         "3/state: its arrays hash to ",
     ),
 }
+
+
+def _edit_progress(step: Path, edit) -> None:
+    path = step / "progress" / "metadata"
+    progress = json.loads(path.read_text())
+    edit(progress)
+    path.write_text(json.dumps(progress))
 
 
 def _flip_middle_byte(path: Path) -> None:

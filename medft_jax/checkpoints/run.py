@@ -220,6 +220,12 @@ class RunCheckpoints:
             raise self._damaged(path, f"a JSON {type(progress).__name__}, expected an object")
         return progress
 
+    def damaged_progress(self, detail: str) -> ResumeError:
+        """The one line for a latest ``progress`` that reads as JSON but not as a run's
+        progress (a field missing or of another type, epochs that disagree)."""
+        step = self._manager.latest_step()
+        return self._damaged(self.latest_dir.joinpath(str(step), *_PROGRESS_FILE), detail)
+
     def _damaged(self, where: Path, detail: str) -> ResumeError:
         """The one line for a resume checkpoint that cannot be read, and what to do.
 
