@@ -43,6 +43,7 @@ _OS_REASONS = {
     errno.EEXIST: "already exists",
     errno.ENOENT: "no such file or folder",
     errno.ENAMETOOLONG: "file name too long",
+    errno.ELOOP: "a symbolic link that loops (or too many links in a row)",
 }
 
 

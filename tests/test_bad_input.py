@@ -526,6 +526,23 @@ def test_cli_main_keeps_real_bugs_and_maps_disk_errors(capsys):
     assert _one_error_line(capsys) == "error: /data/x.npy: no space left on the device"
 
 
+def test_a_looping_link_where_a_file_belongs_is_one_line(tmp_path, capsys):
+    from medft_jax import locks
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / locks.LOCK_NAME).symlink_to(run / locks.LOCK_NAME)  # a run's lock, say
+
+    def lock(argv):
+        locks.acquire(run)
+        return 0
+
+    assert cli_main(lock) == 2
+    assert _one_error_line(capsys) == (
+        f"error: {run / locks.LOCK_NAME}: a symbolic link that loops (or too many links in a row)"
+    )
+
+
 # --- a run is what its inputs are ---------------------------------------------------------------
 
 RUN = ["--strategy", "lp", "--arch", "resnet_tiny", "--weights", "none", "--epochs", "1"]
