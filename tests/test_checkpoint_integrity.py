@@ -215,13 +215,33 @@ def _largest_array_file(ck: Path) -> Path:
     return max(files, key=lambda p: p.stat().st_size)
 
 
-def _edit_metadata(ck: Path, **changes) -> None:
+def _edit_metadata(ck: Path, *, rehash: bool = True, **changes) -> None:
+    """Edits the metadata; ``rehash``: as a writer would (its hash made again), so that
+    what is checked is the metadata's sense, not the edit."""
+    from medft_jax.checkpoints.model import METADATA_HASH, metadata_hash
+
     path = ck / "metadata" / "metadata"
     meta = json.loads(path.read_text())
     meta.update(changes)
     for k in [k for k, v in changes.items() if v is _DELETE]:
         del meta[k]
+    if rehash and METADATA_HASH in meta and METADATA_HASH not in changes:
+        meta[METADATA_HASH] = metadata_hash(meta)
     path.write_text(json.dumps(meta))
+
+
+def test_edited_metadata_is_refused_not_read_as_other_labels(saved, tmp_path):
+    # Two class names swapped: every prediction's label inverted, the arrays unchanged.
+    variables, names = saved[1], ["a", "b", "c"]
+    meta = {**META, "class_names": names}
+    path = save_model(tmp_path / "ck", variables["params"], variables["batch_stats"], meta)
+    assert load_metadata(path)["class_names"] == names
+    _edit_metadata(path, class_names=["b", "a", "c"], rehash=False)
+    for read in (load_model, load_metadata, content_hash):
+        with pytest.raises(CheckpointError, match=r"metadata: the metadata was edited or corr"):
+            read(path)
+    _edit_metadata(path, metadata_sha256=_DELETE)  # written before the hash was: unchecked
+    assert load_metadata(path)["class_names"] == ["b", "a", "c"]
 
 
 _DELETE = object()

@@ -12,7 +12,8 @@ Metadata keys: ``arch``, ``num_classes``, ``multilabel``, ``class_names``
 (optional: the run's ``--precision``, ``fp32`` when absent), ``source`` and
 ``source_sha256`` (the torchvision file it came from, if any), ``num_batches_tracked``
 (torchvision's BN counters, kept only so an export round-trips bit for bit),
-``content_sha256`` (see :func:`variables_hash`), ``format_version``.
+``content_sha256`` (see :func:`variables_hash`), ``metadata_sha256`` (see
+:func:`metadata_hash`), ``format_version``.
 
 A checkpoint is checked, not trusted, when it is loaded: the arrays must
 hash to the recorded ``content_sha256`` (orbax's files carry no checksum of
@@ -64,6 +65,9 @@ MAX_RESIZE_SIZE = 4096
 """Largest resize (shorter side before the crop) a checkpoint may declare."""
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+METADATA_HASH = "metadata_sha256"
+"""The metadata key holding :func:`metadata_hash` (absent in checkpoints written before it
+was: those load unchecked, as those without ``content_sha256`` do)."""
 _METADATA_FILE = ("metadata", "metadata")
 """Where orbax's JsonSave puts the metadata item, relative to the checkpoint folder."""
 
@@ -115,6 +119,8 @@ def save_model(
     digest = variables_hash(tree)
     if digest is not None:
         meta["content_sha256"] = digest
+    meta.pop(METADATA_HASH, None)
+    meta[METADATA_HASH] = metadata_hash(meta)
     quiet_reported_failures()
     staging, old = staging_paths(directory)
     try:
@@ -337,7 +343,25 @@ def _read_metadata(directory: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: the metadata is a JSON {type(metadata).__name__}, expected an object"
         )
+    recorded = metadata.get(METADATA_HASH)
+    if recorded is not None and recorded != metadata_hash(metadata):
+        raise CheckpointError(
+            f"{path}: the metadata was edited or corrupted (it no longer hashes to its "
+            f"{METADATA_HASH}); its class names and preprocessing are the predictions' "
+            "meaning: restore the file"
+        )
     return metadata
+
+
+def metadata_hash(metadata: Mapping[str, Any]) -> str:
+    """SHA-256 of the metadata (all but :data:`METADATA_HASH`) as canonical JSON.
+
+    The class names' order is what each output means: an edit that swaps two
+    would invert every prediction, and the arrays' hash cannot see it.
+    """
+    body = {k: v for k, v in metadata.items() if k != METADATA_HASH}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _recorded_hash(metadata: Mapping[str, Any], directory: Path) -> str | None:
