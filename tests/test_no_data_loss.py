@@ -970,6 +970,10 @@ RESUME_DAMAGE = {
         lambda step: _edit_progress(step, lambda d: d.update(epochs="x")),
         "3/progress/metadata: epochs[0] is not the entry of epoch 0",
     ),
+    "state hash deleted": (  # it alone turned the arrays' check off
+        lambda step: _edit_progress(step, lambda d: d.pop("state_sha256")),
+        "3/progress/metadata: no state_sha256, so its arrays cannot be checked",
+    ),
     "progress behind its state": (
         lambda step: _edit_progress(step, lambda d: d["partial"].update(steps=2)),
         "3/progress/metadata: 2 train steps of ",

@@ -177,8 +177,14 @@ class RunCheckpoints:
                 step_dir / "state",
                 f"files there are truncated, missing or corrupted: {_short(cause)}",
             ) from None
-        recorded = progress.pop(STATE_HASH, None)
-        if recorded is not None:  # None: saved before hashes were recorded, or sharded
+        if STATE_HASH not in progress:  # every save writes it (null when sharded)
+            raise self._damaged(
+                self.latest_dir.joinpath(str(step), *_PROGRESS_FILE),
+                f"no {STATE_HASH}, so its arrays cannot be checked (saved by an older "
+                "medft-jax, or edited)",
+            )
+        recorded = progress.pop(STATE_HASH)
+        if recorded is not None:  # None: sharded, not every byte on this host
             actual = tree_hash(restored["state"])
             if actual is not None and actual != recorded:
                 raise self._damaged(
