@@ -59,7 +59,8 @@ RUNS=$(mktemp -d)  # fresh: a run found done would be skipped, not timed
 timeout -k 10 $((45 * SLOW)) python3 -m experiments.sweep --config experiments/configs/quick.py \
     --only "arch=resnet50,strategy=ft|lp,seed=0,lr=0.001" --out "$RUNS" 2>&1 \
     | tee "$OUT/sweep.txt"
-find "$RUNS" -name record.json -exec cp --parents {} "$OUT" \; 2>/dev/null
+mkdir -p "$OUT/sweep_records"
+(cd "$RUNS" && find . -name record.json -exec cp --parents {} "$OUT/sweep_records" \;)
 rm -rf "$RUNS"
 {
     echo "## GPU: $(head -2 "$OUT/gpu.txt" | tail -1) (\`benchmarks/gpu.sh\`, $(date +%F))"
