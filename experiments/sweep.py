@@ -181,9 +181,9 @@ def dry_run(
             per.append(f"{i}: {todo_i} of {len(states[i::count])} runs to run, {short}")
         print("shards: " + "; ".join(per))
     source = (
-        f"measured throughput of {len(records)} records in {out} where the arch, image "
-        "size and strategy match (unknown where only other strategies of the arch and size "
-        "were measured), else "
+        f"for a run whose arch, image size and strategy have records in {out} (of its "
+        f"{len(records)}), their measured throughput (unknown where only other strategies "
+        "of the arch and size were measured), else "
         if measured
         else ""
     )

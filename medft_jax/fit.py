@@ -19,6 +19,7 @@ record. It is three named steps:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import itertools
@@ -877,6 +878,9 @@ def _tidy_up(ckpts: RunCheckpoints) -> None:
             ckpts.remove_latest()
         finally:
             ckpts.close()
+        if jax.process_index() == 0:  # empty now: a finished run keeps no checkpoints/ folder
+            with contextlib.suppress(OSError):
+                ckpts.latest_dir.rmdir()
     except Exception as e:  # the record stands whatever went wrong here
         print(
             f"warning: {ckpts.latest_dir}: could not delete the resume checkpoints "

@@ -742,7 +742,7 @@ def test_disk_full_in_a_checkpoint_or_the_record_then_a_rerun_ends_the_same(
     resumed = fit.run_one(config, out, dataset=demo, progress=False)
     _same_result(resumed, full)
     assert results.read_record(run / "record.json")["test"] == full["test"]
-    assert not list((run / "checkpoints").iterdir())
+    assert not (run / "checkpoints").exists()  # a finished run keeps no empty folder
 
 
 @pytest.mark.slow

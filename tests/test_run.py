@@ -193,6 +193,7 @@ def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     for a, b in zip(full["epochs"], resumed["epochs"], strict=True):
         keys = ("train_loss", "val", "improved", "trainable_blocks")
         assert [a[k] for k in keys] == [b[k] for k in keys]
+    assert sorted(p.name for p in run.iterdir()) == ["best", "record.json"]  # nothing else
     # A finished run is skipped: the same record comes back without training.
     again = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
     assert again["finished_at"] == resumed["finished_at"]
