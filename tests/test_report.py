@@ -175,7 +175,7 @@ def test_an_lr_with_a_failed_run_is_never_chosen():
     # The reader sees it: a mark, a note naming the LR, the CSV's field; Table 11 notes it.
     table = dataset_table(summary, "bach")
     assert f"{shown(0.7, 0.0)}‡" in to_markdown(table)
-    assert "‡ FT, ResNet-50: lr 0.001 left out of the choice (a run there diverged)" in (
+    assert "‡ FT, ResNet-50: lr 0.001 (a run there diverged) left out of the choice" in (
         " ".join(table.notes)
     )
     rows = read_csv(to_csv(table))
@@ -199,11 +199,18 @@ def test_an_lr_where_a_seed_has_no_validation_value_is_never_chosen():
     assert cell.lr == 1e-4 and cell.excluded_lrs == (1e-3,)
     assert cell.test["accuracy"][0] == pytest.approx(0.7)
     table = dataset_table(collect(records), "bach")
-    assert "lr 0.001 left out of the choice (a run there has no validation value)" in (
+    assert "lr 0.001 (a run there has no validation value) left out of the choice" in (
         " ".join(table.notes)
     )
     tex = to_latex(table)
     assert "‡" not in tex and r"$^{\ddagger}$" in tex  # LaTeX has no raw double dagger
+    # One LR diverged, another has no validation value: each is given its own reason.
+    records += [rec(lr=1e-5, seed=s, val=0.5, test=0.5) for s in range(2)]
+    notes = " ".join(dataset_table(collect(records, [fail(lr=1e-5, seed=2)]), "bach").notes)
+    assert (
+        "lr 1e-05 (a run there diverged) and lr 0.001 (a run there has no validation value) "
+        "left out of the choice; the value is from the best of the other LRs"
+    ) in notes
 
 
 def test_a_value_over_fewer_seeds_than_its_cell_is_marked():
@@ -365,6 +372,18 @@ def test_table12_counts_a_strategy_that_diverged_as_not_beating_ft():
     assert summary.cell("mura_wrist", "resnet50", "lp").status == "missing"
     assert beats_ft(summary, 0.1) == {("lp", "resnet50"): (1, 2)}
     assert "| LP | 1/2 | 1/2 (50.0%) |" in to_markdown(table12(summary, 0.1))
+
+
+def test_table12_counts_a_finished_strategy_without_the_counted_metric_as_not_beating_ft():
+    """ISIC is counted in accuracy: LP's runs finished with values, but none in accuracy.
+    As a strategy that diverged, it did not beat FT there: 1 of 2, not 1 of 1."""
+    records = [rec(strategy="ft", test=0.8), rec(strategy="lp", test=0.9)]
+    records += [rec(dataset="isic2020", strategy="ft", test=0.8)]
+    undefined = rec(dataset="isic2020", strategy="lp", test=0.9)
+    undefined["test"]["accuracy"] = None
+    summary = collect([*records, undefined])
+    assert summary.cell("isic2020", "resnet50", "lp").has_value
+    assert beats_ft(summary, 0.1) == {("lp", "resnet50"): (1, 2)}
 
 
 def test_table11_best_per_dataset_and_improvement():

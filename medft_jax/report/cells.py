@@ -104,6 +104,8 @@ class Cell:
     failure_kinds: tuple[str, ...] = ()
     excluded_lrs: tuple[float, ...] = ()
     """LRs not eligible for the choice: a run at them failed or has no validation value."""
+    unvalidated_lrs: tuple[float, ...] = ()
+    """Those of :attr:`excluded_lrs` where no run failed but one has no validation value."""
     cost: Cost | None = None
 
     @property
@@ -524,7 +526,9 @@ def _make_cell(
     if not runs:
         return Cell(status=MISSING, **base)
     failed = {float(f["config"]["lr"]) for f in fails}
-    bad_lrs = tuple(sorted(failed | set(aggregate.unvalidated_lrs(recs))))
+    unvalidated = set(aggregate.unvalidated_lrs(recs)) - failed
+    bad_lrs = tuple(sorted(failed | unvalidated))
+    base["unvalidated_lrs"] = tuple(sorted(unvalidated))
     eligible = aggregate.eligible(recs, failed)  # leaves the unvalidated LRs out itself
     if not eligible or not any(map(math.isfinite, aggregate.lr_means(eligible).values())):
         return Cell(status=FAILED, excluded_lrs=bad_lrs, **base)
@@ -709,8 +713,9 @@ def beats_ft(
 ) -> dict[tuple[str, str], tuple[int, int]]:
     """Table 12: (strategy, arch) -> (k, n): datasets where the strategy's relative
     improvement over FT, in the dataset's :func:`count_metric`, exceeds ``threshold``
-    percent, out of the n datasets where FT has a value and the strategy has one or
-    only failed runs. A strategy whose every run diverged did not beat FT: the paper
+    percent, out of the n datasets where FT has a value and the strategy has one, or
+    has one but none in the counted metric, or only failed runs. A strategy whose every
+    run diverged (or whose counted metric is undefined) did not beat FT: the paper
     counts out of all its experiments, and leaving such a dataset out would raise the
     share of a strategy that often diverges. Datasets not yet run are left out."""
     metric = {d: count_metric(summary, d, count_metrics) for d in summary.datasets}
@@ -724,10 +729,25 @@ def beats_ft(
                 gain = relative_improvement(summary, d, a, s, metric[d])
                 if math.isfinite(gain):
                     k, n = k + (gain > threshold), n + 1
-                elif _failed_against_ft(summary, d, a, s):
+                elif _failed_against_ft(summary, d, a, s) or _undefined_against_ft(
+                    summary, d, a, s, metric[d]
+                ):
                     n += 1
             out[(s, a)] = (k, n)
     return out
+
+
+def _undefined_against_ft(
+    summary: Summary, dataset: str, arch: str, strategy: str, metric: str
+) -> bool:
+    """The strategy's runs are done and have values, but not in the counted metric, where
+    FT has one: an experiment it did not win, as one whose runs failed."""
+    pair = _means(summary, dataset, arch, strategy, metric)
+    cell = summary.cells.get((dataset, arch, strategy))
+    if pair is None or cell is None or not cell.has_value:
+        return False
+    (m, _), (m_ft, _) = pair
+    return math.isnan(m) and math.isfinite(m_ft) and cell.runs_done >= cell.runs_expected
 
 
 def _failed_against_ft(summary: Summary, dataset: str, arch: str, strategy: str) -> bool:

@@ -119,10 +119,12 @@ def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]
         if _incomplete(c):
             notes.append(f"{DAGGER} {name}: {c.runs_done} of {c.runs_expected} runs")
         if _lrs_left_out(c):
+            failed = [lr for lr in c.excluded_lrs if lr not in c.unvalidated_lrs]
+            groups = [(failed, c.failure_text), (c.unvalidated_lrs, "has no validation value")]
+            why = [f"lr {lrs_text(lrs)} (a run there {what})" for lrs, what in groups if lrs]
             notes.append(
-                f"{DOUBLE_DAGGER} {name}: lr {lrs_text(c.excluded_lrs)} left out of the choice "
-                f"(a run there {c.failure_text if c.failure_kinds else 'has no validation value'}"
-                "); the value is from the best of the other LRs"
+                f"{DOUBLE_DAGGER} {name}: {' and '.join(why)} left out of the choice; the "
+                "value is from the best of the other LRs"
             )
     return notes
 
@@ -695,7 +697,8 @@ def table12(
         f"Beats: relative improvement of the mean test metric over FT of the same dataset and "
         f"arch > {threshold:g}%, {count_rule_text(summary, count_metrics)}. k/n: "
         "n counts the datasets where FT has a value and the strategy has a value (complete "
-        "or partial) or only failed runs (it did not beat FT); datasets not run are left out."
+        "or partial), or finished without one in the counted metric, or has only failed runs "
+        "(these did not beat FT); datasets not run are left out."
     ]
     strategies = [s for s in summary.strategies if s != BASELINE]
     return _wide_table(
