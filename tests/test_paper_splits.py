@@ -218,9 +218,11 @@ def test_options_name_their_own_variant():
 def test_load_names_the_prepare_command_with_split_by(tmp_path):
     with pytest.raises(DataError, match=r"--dataset isic2020 .* --split-by image$"):
         load("isic2020", data_dir=tmp_path, split_by="image")
-    with pytest.raises(DataError, match=r"--split-by applies to isic2020 only, not 'bach'"):
+    with pytest.raises(
+        DataError, match=r"^dataset bach: split_by applies to isic2020 only, not bach"
+    ):
         load("bach", data_dir=tmp_path, split_by="image")
-    with pytest.raises(DataError, match=r"--uncertain applies to chexpert only, not 'isic2020'"):
+    with pytest.raises(DataError, match=r"uncertain applies to chexpert only, not isic2020"):
         load("isic2020", data_dir=tmp_path, uncertain="libauc")
 
 

@@ -56,6 +56,8 @@ def unknown_option(dataset: str, options: Mapping[str, Any]) -> str | None:
     unknown = sorted(k for k, v in options.items() if v is not None and k not in known)
     if not unknown:
         return None
+    if unknown[0] in OPTION_OWNERS and dataset in TASK_NAMES:
+        return f"{unknown[0]} applies to {OPTION_OWNERS[unknown[0]][0]} only, not {dataset}"
     return f"unknown option {unknown[0]!r}; {dataset} takes {', '.join(known)}"
 
 
