@@ -75,6 +75,7 @@ from medft_jax import strategies
 from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.arrays import make_split
 from medft_jax.data.dataset import Dataset
+from medft_jax.fit import checkpoint_seconds
 from medft_jax.grid import NOMINAL_TRAIN_IMAGES, Grid, load_grid
 from medft_jax.models import COMPUTE_DTYPES, create, get_arch, init_variables
 from medft_jax.runtime import tune_cpu_host
@@ -121,18 +122,23 @@ class RunPlan:
         run may train, in order (``len`` = the grid's maximum epochs).
       epoch_val: seconds of each epoch's validation pass.
       test: the test pass at the end.
-      checkpoint_per_epoch: the resume and best saves an epoch may make.
+      resume_save: one resume checkpoint (and the best save it makes first).
+      best_save: the best save at the finish.
       compile: this run's share of its compilations.
       min_epochs: epochs early stopping cannot cut (last stage + patience + 1).
+      checkpoint_seconds: training seconds between resume checkpoints
+        (``medft_jax.fit.checkpoint_seconds``; 0: after every epoch).
     """
 
     runs: int
     epoch_train: tuple[float, ...]
     epoch_val: tuple[float, ...]
     test: float
-    checkpoint_per_epoch: float
+    resume_save: float
+    best_save: float
     compile: float
     min_epochs: int = 1
+    checkpoint_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +178,19 @@ def run_cost(plan: RunPlan, epochs: int | None) -> Cost:
     return Cost(
         train=sum(plan.epoch_train[:n]),
         val=sum(plan.epoch_val[:n]),
-        fixed=plan.compile + plan.test + n * plan.checkpoint_per_epoch,
+        fixed=plan.compile + plan.test + resume_points(plan, n) * plan.resume_save + plan.best_save,
     )
+
+
+def resume_points(plan: RunPlan, epochs: int) -> int:
+    """Resume checkpoints a run of ``epochs`` makes: after an epoch that ends
+    ``checkpoint_seconds`` or more after the last one (never after its last epoch)."""
+    saves, since = 0, 0.0
+    for e in range(epochs - 1):
+        since += plan.epoch_train[e] + plan.epoch_val[e]
+        if since >= plan.checkpoint_seconds:
+            saves, since = saves + 1, 0.0
+    return saves
 
 
 def project(plans: Iterable[RunPlan], epochs: int | None, one_time: float = 0.0) -> Cost:
@@ -761,9 +778,11 @@ def cell_plan(
         epoch_train=tuple(train),
         epoch_val=tuple(val),
         test=test_batches * times.eval_batch * times.scale,
-        checkpoint_per_epoch=times.ckpt_latest + times.ckpt_best,
+        resume_save=times.ckpt_latest + times.ckpt_best,  # a best save first: at most
+        best_save=times.ckpt_best,
         compile=(compile_s + times.eval_compile) / runs,
         min_epochs=min(len(ep.keys), ep.final_stage_epoch + patience + 1),
+        checkpoint_seconds=checkpoint_seconds(),
     )
 
 
@@ -915,9 +934,11 @@ def overhead_lines(times: ArchTimes, grid: Grid, task: TaskFacts, batch: int) ->
         f"- {times.arch} {times.precision}: compile FT {times.compile['ft']:.1f} s (+ eval "
         f"{times.eval_compile:.1f} s) per (task, strategy) trainer, shared by its "
         f"{len(grid.lrs) * len(grid.seeds)} lr x seed runs; test pass on {task.name} "
-        f"{test:.1f} s; checkpoints per epoch: resume save {times.ckpt_latest:.2f} s blocking "
-        f"(+ {times.ckpt_latest_background:.2f} s written in the background), best save "
-        f"{times.ckpt_best:.2f} s (counted every epoch: an upper bound)"
+        f"{test:.1f} s; a resume checkpoint every {checkpoint_seconds():g} s of training "
+        f"(0: every epoch): resume save {times.ckpt_latest:.2f} s blocking (+ "
+        f"{times.ckpt_latest_background:.2f} s written in the background) and best save "
+        f"{times.ckpt_best:.2f} s (counted with each: an upper bound), one best save at the "
+        "finish"
     )
 
 

@@ -100,6 +100,27 @@ def env_switch(name: str) -> bool:
     return value == "1"
 
 
+DURATIONS: dict[str, float] = {
+    "MEDFT_JAX_CHECKPOINT_SECONDS": 60.0,  # between resume checkpoints (fit.checkpoint_seconds)
+}
+"""The toolkit's environment variables that take seconds, and their defaults."""
+
+
+def env_seconds(name: str) -> float:
+    """The duration ``name`` of :data:`DURATIONS`: seconds >= 0, unset (or empty) its
+    default; anything else refused in one line."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return DURATIONS[name]
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds >= 0 and seconds != float("inf")):
+        raise UserError(f"environment variable {name} must be seconds >= 0, got {value!r}")
+    return seconds
+
+
 EXIT_BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE, as a shell reports it)."""
 
@@ -113,7 +134,7 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     ``KeyboardInterrupt`` -> exit 130 without a traceback; a closed output
     pipe (``| head``) -> exit 141, silently, as a Unix tool ends on SIGPIPE. Anything else
     propagates: a real bug keeps its traceback.
-    Every switch of :data:`SWITCHES` is checked first, so a malformed one
+    Every switch of :data:`SWITCHES` (and :data:`DURATIONS`) is checked first, so a malformed one
     stops a command before it writes anything; a command that fails removes
     the folders :func:`writable_dir` created for it if they are still empty.
     """
@@ -122,6 +143,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     try:
         for name in SWITCHES:
             env_switch(name)
+        for name in DURATIONS:
+            env_seconds(name)
         status = main(argv)
         sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
         return status

@@ -47,7 +47,7 @@ from medft_jax.data.cache import skipped_counts
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_info
-from medft_jax.errors import one_line
+from medft_jax.errors import env_seconds, one_line
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
 from medft_jax.results import RunRecord
 from medft_jax.runtime import process_0_says
@@ -251,6 +251,13 @@ class _Run:
     weights_used: str
     best_variables: Any = None
     """Device copy of the best epoch's variables when trained in this call."""
+    best_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The best checkpoint's metadata (:func:`_best_metadata`), its ``epoch`` included."""
+    best_unsaved: bool = False
+    """Whether :attr:`best_variables` is newer than ``best/`` on disk: written with the
+    next resume checkpoint, or at the finish, never later (see :func:`_train_epochs`)."""
+    last_save: float = 0.0
+    """``time.perf_counter()`` of this call's last resume checkpoint (or its start)."""
     feature_roots: tuple[Path, ...] = ()
     """Where head-only epochs may cache the backbone's features, in order (empty: never)."""
     features: Any = None
@@ -337,6 +344,7 @@ def run_one(
     """
     started = time.perf_counter()
     check_config(config, lambda field: f"RunConfig.{field}")
+    checkpoint_seconds()  # a malformed value refused before the run's folder exists
     ds = dataset if dataset is not None else load_dataset(config, data_dir)
     config = identify(config, ds)
     loading = time.perf_counter() - started
@@ -533,22 +541,8 @@ def _train_epochs(
     p, spe = run.progress, run.steps_per_epoch
     if p.steps_done(spe) >= stop_at:
         return False
-    best_meta = {
-        "arch": run.config.arch,
-        "num_classes": run.ds.num_classes,
-        "multilabel": run.ds.multilabel,
-        "class_names": list(run.ds.class_names),
-        # The demo's images are made at the crop size, never resized: predict does as they were.
-        "resize_size": run.config.image_size
-        if run.ds.metadata.get("synthetic")
-        else run.spec.resize_for(run.config.image_size),
-        "crop_size": run.config.image_size,
-        "precision": run.config.precision,  # predict computes as the run evaluated
-        "source": f"run {name}",
-    }
-    # How 16-bit files were decoded (folder/csv --bits-stored): predict decodes alike.
-    if run.ds.metadata.get("bits_stored") is not None:
-        best_meta["bits_stored"] = int(run.ds.metadata["bits_stored"])
+    run.best_meta = _best_metadata(run, name)
+    run.last_save = time.perf_counter()
     for epoch in range(len(p.epochs), run.config.epochs):
         if p.stopped:
             break
@@ -566,25 +560,78 @@ def _train_epochs(
                 flush=True,
             )
         if decision.improved:
-            t = time.perf_counter()
-            ckpts.save_best(run.state.variables, {**best_meta, "epoch": epoch})
-            # A device copy for the test pass (the next step donates ``state``).
+            # A device copy for the test pass and for best/ (the next step donates ``state``).
             run.best_variables = _copy(run.state.variables)
-            p.add("checkpoints", time.perf_counter() - t)
+            run.best_meta["epoch"], run.best_unsaved = epoch, True
         if decision.stop or epoch + 1 >= run.config.epochs:
             break  # finishing: no resume point needed (a kill now redoes only this epoch)
-        _save_latest(run, ckpts, (epoch + 1) * spe)
-        if (epoch + 1) * spe >= stop_at:
+        budget_spent = (epoch + 1) * spe >= stop_at
+        if budget_spent or time.perf_counter() - run.last_save >= checkpoint_seconds():
+            _save_latest(run, ckpts, (epoch + 1) * spe)
+        if budget_spent:
             return False
     return True
 
 
+def _best_metadata(run: _Run, name: str) -> dict[str, Any]:
+    """The metadata of the run's ``best/`` checkpoint (its ``epoch`` added when saved)."""
+    meta = {
+        "arch": run.config.arch,
+        "num_classes": run.ds.num_classes,
+        "multilabel": run.ds.multilabel,
+        "class_names": list(run.ds.class_names),
+        # The demo's images are made at the crop size, never resized: predict does as they were.
+        "resize_size": run.config.image_size
+        if run.ds.metadata.get("synthetic")
+        else run.spec.resize_for(run.config.image_size),
+        "crop_size": run.config.image_size,
+        "precision": run.config.precision,  # predict computes as the run evaluated
+        "source": f"run {name}",
+    }
+    # How 16-bit files were decoded (folder/csv --bits-stored): predict decodes alike.
+    if run.ds.metadata.get("bits_stored") is not None:
+        meta["bits_stored"] = int(run.ds.metadata["bits_stored"])
+    return meta
+
+
+def checkpoint_seconds() -> float:
+    """Seconds of training between resume checkpoints: ``MEDFT_JAX_CHECKPOINT_SECONDS``,
+    default 60 (0: after every epoch).
+
+    An epoch ends with a resume checkpoint only when this long has passed
+    since the last one: a save of ResNet-50's train state (its Adam moments
+    too) takes about a second, more than a whole epoch of a small dataset on
+    a GPU. A killed run loses at most this long and the epoch in flight; a
+    step budget's end (:func:`run_one`'s ``stop_after_steps``) always saves.
+    """
+    return env_seconds(CHECKPOINT_SECONDS)
+
+
+CHECKPOINT_SECONDS = "MEDFT_JAX_CHECKPOINT_SECONDS"
+
+
 def _save_latest(run: _Run, ckpts: RunCheckpoints, step: int) -> None:
-    """The resume checkpoint, its progress carrying the wall clock up to now."""
+    """The resume checkpoint, its progress carrying the wall clock up to now.
+
+    A best epoch not yet on disk is written first: a resume from this
+    checkpoint finds in ``best/`` the epoch its progress calls best.
+    """
+    _save_best(run, ckpts)
     t = time.perf_counter()
     run.progress.seconds["wall"] = run.wall()
     run.progress.compilations = run.compilations()
     ckpts.save_latest(step, run.state, run.progress.to_dict())
+    run.last_save = time.perf_counter()
+    run.progress.add("checkpoints", run.last_save - t)
+
+
+def _save_best(run: _Run, ckpts: RunCheckpoints) -> None:
+    """Writes ``best/`` from the best epoch's device copy, if it is newer than the disk's."""
+    if not run.best_unsaved:
+        return
+    t = time.perf_counter()
+    ckpts.save_best(run.best_variables, run.best_meta)
+    run.best_unsaved = False
     run.progress.add("checkpoints", time.perf_counter() - t)
 
 
@@ -763,6 +810,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
             f"run {name}: no epoch had a finite validation {run.primary}; the val split "
             "cannot score it (does it hold both outcomes of every class?)"
         )
+    _save_best(run, ckpts)  # on disk before the record says the run is done
     # The best epoch was trained in this call (a device copy), or before a restart.
     variables = run.best_variables
     if variables is None:

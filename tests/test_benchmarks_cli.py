@@ -7,6 +7,7 @@ against hand calculations; the measuring is checked end to end by the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -30,30 +31,37 @@ def test_projection_matches_a_hand_calculation():
         epoch_train=(10.0, 10.0, 20.0, 20.0),
         epoch_val=(1.0, 1.0, 1.0, 1.0),
         test=3.0,
-        checkpoint_per_epoch=0.5,
+        resume_save=0.5,
+        best_save=0.25,
         compile=4.0,
         min_epochs=3,
+        checkpoint_seconds=0.0,  # a resume checkpoint after every epoch but the last
     )
     b = grid_bill.RunPlan(
         runs=2,
         epoch_train=(5.0, 5.0, 5.0),
         epoch_val=(0.5, 0.5, 0.5),
         test=1.0,
-        checkpoint_per_epoch=0.0,
+        resume_save=1.0,
+        best_save=0.5,
         compile=2.0,
+        checkpoint_seconds=12.0,  # 5.5 s an epoch: none before its last epoch
     )
-    # Every epoch: A = 60 + 4 + (4 + 3 + 4 x 0.5) = 73 s a run, x 9 = 657;
-    # B = 15 + 1.5 + 3 = 19.5, x 2 = 39; plus 36 s one-time: 732 s.
+    # Every epoch: A = 60 + 4 + (4 + 3 + 3 x 0.5 + 0.25) = 72.75 s a run, x 9 = 654.75;
+    # B = 15 + 1.5 + (2 + 1 + 0 + 0.5) = 20, x 2 = 40; plus 36 s one-time: 730.75 s.
     every = grid_bill.project([a, b], None, one_time=36.0)
-    assert (every.train, every.val, every.fixed, every.one_time) == (570.0, 39.0, 87.0, 36.0)
-    assert every.hours == pytest.approx(732 / 3600)
-    # A mean of 2 epochs: A never stops before its 3 (min_epochs): 40 + 3 + 8.5 = 51.5,
-    # x 9 = 463.5; B trains 2: 10 + 1 + 3 = 14, x 2 = 28; + 36 = 527.5 s.
+    assert (every.train, every.val, every.fixed, every.one_time) == (570.0, 39.0, 85.75, 36.0)
+    assert every.hours == pytest.approx(730.75 / 3600)
+    # A mean of 2 epochs: A never stops before its 3 (min_epochs): 40 + 3 + 8.25 = 51.25,
+    # x 9 = 461.25; B trains 2: 10 + 1 + 3.5 = 14.5, x 2 = 29; + 36 = 526.25 s.
     mean = grid_bill.project([a, b], 2, one_time=36.0)
-    assert mean.total == pytest.approx(527.5)
-    assert mean.hours == pytest.approx(527.5 / 3600)
+    assert mean.total == pytest.approx(526.25)
+    assert mean.hours == pytest.approx(526.25 / 3600)
     # More epochs than a run has: capped at its length.
     assert grid_bill.epochs_trained(a, 80) == 4
+    # Every 5 s: B saves after each of its first two epochs (5.5 s each), not its last.
+    assert grid_bill.resume_points(dataclasses.replace(b, checkpoint_seconds=5.0), 3) == 2
+    assert grid_bill.resume_points(a, 1) == 0
 
 
 def test_scale_factor_is_the_pixel_and_batch_ratio():
@@ -90,7 +98,7 @@ def test_cell_plan_turns_measurements_into_seconds():
     assert lp.epoch_train == pytest.approx((10 * 0.1 * 2,) * 3)  # steps x s/step x scale
     assert lp.epoch_val == pytest.approx((3 * 0.2 * 2,) * 3)
     assert lp.test == pytest.approx(4 * 0.2 * 2)
-    assert lp.checkpoint_per_epoch == pytest.approx(0.5)
+    assert (lp.resume_save, lp.best_save) == pytest.approx((0.5, 0.2))
     assert lp.compile == pytest.approx((4 + 3) / 9)
     assert lp.min_epochs == 3  # capped at the run's 3 epochs (0 + patience 5 + 1 = 6)
     cached = grid_bill.cell_plan(t, "lp", task, cached=True, bounds=grid_bill.Bounds(), **kw)
@@ -146,7 +154,7 @@ def test_a_precision_with_nothing_timed_is_a_row_not_a_crash(capsys):
 
 def test_a_scaled_timing_on_a_gpu_judges_no_goal(capsys):
     plan = grid_bill.RunPlan(runs=1, epoch_train=(1.0,), epoch_val=(0.1,), test=0.1,
-                             checkpoint_per_epoch=0.0, compile=0.1)  # fmt: skip
+                             resume_save=0.0, best_save=0.0, compile=0.1)  # fmt: skip
     reduced = "timed at 32 px batch 4, scaled 784.00x"
     grid_bill.goal_lines([_projection([plan], 0)], {}, reduced=reduced, mean_epochs=20)
     out = capsys.readouterr().out

@@ -18,6 +18,7 @@ from medft_jax.checkpoints.pretrained import merge
 from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.demo import load_demo
 from medft_jax.early_stopping import EarlyStopping
+from medft_jax.errors import UserError
 from medft_jax.models import create, get_arch, init_variables, variable_shapes
 from medft_jax.models.blocks import flatten
 from tests.torch_ref import randomise_batchnorm, torch, torchvision
@@ -159,6 +160,53 @@ def test_rgn_prepass_runs_before_each_epoch_and_resumes(ported_tiny, demo, tmp_p
 
 
 @pytest.mark.slow
+def test_resume_checkpoints_come_every_checkpoint_seconds_each_after_its_best(
+    ported_tiny, demo, tmp_path, monkeypatch
+):
+    """A resume checkpoint costs about a second for ResNet-50: a run makes one when
+    MEDFT_JAX_CHECKPOINT_SECONDS (default 60) have passed, writing a newer best first, so
+    that a resume finds in best/ the epoch its progress calls best."""
+    saves = []
+    latest, best = RunCheckpoints.save_latest, RunCheckpoints.save_best
+
+    def save_latest(self, step, state, progress):
+        saves.append(("latest", step, progress["early_stopping"]["best_epoch"]))
+        latest(self, step, state, progress)
+
+    def save_best(self, variables, meta):
+        saves.append(("best", meta["epoch"]))
+        best(self, variables, meta)
+
+    monkeypatch.setattr(RunCheckpoints, "save_latest", save_latest)
+    monkeypatch.setattr(RunCheckpoints, "save_best", save_best)
+    config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
+    quick = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
+    assert saves == [("best", quick["best_epoch"])]  # seconds a run: its best, once, at the end
+    assert load_model(tmp_path / "a" / quick["run"] / "best")[1]["epoch"] == quick["best_epoch"]
+
+    saves.clear()
+    monkeypatch.setenv(fit.CHECKPOINT_SECONDS, "0")  # after every epoch but the last
+    every = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    assert (
+        every["test"] == quick["test"]
+        and every["epochs"][-1]["val"] == (quick["epochs"][-1]["val"])
+    )
+    spe = every["steps_per_epoch"]
+    assert [s[1] for s in saves if s[0] == "latest"] == [spe, 2 * spe]
+    on_disk = None
+    for kind, *what in saves:
+        if kind == "best":
+            on_disk = what[0]
+        else:
+            assert on_disk == what[1]  # best/ holds the progress's best epoch
+    assert on_disk == every["best_epoch"]
+
+    monkeypatch.setenv(fit.CHECKPOINT_SECONDS, "soon")
+    with pytest.raises(UserError, match=r"MEDFT_JAX_CHECKPOINT_SECONDS must be seconds >= 0"):
+        fit.run_one(config, tmp_path / "c", dataset=demo, progress=False)
+    assert not (tmp_path / "c").exists()
+
+
 def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)

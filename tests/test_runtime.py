@@ -127,6 +127,18 @@ def test_a_run_under_a_misspelt_distributed_switch_stops_in_one_line_before_writ
     assert not out.exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "1 min", "inf", "nan"])
+def test_a_malformed_duration_is_one_line_before_anything_runs(value, monkeypatch, capsys):
+    from medft_jax.errors import cli_main
+
+    monkeypatch.setenv("MEDFT_JAX_CHECKPOINT_SECONDS", value)
+    assert cli_main(lambda argv: pytest.fail("ran")) == 2
+    assert capsys.readouterr().err == (
+        f"error: environment variable MEDFT_JAX_CHECKPOINT_SECONDS must be seconds >= 0, got "
+        f"{value!r}\n"
+    )
+
+
 def test_a_cluster_without_auto_detection_gives_its_process_layout(monkeypatch):
     """BUILD.md: elsewhere than Cloud TPU and SLURM, JAX_NUM_PROCESSES and JAX_PROCESS_ID,
     which jax.distributed.initialize does not read itself ("Number of processes must be
