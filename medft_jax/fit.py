@@ -566,7 +566,9 @@ def _train_epochs(
         if decision.stop or epoch + 1 >= run.config.epochs:
             break  # finishing: no resume point needed (a kill now redoes only this epoch)
         budget_spent = (epoch + 1) * spe >= stop_at
-        if budget_spent or time.perf_counter() - run.last_save >= checkpoint_seconds():
+        # Process 0's clock decides for every process: the save is collective.
+        due = process_0_says(time.perf_counter() - run.last_save >= checkpoint_seconds())
+        if budget_spent or due:
             _save_latest(run, ckpts, (epoch + 1) * spe)
         if budget_spent:
             return False
