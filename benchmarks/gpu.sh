@@ -23,8 +23,9 @@
 # SMOKE=1 runs the same commands at 32 px, batch 4, one step, with longer limits:
 # a check, on any machine, that every command and flag in this script still works.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/medft_gpu}
+case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac  # the caller's folder, before the cd
+cd "$(dirname "$0")/.."
 SIZE=224 BATCH=64 STEPS=5 DATA_STEPS=20 SLOW=1
 if [ "${SMOKE:-0}" = 1 ]; then SIZE=32 BATCH=4 STEPS=1 DATA_STEPS=2 SLOW=4; fi
 mkdir -p "$OUT"

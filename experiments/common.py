@@ -92,16 +92,16 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.dataset in LOCAL_KINDS:
         check_bits_stored(args.bits_stored)
     else:
-        _refuse(args.dataset, {"bits_stored": args.bits_stored}, "folder and csv")
+        refuse_unused(args.dataset, {"bits_stored": args.bits_stored}, "folder and csv")
     if args.dataset == "csv":
         # One rule with the Python API's; its messages name the flags too.
         check_label_options(args.label_column, given.get("label_columns"), None)
         return _given(local) | given
-    _refuse(args.dataset, given, "csv")
+    refuse_unused(args.dataset, given, "csv")
     if args.dataset == "folder":
         return _given(local)
     if args.dataset == "demo" or args.dataset.startswith("medmnist/"):
-        _refuse(
+        refuse_unused(
             args.dataset,
             {
                 "val_fraction": args.val_fraction,
@@ -110,7 +110,7 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
             "the file-based datasets",
         )
         return {}
-    _refuse(args.dataset, {"test_fraction": args.test_fraction}, "folder and csv")
+    refuse_unused(args.dataset, {"test_fraction": args.test_fraction}, "folder and csv")
     error = split_option_error(args.dataset, "--val-fraction", args.val_fraction, None)
     if error:
         raise UserError(error)
@@ -122,9 +122,9 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
 def _refuse_task_options(args: argparse.Namespace) -> None:
     """``--uncertain`` is CheXpert's alone, ``--split-by`` ISIC 2020's."""
     if args.dataset != "chexpert":
-        _refuse(args.dataset, {"uncertain": args.uncertain}, "chexpert")
+        refuse_unused(args.dataset, {"uncertain": args.uncertain}, "chexpert")
     if args.dataset != "isic2020":
-        _refuse(args.dataset, {"split_by": args.split_by}, "isic2020")
+        refuse_unused(args.dataset, {"split_by": args.split_by}, "isic2020")
 
 
 def local_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,7 +155,8 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _refuse(dataset: str, options: dict[str, Any], owner: str) -> None:
+def refuse_unused(dataset: str, options: dict[str, Any], owner: str) -> None:
+    """The first of ``options`` given (not None) is refused: it applies to ``owner`` only."""
     given = [k for k, v in options.items() if v is not None]
     if given:
         flag = "--" + given[0].replace("_", "-")

@@ -19,7 +19,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from experiments.common import add_dataset_flags, dataset_options, refuse_split_seed
+from experiments.common import (
+    add_dataset_flags,
+    dataset_options,
+    refuse_split_seed,
+    refuse_unused,
+)
 from medft_jax.config import RunConfig, check_value
 from medft_jax.data.cache import skipped_counts
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
@@ -76,13 +81,8 @@ def sizes(args: argparse.Namespace) -> tuple[int | None, int | None]:
 def _refuse_image_file_flags(args: argparse.Namespace) -> None:
     """``--manual-dir`` and ``--skip-bad-images`` for a dataset that has no image files of
     the user's (demo is generated, MedMNIST's arrays are downloaded): refused, not ignored."""
-    for flag, given in (("--manual-dir", args.manual_dir is not None),
-                        ("--skip-bad-images", args.skip_bad_images)):  # fmt: skip
-        if given:
-            raise UserError(
-                f"{flag} applies to the paper tasks, folder and csv; --dataset "
-                f"{args.dataset} has no image files of yours"
-            )
+    files = {"manual_dir": args.manual_dir, "skip_bad_images": args.skip_bad_images or None}
+    refuse_unused(args.dataset, files, "the paper tasks, folder and csv")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

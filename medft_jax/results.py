@@ -302,10 +302,14 @@ def numbers_problem(record: dict[str, Any]) -> str | None:
     for split, metrics in (("val", val), ("test", test)):
         for name, value in metrics.items():
             if value is not None and not (_finite(value) and -1 <= value <= 1):
-                return f"{split}.{name} is {value!r}, expected null or a number in [-1, 1]"
+                return (
+                    f"{split}.{name} is {json.dumps(value)}, expected null or a number in [-1, 1]"
+                )
     seconds = record.get("train_seconds")
+    if seconds is None:
+        return "no train_seconds (seconds of training)"
     if not (_finite(seconds) and seconds >= 0):
-        return f"train_seconds is {seconds!r}, expected seconds >= 0"
+        return f"train_seconds is {json.dumps(seconds)}, expected seconds >= 0"
     return None
 
 
@@ -388,12 +392,18 @@ def _find_files(out_dir: str | Path, name: str) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d not in PREVIOUS_NAMES)  # set aside: never read
         if name in names or name in dirs:
             path = Path(root) / name
             if not path.is_file():  # skipped, its run would vanish from every table
-                what = "a folder" if path.is_dir() else "a broken or looping link"
-                raise RecordError(f"{path}: {what}, expected a record file")
+                what = (
+                    "a folder"
+                    if path.is_dir()
+                    else "a broken or looping link"
+                    if path.is_symlink()
+                    else "not a regular file"
+                )
+                raise RecordError(f"{path}: {what}, expected the run's {name}")
             found.append(path)
     return sorted(found)
 

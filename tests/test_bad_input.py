@@ -366,6 +366,10 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
             "datasets=('chexpert',); dataset_options={'chexpert': {'split_by': 'image'}}",
             "dataset_options['chexpert']: split_by applies to isic2020 only, not chexpert",
         ),
+        (  # a misspelt option is one even when set to None
+            "datasets=('folder',); dataset_options={'folder': {'manual_dir': 'x', 'val': None}}",
+            "dataset_options['folder']: unknown option 'val'; folder takes manual_dir, ",
+        ),
         (
             "datasets=('folder',); dataset_options={'folder': {'manual_dir': 'x', 'val': 0.2}}",
             "dataset_options['folder']: unknown option 'val'; folder takes manual_dir, "

@@ -276,7 +276,7 @@ def test_a_class_with_one_label_value_in_an_evaluation_split_is_refused(
     assert str(e.value) == (
         f"toy: the val split ({len(labels)} examples) has {what} of class {name!r}, so its "
         "AUROC is undefined and the macro means would leave it out; give the split more "
-        "images of it (where the split is carved: a larger --val-fraction) or drop the class"
+        "images of it or drop the class"
     )
 
 
@@ -288,3 +288,10 @@ def test_a_paper_tasks_unscorable_split_is_not_told_to_carve_a_test_fraction():
     ds = dataclasses.replace(ds, splits={"test": ds.splits["val"]})
     with pytest.raises(DataError, match=r"; bach fixes this split: is your copy of its data comp"):
         ds.check_scorable(("test",))
+    # A user's folder carves both by the fractions given; MedMNIST carves neither.
+    folder = dataclasses.replace(ds, name="folder")
+    with pytest.raises(DataError, match=r"\(where the split is carved: a larger --test-fraction\)"):
+        folder.check_scorable(("test",))
+    mnist = dataclasses.replace(ds, name="medmnist/pathmnist")
+    with pytest.raises(DataError, match=r"; its splits are MedMNIST's official train/val/test: is"):
+        mnist.check_scorable(("test",))

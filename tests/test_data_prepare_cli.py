@@ -49,8 +49,8 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path, capsys):
         argv = ["--dataset", dataset, flag, *([str(tmp_path)] if flag == "--manual-dir" else [])]
         assert main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
         assert capsys.readouterr().err.strip() == (
-            f"error: {flag} applies to the paper tasks, folder and csv; --dataset {dataset} "
-            "has no image files of yours"
+            f"error: {flag} applies to the paper tasks, folder and csv only, not to --dataset "
+            f"{dataset}"
         )
     assert not (tmp_path / "d").exists()
 

@@ -970,10 +970,6 @@ RESUME_DAMAGE = {
         lambda step: _edit_progress(step, lambda d: d.update(epochs="x")),
         "3/progress/metadata: epochs[0] is not the entry of epoch 0",
     ),
-    "state hash deleted": (  # it alone turned the arrays' check off
-        lambda step: _edit_progress(step, lambda d: d.pop("state_sha256")),
-        "3/progress/metadata: no state_sha256, so its arrays cannot be checked",
-    ),
     "progress behind its state": (
         lambda step: _edit_progress(step, lambda d: d["partial"].update(steps=2)),
         "3/progress/metadata: 2 train steps of ",
@@ -1003,6 +999,22 @@ def _edit_progress(step: Path, edit) -> None:
     progress = json.loads(path.read_text())
     edit(progress)
     path.write_text(json.dumps(progress))
+
+
+@pytest.mark.xdist_group("killed_run")
+def test_a_resume_checkpoint_without_its_state_hash_is_refused(killed_run, tmp_path):
+    """Deleting the key alone turned the arrays' check off: a flipped bit then resumed."""
+    from medft_jax.session import Session
+
+    out = Path(shutil.copytree(killed_run[0], tmp_path / "runs"))
+    run = results.run_dir(out, killed_run[1].to_dict())
+    _edit_progress(run / "checkpoints" / "3", lambda d: d.pop("state_sha256"))
+    o = Session(out).run(killed_run[1])
+    assert o.kind == "cannot resume" and o.error == (
+        f"{run / 'checkpoints'}: the run cannot be resumed: its checkpoint has no state_sha256 "
+        "to check its arrays by (saved by a medft-jax before 2026-12-03, or edited); start the "
+        "run over with experiments.run --force, or by deleting that folder"
+    )
 
 
 def _flip_middle_byte(path: Path) -> None:

@@ -657,17 +657,17 @@ def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, mon
         ("typo", "--only seed=7: no run has it (the runs' seeds: 0)"),
         ("threshold", "--beat-threshold"),
         ("config", "--config"),
-        ("value", "test.accuracy is '0.71 (bad)', not a number"),
+        ("value", 'test.accuracy is "0.71 (bad)", expected null or a number in [-1, 1]'),
         ("seed", "config.seed is '0', not an integer"),
-        ("seconds", "train_seconds is [1.0], not a number"),
+        ("seconds", "train_seconds is [1.0], expected seconds >= 0"),
         # Edits that read as numbers: a cell's winner, an undefined metric, a cheaper strategy.
         ("range", "test.accuracy is 57.0, expected null or a number in [-1, 1]"),
         ("dropped", "metric 'accuracy' is in val only"),
-        ("untimed", "train_seconds is None, expected seconds >= 0"),
+        ("untimed", "no train_seconds (seconds of training)"),
         ("nan", "NaN is not JSON; a record writes a non-finite number as null"),
         # A record file that is not a file: its run would vanish from every table.
-        ("folder", "record.json: a folder, expected a record file"),
-        ("loop", "record.json: a broken or looping link, expected a record file"),
+        ("folder", "record.json: a folder, expected the run's record.json"),
+        ("loop", "record.json: a broken or looping link, expected the run's record.json"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case, expected):

@@ -465,7 +465,7 @@ def test_select_refuses_grid_runs_from_other_data_before_training(tmp_path, monk
     results.write_record(untimed, {"config": run.to_dict(), **finished})
     assert select_cli.main(argv) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: {untimed}: train_seconds is None, expected seconds >= 0; the record was "
+        f"error: {untimed}: no train_seconds (seconds of training); the record was "
         "edited: restore it, or delete it to run it again"
     )
 

@@ -67,7 +67,9 @@ MAX_RESIZE_SIZE = 4096
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 METADATA_HASH = "metadata_sha256"
 """The metadata key holding :func:`metadata_hash` (absent in checkpoints written before it
-was: those load unchecked, as those without ``content_sha256`` do)."""
+was: those load unchecked, as those without ``content_sha256`` do). Like that one, a check
+against corruption and careless edits, not a signature: whoever rewrites the metadata can
+rewrite its hash."""
 _METADATA_FILE = ("metadata", "metadata")
 """Where orbax's JsonSave puts the metadata item, relative to the checkpoint folder."""
 

@@ -178,10 +178,11 @@ class RunCheckpoints:
                 f"files there are truncated, missing or corrupted: {_short(cause)}",
             ) from None
         if STATE_HASH not in progress:  # every save writes it (null when sharded)
-            raise self._damaged(
-                self.latest_dir.joinpath(str(step), *_PROGRESS_FILE),
-                f"no {STATE_HASH}, so its arrays cannot be checked (saved by an older "
-                "medft-jax, or edited)",
+            raise ResumeError(
+                f"{self.latest_dir}: the run cannot be resumed: its checkpoint has no "
+                f"{STATE_HASH} to check its arrays by (saved by a medft-jax before 2026-12-03, "
+                "or edited); start the run over with experiments.run --force, or by deleting "
+                "that folder"
             )
         recorded = progress.pop(STATE_HASH)
         if recorded is not None:  # None: sharded, not every byte on this host

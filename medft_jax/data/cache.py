@@ -103,13 +103,21 @@ def remove_stale(cache_dir: Path) -> None:
 def retire(cache_dir: Path) -> None:
     """Removes the finished cache ``cache_dir`` whole (a reader sees it or nothing), when
     what it was built from is being replaced."""
-    cache_dir = Path(cache_dir)
+    old = _set_aside(Path(cache_dir))
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _set_aside(cache_dir: Path) -> Path | None:
+    """Renames ``cache_dir`` to a ``.tmp-old-`` sibling (:func:`remove_stale` deletes a
+    killed process's); returns it, or None when there was none (or another process
+    moved it first)."""
     old = cache_dir.with_name(f"{cache_dir.name}.tmp-old-{uuid.uuid4().hex[:8]}")
     try:
         cache_dir.rename(old)
     except FileNotFoundError:
-        return
-    shutil.rmtree(old, ignore_errors=True)
+        return None
+    return old
 
 
 def write_cache(
@@ -248,13 +256,7 @@ def _swap_in(tmp: Path, cache_dir: Path) -> None:
     until unmapped). If another writer swaps in at the same moment, one of
     the two finished caches wins; both were built from the same source.
     """
-    old = None
-    if cache_dir.exists():
-        old = cache_dir.with_name(f"{cache_dir.name}.tmp-old-{uuid.uuid4().hex[:8]}")
-        try:
-            cache_dir.rename(old)
-        except FileNotFoundError:
-            old = None  # another writer moved it first
+    old = _set_aside(cache_dir) if cache_dir.exists() else None
     try:
         tmp.rename(cache_dir)
     except OSError:

@@ -29,7 +29,7 @@ from medft_jax.data import pipeline
 from medft_jax.data.arrays import ArraySplit, group_mean
 from medft_jax.data.errors import DataError
 from medft_jax.data.options import official_splits
-from medft_jax.names import TASK_NAMES
+from medft_jax.names import LOCAL_KINDS, TASK_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +80,8 @@ class Dataset:
         be over the other classes: a number that reads like the others and
         is not comparable with them. Checked before any training, so a run
         fails in seconds, not after fifty epochs. A small class in a user's
-        folder is the usual cause; larger ``--val-fraction``/``--test-fraction``
-        at ``experiments.prepare`` carve splits that hold it.
+        folder is the usual cause; the message says what gives the split one
+        (:meth:`_scorable_hint`).
         """
         for name in splits:
             labels = np.asarray(self.split(name).labels)
@@ -105,22 +105,29 @@ class Dataset:
                 )
 
     def _scorable_hint(self, split: str) -> str:
-        """What gives ``split`` every class: a larger carve where one is, else the copy.
+        """What gives ``split`` every class, naming only what applies to this dataset.
 
-        A paper task carves its val split only (at ``experiments.prepare``); its test
-        split, and every split of one with official splits, is the release's own.
+        A user's folder or CSV carves its val and test splits by the fractions
+        given; a paper task carves its val split by ``--val-fraction`` at
+        ``experiments.prepare`` and fixes its test split (official, or a fixed
+        share); MedMNIST and CholecT50 come with every split.
         """
+        fixed = official_splits(self.name)
+        if fixed is not None:
+            return f"its splits are {fixed}: is your copy of its data complete?"
         if self.name in TASK_NAMES:
-            if split == "val" and official_splits(self.name) is None:
+            if split == "val":
                 return (
                     "give the split more images of it (a larger --val-fraction at "
                     "experiments.prepare)"
                 )
             return f"{self.name} fixes this split: is your copy of its data complete?"
-        return (
-            f"give the split more images of it (where the split is carved: a larger "
-            f"--{split}-fraction) or drop the class"
-        )
+        if self.name in LOCAL_KINDS and split in ("val", "test"):
+            return (
+                f"give the split more images of it (where the split is carved: a larger "
+                f"--{split}-fraction) or drop the class"
+            )
+        return "give the split more images of it or drop the class"
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
         """Full training batches per epoch (the remainder is dropped, reshuffled each epoch)."""

@@ -40,8 +40,7 @@ file loads, so a typo is one line before any run, not a failure mid-sweep."""
 
 
 def unknown_option(dataset: str, options: Mapping[str, Any]) -> str | None:
-    """The one line naming the first option ``dataset`` does not take, or None (unset ones,
-    None, pass).
+    """The one line naming the first option ``dataset`` does not take, or None.
 
     Only for the datasets whose options are listed here (the user's own
     ``folder``/``csv``, the paper tasks); others (demo, MedMNIST) say so
@@ -53,7 +52,7 @@ def unknown_option(dataset: str, options: Mapping[str, Any]) -> str | None:
         known = tuple(o for o in TASK_OPTIONS if OPTION_OWNERS.get(o, (dataset,))[0] == dataset)
     else:
         return None
-    unknown = sorted(k for k, v in options.items() if v is not None and k not in known)
+    unknown = sorted(set(options) - set(known))
     if not unknown:
         return None
     if unknown[0] in OPTION_OWNERS and dataset in TASK_NAMES:

@@ -55,11 +55,13 @@ def _check_split_seed(name: str, seed: int) -> None:
 
 
 def _known_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` without the unset ones; an option ``name`` does not take is one line."""
-    unknown = unknown_option(name, options)
+    """``options`` without the unset ones (None: the command lines pass every option); a
+    set option ``name`` does not take is one line."""
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = unknown_option(name, given)
     if unknown:
         raise DataError(f"dataset {name}: {unknown}")
-    return {k: v for k, v in options.items() if v is not None}
+    return given
 
 
 def load(

@@ -99,7 +99,7 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
     if h < 2 or w < 2:  # torch refuses it too; a mean over nothing would be NaN logits
         raise ValueError(
             f"a {h}x{w} feature map is too small for DenseNet's 2x2 transition pooling; "
-            "images must be at least 32 px"
+            "give larger images (a run's --image-size is at least 32)"
         )
     x = x[:, : h - h % 2, : w - w % 2, :]
     return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4), dtype=x.dtype)

@@ -111,7 +111,7 @@ class BatchNorm(nn.Module):
                 raise UserError(
                     f"BatchNorm {'/'.join(self.scope.path)}: one value per channel in training "
                     f"(input {tuple(x.shape)}), so the batch statistics say nothing of the "
-                    "image; use a larger --batch-size or --image-size, or --frozen-bn freeze"
+                    "image; use a larger --batch-size or --image-size"
                 )
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
