@@ -20,6 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from medft_jax.environment import machine_line
 from medft_jax.models.conv import cpu_conv, lax_conv
 
 # (name, batch, size, in channels, out channels, kernel, stride, padding)
@@ -59,7 +60,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
     args = p.parse_args()
-    print(f"# {time.strftime('%Y-%m-%d')} jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    print(machine_line())
     print("| layer | pass | XLA ms | toolkit ms | speed-up |")
     print("|---|---|---|---|---|")
     for name, n, size, c, o, k, s, pad in SHAPES:

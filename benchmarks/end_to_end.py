@@ -19,6 +19,7 @@ AUROC for each, and the JAX/PyTorch wall ratio (goal: <= 1.25).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -158,8 +159,11 @@ def main() -> None:
             sizes = {s: len(data[f"{s}_labels"]) for s in ("train", "val", "test")}
         torch_result = run_torch(npz, args.epochs)
         jax_result = run_toolkit(data_dir, Path(tmp) / "runs", args.flag, args.epochs)
+    from medft_jax.environment import machine_line  # JAX in this process after the runs only
+
+    print(f"{machine_line()}; torch {importlib.metadata.version('torch')}")
     print(
-        f"# {time.strftime('%Y-%m-%d')} {os.cpu_count()} cores; {args.flag} "
+        f"# {args.flag} "
         f"{'(' + str(args.npz) + ')' if args.npz else '(synthetic)'} {sizes}; ResNet-50 "
         f"from random init, 32 px, batch 64, Adam 1e-3, {args.epochs} epochs"
     )

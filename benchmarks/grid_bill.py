@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import platform
 import shutil
 import signal
 import sys
@@ -75,6 +74,7 @@ from medft_jax import strategies
 from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.arrays import make_split
 from medft_jax.data.dataset import Dataset
+from medft_jax.environment import machine_line
 from medft_jax.fit import checkpoint_seconds
 from medft_jax.grid import NOMINAL_TRAIN_IMAGES, Grid, load_grid
 from medft_jax.models import COMPUTE_DTYPES, create, get_arch, init_variables
@@ -1089,8 +1089,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     scale = scale_factor(setup.image_size, setup.batch, size, batch)
     print(
-        f"# {time.strftime('%Y-%m-%d')} {platform.machine()}, jax {jax.__version__} on "
-        f"{jax.device_count()}x {jax.devices()[0].device_kind}; grid {grid.name!r}: "
+        f"{machine_line()}; grid {grid.name!r}: "
         f"{len(grid.datasets)} tasks x {len(grid.archs)} archs x {len(grid.strategies)} "
         f"strategies x {len(grid.lrs)} lrs x {len(grid.seeds)} seeds = {grid.size:,} runs, "
         f"at most {settings.epochs} epochs, patience {settings.patience}, batch {batch}, {size} px"

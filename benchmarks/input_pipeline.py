@@ -29,6 +29,7 @@ from PIL import Image
 from medft_jax.data import cache
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.images import ImageReader
+from medft_jax.environment import machine_line
 
 
 def make_cache(workdir: Path, n: int, size: int = 224) -> Dataset:
@@ -122,6 +123,7 @@ def main() -> None:
             rows.append(
                 (f"raw 512×512 {fmt.upper()}: decode + Resize(232) + CenterCrop(224)", rate)
             )
+        print(machine_line())
         print(
             f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
             f"{args.images} images, page cache warm\n"

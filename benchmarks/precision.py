@@ -64,8 +64,11 @@ def main() -> None:
             rows[precision] = run(data_dir, Path(tmp) / "runs", precision, args)
             print(f"# {precision}: {time.perf_counter() - t:.0f} s for 3 runs", flush=True)
     weights = {r["weights_used"] for rs in rows.values() for r in rs}
+    from medft_jax.environment import machine_line  # JAX in this process after the runs only
+
+    print(machine_line())
     print(
-        f"# {time.strftime('%Y-%m-%d')} BreastMNIST, {args.arch} ({', '.join(sorted(weights))}), "
+        f"# BreastMNIST, {args.arch} ({', '.join(sorted(weights))}), "
         f"{args.image_size} px, batch 64, Adam 1e-3, <= {args.epochs} epochs, patience 5"
     )
     print("| precision | seed | best epoch | test AUROC | train s |")

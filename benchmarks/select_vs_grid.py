@@ -25,6 +25,7 @@ from pathlib import Path
 from experiments import select as select_cli
 from experiments import sweep as sweep_cli
 from medft_jax import grid as grid_lib
+from medft_jax.environment import machine_line
 
 
 def main() -> None:
@@ -79,8 +80,9 @@ def main() -> None:
             if rc:
                 raise SystemExit(f"select failed for {dataset}/{arch} (exit {rc})")
             rows.append((dataset, arch, json.loads(outcome_file.read_text()), wall))
+    print(f"\n{machine_line()}")
     print(
-        f"\n# {args.config}: eta {args.eta}, first rung {args.min_epochs:g} epoch(s)"
+        f"# {args.config}: eta {args.eta}, first rung {args.min_epochs:g} epoch(s)"
         + (f"; grid wall time {grid_wall / 60:.1f} min" if grid_wall is not None else "")
     )
     print("| dataset | arch | pick | grid's winner (val) | same? | epochs | device-s | wall |")

@@ -18,7 +18,6 @@ more as its trainable depth grows. Last, FT's step as one fused program
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -27,6 +26,7 @@ import numpy as np
 from models import jax_fns, median_seconds  # benchmarks/models.py, beside this script
 
 from medft_jax import strategies
+from medft_jax.environment import machine_line
 from medft_jax.models import ARCHS, create, get_arch, init_variables
 from medft_jax.names import is_known_arch
 from medft_jax.runtime import tune_cpu_host
@@ -160,9 +160,8 @@ def main() -> None:
     x_host = rng.integers(0, 256, (args.batch, args.image_size, args.image_size, 3), np.uint8)
     y_host = rng.integers(0, 2, (args.batch,)).astype(np.int32)
     print(
-        f"# {time.strftime('%Y-%m-%d')} {platform.machine()}, jax {jax.__version__} on "
-        f"{jax.device_count()}x {jax.devices()[0].device_kind}; {args.arch}, "
-        f"{args.image_size} px, batch {args.batch}, median of {args.steps} steps"
+        f"{machine_line()}; {args.arch}, {args.image_size} px, batch {args.batch}, median of "
+        f"{args.steps} steps"
     )
     print("| strategy | stage (epoch: trainable blocks) | s/step | x FT |")
     print("|---|---|---|---|")

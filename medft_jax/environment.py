@@ -48,6 +48,22 @@ def environment_info() -> dict[str, Any]:
     }
 
 
+def machine_line() -> str:
+    """``# <date> <machine>, <cores> cores; jax <v> (jaxlib <v>) on <n>x <device>``: the
+    first line of a benchmark's output, so that its numbers say where they were taken."""
+    import os
+    import time
+
+    import jax
+
+    devices = jax.devices()
+    return (
+        f"# {time.strftime('%Y-%m-%d')} {platform.machine()}, {os.cpu_count()} cores; jax "
+        f"{_version('jax')} (jaxlib {_version('jaxlib')}) on {len(devices)}x "
+        f"{devices[0].device_kind}"
+    )
+
+
 def _version(dist: str) -> str | None:
     for name in (dist, *_ALTERNATIVE_NAMES.get(dist, ())):
         try:
