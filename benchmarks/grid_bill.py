@@ -495,11 +495,11 @@ def measure_strategy(ctx: _Context, name: str) -> tuple[Trainer, Any, strategies
         print(
             f"# {times.arch} {times.precision} {name} epoch {epoch}: {sec:.4f} s/step", flush=True
         )
-    times.compile[name] = trainer.compile_seconds
     if strat.schedule.prepass is not None:
         times.prepass_batch = prepass_seconds(
             trainer, state, strat.schedule, params, ctx.x_host, ctx.y_host, ctx.setup.steps
         )
+    times.compile[name] = trainer.compile_seconds  # the prepass's program included, as fit's
     head_only = times.epochs[name].head_only
     if any(head_only):
         freeze = ctx.strategy(name, "freeze").schedule
