@@ -690,6 +690,7 @@ def _same_result(a: dict, b: dict) -> None:
 def test_disk_full_in_a_checkpoint_or_the_record_then_a_rerun_ends_the_same(
     tmp_path, demo, monkeypatch, capsys
 ):
+    monkeypatch.setenv(fit.CHECKPOINT_SECONDS, "0")  # a resume checkpoint after every epoch
     config = _config()
     # The reference, uninterrupted; deleting its resume checkpoints fails, which after the
     # record is written is one warning, not an error.
@@ -847,9 +848,10 @@ def test_real_full_disk_record_and_checkpoints(small_disk):
 
 @pytest.mark.slow
 def test_real_full_disk_during_a_run_then_the_rerun_ends_the_same(
-    small_disk, tmp_path, demo, capfd
+    small_disk, tmp_path, demo, capfd, monkeypatch
 ):
     # The second resume checkpoint's save reports the first's failure.
+    monkeypatch.setenv(fit.CHECKPOINT_SECONDS, "0")  # a resume checkpoint after every epoch
     config = _config(epochs=3)
     full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
     # Room for the first best checkpoint (29 MiB) but not for the resume checkpoint beside it.
