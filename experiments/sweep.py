@@ -7,7 +7,8 @@
 
 Every run writes its record to ``--out`` only when it has finished, so a
 sweep started again skips what is done and resumes the run it was killed
-in from that run's latest checkpoint (losing at most the epoch in flight).
+in from that run's latest checkpoint (losing at most the training since it:
+``MEDFT_JAX_CHECKPOINT_SECONDS``, 60 by default, and the epoch in flight).
 ``--shard i/N`` takes every N-th run of the (filtered) grid starting at
 the i-th: N processes given the same config and filters split the grid
 with nothing done twice and nothing left out, without talking to each
