@@ -75,6 +75,7 @@ from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.arrays import make_split
 from medft_jax.data.dataset import Dataset
 from medft_jax.environment import machine_line
+from medft_jax.errors import UserError
 from medft_jax.fit import checkpoint_seconds
 from medft_jax.grid import NOMINAL_TRAIN_IMAGES, Grid, load_grid
 from medft_jax.models import COMPUTE_DTYPES, create, get_arch, init_variables
@@ -1057,6 +1058,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # before the measuring, not after it
+        checkpoint_seconds()
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     tune_cpu_host()  # the process as the command lines set it up, before JAX's first use
     on_cpu = jax.default_backend() == "cpu"
     grid = load_grid(args.config)

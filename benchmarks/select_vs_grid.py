@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--eta", type=int, default=3)
     p.add_argument("--min-epochs", type=float, default=0.5)
     args = p.parse_args()
+    print(machine_line(), flush=True)
     try:  # before the grid: a bad flag found after hours of runs would waste them
         select_cli.check_halving(args.min_epochs, args.eta)
         grid_lib.load_grid(args.config)
@@ -80,9 +81,8 @@ def main() -> None:
             if rc:
                 raise SystemExit(f"select failed for {dataset}/{arch} (exit {rc})")
             rows.append((dataset, arch, json.loads(outcome_file.read_text()), wall))
-    print(f"\n{machine_line()}")
     print(
-        f"# {args.config}: eta {args.eta}, first rung {args.min_epochs:g} epoch(s)"
+        f"\n# {args.config}: eta {args.eta}, first rung {args.min_epochs:g} epoch(s)"
         + (f"; grid wall time {grid_wall / 60:.1f} min" if grid_wall is not None else "")
     )
     print("| dataset | arch | pick | grid's winner (val) | same? | epochs | device-s | wall |")

@@ -41,7 +41,7 @@ from medft_jax import data, locks, metrics, results, strategies
 from medft_jax import features as features_lib
 from medft_jax.checkpoints import model as model_checkpoint
 from medft_jax.checkpoints import pretrained
-from medft_jax.checkpoints.run import RunCheckpoints
+from medft_jax.checkpoints.run import ResumeError, RunCheckpoints
 from medft_jax.config import RunConfig, check_config
 from medft_jax.data.cache import skipped_counts
 from medft_jax.data.options import task_options
@@ -616,7 +616,9 @@ def _save_latest(run: _Run, ckpts: RunCheckpoints, step: int) -> None:
     """The resume checkpoint, its progress carrying the wall clock up to now.
 
     A best epoch not yet on disk is written first: a resume from this
-    checkpoint finds in ``best/`` the epoch its progress calls best.
+    checkpoint finds in ``best/`` the epoch its progress calls best, unless a
+    kill came between the two (``best/`` is then newer, and the finish refuses
+    it unless the epochs trained again write it again).
     """
     _save_best(run, ckpts)
     t = time.perf_counter()
@@ -817,7 +819,14 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
     variables = run.best_variables
     if variables is None:
         t = time.perf_counter()
-        variables = ckpts.load_best(run.trainer.replicated)
+        variables, on_disk = ckpts.load_best_of_epoch(run.trainer.replicated)
+        if on_disk != best["epoch"]:  # a kill between best/ and the resume checkpoint's commit
+            raise ResumeError(
+                f"{ckpts.best_dir}: holds epoch {on_disk}, not epoch {best['epoch']}, the best "
+                "of the checkpoint the run resumed from (it was killed between the two saves, "
+                "and the epochs trained again did not write it again); start the run over with "
+                "experiments.run --force"
+            )
         p.add("checkpoints", time.perf_counter() - t)
     best_state = run.state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     t, compiled = time.perf_counter(), run.trainer.compile_seconds

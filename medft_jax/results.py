@@ -392,8 +392,8 @@ def _find_files(out_dir: str | Path, name: str) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if d not in PREVIOUS_NAMES)  # set aside: never read
-        if name in names or name in dirs:
+        dirs.sort()
+        if (name in names or name in dirs) and Path(root).name not in PREVIOUS_NAMES:
             path = Path(root) / name
             if not path.is_file():  # skipped, its run would vanish from every table
                 what = (

@@ -99,6 +99,19 @@ def test_a_failed_write_leaves_the_old_record_and_no_temp_file(tmp_path):
     assert results.read_record(path)["test"] == {"map": 0.5}
 
 
+def test_a_users_folder_named_previous_is_read_a_runs_previous_is_not(tmp_path):
+    # previous/ inside a run folder holds what --force set aside: never a current result;
+    # a folder of runs the user named "previous" holds runs like any other.
+    old_runs = tmp_path / "previous"
+    results.write_record(results.record_path(old_runs, CONFIG), {"config": CONFIG})
+    run = results.run_dir(old_runs, CONFIG)
+    (run / "previous").mkdir()
+    results.write_record(run / "previous" / "record.json", {"config": CONFIG})
+    (run / "previous.new").mkdir()
+    (run / "previous.new" / "record.json").mkdir()  # a damaged set-aside one: not read at all
+    assert [r["config"] for r in results.load_records(tmp_path)] == [CONFIG]
+
+
 def test_load_records_skips_temp_files_and_names_a_corrupt_one(tmp_path):
     for seed in (1, 0):
         cfg = {**CONFIG, "seed": seed}

@@ -207,6 +207,30 @@ def test_resume_checkpoints_come_every_checkpoint_seconds_each_after_its_best(
     assert not (tmp_path / "c").exists()
 
 
+def test_a_best_newer_than_the_resumed_checkpoint_is_refused_not_tested(
+    ported_tiny, demo, tmp_path, monkeypatch
+):
+    """Killed between writing best/ and the resume checkpoint's commit, best/ holds a later
+    epoch than the progress's best. If the epochs trained again do not improve again (a
+    nondeterministic device), the finish would test, and leave, the wrong epoch's weights."""
+    from medft_jax.checkpoints.run import ResumeError
+
+    config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
+    out = tmp_path / "runs"
+    spe = demo.steps_per_epoch(config.batch_size)
+    assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=spe) == {}
+    run = out / next(p.name for p in out.iterdir())
+    ckpts = RunCheckpoints(run, exclusive=True)
+    variables, epoch = ckpts.load_best_of_epoch()
+    assert epoch == RunCheckpoints(run).read_progress()["early_stopping"]["best_epoch"] == 0
+    meta = load_model(run / "best")[1]
+    ckpts.save_best(variables, {**meta, "epoch": 2})  # as a killed later epoch left it
+    monkeypatch.setattr(EarlyStopping, "is_better", lambda self, value: False)
+    with pytest.raises(ResumeError, match=r"best: holds epoch 2, not epoch 0, the best of the"):
+        fit.run_one(config, out, dataset=demo, progress=False)
+    assert not (run / "record.json").exists()
+
+
 def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)

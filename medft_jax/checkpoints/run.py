@@ -269,8 +269,14 @@ class RunCheckpoints:
 
     def load_best(self, sharding: Any = None) -> dict[str, Any]:
         """The best epoch's ``{'params', 'batch_stats'}`` (on ``sharding`` when given)."""
-        variables, _ = load_model(self.best_dir)
-        return variables if sharding is None else jax.device_put(variables, sharding)
+        return self.load_best_of_epoch(sharding)[0]
+
+    def load_best_of_epoch(self, sharding: Any = None) -> tuple[dict[str, Any], Any]:
+        """:meth:`load_best` and the epoch its metadata says it is (None if it says none)."""
+        variables, metadata = load_model(self.best_dir)
+        if sharding is not None:
+            variables = jax.device_put(variables, sharding)
+        return variables, metadata.get("epoch")
 
     def close(self) -> None:
         """Waits for the background writes (raising their error) and closes; idempotent."""
