@@ -267,12 +267,9 @@ class RunCheckpoints:
                 self._discard_unfinished()  # the space it took is needed
                 raise
 
-    def load_best(self, sharding: Any = None) -> dict[str, Any]:
-        """The best epoch's ``{'params', 'batch_stats'}`` (on ``sharding`` when given)."""
-        return self.load_best_of_epoch(sharding)[0]
-
     def load_best_of_epoch(self, sharding: Any = None) -> tuple[dict[str, Any], Any]:
-        """:meth:`load_best` and the epoch its metadata says it is (None if it says none)."""
+        """The best epoch's ``{'params', 'batch_stats'}`` (on ``sharding`` when given) and
+        the epoch its metadata says it is (None if it says none)."""
         variables, metadata = load_model(self.best_dir)
         if sharding is not None:
             variables = jax.device_put(variables, sharding)

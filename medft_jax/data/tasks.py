@@ -250,9 +250,7 @@ def prepare_task(
         _require_tensorflow(name)  # before the lock's folders are made
     with locks.waiting_lock(prepare_lock(version_dir)):  # a second prepare waits, then reuses
         atomic.remove_abandoned(version_dir)  # a killed removal's leftover, set aside whole
-        if not builder.is_prepared():
-            _require_tensorflow(name)
-        else:
+        if builder.is_prepared():
             recorded = _read_manual_record(version_dir)
             reason = (
                 "it has no record of the files it was prepared from (a prepare killed before "
