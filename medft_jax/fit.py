@@ -41,7 +41,7 @@ from medft_jax import data, locks, metrics, results, strategies
 from medft_jax import features as features_lib
 from medft_jax.checkpoints import model as model_checkpoint
 from medft_jax.checkpoints import pretrained
-from medft_jax.checkpoints.run import ResumeError, RunCheckpoints
+from medft_jax.checkpoints.run import START_OVER, ResumeError, RunCheckpoints
 from medft_jax.config import RunConfig, check_config
 from medft_jax.data.cache import skipped_counts
 from medft_jax.data.options import task_options
@@ -824,8 +824,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
             raise ResumeError(
                 f"{ckpts.best_dir}: holds epoch {on_disk}, not epoch {best['epoch']}, the best "
                 "of the checkpoint the run resumed from (it was killed between the two saves, "
-                "and the epochs trained again did not write it again); start the run over with "
-                "experiments.run --force"
+                f"and the epochs trained again did not write it again); {START_OVER}"
             )
         p.add("checkpoints", time.perf_counter() - t)
     best_state = run.state.replace(params=variables["params"], batch_stats=variables["batch_stats"])

@@ -71,6 +71,10 @@ STATE_HASH = "state_sha256"
 train state."""
 
 
+START_OVER = "start the run over with experiments.run --force"
+"""What every :class:`ResumeError` tells the user to do."""
+
+
 class ResumeError(UserError):
     """A run's resume checkpoint is damaged: the run cannot go on from it.
 
@@ -181,8 +185,7 @@ class RunCheckpoints:
             raise ResumeError(
                 f"{self.latest_dir}: the run cannot be resumed: its checkpoint has no "
                 f"{STATE_HASH} to check its arrays by (saved by a medft-jax before 2026-12-03, "
-                "or edited); start the run over with experiments.run --force, or by deleting "
-                "that folder"
+                f"or edited); {START_OVER}, or by deleting that folder"
             )
         recorded = progress.pop(STATE_HASH)
         if recorded is not None:  # None: sharded, not every byte on this host
@@ -241,8 +244,8 @@ class RunCheckpoints:
         """
         return ResumeError(
             f"{self.latest_dir}: the run cannot be resumed, its checkpoint is damaged "
-            f"({where.relative_to(self.latest_dir)}: {one_line(detail)}); start the run over "
-            "with experiments.run --force, or by deleting that folder"
+            f"({where.relative_to(self.latest_dir)}: {one_line(detail)}); {START_OVER}, or "
+            "by deleting that folder"
         )
 
     def save_best(self, variables: dict[str, Any], metadata: dict[str, Any]) -> None:
