@@ -884,7 +884,8 @@ def test_how_to_read_says_which_split_and_labels_the_runs_used(tmp_path):
     assert "isic2020: split by image, as the paper did" in how
     assert "patient's images can fall in both training and test" in how
     assert "chexpert: uncertain labels mapped as LibAUC does" in how
-    assert "bach:" not in how.replace("(bach)", "")
+    options = how[: how.index("Trained under, per dataset:")]
+    assert "bach:" not in options.replace("(bach)", "")
     # A record written before records carried options reads as the default split.
     assert collect([opt_rec(s) for s in ("ft", "lp")]).dataset_options == {
         "isic2020": {"split_by": "patient"}
@@ -963,3 +964,26 @@ def test_datasets_that_would_share_a_file_name_are_refused(tmp_path):
     with pytest.raises(ReportError, match=r"datasets 'my-data' and 'my_data' would share"):
         write_report(collect(records), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_index_states_what_each_dataset_was_trained_under(tmp_path):
+    """Precision and frozen BatchNorm change the numbers: the report says which it holds."""
+    records = [
+        rec(
+            dataset="bach",
+            strategy=s,
+            seed=seed,
+            precision="bf16",
+            frozen_bn=bn,
+            test=0.5 + seed / 10,
+        )
+        for s, bn in (("ft", "update"), ("lp", "freeze"))  # FT runs as 'update' under freeze
+        for seed in (0, 1)
+    ] + [rec(dataset="t1w_mri", strategy="ft", seed=seed) for seed in (0, 1)]
+    text = write_report(collect(records), tmp_path / "report").read_text()
+    assert (
+        "  - bach: 224 px, batch 64, at most 50 epochs (patience 5), bf16 compute, "
+        "`frozen_bn=freeze`.\n" in text
+    )
+    # A record written without the keys (older) reads as RunConfig's defaults.
+    assert "(patience 5), fp32 compute, `frozen_bn=update`." in text.split("t1w\\_mri: ")[1]

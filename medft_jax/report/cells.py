@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from medft_jax import results
-from medft_jax.config import BN_TRAINS_THROUGHOUT
+from medft_jax.config import BN_TRAINS_THROUGHOUT, RunConfig
 from medft_jax.data.options import task_options
 from medft_jax.report import aggregate
 from medft_jax.results import RecordError
@@ -145,6 +145,8 @@ class Summary:
     """Records and failure notes under ``--runs`` that are not runs of the grid."""
     dataset_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     """Dataset -> the split and label options its runs used (``task_options``)."""
+    protocol: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    """Dataset -> the :data:`PROTOCOL` settings its runs share (one value each: checked)."""
 
     def cell(self, dataset: str, arch: str, strategy: str) -> Cell:
         return self.cells[(dataset, arch, strategy)]
@@ -226,6 +228,7 @@ def collect(
     primary: dict[str, str] = {}
     metrics: dict[str, tuple[str, str]] = {}
     options: dict[str, dict[str, Any]] = {}
+    protocol: dict[str, dict[str, Any]] = {}
     for d in datasets:
         recs = [r for r in records if r["config"]["dataset"] == d]
         _check_settings(d, recs + [f for f in failures if f["config"]["dataset"] == d])
@@ -233,6 +236,8 @@ def collect(
         runs = recs + [f for f in failures if f["config"]["dataset"] == d]
         given = grid.dataset_options.get(d) if grid is not None else None
         options[d] = run_options(runs[0]) if runs else task_options(d, given)
+        if runs:
+            protocol[d] = _protocol(runs)
 
     by_cell: dict[CellKey, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
     for r in records:
@@ -254,6 +259,7 @@ def collect(
         filters={k: frozenset(v) for k, v in filt.items()},
         left_out=left_out,
         dataset_options=options,
+        protocol=protocol,
     )
 
 
@@ -410,6 +416,22 @@ def _check_numerics(runs: list[dict[str, Any]]) -> None:
             "NUMERICS_VERSION); delete or move the older runs' folders, or report them "
             "from separate --runs folders"
         )
+
+
+PROTOCOL = ("image_size", "batch_size", "epochs", "patience", "precision", "frozen_bn")
+"""The settings a report states per dataset: what its numbers were trained under."""
+
+
+def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The :data:`PROTOCOL` of one dataset's runs (:func:`_check_settings` made them agree).
+
+    ``frozen_bn`` is a freezing strategy's: FT and its kin run as ``update``
+    whatever the grid says (:data:`~medft_jax.config.BN_TRAINS_THROUGHOUT`).
+    """
+    configs = [r["config"] for r in runs]
+    freezing = [c for c in configs if c["strategy"] not in BN_TRAINS_THROUGHOUT] or configs
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    return {k: (freezing if k == "frozen_bn" else configs)[0].get(k, defaults[k]) for k in PROTOCOL}
 
 
 def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:

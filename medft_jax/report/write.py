@@ -311,6 +311,21 @@ OPTION_NOTES = {
 """What each split or label option means for the numbers, for "How to read"."""
 
 
+def _protocol_lines(summary: Summary) -> list[str]:
+    """What each dataset's runs were trained under (the paper's: 224 px, batch 64, at most
+    50 epochs, patience 5, float32, BatchNorm statistics updated)."""
+    lines = []
+    for d in summary.datasets:
+        p = summary.protocol.get(d)
+        if p:
+            lines.append(
+                f"  - {md_escape(d)}: {p['image_size']} px, batch {p['batch_size']}, at most "
+                f"{p['epochs']} epochs (patience {p['patience']}), {p['precision']} compute, "
+                f"`frozen_bn={p['frozen_bn']}`."
+            )
+    return ["- Trained under, per dataset:", *lines] if lines else []
+
+
 def _option_lines(summary: Summary) -> list[str]:
     """One line per dataset run with a split or label option (ISIC 2020, CheXpert)."""
     lines = []
@@ -384,6 +399,7 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         "independent); no error bar where a cell has a single seed.",
         f"- {md_escape(paired_note())}",
         *_option_lines(summary),
+        *_protocol_lines(summary),
         "",
     ]
     for d in summary.datasets:
