@@ -68,7 +68,10 @@ from typing import Any
 import jax
 import numpy as np
 from models import median_seconds  # benchmarks/models.py, beside this script
-from strategies import step_seconds  # benchmarks/strategies.py, beside this script
+from strategies import (
+    head_step_seconds,
+    step_seconds,
+)  # benchmarks/strategies.py, beside this script
 
 from medft_jax import strategies
 from medft_jax.checkpoints.run import RunCheckpoints
@@ -565,11 +568,9 @@ def cached_step(
     task = setup.timing_task
     f_host = rng.standard_normal((setup.grid_batch, times.feature_dim), np.float32)
     y_host = random_labels(rng, setup.grid_batch, task)
-    f, y = trainer.shard_batch(f_host), trainer.shard_batch(y_host)
     trainable, bn = freeze.trainable_mask(params, epoch), freeze.bn_train(epoch)
     before = trainer.compile_seconds
-    kw = {"trainable": trainable, "bn_train": bn, "from_features": True}
-    sec, state = step_seconds(trainer, state, f, y, steps=setup.steps, **kw)
+    sec, state = head_step_seconds(trainer, state, f_host, y_host, trainable, bn, setup.steps)
     times.cached[(name, stage_key(freeze, params, epoch))] = sec
     times.cached_compile[name] = trainer.compile_seconds - before
     if math.isnan(times.head_eval_batch):

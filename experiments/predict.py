@@ -197,7 +197,11 @@ def _main(argv: Sequence[str] | None) -> int:
     probs = predictor.predict_files(args.images, args.batch_size)
     for path, row in zip(args.images, probs, strict=True):
         if args.json:
-            record = {"image": path, "classes": list(predictor.class_names)}
+            record = {
+                "image": path,
+                "precision": predictor.precision,  # the checkpoint's, unless --precision said
+                "classes": list(predictor.class_names),
+            }
             print(json.dumps({**record, "probs": [float(v) for v in row]}))
         else:
             top = np.argsort(-row, kind="stable")[: args.top]

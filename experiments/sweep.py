@@ -113,10 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     g, runs, (index, count) = plan(args)
-    if args.no_feature_cache and g.settings.get("frozen_bn", RunConfig.frozen_bn) != "freeze":
+    if args.no_feature_cache and not any(c.frozen_bn == "freeze" for c in runs):
         raise grid_lib.GridError(
-            f"--no-feature-cache applies under frozen_bn 'freeze' only; grid {g.name!r} "
-            "updates BatchNorm statistics, so nothing is cached"
+            f"--no-feature-cache applies under frozen_bn 'freeze', with a strategy that freezes "
+            f"blocks, only; no run of grid {g.name!r} here has both, so nothing is cached"
         )
     g.check_manual_dirs(c.dataset for c in runs)
     if args.dry_run:  # reads --out only, but a file there is the sweep's error too

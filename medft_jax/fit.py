@@ -750,6 +750,11 @@ def _rgn_prepass(run: _Run, epoch: int, trainable: Any, bn_train: Any) -> float:
     return time.perf_counter() - t - (run.trainer.compile_seconds - c)
 
 
+HEAD_STEPS_PER_CALL = 32
+"""Cached-feature steps run per dispatch (:meth:`Trainer.head_steps`): a head step
+computes so little that one dispatch per step would cost most of its time."""
+
+
 def _run_batches(
     run: _Run,
     it: Any,
@@ -763,8 +768,9 @@ def _run_batches(
     """The epoch's train steps from ``part.steps`` on; ``(steps done, train seconds)``.
 
     ``stage``: the trainable mask, the BatchNorm mode, and whether the
-    batches are cached features. Losses are appended to ``part.losses``;
-    each step's loss is read one step late, which keeps the device busy.
+    batches are cached features (then up to :data:`HEAD_STEPS_PER_CALL`
+    steps run per call). Losses are appended to ``part.losses``; each
+    call's losses are read one call late, which keeps the device busy.
     """
     trainable, bn_train, from_features = stage
     trainer, losses = run.trainer, part.losses
@@ -776,31 +782,56 @@ def _run_batches(
         disable=not progress or jax.process_index() != 0,
         leave=False,
     )
-    pending = None
     # Update numbers from the host: reading the state's step would wait for every step.
     done_before = int(run.state.step) - position
-    t_data = time.perf_counter()
-    for batch in it:
-        x, y = trainer.shard_batch(batch["image"]), trainer.shard_batch(batch["label"])
+
+    def take(pending: tuple[jax.Array, int]) -> None:
+        """Appends a call's losses, checking each (its step numbered from 1 for the run)."""
+        loss, first = pending
+        for i, value in enumerate(np.atleast_1d(np.asarray(loss))):
+            losses.append(float(value))
+            check_finite(losses[-1], step=done_before + first + i + 1, epoch=epoch)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+
+    per_call = HEAD_STEPS_PER_CALL if from_features else 1
+    kw = {"trainable": trainable, "bn_train": bn_train}
+    pending = None
+    while True:
+        t_data = time.perf_counter()
+        left = stop_at - epoch * run.steps_per_epoch - position  # the step budget's
+        batches = list(itertools.islice(it, int(max(1, min(per_call, left)))))
+        if not batches:
+            break
+        if from_features:
+            x = trainer.shard_steps(np.stack([b["image"] for b in batches]))
+            y = trainer.shard_steps(np.stack([b["label"] for b in batches]))
+        else:
+            x, y = (
+                trainer.shard_batch(batches[0]["image"]),
+                trainer.shard_batch(batches[0]["label"]),
+            )
         run.progress.add("data", time.perf_counter() - t_data)
-        kw = {"trainable": trainable, "bn_train": bn_train, "from_features": from_features}
-        trainer.compile_stage(run.state, x, y, **kw)
+        if from_features:
+            trainer.compile_head_steps(run.state, x, y, **kw)
+        else:
+            trainer.compile_stage(run.state, x, y, **kw)
         t = time.perf_counter()
-        run.state, loss = trainer.train_step(run.state, x, y, **kw)
+        if from_features:
+            run.state, loss = trainer.head_steps(run.state, x, y, **kw)
+        else:
+            run.state, loss = trainer.train_step(run.state, x, y, **kw)
         if pending is not None:
-            losses.append(float(pending))
-            check_finite(losses[-1], step=done_before + position, epoch=epoch)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        pending = loss
+            take(pending)
+        pending = loss, position
         train_seconds += time.perf_counter() - t
-        bar.update(1)
-        position += 1
+        bar.update(len(batches))
+        position += len(batches)
         if epoch * run.steps_per_epoch + position >= stop_at:
             break
-        t_data = time.perf_counter()
-    if pending is not None:
-        losses.append(float(pending))
-        check_finite(losses[-1], step=done_before + position, epoch=epoch)
+    if pending is not None:  # the last call's device work is the epoch's too: on the clock
+        t = time.perf_counter()
+        take(pending)
+        train_seconds += time.perf_counter() - t
     bar.close()
     return position, train_seconds
 

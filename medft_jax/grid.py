@@ -439,23 +439,39 @@ def shard(runs: Sequence[RunConfig], index: int, count: int) -> list[RunConfig]:
 # --- cost estimates ------------------------------------------------------------------------------
 
 
+ThroughputKey = tuple[str, int, str, str, str]
+"""(arch, image size, strategy, precision, frozen BN): what sets a run's images/s."""
+
+
+def throughput_key(config: Mapping[str, Any]) -> ThroughputKey:
+    """A run's :data:`ThroughputKey` from its config (a record's, or ``RunConfig.to_dict()``)."""
+    return (
+        config["arch"],
+        int(config["image_size"]),
+        config["strategy"],
+        config.get("precision", "fp32"),
+        config.get("frozen_bn", "update"),
+    )
+
+
 def estimate_seconds(
-    config: RunConfig, measured: Mapping[tuple[str, int, str], float] | None = None
+    config: RunConfig, measured: Mapping[ThroughputKey, float] | None = None
 ) -> float | None:
     """Upper-bound device-seconds of one run (every epoch run, no early stop); None if unknown.
 
     ``epochs x training images / images per second``; the throughput is
-    ``measured[(arch, image_size, strategy)]`` (from finished runs' records)
+    ``measured[throughput_key(config)]`` (from finished runs' records)
     when given. Without any measurement of the arch and size, it is
     :data:`REFERENCE_IMAGES_PER_S` scaled by pixel count; with only other
-    strategies measured there, unknown: LP's speed would be no bound for FT's,
-    and the reference device is not the one measured.
+    strategies, precisions or BatchNorm modes measured there, unknown: LP's
+    speed would be no bound for FT's, nor bf16's for float32's, and the
+    reference device is not the one measured.
     """
     images = NOMINAL_TRAIN_IMAGES.get(config.dataset.split("@")[0])
     if images is None:
         return None
     measured = measured or {}
-    rate = measured.get((config.arch, config.image_size, config.strategy))
+    rate = measured.get(throughput_key(config.to_dict()))
     if rate is None:
         if any(k[:2] == (config.arch, config.image_size) for k in measured):
             return None
@@ -466,15 +482,18 @@ def estimate_seconds(
     return config.epochs * images / rate
 
 
-def measured_throughput(
-    records: Iterable[Mapping[str, Any]],
-) -> dict[tuple[str, int, str], float]:
-    """Mean training images/s per (arch, image size, strategy) over finished runs' epochs."""
-    per: dict[tuple[str, int, str], list[float]] = {}
+def measured_throughput(records: Iterable[Mapping[str, Any]]) -> dict[ThroughputKey, float]:
+    """Mean training images/s per :data:`ThroughputKey` over finished runs' epochs.
+
+    Epochs trained from cached features are left out: a head step on stored
+    features is hundreds of times faster than one on images, so it bounds
+    no run, and a run that finds no cache trains every epoch on images.
+    """
+    per: dict[ThroughputKey, list[float]] = {}
     for r in records:
-        c = r["config"]
-        key = (c["arch"], int(c["image_size"]), c["strategy"])
-        per.setdefault(key, []).extend(
-            e["images_per_s"] for e in r.get("epochs", []) if e.get("images_per_s")
+        per.setdefault(throughput_key(r["config"]), []).extend(
+            e["images_per_s"]
+            for e in r.get("epochs", [])
+            if e.get("images_per_s") and not e.get("from_features")
         )
     return {k: sum(v) / len(v) for k, v in per.items() if v}

@@ -28,7 +28,7 @@ import copy
 import functools
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -146,7 +146,10 @@ class Trainer:
         self.replicated = NamedSharding(self.mesh, P())
         self._hyper = _hyper(seed, learning_rate, self.replicated)
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.steps_sharding = NamedSharding(self.mesh, P(None, "data"))
+        """Stacked batches (steps first, then the global batch), as :meth:`head_steps` takes."""
         self._train_steps: dict[tuple, Any] = {}
+        self._head_programs: dict[tuple, Any] = {}
         self._compiled = 0
         self.compile_seconds = 0.0
         """Seconds this trainer spent compiling (train stages and eval steps)."""
@@ -158,7 +161,8 @@ class Trainer:
 
     @property
     def num_compilations(self) -> int:
-        """Train-step variants this trainer built (one per distinct stage)."""
+        """Train programs this trainer built: one per distinct stage, and per call length of
+        :meth:`head_steps` for a cached-feature stage."""
         return self._compiled
 
     def with_hyper(self, *, seed: int, learning_rate: float | None) -> Trainer:
@@ -208,6 +212,10 @@ class Trainer:
         """This process's rows of a global batch -> one array sharded over the mesh."""
         return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(array))
 
+    def shard_steps(self, array: np.ndarray) -> jax.Array:
+        """This process's rows of several global batches, stacked on a first axis of steps."""
+        return jax.make_array_from_process_local_data(self.steps_sharding, np.asarray(array))
+
     # -- train ---------------------------------------------------------------
 
     def lower_stage(
@@ -243,18 +251,24 @@ class Trainer:
         BatchNorm mode and shapes; only the update program is this trainer's.
         """
         key = _stage_key(trainable, bn_train, from_features)
-        if key in self._train_steps:
-            return 0.0
+        build = functools.partial(self._build_stage, key, state, images, labels)
+        return self._built(self._train_steps, key, build)[1]
+
+    def _built(self, programs: dict, key: tuple, build: Callable[[], Any]) -> tuple[Any, float]:
+        """``programs[key]``, built, kept (and its seconds counted as compilation) if missing."""
+        program = programs.get(key)
+        if program is not None:
+            return program, 0.0
         t = time.perf_counter()
-        self._build_stage(key, state, images, labels)
+        program = programs[key] = build()
         seconds = time.perf_counter() - t
         self.compile_seconds += seconds
-        return seconds
+        return program, seconds
 
     def _build_stage(
         self, key: tuple, state: TrainState, images: jax.Array, labels: jax.Array
     ) -> tuple[Any, Any]:
-        """The stage's compiled (gradient, update) programs, built and kept."""
+        """The stage's compiled (gradient, update) programs (the gradient one kept process-wide)."""
         mask, bn_key, from_features = key
         _check_mask(state.params, mask)
         grad_key = (
@@ -270,7 +284,6 @@ class Trainer:
             grad = self._lower_grad(state, images, labels, mask, bn_key, from_features).compile()
             _GRAD_PROGRAMS[grad_key] = grad
         update = self._lower_update(state, grad.out_info[1], mask).compile()
-        self._train_steps[key] = (grad, update)
         self._compiled += 1
         return grad, update
 
@@ -294,13 +307,9 @@ class Trainer:
         update is the one the images would give when only the head trains.
         """
         key = _stage_key(trainable, bn_train, from_features)  # once per step: walks the mask
-        programs = self._train_steps.get(key)
-        if programs is None:
-            t = time.perf_counter()
-            programs = self._build_stage(key, state, images, labels)
-            self.compile_seconds += time.perf_counter() - t
-        grad, update = programs
-        loss, grads, batch_stats = grad(
+        build = functools.partial(self._build_stage, key, state, images, labels)
+        grad, update = self._built(self._train_steps, key, build)[0]
+        loss, grads, changed = grad(
             state.params, state.batch_stats, state.step, images, labels, self._hyper["rng"]
         )
         mask = key[0]
@@ -311,10 +320,126 @@ class Trainer:
         new_state = state.replace(
             step=step,
             params=_merge(treedef, mask, trained, frozen),
-            batch_stats=batch_stats,
+            batch_stats=_with_changed(state.batch_stats, changed),
             opt_state=opt_state,
         )
         return new_state, loss
+
+    def compile_head_steps(
+        self,
+        state: TrainState,
+        features: jax.Array,
+        labels: jax.Array,
+        *,
+        trainable: PyTree,
+        bn_train: BNTrain,
+    ) -> float:
+        """Compiles :meth:`head_steps` for these shapes ahead of time; its seconds (0 if done)."""
+        return self._head_program(state, features, labels, trainable, bn_train)[1]
+
+    def head_steps(
+        self,
+        state: TrainState,
+        features: jax.Array,
+        labels: jax.Array,
+        *,
+        trainable: PyTree,
+        bn_train: BNTrain,
+    ) -> tuple[TrainState, jax.Array]:
+        """Head-only train steps from cached features, one per leading row, in one program.
+
+        ``features`` and ``labels`` stack a step's batch per row
+        (:meth:`shard_steps`). Each step is :meth:`train_step`'s with
+        ``from_features=True`` (the same loss, gradient and update, in
+        order); returns the new state and the steps' losses. Why one
+        program: a head step computes almost nothing, so one dispatch per
+        step (two programs and every parameter passed) cost a cached LP
+        epoch as much as a tenth of an FT epoch on a GPU; a scan over the
+        steps pays that once. ``state`` is donated.
+        """
+        program, _, mask = self._head_program(state, features, labels, trainable, bn_train)
+        args, treedef = self._head_args(state, features, labels, mask)
+        trained, opt_state, step, losses = program(*args)
+        params = _merge(treedef, mask, trained, args[1])
+        return state.replace(step=step, params=params, opt_state=opt_state), losses
+
+    def _head_args(
+        self, state: TrainState, features: jax.Array, labels: jax.Array, mask: tuple[bool, ...]
+    ) -> tuple[tuple, Any]:
+        """:meth:`_scan_head`'s arguments (the frozen leaves second), and the params' treedef."""
+        trained, frozen, treedef = _split(state.params, mask)
+        rng, lr = self._hyper["rng"], self._hyper.get("lr")
+        args = (trained, frozen, state.batch_stats, state.opt_state, state.step)
+        return (*args, features, labels, rng, lr), treedef
+
+    def _head_program(
+        self, state: TrainState, features: Any, labels: Any, trainable: PyTree, bn_train: BNTrain
+    ) -> tuple[Any, float, tuple[bool, ...]]:
+        """:meth:`head_steps`' program for these shapes, its compile seconds, and the mask."""
+        mask, bn_key, _ = _stage_key(trainable, bn_train, True)
+        key = mask, bn_key, _shapes((state.params, state.batch_stats, features, labels))
+        build = functools.partial(self._build_head_steps, key, state, features, labels)
+        return (*self._built(self._head_programs, key, build), mask)
+
+    def _build_head_steps(
+        self, key: tuple, state: TrainState, features: jax.Array, labels: jax.Array
+    ) -> Any:
+        mask, bn_key, _ = key
+        _check_mask(state.params, mask)
+        args, treedef = self._head_args(state, features, labels, mask)
+        r, s = self.replicated, self.steps_sharding
+        jitted = jax.jit(
+            functools.partial(self._scan_head, mask=mask, bn_train=bn_key, treedef=treedef),
+            in_shardings=(r, r, r, r, r, s, s, r, r),
+            out_shardings=r,
+            donate_argnums=(0, 3, 4),  # the trained leaves, optimizer state and step
+        )
+        program = jitted.lower(*args).compile()
+        self._compiled += 1
+        return program
+
+    def _scan_head(
+        self,
+        trained: list[jax.Array],
+        frozen: list[jax.Array],
+        batch_stats: PyTree,
+        opt_state: PyTree,
+        step: jax.Array,
+        features: jax.Array,
+        labels: jax.Array,
+        rng_data: jax.Array,
+        lr: jax.Array | None,
+        *,
+        mask: tuple[bool, ...],
+        bn_train: BNTrain,
+        treedef: Any,
+    ) -> tuple[list[jax.Array], PyTree, jax.Array, jax.Array]:
+        """:meth:`_grads` then :meth:`_update`, once per row of ``features``."""
+
+        def one(carry, batch):
+            trained, opt_state, step = carry
+            params = _merge(treedef, mask, trained, frozen)
+            loss, grads, changed = self._grads(
+                params,
+                batch_stats,
+                step,
+                *batch,
+                rng_data,
+                mask=mask,
+                bn_train=bn_train,
+                from_features=True,
+            )
+            if any(c is not None for c in changed):
+                raise ValueError("a head-only step changed BatchNorm statistics")
+            carry = self._update(
+                trained, frozen, opt_state, step, grads, lr, mask=mask, treedef=treedef
+            )
+            return carry, loss
+
+        (trained, opt_state, step), losses = jax.lax.scan(
+            one, (trained, opt_state, step), (features, labels)
+        )
+        return trained, opt_state, step, losses
 
     def estimate_rgn(
         self,
@@ -339,12 +464,8 @@ class Trainer:
         total, n = None, 0
         for batch in batches:
             x, y = self.shard_batch(batch["image"]), self.shard_batch(batch["label"])
-            programs = self._train_steps.get(key)
-            if programs is None:
-                t = time.perf_counter()
-                programs = self._build_stage(key, state, x, y)
-                self.compile_seconds += time.perf_counter() - t
-            _, grads, _ = programs[0](
+            build = functools.partial(self._build_stage, key, state, x, y)
+            _, grads, _ = self._built(self._train_steps, key, build)[0][0](
                 state.params, state.batch_stats, state.step, x, y, self._hyper["rng"]
             )
             if total is None:
@@ -360,12 +481,11 @@ class Trainer:
     def _program(self, fn: Any, args: tuple, **static: Any) -> Any:
         """``fn`` compiled for ``args`` and ``static``, its compilation counted as such."""
         key = (fn, self.mesh, tuple(sorted(static.items())), _shapes(args))
-        program = _PREPASS_PROGRAMS.get(key)
-        if program is None:
-            t = time.perf_counter()
-            program = _PREPASS_PROGRAMS[key] = fn.lower(*args, **static).compile()
-            self.compile_seconds += time.perf_counter() - t
-        return program
+
+        def build() -> Any:
+            return fn.lower(*args, **static).compile()
+
+        return self._built(_PREPASS_PROGRAMS, key, build)[0]
 
     def _lower_grad(
         self,
@@ -416,8 +536,15 @@ class Trainer:
         mask: tuple[bool, ...],
         bn_train: BNTrain,
         from_features: bool = False,
-    ) -> tuple[jax.Array, list[jax.Array], PyTree]:
-        """Loss, gradients of the trained leaves (in leaf order), new BatchNorm statistics.
+    ) -> tuple[jax.Array, list[jax.Array], list[jax.Array | None]]:
+        """Loss, gradients of the trained leaves (in leaf order), changed BatchNorm statistics.
+
+        The statistics come back as a list over ``batch_stats``' leaves
+        holding only those the step changed (None for the rest; see
+        :func:`_changed`): a frozen BatchNorm, or a head-only step from
+        cached features, returns none. Returning the unchanged ones made the
+        program copy every statistic every step, which cost a cached LP
+        step most of its time (106 copies for ResNet-50).
 
         Depends on the model, the trainable set and the BatchNorm mode
         only, not on the strategy's optimizer, so trainers of different
@@ -442,7 +569,7 @@ class Trainer:
             return classification_loss(logits, labels, self.multilabel), new_vars
 
         (loss, new_vars), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
-        return loss, grads, new_vars.get("batch_stats", batch_stats)
+        return loss, grads, _changed(batch_stats, new_vars.get("batch_stats", {}))
 
     def _update(
         self,
@@ -591,6 +718,30 @@ def _both(variables: Mapping[str, PyTree]) -> dict[str, PyTree]:
 def _shapes(tree: PyTree) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple((tuple(x.shape), jnp.dtype(x.dtype)) for x in leaves)
+
+
+def _changed(old: PyTree, new: PyTree) -> list[jax.Array | None]:
+    """``new``'s leaves that are not ``old``'s own (traced) leaves; None where unchanged.
+
+    Decided while tracing, by identity: a BatchNorm that did not update
+    hands back the very array it was given. ``new`` is either empty (the
+    model wrote no statistics: a head-only step) or shaped like ``old``.
+    """
+    old_leaves, treedef = jax.tree.flatten(old)
+    if not jax.tree.leaves(new):
+        return [None] * len(old_leaves)
+    new_leaves, new_def = jax.tree.flatten(new)
+    if new_def != treedef:
+        raise ValueError(f"new BatchNorm statistics {new_def} are not shaped like {treedef}")
+    return [None if n is o else n for o, n in zip(old_leaves, new_leaves, strict=True)]
+
+
+def _with_changed(old: PyTree, changed: list[jax.Array | None]) -> PyTree:
+    """``old`` with :func:`_changed`'s new leaves put in (the inverse of it)."""
+    if all(c is None for c in changed):
+        return old
+    leaves, treedef = jax.tree.flatten(old)
+    return treedef.unflatten([o if c is None else c for o, c in zip(leaves, changed, strict=True)])
 
 
 def _split(params: PyTree, mask: tuple[bool, ...]) -> tuple[list, list, Any]:

@@ -1,6 +1,6 @@
 """Stops a run mid-epoch, then resumes it, under jax.distributed; run by test_parallel.py.
 
-    python -m tests.resume_worker OUT --process I --of K --port P
+    python -m tests.resume_worker OUT --process I --of K --port P [--frozen-bn freeze]
 
 Process 0 alone writes the run's progress, so every process resumes from
 process 0's saved iterator state.
@@ -18,6 +18,7 @@ def main() -> None:
     p.add_argument("--process", type=int, required=True)
     p.add_argument("--of", type=int, required=True)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--frozen-bn", default="update")
     args = p.parse_args()
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
@@ -30,21 +31,24 @@ def main() -> None:
     )
     from medft_jax import fit
 
-    config, ds = run_config()
+    config, ds = run_config(args.frozen_bn)
     stopped = fit.run_one(config, args.out, dataset=ds, progress=False, stop_after_steps=9)
     assert stopped == {}, stopped  # 6 steps an epoch: stopped inside epoch 1
     fit.run_one(config, args.out, dataset=ds, progress=False)
 
 
-def run_config():
-    """LP on a small demo whose val and test sizes do not divide the batch."""
+def run_config(frozen_bn: str = "update"):
+    """LP on a small demo whose val and test sizes do not divide the batch.
+
+    ``frozen_bn="freeze"``: one process trains from cached features, two from the images.
+    """
     from medft_jax.config import RunConfig
     from medft_jax.data.demo import load_demo
 
     ds = load_demo(seed=0, image_size=32, sizes={"train": 100, "val": 37, "test": 53})
     config = RunConfig(
         strategy="lp", arch="resnet_tiny", dataset="demo", weights="none", lr=1e-2,
-        epochs=2, patience=5, batch_size=16, image_size=32, frozen_bn="update",
+        epochs=2, patience=5, batch_size=16, image_size=32, frozen_bn=frozen_bn,
     )  # fmt: skip
     return config, ds
 

@@ -468,10 +468,11 @@ def test_a_bf16_runs_checkpoint_predicts_in_bf16(tmp_path, capsys):
     bf16, f32 = probs(jnp.bfloat16), probs(jnp.float32)
     assert np.abs(bf16 - f32).max() > 1e-4  # the two differ: the test tells them apart
     argv = ["--checkpoint", str(ck), "--images", str(image), "--json"]
-    for flags, expect in (([], bf16), (["--precision", "fp32"], f32)):
+    for flags, expect, said in (([], bf16, "bf16"), (["--precision", "fp32"], f32, "fp32")):
         assert predict.main([*argv, *flags]) == 0
-        row = json.loads(capsys.readouterr().out)["probs"]
-        np.testing.assert_allclose(row, expect, atol=1e-6)
+        out = json.loads(capsys.readouterr().out)
+        np.testing.assert_allclose(out["probs"], expect, atol=1e-6)
+        assert out["precision"] == said
 
 
 @pytest.mark.slow  # the predictor test above checks the same metadata in the fast tier

@@ -188,6 +188,44 @@ def test_cached_run_records_the_uncached_run(
     assert isinstance(stored, np.memmap) and stored.shape == (SIZES["train"], 2048)
 
 
+@pytest.mark.slow  # two runs; the fast tier's head_steps test splits calls 5 + 2
+def test_cached_steps_record_the_same_in_calls_of_any_length(demo, tmp_path, trainers, monkeypatch):
+    """4 steps an epoch: one call of 4 (the default), or calls of 3 then 1."""
+    config = dataclasses.replace(_config("lp"), epochs=2)
+    kw = {"dataset": demo, "progress": False, "trainers": trainers}
+    whole = fit.run_one(config, tmp_path / "a", **kw)
+    monkeypatch.setattr(fit, "HEAD_STEPS_PER_CALL", 3)
+    split = fit.run_one(config, tmp_path / "b", **kw)
+    assert all(e["from_features"] for e in whole["epochs"] + split["epochs"])
+    np.testing.assert_allclose(_numbers(split), _numbers(whole), rtol=1e-6)
+    assert len({e["train_loss"] for e in whole["epochs"]}) == 2
+
+
+def test_a_cached_epoch_of_one_call_counts_that_call_as_train_time(demo, tmp_path, monkeypatch):
+    """The last call's losses are read after the loop: waiting for them is train time."""
+    wait = 0.3
+
+    class SlowLosses:  # losses whose device work takes ``wait`` seconds to finish
+        def __init__(self, losses):
+            self.losses = losses
+
+        def __array__(self, dtype=None, copy=None):
+            time.sleep(wait)
+            return np.asarray(self.losses, dtype)
+
+    real = fit.Trainer.head_steps
+
+    def slow_head_steps(self, *args, **kw):
+        state, losses = real(self, *args, **kw)
+        return state, SlowLosses(losses)
+
+    monkeypatch.setattr(fit.Trainer, "head_steps", slow_head_steps)
+    record = fit.run_one(_config("lp"), tmp_path, dataset=demo, progress=False)
+    for e in record["epochs"]:  # 4 steps an epoch: one call each
+        assert e["from_features"]
+        assert wait <= e["train_seconds"] <= e["seconds"]
+
+
 @pytest.mark.slow  # the fast tier's cached run compares against a fallback run
 def test_a_run_without_the_cache_records_no_features(demo, tmp_path, trainers):
     config = dataclasses.replace(_config("lp"), epochs=1)

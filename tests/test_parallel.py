@@ -86,7 +86,8 @@ def test_two_processes_equal_one(four_and_one, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("parallel")
-def test_two_processes_resume_a_run_stopped_mid_epoch(tmp_path):
+@pytest.mark.parametrize("frozen_bn", ["update", "freeze"])
+def test_two_processes_resume_a_run_stopped_mid_epoch(tmp_path, frozen_bn):
     """Select's rungs stop runs inside an epoch; every host must resume from process 0's state."""
     from medft_jax import fit, results
     from tests.resume_worker import run_config
@@ -95,12 +96,16 @@ def test_two_processes_resume_a_run_stopped_mid_epoch(tmp_path):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     out = tmp_path / "two"
-    args = ("--of", "2", "--port", str(port))
+    args = ("--of", "2", "--port", str(port), "--frozen-bn", frozen_bn)
     procs = [_worker(out, "--process", str(i), *args, module="tests.resume_worker") for i in (0, 1)]
     _run(*procs)
     (resumed,) = results.load_records(out)
-    config, ds = run_config()
+    config, ds = run_config(frozen_bn)
     straight = fit.run_one(config, tmp_path / "one", dataset=ds, progress=False)
+    # Under freeze the one process trains LP from cached features, several steps a
+    # call; two processes train it from the images (each would need its own rows).
+    assert not any(e.get("from_features") for e in resumed["epochs"])
+    assert all(e.get("from_features") for e in straight["epochs"]) == (frozen_bn == "freeze")
     for a, b in zip(resumed["epochs"], straight["epochs"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val"] == pytest.approx(b["val"], abs=1e-5)

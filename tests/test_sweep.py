@@ -250,13 +250,30 @@ def test_bad_shard_is_named(spec, capsys):
     assert "--shard" in capsys.readouterr().err
 
 
-def test_no_feature_cache_is_refused_where_nothing_is_cached(capsys):
+def test_no_feature_cache_is_refused_where_nothing_is_cached(tmp_path, capsys):
     argv = ["--config", str(PAPER), "--dry-run", "--no-feature-cache"]
     assert sweep_cli.main(argv) == 2
     assert capsys.readouterr().err == (
-        "error: --no-feature-cache applies under frozen_bn 'freeze' only; grid 'paper' "
-        "updates BatchNorm statistics, so nothing is cached\n"
+        "error: --no-feature-cache applies under frozen_bn 'freeze', with a strategy that "
+        "freezes blocks, only; no run of grid 'paper' here has both, so nothing is cached\n"
     )
+    # Under freeze, FT freezes nothing (it runs as 'update'): refused as experiments.run does.
+    config = _grid_file(tmp_path, "g", strategies=("ft", "lp"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    text = config.read_text().replace(
+        '"image_size": 32}', '"image_size": 32, "frozen_bn": "freeze"}'
+    )
+    config.write_text(text)
+    argv = [
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "o"),
+        "--dry-run",
+        "--no-feature-cache",
+    ]
+    assert sweep_cli.main([*argv, "--only", "strategy=ft"]) == 2
+    assert "no run of grid 'tiny' here has both" in capsys.readouterr().err
+    assert sweep_cli.main(argv) == 0
 
 
 def test_bad_config_file_is_named(tmp_path, capsys):
@@ -310,6 +327,34 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     assert "shard 1/4: 18" in out
     # Shard 0 holds the done run; the other shards' unknown costs are counted, not dropped.
     assert "shards: 0: 17 of 18 runs to run, 1.0 min (+15 of unknown cost); 1: 18 of 18" in out
+
+
+def test_dry_run_costs_come_from_runs_of_the_same_precision_and_uncached_epochs():
+    """A bf16 run's or a cached epoch's images/s bounds no float32 run trained on images."""
+    g = grid_lib.load_grid(PAPER)
+    fp32 = g.config("bach", "vgg19", "lp", 1e-3, 0)
+    bf16 = dataclasses.replace(fp32, precision="bf16")
+    freeze = dataclasses.replace(fp32, frozen_bn="freeze")
+
+    def record(config, *epochs):
+        return {"config": config.to_dict(), "epochs": list(epochs)}
+
+    measured = grid_lib.measured_throughput(
+        [
+            record(fp32, {"images_per_s": 600.0}, {"images_per_s": 400.0}),
+            record(bf16, {"images_per_s": 1500.0}),
+            record(freeze, {"images_per_s": 90000.0, "from_features": True}),
+        ]
+    )
+    assert measured == {
+        grid_lib.throughput_key(fp32.to_dict()): 500.0,
+        grid_lib.throughput_key(bf16.to_dict()): 1500.0,
+    }
+    # BACH: 360 training images x 50 epochs.
+    assert grid_lib.estimate_seconds(fp32, measured) == pytest.approx(50 * 360 / 500)
+    assert grid_lib.estimate_seconds(bf16, measured) == pytest.approx(50 * 360 / 1500)
+    # Only cached epochs of the freeze run: unknown, not 90,000 images/s.
+    assert grid_lib.estimate_seconds(freeze, measured) is None
 
 
 def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):

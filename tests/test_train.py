@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -383,3 +388,109 @@ def test_default_mesh_orders_devices_by_process():
     listed.append(D(id=3, process_index=0))
     assert [d.id for d in train.process_ordered(listed)] == [1, 3, 0, 2]
     assert list(train.make_mesh().devices.flat) == train.process_ordered(jax.devices())
+
+
+def _lp_trainer(model, variables, mesh=None):
+    strat = strategies.make(
+        "lp", variables["params"], get_arch(TINY).partition, learning_rate=1.0, frozen_bn="freeze"
+    )
+    trainer = Trainer(model, strat.tx, multilabel=False, learning_rate=1e-2, mesh=mesh)
+    kw = {
+        "trainable": strat.schedule.trainable_mask(variables["params"], 0),
+        "bn_train": strat.schedule.bn_train(0),
+    }
+    return trainer, kw
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+def test_head_steps_are_train_steps_from_features_one_call_each(tiny):
+    """Cached-feature steps scanned in one program update as one call per step does."""
+    model, variables = tiny
+    trainer, kw = _lp_trainer(model, variables)
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(7, 4, 2048)).astype(np.float32)
+    labels = rng.integers(0, 2, (7, 4)).astype(np.int32)
+    one = trainer.init_state(variables)
+    want = []
+    for f, y in zip(feats, labels, strict=True):
+        x, y = trainer.shard_batch(f), trainer.shard_batch(y)
+        one, loss = trainer.train_step(one, x, y, from_features=True, **kw)
+        want.append(float(loss))
+    scanned = trainer.init_state(variables)
+    got = []
+    for rows in (slice(0, 5), slice(5, 7)):  # calls of two lengths: each compiles once
+        x, y = trainer.shard_steps(feats[rows]), trainer.shard_steps(labels[rows])
+        scanned, losses = trainer.head_steps(scanned, x, y, **kw)
+        got += np.asarray(losses).tolist()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert len(set(want)) == 7  # the head trained: every step's loss differs
+    assert int(scanned.step) == int(one.step) == 7
+    for a, b in zip(jax.tree.leaves(scanned.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(
+        jax.tree.leaves(scanned.opt_state), jax.tree.leaves(one.opt_state), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    fc = variables["params"]["fc"]["kernel"]
+    assert np.abs(np.asarray(scanned.params["fc"]["kernel"]) - fc).max() > 1e-4
+    for a, b in zip(
+        jax.tree.leaves(scanned.batch_stats), jax.tree.leaves(variables["batch_stats"]), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)  # frozen BatchNorm: bit for bit
+    assert len(trainer._head_programs) == 2
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+def test_a_step_copies_only_the_batch_statistics_it_changes(tiny):
+    """Frozen BatchNorm: the gradient program returns no statistics (it copied every one)."""
+    model, variables = tiny
+    n_stats = len(jax.tree.leaves(variables["batch_stats"]))
+    assert n_stats > 0
+    trainer = Trainer(model, optax.sgd(0.1), multilabel=False)
+    state = trainer.init_state(variables)
+    x = trainer.shard_batch(np.zeros((4, 32, 32, 3), np.uint8))
+    y = trainer.shard_batch(np.zeros((4,), np.int32))
+    mask = jax.tree.map(lambda _: True, variables["params"])
+    n_params = len(jax.tree.leaves(variables["params"]))
+    for bn_train, returned in ((False, 0), (True, n_stats)):
+        grad = trainer.lower_stage(state, x, y, trainable=mask, bn_train=bn_train).grad
+        assert len(jax.tree.leaves(grad.out_info)) == 1 + n_params + returned
+    new, _ = trainer.train_step(state, x, y, trainable=mask, bn_train=False)
+    assert new.batch_stats is state.batch_stats
+
+
+@pytest.mark.slow  # a process of its own, with two simulated devices
+def test_head_steps_on_two_devices_equal_one(tmp_path):
+    """The stacked batches shard on their batch axis, not the steps': 2 devices give 1's steps."""
+    code = """
+import json, jax, numpy as np
+from medft_jax.models import create, init_variables
+from medft_jax.train import make_mesh
+from tests.test_train import _lp_trainer
+model = create("resnet_tiny", 2)
+variables = jax.device_get(init_variables(model, 0, 32))
+rng = np.random.default_rng(0)
+feats = rng.normal(size=(3, 4, 2048)).astype(np.float32)
+labels = rng.integers(0, 2, (3, 4)).astype(np.int32)
+out = []
+for devices in (jax.devices()[:1], jax.devices()):
+    trainer, kw = _lp_trainer(model, variables, make_mesh(devices))
+    x, y = trainer.shard_steps(feats), trainer.shard_steps(labels)
+    assert x.sharding.shard_shape(x.shape) == (3, 4 // len(devices), 2048)
+    state, losses = trainer.head_steps(trainer.init_state(variables), x, y, **kw)
+    out.append([np.asarray(losses).tolist(), np.asarray(state.params["fc"]["kernel"]).tolist()])
+print(json.dumps(out))
+"""
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(two[0], one[0], rtol=1e-5)
+    np.testing.assert_allclose(two[1], one[1], rtol=1e-5, atol=1e-6)
