@@ -200,21 +200,40 @@ def test_models_rejects_a_malformed_setting():
             "--images must be >= 256 (the largest batch timed), got 8",
             marks=pytest.mark.slow,
         ),
-        ("models.py", ["--steps", "0"], "--steps must be >= 1, got 0"),
-        ("models.py", ["--archs", "resnet50", "bogus"], "--archs 'bogus': unknown arch"),
+        # One check per script in the fast tier: each costs a process importing JAX.
+        pytest.param(
+            "models.py", ["--steps", "0"], "--steps must be >= 1, got 0", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            "models.py",
+            ["--archs", "resnet50", "bogus"],
+            "--archs 'bogus': unknown arch",
+            marks=pytest.mark.slow,
+        ),
         (  # the bf16 table has no XLA-ops column and no child process: refused, not ignored
             "models.py",
             ["--precision", "bf16", "--host", "split"],
             "--host split applies to the fp32 table (--precision fp32 or both)",
         ),
-        (
+        pytest.param(
             "models.py",
             ["--precision", "bf16", "--xla-baseline"],
             "--xla-baseline applies to the fp32 table (--precision fp32 or both)",
+            marks=pytest.mark.slow,
         ),
-        ("models.py", ["--torch-compile"], "--torch-compile applies to the bf16 table"),
+        pytest.param(
+            "models.py",
+            ["--torch-compile"],
+            "--torch-compile applies to the bf16 table",
+            marks=pytest.mark.slow,
+        ),
         ("strategies.py", ["--arch", "bogus"], "--arch 'bogus': unknown arch"),
-        ("strategies.py", ["--strategies", "lp", "bogus"], "--strategies 'bogus': unknown"),
+        pytest.param(
+            "strategies.py",
+            ["--strategies", "lp", "bogus"],
+            "--strategies 'bogus': unknown",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_benchmark_flags_are_checked_before_any_work(tmp_path, script, flags, message):

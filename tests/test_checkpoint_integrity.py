@@ -436,6 +436,7 @@ def test_a_checkpoint_carries_how_its_training_images_were_decoded(saved, tmp_pa
         predict.Predictor(path0).predict_files([str(image)])
 
 
+@pytest.mark.slow  # compiles the model in two precisions
 def test_a_bf16_runs_checkpoint_predicts_in_bf16(tmp_path, capsys):
     """A ``--precision bf16`` run evaluated in bfloat16; its checkpoint says so (format
     version 3: an older reader would compute in float32) and predict computes alike,

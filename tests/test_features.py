@@ -201,6 +201,7 @@ def test_cached_steps_record_the_same_in_calls_of_any_length(demo, tmp_path, tra
     assert len({e["train_loss"] for e in whole["epochs"]}) == 2
 
 
+@pytest.mark.slow  # a run; the fast tier's cached run records the uncached one
 def test_a_cached_epoch_of_one_call_counts_that_call_as_train_time(demo, tmp_path, monkeypatch):
     """The last call's losses are read after the loop: waiting for them is train time."""
     wait = 0.3

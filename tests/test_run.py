@@ -207,6 +207,7 @@ def test_resume_checkpoints_come_every_checkpoint_seconds_each_after_its_best(
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow  # two runs; the fast tier resumes in test_resume_writes_the_uninterrupted_record
 def test_a_best_newer_than_the_resumed_checkpoint_is_refused_not_tested(
     ported_tiny, demo, tmp_path, monkeypatch
 ):
@@ -234,13 +235,12 @@ def test_a_best_newer_than_the_resumed_checkpoint_is_refused_not_tested(
 def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
-    full = fit.run_one(config, tmp_path / "a", dataset=demo, progress=False)
+    kw = {"dataset": demo, "progress": False, "trainers": {}}  # compiled once, as in a sweep
+    full = fit.run_one(config, tmp_path / "a", **kw)
     run = tmp_path / "b" / full["run"]
 
     def stop_after(steps: int) -> dict:
-        stopped = fit.run_one(
-            config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=steps
-        )
+        stopped = fit.run_one(config, tmp_path / "b", stop_after_steps=steps, **kw)
         assert stopped == {}
         assert [p.name for p in (run / "checkpoints").iterdir()] == [str(steps)]
         return RunCheckpoints(run).read_progress()
@@ -259,7 +259,7 @@ def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     )
     assert stop_after(7)["partial"]["steps"] == 3
     assert not (run / "record.json").exists()
-    resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    resumed = fit.run_one(config, tmp_path / "b", **kw)
     for key in ("best_epoch", "val", "test"):
         assert resumed[key] == full[key], key
     for a, b in zip(full["epochs"], resumed["epochs"], strict=True):
@@ -267,7 +267,7 @@ def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
         assert [a[k] for k in keys] == [b[k] for k in keys]
     assert sorted(p.name for p in run.iterdir()) == ["best", "record.json"]  # nothing else
     # A finished run is skipped: the same record comes back without training.
-    again = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    again = fit.run_one(config, tmp_path / "b", **kw)
     assert again["finished_at"] == resumed["finished_at"]
 
 

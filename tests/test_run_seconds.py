@@ -101,7 +101,9 @@ def test_overhead_is_the_wall_time_outside_the_epochs_work():
     "strategy, options",
     [
         ("lp", {"frozen_bn": "freeze"}),
-        ("auto_rgn", {"strategy_options": (("rgn_mode", "prepass"),)}),
+        pytest.param(  # another strategy's programs to compile
+            "auto_rgn", {"strategy_options": (("rgn_mode", "prepass"),)}, marks=pytest.mark.slow
+        ),
     ],
     ids=["cached-features", "rgn-prepass"],
 )
@@ -125,6 +127,7 @@ def test_every_compilation_of_the_run_is_counted_as_compilation(
         assert len(train._PREPASS_PROGRAMS) == 2
 
 
+@pytest.mark.slow  # three runs, two strategies' stages each
 def test_a_resumed_run_counts_the_compilations_of_every_call(demo, tmp_path):
     """G-LF, 2 stages: the stopped call compiles both, the resumed one the second again."""
     config = dataclasses.replace(_config(), strategy="g_lf")

@@ -440,6 +440,7 @@ def test_head_steps_are_train_steps_from_features_one_call_each(tiny):
     assert len(trainer._head_programs) == 2
 
 
+@pytest.mark.slow  # compiles two steps; head_steps' equality is the fast tier's check
 @pytest.mark.xdist_group("resnet_tiny")
 def test_a_step_copies_only_the_batch_statistics_it_changes(tiny):
     """Frozen BatchNorm: the gradient program returns no statistics (it copied every one)."""
