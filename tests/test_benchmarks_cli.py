@@ -142,6 +142,39 @@ def _projection(plans: list, missing: int) -> grid_bill.Projection:
     return grid_bill.Projection(variant, plans, 0.0, missing, grid_bill.Bounds())
 
 
+def test_sp_and_rgn_priced_at_another_strategys_step_are_a_lower_bound_not_a_pass(capsys):
+    """Their update adds work to Adam's: at FT's step they are billed too little, so a bill
+    under the goal with such stages is not a PASS; one over it is a FAIL all the same."""
+    task = grid_bill.TaskFacts("t", 640, 130, 250, 2, False)
+    t = _times()
+    t.epochs["l2_sp"] = t.epochs["ft"]
+    kw = {"runs": 9, "batch": 64, "patience": 5}
+    bounds = grid_bill.Bounds()
+    sp = grid_bill.cell_plan(t, "l2_sp", task, cached=False, bounds=bounds, **kw)
+    assert sp.epoch_train == pytest.approx((10 * 0.5 * 2,) * 3)  # FT's step, scaled
+    assert bounds.lower == bounds.other_strategy == {("resnet50", "l2_sp", "all")}
+    assert bounds.note() == (
+        "1 stage of L2-SP, L1-SP or Auto-RGN at another strategy's step (lower bound: "
+        "their update adds work)"
+    )
+    grid_bill.cell_plan(t, "g", task, cached=False, bounds=bounds, **kw)  # Adam: no lower
+    assert len(bounds.lower) == 1 and len(bounds.other_strategy) == 3
+
+    plan = grid_bill.RunPlan(runs=1, epoch_train=(3600.0,), epoch_val=(0.0,), test=0.0,
+                             resume_save=0.0, best_save=0.0, compile=0.0)  # fmt: skip
+    variant = grid_bill.Variant("bf16", cached=True)
+    for hours, lower, verdict in [
+        (20, set(), "PASS: 20.0 h"),
+        (20, bounds.lower, "not measured (under the goal with stages billed too little): 20.0"),
+        (30, bounds.lower, "FAIL: 30.0 h"),
+    ]:
+        plans = [dataclasses.replace(plan, runs=hours)]
+        proj = grid_bill.Projection(variant, plans, 0.0, 0, grid_bill.Bounds(lower=set(lower)))
+        grid_bill.goal_lines([proj], {}, reduced=None, mean_epochs=20)
+        out = capsys.readouterr().out
+        assert f"device-hours in bf16 with cached LP: {verdict}" in out, out
+
+
 def test_a_precision_with_nothing_timed_is_a_row_not_a_crash(capsys):
     # SIGTERM or the budget before any bf16 pair: its variant has no plans at all.
     grid_bill.grid_table([_projection([], 576)], mean_epochs=20, max_epochs=50)
