@@ -988,10 +988,11 @@ def goal_lines(
         bound = " (an upper bound: some stages at FT's step)" if goal.bounds.ft_bound else ""
         if goal.bounds.lower:
             bound += " (L2-SP, L1-SP or Auto-RGN stages at another strategy's step: too low)"
-        if mean <= GOAL_HOURS:
+        if mean <= GOAL_HOURS and goal.bounds.lower:
             # What is billed too little may lift the true bill over the goal: no PASS.
             verdict = "not measured (under the goal with stages billed too little)"
-            verdict = verdict if goal.bounds.lower else "PASS"
+        elif mean <= GOAL_HOURS:
+            verdict = "PASS"
         elif goal.bounds.ft_bound:
             verdict = "not measured (the upper bound is above the goal)"
         else:
