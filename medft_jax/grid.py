@@ -449,8 +449,8 @@ def throughput_key(config: Mapping[str, Any]) -> ThroughputKey:
         config["arch"],
         int(config["image_size"]),
         config["strategy"],
-        config.get("precision", "fp32"),
-        config.get("frozen_bn", "update"),
+        config.get("precision", RunConfig.precision),  # older records: the defaults
+        config.get("frozen_bn", RunConfig.frozen_bn),
     )
 
 
