@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from medft_jax.data.options import OPTION_CHOICES, fractions_leave_no_train, split_option_error
-from medft_jax.data.pixels import check_bits_stored
+from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
 from medft_jax.data.table import check_label_options
 from medft_jax.errors import UserError
 from medft_jax.names import DEMO, LOCAL_KINDS
@@ -40,6 +40,7 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--skip-bad-images", action="store_true", help="skip and count corrupt images")
     add_bits_stored_flag(p)
+    add_dicom_window_flag(p)
     p.add_argument("--csv-file", help="csv: the labels file (relative to --manual-dir)")
     p.add_argument("--path-column", help="csv: column of image paths (default 'path')")
     p.add_argument("--label-column", help="csv: column of class names (default 'label')")
@@ -59,6 +60,19 @@ def add_bits_stored_flag(
         help=f"{scope}the bits 16-bit grayscale images' values use, 8 to 16 (12-bit X-rays "
         "saved as 16-bit PNG: 12); maps 0..2^N-1 to 0..255 for every image alike. Unset: "
         f"{unset}, and an image whose values fit in 14 bits is refused",
+    )
+
+
+def add_dicom_window_flag(
+    p: argparse.ArgumentParser, scope: str = "folder/csv: ", unset: str = "each file's own"
+) -> None:
+    """``--dicom-window``: one window for every greyscale DICOM file (``medft_jax.data.dicom``)."""
+    p.add_argument(
+        "--dicom-window",
+        metavar="CENTER,WIDTH",
+        help=f"{scope}one window for every greyscale DICOM file, after its rescale (Hounsfield "
+        "units for CT; a brain window: 40,80): center - width/2 black, center + width/2 "
+        f"white. Unset: {unset} (its VOI LUT or window, else its min..max)",
     )
 
 
@@ -88,11 +102,15 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
         "val_fraction": args.val_fraction,
         "test_fraction": args.test_fraction,
         "bits_stored": args.bits_stored,
+        "dicom_window": args.dicom_window,
     }
     if args.dataset in LOCAL_KINDS:
         check_bits_stored(args.bits_stored)
+        window = parse_dicom_window(args.dicom_window)
+        local["dicom_window"] = None if window is None else list(window)
     else:
-        refuse_unused(args.dataset, {"bits_stored": args.bits_stored}, "folder and csv")
+        decoding = {"bits_stored": args.bits_stored, "dicom_window": args.dicom_window}
+        refuse_unused(args.dataset, decoding, "folder and csv")
     if args.dataset == "csv":
         # One rule with the Python API's; its messages name the flags too.
         check_label_options(args.label_column, given.get("label_columns"), None)

@@ -3,9 +3,10 @@
 ``python -m experiments.predict --checkpoint DIR --images A.png B.jpg [--json]``
 
 Images are decoded as the checkpoint's training images were (16-bit files by
-its ``bits_stored``, when it has one) and preprocessed as torchvision's
-ImageNet weight transforms do (PIL bilinear antialiased resize of the shorter
-side to the checkpoint's resize size, centre crop, ImageNet mean/std;
+its ``bits_stored``, greyscale DICOM by its ``dicom_window``, when it has
+them) and preprocessed as torchvision's ImageNet weight transforms do (PIL
+bilinear antialiased resize of the shorter side to the checkpoint's resize
+size, centre crop, ImageNet mean/std;
 grayscale repeated to 3 channels).
 Probabilities are softmax outputs, or per-class sigmoids for a multilabel
 checkpoint, all classes in index order. They are computed in the checkpoint's
@@ -23,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import add_bits_stored_flag
+from experiments.common import add_bits_stored_flag, add_dicom_window_flag
 from medft_jax.config import PRECISIONS
 from medft_jax.data.errors import DataError
 from medft_jax.data.images import open_image
-from medft_jax.data.pixels import check_bits_stored
+from medft_jax.data.pixels import DicomWindow, check_bits_stored, parse_dicom_window
 from medft_jax.data.preprocess import normalize, resize_and_crop
 from medft_jax.errors import ArgumentParser, UserError, cli_main
 
@@ -37,7 +38,11 @@ class PredictError(UserError):
 
 
 def load_image(
-    path: str | Path, resize_size: int, crop_size: int, bits_stored: int | None = None
+    path: str | Path,
+    resize_size: int,
+    crop_size: int,
+    bits_stored: int | None = None,
+    dicom_window: DicomWindow | None = None,
 ) -> np.ndarray:
     """One image file -> the uint8 (crop, crop, 3) array the model sees.
 
@@ -48,7 +53,7 @@ def load_image(
     if not str(path):  # Path("") is ".", the current folder
         raise PredictError("--images: an empty path; expected an image file")
     try:
-        image = open_image(Path(path), bits_stored)
+        image = open_image(Path(path), bits_stored, dicom_window)
     except DataError as e:
         raise PredictError(str(e)) from None
     return resize_and_crop(image, resize_size, crop_size)
@@ -62,9 +67,11 @@ class Predictor:
         checkpoint: str | Path,
         bits_stored: int | None = None,
         precision: str | None = None,
+        dicom_window: str | DicomWindow | None = None,
     ):
-        """``bits_stored``: how to decode 16-bit files when the checkpoint does not say;
-        one that disagrees with the checkpoint's is refused. ``precision``: the compute
+        """``bits_stored``, ``dicom_window``: how to decode 16-bit files and greyscale
+        DICOM when the checkpoint does not say; one that disagrees with the
+        checkpoint's is refused. ``precision``: the compute
         precision, by default the checkpoint's (a run's ``--precision``: the
         probabilities are then those its evaluation computed), else fp32."""
         # JAX, Flax and Orbax load here, not with the module: --help and bad
@@ -96,6 +103,15 @@ class Predictor:
                 "bits its training images were decoded with; leave the flag out"
             )
         self.bits_stored = trained if trained is not None else bits_stored
+        window = parse_dicom_window(dicom_window)
+        trained_window = parse_dicom_window(m.get("dicom_window"))
+        if window is not None and trained_window is not None and window != trained_window:
+            raise PredictError(
+                f"--dicom-window {window[0]:g},{window[1]:g} disagrees with the checkpoint's "
+                f"{trained_window[0]:g},{trained_window[1]:g}, the window its training DICOM "
+                "files were decoded with; leave the flag out"
+            )
+        self.dicom_window = trained_window if trained_window is not None else window
         names = m.get("class_names")
         self.class_names = list(names) if names else [str(i) for i in range(m["num_classes"])]
         self._probs = jax.jit(self._probs_fn)
@@ -114,7 +130,7 @@ class Predictor:
     def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Probabilities (len(paths), num_classes); all images are checked before any compute."""
         check_batch_size(batch_size)
-        size = (self.resize_size, self.crop_size, self.bits_stored)
+        size = (self.resize_size, self.crop_size, self.bits_stored, self.dicom_window)
         arrays = [load_image(p, *size) for p in paths]
         out = []
         for i in range(0, len(arrays), batch_size):
@@ -149,6 +165,7 @@ def check_flags(args: argparse.Namespace) -> None:
     """Names the flag at fault before any work (``--top`` above the class count shows all)."""
     check_batch_size(args.batch_size)
     check_bits_stored(args.bits_stored)
+    parse_dicom_window(args.dicom_window)
     if args.top < 1:
         raise PredictError(f"--top must be an integer >= 1, got {args.top}")
 
@@ -183,6 +200,9 @@ def _main(argv: Sequence[str] | None) -> int:
         help=f"images per forward pass (1 to {MAX_BATCH_SIZE})",
     )
     add_bits_stored_flag(p, scope="", unset="the checkpoint's, if it has one, else 16")
+    add_dicom_window_flag(
+        p, scope="", unset="the checkpoint's, if it has one, else each file's own"
+    )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -193,7 +213,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from medft_jax.runtime import set_up_process
 
     set_up_process(distributed=False)
-    predictor = Predictor(args.checkpoint, args.bits_stored, args.precision)
+    predictor = Predictor(args.checkpoint, args.bits_stored, args.precision, args.dicom_window)
     probs = predictor.predict_files(args.images, args.batch_size)
     for path, row in zip(args.images, probs, strict=True):
         if args.json:

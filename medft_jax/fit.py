@@ -593,6 +593,8 @@ def _best_metadata(run: _Run, name: str) -> dict[str, Any]:
     # How 16-bit files were decoded (folder/csv --bits-stored): predict decodes alike.
     if run.ds.metadata.get("bits_stored") is not None:
         meta["bits_stored"] = int(run.ds.metadata["bits_stored"])
+    if run.ds.metadata.get("dicom_window") is not None:  # --dicom-window: likewise
+        meta["dicom_window"] = [float(v) for v in run.ds.metadata["dicom_window"]]
     return meta
 
 

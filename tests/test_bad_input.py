@@ -373,12 +373,23 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
         (
             "datasets=('folder',); dataset_options={'folder': {'manual_dir': 'x', 'val': 0.2}}",
             "dataset_options['folder']: unknown option 'val'; folder takes manual_dir, "
-            "skip_bad_images, val_fraction, test_fraction, bits_stored",
+            "skip_bad_images, val_fraction, test_fraction, bits_stored, dicom_window",
+        ),
+        (
+            "datasets=('folder',); dataset_options={'folder': {'manual_dir': 'x', "
+            "'dicom_window': [40, 0]}}",
+            "dataset_options['folder']: dicom_window must be [center, width]: two numbers, the "
+            "width above 0, got [40, 0]",
+        ),
+        (
+            "datasets=('folder',); dataset_options={'folder': {'manual_dir': 'x', "
+            "'dicom_window': '40,80'}}",
+            "dataset_options['folder']: dicom_window must be [center, width]",
         ),
         (
             "datasets=('csv',); dataset_options={'csv': {'csv_file': 'x', 'label_colum': 'y'}}",
             "dataset_options['csv']: unknown option 'label_colum'; csv takes manual_dir, "
-            "skip_bad_images, val_fraction, test_fraction, bits_stored, csv_file, "
+            "skip_bad_images, val_fraction, test_fraction, bits_stored, dicom_window, csv_file, "
             "path_column, label_column, label_columns, class_names, group_column, split_column",
         ),
         (
@@ -448,6 +459,12 @@ def test_bad_select_flags_are_named(flags, message, tmp_path, capsys):
         (["--label-column", "y"], "error: --label-column applies to csv only"),
         (["--bits-stored", "20"], "error: --bits-stored must be an integer from 8 to 16, got 20"),
         (["--bits-stored", "7"], "error: --bits-stored must be an integer from 8 to 16, got 7"),
+        (
+            ["--dicom-window", "40"],
+            "error: --dicom-window must be CENTER,WIDTH: two numbers, the width above 0 (a CT "
+            "brain window: 40,80), got '40'",
+        ),
+        (["--dicom-window", "40,-1"], "error: --dicom-window must be CENTER,WIDTH: two numbers"),
     ],
 )
 def test_bad_prepare_flags_are_named(flags, message, tmp_path, capsys):
@@ -458,14 +475,16 @@ def test_bad_prepare_flags_are_named(flags, message, tmp_path, capsys):
 
 @pytest.mark.parametrize("cli", [prepare_cli, run_cli])
 @pytest.mark.parametrize("dataset", ["bach", "demo", "medmnist/breastmnist"])
-def test_bits_stored_applies_to_a_users_own_files_only(cli, dataset, tmp_path, capsys):
-    """The paper tasks, MedMNIST and the demo are 8-bit: the flag would be silently ignored."""
-    argv = ["--dataset", dataset, "--bits-stored", "12", "--data-dir", str(tmp_path)]
+@pytest.mark.parametrize("flag", [("--bits-stored", "12"), ("--dicom-window", "40,80")])
+def test_decoding_flags_apply_to_a_users_own_files_only(cli, dataset, flag, tmp_path, capsys):
+    """The paper tasks, MedMNIST and the demo are 8-bit, not DICOM: the flag would be
+    silently ignored."""
+    argv = ["--dataset", dataset, *flag, "--data-dir", str(tmp_path)]
     argv += ["--out", str(tmp_path / "runs")] if cli is run_cli else []
     argv += ["--strategy", "lp"] if cli is run_cli else []
     assert cli.main(argv) == 2
     assert _one_error_line(capsys) == (
-        f"error: --bits-stored applies to folder and csv only, not to --dataset {dataset}"
+        f"error: {flag[0]} applies to folder and csv only, not to --dataset {dataset}"
     )
 
 

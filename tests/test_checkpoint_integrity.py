@@ -386,6 +386,9 @@ BAD_METADATA = [
     ({"num_batches_tracked": {"bn1.num_batches_tracked": "x"}}, "metadata num_batches_tracked"),
     ({"bits_stored": 20}, "metadata bits_stored 20 is not an integer from 8 to 16"),
     ({"bits_stored": True}, "metadata bits_stored True is not an integer from 8 to 16"),
+    ({"dicom_window": [40, 0]}, "metadata dicom_window [40, 0] is not [center, width]"),
+    ({"dicom_window": "40,80"}, "metadata dicom_window '40,80' is not [center, width]"),
+    ({"dicom_window": [40, float("nan")]}, "metadata dicom_window [40, nan] is not [center,"),
     ({"precision": "fp16"}, "metadata precision 'fp16' is not one of fp32, bf16"),
     ({"format_version": 0}, "metadata format_version 0 is not one this medft-jax reads (1 to"),
 ]
@@ -434,6 +437,24 @@ def test_a_checkpoint_carries_how_its_training_images_were_decoded(saved, tmp_pa
     assert seen[0][0].max() > 200  # 12-bit data spread over 0..255, not crushed to 0..15
     with pytest.raises(predict.PredictError, match=r"xray\.png: 16-bit image whose values"):
         predict.Predictor(path0).predict_files([str(image)])
+
+
+def test_a_checkpoint_carries_its_dicom_window(saved, tmp_path):
+    """A run's ``--dicom-window`` is in its best parameters' metadata (format version 4: an
+    older reader would window each DICOM by its own), and predict takes it; a flag that
+    disagrees is refused before any compute, one that agrees (in any spelling) is not."""
+    _, variables = saved
+    meta = {**META, "bits_stored": 12, "precision": "bf16", "dicom_window": [40.0, 80.0]}
+    path = save_model(tmp_path / "w", variables["params"], variables["batch_stats"], meta)
+    assert load_metadata(path)["format_version"] == 4
+    assert predict.Predictor(path).dicom_window == (40.0, 80.0)
+    assert predict.Predictor(path, dicom_window="40,80.0").dicom_window == (40.0, 80.0)
+    with pytest.raises(predict.PredictError) as e:
+        predict.Predictor(path, dicom_window="50,80")
+    assert str(e.value) == (
+        "--dicom-window 50,80 disagrees with the checkpoint's 40,80, the window its training "
+        "DICOM files were decoded with; leave the flag out"
+    )
 
 
 @pytest.mark.slow  # compiles the model in two precisions

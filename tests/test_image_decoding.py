@@ -876,6 +876,144 @@ def test_folder_source_reads_dicom(tmp_path):
     assert np.array_equal(first.images[0], ImageReader(36, 32).read(root / first.ids[0]))
 
 
+# CT stored v -> HU x = v - 1024 -> --dicom-window 40,80 (LINEAR_EXACT: 0 HU black, 80 HU
+# white), y = ((x - 40) / 80 + 0.5) * 255, clipped, rounded; worked by hand:
+CT_STORED = np.array([[0, 1034, 1064, 1084, 1104, 2000]], np.uint16)  # HU -1024, 10, 40, 60, 80
+BRAIN_WINDOWED = [0, 32, 128, 191, 255, 255]  # 31.875, 127.5, 191.25
+
+
+def test_dicom_fixed_window_replaces_each_files_own(tmp_path):
+    """Its own window, its VOI LUT or its min..max: each file shows one HU as another grey;
+    with --dicom-window every file shows it as the same one, the hand-computed one."""
+    ct = {"rescale": (1, -1024)}
+    files = [
+        _write_dicom(tmp_path / "bone.dcm", CT_STORED, window=(400, 1800), **ct),
+        _write_dicom(tmp_path / "lung.dcm", CT_STORED, window=(-600, 1500), **ct),
+        _write_dicom(tmp_path / "bare.dcm", CT_STORED, **ct),
+        _write_dicom(tmp_path / "lut.dcm", CT_STORED, voi_lut=([4096, 0, 16], [0] * 4096), **ct),
+    ]
+    own = [np.asarray(open_image(f))[0].tolist() for f in files]
+    assert len({tuple(o) for o in own}) == len(files)  # four greys for one HU
+    for f in files:
+        assert np.asarray(open_image(f, dicom_window=(40, 80)))[0].tolist() == BRAIN_WINDOWED
+        assert np.asarray(open_image(f, dicom_window="40,80"))[0].tolist() == BRAIN_WINDOWED
+    inverted = _write_dicom(tmp_path / "m1.dcm", CT_STORED, photometric="MONOCHROME1", **ct)
+    windowed = np.asarray(open_image(inverted, dicom_window=(40, 80)))[0].tolist()
+    assert windowed == [255 - v for v in BRAIN_WINDOWED]  # a window, then the presentation
+    png = tmp_path / "a.png"  # not DICOM: decoded by its own rules, the window is not its
+    Image.fromarray(np.full((4, 5), 77, np.uint8)).save(png)
+    assert np.array_equal(open_image(png, dicom_window=(40, 80)), open_image(png))
+    assert np.array_equal(
+        load_image(files[0], RESIZE, CROP, dicom_window=(40, 80)),
+        load_image(files[2], RESIZE, CROP, dicom_window=(40, 80)),
+    )
+
+
+@pytest.mark.parametrize("bad", ["40", "40,0", "40,-80", "a,b", "40,80,1", "nan,80", [40, True]])
+def test_dicom_window_is_two_numbers_of_positive_width(tmp_path, bad):
+    path = _write_dicom(tmp_path / "a.dcm", CT_STORED, rescale=(1, -1024))
+    with pytest.raises(DataError) as e:
+        open_image(path, dicom_window=bad)
+    assert str(e.value) == (
+        "--dicom-window must be CENTER,WIDTH: two numbers, the width above 0 (a CT brain "
+        f"window: 40,80), got {bad!r}"
+    )
+
+
+def test_dicom_window_on_a_colour_file_is_refused():
+    path = Path(get_testdata_file("SC_rgb_rle_16bit.dcm"))
+    with pytest.raises(DataError) as e:
+        open_image(path, dicom_window=(40, 80))
+    assert str(e.value) == (
+        f"{path}: --dicom-window applies to greyscale DICOM (MONOCHROME1/MONOCHROME2), and "
+        "this file is RGB; leave the flag out or keep colour files elsewhere"
+    )
+
+
+def test_folder_source_with_one_dicom_window(tmp_path):
+    """Scans whose files carry different windows: one window makes one HU one grey in every
+    cached image; the window is in the cache's name and metadata; without DICOM, refused."""
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(7)
+    for name, hu in (("a", 20), ("b", 60)):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = (rng.integers(-5, 6, (20, 24)) + hu + 1024).astype(np.uint16)
+            window = [(40, 80), (400, 1800), None][i % 3]
+            _write_dicom(root / name / f"{i}.dcm", pixels, rescale=(1, -1024), window=window)
+    out = tmp_path / "out"
+    ds = load(
+        "folder", manual_dir=root, data_dir=out, progress=False, dicom_window="40,80", **_sizes()
+    )
+    assert ds.metadata["dicom_window"] == [40.0, 80.0]
+    for split in ds.splits.values():
+        means = split.images.reshape(len(split), -1).mean(axis=1)
+        a, b = means[split.labels == 0], means[split.labels == 1]
+        # 20 HU -> 63.75 and 60 HU -> 191.25 in every file, whatever window it carries
+        assert np.abs(a - 63.75).max() < 20 and np.abs(b - 191.25).max() < 20
+    first = ds.splits["train"]
+    decode = lambda p: open_image(p, dicom_window=(40, 80))  # noqa: E731
+    assert np.array_equal(
+        first.images[0], ImageReader(RESIZE, CROP, decode=decode).read(root / first.ids[0])
+    )
+    same = load(
+        "folder", manual_dir=root, data_dir=out, progress=False, dicom_window=[40, 80], **_sizes()
+    )
+    assert same.metadata["fingerprint"] == ds.metadata["fingerprint"]  # one spelling, one cache
+    own = load("folder", manual_dir=root, data_dir=out, progress=False, **_sizes())
+    assert own.metadata["fingerprint"] != ds.metadata["fingerprint"]
+    assert own.metadata.get("dicom_window") is None
+    caches = sorted(out.rglob("*"))
+    pngs = tmp_path / "pngs"
+    for name in ("a", "b"):
+        (pngs / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((20, 24), i, np.uint8)).save(pngs / name / f"{i}.png")
+    with pytest.raises(DataError) as e:
+        load(
+            "folder",
+            manual_dir=pngs,
+            data_dir=out,
+            progress=False,
+            dicom_window="40,80",
+            **_sizes(),
+        )
+    assert str(e.value) == (
+        f"--dicom-window: none of the 12 images under {pngs} is a DICOM file, and the window "
+        "applies to DICOM only; leave the flag out"
+    )
+    assert sorted(out.rglob("*")) == caches  # refused before any cache was begun
+
+
+@pytest.mark.slow  # one training run
+def test_a_run_with_a_dicom_window_carries_it_to_predict(tmp_path, monkeypatch):
+    """``experiments.run --dicom-window``: the best parameters carry the window, and predict
+    decodes a DICOM with it (one HU one grey, as in training), not by the file's own."""
+    from experiments import predict
+    from experiments import run as run_cli
+    from medft_jax.checkpoints.model import load_metadata
+
+    root = tmp_path / "imgs"
+    for name, hu in (("a", 20), ("b", 60)):
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.full((40, 44), hu + 1024 + i % 3, np.uint16)
+            _write_dicom(root / name / f"{i}.dcm", pixels, rescale=(1, -1024), window=(400, 1800))
+    out = tmp_path / "runs"
+    argv = ["--strategy", "lp", "--arch", "resnet_tiny", "--weights", "none", "--epochs", "1"]
+    argv += ["--batch-size", "8", "--image-size", "32", "--no-progress", "--dataset", "folder"]
+    argv += ["--manual-dir", str(root), "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert run_cli.main([*argv, "--dicom-window", "40,80"]) == 0
+    best = next(out.rglob("record.json")).parent / "best"
+    assert load_metadata(best)["dicom_window"] == [40.0, 80.0]
+    seen = []
+    monkeypatch.setattr(
+        predict.Predictor, "__call__", lambda self, b: seen.append(b) or b[:, :2, 0, 0]
+    )
+    predict.Predictor(best).predict_files([str(root / "a" / "0.dcm")])
+    assert seen[0][0].mean() == 64  # 20 HU in 40,80: 63.75; in the file's 400,1800: 74
+
+
 def _sizes() -> dict[str, int]:
     return {"resize_size": RESIZE, "crop_size": CROP}
 

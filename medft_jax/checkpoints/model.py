@@ -8,7 +8,8 @@ a finished checkpoint.
 
 Metadata keys: ``arch``, ``num_classes``, ``multilabel``, ``class_names``
 (or null), ``resize_size``, ``crop_size``, ``bits_stored`` (optional: the
-``--bits-stored`` its training images were decoded with), ``precision``
+``--bits-stored`` its training images were decoded with), ``dicom_window``
+(optional: the ``--dicom-window`` ``[center, width]`` they were decoded with), ``precision``
 (optional: the run's ``--precision``, ``fp32`` when absent), ``source`` and
 ``source_sha256`` (the torchvision file it came from, if any), ``num_batches_tracked``
 (torchvision's BN counters, kept only so an export round-trips bit for bit),
@@ -45,14 +46,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from medft_jax.config import PRECISIONS
+from medft_jax.data.options import option_value_error
 from medft_jax.data.pixels import BITS_STORED
 from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in, quiet_logger
 from medft_jax.models import ARCHS, get_arch, is_known_arch, variable_shapes
 from medft_jax.models.blocks import flatten
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """The newest metadata this version reads. A checkpoint is written with the
-lowest version that says what it holds: 3 for ``precision`` bf16, 2 for
+lowest version that says what it holds: 4 for ``dicom_window``, 3 for
+``precision`` bf16, 2 for
 ``bits_stored``, else 1; an older reader, which would ignore the field and so
 decode or compute otherwise than the run did, refuses it instead."""
 
@@ -178,6 +181,8 @@ def sync_processes(name: str) -> None:
 
 def _format_version(metadata: Mapping[str, Any]) -> int:
     """The lowest format version whose readers use every field ``metadata`` sets."""
+    if metadata.get("dicom_window") is not None:
+        return 4
     if metadata.get("precision", "fp32") != "fp32":
         return 3
     return 2 if metadata.get("bits_stored") is not None else 1
@@ -524,7 +529,8 @@ def check_metadata(
     (if not null) one string per class; ``multilabel`` a bool;
     ``resize_size``/``crop_size`` integers with ``MIN_CROP_SIZE <= crop <=
     MAX_CROP_SIZE`` and ``crop <= resize <= MAX_RESIZE_SIZE``; ``bits_stored``
-    null or an integer from 8 to 16; ``precision`` a ``--precision`` value;
+    null or an integer from 8 to 16; ``dicom_window`` null or ``[center, width]``
+    (finite, width above 0); ``precision`` a ``--precision`` value;
     ``num_batches_tracked`` null or names to integers. Optional fields may be
     absent. ``where`` names the checkpoint in the one-line
     :class:`CheckpointError`.
@@ -596,6 +602,12 @@ def _check_other_fields(metadata: Mapping[str, Any], num_classes: int, where: An
     if bits is not None and (not _is_int(bits) or bits not in BITS_STORED):
         raise CheckpointError(
             f"{where}: metadata bits_stored {bits!r} is not an integer from 8 to 16"
+        )
+    window = metadata.get("dicom_window")
+    if window is not None and option_value_error("dicom_window", window):
+        raise CheckpointError(
+            f"{where}: metadata dicom_window {window!r} is not [center, width] (two finite "
+            "numbers, the width above 0)"
         )
     precision = metadata.get("precision", "fp32")
     if precision not in PRECISIONS:

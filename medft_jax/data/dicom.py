@@ -19,7 +19,10 @@ order a DICOM viewer applies (PS3.3 C.11, PS3.4 N.2):
    values' own min..max (what a viewer shows without a window); an enhanced
    file's one frame takes its rescale and window from its functional groups;
    MONOCHROME1 (higher values darker) is then inverted so that bone is white
-   as in MONOCHROME2;
+   as in MONOCHROME2; a fixed window given for the dataset
+   (``--dicom-window CENTER,WIDTH``, LINEAR_EXACT: ``center - width/2`` black,
+   ``center + width/2`` white) replaces the file's own VOI LUT, window or
+   min..max, so that one value is one grey in every file;
 4. colour: RGB and YBR (pydicom converts YBR to RGB) by the stored bit
    depth (``v >> (BitsStored - 8)``), PALETTE COLOR through its lookup tables
    (8-bit entries packed or one per 16-bit word).
@@ -48,6 +51,7 @@ from PIL import Image
 
 from medft_jax.data.errors import DataError
 from medft_jax.data.pixels import (
+    DicomWindow,
     check_finite,
     check_size,
     minmax_to_uint8,
@@ -88,8 +92,12 @@ def _pydicom(path: Path) -> Any:
     return pydicom
 
 
-def read_dicom(path: Path) -> Image.Image:
+def read_dicom(path: Path, window: DicomWindow | None = None) -> Image.Image:
     """The DICOM file at ``path`` as an 8-bit L or RGB PIL image (see the module docstring).
+
+    ``window``: a fixed ``(center, width)`` for greyscale files, in place of
+    the file's own (a colour file is then refused: a window has no meaning
+    for it, and passing it through unwindowed would be a silent exception).
 
     pydicom's own warnings and log records (a value longer than its VR allows,
     an unknown character set, each failing decoder plugin's traceback) are
@@ -99,10 +107,10 @@ def read_dicom(path: Path) -> Image.Image:
     """
     with warnings.catch_warnings(), quiet_logger("pydicom"):
         warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
-        return _read_dicom(path)
+        return _read_dicom(path, window)
 
 
-def _read_dicom(path: Path) -> Image.Image:
+def _read_dicom(path: Path, window: DicomWindow | None) -> Image.Image:
     pydicom = _pydicom(path)
     try:
         ds = pydicom.dcmread(path, defer_size="1 MB")
@@ -114,10 +122,15 @@ def _read_dicom(path: Path) -> Image.Image:
     except Exception as err:  # only pydicom's parser runs here: see _parse_elements
         raise DataError(f"{path}: unreadable DICOM file ({one_line(err)})") from None
     photometric = _check_header(ds, path)
+    if window is not None and photometric not in GREY:
+        raise DataError(
+            f"{path}: --dicom-window applies to greyscale DICOM ({'/'.join(GREY)}), and this "
+            f"file is {photometric}; leave the flag out or keep colour files elsewhere"
+        )
     pixels = _decode_pixels(ds, path)
     try:
         if photometric in GREY:
-            return Image.fromarray(_grey(pixels, ds, path, photometric), "L")
+            return Image.fromarray(_grey(pixels, ds, path, photometric, window), "L")
         return Image.fromarray(_colour(pixels, ds, path, photometric), "RGB")
     except DataError:
         raise
@@ -212,11 +225,15 @@ def _decode_pixels(ds: Any, path: Path) -> np.ndarray:
     return pixels
 
 
-def _grey(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarray:
+def _grey(
+    pixels: np.ndarray, ds: Any, path: Path, photometric: str, fixed: DicomWindow | None
+) -> np.ndarray:
     values = _modality(pixels, ds, path)
     check_finite(values, path)
     window = _window(ds)
-    if ds.get("VOILUTSequence"):
+    if fixed is not None:
+        image = window_to_uint8(values, *fixed, "LINEAR_EXACT")
+    elif ds.get("VOILUTSequence"):
         table, first, bits = _lut_table(ds.VOILUTSequence[0], ds, path, "VOI LUT")
         top = int(table.max())
         if bits == 16 and top < 1 << 12:  # 12-bit entries declared 16: viewers scale by the data

@@ -35,10 +35,12 @@ from medft_jax.data.errors import DataError, ImageMissing
 from medft_jax.data.paths import safe_join  # noqa: F401  (the one path rule lives there)
 from medft_jax.data.pixels import (
     MAX_PIXELS,
+    DicomWindow,
     check_bits_stored,
     check_size,
     colour16_check,
     integer16_to_uint8,
+    parse_dicom_window,
     unit_float_to_uint8,
 )
 from medft_jax.data.preprocess import EIGHT_BIT_MODES, resize_and_crop
@@ -89,19 +91,25 @@ an MPO (a camera JPEG with previews or depth maps) opens on its primary image,
 a layered PSD on its flattened composite (its layers are the other frames)."""
 
 
-def open_image(path: Path, bits_stored: int | None = None) -> Image.Image:
+def open_image(
+    path: Path, bits_stored: int | None = None, dicom_window: DicomWindow | None = None
+) -> Image.Image:
     """The image at ``path``, fully decoded, as the 8-bit L or RGB image the models see.
 
     DICOM (by suffix or preamble) goes through :func:`medft_jax.data.dicom.read_dicom`,
     everything else through Pillow; see the module docstring for the rules.
     ``bits_stored``: how many bits a 16-bit single-channel file's values use
     (:func:`medft_jax.data.pixels.integer16_to_uint8`); DICOM states its own.
+    ``dicom_window``: a fixed ``(center, width)`` for greyscale DICOM files in
+    place of each file's own (:func:`medft_jax.data.pixels.dicom_window`);
+    other files ignore it.
     """
     path = Path(path)
     check_bits_stored(bits_stored)
+    dicom_window = parse_dicom_window(dicom_window)
     try:
         if dicom.is_dicom(path):
-            return dicom.read_dicom(path)
+            return dicom.read_dicom(path, dicom_window)
         return _open_pillow(path, bits_stored)
     except FileNotFoundError:
         raise ImageMissing(f"image file not found: {path}") from None

@@ -20,16 +20,19 @@ from typing import Any
 from medft_jax import locks
 from medft_jax.data import cache
 from medft_jax.data.dataset import Dataset
+from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, split_plan, validate
 from medft_jax.data.folder import parse_folder
 from medft_jax.data.images import DECODING_VERSION, ImageReader, open_image
 from medft_jax.data.locations import cache_dir, variant_name
-from medft_jax.data.pixels import check_bits_stored
+from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
 from medft_jax.data.table import parse_table
 from medft_jax.names import LOCAL_KINDS
 
 KINDS = LOCAL_KINDS
+DECODING_OPTIONS = ("bits_stored", "dicom_window")
+"""Options that say how files become pixels, not which files are which examples."""
 
 
 def _fingerprint(root: Path, options: dict[str, Any]) -> str:
@@ -57,7 +60,9 @@ def load_local(
     Both: ``bits_stored``, the bits 16-bit files' values use
     (:func:`medft_jax.data.pixels.integer16_to_uint8`); part of the cache's
     name and recorded in its metadata, so a model checkpoint carries it to
-    ``experiments.predict``.
+    ``experiments.predict``. ``dicom_window``: a fixed ``(center, width)``
+    for every greyscale DICOM file (:func:`medft_jax.data.pixels.parse_dicom_window`),
+    the same way: a dataset with no DICOM file is refused with it.
 
     Every load parses and checks the layout (directory listing or CSV, no
     decoding) and compares its signature (see :func:`source_of`) with the
@@ -74,7 +79,10 @@ def load_local(
     options = {k: v for k, v in options.items() if v is not None}
     bits_stored = options.get("bits_stored")
     check_bits_stored(bits_stored)
-    layout = {k: v for k, v in options.items() if k != "bits_stored"}
+    window = parse_dicom_window(options.get("dicom_window"))
+    if window is not None:  # one spelling, one cache: "40,80", [40, 80] and (40.0, 80.0)
+        options["dicom_window"] = list(window)
+    layout = {k: v for k, v in options.items() if k not in DECODING_OPTIONS}
     if kind == "folder":
         class_names, splits = parse_folder(root, seed=seed, **layout)
         multilabel = False
@@ -96,11 +104,15 @@ def load_local(
             if reason:
                 cache.announce_rebuild(kind, target, reason)
             if reason or not cache.is_complete(target):
+                if window is not None:
+                    _check_some_dicom(root, splits)
                 reader = ImageReader(
                     resize_size,
                     crop_size,
                     skip_bad_images=skip_bad_images,
-                    decode=functools.partial(open_image, bits_stored=bits_stored),
+                    decode=functools.partial(
+                        open_image, bits_stored=bits_stored, dicom_window=window
+                    ),
                 )
                 plans = {
                     s: split_plan(
@@ -113,6 +125,7 @@ def load_local(
                     "multilabel": multilabel,
                     "eval_grouping": "image",
                     "bits_stored": bits_stored,
+                    "dicom_window": None if window is None else list(window),
                     "root": str(root.resolve()),
                     "options": {k: str(v) for k, v in options.items()},
                     "source": source,
@@ -127,6 +140,22 @@ def load_local(
         multilabel=bool(meta["multilabel"]),
         eval_grouping=meta["eval_grouping"],
         metadata=meta,
+    )
+
+
+def _check_some_dicom(root: Path, splits: dict[str, list[Example]]) -> None:
+    """Refuses ``--dicom-window`` for a dataset without one DICOM file: it would change
+    nothing, and the user who gave it believes their images windowed."""
+    paths = [ex.path for members in splits.values() for ex in members]
+    for path in paths:
+        try:
+            if is_dicom(path):
+                return
+        except OSError:  # unreadable: decoding names it
+            continue
+    raise DataError(
+        f"--dicom-window: none of the {len(paths)} images under {root} is a DICOM file, and "
+        "the window applies to DICOM only; leave the flag out"
     )
 
 

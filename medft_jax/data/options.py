@@ -6,6 +6,7 @@ loading a dataset, so it imports nothing from the data pipeline or TFDS.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +21,14 @@ OPTION_OWNERS = {"uncertain": ("chexpert", "ones"), "split_by": ("isic2020", "pa
 builders' ``Task.options`` say; kept here so loading needs no builder (no TFDS import)."""
 
 
-_LOCAL_COMMON = ("manual_dir", "skip_bad_images", "val_fraction", "test_fraction", "bits_stored")
+_LOCAL_COMMON = (
+    "manual_dir",
+    "skip_bad_images",
+    "val_fraction",
+    "test_fraction",
+    "bits_stored",
+    "dicom_window",
+)
 LOCAL_OPTIONS: dict[str, tuple[str, ...]] = {
     "folder": _LOCAL_COMMON,
     "csv": (
@@ -96,6 +104,14 @@ def option_value_error(option: str, value: Any) -> str | None:
     elif option == "bits_stored":
         integer = isinstance(value, int) and not isinstance(value, bool)
         ok, expected = integer and 8 <= value <= 16, "an integer from 8 to 16"
+    elif option == "dicom_window":
+        pair = isinstance(value, (list, tuple)) and len(value) == 2
+        numbers = pair and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        )
+        ok = numbers and value[1] > 0
+        expected = "[center, width]: two numbers, the width above 0"
     else:
         return None
     return None if ok else f"{option} must be {expected}, got {value!r}"

@@ -43,7 +43,9 @@ through, converts by these rules instead:
 * **DICOM** (see :mod:`medft_jax.data.dicom`): the modality LUT (rescale
   slope/intercept), then the VOI LUT or the first window (centre/width, with
   its LINEAR, LINEAR_EXACT or SIGMOID function), else the pixel values' own
-  min..max (what a viewer shows without a window); MONOCHROME1 is inverted.
+  min..max (what a viewer shows without a window), or one window for the
+  whole dataset (``--dicom-window``, :func:`parse_dicom_window`) in place of
+  all three; MONOCHROME1 is inverted.
 * **Refused**, with the path: 16-bit images as above, NaN or
   infinite samples, files of several frames (multi-page TIFF, animated
   GIF/PNG/WebP, multi-frame DICOM: not one image), 32-bit integer
@@ -137,6 +139,39 @@ def check_bits_stored(bits: object) -> None:
     """Refuses a ``bits_stored`` that is not None or an integer in :data:`BITS_STORED`."""
     if bits is not None and (type(bits) is not int or bits not in BITS_STORED):
         raise DataError(f"--bits-stored must be an integer from 8 to 16, got {bits!r}")
+
+
+DicomWindow = tuple[float, float]
+"""A fixed DICOM window ``(center, width)`` (``--dicom-window``), in the values the
+modality LUT gives (Hounsfield units for CT)."""
+
+
+def parse_dicom_window(value: object, flag: str = "--dicom-window") -> DicomWindow | None:
+    """``value`` (None, ``"CENTER,WIDTH"`` or a pair of numbers) as a checked window.
+
+    Why a fixed window: each file's own WindowCenter/WindowWidth is what its
+    scanner or technician chose (a brain window on one series, a bone window
+    on the next), and a file without one is shown by its own min..max; either
+    way one tissue can come out as different greys in different images, the
+    per-image normalisation the 16-bit rule avoids. One window for the whole
+    dataset maps a value to one grey everywhere. Raises DataError naming
+    ``flag`` for anything but two finite numbers with a width above 0.
+    """
+    if value is None:
+        return None
+    expected = "CENTER,WIDTH: two numbers, the width above 0 (a CT brain window: 40,80)"
+    parts: object = value.split(",") if isinstance(value, str) else value
+    try:
+        if isinstance(parts, (str, bytes)) or len(parts) != 2:  # type: ignore[arg-type]
+            raise ValueError
+        if any(isinstance(v, bool) for v in parts):  # type: ignore[union-attr]
+            raise ValueError
+        center, width = (float(v) for v in parts)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise DataError(f"{flag} must be {expected}, got {value!r}") from None
+    if not (np.isfinite(center) and np.isfinite(width) and width > 0):
+        raise DataError(f"{flag} must be {expected}, got {value!r}")
+    return center, width
 
 
 UNDECLARED_FLOOR_BITS = 14
