@@ -920,14 +920,22 @@ def test_dicom_window_is_two_numbers_of_positive_width(tmp_path, bad):
     )
 
 
-def test_dicom_window_on_a_colour_file_is_refused():
+def test_dicom_window_on_a_colour_file_is_refused_even_when_skipping_bad_images():
+    """Not a bad file but a flag that does not fit it: skipping would drop every colour file."""
     path = Path(get_testdata_file("SC_rgb_rle_16bit.dcm"))
-    with pytest.raises(DataError) as e:
-        open_image(path, dicom_window=(40, 80))
-    assert str(e.value) == (
+    message = (
         f"{path}: --dicom-window applies to greyscale DICOM (MONOCHROME1/MONOCHROME2), and "
         "this file is RGB; leave the flag out or keep colour files elsewhere"
     )
+    with pytest.raises(DataError) as e:
+        open_image(path, dicom_window=(40, 80))
+    assert str(e.value) == message
+    decode = lambda p: open_image(p, dicom_window=(40, 80))  # noqa: E731
+    reader = ImageReader(RESIZE, CROP, skip_bad_images=True, decode=decode)
+    with pytest.raises(DataError) as e:
+        reader.read(path)
+    assert str(e.value) == message and not reader.skipped
+    assert reader.read(path.parent / "CT_small.dcm") is not None
 
 
 def test_folder_source_with_one_dicom_window(tmp_path):

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medft_jax.data.errors import DataError
+from medft_jax.data.errors import DataError, NotABadFile
 from medft_jax.data.pixels import (
     DicomWindow,
     check_finite,
@@ -66,7 +66,7 @@ GREY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
 
 
-class DecoderMissing(DataError):
+class DecoderMissing(NotABadFile):
     """A file needs a decoder that is not installed (pydicom, or one of its plugins).
 
     Not a bad file: ``--skip-bad-images`` does not skip it, since every
@@ -123,7 +123,7 @@ def _read_dicom(path: Path, window: DicomWindow | None) -> Image.Image:
         raise DataError(f"{path}: unreadable DICOM file ({one_line(err)})") from None
     photometric = _check_header(ds, path)
     if window is not None and photometric not in GREY:
-        raise DataError(
+        raise NotABadFile(
             f"{path}: --dicom-window applies to greyscale DICOM ({'/'.join(GREY)}), and this "
             f"file is {photometric}; leave the flag out or keep colour files elsewhere"
         )

@@ -16,3 +16,9 @@ class DataError(UserError):
 
 class ImageMissing(DataError):
     """A listed image file is not on disk: a moved or partial copy, never skipped as bad."""
+
+
+class NotABadFile(DataError):
+    """A file this setup cannot read as asked, though nothing is wrong with the file: a
+    decoder that is not installed, a flag that does not apply to it. Never skipped by
+    ``--skip-bad-images``: every file of its kind would be, and the dataset silently shrink."""

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from medft_jax.data import dicom
-from medft_jax.data.errors import DataError, ImageMissing
+from medft_jax.data.errors import DataError, ImageMissing, NotABadFile
 from medft_jax.data.paths import safe_join  # noqa: F401  (the one path rule lives there)
 from medft_jax.data.pixels import (
     MAX_PIXELS,
@@ -309,8 +309,8 @@ class ImageReader:
         """uint8 (crop, crop, 3) array of the image at ``path``, or ``None`` if skipped."""
         try:
             image = self.decode(Path(path))
-        except dicom.DecoderMissing:
-            raise  # not a bad file: skipping would drop every file of its kind
+        except NotABadFile:
+            raise  # skipping would drop every file of its kind
         except ImageMissing as err:  # listed, checked, then gone: not a corrupt file
             raise ImageMissing(
                 f"{err} (moved or deleted while the data was read); --skip-bad-images "
