@@ -223,6 +223,38 @@ def test_folder_class_names_written_two_ways_are_refused(tmp_path):
         _load_folder(root, tmp_path / "out")
 
 
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [
+        (("benign", "Benign"), "'Benign' and 'benign' differ only in case (one name written "),
+        (("STRASSE", "straße"), "'STRASSE' and 'stra\\xdfe' differ only in case (one name "),
+        (
+            ("pneumoni\u0301a", "Pneumon\u00eda"),
+            "'Pneumon\\xeda' and 'pneumoni\\u0301a' differ only in case and Unicode "
+            "normalisation (one name written several ",
+        ),
+    ],
+)
+def test_folder_class_names_differing_in_case_are_refused(tmp_path, classes, message):
+    """``Benign/`` beside ``benign/``: one class typed two ways (and one folder on macOS)."""
+    _folder(tmp_path / "flat", classes=("normal", *classes))
+    with pytest.raises(DataError) as err:
+        _load_folder(tmp_path / "flat", tmp_path / "out")
+    assert str(err.value).startswith(f"{tmp_path / 'flat'}: class names {message}")
+    assert str(err.value).endswith("ways); spell them alike")
+    _no_cache_written(tmp_path / "out")
+
+
+def test_csv_labels_differing_in_case_are_refused(tmp_path):
+    root = _csv_dir(tmp_path / "d", ["benign", "malignant"] * 5 + ["Benign"])
+    with pytest.raises(DataError) as err:
+        _load_csv(root, tmp_path / "out")
+    assert str(err.value) == (
+        f"{root / 'labels.csv'}:12: class names 'benign' and 'Benign' differ only in case (one "
+        "name written two ways); spell them alike"
+    )
+
+
 # csv labels
 
 

@@ -1,9 +1,13 @@
-"""One class, one spelling: class names that differ only in Unicode normalisation are refused.
+"""One class, one spelling: class names that differ only in Unicode normalisation or case
+are refused.
 
 A folder made on macOS often stores ``pneumonía`` decomposed (NFD: ``i`` and a
 combining accent), one made on Linux or typed into a CSV composed (NFC). The
 two look the same and sort apart: read as given they are two classes, and the
-macro metrics average over a class that does not exist. Renaming is the
+macro metrics average over a class that does not exist. ``Benign`` and
+``benign`` in one labels column (two people's typing) are the same mistake,
+and so are ``Normal/`` and ``normal/`` folders, which a case-insensitive
+filesystem (macOS, Windows) would not even hold apart. Renaming is the
 user's call (a folder name is a path), so the toolkit names both and stops.
 """
 
@@ -16,8 +20,8 @@ from medft_jax.data.errors import DataError
 
 
 def normalised(name: str) -> str:
-    """``name`` in NFC: equal for two spellings of one name."""
-    return unicodedata.normalize("NFC", name)
+    """``name`` in NFC, case-folded: equal for two spellings of one name."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def twin_of(name: str, names: Iterable[str]) -> str | None:
@@ -27,7 +31,7 @@ def twin_of(name: str, names: Iterable[str]) -> str | None:
 
 
 def refuse_twins(names: Iterable[str], where: Callable[[str], str]) -> None:
-    """Refuses two of ``names`` that differ only in Unicode normalisation, naming both;
+    """Refuses two of ``names`` that differ only in Unicode normalisation or case, naming both;
     ``where(name)`` says where the second was found (a folder, a CSV line)."""
     seen: dict[str, str] = {}
     for name in names:
@@ -38,7 +42,10 @@ def refuse_twins(names: Iterable[str], where: Callable[[str], str]) -> None:
 
 def twins_message(where: str, a: str, b: str) -> str:
     """The one line for two spellings of one class name (escaped, so they differ on screen)."""
-    return (
-        f"{where}: class names {a!a} and {b!a} differ only in Unicode normalisation "
-        "(one name written two ways, e.g. on macOS and on Linux); spell them alike"
-    )
+    if unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
+        how = "Unicode normalisation (one name written two ways, e.g. on macOS and on Linux)"
+    elif a.casefold() == b.casefold():
+        how = "case (one name written two ways)"
+    else:
+        how = "case and Unicode normalisation (one name written several ways)"
+    return f"{where}: class names {a!a} and {b!a} differ only in {how}; spell them alike"
