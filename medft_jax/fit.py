@@ -43,7 +43,7 @@ from medft_jax.checkpoints import model as model_checkpoint
 from medft_jax.checkpoints import pretrained
 from medft_jax.checkpoints.run import START_OVER, ResumeError, RunCheckpoints
 from medft_jax.config import RunConfig, check_config
-from medft_jax.data.cache import skipped_counts
+from medft_jax.data.cache import duplicate_counts, skipped_counts
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_info
@@ -879,6 +879,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "class_names": list(ds.class_names),
         **_dataset_options(config, ds),
         **_skipped_images(ds),
+        **_duplicates(ds),
         "steps_per_epoch": run.steps_per_epoch,
         "epochs": p.epochs,
         "best_epoch": best["epoch"],
@@ -931,6 +932,13 @@ def _skipped_images(ds: data.Dataset) -> dict[str, Any]:
     """
     counts = skipped_counts(ds.metadata)
     return {"skipped_bad_images": counts} if counts else {}
+
+
+def _duplicates(ds: data.Dataset) -> dict[str, Any]:
+    """``{"eval_copies_of_train": {split: n}}`` when val/test images are pixel-identical to
+    training images: their scores are inflated by that many, and the record says so."""
+    counts = duplicate_counts(ds.metadata)
+    return {"eval_copies_of_train": counts} if counts else {}
 
 
 def clear_leftovers(run_dir: Path) -> None:

@@ -112,7 +112,9 @@ class RunRecord(TypedDict, total=False):
 
     ``dataset_options`` is there only for tasks with split or label options,
     ``skipped_bad_images`` (split -> count) only when ``--skip-bad-images``
-    left files out, ``finished_at`` is optional; the module docstring says what each key holds.
+    left files out, ``eval_copies_of_train`` (split -> count) only when val or
+    test images are pixel-identical to training images, ``finished_at`` is optional;
+    the module docstring says what each key holds.
     """
 
     config: dict[str, Any]
@@ -124,6 +126,7 @@ class RunRecord(TypedDict, total=False):
     class_names: list[str]
     dataset_options: dict[str, str]
     skipped_bad_images: dict[str, int]
+    eval_copies_of_train: dict[str, int]
     steps_per_epoch: int
     epochs: list[EpochEntry]
     best_epoch: int

@@ -656,6 +656,28 @@ def test_12bit_files_train_only_once_their_bits_are_declared(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_runs_record_counts_evaluation_images_that_copy_training_images(tmp_path, capsys):
+    """Two test images are copies of training images: the record says how many, and the
+    run's summary says its scores are inflated."""
+    import shutil
+
+    images = _folder(tmp_path / "imgs" / "train", shift=1)
+    _folder(tmp_path / "imgs" / "test", shift=5)  # seeds 500-611: none of train's
+    for c in ("a", "b"):
+        shutil.copy(images / c / "3.png", images.parent / "test" / c / "copy.png")
+    out = tmp_path / "runs"
+    argv = [*RUN, "--dataset", "folder", "--manual-dir", str(images.parent)]
+    argv += ["--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert run_cli.main(argv) == 0
+    (record,) = _records(out)
+    assert record["eval_copies_of_train"] == {"test": 2}
+    captured = capsys.readouterr()
+    assert "evaluation images that are copies of training images: test 2; scores inflated" in (
+        captured.out
+    )
+
+
+@pytest.mark.slow
 def test_run_reads_the_cache_prepare_wrote_and_takes_csv(tmp_path, capsys):
     images = _folder(tmp_path / "imgs", shift=1)
     rows = [{"file": f"{c}/{i}.png", "y": c, "who": f"p{i}"} for c in ("a", "b") for i in range(12)]

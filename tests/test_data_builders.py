@@ -426,6 +426,31 @@ def test_unprepared_task_says_which_command_to_run(tmp_path, caplog):
 
 
 @tf_required
+@pytest.mark.xdist_group("tfds_prepared")
+def test_a_tasks_test_images_that_copy_training_images_are_said_at_every_load(tmp_path, capsys):
+    """One BACH photo saved under every Benign name: the test and val Benign images are
+    copies of training images. Said as the user's folders say it, at each load."""
+    import shutil
+
+    fakes.make_bach(tmp_path / "bach", 10)
+    benign = tmp_path / "bach" / "ICIAR2018_BACH_Challenge" / "Photos" / "Benign"
+    for p in sorted(benign.iterdir())[1:]:
+        shutil.copy(benign / "b001.tif", p)
+    out = tmp_path / "out"
+    prepare("bach", manual_dir=tmp_path / "bach", data_dir=out, progress=False, **SIZES)
+    capsys.readouterr()
+    for _ in range(2):
+        ds = load("bach", data_dir=out, progress=False, **SIZES)
+        counts = {s: int((ds.splits[s].labels == 1).sum()) for s in ("val", "test")}
+        notes = [x for x in capsys.readouterr().err.splitlines() if "pixel-identical" in x]
+        assert len(notes) == 1 and notes[0].startswith(
+            f"note: bach: images pixel-identical to a training image after preprocessing: "
+            f"{counts['val']} in val, {counts['test']} in test (e.g. Photos/Benign/b0"
+        ), notes
+        assert counts["test"] >= 1
+
+
+@tf_required
 @pytest.mark.xdist_group("tfds_prepared")  # the worker that loads TensorFlow anyway
 def test_corrupt_image_fails_cleanly_or_is_skipped_and_counted(tmp_path):
     fakes.make_bach(tmp_path / "bach", 10)

@@ -209,6 +209,30 @@ def leaked_duplicates(by_image: Mapping[str, Sequence[tuple[bytes, str]]]) -> di
     return out
 
 
+def duplicate_counts(meta: Mapping[str, Any]) -> dict[str, int]:
+    """``{split: n}`` of a cache's val/test images that are copies of training images
+    (:func:`leaked_duplicates`); empty when none, or for a cache that predates the check."""
+    found = meta.get("duplicates") or {}
+    if not isinstance(found, Mapping):
+        return {}
+    return {k: int(found[k]) for k in ("val", "test") if found.get(k)}
+
+
+def note_duplicates(where: str | Path, meta: Mapping[str, Any]) -> None:
+    """One note line when evaluation images are copies of training images: said at every
+    load (of the user's folders, the paper tasks and MedMNIST alike), since the numbers of
+    every run on this data carry it; a run's record keeps the counts too."""
+    counts = duplicate_counts(meta)
+    if counts:
+        each = ", ".join(f"{n} in {split}" for split, n in counts.items())
+        example = " = ".join(meta["duplicates"].get("example", []))
+        print(
+            f"note: {where}: images pixel-identical to a training image after preprocessing: "
+            f"{each} (e.g. {example}); they inflate validation/test scores, remove them",
+            file=sys.stderr,
+        )
+
+
 def _missing_parents(cache_dir: Path) -> list[Path]:
     """The folders above ``cache_dir`` that do not exist yet, innermost first.
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +131,7 @@ def load_local(
                 }
                 cache.write_cache(target, plans, facts, progress=progress)
     splits_arrays, meta = cache.read_cache(target)
-    _note_duplicates(root, meta.get("duplicates") or {})
+    cache.note_duplicates(root, meta)
     return Dataset(
         name=kind,
         splits=splits_arrays,
@@ -157,20 +156,6 @@ def _check_some_dicom(root: Path, splits: dict[str, list[Example]]) -> None:
         f"--dicom-window: none of the {len(paths)} images under {root} is a DICOM file, and "
         "the window applies to DICOM only; leave the flag out"
     )
-
-
-def _note_duplicates(root: Path, duplicates: dict[str, Any]) -> None:
-    """One note line when evaluation images are copies of training images (every load:
-    the numbers of every run on this data carry it)."""
-    counts = {k: v for k, v in duplicates.items() if k in ("val", "test")}
-    if counts:
-        each = ", ".join(f"{n} in {split}" for split, n in counts.items())
-        example = " = ".join(duplicates.get("example", []))
-        print(
-            f"note: {root}: images pixel-identical to a training image after preprocessing: "
-            f"{each} (e.g. {example}); they inflate validation/test scores, remove them",
-            file=sys.stderr,
-        )
 
 
 LISTING_VERSION = 3

@@ -299,7 +299,9 @@ def load_medmnist(
         meta = {**facts, "source": file_source(path, flag, size)}
         cache.write_cache(target, plan, meta, progress=progress)
     splits, meta = cache.read_cache(target)
+    cache.note_duplicates(name, meta)
     facts = {**facts, "source": meta["source"], "counts": meta["counts"]}
+    facts["duplicates"] = meta.get("duplicates") or {}
     return _dataset(name, splits, info, facts, meta["fingerprint"], flag)
 
 

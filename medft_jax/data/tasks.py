@@ -354,6 +354,7 @@ def load_task(
             )
         _ensure_cache(name, builder, target, data_dir, progress=progress)
     splits, meta = cache.read_cache(target)
+    cache.note_duplicates(name, meta)
     return Dataset(
         name=name,
         splits=splits,
