@@ -41,6 +41,14 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-images", action="store_true", help="skip and count corrupt images")
     add_bits_stored_flag(p)
     add_dicom_window_flag(p)
+    p.add_argument(
+        "--patient-folders",
+        action=argparse.BooleanOptionalAction,
+        help="folder: whether the subfolders of a class folder are patients "
+        "(<class>/<patient>/<image>): --patient-folders keeps each one's images in one split, "
+        "--no-patient-folders splits image by image; needed when val/test are carved from "
+        "such images",
+    )
     p.add_argument("--csv-file", help="csv: the labels file (relative to --manual-dir)")
     p.add_argument("--path-column", help="csv: column of image paths (default 'path')")
     p.add_argument("--label-column", help="csv: column of class names (default 'label')")
@@ -111,13 +119,15 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     else:
         decoding = {"bits_stored": args.bits_stored, "dicom_window": args.dicom_window}
         refuse_unused(args.dataset, decoding, "folder and csv")
+    if args.dataset != "folder":  # csv groups by --group-column
+        refuse_unused(args.dataset, {"patient_folders": args.patient_folders}, "folder")
     if args.dataset == "csv":
         # One rule with the Python API's; its messages name the flags too.
         check_label_options(args.label_column, given.get("label_columns"), None)
         return _given(local) | given
     refuse_unused(args.dataset, given, "csv")
     if args.dataset == "folder":
-        return _given(local)
+        return _given({**local, "patient_folders": args.patient_folders})
     if args.dataset == "demo" or args.dataset.startswith("medmnist/"):
         refuse_unused(
             args.dataset,

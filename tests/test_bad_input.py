@@ -383,6 +383,16 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
         ),
         (
             "datasets=('folder',); dataset_options={'folder': {'manual_dir': 'x', "
+            "'patient_folders': 'yes'}}",
+            "dataset_options['folder']: patient_folders must be True or False, got 'yes'",
+        ),
+        (
+            "datasets=('csv',); dataset_options={'csv': {'csv_file': 'x', "
+            "'patient_folders': True}}",
+            "dataset_options['csv']: unknown option 'patient_folders'; csv takes manual_dir, ",
+        ),
+        (
+            "datasets=('folder',); dataset_options={'folder': {'manual_dir': 'x', "
             "'dicom_window': '40,80'}}",
             "dataset_options['folder']: dicom_window must be [center, width]",
         ),
@@ -471,6 +481,18 @@ def test_bad_prepare_flags_are_named(flags, message, tmp_path, capsys):
     argv = ["--dataset", "folder", "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path)]
     assert prepare_cli.main([*argv, *flags]) == 2
     assert _one_error_line(capsys).startswith(message)
+
+
+@pytest.mark.parametrize("dataset", ["csv", "bach", "demo"])
+@pytest.mark.parametrize("flag", ["--patient-folders", "--no-patient-folders"])
+def test_patient_folders_applies_to_folder_only(dataset, flag, tmp_path, capsys):
+    """csv groups patients by --group-column; the others' splits are fixed when prepared."""
+    argv = ["--dataset", dataset, flag, "--data-dir", str(tmp_path)]
+    argv += ["--manual-dir", str(tmp_path), "--csv-file", "x.csv"] if dataset == "csv" else []
+    assert prepare_cli.main(argv) == 2
+    assert _one_error_line(capsys) == (
+        f"error: --patient-folders applies to folder only, not to --dataset {dataset}"
+    )
 
 
 @pytest.mark.parametrize("cli", [prepare_cli, run_cli])

@@ -180,6 +180,58 @@ def _load_folder(root: Path, out: Path, **kw):
     return load("folder", manual_dir=root, data_dir=out, progress=False, **SIZES, **kw)
 
 
+def _patient_folders(root: Path, patients: int = 10, per_patient: int = 4) -> None:
+    """``<class>/p<k>/<i>.png``; patient p0 has images under both classes."""
+    for c, name in enumerate(("benign", "malignant")):
+        for k in range(patients):
+            (root / name / f"p{k}").mkdir(parents=True, exist_ok=True)
+            for i in range(per_patient):
+                image(1000 * c + 10 * k + i, (20, 18)).save(root / name / f"p{k}" / f"{i}.png")
+
+
+def test_patient_subfolders_must_be_said_before_a_split_is_carved(tmp_path):
+    """Split image by image, one patient's images land in train and test without a word."""
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _patient_folders(root)
+    with pytest.raises(DataError) as err:
+        _load_folder(root, out)
+    assert _one_line(err) == (
+        f"{root}: 80 image(s) sit in subfolders of their class folder (e.g. benign/p0/0.png) "
+        "and val/test are carved from them: say whether a subfolder is one patient: "
+        "--patient-folders keeps each subfolder's images in one split, --no-patient-folders "
+        "splits image by image"
+    )
+    _no_cache_written(out)
+    ds = _load_folder(root, out, patient_folders=True)
+    where = {}  # patient -> the splits holding their images
+    for split, arrays in ds.splits.items():
+        for id_, patient in zip(arrays.ids.tolist(), arrays.patients.tolist(), strict=True):
+            assert patient == id_.split("/")[1]  # benign/p3/0.png: p3
+            where.setdefault(patient, set()).add(split)
+    assert len(where) == 10 and all(len(s) == 1 for s in where.values())  # p0: both classes
+    assert {len(a) for a in (ds.splits["val"], ds.splits["test"])} <= {4, 8, 12, 16, 20}
+    each = _load_folder(root, out, patient_folders=False)  # as asked: image by image
+    assert each.metadata["fingerprint"] != ds.metadata["fingerprint"]
+    spread = {}
+    for split, arrays in each.splits.items():
+        for patient_id in arrays.ids.tolist():
+            spread.setdefault(patient_id.split("/")[1], set()).add(split)
+    assert any(len(s) > 1 for s in spread.values())  # what the refusal was about
+
+
+def test_given_splits_need_no_word_on_patients_but_are_checked_when_given(tmp_path):
+    """Nothing carved: nested images load as they are. Said to be patients, one patient in
+    train and test is refused as the leak it is."""
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    for split in ("train", "val", "test"):
+        _patient_folders(root / split, patients=2, per_patient=2)
+    ds = _load_folder(root, out)
+    assert sorted(len(a) for a in ds.splits.values()) == [8, 8, 8]
+    with pytest.raises(DataError) as err:
+        _load_folder(root, out, patient_folders=True)
+    assert "splits 'train' and 'val' share 2 patient group(s), e.g. 'p0'" in _one_line(err)
+
+
 def test_single_class_folder_fails_at_load(tmp_path):
     _folder(tmp_path / "imgs", classes=("cat",))
     with pytest.raises(DataError, match=r"imgs: only one class folder \('cat'\)") as err:
@@ -511,8 +563,8 @@ def test_one_file_under_two_names_is_refused(tmp_path, link):
         os.link(root / "cat" / "3.png", root / "dog" / "also.png")
     else:
         (root / "cat" / "up").symlink_to(Path(".."))
-    with pytest.raises(DataError) as err:
-        _load_folder(root, tmp_path / "out")
+    with pytest.raises(DataError) as err:  # cat/up/dog/0.png: said to be no patient folder
+        _load_folder(root, tmp_path / "out", patient_folders=False if link == "folder" else None)
     message = _one_line(err)
     assert re.search(
         r"imgs/(cat/up/)?(cat|dog)/\S+\.png and \S+imgs/(cat|dog)/\S+\.png are one file \(links "

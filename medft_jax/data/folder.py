@@ -8,6 +8,15 @@ Split folders are known by the names datasets use for them, in any case:
 (:data:`SPLIT_NAMES`). Class names are the subfolder names, sorted. An
 empty class folder, or a single class, is an error naming it.
 
+Images may sit in subfolders of a class folder (``<class>/<patient>/*.png``).
+Carving val and test from them needs to know whether a subfolder is one
+patient: ``patient_folders=True`` (``--patient-folders``) keeps each first
+subfolder's images in one split (one name under two classes, or in two
+given splits, is one patient), ``False`` splits image by image. Unsaid,
+such a layout is refused when a split is carved: split image by image, one
+patient's images would land in train and test and inflate the test scores
+without a word.
+
 What would silently train on the wrong thing is refused: split folders
 without a train folder, two folders of one split, or a folder beside the
 splits whose images no split reaches (they would be ignored; a store the
@@ -146,8 +155,17 @@ def _dicom_marked(path: Path) -> bool:
 
 
 def _scan(
-    root: Path, base: Path, class_names: list[str], split: str, others: Counter[str]
+    root: Path,
+    base: Path,
+    class_names: list[str],
+    split: str,
+    others: Counter[str],
+    patient_folders: bool | None = None,
+    nested: list[str] | None = None,
 ) -> list[Example]:
+    """The examples of one split folder (or of a flat ``root``); ``nested`` collects the ids
+    of images in subfolders of their class folder, each a patient's by its first subfolder
+    when ``patient_folders``."""
     examples = []
     for label, name in enumerate(class_names):
         folder = root / name
@@ -156,7 +174,13 @@ def _scan(
         files = image_files(base, folder, others)
         if not files and split == "train":
             raise DataError(f"class folder {folder} is empty; expected {'/'.join(IMAGE_SUFFIXES)}")
-        examples += [Example(p, label, p.relative_to(base).as_posix()) for p in files]
+        for p in files:
+            inside = p.relative_to(folder).parts
+            id_ = p.relative_to(base).as_posix()
+            if len(inside) > 1 and nested is not None:
+                nested.append(id_)
+            patient = inside[0] if patient_folders and len(inside) > 1 else ""
+            examples.append(Example(p, label, id_, patient=patient))
     extra = sorted(p.name for p in sub_folders(base, root) if p.name not in class_names)
     for name in extra:
         twin = twin_of(name, class_names)
@@ -176,14 +200,28 @@ def _say_left_out(root: Path, others: Counter[str]) -> None:
         )
 
 
+def _check_patients_said(root: Path, nested: list[str], patient_folders: bool | None):
+    """Refuses carving a split out of images in class subfolders while it is unsaid whether
+    a subfolder is one patient (see the module docstring)."""
+    if nested and patient_folders is None:
+        raise DataError(
+            f"{root}: {len(nested)} image(s) sit in subfolders of their class folder (e.g. "
+            f"{nested[0]}) and val/test are carved from them: say whether a subfolder is one "
+            "patient: --patient-folders keeps each subfolder's images in one split, "
+            "--no-patient-folders splits image by image"
+        )
+
+
 def parse_folder(
     root: Path,
     *,
     val_fraction: float | None = None,
     test_fraction: float | None = None,
     seed: int = 0,
+    patient_folders: bool | None = None,
 ) -> tuple[list[str], dict[str, list[Example]]]:
-    """``(class_names, {split: examples})`` of an image folder tree."""
+    """``(class_names, {split: examples})`` of an image folder tree; ``patient_folders``:
+    whether a class folder's subfolders are patients (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"--manual-dir {root} is not a directory")
@@ -193,7 +231,13 @@ def parse_folder(
         _check_no_loose_images(root, folder)
     if folders:
         class_names = _classes(folders["train"], root)
-        given = {s: _scan(p, root, class_names, s, others) for s, p in folders.items()}
+        nested: list[str] = []
+        given = {
+            s: _scan(
+                p, root, class_names, s, others, patient_folders, nested if s == "train" else None
+            )
+            for s, p in folders.items()
+        }
         _check_nothing_left_out(root, given)
         _say_left_out(root, others)
         train = given["train"]
@@ -203,6 +247,8 @@ def parse_folder(
             )
             for split, value in (("test", test_fraction), ("val", val_fraction))
         }
+        if "test" not in given or "val" not in given:
+            _check_patients_said(root, nested, patient_folders)
         if "test" not in given:
             train, given["test"] = carve_examples(train, fraction["test"], seed, stratify=True)
         if "val" not in given:
@@ -210,7 +256,9 @@ def parse_folder(
         given["train"] = train
         return class_names, {s: given[s] for s in SPLIT_DIRS}
     class_names = _classes(root, root)
-    examples = _scan(root, root, class_names, "train", others)
+    nested = []
+    examples = _scan(root, root, class_names, "train", others, patient_folders, nested)
+    _check_patients_said(root, nested, patient_folders)
     _say_left_out(root, others)
     test_fraction = fraction_for("test", test_fraction, None, str(root))
     val_fraction = fraction_for("val", val_fraction, None, str(root))

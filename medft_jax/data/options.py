@@ -30,7 +30,7 @@ _LOCAL_COMMON = (
     "dicom_window",
 )
 LOCAL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "folder": _LOCAL_COMMON,
+    "folder": (*_LOCAL_COMMON, "patient_folders"),
     "csv": (
         *_LOCAL_COMMON,
         "csv_file",
@@ -96,7 +96,7 @@ def option_value_error(option: str, value: Any) -> str | None:
     elif option in ("label_columns", "class_names"):
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         expected = "a list of strings"
-    elif option == "skip_bad_images":
+    elif option in ("skip_bad_images", "patient_folders"):
         ok, expected = isinstance(value, bool), "True or False"
     elif option in _FRACTIONS:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
