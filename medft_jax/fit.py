@@ -878,6 +878,8 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "multilabel": ds.multilabel,
         "class_names": list(ds.class_names),
         **_dataset_options(config, ds),
+        "split_fingerprint": ds.split_fingerprint(),
+        **_decoding(ds),
         **_skipped_images(ds),
         **_duplicates(ds),
         "steps_per_epoch": run.steps_per_epoch,
@@ -932,6 +934,14 @@ def _skipped_images(ds: data.Dataset) -> dict[str, Any]:
     """
     counts = skipped_counts(ds.metadata)
     return {"skipped_bad_images": counts} if counts else {}
+
+
+def _decoding(ds: data.Dataset) -> dict[str, Any]:
+    """``{"decoding": {...}}`` when the user's files were decoded by a declared rule
+    (``--bits-stored``, ``--dicom-window``): runs decoded otherwise saw other pixels."""
+    rules = {k: ds.metadata.get(k) for k in ("bits_stored", "dicom_window")}
+    rules = {k: v for k, v in rules.items() if v is not None}
+    return {"decoding": rules} if rules else {}
 
 
 def _duplicates(ds: data.Dataset) -> dict[str, Any]:

@@ -112,7 +112,10 @@ class RunRecord(TypedDict, total=False):
 
     ``dataset_options`` is there only for tasks with split or label options,
     ``skipped_bad_images`` (split -> count) only when ``--skip-bad-images``
-    left files out, ``eval_copies_of_train`` (split -> count) only when val or
+    left files out, ``split_fingerprint`` (which example is in which split, not the
+    pixels: :meth:`medft_jax.data.Dataset.split_fingerprint`; absent in older
+    records), ``decoding`` only for ``--bits-stored``/``--dicom-window``
+    runs, ``eval_copies_of_train`` (split -> count) only when val or
     test images are pixel-identical to training images, ``finished_at`` is optional;
     the module docstring says what each key holds.
     """
@@ -125,6 +128,8 @@ class RunRecord(TypedDict, total=False):
     multilabel: bool
     class_names: list[str]
     dataset_options: dict[str, str]
+    split_fingerprint: str
+    decoding: dict[str, Any]
     skipped_bad_images: dict[str, int]
     eval_copies_of_train: dict[str, int]
     steps_per_epoch: int

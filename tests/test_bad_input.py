@@ -693,6 +693,11 @@ def test_a_runs_record_counts_evaluation_images_that_copy_training_images(tmp_pa
     assert run_cli.main(argv) == 0
     (record,) = _records(out)
     assert record["eval_copies_of_train"] == {"test": 2}
+    from medft_jax.data import load
+
+    ds = load("folder", manual_dir=images.parent, data_dir=tmp_path / "data", progress=False,
+              resize_size=32, crop_size=32)  # fmt: skip
+    assert record["split_fingerprint"] == ds.split_fingerprint()
     captured = capsys.readouterr()
     assert "evaluation images that are copies of training images: test 2; scores inflated" in (
         captured.out

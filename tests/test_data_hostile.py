@@ -217,6 +217,27 @@ def test_patient_subfolders_must_be_said_before_a_split_is_carved(tmp_path):
         for patient_id in arrays.ids.tolist():
             spread.setdefault(patient_id.split("/")[1], set()).add(split)
     assert any(len(s) > 1 for s in spread.values())  # what the refusal was about
+    assert each.split_fingerprint() != ds.split_fingerprint()
+
+
+def test_the_split_fingerprint_is_of_the_split_not_the_pixels(tmp_path):
+    """Two archs' resizes of one folder: other pixels, one split. Another val fraction or
+    one relabelled image: another split."""
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root, per_class=12)
+    small = _load_folder(root, out)
+    large = load(
+        "folder", manual_dir=root, data_dir=out, progress=False, resize_size=40, crop_size=36
+    )
+    assert small.metadata["fingerprint"] != large.metadata["fingerprint"]
+    assert small.split_fingerprint() == large.split_fingerprint()
+    assert len(small.split_fingerprint()) == 16
+    assert (
+        _load_folder(root, out, val_fraction=0.3).split_fingerprint() != small.split_fingerprint()
+    )
+    moved = root / "dog" / "0.png"
+    moved.rename(root / "cat" / "moved.png")
+    assert _load_folder(root, out).split_fingerprint() != small.split_fingerprint()
 
 
 def test_given_splits_need_no_word_on_patients_but_are_checked_when_given(tmp_path):

@@ -522,6 +522,28 @@ def test_strategies_of_one_arch_from_other_weights_or_data_are_refused():
     collect([fp("resnet50", "ft", "none"), fp("vgg19", "ft", "none")])  # all random: one table
 
 
+def test_archs_trained_on_different_splits_are_refused():
+    """Each arch has its own data fingerprint (its resize), so only the split fingerprint
+    tells that VGG-19's runs carved another val/test: not one table."""
+
+    def split(arch, strategy, fp=None, data="d1"):
+        r = rec(arch=arch, strategy=strategy, data_fingerprint=data)
+        return {**r, "split_fingerprint": fp} if fp else r
+
+    collect([split("resnet50", "ft", "s1"), split("vgg19", "ft", "s1", "d2")])
+    collect([split("resnet50", "ft", "s1"), split("vgg19", "ft", None, "d2")])  # older: unknown
+    with pytest.raises(results.RecordError) as e:
+        collect([split("resnet50", "ft", "s1"), split("vgg19", "lp", "s2", "d2")])
+    assert str(e.value) == (
+        "dataset 'bach' holds runs on different splits (split_fingerprint resnet50: s1; "
+        "vgg19: s2): other val/test fractions, patient folders or skipped images; their cells "
+        "cannot be compared: report them from separate --runs folders"
+    )
+    decoded = {**split("vgg19", "lp", "s1", "d2"), "decoding": {"bits_stored": 12}}
+    with pytest.raises(results.RecordError, match=r"decoding\.bits_stored: .*separate --runs"):
+        collect([split("resnet50", "ft", "s1"), decoded])
+
+
 def test_a_record_without_its_epoch_log_has_an_unknown_epoch_count():
     """Not 0.0 epochs in the cost table: the count is unknown, shown as a dash."""
     records = [rec(seed=s) for s in range(3)]

@@ -21,6 +21,7 @@ the device (:func:`medft_jax.data.preprocess.normalize`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,26 @@ class Dataset:
         except KeyError:
             known = ", ".join(self.splits)
             raise DataError(f"{self.name} has no split {name!r}; splits: {known}") from None
+
+    def split_fingerprint(self) -> str:
+        """A hash of which example is in which split with which label: not of the pixels.
+
+        The data fingerprint (of the pixels) differs between archs by design (each
+        its own resize); this one does not, so two archs' runs on one dataset can be
+        checked to have trained, chosen and tested on the same examples: another
+        ``--val-fraction``, ``--test-fraction``, ``--patient-folders`` or set of
+        skipped images gives another split, and tables comparing them would not
+        say so.
+        """
+        h = hashlib.sha256()
+        for name in sorted(self.splits):
+            split = self.splits[name]
+            ids = np.asarray(split.ids).astype(str)
+            order = np.argsort(ids, kind="stable")
+            h.update(f"{name}\0{len(ids)}\0".encode())
+            h.update("\0".join(ids[order].tolist()).encode())
+            h.update(np.ascontiguousarray(np.asarray(split.labels, np.float32)[order]).tobytes())
+        return h.hexdigest()[:16]
 
     def num_examples(self, split: str) -> int:
         return len(self.split(split))

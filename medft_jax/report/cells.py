@@ -440,6 +440,7 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
         {
             **{k: v for k, v in r["config"].items() if k != "frozen_bn"},
             **{f"dataset_options.{k}": v for k, v in run_options(r).items()},
+            **{f"decoding.{k}": v for k, v in (r.get("decoding") or {}).items()},
         }
         for r in runs
     ]
@@ -452,6 +453,19 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
         raise RecordError(
             f"dataset {dataset!r} holds runs with different settings ({_describe_diff(diff)}); "
             "report them from separate --runs folders"
+        )
+    # The data fingerprint differs by arch (the resize); the split must not. Records from
+    # before the split fingerprint (and failure notes) hold none and are not compared.
+    splits: dict[str, set[str]] = {}
+    for r in runs:
+        if r.get("split_fingerprint"):
+            splits.setdefault(r["split_fingerprint"], set()).add(r["config"]["arch"])
+    if len(splits) > 1:
+        each = "; ".join(f"{', '.join(sorted(a))}: {fp}" for fp, a in sorted(splits.items()))
+        raise RecordError(
+            f"dataset {dataset!r} holds runs on different splits (split_fingerprint {each}): "
+            "other val/test fractions, patient folders or skipped images; their cells cannot "
+            "be compared: report them from separate --runs folders"
         )
     # What may differ by arch must still agree between the strategies of one arch: FT
     # from random weights (``auto`` offline) against LP from ImageNet is no comparison.
