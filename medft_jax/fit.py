@@ -47,7 +47,7 @@ from medft_jax.data.cache import duplicate_counts, skipped_counts
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_info
-from medft_jax.errors import env_seconds, one_line
+from medft_jax.errors import UserError, env_seconds, one_line
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
 from medft_jax.results import RunRecord
 from medft_jax.runtime import process_0_says
@@ -92,13 +92,21 @@ def identify(config: RunConfig, ds: data.Dataset) -> RunConfig:
     """``config`` with the fingerprints of its data and starting weights filled in.
 
     They are part of the run's identity (its record's name): a run on other
-    images, or from other weights, is another run, never a skip.
+    images, or from other weights, is another run, never a skip. A config
+    identified already must have been identified on ``ds``: given other data,
+    it would name (and skip as done) the other data's run.
     """
-    if config.identified:
-        return config
     fingerprint = ds.metadata.get("fingerprint")
     if not fingerprint:
         raise RuntimeError(f"dataset {ds.name!r} was loaded without a content fingerprint")
+    if config.identified:
+        if config.data_fingerprint != str(fingerprint):
+            raise UserError(
+                f"the run's config was identified on data {config.data_fingerprint}, and the "
+                f"dataset given is {ds.name} with data {fingerprint}; identify it on this "
+                "dataset (leave data_fingerprint and weights_fingerprint empty)"
+            )
+        return config
     return dataclasses.replace(
         config,
         data_fingerprint=str(fingerprint),

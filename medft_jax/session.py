@@ -86,23 +86,30 @@ class Session:
         self.feature_cache = feature_cache
         self.trainers: dict[fit.TrainerKey, Any] = {}
         self._datasets: dict[tuple, Any] = {}
-        self._unavailable: dict[str, DataError] = {}
+        self._unavailable: dict[tuple, DataError] = {}
+        """Load failures by :meth:`_load_key`: that data is not tried again in this session.
+        An error of one run's settings (a batch larger than the data) is that run's alone."""
 
     @property
     def main_process(self) -> bool:
         return jax.process_index() == 0
 
+    @staticmethod
+    def _load_key(config: RunConfig) -> tuple:
+        """What a loaded dataset depends on: (dataset, arch, image size, data seed)."""
+        return (config.dataset, config.arch, config.image_size, config.data_seed)
+
     def dataset(self, config: RunConfig) -> Any:
-        """``config``'s dataset, loaded once per (dataset, arch, image size, data seed)."""
-        if config.dataset in self._unavailable:
-            raise self._unavailable[config.dataset]
-        key = (config.dataset, config.arch, config.image_size, config.data_seed)
+        """``config``'s dataset, loaded once per :meth:`_load_key`."""
+        key = self._load_key(config)
+        if key in self._unavailable:
+            raise self._unavailable[key]
         if key not in self._datasets:
             options = dict(self.dataset_options.get(config.dataset, {}))
             try:
                 self._datasets[key] = fit.load_dataset(config, self.data_dir, **options)
             except DataError as e:
-                self._unavailable[config.dataset] = e
+                self._unavailable[key] = e
                 raise
         return self._datasets[key]
 
@@ -123,7 +130,7 @@ class Session:
                     f"dataset {config.dataset}: unavailable on another process of this job "
                     "(its own error line says why)"
                 )
-                self._unavailable[config.dataset] = error
+                self._unavailable[self._load_key(config)] = error
             raise error
         return identified
 
@@ -210,9 +217,8 @@ class Session:
             return Outcome(config, DIVERGED, error=str(e), exception=e)
         except fit.FailedBefore:  # another process's run diverged after status() looked
             return Outcome(config, FAILED_BEFORE)
-        except DataError as e:  # found while training (e.g. a batch larger than the data)
-            self._unavailable[config.dataset] = e
-            return Outcome(config, UNAVAILABLE, error=str(e), exception=e)
+        except DataError as e:  # found while training (e.g. a batch larger than the data):
+            return Outcome(config, UNAVAILABLE, error=str(e), exception=e)  # this run's only
         except RunLocked as e:
             return Outcome(config, BUSY, error=str(e), exception=e)
         except ResumeError as e:  # this run's files, not the session's: the others can go on

@@ -465,3 +465,21 @@ def test_an_option_at_its_default_or_written_as_an_int_is_the_same_run(tmp_path)
     cli = config("--strategy", "l2_sp", "--alpha", "1")
     assert from_grid.strategy_options == cli.strategy_options == (("alpha", 1.0),)
     assert type(from_grid.strategy_options[0][1]) is float  # the same JSON, the same hash
+
+
+def test_a_config_identified_on_other_data_is_refused(demo):
+    """Its name would be the other data's run: found done, it would hand back that run's
+    record for these images."""
+    config = fit.RunConfig(strategy="lp", arch=TINY, weights="none", image_size=32)
+    identified = fit.identify(config, demo)
+    assert identified.data_fingerprint == demo.metadata["fingerprint"]
+    assert fit.identify(identified, demo) is identified
+    other = load_demo(seed=1, image_size=32, sizes=SIZES)
+    assert other.metadata["fingerprint"] != demo.metadata["fingerprint"]
+    with pytest.raises(UserError) as e:
+        fit.identify(identified, other)
+    assert str(e.value) == (
+        f"the run's config was identified on data {demo.metadata['fingerprint']}, and the "
+        f"dataset given is demo with data {other.metadata['fingerprint']}; identify it on this "
+        "dataset (leave data_fingerprint and weights_fingerprint empty)"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -124,3 +126,17 @@ def test_an_unknown_dataset_folder_is_unavailable_once(tmp_path):
     assert first.kind == outcomes.UNAVAILABLE and str(tmp_path / "none") in first.error
     with pytest.raises(type(first.exception)):
         session.dataset(config)  # remembered: not loaded again
+
+
+def test_one_runs_data_error_leaves_the_other_runs_of_its_dataset_alone(tmp_path):
+    """A batch larger than the training split is that run's error; the dataset loads, and
+    the next run on it (a batch that fits) trains, not "unavailable" with the first's line."""
+    config = fit.RunConfig(
+        strategy="lp", arch="resnet_tiny", weights="none", epochs=1, batch_size=256, image_size=32
+    )
+    session = Session(tmp_path, progress=False)
+    first = session.run(config)
+    assert first.kind == outcomes.UNAVAILABLE
+    assert first.error.startswith("--batch-size 256 is larger than the ")
+    second = session.run(dataclasses.replace(config, batch_size=64))
+    assert second.kind == outcomes.DONE and second.record["config"]["batch_size"] == 64
