@@ -18,14 +18,15 @@ Layout, beside the prepared images (``<variant cache>/features``), or
 under ``<runs>/features`` for a dataset held in memory or prepared data
 that cannot be written (a read-only shared copy)::
 
-    <root>/<data fingerprint>/<arch>-<precision>-<backend>-<backbone hash>/
+    <root>/<data fingerprint>/<arch>-<precision>-<device>-<backbone hash>/
         train.npy  val.npy  test.npy   float32 (N, D), rows in split order
         meta.json                      what they were computed from, and each file's sha256
 
 The backbone hash is the sha256 of every non-head parameter and BatchNorm
 statistic, so features are never reused for other weights; ``meta.json`` is
 written last and the folder renamed into place, so a folder with one is
-whole; the files' hashes are checked when read.
+whole; the files' hashes are checked when read. ``<device>`` is the backend
+and the accelerator's model (:func:`device_tag`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -83,6 +85,24 @@ def roots_for(ds: Dataset, out_dir: str | Path) -> tuple[Path, ...]:
         if beside != out:
             return (beside, out)
     return (out,)
+
+
+def device_tag() -> str:
+    """The backend, and the accelerator's model where it is not the backend itself
+    (``gpu-NVIDIA-H200``, ``tpu-TPU-v5-lite``; ``cpu``), and a default matmul precision
+    when one is set (``-matmul-highest``).
+
+    Two GPU models (or one under another matmul precision: TF32 or not) pick other
+    convolution algorithms and give features that differ in the last digits: a
+    run's features, like its record, are those of the device it ran on.
+    """
+    backend = jax.default_backend()
+    kind = str(jax.devices()[0].device_kind)
+    tag = backend if kind.lower() == backend else f"{backend}-{kind}"
+    matmul = jax.config.jax_default_matmul_precision
+    if matmul:
+        tag += f"-matmul-{matmul}"
+    return re.sub(r"[^A-Za-z0-9.]+", "-", tag).strip("-")
 
 
 def location(
@@ -313,7 +333,7 @@ def cached_features(
     t = time.perf_counter()
     host = jax.device_get(dict(variables))
     backbone = backbone_hash(host, partition)
-    backend = jax.default_backend()
+    backend = device_tag()
     expected = {
         "format": FORMAT,
         "numerics": NUMERICS_VERSION,  # a toolkit that computes otherwise recomputes them

@@ -541,3 +541,16 @@ def test_a_file_replaced_between_its_memmap_and_its_hash_is_not_served(demo, tmp
     assert features.open_features(found.directory, demo, expected) is not None
     monkeypatch.setattr(features, "_file_sha256", swapped)
     assert features.open_features(found.directory, demo, expected) is None
+
+
+def test_features_are_keyed_by_the_accelerator_model_and_matmul_precision(monkeypatch):
+    """An H100's features are not an H200's, nor TF32's those of full float32 products."""
+    import types
+
+    assert features.device_tag() == jax.default_backend()  # cpu here: the name as before
+    gpu = types.SimpleNamespace(device_kind="NVIDIA H200")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda *a: [gpu])
+    assert features.device_tag() == "gpu-NVIDIA-H200"
+    with jax.default_matmul_precision("float32"):
+        assert features.device_tag() == "gpu-NVIDIA-H200-matmul-float32"
