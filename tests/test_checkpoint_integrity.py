@@ -447,6 +447,15 @@ def test_a_checkpoint_carries_its_dicom_window(saved, tmp_path):
     meta = {**META, "bits_stored": 12, "precision": "bf16", "dicom_window": [40.0, 80.0]}
     path = save_model(tmp_path / "w", variables["params"], variables["batch_stats"], meta)
     assert load_metadata(path)["format_version"] == 4
+    old = {**META, "format_version": 1}  # an older checkpoint's metadata, a field added
+    again = save_model(
+        tmp_path / "v", variables["params"], variables["batch_stats"], {**old, **meta}
+    )
+    assert load_metadata(again)["format_version"] == 4
+    plain = save_model(
+        tmp_path / "p", variables["params"], variables["batch_stats"], {**META, "format_version": 4}
+    )
+    assert load_metadata(plain)["format_version"] == 1  # what its fields need, no more
     assert predict.Predictor(path).dicom_window == (40.0, 80.0)
     assert predict.Predictor(path, dicom_window="40,80.0").dicom_window == (40.0, 80.0)
     with pytest.raises(predict.PredictError) as e:

@@ -119,7 +119,10 @@ def save_model(
                 raise CheckpointError(f"{directory}: {parent} is a file, expected a folder")
             break
     tree = {"params": params, "batch_stats": batch_stats}
-    meta = {"format_version": _format_version(metadata), **metadata}
+    # The version is what the fields say, whatever the caller's copy of an older
+    # checkpoint's metadata claims: re-saved with a new field under its old version 1,
+    # an older reader would take it and ignore the field.
+    meta = {**metadata, "format_version": _format_version(metadata)}
     meta.pop("content_sha256", None)
     digest = variables_hash(tree)
     if digest is not None:
