@@ -61,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE[,KEY=VALUE]",
         help="narrow the grid to one dataset and one arch (and any strategies/lrs)",
     )
-    p.add_argument("--out", default="runs/select", help="folder for the selection's own runs")
+    p.add_argument(
+        "--out",
+        default="runs-select",
+        help="folder for the selection's own runs (default runs-select: beside a sweep's "
+        "default runs/, not in it, where a report or a dry run would count them as the grid's)",
+    )
     p.add_argument("--grid-runs", help="records of the full grid, to compare pick and cost with")
     p.add_argument("--data-dir", help="where prepared datasets live (default: the grid's)")
     p.add_argument("--seed", type=int, help="the one seed the arms use (default: the grid's first)")

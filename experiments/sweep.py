@@ -142,9 +142,19 @@ def dry_run(
     """
     records = results.load_records(out) if Path(out).is_dir() else []
     failures = results.load_failures(out) if Path(out).is_dir() else []
-    # Without loading the data, a run is matched by its settings (any data version).
-    finished = {results.settings_hash(r["config"]) for r in records}
-    noted = {results.settings_hash(f["config"]) for f in failures}
+    # Without loading the data, a run is matched by its settings (any data version), and
+    # only where the sweep looks for it: <out>/<run>/, not a copy or a selection's run
+    # in a folder below (those the sweep would run again).
+    finished = {
+        results.settings_hash(r["config"])
+        for r in records
+        if results.record_path(out, r["config"]).is_file()
+    }
+    noted = {
+        results.settings_hash(f["config"])
+        for f in failures
+        if results.failure_path(out, f["config"]).is_file()
+    }
 
     def status(config: RunConfig) -> str:
         key = results.settings_hash(config.to_dict())
@@ -189,7 +199,9 @@ def dry_run(
         else ""
     )
     print(
-        "estimates are upper bounds (every epoch run, no early stopping) from the tasks' "
+        "estimates are of train steps, every epoch run (no early stopping); validation, "
+        "test, setup and compilation come on top (a record's seconds say how much), from the "
+        "tasks' "
         f"nominal training images and {source}assumed H100 throughput "
         f"({', '.join(f'{a} {r:g} img/s' for a, r in grid_lib.REFERENCE_IMAGES_PER_S.items())} "
         "at 224 px)"
@@ -204,14 +216,14 @@ def _to_run_cost(states: list[str], seconds: list[float | None], short: bool = F
     pending = [t for s, t in zip(states, seconds, strict=True) if s in _TO_RUN]
     known = [t for t in pending if t is not None]
     unknown = len(pending) - len(known)
-    if not known and unknown:  # "at most <1 s" would read as a promise
+    if not known and unknown:  # "<1 s" would read as a promise
         if short:
             return f"? ({unknown} of unknown cost)"
         return f"device time unknown for all {unknown} (no size known to estimate from)"
     extra = f" (+{unknown} of unknown cost)" if unknown else ""
     if short:
         return f"{_duration(sum(known))}{extra}"
-    return f"at most {_duration(sum(known))} of device time{extra}"
+    return f"{_duration(sum(known))} of device time in train steps{extra}"
 
 
 def _unhashed(config: RunConfig) -> str:

@@ -483,17 +483,21 @@ def estimate_seconds(
 
 
 def measured_throughput(records: Iterable[Mapping[str, Any]]) -> dict[ThroughputKey, float]:
-    """Mean training images/s per :data:`ThroughputKey` over finished runs' epochs.
+    """Training images/s per :data:`ThroughputKey` over finished runs' epochs: their images
+    over their train seconds, so that a time estimate from it is the time they took (a
+    mean of the epochs' rates would give the fast epochs the slow ones' weight). Epochs
+    of records without ``train_seconds`` count one second each.
 
     Epochs trained from cached features are left out: a head step on stored
     features is hundreds of times faster than one on images, so it bounds
     no run, and a run that finds no cache trains every epoch on images.
     """
-    per: dict[ThroughputKey, list[float]] = {}
+    per: dict[ThroughputKey, list[float]] = {}  # [images, seconds]
     for r in records:
-        per.setdefault(throughput_key(r["config"]), []).extend(
-            e["images_per_s"]
-            for e in r.get("epochs", [])
-            if e.get("images_per_s") and not e.get("from_features")
-        )
-    return {k: sum(v) / len(v) for k, v in per.items() if v}
+        total = per.setdefault(throughput_key(r["config"]), [0.0, 0.0])
+        for e in r.get("epochs", []):
+            if e.get("images_per_s") and not e.get("from_features"):
+                seconds = float(e.get("train_seconds") or 1.0)
+                total[0] += float(e["images_per_s"]) * seconds
+                total[1] += seconds
+    return {k: images / seconds for k, (images, seconds) in per.items() if seconds}

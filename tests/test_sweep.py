@@ -321,7 +321,7 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     assert rows[1][2:4] == ["30", "s"]
     # The other strategies of VGG-19 at 224 px are unknown: FT's speed bounds none of them
     # (LP's would not bound FT's either), and this is not the reference device.
-    assert "done 1, failed 0, to run 71: at most 4.0 min of device time (+63 of unknown" in out
+    assert "done 1, failed 0, to run 71: 4.0 min of device time in train steps (+63 of unk" in out
     assert sweep_cli.main([*argv, "--dry-run", "--shard", "1/4"]) == 0
     out = capsys.readouterr().out
     assert "shard 1/4: 18" in out
@@ -355,6 +355,11 @@ def test_dry_run_costs_come_from_runs_of_the_same_precision_and_uncached_epochs(
     assert grid_lib.estimate_seconds(bf16, measured) == pytest.approx(50 * 360 / 1500)
     # Only cached epochs of the freeze run: unknown, not 90,000 images/s.
     assert grid_lib.estimate_seconds(freeze, measured) is None
+    # Epochs of 100 s at 600 img/s and 300 s at 200 img/s: 120,000 images in 400 s, 300
+    # images/s (the time they took), not the mean rate 400.
+    timed = record(fp32, {"images_per_s": 600.0, "train_seconds": 100.0},
+                   {"images_per_s": 200.0, "train_seconds": 300.0})  # fmt: skip
+    assert grid_lib.measured_throughput([timed]) == {grid_lib.throughput_key(fp32.to_dict()): 300.0}
 
 
 def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
@@ -362,7 +367,7 @@ def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
     assert sweep_cli.main(["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "to run 2: device time unknown for all 2 (no size known to estimate from)" in out
-    assert "at most" not in out
+    assert "of device time" not in out
     assert (
         sweep_cli.main(
             ["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run", "--shard", "1/2"]
@@ -370,6 +375,22 @@ def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
         == 0
     )
     assert "shards: 0: 1 of 1 runs to run, ? (1 of unknown cost); 1: 1" in capsys.readouterr().out
+
+
+def test_dry_run_counts_only_the_records_where_the_sweep_looks(tmp_path, capsys):
+    """A selection's runs (or copies) in a folder below --out are not the sweep's: it would
+    run them again, so the dry run must not call them done."""
+    config = _grid_file(tmp_path, "g", strategies=("lp", "ft"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    out = tmp_path / "o"
+    lp, ft = (c.to_dict() for c in grid_lib.load_grid(config).configs())
+    results.write_record(results.record_path(out / "select", lp), {"config": lp, "epochs": []})
+    results.write_failure(out / "select", ft, "nonfinite", "loss nan at step 1")
+    argv = ["--config", str(config), "--out", str(out), "--dry-run"]
+    assert sweep_cli.main(argv) == 0
+    assert "done 0, failed 0, to run 2:" in capsys.readouterr().out
+    results.write_record(results.record_path(out, lp), {"config": lp, "epochs": []})
+    assert sweep_cli.main(argv) == 0
+    assert "done 1, failed 0, to run 1:" in capsys.readouterr().out
 
 
 def test_dry_run_counts_failed_runs_as_to_run_under_retry_failed(tmp_path, capsys):
