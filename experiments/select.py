@@ -45,6 +45,7 @@ from medft_jax.errors import ArgumentParser, UserError, check_data_dir, cli_main
 from medft_jax.grid import Grid
 from medft_jax.halving import Arm, rung_budgets, successive_halving, survivors, tiebreak_metric
 from medft_jax.report import collect
+from medft_jax.report.aggregate import mean_se
 
 __all__ = ["Arm", "main", "rung_budgets", "survivors", "tiebreak_metric"]
 
@@ -129,7 +130,7 @@ def _main(argv: Sequence[str] | None) -> int:
         grid = grid_records(g, arms, args.grid_runs)
         if not grid[0]:  # the comparison would be NaN, after all the training
             raise UserError(
-                f"--grid-runs {args.grid_runs}: holds none of the grid's {grid[1]} runs of "
+                f"--grid-runs {args.grid_runs}: holds none of the grid's {grid[2]} runs of "
                 "this selection; expected the full grid's --out"
             )
         check_grid_identity(grid[0], session.identify(arms[0].config), args.grid_runs)
@@ -200,8 +201,12 @@ def _arms(args: argparse.Namespace) -> tuple[Grid, list[Arm], int]:
     return g, arms, runs[0].epochs
 
 
-def grid_records(g: Any, arms: list[Arm], grid_runs: str) -> tuple[list[dict[str, Any]], int]:
-    """The full grid's records of the selection's cells (every seed), and how many it has."""
+def grid_records(
+    g: Any, arms: list[Arm], grid_runs: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """The full grid's records and failure notes of the selection's cells (every seed), and
+    how many runs those cells have. The notes count: an LR at which a seed diverged is
+    never the grid's choice, as in the report."""
     wanted = {
         results.settings_hash(
             g.config(a.config.dataset, a.config.arch, a.strategy, a.lr, s).to_dict()
@@ -214,7 +219,10 @@ def grid_records(g: Any, arms: list[Arm], grid_runs: str) -> tuple[list[dict[str
         for r in results.load_records(grid_runs, finished=True)
         if results.settings_hash(r["config"]) in wanted
     ]
-    return records, len(wanted)
+    failures = [
+        f for f in results.load_failures(grid_runs) if results.settings_hash(f["config"]) in wanted
+    ]
+    return records, failures, len(wanted)
 
 
 def check_grid_identity(records: list[dict[str, Any]], config: Any, grid_runs: str) -> None:
@@ -237,10 +245,16 @@ def check_grid_identity(records: list[dict[str, Any]], config: Any, grid_runs: s
 
 
 def compare_with_grid(
-    records: list[dict[str, Any]], runs_expected: int, outcome: dict[str, Any]
+    records: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+    runs_expected: int,
+    outcome: dict[str, Any],
 ) -> dict[str, Any]:
-    """The grid's winner and cost for the same dataset and arch, from its records."""
-    summary = collect(records)
+    """The grid's winner and cost for the same dataset and arch, from its records (and
+    failure notes, which keep an LR with a diverged seed from being its choice).
+    ``pick_test``: the grid's test value at the selection's pick (strategy and LR), which
+    need not be the LR the grid chose for that strategy."""
+    summary = collect(records, failures)
     cells = [c for c in summary.cells.values() if c.has_value]
     out: dict[str, Any] = {
         "runs": len(records),
@@ -256,10 +270,15 @@ def compare_with_grid(
         pick = outcome["pick"]
         out["same_strategy"] = pick["strategy"] == by_val.strategy
         out["same_strategy_and_lr"] = out["same_strategy"] and pick["lr"] == by_val.lr
-        pick_cell = summary.cells.get((outcome["dataset"], outcome["arch"], pick["strategy"]))
-        if pick_cell is not None and pick_cell.has_value:
-            out["pick_test"] = pick_cell.mean()
-            out["winner_test"] = by_val.mean()
+        out["winner_test"] = by_val.mean()
+        at_pick = [
+            r["test"].get(by_val.metric)
+            for r in records
+            if r["config"]["strategy"] == pick["strategy"]
+            and float(r["config"]["lr"]) == float(pick["lr"])
+        ]
+        if at_pick:
+            out["pick_test"] = mean_se(at_pick)[0]
     cost = outcome["cost"]
     out["fraction_epochs"] = cost["epochs"] / out["epochs"] if out["epochs"] else math.nan
     out["fraction_seconds"] = cost["seconds"] / out["seconds"] if out["seconds"] else math.nan

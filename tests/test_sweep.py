@@ -649,11 +649,28 @@ def test_the_grid_winner_breaks_ties_as_the_selection_does(monkeypatch):
 
     cells = [cell("ft", 0.7), cell("lp", 0.9), cell("g_lf", 0.8)]
     summary = type("S", (), {"cells": {c.key: c for c in cells}})()
-    monkeypatch.setattr(select_cli, "collect", lambda records: summary)
+    monkeypatch.setattr(select_cli, "collect", lambda records, failures: summary)
     outcome = {"pick": {"strategy": "lp", "lr": 1e-3}, "dataset": "demo", "arch": "resnet50"}
     outcome["cost"] = {"epochs": 1, "seconds": 1.0}
-    got = select_cli.compare_with_grid([], 3, outcome)
+    got = select_cli.compare_with_grid([], [], 3, outcome)
     assert got["winner_by_val"] == {"strategy": "lp", "lr": 1e-3} and got["same_strategy"]
+
+
+def test_the_grid_winner_is_never_an_lr_at_which_a_seed_diverged():
+    """FT at 1e-3: two seeds at 0.9, the third diverged; at 1e-4 three at 0.8. The report
+    never chooses 1e-3, so neither does the comparison; the pick's test value is the grid's
+    at the pick's own LR."""
+    from tests.test_report import fail, rec
+
+    records = [rec(strategy="ft", lr=1e-3, seed=s, val=0.9, test=0.7) for s in (0, 1)]
+    records += [rec(strategy="ft", lr=1e-4, seed=s, val=0.8, test=0.6) for s in (0, 1, 2)]
+    failures = [fail(strategy="ft", lr=1e-3, seed=2)]
+    outcome = {"pick": {"strategy": "ft", "lr": 1e-3}, "dataset": "bach", "arch": "resnet50"}
+    outcome["cost"] = {"epochs": 1, "seconds": 1.0}
+    got = select_cli.compare_with_grid(records, failures, 6, outcome)
+    assert got["winner_by_val"] == {"strategy": "ft", "lr": 1e-4}
+    assert got["same_strategy"] and not got["same_strategy_and_lr"]
+    assert got["winner_test"] == pytest.approx(0.6) and got["pick_test"] == pytest.approx(0.7)
 
 
 # --- what a dry run checks and shows -------------------------------------------------------------
