@@ -71,7 +71,9 @@ class Predictor:
     ):
         """``bits_stored``, ``dicom_window``: how to decode 16-bit files and greyscale
         DICOM when the checkpoint does not say; one that disagrees with the
-        checkpoint's is refused. ``precision``: the compute
+        checkpoint's is refused, and so is any for a run's checkpoint that has
+        none (its run decoded by the default rules: another rule here would
+        show the model images unlike its training images). ``precision``: the compute
         precision, by default the checkpoint's (a run's ``--precision``: the
         probabilities are then those its evaluation computed), else fp32."""
         # JAX, Flax and Orbax load here, not with the module: --help and bad
@@ -96,7 +98,14 @@ class Predictor:
         self.resize_size = int(
             m.get("resize_size") or get_arch(m["arch"]).resize_for(self.crop_size)
         )
+        from_run = str(m.get("source", "")).startswith("run ")
         trained = m.get("bits_stored")
+        if bits_stored is not None and trained is None and from_run:
+            raise PredictError(
+                f"--bits-stored {bits_stored}: the checkpoint's run decoded its images by the "
+                "default rule (16 bits; 16-bit files whose values fit 14 bits refused), and "
+                "these must be decoded alike; leave the flag out"
+            )
         if bits_stored is not None and trained is not None and bits_stored != trained:
             raise PredictError(
                 f"--bits-stored {bits_stored} disagrees with the checkpoint's {trained}, the "
@@ -105,6 +114,12 @@ class Predictor:
         self.bits_stored = trained if trained is not None else bits_stored
         window = parse_dicom_window(dicom_window)
         trained_window = parse_dicom_window(m.get("dicom_window"))
+        if window is not None and trained_window is None and from_run:
+            raise PredictError(
+                f"--dicom-window {window[0]:g},{window[1]:g}: the checkpoint's run showed each "
+                "DICOM file by its own window (or its range), and these must be shown alike; "
+                "leave the flag out"
+            )
         if window is not None and trained_window is not None and window != trained_window:
             raise PredictError(
                 f"--dicom-window {window[0]:g},{window[1]:g} disagrees with the checkpoint's "

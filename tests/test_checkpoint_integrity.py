@@ -439,6 +439,24 @@ def test_a_checkpoint_carries_how_its_training_images_were_decoded(saved, tmp_pa
         predict.Predictor(path0).predict_files([str(image)])
 
 
+def test_a_runs_checkpoint_without_a_decoding_rule_refuses_one_at_predict(saved, tmp_path):
+    """Its run decoded by the default rules: a flag here would show the model images unlike
+    those it was trained on. Ported weights (no training images of their own) take them."""
+    _, variables = saved
+    meta = {**META, "source": "run demo-resnet50-ft-lr0.001-s0-abc"}
+    path = save_model(tmp_path / "r", variables["params"], variables["batch_stats"], meta)
+    with pytest.raises(predict.PredictError) as e:
+        predict.Predictor(path, dicom_window="40,80")
+    assert str(e.value) == (
+        "--dicom-window 40,80: the checkpoint's run showed each DICOM file by its own window "
+        "(or its range), and these must be shown alike; leave the flag out"
+    )
+    with pytest.raises(predict.PredictError, match=r"^--bits-stored 12: the checkpoint's run "):
+        predict.Predictor(path, 12)
+    ported = predict.Predictor(saved[0], 12, dicom_window="40,80")  # source "test"
+    assert (ported.bits_stored, ported.dicom_window) == (12, (40.0, 80.0))
+
+
 def test_a_checkpoint_carries_its_dicom_window(saved, tmp_path):
     """A run's ``--dicom-window`` is in its best parameters' metadata (format version 4: an
     older reader would window each DICOM by its own), and predict takes it; a flag that
