@@ -53,6 +53,7 @@ from medft_jax.outcomes import (
     DIVERGED,
     DONE,
     FAILED_BEFORE,
+    REFUSED,
     SKIPPED,
     UNAVAILABLE,
     UNRESUMABLE,
@@ -296,6 +297,10 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
             errors.append(f"dataset {config.dataset}: {o.error}")
             where = f"{o.name}: dataset" if started else f"dataset {config.dataset}"
             say(f"{at} {where} unavailable, its runs skipped ({o.error})")
+            continue
+        if o.kind == REFUSED:  # this run's settings only: the dataset's other runs go on
+            errors.append(f"{o.name}: {o.error}")
+            say(f"{at} {o.name}: refused ({o.error})")
             continue
         identified.append(o.config)
         if o.kind in tally:

@@ -20,6 +20,9 @@ its failure note already there, or trained up to its step budget."""
 BUSY, DIVERGED, UNAVAILABLE = "busy", "diverged", "unavailable"
 """Outcomes that leave the run to later: another process holds it, its loss became
 non-finite (a note is written), its dataset could not be loaded."""
+REFUSED = "refused"
+"""The run's own settings do not fit its data (a batch larger than the training split):
+this run only; its dataset loaded, and the other runs on it go on."""
 UNRESUMABLE = "cannot resume"
 """The run's resume checkpoint is damaged: it is left as it is (no note, the run stays
 to do) for the user to start the run over; the other runs are not affected."""

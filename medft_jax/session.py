@@ -38,6 +38,7 @@ from medft_jax.outcomes import (
     DIVERGED,
     DONE,
     FAILED_BEFORE,
+    REFUSED,
     SKIPPED,
     STOPPED,
     UNAVAILABLE,
@@ -218,7 +219,7 @@ class Session:
         except fit.FailedBefore:  # another process's run diverged after status() looked
             return Outcome(config, FAILED_BEFORE)
         except DataError as e:  # found while training (e.g. a batch larger than the data):
-            return Outcome(config, UNAVAILABLE, error=str(e), exception=e)  # this run's only
+            return Outcome(config, REFUSED, error=str(e), exception=e)  # this run's only
         except RunLocked as e:
             return Outcome(config, BUSY, error=str(e), exception=e)
         except ResumeError as e:  # this run's files, not the session's: the others can go on

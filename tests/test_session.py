@@ -136,7 +136,7 @@ def test_one_runs_data_error_leaves_the_other_runs_of_its_dataset_alone(tmp_path
     )
     session = Session(tmp_path, progress=False)
     first = session.run(config)
-    assert first.kind == outcomes.UNAVAILABLE
+    assert first.kind == outcomes.REFUSED
     assert first.error.startswith("--batch-size 256 is larger than the ")
     second = session.run(dataclasses.replace(config, batch_size=64))
     assert second.kind == outcomes.DONE and second.record["config"]["batch_size"] == 64

@@ -721,3 +721,28 @@ def test_dry_run_names_runs_without_the_hash_decided_at_run_time(tmp_path, capsy
     for name, folder in zip(shown, folders, strict=True):
         assert name.endswith("-*") and fnmatch.fnmatch(folder, name), (name, folder)
     assert "hash in place of '*'" in out and "decided at run time" in out
+
+
+def test_a_run_refused_for_its_own_settings_leaves_its_datasets_other_runs(
+    tmp_path, capsys, monkeypatch
+):
+    """A data error of one run's settings is that run's: the sweep says so, goes on with
+    the dataset's other runs and exits 1 (an unloadable dataset skips them all)."""
+    from medft_jax import outcomes
+
+    config = _grid_file(tmp_path, "g", strategies=("ft", "lp"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    real = Session.run
+    calls = []
+
+    def run(self, config, **kw):
+        calls.append(config.strategy)
+        if config.strategy == "ft":
+            return outcomes.Outcome(config, outcomes.REFUSED, error="its batch does not fit")
+        return real(self, config, **kw)
+
+    monkeypatch.setattr(Session, "run", run)
+    out = tmp_path / "o"
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert calls == ["ft", "lp"] and "refused (its batch does not fit)" in text
+    assert [r["config"]["strategy"] for r in results.load_records(out)] == ["lp"]
