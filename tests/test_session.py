@@ -128,6 +128,7 @@ def test_an_unknown_dataset_folder_is_unavailable_once(tmp_path):
         session.dataset(config)  # remembered: not loaded again
 
 
+@pytest.mark.slow  # trains a run
 def test_one_runs_data_error_leaves_the_other_runs_of_its_dataset_alone(tmp_path):
     """A batch larger than the training split is that run's error; the dataset loads, and
     the next run on it (a batch that fits) trains, not "unavailable" with the first's line."""

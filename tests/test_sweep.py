@@ -723,6 +723,7 @@ def test_dry_run_names_runs_without_the_hash_decided_at_run_time(tmp_path, capsy
     assert "hash in place of '*'" in out and "decided at run time" in out
 
 
+@pytest.mark.slow  # trains a run
 def test_a_run_refused_for_its_own_settings_leaves_its_datasets_other_runs(
     tmp_path, capsys, monkeypatch
 ):
