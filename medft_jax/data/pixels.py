@@ -160,13 +160,12 @@ def parse_dicom_window(value: object, flag: str = "--dicom-window") -> DicomWind
     if value is None:
         return None
     expected = "CENTER,WIDTH: two numbers, the width above 0 (a CT brain window: 40,80)"
-    parts: object = value.split(",") if isinstance(value, str) else value
+    parts = value.split(",") if isinstance(value, str) else value
+    pair = isinstance(parts, (list, tuple)) and len(parts) == 2
+    if not pair or any(isinstance(v, bool) for v in parts):  # True is no window edge
+        raise DataError(f"{flag} must be {expected}, got {value!r}")
     try:
-        if isinstance(parts, (str, bytes)) or len(parts) != 2:  # type: ignore[arg-type]
-            raise ValueError
-        if any(isinstance(v, bool) for v in parts):  # type: ignore[union-attr]
-            raise ValueError
-        center, width = (float(v) for v in parts)  # type: ignore[union-attr]
+        center, width = float(parts[0]), float(parts[1])
     except (TypeError, ValueError):
         raise DataError(f"{flag} must be {expected}, got {value!r}") from None
     if not (np.isfinite(center) and np.isfinite(width) and width > 0):
