@@ -21,6 +21,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,34 +100,24 @@ class Predictor:
             m.get("resize_size") or get_arch(m["arch"]).resize_for(self.crop_size)
         )
         from_run = str(m.get("source", "")).startswith("run ")
-        trained = m.get("bits_stored")
-        if bits_stored is not None and trained is None and from_run:
-            raise PredictError(
-                f"--bits-stored {bits_stored}: the checkpoint's run decoded its images by the "
-                "default rule (16 bits; 16-bit files whose values fit 14 bits refused), and "
-                "these must be decoded alike; leave the flag out"
-            )
-        if bits_stored is not None and trained is not None and bits_stored != trained:
-            raise PredictError(
-                f"--bits-stored {bits_stored} disagrees with the checkpoint's {trained}, the "
-                "bits its training images were decoded with; leave the flag out"
-            )
-        self.bits_stored = trained if trained is not None else bits_stored
-        window = parse_dicom_window(dicom_window)
-        trained_window = parse_dicom_window(m.get("dicom_window"))
-        if window is not None and trained_window is None and from_run:
-            raise PredictError(
-                f"--dicom-window {window[0]:g},{window[1]:g}: the checkpoint's run showed each "
-                "DICOM file by its own window (or its range), and these must be shown alike; "
-                "leave the flag out"
-            )
-        if window is not None and trained_window is not None and window != trained_window:
-            raise PredictError(
-                f"--dicom-window {window[0]:g},{window[1]:g} disagrees with the checkpoint's "
-                f"{trained_window[0]:g},{trained_window[1]:g}, the window its training DICOM "
-                "files were decoded with; leave the flag out"
-            )
-        self.dicom_window = trained_window if trained_window is not None else window
+        self.bits_stored = _decoding_rule(
+            "--bits-stored",
+            bits_stored,
+            m.get("bits_stored"),
+            from_run,
+            "decoded its images by the default rule (16 bits; 16-bit files whose values fit "
+            "14 bits refused), and these must be decoded alike",
+            "the bits its training images were decoded with",
+        )
+        self.dicom_window = _decoding_rule(
+            "--dicom-window",
+            parse_dicom_window(dicom_window),
+            parse_dicom_window(m.get("dicom_window")),
+            from_run,
+            "showed each DICOM file by its own window (or its range), and these must be shown "
+            "alike",
+            "the window its training DICOM files were decoded with",
+        )
         names = m.get("class_names")
         self.class_names = list(names) if names else [str(i) for i in range(m["num_classes"])]
         self._probs = jax.jit(self._probs_fn)
@@ -163,6 +154,30 @@ class Predictor:
                 "its weights overflow"
             )
         return probs
+
+
+def _decoding_rule(
+    flag: str, given: Any, trained: Any, from_run: bool, run_default: str, trained_what: str
+) -> Any:
+    """The rule predict decodes by: the checkpoint's, else the flag's. A flag that disagrees
+    with the checkpoint's is refused, and so is any for a run's checkpoint without one
+    (``run_default`` says what that run did instead)."""
+
+    def text(value: Any) -> str:
+        return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+
+    if given is None:
+        return trained
+    if trained is None and from_run:
+        raise PredictError(
+            f"{flag} {text(given)}: the checkpoint's run {run_default}; leave the flag out"
+        )
+    if trained is not None and given != trained:
+        raise PredictError(
+            f"{flag} {text(given)} disagrees with the checkpoint's {text(trained)}, "
+            f"{trained_what}; leave the flag out"
+        )
+    return given
 
 
 MAX_BATCH_SIZE = 4096
