@@ -210,6 +210,23 @@ def test_mura_label_outside_class_list(tmp_path):
         _parse("mura_wrist", tmp_path)
 
 
+def test_mura_study_listed_twice_with_two_labels_is_refused(tmp_path):
+    """The last line would win without a word; listed twice alike, it is one study."""
+    fakes.make_mura(tmp_path, ("XR_WRIST",))
+    path = tmp_path / "MURA-v1.1" / "train_labeled_studies.csv"
+    lines = path.read_text().splitlines()
+    study, label = lines[0].rsplit(",", 1)
+    path.write_text("\n".join([*lines, f"{study},{label}"]) + "\n")
+    _parse("mura_wrist", tmp_path)  # the same label again: fine
+    path.write_text("\n".join([*lines, f"{study},{1 - int(label)}"]) + "\n")
+    with pytest.raises(DataError) as e:
+        _parse("mura_wrist", tmp_path)
+    assert str(e.value) == (
+        f"{path}:{len(lines) + 1}: study {study.rstrip('/')!r} listed again with label "
+        f"{1 - int(label)} (before: {label}); expected one label per study"
+    )
+
+
 def test_a_partly_downloaded_copy_is_refused_before_any_decoding(tmp_path):
     """A listed image that is not on disk: refused when the listing is read (the same with
     --skip-bad-images, which skips corrupt files), not found mid-prepare or skipped."""

@@ -53,7 +53,13 @@ def read_studies(path: Path) -> dict[str, int]:
                 f"{path}:{n}: label {label.strip()!r} outside the class list 0 (normal), "
                 "1 (abnormal); expected lines 'study_dir,label'"
             )
-        studies[study.strip().rstrip("/")] = int(label)
+        key = study.strip().rstrip("/")
+        if key in studies and studies[key] != int(label):  # which one holds? not ours to guess
+            raise DataError(
+                f"{path}:{n}: study {key!r} listed again with label {label.strip()} (before: "
+                f"{studies[key]}); expected one label per study"
+            )
+        studies[key] = int(label)
     return studies
 
 
