@@ -220,6 +220,21 @@ def test_patient_subfolders_must_be_said_before_a_split_is_carved(tmp_path):
     assert each.split_fingerprint() != ds.split_fingerprint()
 
 
+@pytest.mark.parametrize("said", [True, False])
+def test_patient_folders_said_of_a_folder_without_subfolders_is_refused(tmp_path, said):
+    """It would change nothing but the cache's name, as a fraction given for a given split."""
+    root = tmp_path / "imgs"
+    _folder(root)
+    with pytest.raises(DataError) as err:
+        _load_folder(root, tmp_path / "out", patient_folders=said)
+    flag = "--patient-folders" if said else "--no-patient-folders"
+    assert _one_line(err) == (
+        f"{flag}: no image under {root} sits in a subfolder of its class folder, so there is "
+        "no patient folder to say anything of; leave the flag out"
+    )
+    _no_cache_written(tmp_path / "out")
+
+
 def test_the_split_fingerprint_is_of_the_split_not_the_pixels(tmp_path):
     """Two archs' resizes of one folder: other pixels, one split. Another val fraction or
     one relabelled image: another split."""

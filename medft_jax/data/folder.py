@@ -200,13 +200,24 @@ def _say_left_out(root: Path, others: Counter[str]) -> None:
         )
 
 
-def _check_patients_said(root: Path, nested: list[str], patient_folders: bool | None):
-    """Refuses carving a split out of images in class subfolders while it is unsaid whether
-    a subfolder is one patient (see the module docstring)."""
-    if nested and patient_folders is None:
+def _check_patients_said(
+    root: Path, nested: dict[str, list[str]], patient_folders: bool | None, carved: bool
+) -> None:
+    """Refuses carving a split out of training images in class subfolders while it is
+    unsaid whether a subfolder is one patient (see the module docstring); and the flag
+    where no image sits in a subfolder, as every flag that would change nothing is.
+    ``nested``: split -> the ids of its images in class subfolders."""
+    if patient_folders is not None and not any(nested.values()):
+        flag = "--patient-folders" if patient_folders else "--no-patient-folders"
         raise DataError(
-            f"{root}: {len(nested)} image(s) sit in subfolders of their class folder (e.g. "
-            f"{nested[0]}) and val/test are carved from them: say whether a subfolder is one "
+            f"{flag}: no image under {root} sits in a subfolder of its class folder, so "
+            "there is no patient folder to say anything of; leave the flag out"
+        )
+    train = nested.get("train", [])
+    if carved and train and patient_folders is None:
+        raise DataError(
+            f"{root}: {len(train)} image(s) sit in subfolders of their class folder (e.g. "
+            f"{train[0]}) and val/test are carved from them: say whether a subfolder is one "
             "patient: --patient-folders keeps each subfolder's images in one split, "
             "--no-patient-folders splits image by image"
         )
@@ -231,11 +242,9 @@ def parse_folder(
         _check_no_loose_images(root, folder)
     if folders:
         class_names = _classes(folders["train"], root)
-        nested: list[str] = []
+        nested: dict[str, list[str]] = {s: [] for s in folders}
         given = {
-            s: _scan(
-                p, root, class_names, s, others, patient_folders, nested if s == "train" else None
-            )
+            s: _scan(p, root, class_names, s, others, patient_folders, nested[s])
             for s, p in folders.items()
         }
         _check_nothing_left_out(root, given)
@@ -247,8 +256,8 @@ def parse_folder(
             )
             for split, value in (("test", test_fraction), ("val", val_fraction))
         }
-        if "test" not in given or "val" not in given:
-            _check_patients_said(root, nested, patient_folders)
+        carved = "test" not in given or "val" not in given
+        _check_patients_said(root, nested, patient_folders, carved)
         if "test" not in given:
             train, given["test"] = carve_examples(train, fraction["test"], seed, stratify=True)
         if "val" not in given:
@@ -256,9 +265,9 @@ def parse_folder(
         given["train"] = train
         return class_names, {s: given[s] for s in SPLIT_DIRS}
     class_names = _classes(root, root)
-    nested = []
-    examples = _scan(root, root, class_names, "train", others, patient_folders, nested)
-    _check_patients_said(root, nested, patient_folders)
+    nested = {"train": []}
+    examples = _scan(root, root, class_names, "train", others, patient_folders, nested["train"])
+    _check_patients_said(root, nested, patient_folders, carved=True)
     _say_left_out(root, others)
     test_fraction = fraction_for("test", test_fraction, None, str(root))
     val_fraction = fraction_for("val", val_fraction, None, str(root))
