@@ -9,12 +9,14 @@ Every run writes its record to ``--out`` only when it has finished, so a
 sweep started again skips what is done and resumes the run it was killed
 in from that run's latest checkpoint (losing at most the training since it:
 ``MEDFT_JAX_CHECKPOINT_SECONDS``, 60 by default, and the epoch in flight).
-``--shard i/N`` takes every N-th run of the (filtered) grid starting at
-the i-th: N processes given the same config and filters split the grid
-with nothing done twice and nothing left out, without talking to each
-other (see BUILD.md for a SLURM array and a TPU pod launch). A run whose
-loss diverges leaves a ``failed.json`` note and the sweep goes on; it is
-not retried unless ``--retry-failed``. A run another process is running
+``--shard i/N`` takes the i-th of N shares of the (filtered) grid, dealt
+out round-robin in a canonical order of the runs (each axis sorted), not
+the order the grid file lists them (which may differ between processes, as
+``tuple(a_set)``'s does): N processes given the same config and filters
+split the grid with nothing done twice and nothing left out, without
+talking to each other (see BUILD.md for a SLURM array and a TPU pod
+launch). A run whose loss diverges leaves a ``failed.json`` note and the
+sweep goes on; it is not retried unless ``--retry-failed``. A run another process is running
 (it holds the run folder's lock, :mod:`medft_jax.locks`) is skipped with
 one line, so two unsharded sweeps of one grid share it out; if it still has
 no record when the sweep ends, the exit status is 75 (as ``experiments.run``'s:
@@ -168,17 +170,18 @@ def dry_run(
     measured = grid_lib.measured_throughput(records)
     states = [status(c) for c in runs]
     seconds = [grid_lib.estimate_seconds(c, measured) for c in runs]
-    mine = grid_lib.shard(runs, index, count)
+    positions = [grid_lib.shard_positions(runs, i, count) for i in range(count)]
+    mine = positions[index]
     axes = " x ".join(f"{len(g.axis(a))} {grid_lib.plural(a)}" for a in grid_lib.AXES)
     print(f"grid {g.name}: {g.size} runs ({axes}); selected {len(runs)}", end="")
     print(f"; shard {index}/{count}: {len(mine)}" if count > 1 else "")
     print(f"{'#':>5}  {'status':<6}  {'est.':>8}  run")
-    for k in range(index, len(runs), count):
+    for k in mine:
         print(f"{k:>5}  {states[k]:<6}  {_duration(seconds[k]):>8}  {_unhashed(runs[k])}")
-    shard_states = states[index::count]
+    shard_states = [states[k] for k in mine]
     done, failed = shard_states.count("done"), shard_states.count("failed")
     todo = len(shard_states) - done - failed
-    cost = _to_run_cost(shard_states, seconds[index::count])
+    cost = _to_run_cost(shard_states, [seconds[k] for k in mine])
     print(f"done {done}, failed {failed}, to run {todo}: {cost}")
     print(
         "a run's folder is its name with a hash in place of '*': the hash covers the data's "
@@ -187,10 +190,11 @@ def dry_run(
     )
     if count > 1:
         per = []
-        for i in range(count):
-            todo_i = sum(s in _TO_RUN for s in states[i::count])
-            short = _to_run_cost(states[i::count], seconds[i::count], short=True)
-            per.append(f"{i}: {todo_i} of {len(states[i::count])} runs to run, {short}")
+        for i, held in enumerate(positions):
+            states_i = [states[k] for k in held]
+            todo_i = sum(s in _TO_RUN for s in states_i)
+            short = _to_run_cost(states_i, [seconds[k] for k in held], short=True)
+            per.append(f"{i}: {todo_i} of {len(held)} runs to run, {short}")
         print("shards: " + "; ".join(per))
     source = (
         f"for a run whose arch, image size and strategy have records in {out} (of its "

@@ -42,6 +42,7 @@ from medft_jax.names import (
     is_known_arch,
     same_data,
 )
+from medft_jax.results import settings_hash
 
 AXES = ("dataset", "arch", "strategy", "lr", "seed")
 """The grid's axes, in the order its runs are listed (the last varies fastest)."""
@@ -429,11 +430,31 @@ def parse_shard(spec: str) -> tuple[int, int]:
     return i, n
 
 
-def shard(runs: Sequence[RunConfig], index: int, count: int) -> list[RunConfig]:
-    """Shard ``index`` of ``count``: the runs at positions ``index``, ``index + count``, ..."""
+def shard_positions(runs: Sequence[RunConfig], index: int, count: int) -> list[int]:
+    """The grid positions of shard ``index`` of ``count``, in grid order.
+
+    Runs are dealt out round-robin in a canonical order (dataset, arch, strategy, lr,
+    seed, each sorted), not the order the grid lists them: N processes must agree on
+    who runs what without talking, and a grid file may list an axis in an order that
+    differs between processes (``tuple(some_set)`` of strings under Python's
+    per-process hash seed). Dealt by listed position, shards would then skip some runs
+    and repeat others. Round-robin keeps the shards within one run of each other and
+    gives each a like share of every task's runs, whose costs differ a hundredfold.
+    """
     if not 0 <= index < count:
         raise GridError(f"shard {index}/{count}: expected 0 <= index < count")
-    return list(runs[index::count])
+
+    def canonical(k: int) -> tuple[Any, ...]:
+        c = runs[k]
+        return (c.dataset, c.arch, c.strategy, c.lr, c.seed, settings_hash(c.to_dict()))
+
+    dealt = sorted(range(len(runs)), key=canonical)
+    return sorted(dealt[index::count])
+
+
+def shard(runs: Sequence[RunConfig], index: int, count: int) -> list[RunConfig]:
+    """Shard ``index`` of ``count``, in grid order (see :func:`shard_positions`)."""
+    return [runs[k] for k in shard_positions(runs, index, count)]
 
 
 # --- cost estimates ------------------------------------------------------------------------------

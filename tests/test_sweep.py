@@ -241,7 +241,29 @@ def test_shards_partition_the_grid(count):
     names = [results.run_name(r.to_dict()) for s in shards for r in s]
     assert len(names) == len(set(names)) == len(runs)  # no run twice, none lost
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
-    assert shards[0][1] == runs[count]  # run k goes to shard k mod N
+    assert all(s == sorted(s, key=runs.index) for s in shards)  # each in grid order
+    for dataset in {r.dataset for r in runs}:  # each a like share of every task's costs
+        held = [sum(r.dataset == dataset for r in s) for s in shards]
+        assert max(held) - min(held) <= 1, (dataset, held)
+
+
+def test_shards_do_not_depend_on_the_order_a_grid_lists_its_axes():
+    """Processes that list an axis in another order (``tuple(a_set)`` of strings under
+    each process's hash seed) still split the grid with no run twice and none lost."""
+    g = grid_lib.load_grid(PAPER)
+    listed = g.configs()
+    reordered = dataclasses.replace(
+        g, datasets=g.datasets[::-1], strategies=g.strategies[3:] + g.strategies[:3]
+    ).configs()
+    assert listed != reordered and sorted(map(repr, listed)) == sorted(map(repr, reordered))
+    names = set()
+    for i, runs in enumerate((listed, reordered, listed, reordered)):  # one process a shard
+        names.update(results.run_name(r.to_dict()) for r in grid_lib.shard(runs, i, 4))
+    assert len(names) == len(listed)
+    # Dealt by position, the two orders' shards would have overlapped and left runs out.
+    by_position = {results.run_name(r.to_dict()) for i in range(4)
+                   for r in (listed, reordered)[i % 2][i::4]}  # fmt: skip
+    assert len(by_position) < len(listed)
 
 
 @pytest.mark.parametrize("spec", ["4/4", "-1/4", "a/b", "1", "0/0", ""])
@@ -322,11 +344,21 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     # The other strategies of VGG-19 at 224 px are unknown: FT's speed bounds none of them
     # (LP's would not bound FT's either), and this is not the reference device.
     assert "done 1, failed 0, to run 71: 4.0 min of device time in train steps (+63 of unk" in out
-    assert sweep_cli.main([*argv, "--dry-run", "--shard", "1/4"]) == 0
+    selected = [c for c in g.configs() if (c.dataset, c.arch) == ("bach", "vgg19")]
+    holder = next(i for i in range(4) if done in grid_lib.shard(selected, i, 4))
+    other = (holder + 1) % 4
+    assert sweep_cli.main([*argv, "--dry-run", "--shard", f"{other}/4"]) == 0
     out = capsys.readouterr().out
-    assert "shard 1/4: 18" in out
-    # Shard 0 holds the done run; the other shards' unknown costs are counted, not dropped.
-    assert "shards: 0: 17 of 18 runs to run, 1.0 min (+15 of unknown cost); 1: 18 of 18" in out
+    assert f"shard {other}/4: 18" in out
+    listed = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
+    assert [int(r[0]) for r in listed] == [
+        selected.index(c) for c in grid_lib.shard(selected, other, 4)
+    ]
+    # One shard holds the done run; the other shards' unknown costs are counted, not dropped.
+    per = out.split("shards: ")[1].split("; ")
+    assert per[holder].startswith(f"{holder}: 17 of 18 runs to run, ")
+    assert "(+" in per[holder] and "of unknown cost)" in per[holder]
+    assert per[other].startswith(f"{other}: 18 of 18 runs to run")
 
 
 def test_dry_run_costs_come_from_runs_of_the_same_precision_and_uncached_epochs():
