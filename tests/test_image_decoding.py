@@ -21,7 +21,7 @@ from PIL import Image
 from experiments.predict import PredictError, load_image
 from medft_jax.data import DataError, load
 from medft_jax.data.dicom import DecoderMissing
-from medft_jax.data.images import IMAGE_SUFFIXES, ImageReader, open_image
+from medft_jax.data.images import IMAGE_SUFFIXES, ImageReader, open_image, takes_bits_stored
 from medft_jax.data.pixels import MAX_ASPECT, MAX_PIXELS
 from medft_jax.data.preprocess import center_crop, resized_size
 
@@ -1024,6 +1024,57 @@ def test_a_run_with_a_dicom_window_carries_it_to_predict(tmp_path, monkeypatch):
 
 def _sizes() -> dict[str, int]:
     return {"resize_size": RESIZE, "crop_size": CROP}
+
+
+def test_which_files_bits_stored_bears_on(tmp_path):
+    """From the header alone, the files ``--bits-stored`` changes: 16-bit integer samples
+    of an unstated range; not 8-bit, float, DICOM, a PGM with a maxval, or a bad file."""
+    v = np.arange(30).reshape(5, 6)
+    takes = {
+        "grey16.png": _save16(tmp_path / "grey16.png", v * 100),
+        "grey16.tif": _save16(tmp_path / "grey16.tif", v * 100),
+        "signed.tif": _tiff16_signed(tmp_path / "signed.tif", v - 10),
+        "rgb16.png": _png16_rgb(tmp_path / "rgb16.png", np.stack([v] * 3, -1) * 1000),
+        "la16.png": _png16_rgb(tmp_path / "la16.png", np.stack([v, v], -1), colour_type=4),
+    }
+    others = {"grey8.png": tmp_path / "grey8.png", "float.tif": tmp_path / "float.tif"}
+    Image.fromarray(v.astype(np.uint8)).save(others["grey8.png"])
+    Image.fromarray(v.astype(np.float32) / 30).save(others["float.tif"])
+    others["maxval.pgm"] = tmp_path / "maxval.pgm"
+    others["maxval.pgm"].write_bytes(b"P5\n6 5\n4095\n" + v.astype(">u2").tobytes())
+    others["ct.dcm"] = _write_dicom(tmp_path / "ct.dcm", (v * 100).astype(np.uint16))
+    others["broken.png"] = tmp_path / "broken.png"
+    others["broken.png"].write_bytes(b"\x89PNG\r\n\x1a\nnothing")
+    assert {n: takes_bits_stored(p) for n, p in {**takes, **others}.items()} == {
+        **dict.fromkeys(takes, True),
+        **dict.fromkeys(others, False),
+    }
+
+
+def test_bits_stored_is_refused_for_a_dataset_it_would_not_change(tmp_path):
+    """--bits-stored on a folder of 8-bit files changed only the cache's name, and the
+    user believed their images read as 12-bit. Refused before any cache is begun; one
+    16-bit file among 8-bit ones is enough to take it."""
+    pngs = tmp_path / "pngs"
+    for name in ("a", "b"):
+        (pngs / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((20, 24), i, np.uint8)).save(pngs / name / f"{i}.png")
+    out = tmp_path / "data"
+    with pytest.raises(DataError) as e:
+        load("folder", manual_dir=pngs, data_dir=out, progress=False, bits_stored=12, **_sizes())
+    assert str(e.value) == (
+        f"--bits-stored 12: none of the 12 images under {pngs} has 16-bit integer samples "
+        "of an unstated range, which the flag is for (DICOM states its own); leave the flag out"
+    )
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+    _save16(pngs / "b" / "6.png", np.full((20, 24), 4000))
+    ds = load("folder", manual_dir=pngs, data_dir=out, progress=False, bits_stored=12, **_sizes())
+    assert ds.metadata["bits_stored"] == 12
+    ids = [i for s in ds.splits.values() for i in s.ids]
+    image = next(s.images[k] for s in ds.splits.values()
+                 for k, i in enumerate(s.ids) if str(i).endswith("6.png"))  # fmt: skip
+    assert len(ids) == 13 and int(image.max()) == 4000 >> 4  # read as 12 bits: 250
 
 
 # pathological sizes

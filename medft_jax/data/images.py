@@ -152,6 +152,33 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
 
 
+def takes_bits_stored(path: Path) -> bool:
+    """Whether ``--bits-stored`` bears on how the file at ``path`` decodes, from its header.
+
+    True for 16-bit integer samples whose header does not state their range:
+    greyscale (signed or not, with or without alpha) and colour (where the flag
+    may only confirm 16). False for DICOM (it states its own bits), 8-bit and
+    float files, and PGM/PPM with a stated maxval. The same branches as
+    :func:`_open_pillow`'s, read without decoding; an unreadable file is False
+    (decoding names it).
+    """
+    try:
+        if dicom.is_dicom(path):
+            return False
+        with Image.open(path) as image:
+            samples = _stored_samples(image)
+            if _maxval_states_range(image):
+                return False
+            mode = image.mode
+            return (
+                mode in _UNSIGNED16
+                or (mode == "I" and samples in (*_UNSIGNED16, *_SIGNED16))
+                or (mode in ("RGB", "RGBA") and samples is not None)  # 16-bit colour
+            )
+    except Exception:  # only the header is read; a bad one is decoding's to name
+        return False
+
+
 def check_one_frame(image: Image.Image, path: Path) -> None:
     """Refuses, naming ``path``, a file of several frames: a multi-page TIFF, an
     animated GIF, PNG (APNG) or WebP.

@@ -23,7 +23,7 @@ from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, split_plan, validate
 from medft_jax.data.folder import parse_folder
-from medft_jax.data.images import DECODING_VERSION, ImageReader, open_image
+from medft_jax.data.images import DECODING_VERSION, ImageReader, open_image, takes_bits_stored
 from medft_jax.data.locations import cache_dir, variant_name
 from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
 from medft_jax.data.table import parse_table
@@ -105,6 +105,8 @@ def load_local(
             if reason or not cache.is_complete(target):
                 if window is not None:
                     _check_some_dicom(root, splits)
+                if bits_stored is not None:
+                    _check_some_sixteen_bit(root, splits, bits_stored)
                 reader = ImageReader(
                     resize_size,
                     crop_size,
@@ -140,6 +142,19 @@ def load_local(
         eval_grouping=meta["eval_grouping"],
         metadata=meta,
     )
+
+
+def _check_some_sixteen_bit(root: Path, splits: dict[str, list[Example]], bits_stored: int) -> None:
+    """Refuses ``--bits-stored`` for a dataset without one 16-bit file it applies to
+    (:func:`medft_jax.data.images.takes_bits_stored`): it would change nothing, and the
+    user who gave it believes their images read by it. Headers only, up to the first."""
+    paths = [ex.path for members in splits.values() for ex in members]
+    if not any(takes_bits_stored(path) for path in paths):
+        raise DataError(
+            f"--bits-stored {bits_stored}: none of the {len(paths)} images under {root} has "
+            "16-bit integer samples of an unstated range, which the flag is for (DICOM "
+            "states its own); leave the flag out"
+        )
 
 
 def _check_some_dicom(root: Path, splits: dict[str, list[Example]]) -> None:
