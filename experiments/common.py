@@ -38,7 +38,11 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
         help="ISIC 2020 train/test split: by patient (default, grouped) or by image (the "
         "paper's random 80/20; one patient's images can fall on both sides)",
     )
-    p.add_argument("--skip-bad-images", action="store_true", help="skip and count corrupt images")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip and count corrupt images (not sound files the decoding rules refuse)",
+    )
     add_bits_stored_flag(p)
     add_dicom_window_flag(p)
     p.add_argument(

@@ -21,6 +21,7 @@ from PIL import Image
 from experiments.predict import PredictError, load_image
 from medft_jax.data import DataError, load
 from medft_jax.data.dicom import DecoderMissing
+from medft_jax.data.errors import NotABadFile
 from medft_jax.data.images import IMAGE_SUFFIXES, ImageReader, open_image, takes_bits_stored
 from medft_jax.data.pixels import MAX_ASPECT, MAX_PIXELS
 from medft_jax.data.preprocess import center_crop, resized_size
@@ -401,6 +402,84 @@ def _tiff16_signed(path: Path, values: np.ndarray) -> Path:
     ifd += struct.pack("<I", 0)
     path.write_bytes(b"II*\x00" + struct.pack("<I", 8 + len(data)) + data + ifd)
     return path
+
+
+def _tiff16_planar(path: Path, values: np.ndarray) -> Path:
+    """A minimal uncompressed little-endian TIFF of uint16 samples, ``values`` (H, W, C)
+    stored plane by plane (PlanarConfiguration 2, as tifffile writes (C, H, W) arrays)."""
+    h, w, c = values.shape
+    planes = [values[..., k].astype("<u2").tobytes() for k in range(c)]
+    n = 11
+    after_ifd = 8 + 2 + 12 * n + 4
+    data_at = after_ifd + (10 * c if c > 1 else 0)  # out-of-line arrays, then the planes
+    entries = [  # tag, type (3 SHORT, 4 LONG), values
+        (256, 4, [w]),
+        (257, 4, [h]),
+        (258, 3, [16] * c),
+        (259, 3, [1]),
+        (262, 3, [2 if c == 3 else 1]),
+        (273, 4, [data_at + k * len(planes[0]) for k in range(c)]),
+        (277, 3, [c]),
+        (278, 4, [h]),
+        (279, 4, [len(p) for p in planes]),
+        (284, 3, [2]),
+        (339, 3, [1]),
+    ]
+    ifd, tail = struct.pack("<H", n), b""
+    for tag, kind, vals in entries:
+        packed = struct.pack(f"<{len(vals)}{'H' if kind == 3 else 'I'}", *vals)
+        ifd += struct.pack("<HHI", tag, kind, len(vals))
+        if len(packed) <= 4:
+            ifd += packed.ljust(4, b"\x00")
+        else:
+            ifd += struct.pack("<I", after_ifd + len(tail))
+            tail += packed
+    assert after_ifd + len(tail) == data_at
+    head = b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    path.write_bytes(head + tail + b"".join(planes))
+    return path
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_16bit_tiff_stored_plane_by_plane_is_refused_not_misread(tmp_path, channels):
+    """Pillow reads each 16-bit plane as 8-bit samples: a ramp 0, 256, 512, ... came out as
+    0, 0, 0, 1, 0, 2, ... (low and high bytes side by side), with no error."""
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 256).astype(np.uint16)
+    path = _tiff16_planar(tmp_path / "planar.tif", np.stack([ramp] * channels, -1))
+    with Image.open(path) as check:
+        assert check.tag_v2[284] == 2
+    with pytest.raises(NotABadFile) as err:
+        ImageReader(RESIZE, CROP, skip_bad_images=True).read(path)
+    assert str(err.value) == (
+        f"{path}: TIFF of 16-bit samples stored as separate planes (PlanarConfiguration 2), "
+        "which Pillow misreads; save it with interleaved samples (PlanarConfiguration 1, "
+        "e.g. tifffile's planarconfig='contig')"
+    )
+    interleaved = _save16(tmp_path / "interleaved.tif", ramp)  # the same values, one plane
+    assert np.asarray(open_image(interleaved)).tolist() == (ramp >> 8).tolist()
+
+
+def test_files_the_decoding_rules_refuse_are_never_skipped_as_bad(tmp_path):
+    """--skip-bad-images dropped dark 16-bit images (refused until their bits are declared)
+    as corrupt: which images go follows brightness, so often the class. Refusals of a
+    rule the user can satisfy stop the run; a truncated file is still skipped."""
+    rng = np.random.default_rng(5)
+    refused = {
+        "dark16.png": _save16(tmp_path / "dark16.png", _twelve_bit(rng)),
+        "over12.png": _save16(tmp_path / "over12.png", np.full((20, 24), 5000)),
+        "dark_rgb16.png": _png16_rgb(tmp_path / "dark_rgb16.png", np.full((4, 5, 3), 900)),
+        "float.tif": tmp_path / "float.tif",
+    }
+    Image.fromarray(np.full((8, 8), 2.5, np.float32)).save(refused["float.tif"])
+    reader = ImageReader(RESIZE, CROP, skip_bad_images=True)
+    for name, path in refused.items():
+        bits = 12 if name == "over12.png" else None
+        reader.decode = lambda p, bits=bits: open_image(p, bits_stored=bits)
+        with pytest.raises(NotABadFile, match=re.escape(str(path))):
+            reader.read(path)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(refused["dark16.png"].read_bytes()[:-30])
+    assert reader.read(truncated) is None and reader.skipped == [str(truncated)]
 
 
 def test_signed_16bit_tiff_by_the_type_range(tmp_path):

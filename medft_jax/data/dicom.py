@@ -188,7 +188,7 @@ def _check_header(ds: Any, path: Path) -> str:
     one_sample = (*GREY, "PALETTE COLOR")
     expected = 3 if photometric in COLOUR else 1 if photometric in one_sample else None
     if expected is None or samples != expected:
-        raise DataError(
+        raise NotABadFile(
             f"{path}: DICOM PhotometricInterpretation {photometric or '(missing)'} with "
             f"{samples} sample(s) per pixel is not supported; expected "
             f"{'/'.join(GREY)} (1 sample), {'/'.join(COLOUR)} (3) or PALETTE COLOR (1)"
@@ -362,7 +362,7 @@ def _palette(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
 
         bits = _descriptor_bits(ds, "RedPaletteColorLookupTableDescriptor")
         if bits != 16:  # pydicom indexes 8-bit tables with 8-bit numbers (wrapping past 255)
-            raise DataError(
+            raise NotABadFile(
                 f"{path}: cannot apply the DICOM pixel transforms (a segmented palette of "
                 f"{bits}-bit entries, which this toolkit cannot read faithfully; expected 16-bit "
                 "entries, or a plain palette, or RGB)"

@@ -20,5 +20,8 @@ class ImageMissing(DataError):
 
 class NotABadFile(DataError):
     """A file this setup cannot read as asked, though nothing is wrong with the file: a
-    decoder that is not installed, a flag that does not apply to it. Never skipped by
-    ``--skip-bad-images``: every file of its kind would be, and the dataset silently shrink."""
+    decoder that is not installed, a flag that does not apply to it, values the decoding
+    rules refuse until their range is declared (12-bit data in 16-bit files), a layout
+    or colour model the toolkit cannot read faithfully.
+    Never skipped by ``--skip-bad-images``: every file of its kind would be, and the
+    dataset silently shrink, often by class (the dark images, the scanner of one site)."""

@@ -128,6 +128,7 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
             check_size(path, *image.size)  # from the header: nothing decoded yet
             samples = _stored_samples(image)  # the tile names them until load() clears it
             check_one_frame(image, path)
+            _check_interleaved(image, path)
             if samples == _GREY_ALPHA16 and image.mode == "RGBA" and len(image.tile) == 1:
                 grey = integer16_to_uint8(_grey_alpha16(image), False, bits_stored, path)
                 return Image.fromarray(grey, "L")
@@ -198,6 +199,26 @@ def check_one_frame(image: Image.Image, path: Path) -> None:
         raise DataError(
             f"{path}: multi-frame {kind} ({frames} frames) is not one image; "
             "export the frame(s) you mean as single-frame files"
+        )
+
+
+def _check_interleaved(image: Image.Image, path: Path) -> None:
+    """Refuses a TIFF of samples wider than 8 bits stored plane by plane (PlanarConfiguration
+    2, tifffile's default for a channels-first array).
+
+    Pillow reads each 16-bit plane of such a file as 8-bit samples: low and high bytes
+    come out as neighbouring pixels, half of each plane is lost, and no error is raised.
+    """
+    if image.format != "TIFF":
+        return
+    tags = getattr(image, "tag_v2", {})
+    bits = tags.get(258, (8,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    if tags.get(284) == 2 and max(bits, default=8) > 8:
+        raise NotABadFile(
+            f"{path}: TIFF of {max(bits)}-bit samples stored as separate planes "
+            "(PlanarConfiguration 2), which Pillow misreads; save it with interleaved "
+            "samples (PlanarConfiguration 1, e.g. tifffile's planarconfig='contig')"
         )
 
 
@@ -298,7 +319,7 @@ def to_8bit(
     if mode == "F":
         return Image.fromarray(unit_float_to_uint8(np.asarray(image), path), "L")
     what = f"{samples} samples" if mode == "I" and samples else f"mode {mode}"
-    raise DataError(
+    raise NotABadFile(
         f"{path}: image with {what} cannot be converted to 8 bits faithfully; "
         "save it as 8- or 16-bit integers or as floats in [0, 1]"
     )

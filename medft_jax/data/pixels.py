@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medft_jax.data.errors import DataError
+from medft_jax.data.errors import DataError, NotABadFile
 
 MAX_PIXELS = 8192 * 8192
 """67,108,864 pixels. Admits every real medical image we know of that is read
@@ -193,7 +193,7 @@ def integer16_to_uint8(
     if bits_stored is None:
         if (lo, hi) != (0, 0) and _fits(lo, hi, UNDECLARED_FLOOR_BITS, signed):
             kind = "signed 16-bit" if signed else "16-bit"
-            raise DataError(
+            raise NotABadFile(
                 f"{path}: {kind} image whose values all fit in {UNDECLARED_FLOOR_BITS} bits "
                 f"({lo}..{hi}) would keep at most 64 grey levels under the 16-bit rule; give "
                 "--bits-stored with the bits its data uses (12 for most X-rays, 8 for unscaled "
@@ -202,7 +202,7 @@ def integer16_to_uint8(
         bits_stored = 16
     if not _fits(lo, hi, bits_stored, signed):
         low, high = _range(bits_stored, signed)
-        raise DataError(
+        raise NotABadFile(
             f"{path}: values {lo}..{hi} exceed the {bits_stored}-bit range {low}..{high} of "
             f"--bits-stored {bits_stored}; give the bits the data really uses"
         )
@@ -225,13 +225,13 @@ def colour16_check(high_bytes: np.ndarray, bits_stored: int | None, path: Path |
     """
     top = int(high_bytes.max()) if high_bytes.size else 0
     if bits_stored is not None and bits_stored != 16:
-        raise DataError(
+        raise NotABadFile(
             f"{path}: --bits-stored {bits_stored} applies to 16-bit grayscale images; this is "
             "16-bit colour, which is read by the 16-bit rule only (save it as 8-bit colour, "
             "scaled as you want it)"
         )
     if bits_stored is None and top < 1 << (UNDECLARED_FLOOR_BITS - 8):
-        raise DataError(
+        raise NotABadFile(
             f"{path}: 16-bit colour image whose values all fit in {UNDECLARED_FLOOR_BITS} bits "
             "would keep at most 64 levels per channel under the 16-bit rule; save it as 8-bit "
             "colour, scaled as you want it, or give --bits-stored 16 to keep the 16-bit rule"
@@ -254,7 +254,7 @@ def unit_float_to_uint8(values: np.ndarray, path: Path | str) -> np.ndarray:
     check_finite(values, path)
     lo, hi = float(values.min()), float(values.max())
     if lo < FLOAT_RANGE[0] or hi > FLOAT_RANGE[1]:
-        raise DataError(
+        raise NotABadFile(
             f"{path}: float image values span [{lo:g}, {hi:g}]; float images must hold "
             "intensities in [0, 1] (or store the image as 8- or 16-bit integers)"
         )
