@@ -108,6 +108,7 @@ class Predictor:
             "decoded its images by the default rule (16 bits; 16-bit files whose values fit "
             "14 bits refused), and these must be decoded alike",
             "the bits its training images were decoded with",
+            default_is=16,  # the default maps as 16 does; it only refuses dark files
         )
         self.dicom_window = _decoding_rule(
             "--dicom-window",
@@ -157,18 +158,26 @@ class Predictor:
 
 
 def _decoding_rule(
-    flag: str, given: Any, trained: Any, from_run: bool, run_default: str, trained_what: str
+    flag: str,
+    given: Any,
+    trained: Any,
+    from_run: bool,
+    run_default: str,
+    trained_what: str,
+    default_is: Any = None,
 ) -> Any:
     """The rule predict decodes by: the checkpoint's, else the flag's. A flag that disagrees
     with the checkpoint's is refused, and so is any for a run's checkpoint without one
-    (``run_default`` says what that run did instead)."""
+    (``run_default`` says what that run did instead), but ``default_is``: the value that
+    decodes as the run's default did (``--bits-stored 16``, which the default's refusal
+    of a dark 16-bit file tells the user to give)."""
 
     def text(value: Any) -> str:
         return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
 
     if given is None:
         return trained
-    if trained is None and from_run:
+    if trained is None and from_run and not (default_is is not None and given == default_is):
         raise PredictError(
             f"{flag} {text(given)}: the checkpoint's run {run_default}; leave the flag out"
         )

@@ -453,6 +453,15 @@ def test_a_runs_checkpoint_without_a_decoding_rule_refuses_one_at_predict(saved,
     )
     with pytest.raises(predict.PredictError, match=r"^--bits-stored 12: the checkpoint's run "):
         predict.Predictor(path, 12)
+    # 16 maps as the default does (v >> 8); the default's refusal of a dark 16-bit file
+    # tells the user to give it, so it is taken, and that file read as training would.
+    dark = tmp_path / "dark.png"
+    Image.fromarray(np.full((240, 250), 3000, np.uint16)).save(dark)
+    with pytest.raises(predict.PredictError, match=r"or --bits-stored 16 to keep the 16-bit"):
+        predict.load_image(dark, 232, 224, predict.Predictor(path).bits_stored)
+    sixteen = predict.Predictor(path, 16)
+    assert sixteen.bits_stored == 16
+    assert (predict.load_image(dark, 232, 224, sixteen.bits_stored) == 3000 >> 8).all()
     ported = predict.Predictor(saved[0], 12, dicom_window="40,80")  # source "test"
     assert (ported.bits_stored, ported.dicom_window) == (12, (40.0, 80.0))
 
