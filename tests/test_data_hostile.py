@@ -321,6 +321,8 @@ def test_folder_class_names_written_two_ways_are_refused(tmp_path):
             "'Pneumon\\xeda' and 'pneumoni\\u0301a' differ only in case and Unicode "
             "normalisation (one name written several ",
         ),
+        (("Tumour", "Tumour "), "'Tumour' and 'Tumour ' differ only in surrounding whitespace "),
+        (("Tumour", "tumour "), "'Tumour' and 'tumour ' differ only in case and surrounding "),
     ],
 )
 def test_folder_class_names_differing_in_case_are_refused(tmp_path, classes, message):

@@ -1,5 +1,5 @@
-"""One class, one spelling: class names that differ only in Unicode normalisation or case
-are refused.
+"""One class, one spelling: class names that differ only in Unicode normalisation, case or
+surrounding whitespace are refused.
 
 A folder made on macOS often stores ``pneumonía`` decomposed (NFD: ``i`` and a
 combining accent), one made on Linux or typed into a CSV composed (NFC). The
@@ -7,7 +7,9 @@ two look the same and sort apart: read as given they are two classes, and the
 macro metrics average over a class that does not exist. ``Benign`` and
 ``benign`` in one labels column (two people's typing) are the same mistake,
 and so are ``Normal/`` and ``normal/`` folders, which a case-insensitive
-filesystem (macOS, Windows) would not even hold apart. Renaming is the
+filesystem (macOS, Windows) would not even hold apart; ``Normal/`` and
+``Normal /`` (a trailing space, invisible in a listing; CSV labels are
+stripped, folder names cannot be) too. Renaming is the
 user's call (a folder name is a path), so the toolkit names both and stops.
 """
 
@@ -20,8 +22,8 @@ from medft_jax.data.errors import DataError
 
 
 def normalised(name: str) -> str:
-    """``name`` in NFC, case-folded: equal for two spellings of one name."""
-    return unicodedata.normalize("NFC", name).casefold()
+    """``name`` in NFC, case-folded, stripped: equal for two spellings of one name."""
+    return unicodedata.normalize("NFC", name).casefold().strip()
 
 
 def twin_of(name: str, names: Iterable[str]) -> str | None:
@@ -42,10 +44,20 @@ def refuse_twins(names: Iterable[str], where: Callable[[str], str]) -> None:
 
 def twins_message(where: str, a: str, b: str) -> str:
     """The one line for two spellings of one class name (escaped, so they differ on screen)."""
-    if unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
-        how = "Unicode normalisation (one name written two ways, e.g. on macOS and on Linux)"
-    elif a.casefold() == b.casefold():
-        how = "case (one name written two ways)"
+    sa, sb = a.strip(), b.strip()
+    kinds = []
+    if sa != sb:
+        if unicodedata.normalize("NFC", sa) == unicodedata.normalize("NFC", sb):
+            kinds.append("Unicode normalisation")
+        elif sa.casefold() == sb.casefold():
+            kinds.append("case")
+        else:
+            kinds += ["case", "Unicode normalisation"]
+    if (sa, sb) != (a, b):
+        kinds.append("surrounding whitespace")
+    how = " and ".join(kinds)
+    if kinds == ["Unicode normalisation"]:
+        how += " (one name written two ways, e.g. on macOS and on Linux)"
     else:
-        how = "case and Unicode normalisation (one name written several ways)"
+        how += f" (one name written {'two' if len(kinds) == 1 else 'several'} ways)"
     return f"{where}: class names {a!a} and {b!a} differ only in {how}; spell them alike"
