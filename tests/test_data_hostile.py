@@ -180,6 +180,25 @@ def _load_folder(root: Path, out: Path, **kw):
     return load("folder", manual_dir=root, data_dir=out, progress=False, **SIZES, **kw)
 
 
+@pytest.mark.parametrize("splits", [("test_set", "training_set"), ("Test Images", "Train Images")])
+def test_split_folders_under_unknown_names_are_not_taken_for_classes(tmp_path, splits):
+    """``training_set/{a,b}`` and ``test_set/{a,b}`` (a common download layout) made a
+    classifier of training against test images: with --no-patient-folders it trained."""
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    for k, split in enumerate(splits):
+        _folder(root / split, seed=1000 * k)
+    with pytest.raises(DataError) as err:
+        _load_folder(root, out, patient_folders=False)
+    assert _one_line(err) == (
+        f"{root}: class folders {splits[0]!r}, {splits[1]!r} look like split folders; rename "
+        "them train/, val/ and test/ (so their subfolders are the classes), or point "
+        "--manual-dir at one folder of class subfolders"
+    )
+    _no_cache_written(out)
+    _folder(tmp_path / "tests", classes=("covid_test", "flu_test"))  # classes, not splits
+    assert _load_folder(tmp_path / "tests", out).class_names == ("covid_test", "flu_test")
+
+
 def _patient_folders(root: Path, patients: int = 10, per_patient: int = 4) -> None:
     """``<class>/p<k>/<i>.png``; patient p0 has images under both classes."""
     for c, name in enumerate(("benign", "malignant")):

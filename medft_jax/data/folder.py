@@ -20,14 +20,16 @@ without a word.
 What would silently train on the wrong thing is refused: split folders
 without a train folder, two folders of one split, or a folder beside the
 splits whose images no split reaches (they would be ignored; a store the
-splits link into is fine). Unknown split names would make ``Training``
-and ``Testing`` the "classes". Symbolic links are followed only while
+splits link into is fine), and class folders of which two read as splits
+under names not known (``training_set/``, ``test_set/``): they would be
+the "classes". Symbolic links are followed only while
 they stay inside ``<root>`` (see :mod:`medft_jax.data.paths`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -50,6 +52,27 @@ SPLIT_NAMES: dict[str, str] = {
     "testing": "test",
 }
 """A top-level folder name (lower-cased) -> the split it holds."""
+
+
+_SPLIT_LIKE = re.compile(
+    r"(train|training|val|valid|validation|dev|test|testing)"
+    r"(?:[ _.-]?(?:set|sets|data|split|images|imgs))?"
+)
+"""A folder name that reads as a split under a name :data:`SPLIT_NAMES` does not know
+(``training_set``, ``Test Images``), matched lower-cased; not ``covid_test``."""
+
+
+def _refuse_split_like_classes(root: Path, class_names: list[str]) -> None:
+    """Refuses class folders of which two or more read as splits (``training_set/``,
+    ``test_set/``): the classes are their subfolders, and read as given the model would
+    learn to tell the training images from the test images."""
+    like = [n for n in class_names if _SPLIT_LIKE.fullmatch(n.lower())]
+    if len(like) >= 2:
+        raise DataError(
+            f"{root}: class folders {', '.join(map(repr, like))} look like split folders; "
+            "rename them train/, val/ and test/ (so their subfolders are the classes), or "
+            "point --manual-dir at one folder of class subfolders"
+        )
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
@@ -265,6 +288,7 @@ def parse_folder(
         given["train"] = train
         return class_names, {s: given[s] for s in SPLIT_DIRS}
     class_names = _classes(root, root)
+    _refuse_split_like_classes(root, class_names)
     nested = {"train": []}
     examples = _scan(root, root, class_names, "train", others, patient_folders, nested["train"])
     _check_patients_said(root, nested, patient_folders, carved=True)
