@@ -199,6 +199,25 @@ def test_split_folders_under_unknown_names_are_not_taken_for_classes(tmp_path, s
     assert _load_folder(tmp_path / "tests", out).class_names == ("covid_test", "flu_test")
 
 
+def test_a_data_dir_inside_the_image_folder_is_refused_unless_hidden(tmp_path):
+    """The second load listed the first's cache as a class folder ("class folder
+    .../prepared is empty"); a hidden folder is never listed."""
+    root = tmp_path / "imgs"
+    _folder(root)
+    with pytest.raises(DataError) as err:
+        _load_folder(root, root / "prepared")
+    assert _one_line(err) == (
+        f"--data-dir {root / 'prepared'} is inside --manual-dir {root}, whose listing would "
+        f"read the prepared cache as images; put it elsewhere, or in a hidden folder "
+        f"({root / '.medft'})"
+    )
+    assert not (root / "prepared").exists()
+    for _ in range(2):  # built, then read back: the same two classes of 10
+        ds = _load_folder(root, root / ".medft")
+        assert ds.class_names == ("cat", "dog")
+        assert sum(len(s.ids) for s in ds.splits.values()) == 20
+
+
 def _patient_folders(root: Path, patients: int = 10, per_patient: int = 4) -> None:
     """``<class>/p<k>/<i>.png``; patient p0 has images under both classes."""
     for c, name in enumerate(("benign", "malignant")):
