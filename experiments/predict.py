@@ -226,8 +226,8 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument(
         "--json",
         action="store_true",
-        help='print one JSON object per image: {"image": PATH, "classes": [NAME, ...], '
-        '"probs": [...]} (probs in the classes\' order)',
+        help='print one JSON object per image: {"image": PATH, "precision": fp32|bf16, '
+        '"classes": [NAME, ...], "probs": [...]} (probs in the classes\' order)',
     )
     p.add_argument(
         "--top", type=int, default=3, help="classes shown per image without --json (>= 1)"

@@ -219,8 +219,10 @@ def make_configs(args: argparse.Namespace) -> list[Any]:
         for lr in lrs
         for seed in d["seeds"]
     ]
+    # How this command line spells them: --seeds, and --no-sp-half (no --sp-half exists).
+    spelled = {"seed": "--seeds", "sp_half": "--no-sp-half"}
     for config in configs:
-        check_config(config, lambda f: "--seeds" if f == "seed" else flag_name(f))
+        check_config(config, lambda f: spelled.get(f) or flag_name(f))
     return configs
 
 

@@ -159,6 +159,7 @@ class Grid:
                 f"grid {self.name!r}: settings {', '.join(unknown)} unknown; "
                 f"expected some of {', '.join(SETTINGS)}"
             )
+        self._check_names()
         for field, runs in (
             ("strategy_options", self.strategies),
             ("dataset_options", self.datasets),
@@ -244,6 +245,17 @@ class Grid:
 
     def validate(self) -> None:
         """Checks every axis value names something the toolkit has (before any work)."""
+        self._check_names()
+        for config in self.configs():
+            try:
+                check_config(config, lambda f, s=config.strategy: self._key_name(f, s))
+            except UserError as e:
+                raise GridError(str(e)) from None
+
+    def _check_names(self) -> None:
+        """Refuses a dataset, arch or strategy the toolkit does not have. Run before the
+        options' checks too: a typo'd strategy is the error to name, not the options of
+        the strategy it was meant to be."""
         for d in self.datasets:
             error = dataset_name_error(d)
             if error:
@@ -258,11 +270,6 @@ class Grid:
                 raise GridError(
                     f"grid {self.name!r}: strategy {s!r} unknown; known: {', '.join(STRATEGIES)}"
                 )
-        for config in self.configs():
-            try:
-                check_config(config, lambda f, s=config.strategy: self._key_name(f, s))
-            except UserError as e:
-                raise GridError(str(e)) from None
 
     def _key_name(self, field: str, strategy: str) -> str:
         """How a grid file spells ``field``, for an error naming the key at fault."""

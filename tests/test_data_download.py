@@ -42,3 +42,22 @@ def test_offline_download_says_where_to_put_the_file(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"cannot download .*breastmnist_64\.npz.*--data-dir"):
         mm.download("breastmnist", 64, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_download_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    """``--data-dir`` (or ``~/tensorflow_datasets``) made for a download that failed was left
+    behind, empty; a folder that was there before is kept."""
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(mm.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match="cannot download"):
+        mm.download("breastmnist", 28, tmp_path / "data" / "medmnist")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError, match="cannot download"):
+        mm.download("breastmnist", 28, tmp_path / "data" / "medmnist")
+    assert [p.name for p in tmp_path.iterdir()] == ["data"] and not any(
+        (tmp_path / "data").iterdir()
+    )

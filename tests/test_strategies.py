@@ -874,11 +874,69 @@ def test_sp_pretrained_of_another_shape_is_refused():
     w0 = toy_params()
     w0["stem"]["bn"]["bias"] = jnp.zeros((1, 2))
     tx, _ = make("l2_sp", toy_params(), TOY, learning_rate=LR, pretrained=w0)
-    with pytest.raises(ValueError, match=r"'stem/bn/bias': params \(2,\), pretrained \(1, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"'stem/bn/bias': params \(2,\) float32, pretrained \(1, 2\)"
+    ):
         tx.init(toy_params())
     del w0["stem"]["bn"]["bias"]
-    with pytest.raises(ValueError, match=r"'stem/bn/bias': params \(2,\), pretrained missing"):
+    with pytest.raises(
+        ValueError, match=r"'stem/bn/bias': params \(2,\) float32, pretrained missing"
+    ):
         l2_sp(head_mask, pretrained=w0).init(toy_params())
+    with pytest.raises(ValueError) as err:  # wrapped: not one path in common
+        l2_sp(head_mask, pretrained={"params": toy_params()}).init(toy_params())
+    assert str(err.value) == (
+        "sp_penalty: pretrained shares no path with the params (params 'body/dense/bias', "
+        "pretrained 'params/body/dense/bias'; one wrapped as {'params': ...}?)"
+    )
+
+
+def test_block_mask_takes_one_block_by_name():
+    """A string was read letter by letter: KeyError "no block 'b'" for "body"."""
+    one = flatten(block_mask(TOY, "body")(toy_params()))
+    assert one == flatten(block_mask(TOY, ["body"])(toy_params()))
+    assert sorted(p for p, on in one.items() if on) == ["body/dense/bias", "body/dense/kernel"]
+
+
+def test_sp_pretrained_of_another_dtype_is_refused():
+    """ω0 rounded to bfloat16 put every float32 parameter off its start: L1-SP pulled each
+    by the full α from rounding alone at step 0, where the subgradient is 0."""
+    w0 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), toy_params())
+    with pytest.raises(ValueError) as err:
+        l1_sp(head_mask, pretrained=w0).init(toy_params())
+    assert str(err.value) == (
+        "sp_penalty: pretrained differs from the params at 'body/dense/bias': params (3,) "
+        "float32, pretrained (3,) bfloat16"
+    )
+    params = toy_params()
+    params["stem"]["conv"]["kernel"] = jnp.array([[0.1, 0.2], [0.3, 0.4]], jnp.float32)
+    tx = l1_sp(head_mask, alpha=1.0, beta=0.0, pretrained=params)  # same dtype: no pull
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    u = flatten(tx.update(zeros, tx.init(params), params)[0])
+    assert not any(np.asarray(x).any() for x in u.values())
+
+
+def test_kernels_only_sp_and_bitfit_refuse_params_without_flax_leaf_names():
+    """Leaves named ``w``/``b`` (``self.param("w")``): kernels-only SP pulled nothing and
+    BitFit trained the head alone (LP under its name), both without a word."""
+    custom = {
+        "stem": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)},
+        "body": {"w": jnp.ones(3)},
+        "top": {"head": {"kernel": jnp.ones(2), "bias": jnp.zeros(2)}},
+    }
+    tx, _ = make("l2_sp", custom, TOY, learning_rate=LR, kernels_only=True)
+    with pytest.raises(ValueError) as err:
+        tx.init(custom)
+    assert str(err.value).startswith(
+        "sp_penalty: source_mask (outside the head) marks none of the params (paths look like "
+    )
+    make("l2_sp", toy_params(), TOY, learning_rate=LR, kernels_only=True)[0].init(toy_params())
+    with pytest.raises(ValueError) as err:
+        make("bitfit", custom, TOY, learning_rate=LR)
+    assert str(err.value) == (
+        "make('bitfit'): no parameter outside the head is named 'bias' or 'scale' (the last "
+        "path component; paths look like 'body/w'), so BitFit would train the head alone"
+    )
 
 
 @pytest.mark.parametrize("name", ["ft", "g_lf"])

@@ -234,6 +234,22 @@ def test_select_uses_the_grids_first_seed_as_its_help_says(tmp_path):
     assert {a.config.seed for a in arms} == {1} and len(arms) == 2
 
 
+def test_a_typod_strategy_is_named_before_the_options_of_the_one_meant():
+    """quick.py with "g-lf" for "g_lf": the error said its lp_ft options were for a
+    strategy the grid does not run, and the typo surfaced only once they were removed."""
+    with pytest.raises(grid_lib.GridError) as err:
+        grid_lib.Grid(
+            name="q",
+            datasets=("demo",),
+            archs=("resnet50",),
+            strategies=("ft", "g-lf"),
+            lrs=(1e-3,),
+            seeds=(0,),
+            strategy_options={"g_lf": {"epochs_per_stage": 2}},
+        )
+    assert str(err.value).startswith("grid 'q': strategy 'g-lf' unknown; known: ft, lp, g_lf")
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 7])
 def test_shards_partition_the_grid(count):
     runs = grid_lib.load_grid(PAPER).configs()

@@ -69,12 +69,19 @@ def md5sum(path: Path) -> str:
 
 
 def download(flag: str, size: int, dest_dir: Path) -> Path:
-    """Downloads the official file into ``dest_dir`` (temp name, MD5 check, rename)."""
+    """Downloads the official file into ``dest_dir`` (temp name, MD5 check, rename).
+
+    A failed download leaves nothing behind: not the partial file, and not the
+    folders it made for it (``~/tensorflow_datasets/medmnist`` on a machine
+    that had none).
+    """
     stem = file_stem(flag, size)
     dest = Path(dest_dir) / f"{stem}.npz"
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
     url = URL.format(stem=stem)
+    done = False
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out)
@@ -82,12 +89,18 @@ def download(flag: str, size: int, dest_dir: Path) -> Path:
         if got != expected:
             raise DataError(f"{url}: MD5 {got} does not match the expected {expected}")
         os.replace(tmp, dest)
+        done = True
     except OSError as err:
         raise DataError(
             f"cannot download {url} ({err}); put {stem}.npz in the --data-dir yourself"
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
+        for folder in [] if done else made:
+            try:
+                folder.rmdir()  # only while empty: another process may have begun using it
+            except OSError:
+                break
     return dest
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -116,6 +117,7 @@ def make(
     if spec.needs_steps(o) and steps_per_epoch is None:
         raise ValueError(f"make({name!r}): steps_per_epoch is required (stages are in epochs)")
     group_of = spec.groups(partition)
+    _check_groups_train_something(name, params, group_of)
     schedule = Schedule.build(
         name,
         params,
@@ -127,6 +129,26 @@ def make(
         prepass=spec.prepass(o),
     )
     return Strategy(spec.optimizer(o, Layout(partition, group_of, schedule)), schedule)
+
+
+def _check_groups_train_something(
+    name: str, params: PyTree, group_of: Callable[[str], str]
+) -> None:
+    """Refuses a grouping that leaves a strategy nothing of its own to train.
+
+    BitFit trains the leaves named ``bias`` or ``scale`` (Flax's names): a model
+    whose leaves are named otherwise (``self.param("b")``) would train the head
+    alone, LP under BitFit's name.
+    """
+    if name != "bitfit":
+        return
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    if not any(group_of(p) == "bias" for p in paths):
+        raise ValueError(
+            f"make({name!r}): no parameter outside the head is named 'bias' or 'scale' (the "
+            f"last path component; paths look like {paths[0]!r}), so BitFit would train the "
+            "head alone"
+        )
 
 
 def _check_partition(name: str, params: PyTree, partition: Any) -> None:

@@ -78,7 +78,9 @@ def require_marks_some(where: str, mask_name: str, mask: Any, params: Any) -> No
     """Refuses a mask that marks none of ``params``: the typo that trains or spares nothing.
 
     The usual causes are named: params wrapped as ``{'params': ...}`` (paths
-    then start with ``params/``), or a pattern ``'fc'`` that should read ``'fc/*'``.
+    then start with ``params/``), a pattern ``'fc'`` that should read ``'fc/*'``,
+    or a mask function passed through ``optax.inject_hyperparams`` without
+    ``static_args``, which takes it for a schedule and calls it with the step.
     """
     if any(jax.tree.leaves(mask)):
         return
@@ -86,7 +88,8 @@ def require_marks_some(where: str, mask_name: str, mask: Any, params: Any) -> No
     sample = repr(paths[-1]) if paths else "none: the params are empty"
     raise ValueError(
         f"{where}: {mask_name} marks none of the params (paths look like {sample}; "
-        "params wrapped as {'params': ...}, or a pattern without '/*'?)"
+        "params wrapped as {'params': ...}, a pattern without '/*', or a mask function "
+        "given to optax.inject_hyperparams without naming it in static_args?)"
     )
 
 

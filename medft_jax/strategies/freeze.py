@@ -58,9 +58,12 @@ def match_paths(patterns: str | Iterable[str]) -> Callable[[PyTree], PyTree]:
     return map_paths(lambda path: any(fnmatch.fnmatchcase(path, p) for p in pats))
 
 
-def block_mask(partition: BlockPartition, blocks: Iterable[str]) -> Callable[[PyTree], PyTree]:
-    """A mask function: True on every parameter of the named blocks of ``partition``."""
-    wanted = set(blocks)
+def block_mask(
+    partition: BlockPartition, blocks: str | Iterable[str]
+) -> Callable[[PyTree], PyTree]:
+    """A mask function: True on every parameter of the named blocks of ``partition``
+    (one block's name, or several: ``"layer4"`` is that block, not its letters)."""
+    wanted = {blocks} if isinstance(blocks, str) else set(blocks)
     for b in wanted:
         partition.index(b)  # raises a KeyError naming the known blocks
     return map_paths(lambda path: partition.block_of(path) in wanted)

@@ -82,7 +82,13 @@ def sp_penalty(
     def init_fn(params: PyTree) -> SPState:
         # Silently, the fresh head would count as pretrained: pulled towards its
         # random start with alpha instead of decayed with beta.
-        require_marks_some("sp_penalty", "head_mask", resolve(head_mask, params), params)
+        head = resolve(head_mask, params)
+        require_marks_some("sp_penalty", "head_mask", head, params)
+        if source_mask is not None:  # kernels only, by Flax's leaf name: custom names miss
+            source = jax.tree.map(
+                lambda s, h: bool(s) and not h, resolve(source_mask, params), head
+            )
+            require_marks_some("sp_penalty", "source_mask (outside the head)", source, params)
         if pretrained is None:
             start = params
         else:
@@ -124,9 +130,23 @@ def _check_like(anchor: PyTree, params: PyTree) -> None:
     A missing or extra leaf, or a leaf of another shape, names that path and
     both shapes: ``w - w0`` would otherwise broadcast (a (1,) parameter
     against a (1, 3) anchor gives a (1, 3) update) or fail deep inside jit.
+    A leaf of another dtype too: ω0 rounded to bfloat16 against float32
+    params puts every parameter off its start at step 0, and L1-SP's pull,
+    α·sign(w − ω0), would act in full on all of them from rounding alone.
     """
-    mine = {path_str(p): jnp.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
-    theirs = {path_str(p): jnp.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(anchor)}
+
+    def described(tree: PyTree) -> dict[str, str]:
+        return {
+            path_str(p): f"{jnp.shape(x)} {jnp.result_type(x)}"
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)
+        }
+
+    mine, theirs = described(params), described(anchor)
+    if mine and theirs and not set(mine) & set(theirs):
+        raise ValueError(
+            f"sp_penalty: pretrained shares no path with the params (params {next(iter(mine))!r}"
+            f", pretrained {next(iter(theirs))!r}; one wrapped as {{'params': ...}}?)"
+        )
     for path in [*mine, *(p for p in theirs if p not in mine)]:  # params' order first
         want, got = mine.get(path, "missing"), theirs.get(path, "missing")
         if want != got:
