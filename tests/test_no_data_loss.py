@@ -976,6 +976,11 @@ RESUME_DAMAGE = {
         lambda step: _edit_progress(step, lambda d: d["partial"].update(steps=2)),
         "3/progress/metadata: 2 train steps of ",
     ),
+    # A flipped bit in a metric or the stopper picked another best epoch without a word.
+    "progress value changed": (
+        lambda step: _edit_progress(step, lambda d: d["partial"].update(steps=2), rehash=False),
+        "3/progress/metadata: its contents hash to another value than the ",
+    ),
     "array file truncated": (
         lambda step: _truncate(_largest(step / "state"), 1000),
         "3/state: files there are truncated, missing or corrupted: OUT_OF_RANGE",
@@ -996,10 +1001,15 @@ RESUME_DAMAGE = {
 }
 
 
-def _edit_progress(step: Path, edit) -> None:
+def _edit_progress(step: Path, edit, rehash: bool = True) -> None:
+    """Edits a save's progress; ``rehash``: as a writer would have saved it (the fields'
+    own checks then speak), else as a corrupted file (the progress hash catches it)."""
     path = step / "progress" / "metadata"
     progress = json.loads(path.read_text())
+    progress.pop(checkpoint.PROGRESS_HASH, None) if rehash else None
     edit(progress)
+    if rehash:
+        progress[checkpoint.PROGRESS_HASH] = checkpoint.progress_hash(progress)
     path.write_text(json.dumps(progress))
 
 

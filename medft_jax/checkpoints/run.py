@@ -30,6 +30,7 @@ says it all (:func:`quiet_reported_failures`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -69,6 +70,20 @@ _PROGRESS_FILE = ("progress", "metadata")
 STATE_HASH = "state_sha256"
 """The ``progress`` key holding :func:`~medft_jax.checkpoints.model.tree_hash` of the saved
 train state."""
+
+
+PROGRESS_HASH = "progress_sha256"
+"""The ``progress`` key holding :func:`progress_hash` of the rest of it (the state's hash
+included): the epochs' metrics, the best epoch and the stopper's count decide the run's
+record, so a flipped bit there would pick another best epoch without a word. Saves from
+before it was written (2026-12-05) lack it and are read unchecked."""
+
+
+def progress_hash(progress: dict[str, Any]) -> str:
+    """SHA-256 of ``progress`` as canonical JSON (sorted keys, no spaces): what a read-back
+    ``json.loads`` gives again, whatever the writer's layout."""
+    text = json.dumps(progress, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 START_OVER = "start the run over with experiments.run --force"
@@ -138,6 +153,7 @@ class RunCheckpoints:
         """
         host = _host_copy(state)
         progress = {**progress, STATE_HASH: tree_hash(host)}
+        progress[PROGRESS_HASH] = progress_hash(progress)
         with naming_os_errors(self.latest_dir):
             self._manager.save(
                 step,
@@ -228,6 +244,11 @@ class RunCheckpoints:
             raise self._damaged(path, f"unreadable JSON, truncated? {what}") from None
         if not isinstance(progress, dict):
             raise self._damaged(path, f"a JSON {type(progress).__name__}, expected an object")
+        recorded = progress.pop(PROGRESS_HASH, None)
+        if recorded is not None and recorded != progress_hash(progress):
+            raise self._damaged(
+                path, f"its contents hash to another value than the {str(recorded)[:12]}… saved"
+            )
         return progress
 
     def damaged_progress(self, detail: str) -> ResumeError:
