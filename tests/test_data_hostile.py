@@ -218,6 +218,45 @@ def test_a_data_dir_inside_the_image_folder_is_refused_unless_hidden(tmp_path):
         assert sum(len(s.ids) for s in ds.splits.values()) == 20
 
 
+def test_a_prepared_cache_changed_in_place_is_refused_and_a_copy_is_not(tmp_path):
+    """Pixels changed in train_images.npy kept the data's fingerprint: a second seed trained
+    on other data under the first's identity. A truncated file was a numpy traceback."""
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root)
+    first = _load_folder(root, out)
+    images = next(out.rglob("train_images.npy"))
+    cache_dir = images.parent
+    before = images.read_bytes()
+    # A copy made without keeping times: hashed once, found the same, its times recorded.
+    stamp = os.stat(images).st_mtime_ns + 10**9
+    os.utime(images, ns=(stamp, stamp))
+    again = _load_folder(root, out)
+    assert again.metadata["fingerprint"] == first.metadata["fingerprint"]
+    meta = json.loads((cache_dir / "meta.json").read_text())
+    assert meta["file_stats"]["train_images.npy"] == [len(before), stamp]
+    # The same size, other pixels (a repair, a restore from another copy).
+    changed = bytearray(before)
+    changed[-50:] = bytes(255 - b for b in changed[-50:])
+    images.write_bytes(bytes(changed))
+    with pytest.raises(DataError) as err:
+        _load_folder(root, out)
+    assert _one_line(err) == (
+        f"{cache_dir}: the train split's files changed since the cache was written (their "
+        f"contents), so the data's recorded fingerprint no longer holds; delete {cache_dir} "
+        "to rebuild it"
+    )
+    images.write_bytes(before[:-1000])  # cut short
+    with pytest.raises(DataError) as err:
+        _load_folder(root, out)
+    assert _one_line(err).startswith(f"{images}: damaged dataset cache file (")
+    assert _one_line(err).endswith(f"; delete {cache_dir} to rebuild it")
+    labels = cache_dir / "val_labels.npy"
+    images.write_bytes(before)
+    labels.write_bytes(labels.read_bytes()[:20])
+    with pytest.raises(DataError, match=r"val_labels\.npy: damaged dataset cache file \("):
+        _load_folder(root, out)
+
+
 def _patient_folders(root: Path, patients: int = 10, per_patient: int = 4) -> None:
     """``<class>/p<k>/<i>.png``; patient p0 has images under both classes."""
     for c, name in enumerate(("benign", "malignant")):

@@ -31,6 +31,11 @@ split, class names, multilabel, grouping; :func:`fingerprint_of`), computed
 once as the cache is written: the data's identity in a run's record. It
 never holds mtimes or paths, so it is the same for the same data anywhere.
 A cache without either (written before they existed) is stale and rebuilt.
+Since the fingerprint is computed once, ``meta.json`` also keeps each array
+file's size and mtime as written, checked on every read: an array file changed
+in place (other pixels under the old identity) is refused, a truncated one is
+one line, and one merely copied (new mtimes) is hashed once against the
+recorded per-split digests (:func:`_check_unchanged`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from tqdm.auto import tqdm
 from medft_jax import atomic
 from medft_jax.data.arrays import ArraySplit
 from medft_jax.data.errors import DataError
+from medft_jax.errors import one_line
 
 META = "meta.json"
 FIELDS = ("labels", "ids", "groups", "patients")
@@ -176,6 +182,8 @@ def write_cache(
             "counts": counts,
             "skipped_bad_images": skipped,
             "fingerprint": _combine(digests, meta),
+            "split_digests": digests,
+            "file_stats": _file_stats(tmp, list(counts)),
             "duplicates": leaked_duplicates(by_image),
         }
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
@@ -384,10 +392,83 @@ def read_cache(cache_dir: Path) -> tuple[dict[str, ArraySplit], dict[str, Any]]:
         meta["source"] = {**meta["source"], "files": len(meta["source"]["files"])}
     splits = {}
     for name in meta["splits"]:
-        images = np.load(cache_dir / f"{name}_images.npy", mmap_mode="r", allow_pickle=False)
-        fields = {f: np.load(cache_dir / f"{name}_{f}.npy", allow_pickle=False) for f in FIELDS}
+        images = _load(cache_dir, f"{name}_images.npy", mmap_mode="r")
+        fields = {f: _load(cache_dir, f"{name}_{f}.npy") for f in FIELDS}
         splits[name] = ArraySplit(images=images, **fields)
+    _check_unchanged(cache_dir, meta, splits)
     return splits, meta
+
+
+def _load(cache_dir: Path, name: str, mmap_mode: str | None = None) -> np.ndarray:
+    """One array file of a cache; a missing, truncated or garbled one is one line."""
+    path = cache_dir / name
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(
+            f"{path}: damaged dataset cache file ({one_line(err)}); delete {cache_dir} to "
+            "rebuild it"
+        ) from None
+
+
+def _file_stats(cache_dir: Path, splits: Sequence[str]) -> dict[str, list[int]]:
+    """Each array file's ``[size, mtime_ns]``, as written."""
+    out = {}
+    for name in splits:
+        for kind in ("images", *FIELDS):
+            st = os.stat(cache_dir / f"{name}_{kind}.npy")
+            out[f"{name}_{kind}.npy"] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _check_unchanged(
+    cache_dir: Path, meta: dict[str, Any], splits: Mapping[str, ArraySplit]
+) -> None:
+    """Refuses array files changed since the cache was written: the data's fingerprint is
+    the one computed then, so changed pixels would train under the old data's identity
+    (a second seed on other data, averaged with the first as one table cell).
+
+    Size and mtime as written: nothing to read. A file of another mtime (a copy made
+    without keeping times, a restore) is hashed again, and its split's digest must be the
+    recorded one; the new times are then recorded, so that happens once. Caches written
+    before the stats were recorded are read as they are.
+    """
+    stats, digests = meta.get("file_stats"), meta.get("split_digests")
+    if not isinstance(stats, dict) or not isinstance(digests, dict):
+        return
+    moved = {}
+    for name, split in splits.items():
+        now = _file_stats(cache_dir, [name])
+        changed = [f for f, st in now.items() if stats.get(f) != st]
+        if not changed:
+            continue
+        resized = [f for f in changed if not stats.get(f) or stats[f][0] != now[f][0]]
+        if resized or _digest_of(split) != digests.get(name):
+            how = f"the size of {resized[0]}" if resized else "their contents"
+            raise DataError(
+                f"{cache_dir}: the {name} split's files changed since the cache was written "
+                f"({how}), so the data's recorded fingerprint no longer holds; delete "
+                f"{cache_dir} to rebuild it"
+            )
+        moved.update(now)
+    if moved:
+        with contextlib.suppress(OSError):  # a read-only shared cache: hashed again next time
+            update_meta(cache_dir, {"file_stats": {**stats, **moved}})
+            meta["file_stats"] = {**stats, **moved}
+
+
+def _digest_of(split: ArraySplit, chunk: int = 1024) -> dict[str, Any]:
+    """:func:`_split_digest` of a split read back (what :func:`write_cache` recorded)."""
+    fields = {f: np.asarray(getattr(split, f)) for f in FIELDS}
+    return _split_digest(list(split.images.shape), _images_sha(split.images, chunk), fields)
+
+
+def _images_sha(images: np.ndarray, chunk: int = 1024) -> str:
+    digest = hashlib.sha256()
+    for start in range(0, len(images), chunk):
+        part = np.asarray(images[start : start + chunk])
+        digest.update(np.ascontiguousarray(part, dtype=np.uint8).data)
+    return digest.hexdigest()
 
 
 def chunked(array: np.ndarray, chunk: int = 256) -> ImageChunks:
@@ -575,14 +656,7 @@ def fingerprint_of(
 
     Equal to what :func:`write_cache` stores for the same arrays and facts.
     """
-    digests = {}
-    for name, split in splits.items():
-        digest = hashlib.sha256()
-        for start in range(0, len(split.images), chunk):
-            part = np.asarray(split.images[start : start + chunk])
-            digest.update(np.ascontiguousarray(part, dtype=np.uint8).data)
-        fields = {f: np.asarray(getattr(split, f)) for f in FIELDS}
-        digests[name] = _split_digest(list(split.images.shape), digest.hexdigest(), fields)
+    digests = {name: _digest_of(split, chunk) for name, split in splits.items()}
     facts = {"class_names": list(class_names), "multilabel": multilabel}
     return _combine(digests, {**facts, "eval_grouping": eval_grouping})
 
