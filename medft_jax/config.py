@@ -200,6 +200,10 @@ class RunConfig:
         # ever frozen is the run that updates them.
         if self.frozen_bn == "freeze" and self.strategy in BN_TRAINS_THROUGHOUT:
             object.__setattr__(self, "frozen_bn", "update")
+        # One folder, one spelling: "w/best/" and "w/best" (a shell's tab completion) are
+        # one checkpoint, and were two runs' names and a report's "different settings".
+        if isinstance(self.weights, str) and self.weights and self.weights not in WEIGHTS_CHOICES:
+            object.__setattr__(self, "weights", os.path.normpath(self.weights))
         # An option at its default, or an int for a float, is not another run either.
         if isinstance(self.strategy_options, tuple) and all(
             isinstance(kv, tuple) and len(kv) == 2 for kv in self.strategy_options

@@ -54,6 +54,22 @@ def test_hash_differs_for_different_configs(change):
     assert results.config_hash({**CONFIG, **change}) != results.config_hash(CONFIG)
 
 
+def test_one_weights_folder_spelled_two_ways_is_one_run(tmp_path):
+    """``--weights W/best/`` (tab completion) trained the run of ``--weights W/best`` again,
+    and the report then refused the two as different settings."""
+    from medft_jax.config import RunConfig
+
+    names = {
+        results.run_name(RunConfig(strategy="lp", weights=w).to_dict())
+        for w in ("runs/x/best", "runs/x/best/", "runs//x/./best")
+    }
+    assert len(names) == 1
+    assert RunConfig(strategy="lp", weights="runs/x/best/").weights == "runs/x/best"
+    assert RunConfig(strategy="lp", weights="imagenet").weights == "imagenet"
+    other = results.run_name(RunConfig(strategy="lp", weights="runs/y/best").to_dict())
+    assert other not in names
+
+
 def test_run_dir_and_record_path(tmp_path):
     d = results.run_dir(tmp_path, CONFIG)
     assert d.parent == tmp_path
