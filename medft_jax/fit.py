@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import glob
 import itertools
 import math
 import os
@@ -960,26 +961,34 @@ def _duplicates(ds: data.Dataset) -> dict[str, Any]:
 
 
 def clear_leftovers(run_dir: Path) -> None:
-    """Deletes the resume checkpoints a kill left beside a finished run's record.
+    """Deletes what a kill left beside a finished run's record: its resume checkpoints,
+    what ``--force`` set aside (``previous/``), and a record write's temporary file.
 
-    A run writes its record, then deletes them (:func:`_tidy_up`); killed in
-    between, they would stay for good, every later call finding the record
+    A run writes its record, then deletes the others (:func:`_tidy_up`,
+    :func:`_drop_previous`); killed in between, they would stay for good (a
+    ``previous/`` holds a whole model), every later call finding the record
     and returning. Under the run's lock (another process in the run: left
-    to it); a failure is one warning line, as in :func:`_tidy_up`.
+    to it; none other writes the record without it); a failure is one
+    warning line, as in :func:`_tidy_up`.
     """
-    latest = Path(run_dir) / "checkpoints"
-    if not latest.is_dir():
+    run_dir = Path(run_dir)
+    left = [run_dir / "checkpoints", *(run_dir / n for n in results.PREVIOUS_NAMES)]
+    left += run_dir.glob(f".{glob.escape(results.RECORD_NAME)}.*.tmp")  # atomic.write_bytes'
+    if not any(p.exists() for p in left):
         return
     try:
         with locks.run_lock(run_dir):
-            if jax.process_index() == 0 and latest.is_dir():
-                shutil.rmtree(latest)
+            for path in left if jax.process_index() == 0 else ():
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
     except locks.RunLocked:
         return
     except OSError as e:
         print(
-            f"warning: {latest}: could not delete a finished run's resume checkpoints "
-            f"({one_line(e)}); delete them to free the space",
+            f"warning: {run_dir}: could not delete a finished run's leftovers ({one_line(e)}); "
+            "delete its checkpoints/ and previous/ to free the space",
             file=sys.stderr,
         )
 

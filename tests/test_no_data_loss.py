@@ -1140,7 +1140,7 @@ def test_sweep_notes_a_run_it_cannot_resume_and_goes_on(tmp_path, capsys):
 @pytest.mark.slow
 def test_sweep_goes_on_past_an_edited_record_and_clears_a_killed_runs_leftovers(tmp_path, capsys):
     """An edited record is this run's problem: named, the rest of the grid goes on, exit 1.
-    Checkpoints left by a kill between a record and its tidy-up go at the next look."""
+    Checkpoints, previous/ and temporaries left by a kill go at the next look."""
     grid = _grid(tmp_path, lrs=(1e-3, 1e-4), epochs=1)
     out = tmp_path / "runs"
     first, second = _grid_run_dirs(grid, out)
@@ -1151,6 +1151,10 @@ def test_sweep_goes_on_past_an_edited_record_and_clears_a_killed_runs_leftovers(
     leftover = second / "checkpoints" / "1"
     leftover.mkdir(parents=True)
     (leftover / "state").write_bytes(b"x" * 100)
+    # Killed before --force's previous/ went, and inside a record write: gone too.
+    (second / "previous" / "best").mkdir(parents=True)
+    (second / "previous" / "record.json").write_text("{}")
+    (second / ".record.json.abc123.tmp").write_text("{")
     capsys.readouterr()
     assert sweep_cli.main(["--config", str(grid), "--out", str(out)]) == 1
     cap = capsys.readouterr()
@@ -1162,3 +1166,4 @@ def test_sweep_goes_on_past_an_edited_record_and_clears_a_killed_runs_leftovers(
         "edited: restore it, or delete it to run it again\n"
     )
     assert not (second / "checkpoints").exists() and (second / "record.json").is_file()
+    assert sorted(p.name for p in second.iterdir()) == ["best", "record.json"]
