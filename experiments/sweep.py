@@ -143,7 +143,8 @@ def dry_run(
     With ``retry_failed`` a run with a failure note counts as to run, as the
     sweep itself would run it.
     """
-    records = results.load_records(out) if Path(out).is_dir() else []
+    damaged: list[results.RecordError] = []  # the sweep skips them, naming each, and goes on
+    records = results.load_records(out, damaged=damaged) if Path(out).is_dir() else []
     failures = results.load_failures(out) if Path(out).is_dir() else []
     # Without loading the data, a run is matched by its settings (any data version), and
     # only where the sweep looks for it: <out>/<run>/, not a copy or a selection's run
@@ -211,6 +212,11 @@ def dry_run(
         f"({', '.join(f'{a} {r:g} img/s' for a, r in grid_lib.REFERENCE_IMAGES_PER_S.items())} "
         "at 224 px)"
     )
+    if damaged:
+        print(
+            f"{len(damaged)} damaged record(s) not counted (the sweep skips such a run, naming "
+            f"it): {damaged[0]}"
+        )
 
 
 _TO_RUN = ("todo", "retry")

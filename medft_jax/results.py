@@ -361,7 +361,12 @@ def _check_folder(path: Path, config: dict[str, Any]) -> None:
         )
 
 
-def load_records(out_dir: str | Path, *, finished: bool = False) -> list[dict[str, Any]]:
+def load_records(
+    out_dir: str | Path,
+    *,
+    finished: bool = False,
+    damaged: list[RecordError] | None = None,
+) -> list[dict[str, Any]]:
     """Every finished run's record under ``out_dir`` (any depth), in path order.
 
     Only files named ``record.json`` are read, so temporary files of a
@@ -370,14 +375,23 @@ def load_records(out_dir: str | Path, *, finished: bool = False) -> list[dict[st
     corrupt record raises :class:`RecordError` naming the file (a results
     table silently missing a run would be worse). ``finished``: each is
     also checked by :func:`check_finished`, for readers that take its
-    numbers as they are.
+    numbers as they are. ``damaged``: a list that collects those errors instead, the
+    other records read on (a listing, which says so, not a table of numbers).
     """
     records = []
     for path in _find_files(out_dir, RECORD_NAME):
-        if path.parent.name not in PREVIOUS_NAMES:
-            records.append(read_record(path))
+        if path.parent.name in PREVIOUS_NAMES:
+            continue
+        try:
+            record = read_record(path)
             if finished:
-                check_finished(path, records[-1])
+                check_finished(path, record)
+        except RecordError as e:
+            if damaged is None:
+                raise
+            damaged.append(e)
+            continue
+        records.append(record)
     return records
 
 

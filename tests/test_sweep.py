@@ -410,6 +410,20 @@ def test_dry_run_costs_come_from_runs_of_the_same_precision_and_uncached_epochs(
     assert grid_lib.measured_throughput([timed]) == {grid_lib.throughput_key(fp32.to_dict()): 300.0}
 
 
+def test_dry_run_lists_past_a_damaged_record(tmp_path, capsys):
+    """It stopped on the first damaged record, where the sweep names it and goes on."""
+    config = _grid_file(tmp_path, "g", strategies=("lp", "ft"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    bad = tmp_path / "o" / "some-run" / "record.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("")
+    assert sweep_cli.main(["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "done 0, failed 0, to run 2" in out
+    assert out.splitlines()[-1].startswith(
+        f"1 damaged record(s) not counted (the sweep skips such a run, naming it): {bad}: "
+    )
+
+
 def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
     config = _grid_file(tmp_path, "g", strategies=("lp", "ft"), lrs=(1e-3,), seeds=(0,), epochs=1)
     assert sweep_cli.main(["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
