@@ -113,7 +113,7 @@ def env_seconds(name: str) -> float:
     if not value:
         return DURATIONS[name]
     try:
-        seconds = float(value)
+        seconds = float(value) if "_" not in value else float("nan")  # 1_0 is not 10 to a user
     except ValueError:
         seconds = float("nan")
     if not (seconds >= 0 and seconds != float("inf")):

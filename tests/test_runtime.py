@@ -127,7 +127,7 @@ def test_a_run_under_a_misspelt_distributed_switch_stops_in_one_line_before_writ
     assert not out.exists()
 
 
-@pytest.mark.parametrize("value", ["-1", "1 min", "inf", "nan"])
+@pytest.mark.parametrize("value", ["-1", "1 min", "inf", "nan", "1_0"])
 def test_a_malformed_duration_is_one_line_before_anything_runs(value, monkeypatch, capsys):
     from medft_jax.errors import cli_main
 
