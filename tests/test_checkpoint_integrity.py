@@ -458,7 +458,7 @@ def test_a_runs_checkpoint_without_a_decoding_rule_refuses_one_at_predict(saved,
     dark = tmp_path / "dark.png"
     Image.fromarray(np.full((240, 250), 3000, np.uint16)).save(dark)
     with pytest.raises(predict.PredictError, match=r"or --bits-stored 16 to keep the 16-bit"):
-        predict.load_image(dark, 232, 224, predict.Predictor(path).bits_stored)
+        predict.load_image(dark, 232, 224, None)  # the default rule, the run's own
     sixteen = predict.Predictor(path, 16)
     assert sixteen.bits_stored == 16
     assert (predict.load_image(dark, 232, 224, sixteen.bits_stored) == 3000 >> 8).all()
