@@ -22,6 +22,7 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from experiments.common import (
@@ -33,6 +34,7 @@ from experiments.common import (
 )
 from medft_jax import results
 from medft_jax.config import RunConfig, check_config, flag_name
+from medft_jax.data.paths import refuse_listed_output
 from medft_jax.errors import (
     EXIT_BUSY,
     ArgumentParser,
@@ -249,6 +251,8 @@ def _main(argv: Sequence[str] | None) -> int:
             "blocks, only (features are cached only when frozen BatchNorm makes the backbone "
             "a function of the image)"
         )
+    if args.dataset == "folder" and args.manual_dir is not None:
+        refuse_listed_output(Path(args.manual_dir), Path(args.out), "--out", "the runs")
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
         check_data_dir(args.data_dir)

@@ -40,6 +40,7 @@ from typing import Any
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.config import RunConfig
+from medft_jax.data.paths import refuse_listed_output
 from medft_jax.errors import (
     EXIT_BUSY,
     ArgumentParser,
@@ -122,6 +123,9 @@ def _main(argv: Sequence[str] | None) -> int:
             f"blocks, only; no run of grid {g.name!r} here has both, so nothing is cached"
         )
     g.check_manual_dirs(c.dataset for c in runs)
+    folder = g.dataset_options.get("folder", {}).get("manual_dir")
+    if folder is not None and any(c.dataset == "folder" for c in runs):
+        refuse_listed_output(Path(folder), Path(args.out), "--out", "the runs")
     if args.dry_run:  # reads --out only, but a file there is the sweep's error too
         no_file_in_the_way(args.out, "--out")
         dry_run(g, runs, index, count, args.out, args.retry_failed)

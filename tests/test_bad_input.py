@@ -495,6 +495,22 @@ def test_patient_folders_applies_to_folder_only(dataset, flag, tmp_path, capsys)
     )
 
 
+def test_runs_inside_the_image_folder_are_refused_unless_hidden(tmp_path, capsys):
+    """``cd images && experiments.run --manual-dir .``: the default ``runs/`` would be read as
+    a class folder by the next load. Refused before anything is written."""
+    images = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (images / c).mkdir(parents=True)
+    argv = [*RUN, "--dataset", "folder", "--manual-dir", str(images)]
+    argv += ["--data-dir", str(tmp_path / "data")]
+    assert run_cli.main([*argv, "--out", str(images / "runs")]) == 2
+    assert _one_error_line(capsys) == (
+        f"error: --out {images / 'runs'} is inside --manual-dir {images}, whose listing would "
+        f"read the runs as images; put it elsewhere, or in a hidden folder ({images / '.medft'})"
+    )
+    assert sorted(p.name for p in images.iterdir()) == ["a", "b"]
+
+
 @pytest.mark.parametrize("cli", [prepare_cli, run_cli])
 @pytest.mark.parametrize("dataset", ["bach", "demo", "medmnist/breastmnist"])
 @pytest.mark.parametrize("flag", [("--bits-stored", "12"), ("--dicom-window", "40,80")])

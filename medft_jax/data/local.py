@@ -25,6 +25,7 @@ from medft_jax.data.examples import Example, split_plan, validate
 from medft_jax.data.folder import parse_folder
 from medft_jax.data.images import DECODING_VERSION, ImageReader, open_image, takes_bits_stored
 from medft_jax.data.locations import cache_dir, variant_name
+from medft_jax.data.paths import refuse_listed_output
 from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
 from medft_jax.data.table import parse_table
 from medft_jax.names import LOCAL_KINDS
@@ -74,7 +75,7 @@ def load_local(
     if not root.is_dir():
         raise DataError(f"--manual-dir {root} is not a directory")
     if kind == "folder":  # csv lists its files by name, never the folder
-        _check_cache_outside(root, Path(data_dir).expanduser())
+        refuse_listed_output(root, Path(data_dir), "--data-dir", "the prepared cache")
     if kind == "csv" and "csv_file" not in options:
         raise DataError("dataset 'csv' needs the csv_file option (--csv-file)")
     options = {k: v for k, v in options.items() if v is not None}
@@ -144,22 +145,6 @@ def load_local(
         eval_grouping=meta["eval_grouping"],
         metadata=meta,
     )
-
-
-def _check_cache_outside(root: Path, data_dir: Path) -> None:
-    """Refuses a ``--data-dir`` that the listing of ``--manual-dir`` would walk into: the
-    second load read the cache's folder as a class (or its files as images). A hidden
-    folder (``<root>/.medft``) is never listed, so it is fine."""
-    try:
-        inside = data_dir.resolve().relative_to(root.resolve())
-    except ValueError:
-        return
-    if not any(part.startswith(".") for part in inside.parts):
-        raise DataError(
-            f"--data-dir {data_dir} is inside --manual-dir {root}, whose listing would read "
-            f"the prepared cache as images; put it elsewhere, or in a hidden folder "
-            f"({root / '.medft'})"
-        )
 
 
 def _check_some_sixteen_bit(root: Path, splits: dict[str, list[Example]], bits_stored: int) -> None:

@@ -25,6 +25,22 @@ def is_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> boo
     return path == root or path.startswith(os.path.join(root, ""))
 
 
+def refuse_listed_output(root: Path, output: Path, flag: str, what: str) -> None:
+    """Refuses an output folder (``--data-dir``, ``--out``) that the listing of the image
+    folder ``root`` would walk into: its files would be read as a class or images on the
+    next load. A hidden folder (``<root>/.medft``) is never listed, so it is fine."""
+    root, output = Path(root).expanduser(), Path(output).expanduser()
+    try:
+        inside = output.resolve().relative_to(root.resolve())
+    except ValueError:
+        return
+    if not any(part.startswith(".") for part in inside.parts):
+        raise DataError(
+            f"{flag} {output} is inside --manual-dir {root}, whose listing would read {what} "
+            f"as images; put it elsewhere, or in a hidden folder ({root / '.medft'})"
+        )
+
+
 def safe_join(root: Path, relative: str, *, source: str) -> Path:
     """``root / relative``, refusing a path that resolves outside ``root``.
 
