@@ -233,7 +233,7 @@ def score_arm(
         trained = len(epochs) * steps_per_epoch + (partial["steps"] if partial else 0)
         if partial and trained <= steps and trained not in kept:
             kept[trained] = {"val": partial["val"], "seconds": partial["seconds"]}
-            atomic.write_bytes(kept_file, json.dumps({str(k): v for k, v in kept.items()}).encode())
+            _write_kept(kept_file, kept)
         if trained > steps:
             whole, extra = divmod(steps, steps_per_epoch)
             if extra and steps not in kept:
@@ -266,13 +266,31 @@ RUNG_VALIDATIONS = "rung_validations.json"
 seconds, which the resume checkpoint drops once that epoch finishes."""
 
 
+_KEPT_HASH = "sha256"
+"""The key of :data:`RUNG_VALIDATIONS` holding the content hash of the rest: these scores
+rank the arms, so a flipped bit would change the pick without a word."""
+
+
+def _write_kept(path: Path, kept: dict[int, dict[str, Any]]) -> None:
+    body = {str(k): v for k, v in kept.items()}
+    atomic.write_bytes(path, json.dumps({**body, _KEPT_HASH: results.content_hash(body)}).encode())
+
+
 def _read_kept(path: Path) -> dict[int, dict[str, Any]]:
+    """The kept validations; files written before they carried a hash are read unchecked."""
     try:
-        return {int(k): v for k, v in json.loads(path.read_text()).items()}
+        body = json.loads(path.read_text())
+        recorded = body.pop(_KEPT_HASH, None)
+        if recorded is not None and recorded != results.content_hash(body):
+            raise ValueError("its contents hash to another value than the one saved")
+        return {int(k): v for k, v in body.items()}
     except FileNotFoundError:
         return {}
     except (ValueError, AttributeError) as e:
-        raise UserError(f"{path}: not the rung validations this selection wrote ({e})") from e
+        raise UserError(
+            f"{path}: not the rung validations this selection wrote ({e}); give the selection "
+            "a new --out"
+        ) from e
 
 
 def _num(x: float) -> float:

@@ -184,6 +184,15 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:HASH_CHARS]
 
 
+def content_hash(value: Any) -> str:
+    """SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces; NaN allowed): what a
+    read-back ``json.loads`` gives again, whatever the writer's layout. For files that
+    decide numbers and carry no checksum of their own (a resume's progress, a selection's
+    kept validations), so a flipped bit is refused rather than believed."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 IDENTITY_KEYS = ("data_fingerprint", "weights_fingerprint")
 """Config keys found out at run time (content hashes of the data and the starting
 weights), not chosen: a grid's configs lack them, its records have them."""

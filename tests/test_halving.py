@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -138,3 +139,18 @@ def test_a_first_rung_that_rounds_to_a_whole_run_is_refused():
     arms = [Arm("ft", lr, RunConfig(strategy="ft", lr=lr)) for lr in (1e-3, 1e-4)]
     with pytest.raises(DataError, match=r"^--min-epochs 1.9 is 8 train steps of demo, a whole"):
         successive_halving(arms, _Session(no_run), min_epochs=1.9, eta=2, max_epochs=2, say=print)
+
+
+def test_kept_rung_validations_are_checked_by_their_hash(tmp_path):
+    """They rank the arms: a flipped digit in a score would change the pick without a word."""
+    from medft_jax import halving
+
+    path = tmp_path / halving.RUNG_VALIDATIONS
+    kept = {12: {"val": {"accuracy": 0.75}, "seconds": 1.5}}
+    halving._write_kept(path, kept)
+    assert halving._read_kept(path) == kept
+    path.write_text(path.read_text().replace("0.75", "0.95"))
+    with pytest.raises(UserError, match=r"its contents hash to another value than the one saved"):
+        halving._read_kept(path)
+    path.write_text(json.dumps({"12": {"val": {"accuracy": 0.75}, "seconds": 1.5}}))  # older
+    assert halving._read_kept(path) == kept

@@ -30,7 +30,6 @@ says it all (:func:`quiet_reported_failures`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -53,6 +52,7 @@ from medft_jax.checkpoints.model import (
     tree_hash,
 )
 from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
+from medft_jax.results import content_hash
 
 __all__ = [
     "ResumeError",
@@ -80,10 +80,8 @@ before it was written (2026-12-05) lack it and are read unchecked."""
 
 
 def progress_hash(progress: dict[str, Any]) -> str:
-    """SHA-256 of ``progress`` as canonical JSON (sorted keys, no spaces): what a read-back
-    ``json.loads`` gives again, whatever the writer's layout."""
-    text = json.dumps(progress, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """:func:`medft_jax.results.content_hash` of ``progress``."""
+    return content_hash(progress)
 
 
 START_OVER = "start the run over with experiments.run --force"
