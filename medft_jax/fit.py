@@ -475,10 +475,17 @@ def _prepare(
     eval_bs = eval_batch_size or max(n_dev, config.batch_size)
     state = trainer.init_state(variables)
     restored = ckpts.restore_latest(trainer.abstract_state(variables))
-    if restored is None:
-        stopper = EarlyStopping(
-            patience=config.patience, start_epoch=strategy.schedule.final_stage_epoch
+    final = strategy.schedule.final_stage_epoch
+    if config.epochs <= final and jax.process_index() == 0:
+        print(
+            f"note: {config.strategy}'s final stage begins at epoch {final + 1}, past --epochs "
+            f"{config.epochs}: the blocks it unfreezes last never train (a report marks such "
+            "cells ¶)",
+            file=sys.stderr,
+            flush=True,
         )
+    if restored is None:
+        stopper = EarlyStopping(patience=config.patience, start_epoch=final)
         progress = Progress([], stopper)
     else:
         state, saved = restored

@@ -186,6 +186,29 @@ def test_an_lr_with_a_failed_run_is_never_chosen():
     assert again.lr == 1e-3 and again.excluded_lrs == () and again.runs_done == 3
 
 
+def test_a_gradual_cell_whose_runs_never_reached_their_final_stage_is_marked():
+    """G-LF on DenseNet-121 (final stage at epoch 9) capped at 8 epochs never trains its
+    stem: its cell was shown as G-LF without a word."""
+    short = [
+        {**rec(strategy="g_lf", seed=s, val=0.6, test=0.6, epochs=8), "final_stage_epoch": 8}
+        for s in range(2)
+    ]
+    reached = [{**r, "epochs": r["epochs"] * 2} for r in short]
+    summary = collect([*short, rec(seed=0), rec(seed=1)])
+    cell = summary.cell("bach", "resnet50", "g_lf")
+    assert (cell.unstaged, cell.final_stage_epoch) == (2, 8)
+    table = dataset_table(summary, "bach")
+    assert f"{shown(0.6, 0.0)}¶" in to_markdown(table)
+    assert "¶ G-LF, ResNet-50: 2 of 2 runs ended before the final stage (epoch 9): the " in (
+        " ".join(table.notes)
+    )
+    assert r"$^{\P}$" in to_latex(table) and "¶" not in to_latex(table)
+    assert any(n.startswith("¶: a staged cell") for n in table11(summary).notes)
+    again = collect([*reached, rec(seed=0), rec(seed=1)])
+    assert again.cell("bach", "resnet50", "g_lf").unstaged == 0
+    assert "¶" not in to_markdown(dataset_table(again, "bach"))
+
+
 def test_an_lr_where_a_seed_has_no_validation_value_is_never_chosen():
     """One seed's 0.99 at lr 1e-3, the others' missing: chosen on that seed alone, it
     would beat 1e-4's three 0.80s; it is left out and marked as a failed LR is."""

@@ -80,11 +80,16 @@ def _start_params(config: fit.RunConfig, weights) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", strategies.PAPER_STRATEGIES)
-def test_strategy_end_to_end(strategy, ported_tiny, demo, tmp_path):
+def test_strategy_end_to_end(strategy, ported_tiny, demo, tmp_path, capsys):
     # ResNet-50's blocks with one bottleneck each: every block of the partition
     # is there to freeze or train, at a quarter of ResNet-50's compiling.
     config = _config(strategy, ported_tiny, arch=TINY)
     record = fit.run_one(config, tmp_path, dataset=demo, progress=False)
+    # Two epochs end before the gradual strategies' final stage: said as the run starts.
+    short = record["final_stage_epoch"] >= len(record["epochs"])
+    assert short == (strategy in ("g_lf", "g_fl"))
+    said = f"note: {strategy}'s final stage begins at epoch {record['final_stage_epoch'] + 1}"
+    assert (said in capsys.readouterr().err) == short
     # The record holds what it should.
     assert record["config"]["strategy"] == strategy and len(record["epochs"]) == 2
     assert record["primary_metric"] == "accuracy"

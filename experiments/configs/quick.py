@@ -10,7 +10,8 @@ enough to see the whole pipeline, tables and figures work, not to rank
 strategies (random-init weights unless ported ImageNet weights are cached,
 synthetic images, 2 epochs). LP-FT's head-only phase is shortened to one
 epoch, so that it fine-tunes in the second; the gradual strategies unfreeze a
-block an epoch, so in two epochs they train their first two stages only.
+block an epoch, so in two epochs they train their first two stages only (each
+run says so as it starts, and the report marks their cells ¶).
 """
 
 from medft_jax.grid import Grid

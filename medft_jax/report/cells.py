@@ -107,6 +107,10 @@ class Cell:
     unvalidated_lrs: tuple[float, ...] = ()
     """Those of :attr:`excluded_lrs` where no run failed but one has no validation value."""
     cost: Cost | None = None
+    unstaged: int = 0
+    """Runs at the chosen LR that ended before their final stage (too few epochs for
+    G-LF/G-FL to unfreeze every block): see :data:`medft_jax.report.render.PILCROW`."""
+    final_stage_epoch: int | None = None
 
     @property
     def key(self) -> CellKey:
@@ -576,8 +580,24 @@ def _make_cell(
         lr_means=summary["lr_means"],
         excluded_lrs=bad_lrs,
         cost=_cost(chosen, recs),
+        unstaged=sum(map(_ended_before_final_stage, chosen)),
+        final_stage_epoch=max(
+            (f for r in chosen if (f := _int(r.get("final_stage_epoch"))) is not None),
+            default=None,
+        ),
         **base,
     )
+
+
+def _ended_before_final_stage(record: dict[str, Any]) -> bool:
+    """Whether a run stopped at its epoch cap before its final stage began (records
+    before ``final_stage_epoch`` was written: not known, so False)."""
+    final = _int(record.get("final_stage_epoch"))
+    return final is not None and len(record.get("epochs") or ()) <= final
+
+
+def _int(x: Any) -> int | None:
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
 def _num(x: Any) -> float:

@@ -32,6 +32,9 @@ DOUBLE_DAGGER = "‡"
 """A cell whose LR was chosen without an LR at which a run failed."""
 SECTION = "§"
 """A value over fewer seeds than its cell has: the metric was undefined for the others."""
+PILCROW = "¶"
+"""A staged cell (G-LF, G-FL) whose chosen runs ended before their final stage: the
+blocks it unfreezes last never trained, so it is not the strategy its label names."""
 UNDEFINED = "n/a"
 """A metric undefined for every seed of a cell that has runs (e.g. AUROC with one class)."""
 
@@ -145,6 +148,7 @@ _LATEX_CHARS = {
     "†": r"$^{\dagger}$",
     "‡": r"$^{\ddagger}$",
     "§": r"$^{\S}$",
+    "¶": r"$^{\P}$",
     "±": r"$\pm$",
     "Δ": r"$\Delta$",
     "κ": r"$\kappa$",

@@ -48,6 +48,7 @@ from medft_jax.report.render import (
     DAGGER,
     DOUBLE_DAGGER,
     MISSING_TEXT,
+    PILCROW,
     SECTION,
     UNDEFINED,
     Column,
@@ -97,6 +98,7 @@ def cell_text(cell: Cell, metric: str) -> str:
     if not math.isfinite(mean):
         return UNDEFINED + mark
     mark += SECTION if _fewer_seeds(cell, metric) else ""
+    mark += PILCROW if cell.unstaged else ""
     return f"{pct(mean)} ({pct(se)}){mark}"
 
 
@@ -125,6 +127,12 @@ def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]
             notes.append(
                 f"{DOUBLE_DAGGER} {name}: {' and '.join(why)} left out of the choice; the "
                 "value is from the best of the other LRs"
+            )
+        if c.has_value and c.unstaged:
+            notes.append(
+                f"{PILCROW} {name}: {c.unstaged} of {len(c.seeds)} runs ended before the final "
+                f"stage (epoch {(c.final_stage_epoch or 0) + 1}): the blocks unfrozen last never "
+                "trained"
             )
     return notes
 
@@ -619,6 +627,11 @@ def table11(summary: Summary) -> Table:
         notes.append(
             f"{SECTION}: a value over fewer seeds than the cell has, the metric undefined "
             "for the others (see the dataset's table)."
+        )
+    if any(c.has_value and c.unstaged for _, c in shown):
+        notes.append(
+            f"{PILCROW}: a staged cell whose runs ended before their final stage (see the "
+            "dataset's table)."
         )
     if any(c is not None and _lrs_left_out(c) for b in bests for c in (b.cell, b.ft)):
         notes.append(

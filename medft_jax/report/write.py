@@ -25,6 +25,7 @@ from medft_jax.report.cells import COMPLETE, FAILED, MISSING, PARTIAL, Summary
 from medft_jax.report.render import (
     DAGGER,
     DOUBLE_DAGGER,
+    PILCROW,
     SECTION,
     Table,
     md_escape,
@@ -383,7 +384,9 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         "out of the choice and the value is the best of the others (the table's notes and "
         "the CSV's excluded_lrs name it). "
         f"{SECTION}: the value is over fewer seeds than the cell has, the metric being "
-        "undefined for the others (the notes and the CSV's n say how many).",
+        "undefined for the others (the notes and the CSV's n say how many). "
+        f"{PILCROW}: G-LF or G-FL runs that ended (at the epoch cap) before their final "
+        "stage, so the blocks they unfreeze last never trained.",
         "- **Bold**: best mean per arch and metric; <u>underlined</u>: best mean per metric "
         "over all archs; means equal at the 2 decimals shown are all marked.",
         "- Cost: device-seconds = train_seconds × number of devices (compilation excluded).",
