@@ -43,7 +43,7 @@ from medft_jax import features as features_lib
 from medft_jax.checkpoints import model as model_checkpoint
 from medft_jax.checkpoints import pretrained
 from medft_jax.checkpoints.run import START_OVER, ResumeError, RunCheckpoints
-from medft_jax.config import RunConfig, check_config
+from medft_jax.config import OPTION_DEFAULTS, RunConfig, check_config
 from medft_jax.data.cache import duplicate_counts, skipped_counts
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
@@ -481,6 +481,18 @@ def _prepare(
             f"note: {config.strategy}'s final stage begins at epoch {final + 1}, past --epochs "
             f"{config.epochs}: the blocks it unfreezes last never train (a report marks such "
             "cells ¶)",
+            file=sys.stderr,
+            flush=True,
+        )
+    rgn = {**OPTION_DEFAULTS, **dict(config.strategy_options)}
+    stream = not rgn["rgn_per_step"] and rgn["rgn_mode"] == "stream"
+    window = rgn["rgn_estimate_steps"]
+    short = config.strategy == "auto_rgn" and stream and steps_per_epoch <= window
+    if short and jax.process_index() == 0:
+        print(
+            f"note: auto_rgn estimates each epoch's RGN over its first {window} steps and "
+            f"an epoch here has {steps_per_epoch}: every epoch applies the previous one's "
+            "estimate (--rgn-mode prepass estimates it before the epoch trains)",
             file=sys.stderr,
             flush=True,
         )

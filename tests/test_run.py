@@ -89,7 +89,11 @@ def test_strategy_end_to_end(strategy, ported_tiny, demo, tmp_path, capsys):
     short = record["final_stage_epoch"] >= len(record["epochs"])
     assert short == (strategy in ("g_lf", "g_fl"))
     said = f"note: {strategy}'s final stage begins at epoch {record['final_stage_epoch'] + 1}"
-    assert (said in capsys.readouterr().err) == short
+    err = capsys.readouterr().err
+    assert (said in err) == short
+    # Auto-RGN's 5-step estimate never applies within a 4-step epoch: said too.
+    rgn = "note: auto_rgn estimates each epoch's RGN over its first 5 steps and an epoch here has 4"
+    assert (rgn in err) == (strategy == "auto_rgn")
     # The record holds what it should.
     assert record["config"]["strategy"] == strategy and len(record["epochs"]) == 2
     assert record["primary_metric"] == "accuracy"
