@@ -189,7 +189,9 @@ def content_hash(value: Any) -> str:
     read-back ``json.loads`` gives again, whatever the writer's layout. For files that
     decide numbers and carry no checksum of their own (a resume's progress, a selection's
     kept validations), so a flipped bit is refused rather than believed."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    # As read back first: int keys become strings (and so sort as strings), tuples lists.
+    read_back = json.loads(json.dumps(value, allow_nan=True))
+    text = json.dumps(read_back, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -338,3 +338,13 @@ def test_records_are_readable_like_any_new_file(tmp_path):
 
     write_state_dict({"fc.bias": np.zeros(2, np.float32)}, tmp_path / "m.safetensors")
     assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == mode
+
+
+def test_content_hash_is_that_of_the_json_read_back():
+    """A resume's progress with int keys (3, 12) sorted one way when saved and as strings
+    ("12", "3") when read back: every mid-epoch resume was refused as damaged."""
+    value = {"partial": {3: [1.5, float("nan")], 12: (2, 3)}, "seconds": {"val": 0.1}}
+    back = json.loads(json.dumps(value))
+    assert results.content_hash(value) == results.content_hash(back)
+    back["partial"]["12"][0] = 4
+    assert results.content_hash(value) != results.content_hash(back)
