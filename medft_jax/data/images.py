@@ -170,12 +170,7 @@ def takes_bits_stored(path: Path) -> bool:
             samples = _stored_samples(image)
             if _maxval_states_range(image):
                 return False
-            mode = image.mode
-            return (
-                mode in _UNSIGNED16
-                or (mode == "I" and samples in (*_UNSIGNED16, *_SIGNED16))
-                or (mode in ("RGB", "RGBA") and samples is not None)  # 16-bit colour
-            )
+            return _colour16(image.mode, samples) or _grey16_signed(image.mode, samples) is not None
     except Exception:  # only the header is read; a bad one is decoding's to name
         return False
 
@@ -295,6 +290,18 @@ def _stored_samples(image: Image.Image) -> str | None:
     return raw
 
 
+def _colour16(mode: str, samples: str | None) -> bool:
+    """16-bit colour (or greyscale+alpha, which Pillow opens as RGBA of high bytes)."""
+    return mode in ("RGB", "RGBA") and samples is not None
+
+
+def _grey16_signed(mode: str, samples: str | None) -> bool | None:
+    """For 16-bit integer greyscale, whether its samples are signed; else None."""
+    if mode in _UNSIGNED16 or (mode == "I" and samples in _UNSIGNED16):
+        return False
+    return True if mode == "I" and samples in _SIGNED16 else None
+
+
 def to_8bit(
     image: Image.Image, samples: str | None, path: Path, bits_stored: int | None = None
 ) -> Image.Image:
@@ -304,7 +311,7 @@ def to_8bit(
     16-bit signed and 32-bit samples alike to mode ``I``).
     """
     mode = image.mode
-    if mode in ("RGB", "RGBA") and samples is not None:  # 16-bit colour
+    if _colour16(mode, samples):
         rgb = image.convert("RGB")
         colour16_check(np.asarray(rgb), bits_stored, path)
         return rgb
@@ -312,9 +319,9 @@ def to_8bit(
         return image.copy()
     if mode in EIGHT_BIT_MODES:
         return image.convert("RGB")  # exactly what preprocessing did before: alpha dropped
-    unsigned = mode in _UNSIGNED16 or (mode == "I" and samples in _UNSIGNED16)
-    if unsigned or (mode == "I" and samples in _SIGNED16):
-        values = integer16_to_uint8(np.asarray(image), not unsigned, bits_stored, path)
+    signed = _grey16_signed(mode, samples)
+    if signed is not None:
+        values = integer16_to_uint8(np.asarray(image), signed, bits_stored, path)
         return Image.fromarray(values, "L")
     if mode == "F":
         return Image.fromarray(unit_float_to_uint8(np.asarray(image), path), "L")
