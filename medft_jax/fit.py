@@ -436,6 +436,30 @@ def _drop_previous(run_dir: Path) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
+def _say_what_the_run_cannot_do(config: RunConfig, final: int, steps_per_epoch: int) -> None:
+    """One note line each, as the run starts, for settings that run but are not quite their
+    strategy: a staged run whose epochs end before its final stage (a report marks its cell
+    ¶), and Auto-RGN's stream estimate on epochs no longer than its window."""
+    notes = []
+    if config.epochs <= final:
+        notes.append(
+            f"{config.strategy}'s final stage begins at epoch {final + 1}, past --epochs "
+            f"{config.epochs}: the blocks it unfreezes last never train (a report marks such "
+            "cells ¶)"
+        )
+    rgn = {**OPTION_DEFAULTS, **dict(config.strategy_options)}
+    stream = not rgn["rgn_per_step"] and rgn["rgn_mode"] == "stream"
+    window = rgn["rgn_estimate_steps"]
+    if config.strategy == "auto_rgn" and stream and steps_per_epoch <= window:
+        notes.append(
+            f"auto_rgn estimates each epoch's RGN over its first {window} steps and an epoch "
+            f"here has {steps_per_epoch}: every epoch applies the previous one's estimate "
+            "(--rgn-mode prepass estimates it before the epoch trains)"
+        )
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+
+
 def _prepare(
     config: RunConfig,
     ds: data.Dataset,
@@ -476,26 +500,8 @@ def _prepare(
     state = trainer.init_state(variables)
     restored = ckpts.restore_latest(trainer.abstract_state(variables))
     final = strategy.schedule.final_stage_epoch
-    if config.epochs <= final and jax.process_index() == 0:
-        print(
-            f"note: {config.strategy}'s final stage begins at epoch {final + 1}, past --epochs "
-            f"{config.epochs}: the blocks it unfreezes last never train (a report marks such "
-            "cells ¶)",
-            file=sys.stderr,
-            flush=True,
-        )
-    rgn = {**OPTION_DEFAULTS, **dict(config.strategy_options)}
-    stream = not rgn["rgn_per_step"] and rgn["rgn_mode"] == "stream"
-    window = rgn["rgn_estimate_steps"]
-    short = config.strategy == "auto_rgn" and stream and steps_per_epoch <= window
-    if short and jax.process_index() == 0:
-        print(
-            f"note: auto_rgn estimates each epoch's RGN over its first {window} steps and "
-            f"an epoch here has {steps_per_epoch}: every epoch applies the previous one's "
-            "estimate (--rgn-mode prepass estimates it before the epoch trains)",
-            file=sys.stderr,
-            flush=True,
-        )
+    if jax.process_index() == 0:
+        _say_what_the_run_cannot_do(config, final, steps_per_epoch)
     if restored is None:
         stopper = EarlyStopping(patience=config.patience, start_epoch=final)
         progress = Progress([], stopper)
