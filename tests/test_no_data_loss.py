@@ -1062,6 +1062,32 @@ def test_a_bit_flipped_resume_checkpoint_is_refused_not_resumed(tmp_path):
         RunCheckpoints(tmp_path / "run").restore_latest(abstract)
 
 
+def test_progress_changed_while_its_save_is_written_saves_what_was_given(tmp_path):
+    """Orbax writes the progress in the background while the next epoch trains and appends
+    to the epochs list the caller's dict shares: the file could hold more than the state
+    saved, and failed its own hash, refusing every resume as damaged."""
+    import jax
+    import jax.numpy as jnp
+    from flax import struct
+
+    @struct.dataclass
+    class State:
+        step: jax.Array
+        params: dict
+        batch_stats: dict
+        opt_state: tuple
+
+    state = State(jnp.int32(2), {"w": jnp.ones(3)}, {}, (jnp.zeros(2),))
+    epochs = [{"epoch": 0, "val": {"accuracy": 0.5}}]
+    progress = {"epochs": epochs, "partial": {"iterator": {3: 1, 12: 2}}}
+    with RunCheckpoints(tmp_path / "run") as ckpts:
+        ckpts.save_latest(2, state, progress)
+        epochs.append({"epoch": 1, "val": {"accuracy": 0.75}})  # the loop goes on
+    back = RunCheckpoints(tmp_path / "run").read_progress()
+    assert back == {"epochs": [{"epoch": 0, "val": {"accuracy": 0.5}}],
+                    "partial": {"iterator": {"3": 1, "12": 2}}}  # fmt: skip
+
+
 @pytest.mark.slow  # a killed run to build (the fast tier checks damaged model checkpoints)
 @pytest.mark.xdist_group("killed_run")  # one worker builds the killed run, once
 @pytest.mark.parametrize("damage", list(RESUME_DAMAGE))

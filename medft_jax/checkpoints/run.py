@@ -150,7 +150,10 @@ class RunCheckpoints:
         otherwise resume training from a silently different weight or moment.
         """
         host = _host_copy(state)
-        progress = {**progress, STATE_HASH: tree_hash(host)}
+        # A copy as JSON reads it back: orbax writes it in the background while the next
+        # epoch trains and appends to the lists the caller's dict shares; written from
+        # them, it could hold more than the state saved (and fail its own hash).
+        progress = json.loads(json.dumps({**progress, STATE_HASH: tree_hash(host)}))
         progress[PROGRESS_HASH] = progress_hash(progress)
         with naming_os_errors(self.latest_dir):
             self._manager.save(

@@ -384,9 +384,13 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         "out of the choice and the value is the best of the others (the table's notes and "
         "the CSV's excluded_lrs name it). "
         f"{SECTION}: the value is over fewer seeds than the cell has, the metric being "
-        "undefined for the others (the notes and the CSV's n say how many). "
-        f"{PILCROW}: G-LF or G-FL runs that ended (at the epoch cap) before their final "
-        "stage, so the blocks they unfreeze last never trained.",
+        "undefined for the others (the notes and the CSV's n say how many)."
+        + (
+            f" {PILCROW}: runs of a staged strategy that ended (at the epoch cap) before "
+            "their final stage, so the blocks it unfreezes last never trained."
+            if any(c.has_value and c.unstaged for c in summary.cells.values())
+            else ""
+        ),
         "- **Bold**: best mean per arch and metric; <u>underlined</u>: best mean per metric "
         "over all archs; means equal at the 2 decimals shown are all marked.",
         "- Cost: device-seconds = train_seconds × number of devices (compilation excluded).",
