@@ -1035,11 +1035,9 @@ def _flip_middle_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_bit_flipped_resume_checkpoint_is_refused_not_resumed(tmp_path):
-    """Orbax's files carry no checksum: a flipped bit in an array restored silently, and
-    training went on from a weight no run ever had."""
+def _train_state_class() -> type:
+    """A TrainState-shaped dataclass: what ``RunCheckpoints.save_latest`` saves."""
     import jax
-    import jax.numpy as jnp
     from flax import struct
 
     @struct.dataclass
@@ -1049,6 +1047,16 @@ def test_a_bit_flipped_resume_checkpoint_is_refused_not_resumed(tmp_path):
         batch_stats: dict
         opt_state: tuple
 
+    return State
+
+
+def test_a_bit_flipped_resume_checkpoint_is_refused_not_resumed(tmp_path):
+    """Orbax's files carry no checksum: a flipped bit in an array restored silently, and
+    training went on from a weight no run ever had."""
+    import jax
+    import jax.numpy as jnp
+
+    State = _train_state_class()
     w = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
     saved = State(jnp.int32(3), {"w": jnp.asarray(w)}, {}, (jnp.zeros(4),))
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
@@ -1066,17 +1074,9 @@ def test_progress_changed_while_its_save_is_written_saves_what_was_given(tmp_pat
     """Orbax writes the progress in the background while the next epoch trains and appends
     to the epochs list the caller's dict shares: the file could hold more than the state
     saved, and failed its own hash, refusing every resume as damaged."""
-    import jax
     import jax.numpy as jnp
-    from flax import struct
 
-    @struct.dataclass
-    class State:
-        step: jax.Array
-        params: dict
-        batch_stats: dict
-        opt_state: tuple
-
+    State = _train_state_class()
     state = State(jnp.int32(2), {"w": jnp.ones(3)}, {}, (jnp.zeros(2),))
     epochs = [{"epoch": 0, "val": {"accuracy": 0.5}}]
     progress = {"epochs": epochs, "partial": {"iterator": {3: 1, 12: 2}}}
