@@ -130,6 +130,7 @@ def test_state_resumes_exactly_mid_epoch():
     assert all(len(x) == 8 and set(x) <= set(y) for x, y in zip(rest, full[5:], strict=True))
 
 
+@pytest.mark.slow  # starts worker processes
 def test_worker_processes_give_the_same_batches(tmp_path):
     splits = {"train": make_split(*_toy_arrays(40))}
     meta = {"class_names": ["a", "b", "c"], "multilabel": False, "eval_grouping": "image"}

@@ -71,6 +71,7 @@ def test_eq6_relation_to_top1_for_single_label():
     assert m["accuracy"] == pytest.approx(1 - 2 * (1 - m["top1_accuracy"]) / 4)
 
 
+@pytest.mark.slow  # many random cases; the fast tier keeps eq. 6's hand-made ones
 def test_eq6_is_equal_for_predictions_of_equal_top1():
     """Early stopping keeps the earliest of equal values and the LR choice breaks exact ties
     by the smaller LR: epochs with the same top-1 must give the same eq. 6, bit for bit
