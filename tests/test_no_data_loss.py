@@ -1009,7 +1009,7 @@ def _edit_progress(step: Path, edit, rehash: bool = True) -> None:
     progress.pop(checkpoint.PROGRESS_HASH, None) if rehash else None
     edit(progress)
     if rehash:
-        progress[checkpoint.PROGRESS_HASH] = checkpoint.progress_hash(progress)
+        progress[checkpoint.PROGRESS_HASH] = results.content_hash(progress)
     path.write_text(json.dumps(progress))
 
 

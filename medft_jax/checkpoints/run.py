@@ -73,15 +73,10 @@ train state."""
 
 
 PROGRESS_HASH = "progress_sha256"
-"""The ``progress`` key holding :func:`progress_hash` of the rest of it (the state's hash
-included): the epochs' metrics, the best epoch and the stopper's count decide the run's
-record, so a flipped bit there would pick another best epoch without a word. Saves from
-before it was written (2026-12-05) lack it and are read unchecked."""
-
-
-def progress_hash(progress: dict[str, Any]) -> str:
-    """:func:`medft_jax.results.content_hash` of ``progress``."""
-    return content_hash(progress)
+"""The ``progress`` key holding :func:`~medft_jax.results.content_hash` of the rest of it
+(the state's hash included): the epochs' metrics, the best epoch and the stopper's count
+decide the run's record, so a flipped bit there would pick another best epoch without a
+word. Saves from before it was written (2026-12-05) lack it and are read unchecked."""
 
 
 START_OVER = "start the run over with experiments.run --force"
@@ -154,7 +149,7 @@ class RunCheckpoints:
         # epoch trains and appends to the lists the caller's dict shares; written from
         # them, it could hold more than the state saved (and fail its own hash).
         progress = json.loads(json.dumps({**progress, STATE_HASH: tree_hash(host)}))
-        progress[PROGRESS_HASH] = progress_hash(progress)
+        progress[PROGRESS_HASH] = content_hash(progress)
         with naming_os_errors(self.latest_dir):
             self._manager.save(
                 step,
@@ -246,7 +241,7 @@ class RunCheckpoints:
         if not isinstance(progress, dict):
             raise self._damaged(path, f"a JSON {type(progress).__name__}, expected an object")
         recorded = progress.pop(PROGRESS_HASH, None)
-        if recorded is not None and recorded != progress_hash(progress):
+        if recorded is not None and recorded != content_hash(progress):
             raise self._damaged(
                 path, f"its contents hash to another value than the {str(recorded)[:12]}… saved"
             )

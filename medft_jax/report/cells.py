@@ -109,7 +109,8 @@ class Cell:
     cost: Cost | None = None
     unstaged: int = 0
     """Runs at the chosen LR that ended before their final stage (too few epochs for
-    G-LF/G-FL to unfreeze every block): see :data:`medft_jax.report.render.PILCROW`."""
+    G-LF/G-FL to unfreeze every block): see :data:`medft_jax.report.render.PILCROW`.
+    Nonzero only in a cell with a value (only such a cell has a chosen LR)."""
     final_stage_epoch: int | None = None
 
     @property

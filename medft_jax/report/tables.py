@@ -128,7 +128,7 @@ def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]
                 f"{DOUBLE_DAGGER} {name}: {' and '.join(why)} left out of the choice; the "
                 "value is from the best of the other LRs"
             )
-        if c.has_value and c.unstaged:
+        if c.unstaged:
             notes.append(
                 f"{PILCROW} {name}: {c.unstaged} of {len(c.seeds)} runs ended before the final "
                 f"stage (epoch {(c.final_stage_epoch or 0) + 1}): the blocks unfrozen last never "
@@ -628,7 +628,7 @@ def table11(summary: Summary) -> Table:
             f"{SECTION}: a value over fewer seeds than the cell has, the metric undefined "
             "for the others (see the dataset's table)."
         )
-    if any(c.has_value and c.unstaged for _, c in shown):
+    if any(c.unstaged for _, c in shown):
         notes.append(
             f"{PILCROW}: a staged cell whose runs ended before their final stage (see the "
             "dataset's table)."

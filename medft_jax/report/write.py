@@ -388,7 +388,7 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         + (
             f" {PILCROW}: runs of a staged strategy that ended (at the epoch cap) before "
             "their final stage, so the blocks it unfreezes last never trained."
-            if any(c.has_value and c.unstaged for c in summary.cells.values())
+            if any(c.unstaged for c in summary.cells.values())
             else ""
         ),
         "- **Bold**: best mean per arch and metric; <u>underlined</u>: best mean per metric "
