@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from medft_jax.data.builders.chexpert import HEADER as CHEXPERT_HEADER
+from medft_jax.data.builders.cholect50 import VIDEOS as CHOLECT50_VIDEOS
 from medft_jax.data.builders.isic2020 import HEADER as ISIC_HEADER
 
 
@@ -219,16 +220,24 @@ def make_isic2020(root: Path, n_patients: int = 20, per_patient: int = 2) -> dic
     return truth
 
 
-def make_cholect50(root: Path, videos: tuple[int, ...] = (1, 2, 8, 6), frames: int = 25) -> dict:
+def make_cholect50(
+    root: Path, videos: tuple[int, ...] = (1, 2, 8, 6), frames: int = 25, complete: bool = True
+) -> dict:
     """``videos/VIDxx/NNNNNN.png`` at "1 fps" + ``labels/VIDxx.json``.
     Frame f holds instruments {(f // 10) % 6, (f // 10 + 3) % 6} (plus one null triplet): the
     subsampled frames 0, 10, 20 of a video hold every instrument, as a training split must.
+    ``videos`` get ``frames`` frames each; with ``complete`` every other official video is
+    there too with its frame 0 alone (instruments {0, 3}), as the builder needs all 50.
     Returns ``{frame id string: multi-hot}`` of the subsampled frames."""
+    counts = {v: frames for v in videos}
+    if complete:
+        for v in sorted(v for split in CHOLECT50_VIDEOS.values() for v in split):
+            counts.setdefault(v, 1)
     truth = {}
-    for v in videos:
+    for v, n in counts.items():
         name = f"VID{v:02d}"
         annotations = {}
-        for f in range(frames):
+        for f in range(n):
             _write(root / "videos" / name / f"{f:06d}.png", image(4000 + 100 * v + f, (40, 32)))
             instruments = {(f // 10) % 6, (f // 10 + 3) % 6}
             vectors = [[i * 10, i] + [0] * 13 for i in sorted(instruments)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ import pytest
 from medft_jax.data import DataError, load, prepare
 from medft_jax.data.builders import BUILDERS, builder_class
 from medft_jax.data.builders.base import MedicalConfig
+from medft_jax.data.builders.cholect50 import VIDEOS
 from medft_jax.data.builders.t1w_mri import decode as decode_mat
 from medft_jax.data.images import ImageReader
 
@@ -145,12 +147,13 @@ def test_cholect50_official_videos_subsampled_multi_hot(layouts):
     root, truth = layouts["cholect50_instrument"]
     splits = _parse("cholect50_instrument", root)
     assert {k: sorted({r.patient for r in v}) for k, v in splits.items()} == {
-        "train": ["VID01", "VID02"],
-        "val": ["VID08"],
-        "test": ["VID06"],
+        split: sorted(f"VID{v:02d}" for v in videos) for split, videos in VIDEOS.items()
     }
+    assert (len(VIDEOS["train"]), len(VIDEOS["val"]), len(VIDEOS["test"])) == (35, 5, 10)
     records = [r for v in splits.values() for r in v]
-    assert len(records) == 4 * 3  # frames 0, 10, 20 of 25
+    # Frames 0, 10, 20 of 25 in VID01, 02, 08, 06; frame 0 alone in the 46 others.
+    assert len(records) == 4 * 3 + 46
+    assert sum(r.patient == "VID06" for r in splits["test"]) == 3
     assert all(r.label == truth[r.id] for r in records)
     frame10 = next(r for r in records if r.id == "videos/VID01/000010.png")
     assert frame10.label == (0.0, 1.0, 0.0, 0.0, 1.0, 0.0)  # {10 % 6, (10 // 10) % 6}
@@ -310,6 +313,25 @@ def test_isic_needs_the_duplicate_list(tmp_path):
         _parse("isic2020", tmp_path)
 
 
+def test_cholect50_refuses_a_copy_without_every_official_video(tmp_path):
+    # A missing video leaves its split smaller: a test split so reduced is not the
+    # paper's test set, and nothing downstream could tell.
+    fakes.make_cholect50(tmp_path, (1,), 3)
+    for video in ("VID111", "VID92", "VID08"):
+        (tmp_path / "labels" / f"{video}.json").unlink()
+        shutil.rmtree(tmp_path / "videos" / video)
+    with pytest.raises(
+        DataError,
+        match=r"^\S*labels: 47 of CholecT50's 50 official videos; missing test: VID111; "
+        r"val: VID08; train: VID92\. The official splits need every video",
+    ):
+        _parse("cholect50_instrument", tmp_path)
+    # A copy of one video alone names all 49 others.
+    fakes.make_cholect50(tmp_path / "b", (1,), 3, complete=False)
+    with pytest.raises(DataError, match=r"1 of CholecT50's 50 official videos; missing test: VID"):
+        _parse("cholect50_instrument", tmp_path / "b")
+
+
 def test_cholect50_bad_instrument_and_unknown_video(tmp_path):
     fakes.make_cholect50(tmp_path, (1,), 3)
     path = tmp_path / "labels" / "VID01.json"
@@ -334,7 +356,7 @@ def test_cholect50_video_without_labels_and_annotations_not_an_object(tmp_path):
     # A video whose label file is missing would leave its split (here the official
     # test set: VID06 and VID10 are test videos) smaller without a word.
     fakes.make_cholect50(tmp_path, (1, 8, 6, 10), 21)
-    assert len(_parse("cholect50_instrument", tmp_path)["test"]) == 6
+    assert len(_parse("cholect50_instrument", tmp_path)["test"]) == 2 * 3 + 8
     (tmp_path / "labels" / "VID10.json").unlink()
     with pytest.raises(DataError, match=r"VID10: frames without labels/VID10\.json"):
         _parse("cholect50_instrument", tmp_path)

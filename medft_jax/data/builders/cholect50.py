@@ -122,7 +122,28 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
             rel = f"videos/{video}/{frame:06d}.png"
             path = safe_join(root, rel, source=str(label_file))
             splits[split].append(Example(path, label, rel, patient=video))
+    refuse_missing_videos(root, {int(p.stem[3:]) for p in label_files})
     return splits
+
+
+def refuse_missing_videos(root: Path, present: set[int]) -> None:
+    """Refuse a copy without every official video, naming the missing ones by split.
+
+    The splits are fixed lists of videos, so a video absent from the copy (a partial
+    download, the 45-video CholecT45 release) leaves its split smaller, and a test
+    split so reduced is no longer the paper's test set, without a word."""
+    missing = {
+        split: [f"VID{v:02d}" for v in sorted(videos) if v not in present]
+        for split, videos in VIDEOS.items()
+    }
+    if any(missing.values()):
+        total = sum(len(v) for v in VIDEOS.values())
+        named = "; ".join(f"{split}: {', '.join(ids)}" for split, ids in missing.items() if ids)
+        raise DataError(
+            f"{root / 'labels'}: {len(present)} of CholecT50's {total} official videos; "
+            f"missing {named}. The official splits need every video (a partial copy, "
+            "or the 45-video CholecT45 release?)"
+        )
 
 
 LAYOUT = (
