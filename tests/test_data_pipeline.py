@@ -236,6 +236,28 @@ def test_carve_keeps_a_rare_class_share_held_by_mixed_patients():
         assert mask.sum() == 400  # 8 mixed patients' 80 images + 320 of the rest's 1600
 
 
+def test_carve_stops_nearest_its_quota_not_past_it():
+    # Four patients of 5 images: a 30% quota of 20 is 6. Stopping only once the quota
+    # was met took two patients (10, 4 past it); one (5) is nearer.
+    groups = [f"p{i // 5}" for i in range(20)]
+    for seed in range(4):
+        assert carve(groups, 0.3, seed=seed).sum() == 5
+        assert carve(groups, 0.4, seed=seed).sum() == 10  # quota 8: 10 is nearer than 5
+        assert carve(groups, 0.05, seed=seed).sum() == 5  # quota 1: a first group always
+    # Patients of 2, 7 and 11 images, quota 5: after a first 2 (3 short), a 7 or 11 would
+    # end 4 or 8 past: the carve holds 2. A first 7 or 11 is kept alone.
+    groups = ["a"] * 2 + ["b"] * 7 + ["c"] * 11
+    assert {int(carve(groups, 0.25, seed=s).sum()) for s in range(20)} == {2, 7, 11}
+    # A T1w-like split (233 patients of 1-25 images, three classes): the paper's 542 of
+    # 3,064 on average over seeds, where the old rule averaged about 561.
+    rng = np.random.default_rng(0)
+    sizes = rng.multinomial(3064 - 233, np.ones(233) / 233) + 1
+    groups = np.repeat([f"p{i}" for i in range(233)], sizes)
+    labels = np.repeat(rng.integers(0, 3, 233), sizes)
+    counts = [carve(groups, 542 / 3064, seed=s, labels=labels).sum() for s in range(40)]
+    assert abs(np.mean(counts) - 542) < 5
+
+
 def test_group_mean_is_the_study_probability():
     ids, scores, labels = group_mean(
         np.array([0.2, 0.4, 0.9, 0.1, 0.3]), np.array([1, 1, 0, 0, 0]), np.array(list("aabbb"))
