@@ -970,11 +970,16 @@ def _skipped_images(ds: data.Dataset) -> dict[str, Any]:
     return {"skipped_bad_images": counts} if counts else {}
 
 
-def _decoding(ds: data.Dataset) -> dict[str, Any]:
-    """``{"decoding": {...}}`` when the user's files were decoded by a declared rule
-    (``--bits-stored``, ``--dicom-window``): runs decoded otherwise saw other pixels."""
+def decoding_of(ds: data.Dataset) -> dict[str, Any]:
+    """The declared decoding rules (``--bits-stored``, ``--dicom-window``) the user's files
+    were decoded by (``{}``: the default rule): runs decoded otherwise saw other pixels."""
     rules = {k: ds.metadata.get(k) for k in ("bits_stored", "dicom_window")}
-    rules = {k: v for k, v in rules.items() if v is not None}
+    return {k: v for k, v in rules.items() if v is not None}
+
+
+def _decoding(ds: data.Dataset) -> dict[str, Any]:
+    """``{"decoding": {...}}`` for a record, when a declared rule decoded the files."""
+    rules = decoding_of(ds)
     return {"decoding": rules} if rules else {}
 
 

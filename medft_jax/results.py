@@ -283,7 +283,30 @@ def read_record(path: str | Path) -> dict[str, Any]:
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise RecordError(f"{path}: not a run record (expected a JSON object with a 'config')")
     _check_folder(path, record["config"])
+    _check_name(path, record)
     return record
+
+
+def _check_name(path: Path, record: dict[str, Any]) -> None:
+    """Refuses a record whose config is not the run it names in its ``run`` field.
+
+    A run folder copied by hand to a name without the hash (``seed2-copy/``)
+    escapes :func:`_check_folder`; with its config edited (``seed`` 0 -> 2) it
+    would count as a seed that never ran. The ``run`` field was written from
+    the config that trained, so the two must agree.
+    """
+    named = record.get("run")
+    if named is None:
+        return
+    try:
+        actual = run_name(record["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecordError(f"{path}: config cannot name a run ({e}); {_EDITED}") from None
+    if named != actual:
+        raise RecordError(
+            f"{path}: its config is run {actual}, not the {named} it records; the record "
+            "was edited or copied: restore it, or delete it to run it again"
+        )
 
 
 def _no_constant(name: str) -> None:
@@ -452,6 +475,7 @@ def write_failure(
     kind: str,
     error: str,
     dataset_options: Mapping[str, Any] | None = None,
+    decoding: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Notes that a run ended without a record: ``{"config", "run", "kind", "error"}``.
 
@@ -459,10 +483,14 @@ def write_failure(
     deterministic outcome of that learning rate, so a sweep does not retry
     it unless asked). Reports count such runs as done but without a value.
     ``dataset_options``: the task-specific options, as a record carries them.
+    ``decoding``: the declared decoding rules, as a record carries them (``{}``:
+    the default rule, said so that a report can tell it from an older note).
     """
     note = {"config": config, "run": run_name(config), "kind": kind, "error": error}
     if dataset_options:
         note["dataset_options"] = dict(dataset_options)
+    if decoding is not None:
+        note["decoding"] = dict(decoding)
     return write_record(failure_path(out_dir, config), note)
 
 

@@ -198,7 +198,10 @@ class Session:
             if self.main_process:
                 ds = self.dataset(config)
                 options = task_options(config.dataset, ds.metadata)
-                results.write_failure(self.out, config.to_dict(), "nonfinite", str(e), options)
+                decoding = fit.decoding_of(ds)
+                results.write_failure(
+                    self.out, config.to_dict(), "nonfinite", str(e), options, decoding
+                )
 
         try:
             record = fit.run_one(

@@ -34,6 +34,7 @@ from medft_jax.report import (
     write_report,
 )
 from medft_jax.report.figures import improvement_bars
+from medft_jax.results import RecordError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SECOND = {"bach": "kappa", "t1w_mri": "f1", "mura_wrist": "kappa"}
@@ -184,6 +185,38 @@ def test_an_lr_with_a_failed_run_is_never_chosen():
     # A failure note of a run that later finished is superseded by its record.
     again = collect(records, [fail(lr=1e-3, seed=1)]).cell("bach", "resnet50", "ft")
     assert again.lr == 1e-3 and again.excluded_lrs == () and again.runs_done == 3
+
+
+def test_one_strategy_with_different_options_across_cells_is_refused():
+    # L2-SP at alpha = beta = 1 on VGG-19 beside the default on ResNet-50: two settings
+    # under one label, both bold, both counted in Table 12.
+    tuned = {"alpha": 1.0, "beta": 1.0}
+    runs = [rec(strategy="l2_sp"), rec(arch="vgg19", strategy="l2_sp", strategy_options=tuned)]
+    with pytest.raises(RecordError) as e:
+        collect([rec(), rec(arch="vgg19"), *runs])
+    assert str(e.value) == (
+        "strategy 'l2_sp' ran with different options (strategy_options.alpha: \"<absent>\" "
+        'vs 1.0; strategy_options.beta: "<absent>" vs 1.0; <absent>: its default): one row '
+        "cannot name both; report them from separate --runs folders, or keep one with --only"
+    )
+    # Across datasets too, and from a failure note; one set of options everywhere is fine.
+    other = rec(dataset="t1w_mri", strategy="l2_sp", strategy_options=tuned)
+    with pytest.raises(RecordError, match="strategy 'l2_sp' ran with different options"):
+        collect([runs[0]], [fail(config=other["config"])])
+    same = [rec(strategy="l2_sp", strategy_options=tuned), runs[1], other]
+    assert collect(same).cell("bach", "vgg19", "l2_sp").status == "complete"
+
+
+def test_a_run_counted_twice_at_a_left_out_lr_is_refused():
+    # A run folder copied by hand at an LR left out of the choice (a seed there diverged)
+    # never reached the mean, but counted twice in the cell's cost and runs done.
+    records = [rec(lr=1e-4, seed=s) for s in (0, 1)] + [rec(lr=1e-3, seed=1)]
+    cell = collect(records, [fail(lr=1e-3, seed=0)]).cell("bach", "resnet50", "ft")
+    assert cell.cost.total_runs == 3 and cell.cost.total_device_seconds == pytest.approx(30.0)
+    with pytest.raises(RecordError, match=r"^two records for lr 0\.001, seed 1 of bach/"):
+        collect([*records, rec(lr=1e-3, seed=1)], [fail(lr=1e-3, seed=0)])
+    with pytest.raises(RecordError, match=r"^two records for lr 0\.001, seed 0 of bach/"):
+        collect(records, [fail(lr=1e-3, seed=0), fail(lr=1e-3, seed=0)])
 
 
 def test_a_gradual_cell_whose_runs_never_reached_their_final_stage_is_marked():
@@ -565,6 +598,15 @@ def test_archs_trained_on_different_splits_are_refused():
     decoded = {**split("vgg19", "lp", "s1", "d2"), "decoding": {"bits_stored": 12}}
     with pytest.raises(results.RecordError, match=r"decoding\.bits_stored: .*separate --runs"):
         collect([split("resnet50", "ft", "s1"), decoded])
+    # A diverged run's note: an older one does not say how its files were decoded (one
+    # such note made the whole dataset unreportable); a newer one says, and is compared.
+    twelve = {**split("resnet50", "ft", "s1"), "decoding": {"bits_stored": 12}}
+    older_note = fail(config={**decoded["config"], "seed": 1})
+    cell = collect([twelve, decoded], [older_note]).cell("bach", "vgg19", "lp")
+    assert (cell.runs_done, cell.excluded_lrs) == (2, (1e-4,))  # the diverged seed counts
+    collect([twelve, decoded], [{**older_note, "decoding": {"bits_stored": 12}}])
+    with pytest.raises(results.RecordError, match=r"decoding\.bits_stored: .*separate --runs"):
+        collect([twelve, decoded], [{**older_note, "decoding": {}}])
 
 
 def test_a_record_without_its_epoch_log_has_an_unknown_epoch_count():
@@ -733,6 +775,8 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case
         if case == "dropped":
             del edited["test"]["accuracy"]
         edited["config"]["seed"] = "0" if case == "seed" else 0
+        if case == "seed":  # hand-made, without the run name ("s0") the edit would contradict
+            del edited["run"]
         edited["train_seconds"] = {"seconds": [1.0], "untimed": None}.get(case, 1.0)
         _write_runs(runs, [rec()])
         (runs / "edited").mkdir()
@@ -1028,7 +1072,22 @@ def test_index_states_what_each_dataset_was_trained_under(tmp_path):
     text = write_report(collect(records), tmp_path / "report").read_text()
     assert (
         "  - bach: 224 px, batch 64, at most 50 epochs (patience 5), bf16 compute, "
-        "`frozen_bn=freeze`.\n" in text
+        "`frozen_bn=freeze`, from pretrained weights.\n" in text
     )
     # A record written without the keys (older) reads as RunConfig's defaults.
-    assert "(patience 5), fp32 compute, `frozen_bn=update`." in text.split("t1w\\_mri: ")[1]
+    assert (
+        "(patience 5), fp32 compute, `frozen_bn=update`, from pretrained"
+        in (text.split("t1w\\_mri: ")[1])
+    )
+    # Random initialisation (--weights none, or auto offline) is said where it holds, and
+    # a report whose datasets started apart is refused: Tables 11 and 12 span datasets.
+    scratch = [rec(dataset="t1w_mri", seed=s, weights_fingerprint="none") for s in (0, 1)]
+    text = write_report(collect(scratch), tmp_path / "scratch").read_text()
+    assert "`frozen_bn=update`, from **random initialisation** (no pretrained weights" in text
+    with pytest.raises(RecordError) as e:
+        collect([*records[:4], *scratch])
+    assert str(e.value) == (
+        "datasets t1w_mri trained from random initialisation (weights_fingerprint none), bach "
+        "from pretrained weights: Tables 11 and 12 would rank and count them together; report "
+        "them from separate --runs folders"
+    )

@@ -183,6 +183,35 @@ def test_a_record_edited_away_from_its_folder_is_refused(tmp_path):
     assert results.read_record(tmp_path / "kept" / "record.json")["config"]["lr"] == 1e-3
 
 
+def test_a_copied_record_whose_config_no_longer_names_its_run_is_refused(tmp_path):
+    # A finished seed 0 copied by hand to a folder without the hash, its seed edited to
+    # 2: the folder check cannot see it, and it counted as a third seed that never ran.
+    path = results.record_path(tmp_path / "runs", CONFIG)
+    results.write_record(path, {"config": CONFIG, "run": results.run_name(CONFIG)})
+    copied = tmp_path / "runs" / "seed2-copy" / "record.json"
+    copied.parent.mkdir()
+    copied.write_text(path.read_text())
+    assert results.read_record(copied)["run"] == results.run_name(CONFIG)  # as it is: fine
+    edited = json.loads(copied.read_text())
+    edited["config"]["seed"] = 2
+    copied.write_text(json.dumps(edited))
+    with pytest.raises(
+        RecordError,
+        match=rf"^{re.escape(str(copied))}: its config is run "
+        rf"{re.escape(results.run_name(edited['config']))}, not the "
+        rf"{re.escape(results.run_name(CONFIG))} it records; the record was edited or copied",
+    ):
+        results.load_records(tmp_path / "runs")
+    # A failure note names its run the same way.
+    note = results.write_failure(tmp_path / "f", CONFIG, "nonfinite", "loss is nan")
+    assert note["run"] == results.run_name(CONFIG)
+    note_path = results.failure_path(tmp_path / "f", CONFIG)
+    note["run"] = results.run_name({**CONFIG, "lr": 1e-3})
+    note_path.write_text(json.dumps(note))
+    with pytest.raises(RecordError, match="it records; the record was edited or copied"):
+        results.load_failures(tmp_path / "f")
+
+
 # --- mean and standard error -----------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ def test_a_diverged_run_leaves_a_note_under_run_as_under_sweep(monkeypatch, tmp_
     notes = results.load_failures(tmp_path)
     assert sorted(n["config"]["seed"] for n in notes) == [0, 1]
     assert {n["kind"] for n in notes} == {"nonfinite"}
+    assert [n["decoding"] for n in notes] == [{}, {}]  # the default rule, said
     assert not list(tmp_path.rglob("record.json"))
 
 

@@ -182,6 +182,12 @@ def _check_one_group(records: Sequence[dict[str, Any]]) -> None:
                 f"records of different configurations ({', '.join(diff)} differ) "
                 "cannot share an LR choice; use group_records first"
             )
+    check_unique(records)
+
+
+def check_unique(records: Sequence[dict[str, Any]]) -> None:
+    """Refuses two records (or failure notes) of one (lr, seed): a run folder copied by
+    hand would count one run twice, in a mean or in a cell's cost."""
     seen: set[tuple[float, Any]] = set()
     for r in records:
         key = (float(r["config"]["lr"]), r["config"]["seed"])

@@ -227,6 +227,7 @@ def collect(
         expected = _infer_expected(records + failures)
 
     _check_numerics(records + failures)
+    _check_strategy_options(records + failures)
     datasets = _order({k[0] for k in expected}, _dataset_order())
     archs = _order({k[1] for k in expected}, _arch_order())
     strategies = _order({k[2] for k in expected}, _strategy_order())
@@ -243,6 +244,7 @@ def collect(
         options[d] = run_options(runs[0]) if runs else task_options(d, given)
         if runs:
             protocol[d] = _protocol(runs)
+    _check_start(protocol)
 
     by_cell: dict[CellKey, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
     for r in records:
@@ -423,6 +425,27 @@ def _check_numerics(runs: list[dict[str, Any]]) -> None:
         )
 
 
+def _check_strategy_options(runs: list[dict[str, Any]]) -> None:
+    """One strategy, one set of options across the report: a row, Table 11 and Table 12
+    name a strategy, not its options (L2-SP at α = 1 on one arch beside α = 0.01 on
+    another, or a run's defaults beside a grid's ``sp_half=False``, under one label)."""
+    by_strategy: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        config = r["config"]
+        options = {
+            f"strategy_options.{k}": v for k, v in (config.get("strategy_options") or {}).items()
+        }
+        by_strategy.setdefault(config["strategy"], []).append(options)
+    for strategy, options in sorted(by_strategy.items()):
+        diff = _differing(options, ())
+        if diff:
+            raise RecordError(
+                f"strategy {strategy!r} ran with different options ({_describe_diff(diff)}; "
+                "<absent>: its default): one row cannot name both; report them from separate "
+                "--runs folders, or keep one with --only"
+            )
+
+
 PROTOCOL = ("image_size", "batch_size", "epochs", "patience", "precision", "frozen_bn")
 """The settings a report states per dataset: what its numbers were trained under."""
 
@@ -436,7 +459,36 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
     configs = [r["config"] for r in runs]
     freezing = [c for c in configs if c["strategy"] not in BN_TRAINS_THROUGHOUT] or configs
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-    return {k: (freezing if k == "frozen_bn" else configs)[0].get(k, defaults[k]) for k in PROTOCOL}
+    protocol = {
+        k: (freezing if k == "frozen_bn" else configs)[0].get(k, defaults[k]) for k in PROTOCOL
+    }
+    protocol["start"] = start_of(configs[0])
+    return protocol
+
+
+def start_of(config: Mapping[str, Any]) -> str:
+    """Where a run's backbone started: ``random`` (``--weights none``, or ``auto`` that
+    found no ImageNet file) or ``pretrained``. Records before the weights fingerprint
+    was written know only what was asked for."""
+    fingerprint = config.get("weights_fingerprint")
+    if fingerprint is None:
+        return "random" if config.get("weights") == "none" else "pretrained"
+    return "random" if fingerprint == "none" else "pretrained"
+
+
+def _check_start(protocol: Mapping[str, Mapping[str, Any]]) -> None:
+    """One report, one start: Table 11 ranks and Table 12 counts across datasets, so a
+    dataset trained from random initialisation beside one from ImageNet is no comparison."""
+    starts: dict[str, list[str]] = {}
+    for d, p in protocol.items():
+        starts.setdefault(p["start"], []).append(d)
+    if len(starts) > 1:
+        raise RecordError(
+            f"datasets {', '.join(starts['random'])} trained from random initialisation "
+            f"(weights_fingerprint none), {', '.join(starts['pretrained'])} from pretrained "
+            "weights: Tables 11 and 12 would rank and count them together; report them from "
+            "separate --runs folders"
+        )
 
 
 def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
@@ -445,11 +497,16 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
         {
             **{k: v for k, v in r["config"].items() if k != "frozen_bn"},
             **{f"dataset_options.{k}": v for k, v in run_options(r).items()},
-            **{f"decoding.{k}": v for k, v in (r.get("decoding") or {}).items()},
         }
         for r in runs
     ]
     diff = _differing(settings, _PER_CELL)
+    # A record without ``decoding`` was decoded by the default rule; a failure note
+    # without it is an older one that did not say (it holds no numbers to compare).
+    decoded = [r for r in runs if "decoding" in r or "test" in r]
+    diff |= _differing(
+        [{f"decoding.{k}": v for k, v in (r.get("decoding") or {}).items()} for r in decoded], ()
+    )
     # frozen_bn between the strategies that freeze blocks: a grid that freezes BatchNorm
     # names its FT runs ``update`` (:data:`~medft_jax.config.BN_TRAINS_THROUGHOUT`).
     freezing = [r["config"] for r in runs if r["config"]["strategy"] not in BN_TRAINS_THROUGHOUT]
@@ -490,7 +547,7 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
     # Across archs the weights differ by design (each its own ImageNet file), but one
     # arch from random initialisation against another's ImageNet runs is no comparison
     # either: its cells would compete for the best mark and Table 11 unannounced.
-    random = {r["config"]["arch"] for r in runs if r["config"].get("weights_fingerprint") == "none"}
+    random = {r["config"]["arch"] for r in runs if start_of(r["config"]) == "random"}
     pretrained = {r["config"]["arch"] for r in runs} - random
     if random and pretrained:
         raise RecordError(
@@ -548,6 +605,7 @@ def _make_cell(
             f"{d}/{a}/{s}: runs with different settings ({_describe_diff(diff)}); "
             "report them from separate --runs folders"
         )
+    aggregate.check_unique(runs)  # every LR's, as each run counts in the cell's cost
     done = {(float(r["config"]["lr"]), int(r["config"]["seed"])) for r in runs}
     base = {
         "dataset": d,

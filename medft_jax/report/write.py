@@ -312,6 +312,14 @@ OPTION_NOTES = {
 """What each split or label option means for the numbers, for "How to read"."""
 
 
+START_WORDS = {
+    "pretrained": "from pretrained weights",
+    "random": "from **random initialisation** (no pretrained weights: not the paper's "
+    "transfer learning)",
+}
+"""How a dataset's start weights read in "Trained under" (:func:`cells.start_of`)."""
+
+
 def _protocol_lines(summary: Summary) -> list[str]:
     """What each dataset's runs were trained under (the paper's: 224 px, batch 64, at most
     50 epochs, patience 5, float32, BatchNorm statistics updated)."""
@@ -322,7 +330,7 @@ def _protocol_lines(summary: Summary) -> list[str]:
             lines.append(
                 f"  - {md_escape(d)}: {p['image_size']} px, batch {p['batch_size']}, at most "
                 f"{p['epochs']} epochs (patience {p['patience']}), {p['precision']} compute, "
-                f"`frozen_bn={p['frozen_bn']}`."
+                f"`frozen_bn={p['frozen_bn']}`, {START_WORDS[p['start']]}."
             )
     return ["- Trained under, per dataset:", *lines] if lines else []
 
