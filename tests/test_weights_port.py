@@ -284,6 +284,42 @@ def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
     assert load_metadata(ck)["source_sha256"] == digest
 
 
+def test_only_torchvisions_file_fills_the_imagenet_slot(tmp_path, monkeypatch, resnet_file):
+    """The offline hint ports FILE into the folder --weights auto/imagenet read: ResNet-50's
+    V1 file (pretrained=True, resize 256), or any state_dict, went in as V2, and every
+    later run was recorded as trained from IMAGENET1K_V2."""
+    import hashlib
+
+    from medft_jax.checkpoints import pretrained
+    from medft_jax.checkpoints.model import CheckpointError
+
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path))
+    slot = weights_port.default_checkpoint("resnet50")
+    digest = hashlib.sha256(resnet_file.read_bytes()).hexdigest()
+    with pytest.raises(PortError) as e:
+        weights_port.port("resnet50", resnet_file, slot)
+    assert str(e.value) == (
+        f"--torch-weights {resnet_file}: sha256 {digest[:8]}... is not torchvision's resnet50 "
+        "IMAGENET1K_V2 (resnet50-11ad3fa6.pth, sha256 11ad3fa6...); "
+        f"--out {slot} holds those alone (--weights auto/imagenet record runs as trained "
+        "from them): port these to another --out and train with --weights <that folder>"
+    )
+    assert not slot.exists()
+    assert "(resnet50 IMAGENET1K_V1" in dl.imagenet_source_problem(
+        "resnet50", "0676ba61" + "0" * 56
+    )
+    # Elsewhere it ports as any weights; moved into the slot by hand, a run refuses it.
+    elsewhere = weights_port.port("resnet50", resnet_file, tmp_path / "mine")
+    slot.parent.mkdir(parents=True)
+    elsewhere.rename(slot)
+    with pytest.raises(CheckpointError, match=rf"^--weights imagenet: {slot}: sha256 {digest[:8]}"):
+        pretrained.resolve("imagenet", "resnet50")
+    # The file torchvision publishes (its hash prefix in the URL) is taken, and used.
+    monkeypatch.setitem(dl.WEIGHTS_URLS, "resnet50", f"https://x.invalid/resnet50-{digest[:8]}.pth")
+    assert pretrained.resolve("imagenet", "resnet50")[1] == f"imagenet ({slot})"
+    weights_port.port("resnet50", resnet_file, slot, force=True)
+
+
 def test_odd_tensors_and_cut_files_are_named_for_what_they_are(tmp_path):
     """Meta and sparse tensors, a zip cut short, a legacy pickle cut short: one line each,
     saying what is wrong with the file (not 'objects other than tensors')."""

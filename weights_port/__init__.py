@@ -12,7 +12,13 @@ from pathlib import Path
 
 from medft_jax.checkpoints.model import CheckpointError, load_model, save_model
 from medft_jax.models import get_arch
-from weights_port.fetch import WEIGHTS_NAMES, cache_dir, download, require_known
+from weights_port.fetch import (
+    WEIGHTS_NAMES,
+    cache_dir,
+    download,
+    imagenet_source_problem,
+    require_known,
+)
 from weights_port.keymap import PortError, flax_to_torch, torch_to_flax
 from weights_port.state_io import check_out_path, read_state_dict, sha256, write_state_dict
 
@@ -20,6 +26,7 @@ __all__ = [
     "PortError",
     "default_checkpoint",
     "export",
+    "imagenet_source_problem",
     "port",
     "port_imagenet",
 ]
@@ -35,6 +42,15 @@ def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool =
     torch_weights = Path(torch_weights)
     _check_free(out, force)
     state = read_state_dict(torch_weights)
+    digest = sha256(torch_weights)
+    if arch in WEIGHTS_NAMES and _same_path(out, default_checkpoint(arch)):
+        problem = imagenet_source_problem(arch, digest)
+        if problem:
+            raise PortError(
+                f"--torch-weights {torch_weights}: {problem}; --out {out} holds those "
+                "alone (--weights auto/imagenet record runs as trained from them): port "
+                "these to another --out and train with --weights <that folder>"
+            )
     variables, tracked = torch_to_flax(state, arch, source=str(torch_weights))
     head = variables["params"]
     for part in spec.partition.head.split("/"):
@@ -47,7 +63,7 @@ def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool =
         "resize_size": spec.resize_size,
         "crop_size": spec.crop_size,
         "source": torch_weights.name,
-        "source_sha256": sha256(torch_weights),
+        "source_sha256": digest,
         "num_batches_tracked": tracked,
     }
     return save_model(out, variables["params"], variables["batch_stats"], metadata, force=force)
@@ -66,6 +82,10 @@ def port_imagenet(arch: str, out: str | Path | None = None, *, force: bool = Fal
         return out
     _check_free(out, force)  # before a 100 MB download that would then be refused
     return port(arch, download(arch), out, force=force)
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def _check_free(out: str | Path, force: bool) -> None:

@@ -44,6 +44,29 @@ def require_known(arch: str) -> None:
         raise PortError(f"--arch {arch}: no ImageNet weights known; known: {known}")
 
 
+OTHER_KNOWN = {"0676ba61": "resnet50 IMAGENET1K_V1 (torchvision's pretrained=True; resize 256)"}
+"""Hash prefixes of torchvision files that are not the ones :data:`WEIGHTS_URLS` names."""
+
+
+def imagenet_source_problem(arch: str, digest: str | None) -> str | None:
+    """Why a file of sha256 ``digest`` cannot be ``arch``'s ImageNet weights, or None.
+
+    ``--weights auto``/``imagenet`` record a run as trained from
+    :data:`WEIGHTS_NAMES` ``[arch]``, resized by its rule: only that file may be
+    ported to, or found in, their cache folder. ``digest`` None: unknown source.
+    """
+    url = WEIGHTS_URLS[arch]
+    prefix = expected_hash_prefix(url)
+    if isinstance(digest, str) and digest.startswith(prefix):
+        return None
+    shown = "unknown" if not isinstance(digest, str) else f"{digest[:8]}..."
+    known = OTHER_KNOWN.get(digest[:8], "") if isinstance(digest, str) else ""
+    return (
+        f"sha256 {shown}{f' ({known})' if known else ''} is not torchvision's {arch} "
+        f"{WEIGHTS_NAMES[arch]} ({url.rsplit('/', 1)[-1]}, sha256 {prefix}...)"
+    )
+
+
 def expected_hash_prefix(url: str) -> str:
     m = re.search(r"-([a-f0-9]+)\.", url.rsplit("/", 1)[-1])
     if not m:

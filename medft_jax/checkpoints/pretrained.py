@@ -113,6 +113,20 @@ def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
         return None, f"none ({used})"
     variables, metadata = load_model(path)
     if weights in ("auto", "imagenet"):
+        import weights_port
+
+        # The ImageNet slot could be filled by hand (the offline hint's port) with any
+        # file, ResNet-50's V1 among them: runs would be recorded as trained from V2.
+        problem = (
+            f"checkpoint is for arch {metadata.get('arch')!r}, not {arch!r}"
+            if metadata.get("arch") != arch
+            else weights_port.imagenet_source_problem(arch, metadata.get("source_sha256"))
+        )
+        if problem:
+            raise CheckpointError(
+                f"--weights {weights}: {path}: {problem}; delete that folder to port them "
+                f"again, or train from it by its path (--weights {path})"
+            )
         return variables, f"imagenet ({path})"
     if metadata.get("arch") != arch:
         raise CheckpointError(
