@@ -354,6 +354,42 @@ def test_a_head_of_zero_classes_is_one_line(resnet_state):
         torch_to_flax(state, "resnet50", source="x.pth")
 
 
+def test_an_exported_run_ports_back_with_its_classes_and_preprocessing(resnet_file, tmp_path):
+    """Ported back, a 32-px run's export was read by predict at 224 px, its classes as
+    numbers and a multilabel head through softmax: the .safetensors header keeps them."""
+    from medft_jax.checkpoints.model import save_model
+
+    variables, meta = load_model(weights_port.port("resnet50", resnet_file, tmp_path / "p"))
+    run = {
+        **meta,
+        "class_names": [f"c{i}" for i in range(10)],
+        "multilabel": True,
+        "resize_size": 33,
+        "crop_size": 32,
+        "precision": "bf16",
+        "bits_stored": 12,
+        "source": "run demo-resnet50-ft-lr0.001-s0-0123456789abcdef",
+    }
+    best = save_model(tmp_path / "best", variables["params"], variables["batch_stats"], run)
+    weights_port.export(best, tmp_path / "model.pth")
+    back = load_metadata(
+        weights_port.port("resnet50", tmp_path / "model.safetensors", tmp_path / "b")
+    )
+    for key in ("class_names", "multilabel", "resize_size", "crop_size", "precision"):
+        assert back[key] == run[key], key
+    assert (back["bits_stored"], back["source"]) == (12, run["source"])
+    # The .pth beside it cannot hold them: refused, naming the file that can.
+    with pytest.raises(PortError, match=r"model\.pth: exported by medft-jax, with its class names"):
+        weights_port.port("resnet50", tmp_path / "model.pth", tmp_path / "c")
+    with pytest.raises(PortError, match=r"exported from a resnet50 checkpoint, not --arch vgg19"):
+        weights_port.port("vgg19", tmp_path / "model.safetensors", tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    # Alone, the .pth ports as any state_dict does (the arch's sizes, classes unnamed).
+    (tmp_path / "model.safetensors").unlink()
+    alone = load_metadata(weights_port.port("resnet50", tmp_path / "model.pth", tmp_path / "d"))
+    assert (alone["class_names"], alone["crop_size"]) == (None, 224)
+
+
 def test_an_export_whose_twin_cannot_be_written_writes_neither(tmp_path):
     """A folder where the .safetensors twin goes: refused before anything, even with --force;
     and a twin that fails while written takes the .pth with it."""

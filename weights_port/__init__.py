@@ -20,7 +20,14 @@ from weights_port.fetch import (
     require_known,
 )
 from weights_port.keymap import PortError, flax_to_torch, torch_to_flax
-from weights_port.state_io import check_out_path, read_state_dict, sha256, write_state_dict
+from weights_port.state_io import (
+    PREDICTION_KEYS,
+    check_out_path,
+    read_export_metadata,
+    read_state_dict,
+    sha256,
+    write_state_dict,
+)
 
 __all__ = [
     "PortError",
@@ -51,6 +58,7 @@ def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool =
                 "alone (--weights auto/imagenet record runs as trained from them): port "
                 "these to another --out and train with --weights <that folder>"
             )
+    exported = _exported_metadata(torch_weights, arch)
     variables, tracked = torch_to_flax(state, arch, source=str(torch_weights))
     head = variables["params"]
     for part in spec.partition.head.split("/"):
@@ -66,7 +74,33 @@ def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool =
         "source_sha256": digest,
         "num_batches_tracked": tracked,
     }
+    # An export of a trained model: its class names, sizes and decoding come back with it
+    # (without them predict read a 32-px model's images at 224, its classes as numbers).
+    metadata.update({k: v for k, v in exported.items() if k in PREDICTION_KEYS})
     return save_model(out, variables["params"], variables["batch_stats"], metadata, force=force)
+
+
+def _exported_metadata(path: Path, arch: str) -> dict:
+    """What an export kept of the checkpoint (``{}``: a file from elsewhere).
+
+    A ``.pth`` holds tensors only: one whose ``.safetensors`` twin holds an export's
+    metadata is refused, naming the twin, rather than ported without it.
+    """
+    if path.suffix.lower() != ".safetensors":
+        twin = path.with_suffix(".safetensors")
+        if read_export_metadata(twin) is not None:
+            raise PortError(
+                f"--torch-weights {path}: exported by medft-jax, with its class names and "
+                f"preprocessing in {twin}, which a .pth cannot hold; port that file instead"
+            )
+        return {}
+    exported = read_export_metadata(path) or {}
+    if exported and exported.get("arch") != arch:
+        raise PortError(
+            f"--torch-weights {path}: exported from a {exported.get('arch')} checkpoint, "
+            f"not --arch {arch}"
+        )
+    return exported
 
 
 def default_checkpoint(arch: str) -> Path:
@@ -104,4 +138,5 @@ def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> l
     out = check_out_path(out, force=force)
     variables, metadata = load_model(checkpoint)
     state = flax_to_torch(variables, metadata["arch"], metadata.get("num_batches_tracked"))
-    return write_state_dict(state, out, force=force)
+    kept = {k: metadata[k] for k in PREDICTION_KEYS if metadata.get(k) is not None}
+    return write_state_dict(state, out, force=force, metadata=kept)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
 import warnings
 import zipfile
@@ -95,6 +96,50 @@ def check_finite(state: Mapping[str, np.ndarray], path: str | Path) -> None:
         a = np.asarray(value)
         if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
             raise PortError(f"non-finite weights in {path}: {key}")
+
+
+EXPORT_KEY = "medft_jax"
+"""The ``.safetensors`` header field an export keeps the checkpoint's metadata in."""
+
+PREDICTION_KEYS = (
+    "arch",
+    "num_classes",
+    "multilabel",
+    "class_names",
+    "resize_size",
+    "crop_size",
+    "precision",
+    "bits_stored",
+    "dicom_window",
+    "source",
+)
+"""What predict reads from a checkpoint: kept through an export and a port back."""
+
+
+def read_export_metadata(path: str | Path) -> dict | None:
+    """The metadata an export wrote into a ``.safetensors`` header, or None (another file).
+
+    A ``.pth`` carries tensors only: None.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:
+            raw = (f.metadata() or {}).get(EXPORT_KEY)
+    except Exception as e:
+        raise PortError(f"{path}: not a readable .safetensors file ({e})") from e
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise PortError(f"{path}: its {EXPORT_KEY!r} header is not a JSON object; edited?")
+    return value
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -199,9 +244,17 @@ def output_files(out: Path) -> list[Path]:
 
 
 def write_state_dict(
-    state: Mapping[str, np.ndarray], out: str | Path, *, force: bool = False
+    state: Mapping[str, np.ndarray],
+    out: str | Path,
+    *,
+    force: bool = False,
+    metadata: Mapping[str, object] | None = None,
 ) -> list[Path]:
     """Writes ``out`` (``.pth`` needs torch; ``.safetensors`` does not).
+
+    ``metadata`` (JSON values) goes into the ``.safetensors`` header under
+    :data:`EXPORT_KEY`, so that a port back restores the class names and the
+    preprocessing; a ``.pth`` holds tensors only.
 
     A ``.pth`` is written together with a ``.safetensors`` twin beside it
     (:func:`output_files`); files already there are replaced only with
@@ -229,7 +282,8 @@ def write_state_dict(
 
     arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
     # The twin first, and the .pth removed again if the twin fails: both files or neither.
-    written.append(write_bytes(safetensors, save(arrays)))
+    header = {EXPORT_KEY: json.dumps(dict(metadata))} if metadata else None
+    written.append(write_bytes(safetensors, save(arrays, metadata=header)))
     for path, data in pth:
         try:
             written.insert(0, write_bytes(path, data))
