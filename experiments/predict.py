@@ -44,17 +44,30 @@ def load_image(
     crop_size: int,
     bits_stored: int | None = None,
     dicom_window: DicomWindow | None = None,
+    decoder: str | None = None,
 ) -> np.ndarray:
     """One image file -> the uint8 (crop, crop, 3) array the model sees.
 
     Decoded by :func:`medft_jax.data.images.open_image`, the one path
     ``prepare`` uses too: 16-bit, float and DICOM files converted by the same
-    rules, the same size limits, the same one-line refusals.
+    rules, the same size limits, the same one-line refusals. ``decoder``
+    (``t1w_mri``): the task's own reader, the only one its run used: ``.mat``
+    files alone, each slice min-max scaled as in training.
     """
     if not str(path):  # Path("") is ".", the current folder
         raise PredictError("--images: an empty path; expected an image file")
     try:
-        image = open_image(Path(path), bits_stored, dicom_window)
+        if decoder == "t1w_mri":
+            if Path(path).suffix.lower() != ".mat":
+                raise PredictError(
+                    f"{path}: the checkpoint's run read T1w MRI .mat files (each slice "
+                    "min-max scaled), so predict reads those alone; expected a .mat file"
+                )
+            from medft_jax.data.builders.t1w_mri import decode
+
+            image = decode(Path(path))
+        else:
+            image = open_image(Path(path), bits_stored, dicom_window)
     except DataError as e:
         raise PredictError(str(e)) from None
     return resize_and_crop(image, resize_size, crop_size)
@@ -119,6 +132,13 @@ class Predictor:
             "alike",
             "the window its training DICOM files were decoded with",
         )
+        self.decoder = m.get("decoder")
+        if self.decoder is not None and (bits_stored is not None or dicom_window is not None):
+            flag = "--bits-stored" if bits_stored is not None else "--dicom-window"
+            raise PredictError(
+                f"{flag}: the checkpoint's run read {self.decoder} files by the task's own "
+                "reader, which it does not apply to; leave the flag out"
+            )
         names = m.get("class_names")
         self.class_names = list(names) if names else [str(i) for i in range(m["num_classes"])]
         self._probs = jax.jit(self._probs_fn)
@@ -137,7 +157,13 @@ class Predictor:
     def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Probabilities (len(paths), num_classes); all images are checked before any compute."""
         check_batch_size(batch_size)
-        size = (self.resize_size, self.crop_size, self.bits_stored, self.dicom_window)
+        size = (
+            self.resize_size,
+            self.crop_size,
+            self.bits_stored,
+            self.dicom_window,
+            self.decoder,
+        )
         arrays = [load_image(p, *size) for p in paths]
         out = []
         for i in range(0, len(arrays), batch_size):

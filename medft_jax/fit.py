@@ -629,6 +629,8 @@ def _best_metadata(run: _Run, name: str) -> dict[str, Any]:
         meta["bits_stored"] = int(run.ds.metadata["bits_stored"])
     if run.ds.metadata.get("dicom_window") is not None:  # --dicom-window: likewise
         meta["dicom_window"] = [float(v) for v in run.ds.metadata["dicom_window"]]
+    if run.ds.name in model_checkpoint.DECODERS:  # files read by the task's own reader (T1w's .mat)
+        meta["decoder"] = run.ds.name
     return meta
 
 

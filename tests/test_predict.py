@@ -157,3 +157,53 @@ def test_a_resize_below_the_unsaid_crop_is_refused(tmp_path):
     _, ck = _zeros_checkpoint(tmp_path / "ck", resize_size=40, crop_size=None)
     with pytest.raises(CheckpointError, match=r"resize_size 40 is not an integer in \[224"):
         load_model(ck)
+
+
+def test_a_t1w_run_predicts_from_its_mat_files_as_it_trained(tmp_path, capsys):
+    """A T1w run read each .mat slice min-max scaled; predict could read no .mat, and the
+    slice as a 16-bit PNG with --bits-stored 16 reached the model nearly black."""
+    pytest.importorskip("h5py")
+    from data_fakes import write_mat
+
+    from experiments.predict import load_image
+    from medft_jax.data.builders.t1w_mri import decode
+    from medft_jax.data.preprocess import resize_and_crop
+
+    pixels = np.random.default_rng(0).integers(-50, 1400, (48, 40)).astype(np.int16)
+    write_mat(tmp_path / "1.mat", pixels, 1, "100000")
+    Image.fromarray(pixels.astype(np.uint16)).save(tmp_path / "1.png")
+    _, ck = _zeros_checkpoint(tmp_path / "ck", crop_size=32, resize_size=33, decoder="t1w_mri")
+    seen = load_image(tmp_path / "1.mat", 33, 32, decoder="t1w_mri")
+    assert np.array_equal(seen, resize_and_crop(decode(tmp_path / "1.mat"), 33, 32))
+    assert seen.mean() > 64  # min-max scaled: mid-grey on average, not a dark 16-bit read
+    assert main(["--checkpoint", str(ck), "--images", str(tmp_path / "1.mat")]) == 0
+    capsys.readouterr()
+    assert main(["--checkpoint", str(ck), "--images", str(tmp_path / "1.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1.png: the checkpoint's run read T1w MRI .mat files" in err
+    argv = ["--checkpoint", str(ck), "--images", str(tmp_path / "1.mat"), "--bits-stored", "16"]
+    assert main(argv) == 2
+    assert "--bits-stored: the checkpoint's run read t1w_mri files" in capsys.readouterr().err
+    # An unknown reader (a newer toolkit's) is refused when the checkpoint is read.
+    _zeros_checkpoint(tmp_path / "new", decoder="t2w_dicom_series")
+    assert main(["--checkpoint", str(tmp_path / "new"), "--images", str(tmp_path / "1.mat")]) == 2
+    assert "metadata decoder 't2w_dicom_series' is not one" in capsys.readouterr().err
+
+
+def test_a_runs_best_checkpoint_names_the_reader_of_its_files():
+    from types import SimpleNamespace
+
+    from medft_jax import fit
+    from medft_jax.models import get_arch
+
+    def meta(dataset):
+        ds = SimpleNamespace(
+            name=dataset, num_classes=3, multilabel=False, class_names=("a", "b", "c"), metadata={}
+        )
+        config = SimpleNamespace(arch="resnet_tiny", image_size=32, precision="fp32")
+        return fit._best_metadata(
+            SimpleNamespace(config=config, ds=ds, spec=get_arch("resnet_tiny")), "r"
+        )
+
+    assert meta("t1w_mri")["decoder"] == "t1w_mri"
+    assert "decoder" not in meta("bach")

@@ -111,6 +111,7 @@ PREDICTION_KEYS = (
     "precision",
     "bits_stored",
     "dicom_window",
+    "decoder",
     "source",
 )
 """What predict reads from a checkpoint: kept through an export and a port back."""

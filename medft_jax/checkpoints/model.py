@@ -52,9 +52,9 @@ from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in,
 from medft_jax.models import ARCHS, get_arch, is_known_arch, variable_shapes
 from medft_jax.models.blocks import flatten
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """The newest metadata this version reads. A checkpoint is written with the
-lowest version that says what it holds: 4 for ``dicom_window``, 3 for
+lowest version that says what it holds: 5 for ``decoder``, 4 for ``dicom_window``, 3 for
 ``precision`` bf16, 2 for
 ``bits_stored``, else 1; an older reader, which would ignore the field and so
 decode or compute otherwise than the run did, refuses it instead."""
@@ -184,6 +184,8 @@ def sync_processes(name: str) -> None:
 
 def _format_version(metadata: Mapping[str, Any]) -> int:
     """The lowest format version whose readers use every field ``metadata`` sets."""
+    if metadata.get("decoder") is not None:
+        return 5
     if metadata.get("dicom_window") is not None:
         return 4
     if metadata.get("precision", "fp32") != "fp32":
@@ -575,7 +577,18 @@ def check_metadata(
     _check_other_fields(metadata, num_classes, where)
 
 
+DECODERS = ("t1w_mri",)
+"""Tasks whose files a run read by the task's own reader (``decoder``), not as images:
+T1w MRI's ``.mat`` slices, min-max scaled each."""
+
+
 def _check_other_fields(metadata: Mapping[str, Any], num_classes: int, where: Any) -> None:
+    decoder = metadata.get("decoder")
+    if decoder is not None and decoder not in DECODERS:
+        raise CheckpointError(
+            f"{where}: metadata decoder {decoder!r} is not one this medft-jax reads "
+            f"({', '.join(DECODERS)})"
+        )
     names = metadata.get("class_names")
     if names is not None:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
