@@ -180,6 +180,19 @@ def test_pickled_code_is_never_run(tmp_path, capsys):
     assert err.startswith(f"error: {bad}: not a loadable torch state_dict") and "\n" not in err
     assert not (tmp_path / "pwned").exists()
     assert not out.exists()
+    # A whole model (torch.save(model)) is named as such, with the re-save that works.
+    whole = tmp_path / "model.pth"
+    torch.save(torch.nn.Linear(2, 2), whole)
+    assert main(["--arch", "resnet50", "--torch-weights", str(whole), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("re-save it with torch.save(model.state_dict(), FILE)")
+    # A .SAFETENSORS name reads as what it is, not as a torch file.
+    upper = tmp_path / "x.SAFETENSORS"
+    upper.write_bytes(b"junk")
+    from weights_port.state_io import read_state_dict
+
+    with pytest.raises(PortError, match=r"x\.SAFETENSORS: not a readable \.safetensors file"):
+        read_state_dict(upper)
 
 
 def test_a_file_that_is_no_torch_checkpoint_is_named_as_such(tmp_path):

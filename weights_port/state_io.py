@@ -49,7 +49,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise PortError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         state = _read_safetensors(path)
     else:
         if zipfile.is_zipfile(path):
@@ -170,7 +170,8 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise PortError(
                 f"{path}: not a loadable torch state_dict (it holds pickled objects other than "
-                "tensors, refused by weights_only=True)"
+                "tensors, refused by weights_only=True: a whole model saved with "
+                "torch.save(model)?); re-save it with torch.save(model.state_dict(), FILE)"
             ) from None
         raise PortError(
             f"{path}: truncated or corrupted torch file ({_first_line(e)}); download or copy "
