@@ -379,14 +379,14 @@ def test_bits_stored_is_an_integer_from_8_to_16(tmp_path, bad):
         open_image(path, bits_stored=bad)
 
 
-def _tiff16_signed(path: Path, values: np.ndarray) -> Path:
-    """A minimal uncompressed little-endian TIFF of int16 samples (SampleFormat 2)."""
+def _tiff16_signed(path: Path, values: np.ndarray, bits: int = 16) -> Path:
+    """A minimal uncompressed little-endian TIFF of int16 (or int8) samples (SampleFormat 2)."""
     h, w = values.shape
-    data = values.astype("<i2").tobytes()
+    data = values.astype("<i2" if bits == 16 else "i1").tobytes()
     entries = [  # tag, type (3 SHORT, 4 LONG), value
         (256, 4, w),
         (257, 4, h),
-        (258, 3, 16),
+        (258, 3, bits),
         (259, 3, 1),
         (262, 3, 1),
         (273, 4, 8),
@@ -606,8 +606,10 @@ def _write_dicom(
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
     ds.Modality = "OT"
-    ds.Rows, ds.Columns = pixels.shape
+    ds.Rows, ds.Columns = pixels.shape[:2]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    if pixels.ndim == 3:  # colour, interleaved
+        ds.SamplesPerPixel, ds.PlanarConfiguration = pixels.shape[2], 0
     bits = pixels.dtype.itemsize * 8
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
     ds.PixelRepresentation = int(pixels.dtype == np.int16)
@@ -1249,3 +1251,59 @@ def test_folder_lists_every_readable_format_and_says_what_it_left_out(tmp_path, 
 def test_a_folder_given_as_an_image_is_named_a_folder(tmp_path):
     with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path))} is a folder, expected an"):
         open_image(tmp_path)
+
+
+def test_signed_8bit_tiff_is_offset_like_signed_16bit(tmp_path):
+    """Pillow reads SampleFormat 2 at 8 bits as unsigned: -1 came out 255 (white), -128 as
+    128; the signed rule maps -128..127 to 0..255, as it does at 16 bits."""
+    values = np.array([[-128, -1], [0, 127]], np.int8)
+    path = _tiff16_signed(tmp_path / "s8.tif", values, bits=8)
+    assert np.asarray(open_image(path)).tolist() == [[0, 127], [128, 255]]
+
+
+def test_dicom_values_stored_in_the_high_bits_are_refused_not_scrambled(tmp_path):
+    """HighBit 15 of 12 bits: pydicom keeps the low 12 bits, cutting each value mid-way
+    (0, 1000, 2000, 4095 came out 0, 232, 208, 255)."""
+    stored = (np.array([[0, 1000, 2000, 4095]], np.uint16) << 4).astype(np.uint16)
+    path = _write_dicom(tmp_path / "a.dcm", stored, BitsStored=12, HighBit=15)
+    with pytest.raises(
+        NotABadFile,
+        match=r"a\.dcm: DICOM HighBit 15 with BitsStored 12 \(values "
+        r"in bits 4\.\.15\) is not read by this toolkit; expected HighBit 11$",
+    ):
+        open_image(path)
+
+
+def test_dicom_voi_lut_first_value_read_unsigned_is_taken_as_signed(tmp_path):
+    """After a rescale to negative values, a VOI LUT starting at -1000 read as US (64536,
+    as pydicom reads Implicit VR) put every pixel below the table: one black image."""
+    stored = np.array([[0, 24, 25, 26, 27, 2000]], np.uint16)  # x = v - 1024
+    lut = ([4, 65536 - 1000, 12], [0, 1000, 2000, 4095])
+    path = _write_dicom(tmp_path / "a.dcm", stored, rescale=(1, -1024), voi_lut=lut)
+    # -1024 below the table: entry 0; -1000 entry 0; -999.. -997 entries 1-3; 976 the last.
+    assert np.asarray(open_image(path))[0].tolist() == [0, 0, 62, 125, 255, 255]
+    # A table no pixel reaches maps the image to one value: refused.
+    far = _write_dicom(tmp_path / "b.dcm", stored, voi_lut=([4, 5000, 12], lut[1]))
+    with pytest.raises(
+        NotABadFile,
+        match=r"b\.dcm: DICOM VOI LUT covers values 5000\.\.5003, "
+        r"and the image's values \(0\.\.2000\) all lie outside it",
+    ):
+        open_image(far)
+
+
+def test_16bit_colour_dicom_of_12_bit_values_is_refused_as_colour_pngs_are(tmp_path):
+    """BitsStored 16 over values that fit 12 bits came out 0..15 (nearly black), where a
+    16-bit colour PNG of the same values is refused."""
+    rgb = np.zeros((2, 2, 3), np.uint16)
+    rgb[0, 0], rgb[1, 1] = (4095, 0, 0), (2048, 2048, 2048)
+    path = _write_dicom(tmp_path / "a.dcm", rgb, photometric="RGB")
+    with pytest.raises(
+        NotABadFile,
+        match=r"16-bit colour DICOM \(BitsStored 16\) whose values "
+        r"all fit in 14 bits",
+    ):
+        open_image(path)
+    rgb[0, 1] = (65535, 0, 0)  # the full 16 bits used: the 16-bit rule
+    path = _write_dicom(tmp_path / "b.dcm", rgb, photometric="RGB")
+    assert np.asarray(open_image(path))[0].tolist() == [[15, 0, 0], [255, 0, 0]]

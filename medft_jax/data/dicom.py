@@ -51,6 +51,7 @@ from PIL import Image
 
 from medft_jax.data.errors import DataError, NotABadFile
 from medft_jax.data.pixels import (
+    UNDECLARED_FLOOR_BITS,
     DicomWindow,
     check_finite,
     check_size,
@@ -184,6 +185,15 @@ def _check_header(ds: Any, path: Path) -> str:
             f"{path}: multi-frame DICOM ({frames} frames) is not one image; "
             "export the frame(s) you mean as single-frame files"
         )
+    stored, high = ds.get("BitsStored"), ds.get("HighBit")
+    if stored not in (None, "") and high not in (None, "") and int(high) != int(stored) - 1:
+        # pydicom keeps the low BitsStored bits: values stored high (HighBit 15 of 12 bits,
+        # as some older scanners wrote) come out cut mid-value, their grey levels scrambled.
+        raise NotABadFile(
+            f"{path}: DICOM HighBit {int(high)} with BitsStored {int(stored)} (values in bits "
+            f"{int(high) - int(stored) + 1}..{int(high)}) is not read by this toolkit; expected "
+            f"HighBit {int(stored) - 1}"
+        )
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     one_sample = (*GREY, "PALETTE COLOR")
     expected = 3 if photometric in COLOUR else 1 if photometric in one_sample else None
@@ -235,6 +245,7 @@ def _grey(
         image = window_to_uint8(values, *fixed, "LINEAR_EXACT")
     elif ds.get("VOILUTSequence"):
         table, first, bits = _lut_table(ds.VOILUTSequence[0], ds, path, "VOI LUT")
+        first = _first_mapped(first, values, table, path, "VOI LUT")
         top = int(table.max())
         if bits == 16 and top < 1 << 12:  # 12-bit entries declared 16: viewers scale by the data
             bits = max(8, top.bit_length())
@@ -255,7 +266,7 @@ def _modality(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
     RescaleIntercept (top level, or an enhanced file's Pixel Value Transformation)."""
     if ds.get("ModalityLUTSequence"):
         table, first, _ = _lut_table(ds.ModalityLUTSequence[0], ds, path, "Modality LUT")
-        return _look_up(pixels, table, first)
+        return _look_up(pixels, table, _first_mapped(first, pixels, table, path, "Modality LUT"))
     source = (
         ds if _given(ds, "RescaleSlope") else _frame_item(ds, "PixelValueTransformationSequence")
     )
@@ -340,6 +351,23 @@ def _lut_table(
     return table, first, bits
 
 
+def _first_mapped(first: int, values: np.ndarray, table: np.ndarray, path: Path, what: str) -> int:
+    """A LUT's first mapped value, read as signed where its inputs are (PS3.3 C.11.1.1: US
+    or SS as the input is). pydicom reads it as unsigned in Implicit VR: -1000 as 64536,
+    and every pixel fell below the table, one black image. A table that no pixel
+    reaches maps the whole image to one value: refused."""
+    low, high = float(np.min(values)), float(np.max(values))
+    if first >= 1 << 15 and low < 0:
+        first -= 1 << 16
+    if high < first or low > first + len(table) - 1:
+        raise NotABadFile(
+            f"{path}: DICOM {what} covers values {first}..{first + len(table) - 1}, and the "
+            f"image's values ({low:g}..{high:g}) all lie outside it: every pixel would map to "
+            "one value"
+        )
+    return first
+
+
 def _look_up(values: np.ndarray, table: np.ndarray, first: int) -> np.ndarray:
     """``table`` at ``value - first``; below the first entry the first, past the last the
     last (PS3.3 C.11.2.1.1)."""
@@ -352,7 +380,16 @@ def _colour(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.nda
         return _palette(pixels, ds, path)
     if pixels.dtype == np.uint8:
         return pixels
-    return unsigned_to_uint8(pixels, int(ds.get("BitsStored") or pixels.dtype.itemsize * 8))
+    bits = int(ds.get("BitsStored") or pixels.dtype.itemsize * 8)
+    if bits == 16 and int(pixels.max()) < 1 << UNDECLARED_FLOOR_BITS:
+        # As a 16-bit colour PNG or TIFF so filled is refused: 12-bit values in a file
+        # that says 16 bits came out nearly black (at most 64 levels a channel).
+        raise NotABadFile(
+            f"{path}: 16-bit colour DICOM (BitsStored 16) whose values all fit in "
+            f"{UNDECLARED_FLOOR_BITS} bits would keep at most 64 levels per channel; its "
+            "BitsStored is likely wrong: correct it, or save the image as 8-bit colour"
+        )
+    return unsigned_to_uint8(pixels, bits)
 
 
 def _palette(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:

@@ -68,14 +68,16 @@ IMAGE_SUFFIXES = (
 """What a ``folder`` dataset lists as images by name; a file of any other name is
 listed when it carries the DICOM marker (:func:`medft_jax.data.folder.image_files`)."""
 
-DECODING_VERSION = 5
+DECODING_VERSION = 6
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
 and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``; 3:
 ``bits_stored``, and 16-bit files of 14 bits or fewer refused without it; 4:
 multi-frame files refused instead of read as their first frame, and 16-bit
 greyscale+alpha PNG read by the greyscale rules from all 16 bits instead of
 as colour from the high byte; 5: 16-bit and float WhiteIsZero TIFFs inverted, as
-8-bit ones always were): a cache built under another version is stale."""
+8-bit ones always were; 6: signed 8-bit TIFFs by the signed rule, a DICOM LUT's
+first value read as signed where its inputs are): a cache built under another
+version is stale."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIGNED16 = ("I;16S", "I;16BS", "I;16NS")
@@ -302,6 +304,15 @@ def _grey16_signed(mode: str, samples: str | None) -> bool | None:
     return True if mode == "I" and samples in _SIGNED16 else None
 
 
+def _signed_tiff(image: Image.Image) -> bool:
+    """Whether a TIFF says its samples are signed integers (SampleFormat 2)."""
+    tags = getattr(image, "tag_v2", None)
+    formats = tags.get(339) if tags is not None else None
+    if formats is None:
+        return False
+    return 2 in (formats if isinstance(formats, tuple) else (formats,))
+
+
 def to_8bit(
     image: Image.Image, samples: str | None, path: Path, bits_stored: int | None = None
 ) -> Image.Image:
@@ -316,6 +327,15 @@ def to_8bit(
         colour16_check(np.asarray(rgb), bits_stored, path)
         return rgb
     if mode in ("L", "RGB"):
+        if _signed_tiff(image):
+            # Pillow reads signed 8-bit TIFF samples as unsigned (-1 as 255): offset them as
+            # the signed 16-bit rule does, -128..127 to 0..255.
+            if mode == "RGB":
+                raise NotABadFile(
+                    f"{path}: signed 8-bit colour TIFF (SampleFormat 2) cannot be converted "
+                    "faithfully; save it as unsigned 8-bit colour"
+                )
+            return Image.fromarray(np.asarray(image, np.uint8) ^ np.uint8(0x80), "L")
         return image.copy()
     if mode in EIGHT_BIT_MODES:
         return image.convert("RGB")  # exactly what preprocessing did before: alpha dropped
