@@ -1307,3 +1307,27 @@ def test_16bit_colour_dicom_of_12_bit_values_is_refused_as_colour_pngs_are(tmp_p
     rgb[0, 1] = (65535, 0, 0)  # the full 16 bits used: the 16-bit rule
     path = _write_dicom(tmp_path / "b.dcm", rgb, photometric="RGB")
     assert np.asarray(open_image(path))[0].tolist() == [[15, 0, 0], [255, 0, 0]]
+
+
+def test_dicom_intercept_alone_inverse_shape_and_a_zero_slope(tmp_path):
+    # An intercept without its slope was ignored: CT numbers 1024 off, and the window with
+    # them. x = v - 100 under the LINEAR window c=0, w=201 (c' = -0.5, w' = 200):
+    # ((x + 0.5) / 200 + 0.5) * 255 = 0.64, 128.1, 255.6 -> 1, 128, 255 (clipped).
+    stored = np.array([[0, 100, 200]], np.uint16)
+    path = _write_dicom(tmp_path / "a.dcm", stored, window=(0, 201), RescaleIntercept=-100)
+    assert np.asarray(open_image(path))[0].tolist() == [1, 128, 255]
+    # Presentation LUT Shape INVERSE shows low values white, as MONOCHROME1 does; the two
+    # together say it once.
+    inverse = _write_dicom(
+        tmp_path / "b.dcm", stored, window=(0, 201), RescaleIntercept=-100,
+        PresentationLUTShape="INVERSE",
+    )  # fmt: skip
+    assert np.asarray(open_image(inverse))[0].tolist() == [254, 127, 0]
+    both = _write_dicom(
+        tmp_path / "c.dcm", stored, photometric="MONOCHROME1", window=(0, 201),
+        RescaleIntercept=-100, PresentationLUTShape="INVERSE",
+    )  # fmt: skip
+    assert np.asarray(open_image(both))[0].tolist() == [254, 127, 0]
+    flat = _write_dicom(tmp_path / "d.dcm", stored, rescale=(0, 5))
+    with pytest.raises(DataError, match=r"d\.dcm: DICOM RescaleSlope 0 would map every pixel"):
+        open_image(flat)

@@ -258,7 +258,15 @@ def _grey(
             raise DataError(f"{path}: bad DICOM window ({err})") from None
     else:
         image = minmax_to_uint8(values)
-    return 255 - image if photometric == "MONOCHROME1" else image
+    return 255 - image if _inverted(ds, photometric) else image
+
+
+def _inverted(ds: Any, photometric: str) -> bool:
+    """MONOCHROME1, or a Presentation LUT Shape of INVERSE (PS3.3 C.11.6): either says
+    low values are white. They say it once between them (a MONOCHROME1 radiograph
+    carries INVERSE too, PS3.3 C.8.11.1.1), so the image is inverted once."""
+    shape = str(ds.get("PresentationLUTShape") or "").strip().upper()
+    return photometric == "MONOCHROME1" or shape == "INVERSE"
 
 
 def _modality(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
@@ -267,13 +275,24 @@ def _modality(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
     if ds.get("ModalityLUTSequence"):
         table, first, _ = _lut_table(ds.ModalityLUTSequence[0], ds, path, "Modality LUT")
         return _look_up(pixels, table, _first_mapped(first, pixels, table, path, "Modality LUT"))
-    source = (
-        ds if _given(ds, "RescaleSlope") else _frame_item(ds, "PixelValueTransformationSequence")
+    rescaled = (ds, _frame_item(ds, "PixelValueTransformationSequence"))
+    source = next(
+        (
+            item
+            for item in rescaled
+            if item is not None
+            and (_given(item, "RescaleSlope") or _given(item, "RescaleIntercept"))
+        ),
+        None,
     )
-    if source is None or not _given(source, "RescaleSlope"):
+    if source is None:
         return pixels
-    slope = _first(source.RescaleSlope)
+    # One of the pair alone (they are type 1 together, but writers drop one): the other's
+    # identity value, not the intercept ignored (CT numbers off by 1024, the window with them).
+    slope = _first(source.RescaleSlope) if _given(source, "RescaleSlope") else 1.0
     intercept = _first(source.RescaleIntercept) if _given(source, "RescaleIntercept") else 0.0
+    if slope == 0 or not np.isfinite(slope):
+        raise DataError(f"{path}: DICOM RescaleSlope {slope:g} would map every pixel to one value")
     return pixels.astype(np.float64) * slope + intercept
 
 

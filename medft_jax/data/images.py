@@ -76,8 +76,9 @@ multi-frame files refused instead of read as their first frame, and 16-bit
 greyscale+alpha PNG read by the greyscale rules from all 16 bits instead of
 as colour from the high byte; 5: 16-bit and float WhiteIsZero TIFFs inverted, as
 8-bit ones always were; 6: signed 8-bit TIFFs by the signed rule, a DICOM LUT's
-first value read as signed where its inputs are): a cache built under another
-version is stale."""
+first value read as signed where its inputs are, a RescaleIntercept without its
+slope applied, MONOCHROME2 with Presentation LUT Shape INVERSE inverted): a cache
+built under another version is stale."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIGNED16 = ("I;16S", "I;16BS", "I;16NS")
