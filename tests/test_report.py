@@ -182,6 +182,11 @@ def test_an_lr_with_a_failed_run_is_never_chosen():
     rows = read_csv(to_csv(table))
     assert {r["excluded_lrs"] for r in rows} == {"0.001"}
     assert any(n.startswith("‡: a cell whose LR") for n in table11(summary).notes)
+    # Table 12 cannot mark its k/n: it names the cells its counts rest on.
+    assert (
+        "Counted with 1 cell(s) whose LR was chosen without an LR where a run failed (‡ in "
+        "the datasets' tables): bach/resnet50/ft." in table12(summary).notes
+    )
     # A failure note of a run that later finished is superseded by its record.
     again = collect(records, [fail(lr=1e-3, seed=1)]).cell("bach", "resnet50", "ft")
     assert again.lr == 1e-3 and again.excluded_lrs == () and again.runs_done == 3

@@ -713,10 +713,34 @@ def table12(
         "or partial), or finished without one in the counted metric, or has only failed runs "
         "(these did not beat FT); datasets not run are left out."
     ]
+    notes += _caveats_counted(summary)
     strategies = [s for s in summary.strategies if s != BASELINE]
     return _wide_table(
         Head("table12", title, notes), CountLine, lines, slots, strategies, attrgetter("arch")
     )
+
+
+def _caveats_counted(summary: Summary) -> list[str]:
+    """What Table 12's counts rest on that its k/n cannot mark: the cells (FT's among
+    them) with runs missing, an LR left out, or runs ended before their final stage."""
+    cells = [c for c in summary.cells.values() if c.has_value]
+    caveats = [
+        (_incomplete, DAGGER, "with runs missing"),
+        (_lrs_left_out, DOUBLE_DAGGER, "whose LR was chosen without an LR where a run failed"),
+        (attrgetter("unstaged"), PILCROW, "whose runs ended before their final stage"),
+    ]
+    notes = []
+    for test, mark, what in caveats:
+        marked = sorted(f"{c.dataset}/{c.arch}/{c.strategy}" for c in cells if test(c))
+        if marked:
+            shown = ", ".join(marked[:6]) + (
+                f" and {len(marked) - 6} more" if len(marked) > 6 else ""
+            )
+            notes.append(
+                f"Counted with {len(marked)} cell(s) {what} ({mark} in the datasets' tables): "
+                f"{shown}."
+            )
+    return notes
 
 
 def count_rule_text(summary: Summary, count_metrics: Mapping[str, str] | None = None) -> str:
