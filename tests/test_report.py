@@ -1077,7 +1077,7 @@ def test_index_states_what_each_dataset_was_trained_under(tmp_path):
     text = write_report(collect(records), tmp_path / "report").read_text()
     assert (
         "  - bach: 224 px, batch 64, at most 50 epochs (patience 5), bf16 compute, "
-        "`frozen_bn=freeze`, from pretrained weights.\n" in text
+        "`frozen_bn=freeze`, from pretrained weights, numerics version 1.\n" in text
     )
     # A record written without the keys (older) reads as RunConfig's defaults.
     assert (

@@ -463,6 +463,7 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
         k: (freezing if k == "frozen_bn" else configs)[0].get(k, defaults[k]) for k in PROTOCOL
     }
     protocol["start"] = start_of(configs[0])
+    protocol["numerics"] = numerics_of(runs[0])  # one a report: _check_numerics
     return protocol
 
 

@@ -330,7 +330,8 @@ def _protocol_lines(summary: Summary) -> list[str]:
             lines.append(
                 f"  - {md_escape(d)}: {p['image_size']} px, batch {p['batch_size']}, at most "
                 f"{p['epochs']} epochs (patience {p['patience']}), {p['precision']} compute, "
-                f"`frozen_bn={p['frozen_bn']}`, {START_WORDS[p['start']]}."
+                f"`frozen_bn={p['frozen_bn']}`, {START_WORDS[p['start']]}, numerics "
+                f"version {p['numerics']}."
             )
     return ["- Trained under, per dataset:", *lines] if lines else []
 
