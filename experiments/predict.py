@@ -142,6 +142,8 @@ class Predictor:
         names = m.get("class_names")
         self.class_names = list(names) if names else [str(i) for i in range(m["num_classes"])]
         self._probs = jax.jit(self._probs_fn)
+        # On the device once: numpy arrays would be copied there again with every batch.
+        self.variables = jax.device_put(self.variables)
 
     def _probs_fn(self, variables, images):
         import jax
