@@ -124,16 +124,19 @@ def test_missing_extra_and_misshapen_keys(resnet_state):
         torch_to_flax(s, "resnet50")
 
 
-@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod.", "model."])
 def test_a_wrapped_models_state_dict_ports_as_the_plain_one(resnet_state, prefix):
-    """nn.DataParallel (``module.``) or torch.compile (``_orig_mod.``) prefix every key;
-    stripped only when the rest is exactly the arch's keys."""
+    """nn.DataParallel (``module.``), torch.compile (``_orig_mod.``), both, or a Lightning
+    module's attribute prefix every key; stripped only when the rest is exactly the arch's
+    keys. Wrapped, another arch's file is named as that arch."""
     plain, _ = torch_to_flax(resnet_state, "resnet50")
     wrapped, _ = torch_to_flax({prefix + k: v for k, v in resnet_state.items()}, "resnet50")
     assert jax.tree.all(jax.tree.map(np.array_equal, wrapped, plain))
     partly = {prefix + k: v for k, v in resnet_state.items() if k != "fc.bias"}
     with pytest.raises(PortError, match=r"missing key 'bn1.bias' expected by resnet50"):
         torch_to_flax(partly, "resnet50")  # not its keys once stripped: named, not renamed
+    with pytest.raises(PortError, match=r"^checkpoint: file looks like resnet50, not vgg19$"):
+        torch_to_flax({prefix + k: v for k, v in resnet_state.items()}, "vgg19")
 
 
 def test_num_batches_tracked_dropped_and_restored(resnet_state):

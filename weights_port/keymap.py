@@ -116,23 +116,38 @@ def guess_arch(keys: set[str]) -> str | None:
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 """What ``nn.DataParallel``/``DistributedDataParallel`` and ``torch.compile`` put in front of
-every key of the model they wrap."""
+every key of the model they wrap (a training framework's attribute, ``model.``, too)."""
+
+
+def _unwrapped(state: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """``state``, then ``state`` without each successive prefix that every key carries
+    (``module._orig_mod.``: DDP over ``torch.compile``; ``model.``: a Lightning module)."""
+    out = [dict(state)]
+    for _ in range(3):
+        heads = {k.split(".", 1)[0] for k in out[-1]}
+        if len(heads) != 1 or not all("." in k for k in out[-1]):
+            break
+        prefix = heads.pop() + "."
+        out.append({k[len(prefix) :]: v for k, v in out[-1].items()})
+    return out
+
+
+def _names(state: Mapping[str, np.ndarray]) -> set[str]:
+    return {k for k in rename_legacy_keys(state) if not k.endswith("." + _TRACKED)}
 
 
 def _strip_wrapper_prefix(state: Mapping[str, np.ndarray], arch: str) -> dict[str, np.ndarray]:
-    """``state`` without a wrapper's prefix, when every key has it and the rest is ``arch``'s.
+    """``state`` without its wrappers' prefixes, when every key has them and the rest is
+    exactly ``arch``'s keys.
 
     Only then: a file whose keys would still not match is left for the strict
     check to name, not half-renamed.
     """
-    state = dict(state)
-    for prefix in WRAPPER_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            stripped = {k[len(prefix) :]: v for k, v in state.items()}
-            names = {k for k in rename_legacy_keys(stripped) if not k.endswith("." + _TRACKED)}
-            if names == expected_keys(arch):
-                state = stripped
-    return state
+    expected = expected_keys(arch)
+    for candidate in _unwrapped(state):
+        if _names(candidate) == expected:
+            return candidate
+    return dict(state)
 
 
 def torch_to_flax(
@@ -163,9 +178,10 @@ def torch_to_flax(
         tracked[key] = int(value)
     keys = set(state)
     if keys != expected:
-        other = guess_arch({k for k in keys if not k.endswith("." + _TRACKED)})
-        if other is not None and other != arch:
-            raise PortError(f"{source}: file looks like {other}, not {arch}")
+        for candidate in _unwrapped(state):  # a wrapped model of another arch, named as such
+            other = guess_arch(_names(candidate))
+            if other is not None and other != arch:
+                raise PortError(f"{source}: file looks like {other}, not {arch}")
         missing, extra = sorted(expected - keys), sorted(keys - expected)
         if missing:
             raise PortError(
