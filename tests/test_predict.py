@@ -207,3 +207,12 @@ def test_a_runs_best_checkpoint_names_the_reader_of_its_files():
 
     assert meta("t1w_mri")["decoder"] == "t1w_mri"
     assert "decoder" not in meta("bach")
+
+
+def test_a_run_folder_given_as_the_checkpoint_points_to_its_best(tmp_path, capsys):
+    _zeros_checkpoint(tmp_path / "run" / "best")
+    Image.new("L", (40, 40)).save(tmp_path / "a.png")
+    assert main(["--checkpoint", str(tmp_path / "run"), "--images", str(tmp_path / "a.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.rstrip().endswith(f"; a run's folder: its best parameters are {tmp_path}/run/best")

@@ -325,9 +325,15 @@ def _check_dir(directory: str | Path) -> Path:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint folder")
     if not (directory / "metadata").exists() or not (directory / "state").exists():
+        best = directory / "best"
+        hint = (
+            f"; a run's folder: its best parameters are {best}"
+            if (best / "metadata").exists() and (best / "state").exists()
+            else ""
+        )
         raise CheckpointError(
             f"{directory}: not a medft-jax model checkpoint (expected the orbax items "
-            "'state' and 'metadata' written by weights_port or experiments.run)"
+            f"'state' and 'metadata' written by weights_port or experiments.run){hint}"
         )
     return directory
 
