@@ -466,6 +466,7 @@ def test_a_runs_checkpoint_without_a_decoding_rule_refuses_one_at_predict(saved,
     assert (ported.bits_stored, ported.dicom_window) == (12, (40.0, 80.0))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_carries_its_dicom_window(saved, tmp_path):
     """A run's ``--dicom-window`` is in its best parameters' metadata (format version 4: an
     older reader would window each DICOM by its own), and predict takes it; a flag that

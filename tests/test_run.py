@@ -241,6 +241,7 @@ def test_a_best_newer_than_the_resumed_checkpoint_is_refused_not_tested(
     assert not (run / "record.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)

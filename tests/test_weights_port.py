@@ -370,6 +370,7 @@ def test_a_head_of_zero_classes_is_one_line(resnet_state):
         torch_to_flax(state, "resnet50", source="x.pth")
 
 
+@pytest.mark.slow
 def test_an_exported_run_ports_back_with_its_classes_and_preprocessing(resnet_file, tmp_path):
     """Ported back, a 32-px run's export was read by predict at 224 px, its classes as
     numbers and a multilabel head through softmax: the .safetensors header keeps them."""
