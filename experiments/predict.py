@@ -12,6 +12,10 @@ Probabilities are softmax outputs, or per-class sigmoids for a multilabel
 checkpoint, all classes in index order. They are computed in the checkpoint's
 precision (a ``--precision bf16`` run's checkpoint in bfloat16, as the run
 evaluated it) unless ``--precision`` says otherwise.
+
+Without ``--json`` each image is one line, ``PATH: NAME P, NAME P, ...`` with the
+classes ranked; a class name that holds a comma or blanks at its ends is printed
+JSON-quoted, so the line splits one way only.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -166,14 +171,19 @@ class Predictor:
             self.dicom_window,
             self.decoder,
         )
-        arrays = [load_image(p, *size) for p in paths]
-        out = []
-        for i in range(0, len(arrays), batch_size):
-            batch = np.stack(arrays[i : i + batch_size])
-            n = len(batch)
-            if n < batch_size and len(arrays) > batch_size:  # one compiled shape
-                batch = np.concatenate([batch, np.zeros_like(batch[:1]).repeat(batch_size - n, 0)])
-            out.append(self(batch)[:n])
+        with tempfile.TemporaryDirectory(prefix="medft-predict-") as scratch:
+            arrays = _image_store(len(paths), self.crop_size, Path(scratch))
+            for i, p in enumerate(paths):
+                arrays[i] = load_image(p, *size)
+            out = []
+            for i in range(0, len(arrays), batch_size):
+                batch = np.asarray(arrays[i : i + batch_size])
+                n = len(batch)
+                if n < batch_size and len(arrays) > batch_size:  # one compiled shape
+                    pad = np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)
+                    batch = np.concatenate([batch, pad])
+                out.append(self(batch)[:n])
+            del arrays  # the memmap's file closes before its folder goes
         probs = np.concatenate(out)
         bad = ~np.isfinite(probs).all(axis=1)
         if bad.any():  # overflowed weights (a run evaluating so would have diverged)
@@ -183,6 +193,28 @@ class Predictor:
                 "its weights overflow"
             )
         return probs
+
+
+IN_MEMORY_BYTES = 1 << 30
+"""Decoded images above this many bytes wait for compute in a memmapped file, not in RAM:
+all are checked before any compute, and 100k images at 224 px are 15 GB."""
+
+
+def _image_store(n: int, crop: int, scratch: Path) -> np.ndarray:
+    """Room for ``n`` decoded (crop, crop, 3) uint8 images: an array, or a memmap in
+    ``scratch`` when they exceed :data:`IN_MEMORY_BYTES`."""
+    shape = (n, crop, crop, 3)
+    if n * crop * crop * 3 <= IN_MEMORY_BYTES:
+        return np.empty(shape, np.uint8)
+    return np.lib.format.open_memmap(scratch / "images.npy", "w+", np.uint8, shape)
+
+
+def _shown_name(name: str) -> str:
+    """A class name as the text output prints it: JSON-quoted when it could be misread
+    (a comma separates the ranked classes; blank or padded names vanish)."""
+    if not name or "," in name or name != name.strip() or name.startswith('"'):
+        return json.dumps(name, ensure_ascii=False)
+    return name
 
 
 def _decoding_rule(
@@ -233,7 +265,7 @@ def check_flags(args: argparse.Namespace) -> None:
     check_batch_size(args.batch_size)
     check_bits_stored(args.bits_stored)
     parse_dicom_window(args.dicom_window)
-    if args.top < 1:
+    if args.top is not None and args.top < 1:
         raise PredictError(f"--top must be an integer >= 1, got {args.top}")
 
 
@@ -258,7 +290,10 @@ def _main(argv: Sequence[str] | None) -> int:
         '"classes": [NAME, ...], "probs": [...]} (probs in the classes\' order)',
     )
     p.add_argument(
-        "--top", type=int, default=3, help="classes shown per image without --json (>= 1)"
+        "--top",
+        type=int,
+        help="classes shown per image without --json (>= 1; default 3, or every class for a "
+        "multilabel checkpoint, whose labels are each judged alone)",
     )
     p.add_argument(
         "--batch-size",
@@ -282,6 +317,7 @@ def _main(argv: Sequence[str] | None) -> int:
     set_up_process(distributed=False)
     predictor = Predictor(args.checkpoint, args.bits_stored, args.precision, args.dicom_window)
     probs = predictor.predict_files(args.images, args.batch_size)
+    top = args.top or (len(predictor.class_names) if predictor.multilabel else 3)
     for path, row in zip(args.images, probs, strict=True):
         if args.json:
             record = {
@@ -291,8 +327,10 @@ def _main(argv: Sequence[str] | None) -> int:
             }
             print(json.dumps({**record, "probs": [float(v) for v in row]}))
         else:
-            top = np.argsort(-row, kind="stable")[: args.top]
-            shown = ", ".join(f"{predictor.class_names[i]} {row[i]:.4f}" for i in top)
+            ranked = np.argsort(-row, kind="stable")[:top]
+            shown = ", ".join(
+                f"{_shown_name(predictor.class_names[i])} {row[i]:.4f}" for i in ranked
+            )
             print(f"{path}: {shown}")
     return 0
 

@@ -924,6 +924,18 @@ def test_port_force_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path):
     save_model(ck, params, {}, {"arch": "resnet50", "num_classes": 2}, force=True)  # ours: fine
 
 
+def test_a_float64_array_is_refused_before_a_checkpoint_that_could_not_load(tmp_path):
+    """JAX (without x64) loads float64 as float32: the saved hash no longer matched, and the
+    new checkpoint read back as 'modified or corrupted'."""
+    from medft_jax.checkpoints.model import CheckpointError, save_model
+
+    params = {"fc": {"kernel": np.ones((2, 2), np.float32), "bias": np.zeros(2, np.float64)}}
+    meta = {"arch": "resnet50", "num_classes": 2}
+    with pytest.raises(CheckpointError, match=r"ck: params/fc/bias is float64, which JAX loads"):
+        save_model(tmp_path / "ck", params, {}, meta)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 # --- a damaged resume checkpoint ---------------------------------------------------------------
 
 RUN_ARGV = ["--strategy", "lp", "--dataset", "demo", "--arch", "resnet_tiny", "--weights", "none"]

@@ -6,6 +6,7 @@ ResNet-50 at 224 px, as a user runs it: the comparisons are ``slow``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -216,3 +217,70 @@ def test_a_run_folder_given_as_the_checkpoint_points_to_its_best(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.rstrip().endswith(f"; a run's folder: its best parameters are {tmp_path}/run/best")
+
+
+def _random_checkpoint(path, num_classes, seed=0, **meta):
+    """resnet_tiny with random weights: probabilities that differ between images."""
+    rng = np.random.default_rng(seed)
+    shapes = variable_shapes("resnet_tiny", num_classes)
+
+    def draw(s):
+        return (rng.standard_normal(s.shape) * 0.2).astype(s.dtype)
+
+    params = jax.tree.map(draw, shapes["params"])
+    stats = jax.tree_util.tree_map_with_path(
+        lambda p, s: (
+            np.ones(s.shape, s.dtype) if p[-1].key == "var" else np.zeros(s.shape, s.dtype)
+        ),
+        shapes["batch_stats"],
+    )
+    meta = {"arch": "resnet_tiny", "num_classes": num_classes, "resize_size": 32, **meta}
+    return save_model(path, params, stats, {"crop_size": 32, **meta})
+
+
+def _images(tmp_path, n):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(n):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(paths[-1])
+    return [str(p) for p in paths]
+
+
+def test_images_beyond_the_memory_bound_wait_in_a_memmap_with_the_same_probs(tmp_path, monkeypatch):
+    from experiments import predict
+
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    paths = _images(tmp_path, 5)
+    predictor = predict.Predictor(ck)
+    in_memory = predictor.predict_files(paths, batch_size=2)
+    assert np.ptp(in_memory[:, 0]) > 1e-4  # the images' probabilities differ
+    stores, store = [], predict._image_store
+
+    def spy(n, crop, scratch):
+        stores.append(store(n, crop, scratch))
+        return stores[-1]
+
+    monkeypatch.setattr(predict, "IN_MEMORY_BYTES", 32 * 32 * 3 * 4)  # room for 4 of 5
+    monkeypatch.setattr(predict, "_image_store", spy)
+    np.testing.assert_array_equal(predictor.predict_files(paths, batch_size=2), in_memory)
+    assert isinstance(stores[0], np.memmap)
+    assert not Path(stores[0].filename).parent.exists()  # its scratch folder is gone
+
+
+def test_text_output_quotes_names_with_commas_and_shows_every_multilabel_class(tmp_path, capsys):
+    names = ["effusion, left", "edema", " padded"]
+    ck = _random_checkpoint(tmp_path / "ml", 3, class_names=names, multilabel=True)
+    (path,) = _images(tmp_path, 1)
+    assert main(["--checkpoint", str(ck), "--images", path, "--json"]) == 0
+    probs = json.loads(capsys.readouterr().out)["probs"]
+    assert main(["--checkpoint", str(ck), "--images", path]) == 0
+    line = capsys.readouterr().out.strip()
+    shown = {"effusion, left": '"effusion, left"', "edema": "edema", " padded": '" padded"'}
+    ranked = sorted(range(3), key=lambda i: -probs[i])  # all three: a multilabel checkpoint
+    assert line == f"{path}: " + ", ".join(f"{shown[names[i]]} {probs[i]:.4f}" for i in ranked)
+    assert main(["--checkpoint", str(ck), "--images", path, "--top", "1"]) == 0
+    assert capsys.readouterr().out.count(" 0.") == 1
+    single = _random_checkpoint(tmp_path / "sl", 5)  # one label: the three best by default
+    assert main(["--checkpoint", str(single), "--images", path]) == 0
+    assert capsys.readouterr().out.count(", ") == 2

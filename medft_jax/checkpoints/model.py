@@ -119,6 +119,7 @@ def save_model(
                 raise CheckpointError(f"{directory}: {parent} is a file, expected a folder")
             break
     tree = {"params": params, "batch_stats": batch_stats}
+    _check_dtypes(tree, directory)
     # The version is what the fields say, whatever the caller's copy of an older
     # checkpoint's metadata claims: re-saved with a new field under its old version 1,
     # an older reader would take it and ignore the field.
@@ -159,6 +160,19 @@ def save_model(
                 os.replace(old, directory)
         raise
     return directory
+
+
+def _check_dtypes(tree: dict[str, Any], directory: Path) -> None:
+    """Refuses a leaf JAX would not load as written (float64 without ``jax_enable_x64``):
+    it came back as float32, unequal to its hash, and the checkpoint read as corrupt."""
+    for path, leaf in flatten(tree).items():
+        dtype = np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype))
+        if jax.dtypes.canonicalize_dtype(dtype) != dtype:
+            raise CheckpointError(
+                f"{directory}: {path} is {dtype}, which JAX loads as "
+                f"{jax.dtypes.canonicalize_dtype(dtype)}; expected the model's own dtypes "
+                "(float32, or bfloat16 parameters), cast it before saving"
+            )
 
 
 def _exists(directory: Path) -> CheckpointError:
