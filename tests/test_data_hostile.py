@@ -699,7 +699,7 @@ def test_test_images_that_copy_training_images_are_noted_on_every_load(tmp_path,
     root, out = tmp_path / "imgs", tmp_path / "out"
     _folder(root / "train", per_class=8)
     _folder(root / "test", per_class=4, seed=7000)
-    shutil.copy(root / "train" / "cat" / "1.png", root / "test" / "cat" / "copy.png")
+    shutil.copy(root / "train" / "cat" / "0.png", root / "test" / "cat" / "copy.png")
     shutil.copy(root / "train" / "dog" / "2.png", root / "test" / "dog" / "copy.png")
     Image.open(root / "train" / "dog" / "3.png").save(root / "test" / "dog" / "copy.bmp")
     near = np.asarray(Image.open(root / "train" / "cat" / "4.png")).copy()
@@ -710,7 +710,7 @@ def test_test_images_that_copy_training_images_are_noted_on_every_load(tmp_path,
         notes = [x for x in capsys.readouterr().err.splitlines() if "pixel-identical" in x]
         assert notes == [
             f"note: {root}: images pixel-identical to a training image after preprocessing: "
-            "3 in test (e.g. test/cat/copy.png = train/cat/1.png); they inflate "
+            "3 in test (e.g. test/cat/copy.png = train/cat/0.png); they inflate "
             "validation/test scores, remove them"
         ]
 

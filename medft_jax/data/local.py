@@ -176,12 +176,13 @@ def _check_some_dicom(root: Path, splits: dict[str, list[Example]]) -> None:
     )
 
 
-LISTING_VERSION = 4
+LISTING_VERSION = 5
 """Bumped whenever the same files can list as other examples, or the signature changes
 form (2: a csv's ids are the resolved path under the root, so ``./a.png`` and ``a.png``
 are one example; folder split folders known by their usual names; 3: the signature
 holds the examples' digest and each file's ctime, and one file listed under two names
-is refused; 4: a carved split stops nearest its quota, not past it): a cache built
+is refused; 4: a carved split stops nearest its quota, not past it; 5: carved groups
+are ordered by a hash of their own name, so an edited folder keeps its splits): a cache built
 under another version is stale."""
 
 

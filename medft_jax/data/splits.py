@@ -8,6 +8,7 @@ single-class, so ``val``/``test`` keep the class balance of the data.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,8 @@ def carve(
 ) -> np.ndarray:
     """Boolean mask of the examples to move into the carved split.
 
-    Groups are shuffled with ``seed`` and taken, whole, towards a quota of
+    Groups are ordered by a hash of ``seed`` and their name, and taken, whole,
+    towards a quota of
     ``round(fraction * n)`` of each stratum's ``n`` examples of its label (or
     one group, where that rounds every stratum to none but
     ``round(fraction * len(groups))`` is at least one). A stratum stops at the
@@ -38,6 +40,11 @@ def carve(
     carved split keeps the rare class's share although nearly every
     patient's most frequent label is the common one. All one stratum when
     ``labels`` is None. Deterministic for a given (groups, labels, seed).
+
+    Each group's place in the order depends on its own name alone, not on
+    which other groups exist: adding or removing a few patients (an edited
+    folder) moves a few others across the split at most, where one seeded
+    shuffle of all of them dealt every split afresh.
     """
     if not 0.0 < fraction < 1.0:
         raise DataError(f"split fraction must be in (0, 1), got {fraction}")
@@ -62,11 +69,10 @@ def carve(
     targets = {int(s): round(fraction * held[strata == s].sum()) for s in present}
     if not any(targets.values()) and round(fraction * n) >= 1 and len(unique) > 1:
         targets[int(present[np.argmax([held[strata == s].sum() for s in present])])] = 1
-    rng = np.random.default_rng(seed)
+    order = _hash_order(unique, seed)
     chosen = np.zeros(len(unique), dtype=bool)
     for stratum in present:
-        members = np.flatnonzero(strata == stratum)
-        members = members[rng.permutation(len(members))]
+        members = order[strata[order] == stratum]
         taken = 0
         target = targets[int(stratum)]
         for g in members:
@@ -75,6 +81,12 @@ def carve(
             chosen[g] = True
             taken += held[g]
     return chosen[inverse]
+
+
+def _hash_order(names: np.ndarray, seed: int) -> np.ndarray:
+    """Indices of ``names`` (unique strings) sorted by sha256 of ``seed`` and the name."""
+    keys = [hashlib.sha256(f"{seed}\0{name}".encode()).digest()[:8] for name in names]
+    return np.asarray(sorted(range(len(names)), key=keys.__getitem__), dtype=np.int64)
 
 
 def check_disjoint(named_groups: dict[str, Sequence[str]], where: str = "") -> None:
