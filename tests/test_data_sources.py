@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -90,8 +91,11 @@ def test_chestmnist_is_multilabel(tmp_path):
 def test_medmnist_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="unknown MedMNIST flag 'nosuch'"):
         parse_name("medmnist/nosuch")
-    with pytest.raises(DataError, match=r"size 100 .* is not one of"):
+    with pytest.raises(DataError, match=r"size '100' .* is not one of"):
         parse_name("medmnist/breastmnist@100")
+    for spelling in ("028", "+28", " 28", "x"):  # run and sweep refuse these names
+        with pytest.raises(DataError, match=rf"size '{re.escape(spelling)}' in .* is not one"):
+            parse_name(f"medmnist/breastmnist@{spelling}")
     assert parse_name("medmnist/breastmnist@64") == ("breastmnist", 64)
     _npz(tmp_path / "breastmnist.npz", {"train": 4, "val": 2, "test": 2}, classes=3)
     with pytest.raises(DataError, match="train_labels holds label 2 outside the 2 classes"):
