@@ -110,7 +110,7 @@ def _main(argv: Sequence[str] | None) -> int:
     refuse_data_dir_for_demo(args.data_dir, {a.config.dataset for a in arms})
     # Paths the end of the selection reads or writes, checked before hours of training.
     if args.grid_runs is not None:
-        _check_grid_runs(args.grid_runs)
+        _check_grid_runs(args.grid_runs, args.out)
     if args.json is not None:
         _check_json_path(args.json)
     writable_dir(args.out, "--out")
@@ -151,13 +151,20 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _check_grid_runs(path: str) -> None:
-    """Refuses a ``--grid-runs`` that is not a folder (before the dataset loads)."""
+def _check_grid_runs(path: str, out: str) -> None:
+    """Refuses a ``--grid-runs`` that is not a folder (before the dataset loads), or that
+    holds ``--out``: the selection's seed-0 runs would be read as the grid's, twice."""
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"--grid-runs {path}: no such folder; expected the full grid's --out")
     if not p.is_dir():
         raise UserError(f"--grid-runs {path}: is a file; expected the full grid's --out folder")
+    grid, mine = p.resolve(), Path(out).expanduser().resolve()
+    if mine == grid or grid in mine.parents:
+        raise UserError(
+            f"--out {out}: is inside --grid-runs {path}, where the selection's runs would "
+            "count as the grid's; expected a folder outside it"
+        )
 
 
 def _check_json_path(path: str) -> None:
@@ -214,11 +221,19 @@ def grid_records(
         for a in arms
         for s in g.seeds
     }
-    records = [
-        r
-        for r in results.load_records(grid_runs, finished=True)
-        if results.settings_hash(r["config"]) in wanted
-    ]
+    found: dict[str, Path] = {}
+    records = []
+    for path, r in results.load_records_at(grid_runs, finished=True):
+        key = results.settings_hash(r["config"])
+        if key not in wanted:
+            continue
+        if key in found:  # a run copied in (a selection's --out): it would count twice
+            raise UserError(
+                f"--grid-runs {grid_runs}: {results.run_name(r['config'])} has two records, "
+                f"{found[key]} and {path}; expected one per run: move the copy out"
+            )
+        found[key] = path
+        records.append(r)
     failures = [
         f for f in results.load_failures(grid_runs) if results.settings_hash(f["config"]) in wanted
     ]

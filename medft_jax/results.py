@@ -412,6 +412,17 @@ def load_records(
     numbers as they are. ``damaged``: a list that collects those errors instead, the
     other records read on (a listing, which says so, not a table of numbers).
     """
+    return [r for _, r in load_records_at(out_dir, finished=finished, damaged=damaged)]
+
+
+def load_records_at(
+    out_dir: str | Path,
+    *,
+    finished: bool = False,
+    damaged: list[RecordError] | None = None,
+) -> list[tuple[Path, dict[str, Any]]]:
+    """:func:`load_records`, each record with the file it was read from (for errors that
+    must name two files: one run's record found twice)."""
     records = []
     for path in _find_files(out_dir, RECORD_NAME):
         if path.parent.name in PREVIOUS_NAMES:
@@ -425,7 +436,7 @@ def load_records(
                 raise
             damaged.append(e)
             continue
-        records.append(record)
+        records.append((path, record))
     return records
 
 

@@ -598,6 +598,38 @@ def test_select_refuses_grid_runs_from_other_data_before_training(tmp_path, monk
     )
 
 
+def test_select_refuses_a_grid_holding_a_run_twice_before_training(tmp_path, monkeypatch, capsys):
+    """A selection's runs inside --grid-runs (its --out, or a copy) would double the grid's
+    seed-0 records: refused before any training, naming both files or the folder."""
+
+    def no_work(*args, **kwargs):
+        pytest.fail("trained before checking --grid-runs")
+
+    monkeypatch.setattr(select_cli, "successive_halving", no_work)
+    config = _grid_file(tmp_path, "g", strategies=("lp",), lrs=(1e-3, 1e-4), seeds=(0,), epochs=2)
+    grid = tmp_path / "grid"
+    argv = ["--config", str(config), "--grid-runs", str(grid), "--out"]
+    grid.mkdir()
+    for out in (grid, grid / "sel"):
+        assert select_cli.main([*argv, str(out)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: --out {out}: is inside --grid-runs {grid}, where the selection's runs "
+            "would count as the grid's; expected a folder outside it"
+        )
+    run = _identified(grid_lib.load_grid(config).configs())[0].to_dict()
+    finished = {"epochs": [], "best_epoch": 0, "primary_metric": "auroc", "train_seconds": 1.0}
+    finished |= {"val": {"auroc": 0.5}, "test": {"auroc": 0.5}}
+    first = results.record_path(grid, run)
+    results.write_record(first, {"config": run, **finished})
+    copy = results.record_path(grid / "old-selection", run)
+    results.write_record(copy, {"config": run, **finished})
+    assert select_cli.main([*argv, str(tmp_path / "sel")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --grid-runs {grid}: {results.run_name(run)} has two records, {first} and "
+        f"{copy}; expected one per run: move the copy out"
+    )
+
+
 @pytest.mark.slow
 def test_killed_sweep_restarts_where_it_stopped(tmp_path, monkeypatch, capsys):
     """Kill a sweep after its first record; the report marks what is missing; a restart ends it."""
