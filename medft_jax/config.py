@@ -32,6 +32,7 @@ from medft_jax.names import (
     STRATEGIES,
     WEIGHTS_CHOICES,
     is_known_arch,
+    same_data,
 )
 
 PRECISIONS = ("fp32", "bf16")
@@ -204,6 +205,10 @@ class RunConfig:
         # one checkpoint, and were two runs' names and a report's "different settings".
         if isinstance(self.weights, str) and self.weights and self.weights not in WEIGHTS_CHOICES:
             object.__setattr__(self, "weights", os.path.normpath(self.weights))
+        # One dataset, one name: "medmnist/breastmnist@28" is "medmnist/breastmnist" (28 px
+        # is the default), which was trained twice and reported as two datasets.
+        if isinstance(self.dataset, str):
+            object.__setattr__(self, "dataset", same_data(self.dataset))
         # An option at its default, or an int for a float, is not another run either.
         if isinstance(self.strategy_options, tuple) and all(
             isinstance(kv, tuple) and len(kv) == 2 for kv in self.strategy_options

@@ -153,6 +153,15 @@ class Grid:
             for key, options in getattr(self, field).items():
                 if not isinstance(options, Mapping):
                     raise GridError(f"{where} {field}[{key!r}] must be a dict of option: value")
+
+        # Datasets as their runs name them (RunConfig's): a filter or a report names them so.
+        def same(d: Any) -> Any:  # a name that is no string is refused below, as given
+            return same_data(d) if isinstance(d, str) else d
+
+        object.__setattr__(self, "datasets", tuple(map(same, self.datasets)))
+        object.__setattr__(
+            self, "dataset_options", {same(k): v for k, v in self.dataset_options.items()}
+        )
         unknown = sorted(set(self.settings) - set(SETTINGS))
         if unknown:
             raise GridError(
@@ -377,7 +386,10 @@ def parse_only(specs: Iterable[str] | None) -> Filters:
 
 
 def _canonical(key: str, value: str) -> str:
-    """Numbers compare by value: ``lr=0.0001`` and ``lr=1e-4`` are the same filter."""
+    """Numbers compare by value: ``lr=0.0001`` and ``lr=1e-4`` are the same filter;
+    datasets by the data they name (``medmnist/x@28`` is ``medmnist/x``)."""
+    if key == "dataset":
+        return same_data(value)
     if key == "lr":
         try:
             return repr(float(value))

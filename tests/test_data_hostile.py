@@ -166,6 +166,51 @@ def test_npz_that_is_not_a_zip_is_one_line(tmp_path):
     _one_line(err)
 
 
+def test_npz_that_is_not_a_zip_at_all_is_named_so(tmp_path):
+    (tmp_path / "breastmnist.npz").write_text("train_images,train_labels\n")
+    with pytest.raises(DataError, match=r"breastmnist\.npz: not a \.npz file \(no zip header\)"):
+        load("medmnist/breastmnist", data_dir=tmp_path)
+
+
+def test_another_flags_file_renamed_is_refused_and_a_copy_noted_once(tmp_path, monkeypatch, capsys):
+    """A renamed official file (known by its MD5), or one with the other flag kind's
+    channels, would train on another dataset under this one's name."""
+    from medft_jax.data import medmnist as mm
+
+    path = tmp_path / "breastmnist.npz"
+    _npz(path, _ok_labels())
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    for kw in ({}, SIZES):
+        load("medmnist/breastmnist", data_dir=tmp_path, progress=False, **kw)
+    note = f"note: {path}: not MedMNIST's official breastmnist.npz (MD5 {md5}); runs read"
+    assert capsys.readouterr().err.count(note) == 1  # said once a process, not at every load
+    monkeypatch.setitem(mm._OFFICIAL, md5, ("pneumoniamnist", 64))  # as if it were that file
+    renamed = tmp_path / "other" / "breastmnist.npz"
+    renamed.parent.mkdir()
+    renamed.write_bytes(path.read_bytes())
+    for kw in ({}, SIZES):
+        with pytest.raises(DataError) as err:
+            load("medmnist/breastmnist", data_dir=renamed.parent, progress=False, **kw)
+        assert _one_line(err) == (
+            f"{renamed}: is MedMNIST's official pneumoniamnist_64.npz (by its MD5), not "
+            "breastmnist.npz; rename it back, or put breastmnist.npz here"
+        )
+    _no_cache_written(renamed.parent)
+    monkeypatch.undo()
+    rgb = {f"{s}_images": np.zeros((len(v), 28, 28, 3), np.uint8) for s, v in _ok_labels().items()}
+    np.savez(path, **rgb, **{f"{s}_labels": v for s, v in _ok_labels().items()})
+    with pytest.raises(DataError) as err:
+        load("medmnist/breastmnist", data_dir=tmp_path)
+    assert _one_line(err) == (
+        f"{path}: train_images are colour ((8, 28, 28, 3)), but this flag's official file is "
+        "grayscale (1 channel); is it another flag's file?"
+    )
+    gray = tmp_path / "pathmnist.npz"
+    _npz(gray, {s: np.arange(n) % 9 for s, n in (("train", 18), ("val", 9), ("test", 9))})
+    with pytest.raises(DataError, match=r"train_images are grayscale \(\(18, 28, 28\)\), but "):
+        load("medmnist/pathmnist", data_dir=tmp_path)
+
+
 # folder labels
 
 

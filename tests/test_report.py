@@ -224,6 +224,26 @@ def test_a_run_counted_twice_at_a_left_out_lr_is_refused():
         collect(records, [fail(lr=1e-3, seed=0), fail(lr=1e-3, seed=0)])
 
 
+def test_one_medmnist_dataset_named_with_and_without_its_default_size_is_one_dataset():
+    """``medmnist/x@28`` (records written before names were canonical) and ``medmnist/x``
+    are one dataset: one table, its runs pooled, and one run found under both refused."""
+    from medft_jax.config import RunConfig
+    from medft_jax.grid import matches, parse_only
+
+    plain, sized = "medmnist/breastmnist", "medmnist/breastmnist@28"
+    assert RunConfig(strategy="ft", dataset=sized).dataset == plain
+    assert RunConfig(strategy="ft", dataset="medmnist/breastmnist@64").dataset.endswith("@64")
+    assert one_run_grid(sized).configs()[0].dataset == plain
+    assert matches({"dataset": plain}, parse_only([f"dataset={sized}"]))
+    records = [rec(sized, seed=0, test=0.6), rec(plain, seed=1, test=0.8)]
+    summary = collect(records)
+    assert summary.datasets == (plain,)
+    cell = summary.cell(plain, "resnet50", "ft")
+    assert cell.seeds == (0, 1) and cell.test["accuracy"][0] == pytest.approx(0.7)
+    with pytest.raises(RecordError, match=r"^two records for lr 0\.0001, seed 0 of medmnist/"):
+        collect([*records, rec(plain, seed=0)])
+
+
 def test_a_gradual_cell_whose_runs_never_reached_their_final_stage_is_marked():
     """G-LF on DenseNet-121 (final stage at epoch 9) capped at 8 epochs never trains its
     stem: its cell was shown as G-LF without a word."""

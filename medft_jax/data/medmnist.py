@@ -5,7 +5,9 @@ or under ``medmnist/``), else downloaded there from Zenodo and checked
 against its MD5 (files found on disk are used, their labels checked: users
 may hold re-saved copies, like the one with flat labels in the project's
 test data; ``metadata["source"]["official"]`` says whether the MD5 is the
-published one). Labels
+published one, and a note line says it once a process; a file whose MD5 is
+another flag's or size's official one is refused, as is one with the other
+kind of channels: it is another dataset renamed). Labels
 may be ``N`` or ``N×1``; ChestMNIST's ``N×14`` are multi-hot. Images are
 used at their native size unless a crop size is asked for, in which case
 they go through the same Resize + CenterCrop as every other dataset and are
@@ -18,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sys
 import urllib.request
 import uuid
 import zipfile
@@ -125,6 +128,9 @@ def read_npz(
     """
     info = FLAGS[flag]
     out = {}
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # np.load would call a text file "pickled data"
+            raise DataError(f"{path}: not a .npz file (no zip header); expected MedMNIST's .npz")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -138,7 +144,7 @@ def read_npz(
                 _array(npz, path, f"{split}_images"),
                 _array(npz, path, f"{split}_labels"),
             )
-            images = _checked_images(images, path, split, size)
+            images = _checked_images(images, path, split, size, info.n_channels)
             out[split] = (_as_rgb(images) if rgb else images, _labels(labels, info, path, split))
             if len(out[split][0]) != len(out[split][1]):
                 raise DataError(
@@ -157,13 +163,23 @@ def _array(npz, path: Path, key: str) -> np.ndarray:
         raise DataError(f"{path}: cannot read array {key!r} ({err})") from None
 
 
-def _checked_images(images: np.ndarray, path: Path, split: str, size: int) -> np.ndarray:
-    """N×size×size(×3) uint8: a file of another size (a 28 px file saved under the 64 px
-    name, or splits of two sizes) would train at one size while the record says another."""
+def _checked_images(
+    images: np.ndarray, path: Path, split: str, size: int, channels: int
+) -> np.ndarray:
+    """N×size×size (grayscale flags) or N×size×size×3 (colour ones) uint8: a file of another
+    size (a 28 px file saved under the 64 px name, or splits of two sizes) would train at one
+    size while the record says another; one with the other flag kind's channels is most
+    likely another flag's file renamed."""
     if images.dtype != np.uint8:
         raise DataError(f"{path}: {split}_images must be uint8, got {images.dtype}")
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
         raise DataError(f"{path}: {split}_images must be N×H×W or N×H×W×3, got {images.shape}")
+    if (images.ndim == 4) != (channels == 3):
+        have, want = ("colour", "grayscale") if images.ndim == 4 else ("grayscale", "colour")
+        raise DataError(
+            f"{path}: {split}_images are {have} ({images.shape}), but this flag's official "
+            f"file is {want} ({channels} channel{'s' * (channels > 1)}); is it another flag's file?"
+        )
     if images.shape[1:3] != (size, size):
         raise DataError(
             f"{path}: {split}_images are {images.shape[1]}×{images.shape[2]}, expected "
@@ -284,11 +300,12 @@ def load_medmnist(
     }
     if crop_size is None:
         path = find_or_download(flag, size, data_dir, allow_download=allow_download)
+        source = file_source(path, flag, size)  # another flag's file is named before reading
         arrays = read_npz(path, flag, size)
         splits: dict[str, ArraySplit] = {
             s: make_split(im, lab, prefix=f"{s}/") for s, (im, lab) in arrays.items()
         }
-        source = file_source(path, flag, size)
+        _note_unofficial(source, flag, size)
         fingerprint = source["sha256"]
         return _dataset(name, splits, info, {**facts, "source": source}, fingerprint, flag)
     resize_size = resize_size or crop_size
@@ -299,6 +316,7 @@ def load_medmnist(
         cache.announce_rebuild(name, target, reason)
     if reason or not cache.is_complete(target):
         path = found or find_or_download(flag, size, data_dir, allow_download=allow_download)
+        source = file_source(path, flag, size)
         arrays = read_npz(path, flag, size, rgb=False)  # each image made RGB as it is resized
         shape = (crop_size, crop_size, 3)
         plan = {}
@@ -307,9 +325,10 @@ def load_medmnist(
             fields = {"labels": lab, "ids": ids, "groups": ids, "patients": ids}
             chunks = _resized_chunks(im, resize_size, crop_size)
             plan[s] = cache.SplitPlan(len(lab), shape, chunks, fields)
-        meta = {**facts, "source": file_source(path, flag, size)}
+        meta = {**facts, "source": source}
         cache.write_cache(target, plan, meta, progress=progress)
     splits, meta = cache.read_cache(target)
+    _note_unofficial(meta["source"], flag, size)
     cache.note_duplicates(name, meta)
     facts = {**facts, "source": meta["source"], "counts": meta["counts"]}
     facts["duplicates"] = meta.get("duplicates") or {}
@@ -351,6 +370,12 @@ def file_source(path: Path, flag: str, size: int) -> dict[str, Any]:
                 md5.update(block)
         _HASHES[key] = (sha.hexdigest(), md5.hexdigest())
     sha256, md5_hex = _HASHES[key]
+    other = _OFFICIAL.get(md5_hex)
+    if other is not None and other != (flag, size):  # renamed: it would train on other data
+        raise DataError(
+            f"{path}: is MedMNIST's official {file_stem(*other)}.npz (by its MD5), not "
+            f"{file_stem(flag, size)}.npz; rename it back, or put {file_stem(flag, size)}.npz here"
+        )
     return {
         "file": str(Path(path).resolve()),
         "size": st.st_size,
@@ -364,6 +389,26 @@ def file_source(path: Path, flag: str, size: int) -> dict[str, Any]:
 
 _HASHES: dict[tuple[str, int, int, int, int], tuple[str, str]] = {}
 """Hashes of files already read by this process, by (path, size, mtime, ctime, inode)."""
+
+_OFFICIAL = {md5: (flag, size) for flag, info in FLAGS.items() for size, md5 in info.md5.items()}
+"""Each official file's (flag, size), by its MD5."""
+
+_NOTED: set[tuple[str, str]] = set()
+"""Copies already noted as not official by this process (file, MD5)."""
+
+
+def _note_unofficial(source: dict[str, Any], flag: str, size: int) -> None:
+    """One note line, once a process, for a copy that is not the published file: re-saved
+    copies are read (their arrays checked), but their numbers are not MedMNIST's."""
+    key = (str(source.get("file")), str(source.get("md5")))
+    if source.get("official") or key in _NOTED:
+        return
+    _NOTED.add(key)
+    print(
+        f"note: {key[0]}: not MedMNIST's official {file_stem(flag, size)}.npz (MD5 {key[1]}); "
+        "runs read this copy as it is",
+        file=sys.stderr,
+    )
 
 
 def _stale_reason(target: Path, found: Path | None, flag: str, size: int) -> str | None:

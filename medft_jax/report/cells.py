@@ -30,6 +30,7 @@ from typing import Any
 from medft_jax import results
 from medft_jax.config import BN_TRAINS_THROUGHOUT, RunConfig
 from medft_jax.data.options import task_options
+from medft_jax.names import same_data
 from medft_jax.report import aggregate
 from medft_jax.results import RecordError
 
@@ -194,6 +195,8 @@ def collect(
         _check_record(r)
     for f in failures:
         _check_config(f)
+    records = [_named_by_data(r) for r in records]
+    failures = [_named_by_data(f) for f in failures]
     # A run with a record and a failure note was retried and finished: the record wins.
     finished = {results.config_hash(r["config"]) for r in records}
     failures = [f for f in failures if results.config_hash(f["config"]) not in finished]
@@ -324,6 +327,15 @@ def _check_config(run: dict[str, Any]) -> None:
         raise RecordError(f"run {name}: config.lr is {config['lr']!r}, not a number")
     if not isinstance(config["seed"], int) or isinstance(config["seed"], bool):
         raise RecordError(f"run {name}: config.seed is {config['seed']!r}, not an integer")
+
+
+def _named_by_data(run: dict[str, Any]) -> dict[str, Any]:
+    """``run`` with its dataset as runs name it now: records written before the name was
+    canonical say ``medmnist/x@28``, one dataset with ``medmnist/x``, not a second one (and
+    both records of one run are then refused as a run found twice)."""
+    name = run["config"]["dataset"]
+    same = same_data(name) if isinstance(name, str) else name
+    return run if same == name else {**run, "config": {**run["config"], "dataset": same}}
 
 
 def _check_record(record: dict[str, Any]) -> None:
