@@ -60,6 +60,18 @@ def rung_budgets(min_epochs: float, eta: int, max_epochs: int) -> list[float]:
     return budgets
 
 
+def rung_steps(
+    min_epochs: float, eta: int, max_epochs: int, steps_per_epoch: int
+) -> list[tuple[float, int]]:
+    """The rungs as (epochs, train steps): :func:`rung_budgets` rounded to whole steps. A
+    rung that rounds to the next one's steps is dropped (0.95, 1.9 and 2 epochs of 4 steps
+    are 4, 8 and 8 steps): it would halve the arms again with no training between."""
+    plan = [(b, round(b * steps_per_epoch)) for b in rung_budgets(min_epochs, eta, max_epochs)]
+    return [
+        r for r, after in zip(plan, [*plan[1:], None], strict=True) if not after or after[1] != r[1]
+    ]
+
+
 def survivors(arms: Sequence[Arm], eta: int) -> list[Arm]:
     """The best ``ceil(n / eta)`` arms by score, then tie-break (failed and NaN last).
 
@@ -120,11 +132,12 @@ def successive_halving(
 
     primary = primary_metric(first.dataset, dataset.multilabel)
     alive, rungs = list(arms), []
-    for budget in rung_budgets(min_epochs, eta, max_epochs):
-        steps = round(budget * steps_per_epoch)
+    plan = rung_steps(min_epochs, eta, max_epochs, steps_per_epoch)
+    at = {steps for _, steps in plan}
+    for budget, steps in plan:
         for arm in alive:
             if not (arm.finished or arm.failed):
-                _advance(arm, session, steps, primary, steps_per_epoch)
+                _advance(arm, session, steps, primary, steps_per_epoch, at)
         rungs.append(_rung(budget, steps, alive))
         say(
             f"rung at {budget:.3g} epoch(s), {steps} steps: "
@@ -159,8 +172,11 @@ def successive_halving(
     }
 
 
-def _advance(arm: Arm, session: Session, steps: int, primary: str, steps_per_epoch: int) -> None:
-    """Trains ``arm`` up to ``steps`` train steps in all and scores it."""
+def _advance(
+    arm: Arm, session: Session, steps: int, primary: str, steps_per_epoch: int, at: set[int]
+) -> None:
+    """Trains ``arm`` up to ``steps`` train steps in all and scores it (``at``: the steps
+    every rung of this selection ends at)."""
     o = session.run(arm.config, stop_after_steps=steps)
     if o.kind == DIVERGED:
         arm.failed = o.error
@@ -171,7 +187,7 @@ def _advance(arm: Arm, session: Session, steps: int, primary: str, steps_per_epo
         )
     if o.kind not in (DONE, STOPPED) and o.exception is not None:
         raise o.exception
-    score_arm(arm, o.record or {}, session.out, primary, steps_per_epoch, steps=steps)
+    score_arm(arm, o.record or {}, session.out, primary, steps_per_epoch, steps=steps, at=at)
 
 
 def _rung(budget: float, steps: int, alive: list[Arm]) -> dict[str, Any]:
@@ -199,6 +215,7 @@ def score_arm(
     steps_per_epoch: int,
     *,
     steps: int | None = None,
+    at: set[int] | None = None,
 ) -> None:
     """Updates the arm from its record (finished) or its resume checkpoint (stopped).
 
@@ -214,7 +231,10 @@ def score_arm(
     it had stopped at ``steps``: on its epochs up to there and the partial
     validations kept, never on a later epoch the other arms have not
     reached. Where its validation at ``steps`` was never taken, it is
-    refused: that score cannot be recovered.
+    refused: that score cannot be recovered. ``at``: the steps this
+    selection's rungs end at; validations kept at other steps (an earlier
+    selection's rungs in the same ``--out``) are not counted, since the arms
+    trained afresh never had them (None: every kept one counts).
     """
     if record:
         epochs, partial, arm.finished = record["epochs"], None, True
@@ -244,7 +264,7 @@ def score_arm(
                 )
             epochs, arm.finished = epochs[:whole], False
             partial = {"steps": extra, **kept[steps]} if extra else None
-        kept = {k: v for k, v in kept.items() if k <= steps}
+        kept = {k: v for k, v in kept.items() if k <= steps and (at is None or k in at)}
     vals = [e["val"] for e in epochs] + [k["val"] for k in kept.values()]
     vals += [partial["val"]] if partial else []
     second = tiebreak_metric(metric)

@@ -94,6 +94,32 @@ def test_a_validation_inside_an_epoch_outlives_its_checkpoint(tmp_path, monkeypa
         score_arm(Arm("lp", 1e-4, config), {}, tmp_path, "accuracy", 6, steps=4)
 
 
+def test_rungs_rounding_to_the_same_step_are_one_rung():
+    from medft_jax.halving import rung_steps
+
+    # 0.95, 1.9 and 2 epochs of 4 steps: 4, 8 and 8 steps; halving twice at step 8 would
+    # drop arms with no training between.
+    assert rung_steps(0.95, 2, 2, 4) == [(0.95, 4), (2, 8)]
+    assert rung_steps(0.5, 3, 2, 6) == [(0.5, 3), (1.5, 9), (2, 12)]
+
+
+def test_an_earlier_selections_validation_at_another_step_is_not_counted(tmp_path, monkeypatch):
+    """A selection re-run in the same --out with other budgets: the half-epoch validation
+    its predecessor kept at step 3 is no rung of this one, where the fresh arms had none."""
+    from medft_jax.checkpoints import run as run_ckpt
+
+    config = RunConfig(strategy="lp")
+    state = {"epochs": [], "partial": {"steps": 3, "val": _val(0.9), "seconds": 0.5}}
+    monkeypatch.setattr(run_ckpt.RunCheckpoints, "read_progress", lambda self: state)
+    score_arm(Arm("lp", 1e-4, config), {}, tmp_path, "accuracy", 6, steps=3)  # kept at 3
+    state = {"epochs": [{"val": _val(0.6), "seconds": 1.0}], "partial": None}
+    rerun = Arm("lp", 1e-4, config)
+    score_arm(rerun, {}, tmp_path, "accuracy", 6, steps=6, at={6, 12})
+    assert (rerun.score, rerun.epochs) == (0.6, 1)
+    score_arm(rerun := Arm("lp", 1e-4, config), {}, tmp_path, "accuracy", 6, steps=6, at={3, 6})
+    assert rerun.score == 0.9
+
+
 class _Session:
     """A session over a 4-steps-an-epoch dataset whose runs ``run(config, steps)`` gives."""
 
