@@ -915,6 +915,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "class_names": list(ds.class_names),
         **_dataset_options(config, ds),
         "split_fingerprint": ds.split_fingerprint(),
+        **_source_fingerprint(ds),
         **_decoding(ds),
         **_skipped_images(ds),
         **_duplicates(ds),
@@ -983,6 +984,14 @@ def _decoding(ds: data.Dataset) -> dict[str, Any]:
     """``{"decoding": {...}}`` for a record, when a declared rule decoded the files."""
     rules = decoding_of(ds)
     return {"decoding": rules} if rules else {}
+
+
+def _source_fingerprint(ds: data.Dataset) -> dict[str, Any]:
+    """``{"source_fingerprint": ...}``: a hash of the data before the arch's resize (the
+    decoded images of a folder or CSV dataset, a MedMNIST file), where the dataset has one,
+    so the report can check that archs trained on the same images."""
+    value = ds.metadata.get("source_fingerprint")
+    return {"source_fingerprint": str(value)} if value else {}
 
 
 def _duplicates(ds: data.Dataset) -> dict[str, Any]:

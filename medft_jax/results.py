@@ -114,10 +114,11 @@ class RunRecord(TypedDict, total=False):
     ``skipped_bad_images`` (split -> count) only when ``--skip-bad-images``
     left files out, ``split_fingerprint`` (which example is in which split, not the
     pixels: :meth:`medft_jax.data.Dataset.split_fingerprint`; absent in older
-    records), ``decoding`` only for ``--bits-stored``/``--dicom-window``
-    runs, ``eval_copies_of_train`` (split -> count) only when val or
-    test images are pixel-identical to training images, ``finished_at`` is optional;
-    the module docstring says what each key holds.
+    records), ``source_fingerprint`` (the images before the arch's resize, for folder,
+    CSV and MedMNIST data; absent for others and in older records), ``decoding`` only
+    for ``--bits-stored``/``--dicom-window`` runs, ``eval_copies_of_train`` (split ->
+    count) only when val or test images are pixel-identical to training images,
+    ``finished_at`` is optional; the module docstring says what each key holds.
     """
 
     config: dict[str, Any]
@@ -129,6 +130,7 @@ class RunRecord(TypedDict, total=False):
     class_names: list[str]
     dataset_options: dict[str, str]
     split_fingerprint: str
+    source_fingerprint: str
     decoding: dict[str, Any]
     skipped_bad_images: dict[str, int]
     eval_copies_of_train: dict[str, int]

@@ -714,6 +714,7 @@ def test_a_runs_record_counts_evaluation_images_that_copy_training_images(tmp_pa
     ds = load("folder", manual_dir=images.parent, data_dir=tmp_path / "data", progress=False,
               resize_size=32, crop_size=32)  # fmt: skip
     assert record["split_fingerprint"] == ds.split_fingerprint()
+    assert record["source_fingerprint"] == ds.metadata["source_fingerprint"]
     captured = capsys.readouterr()
     assert "evaluation images that are copies of training images: test 2; scores inflated" in (
         captured.out

@@ -132,6 +132,7 @@ def write_cache(
     meta: dict[str, Any],
     *,
     progress: bool = True,
+    late: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Path:
     """Writes a cache atomically (replacing a stale one) and returns its directory.
 
@@ -140,7 +141,8 @@ def write_cache(
     ``meta.json`` with the per-split counts, the ids of skipped bad images
     (added to any ``meta["skipped_bad_images"][split]`` already skipped
     upstream) and the content ``fingerprint``, hashed as the arrays are
-    written. A split left with no examples is an error naming it.
+    written. A split left with no examples is an error naming it. ``late``: facts known
+    only once every image is read (a hash of the decoded images), added to ``meta`` then.
     """
     cache_dir = Path(cache_dir)
     remove_stale(cache_dir)
@@ -178,6 +180,7 @@ def write_cache(
                 check_classes_left(written["labels"], meta, len(skipped[name]))
         meta = {
             **meta,
+            **(late() if late is not None else {}),
             "splits": list(counts),
             "counts": counts,
             "skipped_bad_images": skipped,

@@ -21,6 +21,7 @@ Pillow would otherwise read as their first frame without a word.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -380,6 +381,18 @@ class ImageReader:
         self.skip_bad_images = skip_bad_images
         self.decode = decode
         self.skipped: list[str] = []
+        self._source = hashlib.blake2b(digest_size=16)
+
+    @property
+    def source_fingerprint(self) -> str:
+        """A hash of every image read so far as decoded, before the resize, in read order.
+
+        The cache's content fingerprint is of the resized pixels, which differ between
+        archs by design (each its weights' resize); this one does not, so two archs'
+        runs can be checked to have read the same images (a folder edited between them
+        gives the same split and another fingerprint here).
+        """
+        return self._source.hexdigest()
 
     def read(self, path: Path) -> np.ndarray | None:
         """uint8 (crop, crop, 3) array of the image at ``path``, or ``None`` if skipped."""
@@ -397,4 +410,6 @@ class ImageReader:
                 raise
             self.skipped.append(os.fspath(path))
             return None
+        self._source.update(f"{image.mode} {image.size}\0".encode())
+        self._source.update(image.tobytes())
         return resize_and_crop(image, self.resize_size, self.crop_size)

@@ -134,7 +134,13 @@ def load_local(
                     "options": {k: str(v) for k, v in options.items()},
                     "source": source,
                 }
-                cache.write_cache(target, plans, facts, progress=progress)
+                cache.write_cache(
+                    target,
+                    plans,
+                    facts,
+                    progress=progress,
+                    late=lambda: {"source_fingerprint": reader.source_fingerprint},
+                )
     splits_arrays, meta = cache.read_cache(target)
     cache.note_duplicates(root, meta)
     return Dataset(

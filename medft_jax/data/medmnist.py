@@ -343,7 +343,13 @@ def _dataset(
         splits=splits,
         class_names=tuple(info.labels),
         multilabel=info.multilabel,
-        metadata={**facts, "flag": flag, "fingerprint": fingerprint},
+        # The file is the data before any resize: the same for every arch's variant.
+        metadata={
+            **facts,
+            "flag": flag,
+            "fingerprint": fingerprint,
+            "source_fingerprint": facts["source"]["sha256"],
+        },
     )
 
 

@@ -513,35 +513,54 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
         }
         for r in runs
     ]
-    diff = _differing(settings, _PER_CELL)
+    compared = [(runs, settings, _PER_CELL)]
     # A record without ``decoding`` was decoded by the default rule; a failure note
     # without it is an older one that did not say (it holds no numbers to compare).
     decoded = [r for r in runs if "decoding" in r or "test" in r]
-    diff |= _differing(
-        [{f"decoding.{k}": v for k, v in (r.get("decoding") or {}).items()} for r in decoded], ()
+    compared.append(
+        (
+            decoded,
+            [{f"decoding.{k}": v for k, v in (r.get("decoding") or {}).items()} for r in decoded],
+            (),
+        )
     )
     # frozen_bn between the strategies that freeze blocks: a grid that freezes BatchNorm
     # names its FT runs ``update`` (:data:`~medft_jax.config.BN_TRAINS_THROUGHOUT`).
-    freezing = [r["config"] for r in runs if r["config"]["strategy"] not in BN_TRAINS_THROUGHOUT]
-    diff |= _differing([{k: c[k] for k in ("frozen_bn",) if k in c} for c in freezing], ())
-    if diff:
-        raise RecordError(
-            f"dataset {dataset!r} holds runs with different settings ({_describe_diff(diff)}); "
-            "report them from separate --runs folders"
+    freezing = [r for r in runs if r["config"]["strategy"] not in BN_TRAINS_THROUGHOUT]
+    compared.append(
+        (
+            freezing,
+            [{k: r["config"][k] for k in ("frozen_bn",) if k in r["config"]} for r in freezing],
+            (),
         )
-    # The data fingerprint differs by arch (the resize); the split must not. Records from
-    # before the split fingerprint (and failure notes) hold none and are not compared.
-    splits: dict[str, set[str]] = {}
-    for r in runs:
-        if r.get("split_fingerprint"):
-            splits.setdefault(r["split_fingerprint"], set()).add(r["config"]["arch"])
-    if len(splits) > 1:
-        each = "; ".join(f"{', '.join(sorted(a))}: {fp}" for fp, a in sorted(splits.items()))
-        raise RecordError(
-            f"dataset {dataset!r} holds runs on different splits (split_fingerprint {each}): "
-            "other val/test fractions, patient folders or skipped images; their cells cannot "
-            "be compared: report them from separate --runs folders"
-        )
+    )
+    for subset, values, skip in compared:
+        diff = _differing(values, skip)
+        if diff:
+            key = next(iter(diff))
+            raise RecordError(
+                f"dataset {dataset!r} holds runs with different settings "
+                f"({_describe_diff(diff)}; e.g. "
+                f"{_one_run_each(subset, [v.get(key, '<absent>') for v in values])}); "
+                "report them from separate --runs folders"
+            )
+    # The data fingerprint differs by arch (the resize); the split and the images before
+    # the resize must not. Records from before these fingerprints (and failure notes, and
+    # datasets without a source fingerprint) hold none and are not compared.
+    _check_same(
+        dataset,
+        runs,
+        "split_fingerprint",
+        "different splits",
+        "other val/test fractions, patient folders or skipped images, or data edited between them",
+    )
+    _check_same(
+        dataset,
+        runs,
+        "source_fingerprint",
+        "different images",
+        "the data was edited between them (same files and labels, other pixels)",
+    )
     # What may differ by arch must still agree between the strategies of one arch: FT
     # from random weights (``auto`` offline) against LP from ImageNet is no comparison.
     for arch in sorted({r["config"]["arch"] for r in runs}):
@@ -552,10 +571,13 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
             if k in ("data_fingerprint", "weights_fingerprint")
         }
         if diff:
+            key = next(iter(diff))
+            mine = [r for r in runs if r["config"]["arch"] == arch]
             raise RecordError(
                 f"dataset {dataset!r}, arch {arch}: runs from different inputs "
-                f"({_describe_diff(diff)}); their strategies cannot be compared: report them "
-                "from separate --runs folders"
+                f"({_describe_diff(diff)}; e.g. "
+                f"{_one_run_each(mine, [r['config'].get(key) for r in mine])}); their "
+                "strategies cannot be compared: report them from separate --runs folders"
             )
     # Across archs the weights differ by design (each its own ImageNet file), but one
     # arch from random initialisation against another's ImageNet runs is no comparison
@@ -568,6 +590,38 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
             f"initialisation (weights_fingerprint none), {', '.join(sorted(pretrained))} from "
             "pretrained weights; their cells cannot be compared: report them from separate "
             "--runs folders"
+        )
+
+
+def _run_of(run: Mapping[str, Any]) -> str:
+    """The name of ``run``'s folder: where to look, or what to move out."""
+    return str(run.get("run") or results.run_name(run["config"]))
+
+
+def _one_run_each(runs: Sequence[Mapping[str, Any]], values: Sequence[Any]) -> str:
+    """One run of each distinct value (``values[i]`` is ``runs[i]``'s), in value order."""
+    first: dict[str, str] = {}
+    for run, value in zip(runs, values, strict=True):
+        first.setdefault(_canon(value), _run_of(run))
+    return " and ".join(first[v] for v in sorted(first))
+
+
+def _check_same(dataset: str, runs: list[dict[str, Any]], key: str, what: str, why: str) -> None:
+    """Refuses runs of one dataset whose ``key`` differs, naming the archs and one run of
+    each value (the folder to look at, or to move out)."""
+    by_value: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        if r.get(key):
+            by_value.setdefault(str(r[key]), []).append(r)
+    if len(by_value) > 1:
+        each = "; ".join(
+            f"{', '.join(sorted({r['config']['arch'] for r in rs}))}: {fp} (e.g. {_run_of(rs[0])})"
+            for fp, rs in sorted(by_value.items())
+        )
+        raise RecordError(
+            f"dataset {dataset!r} holds runs on {what} ({key} {each}): {why}; their cells "
+            "cannot be compared: rerun the older ones on the data as it is, or report them "
+            "from separate --runs folders"
         )
 
 
