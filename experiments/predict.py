@@ -78,6 +78,26 @@ def load_image(
     return resize_and_crop(image, resize_size, crop_size)
 
 
+def _note_unfinished(checkpoint: Path, epoch: Any) -> None:
+    """One note line when a run's ``best/`` has no ``record.json`` beside it: the run is
+    training, or was killed, and this is its best epoch so far; after an interrupted
+    ``--force`` the finished run's parameters are the ones set aside in ``previous/``."""
+    from medft_jax.results import PREVIOUS_NAMES, RECORD_NAME
+
+    folder = checkpoint.expanduser().absolute().parent
+    if checkpoint.name != "best" or (folder / RECORD_NAME).is_file():
+        return
+    when = f" (epoch {epoch})" if isinstance(epoch, int) else ""
+    note = f"note: {checkpoint}: its run has not finished (no {RECORD_NAME} in {folder}): "
+    note += f"these are its best parameters so far{when}"
+    for name in PREVIOUS_NAMES:
+        kept = folder / name
+        if (kept / RECORD_NAME).is_file() and (kept / "best").is_dir():
+            note += f"; its last finished run's are {kept / 'best'}"
+            break
+    print(note, file=sys.stderr)
+
+
 class Predictor:
     """A model checkpoint ready to turn uint8 image batches into probabilities."""
 
@@ -118,6 +138,8 @@ class Predictor:
             m.get("resize_size") or get_arch(m["arch"]).resize_for(self.crop_size)
         )
         from_run = str(m.get("source", "")).startswith("run ")
+        if from_run:
+            _note_unfinished(Path(checkpoint), m.get("epoch"))
         self.bits_stored = _decoding_rule(
             "--bits-stored",
             bits_stored,

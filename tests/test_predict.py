@@ -219,6 +219,28 @@ def test_a_run_folder_given_as_the_checkpoint_points_to_its_best(tmp_path, capsy
     assert err.rstrip().endswith(f"; a run's folder: its best parameters are {tmp_path}/run/best")
 
 
+def test_an_unfinished_runs_best_is_noted_with_the_finished_one_set_aside(tmp_path, capsys):
+    """A run killed mid-training (or after ``--force``) leaves ``best/`` without a record
+    beside it: its best epoch so far, not the run's result; the note names the finished
+    run's parameters where ``--force`` set them aside."""
+    run = tmp_path / "run"
+    meta = {"resize_size": 32, "crop_size": 32, "source": "run r", "epoch": 3}
+    _zeros_checkpoint(run / "best", **meta)
+    Image.new("L", (40, 40)).save(tmp_path / "a.png")
+    argv = ["--checkpoint", str(run / "best"), "--images", str(tmp_path / "a.png")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    note = f"note: {run / 'best'}: its run has not finished (no record.json in {run}): these "
+    assert f"{note}are its best parameters so far (epoch 3)\n" in err
+    _zeros_checkpoint(run / "previous" / "best", **meta)
+    (run / "previous" / "record.json").write_text("{}")
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"so far (epoch 3); its last finished run's are {run / 'previous' / 'best'}\n" in err
+    (run / "record.json").write_text("{}")  # finished: nothing to say
+    assert main(argv) == 0 and "note:" not in capsys.readouterr().err
+
+
 def _random_checkpoint(path, num_classes, seed=0, **meta):
     """resnet_tiny with random weights: probabilities that differ between images."""
     rng = np.random.default_rng(seed)
