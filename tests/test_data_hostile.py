@@ -226,6 +226,28 @@ def _load_folder(root: Path, out: Path, **kw):
     return load("folder", manual_dir=root, data_dir=out, progress=False, **SIZES, **kw)
 
 
+@pytest.mark.parametrize(
+    ("fractions", "message"),
+    [
+        ({"test_fraction": 0.99}, "--test-fraction 0.99: the test split takes 20 of the 20 "
+         "images, leaving 0 to train and validate on"),
+        ({"test_fraction": 0.9}, "--val-fraction 0.1: the val split takes 0 of the 2 images "
+         "left after the test split, leaving 2 to train on"),
+        ({"val_fraction": 0.01}, "--val-fraction 0.01: the val split takes 0 of the 16 images "
+         "left after the test split, leaving 16 to train on"),
+    ],
+)  # fmt: skip
+def test_fractions_that_empty_a_split_name_their_flag(tmp_path, fractions, message):
+    """--test-fraction 0.99 said "nothing to carve a split from: the source split is empty"
+    (of the val carve), naming neither the flag nor the folder."""
+    root = tmp_path / "imgs"
+    _folder(root, per_class=10)
+    with pytest.raises(DataError) as err:
+        _load_folder(root, tmp_path / "out", **fractions)
+    assert _one_line(err) == f"{root}: {message}; expected a fraction that leaves both"
+    _no_cache_written(tmp_path / "out")
+
+
 def test_the_source_fingerprint_is_of_the_images_before_the_resize(tmp_path):
     """Each arch reads the folder at its own resize, so the content fingerprints differ by
     design; the source fingerprint does not, and follows a file edited in place (same name,

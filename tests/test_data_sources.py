@@ -410,7 +410,8 @@ def test_csv_multilabel_and_split_column(tmp_path):
             "path,label",
             ["img/0.jpg,benign", "img/1.jpg,malignant"],
             {},
-            r"split '(val|test)' came out empty",
+            r"labels\.csv: --test-fraction 0\.2: the test split takes 0 of the 2 images, "
+            r"leaving 2 to train and validate on; expected a fraction that leaves both",
         ),
     ],
 )

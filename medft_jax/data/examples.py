@@ -91,6 +91,31 @@ def carve_examples(
     )
 
 
+def carve_checked(
+    examples: Sequence[Example],
+    split: str,
+    fraction: float,
+    seed: int,
+    *,
+    stratify: bool,
+    where: str = "",
+) -> tuple[list[Example], list[Example]]:
+    """:func:`carve_examples`, refusing a carve that leaves ``split`` or what remains empty
+    (the test carve: less than two images, one to train and one to validate on), in one line
+    naming the fraction's flag; an empty split was found later and named no flag."""
+    rest, carved = carve_examples(examples, fraction, seed, stratify=stratify)
+    need = 2 if split == "test" else 1
+    if not carved or len(rest) < need:
+        after = " left after the test split" if split == "val" else ""
+        also = " and validate" if split == "test" else ""
+        raise DataError(
+            f"{where + ': ' if where else ''}--{split}-fraction {fraction:g}: the {split} split "
+            f"takes {len(carved)} of the {len(examples)} images{after}, leaving {len(rest)} to "
+            f"train{also} on; expected a fraction that leaves both"
+        )
+    return rest, carved
+
+
 def standard_splits(
     train: Sequence[Example],
     test: Sequence[Example] | None = None,
@@ -109,8 +134,8 @@ def standard_splits(
     if test is None:
         if test_fraction is None:
             raise DataError("no official test split: a test fraction is needed")
-        rest, test = carve_examples(rest, test_fraction, seed, stratify=stratify)
-    rest, val = carve_examples(rest, val_fraction, seed + 1, stratify=stratify)
+        rest, test = carve_checked(rest, "test", test_fraction, seed, stratify=stratify)
+    rest, val = carve_checked(rest, "val", val_fraction, seed + 1, stratify=stratify)
     return {"train": rest, "val": val, "test": list(test)}
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from medft_jax.data import dicom
 from medft_jax.data.class_names import refuse_twins, twin_of, twins_message
 from medft_jax.data.errors import DataError
-from medft_jax.data.examples import Example, carve_examples, fraction_for
+from medft_jax.data.examples import Example, carve_checked, fraction_for
 from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.paths import scan_files, sub_folders
 
@@ -282,9 +282,13 @@ def parse_folder(
         carved = "test" not in given or "val" not in given
         _check_patients_said(root, nested, patient_folders, carved)
         if "test" not in given:
-            train, given["test"] = carve_examples(train, fraction["test"], seed, stratify=True)
+            train, given["test"] = carve_checked(
+                train, "test", fraction["test"], seed, stratify=True, where=str(root)
+            )
         if "val" not in given:
-            train, given["val"] = carve_examples(train, fraction["val"], seed + 1, stratify=True)
+            train, given["val"] = carve_checked(
+                train, "val", fraction["val"], seed + 1, stratify=True, where=str(root)
+            )
         given["train"] = train
         return class_names, {s: given[s] for s in SPLIT_DIRS}
     class_names = _classes(root, root)
@@ -295,6 +299,8 @@ def parse_folder(
     _say_left_out(root, others)
     test_fraction = fraction_for("test", test_fraction, None, str(root))
     val_fraction = fraction_for("val", val_fraction, None, str(root))
-    rest, test = carve_examples(examples, test_fraction, seed, stratify=True)
-    rest, val = carve_examples(rest, val_fraction, seed + 1, stratify=True)
+    rest, test = carve_checked(
+        examples, "test", test_fraction, seed, stratify=True, where=str(root)
+    )
+    rest, val = carve_checked(rest, "val", val_fraction, seed + 1, stratify=True, where=str(root))
     return class_names, {"train": rest, "val": val, "test": test}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medft_jax.data.class_names import refuse_twins
 from medft_jax.data.errors import DataError
-from medft_jax.data.examples import Example, carve_examples, fraction_for
+from medft_jax.data.examples import Example, carve_checked, fraction_for
 from medft_jax.data.paths import safe_join
 
 SPLITS = ("train", "val", "test")
@@ -250,12 +250,22 @@ def parse_table(
         for split, value in (("test", test_fraction), ("val", val_fraction))
     }
     if not by_split["test"]:
-        by_split["train"], by_split["test"] = carve_examples(
-            by_split["train"], fraction["test"], seed, stratify=stratify
+        by_split["train"], by_split["test"] = carve_checked(
+            by_split["train"],
+            "test",
+            fraction["test"],
+            seed,
+            stratify=stratify,
+            where=str(csv_path),
         )
     if not by_split["val"]:
-        by_split["train"], by_split["val"] = carve_examples(
-            by_split["train"], fraction["val"], seed + 1, stratify=stratify
+        by_split["train"], by_split["val"] = carve_checked(
+            by_split["train"],
+            "val",
+            fraction["val"],
+            seed + 1,
+            stratify=stratify,
+            where=str(csv_path),
         )
     return names, multilabel, by_split
 
