@@ -11,6 +11,7 @@ import argparse
 import math
 from typing import Any
 
+from medft_jax.data.examples import TEST_FRACTION, VAL_FRACTION
 from medft_jax.data.options import OPTION_CHOICES, fractions_leave_no_train, split_option_error
 from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
 from medft_jax.data.table import check_label_options
@@ -24,8 +25,18 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
         "--data-dir", help="where prepared datasets live (default: $TFDS_DATA_DIR or TFDS's)"
     )
     p.add_argument("--manual-dir", help="your copy of the dataset (official layout, or images)")
-    p.add_argument("--val-fraction", type=float, help="share of training data held out as val")
-    p.add_argument("--test-fraction", type=float, help="folder/csv: share carved as test")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help=f"share of training data held out as val (default {VAL_FRACTION:g}; tasks with "
+        "official splits take none)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        help=f"folder/csv: share carved as test where the data gives none "
+        f"(default {TEST_FRACTION:g})",
+    )
     p.add_argument(
         "--uncertain",
         choices=OPTION_CHOICES["uncertain"],

@@ -62,6 +62,25 @@ def test_one_file_spelled_two_ways_is_listed_twice(tmp_path, spelling):
     )
 
 
+def test_split_values_are_read_as_split_folders_are_named(tmp_path):
+    """ "Train" or "Validation" in the split column: the names split folders accept in any
+    case, refused before; anything else names the line and the names accepted."""
+    _images(tmp_path)
+    spelled = ("Train", "VALIDATION", "test", "training", "Valid", "Testing")
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{spelled[i % 6]}" for i in range(12)]
+    _write(tmp_path, "path,label,split", rows)
+    _, _, splits = _table(tmp_path, split_column="split")
+    by_split = {s: sorted(int(ex.id[6:-4]) for ex in exs) for s, exs in splits.items()}
+    assert by_split == {"train": [0, 3, 6, 9], "val": [1, 4, 7, 10], "test": [2, 5, 8, 11]}
+    _write(tmp_path, "path,label,split", [*rows[:11], "imgs/a11.png,cat,holdout"])
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, split_column="split")
+    assert _one_line(err) == (
+        f"{tmp_path / 'labels.csv'}:13: split 'holdout' must be one of train, val, test "
+        "(any case; also training, valid, validation, testing)"
+    )
+
+
 def test_same_path_in_two_splits_is_refused(tmp_path):
     _images(tmp_path)
     rows = [

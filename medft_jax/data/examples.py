@@ -59,6 +59,17 @@ def labels_of(examples: Sequence[Example], multilabel: bool, num_classes: int) -
     return np.asarray([ex.label for ex in examples], dtype=np.int32)
 
 
+SPLIT_NAMES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+"""A split folder's name, or a CSV split column's value (lower-cased) -> its split."""
+
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
 """What a user's dataset carves from its training images for a split it does not give."""
 

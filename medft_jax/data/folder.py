@@ -37,21 +37,11 @@ from pathlib import Path
 from medft_jax.data import dicom
 from medft_jax.data.class_names import refuse_twins, twin_of, twins_message
 from medft_jax.data.errors import DataError
-from medft_jax.data.examples import Example, carve_checked, fraction_for
+from medft_jax.data.examples import SPLIT_NAMES, Example, carve_checked, fraction_for
 from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.paths import scan_files, sub_folders
 
 SPLIT_DIRS = ("train", "val", "test")
-SPLIT_NAMES: dict[str, str] = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
-"""A top-level folder name (lower-cased) -> the split it holds."""
 
 
 _SPLIT_LIKE = re.compile(

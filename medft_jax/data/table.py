@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medft_jax.data.class_names import refuse_twins
 from medft_jax.data.errors import DataError
-from medft_jax.data.examples import Example, carve_checked, fraction_for
+from medft_jax.data.examples import SPLIT_NAMES, Example, carve_checked, fraction_for
 from medft_jax.data.paths import safe_join
 
 SPLITS = ("train", "val", "test")
@@ -227,9 +227,13 @@ def parse_table(
             if value not in names:
                 raise DataError(f"{where}: label {value!r} outside the class list {names}")
             label = names.index(value)
-        split = row[split_column].strip() if split_column else "train"
+        given = row[split_column].strip() if split_column else "train"
+        split = SPLIT_NAMES.get(given.lower(), "")  # as split folders are named: any case
         if split not in by_split:
-            raise DataError(f"{where}: split {split!r} must be one of {', '.join(SPLITS)}")
+            raise DataError(
+                f"{where}: split {given!r} must be one of {', '.join(SPLITS)} (any case; "
+                "also training, valid, validation, testing)"
+            )
         group = row[group_column].strip() if group_column else ""
         if group_column and not group:  # blank: one patient per image, or all one patient?
             raise DataError(f"{where}: empty {group_column!r}; expected a patient/group id")
