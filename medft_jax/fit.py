@@ -514,6 +514,8 @@ def _prepare(
             raise ckpts.damaged_progress(f"no {e.args[0]!r} field") from None
         except (TypeError, ValueError, AttributeError) as e:
             raise ckpts.damaged_progress(str(e)) from None
+        if jax.process_index() == 0:  # a kill or a step budget: not trained from scratch
+            print(_resuming(progress, ckpts), file=sys.stderr, flush=True)
     return _Run(
         config=config,
         ds=ds,
@@ -527,6 +529,15 @@ def _prepare(
         eval_batch_size=-(-eval_bs // n_dev) * n_dev,  # up: padded rows are masked
         weights_used=weights_used,
     )
+
+
+def _resuming(progress: Progress, ckpts: RunCheckpoints) -> str:
+    """The line a resumed run says: where it goes on from, and from which checkpoint."""
+    done = len(progress.epochs)
+    where = f"{done} epoch{'s' * (done != 1)}"
+    if progress.partial is not None:
+        where += f" and {progress.partial.steps} steps of epoch {progress.partial.epoch}"
+    return f"note: resuming after {where}, from {ckpts.latest_dir}"
 
 
 def _trainer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -133,7 +134,9 @@ def _dummy_params(arch: str):
 
 
 @pytest.mark.slow
-def test_rgn_prepass_runs_before_each_epoch_and_resumes(ported_tiny, demo, tmp_path, monkeypatch):
+def test_rgn_prepass_runs_before_each_epoch_and_resumes(
+    ported_tiny, demo, tmp_path, monkeypatch, capsys
+):
     """Auto-RGN's prepass: once per epoch, on the epoch's first batches; not again on resume."""
     options = (("rgn_estimate_steps", 2), ("rgn_mode", "prepass"))
     config = _config("auto_rgn", ported_tiny, epochs=2, strategy_options=options, arch=TINY)
@@ -154,7 +157,12 @@ def test_rgn_prepass_runs_before_each_epoch_and_resumes(ported_tiny, demo, tmp_p
     # Stopped inside epoch 1: the resumed run keeps the held multipliers (no new prepass).
     calls.clear()
     fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=6)
+    assert "resuming" not in capsys.readouterr().err
     resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
+    said = re.findall(r"note: resuming after .*", capsys.readouterr().err)
+    assert len(said) == 1 and re.fullmatch(
+        r"note: resuming after 1 epoch and 2 steps of epoch 1, from /\S+/checkpoints", said[0]
+    ), said
     assert [c[0] for c in calls] == [0, 4]
     for key in ("best_epoch", "val", "test"):
         assert resumed[key] == full[key], key
