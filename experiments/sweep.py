@@ -40,6 +40,8 @@ from typing import Any
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.config import RunConfig
+from medft_jax.data.errors import DataError
+from medft_jax.data.locations import NOT_PREPARED
 from medft_jax.data.paths import refuse_listed_output
 from medft_jax.errors import (
     EXIT_BUSY,
@@ -50,6 +52,7 @@ from medft_jax.errors import (
     writable_dir,
 )
 from medft_jax.grid import Grid
+from medft_jax.names import LOCAL_KINDS
 from medft_jax.outcomes import (
     BUSY,
     DAMAGED,
@@ -128,7 +131,7 @@ def _main(argv: Sequence[str] | None) -> int:
         refuse_listed_output(Path(folder), Path(args.out), "--out", "the runs")
     if args.dry_run:  # reads --out only, but a file there is the sweep's error too
         no_file_in_the_way(args.out, "--out")
-        dry_run(g, runs, index, count, args.out, args.retry_failed)
+        dry_run(g, runs, index, count, args.out, args.retry_failed, args.data_dir or g.data_dir)
         return 0
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
@@ -140,12 +143,20 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def dry_run(
-    g: Grid, runs: list[RunConfig], index: int, count: int, out: str, retry_failed: bool = False
+    g: Grid,
+    runs: list[RunConfig],
+    index: int,
+    count: int,
+    out: str,
+    retry_failed: bool = False,
+    data_dir: str | None = None,
 ) -> None:
     """Lists this shard's runs with status and estimated cost, and every shard's total.
 
     With ``retry_failed`` a run with a failure note counts as to run, as the
-    sweep itself would run it.
+    sweep itself would run it. A run recorded on the user's folder or CSV data
+    that changed since (its cache stale, or of other content) is ``changed``:
+    to run, as the sweep would run it again.
     """
     damaged: list[results.RecordError] = []  # the sweep skips them, naming each, and goes on
     records = results.load_records(out, damaged=damaged) if Path(out).is_dir() else []
@@ -164,10 +175,17 @@ def dry_run(
         if results.failure_path(out, f["config"]).is_file()
     }
 
+    changed = _data_changed(
+        [runs[k] for k in grid_lib.shard_positions(runs, index, count)],
+        [r for r in records if results.record_path(out, r["config"]).is_file()],
+        data_dir,
+        g.dataset_options,
+    )
+
     def status(config: RunConfig) -> str:
         key = results.settings_hash(config.to_dict())
         if key in finished:
-            return "done"
+            return "changed" if key in changed else "done"
         if key in noted:
             return "retry" if retry_failed else "failed"
         return "todo"
@@ -188,6 +206,13 @@ def dry_run(
     todo = len(shard_states) - done - failed
     cost = _to_run_cost(shard_states, [seconds[k] for k in mine])
     print(f"done {done}, failed {failed}, to run {todo}: {cost}")
+    stale = shard_states.count("changed")
+    if stale:
+        why = "; ".join(sorted(set(changed.values())))
+        print(
+            f"{stale} of them have records on data that changed since ({why}): the sweep "
+            "runs them again, unless the rebuilt cache holds the same images"
+        )
     print(
         "a run's folder is its name with a hash in place of '*': the hash covers the data's "
         "and the weights' contents too, so it is decided at run time; 'done' means a record "
@@ -223,7 +248,50 @@ def dry_run(
         )
 
 
-_TO_RUN = ("todo", "retry")
+_TO_RUN = ("todo", "retry", "changed")
+
+
+def _data_changed(
+    runs: list[RunConfig],
+    records: list[dict[str, Any]],
+    data_dir: str | None,
+    dataset_options: Any,
+) -> dict[str, str]:
+    """Settings hash -> why, for the recorded runs of the user's ``folder``/``csv`` data
+    whose data changed since: the cache is stale (files added, removed or touched), or
+    holds other content than every record of the run was trained on. The listing is read,
+    nothing decoded; a cache not built yet is not judged (the sweep builds and compares)."""
+    recorded: dict[str, set[str]] = {}
+    for r in records:
+        if r["config"].get("dataset") in LOCAL_KINDS:
+            key = results.settings_hash(r["config"])
+            recorded.setdefault(key, set()).add(str(r["config"].get("data_fingerprint")))
+    todo = [c for c in runs if results.settings_hash(c.to_dict()) in recorded]
+    if not todo:
+        return {}
+    from medft_jax import fit  # JAX: only when there is such a run to check
+
+    states: dict[tuple[Any, ...], tuple[str | None, str | None] | None] = {}
+    out: dict[str, str] = {}
+    for c in todo:
+        at = (c.dataset, fit.resize_for(c.arch, c.image_size), c.image_size, c.data_seed)
+        if at not in states:
+            options = dict(dataset_options.get(c.dataset, {}))
+            try:
+                states[at] = fit.data_state(c, data_dir, **options)
+            except DataError as e:
+                print(f"note: {c.dataset}: not checked for changes ({e})", file=sys.stderr)
+                states[at] = None
+        state = states[at]
+        if state is None:
+            continue
+        fingerprint, reason = state
+        key = results.settings_hash(c.to_dict())
+        if fingerprint is None and reason != NOT_PREPARED:
+            out[key] = f"{c.dataset}: {reason}"
+        elif fingerprint is not None and fingerprint not in recorded[key]:
+            out[key] = f"{c.dataset}: other images than recorded"
+    return out
 
 
 def _to_run_cost(states: list[str], seconds: list[float | None], short: bool = False) -> str:

@@ -62,7 +62,8 @@ from medft_jax.train import (
 )
 
 
-def _resize_for(arch: str, image_size: int) -> int:
+def resize_for(arch: str, image_size: int) -> int:
+    """The resize size of ``arch``'s runs at crop ``image_size`` (its weights' ratio)."""
     return get_arch(arch).resize_for(image_size)
 
 
@@ -71,7 +72,21 @@ def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any)
     return data.load(
         config.dataset,
         data_dir=data_dir,
-        resize_size=_resize_for(config.arch, config.image_size),
+        resize_size=resize_for(config.arch, config.image_size),
+        crop_size=config.image_size,
+        seed=config.data_seed,
+        **options,
+    )
+
+
+def data_state(
+    config: RunConfig, data_dir: str | None = None, **options: Any
+) -> tuple[str | None, str | None] | None:
+    """:func:`medft_jax.data.data_state` of the data :func:`load_dataset` would load."""
+    return data.data_state(
+        config.dataset,
+        data_dir=data_dir,
+        resize_size=resize_for(config.arch, config.image_size),
         crop_size=config.image_size,
         seed=config.data_seed,
         **options,

@@ -48,7 +48,7 @@ def test_prepare_and_run_compute_one_resize_size(arch, crop):
         ["--dataset", "folder", "--arch", arch, "--image-size", str(crop)]
     )
     resize, got_crop = prepare_cli.sizes(args)
-    assert (resize, got_crop) == (fit._resize_for(arch, crop), crop)
+    assert (resize, got_crop) == (fit.resize_for(arch, crop), crop)
     expected = {"resnet50": {32: 33, 64: 66, 224: 232}, "densenet121": {32: 37, 64: 73, 224: 256}}
     expected["vgg19"] = expected["densenet121"]
     assert resize == expected[arch][crop]
@@ -67,7 +67,7 @@ def test_prepare_without_an_arch_prepares_what_a_default_run_reads(flags, expect
     """`prepare --dataset bach` then `run --dataset bach`: the run found nothing prepared."""
     args = prepare_cli.parse_args(["--dataset", "bach", *flags])
     assert prepare_cli.sizes(args) == expected
-    assert fit._resize_for(fit.RunConfig.arch, 224) == 232
+    assert fit.resize_for(fit.RunConfig.arch, 224) == 232
 
 
 # --- run: flags ---------------------------------------------------------------------------------

@@ -377,6 +377,59 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     assert per[other].startswith(f"{other}: 18 of 18 runs to run")
 
 
+def test_dry_run_counts_runs_whose_folder_changed_since_their_records(tmp_path, capsys):
+    """An edited folder: the sweep runs its recorded runs again (other data fingerprint), so
+    the dry run says so, where it said "to run 0"."""
+    import dataclasses
+
+    from PIL import Image
+
+    from medft_jax import fit
+
+    imgs = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (imgs / c).mkdir(parents=True)
+        for i in range(10):
+            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(imgs / c / f"{i}.png")
+    config = tmp_path / "f.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='f', datasets=('folder',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft',), lrs=(1e-3,), seeds=(0, 1),\n"
+        "                settings={'weights': 'none', 'image_size': 32},\n"
+        f"                data_dir={str(tmp_path / 'data')!r},\n"
+        f"                dataset_options={{'folder': {{'manual_dir': {str(imgs)!r}}}}})\n"
+    )
+    g = grid_lib.load_grid(config)
+    first, second = g.configs()
+    ds = fit.load_dataset(first, g.data_dir, manual_dir=str(imgs))
+    out = tmp_path / "runs"
+
+    def record(c, fingerprint):
+        c = dataclasses.replace(c, data_fingerprint=fingerprint, weights_fingerprint="none")
+        results.write_record(results.record_path(out, c.to_dict()), {"config": c.to_dict()})
+
+    record(first, ds.metadata["fingerprint"])
+    record(second, "0" * 64)  # trained on other images
+
+    def listed() -> tuple[list[str], str]:
+        assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        return [line.split()[1] for line in text.splitlines() if line[:5].strip().isdigit()], text
+
+    states, text = listed()
+    assert states == ["done", "changed"]
+    assert "done 1, failed 0, to run 1: " in text
+    assert "1 of them have records on data that changed since (folder: other images than " in text
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(imgs / "a" / "new.png")
+    states, text = listed()
+    assert states == ["changed", "changed"] and "done 0, failed 0, to run 2: " in text
+    assert "2 of them have records on data that changed since (folder: 1 file added)" in text
+
+
 def test_dry_run_costs_come_from_runs_of_the_same_precision_and_uncached_epochs():
     """A bf16 run's or a cached epoch's images/s bounds no float32 run trained on images."""
     g = grid_lib.load_grid(PAPER)

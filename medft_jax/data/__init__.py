@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from medft_jax.data.dataset import Dataset
     from medft_jax.data.errors import DataError
     from medft_jax.data.pipeline import BatchIterator
-    from medft_jax.data.registry import DEFAULT_DATASET, known_names, load, prepare
+    from medft_jax.data.registry import DEFAULT_DATASET, data_state, known_names, load, prepare
 
 _HOMES = {
     "ArraySplit": "arrays",
@@ -36,6 +36,7 @@ _HOMES = {
     "DEFAULT_DATASET": "registry",
     "DataError": "errors",
     "Dataset": "dataset",
+    "data_state": "registry",
     "known_names": "registry",
     "load": "registry",
     "prepare": "registry",
@@ -50,6 +51,7 @@ __all__ = [
     "BatchIterator",
     "DataError",
     "Dataset",
+    "data_state",
     "known_names",
     "load",
     "prepare",

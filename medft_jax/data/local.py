@@ -10,6 +10,7 @@ signature and the content fingerprint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -24,7 +25,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, split_plan, validate
 from medft_jax.data.folder import parse_folder
 from medft_jax.data.images import DECODING_VERSION, ImageReader, open_image, takes_bits_stored
-from medft_jax.data.locations import cache_dir, variant_name
+from medft_jax.data.locations import NOT_PREPARED, cache_dir, variant_name
 from medft_jax.data.paths import refuse_listed_output
 from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
 from medft_jax.data.table import parse_table
@@ -38,6 +39,99 @@ DECODING_OPTIONS = ("bits_stored", "dicom_window")
 def _fingerprint(root: Path, options: dict[str, Any]) -> str:
     text = json.dumps({"root": str(root.resolve()), **options}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a load of the user's data reads and where its cache is: everything but pixels."""
+
+    kind: str
+    root: Path
+    target: Path
+    source: dict[str, Any]
+    splits: dict[str, list[Example]]
+    class_names: list[str]
+    multilabel: bool
+    bits_stored: int | None
+    window: Any
+    options: dict[str, Any]
+
+
+def _plan(
+    kind: str,
+    *,
+    manual_dir: Path | None,
+    data_dir: Path,
+    resize_size: int,
+    crop_size: int,
+    seed: int,
+    skip_bad_images: bool,
+    options: dict[str, Any],
+) -> _Plan:
+    """Parses and checks the layout (listing or CSV, no decoding) and names the cache."""
+    if manual_dir is None:
+        raise DataError(f"dataset {kind!r} needs --manual-dir (the folder holding the images)")
+    root = Path(manual_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--manual-dir {root} is not a directory")
+    if kind == "folder":  # csv lists its files by name, never the folder
+        refuse_listed_output(root, Path(data_dir), "--data-dir", "the prepared cache")
+    if kind == "csv" and "csv_file" not in options:
+        raise DataError("dataset 'csv' needs the csv_file option (--csv-file)")
+    options = {k: v for k, v in options.items() if v is not None}
+    bits_stored = options.get("bits_stored")
+    check_bits_stored(bits_stored)
+    window = parse_dicom_window(options.get("dicom_window"))
+    if window is not None:  # one spelling, one cache: "40,80", [40, 80] and (40.0, 80.0)
+        options["dicom_window"] = list(window)
+    layout = {k: v for k, v in options.items() if k not in DECODING_OPTIONS}
+    if kind == "folder":
+        class_names, splits = parse_folder(root, seed=seed, **layout)
+        multilabel = False
+    else:
+        class_names, multilabel, splits = parse_table(root, seed=seed, **layout)
+    validate(splits, class_names, multilabel, where=str(root))
+    source = source_of(root, class_names, multilabel, splits, options)
+    # A cache that skipped bad images is not what a load that refuses them expects.
+    source["skip_bad_images"] = bool(skip_bad_images)
+    variant = variant_name(resize_size, crop_size, s=seed)
+    target = cache_dir(data_dir, f"{kind}-{_fingerprint(root, {**options, 'kind': kind})}", variant)
+    return _Plan(
+        kind, root, target, source, splits, list(class_names), multilabel, bits_stored, window,
+        options,
+    )  # fmt: skip
+
+
+def local_state(
+    kind: str,
+    *,
+    manual_dir: Path | None,
+    data_dir: Path,
+    resize_size: int,
+    crop_size: int,
+    seed: int = 0,
+    skip_bad_images: bool = False,
+    **options: Any,
+) -> tuple[str | None, str | None]:
+    """``(fingerprint, None)`` when the cache of these files is built and current, else
+    ``(None, why not)``: what a load would find, without decoding or writing anything (a
+    dry run telling which recorded runs the data changed under)."""
+    plan = _plan(
+        kind,
+        manual_dir=manual_dir,
+        data_dir=data_dir,
+        resize_size=resize_size,
+        crop_size=crop_size,
+        seed=seed,
+        skip_bad_images=skip_bad_images,
+        options=options,
+    )
+    if not cache.is_complete(plan.target):
+        return None, NOT_PREPARED
+    reason = cache.stale_reason(plan.target, plan.source)
+    if reason:
+        return None, reason
+    return str(cache.read_meta(plan.target)["fingerprint"]), None
 
 
 def load_local(
@@ -69,33 +163,19 @@ def load_local(
     cache's: a cache built from other files, classes or labels is rebuilt,
     with one line saying what changed.
     """
-    if manual_dir is None:
-        raise DataError(f"dataset {kind!r} needs --manual-dir (the folder holding the images)")
-    root = Path(manual_dir).expanduser()
-    if not root.is_dir():
-        raise DataError(f"--manual-dir {root} is not a directory")
-    if kind == "folder":  # csv lists its files by name, never the folder
-        refuse_listed_output(root, Path(data_dir), "--data-dir", "the prepared cache")
-    if kind == "csv" and "csv_file" not in options:
-        raise DataError("dataset 'csv' needs the csv_file option (--csv-file)")
-    options = {k: v for k, v in options.items() if v is not None}
-    bits_stored = options.get("bits_stored")
-    check_bits_stored(bits_stored)
-    window = parse_dicom_window(options.get("dicom_window"))
-    if window is not None:  # one spelling, one cache: "40,80", [40, 80] and (40.0, 80.0)
-        options["dicom_window"] = list(window)
-    layout = {k: v for k, v in options.items() if k not in DECODING_OPTIONS}
-    if kind == "folder":
-        class_names, splits = parse_folder(root, seed=seed, **layout)
-        multilabel = False
-    else:
-        class_names, multilabel, splits = parse_table(root, seed=seed, **layout)
-    validate(splits, class_names, multilabel, where=str(root))
-    source = source_of(root, class_names, multilabel, splits, options)
-    # A cache that skipped bad images is not what a load that refuses them expects.
-    source["skip_bad_images"] = bool(skip_bad_images)
-    variant = variant_name(resize_size, crop_size, s=seed)
-    target = cache_dir(data_dir, f"{kind}-{_fingerprint(root, {**options, 'kind': kind})}", variant)
+    plan = _plan(
+        kind,
+        manual_dir=manual_dir,
+        data_dir=data_dir,
+        resize_size=resize_size,
+        crop_size=crop_size,
+        seed=seed,
+        skip_bad_images=skip_bad_images,
+        options=options,
+    )
+    root, target, source, splits = plan.root, plan.target, plan.source, plan.splits
+    class_names, multilabel = plan.class_names, plan.multilabel
+    bits_stored, window, options = plan.bits_stored, plan.window, plan.options
     # Processes building one cache at once (a multi-host job's, a sweep's workers) would
     # each decode every image: the first builds, the others wait, then find it built. A
     # fresh cache is read without the lock: a shared --data-dir may be read-only.

@@ -37,3 +37,8 @@ def variant_name(resize_size: int | None, crop_size: int | None, **extra: object
 def cache_dir(data_dir: Path, dataset: str, variant: str) -> Path:
     """``<data_dir>/medft_cache/<dataset>/<variant>`` (``/`` in names becomes ``-``)."""
     return Path(data_dir) / CACHE_ROOT / dataset.replace("/", "-").replace("@", "-") / variant
+
+
+NOT_PREPARED = "not prepared yet"
+"""Why a cache's content is not known: it was not built yet (a dry run's check of the user's
+data, :func:`medft_jax.data.local.local_state`)."""

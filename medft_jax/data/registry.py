@@ -19,7 +19,7 @@ from typing import Any
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.demo import load_demo
 from medft_jax.data.errors import DataError
-from medft_jax.data.local import KINDS, load_local
+from medft_jax.data.local import KINDS, load_local, local_state
 from medft_jax.data.locations import resolve_data_dir
 from medft_jax.data.medmnist import load_medmnist
 from medft_jax.data.options import split_option_error, unknown_option
@@ -127,6 +127,35 @@ def load(
             **_known_options(name, options),
         )
     raise _unknown(name)
+
+
+def data_state(
+    name: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    manual_dir: str | os.PathLike[str] | None = None,
+    resize_size: int | None = None,
+    crop_size: int | None = None,
+    seed: int = 0,
+    skip_bad_images: bool = False,
+    **options: Any,
+) -> tuple[str | None, str | None] | None:
+    """What :func:`load` would find for the user's ``folder``/``csv`` data, without decoding
+    or writing: ``(fingerprint, None)`` for a current cache, ``(None, why not)`` otherwise
+    (:func:`medft_jax.data.local.local_state`); None for other datasets (not checked)."""
+    if name not in KINDS:
+        return None
+    resize, crop = _sizes(resize_size, crop_size)
+    return local_state(
+        name,
+        manual_dir=None if manual_dir is None else Path(manual_dir),
+        data_dir=resolve_data_dir(data_dir),
+        resize_size=resize,
+        crop_size=crop,
+        seed=seed,
+        skip_bad_images=skip_bad_images,
+        **_known_options(name, options),
+    )
 
 
 def prepare(
