@@ -59,16 +59,17 @@ class _Plan:
 
 def _plan(
     kind: str,
-    *,
     manual_dir: Path | None,
     data_dir: Path,
-    resize_size: int,
-    crop_size: int,
+    sizes: tuple[int, int],
     seed: int,
     skip_bad_images: bool,
     options: dict[str, Any],
 ) -> _Plan:
-    """Parses and checks the layout (listing or CSV, no decoding) and names the cache."""
+    """Parses and checks the layout (listing or CSV, no decoding) and names the cache;
+    ``sizes`` is ``(resize_size, crop_size)``. Shared by :func:`load_local` and
+    :func:`local_state`, so a dry run judges the cache a load would use."""
+    resize_size, crop_size = sizes
     if manual_dir is None:
         raise DataError(f"dataset {kind!r} needs --manual-dir (the folder holding the images)")
     root = Path(manual_dir).expanduser()
@@ -117,14 +118,7 @@ def local_state(
     ``(None, why not)``: what a load would find, without decoding or writing anything (a
     dry run telling which recorded runs the data changed under)."""
     plan = _plan(
-        kind,
-        manual_dir=manual_dir,
-        data_dir=data_dir,
-        resize_size=resize_size,
-        crop_size=crop_size,
-        seed=seed,
-        skip_bad_images=skip_bad_images,
-        options=options,
+        kind, manual_dir, data_dir, (resize_size, crop_size), seed, skip_bad_images, options
     )
     if not cache.is_complete(plan.target):
         return None, NOT_PREPARED
@@ -164,14 +158,7 @@ def load_local(
     with one line saying what changed.
     """
     plan = _plan(
-        kind,
-        manual_dir=manual_dir,
-        data_dir=data_dir,
-        resize_size=resize_size,
-        crop_size=crop_size,
-        seed=seed,
-        skip_bad_images=skip_bad_images,
-        options=options,
+        kind, manual_dir, data_dir, (resize_size, crop_size), seed, skip_bad_images, options
     )
     root, target, source, splits = plan.root, plan.target, plan.source, plan.splits
     class_names, multilabel = plan.class_names, plan.multilabel

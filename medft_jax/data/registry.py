@@ -117,16 +117,30 @@ def load(
     if name in KINDS:
         return load_local(
             name,
-            manual_dir=None if manual_dir is None else Path(manual_dir),
-            data_dir=root,
-            resize_size=resize,
-            crop_size=crop,
             seed=seed,
             skip_bad_images=skip_bad_images,
             progress=progress,
-            **_known_options(name, options),
+            **_local_args(name, manual_dir, root, (resize, crop), options),
         )
     raise _unknown(name)
+
+
+def _local_args(
+    name: str,
+    manual_dir: str | os.PathLike[str] | None,
+    data_dir: Path,
+    sizes: tuple[int, int],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The keyword arguments :func:`load` and :func:`data_state` both give the
+    ``folder``/``csv`` loader, so a dry run checks the very cache a load would use."""
+    return {
+        "manual_dir": None if manual_dir is None else Path(manual_dir),
+        "data_dir": data_dir,
+        "resize_size": sizes[0],
+        "crop_size": sizes[1],
+        **_known_options(name, options),
+    }
 
 
 def data_state(
@@ -145,16 +159,12 @@ def data_state(
     (:func:`medft_jax.data.local.local_state`); None for other datasets (not checked)."""
     if name not in KINDS:
         return None
-    resize, crop = _sizes(resize_size, crop_size)
+    sizes = _sizes(resize_size, crop_size)
     return local_state(
         name,
-        manual_dir=None if manual_dir is None else Path(manual_dir),
-        data_dir=resolve_data_dir(data_dir),
-        resize_size=resize,
-        crop_size=crop,
         seed=seed,
         skip_bad_images=skip_bad_images,
-        **_known_options(name, options),
+        **_local_args(name, manual_dir, resolve_data_dir(data_dir), sizes, options),
     )
 
 
