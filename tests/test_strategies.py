@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -552,6 +553,10 @@ def test_rgn_prepass_state_checks():
     chained = optax.chain(optax.identity(), scale_by_rgn(optax.adam(LR), mode="prepass"))
     held = hold_multipliers(chained.init(params), jnp.array([2.0, 1.0, 0.0]))
     np.testing.assert_allclose(held[1].held, [1.0, 0.5, 0.0])
+    # A stream-mode state estimates its own multipliers: holding others is refused.
+    stream = scale_by_rgn(optax.adam(LR), 3).init(params)
+    with pytest.raises(ValueError, match=r"this Auto-RGN state is mode='stream'"):
+        hold_multipliers(stream, jnp.ones(3))
     with pytest.raises(ValueError, match="mode must be one of"):
         scale_by_rgn(optax.adam(LR), 3, mode="before")
     with pytest.raises(ValueError, match="per_step"):
@@ -637,6 +642,21 @@ def test_rgn_zero_norm_tensor_does_not_freeze_the_others(kind):
     assert got == pytest.approx(expected, rel=1e-6)
     for k, g in flatten(grads).items():  # identity inner: gradient times multiplier
         np.testing.assert_allclose(flatten(u)[k], np.asarray(g) * expected[k], rtol=1e-6)
+
+
+def test_rgn_init_warns_of_zero_tensors_that_would_set_the_maximum():
+    """flax's zero head bias: after one update its RGN ‖g‖/‖tiny w‖ is the maximum."""
+    params, _, _ = zero_bias_case()
+    tx = scale_by_rgn(optax.adam(LR), steps_per_epoch=3)
+    with pytest.warns(UserWarning, match=r"parameter 'bn/bias' is all zeros at init"):
+        tx.init(params)
+    params["k"]["bias"] = jnp.zeros(2)
+    with pytest.warns(UserWarning, match=r"'bn/bias' and 1 more"):
+        tx.init(params)
+    with warnings.catch_warnings():  # no zero tensor, or traced params: no warning
+        warnings.simplefilter("error")
+        tx.init(rgn_params() | {"c": {"bias": jnp.ones(2)}})
+        jax.jit(tx.init)(params)
 
 
 def test_rgn_every_tensor_zero_norm_gives_ones():
@@ -767,6 +787,22 @@ def test_partition_head_that_matches_no_parameter_is_refused():
         assert "['body', 'stem', 'top']" in str(err.value)
 
 
+def test_partition_head_naming_one_leaf_of_its_layer_is_refused():
+    """'top/head/kernel' would leave 'top/head/bias' frozen under LP and anchored under SP."""
+    import dataclasses
+
+    one_leaf = dataclasses.replace(TOY, head="top/head/kernel")
+    for name in ("lp", "l2_sp", "ft"):
+        with pytest.raises(ValueError, match=r"leaving 'top/head/bias' of the same layer") as e:
+            make(name, toy_params(), one_leaf, learning_rate=LR)
+        assert "name the head's layer ('top/head')" in str(e.value)
+    # A head that is the layer's only leaf is a whole layer: accepted.
+    params = toy_params()
+    del params["top"]["head"]["bias"]
+    _, s = make("lp", params, one_leaf, learning_rate=LR)
+    assert s.trainable_paths(0) == ("top/head/kernel",)
+
+
 @pytest.mark.parametrize(
     ("blocks", "head", "message"),
     [
@@ -794,6 +830,16 @@ def test_a_partition_whose_blocks_are_not_stages_is_refused(blocks, head, messag
     for name in ("g_fl", "g_lf"):
         with pytest.raises(ValueError, match=rf"^make\('{name}'\): {message}"):
             make(name, toy_params(), partition, learning_rate=LR)
+
+
+def test_make_without_unpacking_and_foreign_params_say_what_to_do():
+    strategy = make("lp", toy_params(), TOY, learning_rate=LR)
+    for call in (lambda: strategy.init(toy_params()), lambda: optax.chain(strategy).init({})):
+        with pytest.raises(TypeError, match=r"write `tx, schedule = make\(...\)`"):
+            call()
+    extra = toy_params() | {"extra": {"kernel": jnp.ones(2)}}
+    with pytest.raises(KeyError, match=r"'extra/kernel' is not one of the params make\(\)"):
+        strategy.schedule.trainable_mask(extra, 0)
 
 
 def test_an_arch_name_where_a_partition_goes_is_a_type_error():
@@ -981,6 +1027,30 @@ def test_sp_head_mask_marking_nothing_is_refused():
     with pytest.raises(ValueError, match="head_mask marks none"):
         l1_sp(match_paths("top/head")).init(toy_params())  # no '/*': matches no leaf
     l1_sp(match_paths("top/head/*")).init(toy_params())
+
+
+def test_sp_in_a_partition_group_without_the_head():
+    """SP on the backbone group, plain SGD on the head: the group holds no head leaf
+    (optax masks the head out), which is not the typo the head-mask check refuses."""
+    params = toy_params()
+    head = map_paths(TOY.is_head)
+    labels = map_paths(lambda p: "head" if TOY.is_head(p) else "backbone")
+    tx = optax.partition(
+        {
+            "backbone": optax.chain(l2_sp(head, alpha=0.5, beta=0.0), optax.sgd(1.0)),
+            "head": optax.sgd(1.0),
+        },
+        labels,
+    )
+    state = tx.init(params)  # the anchor: these params
+    moved = jax.tree.map(lambda w: w + 2.0, params)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    u = flatten(tx.update(grads, state, moved)[0])
+    for path, v in u.items():  # backbone: -(alpha * (w - w0)) = -1; head: no penalty
+        np.testing.assert_allclose(v, np.zeros_like(v) if path in HEAD_PATHS else -1.0)
+    # make()'s L2-SP as a group works the same way.
+    sp, _ = make("l2_sp", params, TOY, learning_rate=LR)
+    optax.partition({"backbone": sp, "head": optax.adam(LR)}, labels).init(params)
 
 
 def test_a_trainable_mask_marking_nothing_is_refused():

@@ -42,6 +42,7 @@ from medft_jax.strategies.lr import layerwise_decay_factors, scale_by_label
 from medft_jax.strategies.rgn import (
     RGN_MODES,
     Prepass,
+    PrepassRGNState,
     RGNState,
     hold_multipliers,
     normalise_by_max,
@@ -72,6 +73,7 @@ __all__ = [
     "SPECS",
     "STRATEGIES",
     "Prepass",
+    "PrepassRGNState",
     "RGNState",
     "SPState",
     "Schedule",

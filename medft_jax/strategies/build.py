@@ -34,6 +34,20 @@ class Strategy(NamedTuple):
     schedule: Schedule
     """Which blocks train in which epoch; ``final_stage_epoch``; ``bn_train``."""
 
+    # ``tx = make(...)`` (no unpacking) then ``tx.init(params)``: say what to write
+    # instead of a bare AttributeError, or optax.chain taking the pair for a transform.
+    def init(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(_NOT_A_TRANSFORM)
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(_NOT_A_TRANSFORM)
+
+
+_NOT_A_TRANSFORM = (
+    "make() returns Strategy(tx, schedule), not a transform: write `tx, schedule = "
+    "make(...)` (or make(...).tx) and call tx.init / tx.update"
+)
+
 
 def make(
     name: str,
@@ -186,6 +200,19 @@ def _check_partition(name: str, params: PyTree, partition: Any) -> None:
             f"{where}: partition.head {partition.head!r} ({partition.arch}) matches no "
             f"parameter; the params' top-level names are {top} (paths are '/'-separated)"
         )
+    # A head naming one leaf ('fc/kernel') leaves its siblings ('fc/bias') in the backbone:
+    # frozen under LP, pulled to their random init under SP, silently.
+    if partition.head in paths and "/" in partition.head:
+        module = partition.head.rsplit("/", 1)[0]
+        sibling = next(
+            (p for p in paths if p.startswith(module + "/") and not partition.is_head(p)), None
+        )
+        if sibling is not None:
+            raise ValueError(
+                f"{where}: partition.head {partition.head!r} ({partition.arch}) names one "
+                f"parameter, leaving {sibling!r} of the same layer outside the head; name the "
+                f"head's layer ({module!r})"
+            )
     # Each block is a stage of G-LF/G-FL: a name given twice would merge or skip stages,
     # a block owning nothing would be an epoch that unfreezes nothing.
     names = list(partition.names)

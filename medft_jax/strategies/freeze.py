@@ -170,6 +170,13 @@ def staged(
     A start step must be an integer (a fraction would otherwise be
     truncated here while a schedule used it as is), and every label of the
     params must be in ``start_steps``: ``init`` names the missing ones.
+
+    Start steps count the updates this transform makes, not the batches
+    seen: under ``optax.apply_if_finite`` a skipped (non-finite)
+    step does not count, so every later stage starts one batch
+    later than the :class:`~medft_jax.strategies.Schedule`'s epochs say.
+    The training loop here skips nothing; code that does should count its
+    epochs from the updates made.
     """
     transforms: dict[str, optax.GradientTransformation] = {}
     for group, start in start_steps.items():

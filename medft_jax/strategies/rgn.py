@@ -31,6 +31,14 @@ a tensor that was zero-norm at any of the epoch's estimation steps sums to
 ``inf`` and gets 1 for the epoch (a prepass sees one set of weights, so
 there the two readings agree).
 
+That covers a zero tensor's first step only. A new head whose bias starts
+at zero (flax's ``nn.Dense`` default) has a tiny norm after one update, so
+its RGN ‖g‖/‖w‖ becomes the maximum and shrinks every other multiplier for
+the epochs that follow (the reference, PyTorch, draws a new Linear's bias
+uniformly, as :func:`medft_jax.models.layers.torch_linear_bias` does). So
+``init`` warns, naming the zero tensors, when the params it is given are
+concrete.
+
 ``mode="prepass"`` is the reference code's own order: before epoch e's
 first update, the gradients of ``estimate_steps`` batches are evaluated on
 the current weights without updating anything, and their mean RGN,
@@ -47,10 +55,12 @@ weights before them).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from medft_jax.strategies.checks import is_concrete_number, require_int
@@ -72,6 +82,15 @@ class RGNState(NamedTuple):
     applied: PyTree
     """Per tensor (a scalar per leaf): the multipliers applied by the last update (for logging)."""
     inner_state: optax.OptState
+
+
+class PrepassRGNState(RGNState):
+    """The state of a ``mode="prepass"`` Auto-RGN: the one :func:`hold_multipliers` fills.
+
+    The same fields (and checkpoint layout) as :class:`RGNState`; its own type so that
+    holding multipliers on a stream-mode state, which estimates its own and would
+    overwrite them, is refused rather than ignored.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +163,12 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
     def hold(node: Any) -> Any:
         if not isinstance(node, RGNState):
             return node
+        if not isinstance(node, PrepassRGNState):
+            raise ValueError(
+                "hold_multipliers: this Auto-RGN state is mode='stream', which estimates its "
+                "own multipliers and would overwrite held ones; build scale_by_rgn(..., "
+                "mode='prepass') (make(..., rgn_mode='prepass')) to hold a prepass's"
+            )
         if node.held.shape != mean_rgn.shape:
             raise ValueError(
                 f"hold_multipliers: {mean_rgn.shape[0]} RGNs for {node.held.shape[0]} tensors"
@@ -155,6 +180,33 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
     if not found:
         raise ValueError("hold_multipliers: the optimizer state has no Auto-RGN state")
     return new
+
+
+def _warn_zero_tensors(params: PyTree, eps: Any) -> None:
+    """Warns when tensors of concrete ``params`` have norm <= ``eps`` (module doc: after
+    one update their RGN would set the maximum). Traced params are not checked."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    concrete = all(
+        not isinstance(w, jax.core.Tracer) and getattr(w, "is_fully_addressable", True)
+        for _, w in leaves
+    )
+    if not leaves or not concrete or not is_concrete_number(eps):
+        return
+    norms = jnp.stack([jnp.linalg.norm(jnp.ravel(w).astype(jnp.float32)) for _, w in leaves])
+    zero = [
+        jax.tree_util.keystr(p, simple=True, separator="/")
+        for (p, _), n in zip(leaves, np.asarray(norms), strict=True)
+        if n <= eps
+    ]
+    if zero:
+        more = f" and {len(zero) - 1} more" if len(zero) > 1 else ""
+        warnings.warn(
+            f"scale_by_rgn: parameter {zero[0]!r}{more} is all zeros at init; after one "
+            "update its RGN (|g|/|w| with a tiny |w|) will be the maximum that scales every "
+            "other tensor down (for a new head's bias, initialise it as PyTorch does: "
+            "medft_jax.models.layers.torch_linear_bias)",
+            stacklevel=3,
+        )
 
 
 def _stack(leaves: list[jax.Array]) -> jax.Array:
@@ -232,9 +284,12 @@ def scale_by_rgn(
     def scalars(params: PyTree, value: float) -> PyTree:
         return jax.tree.map(lambda _: jnp.full((), value, jnp.float32), params)
 
+    state_type = PrepassRGNState if prepass else RGNState
+
     def init_fn(params: PyTree) -> RGNState:
+        _warn_zero_tensors(params, eps)
         n = len(jax.tree.leaves(params))
-        return RGNState(
+        return state_type(
             count=jnp.zeros((), jnp.int32),
             accumulated=jnp.zeros((n,), jnp.float32),
             held=jnp.ones((n,), jnp.float32),
@@ -270,7 +325,7 @@ def scale_by_rgn(
         applied = jax.tree.unflatten(treedef, list(multipliers))
         new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         new_updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), new_updates, applied)
-        return new_updates, RGNState(
+        return new_updates, state_type(
             count=optax.safe_increment(state.count),
             accumulated=accumulated,
             held=held,

@@ -133,6 +133,13 @@ class Schedule:
     def is_trainable(self, path: str, epoch: int) -> bool:
         """Whether the parameter at ``path`` receives updates in ``epoch``."""
         self._check(epoch)
+        if path not in self._by_path:  # params other than the ones make() was given
+            known = next(iter(self._by_path), None)
+            raise KeyError(
+                f"schedule: parameter {path!r} is not one of the params make() was given "
+                f"({len(self._by_path)} leaves, e.g. {known!r}); build the strategy from "
+                "the params you train"
+            )
         start = self._starts[self._by_path[path][1]]
         return start is not None and epoch >= start
 

@@ -58,7 +58,8 @@ def sp_penalty(
       alpha: weight of the pull towards ω0 on the pretrained parameters.
       beta: weight of the plain decay on the head.
       head_mask: True on the head's leaves (a pytree or a function of params);
-        ``init`` refuses one that marks no leaf.
+        ``init`` refuses one that marks no leaf, except inside one group of
+        ``optax.partition``/``optax.masked`` (the head may be another group's).
       source_mask: True on the non-head leaves that count as w_s; default
         all of them (kernels, biases, BatchNorm affine, as the
         Transfer-Learning-Library does). Pass :func:`kernel_mask` for the
@@ -83,7 +84,8 @@ def sp_penalty(
         # Silently, the fresh head would count as pretrained: pulled towards its
         # random start with alpha instead of decayed with beta.
         head = resolve(head_mask, params)
-        require_marks_some("sp_penalty", "head_mask", head, params)
+        if not _is_masked_group(params):  # a partition group may hold no head leaf at all
+            require_marks_some("sp_penalty", "head_mask", head, params)
         if source_mask is not None:  # kernels only, by Flax's leaf name: custom names miss
             source = jax.tree.map(
                 lambda s, h: bool(s) and not h, resolve(source_mask, params), head
@@ -122,6 +124,14 @@ def sp_penalty(
         return new, state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _is_masked_group(params: PyTree) -> bool:
+    """True for the params one group of ``optax.partition``/``optax.masked`` sees: the
+    other groups' leaves are ``optax.MaskedNode``, and the head may well be among them
+    (an SP pull on the backbone group, plain Adam on the head)."""
+    nodes = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    return any(isinstance(x, optax.MaskedNode) for x in nodes)
 
 
 def _check_like(anchor: PyTree, params: PyTree) -> None:
