@@ -20,6 +20,7 @@ from pathlib import Path
 import data_fakes as fakes
 import numpy as np
 import pytest
+from PIL import Image
 
 from medft_jax.data import DataError, load, prepare
 from medft_jax.data.builders import BUILDERS, builder_class
@@ -521,3 +522,236 @@ def test_corrupt_image_fails_cleanly_or_is_skipped_and_counted(tmp_path):
                 skip_bad_images=True, progress=False, **SIZES)  # fmt: skip
     with pytest.raises(DataError, match="is not prepared"):
         load("bach", data_dir=tmp_path / "out2", progress=False, **SIZES)
+
+
+# Preparing again: what the manual dir's signature sees, and what a failed prepare keeps
+
+
+def test_inner_folder_given_as_dot_link_or_renamed_reads_that_folder(tmp_path, monkeypatch):
+    """The folder holding the CSVs, however it is reached, is where the images are read:
+    not its parent (nothing there: "N of N listed images do not exist"), and not a
+    sibling copy named as the release beside a renamed folder."""
+    fakes.make_chexpert(tmp_path / "chx")
+    fakes.make_mura(tmp_path / "mura", parts=("XR_HUMERUS",))
+    outer = {
+        "chexpert": _parse("chexpert", tmp_path / "chx"),
+        "mura_humerus": _parse("mura_humerus", tmp_path / "mura"),
+    }
+    inner = {"chexpert": "CheXpert-v1.0-small", "mura_humerus": "MURA-v1.1"}
+    for name, folder in inner.items():
+        source = tmp_path / ("chx" if name == "chexpert" else "mura") / folder
+        renamed = tmp_path / f"{name}_copy" / "renamed"
+        shutil.copytree(source, renamed)
+        # Another copy beside it, named as the release, with other pixels.
+        sibling = renamed.parent / folder
+        shutil.copytree(source, sibling)
+        for p in sibling.rglob("*.*g"):
+            p.write_bytes(b"not an image")
+        link = tmp_path / f"{name}_link"
+        link.symlink_to(source, target_is_directory=True)
+        monkeypatch.chdir(source)
+        for given, root in ((Path("."), source), (link, link), (renamed, renamed)):
+            splits = _parse(name, given)
+            ids = {s: [ex.id for ex in v] for s, v in splits.items()}
+            assert ids == {s: [ex.id for ex in v] for s, v in outer[name].items()}, given
+            real = Path(root).resolve()
+            assert all(ex.path.is_relative_to(real) for v in splits.values() for ex in v)
+
+
+def test_a_release_folder_linked_from_elsewhere_is_read_through_the_link(tmp_path):
+    fakes.make_mura(tmp_path / "store", parts=("XR_HUMERUS",))
+    (tmp_path / "manual").mkdir()
+    (tmp_path / "manual" / "MURA-v1.1").symlink_to(tmp_path / "store" / "MURA-v1.1")
+    splits = _parse("mura_humerus", tmp_path / "manual")
+    assert sum(len(v) for v in splits.values()) == 33
+
+
+def test_manual_signature_is_the_same_for_outer_and_inner_folder(tmp_path):
+    from medft_jax.data.tasks import manual_source
+
+    fakes.make_mura(tmp_path / "mura", parts=("XR_HUMERUS",))
+    outer = manual_source(_parse("mura_humerus", tmp_path / "mura"))
+    inner = manual_source(_parse("mura_humerus", tmp_path / "mura" / "MURA-v1.1"))
+    assert outer == inner
+
+
+def test_manual_signature_sees_a_file_replaced_with_same_size_and_mtime(tmp_path):
+    """``cp -p`` (or ``rsync -a``) of a fixed copy: same size, same mtime, other pixels."""
+    import os
+    import time
+
+    from medft_jax.data.tasks import manual_source
+
+    fakes.make_bach(tmp_path / "bach", 3)
+    before = manual_source(_parse("bach", tmp_path / "bach"))
+    path = tmp_path / "bach" / "ICIAR2018_BACH_Challenge" / "Photos" / "Normal" / "n001.tif"
+    st = path.stat()
+    time.sleep(0.05)  # past the filesystem's timestamp granularity
+    replacement = tmp_path / "black.tif"
+    fakes.image(0, (48, 36)).save(replacement)
+    assert replacement.stat().st_size == st.st_size
+    os.replace(replacement, path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = manual_source(_parse("bach", tmp_path / "bach"))
+    assert after != before
+
+
+def _prepare_bach(manual: Path, out: Path, **kwargs):
+    return prepare("bach", manual_dir=manual, data_dir=out, progress=False, **SIZES, **kwargs)
+
+
+def _version_dir(out: Path, name: str = "bach") -> Path:
+    return out / f"medft_{name}" / "r36_c32_s0" / "1.0.0"
+
+
+@tf_required
+@pytest.mark.xdist_group("tfds_prepared")
+def test_a_replaced_image_of_same_size_and_mtime_is_prepared_again(tmp_path, capsys):
+    import os
+    import time
+
+    fakes.make_bach(tmp_path / "bach", 10)
+    out = tmp_path / "out"
+    _prepare_bach(tmp_path / "bach", out)
+    path = tmp_path / "bach" / "ICIAR2018_BACH_Challenge" / "Photos" / "Normal" / "n001.tif"
+    st = path.stat()
+    time.sleep(0.05)
+    Image.fromarray(np.zeros((36, 48, 3), np.uint8)).save(tmp_path / "black.tif")
+    assert (tmp_path / "black.tif").stat().st_size == st.st_size
+    shutil.copyfile(tmp_path / "black.tif", path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    capsys.readouterr()
+    ds = _prepare_bach(tmp_path / "bach", out)
+    assert "is stale: 1 file changed; preparing again" in capsys.readouterr().err
+    split = next(s for s in ds.splits.values() if "Photos/Normal/n001.tif" in s.ids)
+    k = list(split.ids).index("Photos/Normal/n001.tif")
+    assert split.images[k].max() == 0
+
+
+@tf_required
+@pytest.mark.xdist_group("tfds_prepared")
+def test_outer_then_inner_folder_does_not_prepare_again(tmp_path, capsys):
+    import json
+
+    fakes.make_mura(tmp_path / "mura", parts=("XR_HUMERUS",))
+    out = tmp_path / "out"
+    kw = {"data_dir": out, "progress": False, **SIZES}
+    prepare("mura_humerus", manual_dir=tmp_path / "mura", **kw)
+    record = _version_dir(out, "mura_humerus") / "medft_manual_source.json"
+    written = record.read_text()
+    capsys.readouterr()
+    prepare("mura_humerus", manual_dir=tmp_path / "mura" / "MURA-v1.1", **kw)
+    assert "stale" not in capsys.readouterr().err
+    assert record.read_text() == written
+    # A record of the form written before (names relative to --manual-dir, no ctime):
+    # an unchanged copy keeps its data, and the record is rewritten in the new form.
+    from medft_jax.data import cache
+
+    splits = _parse("mura_humerus", tmp_path / "mura")
+    paths = [ex.path for v in splits.values() for ex in v]
+    old = json.loads(written)
+    del old["signature"]
+    old["files"] = cache.file_stats(tmp_path / "mura", paths)
+    record.write_text(json.dumps(old))
+    prepare("mura_humerus", manual_dir=tmp_path / "mura", **kw)
+    assert "stale" not in capsys.readouterr().err
+    assert json.loads(record.read_text()) == json.loads(written)
+
+
+@tf_required
+@pytest.mark.xdist_group("tfds_prepared")
+def test_a_failed_prepare_keeps_the_good_prepared_data(tmp_path, capsys):
+    """Prepared with --skip-bad-images, then without: refused for the bad image, and the
+    data (TFDS folder and cache) prepared before is still there and served."""
+    fakes.make_bach(tmp_path / "bach", 10)
+    bad = tmp_path / "bach" / "ICIAR2018_BACH_Challenge" / "Photos" / "Benign" / "b004.tif"
+    bad.write_bytes(b"not a tif")
+    out = tmp_path / "out"
+    _prepare_bach(tmp_path / "bach", out, skip_bad_images=True)
+    before = load("bach", data_dir=out, progress=False, **SIZES)
+    with pytest.raises(DataError, match=r"corrupt or unreadable image .*b004\.tif"):
+        _prepare_bach(tmp_path / "bach", out)
+    assert (_version_dir(out) / "dataset_info.json").is_file()
+    after = load("bach", data_dir=out, progress=False, **SIZES)
+    assert sum(len(s) for s in after.splits.values()) == 39
+    assert np.array_equal(after.splits["test"].images, before.splits["test"].images)
+    leftovers = [p.name for p in _version_dir(out).parent.iterdir()]
+    assert sorted(leftovers) == [".1.0.0.prepare.lock", "1.0.0"]
+
+
+@tf_required
+@pytest.mark.xdist_group("tfds_prepared")
+def test_killed_prepares_leftovers_are_removed_by_the_next(tmp_path):
+    """TFDS's ``incomplete.*`` folder of a killed prepare, and a killed prepare's own
+    temporary data dir beside the version folder, are removed under the lock."""
+    import socket
+
+    fakes.make_bach(tmp_path / "bach", 10)
+    out = tmp_path / "out"
+    parent = _version_dir(out).parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    incomplete = parent / "incomplete.ABC123_1.0.0"
+    scratch = parent / f".1.0.0.tmp-{dead}@{socket.gethostname()}-0123abcd"
+    other_version = parent / "incomplete.ABC123_2.0.0"  # not this version's: left alone
+    for folder in (incomplete, scratch, other_version):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "part").write_bytes(b"x")
+    _prepare_bach(tmp_path / "bach", out)
+    assert sorted(p.name for p in parent.iterdir()) == sorted(
+        [".1.0.0.prepare.lock", "1.0.0", other_version.name]
+    )
+
+
+@tf_required
+@pytest.mark.xdist_group("tfds_prepared")
+def test_a_prepare_that_finished_while_this_one_waited_is_reused(tmp_path, monkeypatch):
+    """Two prepares of one task at once: the second made its builder before the first
+    finished, then took the lock. It must read the data the first wrote, not crash on
+    its stale builder (TFDS: "splits is empty")."""
+    import contextlib
+
+    from medft_jax.data import tasks
+
+    fakes.make_bach(tmp_path / "bach", 10)
+    out = tmp_path / "out"
+    real_lock = tasks.locks.waiting_lock
+    other_ran = []
+
+    @contextlib.contextmanager
+    def lock_after_the_other(path):
+        if not other_ran:  # the other process, which held the lock first
+            other_ran.append(True)
+            tasks.prepare_task("bach", manual_dir=tmp_path / "bach", data_dir=out,
+                               progress=False, **SIZES)  # fmt: skip
+            tasks.cache.retire(tasks.cache_dir(out, "bach", "r36_c32_s0"))  # not built yet
+        with real_lock(path):
+            yield
+
+    monkeypatch.setattr(tasks.locks, "waiting_lock", lock_after_the_other)
+    target = tasks.prepare_task("bach", manual_dir=tmp_path / "bach", data_dir=out,
+                                progress=False, **SIZES)  # fmt: skip
+    assert other_ran and tasks.cache.is_complete(target)
+    ds = load("bach", data_dir=out, progress=False, **SIZES)
+    assert sum(len(s) for s in ds.splits.values()) == 40
+
+
+@tf_required
+@pytest.mark.xdist_group("tfds_prepared")
+def test_data_of_a_changed_copy_is_kept_unserved_until_the_copy_is_put_back(tmp_path, capsys):
+    """An image added to the copy fails the prepare: the old data is not served (it is
+    not the copy's), but kept, and reused as it was once the image is gone again."""
+    fakes.make_bach(tmp_path / "bach", 10)
+    out = tmp_path / "out"
+    first = _prepare_bach(tmp_path / "bach", out)
+    added = tmp_path / "bach" / "ICIAR2018_BACH_Challenge" / "Photos" / "Normal" / "n011.tif"
+    added.write_bytes(b"not a tif")
+    with pytest.raises(DataError, match=r"corrupt or unreadable image .*n011\.tif"):
+        _prepare_bach(tmp_path / "bach", out)
+    with pytest.raises(DataError, match=r"no longer matches its manual dir .*; run: "):
+        load("bach", data_dir=out, progress=False, **SIZES)
+    added.unlink()
+    capsys.readouterr()
+    again = _prepare_bach(tmp_path / "bach", out)
+    assert "stale" not in capsys.readouterr().err
+    assert again.metadata["fingerprint"] == first.metadata["fingerprint"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+from pathlib import Path
 
 import data_fakes as fakes
 import pytest
@@ -70,3 +72,66 @@ def test_prepare_task_with_arch_resize(tmp_path, capsys):
     assert tqdm_utils._active  # TFDS's setting is as it was
     ds = load("bach", data_dir=tmp_path / "out", resize_size=232, crop_size=224)
     assert ds.metadata["resize_size"] == 232
+
+
+needs_tf = pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow"
+)
+
+
+@needs_tf
+@pytest.mark.xdist_group("tfds_prepared")
+def test_a_16_bit_image_in_a_paper_task_says_what_can_be_done(tmp_path, capsys):
+    """--bits-stored is refused for the paper tasks: the error must not send the user
+    there, but say what works (the official file, or an 8-bit one)."""
+    import numpy as np
+    from PIL import Image
+
+    fakes.make_mura(tmp_path / "mura", parts=("XR_HUMERUS",))
+    image = sorted((tmp_path / "mura" / "MURA-v1.1" / "train").rglob("*.png"))[0]
+    values = np.random.default_rng(0).integers(0, 4096, (40, 37)).astype(np.uint16)
+    Image.fromarray(values).save(image)
+    argv = ["--dataset", "mura_humerus", "--manual-dir", str(tmp_path / "mura")]
+    argv += ["--data-dir", str(tmp_path / "out"), "--resize-size", "36", "--image-size", "32"]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {image}: 16-bit image whose values all fit in 14 bits")
+    assert "the official mura_humerus images are 8-bit" in err
+    assert "give --bits-stored" not in err and "or --bits-stored 16" not in err
+    assert not list((tmp_path / "out").rglob("*.array_record*"))
+
+
+@needs_tf
+@pytest.mark.xdist_group("tfds_prepared")
+def test_a_full_disk_while_tfds_writes_names_the_output_folder(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from medft_jax.data.builders.base import MedicalBuilder
+
+    def full(self, **kwargs):
+        Path(self.data_dir).mkdir(parents=True)  # a part written before the disk filled
+        raise RuntimeError(f"ArrayRecord writer: {os.strerror(errno.ENOSPC)}")
+
+    monkeypatch.setattr(MedicalBuilder, "download_and_prepare", full)
+    fakes.make_bach(tmp_path / "bach", 10)
+    out = tmp_path / "out"
+    argv = ["--dataset", "bach", "--manual-dir", str(tmp_path / "bach"), "--data-dir", str(out)]
+    assert main([*argv, "--resize-size", "36", "--image-size", "32", "--no-progress"]) == 1
+    version_dir = out / "medft_bach" / "r36_c32_s0" / "1.0.0"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {version_dir}: no space left on the device"]
+    assert [p.name for p in version_dir.parent.iterdir()] == [".1.0.0.prepare.lock"]
+
+
+@needs_tf
+@pytest.mark.xdist_group("tfds_prepared")
+def test_no_progress_holds_back_tfds_lines_and_warnings(tmp_path, capsys, caplog):
+    fakes.make_bach(tmp_path / "bach", 10)
+    argv = ["--dataset", "bach", "--manual-dir", str(tmp_path / "bach")]
+    argv += ["--data-dir", str(tmp_path / "out"), "--resize-size", "36", "--image-size", "32"]
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "bach: train 32, val 4, test 4; 4 classes; images (32, 32, 3); skipped bad images: 0"
+    ]
+    assert not [r for r in caplog.records if r.name == "absl" and r.levelno >= 30]

@@ -25,3 +25,15 @@ class NotABadFile(DataError):
     or colour model the toolkit cannot read faithfully.
     Never skipped by ``--skip-bad-images``: every file of its kind would be, and the
     dataset silently shrink, often by class (the dark images, the scanner of one site)."""
+
+
+class BitsUndeclared(NotABadFile):
+    """A 16-bit file whose values fit in a few bits, refused until ``--bits-stored`` says
+    what they are. ``path`` and ``what`` (the file's kind and values, without the
+    advice) let a source that cannot take the flag (a paper task) say what it can do
+    instead, rather than point at a flag it refuses."""
+
+    def __init__(self, message: str, *, path: object, what: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.what = what

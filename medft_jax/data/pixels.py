@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medft_jax.data.errors import DataError, NotABadFile
+from medft_jax.data.errors import BitsUndeclared, DataError, NotABadFile
 
 MAX_PIXELS = 8192 * 8192
 """67,108,864 pixels. Admits every real medical image we know of that is read
@@ -193,11 +193,15 @@ def integer16_to_uint8(
     if bits_stored is None:
         if (lo, hi) != (0, 0) and _fits(lo, hi, UNDECLARED_FLOOR_BITS, signed):
             kind = "signed 16-bit" if signed else "16-bit"
-            raise NotABadFile(
-                f"{path}: {kind} image whose values all fit in {UNDECLARED_FLOOR_BITS} bits "
-                f"({lo}..{hi}) would keep at most 64 grey levels under the 16-bit rule; give "
-                "--bits-stored with the bits its data uses (12 for most X-rays, 8 for unscaled "
-                "8-bit data), or --bits-stored 16 to keep the 16-bit rule"
+            what = (
+                f"{kind} image whose values all fit in {UNDECLARED_FLOOR_BITS} bits "
+                f"({lo}..{hi}) would keep at most 64 grey levels under the 16-bit rule"
+            )
+            raise BitsUndeclared(
+                f"{path}: {what}; give --bits-stored with the bits its data uses (12 for most "
+                "X-rays, 8 for unscaled 8-bit data), or --bits-stored 16 to keep the 16-bit rule",
+                path=path,
+                what=what,
             )
         bits_stored = 16
     if not _fits(lo, hi, bits_stored, signed):
@@ -231,10 +235,15 @@ def colour16_check(high_bytes: np.ndarray, bits_stored: int | None, path: Path |
             "scaled as you want it)"
         )
     if bits_stored is None and top < 1 << (UNDECLARED_FLOOR_BITS - 8):
-        raise NotABadFile(
-            f"{path}: 16-bit colour image whose values all fit in {UNDECLARED_FLOOR_BITS} bits "
-            "would keep at most 64 levels per channel under the 16-bit rule; save it as 8-bit "
-            "colour, scaled as you want it, or give --bits-stored 16 to keep the 16-bit rule"
+        what = (
+            f"16-bit colour image whose values all fit in {UNDECLARED_FLOOR_BITS} bits "
+            "would keep at most 64 levels per channel under the 16-bit rule"
+        )
+        raise BitsUndeclared(
+            f"{path}: {what}; save it as 8-bit colour, scaled as you want it, or give "
+            "--bits-stored 16 to keep the 16-bit rule",
+            path=path,
+            what=what,
         )
 
 

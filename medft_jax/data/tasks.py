@@ -17,14 +17,19 @@ is never served from old output (one line says what changed):
   these records existed is rebuilt, or, without TFDS data, refused with the
   prepare command.
 - the TFDS folder holds :data:`MANUAL_RECORD`: the manual dir's images
-  (name, size, mtime) and a hash of the parsed examples (ids, labels,
-  patients, split membership). ``prepare`` compares it and prepares again
-  when the user's copy changed (TFDS itself would keep the old preparation).
+  (example id, size, mtime, ctime) and a hash of the parsed examples (ids,
+  labels, patients, split membership). ``prepare`` compares it and prepares
+  again when the user's copy changed (TFDS itself would keep the old
+  preparation); the new data is written beside the old and swapped in when
+  complete, so a failed or killed prepare leaves the old data as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
+import io
 import json
 import logging
 import os
@@ -44,11 +49,15 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example
 from medft_jax.data.locations import cache_dir
 from medft_jax.data.options import OPTION_OWNERS, split_option_error
-from medft_jax.errors import quiet_logger
+from medft_jax.errors import os_errno_in, quiet_logger
 from medft_jax.names import TASK_NAMES as TASK_NAMES  # the one list of the tasks' names
 
 MANUAL_RECORD = "medft_manual_source.json"
 """In a prepared TFDS folder: the signature of the manual dir it was prepared from."""
+STALE_MARK = "medft_stale.json"
+"""In a prepared TFDS folder: its manual dir changed and preparing it again has not
+finished (failed or killed). The data is kept (the copy may be put back, and then it
+is reused), but not served: ``load`` says to prepare."""
 
 
 def _config_kwargs(
@@ -87,12 +96,14 @@ def make_builder(name: str, data_dir: Path, *, skip_bad_images: bool = False, **
 
     cls = builder_class(name)
     _check_options(name, config)
-    return cls(
-        config=MedicalConfig.make(**config),
-        data_dir=str(data_dir),
-        file_format="array_record",
-        skip_bad_images=skip_bad_images,
-    )
+    # TFDS warns of the custom config and of a variant not prepared yet: both by design.
+    with quiet_logger("absl", logging.ERROR):
+        return cls(
+            config=MedicalConfig.make(**config),
+            data_dir=str(data_dir),
+            file_format="array_record",
+            skip_bad_images=skip_bad_images,
+        )
 
 
 def _variant(name: str, **config: Any) -> str:
@@ -158,7 +169,8 @@ def tfds_source(tfds_dir: Path, data_dir: Path) -> dict[str, Any]:
         where = tfds_dir.resolve().relative_to(Path(data_dir).resolve()).as_posix()
     except ValueError:
         where = str(tfds_dir.resolve())
-    return {"files": cache.tree_stats(tfds_dir, exclude=(MANUAL_RECORD,)), "tfds_dir": where}
+    files = cache.tree_stats(tfds_dir, exclude=(MANUAL_RECORD, STALE_MARK))
+    return {"files": files, "tfds_dir": where}
 
 
 def _stale_reason(target: Path, data_dir: Path) -> str | None:
@@ -173,13 +185,85 @@ def _stale_reason(target: Path, data_dir: Path) -> str | None:
     tfds_dir = Path(data_dir) / old["tfds_dir"]
     if not tfds_dir.is_dir():
         return None
+    if (tfds_dir / STALE_MARK).is_file():
+        return "its TFDS data no longer matches the manual dir it was prepared from"
     return cache.describe_change(old, tfds_source(tfds_dir, data_dir))
 
 
-def manual_source(manual_dir: Path, splits: dict[str, list[Example]]) -> dict[str, Any]:
-    """The signature of a manual dir as parsed: image files' stats + a hash of the examples."""
+MANUAL_SIGNATURE = 2
+"""The form of :func:`manual_source`'s record: 2 keys the files by example id and adds
+ctime. A record without it (form 1: names relative to the --manual-dir given, no
+ctime) is compared in its own form, and rewritten in this one when it still holds,
+so that an upgrade does not prepare every task again."""
+
+
+def manual_source(splits: dict[str, list[Example]]) -> dict[str, Any]:
+    """The signature of a manual dir as parsed: image files' stats + a hash of the examples.
+
+    Each file is named by its example's id (the path relative to the dataset's own
+    root, as its listing gives it), not by its path relative to ``--manual-dir``: the
+    outer folder and the inner one (``CheXpert-v1.0-small``, ``MURA-v1.1``), a
+    symlink or ``.`` are one copy and must not prepare it again. The inode change
+    time is part of it: a file replaced by one of the same size and mtime (``cp -p``,
+    ``rsync -a``) changes nothing else, and would keep its old pixels.
+    """
+    files = []
+    for members in splits.values():
+        for ex in members:
+            try:
+                st = os.stat(ex.path)
+                files.append([ex.id, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+            except (FileNotFoundError, NotADirectoryError):
+                files.append([ex.id, -1, -1, -1])
+    return {
+        "files": sorted(files),
+        "examples": cache.examples_digest(splits),
+        "signature": MANUAL_SIGNATURE,
+    }
+
+
+def _manual_change(
+    recorded: dict[str, Any] | None,
+    manual: dict[str, Any],
+    manual_dir: Path,
+    splits: dict[str, list[Example]],
+) -> tuple[str | None, bool]:
+    """``(why the prepared data no longer matches the manual dir or None, whether its
+    record should be rewritten in the current form)``.
+
+    A record of an older form is compared in that form (names relative to
+    ``manual_dir``, no ctime): an unchanged copy keeps its prepared data, and its
+    record is upgraded, rather than every task being prepared again after an update.
+    """
+    if recorded is None:
+        return (
+            "it has no record of the files it was prepared from (a prepare killed before "
+            "writing it)",
+            False,
+        )
+    if recorded.get("signature") == MANUAL_SIGNATURE:
+        return cache.describe_change(recorded, manual), False
     paths = [ex.path for members in splits.values() for ex in members]
-    return {"files": cache.file_stats(manual_dir, paths), "examples": cache.examples_digest(splits)}
+    old_form = {k: v for k, v in manual.items() if k != "signature"}
+    old_form["files"] = cache.file_stats(manual_dir, paths)
+    reason = cache.describe_change(recorded, old_form)
+    return reason, reason is None
+
+
+def _same_copy(
+    recorded: dict[str, Any] | None,
+    manual: dict[str, Any],
+    manual_dir: Path,
+    splits: dict[str, list[Example]],
+) -> bool:
+    """Whether only ``--skip-bad-images`` differs from the record: the prepared data is
+    then still what that flag gives from this very copy, fine to serve until a prepare
+    with the other setting completes."""
+    if recorded is None:
+        return False
+    recorded = {k: v for k, v in recorded.items() if k != "skip_bad_images"}
+    manual = {k: v for k, v in manual.items() if k != "skip_bad_images"}
+    return _manual_change(recorded, manual, manual_dir, splits)[0] is None
 
 
 def _read_manual_record(tfds_dir: Path) -> dict[str, Any] | None:
@@ -191,7 +275,11 @@ def _read_manual_record(tfds_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_manual_record(tfds_dir: Path, record: dict[str, Any]) -> None:
-    path = Path(tfds_dir) / MANUAL_RECORD
+    _write_json(Path(tfds_dir) / MANUAL_RECORD, record)
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    """``record`` at ``path``, whole or not at all (a temporary file renamed)."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         tmp.write_text(json.dumps(record))
@@ -232,16 +320,37 @@ def prepare_task(
     progress: bool = True,
 ) -> Path:
     """TFDS ``download_and_prepare`` from ``manual_dir``, then the cache; returns its dir."""
-    import tensorflow_datasets as tfds
+    # --no-progress: TFDS's absl warnings held back too (is_prepared's, the cache's
+    # decoder note), as its bars are; errors still show.
+    with contextlib.nullcontext() if progress else quiet_logger("absl", logging.ERROR):
+        return _prepare_task(
+            name,
+            manual_dir=manual_dir,
+            data_dir=data_dir,
+            config=_config_kwargs(resize_size, crop_size, seed, val_fraction, uncertain, split_by),
+            skip_bad_images=skip_bad_images,
+            progress=progress,
+        )
 
-    config = _config_kwargs(resize_size, crop_size, seed, val_fraction, uncertain, split_by)
+
+def _prepare_task(
+    name: str,
+    *,
+    manual_dir: Path,
+    data_dir: Path,
+    config: dict[str, Any],
+    skip_bad_images: bool,
+    progress: bool,
+) -> Path:
+    """:func:`prepare_task`'s work, with ``config`` from :func:`_config_kwargs`."""
     _check_options(name, config)
     manual_dir = Path(manual_dir).expanduser()
     if not manual_dir.is_dir():
         raise DataError(f"--manual-dir {manual_dir} is not a directory")
+    manual_dir = manual_dir.absolute()  # TFDS parses it again, maybe from another cwd
     builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
     splits = builder.TASK.parse_checked(manual_dir, builder.builder_config)  # before TF work
-    manual = manual_source(manual_dir, splits)
+    manual = manual_source(splits)
     if skip_bad_images:  # other data than a strict prepare's: said only when set, so that
         manual["skip_bad_images"] = True  # records written before it stay fresh
     version_dir = Path(builder.data_dir)
@@ -249,36 +358,115 @@ def prepare_task(
     if not builder.is_prepared():
         _require_tensorflow(name)  # before the lock's folders are made
     with locks.waiting_lock(prepare_lock(version_dir)):  # a second prepare waits, then reuses
-        atomic.remove_abandoned(version_dir)  # a killed removal's leftover, set aside whole
+        atomic.remove_abandoned(version_dir)  # killed prepares' new data, unfinished
+        _remove_incomplete(version_dir)
+        # Made again under the lock: the one made before it saw the folder as it was then,
+        # and a prepare that finished meanwhile left it reading splits it never loaded.
+        builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
+        reason, same_copy = None, True
         if builder.is_prepared():
             recorded = _read_manual_record(version_dir)
-            reason = (
-                "it has no record of the files it was prepared from (a prepare killed before "
-                "writing it)"
-                if recorded is None
-                else cache.describe_change(recorded, manual)
-            )
+            reason, upgrade = _manual_change(recorded, manual, manual_dir, splits)
+            if upgrade:
+                _write_manual_record(version_dir, manual)
+            if reason is None:
+                (version_dir / STALE_MARK).unlink(missing_ok=True)  # the copy was put back
+            else:
+                same_copy = _same_copy(recorded, manual, manual_dir, splits)
+        if reason or not builder.is_prepared():
+            _require_tensorflow(name)  # before the old data is marked
             if reason:
-                _require_tensorflow(name)  # before the stale data is removed
                 print(
                     f"{name} prepared data {version_dir} is stale: {reason}; preparing again",
                     file=sys.stderr,
                     flush=True,
                 )
-                # Its cache first: with the TFDS folder gone, a cache is not checked against
-                # it, and a failed prepare would leave the old images served as current.
+            if not same_copy:
+                # Its images are no longer the copy's: kept until the new data is complete,
+                # but not served (its cache goes now) should this prepare fail or be killed.
+                _write_json(version_dir / STALE_MARK, {"reason": reason})
                 cache.retire(target)
-                trash = atomic.temporary_sibling(version_dir)
-                os.replace(version_dir, trash)  # gone whole, never half-removed
-                shutil.rmtree(trash)
-                builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
-        with _tfds_progress(progress):
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
-            )
-        _write_manual_record(version_dir, manual)
+            _prepare_beside(
+                name, version_dir, target, manual_dir, manual, data_dir, skip_bad_images,
+                config, progress=progress,
+            )  # fmt: skip
+            builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
     _ensure_cache(name, builder, target, data_dir, progress=progress)
     return target
+
+
+def _prepare_beside(
+    name: str,
+    version_dir: Path,
+    target: Path,
+    manual_dir: Path,
+    manual: dict[str, Any],
+    data_dir: Path,
+    skip_bad_images: bool,
+    config: dict[str, Any],
+    *,
+    progress: bool,
+) -> None:
+    """TFDS prepares into a temporary data dir beside ``version_dir``, then it is swapped in.
+
+    Why not in place: the old prepared data is good until the new is complete. A
+    prepare that fails (a bad image without ``--skip-bad-images``, a full disk) or is
+    killed leaves it, and its cache, as they were; the temporary folder is removed
+    (by :func:`medft_jax.atomic.remove_abandoned` when killed). Call with the lock held.
+    """
+    import tensorflow_datasets as tfds
+
+    scratch = atomic.temporary_sibling(version_dir)
+    try:
+        builder = make_builder(name, scratch, skip_bad_images=skip_bad_images, **config)
+        try:
+            with _tfds_progress(progress):
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
+                )
+        except Exception as e:
+            _raise_naming_output(e, version_dir)
+            raise
+        new = Path(builder.data_dir)
+        _write_manual_record(new, manual)
+        # The cache first: built from the old data, it must not outlive it.
+        cache.retire(target)
+        old = atomic.temporary_sibling(version_dir) if version_dir.exists() else None
+        if old is not None:
+            os.replace(version_dir, old)  # set aside whole, removed once the new is in
+        os.replace(new, version_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _raise_naming_output(err: Exception, version_dir: Path) -> None:
+    """A full disk (or quota) while TFDS writes, as an OSError naming the output folder.
+
+    TFDS and ArrayRecord report it without a path (their text names the errno at
+    most), and "?: no space left on the device" does not say which disk to clear.
+    """
+    code = os_errno_in(err)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        raise OSError(code, os.strerror(code), str(version_dir)) from err
+
+
+def _remove_incomplete(version_dir: Path) -> None:
+    """Removes TFDS's ``incomplete.*`` folders of ``version_dir`` left by killed prepares.
+
+    TFDS writes into ``incomplete.<random>_<version>`` beside the version folder and
+    renames it when done; a prepare killed before (this toolkit's older ones wrote
+    there) leaves it for ever. Call with the prepare lock held: no live prepare of
+    this version writes there then.
+    """
+    parent = Path(version_dir).parent
+    if not parent.is_dir():
+        return
+    pattern = f"incomplete.*_{glob.escape(Path(version_dir).name)}"
+    for leftover in parent.glob(pattern):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -293,7 +481,8 @@ def _tfds_progress(progress: bool) -> Iterator[None]:
     before = getattr(tqdm_utils, "_active", True)
     tqdm_utils.display_progress_bar(False)
     try:
-        with quiet_logger("absl", logging.WARNING):
+        # Its "Downloading and preparing ... to <temporary folder>" lines are printed.
+        with quiet_logger("absl", logging.ERROR), contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         tqdm_utils.display_progress_bar(before)
@@ -351,6 +540,13 @@ def load_task(
             raise DataError(
                 f"{name} ({_variant(name, **config)}) is not prepared in {data_dir}; run: "
                 + prepare_command(name, data_dir, **config)
+            )
+        version_dir = Path(builder.data_dir)
+        if (version_dir / STALE_MARK).is_file():
+            raise DataError(
+                f"{name} ({_variant(name, **config)}) is not prepared in {data_dir}: the data "
+                f"in {version_dir} no longer matches its manual dir and preparing it again "
+                "did not finish; run: " + prepare_command(name, data_dir, **config)
             )
         _ensure_cache(name, builder, target, data_dir, progress=progress)
     splits, meta = cache.read_cache(target)

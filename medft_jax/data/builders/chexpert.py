@@ -62,14 +62,28 @@ def uncertain_value(policy: str, finding: str) -> float:
     return 1.0 if policy == "ones" else 0.0
 
 
-def find_root(manual_dir: Path) -> tuple[Path, Path]:
-    """``(base the CSV paths are relative to, folder holding train.csv)``."""
+def find_root(manual_dir: Path) -> Path:
+    """The folder holding ``train.csv``: ``CheXpert-v1.0-small`` (or ``-v1.0``) inside
+    ``manual_dir``, or ``manual_dir`` itself, whatever it is called or however reached."""
     for name in FOLDERS:
         if (manual_dir / name / "train.csv").is_file():
-            return manual_dir, manual_dir / name
+            return manual_dir / name
     if (manual_dir / "train.csv").is_file():
-        return manual_dir.parent, manual_dir
+        return manual_dir
     raise DataError(f"{manual_dir}: no CheXpert-v1.0-small/train.csv; expected {LAYOUT}")
+
+
+def image_path(folder: Path, rel: str, where: str) -> Path:
+    """The image a CSV ``Path`` names, inside ``folder`` (the one holding the CSV).
+
+    The CSVs' paths start with the release's folder name
+    (``CheXpert-v1.0-small/train/...``). That prefix is the folder found, so it is
+    dropped and the rest joined to ``folder`` itself: joined to its parent, a folder
+    given as ``.``, through a symlink or renamed would read nothing, or a sibling
+    copy named as the release.
+    """
+    first, _, rest = rel.partition("/")
+    return safe_join(folder, rest if first in FOLDERS and rest else rel, source=where)
 
 
 def label_value(text: str, policy: str, where: str, finding: str = "") -> float:
@@ -90,8 +104,8 @@ def label_value(text: str, policy: str, where: str, finding: str = "") -> float:
     raise DataError(f"{where}: label {text!r} is not 1.0, 0.0, -1.0 or empty")
 
 
-def read_split(csv_path: Path, base: Path, policy: str) -> list[Example]:
-    """One frontal image per patient, in CSV order."""
+def read_split(csv_path: Path, policy: str) -> list[Example]:
+    """One frontal image per patient, in CSV order (ids: the CSV's paths, as listed)."""
     rows = read_csv(csv_path, ["Path", "Frontal/Lateral", *CLASS_NAMES], HEADER)
     examples, seen = [], set()
     for row in rows:
@@ -107,16 +121,18 @@ def read_split(csv_path: Path, base: Path, policy: str) -> list[Example]:
             continue
         seen.add(patient)
         label = tuple(label_value(row[c], policy, f"{where} column {c!r}", c) for c in CLASS_NAMES)
-        examples.append(Example(safe_join(base, rel, source=where), label, rel, patient=patient))
+        examples.append(
+            Example(image_path(csv_path.parent, rel, where), label, rel, patient=patient)
+        )
     return examples
 
 
 def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     if config.uncertain not in POLICIES:
         raise DataError(f"--uncertain must be one of {POLICIES}, got {config.uncertain!r}")
-    base, folder = find_root(manual_dir)
-    train = read_split(folder / "train.csv", base, config.uncertain)
-    test = read_split(folder / "valid.csv", base, config.uncertain)
+    folder = find_root(manual_dir)
+    train = read_split(folder / "train.csv", config.uncertain)
+    test = read_split(folder / "valid.csv", config.uncertain)
     return standard_splits(
         train, test, val_fraction=config.val_fraction, seed=config.seed, stratify=False
     )

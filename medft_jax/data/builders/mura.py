@@ -24,13 +24,26 @@ BODY_PARTS = {"shoulder": "XR_SHOULDER", "wrist": "XR_WRIST", "humerus": "XR_HUM
 FOLDER = "MURA-v1.1"
 
 
-def find_root(manual_dir: Path) -> tuple[Path, Path]:
-    """``(base the CSV paths are relative to, MURA-v1.1 folder)``."""
+def find_root(manual_dir: Path) -> Path:
+    """The folder holding the listings: ``MURA-v1.1`` inside ``manual_dir``, or
+    ``manual_dir`` itself, whatever it is called or however reached."""
     if (manual_dir / FOLDER / "train_image_paths.csv").is_file():
-        return manual_dir, manual_dir / FOLDER
+        return manual_dir / FOLDER
     if (manual_dir / "train_image_paths.csv").is_file():
-        return manual_dir.parent, manual_dir
+        return manual_dir
     raise DataError(f"{manual_dir}: no {FOLDER}/train_image_paths.csv; expected {LAYOUT}")
+
+
+def image_path(folder: Path, rel: str, where: str) -> Path:
+    """The image a listing names, inside ``folder`` (the one holding the listing).
+
+    The listings' paths start with ``MURA-v1.1/``. That prefix is the folder found,
+    so it is dropped and the rest joined to ``folder`` itself: joined to its parent,
+    a folder given as ``.``, through a symlink or renamed would read nothing, or a
+    sibling copy named ``MURA-v1.1``.
+    """
+    first, _, rest = rel.partition("/")
+    return safe_join(folder, rest if first == FOLDER and rest else rel, source=where)
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
@@ -63,7 +76,7 @@ def read_studies(path: Path) -> dict[str, int]:
     return studies
 
 
-def read_split(folder: Path, base: Path, split: str, part: str) -> list[Example]:
+def read_split(folder: Path, split: str, part: str) -> list[Example]:
     """The images of body part ``part`` in ``split`` with their study labels."""
     studies = read_studies(folder / f"{split}_labeled_studies.csv")
     paths_csv = folder / f"{split}_image_paths.csv"
@@ -79,7 +92,7 @@ def read_split(folder: Path, base: Path, split: str, part: str) -> list[Example]
         if study not in studies:
             raise DataError(f"{where}: study {study!r} is not in {split}_labeled_studies.csv")
         patient = next((p for p in parts if p.startswith("patient")), study)
-        path = safe_join(base, rel, source=where)
+        path = image_path(folder, rel, where)
         examples.append(Example(path, studies[study], rel, patient=patient, group=study))
     if not examples:
         hint = (
@@ -96,9 +109,9 @@ def read_split(folder: Path, base: Path, split: str, part: str) -> list[Example]
 
 def make_parse(part: str):
     def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
-        base, folder = find_root(manual_dir)
-        train = read_split(folder, base, "train", BODY_PARTS[part])
-        test = read_split(folder, base, "valid", BODY_PARTS[part])
+        folder = find_root(manual_dir)
+        train = read_split(folder, "train", BODY_PARTS[part])
+        test = read_split(folder, "valid", BODY_PARTS[part])
         return standard_splits(
             train, test, val_fraction=config.val_fraction, seed=config.seed, stratify=True
         )
