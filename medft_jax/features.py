@@ -39,7 +39,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +123,19 @@ def location(
 class FeatureSet:
     """Memmapped features of every split, iterated as the images are."""
 
-    def __init__(self, directory: Path, ds: Dataset, arrays: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        ds: Dataset,
+        arrays: Mapping[str, np.ndarray],
+        extract_seconds: float | None = None,
+    ) -> None:
         self.directory = directory
         self.ds = ds
         self.arrays = dict(arrays)
+        self.extract_seconds = extract_seconds
+        """What computing these features took (compilation excluded), whoever computed
+        them; None for features written before it was recorded."""
 
     def train_iter(
         self,
@@ -206,7 +215,9 @@ def open_features(directory: Path, ds: Dataset, expected: Mapping[str, Any]) -> 
         if digest != info.get("sha256"):
             return None
         arrays[split] = array
-    return FeatureSet(directory, ds, arrays)
+    seconds = meta.get("extract_seconds")
+    known = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0
+    return FeatureSet(directory, ds, arrays, float(seconds) if known else None)
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
@@ -236,8 +247,13 @@ def compute_features(
     expected: Mapping[str, Any],
     extract: Any,
     batch_size: int,
+    compile_seconds: Callable[[], float] | None = None,
 ) -> FeatureSet:
     """Runs ``extract`` (batches -> feature arrays) over every split, written as it goes.
+
+    ``meta.json`` records the seconds it took, less the compilation that
+    ``compile_seconds`` (a running total) counted meanwhile: the one-off cost every
+    run trained from these features is charged in the report, the first or not.
 
     The files go to a temporary sibling folder, ``meta.json`` last, which
     is then renamed into place: a kill leaves no folder that looks whole.
@@ -248,6 +264,7 @@ def compute_features(
     # that will not come again), never a live one's.
     atomic.remove_abandoned(directory, siblings=True)
     tmp.mkdir(parents=True)
+    started, compiled = time.perf_counter(), (compile_seconds or float)()
     try:
         splits = {}
         for split in ds.splits:
@@ -256,9 +273,9 @@ def compute_features(
                 ds.num_examples(split),
                 extract(ds.eval_batches(split, batch_size, shard_index=0, shard_count=1)),
             )
-        atomic.write_bytes(
-            tmp / "meta.json", json.dumps({**expected, "splits": splits}, indent=1).encode()
-        )
+        spent = time.perf_counter() - started - ((compile_seconds or float)() - compiled)
+        meta = {**expected, "splits": splits, "extract_seconds": max(spent, 0.0)}
+        atomic.write_bytes(tmp / "meta.json", json.dumps(meta, indent=1).encode())
         if directory.exists():  # stale or damaged (open_features refused it): set aside
             # under a temporary's name, so that a kill mid-removal leaves a
             # folder the next writer's remove_abandoned clears
@@ -317,13 +334,16 @@ def cached_features(
     partition: BlockPartition,
     extract: Any,
     batch_size: int,
+    compile_seconds: Callable[[], float] | None = None,
 ) -> tuple[FeatureSet | None, dict[str, Any]]:
     """The run's features under the first of ``roots`` (:func:`roots_for`) that has or takes them.
 
     ``(None, info)`` when they cannot be had.
 
-    ``info`` (for the run's record): the folder, whether it was reused, and
-    the seconds spent computing or checking. Only single-process runs cache
+    ``info`` (for the run's record): the folder, whether it was reused, the
+    seconds spent computing or checking, and ``extract_seconds``, what
+    computing them took whoever did (:func:`compute_features`, with
+    ``compile_seconds`` as there). Only single-process runs cache
     (several hosts would each need their own rows); a failure to write (a
     full disk) is one warning line, and the run trains from the images,
     which gives the same numbers.
@@ -348,7 +368,7 @@ def cached_features(
     for directory in directories:
         found = open_features(directory, ds, expected)
         if found is not None:
-            return found, _info(directory, reused=True, started=t)
+            return found, _info(found, reused=True, started=t)
     errors = []
     for directory in directories:
         try:
@@ -361,7 +381,9 @@ def cached_features(
                 reused = found is not None
                 if found is None:
                     try:
-                        found = compute_features(directory, ds, expected, extract, batch_size)
+                        found = compute_features(
+                            directory, ds, expected, extract, batch_size, compile_seconds
+                        )
                     except OSError:
                         # Nothing left behind (a full disk): at worst a waiting
                         # process and a newcomer then both compute, each whole.
@@ -372,7 +394,7 @@ def cached_features(
             with contextlib.suppress(OSError):
                 directory.parent.rmdir()  # only if empty
             continue
-        return found, _info(directory, reused=reused, started=t)
+        return found, _info(found, reused=reused, started=t)
     print(
         f"warning: cannot write the cached features ({'; '.join(errors)}); "
         "training the head from the images instead (same results, slower)",
@@ -381,10 +403,11 @@ def cached_features(
     return None, {"used": False, "reason": f"cannot write: {'; '.join(errors)}"}
 
 
-def _info(directory: Path, *, reused: bool, started: float) -> dict[str, Any]:
+def _info(found: FeatureSet, *, reused: bool, started: float) -> dict[str, Any]:
     return {
         "used": True,
-        "directory": str(directory),
+        "directory": str(found.directory),
         "reused": reused,
         "seconds": time.perf_counter() - started,
+        "extract_seconds": found.extract_seconds,
     }

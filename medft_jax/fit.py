@@ -788,6 +788,7 @@ def _epoch_source(run: _Run, epoch: int) -> tuple[Any, bool]:
             partition=run.spec.partition,
             extract=lambda batches: run.trainer.features(state, batches),
             batch_size=run.eval_batch_size,
+            compile_seconds=lambda: run.trainer.compile_seconds,
         )
         if run.feature_info.get("used"):
             spent = run.trainer.compile_seconds - compiled

@@ -184,6 +184,7 @@ def test_cached_run_records_the_uncached_run(
     assert flags == {"lp": [True, True], "g_lf": [True, False]}[strategy]
     info = cached["features"]
     assert info["used"] and not info["reused"] and info["seconds"] >= 0
+    assert 0 <= info["extract_seconds"] <= info["seconds"]  # compilation left out of both
     stored = np.load(f"{info['directory']}/train.npy", mmap_mode="r")
     assert isinstance(stored, np.memmap) and stored.shape == (SIZES["train"], 2048)
 
@@ -387,14 +388,19 @@ def test_a_second_process_waits_for_the_first_and_reads_its_features(demo, tmp_p
     lock = directory.parent / f".{directory.name}.lock"
     holding, done = threading.Event(), {}
 
+    compiled = [0.0]  # a running total of compilation seconds, as the trainer keeps
+
     def slow(batches):  # long enough for the second to find no folder and want to write
         time.sleep(0.5)
+        compiled[0] += 0.4  # of those 0.5 s, say 0.4 compiled (not extraction)
         return _mean_pixels(batches)
 
     def first():
         with locks.waiting_lock(lock):
             holding.set()
-            features.compute_features(directory, demo, expected, slow, 8)
+            features.compute_features(
+                directory, demo, expected, slow, 8, compile_seconds=lambda: compiled[0]
+            )
 
     t = threading.Thread(target=first)
     t.start()
@@ -402,12 +408,18 @@ def test_a_second_process_waits_for_the_first_and_reads_its_features(demo, tmp_p
     done["found"], done["info"] = features.cached_features(demo, **kw)
     t.join()
     assert done["info"]["reused"] and len(calls) == 3
+    # The reader is charged what the writer's extraction took, compilation left out:
+    # three splits of 0.5 s, 0.4 of each compiling.
+    assert 0.3 <= done["info"]["extract_seconds"] < 0.9
+    assert done["found"].extract_seconds == done["info"]["extract_seconds"]
 
 
 def _expected_of(found) -> dict:
-    """What ``cached_features`` expects of a folder: its meta without the files' hashes."""
+    """What ``cached_features`` expects of a folder: its meta without the files' hashes
+    and the seconds the extraction took."""
     meta = json.loads((found.directory / "meta.json").read_text())
     meta.pop("splits")
+    meta.pop("extract_seconds")
     return meta
 
 

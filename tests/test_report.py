@@ -166,6 +166,35 @@ def test_a_single_seed_shows_no_se_and_device_seconds_count_devices():
     )
 
 
+def test_cost_charges_cached_feature_extraction_and_leaves_head_steps_out_of_throughput():
+    """An LP run on cached features: its epochs are head steps (fast), but the features
+    cost what their extraction took, charged to the run that computed them and to the
+    ones that reused them; the LR search's total counts the extraction once."""
+
+    def lp(seed, lr, reused, extract):
+        r = rec(strategy="lp", seed=seed, lr=lr, seconds=2.0, devices=2, epochs=2, ips=9e4)
+        for e in r["epochs"]:
+            e["from_features"] = True
+        r["epochs"] = [*r["epochs"], {"images_per_s": 300.0, "seconds": 1.0}]
+        spent = 0.5 if reused else 30.0  # checking a reused set, or computing it
+        r["features"] = {"used": True, "reused": reused, "seconds": spent}
+        if extract is not None:
+            r["features"]["extract_seconds"] = extract
+        return r
+
+    records = [lp(0, 1e-4, False, 30.0), lp(1, 1e-4, True, 30.0), lp(0, 1e-3, True, 30.0)]
+    cell = collect(records).cell("bach", "resnet50", "lp")
+    assert cell.cost.device_seconds == pytest.approx((2.0 + 30.0) * 2)  # each run alike
+    assert cell.cost.total_device_seconds == pytest.approx((3 * 2.0 + 30.0 + 0.5 + 0.5) * 2)
+    assert cell.cost.images_per_s == pytest.approx(300.0)  # the image epoch only
+    # Records from before the extraction time was kept: the computing run's own seconds
+    # stand for it; a reused run's cost is unknown, left out of the mean, never 2 s.
+    old = [lp(0, 1e-4, False, None), lp(1, 1e-4, True, None)]
+    assert collect(old).cell("bach", "resnet50", "lp").cost.device_seconds == pytest.approx(64)
+    only_reused = collect([lp(1, 1e-4, True, None)]).cell("bach", "resnet50", "lp")
+    assert math.isnan(only_reused.cost.device_seconds)
+
+
 def test_an_lr_with_a_failed_run_is_never_chosen():
     records = [rec(lr=1e-4, seed=s, val=0.7, test=0.7) for s in (0, 1)]
     records.append(rec(lr=1e-3, seed=1, val=0.99, test=0.99))

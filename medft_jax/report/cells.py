@@ -60,17 +60,21 @@ CellKey = tuple[str, str, str]
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
-    """What a cell cost, from its records' ``train_seconds`` and throughput.
+    """What a cell cost, from its records' ``train_seconds``, features and throughput.
 
-    Device-seconds (``train_seconds × environment.device_count``) compare
-    runs made on different numbers of accelerators; compilation is not
-    included (``train_seconds`` excludes it).
+    Device-seconds (``(train_seconds + feature extraction) ×
+    environment.device_count``) compare runs made on different numbers of
+    accelerators. ``train_seconds`` is the epochs' seconds: steps, data
+    waits and validation; the extraction is that of the cached features a
+    run's head-only epochs trained from, charged to every run that used
+    them. Compilation is not included.
     """
 
     device_seconds: float
     """Mean over the chosen LR's seeds: what one more run of the chosen setting costs."""
     images_per_s: float
-    """Mean over those seeds of each run's mean per-epoch training throughput."""
+    """Mean over those seeds of each run's mean per-epoch training throughput, over the
+    epochs that ran the images through the model (not head steps on cached features)."""
     epochs: float
     """Mean number of epochs those runs trained (early stopping makes them differ)."""
     total_device_seconds: float
@@ -730,16 +734,41 @@ def _num(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
-def _device_seconds(record: dict[str, Any]) -> float:
+def _device_seconds(record: dict[str, Any], *, spent: bool = False) -> float:
+    """(Training epochs' seconds + cached features' seconds) × devices; see
+    :func:`_feature_seconds` for ``spent``."""
     devices = (record.get("environment") or {}).get("device_count") or 1
-    return _num(record.get("train_seconds")) * devices
+    return (_num(record.get("train_seconds")) + _feature_seconds(record, spent=spent)) * devices
+
+
+def _feature_seconds(record: dict[str, Any], *, spent: bool) -> float:
+    """The seconds of the cached backbone features a run's head-only epochs trained from.
+
+    ``spent=False``: what computing them takes, charged to every run that used them, the
+    first or one that reused them (a cell's cost is what one more such run costs, and an
+    LP epoch on features alone would make LP look nearly free). ``spent=True``: what this
+    run itself spent on them (computing, or checking a reused set), for the sum over an
+    LR search. NaN where not known: a run that reused features written before their
+    extraction time was recorded.
+    """
+    info = record.get("features")
+    if not isinstance(info, dict) or not info.get("used"):
+        return 0.0
+    value = info.get("seconds") if spent else info.get("extract_seconds")
+    if value is None and not spent and not info.get("reused"):
+        value = info.get("seconds")  # an older record of the run that computed them
+    return float(value) if _is_number(value) else math.nan
 
 
 def _cost(chosen: list[dict[str, Any]], every: list[dict[str, Any]]) -> Cost:
     def throughput(r: dict[str, Any]) -> float:
-        return aggregate.mean_se(e.get("images_per_s") for e in r.get("epochs") or [])[0]
+        # Images through the whole model: a head step on stored features is not one.
+        epochs = r.get("epochs") or []
+        return aggregate.mean_se(
+            e.get("images_per_s") for e in epochs if not e.get("from_features")
+        )[0]
 
-    totals = [x for x in map(_device_seconds, every) if math.isfinite(x)]
+    totals = [x for x in (_device_seconds(r, spent=True) for r in every) if math.isfinite(x)]
     return Cost(
         device_seconds=aggregate.mean_se(map(_device_seconds, chosen))[0],
         images_per_s=aggregate.mean_se(map(throughput, chosen))[0],

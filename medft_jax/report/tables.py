@@ -435,11 +435,14 @@ COST_SLOTS: tuple[Slot[CostLine], ...] = (
 
 def cost_table(summary: Summary, dataset: str) -> Table:
     """What each cell cost: per run at the chosen LR, and the whole LR search."""
-    title = f"Cost on {dataset}: device-seconds (train_seconds × devices), throughput, epochs"
+    title = f"Cost on {dataset}: device-seconds, throughput, epochs"
     notes = [
         "Device-s / run, images/s and epochs: mean over the seeds of the chosen LR; "
         "all LRs: sum over every finished run of the cell (failed runs carry no time). "
-        "Compilation time is not included."
+        "Device-s: (the epochs' seconds + the extraction of cached features, charged to "
+        "each run that trained from them) × devices; in all LRs the extraction counts "
+        "once. Images/s leaves out head steps on cached features. Compilation time is "
+        "not included."
     ]
     lines = [_cost_line(c) for c in _cells_of(summary, dataset)]
     return _long_table(Head(f"cost_{slug(dataset)}", title, notes), CostLine, lines, COST_SLOTS)

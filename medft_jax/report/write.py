@@ -402,7 +402,10 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         ),
         "- **Bold**: best mean per arch and metric; <u>underlined</u>: best mean per metric "
         "over all archs; means equal at the 2 decimals shown are all marked.",
-        "- Cost: device-seconds = train_seconds × number of devices (compilation excluded).",
+        "- Cost: device-seconds = (train_seconds, the epochs' steps, data waits and "
+        "validation, + the extraction of the cached features that head-only epochs trained "
+        "from, charged to every run that used them) × number of devices (compilation "
+        "excluded); images/s counts epochs that ran the images through the model.",
         "- Metrics, per table (each dataset's first column is its headline metric: the "
         "figures' relative improvements, Table 11 and the paired comparison use it):",
         *_metric_lines(summary),
