@@ -286,7 +286,7 @@ def test_a_gradual_cell_whose_runs_never_reached_their_final_stage_is_marked():
     assert (cell.unstaged, cell.final_stage_epoch) == (2, 8)
     table = dataset_table(summary, "bach")
     assert f"{shown(0.6, 0.0)}¶" in to_markdown(table)
-    assert "¶ G-LF, ResNet-50: 2 of 2 runs ended before the final stage (epoch 9): the " in (
+    assert "¶ G-LF, ResNet-50: 2 of 2 runs were tested from before the final stage (epoch 9;" in (
         " ".join(table.notes)
     )
     assert r"$^{\P}$" in to_latex(table) and "¶" not in to_latex(table)
@@ -294,6 +294,12 @@ def test_a_gradual_cell_whose_runs_never_reached_their_final_stage_is_marked():
     again = collect([*reached, rec(seed=0), rec(seed=1)])
     assert again.cell("bach", "resnet50", "g_lf").unstaged == 0
     assert "¶" not in to_markdown(dataset_table(again, "bach"))
+    # Reached, but tested from its best epoch 7, the last before the final stage (8): the
+    # stem never trained in the model tested. Epoch 8 itself is the final stage's first.
+    early = [{**r, "best_epoch": 7} for r in reached[:1]] + [{**reached[1], "best_epoch": 8}]
+    summary = collect([*early, rec(seed=0), rec(seed=1)])
+    assert summary.cell("bach", "resnet50", "g_lf").unstaged == 1
+    assert "1 of 2 runs were tested from before" in " ".join(dataset_table(summary, "bach").notes)
 
 
 def test_an_lr_where_a_seed_has_no_validation_value_is_never_chosen():

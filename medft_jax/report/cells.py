@@ -113,8 +113,10 @@ class Cell:
     """Those of :attr:`excluded_lrs` where no run failed but one has no validation value."""
     cost: Cost | None = None
     unstaged: int = 0
-    """Runs at the chosen LR that ended before their final stage (too few epochs for
-    G-LF/G-FL to unfreeze every block): see :data:`medft_jax.report.render.PILCROW`.
+    """Runs at the chosen LR whose tested parameters come from before their final stage:
+    the run ended there (too few epochs for G-LF/G-FL to unfreeze every block) or its
+    best validation epoch came before it (a G-LF run tested as the linear probe of its
+    first epoch): see :data:`medft_jax.report.render.PILCROW`.
     Nonzero only in a cell with a value (only such a cell has a chosen LR)."""
     final_stage_epoch: int | None = None
 
@@ -710,7 +712,7 @@ def _make_cell(
         lr_means=summary["lr_means"],
         excluded_lrs=bad_lrs,
         cost=_cost(chosen, recs),
-        unstaged=sum(map(_ended_before_final_stage, chosen)),
+        unstaged=sum(map(_tested_before_final_stage, chosen)),
         final_stage_epoch=max(
             (f for r in chosen if (f := _int(r.get("final_stage_epoch"))) is not None),
             default=None,
@@ -719,11 +721,17 @@ def _make_cell(
     )
 
 
-def _ended_before_final_stage(record: dict[str, Any]) -> bool:
-    """Whether a run stopped at its epoch cap before its final stage began (records
-    before ``final_stage_epoch`` was written: not known, so False)."""
+def _tested_before_final_stage(record: dict[str, Any]) -> bool:
+    """Whether a run's tested parameters predate its final stage: it stopped at its epoch
+    cap before that stage began, or its best epoch (0-based, as ``final_stage_epoch``)
+    came before it. The best epoch is chosen over the whole run, so such a G-LF, G-FL or
+    LP-FT result is a model whose last-unfrozen blocks never trained. Records before
+    ``final_stage_epoch`` was written: not known, so False."""
     final = _int(record.get("final_stage_epoch"))
-    return final is not None and len(record.get("epochs") or ()) <= final
+    if final is None:
+        return False
+    best = _int(record.get("best_epoch"))
+    return len(record.get("epochs") or ()) <= final or (best is not None and best < final)
 
 
 def _int(x: Any) -> int | None:

@@ -33,8 +33,9 @@ DOUBLE_DAGGER = "‡"
 SECTION = "§"
 """A value over fewer seeds than its cell has: the metric was undefined for the others."""
 PILCROW = "¶"
-"""A staged cell (G-LF, G-FL) whose chosen runs ended before their final stage: the
-blocks it unfreezes last never trained, so it is not the strategy its label names."""
+"""A staged cell (G-LF, G-FL, LP-FT) whose chosen runs were tested with parameters from
+before their final stage (the run ended there, or its best validation epoch came
+earlier): the blocks it unfreezes last never trained in the model tested."""
 UNDEFINED = "n/a"
 """A metric undefined for every seed of a cell that has runs (e.g. AUROC with one class)."""
 

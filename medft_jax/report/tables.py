@@ -130,9 +130,10 @@ def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]
             )
         if c.unstaged:
             notes.append(
-                f"{PILCROW} {name}: {c.unstaged} of {len(c.seeds)} runs ended before the final "
-                f"stage (epoch {(c.final_stage_epoch or 0) + 1}): the blocks unfrozen last never "
-                "trained"
+                f"{PILCROW} {name}: {c.unstaged} of {len(c.seeds)} runs were tested from before "
+                f"the final stage (epoch {(c.final_stage_epoch or 0) + 1}; the run ended, or its "
+                "best validation epoch came, earlier): the blocks unfrozen last never trained "
+                "in the model tested"
             )
     return notes
 
@@ -633,8 +634,8 @@ def table11(summary: Summary) -> Table:
         )
     if any(c.unstaged for _, c in shown):
         notes.append(
-            f"{PILCROW}: a staged cell whose runs ended before their final stage (see the "
-            "dataset's table)."
+            f"{PILCROW}: a staged cell whose runs were tested from before their final stage "
+            "(see the dataset's table)."
         )
     if any(c is not None and _lrs_left_out(c) for b in bests for c in (b.cell, b.ft)):
         notes.append(
@@ -725,12 +726,12 @@ def table12(
 
 def _caveats_counted(summary: Summary) -> list[str]:
     """What Table 12's counts rest on that its k/n cannot mark: the cells (FT's among
-    them) with runs missing, an LR left out, or runs ended before their final stage."""
+    them) with runs missing, an LR left out, or runs tested from before their final stage."""
     cells = [c for c in summary.cells.values() if c.has_value]
     caveats = [
         (_incomplete, DAGGER, "with runs missing"),
         (_lrs_left_out, DOUBLE_DAGGER, "whose LR was chosen without an LR where a run failed"),
-        (attrgetter("unstaged"), PILCROW, "whose runs ended before their final stage"),
+        (attrgetter("unstaged"), PILCROW, "whose runs were tested from before their final stage"),
     ]
     notes = []
     for test, mark, what in caveats:

@@ -395,8 +395,10 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         f"{SECTION}: the value is over fewer seeds than the cell has, the metric being "
         "undefined for the others (the notes and the CSV's n say how many)."
         + (
-            f" {PILCROW}: runs of a staged strategy that ended (at the epoch cap) before "
-            "their final stage, so the blocks it unfreezes last never trained."
+            f" {PILCROW}: runs of a staged strategy tested with parameters from before "
+            "their final stage (the run ended at the epoch cap, or its best validation epoch "
+            "came, earlier), so the blocks it unfreezes last never trained in the model "
+            "tested."
             if any(c.unstaged for c in summary.cells.values())
             else ""
         ),
