@@ -146,8 +146,8 @@ def test_a_blank_group_id_is_refused_not_read_as_its_own_patient(tmp_path):
     _images(tmp_path)
     rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},p{i},train" for i in range(12)]
     rows[4] = "imgs/a4.png,dog, ,train"  # line 6
-    _write(tmp_path, "path,label,patient,split", rows)
-    for split_column in (None, "split"):
+    for split_column in (None, "split"):  # unused, the column must not look like splits
+        _write(tmp_path, f"path,label,patient,{split_column or 'note'}", rows)
         with pytest.raises(DataError) as err:
             _table(tmp_path, group_column="patient", split_column=split_column)
         assert _one_line(err) == (
@@ -264,3 +264,30 @@ def test_a_clean_csv_with_groups_and_splits_still_loads(tmp_path):
     assert names == ["cat", "dog"] and not multilabel
     assert sum(len(v) for v in splits.values()) == 12
     validate(splits, names, multilabel, where=str(tmp_path))
+
+
+def test_a_split_or_patient_column_left_without_its_flag_is_refused(tmp_path):
+    """Only path and label have default names: a 'split' column of train/val/test and a
+    'patient_id' shared by images were ignored, the splits carved at random image by
+    image (the user's test set not the test set, patients in train and test both)."""
+    _images(tmp_path)
+    where = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},p{i // 2},{where[i]}" for i in range(12)]
+    _write(tmp_path, "path,label,Patient_ID,Split", rows)
+    csv_file = tmp_path / "labels.csv"
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err) == (
+        f"{csv_file}: column 'Split' holds split names (test, train, val) but --split-column "
+        "is not given, so the splits would be carved at random instead; pass --split-column "
+        "Split (or rename the column to carve)"
+    )
+    with pytest.raises(DataError, match=r"column 'Patient_ID' looks like a patient id shared"):
+        _table(tmp_path, split_column="Split")
+    _, _, splits = _table(tmp_path, split_column="Split", group_column="Patient_ID")
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [8, 2, 2]
+    # One image per patient, or a 'set' column of other values: nothing to misread.
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},p{i},batch{i % 3}" for i in range(12)]
+    _write(tmp_path, "path,label,patient,set", rows)
+    _, _, splits = _table(tmp_path)
+    assert sum(len(v) for v in splits.values()) == 12

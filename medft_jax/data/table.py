@@ -194,6 +194,8 @@ def parse_table(
     label_cols = list(label_columns) if label_columns is not None else [label_column]
     required = [path_column, *label_cols] + [c for c in (group_column, split_column) if c]
     rows = read_csv(csv_path, required)
+    used = [path_column, *label_cols]
+    _refuse_unused_layout_columns(csv_path, rows, split_column, group_column, used)
     if multilabel:
         names = list(label_cols)
     elif class_names:
@@ -272,6 +274,62 @@ def parse_table(
             where=str(csv_path),
         )
     return names, multilabel, by_split
+
+
+SPLIT_LIKE = frozenset({"split", "set", "subset", "fold", "partition", "datasplit"})
+"""Column names (lower case, letters and digits only) that a split column goes by."""
+GROUP_LIKE = frozenset(
+    {
+        "patient", "patientid", "patientname", "subject", "subjectid", "participant",
+        "participantid", "caseid", "group", "groupid", "studyid", "mrn",
+    }
+)  # fmt: skip
+"""Column names (as :data:`SPLIT_LIKE`) that a patient/group id column goes by."""
+
+
+def _squashed(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _refuse_unused_layout_columns(
+    csv_path: Path,
+    rows: Sequence[Row],
+    split_column: str | None,
+    group_column: str | None,
+    used: Sequence[str],
+) -> None:
+    """Refuses a CSV whose own split or patient column would be ignored for want of its flag.
+
+    Why: only the path and label columns have default names. A ``split`` column
+    of train/val/test values, or a ``patient_id`` column shared by several images,
+    was ignored without a word: the splits were carved at random, image by image,
+    so the user's test set was not the test set and a patient's images landed in
+    train and test both (an inflated test score). The flag says which is meant; to
+    carve anyway, the column is renamed.
+    """
+    columns = [c for c in rows[0] if c not in used]
+    if split_column is None:
+        for column in columns:
+            values = {row[column].strip().lower() for row in rows}
+            if _squashed(column) in SPLIT_LIKE and values and values <= set(SPLIT_NAMES):
+                raise DataError(
+                    f"{csv_path}: column {column!r} holds split names "
+                    f"({', '.join(sorted(values))}) but --split-column is not given, so the "
+                    "splits would be carved at random instead; pass --split-column "
+                    f"{column} (or rename the column to carve)"
+                )
+    if group_column is None:
+        for column in columns:
+            if _squashed(column) not in GROUP_LIKE:
+                continue
+            values = [row[column].strip() for row in rows]
+            if len(set(values)) < len(values):
+                raise DataError(
+                    f"{csv_path}: column {column!r} looks like a patient id shared by several "
+                    f"images, but --group-column is not given, so a patient's images could land "
+                    f"in train and test both; pass --group-column {column} (or rename the "
+                    "column to split image by image)"
+                )
 
 
 def check_label_options(
