@@ -148,8 +148,12 @@ def write_mat(path: Path, pixels: np.ndarray, label: int, pid: str) -> None:
         g["tumorBorder"] = np.zeros((1, 4))
 
 
-def make_t1w_mri(root: Path, n_patients: int = 12, per_patient: int = 3) -> dict:
+def make_t1w_mri(
+    root: Path, n_patients: int = 12, per_patient: int = 3, cvind_size: int | None = None
+) -> dict:
     """``N.mat`` files in two part folders + ``cvind.mat``; label = patient % 3 + 1.
+    ``cvind.mat`` holds a fold id per file, or ``cvind_size`` ids (3064: the official
+    release's, which makes the copy claim to be the release).
     Returns ``{file name: (label 1..3, pid, pixels)}``."""
     truth = {}
     n = 0
@@ -167,12 +171,14 @@ def make_t1w_mri(root: Path, n_patients: int = 12, per_patient: int = 3) -> dict
     import h5py
 
     with h5py.File(root / "cvind.mat", "w") as f:
-        f["cvind"] = np.arange(n, dtype=np.float64)[None] % 5 + 1
+        f["cvind"] = np.arange(cvind_size or n, dtype=np.float64)[None] % 5 + 1
     return truth
 
 
-def make_bach(root: Path, per_class: int = 10) -> dict:
-    """``ICIAR2018_BACH_Challenge/Photos/<class>/*.tif`` RGB TIFFs."""
+def make_bach(root: Path, per_class: int = 10, ground_truth: bool = False) -> dict:
+    """``ICIAR2018_BACH_Challenge/Photos/<class>/*.tif`` RGB TIFFs; with ``ground_truth``
+    also the release's ``Photos/microscopy_ground_truth.csv`` (``n001.tif,Normal``), which
+    makes the copy claim to be the release (100 per class)."""
     photos = root / "ICIAR2018_BACH_Challenge" / "Photos"
     truth = {}
     prefix = {"Normal": "n", "Benign": "b", "InSitu": "is", "Invasive": "iv"}
@@ -181,6 +187,10 @@ def make_bach(root: Path, per_class: int = 10) -> dict:
             rel = f"Photos/{cls}/{pre}{i:03d}.tif"
             _write(photos.parent / rel, image(2000 + 100 * c + i, (48, 36)))
             truth[rel] = c
+    if ground_truth:
+        names = list(prefix)
+        lines = [f"{rel.rsplit('/', 1)[1]},{names[c]}" for rel, c in truth.items()]
+        (photos / "microscopy_ground_truth.csv").write_text("\n".join(lines) + "\n")
     return truth
 
 

@@ -307,6 +307,132 @@ def test_bach_split_that_comes_out_empty(tmp_path):
         _parse("bach", tmp_path)
 
 
+@needs_h5py
+def test_t1w_copy_of_the_release_without_every_image_is_refused(tmp_path):
+    """The release's cvind.mat holds 3,064 fold ids: a copy with it claims to be the release,
+    and one zip part left packed would shrink the patient-disjoint split without a word."""
+    fakes.make_t1w_mri(tmp_path)  # 1.mat..36.mat and a cvind.mat of 36 ids: no claim
+    assert sum(len(v) for v in _parse("t1w_mri", tmp_path).values()) == 36
+    root = tmp_path / "release"
+    fakes.make_t1w_mri(root, cvind_size=3064)
+    (root / "brainTumorDataPublic_1-766" / "5.mat").unlink()
+    message = (
+        rf"^{root}: 35 of T1w MRI's 3,064 official images \(cvind\.mat indexes all of them\); "
+        r"missing 5\.mat, 37\.mat\.\.3064\.mat\. The split needs every image \(a partial "
+        r"copy\? the release's four zip parts hold 1-766, 767-1532, 1533-2298 and 2299-3064\)$"
+    )
+    with pytest.raises(DataError, match=message):
+        _parse("t1w_mri", root)
+    from scipy.io import savemat  # the release's cvind.mat may be an older MAT file
+
+    savemat(root / "cvind.mat", {"cvind": np.ones((3064, 1))})
+    with pytest.raises(DataError, match=message):
+        _parse("t1w_mri", root)
+    (root / "cvind.mat").write_bytes(b"not a MAT file")
+    with pytest.raises(DataError, match=r"^cannot read \S*cvind\.mat as a MATLAB file \("):
+        _parse("t1w_mri", root)
+
+
+@needs_h5py
+def test_t1w_unreadable_mat_is_named_or_skipped_and_counted(tmp_path):
+    """A truncated .mat fails while the listing is read (its label and patient are in it):
+    named in one line, or with --skip-bad-images left out and counted, as a bad image is."""
+    fakes.make_t1w_mri(tmp_path)
+    bad = tmp_path / "brainTumorDataPublic_1-766" / "3.mat"
+    bad.write_bytes(bad.read_bytes()[:3000])
+    with pytest.raises(DataError) as err:
+        _parse("t1w_mri", tmp_path)
+    assert str(err.value).startswith(f"cannot read {bad} as MATLAB v7.3 (HDF5): ")
+    assert "\n" not in str(err.value)
+    skipped: list[str] = []
+    splits = builder_class("t1w_mri").TASK.parse_checked(tmp_path, CONFIG, skipped=skipped)
+    assert skipped == ["brainTumorDataPublic_1-766/3.mat"]
+    ids = [ex.id for members in splits.values() for ex in members]
+    assert len(ids) == 35 and skipped[0] not in ids
+    # A wrong label is a wrong copy, not a bad file: refused with the flag too.
+    fakes.write_mat(tmp_path / "brainTumorDataPublic_1-766" / "1.mat", np.ones((8, 8)), 4, "7")
+    with pytest.raises(DataError, match=r"1\.mat: cjdata/label 4 outside the class list"):
+        builder_class("t1w_mri").TASK.parse_checked(tmp_path, CONFIG, skipped=[])
+    for path in tmp_path.rglob("*.mat"):
+        if path.name != "cvind.mat":
+            path.write_bytes(b"")
+    with pytest.raises(DataError, match=r"every \.mat file was skipped as unreadable \(36, "):
+        builder_class("t1w_mri").TASK.parse_checked(tmp_path, CONFIG, skipped=[])
+
+
+def test_bach_copy_of_the_release_without_all_400_images_is_refused(tmp_path):
+    """The release's Photos/microscopy_ground_truth.csv makes a copy claim to be the
+    release: then each class folder must hold its 100 images, the missing ones named."""
+    fakes.make_bach(tmp_path, 2, ground_truth=True)
+    photos = tmp_path / "ICIAR2018_BACH_Challenge" / "Photos"
+    with pytest.raises(DataError) as err:
+        _parse("bach", tmp_path)
+    assert str(err.value) == (
+        f"{photos}: 8 of BACH's 400 official images (microscopy_ground_truth.csv marks the "
+        "release, 100 per class); missing Normal: n003.tif..n100.tif; Benign: "
+        "b003.tif..b100.tif; InSitu: is003.tif..is100.tif; Invasive: iv003.tif..iv100.tif. "
+        "The split needs every image (a partial copy?)"
+    )
+    whole = tmp_path / "whole"
+    fakes.make_bach(whole, 100, ground_truth=True)
+    assert [len(v) for v in _parse("bach", whole).values()] == [324, 36, 40]
+    photos = whole / "ICIAR2018_BACH_Challenge" / "Photos"
+    for name in ("Benign/b004.tif", "InSitu/is017.tif", "InSitu/is018.tif"):
+        (photos / name).unlink()
+    with pytest.raises(
+        DataError,
+        match=r"Photos: 397 of BACH's 400 official images \(.*\); missing Benign: b004\.tif; "
+        r"InSitu: is017\.tif\.\.is018\.tif\. The split needs",
+    ):
+        _parse("bach", whole)
+
+
+def test_bach_renamed_class_folder_names_it_and_the_four_expected(tmp_path):
+    fakes.make_bach(tmp_path, 2)
+    photos = tmp_path / "ICIAR2018_BACH_Challenge" / "Photos"
+    (photos / "Benign").rename(photos / "benign_old")
+    expected = "expected the four class folders Normal, Benign, InSitu, Invasive"
+    for manual_dir in (tmp_path, photos):
+        with pytest.raises(DataError) as err:
+            _parse("bach", manual_dir)
+        assert str(err.value) == (
+            f"{photos}: found class folder 'benign_old', {expected} (missing: Benign)"
+        )
+    shutil.rmtree(photos / "benign_old")
+    with pytest.raises(DataError) as err:
+        _parse("bach", tmp_path)
+    assert str(err.value) == f"{photos}: no class folder Benign; {expected}"
+
+
+def test_name_runs_joins_consecutive_numbers_and_counts_beyond_the_limit():
+    from medft_jax.data.builders.base import name_runs
+
+    assert name_runs([5, 3, 4, 9], "{}.mat".format) == "3.mat..5.mat, 9.mat"
+    assert name_runs(range(1, 20, 2), str, limit=3) == "1, 3, 5 and 7 more"
+
+
+def test_isic_partial_duplicate_list_beside_the_official_train_csv_is_refused(tmp_path):
+    """The challenge's train.csv lists 33,126 images, of which its duplicate list drops
+    425: a list cut short would leave duplicates in. A smaller train.csv is not checked."""
+    from medft_jax.data.builders.isic2020 import HEADER, refuse_partial_duplicates
+
+    fakes.make_isic2020(tmp_path, 10, 2)  # its own 20-image train.csv, 2 duplicate pairs
+    assert sum(len(v) for v in _parse("isic2020", tmp_path).values()) == 18
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HEADER, restval="")
+        writer.writeheader()
+        for n in range(1, 33_127):
+            writer.writerow({"image_name": f"ISIC_{n:07d}", "patient_id": "IP_1", "target": 0})
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'ISIC_2020_Training_Duplicates.csv'}: drops 2 of the official "
+        "train.csv's 33,126 images as duplicates, the challenge's list 425: missing 423 "
+        "duplicates. The paper's 32,701 images need the whole list (a partial copy?)"
+    )
+    refuse_partial_duplicates(tmp_path / "list.csv", 33_126, 425)  # the whole list
+
+
 def test_isic_needs_the_duplicate_list(tmp_path):
     fakes.make_isic2020(tmp_path, 4, 1)
     (tmp_path / "ISIC_2020_Training_Duplicates.csv").unlink()

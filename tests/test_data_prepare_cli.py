@@ -135,3 +135,28 @@ def test_no_progress_holds_back_tfds_lines_and_warnings(tmp_path, capsys, caplog
         "bach: train 32, val 4, test 4; 4 classes; images (32, 32, 3); skipped bad images: 0"
     ]
     assert not [r for r in caplog.records if r.name == "absl" and r.levelno >= 30]
+
+
+@needs_tf
+@pytest.mark.skipif(importlib.util.find_spec("h5py") is None, reason="needs h5py")
+@pytest.mark.xdist_group("tfds_prepared")
+def test_a_truncated_t1w_mat_is_named_or_skipped_and_counted(tmp_path, capsys):
+    """Its label and patient are in the file, so it fails while the listing is read:
+    --skip-bad-images must get past it there too, and count it as it counts bad images."""
+    from medft_jax.data.cache import skipped_counts
+
+    fakes.make_t1w_mri(tmp_path / "t1w")
+    bad = tmp_path / "t1w" / "brainTumorDataPublic_1-766" / "3.mat"
+    bad.write_bytes(bad.read_bytes()[:3000])
+    out = tmp_path / "out"
+    argv = ["--dataset", "t1w_mri", "--manual-dir", str(tmp_path / "t1w"), "--data-dir", str(out)]
+    argv += ["--resize-size", "36", "--image-size", "32", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot read {bad} as MATLAB v7.3 (HDF5)")
+    assert main([*argv, "--skip-bad-images"]) == 0
+    assert capsys.readouterr().out.strip().endswith("; skipped bad images: 1")
+    ds = load("t1w_mri", data_dir=out, resize_size=36, crop_size=32, progress=False)
+    assert skipped_counts(ds.metadata) == {"train": 1}
+    assert ds.metadata["skipped_bad_images"]["train"] == ["brainTumorDataPublic_1-766/3.mat"]
+    assert sum(len(split.labels) for split in ds.splits.values()) == 35

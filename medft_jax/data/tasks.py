@@ -349,7 +349,10 @@ def _prepare_task(
         raise DataError(f"--manual-dir {manual_dir} is not a directory")
     manual_dir = manual_dir.absolute()  # TFDS parses it again, maybe from another cwd
     builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
-    splits = builder.TASK.parse_checked(manual_dir, builder.builder_config)  # before TF work
+    # Before TF work. With --skip-bad-images a file the listing cannot read (a truncated
+    # .mat) is left out here as the builder will leave it out, not an error.
+    skipped: list[str] | None = [] if skip_bad_images else None
+    splits = builder.TASK.parse_checked(manual_dir, builder.builder_config, skipped=skipped)
     manual = manual_source(splits)
     if skip_bad_images:  # other data than a strict prepare's: said only when set, so that
         manual["skip_bad_images"] = True  # records written before it stay fresh

@@ -17,7 +17,7 @@ never looks finished. Reading the result needs no TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +32,10 @@ from medft_jax.data.images import ImageReader, open_image
 from medft_jax.data.locations import variant_name
 
 VERSION = "1.0.0"
+UNLISTED_SPLIT = "train"
+"""Where a file skipped while the listing was read (``--skip-bad-images``) is counted:
+unreadable, it has no label or patient to place it, and the cache and run records
+count skipped images by split only."""
 
 
 @dataclasses.dataclass
@@ -105,20 +109,36 @@ class Task:
 
     name: str
     class_names: tuple[str, ...]
-    parse: Callable[[Path, MedicalConfig], dict[str, list[Example]]]
+    parse: Callable[..., dict[str, list[Example]]]
+    """``parse(root, config)`` (and ``skipped=`` where :attr:`reads_files`)."""
     layout: str
     multilabel: bool = False
     eval_grouping: str = "image"
     decode: Callable[[Path], Image.Image] = open_image
     options: tuple[str, ...] = ()
     """Config fields beyond sizes/seed/val_fraction this task reads (e.g. ``uncertain``)."""
+    reads_files: bool = False
+    """Whether ``parse`` reads the image files themselves (T1w: label and patient are in
+    each ``.mat``) and so takes ``skipped=``: with ``--skip-bad-images`` a file it cannot
+    read is left out and counted, as a file that fails to decode is, rather than stop the
+    listing the flag was given to get past."""
 
-    def parse_checked(self, root: Path, config: MedicalConfig) -> dict[str, list[Example]]:
-        """``parse`` + :func:`~medft_jax.data.examples.validate`, naming the manual dir."""
+    def parse_checked(
+        self, root: Path, config: MedicalConfig, *, skipped: list[str] | None = None
+    ) -> dict[str, list[Example]]:
+        """``parse`` + :func:`~medft_jax.data.examples.validate`, naming the manual dir.
+
+        ``skipped``: a list (``--skip-bad-images``) to which a task that
+        :attr:`reads_files` appends the ids of the files it could not read and left
+        out; ``None`` (the default): such a file is an error naming it.
+        """
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"--manual-dir {root} is not a directory; expected {self.layout}")
-        splits = self.parse(root, config)
+        if skipped is not None and self.reads_files:
+            splits = self.parse(root, config, skipped=skipped)
+        else:
+            splits = self.parse(root, config)
         validate(splits, self.class_names, self.multilabel, where=f"{self.name} in {root}")
         return splits
 
@@ -142,6 +162,24 @@ def paper_decode(task: Task) -> Callable[[Path], Image.Image]:
             ) from None
 
     return decode
+
+
+def name_runs(numbers: Iterable[int], name: Callable[[int], str], limit: int = 8) -> str:
+    """``numbers`` as names, consecutive runs joined: ``b004.tif, is017.tif..is100.tif``.
+
+    Why runs: a partial copy misses whole stretches (an unzipped part, a class folder cut
+    short), and naming each of 766 files would not be one readable line. Beyond ``limit``
+    runs the rest is counted, not named.
+    """
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    named = [name(a) if a == b else f"{name(a)}..{name(b)}" for a, b in runs[:limit]]
+    rest = sum(b - a + 1 for a, b in runs[limit:])
+    return ", ".join(named) + (f" and {rest} more" if rest else "")
 
 
 class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -197,7 +235,14 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-        splits = self.TASK.parse_checked(Path(dl_manager.manual_dir), self.builder_config)
+        skipped: list[str] | None = [] if self.skip_bad_images else None
+        splits = self.TASK.parse_checked(
+            Path(dl_manager.manual_dir), self.builder_config, skipped=skipped
+        )
+        if skipped:
+            # Files skipped while listing have no label or patient, so no split: they are
+            # counted under the training pool every split of such a task is carved from.
+            self.info.metadata["skipped_bad_images"].setdefault(UNLISTED_SPLIT, []).extend(skipped)
         return {name: self._generate_examples(members, name) for name, members in splits.items()}
 
     def _generate_examples(self, examples: list[Example], split: str):

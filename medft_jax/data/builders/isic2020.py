@@ -4,7 +4,8 @@ Layout: ``train.csv`` (``image_name,patient_id,sex,age_approx,
 anatom_site_general_challenge,diagnosis,benign_malignant,target``),
 ``jpeg/train/<image_name>.jpg`` and the challenge's duplicate list
 ``ISIC_2020_Training_Duplicates.csv`` (``image_name_1,image_name_2``): the
-second image of each of its 425 pairs is dropped (33,126 -> 32,701).
+second image of each of its 425 pairs is dropped (33,126 -> 32,701); beside
+the challenge's ``train.csv``, a list that drops fewer is refused.
 
 ``test`` is a seeded, stratified 20%, ``val`` a 10% carve of the rest, split
 by ``split_by``:
@@ -46,6 +47,10 @@ HEADER = [
     "target",
 ]
 DUPLICATES = "ISIC_2020_Training_Duplicates.csv"
+OFFICIAL_IMAGES = 33_126
+"""The images the challenge's ``train.csv`` lists: a copy listing them claims to be it."""
+OFFICIAL_DUPLICATES = 425
+"""The images the challenge's duplicate list drops from them (33,126 -> 32,701)."""
 TEST_FRACTION = 0.2
 SPLIT_BY = ("patient", "image")
 
@@ -59,6 +64,26 @@ def read_duplicates(manual_dir: Path) -> set[str]:
             "is needed to drop the 425 duplicate images"
         )
     return {row["image_name_2"].strip() for row in read_csv(path, ["image_name_1", "image_name_2"])}
+
+
+def refuse_partial_duplicates(path: Path, listed: int, dropped: int) -> None:
+    """Refuse a partial duplicate list beside the official ``train.csv``, saying how much.
+
+    ``listed``: the images ``train.csv`` lists; ``dropped``: those the list drops. With
+    the challenge's 33,126 images the list must drop its 425: a list cut short would
+    leave duplicates in (one lesion in training and test), and the paper's 32,701 out
+    of reach, without a word. Another ``train.csv`` (a subset, the tests' small fakes)
+    is not checked: nothing says how many of its images are duplicates.
+    """
+    if listed != OFFICIAL_IMAGES or dropped >= OFFICIAL_DUPLICATES:
+        return
+    raise DataError(
+        f"{path}: drops {dropped} of the official train.csv's {OFFICIAL_IMAGES:,} images as "
+        f"duplicates, the challenge's list {OFFICIAL_DUPLICATES}: missing "
+        f"{OFFICIAL_DUPLICATES - dropped} duplicates. The paper's "
+        f"{OFFICIAL_IMAGES - OFFICIAL_DUPLICATES:,} images need the whole list "
+        "(a partial copy?)"
+    )
 
 
 def carve_images(labels: Sequence[int], fraction: float, seed: int) -> np.ndarray:
@@ -114,11 +139,13 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     if not csv_path.is_file():
         raise DataError(f"{csv_path} not found; expected {LAYOUT}")
     duplicates = read_duplicates(manual_dir)
-    examples = []
+    examples, listed, dropped = [], 0, set()
     for row in read_csv(csv_path, ["image_name", "patient_id", "target"], HEADER):
         where = f"{csv_path}:{row.line}"
         name = row["image_name"].strip()
+        listed += 1
         if name in duplicates:
+            dropped.add(name)
             continue
         target = row["target"].strip()
         if target not in ("0", "1"):
@@ -128,6 +155,7 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         rel = f"jpeg/train/{name}.jpg"
         path = safe_join(manual_dir, rel, source=where)
         examples.append(Example(path, int(target), rel, patient=row["patient_id"].strip()))
+    refuse_partial_duplicates(manual_dir / DUPLICATES, listed, len(dropped))
     return split_examples(
         examples, split_by=config.split_by, val_fraction=config.val_fraction, seed=config.seed
     )

@@ -4,10 +4,12 @@ Layout: 3,064 ``N.mat`` files (any folder depth, e.g. the four unzipped
 parts), MATLAB v7.3, i.e. HDF5, read with h5py: ``cjdata/image`` (int16,
 mostly 512×512; MATLAB stores column-major, so h5py sees it transposed),
 ``cjdata/label`` (1 meningioma, 2 glioma, 3 pituitary), ``cjdata/PID``
-(patient id as UTF-16 code units). ``cvind.mat`` is ignored. Each image is
-min-max scaled to uint8 grey (the intensities have no fixed range). The
-paper's split is patient-disjoint with ~18% test (2,522 / 542): ``test`` is
-carved at that fraction, stratified, seeded, then ``val`` from the rest.
+(patient id as UTF-16 code units). ``cvind.mat`` (the release's 5-fold ids)
+is not an image: it only tells whether the copy is the official release (see
+:func:`refuse_partial_copy`). Each image is min-max scaled to uint8 grey (the
+intensities have no fixed range). The paper's split is patient-disjoint with
+~18% test (2,522 / 542): ``test`` is carved at that fraction, stratified,
+seeded, then ``val`` from the rest.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
+from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task, name_runs
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import scan_files
@@ -27,6 +29,16 @@ from medft_jax.data.pixels import check_finite, check_size, minmax_to_uint8
 CLASS_NAMES = ("meningioma", "glioma", "pituitary")
 TEST_FRACTION = 542 / 3064
 IGNORED = ("cvind.mat",)
+FOLD_IDS = "cvind.mat"
+OFFICIAL_IMAGES = 3064
+"""The release's images, ``1.mat`` .. ``3064.mat``, each with a fold id in its ``cvind.mat``."""
+PARTS = "1-766, 767-1532, 1533-2298 and 2299-3064"
+"""The numbers each of the release's four zip parts holds (brainTumorDataPublic_<part>)."""
+
+
+class UnreadableMat(DataError):
+    """A ``.mat`` file that cannot be read as HDF5 (truncated, damaged): a bad file,
+    which ``--skip-bad-images`` skips, unlike a readable file with a wrong label."""
 
 
 def _open(path: Path):
@@ -35,7 +47,7 @@ def _open(path: Path):
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise DataError(f"cannot read {path} as MATLAB v7.3 (HDF5): {err}") from None
+        raise UnreadableMat(f"cannot read {path} as MATLAB v7.3 (HDF5): {err}") from None
 
 
 def _field(f, path: Path, name: str) -> np.ndarray:
@@ -43,6 +55,8 @@ def _field(f, path: Path, name: str) -> np.ndarray:
         return np.asarray(f["cjdata"][name])
     except KeyError:
         raise DataError(f"{path}: missing field cjdata/{name}") from None
+    except (OSError, RuntimeError, ValueError) as err:  # h5py's errors of a damaged file
+        raise UnreadableMat(f"cannot read {path}: cjdata/{name}: {err}") from None
 
 
 def read_meta(path: Path) -> tuple[int, str]:
@@ -52,7 +66,10 @@ def read_meta(path: Path) -> tuple[int, str]:
         pid_codes = _field(f, path, "PID").ravel()
         # MATLAB writes an empty char array as its dimensions, [0 0], marked MATLAB_empty:
         # read as text it would be "\x00\x00", one patient shared by every such file.
-        empty = bool(f["cjdata"]["PID"].attrs.get("MATLAB_empty", 0))
+        try:
+            empty = bool(f["cjdata"]["PID"].attrs.get("MATLAB_empty", 0))
+        except (OSError, RuntimeError) as err:
+            raise UnreadableMat(f"cannot read {path}: cjdata/PID: {err}") from None
     pid = "" if empty else "".join(chr(int(c)) for c in pid_codes).strip("\x00 \t\r\n")
     if not pid:
         raise DataError(
@@ -89,20 +106,98 @@ def decode(path: Path) -> Image.Image:
     return Image.fromarray(minmax_to_uint8(image), mode="L")
 
 
-def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
-    files = [p for p in scan_files(manual_dir, manual_dir, (".mat",)) if p.name not in IGNORED]
+def fold_id_count(path: Path) -> int:
+    """How many images ``cvind.mat`` gives a fold id (3,064 in the official release).
+
+    Read as MATLAB v7.3 (HDF5, as the images) or an older MAT file (scipy): the
+    variable ``cvind``, or the file's only one. One that cannot be read is an error
+    naming it: silently passed over, it would let a partial copy through.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            arrays = {k: np.asarray(v) for k, v in f.items() if isinstance(v, h5py.Dataset)}
+    except (OSError, RuntimeError, ValueError):
+        from scipy.io import loadmat
+
+        try:
+            arrays = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+        except Exception as err:  # scipy fails in many ways on a file that is not a MAT file
+            raise DataError(
+                f"cannot read {path} as a MATLAB file ({err}); it is the release's 5-fold ids, "
+                "read to check that the copy is whole: replace it with the release's file"
+            ) from None
+    ids = arrays.get("cvind", next(iter(arrays.values())) if len(arrays) == 1 else None)
+    if ids is None:
+        raise DataError(
+            f"{path}: no variable cvind among {sorted(arrays)}; expected the release's 5-fold "
+            f"ids, one per image ({OFFICIAL_IMAGES:,})"
+        )
+    return int(np.asarray(ids).size)
+
+
+def refuse_partial_copy(manual_dir: Path, scanned: list[Path]) -> None:
+    """Refuse a copy of the official release without every image, naming the missing ones.
+
+    The copy claims to be the release when its ``cvind.mat`` holds the release's
+    3,064 fold ids; its images are then ``1.mat`` .. ``3064.mat``. One zip part not
+    unpacked (766 images) or a copy cut short would leave the patient-disjoint split
+    smaller, and the paper's 2,522 / 542 out of reach, without a word. A copy
+    without that file, or with another one (a subset, the tests' small fakes), is
+    not checked: nothing says how many images it should hold.
+    """
+    index = next((p for p in scanned if p.name == FOLD_IDS), None)
+    if index is None or fold_id_count(index) != OFFICIAL_IMAGES:
+        return
+    present = {int(p.stem) for p in scanned if p.stem.isdigit()}
+    missing = [n for n in range(1, OFFICIAL_IMAGES + 1) if n not in present]
+    if missing:
+        raise DataError(
+            f"{manual_dir}: {OFFICIAL_IMAGES - len(missing):,} of T1w MRI's "
+            f"{OFFICIAL_IMAGES:,} official images ({index.name} indexes all of them); missing "
+            f"{name_runs(missing, '{}.mat'.format)}. The split needs every image (a partial "
+            f"copy? the release's four zip parts hold {PARTS})"
+        )
+
+
+def parse(
+    manual_dir: Path, config: MedicalConfig, *, skipped: list[str] | None = None
+) -> dict[str, list[Example]]:
+    """The examples of every ``.mat`` file, split; see the module docstring.
+
+    ``skipped`` (``--skip-bad-images``): a file that cannot be read (truncated,
+    damaged) is left out and its id appended, as an image that fails to decode
+    is skipped; ``None``: it is an error naming it. A readable file whose label or
+    patient id is wrong is refused either way: that is a wrong copy, not a bad file.
+    """
+    scanned = scan_files(manual_dir, manual_dir, (".mat",))
+    files = [p for p in scanned if p.name not in IGNORED]
     if not files:
         raise DataError(f"{manual_dir}: no .mat files found; expected {LAYOUT}")
+    refuse_partial_copy(manual_dir, scanned)
     examples = []
     for path in files:
-        label, pid = read_meta(path)
+        rel = path.relative_to(manual_dir).as_posix()
+        try:
+            label, pid = read_meta(path)
+        except UnreadableMat:
+            if skipped is None:
+                raise
+            skipped.append(rel)
+            continue
         if label not in (1, 2, 3):
             raise DataError(
                 f"{path}: cjdata/label {label} outside the class list "
                 "1 (meningioma), 2 (glioma), 3 (pituitary)"
             )
-        rel = path.relative_to(manual_dir).as_posix()
         examples.append(Example(path, label - 1, rel, patient=pid))
+    if not examples:
+        raise DataError(
+            f"{manual_dir}: every .mat file was skipped as unreadable ({len(files)}, "
+            "--skip-bad-images); repair or replace the files"
+        )
     return standard_splits(
         examples,
         val_fraction=config.val_fraction,
@@ -116,7 +211,14 @@ LAYOUT = (
     "<dir>/**/N.mat, MATLAB v7.3 files with cjdata/{image,label,PID} "
     "(https://doi.org/10.6084/m9.figshare.1512427)"
 )
-TASK = Task(name="t1w_mri", class_names=CLASS_NAMES, parse=parse, layout=LAYOUT, decode=decode)
+TASK = Task(
+    name="t1w_mri",
+    class_names=CLASS_NAMES,
+    parse=parse,
+    layout=LAYOUT,
+    decode=decode,
+    reads_files=True,
+)
 
 
 class T1wMri(MedicalBuilder, skip_registration=True):
