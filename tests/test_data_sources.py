@@ -259,6 +259,19 @@ def test_folder_empty_class_is_named(tmp_path):
         load("folder", manual_dir=tmp_path / "imgs", data_dir=tmp_path / "out", **SIZES)
 
 
+def test_an_unzipped_archives_macosx_folder_is_not_a_class(tmp_path):
+    """A macOS zip leaves __MACOSX/<class>/._x.png resource forks: not a third class."""
+    from medft_jax.data.folder import parse_folder
+
+    _folder(tmp_path / "imgs")
+    forks = tmp_path / "imgs" / "__MACOSX" / "a"
+    forks.mkdir(parents=True)
+    (forks / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    classes, splits = parse_folder(tmp_path / "imgs")
+    assert "__MACOSX" not in classes and len(classes) == 2
+    assert not any("__MACOSX" in str(e.path) for v in splits.values() for e in v)
+
+
 def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
     _folder(tmp_path / "imgs")
     bad = tmp_path / "imgs" / "dog" / "7.png"

@@ -291,3 +291,24 @@ def test_a_split_or_patient_column_left_without_its_flag_is_refused(tmp_path):
     _write(tmp_path, "path,label,patient,set", rows)
     _, _, splits = _table(tmp_path)
     assert sum(len(v) for v in splits.values()) == 12
+
+
+def test_a_path_missed_for_the_usual_slips_says_why(tmp_path):
+    """Paths relative to the CSV's own folder, or with Windows backslashes."""
+    _images(tmp_path)
+    (tmp_path / "meta").mkdir()
+    rows = [f"../imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    (tmp_path / "meta" / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError) as err:
+        parse_table(tmp_path, "meta/labels.csv")
+    assert _one_line(err).endswith(
+        f"escapes the dataset root {tmp_path.resolve()} (paths are read relative to "
+        f"--manual-dir {tmp_path}, not to the CSV's folder)"
+    )
+    rows = [f"imgs\\a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    _write(tmp_path, "path,label", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err).endswith(
+        "not found in " + f"{tmp_path} (paths separate folders with '/', not '\\')"
+    )

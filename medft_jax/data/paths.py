@@ -93,8 +93,9 @@ def scan_files(
     folder is walked once, so a link cycle ends) and refused when they lead
     out of it. A link that points nowhere is refused too: it is an image the
     user meant to include that would otherwise vanish without a word.
-    Hidden entries (``.name``) are skipped. Paths keep the names seen under
-    ``folder`` (not the link targets), so ids stay what the user sees.
+    Hidden entries (``.name``) and ``__MACOSX`` are skipped (:func:`not_listed`).
+    Paths keep the names seen under ``folder`` (not the link targets), so ids
+    stay what the user sees.
     """
     wanted = None if suffixes is None else {s.lower() for s in suffixes}
     real_root = resolved(root)
@@ -109,7 +110,7 @@ def scan_files(
             continue
         seen.add(real)
         for entry in sorted(os.scandir(current), key=lambda e: e.name):
-            if entry.name.startswith("."):
+            if not_listed(entry.name):
                 continue
             path = Path(entry.path)
             if entry.is_symlink():
@@ -126,11 +127,22 @@ def scan_files(
     return sorted(found)
 
 
+ARCHIVE_METADATA = frozenset({"__MACOSX"})
+"""Folder names an unzipped archive leaves that never hold the user's images: macOS's
+AppleDouble resource forks (``__MACOSX/<class>/._x.png``), which would otherwise be a
+class of undecodable files."""
+
+
+def not_listed(name: str) -> bool:
+    """Whether a directory entry is left out of every listing: hidden or archive metadata."""
+    return name.startswith(".") or name in ARCHIVE_METADATA
+
+
 def sub_folders(root: Path, folder: Path) -> list[Path]:
     """Non-hidden sub-folders of ``folder``, sorted by name, each checked to stay in ``root``."""
     folders = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith("."):
+        if not_listed(entry.name):
             continue
         if entry.is_symlink():
             resolved(entry.path)  # a loop: named, not the OSError is_dir() raises

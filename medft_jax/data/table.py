@@ -211,8 +211,11 @@ def parse_table(
         raw = row[path_column].strip()
         if not raw:
             raise DataError(f"{where}: empty {path_column!r}; expected an image path")
-        path = safe_join(root, raw, source=where)
-        _check_file(path, raw, where, root)
+        try:
+            path = safe_join(root, raw, source=where)
+            _check_file(path, raw, where, root)
+        except DataError as err:
+            raise DataError(f"{err}{_path_hint(raw, root, csv_path)}") from None
         example_id = Path(os.path.relpath(path, real_root)).as_posix()
         first = listed.setdefault(example_id, row)
         if first is not row:
@@ -364,6 +367,21 @@ def check_label_options(
     twice = next((c for c in columns if columns.count(c) > 1), None)
     if twice is not None:
         raise DataError(f"label_columns (--label-columns) names column {twice!r} twice")
+
+
+def _path_hint(raw: str, root: Path, csv_path: Path) -> str:
+    """Why a listed path may have missed, for its error line: the two usual slips.
+
+    Paths are read relative to ``--manual-dir``; a CSV kept in a subfolder often
+    lists them relative to itself (``../img/x.png``). A CSV written on Windows
+    separates with backslashes, which are part of a file name elsewhere.
+    """
+    beside_csv = os.path.realpath(csv_path.parent / raw)
+    if csv_path.parent.resolve() != Path(root).resolve() and os.path.isfile(beside_csv):
+        return f" (paths are read relative to --manual-dir {root}, not to the CSV's folder)"
+    if "\\" in raw:
+        return " (paths separate folders with '/', not '\\')"
+    return ""
 
 
 def _check_file(path: Path, raw: str, where: str, root: Path) -> None:
