@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,16 @@ import numpy as np
 
 from experiments.common import add_bits_stored_flag, add_dicom_window_flag
 from medft_jax.config import PRECISIONS
+from medft_jax.data.dicom import OneValueUnwindowed, WindowOnColour
 from medft_jax.data.errors import DataError
 from medft_jax.data.images import open_image
-from medft_jax.data.pixels import DicomWindow, check_bits_stored, parse_dicom_window
+from medft_jax.data.pixels import (
+    BitsExceeded,
+    DicomWindow,
+    GreyBitsUndeclared,
+    check_bits_stored,
+    parse_dicom_window,
+)
 from medft_jax.data.preprocess import normalize, resize_and_crop
 from medft_jax.errors import ArgumentParser, UserError, cli_main
 
@@ -50,6 +57,7 @@ def load_image(
     bits_stored: int | None = None,
     dicom_window: DicomWindow | None = None,
     decoder: str | None = None,
+    reword: Callable[[DataError], str | None] | None = None,
 ) -> np.ndarray:
     """One image file -> the uint8 (crop, crop, 3) array the model sees.
 
@@ -57,7 +65,10 @@ def load_image(
     ``prepare`` uses too: 16-bit, float and DICOM files converted by the same
     rules, the same size limits, the same one-line refusals. ``decoder``
     (``t1w_mri``): the task's own reader, the only one its run used: ``.mat``
-    files alone, each slice min-max scaled as in training.
+    files alone, each slice min-max scaled as in training. ``reword``: the
+    refusal in a checkpoint's terms where it has its own (None: the decoder's):
+    a decoder's advice to give a flag is wrong where the checkpoint fixes it
+    (:meth:`Predictor.refusal`).
     """
     if not str(path):  # Path("") is ".", the current folder
         raise PredictError("--images: an empty path; expected an image file")
@@ -74,20 +85,23 @@ def load_image(
         else:
             image = open_image(Path(path), bits_stored, dicom_window)
     except DataError as e:
-        raise PredictError(str(e)) from None
+        raise PredictError((reword(e) if reword is not None else None) or str(e)) from None
     return resize_and_crop(image, resize_size, crop_size)
 
 
 def _note_unfinished(checkpoint: Path, epoch: Any) -> None:
     """One note line when a run's ``best/`` has no ``record.json`` beside it: the run is
     training, or was killed, and this is its best epoch so far; after an interrupted
-    ``--force`` the finished run's parameters are the ones set aside in ``previous/``."""
+    ``--force`` the finished run's parameters are the ones set aside in ``previous/``.
+    ``epoch`` is the metadata's, counted from 0 as ``record.json``'s ``best_epoch`` is;
+    the note counts from 1, as ``run`` and ``sweep`` print epochs (``epoch 1: ...``,
+    ``best epoch 1 of 6``), so that it names the epoch the user saw."""
     from medft_jax.results import PREVIOUS_NAMES, RECORD_NAME
 
     folder = checkpoint.expanduser().absolute().parent
     if checkpoint.name != "best" or (folder / RECORD_NAME).is_file():
         return
-    when = f" (epoch {epoch})" if isinstance(epoch, int) else ""
+    when = f" (epoch {epoch + 1})" if isinstance(epoch, int) else ""
     note = f"note: {checkpoint}: its run has not finished (no {RECORD_NAME} in {folder}): "
     note += f"these are its best parameters so far{when}"
     for name in PREVIOUS_NAMES:
@@ -138,6 +152,9 @@ class Predictor:
             m.get("resize_size") or get_arch(m["arch"]).resize_for(self.crop_size)
         )
         from_run = str(m.get("source", "")).startswith("run ")
+        self.from_run = from_run
+        self.trained_bits_stored = m.get("bits_stored")
+        self.trained_dicom_window = parse_dicom_window(m.get("dicom_window"))
         if from_run:
             _note_unfinished(Path(checkpoint), m.get("epoch"))
         self.bits_stored = _decoding_rule(
@@ -183,6 +200,52 @@ class Predictor:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self._probs(self.variables, images))
 
+    def refusal(self, err: DataError) -> str | None:
+        """A decoder's refusal in this checkpoint's terms, or None to keep its own.
+
+        Predict must decode exactly as the checkpoint's training did, so where the
+        checkpoint fixes a rule (a recorded ``bits_stored``, or a run's that declared
+        none), the decoder's advice to give ``--bits-stored`` or ``--dicom-window``
+        would be refused here: the user went from one error to the other. This says
+        instead how the training decoded such files and what reads the file: saving it
+        as the training images were, or training a run with the flag on such images.
+        """
+        trained_bits, run = self.trained_bits_stored, self.from_run
+        if isinstance(err, GreyBitsUndeclared) and run and trained_bits is None:
+            return (
+                f"{err.path}: {err.what}; the checkpoint's run declared no --bits-stored, so "
+                "it decoded 16-bit files by that rule, refusing files like this one, and "
+                "predict decodes as it did: save this file as 8-bit, scaled as you want it, "
+                "or train a run on such images with --bits-stored N, the bits they use (12 "
+                "for most X-rays), and predict with its checkpoint (--bits-stored 16 forces "
+                "that rule here, keeping those few grey levels)"
+            )
+        if isinstance(err, BitsExceeded) and trained_bits is not None:
+            top = (1 << int(trained_bits)) - 1
+            return (
+                f"{err.path}: {err.what}; the checkpoint records --bits-stored {trained_bits}, "
+                "the bits its training images were decoded with, and predict decodes as they "
+                f"were: save this file with values 0..{top}, scaled as you want it, or train "
+                "a run on such images with --bits-stored N, the bits they use"
+            )
+        if isinstance(err, OneValueUnwindowed) and run and self.trained_dicom_window is None:
+            return (
+                f"{err.path}: {err.what}; the checkpoint's run declared no --dicom-window, so "
+                "it showed each DICOM file by its own window or range, refusing files like "
+                "this one, and predict shows them as it did: leave this file out, or train a "
+                "run with --dicom-window CENTER,WIDTH and predict with its checkpoint"
+            )
+        window = self.trained_dicom_window
+        if isinstance(err, WindowOnColour) and window is not None:
+            return (
+                f"{err.path}: colour DICOM ({err.photometric}), and the checkpoint records "
+                f"--dicom-window {window[0]:g},{window[1]:g}, the window its training DICOM "
+                "files were shown by, which applies to greyscale DICOM alone: its training "
+                "refused such files, and predict decodes as it did; save it as an 8-bit "
+                "image (PNG), which the window does not apply to"
+            )
+        return None
+
     def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Probabilities (len(paths), num_classes); all images are checked before any compute."""
         check_batch_size(batch_size)
@@ -196,7 +259,7 @@ class Predictor:
         with tempfile.TemporaryDirectory(prefix="medft-predict-") as scratch:
             arrays = _image_store(len(paths), self.crop_size, Path(scratch))
             for i, p in enumerate(paths):
-                arrays[i] = load_image(p, *size)
+                arrays[i] = load_image(p, *size, reword=self.refusal)
             out = []
             for i in range(0, len(arrays), batch_size):
                 batch = np.asarray(arrays[i : i + batch_size])

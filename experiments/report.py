@@ -9,8 +9,10 @@ the paper's Tables 3-12 (Markdown, LaTeX, CSV), cost tables, paired
 comparisons with FT, figures and an ``index.md`` under ``--out``. With
 ``--config`` the grid says which runs are expected, so an unfinished sweep
 shows what is missing; without it the expectation is inferred from the
-records. Any problem (no runs folder, a corrupt record, a bad config or
-filter) is one ``error:`` line and exit status 2, with nothing written.
+records. ``--latest`` leaves out the records a sweep superseded by rerunning their
+settings on edited data (without it, such records are refused, named). Any problem
+(no runs folder, a corrupt record, a bad config or filter) is one ``error:`` line and
+exit status 2, with nothing written.
 ``--out`` is only ever replaced when it is a report this command wrote
 (its ``.medft-report`` marker lists the files) holding nothing else; it may
 not be, be inside, or contain ``--runs``.
@@ -56,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         "'|' separates alternatives (strategy=ft|lp); repeatable",
     )
     p.add_argument(
+        "--latest",
+        action="store_true",
+        help="leave out each record superseded by a rerun of its settings on newer data "
+        "(a sweep after the data was edited), keeping the newest by finished_at; index.md "
+        "says how many. A folder/csv run is dropped only for a rerun on the same folder "
+        "and options",
+    )
+    p.add_argument(
         "--beat-threshold",
         type=float,
         default=0.1,
@@ -78,7 +88,7 @@ def _summary(args: argparse.Namespace):
     failures = results.load_failures(runs)
     if not records and not failures:
         raise UserError(f"--runs {runs}: no run records (record.json) or failure notes in it")
-    summary = collect(records, failures, grid=grid, filters=filters)
+    summary = collect(records, failures, grid=grid, filters=filters, latest=args.latest)
     if not any(c.runs_done for c in summary.cells.values()):
         what = f"grid {grid.name!r}" if grid is not None else "the filters"
         raise UserError(

@@ -19,6 +19,7 @@ record. It is three named steps:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import datetime
@@ -50,6 +51,7 @@ from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_info
 from medft_jax.errors import UserError, env_seconds, one_line
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
+from medft_jax.names import LOCAL_KINDS
 from medft_jax.results import RunRecord
 from medft_jax.runtime import process_0_says
 from medft_jax.strategies import Schedule
@@ -657,6 +659,7 @@ def _best_metadata(run: _Run, name: str) -> dict[str, Any]:
         meta["dicom_window"] = [float(v) for v in run.ds.metadata["dicom_window"]]
     if run.ds.name in model_checkpoint.DECODERS:  # files read by the task's own reader (T1w's .mat)
         meta["decoder"] = run.ds.name
+    meta.update(_data_source(run.ds))  # which folder trained it: provenance, read by no one
     return meta
 
 
@@ -941,6 +944,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "multilabel": ds.multilabel,
         "class_names": list(ds.class_names),
         **_dataset_options(config, ds),
+        **_data_source(ds),
         "split_fingerprint": ds.split_fingerprint(),
         **_source_fingerprint(ds),
         **_decoding(ds),
@@ -989,6 +993,63 @@ def _dataset_options(config: RunConfig, ds: data.Dataset) -> dict[str, Any]:
     """
     options = task_options(config.dataset, ds.metadata)
     return {"dataset_options": options} if options else {}
+
+
+_TEXT_OPTIONS = ("path_column", "label_column", "group_column", "split_column")
+"""Layout options whose value is a column name: kept as written (``"1"`` stays a string)."""
+
+
+def data_source_of(ds: data.Dataset) -> dict[str, Any] | None:
+    """Where a user's own dataset (``folder``, ``csv``) was read from, and how; None for
+    other datasets, or a cache that does not say (built before it recorded its root).
+
+    ``{"root": absolute folder, "csv_file": absolute path (csv), "options": {the layout
+    options given: columns, fractions, patient folders; unset ones at their defaults},
+    "skip_bad_images": bool}``. Every user's dataset is named ``folder`` or ``csv``, and a
+    run's identity is its data's content fingerprint, so without this a record could not
+    say which of two hospitals' folders it was trained on. Provenance only: it is outside
+    the config (and so outside the run's name and hash), which stays content-addressed.
+    ``bits_stored``/``dicom_window`` are left to the record's ``decoding``.
+    """
+    meta = ds.metadata
+    if ds.name not in LOCAL_KINDS or not meta.get("root"):
+        return None
+    root = Path(str(meta["root"])).expanduser().resolve()
+    given = meta.get("options") if isinstance(meta.get("options"), dict) else {}
+    options = {
+        str(k): _option_value(str(k), v)
+        for k, v in sorted(given.items())
+        if k not in ("csv_file", "bits_stored", "dicom_window") and v is not None
+    }
+    source: dict[str, Any] = {"root": str(root)}
+    if given.get("csv_file") is not None:  # relative: to the root, as the loader reads it
+        source["csv_file"] = str((root / Path(str(given["csv_file"])).expanduser()).resolve())
+    source["options"] = options
+    built = meta.get("source")
+    if isinstance(built, dict) and "skip_bad_images" in built:
+        source["skip_bad_images"] = bool(built["skip_bad_images"])
+    return source
+
+
+def _option_value(name: str, value: Any) -> Any:
+    """A layout option as given, from the cache's metadata (which writes each as ``str``):
+    fractions as numbers, lists as lists, flags as booleans; column names as written."""
+    if not isinstance(value, str) or name in _TEXT_OPTIONS:
+        return value
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+    if isinstance(parsed, (list, tuple)) and all(isinstance(v, str) for v in parsed):
+        return list(parsed)
+    plain = isinstance(parsed, (bool, int, float)) and not isinstance(parsed, complex)
+    return parsed if plain else value
+
+
+def _data_source(ds: data.Dataset) -> dict[str, Any]:
+    """``{"data_source": ...}`` (:func:`data_source_of`) for a user's own dataset, else nothing."""
+    source = data_source_of(ds)
+    return {"data_source": source} if source else {}
 
 
 def _skipped_images(ds: data.Dataset) -> dict[str, Any]:

@@ -58,8 +58,15 @@ Record schema (``medft_jax.fit.run_one`` writes it; keys a reader relies on):
 ``environment``
     :func:`medft_jax.environment.environment_info`: package versions, devices, git
     revision, host.
+``data_source``
+    Only for a user's own data (``folder``, ``csv``; absent in older records): where
+    it was read from and how (:func:`medft_jax.fit.data_source_of`): ``root`` (the
+    folder, absolute), ``csv_file`` (absolute), ``options`` (the layout options given)
+    and ``skip_bad_images``. Provenance, outside ``config``: the run's name and hash
+    stay those of its data's content, and two folders of equal content are one run.
 ``finished_at``
     ISO 8601 UTC time the record was written (optional; readers must not need it).
+    A report orders records on edited data by it (the older ones are superseded).
 
 Non-finite floats (an undefined metric, NaN) are written as JSON ``null``,
 so that every record is standard JSON that any tool reads; records read
@@ -111,6 +118,7 @@ class RunRecord(TypedDict, total=False):
     """A finished run's ``record.json``, as :func:`medft_jax.fit.run_one` writes it.
 
     ``dataset_options`` is there only for tasks with split or label options,
+    ``data_source`` only for a user's own ``folder``/``csv`` data,
     ``skipped_bad_images`` (split -> count) only when ``--skip-bad-images``
     left files out, ``split_fingerprint`` (which example is in which split, not the
     pixels: :meth:`medft_jax.data.Dataset.split_fingerprint`; absent in older
@@ -129,6 +137,7 @@ class RunRecord(TypedDict, total=False):
     multilabel: bool
     class_names: list[str]
     dataset_options: dict[str, str]
+    data_source: dict[str, Any]
     split_fingerprint: str
     source_fingerprint: str
     decoding: dict[str, Any]

@@ -660,8 +660,8 @@ def test_a_class_missing_from_an_evaluation_split_stops_the_run_before_it_starts
     assert run_cli.main(argv) == 2
     line = _one_error_line(capsys)
     assert re.fullmatch(
-        r"error: folder: the (val|test) split \(\d+ examples\) has no example of class 'rare', "
-        r"so its AUROC is undefined .* or drop the class",
+        rf"error: {re.escape(str(images.resolve()))}: the (val|test) split \(\d+ examples\) has "
+        r"no example of class 'rare', so its AUROC is undefined .* or drop the class",
         line,
     ), line
     assert not out.exists()  # not even the --out folder the flags' check made

@@ -466,6 +466,54 @@ def test_a_runs_checkpoint_without_a_decoding_rule_refuses_one_at_predict(saved,
     assert (ported.bits_stored, ported.dicom_window) == (12, (40.0, 80.0))
 
 
+def test_a_dark_16_bit_file_on_a_checkpoint_of_fixed_bits_is_told_what_predict_takes(tmp_path):
+    """Predict decodes as the checkpoint's training did, so the decoder's "give
+    --bits-stored" is wrong where the checkpoint fixes the bits: a 12-bit X-ray on a run
+    trained without the flag was told to give 12, which was refused ("leave the flag
+    out"), and only 16, a nearly black image, was taken. The refusal says how the run
+    decoded such files and what reads this one, and asks for no flag predict refuses."""
+    tiny = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes("resnet_tiny", 3))
+    ported = {**META, "arch": "resnet_tiny", "resize_size": 32, "crop_size": 32}
+    run = {**ported, "source": "run folder-resnet_tiny-ft-lr0.001-s0-abc"}
+
+    def checkpoint(name: str, meta: dict) -> Path:
+        return save_model(tmp_path / name, tiny["params"], tiny["batch_stats"], meta)
+
+    path = checkpoint("r", run)
+    xray = tmp_path / "xray12.png"
+    Image.fromarray(np.full((40, 50), 4095, np.uint16)).save(xray)
+    with pytest.raises(predict.PredictError) as e:
+        predict.Predictor(path).predict_files([str(xray)])
+    assert str(e.value) == (
+        f"{xray}: 16-bit image whose values all fit in 14 bits (4095..4095) would keep at "
+        "most 64 grey levels under the 16-bit rule; the checkpoint's run declared no "
+        "--bits-stored, so it decoded 16-bit files by that rule, refusing files like this "
+        "one, and predict decodes as it did: save this file as 8-bit, scaled as you want it, "
+        "or train a run on such images with --bits-stored N, the bits they use (12 for most "
+        "X-rays), and predict with its checkpoint (--bits-stored 16 forces that rule "
+        "here, keeping those few grey levels)"
+    )
+    with pytest.raises(predict.PredictError, match=r"^--bits-stored 12: .*leave the flag out$"):
+        predict.Predictor(path, 12)  # why the advice must not be "give --bits-stored 12"
+    assert predict.Predictor(path, 16).bits_stored == 16  # the one flag it names: taken
+    # Ported weights decode by any rule: the decoder's own advice holds there.
+    with pytest.raises(predict.PredictError, match=r"; give --bits-stored with the bits its"):
+        predict.Predictor(checkpoint("p", ported)).predict_files([str(xray)])
+    # A checkpoint of 12 bits and a file of more: "give the bits the data really uses"
+    # would be refused as disagreeing with the checkpoint's.
+    path12 = checkpoint("b", {**run, "bits_stored": 12})
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.full((40, 50), 5000, np.uint16)).save(wide)
+    with pytest.raises(predict.PredictError) as e:
+        predict.Predictor(path12).predict_files([str(wide)])
+    assert str(e.value) == (
+        f"{wide}: values 5000..5000 exceed the 12-bit range 0..4095 of --bits-stored 12; the "
+        "checkpoint records --bits-stored 12, the bits its training images were decoded "
+        "with, and predict decodes as they were: save this file with values 0..4095, scaled "
+        "as you want it, or train a run on such images with --bits-stored N, the bits they use"
+    )
+
+
 @pytest.mark.slow
 def test_a_checkpoint_carries_its_dicom_window(saved, tmp_path):
     """A run's ``--dicom-window`` is in its best parameters' metadata (format version 4: an

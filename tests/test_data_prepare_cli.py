@@ -36,7 +36,8 @@ def test_prepare_says_what_a_run_would_refuse(tmp_path, capsys):
     argv += ["--data-dir", str(tmp_path / "out"), "--resize-size", "36", "--image-size", "32"]
     assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: folder: the ") and "of class 'c'" in err
+    root = (tmp_path / "imgs").resolve()  # the dataset's folder, not "folder"
+    assert err.startswith(f"error: {root}: the ") and "of class 'c'" in err
     assert len(err.splitlines()) == 1
 
 

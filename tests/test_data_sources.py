@@ -326,6 +326,29 @@ def test_skipping_every_image_of_a_class_is_refused(tmp_path):
     assert not list((tmp_path / "out").rglob("meta.json"))
 
 
+def test_a_class_that_skipping_took_from_val_names_the_skipped_file_and_the_folder(tmp_path):
+    """Splits are carved before decoding: --skip-bad-images can take a class's only val
+    image away after. The refusal says so (a larger --val-fraction is not the fix) and
+    names the dataset's folder, not ``folder``, which every user's dataset is called."""
+    root = tmp_path / "imgs"
+    for split, n in (("train", 4), ("val", 1), ("test", 2)):
+        for c, name in enumerate(("cat", "dog")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                image(100 * c + 10 * len(split) + i).save(root / split / name / f"{i}.png")
+    (root / "val" / "dog" / "0.png").write_bytes(b"not a png")
+    kw = {"data_dir": tmp_path / "out", "skip_bad_images": True, "progress": False, **SIZES}
+    ds = load("folder", manual_dir=root, **kw)
+    with pytest.raises(DataError) as e:
+        ds.check_scorable()
+    assert str(e.value) == (
+        f"{root.resolve()}: the val split (1 example) has only examples of class 'cat', so its "
+        "AUROC is undefined and the macro means would leave it out; --skip-bad-images left out "
+        "1 of its files (e.g. val/dog/0.png): repair or replace it; give the split more "
+        "images of it (where the split is carved: a larger --val-fraction) or drop the class"
+    )
+
+
 # csv
 
 

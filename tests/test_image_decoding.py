@@ -657,6 +657,74 @@ def test_dicom_without_window_uses_the_pixel_range(tmp_path):
     assert np.asarray(open_image(path))[0].tolist() == expected.tolist() == [0, 12, 25, 255]
 
 
+def test_dicom_of_one_value_without_a_window_is_refused_not_black(tmp_path):
+    """A blank or padded slice (every pixel 500, or 3000) has no range of its own: by its
+    min..max both came out all black, one image. Refused as a LUT no pixel reaches is,
+    and not skipped by --skip-bad-images (nothing is wrong with the file); its own window,
+    or one for the dataset, shows it."""
+    for value in (500, 3000):
+        path = _write_dicom(tmp_path / f"c{value}.dcm", np.full((40, 48), value, np.uint16))
+        message = (
+            f"{path}: greyscale DICOM without a window whose pixels all hold one value "
+            f"({value}) has no range to show by (any such file would come out black, whatever "
+            "its value); give --dicom-window CENTER,WIDTH to show every DICOM file of the "
+            "dataset by one window, or leave the file out"
+        )
+        with pytest.raises(NotABadFile) as e:
+            ImageReader(RESIZE, CROP, skip_bad_images=True).read(path)
+        assert str(e.value) == message
+        with pytest.raises(PredictError) as e:  # predict says the same, ported weights' way
+            load_image(path, RESIZE, CROP)
+        assert str(e.value) == message
+    low, high = tmp_path / "c500.dcm", tmp_path / "c3000.dcm"
+    windowed = [np.asarray(open_image(p, dicom_window=(2000, 4000))) for p in (low, high)]
+    assert [int(w.max()) for w in windowed] == [32, 191]  # (v - 0) / 4000 * 255
+    assert (windowed[0] == windowed[0].flat[0]).all()
+    own = _write_dicom(tmp_path / "w.dcm", np.full((4, 5), 500, np.uint16), window=(500, 1001))
+    assert (np.asarray(open_image(own)) == 128).all()  # its own window: a grey, as before
+
+
+def test_predict_does_not_ask_for_a_window_flag_its_checkpoint_refuses(tmp_path):
+    """A run that declared no --dicom-window refuses the flag at predict, so a blank
+    slice's refusal must not ask for it there: it says how the run showed DICOM files.
+    Nor, where the checkpoint records a window, may a colour file's refusal say "leave
+    the flag out": the window is the checkpoint's, and leaving it out changes nothing."""
+    import jax
+
+    from experiments import predict
+    from medft_jax.checkpoints.model import save_model
+    from medft_jax.models import variable_shapes
+
+    tiny = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes("resnet_tiny", 2))
+    meta = {"arch": "resnet_tiny", "num_classes": 2, "resize_size": 32, "crop_size": 32}
+    meta["source"] = "run folder-resnet_tiny-ft-lr0.001-s0-abc"
+    best = save_model(tmp_path / "best", tiny["params"], tiny["batch_stats"], meta)
+    blank = _write_dicom(tmp_path / "blank.dcm", np.full((40, 48), 500, np.uint16))
+    with pytest.raises(PredictError) as e:
+        predict.Predictor(best).predict_files([str(blank)])
+    assert str(e.value) == (
+        f"{blank}: greyscale DICOM without a window whose pixels all hold one value (500) has "
+        "no range to show by (any such file would come out black, whatever its value); the "
+        "checkpoint's run declared no --dicom-window, so it showed each DICOM file by its own "
+        "window or range, refusing files like this one, and predict shows them as it did: "
+        "leave this file out, or train a run with --dicom-window CENTER,WIDTH and predict "
+        "with its checkpoint"
+    )
+    with pytest.raises(PredictError, match=r"^--dicom-window 40,80: .*leave the flag out$"):
+        predict.Predictor(best, dicom_window="40,80")  # why it must not ask for the flag
+    meta["dicom_window"] = [40.0, 80.0]
+    windowed = save_model(tmp_path / "w", tiny["params"], tiny["batch_stats"], meta)
+    rgb = Path(get_testdata_file("SC_rgb_rle_16bit.dcm"))
+    with pytest.raises(PredictError) as e:
+        predict.Predictor(windowed).predict_files([str(rgb)])
+    assert str(e.value) == (
+        f"{rgb}: colour DICOM (RGB), and the checkpoint records --dicom-window 40,80, the "
+        "window its training DICOM files were shown by, which applies to greyscale DICOM "
+        "alone: its training refused such files, and predict decodes as it did; save it as "
+        "an 8-bit image (PNG), which the window does not apply to"
+    )
+
+
 def test_dicom_voi_lut_sequence_by_its_bit_depth(tmp_path):
     stored = np.array([[0, 1, 2, 3, 9]], np.uint16)
     path = _write_dicom(tmp_path / "a.dcm", stored, voi_lut=([4, 0, 12], [0, 1000, 2000, 4095]))

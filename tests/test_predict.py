@@ -222,7 +222,8 @@ def test_a_run_folder_given_as_the_checkpoint_points_to_its_best(tmp_path, capsy
 def test_an_unfinished_runs_best_is_noted_with_the_finished_one_set_aside(tmp_path, capsys):
     """A run killed mid-training (or after ``--force``) leaves ``best/`` without a record
     beside it: its best epoch so far, not the run's result; the note names the finished
-    run's parameters where ``--force`` set them aside."""
+    run's parameters where ``--force`` set them aside. The metadata's epoch counts from
+    0 (3: the fourth); the note counts from 1, as run prints epochs (``epoch 4: ...``)."""
     run = tmp_path / "run"
     meta = {"resize_size": 32, "crop_size": 32, "source": "run r", "epoch": 3}
     _zeros_checkpoint(run / "best", **meta)
@@ -231,12 +232,12 @@ def test_an_unfinished_runs_best_is_noted_with_the_finished_one_set_aside(tmp_pa
     assert main(argv) == 0
     err = capsys.readouterr().err
     note = f"note: {run / 'best'}: its run has not finished (no record.json in {run}): these "
-    assert f"{note}are its best parameters so far (epoch 3)\n" in err
+    assert f"{note}are its best parameters so far (epoch 4)\n" in err
     _zeros_checkpoint(run / "previous" / "best", **meta)
     (run / "previous" / "record.json").write_text("{}")
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert f"so far (epoch 3); its last finished run's are {run / 'previous' / 'best'}\n" in err
+    assert f"so far (epoch 4); its last finished run's are {run / 'previous' / 'best'}\n" in err
     (run / "record.json").write_text("{}")  # finished: nothing to say
     assert main(argv) == 0 and "note:" not in capsys.readouterr().err
 

@@ -660,7 +660,9 @@ def test_archs_trained_on_different_splits_are_refused():
         f"dataset 'bach' holds runs on different splits (split_fingerprint resnet50: s1 (e.g. "
         f"{resnet}); vgg19: s2 (e.g. {vgg['run']})): other val/test fractions, patient folders "
         "or skipped images, or data edited between them; their cells cannot be compared: "
-        "rerun the older ones on the data as it is, or report them from separate --runs folders"
+        "rerun the older ones on the data as it is and move their folders out of --runs (these "
+        "records do not say when they finished, so which are older is not known here), or "
+        "report them from separate --runs folders"
     )
 
     # Same split, other images before the resize: a folder edited between the archs' runs
@@ -694,6 +696,142 @@ def test_archs_trained_on_different_splits_are_refused():
     collect([twelve, decoded], [{**older_note, "decoding": {"bits_stored": 12}}])
     with pytest.raises(results.RecordError, match=r"decoding\.bits_stored: .*separate --runs"):
         collect([twelve, decoded], [{**older_note, "decoding": {}}])
+
+
+def own(
+    strategy="ft",
+    *,
+    data,
+    when=None,
+    root="/data/hospA",
+    classes=("benign", "malignant"),
+    split="s1",
+    options=None,
+    source=True,
+    test=0.5,
+):
+    """A record of a user's own ``folder`` run on data ``data`` (its fingerprints follow),
+    finished on day ``when`` of January 2025 (None: an older record with no time),
+    read from ``root`` (``source`` False: an older record that does not say)."""
+    r = rec("folder", "resnet_tiny", strategy, data_fingerprint=data, test=test)
+    r.update(split_fingerprint=split, source_fingerprint=f"p-{data}", class_names=list(classes))
+    if when is not None:
+        r["finished_at"] = f"2025-01-{when:02d}T10:00:00.123456+00:00"
+    if source:
+        r["data_source"] = {"root": root, "options": options or {}, "skip_bad_images": False}
+    return r
+
+
+def test_two_own_datasets_under_one_name_are_refused_naming_each_folder_not_as_an_edit():
+    """Every user's dataset is named ``folder``: two hospitals' folders in one --runs were
+    refused as "data edited between them". Their class lists or recorded folders say
+    otherwise, and the line names each side's folder."""
+    a = own(data="d1", when=1)
+    b = own("lp", data="d2", when=2, root="/data/hospB", classes=("normal", "pneumonia"))
+    with pytest.raises(results.RecordError) as e:
+        collect([a, b])
+    assert str(e.value) == (
+        "dataset 'folder' holds runs on different images (source_fingerprint resnet_tiny: p-d1 "
+        f"(folder /data/hospA; classes benign, malignant; e.g. {a['run']}); resnet_tiny: p-d2 "
+        f"(folder /data/hospB; classes normal, pneumonia; e.g. {b['run']})): different class "
+        "lists (benign, malignant vs normal, pneumonia) and data from different folders (root: "
+        '"/data/hospA" vs "/data/hospB"), not one dataset edited between them; their cells '
+        "cannot be compared: report them from separate --runs folders"
+    )
+    # The same classes from another folder; and older records, which name no folder.
+    with pytest.raises(results.RecordError, match=r'different folders \(root: "/data/hospA" vs'):
+        collect([a, own("lp", data="d2", when=2, root="/data/hospB")])
+    older = [own(data="d1", source=False), own("lp", data="d2", classes="xy", source=False)]
+    with pytest.raises(results.RecordError, match=r"different class lists \(benign, malig"):
+        collect(older)
+    # One csv read with and without --group-column: another split, not an edit.
+    grouped = own("lp", data="d2", when=2, split="s2", options={"group_column": "patient"})
+    with pytest.raises(results.RecordError) as e:
+        collect([a, grouped])
+    assert "holds runs on different splits" in str(e.value)
+    assert (
+        'the data read with other options (options.group_column: "<absent>" vs "patient"; '
+        "<absent>: the default), not one dataset edited between them"
+    ) in str(e.value)
+
+
+def test_runs_on_edited_data_name_the_superseded_folders_oldest_first():
+    """Sweep, edit an image, sweep again: the sweep reran the runs under new names and
+    left the old records; the report said "rerun the older ones" without naming them."""
+    old_ft, old_lp = own(data="d2", when=1), own("lp", data="d2", when=1)
+    new_ft = own(data="d1", when=2)  # its fingerprint sorts first, its record is newer
+    with pytest.raises(results.RecordError) as e:
+        collect([new_ft, old_ft, old_lp])
+    assert str(e.value) == (
+        "dataset 'folder' holds runs on different images (source_fingerprint resnet_tiny: p-d2 "
+        "(older, finished 2025-01-01T10:00:00; folder /data/hospA; e.g. "
+        f"{old_ft['run']}); resnet_tiny: p-d1 (newest, finished 2025-01-02T10:00:00; folder "
+        f"/data/hospA; e.g. {new_ft['run']})): the data was edited between them (same files "
+        "and labels, other pixels); their cells cannot be compared: the 2 runs on older data "
+        f"({old_ft['run']}, {old_lp['run']}) are superseded: move or delete their folders from "
+        f"--runs (1 of them, {old_lp['run']}, not rerun on the newest data yet: a sweep of the "
+        "grid reruns them), or report them from separate --runs folders"
+    )
+    # Every old run rerun: --latest is offered, and leaves exactly those out.
+    new_lp = own("lp", data="d1", when=2)
+    with pytest.raises(results.RecordError, match=r"or report with --latest \(which leaves"):
+        collect([new_ft, old_ft, old_lp, new_lp])
+    # A class added to the same folder: changed, not another dataset; the old runs named.
+    three = own("lp", data="d3", when=3, split="s3", classes=("benign", "malignant", "cyst"))
+    with pytest.raises(results.RecordError) as e:
+        collect([old_ft, three])
+    assert "different splits" in str(e.value) and str(e.value).endswith(
+        "the folder's class list changed between them (benign, malignant vs benign, "
+        "malignant, cyst); their cells cannot be compared: the 1 run on older data "
+        f"({old_ft['run']}) is superseded: move or delete its folder from --runs (1 of "
+        f"them, {old_ft['run']}, not rerun on the newest data yet: a sweep of the grid reruns "
+        "them), or report them from separate --runs folders"
+    )
+    # A paper task re-prepared between runs: the per-arch data check says the same.
+    bach_old = {**rec(data_fingerprint="d1"), "finished_at": "2025-01-01T00:00:00"}
+    bach_new = [
+        {**rec(strategy=s, data_fingerprint="d2"), "finished_at": "2025-01-02T00:00:00"}
+        for s in ("ft", "lp")
+    ]
+    with pytest.raises(results.RecordError) as e:
+        collect([bach_old, *bach_new])
+    assert str(e.value).endswith(
+        f"the 1 run on older data ({bach_old['run']}) is superseded: move or delete its "
+        "folder from --runs, or report with --latest (which leaves them out and says how "
+        "many), or report them from separate --runs folders"
+    )
+    assert collect([bach_old, *bach_new], latest=True).superseded == 1
+
+
+def test_latest_keeps_each_runs_newest_data_and_the_report_says_how_many_it_left_out(tmp_path):
+    old = [own(s, data="d2", when=1, test=0.9) for s in ("ft", "lp")]
+    new = [own(s, data="d1", when=3, test=0.6) for s in ("ft", "lp")]
+    summary = collect([*old, *new], latest=True)
+    assert summary.superseded == 2
+    assert summary.cell("folder", "resnet_tiny", "ft").mean() == pytest.approx(0.6)
+    index = write_report(summary, tmp_path / "report").read_text()
+    assert "2 records on older data (superseded by a rerun of the same settings on newer " in index
+    assert collect(new, latest=True).superseded == 0
+    # What is not clearly a rerun is never dropped: another folder of the same name,
+    # records that name no folder or no time; the refusal then stands.
+    other = own(data="d3", when=4, root="/data/hospB")
+    undated = own(data="d3")
+    unnamed = own(data="d3", when=4, source=False)
+    for newer in (other, undated, unnamed):
+        with pytest.raises(results.RecordError, match="holds runs on different images"):
+            collect([old[0], newer], latest=True)
+
+
+def test_cli_latest_reports_the_current_runs_the_refusal_names_the_superseded(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    old = [own(s, data="d2", when=1) for s in ("ft", "lp")]
+    _write_runs(runs, [*old, *(own(s, data="d1", when=2) for s in ("ft", "lp"))])
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(r["run"] in err for r in old) and "--latest" in err
+    assert not out.exists()
+    assert cli.main(["--runs", str(runs), "--out", str(out), "--latest"]) == 0
+    assert "2 records on older data" in (out / "index.md").read_text()
 
 
 def test_a_record_without_its_epoch_log_has_an_unknown_epoch_count():

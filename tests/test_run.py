@@ -501,3 +501,82 @@ def test_a_config_identified_on_other_data_is_refused(demo):
         f"dataset given is demo with data {other.metadata['fingerprint']}; identify it on this "
         "dataset (leave data_fingerprint and weights_fingerprint empty)"
     )
+
+
+def _own_folder(root: Path) -> Path:
+    """A user's two-class folder of 8 small PNGs a class (``<root>/<class>/<i>.png``)."""
+    from tests.data_fakes import image
+
+    for c, name in enumerate(("benign", "malignant")):
+        (root / name).mkdir(parents=True)
+        for i in range(8):
+            image(100 * c + i, size=(36, 36)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_own_data_records_its_folder_and_options_outside_the_runs_identity(
+    tmp_path, monkeypatch, demo
+):
+    """Every user's dataset is named ``folder`` or ``csv``, so a record must say which
+    folder (absolute), csv and layout options it read; the run's name stays its data's
+    content fingerprint: two equal folders are one run, as before."""
+    import shutil
+
+    from medft_jax import data, results
+
+    monkeypatch.chdir(tmp_path)
+    _own_folder(tmp_path / "hospA")
+    shutil.copytree(tmp_path / "hospA", tmp_path / "hospB")
+    kw = {"data_dir": tmp_path / "data", "resize_size": 36, "crop_size": 32, "progress": False}
+    a = data.load("folder", manual_dir="hospA", val_fraction=0.25, **kw)  # relative: resolved
+    b = data.load("folder", manual_dir=tmp_path / "hospB", val_fraction=0.25, **kw)
+    assert fit.data_source_of(a) == {
+        "root": str((tmp_path / "hospA").resolve()),
+        "options": {"val_fraction": 0.25},
+        "skip_bad_images": False,
+    }
+    assert fit.data_source_of(b)["root"] == str((tmp_path / "hospB").resolve())
+    assert fit.data_source_of(demo) is None  # a dataset known by its name
+    config = fit.RunConfig(dataset="folder", arch=TINY, strategy="ft", weights="none")
+    named = [results.run_name(fit.identify(config, ds).to_dict()) for ds in (a, b)]
+    assert named[0] == named[1]
+    assert not {"root", "manual_dir", "data_source"} & set(fit.identify(config, a).to_dict())
+
+    rows = [("path", "label", "patient")]
+    rows += [(f"{c}/{i}.png", c, f"p{i // 2}") for c in ("benign", "malignant") for i in range(8)]
+    (tmp_path / "hospA" / "labels.csv").write_text("\n".join(map(",".join, rows)) + "\n")
+    table = data.load(
+        "csv", manual_dir="hospA", csv_file="labels.csv", group_column="patient",
+        skip_bad_images=True, **kw,
+    )  # fmt: skip
+    assert fit.data_source_of(table) == {
+        "root": str((tmp_path / "hospA").resolve()),
+        "csv_file": str((tmp_path / "hospA" / "labels.csv").resolve()),
+        "options": {"group_column": "patient"},
+        "skip_bad_images": True,
+    }
+
+
+@pytest.mark.slow  # one run on a folder: the record and best/ say where its data came from
+def test_a_folder_runs_record_and_best_checkpoint_name_its_folder(tmp_path, monkeypatch):
+    from medft_jax import data
+    from medft_jax.checkpoints.model import load_metadata
+
+    monkeypatch.chdir(tmp_path)
+    _own_folder(tmp_path / "imgs")
+    ds = data.load(
+        "folder", manual_dir="imgs", data_dir=tmp_path / "data", resize_size=36, crop_size=32,
+        progress=False, val_fraction=0.25, test_fraction=0.25,
+    )  # fmt: skip
+    config = _config("ft", "none", arch=TINY, dataset="folder", epochs=1)
+    record = fit.run_one(config, tmp_path / "runs", dataset=ds, progress=False)
+    where = {
+        "root": str((tmp_path / "imgs").resolve()),
+        "options": {"test_fraction": 0.25, "val_fraction": 0.25},
+        "skip_bad_images": False,
+    }
+    assert record["data_source"] == where
+    assert "data_source" not in record["config"]
+    on_disk = json.loads((tmp_path / "runs" / record["run"] / "record.json").read_text())
+    assert on_disk["data_source"] == where
+    assert load_metadata(tmp_path / "runs" / record["run"] / "best")["data_source"] == where

@@ -102,8 +102,14 @@ class Dataset:
         is not comparable with them. Checked before any training, so a run
         fails in seconds, not after fifty epochs. A small class in a user's
         folder is the usual cause; the message says what gives the split one
-        (:meth:`_scorable_hint`).
+        (:meth:`_scorable_hint`). Splits are carved before any image is
+        decoded, so ``--skip-bad-images`` can take a class's only val or test
+        image away afterwards: the message then names the files it left out
+        there (:meth:`_skipped_hint`), the cause a fraction would not fix. A
+        user's dataset is named by its folder (``metadata["root"]``), not by
+        ``folder``/``csv``, which every user's dataset is called.
         """
+        where = self.metadata.get("root") or self.name
         for name in splits:
             labels = np.asarray(self.split(name).labels)
             n = len(labels)
@@ -120,10 +126,25 @@ class Dataset:
                     else ("no example" if k == 0 else "only examples")
                 )
                 raise DataError(
-                    f"{self.name}: the {name} split ({n} examples) has {what} of class "
-                    f"{self.class_names[c]!r}, so its AUROC is undefined and the macro means "
-                    f"would leave it out; {self._scorable_hint(name)}"
+                    f"{where}: the {name} split ({n} example{'s' * (n != 1)}) has {what} of "
+                    f"class {self.class_names[c]!r}, so its AUROC is undefined and the macro "
+                    f"means would leave it out; {self._skipped_hint(name)}"
+                    f"{self._scorable_hint(name)}"
                 )
+
+    def _skipped_hint(self, split: str) -> str:
+        """``--skip-bad-images left out N of its files (e.g. X): ...; `` when the cache
+        skipped bad images of ``split``, else ``""``: the class may have lost its images
+        there, which the split's size or fraction would not explain."""
+        skipped = self.metadata.get("skipped_bad_images")
+        ids = skipped.get(split) if isinstance(skipped, dict) else None
+        if not ids:
+            return ""
+        n = len(ids)
+        return (
+            f"--skip-bad-images left out {n} of its files (e.g. "
+            f"{sorted(map(str, ids))[0]}): repair or replace {'them' if n != 1 else 'it'}; "
+        )
 
     def _scorable_hint(self, split: str) -> str:
         """What gives ``split`` every class, naming only what applies to this dataset.

@@ -16,7 +16,8 @@ order a DICOM viewer applies (PS3.3 C.11, PS3.4 N.2):
    when present (mapped by its output bit depth; a table declared 16-bit
    whose entries fit 12 bits, as some CRs write, by its data's), else the
    first WindowCenter/WindowWidth pair with its VOILUTFunction, else the
-   values' own min..max (what a viewer shows without a window); an enhanced
+   values' own min..max (what a viewer shows without a window; a file whose values
+   are all one is refused, as it has none); an enhanced
    file's one frame takes its rescale and window from its functional groups;
    MONOCHROME1 (higher values darker) is then inverted so that bone is white
    as in MONOCHROME2; a fixed window given for the dataset
@@ -75,6 +76,33 @@ class DecoderMissing(NotABadFile):
     """
 
 
+class OneValueUnwindowed(NotABadFile):
+    """A greyscale DICOM file with no window whose pixels all hold one value (a blank or
+    padded slice): its own min..max has no range, and mapping it to black whatever the
+    value would make a slice of 500 and one of 3000 the same image. Refused, not
+    skipped by ``--skip-bad-images``, as a LUT that no pixel reaches is: nothing is
+    wrong with the file, and a fixed window (``--dicom-window``) shows it faithfully.
+    ``path`` and ``what`` (the file's value, without the advice) let a caller that
+    may not take the flag (``experiments.predict`` on a run's checkpoint) say what it
+    can do instead."""
+
+    def __init__(self, message: str, *, path: object, what: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.what = what
+
+
+class WindowOnColour(NotABadFile):
+    """A colour DICOM file given a fixed window (``--dicom-window``), which has no meaning
+    for it. ``path`` and ``photometric`` let a caller whose window is fixed by its
+    checkpoint (``experiments.predict``) say what it can do, not "leave the flag out"."""
+
+    def __init__(self, message: str, *, path: object, photometric: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.photometric = photometric
+
+
 def is_dicom(path: Path) -> bool:
     """True for a DICOM suffix or the ``DICM`` marker at byte 128 (the DICOM preamble)."""
     if path.suffix.lower() in DICOM_SUFFIXES:
@@ -124,9 +152,11 @@ def _read_dicom(path: Path, window: DicomWindow | None) -> Image.Image:
         raise DataError(f"{path}: unreadable DICOM file ({one_line(err)})") from None
     photometric = _check_header(ds, path)
     if window is not None and photometric not in GREY:
-        raise NotABadFile(
+        raise WindowOnColour(
             f"{path}: --dicom-window applies to greyscale DICOM ({'/'.join(GREY)}), and this "
-            f"file is {photometric}; leave the flag out or keep colour files elsewhere"
+            f"file is {photometric}; leave the flag out or keep colour files elsewhere",
+            path=path,
+            photometric=photometric,
         )
     pixels = _decode_pixels(ds, path)
     try:
@@ -257,8 +287,26 @@ def _grey(
         except ValueError as err:
             raise DataError(f"{path}: bad DICOM window ({err})") from None
     else:
+        _check_some_range(values, path)
         image = minmax_to_uint8(values)
     return 255 - image if _inverted(ds, photometric) else image
+
+
+def _check_some_range(values: np.ndarray, path: Path) -> None:
+    """Refuses a file shown by its own min..max whose values are all one (see
+    :class:`OneValueUnwindowed`): every such file would come out black, whatever its value."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if lo == hi:
+        what = (
+            f"greyscale DICOM without a window whose pixels all hold one value ({lo:g}) has "
+            "no range to show by (any such file would come out black, whatever its value)"
+        )
+        raise OneValueUnwindowed(
+            f"{path}: {what}; give --dicom-window CENTER,WIDTH to show every DICOM file of "
+            "the dataset by one window, or leave the file out",
+            path=path,
+            what=what,
+        )
 
 
 def _inverted(ds: Any, photometric: str) -> bool:

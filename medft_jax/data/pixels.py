@@ -43,7 +43,8 @@ through, converts by these rules instead:
 * **DICOM** (see :mod:`medft_jax.data.dicom`): the modality LUT (rescale
   slope/intercept), then the VOI LUT or the first window (centre/width, with
   its LINEAR, LINEAR_EXACT or SIGMOID function), else the pixel values' own
-  min..max (what a viewer shows without a window), or one window for the
+  min..max (what a viewer shows without a window; a file whose values are all
+  one has none and is refused: black whatever the value), or one window for the
   whole dataset (``--dicom-window``, :func:`parse_dicom_window`) in place of
   all three; MONOCHROME1 is inverted.
 * **Refused**, with the path: 16-bit images as above, NaN or
@@ -178,6 +179,25 @@ UNDECLARED_FLOOR_BITS = 14
 refused: the 16-bit rule would leave it at most 64 grey levels (12-bit data: 16)."""
 
 
+class GreyBitsUndeclared(BitsUndeclared):
+    """A 16-bit greyscale file whose values fit in a few bits, refused until its bits are
+    declared. Told apart from 16-bit colour (which takes the 16-bit rule only) so that a
+    caller bound to a rule already chosen (``experiments.predict`` on a run's checkpoint)
+    can say that training with ``--bits-stored N`` reads such files, true only here."""
+
+
+class BitsExceeded(NotABadFile):
+    """A 16-bit file whose values exceed the declared ``bits_stored``. ``path`` and
+    ``what`` (the values and the range, without the advice) let a caller that may not
+    change the bits (``experiments.predict``, bound to its checkpoint's) say what it can
+    do instead of asking for the flag it would refuse."""
+
+    def __init__(self, message: str, *, path: object, what: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.what = what
+
+
 def integer16_to_uint8(
     values: np.ndarray, signed: bool, bits_stored: int | None, path: Path | str
 ) -> np.ndarray:
@@ -197,7 +217,7 @@ def integer16_to_uint8(
                 f"{kind} image whose values all fit in {UNDECLARED_FLOOR_BITS} bits "
                 f"({lo}..{hi}) would keep at most 64 grey levels under the 16-bit rule"
             )
-            raise BitsUndeclared(
+            raise GreyBitsUndeclared(
                 f"{path}: {what}; give --bits-stored with the bits its data uses (12 for most "
                 "X-rays, 8 for unscaled 8-bit data), or --bits-stored 16 to keep the 16-bit rule",
                 path=path,
@@ -206,9 +226,12 @@ def integer16_to_uint8(
         bits_stored = 16
     if not _fits(lo, hi, bits_stored, signed):
         low, high = _range(bits_stored, signed)
-        raise NotABadFile(
-            f"{path}: values {lo}..{hi} exceed the {bits_stored}-bit range {low}..{high} of "
-            f"--bits-stored {bits_stored}; give the bits the data really uses"
+        what = (
+            f"values {lo}..{hi} exceed the {bits_stored}-bit range {low}..{high} of "
+            f"--bits-stored {bits_stored}"
+        )
+        raise BitsExceeded(
+            f"{path}: {what}; give the bits the data really uses", path=path, what=what
         )
     if signed:
         return signed_to_uint8(values, bits_stored)
@@ -271,7 +294,8 @@ def unit_float_to_uint8(values: np.ndarray, path: Path | str) -> np.ndarray:
 
 
 def minmax_to_uint8(values: np.ndarray) -> np.ndarray:
-    """The values' own min..max -> 0..255 (rounded); a constant image is all 0.
+    """The values' own min..max -> 0..255 (rounded); a constant image is all 0 (DICOM
+    refuses one before it gets here: :class:`medft_jax.data.dicom.OneValueUnwindowed`).
 
     Used where values have no fixed range: DICOM without a window, and the
     T1w MRI task's intensities (arbitrary units per scan).

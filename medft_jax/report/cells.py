@@ -22,6 +22,7 @@ Nothing here formats text: :mod:`medft_jax.report.render` and
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +31,7 @@ from typing import Any
 from medft_jax import results
 from medft_jax.config import BN_TRAINS_THROUGHOUT, RunConfig
 from medft_jax.data.options import task_options
-from medft_jax.names import same_data
+from medft_jax.names import LOCAL_KINDS, same_data
 from medft_jax.report import aggregate
 from medft_jax.results import RecordError
 
@@ -155,6 +156,8 @@ class Summary:
     filters: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     left_out: int = 0
     """Records and failure notes under ``--runs`` that are not runs of the grid."""
+    superseded: int = 0
+    """Records left out by ``latest``: runs whose settings were rerun on newer data."""
     dataset_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     """Dataset -> the split and label options its runs used (``task_options``)."""
     protocol: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -176,6 +179,7 @@ def collect(
     failures: Iterable[dict[str, Any]] = (),
     grid: Any = None,
     filters: Mapping[str, Iterable[str]] | None = None,
+    latest: bool = False,
 ) -> Summary:
     """Gathers records and failure notes into cells (see the module docstring).
 
@@ -186,6 +190,9 @@ def collect(
         runs; then only runs of the grid count (same config hash), the rest
         are counted in ``Summary.left_out``. None: infer the expectation.
       filters: ``--only`` filters (:func:`medft_jax.grid.parse_only`).
+      latest: ``--latest``: leave out each record superseded by a rerun of its
+        settings on newer data (:func:`drop_superseded`), counted in
+        ``Summary.superseded``. Without it such records are refused, named.
 
     Raises:
       RecordError: a record lacking what a report needs, records of one
@@ -234,6 +241,11 @@ def collect(
         records = [r for r in records if gridlib.matches(r["config"], filt)]
         failures = [f for f in failures if gridlib.matches(f["config"], filt)]
         expected = _infer_expected(records + failures)
+    superseded = 0
+    if latest:
+        records, superseded = drop_superseded(records)
+        if grid is None:  # the runs left out are no longer expected of a cell
+            expected = _infer_expected(records + failures)
 
     _check_numerics(records + failures)
     _check_strategy_options(records + failures)
@@ -274,6 +286,7 @@ def collect(
         grid_name=None if grid is None else grid.name,
         filters={k: frozenset(v) for k, v in filt.items()},
         left_out=left_out,
+        superseded=superseded,
         dataset_options=options,
         protocol=protocol,
     )
@@ -579,11 +592,21 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
         if diff:
             key = next(iter(diff))
             mine = [r for r in runs if r["config"]["arch"] == arch]
+            way_out = "report them from separate --runs folders"
+            if key == "data_fingerprint":  # other data: two datasets, or one edited
+                by_data: dict[str, list[dict[str, Any]]] = {}
+                for r in mine:
+                    by_data.setdefault(str(r["config"].get(key)), []).append(r)
+                other = _other_data(mine)
+                if other is not None and other[1]:
+                    way_out = f"{other[0]}, not one dataset edited between them; {way_out}"
+                else:
+                    way_out = _way_out(key, _by_age(by_data))
             raise RecordError(
                 f"dataset {dataset!r}, arch {arch}: runs from different inputs "
                 f"({_describe_diff(diff)}; e.g. "
                 f"{_one_run_each(mine, [r['config'].get(key) for r in mine])}); their "
-                "strategies cannot be compared: report them from separate --runs folders"
+                f"strategies cannot be compared: {way_out}"
             )
     # Across archs the weights differ by design (each its own ImageNet file), but one
     # arch from random initialisation against another's ImageNet runs is no comparison
@@ -614,21 +637,241 @@ def _one_run_each(runs: Sequence[Mapping[str, Any]], values: Sequence[Any]) -> s
 
 def _check_same(dataset: str, runs: list[dict[str, Any]], key: str, what: str, why: str) -> None:
     """Refuses runs of one dataset whose ``key`` differs, naming the archs and one run of
-    each value (the folder to look at, or to move out)."""
+    each value (the folder to look at, or to move out).
+
+    Which way out the line gives depends on what the records say: two datasets under
+    one name (other class lists, other folders or layout options: each side's folder
+    named) are reported apart; one dataset edited between runs leaves the runs on the
+    older data superseded, and the line names their folders (see :func:`_way_out`).
+    """
     by_value: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         if r.get(key):
             by_value.setdefault(str(r[key]), []).append(r)
-    if len(by_value) > 1:
+    if len(by_value) <= 1:
+        return
+    keyed = [r for rs in by_value.values() for r in rs]
+    other = _other_data(keyed)
+    order = _by_age(by_value)
+    if other is not None and not other[1]:  # one folder, changed: an edit all the same
+        why = other[0]
+    elif other is not None:
         each = "; ".join(
-            f"{', '.join(sorted({r['config']['arch'] for r in rs}))}: {fp} (e.g. {_run_of(rs[0])})"
+            f"{_archs(rs)}: {fp} ({_where(rs, classes=True)}e.g. {_run_of(rs[0])})"
             for fp, rs in sorted(by_value.items())
         )
         raise RecordError(
-            f"dataset {dataset!r} holds runs on {what} ({key} {each}): {why}; their cells "
-            "cannot be compared: rerun the older ones on the data as it is, or report them "
-            "from separate --runs folders"
+            f"dataset {dataset!r} holds runs on {what} ({key} {each}): {other[0]}, not one "
+            "dataset edited between them; their cells cannot be compared: report them from "
+            "separate --runs folders"
         )
+    if order is None:
+        each = "; ".join(
+            f"{_archs(rs)}: {fp} ({_where(rs)}e.g. {_run_of(rs[0])})"
+            for fp, rs in sorted(by_value.items())
+        )
+    else:
+        each = "; ".join(
+            f"{_archs(rs)}: {fp} ({'newest' if i == len(order) - 1 else 'older'}, finished "
+            f"{_newest(rs)[:19]}; {_where(rs)}e.g. {_run_of(rs[0])})"
+            for i, (fp, rs) in enumerate(order)
+        )
+    raise RecordError(
+        f"dataset {dataset!r} holds runs on {what} ({key} {each}): {why}; their cells "
+        f"cannot be compared: {_way_out(key, order)}"
+    )
+
+
+def _archs(runs: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(sorted({str(r["config"]["arch"]) for r in runs}))
+
+
+def _finished(run: Mapping[str, Any]) -> str:
+    """A record's ``finished_at`` as ``YYYY-MM-DDTHH:MM:SS.ffffff`` in UTC, which orders as
+    text; "" when it has none or none readable (a failure note, an older record)."""
+    value = run.get("finished_at")
+    try:
+        when = datetime.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None:
+        return ""
+    if when.tzinfo is None:  # written as UTC
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def _newest(runs: Sequence[Mapping[str, Any]]) -> str:
+    return max(_finished(r) for r in runs)
+
+
+def _by_age(
+    by_value: Mapping[str, list[dict[str, Any]]],
+) -> list[tuple[str, list[dict[str, Any]]]] | None:
+    """The groups oldest first, by their newest record's ``finished_at``; None when that
+    does not tell (a group with no time, or two groups finished at the same time)."""
+    times = {value: _newest(rs) for value, rs in by_value.items()}
+    ordered = sorted(by_value.items(), key=lambda kv: (times[kv[0]], kv[0]))
+    newest, runner_up = times[ordered[-1][0]], times[ordered[-2][0]]
+    if not all(times.values()) or newest == runner_up:
+        return None
+    return ordered
+
+
+def data_source_of(run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A record's ``data_source`` flattened (``root``, ``csv_file``, ``skip_bad_images``,
+    ``options.<name>``), or None: not a user's own dataset, or an older record."""
+    source = run.get("data_source")
+    if not isinstance(source, Mapping):
+        return None
+    flat = {k: v for k, v in source.items() if k != "options"}
+    options = source.get("options")
+    if isinstance(options, Mapping):
+        flat.update({f"options.{k}": v for k, v in options.items()})
+    return flat
+
+
+def _other_data(runs: Sequence[Mapping[str, Any]]) -> tuple[str, bool] | None:
+    """What tells ``runs`` (of one dataset name, on differing data) apart besides their
+    data, where their records say, and whether that makes them two datasets; else None.
+
+    Other folders, CSV files or layout options (``data_source``) are two datasets, to
+    report apart; so are other class lists where the records name no folder. Other class
+    lists read from one recorded folder are that folder changed between runs.
+    """
+    reasons = []
+    classes = {
+        tuple(map(str, r["class_names"])) for r in runs if isinstance(r.get("class_names"), list)
+    }
+    sources = [source for r in runs if (source := data_source_of(r)) is not None]
+    diff = _differing(sources, ())
+    if len(classes) > 1:
+        listed = " vs ".join(map(", ".join, sorted(classes)))
+        if not diff and len(sources) == len(runs):
+            return f"the folder's class list changed between them ({listed})", False
+        reasons.append(f"different class lists ({listed})")
+    if diff:
+        if "root" in diff or "csv_file" in diff:
+            where = "data from different folders"
+        else:
+            where = "the data read with other options"
+        described = _describe_diff(diff)
+        absent = "; <absent>: the default" if "<absent>" in described else ""
+        reasons.append(f"{where} ({described}{absent})")
+    return (" and ".join(reasons), True) if reasons else None
+
+
+def _where(runs: Sequence[Mapping[str, Any]], *, classes: bool = False) -> str:
+    """``folder X, `` (and ``csv Y, ``; ``classes a, b, ``) of ``runs`` where their records
+    say: the words that tell two users' datasets apart in a refusal, "" where none do."""
+    parts = []
+    for field, label in (("root", "folder"), ("csv_file", "csv")):
+        places = sorted({str(s[field]) for r in runs if (s := data_source_of(r)) and field in s})
+        if places:
+            parts.append(f"{label} {' and '.join(places)}")
+    names = {tuple(r["class_names"]) for r in runs if isinstance(r.get("class_names"), list)}
+    if classes and names:
+        parts.append("classes " + " / ".join(", ".join(map(str, n)) for n in sorted(names)))
+    return "".join(f"{p}; " for p in parts)
+
+
+SHOWN_RUNS = 10
+"""Run folders a refusal names at most (the rest counted): one line, still readable."""
+
+
+def _way_out(key: str, order: list[tuple[str, list[dict[str, Any]]]] | None) -> str:
+    """What to do with runs of one dataset on edited data (``order``: their groups by
+    ``key``, oldest first; None: not known which are older).
+
+    The runs on the older data are superseded: a sweep reran them (a new data fingerprint
+    is a new run folder) and left the old records where they were. The line names their
+    folders, says which have no rerun yet, and offers ``--latest`` when it would leave
+    them all out (:func:`drop_superseded`).
+    """
+    if order is None:
+        return (
+            "rerun the older ones on the data as it is and move their folders out of --runs "
+            "(these records do not say when they finished, so which are older is not known "
+            "here), or report them from separate --runs folders"
+        )
+    newest = order[-1][1]
+    older = sorted((r for _, rs in order[:-1] for r in rs), key=_run_of)
+    reruns = {_rerun_key(r, strict=False) for r in newest}
+    waiting = [r for r in older if _rerun_key(r, strict=False) not in reruns]
+    strict = {_rerun_key(r) for r in newest if _finished(r)}
+    latest = all(_finished(r) and _rerun_key(r) in strict for r in older)
+    many = len(older) != 1
+    text = (
+        f"the {len(older)} run{'s' if many else ''} on older data "
+        f"({_names(older, key, order[-1][0])}) {'are' if many else 'is'} superseded: move or "
+        f"delete {'their folders' if many else 'its folder'} from --runs"
+    )
+    if latest:
+        text += ", or report with --latest (which leaves them out and says how many)"
+    if waiting:
+        text += (
+            f" ({len(waiting)} of them, {_names(waiting, key, None)}, not rerun on the newest "
+            "data yet: a sweep of the grid reruns them)"
+        )
+    return text + ", or report them from separate --runs folders"
+
+
+def _names(runs: Sequence[Mapping[str, Any]], key: str, newest: str | None) -> str:
+    """The run folders of ``runs``, at most :data:`SHOWN_RUNS` of them, the rest counted."""
+    names = [_run_of(r) for r in runs]
+    shown = ", ".join(names[:SHOWN_RUNS])
+    if len(names) > SHOWN_RUNS:
+        rest = f" and {len(names) - SHOWN_RUNS} more"
+        if newest is not None:
+            rest += f" (every run whose record's {key} is not {newest})"
+        shown += rest
+    return shown
+
+
+def _rerun_key(run: Mapping[str, Any], *, strict: bool = True) -> str:
+    """What a rerun on newer data shares with the run it supersedes: the whole config
+    but its ``data_fingerprint`` (and the fingerprints of the data, which then differ),
+    the split and label options and, for a user's own data (``strict``), where and how
+    it was read. Two folders of other content under one name never share it, so
+    ``--latest`` cannot drop one hospital's runs for another's; a ``folder``/``csv``
+    record without ``data_source`` (older) shares it with no other record."""
+    config = {k: v for k, v in run["config"].items() if k != "data_fingerprint"}
+    parts: list[Any] = [config, run_options(run)]
+    if strict:
+        source = run.get("data_source")
+        if source is None and str(run["config"]["dataset"]) in LOCAL_KINDS:
+            return _canon([parts, _run_of(run)])  # its own: never superseded
+        parts.append(source)
+    return _canon(parts)
+
+
+def drop_superseded(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """``(records kept, how many left out)``: of the records sharing a :func:`_rerun_key`
+    (the same run, settings and data source, on other data), those finished before the
+    newest one on other data (``--latest``).
+
+    Only what is clearly a rerun is dropped: a record without ``finished_at``
+    is never dropped nor drops another, and one on the newest's data is kept
+    (two records of one run are refused as such later). Failure notes carry no
+    time and are never dropped.
+    """
+    newest: dict[str, dict[str, Any]] = {}
+    for r in records:
+        key = _rerun_key(r)
+        if _finished(r) and (key not in newest or _finished(r) > _finished(newest[key])):
+            newest[key] = r
+    kept = []
+    for r in records:
+        top = newest.get(_rerun_key(r))
+        if (
+            top is not None
+            and _finished(r)
+            and _finished(r) < _finished(top)
+            and r["config"].get("data_fingerprint") != top["config"].get("data_fingerprint")
+        ):
+            continue
+        kept.append(r)
+    return kept, len(records) - len(kept)
 
 
 def _dataset_metrics(dataset: str, recs: list[dict[str, Any]]) -> tuple[str, tuple[str, str]]:

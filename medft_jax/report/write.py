@@ -374,6 +374,14 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
             "",
             f"{summary.left_out} records or failure notes outside the grid were left out.",
         ]
+    if summary.superseded:
+        n = summary.superseded
+        lines += [
+            "",
+            f"{n} record{'s' if n != 1 else ''} on older data (superseded by a rerun of "
+            f"the same settings on newer data) {'were' if n != 1 else 'was'} left out "
+            "(--latest).",
+        ]
     lines += [
         "",
         "## How to read the tables",
