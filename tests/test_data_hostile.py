@@ -834,6 +834,28 @@ def test_a_change_of_the_toolkits_rules_is_said_alone():
     )
 
 
+def test_a_new_decoding_version_rebuilds_a_folder_cache(tmp_path, capsys, monkeypatch):
+    """A cache written under older decoding rules (one that kept a blank DICOM slice
+    as a black image, say) is rebuilt on the next load, naming the rules as the reason;
+    loading again under the same rules reuses it."""
+    from medft_jax.data import images, local
+
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root, per_class=8)
+    monkeypatch.setattr(local, "DECODING_VERSION", images.DECODING_VERSION - 1)
+    _load_folder(root, out)
+    capsys.readouterr()
+    monkeypatch.setattr(local, "DECODING_VERSION", images.DECODING_VERSION)
+    _load_folder(root, out)
+    stale = [x for x in capsys.readouterr().err.splitlines() if "is stale" in x]
+    assert len(stale) == 1
+    assert stale[0].endswith(
+        "is stale: image decoding rules (16-bit, float, DICOM) changed; rebuilding"
+    )
+    _load_folder(root, out)
+    assert "is stale" not in capsys.readouterr().err
+
+
 def test_folder_cache_follows_links_moved_and_files_swapped(tmp_path, capsys):
     """Moving a link to another class relabels an image without touching any image file;
     swapping two same-size files keeps every name, size and mtime: both rebuild."""

@@ -69,7 +69,7 @@ IMAGE_SUFFIXES = (
 """What a ``folder`` dataset lists as images by name; a file of any other name is
 listed when it carries the DICOM marker (:func:`medft_jax.data.folder.image_files`)."""
 
-DECODING_VERSION = 6
+DECODING_VERSION = 7
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
 and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``; 3:
 ``bits_stored``, and 16-bit files of 14 bits or fewer refused without it; 4:
@@ -78,7 +78,8 @@ greyscale+alpha PNG read by the greyscale rules from all 16 bits instead of
 as colour from the high byte; 5: 16-bit and float WhiteIsZero TIFFs inverted, as
 8-bit ones always were; 6: signed 8-bit TIFFs by the signed rule, a DICOM LUT's
 first value read as signed where its inputs are, a RescaleIntercept without its
-slope applied, MONOCHROME2 with Presentation LUT Shape INVERSE inverted): a cache
+slope applied, MONOCHROME2 with Presentation LUT Shape INVERSE inverted; 7: a constant-valued
+greyscale DICOM without a window refused, where it decoded to black): a cache
 built under another version is stale."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
