@@ -1080,6 +1080,35 @@ def test_preparing_without_tensorflow_is_one_line_before_any_work(tmp_path):
 
 
 @tf_required
+@pytest.mark.slow
+def test_no_progress_keeps_tensorflows_startup_lines_off_stderr(tmp_path):
+    """TensorFlow (imported by TFDS at the first encoded image) prints its CPU-feature
+    and oneDNN lines from C++; under --no-progress a prepare prints none of them, and
+    a user's own TF_CPP_MIN_LOG_LEVEL is kept."""
+    manual, out = tmp_path / "bach", tmp_path / "out"
+    fakes.make_bach(manual, 10)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+
+    def prepare_quietly(data_dir: Path, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "experiments.prepare", "--dataset", "bach",
+             "--no-progress", "--manual-dir", str(manual), "--data-dir", str(data_dir),
+             "--resize-size", "36", "--image-size", "32"],
+            capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1],
+            env={**env, **extra},
+        )  # fmt: skip
+
+    result = prepare_quietly(out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr
+    assert result.stdout.startswith("bach: ")
+    # The user's own setting wins: level 0 lets TensorFlow's start-up lines through.
+    loud = prepare_quietly(tmp_path / "out2", TF_CPP_MIN_LOG_LEVEL="0", TF_ENABLE_ONEDNN_OPTS="1")
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "oneDNN" in loud.stderr
+
+
+@tf_required
 @pytest.mark.xdist_group("tfds_prepared")
 def test_a_failed_prepare_of_changed_data_leaves_no_old_cache_served(tmp_path):
     manual, out = tmp_path / "bach", tmp_path / "out"

@@ -321,7 +321,9 @@ def prepare_task(
 ) -> Path:
     """TFDS ``download_and_prepare`` from ``manual_dir``, then the cache; returns its dir."""
     # --no-progress: TFDS's absl warnings held back too (is_prepared's, the cache's
-    # decoder note), as its bars are; errors still show.
+    # decoder note), as its bars are, and TensorFlow's start-up lines; errors still show.
+    if not progress:
+        quiet_tensorflow_startup()
     with contextlib.nullcontext() if progress else quiet_logger("absl", logging.ERROR):
         return _prepare_task(
             name,
@@ -472,6 +474,21 @@ def _remove_incomplete(version_dir: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+TF_QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+"""The environment that keeps TensorFlow's C++ start-up lines (CPU features, oneDNN)
+off stderr. TensorFlow only encodes and decodes the TFDS images here (integer work,
+the same with or without oneDNN), so its note of oneDNN's float round-off says
+nothing about this toolkit's numbers."""
+
+
+def quiet_tensorflow_startup() -> None:
+    """Sets :data:`TF_QUIET_ENV` where the user has not, for a TensorFlow imported later
+    (TFDS imports it lazily, at the first encoded example); one already imported keeps
+    its lines."""
+    for key, value in TF_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 @contextlib.contextmanager
 def _tfds_progress(progress: bool) -> Iterator[None]:
     """TFDS's own progress bars and info logs, shown only with ``progress``
@@ -535,6 +552,8 @@ def load_task(
     target = cache_dir(data_dir, name, _variant(name, **config))
     reason = _stale_reason(target, data_dir) if cache.is_complete(target) else None
     if reason or not cache.is_complete(target):
+        if not progress:
+            quiet_tensorflow_startup()
         # TFDS warns of its custom config and a missing variant: a run says one line.
         with quiet_logger("absl", logging.ERROR):
             builder = make_builder(name, data_dir, **config)
