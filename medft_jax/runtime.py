@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 
+from medft_jax.data.locations import user_cache_base
 from medft_jax.errors import UserError, env_switch, writable_dir
 
 _SET_UP = False
@@ -110,8 +111,7 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path
     named = "the compilation cache folder"
     if path is None:
         named = "MEDFT_JAX_CACHE" if "MEDFT_JAX_CACHE" in os.environ else ""
-        base = Path(os.environ.get("MEDFT_JAX_CACHE", "~/.cache/medft_jax")).expanduser()
-        path = base / "xla"
+        path = user_cache_base() / "xla"
     path = Path(path)
     try:
         writable_dir(path, named or "MEDFT_JAX_CACHE (default ~/.cache/medft_jax)")

@@ -364,6 +364,40 @@ def test_a_prepared_cache_changed_in_place_is_refused_and_a_copy_is_not(tmp_path
         _load_folder(root, out)
 
 
+def test_a_read_only_copied_cache_is_hashed_once_not_on_every_load(tmp_path, monkeypatch):
+    """A lab's shared cache, copied without keeping times and then made read-only: its times
+    cannot go into its meta.json, so every load hashed every array again (minutes for
+    CheXpert). The check is kept in the user's own record instead; a later edit still
+    shows, as new times, and is refused."""
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "user"))
+    _folder(root)
+    first = _load_folder(root, out)
+    images = next(out.rglob("train_images.npy"))
+    cache_dir = images.parent
+    stamp = os.stat(images).st_mtime_ns + 10**9
+    os.utime(images, ns=(stamp, stamp))
+
+    def read_only(*_args, **_kw):
+        raise PermissionError(13, "Permission denied", str(cache_dir / "meta.json"))
+
+    monkeypatch.setattr(cache_mod, "update_meta", read_only)
+    hashed = []
+    digest = cache_mod._digest_of
+    monkeypatch.setattr(cache_mod, "_digest_of", lambda split: hashed.append(1) or digest(split))
+    for _ in range(3):
+        again = _load_folder(root, out)
+        assert again.metadata["fingerprint"] == first.metadata["fingerprint"]
+    assert len(hashed) == 1  # the train split, once
+    [record] = (tmp_path / "user" / "checked_caches").glob("*.json")
+    assert json.loads(record.read_text())["file_stats"]["train_images.npy"][1] == stamp
+    changed = bytearray(images.read_bytes())
+    changed[-50:] = bytes(255 - b for b in changed[-50:])
+    images.write_bytes(bytes(changed))  # new times: not the checked ones
+    with pytest.raises(DataError, match=r"the train split's files changed since the cache"):
+        _load_folder(root, out)
+
+
 def _patient_folders(root: Path, patients: int = 10, per_patient: int = 4) -> None:
     """``<class>/p<k>/<i>.png``; patient p0 has images under both classes."""
     for c, name in enumerate(("benign", "malignant")):

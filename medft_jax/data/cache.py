@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 from medft_jax import atomic
 from medft_jax.data.arrays import ArraySplit
 from medft_jax.data.errors import DataError
+from medft_jax.data.locations import user_cache_base
 from medft_jax.errors import one_line
 
 META = "meta.json"
@@ -433,16 +434,20 @@ def _check_unchanged(
 
     Size and mtime as written: nothing to read. A file of another mtime (a copy made
     without keeping times, a restore) is hashed again, and its split's digest must be the
-    recorded one; the new times are then recorded, so that happens once. Caches written
-    before the stats were recorded are read as they are.
+    recorded one; the new times are then recorded, so that happens once. A cache the user
+    cannot write (a lab's shared copy) keeps them in the user's own record instead
+    (:func:`_checked_record`), so it too is hashed once, not on every load. Caches
+    written before the stats were recorded are read as they are.
     """
     stats, digests = meta.get("file_stats"), meta.get("split_digests")
     if not isinstance(stats, dict) or not isinstance(digests, dict):
         return
+    record = _checked_record(cache_dir, meta)
+    checked = _read_checked(record)
     moved = {}
     for name, split in splits.items():
         now = _file_stats(cache_dir, [name])
-        changed = [f for f, st in now.items() if stats.get(f) != st]
+        changed = [f for f, st in now.items() if stats.get(f) != st and checked.get(f) != st]
         if not changed:
             continue
         resized = [f for f in changed if not stats.get(f) or stats[f][0] != now[f][0]]
@@ -455,9 +460,33 @@ def _check_unchanged(
             )
         moved.update(now)
     if moved:
-        with contextlib.suppress(OSError):  # a read-only shared cache: hashed again next time
+        try:
             update_meta(cache_dir, {"file_stats": {**stats, **moved}})
             meta["file_stats"] = {**stats, **moved}
+        except OSError:  # a read-only shared cache: the check is kept in the user's record
+            with contextlib.suppress(OSError):
+                text = json.dumps({"cache": str(cache_dir), "file_stats": {**checked, **moved}})
+                atomic.write_bytes(record, text.encode())
+
+
+def _checked_record(cache_dir: Path, meta: Mapping[str, Any]) -> Path:
+    """Where the user keeps the array files' stats checked against a cache they cannot write:
+    one file per cache folder and data fingerprint, under :func:`user_cache_base`. The
+    stats are trusted as ``meta.json``'s are: a file of these size and times hashed to the
+    recorded digest."""
+    key = hashlib.sha256(
+        f"{Path(cache_dir).resolve()}\0{meta.get('fingerprint', '')}".encode()
+    ).hexdigest()[:32]
+    return user_cache_base() / "checked_caches" / f"{key}.json"
+
+
+def _read_checked(record: Path) -> dict[str, Any]:
+    """The stats :func:`_check_unchanged` kept in ``record``; none when absent or unreadable."""
+    try:
+        stats = json.loads(record.read_text()).get("file_stats")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
 
 
 def _digest_of(split: ArraySplit, chunk: int = 1024) -> dict[str, Any]:

@@ -15,6 +15,12 @@ from pathlib import Path
 CACHE_ROOT = "medft_cache"
 
 
+def user_cache_base() -> Path:
+    """``$MEDFT_JAX_CACHE``, else ``~/.cache/medft_jax``: the user's own small files (compiled
+    programs, the checks of read-only shared caches), never data a run's numbers come from."""
+    return Path(os.environ.get("MEDFT_JAX_CACHE", "~/.cache/medft_jax")).expanduser()
+
+
 def default_data_dir() -> Path:
     """``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's default)."""
     return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
