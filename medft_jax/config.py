@@ -36,7 +36,7 @@ from medft_jax.names import (
 )
 
 PRECISIONS = ("fp32", "bf16")
-NUMERICS_VERSION = 3
+NUMERICS_VERSION = 4
 """The version of what a run computes from its settings, data and weights.
 
 Raised by a change that alters a run's numbers (an initialisation, a strategy's
@@ -46,8 +46,34 @@ written before is another run's, not a finished one: a sweep into the same
 without the field are version 1; version 2 (2026-12-02) brought torchvision's
 ``nn.Linear`` init to the new DenseNet-121/VGG-19 heads and multiplier 1 for a
 zero-norm tensor in Auto-RGN; version 3 (2026-12-02) computes eq. 6 accuracy as
-one division, so epochs of equal top-1 tie exactly in early stopping (BACH, T1w).
+one division, so epochs of equal top-1 tie exactly in early stopping (BACH, T1w);
+version 4 (2026-12-05) computes a bf16 run's new head in float32, so its logits (and its
+AUROC, mAP) are not rounded to bfloat16's 8 bits, which tied test scores.
+
+A change may alter the runs of some precisions only (:data:`NUMERICS_CHANGES`): a run
+records :func:`numerics_version` of its precision, so a float32 run keeps its version 3
+and its name across version 4, and a sweep does not train it again.
 """
+NUMERICS_CHANGES: dict[int, tuple[str, ...]] = {
+    2: PRECISIONS,
+    3: PRECISIONS,
+    4: ("bf16",),
+}
+"""The precisions whose runs each :data:`NUMERICS_VERSION` after 1 changed."""
+
+
+def numerics_version(precision: str, of: int = NUMERICS_VERSION) -> int:
+    """The numerics version a ``precision`` run computes with under toolkit version ``of``.
+
+    The latest change up to ``of`` that altered that precision's numbers: a float32 run
+    is version 3 under version 4, which changed bf16 runs only. Why not ``of`` itself:
+    the version is part of a run's identity, and a change that leaves a run's numbers
+    alone must not send a sweep to train it again.
+    """
+    changed = [v for v in range(2, of + 1) if precision in NUMERICS_CHANGES.get(v, ())]
+    return max(changed, default=1)
+
+
 FROZEN_BN = ("update", "freeze")
 BN_TRAINS_THROUGHOUT = ("ft", "l1_sp", "l2_sp", "auto_rgn", "llrd", "bitfit")
 """Strategies under which every block with a BatchNorm has a trainable parameter in every
@@ -193,10 +219,13 @@ class RunConfig:
     """Content hash of the prepared data (filled in by :func:`medft_jax.fit.identify`)."""
     weights_fingerprint: str = ""
     """Content hash of the starting weights, or ``none`` (filled in by ``identify``)."""
-    numerics: int = NUMERICS_VERSION
-    """The toolkit's :data:`NUMERICS_VERSION` the run computes with (not a choice)."""
+    numerics: int | None = None
+    """The :func:`numerics_version` of ``precision`` the run computes with (not a choice;
+    None: this toolkit's, filled in)."""
 
     def __post_init__(self) -> None:
+        if self.numerics is None and self.precision in PRECISIONS:
+            object.__setattr__(self, "numerics", numerics_version(self.precision))
         # One run, one name: freezing the BatchNorm of frozen blocks where no block is
         # ever frozen is the run that updates them.
         if self.frozen_bn == "freeze" and self.strategy in BN_TRAINS_THROUGHOUT:
@@ -262,10 +291,11 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
         raise UserError(f"{name('arch')} {config.arch!r} is unknown; valid: {', '.join(ARCHS)}")
     if config.precision not in PRECISIONS:
         raise UserError(f"{name('precision')} must be one of {', '.join(PRECISIONS)}")
-    if config.numerics != NUMERICS_VERSION or isinstance(config.numerics, bool):
+    expected = numerics_version(config.precision)
+    if config.numerics != expected or isinstance(config.numerics, bool):
         raise UserError(
-            f"{name('numerics')} {config.numerics!r}: this medft-jax computes numerics version "
-            f"{NUMERICS_VERSION} only; leave it out"
+            f"{name('numerics')} {config.numerics!r}: this medft-jax computes {config.precision} "
+            f"runs at numerics version {expected} only; leave it out"
         )
     if config.frozen_bn not in FROZEN_BN:
         raise UserError(f"{name('frozen_bn')} must be one of {', '.join(FROZEN_BN)}")

@@ -48,7 +48,7 @@ import numpy as np
 
 from medft_jax import atomic, locks
 from medft_jax.checkpoints.model import variables_hash
-from medft_jax.config import NUMERICS_VERSION
+from medft_jax.config import numerics_version
 from medft_jax.data import pipeline
 from medft_jax.data.cache import reserve_space
 from medft_jax.data.dataset import Dataset
@@ -356,7 +356,7 @@ def cached_features(
     backend = device_tag()
     expected = {
         "format": FORMAT,
-        "numerics": NUMERICS_VERSION,  # a toolkit that computes otherwise recomputes them
+        "numerics": numerics_version(precision),  # computed otherwise: recomputed
         "arch": arch,
         "precision": precision,
         "backend": backend,

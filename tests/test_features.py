@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from medft_jax import features, fit, locks, strategies
-from medft_jax.config import NUMERICS_VERSION
+from medft_jax.config import numerics_version
 from medft_jax.data.arrays import ArraySplit
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.demo import load_demo
@@ -503,12 +503,13 @@ def test_a_features_meta_of_another_shape_is_recomputed_not_a_crash(demo, tmp_pa
 
 
 def test_features_of_another_numerics_version_are_recomputed(demo, tmp_path):
-    """A toolkit that computes otherwise (NUMERICS_VERSION) never serves older features."""
+    """A toolkit that computes otherwise (the precision's numerics version) never serves older
+    features."""
     calls = []
     kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
     found, _ = features.cached_features(demo, **kw)
     meta = json.loads((found.directory / "meta.json").read_text())
-    assert meta["numerics"] == NUMERICS_VERSION
+    assert meta["numerics"] == numerics_version(meta["precision"])
     (found.directory / "meta.json").write_text(json.dumps({**meta, "numerics": 1}))
     _, info = features.cached_features(demo, **kw)
     assert not info["reused"] and len(calls) == 6

@@ -116,15 +116,36 @@ def test_same_seed_same_init_other_seed_differs():
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("resnet_tiny")
-def test_bfloat16_compute_keeps_float32_params(tiny):
+def test_bfloat16_compute_keeps_float32_params_and_a_float32_head(tiny):
     _, v = tiny
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     f32 = jax.jit(create("resnet_tiny", 2).apply)(v, x)
-    bf16 = jax.jit(create("resnet_tiny", 2, dtype=jnp.bfloat16).apply)(v, x)
-    assert bf16.dtype == jnp.bfloat16 and f32.dtype == jnp.float32
+    model = create("resnet_tiny", 2, dtype=jnp.bfloat16)
+    bf16 = jax.jit(model.apply)(v, x)
+    assert f32.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(v))
     err = np.abs(np.asarray(bf16, np.float32) - np.asarray(f32)).max()
     assert 0 < err < 0.05 * max(1.0, float(np.abs(f32).max()))
+    # The backbone computes in bfloat16; the new head computes in float32, so its
+    # logits are not rounded to bfloat16 (whose 8 bits tie near test scores).
+    feats = jax.random.normal(jax.random.key(2), (4, 2048)).astype(jnp.bfloat16)
+    head = jax.jit(lambda v, f: model.apply(v, f, part="head"))(v, feats)
+    fc = v["params"]["fc"]
+    by_hand = np.asarray(feats, np.float64) @ np.asarray(fc["kernel"], np.float64) + fc["bias"]
+    assert bf16.dtype == head.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(head), by_hand, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(np.asarray(bf16), np.asarray(bf16.astype(jnp.bfloat16), np.float32))
+
+
+def test_every_arch_gives_float32_logits_under_bfloat16_compute():
+    # Traced only (no memory, no compiling): the head's output dtype of each arch.
+    for arch in ARCHS:
+        model = create(arch, 3, dtype=jnp.bfloat16)
+        x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+        out = jax.eval_shape(
+            lambda x, model=model: model.init_with_output(jax.random.key(0), x)[0], x
+        )
+        assert out.dtype == jnp.float32, arch
 
 
 @pytest.mark.slow

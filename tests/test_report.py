@@ -16,7 +16,7 @@ from scipy import stats
 from experiments import report as cli
 from medft_jax import results
 from medft_jax.atomic import DIR_MODE
-from medft_jax.config import NUMERICS_VERSION
+from medft_jax.config import NUMERICS_VERSION, RunConfig, numerics_version
 from medft_jax.grid import Grid
 from medft_jax.names import ARCHS
 from medft_jax.report import (
@@ -256,7 +256,6 @@ def test_a_run_counted_twice_at_a_left_out_lr_is_refused():
 def test_one_medmnist_dataset_named_with_and_without_its_default_size_is_one_dataset():
     """``medmnist/x@28`` (records written before names were canonical) and ``medmnist/x``
     are one dataset: one table, its runs pooled, and one run found under both refused."""
-    from medft_jax.config import RunConfig
     from medft_jax.grid import matches, parse_only
 
     plain, sized = "medmnist/breastmnist", "medmnist/breastmnist@28"
@@ -858,13 +857,14 @@ def test_a_grid_that_freezes_batchnorm_reports_its_ft_runs_named_update():
 def test_runs_of_two_numerics_versions_are_refused_and_a_grid_leaves_the_older_out():
     """A record without ``numerics`` predates version 2 (DenseNet/VGG head init, Auto-RGN's
     zero-norm rule): its numbers are not comparable with a current run's."""
-    old, new = rec(strategy="lp"), rec(numerics=NUMERICS_VERSION)
+    current_fp32 = numerics_version("fp32")
+    old, new = rec(strategy="lp"), rec(numerics=current_fp32)
     assert "numerics" not in old["config"]
     collect([old, rec()])  # all of one version (the older): reported
     with pytest.raises(results.RecordError) as e:
         collect([new, old])
     assert str(e.value) == (
-        f"runs of numerics versions 1 and {NUMERICS_VERSION} (e.g. {old['run']} is version "
+        f"runs of numerics versions 1 and {current_fp32} (e.g. {old['run']} is fp32 version "
         "1): a change between them alters runs' numbers (see medft_jax.config."
         "NUMERICS_VERSION); delete or move the older runs' folders, or report them from "
         "separate --runs folders"
@@ -877,6 +877,30 @@ def test_runs_of_two_numerics_versions_are_refused_and_a_grid_leaves_the_older_o
     summary = collect([stale, current], grid=grid)
     assert summary.left_out == 1
     assert summary.cell("bach", "resnet50", "ft").test["accuracy"][0] == pytest.approx(0.7)
+
+
+def test_a_version_that_changed_bf16_runs_only_leaves_float32_runs_current():
+    """Version 4 computes a bf16 run's head in float32: a float32 run of version 3 is
+    version 4's too (same name, not run again), a bf16 run of version 3 is not."""
+    assert NUMERICS_VERSION == 4 and RunConfig("ft").numerics == 3
+    assert RunConfig("ft", precision="bf16").numerics == 4
+    assert [numerics_version("bf16", v) for v in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    assert [numerics_version("fp32", v) for v in (1, 2, 3, 4)] == [1, 2, 3, 3]
+    fp32 = rec("bach", numerics=3)
+    bf16_now = rec("t1w_mri", numerics=4, precision="bf16")
+    bf16_then = rec("t1w_mri", seed=1, numerics=3, precision="bf16")
+    summary = collect([fp32, bf16_now])  # one toolkit version's runs, two precisions
+    assert [p["numerics"] for p in map(summary.protocol.get, ("bach", "t1w_mri"))] == [3, 4]
+    collect([fp32, bf16_then])  # both version 3's
+    with pytest.raises(results.RecordError) as e:
+        collect([fp32, bf16_now, bf16_then])
+    assert str(e.value).startswith(
+        f"runs of numerics versions 3 and 4 (e.g. {bf16_then['run']} is bf16 version 3): "
+    )
+    with pytest.raises(
+        results.RecordError, match=r"versions 2 and 4 \(e\.g\. .* is fp32 version 2"
+    ):
+        collect([rec("bach", numerics=2), bf16_now])
 
 
 # --- the report folder -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from medft_jax.models.layers import (
+    HEAD_DTYPE,
     BatchNorm,
     BNTrain,
     Conv,
@@ -184,7 +185,7 @@ class DenseNet(nn.Module):
             self.num_classes,
             kernel_init=torch_linear_kernel,
             bias_init=torch_linear_bias(x.shape[-1]),
-            dtype=self.dtype,
+            dtype=HEAD_DTYPE,
             param_dtype=jnp.float32,
             name="classifier",
         )(x)

@@ -26,6 +26,12 @@ from medft_jax.models.pool import max_pool2d
 Dtype = jnp.dtype | type
 BNTrain = bool | Collection[str]
 
+HEAD_DTYPE = jnp.float32
+"""What the new classifier layer computes in, whatever the model's compute dtype: a bf16
+run's logits in bfloat16 carry 8 bits, so near scores tie and AUROC and mAP are coarser
+than the model. The layer is one matmul of the pooled features, so float32 costs
+nothing measurable; mixed-precision practice keeps the output layer in float32 too."""
+
 PARTS = ("all", "backbone", "head")
 """What a model call computes: ``'all'`` (images -> logits), ``'backbone'``
 (images -> the features the head's trained layer reads, after every

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from medft_jax.models.layers import (
+    HEAD_DTYPE,
     BatchNorm,
     BNTrain,
     Dtype,
@@ -131,7 +132,7 @@ class ResNet(nn.Module):
             self.num_classes,
             kernel_init=torch_linear_kernel,
             bias_init=torch_linear_bias(fan_in),
-            dtype=d,
+            dtype=HEAD_DTYPE,
             param_dtype=jnp.float32,
             name="fc",
         )(x)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from medft_jax.models.layers import (
+    HEAD_DTYPE,
     BNTrain,
     Dtype,
     adaptive_avg_pool,
@@ -84,7 +85,7 @@ class Classifier(nn.Module):
             self.num_classes,
             kernel_init=torch_linear_kernel,
             bias_init=torch_linear_bias(x.shape[-1]),
-            dtype=self.dtype,
+            dtype=HEAD_DTYPE,
             name="6",
         )(x)
 

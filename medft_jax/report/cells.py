@@ -29,7 +29,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from medft_jax import results
-from medft_jax.config import BN_TRAINS_THROUGHOUT, RunConfig
+from medft_jax.config import (
+    BN_TRAINS_THROUGHOUT,
+    NUMERICS_VERSION,
+    RunConfig,
+    numerics_version,
+)
 from medft_jax.data.options import task_options
 from medft_jax.names import LOCAL_KINDS, same_data
 from medft_jax.report import aggregate
@@ -442,18 +447,38 @@ def numerics_of(run: Mapping[str, Any]) -> int:
     return int(run["config"].get("numerics", 1))
 
 
+def _precision_of(run: Mapping[str, Any]) -> str:
+    return str(run["config"].get("precision", "fp32"))
+
+
+def _generations(run: Mapping[str, Any]) -> set[int]:
+    """The toolkit versions under which ``run`` is current: a float32 version-3 run is
+    version 4's too (:data:`~medft_jax.config.NUMERICS_CHANGES`), a bf16 one is not. A
+    version this toolkit does not know for the precision (a newer toolkit's) is its own."""
+    precision, numerics = _precision_of(run), numerics_of(run)
+    upto = max(NUMERICS_VERSION, numerics)
+    known = {v for v in range(1, upto + 1) if numerics_version(precision, v) == numerics}
+    return known or {numerics}
+
+
 def _check_numerics(runs: list[dict[str, Any]]) -> None:
-    """One report, one numerics version: a change between them altered runs' numbers."""
+    """One report, one numerics version: a change between them altered runs' numbers.
+
+    Per precision: a float32 run of version 3 and a bf16 run of version 4 are both
+    version 4's (it changed bf16 runs only); two bf16 runs of 3 and 4 are not.
+    """
+    if not runs or set.intersection(*(_generations(r) for r in runs)):
+        return
     versions = sorted({numerics_of(r) for r in runs})
-    if len(versions) > 1:
-        older = next(r for r in runs if numerics_of(r) == versions[0])
-        raise RecordError(
-            f"runs of numerics versions {' and '.join(map(str, versions))} (e.g. "
-            f"{older.get('run', older['config']['dataset'])} is version {versions[0]}): "
-            "a change between them alters runs' numbers (see medft_jax.config."
-            "NUMERICS_VERSION); delete or move the older runs' folders, or report them "
-            "from separate --runs folders"
-        )
+    newest = max(max(_generations(r)) for r in runs)
+    older = next(r for r in runs if newest not in _generations(r))
+    raise RecordError(
+        f"runs of numerics versions {' and '.join(map(str, versions))} (e.g. "
+        f"{older.get('run', older['config']['dataset'])} is {_precision_of(older)} version "
+        f"{numerics_of(older)}): a change between them alters runs' numbers (see "
+        "medft_jax.config.NUMERICS_VERSION); delete or move the older runs' folders, or "
+        "report them from separate --runs folders"
+    )
 
 
 def _check_strategy_options(runs: list[dict[str, Any]]) -> None:
