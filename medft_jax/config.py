@@ -48,7 +48,8 @@ without the field are version 1; version 2 (2026-12-02) brought torchvision's
 zero-norm tensor in Auto-RGN; version 3 (2026-12-02) computes eq. 6 accuracy as
 one division, so epochs of equal top-1 tie exactly in early stopping (BACH, T1w);
 version 4 (2026-12-05) computes a bf16 run's new head in float32, so its logits (and its
-AUROC, mAP) are not rounded to bfloat16's 8 bits, which tied test scores.
+AUROC, mAP) are not rounded to bfloat16's 8 bits, which tied test scores, and rounds the
+features it reads to bfloat16 as the feature cache stores them.
 
 A change may alter the runs of some precisions only (:data:`NUMERICS_CHANGES`): a run
 records :func:`numerics_version` of its precision, so a float32 run keeps its version 3

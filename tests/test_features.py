@@ -10,6 +10,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -85,10 +86,18 @@ def test_resnet_head_of_backbone_is_the_whole_model():
             densenet.DenseNet(2, block_config=(1, 1, 1, 1)), ("classifier",), False, id="densenet"
         ),
         pytest.param(vgg.VGG(2, cfg=(8, "M", 16, "M")), ("classifier", "6"), True, id="vgg"),
+        pytest.param(create("resnet_tiny", 2), ("fc",), False, id="resnet"),
     ],
 )
-def test_head_of_backbone_is_the_whole_model_dropout_masks_included(model, head_path, dropout):
-    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+# bf16: XLA may keep the pooled features in float32 inside the whole model's fusion;
+# the cut rounds them (features_as_computed), so a cached bf16 run equals an uncached one.
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["fp32", "bf16"])
+def test_head_of_backbone_is_the_whole_model_dropout_masks_included(
+    model, head_path, dropout, dtype
+):
+    model = model.clone(dtype=dtype)
+    # 64 px: the last feature map is 2x2, so the pool averages (at 1x1 it copies)
+    x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     v = init_variables(model, 0, 32)
     rng = {"dropout": jax.random.key(7)}
     if not dropout:
@@ -98,19 +107,29 @@ def test_head_of_backbone_is_the_whole_model_dropout_masks_included(model, head_
         # outputs, which are checked below: no dropout variants to compile.
         jax.eval_shape(lambda v, x: model.apply(v, x, deterministic=False), v, x)
 
+    # Three programs, as a cached run computes its features and its head apart from
+    # an uncached run's whole model (one program would let XLA share the backbone).
     @jax.jit
-    def outputs(v, x):  # one program: eager op-by-op dispatch is slow
-        feats = model.apply(v, x, part="backbone")
-        out = (feats, model.apply(v, feats, part="head"), model.apply(v, x))
-        if not dropout:
-            return out
-        return (
-            *out,
-            model.apply(v, feats, part="head", deterministic=False, rngs=rng),
-            model.apply(v, x, deterministic=False, rngs=rng),
-        )
+    def backbone(v, x):
+        return model.apply(v, x, part="backbone")
 
-    feats, head, whole, *dropped = outputs(v, x)
+    @jax.jit
+    def head_of(v, feats):
+        out = (model.apply(v, feats, part="head"),)
+        if dropout:
+            out += (model.apply(v, feats, part="head", deterministic=False, rngs=rng),)
+        return out
+
+    @jax.jit
+    def whole_of(v, x):
+        out = (model.apply(v, x),)
+        if dropout:
+            out += (model.apply(v, x, deterministic=False, rngs=rng),)
+        return out
+
+    feats = backbone(v, x)
+    (head, *head_dropped), (whole, *whole_dropped) = head_of(v, feats), whole_of(v, x)
+    dropped = (*head_dropped, *whole_dropped)
     head_kernel = functools.reduce(dict.__getitem__, head_path, v["params"])["kernel"]
     assert head_kernel.shape[1] == 2 and feats.shape == (2, head_kernel.shape[0])
     np.testing.assert_allclose(head, whole, rtol=1e-6, atol=1e-6)

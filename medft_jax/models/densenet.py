@@ -24,6 +24,7 @@ from medft_jax.models.layers import (
     bn_uses_batch_stats,
     check_part,
     conv,
+    features_as_computed,
     kaiming_normal_fan_in,
     max_pool_3x3_s2,
     torch_linear_bias,
@@ -178,7 +179,7 @@ class DenseNet(nn.Module):
                 self.dtype,
                 name="features",
             )(x, bn_train)
-            x = jnp.mean(nn.relu(x), axis=(1, 2))
+            x = features_as_computed(jnp.mean(nn.relu(x), axis=(1, 2)), self.dtype)
         if part == "backbone":
             return x
         x = nn.Dense(

@@ -40,6 +40,22 @@ BatchNorm and before any dropout) or ``'head'`` (those features -> logits).
 features computed once (:mod:`medft_jax.features`)."""
 
 
+def features_as_computed(x: jax.Array, dtype: Dtype) -> jax.Array:
+    """The backbone's features rounded to the compute ``dtype``, where they meet the head.
+
+    XLA may keep a bfloat16 value in float32 inside a fusion (excess precision), so a
+    bf16 model run whole fed its head other numbers than the backbone's bf16 output,
+    which :mod:`medft_jax.features` stores: a cached bf16 run's logits then differed
+    from an uncached one's by about 0.2 %. ``reduce_precision`` is not elided; at
+    float32 it is the identity and left out.
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float32:
+        return x
+    info = jnp.finfo(dtype)
+    return jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
 def check_part(part: str) -> None:
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")

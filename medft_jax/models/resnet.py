@@ -21,6 +21,7 @@ from medft_jax.models.layers import (
     bn_uses_batch_stats,
     check_part,
     conv,
+    features_as_computed,
     max_pool_3x3_s2,
     torch_linear_bias,
     torch_linear_kernel,
@@ -124,7 +125,7 @@ class ResNet(nn.Module):
         d = self.dtype
         x = x.astype(d)
         if part != "head":
-            x = self.backbone(x, bn_train)
+            x = features_as_computed(self.backbone(x, bn_train), d)
         if part == "backbone":
             return x
         fan_in = x.shape[-1]

@@ -22,6 +22,7 @@ from medft_jax.models.layers import (
     adaptive_avg_pool,
     check_part,
     conv,
+    features_as_computed,
     torch_linear_bias,
     torch_linear_kernel,
 )
@@ -75,6 +76,7 @@ class Classifier(nn.Module):
         """
         if part != "head":
             x = nn.relu(nn.Dense(4096, kernel_init=_linear_init, dtype=self.dtype, name="0")(x))
+            x = features_as_computed(x, self.dtype)
         if part == "backbone":
             return x
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
