@@ -531,6 +531,7 @@ def _prepare(
             raise ckpts.damaged_progress(f"no {e.args[0]!r} field") from None
         except (TypeError, ValueError, AttributeError) as e:
             raise ckpts.damaged_progress(str(e)) from None
+        ckpts.check_best_kept(progress.stopper.best_epoch, len(progress.epochs))
         if jax.process_index() == 0:  # a kill or a step budget: not trained from scratch
             print(_resuming(progress, ckpts), file=sys.stderr, flush=True)
     return _Run(

@@ -250,6 +250,31 @@ def test_a_best_newer_than_the_resumed_checkpoint_is_refused_not_tested(
 
 
 @pytest.mark.slow
+def test_a_resume_whose_best_was_deleted_is_refused_before_it_trains(ported_tiny, demo, tmp_path):
+    """best/ deleted by hand (to free disk): the run would train its remaining epochs, then
+    fail at the test, and each rerun again; it is refused at the resume, saying so."""
+    import shutil
+
+    from medft_jax.checkpoints.run import ResumeError
+
+    config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
+    out = tmp_path / "runs"
+    spe = demo.steps_per_epoch(config.batch_size)
+    assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=spe) == {}
+    run = out / next(p.name for p in out.iterdir())
+    shutil.rmtree(run / "best")
+    with pytest.raises(ResumeError) as e:
+        fit.run_one(config, out, dataset=demo, progress=False)
+    assert str(e.value) == (
+        f"{run / 'best'}: no such checkpoint folder, but the run resumes after 1 epoch whose "
+        "best, epoch 1, was saved there (deleted?); start the run over with experiments.run "
+        f"--force, or by deleting {run}"
+    )
+    assert len(RunCheckpoints(run).read_progress()["epochs"]) == 1  # nothing trained
+    assert not (run / "record.json").exists()
+
+
+@pytest.mark.slow
 def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)

@@ -108,7 +108,7 @@ def save_model(
         raise CheckpointError(f"{directory} is a file, expected a checkpoint folder")
     if directory.exists() and not force:
         raise _exists(directory)
-    if directory.exists() and any(directory.iterdir()) and not _is_checkpoint(directory):
+    if directory.exists() and any(directory.iterdir()) and not is_checkpoint(directory):
         raise CheckpointError(
             f"{directory} exists and is not a model checkpoint; --force replaces only a "
             "checkpoint, choose another folder"
@@ -207,7 +207,7 @@ def _format_version(metadata: Mapping[str, Any]) -> int:
     return 2 if metadata.get("bits_stored") is not None else 1
 
 
-def _is_checkpoint(directory: Path) -> bool:
+def is_checkpoint(directory: Path) -> bool:
     """Whether ``directory`` holds a model checkpoint's two items (and may be replaced)."""
     return (directory / "metadata").exists() and (directory / "state").exists()
 

@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 
 from medft_jax.checkpoints.model import (
     _short,
+    is_checkpoint,
     load_model,
     quiet_closed_event_loop,
     quiet_reported_failures,
@@ -286,6 +287,21 @@ class RunCheckpoints:
             except BaseException:
                 self._discard_unfinished()  # the space it took is needed
                 raise
+
+    def check_best_kept(self, best_epoch: int | None, epochs_done: int) -> None:
+        """Refuses a resume whose ``best/`` is gone though its progress names a best epoch.
+
+        Saved before every resume checkpoint (:func:`medft_jax.fit._save_latest`), it
+        goes only by hand (to free disk): the run would train its remaining epochs and
+        fail at the test, each rerun again, unless a later epoch happened to improve.
+        """
+        if best_epoch is None or is_checkpoint(self.best_dir):
+            return
+        raise ResumeError(
+            f"{self.best_dir}: no such checkpoint folder, but the run resumes after "
+            f"{epochs_done} epoch{'s' * (epochs_done != 1)} whose best, epoch {best_epoch + 1}, "
+            f"was saved there (deleted?); {START_OVER}, or by deleting {self.run_dir}"
+        )
 
     def load_best_of_epoch(self, sharding: Any = None) -> tuple[dict[str, Any], Any]:
         """The best epoch's ``{'params', 'batch_stats'}`` (on ``sharding`` when given) and
