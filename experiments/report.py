@@ -84,7 +84,7 @@ def _summary(args: argparse.Namespace):
         what = "is a file, expected the runs' folder" if runs.exists() else "no such folder"
         raise UserError(f"--runs {runs}: {what}")
     check_out(args.out, runs)  # before the work: a folder that is not ours is never replaced
-    records = results.load_records(runs)
+    records = results.one_record_per_run(results.load_records_at(runs), f"--runs {runs}")
     failures = results.load_failures(runs)
     if not records and not failures:
         raise UserError(f"--runs {runs}: no run records (record.json) or failure notes in it")

@@ -221,19 +221,15 @@ def grid_records(
         for a in arms
         for s in g.seeds
     }
-    found: dict[str, Path] = {}
-    records = []
-    for path, r in results.load_records_at(grid_runs, finished=True):
-        key = results.settings_hash(r["config"])
-        if key not in wanted:
-            continue
-        if key in found:  # a run copied in (a selection's --out): it would count twice
-            raise UserError(
-                f"--grid-runs {grid_runs}: {results.run_name(r['config'])} has two records, "
-                f"{found[key]} and {path}; expected one per run: move the copy out"
-            )
-        found[key] = path
-        records.append(r)
+    records = results.one_record_per_run(  # a run copied in (a selection's --out)
+        [
+            (path, r)
+            for path, r in results.load_records_at(grid_runs, finished=True)
+            if results.settings_hash(r["config"]) in wanted
+        ],
+        f"--grid-runs {grid_runs}",
+        key=results.settings_hash,
+    )
     failures = [
         f for f in results.load_failures(grid_runs) if results.settings_hash(f["config"]) in wanted
     ]

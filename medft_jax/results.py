@@ -81,7 +81,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -448,6 +448,30 @@ def load_records_at(
             damaged.append(e)
             continue
         records.append((path, record))
+    return records
+
+
+def one_record_per_run(
+    found: Iterable[tuple[Path, dict[str, Any]]],
+    where: str,
+    key: Callable[[dict[str, Any]], str] = config_hash,
+) -> list[dict[str, Any]]:
+    """The records of :func:`load_records_at`, refusing a run whose record is found twice
+    (a run folder copied by hand, a backup kept inside): counted twice in a mean or a
+    cell's cost. The one line names both files, which in a grid's 1,728 folders, or a
+    copy nested deeper, the user would otherwise hunt for. ``key``: what one run is
+    (:func:`config_hash`; :func:`settings_hash` for records matched to a grid)."""
+    seen: dict[str, Path] = {}
+    records = []
+    for path, record in found:
+        k = key(record["config"])
+        if k in seen:
+            raise RecordError(
+                f"{where}: {run_name(record['config'])} has two records, {seen[k]} and "
+                f"{path}; expected one per run: move the copy out"
+            )
+        seen[k] = path
+        records.append(record)
     return records
 
 

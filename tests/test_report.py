@@ -964,6 +964,22 @@ def test_cli_writes_the_report_and_prints_the_index(tmp_path, capsys):
     assert (out / "tables" / "table08_bach.csv").is_file()
 
 
+def test_a_run_folder_copied_inside_runs_is_refused_naming_both_records(tmp_path, capsys):
+    """A backup copy (``<run>.bak``, or under ``old/``) is one run found twice: refused as
+    before, now naming both files rather than only the cell's lr and seed."""
+    runs = tmp_path / "runs"
+    one = rec(strategy="lp")
+    _write_runs(runs, [one, rec(seed=1)])
+    first = results.record_path_of(one, runs)
+    copy = runs / "old" / f"{first.parent.name}.bak" / "record.json"
+    results.write_record(copy, one)
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --runs {runs}: {results.run_name(one['config'])} has two records, {first} "
+        f"and {copy}; expected one per run: move the copy out\n"
+    )
+
+
 def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, monkeypatch):
     import errno
     import tempfile
