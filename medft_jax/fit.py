@@ -967,7 +967,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
     record["wall_seconds"] = record["seconds"]["wall"]
     record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if jax.process_index() == 0:
-        record = results.write_record(record_file, record)
+        record = results.write_record(record_file, record, sealed=True)
         _drop_previous(record_file.parent)
     _tidy_up(ckpts)  # never raises: with the record written, the run has succeeded
     return record

@@ -258,8 +258,20 @@ def _slug(text: str) -> str:
 # --- writing and reading -------------------------------------------------------------------------
 
 
-def write_record(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
+SEAL_KEY = "record_sha256"
+"""A run record's and failure note's checksum of the rest (:func:`content_hash`): a digit
+changed by hand or by the disk (test accuracy 0.5469 to 0.99) is in range and well
+formed, and would flow into a report's tables, the worst kind of wrong number. Records
+without it (written before 2026-12-05) are read as they were."""
+
+
+def write_record(
+    path: str | Path, record: dict[str, Any], *, sealed: bool = False
+) -> dict[str, Any]:
     """Writes ``record`` as JSON at ``path`` atomically; returns what was written.
+
+    ``sealed``: a run's record or failure note, written with :data:`SEAL_KEY`, which
+    :func:`read_record` checks (and leaves out of what it returns, as here).
 
     The text goes to a temporary file in the same folder (same filesystem,
     so the rename is atomic), is flushed and fsynced, then ``os.replace``-d
@@ -273,7 +285,9 @@ def write_record(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
     data = jsonable(record)
     if not isinstance(data, dict):
         raise TypeError(f"a record is a dict; got {type(record).__name__}")
-    text = json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+    data.pop(SEAL_KEY, None)  # a record read back and written again is sealed anew
+    on_disk = {**data, SEAL_KEY: content_hash(data)} if sealed else data
+    text = json.dumps(on_disk, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
     write_bytes(path, text.encode("utf-8"))
     return data
 
@@ -295,6 +309,12 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise RecordError(f"{path}: not a run record (expected a JSON object with a 'config')")
     _check_folder(path, record["config"])
     _check_name(path, record)
+    seal = record.pop(SEAL_KEY, None)
+    if seal is not None and seal != content_hash(record):
+        raise RecordError(
+            f"{path}: its contents do not match its {SEAL_KEY}; the record was edited or "
+            "damaged on disk: restore it, or delete it to run it again"
+        )
     return record
 
 
@@ -537,7 +557,7 @@ def write_failure(
         note["dataset_options"] = dict(dataset_options)
     if decoding is not None:
         note["decoding"] = dict(decoding)
-    return write_record(failure_path(out_dir, config), note)
+    return write_record(failure_path(out_dir, config), note, sealed=True)
 
 
 def load_failures(out_dir: str | Path) -> list[dict[str, Any]]:

@@ -489,7 +489,7 @@ def test_an_interrupted_force_keeps_the_finished_result_until_the_new_one_is_wri
             == {}
         )
         kept = run / "previous"
-        assert json.loads((kept / "record.json").read_text()) == first
+        assert results.read_record(kept / "record.json") == first
         assert load_metadata(kept / "best")["content_sha256"] == best
         assert not (run / "record.json").exists() and results.load_records(tmp_path) == []
     second = fit.run_one(_config(), tmp_path, dataset=demo, progress=False)  # resumes
@@ -726,10 +726,10 @@ def test_disk_full_in_a_checkpoint_or_the_record_then_a_rerun_ends_the_same(
     # 2. Space freed for the checkpoints, but the record itself does not fit.
     real_write = results.write_record
 
-    def write_on_full_disk(path, record):
+    def write_on_full_disk(path, record, **kw):
         with monkeypatch.context() as m:
             m.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(_enospc()))
-            return real_write(path, record)
+            return real_write(path, record, **kw)
 
     with monkeypatch.context() as m:
         m.setattr(results, "write_record", write_on_full_disk)
@@ -1200,8 +1200,8 @@ def test_sweep_goes_on_past_an_edited_record_and_clears_a_killed_runs_leftovers(
     assert f"[2/2] {second.name}: done, skipped" in cap.out
     assert "1 damaged records, 0 not run" in cap.out
     assert cap.err == (
-        f"error: {first / 'record.json'}: record has no 'test' (test metrics); the record was "
-        "edited: restore it, or delete it to run it again\n"
+        f"error: {first / 'record.json'}: its contents do not match its record_sha256; the "
+        "record was edited or damaged on disk: restore it, or delete it to run it again\n"
     )
     assert not (second / "checkpoints").exists() and (second / "record.json").is_file()
     assert sorted(p.name for p in second.iterdir()) == ["best", "record.json"]

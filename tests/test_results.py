@@ -212,6 +212,43 @@ def test_a_copied_record_whose_config_no_longer_names_its_run_is_refused(tmp_pat
         results.load_failures(tmp_path / "f")
 
 
+def test_a_sealed_record_edited_to_another_valid_number_is_refused(tmp_path):
+    """In range and well formed, an edited test accuracy (or a digit the disk flipped)
+    would flow into the tables: a run's record and failure note carry a checksum."""
+    record = {"config": CONFIG, "run": results.run_name(CONFIG), "test": {"accuracy": 0.5469}}
+    path = results.record_path(tmp_path / "runs", CONFIG)
+    written = results.write_record(path, record, sealed=True)
+    on_disk = json.loads(path.read_text())
+    assert on_disk[results.SEAL_KEY] == results.content_hash(written)
+    assert results.read_record(path) == written == record  # the seal is not handed on
+    text = path.read_text()
+    path.write_text(text.replace("0.5469", "0.99"))
+    with pytest.raises(RecordError) as e:
+        results.load_records(tmp_path / "runs")
+    assert str(e.value) == (
+        f"{path}: its contents do not match its record_sha256; the record was edited or "
+        "damaged on disk: restore it, or delete it to run it again"
+    )
+    # Only the layout changed (re-indented by an editor): the same record.
+    path.write_text(json.dumps(on_disk, indent=4, sort_keys=True))
+    assert results.read_record(path) == record
+    # Written before records were sealed: read as it is.
+    del on_disk[results.SEAL_KEY]
+    path.write_text(json.dumps({**on_disk, "test": {"accuracy": 0.99}}))
+    assert results.read_record(path)["test"] == {"accuracy": 0.99}
+    # A record read back and written again is sealed anew, not with the old seal.
+    results.write_record(
+        path, {**results.read_record(path), "test": {"accuracy": 0.7}}, sealed=True
+    )
+    assert results.read_record(path)["test"] == {"accuracy": 0.7}
+    # Failure notes are sealed too.
+    results.write_failure(tmp_path / "f", CONFIG, "nonfinite", "loss is nan")
+    note = results.failure_path(tmp_path / "f", CONFIG)
+    note.write_text(note.read_text().replace("nonfinite", "crashed"))
+    with pytest.raises(RecordError, match=r"do not match its record_sha256"):
+        results.load_failures(tmp_path / "f")
+
+
 # --- mean and standard error -----------------------------------------------------------------
 
 
