@@ -32,6 +32,8 @@ every later run would fail too; started again once space is freed, it resumes.
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -182,8 +184,14 @@ def dry_run(
         g.dataset_options,
     )
 
+    broken_keys, broken_names = _damaged_runs(damaged, out)
+
     def status(config: RunConfig) -> str:
         key = results.settings_hash(config.to_dict())
+        if key in broken_keys or any(
+            fnmatch.fnmatchcase(name, _unhashed(config)) for name in broken_names
+        ):
+            return "damaged"  # the sweep skips it, naming the file: not run, not done
         if key in finished:
             return "changed" if key in changed else "done"
         if key in noted:
@@ -203,9 +211,11 @@ def dry_run(
         print(f"{k:>5}  {states[k]:<6}  {_duration(seconds[k]):>8}  {_unhashed(runs[k])}")
     shard_states = [states[k] for k in mine]
     done, failed = shard_states.count("done"), shard_states.count("failed")
-    todo = len(shard_states) - done - failed
+    broken = shard_states.count("damaged")
+    todo = len(shard_states) - done - failed - broken
     cost = _to_run_cost(shard_states, [seconds[k] for k in mine])
-    print(f"done {done}, failed {failed}, to run {todo}: {cost}")
+    damaged_text = f"damaged {broken}, " if broken else ""
+    print(f"done {done}, failed {failed}, {damaged_text}to run {todo}: {cost}")
     stale = shard_states.count("changed")
     if stale:
         why = "; ".join(sorted(set(changed.values())))
@@ -249,6 +259,23 @@ def dry_run(
 
 
 _TO_RUN = ("todo", "retry", "changed")
+
+
+def _damaged_runs(damaged: list[results.RecordError], out: str) -> tuple[set[str], list[str]]:
+    """The runs whose record, where the sweep looks (``<out>/<run>/record.json``), is
+    damaged: the settings hashes of those whose config still reads, and the folder
+    names of the others (matched against a run's name with ``*`` for its hash)."""
+    keys: set[str] = set()
+    names: list[str] = []
+    for e in damaged:
+        path = getattr(e, "path", None)
+        if path is None or Path(path).parent.parent.resolve() != Path(out).resolve():
+            continue
+        try:
+            keys.add(results.settings_hash(json.loads(Path(path).read_text())["config"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            names.append(Path(path).parent.name)
+    return keys, names
 
 
 def _data_changed(
@@ -299,6 +326,8 @@ def _to_run_cost(states: list[str], seconds: list[float | None], short: bool = F
     pending = [t for s, t in zip(states, seconds, strict=True) if s in _TO_RUN]
     known = [t for t in pending if t is not None]
     unknown = len(pending) - len(known)
+    if not pending:
+        return "nothing" if short else "nothing to run"
     if not known and unknown:  # "<1 s" would read as a promise
         if short:
             return f"? ({unknown} of unknown cost)"

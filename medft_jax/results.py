@@ -465,6 +465,7 @@ def load_records_at(
         except RecordError as e:
             if damaged is None:
                 raise
+            e.path = path  # type: ignore[attr-defined]  # which run a listing skips
             damaged.append(e)
             continue
         records.append((path, record))

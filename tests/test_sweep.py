@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -475,6 +476,29 @@ def test_dry_run_lists_past_a_damaged_record(tmp_path, capsys):
     assert out.splitlines()[-1].startswith(
         f"1 damaged record(s) not counted (the sweep skips such a run, naming it): {bad}: "
     )
+
+
+def test_dry_run_lists_a_run_whose_record_is_damaged_as_damaged_not_to_run(tmp_path, capsys):
+    """The sweep skips such a run, naming the file: listed as to run, it was a promise
+    (and a cost) the sweep never kept."""
+    config = _grid_file(tmp_path, "g", strategies=("lp", "ft"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    out = tmp_path / "o"
+    edited, unreadable = grid_lib.load_grid(config).configs()
+    run = _identified([edited])[0].to_dict()
+    path = results.record_path(out, run)
+    finished = {"epochs": [], "best_epoch": 0, "primary_metric": "auroc", "train_seconds": 1.0}
+    record = {"config": run, "run": results.run_name(run), "val": {"auroc": 0.5}, **finished}
+    results.write_record(path, {**record, "test": {"auroc": 0.5}}, sealed=True)
+    path.write_text(path.read_text().replace('"auroc": 0.5\n }', '"auroc": 0.9\n }'))
+    folder = out / sweep_cli._unhashed(unreadable).replace("*", "0123456789abcdef")
+    folder.mkdir()
+    (folder / "record.json").write_text('{"config": ')  # cut short: no config to read
+    assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    for c in (edited, unreadable):
+        assert re.search(rf"  damaged  .*  {re.escape(sweep_cli._unhashed(c))}\n", listed)
+    assert "done 0, failed 0, damaged 2, to run 0: nothing to run" in listed
+    assert "2 damaged record(s) not counted" in listed
 
 
 def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
