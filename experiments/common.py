@@ -178,12 +178,19 @@ def local_options(args: argparse.Namespace) -> dict[str, Any]:
         )
     for flag, given in (("--manual-dir", args.manual_dir is not None),
                         ("--skip-bad-images", args.skip_bad_images)):  # fmt: skip
-        if given:  # a no-op here: the images were decoded (or skipped) when prepared
+        if not given:
+            continue
+        if args.dataset == "demo":  # no files at all
             raise UserError(
-                f"{flag} applies to folder and csv datasets; {args.dataset} reads what "
-                "experiments.prepare wrote into --data-dir"
-                + (" (give it to experiments.prepare)" if flag == "--skip-bad-images" else "")
+                f"{flag} applies to folder and csv datasets; demo is generated in memory "
+                "from a seed and reads no files"
             )
+        # A no-op here: the images were decoded (or skipped) when prepared.
+        raise UserError(
+            f"{flag} applies to folder and csv datasets; {args.dataset} reads what "
+            "experiments.prepare wrote into --data-dir"
+            + (" (give it to experiments.prepare)" if flag == "--skip-bad-images" else "")
+        )
     return {}
 
 

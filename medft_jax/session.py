@@ -32,6 +32,7 @@ from medft_jax.config import RunConfig
 from medft_jax.data import DataError
 from medft_jax.data.options import task_options
 from medft_jax.locks import RunLocked
+from medft_jax.names import same_data
 from medft_jax.outcomes import (
     BUSY,
     DAMAGED,
@@ -82,7 +83,9 @@ class Session:
         set_up_process()
         self.out = str(out)
         self.data_dir = data_dir
-        self.dataset_options = dict(dataset_options or {})
+        # Keyed as RunConfig names datasets: "medmnist/x@28" is "medmnist/x", and options
+        # given under the other spelling (--no-progress) were silently dropped.
+        self.dataset_options = {same_data(k): v for k, v in (dataset_options or {}).items()}
         self.force, self.retry_failed, self.progress = force, retry_failed, progress
         self.feature_cache = feature_cache
         self.trainers: dict[fit.TrainerKey, Any] = {}

@@ -443,6 +443,11 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
             "error: --skip-bad-images applies to folder and csv datasets; bach reads what "
             "experiments.prepare wrote into --data-dir (give it to experiments.prepare)\n",
         ),
+        (
+            ["--strategy", "ft", "--manual-dir", "/tmp"],  # demo, the default: no files
+            "error: --manual-dir applies to folder and csv datasets; demo is generated in "
+            "memory from a seed and reads no files\n",
+        ),
     ],
 )
 def test_bad_flags_are_named(argv, message, tmp_path, capsys):

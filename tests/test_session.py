@@ -142,3 +142,19 @@ def test_one_runs_data_error_leaves_the_other_runs_of_its_dataset_alone(tmp_path
     assert first.error.startswith("--batch-size 256 is larger than the ")
     second = session.run(dataclasses.replace(config, batch_size=64))
     assert second.kind == outcomes.DONE and second.record["config"]["batch_size"] == 64
+
+
+def test_options_given_under_another_spelling_of_the_dataset_reach_its_loader(
+    tmp_path, monkeypatch
+):
+    """``run --dataset medmnist/x@28 --no-progress`` keyed ``progress=False`` by the name as
+    typed, the session looked it up by RunConfig's (``medmnist/x``): the caching bars
+    showed under --no-progress, and any such option was silently dropped."""
+    from medft_jax.config import RunConfig
+
+    given = []
+    monkeypatch.setattr(fit, "load_dataset", lambda config, data_dir, **kw: given.append(kw))
+    options = {"medmnist/breastmnist@28": {"progress": False}}
+    session = Session(tmp_path, dataset_options=options)
+    session.dataset(RunConfig("ft", dataset="medmnist/breastmnist@28"))
+    assert given == [{"progress": False}]
