@@ -97,13 +97,16 @@ LIMITS: dict[str, tuple[float, float]] = {
     "rgn_estimate_steps": (1, 1_000_000),
     "lr_decay": (0.0, 1.0),
 }
-"""Allowed ranges, inclusive except the lower limit of :data:`OPEN_LOW`. Why these
+"""Allowed ranges, inclusive except the limits of :data:`OPEN_LOW` and :data:`OPEN_HIGH`. Why these
 bounds: an Adam step above 1 or at 0 is never a fine-tuning rate; the models need 32 px
 or more (five stride-2 stages), and above 1,024 px a batch of ResNet-50 activations
 no longer fits a 141 GB accelerator; seeds are 31-bit for every RNG in use."""
 OPEN_LOW = ("lr", "lr_decay")
 """Fields whose lower limit is excluded: a learning rate of 0, or a layer-wise decay
 factor of 0 (every block but the head at rate 0), trains nothing."""
+OPEN_HIGH = ("lr_decay",)
+"""Fields whose upper limit is excluded: LLRD at decay 1 is FT (said so by name), and a
+range that offered 1 sent the user to that refusal."""
 
 FLOAT32_TINY = 2.0**-126
 """float32's smallest normal number: a rate below it is 0, or nearly, where the step computes."""
@@ -269,8 +272,12 @@ def check_value(field: str, value: Any, name: str) -> None:
         return
     low, high = LIMITS[field]
     is_int = field in INT_FIELDS
-    open_low = field in OPEN_LOW
-    span = f"[{low}, {high}]" if is_int else f"{'(' if open_low else '['}{low:g}, {high:g}]"
+    open_low, open_high = field in OPEN_LOW, field in OPEN_HIGH
+    span = (
+        f"[{low}, {high}]"
+        if is_int
+        else f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "an integer" if is_int else "a number"
         raise UserError(f"{name} must be {kind} in {span}, got {value!r}")
@@ -278,7 +285,9 @@ def check_value(field: str, value: Any, name: str) -> None:
         raise UserError(f"{name} must be an integer in {span}, got {value!r}")
     if not math.isfinite(value):
         raise UserError(f"{name} must be a finite number in {span}, got {value!r}")
-    if not (low < value if open_low else low <= value) or not value <= high:
+    if not (low < value if open_low else low <= value) or not (
+        value < high if open_high else value <= high
+    ):
         raise UserError(f"{name} must be in {span}, got {value!r}")
 
 
@@ -328,11 +337,16 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
             raise UserError(f"{name(key)} must be True or False, got {value!r}")
         if key == "surgical_block" and value not in BLOCKS[config.arch]:
             raise UserError(
-                f"{name(key)} must be one of {', '.join(BLOCKS[config.arch])} "
-                f"(the blocks of {config.arch}), got {value!r}"
+                f"{name(key)} must be one of {', '.join(surgical_blocks(config.arch))} "
+                f"(the blocks of {config.arch}{_but_the_head(config.arch)}), got {value!r}"
             )
         if key == "rgn_mode" and value not in RGN_MODES:
             raise UserError(f"{name(key)} must be one of {', '.join(RGN_MODES)}, got {value!r}")
+        if key == "lr_decay" and type(value) in (int, float) and value == 1:
+            raise UserError(
+                f"{name(key)} 1: LLRD without decay is FT under LLRD's name; expected "
+                "a factor below 1"
+            )
         check_value(key, value, name(key))
     _refuse_another_strategy(config, name)
     lp_epochs = dict(config.strategy_options).get("lp_epochs", LP_EPOCHS_DEFAULT)
@@ -350,8 +364,19 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
     if config.strategy == "surgical" and "surgical_block" not in dict(config.strategy_options):
         raise UserError(
             f"{name('strategy')} surgical needs {name('surgical_block')}: the one block to "
-            f"train, one of {', '.join(BLOCKS[config.arch])}"
+            f"train, one of {', '.join(surgical_blocks(config.arch))}"
         )
+
+
+def surgical_blocks(arch: str) -> tuple[str, ...]:
+    """The blocks ``--surgical-block`` offers: all of ``arch``'s but a head-alone block
+    (:data:`HEAD_ALONE_BLOCK`), whose surgical fine-tuning is LP and is refused."""
+    return tuple(b for b in BLOCKS[arch] if b != HEAD_ALONE_BLOCK.get(arch))
+
+
+def _but_the_head(arch: str) -> str:
+    head = HEAD_ALONE_BLOCK.get(arch)
+    return f" but {head}, the new head alone (LP)" if head else ""
 
 
 def _refuse_another_strategy(config: RunConfig, name: Callable[[str], str]) -> None:
@@ -366,11 +391,6 @@ def _refuse_another_strategy(config: RunConfig, name: Callable[[str], str]) -> N
         )
     if strategy == "llrd":
         decay, blocks = options["lr_decay"], len(BLOCKS[config.arch])
-        if decay == 1:
-            raise UserError(
-                f"{name('lr_decay')} 1: LLRD without decay is FT under LLRD's name; expected "
-                "a factor below 1"
-            )
         first = config.lr * decay ** (blocks - 1)
         if first < FLOAT32_TINY:
             raise UserError(

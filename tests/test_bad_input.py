@@ -225,19 +225,34 @@ def test_check_config_names_the_field_its_caller_uses():
         check_config(RunConfig(strategy="ft", precision="bf16", numerics=3))
     check_config(RunConfig(strategy="ft", precision="bf16"))
     # Checked with the other settings, not raised by make() deep in a run (a traceback).
-    with pytest.raises(UserError, match=r"^--strategy surgical needs --surgical-block: the one "):
+    # The blocks offered leave out what a second rule refuses: ResNet's fc alone is LP.
+    with pytest.raises(
+        UserError,
+        match=r"^--strategy surgical needs --surgical-block: the one block to train, one of "
+        r"stem, layer1, layer2, layer3, layer4$",
+    ):
         check_config(RunConfig(strategy="surgical"))
     with pytest.raises(
         UserError,
-        match=r"^--surgical-block must be one of stem, layer1, layer2, layer3, layer4, fc "
-        r"\(the blocks of resnet50\), got 'nosuch'$",
+        match=r"^--surgical-block must be one of stem, layer1, layer2, layer3, layer4 "
+        r"\(the blocks of resnet50 but fc, the new head alone \(LP\)\), got 'nosuch'$",
     ):
         check_config(
             RunConfig(strategy="surgical", strategy_options=(("surgical_block", "nosuch"),))
         )
+    with pytest.raises(UserError, match=r"stem, denseblock1, .*, classifier \(the blocks of dense"):
+        check_config(
+            RunConfig(
+                strategy="surgical",
+                arch="densenet121",
+                strategy_options=(("surgical_block", "nosuch"),),
+            )
+        )
     check_config(RunConfig(strategy="surgical", strategy_options=(("surgical_block", "layer2"),)))
-    with pytest.raises(UserError, match=r"^--lr-decay must be in \(0, 1\], got 0.0$"):
-        check_config(RunConfig(strategy="llrd", strategy_options=(("lr_decay", 0),)))
+    # Nor does a range offer LLRD's decay 1 (FT under its name), which is said so by name.
+    for bad in (0, 1.5):
+        with pytest.raises(UserError, match=rf"^--lr-decay must be in \(0, 1\), got {bad:g}"):
+            check_config(RunConfig(strategy="llrd", strategy_options=(("lr_decay", bad),)))
     # LP-FT that never leaves its head-only phase is LP under another name.
     with pytest.raises(UserError, match=r"^--epochs 5 ends within LP-FT's 5 head-only epochs"):
         check_config(RunConfig(strategy="lp_ft", epochs=5))

@@ -419,7 +419,7 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
         (["--strategy", "ft", "--alpha", "0.1"], "error: --alpha applies to l1_sp, l2_sp only"),
         (["--strategy", "ft", "--alpha", "0.01"], "error: --alpha applies to l1_sp, l2_sp only"),
         (["--strategy", "ft", "--lr-decay", "0.5"], "error: --lr-decay applies to llrd only"),
-        (["--strategy", "llrd", "--lr-decay", "0"], "error: --lr-decay must be in (0, 1], got 0.0"),
+        (["--strategy", "llrd", "--lr-decay", "0"], "error: --lr-decay must be in (0, 1), got 0.0"),
         (
             ["--strategy", "lp_ft", "--lp-epochs", "0"],
             "error: --lp-epochs 0: LP-FT without head-only epochs is FT under LP-FT's name",
