@@ -146,13 +146,14 @@ DICOMDIR = "DICOMDIR"
 """The index file of a DICOM export (CD, PACS): DICOM-marked, but holds no image."""
 
 
-def _check_no_loose_images(root: Path, folder: Path) -> None:
+def _check_no_loose_images(root: Path, folder: Path, others: Counter[str]) -> None:
     """Refuses images lying in ``folder`` itself, outside every class folder.
 
     An image's label is the folder it is in: one beside the class folders has
-    none, and would be left out without a word.
+    none, and would be left out without a word. Other files there (a README, the
+    labels' CSV) are counted in ``others``, as those inside class folders are.
     """
-    loose = _images(scan_files(root, folder, recursive=False))
+    loose = _images(scan_files(root, folder, recursive=False), others)
     if loose:
         raise DataError(
             f"{folder}: {len(loose)} image(s) outside every class folder (e.g. {loose[0].name}); "
@@ -252,7 +253,7 @@ def parse_folder(
     folders = _split_folders(root)
     others: Counter[str] = Counter()
     for folder in (root, *folders.values()):
-        _check_no_loose_images(root, folder)
+        _check_no_loose_images(root, folder, others)
     if folders:
         class_names = _classes(folders["train"], root)
         nested: dict[str, list[str]] = {s: [] for s in folders}
