@@ -10,6 +10,7 @@ a silently wrong model and never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import struct
@@ -701,6 +702,24 @@ def test_late_event_loop_reports_are_dropped_and_others_kept(ck, monkeypatch):
         )  # fmt: skip
         sys.unraisablehook(report)
     assert seen == ["something else", str(unexplained)]
+
+
+def test_orbax_racing_its_managers_close_is_not_reported_other_errors_are(caplog):
+    """A run refused at its resume closes orbax's manager while its signalling thread
+    starts; the thread's RuntimeError came with a traceback after the one error line."""
+    from medft_jax.checkpoints.model import quiet_reported_failures
+
+    quiet_reported_failures()
+    absl = logging.getLogger("absl")
+    race = RuntimeError("cannot schedule new futures after shutdown")
+    with caplog.at_level(logging.ERROR, logger="absl"):
+        for error in (race, RuntimeError("something else")):
+            try:
+                raise error
+            except RuntimeError as e:
+                absl.error("_SignalingThread.run() raised an exception: %s", e, exc_info=True)
+    assert [r.exc_info[1] for r in caplog.records] == [caplog.records[0].exc_info[1]]
+    assert str(caplog.records[0].exc_info[1]) == "something else"
 
 
 # --- command-line flags and outputs ------------------------------------------------------------

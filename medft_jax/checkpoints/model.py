@@ -715,12 +715,22 @@ def _arch_mismatch(
     return f"{where}: metadata arch {arch!r} disagrees with the stored arrays ({detail})"
 
 
+_SHUTDOWN_RACE = "cannot schedule new futures after shutdown"
+"""What orbax's signalling thread logs, with a traceback, when the checkpoint manager
+closes under it: a run refused at its resume (a damaged checkpoint) closes the manager
+while that thread still starts, and the one ``error:`` line came with a traceback."""
+
+
 class _DropReportedOsErrors(logging.Filter):
-    """Drops orbax's ERROR logs of an OS error that :func:`naming_os_errors` re-raises."""
+    """Drops orbax's ERROR logs of an OS error that :func:`naming_os_errors` re-raises,
+    and of its background thread racing the manager's close (:data:`_SHUTDOWN_RACE`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
             return True
+        error = record.exc_info[1] if record.exc_info else None
+        if _SHUTDOWN_RACE in record.getMessage() or _SHUTDOWN_RACE in str(error or ""):
+            return False
         if record.exc_info and record.exc_info[1] is not None:
             return os_errno_in(record.exc_info[1]) is None
         return os_errno_in(Exception(record.getMessage())) is None
