@@ -950,7 +950,7 @@ def test_write_report_refuses_a_folder_that_is_not_a_report(tmp_path):
 
 def _write_runs(folder: Path, records):
     for r in records:
-        results.write_record(results.record_path_of(r, folder), r)
+        results.write_record(results.record_path_of(r, folder), r, sealed=True)
 
 
 def test_cli_writes_the_report_and_prints_the_index(tmp_path, capsys):
@@ -972,12 +972,30 @@ def test_a_run_folder_copied_inside_runs_is_refused_naming_both_records(tmp_path
     _write_runs(runs, [one, rec(seed=1)])
     first = results.record_path_of(one, runs)
     copy = runs / "old" / f"{first.parent.name}.bak" / "record.json"
-    results.write_record(copy, one)
+    results.write_record(copy, one, sealed=True)
     assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == (
         f"error: --runs {runs}: {results.run_name(one['config'])} has two records, {first} "
         f"and {copy}; expected one per run: move the copy out\n"
     )
+
+
+def test_records_without_the_seal_are_counted_in_one_note(tmp_path, capsys):
+    """Written before records were sealed, or edited with the seal removed: read, and
+    reported, but the user hears that their numbers are checked against nothing."""
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec(strategy="ft"), rec(strategy="lp")])
+    bare = rec(seed=1)
+    results.write_record(results.record_path_of(bare, runs), bare)  # no seal
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err == (
+        "note: 1 of 3 records carry no record_sha256 (written before 2026-12-05, or edited "
+        "with it removed): their numbers are checked against nothing, e.g. "
+        f"{results.record_path_of(bare, runs)}\n"
+    )
+    _write_runs(runs, [bare])  # sealed: nothing said
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, monkeypatch):
