@@ -104,7 +104,24 @@ def _summary(args: argparse.Namespace):
             f"nothing, e.g. {bare[0]}",
             file=sys.stderr,
         )
+    unfinished = results.unfinished_runs(runs)
+    if unfinished:  # a kill, a run going on, or a run whose settings changed since
+        held = _size(sum(size for _, size in unfinished))
+        print(
+            f"note: {len(unfinished)} run folder(s) hold no record, {held} of checkpoints "
+            f"(killed, still running, or run with settings since changed), e.g. "
+            f"{unfinished[0][0]}: the sweep that ran them resumes them; delete one to free "
+            "its disk",
+            file=sys.stderr,
+        )
     return summary
+
+
+def _size(n: int) -> str:
+    """Bytes as a person reads them: ``181 MB``, ``1.7 GB``."""
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    return f"{n / 1e6:.1f} MB" if n < 1e7 else f"{n / 1e6:.0f} MB"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,6 +76,7 @@ over seeds (:mod:`medft_jax.report.aggregate`) reads ``None`` as NaN.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -536,6 +537,37 @@ def _find_files(out_dir: str | Path, name: str) -> list[Path]:
                 raise RecordError(f"{path}: {what}, expected the run's {name}")
             found.append(path)
     return sorted(found)
+
+
+def unfinished_runs(out_dir: str | Path) -> list[tuple[Path, int]]:
+    """The run folders under ``out_dir`` that hold resume checkpoints or a ``best/`` but
+    neither a record nor a failure note, each with the bytes it holds: killed runs, runs
+    in progress, and runs whose settings changed since (a sweep edited after a kill),
+    which nothing else names and whose checkpoints stay on disk."""
+    found = []
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(out_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen or Path(root).name in PREVIOUS_NAMES:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        checkpoints = Path(root) / "checkpoints"
+        started = (checkpoints.is_dir() and any(checkpoints.iterdir())) or "best" in dirs
+        if started and RECORD_NAME not in names and FAILURE_NAME not in names:
+            found.append((Path(root), _tree_bytes(Path(root))))
+            dirs[:] = []  # a run folder: nothing below it is another run
+    return found
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):  # removed meanwhile (a run tidying up)
+                total += (Path(root) / name).lstat().st_size
+    return total
 
 
 def failure_path(out_dir: str | Path, config: dict[str, Any]) -> Path:

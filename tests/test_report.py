@@ -998,6 +998,31 @@ def test_records_without_the_seal_are_counted_in_one_note(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_run_folders_without_a_record_are_counted_with_their_size(tmp_path, capsys):
+    """A run killed, then its sweep's settings edited: its folder and checkpoints stay on
+    disk, and no table or listing named it. Finished and failed runs are not counted,
+    nor a --force's previous/."""
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec(strategy="ft"), rec(strategy="lp")])
+    killed = runs / "bach-resnet50-ft-lr0.0001-s0-0123456789abcdef"
+    (killed / "checkpoints" / "12" / "state").mkdir(parents=True)
+    (killed / "checkpoints" / "12" / "state" / "d").write_bytes(b"x" * 2_500_000)
+    (killed / "best").mkdir()
+    (killed / "best" / "m").write_bytes(b"x" * 500_000)
+    note = results.write_failure(runs, rec(strategy="lp", lr=1e-3)["config"], "nonfinite", "nan")
+    diverged = runs / note["run"]
+    (diverged / "checkpoints" / "3").mkdir(parents=True)
+    empty = runs / "started-nothing-saved"
+    (empty / "checkpoints").mkdir(parents=True)
+    assert results.unfinished_runs(runs) == [(killed, 3_000_000)]
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err == (
+        "note: 1 run folder(s) hold no record, 3.0 MB of checkpoints (killed, still running, "
+        f"or run with settings since changed), e.g. {killed}: the sweep that ran them "
+        "resumes them; delete one to free its disk\n"
+    )
+
+
 def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, monkeypatch):
     import errno
     import tempfile
