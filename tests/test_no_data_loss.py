@@ -922,6 +922,19 @@ def test_port_force_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path):
     assert (thesis / "chapter1.tex").read_text() == "months of work"
     ck = save_model(tmp_path / "ck", params, {}, {"arch": "resnet50", "num_classes": 2})
     save_model(ck, params, {}, {"arch": "resnet50", "num_classes": 2}, force=True)  # ours: fine
+    # A checkpoint with a user's file beside its arrays (an export's model.pth, the file
+    # being ported from it): --force swapped the folder whole, and the file went with it.
+    (ck / "model.pth").write_bytes(b"the weights this port reads")
+    before = sorted(p.name for p in ck.iterdir())
+    with pytest.raises(CheckpointError) as e:
+        save_model(ck, params, {}, {"arch": "resnet50", "num_classes": 2}, force=True)
+    assert str(e.value) == (
+        f"{ck} holds 1 file(s) a checkpoint does not (e.g. model.pth); --force replaces only "
+        "a checkpoint's own files: move them out, or choose another folder"
+    )
+    assert sorted(p.name for p in ck.iterdir()) == before
+    assert (ck / "model.pth").read_bytes() == b"the weights this port reads"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ck")] == []  # no staging
 
 
 def test_a_float64_array_is_refused_before_a_checkpoint_that_could_not_load(tmp_path):

@@ -145,6 +145,7 @@ def save_model(
             with naming_os_errors(directory):
                 if directory.exists() and not force:  # another process got there first
                     raise _exists(directory)
+                _refuse_foreign_files(directory, staging)
                 if old.exists():
                     shutil.rmtree(old)
                 if directory.exists():
@@ -160,6 +161,26 @@ def save_model(
                 os.replace(old, directory)
         raise
     return directory
+
+
+def _refuse_foreign_files(directory: Path, staging: Path) -> None:
+    """Refuses to replace a checkpoint folder holding files a save does not write.
+
+    ``--force`` swaps the whole folder: a user's notes, an ``export``-ed
+    ``model.pth`` beside the arrays, or the very file being ported from it
+    went with the old checkpoint, without a word. The names a save writes are
+    those of the new checkpoint in ``staging`` (orbax's own files included).
+    """
+    if not directory.is_dir():
+        return
+    ours = {p.name for p in staging.iterdir()}
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in ours)
+    if foreign:
+        raise CheckpointError(
+            f"{directory} holds {len(foreign)} file(s) a checkpoint does not (e.g. "
+            f"{foreign[0]}); --force replaces only a checkpoint's own files: move them out, "
+            "or choose another folder"
+        )
 
 
 def _check_dtypes(tree: dict[str, Any], directory: Path) -> None:
