@@ -313,6 +313,12 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
         raise UserError(f"{name('weights')} must be auto, imagenet, none or a checkpoint folder")
     # A path is looked up only when the run loads its weights, after its data: checked here,
     # a typo fails a grid's --dry-run too, naming the key the user wrote, not a flag.
+    if config.weights not in WEIGHTS_CHOICES and os.path.isfile(os.path.expanduser(config.weights)):
+        raise UserError(
+            f"{name('weights')} {config.weights}: a file, expected a model checkpoint folder; "
+            f"a torch .pth or .safetensors is ported into one first: python -m weights_port "
+            f"--arch {config.arch} --torch-weights FILE --out DIR"
+        )
     if config.weights not in WEIGHTS_CHOICES and not os.path.isdir(
         os.path.expanduser(config.weights)
     ):

@@ -444,6 +444,12 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
             "experiments.prepare wrote into --data-dir (give it to experiments.prepare)\n",
         ),
         (
+            ["--strategy", "ft", "--weights", __file__],  # a file: a torch .pth, say
+            f"error: --weights {__file__}: a file, expected a model checkpoint folder; a torch "
+            ".pth or .safetensors is ported into one first: python -m weights_port --arch "
+            "resnet50 --torch-weights FILE --out DIR\n",
+        ),
+        (
             ["--strategy", "ft", "--manual-dir", "/tmp"],  # demo, the default: no files
             "error: --manual-dir applies to folder and csv datasets; demo is generated in "
             "memory from a seed and reads no files\n",

@@ -211,6 +211,29 @@ def test_a_file_that_is_no_torch_checkpoint_is_named_as_such(tmp_path):
     np.testing.assert_array_equal(read_state_dict(legacy)["w"], [0.0, 1.0, 2.0])
 
 
+def test_a_training_checkpoint_dict_is_unwrapped_or_named(tmp_path):
+    """``{'model': sd, 'optimizer': ..., 'epoch': 3}`` (torchvision's reference scripts) was
+    refused as no state_dict, naming nothing; a folder was "no such file"."""
+    from weights_port.state_io import read_state_dict
+
+    sd = {"w": torch.arange(3.0)}
+    for key in ("model", "state_dict", "model_state_dict"):
+        path = tmp_path / f"{key}.pth"
+        torch.save({key: sd, "optimizer": {"state": {}}, "epoch": 3}, path)
+        np.testing.assert_array_equal(read_state_dict(path)["w"], [0.0, 1.0, 2.0])
+    two = tmp_path / "two.pth"
+    torch.save({"model": sd, "state_dict": sd}, two)
+    with pytest.raises(PortError, match=r"two.pth: a checkpoint dict with state_dicts under "):
+        read_state_dict(two)
+    other = tmp_path / "other.pth"
+    torch.save({"weights": sd, "epoch": 3}, other)
+    with pytest.raises(PortError, match=r"other.pth: expected a state_dict .*\('weights' is a di"):
+        read_state_dict(other)
+    (tmp_path / "folder.pth").mkdir()
+    with pytest.raises(PortError, match=r"folder.pth: a folder, expected a .pth or .safetensors"):
+        read_state_dict(tmp_path / "folder.pth")
+
+
 def test_read_only_arrays_export_without_a_warning(tmp_path):
     """Arrays restored from a run's checkpoint can be read-only; torch would warn."""
     import warnings

@@ -24,6 +24,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,8 @@ _PICKLE_PROTO = b"\x80"
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """A ``.pth`` or ``.safetensors`` state_dict as numpy arrays."""
     path = Path(path)
+    if path.is_dir():
+        raise PortError(f"{path}: a folder, expected a .pth or .safetensors file")
     if not path.is_file():
         raise PortError(f"{path}: no such file")
     if path.suffix.lower() == ".safetensors":
@@ -154,6 +157,26 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise PortError(f"{path}: not a readable .safetensors file ({e})") from e
 
 
+STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
+"""Where training scripts keep the state_dict in a checkpoint dict (``{'model': sd,
+'optimizer': ..., 'epoch': 3}``): torchvision's reference scripts, Lightning
+(``state_dict``) and the common ``model_state_dict``. One of them holding a state_dict
+is unwrapped; two are refused (which one is the model is not for the port to guess)."""
+
+
+def _unwrap(obj: Any, path: Path) -> Any:
+    """The state_dict inside a training checkpoint's dict, or ``obj`` itself."""
+    if not isinstance(obj, Mapping) or all(not isinstance(v, Mapping) for v in obj.values()):
+        return obj
+    held = [k for k in STATE_DICT_KEYS if isinstance(obj.get(k), Mapping) and obj[k]]
+    if len(held) > 1:
+        raise PortError(
+            f"{path}: a checkpoint dict with state_dicts under {', '.join(map(repr, held))}; "
+            "expected one: re-save the model's with torch.save(sd, FILE)"
+        )
+    return obj[held[0]] if held else obj
+
+
 def _read_pth(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
@@ -184,10 +207,15 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
                 "copy it again"
             ) from None
         raise PortError(f"{path}: not a loadable torch state_dict ({_first_line(e)})") from e
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
+    obj = _unwrap(obj, path)
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PortError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+        first = (
+            next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+            if isinstance(obj, Mapping)
+            else None
+        )
+        which = f" ({first!r} is a {type(obj[first]).__name__})" if first is not None else ""
+        raise PortError(f"{path}: expected a state_dict (a mapping of names to tensors){which}")
     out = {}
     for key, tensor in obj.items():
         if not isinstance(key, str):
