@@ -234,6 +234,32 @@ def test_a_training_checkpoint_dict_is_unwrapped_or_named(tmp_path):
         read_state_dict(tmp_path / "folder.pth")
 
 
+def test_an_export_header_out_of_step_with_its_tensors_is_refused_before_writing(
+    resnet_state, tmp_path, capsys
+):
+    """3 class names for the 10-class head: ported ("wrote ..."), then refused by every
+    reader of the checkpoint. A .pth whose .safetensors twin is unreadable names the twin."""
+    from weights_port.state_io import write_state_dict
+
+    src = tmp_path / "m.safetensors"
+    header = {"arch": "resnet50", "num_classes": 10, "class_names": ["a", "b", "c"]}
+    write_state_dict(resnet_state, src, metadata=header)
+    out = tmp_path / "ck"
+    assert main(["--arch", "resnet50", "--torch-weights", str(src), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --torch-weights {src}: its medft_jax header: metadata class_names has 3 "
+        "names for 10 classes\n"
+    )
+    assert not out.exists()
+    pth = tmp_path / "m.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in resnet_state.items()}, pth)
+    src.write_bytes(b"garbage")
+    assert main(["--arch", "resnet50", "--torch-weights", str(pth), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --torch-weights {pth}: its twin m.safetensors, read for an ")
+    assert err.endswith("; move or repair it\n") and err.count("\n") == 1 and not out.exists()
+
+
 def test_read_only_arrays_export_without_a_warning(tmp_path):
     """Arrays restored from a run's checkpoint can be read-only; torch would warn."""
     import warnings

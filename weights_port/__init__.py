@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medft_jax.checkpoints.model import CheckpointError, load_model, save_model
+from medft_jax.checkpoints.model import CheckpointError, check_metadata, load_model, save_model
 from medft_jax.models import get_arch
 from weights_port.fetch import (
     WEIGHTS_NAMES,
@@ -77,6 +77,9 @@ def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool =
     # An export of a trained model: its class names, sizes and decoding come back with it
     # (without them predict read a 32-px model's images at 224, its classes as numbers).
     metadata.update({k: v for k, v in exported.items() if k in PREDICTION_KEYS})
+    # An export's header edited out of step with its tensors (3 class names for a 2-class
+    # head) was ported, and every reader of the checkpoint refused it: refused here, first.
+    check_metadata(variables, metadata, f"--torch-weights {torch_weights}: its medft_jax header")
     return save_model(out, variables["params"], variables["batch_stats"], metadata, force=force)
 
 
@@ -88,7 +91,14 @@ def _exported_metadata(path: Path, arch: str) -> dict:
     """
     if path.suffix.lower() != ".safetensors":
         twin = path.with_suffix(".safetensors")
-        if read_export_metadata(twin) is not None:
+        try:
+            held = read_export_metadata(twin)
+        except PortError as e:  # the user named the .pth: say why its twin was read at all
+            raise PortError(
+                f"--torch-weights {path}: its twin {twin.name}, read for an export's class "
+                f"names and preprocessing, is not readable ({e}); move or repair it"
+            ) from None
+        if held is not None:
             raise PortError(
                 f"--torch-weights {path}: exported by medft-jax, with its class names and "
                 f"preprocessing in {twin}, which a .pth cannot hold; port that file instead"
