@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import urllib.error
+import zipfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -205,6 +206,11 @@ def test_a_file_that_is_no_torch_checkpoint_is_named_as_such(tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(PortError, match=r"not a torch checkpoint \(neither torch.save's zip"):
             read_state_dict(tmp_path / name)
+    # A zip that torch.save did not write: torch's own words, then what was expected.
+    with zipfile.ZipFile(tmp_path / "notes.pth", "w") as z:
+        z.writestr("hello.txt", "hi")
+    with pytest.raises(PortError, match=r"\); expected a file written by torch.save\(model.state_"):
+        read_state_dict(tmp_path / "notes.pth")
     # torch's legacy (pre-zip) format is still read, weights_only.
     legacy = tmp_path / "legacy.pth"
     torch.save({"w": torch.arange(3.0)}, legacy, _use_new_zipfile_serialization=False)

@@ -206,7 +206,10 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
                 f"{path}: truncated or corrupted torch file ({_first_line(e)}); download or "
                 "copy it again"
             ) from None
-        raise PortError(f"{path}: not a loadable torch state_dict ({_first_line(e)})") from e
+        raise PortError(
+            f"{path}: not a loadable torch state_dict ({_first_line(e)}); expected a file "
+            "written by torch.save(model.state_dict(), FILE)"
+        ) from e
     obj = _unwrap(obj, path)
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         first = (
