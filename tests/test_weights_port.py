@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import urllib.error
 import zipfile
@@ -240,6 +241,13 @@ def test_a_training_checkpoint_dict_is_unwrapped_or_named(tmp_path):
         read_state_dict(tmp_path / "folder.pth")
 
 
+def read_header(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        return f.metadata()
+
+
 def test_an_export_header_out_of_step_with_its_tensors_is_refused_before_writing(
     resnet_state, tmp_path, capsys
 ):
@@ -257,6 +265,21 @@ def test_an_export_header_out_of_step_with_its_tensors_is_refused_before_writing
         "names for 10 classes\n"
     )
     assert not out.exists()
+    # The header is sealed: swapping two class names (consistent with the tensors) is
+    # refused, not ported as the model's truth.
+    from safetensors.numpy import load_file, save_file
+
+    header = {"arch": "resnet50", "num_classes": 10, "class_names": list("abcdefghij")}
+    write_state_dict(resnet_state, src, metadata=header, force=True)
+    sealed = json.loads(read_header(src)["medft_jax"])
+    assert sealed["metadata_sha256"] and sealed["class_names"] == list("abcdefghij")
+    sealed["class_names"] = list("bacdefghij")
+    save_file(load_file(str(src)), str(src), metadata={"medft_jax": json.dumps(sealed)})
+    assert main(["--arch", "resnet50", "--torch-weights", str(src), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {src}: its 'medft_jax' header does not match its metadata_sha256 (edited: "
+        "class names reordered, multilabel flipped?); export the checkpoint again\n"
+    )
     pth = tmp_path / "m.pth"
     torch.save({k: torch.from_numpy(v) for k, v in resnet_state.items()}, pth)
     src.write_bytes(b"garbage")

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from medft_jax.atomic import write_bytes
+from medft_jax.checkpoints.model import METADATA_HASH, metadata_hash
 from medft_jax.errors import writable_dir
 from weights_port.keymap import PortError
 
@@ -143,6 +144,12 @@ def read_export_metadata(path: str | Path) -> dict | None:
         value = None
     if not isinstance(value, dict):
         raise PortError(f"{path}: its {EXPORT_KEY!r} header is not a JSON object; edited?")
+    seal = value.pop(METADATA_HASH, None)  # exports before it: read as they are
+    if seal is not None and seal != metadata_hash(value):
+        raise PortError(
+            f"{path}: its {EXPORT_KEY!r} header does not match its {METADATA_HASH} (edited: "
+            "class names reordered, multilabel flipped?); export the checkpoint again"
+        )
     return value
 
 
@@ -315,7 +322,10 @@ def write_state_dict(
 
     arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
     # The twin first, and the .pth removed again if the twin fails: both files or neither.
-    header = {EXPORT_KEY: json.dumps(dict(metadata))} if metadata else None
+    # Sealed as a checkpoint's metadata is: a header edit that stays consistent with the
+    # tensors (two class names swapped) would otherwise come back as the model's truth.
+    sealed = {**metadata, METADATA_HASH: metadata_hash(metadata)} if metadata else None
+    header = {EXPORT_KEY: json.dumps(sealed)} if sealed else None
     written.append(write_bytes(safetensors, save(arrays, metadata=header)))
     for path, data in pth:
         try:
