@@ -376,6 +376,16 @@ def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
     ck = weights_port.port_imagenet("resnet50")
     assert ck == weights_port.default_checkpoint("resnet50")
     assert load_metadata(ck)["source_sha256"] == digest
+    # A cached file damaged or replaced since is checked as a download is, not ported
+    # (under the ImageNet file's name) from the cache.
+    path.write_bytes(payload[:-1] + bytes([payload[-1] ^ 1]))
+    with pytest.raises(PortError) as e:
+        dl.download("resnet50")
+    assert str(e.value).startswith(f"{path}: sha256 ")
+    assert str(e.value).endswith(
+        f"does not start with {digest[:8]}, the hash in its torchvision name: the cached "
+        "download is damaged or was replaced; delete it and run --download again"
+    )
 
 
 def test_only_torchvisions_file_fills_the_imagenet_slot(tmp_path, monkeypatch, resnet_file):

@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from weights_port.keymap import PortError
+from weights_port.state_io import sha256
 
 WEIGHTS_URLS: dict[str, str] = {
     "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
@@ -79,10 +80,19 @@ def download(arch: str, *, timeout: float = 30.0) -> Path:
     require_known(arch)
     url = WEIGHTS_URLS[arch]
     target = cache_dir() / "torchvision" / url.rsplit("/", 1)[-1]
+    prefix = expected_hash_prefix(url)
     if target.is_file():
+        # Checked as a fresh download is: a cached file damaged or replaced since (another
+        # model copied over it) was ported, and recorded, as torchvision's ImageNet weights.
+        found = sha256(target)
+        if not found.startswith(prefix):
+            raise PortError(
+                f"{target}: sha256 {found[:16]}... does not start with {prefix}, the hash in "
+                "its torchvision name: the cached download is damaged or was replaced; delete "
+                "it and run --download again"
+            )
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = expected_hash_prefix(url)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     digest = hashlib.sha256()
     try:
