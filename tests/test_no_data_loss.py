@@ -935,6 +935,15 @@ def test_port_force_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path):
     assert sorted(p.name for p in ck.iterdir()) == before
     assert (ck / "model.pth").read_bytes() == b"the weights this port reads"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ck")] == []  # no staging
+    # A link to a checkpoint: the swap replaced the link with a folder and left a stray
+    # .link.old, and the next --force crashed on it. Refused, naming where it points.
+    (ck / "model.pth").unlink()
+    link = tmp_path / "link"
+    link.symlink_to(ck)
+    with pytest.raises(CheckpointError) as e:
+        save_model(link, params, {}, {"arch": "resnet50", "num_classes": 2}, force=True)
+    assert str(e.value) == f"{link} is a link; give the folder it points to ({ck}), or another"
+    assert link.is_symlink() and not list(tmp_path.glob(".link*"))
 
 
 def test_a_float64_array_is_refused_before_a_checkpoint_that_could_not_load(tmp_path):

@@ -289,6 +289,31 @@ def test_an_export_header_out_of_step_with_its_tensors_is_refused_before_writing
     assert err.endswith("; move or repair it\n") and err.count("\n") == 1 and not out.exists()
 
 
+def test_a_port_holds_the_lock_runs_take_on_its_out(resnet_file, tmp_path, monkeypatch):
+    """Two ports into one --out at once shared one staging folder: both failed, with
+    tracebacks. Each now holds the lock --weights auto takes (``.<out>.lock``) while it
+    writes; a second waits, then finds the folder there."""
+    import contextlib
+
+    from medft_jax.checkpoints import pretrained
+
+    held = []
+
+    @contextlib.contextmanager
+    def recording(checkpoint):
+        held.append((checkpoint, checkpoint.exists()))
+        with real(checkpoint):
+            yield
+        held.append((checkpoint, checkpoint.exists()))
+
+    real = pretrained.one_porter
+    monkeypatch.setattr(pretrained, "one_porter", recording)
+    out = tmp_path / "ck"
+    assert main(["--arch", "resnet50", "--torch-weights", str(resnet_file), "--out", str(out)]) == 0
+    assert held == [(out, False), (out, True)]  # written inside the lock
+    assert (tmp_path / ".ck.lock").is_file()
+
+
 def test_read_only_arrays_export_without_a_warning(tmp_path):
     """Arrays restored from a run's checkpoint can be read-only; torch would warn."""
     import warnings
@@ -351,7 +376,9 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     command = err.split("then ", 1)[1].strip()
     ported = weights_port.default_checkpoint("resnet50")
     assert command == f"python -m weights_port --arch resnet50 --torch-weights FILE --out {ported}"
-    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+    # Nothing but the (empty) lock file a port into the slot holds, as --weights auto does.
+    left = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert left == [ported.parent / f".{ported.name}.lock"] and left[0].stat().st_size == 0
 
 
 class _FakeResponse(io.BytesIO):

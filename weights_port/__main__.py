@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from medft_jax.errors import ArgumentParser, cli_main
 from medft_jax.models import ARCHS
@@ -71,12 +73,23 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     parser = _port_parser()
     args = parser.parse_args(argv)
-    if args.download:
-        out = wp.port_imagenet(args.arch, args.out, force=args.force)
-    else:
-        if args.out is None:
-            parser.error("--out is required with --torch-weights")
-        out = wp.port(args.arch, args.torch_weights, args.out, force=args.force)
+    if not args.download and args.out is None:
+        parser.error("--out is required with --torch-weights")
+    from medft_jax.checkpoints.pretrained import one_porter
+
+    target = Path(args.out).expanduser() if args.out else wp.default_checkpoint(args.arch)
+    # A second port into --out waits, then sees it there; a user's --out whose folder does
+    # not exist yet gets no lock file made for it (nor its folders, if the port then fails).
+    lock = (
+        one_porter(target.absolute())
+        if args.out is None or target.parent.is_dir()
+        else contextlib.nullcontext()
+    )
+    with lock:
+        if args.download:
+            out = wp.port_imagenet(args.arch, args.out, force=args.force)
+        else:
+            out = wp.port(args.arch, args.torch_weights, args.out, force=args.force)
     print(f"wrote {out}")
     return 0
 

@@ -104,6 +104,11 @@ def save_model(
     own ``force`` deletes it before writing anything.
     """
     directory = Path(directory).expanduser().absolute()
+    if directory.is_symlink():  # the swap replaced the link, and left a stray .old link
+        raise CheckpointError(
+            f"{directory} is a link; give the folder it points to "
+            f"({os.path.realpath(directory)}), or another"
+        )
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} is a file, expected a checkpoint folder")
     if directory.exists() and not force:

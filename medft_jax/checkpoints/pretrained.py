@@ -73,7 +73,7 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
         if path.exists():
             return path
         if arch not in _UNAVAILABLE:
-            with _one_porter(path):  # two runs starting at once would port over each other
+            with one_porter(path):  # two runs starting at once would port over each other
                 return path if path.exists() else weights_port.port_imagenet(arch)
     except weights_port.PortError as e:
         _UNAVAILABLE[arch] = str(e)
@@ -91,8 +91,10 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
     return None
 
 
-def _one_porter(checkpoint: Path) -> contextlib.AbstractContextManager[None]:
-    """One process at a time ports ``checkpoint``; the others wait, then find it there.
+def one_porter(checkpoint: Path) -> contextlib.AbstractContextManager[None]:
+    """One process at a time ports ``checkpoint``; the others wait, then find it there
+    (runs with ``--weights auto``, and ``python -m weights_port`` into the same folder:
+    two ports at once shared one staging folder and both failed, with tracebacks).
 
     Not under multi-host JAX: there every process ports together (orbax's
     save is a collective), and one waiting for a lock another holds while
