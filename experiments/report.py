@@ -84,7 +84,8 @@ def _summary(args: argparse.Namespace):
         what = "is a file, expected the runs' folder" if runs.exists() else "no such folder"
         raise UserError(f"--runs {runs}: {what}")
     check_out(args.out, runs)  # before the work: a folder that is not ours is never replaced
-    found = results.load_records_at(runs)
+    bare: list[Path] = []  # records without the seal, read alike
+    found = results.load_records_at(runs, unsealed=bare)
     records = results.one_record_per_run(found, f"--runs {runs}")
     failures = results.load_failures(runs)
     if not records and not failures:
@@ -96,7 +97,6 @@ def _summary(args: argparse.Namespace):
             f"--runs {runs}: none of its {len(records) + len(failures)} runs match {what}; "
             "check --config and --only"
         )
-    bare = results.unsealed(path for path, _ in found)
     if bare:  # said once the report will be written: an error stays one line
         print(
             f"note: {len(bare)} of {len(found)} records carry no {results.SEAL_KEY} (written "

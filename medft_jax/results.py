@@ -299,7 +299,11 @@ def read_record(path: str | Path) -> dict[str, Any]:
     Also failure notes; a finished run's record is checked further by
     :func:`check_finished`.
     """
-    path = Path(path)
+    return _read_record(Path(path))[0]
+
+
+def _read_record(path: Path) -> tuple[dict[str, Any], bool]:
+    """:func:`read_record`, and whether the file carried :data:`SEAL_KEY`."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -316,7 +320,7 @@ def read_record(path: str | Path) -> dict[str, Any]:
             f"{path}: its contents do not match its {SEAL_KEY}; the record was edited or "
             "damaged on disk: restore it, or delete it to run it again"
         )
-    return record
+    return record, seal is not None
 
 
 def _check_name(path: Path, record: dict[str, Any]) -> None:
@@ -452,15 +456,18 @@ def load_records_at(
     *,
     finished: bool = False,
     damaged: list[RecordError] | None = None,
+    unsealed: list[Path] | None = None,
 ) -> list[tuple[Path, dict[str, Any]]]:
     """:func:`load_records`, each record with the file it was read from (for errors that
-    must name two files: one run's record found twice)."""
+    must name two files: one run's record found twice). ``unsealed``: a list that collects
+    the files without :data:`SEAL_KEY` (written before it, or edited with it removed),
+    whose numbers are checked against nothing, which a report says."""
     records = []
     for path in _find_files(out_dir, RECORD_NAME):
         if path.parent.name in PREVIOUS_NAMES:
             continue
         try:
-            record = read_record(path)
+            record, sealed = _read_record(path)
             if finished:
                 check_finished(path, record)
         except RecordError as e:
@@ -469,15 +476,10 @@ def load_records_at(
             e.path = path  # type: ignore[attr-defined]  # which run a listing skips
             damaged.append(e)
             continue
+        if not sealed and unsealed is not None:
+            unsealed.append(path)
         records.append((path, record))
     return records
-
-
-def unsealed(paths: Iterable[Path]) -> list[Path]:
-    """The record files among ``paths`` (read by :func:`read_record` before) without
-    :data:`SEAL_KEY`: written before records were sealed, or edited with the seal
-    removed. Their numbers are checked against nothing, which a report says."""
-    return [p for p in paths if SEAL_KEY not in json.loads(Path(p).read_text(encoding="utf-8"))]
 
 
 def one_record_per_run(
