@@ -379,6 +379,11 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     # Nothing but the (empty) lock file a port into the slot holds, as --weights auto does.
     left = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert left == [ported.parent / f".{ported.name}.lock"] and left[0].stat().st_size == 0
+    # With its own --out, the hint names that folder, where the user asked for the port.
+    mine = tmp_path / "mine"
+    assert main(["--arch", "resnet50", "--download", "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"weights_port --arch resnet50 --torch-weights FILE --out {mine}\n")
 
 
 class _FakeResponse(io.BytesIO):

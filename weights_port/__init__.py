@@ -125,7 +125,7 @@ def port_imagenet(arch: str, out: str | Path | None = None, *, force: bool = Fal
     if out.exists() and not force and out == default_checkpoint(arch):
         return out
     _check_free(out, force)  # before a 100 MB download that would then be refused
-    return port(arch, download(arch), out, force=force)
+    return port(arch, download(arch, out=out), out, force=force)
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:

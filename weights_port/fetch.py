@@ -75,8 +75,12 @@ def expected_hash_prefix(url: str) -> str:
     return m.group(1)
 
 
-def download(arch: str, *, timeout: float = 30.0) -> Path:
-    """The cached torchvision checkpoint of ``arch``, downloaded first if needed."""
+def download(arch: str, *, timeout: float = 30.0, out: Path | None = None) -> Path:
+    """The cached torchvision checkpoint of ``arch``, downloaded first if needed.
+
+    ``out``: where the caller ports it (the offline hint names it; default: the slot
+    ``--weights auto`` reads).
+    """
     require_known(arch)
     url = WEIGHTS_URLS[arch]
     target = cache_dir() / "torchvision" / url.rsplit("/", 1)[-1]
@@ -101,7 +105,7 @@ def download(arch: str, *, timeout: float = 30.0) -> Path:
                 response = urllib.request.urlopen(url, timeout=timeout)
             except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", e)
-                ported = cache_dir() / "flax" / f"{arch}_{WEIGHTS_NAMES[arch]}"
+                ported = out or cache_dir() / "flax" / f"{arch}_{WEIGHTS_NAMES[arch]}"
                 raise PortError(
                     f"cannot download {url} ({reason}); offline? Download it elsewhere, then "
                     f"python -m weights_port --arch {arch} --torch-weights FILE --out {ported}"
