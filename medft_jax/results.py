@@ -82,7 +82,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -506,6 +506,21 @@ def one_record_per_run(
     return records
 
 
+def _walk_once(out_dir: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` of ``out_dir`` following links, each real folder once (a loop, or a link
+    to a folder already inside, is not walked again), sub-folders in name order; the
+    caller may prune ``dirs`` as with ``os.walk``."""
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(out_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield root, dirs, names
+
+
 def _find_files(out_dir: str | Path, name: str) -> list[Path]:
     """Every file called ``name`` under ``out_dir``, following linked folders, in path order.
 
@@ -517,15 +532,8 @@ def _find_files(out_dir: str | Path, name: str) -> list[Path]:
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise RecordError(f"{out_dir}: no such results folder")
-    seen: set[str] = set()
     found = []
-    for root, dirs, names in os.walk(out_dir, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()
+    for root, dirs, names in _walk_once(out_dir):
         if (name in names or name in dirs) and Path(root).name not in PREVIOUS_NAMES:
             path = Path(root) / name
             if not path.is_file():  # skipped, its run would vanish from every table
@@ -547,14 +555,10 @@ def unfinished_runs(out_dir: str | Path) -> list[tuple[Path, int]]:
     in progress, and runs whose settings changed since (a sweep edited after a kill),
     which nothing else names and whose checkpoints stay on disk."""
     found = []
-    seen: set[str] = set()
-    for root, dirs, names in os.walk(out_dir, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen or Path(root).name in PREVIOUS_NAMES:
+    for root, dirs, names in _walk_once(out_dir):
+        if Path(root).name in PREVIOUS_NAMES:
             dirs[:] = []
             continue
-        seen.add(real)
-        dirs.sort()
         checkpoints = Path(root) / "checkpoints"
         started = (checkpoints.is_dir() and any(checkpoints.iterdir())) or "best" in dirs
         if started and RECORD_NAME not in names and FAILURE_NAME not in names:
