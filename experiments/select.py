@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status 0, or 2 with one ``error:`` line for bad input."""
+    """Exit status 0, 2 with one ``error:`` line for bad input, 75 (``EX_TEMPFAIL``) when
+    another process trains one of its arms in the same ``--out`` (try again later)."""
     return cli_main(_main, argv)
 
 

@@ -51,6 +51,12 @@ class UserError(ValueError):
     """Bad input: a file, folder, flag or setting that cannot be used as given."""
 
 
+class BusyError(UserError):
+    """Another process holds what a command needs (a run it trains now): the input is
+    fine and the same command may succeed later. :func:`cli_main` prints it as one
+    ``error:`` line and exits :data:`EXIT_BUSY`, as ``experiments.run`` does for a busy run."""
+
+
 def one_line(text: object) -> str:
     """``text`` with every run of whitespace (newlines included) as one space."""
     return " ".join(str(text).split())
@@ -128,8 +134,8 @@ EXIT_BROKEN_PIPE = 141
 def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Runs a command line's ``main`` and maps the errors a user can cause to one line.
 
-    :class:`UserError` -> ``error: <message>``, exit 2. An OSError (or one
-    wrapped in another exception) with a known errno -> ``error: <path>:
+    :class:`UserError` -> ``error: <message>``, exit 2 (a :class:`BusyError`: 75). An
+    OSError (or one wrapped in another exception) with a known errno -> ``error: <path>:
     <reason>``, exit 1 for a full disk (the input was fine) and 2 otherwise.
     ``KeyboardInterrupt`` -> exit 130 without a traceback; a closed output
     pipe (``| head``) -> exit 141, silently, as a Unix tool ends on SIGPIPE. Anything else
@@ -154,7 +160,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         return status
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        status = EXIT_BUSY if isinstance(e, BusyError) else EXIT_BAD_INPUT
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from medft_jax import atomic, results
 from medft_jax.config import RunConfig
 from medft_jax.data.errors import DataError
-from medft_jax.errors import UserError
+from medft_jax.errors import BusyError, UserError
 from medft_jax.outcomes import BUSY, DIVERGED, DONE, STOPPED
 
 if TYPE_CHECKING:  # JAX comes with the session: imported where a rung runs, not on --help
@@ -182,7 +182,7 @@ def _advance(
         arm.failed = o.error
         return
     if o.kind == BUSY:  # another selection trains this arm: it cannot be scored
-        raise UserError(
+        raise BusyError(
             f"--out {session.out}: arm {arm.label} is {o.error}; give each selection its own --out"
         )
     if o.kind not in (DONE, STOPPED) and o.exception is not None:

@@ -918,3 +918,27 @@ def test_a_run_refused_for_its_own_settings_leaves_its_datasets_other_runs(
     text = capsys.readouterr().out
     assert calls == ["ft", "lp"] and "refused (its batch does not fit)" in text
     assert [r["config"]["strategy"] for r in results.load_records(out)] == ["lp"]
+
+
+def test_select_whose_arm_another_process_trains_exits_75(tmp_path, capsys):
+    """Busy is not bad input: a second selection into one --out says so in one line and
+    exits 75 (try again later), as ``experiments.run`` does for a run another process holds."""
+    from medft_jax import locks
+    from medft_jax.errors import EXIT_BUSY
+
+    config = _grid_file(tmp_path, "g", strategies=("lp",), lrs=(1e-3, 1e-4), seeds=(0,), epochs=2)
+    out = tmp_path / "sel"
+    first = _identified(grid_lib.load_grid(config).configs())[0]
+    run = results.run_dir(out, first.to_dict())
+    held = locks.acquire(run)  # the other selection, training this arm now
+    try:
+        status = select_cli.main(["--config", str(config), "--out", str(out), "--min-epochs", "1"])
+    finally:
+        held.release()
+    err = capsys.readouterr().err.strip()
+    assert status == EXIT_BUSY == 75
+    assert err == (
+        f"error: --out {out}: arm lp @ lr 0.001 is running in process {os.getpid()}; give each "
+        "selection its own --out"
+    )
+    assert not list(out.rglob("record.json"))
