@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -934,6 +935,26 @@ def test_write_report_writes_every_table_figure_and_index(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     # A folder the user shares is as readable as mkdir under the umask makes it (not 0700).
     assert out.stat().st_mode & 0o777 == (out / "tables").stat().st_mode & 0o777 == DIR_MODE
+
+
+def test_a_killed_reports_temporary_folder_is_removed_by_the_next(tmp_path):
+    """Killed mid-write, a report left its hidden temporary folder beside --out for good;
+    the next report into the same --out removes it, never a live writer's."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    out = tmp_path / "report"
+    killed = tmp_path / f".report.tmp-{dead.pid}@{host}-0123abcd"
+    live = tmp_path / f".report.tmp-{os.getppid()}@{host}-0123abcd"  # the test runner's parent
+    for folder in (killed, live):
+        (folder / "tables").mkdir(parents=True)
+    write_report(collect([rec(dataset="demo", test=0.6)]), out)
+    assert not killed.exists() and live.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "report"])
 
 
 def test_write_report_refuses_a_folder_that_is_not_a_report(tmp_path):

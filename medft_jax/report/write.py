@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from medft_jax import atomic
 from medft_jax.atomic import DIR_MODE
 from medft_jax.errors import UserError, naming_os_errors
 from medft_jax.report import figures
@@ -96,7 +97,8 @@ def write_report(
 
     Everything is written into a temporary folder beside ``out_dir`` and
     moved into place at the end, so a crash never leaves half a report and
-    an old report is replaced whole. An existing ``out_dir`` is only
+    an old report is replaced whole; the temporary folder of a report killed
+    on this host is removed by the next report into the same ``out_dir``. An existing ``out_dir`` is only
     replaced when it is empty or is a report this function wrote (see
     :data:`MARKER`) holding nothing else: a report never deletes what it
     did not write. ``runs_dir``: the records' folder, which ``out_dir``
@@ -107,7 +109,9 @@ def write_report(
     out = Path(os.path.abspath(out_dir))
     with naming_os_errors(out_dir):  # a read-only --out is named, not our temporary folder
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        atomic.remove_abandoned(out)  # a killed report's temporary folder (a live one's stays)
+        tmp = atomic.temporary_sibling(out)
+        tmp.mkdir()
         os.chmod(tmp, DIR_MODE)  # it becomes out: readable by whom the umask says
     try:
         tables = all_tables(summary, beat_threshold)
