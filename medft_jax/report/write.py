@@ -98,8 +98,8 @@ def write_report(
     Everything is written into a temporary folder beside ``out_dir`` and
     moved into place at the end, so a crash never leaves half a report and
     an old report is replaced whole; the temporary folder of a report killed
-    on this host is removed by the next report into the same ``out_dir``. An existing ``out_dir`` is only
-    replaced when it is empty or is a report this function wrote (see
+    on this host is removed by the next report into the same ``out_dir``. An
+    existing ``out_dir`` is only replaced when it is empty or is a report this function wrote (see
     :data:`MARKER`) holding nothing else: a report never deletes what it
     did not write. ``runs_dir``: the records' folder, which ``out_dir``
     may neither be, nor be inside, nor contain.
