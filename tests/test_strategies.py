@@ -984,6 +984,39 @@ def test_kernels_only_sp_and_bitfit_refuse_params_without_flax_leaf_names():
     )
 
 
+@pytest.mark.parametrize("name", ["bitfit", "l2_sp", "g_lf"])
+def test_flax_nnx_state_trains_as_the_same_params_in_a_dict(name):
+    """``nnx.state(model, nnx.Param)`` holds each array as a variable's ``value``
+    (``body/dense/kernel/value``): BitFit and kernels-only SP refused it, naming the wrong
+    cause. Its updates equal those of the same params in a plain dict."""
+    from flax import nnx
+
+    from medft_jax.strategies import leaf_paths
+
+    w0 = pretrained_w0()
+    options = {"pretrained": w0, "kernels_only": True} if name == "l2_sp" else {}
+    as_nnx = lambda tree: nnx.State(jax.tree.map(nnx.Param, tree))  # noqa: E731
+    params = toy_params()
+    state = as_nnx(params)
+    assert flatten(leaf_paths(state)) == {p: p for p in PATHS}
+    grads = base_grads()
+    updates = {}
+    for tree, g, w in ((params, grads, w0), (state, as_nnx(grads), as_nnx(w0))):
+        opts = {**options, "pretrained": w} if "pretrained" in options else options
+        tx, _ = make(name, tree, TOY, learning_rate=LR, steps_per_epoch=1, **opts)
+        u, _ = tx.update(g, tx.init(tree), tree)
+        updates[type(tree)] = {p: np.asarray(x) for p, x in flatten(u).items()}
+    plain, held = updates[dict], updates[nnx.State]
+    trained_by = {
+        "bitfit": {"stem/bn/bias", "stem/bn/scale", "body/dense/bias", *HEAD_PATHS},
+        "g_lf": set(HEAD_PATHS) | {"top/fc1/kernel"},  # the last block, the head's, first
+    }
+    frozen = {p for p, v in plain.items() if not v.any()}
+    assert frozen == (set() if name == "l2_sp" else set(PATHS) - trained_by[name])
+    for path in PATHS:
+        np.testing.assert_array_equal(held[path], plain[path], err_msg=path)
+
+
 @pytest.mark.parametrize("name", ["ft", "g_lf"])
 def test_an_integer_parameter_is_refused_by_name(name):
     params = toy_params()

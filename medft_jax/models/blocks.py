@@ -72,8 +72,17 @@ class BlockPartition:
 
 
 def path_str(path: Iterable[Any]) -> str:
-    """A ``jax.tree_util`` key path -> ``'layer1/0/conv1/kernel'``, the partition's spelling."""
-    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+    """A ``jax.tree_util`` key path -> ``'layer1/0/conv1/kernel'``, the partition's spelling.
+
+    A last ``.value`` attribute is left out: flax.nnx's ``State`` holds each parameter
+    in a variable whose array is its ``value`` (``encoder/kernel/value``), and the
+    parameter's name, which patterns such as ``*/bias`` and ``*/kernel`` match, is the
+    path to the variable. A dict key named ``value`` stays (a user's own module name).
+    """
+    keys = tuple(path)
+    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
+        keys = keys[:-1]
+    return jax.tree_util.keystr(keys, simple=True, separator="/")
 
 
 def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from medft_jax.models.blocks import path_str
 from medft_jax.strategies.checks import is_concrete_number, require_int
 
 PyTree = Any
@@ -193,11 +194,7 @@ def _warn_zero_tensors(params: PyTree, eps: Any) -> None:
     if not leaves or not concrete or not is_concrete_number(eps):
         return
     norms = jnp.stack([jnp.linalg.norm(jnp.ravel(w).astype(jnp.float32)) for _, w in leaves])
-    zero = [
-        jax.tree_util.keystr(p, simple=True, separator="/")
-        for (p, _), n in zip(leaves, np.asarray(norms), strict=True)
-        if n <= eps
-    ]
+    zero = [path_str(p) for (p, _), n in zip(leaves, np.asarray(norms), strict=True) if n <= eps]
     if zero:
         more = f" and {len(zero) - 1} more" if len(zero) > 1 else ""
         warnings.warn(
