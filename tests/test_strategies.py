@@ -984,29 +984,43 @@ def test_kernels_only_sp_and_bitfit_refuse_params_without_flax_leaf_names():
     )
 
 
-@pytest.mark.parametrize("name", ["bitfit", "l2_sp", "g_lf"])
-def test_flax_nnx_state_trains_as_the_same_params_in_a_dict(name):
-    """``nnx.state(model, nnx.Param)`` holds each array as a variable's ``value``
-    (``body/dense/kernel/value``): BitFit and kernels-only SP refused it, naming the wrong
-    cause. Its updates equal those of the same params in a plain dict."""
+def _nnx_state(tree):
     from flax import nnx
 
+    return nnx.State(jax.tree.map(nnx.Param, tree))
+
+
+def _half_boxed(tree):
+    """linen's ``nn.with_partitioning`` boxes (``nn.Partitioned``), on the kernels only."""
+    from flax import linen as nn
+
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: nn.Partitioned(x, names=(None,) * x.ndim) if "kernel" in str(p) else x,
+        tree,
+    )
+
+
+@pytest.mark.parametrize("wrap", [_nnx_state, _half_boxed])
+@pytest.mark.parametrize("name", ["bitfit", "l2_sp", "g_lf"])
+def test_params_held_in_flax_variables_train_as_the_same_params_in_a_dict(name, wrap):
+    """``nnx.state(model, nnx.Param)`` and linen's boxed params hold an array as a
+    variable's ``value`` (``body/dense/kernel/value``): BitFit and kernels-only SP refused
+    nnx params, naming the wrong cause, and gave boxed kernels beside plain ones no SP
+    pull, silently. Their updates equal those of the same params in a plain dict."""
     from medft_jax.strategies import leaf_paths
 
     w0 = pretrained_w0()
     options = {"pretrained": w0, "kernels_only": True} if name == "l2_sp" else {}
-    as_nnx = lambda tree: nnx.State(jax.tree.map(nnx.Param, tree))  # noqa: E731
     params = toy_params()
-    state = as_nnx(params)
-    assert flatten(leaf_paths(state)) == {p: p for p in PATHS}
-    grads = base_grads()
-    updates = {}
-    for tree, g, w in ((params, grads, w0), (state, as_nnx(grads), as_nnx(w0))):
+    held_params = wrap(params)
+    assert flatten(leaf_paths(held_params)) == {p: p for p in PATHS}
+    updates = []
+    for tree, g, w in ((params, base_grads(), w0), (held_params, wrap(base_grads()), wrap(w0))):
         opts = {**options, "pretrained": w} if "pretrained" in options else options
         tx, _ = make(name, tree, TOY, learning_rate=LR, steps_per_epoch=1, **opts)
         u, _ = tx.update(g, tx.init(tree), tree)
-        updates[type(tree)] = {p: np.asarray(x) for p, x in flatten(u).items()}
-    plain, held = updates[dict], updates[nnx.State]
+        updates.append({p: np.asarray(x) for p, x in flatten(u).items()})
+    plain, held = updates
     trained_by = {
         "bitfit": {"stem/bn/bias", "stem/bn/scale", "body/dense/bias", *HEAD_PATHS},
         "g_lf": set(HEAD_PATHS) | {"top/fc1/kernel"},  # the last block, the head's, first
