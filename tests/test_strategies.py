@@ -1098,6 +1098,19 @@ def test_sp_in_a_partition_group_without_the_head():
     # make()'s L2-SP as a group works the same way.
     sp, _ = make("l2_sp", params, TOY, learning_rate=LR)
     optax.partition({"backbone": sp, "head": optax.adam(LR)}, labels).init(params)
+    # An explicit ω0, the whole pretrained tree (head included, which the group does not
+    # see): refused as "params missing" the head; the group pulls towards it.
+    sgd = {"head": optax.sgd(1.0)}
+    for group in (
+        lambda sp: optax.partition({"backbone": optax.chain(sp, optax.sgd(1.0)), **sgd}, labels),
+        lambda sp: optax.masked(
+            optax.chain(sp, optax.sgd(1.0)), map_paths(lambda p: not TOY.is_head(p))
+        ),
+    ):
+        tx = group(l2_sp(head, alpha=0.5, beta=0.0, pretrained=moved))
+        u = flatten(tx.update(grads, tx.init(params), params)[0])
+        for path, v in u.items():  # backbone: -(alpha * (w - w0)) = +1
+            np.testing.assert_allclose(v, np.zeros_like(v) if path in HEAD_PATHS else 1.0)
 
 
 def test_a_trainable_mask_marking_nothing_is_refused():

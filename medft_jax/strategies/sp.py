@@ -143,6 +143,7 @@ def _check_like(anchor: PyTree, params: PyTree) -> None:
     A leaf of another dtype too: ω0 rounded to bfloat16 against float32
     params puts every parameter off its start at step 0, and L1-SP's pull,
     α·sign(w − ω0), would act in full on all of them from rounding alone.
+    The leaves other groups own (``optax.MaskedNode``) are not compared.
     """
 
     def described(tree: PyTree) -> dict[str, str]:
@@ -152,6 +153,16 @@ def _check_like(anchor: PyTree, params: PyTree) -> None:
         }
 
     mine, theirs = described(params), described(anchor)
+    # In one group of optax.partition/optax.masked the other groups' leaves are
+    # MaskedNodes: ω0 may hold them (the whole pretrained tree), they are not compared.
+    masked = {
+        path_str(p)
+        for p, x in jax.tree_util.tree_leaves_with_path(
+            params, is_leaf=lambda x: isinstance(x, optax.MaskedNode)
+        )
+        if isinstance(x, optax.MaskedNode)
+    }
+    theirs = {p: d for p, d in theirs.items() if p not in masked}
     if mine and theirs and not set(mine) & set(theirs):
         raise ValueError(
             f"sp_penalty: pretrained shares no path with the params (params {next(iter(mine))!r}"
