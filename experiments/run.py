@@ -313,8 +313,12 @@ def _print_summary(
     LR at which a run diverged is never chosen, nor one whose run another
     process holds (its mean would be over fewer seeds than the others').
     """
+    from medft_jax import metrics  # scikit-learn: loaded by the runs, not by --help
+
     chosen = aggregate.eligible(records, [*failed_lrs, *busy_lrs])
     metric = records[0]["primary_metric"]
+    task = (records[0].get("multilabel", False), records[0].get("num_classes"))
+    shown = metrics.metric_name(metric, *task)
     skipped = records[0].get("skipped_bad_images")
     if skipped:
         each = ", ".join(f"{split} {n}" for split, n in skipped.items())
@@ -334,7 +338,7 @@ def _print_summary(
     if unvalidated:
         print(
             f"\nlr {lrs_text(unvalidated)} left out of the choice: a run there has no "
-            f"validation {metric}"
+            f"validation {shown}"
         )
     if not chosen:
         print("no learning rate with every run finished: no test metrics to show")
@@ -345,16 +349,23 @@ def _print_summary(
             f"lr {r['config']['lr']:g}, seed {r['config']['seed']}: best epoch "
             f"{r['best_epoch'] + 1} of {len(r['epochs'])}; test metrics:"
         )
-        print(format_table([(k, _fmt(v)) for k, v in r["test"].items()]))
+        print(
+            format_table([(metrics.metric_name(k, *task), _fmt(v)) for k, v in r["test"].items()])
+        )
     else:
         lr = aggregate.choose_lr(chosen, metric)
         summary = aggregate.summarise([r for r in chosen if r["config"]["lr"] == lr])
         print(
-            f"\nlr {lr:g} chosen by mean validation {metric}; test metrics, mean ± SE over "
+            f"\nlr {lr:g} chosen by mean validation {shown}; test metrics, mean ± SE over "
             f"{len(summary['seeds'])} seeds:"
         )
-        rows = [(k, f"{_fmt(m)} ± {_fmt(se)}") for k, (m, se) in summary["test"].items()]
+        rows = [
+            (metrics.metric_name(k, *task), f"{_fmt(m)} ± {_fmt(se)}")
+            for k, (m, se) in summary["test"].items()
+        ]
         print(format_table(rows))
+    if chosen and metrics.metric_name("accuracy", *task) == metrics.EQ6_NAME:
+        print(metrics.EQ6_NOTE)
     for r in records:
         print(f"record: {results.record_path_of(r, out)}")
 

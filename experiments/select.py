@@ -311,9 +311,13 @@ def _print_outcome(o: dict[str, Any]) -> None:
     pick, cost = o["pick"], o["cost"]
     print(
         f"\npick for {o['dataset']} ({o['arch']}): {pick['strategy']} at lr {pick['lr']:g} "
-        f"(val {pick['val']:.4f}); spent {cost['epochs']} epochs, {cost['seconds']:.0f} "
-        f"device-s over {cost['arms']} arms"
+        f"(val {o['metric_label']} {pick['val']:.4f}); spent {cost['epochs']} epochs, "
+        f"{cost['seconds']:.0f} device-s over {cost['arms']} arms"
     )
+    from medft_jax import metrics  # scikit-learn: loaded by the selection, not by --help
+
+    if o["metric_label"] == metrics.EQ6_NAME:
+        print(metrics.EQ6_NOTE)
     gr = o.get("grid")
     if not gr:
         return

@@ -618,7 +618,8 @@ def _train_epochs(
         p.epochs.append(entry)
         if progress and jax.process_index() == 0:
             print(
-                f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}  val {run.primary} "
+                f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}  val "
+                f"{metrics.metric_name(run.primary, run.ds.multilabel, run.ds.num_classes)} "
                 f"{entry['val'][run.primary]:.4f}{'  *' if decision.improved else ''}",
                 flush=True,
             )

@@ -128,9 +128,10 @@ def successive_halving(
             f"of {first.dataset}, a whole run of {max_epochs} epochs ({steps_per_epoch} steps "
             "each): the first rung must be shorter than a run"
         )
-    from medft_jax.metrics import primary_metric
+    from medft_jax.metrics import metric_name, primary_metric
 
     primary = primary_metric(first.dataset, dataset.multilabel)
+    shown = metric_name(primary, dataset.multilabel, dataset.num_classes)
     alive, rungs = list(arms), []
     plan = rung_steps(min_epochs, eta, max_epochs, steps_per_epoch)
     at = {steps for _, steps in plan}
@@ -140,7 +141,7 @@ def successive_halving(
                 _advance(arm, session, steps, primary, steps_per_epoch, at)
         rungs.append(_rung(budget, steps, alive))
         say(
-            f"rung at {budget:.3g} epoch(s), {steps} steps: "
+            f"rung at {budget:.3g} epoch(s), {steps} steps, val {shown}: "
             + ", ".join(f"{a.label} {a.score:.4f}" for a in alive)
         )
         if budget >= max_epochs:
@@ -162,6 +163,8 @@ def successive_halving(
         "min_epochs": min_epochs,
         "max_epochs": max_epochs,
         "pick": {"strategy": pick.strategy, "lr": pick.lr, "val": pick.score},
+        "metric": primary,
+        "metric_label": shown,
         "tiebreak_metric": tiebreak_metric(primary),
         "rungs": rungs,
         "cost": {

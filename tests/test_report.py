@@ -385,6 +385,30 @@ def test_the_run_command_and_the_report_choose_alike_when_a_run_diverged(tmp_pat
     assert "no learning rate with every run finished" in out and "±" not in out
 
 
+@pytest.mark.parametrize(
+    ("num_classes", "multilabel", "eq6"), [(2, False, False), (3, False, True), (3, True, True)]
+)
+def test_the_run_summary_names_eq6_accuracy_apart_from_top1(
+    num_classes, multilabel, eq6, tmp_path, capsys
+):
+    """A 3-class top-1 of 1/3 is an eq. 6 accuracy of 5/9: printed as bare "accuracy" above
+    top-1 it read as the share of images classed right (the report says "Acc. (top-1)")."""
+    from experiments import run as run_cli
+
+    records = [rec(seed=s, test=5 / 9) for s in (0, 1)]
+    for r in records:
+        r |= {"num_classes": num_classes, "multilabel": multilabel, "best_epoch": 0}
+        r["test"]["top1_accuracy"] = 1 / 3
+    name = "accuracy (eq. 6)" if eq6 else "accuracy"
+    for shown in (records[:1], records):
+        run_cli._print_summary(shown, str(tmp_path), [])
+        out = capsys.readouterr().out
+        table = {line.strip().split("  ")[0] for line in out.splitlines() if "0.5556" in line}
+        assert table == {name}, out
+        assert ("one-vs-rest accuracy, not the share of images classed right" in out) == eq6
+    assert f"chosen by mean validation {name};" in out
+
+
 def test_inferred_expectation_marks_a_cell_with_fewer_runs_partial():
     records = [rec(strategy="ft", lr=lr, seed=s) for lr in (1e-4, 1e-3) for s in (0, 1)]
     records.append(rec(strategy="lp", lr=1e-4, seed=0, test=0.25))

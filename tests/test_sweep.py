@@ -759,6 +759,7 @@ def test_killed_sweep_restarts_where_it_stopped(tmp_path, monkeypatch, capsys):
         for i, a in enumerate(outcome["rungs"][0]["arms"])
     ]
     assert outcome["tiebreak_metric"] == "auroc"
+    assert (outcome["metric"], outcome["metric_label"]) == ("accuracy", "accuracy")  # binary
     dropped = max(order)[-1]
     assert dropped not in {a["arm"] for a in outcome["rungs"][1]["arms"]}
     assert [a["epochs"] for a in outcome["rungs"][1]["arms"]] == [1, 1]
@@ -942,3 +943,22 @@ def test_select_whose_arm_another_process_trains_exits_75(tmp_path, capsys):
         "selection its own --out"
     )
     assert not list(out.rglob("record.json"))
+
+
+def test_the_selections_pick_line_names_eq6_accuracy(capsys):
+    """Eq. 6 of a 3-class task reads higher than top-1: the pick's score is named so."""
+    outcome = {
+        "dataset": "folder",
+        "arch": "resnet50",
+        "pick": {"strategy": "lp", "lr": 1e-3, "val": 5 / 9},
+        "metric": "accuracy",
+        "metric_label": "accuracy (eq. 6)",
+        "cost": {"epochs": 2.5, "seconds": 10.0, "arms": 3},
+    }
+    select_cli._print_outcome(outcome)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("pick for folder (resnet50): lp at lr 0.001 (val accuracy (eq. 6)")
+    assert lines[1] == (
+        "accuracy (eq. 6) is the paper's mean over classes of one-vs-rest accuracy, not the "
+        "share of images classed right"
+    )
