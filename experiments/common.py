@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from medft_jax.data.examples import TEST_FRACTION, VAL_FRACTION
-from medft_jax.data.options import OPTION_CHOICES, fractions_leave_no_train, split_option_error
+from medft_jax.data.options import OPTION_CHOICES, split_option_error
 from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
 from medft_jax.data.table import check_label_options
 from medft_jax.errors import UserError
@@ -28,8 +28,8 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--val-fraction",
         type=float,
-        help=f"share of training data held out as val (default {VAL_FRACTION:g}; tasks with "
-        "official splits take none)",
+        help=f"share of the training images (what a carved test split leaves) held out as "
+        f"val (default {VAL_FRACTION:g}; tasks with official splits take none)",
     )
     p.add_argument(
         "--test-fraction",
@@ -109,8 +109,6 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and 0 < value < 1):
             raise UserError(f"--{flag.replace('_', '-')} must be in (0, 1), got {value!r}")
-    if fractions_leave_no_train(args.val_fraction, args.test_fraction):
-        raise UserError("--val-fraction plus --test-fraction must be below 1")
     csv_only = {
         "csv_file": args.csv_file,
         "path_column": args.path_column,

@@ -27,7 +27,6 @@ from typing import Any
 
 from medft_jax.config import RunConfig, check_config
 from medft_jax.data.options import (
-    fractions_leave_no_train,
     option_value_error,
     split_option_error,
     unknown_option,
@@ -191,12 +190,6 @@ class Grid:
                 bad = option_value_error(option, value)
                 if bad:
                     raise GridError(f"{where} dataset_options[{dataset!r}]: {bad}")
-            # The command line's rules for the fractions, for a grid's too.
-            if fractions_leave_no_train(options.get("val_fraction"), options.get("test_fraction")):
-                raise GridError(
-                    f"{where} dataset_options[{dataset!r}]: val_fraction plus test_fraction "
-                    "must be below 1"
-                )
             fixed = split_option_error(dataset, "val_fraction", options.get("val_fraction"), None)
             if fixed:
                 raise GridError(f"{where} dataset_options[{dataset!r}]: {fixed}")

@@ -349,12 +349,6 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
             "dataset_options['chexpert']: uncertain must be one of ones, zeros, libauc, got",
         ),
         (
-            "datasets=('folder',); "
-            "dataset_options={'folder': {'manual_dir': '.', 'val_fraction': 0.6, "
-            "'test_fraction': 0.5}}",
-            "dataset_options['folder']: val_fraction plus test_fraction must be below 1",
-        ),
-        (
             "datasets=('cholect50_instrument',); "
             "dataset_options={'cholect50_instrument': {'val_fraction': 0.2}}",
             "dataset_options['cholect50_instrument']: val_fraction 0.2 does not apply",

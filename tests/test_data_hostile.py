@@ -248,6 +248,30 @@ def test_fractions_that_empty_a_split_name_their_flag(tmp_path, fractions, messa
     _no_cache_written(tmp_path / "out")
 
 
+def test_val_fraction_is_a_share_of_what_the_test_carve_leaves(tmp_path):
+    """--val-fraction 0.5 --test-fraction 0.5 is a 25/25/50 split (val is carved from what
+    test leaves, as --help says): it was refused as "plus must be below 1"."""
+    root = tmp_path / "imgs"
+    _folder(root, per_class=20)
+    ds = _load_folder(root, tmp_path / "out", val_fraction=0.5, test_fraction=0.5)
+    sizes = {split: ds.num_examples(split) for split in ("train", "val", "test")}
+    assert sizes == {"train": 10, "val": 10, "test": 20}
+    # The command line and a grid take them as the loader does.
+    from experiments import run as run_cli
+    from experiments.common import dataset_options
+    from medft_jax.grid import Grid
+
+    argv = ["--strategy", "ft", "--dataset", "folder", "--manual-dir", str(root)]
+    args = run_cli.build_parser().parse_args(
+        [*argv, "--val-fraction", "0.5", "--test-fraction", "0.5"]
+    )
+    assert dataset_options(args)["test_fraction"] == dataset_options(args)["val_fraction"] == 0.5
+    options = {"manual_dir": str(root), "val_fraction": 0.6, "test_fraction": 0.5}
+    axes = {"archs": ("resnet50",), "strategies": ("ft",), "lrs": (1e-3,), "seeds": (0,)}
+    grid = Grid(name="g", datasets=("folder",), dataset_options={"folder": options}, **axes)
+    assert grid.dataset_options["folder"]["val_fraction"] == 0.6
+
+
 def test_the_source_fingerprint_is_of_the_images_before_the_resize(tmp_path):
     """Each arch reads the folder at its own resize, so the content fingerprints differ by
     design; the source fingerprint does not, and follows a file edited in place (same name,

@@ -117,12 +117,6 @@ def option_value_error(option: str, value: Any) -> str | None:
     return None if ok else f"{option} must be {expected}, got {value!r}"
 
 
-def fractions_leave_no_train(val_fraction: float | None, test_fraction: float | None) -> bool:
-    """Whether the carved val and test shares leave nothing to train on (the command
-    line's ``--val-fraction plus --test-fraction must be below 1``, a grid's too)."""
-    return (val_fraction or 0) + (test_fraction or 0) >= 1
-
-
 OFFICIAL_SPLITS = {
     "cholect50_instrument": "the official video lists (35 train, 5 val, 10 test videos)",
 }
