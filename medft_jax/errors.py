@@ -276,6 +276,29 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"error: {one_line(message)} (see {self.prog} --help)\n")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._refuse_repeated(sys.argv[1:] if args is None else list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _refuse_repeated(self, argv: list[str]) -> None:
+        """Refuses a one-value flag given twice (``--lr 1e-4 ... --lr 1e-3``): argparse keeps
+        the last without a word, and a run at another setting than the user read would follow.
+        Flags that collect (``--only``) and switches may repeat; so may anything after ``--``."""
+        seen: dict[str, str] = {}
+        for token in argv:
+            if token == "--":
+                break
+            option = token.split("=", 1)[0]
+            action = self._option_string_actions.get(option) if token.startswith("--") else None
+            if not isinstance(action, argparse._StoreAction):
+                continue
+            if action.dest in seen:
+                again = "" if seen[action.dest] == option else f" (as {seen[action.dest]})"
+                self.error(f"{option} given twice{again}; expected it once")
+            seen[action.dest] = option
+
 
 @contextlib.contextmanager
 def quiet_logger(name: str, level: int = logging.CRITICAL) -> Iterator[None]:

@@ -479,7 +479,6 @@ def test_bad_select_flags_are_named(flags, message, tmp_path, capsys):
         (["--resize-size", "40", "--image-size", "64"], "error: --resize-size 40 must be >= "),
         (["--seed", "-2"], "error: --seed must be in [0, 2147483647], got -2"),
         (["--val-fraction", "0"], "error: --val-fraction must be in (0, 1), got 0.0"),
-        (["--test-fraction", "0.6", "--val-fraction", "0.5"], "error: --val-fraction plus"),
         (["--label-column", "y"], "error: --label-column applies to csv only"),
         (["--bits-stored", "20"], "error: --bits-stored must be an integer from 8 to 16, got 20"),
         (["--bits-stored", "7"], "error: --bits-stored must be an integer from 8 to 16, got 7"),
@@ -880,3 +879,29 @@ def test_a_misspelt_dataset_option_is_named_not_a_type_error(dataset, options, m
             **options,
         )
     assert not (tmp_path / "prepared").exists()
+
+
+@pytest.mark.parametrize(
+    ("cli", "argv", "message"),
+    [
+        (run_cli, [*RUN, "--lr", "1e-4", "--lr", "1e-3"], "--lr given twice"),
+        (run_cli, [*RUN, "--seeds", "0", "1", "--seeds=2"], "--seeds given twice"),
+        (run_cli, [*RUN, "--arch", "resnet50"], "--arch given twice"),  # RUN has one
+        (report_cli, ["--runs", "a", "--runs", "b"], "--runs given twice"),
+    ],
+)
+def test_a_one_value_flag_given_twice_is_refused(cli, argv, message, tmp_path, capsys):
+    """argparse kept the last value without a word: `--lr 1e-4 ... --lr 1e-3` ran 1e-3."""
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(argv)
+    assert e.value.code == 2
+    assert _one_error_line(capsys) == (
+        f"error: {message}; expected it once (see {cli.build_parser().prog} --help)"
+    )
+
+
+def test_flags_that_collect_may_repeat():
+    args = sweep_cli.build_parser().parse_args(
+        ["--config", "c.py", "--only", "strategy=lp", "--only", "lr=0.001", "--dry-run"]
+    )
+    assert args.only == ["strategy=lp", "lr=0.001"]

@@ -1070,15 +1070,17 @@ def test_run_folders_without_a_record_are_counted_with_their_size(tmp_path, caps
 
 def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, monkeypatch):
     import errno
-    import tempfile
 
     runs = tmp_path / "runs"
     _write_runs(runs, [rec()])
+    mkdir = Path.mkdir
 
-    def read_only(prefix, suffix, dir):
-        raise OSError(errno.EROFS, "Read-only file system", f"{dir}/{prefix}abc{suffix}")
+    def read_only(self, *args, **kwargs):
+        if self.name.startswith(".report.tmp-"):  # the report's temporary folder
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return mkdir(self, *args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(Path, "mkdir", read_only)
     out = tmp_path / "ro" / "report"
     assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
     err = capsys.readouterr().err
