@@ -563,6 +563,38 @@ def test_rgn_prepass_state_checks():
         scale_by_rgn(optax.adam(LR), mode="prepass", per_step=True)
 
 
+@pytest.mark.parametrize(
+    ("name", "option", "value", "readers"),
+    [
+        ("ft", "alpha", 5.0, "l1_sp, l2_sp"),
+        ("g_lf", "lp_epochs", 2, "lp_ft"),
+        ("lp_ft", "epochs_per_stage", 2, "g_lf, g_fl"),
+        ("l1_sp", "sp_half", False, "l2_sp"),
+        ("lp", "surgical_block", "body", "surgical"),
+        ("ft", "pretrained", "w0", "l1_sp, l2_sp"),
+    ],
+)
+def test_an_option_no_part_of_the_strategy_reads_is_refused(name, option, value, readers):
+    """``make('ft', alpha=5)`` trained plain FT without a word; the command line refused
+    such options already. At its default value an option is harmless and accepted."""
+    value = toy_params() if value == "w0" else value
+    with pytest.raises(ValueError) as err:
+        make(name, toy_params(), TOY, learning_rate=LR, steps_per_epoch=2, **{option: value})
+    assert str(err.value) == (
+        f"make({name!r}): {option} does not apply (only {readers} read it); leave it out"
+    )
+    default = {"alpha": 0.01, "lp_epochs": 5, "epochs_per_stage": 1, "sp_half": True}
+    if option in default:
+        make(
+            name,
+            toy_params(),
+            TOY,
+            learning_rate=LR,
+            steps_per_epoch=2,
+            **{option: default[option]},
+        )
+
+
 def test_make_auto_rgn_prepass():
     # No steps_per_epoch needed; the schedule tells the loop what to evaluate.
     _, schedule = make("auto_rgn", toy_params(), TOY, learning_rate=LR, rgn_mode="prepass")
@@ -572,8 +604,11 @@ def test_make_auto_rgn_prepass():
     assert schedule.prepass == Prepass(batches=3, eps=1e-6)  # an epoch of 3 batches
     _, schedule = make("auto_rgn", toy_params(), TOY, learning_rate=LR, steps_per_epoch=3)
     assert schedule.prepass is None  # stream, the default
-    _, schedule = make("ft", toy_params(), TOY, learning_rate=LR, rgn_mode="prepass")
-    assert schedule.prepass is None
+    with pytest.raises(ValueError) as err:  # FT reads no rgn_mode: it was ignored
+        make("ft", toy_params(), TOY, learning_rate=LR, rgn_mode="prepass")
+    assert str(err.value) == (
+        "make('ft'): rgn_mode does not apply (only auto_rgn read it); leave it out"
+    )
     with pytest.raises(ValueError, match="rgn_mode"):
         make("auto_rgn", toy_params(), TOY, learning_rate=LR, rgn_mode="both")
     with pytest.raises(ValueError, match="per_step"):

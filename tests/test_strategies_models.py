@@ -65,9 +65,9 @@ FINAL_STAGE = {  # g_lf, g_fl: ResNet's last block is the head alone, so G-FL en
 
 def build(name, params, partition, arch_name, **kw):
     kw.setdefault("steps_per_epoch", 1)
-    return make(
-        name, params, partition, learning_rate=1e-3, surgical_block=SURGICAL[arch_name], **kw
-    )
+    if name == "surgical":
+        kw.setdefault("surgical_block", SURGICAL[arch_name])
+    return make(name, params, partition, learning_rate=1e-3, **kw)
 
 
 def test_every_parameter_in_exactly_one_block(arch):
@@ -131,7 +131,7 @@ def test_bn_trains_throughout_is_exactly_where_freezing_bn_changes_nothing(arch_
             learning_rate=1e-3,
             steps_per_epoch=1,
             frozen_bn="freeze",
-            surgical_block=surgical,
+            **({"surgical_block": surgical} if strategy == "surgical" else {}),
         )
         in_inference = {
             e: bn_blocks - set(schedule.bn_train(e)) for e in range(len(partition.names) + 6)

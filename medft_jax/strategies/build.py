@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -10,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from medft_jax.config import OPTION_STRATEGIES
 from medft_jax.models.blocks import BlockPartition, path_str
 from medft_jax.strategies.checks import require_int, require_learning_rate
 from medft_jax.strategies.freeze import HEAD
@@ -126,6 +129,7 @@ def make(
             f"(the paper) and {', '.join(EXTRA_STRATEGIES)} (extras)"
         )
     spec = SPECS[name]
+    _refuse_options_of_others(name, o)
     _check_partition(name, params, partition)
     _check(name, o)
     if spec.needs_steps(o) and steps_per_epoch is None:
@@ -233,6 +237,26 @@ def _check_partition(name: str, params: PyTree, partition: Any) -> None:
         raise ValueError(
             f"{where}: partition.head {partition.head!r} ({partition.arch}) is not in the "
             f"last block {last.name!r}; the head's block must be the last (output) block"
+        )
+
+
+def _refuse_options_of_others(name: str, o: Options) -> None:
+    """Refuses an option set away from its default for a strategy that never reads it
+    (``make('ft', alpha=5)``, ``make('g_lf', lp_epochs=2)``): it was ignored without a
+    word, and the run was not the one asked for (the command line refuses them too)."""
+    defaults = {k: p.default for k, p in inspect.signature(make).parameters.items()}
+    readers = {**OPTION_STRATEGIES, "pretrained": ("l1_sp", "l2_sp")}
+    for option, strategies in readers.items():
+        value = getattr(o, option)
+        if name in strategies or value is defaults[option]:
+            continue
+        if value is not None and defaults[option] is not None:
+            with contextlib.suppress(Exception):  # an array, or a value of another type
+                if bool(value == defaults[option]):
+                    continue
+        raise ValueError(
+            f"make({name!r}): {option} does not apply (only {', '.join(strategies)} read it); "
+            "leave it out"
         )
 
 
