@@ -462,6 +462,38 @@ def test_patient_subfolders_must_be_said_before_a_split_is_carved(tmp_path):
     assert each.split_fingerprint() != ds.split_fingerprint()
 
 
+def test_images_loose_beside_patient_folders_are_refused_under_patient_folders(tmp_path):
+    """A partly sorted export: p9's images moved up into their class folder became four
+    patients of their own, and landed in train and val without a word."""
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _patient_folders(root)
+    for f in sorted((root / "benign" / "p9").iterdir()):
+        f.rename(root / "benign" / f"p9_{f.name}")
+    (root / "benign" / "p9").rmdir()
+    with pytest.raises(DataError) as err:
+        _load_folder(root, out, patient_folders=True)
+    assert _one_line(err) == (
+        f"{root}: --patient-folders, and 4 training image(s) lie loose in their class "
+        "folder, in no patient folder (e.g. benign/p9_0.png); each would be a patient of its "
+        "own, and a patient's loose images could land in train and test: move them into "
+        "their patient's folder, or use --no-patient-folders"
+    )
+    _no_cache_written(out)
+    _load_folder(root, out, patient_folders=False)  # image by image, as asked
+    # Given splits carve nothing: loose images there are a split's images, as before.
+    given = tmp_path / "given"
+    for n, split in enumerate(("train", "val", "test")):
+        for c, name in enumerate(("benign", "malignant")):
+            (given / split / name / f"{split}{c}").mkdir(parents=True)
+            for i in range(2):
+                image(100 * n + 10 * c + i, (20, 18)).save(
+                    given / split / name / f"{split}{c}" / f"{i}.png"
+                )
+            image(100 * n + 10 * c + 5, (20, 18)).save(given / split / name / "loose.png")
+    ds = _load_folder(given, tmp_path / "out2", patient_folders=True)
+    assert "train/benign/loose.png" in ds.splits["train"].ids.tolist()
+
+
 @pytest.mark.parametrize("said", [True, False])
 def test_patient_folders_said_of_a_folder_without_subfolders_is_refused(tmp_path, said):
     """It would change nothing but the cache's name, as a fraction given for a given split."""

@@ -215,25 +215,42 @@ def _say_left_out(root: Path, others: Counter[str]) -> None:
 
 
 def _check_patients_said(
-    root: Path, nested: dict[str, list[str]], patient_folders: bool | None, carved: bool
+    root: Path,
+    nested: dict[str, list[str]],
+    patient_folders: bool | None,
+    carved: bool,
+    train: list[Example],
 ) -> None:
     """Refuses carving a split out of training images in class subfolders while it is
     unsaid whether a subfolder is one patient (see the module docstring); and the flag
     where no image sits in a subfolder, as every flag that would change nothing is.
-    ``nested``: split -> the ids of its images in class subfolders."""
+    Under ``--patient-folders``, refuses training images that lie loose in their class
+    folder when a split is carved from them: each would be a patient of its own, and a
+    patient's images left loose (a partly sorted export) could land in train and test.
+    ``nested``: split -> the ids of its images in class subfolders; ``train``: the
+    examples the carve takes from."""
     if patient_folders is not None and not any(nested.values()):
         flag = "--patient-folders" if patient_folders else "--no-patient-folders"
         raise DataError(
             f"{flag}: no image under {root} sits in a subfolder of its class folder, so "
             "there is no patient folder to say anything of; leave the flag out"
         )
-    train = nested.get("train", [])
-    if carved and train and patient_folders is None:
+    inside = nested.get("train", [])
+    if carved and inside and patient_folders is None:
         raise DataError(
-            f"{root}: {len(train)} image(s) sit in subfolders of their class folder (e.g. "
-            f"{train[0]}) and val/test are carved from them: say whether a subfolder is one "
+            f"{root}: {len(inside)} image(s) sit in subfolders of their class folder (e.g. "
+            f"{inside[0]}) and val/test are carved from them: say whether a subfolder is one "
             "patient: --patient-folders keeps each subfolder's images in one split, "
             "--no-patient-folders splits image by image"
+        )
+    in_folders = set(inside)
+    loose = [ex.id for ex in train if ex.id not in in_folders]
+    if carved and patient_folders and loose:
+        raise DataError(
+            f"{root}: --patient-folders, and {len(loose)} training image(s) lie loose in "
+            f"their class folder, in no patient folder (e.g. {loose[0]}); each would be a "
+            "patient of its own, and a patient's loose images could land in train and "
+            "test: move them into their patient's folder, or use --no-patient-folders"
         )
 
 
@@ -271,7 +288,7 @@ def parse_folder(
             for split, value in (("test", test_fraction), ("val", val_fraction))
         }
         carved = "test" not in given or "val" not in given
-        _check_patients_said(root, nested, patient_folders, carved)
+        _check_patients_said(root, nested, patient_folders, carved, train)
         if "test" not in given:
             train, given["test"] = carve_checked(
                 train, "test", fraction["test"], seed, stratify=True, where=str(root)
@@ -286,7 +303,7 @@ def parse_folder(
     _refuse_split_like_classes(root, class_names)
     nested = {"train": []}
     examples = _scan(root, root, class_names, "train", others, patient_folders, nested["train"])
-    _check_patients_said(root, nested, patient_folders, carved=True)
+    _check_patients_said(root, nested, patient_folders, carved=True, train=examples)
     _say_left_out(root, others)
     test_fraction = fraction_for("test", test_fraction, None, str(root))
     val_fraction = fraction_for("val", val_fraction, None, str(root))
