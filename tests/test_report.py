@@ -1009,6 +1009,42 @@ def test_cli_writes_the_report_and_prints_the_index(tmp_path, capsys):
     assert (out / "tables" / "table08_bach.csv").is_file()
 
 
+def test_the_report_says_which_scores_are_inflated_by_copies_and_what_was_skipped(tmp_path):
+    """Each record of a folder whose test images include byte copies of training images
+    said so (``eval_copies_of_train``), and the run's summary did; the report, the table a
+    user copies into a paper, showed the inflated numbers without a word."""
+    runs = tmp_path / "runs"
+    source = {"root": "/data/clinic", "options": {}, "skip_bad_images": True}
+    records = [rec(dataset="folder", strategy=s, seed=k) for s in ("ft", "lp") for k in (0, 1)]
+    for r in records:
+        r |= {"data_source": source, "class_names": ["a", "b"]}
+        r["eval_copies_of_train"] = {"test": 11, "val": 2}
+        r["skipped_bad_images"] = {"train": 3}
+    records[0]["eval_copies_of_train"] = {"test": 11}  # an older reading: the most is kept
+    _write_runs(runs, records)
+    out = tmp_path / "out"
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
+    inflated = (
+        "Inflated: 2 val and 11 test image(s) are copies of training images, scored as if "
+        "unseen: these scores are higher than on independent images."
+    )
+    skipped = "3 unreadable image(s) left out by --skip-bad-images (train 3)."
+    index = (out / "index.md").read_text()
+    line = next(x for x in index.splitlines() if x.startswith("  - folder") and " px" in x)
+    assert line.startswith("  - folder read from `/data/clinic`: 224 px")
+    assert line.endswith(f". {inflated} {skipped}")
+    table = next((out / "tables").glob("results_folder.md")).read_text()
+    assert inflated in table and skipped in table
+    # Clean data: no such words.
+    for r in records:
+        del r["eval_copies_of_train"], r["skipped_bad_images"]
+    clean = tmp_path / "clean"
+    _write_runs(clean, records)
+    assert cli.main(["--runs", str(clean), "--out", str(tmp_path / "out2")]) == 0
+    text = (tmp_path / "out2" / "index.md").read_text()
+    assert "Inflated" not in text and "--skip-bad-images" not in text
+
+
 def test_a_run_folder_copied_inside_runs_is_refused_naming_both_records(tmp_path, capsys):
     """A backup copy (``<run>.bak``, or under ``old/``) is one run found twice: refused as
     before, now naming both files rather than only the cell's lr and seed."""

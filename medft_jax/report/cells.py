@@ -520,7 +520,25 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     protocol["start"] = start_of(configs[0])
     protocol["numerics"] = numerics_of(runs[0])  # one a report: _check_numerics
+    source = data_source_of(runs[0]) or {}
+    protocol["source"] = source.get("csv_file") or source.get("root")
+    protocol["copies"] = _split_counts(runs, "eval_copies_of_train")
+    protocol["skipped"] = _split_counts(runs, "skipped_bad_images")
     return protocol
+
+
+def _split_counts(runs: Sequence[Mapping[str, Any]], key: str) -> dict[str, int]:
+    """Split -> the most images any of ``runs`` counts under ``key`` (a record's
+    ``eval_copies_of_train`` or ``skipped_bad_images``: properties of the data, equal
+    across the runs of one dataset), in train/val/test order; splits without any left out."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        given = r.get(key)
+        for split, n in given.items() if isinstance(given, Mapping) else ():
+            if (k := _int(n)) is not None and k > 0:
+                counts[str(split)] = max(counts.get(str(split), 0), k)
+    order = {s: i for i, s in enumerate(("train", "val", "test"))}
+    return dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
 
 
 def start_of(config: Mapping[str, Any]) -> str:

@@ -357,6 +357,27 @@ def _value_entry(x: ValueLine) -> Entry:
     return Entry(x.text, bold=x.bold, underline=x.underline)
 
 
+def data_notes(protocol: Mapping[str, Any]) -> list[str]:
+    """What a dataset's records say of its images that changes how its numbers read:
+    evaluation images that are byte copies of training images (inflated scores), and
+    images ``--skip-bad-images`` left out (numbers of fewer images than were given)."""
+    notes = []
+    copies = protocol.get("copies") or {}
+    if copies:
+        each = " and ".join(f"{n} {split}" for split, n in copies.items())
+        notes.append(
+            f"Inflated: {each} image(s) are copies of training images, scored as if "
+            "unseen: these scores are higher than on independent images."
+        )
+    skipped = protocol.get("skipped") or {}
+    if skipped:
+        each = ", ".join(f"{split} {n}" for split, n in skipped.items())
+        notes.append(
+            f"{sum(skipped.values())} unreadable image(s) left out by --skip-bad-images ({each})."
+        )
+    return notes
+
+
 def dataset_table(summary: Summary, dataset: str) -> Table:
     """Tables 3-10: strategies × (arch × two metrics + cost), mean (SE) in percent."""
     metrics = summary.metrics[dataset]
@@ -386,6 +407,7 @@ def dataset_table(summary: Summary, dataset: str) -> Table:
         *_cell_notes(
             (cells[(a, s)] for s in strategies for a in archs if (a, s) in cells), metrics
         ),
+        *data_notes(summary.protocol.get(dataset, {})),
     ]
     lines = _marked(_value_lines(cells, archs, strategies, metrics))
     head = Head(dataset_table_name(dataset), title, notes)

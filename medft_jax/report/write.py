@@ -40,6 +40,7 @@ from medft_jax.report.render import (
 from medft_jax.report.tables import (
     all_tables,
     count_rule_text,
+    data_notes,
     dataset_table_name,
     paired_note,
     table_number,
@@ -331,11 +332,12 @@ def _protocol_lines(summary: Summary) -> list[str]:
     for d in summary.datasets:
         p = summary.protocol.get(d)
         if p:
+            source = f" read from `{md_escape(p['source'])}`" if p.get("source") else ""
             lines.append(
-                f"  - {md_escape(d)}: {p['image_size']} px, batch {p['batch_size']}, at most "
-                f"{p['epochs']} epochs (patience {p['patience']}), {p['precision']} compute, "
-                f"`frozen_bn={p['frozen_bn']}`, {START_WORDS[p['start']]}, numerics "
-                f"version {p['numerics']}."
+                f"  - {md_escape(d)}{source}: {p['image_size']} px, batch {p['batch_size']}, "
+                f"at most {p['epochs']} epochs (patience {p['patience']}), {p['precision']} "
+                f"compute, `frozen_bn={p['frozen_bn']}`, {START_WORDS[p['start']]}, numerics "
+                f"version {p['numerics']}.{''.join(' ' + n for n in data_notes(p))}"
             )
     return ["- Trained under, per dataset:", *lines] if lines else []
 
