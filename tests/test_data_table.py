@@ -266,6 +266,22 @@ def test_a_clean_csv_with_groups_and_splits_still_loads(tmp_path):
     validate(splits, names, multilabel, where=str(tmp_path))
 
 
+def test_a_header_written_with_spaces_reads_as_its_cells_do(tmp_path):
+    """``path, label`` (by hand, or a spreadsheet's export) said "missing column 'label'
+    ... (found path, label)", though its cells' spaces were read away."""
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png, {'cat' if i % 2 else 'dog'}, p{i // 2}" for i in range(12)]
+    _write(tmp_path, "path, label , patient", rows)
+    spaced = _table(tmp_path, group_column="patient")
+    _write(tmp_path, "path,label,patient", [r.replace(" ", "") for r in rows])
+    plain = _table(tmp_path, group_column="patient")
+    assert spaced[:2] == plain[:2] == (["cat", "dog"], False)
+    for split in plain[2]:
+        assert [(e.id, e.label, e.patient) for e in spaced[2][split]] == [
+            (e.id, e.label, e.patient) for e in plain[2][split]
+        ]
+
+
 def test_a_split_or_patient_column_left_without_its_flag_is_refused(tmp_path):
     """Only path and label have default names: a 'split' column of train/val/test and a
     'patient_id' shared by images were ignored, the splits carved at random image by

@@ -64,7 +64,8 @@ def read_csv(path: Path, required: Sequence[str], header: Sequence[str] | None =
     A missing column names it and the expected header (``header``, default
     ``required``). Refused, with the file and line: bytes that are not
     UTF-8, a NUL byte, a row with fewer or more fields than the header, bad
-    quoting, an empty file, a header with no rows. Blank lines are skipped.
+    quoting, an empty file, a header with no rows. Blank lines are skipped. Column
+    names, like the cells, are read without surrounding spaces (``path, label``).
     """
     expected = ",".join(header or required)
     if not Path(path).exists():
@@ -78,8 +79,8 @@ def read_csv(path: Path, required: Sequence[str], header: Sequence[str] | None =
             start, last = last + 1, reader.line_num
             if not fields:
                 continue
-            if found is None:
-                found = _header(path, fields, required, expected)
+            if found is None:  # names stripped as the cells are: "path, label" by hand
+                found = _header(path, [f.strip() for f in fields], required, expected)
                 continue
             if len(fields) != len(found):
                 few = "fewer" if len(fields) < len(found) else "more"
