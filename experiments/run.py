@@ -323,6 +323,9 @@ def _print_summary(
     if skipped:
         each = ", ".join(f"{split} {n}" for split, n in skipped.items())
         print(f"\nskipped bad images (--skip-bad-images): {sum(skipped.values())} ({each})")
+    sizes = records[0].get("split_sizes")
+    if isinstance(sizes, dict) and sizes:
+        print("\nimages: " + ", ".join(f"{split} {n}" for split, n in sizes.items()))
     copies = records[0].get("eval_copies_of_train")
     if copies:
         each = ", ".join(f"{split} {n}" for split, n in copies.items())

@@ -952,6 +952,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         **_decoding(ds),
         **_skipped_images(ds),
         **_duplicates(ds),
+        "split_sizes": {split: ds.num_examples(split) for split in ("train", "val", "test")},
         "steps_per_epoch": run.steps_per_epoch,
         "epochs": p.epochs,
         "best_epoch": best["epoch"],

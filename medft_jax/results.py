@@ -127,6 +127,7 @@ class RunRecord(TypedDict, total=False):
     CSV and MedMNIST data; absent for others and in older records), ``decoding`` only
     for ``--bits-stored``/``--dicom-window`` runs, ``eval_copies_of_train`` (split ->
     count) only when val or test images are pixel-identical to training images,
+    ``split_sizes`` (split -> images; absent in older records),
     ``finished_at`` is optional; the module docstring says what each key holds.
     """
 
@@ -144,6 +145,7 @@ class RunRecord(TypedDict, total=False):
     decoding: dict[str, Any]
     skipped_bad_images: dict[str, int]
     eval_copies_of_train: dict[str, int]
+    split_sizes: dict[str, int]
     steps_per_epoch: int
     epochs: list[EpochEntry]
     best_epoch: int

@@ -400,9 +400,11 @@ def test_the_run_summary_names_eq6_accuracy_apart_from_top1(
         r |= {"num_classes": num_classes, "multilabel": multilabel, "best_epoch": 0}
         r["test"]["top1_accuracy"] = 1 / 3
     name = "accuracy (eq. 6)" if eq6 else "accuracy"
+    records[0]["split_sizes"] = {"train": 27, "val": 3, "test": 6}
     for shown in (records[:1], records):
         run_cli._print_summary(shown, str(tmp_path), [])
         out = capsys.readouterr().out
+        assert "\nimages: train 27, val 3, test 6\n" in out
         table = {line.strip().split("  ")[0] for line in out.splitlines() if "0.5556" in line}
         assert table == {name}, out
         assert ("one-vs-rest accuracy, not the share of images classed right" in out) == eq6
@@ -1020,6 +1022,7 @@ def test_the_report_says_which_scores_are_inflated_by_copies_and_what_was_skippe
         r |= {"data_source": source, "class_names": ["a", "b"]}
         r["eval_copies_of_train"] = {"test": 11, "val": 2}
         r["skipped_bad_images"] = {"train": 3}
+        r["split_sizes"] = {"train": 27, "val": 3, "test": 6}
     records[0]["eval_copies_of_train"] = {"test": 11}  # an older reading: the most is kept
     _write_runs(runs, records)
     out = tmp_path / "out"
@@ -1031,7 +1034,9 @@ def test_the_report_says_which_scores_are_inflated_by_copies_and_what_was_skippe
     skipped = "3 unreadable image(s) left out by --skip-bad-images (train 3)."
     index = (out / "index.md").read_text()
     line = next(x for x in index.splitlines() if x.startswith("  - folder") and " px" in x)
-    assert line.startswith("  - folder read from `/data/clinic`: 224 px")
+    assert line.startswith(
+        "  - folder read from `/data/clinic` (train 27, val 3, test 6 images): 224 px"
+    )
     assert line.endswith(f". {inflated} {skipped}")
     table = next((out / "tables").glob("results_folder.md")).read_text()
     assert inflated in table and skipped in table

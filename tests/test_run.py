@@ -100,6 +100,9 @@ def test_strategy_end_to_end(strategy, ported_tiny, demo, tmp_path, capsys):
     assert record["primary_metric"] == "accuracy"
     assert set(record["test"]) >= {"map", "accuracy", "auroc", "kappa", "f1"}
     assert record["environment"]["device_count"] == jax.device_count()
+    sizes = {split: demo.num_examples(split) for split in ("train", "val", "test")}
+    assert record["split_sizes"] == sizes
+    assert sizes["train"] // config.batch_size == record["steps_per_epoch"]
     on_disk = json.loads((tmp_path / record["run"] / "record.json").read_text())
     assert on_disk["best_epoch"] == record["best_epoch"]
     # Frozen parameters are bit-identical in the best checkpoint; trained ones moved.

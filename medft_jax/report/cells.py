@@ -522,6 +522,8 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
     protocol["numerics"] = numerics_of(runs[0])  # one a report: _check_numerics
     source = data_source_of(runs[0]) or {}
     protocol["source"] = source.get("csv_file") or source.get("root")
+    sizes = runs[0].get("split_sizes")  # of the data: one for the dataset's runs
+    protocol["sizes"] = dict(sizes) if isinstance(sizes, Mapping) else {}
     protocol["copies"] = _split_counts(runs, "eval_copies_of_train")
     protocol["skipped"] = _split_counts(runs, "skipped_bad_images")
     return protocol

@@ -333,6 +333,9 @@ def _protocol_lines(summary: Summary) -> list[str]:
         p = summary.protocol.get(d)
         if p:
             source = f" read from `{md_escape(p['source'])}`" if p.get("source") else ""
+            if p.get("sizes"):
+                each = ", ".join(f"{split} {n}" for split, n in p["sizes"].items())
+                source += f" ({each} images)"
             lines.append(
                 f"  - {md_escape(d)}{source}: {p['image_size']} px, batch {p['batch_size']}, "
                 f"at most {p['epochs']} epochs (patience {p['patience']}), {p['precision']} "
