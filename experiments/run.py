@@ -358,14 +358,20 @@ def _print_summary(
     else:
         lr = aggregate.choose_lr(chosen, metric)
         summary = aggregate.summarise([r for r in chosen if r["config"]["lr"] == lr])
-        print(
-            f"\nlr {lr:g} chosen by mean validation {shown}; test metrics, mean ± SE over "
-            f"{len(summary['seeds'])} seeds:"
-        )
-        rows = [
-            (metrics.metric_name(k, *task), f"{_fmt(m)} ± {_fmt(se)}")
-            for k, (m, se) in summary["test"].items()
-        ]
+        several = len({float(r["config"]["lr"]) for r in records}) > 1
+        how = f"chosen by mean validation {shown}" if several else "(the only lr run)"
+        seeds = summary["seeds"]
+        if len(seeds) == 1:  # one seed: no spread to show (its SE is NaN)
+            print(f"\nlr {lr:g} {how}; test metrics of seed {seeds[0]}:")
+            rows = [
+                (metrics.metric_name(k, *task), _fmt(m)) for k, (m, _) in summary["test"].items()
+            ]
+        else:
+            print(f"\nlr {lr:g} {how}; test metrics, mean ± SE over {len(seeds)} seeds:")
+            rows = [
+                (metrics.metric_name(k, *task), f"{_fmt(m)} ± {_fmt(se)}")
+                for k, (m, se) in summary["test"].items()
+            ]
         print(format_table(rows))
     if chosen and metrics.metric_name("accuracy", *task) == metrics.EQ6_NAME:
         print(metrics.EQ6_NOTE)

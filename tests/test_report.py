@@ -408,7 +408,13 @@ def test_the_run_summary_names_eq6_accuracy_apart_from_top1(
         table = {line.strip().split("  ")[0] for line in out.splitlines() if "0.5556" in line}
         assert table == {name}, out
         assert ("one-vs-rest accuracy, not the share of images classed right" in out) == eq6
-    assert f"chosen by mean validation {name};" in out
+    assert "lr 0.0001 (the only lr run); test metrics, mean ± SE over 2 seeds:" in out
+    run_cli._print_summary([*records, rec(lr=1e-3, val=0.1)], str(tmp_path), [])
+    assert f"lr 0.0001 chosen by mean validation {name};" in capsys.readouterr().out
+    run_cli._print_summary([records[0], rec(lr=1e-3, val=0.1)], str(tmp_path), [])
+    out = capsys.readouterr().out  # one seed: its values, no "± nan"
+    assert "lr 0.0001 chosen by mean validation" in out and "test metrics of seed 0:" in out
+    assert "nan" not in out
 
 
 def test_inferred_expectation_marks_a_cell_with_fewer_runs_partial():
