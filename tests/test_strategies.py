@@ -808,6 +808,31 @@ def test_schedule_lp_and_bn_modes():
     assert s.bn_train(4) == frozenset() and s.bn_train(5) == frozenset({"stem", "body", "top"})
 
 
+def test_trainable_mask_takes_a_traced_epoch_for_clipping_inside_jit():
+    """The README's clipping recipe inside a jitted step, the epoch its argument: the mask
+    raised TracerBoolConversionError. Zeroed by jnp.where, a frozen block's NaN gradient
+    stays out of the global norm (a product with the mask kept it: NaN * 0 is NaN)."""
+    params = toy_params()
+    _, schedule = make("g_lf", params, TOY, learning_rate=LR, steps_per_epoch=2)
+
+    @jax.jit
+    def clipped(grads, epoch):
+        mask = schedule.trainable_mask(params, epoch)
+        grads = jax.tree.map(lambda g, m: jnp.where(m, g, 0.0), grads, mask)
+        return optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())[0], mask
+
+    grads = jax.tree.map(jnp.ones_like, params)
+    grads["stem"]["conv"]["kernel"] = jnp.full((2, 2), jnp.nan)  # frozen in epochs 0-1
+    for epoch in range(4):
+        u, mask = clipped(grads, epoch)
+        want = flatten(schedule.trainable_mask(params, epoch))
+        assert {p: bool(np.all(m)) for p, m in flatten(mask).items()} == want
+        finite = all(np.isfinite(x).all() for x in jax.tree.leaves(u))
+        assert finite == (epoch < schedule.start_epoch("stem")), epoch
+        if epoch == 0:  # the last block trains: fc1's 2 and the head's 4 ones, norm √6
+            np.testing.assert_allclose(flatten(u)["top/head/bias"], [6**-0.5] * 2, rtol=1e-6)
+
+
 # --- argument checks -----------------------------------------------------------
 
 

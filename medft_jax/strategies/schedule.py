@@ -127,7 +127,7 @@ class Schedule:
     # --- per epoch -------------------------------------------------------
 
     def _check(self, epoch: int) -> None:
-        if epoch < 0:
+        if not isinstance(epoch, jax.core.Tracer) and epoch < 0:  # traced: see trainable_mask
             raise ValueError(f"epoch must be >= 0, got {epoch}")
 
     def is_trainable(self, path: str, epoch: int) -> bool:
@@ -147,7 +147,11 @@ class Schedule:
         return tuple(p for p, _, _ in self.leaves if self.is_trainable(p, epoch))
 
     def trainable_mask(self, params: PyTree, epoch: int) -> PyTree:
-        """A pytree of bools like ``params``: True where the leaf trains in ``epoch``."""
+        """A pytree of bools like ``params``: True where the leaf trains in ``epoch``.
+
+        ``epoch`` may be traced (inside ``jit``, the epoch an argument of the step): the
+        leaves that train from some epoch on are then boolean arrays, those that never
+        train ``False``."""
         return jax.tree_util.tree_map_with_path(
             lambda p, _: self.is_trainable(path_str(p), epoch), params
         )
