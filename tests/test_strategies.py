@@ -595,6 +595,16 @@ def test_an_option_no_part_of_the_strategy_reads_is_refused(name, option, value,
         )
 
 
+def test_rgn_of_complex_tensors_counts_their_imaginary_parts():
+    """A cast to float32 dropped them: g = [1j, 1j] against w = [1, 0] gave RGN 0, not √2."""
+    from medft_jax.strategies.rgn import relative_gradient_norms
+
+    g = {"a": jnp.array([1j, 1j], jnp.complex64), "b": jnp.array([3.0, -4.0])}
+    w = {"a": jnp.array([1.0, 0.0], jnp.complex64), "b": jnp.array([0.0, 1.0])}
+    rgn = jax.jit(relative_gradient_norms)(g, w)
+    np.testing.assert_allclose([rgn["a"], rgn["b"]], [np.sqrt(2.0), 5.0], rtol=1e-6)
+
+
 def test_make_auto_rgn_prepass():
     # No steps_per_epoch needed; the schedule tells the loop what to evaluate.
     _, schedule = make("auto_rgn", toy_params(), TOY, learning_rate=LR, rgn_mode="prepass")

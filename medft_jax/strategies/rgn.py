@@ -117,8 +117,8 @@ def relative_gradient_norms(grads: PyTree, params: PyTree, eps: float = 1e-8) ->
     """
 
     def rgn(g: jax.Array, w: jax.Array) -> jax.Array:
-        gn = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
-        wn = jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32))))
+        gn = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(g).astype(jnp.float32))))  # abs: complex
+        wn = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(w).astype(jnp.float32))))
         zero = wn <= eps
         return jnp.where(zero, jnp.inf, gn / jnp.where(zero, 1.0, wn))
 
