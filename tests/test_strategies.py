@@ -605,6 +605,33 @@ def test_rgn_of_complex_tensors_counts_their_imaginary_parts():
     np.testing.assert_allclose([rgn["a"], rgn["b"]], [np.sqrt(2.0), 5.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("llrd", {"lr_decay": 0.7}),
+        ("g_lf", {"steps_per_epoch": 2}),
+        ("lp_ft", {"lp_epochs": 1, "steps_per_epoch": 2}),
+        ("auto_rgn", {"rgn_eps": 1e-6, "steps_per_epoch": 2}),
+    ],
+)
+def test_options_given_as_jax_scalars_build_what_numbers_build(name, options):
+    """``lr_decay=jnp.float32(0.7)`` was refused as "must be in (0, 1], got Array(0.7)", and
+    ``steps_per_epoch=jnp.int32(2)`` as not an integer."""
+    as_jax = {
+        k: (jnp.int32(v) if isinstance(v, int) else jnp.float32(v)) for k, v in options.items()
+    }
+    got = []
+    for given in (options, as_jax):
+        given = {"steps_per_epoch": 2, **given}
+        tx, schedule = make(name, toy_params(), TOY, learning_rate=LR, **given)
+        ups, _ = run(tx, 5)
+        got.append((ups, schedule.start_steps))
+    assert got[0][1] == got[1][1]
+    for a, b in zip(got[0][0], got[1][0], strict=True):
+        for path in PATHS:
+            np.testing.assert_allclose(a[path], b[path], rtol=1e-6, err_msg=path)
+
+
 def test_make_auto_rgn_prepass():
     # No steps_per_epoch needed; the schedule tells the loop what to evaluate.
     _, schedule = make("auto_rgn", toy_params(), TOY, learning_rate=LR, rgn_mode="prepass")

@@ -122,7 +122,13 @@ def make(
       ``Strategy(tx, schedule)``. ``ft`` is exactly ``optax.adam``.
     """
     # Every keyword argument, by its own name (a parameter Options lacks is a TypeError here).
-    o = Options(**{k: v for k, v in locals().items() if k not in ("name", "params", "partition")})
+    o = Options(
+        **{
+            k: _as_python(v)
+            for k, v in locals().items()
+            if k not in ("name", "params", "partition")
+        }
+    )
     if name not in STRATEGIES:
         raise ValueError(
             f"unknown strategy {name!r}; valid ids: {', '.join(PAPER_STRATEGIES)} "
@@ -132,7 +138,7 @@ def make(
     _refuse_options_of_others(name, o)
     _check_partition(name, params, partition)
     _check(name, o)
-    if spec.needs_steps(o) and steps_per_epoch is None:
+    if spec.needs_steps(o) and o.steps_per_epoch is None:
         raise ValueError(f"make({name!r}): steps_per_epoch is required (stages are in epochs)")
     group_of = spec.groups(partition)
     _check_groups_train_something(name, params, group_of)
@@ -142,8 +148,8 @@ def make(
         partition,
         group_of,
         {HEAD: 0, **spec.starts(o, partition.names)},
-        steps_per_epoch=steps_per_epoch,
-        frozen_bn=frozen_bn,
+        steps_per_epoch=o.steps_per_epoch,
+        frozen_bn=o.frozen_bn,
         prepass=spec.prepass(o),
     )
     return Strategy(spec.optimizer(o, Layout(partition, group_of, schedule)), schedule)
@@ -238,6 +244,16 @@ def _check_partition(name: str, params: PyTree, partition: Any) -> None:
             f"{where}: partition.head {partition.head!r} ({partition.arch}) is not in the "
             f"last block {last.name!r}; the head's block must be the last (output) block"
         )
+
+
+def _as_python(value: Any) -> Any:
+    """A concrete 0-d jax array as the Python number it holds (``jnp.float32(0.7)``,
+    ``jnp.int32(2)``): the checks read numbers, and refused it as out of range; a traced
+    one, and anything else, as it is."""
+    concrete = isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+    if concrete and value.ndim == 0 and value.is_fully_addressable:
+        return value.item()
+    return value
 
 
 def _refuse_options_of_others(name: str, o: Options) -> None:
