@@ -1058,6 +1058,28 @@ def test_sp_pretrained_of_another_dtype_is_refused():
     assert not any(np.asarray(x).any() for x in u.values())
 
 
+def test_sp_takes_an_anchor_with_the_source_tasks_head_or_none():
+    """ω0 from an ImageNet checkpoint holds a 1000-class head; the head is decayed with
+    beta, never pulled to ω0, yet such an ω0 was refused for its head's shape."""
+    params, w0 = toy_params(), pretrained_w0()
+    imagenet = pretrained_w0()
+    imagenet["top"]["head"] = {"kernel": jnp.ones(1000), "bias": jnp.ones(1000)}
+    headless = pretrained_w0()
+    del headless["top"]["head"]
+    got = []
+    for anchor in (w0, imagenet, headless):
+        tx, _ = make("l2_sp", params, TOY, learning_rate=LR, pretrained=anchor, alpha=0.5)
+        got.append(run(tx, 3)[0])
+    for ups in got[1:]:
+        for a, b in zip(got[0], ups, strict=True):
+            for path in PATHS:
+                np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+    wrong = pretrained_w0()
+    wrong["body"]["dense"]["kernel"] = jnp.ones((2, 3))  # outside the head: still refused
+    with pytest.raises(ValueError, match="pretrained differs from the params at 'body/dense/"):
+        make("l2_sp", params, TOY, learning_rate=LR, pretrained=wrong)[0].init(params)
+
+
 def test_kernels_only_sp_and_bitfit_refuse_params_without_flax_leaf_names():
     """Leaves named ``w``/``b`` (``self.param("w")``): kernels-only SP pulled nothing and
     BitFit trained the head alone (LP under its name), both without a word."""

@@ -14,11 +14,12 @@ optimizer state).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from medft_jax.models.blocks import path_str
@@ -67,7 +68,9 @@ def sp_penalty(
       pretrained: ω0; by default the params given to ``init`` (the
         pretrained weights with the fresh head). ``init`` checks that it has
         the params' tree structure and shapes: one that merely broadcasts
-        against them would silently change the shape of the updates.
+        against them would silently change the shape of the updates. Its
+        head leaves are never read: they may be the source task's (1000
+        ImageNet classes) or missing.
 
     The update needs ``params``: ``tx.update(grads, state, params)``.
     ``alpha`` and ``beta`` are range-checked only as Python/numpy numbers,
@@ -94,11 +97,20 @@ def sp_penalty(
         if pretrained is None:
             start = params
         else:
-            _check_like(pretrained, params)
+            # The head's ω0 is never read (the head is decayed with beta, not pulled): a
+            # pretrained tree with the source task's head (1000 ImageNet classes), or none.
+            heads = {
+                path_str(p)
+                for p, h in jax.tree_util.tree_leaves_with_path(head)
+                if isinstance(h, (bool, np.bool_)) and h
+            }
+            _check_like(pretrained, params, skip=heads)
             # Same paths and shapes: ω0 takes the params' structure (a FrozenDict ω0 for
             # dict params), each leaf found by its path, never by its position.
             by_path = {path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(pretrained)}
-            start = jax.tree_util.tree_map_with_path(lambda p, _: by_path[path_str(p)], params)
+            start = jax.tree_util.tree_map_with_path(
+                lambda p, w: w if path_str(p) in heads else by_path[path_str(p)], params
+            )
         return SPState(anchor=jax.tree.map(jnp.array, start))
 
     def update_fn(
@@ -134,7 +146,7 @@ def _is_masked_group(params: PyTree) -> bool:
     return any(isinstance(x, optax.MaskedNode) for x in nodes)
 
 
-def _check_like(anchor: PyTree, params: PyTree) -> None:
+def _check_like(anchor: PyTree, params: PyTree, skip: Set[str] = frozenset()) -> None:
     """Raises a ValueError at the first path where ``anchor`` differs from ``params``.
 
     A missing or extra leaf, or a leaf of another shape, names that path and
@@ -143,7 +155,8 @@ def _check_like(anchor: PyTree, params: PyTree) -> None:
     A leaf of another dtype too: ω0 rounded to bfloat16 against float32
     params puts every parameter off its start at step 0, and L1-SP's pull,
     α·sign(w − ω0), would act in full on all of them from rounding alone.
-    The leaves other groups own (``optax.MaskedNode``) are not compared.
+    The leaves other groups own (``optax.MaskedNode``) are not compared, nor those of
+    ``skip`` (the head's).
     """
 
     def described(tree: PyTree) -> dict[str, str]:
@@ -162,7 +175,8 @@ def _check_like(anchor: PyTree, params: PyTree) -> None:
         )
         if isinstance(x, optax.MaskedNode)
     }
-    theirs = {p: d for p, d in theirs.items() if p not in masked}
+    theirs = {p: d for p, d in theirs.items() if p not in masked and p not in skip}
+    mine = {p: d for p, d in mine.items() if p not in skip}
     if mine and theirs and not set(mine) & set(theirs):
         raise ValueError(
             f"sp_penalty: pretrained shares no path with the params (params {next(iter(mine))!r}"
