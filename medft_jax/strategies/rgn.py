@@ -157,7 +157,8 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
 
     ``mean_rgn`` is the prepass's mean of :func:`rgn_vector` over its
     batches. A ``mode="prepass"`` transform applies the held multipliers
-    from its next update on (all ones until the first call).
+    from its next update on (NaN updates until the first call: a loop that
+    never holds fails loudly rather than training plain Adam).
     """
     found = []
 
@@ -242,7 +243,9 @@ def scale_by_rgn(
       mode: ``"stream"`` (estimate from the epoch's first updates, no extra
         passes) or ``"prepass"`` (apply the multipliers that
         :func:`hold_multipliers` set before the epoch, as the reference
-        code does).
+        code does). Until the first :func:`hold_multipliers` a prepass
+        transform's updates are NaN: never held, it would be plain ``inner``
+        under Auto-RGN's name, without a word (hold before every epoch).
       per_step: apply each step's own normalised RGN instead (stream only).
       eps: a tensor with ‖w‖ <= eps counts as zero-norm: its RGN is
         undefined and its multiplier 1, outside the others' maximum.
@@ -289,7 +292,8 @@ def scale_by_rgn(
         return state_type(
             count=jnp.zeros((), jnp.int32),
             accumulated=jnp.zeros((n,), jnp.float32),
-            held=jnp.ones((n,), jnp.float32),
+            # Prepass: NaN until the loop holds the first multipliers (see mode).
+            held=jnp.full((n,), jnp.nan if prepass else 1.0, jnp.float32),
             applied=scalars(params, 1.0),
             inner_state=inner.init(params),
         )
