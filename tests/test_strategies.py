@@ -543,6 +543,38 @@ def test_rgn_prepass_by_hand():
                 np.testing.assert_allclose(flatten(u)[k], np.asarray(g[k]) * m[k], rtol=1e-6)
 
 
+def test_rgn_prepass_holds_in_a_flax_nnx_optimizer():
+    """nnx.Optimizer keeps its state in variables: hold_multipliers could not be applied
+    (an immutable PrepassRGNState, or nnx.update failing), only a private helper could."""
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            ones = nnx.initializers.ones
+            self.encoder = nnx.Linear(3, 4, rngs=rngs, bias_init=ones)
+            self.fc = nnx.Linear(4, 2, rngs=rngs, bias_init=ones)
+
+        def __call__(self, x):
+            return self.fc(nnx.relu(self.encoder(x)))
+
+    part = BlockPartition("net", (Block("encoder", ("encoder",)), Block("fc", ("fc",))), "fc")
+    model = Net(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (8, 3))
+    y = (x[:, 0] > 0).astype(jnp.int32)
+    params = nnx.state(model, nnx.Param)
+    tx, _ = make("auto_rgn", params, part, learning_rate=1e-2, rgn_mode="prepass")
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = nnx.grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(
+        model
+    )
+    rgn = rgn_vector(grads, params)
+    hold_multipliers(opt.opt_state, rgn)
+    opt.update(model, grads)
+    applied = jnp.stack(jax.tree.leaves(opt.opt_state.applied))
+    np.testing.assert_allclose(applied, rgn / rgn.max(), rtol=1e-6)
+    assert float(applied.max()) == 1.0 and float(applied.min()) < 0.5  # not all ones
+
+
 def test_rgn_prepass_state_checks():
     params = rgn_params()
     with pytest.raises(ValueError, match="no Auto-RGN state"):

@@ -156,7 +156,8 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
     """``opt_state`` with every :class:`RGNState` holding ``mean_rgn`` normalised by its max.
 
     ``mean_rgn`` is the prepass's mean of :func:`rgn_vector` over its
-    batches. A ``mode="prepass"`` transform applies the held multipliers
+    batches (``opt_state`` may be a ``flax.nnx.Optimizer``'s ``opt_state``: its
+    variable is set in place). A ``mode="prepass"`` transform applies the held multipliers
     from its next update on (NaN updates until the first call: a loop that
     never holds fails loudly rather than training plain Adam).
     """
@@ -176,7 +177,11 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
                 f"hold_multipliers: {mean_rgn.shape[0]} RGNs for {node.held.shape[0]} tensors"
             )
         found.append(node)
-        return node._replace(held=_normalise(mean_rgn.astype(jnp.float32)))
+        held = _normalise(mean_rgn.astype(jnp.float32))
+        if hasattr(node.held, "value") and not isinstance(node.held, (jax.Array, np.ndarray)):
+            node.held.value = held  # flax.nnx's Optimizer keeps its state in variables
+            return node
+        return node._replace(held=held)
 
     new = jax.tree.map(hold, opt_state, is_leaf=lambda n: isinstance(n, RGNState))
     if not found:
