@@ -328,3 +328,21 @@ def test_a_path_missed_for_the_usual_slips_says_why(tmp_path):
     assert _one_line(err).endswith(
         "not found in " + f"{tmp_path} (paths separate folders with '/', not '\\')"
     )
+    # Listed from above the root, with its own folder's name in front.
+    rows = [f"x/{tmp_path.name}/imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    _write(tmp_path, "path,label", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err).endswith(
+        f"not found in {tmp_path} (paths are read relative to --manual-dir {tmp_path}: "
+        f"leave out 'x/{tmp_path.name}/')"
+    )
+    # A name in another case, as a CSV written where names ignore case may have it.
+    rows = [f"imgs/{'A' if i == 3 else 'a'}{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    _write(tmp_path, "path,label", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err).endswith(
+        f"image file 'imgs/A3.png' not found in {tmp_path} (there is 'a3.png': file names "
+        "are case-sensitive here)"
+    )

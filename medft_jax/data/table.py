@@ -371,17 +371,29 @@ def check_label_options(
 
 
 def _path_hint(raw: str, root: Path, csv_path: Path) -> str:
-    """Why a listed path may have missed, for its error line: the two usual slips.
+    """Why a listed path may have missed, for its error line: the usual slips.
 
     Paths are read relative to ``--manual-dir``; a CSV kept in a subfolder often
-    lists them relative to itself (``../img/x.png``). A CSV written on Windows
-    separates with backslashes, which are part of a file name elsewhere.
+    lists them relative to itself (``../img/x.png``), or from above the root
+    (``data/f8/x.png`` with ``--manual-dir data/f8``). A CSV written on Windows
+    separates with backslashes, which are part of a file name elsewhere, and one
+    written where names ignore case may spell a name in another case.
     """
     beside_csv = os.path.realpath(csv_path.parent / raw)
     if csv_path.parent.resolve() != Path(root).resolve() and os.path.isfile(beside_csv):
         return f" (paths are read relative to --manual-dir {root}, not to the CSV's folder)"
     if "\\" in raw:
         return " (paths separate folders with '/', not '\\')"
+    parts = Path(raw).parts
+    for i, part in enumerate(parts[:-1]):  # the root's own folder name repeated in the path
+        if part == Path(root).resolve().name and (Path(root) / Path(*parts[i + 1 :])).is_file():
+            prefix = "/".join(parts[: i + 1])
+            return f" (paths are read relative to --manual-dir {root}: leave out {prefix + '/'!r})"
+    folder, name = (Path(root) / raw).parent, Path(raw).name
+    if folder.is_dir():  # the name in another case (a CSV written on macOS or Windows)
+        other = next((f.name for f in folder.iterdir() if f.name.lower() == name.lower()), None)
+        if other is not None and other != name:
+            return f" (there is {other!r}: file names are case-sensitive here)"
     return ""
 
 
