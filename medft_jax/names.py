@@ -92,7 +92,12 @@ def dataset_name_error(name: object) -> str | None:
         if at and size not in sizes:
             return f"size @{size} is not one of {', '.join(sizes)}"
         return None
-    return f"unknown; known: {', '.join(dataset_names())}"
+    known = f"unknown; known: {', '.join(dataset_names())}"
+    if "/" in name or "\\" in name or name.startswith((".", "~")):  # a path, not a name
+        known += (
+            f"; for your own images: --dataset folder --manual-dir {name} (or csv with --csv-file)"
+        )
+    return known
 
 
 def same_data(name: str) -> str:

@@ -66,3 +66,16 @@ def test_the_commands_help_loads_no_jax():
         "    assert 'usage:' in out.getvalue(), m.__name__\n"
     )
     assert _run_then_heavy(code) == "[]"
+
+
+def test_a_path_given_as_a_dataset_name_is_pointed_to_folder():
+    """``--dataset /data/images`` listed the known names only; a path means the user's own
+    images, which are ``--dataset folder --manual-dir PATH``."""
+    from medft_jax.names import dataset_name_error
+
+    hint = "; for your own images: --dataset folder --manual-dir {} (or csv with --csv-file)"
+    for path in ("/data/images", "./imgs", "~/scans", "C:\\scans"):
+        assert dataset_name_error(path).endswith(hint.format(path))
+    for name in ("demo@64", "chexpertt"):
+        assert "--manual-dir" not in dataset_name_error(name)
+    assert dataset_name_error("medmnist/nosuch").startswith("unknown MedMNIST flag")
