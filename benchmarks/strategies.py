@@ -193,7 +193,7 @@ def main() -> None:
             spec.partition,
             learning_rate=1e-4,
             steps_per_epoch=1,
-            lp_epochs=1,
+            **({"lp_epochs": 1} if name == "lp_ft" else {}),
         )
         trainer = Trainer(model, strat.tx, multilabel=False)
         state = trainer.init_state(variables)

@@ -129,7 +129,9 @@ class _Session:
         self.run = run
 
     def dataset(self, config):
-        return type("D", (), {"multilabel": False, "steps_per_epoch": lambda self, b: 4})()
+        return type(
+            "D", (), {"multilabel": False, "num_classes": 2, "steps_per_epoch": lambda self, b: 4}
+        )()
 
     def identify(self, config):
         return config
