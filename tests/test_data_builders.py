@@ -231,6 +231,25 @@ def test_mura_study_listed_twice_with_two_labels_is_refused(tmp_path):
     )
 
 
+def test_mura_label_that_contradicts_its_study_folder_is_refused(tmp_path):
+    """``study1_negative`` labelled 1 in the CSV: all its images trained as abnormal, without
+    a word (the release's folder names state each study's label)."""
+    fakes.make_mura(tmp_path, ("XR_WRIST",))
+    path = tmp_path / "MURA-v1.1" / "train_labeled_studies.csv"
+    lines = path.read_text().splitlines()
+    study, label = lines[0].rsplit(",", 1)
+    lines[0] = f"{study},{1 - int(label)}"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as e:
+        _parse("mura_wrist", tmp_path)
+    named = 1 if study.rstrip("/").endswith("_positive") else 0
+    assert named == int(label)
+    assert str(e.value) == (
+        f"{path}: study {study.rstrip('/')!r} is labelled {1 - named}, its folder name says "
+        f"{named}; expected the release's labels (one of the two was edited)"
+    )
+
+
 def test_a_partly_downloaded_copy_is_refused_before_any_decoding(tmp_path):
     """A listed image that is not on disk: refused when the listing is read (the same with
     --skip-bad-images, which skips corrupt files), not found mid-prepare or skipped."""

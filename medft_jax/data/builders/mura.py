@@ -76,6 +76,11 @@ def read_studies(path: Path) -> dict[str, int]:
     return studies
 
 
+FOLDER_LABELS = {"positive": 1, "negative": 0}
+"""The label a study's folder name states (``study1_positive``): the release's labels CSV
+must agree with it."""
+
+
 def read_split(folder: Path, split: str, part: str) -> list[Example]:
     """The images of body part ``part`` in ``split`` with their study labels."""
     studies = read_studies(folder / f"{split}_labeled_studies.csv")
@@ -91,6 +96,13 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
         where = f"{paths_csv}:{n}"
         if study not in studies:
             raise DataError(f"{where}: study {study!r} is not in {split}_labeled_studies.csv")
+        named = FOLDER_LABELS.get(study.rsplit("_", 1)[-1])  # study1_positive: 1
+        if named is not None and named != studies[study]:
+            raise DataError(
+                f"{folder / f'{split}_labeled_studies.csv'}: study {study!r} is labelled "
+                f"{studies[study]}, its folder name says {named}; expected the release's "
+                "labels (one of the two was edited)"
+            )
         patient = next((p for p in parts if p.startswith("patient")), study)
         path = image_path(folder, rel, where)
         examples.append(Example(path, studies[study], rel, patient=patient, group=study))
