@@ -345,6 +345,29 @@ def check_batch_size(batch_size: int) -> None:
         )
 
 
+def expand_folders(paths: Sequence[str]) -> list[str]:
+    """``--images`` with each folder replaced by the images under it, sorted, listed as a
+    ``folder`` dataset's are (image suffixes or the DICOM marker; hidden entries and
+    ``__MACOSX`` skipped; links only while they stay inside the folder). A folder without
+    an image is refused: nothing would be predicted for it, without a word."""
+    from medft_jax.data.folder import image_files
+
+    out: list[str] = []
+    for given in paths:
+        folder = Path(given)
+        if not (given and folder.is_dir()):
+            out.append(given)
+            continue
+        try:
+            found = image_files(folder, folder)
+        except DataError as e:
+            raise PredictError(f"--images {given}: {e}") from None
+        if not found:
+            raise PredictError(f"--images {given}: a folder with no image under it")
+        out += [str(p) for p in found]
+    return out
+
+
 def check_flags(args: argparse.Namespace) -> None:
     """Names the flag at fault before any work (``--top`` above the class count shows all)."""
     check_batch_size(args.batch_size)
@@ -367,7 +390,13 @@ def _main(argv: Sequence[str] | None) -> int:
         metavar="DIR",
         help="model checkpoint folder (from weights_port or a run's best parameters)",
     )
-    p.add_argument("--images", required=True, nargs="+", metavar="FILE", help="image files")
+    p.add_argument(
+        "--images",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help="image files, or folders: every image under one, as --dataset folder lists them",
+    )
     p.add_argument(
         "--json",
         action="store_true",
@@ -400,10 +429,11 @@ def _main(argv: Sequence[str] | None) -> int:
     from medft_jax.runtime import set_up_process
 
     set_up_process(distributed=False)
+    images = expand_folders(args.images)
     predictor = Predictor(args.checkpoint, args.bits_stored, args.precision, args.dicom_window)
-    probs = predictor.predict_files(args.images, args.batch_size)
+    probs = predictor.predict_files(images, args.batch_size)
     top = args.top or (len(predictor.class_names) if predictor.multilabel else 3)
-    for path, row in zip(args.images, probs, strict=True):
+    for path, row in zip(images, probs, strict=True):
         if args.json:
             record = {
                 "image": path,

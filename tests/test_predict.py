@@ -307,3 +307,27 @@ def test_text_output_quotes_names_with_commas_and_shows_every_multilabel_class(t
     single = _random_checkpoint(tmp_path / "sl", 5)  # one label: the three best by default
     assert main(["--checkpoint", str(single), "--images", path]) == 0
     assert capsys.readouterr().out.count(", ") == 2
+
+
+def test_a_folder_of_images_is_predicted_as_its_files(tmp_path, capsys):
+    """``--images scans/`` was "is a folder, expected an image file"; a folder is every
+    image under it, as ``--dataset folder`` lists them (notes and hidden files left out)."""
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    scans = tmp_path / "scans"
+    (scans / "b").mkdir(parents=True)
+    paths = _images(scans, 3)
+    Path(paths[2]).rename(scans / "b" / "2.png")
+    (scans / "notes.txt").write_text("not an image")
+    (scans / "._0.png").write_bytes(b"macOS resource fork")
+    files = [paths[0], paths[1], str(scans / "b" / "2.png")]
+    assert main(["--checkpoint", str(ck), "--images", *files, "--json"]) == 0
+    by_files = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["--checkpoint", str(ck), "--images", str(scans), "--json"]) == 0
+    by_folder = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted((r["image"], r["probs"]) for r in by_folder) == sorted(
+        (r["image"], r["probs"]) for r in by_files
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--checkpoint", str(ck), "--images", str(empty)]) == 2
+    assert capsys.readouterr().err == f"error: --images {empty}: a folder with no image under it\n"
