@@ -310,7 +310,8 @@ def test_a_split_or_patient_column_left_without_its_flag_is_refused(tmp_path):
 
 
 def test_a_path_missed_for_the_usual_slips_says_why(tmp_path):
-    """Paths relative to the CSV's own folder, or with Windows backslashes."""
+    """Paths relative to the CSV's own folder, with Windows backslashes, from above the
+    root, or with a name in another case."""
     _images(tmp_path)
     (tmp_path / "meta").mkdir()
     rows = [f"../imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
@@ -321,28 +322,18 @@ def test_a_path_missed_for_the_usual_slips_says_why(tmp_path):
         f"escapes the dataset root {tmp_path.resolve()} (paths are read relative to "
         f"--manual-dir {tmp_path}, not to the CSV's folder)"
     )
-    rows = [f"imgs\\a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
-    _write(tmp_path, "path,label", rows)
-    with pytest.raises(DataError) as err:
-        _table(tmp_path)
-    assert _one_line(err).endswith(
-        "not found in " + f"{tmp_path} (paths separate folders with '/', not '\\')"
-    )
-    # Listed from above the root, with its own folder's name in front.
-    rows = [f"x/{tmp_path.name}/imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
-    _write(tmp_path, "path,label", rows)
-    with pytest.raises(DataError) as err:
-        _table(tmp_path)
-    assert _one_line(err).endswith(
-        f"not found in {tmp_path} (paths are read relative to --manual-dir {tmp_path}: "
-        f"leave out 'x/{tmp_path.name}/')"
-    )
-    # A name in another case, as a CSV written where names ignore case may have it.
-    rows = [f"imgs/{'A' if i == 3 else 'a'}{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
-    _write(tmp_path, "path,label", rows)
-    with pytest.raises(DataError) as err:
-        _table(tmp_path)
-    assert _one_line(err).endswith(
-        f"image file 'imgs/A3.png' not found in {tmp_path} (there is 'a3.png': file names "
-        "are case-sensitive here)"
-    )
+    label = lambda i: "cat" if i % 2 else "dog"  # noqa: E731
+    slips = {  # path of image i -> what the error line ends with
+        lambda i: f"imgs\\a{i}.png": "(paths separate folders with '/', not '\\')",
+        lambda i: f"x/{tmp_path.name}/imgs/a{i}.png": (  # listed from above the root
+            f"(paths are read relative to --manual-dir {tmp_path}: leave out 'x/{tmp_path.name}/')"
+        ),
+        lambda i: f"imgs/{'A' if i == 3 else 'a'}{i}.png": (  # where names ignore case
+            "(there is 'a3.png': file names are case-sensitive here)"
+        ),
+    }
+    for path, ending in slips.items():
+        _write(tmp_path, "path,label", [f"{path(i)},{label(i)}" for i in range(12)])
+        with pytest.raises(DataError) as err:
+            _table(tmp_path)
+        assert _one_line(err).endswith(f"not found in {tmp_path} {ending}")
