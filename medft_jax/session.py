@@ -31,6 +31,7 @@ from medft_jax.checkpoints.run import ResumeError
 from medft_jax.config import RunConfig
 from medft_jax.data import DataError
 from medft_jax.data.options import task_options
+from medft_jax.errors import UserError
 from medft_jax.locks import RunLocked
 from medft_jax.names import same_data
 from medft_jax.outcomes import (
@@ -136,6 +137,7 @@ class Session:
                 )
                 self._unavailable[self._load_key(config)] = error
             raise error
+        _same_on_every_process(identified)
         return identified
 
     def status(self, config: RunConfig) -> str:
@@ -243,3 +245,28 @@ class Session:
     def path_of(self, config: RunConfig) -> Path:
         """Where ``config``'s record is (or will be)."""
         return results.record_path(self.out, config.to_dict())
+
+
+def _same_on_every_process(config: RunConfig) -> None:
+    """Refuses a multi-host job whose processes were given other settings, or read other
+    data, than process 0 (one flag differing in a launcher's per-host command): their
+    first collective with differing values failed deep inside JAX, a traceback on every
+    process. A collective itself: every process calls it at the same point."""
+    if jax.process_count() == 1:
+        return
+    mine = int(results.config_hash(config.to_dict())[:7], 16)  # 28 bits: int32 on device
+    first = process_0_says(mine)
+    if every_process(first == mine):
+        return
+    name = results.run_name(config.to_dict())
+    if first == mine:
+        raise UserError(
+            f"another process of this job was given other settings or data than process 0 "
+            f"(here {name}; its own error line names its run): give every process the same "
+            "command and data"
+        )
+    raise UserError(
+        f"process {jax.process_index()} was given other settings or data than process 0: "
+        f"here {name}, a run process 0 does not have; give every process the same command "
+        "and data"
+    )

@@ -142,3 +142,51 @@ def test_an_eval_batch_below_the_device_count_rounds_up(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     small, large = json.loads(proc.stdout.strip().splitlines()[-1])
     assert small == pytest.approx(large, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("parallel")
+def test_processes_given_other_settings_are_refused_in_one_line_each(tmp_path):
+    """One flag differing in a launcher's per-host command: the first collective with the
+    two values failed inside JAX, a 35-line traceback on every process."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    argv = ["--strategy", "lp", "--dataset", "demo", "--arch", "resnet_tiny", "--weights"]
+    argv += ["none", "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--no-progress"]
+    procs = []
+    for i, lr in enumerate(("0.01", "0.1")):
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "MEDFT_DISTRIBUTED": "1",
+            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(i),
+        }
+        cmd = [sys.executable, "-m", "experiments.run", *argv, "--lr", lr]
+        cmd += ["--out", str(tmp_path / "runs")]
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    errors = []
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 2, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        errors.append([line for line in err.splitlines() if line.startswith("error:")])
+    assert [len(e) for e in errors] == [1, 1]
+    assert errors[0][0].startswith(
+        "error: another process of this job was given other settings or data than process 0 "
+        "(here demo-resnet_tiny-lp-lr0.01-s0-"
+    )
+    assert errors[0][0].endswith(
+        "; its own error line names its run): give every process the same command and data"
+    )
+    assert errors[1][0].startswith(
+        "error: process 1 was given other settings or data than process 0: here "
+        "demo-resnet_tiny-lp-lr0.1-s0-"
+    )
+    assert not list((tmp_path / "runs").rglob("record.json"))
