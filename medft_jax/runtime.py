@@ -96,6 +96,54 @@ def every_process(ok: bool) -> bool:
     return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
 
 
+def check_shared_folder(folder: str | os.PathLike[str], flag: str = "--out") -> None:
+    """Refuses, before any work, a multi-host job whose ``folder`` is not one folder for
+    every process (the same path on node-local disks): each host writes its checkpoint
+    shards there, and the first save waited forever for shards process 0 never sees.
+
+    Process 0 writes a file of a random name there; every process must read it back. A
+    collective itself: every process calls it at the same point.
+    """
+    if jax.process_count() == 1:
+        return
+    import secrets
+    import time
+
+    from jax.experimental import multihost_utils
+
+    token = process_0_says(secrets.randbelow(2**31) if jax.process_index() == 0 else 0)
+    probe = Path(folder) / f".medft-shared-{token}"
+    if jax.process_index() == 0:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text(str(token))
+    multihost_utils.sync_global_devices(f"medft-shared-{token}-written")
+    seen = False
+    for wait in (0.0, 0.5, 1.0, 2.0):  # a network filesystem's lookup may lag a moment
+        time.sleep(wait)
+        try:
+            seen = probe.read_text() == str(token)
+        except OSError:
+            seen = False
+        if seen:
+            break
+    everywhere = every_process(seen)
+    multihost_utils.sync_global_devices(f"medft-shared-{token}-read")
+    if jax.process_index() == 0:
+        probe.unlink(missing_ok=True)
+    if everywhere:
+        return
+    who = (
+        f"process {jax.process_index()} does not see the file process 0 wrote there"
+        if not seen
+        else "another process does not see the file process 0 wrote there (its own error "
+        "line says so)"
+    )
+    raise UserError(
+        f"{flag} {folder}: not one folder for every process of this job: {who}; give a "
+        "folder on a filesystem every host shares"
+    )
+
+
 def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path | None:
     """Keeps compiled XLA programs on disk, so the next run skips compiling them.
 

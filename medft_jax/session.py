@@ -48,7 +48,12 @@ from medft_jax.outcomes import (
     Outcome,
     fatal_kind,
 )
-from medft_jax.runtime import every_process, process_0_says, set_up_process
+from medft_jax.runtime import (
+    check_shared_folder,
+    every_process,
+    process_0_says,
+    set_up_process,
+)
 from medft_jax.train import NonFiniteLossError
 
 STATES = ("done", "failed", "todo")
@@ -82,6 +87,7 @@ class Session:
         feature_cache: bool = True,
     ):
         set_up_process()
+        check_shared_folder(out, "--out")  # a node-local --out hung the first save
         self.out = str(out)
         self.data_dir = data_dir
         # Keyed as RunConfig names datasets: "medmnist/x@28" is "medmnist/x", and options

@@ -144,18 +144,16 @@ def test_an_eval_batch_below_the_device_count_rounds_up(tmp_path):
     assert small == pytest.approx(large, abs=1e-6)
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("parallel")
-def test_processes_given_other_settings_are_refused_in_one_line_each(tmp_path):
-    """One flag differing in a launcher's per-host command: the first collective with the
-    two values failed inside JAX, a 35-line traceback on every process."""
+def _two_processes(tmp_path: Path, per_process: list[list[str]]) -> list[list[str]]:
+    """``experiments.run`` as a 2-process job, each process with its own extra flags; the
+    ``error:`` lines of each (every process must exit 2, without a traceback)."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     argv = ["--strategy", "lp", "--dataset", "demo", "--arch", "resnet_tiny", "--weights"]
     argv += ["none", "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--no-progress"]
     procs = []
-    for i, lr in enumerate(("0.01", "0.1")):
+    for i, extra in enumerate(per_process):
         env = {
             **os.environ,
             "JAX_PLATFORMS": "cpu",
@@ -164,8 +162,7 @@ def test_processes_given_other_settings_are_refused_in_one_line_each(tmp_path):
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(i),
         }
-        cmd = [sys.executable, "-m", "experiments.run", *argv, "--lr", lr]
-        cmd += ["--out", str(tmp_path / "runs")]
+        cmd = [sys.executable, "-m", "experiments.run", *argv, *extra]
         procs.append(
             subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -177,16 +174,44 @@ def test_processes_given_other_settings_are_refused_in_one_line_each(tmp_path):
         assert p.returncode == 2, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
         errors.append([line for line in err.splitlines() if line.startswith("error:")])
-    assert [len(e) for e in errors] == [1, 1]
-    assert errors[0][0].startswith(
+    assert [len(e) for e in errors] == [1, 1], errors
+    return [e[0] for e in errors]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("parallel")
+def test_processes_given_other_settings_are_refused_in_one_line_each(tmp_path):
+    """One flag differing in a launcher's per-host command: the first collective with the
+    two values failed inside JAX, a 35-line traceback on every process (another --epochs
+    or data folder: every process waited forever)."""
+    out = ["--out", str(tmp_path / "runs")]
+    errors = _two_processes(tmp_path, [["--lr", "0.01", *out], ["--lr", "0.1", *out]])
+    assert errors[0].startswith(
         "error: another process of this job was given other settings or data than process 0 "
         "(here demo-resnet_tiny-lp-lr0.01-s0-"
     )
-    assert errors[0][0].endswith(
+    assert errors[0].endswith(
         "; its own error line names its run): give every process the same command and data"
     )
-    assert errors[1][0].startswith(
+    assert errors[1].startswith(
         "error: process 1 was given other settings or data than process 0: here "
         "demo-resnet_tiny-lp-lr0.1-s0-"
     )
     assert not list((tmp_path / "runs").rglob("record.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("parallel")
+def test_an_out_folder_not_shared_by_the_processes_is_refused_before_training(tmp_path):
+    """A node-local --out (one path, two disks): each host wrote its checkpoint shards to
+    its own, and the first save waited forever for shards process 0 never saw."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    errors = _two_processes(tmp_path, [["--out", str(a)], ["--out", str(b)]])
+    fix = "give a folder on a filesystem every host shares"
+    assert errors == [
+        f"error: --out {a}: not one folder for every process of this job: another process "
+        f"does not see the file process 0 wrote there (its own error line says so); {fix}",
+        f"error: --out {b}: not one folder for every process of this job: process 1 does "
+        f"not see the file process 0 wrote there; {fix}",
+    ]
+    assert not a.exists() and not b.exists()  # made for the run, removed with its error
