@@ -30,6 +30,8 @@ def set_up_process(distributed: bool = True) -> None:
         return
     if distributed and env_switch("MEDFT_DISTRIBUTED"):  # BUILD.md: multi-host runs
         jax.distributed.initialize(**_process_layout())
+    elif distributed:
+        _refuse_layout_without_switch()
     tune_cpu_host()
     enable_compilation_cache()
     _SET_UP = True
@@ -38,6 +40,20 @@ def set_up_process(distributed: bool = True) -> None:
 LAYOUT_ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
 """What a cluster without auto-detection (not Cloud TPU, not SLURM) sets beside
 ``JAX_COORDINATOR_ADDRESS``, which JAX reads itself; these two it does not."""
+
+
+def _refuse_layout_without_switch() -> None:
+    """Refuses a process told it is one of several (``JAX_NUM_PROCESSES`` above 1) while
+    ``MEDFT_DISTRIBUTED`` is off: it trained alone and wrote the record, while the job's
+    other processes waited for it until their coordinator gave up, minutes later."""
+    layout = _process_layout()
+    if layout.get("num_processes", 1) > 1:
+        raise UserError(
+            f"JAX_NUM_PROCESSES={layout['num_processes']} is set but MEDFT_DISTRIBUTED is not "
+            "1: this process would train alone while the job's others wait for it; set "
+            "MEDFT_DISTRIBUTED=1 on every process, or unset JAX_NUM_PROCESSES and "
+            "JAX_PROCESS_ID"
+        )
 
 
 def _process_layout() -> dict[str, int]:

@@ -169,3 +169,30 @@ def test_a_cluster_without_auto_detection_gives_its_process_layout(monkeypatch):
     monkeypatch.delenv("JAX_NUM_PROCESSES")
     monkeypatch.delenv("JAX_PROCESS_ID")
     assert runtime._process_layout() == {}  # Cloud TPU, SLURM: JAX finds them itself
+
+
+def test_a_process_of_a_job_without_the_distributed_switch_is_refused(monkeypatch):
+    """One host's launch line without MEDFT_DISTRIBUTED=1: it trained alone and wrote the
+    record while the others waited for it until their coordinator gave up (exit 134)."""
+    from medft_jax import runtime
+    from medft_jax.errors import UserError
+
+    monkeypatch.setattr(runtime.jax.distributed, "initialize", lambda **kw: pytest.fail("init"))
+    monkeypatch.setattr(runtime, "tune_cpu_host", lambda: False)
+    monkeypatch.setattr(runtime, "enable_compilation_cache", lambda: None)
+    monkeypatch.setattr(runtime, "_SET_UP", False)
+    monkeypatch.delenv("MEDFT_DISTRIBUTED", raising=False)
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    with pytest.raises(UserError) as err:
+        runtime.set_up_process()
+    assert str(err.value) == (
+        "JAX_NUM_PROCESSES=2 is set but MEDFT_DISTRIBUTED is not 1: this process would train "
+        "alone while the job's others wait for it; set MEDFT_DISTRIBUTED=1 on every process, "
+        "or unset JAX_NUM_PROCESSES and JAX_PROCESS_ID"
+    )
+    runtime.set_up_process(distributed=False)  # predict: one host, whatever the job's layout
+    monkeypatch.setattr(runtime, "_SET_UP", False)
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "1")
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    runtime.set_up_process()  # a job of one process: nothing waits
