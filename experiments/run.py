@@ -150,10 +150,28 @@ def _add_strategy_options(p: argparse.ArgumentParser) -> None:
         help="L2-SP: the paper's eq. 3, without Li et al.'s ½ (twice the penalty's gradient)",
     )
     p.add_argument(
+        "--kernels-only",
+        action="store_const",
+        const=True,
+        help="L1/L2-SP: pull only kernels towards w0 (the original TF code; default: every "
+        "pretrained parameter)",
+    )
+    p.add_argument(
         "--rgn-mode",
         choices=["stream", "prepass"],
         help="Auto-RGN: estimate from each epoch's first 5 updates (stream, default) or from "
         "5 gradient evaluations before each epoch (prepass, the reference code's order)",
+    )
+    p.add_argument(
+        "--rgn-estimate-steps",
+        type=int,
+        help="Auto-RGN: batches whose RGN is averaged each epoch (default 5)",
+    )
+    p.add_argument(
+        "--rgn-per-step",
+        action="store_const",
+        const=True,
+        help="Auto-RGN (stream): apply each step's own RGN instead of the epoch's estimate",
     )
     p.add_argument("--surgical-block", help="surgical: the block trained with the head")
     p.add_argument(
@@ -179,6 +197,9 @@ def _strategy_options(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
         "sp_half": args.sp_half,
         "rgn_mode": args.rgn_mode,
         "lr_decay": args.lr_decay,
+        "kernels_only": args.kernels_only,
+        "rgn_estimate_steps": args.rgn_estimate_steps,
+        "rgn_per_step": args.rgn_per_step,
     }
     return tuple(sorted((k, v) for k, v in names.items() if v is not None))
 

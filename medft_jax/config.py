@@ -355,6 +355,12 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
             )
         check_value(key, value, name(key))
     _refuse_another_strategy(config, name)
+    given = dict(config.strategy_options)
+    if given.get("rgn_per_step") and given.get("rgn_mode") == "prepass":
+        raise UserError(
+            f"{name('rgn_per_step')} is a stream variant (each step's own RGN), and "
+            f"{name('rgn_mode')} prepass holds a prepass's for the epoch; give one of them"
+        )
     lp_epochs = dict(config.strategy_options).get("lp_epochs", LP_EPOCHS_DEFAULT)
     if config.strategy == "lp_ft" and lp_epochs < 1:
         raise UserError(

@@ -905,3 +905,30 @@ def test_flags_that_collect_may_repeat():
         ["--config", "c.py", "--only", "strategy=lp", "--only", "lr=0.001", "--dry-run"]
     )
     assert args.only == ["strategy=lp", "lr=0.001"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "options", "error"),
+    [
+        (["--strategy", "l2_sp", "--kernels-only"], (("kernels_only", True),), None),
+        (["--strategy", "auto_rgn", "--rgn-estimate-steps", "3", "--rgn-per-step"],
+         (("rgn_estimate_steps", 3), ("rgn_per_step", True)), None),
+        (["--strategy", "ft", "--kernels-only"], None,
+         "--kernels-only applies to l1_sp, l2_sp only, not ft"),
+        (["--strategy", "auto_rgn", "--rgn-estimate-steps", "0"], None,
+         "--rgn-estimate-steps must be in [1, 1000000], got 0"),
+        (["--strategy", "auto_rgn", "--rgn-per-step", "--rgn-mode", "prepass"], None,
+         "--rgn-per-step is a stream variant (each step's own RGN), and --rgn-mode prepass "
+         "holds a prepass's for the epoch; give one of them"),
+    ],
+)  # fmt: skip
+def test_the_strategy_options_a_grid_takes_are_flags_of_run(flags, options, error):
+    """kernels_only, rgn_estimate_steps and rgn_per_step could be set in a grid file only."""
+    args = run_cli.build_parser().parse_args([*flags, "--dataset", "demo"])
+    if error is None:
+        (config,) = run_cli.make_configs(args)
+        assert config.strategy_options == options
+    else:
+        with pytest.raises(UserError) as e:
+            run_cli.make_configs(args)
+        assert str(e.value) == error
