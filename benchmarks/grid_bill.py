@@ -494,6 +494,14 @@ def measure_strategy(ctx: _Context, name: str) -> tuple[Trainer, Any, strategies
         learning_rate=1e-4,
     )
     state = trainer.init_state(ctx.variables)
+    if strat.schedule.prepass is not None:  # as fit does before an epoch: its updates are
+        state = trainer.estimate_rgn(  # NaN until the first multipliers are held
+            state,
+            [{"image": ctx.x_host, "label": ctx.y_host}],
+            trainable=strat.schedule.trainable_mask(params, 0),
+            bn_train=strat.schedule.bn_train(0),
+            prepass=strat.schedule.prepass,
+        )
     x, y = trainer.shard_batch(ctx.x_host), trainer.shard_batch(ctx.y_host)
     for key, epoch in stage_epochs(strat.schedule, params, len(times.epochs[name].keys)).items():
         kw = {

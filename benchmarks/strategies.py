@@ -76,6 +76,7 @@ def prepass_cost(model, variables, spec, x_host, y_host, steps: int) -> None:
     6 steps of 64, the shortest epoch of the paper's tasks).
     """
     timed = {}
+    batch = {"image": x_host, "label": y_host}
     for mode in ("stream", "prepass"):
         strat = strategies.make(
             "auto_rgn",
@@ -89,8 +90,11 @@ def prepass_cost(model, variables, spec, x_host, y_host, steps: int) -> None:
         state = trainer.init_state(variables)
         x, y = trainer.shard_batch(x_host), trainer.shard_batch(y_host)
         trainable = strat.schedule.trainable_mask(variables["params"], 0)
+        if strat.schedule.prepass is not None:  # held first, as fit does: NaN updates before
+            state = trainer.estimate_rgn(
+                state, [batch], trainable=trainable, bn_train=True, prepass=strat.schedule.prepass
+            )
         timed[mode], state = step_seconds(trainer, state, x, y, trainable, True, steps)
-    batch = {"image": x_host, "label": y_host}
     prepass = strat.schedule.prepass
 
     def one_prepass(state):
