@@ -309,6 +309,7 @@ def test_text_output_quotes_names_with_commas_and_shows_every_multilabel_class(t
     assert capsys.readouterr().out.count(", ") == 2
 
 
+@pytest.mark.slow  # predict's compiles, twice
 def test_a_folder_of_images_is_predicted_as_its_files(tmp_path, capsys):
     """``--images scans/`` was "is a folder, expected an image file"; a folder is every
     image under it, as ``--dataset folder`` lists them (notes and hidden files left out)."""

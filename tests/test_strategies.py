@@ -543,6 +543,7 @@ def test_rgn_prepass_by_hand():
                 np.testing.assert_allclose(flatten(u)[k], np.asarray(g[k]) * m[k], rtol=1e-6)
 
 
+@pytest.mark.slow  # an nnx model's compiles
 def test_rgn_prepass_holds_in_a_flax_nnx_optimizer():
     """nnx.Optimizer keeps its state in variables: hold_multipliers could not be applied
     (an immutable PrepassRGNState, or nnx.update failing), only a private helper could."""
@@ -642,9 +643,9 @@ def test_rgn_of_complex_tensors_counts_their_imaginary_parts():
     ("name", "options"),
     [
         ("llrd", {"lr_decay": 0.7}),
-        ("g_lf", {"steps_per_epoch": 2}),
         ("lp_ft", {"lp_epochs": 1, "steps_per_epoch": 2}),
-        ("auto_rgn", {"rgn_eps": 1e-6, "steps_per_epoch": 2}),
+        pytest.param("g_lf", {"steps_per_epoch": 2}, marks=pytest.mark.slow),
+        pytest.param("auto_rgn", {"rgn_eps": 1e-6, "steps_per_epoch": 2}, marks=pytest.mark.slow),
     ],
 )
 def test_options_given_as_jax_scalars_build_what_numbers_build(name, options):
@@ -1152,8 +1153,18 @@ def _half_boxed(tree):
     )
 
 
-@pytest.mark.parametrize("wrap", [_nnx_state, _half_boxed])
-@pytest.mark.parametrize("name", ["bitfit", "l2_sp", "g_lf"])
+@pytest.mark.parametrize(
+    ("name", "wrap"),
+    [
+        ("bitfit", _nnx_state),
+        ("l2_sp", _half_boxed),
+        # The other pairs in the slow tier.
+        pytest.param("l2_sp", _nnx_state, marks=pytest.mark.slow),
+        pytest.param("g_lf", _nnx_state, marks=pytest.mark.slow),
+        pytest.param("bitfit", _half_boxed, marks=pytest.mark.slow),
+        pytest.param("g_lf", _half_boxed, marks=pytest.mark.slow),
+    ],
+)
 def test_params_held_in_flax_variables_train_as_the_same_params_in_a_dict(name, wrap):
     """``nnx.state(model, nnx.Param)`` and linen's boxed params hold an array as a
     variable's ``value`` (``body/dense/kernel/value``): BitFit and kernels-only SP refused
