@@ -81,7 +81,8 @@ def _process_layout() -> dict[str, int]:
 
 
 def process_0_says(value: int) -> int:
-    """Process 0's ``value``, on every process of a multi-host job (``value`` in one process).
+    """Process 0's ``value`` (an int32), on every process of a multi-host job (``value`` in
+    one process).
 
     For a decision each process reads from the shared filesystem (is this run
     done? did it fail before?): two hosts' views of a folder may differ for a
@@ -89,6 +90,8 @@ def process_0_says(value: int) -> int:
     at the next collective forever. A collective itself: every process calls it
     at the same point.
     """
+    if not -(2**31) <= value < 2**31:  # the broadcast is int32 without jax_enable_x64
+        raise ValueError(f"process_0_says: {value} does not fit in int32")
     if jax.process_count() == 1:
         return value
     import numpy as np
