@@ -354,8 +354,12 @@ jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=inde
 from medft_jax import results
 from medft_jax.config import RunConfig
 from medft_jax.runtime import process_0_says
+from medft_jax import session
 from medft_jax.session import Session
 out = sys.argv[4 + index]  # each process its own view of the results folder
+# One folder seen late by one host, simulated by two: the start-up check that --out is
+# one folder would refuse them (tests/test_parallel.py tests it).
+session.check_shared_folder = lambda *args, **kwargs: None
 cfg = RunConfig(strategy="ft", data_fingerprint="d", weights_fingerprint="w")
 if index == 0:
     results.write_record(results.record_path(out, cfg.to_dict()), {"config": cfg.to_dict()})
@@ -374,7 +378,7 @@ from medft_jax.config import RunConfig
 from medft_jax.data import DataError
 from medft_jax.session import Session
 folder = sys.argv[4 + index]  # process 1's copy has lost a class folder (a stale mount)
-session = Session(sys.argv[6 + index], data_dir=sys.argv[6 + index],
+session = Session(sys.argv[6], data_dir=sys.argv[6 + index],  # one --out, shared
                   dataset_options={"folder": {"manual_dir": folder, "progress": False}})
 config = RunConfig(strategy="lp", arch="resnet_tiny", dataset="folder", weights="none",
                    image_size=32, epochs=2, batch_size=4)
