@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -27,6 +28,15 @@ FILE_MODE = 0o666 & ~_umask()
 """What ``open()`` would have given a new file: the process's umask applies."""
 DIR_MODE = 0o777 & ~_umask()
 """What ``mkdir()`` would have given a new folder (``mkdtemp`` gives 0700, whatever the umask)."""
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 hex digest of a file, read in 4 MiB blocks (bounded memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -32,7 +32,6 @@ and the accelerator's model (:func:`device_tag`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -204,7 +203,7 @@ def open_features(directory: Path, ds: Dataset, expected: Mapping[str, Any]) -> 
         try:
             before = os.stat(path)
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-            digest = _file_sha256(path)
+            digest = atomic.file_sha256(path)
             after = os.stat(path)
         except (OSError, ValueError, EOFError):  # EOFError: an empty (truncated) file
             return None
@@ -313,15 +312,7 @@ def _write_split(path: Path, rows: int, chunks: Any) -> dict[str, Any]:
     out.flush()
     dim = int(out.shape[1])
     del out
-    return {"rows": rows, "dim": dim, "sha256": _file_sha256(path)}
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return {"rows": rows, "dim": dim, "sha256": atomic.file_sha256(path)}
 
 
 def cached_features(

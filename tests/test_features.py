@@ -562,7 +562,7 @@ def test_a_file_replaced_between_its_memmap_and_its_hash_is_not_served(demo, tmp
     found, _ = features.cached_features(demo, **kw)
     expected = {k: v for k, v in json.loads((found.directory / "meta.json").read_text()).items()}
     expected.pop("splits")
-    real = features._file_sha256
+    real = features.atomic.file_sha256
 
     def swapped(path):  # another writer replaces the file after the memmap opened it
         copy = path.with_name(path.name + ".copy")
@@ -571,7 +571,7 @@ def test_a_file_replaced_between_its_memmap_and_its_hash_is_not_served(demo, tmp
         return real(path)
 
     assert features.open_features(found.directory, demo, expected) is not None
-    monkeypatch.setattr(features, "_file_sha256", swapped)
+    monkeypatch.setattr(features.atomic, "file_sha256", swapped)
     assert features.open_features(found.directory, demo, expected) is None
 
 

@@ -15,7 +15,6 @@ KEY".
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import pickle
@@ -28,18 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from medft_jax.atomic import write_bytes
+from medft_jax.atomic import file_sha256, write_bytes
 from medft_jax.checkpoints.model import METADATA_HASH, metadata_hash
 from medft_jax.errors import writable_dir
 from weights_port.keymap import PortError
 
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = file_sha256
+"""The SHA-256 hex digest of a file (one implementation for the port and the caches)."""
 
 
 _PICKLE_PROTO = b"\x80"
