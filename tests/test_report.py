@@ -1493,3 +1493,86 @@ def test_index_states_what_each_dataset_was_trained_under(tmp_path):
         "from pretrained weights: Tables 11 and 12 would rank and count them together; report "
         "them from separate --runs folders"
     )
+
+
+# --- ties up to float rounding, --only, partial notes ----------------------------------------
+
+
+def _seeds(arch, strategy, correct, n=40):
+    """Three seeds' records whose test accuracy is k/n correct answers each."""
+    return [
+        rec(arch=arch, strategy=strategy, seed=s, val=0.5, test=k / n)
+        for s, k in enumerate(correct)
+    ]
+
+
+def test_table11_tie_up_to_rounding_goes_to_the_first_in_order_and_is_named():
+    """LP ResNet-50 and G-LF DenseNet-121 both hold 81 of 120 answers right (67.50 %), but
+    their float means are 0.6749999999999999 and 0.675: the pick was the last bit's."""
+    records = _seeds("resnet50", "ft", (24, 24, 24)) + _seeds("densenet121", "ft", (26, 26, 26))
+    records += _seeds("resnet50", "lp", (24, 24, 33)) + _seeds("densenet121", "g_lf", (24, 25, 32))
+    summary = collect(records)
+    (best,) = best_per_dataset(summary)
+    assert (best.cell.arch, best.cell.strategy) == ("resnet50", "lp")  # LP before G-LF
+    assert best.improvement == pytest.approx(100 * (0.675 - 0.6) / 0.6)  # 12.50, not 3.85
+    md = to_markdown(table11(summary))
+    assert "+12.50" in md
+    assert "tied as shown with the best (LP, ResNet-50): G-LF, DenseNet-121 (+3.85 % over FT)" in md
+
+
+def test_table12_an_equal_mean_or_an_exact_threshold_gain_does_not_beat_ft():
+    """Equal totals of correct answers are no gain (was 1.6e-14 %, a win at threshold 0),
+    and a gain of exactly the threshold is not more than it (0.10000000000000131 %)."""
+    equal = _seeds("resnet50", "ft", (24, 24, 33)) + _seeds("resnet50", "lp", (24, 25, 32))
+    summary = collect(equal)
+    assert beats_ft(summary, 0.0) == {("lp", "resnet50"): (0, 1)}
+    best = best_per_dataset(summary)[0]
+    assert best.improvement == 0.0
+    # 17,000 vs 17,017 right of 3 x 6,541 ISIC test images: exactly +0.1 %.
+    n = 6541
+    exact = [
+        rec(dataset="isic2020", strategy="ft", seed=s, test=k / n)
+        for s, k in enumerate((5667, 5667, 5666))
+    ]
+    exact += [
+        rec(dataset="isic2020", strategy="lp", seed=s, test=k / n)
+        for s, k in enumerate((5673, 5672, 5672))
+    ]
+    summary = collect(exact)
+    assert beats_ft(summary, 0.1) == {("lp", "resnet50"): (0, 1)}
+    assert beats_ft(summary, 0.099) == {("lp", "resnet50"): (1, 1)}
+
+
+def test_only_keeps_what_the_whole_folder_expects_of_the_cells_it_shows():
+    """LP has seeds 0 and 1 at both LRs, FT all three: shown alone, LP is still 4 of 6."""
+    records = [rec(strategy="ft", lr=lr, seed=s) for lr in (1e-4, 1e-3) for s in (0, 1, 2)]
+    records += [rec(strategy="lp", lr=lr, seed=s) for lr in (1e-4, 1e-3) for s in (0, 1)]
+    for only in ({"strategy": ["lp"]}, {"strategy": ["lp"], "epochs": ["50"]}):
+        lp = collect(records, filters=only).cell("bach", "resnet50", "lp")
+        assert lp.status == "partial" and (lp.runs_done, lp.runs_expected) == (4, 6)
+    summary = collect(records, filters={"strategy": ["lp"], "seed": ["0", "1"]})
+    lp = summary.cell("bach", "resnet50", "lp")
+    assert lp.status == "complete" and lp.runs_expected == 4
+    assert summary.strategies == ("lp",)
+
+
+def test_a_partial_cells_note_says_whether_its_value_lacks_a_seed():
+    records = [rec(strategy="ft", lr=lr, seed=s) for lr in (1e-4, 1e-3) for s in (0, 1, 2)]
+    records += [rec(strategy="lp", lr=1e-3, seed=s, val=0.9) for s in (0, 1)]  # chosen LR
+    records += [rec(strategy="lp", lr=1e-4, seed=s) for s in (0, 1, 2)]
+    records += [rec(strategy="lp_ft", lr=1e-3, seed=s, val=0.9) for s in (0, 1, 2)]
+    records += [rec(strategy="lp_ft", lr=1e-4, seed=s) for s in (0, 1)]
+    md = to_markdown(dataset_table(collect(records), "bach"))
+    assert "LP, ResNet-50: 5 of 6 runs; the value is over 2 of 3 seeds at lr 0.001" in md
+    assert "LP-FT, ResNet-50: 5 of 6 runs; the value has every seed of lr 0.001" in md
+
+
+def test_table12_names_the_dataset_and_arch_it_cannot_count_for_want_of_ft():
+    records = [rec(strategy="ft", test=0.8), rec(strategy="lp", test=0.9)]
+    records += [rec(arch="densenet121", strategy="lp", lr=lr, test=0.9) for lr in (1e-3, 1e-4)]
+    failures = [fail(arch="densenet121", strategy="ft", lr=lr) for lr in (1e-3, 1e-4)]
+    summary = collect(records, failures)
+    assert beats_ft(summary, 0.1)[("lp", "densenet121")] == (0, 0)
+    md = to_markdown(table12(summary, 0.1))
+    assert "Not counted, FT having no value there: bach/densenet121 (diverged)" in md
+    assert "bach/resnet50" not in md.split("Not counted")[1]

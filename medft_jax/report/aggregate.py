@@ -17,6 +17,18 @@ from typing import Any
 from medft_jax.results import RecordError, config_hash, jsonable
 
 _SEED_KEYS = ("lr", "seed")
+
+TIE_REL_TOL = 1e-12
+"""Means this close are equal: equal sums of correct answers over the seeds can give
+means a rounding apart (0.6749999999999999 and 0.675), and that is a tie."""
+
+
+def same_mean(a: float, b: float) -> bool:
+    """Whether two means over seeds are equal up to float rounding (:data:`TIE_REL_TOL`):
+    the tie rules of the LR choice, Table 11's best and Table 12's count rest on it."""
+    return math.isclose(a, b, rel_tol=TIE_REL_TOL)
+
+
 """Config keys that vary inside one LR-selection group; every other key must agree."""
 
 
@@ -108,9 +120,7 @@ def choose_lr(records: Sequence[dict[str, Any]], metric: str | None = None) -> f
             f"of {_describe(records[0])}"
         )
     best = max(finite.values())
-    # Equal sums of correct answers over the seeds can give means a rounding apart
-    # (0.6666666666666666 and ...67): that is the tie the rule is about.
-    return min(lr for lr, m in finite.items() if math.isclose(m, best, rel_tol=1e-12))
+    return min(lr for lr, m in finite.items() if same_mean(m, best))
 
 
 def summarise(

@@ -112,6 +112,9 @@ class Cell:
     lr_means: Mapping[float, float] = dataclasses.field(default_factory=dict)
     runs_done: int = 0
     runs_expected: int = 0
+    seeds_expected: int = 0
+    """Seeds expected at the chosen LR: a partial cell's value is over fewer when
+    ``len(seeds)`` is less (its missing runs are at that LR, not at another)."""
     failure_kinds: tuple[str, ...] = ()
     excluded_lrs: tuple[float, ...] = ()
     """LRs not eligible for the choice: a run at them failed or has no validation value."""
@@ -219,7 +222,7 @@ def collect(
     finished = {results.config_hash(r["config"]) for r in records}
     failures = [f for f in failures if results.config_hash(f["config"]) not in finished]
     filt = {k: set(v) for k, v in (filters or {}).items()}
-    left_out = 0
+    left_out = superseded = 0
     if grid is not None:
         configs = gridlib.select(grid, filt)
         wanted = {results.settings_hash(c.to_dict()): c for c in configs}
@@ -243,14 +246,17 @@ def collect(
         runs = records + failures
         held = {k: sorted({r["config"][k] for r in runs if k in r["config"]}) for k in filt}
         gridlib.check_filter_values(filt, held, "no run has it (the runs'")
+        if latest:  # before the filter, so that what is expected rests on current runs
+            kept, _ = drop_superseded(records)
+            superseded = sum(gridlib.matches(r["config"], filt) for r in records) - sum(
+                gridlib.matches(r["config"], filt) for r in kept
+            )
+            records = kept
+        expected = _expected_under(records + failures, filt)
         records = [r for r in records if gridlib.matches(r["config"], filt)]
         failures = [f for f in failures if gridlib.matches(f["config"], filt)]
-        expected = _infer_expected(records + failures)
-    superseded = 0
-    if latest:
+    if latest and grid is not None:
         records, superseded = drop_superseded(records)
-        if grid is None:  # the runs left out are no longer expected of a cell
-            expected = _infer_expected(records + failures)
 
     _check_numerics(records + failures)
     _check_strategy_options(records + failures)
@@ -399,6 +405,33 @@ def _is_number(x: Any) -> bool:
 def _cell_key(run: dict[str, Any]) -> CellKey:
     c = run["config"]
     return (str(c["dataset"]), str(c["arch"]), str(c["strategy"]))
+
+
+def _expected_under(
+    runs: list[dict[str, Any]], filt: Mapping[str, set[str]]
+) -> dict[CellKey, set[tuple[float, int]]]:
+    """:func:`_infer_expected` of every run, then narrowed to the cells, LRs and seeds that
+    ``--only`` shows: a seed or LR that the shown runs have not reached yet (LP's seed 2,
+    done for FT) is still expected of them, so the cell is marked partial, not complete.
+    A filter on another setting (``precision``) picks the runs the grid is inferred from."""
+    from medft_jax import grid as gridlib
+
+    axes = {"dataset", "arch", "strategy", "lr", "seed"}
+    other = {k: v for k, v in filt.items() if k not in axes}
+    shown = {k: v for k, v in filt.items() if k in axes}
+    every = _infer_expected([r for r in runs if gridlib.matches(r["config"], other)])
+    expected = {}
+    for (d, a, s), pairs in every.items():
+        kept = {
+            (lr, seed)
+            for lr, seed in pairs
+            if gridlib.matches(
+                {"dataset": d, "arch": a, "strategy": s, "lr": lr, "seed": seed}, shown
+            )
+        }
+        if kept:
+            expected[(d, a, s)] = kept
+    return expected
 
 
 def _infer_expected(runs: list[dict[str, Any]]) -> dict[CellKey, set[tuple[float, int]]]:
@@ -992,6 +1025,7 @@ def _make_cell(
     return Cell(
         status=COMPLETE if complete else PARTIAL,
         lr=summary["lr"],
+        seeds_expected=len({seed for lr, seed in expected if lr == summary["lr"]}),
         val=summary["val"],
         test=summary["test"],
         n=summary["n"],
@@ -1156,6 +1190,8 @@ def relative_improvement(
     (m, _), (m_ft, _) = pair
     if not (math.isfinite(m) and math.isfinite(m_ft)) or m_ft == 0:
         return math.nan
+    if aggregate.same_mean(m, m_ft):  # equal up to rounding: no gain, not a 1e-14 % one
+        return 0.0
     return 100.0 * (m - m_ft) / m_ft
 
 
@@ -1200,7 +1236,10 @@ def best_per_dataset(summary: Summary) -> list[Best]:
             for a in summary.archs
             if (d, a, s) in summary.cells and math.isfinite(summary.cell(d, a, s).mean())
         ]
-        best = max(valued, key=lambda c: c.mean(), default=None)
+        top = max((c.mean() for c in valued), default=math.nan)
+        # A tie (means a rounding apart) goes to the first in display order, not to
+        # whichever float came out a bit higher.
+        best = next((c for c in valued if aggregate.same_mean(c.mean(), top)), None)
         ft = None if best is None else summary.cells.get((d, best.arch, BASELINE))
         gain = (
             math.nan if best is None else relative_improvement(summary, d, best.arch, best.strategy)
@@ -1229,13 +1268,19 @@ def beats_ft(
             for d in summary.datasets:
                 gain = relative_improvement(summary, d, a, s, metric[d])
                 if math.isfinite(gain):
-                    k, n = k + (gain > threshold), n + 1
+                    k, n = k + _more_than(gain, threshold), n + 1
                 elif _failed_against_ft(summary, d, a, s) or _undefined_against_ft(
                     summary, d, a, s, metric[d]
                 ):
                     n += 1
             out[(s, a)] = (k, n)
     return out
+
+
+def _more_than(gain: float, threshold: float) -> bool:
+    """``gain > threshold`` where a gain equal to it up to float rounding is not more:
+    equal totals of correct answers give 0.10000000000000131 % for an exact 0.1 %."""
+    return gain > threshold and not math.isclose(gain, threshold, rel_tol=1e-9, abs_tol=1e-9)
 
 
 def _undefined_against_ft(

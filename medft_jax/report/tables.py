@@ -43,6 +43,7 @@ from medft_jax.report.cells import (
     best_per_dataset,
     count_metric,
     paired_vs_ft,
+    relative_improvement,
 )
 from medft_jax.report.render import (
     DAGGER,
@@ -107,6 +108,19 @@ def _fewer_seeds(cell: Cell, metric: str) -> bool:
     return cell.has_value and 0 < cell.n.get(metric, len(cell.seeds)) < len(cell.seeds)
 
 
+def _over(c: Cell) -> str:
+    """What a partial cell's value rests on: fewer seeds at the chosen LR, or all of them
+    (the missing runs are at other LRs, so only the LR choice may change)."""
+    if not c.has_value or c.lr is None:
+        return ""
+    if len(c.seeds) < c.seeds_expected:
+        return f"; the value is over {len(c.seeds)} of {c.seeds_expected} seeds at lr {c.lr:g}"
+    return (
+        f"; the value has every seed of lr {c.lr:g} (the missing runs are at other LRs, "
+        "so the LR choice may change)"
+    )
+
+
 def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]:
     """What the †, ‡ and § of each marked cell stand for."""
     notes = []
@@ -119,7 +133,7 @@ def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]
                     "seeds (undefined for the others)"
                 )
         if _incomplete(c):
-            notes.append(f"{DAGGER} {name}: {c.runs_done} of {c.runs_expected} runs")
+            notes.append(f"{DAGGER} {name}: {c.runs_done} of {c.runs_expected} runs{_over(c)}")
         if _lrs_left_out(c):
             failed = [lr for lr in c.excluded_lrs if lr not in c.unvalidated_lrs]
             groups = [(failed, c.failure_text), (c.unvalidated_lrs, "has no validation value")]
@@ -638,6 +652,31 @@ TABLE11_SLOTS: tuple[Slot[BestLine], ...] = (
 )
 
 
+def _tied_with_best(summary: Summary, bests: Sequence[Best]) -> list[str]:
+    """A note per dataset where other cells equal the best as the tables show it (the
+    dataset's table underlines them all): Table 11 names the first in display order, and
+    the gain of another, over its own arch's FT, can differ a lot."""
+    notes = []
+    for b in bests:
+        if b.cell is None:
+            continue
+        cells = [c for c in _cells_of(summary, b.dataset) if c.has_value]
+        tied = _best({c.key: c.mean(b.metric) for c in cells}) - {b.cell.key}
+        others = [
+            f"{strategy_label(c.strategy)}, {arch_label(c.arch)} ("
+            f"{_finite(relative_improvement(summary, *c.key), '+.2f')} % over FT)"
+            for c in cells
+            if c.key in tied
+        ]
+        if others:
+            notes.append(
+                f"{b.dataset}: tied as shown with the best ({strategy_label(b.cell.strategy)}, "
+                f"{arch_label(b.cell.arch)}): {'; '.join(others)}; the first in the table's "
+                "order is named."
+            )
+    return notes
+
+
 def table11(summary: Summary) -> Table:
     """Table 11: per dataset, the best (arch, strategy) and its relative gain over FT."""
     bests = best_per_dataset(summary)
@@ -664,6 +703,7 @@ def table11(summary: Summary) -> Table:
             f"{DOUBLE_DAGGER}: a cell whose LR was chosen without an LR where a run failed "
             "or had no validation value (see the dataset's table)."
         )
+    notes += _tied_with_best(summary, bests)
     title = "Table 11: best configuration per dataset and its gain over FT"
     lines = [_best_line(b) for b in bests]
     return _long_table(Head("table11", title, notes), BestLine, lines, TABLE11_SLOTS)
@@ -766,7 +806,33 @@ def _caveats_counted(summary: Summary) -> list[str]:
                 f"Counted with {len(marked)} cell(s) {what} ({mark} in the datasets' tables): "
                 f"{shown}."
             )
+    uncounted = _without_ft(summary)
+    if uncounted:
+        notes.append(
+            f"Not counted, FT having no value there: {', '.join(uncounted)} (n is smaller "
+            "by one for each strategy with a value of that arch)."
+        )
     return notes
+
+
+def _without_ft(summary: Summary) -> list[str]:
+    """``dataset/arch (why)`` where other strategies have values but FT none (diverged,
+    failed or not run): Table 12 cannot count those, and its n shrinks without a word."""
+    out = []
+    for d in summary.datasets:
+        for a in summary.archs:
+            ft = summary.cells.get((d, a, BASELINE))
+            if ft is not None and ft.has_value:
+                continue
+            others = [
+                c
+                for s in summary.strategies
+                if s != BASELINE and (c := summary.cells.get((d, a, s))) is not None
+            ]
+            if any(c.has_value for c in others):
+                why = "not run" if ft is None or ft.status == MISSING else ft.failure_text
+                out.append(f"{d}/{a} ({why})")
+    return out
 
 
 def count_rule_text(summary: Summary, count_metrics: Mapping[str, str] | None = None) -> str:
