@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from medft_jax.data import DataError, load, prepare
+from medft_jax.data import cache as cache_mod
 from medft_jax.data.builders import BUILDERS, builder_class
 from medft_jax.data.builders.base import MedicalConfig
 from medft_jax.data.builders.cholect50 import VIDEOS
@@ -188,6 +189,46 @@ def test_chexpert_missing_column_names_it_and_the_header(tmp_path, layouts):
         _parse("chexpert", tmp_path)
 
 
+def test_chexpert_small_and_full_size_copies_side_by_side_are_refused(tmp_path, layouts):
+    """The small copy was taken without a word: a user who added the full-size release
+    beside it trained on the downsampled JPEGs."""
+    root, _ = layouts["chexpert"]
+    for name in ("CheXpert-v1.0-small", "CheXpert-v1.0"):
+        (tmp_path / name).mkdir()
+        shutil.copyfile(root / "CheXpert-v1.0-small" / "train.csv", tmp_path / name / "train.csv")
+    with pytest.raises(
+        DataError,
+        match=rf"^{tmp_path}: holds both CheXpert-v1\.0-small and CheXpert-v1\.0; point "
+        r"--manual-dir at the one to prepare$",
+    ):
+        _parse("chexpert", tmp_path)
+
+
+def test_a_packed_or_doubly_nested_download_gets_a_hint(tmp_path, layouts):
+    root, _ = layouts["chexpert"]
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "CheXpert-v1.0-small.zip").write_bytes(b"PK")
+    with pytest.raises(
+        DataError,
+        match=r"no CheXpert-v1\.0-small/train\.csv; expected .*; it holds "
+        r"CheXpert-v1\.0-small\.zip: unpack it there first$",
+    ):
+        _parse("chexpert", packed)
+    nested = tmp_path / "nested" / "CheXpert-v1.0-small"
+    shutil.copytree(root / "CheXpert-v1.0-small", nested / "CheXpert-v1.0-small")
+    with pytest.raises(
+        DataError, match=rf"; unpacked one folder too deep\? try --manual-dir {nested}$"
+    ):
+        _parse("chexpert", tmp_path / "nested")
+    assert _parse("chexpert", nested)["train"]  # the hint is right
+    with pytest.raises(DataError, match=r"expected [^;]*$"):  # no hint where none fits
+        _parse(
+            "chexpert",
+            tmp_path / "nested" / "CheXpert-v1.0-small" / "CheXpert-v1.0-small" / "train",
+        )
+
+
 def test_chexpert_unknown_label_value(tmp_path, layouts):
     root, _ = layouts["chexpert"]
     with open(root / "CheXpert-v1.0-small" / "train.csv", newline="") as f:
@@ -350,6 +391,39 @@ def test_t1w_copy_of_the_release_without_every_image_is_refused(tmp_path):
     (root / "cvind.mat").write_bytes(b"not a MAT file")
     with pytest.raises(DataError, match=r"^cannot read \S*cvind\.mat as a MATLAB file \("):
         _parse("t1w_mri", root)
+
+
+@needs_h5py
+def test_t1w_zip_part_unpacked_twice_is_refused_naming_both_copies(tmp_path):
+    """Byte copies of one part (``brainTumorDataPublic_1-766 2``) were prepared as more
+    images: every copied test image counted twice in the test metric."""
+    fakes.make_t1w_mri(tmp_path)
+    part = tmp_path / "brainTumorDataPublic_1-766"
+    shutil.copytree(part, tmp_path / "brainTumorDataPublic_1-766 2")
+    with pytest.raises(DataError, match=r"^\S+/1\.mat and \S+ 2/1\.mat are both 1\.mat: the "):
+        _parse("t1w_mri", tmp_path)
+
+
+def test_t1w_one_unzipped_part_of_the_release_is_refused(tmp_path):
+    """``--manual-dir`` at one part folder (no cvind.mat): 766 of 3,064 images prepared
+    silently. Checked before any file is read, so empty files stand in for the images."""
+    part = tmp_path / "brainTumorDataPublic_1-766"
+    part.mkdir()
+    for n in range(1, 767):
+        (part / f"{n}.mat").touch()
+    message = (
+        rf"^{part}: holds only the release's zip part\(s\) 1-766 \(766 of 3,064 images\) and "
+        r"no cvind\.mat; point --manual-dir at the folder holding all four parts"
+    )
+    with pytest.raises(DataError, match=message):
+        _parse("t1w_mri", part)
+    for n in range(767, 1533):  # two parts of four: still not the release
+        (part / f"{n}.mat").touch()
+    with pytest.raises(DataError, match=r"part\(s\) 1-766, 767-1532 \(1,532 of 3,064"):
+        _parse("t1w_mri", part)
+    (part / "1532.mat").unlink()  # not a union of parts: a user's own subset, not checked
+    with pytest.raises(DataError, match=r"cannot read \S+\.mat as MATLAB v7\.3"):
+        _parse("t1w_mri", part)
 
 
 @needs_h5py
@@ -767,7 +841,8 @@ def test_a_replaced_image_of_same_size_and_mtime_is_prepared_again(tmp_path, cap
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     capsys.readouterr()
     ds = _prepare_bach(tmp_path / "bach", out)
-    assert "is stale: 1 file changed; preparing again" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"is stale: 1 file {cache_mod.CTIME_ONLY}; preparing again" in err
     split = next(s for s in ds.splits.values() if "Photos/Normal/n001.tif" in s.ids)
     k = list(split.ids).index("Photos/Normal/n001.tif")
     assert split.images[k].max() == 0

@@ -924,6 +924,15 @@ def test_a_change_of_the_toolkits_rules_is_said_alone():
     )
 
 
+def test_a_file_whose_only_inode_change_time_moved_is_named_apart():
+    """A chmod -R read as "40 files changed" although no size or mtime moved."""
+    old = {"files": [["a.png", 1, 2, 3], ["b.png", 1, 2, 3], ["c.png", 1, 2, 3]]}
+    new = {"files": [["a.png", 1, 2, 4], ["b.png", 5, 2, 4], ["c.png", 1, 2, 3]]}
+    assert cache_mod.describe_change(old, new) == (f"1 file changed, 1 {cache_mod.CTIME_ONLY}")
+    one = {"files": [["a.png", 1, 2, 4], *old["files"][1:]]}
+    assert cache_mod.describe_change(old, one) == f"1 file {cache_mod.CTIME_ONLY}"
+
+
 def test_a_new_decoding_version_rebuilds_a_folder_cache(tmp_path, capsys, monkeypatch):
     """A cache written under older decoding rules (one that kept a blank DICOM slice
     as a black image, say) is rebuilt on the next load, naming the rules as the reason;
@@ -983,7 +992,8 @@ def test_folder_cache_follows_links_moved_and_files_swapped(tmp_path, capsys):
     (tmp_path / "t.png").rename(b)
     _load_folder(root, out)
     assert _rebuilds(capsys) == [
-        f"folder cache {_only_cache(out)} is stale: 2 files changed; rebuilding"
+        f"folder cache {_only_cache(out)} is stale: 2 files with only the inode change time "
+        "moved (chmod or chown, or replaced keeping size and mtime); rebuilding"
     ]
 
 

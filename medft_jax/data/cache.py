@@ -627,9 +627,22 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
     after = {f[0]: tuple(f[1:]) for f in new.get("files", [])}
     added = len(after.keys() - before.keys())
     removed = len(before.keys() - after.keys())
-    changed = sum(1 for k in after.keys() & before.keys() if after[k] != before[k])
+    moved = [k for k in after.keys() & before.keys() if after[k] != before[k]]
+    # (size, mtime, ctime) with only the ctime moved: a chmod/chown, or a copy that kept
+    # size and mtime (cp -p), which cannot be told apart without reading the pixels.
+    ctime_only = sum(
+        1 for k in moved if len(after[k]) == 3 and after[k][:2] == tuple(before[k])[:2]
+    )
+    changed = len(moved) - ctime_only
     counts = [
-        (n, w) for n, w in ((added, "added"), (removed, "removed"), (changed, "changed")) if n
+        (n, w)
+        for n, w in (
+            (added, "added"),
+            (removed, "removed"),
+            (changed, "changed"),
+            (ctime_only, CTIME_ONLY),
+        )
+        if n
     ]
     if counts:
         words = [f"{n} {w}" for n, w in counts]
@@ -646,6 +659,12 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
     parts += [f"{FACT_WORDS.get(key, key)} changed" for key in facts]
     return "; ".join(parts) or None
 
+
+CTIME_ONLY = (
+    "with only the inode change time moved (chmod or chown, or replaced keeping size and mtime)"
+)
+"""Files whose size and mtime held but whose ctime moved: :func:`describe_change` cannot
+tell a permissions change from a replacement without reading the pixels, so says both."""
 
 RULE_FACTS = ("decoding", "listing")
 """Signature facts that are versions of the toolkit's rules, not of the user's files."""

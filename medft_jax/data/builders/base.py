@@ -135,12 +135,46 @@ class Task:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"--manual-dir {root} is not a directory; expected {self.layout}")
-        if skipped is not None and self.reads_files:
-            splits = self.parse(root, config, skipped=skipped)
-        else:
-            splits = self.parse(root, config)
+        try:
+            if skipped is not None and self.reads_files:
+                splits = self.parse(root, config, skipped=skipped)
+            else:
+                splits = self.parse(root, config)
+        except DataError as err:
+            hint = layout_hint(root) if self.layout in str(err) else ""
+            if not hint:
+                raise
+            raise DataError(f"{err}; {hint}") from None
         validate(splits, self.class_names, self.multilabel, where=f"{self.name} in {root}")
         return splits
+
+
+ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")
+"""Downloads still packed: a manual dir holding one of these was not unpacked yet."""
+
+
+def layout_hint(root: Path) -> str:
+    """What a manual dir that failed its layout check seems to hold instead: a download
+    not unpacked yet, or the release unpacked into a folder of its own name
+    (``X/X/...``); empty when neither."""
+    entries = _visible(root)
+    packed = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith(ARCHIVES))
+    if packed:
+        shown = ", ".join(packed[:3]) + (f" and {len(packed) - 3} more" if len(packed) > 3 else "")
+        return f"it holds {shown}: unpack it there first"
+    if len(entries) == 1 and entries[0].is_dir():
+        inner = _visible(entries[0])
+        nested = len(inner) == 1 and inner[0].is_dir() and inner[0].name == entries[0].name
+        if nested or entries[0].name == root.name:
+            return f"unpacked one folder too deep? try --manual-dir {entries[0]}"
+    return ""
+
+
+def _visible(folder: Path) -> list[Path]:
+    try:
+        return [e for e in folder.iterdir() if not e.name.startswith((".", "__MACOSX"))]
+    except OSError:
+        return []
 
 
 def paper_decode(task: Task) -> Callable[[Path], Image.Image]:

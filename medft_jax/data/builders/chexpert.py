@@ -65,9 +65,14 @@ def uncertain_value(policy: str, finding: str) -> float:
 def find_root(manual_dir: Path) -> Path:
     """The folder holding ``train.csv``: ``CheXpert-v1.0-small`` (or ``-v1.0``) inside
     ``manual_dir``, or ``manual_dir`` itself, whatever it is called or however reached."""
-    for name in FOLDERS:
-        if (manual_dir / name / "train.csv").is_file():
-            return manual_dir / name
+    found = [manual_dir / name for name in FOLDERS if (manual_dir / name / "train.csv").is_file()]
+    if len(found) > 1:  # the small copy would win without a word: other pixels, same name
+        raise DataError(
+            f"{manual_dir}: holds both {' and '.join(p.name for p in found)}; point "
+            "--manual-dir at the one to prepare"
+        )
+    if found:
+        return found[0]
     if (manual_dir / "train.csv").is_file():
         return manual_dir
     raise DataError(f"{manual_dir}: no CheXpert-v1.0-small/train.csv; expected {LAYOUT}")

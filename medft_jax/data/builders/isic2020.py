@@ -162,8 +162,8 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
 
 
 LAYOUT = (
-    "train.csv, ISIC_2020_Training_Duplicates.csv and jpeg/train/ISIC_*.jpg "
-    "(https://challenge2020.isic-archive.com/)"
+    "train.csv and jpeg/train/ISIC_*.jpg (Kaggle's siim-isic-melanoma-classification "
+    "download) and ISIC_2020_Training_Duplicates.csv (https://challenge2020.isic-archive.com/)"
 )
 TASK = Task(
     name="isic2020",

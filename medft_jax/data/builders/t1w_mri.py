@@ -32,6 +32,7 @@ IGNORED = ("cvind.mat",)
 FOLD_IDS = "cvind.mat"
 OFFICIAL_IMAGES = 3064
 """The release's images, ``1.mat`` .. ``3064.mat``, each with a fold id in its ``cvind.mat``."""
+PART_RANGES = ((1, 766), (767, 1532), (1533, 2298), (2299, 3064))
 PARTS = "1-766, 767-1532, 1533-2298 and 2299-3064"
 """The numbers each of the release's four zip parts holds (brainTumorDataPublic_<part>)."""
 
@@ -148,10 +149,13 @@ def refuse_partial_copy(manual_dir: Path, scanned: list[Path]) -> None:
     without that file, or with another one (a subset, the tests' small fakes), is
     not checked: nothing says how many images it should hold.
     """
-    index = next((p for p in scanned if p.name == FOLD_IDS), None)
-    if index is None or fold_id_count(index) != OFFICIAL_IMAGES:
-        return
     present = {int(p.stem) for p in scanned if p.stem.isdigit()}
+    index = next((p for p in scanned if p.name == FOLD_IDS), None)
+    if index is None:
+        _refuse_release_parts(manual_dir, present, scanned)
+        return
+    if fold_id_count(index) != OFFICIAL_IMAGES:
+        return
     missing = [n for n in range(1, OFFICIAL_IMAGES + 1) if n not in present]
     if missing:
         raise DataError(
@@ -160,6 +164,26 @@ def refuse_partial_copy(manual_dir: Path, scanned: list[Path]) -> None:
             f"{name_runs(missing, '{}.mat'.format)}. The split needs every image (a partial "
             f"copy? the release's four zip parts hold {PARTS})"
         )
+
+
+def _refuse_release_parts(manual_dir: Path, present: set[int], scanned: list[Path]) -> None:
+    """A folder that holds exactly some of the release's four zip parts, and no
+    ``cvind.mat``: ``--manual-dir`` at one unzipped part (or three of the four unpacked)
+    would prepare a quarter of the release without a word."""
+    images = [p for p in scanned if p.name not in IGNORED]
+    if len(present) != len(images):  # names other than the release's N.mat: not the release
+        return
+    held = [(lo, hi) for lo, hi in PART_RANGES if any(lo <= n <= hi for n in present)]
+    if not held or len(held) == len(PART_RANGES):
+        return
+    if present != {n for lo, hi in held for n in range(lo, hi + 1)}:
+        return
+    names = ", ".join(f"{lo}-{hi}" for lo, hi in held)
+    raise DataError(
+        f"{manual_dir}: holds only the release's zip part(s) {names} ({len(present):,} of "
+        f"{OFFICIAL_IMAGES:,} images) and no {FOLD_IDS}; point --manual-dir at the folder "
+        f"holding all four parts ({PARTS}) and {FOLD_IDS}"
+    )
 
 
 def parse(
@@ -176,6 +200,14 @@ def parse(
     files = [p for p in scanned if p.name not in IGNORED]
     if not files:
         raise DataError(f"{manual_dir}: no .mat files found; expected {LAYOUT}")
+    by_name: dict[str, Path] = {}
+    for p in files:
+        if p.name in by_name:
+            raise DataError(
+                f"{by_name[p.name]} and {p} are both {p.name}: the release names each image "
+                "once (a zip part unpacked twice?); remove one copy"
+            )
+        by_name[p.name] = p
     refuse_partial_copy(manual_dir, scanned)
     examples = []
     for path in files:
