@@ -159,8 +159,9 @@ def _add_strategy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rgn-mode",
         choices=["stream", "prepass"],
-        help="Auto-RGN: estimate from each epoch's first 5 updates (stream, default) or from "
-        "5 gradient evaluations before each epoch (prepass, the reference code's order)",
+        help="Auto-RGN: estimate from each epoch's first --rgn-estimate-steps updates (stream, "
+        "default) or from as many gradient evaluations before each epoch (prepass, the "
+        "reference code's order)",
     )
     p.add_argument(
         "--rgn-estimate-steps",

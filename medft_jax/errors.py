@@ -267,14 +267,33 @@ class ArgumentParser(argparse.ArgumentParser):
     argparse prints the whole usage block before its message; for a typo in
     a flag value (``--batch-size x``) one line naming the flag, and where to
     look, is what the user needs.
+
+    Flags are spelled out in full (``allow_abbrev=False``): argparse took ``--seed 1``
+    as ``run``'s ``--seeds 1`` (a training seed where ``prepare``'s ``--seed`` is the
+    split's) and ``--strat ft --strategy lp`` as two spellings, the last winning.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"error: {one_line(message)} (see {self.prog} --help)\n")
+        message = one_line(message) + self._spelled_out(message)
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+    def _spelled_out(self, message: str) -> str:
+        """For an unrecognized flag that begins a known one's name: which it may mean."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        for token in message.split(":", 1)[1].split():
+            flag = token.split("=", 1)[0]
+            if not flag.startswith("--"):
+                continue
+            known = sorted(o for o in self._option_string_actions if o.startswith(flag))
+            if known:
+                return f"; flags are spelled out in full: {flag} may be {' or '.join(known[:4])}"
+        return ""
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

@@ -900,6 +900,25 @@ def test_a_one_value_flag_given_twice_is_refused(cli, argv, message, tmp_path, c
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "flag", "meant"),
+    [
+        (["--seed", "1"], "--seed", "--seeds"),  # prepare's --seed is the split's
+        (["--strat", "ft"], "--strat", "--strategy"),  # beside RUN's --strategy lp
+    ],
+)
+def test_an_abbreviated_flag_is_refused_naming_the_full_one(argv, flag, meant, capsys):
+    """argparse took ``--seed 1`` as ``--seeds 1`` and ``--strat lp`` beside ``--strategy
+    ft`` as the same flag twice, the last winning: the run trained lp."""
+    with pytest.raises(SystemExit) as e:
+        run_cli.build_parser().parse_args([*RUN, *argv])
+    assert e.value.code == 2
+    assert _one_error_line(capsys) == (
+        f"error: unrecognized arguments: {' '.join(argv)}; flags are spelled out in full: "
+        f"{flag} may be {meant} (see python -m experiments.run --help)"
+    )
+
+
 def test_flags_that_collect_may_repeat():
     args = sweep_cli.build_parser().parse_args(
         ["--config", "c.py", "--only", "strategy=lp", "--only", "lr=0.001", "--dry-run"]
