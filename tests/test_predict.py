@@ -76,6 +76,32 @@ def test_multilabel_checkpoint_uses_sigmoid(setup, capsys):
     np.testing.assert_allclose(probs, ref, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_one_output_torchvision_head_ports_as_sigmoid(setup, capsys):
+    """``resnet50(num_classes=1)`` trained with BCE: ported as a softmax, predict gave
+    1.0000 for every image. Ported now as the sigmoid head it is, named by the flags."""
+    from weights_port.__main__ import main as port_main
+
+    tmp, _, _, paths = setup
+    model = random_torchvision("resnet50", 1, seed=5)
+    torch.save(model.state_dict(), tmp / "one.pth")
+    argv = ["--arch", "resnet50", "--torch-weights", str(tmp / "one.pth")]
+    assert port_main([*argv, "--out", str(tmp / "one"), "--class-names", "malignant"]) == 0
+    assert capsys.readouterr().err == ""  # named: nothing assumed
+    assert main(["--checkpoint", str(tmp / "one"), "--images", *map(str, paths), "--json"]) == 0
+    probs = np.array([json.loads(x)["probs"] for x in capsys.readouterr().out.splitlines()])
+    ref = torch.sigmoid(_torch_logits(model, paths)).numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+    assert probs.min() > 0.0 and probs.max() < 1.0
+    # A checkpoint that says softmax over one output is refused wherever it is read.
+    variables, meta = load_model(tmp / "one")
+    bad = save_model(
+        tmp / "bad", variables["params"], variables["batch_stats"], {**meta, "multilabel": False}
+    )
+    assert main(["--checkpoint", str(bad), "--images", str(paths[0])]) == 2
+    assert "one class and not multilabel: a softmax over one output" in capsys.readouterr().err
+
+
 def test_bad_image_is_named(tmp_path, capsys):
     # Images are read before any compute: a checkpoint of zeros is enough (no torch, no port).
     shapes = variable_shapes("resnet_tiny", 2)

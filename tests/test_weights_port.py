@@ -212,6 +212,10 @@ def test_a_file_that_is_no_torch_checkpoint_is_named_as_such(tmp_path):
         z.writestr("hello.txt", "hi")
     with pytest.raises(PortError, match=r"\); expected a file written by torch.save\(model.state_"):
         read_state_dict(tmp_path / "notes.pth")
+    # Whole, but pickle.dump's, not torch.save's: not "truncated or corrupted".
+    (tmp_path / "plain.pth").write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    with pytest.raises(PortError, match=r"plain\.pth: not a torch\.save file \(a plain pickle"):
+        read_state_dict(tmp_path / "plain.pth")
     # torch's legacy (pre-zip) format is still read, weights_only.
     legacy = tmp_path / "legacy.pth"
     torch.save({"w": torch.arange(3.0)}, legacy, _use_new_zipfile_serialization=False)
@@ -342,6 +346,41 @@ def test_cli_errors_are_one_line_and_write_nothing(resnet_file, tmp_path, capsys
     assert "already exists; pass --force" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "none"), "--out", "x.pth"]) == 2
     assert "no such checkpoint folder" in capsys.readouterr().err
+
+
+def test_the_head_flags_say_what_predict_reads_and_a_note_says_what_was_assumed(
+    resnet_file, tmp_path, capsys
+):
+    argv = ["--arch", "resnet50", "--torch-weights", str(resnet_file)]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "note: predict will read 10 unnamed output(s) as a softmax, at resize 232 crop 224; "
+        "port again with --multilabel / --no-multilabel, --class-names and --image-size "
+        "where the model was trained otherwise\n"
+    )
+    names = [f"finding {i}" for i in range(10)]
+    flags = ["--multilabel", "--image-size", "64", "--class-names", *names]
+    assert main([*argv, "--out", str(tmp_path / "b"), *flags]) == 0
+    assert capsys.readouterr().err == ""
+    meta = load_metadata(tmp_path / "b")
+    assert (meta["multilabel"], meta["class_names"]) == (True, names)
+    assert (meta["crop_size"], meta["resize_size"]) == (64, 66)  # ResNet-50's 232/224
+    for bad, message in [
+        (
+            ["--class-names", "a", "b"],
+            "--class-names: 2 names for the head's 10 outputs (fc.weight)",
+        ),
+        (["--image-size", "8"], "--image-size 8: expected 32 to 2048 pixels"),
+        (["--class-names", *["x"] * 10], "--class-names: a name given twice"),
+    ]:
+        assert main([*argv, "--out", str(tmp_path / "c"), *bad]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {message}")
+        assert not (tmp_path / "c").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["--arch", "resnet50", "--download", "--multilabel"])
+    assert e.value.code == 2
+    assert "--multilabel: ImageNet weights' head is known" in capsys.readouterr().err
 
 
 def test_urls_match_torchvision():
@@ -515,6 +554,7 @@ def test_an_exported_run_ports_back_with_its_classes_and_preprocessing(resnet_fi
     for key in ("class_names", "multilabel", "resize_size", "crop_size", "precision"):
         assert back[key] == run[key], key
     assert (back["bits_stored"], back["source"]) == (12, run["source"])
+    assert back["ported_from"] == "model.safetensors"  # the file source_sha256 hashes
     # The .pth beside it cannot hold them: refused, naming the file that can.
     with pytest.raises(PortError, match=r"model\.pth: exported by medft-jax, with its class names"):
         weights_port.port("resnet50", tmp_path / "model.pth", tmp_path / "c")

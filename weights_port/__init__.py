@@ -8,9 +8,17 @@ ports a torchvision state_dict (``.pth`` or ``.safetensors``);
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from medft_jax.checkpoints.model import CheckpointError, check_metadata, load_model, save_model
+from medft_jax.checkpoints.model import (
+    MAX_CROP_SIZE,
+    MIN_CROP_SIZE,
+    CheckpointError,
+    check_metadata,
+    load_model,
+    save_model,
+)
 from medft_jax.models import get_arch
 from weights_port.fetch import (
     WEIGHTS_NAMES,
@@ -39,11 +47,27 @@ __all__ = [
 ]
 
 
-def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool = False) -> Path:
+def port(
+    arch: str,
+    torch_weights: str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    multilabel: bool | None = None,
+    class_names: Sequence[str] | None = None,
+    image_size: int | None = None,
+) -> Path:
     """Ports a torchvision state_dict file of ``arch`` to a model checkpoint at ``out``.
 
     The file is checked before it is converted (zip CRCs of a ``.pth``, finite
     values, every key and shape; see :mod:`weights_port.state_io`).
+
+    What the head means is not in a state_dict: ``multilabel`` (sigmoid outputs, as a
+    BCE-trained head's), ``class_names`` (one per output) and ``image_size`` (the crop
+    it was trained at; the resize follows the arch's rule) say it for predict. Unsaid,
+    a one-output head is a sigmoid one (a softmax over one output is 1.0 for every
+    image), any other a softmax over unnamed classes at the arch's ImageNet sizes; an
+    export's header says it for a model exported by medft-jax.
     """
     spec = get_arch(arch)
     torch_weights = Path(torch_weights)
@@ -77,10 +101,46 @@ def port(arch: str, torch_weights: str | Path, out: str | Path, *, force: bool =
     # An export of a trained model: its class names, sizes and decoding come back with it
     # (without them predict read a 32-px model's images at 224, its classes as numbers).
     metadata.update({k: v for k, v in exported.items() if k in PREDICTION_KEYS})
+    if "source" in exported:  # the run it was trained in; the file read is another
+        metadata["ported_from"] = torch_weights.name
+    _check_head_flags(metadata["num_classes"], spec.partition.head, class_names, image_size)
+    said = {
+        "multilabel": multilabel,
+        "class_names": list(class_names) if class_names is not None else None,
+        "crop_size": image_size,
+    }
+    for key, value in said.items():
+        if value is not None and key in exported and exported[key] != value:
+            raise PortError(
+                f"--torch-weights {torch_weights}: its medft_jax header says {key} "
+                f"{exported[key]!r}, not {value!r}; leave the flag out"
+            )
+        if value is not None:
+            metadata[key] = value
+    if image_size is not None:
+        metadata["resize_size"] = spec.resize_for(image_size)
+    if metadata["num_classes"] == 1 and multilabel is None and "multilabel" not in exported:
+        metadata["multilabel"] = True  # one logit: trained with a sigmoid (BCE)
     # An export's header edited out of step with its tensors (3 class names for a 2-class
     # head) was ported, and every reader of the checkpoint refused it: refused here, first.
     check_metadata(variables, metadata, f"--torch-weights {torch_weights}: its medft_jax header")
     return save_model(out, variables["params"], variables["batch_stats"], metadata, force=force)
+
+
+def _check_head_flags(
+    outputs: int, head: str, class_names: Sequence[str] | None, image_size: int | None
+) -> None:
+    if class_names is not None and len(class_names) != outputs:
+        raise PortError(
+            f"--class-names: {len(class_names)} names for the head's {outputs} outputs "
+            f"({head.replace('/', '.')}.weight); give one per output, in order"
+        )
+    if class_names is not None and len(set(class_names)) != len(class_names):
+        raise PortError("--class-names: a name given twice; expected one name per output")
+    if image_size is not None and not MIN_CROP_SIZE <= image_size <= MAX_CROP_SIZE:
+        raise PortError(
+            f"--image-size {image_size}: expected {MIN_CROP_SIZE} to {MAX_CROP_SIZE} pixels"
+        )
 
 
 def _exported_metadata(path: Path, arch: str) -> dict:

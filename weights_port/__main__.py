@@ -38,6 +38,29 @@ def _port_parser() -> argparse.ArgumentParser:
         "where `experiments.run --weights auto` finds it)",
     )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    head = p.add_argument_group(
+        "what the file's head means (a state_dict does not say; predict reads it)"
+    )
+    head.add_argument(
+        "--multilabel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sigmoid outputs, one independent probability each (a BCE-trained head); "
+        "default: a softmax, except for a one-output head (sigmoid)",
+    )
+    head.add_argument(
+        "--class-names",
+        nargs="+",
+        metavar="NAME",
+        help="one name per output, in the head's order (default: numbers)",
+    )
+    head.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PX",
+        help="the crop the model was trained at (the resize follows the arch's rule; "
+        "default: the arch's ImageNet 224)",
+    )
     return p
 
 
@@ -75,6 +98,12 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     if not args.download and args.out is None:
         parser.error("--out is required with --torch-weights")
+    said = [f for f in ("multilabel", "class_names", "image_size") if getattr(args, f) is not None]
+    if args.download and said:
+        parser.error(
+            f"--{said[0].replace('_', '-')}: ImageNet weights' head is known; "
+            "the flag is for --torch-weights"
+        )
     from medft_jax.checkpoints.pretrained import one_porter
 
     target = Path(args.out).expanduser() if args.out else wp.default_checkpoint(args.arch)
@@ -89,9 +118,35 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.download:
             out = wp.port_imagenet(args.arch, args.out, force=args.force)
         else:
-            out = wp.port(args.arch, args.torch_weights, args.out, force=args.force)
+            out = wp.port(
+                args.arch,
+                args.torch_weights,
+                args.out,
+                force=args.force,
+                multilabel=args.multilabel,
+                class_names=args.class_names,
+                image_size=args.image_size,
+            )
     print(f"wrote {out}")
+    if not args.download:
+        _note_assumed(out)
     return 0
+
+
+def _note_assumed(out: Path) -> None:
+    """One line saying what predict will take the head to mean where nothing said it."""
+    from medft_jax.checkpoints.model import load_metadata
+
+    m = load_metadata(out)
+    if m.get("class_names") is not None or m.get("num_classes") == 1000:
+        return  # named (an export's header, --class-names) or ImageNet's own head
+    kind = "sigmoid outputs" if m.get("multilabel") else "a softmax"
+    print(
+        f"note: predict will read {m['num_classes']} unnamed output(s) as {kind}, at resize "
+        f"{m['resize_size']} crop {m['crop_size']}; port again with --multilabel / "
+        "--no-multilabel, --class-names and --image-size where the model was trained otherwise",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

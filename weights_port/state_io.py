@@ -202,6 +202,11 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
             "it again"
         ) from None
     except Exception as e:
+        if "Invalid magic number" in str(e):  # whole, but a plain pickle.dump, not torch.save
+            raise PortError(
+                f"{path}: not a torch.save file (a plain pickle, or another format); expected "
+                "a file written by torch.save(model.state_dict(), FILE)"
+            ) from None
         if isinstance(e, EOFError) or not zipfile.is_zipfile(path):  # a legacy pickle cut short
             raise PortError(
                 f"{path}: truncated or corrupted torch file ({_first_line(e)}); download or "

@@ -647,6 +647,12 @@ def _check_other_fields(metadata: Mapping[str, Any], num_classes: int, where: An
         raise CheckpointError(
             f"{where}: metadata multilabel {metadata['multilabel']!r} is not true or false"
         )
+    if num_classes == 1 and not metadata.get("multilabel", False):
+        raise CheckpointError(
+            f"{where}: metadata says one class and not multilabel: a softmax over one "
+            "output is 1.0 for every image; a one-output head is a sigmoid one (port it "
+            "again with --multilabel)"
+        )
     crop = metadata.get("crop_size")
     if crop is not None and (not _is_int(crop) or not MIN_CROP_SIZE <= crop <= MAX_CROP_SIZE):
         raise CheckpointError(
