@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -45,14 +44,17 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     The bytes go to a temporary file in the same folder (same filesystem,
     so the rename is atomic), are flushed and fsynced, then ``os.replace``-d
     over ``path``: a reader sees the old file whole or the new one whole.
-    Any failure removes the temporary file, and an OSError of the write
+    Any failure removes the temporary file (a kill leaves it, named for its process, and
+    the next write of ``path`` on this host removes it), and an OSError of the write
     itself (a full disk) is raised naming ``path``. The file gets the mode
     ``open()`` would give it, not ``mkstemp``'s private 0600, so a shared
     group can read it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_abandoned(path)  # a killed writer's temporary (an export killed mid-write)
+    tmp = temporary_sibling(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -117,7 +119,11 @@ def remove_abandoned(final: Path, *, siblings: bool = False) -> None:
         found = _TEMPORARY.search(path.name)
         if found is None or found.group(2) not in (None, here) or _alive(int(found.group(1))):
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:  # a file written whole, then renamed (write_bytes)
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _alive(pid: int) -> bool:

@@ -1105,7 +1105,8 @@ def clear_leftovers(run_dir: Path) -> None:
     """
     run_dir = Path(run_dir)
     left = [run_dir / "checkpoints", *(run_dir / n for n in results.PREVIOUS_NAMES)]
-    left += run_dir.glob(f".{glob.escape(results.RECORD_NAME)}.*.tmp")  # atomic.write_bytes'
+    left += run_dir.glob(f".{glob.escape(results.RECORD_NAME)}.*.tmp")  # written before
+    left += run_dir.glob(f".{glob.escape(results.RECORD_NAME)}.tmp-*")  # atomic.write_bytes'
     if not any(p.exists() for p in left):
         return
     try:

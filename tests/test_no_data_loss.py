@@ -628,6 +628,24 @@ def test_only_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
     assert left == {"live", "elsewhere"}
 
 
+def test_a_killed_file_writes_temporary_is_removed_by_the_next_write(tmp_path):
+    """An export or record write killed before its rename left ``.model.pth.<random>.tmp``
+    (mkstemp's name, no owner) in the user's folder for good."""
+    from medft_jax import atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    final = tmp_path / "model.pth"
+    killed = tmp_path / f".model.pth.tmp-{dead.pid}@{host}-0123abcd"
+    live = tmp_path / f".model.pth.tmp-{os.getpid()}@{host}-89abcdef"
+    for p in (killed, live):
+        p.write_bytes(b"half")
+    atomic.write_bytes(final, b"whole")
+    assert final.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([final.name, live.name])
+
+
 # --- a full disk -------------------------------------------------------------------------------
 
 
