@@ -464,12 +464,18 @@ def _outcome_text(o: Outcome) -> str:
         return "damaged record, skipped"
     if o.fatal:
         return f"stopped, {o.error}"
+    from medft_jax.metrics import metric_name, task_metrics  # sklearn: not for a dry run
+
     r = o.record
-    value = r["test"].get(r["primary_metric"])
+    # The report's headline (top-1 for a multiclass task), named as run names it: the
+    # primary metric of a 5-class task is eq. 6, 0.68 where top-1 is 0.20.
+    multilabel, num_classes = bool(r.get("multilabel")), r.get("num_classes")
+    key = task_metrics(r["config"]["dataset"], multilabel, num_classes)[0]
+    value = r["test"].get(key)
     shown = "nan" if value is None else f"{value:.4f}"
     return (
         f"done in {o.seconds:.0f} s, best epoch {r['best_epoch'] + 1} of {len(r['epochs'])}, "
-        f"test {r['primary_metric']} {shown}{_overhead_text(r)}"
+        f"test {metric_name(key, multilabel, num_classes)} {shown}{_overhead_text(r)}"
     )
 
 

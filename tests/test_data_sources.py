@@ -342,7 +342,7 @@ def test_a_class_that_skipping_took_from_val_names_the_skipped_file_and_the_fold
     with pytest.raises(DataError) as e:
         ds.check_scorable()
     assert str(e.value) == (
-        f"{root.resolve()}: the val split (1 example) has only examples of class 'cat', so its "
+        f"{root.resolve()}: the val split (1 example) has no example of class 'dog', so its "
         "AUROC is undefined and the macro means would leave it out; --skip-bad-images left out "
         "1 of its files (e.g. val/dog/0.png): repair or replace it; give the split more "
         "images of it (where the split is carved: a larger --val-fraction) or drop the class"

@@ -962,3 +962,31 @@ def test_the_selections_pick_line_names_eq6_accuracy(capsys):
         "accuracy (eq. 6) is the paper's mean over classes of one-vs-rest accuracy, not the "
         "share of images classed right"
     )
+
+
+@pytest.mark.parametrize(
+    ("dataset", "multilabel", "classes", "shown"),
+    [
+        ("medmnist/retinamnist", False, 5, "test top1_accuracy 0.2000"),  # not eq. 6's 0.68
+        ("medmnist/breastmnist", False, 2, "test accuracy 0.6800"),
+        ("medmnist/chestmnist", True, 14, "test map 0.3000"),
+    ],
+)
+def test_a_sweep_line_shows_the_reports_headline_named_as_run_names_it(
+    dataset, multilabel, classes, shown
+):
+    from medft_jax.config import RunConfig
+    from medft_jax.outcomes import DONE, Outcome
+
+    config = RunConfig(dataset=dataset, arch="resnet_tiny", strategy="ft")
+    record = {
+        "config": config.to_dict(),
+        "primary_metric": "map" if multilabel else "accuracy",
+        "multilabel": multilabel,
+        "num_classes": classes,
+        "test": {"accuracy": 0.68, "top1_accuracy": 0.2, "map": 0.3},
+        "best_epoch": 0,
+        "epochs": [{}],
+    }
+    line = sweep_cli._outcome_text(Outcome(config, DONE, record, seconds=6.0))
+    assert line == f"done in 6 s, best epoch 1 of 1, {shown}"

@@ -118,8 +118,8 @@ class Dataset:
             else:
                 positives = np.bincount(labels, minlength=self.num_classes)
             for c, k in enumerate(positives[: self.num_classes]):
-                if 0 < k < n:
-                    continue
+                if 0 < k < n or (k == n and not self.multilabel and self.num_classes > 1):
+                    continue  # single-label: the class absent is named, not the one present
                 what = (
                     ("no positive" if k == 0 else "only positives")
                     if self.multilabel
