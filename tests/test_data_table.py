@@ -168,6 +168,26 @@ def test_a_label_column_never_positive_in_train_is_refused(tmp_path):
     )
 
 
+def test_one_hot_label_columns_get_a_note_naming_the_single_label_flag(tmp_path, capsys):
+    """A 3-class task written as one-hot columns trained as multilabel without a word."""
+    _images(tmp_path)
+    rows = [
+        f"imgs/a{i}.png," + ",".join("1" if c == i % 3 else "0" for c in range(3))
+        for i in range(12)
+    ]
+    _write(tmp_path, "path,a,b,c", rows)
+    _table(tmp_path, label_columns=["a", "b", "c"])
+    assert capsys.readouterr().err == (
+        f"note: {tmp_path / 'labels.csv'}: every row of --label-columns a,b,c has exactly one "
+        "1: trained as multilabel (one sigmoid per column); if each image has one class, give "
+        "one --label-column of class names instead (softmax, top-1, kappa)\n"
+    )
+    rows[0] = "imgs/a0.png,1,1,0"  # one image with two findings: multilabel indeed
+    _write(tmp_path, "path,a,b,c", rows)
+    _table(tmp_path, label_columns=["a", "b", "c"])
+    assert capsys.readouterr().err == ""
+
+
 # --- label flags -------------------------------------------------------------------------------
 
 

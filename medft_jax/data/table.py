@@ -14,6 +14,7 @@ import io
 import math
 import os
 import stat
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -252,6 +253,8 @@ def parse_table(
                     "one group's images must stay in one split"
                 )
         by_split[split].append(Example(path, label, example_id, patient=group))
+    if multilabel:
+        _note_one_hot(csv_path, label_cols, [ex for exs in by_split.values() for ex in exs])
     stratify = not multilabel
     fraction = {
         split: fraction_for(
@@ -278,6 +281,21 @@ def parse_table(
             where=str(csv_path),
         )
     return names, multilabel, by_split
+
+
+def _note_one_hot(csv_path: Path, columns: Sequence[str], examples: Sequence[Example]) -> None:
+    """One line when every row of the ``--label-columns`` has exactly one 1: a single-label
+    task written as one-hot columns, which would train with independent sigmoids, stop
+    early on mAP and report no top-1 or confusion-matrix kappa."""
+    if len(columns) < 2 or not examples:
+        return
+    if all(sum(ex.label) == 1 for ex in examples):
+        print(
+            f"note: {csv_path}: every row of --label-columns {','.join(columns)} has exactly "
+            "one 1: trained as multilabel (one sigmoid per column); if each image has one "
+            "class, give one --label-column of class names instead (softmax, top-1, kappa)",
+            file=sys.stderr,
+        )
 
 
 SPLIT_LIKE = frozenset({"split", "set", "subset", "fold", "partition", "datasplit"})
