@@ -63,15 +63,17 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    balanced_accuracy_score,
-    cohen_kappa_score,
-    f1_score,
-    roc_auc_score,
-)
 
-from medft_jax.data.tasks import TASK_NAMES as _DATA_TASK_NAMES
+from medft_jax.names import TASK_NAMES as _DATA_TASK_NAMES
+
+
+def _sk():
+    """``sklearn.metrics``, imported when a metric is computed: the report, the grid and
+    ``--help`` read this module's names without scikit-learn's second of imports."""
+    from sklearn import metrics
+
+    return metrics
+
 
 THRESHOLD = 0.5
 """Multilabel decision threshold on sigmoid probabilities."""
@@ -259,7 +261,7 @@ def _single_label_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, f
         "balanced_accuracy": _balanced_accuracy(labels, pred),
         "auroc": auroc,
         "kappa": _kappa(labels, pred, list(range(c))),
-        "f1": _nanmean(f1_score(labels, pred, labels=list(range(c)), average=None, **_F1_KW)),
+        "f1": _nanmean(_sk().f1_score(labels, pred, labels=list(range(c)), average=None, **_F1_KW)),
     }
 
 
@@ -271,7 +273,7 @@ def _multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float
     binary_kappa = [_binary_kappa(labels[:, k], pred[:, k]) for k in range(labels.shape[1])]
     # Column by column: scikit-learn reads a single label column (N, 1) as a binary task
     # and would average the F1 of its negatives in.
-    binary_f1 = [f1_score(labels[:, k], pred[:, k], **_F1_KW) for k in range(labels.shape[1])]
+    binary_f1 = [_sk().f1_score(labels[:, k], pred[:, k], **_F1_KW) for k in range(labels.shape[1])]
     return {
         "map": _per_class_macro("map", _average_precision, labels, scores),
         "accuracy": _eq6_accuracy(labels, pred),
@@ -300,18 +302,18 @@ def _eq6_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float:
-    return float(roc_auc_score(y, s)) if _two_valued(y) else math.nan
+    return float(_sk().roc_auc_score(y, s)) if _two_valued(y) else math.nan
 
 
 def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
     # AP needs a positive; an all-positive class is defined (AP = 1).
-    return float(average_precision_score(y, s)) if y.any() else math.nan
+    return float(_sk().average_precision_score(y, s)) if y.any() else math.nan
 
 
 def _balanced_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected
         warnings.simplefilter("ignore", UserWarning)
-        return float(balanced_accuracy_score(labels, pred))
+        return float(_sk().balanced_accuracy_score(labels, pred))
 
 
 def _binary_balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
@@ -331,7 +333,7 @@ def _kappa(y: np.ndarray, p: np.ndarray, classes: list[int]) -> float:
             stacklevel=2,
         )
         return math.nan
-    return float(cohen_kappa_score(y, p, labels=classes))
+    return float(_sk().cohen_kappa_score(y, p, labels=classes))
 
 
 def _two_valued(y: np.ndarray) -> bool:

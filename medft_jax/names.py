@@ -40,6 +40,27 @@ PAPER_STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto
 EXTRA_STRATEGIES = ("surgical", "llrd", "bitfit")
 """Strategies beyond the paper's."""
 STRATEGIES = PAPER_STRATEGIES + EXTRA_STRATEGIES
+ARCH_LABELS = {
+    "resnet50": "ResNet-50",
+    "densenet121": "DenseNet-121",
+    "vgg19": "VGG-19",
+    "resnet_tiny": "ResNet (1 bottleneck per layer)",
+}
+"""How tables and figures name each arch (``models.ARCHS[a].label``, checked by the tests)."""
+STRATEGY_LABELS = {
+    "ft": "FT",
+    "lp": "LP",
+    "g_lf": "G-LF",
+    "g_fl": "G-FL",
+    "lp_ft": "LP-FT",
+    "l1_sp": "L1-SP",
+    "l2_sp": "L2-SP",
+    "auto_rgn": "Auto-RGN",
+    "surgical": "Surgical",
+    "llrd": "LLRD",
+    "bitfit": "BitFit",
+}
+"""How tables and figures name each strategy, the paper's labels (``strategies.LABELS``)."""
 WEIGHTS_CHOICES = ("auto", "imagenet", "none")
 """``--weights`` values besides a model checkpoint folder
 (``medft_jax.checkpoints.pretrained`` resolves them)."""

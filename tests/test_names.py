@@ -50,6 +50,36 @@ def test_a_grid_file_and_its_check_load_no_jax():
     assert _run_then_heavy(code).split("\n") == ["1728", "[]"]
 
 
+def test_a_report_loads_no_jax_nor_scikit_learn(tmp_path):
+    """A report reads records and writes tables: JAX, grain and scikit-learn took ~3 s of
+    a 4 s report, imported for the names of tasks, archs and strategies."""
+    record = {
+        "config": {"dataset": "bach", "arch": "resnet50", "strategy": "ft", "lr": 1e-4,
+                   "seed": 0, "epochs": 50, "image_size": 224, "batch_size": 64,
+                   "weights": "imagenet", "strategy_options": {}},
+        "primary_metric": "accuracy", "multilabel": False,
+        "val": {"accuracy": 0.5, "kappa": 0.5}, "test": {"accuracy": 0.5, "kappa": 0.2},
+        "epochs": [{"images_per_s": 1.0, "seconds": 1.0}], "train_seconds": 1.0,
+        "environment": {"device_count": 1},
+    }  # fmt: skip
+    code = (
+        "from medft_jax import results\n"
+        "from medft_jax.report import collect, write_report\n"
+        f"record = {record!r}\n"
+        "record['run'] = results.run_name(record['config'])\n"
+        f"write_report(collect([record]), {str(tmp_path / 'report')!r})\n"
+        "print('written')\n"
+    )
+    assert _run_then_heavy(code).split("\n") == ["written", "[]"]
+    assert "ResNet-50" in (tmp_path / "report" / "index.md").read_text()
+
+
+def test_the_labels_are_the_registries_labels():
+    assert {a: models.get_arch(a).label for a in names.ARCH_LABELS} == names.ARCH_LABELS
+    assert set(names.ARCH_LABELS) == {*names.ARCHS, *names.TEST_ARCHS}
+    assert strategies.LABELS == names.STRATEGY_LABELS
+
+
 def test_the_commands_help_loads_no_jax():
     """``--help`` of the run, sweep, select, report, prepare and predict commands prints in a
     fraction of a second: their modules load JAX (with the session, the data pipeline or the

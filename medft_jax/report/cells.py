@@ -1127,13 +1127,13 @@ def _dataset_order() -> tuple[str, ...]:
 
 
 def _arch_order() -> tuple[str, ...]:
-    from medft_jax.models import ARCHS
+    from medft_jax.names import ARCHS
 
     return tuple(ARCHS)
 
 
 def _strategy_order() -> tuple[str, ...]:
-    from medft_jax.strategies import STRATEGIES
+    from medft_jax.names import STRATEGIES
 
     return tuple(STRATEGIES)
 

@@ -57,7 +57,7 @@ def strategy_colour(strategy: str) -> tuple[float, float, float, float]:
     """tab10 without its grey (grey draws the arch legend), then tab20's light shades."""
     from matplotlib import colormaps
 
-    from medft_jax.strategies import STRATEGIES
+    from medft_jax.names import STRATEGIES
 
     dark, light = colormaps["tab10"], colormaps["tab20"]
     palette = [dark(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
@@ -66,7 +66,7 @@ def strategy_colour(strategy: str) -> tuple[float, float, float, float]:
 
 
 def arch_marker(arch: str) -> str:
-    from medft_jax.models import ARCHS
+    from medft_jax.names import ARCHS
 
     return MARKERS[_index(arch, list(ARCHS)) % len(MARKERS)]
 
@@ -74,7 +74,7 @@ def arch_marker(arch: str) -> str:
 def arch_colour(arch: str) -> str:
     """The improvement bars' colour of ``arch``: by its place in ARCHS, not in the report;
     an arch not listed takes one of the colours after theirs (never one of theirs)."""
-    from medft_jax.models import ARCHS
+    from medft_jax.names import ARCHS
 
     known = list(ARCHS)
     if arch in known:

@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from medft_jax.names import ARCH_LABELS, STRATEGY_LABELS
+
 MISSING_TEXT = "—"
 """A cell without any run (Markdown, LaTeX); the CSV leaves the field empty."""
 NO_SE = "–"
@@ -235,15 +237,11 @@ def to_csv(table: Table) -> str:
 
 
 def arch_label(arch: str) -> str:
-    from medft_jax.models import ARCHS
-
-    return ARCHS[arch].label if arch in ARCHS and ARCHS[arch].label else arch
+    return ARCH_LABELS.get(arch, arch)
 
 
 def strategy_label(strategy: str) -> str:
-    from medft_jax.strategies import LABELS
-
-    return LABELS.get(strategy, strategy)
+    return STRATEGY_LABELS.get(strategy, strategy)
 
 
 def metric_label(metric: str) -> str:
