@@ -39,9 +39,24 @@ def test_offline_download_says_where_to_put_the_file(tmp_path, monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(mm.urllib.request, "urlopen", offline)
-    with pytest.raises(DataError, match=r"cannot download .*breastmnist_64\.npz.*--data-dir"):
-        mm.download("breastmnist", 64, tmp_path)
+    with pytest.raises(DataError) as err:
+        mm.find_or_download("breastmnist", 64, tmp_path)
+    assert str(err.value).endswith(
+        "download breastmnist_64.npz yourself (or copy it from ~/.medmnist, where the medmnist "
+        f"package keeps it) into the data dir; looked for it in {tmp_path} or "
+        f"{tmp_path / 'medmnist'} (--data-dir)"
+    )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_named_as_the_file_is_refused_not_downloaded_beside(tmp_path, monkeypatch):
+    def online(*a, **k):
+        raise AssertionError("no download: the name is taken")
+
+    monkeypatch.setattr(mm.urllib.request, "urlopen", online)
+    (tmp_path / "breastmnist.npz").mkdir()
+    with pytest.raises(DataError, match=r"breastmnist\.npz: not a file; expected MedMNIST's"):
+        mm.find_or_download("breastmnist", 28, tmp_path)
 
 
 def test_a_failed_download_leaves_no_folder_it_made(tmp_path, monkeypatch):

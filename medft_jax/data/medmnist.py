@@ -93,7 +93,8 @@ def download(flag: str, size: int, dest_dir: Path) -> Path:
         done = True
     except OSError as err:
         raise DataError(
-            f"cannot download {url} ({err}); put {stem}.npz in the --data-dir yourself"
+            f"cannot download {url} ({err}); download {stem}.npz yourself (or copy it from "
+            "~/.medmnist, where the medmnist package keeps it) into the data dir"
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -110,9 +111,15 @@ def find_or_download(flag: str, size: int, data_dir: Path, *, allow_download: bo
     for candidate in (data_dir / f"{stem}.npz", data_dir / "medmnist" / f"{stem}.npz"):
         if candidate.is_file():
             return candidate
+        if candidate.exists() or candidate.is_symlink():  # a folder, or a broken link
+            raise DataError(f"{candidate}: not a file; expected MedMNIST's {stem}.npz")
+    where = f"{data_dir} or {data_dir / 'medmnist'} (--data-dir)"
     if not allow_download:
-        raise DataError(f"{stem}.npz not found in {data_dir} or {data_dir / 'medmnist'}")
-    return download(flag, size, data_dir / "medmnist")
+        raise DataError(f"{stem}.npz not found in {where}")
+    try:
+        return download(flag, size, data_dir / "medmnist")
+    except DataError as err:
+        raise DataError(f"{err}; looked for it in {where}") from None
 
 
 def read_npz(
