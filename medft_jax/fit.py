@@ -51,7 +51,7 @@ from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_info
 from medft_jax.errors import UserError, env_seconds, one_line
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
-from medft_jax.names import LOCAL_KINDS
+from medft_jax.names import LOCAL_KINDS, dataset_base
 from medft_jax.results import RunRecord
 from medft_jax.runtime import process_0_says
 from medft_jax.strategies import Schedule
@@ -949,6 +949,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         **_data_source(ds),
         "split_fingerprint": ds.split_fingerprint(),
         **_source_fingerprint(ds),
+        **_medmnist_file(ds),
         **_decoding(ds),
         **_skipped_images(ds),
         **_duplicates(ds),
@@ -1083,6 +1084,18 @@ def _source_fingerprint(ds: data.Dataset) -> dict[str, Any]:
     so the report can check that archs trained on the same images."""
     value = ds.metadata.get("source_fingerprint")
     return {"source_fingerprint": str(value)} if value else {}
+
+
+def _medmnist_file(ds: data.Dataset) -> dict[str, Any]:
+    """``{"medmnist_file": {"md5", "official"}}`` for a MedMNIST dataset: whether its ``.npz``
+    is the file MedMNIST publishes. A note on stderr said so once per process; a table of
+    an edited or swapped copy read as one of MedMNIST's data."""
+    source = ds.metadata.get("source")
+    if dataset_base(ds.name) != "medmnist" or not isinstance(source, dict):
+        return {}
+    if "md5" not in source or "official" not in source:
+        return {}
+    return {"medmnist_file": {"md5": str(source["md5"]), "official": bool(source["official"])}}
 
 
 def _duplicates(ds: data.Dataset) -> dict[str, Any]:

@@ -127,7 +127,8 @@ class RunRecord(TypedDict, total=False):
     CSV and MedMNIST data; absent for others and in older records), ``decoding`` only
     for ``--bits-stored``/``--dicom-window`` runs, ``eval_copies_of_train`` (split ->
     count) only when val or test images are pixel-identical to training images,
-    ``split_sizes`` (split -> images; absent in older records),
+    ``split_sizes`` (split -> images; absent in older records), ``medmnist_file``
+    (``{"md5", "official"}``: whether a MedMNIST ``.npz`` is the published file),
     ``finished_at`` is optional; the module docstring says what each key holds.
     """
 
@@ -146,6 +147,7 @@ class RunRecord(TypedDict, total=False):
     skipped_bad_images: dict[str, int]
     eval_copies_of_train: dict[str, int]
     split_sizes: dict[str, int]
+    medmnist_file: dict[str, Any]
     steps_per_epoch: int
     epochs: list[EpochEntry]
     best_epoch: int

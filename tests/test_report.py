@@ -1576,3 +1576,26 @@ def test_table12_names_the_dataset_and_arch_it_cannot_count_for_want_of_ft():
     md = to_markdown(table12(summary, 0.1))
     assert "Not counted, FT having no value there: bach/densenet121 (diverged)" in md
     assert "bach/resnet50" not in md.split("Not counted")[1]
+
+
+def test_runs_on_an_unofficial_medmnist_file_are_said_so_under_the_table():
+    """A note on stderr, once per process, was all that said a MedMNIST table was computed
+    on an edited or swapped copy of the published file."""
+    records = [rec(dataset="medmnist/breastmnist", strategy=s) for s in ("ft", "lp")]
+    md = to_markdown(dataset_table(collect(records), "medmnist/breastmnist"))
+    assert "Not MedMNIST's published file" not in md
+    records[1]["medmnist_file"] = {"md5": "098de56c", "official": False}
+    md = to_markdown(dataset_table(collect(records), "medmnist/breastmnist"))
+    assert "Not MedMNIST's published file: runs read a .npz of MD5 098de56c, another" in md
+
+
+def test_a_medmnist_record_says_whether_its_file_is_the_published_one():
+    import types
+
+    from medft_jax import fit
+
+    source = {"md5": "750601b1", "official": True, "sha256": "x"}
+    ds = types.SimpleNamespace(name="medmnist/breastmnist@64", metadata={"source": source})
+    assert fit._medmnist_file(ds) == {"medmnist_file": {"md5": "750601b1", "official": True}}
+    ds = types.SimpleNamespace(name="folder", metadata={"source": source})
+    assert fit._medmnist_file(ds) == {}

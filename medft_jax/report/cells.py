@@ -559,6 +559,10 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
     protocol["sizes"] = dict(sizes) if isinstance(sizes, Mapping) else {}
     protocol["copies"] = _split_counts(runs, "eval_copies_of_train")
     protocol["skipped"] = _split_counts(runs, "skipped_bad_images")
+    files = [r.get("medmnist_file") for r in runs]
+    protocol["unofficial"] = sorted(
+        {str(f.get("md5")) for f in files if isinstance(f, Mapping) and f.get("official") is False}
+    )
     return protocol
 
 

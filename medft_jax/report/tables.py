@@ -389,6 +389,13 @@ def data_notes(protocol: Mapping[str, Any]) -> list[str]:
         notes.append(
             f"{sum(skipped.values())} unreadable image(s) left out by --skip-bad-images ({each})."
         )
+    unofficial = protocol.get("unofficial") or []
+    if unofficial:
+        notes.append(
+            "Not MedMNIST's published file: runs read a .npz of MD5 "
+            f"{', '.join(unofficial)}, another than MedMNIST's own (an edited or re-saved "
+            "copy): these numbers are not comparable with MedMNIST's benchmark."
+        )
     return notes
 
 
