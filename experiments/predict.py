@@ -11,7 +11,9 @@ grayscale repeated to 3 channels).
 Probabilities are softmax outputs, or per-class sigmoids for a multilabel
 checkpoint, all classes in index order. They are computed in the checkpoint's
 precision (a ``--precision bf16`` run's checkpoint in bfloat16, as the run
-evaluated it) unless ``--precision`` says otherwise.
+evaluated it) unless ``--precision`` says otherwise. Each image is scored on its
+own: a MURA run scored a study by the mean of its images' probabilities, so
+average a study's lines to compare with its record.
 
 Without ``--json`` each image is one line, ``PATH: NAME P, NAME P, ...`` with the
 classes ranked; a class name that holds a comma or blanks at its ends is printed

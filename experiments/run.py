@@ -347,7 +347,13 @@ def _print_summary(
         print(f"\nskipped bad images (--skip-bad-images): {sum(skipped.values())} ({each})")
     sizes = records[0].get("split_sizes")
     if isinstance(sizes, dict) and sizes:
-        print("\nimages: " + ", ".join(f"{split} {n}" for split, n in sizes.items()))
+        units = records[0].get("scored_units")
+        per = (
+            f" (metrics per {units['unit']}: val {units.get('val')}, test {units.get('test')})"
+            if isinstance(units, dict) and units.get("unit")
+            else ""
+        )
+        print("\nimages: " + ", ".join(f"{split} {n}" for split, n in sizes.items()) + per)
     copies = records[0].get("eval_copies_of_train")
     if copies:
         each = ", ".join(f"{split} {n}" for split, n in copies.items())

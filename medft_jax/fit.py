@@ -954,6 +954,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         **_skipped_images(ds),
         **_duplicates(ds),
         "split_sizes": {split: ds.num_examples(split) for split in ("train", "val", "test")},
+        **_scored_units(ds),
         "steps_per_epoch": run.steps_per_epoch,
         "epochs": p.epochs,
         "best_epoch": best["epoch"],
@@ -1084,6 +1085,16 @@ def _source_fingerprint(ds: data.Dataset) -> dict[str, Any]:
     so the report can check that archs trained on the same images."""
     value = ds.metadata.get("source_fingerprint")
     return {"source_fingerprint": str(value)} if value else {}
+
+
+def _scored_units(ds: data.Dataset) -> dict[str, Any]:
+    """``{"scored_units": {"unit": "study", "val": n, "test": n}}`` where a prediction is a
+    study's mean over its images (MURA): the metrics are over studies, not the images
+    ``split_sizes`` counts (41 test images, 21 studies scored)."""
+    if ds.eval_grouping == "image":
+        return {}
+    counts = {s: len(np.unique(np.asarray(ds.split(s).groups))) for s in ("val", "test")}
+    return {"scored_units": {"unit": ds.eval_grouping, **counts}}
 
 
 def _medmnist_file(ds: data.Dataset) -> dict[str, Any]:

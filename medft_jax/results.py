@@ -127,7 +127,8 @@ class RunRecord(TypedDict, total=False):
     CSV and MedMNIST data; absent for others and in older records), ``decoding`` only
     for ``--bits-stored``/``--dicom-window`` runs, ``eval_copies_of_train`` (split ->
     count) only when val or test images are pixel-identical to training images,
-    ``split_sizes`` (split -> images; absent in older records), ``medmnist_file``
+    ``split_sizes`` (split -> images; absent in older records), ``scored_units``
+    (``{"unit": "study", "val": n, "test": n}`` where metrics are per study), ``medmnist_file``
     (``{"md5", "official"}``: whether a MedMNIST ``.npz`` is the published file),
     ``finished_at`` is optional; the module docstring says what each key holds.
     """
@@ -147,6 +148,7 @@ class RunRecord(TypedDict, total=False):
     skipped_bad_images: dict[str, int]
     eval_copies_of_train: dict[str, int]
     split_sizes: dict[str, int]
+    scored_units: dict[str, Any]
     medmnist_file: dict[str, Any]
     steps_per_epoch: int
     epochs: list[EpochEntry]

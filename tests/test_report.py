@@ -1599,3 +1599,26 @@ def test_a_medmnist_record_says_whether_its_file_is_the_published_one():
     assert fit._medmnist_file(ds) == {"medmnist_file": {"md5": "750601b1", "official": True}}
     ds = types.SimpleNamespace(name="folder", metadata={"source": source})
     assert fit._medmnist_file(ds) == {}
+
+
+def test_a_study_scored_task_says_how_many_studies_its_metrics_are_over(tmp_path, capsys):
+    """MURA printed ``test 41`` images beside an accuracy of 17 of 21 studies."""
+    import types
+
+    from experiments import run as run_cli
+    from medft_jax import fit
+
+    groups = {"val": ["a", "a", "b"], "test": ["c", "c", "d", "e"]}
+    ds = types.SimpleNamespace(
+        eval_grouping="study", split=lambda s: types.SimpleNamespace(groups=groups[s])
+    )
+    units = fit._scored_units(ds)
+    assert units == {"scored_units": {"unit": "study", "val": 2, "test": 3}}
+    assert fit._scored_units(types.SimpleNamespace(eval_grouping="image")) == {}
+    record = {**rec(dataset="mura_wrist"), "best_epoch": 0, **units}
+    record["split_sizes"] = {"train": 9, "val": 3, "test": 4}
+    run_cli._print_summary([record], str(tmp_path), [])
+    assert (
+        "images: train 9, val 3, test 4 (metrics per study: val 2, test 3)"
+        in capsys.readouterr().out
+    )
