@@ -117,7 +117,7 @@ def port(
             )
         if value is not None:
             metadata[key] = value
-    if image_size is not None:
+    if image_size is not None and "crop_size" not in exported:  # an export keeps its own
         metadata["resize_size"] = spec.resize_for(image_size)
     if metadata["num_classes"] == 1 and multilabel is None and "multilabel" not in exported:
         metadata["multilabel"] = True  # one logit: trained with a sigmoid (BCE)
