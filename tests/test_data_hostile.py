@@ -105,6 +105,21 @@ def test_npz_class_missing_from_train_only(tmp_path):
     _no_cache_written(tmp_path)
 
 
+def test_another_flags_data_under_this_flags_name_is_refused(tmp_path):
+    """PneumoniaMNIST (4,708 / 524 / 624, two classes) saved as ``breastmnist.npz`` was
+    trained as BreastMNIST with only the "not official" note."""
+    sizes = (("train", 4708), ("val", 524), ("test", 624))
+    _npz(tmp_path / "breastmnist.npz", {s: (np.arange(n) % 2).astype(np.uint8) for s, n in sizes})
+    for kw in ({}, SIZES):
+        with pytest.raises(
+            DataError,
+            match=r"breastmnist\.npz: its splits hold 4708, 524, 624 images, pneumoniamnist's "
+            r"published sizes, not breastmnist's \(546, 78, 156\)",
+        ):
+            load("medmnist/breastmnist", data_dir=tmp_path, progress=False, **kw)
+    _no_cache_written(tmp_path)
+
+
 def test_npz_whole_float_labels_are_cast(tmp_path):
     _npz(tmp_path / "breastmnist.npz", _ok_labels(np.float64))
     ds = load("medmnist/breastmnist", data_dir=tmp_path)

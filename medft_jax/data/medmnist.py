@@ -36,7 +36,7 @@ from medft_jax.data.arrays import ArraySplit, make_split
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import cache_dir, variant_name
-from medft_jax.data.medmnist_info import FLAGS, SIZES, URL
+from medft_jax.data.medmnist_info import FLAGS, N_SAMPLES, SIZES, URL
 from medft_jax.data.preprocess import resize_and_crop
 
 SPLITS = ("train", "val", "test")
@@ -309,6 +309,7 @@ def load_medmnist(
         path = find_or_download(flag, size, data_dir, allow_download=allow_download)
         source = file_source(path, flag, size)  # another flag's file is named before reading
         arrays = read_npz(path, flag, size)
+        _refuse_other_flags_sizes(path, flag, source, arrays)
         splits: dict[str, ArraySplit] = {
             s: make_split(im, lab, prefix=f"{s}/") for s, (im, lab) in arrays.items()
         }
@@ -325,6 +326,7 @@ def load_medmnist(
         path = found or find_or_download(flag, size, data_dir, allow_download=allow_download)
         source = file_source(path, flag, size)
         arrays = read_npz(path, flag, size, rgb=False)  # each image made RGB as it is resized
+        _refuse_other_flags_sizes(path, flag, source, arrays)
         shape = (crop_size, crop_size, 3)
         plan = {}
         for s, (im, lab) in arrays.items():
@@ -340,6 +342,26 @@ def load_medmnist(
     facts = {**facts, "source": meta["source"], "counts": meta["counts"]}
     facts["duplicates"] = meta.get("duplicates") or {}
     return _dataset(name, splits, info, facts, meta["fingerprint"], flag)
+
+
+def _refuse_other_flags_sizes(
+    path: Path, flag: str, source: dict[str, Any], arrays: dict[str, tuple[np.ndarray, ...]]
+) -> None:
+    """A copy that is not the published file but holds exactly another flag's published
+    split sizes (and not this flag's) is that flag's data under this name: PneumoniaMNIST
+    saved as ``breastmnist.npz`` passed as BreastMNIST with a note. Refused, naming it."""
+    if source.get("official"):
+        return
+    sizes = tuple(len(arrays[s][1]) for s in ("train", "val", "test"))
+    if sizes == N_SAMPLES[flag]:
+        return
+    other = next((f for f, n in N_SAMPLES.items() if n == sizes and f != flag), None)
+    if other is not None:
+        raise DataError(
+            f"{path}: its splits hold {', '.join(map(str, sizes))} images, {other}'s published "
+            f"sizes, not {flag}'s ({', '.join(map(str, N_SAMPLES[flag]))}): {other}'s data "
+            f"under {flag}'s name? Name it {other}, or put {flag}'s file here"
+        )
 
 
 def _dataset(

@@ -258,3 +258,20 @@ FLAGS: dict[str, _Flag] = {
         license="CC BY 4.0",
     ),
 }
+
+N_SAMPLES: dict[str, tuple[int, int, int]] = {
+    "pathmnist": (89996, 10004, 7180),
+    "chestmnist": (78468, 11219, 22433),
+    "dermamnist": (7007, 1003, 2005),
+    "octmnist": (97477, 10832, 1000),
+    "pneumoniamnist": (4708, 524, 624),
+    "retinamnist": (1080, 120, 400),
+    "breastmnist": (546, 78, 156),
+    "bloodmnist": (11959, 1712, 3421),
+    "tissuemnist": (165466, 23640, 47280),
+    "organamnist": (34581, 6491, 17778),
+    "organcmnist": (13000, 2392, 8268),
+    "organsmnist": (13940, 2452, 8829),
+}
+"""Each flag's published (train, val, test) sizes (``INFO[flag]["n_samples"]``), the same at
+every image size: a copy holding another flag's sizes is that flag's data renamed."""
