@@ -348,6 +348,7 @@ def test_cli_errors_are_one_line_and_write_nothing(resnet_file, tmp_path, capsys
     assert "no such checkpoint folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three full-size ports
 def test_the_head_flags_say_what_predict_reads_and_a_note_says_what_was_assumed(
     resnet_file, tmp_path, capsys
 ):
