@@ -608,3 +608,20 @@ def test_download_refuses_an_existing_out_before_downloading(tmp_path, monkeypat
         capsys.readouterr().err
         == f"error: --out {out} already exists; pass --force to overwrite it\n"
     )
+
+
+def test_the_test_archs_export_ports_back(tmp_path, capsys):
+    """``export`` took a resnet_tiny checkpoint, but the port refused --arch resnet_tiny."""
+    from medft_jax.checkpoints.model import save_model
+    from medft_jax.models import create, init_variables
+
+    variables = init_variables(create("resnet_tiny", 3), 0, image_size=32)
+    meta = {"arch": "resnet_tiny", "num_classes": 3, "resize_size": 36, "crop_size": 32}
+    ck = save_model(tmp_path / "ck", variables["params"], variables["batch_stats"], meta)
+    weights_port.export(ck, tmp_path / "tiny.safetensors")
+    argv = ["--arch", "resnet_tiny", "--torch-weights", str(tmp_path / "tiny.safetensors")]
+    assert main([*argv, "--out", str(tmp_path / "back")]) == 0
+    back, back_meta = load_model(tmp_path / "back")
+    assert (back_meta["crop_size"], back_meta["num_classes"]) == (32, 3)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(back), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medft_jax.errors import ArgumentParser, cli_main
-from medft_jax.models import ARCHS
+from medft_jax.models import ARCHS, TEST_ARCHS
 
 
 def _port_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,13 @@ def _port_parser() -> argparse.ArgumentParser:
         description="Port a torchvision checkpoint to a medft-jax (orbax) model checkpoint. "
         "Use `python -m weights_port export --help` for the way back.",
     )
-    p.add_argument("--arch", required=True, choices=sorted(ARCHS), help="architecture of the file")
+    p.add_argument(
+        "--arch",
+        required=True,
+        choices=[*sorted(ARCHS), *TEST_ARCHS],  # the test arch too: its exports port back
+        metavar="{" + ",".join(sorted(ARCHS)) + "}",
+        help="architecture of the file",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--torch-weights",
