@@ -73,24 +73,44 @@ def rung_steps(
 
 
 def survivors(arms: Sequence[Arm], eta: int) -> list[Arm]:
-    """The best ``ceil(n / eta)`` arms by score, then tie-break (failed and NaN last).
+    """The best ``ceil(n / eta)`` arms by score, then tie-break (failed and NaN last), and
+    every arm tied on both with the last one kept.
 
     Equal scores are common early: accuracy on a small validation set
     moves in steps of one image, and after a few steps most arms still
-    predict one class. The tie-break metric ranks those; arms tied on both
-    keep grid order.
+    predict one class. The tie-break metric ranks those. Arms tied on both
+    are the same model so far (LP-FT in its LP stage and G-LF's head-only
+    first epoch are LP at the same LR): grid order would keep LP and drop
+    the others before they ever differ, so they all go on.
     """
     keep = max(1, math.ceil(len(arms) / eta))
     ranked = sorted(
         enumerate(arms),
-        key=lambda ia: (
-            ia[1].failed is not None or math.isnan(ia[1].score),
-            -_num(ia[1].score),
-            -_num(ia[1].tiebreak),
-            ia[0],
-        ),
+        key=lambda ia: (_rank_key(ia[1]), ia[0]),
     )
-    return [a for _, a in ranked[:keep]]
+    kept = [a for _, a in ranked[:keep]]
+    last = _rank_key(kept[-1]) if kept else None
+    tied = [a for _, a in ranked[keep:] if not _failed(a) and _rank_key(a) == last]
+    return kept + tied
+
+
+def _why_not(arm: Arm, alive: Sequence[Arm]) -> str:
+    """Why ``arm`` is not the pick: its failure, or the rung that left it (not "no finite
+    validation" for an arm that had one and was outranked before the survivors diverged)."""
+    if arm.failed:
+        return f"{arm.label}: {arm.failed}"
+    if math.isnan(arm.score):
+        return f"{arm.label}: no finite validation"
+    left = "" if any(arm is a for a in alive) else "left at an earlier rung, "
+    return f"{arm.label}: {left}val {arm.score:.4f}"
+
+
+def _failed(arm: Arm) -> bool:
+    return arm.failed is not None or math.isnan(arm.score)
+
+
+def _rank_key(arm: Arm) -> tuple[bool, float, float]:
+    return (_failed(arm), -_num(arm.score), -_num(arm.tiebreak))
 
 
 def tiebreak_metric(primary: str) -> str:
@@ -142,18 +162,25 @@ def successive_halving(
         rungs.append(_rung(budget, steps, alive))
         say(
             f"rung at {budget:.3g} epoch(s), {steps} steps, val {shown}: "
-            + ", ".join(f"{a.label} {a.score:.4f}" for a in alive)
+            + ", ".join(f"{a.label} {'diverged' if a.failed else f'{a.score:.4f}'}" for a in alive)
         )
         if budget >= max_epochs:
             break
         alive = survivors(alive, eta)
         if len(alive) == 1:  # the pick: no need to train it further here
             break
-    pick = survivors(alive, len(alive))[0]
-    if pick.failed is not None or math.isnan(pick.score):
+    best = survivors(alive, len(alive))
+    pick = best[0]
+    if _failed(pick):
         raise UserError(
-            f"no arm of {first.dataset} ({first.arch}) has a finite validation {primary}: "
-            + "; ".join(f"{a.label}: {a.failed or 'no finite validation'}" for a in arms)
+            f"no pick for {first.dataset} ({first.arch}): every arm still in the selection "
+            f"diverged or has no finite validation {primary}: "
+            + "; ".join(_why_not(a, alive) for a in arms)
+        )
+    if len(best) > 1:  # identical so far: the first in grid order is named, the tie said
+        say(
+            f"tie: {', '.join(a.label for a in best)} have equal validation {shown} and "
+            f"{tiebreak_metric(primary)} (the same model so far); the first is picked"
         )
     return {
         "dataset": first.dataset,
@@ -163,6 +190,7 @@ def successive_halving(
         "min_epochs": min_epochs,
         "max_epochs": max_epochs,
         "pick": {"strategy": pick.strategy, "lr": pick.lr, "val": pick.score},
+        "tied_with": [{"strategy": a.strategy, "lr": a.lr} for a in best[1:]],
         "metric": primary,
         "metric_label": shown,
         "tiebreak_metric": tiebreak_metric(primary),

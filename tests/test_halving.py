@@ -146,13 +146,19 @@ def test_when_every_arm_diverges_there_is_no_pick():
         return Outcome(config, DIVERGED, error=f"loss nan at lr {config.lr:g}")
 
     arms = [Arm("ft", lr, RunConfig(strategy="ft", lr=lr)) for lr in (1e-3, 1e-4)]
+    said = []
     with pytest.raises(UserError) as e:
         successive_halving(
-            arms, _Session(diverged), min_epochs=1, eta=2, max_epochs=2, say=lambda s: None
+            arms, _Session(diverged), min_epochs=1, eta=2, max_epochs=2, say=said.append
         )
+    # The rung line says so (it printed the arm's score from before, as if its rung's).
+    assert said == [
+        "rung at 1 epoch(s), 4 steps, val accuracy: ft @ lr 0.001 diverged, ft @ lr 0.0001 diverged"
+    ]
     assert str(e.value) == (
-        "no arm of demo (resnet50) has a finite validation accuracy: "
-        "ft @ lr 0.001: loss nan at lr 0.001; ft @ lr 0.0001: loss nan at lr 0.0001"
+        "no pick for demo (resnet50): every arm still in the selection diverged or has no "
+        "finite validation accuracy: ft @ lr 0.001: loss nan at lr 0.001; ft @ lr 0.0001: "
+        "loss nan at lr 0.0001"
     )
 
 
@@ -182,3 +188,26 @@ def test_kept_rung_validations_are_checked_by_their_hash(tmp_path):
         halving._read_kept(path)
     path.write_text(json.dumps({"12": {"val": {"accuracy": 0.75}, "seconds": 1.5}}))  # older
     assert halving._read_kept(path) == kept
+
+
+def test_arms_tied_on_both_metrics_with_the_last_kept_all_survive():
+    """LP-FT in its LP stage and G-LF's first epoch are LP at the same LR: grid order kept
+    LP and dropped them before they ever differed (LP-FT could never reach its FT stage
+    unless LP itself was in the top third)."""
+    from medft_jax.halving import survivors
+
+    def arm(strategy, lr, score, tiebreak, failed=None):
+        return Arm(strategy, lr, None, score=score, tiebreak=tiebreak, failed=failed)
+
+    ft = arm("ft", 1e-2, 0.656, 0.70)
+    lp, lp_ft, g_lf = (arm(s, 1e-3, 0.719, 0.788) for s in ("lp", "lp_ft", "g_lf"))
+    lower = [arm("ft", 1e-3, 0.5, 0.6), arm("lp", 1e-2, 0.5, 0.61)]
+    broke = arm("g_fl", 1e-3, 0.719, 0.788, failed="loss nan")
+    kept = survivors([ft, *lower, lp, lp_ft, g_lf, broke], eta=3)  # ceil(7 / 3) = 3
+    assert [a.strategy for a in kept] == ["lp", "lp_ft", "g_lf"]
+    kept = survivors([ft, *lower, lp, lp_ft, g_lf], eta=6)  # one kept, its two twins too
+    assert [a.strategy for a in kept] == ["lp", "lp_ft", "g_lf"]
+    assert [a.strategy for a in survivors([lp, ft, lp_ft], eta=3)] == ["lp", "lp_ft"]
+    # A near tie is no tie: the tie-break ranks it.
+    near = arm("lp_ft", 1e-3, 0.719, 0.787)
+    assert [a.strategy for a in survivors([lp, near, ft], eta=3)] == ["lp"]
