@@ -311,7 +311,7 @@ def _print_outcome(o: dict[str, Any]) -> None:
     pick, cost = o["pick"], o["cost"]
     print(
         f"\npick for {o['dataset']} ({o['arch']}): {pick['strategy']} at lr {pick['lr']:g} "
-        f"(val {o['metric_label']} {pick['val']:.4f}); spent {cost['epochs']} epochs, "
+        f"(val {o['metric_label']} {pick['val']:.4f}); spent {cost['epochs']:.3g} epochs, "
         f"{cost['seconds']:.0f} device-s over {cost['arms']} arms"
     )
     from medft_jax import metrics  # scikit-learn: loaded by the selection, not by --help

@@ -94,6 +94,16 @@ def survivors(arms: Sequence[Arm], eta: int) -> list[Arm]:
     return kept + tied
 
 
+def _rung_text(arm: Arm, alive: Sequence[Arm], tiebreak: str) -> str:
+    """``lp @ lr 0.001 0.7188``, with the tie-break where another arm has the same score
+    (it decided between them), ``diverged`` for an arm that diverged."""
+    if arm.failed:
+        return f"{arm.label} diverged"
+    tied = any(b is not arm and not _failed(b) and b.score == arm.score for b in alive)
+    extra = f" ({tiebreak} {arm.tiebreak:.4f})" if tied and not math.isnan(arm.tiebreak) else ""
+    return f"{arm.label} {arm.score:.4f}{extra}"
+
+
 def _why_not(arm: Arm, alive: Sequence[Arm]) -> str:
     """Why ``arm`` is not the pick: its failure, or the rung that left it (not "no finite
     validation" for an arm that had one and was outranked before the survivors diverged)."""
@@ -162,7 +172,7 @@ def successive_halving(
         rungs.append(_rung(budget, steps, alive))
         say(
             f"rung at {budget:.3g} epoch(s), {steps} steps, val {shown}: "
-            + ", ".join(f"{a.label} {'diverged' if a.failed else f'{a.score:.4f}'}" for a in alive)
+            + ", ".join(_rung_text(a, alive, tiebreak_metric(primary)) for a in alive)
         )
         if budget >= max_epochs:
             break

@@ -211,3 +211,19 @@ def test_arms_tied_on_both_metrics_with_the_last_kept_all_survive():
     # A near tie is no tie: the tie-break ranks it.
     near = arm("lp_ft", 1e-3, 0.719, 0.787)
     assert [a.strategy for a in survivors([lp, near, ft], eta=3)] == ["lp"]
+
+
+def test_a_rung_line_shows_the_tie_break_where_scores_tie():
+    from medft_jax.halving import _rung_text
+
+    a = Arm("ft", 1e-3, None, score=0.5, tiebreak=0.8154)
+    b = Arm("lp", 1e-3, None, score=0.5, tiebreak=0.7)
+    c = Arm("lp_ft", 1e-2, None, score=0.6, tiebreak=0.9)
+    d = Arm("g_lf", 1e-2, None, score=0.6, tiebreak=0.9, failed="loss nan")
+    texts = [_rung_text(x, [a, b, c, d], "auroc") for x in (a, b, c, d)]
+    assert texts == [
+        "ft @ lr 0.001 0.5000 (auroc 0.8154)",
+        "lp @ lr 0.001 0.5000 (auroc 0.7000)",
+        "lp_ft @ lr 0.01 0.6000",
+        "g_lf @ lr 0.01 diverged",
+    ]
