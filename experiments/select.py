@@ -1,7 +1,7 @@
 """Pick a strategy for a new dataset by successive halving: ``python -m experiments.select``.
 
     python -m experiments.select --config experiments/configs/quick.py --only arch=resnet50 \\
-        --out runs/select --grid-runs runs/quick
+        --out runs-select --grid-runs runs/quick
 
 The arms are the grid's strategies x learning rates for one dataset and
 arch, at one seed. Every arm trains ``--min-epochs`` epochs; the best
