@@ -88,8 +88,18 @@ def _summary(args: argparse.Namespace):
     found = results.load_records_at(runs, unsealed=bare)
     records = results.one_record_per_run(found, f"--runs {runs}")
     failures = results.load_failures(runs)
+    forced: list[Path] = []  # runs whose last record --force set aside
+    unfinished = results.unfinished_runs(runs, set_aside=forced)
     if not records and not failures:
-        raise UserError(f"--runs {runs}: no run records (record.json) or failure notes in it")
+        rerun = (
+            f"; {len(forced)} run(s) being rerun with --force keep their last record in "
+            f"{results.PREVIOUS_NAMES[0]}/, e.g. {forced[0]}: report once the rerun ends"
+            if forced
+            else ""
+        )
+        raise UserError(
+            f"--runs {runs}: no run records (record.json) or failure notes in it{rerun}"
+        )
     summary = collect(records, failures, grid=grid, filters=filters, latest=args.latest)
     if not any(c.runs_done for c in summary.cells.values()):
         what = f"grid {grid.name!r}" if grid is not None else "the filters"
@@ -104,7 +114,13 @@ def _summary(args: argparse.Namespace):
             f"nothing, e.g. {bare[0]}",
             file=sys.stderr,
         )
-    unfinished = results.unfinished_runs(runs)
+    if forced:  # their cells read as missing runs until the rerun writes its record
+        print(
+            f"note: {len(forced)} run(s) being rerun with --force (or a forced rerun "
+            f"killed) are left out: their last record waits in "
+            f"{results.PREVIOUS_NAMES[0]}/ until the rerun ends, e.g. {forced[0]}",
+            file=sys.stderr,
+        )
     if unfinished:  # a kill, a run going on, or a run whose settings changed since
         held = _size(sum(size for _, size in unfinished))
         print(

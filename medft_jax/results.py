@@ -555,20 +555,33 @@ def _find_files(out_dir: str | Path, name: str) -> list[Path]:
     return sorted(found)
 
 
-def unfinished_runs(out_dir: str | Path) -> list[tuple[Path, int]]:
+def unfinished_runs(
+    out_dir: str | Path, set_aside: list[Path] | None = None
+) -> list[tuple[Path, int]]:
     """The run folders under ``out_dir`` that hold resume checkpoints or a ``best/`` but
     neither a record nor a failure note, each with the bytes it holds: killed runs, runs
     in progress, and runs whose settings changed since (a sweep edited after a kill),
-    which nothing else names and whose checkpoints stay on disk."""
+    which nothing else names and whose checkpoints stay on disk.
+
+    ``set_aside``: a list that collects the run folders whose only record is one ``--force``
+    set aside (:data:`PREVIOUS_NAMES`: a rerun going on, or killed), which no table reads
+    until the rerun ends, and which a report with nothing else to read must name rather
+    than say the folder holds no record."""
     found = []
     for root, dirs, names in _walk_once(out_dir):
         if Path(root).name in PREVIOUS_NAMES:
             dirs[:] = []
             continue
+        if RECORD_NAME in names or FAILURE_NAME in names:
+            continue
         checkpoints = Path(root) / "checkpoints"
         started = (checkpoints.is_dir() and any(checkpoints.iterdir())) or "best" in dirs
-        if started and RECORD_NAME not in names and FAILURE_NAME not in names:
+        forced = any((Path(root) / n / RECORD_NAME).is_file() for n in PREVIOUS_NAMES)
+        if forced and set_aside is not None:
+            set_aside.append(Path(root))
+        if started and not forced:  # a forced rerun is named once, by set_aside
             found.append((Path(root), _tree_bytes(Path(root))))
+        if started or forced:
             dirs[:] = []  # a run folder: nothing below it is another run
     return found
 

@@ -1115,6 +1115,34 @@ def test_run_folders_without_a_record_are_counted_with_their_size(tmp_path, caps
     )
 
 
+def test_a_forced_rerun_is_named_not_taken_for_an_empty_folder(tmp_path, capsys):
+    """During ``run --force`` the run's last record waits in previous/ (not read: it is not
+    the rerun's result). A report then said "no run records" in a folder holding one, or
+    counted the rerun with killed runs."""
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec(strategy="lp")])
+    folder = results.record_path_of(rec(strategy="lp"), runs).parent
+    (folder / "previous").mkdir()
+    (folder / "record.json").rename(folder / "previous" / "record.json")
+    (folder / "checkpoints" / "2").mkdir(parents=True)  # the rerun's first checkpoint
+    forced: list[Path] = []
+    assert results.unfinished_runs(runs, set_aside=forced) == [] and forced == [folder]
+    out = tmp_path / "out"
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --runs {runs}: no run records (record.json) or failure notes in it; 1 run(s) "
+        f"being rerun with --force keep their last record in previous/, e.g. {folder}: report "
+        "once the rerun ends\n"
+    )
+    assert not out.exists()
+    _write_runs(runs, [rec(strategy="ft")])  # another run finished: the report is written
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert capsys.readouterr().err == (
+        "note: 1 run(s) being rerun with --force (or a forced rerun killed) are left out: "
+        f"their last record waits in previous/ until the rerun ends, e.g. {folder}\n"
+    )
+
+
 def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, monkeypatch):
     import errno
 
