@@ -657,6 +657,50 @@ def test_dicom_without_window_uses_the_pixel_range(tmp_path):
     assert np.asarray(open_image(path))[0].tolist() == expected.tolist() == [0, 12, 25, 255]
 
 
+# A CT row: tissue of -1000..1000 HU (rescale 1, 0), padded outside the field of view.
+TISSUE = np.array([-1000, -500, 0, 398, 1000], np.int16)
+TISSUE_GREYS = [0, 64, 128, 178, 255]  # (v + 1000) / 2000 * 255, rounded, by hand
+
+
+@pytest.mark.parametrize("pad", [-1001, -2000, -32768])
+def test_dicom_padding_is_left_out_of_the_pixel_range(tmp_path, pad):
+    """PixelPaddingValue marks the corners a CT pads its round field of view with; the
+    standard names it so that a viewer leaves it out of the range. Counted in the
+    min..max, one slice decoded to other greys per scanner's padding value (-32768
+    squeezed the tissue into 240..255). Padding, below the tissue, clips to black."""
+    stored = np.array([[pad, *TISSUE, pad]], np.int16)
+    path = _write_dicom(tmp_path / "a.dcm", stored, rescale=(1, 0), PixelPaddingValue=pad)
+    assert np.asarray(open_image(path))[0].tolist() == [0, *TISSUE_GREYS, 0]
+    top = min(-pad, 32767)  # MONOCHROME1 pads at the top: still black once inverted
+    mono1 = np.array([[top, *-TISSUE, top]], np.int16)
+    path = _write_dicom(tmp_path / "b.dcm", mono1, photometric="MONOCHROME1", PixelPaddingValue=top)
+    # 255 - round((v + 1000) / 2000 * 255) for v = 1000, 500, 0, -398, -1000
+    assert np.asarray(open_image(path))[0].tolist() == [0, 0, 64, 127, 178, 255, 0]
+
+
+def test_dicom_padding_range_and_a_value_read_unsigned(tmp_path):
+    """PixelPaddingRangeLimit makes the padding an inclusive range (noisy background
+    air); a signed file's padding value read unsigned (Implicit VR: -2000 as 63536) is
+    the signed one; a file that is all padding has no range: refused."""
+    stored = np.array([[-2003, -2000, *TISSUE]], np.int16)
+    path = _write_dicom(
+        tmp_path / "r.dcm", stored, PixelPaddingValue=-2003, PixelPaddingRangeLimit=-2000
+    )
+    assert np.asarray(open_image(path))[0].tolist() == [0, 0, *TISSUE_GREYS]
+    unsigned = _write_dicom(tmp_path / "u.dcm", stored[:, 1:])
+    from pydicom import dcmread
+
+    ds = dcmread(unsigned)
+    ds.add_new(0x00280120, "US", 63536)  # PixelPaddingValue as an unsigned reader has it
+    ds.save_as(unsigned)
+    assert np.asarray(open_image(unsigned))[0].tolist() == [0, *TISSUE_GREYS]
+    blank = _write_dicom(
+        tmp_path / "p.dcm", np.full((4, 5), -2000, np.int16), PixelPaddingValue=-2000
+    )
+    with pytest.raises(NotABadFile, match=r"pixels are all padding \(PixelPaddingValue\)"):
+        open_image(blank)
+
+
 def test_dicom_of_one_value_without_a_window_is_refused_not_black(tmp_path):
     """A blank or padded slice (every pixel 500, or 3000) has no range of its own: by its
     min..max both came out all black, one image. Refused as a LUT no pixel reaches is,

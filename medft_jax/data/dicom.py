@@ -17,7 +17,10 @@ order a DICOM viewer applies (PS3.3 C.11, PS3.4 N.2):
    whose entries fit 12 bits, as some CRs write, by its data's), else the
    first WindowCenter/WindowWidth pair with its VOILUTFunction, else the
    values' own min..max (what a viewer shows without a window; a file whose values
-   are all one is refused, as it has none); an enhanced
+   are all one is refused, as it has none), leaving out the pixels that
+   PixelPaddingValue (and PixelPaddingRangeLimit) mark as padding, which
+   PS3.3 C.7.5.1.1.2 names so that a viewer does not count them in the range:
+   they fall outside it, at the black end the standard puts them; an enhanced
    file's one frame takes its rescale and window from its functional groups;
    MONOCHROME1 (higher values darker) is then inverted so that bone is white
    as in MONOCHROME2; a fixed window given for the dataset
@@ -287,26 +290,58 @@ def _grey(
         except ValueError as err:
             raise DataError(f"{path}: bad DICOM window ({err})") from None
     else:
-        _check_some_range(values, path)
-        image = minmax_to_uint8(values)
+        padding = _padding(pixels, ds)
+        shown = values if padding is None else values[~padding]
+        _check_some_range(shown, path)
+        image = minmax_to_uint8(values, shown)
     return 255 - image if _inverted(ds, photometric) else image
 
 
+def _padding(pixels: np.ndarray, ds: Any) -> np.ndarray | None:
+    """The pixels PixelPaddingValue marks as padding (PS3.3 C.7.5.1.1.2), or None.
+
+    A CT slice's corners outside its circular field of view hold one value far below
+    any tissue (-2000, -32768): counted in a min..max, they squeezed the tissue into a
+    few greys at the white end, differently for each scanner's padding value. The
+    value is a stored one (before the modality LUT), one end of an inclusive range
+    when PixelPaddingRangeLimit is given, and signed where the pixels are (pydicom
+    reads it unsigned in Implicit VR: -2000 as 63536). Float pixel data has its own
+    padding attribute, not read here."""
+    if not _given(ds, "PixelPaddingValue") or pixels.dtype.kind not in "iu":
+        return None
+    ends = [int(_first(ds.PixelPaddingValue))]
+    if _given(ds, "PixelPaddingRangeLimit"):
+        ends.append(int(_first(ds.PixelPaddingRangeLimit)))
+    if pixels.dtype.kind == "i":
+        bits = pixels.dtype.itemsize * 8
+        ends = [v - (1 << bits) if v >= 1 << (bits - 1) else v for v in ends]
+    padding = (pixels >= min(ends)) & (pixels <= max(ends))
+    return padding if padding.any() else None
+
+
 def _check_some_range(values: np.ndarray, path: Path) -> None:
-    """Refuses a file shown by its own min..max whose values are all one (see
-    :class:`OneValueUnwindowed`): every such file would come out black, whatever its value."""
-    lo, hi = float(np.min(values)), float(np.max(values))
-    if lo == hi:
+    """Refuses a file shown by its own min..max whose values (padding left out) are all
+    one, or none (see :class:`OneValueUnwindowed`): every such file would come out black,
+    whatever its value."""
+    if values.size == 0:
         what = (
-            f"greyscale DICOM without a window whose pixels all hold one value ({lo:g}) has "
-            "no range to show by (any such file would come out black, whatever its value)"
+            "greyscale DICOM without a window whose pixels are all padding "
+            "(PixelPaddingValue) has no range to show by"
         )
-        raise OneValueUnwindowed(
-            f"{path}: {what}; give --dicom-window CENTER,WIDTH to show every DICOM file of "
-            "the dataset by one window, or leave the file out",
-            path=path,
-            what=what,
+    elif float(np.min(values)) == float(np.max(values)):
+        what = (
+            f"greyscale DICOM without a window whose pixels all hold one value "
+            f"({float(np.min(values)):g}) has no range to show by (any such file would "
+            "come out black, whatever its value)"
         )
+    else:
+        return
+    raise OneValueUnwindowed(
+        f"{path}: {what}; give --dicom-window CENTER,WIDTH to show every DICOM file of "
+        "the dataset by one window, or leave the file out",
+        path=path,
+        what=what,
+    )
 
 
 def _inverted(ds: Any, photometric: str) -> bool:

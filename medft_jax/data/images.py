@@ -69,7 +69,7 @@ IMAGE_SUFFIXES = (
 """What a ``folder`` dataset lists as images by name; a file of any other name is
 listed when it carries the DICOM marker (:func:`medft_jax.data.folder.image_files`)."""
 
-DECODING_VERSION = 7
+DECODING_VERSION = 8
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
 and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``; 3:
 ``bits_stored``, and 16-bit files of 14 bits or fewer refused without it; 4:
@@ -79,8 +79,9 @@ as colour from the high byte; 5: 16-bit and float WhiteIsZero TIFFs inverted, as
 8-bit ones always were; 6: signed 8-bit TIFFs by the signed rule, a DICOM LUT's
 first value read as signed where its inputs are, a RescaleIntercept without its
 slope applied, MONOCHROME2 with Presentation LUT Shape INVERSE inverted; 7: a constant-valued
-greyscale DICOM without a window refused, where it decoded to black): a cache
-built under another version is stale."""
+greyscale DICOM without a window refused, where it decoded to black; 8: a DICOM
+file's PixelPaddingValue pixels left out of the min..max it is shown by without a
+window): a cache built under another version is stale."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIGNED16 = ("I;16S", "I;16BS", "I;16NS")

@@ -293,17 +293,20 @@ def unit_float_to_uint8(values: np.ndarray, path: Path | str) -> np.ndarray:
     return np.rint(values.astype(np.float32) * np.float32(255)).astype(np.uint8)
 
 
-def minmax_to_uint8(values: np.ndarray) -> np.ndarray:
+def minmax_to_uint8(values: np.ndarray, shown: np.ndarray | None = None) -> np.ndarray:
     """The values' own min..max -> 0..255 (rounded); a constant image is all 0 (DICOM
     refuses one before it gets here: :class:`medft_jax.data.dicom.OneValueUnwindowed`).
 
     Used where values have no fixed range: DICOM without a window, and the
-    T1w MRI task's intensities (arbitrary units per scan).
+    T1w MRI task's intensities (arbitrary units per scan). ``shown``: the values
+    whose min..max sets the range, when not all of them (a DICOM file's padding
+    left out); values outside it clip to black or white.
     """
     image = np.asarray(values).astype(np.float64)
-    lo, hi = image.min(), image.max()
+    sample = image if shown is None else np.asarray(shown, np.float64)
+    lo, hi = sample.min(), sample.max()
     scaled = (image - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(image)
-    return np.rint(scaled).astype(np.uint8)
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
 
 def window_to_uint8(
