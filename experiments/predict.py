@@ -39,6 +39,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.images import open_image
 from medft_jax.data.pixels import (
     BitsExceeded,
+    BitsOnColour,
     DicomWindow,
     GreyBitsUndeclared,
     check_bits_stored,
@@ -229,6 +230,14 @@ class Predictor:
                 "the bits its training images were decoded with, and predict decodes as they "
                 f"were: save this file with values 0..{top}, scaled as you want it, or train "
                 "a run on such images with --bits-stored N, the bits they use"
+            )
+        if isinstance(err, BitsOnColour) and trained_bits is not None:
+            return (
+                f"{err.path}: 16-bit colour, and the checkpoint records --bits-stored "
+                f"{trained_bits}, the bits its training images were decoded with, which "
+                "applies to 16-bit greyscale alone (colour is read by the 16-bit rule only): "
+                "its training refused such files, and predict decodes as it did; save it as "
+                "8-bit colour, scaled as you want it"
             )
         if isinstance(err, OneValueUnwindowed) and run and self.trained_dicom_window is None:
             return (

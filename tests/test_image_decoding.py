@@ -767,6 +767,52 @@ def test_predict_does_not_ask_for_a_window_flag_its_checkpoint_refuses(tmp_path)
         "alone: its training refused such files, and predict decodes as it did; save it as "
         "an 8-bit image (PNG), which the window does not apply to"
     )
+    meta["bits_stored"] = 12  # a run's rule, not a flag the user gave: named as the run's
+    twelve = save_model(tmp_path / "b", tiny["params"], tiny["batch_stats"], meta)
+    colour = _png16_rgb(tmp_path / "c16.png", np.full((6, 7, 3), 40000))
+    with pytest.raises(PredictError) as e:
+        predict.Predictor(twelve).predict_files([str(colour)])
+    assert str(e.value) == (
+        f"{colour}: 16-bit colour, and the checkpoint records --bits-stored 12, the bits its "
+        "training images were decoded with, which applies to 16-bit greyscale alone (colour "
+        "is read by the 16-bit rule only): its training refused such files, and predict "
+        "decodes as it did; save it as 8-bit colour, scaled as you want it"
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # pydicom, writing them
+@pytest.mark.parametrize(
+    "window, shown", [(("nan", 80), "nan / width 80"), ((40, "inf"), "40 / width inf")]
+)
+def test_dicom_window_not_finite_is_refused(tmp_path, window, shown):
+    """pydicom reads a DS of "nan" or "inf" as a float: a NaN width passed every width
+    test and the whole image came out black (NaN cast to 0), an infinite one grey 128."""
+    stored = np.array([[0, 1000, 2000, 4000]], np.uint16)
+    path = _write_dicom(tmp_path / "a.dcm", stored, window=window)
+    with pytest.raises(DataError) as e:
+        open_image(path)
+    assert str(e.value) == (
+        f"{path}: bad DICOM window (window centre {shown} is not a finite number)"
+    )
+
+
+def test_dicom_window_no_pixel_reaches_is_refused_as_a_lut_is(tmp_path):
+    """A brain window (40/80) left on values of 1000..4000 showed the image as one white:
+    trained on without a word, where a VOI LUT no pixel reaches is refused. A file of one
+    value keeps its own window's grey; a window some pixel lies in is applied."""
+    stored = np.array([[1000, 2500, 4000]], np.uint16)
+    path = _write_dicom(tmp_path / "a.dcm", stored, window=(40, 80))
+    with pytest.raises(NotABadFile) as e:
+        ImageReader(RESIZE, CROP, skip_bad_images=True).read(path)
+    assert str(e.value) == (
+        f"{path}: DICOM window 40/80 (centre/width) shows the image's values (1000..4000) as "
+        "one grey (255): no pixel lies within it; give --dicom-window CENTER,WIDTH to show "
+        "every DICOM file of the dataset by one window, or leave the file out"
+    )
+    # LINEAR, c 1000, w 81: ((1000 - 999.5) / 80 + 0.5) * 255 = 129.1; the rest white.
+    reached = _write_dicom(tmp_path / "b.dcm", stored, window=(1000, 81))
+    assert np.asarray(open_image(reached))[0].tolist() == [129, 255, 255]
+    assert np.asarray(open_image(path, dicom_window=(2500, 3000)))[0].tolist() == [0, 128, 255]
 
 
 def test_dicom_voi_lut_sequence_by_its_bit_depth(tmp_path):

@@ -15,7 +15,8 @@ order a DICOM viewer applies (PS3.3 C.11, PS3.4 N.2):
    RescaleIntercept, or a Modality LUT Sequence), then the VOI LUT Sequence
    when present (mapped by its output bit depth; a table declared 16-bit
    whose entries fit 12 bits, as some CRs write, by its data's), else the
-   first WindowCenter/WindowWidth pair with its VOILUTFunction, else the
+   first WindowCenter/WindowWidth pair with its VOILUTFunction (refused when not
+   finite, or when it shows the image's varied values as one grey), else the
    values' own min..max (what a viewer shows without a window; a file whose values
    are all one is refused, as it has none), leaving out the pixels that
    PixelPaddingValue (and PixelPaddingRangeLimit) mark as padding, which
@@ -289,6 +290,7 @@ def _grey(
             image = window_to_uint8(values, center, width, function)
         except ValueError as err:
             raise DataError(f"{path}: bad DICOM window ({err})") from None
+        _check_window_reached(image, values, path, center, width)
     else:
         padding = _padding(pixels, ds)
         shown = values if padding is None else values[~padding]
@@ -342,6 +344,24 @@ def _check_some_range(values: np.ndarray, path: Path) -> None:
         path=path,
         what=what,
     )
+
+
+def _check_window_reached(
+    image: np.ndarray, values: np.ndarray, path: Path, center: float, width: float
+) -> None:
+    """Refuses a file's own window that shows its varied values as one grey (all below it,
+    or all above: a CT window left on an MR export, a rescale the window was not set for),
+    as a VOI LUT no pixel reaches is (:func:`_first_mapped`): a blank white or black image
+    trained on, or predicted from, without a word. A file of one value is shown by its own
+    window as before: that grey is its value."""
+    low, high = float(np.min(values)), float(np.max(values))
+    if low != high and int(image.min()) == int(image.max()):
+        raise NotABadFile(
+            f"{path}: DICOM window {center:g}/{width:g} (centre/width) shows the image's values "
+            f"({low:g}..{high:g}) as one grey ({int(image.min())}): no pixel lies within it; "
+            "give --dicom-window CENTER,WIDTH to show every DICOM file of the dataset by one "
+            "window, or leave the file out"
+        )
 
 
 def _inverted(ds: Any, photometric: str) -> bool:

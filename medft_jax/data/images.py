@@ -81,7 +81,8 @@ first value read as signed where its inputs are, a RescaleIntercept without its
 slope applied, MONOCHROME2 with Presentation LUT Shape INVERSE inverted; 7: a constant-valued
 greyscale DICOM without a window refused, where it decoded to black; 8: a DICOM
 file's PixelPaddingValue pixels left out of the min..max it is shown by without a
-window): a cache built under another version is stale."""
+window, and a DICOM window that is not finite, or that no pixel reaches, refused where
+it gave one grey): a cache built under another version is stale."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIGNED16 = ("I;16S", "I;16BS", "I;16NS")

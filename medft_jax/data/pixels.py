@@ -198,6 +198,16 @@ class BitsExceeded(NotABadFile):
         self.what = what
 
 
+class BitsOnColour(NotABadFile):
+    """A 16-bit colour file under a ``bits_stored`` other than 16, which applies to
+    greyscale only. Its own class so that ``experiments.predict``, whose rule comes from
+    the checkpoint and not from a flag the user gave, says so rather than blame the flag."""
+
+    def __init__(self, message: str, *, path: object) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def integer16_to_uint8(
     values: np.ndarray, signed: bool, bits_stored: int | None, path: Path | str
 ) -> np.ndarray:
@@ -252,10 +262,11 @@ def colour16_check(high_bytes: np.ndarray, bits_stored: int | None, path: Path |
     """
     top = int(high_bytes.max()) if high_bytes.size else 0
     if bits_stored is not None and bits_stored != 16:
-        raise NotABadFile(
+        raise BitsOnColour(
             f"{path}: --bits-stored {bits_stored} applies to 16-bit grayscale images; this is "
             "16-bit colour, which is read by the 16-bit rule only (save it as 8-bit colour, "
-            "scaled as you want it)"
+            "scaled as you want it)",
+            path=path,
         )
     if bits_stored is None and top < 1 << (UNDECLARED_FLOOR_BITS - 8):
         what = (
@@ -318,10 +329,12 @@ def window_to_uint8(
     (w - 1) / 2`` white, linear between (needs ``w >= 1``). ``LINEAR_EXACT``:
     the same with ``c`` and ``w`` as given (``w > 0``). ``SIGMOID``:
     ``255 / (1 + exp(-4 (x - c) / w))`` (``w > 0``). Raises ValueError for a
-    width outside those ranges or another function.
+    width outside those ranges, a centre or width not finite, or another function.
     """
     x = np.asarray(values, np.float64)
     function = function.upper()
+    if not (np.isfinite(center) and np.isfinite(width)):  # NaN passed every width test
+        raise ValueError(f"window centre {center:g} / width {width:g} is not a finite number")
     if function == "LINEAR":
         if width < 1:
             raise ValueError(f"window width {width:g} < 1 (LINEAR needs at least 1)")
