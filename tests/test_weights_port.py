@@ -358,7 +358,9 @@ def test_the_head_flags_say_what_predict_reads_and_a_note_says_what_was_assumed(
     assert err == (
         "note: predict will read 10 unnamed output(s) as a softmax, at resize 232 crop 224; "
         "port again with --multilabel / --no-multilabel, --class-names and --image-size "
-        "where the model was trained otherwise\n"
+        "where the model was trained otherwise; it decodes 16-bit and DICOM images by the "
+        "default rules (give predict --bits-stored / --dicom-window where the training "
+        "images were decoded otherwise)\n"
     )
     names = [f"finding {i}" for i in range(10)]
     flags = ["--multilabel", "--image-size", "64", "--class-names", *names]
@@ -625,3 +627,40 @@ def test_the_test_archs_export_ports_back(tmp_path, capsys):
     assert (back_meta["crop_size"], back_meta["num_classes"]) == (32, 3)
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(back), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_export_names_the_decoding_rules_its_pth_cannot_carry(tmp_path, capsys):
+    """A run trained with --bits-stored 12 --dicom-window 40,400: its model.pth, ported
+    alone, gave predict each DICOM file by its own window, another input than training,
+    and neither the export nor the port said so."""
+    import shutil
+
+    from medft_jax.checkpoints.model import save_model
+    from medft_jax.models import create, init_variables
+
+    variables = init_variables(create("resnet_tiny", 2), 0, image_size=32)
+    meta = {"arch": "resnet_tiny", "num_classes": 2, "resize_size": 36, "crop_size": 32}
+    plain = save_model(tmp_path / "plain", variables["params"], variables["batch_stats"], meta)
+    meta.update(bits_stored=12, dicom_window=[40.0, 400.0], class_names=["a", "b"])
+    ruled = save_model(tmp_path / "ruled", variables["params"], variables["batch_stats"], meta)
+    assert main(["export", "--checkpoint", str(plain), "--out", str(tmp_path / "p.pth")]) == 0
+    assert capsys.readouterr().err == ""  # nothing lost
+    out = tmp_path / "e" / "model.pth"
+    out.parent.mkdir()
+    assert main(["export", "--checkpoint", str(ruled), "--out", str(out)]) == 0
+    assert capsys.readouterr().err == (
+        "note: model.pth holds tensors only, not the run's decoding rules (--bits-stored 12 "
+        "--dicom-window 40,400), which model.safetensors keeps: port that file, or give "
+        "predict those flags, to read images as training did\n"
+    )
+    twin = ["--arch", "resnet_tiny", "--torch-weights", str(out.with_suffix(".safetensors"))]
+    assert main([*twin, "--out", str(tmp_path / "back")]) == 0
+    back = load_metadata(tmp_path / "back")
+    assert (back["bits_stored"], back["dicom_window"]) == (12, [40.0, 400.0])
+    alone = tmp_path / "alone" / "model.pth"
+    alone.parent.mkdir()
+    shutil.copy(out, alone)
+    argv = ["--arch", "resnet_tiny", "--torch-weights", str(alone), "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    assert "decodes 16-bit and DICOM images by the default rules" in capsys.readouterr().err
+    assert load_metadata(tmp_path / "a").get("dicom_window") is None

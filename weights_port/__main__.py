@@ -97,8 +97,10 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["export"]:
         args = _export_parser().parse_args(argv[1:])
-        for path in wp.export(args.checkpoint, args.out, force=args.force):
+        written = wp.export(args.checkpoint, args.out, force=args.force)
+        for path in written:
             print(f"wrote {path}")
+        _note_decoding_kept(args.checkpoint, written)
         return 0
     parser = _port_parser()
     args = parser.parse_args(argv)
@@ -150,9 +152,35 @@ def _note_assumed(out: Path) -> None:
     print(
         f"note: predict will read {m['num_classes']} unnamed output(s) as {kind}, at resize "
         f"{m['resize_size']} crop {m['crop_size']}; port again with --multilabel / "
-        "--no-multilabel, --class-names and --image-size where the model was trained otherwise",
+        "--no-multilabel, --class-names and --image-size where the model was trained "
+        "otherwise; it decodes 16-bit and DICOM images by the default rules (give predict "
+        "--bits-stored / --dicom-window where the training images were decoded otherwise)",
         file=sys.stderr,
     )
+
+
+def _note_decoding_kept(checkpoint: str, written: Sequence[Path]) -> None:
+    """One line where the run had decoding rules the ``.pth`` cannot carry: that file
+    ported alone decoded DICOM by each file's own window, 12-bit files by another rule,
+    and predict gave other inputs than training without a word."""
+    from medft_jax.checkpoints.model import load_metadata
+
+    m = load_metadata(checkpoint)
+    flags = []
+    if m.get("bits_stored") is not None:
+        flags.append(f"--bits-stored {m['bits_stored']}")
+    if m.get("dicom_window") is not None:
+        center, width = m["dicom_window"]
+        flags.append(f"--dicom-window {center:g},{width:g}")
+    pth = [p for p in written if p.suffix == ".pth"]
+    twin = [p for p in written if p.suffix == ".safetensors"]
+    if flags and pth and twin:
+        print(
+            f"note: {pth[0].name} holds tensors only, not the run's decoding rules "
+            f"({' '.join(flags)}), which {twin[0].name} keeps: port that file, or give predict "
+            "those flags, to read images as training did",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":
