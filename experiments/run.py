@@ -378,7 +378,7 @@ def _print_summary(
         print(
             f"\n{r['config']['strategy']} on {r['config']['dataset']} ({r['config']['arch']}), "
             f"lr {r['config']['lr']:g}, seed {r['config']['seed']}: best epoch "
-            f"{r['best_epoch'] + 1} of {len(r['epochs'])}; test metrics:"
+            f"{r['best_epoch'] + 1} of {len(r['epochs'])} by validation {shown}; test metrics:"
         )
         print(
             format_table([(metrics.metric_name(k, *task), _fmt(v)) for k, v in r["test"].items()])
@@ -403,6 +403,13 @@ def _print_summary(
         print(format_table(rows))
     if chosen and metrics.metric_name("accuracy", *task) == metrics.EQ6_NAME:
         print(metrics.EQ6_NOTE)
+    unavailable = [r for r in chosen if str(r.get("weights_used", "")).startswith("none (ImageNet")]
+    if unavailable:  # said once above the progress bars; a reader of the numbers sees this
+        print(
+            f"trained from random initialisation: no ImageNet weights for "
+            f"{unavailable[0]['config']['arch']} (see the warning above); these numbers are "
+            "not a fine-tuning's"
+        )
     for r in records:
         print(f"record: {results.record_path_of(r, out)}")
 

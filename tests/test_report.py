@@ -414,7 +414,20 @@ def test_the_run_summary_names_eq6_accuracy_apart_from_top1(
     run_cli._print_summary([records[0], rec(lr=1e-3, val=0.1)], str(tmp_path), [])
     out = capsys.readouterr().out  # one seed: its values, no "± nan"
     assert "lr 0.0001 chosen by mean validation" in out and "test metrics of seed 0:" in out
-    assert "nan" not in out
+    assert "nan" not in out and "random initialisation" not in out
+    # One run: which validation metric picked its epoch; and weights that were not there
+    # (said once above the progress bars) are said again beside the numbers.
+    offline = records[0] | {"weights_used": "none (ImageNet weights unavailable)"}
+    run_cli._print_summary([offline], str(tmp_path), [])
+    out = capsys.readouterr().out
+    assert f"seed 0: best epoch 1 of 3 by validation {name}; test metrics:" in out, out
+    assert (
+        "trained from random initialisation: no ImageNet weights for resnet50 (see the warning "
+        "above); these numbers are not a fine-tuning's\n"
+    ) in out
+    chose = records[0] | {"weights_used": "none (random initialisation)"}  # --weights none
+    run_cli._print_summary([chose], str(tmp_path), [])
+    assert "random initialisation" not in capsys.readouterr().out
 
 
 def test_inferred_expectation_marks_a_cell_with_fewer_runs_partial():
