@@ -362,7 +362,29 @@ def test_unavailable_weights_are_tried_and_reported_once(tmp_path, capsys, monke
             "none (ImageNet weights unavailable)",
         )
     assert tries == ["resnet50"]
-    assert capsys.readouterr().err.count("TRAINING FROM RANDOM INITIALISATION") == 1
+    err = capsys.readouterr().err
+    assert err.count("TRAINING FROM RANDOM INITIALISATION") == 1
+    assert err.endswith(
+        "INITIALISATION. Port them with: python -m weights_port --download --arch resnet50\n"
+    ), err
+    # Offline, the download's own line names the --torch-weights route: the --download
+    # hint after it would be the command that just failed.
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    monkeypatch.setattr(pretrained, "_WARNED", set())
+    said = "cannot download URL (offline?); offline? Download it elsewhere, then python -m "
+    monkeypatch.setattr(
+        weights_port,
+        "port_imagenet",
+        lambda arch: (_ for _ in ()).throw(
+            weights_port.PortError(said + "weights_port --arch resnet50 --torch-weights FILE")
+        ),
+    )
+    pretrained.resolve("auto", "resnet50")
+    err = capsys.readouterr().err
+    assert err.endswith("--torch-weights FILE); TRAINING FROM RANDOM INITIALISATION.\n"), err
+    monkeypatch.setattr(
+        weights_port, "port_imagenet", lambda arch: tries.append(arch) or _offline(arch)
+    )
     with pytest.raises(pretrained.CheckpointError, match=r"^--weights imagenet: cannot download"):
         pretrained.resolve("imagenet", "resnet50")
     assert tries == ["resnet50"]

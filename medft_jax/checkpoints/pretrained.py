@@ -79,13 +79,16 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
         _UNAVAILABLE[arch] = str(e)
     if warn and arch not in _WARNED:
         _WARNED.add(arch)
-        if arch in weights_port.WEIGHTS_NAMES:
-            hint = f"Port them with: python -m weights_port --download --arch {arch}"
+        reason = _UNAVAILABLE[arch]
+        if "python -m weights_port" in reason:  # the reason says what to run (offline)
+            hint = ""
+        elif arch in weights_port.WEIGHTS_NAMES:
+            hint = f" Port them with: python -m weights_port --download --arch {arch}"
         else:
-            hint = "Say --weights none for random initialisation, or --weights PATH"
+            hint = " Say --weights none for random initialisation, or --weights PATH"
         print(
-            f"WARNING: no ImageNet weights for {arch} ({_UNAVAILABLE[arch]}); TRAINING FROM "
-            f"RANDOM INITIALISATION. {hint}",
+            f"WARNING: no ImageNet weights for {arch} ({reason}); TRAINING FROM "
+            f"RANDOM INITIALISATION.{hint}",
             file=sys.stderr,
         )
     return None
