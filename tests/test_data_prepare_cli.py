@@ -75,6 +75,22 @@ def test_prepare_task_with_arch_resize(tmp_path, capsys):
     assert ds.metadata["resize_size"] == 232
 
 
+@pytest.mark.slow  # a paper task's first prepare, with its bars
+def test_a_first_prepare_prints_no_tfds_warning_about_its_own_design(tmp_path, caplog):
+    """TFDS warned twice per first prepare that the variant folder "has no
+    dataset_info.json" (not prepared yet: by design), and before the one-line error of a
+    prepare without TensorFlow; and that the cache's PNGs decode with Pillow."""
+    import logging
+
+    fakes.make_bach(tmp_path / "bach", 10)
+    argv = ["--dataset", "bach", "--manual-dir", str(tmp_path / "bach")]
+    argv += ["--data-dir", str(tmp_path / "out"), "--arch", "resnet50"]
+    with caplog.at_level(logging.INFO, logger="absl"):
+        assert main(argv) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "absl"]
+    assert said and not [m for m in said if m.startswith(("Variant folder", "OpenCV"))], said
+
+
 needs_tf = pytest.mark.skipif(
     importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow"
 )

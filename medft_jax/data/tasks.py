@@ -324,7 +324,8 @@ def prepare_task(
     # decoder note), as its bars are, and TensorFlow's start-up lines; errors still show.
     if not progress:
         quiet_tensorflow_startup()
-    with contextlib.nullcontext() if progress else quiet_logger("absl", logging.ERROR):
+    quiet = contextlib.nullcontext() if progress else quiet_logger("absl", logging.ERROR)
+    with quiet, _without_tfds_noise():
         return _prepare_task(
             name,
             manual_dir=manual_dir,
@@ -506,6 +507,29 @@ def _tfds_progress(progress: bool) -> Iterator[None]:
             yield
     finally:
         tqdm_utils.display_progress_bar(before)
+
+
+TFDS_NOISE = ("Variant folder ", "OpenCV is not installed")
+"""Starts of TFDS's absl warnings that say nothing to a user of this toolkit: a variant
+not prepared yet has no ``dataset_info.json`` by design (printed before the one-line error
+of a prepare without TensorFlow, and twice in every first prepare), and the cache's
+decoding of the prepared PNGs with Pillow, which being lossless read alike by any decoder."""
+
+
+class _NoiseFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(TFDS_NOISE)
+
+
+@contextlib.contextmanager
+def _without_tfds_noise() -> Iterator[None]:
+    """:data:`TFDS_NOISE` held back while a task prepares; TFDS's other lines are kept."""
+    logger, noise = logging.getLogger("absl"), _NoiseFilter()
+    logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(noise)
 
 
 def _require_tensorflow(name: str) -> None:
