@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medft_jax import grid as gridlib
-from medft_jax import results
+from medft_jax import plans, results
 from medft_jax.errors import ArgumentParser, UserError, cli_main
 from medft_jax.report import collect, write_report
 from medft_jax.report.write import check_out
@@ -100,7 +100,12 @@ def _summary(args: argparse.Namespace):
         raise UserError(
             f"--runs {runs}: no run records (record.json) or failure notes in it{rerun}"
         )
-    summary = collect(records, failures, grid=grid, filters=filters, latest=args.latest)
+    planned = (
+        [(plan["grid"], plan["runs"]) for _, plan in plans.load_plans(runs)] if grid is None else []
+    )
+    summary = collect(
+        records, failures, grid=grid, filters=filters, latest=args.latest, planned=planned
+    )
     if not any(c.runs_done for c in summary.cells.values()):
         what = f"grid {grid.name!r}" if grid is not None else "the filters"
         raise UserError(

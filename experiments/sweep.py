@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from medft_jax import grid as grid_lib
-from medft_jax import results
+from medft_jax import plans, results
 from medft_jax.config import RunConfig
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import NOT_PREPARED
@@ -381,6 +381,8 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         if session.main_process:
             print(text, flush=True)
 
+    if session.main_process:  # every shard the same file: a lost shard's runs stay expected
+        plans.write_plan(args.out, g.name, args.only or [], [c.to_dict() for c in runs])
     mine = grid_lib.shard(runs, index, count)
     say(
         f"grid {g.name}: {len(mine)} runs in this process"

@@ -7,11 +7,14 @@ ordered list of :class:`~medft_jax.config.RunConfig` (dataset, arch,
 strategy, lr, seed, with the seed varying fastest), filters it
 (``--only dataset=bach,arch=vgg19``), and splits it into shards.
 
-Sharding is a pure function of the list: run ``k`` belongs to shard
-``k mod N``. Processes given the same config and filters therefore agree
-on the split without talking to each other, their shards are disjoint and
-together they are the whole grid; round-robin also spreads every
-dataset's (very different) cost evenly over the shards.
+Sharding is a pure function of the list: sorted canonically (dataset, arch,
+strategy, lr, seed, each sorted: :func:`shard_positions`), the run at
+position ``k`` belongs to shard ``k mod N``. Processes given the same config
+and filters therefore agree on the split without talking to each other,
+their shards are disjoint and together they are the whole grid; on a whole
+grid round-robin also spreads every dataset's (very different) cost evenly
+over the shards. Every sweep writes the whole list as its plan
+(:mod:`medft_jax.plans`), so that a shard that never ran is counted missing.
 """
 
 from __future__ import annotations
@@ -124,7 +127,14 @@ class Grid:
     dataset_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise GridError(f"grid name must be a non-empty string, got {self.name!r}")
         where = f"grid {self.name!r}:"
+        # A path as a string (or a Path): 5 passed --dry-run, then every run crashed.
+        if self.data_dir is not None and not isinstance(self.data_dir, str | Path):
+            raise GridError(
+                f"{where} data_dir must be a folder path (a string) or None, got {self.data_dir!r}"
+            )
         for axis in AXES:
             values = getattr(self, plural(axis))
             # A string is a sequence too: seeds="01" would be the seeds 0 and 1.

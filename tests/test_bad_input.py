@@ -420,6 +420,8 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
             "dataset_options={'demo': {'manul_dir': 'x'}}",
             "dataset_options['demo']: demo takes no options, got 'manul_dir'",
         ),
+        # --dry-run passed it, then every run crashed with a TypeError.
+        ("data_dir=5", "data_dir must be a folder path (a string) or None, got 5"),
     ],
 )
 def test_bad_grid_axes_and_options_are_named_before_any_run(fields, message, tmp_path, capsys):
@@ -951,3 +953,19 @@ def test_the_strategy_options_a_grid_takes_are_flags_of_run(flags, options, erro
         with pytest.raises(UserError) as e:
             run_cli.make_configs(args)
         assert str(e.value) == error
+
+
+@pytest.mark.parametrize("name", [5, "", "  ", None])
+def test_a_grid_name_that_names_nothing_is_refused(name):
+    """The name labels listings, reports and the sweep's plan file (``.plans/<name>-...``)."""
+    from medft_jax.grid import Grid, GridError
+
+    with pytest.raises(GridError, match=r"^grid name must be a non-empty string, got "):
+        Grid(
+            name=name,
+            datasets=("demo",),
+            archs=("resnet_tiny",),
+            strategies=("ft",),
+            lrs=(1e-3,),
+            seeds=(0,),
+        )

@@ -1156,6 +1156,36 @@ def test_a_forced_rerun_is_named_not_taken_for_an_empty_folder(tmp_path, capsys)
     )
 
 
+def test_a_lost_shard_is_counted_missing_by_the_sweeps_plan(tmp_path, capsys):
+    """A 3-seed grid swept as --shard i/3 deals each shard one whole seed: with shard 2
+    lost (a SLURM task never scheduled), a report without --config inferred seeds 0 and 1
+    and read every cell complete, one seed short. The sweep's plan beside the runs keeps
+    seed 2 expected; a plan that is not one is named."""
+    from medft_jax import plans
+
+    runs = tmp_path / "runs"
+    grid = [rec(strategy=s, seed=k)["config"] for s in ("ft", "lp") for k in (0, 1, 2)]
+    _write_runs(runs, [rec(strategy=c["strategy"], seed=c["seed"]) for c in grid if c["seed"] < 2])
+    out = tmp_path / "out"
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0  # no plan: inferred
+    assert "Runs done (finished or failed): 4 of 4 expected" in (out / "index.md").read_text()
+    for _ in range(3):  # every shard writes it: one file
+        plan = plans.write_plan(runs, "paper", ["strategy=ft|lp"], grid)
+    assert [p.name for p in (runs / ".plans").iterdir()] == [plan.name]
+    capsys.readouterr()
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
+    index = (out / "index.md").read_text()
+    assert "Runs done (finished or failed): 4 of 6 expected" in index, index
+    assert "and in the plans of the sweeps of grid(s) 'paper'" in index
+    assert "0 complete, 2 partial" in index
+    plan.write_text('{"grid": "paper", "only": [], "runs": [{"dataset": "bach"}]}')
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {plan}: not a sweep plan (expected {{grid, only, runs}} with each run's "
+        "dataset, arch, strategy, lr and seed); delete it, or give --config\n"
+    )
+
+
 def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, monkeypatch):
     import errno
 

@@ -20,7 +20,7 @@ from experiments import report as report_cli
 from experiments import select as select_cli
 from experiments import sweep as sweep_cli
 from medft_jax import grid as grid_lib
-from medft_jax import results
+from medft_jax import plans, results
 from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.session import Session
 
@@ -588,6 +588,12 @@ def test_two_shards_run_the_grid_once(two_shards):
     assert not set(ran[0]) & set(ran[1])
     assert set(ran[0]) | set(ran[1]) == expected
     assert {p.parent.name for p in out.rglob("record.json")} == expected
+    # Both shards wrote one plan of the whole grid: a report counts a lost shard's runs.
+    [(_, plan)] = plans.load_plans(out)
+    axes = ("strategy", "lr", "seed")
+    assert sorted(tuple(r[k] for k in axes) for r in plan["runs"]) == sorted(
+        tuple(getattr(c, k) for k in axes) for c in configs
+    )
 
 
 @pytest.mark.slow
@@ -919,6 +925,34 @@ def test_a_run_refused_for_its_own_settings_leaves_its_datasets_other_runs(
     text = capsys.readouterr().out
     assert calls == ["ft", "lp"] and "refused (its batch does not fit)" in text
     assert [r["config"]["strategy"] for r in results.load_records(out)] == ["lp"]
+
+
+def test_each_shard_writes_the_whole_filtered_grid_as_its_plan(tmp_path, monkeypatch):
+    """The plan is what a report expects without --config: every run of the filtered grid,
+    whichever shard writes it, one file for all shards (no training here)."""
+    from medft_jax import outcomes
+
+    config = _grid_file(
+        tmp_path, "g", strategies=("ft", "lp"), lrs=(1e-3,), seeds=(0, 1, 2), epochs=1
+    )
+    ran = []
+
+    def run(self, config, **kw):
+        ran.append(config.seed)
+        return outcomes.Outcome(config, outcomes.REFUSED, error="not trained here")
+
+    monkeypatch.setattr(Session, "run", run)
+    out = tmp_path / "o"
+    for shard in ("0/3", "2/3"):
+        argv = ["--config", str(config), "--out", str(out), "--only", "strategy=lp"]
+        assert sweep_cli.main([*argv, "--shard", shard]) == 1
+    assert sorted(ran) == [0, 2]  # each shard one seed of LP
+    [(path, plan)] = plans.load_plans(out)
+    assert path.parent == out / ".plans" and path.name.startswith("tiny-")
+    assert (plan["grid"], plan["only"]) == ("tiny", ["strategy=lp"])
+    assert sorted((r["strategy"], r["seed"]) for r in plan["runs"]) == [
+        ("lp", k) for k in (0, 1, 2)
+    ]
 
 
 def test_select_whose_arm_another_process_trains_exits_75(tmp_path, capsys):

@@ -161,6 +161,8 @@ class Summary:
     metrics: dict[str, tuple[str, str]]
     """Dataset -> the two metrics of its table, the headline metric first."""
     grid_name: str | None = None
+    plans: tuple[str, ...] = ()
+    """Without a grid: the names of the grids whose sweep plans added to what is expected."""
     filters: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     left_out: int = 0
     """Records and failure notes under ``--runs`` that are not runs of the grid."""
@@ -188,6 +190,7 @@ def collect(
     grid: Any = None,
     filters: Mapping[str, Iterable[str]] | None = None,
     latest: bool = False,
+    planned: Sequence[tuple[str, Sequence[Mapping[str, Any]]]] = (),
 ) -> Summary:
     """Gathers records and failure notes into cells (see the module docstring).
 
@@ -201,6 +204,9 @@ def collect(
       latest: ``--latest``: leave out each record superseded by a rerun of its
         settings on newer data (:func:`drop_superseded`), counted in
         ``Summary.superseded``. Without it such records are refused, named.
+      planned: without ``grid``, the sweeps' plans found beside the runs (grid name,
+        run configs: :func:`medft_jax.plans.load_plans`): their runs are expected too,
+        so a shard that never ran is counted missing, not unseen.
 
     Raises:
       RecordError: a record lacking what a report needs, records of one
@@ -244,7 +250,8 @@ def collect(
             )
     else:
         runs = records + failures
-        held = {k: sorted({r["config"][k] for r in runs if k in r["config"]}) for k in filt}
+        stubs = [_named_by_data({"config": dict(c)}) for _, configs in planned for c in configs]
+        held = {k: sorted({r["config"][k] for r in runs + stubs if k in r["config"]}) for k in filt}
         gridlib.check_filter_values(filt, held, "no run has it (the runs'")
         if latest:  # before the filter, so that what is expected rests on current runs
             kept, _ = drop_superseded(records)
@@ -252,7 +259,7 @@ def collect(
                 gridlib.matches(r["config"], filt) for r in kept
             )
             records = kept
-        expected = _expected_under(records + failures, filt)
+        expected = _expected_under(records + failures + stubs, filt)
         records = [r for r in records if gridlib.matches(r["config"], filt)]
         failures = [f for f in failures if gridlib.matches(f["config"], filt)]
     if latest and grid is not None:
@@ -295,6 +302,7 @@ def collect(
         primary=primary,
         metrics=metrics,
         grid_name=None if grid is None else grid.name,
+        plans=() if grid is not None else tuple(sorted({name for name, _ in planned})),
         filters={k: frozenset(v) for k, v in filt.items()},
         left_out=left_out,
         superseded=superseded,

@@ -364,9 +364,15 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
     if summary.grid_name is not None:
         source = f"the runs of grid {summary.grid_name!r} (from --config)"
     else:
+        planned = (
+            f" and in the plans of the sweeps of grid(s) {', '.join(map(repr, summary.plans))} "
+            "(.plans/ beside the runs: a shard that never ran counts as missing)"
+            if summary.plans
+            else ""
+        )
         source = (
-            "inferred from the records: every arch, strategy, LR and seed seen anywhere, "
-            "for every dataset (--config gives a grid's own)"
+            "inferred from the records: every arch, strategy, LR and seed seen anywhere"
+            f"{planned}, for every dataset (--config gives a grid's own)"
         )
     lines = [
         "# Comparison of fine-tuning strategies: report",
