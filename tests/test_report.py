@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -1184,6 +1185,25 @@ def test_a_lost_shard_is_counted_missing_by_the_sweeps_plan(tmp_path, capsys):
         f"error: {plan}: not a sweep plan (expected {{grid, only, runs}} with each run's "
         "dataset, arch, strategy, lr and seed); delete it, or give --config\n"
     )
+
+
+def test_a_folder_without_ft_says_why_nothing_is_compared_with_it(tmp_path):
+    """The README's demo runs G-LF and LP-FT: the paired table drew a bare Strategy column
+    and the improvement figure two n/a labels, saying nothing of the missing baseline."""
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec(strategy=s) for s in ("g_lf", "lp_ft")])
+    out = tmp_path / "out"
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
+    said = "no FT value for bach to compare with (it was not run): run --strategy ft too"
+    assert said in (out / "tables" / "paired_bach.md").read_text()
+    assert said in (out / "index.md").read_text()
+    _write_runs(runs, [rec(strategy="ft")])  # the baseline: the usual note, no such line
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "no FT value" not in (out / "index.md").read_text()
+    shutil.rmtree(runs / results.record_path_of(rec(strategy="ft"), runs).parent.name)
+    results.write_failure(runs, rec(strategy="ft")["config"], "nonfinite", "nan")
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "(its runs failed or have not finished)" in (out / "index.md").read_text()
 
 
 def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, monkeypatch):

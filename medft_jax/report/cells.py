@@ -1191,6 +1191,17 @@ def _means(summary: Summary, dataset: str, arch: str, strategy: str, metric: str
     return summary.cells[key].test.get(metric, nan), summary.cells[key_ft].test.get(metric, nan)
 
 
+def no_baseline(summary: Summary, dataset: str) -> str | None:
+    """Why nothing of ``dataset`` can be compared with FT, or None when some arch's FT cell
+    has a value: a folder without FT runs (the README's demo runs G-LF and LP-FT) drew an
+    empty paired table and a figure of ``n/a`` labels, saying nothing of why."""
+    ft = [c for (d, _, s), c in summary.cells.items() if d == dataset and s == BASELINE]
+    if any(c.has_value for c in ft):
+        return None
+    why = "its runs failed or have not finished" if ft else "it was not run"
+    return f"no FT value for {dataset} to compare with ({why}): run --strategy ft too"
+
+
 def relative_improvement(
     summary: Summary, dataset: str, arch: str, strategy: str, metric: str | None = None
 ) -> float:

@@ -24,6 +24,7 @@ from medft_jax.report.cells import (
     PARTIAL,
     Summary,
     improvement_se,
+    no_baseline,
     relative_improvement,
 )
 from medft_jax.report.render import arch_label, metric_label, slug, strategy_label
@@ -167,9 +168,15 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
     notes += [ONE_SEED_NOTE] if any(not math.isfinite(b.err) for b in shown) else []
     if notes:
         ax.set_xlabel("; ".join(notes), fontsize=8)
-    if not strategies:
+    missing = no_baseline(summary, dataset)
+    if not strategies or missing:
         ax.text(
-            0.5, 0.5, "no strategy but FT: nothing to compare", ha="center", transform=ax.transAxes
+            0.5,
+            0.5,
+            missing or "no strategy but FT: nothing to compare",
+            ha="center",
+            wrap=True,
+            transform=ax.transAxes,
         )
     elif summary.archs:
         ax.legend(fontsize=8)

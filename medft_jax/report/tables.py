@@ -42,6 +42,7 @@ from medft_jax.report.cells import (
     beats_ft,
     best_per_dataset,
     count_metric,
+    no_baseline,
     paired_vs_ft,
     relative_improvement,
 )
@@ -595,7 +596,8 @@ def paired_table(summary: Summary, dataset: str) -> Table:
         f"{dataset}: test {metric_label(summary.headline(dataset))} minus FT's, paired by seed "
         "(percentage points), paired t-test"
     )
-    head = Head(f"paired_{slug(dataset)}", title, [PAIRED_SHORT_NOTE])
+    missing = no_baseline(summary, dataset)
+    head = Head(f"paired_{slug(dataset)}", title, [missing] if missing else [PAIRED_SHORT_NOTE])
     return _wide_table(head, PairedLine, lines, slots, strategies, attrgetter("arch"))
 
 
