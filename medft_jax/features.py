@@ -181,20 +181,38 @@ class FeatureSet:
         )
 
 
-def open_features(directory: Path, ds: Dataset, expected: Mapping[str, Any]) -> FeatureSet | None:
+def open_features(
+    directory: Path,
+    ds: Dataset,
+    expected: Mapping[str, Any],
+    problems: list[str] | None = None,
+) -> FeatureSet | None:
     """The features in ``directory`` if they are whole and were computed from ``expected``.
 
     None when the folder is missing, from another format, or any file's
     size or hash disagrees with its ``meta.json`` (then it is recomputed).
+    ``problems``: a list that collects why a folder that is there was not used
+    (damaged, or computed from other images or by another version), which the
+    run says in one line as it computes them again, rather than recompute in silence.
     """
+    meta_path = directory / "meta.json"
+    said = problems if problems is not None else []
+    if not meta_path.exists():
+        if directory.exists():
+            said.append(f"{directory}: no meta.json")
+        return None
     try:
-        meta = json.loads((directory / "meta.json").read_text())
-    except (OSError, ValueError):
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        said.append(f"{meta_path}: unreadable ({type(e).__name__})")
         return None
-    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in expected.items()):
+    stale = [k for k, v in expected.items() if meta.get(k) != v] if isinstance(meta, dict) else []
+    if stale:
+        said.append(f"{directory}: stale, its meta.json's {', '.join(stale)} differ")
         return None
-    splits = meta.get("splits")
+    splits = meta.get("splits") if isinstance(meta, dict) else None
     if not isinstance(splits, dict):  # valid JSON of another shape: damaged, recomputed
+        said.append(f"{meta_path}: not the features' meta.json")
         return None
     arrays = {}
     for split in ds.splits:
@@ -205,13 +223,17 @@ def open_features(directory: Path, ds: Dataset, expected: Mapping[str, Any]) -> 
             array = np.load(path, mmap_mode="r", allow_pickle=False)
             digest = atomic.file_sha256(path)
             after = os.stat(path)
-        except (OSError, ValueError, EOFError):  # EOFError: an empty (truncated) file
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty (truncated) file
+            said.append(f"{path}: unreadable ({type(e).__name__})")
             return None
         if not isinstance(info, dict) or _identity(before) != _identity(after):
+            said.append(f"{path}: replaced while read, or not in meta.json")
             return None  # damaged, or replaced between the memmap and the hash
         if array.shape != (ds.num_examples(split), info.get("dim")) or array.dtype != np.float32:
+            said.append(f"{path}: shape {array.shape} {array.dtype}, not its meta.json's")
             return None
         if digest != info.get("sha256"):
+            said.append(f"{path}: SHA-256 differs from its meta.json's")
             return None
         arrays[split] = array
     seconds = meta.get("extract_seconds")
@@ -356,10 +378,16 @@ def cached_features(
         "images": images_signature(ds),
     }
     directories = [location(root, ds, arch, precision, backbone, backend) for root in roots]
+    problems: list[str] = []
     for directory in directories:
-        found = open_features(directory, ds, expected)
+        found = open_features(directory, ds, expected, problems)
         if found is not None:
             return found, _info(found, reused=True, started=t)
+    if problems:  # recomputed, never read: said, as a damaged disk is worth knowing of
+        print(
+            f"note: cached features not used ({'; '.join(problems)}); computing them again",
+            file=sys.stderr,
+        )
     errors = []
     for directory in directories:
         try:

@@ -510,18 +510,51 @@ def test_prepared_images_changed_in_place_are_features_recomputed(demo, tmp_path
 
 
 @pytest.mark.parametrize("splits", [[], {"train": []}, "x"], ids=["list", "entry-list", "str"])
-def test_a_features_meta_of_another_shape_is_recomputed_not_a_crash(demo, tmp_path, splits):
+def test_a_features_meta_of_another_shape_is_recomputed_not_a_crash(demo, tmp_path, splits, capsys):
     calls = []
     kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
     found, _ = features.cached_features(demo, **kw)
     meta = json.loads((found.directory / "meta.json").read_text())
     (found.directory / "meta.json").write_text(json.dumps({**meta, "splits": splits}))
+    capsys.readouterr()
     again, info = features.cached_features(demo, **kw)
     assert not info["reused"] and len(calls) == 6
     np.testing.assert_array_equal(again.arrays["val"], found.arrays["val"])
+    said = capsys.readouterr().err
+    assert said.startswith("note: cached features not used (") and said.count("\n") == 1
+    assert "computing them again" in said
 
 
-def test_features_of_another_numerics_version_are_recomputed(demo, tmp_path):
+def test_damaged_features_are_said_as_they_are_computed_again(demo, tmp_path, capsys):
+    """A truncated or altered features file was recomputed without a word (the record's
+    ``reused: false`` alone): a disk that damages files is worth knowing of. Each cause is
+    named with the file; features merely missing are computed without a note."""
+    calls = []
+    kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
+    found, _ = features.cached_features(demo, **kw)
+    assert capsys.readouterr().err == ""  # first computed: nothing to say
+    val, meta = found.directory / "val.npy", found.directory / "meta.json"
+    data = bytearray(val.read_bytes())
+    data[-5] ^= 0xFF
+    val.write_bytes(bytes(data))
+    features.cached_features(demo, **kw)
+    assert capsys.readouterr().err == (
+        f"note: cached features not used ({val}: SHA-256 differs from its meta.json's); "
+        "computing them again\n"
+    )
+    val.write_bytes(b"")
+    features.cached_features(demo, **kw)
+    assert f"({val}: unreadable (EOFError))" in capsys.readouterr().err
+    meta.write_text(meta.read_text()[:50])
+    features.cached_features(demo, **kw)
+    assert f"({meta}: unreadable (JSONDecodeError))" in capsys.readouterr().err
+    meta.unlink()
+    features.cached_features(demo, **kw)
+    assert f"({found.directory}: no meta.json)" in capsys.readouterr().err
+    assert len(calls) == 15  # computed five times (three splits each)
+
+
+def test_features_of_another_numerics_version_are_recomputed(demo, tmp_path, capsys):
     """A toolkit that computes otherwise (the precision's numerics version) never serves older
     features."""
     calls = []
@@ -532,6 +565,7 @@ def test_features_of_another_numerics_version_are_recomputed(demo, tmp_path):
     (found.directory / "meta.json").write_text(json.dumps({**meta, "numerics": 1}))
     _, info = features.cached_features(demo, **kw)
     assert not info["reused"] and len(calls) == 6
+    assert "stale, its meta.json's numerics differ" in capsys.readouterr().err
 
 
 def test_a_root_whose_filesystem_refuses_locks_gives_way_to_the_next(demo, tmp_path, monkeypatch):
