@@ -30,6 +30,7 @@ import numpy as np
 from medft_jax.atomic import file_sha256, write_bytes
 from medft_jax.checkpoints.model import METADATA_HASH, metadata_hash
 from medft_jax.errors import writable_dir
+from weights_port import pth_reader
 from weights_port.keymap import PortError
 
 sha256 = file_sha256
@@ -178,25 +179,84 @@ def _unwrap(obj: Any, path: Path) -> Any:
     return obj[held[0]] if held else obj
 
 
+NOT_LOADABLE = (
+    "not a loadable torch state_dict (it holds pickled objects other than tensors, refused by "
+    "weights_only=True: a whole model saved with torch.save(model)?); re-save it with "
+    "torch.save(model.state_dict(), FILE)"
+)
+"""Why a ``.pth`` naming anything but tensors and plain containers is refused."""
+
+
 def _read_pth(path: Path) -> dict[str, np.ndarray]:
+    """A torch.save file's state_dict: a zip (torch >= 1.6) is read by :mod:`pth_reader`,
+    with or without torch; only the legacy format needs ``torch.load``."""
+    if zipfile.is_zipfile(path):
+        try:
+            obj = pth_reader.load(path)
+        except pth_reader.PthError as e:
+            raise _pth_error(path, e) from None
+    else:
+        obj = _read_legacy_pth(path)
+    obj = _unwrap(obj, path)
+    tensor = pth_reader.Tensor
+    if not isinstance(obj, Mapping) or not all(isinstance(v, tensor) for v in obj.values()):
+        first = (
+            next((k for k, v in obj.items() if not isinstance(v, tensor)), None)
+            if isinstance(obj, Mapping)
+            else None
+        )
+        which = f" ({first!r} is a {pth_reader.type_name(obj[first])})" if first is not None else ""
+        raise PortError(f"{path}: expected a state_dict (a mapping of names to tensors){which}")
+    out = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise PortError(f"{path}: key {key!r} is not a name; expected a state_dict")
+        if value.kind is not None:
+            raise PortError(
+                f"{path}: key {key!r} is a {value.kind} tensor, expected a dense float32 one"
+            )
+        if value.array is None:  # bfloat16 and other dtypes numpy has no type for
+            raise PortError(f"{path}: key {key!r} has dtype {value.dtype}, expected float32")
+        out[key] = value.array
+    return out
+
+
+def _pth_error(path: Path, e: pth_reader.PthError) -> PortError:
+    if isinstance(e, pth_reader.Refused):
+        return PortError(f"{path}: {NOT_LOADABLE}")
+    if isinstance(e, pth_reader.NotTorch):
+        return PortError(
+            f"{path}: not a loadable torch state_dict ({e}); expected a file written by "
+            "torch.save(model.state_dict(), FILE)"
+        )
+    return PortError(f"{path}: truncated or corrupted torch file ({e}); download or copy it again")
+
+
+def _read_legacy_pth(path: Path) -> Any:
+    """torch's format before 1.6 (one pickle stream, not a zip): ``torch.load`` only."""
+    try:  # its magic number first: a plain pickle, or one naming code, needs no torch to refuse
+        if not pth_reader.legacy_magic_ok(path):
+            raise PortError(
+                f"{path}: not a torch.save file (a plain pickle, or another format); expected "
+                "a file written by torch.save(model.state_dict(), FILE)"
+            )
+    except pth_reader.PthError as e:
+        raise _pth_error(path, e) from None
     try:
         import torch
-    except ImportError as e:
+    except ImportError:
         raise PortError(
-            f"{path}: reading .pth needs torch (pip install 'medft-jax[port]'), "
-            "or convert the file to .safetensors"
-        ) from e
+            f"{path}: a legacy .pth (torch.save before torch 1.6) needs torch to read (pip "
+            "install 'medft-jax[port]'); or re-save it where torch is: torch.save(torch.load("
+            "FILE, weights_only=True), NEW), or convert it to .safetensors"
+        ) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise PortError(
-                f"{path}: not a loadable torch state_dict (it holds pickled objects other than "
-                "tensors, refused by weights_only=True: a whole model saved with "
-                "torch.save(model)?); re-save it with torch.save(model.state_dict(), FILE)"
-            ) from None
+            raise PortError(f"{path}: {NOT_LOADABLE}") from None
         raise PortError(
             f"{path}: truncated or corrupted torch file ({_first_line(e)}); download or copy "
             "it again"
@@ -207,45 +267,36 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
                 f"{path}: not a torch.save file (a plain pickle, or another format); expected "
                 "a file written by torch.save(model.state_dict(), FILE)"
             ) from None
-        if isinstance(e, EOFError) or not zipfile.is_zipfile(path):  # a legacy pickle cut short
-            raise PortError(
-                f"{path}: truncated or corrupted torch file ({_first_line(e)}); download or "
-                "copy it again"
-            ) from None
-        raise PortError(
-            f"{path}: not a loadable torch state_dict ({_first_line(e)}); expected a file "
-            "written by torch.save(model.state_dict(), FILE)"
-        ) from e
-    obj = _unwrap(obj, path)
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        first = (
-            next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
-            if isinstance(obj, Mapping)
+        raise PortError(  # a legacy pickle cut short
+            f"{path}: truncated or corrupted torch file ({_first_line(e)}); download or "
+            "copy it again"
+        ) from None
+    return _tensors_of_torch(obj, torch)
+
+
+def _tensors_of_torch(obj: Any, torch: Any) -> Any:
+    """``torch.load``'s tensors (in nested dicts) as :class:`pth_reader.Tensor`, as the zip
+    reader gives them, so that both formats are checked by the same code."""
+    if isinstance(obj, torch.Tensor):
+        kind = (
+            "meta (no data)"
+            if obj.is_meta
+            else "quantized"
+            if obj.is_quantized
+            else f"{str(obj.layout).removeprefix('torch.')} layout"
+            if obj.layout != torch.strided
             else None
         )
-        which = f" ({first!r} is a {type(obj[first]).__name__})" if first is not None else ""
-        raise PortError(f"{path}: expected a state_dict (a mapping of names to tensors){which}")
-    out = {}
-    for key, tensor in obj.items():
-        if not isinstance(key, str):
-            raise PortError(f"{path}: key {key!r} is not a name; expected a state_dict")
-        if tensor.is_meta or tensor.layout != torch.strided or tensor.is_quantized:
-            kind = (
-                "meta (no data)"
-                if tensor.is_meta
-                else "quantized"
-                if (tensor.is_quantized)
-                else f"{str(tensor.layout).removeprefix('torch.')} layout"
-            )
-            raise PortError(f"{path}: key {key!r} is a {kind} tensor, expected a dense float32 one")
+        dtype = str(obj.dtype).removeprefix("torch.")
+        if kind is not None:
+            return pth_reader.Tensor(None, dtype, kind)
         try:
-            out[key] = tensor.detach().cpu().numpy()
+            return pth_reader.Tensor(obj.detach().cpu().resolve_conj().resolve_neg().numpy(), dtype)
         except TypeError:  # bfloat16 and other dtypes numpy has no type for
-            raise PortError(
-                f"{path}: key {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')}, "
-                "expected float32"
-            ) from None
-    return out
+            return pth_reader.Tensor(None, dtype)
+    if isinstance(obj, Mapping):
+        return type(obj)((k, _tensors_of_torch(v, torch)) for k, v in obj.items())
+    return obj
 
 
 def _first_line(e: BaseException) -> str:

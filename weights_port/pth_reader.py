@@ -1,0 +1,514 @@
+"""Reads ``torch.save`` files (torch >= 1.6, a zip archive) without torch and without
+ever running pickled code.
+
+A ``.pth`` written by ``torch.save`` is a zip archive::
+
+    <prefix>/data.pkl        the object, pickled; tensors refer to storages by key
+    <prefix>/data/<key>      each storage's raw bytes
+    <prefix>/byteorder       "little" or "big" (absent in old files: little)
+    <prefix>/version ...     not needed to read it
+
+``data.pkl`` is read by :class:`_Unpickler`, a pure-Python unpickler that
+resolves only the globals of :data:`_ALLOWED` (``collections.OrderedDict``,
+torch's tensor rebuild functions, storage types, dtypes and layouts), each to
+a function or marker of this module: torch is never imported and no other
+global is ever looked up. ``REDUCE`` calls only those functions, ``BUILD``
+only sets the state of a dict (a state_dict's ``_metadata``, dropped), and
+objects cannot be made any other way (``NEWOBJ``, ``INST``, ``OBJ`` are
+refused). A persistent id must be ``('storage', storage type, key, location,
+numel)``. Anything else raises :class:`Refused`.
+
+Tensors come back as :class:`Tensor`: a C-contiguous numpy copy of what
+``torch.load(..., weights_only=True)`` gives (offset, strides, byte order and
+the neg/conj bits applied), bounds-checked against its storage; a dtype numpy
+has no type for (bfloat16), or a meta, quantized or sparse tensor, comes back
+without an array, saying what it is. A file that is cut short, or a tensor
+that reaches past its storage, raises :class:`Corrupt`.
+
+torch's legacy format (before 1.6, one pickle stream, not a zip) is not read
+here; :func:`legacy_magic_ok` only tells it apart from a plain pickle.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+import zipfile
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class PthError(Exception):
+    """A ``.pth`` this module does not read; the text is one line of detail."""
+
+
+class Refused(PthError):
+    """The pickle holds something other than tensors and plain containers."""
+
+
+class Corrupt(PthError):
+    """The file is cut short or inconsistent (a tensor past its storage)."""
+
+
+class NotTorch(PthError):
+    """A zip archive that ``torch.save`` did not write."""
+
+
+class Tensor:
+    """A tensor read from a ``.pth``.
+
+    ``array`` is its values (C-contiguous, native byte order), or None when
+    numpy has no type for ``dtype`` (torch's name without ``torch.``:
+    ``bfloat16``) or when ``kind`` says it holds no dense data (``"meta (no
+    data)"``, ``"quantized"``, ``"sparse_coo layout"``).
+    """
+
+    __slots__ = ("array", "dtype", "kind")
+
+    def __init__(self, array: np.ndarray | None, dtype: str, kind: str | None = None):
+        self.array = array
+        self.dtype = dtype
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        shape = None if self.array is None else self.array.shape
+        return f"Tensor(dtype={self.dtype}, shape={shape}, kind={self.kind})"
+
+
+ITEMSIZE = {
+    "float32": 4,
+    "float64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+    "complex64": 8,
+    "complex128": 16,
+    "complex32": 4,
+    "uint16": 2,
+    "uint32": 4,
+    "uint64": 8,
+    "float8_e4m3fn": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1,
+    "float4_e2m1fn_x2": 1,
+    "quint8": 1,
+    "qint8": 1,
+    "qint32": 4,
+    "quint4x2": 1,
+    "quint2x4": 1,
+}
+"""Bytes per element of each torch dtype (by its name) that a ``.pth`` may hold."""
+
+_NUMPY = {
+    name: np.dtype(name)
+    for name in (
+        "float32",
+        "float64",
+        "float16",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "uint8",
+        "bool",
+        "complex64",
+        "complex128",
+        "uint16",
+        "uint32",
+        "uint64",
+    )
+}
+"""The torch dtypes numpy has a type for; the others come back without an array."""
+
+_STORAGE_DTYPES = {
+    "FloatStorage": "float32",
+    "DoubleStorage": "float64",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
+    "QUInt8Storage": "quint8",
+    "QInt8Storage": "qint8",
+    "QInt32Storage": "qint32",
+    "QUInt4x2Storage": "quint4x2",
+    "QUInt2x4Storage": "quint2x4",
+}
+"""torch's typed storage classes, as ``torch.save`` names them in a persistent id."""
+
+_LAYOUTS = ("strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc")
+_QSCHEMES = (
+    "per_tensor_affine",
+    "per_channel_affine",
+    "per_tensor_symmetric",
+    "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
+)
+
+_MAX_EXPANDED_BYTES = 1 << 30
+"""A tensor with more elements than its storage (stride 0) is copied up to this size."""
+
+
+class _Marker:
+    """What a whitelisted torch global that is no function stands for (a dtype, a storage
+    type, a layout): a name, never callable, never built."""
+
+    __slots__ = ("name", "torch_type")
+
+    def __init__(self, torch_type: str, name: str):
+        self.torch_type = torch_type
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
+
+
+class _StorageType(_Marker):
+    __slots__ = ("dtype",)
+
+    def __init__(self, name: str, dtype: str):
+        super().__init__("type", name)
+        self.dtype = dtype
+
+
+class _Storage:
+    """A storage's bytes and the dtype its persistent id gave it (``uint8`` when untyped)."""
+
+    __slots__ = ("data", "dtype", "member", "order", "torch_type")
+
+    def __init__(self, data: memoryview, dtype: str, member: str, order: str, torch_type: str):
+        self.data = data
+        self.dtype = dtype
+        self.member = member
+        self.order = order  # the archive's byte order: "little" or "big"
+        self.torch_type = torch_type
+
+
+def type_name(value: Any) -> str:
+    """The type of something read from a ``.pth``, as torch would name it."""
+    if isinstance(value, Tensor):
+        return "Tensor"
+    return getattr(value, "torch_type", None) or type(value).__name__
+
+
+# --- the functions the whitelisted rebuild globals stand for ---------------------------------
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise Corrupt(f"a tensor's {what} is {value!r}, expected a count")
+    return value
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) not in (tuple, list):
+        raise Corrupt(f"a tensor's {what} is {type(value).__name__}, expected a tuple")
+    return tuple(_int(v, what) for v in value)
+
+
+def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str, metadata: Any) -> Tensor:
+    if not isinstance(storage, _Storage):
+        raise Corrupt(f"a tensor's storage is a {type_name(storage)}")
+    offset, size, stride = _int(offset, "offset"), _ints(size, "size"), _ints(stride, "stride")
+    if len(size) != len(stride):
+        raise Corrupt(f"a tensor of size {size} has strides {stride}")
+    itemsize = ITEMSIZE[dtype]
+    available = len(storage.data) // itemsize
+    count = math.prod(size)
+    if count:
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+        if last >= available:
+            raise Corrupt(
+                f"a {dtype} tensor of size {size} (offset {offset}, strides {stride}) reaches "
+                f"past its storage {storage.member!r} of {available} elements"
+            )
+        if count > available and count * itemsize > _MAX_EXPANDED_BYTES:
+            raise Corrupt(
+                f"a {dtype} tensor of size {size} expands its storage {storage.member!r} of "
+                f"{available} elements past {_MAX_EXPANDED_BYTES >> 30} GiB"
+            )
+    flags = _metadata(metadata)
+    np_dtype = _NUMPY.get(dtype)
+    if np_dtype is None:
+        return Tensor(None, dtype)
+    if not count:
+        return Tensor(np.zeros(size, np_dtype), dtype)
+    stored = np_dtype.newbyteorder("<" if storage.order == "little" else ">")
+    base = np.frombuffer(storage.data, dtype=stored, count=available)
+    view = np.lib.stride_tricks.as_strided(
+        base[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
+    )
+    array = np.array(view, dtype=np_dtype, order="C", copy=True)
+    if flags.get("neg"):
+        np.negative(array, out=array)
+    if flags.get("conj"):
+        np.conjugate(array, out=array)
+    return Tensor(array, dtype)
+
+
+def _metadata(metadata: Any) -> dict[str, bool]:
+    """The neg/conj bits ``torch.save`` adds to a tensor that has them."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(
+        k in ("neg", "conj") and type(v) is bool for k, v in metadata.items()
+    ):
+        raise Refused(f"tensor metadata {metadata!r}")
+    return metadata
+
+
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None
+):
+    dtype = storage.dtype if isinstance(storage, _Storage) else "uint8"
+    return _tensor(storage, storage_offset, size, stride, dtype, metadata)
+
+
+def _rebuild_tensor_v3(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+):
+    if not isinstance(dtype, _Marker) or dtype.torch_type != "dtype":
+        raise Corrupt(f"a tensor's dtype is a {type_name(dtype)}")
+    return _tensor(storage, storage_offset, size, stride, dtype.name, metadata)
+
+
+def _tensor_arg(data: Any) -> Tensor:
+    if not isinstance(data, Tensor):
+        raise Corrupt(f"a parameter holds a {type_name(data)}, not a tensor")
+    return data
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks):
+    return _tensor_arg(data)
+
+
+def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
+    return _tensor_arg(data)  # the state: Python attributes set on the parameter
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    """A tensor with Python attributes (``t.note = ...``): the tensor, attributes dropped."""
+    known = any(func is f for f in _REBUILDS)
+    if not (known and isinstance(new_type, _Marker) and new_type.name in _TYPES):
+        raise Refused(f"_rebuild_from_type_v2 of {new_type!r}")
+    if type(args) is not tuple:
+        raise Corrupt("_rebuild_from_type_v2 without an argument tuple")
+    return _tensor_arg(func(*args))
+
+
+def _rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad):
+    return Tensor(None, getattr(dtype, "name", "?"), kind="meta (no data)")
+
+
+def _rebuild_qtensor(storage, *args):
+    return Tensor(None, getattr(storage, "dtype", "?"), kind="quantized")
+
+
+def _rebuild_sparse_tensor(layout, data):
+    name = layout.name if isinstance(layout, _Marker) else "sparse"
+    return Tensor(None, "?", kind=f"{name} layout")
+
+
+def _rebuild_sparse_csr_tensor(layout, data):  # torch 1.x's name for the same
+    return _rebuild_sparse_tensor(layout, data)
+
+
+def _get_layout(name):
+    layout = name.removeprefix("torch.") if isinstance(name, str) else None
+    if layout not in _LAYOUTS:
+        raise Refused(f"layout {name!r}")
+    return _MARKERS["torch", layout]
+
+
+def _size(sizes=()):
+    return _ints(sizes, "size")
+
+
+_REBUILDS = {
+    _rebuild_tensor_v2,
+    _rebuild_tensor_v3,
+    _rebuild_parameter,
+    _rebuild_parameter_with_state,
+    _rebuild_from_type_v2,
+    _rebuild_meta_tensor_no_storage,
+    _rebuild_qtensor,
+    _rebuild_sparse_tensor,
+    _rebuild_sparse_csr_tensor,
+}
+_TYPES = ("Tensor", "Parameter")
+
+_MARKERS: dict[tuple[str, str], _Marker] = {
+    **{("torch", n): _StorageType(n, d) for n, d in _STORAGE_DTYPES.items()},
+    ("torch", "UntypedStorage"): _StorageType("UntypedStorage", "uint8"),
+    ("torch.storage", "UntypedStorage"): _StorageType("UntypedStorage", "uint8"),
+    **{("torch", n): _Marker("dtype", n) for n in ITEMSIZE},
+    **{("torch", n): _Marker("layout", n) for n in _LAYOUTS},
+    **{("torch", n): _Marker("qscheme", n) for n in _QSCHEMES},
+    ("torch", "Tensor"): _Marker("type", "Tensor"),
+    ("torch.nn.parameter", "Parameter"): _Marker("type", "Parameter"),
+}
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch", "Size"): _size,
+    ("torch.serialization", "_get_layout"): _get_layout,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    **{("torch._utils", f.__name__): f for f in _REBUILDS if f is not _rebuild_from_type_v2},
+    **_MARKERS,
+}
+"""Every global a ``.pth`` may name, and what it stands for here."""
+
+_CALLABLE = frozenset(map(id, (OrderedDict, _size, _get_layout, *_REBUILDS)))
+"""What ``REDUCE`` may call (by identity)."""
+
+
+class _Unpickler(pickle._Unpickler):
+    """The pure-Python unpickler, restricted: see the module docstring.
+
+    ``allowed`` is the whitelist (empty: no global at all); ``zip_file`` and
+    ``prefix`` give the storages of a ``torch.save`` archive.
+    """
+
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
+
+    def __init__(
+        self,
+        file: Any,
+        allowed: dict[tuple[str, str], Any],
+        zip_file: zipfile.ZipFile | None = None,
+        prefix: str = "",
+        order: str = "little",
+    ):
+        super().__init__(file, encoding="utf-8")
+        self._allowed = allowed
+        self._zip = zip_file
+        self._prefix = prefix
+        self._order = order
+        self._storages: dict[str, _Storage] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[module, name]
+        except (KeyError, TypeError):
+            raise Refused(f"global {module}.{name}") from None
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
+            raise Refused(f"persistent id {pid!r}")
+        _, storage_type, key, location, numel = pid
+        if not isinstance(storage_type, _StorageType) or self._zip is None:
+            raise Refused(f"persistent id {pid!r}")
+        if type(key) is not str or type(location) is not str or type(numel) is not int:
+            raise Corrupt(f"persistent id {pid!r}")
+        if key in self._storages:  # as torch.load: one storage per key, however often named
+            return self._storages[key]
+        member = f"{self._prefix}/data/{key}"
+        try:
+            data = self._zip.read(member)
+        except KeyError:
+            raise Corrupt(f"no member {member!r}") from None
+        need = numel * ITEMSIZE[storage_type.dtype]
+        if numel < 0 or len(data) < need:
+            raise Corrupt(f"member {member!r} holds {len(data)} bytes, its storage {need}")
+        storage = _Storage(
+            memoryview(data)[:need], storage_type.dtype, member, self._order, storage_type.name
+        )
+        self._storages[key] = storage
+        return storage
+
+    def load_reduce(self) -> None:
+        args = self.stack.pop()
+        func = self.stack[-1]
+        if id(func) not in _CALLABLE:
+            raise Refused(f"a call of {type_name(func)}")
+        if type(args) is not tuple:
+            raise Corrupt("a call without an argument tuple")
+        self.stack[-1] = func(*args)
+
+    def load_build(self) -> None:
+        state = self.stack.pop()
+        if not (isinstance(self.stack[-1], dict) and isinstance(state, dict)):
+            raise Refused(f"setting the state of a {type_name(self.stack[-1])}")
+        # A state_dict's `_metadata` (module versions): not needed, dropped.
+
+    def load_refused(self) -> None:
+        raise Refused("an object built by NEWOBJ, INST or OBJ")
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.BUILD[0]] = load_build
+    for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
+        dispatch[_op[0]] = load_refused
+    del _op
+
+
+def _unpickle(file: Any, allowed: dict, zip_file=None, prefix: str = "", order="little") -> Any:
+    try:
+        return _Unpickler(file, allowed, zip_file, prefix, order).load()
+    except PthError:
+        raise
+    except (zipfile.BadZipFile, zlib.error) as e:
+        raise Corrupt(f"corrupted zip archive: {_first_line(e)}") from None
+    except RecursionError:
+        raise Corrupt("its pickle nests too deep") from None
+    except Exception as e:  # a pickle cut short or garbled: EOFError, KeyError, struct.error...
+        raise Corrupt(f"unreadable pickle: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load(path: str | Path) -> Any:
+    """What ``torch.load(path, weights_only=True)`` returns, with :class:`Tensor` for tensors.
+
+    Raises :class:`Refused`, :class:`Corrupt` or :class:`NotTorch`.
+    """
+    try:
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise Corrupt(f"unreadable zip archive: {_first_line(e)}") from None
+    with z:
+        names = z.namelist()
+        # As torch: the first member's folder is the archive's prefix, whatever its name.
+        prefix = names[0].split("/", 1)[0] if names and "/" in names[0] else None
+        if prefix is None or f"{prefix}/data.pkl" not in names:
+            raise NotTorch("a zip archive without torch.save's data.pkl")
+        order = "little"
+        if f"{prefix}/byteorder" in names:
+            order = z.read(f"{prefix}/byteorder").decode("ascii", "replace")
+            if order not in ("little", "big"):
+                raise Corrupt(f"unknown byte order {order[:20]!r}")
+        return _unpickle(io.BytesIO(z.read(f"{prefix}/data.pkl")), _ALLOWED, z, prefix, order)
+
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+"""The number torch's legacy (pre-1.6) format pickles first."""
+
+
+def legacy_magic_ok(path: str | Path) -> bool:
+    """Whether a non-zip file starts as torch's legacy format does (its magic number).
+
+    The first pickle is read with no global allowed: :class:`Refused` for one
+    that names any (pickled code, as ``torch.load(weights_only=True)`` refuses
+    it), :class:`Corrupt` for one cut short.
+    """
+    with open(path, "rb") as f:  # read up to the first pickle's STOP only
+        magic = _unpickle(f, {})
+    return type(magic) is int and magic == LEGACY_MAGIC
