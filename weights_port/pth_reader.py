@@ -448,11 +448,18 @@ class _Unpickler(pickle._Unpickler):
             raise Refused(f"setting the state of a {type_name(self.stack[-1])}")
         # A state_dict's `_metadata` (module versions): not needed, dropped.
 
+    def load_global(self) -> None:
+        module, name = self.readline(), self.readline()
+        if not (module.endswith(b"\n") and name.endswith(b"\n")):  # not a name cut short
+            raise EOFError("the pickle ends inside a global's name")
+        self.append(self.find_class(module[:-1].decode("utf-8"), name[:-1].decode("utf-8")))
+
     def load_refused(self) -> None:
         raise Refused("an object built by NEWOBJ, INST or OBJ")
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.GLOBAL[0]] = load_global
     for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
         dispatch[_op[0]] = load_refused
     del _op

@@ -1,0 +1,397 @@
+"""The torch-free ``.pth`` reader: what it reads equals ``torch.load(weights_only=True)`` bit
+for bit, it needs no torch, and it never runs pickled code."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.torch_ref import random_torchvision, torch
+from weights_port import pth_reader
+from weights_port.keymap import PortError
+from weights_port.state_io import NOT_LOADABLE, STATE_DICT_KEYS, read_state_dict
+
+FAST_TESTS_GROUP = "torch"  # see tests/conftest.py
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torch_load(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_bit_equal(ours: dict, theirs: dict) -> None:
+    """Same keys in the same order, and per key the same dtype, shape and bytes."""
+    assert list(ours) == list(theirs)
+    for key, tensor in theirs.items():
+        want = tensor.detach().resolve_conj().resolve_neg().numpy()
+        got = ours[key]
+        assert isinstance(got, np.ndarray), key
+        assert (got.dtype, got.shape) == (want.dtype, want.shape), key
+        assert got.tobytes() == np.ascontiguousarray(want).tobytes(), key
+        assert got.flags.c_contiguous and got.flags.writeable, key
+
+
+def saved(path: Path, obj, **kwargs) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(obj, path, **kwargs)
+    return path
+
+
+# --- equal to torch.load ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arch",
+    ["resnet50", "densenet121", pytest.param("vgg19", marks=pytest.mark.slow)],
+)
+def test_torchvision_state_dicts_read_as_torch_loads_them(arch, tmp_path):
+    path = saved(tmp_path / f"{arch}.pth", random_torchvision(arch, 10, seed=2).state_dict())
+    assert_bit_equal(read_state_dict(path), torch_load(path))
+
+
+@pytest.mark.parametrize("key", STATE_DICT_KEYS)
+def test_a_training_checkpoint_is_unwrapped_as_torch_loads_it(key, tmp_path):
+    """{'model': sd, 'optimizer': ..., 'epoch': 3}: the optimizer's state (tensors, param
+    groups of floats, tuples, None) is read too, then left."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.ones(2, 3, 5, 5)).sum().backward()
+    optimizer.step()
+    checkpoint = {key: model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 3}
+    path = saved(tmp_path / "ckpt.pth", checkpoint)
+    assert_bit_equal(read_state_dict(path), torch_load(path)[key])
+
+
+def test_views_read_as_torch_loads_them(tmp_path):
+    """Non-contiguous tensors, several sharing one storage at offsets, expanded, with
+    the neg bit, parameters, and tensors carrying Python attributes."""
+    base = torch.randn(6, 8)
+    marked = torch.randn(3)
+    marked.note = "an attribute"  # pickled through torch._tensor._rebuild_from_type_v2
+    param = torch.nn.Parameter(torch.randn(2, 2))
+    param.note = 1  # through torch._utils._rebuild_parameter_with_state
+    state = {
+        "transposed": base.t(),
+        "sliced": base[1:5:2, 3:],
+        "row": base[4],
+        "flat_offset": base.view(-1)[13:29],
+        "column": base[:, 5],
+        "expanded": torch.randn(3, 1).expand(3, 4),
+        "channels_last": torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last),
+        "negated": torch.randn(4)._neg_view(),
+        "parameter": torch.nn.Parameter(torch.randn(3)),
+        "parameter_with_state": param,
+        "marked": marked,
+        "num_batches_tracked": torch.tensor(7),
+    }
+    path = saved(tmp_path / "views.pth", state)
+    with zipfile.ZipFile(path) as z:  # the views share their storage: one member for them all
+        assert sum("/data/" in n for n in z.namelist()) < len(state)
+    assert_bit_equal(read_state_dict(path), torch_load(path))
+
+
+def test_every_dtype_scalars_and_empty_tensors_read_as_torch_loads_them(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    floats = torch.randn(3, 4, generator=g) * 100
+    state = {
+        "float32": floats,
+        "float64": floats.double(),
+        "float16": floats.half(),
+        "int64": torch.randint(-(2**62), 2**62, (5,), generator=g),
+        "int32": torch.randint(-(2**31), 2**31 - 1, (5,), generator=g, dtype=torch.int32),
+        "int16": torch.randint(-(2**15), 2**15 - 1, (5,), generator=g, dtype=torch.int16),
+        "int8": torch.randint(-128, 127, (2, 3), generator=g, dtype=torch.int8),
+        "uint8": torch.randint(0, 255, (7,), generator=g, dtype=torch.uint8),
+        "bool": torch.rand(6, generator=g) > 0.5,
+        "complex64": torch.randn(3, dtype=torch.complex64, generator=g),
+        "conj": torch.randn(3, dtype=torch.complex64, generator=g).conj(),
+        "scalar_float": torch.tensor(2.5),
+        "scalar_int": torch.tensor(7),
+        "scalar_bool": torch.tensor(True),
+        "empty": torch.empty(0),
+        "empty_2d": torch.empty(0, 5, dtype=torch.int32),
+        "empty_sliced": torch.arange(5.0)[5:],
+    }
+    for name in ("uint16", "uint32", "uint64"):  # torch >= 2.3
+        if hasattr(torch, name):
+            state[name] = torch.arange(9).to(getattr(torch, name))
+    path = saved(tmp_path / "dtypes.pth", state)
+    assert_bit_equal(read_state_dict(path), torch_load(path))
+
+
+def test_a_big_endian_file_reads_as_torch_loads_it(tmp_path):
+    """torch.save writes the machine's byte order and names it in `byteorder`."""
+    little = saved(tmp_path / "little.pth", {"w": torch.randn(3, 5).double(), "n": torch.tensor(3)})
+    big = tmp_path / "big.pth"
+    with zipfile.ZipFile(little) as src, zipfile.ZipFile(big, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/byteorder"):
+                data = b"big"
+            elif "/data/" in info.filename:
+                data = np.frombuffer(data, "<i8").astype(">i8").tobytes()  # both 8-byte types
+            dst.writestr(info, data)
+    assert_bit_equal(read_state_dict(big), torch_load(big))
+    assert_bit_equal(read_state_dict(big), torch_load(little))
+
+
+def test_what_numpy_cannot_hold_is_named_as_the_torch_path_named_it(tmp_path):
+    cases = {
+        "bf16": (torch.ones(2, dtype=torch.bfloat16), "has dtype bfloat16, expected float32"),
+        "half_complex": (torch.ones(2, dtype=torch.complex32), "has dtype complex32, expected"),
+        "csr": (torch.eye(3).to_sparse_csr(), "is a sparse_csr layout tensor, expected a dense"),
+        "quantized": (
+            torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.quint8),
+            "is a quantized tensor, expected a dense float32 one",
+        ),
+    }
+    if hasattr(torch, "float8_e4m3fn"):
+        cases["fp8"] = (torch.ones(2).to(torch.float8_e4m3fn), "has dtype float8_e4m3fn, expec")
+    for name, (tensor, message) in cases.items():
+        path = saved(tmp_path / f"{name}.pth", {"fc.weight": tensor})
+        with pytest.raises(PortError, match=rf"^{path}: key 'fc.weight' {message}"):
+            read_state_dict(path)
+
+
+# --- no torch needed --------------------------------------------------------------------------
+
+
+_NO_TORCH = """
+import json, sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "torchvision"):
+            raise ImportError(f"import of {name} blocked by the test")
+
+sys.meta_path.insert(0, NoTorch())
+from weights_port.state_io import read_state_dict
+
+state = read_state_dict(sys.argv[1])
+assert "torch" not in sys.modules and "torchvision" not in sys.modules, "torch was imported"
+print(json.dumps({k: [str(v.dtype), list(v.shape), v.tobytes().hex()] for k, v in state.items()}))
+"""
+
+
+def test_a_pth_is_read_where_torch_cannot_be_imported(tmp_path):
+    state = {"conv.weight": torch.randn(4, 3, 3, 3).permute(0, 2, 3, 1), "n": torch.tensor(5)}
+    path = saved(tmp_path / "m.pth", {"model": state, "epoch": 3})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, str(path)], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    import json
+
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    want = {k: v.contiguous().numpy() for k, v in state.items()}
+    assert got == {k: [str(v.dtype), list(v.shape), v.tobytes().hex()] for k, v in want.items()}
+
+
+def test_without_torch_a_zip_is_read_and_a_legacy_file_refused_in_one_line(tmp_path, monkeypatch):
+    path = saved(tmp_path / "m.pth", {"w": torch.arange(4.0)})
+    legacy = saved(tmp_path / "legacy.pth", {"w": torch.arange(4.0)}, **_LEGACY)
+    for name in ("torch", "torchvision"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import torch` raises ImportError
+    np.testing.assert_array_equal(read_state_dict(path)["w"], [0.0, 1.0, 2.0, 3.0])
+    with pytest.raises(PortError) as refused:
+        read_state_dict(legacy)
+    assert str(refused.value).startswith(f"{legacy}: a legacy .pth (torch.save before torch 1.6)")
+    assert "torch.save(torch.load(FILE, weights_only=True), NEW)" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    # A plain pickle is still named as one, and pickled code refused, without torch.
+    (tmp_path / "plain.pth").write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00aK\x01s.")
+    with pytest.raises(PortError, match=r"plain\.pth: not a torch\.save file \(a plain pickle"):
+        read_state_dict(tmp_path / "plain.pth")
+    target = tmp_path / "pwned"
+    (tmp_path / "evil.pth").write_bytes(_call(b"cos\nsystem\n", f"touch {target}"))
+    with pytest.raises(PortError) as refused:
+        read_state_dict(tmp_path / "evil.pth")
+    assert str(refused.value) == f"{tmp_path / 'evil.pth'}: {NOT_LOADABLE}"
+    assert not target.exists()
+
+
+_LEGACY = {"_use_new_zipfile_serialization": False}
+
+
+# --- never runs pickled code ------------------------------------------------------------------
+
+
+def _str(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _int(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)
+
+
+def _tuple(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def _global(module: str, name: str) -> bytes:
+    return f"c{module}\n{name}\n".encode()
+
+
+def _call(func: bytes, arg: str) -> bytes:
+    """A protocol-2 pickle of ``func(arg)``."""
+    return b"\x80\x02" + func + _str(arg) + b"\x85R."
+
+
+def _tensor(key: str, numel: int, offset: int, size, stride, storage="FloatStorage") -> bytes:
+    """The opcodes torch.save writes for one tensor (torch._utils._rebuild_tensor_v2)."""
+    pid = _tuple(_str("storage"), _global("torch", storage), _str(key), _str("cpu"), _int(numel))
+    hooks = _global("collections", "OrderedDict") + b")R"
+    sizes, strides = _tuple(*map(_int, size)), _tuple(*map(_int, stride))
+    args = _tuple(pid + b"Q", _int(offset), sizes, strides, b"\x89", hooks)
+    return _global("torch._utils", "_rebuild_tensor_v2") + args + b"R"
+
+
+def _state(*items: tuple[str, bytes]) -> bytes:
+    """A protocol-2 pickle of a dict of names to what ``items`` pickle."""
+    return b"\x80\x02}(" + b"".join(_str(k) + v for k, v in items) + b"u."
+
+
+def torch_zip(path: Path, pickled: bytes, storages: dict[str, bytes] | None = None) -> Path:
+    """A zip laid out as torch.save lays it out, around a pickle made by hand."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickled)
+        z.writestr("archive/byteorder", b"little")
+        for key, data in (storages or {}).items():
+            z.writestr(f"archive/data/{key}", data)
+        z.writestr("archive/version", b"3\n")
+    return path
+
+
+def test_the_hand_made_archive_is_what_torch_reads(tmp_path):
+    """The builders below make files torch.load reads: what they refuse is refused for
+    what it holds, not for its layout."""
+    data = np.arange(6, dtype="<f4").tobytes()
+    path = torch_zip(
+        tmp_path / "ok.pth", _state(("w", _tensor("0", 6, 1, (2, 2), (1, 2)))), {"0": data}
+    )
+    assert_bit_equal(read_state_dict(path), torch_load(path))
+    np.testing.assert_array_equal(read_state_dict(path)["w"], [[1, 3], [2, 4]])
+
+
+def _payloads(target: Path) -> dict[str, bytes]:
+    touch = f"touch {target}"
+    evil = _call(_global("os", "system"), touch)
+    stack_global = b"\x80\x04" + _str("os") + _str("system") + b"\x93" + _str(touch) + b"\x85R."
+    opened = f"open({str(target)!r}, 'w')"
+    return {
+        "os.system": evil,
+        "posix.system": _call(_global("posix", "system"), touch),
+        "builtins.eval": _call(_global("builtins", "eval"), opened),
+        "__builtin__.eval": _call(_global("__builtin__", "eval"), opened),
+        "stack_global": stack_global,
+        # Hidden inside a training checkpoint, behind a whole state_dict.
+        "in_a_checkpoint": _state(
+            ("model", b"}" + _str("w") + _tensor("0", 6, 0, (6,), (1,)) + b"s"),
+            ("epoch", _global("os", "system") + _str(touch) + b"\x85R"),
+        ),
+        # OrderedDict is allowed; calling a global it is not allowed is not.
+        "ordered_dict_of_eval": b"\x80\x02"
+        + _global("collections", "OrderedDict")
+        + _global("builtins", "eval")
+        + _str(opened)
+        + b"\x85R\x85R.",
+        # No object may be made but by the allowed functions: not by NEWOBJ, nor BUILD.
+        "newobj": b"\x80\x02" + _global("collections", "OrderedDict") + b")\x81.",
+        "build_on_a_tensor": _state(("w", _tensor("0", 6, 0, (6,), (1,)) + b"}b")),
+        # A persistent id other than ('storage', type, key, location, numel).
+        "persistent_id": b"\x80\x02" + _tuple(_str("module"), _str("os")) + b"Q.",
+        "text_persistent_id": b"\x80\x02Pos.system\n.",
+    }
+
+
+@pytest.mark.parametrize("payload", list(_payloads(Path("x"))))
+def test_pickled_code_is_refused_in_one_line_and_never_run(payload, tmp_path):
+    target = tmp_path / "pwned"
+    storages = {"0": np.arange(6, dtype="<f4").tobytes()}
+    path = torch_zip(tmp_path / "evil.pth", _payloads(target)[payload], storages)
+    with pytest.raises(PortError) as refused:
+        read_state_dict(path)
+    assert str(refused.value) == f"{path}: {NOT_LOADABLE}"
+    assert not target.exists()
+    with pytest.raises(pth_reader.Refused):
+        pth_reader.load(path)
+    assert not target.exists()
+
+
+def test_a_legacy_pickle_naming_code_is_refused_before_torch_sees_it(tmp_path):
+    target = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    path.write_bytes(_call(_global("os", "system"), f"touch {target}"))
+    with pytest.raises(PortError) as refused:
+        read_state_dict(path)
+    assert str(refused.value) == f"{path}: {NOT_LOADABLE}"
+    assert not target.exists()
+
+
+# --- cut short or inconsistent ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("numel", "offset", "size", "stride", "member_bytes"),
+    [
+        (1000, 0, (1000,), (1,), 100),  # the storage member shorter than its numel
+        (6, 0, (7,), (1,), 24),  # a size past the storage
+        (6, 5, (2,), (1,), 24),  # an offset
+        (6, 0, (2, 2), (1, 5), 24),  # a stride
+        (6, 6, (), (), 24),  # a scalar just past the end
+    ],
+)
+def test_a_tensor_past_its_storage_is_one_line(numel, offset, size, stride, member_bytes, tmp_path):
+    data = np.arange(member_bytes // 4, dtype="<f4").tobytes()
+    pickled = _state(("w", _tensor("0", numel, offset, size, stride)))
+    path = torch_zip(tmp_path / "short.pth", pickled, {"0": data})
+    with pytest.raises(PortError) as refused:
+        read_state_dict(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: truncated or corrupted torch file (")
+    assert message.endswith("); download or copy it again") and "\n" not in message
+
+
+def test_a_storage_member_cut_short_is_one_line(tmp_path):
+    """Its CRC rewritten to match (or a zip tool that wrote it short): only the size tells."""
+    whole = saved(tmp_path / "whole.pth", {"w": torch.arange(1000.0)})
+    short = tmp_path / "short.pth"
+    with zipfile.ZipFile(whole) as src, zipfile.ZipFile(short, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, data[:100] if info.filename.endswith("/data/0") else data)
+    with pytest.raises(PortError) as refused:
+        read_state_dict(short)
+    with zipfile.ZipFile(whole) as z:
+        member = next(n for n in z.namelist() if n.endswith("/data/0"))
+    assert str(refused.value) == (
+        f"{short}: truncated or corrupted torch file (member {member!r} holds 100 bytes, its "
+        "storage 4000); download or copy it again"
+    )
+
+
+def test_a_pickle_cut_short_or_a_member_missing_is_one_line(tmp_path):
+    good = _state(("w", _tensor("0", 6, 0, (6,), (1,))))
+    storages = {"0": np.arange(6, dtype="<f4").tobytes()}
+    cuts = [(f"cut{n}.pth", good[:n], storages) for n in range(1, len(good))]
+    for name, pickled, members in [*cuts, ("missing.pth", good, {})]:
+        path = torch_zip(tmp_path / name, pickled, members)
+        with pytest.raises(PortError) as refused:
+            read_state_dict(path)
+        message = str(refused.value)
+        assert message.startswith(f"{path}: truncated or corrupted torch file (")
+        assert "\n" not in message
