@@ -29,7 +29,8 @@ def _port_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--torch-weights",
         metavar="FILE",
-        help="torchvision state_dict (.pth, loaded with weights_only=True, or .safetensors)",
+        help="torchvision state_dict (.pth or .safetensors; read without torch, running no "
+        "pickled code)",
     )
     src.add_argument(
         "--download",

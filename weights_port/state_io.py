@@ -1,16 +1,23 @@
 """Reading and writing torchvision state_dicts without ever running pickled code.
 
-``.pth`` files are read with ``torch.load(..., weights_only=True)``, which
-refuses anything but tensors and plain containers; ``.safetensors`` files are
-read with ``safetensors.numpy``, which needs no torch at all.
+Reading needs no torch. A ``.pth`` written by torch >= 1.6 (a zip archive,
+torchvision's files included) is read by :mod:`weights_port.pth_reader`,
+whose unpickler resolves only tensor-rebuilding globals, to functions of its
+own, so a ``.pth`` that names anything else is refused as
+``torch.load(..., weights_only=True)`` refuses it, whether or not torch is
+installed. Only torch's legacy format (before 1.6, not a zip) is read with
+``torch.load(..., weights_only=True)``, and refused in one line where torch
+is missing. ``.safetensors`` files are read with ``safetensors.numpy``.
+Writing a ``.pth`` (an export) needs torch; writing a ``.safetensors`` does
+not.
 
-What is read is checked, not trusted. A ``.pth`` written by torch >= 1.6 is a
-zip archive whose members carry CRC-32s that ``torch.load`` never checks; they
-are verified first, so a damaged download or disk is refused with the member
-named instead of porting silently wrong weights. (A legacy non-zip ``.pth``
-and a ``.safetensors`` file carry no checksum, so only what follows applies
-to them.) Every float tensor must be finite: "non-finite weights in PATH:
-KEY".
+What is read is checked, not trusted. A zip ``.pth``'s members carry CRC-32s
+that ``torch.load`` never checks; they are verified first, so a damaged
+download or disk is refused with the member named instead of porting
+silently wrong weights, and a tensor reaching past its storage is refused as
+a truncated or corrupted file. (A legacy non-zip ``.pth`` and a
+``.safetensors`` file carry no checksum, so only what follows applies to
+them.) Every float tensor must be finite: "non-finite weights in PATH: KEY".
 """
 
 from __future__ import annotations
