@@ -311,6 +311,8 @@ def _payloads(target: Path) -> dict[str, bytes]:
         + b"\x85R\x85R.",
         # No object may be made but by the allowed functions: not by NEWOBJ, nor BUILD.
         "newobj": b"\x80\x02" + _global("collections", "OrderedDict") + b")\x81.",
+        # A global by copyreg extension code (EXT1 1): past find_class, whatever is registered.
+        "extension": b"\x80\x02\x82\x01" + _str(touch) + b"\x85R.",
         "build_on_a_tensor": _state(("w", _tensor("0", 6, 0, (6,), (1,)) + b"}b")),
         # A persistent id other than ('storage', type, key, location, numel).
         "persistent_id": b"\x80\x02" + _tuple(_str("module"), _str("os")) + b"Q.",

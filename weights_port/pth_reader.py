@@ -455,12 +455,22 @@ class _Unpickler(pickle._Unpickler):
         self.append(self.find_class(module[:-1].decode("utf-8"), name[:-1].decode("utf-8")))
 
     def load_refused(self) -> None:
-        raise Refused("an object built by NEWOBJ, INST or OBJ")
+        raise Refused("an object built by NEWOBJ, INST or OBJ, or a copyreg extension")
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.BUILD[0]] = load_build
     dispatch[pickle.GLOBAL[0]] = load_global
-    for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
+    # EXT*: a global by copyreg's registry code, served from a process-wide cache that
+    # another unpickler may have filled, past find_class: never needed by torch.save.
+    for _op in (
+        pickle.NEWOBJ,
+        pickle.NEWOBJ_EX,
+        pickle.INST,
+        pickle.OBJ,
+        pickle.EXT1,
+        pickle.EXT2,
+        pickle.EXT4,
+    ):
         dispatch[_op[0]] = load_refused
     del _op
 
