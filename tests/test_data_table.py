@@ -322,6 +322,17 @@ def test_a_split_or_patient_column_left_without_its_flag_is_refused(tmp_path):
         _table(tmp_path, split_column="Split")
     _, _, splits = _table(tmp_path, split_column="Split", group_column="Patient_ID")
     assert [len(splits[s]) for s in ("train", "val", "test")] == [8, 2, 2]
+    # One blank cell, or a value no split is named, among split names: refused as well (the
+    # whole column was ignored, the user's test images carved into train).
+    for odd in ("", "holdout"):
+        where[3] = odd
+        rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},p{i},{where[i]}" for i in range(12)]
+        _write(tmp_path, "path,label,patient,Split", rows)
+        with pytest.raises(DataError) as err:
+            _table(tmp_path)
+        assert f"column 'Split' holds split names ({odd or '(blank)'}, test, train, val)" in (
+            _one_line(err)
+        )
     # One image per patient, or a 'set' column of other values: nothing to misread.
     rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},p{i},batch{i % 3}" for i in range(12)]
     _write(tmp_path, "path,label,patient,set", rows)

@@ -333,12 +333,15 @@ def _refuse_unused_layout_columns(
     if split_column is None:
         for column in columns:
             values = {row[column].strip().lower() for row in rows}
-            if _squashed(column) in SPLIT_LIKE and values and values <= set(SPLIT_NAMES):
+            # Any split name counts: one blank cell or a 'holdout' row among train/test ones
+            # had the whole column ignored, the user's test images carved into train.
+            if _squashed(column) in SPLIT_LIKE and values & set(SPLIT_NAMES):
+                shown = sorted(v or "(blank)" for v in values)
+                listed = ", ".join(shown[:6]) + (", ..." if len(shown) > 6 else "")
                 raise DataError(
-                    f"{csv_path}: column {column!r} holds split names "
-                    f"({', '.join(sorted(values))}) but --split-column is not given, so the "
-                    "splits would be carved at random instead; pass --split-column "
-                    f"{column} (or rename the column to carve)"
+                    f"{csv_path}: column {column!r} holds split names ({listed}) but "
+                    "--split-column is not given, so the splits would be carved at random "
+                    f"instead; pass --split-column {column} (or rename the column to carve)"
                 )
     if group_column is None:
         for column in columns:
