@@ -207,6 +207,15 @@ def test_label_options_that_contradict_are_refused(tmp_path):
         _table(tmp_path, class_names=["a", "b"], label_columns=["x", "y"])
     names, multilabel, _ = _table(tmp_path, label_columns=["x", "y"])
     assert names == ["x", "y"] and multilabel
+    # A class name given twice, or in two spellings, read as a class without examples.
+    _write(tmp_path, "path,label", [f"imgs/a{i}.png,{'ab'[i % 2]}" for i in range(12)])
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, class_names=["a", "b", "a"])
+    assert _one_line(err) == "class_names names class 'a' twice; one name a class"
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, class_names=["a", "b", "A"])
+    assert _one_line(err).startswith("class_names: class names 'a' and 'A' differ only in case")
+    assert _table(tmp_path, class_names=["b", "a"])[0] == ["b", "a"]  # the order given
 
 
 @pytest.mark.parametrize(

@@ -369,6 +369,12 @@ def check_label_options(
     identical outputs the user never asked for.
     """
     if label_columns is None:
+        if class_names is not None:  # one name twice read as a class with no examples
+            names = [str(c) for c in class_names]
+            twice = next((c for c in names if names.count(c) > 1), None)
+            if twice is not None:
+                raise DataError(f"class_names names class {twice!r} twice; one name a class")
+            refuse_twins(names, lambda name: "class_names")
         return
     if label_column is not None:
         raise DataError(
