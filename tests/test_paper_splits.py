@@ -289,3 +289,33 @@ def test_option_owners_match_the_builders():
     for option, (owner, _) in OPTION_OWNERS.items():
         takers = [n for n in TASK_NAMES if option in builder_class(n).TASK.options]
         assert takers == [owner]
+
+
+def test_one_data_seeds_validation_is_not_the_next_seeds_test():
+    """Test of data seed s + 1 drew from the stream val of seed s draws from: all of seed 0's
+    validation images (which chose its epoch and LR) were in seed 1's test set. Each carve
+    of each seed now has its own stream; seed 0's splits, every default run's, are as they
+    were (test by the hash of 0, val by that of 1)."""
+    from medft_jax.data.examples import Example, carve_stream, standard_splits
+    from medft_jax.data.splits import carve
+
+    examples = [Example(Path(f"{i}.png"), i % 2, f"im{i}") for i in range(1000)]
+    split = {
+        seed: standard_splits(
+            examples, val_fraction=0.1, test_fraction=0.2, seed=seed, stratify=True
+        )
+        for seed in range(4)
+    }
+    ids = {s: {k: {ex.id for ex in v} for k, v in sp.items()} for s, sp in split.items()}
+    for seed in range(3):
+        val, next_test = ids[seed]["val"], ids[seed + 1]["test"]
+        share = len(val & next_test) / len(val)
+        assert 0.1 < share < 0.35, (seed, share)  # chance: 0.2 (was 1.0)
+    # Seed 0 as before: carve with the plain seeds 0 (test) and 1 (val, from the rest).
+    labels = [ex.label for ex in examples]
+    test = carve([ex.id for ex in examples], 0.2, 0, labels=labels)
+    assert ids[0]["test"] == {ex.id for ex, m in zip(examples, test, strict=True) if m}
+    rest = [ex for ex, m in zip(examples, test, strict=True) if not m]
+    val = carve([ex.id for ex in rest], 0.1, 1, labels=[ex.label for ex in rest])
+    assert ids[0]["val"] == {ex.id for ex, m in zip(rest, val, strict=True) if m}
+    assert [carve_stream("test", s) for s in (0, 1)] == [0, "test1"]

@@ -91,7 +91,7 @@ def fraction_for(split: str, value: float | None, given_by: str | None, where: s
 
 
 def carve_examples(
-    examples: Sequence[Example], fraction: float, seed: int, *, stratify: bool
+    examples: Sequence[Example], fraction: float, seed: int | str, *, stratify: bool
 ) -> tuple[list[Example], list[Example]]:
     """``(rest, carved)``: a patient-disjoint, seeded (and stratified) carve."""
     labels = [int(ex.label) for ex in examples] if stratify else None  # type: ignore[arg-type]
@@ -100,6 +100,21 @@ def carve_examples(
         [ex for ex, m in zip(examples, mask, strict=True) if not m],
         [ex for ex, m in zip(examples, mask, strict=True) if m],
     )
+
+
+def carve_stream(split: str, seed: int) -> int | str:
+    """What orders the groups of the ``split`` carve of data seed ``seed``
+    (:func:`medft_jax.data.splits.carve`): val draws from ``seed + 1``, test from ``seed``
+    for seed 0 and from its own tagged stream for every other seed.
+
+    Test of seed ``s + 1`` drew from ``s + 1`` as val of seed ``s`` does: the two carves
+    walked one order, and seed 0's validation images (which chose its epoch and LR) were
+    all in seed 1's test set, for every pair of consecutive seeds (repeated random splits
+    then not independent). Seed 0, every default run's, keeps its splits.
+    """
+    if split == "val":
+        return seed + 1
+    return seed if seed == 0 else f"test{seed}"
 
 
 def carve_checked(
@@ -111,10 +126,11 @@ def carve_checked(
     stratify: bool,
     where: str = "",
 ) -> tuple[list[Example], list[Example]]:
-    """:func:`carve_examples`, refusing a carve that leaves ``split`` or what remains empty
+    """:func:`carve_examples` of ``split`` for data seed ``seed`` (its stream:
+    :func:`carve_stream`), refusing a carve that leaves ``split`` or what remains empty
     (the test carve: less than two images, one to train and one to validate on), in one line
     naming the fraction's flag; an empty split was found later and named no flag."""
-    rest, carved = carve_examples(examples, fraction, seed, stratify=stratify)
+    rest, carved = carve_examples(examples, fraction, carve_stream(split, seed), stratify=stratify)
     need = 2 if split == "test" else 1
     if not carved or len(rest) < need:
         after = " left after the test split" if split == "val" else ""
@@ -138,7 +154,7 @@ def standard_splits(
 ) -> dict[str, list[Example]]:
     """``train``/``val``/``test``: ``test`` given (official) or carved, then ``val`` carved.
 
-    Test is carved with ``seed``, val with ``seed + 1`` from what remains,
+    Test is carved, then val from what remains (their streams: :func:`carve_stream`),
     both disjoint by patient.
     """
     rest = list(train)
@@ -146,7 +162,7 @@ def standard_splits(
         if test_fraction is None:
             raise DataError("no official test split: a test fraction is needed")
         rest, test = carve_checked(rest, "test", test_fraction, seed, stratify=stratify)
-    rest, val = carve_checked(rest, "val", val_fraction, seed + 1, stratify=stratify)
+    rest, val = carve_checked(rest, "val", val_fraction, seed, stratify=stratify)
     return {"train": rest, "val": val, "test": list(test)}
 
 

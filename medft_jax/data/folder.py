@@ -295,7 +295,7 @@ def parse_folder(
             )
         if "val" not in given:
             train, given["val"] = carve_checked(
-                train, "val", fraction["val"], seed + 1, stratify=True, where=str(root)
+                train, "val", fraction["val"], seed, stratify=True, where=str(root)
             )
         given["train"] = train
         return class_names, {s: given[s] for s in SPLIT_DIRS}
@@ -310,5 +310,5 @@ def parse_folder(
     rest, test = carve_checked(
         examples, "test", test_fraction, seed, stratify=True, where=str(root)
     )
-    rest, val = carve_checked(rest, "val", val_fraction, seed + 1, stratify=True, where=str(root))
+    rest, val = carve_checked(rest, "val", val_fraction, seed, stratify=True, where=str(root))
     return class_names, {"train": rest, "val": val, "test": test}

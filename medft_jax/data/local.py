@@ -249,14 +249,15 @@ def _check_some_dicom(root: Path, splits: dict[str, list[Example]]) -> None:
     )
 
 
-LISTING_VERSION = 5
+LISTING_VERSION = 6
 """Bumped whenever the same files can list as other examples, or the signature changes
 form (2: a csv's ids are the resolved path under the root, so ``./a.png`` and ``a.png``
 are one example; folder split folders known by their usual names; 3: the signature
 holds the examples' digest and each file's ctime, and one file listed under two names
 is refused; 4: a carved split stops nearest its quota, not past it; 5: carved groups
-are ordered by a hash of their own name, so an edited folder keeps its splits): a cache built
-under another version is stale."""
+are ordered by a hash of their own name, so an edited folder keeps its splits; 6: the test
+carve of a data seed above 0 draws from its own stream, not from the next seed's val
+stream): a cache built under another version is stale."""
 
 
 def source_of(

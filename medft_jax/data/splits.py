@@ -19,7 +19,7 @@ from medft_jax.data.errors import DataError
 def carve(
     groups: Sequence[str],
     fraction: float,
-    seed: int,
+    seed: int | str,
     *,
     labels: Sequence[int] | None = None,
 ) -> np.ndarray:
@@ -83,7 +83,7 @@ def carve(
     return chosen[inverse]
 
 
-def _hash_order(names: np.ndarray, seed: int) -> np.ndarray:
+def _hash_order(names: np.ndarray, seed: int | str) -> np.ndarray:
     """Indices of ``names`` (unique strings) sorted by sha256 of ``seed`` and the name."""
     keys = [hashlib.sha256(f"{seed}\0{name}".encode()).digest()[:8] for name in names]
     return np.asarray(sorted(range(len(names)), key=keys.__getitem__), dtype=np.int64)

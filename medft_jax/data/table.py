@@ -276,7 +276,7 @@ def parse_table(
             by_split["train"],
             "val",
             fraction["val"],
-            seed + 1,
+            seed,
             stratify=stratify,
             where=str(csv_path),
         )

@@ -83,7 +83,8 @@ def config_name(
     uncertain: str | None,
     split_by: str | None = None,
 ) -> str:
-    """``r256_c224_s0`` (+ ``_vf15`` for a non-default val fraction, ``_uzeros``, ``_byimage``).
+    """``r256_c224_s0`` (+ ``_t2`` for a seed above 0, ``_vf15`` for a non-default val
+    fraction, ``_uzeros``, ``_byimage``).
 
     Defaults add nothing, so variants prepared before an option existed keep their names.
     A fraction of a whole percent is named by it (``vf15``), any other exactly
@@ -92,7 +93,10 @@ def config_name(
     vf = None if val_fraction == 0.1 else _percent_name(val_fraction)
     u = None if uncertain in (None, "ones") else uncertain
     by = None if split_by in (None, "patient") else split_by
-    return variant_name(resize_size, crop_size, s=seed, vf=vf, u=u, by=by)
+    # Seeds above 0 carve test from their own stream since (examples.carve_stream): their
+    # variants prepared before hold other splits, so they are named anew, never read.
+    t = 2 if seed else None
+    return variant_name(resize_size, crop_size, s=seed, t=t, vf=vf, u=u, by=by)
 
 
 def _percent_name(fraction: float) -> str:
