@@ -1,5 +1,5 @@
-"""Reads ``torch.save`` files (torch >= 1.6, a zip archive) without torch and without
-ever running pickled code.
+"""Reads ``torch.save`` files (a zip archive since torch 1.6, torch's legacy format
+before it) without torch and without ever running pickled code.
 
 A ``.pth`` written by ``torch.save`` is a zip archive::
 
@@ -16,7 +16,7 @@ global is ever looked up. ``REDUCE`` calls only those functions, ``BUILD``
 only sets the state of a dict (a state_dict's ``_metadata``, dropped), and
 objects cannot be made any other way (``NEWOBJ``, ``INST``, ``OBJ`` are
 refused). A persistent id must be ``('storage', storage type, key, location,
-numel)``. Anything else raises :class:`Refused`.
+numel)`` (and a view in a legacy file). Anything else raises :class:`Refused`.
 
 Tensors come back as :class:`Tensor`: a C-contiguous numpy copy of what
 ``torch.load(..., weights_only=True)`` gives (offset, strides, byte order and
@@ -25,14 +25,20 @@ has no type for (bfloat16), or a meta, quantized or sparse tensor, comes back
 without an array, saying what it is. A file that is cut short, or a tensor
 that reaches past its storage, raises :class:`Corrupt`.
 
-torch's legacy format (before 1.6, one pickle stream, not a zip) is not read
-here; :func:`legacy_magic_ok` only tells it apart from a plain pickle.
+torch's legacy format (before 1.6, or ``_use_new_zipfile_serialization=False``:
+a sequence of pickles, then the storages' bytes, in one file) is read by
+:func:`load_legacy` with the same unpickler and whitelist (its first three
+pickles allow no global at all), and the same checks; :func:`legacy_magic_ok`
+tells it apart from a plain pickle. torch < 0.4's tensors
+(``torch._utils._rebuild_tensor``, as in torchvision's oldest files) are read
+in both formats, as ``torch.load(weights_only=True)`` reads them.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import pickle
 import zipfile
 import zlib
@@ -189,16 +195,31 @@ class _StorageType(_Marker):
 
 
 class _Storage:
-    """A storage's bytes and the dtype its persistent id gave it (``uint8`` when untyped)."""
+    """A storage's bytes and the dtype its persistent id gave it (``uint8`` when untyped).
 
-    __slots__ = ("data", "dtype", "member", "order", "torch_type")
+    In a legacy file the bytes follow the pickle: ``data`` is None while it is
+    read, ``nbytes`` is what the persistent id declared, and the tensors on the
+    storage wait in ``pending`` for :func:`_fill`.
+    """
 
-    def __init__(self, data: memoryview, dtype: str, member: str, order: str, torch_type: str):
+    __slots__ = ("data", "dtype", "member", "nbytes", "order", "pending", "torch_type")
+
+    def __init__(
+        self,
+        data: memoryview | None,
+        dtype: str,
+        member: str,
+        order: str,
+        torch_type: str,
+        nbytes: int | None = None,
+    ):
         self.data = data
         self.dtype = dtype
         self.member = member
-        self.order = order  # the archive's byte order: "little" or "big"
+        self.order = order  # the byte order of its data: "little" or "big"
         self.torch_type = torch_type
+        self.nbytes = len(data) if data is not None else nbytes
+        self.pending: list[tuple[Tensor, int, tuple, tuple, dict]] = []
 
 
 def type_name(value: Any) -> str:
@@ -230,7 +251,7 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str, metad
     if len(size) != len(stride):
         raise Corrupt(f"a tensor of size {size} has strides {stride}")
     itemsize = ITEMSIZE[dtype]
-    available = len(storage.data) // itemsize
+    available = storage.nbytes // itemsize
     count = math.prod(size)
     if count:
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
@@ -250,8 +271,18 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str, metad
         return Tensor(None, dtype)
     if not count:
         return Tensor(np.zeros(size, np_dtype), dtype)
+    if storage.data is None:  # a legacy file's: its bytes follow the pickle
+        tensor = Tensor(None, dtype)
+        storage.pending.append((tensor, offset, size, stride, flags))
+        return tensor
+    return Tensor(_array(storage, offset, size, stride, dtype, flags), dtype)
+
+
+def _array(storage: _Storage, offset: int, size: tuple, stride: tuple, dtype: str, flags: dict):
+    """A tensor's values: a C-contiguous copy out of its (bounds-checked) storage."""
+    np_dtype, itemsize = _NUMPY[dtype], ITEMSIZE[dtype]
     stored = np_dtype.newbyteorder("<" if storage.order == "little" else ">")
-    base = np.frombuffer(storage.data, dtype=stored, count=available)
+    base = np.frombuffer(storage.data, dtype=stored, count=storage.nbytes // itemsize)
     view = np.lib.stride_tricks.as_strided(
         base[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
     )
@@ -260,7 +291,14 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str, metad
         np.negative(array, out=array)
     if flags.get("conj"):
         np.conjugate(array, out=array)
-    return Tensor(array, dtype)
+    return array
+
+
+def _fill(storage: _Storage) -> None:
+    """The tensors waiting for a legacy storage's bytes, now that ``data`` holds them."""
+    for tensor, offset, size, stride, flags in storage.pending:
+        tensor.array = _array(storage, offset, size, stride, tensor.dtype, flags)
+    storage.pending.clear()
 
 
 def _metadata(metadata: Any) -> dict[str, bool]:
@@ -272,6 +310,12 @@ def _metadata(metadata: Any) -> dict[str, bool]:
     ):
         raise Refused(f"tensor metadata {metadata!r}")
     return metadata
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    """torch < 0.4's tensors (torchvision's oldest files): the dtype is the storage's."""
+    dtype = storage.dtype if isinstance(storage, _Storage) else "uint8"
+    return _tensor(storage, storage_offset, size, stride, dtype, None)
 
 
 def _rebuild_tensor_v2(
@@ -342,6 +386,7 @@ def _size(sizes=()):
 
 
 _REBUILDS = {
+    _rebuild_tensor,
     _rebuild_tensor_v2,
     _rebuild_tensor_v3,
     _rebuild_parameter,
@@ -455,7 +500,9 @@ class _Unpickler(pickle._Unpickler):
         self.append(self.find_class(module[:-1].decode("utf-8"), name[:-1].decode("utf-8")))
 
     def load_refused(self) -> None:
-        raise Refused("an object built by NEWOBJ, INST or OBJ, or a copyreg extension")
+        raise Refused(
+            "an object built by NEWOBJ, INST or OBJ, a copyreg extension or a pickle buffer"
+        )
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.BUILD[0]] = load_build
@@ -470,14 +517,24 @@ class _Unpickler(pickle._Unpickler):
         pickle.EXT1,
         pickle.EXT2,
         pickle.EXT4,
+        # BYTEARRAY8 allocates the length it reads before reading; torch.save never writes
+        # it (nor protocol 5's out-of-band buffers).
+        pickle.BYTEARRAY8,
+        pickle.NEXT_BUFFER,
+        pickle.READONLY_BUFFER,
     ):
         dispatch[_op[0]] = load_refused
     del _op
 
 
 def _unpickle(file: Any, allowed: dict, zip_file=None, prefix: str = "", order="little") -> Any:
+    return _run(_Unpickler(file, allowed, zip_file, prefix, order))
+
+
+def _run(unpickler: _Unpickler) -> Any:
+    """``unpickler.load()``, whatever goes wrong raised as :class:`PthError`."""
     try:
-        return _Unpickler(file, allowed, zip_file, prefix, order).load()
+        return unpickler.load()
     except PthError:
         raise
     except (zipfile.BadZipFile, zlib.error) as e:
@@ -518,6 +575,9 @@ def load(path: str | Path) -> Any:
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 """The number torch's legacy (pre-1.6) format pickles first."""
 
+LEGACY_PROTOCOL = 1001
+"""The legacy format's protocol version, pickled second (the only one torch ever wrote)."""
+
 
 def legacy_magic_ok(path: str | Path) -> bool:
     """Whether a non-zip file starts as torch's legacy format does (its magic number).
@@ -526,6 +586,175 @@ def legacy_magic_ok(path: str | Path) -> bool:
     that names any (pickled code, as ``torch.load(weights_only=True)`` refuses
     it), :class:`Corrupt` for one cut short.
     """
-    with open(path, "rb") as f:  # read up to the first pickle's STOP only
-        magic = _unpickle(f, {})
+    with open(path, "rb") as raw:
+        magic = _unpickle(_Bounded(raw), {})
     return type(magic) is int and magic == LEGACY_MAGIC
+
+
+class _Bounded:
+    """A file whose reads never ask for more than what is left in it: a length read
+    from the file (a pickle's, a storage's) cannot make a huge allocation."""
+
+    def __init__(self, file: Any):
+        self._file = file
+        self.size = os.fstat(file.fileno()).st_size
+
+    def left(self) -> int:
+        return max(self.size - self._file.tell(), 0)
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.left()
+        return self._file.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self._file.readline()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
+class _LegacyUnpickler(_Unpickler):
+    """The object pickle of a legacy file: its storages' bytes come after it, so a
+    persistent id only declares a storage (and a view into it, in torch < 0.4's files);
+    its tensors are bounds-checked against what it declared, then filled by :func:`_fill`.
+    """
+
+    def __init__(self, file: Any):
+        super().__init__(file, _ALLOWED)
+        self.views: dict[str, tuple[_Storage, str, int]] = {}  # key: (view, root key, offset)
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (type(pid) is tuple and len(pid) == 6 and pid[0] == "storage"):
+            raise Refused(f"persistent id {_short(pid)}")  # ('module', class, ...) included
+        _, storage_type, key, location, numel, view = pid
+        if not isinstance(storage_type, _StorageType):
+            raise Refused(f"persistent id {_short(pid)}")
+        if type(key) is not str or type(location) is not str or type(numel) is not int:
+            raise Corrupt(f"persistent id {_short(pid)}")
+        if numel < 0:
+            raise Corrupt(f"storage {key!r} of {numel} elements")
+        root = self._storages.get(key)
+        if root is None:  # as torch.load: the first persistent id of a key declares it
+            itemsize = ITEMSIZE[storage_type.dtype]
+            root = _Storage(
+                None, storage_type.dtype, key, "little", storage_type.name, numel * itemsize
+            )
+            self._storages[key] = root
+        if view is None:
+            return root
+        if not (
+            type(view) is tuple
+            and len(view) == 3
+            and type(view[0]) is str
+            and all(type(n) is int and n >= 0 for n in view[1:])
+        ):
+            raise Corrupt(f"storage view {_short(view)}")
+        view_key, offset, size = view
+        if view_key in self.views:
+            return self.views[view_key][0]
+        itemsize = ITEMSIZE[root.dtype]
+        if (offset + size) * itemsize > root.nbytes:
+            raise Corrupt(
+                f"a view of {size} elements at {offset} into storage {key!r} of "
+                f"{root.nbytes // itemsize} elements"
+            )
+        storage = _Storage(None, root.dtype, view_key, "little", root.torch_type, size * itemsize)
+        self.views[view_key] = (storage, key, offset * itemsize)
+        return storage
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def load_legacy(path: str | Path) -> Any:
+    """:func:`load` for torch's legacy format (``torch.save`` before torch 1.6, or with
+    ``_use_new_zipfile_serialization=False``): not a zip, but a sequence in one file::
+
+        pickle  the magic number (LEGACY_MAGIC)        no global allowed
+        pickle  the protocol version (1001)            no global allowed
+        pickle  sys_info: byte order, type sizes       no global allowed
+        pickle  the object; persistent ids ('storage', storage type, key, location,
+                numel, view) where view is None or (view key, offset, numel)
+        pickle  the storage keys, in the order their bytes follow
+        then per key: an int64 count of elements, then their bytes
+
+    The object pickle is read as a zip's ``data.pkl`` is (same whitelist); a
+    ``('module', ...)`` persistent id (a whole model's classes) is refused.
+    Each storage's count must be what its persistent id declared, and its
+    bytes must be in the file, before anything is read (a lying count
+    allocates nothing). As torch, the bytes are little-endian whatever the
+    writer's machine; the count is the writer's byte order (``sys_info``) in
+    torch < 1.12 and little-endian after, so either must give the declared
+    count. Raises :class:`Refused`, :class:`Corrupt` or :class:`NotTorch`.
+    """
+    with open(path, "rb") as raw:
+        f = _Bounded(raw)
+        magic = _unpickle(f, {})
+        if not (type(magic) is int and magic == LEGACY_MAGIC):
+            raise NotTorch("not torch.save's legacy format (no magic number)")
+        version = _unpickle(f, {})
+        if not (type(version) is int and version == LEGACY_PROTOCOL):
+            raise Corrupt(f"legacy protocol version {_short(version)}, expected {LEGACY_PROTOCOL}")
+        count_order = _legacy_byte_order(_unpickle(f, {}))
+        unpickler = _LegacyUnpickler(f)
+        obj = _run(unpickler)
+        keys = _unpickle(f, {})
+        roots = unpickler._storages
+        if type(keys) is not list or not all(type(k) is str and k in roots for k in keys):
+            raise Corrupt(f"storage keys {_short(keys)}, expected those its pickle names")
+        if len(set(keys)) != len(keys):
+            raise Corrupt("a storage's key is listed twice")
+        listed = set(keys)
+        missing = [k for k, s in roots.items() if k not in listed and _waits(s, k, unpickler)]
+        if missing:
+            raise Corrupt(f"no data for storage {missing[0]!r}")
+        for key in keys:
+            _read_legacy_storage(f, roots[key], count_order, unpickler.views)
+    return obj
+
+
+def _legacy_byte_order(sys_info: Any) -> str:
+    if not isinstance(sys_info, dict):
+        raise Corrupt(f"legacy sys_info {_short(sys_info)}, expected a dict")
+    little = sys_info.get("little_endian", True)
+    if type(little) is not bool:
+        raise Corrupt(f"legacy sys_info little_endian={_short(little)}")
+    return "little" if little else "big"
+
+
+def _views_of(key: str, views: dict) -> list[tuple[_Storage, int]]:
+    return [(view, offset) for view, root, offset in views.values() if root == key]
+
+
+def _waits(storage: _Storage, key: str, unpickler: _LegacyUnpickler) -> bool:
+    """Whether a tensor needs a storage's bytes (itself or through a view)."""
+    views = _views_of(key, unpickler.views)
+    return bool(storage.pending) or any(view.pending for view, _ in views)
+
+
+def _read_legacy_storage(f: _Bounded, storage: _Storage, count_order: str, views: dict) -> None:
+    head = f.read(8)
+    if len(head) < 8:
+        raise Corrupt(f"the file ends before storage {storage.member!r}")
+    itemsize = ITEMSIZE[storage.dtype]
+    declared = storage.nbytes // itemsize
+    counts = {int.from_bytes(head, order, signed=True) for order in (count_order, "little")}
+    if declared not in counts:
+        count = int.from_bytes(head, count_order, signed=True)
+        raise Corrupt(
+            f"storage {storage.member!r} holds {count} elements, its persistent id {declared}"
+        )
+    if storage.nbytes > f.left():
+        raise Corrupt(
+            f"storage {storage.member!r} of {storage.nbytes} bytes, but the file ends "
+            f"{f.left()} bytes on"
+        )
+    storage.data = memoryview(f.read(storage.nbytes))
+    _fill(storage)
+    for view, offset in _views_of(storage.member, views):
+        view.data = storage.data[offset : offset + view.nbytes]
+        _fill(view)
+        view.data = None
+    storage.data = None  # the tensors hold copies: its bytes can go

@@ -1,13 +1,13 @@
 """Reading and writing torchvision state_dicts without ever running pickled code.
 
-Reading needs no torch. A ``.pth`` written by torch >= 1.6 (a zip archive,
-torchvision's files included) is read by :mod:`weights_port.pth_reader`,
-whose unpickler resolves only tensor-rebuilding globals, to functions of its
-own, so a ``.pth`` that names anything else is refused as
-``torch.load(..., weights_only=True)`` refuses it, whether or not torch is
-installed. Only torch's legacy format (before 1.6, not a zip) is read with
-``torch.load(..., weights_only=True)``, and refused in one line where torch
-is missing. ``.safetensors`` files are read with ``safetensors.numpy``.
+Reading needs no torch. A ``.pth`` written by ``torch.save`` (a zip archive
+since torch 1.6, or torch's legacy format before it, as torchvision's oldest
+files are) is read by :mod:`weights_port.pth_reader`, whose unpickler
+resolves only tensor-rebuilding globals, to functions of its own, so a
+``.pth`` that names anything else is refused as ``torch.load(...,
+weights_only=True)`` refuses it, whether or not torch is installed; torch is
+never used to read one. ``.safetensors`` files are read with
+``safetensors.numpy``.
 Writing a ``.pth`` (an export) needs torch; writing a ``.safetensors`` does
 not.
 
@@ -15,17 +15,16 @@ What is read is checked, not trusted. A zip ``.pth``'s members carry CRC-32s
 that ``torch.load`` never checks; they are verified first, so a damaged
 download or disk is refused with the member named instead of porting
 silently wrong weights, and a tensor reaching past its storage is refused as
-a truncated or corrupted file. (A legacy non-zip ``.pth`` and a
-``.safetensors`` file carry no checksum, so only what follows applies to
-them.) Every float tensor must be finite: "non-finite weights in PATH: KEY".
+a truncated or corrupted file, as is a legacy file whose storages do not
+add up to its length. (A legacy non-zip ``.pth`` and a ``.safetensors`` file
+carry no checksum, so only what follows applies to them.) Every float
+tensor must be finite: "non-finite weights in PATH: KEY".
 """
 
 from __future__ import annotations
 
 import io
 import json
-import pickle
-import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -195,8 +194,8 @@ NOT_LOADABLE = (
 
 
 def _read_pth(path: Path) -> dict[str, np.ndarray]:
-    """A torch.save file's state_dict: a zip (torch >= 1.6) is read by :mod:`pth_reader`,
-    with or without torch; only the legacy format needs ``torch.load``."""
+    """A torch.save file's state_dict, read by :mod:`pth_reader` with or without torch:
+    a zip (torch >= 1.6) or the legacy format (before 1.6)."""
     if zipfile.is_zipfile(path):
         try:
             obj = pth_reader.load(path)
@@ -240,74 +239,17 @@ def _pth_error(path: Path, e: pth_reader.PthError) -> PortError:
 
 
 def _read_legacy_pth(path: Path) -> Any:
-    """torch's format before 1.6 (one pickle stream, not a zip): ``torch.load`` only."""
-    try:  # its magic number first: a plain pickle, or one naming code, needs no torch to refuse
+    """torch's format before 1.6 (a sequence of pickles, not a zip), read by
+    :func:`pth_reader.load_legacy` as a zip is: with or without torch."""
+    try:  # its magic number first: a plain pickle is named as one
         if not pth_reader.legacy_magic_ok(path):
             raise PortError(
                 f"{path}: not a torch.save file (a plain pickle, or another format); expected "
                 "a file written by torch.save(model.state_dict(), FILE)"
             )
+        return pth_reader.load_legacy(path)
     except pth_reader.PthError as e:
         raise _pth_error(path, e) from None
-    try:
-        import torch
-    except ImportError:
-        raise PortError(
-            f"{path}: a legacy .pth (torch.save before torch 1.6) needs torch to read (pip "
-            "install 'medft-jax[port]'); or re-save it where torch is: torch.save(torch.load("
-            "FILE, weights_only=True), NEW), or convert it to .safetensors"
-        ) from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise PortError(f"{path}: {NOT_LOADABLE}") from None
-        raise PortError(
-            f"{path}: truncated or corrupted torch file ({_first_line(e)}); download or copy "
-            "it again"
-        ) from None
-    except Exception as e:
-        if "Invalid magic number" in str(e):  # whole, but a plain pickle.dump, not torch.save
-            raise PortError(
-                f"{path}: not a torch.save file (a plain pickle, or another format); expected "
-                "a file written by torch.save(model.state_dict(), FILE)"
-            ) from None
-        raise PortError(  # a legacy pickle cut short
-            f"{path}: truncated or corrupted torch file ({_first_line(e)}); download or "
-            "copy it again"
-        ) from None
-    return _tensors_of_torch(obj, torch)
-
-
-def _tensors_of_torch(obj: Any, torch: Any) -> Any:
-    """``torch.load``'s tensors (in nested dicts) as :class:`pth_reader.Tensor`, as the zip
-    reader gives them, so that both formats are checked by the same code."""
-    if isinstance(obj, torch.Tensor):
-        kind = (
-            "meta (no data)"
-            if obj.is_meta
-            else "quantized"
-            if obj.is_quantized
-            else f"{str(obj.layout).removeprefix('torch.')} layout"
-            if obj.layout != torch.strided
-            else None
-        )
-        dtype = str(obj.dtype).removeprefix("torch.")
-        if kind is not None:
-            return pth_reader.Tensor(None, dtype, kind)
-        try:
-            return pth_reader.Tensor(obj.detach().cpu().resolve_conj().resolve_neg().numpy(), dtype)
-        except TypeError:  # bfloat16 and other dtypes numpy has no type for
-            return pth_reader.Tensor(None, dtype)
-    if isinstance(obj, Mapping):
-        return type(obj)((k, _tensors_of_torch(v, torch)) for k, v in obj.items())
-    return obj
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def check_out_path(out: str | Path, *, force: bool = False) -> Path:
