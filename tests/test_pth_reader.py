@@ -4,6 +4,7 @@ for bit, it needs no torch, and it never runs pickled code."""
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -252,7 +253,10 @@ def _str(text: str) -> bytes:
 
 
 def _int(n: int) -> bytes:
-    return b"J" + struct.pack("<i", n)
+    if -(2**31) <= n < 2**31:
+        return b"J" + struct.pack("<i", n)
+    data = pickle.encode_long(n)
+    return b"\x8a" + bytes([len(data)]) + data  # LONG1
 
 
 def _tuple(*items: bytes) -> bytes:
@@ -268,13 +272,37 @@ def _call(func: bytes, arg: str) -> bytes:
     return b"\x80\x02" + func + _str(arg) + b"\x85R."
 
 
-def _tensor(key: str, numel: int, offset: int, size, stride, storage="FloatStorage") -> bytes:
-    """The opcodes torch.save writes for one tensor (torch._utils._rebuild_tensor_v2)."""
-    pid = _tuple(_str("storage"), _global("torch", storage), _str(key), _str("cpu"), _int(numel))
+_ROOT = object()
+"""A legacy persistent id's view that is None: the tensor is on its root storage."""
+
+
+def _tensor(
+    key: str, numel: int, offset: int, size, stride, storage="FloatStorage", view=None
+) -> bytes:
+    """The opcodes torch.save writes for one tensor (torch._utils._rebuild_tensor_v2); with
+    a ``view`` (``_ROOT`` or ``(view key, offset, numel)``), a legacy file's."""
+    pid = [_str("storage"), _global("torch", storage), _str(key), _str("cpu"), _int(numel)]
+    if view is not None:
+        pid.append(b"N" if view is _ROOT else _tuple(_str(view[0]), *map(_int, view[1:])))
     hooks = _global("collections", "OrderedDict") + b")R"
     sizes, strides = _tuple(*map(_int, size)), _tuple(*map(_int, stride))
-    args = _tuple(pid + b"Q", _int(offset), sizes, strides, b"\x89", hooks)
+    args = _tuple(_tuple(*pid) + b"Q", _int(offset), sizes, strides, b"\x89", hooks)
     return _global("torch._utils", "_rebuild_tensor_v2") + args + b"R"
+
+
+def _old_tensor(key: str, numel: int, offset: int, size, stride, view=_ROOT) -> bytes:
+    """What torch < 0.4 wrote for a tensor (torch._utils._rebuild_tensor), its strings as
+    Python 2's (SHORT_BINSTRING)."""
+
+    def py2(text: str) -> bytes:
+        return b"U" + bytes([len(text)]) + text.encode()
+
+    view_id = b"N" if view is _ROOT else _tuple(py2(view[0]), *map(_int, view[1:]))
+    pid = _tuple(py2("storage"), _global("torch", "FloatStorage"), py2(key), py2("cuda:0"))
+    pid = pid[:-1] + _int(numel) + view_id + b"t"
+    sizes, strides = _tuple(*map(_int, size)), _tuple(*map(_int, stride))
+    args = _tuple(pid + b"Q", _int(offset), sizes, strides)
+    return _global("torch._utils", "_rebuild_tensor") + args + b"R"
 
 
 def _state(*items: tuple[str, bytes]) -> bytes:
@@ -304,7 +332,9 @@ def test_the_hand_made_archive_is_what_torch_reads(tmp_path):
     np.testing.assert_array_equal(read_state_dict(path)["w"], [[1, 3], [2, 4]])
 
 
-def _payloads(target: Path) -> dict[str, bytes]:
+def _payloads(target: Path, view=None) -> dict[str, bytes]:
+    """Pickles naming code; their tensors with persistent ids of a legacy file's with
+    ``view=_ROOT``."""
     touch = f"touch {target}"
     evil = _call(_global("os", "system"), touch)
     stack_global = b"\x80\x04" + _str("os") + _str("system") + b"\x93" + _str(touch) + b"\x85R."
@@ -317,7 +347,7 @@ def _payloads(target: Path) -> dict[str, bytes]:
         "stack_global": stack_global,
         # Hidden inside a training checkpoint, behind a whole state_dict.
         "in_a_checkpoint": _state(
-            ("model", b"}" + _str("w") + _tensor("0", 6, 0, (6,), (1,)) + b"s"),
+            ("model", b"}" + _str("w") + _tensor("0", 6, 0, (6,), (1,), view=view) + b"s"),
             ("epoch", _global("os", "system") + _str(touch) + b"\x85R"),
         ),
         # OrderedDict is allowed; calling a global it is not allowed is not.
@@ -330,10 +360,17 @@ def _payloads(target: Path) -> dict[str, bytes]:
         "newobj": b"\x80\x02" + _global("collections", "OrderedDict") + b")\x81.",
         # A global by copyreg extension code (EXT1 1): past find_class, whatever is registered.
         "extension": b"\x80\x02\x82\x01" + _str(touch) + b"\x85R.",
-        "build_on_a_tensor": _state(("w", _tensor("0", 6, 0, (6,), (1,)) + b"}b")),
+        "build_on_a_tensor": _state(("w", _tensor("0", 6, 0, (6,), (1,), view=view) + b"}b")),
         # A persistent id other than ('storage', type, key, location, numel).
         "persistent_id": b"\x80\x02" + _tuple(_str("module"), _str("os")) + b"Q.",
         "text_persistent_id": b"\x80\x02Pos.system\n.",
+        # torch's legacy save names a whole model's classes so: ('module', type, file, source).
+        "module_persistent_id": b"\x80\x02"
+        + _tuple(_str("module"), _global("os", "system"), b"N", b"N")
+        + b"Q.",
+        "module_persistent_id_no_global": b"\x80\x02"
+        + _tuple(_str("module"), _str("os.system"), b"N", b"N")
+        + b"Q.",
     }
 
 
@@ -351,7 +388,7 @@ def test_pickled_code_is_refused_in_one_line_and_never_run(payload, tmp_path):
     assert not target.exists()
 
 
-def test_a_legacy_pickle_naming_code_is_refused_before_torch_sees_it(tmp_path):
+def test_a_legacy_pickle_naming_code_in_its_first_pickle_is_refused(tmp_path):
     target = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     path.write_bytes(_call(_global("os", "system"), f"touch {target}"))
@@ -359,6 +396,191 @@ def test_a_legacy_pickle_naming_code_is_refused_before_torch_sees_it(tmp_path):
         read_state_dict(path)
     assert str(refused.value) == f"{path}: {NOT_LOADABLE}"
     assert not target.exists()
+
+
+def torch_legacy(
+    path: Path,
+    pickled: bytes,
+    storages: dict[str, tuple[int, bytes]] | None = None,
+    *,
+    keys: list | None = None,
+    little: bool = True,
+    count_order: str | None = None,
+    version: bytes | None = None,
+    sys_info: bytes | None = None,
+) -> Path:
+    """A file laid out as torch.save(..., _use_new_zipfile_serialization=False) lays it out,
+    around an object pickle made by hand: ``storages`` maps a key to (the element count
+    written before its bytes, its bytes), the count in ``count_order`` (the writer's by
+    default, as torch < 1.12 wrote it)."""
+    dump = lambda obj: pickle.dumps(obj, protocol=2)  # noqa: E731
+    info = {"protocol_version": 1001, "little_endian": little, "type_sizes": {"short": 2}}
+    order = "<" if (count_order or ("little" if little else "big")) == "little" else ">"
+    path.write_bytes(
+        dump(pth_reader.LEGACY_MAGIC)
+        + (dump(1001) if version is None else version)
+        + (dump(info) if sys_info is None else sys_info)
+        + pickled
+        + dump(list(storages or {}) if keys is None else keys)
+        + b"".join(struct.pack(f"{order}q", n) + data for n, data in (storages or {}).values())
+    )
+    return path
+
+
+def test_the_hand_made_legacy_file_is_what_torch_reads(tmp_path):
+    data = np.arange(6, dtype="<f4").tobytes()
+    pickled = _state(("w", _tensor("0", 6, 1, (2, 2), (1, 2), view=_ROOT)))
+    path = torch_legacy(tmp_path / "ok.pth", pickled, {"0": (6, data)})
+    assert_bit_equal(read_state_dict(path), torch_load(path))
+    np.testing.assert_array_equal(read_state_dict(path)["w"], [[1, 3], [2, 4]])
+
+
+def test_a_torch_0_3_file_with_storage_views_reads_as_torch_loads_it(tmp_path):
+    """torchvision's oldest files (DenseNet, VGG, 2017): tensors by _rebuild_tensor, on
+    storages or views into them at offsets, in a Python 2 OrderedDict with _metadata."""
+    root = np.arange(10, dtype="<f4") * 1.5
+    doubles = np.arange(4, dtype="<f8") - 2
+    items = [
+        ("root", _old_tensor("1", 10, 0, (10,), (1,))),
+        ("view", _old_tensor("1", 10, 1, (3,), (1,), view=("7", 2, 4))),  # root[3:6]
+        ("view_2d", _old_tensor("1", 10, 0, (2, 2), (1, 2), view=("8", 5, 5))),
+        ("same_view", _old_tensor("1", 10, 0, (4,), (1,), view=("7", 2, 4))),  # root[2:6]
+        ("double", _tensor("2", 4, 1, (3,), (1,), "DoubleStorage", view=_ROOT)),
+    ]
+    pairs = b"".join(b"](" + _str(k) + v + b"e" for k, v in items)
+    metadata = b"}" + _str("_metadata") + b"}" + _str("") + b"}ss"
+    pickled = b"\x80\x02" + _global("collections", "OrderedDict") + b"](" + pairs
+    pickled += b"e\x85R" + metadata + b"b."
+    storages = {"1": (10, root.tobytes()), "2": (4, doubles.tobytes())}
+    path = torch_legacy(tmp_path / "old.pth", pickled, storages)
+    got = read_state_dict(path)
+    assert list(got) == [k for k, _ in items]
+    np.testing.assert_array_equal(got["view"], root[3:6])
+    np.testing.assert_array_equal(got["view_2d"], [[root[5], root[7]], [root[6], root[8]]])
+    np.testing.assert_array_equal(got["same_view"], root[2:6])
+    np.testing.assert_array_equal(got["double"], doubles[1:])
+    assert_bit_equal(got, torch_load(path))
+
+
+@pytest.mark.parametrize("count_order", ["writer", "little"])
+def test_a_big_endian_writers_legacy_file_reads_as_torch_loads_it(count_order, tmp_path):
+    """torch writes a storage's bytes little-endian on any machine; its count in the
+    writer's byte order (sys_info) before torch 1.12, little-endian after."""
+    values = np.array([1.5, -2.0, 3.25], dtype="<f8")
+    pickled = _state(("w", _tensor("0", 3, 0, (3,), (1,), "DoubleStorage", view=_ROOT)))
+    order = "big" if count_order == "writer" else "little"
+    path = torch_legacy(
+        tmp_path / "big.pth",
+        pickled,
+        {"0": (3, values.tobytes())},
+        little=False,
+        count_order=order,
+    )
+    np.testing.assert_array_equal(read_state_dict(path)["w"], values)
+    if count_order == "little":  # torch.load reads the count little-endian only
+        assert_bit_equal(read_state_dict(path), torch_load(path))
+
+
+@pytest.mark.parametrize("where", ["version", "sys_info", "object"])
+@pytest.mark.parametrize("payload", list(_payloads(Path("x"))))
+def test_pickled_code_in_a_legacy_file_is_refused_in_one_line_and_never_run(
+    payload, where, tmp_path
+):
+    target = tmp_path / "pwned"
+    evil = _payloads(target, view=_ROOT)[payload]
+    good = _state(("w", _tensor("0", 6, 0, (6,), (1,), view=_ROOT)))
+    storages = {"0": (6, np.arange(6, dtype="<f4").tobytes())}
+    path = tmp_path / "evil.pth"
+    if where == "object":
+        torch_legacy(path, evil, storages)
+    else:
+        torch_legacy(path, good, storages, **{where: evil})
+    with pytest.raises(PortError) as refused:
+        read_state_dict(path)
+    assert str(refused.value) == f"{path}: {NOT_LOADABLE}"
+    assert not target.exists()
+    with pytest.raises(pth_reader.Refused):
+        pth_reader.load_legacy(path)
+    assert not target.exists()
+
+
+def test_a_whole_model_saved_in_the_legacy_format_is_refused_in_one_line(tmp_path):
+    path = saved(tmp_path / "model.pth", torch.nn.Linear(2, 3), **_LEGACY)
+    with pytest.raises(PortError) as refused:
+        read_state_dict(path)
+    assert str(refused.value) == f"{path}: {NOT_LOADABLE}"
+
+
+def test_a_legacy_file_cut_anywhere_is_one_line(tmp_path):
+    state = {"w": torch.randn(5, 4), "n": torch.tensor(3), "h": torch.randn(3).half()}
+    whole = saved(tmp_path / "whole.pth", state, **_LEGACY).read_bytes()
+    assert_bit_equal(read_state_dict(tmp_path / "whole.pth"), state)
+    cut = tmp_path / "cut.pth"
+    for n in range(1, len(whole)):
+        cut.write_bytes(whole[:n])
+        with pytest.raises(PortError) as refused:
+            read_state_dict(cut)
+        message = str(refused.value)
+        assert message.startswith(f"{cut}: truncated or corrupted torch file ("), (n, message)
+        assert message.endswith("); download or copy it again") and "\n" not in message
+
+
+def test_a_legacy_storage_count_that_lies_is_refused_without_allocating(tmp_path):
+    import tracemalloc
+
+    data = np.arange(6, dtype="<f4").tobytes()
+    huge = 1 << 40  # elements: 4 TiB of float32
+    cases = {
+        # the persistent id and the count agree, on more than the file holds
+        "huge.pth": (_tensor("0", huge, 0, (huge,), (1,), view=_ROOT), {"0": (huge, data)}),
+        # the count says more than the persistent id
+        "count.pth": (_tensor("0", 6, 0, (6,), (1,), view=_ROOT), {"0": (huge, data)}),
+        "fewer.pth": (_tensor("0", 6, 0, (6,), (1,), view=_ROOT), {"0": (5, data)}),
+        "short.pth": (_tensor("0", 6, 0, (6,), (1,), view=_ROOT), {"0": (6, data[:20])}),
+        "negative.pth": (_tensor("0", 6, 0, (6,), (1,), view=_ROOT), {"0": (-1, data)}),
+    }
+    messages = {
+        "huge.pth": f"storage '0' of {huge * 4} bytes, but the file ends 24 bytes on",
+        "count.pth": f"storage '0' holds {huge} elements, its persistent id 6",
+        "fewer.pth": "storage '0' holds 5 elements, its persistent id 6",
+        "short.pth": "storage '0' of 24 bytes, but the file ends 20 bytes on",
+        "negative.pth": "storage '0' holds -1 elements, its persistent id 6",
+    }
+    for name, (tensor, storages) in cases.items():
+        path = torch_legacy(tmp_path / name, _state(("w", tensor)), storages)
+        tracemalloc.start()
+        try:
+            with pytest.raises(PortError) as refused:
+                read_state_dict(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert str(refused.value) == (
+            f"{path}: truncated or corrupted torch file ({messages[name]}); download or "
+            "copy it again"
+        )
+        assert peak < 1 << 20, (name, peak)
+
+
+def test_a_legacy_files_storage_keys_must_be_those_its_pickle_names(tmp_path):
+    data = np.arange(6, dtype="<f4").tobytes()
+    pickled = _state(("w", _tensor("0", 6, 0, (6,), (1,), view=_ROOT)))
+    cases = {
+        "unknown.pth": (["9"], "storage keys ['9'], expected those its pickle names"),
+        "twice.pth": (["0", "0"], "a storage's key is listed twice"),
+        "missing.pth": ([], "no data for storage '0'"),
+    }
+    for name, (keys, message) in cases.items():
+        path = torch_legacy(tmp_path / name, pickled, {"0": (6, data)}, keys=keys)
+        with pytest.raises(PortError) as refused:
+            read_state_dict(path)
+        assert str(refused.value) == (
+            f"{path}: truncated or corrupted torch file ({message}); download or copy it again"
+        )
+    view = _state(("w", _tensor("0", 6, 0, (2,), (1,), view=("v", 5, 2))))
+    path = torch_legacy(tmp_path / "view.pth", view, {"0": (6, data)})
+    with pytest.raises(PortError, match=r"a view of 2 elements at 5 into storage '0' of 6 el"):
+        read_state_dict(path)
 
 
 # --- cut short or inconsistent ----------------------------------------------------------------
