@@ -216,7 +216,7 @@ def test_a_file_that_is_no_torch_checkpoint_is_named_as_such(tmp_path):
     (tmp_path / "plain.pth").write_bytes(pickle.dumps({"a": 1}, protocol=2))
     with pytest.raises(PortError, match=r"plain\.pth: not a torch\.save file \(a plain pickle"):
         read_state_dict(tmp_path / "plain.pth")
-    # torch's legacy (pre-zip) format is still read, weights_only.
+    # torch's legacy (pre-zip) format is read too, by the same torch-free reader.
     legacy = tmp_path / "legacy.pth"
     torch.save({"w": torch.arange(3.0)}, legacy, _use_new_zipfile_serialization=False)
     np.testing.assert_array_equal(read_state_dict(legacy)["w"], [0.0, 1.0, 2.0])
