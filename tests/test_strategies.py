@@ -837,6 +837,16 @@ def test_bad_arguments():
         make("ft", toy_params(), TOY, learning_rate=LR, frozen_bn="train")
     with pytest.raises(ValueError, match="surgical_block"):
         make("surgical", toy_params(), TOY, learning_rate=LR)
+    # A block that is the new head alone (ResNet's fc) trained LP's parameters, unsaid.
+    headless = toy_params()
+    del headless["top"]["fc1"]
+    with pytest.raises(ValueError) as err:
+        make("surgical", headless, TOY, learning_rate=LR, surgical_block="top")
+    assert str(err.value) == (
+        "make('surgical'): surgical_block 'top' holds no parameter but the new head, so this "
+        "is LP under surgical's name; expected another block"
+    )
+    make("surgical", toy_params(), TOY, learning_rate=LR, surgical_block="top")  # fc1: fine
     with pytest.raises(ValueError, match="epochs_per_stage"):
         make("g_lf", toy_params(), TOY, learning_rate=LR, steps_per_epoch=2, epochs_per_stage=0)
 

@@ -141,7 +141,7 @@ def make(
     if spec.needs_steps(o) and o.steps_per_epoch is None:
         raise ValueError(f"make({name!r}): steps_per_epoch is required (stages are in epochs)")
     group_of = spec.groups(partition)
-    _check_groups_train_something(name, params, group_of)
+    _check_groups_train_something(name, params, group_of, o)
     schedule = Schedule.build(
         name,
         params,
@@ -156,17 +156,26 @@ def make(
 
 
 def _check_groups_train_something(
-    name: str, params: PyTree, group_of: Callable[[str], str]
+    name: str, params: PyTree, group_of: Callable[[str], str], o: Options
 ) -> None:
     """Refuses a grouping that leaves a strategy nothing of its own to train.
 
     BitFit trains the leaves named ``bias`` or ``scale`` (Flax's names): a model
     whose leaves are named otherwise (``self.param("b")``) would train the head
-    alone, LP under BitFit's name.
+    alone, LP under BitFit's name. Surgical's block must hold a parameter besides
+    the new head: ResNet's ``fc`` is the head alone, and ``surgical_block='fc'``
+    trained exactly LP's parameters (the command line refused it; ``make`` did not).
     """
-    if name != "bitfit":
+    if name not in ("bitfit", "surgical"):
         return
     paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    if name == "surgical":
+        if not any(group_of(p) == o.surgical_block for p in paths):
+            raise ValueError(
+                f"make('surgical'): surgical_block {o.surgical_block!r} holds no parameter "
+                "but the new head, so this is LP under surgical's name; expected another block"
+            )
+        return
     if not any(group_of(p) == "bias" for p in paths):
         raise ValueError(
             f"make({name!r}): no parameter outside the head is named 'bias' or 'scale' (the "
