@@ -36,7 +36,7 @@ from experiments.common import add_bits_stored_flag, add_dicom_window_flag
 from medft_jax.config import PRECISIONS
 from medft_jax.data.dicom import OneValueUnwindowed, WindowOnColour
 from medft_jax.data.errors import DataError
-from medft_jax.data.images import open_image
+from medft_jax.data.images import DECODING_VERSION, open_image
 from medft_jax.data.pixels import (
     BitsExceeded,
     BitsOnColour,
@@ -115,6 +115,26 @@ def _note_unfinished(checkpoint: Path, epoch: Any) -> None:
     print(note, file=sys.stderr)
 
 
+def _note_decoding_version(checkpoint: str | Path, version: Any) -> None:
+    """One note line when a run's checkpoint was trained under other decoding rules than
+    predict's (:data:`~medft_jax.data.images.DECODING_VERSION`), or does not say which:
+    a 16-bit, float or DICOM file that decodes otherwise now reaches the model unlike its
+    training images did (its run's own cache rebuilt; the checkpoint cannot)."""
+    if version == DECODING_VERSION:
+        return
+    said = (
+        "does not record the decoding version its run used (it was written before checkpoints did)"
+        if version is None
+        else f"was trained on images decoded by decoding version {version}"
+    )
+    print(
+        f"note: {checkpoint} {said}; predict decodes by version {DECODING_VERSION}: a "
+        "16-bit, float or DICOM file whose decoding changed between them (BUILD.md lists "
+        "each version's changes) reaches the model unlike its training images",
+        file=sys.stderr,
+    )
+
+
 class Predictor:
     """A model checkpoint ready to turn uint8 image batches into probabilities."""
 
@@ -160,6 +180,7 @@ class Predictor:
         self.trained_dicom_window = parse_dicom_window(m.get("dicom_window"))
         if from_run:
             _note_unfinished(Path(checkpoint), m.get("epoch"))
+            _note_decoding_version(checkpoint, m.get("decoding_version"))
         self.bits_stored = _decoding_rule(
             "--bits-stored",
             bits_stored,

@@ -46,6 +46,7 @@ from medft_jax.checkpoints import pretrained
 from medft_jax.checkpoints.run import START_OVER, ResumeError, RunCheckpoints
 from medft_jax.config import OPTION_DEFAULTS, RunConfig, check_config
 from medft_jax.data.cache import duplicate_counts, skipped_counts
+from medft_jax.data.images import DECODING_VERSION
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_info
@@ -653,6 +654,9 @@ def _best_metadata(run: _Run, name: str) -> dict[str, Any]:
         "crop_size": run.config.image_size,
         "precision": run.config.precision,  # predict computes as the run evaluated
         "source": f"run {name}",
+        # Which decoding rules turned files into pixels: predict under a later version
+        # says so (a 16-bit, float or DICOM file may reach the model unlike in training).
+        "decoding_version": DECODING_VERSION,
     }
     # How 16-bit files were decoded (folder/csv --bits-stored): predict decodes alike.
     if run.ds.metadata.get("bits_stored") is not None:

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 import weights_port
-from experiments.predict import main
-from medft_jax.checkpoints.model import load_model, save_model
+from experiments.predict import Predictor, main
+from medft_jax.checkpoints.model import CheckpointError, load_model, save_model
+from medft_jax.data.images import DECODING_VERSION
 from medft_jax.models import variable_shapes
 from tests.torch_ref import random_torchvision, torch, torchvision
 
@@ -252,6 +253,7 @@ def test_an_unfinished_runs_best_is_noted_with_the_finished_one_set_aside(tmp_pa
     0 (3: the fourth); the note counts from 1, as run prints epochs (``epoch 4: ...``)."""
     run = tmp_path / "run"
     meta = {"resize_size": 32, "crop_size": 32, "source": "run r", "epoch": 3}
+    meta["decoding_version"] = DECODING_VERSION
     _zeros_checkpoint(run / "best", **meta)
     Image.new("L", (40, 40)).save(tmp_path / "a.png")
     argv = ["--checkpoint", str(run / "best"), "--images", str(tmp_path / "a.png")]
@@ -266,6 +268,50 @@ def test_an_unfinished_runs_best_is_noted_with_the_finished_one_set_aside(tmp_pa
     assert f"so far (epoch 4); its last finished run's are {run / 'previous' / 'best'}\n" in err
     (run / "record.json").write_text("{}")  # finished: nothing to say
     assert main(argv) == 0 and "note:" not in capsys.readouterr().err
+
+
+def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys):
+    """A run's best parameters record the decoding version its images were decoded by;
+    predict under another (a DICOM padded with -2000 decoded otherwise before version 8)
+    says so, and so it does for a checkpoint that does not say (written before they did);
+    an export's metadata keeps the version."""
+    from types import SimpleNamespace
+
+    from medft_jax import fit
+    from medft_jax.models import get_arch
+    from weights_port.state_io import PREDICTION_KEYS
+
+    ds = SimpleNamespace(
+        name="folder", num_classes=2, multilabel=False, class_names=("a", "b"), metadata={}
+    )
+    config = SimpleNamespace(arch="resnet_tiny", image_size=32, precision="fp32")
+    run = SimpleNamespace(config=config, ds=ds, spec=get_arch("resnet_tiny"))
+    assert fit._best_metadata(run, "r")["decoding_version"] == DECODING_VERSION == 8
+    assert "decoding_version" in PREDICTION_KEYS
+    Image.new("L", (40, 40)).save(tmp_path / "a.png")
+    base = {"resize_size": 32, "crop_size": 32, "source": "run r"}
+
+    def err_of(name, **meta):
+        _zeros_checkpoint(tmp_path / name / "best", **base, **meta)
+        (tmp_path / name / "record.json").write_text("{}")
+        argv = ["--checkpoint", str(tmp_path / name / "best"), "--images", str(tmp_path / "a.png")]
+        assert main(argv) == 0
+        return capsys.readouterr().err
+
+    assert "note:" not in err_of("same", decoding_version=DECODING_VERSION)
+    err = err_of("old", decoding_version=7)
+    assert err.count("\n") == 1
+    assert err.startswith(
+        f"note: {tmp_path / 'old' / 'best'} was trained on images decoded by decoding "
+        "version 7; predict decodes by version 8: a 16-bit, float or DICOM file"
+    )
+    err = err_of("unsaid")
+    assert err.startswith(
+        f"note: {tmp_path / 'unsaid' / 'best'} does not record the decoding version its run used"
+    )
+    with pytest.raises(CheckpointError, match="metadata decoding_version 'x' is not a positive"):
+        _zeros_checkpoint(tmp_path / "bad", **base, decoding_version="x")
+        Predictor(tmp_path / "bad")
 
 
 def _random_checkpoint(path, num_classes, seed=0, **meta):

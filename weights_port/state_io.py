@@ -117,6 +117,7 @@ PREDICTION_KEYS = (
     "bits_stored",
     "dicom_window",
     "decoder",
+    "decoding_version",
     "source",
 )
 """What predict reads from a checkpoint: kept through an export and a port back."""
