@@ -46,7 +46,7 @@ from medft_jax.errors import (
 from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_name_error
 from medft_jax.outcomes import BUSY, DIVERGED, OUT_OF_MEMORY, SKIPPED
 from medft_jax.report import aggregate
-from medft_jax.report.render import lrs_text
+from medft_jax.report.render import lr_text, lrs_text
 
 # Small settings that make the default command finish in minutes on a 2-core CPU.
 DEMO_DEFAULTS = {"image_size": 32, "epochs": 8, "batch_size": 32, "lr": 1e-4, "seeds": [0]}
@@ -295,7 +295,7 @@ def _main(argv: Sequence[str] | None) -> int:
     records, status, failed_lrs, busy_lrs = [], 0, set(), set()
     for i, config in enumerate(configs, 1):
         if len(configs) > 1:
-            say(f"[{i}/{len(configs)}] lr {config.lr:g}, seed {config.seed}", flush=True)
+            say(f"[{i}/{len(configs)}] lr {lr_text(config.lr)}, seed {config.seed}", flush=True)
         o = session.run(config)
         if o.kind == SKIPPED:
             say(f"skipped: record exists (use --force): {session.path_of(o.config)}", flush=True)
@@ -377,7 +377,7 @@ def _print_summary(
         r = chosen[0]
         print(
             f"\n{r['config']['strategy']} on {r['config']['dataset']} ({r['config']['arch']}), "
-            f"lr {r['config']['lr']:g}, seed {r['config']['seed']}: best epoch "
+            f"lr {lr_text(r['config']['lr'])}, seed {r['config']['seed']}: best epoch "
             f"{r['best_epoch'] + 1} of {len(r['epochs'])} by validation {shown}; test metrics:"
         )
         print(
@@ -390,12 +390,12 @@ def _print_summary(
         how = f"chosen by mean validation {shown}" if several else "(the only lr run)"
         seeds = summary["seeds"]
         if len(seeds) == 1:  # one seed: no spread to show (its SE is NaN)
-            print(f"\nlr {lr:g} {how}; test metrics of seed {seeds[0]}:")
+            print(f"\nlr {lr_text(lr)} {how}; test metrics of seed {seeds[0]}:")
             rows = [
                 (metrics.metric_name(k, *task), _fmt(m)) for k, (m, _) in summary["test"].items()
             ]
         else:
-            print(f"\nlr {lr:g} {how}; test metrics, mean ± SE over {len(seeds)} seeds:")
+            print(f"\nlr {lr_text(lr)} {how}; test metrics, mean ± SE over {len(seeds)} seeds:")
             rows = [
                 (metrics.metric_name(k, *task), f"{_fmt(m)} ± {_fmt(se)}")
                 for k, (m, se) in summary["test"].items()

@@ -90,6 +90,7 @@ import numpy as np
 
 from medft_jax.atomic import write_bytes
 from medft_jax.errors import UserError
+from medft_jax.names import STRATEGIES, dataset_name_error
 
 RECORD_NAME = "record.json"
 PREVIOUS_NAMES = ("previous", "previous.new")
@@ -319,6 +320,7 @@ def _read_record(path: Path) -> tuple[dict[str, Any], bool]:
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise RecordError(f"{path}: not a run record (expected a JSON object with a 'config')")
     _check_folder(path, record["config"])
+    _check_vocabulary(path, record["config"])
     _check_name(path, record)
     seal = record.pop(SEAL_KEY, None)
     if seal is not None and seal != content_hash(record):
@@ -327,6 +329,21 @@ def _read_record(path: Path) -> tuple[dict[str, Any], bool]:
             "damaged on disk: restore it, or delete it to run it again"
         )
     return record, seal is not None
+
+
+def _check_vocabulary(path: Path, config: dict[str, Any]) -> None:
+    """Refuses a config whose dataset or strategy no run writes (a run's config without
+    them fails its folder's hash): the report puts both
+    into file names, Markdown, LaTeX and figure titles (a ``$`` in a hand-made record's
+    dataset crashed the figures with a traceback)."""
+    dataset, strategy = config.get("dataset"), config.get("strategy")
+    error = dataset_name_error(dataset) if "dataset" in config else None
+    if error:
+        raise RecordError(f"{path}: config dataset {dataset!r}: {error}; {_EDITED}")
+    if "strategy" in config and strategy not in STRATEGIES:
+        raise RecordError(
+            f"{path}: config strategy {strategy!r} is not one of {', '.join(STRATEGIES)}; {_EDITED}"
+        )
 
 
 def _check_name(path: Path, record: dict[str, Any]) -> None:

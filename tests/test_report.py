@@ -492,6 +492,74 @@ def test_latex_escapes_underscores_percent_and_ampersand():
     assert latex_escape("p < 0.05, >1") == r"p \textless{} 0.05, \textgreater{}1"
 
 
+def test_latex_captions_leave_the_number_to_latex_and_bars_and_quotes_are_escaped():
+    """``\\caption{Table 8: ...}`` read "Table 1: Table 8: ..."; ``|`` and ``"`` printed as
+    an em-dash and a closing quote under LaTeX's default font encoding."""
+    from medft_jax.report.render import latex_escape
+
+    tex = to_latex(dataset_table(collect([rec()]), "bach"))
+    caption = next(x for x in tex.splitlines() if x.startswith(r"\caption{"))
+    assert caption.startswith(r"\caption{bach: ") and "Table" not in caption
+    assert latex_escape('a|b "c"') == r"a\textbar{}b \textquotedbl{}c\textquotedbl{}"
+
+
+def test_md_code_shows_text_verbatim_whatever_backticks_it_holds():
+    from medft_jax.report.render import md_code, md_escape
+
+    assert md_code("/data/my_images") == "`/data/my_images`"
+    assert md_code("a`b") == "``a`b``" and md_code("`x") == "`` `x ``"
+    assert md_escape("a]b $x$") == r"a\]b \$x\$"  # alt text and GitHub math
+
+
+def test_the_csvs_carry_every_mark_the_tables_show_and_each_lr_in_full():
+    """A staged cell tested before its final stage read ``60.50 (0.50)¶`` in Markdown and
+    LaTeX but as a plain complete cell in the CSV; a diverged cell was ``failed`` there;
+    Table 11's CSV had no marks; an LR left out read in 6 digits, matching no ``lr``."""
+    short = [
+        {**rec(strategy="g_lf", seed=k, val=0.6, test=0.6 + 0.01 * k, epochs=8)}
+        | {"final_stage_epoch": 8}
+        for k in range(2)
+    ]
+    summary = collect(
+        [*short, rec(seed=0), rec(seed=1)], [fail(strategy="lp", seed=k) for k in (0, 1)]
+    )
+    rows = read_csv(to_csv(dataset_table(summary, "bach")))
+    at = {(r["strategy"], r["metric"]): r for r in rows}
+    assert at[("g_lf", "accuracy")]["marks"] == "¶" and at[("ft", "accuracy")]["marks"] == ""
+    assert at[("lp", "accuracy")]["status"] == "failed"
+    assert (
+        at[("lp", "accuracy")]["failure"] == "diverged" and at[("ft", "accuracy")]["failure"] == ""
+    )
+    best = read_csv(to_csv(table11(summary)))[0]
+    assert (best["strategy"], best["marks"], best["ft_marks"]) == ("g_lf", "¶", "")
+    fine = [rec(lr=1.2345678e-4, seed=k, val=0.6) for k in range(3)]
+    fine += [rec(lr=1.2345679e-4, seed=k, val=0.9) for k in range(2)]
+    line = read_csv(to_csv(dataset_table(collect(fine, [fail(lr=1.2345679e-4, seed=2)]), "bach")))[
+        0
+    ]
+    assert (line["lr"], line["excluded_lrs"], line["marks"]) == (
+        "0.00012345678",
+        "0.00012345679",
+        "‡",
+    )
+
+
+def test_a_record_naming_no_dataset_or_strategy_a_run_writes_is_refused(tmp_path):
+    """A hand-made record's ``$`` in its dataset crashed the report's figures with a
+    traceback; such names reach file names, Markdown and LaTeX: refused in one line."""
+    for field, value, said in (
+        ("dataset", "price $x^{$ data", "config dataset 'price $x^{$ data': unknown"),
+        ("strategy", "mine", "config strategy 'mine' is not one of ft, lp,"),
+    ):
+        r = rec()
+        r["config"][field] = value
+        r["run"] = results.run_name(r["config"])
+        path = tmp_path / f"{field}.json"
+        path.write_text(json.dumps(r))
+        with pytest.raises(RecordError, match=re.escape(f"{path}: {said}")):
+            results.read_record(path)
+
+
 # --- Tables 11 and 12 ------------------------------------------------------------------------
 
 ACC = {
@@ -1036,7 +1104,8 @@ def test_the_report_says_which_scores_are_inflated_by_copies_and_what_was_skippe
     said so (``eval_copies_of_train``), and the run's summary did; the report, the table a
     user copies into a paper, showed the inflated numbers without a word."""
     runs = tmp_path / "runs"
-    source = {"root": "/data/clinic", "options": {}, "skip_bad_images": True}
+    # A path's _ is shown as it is: escapes are not read in a code span (it read my\_clinic).
+    source = {"root": "/data/my_clinic", "options": {}, "skip_bad_images": True}
     records = [rec(dataset="folder", strategy=s, seed=k) for s in ("ft", "lp") for k in (0, 1)]
     for r in records:
         r |= {"data_source": source, "class_names": ["a", "b"]}
@@ -1055,7 +1124,7 @@ def test_the_report_says_which_scores_are_inflated_by_copies_and_what_was_skippe
     index = (out / "index.md").read_text()
     line = next(x for x in index.splitlines() if x.startswith("  - folder") and " px" in x)
     assert line.startswith(
-        "  - folder read from `/data/clinic` (train 27, val 3, test 6 images): 224 px"
+        "  - folder read from `/data/my_clinic` (train 27, val 3, test 6 images): 224 px"
     )
     assert line.endswith(f". {inflated} {skipped}")
     table = next((out / "tables").glob("results_folder.md")).read_text()

@@ -34,6 +34,12 @@ DPI = 120
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
+def _plain(text: str) -> str:
+    """``text`` as Matplotlib shows it literally: a ``$`` pair is read as mathtext, and an
+    unbalanced one raised a traceback."""
+    return text.replace("$", r"\$")
+
+
 def _figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -162,7 +168,7 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
     ax.set_xlim(-0.6, max(len(strategies), 1) - 0.4)
     metric = metric_label(summary.headline(dataset))
     ax.set_ylabel(f"Improvement over FT (%), test {metric}")
-    ax.set_title(f"{dataset}: relative improvement over FT (± SE over seeds)")
+    ax.set_title(f"{_plain(dataset)}: relative improvement over FT (± SE over seeds)")
     shown = [b for b in bars if math.isfinite(b.gain)]
     notes = [f"hatched: {PARTIAL_NOTE}"] if any(b.partial for b in shown) else []
     notes += [ONE_SEED_NOTE] if any(not math.isfinite(b.err) for b in shown) else []
@@ -216,7 +222,7 @@ def cost_figure(summary: Summary, dataset: str, path: Path) -> Path:
     note = f"; hollow: {PARTIAL_NOTE}" if partial else ""
     ax.set_xlabel(f"Device-seconds per run (log scale){note}")
     ax.set_ylabel(f"Test {metric} (%)")
-    ax.set_title(f"{dataset}: cost versus {metric}")
+    ax.set_title(f"{_plain(dataset)}: cost versus {metric}")
     if seen_s:
         ax.set_xscale("log")
         colours = [

@@ -105,8 +105,19 @@ class Table:
 
 
 def md_escape(text: str) -> str:
-    """Escapes the characters Markdown would read as markup (``\\ | * _ < >``)."""
-    return re.sub(r"([\\|*_<>])", r"\\\1", text)
+    """Escapes the characters Markdown would read as markup (``\\ | * _ < > [ ] $``;
+    GitHub reads ``$...$`` as math). Backticks are left: the notes' own code spans."""
+    return re.sub(r"([\\|*_<>\[\]$])", r"\\\1", text)
+
+
+def md_code(text: str) -> str:
+    """``text`` verbatim as a Markdown code span: escapes are not read inside one (a
+    path's ``_`` showed as ``\\_``), so the fence is one backtick longer than the
+    longest run of them in ``text``."""
+    runs = [len(r) for r in re.findall("`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _md_entry(e: Entry) -> str:
@@ -144,6 +155,8 @@ _LATEX_CHARS = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
     "<": r"\textless{}",
+    "|": r"\textbar{}",  # OT1, LaTeX's default encoding, prints | as an em-dash
+    '"': r"\textquotedbl{}",  # and " as a closing quote
     ">": r"\textgreater{}",
     "—": "---",
     "–": "--",
@@ -180,10 +193,11 @@ def to_latex(table: Table) -> str:
     """A booktabs ``table`` float: spanning arch headers, ``\\textbf``/``\\underline``, notes."""
     cols = table.columns
     lines = [
-        r"% requires \usepackage{booktabs}",
+        r"% requires \usepackage{booktabs} and \usepackage[T1]{fontenc} (for \textquotedbl)",
         r"\begin{table}[htbp]",
         r"\centering",
-        rf"\caption{{{latex_escape(table.title)}}}",
+        # LaTeX numbers the float itself: "Table 8: " again read "Table 1: Table 8: ...".
+        rf"\caption{{{latex_escape(re.sub(r'^Table [0-9]+: ', '', table.title))}}}",
         rf"\label{{tab:{table.name}}}",
         r"\begin{tabular}{" + "".join(c.align for c in cols) + "}",
         r"\toprule",
@@ -254,9 +268,16 @@ def metric_meaning(metric: str) -> str:
     return f"{metric_label(metric)} = {meaning}" if meaning else metric_label(metric)
 
 
+def lr_text(lr: float) -> str:
+    """``0.001``, ``1e-05``, ``0.00012345678``: a learning rate in the fewest digits that
+    read back as it (the CSVs' ``lr``): six significant digits made two LRs of a fine grid
+    one, and a left-out LR match no ``lr`` in the CSV."""
+    return repr(float(lr))
+
+
 def lrs_text(lrs: Iterable[float]) -> str:
     """``0.001 1e-05``: learning rates as the CSVs, notes and run summary write them."""
-    return " ".join(f"{lr:g}" for lr in lrs)
+    return " ".join(map(lr_text, lrs))
 
 
 def pct(x: float, digits: int = 2, sign: bool = False) -> str:

@@ -57,6 +57,7 @@ from medft_jax.report.render import (
     Entry,
     Table,
     arch_label,
+    lr_text,
     lrs_text,
     metric_label,
     pct,
@@ -87,21 +88,39 @@ def _lrs_left_out(cell: Cell) -> bool:
     return cell.has_value and bool(cell.excluded_lrs)
 
 
-def cell_text(cell: Cell, metric: str) -> str:
-    """``85.31 (0.42)``; ``†`` when runs are missing, ``‡`` when an LR was left out
-    because a run at it failed; ``—``, ``diverged``, ``failed``, ``n/a``."""
-    if cell.status == MISSING:
-        return MISSING_TEXT
+def cell_marks(cell: Cell | None, metric: str) -> str:
+    """The marks :func:`cell_text` puts after a cell's value, for the CSVs: ``†`` runs
+    missing, ``‡`` an LR left out because a run at it failed, ``§`` fewer seeds than
+    the cell has, ``¶`` a staged strategy tested before its final stage."""
+    if cell is None or cell.status == MISSING:
+        return ""
     mark = DAGGER if _incomplete(cell) else ""
     if not cell.has_value:
-        return cell.failure_text + mark
+        return mark
     mark += DOUBLE_DAGGER if _lrs_left_out(cell) else ""
+    if not math.isfinite(cell.test.get(metric, (math.nan, math.nan))[0]):
+        return mark
+    mark += SECTION if _fewer_seeds(cell, metric) else ""
+    return mark + (PILCROW if cell.unstaged else "")
+
+
+def cell_text(cell: Cell, metric: str) -> str:
+    """``85.31 (0.42)`` and its :func:`cell_marks`; ``—``, ``diverged``, ``failed``, ``n/a``."""
+    if cell.status == MISSING:
+        return MISSING_TEXT
+    mark = cell_marks(cell, metric)
+    if not cell.has_value:
+        return cell.failure_text + mark
     mean, se = cell.test.get(metric, (math.nan, math.nan))
     if not math.isfinite(mean):
         return UNDEFINED + mark
-    mark += SECTION if _fewer_seeds(cell, metric) else ""
-    mark += PILCROW if cell.unstaged else ""
     return f"{pct(mean)} ({pct(se)}){mark}"
+
+
+def _failure(cell: Cell | None) -> str:
+    """``diverged`` or ``failed`` for a cell of failure notes only (its ``status`` says
+    ``failed`` of both), else empty."""
+    return "" if cell is None or cell.status == MISSING or cell.has_value else cell.failure_text
 
 
 def _fewer_seeds(cell: Cell, metric: str) -> bool:
@@ -115,9 +134,11 @@ def _over(c: Cell) -> str:
     if not c.has_value or c.lr is None:
         return ""
     if len(c.seeds) < c.seeds_expected:
-        return f"; the value is over {len(c.seeds)} of {c.seeds_expected} seeds at lr {c.lr:g}"
+        return (
+            f"; the value is over {len(c.seeds)} of {c.seeds_expected} seeds at lr {lr_text(c.lr)}"
+        )
     return (
-        f"; the value has every seed of lr {c.lr:g} (the missing runs are at other LRs, "
+        f"; the value has every seed of lr {lr_text(c.lr)} (the missing runs are at other LRs, "
         "so the LR choice may change)"
     )
 
@@ -312,6 +333,10 @@ class ValueLine:
     lr: float | None
     excluded_lrs: str = ""
     """LRs left out of the choice because a run at them failed (space-separated)."""
+    marks: str = ""
+    """The marks shown after the value (:func:`cell_marks`: ``†‡§¶``); none for the cost."""
+    failure: str = ""
+    """``diverged`` or ``failed`` where the cell has failure notes only."""
     bold: bool = False
     """Best mean of its arch and metric, as shown (ties all marked)."""
     underline: bool = False
@@ -337,8 +362,18 @@ def _value_lines(
                 mean, se = c.test.get(m, (None, None))
                 n = c.n.get(m) if c.has_value else None
                 text = cell_text(c, m)
+                marks, failure = cell_marks(c, m), _failure(c)
                 lines.append(
-                    ValueLine(**_cell_fields(c), metric=m, mean=mean, se=se, n=n, text=text)
+                    ValueLine(
+                        **_cell_fields(c),
+                        metric=m,
+                        mean=mean,
+                        se=se,
+                        n=n,
+                        text=text,
+                        marks=marks,
+                        failure=failure,
+                    )
                 )
             cost = c.cost.device_seconds if c.cost else None
             lines.append(
@@ -469,7 +504,7 @@ def _finite(x: float | None, spec: str) -> str:
 COST_SLOTS: tuple[Slot[CostLine], ...] = (
     Slot(Column("Strategy", align="l"), lambda x: strategy_label(x.strategy)),
     Slot(Column("Arch", align="l"), lambda x: arch_label(x.arch)),
-    Slot(Column("LR"), lambda x: f"{x.lr:g}" if x.lr is not None else MISSING_TEXT),
+    Slot(Column("LR"), lambda x: lr_text(x.lr) if x.lr is not None else MISSING_TEXT),
     Slot(Column("Device-s / run"), lambda x: seconds(x.device_seconds)),
     Slot(Column("Images/s"), lambda x: _finite(x.images_per_s, ",.1f")),
     Slot(Column("Epochs"), lambda x: _finite(x.epochs, ".1f")),
@@ -619,6 +654,10 @@ class BestLine:
     ft_se: float | None
     ft_status: str
     improvement_pct: float
+    marks: str
+    """The best cell's marks (:func:`cell_marks`)."""
+    ft_marks: str
+    """FT's cell's marks."""
     text: str = _shown()
     """How the best cell reads (:func:`cell_text`)."""
     ft_text: str = _shown()
@@ -641,6 +680,8 @@ def _best_line(b: Best) -> BestLine:
         ft_se=ft_se,
         ft_status=ft.status if ft else MISSING,
         improvement_pct=b.improvement,
+        marks=cell_marks(c, b.metric),
+        ft_marks=cell_marks(ft, b.metric),
         text=cell_text(c, b.metric) if c else MISSING_TEXT,
         ft_text=cell_text(ft, b.metric) if ft else MISSING_TEXT,
     )

@@ -29,6 +29,7 @@ from medft_jax.report.render import (
     PILCROW,
     SECTION,
     Table,
+    md_code,
     md_escape,
     metric_label,
     metric_meaning,
@@ -332,7 +333,7 @@ def _protocol_lines(summary: Summary) -> list[str]:
     for d in summary.datasets:
         p = summary.protocol.get(d)
         if p:
-            source = f" read from `{md_escape(p['source'])}`" if p.get("source") else ""
+            source = f" read from {md_code(p['source'])}" if p.get("source") else ""
             if p.get("sizes"):
                 each = ", ".join(f"{split} {n}" for split, n in p["sizes"].items())
                 source += f" ({each} images)"
@@ -402,7 +403,10 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         "## How to read the tables",
         "",
         "- Values are test metrics in percent, mean (SE) over seeds; SE = sample standard "
-        "deviation (ddof = 1) / √n; an SE of – means a single seed.",
+        "deviation (ddof = 1) / √n; an SE of – means a single seed. The CSVs hold the raw "
+        "values: means, SEs, mean_diff and share as fractions, improvement_pct and "
+        "threshold_pct in percent, the device_seconds rows' mean in seconds; marks and "
+        "failure say what the tables mark.",
         "- Learning rate: per dataset, arch and strategy, the LR with the highest mean "
         "validation primary metric over its seeds (each run's best epoch) is chosen, and the "
         "test metrics are those of that LR (an exact tie goes to the smaller LR). An LR at "
@@ -456,10 +460,10 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
             f"{_selection_text(summary, d)}",
             "",
             *_section(by_name[dataset_table_name(d)]),
-            f"![Relative improvement over FT, {d}](figures/{names['improvement']})",
+            f"![Relative improvement over FT, {md_escape(d)}](figures/{names['improvement']})",
             "",
             *_section(by_name[f"cost_{slug(d)}"]),
-            f"![Cost versus test metric, {d}](figures/{names['cost']})",
+            f"![Cost versus test metric, {md_escape(d)}](figures/{names['cost']})",
             "",
             *_section(by_name[f"paired_{slug(d)}"]),
         ]
