@@ -29,6 +29,7 @@ from pathlib import Path
 from medft_jax import grid as gridlib
 from medft_jax import plans, results
 from medft_jax.errors import ArgumentParser, UserError, cli_main
+from medft_jax.plans import PLANS_DIR
 from medft_jax.report import collect, write_report
 from medft_jax.report.write import check_out
 
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         help="the sweep's grid file (get_config()): defines the expected runs; "
-        "default: inferred from the records",
+        "default: the runs of the sweeps' plans (--runs/.plans/, one file per grid: "
+        "delete one to stop expecting its runs), and the other runs inferred from the records",
     )
     p.add_argument(
         "--only",
@@ -101,7 +103,12 @@ def _summary(args: argparse.Namespace):
             f"--runs {runs}: no run records (record.json) or failure notes in it{rerun}"
         )
     planned = (
-        [(plan["grid"], plan["runs"]) for _, plan in plans.load_plans(runs)] if grid is None else []
+        [
+            (f"{PLANS_DIR}/{path.name} (grid {plan['grid']!r})", plan["runs"])
+            for path, plan in plans.load_plans(runs)
+        ]
+        if grid is None
+        else []
     )
     summary = collect(
         records, failures, grid=grid, filters=filters, latest=args.latest, planned=planned

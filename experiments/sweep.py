@@ -27,6 +27,8 @@ long grid should not hold up the rest, and only the user can decide to
 start it over (``experiments.run --force``, or deleting its checkpoints).
 A full disk stops the sweep (exit status 1, one line naming the path):
 every later run would fail too; started again once space is freed, it resumes.
+The runs a sweep selected are kept in ``<out>/.plans/`` (:mod:`medft_jax.plans`), so
+that a report without ``--config`` counts a lost shard's runs as missing.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ from medft_jax.data.paths import refuse_listed_output
 from medft_jax.errors import (
     EXIT_BUSY,
     ArgumentParser,
+    UserError,
     check_data_dir,
     cli_main,
     no_file_in_the_way,
+    one_line,
     writable_dir,
 )
 from medft_jax.grid import Grid
@@ -381,8 +385,27 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         if session.main_process:
             print(text, flush=True)
 
-    if session.main_process:  # every shard the same file: a lost shard's runs stay expected
-        plans.write_plan(args.out, g.name, args.only or [], [c.to_dict() for c in runs])
+    planned = not session.main_process  # process 0 writes the plan for all
+
+    def write_plan() -> None:
+        """The plan, once this process reaches a run of a dataset it can read (a sweep of
+        unavailable datasets only, a mistaken --data-dir, leaves none): every shard writes
+        the same one, so that a lost shard's runs stay expected."""
+        nonlocal planned
+        if planned:
+            return
+        planned = True
+        whole = results.config_hash({"runs": [c.to_dict() for c in g.configs()]})
+        try:
+            plans.write_plan(args.out, g.name, args.only or [], [c.to_dict() for c in runs], whole)
+        except (OSError, UserError) as e:  # the plan is an aid: the runs go on
+            why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+            print(
+                f"note: {plans.plan_path(args.out, g.name)} not written ({why}): a "
+                "report without --config will not count this sweep's runs that never start",
+                file=sys.stderr,
+            )
+
     mine = grid_lib.shard(runs, index, count)
     say(
         f"grid {g.name}: {len(mine)} runs in this process"
@@ -411,6 +434,7 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
             where = f"{o.name}: dataset" if started else f"dataset {config.dataset}"
             say(f"{at} {where} unavailable, its runs skipped ({o.error})")
             continue
+        write_plan()
         if o.kind == REFUSED:  # this run's settings only: the dataset's other runs go on
             errors.append(f"{o.name}: {o.error}")
             say(f"{at} {o.name}: refused ({o.error})")

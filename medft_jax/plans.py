@@ -6,79 +6,153 @@ record names: when one shard of a sweep never ran (a SLURM array task lost, a ho
 preempted for good), its runs are simply absent, and where the shards are dealt so
 that one holds a whole seed (``--shard i/3`` on a grid of 3 seeds) or a whole
 strategy (``--only lr=0.001,seed=0 --shard i/8``), every cell read as complete, one
-seed or one strategy short, without a word. Each sweep process therefore writes the
-whole (filtered, unsharded) list of its runs under ``<out>/.plans/``, one file per
-list, the same bytes from every shard; a report adds them to what it expects.
+seed or one strategy short, without a word. A sweep therefore keeps under
+``<out>/.plans/`` one plan per grid name: the runs it selected (filtered, before
+sharding), and a report expects exactly those runs.
+
+One file per grid name, so that an edited grid does not leave its old runs expected
+for ever: a sweep of the same grid (its unfiltered runs hash alike) adds its
+selection to the plan, as shards and ``--only`` slices of one grid do; a sweep of an
+edited grid replaces it. Deleting the file stops a report expecting its runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medft_jax import locks
 from medft_jax.atomic import write_bytes
+from medft_jax.names import STRATEGIES, dataset_name_error, is_known_arch
 from medft_jax.results import RecordError, config_hash, jsonable
 
 PLANS_DIR = ".plans"
 """The folder under a sweep's ``--out`` that holds its plans."""
-PLAN_KEYS = ("grid", "only", "runs")
+PLAN_KEYS = ("grid", "grid_hash", "only", "runs")
+_LOCK = ".lock"
+"""Held while a plan is merged: two sweeps of one grid add their selections, not one."""
 
 
-def plan_path(out_dir: str | Path, grid_name: str, runs: Sequence[Mapping[str, Any]]) -> Path:
-    """Where the plan of ``runs`` lives: named by the grid and the runs' own hash, so that
-    every shard of one sweep names one file, and another selection of the grid another."""
+def plan_path(out_dir: str | Path, grid_name: str) -> Path:
+    """Where grid ``grid_name``'s plan lives: its name made safe for a file name, and a
+    hash of the name itself, so that grids ``a b`` and ``a_b`` have two files."""
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in grid_name) or "grid"
-    digest = config_hash({"runs": [dict(r) for r in runs]})
+    digest = hashlib.sha256(grid_name.encode()).hexdigest()[:8]
     return Path(out_dir) / PLANS_DIR / f"{safe}-{digest}.json"
 
 
 def write_plan(
-    out_dir: str | Path, grid_name: str, only: Sequence[str], runs: Sequence[Mapping[str, Any]]
+    out_dir: str | Path,
+    grid_name: str,
+    only: Sequence[str],
+    runs: Sequence[Mapping[str, Any]],
+    grid_hash: str | None = None,
 ) -> Path:
-    """Writes the plan of a sweep's runs (their configs, before sharding) once; returns it."""
-    path = plan_path(out_dir, grid_name, runs)
-    if not path.exists():  # another shard wrote the same bytes
-        path.parent.mkdir(parents=True, exist_ok=True)
-        plan = {"grid": grid_name, "only": list(only), "runs": [dict(r) for r in runs]}
-        write_bytes(path, (json.dumps(jsonable(plan, "plan"), sort_keys=True) + "\n").encode())
+    """Records that a sweep of grid ``grid_name`` selected ``runs`` (their configs,
+    before sharding; ``only`` its ``--only`` filters); returns the plan's path.
+
+    ``grid_hash`` names the grid's definition (default: the runs' own hash, the runs
+    being the whole grid). A plan of the same definition gets these runs added; one
+    of another (the grid was edited since) is replaced. Raises ``OSError`` where the
+    folder cannot be written (the caller says so and goes on: the plan is an aid).
+    """
+    path = plan_path(out_dir, grid_name)
+    new = [dict(jsonable(dict(r), "plan")) for r in runs]
+    grid_hash = grid_hash or config_hash({"runs": new})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locks.waiting_lock(path.parent / _LOCK):
+        old = _read(path) if path.is_file() else None
+        if old is not None and old.get("grid_hash") == grid_hash:
+            kept = {config_hash(r): r for r in old["runs"]}
+            kept.update((config_hash(r), r) for r in new)
+            filters = sorted({*old["only"], *only})
+        else:
+            kept, filters = {config_hash(r): r for r in new}, sorted(set(only))
+        plan = {
+            "grid": grid_name,
+            "grid_hash": grid_hash,
+            "only": filters,
+            "runs": [kept[k] for k in sorted(kept)],
+        }
+        if plan != old:  # every shard of one sweep: the same plan, written once
+            write_bytes(path, (json.dumps(plan, sort_keys=True) + "\n").encode())
     return path
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    """The plan at ``path``, or None where it is not one this version writes."""
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return plan if _problem(plan) is None else None
 
 
 def load_plans(out_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     """Every plan under ``out_dir/.plans`` (path order), each checked: a damaged one is
-    named in one line (it would narrow what the report expects without a word)."""
+    named in one line (it would narrow what the report expects without a word). Hidden
+    files (a Mac's ``._name.json`` beside a copied plan) are not plans."""
     folder = Path(out_dir) / PLANS_DIR
     if not folder.is_dir():
         return []
     plans = []
     for path in sorted(folder.glob("*.json")):
+        if path.name.startswith("."):
+            continue
         try:
             plan = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise RecordError(
-                f"{path}: not a readable sweep plan ({type(e).__name__}); delete it, and the "
-                "report infers the expected runs from the records alone (or give --config)"
+                f"{path}: not a readable sweep plan ({type(e).__name__}); delete it (a report "
+                "then expects no runs of it), or give --config"
             ) from None
-        runs = plan.get("runs") if isinstance(plan, dict) else None
-        if (
-            not isinstance(plan, dict)
-            or set(plan) != set(PLAN_KEYS)
-            or not isinstance(runs, list)
-            or not all(_is_run(r) for r in runs)
-        ):
+        problem = _problem(plan)
+        if problem:
             raise RecordError(
-                f"{path}: not a sweep plan (expected {{grid, only, runs}} with each run's "
-                "dataset, arch, strategy, lr and seed); delete it, or give --config"
+                f"{path}: not a sweep plan ({problem}); delete it (a report then expects no "
+                "runs of it), or give --config"
             )
         plans.append((path, plan))
     return plans
 
 
-def _is_run(run: Any) -> bool:
+def _problem(plan: Any) -> str | None:
+    """What makes ``plan`` not a plan, or None."""
+    if not isinstance(plan, dict) or set(plan) != set(PLAN_KEYS):
+        return f"expected a JSON object of {', '.join(PLAN_KEYS)}"
+    if not isinstance(plan["grid"], str) or not isinstance(plan["grid_hash"], str):
+        return "grid and grid_hash must be strings"
+    if not isinstance(plan["only"], list) or not all(isinstance(x, str) for x in plan["only"]):
+        return "only must be a list of strings"
+    if not isinstance(plan["runs"], list):
+        return "runs must be a list"
+    for k, run in enumerate(plan["runs"]):
+        problem = _run_problem(run)
+        if problem:
+            return f"run {k}: {problem}"
+    return None
+
+
+def _run_problem(run: Any) -> str | None:
+    """What makes ``run`` not a run a sweep writes, or None: a hand-made plan's names
+    reach the report's tables as records' do, and are held to the same words."""
     if not isinstance(run, dict):
-        return False
-    names = all(isinstance(run.get(k), str) for k in ("dataset", "arch", "strategy"))
-    numbers = isinstance(run.get("lr"), int | float) and isinstance(run.get("seed"), int)
-    return names and numbers and not isinstance(run.get("seed"), bool)
+        return "not a JSON object"
+    dataset_error = dataset_name_error(run.get("dataset"))
+    if dataset_error:
+        return f"dataset {run.get('dataset')!r}: {dataset_error}"
+    if not (isinstance(run.get("arch"), str) and is_known_arch(run["arch"])):
+        return f"arch {run.get('arch')!r} is not an arch this medft-jax builds"
+    if run.get("strategy") not in STRATEGIES:
+        return f"strategy {run.get('strategy')!r} is not one of {', '.join(STRATEGIES)}"
+    lr, seed = run.get("lr"), run.get("seed")
+    number = isinstance(lr, int | float) and not isinstance(lr, bool)
+    if not (number and math.isfinite(lr) and lr > 0):
+        return f"lr {lr!r} is not a positive number"
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        return f"seed {seed!r} is not an integer from 0"
+    return None

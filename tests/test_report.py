@@ -1241,19 +1241,70 @@ def test_a_lost_shard_is_counted_missing_by_the_sweeps_plan(tmp_path, capsys):
     assert "Runs done (finished or failed): 4 of 4 expected" in (out / "index.md").read_text()
     for _ in range(3):  # every shard writes it: one file
         plan = plans.write_plan(runs, "paper", ["strategy=ft|lp"], grid)
-    assert [p.name for p in (runs / ".plans").iterdir()] == [plan.name]
+    assert [p.name for p in (runs / ".plans").glob("*.json")] == [plan.name]
     capsys.readouterr()
     assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
     index = (out / "index.md").read_text()
     assert "Runs done (finished or failed): 4 of 6 expected" in index, index
-    assert "and in the plans of the sweeps of grid(s) 'paper'" in index
+    assert f"the runs listed in the sweep plan(s) .plans/{plan.name} (grid 'paper')" in index
+    assert "delete a plan file to stop expecting its runs" in index
     assert "0 complete, 2 partial" in index
-    plan.write_text('{"grid": "paper", "only": [], "runs": [{"dataset": "bach"}]}')
-    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
-    assert capsys.readouterr().err == (
-        f"error: {plan}: not a sweep plan (expected {{grid, only, runs}} with each run's "
-        "dataset, arch, strategy, lr and seed); delete it, or give --config\n"
-    )
+    bad = dict(json.loads(plan.read_text()))
+    for k, run, said in (
+        (None, {"dataset": "bach"}, "run 0: arch None is not an arch this medft-jax builds"),
+        ("strategy", "zzz", "run 0: strategy 'zzz' is not one of ft, lp,"),
+        ("dataset", "nonsense", "run 0: dataset 'nonsense': unknown; known:"),
+        ("lr", float("nan"), "run 0: lr nan is not a positive number"),
+        ("seed", -5, "run 0: seed -5 is not an integer from 0"),
+    ):
+        first = run if k is None else {**bad["runs"][0], k: run}
+        plan.write_text(json.dumps({**bad, "runs": [first, *bad["runs"][1:]]}))
+        assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {plan}: not a sweep plan ({said}"), err
+        assert err.endswith("delete it (a report then expects no runs of it), or give --config\n")
+    # A Mac's AppleDouble file beside a copied plan is not a plan.
+    plan.write_text(json.dumps(bad))
+    (plan.parent / f"._{plan.name}").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
+
+
+def test_each_sweep_plan_expects_its_own_runs_and_an_edited_grid_replaces_its_plan(tmp_path):
+    """The plans' runs were crossed with every run's arch, LR and seed: a 2-run plan of
+    bach (ResNet-50, lr 0.01) beside a complete demo sweep read "8 of 48 expected", demo
+    gaining a ResNet-50 column. A grid edited to 3 seeds, swept for seed 2 and edited
+    back kept seed 2 expected for ever. Now a plan's runs are expected as listed, slices
+    of one grid add up, and an edited grid's plan replaces the old one."""
+    from medft_jax import plans
+
+    runs = tmp_path / "runs"
+    demo = [
+        rec(dataset="demo", arch="resnet_tiny", strategy=s, lr=lr, seed=k)
+        for s in ("ft", "lp")
+        for lr in (1e-3, 1e-4)
+        for k in (0, 1)
+    ]
+    _write_runs(runs, demo)
+    plans.write_plan(runs, "tiny", [], [r["config"] for r in demo])
+    bach = [rec(arch="resnet50", lr=0.01, seed=k)["config"] for k in (0, 1)]
+    plans.write_plan(runs, "bachgrid", [], bach)
+    out = tmp_path / "out"
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
+    index = (out / "index.md").read_text()
+    assert "Runs done (finished or failed): 8 of 10 expected" in index, index
+    assert "2 complete, 0 partial, 0 failed, 1 missing" in index
+    # Slices of one grid (--only seed=0, then seed=1) add up in one plan.
+    whole = [rec(arch="resnet50", lr=0.01, seed=k)["config"] for k in (0, 1, 2)]
+    grid_hash = results.config_hash({"runs": whole})
+    for k in (0, 1, 2):
+        path = plans.write_plan(runs, "bachgrid", [f"seed={k}"], [whole[k]], grid_hash)
+    [(_, plan)] = [(p, x) for p, x in plans.load_plans(runs) if x["grid"] == "bachgrid"]
+    assert sorted(r["seed"] for r in plan["runs"]) == [0, 1, 2]
+    assert plan["only"] == ["seed=0", "seed=1", "seed=2"]
+    # The grid edited (another definition): its plan is the new selection alone.
+    plans.write_plan(runs, "bachgrid", [], whole[:1])
+    assert [r["seed"] for r in json.loads(path.read_text())["runs"]] == [0]
+    assert len(list((runs / ".plans").glob("*.json"))) == 2
 
 
 def test_a_folder_without_ft_says_why_nothing_is_compared_with_it(tmp_path):

@@ -955,6 +955,45 @@ def test_each_shard_writes_the_whole_filtered_grid_as_its_plan(tmp_path, monkeyp
     ]
 
 
+def test_a_sweep_that_reads_no_dataset_plans_nothing_and_an_unwritable_plan_is_a_note(
+    tmp_path, monkeypatch, capsys
+):
+    """A sweep whose every dataset was unavailable (a mistaken --data-dir) left a plan of
+    all its runs, and every later report read them missing; a ``.plans`` folder another
+    user owns stopped the whole sweep, naming a temporary file."""
+    import errno
+
+    from medft_jax import outcomes, plans
+
+    config = _grid_file(tmp_path, "g", strategies=("ft", "lp"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    out = tmp_path / "o"
+
+    def unavailable(self, config, **kw):
+        return outcomes.Outcome(config, outcomes.UNAVAILABLE, error="no such folder")
+
+    monkeypatch.setattr(Session, "run", unavailable)
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 1
+    assert plans.load_plans(out) == []
+    capsys.readouterr()
+
+    def refused(self, config, **kw):
+        return outcomes.Outcome(config, outcomes.REFUSED, error="not trained here")
+
+    def no_write(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(out / ".plans" / ".x.tmp"))
+
+    monkeypatch.setattr(Session, "run", refused)
+    monkeypatch.setattr(plans, "write_bytes", no_write)
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("refused (not trained here)") == 2  # both runs still reached
+    path = plans.plan_path(out, "tiny")
+    assert captured.err.startswith(
+        f"note: {path} not written (Permission denied): a report without --config will not "
+        "count this sweep's runs that never start\n"
+    )
+
+
 def test_select_whose_arm_another_process_trains_exits_75(tmp_path, capsys):
     """Busy is not bad input: a second selection into one --out says so in one line and
     exits 75 (try again later), as ``experiments.run`` does for a run another process holds."""

@@ -162,7 +162,8 @@ class Summary:
     """Dataset -> the two metrics of its table, the headline metric first."""
     grid_name: str | None = None
     plans: tuple[str, ...] = ()
-    """Without a grid: the names of the grids whose sweep plans added to what is expected."""
+    """Without a grid: the sweep plans whose runs are expected (``.plans/<file> (grid
+    'name')``), each named so that a stale one can be found and deleted."""
     filters: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     left_out: int = 0
     """Records and failure notes under ``--runs`` that are not runs of the grid."""
@@ -204,9 +205,10 @@ def collect(
       latest: ``--latest``: leave out each record superseded by a rerun of its
         settings on newer data (:func:`drop_superseded`), counted in
         ``Summary.superseded``. Without it such records are refused, named.
-      planned: without ``grid``, the sweeps' plans found beside the runs (grid name,
-        run configs: :func:`medft_jax.plans.load_plans`): their runs are expected too,
-        so a shard that never ran is counted missing, not unseen.
+      planned: without ``grid``, the sweeps' plans found beside the runs (how to name
+        the plan, its run configs: :func:`medft_jax.plans.load_plans`): their runs are
+        expected as listed, so a shard that never ran is counted missing, not unseen;
+        runs no plan lists are inferred among themselves.
 
     Raises:
       RecordError: a record lacking what a report needs, records of one
@@ -259,7 +261,7 @@ def collect(
                 gridlib.matches(r["config"], filt) for r in kept
             )
             records = kept
-        expected = _expected_under(records + failures + stubs, filt)
+        expected = _expected_under(records + failures, filt, stubs)
         records = [r for r in records if gridlib.matches(r["config"], filt)]
         failures = [f for f in failures if gridlib.matches(f["config"], filt)]
     if latest and grid is not None:
@@ -416,18 +418,32 @@ def _cell_key(run: dict[str, Any]) -> CellKey:
 
 
 def _expected_under(
-    runs: list[dict[str, Any]], filt: Mapping[str, set[str]]
+    runs: list[dict[str, Any]],
+    filt: Mapping[str, set[str]],
+    planned: Sequence[dict[str, Any]] = (),
 ) -> dict[CellKey, set[tuple[float, int]]]:
-    """:func:`_infer_expected` of every run, then narrowed to the cells, LRs and seeds that
-    ``--only`` shows: a seed or LR that the shown runs have not reached yet (LP's seed 2,
-    done for FT) is still expected of them, so the cell is marked partial, not complete.
-    A filter on another setting (``precision``) picks the runs the grid is inferred from."""
+    """The runs the sweeps' plans list (``planned``, as stub records), and
+    :func:`_infer_expected` of the runs no plan lists, then narrowed to the cells, LRs
+    and seeds that ``--only`` shows: a seed or LR that the shown runs have not reached
+    yet (LP's seed 2, done for FT) is still expected of them, so the cell is marked
+    partial, not complete. A filter on another setting (``precision``) picks the runs
+    the grid is inferred from.
+
+    A plan's runs are expected as listed, not crossed with every other run's settings:
+    two grids' sweeps in one folder (demo on ResNet-50, bach at another LR) each expect
+    their own runs, not each other's archs and LRs."""
     from medft_jax import grid as gridlib
 
     axes = {"dataset", "arch", "strategy", "lr", "seed"}
     other = {k: v for k, v in filt.items() if k not in axes}
     shown = {k: v for k, v in filt.items() if k in axes}
-    every = _infer_expected([r for r in runs if gridlib.matches(r["config"], other)])
+    stubs = [p for p in planned if gridlib.matches(p["config"], other)]
+    listed = {_run_key(p) for p in stubs}
+    every = _infer_expected(
+        [r for r in runs if gridlib.matches(r["config"], other) and _run_key(r) not in listed]
+    )
+    for p in stubs:
+        every.setdefault(_cell_key(p), set()).add(_run_key(p)[3:])
     expected = {}
     for (d, a, s), pairs in every.items():
         kept = {
@@ -440,6 +456,12 @@ def _expected_under(
         if kept:
             expected[(d, a, s)] = kept
     return expected
+
+
+def _run_key(run: Mapping[str, Any]) -> tuple[str, str, str, float, int]:
+    """A run's cell and its (LR, seed): what makes it one of a cell's expected runs."""
+    c = run["config"]
+    return (c["dataset"], c["arch"], c["strategy"], float(c["lr"]), int(c["seed"]))
 
 
 def _infer_expected(runs: list[dict[str, Any]]) -> dict[CellKey, set[tuple[float, int]]]:

@@ -366,14 +366,15 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         source = f"the runs of grid {summary.grid_name!r} (from --config)"
     else:
         planned = (
-            f" and in the plans of the sweeps of grid(s) {', '.join(map(repr, summary.plans))} "
-            "(.plans/ beside the runs: a shard that never ran counts as missing)"
+            f"the runs listed in the sweep plan(s) {md_escape(', '.join(summary.plans))} "
+            "beside the runs (a shard that never ran counts as missing; delete a plan file "
+            "to stop expecting its runs), and for the runs no plan lists, "
             if summary.plans
             else ""
         )
         source = (
-            "inferred from the records: every arch, strategy, LR and seed seen anywhere"
-            f"{planned}, for every dataset (--config gives a grid's own)"
+            f"{planned}inferred from the records: every arch, strategy, LR and seed seen "
+            "anywhere, for every dataset (--config gives a grid's own)"
         )
     lines = [
         "# Comparison of fine-tuning strategies: report",
