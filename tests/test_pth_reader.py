@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -636,3 +637,103 @@ def test_a_pickle_cut_short_or_a_member_missing_is_one_line(tmp_path):
         message = str(refused.value)
         assert message.startswith(f"{path}: truncated or corrupted torch file (")
         assert "\n" not in message
+
+
+# --- bounded on hostile files: time, memory and message size ----------------------------------
+
+
+def _doubling(depth: int, opener: bytes, closer: bytes) -> bytes:
+    """A container holding the one below twice, ``depth`` levels: a few bytes per level
+    (the memo), 2^depth when shown or hashed whole."""
+    out = opener + closer + b"q\x00"
+    for i in range(1, depth):
+        out += b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + closer + b"q" + bytes([i])
+    return out
+
+
+def test_a_value_that_doubles_per_level_is_named_in_a_short_line(tmp_path):
+    """A storage key that is a list holding itself twice per level (900 bytes of pickle)
+    was shown whole in the message: 42 MB at depth 22, exponential beyond."""
+    key = b"\x80\x02" + _doubling(22, b"(", b"l")  # a list, not the storage's string
+    pid = _tuple(_str("storage"), _global("torch", "FloatStorage"), b"h\x15", _str("cpu"), _int(1))
+    args = _tuple(pid + b"Q", _int(0), _tuple(_int(1)), _tuple(_int(1)), b"\x89", b"N")
+    tensor = _global("torch._utils", "_rebuild_tensor_v2") + args + b"R"
+    pickled = key + b"0}(" + _str("w") + tensor + b"u."  # POP the list: only its memo is used
+    path = torch_zip(tmp_path / "bomb.pth", pickled, {"0": b"\0" * 4})
+    with pytest.raises(PortError) as refused:
+        read_state_dict(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: truncated or corrupted torch file (persistent id ")
+    assert len(message) < 600 and "\n" not in message
+
+
+def test_a_dict_key_that_is_not_a_name_or_number_is_refused_before_it_is_hashed(tmp_path):
+    """A tuple holding itself twice per level costs 2^depth to hash: a 1 KB file's dict
+    key held the load for hours. A state_dict's keys are names, an optimizer's numbers."""
+    tup = b"\x80\x02" + _doubling(24, b"(", b"t")
+    for pickled in (
+        tup + b"0}(h\x17" + _int(1) + b"u.",  # SETITEMS
+        tup + b"0}h\x17" + _int(1) + b"s.",  # SETITEM
+        b"(" + tup[2:] + b"0h\x17" + _int(1) + b"d.",  # DICT, protocol 0's
+        # Python 2's OrderedDict([[key, value]]): the pairs are hashed by its constructor.
+        tup + b"0" + _global("collections", "OrderedDict") + b"(((h\x17" + _int(1) + b"lltR.",
+        b"\x80\x04\x8f(" + _int(1) + b"\x90.",  # a set, never written by torch.save
+    ):
+        path = torch_zip(tmp_path / "key.pth", pickled)
+        with pytest.raises(PortError, match=f"^{re.escape(f'{path}: {NOT_LOADABLE}')}$"):
+            read_state_dict(path)
+    with pytest.raises(pth_reader.Refused, match=r"^a dict key of type tuple$"):
+        pth_reader.load(torch_zip(tmp_path / "k.pth", tup + b"0}h\x17" + _int(1) + b"s."))
+
+
+def test_tensors_copying_one_storage_many_times_over_are_refused(tmp_path, monkeypatch):
+    """Each tensor is a copy: a 600-byte file naming one storage 10,000 times made 3 GB.
+    Tied weights (a storage named twice) read; five full copies of one are refused."""
+    monkeypatch.setattr(pth_reader, "_MAX_EXPANDED_BYTES", 0)
+    data = {"0": np.arange(256, dtype="<f4").tobytes()}
+    whole = _tensor("0", 256, 0, (256,), (1,))
+    tied = torch_zip(tmp_path / "tied.pth", _state(("a", whole), ("b", whole)), data)
+    np.testing.assert_array_equal(read_state_dict(tied)["b"], np.arange(256, dtype="f4"))
+    many = torch_zip(tmp_path / "many.pth", _state(*((f"w{k}", whole) for k in range(5))), data)
+    with pytest.raises(pth_reader.Corrupt, match="copy 5120 bytes out of storages of 1024"):
+        pth_reader.load(many)
+
+
+def test_a_compressed_member_is_refused_before_it_is_inflated(tmp_path):
+    """torch.save stores its members; a 2 KB deflated member inflating to 2 GB had been
+    read whole before any size was checked."""
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", _state(("w", _tensor("0", 1, 0, (1,), (1,)))))
+        z.writestr("archive/data/0", b"\0" * 100_000, compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(PortError) as refused:
+        read_state_dict(path)
+    assert str(refused.value) == (
+        f"{path}: truncated or corrupted torch file (member 'archive/data/0' is compressed "
+        "(zip method 8); torch.save stores its members as they are); download or copy it again"
+    )
+
+
+def test_a_legacy_header_nested_deep_is_one_line(tmp_path):
+    """A version pickle of 100,000 nested lists raised RecursionError from its message."""
+    deep = b"\x80\x02" + b"(" * 100_000 + b"l" * 100_000 + b"."
+    path = torch_legacy(tmp_path / "deep.pth", b"\x80\x02}.", version=deep)
+    with pytest.raises(PortError) as refused:
+        read_state_dict(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: truncated or corrupted torch file (legacy protocol ")
+    assert len(message) < 600
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_running_out_of_memory_is_not_called_a_damaged_file(fmt, tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(pth_reader, "_array", no_memory)
+    path = saved(tmp_path / "w.pth", {"w": torch.ones(3)}, **FORMATS[fmt])
+    with pytest.raises(PortError) as refused:
+        read_state_dict(path)
+    assert str(refused.value) == (
+        f"{path}: not enough memory to read it on this machine (a state_dict's tensors did not fit)"
+    )

@@ -36,13 +36,17 @@ in both formats, as ``torch.load(weights_only=True)`` reads them.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import math
 import os
 import pickle
+import reprlib
 import zipfile
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,6 +63,10 @@ class Refused(PthError):
 
 class Corrupt(PthError):
     """The file is cut short or inconsistent (a tensor past its storage)."""
+
+
+class TooLarge(PthError):
+    """Reading the file ran out of memory: not a sign that it is damaged."""
 
 
 class NotTorch(PthError):
@@ -171,6 +179,30 @@ _QSCHEMES = (
 _MAX_EXPANDED_BYTES = 1 << 30
 """A tensor with more elements than its storage (stride 0) is copied up to this size."""
 
+_COPIES = 4
+"""The tensors of a file are copied out of its storages up to this many times their bytes
+(and :data:`_MAX_EXPANDED_BYTES` more): tied weights name one storage twice; a 600-byte
+file naming one storage ten thousand times had made gigabytes of copies."""
+
+
+class _Budget:
+    """What a file's tensors may copy out of its storages, in all (:data:`_COPIES`)."""
+
+    def __init__(self) -> None:
+        self.stored = 0
+        self.copied = 0
+
+    def take(self, nbytes: int) -> None:
+        self.copied += nbytes
+        if self.copied > _COPIES * self.stored + _MAX_EXPANDED_BYTES:
+            raise Corrupt(
+                f"its tensors copy {self.copied} bytes out of storages of {self.stored}: "
+                "more than a state_dict's tensors hold"
+            )
+
+
+_BUDGET: contextvars.ContextVar[_Budget] = contextvars.ContextVar("pth_budget")
+
 
 class _Marker:
     """What a whitelisted torch global that is no function stands for (a dtype, a storage
@@ -234,7 +266,7 @@ def type_name(value: Any) -> str:
 
 def _int(value: Any, what: str) -> int:
     if type(value) is not int or value < 0:
-        raise Corrupt(f"a tensor's {what} is {value!r}, expected a count")
+        raise Corrupt(f"a tensor's {what} is {short(value)}, expected a count")
     return value
 
 
@@ -249,7 +281,7 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str, metad
         raise Corrupt(f"a tensor's storage is a {type_name(storage)}")
     offset, size, stride = _int(offset, "offset"), _ints(size, "size"), _ints(stride, "stride")
     if len(size) != len(stride):
-        raise Corrupt(f"a tensor of size {size} has strides {stride}")
+        raise Corrupt(f"a tensor of size {short(size)} has strides {short(stride)}")
     itemsize = ITEMSIZE[dtype]
     available = storage.nbytes // itemsize
     count = math.prod(size)
@@ -257,12 +289,14 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str, metad
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= available:
             raise Corrupt(
-                f"a {dtype} tensor of size {size} (offset {offset}, strides {stride}) reaches "
-                f"past its storage {storage.member!r} of {available} elements"
+                f"a {dtype} tensor of size {short(size)} (offset {offset}, strides "
+                f"{short(stride)}) reaches "
+                f"past its storage {short(storage.member)} of {available} elements"
             )
         if count > available and count * itemsize > _MAX_EXPANDED_BYTES:
             raise Corrupt(
-                f"a {dtype} tensor of size {size} expands its storage {storage.member!r} of "
+                f"a {dtype} tensor of size {short(size)} expands its storage "
+                f"{short(storage.member)} of "
                 f"{available} elements past {_MAX_EXPANDED_BYTES >> 30} GiB"
             )
     flags = _metadata(metadata)
@@ -281,6 +315,7 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str, metad
 def _array(storage: _Storage, offset: int, size: tuple, stride: tuple, dtype: str, flags: dict):
     """A tensor's values: a C-contiguous copy out of its (bounds-checked) storage."""
     np_dtype, itemsize = _NUMPY[dtype], ITEMSIZE[dtype]
+    _BUDGET.get().take(math.prod(size) * itemsize)
     stored = np_dtype.newbyteorder("<" if storage.order == "little" else ">")
     base = np.frombuffer(storage.data, dtype=stored, count=storage.nbytes // itemsize)
     view = np.lib.stride_tricks.as_strided(
@@ -308,7 +343,7 @@ def _metadata(metadata: Any) -> dict[str, bool]:
     if not isinstance(metadata, dict) or not all(
         k in ("neg", "conj") and type(v) is bool for k, v in metadata.items()
     ):
-        raise Refused(f"tensor metadata {metadata!r}")
+        raise Refused(f"tensor metadata {short(metadata)}")
     return metadata
 
 
@@ -351,7 +386,7 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     """A tensor with Python attributes (``t.note = ...``): the tensor, attributes dropped."""
     known = any(func is f for f in _REBUILDS)
     if not (known and isinstance(new_type, _Marker) and new_type.name in _TYPES):
-        raise Refused(f"_rebuild_from_type_v2 of {new_type!r}")
+        raise Refused(f"_rebuild_from_type_v2 of {short(new_type)}")
     if type(args) is not tuple:
         raise Corrupt("_rebuild_from_type_v2 without an argument tuple")
     return _tensor_arg(func(*args))
@@ -377,12 +412,37 @@ def _rebuild_sparse_csr_tensor(layout, data):  # torch 1.x's name for the same
 def _get_layout(name):
     layout = name.removeprefix("torch.") if isinstance(name, str) else None
     if layout not in _LAYOUTS:
-        raise Refused(f"layout {name!r}")
+        raise Refused(f"layout {short(name)}")
     return _MARKERS["torch", layout]
 
 
 def _size(sizes=()):
     return _ints(sizes, "size")
+
+
+def _ordered_dict(*args: Any) -> OrderedDict:
+    """``collections.OrderedDict()`` as ``torch.save`` pickles it: no arguments (its items
+    set after), or, from Python 2, one list of [key, value] pairs, each key checked by
+    :func:`_key` before it is hashed."""
+    if not args:
+        return OrderedDict()
+    pairs = args[0]
+    if len(args) > 1 or type(pairs) is not list:
+        raise Refused("an OrderedDict built from other than a list of pairs")
+    if not all(type(p) in (list, tuple) and len(p) == 2 for p in pairs):
+        raise Corrupt("an OrderedDict's items are not [key, value] pairs")
+    return OrderedDict((_key(k), v) for k, v in pairs)
+
+
+_KEY_TYPES = (str, int, float, bool, type(None))
+"""What a dict key read from a file may be: a state_dict's names, an optimizer state's
+ids. A tuple key nested in itself costs 2^depth to hash (a 1 KB file, hours)."""
+
+
+def _key(key: Any) -> Any:
+    if type(key) not in _KEY_TYPES:
+        raise Refused(f"a dict key of type {type_name(key)}")
+    return key
 
 
 _REBUILDS = {
@@ -411,7 +471,7 @@ _MARKERS: dict[tuple[str, str], _Marker] = {
 }
 
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
+    ("collections", "OrderedDict"): _ordered_dict,
     ("torch", "Size"): _size,
     ("torch.serialization", "_get_layout"): _get_layout,
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
@@ -420,7 +480,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 """Every global a ``.pth`` may name, and what it stands for here."""
 
-_CALLABLE = frozenset(map(id, (OrderedDict, _size, _get_layout, *_REBUILDS)))
+_CALLABLE = frozenset(map(id, (_ordered_dict, _size, _get_layout, *_REBUILDS)))
 """What ``REDUCE`` may call (by identity)."""
 
 
@@ -452,26 +512,26 @@ class _Unpickler(pickle._Unpickler):
         try:
             return self._allowed[module, name]
         except (KeyError, TypeError):
-            raise Refused(f"global {module}.{name}") from None
+            raise Refused(f"global {_plain(module)}.{_plain(name)}") from None
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
-            raise Refused(f"persistent id {pid!r}")
+            raise Refused(f"persistent id {short(pid)}")
         _, storage_type, key, location, numel = pid
         if not isinstance(storage_type, _StorageType) or self._zip is None:
-            raise Refused(f"persistent id {pid!r}")
+            raise Refused(f"persistent id {short(pid)}")
         if type(key) is not str or type(location) is not str or type(numel) is not int:
-            raise Corrupt(f"persistent id {pid!r}")
+            raise Corrupt(f"persistent id {short(pid)}")
         if key in self._storages:  # as torch.load: one storage per key, however often named
             return self._storages[key]
         member = f"{self._prefix}/data/{key}"
-        try:
-            data = self._zip.read(member)
-        except KeyError:
-            raise Corrupt(f"no member {member!r}") from None
+        if numel < 0:
+            raise Corrupt(f"storage {short(key)} of {numel} elements")
         need = numel * ITEMSIZE[storage_type.dtype]
-        if numel < 0 or len(data) < need:
-            raise Corrupt(f"member {member!r} holds {len(data)} bytes, its storage {need}")
+        data = _member(self._zip, member)
+        if len(data) < need:
+            raise Corrupt(f"member {short(member)} holds {len(data)} bytes, its storage {need}")
+        _BUDGET.get().stored += need
         storage = _Storage(
             memoryview(data)[:need], storage_type.dtype, member, self._order, storage_type.name
         )
@@ -499,14 +559,32 @@ class _Unpickler(pickle._Unpickler):
             raise EOFError("the pickle ends inside a global's name")
         self.append(self.find_class(module[:-1].decode("utf-8"), name[:-1].decode("utf-8")))
 
+    def load_setitem(self) -> None:
+        value = self.stack.pop()
+        key = _key(self.stack.pop())
+        self.stack[-1][key] = value
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            target[_key(items[i])] = items[i + 1]
+
+    def load_dict(self) -> None:
+        items = self.pop_mark()
+        self.append({_key(items[i]): items[i + 1] for i in range(0, len(items), 2)})
+
     def load_refused(self) -> None:
         raise Refused(
-            "an object built by NEWOBJ, INST or OBJ, a copyreg extension or a pickle buffer"
+            "an object built by NEWOBJ, INST or OBJ, a copyreg extension, a pickle buffer or a set"
         )
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.BUILD[0]] = load_build
     dispatch[pickle.GLOBAL[0]] = load_global
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.DICT[0]] = load_dict
     # EXT*: a global by copyreg's registry code, served from a process-wide cache that
     # another unpickler may have filled, past find_class: never needed by torch.save.
     for _op in (
@@ -522,6 +600,10 @@ class _Unpickler(pickle._Unpickler):
         pickle.BYTEARRAY8,
         pickle.NEXT_BUFFER,
         pickle.READONLY_BUFFER,
+        # Sets hash what they hold (see _key); torch.save never writes one.
+        pickle.EMPTY_SET,
+        pickle.ADDITEMS,
+        pickle.FROZENSET,
     ):
         dispatch[_op[0]] = load_refused
     del _op
@@ -541,8 +623,26 @@ def _run(unpickler: _Unpickler) -> Any:
         raise Corrupt(f"corrupted zip archive: {_first_line(e)}") from None
     except RecursionError:
         raise Corrupt("its pickle nests too deep") from None
+    except MemoryError:
+        raise TooLarge("not enough memory to read it") from None
     except Exception as e:  # a pickle cut short or garbled: EOFError, KeyError, struct.error...
         raise Corrupt(f"unreadable pickle: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def _member(z: zipfile.ZipFile, name: str) -> bytes:
+    """A member of a ``torch.save`` archive, which stores them uncompressed: a compressed
+    one (a 2 KB member inflating to 2 GB) is refused before it is read; a stored one is
+    no larger than the file."""
+    try:
+        info = z.getinfo(name)
+    except KeyError:
+        raise Corrupt(f"no member {short(name)}") from None
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise Corrupt(
+            f"member {short(name)} is compressed (zip method {info.compress_type}); "
+            "torch.save stores its members as they are"
+        )
+    return z.read(info)
 
 
 def _first_line(e: BaseException) -> str:
@@ -566,10 +666,22 @@ def load(path: str | Path) -> Any:
             raise NotTorch("a zip archive without torch.save's data.pkl")
         order = "little"
         if f"{prefix}/byteorder" in names:
-            order = z.read(f"{prefix}/byteorder").decode("ascii", "replace")
+            order = _member(z, f"{prefix}/byteorder").decode("ascii", "replace")
             if order not in ("little", "big"):
                 raise Corrupt(f"unknown byte order {order[:20]!r}")
-        return _unpickle(io.BytesIO(z.read(f"{prefix}/data.pkl")), _ALLOWED, z, prefix, order)
+        pickled = io.BytesIO(_member(z, f"{prefix}/data.pkl"))
+        with _budget():
+            return _unpickle(pickled, _ALLOWED, z, prefix, order)
+
+
+@contextlib.contextmanager
+def _budget() -> Iterator[_Budget]:
+    """A fresh :class:`_Budget` for the tensors of one file."""
+    token = _BUDGET.set(_Budget())
+    try:
+        yield _BUDGET.get()
+    finally:
+        _BUDGET.reset(token)
 
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -625,14 +737,14 @@ class _LegacyUnpickler(_Unpickler):
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (type(pid) is tuple and len(pid) == 6 and pid[0] == "storage"):
-            raise Refused(f"persistent id {_short(pid)}")  # ('module', class, ...) included
+            raise Refused(f"persistent id {short(pid)}")  # ('module', class, ...) included
         _, storage_type, key, location, numel, view = pid
         if not isinstance(storage_type, _StorageType):
-            raise Refused(f"persistent id {_short(pid)}")
+            raise Refused(f"persistent id {short(pid)}")
         if type(key) is not str or type(location) is not str or type(numel) is not int:
-            raise Corrupt(f"persistent id {_short(pid)}")
+            raise Corrupt(f"persistent id {short(pid)}")
         if numel < 0:
-            raise Corrupt(f"storage {key!r} of {numel} elements")
+            raise Corrupt(f"storage {short(key)} of {numel} elements")
         root = self._storages.get(key)
         if root is None:  # as torch.load: the first persistent id of a key declares it
             itemsize = ITEMSIZE[storage_type.dtype]
@@ -648,14 +760,14 @@ class _LegacyUnpickler(_Unpickler):
             and type(view[0]) is str
             and all(type(n) is int and n >= 0 for n in view[1:])
         ):
-            raise Corrupt(f"storage view {_short(view)}")
+            raise Corrupt(f"storage view {short(view)}")
         view_key, offset, size = view
         if view_key in self.views:
             return self.views[view_key][0]
         itemsize = ITEMSIZE[root.dtype]
         if (offset + size) * itemsize > root.nbytes:
             raise Corrupt(
-                f"a view of {size} elements at {offset} into storage {key!r} of "
+                f"a view of {size} elements at {offset} into storage {short(key)} of "
                 f"{root.nbytes // itemsize} elements"
             )
         storage = _Storage(None, root.dtype, view_key, "little", root.torch_type, size * itemsize)
@@ -663,9 +775,35 @@ class _LegacyUnpickler(_Unpickler):
         return storage
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 200 else text[:200] + "..."
+_REPR = reprlib.Repr()
+for _limit, _n in {
+    "maxlevel": 3,
+    "maxtuple": 6,
+    "maxlist": 6,
+    "maxdict": 4,
+    "maxset": 4,
+    "maxfrozenset": 4,
+    "maxstring": 60,
+    "maxother": 60,
+    "maxlong": 40,
+}.items():
+    setattr(_REPR, _limit, _n)
+del _limit, _n
+"""How a value read from a file is shown in a message: bounded in depth and breadth
+while it is built (a list that holds itself twice per level, 1 KB of pickle, had a
+full ``repr`` of gigabytes)."""
+
+
+def _plain(text: Any) -> str:
+    """A name read from a file as it is when short and printable, else :func:`short`'s."""
+    plain = isinstance(text, str) and len(text) <= 100 and text.isprintable()
+    return text if plain else short(text)
+
+
+def short(value: Any) -> str:
+    """A value read from a file, as a message shows it: at most a few hundred characters,
+    on one line, whatever the value."""
+    return " ".join(_REPR.repr(value).split())[:240]
 
 
 def load_legacy(path: str | Path) -> Any:
@@ -689,71 +827,78 @@ def load_legacy(path: str | Path) -> Any:
     torch < 1.12 and little-endian after, so either must give the declared
     count. Raises :class:`Refused`, :class:`Corrupt` or :class:`NotTorch`.
     """
-    with open(path, "rb") as raw:
-        f = _Bounded(raw)
-        magic = _unpickle(f, {})
-        if not (type(magic) is int and magic == LEGACY_MAGIC):
-            raise NotTorch("not torch.save's legacy format (no magic number)")
-        version = _unpickle(f, {})
-        if not (type(version) is int and version == LEGACY_PROTOCOL):
-            raise Corrupt(f"legacy protocol version {_short(version)}, expected {LEGACY_PROTOCOL}")
-        count_order = _legacy_byte_order(_unpickle(f, {}))
-        unpickler = _LegacyUnpickler(f)
-        obj = _run(unpickler)
-        keys = _unpickle(f, {})
-        roots = unpickler._storages
-        if type(keys) is not list or not all(type(k) is str and k in roots for k in keys):
-            raise Corrupt(f"storage keys {_short(keys)}, expected those its pickle names")
-        if len(set(keys)) != len(keys):
-            raise Corrupt("a storage's key is listed twice")
-        listed = set(keys)
-        missing = [k for k, s in roots.items() if k not in listed and _waits(s, k, unpickler)]
-        if missing:
-            raise Corrupt(f"no data for storage {missing[0]!r}")
-        for key in keys:
-            _read_legacy_storage(f, roots[key], count_order, unpickler.views)
+    try:
+        with open(path, "rb") as raw, _budget():
+            return _load_legacy(_Bounded(raw))
+    except MemoryError:
+        raise TooLarge("not enough memory to read it") from None
+
+
+def _load_legacy(f: _Bounded) -> Any:
+    magic = _unpickle(f, {})
+    if not (type(magic) is int and magic == LEGACY_MAGIC):
+        raise NotTorch("not torch.save's legacy format (no magic number)")
+    version = _unpickle(f, {})
+    if not (type(version) is int and version == LEGACY_PROTOCOL):
+        raise Corrupt(f"legacy protocol version {short(version)}, expected {LEGACY_PROTOCOL}")
+    count_order = _legacy_byte_order(_unpickle(f, {}))
+    unpickler = _LegacyUnpickler(f)
+    obj = _run(unpickler)
+    keys = _unpickle(f, {})
+    roots = unpickler._storages
+    if type(keys) is not list or not all(type(k) is str and k in roots for k in keys):
+        raise Corrupt(f"storage keys {short(keys)}, expected those its pickle names")
+    if len(set(keys)) != len(keys):
+        raise Corrupt("a storage's key is listed twice")
+    # Each storage's views, found once: asking per storage was storages x views.
+    views: dict[str, list[tuple[_Storage, int]]] = {}
+    for view, root, offset in unpickler.views.values():
+        views.setdefault(root, []).append((view, offset))
+    listed = set(keys)
+    missing = [
+        k
+        for k, s in roots.items()
+        if k not in listed and (s.pending or any(v.pending for v, _ in views.get(k, ())))
+    ]
+    if missing:
+        raise Corrupt(f"no data for storage {short(missing[0])}")
+    for key in keys:
+        _read_legacy_storage(f, roots[key], count_order, views.get(key, []))
     return obj
 
 
 def _legacy_byte_order(sys_info: Any) -> str:
     if not isinstance(sys_info, dict):
-        raise Corrupt(f"legacy sys_info {_short(sys_info)}, expected a dict")
+        raise Corrupt(f"legacy sys_info {short(sys_info)}, expected a dict")
     little = sys_info.get("little_endian", True)
     if type(little) is not bool:
-        raise Corrupt(f"legacy sys_info little_endian={_short(little)}")
+        raise Corrupt(f"legacy sys_info little_endian={short(little)}")
     return "little" if little else "big"
 
 
-def _views_of(key: str, views: dict) -> list[tuple[_Storage, int]]:
-    return [(view, offset) for view, root, offset in views.values() if root == key]
-
-
-def _waits(storage: _Storage, key: str, unpickler: _LegacyUnpickler) -> bool:
-    """Whether a tensor needs a storage's bytes (itself or through a view)."""
-    views = _views_of(key, unpickler.views)
-    return bool(storage.pending) or any(view.pending for view, _ in views)
-
-
-def _read_legacy_storage(f: _Bounded, storage: _Storage, count_order: str, views: dict) -> None:
+def _read_legacy_storage(
+    f: _Bounded, storage: _Storage, count_order: str, views: list[tuple[_Storage, int]]
+) -> None:
     head = f.read(8)
     if len(head) < 8:
-        raise Corrupt(f"the file ends before storage {storage.member!r}")
+        raise Corrupt(f"the file ends before storage {short(storage.member)}")
     itemsize = ITEMSIZE[storage.dtype]
     declared = storage.nbytes // itemsize
     counts = {int.from_bytes(head, order, signed=True) for order in (count_order, "little")}
     if declared not in counts:
         count = int.from_bytes(head, count_order, signed=True)
         raise Corrupt(
-            f"storage {storage.member!r} holds {count} elements, its persistent id {declared}"
+            f"storage {short(storage.member)} holds {count} elements, its persistent id {declared}"
         )
     if storage.nbytes > f.left():
         raise Corrupt(
-            f"storage {storage.member!r} of {storage.nbytes} bytes, but the file ends "
+            f"storage {short(storage.member)} of {storage.nbytes} bytes, but the file ends "
             f"{f.left()} bytes on"
         )
     storage.data = memoryview(f.read(storage.nbytes))
+    _BUDGET.get().stored += storage.nbytes
     _fill(storage)
-    for view, offset in _views_of(storage.member, views):
+    for view, offset in views:
         view.data = storage.data[offset : offset + view.nbytes]
         _fill(view)
         view.data = None

@@ -212,12 +212,18 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
             if isinstance(obj, Mapping)
             else None
         )
-        which = f" ({first!r} is a {pth_reader.type_name(obj[first])})" if first is not None else ""
+        which = (
+            f" ({pth_reader.short(first)} is a {pth_reader.type_name(obj[first])})"
+            if first is not None
+            else ""
+        )
         raise PortError(f"{path}: expected a state_dict (a mapping of names to tensors){which}")
     out = {}
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise PortError(f"{path}: key {key!r} is not a name; expected a state_dict")
+            raise PortError(
+                f"{path}: key {pth_reader.short(key)} is not a name; expected a state_dict"
+            )
         if value.kind is not None:
             raise PortError(
                 f"{path}: key {key!r} is a {value.kind} tensor, expected a dense float32 one"
@@ -231,6 +237,8 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
 def _pth_error(path: Path, e: pth_reader.PthError) -> PortError:
     if isinstance(e, pth_reader.Refused):
         return PortError(f"{path}: {NOT_LOADABLE}")
+    if isinstance(e, pth_reader.TooLarge):
+        return PortError(f"{path}: {e} on this machine (a state_dict's tensors did not fit)")
     if isinstance(e, pth_reader.NotTorch):
         return PortError(
             f"{path}: not a loadable torch state_dict ({e}); expected a file written by "
