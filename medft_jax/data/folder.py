@@ -122,20 +122,25 @@ def _classes(root: Path, base: Path) -> list[str]:
     return names
 
 
-def image_files(base: Path, folder: Path, others: Counter[str] | None = None) -> list[Path]:
+def image_files(
+    base: Path, folder: Path, others: Counter[str] | None = None, *, links_anywhere: bool = False
+) -> list[Path]:
     """The images under ``folder``: by suffix (:data:`IMAGE_SUFFIXES`), or any file
     with the DICOM marker (PACS exports name files ``IM0001`` or by UID).
 
     Every other file is counted in ``others`` by suffix, so that the user
-    hears that it was left out.
+    hears that it was left out (:func:`say_left_out`). ``links_anywhere``: see
+    :func:`~medft_jax.data.paths.scan_files` (a folder that is no dataset).
     """
-    return _images(scan_files(base, folder), others)
+    return _images(scan_files(base, folder, links_anywhere=links_anywhere), others)
 
 
 def _images(files: list[Path], others: Counter[str] | None = None) -> list[Path]:
     images = []
     for p in files:
-        if p.name.upper() != DICOMDIR and (p.suffix.lower() in IMAGE_SUFFIXES or _dicom_marked(p)):
+        if p.name.upper() != DICOMDIR and (
+            p.suffix.lower() in IMAGE_SUFFIXES or (p.exists() and _dicom_marked(p))
+        ):  # a broken link (listed only by links_anywhere) shows no marker: by suffix alone
             images.append(p)
         elif others is not None:
             others[p.suffix.lower() or "(no suffix)"] += 1
@@ -205,7 +210,10 @@ def _scan(
     return examples
 
 
-def _say_left_out(root: Path, others: Counter[str]) -> None:
+def say_left_out(root: Path, others: Counter[str]) -> None:
+    """One ``note:`` line counting, by suffix, the files under ``root`` that are not images
+    and were left out: a folder's PDFs or a scan exported as ``.nii`` must not vanish
+    without a word."""
     if others:
         each = ", ".join(f"{suffix} {n}" for suffix, n in sorted(others.items()))
         print(
@@ -279,7 +287,7 @@ def parse_folder(
             for s, p in folders.items()
         }
         _check_nothing_left_out(root, given)
-        _say_left_out(root, others)
+        say_left_out(root, others)
         train = given["train"]
         fraction = {
             split: fraction_for(
@@ -304,7 +312,7 @@ def parse_folder(
     nested = {"train": []}
     examples = _scan(root, root, class_names, "train", others, patient_folders, nested["train"])
     _check_patients_said(root, nested, patient_folders, carved=True, train=examples)
-    _say_left_out(root, others)
+    say_left_out(root, others)
     test_fraction = fraction_for("test", test_fraction, None, str(root))
     val_fraction = fraction_for("val", val_fraction, None, str(root))
     rest, test = carve_checked(

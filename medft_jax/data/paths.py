@@ -85,7 +85,12 @@ def check_inside(root: Path, path: Path) -> Path:
 
 
 def scan_files(
-    root: Path, folder: Path, suffixes: Iterable[str] | None = None, *, recursive: bool = True
+    root: Path,
+    folder: Path,
+    suffixes: Iterable[str] | None = None,
+    *,
+    recursive: bool = True,
+    links_anywhere: bool = False,
 ) -> list[Path]:
     """Sorted files in ``folder`` (and below, if ``recursive``) whose suffix is in ``suffixes``.
 
@@ -96,6 +101,12 @@ def scan_files(
     Hidden entries (``.name``) and ``__MACOSX`` are skipped (:func:`not_listed`).
     Paths keep the names seen under ``folder`` (not the link targets), so ids
     stay what the user sees.
+
+    ``links_anywhere``: for a folder of files to read that is no dataset (``predict``'s
+    ``--images scans/``, often links into a PACS export): links are followed wherever
+    they lead, and one that loops or points nowhere is listed as a file, for its reader
+    to name as the bad file it is. A dataset never passes it: its root is what a shared
+    folder promises to read.
     """
     wanted = None if suffixes is None else {s.lower() for s in suffixes}
     real_root = resolved(root)
@@ -113,7 +124,11 @@ def scan_files(
             if not_listed(entry.name):
                 continue
             path = Path(entry.path)
-            if entry.is_symlink():
+            if links_anywhere and entry.is_symlink() and _broken_link(path):
+                if wanted is None or path.suffix.lower() in wanted:
+                    found.append(path)
+                continue
+            if entry.is_symlink() and not links_anywhere:
                 target = resolved(path)
                 if not is_inside(real_root, target):
                     check_inside(root, path)
@@ -125,6 +140,14 @@ def scan_files(
             elif entry.is_file() and (wanted is None or path.suffix.lower() in wanted):
                 found.append(path)
     return sorted(found)
+
+
+def _broken_link(path: Path) -> bool:
+    """Whether the link ``path`` loops or points nowhere (it leads to no file or folder)."""
+    try:
+        return not resolved(path).exists()
+    except DataError:  # a loop
+        return True
 
 
 ARCHIVE_METADATA = frozenset({"__MACOSX"})
