@@ -16,14 +16,20 @@ own: a MURA run scored a study by the mean of its images' probabilities, so
 average a study's lines to compare with its record.
 
 Without ``--json`` each image is one line, ``PATH: NAME P, NAME P, ...`` with the
-classes ranked; a class name that holds a comma or blanks at its ends is printed
-JSON-quoted, so the line splits one way only.
+classes ranked; a path that holds ``": "``, a class name that holds a comma, and
+either one with blanks at its ends or a character that is not printable (a newline)
+is printed JSON-quoted, so every row is one line and splits one way only.
+``--out FILE`` writes the rows to a temporary file beside FILE, renamed over it once
+all are written: FILE holds its old content or every row, never part of them.
+``--skip-bad-images`` leaves out unreadable or undecodable files, each named in one
+``note:`` line, and predicts the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -35,7 +41,7 @@ import numpy as np
 from experiments.common import add_bits_stored_flag, add_dicom_window_flag
 from medft_jax.config import PRECISIONS
 from medft_jax.data.dicom import OneValueUnwindowed, WindowOnColour
-from medft_jax.data.errors import DataError
+from medft_jax.data.errors import DataError, ImageMissing, NotABadFile
 from medft_jax.data.images import DECODING_VERSION, open_image
 from medft_jax.data.pixels import (
     BitsExceeded,
@@ -46,11 +52,22 @@ from medft_jax.data.pixels import (
     parse_dicom_window,
 )
 from medft_jax.data.preprocess import normalize, resize_and_crop
-from medft_jax.errors import ArgumentParser, UserError, cli_main
+from medft_jax.errors import ArgumentParser, UserError, cli_main, naming_os_errors
 
 
 class PredictError(UserError):
     """An input image or checkpoint that cannot be used."""
+
+
+class BadImage(PredictError):
+    """A file that cannot be read or decoded (truncated, empty, a link that loops or points
+    nowhere): what ``--skip-bad-images`` leaves out. Not a sound file the decoding rules
+    refuse (:class:`~medft_jax.data.errors.NotABadFile`: every file of its kind would
+    go, without a word) nor a path that is not there (a typo in the command)."""
+
+
+SKIP_HINT = "; --skip-bad-images leaves out such files and predicts the others"
+"""Appended to the first bad file's refusal: without it users find them one per rerun."""
 
 
 def load_image(
@@ -87,8 +104,16 @@ def load_image(
             image = decode(Path(path))
         else:
             image = open_image(Path(path), bits_stored, dicom_window)
-    except DataError as e:
+    except ImageMissing as e:
+        if Path(path).is_symlink():  # a link to nothing: a broken file, not a typo
+            raise BadImage(
+                f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+            ) from None
+        raise PredictError(str(e)) from None
+    except NotABadFile as e:
         raise PredictError((reword(e) if reword is not None else None) or str(e)) from None
+    except DataError as e:
+        raise BadImage(str(e)) from None
     return resize_and_crop(image, resize_size, crop_size)
 
 
@@ -278,8 +303,13 @@ class Predictor:
             )
         return None
 
-    def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Probabilities (len(paths), num_classes); all images are checked before any compute."""
+    def predict_files(
+        self, paths: Sequence[str], batch_size: int = 32, skipped: list[str] | None = None
+    ) -> np.ndarray:
+        """Probabilities (one row per image read, num_classes); all images are checked
+        before any compute. ``skipped`` (``--skip-bad-images``): a list to which each bad
+        file (:class:`BadImage`) is added, with one ``note:`` line, instead of stopping the
+        job; the rows are then those of the other paths, in order."""
         check_batch_size(batch_size)
         size = (
             self.resize_size,
@@ -289,9 +319,11 @@ class Predictor:
             self.decoder,
         )
         with tempfile.TemporaryDirectory(prefix="medft-predict-") as scratch:
-            arrays = _image_store(len(paths), self.crop_size, Path(scratch))
-            for i, p in enumerate(paths):
-                arrays[i] = load_image(p, *size, reword=self.refusal)
+            store = _image_store(len(paths), self.crop_size, Path(scratch))
+            paths = _read_images(
+                paths, store, lambda p: load_image(p, *size, reword=self.refusal), skipped
+            )
+            arrays = store[: len(paths)]
             out = []
             for i in range(0, len(arrays), batch_size):
                 batch = np.asarray(arrays[i : i + batch_size])
@@ -299,8 +331,8 @@ class Predictor:
                 if n < batch_size and len(arrays) > batch_size:  # one compiled shape
                     pad = np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)
                     batch = np.concatenate([batch, pad])
-                out.append(self(batch)[:n])
-            del arrays  # the memmap's file closes before its folder goes
+                out.append(self._compute(batch, batch_size)[:n])
+            del arrays, store  # the memmap's file closes before its folder goes
         probs = np.concatenate(out)
         bad = ~np.isfinite(probs).all(axis=1)
         if bad.any():  # overflowed weights (a run evaluating so would have diverged)
@@ -310,6 +342,50 @@ class Predictor:
                 "its weights overflow"
             )
         return probs
+
+    def _compute(self, batch: np.ndarray, batch_size: int) -> np.ndarray:
+        """``self(batch)``; out of device memory is one line naming ``--batch-size``, the
+        one thing to lower (recognised as run's sessions do it:
+        :func:`~medft_jax.outcomes.fatal_kind`)."""
+        from medft_jax.outcomes import OUT_OF_MEMORY, fatal_kind
+
+        try:
+            return self(batch)
+        except Exception as e:
+            fatal = fatal_kind(e)
+            if fatal is None or fatal[0] != OUT_OF_MEMORY:
+                raise
+            raise PredictError(
+                f"--batch-size {batch_size}: out of device memory computing a batch of "
+                f"{len(batch)} images ({fatal[1]}); give a smaller --batch-size"
+            ) from None
+
+
+def _read_images(
+    paths: Sequence[str],
+    store: np.ndarray,
+    load: Callable[[str], np.ndarray],
+    skipped: list[str] | None,
+) -> list[str]:
+    """Loads ``paths`` into ``store`` in order, leaving out (and noting) each bad file when
+    ``skipped`` is a list; returns the paths read. All bad: refused, nothing to predict."""
+    read: list[str] = []
+    for p in paths:
+        try:
+            store[len(read)] = load(p)
+        except BadImage as e:
+            if skipped is None:
+                raise BadImage(f"{e}{SKIP_HINT}") from None
+            skipped.append(p)
+            print(f"note: skipped bad image (--skip-bad-images): {e}", file=sys.stderr)
+            continue
+        read.append(p)
+    if not read and paths:
+        raise PredictError(
+            f"--images: all {len(paths)} file(s) are bad images, left out by "
+            "--skip-bad-images (see the notes above); nothing to predict"
+        )
+    return read
 
 
 IN_MEMORY_BYTES = 1 << 30
@@ -326,12 +402,17 @@ def _image_store(n: int, crop: int, scratch: Path) -> np.ndarray:
     return np.lib.format.open_memmap(scratch / "images.npy", "w+", np.uint8, shape)
 
 
-def _shown_name(name: str) -> str:
-    """A class name as the text output prints it: JSON-quoted when it could be misread
-    (a comma separates the ranked classes; blank or padded names vanish)."""
-    if not name or "," in name or name != name.strip() or name.startswith('"'):
-        return json.dumps(name, ensure_ascii=False)
-    return name
+def _shown_name(name: str, separator: str = ",") -> str:
+    """A class name (or, with ``separator`` ``": "``, a path) as the text output prints it:
+    JSON-quoted when it could be misread: it holds the separator (a comma separates the
+    ranked classes, ``": "`` the path from them), blank or padded names vanish, and a
+    character that is not printable (a newline in a file name) would split the row."""
+    plain = name.isprintable() and name == name.strip() and not name.startswith('"')
+    if name and plain and separator not in name:
+        return name
+    quoted = json.dumps(name, ensure_ascii=False)
+    # json.dumps escapes ASCII controls only: U+2028, U+0085 and the like split lines too
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in quoted)
 
 
 def _decoding_rule(
@@ -380,9 +461,14 @@ def check_batch_size(batch_size: int) -> None:
 def expand_folders(paths: Sequence[str]) -> list[str]:
     """``--images`` with each folder replaced by the images under it, sorted, listed as a
     ``folder`` dataset's are (image suffixes or the DICOM marker; hidden entries and
-    ``__MACOSX`` skipped; links only while they stay inside the folder). A folder without
-    an image is refused: nothing would be predicted for it, without a word."""
-    from medft_jax.data.folder import image_files
+    ``__MACOSX`` skipped; other files counted in one ``note:`` line). Links are followed
+    wherever they lead, as a link given as a file is: a folder of links into a PACS export
+    is no dataset whose root must hold its files; one that loops or points nowhere is
+    listed, a bad file. A folder without an image is refused: nothing would be predicted
+    for it, without a word."""
+    from collections import Counter
+
+    from medft_jax.data.folder import image_files, say_left_out
 
     out: list[str] = []
     for given in paths:
@@ -390,10 +476,12 @@ def expand_folders(paths: Sequence[str]) -> list[str]:
         if not (given and folder.is_dir()):
             out.append(given)
             continue
+        others: Counter[str] = Counter()
         try:
-            found = image_files(folder, folder)
+            found = image_files(folder, folder, others, links_anywhere=True)
         except DataError as e:
             raise PredictError(f"--images {given}: {e}") from None
+        say_left_out(folder, others)
         if not found:
             raise PredictError(f"--images {given}: a folder with no image under it")
         out += [str(p) for p in found]
@@ -407,6 +495,83 @@ def check_flags(args: argparse.Namespace) -> None:
     parse_dicom_window(args.dicom_window)
     if args.top is not None and args.top < 1:
         raise PredictError(f"--top must be an integer >= 1, got {args.top}")
+    if args.top is not None and args.json:
+        raise PredictError(
+            "--top with --json: --json writes every class's probability; leave one out"
+        )
+    check_checkpoint_is_folder(args.checkpoint)
+    if args.out is not None:
+        check_out_file(args.out)
+
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+"""Files of a torchvision state_dict, which ``weights_port`` turns into a checkpoint."""
+
+
+def check_checkpoint_is_folder(checkpoint: str) -> None:
+    """Refuses a state_dict file given as ``--checkpoint``, naming the port that reads it:
+    predict reads checkpoint folders, which say what the head means (classes, sigmoid)."""
+    path = Path(checkpoint).expanduser()
+    if path.suffix.lower() in TORCH_SUFFIXES and path.is_file():
+        raise PredictError(
+            f"--checkpoint {checkpoint}: a torchvision state_dict file, expected a checkpoint "
+            f"folder; port it first: python -m weights_port --arch ARCH --torch-weights "
+            f"{checkpoint} --out DIR (with --class-names, --multilabel, --image-size as it "
+            "was trained; BUILD.md, Porting weights), then --checkpoint DIR"
+        )
+
+
+def check_out_file(out: str) -> None:
+    """Refuses an ``--out`` that cannot be written, before any model work: an empty path,
+    a folder, or a parent folder that is missing or not writable (where the rows are
+    written whole, then renamed into place)."""
+    path = Path(out).expanduser()
+    if not out or path.is_dir():
+        raise PredictError(f"--out {out!r}: expected a file to write the rows to, not a folder")
+    parent = path.parent
+    if not parent.is_dir():
+        raise PredictError(f"--out {out}: its folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PredictError(f"--out {out}: its folder {parent} is not writable")
+
+
+def _rows(
+    predictor: Predictor, paths: Sequence[str], probs: np.ndarray, args: argparse.Namespace
+) -> str:
+    """The output, one line per image: a JSON object (``--json``), or ``PATH: NAME P, ...``
+    with the ``--top`` classes ranked, the path and names quoted where they could be misread
+    (:func:`_shown_name`)."""
+    top = args.top or (len(predictor.class_names) if predictor.multilabel else 3)
+    lines = []
+    for path, row in zip(paths, probs, strict=True):
+        if args.json:
+            record = {
+                "image": path,
+                "precision": predictor.precision,  # the checkpoint's, unless --precision said
+                "classes": list(predictor.class_names),
+            }
+            lines.append(json.dumps({**record, "probs": [float(v) for v in row]}))
+        else:
+            ranked = np.argsort(-row, kind="stable")[:top]
+            shown = ", ".join(
+                f"{_shown_name(predictor.class_names[i])} {row[i]:.4f}" for i in ranked
+            )
+            lines.append(f"{_shown_name(path, ': ')}: {shown}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def write_rows(text: str, out: str | None) -> None:
+    """``text`` to stdout, or whole to ``out`` (a temporary file beside it, renamed into
+    place: a full disk leaves the old file, not part of the rows). A failed write names
+    where it went (``stdout``), not ``?``."""
+    if out is not None:
+        from medft_jax.atomic import write_bytes
+
+        write_bytes(Path(out).expanduser(), text.encode("utf-8", "surrogateescape"))
+        return
+    with naming_os_errors("stdout"):
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -436,10 +601,23 @@ def _main(argv: Sequence[str] | None) -> int:
         '"classes": [NAME, ...], "probs": [...]} (probs in the classes\' order)',
     )
     p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the rows to FILE, whole or not at all (a temporary file beside it, "
+        "renamed into place), not to stdout; its folder must exist",
+    )
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out unreadable or undecodable images (truncated, empty, a link that "
+        "loops), each named in one note: line, and predict the others (not sound files the "
+        "decoding rules refuse)",
+    )
+    p.add_argument(
         "--top",
         type=int,
-        help="classes shown per image without --json (>= 1; default 3, or every class for a "
-        "multilabel checkpoint, whose labels are each judged alone)",
+        help="classes shown per image, text output only (>= 1; default 3, or every class for "
+        "a multilabel checkpoint, whose labels are each judged alone)",
     )
     p.add_argument(
         "--batch-size",
@@ -463,22 +641,11 @@ def _main(argv: Sequence[str] | None) -> int:
     set_up_process(distributed=False)
     images = expand_folders(args.images)
     predictor = Predictor(args.checkpoint, args.bits_stored, args.precision, args.dicom_window)
-    probs = predictor.predict_files(images, args.batch_size)
-    top = args.top or (len(predictor.class_names) if predictor.multilabel else 3)
-    for path, row in zip(images, probs, strict=True):
-        if args.json:
-            record = {
-                "image": path,
-                "precision": predictor.precision,  # the checkpoint's, unless --precision said
-                "classes": list(predictor.class_names),
-            }
-            print(json.dumps({**record, "probs": [float(v) for v in row]}))
-        else:
-            ranked = np.argsort(-row, kind="stable")[:top]
-            shown = ", ".join(
-                f"{_shown_name(predictor.class_names[i])} {row[i]:.4f}" for i in ranked
-            )
-            print(f"{path}: {shown}")
+    skipped: list[str] | None = [] if args.skip_bad_images else None
+    probs = predictor.predict_files(images, args.batch_size, skipped)
+    gone = set(skipped or ())
+    kept = [p for p in images if p not in gone]
+    write_rows(_rows(predictor, kept, probs, args), args.out)
     return 0
 
 

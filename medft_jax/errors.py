@@ -44,7 +44,11 @@ _OS_REASONS = {
     errno.ENOENT: "no such file or folder",
     errno.ENAMETOOLONG: "file name too long",
     errno.ELOOP: "a symbolic link that loops (or too many links in a row)",
+    errno.EFBIG: "file too large (over the filesystem's or the process's file size limit)",
 }
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Refusals of a write whose input was fine: exit 1, not 2 (the same command may succeed
+with more room, or elsewhere)."""
 
 
 class UserError(ValueError):
@@ -136,7 +140,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
 
     :class:`UserError` -> ``error: <message>``, exit 2 (a :class:`BusyError`: 75). An
     OSError (or one wrapped in another exception) with a known errno -> ``error: <path>:
-    <reason>``, exit 1 for a full disk (the input was fine) and 2 otherwise.
+    <reason>``, exit 1 for a full disk or a file over its size limit (the input was fine)
+    and 2 otherwise.
     ``KeyboardInterrupt`` -> exit 130 without a traceback; a closed output
     pipe (``| head``) -> exit 141, silently, as a Unix tool ends on SIGPIPE. Anything else
     propagates: a real bug keeps its traceback.
@@ -152,7 +157,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         for name in DURATIONS:
             env_seconds(name)
         status = main(argv)
-        sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
+        with naming_os_errors("stdout"):  # a full disk under `> file` names what filled it
+            sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
         return status
     except BrokenPipeError:  # `... --dry-run | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -173,8 +179,7 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
                 raise
             os_err = OSError(code, os.strerror(code))
         print(f"error: {os_error_line(os_err)}", file=sys.stderr)
-        full = os_err.errno in (errno.ENOSPC, errno.EDQUOT)
-        return EXIT_FAILED if full else EXIT_BAD_INPUT
+        return EXIT_FAILED if os_err.errno in _FULL else EXIT_BAD_INPUT
     finally:
         if status != 0:
             _remove_created_if_empty()

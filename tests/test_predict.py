@@ -6,6 +6,7 @@ ResNet-50 at 224 px, as a user runs it: the comparisons are ``slow``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -404,3 +405,215 @@ def test_a_folder_of_images_is_predicted_as_its_files(tmp_path, capsys):
     empty.mkdir()
     assert main(["--checkpoint", str(ck), "--images", str(empty)]) == 2
     assert capsys.readouterr().err == f"error: --images {empty}: a folder with no image under it\n"
+
+
+def _lines(text):
+    """Rows as a reader splits them: on every line break Python knows (U+2028 too)."""
+    return text.splitlines()
+
+
+def test_out_writes_every_row_or_leaves_the_old_file(tmp_path, capsys, monkeypatch):
+    """Rows went to stdout one at a time: a full disk under ``> rows.txt`` left half a
+    file. ``--out`` writes them whole, beside the file, then renames; a missing folder is
+    refused before any model work."""
+    import errno
+
+    from medft_jax import atomic
+
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    paths = _images(tmp_path, 3)
+    assert main(["--checkpoint", str(ck), "--images", *paths]) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "rows.txt"
+    assert main(["--checkpoint", str(ck), "--images", *paths, "--out", str(out)]) == 0
+    assert capsys.readouterr().out == "" and out.read_text() == printed
+    out.write_text("old rows\n")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    assert main(["--checkpoint", str(ck), "--images", *paths, "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"error: {out}: no space left on the device\n"
+    assert out.read_text() == "old rows\n" and sorted(tmp_path.glob(".rows*")) == []
+    monkeypatch.undo()
+    gone = tmp_path / "missing" / "rows.txt"
+    assert (
+        main(["--checkpoint", str(tmp_path / "no-ck"), "--images", *paths, "--out", str(gone)]) == 2
+    )
+    err = capsys.readouterr().err  # before the checkpoint is read: the folder is named
+    assert err == f"error: --out {gone}: its folder {gone.parent} does not exist; create it first\n"
+
+
+def test_a_failed_write_to_stdout_names_stdout_in_one_line(tmp_path, capsys, monkeypatch):
+    """EFBIG on stdout was a 15-line traceback; a full disk said ``?: no space left``."""
+    import errno
+    import os
+    import sys
+
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    (path,) = _images(tmp_path, 1)
+
+    class Refusing:
+        def __init__(self, code):
+            self.code = code
+
+        def write(self, text):
+            raise OSError(self.code, os.strerror(self.code))
+
+        def flush(self):
+            pass
+
+    for code, status, said in [
+        (errno.EFBIG, 1, "file too large"),
+        (errno.ENOSPC, 1, "no space left on the device"),
+    ]:
+        monkeypatch.setattr(sys, "stdout", Refusing(code))
+        assert main(["--checkpoint", str(ck), "--images", path]) == status
+        monkeypatch.undo()
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: stdout: {said}") and err.count("\n") == 1
+
+
+def test_out_of_device_memory_names_the_batch_size(tmp_path, capsys, monkeypatch):
+    from experiments import predict
+
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    paths = _images(tmp_path, 2)
+
+    def exhausted(self, images):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB.\nBuffer..."
+        )
+
+    monkeypatch.setattr(predict.Predictor, "__call__", exhausted)
+    assert main(["--checkpoint", str(ck), "--images", *paths, "--batch-size", "64"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.count("\n") == 1
+    assert cap.err.startswith("error: --batch-size 64: out of device memory computing a batch")
+    assert cap.err.rstrip().endswith("give a smaller --batch-size")
+
+
+def test_text_rows_are_one_line_each_with_paths_quoted_where_misread(tmp_path, capsys):
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    (plain,) = _images(tmp_path, 1)
+    odd = [tmp_path / "a\nb.png", tmp_path / "c: d.png", tmp_path / "e\u2028f.png"]
+    for p in odd:
+        shutil.copy(plain, p)
+    given = [plain, *map(str, odd)]
+    assert main(["--checkpoint", str(ck), "--images", *given]) == 0
+    rows = _lines(capsys.readouterr().out)
+    assert len(rows) == 4 and rows[0].startswith(f"{plain}: ")
+    for row, path in zip(rows[1:], odd, strict=True):
+        assert row.startswith('"')
+        quoted, rest = row.split('": ', 1)
+        assert json.loads(quoted + '"') == str(path) and rest.count(" 0.") + rest.count(" 1.") == 3
+
+
+def _bad_files(folder):
+    """A truncated PNG, a zero-byte file, a symbolic link loop and a link to nothing."""
+    folder.mkdir(exist_ok=True)
+    (folder / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "gone.png").symlink_to(folder / "moved.png")
+    return [str(folder / n) for n in ("empty.jpg", "gone.png", "loop.png", "truncated.png")]
+
+
+def test_skip_bad_images_notes_each_and_predicts_the_others(tmp_path, capsys):
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    good = _images(scans, 2)
+    bad = _bad_files(scans)
+    assert main(["--checkpoint", str(ck), "--images", *good, "--json"]) == 0
+    alone = capsys.readouterr().out
+    assert main(["--checkpoint", str(ck), "--images", str(scans)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: corrupt or unreadable image {bad[0]}") and err.count("\n") == 1
+    assert err.rstrip().endswith("--skip-bad-images leaves out such files and predicts the others")
+    argv = ["--checkpoint", str(ck), "--images", str(scans), "--json", "--skip-bad-images"]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert cap.out == alone
+    notes = _lines(cap.err)
+    assert len(notes) == 4 and all(
+        n.startswith("note: skipped bad image (--skip-bad-images)") for n in notes
+    )
+    assert all(path in note for path, note in zip(bad, notes, strict=True))
+    assert main(["--checkpoint", str(ck), "--images", *bad, "--skip-bad-images"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        "error: --images: all 4 file(s) are bad images, left out by "
+        "--skip-bad-images (see the notes above); nothing to predict\n"
+    )
+
+
+def test_skip_bad_images_keeps_refusing_sound_files_the_rules_refuse(tmp_path, capsys):
+    """As run's flag: a dark 16-bit file is refused until --bits-stored says what it is;
+    skipping it would drop every file of its kind. A path not there is a typo, not a bad file."""
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    (good,) = _images(tmp_path, 1)
+    dark = tmp_path / "dark.png"
+    Image.fromarray(np.full((40, 40), 100, np.uint16)).save(dark)
+    argv = ["--checkpoint", str(ck), "--skip-bad-images", "--images", good]
+    assert main([*argv, str(dark)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {dark}: 16-bit image") and "--skip-bad-images" not in err
+    assert main([*argv, str(tmp_path / "typo.png")]) == 2
+    assert capsys.readouterr().err == f"error: image file not found: {tmp_path / 'typo.png'}\n"
+
+
+def test_a_folder_of_links_to_images_elsewhere_is_predicted(tmp_path, capsys):
+    """Refused as links out of "the dataset root": predict has no dataset, and the same
+    link given as a file was read. Its non-images are counted in one note line."""
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    store = tmp_path / "store"
+    store.mkdir()
+    paths = _images(store, 2)
+    links = tmp_path / "links"
+    links.mkdir()
+    for p in paths:
+        (links / Path(p).name).symlink_to(p)
+    (links / "notes.txt").write_text("a note")
+    (links / "report.pdf").write_text("a report")
+    (links / "b.pdf").write_text("another")
+    assert main(["--checkpoint", str(ck), "--images", *paths, "--json"]) == 0
+    direct = [json.loads(x) for x in _lines(capsys.readouterr().out)]
+    assert main(["--checkpoint", str(ck), "--images", str(links), "--json"]) == 0
+    cap = capsys.readouterr()
+    linked = [json.loads(x) for x in _lines(cap.out)]
+    assert [r["image"] for r in linked] == [str(links / Path(p).name) for p in paths]
+    assert [r["probs"] for r in linked] == [r["probs"] for r in direct]
+    assert cap.err == f"note: {links}: 3 file(s) that are not images left out (.pdf 2, .txt 1)\n"
+
+
+def test_a_dataset_still_refuses_links_out_of_its_root(tmp_path):
+    from medft_jax.data.errors import DataError
+    from medft_jax.data.folder import image_files
+
+    (tmp_path / "store").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "store" / "a.png")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "a.png").symlink_to(tmp_path / "store" / "a.png")
+    with pytest.raises(DataError, match="outside the dataset root"):
+        image_files(tmp_path / "ds", tmp_path / "ds")
+
+
+def test_top_with_json_and_a_state_dict_checkpoint_are_refused(tmp_path, capsys):
+    (path,) = _images(tmp_path, 1)
+    assert main(["--checkpoint", "ck", "--images", path, "--json", "--top", "2"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: --top with --json: --json writes every class")
+        and err.count("\n") == 1
+    )
+    for name in ("model.pth", "model.safetensors"):
+        (tmp_path / name).write_bytes(b"weights")
+        assert main(["--checkpoint", str(tmp_path / name), "--images", path]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert (
+            f"port it first: python -m weights_port --arch ARCH --torch-weights {tmp_path / name}"
+            in err
+        )
