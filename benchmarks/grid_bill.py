@@ -56,14 +56,18 @@ prints the report of the pairs finished.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import json
 import math
+import os
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -389,72 +393,6 @@ def random_labels(rng: np.random.Generator, n: int, task: TaskFacts) -> np.ndarr
     return rng.integers(0, task.num_classes, (n,)).astype(np.int32)
 
 
-def measure_arch(
-    setup: Setup,
-    arch: str,
-    precision: str,
-    measure: Sequence[str],
-    *,
-    deadline: float,
-    data_ratio: dict | None,
-) -> ArchTimes:
-    """Times ``arch`` at ``precision``: every stage of the strategies in ``measure``, and more.
-
-    FT first (its step bounds every other stage's), the rest in order until
-    ``deadline`` (``time.perf_counter()``); then FT again, its faster time
-    kept (as ``benchmarks/strategies.py`` does: a disturbance at the start
-    shows as a gap). ``data_ratio``: a dict to fill with the data-fed
-    epochs' images/s (FT's and LP's), or None.
-    """
-    task, spec = setup.timing_task, get_arch(arch)
-    model = create(arch, task.num_classes, dtype=COMPUTE_DTYPES[precision])
-    variables = jax.device_get(init_variables(model, 0, 32))
-    params = variables["params"]
-    rng = np.random.default_rng(0)
-    shape = (setup.batch, setup.image_size, setup.image_size, 3)
-    x_host = rng.integers(0, 256, shape, np.uint8)
-    y_host = random_labels(rng, setup.batch, task)
-    settings = setup.grid.config(task.name, arch, "ft", 1e-4, 0)
-    times = ArchTimes(
-        arch,
-        precision,
-        scale_factor(setup.image_size, setup.batch, setup.grid_size, setup.grid_batch),
-    )
-    for name in setup.grid.strategies:
-        times.epochs[name] = strategy_epochs(
-            name,
-            params,
-            spec.partition,
-            epochs=settings.epochs,
-            frozen_bn=settings.frozen_bn,
-            options=setup.options(name),
-        )
-    ctx = _Context(setup, times, task, spec, model, variables, x_host, y_host, settings.frozen_bn)
-    ft = None
-    for name in ["ft", *[s for s in measure if s != "ft"]]:
-        if name != "ft" and time.perf_counter() > deadline:
-            print(f"# time budget spent: {arch} {precision} {name} not measured", flush=True)
-            continue
-        trainer, state, schedule = measure_strategy(ctx, name)
-        if name == "ft":
-            eval_times(setup, times, trainer, state, x_host)
-            checkpoint_times(times, state, arch, task, spec)
-        if data_ratio is not None and name in ("ft", "lp"):
-            kw = {"trainable": schedule.trainable_mask(params, 0), "bn_train": schedule.bn_train(0)}
-            data_ratio[name], state = data_fed_ratio(setup, trainer, state, kw, x_host, task)
-        if name == "ft":
-            ft = trainer, state, schedule
-        del state
-    trainer, state, schedule = ft
-    key = times.epochs["ft"].keys[0]
-    x, y = trainer.shard_batch(x_host), trainer.shard_batch(y_host)
-    kw = {"trainable": schedule.trainable_mask(params, 0), "bn_train": schedule.bn_train(0)}
-    again, _ = step_seconds(trainer, state, x, y, steps=setup.steps, **kw)
-    print(f"# {arch} {precision} ft again: {again:.4f} s/step", flush=True)
-    times.steps[("ft", key)] = min(times.steps[("ft", key)], again)
-    return times
-
-
 @dataclasses.dataclass(frozen=True)
 class _Context:
     """What every strategy of one (arch, precision) is measured with."""
@@ -479,6 +417,169 @@ class _Context:
             frozen_bn=frozen_bn,
             **self.setup.options(name),
         )
+
+
+@dataclasses.dataclass
+class ArchRun:
+    """One (arch, precision) being measured: its times so far and what measures the rest."""
+
+    ctx: _Context
+    ft: tuple[Trainer, Any, strategies.Schedule] | None = None
+    ft_wall: float = math.nan
+    """Wall seconds of FT's own measurement (compiles and steps): the unit of predictions."""
+    core_wall: float = math.nan
+    """Wall seconds of the core (FT, eval, features, checkpoints, LP from features)."""
+
+    @property
+    def times(self) -> ArchTimes:
+        return self.ctx.times
+
+
+def start_arch(setup: Setup, arch: str, precision: str) -> ArchRun:
+    """The model, its variables and every grid strategy's epochs (nothing compiled but init)."""
+    task, spec = setup.timing_task, get_arch(arch)
+    model = create(arch, task.num_classes, dtype=COMPUTE_DTYPES[precision])
+    variables = jax.device_get(init_variables(model, 0, 32))
+    params = variables["params"]
+    rng = np.random.default_rng(0)
+    shape = (setup.batch, setup.image_size, setup.image_size, 3)
+    x_host = rng.integers(0, 256, shape, np.uint8)
+    y_host = random_labels(rng, setup.batch, task)
+    settings = setup.grid.config(task.name, arch, "ft", 1e-4, 0)
+    times = ArchTimes(
+        arch,
+        precision,
+        scale_factor(setup.image_size, setup.batch, setup.grid_size, setup.grid_batch),
+    )
+    for name in setup.grid.strategies:
+        times.epochs[name] = strategy_epochs(
+            name,
+            params,
+            spec.partition,
+            epochs=settings.epochs,
+            frozen_bn=settings.frozen_bn,
+            options=setup.options(name),
+        )
+    ctx = _Context(setup, times, task, spec, model, variables, x_host, y_host, settings.frozen_bn)
+    return ArchRun(ctx)
+
+
+def measure_core(run: ArchRun, publish: Callable[[], None]) -> None:
+    """FT's step, eval and feature batches, checkpoint saves, then LP's step from features.
+
+    What every projection of the arch needs, and the issue's headline (LP
+    cached): the head step from features is one small program, so it is
+    timed for every arch right after FT. ``publish`` is called as soon as
+    the arch can be projected, and again after LP's cached step.
+    """
+    ctx, times = run.ctx, run.ctx.times
+    t0 = time.perf_counter()
+    trainer, state, schedule = measure_strategy(ctx, "ft")
+    run.ft_wall = time.perf_counter() - t0
+    eval_times(ctx.setup, times, trainer, state, ctx.x_host)
+    checkpoint_times(times, state, times.arch, ctx.task, ctx.spec)
+    run.ft = trainer, state, schedule
+    publish()
+    lp = "lp" if "lp" in ctx.setup.grid.strategies else None
+    lp = lp or next((s for s in ctx.setup.grid.strategies if any(times.epochs[s].head_only)), None)
+    if lp is not None and not any(s == lp for s, _ in times.cached):
+        cached_only(ctx, lp)
+        publish()
+    run.core_wall = time.perf_counter() - t0
+
+
+def cached_only(ctx: _Context, name: str) -> None:
+    """Strategy ``name``'s head step from features alone (no image step compiled)."""
+    params, times = ctx.variables["params"], ctx.times
+    strat = ctx.strategy(name, "freeze")
+    trainer = Trainer(
+        ctx.model,
+        strat.tx,
+        multilabel=ctx.task.multilabel,
+        compute_dtype=COMPUTE_DTYPES[times.precision],
+        learning_rate=1e-4,
+    )
+    state = trainer.init_state(ctx.variables)
+    epoch = times.epochs[name].head_only.index(True)
+    cached_step(ctx.setup, times, trainer, state, name, strat.schedule, params, epoch)
+
+
+def predicted_seconds(run: ArchRun, name: str) -> float:
+    """A heuristic of what measuring strategy ``name`` will take, from FT's own measurement.
+
+    Each stage whose trainable set was not timed yet needs a gradient program
+    compiled: as long as FT's measurement took. A stage already timed (its
+    gradient program shared) costs its update program and steps: a fifth of it.
+    Auto-RGN's prepass is one more gradient program.
+    """
+    times, unit = run.times, run.ft_wall
+    ep = times.epochs[name]
+    timed = {k for _, k in times.steps}
+    seconds = sum(unit if k not in timed else unit / 5 for k in dict.fromkeys(ep.keys))
+    return seconds + (unit if ep.prepass_batches else 0.0)
+
+
+def measure_rest(
+    run: ArchRun,
+    measure: Sequence[str],
+    *,
+    deadline: float,
+    data_ratio: dict | None,
+    publish: Callable[[], None],
+) -> None:
+    """The strategies in ``measure`` other than FT, in order, each only when predicted to
+    end before ``deadline`` (``time.perf_counter()``); then FT again, its faster time kept
+    (as ``benchmarks/strategies.py`` does: a disturbance at the start shows as a gap).
+    ``data_ratio``: a dict to fill with LP's data-fed epoch's images/s, or None."""
+    ctx, times = run.ctx, run.times
+    arch, precision, params = times.arch, times.precision, ctx.variables["params"]
+    for name in measure:
+        if name == "ft":
+            continue
+        left = deadline - time.perf_counter()
+        need = predicted_seconds(run, name)
+        if need > left:
+            print(
+                f"# time budget: {arch} {precision} {name} not measured (predicted "
+                f"{need:.0f} s, {max(left, 0):.0f} s left)",
+                flush=True,
+            )
+            continue
+        trainer, state, schedule = measure_strategy(ctx, name)
+        if data_ratio is not None and name == "lp":
+            kw = {"trainable": schedule.trainable_mask(params, 0), "bn_train": schedule.bn_train(0)}
+            data_ratio[name], state = data_fed_ratio(
+                ctx.setup, trainer, state, kw, ctx.x_host, ctx.task
+            )
+        del state
+        publish()
+    ft_again(run)
+    publish()
+
+
+def ft_again(run: ArchRun) -> None:
+    """FT's step timed again (compiled already: a few steps), the faster kept."""
+    times = run.times
+    trainer, state, schedule = run.ft
+    params = run.ctx.variables["params"]
+    key = times.epochs["ft"].keys[0]
+    x, y = trainer.shard_batch(run.ctx.x_host), trainer.shard_batch(run.ctx.y_host)
+    kw = {"trainable": schedule.trainable_mask(params, 0), "bn_train": schedule.bn_train(0)}
+    again, state = step_seconds(trainer, state, x, y, steps=run.ctx.setup.steps, **kw)
+    run.ft = trainer, state, schedule
+    print(f"# {times.arch} {times.precision} ft again: {again:.4f} s/step", flush=True)
+    times.steps[("ft", key)] = min(times.steps[("ft", key)], again)
+
+
+def data_fed_ft(run: ArchRun, data_ratio: dict) -> None:
+    """FT's data-fed epoch against the resident one (the first arch only)."""
+    trainer, state, schedule = run.ft
+    params = run.ctx.variables["params"]
+    kw = {"trainable": schedule.trainable_mask(params, 0), "bn_train": schedule.bn_train(0)}
+    data_ratio["ft"], state = data_fed_ratio(
+        run.ctx.setup, trainer, state, kw, run.ctx.x_host, run.ctx.task
+    )
+    run.ft = trainer, state, schedule
 
 
 def measure_strategy(ctx: _Context, name: str) -> tuple[Trainer, Any, strategies.Schedule]:
@@ -519,7 +620,7 @@ def measure_strategy(ctx: _Context, name: str) -> tuple[Trainer, Any, strategies
         )
     times.compile[name] = trainer.compile_seconds  # the prepass's program included, as fit's
     head_only = times.epochs[name].head_only
-    if any(head_only):
+    if any(head_only) and not any(s == name for s, _ in times.cached):
         freeze = ctx.strategy(name, "freeze").schedule
         state = cached_step(
             ctx.setup, times, trainer, state, name, freeze, params, head_only.index(True)
@@ -696,9 +797,17 @@ class Bounds:
     ft_bound: set[tuple] = dataclasses.field(default_factory=set)
     lower: set[tuple] = dataclasses.field(default_factory=set)
     """Of ``other_strategy``, those of :data:`COSTLIER_UPDATE`: billed too little."""
+    no_features: set[tuple] = dataclasses.field(default_factory=set)
+    """Head-only stages of a cached variant with no step from features timed for any
+    strategy: billed from images (an upper bound, and not a cached measurement)."""
 
     def note(self) -> str:
         parts = []
+        if self.no_features:
+            parts.append(
+                f"{_stages(self.no_features)} of cached LP with no step from features "
+                "timed (billed from images)"
+            )
         if self.other_strategy - self.lower:
             parts.append(
                 f"{_stages(self.other_strategy - self.lower)} timed under another strategy"
@@ -783,15 +892,17 @@ def cell_plan(
     prepass = times.prepass_batch if times.prepass_batch is not None else ft
     train, val = [], []
     for epoch, key in enumerate(ep.keys):
-        if cached and ep.head_only[epoch]:
-            image_bound = stage_step(times, times.steps, name, key, ft, Bounds()) * times.scale
-            sec = stage_step(times, times.cached, name, ep.freeze_keys[epoch], image_bound, bounds)
+        fkey = ep.freeze_keys[epoch]
+        if cached and ep.head_only[epoch] and any(k == fkey for _, k in times.cached):
+            sec = stage_step(times, times.cached, name, fkey, math.nan, bounds)
             train.append(spe * sec)
             head_eval = times.head_eval_batch
             if math.isnan(head_eval):  # no step from features timed: the image pass bounds it
                 head_eval = times.eval_batch * times.scale
             val.append(val_batches * head_eval)
             continue
+        if cached and ep.head_only[epoch]:  # no step from features timed for this stage
+            bounds.no_features.add((times.arch, name, fkey))
         sec = stage_step(times, times.steps, name, key, ft, bounds) * times.scale
         # A run's prepass takes no more batches than an epoch has (as fit's does).
         train.append(spe * sec + min(ep.prepass_batches, spe) * prepass * times.scale)
@@ -993,7 +1104,10 @@ def goal_lines(
         verdict = f"not measured ({goal.missing_runs:,} runs' archs not timed)"
     else:
         every, mean = goal.cost(None).hours, goal.cost(mean_epochs).hours
+        upper = goal.bounds.ft_bound or goal.bounds.no_features
         bound = " (an upper bound: some stages at FT's step)" if goal.bounds.ft_bound else ""
+        if goal.bounds.no_features:
+            bound += " (an upper bound: cached LP's head steps billed from images)"
         if goal.bounds.lower:
             bound += " (L2-SP, L1-SP or Auto-RGN stages at another strategy's step: too low)"
         if mean <= GOAL_HOURS and goal.bounds.lower:
@@ -1001,7 +1115,7 @@ def goal_lines(
             verdict = "not measured (under the goal with stages billed too little)"
         elif mean <= GOAL_HOURS:
             verdict = "PASS"
-        elif goal.bounds.ft_bound:
+        elif upper:
             verdict = "not measured (the upper bound is above the goal)"
         else:
             verdict = "FAIL"
@@ -1039,12 +1153,127 @@ def goal_lines(
 # --- the command line ----------------------------------------------------------------------------
 
 
-class _Stopped(Exception):
-    """SIGTERM while measuring (``timeout``): the report is printed from what was measured."""
+def _enc(obj: Any) -> Any:
+    """JSON form of measured times: tuples, frozensets and tuple-keyed dicts tagged."""
+    if isinstance(obj, tuple):
+        return {"tuple": [_enc(v) for v in obj]}
+    if isinstance(obj, frozenset):
+        return {"frozenset": sorted(_enc(v) for v in obj)}
+    if isinstance(obj, dict):
+        return {"items": [[_enc(k), _enc(v)] for k, v in obj.items()]}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"float": repr(obj)}
+    return obj
 
 
-def _stop(signum: int, frame: Any) -> None:
-    raise _Stopped
+def _dec(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_dec(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "tuple" in obj:
+        return tuple(_dec(v) for v in obj["tuple"])
+    if "frozenset" in obj:
+        return frozenset(_dec(v) for v in obj["frozenset"])
+    if "float" in obj:
+        return float(obj["float"])
+    return {_dec(k): _dec(v) for k, v in obj["items"]}
+
+
+def times_to_json(times: ArchTimes) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(times):
+        value = getattr(times, f.name)
+        if f.name == "epochs":
+            value = {k: dataclasses.asdict(v) for k, v in value.items()}
+            value = {k: {n: _enc(x) for n, x in v.items()} for k, v in value.items()}
+        else:
+            value = _enc(value)
+        out[f.name] = value
+    return out
+
+
+def times_from_json(data: Mapping[str, Any]) -> ArchTimes:
+    kw = {k: _dec(v) for k, v in data.items() if k != "epochs"}
+    kw["epochs"] = {
+        name: StrategyEpochs(**{n: _dec(x) for n, x in ep.items()})
+        for name, ep in data["epochs"].items()
+    }
+    return ArchTimes(**kw)
+
+
+def write_json(path: Path, meta: Mapping[str, Any], measured: Mapping[tuple, ArchTimes]) -> None:
+    """The measurements so far, replaced atomically (a kill mid-write leaves the last one)."""
+    doc = {"meta": dict(meta), "archs": [times_to_json(t) for t in measured.values()]}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> tuple[dict[str, Any], dict[tuple[str, str], ArchTimes]]:
+    doc = json.loads(Path(path).read_text())
+    measured = {}
+    for data in doc["archs"]:
+        t = times_from_json(data)
+        measured[(t.arch, t.precision)] = t
+    return doc["meta"], measured
+
+
+class _Reporter:
+    """Publishes the measurements as they come (JSON under ``--out``) and prints the report
+    once: at the end, or from a SIGTERM.
+
+    A SIGTERM wakes a watcher thread (through :func:`signal.set_wakeup_fd`,
+    written by the interpreter's C-level handler whichever thread the signal
+    lands on), so it is answered at once even while the main thread sits in
+    an XLA compilation (where a Python signal handler would wait for it to
+    return, and ``timeout``'s kill would come first): the watcher prints the
+    report from the last published measurements and ends the process.
+    """
+
+    def __init__(self, report: Callable[[dict, dict], int], out: Path | None, meta: dict):
+        self.report, self.out, self.meta = report, out, meta
+        self.lock = threading.Lock()
+        self.published: dict[tuple[str, str], ArchTimes] = {}
+        self.data_ratio: dict[str, dict[str, float]] = {}
+        self.done = False
+
+    def publish(self, measured: Mapping[tuple, ArchTimes], data_ratio: Mapping) -> None:
+        with self.lock:
+            self.published = copy.deepcopy(dict(measured))
+            self.data_ratio = copy.deepcopy(dict(data_ratio))
+            if self.out is not None:
+                meta = {**self.meta, "data_ratio": self.data_ratio}
+                write_json(self.out, meta, self.published)
+
+    def finish(self, note: str | None = None) -> int:
+        """The report, once (whichever of the main thread and the watcher comes first)."""
+        with self.lock:
+            if self.done:
+                return 0
+            self.done = True
+            if note:
+                print(note, flush=True)
+            rc = self.report(self.published, self.data_ratio)
+            sys.stdout.flush()
+            return rc
+
+    def watch(self) -> None:
+        """From the main thread: a SIGTERM from now on ends the measuring, not the report."""
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the watcher acts
+        signal.set_wakeup_fd(write)
+        threading.Thread(target=self._wait, args=(read,), daemon=True).start()
+
+    def _wait(self, read: int) -> None:
+        while os.read(read, 1) != bytes([signal.SIGTERM]):
+            pass
+        if self.done:  # the report printed already (or printing): end as SIGTERM would
+            with self.lock:
+                os._exit(128 + signal.SIGTERM)
+        rc = self.finish("# SIGTERM: measuring stopped, projecting what was measured")
+        os._exit(rc)
 
 
 def cheap_first(grid: Grid) -> list[str]:
@@ -1070,7 +1299,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps per stage (median; CPU 3, GPU 10)")
     p.add_argument("--data-steps", type=int, help="steps of the data-fed epoch (CPU 6, GPU 30)")
     p.add_argument("--mean-epochs", type=int, default=20, help="assumed mean under early stopping")
-    p.add_argument("--time-budget", type=float, help="seconds of measuring, then bound the rest")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        help="seconds of measuring: nothing is started that is predicted to end after it; "
+        "what is left is bounded",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="JSON file the measurements are written to as they come (replaced each time), "
+        "for --from-json if the process is killed",
+    )
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        help="measure nothing: print the report from a file --out wrote",
+    )
     p.add_argument("--quick", action="store_true", help="a smoke run: ResNet-50, 32 px, FT and LP")
     args = p.parse_args(argv)
     on_cpu = jax.default_backend() == "cpu"
@@ -1093,10 +1338,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint_seconds()
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
-    tune_cpu_host()  # the process as the command lines set it up, before JAX's first use
+    if args.from_json is None:
+        tune_cpu_host()  # the process as the command lines set it up, before JAX's first use
     on_cpu = jax.default_backend() == "cpu"
     grid = load_grid(args.config)
     settings = grid.config(grid.datasets[0], grid.archs[0], grid.strategies[0], 1e-4, 0)
+    size, batch = settings.image_size, settings.batch_size
+    if args.from_json is not None:
+        meta, measured = read_json(args.from_json)
+        if args.tasks is None:
+            args.tasks = meta.get("tasks")
+        on_cpu = meta["on_cpu"]
+        args.image_size, args.batch, args.precisions = (
+            meta["image_size"],
+            meta["batch"],
+            meta["precisions"],
+        )
     if args.tasks:
         unknown = sorted(set(args.tasks) - set(grid.datasets))
         if unknown:
@@ -1111,19 +1368,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in grid.strategies:
             raise SystemExit(f"--strategies {name}: not in grid {grid.name!r}")
     tasks = task_facts(grid.datasets)
-    size, batch = settings.image_size, settings.batch_size
+    image_size, timed_batch = args.image_size or size, args.batch or batch
+    scale = scale_factor(image_size, timed_batch, size, batch)
+    reduced = (
+        "CPU projection at reduced size"
+        if on_cpu
+        else f"timed at {image_size} px batch {timed_batch}, scaled {scale:.2f}x"
+        if scale != 1
+        else None
+    )
+
+    def report(measured: dict, data_ratio: dict) -> int:
+        return print_report(
+            grid,
+            tasks,
+            measured,
+            data_ratio,
+            precisions=args.precisions,
+            mean_epochs=args.mean_epochs,
+            reduced=reduced,
+        )
+
+    if args.from_json is not None:
+        print(f"# the report of {args.from_json} (measured {meta.get('date', '?')}), {reduced}")
+        return report(measured, meta.get("data_ratio", {}))
     setup = Setup(
         grid=grid,
         tasks=tasks,
-        image_size=args.image_size or size,
-        batch=args.batch or batch,
+        image_size=image_size,
+        batch=timed_batch,
         steps=args.steps or 10,
         data_steps=args.data_steps or 30,
         grid_size=size,
         grid_batch=batch,
         deadline=time.perf_counter() + (args.time_budget or math.inf),
     )
-    scale = scale_factor(setup.image_size, setup.batch, size, batch)
     print(
         f"{machine_line()}; grid {grid.name!r}: "
         f"{len(grid.datasets)} tasks x {len(grid.archs)} archs x {len(grid.strategies)} "
@@ -1153,50 +1432,105 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{'yes' if t.multilabel else 'no'} | {t.steps_per_epoch(batch):,} |"
         )
     print(flush=True)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine_line(),
+        "on_cpu": on_cpu,
+        "image_size": setup.image_size,
+        "batch": setup.batch,
+        "steps": setup.steps,
+        "precisions": args.precisions,
+        "tasks": list(grid.datasets),
+    }
+    reporter = _Reporter(report, args.out, meta)
+    reporter.watch()  # a SIGTERM (`timeout`) ends the measuring, not the report
+    measure_all(setup, archs, args.precisions, measure, reporter)
+    return reporter.finish()
+
+
+def measure_all(
+    setup: Setup,
+    archs: Sequence[str],
+    precisions: Sequence[str],
+    measure: Sequence[str],
+    reporter: _Reporter,
+) -> None:
+    """Every (arch, precision)'s core first (FT, eval, checkpoints, LP from features), then
+    the other strategies, arch by arch, while the budget lasts.
+
+    Nothing is started that is predicted to end after the deadline: a core
+    is predicted to take as long as the longest core so far (the first is
+    always started), a strategy as :func:`predicted_seconds` says.
+    """
     measured: dict[tuple[str, str], ArchTimes] = {}
     data_ratio: dict[str, dict[str, float]] = {}
-    pairs = [(arch, precision) for precision in args.precisions for arch in archs]
-    signal.signal(signal.SIGTERM, _stop)  # `timeout` stops the measuring, not the report
-    try:
-        for i, (arch, precision) in enumerate(pairs):
-            now = time.perf_counter()
-            # An equal share of what is left; past the budget, FT alone (measure_arch times
-            # it whatever the deadline), so every arch's stages are at least bounded by it.
-            share = now + max(0.0, setup.deadline - now) / (len(pairs) - i)
-            measured[(arch, precision)] = measure_arch(
-                setup,
-                arch,
-                precision,
-                measure,
-                deadline=share,
-                data_ratio=None if measured else data_ratio,
+
+    def publish() -> None:
+        reporter.publish(measured, data_ratio)
+
+    runs: list[ArchRun] = []
+    for arch, precision in [(a, p) for p in precisions for a in archs]:
+        left = setup.deadline - time.perf_counter()
+        walls = [r.core_wall for r in runs if not math.isnan(r.core_wall)]
+        if walls and max(walls) > left:
+            print(
+                f"# time budget: {arch} {precision} not started (its FT part predicted "
+                f"{max(walls):.0f} s as the longest so far, {max(left, 0):.0f} s left)",
+                flush=True,
             )
-    except _Stopped:
-        print("# SIGTERM: measuring stopped, projecting what was measured", flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            continue
+        run = start_arch(setup, arch, precision)
+        t0 = time.perf_counter()
+
+        def publish_run(run: ArchRun = run) -> None:  # projectable once FT's part is timed
+            measured[(run.times.arch, run.times.precision)] = run.times
+            publish()
+
+        measure_core(run, publish_run)
+        run.core_wall = time.perf_counter() - t0  # the model's init included
+        runs.append(run)
+        if not data_ratio:  # the first arch: FT's data-fed epoch (compiled: seconds)
+            data_fed_ft(run, data_ratio)
+            publish()
+    for run in runs:
+        measure_rest(
+            run,
+            measure,
+            deadline=setup.deadline,
+            data_ratio=data_ratio if run is runs[0] else None,
+            publish=publish,
+        )
+    print("# measuring done", flush=True)
+
+
+def print_report(
+    grid: Grid,
+    tasks: list[TaskFacts],
+    measured: Mapping[tuple[str, str], ArchTimes],
+    data_ratio: Mapping[str, Mapping[str, float]],
+    *,
+    precisions: Sequence[str],
+    mean_epochs: int,
+    reduced: str | None,
+) -> int:
+    """The tables and goal lines from what was measured; 1 if nothing was."""
     if not measured:
         print("nothing measured: no arch finished within the time budget (or before SIGTERM)")
         return 1
-    ref_task = setup.timing_task
+    settings = grid.config(grid.datasets[0], grid.archs[0], grid.strategies[0], 1e-4, 0)
+    batch = settings.batch_size
+    ref_task = max(tasks, key=lambda t: t.train)
     epoch_table(grid, ref_task, measured, batch)
     projections = [
         project_variant(grid, tasks, measured, Variant(p, cached))
-        for p in args.precisions
+        for p in precisions
         for cached in (False, True)
     ]
-    grid_table(projections, args.mean_epochs, settings.epochs)
+    grid_table(projections, mean_epochs, settings.epochs)
     print("\n## Per-run fixed costs (compile share + test pass + checkpoint saves)")
     for times in measured.values():
         overhead_lines(times, grid, ref_task, batch)
-    reduced = (
-        "CPU projection at reduced size"
-        if on_cpu
-        else f"timed at {setup.image_size} px batch {setup.batch}, scaled {scale:.2f}x"
-        if scale != 1
-        else None
-    )
-    goal_lines(projections, data_ratio, reduced=reduced, mean_epochs=args.mean_epochs)
+    goal_lines(projections, data_ratio, reduced=reduced, mean_epochs=mean_epochs)
     return 0
 
 
