@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import optax
 
 from medft_jax.errors import one_line
-from medft_jax.models import ARCHS, create, layers, vgg
+from medft_jax.models import ARCHS, create, init_variables, layers, vgg
 from medft_jax.models.conv import lax_conv
 from medft_jax.models.pool import lax_max_pool
 from medft_jax.names import is_known_arch
@@ -97,7 +97,10 @@ def jax_fns(arch: str, size: int, batch: int, dtype: Any = jnp.float32):
     # The input in the compute dtype, as the Trainer's normalize() gives it.
     x = jax.random.normal(jax.random.key(0), (batch, size, size, 3)).astype(dtype)
     y = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
-    variables = jax.jit(model.init)(jax.random.key(2), x)
+    # Initialised at 32 px (torchvision's initialisers, as the toolkit's runs): the
+    # parameters depend on neither size nor batch, and a full-size init is one more
+    # compilation of the whole model.
+    variables = init_variables(model, 2, 32)
     params, stats = variables["params"], variables.get("batch_stats", {})
     tx = optax.adam(1e-4)
     opt_state = tx.init(params)
@@ -185,11 +188,13 @@ def torch_amp_fns(arch: str, size: int, batch: int, *, compiled: bool = False):
 
     device = torch_device()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":  # cuDNN picks each convolution's fastest algorithm for its shape
+        torch.backends.cudnn.benchmark = True
     model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)
     model = model.to(device, memory_format=torch.channels_last)
     x = torch.randn(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = amp_adam(model.parameters(), device)
     run = torch.compile(model) if compiled else model
 
     def autocast():
@@ -213,12 +218,25 @@ def torch_amp_fns(arch: str, size: int, batch: int, *, compiled: bool = False):
     return run_forward, run_train
 
 
+def amp_adam(params: Any, device: str) -> Any:
+    """Adam as a fast eager PyTorch user runs it: one fused kernel on CUDA where supported."""
+    import torch
+
+    if device == "cuda":
+        try:
+            return torch.optim.Adam(params, lr=1e-4, fused=True)
+        except (TypeError, RuntimeError, ValueError):  # a torch without fused Adam
+            pass
+    return torch.optim.Adam(params, lr=1e-4)
+
+
 def images_per_s_or_reason(fn: Callable[[], None], batch: int, steps: int) -> float | str:
     """Images/s of ``fn``, or ``'n/a (reason)'`` when it fails (a torch.compile not building).
 
-    Only for the optional torch.compile column: whatever stops it building
-    (no C++ compiler or Triton, an unsupported op, a dynamo error) is the
-    cell's content, not the end of the benchmark.
+    For the PyTorch cells of the bf16 table: whatever stops one (for
+    torch.compile no C++ compiler or Triton, an unsupported op, a dynamo
+    error; for eager AMP an out-of-memory or a cuDNN error) is the cell's
+    content, not the end of the benchmark.
     """
     try:
         return batch / median_seconds(fn, steps)
@@ -242,7 +260,8 @@ def header(precisions: list[str], host: str) -> str:
     if on_gpu:
         torch_part += (
             f"cuda {torch.version.cuda}, cudnn {torch.backends.cudnn.version()}, "
-            f"cudnn tf32 {torch.backends.cudnn.allow_tf32})"
+            f"cudnn tf32 {torch.backends.cudnn.allow_tf32}; AMP side: cudnn.benchmark on, "
+            "Adam fused where supported)"
         )
     else:
         torch_part += f"cpu, cudnn tf32 {torch.backends.cudnn.allow_tf32})"
@@ -315,12 +334,21 @@ def bf16_table(args: argparse.Namespace) -> None:
         for setting in args.settings:
             size, batch = parse_setting(setting)
             jf, jt = jax_fns(arch, size, batch, dtype=jnp.bfloat16)
-            tf, tt = torch_amp_fns(arch, size, batch)
-            for mode, jfn, tfn in (("forward", jf, tf), ("train step", jt, tt)):
-                j = batch / median_seconds(jfn, args.steps)
-                t = batch / median_seconds(tfn, args.steps)
-                jax_speed[arch, size, batch, mode] = j
-                print(f"| {arch} | {size} | {batch} | {mode} | {j:.1f} | {t:.1f} | {j / t:.2f} |")
+            jax_rows = {}
+            for mode, jfn in (("forward", jf), ("train step", jt)):
+                j = jax_rows[mode] = jax_speed[arch, size, batch, mode] = batch / median_seconds(
+                    jfn, args.steps
+                )
+                # Out at once: a PyTorch failure or a time limit later keeps it.
+                print(
+                    f"- measured JAX bf16 {arch} {size}x{batch} {mode}: {j:.1f} img/s", flush=True
+                )
+            del jf, jt
+            torch_rows = torch_amp_speeds(arch, size, batch, args.steps)
+            for mode, j in jax_rows.items():
+                t = torch_rows[mode]
+                cells = f"{t} | n/a" if isinstance(t, str) else f"{t:.1f} | {j / t:.2f}"
+                print(f"| {arch} | {size} | {batch} | {mode} | {j:.1f} | {cells} |", flush=True)
     if not args.torch_compile:
         return
     print("\n| arch | px | batch | mode | torch.compile AMP img/s | JAX bf16/compile |")
@@ -336,6 +364,27 @@ def bf16_table(args: argparse.Namespace) -> None:
                 )
                 cells = f"{c} | n/a" if isinstance(c, str) else f"{c:.1f} | {j / c:.2f}"
                 print(f"| {arch} | {size} | {batch} | {mode} | {cells} |", flush=True)
+
+
+def torch_amp_speeds(arch: str, size: int, batch: int, steps: int) -> dict[str, float | str]:
+    """PyTorch AMP's images/s per mode, or ``'n/a (reason)'`` for each mode it could not time
+    (an out-of-memory, a cuDNN error): the next arch is still measured."""
+    try:
+        tf, tt = torch_amp_fns(arch, size, batch)
+    except Exception as e:  # building the model or its input failed: both cells say why
+        reason = f"n/a ({one_line(f'{type(e).__name__}: {e}')[:120]})"
+        return {"forward": reason, "train step": reason}
+    out = {
+        mode: images_per_s_or_reason(fn, batch, steps)
+        for mode, fn in (("forward", tf), ("train step", tt))
+    }
+    with contextlib.suppress(Exception):  # free the card for the next arch
+        import torch
+
+        del tf, tt
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out
 
 
 def parse_setting(setting: str) -> tuple[int, int]:
