@@ -10,7 +10,11 @@
 # manylinux x86_64; about 11 MB, under the 64 MiB a call may carry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+# .whl/ ignored (the run tool carries it by name); in a worktree .git is a file,
+# so the exclude file is asked of git.
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.whl/' "$exclude" 2>/dev/null || echo /.whl/ >> "$exclude"
 rm -rf .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
@@ -21,4 +25,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     tensorflow-metadata==1.21.0 googleapis-common-protos==1.76.0 termcolor==3.3.0 \
     toml==0.10.2 portpicker==1.6.0 importlib_resources==6.5.2
 python3 -m pip wheel -q --no-deps -w .whl promise==2.3  # a source release only: built here
+# The commit the wheels were prepared at, for gpu.sh's rows (the device's copy has no .git).
+{ git rev-parse HEAD; git status --porcelain --untracked-files=no | grep -q . && echo "(uncommitted changes)"; } \
+    > .whl/COMMIT || true
 du -sh .whl

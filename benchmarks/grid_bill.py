@@ -43,14 +43,20 @@ On a CPU (``jax.default_backend() == 'cpu'``) the default is a reduced size
 programs; fp32): the real archs, few steps, step times scaled to the grid's
 size and batch by the pixel and batch ratios, and the output says it is a
 CPU projection. On a GPU the defaults are the grid's size and batch and
-every arch, strategy and precision. ``--time-budget`` shares its seconds
-among the (arch, precision) pairs, FT always timed, the gradual strategies
-(a compilation per stage) last; what was not measured is bounded (a stage
-never costs more than FT's step, which trains a superset) and labelled. L2-SP,
-L1-SP and Auto-RGN priced at FT's step are a lower bound (their update adds
-work to Adam's), so a bill under the goal with such stages is not a PASS.
-A SIGTERM (``timeout``) while measuring ends the measuring and still
-prints the report of the pairs finished.
+every arch, strategy and precision. Every (arch, precision) gets its core
+first (FT's step, eval, feature and checkpoint times, then LP's step from
+features: the issue's "LP cached" rows are measured, not bounded), then the
+other strategies arch by arch, the gradual ones (a compilation per stage)
+last. ``--time-budget``: nothing is started that is predicted to end after
+it (a core as long as the longest so far, a strategy from FT's own
+measurement); what was not measured is bounded (a stage never costs more
+than FT's step, which trains a superset) and labelled. L2-SP, L1-SP and
+Auto-RGN priced at FT's step are a lower bound (their update adds work to
+Adam's), so a bill under the goal with such stages is not a PASS.
+``--out`` writes the measurements as they come (JSON), and ``--from-json``
+prints the report from such a file. A SIGTERM (``timeout``) ends the
+measuring at once, even mid-compilation, and prints the report of what was
+measured.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ against hand calculations; the measuring is checked end to end by the
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import re
 import subprocess
@@ -333,3 +335,136 @@ def test_grid_bill_quick_runs_on_cpu_and_states_its_goals(tmp_path):
     row = re.search(r"\| resnet_tiny \| lp \| fp32 \|[^\n]*", text).group(0).split("|")
     uncached_x_ft, cached_x_ft = float(row[8]), float(row[9])
     assert cached_x_ft < uncached_x_ft / 5
+
+
+def test_measured_times_survive_the_json_round_trip():
+    """grid_bill --out / --from-json: the projection of the file is the projection measured."""
+    t = _times()
+    t.cached[("lp", ((False, True), frozenset({"b", "a"})))] = 0.0005
+    t.head_eval_batch, t.ckpt_best = 0.001, math.nan
+    back = grid_bill.times_from_json(
+        json.loads(json.dumps(grid_bill.times_to_json(t), allow_nan=False))
+    )
+    assert math.isnan(back.ckpt_best)  # an unmeasured save stays unmeasured
+    t.ckpt_best = back.ckpt_best = 0.5
+    t.extract_batch = back.extract_batch = t.ckpt_latest_background = 0.1
+    back.ckpt_latest_background = 0.1
+    assert back == t  # tuple keys, frozensets and the strategies' epochs as they were
+    task = grid_bill.TaskFacts("t", 640, 130, 250, 2, False)
+    kw = {"runs": 1, "batch": 64, "patience": 5, "bounds": grid_bill.Bounds()}
+    assert grid_bill.cell_plan(back, "g", task, cached=True, **kw) == grid_bill.cell_plan(
+        t, "g", task, cached=True, **kw
+    )
+
+
+def test_cached_lp_with_no_step_from_features_is_labelled_not_silent():
+    t = _times()
+    task = grid_bill.TaskFacts("t", 640, 130, 250, 2, False)
+    kw = {"runs": 1, "batch": 64, "patience": 5}
+    t.cached.clear()
+    bounds = grid_bill.Bounds()
+    plan = grid_bill.cell_plan(t, "lp", task, cached=True, bounds=bounds, **kw)
+    assert bounds.no_features and "no step from features timed" in bounds.note()
+    assert (
+        plan.epoch_train
+        == grid_bill.cell_plan(
+            t, "lp", task, cached=False, bounds=grid_bill.Bounds(), **kw
+        ).epoch_train
+    )  # billed from images: said, not hidden
+
+
+def test_amp_failure_is_a_cell_and_the_jax_row_is_kept(monkeypatch):
+    def oom(*a, **k):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(bench_models, "torch_amp_fns", oom)
+    cells = bench_models.torch_amp_speeds("vgg19", 224, 64, 1)
+    assert cells == {m: "n/a (RuntimeError: CUDA out of memory)" for m in ("forward", "train step")}
+
+
+def test_gpu_rows_keep_results_and_drop_progress_lines(tmp_path):
+    import gpu_rows
+
+    (tmp_path / "gpu.txt").write_text(
+        "date: 2026-12-07 10:00 UTC\ncommit: abc123\ncard: NVIDIA H200, 143771 MiB, 580\n"
+        "versions: jax 0.11.2, flax 0.12.10, torch missing (ImportError)\n"
+        "step densenet: stopped at its limit (SIGTERM), limit 120 s, wall 121 s\n"
+    )
+    (tmp_path / "densenet.txt").write_text(
+        "# 2026-12-07 x86_64, 16 cores, card H200; jax 0.11.2\n"
+        "| arch | px | batch | mode | JAX bf16 img/s | PyTorch AMP img/s | JAX/AMP |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "- measured JAX bf16 densenet121 224x64 forward: 9000.0 img/s\n"
+        "| densenet121 | 224 | 64 | forward | 9000.0 | 5000.0 | 1.80 |\n"
+        "- measured JAX bf16 densenet121 224x64 train step: 2100.5 img/s\n"
+    )
+    (tmp_path / "strategies.txt").write_text(
+        "# 2026-12-07 machine\n| strategy | stage | s/step | x FT |\n|---|---|---|---|\n"
+        "# measured ft 0: all: 0.020 s/step\n| ft | 0: all | 0.020 | 1.00 |\n\n"
+        "LP from cached features (2048 per image): 0.35 ms/step = 0.017x FT (meets the goal "
+        "<= 0.05x); computing the features once: 0.010 s a batch = 0.50 FT steps\n\n"
+        "FT as one fused program (benchmarks/models.py's train step): 0.021 s/step\n"
+    )
+    (tmp_path / "grid_bill.txt").write_text(
+        "# resnet50 bf16 ft epoch 0: 0.0200 s/step\n# SIGTERM: measuring stopped, projecting\n"
+        "\n## Goals (issue 16)\n- projected grid <= 24 device-hours in bf16 with cached LP: PASS\n"
+    )
+    text = gpu_rows.rows(tmp_path)
+    assert text.startswith("## GPU: NVIDIA H200, 143771 MiB, 580 (`benchmarks/gpu.sh`, 2026-12")
+    assert "- commit: abc123" in text and "torch missing (ImportError)" in text
+    assert "0.35 ms/step = 0.017x FT (meets the goal <= 0.05x)" in text
+    assert "FT as one fused program" in text
+    # No progress line copied (they would be headings, and break the table they sit in).
+    assert "# measured" not in text and "s/step\n# " not in text and "\n# resnet50" not in text
+    assert "|---|---|---|---|\n| ft | 0: all | 0.020 | 1.00 |" in text
+    # The forward row is in the table; the train step's JAX speed only in its line.
+    assert "forward: 9000.0" not in text and "train step: 2100.5 img/s" in text
+    assert "#### Goals (issue 16)" in text and "- note: SIGTERM: measuring stopped" in text
+    assert "- step: stopped at its limit (SIGTERM), limit 120 s" in text
+    assert "### models: " in text and "- not run" in text
+
+
+@pytest.mark.slow
+def test_grid_bill_prints_and_keeps_what_was_measured_on_sigterm(tmp_path):
+    """A SIGTERM mid-measuring (here during DenseNet's first compilation) still prints the
+    report of the arch measured, and the JSON written so far projects the same."""
+    import signal
+    import time
+
+    config = tmp_path / "tiny_grid.py"
+    config.write_text(
+        "import dataclasses\n"
+        "from experiments.configs.paper import get_config as paper\n"
+        "def get_config():\n"
+        "    return dataclasses.replace(paper(), archs=('resnet_tiny', 'densenet121'))\n"
+    )
+    path = os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
+    out_json = tmp_path / "gb.json"
+    cmd = [sys.executable, str(BENCH / "grid_bill.py"), "--quick", "--config", str(config)]
+    proc = subprocess.Popen(
+        [*cmd, "--archs", "resnet_tiny", "densenet121", "--strategies", "ft", "lp",
+         "--out", str(out_json)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    lines = []
+    for line in proc.stdout:  # until DenseNet's measuring starts
+        lines.append(line)
+        if "resnet_tiny fp32 lp from features" in line:
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    text = "".join(lines) + rest
+    assert proc.returncode == 0, text[-3000:]
+    assert "# SIGTERM: measuring stopped" in text
+    row = re.search(r"\| resnet_tiny \| lp \| fp32 \|[^\n]*", text).group(0).split("|")
+    assert float(row[5]) > 0  # LP's step from features: measured, not a bound
+    assert "| densenet121 |" not in text
+    assert "1,728 runs" not in text and "576 runs (archs not timed)" in text
+    replay = subprocess.run(
+        [*cmd, "--from-json", str(out_json)], capture_output=True, text=True, env=env,
+        timeout=300, check=True,
+    )  # fmt: skip
+    table = re.compile(r"^\| fp32, LP cached \|.*$", re.M)
+    assert table.findall(replay.stdout) == table.findall(text)
