@@ -1366,6 +1366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"--tasks {' '.join(unknown)}: not in grid {grid.name!r}")
         grid = dataclasses.replace(grid, datasets=tuple(args.tasks))
     archs = args.archs or list(grid.archs)
+    if args.from_json is not None:  # the file's archs and strategies, whatever was asked
+        archs, args.strategies = [], None
     for arch in archs:
         if arch not in grid.archs:
             raise SystemExit(f"--archs {arch}: not in grid {grid.name!r}")
