@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from medft_jax.errors import UserError
+from medft_jax.errors import UserError, did_you_mean
 from medft_jax.names import (
     ARCHS,
     BLOCKS,
@@ -296,9 +296,13 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
     if config.strategy not in STRATEGIES:
         raise UserError(
             f"{name('strategy')} {config.strategy!r} is unknown; valid: {', '.join(STRATEGIES)}"
+            + did_you_mean(config.strategy, STRATEGIES)
         )
     if not is_known_arch(config.arch):
-        raise UserError(f"{name('arch')} {config.arch!r} is unknown; valid: {', '.join(ARCHS)}")
+        raise UserError(
+            f"{name('arch')} {config.arch!r} is unknown; valid: {', '.join(ARCHS)}"
+            + did_you_mean(config.arch, ARCHS)
+        )
     if config.precision not in PRECISIONS:
         raise UserError(f"{name('precision')} must be one of {', '.join(PRECISIONS)}")
     expected = numerics_version(config.precision)

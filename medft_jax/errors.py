@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -266,6 +266,14 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """``"; did you mean g_lf?"`` for a value near one of ``choices`` (``g-lf``), else ``""``."""
+    import difflib
+
+    near = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line too.
 
@@ -288,7 +296,13 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
     def _spelled_out(self, message: str) -> str:
-        """For an unrecognized flag that begins a known one's name: which it may mean."""
+        """For an unrecognized flag that begins a known one's name, or is a known one
+        misspelt (``--stratgy``), which it may mean; for a flag value that is not one of
+        its choices but near one (``g-lf``), that one."""
+        choice = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)", message)
+        if choice:
+            choices = [c.strip().strip("'\"") for c in choice[2].split(",")]
+            return did_you_mean(choice[1], choices)
         if not message.startswith("unrecognized arguments:"):
             return ""
         for token in message.split(":", 1)[1].split():
@@ -298,6 +312,8 @@ class ArgumentParser(argparse.ArgumentParser):
             known = sorted(o for o in self._option_string_actions if o.startswith(flag))
             if known:
                 return f"; flags are spelled out in full: {flag} may be {' or '.join(known[:4])}"
+            if did_you_mean(flag, self._option_string_actions):
+                return did_you_mean(flag, self._option_string_actions)
         return ""
 
     def parse_known_args(  # type: ignore[override]

@@ -921,6 +921,29 @@ def test_an_abbreviated_flag_is_refused_naming_the_full_one(argv, flag, meant, c
     )
 
 
+def test_a_misspelt_flag_or_value_names_the_one_it_is_near(capsys):
+    """``--stratgy`` and ``--arch resnet-50`` listed what is valid, not which was meant."""
+    import weights_port.__main__ as port_cli
+    from medft_jax.config import RunConfig, check_config
+    from medft_jax.errors import UserError
+
+    with pytest.raises(SystemExit):
+        run_cli.build_parser().parse_args([*RUN, "--stratgy", "lp"])
+    assert _one_error_line(capsys) == (
+        "error: unrecognized arguments: --stratgy lp; did you mean --strategy? "
+        "(see python -m experiments.run --help)"
+    )
+    with pytest.raises(SystemExit):
+        port_cli._port_parser().parse_args(["--arch", "resnet5"])
+    assert _one_error_line(capsys).endswith(
+        "; did you mean resnet50? (see python -m weights_port --help)"
+    )
+    with pytest.raises(UserError, match=r"valid: ft, .*, bitfit; did you mean g_lf\?$"):
+        check_config(RunConfig(dataset="demo", arch="resnet50", strategy="g-lf"))
+    with pytest.raises(UserError, match=r"valid: resnet50, densenet121, vgg19$"):
+        check_config(RunConfig(dataset="demo", arch="alexnet", strategy="ft"))
+
+
 def test_flags_that_collect_may_repeat():
     args = sweep_cli.build_parser().parse_args(
         ["--config", "c.py", "--only", "strategy=lp", "--only", "lr=0.001", "--dry-run"]
