@@ -44,6 +44,7 @@ from medft_jax.config import check_value
 from medft_jax.errors import ArgumentParser, UserError, check_data_dir, cli_main, writable_dir
 from medft_jax.grid import Grid
 from medft_jax.halving import Arm, rung_budgets, successive_halving, survivors, tiebreak_metric
+from medft_jax.names import lr_text
 from medft_jax.report import collect
 from medft_jax.report.aggregate import mean_se
 
@@ -204,7 +205,7 @@ def _arms(args: argparse.Namespace) -> tuple[Grid, list[Arm], int]:
     if len(arms) < 2:
         raise grid_lib.GridError(
             f"--only: select chooses among arms (strategy × lr); the selection has "
-            f"{len(arms)} ({arms[0].strategy} at lr {arms[0].lr:g}): widen --only"
+            f"{len(arms)} ({arms[0].strategy} at lr {lr_text(arms[0].lr)}): widen --only"
         )
     return g, arms, runs[0].epochs
 
@@ -310,7 +311,7 @@ def _finite(x: float) -> float:
 def _print_outcome(o: dict[str, Any]) -> None:
     pick, cost = o["pick"], o["cost"]
     print(
-        f"\npick for {o['dataset']} ({o['arch']}): {pick['strategy']} at lr {pick['lr']:g} "
+        f"\npick for {o['dataset']} ({o['arch']}): {pick['strategy']} at lr {lr_text(pick['lr'])} "
         f"(val {o['metric_label']} {pick['val']:.4f}); spent {cost['epochs']:.3g} epochs, "
         f"{cost['seconds']:.0f} device-s over {cost['arms']} arms"
     )
@@ -330,7 +331,7 @@ def _print_outcome(o: dict[str, Any]) -> None:
         w = gr["winner_by_val"]
         print(
             f"grid winner (mean val over seeds at its chosen lr): {w['strategy']} at lr "
-            f"{w['lr']:g}; same strategy: {'yes' if gr['same_strategy'] else 'no'}"
+            f"{lr_text(w['lr'])}; same strategy: {'yes' if gr['same_strategy'] else 'no'}"
             + (f"; by test: {gr['winner_by_test']['strategy']}" if "winner_by_test" in gr else "")
         )
 

@@ -424,6 +424,7 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         started: list[RunConfig] = []
 
         def on_start(c: RunConfig, at: str = at, started: list = started) -> None:
+            write_plan()  # before it trains: a shard killed in its first run leaves one
             started.append(c)
             say(f"{at} {results.run_name(c.to_dict())}: running")
 

@@ -26,6 +26,7 @@ from medft_jax import atomic, results
 from medft_jax.config import RunConfig
 from medft_jax.data.errors import DataError
 from medft_jax.errors import BusyError, UserError
+from medft_jax.names import lr_text
 from medft_jax.outcomes import BUSY, DIVERGED, DONE, STOPPED
 
 if TYPE_CHECKING:  # JAX comes with the session: imported where a rung runs, not on --help
@@ -49,7 +50,7 @@ class Arm:
 
     @property
     def label(self) -> str:
-        return f"{self.strategy} @ lr {self.lr:g}"
+        return f"{self.strategy} @ lr {lr_text(self.lr)}"
 
 
 def rung_budgets(min_epochs: float, eta: int, max_epochs: int) -> list[float]:

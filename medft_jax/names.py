@@ -9,6 +9,8 @@ take a fraction of a second.
 
 from __future__ import annotations
 
+import re
+
 ARCHS = ("resnet50", "densenet121", "vgg19")
 """The paper's architectures (``medft_jax.models.ARCHS`` builds them)."""
 TEST_ARCHS = ("resnet_tiny",)
@@ -119,6 +121,30 @@ def dataset_name_error(name: object) -> str | None:
             f"; for your own images: --dataset folder --manual-dir {name} (or csv with --csv-file)"
         )
     return known
+
+
+def lr_text(lr: float) -> str:
+    """``0.001``, ``1e-05``, ``0.00012345678``: a learning rate in the fewest digits that
+    read back as it (the CSVs' ``lr``), wherever one is printed: six significant digits
+    made two LRs of a fine grid one, and a left-out LR match no ``lr`` in the CSV."""
+    return repr(float(lr))
+
+
+_RECORDED = re.compile(r"[A-Za-z0-9_.@/-]+")
+
+
+def recorded_dataset_error(name: object) -> str | None:
+    """Why a run record's ``dataset`` is none a run ever wrote, or None. Looser than
+    :func:`dataset_name_error`, which newer runs pass: records of older ones spelt
+    sizes otherwise (``medmnist/breastmnist@064``). The name reaches the report's file
+    names, Markdown, LaTeX and figure titles, so its characters are those of a name."""
+    if not isinstance(name, str):
+        return f"must be a name (a string), got {name!r}"
+    base = dataset_base(name)
+    known = (DEMO, *TASK_NAMES, *LOCAL_KINDS, "medmnist")
+    if not _RECORDED.fullmatch(name) or base not in known:
+        return f"names no dataset of {', '.join(dataset_names())}"
+    return None
 
 
 def same_data(name: str) -> str:

@@ -33,6 +33,9 @@ from medft_jax.results import RecordError, config_hash, jsonable
 PLANS_DIR = ".plans"
 """The folder under a sweep's ``--out`` that holds its plans."""
 PLAN_KEYS = ("grid", "grid_hash", "only", "runs")
+_FIRST_KEYS = ("grid", "only", "runs")
+"""The first plans' fields (``<grid>-<runs hash>.json``, one per selection): still read,
+unless a plan of the same grid name in this form replaces them."""
 _LOCK = ".lock"
 """Held while a plan is merged: two sweeps of one grid add their selections, not one."""
 
@@ -117,14 +120,17 @@ def load_plans(out_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
                 "runs of it), or give --config"
             )
         plans.append((path, plan))
-    return plans
+    current = {plan["grid"] for _, plan in plans if "grid_hash" in plan}
+    return [
+        (path, plan) for path, plan in plans if "grid_hash" in plan or plan["grid"] not in current
+    ]
 
 
 def _problem(plan: Any) -> str | None:
     """What makes ``plan`` not a plan, or None."""
-    if not isinstance(plan, dict) or set(plan) != set(PLAN_KEYS):
+    if not isinstance(plan, dict) or set(plan) not in (set(PLAN_KEYS), set(_FIRST_KEYS)):
         return f"expected a JSON object of {', '.join(PLAN_KEYS)}"
-    if not isinstance(plan["grid"], str) or not isinstance(plan["grid_hash"], str):
+    if not isinstance(plan["grid"], str) or not isinstance(plan.get("grid_hash", ""), str):
         return "grid and grid_hash must be strings"
     if not isinstance(plan["only"], list) or not all(isinstance(x, str) for x in plan["only"]):
         return "only must be a list of strings"

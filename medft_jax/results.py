@@ -90,7 +90,7 @@ import numpy as np
 
 from medft_jax.atomic import write_bytes
 from medft_jax.errors import UserError
-from medft_jax.names import STRATEGIES, dataset_name_error
+from medft_jax.names import STRATEGIES, recorded_dataset_error
 
 RECORD_NAME = "record.json"
 PREVIOUS_NAMES = ("previous", "previous.new")
@@ -337,7 +337,7 @@ def _check_vocabulary(path: Path, config: dict[str, Any]) -> None:
     into file names, Markdown, LaTeX and figure titles (a ``$`` in a hand-made record's
     dataset crashed the figures with a traceback)."""
     dataset, strategy = config.get("dataset"), config.get("strategy")
-    error = dataset_name_error(dataset) if "dataset" in config else None
+    error = recorded_dataset_error(dataset) if "dataset" in config else None
     if error:
         raise RecordError(f"{path}: config dataset {dataset!r}: {error}; {_EDITED}")
     if "strategy" in config and strategy not in STRATEGIES:

@@ -548,7 +548,7 @@ def test_a_record_naming_no_dataset_or_strategy_a_run_writes_is_refused(tmp_path
     """A hand-made record's ``$`` in its dataset crashed the report's figures with a
     traceback; such names reach file names, Markdown and LaTeX: refused in one line."""
     for field, value, said in (
-        ("dataset", "price $x^{$ data", "config dataset 'price $x^{$ data': unknown"),
+        ("dataset", "price $x^{$ data", "config dataset 'price $x^{$ data': names no dataset"),
         ("strategy", "mine", "config strategy 'mine' is not one of ft, lp,"),
     ):
         r = rec()
@@ -558,6 +558,12 @@ def test_a_record_naming_no_dataset_or_strategy_a_run_writes_is_refused(tmp_path
         path.write_text(json.dumps(r))
         with pytest.raises(RecordError, match=re.escape(f"{path}: {said}")):
             results.read_record(path)
+    # Older runs spelt a MedMNIST size with a zero (@064): their records still read.
+    r = rec()
+    r["config"]["dataset"] = "medmnist/breastmnist@064"
+    r["run"] = results.run_name(r["config"])
+    (tmp_path / "old.json").write_text(json.dumps(r))
+    assert results.read_record(tmp_path / "old.json")["config"]["dataset"].endswith("@064")
 
 
 # --- Tables 11 and 12 ------------------------------------------------------------------------
@@ -1269,6 +1275,22 @@ def test_a_lost_shard_is_counted_missing_by_the_sweeps_plan(tmp_path, capsys):
     assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
 
 
+def test_a_plan_of_the_first_form_is_read_until_its_grid_writes_one_of_the_new(tmp_path):
+    """Plans first had no grid_hash and one file per selection: a folder holding one
+    failed every report once plans took the new form; it counts until replaced."""
+    from medft_jax import plans
+
+    runs = tmp_path / "runs"
+    grid = [rec(strategy="ft", seed=k)["config"] for k in (0, 1, 2)]
+    _write_runs(runs, [rec(strategy="ft", seed=k) for k in (0, 1)])
+    first = runs / ".plans" / "paper-0123456789abcdef.json"
+    first.parent.mkdir()
+    first.write_text(json.dumps({"grid": "paper", "only": [], "runs": grid}))
+    assert [p for p, _ in plans.load_plans(runs)] == [first]
+    plans.write_plan(runs, "paper", [], grid[:2])
+    assert [p.name for p, _ in plans.load_plans(runs)] == [plans.plan_path(runs, "paper").name]
+
+
 def test_each_sweep_plan_expects_its_own_runs_and_an_edited_grid_replaces_its_plan(tmp_path):
     """The plans' runs were crossed with every run's arch, LR and seed: a 2-run plan of
     bach (ResNet-50, lr 0.01) beside a complete demo sweep read "8 of 48 expected", demo
@@ -1293,6 +1315,13 @@ def test_each_sweep_plan_expects_its_own_runs_and_an_edited_grid_replaces_its_pl
     index = (out / "index.md").read_text()
     assert "Runs done (finished or failed): 8 of 10 expected" in index, index
     assert "2 complete, 0 partial, 0 failed, 1 missing" in index
+    # A one-off run no plan lists (LP-FT, one seed) is inferred as before: partial.
+    one_off = rec(dataset="demo", arch="resnet_tiny", strategy="lp_ft", lr=1e-3, seed=0)
+    _write_runs(runs, [one_off])
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
+    index = (out / "index.md").read_text()
+    assert "2 complete, 1 partial, 0 failed, 1 missing" in index, index
+    shutil.rmtree(results.record_path_of(one_off, runs).parent)
     # Slices of one grid (--only seed=0, then seed=1) add up in one plan.
     whole = [rec(arch="resnet50", lr=0.01, seed=k)["config"] for k in (0, 1, 2)]
     grid_hash = results.config_hash({"runs": whole})

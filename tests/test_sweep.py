@@ -976,6 +976,19 @@ def test_a_sweep_that_reads_no_dataset_plans_nothing_and_an_unwritable_plan_is_a
     assert plans.load_plans(out) == []
     capsys.readouterr()
 
+    seen = []
+
+    def killed_in_its_first_run(self, config, on_start=None, **kw):
+        on_start(config)  # training now: the plan must be on disk already
+        seen.append(plans.plan_path(out, "tiny").is_file())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Session, "run", killed_in_its_first_run)
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) != 0
+    assert seen == [True]
+    plans.plan_path(out, "tiny").unlink()
+    capsys.readouterr()
+
     def refused(self, config, **kw):
         return outcomes.Outcome(config, outcomes.REFUSED, error="not trained here")
 

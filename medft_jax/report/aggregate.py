@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from medft_jax.names import lr_text
 from medft_jax.results import RecordError, config_hash, jsonable
 
 _SEED_KEYS = ("lr", "seed")
@@ -202,7 +203,9 @@ def check_unique(records: Sequence[dict[str, Any]]) -> None:
     for r in records:
         key = (float(r["config"]["lr"]), r["config"]["seed"])
         if key in seen:
-            raise RecordError(f"two records for lr {key[0]:g}, seed {key[1]} of {_describe(r)}")
+            raise RecordError(
+                f"two records for lr {lr_text(key[0])}, seed {key[1]} of {_describe(r)}"
+            )
         seen.add(key)
 
 

@@ -431,17 +431,22 @@ def _expected_under(
 
     A plan's runs are expected as listed, not crossed with every other run's settings:
     two grids' sweeps in one folder (demo on ResNet-50, bach at another LR) each expect
-    their own runs, not each other's archs and LRs."""
+    their own runs, not each other's archs and LRs. A dataset holding a run that no plan
+    lists is inferred from its runs, planned or not, as a folder without plans is (a
+    one-off LP-FT seed beside a planned 3-seed grid is partial, not complete)."""
     from medft_jax import grid as gridlib
 
     axes = {"dataset", "arch", "strategy", "lr", "seed"}
     other = {k: v for k, v in filt.items() if k not in axes}
     shown = {k: v for k, v in filt.items() if k in axes}
     stubs = [p for p in planned if gridlib.matches(p["config"], other)]
+    runs = [r for r in runs if gridlib.matches(r["config"], other)]
     listed = {_run_key(p) for p in stubs}
-    every = _infer_expected(
-        [r for r in runs if gridlib.matches(r["config"], other) and _run_key(r) not in listed]
-    )
+    loose = {r["config"]["dataset"] for r in runs if _run_key(r) not in listed}
+    # A dataset with a run no plan lists (a one-off experiments.run beside a sweep) is
+    # inferred as a folder without plans is, from its runs and planned runs; the others
+    # as planned (not crossed with another grid's archs and LRs).
+    every = _infer_expected([r for r in runs + stubs if r["config"]["dataset"] in loose])
     for p in stubs:
         every.setdefault(_cell_key(p), set()).add(_run_key(p)[3:])
     expected = {}

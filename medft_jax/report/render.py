@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from medft_jax.names import ARCH_LABELS, STRATEGY_LABELS
+from medft_jax.names import ARCH_LABELS, STRATEGY_LABELS, lr_text
 
 MISSING_TEXT = "—"
 """A cell without any run (Markdown, LaTeX); the CSV leaves the field empty."""
@@ -193,7 +193,7 @@ def to_latex(table: Table) -> str:
     """A booktabs ``table`` float: spanning arch headers, ``\\textbf``/``\\underline``, notes."""
     cols = table.columns
     lines = [
-        r"% requires \usepackage{booktabs} and \usepackage[T1]{fontenc} (for \textquotedbl)",
+        r"% requires \usepackage{booktabs}",
         r"\begin{table}[htbp]",
         r"\centering",
         # LaTeX numbers the float itself: "Table 8: " again read "Table 1: Table 8: ...".
@@ -224,6 +224,8 @@ def to_latex(table: Table) -> str:
         lines += [latex_escape(n) + r"\par" for n in table.notes]
         lines.append("}")
     lines.append(r"\end{table}")
+    if any(r"\textquotedbl" in line for line in lines):
+        lines[0] += r" and \usepackage[T1]{fontenc} (for \textquotedbl)"
     return "\n".join(lines) + "\n"
 
 
@@ -266,13 +268,6 @@ def metric_meaning(metric: str) -> str:
     """``Acc. (top-1) = top-1 accuracy, …``: a label and what it measures."""
     meaning = METRIC_MEANINGS.get(metric)
     return f"{metric_label(metric)} = {meaning}" if meaning else metric_label(metric)
-
-
-def lr_text(lr: float) -> str:
-    """``0.001``, ``1e-05``, ``0.00012345678``: a learning rate in the fewest digits that
-    read back as it (the CSVs' ``lr``): six significant digits made two LRs of a fine grid
-    one, and a left-out LR match no ``lr`` in the CSV."""
-    return repr(float(lr))
 
 
 def lrs_text(lrs: Iterable[float]) -> str:

@@ -333,14 +333,15 @@ class ValueLine:
     lr: float | None
     excluded_lrs: str = ""
     """LRs left out of the choice because a run at them failed (space-separated)."""
-    marks: str = ""
-    """The marks shown after the value (:func:`cell_marks`: ``†‡§¶``); none for the cost."""
-    failure: str = ""
-    """``diverged`` or ``failed`` where the cell has failure notes only."""
     bold: bool = False
     """Best mean of its arch and metric, as shown (ties all marked)."""
     underline: bool = False
     """Best mean of its metric over all archs, as shown."""
+    marks: str = ""
+    """The marks shown after the value (:func:`cell_marks`: ``†‡§¶``); none for the cost.
+    Last of the CSV's columns with ``failure``: scripts reading by position still read."""
+    failure: str = ""
+    """``diverged`` or ``failed`` where the cell has failure notes only."""
     text: str = _shown()
     """How it reads: ``85.31 (0.42)†``, ``diverged``, ``n/a``, device-seconds ``1,234``."""
 

@@ -368,12 +368,15 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         planned = (
             f"the runs listed in the sweep plan(s) {md_escape(', '.join(summary.plans))} "
             "beside the runs (a shard that never ran counts as missing; delete a plan file "
-            "to stop expecting its runs), and for the runs no plan lists, "
+            "to stop expecting its runs), and for a dataset holding runs no plan lists, "
             if summary.plans
             else ""
         )
         source = (
-            f"{planned}inferred from the records: every arch, strategy, LR and seed seen "
+            f"{planned}inferred from its records and planned runs: every arch, strategy, LR "
+            "and seed seen for it (--config gives a grid's own)"
+            if summary.plans
+            else "inferred from the records: every arch, strategy, LR and seed seen "
             "anywhere, for every dataset (--config gives a grid's own)"
         )
     lines = [
