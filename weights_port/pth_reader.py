@@ -65,6 +65,11 @@ class Corrupt(PthError):
     """The file is cut short or inconsistent (a tensor past its storage)."""
 
 
+class Unsupported(PthError):
+    """Something torch reads that this reader will not, for its cost (a dict key of
+    thousands of parts); not a sign that the file is damaged."""
+
+
 class TooLarge(PthError):
     """Reading the file ran out of memory: not a sign that it is damaged."""
 
@@ -186,11 +191,17 @@ file naming one storage ten thousand times had made gigabytes of copies."""
 
 
 class _Budget:
-    """What a file's tensors may copy out of its storages, in all (:data:`_COPIES`)."""
+    """What a file's tensors may copy out of its storages, in all (:data:`_COPIES`), and
+    what its compressed members may inflate to (:data:`_INFLATION`, of its size).
 
-    def __init__(self) -> None:
+    Tensors naming one view of one storage (shared weights, ``ModuleList([block] * 24)``)
+    are one array, as torch gives them one storage: they copy nothing more."""
+
+    def __init__(self, file_bytes: int = 0) -> None:
         self.stored = 0
         self.copied = 0
+        self.inflate_left = _INFLATION * file_bytes + _INFLATION_SLACK
+        self.arrays: dict[tuple, np.ndarray] = {}
 
     def take(self, nbytes: int) -> None:
         self.copied += nbytes
@@ -200,6 +211,11 @@ class _Budget:
                 "more than a state_dict's tensors hold"
             )
 
+
+_INFLATION, _INFLATION_SLACK = 4, 64 << 20
+"""torch.save stores its members as they are; a file zipped again with compression reads
+while its members inflate to at most 4 times its size and 64 MiB (a 2 KB member that
+inflates to 2 GB does not)."""
 
 _BUDGET: contextvars.ContextVar[_Budget] = contextvars.ContextVar("pth_budget")
 
@@ -313,9 +329,20 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str, metad
 
 
 def _array(storage: _Storage, offset: int, size: tuple, stride: tuple, dtype: str, flags: dict):
-    """A tensor's values: a C-contiguous copy out of its (bounds-checked) storage."""
+    """A tensor's values: a C-contiguous copy out of its (bounds-checked) storage, one per
+    view of a storage however many tensors name it."""
+    itemsize = ITEMSIZE[dtype]
+    budget = _BUDGET.get()
+    same = (id(storage), offset, size, stride, dtype, tuple(sorted(flags.items())))
+    if same in budget.arrays:
+        return budget.arrays[same]
+    budget.take(math.prod(size) * itemsize)
+    budget.arrays[same] = array = _copy(storage, offset, size, stride, dtype, flags)
+    return array
+
+
+def _copy(storage: _Storage, offset: int, size: tuple, stride: tuple, dtype: str, flags: dict):
     np_dtype, itemsize = _NUMPY[dtype], ITEMSIZE[dtype]
-    _BUDGET.get().take(math.prod(size) * itemsize)
     stored = np_dtype.newbyteorder("<" if storage.order == "little" else ">")
     base = np.frombuffer(storage.data, dtype=stored, count=storage.nbytes // itemsize)
     view = np.lib.stride_tricks.as_strided(
@@ -434,14 +461,29 @@ def _ordered_dict(*args: Any) -> OrderedDict:
     return OrderedDict((_key(k), v) for k, v in pairs)
 
 
-_KEY_TYPES = (str, int, float, bool, type(None))
-"""What a dict key read from a file may be: a state_dict's names, an optimizer state's
-ids. A tuple key nested in itself costs 2^depth to hash (a 1 KB file, hours)."""
+_KEY_TYPES = (str, bytes, int, float, bool, type(None))
+"""What a dict key or set item read from a file may be made of: names, numbers, and
+tuples of them, as torch reads them."""
+
+_KEY_PARTS = 1000
+"""A key or set item of more parts is refused before it is hashed: a tuple holding
+itself twice per level costs 2^depth to hash (a 1 KB file held the load for hours)."""
 
 
 def _key(key: Any) -> Any:
-    if type(key) not in _KEY_TYPES:
-        raise Refused(f"a dict key of type {type_name(key)}")
+    left = [_KEY_PARTS]
+
+    def walk(value: Any) -> None:
+        left[0] -= 1
+        if left[0] < 0:
+            raise Unsupported(f"a dict key or set item of more than {_KEY_PARTS} parts")
+        if type(value) is tuple:
+            for item in value:
+                walk(item)
+        elif type(value) not in _KEY_TYPES:
+            raise Unsupported(f"a dict key or set item of type {type_name(value)}")
+
+    walk(key)
     return key
 
 
@@ -574,6 +616,15 @@ class _Unpickler(pickle._Unpickler):
         items = self.pop_mark()
         self.append({_key(items[i]): items[i + 1] for i in range(0, len(items), 2)})
 
+    def load_additems(self) -> None:
+        items = [_key(item) for item in self.pop_mark()]
+        if not isinstance(self.stack[-1], set):
+            raise Corrupt("items added to what is not a set")
+        self.stack[-1].update(items)
+
+    def load_frozenset(self) -> None:
+        self.append(frozenset(_key(item) for item in self.pop_mark()))
+
     def load_refused(self) -> None:
         raise Refused(
             "an object built by NEWOBJ, INST or OBJ, a copyreg extension, a pickle buffer or a set"
@@ -585,6 +636,8 @@ class _Unpickler(pickle._Unpickler):
     dispatch[pickle.SETITEM[0]] = load_setitem
     dispatch[pickle.SETITEMS[0]] = load_setitems
     dispatch[pickle.DICT[0]] = load_dict
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
     # EXT*: a global by copyreg's registry code, served from a process-wide cache that
     # another unpickler may have filled, past find_class: never needed by torch.save.
     for _op in (
@@ -600,10 +653,6 @@ class _Unpickler(pickle._Unpickler):
         pickle.BYTEARRAY8,
         pickle.NEXT_BUFFER,
         pickle.READONLY_BUFFER,
-        # Sets hash what they hold (see _key); torch.save never writes one.
-        pickle.EMPTY_SET,
-        pickle.ADDITEMS,
-        pickle.FROZENSET,
     ):
         dispatch[_op[0]] = load_refused
     del _op
@@ -630,18 +679,21 @@ def _run(unpickler: _Unpickler) -> Any:
 
 
 def _member(z: zipfile.ZipFile, name: str) -> bytes:
-    """A member of a ``torch.save`` archive, which stores them uncompressed: a compressed
-    one (a 2 KB member inflating to 2 GB) is refused before it is read; a stored one is
-    no larger than the file."""
+    """A member of a ``torch.save`` archive: stored, as torch.save writes them (no larger
+    than the file), or compressed (the file zipped again) within :data:`_INFLATION`,
+    checked before it is inflated (a 2 KB member inflating to 2 GB is refused)."""
     try:
         info = z.getinfo(name)
     except KeyError:
         raise Corrupt(f"no member {short(name)}") from None
     if info.compress_type != zipfile.ZIP_STORED:
-        raise Corrupt(
-            f"member {short(name)} is compressed (zip method {info.compress_type}); "
-            "torch.save stores its members as they are"
-        )
+        budget = _BUDGET.get()
+        if info.file_size > budget.inflate_left:
+            raise Corrupt(
+                f"member {short(name)} inflates to {info.file_size} bytes from "
+                f"{info.compress_size}: more than the file's tensors could hold"
+            )
+        budget.inflate_left -= info.file_size  # zipfile inflates no more than file_size
     return z.read(info)
 
 
@@ -664,20 +716,20 @@ def load(path: str | Path) -> Any:
         prefix = names[0].split("/", 1)[0] if names and "/" in names[0] else None
         if prefix is None or f"{prefix}/data.pkl" not in names:
             raise NotTorch("a zip archive without torch.save's data.pkl")
-        order = "little"
-        if f"{prefix}/byteorder" in names:
-            order = _member(z, f"{prefix}/byteorder").decode("ascii", "replace")
-            if order not in ("little", "big"):
-                raise Corrupt(f"unknown byte order {order[:20]!r}")
-        pickled = io.BytesIO(_member(z, f"{prefix}/data.pkl"))
-        with _budget():
+        with _budget(os.path.getsize(path)):
+            order = "little"
+            if f"{prefix}/byteorder" in names:
+                order = _member(z, f"{prefix}/byteorder").decode("ascii", "replace")
+                if order not in ("little", "big"):
+                    raise Corrupt(f"unknown byte order {order[:20]!r}")
+            pickled = io.BytesIO(_member(z, f"{prefix}/data.pkl"))
             return _unpickle(pickled, _ALLOWED, z, prefix, order)
 
 
 @contextlib.contextmanager
-def _budget() -> Iterator[_Budget]:
+def _budget(file_bytes: int = 0) -> Iterator[_Budget]:
     """A fresh :class:`_Budget` for the tensors of one file."""
-    token = _BUDGET.set(_Budget())
+    token = _BUDGET.set(_Budget(file_bytes))
     try:
         yield _BUDGET.get()
     finally:

@@ -237,6 +237,8 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
 def _pth_error(path: Path, e: pth_reader.PthError) -> PortError:
     if isinstance(e, pth_reader.Refused):
         return PortError(f"{path}: {NOT_LOADABLE}")
+    if isinstance(e, pth_reader.Unsupported):
+        return PortError(f"{path}: not read ({e}); a state_dict's keys are names")
     if isinstance(e, pth_reader.TooLarge):
         return PortError(f"{path}: {e} on this machine (a state_dict's tensors did not fit)")
     if isinstance(e, pth_reader.NotTorch):
