@@ -32,6 +32,7 @@ import json
 import os
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -643,8 +644,15 @@ def _main(argv: Sequence[str] | None) -> int:
     predictor = Predictor(args.checkpoint, args.bits_stored, args.precision, args.dicom_window)
     skipped: list[str] | None = [] if args.skip_bad_images else None
     probs = predictor.predict_files(images, args.batch_size, skipped)
-    gone = set(skipped or ())
-    kept = [p for p in images if p not in gone]
+    # One occurrence left out per skip: a path listed twice whose file broke between its
+    # two reads keeps the row it was read for (a set dropped both, and the rows misaligned).
+    gone = Counter(skipped or ())
+    kept = []
+    for path in images:
+        if gone[path]:
+            gone[path] -= 1
+        else:
+            kept.append(path)
     write_rows(_rows(predictor, kept, probs, args), args.out)
     return 0
 

@@ -549,6 +549,41 @@ def test_skip_bad_images_notes_each_and_predicts_the_others(tmp_path, capsys):
     )
 
 
+def test_a_link_to_nothing_named_as_a_pacs_file_is_a_bad_image_not_a_non_image(
+    tmp_path, capsys, monkeypatch
+):
+    """A PACS export names files IM0001 or by UID: a link to nothing of such a name was
+    counted among the folder's non-images and the scan vanished with exit 0. A path
+    listed twice whose file broke between its two reads keeps the row it was read for."""
+    from experiments import predict as cli
+
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    _images(scans, 1)
+    (scans / "IM0001").symlink_to(tmp_path / "gone")
+    assert main(["--checkpoint", str(ck), "--images", str(scans)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {scans / 'IM0001'} is a symbolic link to {tmp_path / 'gone'}")
+    assert main(["--checkpoint", str(ck), "--images", str(scans), "--skip-bad-images"]) == 0
+    cap = capsys.readouterr()
+    assert len(_lines(cap.out)) == 1 and "note: skipped bad image" in cap.err
+    (good,) = _images(tmp_path, 1)
+    real, calls = cli.load_image, []
+
+    def breaks_on_its_second_read(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise cli.BadImage(f"{path}: broke")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "load_image", breaks_on_its_second_read)
+    argv = ["--checkpoint", str(ck), "--images", good, good, "--skip-bad-images", "--json"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in _lines(capsys.readouterr().out)]
+    assert [r["image"] for r in rows] == [good]
+
+
 def test_skip_bad_images_keeps_refusing_sound_files_the_rules_refuse(tmp_path, capsys):
     """As run's flag: a dark 16-bit file is refused until --bits-stored says what it is;
     skipping it would drop every file of its kind. A path not there is a typo, not a bad file."""

@@ -139,8 +139,9 @@ def _images(files: list[Path], others: Counter[str] | None = None) -> list[Path]
     images = []
     for p in files:
         if p.name.upper() != DICOMDIR and (
-            p.suffix.lower() in IMAGE_SUFFIXES or (p.exists() and _dicom_marked(p))
-        ):  # a broken link (listed only by links_anywhere) shows no marker: by suffix alone
+            p.suffix.lower() in IMAGE_SUFFIXES or not p.exists() or _dicom_marked(p)
+        ):  # a link to nothing (listed only by links_anywhere; a PACS file is named IM0001
+            # or by UID) shows no marker: listed, for its reader to name as a bad file
             images.append(p)
         elif others is not None:
             others[p.suffix.lower() or "(no suffix)"] += 1
