@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -43,9 +44,22 @@ def environment_info() -> dict[str, Any]:
         "device_count": len(devices),
         "local_device_count": jax.local_device_count(),
         "process_count": jax.process_count(),
+        # On a CPU the sums of BatchNorm's batch statistics split over the threads XLA may
+        # use: one seed gives other numbers on 1 core than on 2 (BUILD.md, "Determinism").
+        "cpu_threads": cpu_threads(),
+        "xla_flags": os.environ.get("XLA_FLAGS"),
         "hostname": socket.gethostname(),
         **git_info(),
     }
+
+
+def cpu_threads() -> int:
+    """The CPUs this process may run on (its affinity: ``taskset``, a SLURM allocation,
+    a container's cpuset), which XLA's CPU thread pool is sized by."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity
+        return os.cpu_count() or 1
 
 
 def machine_line() -> str:

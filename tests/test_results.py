@@ -375,6 +375,16 @@ def test_environment_info():
     assert env["packages"]["jax"] is not None
     assert isinstance(env["device_kind"], str) and env["hostname"]
     assert set(env) >= {"python", "git_revision", "git_dirty", "local_device_count", "backend"}
+    # What a CPU run's numbers depend on beyond the seed: the threads XLA may use.
+    assert env["cpu_threads"] == len(os.sched_getaffinity(0))
+    assert env["xla_flags"] == os.environ.get("XLA_FLAGS")
+
+
+def test_the_cpus_a_run_may_use_are_its_affinity_not_the_machines(monkeypatch):
+    """``taskset -c 0`` on a 2-core machine gave other numbers under one run name, and the
+    record said nothing: it says 1 now, not the machine's count."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert environment.cpu_threads() == 1
 
 
 def test_git_info_outside_a_checkout_is_none(tmp_path):
