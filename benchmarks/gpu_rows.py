@@ -26,7 +26,7 @@ from pathlib import Path
 STEPS = (
     ("densenet", "models.py, DenseNet-121, JAX bf16 against PyTorch AMP"),
     ("grid_bill", "grid_bill.py, the grid's bill in bf16"),
-    ("models", "models.py, ResNet-50 and VGG-19, JAX bf16 against PyTorch AMP"),
+    ("models", "models.py, ResNet-50, JAX bf16 against PyTorch AMP"),
     ("strategies", "strategies.py, ResNet-50: LP, LP from cached features"),
 )
 KEEP = re.compile(
