@@ -9,7 +9,9 @@ the paper's Tables 3-12 (Markdown, LaTeX, CSV), cost tables, paired
 comparisons with FT, figures and an ``index.md`` under ``--out``. With
 ``--config`` the grid says which runs are expected, so an unfinished sweep
 shows what is missing; without it the expectation is inferred from the
-records. ``--latest`` leaves out the records a sweep superseded by rerunning their
+records. ``--vs-paper [CSV]`` sets each number beside the published one (the paper's
+Tables 3-10, bundled, or a CSV of that form): ``tables/vs_paper_<dataset>`` and a section
+of the index. ``--latest`` leaves out the records a sweep superseded by rerunning their
 settings on edited data (without it, such records are refused, named). Any problem
 (no runs folder, a corrupt record, a bad config or filter) is one ``error:`` line and
 exit status 2, with nothing written.
@@ -31,6 +33,7 @@ from medft_jax import plans, results
 from medft_jax.errors import ArgumentParser, UserError, cli_main
 from medft_jax.plans import PLANS_DIR
 from medft_jax.report import collect, write_report
+from medft_jax.report.paper import load_paper
 from medft_jax.report.write import check_out
 
 
@@ -73,7 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="Table 12: relative improvement over FT (in percent) a strategy must exceed",
     )
+    p.add_argument(
+        "--vs-paper",
+        nargs="?",
+        const=BUNDLED_PAPER,
+        metavar="CSV",
+        help="set our numbers beside published ones: per dataset a table "
+        "tables/vs_paper_<dataset> (ours, the paper's, the difference in percentage points, "
+        "z = diff / sqrt(se_ours^2 + se_paper^2), |z| > 2 flagged) and a section 'Against the "
+        "paper' in index.md (cells compared, mean |diff|, |z| > 2, Spearman rho of the "
+        "strategy ranking per arch). CSV: columns table,dataset,strategy,arch,metric,mean,se, "
+        "mean and se in percent; without it, the paper's Tables 3-10 bundled with the package",
+    )
     return p
+
+
+BUNDLED_PAPER = ""
+"""``--vs-paper`` given without a CSV: the bundled tables."""
 
 
 def _summary(args: argparse.Namespace):
@@ -159,9 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-
+    # Read first: a bad CSV stops the report before the records are read.
+    paper = None if args.vs_paper is None else load_paper(args.vs_paper or None)
     summary = _summary(args)
-    index = write_report(summary, args.out, beat_threshold=args.beat_threshold, runs_dir=args.runs)
+    index = write_report(
+        summary, args.out, beat_threshold=args.beat_threshold, runs_dir=args.runs, paper=paper
+    )
     print(index)
     return 0
 

@@ -46,10 +46,12 @@ from medft_jax.report.cells import (
     paired_vs_ft,
     relative_improvement,
 )
+from medft_jax.report.paper import Z_FLAG, Compared, PaperTables, compare
 from medft_jax.report.render import (
     DAGGER,
     DOUBLE_DAGGER,
     MISSING_TEXT,
+    NO_SE,
     PILCROW,
     SECTION,
     UNDEFINED,
@@ -901,13 +903,114 @@ def count_rule_text(summary: Summary, count_metrics: Mapping[str, str] | None = 
     )
 
 
+# --- against the paper ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VsPaperLine:
+    """The ``vs_paper`` table: one cell and metric of ours beside the published one."""
+
+    dataset: str
+    strategy: str
+    arch: str
+    metric: str
+    mean: float
+    """Ours, a fraction."""
+    se: float | None
+    n: int
+    """Our seeds: a single one has no SE, and no z."""
+    paper_mean_pct: float
+    """Published, in percent as printed."""
+    paper_se_pct: float | None
+    diff_pp: float
+    """Ours minus the paper's, in percentage points."""
+    z: float | None
+    """diff / √(se_ours² + se_paper²), both in points; none where either SE is missing or
+    zero, or ours is a single seed."""
+    flagged: bool
+    """|z| > 2."""
+    marks: str = ""
+    """Our cell's marks (:func:`cell_marks`)."""
+    text: str = _shown()
+    """How ours reads, as in the dataset's table: ``85.31 (0.42)†``."""
+
+
+def _vs_paper_line(summary: Summary, x: Compared) -> VsPaperLine:
+    cell = summary.cells[(x.dataset, x.arch, x.strategy)]
+    return VsPaperLine(
+        dataset=x.dataset,
+        strategy=x.strategy,
+        arch=x.arch,
+        metric=x.metric,
+        mean=x.mean,
+        se=x.se if math.isfinite(x.se) else None,
+        n=x.n,
+        paper_mean_pct=x.paper_mean,
+        paper_se_pct=x.paper_se,
+        diff_pp=x.diff_pp,
+        z=x.z,
+        flagged=x.z is not None and abs(x.z) > Z_FLAG,
+        marks=cell_marks(cell, x.metric),
+        text=cell_text(cell, x.metric),
+    )
+
+
+def _paper_text(x: VsPaperLine) -> str:
+    se = f"{x.paper_se_pct:.2f}" if x.paper_se_pct is not None else NO_SE
+    return f"{x.paper_mean_pct:.2f} ({se})"
+
+
+def _z_text(x: VsPaperLine) -> Entry:
+    if x.z is None:
+        return Entry(UNDEFINED)
+    return Entry(f"{x.z:+.2f}" + (" !" if x.flagged else ""), bold=x.flagged)
+
+
+VS_PAPER_SLOTS: tuple[Slot[VsPaperLine], ...] = (
+    Slot(Column("Strategy", align="l"), lambda x: strategy_label(x.strategy)),
+    Slot(Column("Arch", align="l"), lambda x: arch_label(x.arch)),
+    Slot(Column("Metric", align="l"), lambda x: metric_label(x.metric)),
+    Slot(Column("Ours, mean (SE)"), lambda x: x.text),
+    Slot(Column("Paper, mean (SE)"), _paper_text),
+    Slot(Column("Diff. (pp)"), lambda x: f"{x.diff_pp:+.2f}"),
+    Slot(Column("z"), _z_text),
+)
+
+
+VS_PAPER_NOTE = (
+    "Ours: the test mean (SE) over seeds at the LR chosen on validation, with the marks of the "
+    "dataset's table; paper: as printed in the published CSV. Diff.: ours minus the paper's, "
+    "in percentage points. z = diff / √(SE_ours² + SE_paper²): how many combined standard "
+    "errors apart the two means are; n/a where either SE is missing or zero or ours is a "
+    "single seed. Bold with ! marks |z| > 2: a difference larger than the seeds' spread "
+    "explains (with 3 seeds per side the SEs are rough, so expect some by chance)."
+)
+
+
+def vs_paper_table(summary: Summary, dataset: str, compared: Sequence[Compared]) -> Table:
+    """Ours beside the published numbers, one row per cell and metric present in both
+    (``compared``: :func:`medft_jax.report.paper.compare`'s entries of ``dataset``)."""
+    lines = [_vs_paper_line(summary, x) for x in compared if x.dataset == dataset]
+    title = f"{dataset}: ours against the paper's published values (percent)"
+    head = Head(f"vs_paper_{slug(dataset)}", title, [VS_PAPER_NOTE])
+    return _long_table(head, VsPaperLine, lines, VS_PAPER_SLOTS)
+
+
 def all_tables(
     summary: Summary,
     beat_threshold: float = 0.1,
     count_metrics: Mapping[str, str] | None = None,
+    paper: PaperTables | None = None,
 ) -> list[Table]:
-    """Every table of a report, in the order the index shows them."""
+    """Every table of a report, in the order the index shows them; with ``paper`` (a
+    :class:`medft_jax.report.paper.PaperTables`) the ``vs_paper`` tables last."""
     tables = []
     for d in summary.datasets:
         tables += [dataset_table(summary, d), cost_table(summary, d), paired_table(summary, d)]
-    return [*tables, table11(summary), table12(summary, beat_threshold, count_metrics)]
+    tables += [table11(summary), table12(summary, beat_threshold, count_metrics)]
+    if paper is not None:
+        compared = compare(summary, paper)
+        tables += [
+            vs_paper_table(summary, d, compared) for d in summary.datasets if d in paper.datasets
+        ]
+    return tables

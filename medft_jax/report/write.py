@@ -23,12 +23,14 @@ from medft_jax.atomic import DIR_MODE
 from medft_jax.errors import UserError, naming_os_errors
 from medft_jax.report import figures
 from medft_jax.report.cells import COMPLETE, FAILED, MISSING, PARTIAL, Summary
+from medft_jax.report.paper import Z_FLAG, PaperTables, agreements, unmatched
 from medft_jax.report.render import (
     DAGGER,
     DOUBLE_DAGGER,
     PILCROW,
     SECTION,
     Table,
+    arch_label,
     md_code,
     md_escape,
     metric_label,
@@ -93,6 +95,7 @@ def write_report(
     *,
     beat_threshold: float = 0.1,
     runs_dir: str | Path | None = None,
+    paper: PaperTables | None = None,
 ) -> Path:
     """Writes every table (``tables/*.md|.tex|.csv``), figure and ``index.md``; returns the
     index's path.
@@ -104,7 +107,9 @@ def write_report(
     existing ``out_dir`` is only replaced when it is empty or is a report this function wrote (see
     :data:`MARKER`) holding nothing else: a report never deletes what it
     did not write. ``runs_dir``: the records' folder, which ``out_dir``
-    may neither be, nor be inside, nor contain.
+    may neither be, nor be inside, nor contain. ``paper``: published values
+    (:func:`medft_jax.report.paper.load_paper`) to set ours beside, in the
+    ``vs_paper_<dataset>`` tables and the index's "Against the paper".
     """
     check_out(out_dir, runs_dir)
     _check_file_names(summary)
@@ -116,13 +121,13 @@ def write_report(
         tmp.mkdir()
         os.chmod(tmp, DIR_MODE)  # it becomes out: readable by whom the umask says
     try:
-        tables = all_tables(summary, beat_threshold)
+        tables = all_tables(summary, beat_threshold, paper=paper)
         (tmp / "tables").mkdir()
         for t in tables:
             for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
                 (tmp / "tables" / f"{t.name}.{ext}").write_text(render(t), encoding="utf-8")
         figures.write_figures(summary, tmp / "figures")
-        index = index_markdown(summary, tables, beat_threshold)
+        index = index_markdown(summary, tables, beat_threshold, paper)
         (tmp / "index.md").write_text(index, encoding="utf-8")
         _write_marker(tmp)
         _move_into_place(tmp, out, out_dir)
@@ -356,7 +361,44 @@ def _option_lines(summary: Summary) -> list[str]:
     return lines
 
 
-def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float = 0.1) -> str:
+def paper_lines(summary: Summary, paper: PaperTables) -> list[str]:
+    """The index's "Against the paper": per dataset of both, what its ``vs_paper`` table
+    says in numbers, then the cells only one side has, counted once."""
+    lines = [
+        f"Published values from {md_escape(paper.source)}. Per dataset: cells (strategy × arch "
+        "× metric) in both; mean |ours − paper| in percentage points; how many differ by "
+        f"|z| > {Z_FLAG:g}; and per arch Spearman's ρ between our ranking of the strategies "
+        "by the headline metric and the paper's (1: the same order; n/a with fewer than 3 "
+        "strategies in both or all tied).",
+        "",
+    ]
+    for g in agreements(summary, paper):
+        mean = f"{g.mean_abs_diff_pp:.2f}" if g.mean_abs_diff_pp is not None else "–"
+        rho = "; ".join(
+            f"{arch_label(a)} {f'{r:+.2f}' if r is not None else 'n/a'} ({k} strategies)"
+            for a, (r, k) in g.rho.items()
+        )
+        ranking = f"; ranking by {metric_label(g.headline)}, ρ: {rho}" if rho else "; no ranking"
+        lines.append(
+            f"- {md_escape(g.dataset)}: {g.compared} cells compared, mean |diff| {mean} pp, "
+            f"{g.flagged} with |z| > {Z_FLAG:g}{md_escape(ranking)} "
+            f"([table](tables/vs_paper_{slug(g.dataset)}.md))."
+        )
+    no_run, no_paper = unmatched(summary, paper)
+    lines += [
+        f"- Paper cells without a run: {no_run} (not run here, failed, or the metric undefined).",
+        f"- Our cells the paper does not have: {no_paper}.",
+        "",
+    ]
+    return lines
+
+
+def index_markdown(
+    summary: Summary,
+    tables: list[Table],
+    beat_threshold: float = 0.1,
+    paper: PaperTables | None = None,
+) -> str:
     """``index.md``: how to read the report, then every table inline and every figure."""
     by_name = {t.name: t for t in tables}
     counts = status_counts(summary)
@@ -477,4 +519,12 @@ def index_markdown(summary: Summary, tables: list[Table], beat_threshold: float 
         *_section(by_name["table11"]),
         *_section(by_name["table12"]),
     ]
+    if paper is not None:
+        lines += ["## Against the paper", "", *paper_lines(summary, paper)]
+        lines += [
+            line
+            for d in summary.datasets
+            if f"vs_paper_{slug(d)}" in by_name
+            for line in _section(by_name[f"vs_paper_{slug(d)}"])
+        ]
     return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,283 @@
+"""A sweep's numbers against published ones: the paper's Tables 3-10, cell by cell.
+
+:func:`load_paper` reads a CSV of published per-cell means and SEs (the form of
+the bundled ``paper_tables.csv``, typed from the paper's Tables 3-10 as printed:
+columns ``table, dataset, strategy, arch, metric, mean, se``, mean and SE in
+percent) and checks every line; :func:`compare` sets a :class:`Summary`'s
+cells beside it: per (strategy, arch, metric) present in both, the
+difference in percentage points and z = diff / √(se_ours² + se_paper²), and
+per dataset how far the strategy ranking agrees (Spearman's ρ per arch).
+``python -m experiments.report --vs-paper [CSV]`` writes them as the
+``vs_paper_<dataset>`` tables and the index's "Against the paper".
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+from medft_jax import metrics, names
+from medft_jax.errors import UserError
+from medft_jax.report.cells import Summary
+
+COLUMNS = ("table", "dataset", "strategy", "arch", "metric", "mean", "se")
+"""The columns a published-tables CSV must have (more are ignored)."""
+BUNDLED = "paper_tables.csv"
+"""The package file (in :mod:`medft_jax.report`) read when no CSV is given."""
+Z_FLAG = 2.0
+"""|z| above this is flagged: a difference larger than the two SEs explain."""
+PaperKey = tuple[str, str, str, str]
+"""(dataset, arch, strategy, metric key)."""
+
+
+class PaperTablesError(UserError):
+    """A published-tables CSV that cannot be read; the message names its file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperValue:
+    """One published cell: mean and SE in percent (SE None where the CSV leaves it empty)."""
+
+    mean: float
+    se: float | None
+    line: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperTables:
+    """The published cells of a CSV, keyed by (dataset, arch, strategy, metric key)."""
+
+    source: str
+    values: Mapping[PaperKey, PaperValue]
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        return tuple(d for d in names.TASK_NAMES if any(k[0] == d for k in self.values))
+
+
+def metric_key(dataset: str, paper_metric: str) -> str:
+    """The toolkit's key of a column the paper labels ``paper_metric``: the multiclass
+    tasks' "accuracy" is top-1 (``medft_jax.metrics.TASK_METRICS``)."""
+    if paper_metric == "accuracy" and "top1_accuracy" in metrics.TASK_METRICS[dataset]:
+        return "top1_accuracy"
+    return paper_metric
+
+
+def _paper_label(key: str) -> str:
+    return "accuracy" if key == "top1_accuracy" else key
+
+
+def bundled_text() -> tuple[str, str]:
+    """The bundled CSV: (how to name it, its text)."""
+    res = resources.files("medft_jax.report").joinpath(BUNDLED)
+    return f"medft_jax/report/{BUNDLED} (bundled)", res.read_text(encoding="utf-8")
+
+
+def load_paper(path: str | Path | None = None) -> PaperTables:
+    """The published cells of ``path`` (None: the bundled Tables 3-10).
+
+    Raises :class:`PaperTablesError`, one line naming the file and line, for a
+    file that cannot be read, missing columns, a mean or SE that is not a
+    number (or an SE below 0), an unknown dataset, strategy, arch or metric,
+    or a cell given twice.
+    """
+    if path is None:
+        source, text = bundled_text()
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise PaperTablesError(f"--vs-paper {source}: cannot read it: {why}") from None
+    return parse_paper(text, source)
+
+
+def parse_paper(text: str, source: str) -> PaperTables:
+    """The published cells of ``text`` (CSV); ``source`` names it in errors."""
+
+    def bad(line: int, why: str) -> PaperTablesError:
+        return PaperTablesError(f"--vs-paper {source} line {line}: {why}")
+
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise bad(1, f"missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")
+    values: dict[PaperKey, PaperValue] = {}
+    for row in reader:
+        line = reader.line_num
+        if None in row or any(row[c] is None for c in COLUMNS):
+            raise bad(line, f"{len(header)} fields expected")
+        d, s, a, m = (row[c].strip() for c in ("dataset", "strategy", "arch", "metric"))
+        if d not in names.TASK_NAMES:
+            raise bad(line, f"unknown dataset {d!r}; known: {', '.join(names.TASK_NAMES)}")
+        if s not in names.STRATEGIES:
+            raise bad(line, f"unknown strategy {s!r}; known: {', '.join(names.STRATEGIES)}")
+        if a not in names.ARCHS:
+            raise bad(line, f"unknown arch {a!r}; known: {', '.join(names.ARCHS)}")
+        pair = metrics.TASK_METRICS[d]
+        if m not in {*pair, *map(_paper_label, pair)}:
+            shown = ", ".join(_paper_label(k) for k in pair)
+            raise bad(line, f"unknown metric {m!r} for {d}; its table's metrics: {shown}")
+        mean = _number(row["mean"], "mean", bad, line)
+        if mean is None:
+            raise bad(line, "mean is empty")
+        se = _number(row["se"], "se", bad, line)
+        if se is not None and se < 0:
+            raise bad(line, f"se {row['se'].strip()!r} is negative")
+        key = (d, a, s, metric_key(d, m))
+        if key in values:
+            raise bad(line, f"{d} {s} {a} {m} is given twice (first on line {values[key].line})")
+        values[key] = PaperValue(mean, se, line)
+    return PaperTables(source, values)
+
+
+def _number(
+    text: str, what: str, bad: Callable[[int, str], PaperTablesError], line: int
+) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not math.isfinite(x):
+        raise bad(line, f"{what} {text!r} is not a number (percent)")
+    return x
+
+
+# --- the comparison --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Compared:
+    """One cell and metric in both: ours (fractions, from the summary) and the paper's
+    (percent), their difference in percentage points and its z."""
+
+    dataset: str
+    arch: str
+    strategy: str
+    metric: str
+    mean: float
+    se: float
+    n: int
+    paper_mean: float
+    paper_se: float | None
+    diff_pp: float
+    z: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Agreement:
+    """A dataset's comparison in numbers, for the index."""
+
+    dataset: str
+    compared: int
+    mean_abs_diff_pp: float | None
+    flagged: int
+    headline: str
+    rho: Mapping[str, tuple[float | None, int]]
+    """Arch -> (Spearman's ρ of the strategies' headline means, ours vs the paper's, or
+    None where fewer than 3 strategies are in both or one side is all ties; how many)."""
+
+
+def z_score(mean: float, se: float, n: int, paper_mean: float, paper_se: float | None):
+    """diff / √(se_ours² + se_paper²) in percentage points; None where either SE is
+    missing or zero, or ours is a single seed."""
+    se_pp = 100 * se
+    if n < 2 or not paper_se or not math.isfinite(se_pp) or se_pp <= 0:
+        return None
+    return (100 * mean - paper_mean) / math.hypot(se_pp, paper_se)
+
+
+def _ours(summary: Summary, key: PaperKey) -> tuple[float, float, int] | None:
+    d, a, s, m = key
+    c = summary.cells.get((d, a, s))
+    if c is None or not c.has_value or m not in summary.metrics.get(d, ()):
+        return None
+    mean, se = c.test.get(m, (math.nan, math.nan))
+    if not math.isfinite(mean):
+        return None
+    return mean, se, c.n.get(m, len(c.seeds))
+
+
+def compare(summary: Summary, paper: PaperTables) -> list[Compared]:
+    """Every (dataset, arch, strategy, metric) with a value of ours and a published one,
+    in the summary's order (strategies, then archs, then the table's metrics)."""
+    out = []
+    for d in summary.datasets:
+        for s in summary.strategies:
+            for a in summary.archs:
+                for m in summary.metrics[d]:
+                    p = paper.values.get((d, a, s, m))
+                    ours = _ours(summary, (d, a, s, m))
+                    if p is None or ours is None:
+                        continue
+                    mean, se, n = ours
+                    out.append(
+                        Compared(
+                            d, a, s, m, mean, se, n, p.mean, p.se,
+                            100 * mean - p.mean, z_score(mean, se, n, p.mean, p.se),
+                        )
+                    )  # fmt: skip
+    return out
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (ties share their mean rank); None for fewer than 3
+    pairs or a side whose values are all equal."""
+    from scipy import stats
+
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    return float(stats.spearmanr(xs, ys).statistic)
+
+
+def agreements(summary: Summary, paper: PaperTables) -> list[Agreement]:
+    """Per dataset of both: cells compared, mean |diff|, |z| > 2, and per arch the
+    Spearman ρ of the strategies ranked by the paper's headline metric."""
+    compared = compare(summary, paper)
+    out = []
+    for d in summary.datasets:
+        if d not in paper.datasets:
+            continue
+        mine = [x for x in compared if x.dataset == d]
+        diffs = [abs(x.diff_pp) for x in mine]
+        headline = metrics.TASK_METRICS[d][0]
+        rho: dict[str, tuple[float | None, int]] = {}
+        for a in summary.archs:
+            pairs = [
+                (100 * x.mean, x.paper_mean) for x in mine if (x.arch, x.metric) == (a, headline)
+            ]
+            if pairs:
+                rho[a] = (spearman(*zip(*pairs, strict=True)), len(pairs))
+        out.append(
+            Agreement(
+                dataset=d,
+                compared=len(mine),
+                mean_abs_diff_pp=sum(diffs) / len(diffs) if diffs else None,
+                flagged=sum(x.z is not None and abs(x.z) > Z_FLAG for x in mine),
+                headline=headline,
+                rho=rho,
+            )
+        )
+    return out
+
+
+def unmatched(summary: Summary, paper: PaperTables) -> tuple[int, int]:
+    """(published cells without a value of ours, our values the paper does not have),
+    counted per (dataset, arch, strategy, metric)."""
+    ours = {
+        (d, a, s, m)
+        for (d, a, s) in summary.cells
+        for m in summary.metrics[d]
+        if _ours(summary, (d, a, s, m)) is not None
+    }
+    return len(set(paper.values) - ours), len(ours - set(paper.values))
