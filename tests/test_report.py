@@ -37,6 +37,7 @@ from medft_jax.report import (
 )
 from medft_jax.report.figures import improvement_bars
 from medft_jax.results import RecordError
+from tests.conftest import SHARED_DATA
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SECOND = {"bach": "kappa", "t1w_mri": "f1", "mura_wrist": "kappa"}
@@ -1862,3 +1863,193 @@ def test_a_study_scored_task_says_how_many_studies_its_metrics_are_over(tmp_path
         "images: train 9, val 3, test 4 (metrics per study: val 2, test 3)"
         in capsys.readouterr().out
     )
+
+
+# --- against the paper (--vs-paper) ----------------------------------------------------------
+
+PAPER_HEADER = "table,dataset,strategy,arch,metric,mean,se\n"
+
+
+def _paper_csv(folder: Path, rows: str, header: str = PAPER_HEADER) -> Path:
+    path = folder / "paper.csv"
+    path.write_text(header + rows, encoding="utf-8")
+    return path
+
+
+def _vs_paper_report(tmp_path, records, rows):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _write_runs(runs, records)
+    paper = _paper_csv(tmp_path, rows)
+    assert cli.main(["--runs", str(runs), "--out", str(out), "--vs-paper", str(paper)]) == 0
+    return out
+
+
+def test_vs_paper_difference_and_z_of_a_cell_against_a_hand_computation(tmp_path):
+    """Ours: accuracy 70, 72, 74 % (mean 72, SE 2/√3 = 1.1547), κ half of it (mean 36);
+    the paper: accuracy 69.0 (0.5), κ 30.0 without an SE, and a cell we did not run."""
+    records = [rec(dataset="mura_wrist", seed=k, test=0.70 + 0.02 * k) for k in range(3)]
+    rows = (
+        "5,mura_wrist,ft,resnet50,accuracy,69.0,0.5\n"
+        "5,mura_wrist,ft,resnet50,kappa,30.0,\n"
+        "5,mura_wrist,lp,resnet50,accuracy,75.0,1.0\n"
+    )
+    out = _vs_paper_report(tmp_path, records, rows)
+    lines = read_csv((out / "tables" / "vs_paper_mura_wrist.csv").read_text())
+    assert [(r["strategy"], r["arch"], r["metric"]) for r in lines] == [
+        ("ft", "resnet50", "accuracy"),
+        ("ft", "resnet50", "kappa"),
+    ]
+    acc, kappa = lines
+    se_ours = 2 / math.sqrt(3)  # points
+    assert float(acc["mean"]) == pytest.approx(0.72) and acc["n"] == "3"
+    assert float(acc["se"]) == pytest.approx(se_ours / 100)
+    assert (float(acc["paper_mean_pct"]), float(acc["paper_se_pct"])) == (69.0, 0.5)
+    assert float(acc["diff_pp"]) == pytest.approx(3.0)
+    z = 3.0 / math.sqrt(se_ours**2 + 0.5**2)
+    assert z == pytest.approx(2.384, abs=1e-3)
+    assert float(acc["z"]) == pytest.approx(z) and acc["flagged"] == "True"
+    assert float(kappa["diff_pp"]) == pytest.approx(6.0)
+    assert (kappa["paper_se_pct"], kappa["z"], kappa["flagged"]) == ("", "", "False")
+    md = (out / "tables" / "vs_paper_mura_wrist.md").read_text()
+    assert "| 72.00 (1.15) | 69.00 (0.50) | +3.00 | **+2.38 !** |" in md
+    assert "| 36.00 (0.58) | 30.00 (–) | +6.00 | n/a |" in md
+    index = (out / "index.md").read_text()
+    assert "- mura\\_wrist: 2 cells compared, mean |diff| 4.50 pp, 1 with |z| > 2" in index
+    assert "- Paper cells without a run: 1 " in index
+    assert "- Our cells the paper does not have: 0." in index
+
+
+def test_vs_paper_index_counts_mean_diff_and_spearman_of_a_hand_made_ranking(tmp_path):
+    """Single seeds (z n/a). Accuracy, ours: FT 80, LP 70, G-LF 85, G-FL 75 (ranks 3 1 4 2);
+    the paper's: 80, 72, 78, 70 (ranks 4 2 3 1): Σd² = 4, ρ = 1 − 6·4/(4·15) = 0.6.
+    |diff|: 0, 2, 7, 5 → mean 3.5. Our four κ cells are not in the paper; its BACH cell
+    and its VGG-19 cell are not ours."""
+    ours = {"ft": 0.80, "lp": 0.70, "g_lf": 0.85, "g_fl": 0.75}
+    paper = {"ft": 80, "lp": 72, "g_lf": 78, "g_fl": 70}
+    records = [rec(dataset="mura_wrist", strategy=s, test=v) for s, v in ours.items()]
+    rows = "".join(f"5,mura_wrist,{s},resnet50,accuracy,{v},1.0\n" for s, v in paper.items())
+    rows += "5,mura_wrist,ft,vgg19,accuracy,77.0,1.0\n8,bach,ft,resnet50,accuracy,70.0,1.0\n"
+    out = _vs_paper_report(tmp_path, records, rows)
+    index = (out / "index.md").read_text()
+    assert (
+        "- mura\\_wrist: 4 cells compared, mean |diff| 3.50 pp, 0 with |z| > 2; ranking by "
+        "Acc., ρ: ResNet-50 +0.60 (4 strategies) ([table](tables/vs_paper_mura_wrist.md))."
+    ) in index
+    assert "- Paper cells without a run: 2 " in index
+    assert "- Our cells the paper does not have: 4." in index
+    assert "## Against the paper" in index and "### mura\\_wrist: ours against" in index
+    assert not (out / "tables" / "vs_paper_bach.csv").exists()  # a dataset we did not run
+    lines = read_csv((out / "tables" / "vs_paper_mura_wrist.csv").read_text())
+    assert [float(r["diff_pp"]) for r in lines] == pytest.approx([0.0, -2.0, 7.0, 5.0])
+    assert all(r["z"] == "" and r["flagged"] == "False" for r in lines)
+
+
+def test_spearman_ties_and_too_few():
+    from medft_jax.report.paper import spearman
+
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties share their mean rank: (1.5, 1.5, 3) against (1, 2, 3): ρ = 0.866.
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)
+    assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+@pytest.mark.parametrize(
+    ("rows", "header", "line", "why"),
+    [
+        ("5,mura_wrist,ft,resnet50,accuracy,70\n", "table,dataset,strategy,arch,metric,mean\n",
+         1, "missing column(s) se"),
+        ("5,mura_wrist,ft,resnet50,accuracy,seventy,1\n", PAPER_HEADER, 2,
+         "mean 'seventy' is not a number"),
+        ("5,mura_wrist,ft,resnet50,accuracy,70,1\n5,mura_wrist,ft,resnet50,kappa,nan,1\n",
+         PAPER_HEADER, 3, "mean 'nan' is not a number"),
+        ("5,mura_wrist,ft,resnet50,accuracy,70,1\n5,mura_wrist,ft,resnet50,accuracy,71,1\n",
+         PAPER_HEADER, 3, "mura_wrist ft resnet50 accuracy is given twice (first on line 2)"),
+        ("8,bach,ft,resnet50,accuracy,70,1\n8,bach,ft,resnet50,top1_accuracy,70,1\n",
+         PAPER_HEADER, 3, "bach ft resnet50 top1_accuracy is given twice (first on line 2)"),
+        ("5,mura_elbow,ft,resnet50,accuracy,70,1\n", PAPER_HEADER, 2,
+         "unknown dataset 'mura_elbow'"),
+        ("5,mura_wrist,ft2,resnet50,accuracy,70,1\n", PAPER_HEADER, 2,
+         "unknown strategy 'ft2'"),
+        ("5,mura_wrist,ft,resnet-50,accuracy,70,1\n", PAPER_HEADER, 2,
+         "unknown arch 'resnet-50'"),
+        ("5,mura_wrist,ft,resnet50,auroc,70,1\n", PAPER_HEADER, 2,
+         "unknown metric 'auroc' for mura_wrist"),
+        ("5,mura_wrist,ft,resnet50,accuracy,70,-1\n", PAPER_HEADER, 2, "se '-1' is negative"),
+    ],
+)  # fmt: skip
+def test_a_bad_paper_csv_is_one_error_line_naming_file_and_line(
+    tmp_path, capsys, rows, header, line, why
+):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _write_runs(runs, [rec(dataset="mura_wrist")])
+    paper = _paper_csv(tmp_path, rows, header)
+    assert cli.main(["--runs", str(runs), "--out", str(out), "--vs-paper", str(paper)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --vs-paper {paper} line {line}: {why}")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paper.csv", "runs"]  # no temporary
+
+
+def test_the_bundled_paper_tables_load_through_importlib_resources():
+    from importlib import resources
+
+    from medft_jax.report.paper import load_paper
+
+    text = resources.files("medft_jax.report").joinpath("paper_tables.csv").read_text("utf-8")
+    assert text.startswith("table,dataset,strategy,arch,metric,mean,se\n")
+    paper = load_paper()
+    assert len(paper.values) == 384 == text.count("\n") - 1
+    assert len(paper.datasets) == 8
+    first = paper.values[("chexpert", "resnet50", "ft", "map")]
+    assert (first.mean, first.se, first.line) == (71.98, 0.7, 2)
+    # BACH's accuracy is top-1 (Table 8's Auto-RGN, DenseNet-121: 75.0).
+    assert paper.values[("bach", "densenet121", "auto_rgn", "top1_accuracy")].mean == 75.0
+    assert ("bach", "densenet121", "auto_rgn", "accuracy") not in paper.values
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "paper_tables.csv").is_file(),
+    reason=f"the paper's published tables are not in {SHARED_DATA}",
+)
+def test_the_bundled_paper_tables_are_the_shared_ones():
+    from importlib import resources
+
+    bundled = resources.files("medft_jax.report").joinpath("paper_tables.csv").read_bytes()
+    assert bundled == (SHARED_DATA / "paper_tables.csv").read_bytes()
+
+
+def test_the_paper_tables_are_package_data():
+    """An installed (non-editable) package carries the CSV only if pyproject says so."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "paper_tables.csv" in config["tool"]["setuptools"]["package-data"]["medft_jax.report"]
+
+
+def test_a_report_without_vs_paper_is_unchanged(tmp_path):
+    """Without the flag: no vs_paper file and no section; every other file as with it."""
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec(dataset="mura_wrist", seed=k, test=0.7 + 0.02 * k) for k in range(3)])
+    plain, versus = tmp_path / "plain", tmp_path / "versus"
+    assert cli.main(["--runs", str(runs), "--out", str(plain)]) == 0
+    assert cli.main(["--runs", str(runs), "--out", str(versus), "--vs-paper"]) == 0
+    files = {p.relative_to(plain).as_posix() for p in plain.rglob("*") if p.is_file()}
+    with_paper = {p.relative_to(versus).as_posix() for p in versus.rglob("*") if p.is_file()}
+    added = {f"tables/vs_paper_mura_wrist.{ext}" for ext in ("md", "tex", "csv")}
+    assert with_paper - files == added and files <= with_paper
+    assert not any("vs_paper" in f for f in files)
+    for f in sorted(files - {"index.md", ".medft-report"}):
+        if not f.endswith(".png"):
+            assert (plain / f).read_text() == (versus / f).read_text(), f
+    index, index_paper = (plain / "index.md").read_text(), (versus / "index.md").read_text()
+    assert "Against the paper" not in index and "vs_paper" not in index
+    assert index_paper.startswith(index.rstrip("\n"))  # the section is added at the end
+    bundled = read_csv((versus / "tables" / "vs_paper_mura_wrist.csv").read_text())
+    assert {(r["strategy"], r["arch"], r["metric"]) for r in bundled} == {
+        ("ft", "resnet50", "accuracy"),
+        ("ft", "resnet50", "kappa"),
+    }
+    acc = next(r for r in bundled if r["metric"] == "accuracy")
+    assert (acc["paper_mean_pct"], acc["paper_se_pct"]) == ("79.54", "0.4")  # Table 5
+    assert float(acc["diff_pp"]) == pytest.approx(72.0 - 79.54)
