@@ -24,6 +24,7 @@ Modules: :mod:`~medft_jax.report.cells` (the numbers),
 :mod:`~medft_jax.report.render` (table model, Markdown / LaTeX / CSV
 renderers, text formatting), :mod:`~medft_jax.report.tables` (the table
 builders), :mod:`~medft_jax.report.figures` (PNG figures, Agg),
+:mod:`~medft_jax.report.paper` (published values beside ours: ``--vs-paper``),
 :mod:`~medft_jax.report.write` (the report folder and its index).
 """
 
