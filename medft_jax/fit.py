@@ -107,6 +107,19 @@ def weights_fingerprint(weights: str, arch: str) -> str:
     return "none" if path is None else model_checkpoint.content_hash(path)
 
 
+def _check_image_size(ds: data.Dataset, config: RunConfig) -> None:
+    """Refuses images of another size than ``config.image_size``: the convolutions take
+    any size, so 64-px arrays given with ``image_size=32`` trained at 64 px while the
+    record and the checkpoint (which predict resizes by) said 32."""
+    height, width = ds.image_shape[:2]
+    if (height, width) != (config.image_size, config.image_size):
+        raise UserError(
+            f"dataset {ds.name!r}: its images are {height}x{width} pixels, but "
+            f"RunConfig.image_size is {config.image_size}: resize them "
+            "(medft_jax.data.preprocess.resize_and_crop) or set image_size to their size"
+        )
+
+
 def identify(config: RunConfig, ds: data.Dataset) -> RunConfig:
     """``config`` with the fingerprints of its data and starting weights filled in.
 
@@ -373,6 +386,7 @@ def run_one(
     check_config(config, lambda field: f"RunConfig.{field}")
     checkpoint_seconds()  # a malformed value refused before the run's folder exists
     ds = dataset if dataset is not None else load_dataset(config, data_dir)
+    _check_image_size(ds, config)
     config = identify(config, ds)
     loading = time.perf_counter() - started
     cfg = config.to_dict()

@@ -549,7 +549,7 @@ def test_a_record_naming_no_dataset_or_strategy_a_run_writes_is_refused(tmp_path
     """A hand-made record's ``$`` in its dataset crashed the report's figures with a
     traceback; such names reach file names, Markdown and LaTeX: refused in one line."""
     for field, value, said in (
-        ("dataset", "price $x^{$ data", "config dataset 'price $x^{$ data': names no dataset"),
+        ("dataset", "price $x^{$ data", "config dataset 'price $x^{$ data': is not a name"),
         ("strategy", "mine", "config strategy 'mine' is not one of ft, lp,"),
     ):
         r = rec()

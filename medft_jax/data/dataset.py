@@ -54,6 +54,48 @@ class Dataset:
     eval_grouping: str = "image"
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def from_arrays(
+        cls,
+        name: str,
+        splits: dict[str, tuple[np.ndarray, np.ndarray] | ArraySplit],
+        class_names: tuple[str, ...] | list[str],
+        *,
+        multilabel: bool = False,
+    ) -> Dataset:
+        r"""A dataset held in memory, for :func:`medft_jax.fit.run_one`\ ``(config,
+        dataset=...)``: ``splits`` maps ``train``, ``val`` and ``test`` to ``(images,
+        labels)`` (uint8 ``(N, H, W, 3)`` at the run's ``image_size``; int class ids
+        ``(N,)``, or 0/1 multi-hot ``(N, C)`` with ``multilabel``) or to
+        :class:`ArraySplit`\ s (patients and groups of their own).
+
+        Every label is checked against ``class_names`` here, naming the split: a class
+        id past them had trained into a NaN loss ("try a smaller --lr"). The content
+        fingerprint that names the run is computed from the arrays, so other arrays
+        are another run, never one skipped as done. ``name`` is the record's dataset:
+        letters, digits and ``_ . @ / -``."""
+        from medft_jax.data.arrays import make_split
+        from medft_jax.data.cache import fingerprint_of
+        from medft_jax.names import recorded_dataset_error
+
+        problem = recorded_dataset_error(name)
+        if problem:
+            raise DataError(f"dataset name {name!r} {problem}")
+        class_names = tuple(class_names)
+        missing = [s for s in ("train", "val", "test") if s not in splits]
+        if missing:
+            raise DataError(f"dataset {name!r}: no {missing[0]!r} split (give train, val, test)")
+        built = {
+            split: value
+            if isinstance(value, ArraySplit)
+            else make_split(np.asarray(value[0]), np.asarray(value[1]), prefix=f"{split}/")
+            for split, value in splits.items()
+        }
+        for split, arrays in built.items():
+            _check_labels(name, split, np.asarray(arrays.labels), len(class_names), multilabel)
+        fingerprint = fingerprint_of(built, class_names, multilabel)
+        return cls(name, built, class_names, multilabel, metadata={"fingerprint": fingerprint})
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -242,3 +284,30 @@ class Dataset:
         if self.eval_grouping == "image":
             return s.ids, scores, s.labels
         return group_mean(scores, s.labels, s.groups)
+
+
+def _check_labels(
+    name: str, split: str, labels: np.ndarray, classes: int, multilabel: bool
+) -> None:
+    """Refuses labels that are not of ``classes`` classes, naming the split and a value."""
+    where = f"dataset {name!r} split {split!r}"
+    if multilabel:
+        if labels.ndim != 2 or labels.shape[1] != classes:
+            raise DataError(
+                f"{where}: multilabel labels must be (N, {classes}), got {labels.shape}"
+            )
+        bad = labels[(labels != 0) & (labels != 1)]
+        if bad.size:
+            value = float(bad.flat[0])
+            raise DataError(f"{where}: multilabel labels must be 0 or 1, got {value!r}")
+        return
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(
+            f"{where}: labels must be integer class ids (N,), got {labels.dtype} {labels.shape}"
+        )
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        raise DataError(
+            f"{where}: label {int(bad.flat[0])} is not a class id in [0, {classes}) "
+            f"(class_names has {classes})"
+        )

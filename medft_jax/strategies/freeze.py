@@ -53,9 +53,21 @@ def match_paths(patterns: str | Iterable[str]) -> Callable[[PyTree], PyTree]:
     """A mask function: True where a leaf's path matches any ``fnmatch`` pattern.
 
     ``match_paths(['fc/*', '*/bias'])(params)`` marks the ``fc`` layer and every bias.
+    A pattern that matches no path raises ``ValueError`` naming it: one typo among
+    several (``layr4/*``) had left its layer out without a word, and a freeze mask
+    matching nothing, inverted, trains everything.
     """
     pats = (patterns,) if isinstance(patterns, str) else tuple(patterns)
-    return map_paths(lambda path: any(fnmatch.fnmatchcase(path, p) for p in pats))
+
+    def tree_fn(params: PyTree) -> PyTree:
+        paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        for pat in pats:
+            if not any(fnmatch.fnmatchcase(path, pat) for path in paths):
+                seen = f"; paths look like {paths[0]!r}" if paths else ""
+                raise ValueError(f"match_paths: pattern {pat!r} matches no parameter{seen}")
+        return map_paths(lambda path: any(fnmatch.fnmatchcase(path, p) for p in pats))(params)
+
+    return tree_fn
 
 
 def block_mask(
