@@ -1944,6 +1944,19 @@ def test_vs_paper_index_counts_mean_diff_and_spearman_of_a_hand_made_ranking(tmp
     assert all(r["z"] == "" and r["flagged"] == "False" for r in lines)
 
 
+def test_vs_paper_z_where_an_se_is_zero_and_a_zero_difference_reads_plus():
+    """A published SE printed 0.0 left a 10-point difference without a z and unflagged
+    (21 of the paper's 384 cells); ours 0 (every seed alike) likewise. A difference of
+    -7e-15 read -0.00 beside identical rows' +0.00."""
+    from medft_jax.report.paper import z_score
+    from medft_jax.report.tables import _signed
+
+    assert z_score(0.8772 + 0.10, 0.005, 3, 87.72, 0.0) == pytest.approx(10 / math.hypot(0.5, 0.05))
+    assert z_score(0.75, 0.0, 3, 70.0, 1.0) == pytest.approx(5.0)
+    assert z_score(0.75, 0.0, 1, 70.0, 1.0) is None and z_score(0.75, 0.01, 3, 70.0, None) is None
+    assert (_signed(-7e-15), _signed(-0.004), _signed(1.256)) == ("+0.00", "+0.00", "+1.26")
+
+
 def test_spearman_ties_and_too_few():
     from medft_jax.report.paper import spearman
 

@@ -188,13 +188,19 @@ class Agreement:
     None where fewer than 3 strategies are in both or one side is all ties; how many)."""
 
 
+PRINTED_ZERO_SE = 0.05
+"""A published SE printed as 0.0 is under 0.05 (one decimal): z reads it as that bound,
+so a difference of 10 points beside it is flagged, not left without a z."""
+
+
 def z_score(mean: float, se: float, n: int, paper_mean: float, paper_se: float | None):
-    """diff / √(se_ours² + se_paper²) in percentage points; None where either SE is
-    missing or zero, or ours is a single seed."""
+    """diff / √(se_ours² + se_paper²) in percentage points (a published 0.0 read as
+    :data:`PRINTED_ZERO_SE`; ours 0 where every seed scored alike); None where the
+    paper gives no SE or ours is a single seed (no SE of ours)."""
     se_pp = 100 * se
-    if n < 2 or not paper_se or not math.isfinite(se_pp) or se_pp <= 0:
+    if n < 2 or paper_se is None or not math.isfinite(se_pp):
         return None
-    return (100 * mean - paper_mean) / math.hypot(se_pp, paper_se)
+    return (100 * mean - paper_mean) / math.hypot(se_pp, paper_se or PRINTED_ZERO_SE)
 
 
 def _ours(summary: Summary, key: PaperKey) -> tuple[float, float, int] | None:

@@ -500,6 +500,12 @@ def _cost_line(c: Cell) -> CostLine:
     return CostLine(**_cell_fields(c), **(dataclasses.asdict(c.cost) if c.cost else {}))
 
 
+def _signed(x: float) -> str:
+    """``+1.25``; a value that rounds to zero as ``+0.00``, whichever its sign (a
+    difference of -7e-15 read ``-0.00`` beside identical rows' ``+0.00``)."""
+    return f"{round(x, 2) + 0.0:+.2f}"
+
+
 def _finite(x: float | None, spec: str) -> str:
     return format(x, spec) if x is not None and math.isfinite(x) else MISSING_TEXT
 
@@ -925,8 +931,8 @@ class VsPaperLine:
     diff_pp: float
     """Ours minus the paper's, in percentage points."""
     z: float | None
-    """diff / √(se_ours² + se_paper²), both in points; none where either SE is missing or
-    zero, or ours is a single seed."""
+    """diff / √(se_ours² + se_paper²), both in points (a published 0.0 read as 0.05); none
+    where the paper gives no SE or ours is a single seed."""
     flagged: bool
     """|z| > 2."""
     marks: str = ""
@@ -963,7 +969,7 @@ def _paper_text(x: VsPaperLine) -> str:
 def _z_text(x: VsPaperLine) -> Entry:
     if x.z is None:
         return Entry(UNDEFINED)
-    return Entry(f"{x.z:+.2f}" + (" !" if x.flagged else ""), bold=x.flagged)
+    return Entry(_signed(x.z) + (" !" if x.flagged else ""), bold=x.flagged)
 
 
 VS_PAPER_SLOTS: tuple[Slot[VsPaperLine], ...] = (
@@ -972,7 +978,7 @@ VS_PAPER_SLOTS: tuple[Slot[VsPaperLine], ...] = (
     Slot(Column("Metric", align="l"), lambda x: metric_label(x.metric)),
     Slot(Column("Ours, mean (SE)"), lambda x: x.text),
     Slot(Column("Paper, mean (SE)"), _paper_text),
-    Slot(Column("Diff. (pp)"), lambda x: f"{x.diff_pp:+.2f}"),
+    Slot(Column("Diff. (pp)"), lambda x: _signed(x.diff_pp)),
     Slot(Column("z"), _z_text),
 )
 
@@ -981,9 +987,9 @@ VS_PAPER_NOTE = (
     "Ours: the test mean (SE) over seeds at the LR chosen on validation, with the marks of the "
     "dataset's table; paper: as printed in the published CSV. Diff.: ours minus the paper's, "
     "in percentage points. z = diff / √(SE_ours² + SE_paper²): how many combined standard "
-    "errors apart the two means are; n/a where either SE is missing or zero or ours is a "
-    "single seed. Bold with ! marks |z| > 2: a difference larger than the seeds' spread "
-    "explains (with 3 seeds per side the SEs are rough, so expect some by chance)."
+    "errors apart the two means are (a published SE of 0.0, under 0.05, read as 0.05); n/a "
+    "where the paper gives no SE or ours is a single seed. Bold with ! marks |z| > 2: a "
+    "difference larger than the seeds' spread explains (with 3 seeds per side the SEs are rough, so expect some by chance)."
 )
 
 

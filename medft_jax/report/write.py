@@ -375,7 +375,8 @@ def paper_lines(summary: Summary, paper: PaperTables) -> list[str]:
     for g in agreements(summary, paper):
         mean = f"{g.mean_abs_diff_pp:.2f}" if g.mean_abs_diff_pp is not None else "–"
         rho = "; ".join(
-            f"{arch_label(a)} {f'{r:+.2f}' if r is not None else 'n/a'} ({k} strategies)"
+            f"{arch_label(a)} {f'{r:+.2f}' if r is not None else 'n/a'} "
+            f"({k} {'strategy' if k == 1 else 'strategies'})"
             for a, (r, k) in g.rho.items()
         )
         ranking = f"; ranking by {metric_label(g.headline)}, ρ: {rho}" if rho else "; no ranking"
