@@ -989,7 +989,8 @@ VS_PAPER_NOTE = (
     "in percentage points. z = diff / √(SE_ours² + SE_paper²): how many combined standard "
     "errors apart the two means are (a published SE of 0.0, under 0.05, read as 0.05); n/a "
     "where the paper gives no SE or ours is a single seed. Bold with ! marks |z| > 2: a "
-    "difference larger than the seeds' spread explains (with 3 seeds per side the SEs are rough, so expect some by chance)."
+    "difference larger than the seeds' spread explains (with 3 seeds per side the SEs are "
+    "rough, so expect some by chance)."
 )
 
 
