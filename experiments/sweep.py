@@ -220,6 +220,16 @@ def dry_run(
     cost = _to_run_cost(shard_states, [seconds[k] for k in mine])
     damaged_text = f"damaged {broken}, " if broken else ""
     print(f"done {done}, failed {failed}, {damaged_text}to run {todo}: {cost}")
+    kept, peak = grid_lib.disk_bytes(runs)
+    if kept:
+        print(
+            f"disk: the {len(runs)} selected runs keep about {kept / 1e9:.1f} GB of best/ "
+            f"checkpoints in --out once finished (float32; ResNet-50 87 MB, DenseNet-121 27 MB, "
+            f"VGG-19 516 MB a run), and a running one needs up to {peak / 1e9:.1f} GB more "
+            "(its resume checkpoint, Adam's moments, written beside the last); reports and "
+            "reruns read records only: deleting a run's best/ frees it, predict and export "
+            "need it"
+        )
     stale = shard_states.count("changed")
     if stale:
         why = "; ".join(sorted(set(changed.values())))

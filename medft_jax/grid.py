@@ -81,6 +81,27 @@ CholecT50 is the 6-frames-a-minute subsample, approximate). Only used by
 ``--dry-run`` estimates; the runs themselves count the real data.
 """
 
+BEST_BYTES: dict[str, float] = {"resnet50": 87.4e6, "densenet121": 26.7e6, "vgg19": 516e6}
+"""A finished run's ``best/`` (float32 parameters and BatchNorm statistics, a small
+head), measured: what a run keeps once its record is written. While it trains, its
+resume checkpoint adds up to 3 times this (Adam's two moments), 4 times under L1-SP
+and L2-SP (their anchor), and a save writes beside the last before replacing it."""
+
+_RESUME_TIMES = {"l1_sp": 4.0, "l2_sp": 4.0, "lp": 1.0}
+
+
+def disk_bytes(runs: Sequence[RunConfig]) -> tuple[float, float]:
+    """(what ``runs`` keep once finished, the most one of them needs while it trains) in
+    bytes: their ``best/`` checkpoints, and a running one's two ``best/`` and two resume
+    checkpoints (the new beside the old); archs not measured count nothing."""
+    kept = sum(BEST_BYTES.get(c.arch, 0.0) for c in runs)
+    peak = max(
+        (2 * BEST_BYTES.get(c.arch, 0.0) * (1 + _RESUME_TIMES.get(c.strategy, 3.0)) for c in runs),
+        default=0.0,
+    )
+    return kept, peak
+
+
 REFERENCE_IMAGES_PER_S: dict[str, float] = {
     "resnet50": 3000.0,
     "densenet121": 2000.0,

@@ -868,6 +868,25 @@ def test_real_full_disk_record_and_checkpoints(small_disk):
     assert RunCheckpoints(run).read_progress() == {"epochs": [0]}
 
 
+def test_a_last_save_that_failed_in_the_background_does_not_fail_the_tidy_up(tmp_path):
+    """The record written, the run's last resume save failed on a full disk in the
+    background: the tidy-up said "could not delete the resume checkpoints (Errno 28)" and
+    left the failed save's temporary folder. That save is not needed: both go quietly."""
+    run = tmp_path / "run"
+    ck = RunCheckpoints(run, exclusive=True)
+    ck.save_latest(1, _state(1.0), {"epochs": [0]})
+    ck._manager.wait_until_finished()
+    leftover = run / "checkpoints" / "2.orbax-checkpoint-tmp-123"
+    leftover.mkdir()
+
+    def failed(*args, **kwargs):
+        raise OSError(errno.ENOSPC, FULL, str(run / "checkpoints"))
+
+    ck._manager.wait_until_finished = failed
+    ck.remove_latest()
+    assert list((run / "checkpoints").iterdir()) == []
+
+
 @pytest.mark.slow
 def test_real_full_disk_during_a_run_then_the_rerun_ends_the_same(
     small_disk, tmp_path, demo, capfd, monkeypatch
@@ -885,6 +904,8 @@ def test_real_full_disk_during_a_run_then_the_rerun_ends_the_same(
         fit.run_one(config, out, dataset=demo, progress=False)
     assert e.value.errno == errno.ENOSPC and Path(e.value.filename).parent == run
     assert not (run / "record.json").exists()
+    # The failed save's temporary folder is gone: on a full disk its space is needed.
+    assert not list(run.rglob("*.orbax-checkpoint-tmp*"))
     noise = capfd.readouterr().err  # orbax's own logs and tracebacks of it are silenced
     assert "Traceback" not in noise and "Event loop is closed" not in noise, noise[-2000:]
     _resize(small_disk, "1g")

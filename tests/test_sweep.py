@@ -361,6 +361,9 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     # The other strategies of VGG-19 at 224 px are unknown: FT's speed bounds none of them
     # (LP's would not bound FT's either), and this is not the reference device.
     assert "done 1, failed 0, to run 71: 4.0 min of device time in train steps (+63 of unk" in out
+    # Disk: 72 VGG-19 runs keep 72 x 516 MB of best/; an L2-SP run needs 2 x (1 + 4) x 516 MB.
+    assert "disk: the 72 selected runs keep about 37.2 GB of best/ checkpoints" in out
+    assert "a running one needs up to 5.2 GB more" in out
     selected = [c for c in g.configs() if (c.dataset, c.arch) == ("bach", "vgg19")]
     holder = next(i for i in range(4) if done in grid_lib.shard(selected, i, 4))
     other = (holder + 1) % 4

@@ -151,15 +151,21 @@ class RunCheckpoints:
         # them, it could hold more than the state saved (and fail its own hash).
         progress = json.loads(json.dumps({**progress, STATE_HASH: tree_hash(host)}))
         progress[PROGRESS_HASH] = content_hash(progress)
-        with naming_os_errors(self.latest_dir):
-            self._manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(host),
-                    progress=ocp.args.JsonSave(progress),
-                ),
-                force=True,
-            )
+        try:
+            with naming_os_errors(self.latest_dir):
+                self._manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(host),
+                        progress=ocp.args.JsonSave(progress),
+                    ),
+                    force=True,
+                )
+        except OSError:
+            # This save, or the last one's background write (raised here), failed on a
+            # full disk: its temporary folder (up to a VGG-19's 2 GB) is what frees space.
+            self._discard_unfinished()
+            raise
         # The write runs in the background while the next epoch trains (close()
         # waits for it); it reads private host copies, since the next train step
         # donates the device buffers of ``state``.
@@ -327,9 +333,15 @@ class RunCheckpoints:
             raise
 
     def remove_latest(self) -> None:
-        """Deletes the resume checkpoints once the run's record is written."""
-        with naming_os_errors(self.latest_dir):
+        """Deletes the resume checkpoints once the run's record is written.
+
+        The last save's background write may have failed (a full disk): with the
+        record written it is not needed, so its error is not this call's (it read
+        "could not delete the resume checkpoints"); what it left goes too."""
+        with contextlib.suppress(OSError):
             self._manager.wait_until_finished()
+        self._discard_unfinished()
+        with naming_os_errors(self.latest_dir):
             for step in list(self._manager.all_steps()):
                 self._manager.delete(step)
 
