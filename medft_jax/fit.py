@@ -108,16 +108,18 @@ def weights_fingerprint(weights: str, arch: str) -> str:
 
 
 def _check_image_size(ds: data.Dataset, config: RunConfig) -> None:
-    """Refuses images of another size than ``config.image_size``: the convolutions take
-    any size, so 64-px arrays given with ``image_size=32`` trained at 64 px while the
-    record and the checkpoint (which predict resizes by) said 32."""
-    height, width = ds.image_shape[:2]
-    if (height, width) != (config.image_size, config.image_size):
-        raise UserError(
-            f"dataset {ds.name!r}: its images are {height}x{width} pixels, but "
-            f"RunConfig.image_size is {config.image_size}: resize them "
-            "(medft_jax.data.preprocess.resize_and_crop) or set image_size to their size"
-        )
+    """Refuses images of another size than ``config.image_size``, in any split: the
+    convolutions take any size, so 64-px arrays given with ``image_size=32`` trained
+    (or were tested) at 64 px while the record and the checkpoint (which predict
+    resizes by) said 32."""
+    for split, arrays in ds.splits.items():
+        height, width = arrays.image_shape[:2]
+        if (height, width) != (config.image_size, config.image_size):
+            raise UserError(
+                f"dataset {ds.name!r}: its {split} images are {height}x{width} pixels, but "
+                f"RunConfig.image_size is {config.image_size}: resize them "
+                "(medft_jax.data.preprocess.resize_and_crop) or set image_size to their size"
+            )
 
 
 def identify(config: RunConfig, ds: data.Dataset) -> RunConfig:

@@ -36,8 +36,10 @@ PLAN_KEYS = ("grid", "grid_hash", "only", "runs")
 _FIRST_KEYS = ("grid", "only", "runs")
 """The first plans' fields (``<grid>-<runs hash>.json``, one per selection): still read,
 unless a plan of the same grid name in this form replaces them."""
-_LOCK = ".lock"
-"""Held while a plan is merged: two sweeps of one grid add their selections, not one."""
+_LOCK = ".merge.lock"
+"""Held while a plan is merged: two sweeps of one grid add their selections, not one. The
+empty file stays (:func:`medft_jax.locks.waiting_lock`); not named ``.lock``, a run's lock,
+whose leftover would read as a run still held."""
 
 
 def plan_path(out_dir: str | Path, grid_name: str) -> Path:

@@ -576,9 +576,20 @@ def test_folder_class_missing_from_train(tmp_path):
     for f in (root / "train" / "dog").iterdir():
         f.unlink()
     (root / "train" / "dog" / "notes.txt").write_text("no images here")
-    with pytest.raises(DataError, match=r"class folder .*train/dog is empty"):
+    for name in ("vol1.nii.gz", "vol2.NII.GZ", "vol1.npy"):
+        (root / "train" / "dog" / name).write_bytes(b"\0")
+    # A folder of MRI volumes was "empty": what it holds, and that it is no image, is said.
+    with pytest.raises(
+        DataError,
+        match=r"class folder .*train/dog holds no image, only 4 file\(s\) that are not images "
+        r"\(\.nii\.gz 2, \.npy 1, \.txt 1\); expected \.jpg/",
+    ):
         _load_folder(root, tmp_path / "out")
     _no_cache_written(tmp_path / "out")
+    for f in (root / "train" / "dog").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match=r"class folder .*train/dog is empty; expected \.jpg/"):
+        _load_folder(root, tmp_path / "out")
 
 
 NFC, NFD = "pneumon\u00eda", "pneumoni\u0301a"  # one name as Linux and as macOS store it
@@ -833,13 +844,34 @@ def test_folder_class_folder_link_out_of_the_root_is_refused(tmp_path):
     _folder(root)
     _folder(tmp_path / "elsewhere", classes=("bird",))
     (root / "bird").symlink_to(tmp_path / "elsewhere" / "bird")
-    with pytest.raises(DataError, match=r"imgs/bird is a symbolic link to .*elsewhere/bird"):
+    with pytest.raises(
+        DataError,
+        match=r"imgs/bird is a symbolic link to .*elsewhere/bird, .*; copy the folder into",
+    ):
         _load_folder(root, tmp_path / "out")
     # a link to a folder out of the root, deeper inside a class folder
     (root / "bird").unlink()
     (root / "dog" / "more").symlink_to(tmp_path / "elsewhere" / "bird")
     with pytest.raises(DataError, match=r"dog/more is a symbolic link"):
         _load_folder(root, tmp_path / "out")
+
+
+@pytest.mark.parametrize("where", ["file", "class folder"])
+def test_a_name_that_is_not_utf8_is_one_line_before_anything_is_prepared(tmp_path, where):
+    """A Latin-1 ``café.png`` (surrogates in Python) crashed the carve with a traceback, and
+    with split folders only at the record, after the whole training."""
+    root = tmp_path / "imgs"
+    _folder(root)
+    bad = os.fsencode(root / "cat") + b"/caf\xe9.png"
+    if where == "class folder":
+        os.rename(os.fsencode(root / "dog"), os.fsencode(root) + b"/caf\xe9")
+        bad = os.fsencode(root) + b"/caf\xe9"
+    else:
+        image(3).save(bad)
+    named = r": the name b'caf\\xe9(\.png)?' is not UTF-8 text; rename"
+    with pytest.raises(DataError, match=named):
+        _load_folder(root, tmp_path / "out")
+    _no_cache_written(tmp_path / "out")
 
 
 def test_folder_dangling_link_is_refused(tmp_path):

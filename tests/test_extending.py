@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from medft_jax import fit
@@ -11,7 +13,7 @@ from medft_jax.config import RunConfig
 from medft_jax.data import DataError, Dataset
 from medft_jax.errors import UserError
 from medft_jax.models import create, init_variables
-from medft_jax.strategies.freeze import match_paths
+from medft_jax.strategies.freeze import map_paths, match_paths, staged
 
 
 def _arrays(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -56,9 +58,17 @@ def test_a_dataset_held_in_memory_trains_and_names_its_run_by_its_arrays(tmp_pat
     big = Dataset.from_arrays("my_arrays", _splits(size=64), ("neg", "pos"))
     with pytest.raises(
         UserError,
-        match=r"^dataset 'my_arrays': its images are 64x64 pixels, but RunConfig.image_size is 32",
+        match=r"^dataset 'my_arrays': its train images are 64x64 pixels, but "
+        r"RunConfig.image_size is 32",
     ):
         fit.run_one(config, tmp_path, dataset=big, progress=False)
+    # Only the train split's size was checked: 64-px test images were scored under 32.
+    mixed = _splits()
+    mixed["test"] = _arrays(32, 64, 9)
+    with pytest.raises(UserError, match=r"^dataset 'my_arrays': its test images are 64x64 "):
+        fit.run_one(
+            config, tmp_path, dataset=Dataset.from_arrays("my_arrays", mixed, ("neg", "pos"))
+        )
 
 
 def test_labels_of_a_dataset_held_in_memory_are_checked_naming_the_split():
@@ -80,6 +90,10 @@ def test_labels_of_a_dataset_held_in_memory_are_checked_naming_the_split():
         Dataset.from_arrays("x", {"train": splits["train"], "val": splits["val"]}, ("a", "b"))
     with pytest.raises(DataError, match=r"^dataset name 'my \$data' is not a name"):
         Dataset.from_arrays("my $data", splits, ("neg", "pos"))
+    # A built-in name mixed the arrays' records into that task's tables and --vs-paper.
+    for taken in ("bach", "demo", "medmnist/breastmnist@64", "folder"):
+        with pytest.raises(DataError, match=rf"^dataset name '{taken}' is a built-in dataset's"):
+            Dataset.from_arrays(taken, splits, ("neg", "pos"))
 
 
 def test_a_freeze_pattern_that_matches_nothing_is_named():
@@ -90,6 +104,28 @@ def test_a_freeze_pattern_that_matches_nothing_is_named():
     assert any(jax.tree.leaves(mask)) and not all(jax.tree.leaves(mask))
     with pytest.raises(
         ValueError,
-        match=r"^match_paths: pattern 'layr4/\*' matches no parameter; paths look like '",
+        match=r"^match_paths: pattern 'layr4/\*' matches no parameter \(paths look like '.*"
+        r"pass strict=False",
     ):
         match_paths(["fc/*", "layr4/*"])(params)
+
+
+def test_a_pattern_mask_inside_staged_sees_one_group_and_may_pass_strict_false():
+    """Inside ``staged`` each group's optimizer sees that group's parameters only, so
+    '*/scale' rightly matches nothing in the head's group: strict=False lets it, and the
+    update is the hand-computed one (decay on the head's kernel, none on its bias)."""
+    params = init_variables(create("resnet_tiny", 2), 1, 32)["params"]
+    labels = map_paths(lambda path: "head" if path.startswith("fc/") else "body")
+
+    def decay_where(strict: bool) -> optax.GradientTransformation:
+        mask = match_paths(["*/kernel", "*/scale"], strict=strict)
+        return optax.masked(optax.add_decayed_weights(0.5), mask)
+
+    with pytest.raises(ValueError, match=r"pattern '\*/scale' matches no parameter"):
+        staged(decay_where(True), labels, {"head": 0, "body": None}).init(params)
+    tx = staged(decay_where(False), labels, {"head": 0, "body": None})
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["fc"]["kernel"], 0.5 * params["fc"]["kernel"])
+    np.testing.assert_array_equal(updates["fc"]["bias"], 0.0)
+    assert not any(np.any(u) for u in jax.tree.leaves(updates["layer1"]))

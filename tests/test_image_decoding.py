@@ -482,6 +482,33 @@ def test_files_the_decoding_rules_refuse_are_never_skipped_as_bad(tmp_path):
     assert reader.read(truncated) is None and reader.skipped == [str(truncated)]
 
 
+@pytest.mark.parametrize("where", ["header check", "pillow"])
+def test_a_file_this_user_may_not_read_is_never_skipped_as_bad(tmp_path, monkeypatch, where):
+    """--skip-bad-images skipped a sound file whose permissions denied reading as "corrupt":
+    permissions follow a copy of one class's or one site's folder, so the dataset shrank
+    by class."""
+    from medft_jax.data import dicom, images
+
+    path = tmp_path / "locked.png"
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    if where == "header check":
+        monkeypatch.setattr(dicom, "open", denied, raising=False)
+    else:
+        monkeypatch.setattr(images.Image, "open", denied)
+    reader = ImageReader(RESIZE, CROP, skip_bad_images=True)
+    with pytest.raises(NotABadFile) as err:
+        reader.read(path)
+    assert str(err.value) == (
+        f"{path}: permission denied, this user cannot read it (not a damaged file: give "
+        "read permission, chmod a+r)"
+    )
+    assert reader.skipped == []
+
+
 def test_signed_16bit_tiff_by_the_type_range(tmp_path):
     values = np.array([[-32768, -1024, 0, 3071, 32767]], np.int16).repeat(3, 0)
     path = _tiff16_signed(tmp_path / "ct.tif", values)

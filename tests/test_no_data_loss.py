@@ -12,6 +12,7 @@ process may mount one).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -885,6 +886,28 @@ def test_a_last_save_that_failed_in_the_background_does_not_fail_the_tidy_up(tmp
     ck._manager.wait_until_finished = failed
     ck.remove_latest()
     assert list((run / "checkpoints").iterdir()) == []
+
+
+def test_a_last_save_failed_on_a_real_full_disk_leaves_nothing_and_no_warning(small_disk, capfd):
+    """On a real full disk the failed background save left orbax listing no step, so
+    ``checkpoints/1`` stayed, and closing raised the disk-full error again: the tidy-up
+    still warned "could not delete the resume checkpoints"."""
+    _resize(small_disk, "3m")
+    run = small_disk / "run"
+    ck = RunCheckpoints(run, exclusive=True)
+    big = {"w": np.full((300, 300), 1.0, np.float32)}
+    state = types.SimpleNamespace(
+        step=np.int32(1), params=big, batch_stats={}, opt_state={"m": big["w"] * 0}
+    )
+    ck.save_latest(1, state, {"epochs": [0]})
+    ck._manager.wait_until_finished()
+    filler = _fill(small_disk)
+    with contextlib.suppress(OSError):  # the write may fail here or in the background
+        ck.save_latest(2, state, {"epochs": [0, 1]})
+    fit._tidy_up(ck)
+    assert "warning" not in capfd.readouterr().err
+    assert not (run / "checkpoints").exists()
+    filler.unlink()
 
 
 @pytest.mark.slow

@@ -568,6 +568,16 @@ def test_a_link_to_nothing_named_as_a_pacs_file_is_a_bad_image_not_a_non_image(
     assert main(["--checkpoint", str(ck), "--images", str(scans), "--skip-bad-images"]) == 0
     cap = capsys.readouterr()
     assert len(_lines(cap.out)) == 1 and "note: skipped bad image" in cap.err
+    # Named by a UID, a link to nothing is a bad image too; named notes.txt, a non-image.
+    (scans / "IM0001").unlink()
+    (scans / "1.2.840.10008.5").symlink_to(tmp_path / "gone")
+    assert main(["--checkpoint", str(ck), "--images", str(scans)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {scans / '1.2.840.10008.5'} is a symb")
+    (scans / "1.2.840.10008.5").unlink()
+    (scans / "notes.txt").symlink_to(tmp_path / "gone")
+    assert main(["--checkpoint", str(ck), "--images", str(scans)]) == 0
+    cap = capsys.readouterr()
+    assert len(_lines(cap.out)) == 1 and "notes.txt" not in cap.out and ".txt" in cap.err
     (good,) = _images(tmp_path, 1)
     real, calls = cli.load_image, []
 

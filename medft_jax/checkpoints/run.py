@@ -333,17 +333,31 @@ class RunCheckpoints:
             raise
 
     def remove_latest(self) -> None:
-        """Deletes the resume checkpoints once the run's record is written.
+        """Deletes the resume checkpoints once the run's record is written, and closes.
 
         The last save's background write may have failed (a full disk): with the
         record written it is not needed, so its error is not this call's (it read
-        "could not delete the resume checkpoints"); what it left goes too."""
-        with contextlib.suppress(OSError):
-            self._manager.wait_until_finished()
-        self._discard_unfinished()
+        "could not delete the resume checkpoints"), whatever its form (an
+        ``OSError``, or tensorstore's ``ValueError`` carrying the errno), and the
+        manager, which would raise it again on closing, is closed quietly. After such
+        a failure orbax lists no steps at all, so the numbered step folders found on
+        disk go too, with what the failed save left.
+        """
+        manager = self._manager
+        with contextlib.suppress(Exception):
+            manager.wait_until_finished()
         with naming_os_errors(self.latest_dir):
-            for step in list(self._manager.all_steps()):
-                self._manager.delete(step)
+            for step in list(manager.all_steps()):
+                manager.delete(step)
+        self._manager_ = None
+        with contextlib.suppress(Exception):
+            manager.close()
+        self._discard_unfinished()
+        if jax.process_index() == 0 and self.latest_dir.is_dir():
+            with naming_os_errors(self.latest_dir):
+                for path in self.latest_dir.iterdir():
+                    if path.name.isdigit() and path.is_dir():
+                        shutil.rmtree(path)
 
     def _discard_unfinished(self) -> None:
         """Deletes what a failed save wrote (with the lock only: another process's save may run).

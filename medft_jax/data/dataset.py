@@ -73,14 +73,21 @@ class Dataset:
         id past them had trained into a NaN loss ("try a smaller --lr"). The content
         fingerprint that names the run is computed from the arrays, so other arrays
         are another run, never one skipped as done. ``name`` is the record's dataset:
-        letters, digits and ``_ . @ / -``."""
+        letters, digits and ``_ . @ / -``, and not a built-in dataset's (``bach``,
+        ``demo``, ``medmnist/...``, ``folder``), whose records it would join in reports
+        and ``--vs-paper`` and whose file decoder predict would use."""
         from medft_jax.data.arrays import make_split
         from medft_jax.data.cache import fingerprint_of
-        from medft_jax.names import recorded_dataset_error
+        from medft_jax.names import dataset_name_error, recorded_dataset_error
 
         problem = recorded_dataset_error(name)
         if problem:
             raise DataError(f"dataset name {name!r} {problem}")
+        if dataset_name_error(name) is None:
+            raise DataError(
+                f"dataset name {name!r} is a built-in dataset's: its records would join that "
+                "dataset's in reports and --vs-paper; name your arrays otherwise"
+            )
         class_names = tuple(class_names)
         missing = [s for s in ("train", "val", "test") if s not in splits]
         if missing:

@@ -150,8 +150,8 @@ def _read_dicom(path: Path, window: DicomWindow | None) -> Image.Image:
         _parse_elements(ds)
     except pydicom.errors.InvalidDicomError as err:
         raise DataError(f"{path}: not a DICOM file ({one_line(err)})") from None
-    except FileNotFoundError:
-        raise  # open_image names it: a missing file, not a damaged one
+    except (FileNotFoundError, PermissionError):
+        raise  # open_image names it: a missing or unreadable file, not a damaged one
     except Exception as err:  # only pydicom's parser runs here: see _parse_elements
         raise DataError(f"{path}: unreadable DICOM file ({one_line(err)})") from None
     photometric = _check_header(ds, path)

@@ -139,13 +139,20 @@ def _images(files: list[Path], others: Counter[str] | None = None) -> list[Path]
     images = []
     for p in files:
         if p.name.upper() != DICOMDIR and (
-            p.suffix.lower() in IMAGE_SUFFIXES or not p.exists() or _dicom_marked(p)
-        ):  # a link to nothing (listed only by links_anywhere; a PACS file is named IM0001
-            # or by UID) shows no marker: listed, for its reader to name as a bad file
+            p.suffix.lower() in IMAGE_SUFFIXES
+            or (_pacs_named(p) if not p.exists() else _dicom_marked(p))
+        ):  # a link to nothing (listed only by links_anywhere) shows no marker: one named
+            # as a PACS file is listed, for its reader to name as a bad file
             images.append(p)
         elif others is not None:
-            others[p.suffix.lower() or "(no suffix)"] += 1
+            others[_suffix(p)] += 1
     return images
+
+
+def _pacs_named(path: Path) -> bool:
+    """Whether ``path`` is named as a PACS export names its DICOM files: ``IM0001`` (no
+    suffix) or a UID (``1.2.840.113619.2.55``: a numeric suffix). ``notes.txt`` is not."""
+    return path.suffix == "" or path.suffix[1:].isdigit()
 
 
 DICOMDIR = "DICOMDIR"
@@ -191,9 +198,13 @@ def _scan(
         folder = root / name
         if not folder.is_dir():
             continue
-        files = image_files(base, folder, others)
+        here: Counter[str] = Counter()
+        files = image_files(base, folder, here)
+        if others is not None:
+            others.update(here)
         if not files and split == "train":
-            raise DataError(f"class folder {folder} is empty; expected {'/'.join(IMAGE_SUFFIXES)}")
+            held = f"holds no image, only {_counted(here)}" if here else "is empty"
+            raise DataError(f"class folder {folder} {held}; expected {'/'.join(IMAGE_SUFFIXES)}")
         for p in files:
             inside = p.relative_to(folder).parts
             id_ = p.relative_to(base).as_posix()
@@ -216,11 +227,24 @@ def say_left_out(root: Path, others: Counter[str]) -> None:
     and were left out: a folder's PDFs or a scan exported as ``.nii`` must not vanish
     without a word."""
     if others:
-        each = ", ".join(f"{suffix} {n}" for suffix, n in sorted(others.items()))
-        print(
-            f"note: {root}: {sum(others.values())} file(s) that are not images left out ({each})",
-            file=sys.stderr,
-        )
+        print(f"note: {root}: {_counted(others, 'left out ')}", file=sys.stderr)
+
+
+def _counted(others: Counter[str], fate: str = "") -> str:
+    """``3 file(s) that are not images left out (.nii.gz 2, .pdf 1)``, with ``fate``."""
+    each = ", ".join(f"{suffix} {n}" for suffix, n in sorted(others.items()))
+    return f"{sum(others.values())} file(s) that are not images {fate}({each})"
+
+
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+
+
+def _suffix(path: Path) -> str:
+    """A file's kind for the left-out count: ``.nii.gz``, not ``.gz``."""
+    suffix = path.suffix.lower()
+    if suffix in _COMPRESSED and len(path.suffixes) > 1:
+        return "".join(path.suffixes[-2:]).lower()
+    return suffix or "(no suffix)"
 
 
 def _check_patients_said(

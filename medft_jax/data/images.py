@@ -122,7 +122,12 @@ def open_image(
         raise ImageMissing(f"image file not found: {path}") from None
     except IsADirectoryError:
         raise DataError(f"{path} is a folder, expected an image file") from None
-    except OSError as err:  # no permission: from the DICOM preamble check
+    except PermissionError:  # a sound file: --skip-bad-images must not drop it (a site's copy)
+        raise NotABadFile(
+            f"{path}: permission denied, this user cannot read it (not a damaged file: "
+            "give read permission, chmod a+r)"
+        ) from None
+    except OSError as err:
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
 
 
@@ -147,8 +152,8 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
             return Image.fromarray(255 - np.asarray(out), out.mode) if inverted else out
     except DataError:
         raise
-    except FileNotFoundError:
-        raise
+    except (FileNotFoundError, PermissionError):
+        raise  # open_image names them: not a damaged file
     except Image.DecompressionBombError as err:
         pixels = re.search(r"\((\d+) pixels\)", str(err))
         size = f"{int(pixels.group(1)):,} pixels" if pixels else "its size"

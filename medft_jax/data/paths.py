@@ -77,11 +77,26 @@ def check_inside(root: Path, path: Path) -> Path:
     real_root = resolved(root)
     real = resolved(path)
     if not is_inside(real_root, real):
+        what = "folder" if real.is_dir() else "file"
         raise DataError(
             f"{path} is a symbolic link to {real}, outside the dataset root {real_root}; "
-            "copy the file into the dataset folder or link inside it"
+            f"copy the {what} into the dataset folder or link inside it"
         )
     return Path(path)
+
+
+def check_name_encodable(path: Path) -> None:
+    """Refuses a file or folder name that is not UTF-8 (a Latin-1 ``café.png`` from an old
+    archive): Python holds it with surrogates that no id, hash or record can encode, and
+    a run had trained to its end before failing with a traceback at the record."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(path.name)
+        raise DataError(
+            f"{path.parent}: the name {raw!r} is not UTF-8 text; rename it in UTF-8 "
+            "(e.g. convmv -f latin1 -t utf8 --notest -r <folder>)"
+        ) from None
 
 
 def scan_files(
@@ -124,6 +139,8 @@ def scan_files(
             if not_listed(entry.name):
                 continue
             path = Path(entry.path)
+            if not links_anywhere:  # a dataset's names become its ids
+                check_name_encodable(path)
             if links_anywhere and entry.is_symlink() and _broken_link(path):
                 if wanted is None or path.suffix.lower() in wanted:
                     found.append(path)
@@ -171,5 +188,6 @@ def sub_folders(root: Path, folder: Path) -> list[Path]:
             resolved(entry.path)  # a loop: named, not the OSError is_dir() raises
         if not entry.is_dir():
             continue
+        check_name_encodable(Path(entry.path))
         folders.append(check_inside(root, Path(entry.path)))
     return folders

@@ -49,22 +49,33 @@ def map_paths(fn: Callable[[str], Any]) -> Callable[[PyTree], PyTree]:
     return tree_fn
 
 
-def match_paths(patterns: str | Iterable[str]) -> Callable[[PyTree], PyTree]:
+def match_paths(
+    patterns: str | Iterable[str], *, strict: bool = True
+) -> Callable[[PyTree], PyTree]:
     """A mask function: True where a leaf's path matches any ``fnmatch`` pattern.
 
     ``match_paths(['fc/*', '*/bias'])(params)`` marks the ``fc`` layer and every bias.
-    A pattern that matches no path raises ``ValueError`` naming it: one typo among
-    several (``layr4/*``) had left its layer out without a word, and a freeze mask
-    matching nothing, inverted, trains everything.
+    With ``strict`` (the default) a pattern that matches no path of the tree the mask
+    is given raises ``ValueError`` naming it: one typo among several (``layr4/*``)
+    had left its layer out without a word, and a freeze mask matching nothing,
+    inverted, trains everything. Pass ``strict=False`` where a pattern may rightly
+    match nothing: a mask inside :func:`staged` or another transform that sees one
+    group's parameters only, or a pattern list written for several architectures
+    (``'*/scale'`` on VGG-19, which has no BatchNorm).
     """
     pats = (patterns,) if isinstance(patterns, str) else tuple(patterns)
 
     def tree_fn(params: PyTree) -> PyTree:
-        paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-        for pat in pats:
-            if not any(fnmatch.fnmatchcase(path, pat) for path in paths):
-                seen = f"; paths look like {paths[0]!r}" if paths else ""
-                raise ValueError(f"match_paths: pattern {pat!r} matches no parameter{seen}")
+        if strict:
+            paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+            for pat in pats:
+                if not any(fnmatch.fnmatchcase(path, pat) for path in paths):
+                    seen = f"paths look like {paths[0]!r}" if paths else "the tree is empty"
+                    raise ValueError(
+                        f"match_paths: pattern {pat!r} matches no parameter ({seen}); "
+                        "pass strict=False where a pattern may rightly match nothing "
+                        "(a mask inside staged, a list for several architectures)"
+                    )
         return map_paths(lambda path: any(fnmatch.fnmatchcase(path, p) for p in pats))(params)
 
     return tree_fn
