@@ -959,6 +959,31 @@ def test_test_images_that_copy_training_images_are_noted_on_every_load(tmp_path,
         ]
 
 
+def test_copies_under_two_labels_and_within_the_evaluation_splits_are_noted(tmp_path, capsys):
+    """Only copies of training images were noted: the same pixels under two classes (one
+    of them mislabelled), or twice in the test split (counted twice), passed silently."""
+    import shutil
+
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root / "train", per_class=8)
+    _folder(root / "val", per_class=4, seed=9000)
+    _folder(root / "test", per_class=4, seed=7000)
+    shutil.copy(root / "test" / "cat" / "0.png", root / "test" / "dog" / "twin.png")
+    shutil.copy(root / "train" / "cat" / "1.png", root / "train" / "dog" / "mislabelled.png")
+    shutil.copy(root / "val" / "dog" / "2.png", root / "test" / "dog" / "from_val.png")
+    for _ in range(2):
+        _load_folder(root, out)
+        notes = [x for x in capsys.readouterr().err.splitlines() if "pixel-identical" in x]
+        assert notes == [
+            f"note: {root}: 2 val/test image(s) pixel-identical after preprocessing to another "
+            "val/test image; each counts more than once in the scores (e.g. test/cat/0.png = "
+            "test/dog/twin.png)",
+            f"note: {root}: 2 image(s) pixel-identical after preprocessing to one of another "
+            "label; one of each is mislabelled, or the pixels cannot tell the classes apart "
+            "(e.g. test/cat/0.png = test/dog/twin.png)",
+        ]
+
+
 def test_a_change_of_the_toolkits_rules_is_said_alone():
     """A new listing version may change the signature's form too: not "3 files changed"."""
     old = {"files": [["a.png", 1, 2]], "listing": 2, "examples": "x"}

@@ -19,6 +19,7 @@ from data_fakes import image
 from experiments import prepare as prepare_cli
 from medft_jax.data import DataError, load
 from medft_jax.data.examples import Example, validate
+from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.table import parse_table
 
 SIZES = {"resize_size": 36, "crop_size": 32}
@@ -377,3 +378,32 @@ def test_a_path_missed_for_the_usual_slips_says_why(tmp_path):
         with pytest.raises(DataError) as err:
             _table(tmp_path)
         assert _one_line(err).endswith(f"not found in {tmp_path} {ending}")
+    # A name saved on macOS (NFD) listed as typed (NFC): both print as 'é3.png'.
+    (tmp_path / "imgs" / "a3.png").rename(tmp_path / "imgs" / "e\u03013.png")
+    nfc = "\u00e9"
+    rows = [f"imgs/{nfc if i == 3 else 'a'}{i}.png,{label(i)}" for i in range(12)]
+    _write(tmp_path, "path,label", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err).endswith(
+        f"not found in {tmp_path} (there is a file of this name in another Unicode form, "
+        "'e\u03013.png', which prints the same: rename the file or save the CSV in its form)"
+    )
+
+
+def test_a_listed_file_that_is_no_image_is_named_by_its_line(tmp_path):
+    """A CSV row listing readme.txt was "corrupt or unreadable image", without its line,
+    and --skip-bad-images dropped the wrong path as a bad file."""
+    _images(tmp_path)
+    (tmp_path / "imgs" / "readme.txt").write_text("notes")
+    (tmp_path / "imgs" / "IM0007").write_bytes(b"\0" * 128 + b"DICM")  # a PACS name
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    _write(tmp_path, "path,label", [*rows, "imgs/IM0007,cat"])
+    assert sum(len(v) for v in _table(tmp_path)[2].values()) == 13
+    _write(tmp_path, "path,label", [*rows, "imgs/readme.txt,cat"])
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err) == (
+        f"{tmp_path / 'labels.csv'}:14: 'imgs/readme.txt' is not an image file (no image "
+        f"suffix, {'/'.join(IMAGE_SUFFIXES)}, and no DICOM marker)"
+    )

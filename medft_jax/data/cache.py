@@ -174,7 +174,8 @@ def write_cache(
                 [int(kept.sum()), *plan.image_shape], images_digest, written
             )
             counts[name] = int(kept.sum())
-            by_image[name] = list(zip(each, map(str, written["ids"]), strict=True))
+            labels = [np.asarray(row).tobytes() for row in written["labels"]]
+            by_image[name] = list(zip(each, map(str, written["ids"]), labels, strict=True))
             earlier = list(meta.get("skipped_bad_images", {}).get(name, []))
             skipped[name] = earlier + [str(i) for i in np.asarray(fields["ids"])[~kept]]
             if name == "train" and skipped[name]:
@@ -203,21 +204,48 @@ def write_cache(
     return cache_dir
 
 
-def leaked_duplicates(by_image: Mapping[str, Sequence[tuple[bytes, str]]]) -> dict[str, Any]:
-    """Evaluation images pixel-identical (after preprocessing) to a training image.
+def leaked_duplicates(
+    by_image: Mapping[str, Sequence[tuple[bytes, str, bytes]]],
+) -> dict[str, Any]:
+    """Images pixel-identical (after preprocessing) to another the scores depend on.
 
-    ``by_image``: split -> [(image hash, id), ...]. Returns ``{split: count, ...,
-    "example": [eval id, train id]}`` for ``val``/``test``, empty when none:
-    a copy of a training image in the test split inflates its score, and
-    byte-identical copies under two names are common in collected data.
+    ``by_image``: split -> [(image hash, id, label bytes), ...]. Returns, each only when
+    found: ``{split: count, "example": [eval id, train id]}`` for ``val``/``test``
+    images that copy a training image (a copy in the test split inflates its score,
+    and byte-identical copies under two names are common in collected data);
+    ``"eval_repeats": [count, [id, id]]``, val/test images that copy another val/test
+    image and no training image (each counts more than once); ``"two_labels": [count,
+    [id, id]]``, pixel contents seen under different labels, in any splits (one is
+    mislabelled, or the classes cannot be told apart by the pixels).
     """
-    train = dict(by_image.get("train", ()))
+    train = {h: i for h, i, _ in by_image.get("train", ())}
     out: dict[str, Any] = {}
     for split in ("val", "test"):
-        same = [(i, train[h]) for h, i in by_image.get(split, ()) if h in train]
+        same = [(i, train[h]) for h, i, _ in by_image.get(split, ()) if h in train]
         if same:
             out[split] = len(same)
             out.setdefault("example", list(min(same)))
+    first_eval: dict[bytes, str] = {}
+    repeats = []
+    for split in ("val", "test"):
+        for h, i, _ in by_image.get(split, ()):
+            if h in train:  # noted as a copy of a training image already
+                continue
+            if h in first_eval:
+                repeats.append([first_eval[h], i])
+            else:
+                first_eval[h] = i
+    if repeats:
+        out["eval_repeats"] = [len(repeats), min(repeats)]
+    labelled: dict[bytes, tuple[bytes, str]] = {}
+    conflicts: dict[bytes, list[str]] = {}
+    for split in sorted(by_image):
+        for h, i, label in by_image[split]:
+            seen = labelled.setdefault(h, (label, i))
+            if seen[0] != label and h not in conflicts:
+                conflicts[h] = [seen[1], i]
+    if conflicts:
+        out["two_labels"] = [len(conflicts), min(conflicts.values())]
     return out
 
 
@@ -243,6 +271,23 @@ def note_duplicates(where: str | Path, meta: Mapping[str, Any]) -> None:
             f"{each} (e.g. {example}); they inflate validation/test scores, remove them",
             file=sys.stderr,
         )
+    found = meta.get("duplicates") if isinstance(meta.get("duplicates"), Mapping) else {}
+    for key, text in _OTHER_COPIES.items():
+        if isinstance(found.get(key), list) and len(found[key]) == 2:
+            n, example = found[key]
+            print(
+                f"note: {where}: {text.format(n=n)} (e.g. {' = '.join(example)})",
+                file=sys.stderr,
+            )
+
+
+_OTHER_COPIES = {
+    "eval_repeats": "{n} val/test image(s) pixel-identical after preprocessing to another "
+    "val/test image; each counts more than once in the scores",
+    "two_labels": "{n} image(s) pixel-identical after preprocessing to one of another label; "
+    "one of each is mislabelled, or the pixels cannot tell the classes apart",
+}
+"""The notes of :func:`leaked_duplicates`' other findings, said at every load."""
 
 
 def _missing_parents(cache_dir: Path) -> list[Path]:

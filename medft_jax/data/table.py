@@ -15,12 +15,15 @@ import math
 import os
 import stat
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 from medft_jax.data.class_names import refuse_twins
+from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import SPLIT_NAMES, Example, carve_checked, fraction_for
+from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.paths import safe_join
 
 SPLITS = ("train", "val", "test")
@@ -417,11 +420,22 @@ def _path_hint(raw: str, root: Path, csv_path: Path) -> str:
             prefix = "/".join(parts[: i + 1])
             return f" (paths are read relative to --manual-dir {root}: leave out {prefix + '/'!r})"
     folder, name = (Path(root) / raw).parent, Path(raw).name
-    if folder.is_dir():  # the name in another case (a CSV written on macOS or Windows)
-        other = next((f.name for f in folder.iterdir() if f.name.lower() == name.lower()), None)
+    if folder.is_dir():  # the name in another case or Unicode form (macOS, Windows)
+        key = _loose(name)
+        other = next((f.name for f in folder.iterdir() if _loose(f.name) == key), None)
         if other is not None and other != name:
+            if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", name):
+                return (
+                    f" (there is a file of this name in another Unicode form, {other!r}, which "
+                    "prints the same: rename the file or save the CSV in its form)"
+                )
             return f" (there is {other!r}: file names are case-sensitive here)"
     return ""
+
+
+def _loose(name: str) -> str:
+    """A file name with case and Unicode form (NFC against macOS's NFD) set aside."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _check_file(path: Path, raw: str, where: str, root: Path) -> None:
@@ -438,6 +452,20 @@ def _check_file(path: Path, raw: str, where: str, root: Path) -> None:
         raise DataError(f"{where}: image file {raw!r} cannot be read: {err.strerror}") from None
     if stat.S_ISDIR(info.st_mode):
         raise DataError(f"{where}: image path {raw!r} is a folder, expected an image file")
+    if path.suffix.lower() not in IMAGE_SUFFIXES and not _dicom(path):
+        # else decoding called it a "corrupt image", without its line, and
+        # --skip-bad-images dropped a wrong path as a bad file
+        raise DataError(
+            f"{where}: {raw!r} is not an image file (no image suffix, "
+            f"{'/'.join(IMAGE_SUFFIXES)}, and no DICOM marker)"
+        )
+
+
+def _dicom(path: Path) -> bool:
+    try:
+        return is_dicom(path)
+    except OSError:  # unreadable: decoding names it
+        return True
 
 
 def _hot(text: str, where: str) -> float:
