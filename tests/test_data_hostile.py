@@ -949,14 +949,18 @@ def test_test_images_that_copy_training_images_are_noted_on_every_load(tmp_path,
     near = np.asarray(Image.open(root / "train" / "cat" / "4.png")).copy()
     near[8:12, 8:12] ^= 16  # inside the crop
     Image.fromarray(near).save(root / "test" / "cat" / "near.png")
-    for _ in range(2):
+    _said_at_every_load(root, out, capsys, [
+        f"note: {root}: images pixel-identical to a training image after preprocessing: "
+        "3 in test (e.g. test/cat/copy.png = train/cat/0.png); they inflate "
+        "validation/test scores, remove them"
+    ])  # fmt: skip
+
+
+def _said_at_every_load(root: Path, out: Path, capsys, expected: list[str]) -> None:
+    for _ in range(2):  # when the cache is written, and when it is read
         _load_folder(root, out)
         notes = [x for x in capsys.readouterr().err.splitlines() if "pixel-identical" in x]
-        assert notes == [
-            f"note: {root}: images pixel-identical to a training image after preprocessing: "
-            "3 in test (e.g. test/cat/copy.png = train/cat/0.png); they inflate "
-            "validation/test scores, remove them"
-        ]
+        assert notes == expected
 
 
 def test_copies_under_two_labels_and_within_the_evaluation_splits_are_noted(tmp_path, capsys):
@@ -971,17 +975,14 @@ def test_copies_under_two_labels_and_within_the_evaluation_splits_are_noted(tmp_
     shutil.copy(root / "test" / "cat" / "0.png", root / "test" / "dog" / "twin.png")
     shutil.copy(root / "train" / "cat" / "1.png", root / "train" / "dog" / "mislabelled.png")
     shutil.copy(root / "val" / "dog" / "2.png", root / "test" / "dog" / "from_val.png")
-    for _ in range(2):
-        _load_folder(root, out)
-        notes = [x for x in capsys.readouterr().err.splitlines() if "pixel-identical" in x]
-        assert notes == [
-            f"note: {root}: 2 val/test image(s) pixel-identical after preprocessing to another "
-            "val/test image; each counts more than once in the scores (e.g. test/cat/0.png = "
-            "test/dog/twin.png)",
-            f"note: {root}: 2 image(s) pixel-identical after preprocessing to one of another "
-            "label; one of each is mislabelled, or the pixels cannot tell the classes apart "
-            "(e.g. test/cat/0.png = test/dog/twin.png)",
-        ]
+    _said_at_every_load(root, out, capsys, [
+        f"note: {root}: 2 val/test image(s) pixel-identical after preprocessing to another "
+        "val/test image; each counts more than once in the scores (e.g. test/cat/0.png = "
+        "test/dog/twin.png)",
+        f"note: {root}: 2 image(s) pixel-identical after preprocessing to one of another "
+        "label; one of each is mislabelled, or the pixels cannot tell the classes apart "
+        "(e.g. test/cat/0.png = test/dog/twin.png)",
+    ])  # fmt: skip
 
 
 def test_a_change_of_the_toolkits_rules_is_said_alone():
