@@ -1142,6 +1142,43 @@ def test_folder_source_reads_dicom(tmp_path):
     assert np.array_equal(first.images[0], ImageReader(36, 32).read(root / first.ids[0]))
 
 
+def test_dicom_patients_with_files_in_two_splits_are_noted_at_every_load(tmp_path, capsys):
+    """The slices of one patient's scans, loose in their class folders, were carved file by
+    file into train, val and test without a word, though every file names its patient."""
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(7)
+    for name, offset in (("a", 0), ("b", 400)):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = (rng.integers(0, 300, (20, 24)) + offset).astype(np.uint16)
+            patient = {"PatientID": f"P{i % 2}"} if name == "a" else {}
+            _write_dicom(root / name / f"{i}.dcm", pixels, **patient)
+    for _ in range(2):  # when the cache is written, and when it is read
+        ds = load("folder", manual_dir=root, data_dir=tmp_path / "out", progress=False, **_sizes())
+        notes = [x for x in capsys.readouterr().err.splitlines() if "PatientID" in x]
+        split_of = {i: s for s, arrays in ds.splits.items() for i in arrays.ids}
+        crossing = {
+            p for p in ("P0", "P1")
+            if len({split_of[f"a/{i}.dcm"] for i in range(int(p[1]), 10, 2)}) > 1
+        }  # fmt: skip
+        assert crossing and len(notes) == 1, notes
+        assert notes[0].startswith(
+            f"note: {root}: {len(crossing)} DICOM PatientID(s) have files in more than one "
+            f"split (e.g. '{min(crossing)}': a/"
+        ) and notes[0].endswith("pass --patient-folders, or a CSV patient column")
+    # In patient folders (--patient-folders) each patient is in one split: nothing to say.
+    for i in range(10):
+        (root / "a" / f"P{i % 2}").mkdir(exist_ok=True)
+        (root / "a" / f"{i}.dcm").rename(root / "a" / f"P{i % 2}" / f"{i}.dcm")
+        (root / "b" / f"Q{i}").mkdir()
+        (root / "b" / f"{i}.dcm").rename(root / "b" / f"Q{i}" / f"{i}.dcm")
+    load(
+        "folder", manual_dir=root, data_dir=tmp_path / "out", progress=False,
+        patient_folders=True, **_sizes(),
+    )  # fmt: skip
+    assert "PatientID" not in capsys.readouterr().err
+
+
 # CT stored v -> HU x = v - 1024 -> --dicom-window 40,80 (LINEAR_EXACT: 0 HU black, 80 HU
 # white), y = ((x - 40) / 80 + 0.5) * 255, clipped, rounded; worked by hand:
 CT_STORED = np.array([[0, 1034, 1064, 1084, 1104, 2000]], np.uint16)  # HU -1024, 10, 40, 60, 80

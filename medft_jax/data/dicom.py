@@ -116,6 +116,21 @@ def is_dicom(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
+def patient_id(path: Path) -> str | None:
+    """The PatientID (0010,0020) of a DICOM file; None for another file, a file without
+    one, or one that cannot be read here (decoding names what is wrong with it)."""
+    try:
+        if not is_dicom(path):
+            return None
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        value = str(ds.get("PatientID", "") or "").strip()
+    except Exception:  # a header check only: decoding names the damaged or missing file
+        return None
+    return value or None
+
+
 def _pydicom(path: Path) -> Any:
     try:
         import pydicom

@@ -14,11 +14,12 @@ import dataclasses
 import functools
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from medft_jax import locks
-from medft_jax.data import cache
+from medft_jax.data import cache, dicom
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import DataError
@@ -200,6 +201,7 @@ def load_local(
                     "root": str(root.resolve()),
                     "options": {k: str(v) for k, v in options.items()},
                     "source": source,
+                    "dicom_patients_across_splits": _dicom_patients_across_splits(splits),
                 }
                 cache.write_cache(
                     target,
@@ -210,6 +212,7 @@ def load_local(
                 )
     splits_arrays, meta = cache.read_cache(target)
     cache.note_duplicates(root, meta)
+    _note_dicom_patients(root, meta)
     return Dataset(
         name=kind,
         splits=splits_arrays,
@@ -218,6 +221,40 @@ def load_local(
         eval_grouping=meta["eval_grouping"],
         metadata=meta,
     )
+
+
+def _dicom_patients_across_splits(splits: dict[str, list[Example]]) -> list[Any] | None:
+    """``[count, [patient, id, id]]`` of the DICOM PatientIDs whose files lie in more than
+    one split, among examples of no stated patient (a folder's loose images, a CSV's
+    rows without a patient column); None when none. Split file by file, the slices of
+    one patient's scan land in train and test, and nothing else in the layout says so."""
+    first: dict[str, tuple[str, str]] = {}
+    crossing: dict[str, list[str]] = {}
+    for split in sorted(splits):
+        for ex in splits[split]:
+            if ex.patient != ex.id:  # a stated patient (folder, CSV column)
+                continue
+            patient = dicom.patient_id(ex.path)
+            if patient is None:
+                continue
+            where = first.setdefault(patient, (split, ex.id))
+            if where[0] != split and patient not in crossing:
+                crossing[patient] = [patient, where[1], ex.id]
+    return [len(crossing), min(crossing.values())] if crossing else None
+
+
+def _note_dicom_patients(root: Path, meta: dict[str, Any]) -> None:
+    """The note of :func:`_dicom_patients_across_splits`, at every load, as for copies."""
+    found = meta.get("dicom_patients_across_splits")
+    if isinstance(found, list) and len(found) == 2:
+        n, (patient, a, b) = found
+        print(
+            f"note: {root}: {n} DICOM PatientID(s) have files in more than one split (e.g. "
+            f"{patient!r}: {a}, {b}); one patient in train and test inflates the test "
+            "scores: put each patient's files in a subfolder and pass --patient-folders, "
+            "or a CSV patient column",
+            file=sys.stderr,
+        )
 
 
 def _check_some_sixteen_bit(root: Path, splits: dict[str, list[Example]], bits_stored: int) -> None:
