@@ -1125,15 +1125,23 @@ def test_dicom_without_pydicom_names_the_extra(tmp_path, monkeypatch):
     assert "pip install 'medft-jax[dicom]'" in str(err.value)
 
 
-def test_folder_source_reads_dicom(tmp_path):
-    assert ".dcm" in IMAGE_SUFFIXES
-    root = tmp_path / "imgs"
-    rng = np.random.default_rng(6)
+def _dicom_classes(root: Path, seed: int, patients=lambda name, i: None, **kw) -> None:
+    """Classes a and b of ten DICOM files each, b 400 brighter; ``patients(class, i)``
+    names a file's PatientID (None: none)."""
+    rng = np.random.default_rng(seed)
     for name, offset in (("a", 0), ("b", 400)):
         (root / name).mkdir(parents=True)
         for i in range(10):
             pixels = (rng.integers(0, 300, (20, 24)) + offset).astype(np.uint16)
-            _write_dicom(root / name / f"{i}.dcm", pixels, rescale=(1, -100), window=(350, 800))
+            patient = patients(name, i)
+            extra = {} if patient is None else {"PatientID": patient}
+            _write_dicom(root / name / f"{i}.dcm", pixels, **kw, **extra)
+
+
+def test_folder_source_reads_dicom(tmp_path):
+    assert ".dcm" in IMAGE_SUFFIXES
+    root = tmp_path / "imgs"
+    _dicom_classes(root, 6, rescale=(1, -100), window=(350, 800))
     ds = load("folder", manual_dir=root, data_dir=tmp_path / "out", progress=False, **_sizes())
     for split in ds.splits.values():
         means = split.images.reshape(len(split), -1).mean(axis=1)
@@ -1146,13 +1154,7 @@ def test_dicom_patients_with_files_in_two_splits_are_noted_at_every_load(tmp_pat
     """The slices of one patient's scans, loose in their class folders, were carved file by
     file into train, val and test without a word, though every file names its patient."""
     root = tmp_path / "imgs"
-    rng = np.random.default_rng(7)
-    for name, offset in (("a", 0), ("b", 400)):
-        (root / name).mkdir(parents=True)
-        for i in range(10):
-            pixels = (rng.integers(0, 300, (20, 24)) + offset).astype(np.uint16)
-            patient = {"PatientID": f"P{i % 2}"} if name == "a" else {}
-            _write_dicom(root / name / f"{i}.dcm", pixels, **patient)
+    _dicom_classes(root, 7, patients=lambda name, i: f"P{i % 2}" if name == "a" else None)
     for _ in range(2):  # when the cache is written, and when it is read
         ds = load("folder", manual_dir=root, data_dir=tmp_path / "out", progress=False, **_sizes())
         notes = [x for x in capsys.readouterr().err.splitlines() if "PatientID" in x]
