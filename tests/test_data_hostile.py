@@ -985,6 +985,25 @@ def test_copies_under_two_labels_and_within_the_evaluation_splits_are_noted(tmp_
     ])  # fmt: skip
 
 
+def test_classes_each_of_their_own_file_kind_are_noted(tmp_path, capsys):
+    """Cats as JPEG and dogs as PNG: a model learns the compression, not the animal, and
+    the test split made the same way scores near 1, without a word."""
+    root = tmp_path / "imgs"
+    _folder(root)
+    for p in (root / "cat").iterdir():
+        image(int(p.stem), (20, 18)).save(p.with_suffix(".jpeg" if p.stem == "0" else ".jpg"))
+        p.unlink()
+    _load_folder(root, tmp_path / "out")
+    assert [x for x in capsys.readouterr().err.splitlines() if "kind" in x] == [
+        f"note: {root}: each class's files are of a kind no other class has (cat: .jpg; "
+        "dog: .png); a model can tell the classes by how the files were made rather than "
+        "by what they show: convert them to one format"
+    ]
+    image(99, (20, 18)).save(root / "dog" / "99.jpg")  # one kind shared: nothing to say
+    _load_folder(root, tmp_path / "out")
+    assert "kind" not in capsys.readouterr().err
+
+
 def test_a_change_of_the_toolkits_rules_is_said_alone():
     """A new listing version may change the signature's form too: not "3 files changed"."""
     old = {"files": [["a.png", 1, 2]], "listing": 2, "examples": "x"}

@@ -213,6 +213,8 @@ def load_local(
     splits_arrays, meta = cache.read_cache(target)
     cache.note_duplicates(root, meta)
     _note_dicom_patients(root, meta)
+    if not multilabel:
+        _note_file_kind_by_class(root, splits, class_names)
     return Dataset(
         name=kind,
         splits=splits_arrays,
@@ -255,6 +257,32 @@ def _note_dicom_patients(root: Path, meta: dict[str, Any]) -> None:
             "or a CSV patient column",
             file=sys.stderr,
         )
+
+
+def _note_file_kind_by_class(
+    root: Path, splits: dict[str, list[Example]], class_names: list[str]
+) -> None:
+    """A note when every class's files are of a kind (suffix) no other class has: JPEG
+    photos in one class and 16-bit PNGs in the other, say. A model tells such classes
+    apart by how their files were made (compression, bit depth, colour), whatever they
+    show, and scores near 1 on a test split made the same way."""
+    kinds: dict[int, set[str]] = {}
+    for members in splits.values():
+        for ex in members:
+            suffix = ex.path.suffix.lower()
+            kinds.setdefault(int(ex.label), set()).add(".jpg" if suffix == ".jpeg" else suffix)
+    if len(kinds) < 2 or any(kinds[a] & kinds[b] for a in kinds for b in kinds if a < b):
+        return
+    each = "; ".join(
+        f"{class_names[c]}: {', '.join(sorted(k or '(no suffix)' for k in kinds[c]))}"
+        for c in sorted(kinds)
+    )
+    print(
+        f"note: {root}: each class's files are of a kind no other class has ({each}); a "
+        "model can tell the classes by how the files were made rather than by what they "
+        "show: convert them to one format",
+        file=sys.stderr,
+    )
 
 
 def _check_some_sixteen_bit(root: Path, splits: dict[str, list[Example]], bits_stored: int) -> None:
