@@ -1004,6 +1004,26 @@ def test_classes_each_of_their_own_file_kind_are_noted(tmp_path, capsys):
     assert "kind" not in capsys.readouterr().err
 
 
+def test_photos_turned_by_their_exif_orientation_are_noted(tmp_path, capsys):
+    """A phone's photo stored sideways with an EXIF orientation is read as stored (as
+    torchvision reads it), not as a viewer shows it: that was said nowhere."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    _folder(root)
+    for name, orientation in (("1.jpg", 6), ("2.jpg", 1), ("3.jpg", 3)):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image(500 + orientation, (20, 18)).convert("RGB").save(root / "dog" / name, exif=exif)
+    for _ in range(2):  # when the cache is written, and when it is read
+        _load_folder(root, tmp_path / "out")
+        assert [x for x in capsys.readouterr().err.splitlines() if "EXIF" in x] == [
+            f"note: {root}: 2 image(s) carry an EXIF orientation other than upright (e.g. "
+            "dog/1.jpg); they are read as stored, as torchvision reads them, not turned as a "
+            "photo viewer shows them: save them upright if that matters (exiftran -ai)"
+        ]
+
+
 def test_a_change_of_the_toolkits_rules_is_said_alone():
     """A new listing version may change the signature's form too: not "3 files changed"."""
     old = {"files": [["a.png", 1, 2]], "listing": 2, "examples": "x"}

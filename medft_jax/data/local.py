@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from medft_jax import locks
 from medft_jax.data import cache, dicom
 from medft_jax.data.dataset import Dataset
@@ -202,6 +204,7 @@ def load_local(
                     "options": {k: str(v) for k, v in options.items()},
                     "source": source,
                     "dicom_patients_across_splits": _dicom_patients_across_splits(splits),
+                    "exif_turned": _exif_turned(splits),
                 }
                 cache.write_cache(
                     target,
@@ -213,6 +216,7 @@ def load_local(
     splits_arrays, meta = cache.read_cache(target)
     cache.note_duplicates(root, meta)
     _note_dicom_patients(root, meta)
+    _note_exif_turned(root, meta)
     if not multilabel:
         _note_file_kind_by_class(root, splits, class_names)
     return Dataset(
@@ -255,6 +259,42 @@ def _note_dicom_patients(root: Path, meta: dict[str, Any]) -> None:
             f"{patient!r}: {a}, {b}); one patient in train and test inflates the test "
             "scores: put each patient's files in a subfolder and pass --patient-folders, "
             "or a CSV patient column",
+            file=sys.stderr,
+        )
+
+
+_EXIF_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".webp")
+_ORIENTATION = 0x0112
+
+
+def _exif_turned(splits: dict[str, list[Example]]) -> list[Any] | None:
+    """``[count, id]`` of the images whose EXIF orientation is not upright (a phone's or a
+    dermatoscope's photos); None when none. Headers only; an unreadable file is left to
+    decoding, which names it."""
+    turned = []
+    for members in splits.values():
+        for ex in members:
+            if ex.path.suffix.lower() not in _EXIF_SUFFIXES:
+                continue
+            try:
+                with Image.open(ex.path) as image:
+                    orientation = image.getexif().get(_ORIENTATION, 1)
+            except Exception:  # a header check only: decoding names the damaged file
+                continue
+            if orientation not in (1, None):
+                turned.append(ex.id)
+    return [len(turned), min(turned)] if turned else None
+
+
+def _note_exif_turned(root: Path, meta: dict[str, Any]) -> None:
+    """The note of :func:`_exif_turned`, at every load."""
+    found = meta.get("exif_turned")
+    if isinstance(found, list) and len(found) == 2:
+        n, example = found
+        print(
+            f"note: {root}: {n} image(s) carry an EXIF orientation other than upright (e.g. "
+            f"{example}); they are read as stored, as torchvision reads them, not turned as "
+            "a photo viewer shows them: save them upright if that matters (exiftran -ai)",
             file=sys.stderr,
         )
 
