@@ -27,7 +27,13 @@ from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, split_plan, validate
 from medft_jax.data.folder import parse_folder
-from medft_jax.data.images import DECODING_VERSION, ImageReader, open_image, takes_bits_stored
+from medft_jax.data.images import (
+    DECODING_VERSION,
+    IMAGE_SUFFIXES,
+    ImageReader,
+    open_image,
+    takes_bits_stored,
+)
 from medft_jax.data.locations import NOT_PREPARED, cache_dir, variant_name
 from medft_jax.data.paths import refuse_listed_output
 from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
@@ -240,6 +246,9 @@ def _dicom_patients_across_splits(splits: dict[str, list[Example]]) -> list[Any]
         for ex in splits[split]:
             if ex.patient != ex.id:  # a stated patient (folder, CSV column)
                 continue
+            suffix = ex.path.suffix.lower()
+            if suffix in IMAGE_SUFFIXES and suffix not in dicom.DICOM_SUFFIXES:
+                continue  # a .png: not opened to look for a DICOM marker
             patient = dicom.patient_id(ex.path)
             if patient is None:
                 continue
