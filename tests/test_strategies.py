@@ -835,8 +835,13 @@ def test_staged_ids_need_steps_per_epoch(name):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="frozen_bn"):
         make("ft", toy_params(), TOY, learning_rate=LR, frozen_bn="train")
-    with pytest.raises(ValueError, match="surgical_block"):
-        make("surgical", toy_params(), TOY, learning_rate=LR)
+    # A block it does not know, or none, read "holds no parameter but the new head".
+    for block in (None, "nope"):
+        with pytest.raises(ValueError) as err:
+            make("surgical", toy_params(), TOY, learning_rate=LR, surgical_block=block)
+        assert str(err.value) == (
+            f"make('surgical'): surgical_block must be one of {list(TOY.names)}, got {block!r}"
+        )
     # A block that is the new head alone (ResNet's fc) trained LP's parameters, unsaid.
     headless = toy_params()
     del headless["top"]["fc1"]
@@ -1132,12 +1137,15 @@ def test_kernels_only_sp_and_bitfit_refuse_params_without_flax_leaf_names():
         "body": {"w": jnp.ones(3)},
         "top": {"head": {"kernel": jnp.ones(2), "bias": jnp.zeros(2)}},
     }
-    tx, _ = make("l2_sp", custom, TOY, learning_rate=LR, kernels_only=True)
-    with pytest.raises(ValueError) as err:
-        tx.init(custom)
-    assert str(err.value).startswith(
-        "sp_penalty: source_mask (outside the head) marks none of the params (paths look like "
-    )
+    # Refused when made, naming the rule, not at init with a hint of other causes.
+    for name in ("l2_sp", "l1_sp"):
+        with pytest.raises(ValueError) as err:
+            make(name, custom, TOY, learning_rate=LR, kernels_only=True)
+        assert str(err.value) == (
+            f"make({name!r}): kernels_only pulls the leaves named 'kernel' (the last path "
+            "component; paths look like 'body/w'), and none lies outside the head, so no "
+            "pretrained weight would be held to its start"
+        )
     make("l2_sp", toy_params(), TOY, learning_rate=LR, kernels_only=True)[0].init(toy_params())
     with pytest.raises(ValueError) as err:
         make("bitfit", custom, TOY, learning_rate=LR)

@@ -141,7 +141,7 @@ def make(
     if spec.needs_steps(o) and o.steps_per_epoch is None:
         raise ValueError(f"make({name!r}): steps_per_epoch is required (stages are in epochs)")
     group_of = spec.groups(partition)
-    _check_groups_train_something(name, params, group_of, o)
+    _check_groups_train_something(name, params, group_of, o, partition.names)
     schedule = Schedule.build(
         name,
         params,
@@ -156,7 +156,11 @@ def make(
 
 
 def _check_groups_train_something(
-    name: str, params: PyTree, group_of: Callable[[str], str], o: Options
+    name: str,
+    params: PyTree,
+    group_of: Callable[[str], str],
+    o: Options,
+    blocks: tuple[str, ...],
 ) -> None:
     """Refuses a grouping that leaves a strategy nothing of its own to train.
 
@@ -164,12 +168,29 @@ def _check_groups_train_something(
     whose leaves are named otherwise (``self.param("b")``) would train the head
     alone, LP under BitFit's name. Surgical's block must hold a parameter besides
     the new head: ResNet's ``fc`` is the head alone, and ``surgical_block='fc'``
-    trained exactly LP's parameters (the command line refused it; ``make`` did not).
+    trained exactly LP's parameters (the command line refused it; ``make`` did not),
+    and a block it does not know is named as such, with the known ones. Kernels-only SP
+    holds the leaves named ``kernel`` to their start: a model naming its weights
+    otherwise would be pulled nowhere (checked at ``init`` too, later and less plainly).
     """
-    if name not in ("bitfit", "surgical"):
+    kernels_only_sp = name in ("l1_sp", "l2_sp") and o.kernels_only
+    if name not in ("bitfit", "surgical") and not kernels_only_sp:
         return
     paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    if kernels_only_sp:
+        if not any(group_of(p) != HEAD and p.rsplit("/", 1)[-1] == "kernel" for p in paths):
+            raise ValueError(
+                f"make({name!r}): kernels_only pulls the leaves named 'kernel' (the last path "
+                f"component; paths look like {paths[0]!r}), and none lies outside the head, "
+                "so no pretrained weight would be held to its start"
+            )
+        return
     if name == "surgical":
+        if o.surgical_block not in blocks:
+            raise ValueError(
+                f"make('surgical'): surgical_block must be one of {list(blocks)}, "
+                f"got {o.surgical_block!r}"
+            )
         if not any(group_of(p) == o.surgical_block for p in paths):
             raise ValueError(
                 f"make('surgical'): surgical_block {o.surgical_block!r} holds no parameter "
