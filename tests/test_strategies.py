@@ -248,7 +248,8 @@ def test_ft_is_plain_adam_bit_for_bit():
 
 
 def test_staged_with_every_group_from_step_0_is_adam():
-    tx, _ = make("lp_ft", toy_params(), TOY, learning_rate=LR, lp_epochs=0)
+    labels = map_paths(lambda path: HEAD if path.startswith("top/head") else TOY.block_of(path))
+    tx = staged(optax.adam(LR), labels, {HEAD: 0, **dict.fromkeys(TOY.names, 0)})
     ref, _ = run(optax.adam(LR), 4)
     got, _ = run(tx, 4)
     for r, g in zip(ref, got, strict=True):
@@ -759,10 +760,26 @@ def test_rgn_init_warns_of_zero_tensors_that_would_set_the_maximum():
     params["k"]["bias"] = jnp.zeros(2)
     with pytest.warns(UserWarning, match=r"'bn/bias' and 1 more"):
         tx.init(params)
-    with warnings.catch_warnings():  # no zero tensor, or traced params: no warning
+    with warnings.catch_warnings():  # no zero tensor, an empty one, or traced params
         warnings.simplefilter("error")
-        tx.init(rgn_params() | {"c": {"bias": jnp.ones(2)}})
+        tx.init(rgn_params() | {"c": {"bias": jnp.ones(2)}, "e": {"bias": jnp.zeros(0)}})
         jax.jit(tx.init)(params)
+
+
+def test_make_auto_rgn_warns_of_zero_tensors_once_though_init_is_jitted():
+    """A jitted init (``TrainState.create`` under jit) sees traced params and warned of
+    nothing: flax's zero head bias then set the maximum and all but froze the backbone."""
+    params = toy_params()
+    params["body"]["dense"]["bias"] = jnp.ones(3)
+    params["top"]["head"]["bias"] = jnp.zeros_like(params["top"]["head"]["bias"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tx, _ = make("auto_rgn", params, TOY, learning_rate=LR, steps_per_epoch=2)
+        tx.init(params)  # warned by make already: not again
+        jax.jit(tx.init)(params)
+    said = [str(w.message) for w in caught if "all zeros at init" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("scale_by_rgn: parameter 'top/head/bias'")
+    assert caught[0].filename == __file__  # pointing at the make call
 
 
 def test_rgn_every_tensor_zero_norm_gives_ones():
@@ -852,6 +869,11 @@ def test_bad_arguments():
         "is LP under surgical's name; expected another block"
     )
     make("surgical", toy_params(), TOY, learning_rate=LR, surgical_block="top")  # fc1: fine
+    # Accepted and ignored: an epsilon only Auto-RGN reads; an LP-FT that is FT.
+    with pytest.raises(ValueError, match=r"^make\('ft'\): rgn_eps does not apply \(only auto"):
+        make("ft", toy_params(), TOY, learning_rate=LR, rgn_eps=1e-3)
+    with pytest.raises(ValueError, match=r"^make\('lp_ft'\): lp_epochs must be "):
+        make("lp_ft", toy_params(), TOY, learning_rate=LR, steps_per_epoch=2, lp_epochs=0)
     with pytest.raises(ValueError, match="epochs_per_stage"):
         make("g_lf", toy_params(), TOY, learning_rate=LR, steps_per_epoch=2, epochs_per_stage=0)
 

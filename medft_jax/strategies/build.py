@@ -16,6 +16,7 @@ from medft_jax.config import OPTION_STRATEGIES
 from medft_jax.models.blocks import BlockPartition, path_str
 from medft_jax.strategies.checks import require_int, require_learning_rate
 from medft_jax.strategies.freeze import HEAD
+from medft_jax.strategies.rgn import warn_zero_tensors
 from medft_jax.strategies.schedule import Schedule
 from medft_jax.strategies.specs import (
     EXTRA_STRATEGIES,
@@ -142,6 +143,8 @@ def make(
         raise ValueError(f"make({name!r}): steps_per_epoch is required (stages are in epochs)")
     group_of = spec.groups(partition)
     _check_groups_train_something(name, params, group_of, o, partition.names)
+    if name == "auto_rgn":  # here, where params are concrete even if init is jitted
+        warn_zero_tensors(params, o.rgn_eps)
     schedule = Schedule.build(
         name,
         params,
@@ -291,7 +294,7 @@ def _refuse_options_of_others(name: str, o: Options) -> None:
     (``make('ft', alpha=5)``, ``make('g_lf', lp_epochs=2)``): it was ignored without a
     word, and the run was not the one asked for (the command line refuses them too)."""
     defaults = {k: p.default for k, p in inspect.signature(make).parameters.items()}
-    readers = {**OPTION_STRATEGIES, "pretrained": ("l1_sp", "l2_sp")}
+    readers = {**OPTION_STRATEGIES, "pretrained": ("l1_sp", "l2_sp"), "rgn_eps": ("auto_rgn",)}
     for option, strategies in readers.items():
         value = getattr(o, option)
         if name in strategies or value is defaults[option]:
@@ -312,5 +315,6 @@ def _check(name: str, o: Options) -> None:
     if o.steps_per_epoch is not None:
         require_int(where, "steps_per_epoch", o.steps_per_epoch, 1)
     require_int(where, "epochs_per_stage", o.epochs_per_stage, 1)
-    require_int(where, "lp_epochs", o.lp_epochs, 0)
+    # LP-FT without head-only epochs is FT under LP-FT's name (the command line says so)
+    require_int(where, "lp_epochs", o.lp_epochs, 1 if name == "lp_ft" else 0)
     require_learning_rate(where, o.learning_rate)

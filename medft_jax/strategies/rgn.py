@@ -189,18 +189,25 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
     return new
 
 
-def _warn_zero_tensors(params: PyTree, eps: Any) -> None:
+def warn_zero_tensors(params: PyTree, eps: Any, stacklevel: int = 3) -> None:
     """Warns when tensors of concrete ``params`` have norm <= ``eps`` (module doc: after
-    one update their RGN would set the maximum). Traced params are not checked."""
+    one update their RGN would set the maximum). Traced params are not checked, nor
+    empty tensors (no update can make them the maximum)."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
     concrete = all(
-        not isinstance(w, jax.core.Tracer) and getattr(w, "is_fully_addressable", True)
+        isinstance(w, (jax.Array, np.ndarray))
+        and not isinstance(w, jax.core.Tracer)
+        and getattr(w, "is_fully_addressable", True)
         for _, w in leaves
-    )
+    )  # not traced, nor shapes alone (jax.ShapeDtypeStruct, as make is given in planning)
     if not leaves or not concrete or not is_concrete_number(eps):
         return
     norms = jnp.stack([jnp.linalg.norm(jnp.ravel(w).astype(jnp.float32)) for _, w in leaves])
-    zero = [path_str(p) for (p, _), n in zip(leaves, np.asarray(norms), strict=True) if n <= eps]
+    zero = [
+        path_str(p)
+        for (p, w), n in zip(leaves, np.asarray(norms), strict=True)
+        if n <= eps and np.size(w) > 0
+    ]
     if zero:
         more = f" and {len(zero) - 1} more" if len(zero) > 1 else ""
         warnings.warn(
@@ -208,7 +215,7 @@ def _warn_zero_tensors(params: PyTree, eps: Any) -> None:
             "update its RGN (|g|/|w| with a tiny |w|) will be the maximum that scales every "
             "other tensor down (for a new head's bias, initialise it as PyTorch does: "
             "medft_jax.models.layers.torch_linear_bias)",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 
@@ -234,6 +241,7 @@ def scale_by_rgn(
     mode: str = "stream",
     per_step: bool = False,
     eps: float = 1e-8,
+    warn_zero_norm: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Multiplies ``inner``'s update of each tensor by its normalised RGN.
 
@@ -254,6 +262,10 @@ def scale_by_rgn(
       per_step: apply each step's own normalised RGN instead (stream only).
       eps: a tensor with ‖w‖ <= eps counts as zero-norm: its RGN is
         undefined and its multiplier 1, outside the others' maximum.
+      warn_zero_norm: warn at ``init`` of concrete params holding a zero-norm
+        tensor (:func:`warn_zero_tensors`); False where the caller checked them
+        already (:func:`medft_jax.strategies.make` does, when it is given the params,
+        so a ``jax.jit``-ed ``init``, whose params are traced, still hears of it).
 
     The update needs ``params``: ``tx.update(grads, state, params)``.
     Range checks run on Python/numpy numbers only, so the numeric arguments
@@ -292,7 +304,8 @@ def scale_by_rgn(
     state_type = PrepassRGNState if prepass else RGNState
 
     def init_fn(params: PyTree) -> RGNState:
-        _warn_zero_tensors(params, eps)
+        if warn_zero_norm:
+            warn_zero_tensors(params, eps)
         n = len(jax.tree.leaves(params))
         return state_type(
             count=jnp.zeros((), jnp.int32),

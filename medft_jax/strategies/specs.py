@@ -199,6 +199,7 @@ def _rgn_adam(o: Options, layout: Layout) -> optax.GradientTransformation:
         mode=o.rgn_mode,
         per_step=o.rgn_per_step,
         eps=o.rgn_eps,
+        warn_zero_norm=False,  # make warned, given the params concrete
     )
 
 
