@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from medft_jax.names import LOCAL_KINDS, dataset_base
 from medft_jax.results import RunRecord
 from medft_jax.runtime import process_0_says
 from medft_jax.strategies import Schedule
+from medft_jax.strategies.rgn import ZERO_TENSORS_WARNING
 from medft_jax.train import (
     NonFiniteLossError,
     NonFiniteOutputError,
@@ -515,15 +517,19 @@ def _prepare(
             f"--batch-size {config.batch_size} is larger than the {ds.num_examples('train')} "
             f"training examples of {config.dataset}"
         )
-    strategy = strategies.make(
-        config.strategy,
-        variables["params"],
-        spec.partition,
-        learning_rate=1.0,  # the trainer applies config.lr (one compilation for every lr)
-        steps_per_epoch=steps_per_epoch,
-        frozen_bn=config.frozen_bn,
-        **dict(config.strategy_options),
-    )
+    with warnings.catch_warnings():
+        # Auto-RGN's all-zero tensors (a random init's BatchNorm biases) are handled as the
+        # reference does (multiplier 1 until they move); the warning is for one's own model.
+        warnings.filterwarnings("ignore", message=ZERO_TENSORS_WARNING)
+        strategy = strategies.make(
+            config.strategy,
+            variables["params"],
+            spec.partition,
+            learning_rate=1.0,  # the trainer applies config.lr (one compilation for every lr)
+            steps_per_epoch=steps_per_epoch,
+            frozen_bn=config.frozen_bn,
+            **dict(config.strategy_options),
+        )
     trainer = _trainer(config, ds, model, strategy.tx, steps_per_epoch, eval_batch_size, trainers)
     n_dev = jax.device_count()
     if config.batch_size % n_dev:

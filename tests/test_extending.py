@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,8 @@ from medft_jax import fit
 from medft_jax.config import RunConfig
 from medft_jax.data import DataError, Dataset
 from medft_jax.errors import UserError
-from medft_jax.models import create, init_variables
+from medft_jax.models import create, get_arch, init_variables
+from medft_jax.strategies import make
 from medft_jax.strategies.freeze import map_paths, match_paths, staged
 
 
@@ -69,6 +72,26 @@ def test_a_dataset_held_in_memory_trains_and_names_its_run_by_its_arrays(tmp_pat
         fit.run_one(
             config, tmp_path, dataset=Dataset.from_arrays("my_arrays", mixed, ("neg", "pos"))
         )
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+def test_the_toolkits_auto_rgn_run_from_random_init_warns_of_nothing(tmp_path):
+    """A random init's BatchNorm biases are zeros, which Auto-RGN handles as the reference
+    does: ``make``'s warning for one's own model printed a raw UserWarning in every such
+    run of the toolkit's own loop."""
+    config = RunConfig(
+        dataset="my_arrays", arch="resnet_tiny", strategy="auto_rgn", weights="none",
+        epochs=1, batch_size=16, image_size=32, patience=0,
+    )  # fmt: skip
+    ds = Dataset.from_arrays("my_arrays", _splits(), ("neg", "pos"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit.run_one(config, tmp_path, dataset=ds, progress=False)
+    assert not [w for w in caught if "all zeros at init" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"'bn1/bias' and \d+ more are all zeros at init"):
+        params = init_variables(create("resnet_tiny", 2), 0, 32)["params"]
+        make("auto_rgn", params, get_arch("resnet_tiny").partition, learning_rate=1e-3,
+             steps_per_epoch=4)  # fmt: skip
 
 
 def test_labels_of_a_dataset_held_in_memory_are_checked_naming_the_split():

@@ -758,7 +758,7 @@ def test_rgn_init_warns_of_zero_tensors_that_would_set_the_maximum():
     with pytest.warns(UserWarning, match=r"parameter 'bn/bias' is all zeros at init"):
         tx.init(params)
     params["k"]["bias"] = jnp.zeros(2)
-    with pytest.warns(UserWarning, match=r"'bn/bias' and 1 more"):
+    with pytest.warns(UserWarning, match=r"'bn/bias' and 1 more are all zeros at init"):
         tx.init(params)
     with warnings.catch_warnings():  # no zero tensor, an empty one, or traced params
         warnings.simplefilter("error")

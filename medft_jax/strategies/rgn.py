@@ -189,6 +189,10 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
     return new
 
 
+ZERO_TENSORS_WARNING = "scale_by_rgn: parameter "
+"""How :func:`warn_zero_tensors`' warning begins (to filter it where it is expected)."""
+
+
 def warn_zero_tensors(params: PyTree, eps: Any, stacklevel: int = 3) -> None:
     """Warns when tensors of concrete ``params`` have norm <= ``eps`` (module doc: after
     one update their RGN would set the maximum). Traced params are not checked, nor
@@ -209,9 +213,9 @@ def warn_zero_tensors(params: PyTree, eps: Any, stacklevel: int = 3) -> None:
         if n <= eps and np.size(w) > 0
     ]
     if zero:
-        more = f" and {len(zero) - 1} more" if len(zero) > 1 else ""
+        more = f" and {len(zero) - 1} more are" if len(zero) > 1 else " is"
         warnings.warn(
-            f"scale_by_rgn: parameter {zero[0]!r}{more} is all zeros at init; after one "
+            f"{ZERO_TENSORS_WARNING}{zero[0]!r}{more} all zeros at init; after one "
             "update its RGN (|g|/|w| with a tiny |w|) will be the maximum that scales every "
             "other tensor down (for a new head's bias, initialise it as PyTorch does: "
             "medft_jax.models.layers.torch_linear_bias)",
