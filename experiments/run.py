@@ -46,6 +46,7 @@ from medft_jax.errors import (
 from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_name_error
 from medft_jax.outcomes import BUSY, DIVERGED, OUT_OF_MEMORY, SKIPPED
 from medft_jax.report import aggregate
+from medft_jax.report.cells import tested_before_final_stage
 from medft_jax.report.render import lr_text, lrs_text
 
 # Small settings that make the default command finish in minutes on a 2-core CPU.
@@ -67,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help=f"fine-tuning strategy, one of: {', '.join(STRATEGIES)}",
     )
-    p.add_argument("--arch", default="resnet50", help=f"one of: {', '.join(ARCHS)}")
+    p.add_argument(
+        "--arch",
+        default="resnet50",
+        help=f"one of: {', '.join(ARCHS)} (and resnet_tiny, a one-bottleneck-per-stage "
+        "ResNet-50 for tests)",
+    )
     p.add_argument(
         "--dataset",
         default="demo",
@@ -383,6 +389,7 @@ def _print_summary(
         print(
             format_table([(metrics.metric_name(k, *task), _fmt(v)) for k, v in r["test"].items()])
         )
+        _note_tested_before_final_stage([r])
     else:
         lr = aggregate.choose_lr(chosen, metric)
         summary = aggregate.summarise([r for r in chosen if r["config"]["lr"] == lr])
@@ -401,6 +408,7 @@ def _print_summary(
                 for k, (m, se) in summary["test"].items()
             ]
         print(format_table(rows))
+        _note_tested_before_final_stage([r for r in chosen if r["config"]["lr"] == lr])
     if chosen and metrics.metric_name("accuracy", *task) == metrics.EQ6_NAME:
         print(metrics.EQ6_NOTE)
     unavailable = [r for r in chosen if str(r.get("weights_used", "")).startswith("none (ImageNet")]
@@ -412,6 +420,23 @@ def _print_summary(
         )
     for r in records:
         print(f"record: {results.record_path_of(r, out)}")
+
+
+def _note_tested_before_final_stage(shown: list[dict[str, Any]]) -> None:
+    """A note under test metrics of a staged strategy's runs tested with parameters from
+    before their final stage (the report's ¶): the summary said "best epoch 5 of 8" of
+    an LP-FT whose fine-tuning began at epoch 6, and its numbers were linear probing's."""
+    early = [r for r in shown if tested_before_final_stage(r)]
+    if not early:
+        return
+    r = early[0]
+    runs = "its run was" if len(shown) == 1 else f"{len(early)} of its {len(shown)} runs were"
+    print(
+        f"note: {r['config']['strategy']}'s final stage begins at epoch "
+        f"{int(r['final_stage_epoch']) + 1}, and {runs} tested with parameters from "
+        "before it (the best epoch came earlier, or the run ended first): these are not "
+        "the whole strategy's numbers (the report marks such cells ¶)"
+    )
 
 
 def _fmt(v: float | None) -> str:

@@ -328,6 +328,7 @@ def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
     cap = capsys.readouterr()
     assert "TRAINING FROM RANDOM INITIALISATION" in cap.err
     assert "test metrics:" in cap.out and "  accuracy" in cap.out
+    assert "final stage" not in cap.out  # LP has one stage
     record_line = next(x for x in cap.out.splitlines() if x.startswith("record: "))
     record = json.loads(Path(record_line.removeprefix("record: ")).read_text())
     assert record["config"]["dataset"] == "demo" and record["config"]["image_size"] == 32
@@ -341,6 +342,27 @@ def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
     assert main(argv) == 0
     cap = capsys.readouterr()
     assert "skipped: record exists" in cap.out and "RANDOM INITIALISATION" not in cap.err
+
+
+def test_test_metrics_from_before_the_final_stage_are_noted(capsys):
+    """The demo's LP-FT summary said "best epoch 1 of 8" of a run whose fine-tuning began
+    at epoch 6: its test metrics were linear probing's, and nothing said so."""
+    from experiments.run import _note_tested_before_final_stage
+
+    def record(best: int, seed: int = 0) -> dict:
+        config = {"strategy": "lp_ft", "seed": seed}
+        return {"config": config, "best_epoch": best, "final_stage_epoch": 5, "epochs": [0] * 8}
+
+    _note_tested_before_final_stage([record(0)])
+    assert capsys.readouterr().out == (
+        "note: lp_ft's final stage begins at epoch 6, and its run was tested with parameters "
+        "from before it (the best epoch came earlier, or the run ended first): these are not "
+        "the whole strategy's numbers (the report marks such cells ¶)\n"
+    )
+    _note_tested_before_final_stage([record(6), record(3, 1), record(5, 2)])
+    assert ", and 1 of its 3 runs were tested with" in capsys.readouterr().out
+    _note_tested_before_final_stage([record(5), record(7, 1)])  # best in the final stage
+    assert capsys.readouterr().out == ""
 
 
 def _offline(arch):

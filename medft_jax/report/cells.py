@@ -1073,7 +1073,7 @@ def _make_cell(
         lr_means=summary["lr_means"],
         excluded_lrs=bad_lrs,
         cost=_cost(chosen, recs),
-        unstaged=sum(map(_tested_before_final_stage, chosen)),
+        unstaged=sum(map(tested_before_final_stage, chosen)),
         final_stage_epoch=max(
             (f for r in chosen if (f := _int(r.get("final_stage_epoch"))) is not None),
             default=None,
@@ -1082,7 +1082,7 @@ def _make_cell(
     )
 
 
-def _tested_before_final_stage(record: dict[str, Any]) -> bool:
+def tested_before_final_stage(record: dict[str, Any]) -> bool:
     """Whether a run's tested parameters predate its final stage: it stopped at its epoch
     cap before that stage began, or its best epoch (0-based, as ``final_stage_epoch``)
     came before it. The best epoch is chosen over the whole run, so such a G-LF, G-FL or
