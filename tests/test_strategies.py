@@ -1367,6 +1367,25 @@ def test_rgn_under_inject_hyperparams_and_jit():
     assert m == pytest.approx({"a/kernel": 1.0, "b/kernel": 0.5 / 0.6, "c/bias": 1.0}, rel=1e-6)
 
 
+def test_made_llrd_and_auto_rgn_take_injected_lr_decay_and_rgn_eps_under_jit():
+    """lr_decay and rgn_eps, unlike alpha, beta and the rate, refused a traced value ("must
+    be in (0, 1], got JitTracer"): an injected one now gives the fixed one's update."""
+    params, grads = toy_params(), jax.tree.map(lambda w: 0.5 * w + 0.1, toy_params())
+
+    def made(name: str, **option) -> optax.GradientTransformation:
+        return make(name, params, TOY, learning_rate=LR, steps_per_epoch=2, **option).tx
+
+    for name, option, value in (("llrd", "lr_decay", 0.6), ("auto_rgn", "rgn_eps", 1e-3)):
+        inject = optax.inject_hyperparams(
+            lambda v, name=name, option=option: made(name, **{option: v})
+        )
+        tx, fixed = inject(v=value), made(name, **{option: value})
+        got, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
+        want, _ = fixed.update(grads, fixed.init(params), params)
+        for k, w in flatten(want).items():
+            np.testing.assert_allclose(flatten(got)[k], w, rtol=1e-5, err_msg=f"{name} {k}")
+
+
 def test_rgn_forwards_extra_args_to_inner():
     """optax.contrib.reduce_on_plateau needs ``value``: scale_by_rgn passes it on."""
     params = rgn_params()

@@ -46,10 +46,15 @@ def scale_by_label(
 def layerwise_decay_factors(blocks: Sequence[str], decay: float) -> dict[str, float]:
     """``decay ** (distance from the last block)``: 1 for the last block, smaller towards the input.
 
+    ``decay`` may be a jax array (injected by ``optax.inject_hyperparams``): the factors
+    are then arrays too, and the range is the caller's to keep.
+
     Layer-wise learning-rate decay (ULMFiT's discriminative fine-tuning,
     BEiT): layers near the input hold general features and move least.
     """
+    n = len(blocks)
+    if isinstance(decay, jax.Array):  # injected (optax.inject_hyperparams): traced in jit
+        return {b: decay ** (n - 1 - i) for i, b in enumerate(blocks)}
     if not 0 < decay <= 1:
         raise ValueError(f"layerwise_decay_factors: decay must be in (0, 1], got {decay!r}")
-    n = len(blocks)
     return {b: float(decay ** (n - 1 - i)) for i, b in enumerate(blocks)}

@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import optax
 
 from medft_jax.models.blocks import BlockPartition
@@ -175,7 +176,8 @@ def _rgn_streams(o: Options) -> bool:
 def _check_rgn(o: Options) -> None:
     """Auto-RGN's options, named as ``make`` takes them (not as ``scale_by_rgn`` does)."""
     require_int("make('auto_rgn')", "rgn_estimate_steps", o.rgn_estimate_steps, 1)
-    if not (is_concrete_number(o.rgn_eps) and o.rgn_eps >= 0):
+    traced = isinstance(o.rgn_eps, jax.Array)  # injected (optax.inject_hyperparams)
+    if not traced and not (is_concrete_number(o.rgn_eps) and o.rgn_eps >= 0):
         raise ValueError(f"make('auto_rgn'): rgn_eps must be a number >= 0, got {o.rgn_eps!r}")
 
 
@@ -205,7 +207,8 @@ def _rgn_adam(o: Options, layout: Layout) -> optax.GradientTransformation:
 
 def _llrd_adam(o: Options, layout: Layout) -> optax.GradientTransformation:
     """Adam, each block's update times ``lr_decay ** (blocks above it)``."""
-    if not (is_concrete_number(o.lr_decay) and 0 < o.lr_decay <= 1):
+    traced = isinstance(o.lr_decay, jax.Array)  # injected (optax.inject_hyperparams)
+    if not traced and not (is_concrete_number(o.lr_decay) and 0 < o.lr_decay <= 1):
         raise ValueError(f"make('llrd'): lr_decay must be in (0, 1], got {o.lr_decay!r}")
     return optax.chain(
         _adam(o),
