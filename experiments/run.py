@@ -403,8 +403,13 @@ def _print_summary(
             ]
         else:
             print(f"\nlr {lr_text(lr)} {how}; test metrics, mean ± SE over {len(seeds)} seeds:")
+            n = summary["n"]  # a metric undefined for a seed is over the others only
             rows = [
-                (metrics.metric_name(k, *task), f"{_fmt(m)} ± {_fmt(se)}")
+                (
+                    metrics.metric_name(k, *task),
+                    f"{_fmt(m)} ± {_fmt(se)}"
+                    + (f" (over {n[k]} of {len(seeds)} seeds)" if n[k] != len(seeds) else ""),
+                )
                 for k, (m, se) in summary["test"].items()
             ]
         print(format_table(rows))

@@ -343,6 +343,26 @@ def test_a_value_over_fewer_seeds_than_its_cell_is_marked():
     assert r"$^{\S}$" in to_latex(table)
 
 
+def test_the_run_summary_says_a_value_over_fewer_seeds(tmp_path, capsys):
+    """It printed "mean ± SE over 3 seeds" above a kappa averaged over 2."""
+    from experiments import run as run_cli
+
+    records = [rec(seed=k, test=v) for k, v in enumerate((0.6, 0.7, 0.85))]
+    records[2]["test"]["kappa"] = None
+    run_cli._print_summary(records, str(tmp_path), [])
+    out = capsys.readouterr().out
+    assert "0.3250 ± 0.0250 (over 2 of 3 seeds)\n" in out
+    assert f"0.7167 ± {0.0726483:.4f}\n" in out  # accuracy: every seed, nothing added
+
+
+def test_a_percent_that_rounds_to_zero_has_no_minus():
+    from medft_jax.report.render import pct
+
+    assert [pct(-1e-5, sign=True), pct(-1e-5), pct(-4.9e-5), pct(-5e-4, sign=True)] == [
+        "+0.00", "0.00", "0.00", "-0.05",
+    ]  # fmt: skip
+
+
 def test_equal_paired_differences_up_to_rounding_have_no_spread():
     """BACH accuracy moves in 2.5 % steps: LP 5 points under FT on every seed differs in
     the last bit between seeds, which must not read as t = -1e15, p < 0.001."""

@@ -276,10 +276,13 @@ def lrs_text(lrs: Iterable[float]) -> str:
 
 
 def pct(x: float, digits: int = 2, sign: bool = False) -> str:
-    """A fraction as percent with ``digits`` decimals; NaN -> ``–``."""
+    """A fraction as percent with ``digits`` decimals; NaN -> ``–``; one that rounds to zero
+    shows no minus (``+0.00`` with ``sign``)."""
     if not math.isfinite(x):
         return NO_SE
-    return f"{100 * x:+.{digits}f}" if sign else f"{100 * x:.{digits}f}"
+    text = f"{100 * x:+.{digits}f}" if sign else f"{100 * x:.{digits}f}"
+    # a tiny negative rounds to "-0.00": a sign the shown digits do not carry
+    return text.replace("-", "+" if sign else "", 1) if float(text) == 0 else text
 
 
 def seconds(x: float | None) -> str:

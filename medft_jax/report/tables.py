@@ -604,7 +604,9 @@ def paired_note() -> str:
         "test has 2 degrees of freedom (|t| must exceed 4.30), so it has little power: a real "
         "difference often goes unmarked. The p column is not corrected for the many "
         "comparisons; the Holm column adjusts p (Holm step-down) over the strategies of one "
-        "dataset and arch. An exact sign-flip (permutation) test cannot go below p = 0.25 with "
+        "dataset and arch that have a p. n/a: every seed's difference the same (up to "
+        "rounding), so no spread and no t, and no p (nor a place in Holm's count). An exact "
+        "sign-flip (permutation) test cannot go below p = 0.25 with "
         "3 pairs, which is why the t-test is used."
     )
 
@@ -612,8 +614,9 @@ def paired_note() -> str:
 PAIRED_SHORT_NOTE = (
     "Δ: strategy minus FT per seed (each at its own chosen LR), mean (SE) in percentage points. "
     "p: two-sided paired t-test (scipy.stats.ttest_rel), * p < 0.05, not corrected for multiple "
-    "comparisons; p Holm: Holm-adjusted over the strategies of one dataset and arch. With 3 "
-    "seeds (df = 2) the test has little power. [n=k]: only k seeds paired."
+    "comparisons; p Holm: Holm-adjusted over the strategies of one dataset and arch that have "
+    "a p. n/a: every seed's difference the same, no spread to test. With 3 seeds (df = 2) the "
+    "test has little power. [n=k]: only k seeds paired."
 )
 
 
