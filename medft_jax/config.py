@@ -365,6 +365,11 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
             f"{name('rgn_per_step')} is a stream variant (each step's own RGN), and "
             f"{name('rgn_mode')} prepass holds a prepass's for the epoch; give one of them"
         )
+    if given.get("rgn_per_step") and "rgn_estimate_steps" in given:
+        raise UserError(
+            f"{name('rgn_per_step')} applies each step's own RGN, and "
+            f"{name('rgn_estimate_steps')} averages an epoch's first steps; give one of them"
+        )
     lp_epochs = dict(config.strategy_options).get("lp_epochs", LP_EPOCHS_DEFAULT)
     if config.strategy == "lp_ft" and lp_epochs < 1:
         raise UserError(

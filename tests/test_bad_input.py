@@ -955,8 +955,13 @@ def test_flags_that_collect_may_repeat():
     ("flags", "options", "error"),
     [
         (["--strategy", "l2_sp", "--kernels-only"], (("kernels_only", True),), None),
-        (["--strategy", "auto_rgn", "--rgn-estimate-steps", "3", "--rgn-per-step"],
-         (("rgn_estimate_steps", 3), ("rgn_per_step", True)), None),
+        (["--strategy", "auto_rgn", "--rgn-estimate-steps", "3"],
+         (("rgn_estimate_steps", 3),), None),
+        (["--strategy", "auto_rgn", "--rgn-per-step"], (("rgn_per_step", True),), None),
+        # per step, no estimate is averaged: the count was ignored without a word
+        (["--strategy", "auto_rgn", "--rgn-estimate-steps", "3", "--rgn-per-step"], None,
+         "--rgn-per-step applies each step's own RGN, and --rgn-estimate-steps averages an "
+         "epoch's first steps; give one of them"),
         (["--strategy", "ft", "--kernels-only"], None,
          "--kernels-only applies to l1_sp, l2_sp only, not ft"),
         (["--strategy", "auto_rgn", "--rgn-estimate-steps", "0"], None,

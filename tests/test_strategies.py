@@ -872,6 +872,9 @@ def test_bad_arguments():
     # Accepted and ignored: an epsilon only Auto-RGN reads; an LP-FT that is FT.
     with pytest.raises(ValueError, match=r"^make\('ft'\): rgn_eps does not apply \(only auto"):
         make("ft", toy_params(), TOY, learning_rate=LR, rgn_eps=1e-3)
+    with pytest.raises(ValueError, match=r"^make\('auto_rgn'\): rgn_per_step applies each"):
+        make("auto_rgn", toy_params(), TOY, learning_rate=LR, rgn_per_step=True,
+             rgn_estimate_steps=3)  # fmt: skip
     with pytest.raises(ValueError, match=r"^make\('lp_ft'\): lp_epochs must be "):
         make("lp_ft", toy_params(), TOY, learning_rate=LR, steps_per_epoch=2, lp_epochs=0)
     with pytest.raises(ValueError, match="epochs_per_stage"):

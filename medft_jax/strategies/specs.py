@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from medft_jax.config import OPTION_DEFAULTS
 from medft_jax.models.blocks import BlockPartition
 from medft_jax.strategies.checks import is_concrete_number, require_coefficient, require_int
 from medft_jax.strategies.freeze import HEAD, map_paths, staged
@@ -194,6 +195,12 @@ def _rgn_adam(o: Options, layout: Layout) -> optax.GradientTransformation:
     """Adam's update of each tensor scaled by its normalised RGN."""
     del layout
     _check_rgn(o)
+    if o.rgn_per_step is True and o.rgn_estimate_steps != OPTION_DEFAULTS["rgn_estimate_steps"]:
+        raise ValueError(
+            "make('auto_rgn'): rgn_per_step applies each step's own RGN, and "
+            "rgn_estimate_steps (which averages an epoch's first steps) would be ignored; "
+            "give one of them"
+        )
     return scale_by_rgn(
         _adam(o),
         o.steps_per_epoch,
