@@ -869,6 +869,27 @@ def test_real_full_disk_record_and_checkpoints(small_disk):
     assert RunCheckpoints(run).read_progress() == {"epochs": [0]}
 
 
+def test_a_superseded_step_half_deleted_by_a_kill_is_dropped_quietly(tmp_path, caplog):
+    """Killed while orbax deleted the step before the latest: the resume printed a raw
+    "Metadata file does not exist" absl line above its note."""
+    run = tmp_path / "run"
+    with RunCheckpoints(run, exclusive=True) as ck:
+        ck.save_latest(1, _state(1.0), {"epochs": [0]})
+        ck.save_latest(2, _state(2.0), {"epochs": [0, 1]})
+    half = run / "checkpoints" / "1"
+    shutil.copytree(run / "checkpoints" / "2", half)
+    (half / "_CHECKPOINT_METADATA").unlink()  # what rmtree had not reached yet
+    with caplog.at_level("WARNING"), RunCheckpoints(run, exclusive=True) as ck:
+        assert ck.read_progress() == {"epochs": [0, 1]}
+    assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2"]
+    # A reader (another process's run) leaves the folder alone.
+    shutil.copytree(run / "checkpoints" / "2", half)
+    (half / "_CHECKPOINT_METADATA").unlink()
+    RunCheckpoints(run).read_progress()
+    assert half.exists()
+
+
 def test_a_last_save_that_failed_in_the_background_does_not_fail_the_tidy_up(tmp_path):
     """The record written, the run's last resume save failed on a full disk in the
     background: the tidy-up said "could not delete the resume checkpoints (Errno 28)" and

@@ -93,6 +93,10 @@ class ResumeError(UserError):
     """
 
 
+_METADATA_FILE = "_CHECKPOINT_METADATA"
+"""What orbax writes into every step it commits; a step it was deleting may lack it."""
+
+
 class RunCheckpoints:
     """The latest-state manager and the best-parameters folder of one run.
 
@@ -113,6 +117,7 @@ class RunCheckpoints:
         quiet_reported_failures()
         if exclusive:
             self._recover_best()
+            self._drop_half_deleted_steps()
 
     @property
     def _manager(self) -> ocp.CheckpointManager:
@@ -372,6 +377,20 @@ class RunCheckpoints:
             *self.latest_dir.glob("*.orbax-checkpoint-tmp*"),
         ]:
             shutil.rmtree(path, ignore_errors=True)
+
+    def _drop_half_deleted_steps(self) -> None:
+        """Deletes what a kill left of a superseded step that orbax was deleting (a step
+        below the latest without its ``_CHECKPOINT_METADATA``): orbax printed a raw
+        "Metadata file does not exist" line above the resume's note. The latest step is
+        committed whole (written beside, then renamed) and is never touched here."""
+        if jax.process_index() != 0 or not self.latest_dir.is_dir():
+            return
+        steps = sorted(
+            (int(p.name), p) for p in self.latest_dir.iterdir() if p.name.isdigit() and p.is_dir()
+        )
+        for _, path in steps[:-1]:
+            if not (path / _METADATA_FILE).exists():
+                shutil.rmtree(path, ignore_errors=True)
 
     def _recover_best(self) -> None:
         """Undoes what a killed :meth:`save_best` left: the previous best goes back in place."""
