@@ -424,6 +424,18 @@ class _Context:
             **self.setup.options(name),
         )
 
+    def trainer(self, name: str, frozen_bn: str) -> tuple[strategies.Strategy, Trainer, Any]:
+        """Strategy ``name``, its trainer at this precision, and its initial state."""
+        strat = self.strategy(name, frozen_bn)
+        trainer = Trainer(
+            self.model,
+            strat.tx,
+            multilabel=self.task.multilabel,
+            compute_dtype=COMPUTE_DTYPES[self.times.precision],
+            learning_rate=1e-4,
+        )
+        return strat, trainer, trainer.init_state(self.variables)
+
 
 @dataclasses.dataclass
 class ArchRun:
@@ -497,15 +509,7 @@ def measure_core(run: ArchRun, publish: Callable[[], None]) -> None:
 def cached_only(ctx: _Context, name: str) -> None:
     """Strategy ``name``'s head step from features alone (no image step compiled)."""
     params, times = ctx.variables["params"], ctx.times
-    strat = ctx.strategy(name, "freeze")
-    trainer = Trainer(
-        ctx.model,
-        strat.tx,
-        multilabel=ctx.task.multilabel,
-        compute_dtype=COMPUTE_DTYPES[times.precision],
-        learning_rate=1e-4,
-    )
-    state = trainer.init_state(ctx.variables)
+    strat, trainer, state = ctx.trainer(name, "freeze")
     epoch = times.epochs[name].head_only.index(True)
     cached_step(ctx.setup, times, trainer, state, name, strat.schedule, params, epoch)
 
@@ -592,15 +596,7 @@ def measure_strategy(ctx: _Context, name: str) -> tuple[Trainer, Any, strategies
     """Every stage of strategy ``name`` (its step, its compile seconds; the prepass, and the
     step from features where it has head-only epochs); returns its trainer and state."""
     times, params = ctx.times, ctx.variables["params"]
-    strat = ctx.strategy(name, ctx.frozen_bn)
-    trainer = Trainer(
-        ctx.model,
-        strat.tx,
-        multilabel=ctx.task.multilabel,
-        compute_dtype=COMPUTE_DTYPES[times.precision],
-        learning_rate=1e-4,
-    )
-    state = trainer.init_state(ctx.variables)
+    strat, trainer, state = ctx.trainer(name, ctx.frozen_bn)
     if strat.schedule.prepass is not None:  # as fit does before an epoch: its updates are
         state = trainer.estimate_rgn(  # NaN until the first multipliers are held
             state,

@@ -293,19 +293,25 @@ def test_benchmark_flags_are_checked_before_any_work(tmp_path, script, flags, me
 TINY = ["--archs", "resnet_tiny"]
 
 
-@pytest.mark.slow
-def test_grid_bill_quick_runs_on_cpu_and_states_its_goals(tmp_path):
-    # The paper's grid with the test arch (ResNet-50 wired with one bottleneck
-    # per layer) in place of its three: the same script, half the compiling.
+def _paper_grid_of(tmp_path: Path, archs: tuple[str, ...]) -> tuple[Path, dict[str, str]]:
+    """A grid file of the paper's grid with ``archs`` in place of its three, and the
+    environment a benchmark script runs in (CPU; the repository importable)."""
     config = tmp_path / "tiny_grid.py"
     config.write_text(
         "import dataclasses\n"
         "from experiments.configs.paper import get_config as paper\n"
         "def get_config():\n"
-        "    return dataclasses.replace(paper(), archs=('resnet_tiny',))\n"
+        f"    return dataclasses.replace(paper(), archs={archs!r})\n"
     )
     path = os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
+    return config, {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
+
+
+@pytest.mark.slow
+def test_grid_bill_quick_runs_on_cpu_and_states_its_goals(tmp_path):
+    # The paper's grid with the test arch (ResNet-50 wired with one bottleneck
+    # per layer) in place of its three: the same script, half the compiling.
+    config, env = _paper_grid_of(tmp_path, ("resnet_tiny",))
     out = subprocess.run(
         [sys.executable, str(BENCH / "grid_bill.py"), "--quick", "--config", str(config), *TINY],
         capture_output=True,
@@ -431,15 +437,7 @@ def test_grid_bill_prints_and_keeps_what_was_measured_on_sigterm(tmp_path):
     import signal
     import time
 
-    config = tmp_path / "tiny_grid.py"
-    config.write_text(
-        "import dataclasses\n"
-        "from experiments.configs.paper import get_config as paper\n"
-        "def get_config():\n"
-        "    return dataclasses.replace(paper(), archs=('resnet_tiny', 'densenet121'))\n"
-    )
-    path = os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
+    config, env = _paper_grid_of(tmp_path, ("resnet_tiny", "densenet121"))
     out_json = tmp_path / "gb.json"
     cmd = [sys.executable, str(BENCH / "grid_bill.py"), "--quick", "--config", str(config)]
     proc = subprocess.Popen(
