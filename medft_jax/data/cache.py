@@ -213,9 +213,9 @@ def leaked_duplicates(
     found: ``{split: count, "example": [eval id, train id]}`` for ``val``/``test``
     images that copy a training image (a copy in the test split inflates its score,
     and byte-identical copies under two names are common in collected data);
-    ``"eval_repeats": [count, [id, id]]``, val/test images that copy another val/test
+    ``"eval_repeats": [count, "id = id"]``, val/test images that copy another val/test
     image and no training image (each counts more than once); ``"two_labels": [count,
-    [id, id]]``, pixel contents seen under different labels, in any splits (one is
+    "id = id"]``, pixel contents seen under different labels, in any splits (one is
     mislabelled, or the classes cannot be told apart by the pixels).
     """
     train = {h: i for h, i, _ in by_image.get("train", ())}
@@ -236,7 +236,7 @@ def leaked_duplicates(
             else:
                 first_eval[h] = i
     if repeats:
-        out["eval_repeats"] = [len(repeats), min(repeats)]
+        out["eval_repeats"] = [len(repeats), " = ".join(min(repeats))]
     labelled: dict[bytes, tuple[bytes, str]] = {}
     conflicts: dict[bytes, list[str]] = {}
     for split in sorted(by_image):
@@ -245,7 +245,7 @@ def leaked_duplicates(
             if seen[0] != label and h not in conflicts:
                 conflicts[h] = [seen[1], i]
     if conflicts:
-        out["two_labels"] = [len(conflicts), min(conflicts.values())]
+        out["two_labels"] = [len(conflicts), " = ".join(min(conflicts.values()))]
     return out
 
 
@@ -272,20 +272,24 @@ def note_duplicates(where: str | Path, meta: Mapping[str, Any]) -> None:
             file=sys.stderr,
         )
     found = meta.get("duplicates") if isinstance(meta.get("duplicates"), Mapping) else {}
-    for key, text in _OTHER_COPIES.items():
-        if isinstance(found.get(key), list) and len(found[key]) == 2:
-            n, example = found[key]
-            print(
-                f"note: {where}: {text.format(n=n)} (e.g. {' = '.join(example)})",
-                file=sys.stderr,
-            )
+    for key, template in _OTHER_COPIES.items():
+        note_found(where, found.get(key), template)
+
+
+def note_found(where: str | Path, found: Any, template: str) -> None:
+    """One note line, at every load, for a finding a cache's meta keeps as ``[count,
+    example]`` (``template`` takes ``{n}`` and ``{example}``); nothing for an older cache
+    that lacks it."""
+    if isinstance(found, list) and len(found) == 2:
+        n, example = found
+        print(f"note: {where}: {template.format(n=n, example=example)}", file=sys.stderr)
 
 
 _OTHER_COPIES = {
     "eval_repeats": "{n} val/test image(s) pixel-identical after preprocessing to another "
-    "val/test image; each counts more than once in the scores",
+    "val/test image; each counts more than once in the scores (e.g. {example})",
     "two_labels": "{n} image(s) pixel-identical after preprocessing to one of another label; "
-    "one of each is mislabelled, or the pixels cannot tell the classes apart",
+    "one of each is mislabelled, or the pixels cannot tell the classes apart (e.g. {example})",
 }
 """The notes of :func:`leaked_duplicates`' other findings, said at every load."""
 

@@ -221,8 +221,8 @@ def load_local(
                 )
     splits_arrays, meta = cache.read_cache(target)
     cache.note_duplicates(root, meta)
-    _note_dicom_patients(root, meta)
-    _note_exif_turned(root, meta)
+    for key, template in _FOUND_AT_BUILD.items():
+        cache.note_found(root, meta.get(key), template)
     if not multilabel:
         _note_file_kind_by_class(root, splits, class_names)
     return Dataset(
@@ -236,7 +236,7 @@ def load_local(
 
 
 def _dicom_patients_across_splits(splits: dict[str, list[Example]]) -> list[Any] | None:
-    """``[count, [patient, id, id]]`` of the DICOM PatientIDs whose files lie in more than
+    """``[count, "'patient': id, id"]`` of the DICOM PatientIDs whose files lie in more than
     one split, among examples of no stated patient (a folder's loose images, a CSV's
     rows without a patient column); None when none. Split file by file, the slices of
     one patient's scan land in train and test, and nothing else in the layout says so."""
@@ -255,21 +255,10 @@ def _dicom_patients_across_splits(splits: dict[str, list[Example]]) -> list[Any]
             where = first.setdefault(patient, (split, ex.id))
             if where[0] != split and patient not in crossing:
                 crossing[patient] = [patient, where[1], ex.id]
-    return [len(crossing), min(crossing.values())] if crossing else None
-
-
-def _note_dicom_patients(root: Path, meta: dict[str, Any]) -> None:
-    """The note of :func:`_dicom_patients_across_splits`, at every load, as for copies."""
-    found = meta.get("dicom_patients_across_splits")
-    if isinstance(found, list) and len(found) == 2:
-        n, (patient, a, b) = found
-        print(
-            f"note: {root}: {n} DICOM PatientID(s) have files in more than one split (e.g. "
-            f"{patient!r}: {a}, {b}); one patient in train and test inflates the test "
-            "scores: put each patient's files in a subfolder and pass --patient-folders, "
-            "or a CSV patient column",
-            file=sys.stderr,
-        )
+    if not crossing:
+        return None
+    patient, a, b = min(crossing.values())
+    return [len(crossing), f"{patient!r}: {a}, {b}"]
 
 
 _EXIF_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".webp")
@@ -295,17 +284,16 @@ def _exif_turned(splits: dict[str, list[Example]]) -> list[Any] | None:
     return [len(turned), min(turned)] if turned else None
 
 
-def _note_exif_turned(root: Path, meta: dict[str, Any]) -> None:
-    """The note of :func:`_exif_turned`, at every load."""
-    found = meta.get("exif_turned")
-    if isinstance(found, list) and len(found) == 2:
-        n, example = found
-        print(
-            f"note: {root}: {n} image(s) carry an EXIF orientation other than upright (e.g. "
-            f"{example}); they are read as stored, as torchvision reads them, not turned as "
-            "a photo viewer shows them: save them upright if that matters (exiftran -ai)",
-            file=sys.stderr,
-        )
+_FOUND_AT_BUILD = {
+    "dicom_patients_across_splits": "{n} DICOM PatientID(s) have files in more than one "
+    "split (e.g. {example}); one patient in train and test inflates the test scores: put "
+    "each patient's files in a subfolder and pass --patient-folders, or a CSV patient column",
+    "exif_turned": "{n} image(s) carry an EXIF orientation other than upright (e.g. "
+    "{example}); they are read as stored, as torchvision reads them, not turned as a photo "
+    "viewer shows them: save them upright if that matters (exiftran -ai)",
+}
+"""The notes of what a cache's build found in the files (:func:`_dicom_patients_across_splits`,
+:func:`_exif_turned`), said at every load."""
 
 
 def _note_file_kind_by_class(
