@@ -126,15 +126,20 @@ def test_multi_frame_file_refused_and_its_single_frame_read(tmp_path, name, kind
 def test_a_file_gone_while_reading_is_an_error_even_when_skipping_bad_images(tmp_path, suffix):
     """Every source checks its listed files exist; one gone by decoding time is a copy
     changing under the reader, not a corrupt image to leave out of the data silently."""
-    reader = ImageReader(RESIZE, CROP, skip_bad_images=True)
     gone = tmp_path / f"gone{suffix}"
-    with pytest.raises(DataError) as err:
-        reader.read(gone)
-    assert str(err.value) == (
+    assert _refused_not_skipped(gone, DataError) == (
         f"image file not found: {gone} (moved or deleted while the data was read); "
         "--skip-bad-images skips corrupt files, not missing ones"
     )
+
+
+def _refused_not_skipped(path: Path, kind: type[Exception]) -> str:
+    """The error of reading ``path`` under --skip-bad-images, which skipped nothing."""
+    reader = ImageReader(RESIZE, CROP, skip_bad_images=True)
+    with pytest.raises(kind) as err:
+        reader.read(path)
     assert reader.skipped == []
+    return str(err.value)
 
 
 def test_mpo_jpeg_is_read_as_its_primary_image(tmp_path):
@@ -499,14 +504,10 @@ def test_a_file_this_user_may_not_read_is_never_skipped_as_bad(tmp_path, monkeyp
         monkeypatch.setattr(dicom, "open", denied, raising=False)
     else:
         monkeypatch.setattr(images.Image, "open", denied)
-    reader = ImageReader(RESIZE, CROP, skip_bad_images=True)
-    with pytest.raises(NotABadFile) as err:
-        reader.read(path)
-    assert str(err.value) == (
+    assert _refused_not_skipped(path, NotABadFile) == (
         f"{path}: permission denied, this user cannot read it (not a damaged file: give "
         "read permission, chmod a+r)"
     )
-    assert reader.skipped == []
 
 
 def test_signed_16bit_tiff_by_the_type_range(tmp_path):
