@@ -623,6 +623,14 @@ def test_folder_class_names_written_two_ways_are_refused(tmp_path):
         ),
         (("Tumour", "Tumour "), "'Tumour' and 'Tumour ' differ only in surrounding whitespace "),
         (("Tumour", "tumour "), "'Tumour' and 'tumour ' differ only in case and surrounding "),
+        (  # a zero-width space pasted in: prints as nothing
+            ("benign", "benign\u200b"),
+            "'benign' and 'benign\\u200b' differ only in invisible characters (one name written ",
+        ),
+        (  # a full-width letter from an East Asian input method: NFKC folds it
+            ("Tumour", "\uff34umour"),
+            "'Tumour' and '\\uff34umour' differ only in Unicode normalisation (one name ",
+        ),
     ],
 )
 def test_folder_class_names_differing_in_case_are_refused(tmp_path, classes, message):

@@ -9,7 +9,10 @@ macro metrics average over a class that does not exist. ``Benign`` and
 and so are ``Normal/`` and ``normal/`` folders, which a case-insensitive
 filesystem (macOS, Windows) would not even hold apart; ``Normal/`` and
 ``Normal /`` (a trailing space, invisible in a listing; CSV labels are
-stripped, folder names cannot be) too. Renaming is the
+stripped, folder names cannot be) too, and so is a label carrying an invisible
+character (a zero-width space or a byte-order mark pasted in from a web page
+or a spreadsheet), or a compatibility form (a full-width letter, a no-break
+space) that NFKC folds into the plain one. Renaming is the
 user's call (a folder name is a path), so the toolkit names both and stops.
 """
 
@@ -21,9 +24,16 @@ from collections.abc import Callable, Iterable
 from medft_jax.data.errors import DataError
 
 
+def _visible(name: str) -> str:
+    """``name`` without its format characters (Unicode category Cf: zero-width spaces and
+    joiners, byte-order marks, direction marks), which print as nothing."""
+    return "".join(c for c in name if unicodedata.category(c) != "Cf")
+
+
 def normalised(name: str) -> str:
-    """``name`` in NFC, case-folded, stripped: equal for two spellings of one name."""
-    return unicodedata.normalize("NFC", name).casefold().strip()
+    """``name`` without invisible characters, in NFKC, case-folded, stripped: equal for two
+    spellings of one name."""
+    return unicodedata.normalize("NFKC", _visible(name)).casefold().strip()
 
 
 def twin_of(name: str, names: Iterable[str]) -> str | None:
@@ -44,19 +54,22 @@ def refuse_twins(names: Iterable[str], where: Callable[[str], str]) -> None:
 
 def twins_message(where: str, a: str, b: str) -> str:
     """The one line for two spellings of one class name (escaped, so they differ on screen)."""
-    sa, sb = a.strip(), b.strip()
     kinds = []
+    if (_visible(a), _visible(b)) != (a, b):
+        kinds.append("invisible characters")
+    sa, sb = _visible(a).strip(), _visible(b).strip()
     if sa != sb:
-        if unicodedata.normalize("NFC", sa) == unicodedata.normalize("NFC", sb):
+        if unicodedata.normalize("NFKC", sa) == unicodedata.normalize("NFKC", sb):
             kinds.append("Unicode normalisation")
         elif sa.casefold() == sb.casefold():
             kinds.append("case")
         else:
             kinds += ["case", "Unicode normalisation"]
-    if (sa, sb) != (a, b):
+    if (sa, sb) != (_visible(a), _visible(b)):
         kinds.append("surrounding whitespace")
     how = " and ".join(kinds)
-    if kinds == ["Unicode normalisation"]:
+    nfc = unicodedata.normalize("NFC", sa) == unicodedata.normalize("NFC", sb)
+    if kinds == ["Unicode normalisation"] and nfc:  # composed vs decomposed accents
         how += " (one name written two ways, e.g. on macOS and on Linux)"
     else:
         how += f" (one name written {'two' if len(kinds) == 1 else 'several'} ways)"
