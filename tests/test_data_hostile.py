@@ -1460,3 +1460,21 @@ def test_fingerprint_is_the_same_in_another_process(tmp_path):
     folder_fp, demo_fp = result.stdout.split()
     assert folder_fp == ds.metadata["fingerprint"]
     assert demo_fp == load("demo").metadata["fingerprint"]
+
+
+@pytest.mark.parametrize("links_anywhere", [False, True])
+def test_a_named_pipe_named_as_an_image_is_refused(tmp_path, links_anywhere):
+    """A FIFO called ``x.png`` is no file: read, it blocks forever; left out without a word,
+    it is an image the user meant to include that vanished."""
+    from medft_jax.data.paths import scan_files
+
+    _folder(tmp_path / "d")
+    os.mkfifo(tmp_path / "d" / "dog" / "x.png")
+    expected = f"{tmp_path / 'd' / 'dog' / 'x.png'} is a named pipe (FIFO), not a file; move it"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        scan_files(tmp_path / "d", tmp_path / "d", links_anywhere=links_anywhere)
+    if not links_anywhere:
+        with pytest.raises(DataError, match=re.escape(expected)) as err:
+            _load_folder(tmp_path / "d", tmp_path / "out")
+        _one_line(err)
+        _no_cache_written(tmp_path / "out")

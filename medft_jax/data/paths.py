@@ -13,6 +13,7 @@ sources with two rules is how one of them came to follow links out.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -154,9 +155,29 @@ def scan_files(
             if entry.is_dir():
                 if recursive:
                     stack.append(path)
-            elif entry.is_file() and (wanted is None or path.suffix.lower() in wanted):
+            elif wanted is None or path.suffix.lower() in wanted:
+                if not entry.is_file():
+                    kind = _special_kind(path)
+                    raise DataError(f"{path} is {kind}, not a file; move it out of {root}")
                 found.append(path)
     return sorted(found)
+
+
+def _special_kind(path: Path) -> str:
+    """What a directory entry that is neither file nor folder is, in words.
+
+    A named pipe called ``x.png`` would block its reader forever, and left out
+    without a word it is an image the user meant to include that vanished."""
+    mode = os.stat(path).st_mode
+    for test, kind in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "neither a file nor a folder"
 
 
 def _broken_link(path: Path) -> bool:
