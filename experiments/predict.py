@@ -536,6 +536,37 @@ def check_out_file(out: str) -> None:
         raise PredictError(f"--out {out}: its folder {parent} is not writable")
 
 
+def check_out_not_an_input(out: str, images: Sequence[str], checkpoint: str) -> None:
+    """Refuses an ``--out`` that is one of the images read (or a link or hard link to one),
+    or a file of ``--checkpoint``: the rows written over it would destroy an input the
+    user meant to keep, after a run that said nothing was wrong."""
+    target = Path(out).expanduser()
+    real = target.resolve()
+    folder = Path(checkpoint).expanduser().resolve()
+    if real == folder or folder in real.parents:
+        raise PredictError(
+            f"--out {out}: inside --checkpoint {checkpoint}, whose files the rows would "
+            "overwrite; write them elsewhere"
+        )
+    try:
+        out_stat = target.stat()
+    except OSError:  # not there yet: only a path resolving to it could be it
+        out_stat = None
+    for image in images:
+        path = Path(image).expanduser()
+        same = path.resolve() == real
+        if not same and out_stat is not None:
+            try:
+                same = os.path.samestat(path.stat(), out_stat)
+            except OSError:  # a bad file, named by its reader later
+                same = False
+        if same:
+            raise PredictError(
+                f"--out {out}: is the input image {image}, which the rows would overwrite; "
+                "write them elsewhere"
+            )
+
+
 def _rows(
     predictor: Predictor, paths: Sequence[str], probs: np.ndarray, args: argparse.Namespace
 ) -> str:
@@ -641,6 +672,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
     set_up_process(distributed=False)
     images = expand_folders(args.images)
+    if args.out is not None:
+        check_out_not_an_input(args.out, images, args.checkpoint)
     predictor = Predictor(args.checkpoint, args.bits_stored, args.precision, args.dicom_window)
     skipped: list[str] | None = [] if args.skip_bad_images else None
     probs = predictor.predict_files(images, args.batch_size, skipped)

@@ -662,3 +662,32 @@ def test_top_with_json_and_a_state_dict_checkpoint_are_refused(tmp_path, capsys)
             f"port it first: python -m weights_port --arch ARCH --torch-weights {tmp_path / name}"
             in err
         )
+
+
+def test_out_that_is_an_input_image_or_inside_the_checkpoint_is_refused(tmp_path, capsys):
+    """``--out a.png`` among ``--images a.png`` wrote the rows over the image, and ``--out``
+    inside the checkpoint over its metadata: both after a run that said nothing was wrong."""
+    import os
+
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    (tmp_path / "imgs").mkdir()
+    paths = _images(tmp_path / "imgs", 2)
+    before = {p: Path(p).read_bytes() for p in paths}
+    os.link(paths[1], tmp_path / "hard.png")
+    (tmp_path / "soft.png").symlink_to(paths[0])
+    meta = next(p for p in ck.rglob("*") if p.is_file())
+    cases = [
+        ([*paths], paths[0], f"--out {paths[0]}: is the input image {paths[0]}, which the rows"),
+        ([str(tmp_path / "imgs")], paths[1], f"--out {paths[1]}: is the input image {paths[1]}"),
+        ([paths[0]], str(tmp_path / "soft.png"), "is the input image"),
+        ([paths[1]], str(tmp_path / "hard.png"), f"is the input image {paths[1]}"),
+        ([paths[0]], str(meta), f"--out {meta}: inside --checkpoint {ck}, whose files the rows"),
+    ]
+    meta_bytes = meta.read_bytes()
+    for images, out, message in cases:
+        args = ["--checkpoint", str(ck), "--images", *images, "--out", out]
+        assert main(args) == 2, out
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert {p: Path(p).read_bytes() for p in paths} == before
+    assert meta.read_bytes() == meta_bytes
