@@ -180,6 +180,12 @@ def _add_strategy_options(p: argparse.ArgumentParser) -> None:
         const=True,
         help="Auto-RGN (stream): apply each step's own RGN instead of the epoch's estimate",
     )
+    p.add_argument(
+        "--rgn-eps",
+        type=float,
+        help="Auto-RGN: a tensor whose norm is at most this has no defined RGN and keeps "
+        "multiplier 1 (default 1e-8)",
+    )
     p.add_argument("--surgical-block", help="surgical: the block trained with the head")
     p.add_argument(
         "--lr-decay",
@@ -207,6 +213,7 @@ def _strategy_options(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
         "kernels_only": args.kernels_only,
         "rgn_estimate_steps": args.rgn_estimate_steps,
         "rgn_per_step": args.rgn_per_step,
+        "rgn_eps": args.rgn_eps,
     }
     return tuple(sorted((k, v) for k, v in names.items() if v is not None))
 

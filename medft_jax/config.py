@@ -95,6 +95,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "alpha": (0.0, 1e6),
     "beta": (0.0, 1e6),
     "rgn_estimate_steps": (1, 1_000_000),
+    "rgn_eps": (0.0, 1.0),
     "lr_decay": (0.0, 1.0),
 }
 """Allowed ranges, inclusive except the limits of :data:`OPEN_LOW` and :data:`OPEN_HIGH`. Why these
@@ -134,6 +135,7 @@ OPTION_STRATEGIES = {
     "rgn_estimate_steps": ("auto_rgn",),
     "rgn_mode": ("auto_rgn",),
     "rgn_per_step": ("auto_rgn",),
+    "rgn_eps": ("auto_rgn",),
     "surgical_block": ("surgical",),
     "lr_decay": ("llrd",),
 }
@@ -162,6 +164,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "rgn_estimate_steps": 5,
     "rgn_mode": "stream",
     "rgn_per_step": False,
+    "rgn_eps": 1e-8,
     "lr_decay": 0.7,
 }
 """``strategies.make``'s defaults of the options (repeated here, which imports no JAX;

@@ -466,6 +466,8 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
         (["--strategy", "ft", "--alpha", "0.1"], "error: --alpha applies to l1_sp, l2_sp only"),
         (["--strategy", "ft", "--alpha", "0.01"], "error: --alpha applies to l1_sp, l2_sp only"),
         (["--strategy", "ft", "--lr-decay", "0.5"], "error: --lr-decay applies to llrd only"),
+        (["--strategy", "ft", "--rgn-eps", "1e-6"], "error: --rgn-eps applies to auto_rgn only"),
+        (["--strategy", "auto_rgn", "--rgn-eps", "-1"], "error: --rgn-eps must be in [0, 1], got"),
         (["--strategy", "llrd", "--lr-decay", "0"], "error: --lr-decay must be in (0, 1), got 0.0"),
         (
             ["--strategy", "lp_ft", "--lp-epochs", "0"],
@@ -523,6 +525,8 @@ def test_strategy_option_flags_reach_the_config():
     assert options("--strategy", "l2_sp", "--alpha", "0.1") == {"alpha": 0.1}
     assert options("--strategy", "auto_rgn") == {}  # defaults stay out of the run's name
     assert options("--strategy", "llrd", "--lr-decay", "0.5") == {"lr_decay": 0.5}
+    assert options("--strategy", "auto_rgn", "--rgn-eps", "1e-6") == {"rgn_eps": 1e-6}
+    assert options("--strategy", "auto_rgn", "--rgn-eps", "1e-8") == {}  # the default
 
 
 def test_an_option_at_its_default_or_written_as_an_int_is_the_same_run(tmp_path):

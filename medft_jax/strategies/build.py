@@ -294,7 +294,7 @@ def _refuse_options_of_others(name: str, o: Options) -> None:
     (``make('ft', alpha=5)``, ``make('g_lf', lp_epochs=2)``): it was ignored without a
     word, and the run was not the one asked for (the command line refuses them too)."""
     defaults = {k: p.default for k, p in inspect.signature(make).parameters.items()}
-    readers = {**OPTION_STRATEGIES, "pretrained": ("l1_sp", "l2_sp"), "rgn_eps": ("auto_rgn",)}
+    readers = {**OPTION_STRATEGIES, "pretrained": ("l1_sp", "l2_sp")}
     for option, strategies in readers.items():
         value = getattr(o, option)
         if name in strategies or value is defaults[option]:
