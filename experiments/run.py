@@ -146,7 +146,12 @@ def _add_strategy_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="G-LF/G-FL: epochs between unfreezing two blocks (default 1)",
     )
-    p.add_argument("--alpha", type=float, help="L1/L2-SP: weight of the pull to w0 (default 0.01)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        help="L1/L2-SP: weight of the pull to w0 (default 0.01, the paper's; Li et al. tuned "
+        "L2-SP at 0.1)",
+    )
     p.add_argument("--beta", type=float, help="L1/L2-SP: weight of the head penalty (default 0.01)")
     p.add_argument(
         "--no-sp-half",
