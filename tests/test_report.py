@@ -275,6 +275,19 @@ def test_one_medmnist_dataset_named_with_and_without_its_default_size_is_one_dat
         collect([*records, rec(plain, seed=0)])
 
 
+def test_an_lr_recorded_as_its_float32_neighbour_is_the_decimal_lr():
+    """Records written before LRs were held as their float32 value (``np.logspace``'s
+    9.999999999999999e-06) are of the LR 1e-05: one LR whose seeds pool, not a second
+    one-seed LR that the choice could pick (it did, and the cell read as complete)."""
+    records = [rec(lr=1e-5, seed=0, val=0.5, test=0.5), rec(lr=1e-5, seed=1, val=0.5, test=0.6)]
+    records.append(rec(lr=9.999999999999999e-06, seed=2, val=0.9, test=0.9))
+    cell = collect(records).cell("bach", "resnet50", "ft")
+    assert cell.lr == 1e-5 and cell.seeds == (0, 1, 2)
+    assert cell.test["accuracy"][0] == pytest.approx(2.0 / 3.0)
+    with pytest.raises(RecordError, match=r"^two records for lr 1e-05, seed 0 of bach/"):
+        collect([*records, rec(lr=float(np.float64(9.999999999999999e-06)), seed=0)])
+
+
 def test_a_gradual_cell_whose_runs_never_reached_their_final_stage_is_marked():
     """G-LF on DenseNet-121 (final stage at epoch 9) capped at 8 epochs never trains its
     stem: its cell was shown as G-LF without a word."""
@@ -1837,6 +1850,24 @@ def test_table12_names_the_dataset_and_arch_it_cannot_count_for_want_of_ft():
     md = to_markdown(table12(summary, 0.1))
     assert "Not counted, FT having no value there: bach/densenet121 (diverged)" in md
     assert "bach/resnet50" not in md.split("Not counted")[1]
+
+
+def test_ft_left_out_by_only_is_said_so_not_called_not_run():
+    """``--only strategy=lp`` over a folder holding FT: Table 12 and the paired notes said
+    FT was "not run" there."""
+    from medft_jax.report.cells import no_baseline
+
+    records = [rec(strategy="ft", test=0.8), rec(strategy="lp", test=0.9)]
+    summary = collect(records, filters={"strategy": ["lp"]})
+    md = to_markdown(table12(summary, 0.1))
+    assert "Not counted, FT having no value there: bach/resnet50 (left out by --only)" in md
+    assert "(not run)" not in md
+    assert no_baseline(summary, "bach") == (
+        "no FT value for bach to compare with (--only left it out): add strategy=ft"
+    )
+    assert no_baseline(collect(records[1:]), "bach").endswith(
+        "(it was not run): run --strategy ft too"
+    )
 
 
 def test_runs_on_an_unofficial_medmnist_file_are_said_so_under_the_table():

@@ -39,6 +39,7 @@ from medft_jax.report.cells import (
     Cell,
     Paired,
     Summary,
+    baseline_filtered_out,
     beats_ft,
     best_per_dataset,
     count_metric,
@@ -893,6 +894,8 @@ def _without_ft(summary: Summary) -> list[str]:
             ]
             if any(c.has_value for c in others):
                 why = "not run" if ft is None or ft.status == MISSING else ft.failure_text
+                if baseline_filtered_out(summary):
+                    why = "left out by --only"
                 out.append(f"{d}/{a} ({why})")
     return out
 
