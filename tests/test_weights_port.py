@@ -318,6 +318,17 @@ def test_a_port_holds_the_lock_runs_take_on_its_out(resnet_file, tmp_path, monke
     assert (tmp_path / ".ck.lock").is_file()
 
 
+def test_a_refused_port_leaves_no_lock_file(tmp_path, capsys):
+    """A port refused for its input (bytes that are no state_dict) left ``.<out>.lock``
+    in the user's folder: a refusal writes nothing."""
+    bad = tmp_path / "m.pth"
+    bad.write_bytes(b"not a checkpoint at all")
+    out = tmp_path / "o"
+    assert main(["--arch", "resnet_tiny", "--torch-weights", str(bad), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
+
+
 def test_read_only_arrays_export_without_a_warning(tmp_path):
     """Arrays restored from a run's checkpoint can be read-only; torch would warn."""
     import warnings
@@ -418,9 +429,8 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     command = err.split("then ", 1)[1].strip()
     ported = weights_port.default_checkpoint("resnet50")
     assert command == f"python -m weights_port --arch resnet50 --torch-weights FILE --out {ported}"
-    # Nothing but the (empty) lock file a port into the slot holds, as --weights auto does.
-    left = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert left == [ported.parent / f".{ported.name}.lock"] and left[0].stat().st_size == 0
+    # Nothing: not even the lock file a port into the slot holds while it works.
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     # With its own --out, the hint names that folder, where the user asked for the port.
     mine = tmp_path / "mine"
     assert main(["--arch", "resnet50", "--download", "--out", str(mine)]) == 2

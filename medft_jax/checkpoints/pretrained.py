@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medft_jax.checkpoints.model import CheckpointError, load_model
-from medft_jax.locks import waiting_lock
+from medft_jax.locks import build_lock
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
 _UNAVAILABLE: dict[str, str] = {}
@@ -101,13 +101,14 @@ def one_porter(checkpoint: Path) -> contextlib.AbstractContextManager[None]:
 
     Not under multi-host JAX: there every process ports together (orbax's
     save is a collective), and one waiting for a lock another holds while
-    that one waits for it at orbax's barrier would never return.
+    that one waits for it at orbax's barrier would never return. A port that fails (a
+    file that is no state_dict, another arch's weights) leaves no lock file behind.
     """
     import jax
 
     if jax.process_count() > 1:
         return contextlib.nullcontext()
-    return waiting_lock(checkpoint.parent / f".{checkpoint.name}.lock")
+    return build_lock(checkpoint.parent / f".{checkpoint.name}.lock")
 
 
 def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
