@@ -28,7 +28,7 @@ from experiments.common import (
 from medft_jax.config import RunConfig, check_value
 from medft_jax.data.cache import skipped_counts
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
-from medft_jax.names import ARCHS, DEMO, dataset_names
+from medft_jax.names import ARCHS, DEMO, dataset_name_error, dataset_names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -92,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
+    error = dataset_name_error(args.dataset)  # one rule for a name, run's and sweep's
+    if error:
+        raise UserError(f"--dataset {args.dataset!r}: {error}")
     options = dataset_options(args)  # a flag that does not apply is refused, demo included
     refuse_split_seed(args.dataset, "--seed", args.seed)
     if args.dataset == DEMO or args.dataset.startswith("medmnist/"):

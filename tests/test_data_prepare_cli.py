@@ -46,7 +46,12 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"error: --manual-dir {tmp_path / 'missing'} is not a directory"
     assert main(["--dataset", "nosuch", "--data-dir", str(tmp_path)]) == 2
-    assert "known datasets: demo, chexpert" in capsys.readouterr().err
+    assert "error: --dataset 'nosuch': unknown; known: demo, chexpert" in capsys.readouterr().err
+    # One rule for a name with run and sweep: "@" without a size was prepared at 28 px.
+    assert main(["--dataset", "medmnist/breastmnist@", "--data-dir", str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err == (
+        "error: --dataset 'medmnist/breastmnist@': size @ is not one of 28, 64, 128, 224\n"
+    )
     # Flags that name image files, for datasets without any: refused, not ignored.
     for dataset, flag in (("medmnist/breastmnist", "--skip-bad-images"), ("demo", "--manual-dir")):
         argv = ["--dataset", dataset, flag, *([str(tmp_path)] if flag == "--manual-dir" else [])]

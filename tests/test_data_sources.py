@@ -93,7 +93,7 @@ def test_medmnist_bad_inputs(tmp_path):
         parse_name("medmnist/nosuch")
     with pytest.raises(DataError, match=r"size '100' .* is not one of"):
         parse_name("medmnist/breastmnist@100")
-    for spelling in ("028", "+28", " 28", "x"):  # run and sweep refuse these names
+    for spelling in ("028", "+28", " 28", "x", ""):  # run and sweep refuse these names
         with pytest.raises(DataError, match=rf"size '{re.escape(spelling)}' in .* is not one"):
             parse_name(f"medmnist/breastmnist@{spelling}")
     assert parse_name("medmnist/breastmnist@64") == ("breastmnist", 64)

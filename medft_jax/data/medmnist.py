@@ -52,7 +52,7 @@ def parse_name(name: str) -> tuple[str, int]:
         )
     # Spelled as run and sweep spell it: int() took "028", "+28" and " 28", names they
     # refuse, for a dataset that prepare then named so.
-    if size_text and size_text not in {str(s) for s in SIZES}:
+    if (size_text or "@" in rest) and size_text not in {str(s) for s in SIZES}:
         raise DataError(f"MedMNIST size {size_text!r} in {name!r} is not one of {SIZES}")
     return flag, int(size_text) if size_text else 28
 
