@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -169,13 +170,30 @@ def _check_grid_runs(path: str, out: str) -> None:
         )
 
 
+def _is_outcome(path: Path) -> bool:
+    """Whether ``path`` holds an outcome ``--json`` wrote (so rewriting it loses nothing)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: not one
+        return False
+    return isinstance(data, dict) and {"pick", "rungs", "cost"} <= data.keys()
+
+
 def _check_json_path(path: str) -> None:
     """Refuses a ``--json`` that cannot become a file: a folder, or under a file or a
     folder that cannot be written. Written last, a bad one would waste the whole selection;
     nothing is created here (the write makes missing folders)."""
     p = Path(path).expanduser()
+    if not path:
+        raise UserError("--json: an empty path; expected a file path")
     if p.is_dir():
         raise UserError(f"--json {path}: is a folder; expected a file path")
+    if p.exists() and not _is_outcome(p):
+        raise UserError(
+            f"--json {path}: an existing file that is no selection's outcome (an image, a "
+            "run's record?), which the outcome would replace; expected a new file or an "
+            "earlier --json"
+        )
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():

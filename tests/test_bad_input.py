@@ -445,6 +445,18 @@ def test_bad_grid_axes_and_options_are_named_before_any_run(fields, message, tmp
     assert _one_error_line(capsys).startswith(f"error: grid 'bad': {message}")
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_sweep_refuses_a_data_dir_for_a_demo_only_grid(dry_run, tmp_path, capsys):
+    """As run does: the folder was made, left empty and never read."""
+    quick = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "quick.py"
+    argv = ["--config", str(quick), "--only", "dataset=demo", "--out", str(tmp_path / "s")]
+    assert sweep_cli.main([*argv, "--data-dir", str(tmp_path / "d"), *dry_run]) == 2
+    assert _one_error_line(capsys) == (
+        "error: --data-dir does not apply to --dataset demo (synthetic, no files)"
+    )
+    assert sorted(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
@@ -833,6 +845,7 @@ def _select_argv(out: Path) -> list[str]:
         ("--grid-runs", "file", "{p}: is a file; expected the full grid's --out folder"),
         ("--json", "folder", "{p}: is a folder; expected a file path"),
         ("--json", "under-file", "{p}: {parent} is a file, expected a folder"),
+        ("--json", "file", "{p}: an existing file that is no selection's outcome (an image"),
         ("--out", "file", "{p}: {p} is a file, expected a folder"),
     ],
 )
@@ -856,8 +869,10 @@ def test_select_checks_its_paths_before_any_work(
         argv = _select_argv(p)
     assert select_cli.main(argv) == 2
     expected = f"error: {flag} " + message.format(p=p, parent=parent)
-    assert _one_error_line(capsys) == expected
+    assert _one_error_line(capsys).startswith(expected)
     assert not (tmp_path / "s").exists()
+    if make == "file":  # the user's file is kept, not replaced by the outcome
+        assert p.read_text() == "a file"
 
 
 @pytest.mark.parametrize(
