@@ -394,6 +394,23 @@ def test_t1w_copy_of_the_release_without_every_image_is_refused(tmp_path):
 
 
 @needs_h5py
+@pytest.mark.parametrize("extra", ["1 (1).mat", "01.mat"])
+def test_t1w_copy_of_the_release_with_an_extra_image_is_refused_naming_it(tmp_path, extra):
+    """A release copy (cvind.mat of 3,064 ids) with ``1 (1).mat`` or ``01.mat`` beside
+    ``1.mat`` held one image twice: 3,065 images prepared without a word."""
+    fakes.make_t1w_mri(tmp_path, cvind_size=3064)
+    part = tmp_path / "brainTumorDataPublic_1-766"
+    shutil.copy(part / "1.mat", part / extra)
+    with pytest.raises(DataError) as err:
+        _parse("t1w_mri", tmp_path)
+    assert str(err.value) == (
+        f"{part / extra}: not one of T1w MRI's official names 1.mat..3064.mat (each once; "
+        "cvind.mat indexes 3,064, so the copy claims to be the release); 1 such file(s): "
+        "a copy? remove it"
+    )
+
+
+@needs_h5py
 def test_t1w_zip_part_unpacked_twice_is_refused_naming_both_copies(tmp_path):
     """Byte copies of one part (``brainTumorDataPublic_1-766 2``) were prepared as more
     images: every copied test image counted twice in the test metric."""
@@ -478,6 +495,33 @@ def test_bach_copy_of_the_release_without_all_400_images_is_refused(tmp_path):
         r"InSitu: is017\.tif\.\.is018\.tif\. The split needs",
     ):
         _parse("bach", whole)
+
+
+def test_bach_copy_of_the_release_with_an_extra_image_is_refused_naming_it(tmp_path):
+    """A release copy (microscopy_ground_truth.csv) with ``n001 - Copy.tif``, a Benign image
+    misfiled in Normal/, or n001.tif beside n001.tiff held one image twice: it could sit in
+    train and test, or carry two labels, and 401 images were prepared without a word."""
+    fakes.make_bach(tmp_path, 100, ground_truth=True)
+    photos = tmp_path / "ICIAR2018_BACH_Challenge" / "Photos"
+    copy = photos / "Normal" / "n001 - Copy.tif"
+    shutil.copy(photos / "Normal" / "n001.tif", copy)
+    shutil.copy(photos / "Benign" / "b001.tif", photos / "Normal" / "b001.tif")
+    with pytest.raises(DataError) as err:
+        _parse("bach", tmp_path)
+    assert str(err.value) == (  # files in name order: b001.tif is named first
+        f"{photos / 'Normal' / 'b001.tif'}: not one of Normal/'s official names "
+        "n001.tif..n100.tif; 2 such file(s) in a copy that microscopy_ground_truth.csv marks "
+        "as the release, whose images each appear once: a copy or a misfiled image? remove it"
+    )
+    copy.unlink()
+    (photos / "Normal" / "b001.tif").unlink()
+    shutil.copy(photos / "InSitu" / "is007.tif", photos / "InSitu" / "is007.tiff")
+    with pytest.raises(
+        DataError,
+        match=r"^\S+/InSitu/is007\.tiff: image is007 a second time \(beside is007\.tif\); "
+        r"1 such file\(s\) in a copy",
+    ):
+        _parse("bach", tmp_path)
 
 
 def test_bach_renamed_class_folder_names_it_and_the_four_expected(tmp_path):
