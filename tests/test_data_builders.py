@@ -314,8 +314,50 @@ def test_mura_listing_no_image_of_the_part_says_why(tmp_path):
     for split in ("train", "valid"):
         path = tmp_path / "MURA-v1.1" / f"{split}_image_paths.csv"
         path.write_text(path.read_text().replace("/", "\\"))
+    with pytest.raises(DataError, match=r"_image_paths\.csv:2: '.*' is not an image path; it uses"):
+        _parse("mura_shoulder", tmp_path)
+    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"  # one line alone: no image at all
+    path.write_text(path.read_text().splitlines()[0] + "\n")
     with pytest.raises(DataError, match=r"lists no XR_SHOULDER images; its paths use backslash"):
         _parse("mura_shoulder", tmp_path)
+
+
+def test_mura_listing_line_without_a_slash_past_the_first_is_refused(tmp_path):
+    """Only the first line may be a header: any later line without '/' (one path of a
+    mixed copy written with backslashes) was skipped as one, an image gone without a word."""
+    fakes.make_mura(tmp_path, ("XR_HUMERUS",))
+    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"
+    original = path.read_text()
+    lines = original.splitlines()
+    lines[4] = lines[4].replace("/", "\\")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        _parse("mura_humerus", tmp_path)
+    assert str(err.value) == (
+        f"{path}:5: {lines[4]!r} is not an image path; it uses backslashes, expected '/' (only "
+        "the first line may be a header); expected a line like "
+        "MURA-v1.1/train/XR_HUMERUS/patient00001/study1_positive/image1.png"
+    )
+    path.write_text("image_path\n" + original)
+    _parse("mura_humerus", tmp_path)  # a header on the first line: fine
+
+
+def test_mura_labelled_study_without_a_listed_image_is_refused(tmp_path):
+    """A valid_image_paths.csv cut short dropped a study of the official test set, and its
+    images, without a word: every labelled study of the part must list an image."""
+    fakes.make_mura(tmp_path, ("XR_WRIST", "XR_HUMERUS"))
+    path = tmp_path / "MURA-v1.1" / "valid_image_paths.csv"
+    lines = path.read_text().splitlines()
+    last_study = lines[-1].rsplit("/", 1)[0]
+    kept = [line for line in lines if not line.startswith(last_study + "/")]
+    path.write_text("\n".join(kept) + "\n")
+    _parse("mura_wrist", tmp_path)  # the humerus study gone: the wrist task is whole
+    with pytest.raises(DataError) as err:
+        _parse("mura_humerus", tmp_path)
+    assert str(err.value) == (
+        f"{path}: study {last_study!r} is labelled in valid_labeled_studies.csv but lists no "
+        "image; 1 such XR_HUMERUS studies (a cut-short listing?)"
+    )
 
 
 def test_mura_path_escaping_root_is_refused(tmp_path):

@@ -2,7 +2,9 @@
 
 Layout: ``MURA-v1.1/{train,valid}_image_paths.csv`` (one image path a line)
 and ``MURA-v1.1/{train,valid}_labeled_studies.csv`` (``study_dir,label``;
-some copies have a header line, both are accepted) + the PNGs. One task per
+some copies have a header line, both are accepted: only the first line may be
+one) + the PNGs. Every labelled study of the body part must list at least one
+image, as in the release (a listing cut short is refused). One task per
 body part (shoulder, wrist, humerus). Samples are studies: every image is
 an example carrying its study's label and its study as evaluation group,
 and a study's probability is the mean over its images. The official
@@ -86,9 +88,11 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
     studies = read_studies(folder / f"{split}_labeled_studies.csv")
     paths_csv = folder / f"{split}_image_paths.csv"
     examples = []
-    for n, rel in _lines(paths_csv):
+    for k, (n, rel) in enumerate(_lines(paths_csv)):
         if "/" not in rel:
-            continue  # header line, e.g. "image_path"
+            if k == 0:
+                continue  # header line, e.g. "image_path"
+            _refuse_not_a_path(f"{paths_csv}:{n}", rel, split, part)
         parts = rel.split("/")
         if part not in parts:
             continue
@@ -116,7 +120,34 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
             f"{paths_csv}: lists no {part} images{hint} (expected lines like "
             f"MURA-v1.1/{split}/{part}/patient00001/study1_positive/image1.png)"
         )
+    _refuse_studies_without_images(paths_csv, split, part, studies, examples)
     return examples
+
+
+def _refuse_not_a_path(where: str, rel: str, split: str, part: str) -> None:
+    """Refuse a listing line without '/' past the first: only the first may be a header,
+    and any other such line was an image left out without a word (a line written with
+    backslashes by a Windows tool, say)."""
+    hint = "; it uses backslashes, expected '/'" if "\\" in rel else ""
+    raise DataError(
+        f"{where}: {rel!r} is not an image path{hint} (only the first line may be a header); "
+        f"expected a line like MURA-v1.1/{split}/{part}/patient00001/study1_positive/image1.png"
+    )
+
+
+def _refuse_studies_without_images(
+    paths_csv: Path, split: str, part: str, studies: dict[str, int], examples: list[Example]
+) -> None:
+    """Refuse a labelled study of the body part with no listed image: in the release each
+    has at least one, so a listing cut short (a download, a copy) is the likely cause, and
+    the study (of the official test set, for ``valid``) would be gone without a word."""
+    seen = {ex.group for ex in examples}
+    unlisted = [s for s in studies if part in s.split("/") and s not in seen]
+    if unlisted:
+        raise DataError(
+            f"{paths_csv}: study {unlisted[0]!r} is labelled in {split}_labeled_studies.csv but "
+            f"lists no image; {len(unlisted)} such {part} studies (a cut-short listing?)"
+        )
 
 
 def make_parse(part: str):
