@@ -612,6 +612,20 @@ def test_isic_partial_duplicate_list_beside_the_official_train_csv_is_refused(tm
     refuse_partial_duplicates(tmp_path / "list.csv", 33_126, 425)  # the whole list
 
 
+def test_isic_duplicate_that_train_csv_does_not_list_is_refused_naming_its_line(tmp_path):
+    """A typo in the duplicate list (ISIC_000006 for ISIC_0000006) left the duplicate in,
+    perhaps in training beside its twin in test, without a word."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    path = tmp_path / "ISIC_2020_Training_Duplicates.csv"
+    path.write_text(path.read_text().replace("ISIC_0000006", "ISIC_000006"))
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{path}:2: image_name_2 'ISIC_000006' is not in train.csv; expected each duplicate to "
+        "name an image train.csv lists (1 such line(s): the list of another release, or a typo?)"
+    )
+
+
 def test_isic_needs_the_duplicate_list(tmp_path):
     fakes.make_isic2020(tmp_path, 4, 1)
     (tmp_path / "ISIC_2020_Training_Duplicates.csv").unlink()

@@ -5,7 +5,8 @@ anatom_site_general_challenge,diagnosis,benign_malignant,target``),
 ``jpeg/train/<image_name>.jpg`` and the challenge's duplicate list
 ``ISIC_2020_Training_Duplicates.csv`` (``image_name_1,image_name_2``): the
 second image of each of its 425 pairs is dropped (33,126 -> 32,701); beside
-the challenge's ``train.csv``, a list that drops fewer is refused.
+the challenge's ``train.csv``, a list that drops fewer is refused, and so is,
+always, a listed duplicate that ``train.csv`` does not list.
 
 ``test`` is a seeded, stratified 20%, ``val`` a 10% carve of the rest, split
 by ``split_by``:
@@ -55,15 +56,35 @@ TEST_FRACTION = 0.2
 SPLIT_BY = ("patient", "image")
 
 
-def read_duplicates(manual_dir: Path) -> set[str]:
-    """The ``image_name_2`` column of the challenge's duplicate list."""
+def read_duplicates(manual_dir: Path) -> dict[str, int]:
+    """``{image_name_2: its line}`` of the challenge's duplicate list (the first line
+    naming it): the line is what a name ``train.csv`` lacks is reported by."""
     path = manual_dir / DUPLICATES
     if not path.is_file():
         raise DataError(
             f"{path} not found; the ISIC 2020 duplicate list (image_name_1,image_name_2) "
             "is needed to drop the 425 duplicate images"
         )
-    return {row["image_name_2"].strip() for row in read_csv(path, ["image_name_1", "image_name_2"])}
+    names: dict[str, int] = {}
+    for row in read_csv(path, ["image_name_1", "image_name_2"]):
+        names.setdefault(row["image_name_2"].strip(), row.line)
+    return names
+
+
+def refuse_unmatched_duplicates(path: Path, duplicates: dict[str, int], dropped: set[str]) -> None:
+    """Refuse a duplicate-list name that ``train.csv`` does not list, naming its line.
+
+    The two files disagree (a typo, another release's list): the duplicate the line meant
+    stays in, perhaps in training beside its twin in test, without a word.
+    """
+    unmatched = [name for name in duplicates if name not in dropped]
+    if unmatched:
+        name = unmatched[0]
+        raise DataError(
+            f"{path}:{duplicates[name]}: image_name_2 {name!r} is not in train.csv; expected "
+            f"each duplicate to name an image train.csv lists ({len(unmatched)} such line(s): "
+            "the list of another release, or a typo?)"
+        )
 
 
 def refuse_partial_duplicates(path: Path, listed: int, dropped: int) -> None:
@@ -155,6 +176,7 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         rel = f"jpeg/train/{name}.jpg"
         path = safe_join(manual_dir, rel, source=where)
         examples.append(Example(path, int(target), rel, patient=row["patient_id"].strip()))
+    refuse_unmatched_duplicates(manual_dir / DUPLICATES, duplicates, dropped)
     refuse_partial_duplicates(manual_dir / DUPLICATES, listed, len(dropped))
     return split_examples(
         examples, split_by=config.split_by, val_fraction=config.val_fraction, seed=config.seed
