@@ -18,7 +18,10 @@ by ``split_by``:
   ``ceil(0.2 * 32,701) = 6,541`` test images and 26,160 for training (val
   then carved from those). One patient's images can fall on both sides, so
   test lesions may have look-alikes from the same patient in training. Each
-  image is then its own "patient" for the disjointness checks.
+  image is then its own "patient" for the disjointness checks. The images are
+  drawn in the order of their names, so the split depends on the set of rows and
+  the seed, not on ``train.csv``'s row order (variants prepared before that,
+  ``_byimage``, are never read: this one is ``_byimage2``).
 """
 
 from __future__ import annotations
@@ -107,13 +110,20 @@ def refuse_partial_duplicates(path: Path, listed: int, dropped: int) -> None:
     )
 
 
-def carve_images(labels: Sequence[int], fraction: float, seed: int) -> np.ndarray:
+def carve_images(
+    labels: Sequence[int], fraction: float, seed: int, ids: Sequence[str] | None = None
+) -> np.ndarray:
     """Boolean mask of a seeded, stratified ``ceil(fraction * n)`` images (the paper's split).
 
     The test size is rounded up, as scikit-learn's ``train_test_split`` rounds
     it (hence the paper's 6,541 of 32,701), shared among classes in proportion
     (largest remainders), each class's images drawn at random with ``seed``.
     The paper's seed is unknown: its counts are reproduced, not its images.
+
+    ``ids``: the images' names; they are drawn from in the order of those names, so
+    the split depends on the set of images and the seed alone, not on the order a
+    ``train.csv`` lists them in (Kaggle's, the ISIC site's, a spreadsheet's round trip).
+    Without ``ids``, the order of ``labels``.
     """
     labels_arr = np.asarray(labels, dtype=np.int64)
     n = len(labels_arr)
@@ -123,10 +133,11 @@ def carve_images(labels: Sequence[int], fraction: float, seed: int) -> np.ndarra
     take = np.floor(exact).astype(np.int64)
     order = np.argsort(-(exact - take), kind="stable")
     take[order[: target - int(take.sum())]] += 1
+    by_name = np.arange(n) if ids is None else np.argsort(np.asarray(ids, dtype=str), kind="stable")
     rng = np.random.default_rng(seed)
     mask = np.zeros(n, dtype=bool)
     for c, k in zip(classes, take, strict=True):
-        members = np.flatnonzero(labels_arr == c)
+        members = by_name[labels_arr[by_name] == c]
         mask[rng.permutation(members)[:k]] = True
     return mask
 
@@ -147,7 +158,8 @@ def split_examples(
         raise DataError(f"--split-by must be one of {SPLIT_BY}, got {split_by!r}")
     # Each image is its own split unit, so the patient-disjointness checks hold trivially.
     examples = [dataclasses.replace(ex, patient=ex.id) for ex in examples]
-    mask = carve_images([int(ex.label) for ex in examples], TEST_FRACTION, seed)
+    labels = [int(ex.label) for ex in examples]
+    mask = carve_images(labels, TEST_FRACTION, seed, ids=[ex.id for ex in examples])
     rest = [ex for ex, m in zip(examples, mask, strict=True) if not m]
     test = [ex for ex, m in zip(examples, mask, strict=True) if m]
     return standard_splits(rest, test, val_fraction=val_fraction, seed=seed, stratify=True)
