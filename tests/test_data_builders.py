@@ -465,7 +465,8 @@ def test_t1w_zip_part_unpacked_twice_is_refused_naming_both_copies(tmp_path):
 
 def test_t1w_one_unzipped_part_of_the_release_is_refused(tmp_path):
     """``--manual-dir`` at one part folder (no cvind.mat): 766 of 3,064 images prepared
-    silently. Checked before any file is read, so empty files stand in for the images."""
+    silently; so were parts unpacked only partly. Checked before any file is read, so
+    empty files stand in for the images."""
     part = tmp_path / "brainTumorDataPublic_1-766"
     part.mkdir()
     for n in range(1, 767):
@@ -480,7 +481,22 @@ def test_t1w_one_unzipped_part_of_the_release_is_refused(tmp_path):
         (part / f"{n}.mat").touch()
     with pytest.raises(DataError, match=r"part\(s\) 1-766, 767-1532 \(1,532 of 3,064"):
         _parse("t1w_mri", part)
-    (part / "1532.mat").unlink()  # not a union of parts: a user's own subset, not checked
+    (part / "1532.mat").unlink()  # part 767-1532 cut short: named, not prepared short
+    with pytest.raises(DataError) as err:
+        _parse("t1w_mri", part)
+    assert str(err.value) == (
+        f"{part}: holds 1,531 of the release's 3,064 images and no cvind.mat; missing "
+        "1532.mat..3064.mat: a zip part cut short? unpack each of the four parts (1-766, "
+        "767-1532, 1533-2298 and 2299-3064) whole"
+    )
+    for n in range(1533, 3065):  # all four parts, ten files lost mid-part
+        (part / f"{n}.mat").touch()
+    for n in range(500, 510):
+        (part / f"{n}.mat").unlink()
+    with pytest.raises(DataError, match=r"holds 3,053 of .* missing 500\.mat\.\.509\.mat, 1532\.m"):
+        _parse("t1w_mri", part)
+    for n in range(701, 3065):  # a user's own subset of no more than a part: not checked
+        (part / f"{n}.mat").unlink(missing_ok=True)
     with pytest.raises(DataError, match=r"cannot read \S+\.mat as MATLAB v7\.3"):
         _parse("t1w_mri", part)
 

@@ -7,10 +7,11 @@ mostly 512×512; MATLAB stores column-major, so h5py sees it transposed),
 (patient id as UTF-16 code units). ``cvind.mat`` (the release's 5-fold ids)
 is not an image: it only tells whether the copy is the official release, which
 must then hold ``1.mat`` .. ``3064.mat``, each once, and nothing else (see
-:func:`refuse_partial_copy`). Each image is min-max scaled to uint8 grey (the
-intensities have no fixed range). The paper's split is patient-disjoint with
-~18% test (2,522 / 542): ``test`` is carved at that fraction, stratified,
-seeded, then ``val`` from the rest.
+:func:`refuse_partial_copy`). Without it, a folder of release names holding
+more than one zip part's worth must hold every one of them. Each image is
+min-max scaled to uint8 grey (the intensities have no fixed range). The
+paper's split is patient-disjoint with ~18% test (2,522 / 542): ``test`` is
+carved at that fraction, stratified, seeded, then ``val`` from the rest.
 """
 
 from __future__ import annotations
@@ -191,12 +192,30 @@ def _refuse_extra(index: Path, scanned: list[Path]) -> None:
 
 
 def _refuse_release_parts(manual_dir: Path, present: set[int], scanned: list[Path]) -> None:
-    """A folder that holds exactly some of the release's four zip parts, and no
-    ``cvind.mat``: ``--manual-dir`` at one unzipped part (or three of the four unpacked)
-    would prepare a quarter of the release without a word."""
+    """A folder of the release's images (each named ``1.mat`` .. ``3064.mat``) and no
+    ``cvind.mat`` that is not the whole release: exactly some of its four zip parts
+    (``--manual-dir`` at one unzipped part, or three of the four unpacked), or, holding
+    more than one part's worth, parts with images missing (a zip part unpacked only
+    partly, files lost mid-part). Either would prepare a smaller split without a word.
+    A few release names (no more than a part's worth) are a user's own subset: not checked.
+    """
     images = [p for p in scanned if p.name not in IGNORED]
-    if len(present) != len(images):  # names other than the release's N.mat: not the release
-        return
+    release = {str(n) for n in range(1, OFFICIAL_IMAGES + 1)}
+    if any(p.stem not in release for p in images) or len(present) != len(images):
+        return  # names other than the release's N.mat: not the release
+    _refuse_whole_parts(manual_dir, present)
+    part_size = PART_RANGES[0][1] - PART_RANGES[0][0] + 1
+    missing = [n for n in range(1, OFFICIAL_IMAGES + 1) if n not in present]
+    if len(present) > part_size and missing:
+        raise DataError(
+            f"{manual_dir}: holds {len(present):,} of the release's {OFFICIAL_IMAGES:,} images "
+            f"and no {FOLD_IDS}; missing {name_runs(missing, '{}.mat'.format)}: a zip part cut "
+            f"short? unpack each of the four parts ({PARTS}) whole"
+        )
+
+
+def _refuse_whole_parts(manual_dir: Path, present: set[int]) -> None:
+    """Name the zip parts a copy holds when it holds exactly some of the four, whole."""
     held = [(lo, hi) for lo, hi in PART_RANGES if any(lo <= n <= hi for n in present)]
     if not held or len(held) == len(PART_RANGES):
         return
