@@ -642,6 +642,47 @@ def test_isic_duplicate_that_train_csv_does_not_list_is_refused_naming_its_line(
     )
 
 
+def _edit_isic_row(root: Path, image_name: str, **cells: str) -> int:
+    """Set ``cells`` of ``image_name``'s train.csv row; returns its line number."""
+    path = root / "train.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    k = next(k for k, row in enumerate(rows) if row["image_name"] == image_name)
+    rows[k].update(cells)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return k + 2
+
+
+@pytest.mark.parametrize("split_by", ["patient", "image"])
+def test_isic_blank_patient_id_is_refused_naming_its_line(tmp_path, split_by):
+    """A blank patient_id made the image a patient of its own: one patient's lesions could
+    straddle train and test of the patient split. The column is required either way."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    line = _edit_isic_row(tmp_path, "ISIC_0000009", patient_id=" ")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path, MedicalConfig.make(**SIZES, split_by=split_by))
+    assert str(err.value) == (
+        f"{tmp_path / 'train.csv'}:{line}: patient_id is blank; expected the patient of the image"
+    )
+
+
+def test_isic_target_that_contradicts_benign_malignant_is_refused_naming_its_line(tmp_path):
+    """A malignant row with target 0 was trained and tested as benign without a word."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    _edit_isic_row(tmp_path, "ISIC_0000001", benign_malignant=" Malignant ")
+    _parse("isic2020", tmp_path)  # case and spaces aside, it agrees: fine
+    line = _edit_isic_row(tmp_path, "ISIC_0000001", target="0")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'train.csv'}:{line}: target 0 contradicts benign_malignant 'Malignant'; "
+        "expected the release's labels (one of the two was edited)"
+    )
+
+
 def test_isic_needs_the_duplicate_list(tmp_path):
     fakes.make_isic2020(tmp_path, 4, 1)
     (tmp_path / "ISIC_2020_Training_Duplicates.csv").unlink()

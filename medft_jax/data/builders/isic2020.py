@@ -6,7 +6,9 @@ anatom_site_general_challenge,diagnosis,benign_malignant,target``),
 ``ISIC_2020_Training_Duplicates.csv`` (``image_name_1,image_name_2``): the
 second image of each of its 425 pairs is dropped (33,126 -> 32,701); beside
 the challenge's ``train.csv``, a list that drops fewer is refused, and so is,
-always, a listed duplicate that ``train.csv`` does not list.
+always, a listed duplicate that ``train.csv`` does not list. A row with a blank
+``patient_id``, or whose ``benign_malignant`` contradicts its ``target``, is
+refused naming its line.
 
 ``test`` is a seeded, stratified 20%, ``val`` a 10% carve of the rest, split
 by ``split_by``:
@@ -37,7 +39,7 @@ from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import safe_join
-from medft_jax.data.table import read_csv
+from medft_jax.data.table import Row, read_csv
 
 CLASS_NAMES = ("benign", "malignant")
 HEADER = [
@@ -165,6 +167,38 @@ def split_examples(
     return standard_splits(rest, test, val_fraction=val_fraction, seed=seed, stratify=True)
 
 
+BENIGN_MALIGNANT = {"benign": 0, "malignant": 1}
+"""``benign_malignant``'s values and the ``target`` each states."""
+
+
+def read_target(row: Row, where: str) -> int:
+    """The row's ``target`` (0 or 1), which its ``benign_malignant`` must not contradict:
+    the two columns disagreeing is an edited or damaged row, and which one holds is not
+    ours to guess (training on the wrong one would flip a melanoma's label)."""
+    target = row["target"].strip()
+    if target not in ("0", "1"):
+        raise DataError(
+            f"{where}: target {target!r} outside the class list 0 (benign), 1 (malignant)"
+        )
+    stated = BENIGN_MALIGNANT.get(row.get("benign_malignant", "").strip().lower())
+    if stated is not None and stated != int(target):
+        raise DataError(
+            f"{where}: target {target} contradicts benign_malignant "
+            f"{row['benign_malignant'].strip()!r}; expected the release's labels (one of the "
+            "two was edited)"
+        )
+    return int(target)
+
+
+def read_patient(row: Row, where: str) -> str:
+    """The row's ``patient_id``, refused when blank: the image would be a patient of its own,
+    so one patient's lesions could straddle train and test of the patient split."""
+    patient = row["patient_id"].strip()
+    if not patient:
+        raise DataError(f"{where}: patient_id is blank; expected the patient of the image")
+    return patient
+
+
 def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     if config.split_by not in SPLIT_BY:
         raise DataError(f"--split-by must be one of {SPLIT_BY}, got {config.split_by!r}")
@@ -180,14 +214,10 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         if name in duplicates:
             dropped.add(name)
             continue
-        target = row["target"].strip()
-        if target not in ("0", "1"):
-            raise DataError(
-                f"{where}: target {target!r} outside the class list 0 (benign), 1 (malignant)"
-            )
         rel = f"jpeg/train/{name}.jpg"
         path = safe_join(manual_dir, rel, source=where)
-        examples.append(Example(path, int(target), rel, patient=row["patient_id"].strip()))
+        patient = read_patient(row, where)
+        examples.append(Example(path, read_target(row, where), rel, patient=patient))
     refuse_unmatched_duplicates(manual_dir / DUPLICATES, duplicates, dropped)
     refuse_partial_duplicates(manual_dir / DUPLICATES, listed, len(dropped))
     return split_examples(
