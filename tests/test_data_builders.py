@@ -245,6 +245,31 @@ def test_chexpert_unknown_label_value(tmp_path, layouts):
         _parse("chexpert", tmp_path)
 
 
+def test_chexpert_view_other_than_frontal_or_lateral_is_refused_naming_its_line(tmp_path):
+    """``FRONTAL`` was skipped as not frontal: the patient's next frontal image (other
+    labels) stood for the patient, or the patient vanished, without a word."""
+    fakes.make_chexpert(tmp_path, 4, 2)
+    path = tmp_path / "CheXpert-v1.0-small" / "train.csv"
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace(",Frontal,", ",FRONTAL,")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        _parse("chexpert", tmp_path)
+    assert str(err.value) == f"{path}:3: Frontal/Lateral 'FRONTAL' is not Frontal or Lateral"
+
+
+def test_chexpert_csv_without_a_frontal_row_is_named(tmp_path):
+    fakes.make_chexpert(tmp_path, 4, 2)
+    path = tmp_path / "CheXpert-v1.0-small" / "valid.csv"
+    path.write_text(path.read_text().replace(",Frontal,", ",Lateral,"))
+    with pytest.raises(DataError) as err:
+        _parse("chexpert", tmp_path)
+    assert str(err.value) == (
+        f"{path}: no row with Frontal/Lateral = Frontal; expected the release's rows, a "
+        "frontal image per patient"
+    )
+
+
 def test_mura_label_outside_class_list(tmp_path):
     fakes.make_mura(tmp_path, ("XR_WRIST",), 2, 1)
     path = tmp_path / "MURA-v1.1" / "train_labeled_studies.csv"
