@@ -715,6 +715,27 @@ def test_isic_needs_the_duplicate_list(tmp_path):
         _parse("isic2020", tmp_path)
 
 
+@pytest.mark.parametrize("key", ["010", "10"], ids=["zero-padded", "repeated"])
+def test_cholect50_frame_listed_twice_is_refused_naming_it(tmp_path, key):
+    """``"10"`` beside ``"010"`` (or one key written twice, which json.loads collapses):
+    the last entry silently won, a hand-merged file's frame label replaced."""
+    fakes.make_cholect50(tmp_path, (1,), 25)
+    path = tmp_path / "labels" / "VID01.json"
+    text = path.read_text()
+    path.write_text(
+        text.replace(
+            '"10": [',
+            f'"10": [[-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1]], "{key}": [',
+            1,
+        )
+    )
+    with pytest.raises(DataError) as err:
+        _parse("cholect50_instrument", tmp_path)
+    assert str(err.value) == (
+        f"{path}: frame 10 listed twice (keys '10' and {key!r}); expected one entry per frame"
+    )
+
+
 def test_cholect50_refuses_a_copy_without_every_official_video(tmp_path):
     # A missing video leaves its split smaller: a test split so reduced is not the
     # paper's test set, and nothing downstream could tell.
