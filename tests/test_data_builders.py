@@ -394,8 +394,34 @@ def test_mura_path_escaping_root_is_refused(tmp_path):
         f"{study}/../../../../../../escape/XR_WRIST/,1\n"
         + (tmp_path / "MURA-v1.1" / "train_labeled_studies.csv").read_text()
     )
-    with pytest.raises(DataError, match="escapes the dataset root"):
+    with pytest.raises(
+        DataError, match=r"_labeled_studies\.csv:1: image path .* has a '\.\.' part"
+    ):
         _parse("mura_wrist", tmp_path)
+
+
+@pytest.mark.parametrize("task", ["chexpert", "mura_wrist"])
+def test_listings_written_with_a_leading_dot_slash_read_as_the_release(tmp_path, task):
+    """pandas and Windows tools write ``./CheXpert-v1.0-small/train/...``: the folder prefix
+    was not recognised and every image refused as missing under a doubled folder."""
+    if task == "chexpert":
+        fakes.make_chexpert(tmp_path)
+        files = [tmp_path / "CheXpert-v1.0-small" / f"{s}.csv" for s in ("train", "valid")]
+        prefix = "CheXpert-v1.0-small/"
+    else:
+        fakes.make_mura(tmp_path, ("XR_WRIST",))
+        files = sorted((tmp_path / "MURA-v1.1").glob("*.csv"))
+        prefix = "MURA-v1.1/"
+    before = _parse(task, tmp_path)
+    for path in files:
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join(f"./{x}" if x.startswith(prefix) else x for x in lines) + "\n")
+    assert f"./{prefix}" in files[0].read_text()
+    after = _parse(task, tmp_path)
+    for split, members in before.items():
+        assert [(r.id, r.path, r.label) for r in after[split]] == [
+            (r.id, r.path, r.label) for r in members
+        ]
 
 
 @needs_h5py
@@ -706,6 +732,38 @@ def test_isic_target_that_contradicts_benign_malignant_is_refused_naming_its_lin
         f"{tmp_path / 'train.csv'}:{line}: target 0 contradicts benign_malignant 'Malignant'; "
         "expected the release's labels (one of the two was edited)"
     )
+
+
+def test_isic_image_saved_as_upper_case_jpg_is_named_with_the_rename(tmp_path):
+    """``ISIC_0000003.JPG`` on a case-sensitive file system: refused as "1 of the 38 listed
+    images do not exist", with no word of the .JPG beside it."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    image = tmp_path / "jpeg" / "train" / "ISIC_0000003.jpg"
+    image.rename(image.with_suffix(".JPG"))
+    if image.is_file():
+        pytest.skip("a case-insensitive file system: ISIC_0000003.jpg is found")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'train.csv'}:4: {image} not found, but ISIC_0000003.JPG is there; "
+        "expected the release's names, <image_name>.jpg: rename the images (e.g. "
+        "ISIC_0000003.JPG -> ISIC_0000003.jpg)"
+    )
+
+
+def test_isic_site_download_without_train_csv_says_to_rename_its_list(tmp_path):
+    """The ISIC site's download names Kaggle's train.csv ISIC_2020_Training_GroundTruth.csv:
+    "train.csv not found" beside it sent the user after another download."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    (tmp_path / "train.csv").rename(tmp_path / "ISIC_2020_Training_GroundTruth.csv")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value).startswith(
+        f"{tmp_path / 'train.csv'} not found, but ISIC_2020_Training_GroundTruth.csv (the ISIC "
+        "site's list) is there: copy or rename it to train.csv, and put the images of "
+        "ISIC_2020_Training_JPEG (its train/ folder) in jpeg/train/; expected train.csv and "
+    )
+    assert "\n" not in str(err.value)
 
 
 def test_isic_needs_the_duplicate_list(tmp_path):

@@ -1,7 +1,8 @@
 """CheXpert (Irvin et al. 2019): 5 multilabel findings from chest X-rays.
 
 Layout: ``CheXpert-v1.0-small/{train,valid}.csv`` + the images they list
-(paths in the CSVs start with ``CheXpert-v1.0-small/``). Like the paper:
+(paths in the CSVs start with ``CheXpert-v1.0-small/``, or ``./`` and that:
+they are normalised, and one with a ``..`` part refused). Like the paper:
 one frontal image per patient (the first the CSV lists) for training; the
 official ``valid`` set, one frontal image per patient, as ``test``; ``val``
 carved from training patients. Lateral views are never used. A
@@ -26,7 +27,7 @@ from pathlib import Path
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
-from medft_jax.data.paths import safe_join
+from medft_jax.data.paths import listed_path, safe_join
 from medft_jax.data.table import read_csv
 
 CLASS_NAMES = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
@@ -119,7 +120,7 @@ def read_split(csv_path: Path, policy: str) -> list[Example]:
         where = f"{csv_path}:{row.line}"
         if not is_frontal(row["Frontal/Lateral"], where):
             continue
-        rel = row["Path"].strip()
+        rel = listed_path(row["Path"].strip(), source=where)
         parts = rel.split("/")
         patient = next((p for p in parts if p.startswith("patient")), None)
         if patient is None:

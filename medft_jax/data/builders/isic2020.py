@@ -8,7 +8,9 @@ second image of each of its 425 pairs is dropped (33,126 -> 32,701); beside
 the challenge's ``train.csv``, a list that drops fewer is refused, and so is,
 always, a listed duplicate that ``train.csv`` does not list. A row with a blank
 ``patient_id``, or whose ``benign_malignant`` contradicts its ``target``, is
-refused naming its line.
+refused naming its line. A missing ``train.csv`` beside the ISIC site's
+``ISIC_2020_Training_GroundTruth*.csv``, or a missing ``<name>.jpg`` beside a
+``<name>.JPG``, is refused saying what to rename.
 
 ``test`` is a seeded, stratified 20%, ``val`` a 10% carve of the rest, split
 by ``split_by``:
@@ -199,12 +201,47 @@ def read_patient(row: Row, where: str) -> str:
     return patient
 
 
+SITE_LISTS = ("ISIC_2020_Training_GroundTruth_v2.csv", "ISIC_2020_Training_GroundTruth.csv")
+"""The ISIC site's names of Kaggle's ``train.csv`` (same columns, and ``lesion_id``)."""
+JPEG_SIBLINGS = (".JPG", ".jpeg", ".JPEG", ".Jpg")
+"""Other spellings of ``.jpg`` a copy may hold (on a case-sensitive file system)."""
+
+
+def site_download_hint(manual_dir: Path) -> str:
+    """When ``train.csv`` is missing but the ISIC site's list is there: what to do with it.
+
+    Why: the site's download is the same data under other names; "train.csv not found"
+    beside the very list the user downloaded sends them looking for another download.
+    """
+    found = next((manual_dir / n for n in SITE_LISTS if (manual_dir / n).is_file()), None)
+    if found is None:
+        return ""
+    return (
+        f", but {found.name} (the ISIC site's list) is there: copy or rename it to train.csv, "
+        "and put the images of ISIC_2020_Training_JPEG (its train/ folder) in jpeg/train/"
+    )
+
+
+def refuse_renamed_image(path: Path, where: str) -> None:
+    """Refuse a listed ``<name>.jpg`` that is missing while ``<name>.JPG`` (or ``.jpeg``)
+    is there, naming it: "1 of the 38 listed images do not exist" alone would send the
+    user looking for a download, not at the case of the names."""
+    if path.is_file():
+        return
+    sibling = next((s for s in map(path.with_suffix, JPEG_SIBLINGS) if s.is_file()), None)
+    if sibling is not None:
+        raise DataError(
+            f"{where}: {path} not found, but {sibling.name} is there; expected the release's "
+            f"names, <image_name>.jpg: rename the images (e.g. {sibling.name} -> {path.name})"
+        )
+
+
 def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     if config.split_by not in SPLIT_BY:
         raise DataError(f"--split-by must be one of {SPLIT_BY}, got {config.split_by!r}")
     csv_path = manual_dir / "train.csv"
     if not csv_path.is_file():
-        raise DataError(f"{csv_path} not found; expected {LAYOUT}")
+        raise DataError(f"{csv_path} not found{site_download_hint(manual_dir)}; expected {LAYOUT}")
     duplicates = read_duplicates(manual_dir)
     examples, listed, dropped = [], 0, set()
     for row in read_csv(csv_path, ["image_name", "patient_id", "target"], HEADER):
@@ -216,6 +253,7 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
             continue
         rel = f"jpeg/train/{name}.jpg"
         path = safe_join(manual_dir, rel, source=where)
+        refuse_renamed_image(path, where)
         patient = read_patient(row, where)
         examples.append(Example(path, read_target(row, where), rel, patient=patient))
     refuse_unmatched_duplicates(manual_dir / DUPLICATES, duplicates, dropped)

@@ -3,7 +3,8 @@
 Layout: ``MURA-v1.1/{train,valid}_image_paths.csv`` (one image path a line)
 and ``MURA-v1.1/{train,valid}_labeled_studies.csv`` (``study_dir,label``;
 some copies have a header line, both are accepted: only the first line may be
-one) + the PNGs. Every labelled study of the body part must list at least one
+one; paths written ``./MURA-v1.1/...`` are normalised, one with a ``..`` part
+refused) + the PNGs. Every labelled study of the body part must list at least one
 image, as in the release (a listing cut short is refused). One task per
 body part (shoulder, wrist, humerus). Samples are studies: every image is
 an example carrying its study's label and its study as evaluation group,
@@ -18,7 +19,7 @@ from pathlib import Path
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
-from medft_jax.data.paths import safe_join
+from medft_jax.data.paths import listed_path, safe_join
 from medft_jax.data.table import read_text
 
 CLASS_NAMES = ("normal", "abnormal")
@@ -68,7 +69,7 @@ def read_studies(path: Path) -> dict[str, int]:
                 f"{path}:{n}: label {label.strip()!r} outside the class list 0 (normal), "
                 "1 (abnormal); expected lines 'study_dir,label'"
             )
-        key = study.strip().rstrip("/")
+        key = listed_path(study.strip(), source=f"{path}:{n}")  # no trailing '/'; no './'
         if key in studies and studies[key] != int(label):  # which one holds? not ours to guess
             raise DataError(
                 f"{path}:{n}: study {key!r} listed again with label {label.strip()} (before: "
@@ -93,11 +94,12 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
             if k == 0:
                 continue  # header line, e.g. "image_path"
             _refuse_not_a_path(f"{paths_csv}:{n}", rel, split, part)
+        where = f"{paths_csv}:{n}"
+        rel = listed_path(rel, source=where)
         parts = rel.split("/")
         if part not in parts:
             continue
         study = rel.rsplit("/", 1)[0]
-        where = f"{paths_csv}:{n}"
         if study not in studies:
             raise DataError(f"{where}: study {study!r} is not in {split}_labeled_studies.csv")
         named = FOLDER_LABELS.get(study.rsplit("_", 1)[-1])  # study1_positive: 1
