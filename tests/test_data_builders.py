@@ -245,6 +245,31 @@ def test_chexpert_unknown_label_value(tmp_path, layouts):
         _parse("chexpert", tmp_path)
 
 
+def test_chexpert_view_other_than_frontal_or_lateral_is_refused_naming_its_line(tmp_path):
+    """``FRONTAL`` was skipped as not frontal: the patient's next frontal image (other
+    labels) stood for the patient, or the patient vanished, without a word."""
+    fakes.make_chexpert(tmp_path, 4, 2)
+    path = tmp_path / "CheXpert-v1.0-small" / "train.csv"
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace(",Frontal,", ",FRONTAL,")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        _parse("chexpert", tmp_path)
+    assert str(err.value) == f"{path}:3: Frontal/Lateral 'FRONTAL' is not Frontal or Lateral"
+
+
+def test_chexpert_csv_without_a_frontal_row_is_named(tmp_path):
+    fakes.make_chexpert(tmp_path, 4, 2)
+    path = tmp_path / "CheXpert-v1.0-small" / "valid.csv"
+    path.write_text(path.read_text().replace(",Frontal,", ",Lateral,"))
+    with pytest.raises(DataError) as err:
+        _parse("chexpert", tmp_path)
+    assert str(err.value) == (
+        f"{path}: no row with Frontal/Lateral = Frontal; expected the release's rows, a "
+        "frontal image per patient"
+    )
+
+
 def test_mura_label_outside_class_list(tmp_path):
     fakes.make_mura(tmp_path, ("XR_WRIST",), 2, 1)
     path = tmp_path / "MURA-v1.1" / "train_labeled_studies.csv"
@@ -314,8 +339,50 @@ def test_mura_listing_no_image_of_the_part_says_why(tmp_path):
     for split in ("train", "valid"):
         path = tmp_path / "MURA-v1.1" / f"{split}_image_paths.csv"
         path.write_text(path.read_text().replace("/", "\\"))
+    with pytest.raises(DataError, match=r"_image_paths\.csv:2: '.*' is not an image path; it uses"):
+        _parse("mura_shoulder", tmp_path)
+    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"  # one line alone: no image at all
+    path.write_text(path.read_text().splitlines()[0] + "\n")
     with pytest.raises(DataError, match=r"lists no XR_SHOULDER images; its paths use backslash"):
         _parse("mura_shoulder", tmp_path)
+
+
+def test_mura_listing_line_without_a_slash_past_the_first_is_refused(tmp_path):
+    """Only the first line may be a header: any later line without '/' (one path of a
+    mixed copy written with backslashes) was skipped as one, an image gone without a word."""
+    fakes.make_mura(tmp_path, ("XR_HUMERUS",))
+    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"
+    original = path.read_text()
+    lines = original.splitlines()
+    lines[4] = lines[4].replace("/", "\\")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        _parse("mura_humerus", tmp_path)
+    assert str(err.value) == (
+        f"{path}:5: {lines[4]!r} is not an image path; it uses backslashes, expected '/' (only "
+        "the first line may be a header); expected a line like "
+        "MURA-v1.1/train/XR_HUMERUS/patient00001/study1_positive/image1.png"
+    )
+    path.write_text("image_path\n" + original)
+    _parse("mura_humerus", tmp_path)  # a header on the first line: fine
+
+
+def test_mura_labelled_study_without_a_listed_image_is_refused(tmp_path):
+    """A valid_image_paths.csv cut short dropped a study of the official test set, and its
+    images, without a word: every labelled study of the part must list an image."""
+    fakes.make_mura(tmp_path, ("XR_WRIST", "XR_HUMERUS"))
+    path = tmp_path / "MURA-v1.1" / "valid_image_paths.csv"
+    lines = path.read_text().splitlines()
+    last_study = lines[-1].rsplit("/", 1)[0]
+    kept = [line for line in lines if not line.startswith(last_study + "/")]
+    path.write_text("\n".join(kept) + "\n")
+    _parse("mura_wrist", tmp_path)  # the humerus study gone: the wrist task is whole
+    with pytest.raises(DataError) as err:
+        _parse("mura_humerus", tmp_path)
+    assert str(err.value) == (
+        f"{path}: study {last_study!r} is labelled in valid_labeled_studies.csv but lists no "
+        "image; 1 such XR_HUMERUS studies (a cut-short listing?)"
+    )
 
 
 def test_mura_path_escaping_root_is_refused(tmp_path):
@@ -327,8 +394,34 @@ def test_mura_path_escaping_root_is_refused(tmp_path):
         f"{study}/../../../../../../escape/XR_WRIST/,1\n"
         + (tmp_path / "MURA-v1.1" / "train_labeled_studies.csv").read_text()
     )
-    with pytest.raises(DataError, match="escapes the dataset root"):
+    with pytest.raises(
+        DataError, match=r"_labeled_studies\.csv:1: image path .* has a '\.\.' part"
+    ):
         _parse("mura_wrist", tmp_path)
+
+
+@pytest.mark.parametrize("task", ["chexpert", "mura_wrist"])
+def test_listings_written_with_a_leading_dot_slash_read_as_the_release(tmp_path, task):
+    """pandas and Windows tools write ``./CheXpert-v1.0-small/train/...``: the folder prefix
+    was not recognised and every image refused as missing under a doubled folder."""
+    if task == "chexpert":
+        fakes.make_chexpert(tmp_path)
+        files = [tmp_path / "CheXpert-v1.0-small" / f"{s}.csv" for s in ("train", "valid")]
+        prefix = "CheXpert-v1.0-small/"
+    else:
+        fakes.make_mura(tmp_path, ("XR_WRIST",))
+        files = sorted((tmp_path / "MURA-v1.1").glob("*.csv"))
+        prefix = "MURA-v1.1/"
+    before = _parse(task, tmp_path)
+    for path in files:
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join(f"./{x}" if x.startswith(prefix) else x for x in lines) + "\n")
+    assert f"./{prefix}" in files[0].read_text()
+    after = _parse(task, tmp_path)
+    for split, members in before.items():
+        assert [(r.id, r.path, r.label) for r in after[split]] == [
+            (r.id, r.path, r.label) for r in members
+        ]
 
 
 @needs_h5py
@@ -394,6 +487,23 @@ def test_t1w_copy_of_the_release_without_every_image_is_refused(tmp_path):
 
 
 @needs_h5py
+@pytest.mark.parametrize("extra", ["1 (1).mat", "01.mat"])
+def test_t1w_copy_of_the_release_with_an_extra_image_is_refused_naming_it(tmp_path, extra):
+    """A release copy (cvind.mat of 3,064 ids) with ``1 (1).mat`` or ``01.mat`` beside
+    ``1.mat`` held one image twice: 3,065 images prepared without a word."""
+    fakes.make_t1w_mri(tmp_path, cvind_size=3064)
+    part = tmp_path / "brainTumorDataPublic_1-766"
+    shutil.copy(part / "1.mat", part / extra)
+    with pytest.raises(DataError) as err:
+        _parse("t1w_mri", tmp_path)
+    assert str(err.value) == (
+        f"{part / extra}: not one of T1w MRI's official names 1.mat..3064.mat (each once; "
+        "cvind.mat indexes 3,064, so the copy claims to be the release); 1 such file(s): "
+        "a copy? remove it"
+    )
+
+
+@needs_h5py
 def test_t1w_zip_part_unpacked_twice_is_refused_naming_both_copies(tmp_path):
     """Byte copies of one part (``brainTumorDataPublic_1-766 2``) were prepared as more
     images: every copied test image counted twice in the test metric."""
@@ -406,7 +516,8 @@ def test_t1w_zip_part_unpacked_twice_is_refused_naming_both_copies(tmp_path):
 
 def test_t1w_one_unzipped_part_of_the_release_is_refused(tmp_path):
     """``--manual-dir`` at one part folder (no cvind.mat): 766 of 3,064 images prepared
-    silently. Checked before any file is read, so empty files stand in for the images."""
+    silently; so were parts unpacked only partly. Checked before any file is read, so
+    empty files stand in for the images."""
     part = tmp_path / "brainTumorDataPublic_1-766"
     part.mkdir()
     for n in range(1, 767):
@@ -421,7 +532,22 @@ def test_t1w_one_unzipped_part_of_the_release_is_refused(tmp_path):
         (part / f"{n}.mat").touch()
     with pytest.raises(DataError, match=r"part\(s\) 1-766, 767-1532 \(1,532 of 3,064"):
         _parse("t1w_mri", part)
-    (part / "1532.mat").unlink()  # not a union of parts: a user's own subset, not checked
+    (part / "1532.mat").unlink()  # part 767-1532 cut short: named, not prepared short
+    with pytest.raises(DataError) as err:
+        _parse("t1w_mri", part)
+    assert str(err.value) == (
+        f"{part}: holds 1,531 of the release's 3,064 images and no cvind.mat; missing "
+        "1532.mat..3064.mat: a zip part cut short? unpack each of the four parts (1-766, "
+        "767-1532, 1533-2298 and 2299-3064) whole"
+    )
+    for n in range(1533, 3065):  # all four parts, ten files lost mid-part
+        (part / f"{n}.mat").touch()
+    for n in range(500, 510):
+        (part / f"{n}.mat").unlink()
+    with pytest.raises(DataError, match=r"holds 3,053 of .* missing 500\.mat\.\.509\.mat, 1532\.m"):
+        _parse("t1w_mri", part)
+    for n in range(701, 3065):  # a user's own subset of no more than a part: not checked
+        (part / f"{n}.mat").unlink(missing_ok=True)
     with pytest.raises(DataError, match=r"cannot read \S+\.mat as MATLAB v7\.3"):
         _parse("t1w_mri", part)
 
@@ -480,6 +606,33 @@ def test_bach_copy_of_the_release_without_all_400_images_is_refused(tmp_path):
         _parse("bach", whole)
 
 
+def test_bach_copy_of_the_release_with_an_extra_image_is_refused_naming_it(tmp_path):
+    """A release copy (microscopy_ground_truth.csv) with ``n001 - Copy.tif``, a Benign image
+    misfiled in Normal/, or n001.tif beside n001.tiff held one image twice: it could sit in
+    train and test, or carry two labels, and 401 images were prepared without a word."""
+    fakes.make_bach(tmp_path, 100, ground_truth=True)
+    photos = tmp_path / "ICIAR2018_BACH_Challenge" / "Photos"
+    copy = photos / "Normal" / "n001 - Copy.tif"
+    shutil.copy(photos / "Normal" / "n001.tif", copy)
+    shutil.copy(photos / "Benign" / "b001.tif", photos / "Normal" / "b001.tif")
+    with pytest.raises(DataError) as err:
+        _parse("bach", tmp_path)
+    assert str(err.value) == (  # files in name order: b001.tif is named first
+        f"{photos / 'Normal' / 'b001.tif'}: not one of Normal/'s official names "
+        "n001.tif..n100.tif; 2 such file(s) in a copy that microscopy_ground_truth.csv marks "
+        "as the release, whose images each appear once: a copy or a misfiled image? remove it"
+    )
+    copy.unlink()
+    (photos / "Normal" / "b001.tif").unlink()
+    shutil.copy(photos / "InSitu" / "is007.tif", photos / "InSitu" / "is007.tiff")
+    with pytest.raises(
+        DataError,
+        match=r"^\S+/InSitu/is007\.tiff: image is007 a second time \(beside is007\.tif\); "
+        r"1 such file\(s\) in a copy",
+    ):
+        _parse("bach", tmp_path)
+
+
 def test_bach_renamed_class_folder_names_it_and_the_four_expected(tmp_path):
     fakes.make_bach(tmp_path, 2)
     photos = tmp_path / "ICIAR2018_BACH_Challenge" / "Photos"
@@ -526,11 +679,119 @@ def test_isic_partial_duplicate_list_beside_the_official_train_csv_is_refused(tm
     refuse_partial_duplicates(tmp_path / "list.csv", 33_126, 425)  # the whole list
 
 
+def test_isic_duplicate_that_train_csv_does_not_list_is_refused_naming_its_line(tmp_path):
+    """A typo in the duplicate list (ISIC_000006 for ISIC_0000006) left the duplicate in,
+    perhaps in training beside its twin in test, without a word."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    path = tmp_path / "ISIC_2020_Training_Duplicates.csv"
+    path.write_text(path.read_text().replace("ISIC_0000006", "ISIC_000006"))
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{path}:2: image_name_2 'ISIC_000006' is not in train.csv; expected each duplicate to "
+        "name an image train.csv lists (1 such line(s): the list of another release, or a typo?)"
+    )
+
+
+def _edit_isic_row(root: Path, image_name: str, **cells: str) -> int:
+    """Set ``cells`` of ``image_name``'s train.csv row; returns its line number."""
+    path = root / "train.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    k = next(k for k, row in enumerate(rows) if row["image_name"] == image_name)
+    rows[k].update(cells)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return k + 2
+
+
+@pytest.mark.parametrize("split_by", ["patient", "image"])
+def test_isic_blank_patient_id_is_refused_naming_its_line(tmp_path, split_by):
+    """A blank patient_id made the image a patient of its own: one patient's lesions could
+    straddle train and test of the patient split. The column is required either way."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    line = _edit_isic_row(tmp_path, "ISIC_0000009", patient_id=" ")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path, MedicalConfig.make(**SIZES, split_by=split_by))
+    assert str(err.value) == (
+        f"{tmp_path / 'train.csv'}:{line}: patient_id is blank; expected the patient of the image"
+    )
+
+
+def test_isic_target_that_contradicts_benign_malignant_is_refused_naming_its_line(tmp_path):
+    """A malignant row with target 0 was trained and tested as benign without a word."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    _edit_isic_row(tmp_path, "ISIC_0000001", benign_malignant=" Malignant ")
+    _parse("isic2020", tmp_path)  # case and spaces aside, it agrees: fine
+    line = _edit_isic_row(tmp_path, "ISIC_0000001", target="0")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'train.csv'}:{line}: target 0 contradicts benign_malignant 'Malignant'; "
+        "expected the release's labels (one of the two was edited)"
+    )
+
+
+def test_isic_image_saved_as_upper_case_jpg_is_named_with_the_rename(tmp_path):
+    """``ISIC_0000003.JPG`` on a case-sensitive file system: refused as "1 of the 38 listed
+    images do not exist", with no word of the .JPG beside it."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    image = tmp_path / "jpeg" / "train" / "ISIC_0000003.jpg"
+    image.rename(image.with_suffix(".JPG"))
+    if image.is_file():
+        pytest.skip("a case-insensitive file system: ISIC_0000003.jpg is found")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'train.csv'}:4: {image} not found, but ISIC_0000003.JPG is there; "
+        "expected the release's names, <image_name>.jpg: rename the images (e.g. "
+        "ISIC_0000003.JPG -> ISIC_0000003.jpg)"
+    )
+
+
+def test_isic_site_download_without_train_csv_says_to_rename_its_list(tmp_path):
+    """The ISIC site's download names Kaggle's train.csv ISIC_2020_Training_GroundTruth.csv:
+    "train.csv not found" beside it sent the user after another download."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    (tmp_path / "train.csv").rename(tmp_path / "ISIC_2020_Training_GroundTruth.csv")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value).startswith(
+        f"{tmp_path / 'train.csv'} not found, but ISIC_2020_Training_GroundTruth.csv (the ISIC "
+        "site's list) is there: copy or rename it to train.csv, and put the images of "
+        "ISIC_2020_Training_JPEG (its train/ folder) in jpeg/train/; expected train.csv and "
+    )
+    assert "\n" not in str(err.value)
+
+
 def test_isic_needs_the_duplicate_list(tmp_path):
     fakes.make_isic2020(tmp_path, 4, 1)
     (tmp_path / "ISIC_2020_Training_Duplicates.csv").unlink()
     with pytest.raises(DataError, match=r"ISIC_2020_Training_Duplicates\.csv not found"):
         _parse("isic2020", tmp_path)
+
+
+@pytest.mark.parametrize("key", ["010", "10"], ids=["zero-padded", "repeated"])
+def test_cholect50_frame_listed_twice_is_refused_naming_it(tmp_path, key):
+    """``"10"`` beside ``"010"`` (or one key written twice, which json.loads collapses):
+    the last entry silently won, a hand-merged file's frame label replaced."""
+    fakes.make_cholect50(tmp_path, (1,), 25)
+    path = tmp_path / "labels" / "VID01.json"
+    text = path.read_text()
+    path.write_text(
+        text.replace(
+            '"10": [',
+            f'"10": [[-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1]], "{key}": [',
+            1,
+        )
+    )
+    with pytest.raises(DataError) as err:
+        _parse("cholect50_instrument", tmp_path)
+    assert str(err.value) == (
+        f"{path}: frame 10 listed twice (keys '10' and {key!r}); expected one entry per frame"
+    )
 
 
 def test_cholect50_refuses_a_copy_without_every_official_video(tmp_path):

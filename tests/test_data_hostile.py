@@ -751,7 +751,11 @@ def test_isic_class_missing_from_train(tmp_path):
     path = tmp_path / "train.csv"
     lines = path.read_text().splitlines()
     path.write_text(
-        "\n".join([lines[0]] + [ln[: ln.rindex(",")] + ",0" for ln in lines[1:]]) + "\n"
+        "\n".join(
+            [lines[0]]
+            + [ln[: ln.rindex(",")].replace(",malignant", ",benign") + ",0" for ln in lines[1:]]
+        )
+        + "\n"
     )
     with pytest.raises(
         DataError, match=r"class 'malignant' has no examples in the training split"

@@ -13,6 +13,7 @@ sources with two rules is how one of them came to follow links out.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -58,6 +59,23 @@ def safe_join(root: Path, relative: str, *, source: str) -> Path:
             f"{source}: image path {relative!r} escapes the dataset root {Path(real_root)}"
         )
     return Path(real)
+
+
+def listed_path(relative: str, *, source: str) -> str:
+    """A listing's relative path, normalised: ``./MURA-v1.1/x.png`` and ``a//b`` as the
+    release writes them (``MURA-v1.1/x.png``, ``a/b``).
+
+    Why: pandas and Windows tools write listings with ``./``; read as written, the
+    release's folder prefix was not recognised and every image looked missing under a
+    doubled folder. A ``..`` part is refused (``source`` names the line): normalised
+    away, it would name another file than the listing does, and the release has none.
+    """
+    if ".." in relative.replace("\\", "/").split("/"):
+        raise DataError(
+            f"{source}: image path {relative!r} has a '..' part; expected a path inside the "
+            "dataset, as the release lists its images"
+        )
+    return posixpath.normpath(relative)
 
 
 def resolved(path: Path | str) -> Path:

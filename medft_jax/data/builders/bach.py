@@ -2,9 +2,11 @@
 
 Layout: ``ICIAR2018_BACH_Challenge/Photos/{Normal,Benign,InSitu,Invasive}/*.tif``,
 2048×1536 RGB TIFFs, 100 per class (``n001.tif`` .. ``iv100.tif``), and the
-release's ``Photos/microscopy_ground_truth.csv``. No patient ids are
-published, so splits are per image: ``test`` a stratified, seeded 10%
-(360 / 40, as the paper), ``val`` carved from the rest.
+release's ``Photos/microscopy_ground_truth.csv``. A copy holding that file
+claims to be the release: it must hold those 400 names, each once, and nothing
+else (:func:`refuse_partial_copy`). No patient ids are published, so splits are
+per image: ``test`` a stratified, seeded 10% (360 / 40, as the paper), ``val``
+carved from the rest.
 """
 
 from __future__ import annotations
@@ -68,17 +70,26 @@ def official_stem(class_name: str, number: int) -> str:
 
 
 def refuse_partial_copy(photos: Path, listed: dict[str, list[Path]]) -> None:
-    """Refuse a copy of the official release without all 400 images, naming the missing.
+    """Refuse a copy of the official release that is not its 400 images, naming the
+    missing or the extra.
 
     The copy claims to be the release when its ``Photos`` holds the release's
     ``microscopy_ground_truth.csv``; each class folder then holds
-    ``<prefix>001.tif`` .. ``<prefix>100.tif``. A copy cut short would shrink the
-    stratified split, and the paper's 360 / 40 would be out of reach, without a word.
+    ``<prefix>001.tif`` .. ``<prefix>100.tif`` and nothing else. A copy cut short would
+    shrink the stratified split, and the paper's 360 / 40 would be out of reach, without
+    a word; an extra file (``n001 - Copy.tif``, ``b001.tif`` misfiled in ``Normal/``) is
+    one image twice, which may sit in train and test at once, or carry two labels.
     A copy without that file (a subset, the tests' small fakes) is not checked:
     nothing says how many images it should hold.
     """
     if not (photos / GROUND_TRUTH).is_file():
         return
+    _refuse_missing(photos, listed)
+    _refuse_extra(photos, listed)
+
+
+def _refuse_missing(photos: Path, listed: dict[str, list[Path]]) -> None:
+    """Name the official images a release copy lacks (see :func:`refuse_partial_copy`)."""
     gone = {}
     for name in CLASS_NAMES:
         have = {p.stem.lower() for p in listed[name]}  # .tif or .tiff, as listed
@@ -94,6 +105,32 @@ def refuse_partial_copy(photos: Path, listed: dict[str, list[Path]]) -> None:
             f"{photos}: {total - sum(map(len, gone.values()))} of BACH's {total} official "
             f"images ({GROUND_TRUTH} marks the release, {PER_CLASS} per class); missing "
             f"{named}. The split needs every image (a partial copy?)"
+        )
+
+
+def _refuse_extra(photos: Path, listed: dict[str, list[Path]]) -> None:
+    """Name the first file of a release copy that is not one of its class folder's
+    official images, or is one a second time (``n001.tif`` and ``n001.tiff``), and
+    count them (see :func:`refuse_partial_copy`)."""
+    extra: list[tuple[Path, str]] = []
+    for name in CLASS_NAMES:
+        official = {official_stem(name, i) for i in range(1, PER_CLASS + 1)}
+        first: dict[str, Path] = {}
+        for path in listed[name]:
+            stem = path.stem.lower()
+            if stem not in official:
+                names = f"{official_stem(name, 1)}.tif..{official_stem(name, PER_CLASS)}.tif"
+                extra.append((path, f"not one of {name}/'s official names {names}"))
+            elif stem in first:
+                extra.append((path, f"image {stem} a second time (beside {first[stem].name})"))
+            else:
+                first[stem] = path
+    if extra:
+        path, why = extra[0]
+        raise DataError(
+            f"{path}: {why}; {len(extra)} such file(s) in a copy that {GROUND_TRUTH} marks "
+            "as the release, whose images each appear once: a copy or a misfiled image? "
+            "remove it"
         )
 
 

@@ -84,7 +84,7 @@ def config_name(
     split_by: str | None = None,
 ) -> str:
     """``r256_c224_s0`` (+ ``_t2`` for a seed above 0, ``_vf15`` for a non-default val
-    fraction, ``_uzeros``, ``_byimage``).
+    fraction, ``_uzeros``, ``_byimage2``).
 
     Defaults add nothing, so variants prepared before an option existed keep their names.
     A fraction of a whole percent is named by it (``vf15``), any other exactly
@@ -93,6 +93,10 @@ def config_name(
     vf = None if val_fraction == 0.1 else _percent_name(val_fraction)
     u = None if uncertain in (None, "ones") else uncertain
     by = None if split_by in (None, "patient") else split_by
+    # ISIC by image draws its test images in the order of their names since (isic2020.
+    # carve_images), no longer train.csv's row order: its variants prepared before may hold
+    # another split of the same seed, so they are named anew, never read.
+    by = "image2" if by == "image" else by
     # Seeds above 0 carve test from their own stream since (examples.carve_stream): their
     # variants prepared before hold other splits, so they are named anew, never read.
     t = 2 if seed else None

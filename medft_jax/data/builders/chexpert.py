@@ -1,10 +1,13 @@
 """CheXpert (Irvin et al. 2019): 5 multilabel findings from chest X-rays.
 
 Layout: ``CheXpert-v1.0-small/{train,valid}.csv`` + the images they list
-(paths in the CSVs start with ``CheXpert-v1.0-small/``). Like the paper:
+(paths in the CSVs start with ``CheXpert-v1.0-small/``, or ``./`` and that:
+they are normalised, and one with a ``..`` part refused). Like the paper:
 one frontal image per patient (the first the CSV lists) for training; the
 official ``valid`` set, one frontal image per patient, as ``test``; ``val``
-carved from training patients. Lateral views are never used.
+carved from training patients. Lateral views are never used. A
+``Frontal/Lateral`` value other than ``Frontal`` or ``Lateral`` is refused
+naming its line, and so is a CSV without a frontal row.
 
 Uncertain labels (-1), by ``uncertain``:
 
@@ -24,7 +27,7 @@ from pathlib import Path
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
-from medft_jax.data.paths import safe_join
+from medft_jax.data.paths import listed_path, safe_join
 from medft_jax.data.table import read_csv
 
 CLASS_NAMES = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
@@ -115,9 +118,9 @@ def read_split(csv_path: Path, policy: str) -> list[Example]:
     examples, seen = [], set()
     for row in rows:
         where = f"{csv_path}:{row.line}"
-        if row["Frontal/Lateral"].strip() != "Frontal":
+        if not is_frontal(row["Frontal/Lateral"], where):
             continue
-        rel = row["Path"].strip()
+        rel = listed_path(row["Path"].strip(), source=where)
         parts = rel.split("/")
         patient = next((p for p in parts if p.startswith("patient")), None)
         if patient is None:
@@ -129,7 +132,25 @@ def read_split(csv_path: Path, policy: str) -> list[Example]:
         examples.append(
             Example(image_path(csv_path.parent, rel, where), label, rel, patient=patient)
         )
+    if not examples:
+        raise DataError(
+            f"{csv_path}: no row with Frontal/Lateral = Frontal; expected the release's rows, "
+            "a frontal image per patient"
+        )
     return examples
+
+
+VIEWS = ("Frontal", "Lateral")
+
+
+def is_frontal(value: str, where: str) -> bool:
+    """Whether a ``Frontal/Lateral`` cell says Frontal; a value other than the release's
+    two (``FRONTAL``, a typo) is refused: skipped, it made the patient's next frontal
+    image (other labels) stand for the patient, or the patient vanish, without a word."""
+    view = value.strip()
+    if view not in VIEWS:
+        raise DataError(f"{where}: Frontal/Lateral {view!r} is not Frontal or Lateral")
+    return view == "Frontal"
 
 
 def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:

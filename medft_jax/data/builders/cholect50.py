@@ -3,7 +3,8 @@
 Layout: ``videos/VIDxx/000000.png`` (frames at 1 fps) + ``labels/VIDxx.json``
 whose ``annotations`` map a frame id to a list of 15-value vectors, one per
 action triplet, value [1] the instrument id (-1: none). A frame's label is
-the multi-hot set of its instruments. Frames are subsampled to 6 a minute
+the multi-hot set of its instruments (two keys naming one frame, ``10`` and
+``010``, are refused). Frames are subsampled to 6 a minute
 (every 10th frame id). Splits follow the official video lists of the
 CholecT50 release (Nwoye & Padoy 2022, "cholect50" split: 35 train, 5 val,
 10 test videos), so ``seed`` and ``val_fraction`` are not used here.
@@ -47,11 +48,25 @@ def split_of(video: int, path: Path) -> str:
     raise DataError(f"{path}: VID{video:02d} is not one of CholecT50's 50 videos")
 
 
+class _JsonObject(dict):
+    """A JSON object that keeps its key-value pairs as written (``pairs``): a key written
+    twice would otherwise keep its last value without a word."""
+
+    def __init__(self, pairs: list[tuple[str, object]]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
 def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
-    """``{frame id: multi-hot instruments}`` of one ``labels/VIDxx.json``."""
+    """``{frame id: multi-hot instruments}`` of one ``labels/VIDxx.json``.
+
+    Two keys naming one frame (``"10"`` and ``"010"``, or one key written twice) are
+    refused: the last would win without a word, a hand-merged file's other label lost.
+    """
     try:
         # utf-8-sig: a BOM (a copy saved by a Windows editor) is read as the CSVs are.
-        annotations = json.loads(path.read_text(encoding="utf-8-sig"))["annotations"]
+        text = path.read_text(encoding="utf-8-sig")
+        annotations = json.loads(text, object_pairs_hook=_JsonObject)["annotations"]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     except (KeyError, TypeError):
@@ -61,33 +76,45 @@ def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
             f"{path}: 'annotations' is a JSON {type(annotations).__name__}, "
             "expected an object mapping frame ids to lists of vectors"
         )
-    frames = {}
-    for key, vectors in annotations.items():
+    frames: dict[int, tuple[float, ...]] = {}
+    keys: dict[int, str] = {}
+    for key, vectors in getattr(annotations, "pairs", annotations.items()):
         if not str(key).isdigit() or not isinstance(vectors, list):
             raise DataError(f"{path}: frame {key!r}: expected a frame number and a list of vectors")
-        hot = [0.0] * len(CLASS_NAMES)
-        for vector in vectors:
-            if not isinstance(vector, list) or len(vector) != VECTOR_LENGTH:
-                raise DataError(
-                    f"{path}: frame {key}: expected {VECTOR_LENGTH}-value vectors, "
-                    f"got {vector!r:.60}"
-                )
-            instrument = vector[1]
-            if isinstance(instrument, bool) or not isinstance(instrument, int | float):
-                raise DataError(f"{path}: frame {key}: instrument {instrument!r} is not a number")
-            if not math.isfinite(instrument) or instrument != int(instrument):
-                raise DataError(f"{path}: frame {key}: instrument {instrument!r} is not a whole id")
-            instrument = int(instrument)
-            if instrument == -1:
-                continue
-            if not 0 <= instrument < len(CLASS_NAMES):
-                raise DataError(
-                    f"{path}: frame {key}: instrument {instrument} outside the class list "
-                    f"0..{len(CLASS_NAMES) - 1} ({', '.join(CLASS_NAMES)})"
-                )
-            hot[instrument] = 1.0
-        frames[int(key)] = tuple(hot)
+        frame = int(key)
+        if frame in keys:
+            raise DataError(
+                f"{path}: frame {frame} listed twice (keys {keys[frame]!r} and {key!r}); "
+                "expected one entry per frame"
+            )
+        keys[frame] = key
+        frames[frame] = multi_hot(path, key, vectors)
     return frames
+
+
+def multi_hot(path: Path, key: str, vectors: list) -> tuple[float, ...]:
+    """The instruments of one frame's triplet vectors (value [1]; -1: none) as multi-hot."""
+    hot = [0.0] * len(CLASS_NAMES)
+    for vector in vectors:
+        if not isinstance(vector, list) or len(vector) != VECTOR_LENGTH:
+            raise DataError(
+                f"{path}: frame {key}: expected {VECTOR_LENGTH}-value vectors, got {vector!r:.60}"
+            )
+        instrument = vector[1]
+        if isinstance(instrument, bool) or not isinstance(instrument, int | float):
+            raise DataError(f"{path}: frame {key}: instrument {instrument!r} is not a number")
+        if not math.isfinite(instrument) or instrument != int(instrument):
+            raise DataError(f"{path}: frame {key}: instrument {instrument!r} is not a whole id")
+        instrument = int(instrument)
+        if instrument == -1:
+            continue
+        if not 0 <= instrument < len(CLASS_NAMES):
+            raise DataError(
+                f"{path}: frame {key}: instrument {instrument} outside the class list "
+                f"0..{len(CLASS_NAMES) - 1} ({', '.join(CLASS_NAMES)})"
+            )
+        hot[instrument] = 1.0
+    return tuple(hot)
 
 
 def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:

@@ -5,7 +5,12 @@ anatom_site_general_challenge,diagnosis,benign_malignant,target``),
 ``jpeg/train/<image_name>.jpg`` and the challenge's duplicate list
 ``ISIC_2020_Training_Duplicates.csv`` (``image_name_1,image_name_2``): the
 second image of each of its 425 pairs is dropped (33,126 -> 32,701); beside
-the challenge's ``train.csv``, a list that drops fewer is refused.
+the challenge's ``train.csv``, a list that drops fewer is refused, and so is,
+always, a listed duplicate that ``train.csv`` does not list. A row with a blank
+``patient_id``, or whose ``benign_malignant`` contradicts its ``target``, is
+refused naming its line. A missing ``train.csv`` beside the ISIC site's
+``ISIC_2020_Training_GroundTruth*.csv``, or a missing ``<name>.jpg`` beside a
+``<name>.JPG``, is refused saying what to rename.
 
 ``test`` is a seeded, stratified 20%, ``val`` a 10% carve of the rest, split
 by ``split_by``:
@@ -17,7 +22,10 @@ by ``split_by``:
   ``ceil(0.2 * 32,701) = 6,541`` test images and 26,160 for training (val
   then carved from those). One patient's images can fall on both sides, so
   test lesions may have look-alikes from the same patient in training. Each
-  image is then its own "patient" for the disjointness checks.
+  image is then its own "patient" for the disjointness checks. The images are
+  drawn in the order of their names, so the split depends on the set of rows and
+  the seed, not on ``train.csv``'s row order (variants prepared before that,
+  ``_byimage``, are never read: this one is ``_byimage2``).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import safe_join
-from medft_jax.data.table import read_csv
+from medft_jax.data.table import Row, read_csv
 
 CLASS_NAMES = ("benign", "malignant")
 HEADER = [
@@ -55,15 +63,35 @@ TEST_FRACTION = 0.2
 SPLIT_BY = ("patient", "image")
 
 
-def read_duplicates(manual_dir: Path) -> set[str]:
-    """The ``image_name_2`` column of the challenge's duplicate list."""
+def read_duplicates(manual_dir: Path) -> dict[str, int]:
+    """``{image_name_2: its line}`` of the challenge's duplicate list (the first line
+    naming it): the line is what a name ``train.csv`` lacks is reported by."""
     path = manual_dir / DUPLICATES
     if not path.is_file():
         raise DataError(
             f"{path} not found; the ISIC 2020 duplicate list (image_name_1,image_name_2) "
             "is needed to drop the 425 duplicate images"
         )
-    return {row["image_name_2"].strip() for row in read_csv(path, ["image_name_1", "image_name_2"])}
+    names: dict[str, int] = {}
+    for row in read_csv(path, ["image_name_1", "image_name_2"]):
+        names.setdefault(row["image_name_2"].strip(), row.line)
+    return names
+
+
+def refuse_unmatched_duplicates(path: Path, duplicates: dict[str, int], dropped: set[str]) -> None:
+    """Refuse a duplicate-list name that ``train.csv`` does not list, naming its line.
+
+    The two files disagree (a typo, another release's list): the duplicate the line meant
+    stays in, perhaps in training beside its twin in test, without a word.
+    """
+    unmatched = [name for name in duplicates if name not in dropped]
+    if unmatched:
+        name = unmatched[0]
+        raise DataError(
+            f"{path}:{duplicates[name]}: image_name_2 {name!r} is not in train.csv; expected "
+            f"each duplicate to name an image train.csv lists ({len(unmatched)} such line(s): "
+            "the list of another release, or a typo?)"
+        )
 
 
 def refuse_partial_duplicates(path: Path, listed: int, dropped: int) -> None:
@@ -86,13 +114,20 @@ def refuse_partial_duplicates(path: Path, listed: int, dropped: int) -> None:
     )
 
 
-def carve_images(labels: Sequence[int], fraction: float, seed: int) -> np.ndarray:
+def carve_images(
+    labels: Sequence[int], fraction: float, seed: int, ids: Sequence[str] | None = None
+) -> np.ndarray:
     """Boolean mask of a seeded, stratified ``ceil(fraction * n)`` images (the paper's split).
 
     The test size is rounded up, as scikit-learn's ``train_test_split`` rounds
     it (hence the paper's 6,541 of 32,701), shared among classes in proportion
     (largest remainders), each class's images drawn at random with ``seed``.
     The paper's seed is unknown: its counts are reproduced, not its images.
+
+    ``ids``: the images' names; they are drawn from in the order of those names, so
+    the split depends on the set of images and the seed alone, not on the order a
+    ``train.csv`` lists them in (Kaggle's, the ISIC site's, a spreadsheet's round trip).
+    Without ``ids``, the order of ``labels``.
     """
     labels_arr = np.asarray(labels, dtype=np.int64)
     n = len(labels_arr)
@@ -102,10 +137,11 @@ def carve_images(labels: Sequence[int], fraction: float, seed: int) -> np.ndarra
     take = np.floor(exact).astype(np.int64)
     order = np.argsort(-(exact - take), kind="stable")
     take[order[: target - int(take.sum())]] += 1
+    by_name = np.arange(n) if ids is None else np.argsort(np.asarray(ids, dtype=str), kind="stable")
     rng = np.random.default_rng(seed)
     mask = np.zeros(n, dtype=bool)
     for c, k in zip(classes, take, strict=True):
-        members = np.flatnonzero(labels_arr == c)
+        members = by_name[labels_arr[by_name] == c]
         mask[rng.permutation(members)[:k]] = True
     return mask
 
@@ -126,10 +162,78 @@ def split_examples(
         raise DataError(f"--split-by must be one of {SPLIT_BY}, got {split_by!r}")
     # Each image is its own split unit, so the patient-disjointness checks hold trivially.
     examples = [dataclasses.replace(ex, patient=ex.id) for ex in examples]
-    mask = carve_images([int(ex.label) for ex in examples], TEST_FRACTION, seed)
+    labels = [int(ex.label) for ex in examples]
+    mask = carve_images(labels, TEST_FRACTION, seed, ids=[ex.id for ex in examples])
     rest = [ex for ex, m in zip(examples, mask, strict=True) if not m]
     test = [ex for ex, m in zip(examples, mask, strict=True) if m]
     return standard_splits(rest, test, val_fraction=val_fraction, seed=seed, stratify=True)
+
+
+BENIGN_MALIGNANT = {"benign": 0, "malignant": 1}
+"""``benign_malignant``'s values and the ``target`` each states."""
+
+
+def read_target(row: Row, where: str) -> int:
+    """The row's ``target`` (0 or 1), which its ``benign_malignant`` must not contradict:
+    the two columns disagreeing is an edited or damaged row, and which one holds is not
+    ours to guess (training on the wrong one would flip a melanoma's label)."""
+    target = row["target"].strip()
+    if target not in ("0", "1"):
+        raise DataError(
+            f"{where}: target {target!r} outside the class list 0 (benign), 1 (malignant)"
+        )
+    stated = BENIGN_MALIGNANT.get(row.get("benign_malignant", "").strip().lower())
+    if stated is not None and stated != int(target):
+        raise DataError(
+            f"{where}: target {target} contradicts benign_malignant "
+            f"{row['benign_malignant'].strip()!r}; expected the release's labels (one of the "
+            "two was edited)"
+        )
+    return int(target)
+
+
+def read_patient(row: Row, where: str) -> str:
+    """The row's ``patient_id``, refused when blank: the image would be a patient of its own,
+    so one patient's lesions could straddle train and test of the patient split."""
+    patient = row["patient_id"].strip()
+    if not patient:
+        raise DataError(f"{where}: patient_id is blank; expected the patient of the image")
+    return patient
+
+
+SITE_LISTS = ("ISIC_2020_Training_GroundTruth_v2.csv", "ISIC_2020_Training_GroundTruth.csv")
+"""The ISIC site's names of Kaggle's ``train.csv`` (same columns, and ``lesion_id``)."""
+JPEG_SIBLINGS = (".JPG", ".jpeg", ".JPEG", ".Jpg")
+"""Other spellings of ``.jpg`` a copy may hold (on a case-sensitive file system)."""
+
+
+def site_download_hint(manual_dir: Path) -> str:
+    """When ``train.csv`` is missing but the ISIC site's list is there: what to do with it.
+
+    Why: the site's download is the same data under other names; "train.csv not found"
+    beside the very list the user downloaded sends them looking for another download.
+    """
+    found = next((manual_dir / n for n in SITE_LISTS if (manual_dir / n).is_file()), None)
+    if found is None:
+        return ""
+    return (
+        f", but {found.name} (the ISIC site's list) is there: copy or rename it to train.csv, "
+        "and put the images of ISIC_2020_Training_JPEG (its train/ folder) in jpeg/train/"
+    )
+
+
+def refuse_renamed_image(path: Path, where: str) -> None:
+    """Refuse a listed ``<name>.jpg`` that is missing while ``<name>.JPG`` (or ``.jpeg``)
+    is there, naming it: "1 of the 38 listed images do not exist" alone would send the
+    user looking for a download, not at the case of the names."""
+    if path.is_file():
+        return
+    sibling = next((s for s in map(path.with_suffix, JPEG_SIBLINGS) if s.is_file()), None)
+    if sibling is not None:
+        raise DataError(
+            f"{where}: {path} not found, but {sibling.name} is there; expected the release's "
+            f"names, <image_name>.jpg: rename the images (e.g. {sibling.name} -> {path.name})"
+        )
 
 
 def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
@@ -137,7 +241,7 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         raise DataError(f"--split-by must be one of {SPLIT_BY}, got {config.split_by!r}")
     csv_path = manual_dir / "train.csv"
     if not csv_path.is_file():
-        raise DataError(f"{csv_path} not found; expected {LAYOUT}")
+        raise DataError(f"{csv_path} not found{site_download_hint(manual_dir)}; expected {LAYOUT}")
     duplicates = read_duplicates(manual_dir)
     examples, listed, dropped = [], 0, set()
     for row in read_csv(csv_path, ["image_name", "patient_id", "target"], HEADER):
@@ -147,14 +251,12 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         if name in duplicates:
             dropped.add(name)
             continue
-        target = row["target"].strip()
-        if target not in ("0", "1"):
-            raise DataError(
-                f"{where}: target {target!r} outside the class list 0 (benign), 1 (malignant)"
-            )
         rel = f"jpeg/train/{name}.jpg"
         path = safe_join(manual_dir, rel, source=where)
-        examples.append(Example(path, int(target), rel, patient=row["patient_id"].strip()))
+        refuse_renamed_image(path, where)
+        patient = read_patient(row, where)
+        examples.append(Example(path, read_target(row, where), rel, patient=patient))
+    refuse_unmatched_duplicates(manual_dir / DUPLICATES, duplicates, dropped)
     refuse_partial_duplicates(manual_dir / DUPLICATES, listed, len(dropped))
     return split_examples(
         examples, split_by=config.split_by, val_fraction=config.val_fraction, seed=config.seed

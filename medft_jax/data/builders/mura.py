@@ -2,7 +2,10 @@
 
 Layout: ``MURA-v1.1/{train,valid}_image_paths.csv`` (one image path a line)
 and ``MURA-v1.1/{train,valid}_labeled_studies.csv`` (``study_dir,label``;
-some copies have a header line, both are accepted) + the PNGs. One task per
+some copies have a header line, both are accepted: only the first line may be
+one; paths written ``./MURA-v1.1/...`` are normalised, one with a ``..`` part
+refused) + the PNGs. Every labelled study of the body part must list at least one
+image, as in the release (a listing cut short is refused). One task per
 body part (shoulder, wrist, humerus). Samples are studies: every image is
 an example carrying its study's label and its study as evaluation group,
 and a study's probability is the mean over its images. The official
@@ -16,7 +19,7 @@ from pathlib import Path
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
-from medft_jax.data.paths import safe_join
+from medft_jax.data.paths import listed_path, safe_join
 from medft_jax.data.table import read_text
 
 CLASS_NAMES = ("normal", "abnormal")
@@ -66,7 +69,7 @@ def read_studies(path: Path) -> dict[str, int]:
                 f"{path}:{n}: label {label.strip()!r} outside the class list 0 (normal), "
                 "1 (abnormal); expected lines 'study_dir,label'"
             )
-        key = study.strip().rstrip("/")
+        key = listed_path(study.strip(), source=f"{path}:{n}")  # no trailing '/'; no './'
         if key in studies and studies[key] != int(label):  # which one holds? not ours to guess
             raise DataError(
                 f"{path}:{n}: study {key!r} listed again with label {label.strip()} (before: "
@@ -86,14 +89,17 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
     studies = read_studies(folder / f"{split}_labeled_studies.csv")
     paths_csv = folder / f"{split}_image_paths.csv"
     examples = []
-    for n, rel in _lines(paths_csv):
+    for k, (n, rel) in enumerate(_lines(paths_csv)):
         if "/" not in rel:
-            continue  # header line, e.g. "image_path"
+            if k == 0:
+                continue  # header line, e.g. "image_path"
+            _refuse_not_a_path(f"{paths_csv}:{n}", rel, split, part)
+        where = f"{paths_csv}:{n}"
+        rel = listed_path(rel, source=where)
         parts = rel.split("/")
         if part not in parts:
             continue
         study = rel.rsplit("/", 1)[0]
-        where = f"{paths_csv}:{n}"
         if study not in studies:
             raise DataError(f"{where}: study {study!r} is not in {split}_labeled_studies.csv")
         named = FOLDER_LABELS.get(study.rsplit("_", 1)[-1])  # study1_positive: 1
@@ -116,7 +122,34 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
             f"{paths_csv}: lists no {part} images{hint} (expected lines like "
             f"MURA-v1.1/{split}/{part}/patient00001/study1_positive/image1.png)"
         )
+    _refuse_studies_without_images(paths_csv, split, part, studies, examples)
     return examples
+
+
+def _refuse_not_a_path(where: str, rel: str, split: str, part: str) -> None:
+    """Refuse a listing line without '/' past the first: only the first may be a header,
+    and any other such line was an image left out without a word (a line written with
+    backslashes by a Windows tool, say)."""
+    hint = "; it uses backslashes, expected '/'" if "\\" in rel else ""
+    raise DataError(
+        f"{where}: {rel!r} is not an image path{hint} (only the first line may be a header); "
+        f"expected a line like MURA-v1.1/{split}/{part}/patient00001/study1_positive/image1.png"
+    )
+
+
+def _refuse_studies_without_images(
+    paths_csv: Path, split: str, part: str, studies: dict[str, int], examples: list[Example]
+) -> None:
+    """Refuse a labelled study of the body part with no listed image: in the release each
+    has at least one, so a listing cut short (a download, a copy) is the likely cause, and
+    the study (of the official test set, for ``valid``) would be gone without a word."""
+    seen = {ex.group for ex in examples}
+    unlisted = [s for s in studies if part in s.split("/") and s not in seen]
+    if unlisted:
+        raise DataError(
+            f"{paths_csv}: study {unlisted[0]!r} is labelled in {split}_labeled_studies.csv but "
+            f"lists no image; {len(unlisted)} such {part} studies (a cut-short listing?)"
+        )
 
 
 def make_parse(part: str):

@@ -5,11 +5,13 @@ parts), MATLAB v7.3, i.e. HDF5, read with h5py: ``cjdata/image`` (int16,
 mostly 512×512; MATLAB stores column-major, so h5py sees it transposed),
 ``cjdata/label`` (1 meningioma, 2 glioma, 3 pituitary), ``cjdata/PID``
 (patient id as UTF-16 code units). ``cvind.mat`` (the release's 5-fold ids)
-is not an image: it only tells whether the copy is the official release (see
-:func:`refuse_partial_copy`). Each image is min-max scaled to uint8 grey (the
-intensities have no fixed range). The paper's split is patient-disjoint with
-~18% test (2,522 / 542): ``test`` is carved at that fraction, stratified,
-seeded, then ``val`` from the rest.
+is not an image: it only tells whether the copy is the official release, which
+must then hold ``1.mat`` .. ``3064.mat``, each once, and nothing else (see
+:func:`refuse_partial_copy`). Without it, a folder of release names holding
+more than one zip part's worth must hold every one of them. Each image is
+min-max scaled to uint8 grey (the intensities have no fixed range). The
+paper's split is patient-disjoint with ~18% test (2,522 / 542): ``test`` is
+carved at that fraction, stratified, seeded, then ``val`` from the rest.
 """
 
 from __future__ import annotations
@@ -143,9 +145,10 @@ def refuse_partial_copy(manual_dir: Path, scanned: list[Path]) -> None:
     """Refuse a copy of the official release without every image, naming the missing ones.
 
     The copy claims to be the release when its ``cvind.mat`` holds the release's
-    3,064 fold ids; its images are then ``1.mat`` .. ``3064.mat``. One zip part not
-    unpacked (766 images) or a copy cut short would leave the patient-disjoint split
-    smaller, and the paper's 2,522 / 542 out of reach, without a word. A copy
+    3,064 fold ids; its images are then ``1.mat`` .. ``3064.mat`` and nothing else.
+    One zip part not unpacked (766 images) or a copy cut short would leave the
+    patient-disjoint split smaller, and the paper's 2,522 / 542 out of reach, without
+    a word; an extra file (``1 (1).mat``, ``01.mat``) is one image twice. A copy
     without that file, or with another one (a subset, the tests' small fakes), is
     not checked: nothing says how many images it should hold.
     """
@@ -156,6 +159,7 @@ def refuse_partial_copy(manual_dir: Path, scanned: list[Path]) -> None:
         return
     if fold_id_count(index) != OFFICIAL_IMAGES:
         return
+    _refuse_extra(index, scanned)
     missing = [n for n in range(1, OFFICIAL_IMAGES + 1) if n not in present]
     if missing:
         raise DataError(
@@ -166,13 +170,52 @@ def refuse_partial_copy(manual_dir: Path, scanned: list[Path]) -> None:
         )
 
 
+def _refuse_extra(index: Path, scanned: list[Path]) -> None:
+    """Name the first image of a release copy whose name is not one of the release's
+    (``1.mat`` .. ``3064.mat``, written so) or repeats one (``1.mat`` and ``1.MAT``),
+    and count them (see :func:`refuse_partial_copy`)."""
+    official = {str(n) for n in range(1, OFFICIAL_IMAGES + 1)}
+    seen: set[str] = set()
+    extra = []
+    for path in scanned:
+        if path.name in IGNORED:
+            continue
+        if path.stem not in official or path.stem in seen:
+            extra.append(path)
+        seen.add(path.stem)
+    if extra:
+        raise DataError(
+            f"{extra[0]}: not one of T1w MRI's official names 1.mat..{OFFICIAL_IMAGES}.mat "
+            f"(each once; {index.name} indexes {OFFICIAL_IMAGES:,}, so the copy claims to be "
+            f"the release); {len(extra)} such file(s): a copy? remove it"
+        )
+
+
 def _refuse_release_parts(manual_dir: Path, present: set[int], scanned: list[Path]) -> None:
-    """A folder that holds exactly some of the release's four zip parts, and no
-    ``cvind.mat``: ``--manual-dir`` at one unzipped part (or three of the four unpacked)
-    would prepare a quarter of the release without a word."""
+    """A folder of the release's images (each named ``1.mat`` .. ``3064.mat``) and no
+    ``cvind.mat`` that is not the whole release: exactly some of its four zip parts
+    (``--manual-dir`` at one unzipped part, or three of the four unpacked), or, holding
+    more than one part's worth, parts with images missing (a zip part unpacked only
+    partly, files lost mid-part). Either would prepare a smaller split without a word.
+    A few release names (no more than a part's worth) are a user's own subset: not checked.
+    """
     images = [p for p in scanned if p.name not in IGNORED]
-    if len(present) != len(images):  # names other than the release's N.mat: not the release
-        return
+    release = {str(n) for n in range(1, OFFICIAL_IMAGES + 1)}
+    if any(p.stem not in release for p in images) or len(present) != len(images):
+        return  # names other than the release's N.mat: not the release
+    _refuse_whole_parts(manual_dir, present)
+    part_size = PART_RANGES[0][1] - PART_RANGES[0][0] + 1
+    missing = [n for n in range(1, OFFICIAL_IMAGES + 1) if n not in present]
+    if len(present) > part_size and missing:
+        raise DataError(
+            f"{manual_dir}: holds {len(present):,} of the release's {OFFICIAL_IMAGES:,} images "
+            f"and no {FOLD_IDS}; missing {name_runs(missing, '{}.mat'.format)}: a zip part cut "
+            f"short? unpack each of the four parts ({PARTS}) whole"
+        )
+
+
+def _refuse_whole_parts(manual_dir: Path, present: set[int]) -> None:
+    """Name the zip parts a copy holds when it holds exactly some of the four, whole."""
     held = [(lo, hi) for lo, hi in PART_RANGES if any(lo <= n <= hi for n in present)]
     if not held or len(held) == len(PART_RANGES):
         return
