@@ -309,6 +309,7 @@ def _main(argv: Sequence[str] | None) -> int:
         progress=not args.no_progress,
         feature_cache=not args.no_feature_cache,
     )
+    session.check_same_runs(configs)
     say = print if session.main_process else lambda *a, **k: None
     records, status, failed_lrs, busy_lrs = [], 0, set(), set()
     for i, config in enumerate(configs, 1):

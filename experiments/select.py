@@ -128,6 +128,7 @@ def _main(argv: Sequence[str] | None) -> int:
         dataset_options=g.dataset_options,
         retry_failed=True,  # a diverged arm is tried again, and fails again, as before
     )
+    session.check_same_runs([a.config for a in arms])
     grid = None
     if args.grid_runs is not None:  # on this data and these weights, before any training
         grid = grid_records(g, arms, args.grid_runs)

@@ -419,6 +419,7 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
             )
 
     mine = grid_lib.shard(runs, index, count)
+    session.check_same_runs(mine)
     say(
         f"grid {g.name}: {len(mine)} runs in this process"
         + (f" (shard {index}/{count} of {len(runs)})" if count > 1 else "")

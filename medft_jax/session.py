@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,19 @@ class Session:
         self.dataset_options = {same_data(k): v for k, v in (dataset_options or {}).items()}
         self.force, self.retry_failed, self.progress = force, retry_failed, progress
         self.feature_cache = feature_cache
+        _agree(
+            results.config_hash(
+                {
+                    "force": force,
+                    "retry_failed": retry_failed,
+                    "feature_cache": feature_cache,
+                    "dataset_options": {k: dict(v) for k, v in self.dataset_options.items()},
+                }
+            ),
+            f"session flags (here force={force}, retry_failed={retry_failed}, feature cache "
+            f"{'on' if feature_cache else 'off'}, dataset options of "
+            f"{', '.join(sorted(self.dataset_options)) or 'none'})",
+        )
         self.trainers: dict[fit.TrainerKey, Any] = {}
         self._datasets: dict[tuple, Any] = {}
         self._unavailable: dict[tuple, DataError] = {}
@@ -248,9 +261,46 @@ class Session:
             return Outcome(config, SKIPPED, record=record)
         return Outcome(config, DONE if record else STOPPED, record=record or None)
 
+    def check_same_runs(self, configs: Sequence[RunConfig]) -> None:
+        """Refuses a multi-host job whose processes were given other run lists (``--seeds
+        0 1`` on one host, ``--seeds 0`` on another; another ``--shard``): each run's
+        settings are compared as it starts, but a process whose list ended first waited at
+        shutdown while the others waited in their next run's first collective, forever.
+        A collective: every process calls it before its first run."""
+        _agree(
+            results.config_hash({"runs": [c.to_dict() for c in configs]}),
+            f"runs (here {len(configs)}, the first {_first_name(configs)})",
+        )
+
     def path_of(self, config: RunConfig) -> Path:
         """Where ``config``'s record is (or will be)."""
         return results.record_path(self.out, config.to_dict())
+
+
+def _first_name(configs: Sequence[RunConfig]) -> str:
+    return results.run_name(configs[0].to_dict()) if configs else "none"
+
+
+def _agree(digest: str, here: str) -> None:
+    """Refuses a multi-host job whose processes hold another ``digest`` than process 0's
+    (``here`` says what this process holds): a launcher that gave one host another flag
+    (``--force``, ``--seeds``) hung every process in a collective the others never
+    joined. A collective itself: every process calls it at the same point."""
+    if jax.process_count() == 1:
+        return
+    mine = int(digest[:7], 16)  # 28 bits: int32 on device
+    first = process_0_says(mine)
+    if every_process(first == mine):
+        return
+    if first == mine:
+        raise UserError(
+            f"another process of this job was given other {here.split(' (')[0]} than process "
+            "0 (its own error line says which): give every process the same command"
+        )
+    raise UserError(
+        f"process {jax.process_index()} was given other {here} than process 0: give every "
+        "process the same command"
+    )
 
 
 def _same_on_every_process(config: RunConfig) -> None:

@@ -186,17 +186,34 @@ def test_processes_given_other_settings_are_refused_in_one_line_each(tmp_path):
     or data folder: every process waited forever)."""
     out = ["--out", str(tmp_path / "runs")]
     errors = _two_processes(tmp_path, [["--lr", "0.01", *out], ["--lr", "0.1", *out]])
-    assert errors[0].startswith(
-        "error: another process of this job was given other settings or data than process 0 "
-        "(here demo-resnet_tiny-lp-lr0.01-s0-"
-    )
-    assert errors[0].endswith(
-        "; its own error line names its run): give every process the same command and data"
+    assert errors[0] == (
+        "error: another process of this job was given other runs than process 0 (its own "
+        "error line says which): give every process the same command"
     )
     assert errors[1].startswith(
-        "error: process 1 was given other settings or data than process 0: here "
-        "demo-resnet_tiny-lp-lr0.1-s0-"
+        "error: process 1 was given other runs (here 1, the first demo-resnet_tiny-lp-lr0.1-s0-"
     )
+    assert errors[1].endswith(") than process 0: give every process the same command")
+    assert not list((tmp_path / "runs").rglob("record.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("parallel")
+@pytest.mark.parametrize("flags", [["--seeds", "0", "1"], ["--force"]])
+def test_processes_given_other_run_lists_or_session_flags_are_refused(tmp_path, flags):
+    """``--seeds 0 1`` on one host and ``--seeds 0`` on the other, or ``--force`` on one:
+    each run was compared as it started, so the job trained the runs both had, then hung
+    for ever (one process at shutdown, the other in its next run, or one skipping a run
+    the other trained)."""
+    out = ["--out", str(tmp_path / "runs")]
+    errors = _two_processes(tmp_path, [[*out], [*flags, *out]])
+    what = "runs" if flags[0] == "--seeds" else "session flags"
+    assert errors[0] == (
+        f"error: another process of this job was given other {what} than process 0 (its own "
+        "error line says which): give every process the same command"
+    )
+    here = "(here 2, the first demo-" if what == "runs" else "(here force=True, retry_failed"
+    assert errors[1].startswith(f"error: process 1 was given other {what} {here}")
     assert not list((tmp_path / "runs").rglob("record.json"))
 
 
