@@ -101,7 +101,10 @@ class Session:
                     "force": force,
                     "retry_failed": retry_failed,
                     "feature_cache": feature_cache,
-                    "dataset_options": {k: dict(v) for k, v in self.dataset_options.items()},
+                    "dataset_options": {  # bars or none: a host's own (a log without a tty)
+                        k: {o: x for o, x in dict(v).items() if o != "progress"}
+                        for k, v in self.dataset_options.items()
+                    },
                 }
             ),
             f"session flags (here force={force}, retry_failed={retry_failed}, feature cache "
