@@ -124,6 +124,33 @@ def test_compilation_cache_variable_that_is_a_file_is_one_line(tmp_path, capsys,
         enable_compilation_cache()
 
 
+def test_cache_root_from_the_environment_is_one_rule(tmp_path, capsys, monkeypatch):
+    """An empty MEDFT_JAX_CACHE is unset (as the switches read it), a relative one is
+    refused, and a default under HOME='' or '/' or a missing HOME is refused naming HOME:
+    each put the cache in the CWD, at /.cache or made a top-level folder."""
+    from medft_jax.data.locations import user_cache_base
+    from medft_jax.runtime import enable_compilation_cache
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MEDFT_JAX_CACHE", "")
+    assert user_cache_base() == tmp_path / ".cache" / "medft_jax"
+    monkeypatch.setenv("MEDFT_JAX_CACHE", "rel/c")
+    with pytest.raises(UserError, match=r"^MEDFT_JAX_CACHE 'rel/c': expected an absolute path$"):
+        user_cache_base()
+    with pytest.raises(UserError, match=r"^MEDFT_JAX_CACHE 'rel/c'"):
+        enable_compilation_cache()
+    monkeypatch.setenv("MEDFT_JAX_CACHE", "")
+    for home in ("", "/", str(tmp_path / "nonexist")):
+        monkeypatch.setenv("HOME", home)
+        with pytest.raises(UserError, match=rf"^HOME '{home}' .*set MEDFT_JAX_CACHE"):
+            user_cache_base()
+        # The compilation cache is an optimisation: off, with one warning, nothing made.
+        assert enable_compilation_cache() is None
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"warning: HOME '{home}'")
+    assert not (tmp_path / "nonexist").exists()
+
+
 def test_freezing_bn_where_no_block_freezes_is_the_update_run():
     """FT and its kin train every BatchNorm every epoch: ``freeze`` is another name only."""
     for strategy in ("ft", "l2_sp", "bitfit"):

@@ -429,8 +429,9 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     command = err.split("then ", 1)[1].strip()
     ported = weights_port.default_checkpoint("resnet50")
     assert command == f"python -m weights_port --arch resnet50 --torch-weights FILE --out {ported}"
-    # Nothing: not even the lock file a port into the slot holds while it works.
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    # Nothing: not even the lock file a port into the slot holds while it works, nor the
+    # folders made for the download and the lock.
+    assert list(tmp_path.rglob("*")) == []
     # With its own --out, the hint names that folder, where the user asked for the port.
     mine = tmp_path / "mine"
     assert main(["--arch", "resnet50", "--download", "--out", str(mine)]) == 2
