@@ -204,9 +204,35 @@ def _remove_created_if_empty() -> None:
     _created.clear()
 
 
+def path_flag(expected: str, *, output: bool = False) -> Callable[[str], str]:
+    """An argparse ``type=`` for a path flag: ``''`` is refused (it meant the current folder:
+    ``run --out ''`` wrote its runs there), as is, for an ``output`` path, a control character
+    (a newline split the closing ``record: ...`` line in two). One line naming the flag, e.g.
+    ``argument --out: an empty path; expected a folder``; the value is kept as given."""
+
+    def check(value: str) -> str:
+        if value == "":
+            raise argparse.ArgumentTypeError(f"an empty path; expected {expected}")
+        if output and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise argparse.ArgumentTypeError(
+                f"{value!r} holds a control character (a newline, a tab, ...); expected "
+                f"{expected} whose name has printable characters only"
+            )
+        return value
+
+    check.__name__ = expected
+    return check
+
+
+def _refuse_empty(path: str | os.PathLike[str], flag: str) -> None:
+    if os.fspath(path) == "":
+        raise UserError(f"{flag}: an empty path; expected a folder")
+
+
 def no_file_in_the_way(path: str | os.PathLike[str], flag: str) -> list[Path]:
     """Refuses, naming ``flag``, a folder path that is, or lies under, a file; returns the
     folders still missing on the way (absolute, deepest first). Creates nothing."""
+    _refuse_empty(path, flag)
     p = Path(path).expanduser()
     missing = []
     for parent in (p, *p.parents):
@@ -244,6 +270,7 @@ def check_data_dir(path: str | os.PathLike[str], flag: str = "--data-dir") -> No
     dataset, the optional feature cache) names the path then. A missing one
     is created, as :func:`writable_dir` does.
     """
+    _refuse_empty(path, flag)
     p = Path(path).expanduser()
     if p.is_dir():
         if not os.access(p, os.R_OK | os.X_OK):

@@ -986,6 +986,88 @@ def test_a_misspelt_flag_or_value_names_the_one_it_is_near(capsys):
         check_config(RunConfig(dataset="demo", arch="alexnet", strategy="ft"))
 
 
+def _port_cli():
+    import weights_port.__main__ as port_cli
+
+    return port_cli
+
+
+PATH_FLAGS = [
+    ("run", ["--out"], "a folder"),
+    ("run", ["--data-dir"], "a folder"),
+    ("run", ["--manual-dir"], "a folder"),
+    ("prepare", ["--data-dir"], "a folder"),
+    ("prepare", ["--manual-dir"], "a folder"),
+    ("sweep", ["--config", "c.py", "--out"], "a folder"),
+    ("sweep", ["--config"], "a grid file"),
+    ("select", ["--config", "c.py", "--out"], "a folder"),
+    ("report", ["--runs", "r", "--out"], "a folder"),
+    ("report", ["--runs"], "a folder"),
+    ("report", ["--runs", "r", "--vs-paper"], "a CSV file"),
+    ("port", ["--arch", "resnet_tiny", "--torch-weights", "m.pth", "--out"], "a folder"),
+    ("port", ["--arch", "resnet_tiny", "--out", "o", "--torch-weights"], "a file"),
+    ("export", ["--out", "m.pth", "--checkpoint"], "a folder"),
+    ("export", ["--checkpoint", "ck", "--out"], "a file"),
+]
+
+
+def _parse(name, argv):
+    """Parses ``argv`` with command ``name``'s flags; returns its prog (for the message)."""
+    if name == "prepare":
+        prepare_cli.parse_args(argv)
+        return "python -m experiments.prepare"
+    clis = {"run": run_cli, "sweep": sweep_cli, "select": select_cli, "report": report_cli}
+    if name in clis:
+        parser = clis[name].build_parser()
+    else:
+        parser = _port_cli()._port_parser() if name == "port" else _port_cli()._export_parser()
+    parser.parse_args(argv)
+    return parser.prog
+
+
+@pytest.mark.parametrize(("cli", "argv", "expected"), PATH_FLAGS)
+def test_an_empty_path_flag_is_refused_naming_it(cli, argv, expected, capsys):
+    """``--out ''`` meant the current folder: run wrote its runs there, prepare its cache,
+    and export --checkpoint '' named the CWD as the checkpoint that was not one."""
+    with pytest.raises(SystemExit) as e:
+        _parse(cli, [*argv, ""])
+    assert e.value.code == 2
+    prog = "python -m " + {"port": "weights_port", "export": "weights_port export"}.get(
+        cli, f"experiments.{cli}"
+    )
+    assert _one_error_line(capsys) == (
+        f"error: argument {argv[-1]}: an empty path; expected {expected} (see {prog} --help)"
+    )
+
+
+def test_an_empty_path_writes_nothing_and_the_helpers_refuse_it(tmp_path, capsys, monkeypatch):
+    from medft_jax import errors
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        run_cli.main([*RUN, "--out", ""])
+    assert "--out: an empty path" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+    for helper in (errors.writable_dir, errors.no_file_in_the_way, errors.check_data_dir):
+        with pytest.raises(UserError, match=r"^--out: an empty path; expected a folder$"):
+            helper("", "--out")
+
+
+@pytest.mark.parametrize("cli", ["run", "sweep", "select", "report", "port", "export"])
+@pytest.mark.parametrize("bad", ["o\nx", "o\tx", "o\x1bx"])
+def test_an_output_path_with_a_control_character_is_refused(cli, bad, capsys):
+    """``run --out $'o\\nx'`` was accepted: the closing ``record: ...`` line broke in two."""
+    argv = dict(PATH_FLAGS_OUT)[cli]
+    with pytest.raises(SystemExit) as e:
+        _parse(cli, [*argv, bad])
+    assert e.value.code == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: argument --out: {bad!r} holds a control character")
+
+
+PATH_FLAGS_OUT = [(c, a) for c, a, _ in PATH_FLAGS if a[-1] == "--out"]
+
+
 def test_flags_that_collect_may_repeat():
     args = sweep_cli.build_parser().parse_args(
         ["--config", "c.py", "--only", "strategy=lp", "--only", "lr=0.001", "--dry-run"]
