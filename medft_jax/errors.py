@@ -352,13 +352,29 @@ class ArgumentParser(argparse.ArgumentParser):
     def _refuse_repeated(self, argv: list[str]) -> None:
         """Refuses a one-value flag given twice (``--lr 1e-4 ... --lr 1e-3``): argparse keeps
         the last without a word, and a run at another setting than the user read would follow.
-        Flags that collect (``--only``) and switches may repeat; so may anything after ``--``."""
+        So too a switch said both ways (``--multilabel --no-multilabel``, or two flags setting
+        one setting to different values): the last won, a port as softmax the user had also
+        called multilabel. A ``--x/--no-x`` switch may not repeat either; an on-only switch
+        (``--force``) may. Flags that collect (``--only``) may repeat; so may anything
+        after ``--``."""
         seen: dict[str, str] = {}
+        switched: dict[str, tuple[str, object]] = {}
         for token in argv:
             if token == "--":
                 break
             option = token.split("=", 1)[0]
             action = self._option_string_actions.get(option) if token.startswith("--") else None
+            if isinstance(action, argparse.BooleanOptionalAction | argparse._StoreConstAction):
+                both_ways = isinstance(action, argparse.BooleanOptionalAction)
+                value = not option.startswith("--no-") if both_ways else action.const
+                if action.dest in switched:
+                    first, before = switched[action.dest]
+                    if before != value:
+                        self.error(f"{first} and {option} contradict each other; give one")
+                    if both_ways:
+                        self.error(f"{option} given twice; expected it once")
+                switched[action.dest] = (option, value)
+                continue
             if not isinstance(action, argparse._StoreAction):
                 continue
             if action.dest in seen:

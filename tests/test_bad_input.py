@@ -945,6 +945,50 @@ def test_a_one_value_flag_given_twice_is_refused(cli, argv, message, tmp_path, c
 
 
 @pytest.mark.parametrize(
+    ("cli", "argv", "message"),
+    [
+        (run_cli, [*RUN, "--patient-folders", "--no-patient-folders"], None),
+        (run_cli, [*RUN, "--no-patient-folders", "--patient-folders"], None),
+        (prepare_cli, ["--dataset", "folder", "--patient-folders", "--no-patient-folders"], None),
+        ("port", ["--multilabel", "--no-multilabel"], None),
+        ("port", ["--multilabel", "--multilabel"], "--multilabel given twice; expected it once"),
+    ],
+)
+def test_a_switch_said_both_ways_is_refused(cli, argv, message, capsys):
+    """``--multilabel --no-multilabel`` was accepted, the last winning: ported as softmax."""
+    if cli == "port":
+        import weights_port.__main__ as port_cli
+
+        parse = port_cli._port_parser().parse_args
+        argv = ["--arch", "resnet_tiny", "--torch-weights", "m.pth", "--out", "o", *argv]
+        prog = "python -m weights_port"
+    elif cli is prepare_cli:
+        parse, prog = prepare_cli.parse_args, "python -m experiments.prepare"
+    else:
+        parse, prog = cli.build_parser().parse_args, cli.build_parser().prog
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    assert e.value.code == 2
+    switches = [a for a in argv if "multilabel" in a or "patient-folders" in a]
+    message = message or f"{switches[0]} and {switches[1]} contradict each other; give one"
+    assert _one_error_line(capsys) == f"error: {message} (see {prog} --help)"
+
+
+def test_switches_that_agree_may_repeat():
+    from medft_jax.errors import ArgumentParser
+
+    p = ArgumentParser(prog="p")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--sp", dest="sp", action="store_const", const=True)
+    p.add_argument("--also-sp", dest="sp", action="store_const", const=True)
+    args = p.parse_args(["--force", "--force", "--sp", "--also-sp"])
+    assert args.force and args.sp
+    p.add_argument("--no-sp", dest="sp", action="store_const", const=False)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--sp", "--no-sp"])
+
+
+@pytest.mark.parametrize(
     ("argv", "flag", "meant"),
     [
         (["--seed", "1"], "--seed", "--seeds"),  # prepare's --seed is the split's
