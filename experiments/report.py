@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-BUNDLED_PAPER = ""
-"""``--vs-paper`` given without a CSV: the bundled tables."""
+BUNDLED_PAPER = True
+"""``--vs-paper`` given without a CSV: the bundled tables (not a string, which argparse would
+check as a path: ``--vs-paper ''`` is refused as an empty path)."""
 
 
 def _summary(args: argparse.Namespace):
@@ -187,7 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # Read first: a bad CSV stops the report before the records are read.
-    paper = None if args.vs_paper is None else load_paper(args.vs_paper or None)
+    paper = (
+        None
+        if args.vs_paper is None
+        else load_paper(None if args.vs_paper is BUNDLED_PAPER else args.vs_paper)
+    )
     summary = _summary(args)
     index = write_report(
         summary, args.out, beat_threshold=args.beat_threshold, runs_dir=args.runs, paper=paper
