@@ -387,6 +387,8 @@ def test_the_head_flags_say_what_predict_reads_and_a_note_says_what_was_assumed(
         ),
         (["--image-size", "8"], "--image-size 8: expected 32 to 2048 pixels"),
         (["--class-names", *["x"] * 10], "--class-names: a name given twice"),
+        (["--class-names", "", *"bcdefghij"], "--class-names: an empty name; expected one"),
+        (["--class-names", *"abcdefghi", " \t"], "--class-names: an empty name; expected"),
     ]:
         assert main([*argv, "--out", str(tmp_path / "c"), *bad]) == 2
         assert capsys.readouterr().err.startswith(f"error: {message}")
