@@ -1112,6 +1112,19 @@ def test_an_output_path_with_a_control_character_is_refused(cli, bad, capsys):
 PATH_FLAGS_OUT = [(c, a) for c, a, _ in PATH_FLAGS if a[-1] == "--out"]
 
 
+@pytest.mark.parametrize("cli", [sweep_cli, select_cli, report_cli])
+def test_a_config_that_is_a_folder_is_said_to_be_one(cli, tmp_path, capsys):
+    """``--config <a folder>`` said ``no such file``: it exists, as a folder."""
+    (tmp_path / "cfg").mkdir()
+    argv = ["--config", str(tmp_path / "cfg"), "--out", str(tmp_path / "o")]
+    assert cli.main([*argv, "--runs", str(tmp_path)] if cli is report_cli else argv) == 2
+    assert _one_error_line(capsys) == (
+        f"error: --config {tmp_path / 'cfg'}: is a folder, expected a grid file (a Python file "
+        "with get_config())"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def test_flags_that_collect_may_repeat():
     args = sweep_cli.build_parser().parse_args(
         ["--config", "c.py", "--only", "strategy=lp", "--only", "lr=0.001", "--dry-run"]

@@ -329,6 +329,30 @@ def test_a_refused_port_leaves_no_lock_file(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
 
 
+def test_an_out_whose_folder_refuses_the_lock_names_out(tmp_path, capsys, monkeypatch):
+    """A read-only folder's refusal named the lock file (``.../.o.lock: operation not
+    permitted``), a file the user never named: it is --out's folder that cannot be written."""
+    import contextlib
+    import errno
+
+    from medft_jax.checkpoints import pretrained
+
+    @contextlib.contextmanager
+    def refused(checkpoint):
+        lock = checkpoint.parent / f".{checkpoint.name}.lock"
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(lock))
+        yield
+
+    monkeypatch.setattr(pretrained, "one_porter", refused)
+    src = tmp_path / "m.pth"
+    src.write_bytes(b"x")
+    out = tmp_path / "o"
+    assert main(["--arch", "resnet_tiny", "--torch-weights", str(src), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {out}: cannot write in its folder {tmp_path} (operation not permitted)\n"
+    )
+
+
 def test_read_only_arrays_export_without_a_warning(tmp_path):
     """Arrays restored from a run's checkpoint can be read-only; torch would warn."""
     import warnings

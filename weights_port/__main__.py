@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medft_jax.errors import ArgumentParser, cli_main, path_flag
+from medft_jax.errors import ArgumentParser, UserError, cli_main, os_error_line, path_flag
 from medft_jax.models import ARCHS, TEST_ARCHS
 
 
@@ -132,7 +132,17 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.out is None or target.parent.is_dir()
         else contextlib.nullcontext()
     )
-    with lock:
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lock)
+        except OSError as e:  # the lock file beside --out: a refusal of --out's folder
+            if args.out is None:
+                raise
+            why = os_error_line(e)
+            why = why.rsplit(": ", 1)[-1] if why else e.strerror
+            raise UserError(
+                f"--out {args.out}: cannot write in its folder {target.parent} ({why})"
+            ) from None
         if args.download:
             out = wp.port_imagenet(args.arch, args.out, force=args.force)
         else:
