@@ -73,13 +73,15 @@ def resize_for(arch: str, image_size: int) -> int:
 
 
 def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any) -> data.Dataset:
-    """The dataset of ``config``, prepared at its arch's resize size for its crop."""
+    """The dataset of ``config``, prepared at its arch's resize size for its crop (a user's
+    folder/csv refused before decoding if its listed training split is under the batch)."""
     return data.load(
         config.dataset,
         data_dir=data_dir,
         resize_size=resize_for(config.arch, config.image_size),
         crop_size=config.image_size,
         seed=config.data_seed,
+        batch_size=config.batch_size,
         **options,
     )
 

@@ -721,6 +721,25 @@ def test_a_class_missing_from_an_evaluation_split_stops_the_run_before_it_starts
     assert not out.exists()  # not even the --out folder the flags' check made
 
 
+def test_a_batch_larger_than_the_listed_training_split_is_refused_before_decoding(
+    tmp_path, capsys, monkeypatch
+):
+    """24 images, --batch-size 64: refused (good), but only after every image was decoded
+    into a full cache in the --data-dir this command had just created."""
+    from medft_jax.data import local
+
+    images = _folder(tmp_path / "imgs", shift=3)
+    out, data_dir = tmp_path / "runs", tmp_path / "data"
+    monkeypatch.setattr(local, "ImageReader", None)  # no image is decoded
+    argv = ["64" if RUN[i - 1] == "--batch-size" else a for i, a in enumerate(RUN)]
+    argv += ["--dataset", "folder", "--manual-dir", str(images)]
+    assert run_cli.main([*argv, "--data-dir", str(data_dir), "--out", str(out)]) == 2
+    line = _one_error_line(capsys)
+    assert re.fullmatch(r"error: --batch-size 64 is larger than the \d+ training examples of "
+                        r"folder", line), line  # fmt: skip
+    assert not data_dir.exists() and not out.exists()
+
+
 @pytest.mark.slow
 def test_12bit_files_train_only_once_their_bits_are_declared(tmp_path, capsys):
     """A folder of 12-bit X-rays in 16-bit PNGs: refused in one line naming a file, nothing
