@@ -119,7 +119,9 @@ class Session:
         if key not in self._datasets:
             options = dict(self.dataset_options.get(config.dataset, {}))
             try:
-                self._datasets[key] = fit.load_dataset(config, self.data_dir, **options)
+                self._datasets[key] = fit.load_dataset(
+                    config, self.data_dir, batch_size=config.batch_size, **options
+                )
             except BatchTooLarge:  # this run's setting: another run may take the data
                 raise
             except DataError as e:
