@@ -140,9 +140,13 @@ def test_cache_root_from_the_environment_is_one_rule(tmp_path, capsys, monkeypat
     with pytest.raises(UserError, match=r"^MEDFT_JAX_CACHE 'rel/c'"):
         enable_compilation_cache()
     monkeypatch.setenv("MEDFT_JAX_CACHE", "")
-    for home in ("", "/", str(tmp_path / "nonexist")):
+    for home, why in [
+        ("", "is empty"),
+        ("/", "is the filesystem root"),
+        (str(tmp_path / "nonexist"), "is not an existing folder"),
+    ]:
         monkeypatch.setenv("HOME", home)
-        with pytest.raises(UserError, match=rf"^HOME '{home}' .*set MEDFT_JAX_CACHE"):
+        with pytest.raises(UserError, match=rf"^HOME '{home}' {why}, .*set MEDFT_JAX_CACHE"):
             user_cache_base()
         # The compilation cache is an optimisation: off, with one warning, nothing made.
         assert enable_compilation_cache() is None

@@ -35,9 +35,16 @@ def user_cache_base() -> Path:
         return path
     home = os.path.expanduser("~")
     if home in ("", "/", "~") or not os.path.isdir(home):
-        why = "is the filesystem root" if home in ("", "/") else "is no existing folder"
+        given = os.environ.get("HOME", home)
+        why = (
+            "is empty"
+            if given == ""
+            else "is the filesystem root"
+            if home in ("", "/")
+            else "is not an existing folder"
+        )
         raise UserError(
-            f"HOME {os.environ.get('HOME', home)!r} {why}, so the default cache "
+            f"HOME {given!r} {why}, so the default cache "
             "~/.cache/medft_jax cannot be used; set MEDFT_JAX_CACHE to an absolute folder"
         )
     return Path(home) / ".cache" / "medft_jax"
