@@ -15,16 +15,22 @@ from medft_jax.data.examples import TEST_FRACTION, VAL_FRACTION
 from medft_jax.data.options import OPTION_CHOICES, split_option_error
 from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
 from medft_jax.data.table import check_label_options
-from medft_jax.errors import UserError
+from medft_jax.errors import UserError, path_flag
 from medft_jax.names import DEMO, LOCAL_KINDS
 
 
 def add_dataset_flags(p: argparse.ArgumentParser) -> None:
     """``--data-dir``, ``--manual-dir`` and the folder/csv/task options."""
     p.add_argument(
-        "--data-dir", help="where prepared datasets live (default: $TFDS_DATA_DIR or TFDS's)"
+        "--data-dir",
+        type=path_flag("a folder"),
+        help="where prepared datasets live (default: $TFDS_DATA_DIR or TFDS's)",
     )
-    p.add_argument("--manual-dir", help="your copy of the dataset (official layout, or images)")
+    p.add_argument(
+        "--manual-dir",
+        type=path_flag("a folder"),
+        help="your copy of the dataset (official layout, or images)",
+    )
     p.add_argument(
         "--val-fraction",
         type=float,

@@ -530,6 +530,9 @@ def check_out_file(out: str) -> None:
     if not out or path.is_dir():
         raise PredictError(f"--out {out!r}: expected a file to write the rows to, not a folder")
     parent = path.parent
+    for above in (parent, *parent.parents):  # a file on the way is named as one
+        if above.exists() and not above.is_dir():
+            raise PredictError(f"--out {out}: {above} is a file, expected a folder")
     if not parent.is_dir():
         raise PredictError(f"--out {out}: its folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):

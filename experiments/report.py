@@ -30,7 +30,7 @@ from pathlib import Path
 
 from medft_jax import grid as gridlib
 from medft_jax import plans, results
-from medft_jax.errors import ArgumentParser, UserError, cli_main
+from medft_jax.errors import ArgumentParser, UserError, cli_main, path_flag
 from medft_jax.plans import PLANS_DIR
 from medft_jax.report import collect, write_report
 from medft_jax.report.paper import load_paper
@@ -42,15 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m experiments.report",
         description="Write the tables and figures of a sweep's finished runs.",
     )
-    p.add_argument("--runs", required=True, help="results folder holding the run records")
+    p.add_argument(
+        "--runs",
+        required=True,
+        type=path_flag("a folder"),
+        help="results folder holding the run records",
+    )
     p.add_argument(
         "--out",
         default="report",
+        type=path_flag("a folder", output=True),
         help="report folder: created, or replaced whole if it holds a report written by this "
         "command and nothing else; any other non-empty folder is refused",
     )
     p.add_argument(
         "--config",
+        type=path_flag("a grid file"),
         help="the sweep's grid file (get_config()): defines the expected runs; "
         "default: the runs of the sweeps' plans (--runs/.plans/, one file per grid: "
         "delete one to stop expecting its runs), and the other runs inferred from the records",
@@ -80,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vs-paper",
         nargs="?",
         const=BUNDLED_PAPER,
+        type=path_flag("a CSV file"),
         metavar="CSV",
         help="set our numbers beside published ones: per dataset a table "
         "tables/vs_paper_<dataset> (ours, the paper's, the difference in percentage points, "
@@ -91,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-BUNDLED_PAPER = ""
-"""``--vs-paper`` given without a CSV: the bundled tables."""
+BUNDLED_PAPER = True
+"""``--vs-paper`` given without a CSV: the bundled tables (not a string, which argparse would
+check as a path: ``--vs-paper ''`` is refused as an empty path)."""
 
 
 def _summary(args: argparse.Namespace):
@@ -179,7 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # Read first: a bad CSV stops the report before the records are read.
-    paper = None if args.vs_paper is None else load_paper(args.vs_paper or None)
+    paper = (
+        None
+        if args.vs_paper is None
+        else load_paper(None if args.vs_paper is BUNDLED_PAPER else args.vs_paper)
+    )
     summary = _summary(args)
     index = write_report(
         summary, args.out, beat_threshold=args.beat_threshold, runs_dir=args.runs, paper=paper

@@ -41,6 +41,7 @@ from medft_jax.errors import (
     UserError,
     check_data_dir,
     cli_main,
+    path_flag,
     writable_dir,
 )
 from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_name_error
@@ -128,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "training the head on its features computed once (same results, slower)",
     )
     _add_strategy_options(p)
-    p.add_argument("--out", default="runs", help="results folder")
+    p.add_argument(
+        "--out", default="runs", type=path_flag("a folder", output=True), help="results folder"
+    )
     p.add_argument("--force", action="store_true", help="rerun runs whose record exists")
     p.add_argument(
         "--no-progress",

@@ -42,7 +42,14 @@ from experiments.common import refuse_data_dir_for_demo
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.config import check_value
-from medft_jax.errors import ArgumentParser, UserError, check_data_dir, cli_main, writable_dir
+from medft_jax.errors import (
+    ArgumentParser,
+    UserError,
+    check_data_dir,
+    cli_main,
+    path_flag,
+    writable_dir,
+)
 from medft_jax.grid import Grid
 from medft_jax.halving import Arm, rung_budgets, successive_halving, survivors, tiebreak_metric
 from medft_jax.names import lr_text
@@ -57,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m experiments.select",
         description="Successive halving over strategies x learning rates for one dataset and arch.",
     )
-    p.add_argument("--config", required=True, help="the grid file (its dataset, arch, settings)")
+    p.add_argument(
+        "--config",
+        required=True,
+        type=path_flag("a grid file"),
+        help="the grid file (its dataset, arch, settings)",
+    )
     p.add_argument(
         "--only",
         action="append",
@@ -67,11 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         default="runs-select",
+        type=path_flag("a folder", output=True),
         help="folder for the selection's own runs (default runs-select: beside a sweep's "
         "default runs/, not in it, where a report or a dry run would count them as the grid's)",
     )
-    p.add_argument("--grid-runs", help="records of the full grid, to compare pick and cost with")
-    p.add_argument("--data-dir", help="where prepared datasets live (default: the grid's)")
+    p.add_argument(
+        "--grid-runs",
+        type=path_flag("a folder"),
+        help="records of the full grid, to compare pick and cost with",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=path_flag("a folder"),
+        help="where prepared datasets live (default: the grid's)",
+    )
     p.add_argument("--seed", type=int, help="the one seed the arms use (default: the grid's first)")
     p.add_argument(
         "--min-epochs",
@@ -80,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="epochs of the first rung (fractions allowed: counted in train steps)",
     )
     p.add_argument("--eta", type=int, default=3, help="keep 1/eta per rung; budgets grow eta-fold")
-    p.add_argument("--json", help="also write the outcome to this JSON file")
+    p.add_argument(
+        "--json",
+        type=path_flag("a JSON file", output=True),
+        help="also write the outcome to this JSON file",
+    )
     return p
 
 

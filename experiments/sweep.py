@@ -56,6 +56,7 @@ from medft_jax.errors import (
     cli_main,
     no_file_in_the_way,
     one_line,
+    path_flag,
     writable_dir,
 )
 from medft_jax.grid import Grid
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         required=True,
+        type=path_flag("a grid file"),
         help="a grid file defining get_config() (experiments/configs/paper.py, quick.py)",
     )
     p.add_argument(
@@ -92,8 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
         "'|' separates alternatives (strategy=ft|lp); repeatable",
     )
     p.add_argument("--shard", metavar="I/N", help="run shard I (0-based) of N")
-    p.add_argument("--out", default="runs", help="results folder (shared by every shard)")
-    p.add_argument("--data-dir", help="where prepared datasets live (default: the grid's)")
+    p.add_argument(
+        "--out",
+        default="runs",
+        type=path_flag("a folder", output=True),
+        help="results folder (shared by every shard)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=path_flag("a folder"),
+        help="where prepared datasets live (default: the grid's)",
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="list the runs and their estimated cost, run none"
     )

@@ -204,9 +204,35 @@ def _remove_created_if_empty() -> None:
     _created.clear()
 
 
+def path_flag(expected: str, *, output: bool = False) -> Callable[[str], str]:
+    """An argparse ``type=`` for a path flag: ``''`` is refused (it meant the current folder:
+    ``run --out ''`` wrote its runs there), as is, for an ``output`` path, a control character
+    (a newline split the closing ``record: ...`` line in two). One line naming the flag, e.g.
+    ``argument --out: an empty path; expected a folder``; the value is kept as given."""
+
+    def check(value: str) -> str:
+        if value == "":
+            raise argparse.ArgumentTypeError(f"an empty path; expected {expected}")
+        if output and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise argparse.ArgumentTypeError(
+                f"{value!r} holds a control character (a newline, a tab, ...); expected "
+                f"{expected} whose name has printable characters only"
+            )
+        return value
+
+    check.__name__ = expected
+    return check
+
+
+def _refuse_empty(path: str | os.PathLike[str], flag: str) -> None:
+    if os.fspath(path) == "":
+        raise UserError(f"{flag}: an empty path; expected a folder")
+
+
 def no_file_in_the_way(path: str | os.PathLike[str], flag: str) -> list[Path]:
     """Refuses, naming ``flag``, a folder path that is, or lies under, a file; returns the
     folders still missing on the way (absolute, deepest first). Creates nothing."""
+    _refuse_empty(path, flag)
     p = Path(path).expanduser()
     missing = []
     for parent in (p, *p.parents):
@@ -244,6 +270,7 @@ def check_data_dir(path: str | os.PathLike[str], flag: str = "--data-dir") -> No
     dataset, the optional feature cache) names the path then. A missing one
     is created, as :func:`writable_dir` does.
     """
+    _refuse_empty(path, flag)
     p = Path(path).expanduser()
     if p.is_dir():
         if not os.access(p, os.R_OK | os.X_OK):
@@ -325,13 +352,29 @@ class ArgumentParser(argparse.ArgumentParser):
     def _refuse_repeated(self, argv: list[str]) -> None:
         """Refuses a one-value flag given twice (``--lr 1e-4 ... --lr 1e-3``): argparse keeps
         the last without a word, and a run at another setting than the user read would follow.
-        Flags that collect (``--only``) and switches may repeat; so may anything after ``--``."""
+        So too a switch said both ways (``--multilabel --no-multilabel``, or two flags setting
+        one setting to different values): the last won, a port as softmax the user had also
+        called multilabel. A ``--x/--no-x`` switch may not repeat either; an on-only switch
+        (``--force``) may. Flags that collect (``--only``) may repeat; so may anything
+        after ``--``."""
         seen: dict[str, str] = {}
+        switched: dict[str, tuple[str, object]] = {}
         for token in argv:
             if token == "--":
                 break
             option = token.split("=", 1)[0]
             action = self._option_string_actions.get(option) if token.startswith("--") else None
+            if isinstance(action, argparse.BooleanOptionalAction | argparse._StoreConstAction):
+                both_ways = isinstance(action, argparse.BooleanOptionalAction)
+                value = not option.startswith("--no-") if both_ways else action.const
+                if action.dest in switched:
+                    first, before = switched[action.dest]
+                    if before != value:
+                        self.error(f"{first} and {option} contradict each other; give one")
+                    if both_ways:
+                        self.error(f"{option} given twice; expected it once")
+                switched[action.dest] = (option, value)
+                continue
             if not isinstance(action, argparse._StoreAction):
                 continue
             if action.dest in seen:

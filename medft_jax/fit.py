@@ -73,7 +73,9 @@ def resize_for(arch: str, image_size: int) -> int:
 
 
 def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any) -> data.Dataset:
-    """The dataset of ``config``, prepared at its arch's resize size for its crop."""
+    """The dataset of ``config``, prepared at its arch's resize size for its crop. A run's
+    load gives ``batch_size=config.batch_size`` among ``options``: a user's folder/csv whose
+    listed training split is under the batch is refused before any image is decoded."""
     return data.load(
         config.dataset,
         data_dir=data_dir,
@@ -389,7 +391,11 @@ def run_one(
     started = time.perf_counter()
     check_config(config, lambda field: f"RunConfig.{field}")
     checkpoint_seconds()  # a malformed value refused before the run's folder exists
-    ds = dataset if dataset is not None else load_dataset(config, data_dir)
+    ds = (
+        dataset
+        if dataset is not None
+        else load_dataset(config, data_dir, batch_size=config.batch_size)
+    )
     _check_image_size(ds, config)
     config = identify(config, ds)
     loading = time.perf_counter() - started

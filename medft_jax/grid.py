@@ -343,6 +343,10 @@ def _check_axis_value(where: str, axis: str, value: Any) -> None:
 def load_grid(path: str | Path) -> Grid:
     """The :class:`Grid` a config file's ``get_config()`` returns (the file is Python)."""
     path = Path(path)
+    if path.is_dir():
+        raise GridError(
+            f"--config {path}: is a folder, expected a grid file (a Python file with get_config())"
+        )
     if not path.is_file():
         raise GridError(f"--config {path}: no such file (expected a Python file with get_config())")
     spec = importlib.util.spec_from_file_location(f"medft_grid_{path.stem}", path)

@@ -170,17 +170,18 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path
     strategy stage, the same train step; on a CPU that is tens of seconds
     each. Default folder: ``$MEDFT_JAX_CACHE/xla`` (``~/.cache/medft_jax/xla``);
     ``MEDFT_JAX_XLA_CACHE=0`` turns it off. Returns the folder, or None when off.
-    A ``MEDFT_JAX_CACHE`` that is a file or cannot be written is refused in one
-    line; an unwritable default folder only turns the cache off, with a warning.
+    A ``MEDFT_JAX_CACHE`` that is relative, a file or cannot be written is refused in one
+    line; an unwritable default folder (or one under a ``HOME`` of ``/`` or that does not
+    exist) only turns the cache off, with a warning.
     """
     if not env_switch("MEDFT_JAX_XLA_CACHE"):
         return None
     named = "the compilation cache folder"
-    if path is None:
-        named = "MEDFT_JAX_CACHE" if "MEDFT_JAX_CACHE" in os.environ else ""
-        path = user_cache_base() / "xla"
-    path = Path(path)
     try:
+        if path is None:
+            named = "MEDFT_JAX_CACHE" if os.environ.get("MEDFT_JAX_CACHE") else ""
+            path = user_cache_base() / "xla"
+        path = Path(path)
         writable_dir(path, named or "MEDFT_JAX_CACHE (default ~/.cache/medft_jax)")
     except UserError as e:
         if named:  # the user chose this folder: say what is wrong with it

@@ -30,6 +30,7 @@ from medft_jax import fit, results
 from medft_jax.checkpoints.run import ResumeError
 from medft_jax.config import RunConfig
 from medft_jax.data import DataError
+from medft_jax.data.errors import BatchTooLarge
 from medft_jax.data.options import task_options
 from medft_jax.errors import UserError
 from medft_jax.locks import RunLocked
@@ -134,7 +135,11 @@ class Session:
         if key not in self._datasets:
             options = dict(self.dataset_options.get(config.dataset, {}))
             try:
-                self._datasets[key] = fit.load_dataset(config, self.data_dir, **options)
+                self._datasets[key] = fit.load_dataset(
+                    config, self.data_dir, batch_size=config.batch_size, **options
+                )
+            except BatchTooLarge:  # this run's setting: another run may take the data
+                raise
             except DataError as e:
                 self._unavailable[key] = e
                 raise
@@ -189,6 +194,8 @@ class Session:
         t = time.perf_counter()
         try:
             config = self.identify(config)
+        except BatchTooLarge as e:  # as found while training: this run's only
+            return Outcome(config, REFUSED, error=str(e), exception=e)
         except DataError as e:
             return Outcome(config, UNAVAILABLE, error=str(e), exception=e)
         state = self.status(config)

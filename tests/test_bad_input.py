@@ -124,6 +124,37 @@ def test_compilation_cache_variable_that_is_a_file_is_one_line(tmp_path, capsys,
         enable_compilation_cache()
 
 
+def test_cache_root_from_the_environment_is_one_rule(tmp_path, capsys, monkeypatch):
+    """An empty MEDFT_JAX_CACHE is unset (as the switches read it), a relative one is
+    refused, and a default under HOME='' or '/' or a missing HOME is refused naming HOME:
+    each put the cache in the CWD, at /.cache or made a top-level folder."""
+    from medft_jax.data.locations import user_cache_base
+    from medft_jax.runtime import enable_compilation_cache
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MEDFT_JAX_CACHE", "")
+    assert user_cache_base() == tmp_path / ".cache" / "medft_jax"
+    monkeypatch.setenv("MEDFT_JAX_CACHE", "rel/c")
+    with pytest.raises(UserError, match=r"^MEDFT_JAX_CACHE 'rel/c': expected an absolute path$"):
+        user_cache_base()
+    with pytest.raises(UserError, match=r"^MEDFT_JAX_CACHE 'rel/c'"):
+        enable_compilation_cache()
+    monkeypatch.setenv("MEDFT_JAX_CACHE", "")
+    for home, why in [
+        ("", "is empty"),
+        ("/", "is the filesystem root"),
+        (str(tmp_path / "nonexist"), "is not an existing folder"),
+    ]:
+        monkeypatch.setenv("HOME", home)
+        with pytest.raises(UserError, match=rf"^HOME '{home}' {why}, .*set MEDFT_JAX_CACHE"):
+            user_cache_base()
+        # The compilation cache is an optimisation: off, with one warning, nothing made.
+        assert enable_compilation_cache() is None
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"warning: HOME '{home}'")
+    assert not (tmp_path / "nonexist").exists()
+
+
 def test_freezing_bn_where_no_block_freezes_is_the_update_run():
     """FT and its kin train every BatchNorm every epoch: ``freeze`` is another name only."""
     for strategy in ("ft", "l2_sp", "bitfit"):
@@ -694,6 +725,25 @@ def test_a_class_missing_from_an_evaluation_split_stops_the_run_before_it_starts
     assert not out.exists()  # not even the --out folder the flags' check made
 
 
+def test_a_batch_larger_than_the_listed_training_split_is_refused_before_decoding(
+    tmp_path, capsys, monkeypatch
+):
+    """24 images, --batch-size 64: refused (good), but only after every image was decoded
+    into a full cache in the --data-dir this command had just created."""
+    from medft_jax.data import local
+
+    images = _folder(tmp_path / "imgs", shift=3)
+    out, data_dir = tmp_path / "runs", tmp_path / "data"
+    monkeypatch.setattr(local, "ImageReader", None)  # no image is decoded
+    argv = ["64" if RUN[i - 1] == "--batch-size" else a for i, a in enumerate(RUN)]
+    argv += ["--dataset", "folder", "--manual-dir", str(images)]
+    assert run_cli.main([*argv, "--data-dir", str(data_dir), "--out", str(out)]) == 2
+    line = _one_error_line(capsys)
+    assert re.fullmatch(r"error: --batch-size 64 is larger than the \d+ training examples of "
+                        r"folder", line), line  # fmt: skip
+    assert not data_dir.exists() and not out.exists()
+
+
 @pytest.mark.slow
 def test_12bit_files_train_only_once_their_bits_are_declared(tmp_path, capsys):
     """A folder of 12-bit X-rays in 16-bit PNGs: refused in one line naming a file, nothing
@@ -918,6 +968,50 @@ def test_a_one_value_flag_given_twice_is_refused(cli, argv, message, tmp_path, c
 
 
 @pytest.mark.parametrize(
+    ("cli", "argv", "message"),
+    [
+        (run_cli, [*RUN, "--patient-folders", "--no-patient-folders"], None),
+        (run_cli, [*RUN, "--no-patient-folders", "--patient-folders"], None),
+        (prepare_cli, ["--dataset", "folder", "--patient-folders", "--no-patient-folders"], None),
+        ("port", ["--multilabel", "--no-multilabel"], None),
+        ("port", ["--multilabel", "--multilabel"], "--multilabel given twice; expected it once"),
+    ],
+)
+def test_a_switch_said_both_ways_is_refused(cli, argv, message, capsys):
+    """``--multilabel --no-multilabel`` was accepted, the last winning: ported as softmax."""
+    if cli == "port":
+        import weights_port.__main__ as port_cli
+
+        parse = port_cli._port_parser().parse_args
+        argv = ["--arch", "resnet_tiny", "--torch-weights", "m.pth", "--out", "o", *argv]
+        prog = "python -m weights_port"
+    elif cli is prepare_cli:
+        parse, prog = prepare_cli.parse_args, "python -m experiments.prepare"
+    else:
+        parse, prog = cli.build_parser().parse_args, cli.build_parser().prog
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    assert e.value.code == 2
+    switches = [a for a in argv if "multilabel" in a or "patient-folders" in a]
+    message = message or f"{switches[0]} and {switches[1]} contradict each other; give one"
+    assert _one_error_line(capsys) == f"error: {message} (see {prog} --help)"
+
+
+def test_switches_that_agree_may_repeat():
+    from medft_jax.errors import ArgumentParser
+
+    p = ArgumentParser(prog="p")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--sp", dest="sp", action="store_const", const=True)
+    p.add_argument("--also-sp", dest="sp", action="store_const", const=True)
+    args = p.parse_args(["--force", "--force", "--sp", "--also-sp"])
+    assert args.force and args.sp
+    p.add_argument("--no-sp", dest="sp", action="store_const", const=False)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--sp", "--no-sp"])
+
+
+@pytest.mark.parametrize(
     ("argv", "flag", "meant"),
     [
         (["--seed", "1"], "--seed", "--seeds"),  # prepare's --seed is the split's
@@ -957,6 +1051,101 @@ def test_a_misspelt_flag_or_value_names_the_one_it_is_near(capsys):
         check_config(RunConfig(dataset="demo", arch="resnet50", strategy="g-lf"))
     with pytest.raises(UserError, match=r"valid: resnet50, densenet121, vgg19$"):
         check_config(RunConfig(dataset="demo", arch="alexnet", strategy="ft"))
+
+
+def _port_cli():
+    import weights_port.__main__ as port_cli
+
+    return port_cli
+
+
+PATH_FLAGS = [
+    ("run", ["--out"], "a folder"),
+    ("run", ["--data-dir"], "a folder"),
+    ("run", ["--manual-dir"], "a folder"),
+    ("prepare", ["--data-dir"], "a folder"),
+    ("prepare", ["--manual-dir"], "a folder"),
+    ("sweep", ["--config", "c.py", "--out"], "a folder"),
+    ("sweep", ["--config"], "a grid file"),
+    ("select", ["--config", "c.py", "--out"], "a folder"),
+    ("report", ["--runs", "r", "--out"], "a folder"),
+    ("report", ["--runs"], "a folder"),
+    ("report", ["--runs", "r", "--vs-paper"], "a CSV file"),
+    ("port", ["--arch", "resnet_tiny", "--torch-weights", "m.pth", "--out"], "a folder"),
+    ("port", ["--arch", "resnet_tiny", "--out", "o", "--torch-weights"], "a file"),
+    ("export", ["--out", "m.pth", "--checkpoint"], "a folder"),
+    ("export", ["--checkpoint", "ck", "--out"], "a file"),
+]
+
+
+def _parse(name, argv):
+    """Parses ``argv`` with command ``name``'s flags; returns its prog (for the message)."""
+    if name == "prepare":
+        prepare_cli.parse_args(argv)
+        return "python -m experiments.prepare"
+    clis = {"run": run_cli, "sweep": sweep_cli, "select": select_cli, "report": report_cli}
+    if name in clis:
+        parser = clis[name].build_parser()
+    else:
+        parser = _port_cli()._port_parser() if name == "port" else _port_cli()._export_parser()
+    parser.parse_args(argv)
+    return parser.prog
+
+
+@pytest.mark.parametrize(("cli", "argv", "expected"), PATH_FLAGS)
+def test_an_empty_path_flag_is_refused_naming_it(cli, argv, expected, capsys):
+    """``--out ''`` meant the current folder: run wrote its runs there, prepare its cache,
+    and export --checkpoint '' named the CWD as the checkpoint that was not one."""
+    with pytest.raises(SystemExit) as e:
+        _parse(cli, [*argv, ""])
+    assert e.value.code == 2
+    prog = "python -m " + {"port": "weights_port", "export": "weights_port export"}.get(
+        cli, f"experiments.{cli}"
+    )
+    assert _one_error_line(capsys) == (
+        f"error: argument {argv[-1]}: an empty path; expected {expected} (see {prog} --help)"
+    )
+
+
+def test_an_empty_path_writes_nothing_and_the_helpers_refuse_it(tmp_path, capsys, monkeypatch):
+    from medft_jax import errors
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        run_cli.main([*RUN, "--out", ""])
+    assert "--out: an empty path" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+    for helper in (errors.writable_dir, errors.no_file_in_the_way, errors.check_data_dir):
+        with pytest.raises(UserError, match=r"^--out: an empty path; expected a folder$"):
+            helper("", "--out")
+
+
+@pytest.mark.parametrize("cli", ["run", "sweep", "select", "report", "port", "export"])
+@pytest.mark.parametrize("bad", ["o\nx", "o\tx", "o\x1bx"])
+def test_an_output_path_with_a_control_character_is_refused(cli, bad, capsys):
+    """``run --out $'o\\nx'`` was accepted: the closing ``record: ...`` line broke in two."""
+    argv = dict(PATH_FLAGS_OUT)[cli]
+    with pytest.raises(SystemExit) as e:
+        _parse(cli, [*argv, bad])
+    assert e.value.code == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: argument --out: {bad!r} holds a control character")
+
+
+PATH_FLAGS_OUT = [(c, a) for c, a, _ in PATH_FLAGS if a[-1] == "--out"]
+
+
+@pytest.mark.parametrize("cli", [sweep_cli, select_cli, report_cli])
+def test_a_config_that_is_a_folder_is_said_to_be_one(cli, tmp_path, capsys):
+    """``--config <a folder>`` said ``no such file``: it exists, as a folder."""
+    (tmp_path / "cfg").mkdir()
+    argv = ["--config", str(tmp_path / "cfg"), "--out", str(tmp_path / "o")]
+    assert cli.main([*argv, "--runs", str(tmp_path)] if cli is report_cli else argv) == 2
+    assert _one_error_line(capsys) == (
+        f"error: --config {tmp_path / 'cfg'}: is a folder, expected a grid file (a Python file "
+        "with get_config())"
+    )
+    assert not (tmp_path / "o").exists()
 
 
 def test_flags_that_collect_may_repeat():

@@ -443,6 +443,12 @@ def test_out_writes_every_row_or_leaves_the_old_file(tmp_path, capsys, monkeypat
     )
     err = capsys.readouterr().err  # before the checkpoint is read: the folder is named
     assert err == f"error: --out {gone}: its folder {gone.parent} does not exist; create it first\n"
+    # A file where its folder belongs is said to be a file, not a folder that does not exist.
+    (tmp_path / "afile").write_text("")
+    under = tmp_path / "afile" / "rows.txt"
+    assert main(["--checkpoint", str(ck), "--images", *paths, "--out", str(under)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {under}: {tmp_path / 'afile'} is a file, expected a folder\n"
 
 
 def test_a_failed_write_to_stdout_names_stdout_in_one_line(tmp_path, capsys, monkeypatch):

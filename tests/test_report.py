@@ -2039,6 +2039,13 @@ def test_spearman_ties_and_too_few():
         ("5,mura_wrist,ft,resnet50,auroc,70,1\n", PAPER_HEADER, 2,
          "unknown metric 'auroc' for mura_wrist"),
         ("5,mura_wrist,ft,resnet50,accuracy,70,-1\n", PAPER_HEADER, 2, "se '-1' is negative"),
+        ("5,mura_wrist,ft,resnet50,accuracy,250,1\n", PAPER_HEADER, 2,
+         "mean '250' is outside [0, 100] (percent, accuracy)"),
+        ("5,mura_wrist,ft,resnet50,accuracy,-0.5,1\n", PAPER_HEADER, 2,
+         "mean '-0.5' is outside [0, 100] (percent, accuracy)"),
+        ("5,mura_wrist,ft,resnet50,kappa,-101,1\n", PAPER_HEADER, 2,
+         "mean '-101' is outside [-100, 100] (percent, kappa)"),
+        ("", PAPER_HEADER, 1, "a header and no rows; expected one published cell per line"),
     ],
 )  # fmt: skip
 def test_a_bad_paper_csv_is_one_error_line_naming_file_and_line(

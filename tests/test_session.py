@@ -157,4 +157,4 @@ def test_options_given_under_another_spelling_of_the_dataset_reach_its_loader(
     options = {"medmnist/breastmnist@28": {"progress": False}}
     session = Session(tmp_path, dataset_options=options)
     session.dataset(RunConfig("ft", dataset="medmnist/breastmnist@28"))
-    assert given == [{"progress": False}]
+    assert given == [{"progress": False, "batch_size": 64}]  # refused before decoding if over

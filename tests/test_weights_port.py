@@ -329,6 +329,30 @@ def test_a_refused_port_leaves_no_lock_file(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
 
 
+def test_an_out_whose_folder_refuses_the_lock_names_out(tmp_path, capsys, monkeypatch):
+    """A read-only folder's refusal named the lock file (``.../.o.lock: operation not
+    permitted``), a file the user never named: it is --out's folder that cannot be written."""
+    import contextlib
+    import errno
+
+    from medft_jax.checkpoints import pretrained
+
+    @contextlib.contextmanager
+    def refused(checkpoint):
+        lock = checkpoint.parent / f".{checkpoint.name}.lock"
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(lock))
+        yield
+
+    monkeypatch.setattr(pretrained, "one_porter", refused)
+    src = tmp_path / "m.pth"
+    src.write_bytes(b"x")
+    out = tmp_path / "o"
+    assert main(["--arch", "resnet_tiny", "--torch-weights", str(src), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {out}: cannot write in its folder {tmp_path} (operation not permitted)\n"
+    )
+
+
 def test_read_only_arrays_export_without_a_warning(tmp_path):
     """Arrays restored from a run's checkpoint can be read-only; torch would warn."""
     import warnings
@@ -387,6 +411,8 @@ def test_the_head_flags_say_what_predict_reads_and_a_note_says_what_was_assumed(
         ),
         (["--image-size", "8"], "--image-size 8: expected 32 to 2048 pixels"),
         (["--class-names", *["x"] * 10], "--class-names: a name given twice"),
+        (["--class-names", "", *"bcdefghij"], "--class-names: an empty name; expected one"),
+        (["--class-names", *"abcdefghi", " \t"], "--class-names: an empty name; expected"),
     ]:
         assert main([*argv, "--out", str(tmp_path / "c"), *bad]) == 2
         assert capsys.readouterr().err.startswith(f"error: {message}")
@@ -429,8 +455,9 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     command = err.split("then ", 1)[1].strip()
     ported = weights_port.default_checkpoint("resnet50")
     assert command == f"python -m weights_port --arch resnet50 --torch-weights FILE --out {ported}"
-    # Nothing: not even the lock file a port into the slot holds while it works.
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    # Nothing: not even the lock file a port into the slot holds while it works, nor the
+    # folders made for the download and the lock.
+    assert list(tmp_path.rglob("*")) == []
     # With its own --out, the hint names that folder, where the user asked for the port.
     mine = tmp_path / "mine"
     assert main(["--arch", "resnet50", "--download", "--out", str(mine)]) == 2

@@ -130,6 +130,9 @@ def port(
 def _check_head_flags(
     outputs: int, head: str, class_names: Sequence[str] | None, image_size: int | None
 ) -> None:
+    if class_names is not None and any(not name.strip() for name in class_names):
+        # predict printed `PATH: b 0.50, "" 0.49`: an output no one can name
+        raise PortError("--class-names: an empty name; expected one non-empty name per output")
     if class_names is not None and len(class_names) != outputs:
         raise PortError(
             f"--class-names: {len(class_names)} names for the head's {outputs} outputs "

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medft_jax.errors import ArgumentParser, cli_main
+from medft_jax.errors import ArgumentParser, UserError, cli_main, os_error_line, path_flag
 from medft_jax.models import ARCHS, TEST_ARCHS
 
 
@@ -28,6 +28,7 @@ def _port_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--torch-weights",
+        type=path_flag("a file"),
         metavar="FILE",
         help="torchvision state_dict (.pth or .safetensors; read without torch, running no "
         "pickled code)",
@@ -40,6 +41,7 @@ def _port_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out",
+        type=path_flag("a folder", output=True),
         metavar="DIR",
         help="checkpoint folder to write (default with --download: the cache, "
         "where `experiments.run --weights auto` finds it)",
@@ -76,10 +78,17 @@ def _export_parser() -> argparse.ArgumentParser:
         prog="python -m weights_port export",
         description="Write a medft-jax model checkpoint as a torchvision state_dict.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="model checkpoint folder")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        type=path_flag("a folder"),
+        metavar="DIR",
+        help="model checkpoint folder",
+    )
     p.add_argument(
         "--out",
         required=True,
+        type=path_flag("a file", output=True),
         metavar="FILE",
         help="model.pth (also writes model.safetensors beside it) or model.safetensors",
     )
@@ -123,7 +132,17 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.out is None or target.parent.is_dir()
         else contextlib.nullcontext()
     )
-    with lock:
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lock)
+        except OSError as e:  # the lock file beside --out: a refusal of --out's folder
+            if args.out is None:
+                raise
+            why = os_error_line(e)
+            why = why.rsplit(": ", 1)[-1] if why else e.strerror
+            raise UserError(
+                f"--out {args.out}: cannot write in its folder {target.parent} ({why})"
+            ) from None
         if args.download:
             out = wp.port_imagenet(args.arch, args.out, force=args.force)
         else:

@@ -8,6 +8,7 @@ the last ``-`` of the file name are the start of the file's sha256.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -34,8 +35,11 @@ WEIGHTS_NAMES = {
 
 
 def cache_dir() -> Path:
-    """``$MEDFT_JAX_CACHE`` or ``~/.cache/medft_jax``."""
-    return Path(os.environ.get("MEDFT_JAX_CACHE", "~/.cache/medft_jax")).expanduser()
+    """``$MEDFT_JAX_CACHE`` or ``~/.cache/medft_jax``
+    (:func:`medft_jax.data.locations.user_cache_base`: one rule for the cache root)."""
+    from medft_jax.data.locations import user_cache_base
+
+    return user_cache_base()
 
 
 def require_known(arch: str) -> None:
@@ -96,9 +100,13 @@ def download(arch: str, *, timeout: float = 30.0, out: Path | None = None) -> Pa
                 "it and run --download again"
             )
         return target
+    # Folders this download makes are removed again if it fails (offline: a refused
+    # --download left an empty torchvision/ folder, at worst under a mistyped HOME).
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     digest = hashlib.sha256()
+    done = False
     try:
         with os.fdopen(fd, "wb") as f:
             try:
@@ -129,6 +137,10 @@ def download(arch: str, *, timeout: float = 30.0, out: Path | None = None) -> Pa
                 "the download is corrupt, try again"
             )
         os.replace(tmp, target)
+        done = True
     finally:
         Path(tmp).unlink(missing_ok=True)
+        for folder in [] if done else made:  # deepest first; only if empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return target

@@ -14,6 +14,11 @@ class DataError(UserError):
     """A dataset on disk, or an option describing it, is not what was expected."""
 
 
+class BatchTooLarge(DataError):
+    """A run's ``--batch-size`` larger than its training split: that run's setting, not the
+    data's fault (a run of the same session at a smaller batch may use the data)."""
+
+
 class ImageMissing(DataError):
     """A listed image file is not on disk: a moved or partial copy, never skipped as bad."""
 

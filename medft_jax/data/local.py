@@ -24,7 +24,7 @@ from medft_jax import locks
 from medft_jax.data import cache, dicom
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.dicom import is_dicom
-from medft_jax.data.errors import DataError
+from medft_jax.data.errors import BatchTooLarge, DataError
 from medft_jax.data.examples import Example, split_plan, validate
 from medft_jax.data.folder import parse_folder
 from medft_jax.data.images import (
@@ -147,6 +147,7 @@ def load_local(
     seed: int = 0,
     skip_bad_images: bool = False,
     progress: bool = True,
+    batch_size: int | None = None,
     **options: Any,
 ) -> Dataset:
     """Loads ``folder`` or ``csv`` from ``manual_dir``; ``options`` go to the parser.
@@ -165,11 +166,21 @@ def load_local(
     decoding) and compares its signature (see :func:`source_of`) with the
     cache's: a cache built from other files, classes or labels is rebuilt,
     with one line saying what changed.
+
+    ``batch_size``: the run's; one larger than the listed training split is refused
+    (:class:`BatchTooLarge`) before any image is decoded or cached: a refused run built a
+    whole cache in a ``--data-dir`` it had just created. (Images ``skip_bad_images`` drops
+    can still leave fewer: the run checks the loaded split again.)
     """
     plan = _plan(
         kind, manual_dir, data_dir, (resize_size, crop_size), seed, skip_bad_images, options
     )
     root, target, source, splits = plan.root, plan.target, plan.source, plan.splits
+    listed = len(splits.get("train", ()))
+    if batch_size is not None and batch_size > listed:
+        raise BatchTooLarge(
+            f"--batch-size {batch_size} is larger than the {listed} training examples of {kind}"
+        )
     class_names, multilabel = plan.class_names, plan.multilabel
     bits_stored, window, options = plan.bits_stored, plan.window, plan.options
     # Processes building one cache at once (a multi-host job's, a sweep's workers) would

@@ -12,13 +12,42 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medft_jax.errors import UserError
+
 CACHE_ROOT = "medft_cache"
 
 
 def user_cache_base() -> Path:
     """``$MEDFT_JAX_CACHE``, else ``~/.cache/medft_jax``: the user's own small files (compiled
-    programs, the checks of read-only shared caches), never data a run's numbers come from."""
-    return Path(os.environ.get("MEDFT_JAX_CACHE", "~/.cache/medft_jax")).expanduser()
+    programs, the checks of read-only shared caches, ported ImageNet weights), never data a
+    run's numbers come from.
+
+    An empty ``MEDFT_JAX_CACHE`` is unset, as the toolkit's switches read it; a relative one
+    is refused (it would mean another folder in every working directory), and so is a
+    default whose home is ``''``, ``/`` or a folder that does not exist (``HOME=`` put the
+    cache at ``/.cache``; a mistyped ``HOME`` made a top-level folder): one line each.
+    """
+    value = os.environ.get("MEDFT_JAX_CACHE", "")
+    if value:
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            raise UserError(f"MEDFT_JAX_CACHE {value!r}: expected an absolute path")
+        return path
+    home = os.path.expanduser("~")
+    if home in ("", "/", "~") or not os.path.isdir(home):
+        given = os.environ.get("HOME", home)
+        why = (
+            "is empty"
+            if given == ""
+            else "is the filesystem root"
+            if home in ("", "/")
+            else "is not an existing folder"
+        )
+        raise UserError(
+            f"HOME {given!r} {why}, so the default cache "
+            "~/.cache/medft_jax cannot be used; set MEDFT_JAX_CACHE to an absolute folder"
+        )
+    return Path(home) / ".cache" / "medft_jax"
 
 
 def default_data_dir() -> Path:

@@ -74,6 +74,7 @@ def load(
     seed: int = 0,
     skip_bad_images: bool = False,
     progress: bool = True,
+    batch_size: int | None = None,
     **options: Any,
 ) -> Dataset:
     """Loads dataset ``name`` as a :class:`~medft_jax.data.dataset.Dataset`.
@@ -87,6 +88,8 @@ def load(
       seed: the seed of everything random in the dataset itself (split
         carving; demo images). Shuffling takes its own seed in ``train_iter``.
       skip_bad_images: skip (and count in ``metadata``) undecodable images.
+      batch_size: the run's, for ``folder``/``csv``: one larger than the listed training
+        split is refused before any image is decoded (others: ignored here).
       options: source-specific (tasks: ``val_fraction``, ``uncertain``, ``split_by``; csv/
         folder: see :func:`medft_jax.data.local.load_local`).
     """
@@ -120,6 +123,7 @@ def load(
             seed=seed,
             skip_bad_images=skip_bad_images,
             progress=progress,
+            batch_size=batch_size,
             **_local_args(name, manual_dir, root, (resize, crop), options),
         )
     raise _unknown(name)

@@ -83,8 +83,9 @@ def load_paper(path: str | Path | None = None) -> PaperTables:
 
     Raises :class:`PaperTablesError`, one line naming the file and line, for a
     file that cannot be read, missing columns, a mean or SE that is not a
-    number (or an SE below 0), an unknown dataset, strategy, arch or metric,
-    or a cell given twice.
+    number (or an SE below 0), a mean outside [0, 100] percent ([-100, 100] for
+    κ), an unknown dataset, strategy, arch or metric, a cell given twice, or no
+    cells at all.
     """
     if path is None:
         source, text = bundled_text()
@@ -128,6 +129,11 @@ def parse_paper(text: str, source: str) -> PaperTables:
         mean = _number(row["mean"], "mean", bad, line)
         if mean is None:
             raise bad(line, "mean is empty")
+        low = -100.0 if metric_key(d, m) == "kappa" else 0.0  # κ < 0: worse than chance
+        if not low <= mean <= 100:
+            raise bad(
+                line, f"mean {row['mean'].strip()!r} is outside [{low:g}, 100] (percent, {m})"
+            )
         se = _number(row["se"], "se", bad, line)
         if se is not None and se < 0:
             raise bad(line, f"se {row['se'].strip()!r} is negative")
@@ -135,6 +141,8 @@ def parse_paper(text: str, source: str) -> PaperTables:
         if key in values:
             raise bad(line, f"{d} {s} {a} {m} is given twice (first on line {values[key].line})")
         values[key] = PaperValue(mean, se, line)
+    if not values:  # a comparison of no cells said nothing, silently
+        raise bad(1, "a header and no rows; expected one published cell per line")
     return PaperTables(source, values)
 
 
