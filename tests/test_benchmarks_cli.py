@@ -466,3 +466,42 @@ def test_grid_bill_prints_and_keeps_what_was_measured_on_sigterm(tmp_path):
     )  # fmt: skip
     table = re.compile(r"^\| fp32, LP cached \|.*$", re.M)
     assert table.findall(replay.stdout) == table.findall(text)
+
+
+def _bench(script: str, *flags: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``benchmarks/<script> flags`` in a fresh process (CPU; the repository importable)."""
+    path = os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *flags],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path},
+        cwd=cwd or BENCH.parent,
+        timeout=120,
+        check=False,
+    )
+
+
+def _refused(out: subprocess.CompletedProcess, message: str) -> None:
+    """One ``error:`` line naming ``message``, exit 2, no traceback."""
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert message in out.stderr, out.stderr
+
+
+def test_gpu_rows_takes_one_existing_folder(tmp_path):
+    """gpu_rows took --help for its folder (a traceback), and no folder or a missing one too."""
+    helped = _bench("gpu_rows.py", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "OUT" in helped.stdout, helped.stderr
+    assert list(tmp_path.iterdir()) == []
+    _refused(_bench("gpu_rows.py", cwd=tmp_path), "required: OUT")
+    _refused(_bench("gpu_rows.py", str(tmp_path / "none")), "no such folder")
+    (tmp_path / "afile").write_text("x")
+    _refused(_bench("gpu_rows.py", str(tmp_path / "afile")), "not a folder")
+    assert _bench("gpu_rows.py", str(tmp_path)).returncode == 0
+    assert (tmp_path / "rows.md").read_text().startswith("## GPU")
+
+
+def test_conv_refuses_no_steps():
+    """--steps 0 was a StatisticsError traceback after the first compilation."""
+    _refused(_bench("conv.py", "--steps", "0"), "--steps must be >= 1, got 0")
