@@ -505,3 +505,48 @@ def test_gpu_rows_takes_one_existing_folder(tmp_path):
 def test_conv_refuses_no_steps():
     """--steps 0 was a StatisticsError traceback after the first compilation."""
     _refused(_bench("conv.py", "--steps", "0"), "--steps must be >= 1, got 0")
+
+
+def _main_refuses(capsys, main, argv: list[str], message: str) -> None:
+    """``main(argv)`` under ``cli_main``: one ``error:`` line naming ``message``, exit 2."""
+    from medft_jax.errors import cli_main
+
+    try:
+        status = cli_main(main, argv)
+    except SystemExit as e:  # the parser's own refusal
+        status = e.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--time-budget", "0"], "--time-budget must be a finite number of seconds > 0, got 0"),
+        (["--time-budget", "-1"], "--time-budget must be a finite number of seconds > 0"),
+        (["--time-budget", "nan"], "--time-budget must be a finite number of seconds > 0"),
+        (["--out", "{tmp}/afile/x.json"], "afile is a file, expected a folder"),
+        (["--out", "{tmp}/none/x.json"], "its folder {tmp}/none does not exist"),
+        (["--out", "{tmp}"], "is a folder, expected a JSON file"),
+        (["--from-json", "{tmp}/none.json"], "--from-json {tmp}/none.json: no such file"),
+        (["--from-json", "{tmp}/afile"], "--from-json {tmp}/afile: not JSON"),
+        (["--from-json", "{tmp}/other.json"], "--from-json {tmp}/other.json: no measurements"),
+    ],
+)
+def test_grid_bill_refuses_bad_flags_before_measuring(tmp_path, capsys, flags, message):
+    """--from-json and --config were tracebacks, --time-budget 0 meant no budget and a bad
+    --out failed only at the first measurement written, minutes in."""
+    (tmp_path / "afile").write_text("x,y\n")
+    (tmp_path / "other.json").write_text('{"archs": [{"arch": 1}], "meta": {}}')
+    argv = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    before = sorted(tmp_path.iterdir())
+    _main_refuses(capsys, grid_bill.main, argv, message.replace("{tmp}", str(tmp_path)))
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_grid_bill_script_refuses_a_broken_config_in_one_line(tmp_path):
+    """The script did not run under cli_main: a GridError (a UserError) was a traceback."""
+    (tmp_path / "syntax.py").write_text("def get_config(:\n")
+    out = _bench("grid_bill.py", "--config", str(tmp_path / "syntax.py"))
+    _refused(out, f"--config {tmp_path / 'syntax.py'}: cannot be imported")
