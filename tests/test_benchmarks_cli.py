@@ -550,3 +550,11 @@ def test_grid_bill_script_refuses_a_broken_config_in_one_line(tmp_path):
     (tmp_path / "syntax.py").write_text("def get_config(:\n")
     out = _bench("grid_bill.py", "--config", str(tmp_path / "syntax.py"))
     _refused(out, f"--config {tmp_path / 'syntax.py'}: cannot be imported")
+
+
+def test_input_pipeline_refuses_a_file_for_its_workdir(tmp_path):
+    """--workdir naming a file was a FileExistsError traceback."""
+    (tmp_path / "afile").write_text("mine")
+    out = _bench("input_pipeline.py", "--workdir", str(tmp_path / "afile"))
+    _refused(out, f"--workdir {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file")
+    assert (tmp_path / "afile").read_text() == "mine"
