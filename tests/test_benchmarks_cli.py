@@ -558,3 +558,62 @@ def test_input_pipeline_refuses_a_file_for_its_workdir(tmp_path):
     out = _bench("input_pipeline.py", "--workdir", str(tmp_path / "afile"))
     _refused(out, f"--workdir {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def _script(name: str):
+    """benchmarks/<name>.py as a module of its own name (``checkpoints`` would shadow)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("script", "flags", "message"),
+    [
+        ("precision", ["--epochs", "0"], "--epochs must be in [1, 10000], got 0"),
+        ("precision", ["--arch", "resnet5"], "--arch 'resnet5' is unknown"),
+        ("precision", ["--image-size", "8"], "--image-size must be in [32, 1024], got 8"),
+        ("checkpoints", ["--strategy", "nope"], "--strategy: invalid choice: 'nope'"),
+        ("checkpoints", ["--epochs", "100000"], "--epochs must be in [1, 10000], got 100000"),
+    ],
+)
+def test_run_wrappers_check_flags_before_the_first_run(
+    tmp_path, capsys, monkeypatch, script, flags, message
+):
+    """precision.py and checkpoints.py left their flags to experiments.run, a run later."""
+    module = _script(script)
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("experiments.run was started")
+
+    monkeypatch.setattr(module.subprocess, "run", no_run)
+    npz = tmp_path / "breastmnist.npz"
+    npz.write_bytes(b"")
+    extra = ["--npz", str(npz)] if script == "precision" else []
+    _main_refuses(capsys, module.main, [*flags, *extra], message)
+
+
+@pytest.mark.parametrize("script", ["precision", "checkpoints"])
+def test_run_wrappers_exit_with_a_failed_runs_status(tmp_path, capsys, monkeypatch, script):
+    """A refused experiments.run (its one error line on stderr) was then a
+    CalledProcessError traceback from the script; now the script exits with its status."""
+    module = _script(script)
+    calls = []
+
+    def refused(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 2)
+
+    monkeypatch.setattr(module.subprocess, "run", refused)
+    npz = tmp_path / "breastmnist.npz"
+    npz.write_bytes(b"")
+    from medft_jax.errors import cli_main
+
+    argv = ["--npz", str(npz)] if script == "precision" else []
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(module.main, argv)
+    assert exit_.value.code == 2 and len(calls) == 1
+    assert capsys.readouterr().err == ""  # the child's line is the only one
