@@ -578,12 +578,16 @@ def _script(name: str):
         ("precision", ["--image-size", "8"], "--image-size must be in [32, 1024], got 8"),
         ("checkpoints", ["--strategy", "nope"], "--strategy: invalid choice: 'nope'"),
         ("checkpoints", ["--epochs", "100000"], "--epochs must be in [1, 10000], got 100000"),
+        ("end_to_end", ["--flag", "nope"], "--flag 'nope': unknown MedMNIST flag"),
+        ("end_to_end", ["--flag", "breastmnist@64"], "did you mean breastmnist?"),
+        ("end_to_end", ["--epochs", "0"], "--epochs must be in [1, 10000], got 0"),
     ],
 )
 def test_run_wrappers_check_flags_before_the_first_run(
     tmp_path, capsys, monkeypatch, script, flags, message
 ):
-    """precision.py and checkpoints.py left their flags to experiments.run, a run later."""
+    """precision.py, checkpoints.py and end_to_end.py left their flags to experiments.run, a
+    run later (end_to_end: after the whole PyTorch side)."""
     module = _script(script)
 
     def no_run(*args, **kwargs):
@@ -596,7 +600,7 @@ def test_run_wrappers_check_flags_before_the_first_run(
     _main_refuses(capsys, module.main, [*flags, *extra], message)
 
 
-@pytest.mark.parametrize("script", ["precision", "checkpoints"])
+@pytest.mark.parametrize("script", ["precision", "checkpoints", "end_to_end"])
 def test_run_wrappers_exit_with_a_failed_runs_status(tmp_path, capsys, monkeypatch, script):
     """A refused experiments.run (its one error line on stderr) was then a
     CalledProcessError traceback from the script; now the script exits with its status."""
@@ -605,7 +609,7 @@ def test_run_wrappers_exit_with_a_failed_runs_status(tmp_path, capsys, monkeypat
 
     def refused(cmd, **kwargs):
         calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 2)
+        return subprocess.CompletedProcess(cmd, 2, "", "")
 
     monkeypatch.setattr(module.subprocess, "run", refused)
     npz = tmp_path / "breastmnist.npz"
