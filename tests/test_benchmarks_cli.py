@@ -209,8 +209,12 @@ def test_torch_compile_failure_is_a_cell_not_a_crash():
 
 
 def test_models_rejects_a_malformed_setting():
-    with pytest.raises(SystemExit, match="--settings '224': expected SIZExBATCH"):
-        bench_models.parse_setting("224")
+    from medft_jax.errors import UserError
+
+    for setting in ("224", "abc", "0x64", "224x-1", "224x64x1"):
+        with pytest.raises(UserError, match=f"--settings '{setting}': expected SIZExBATCH"):
+            bench_models.parse_setting(setting)
+    assert bench_models.parse_setting("224x64") == (224, 64)
 
 
 @pytest.mark.parametrize(
@@ -261,6 +265,11 @@ def test_models_rejects_a_malformed_setting():
             ["--torch-compile"],
             "--torch-compile applies to the bf16 table",
             marks=pytest.mark.slow,
+        ),
+        (  # was exit 1 with no error: prefix
+            "models.py",
+            ["--settings", "abc"],
+            "error: --settings 'abc': expected SIZExBATCH",
         ),
         ("strategies.py", ["--arch", "bogus"], "--arch 'bogus': unknown arch"),
         pytest.param(
