@@ -630,3 +630,13 @@ def test_run_wrappers_exit_with_a_failed_runs_status(tmp_path, capsys, monkeypat
         cli_main(module.main, argv)
     assert exit_.value.code == 2 and len(calls) == 1
     assert capsys.readouterr().err == ""  # the child's line is the only one
+
+
+def test_select_vs_grid_default_config_is_the_repositorys(tmp_path):
+    """From any folder but the repository's, the default --config (relative to the cwd) was
+    refused before --work was looked at; a --work that is a file was never refused."""
+    (tmp_path / "afile").write_text("mine")
+    out = _bench("select_vs_grid.py", "--work", str(tmp_path / "afile" / "w"), cwd=tmp_path)
+    _refused(out, f"--work {tmp_path / 'afile' / 'w'}: {tmp_path / 'afile'} is a file")
+    missing = _bench("select_vs_grid.py", "--grid-runs", str(tmp_path / "none"), cwd=tmp_path)
+    _refused(missing, f"--grid-runs {tmp_path / 'none'}: no such folder")
