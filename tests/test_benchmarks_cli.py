@@ -640,3 +640,29 @@ def test_select_vs_grid_default_config_is_the_repositorys(tmp_path):
     _refused(out, f"--work {tmp_path / 'afile' / 'w'}: {tmp_path / 'afile'} is a file")
     missing = _bench("select_vs_grid.py", "--grid-runs", str(tmp_path / "none"), cwd=tmp_path)
     _refused(missing, f"--grid-runs {tmp_path / 'none'}: no such folder")
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "checkpoints.py",
+        "conv.py",
+        "end_to_end.py",
+        "gpu_rows.py",
+        "input_pipeline.py",
+        "precision.py",
+        "select_vs_grid.py",
+        "strategies.py",  # imports JAX first: one such process in the fast tier
+        pytest.param("grid_bill.py", marks=pytest.mark.slow),
+        pytest.param("models.py", marks=pytest.mark.slow),
+    ],
+)
+def test_every_benchmark_says_a_flag_error_in_one_line(tmp_path, script):
+    """Plain argparse printed its usage block first (3-9 lines), and took a flag given twice
+    as the last one."""
+    out_folder = ["."] if script == "gpu_rows.py" else []  # its one positional
+    _refused(_bench(script, *out_folder, "--no-such-flag", cwd=tmp_path), "unrecognized arguments")
+    flag, value = ("--steps", "3") if script in ("conv.py", "strategies.py") else ("--x", "")
+    if value:
+        _refused(_bench(script, flag, value, flag, value, cwd=tmp_path), f"{flag} given twice")
+    assert list(tmp_path.iterdir()) == []
