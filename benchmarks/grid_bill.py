@@ -1341,8 +1341,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--time-budget",
         type=float,
-        help="seconds of measuring: nothing is started that is predicted to end after it; "
-        "what is left is bounded",
+        help="seconds of measuring (> 0; default: no limit): nothing is started that is "
+        "predicted to end after it; what is left is bounded",
     )
     p.add_argument(
         "--out",
