@@ -12,13 +12,17 @@ records' test metrics are equal (they must be).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+
+from medft_jax.config import check_value
+from medft_jax.errors import ArgumentParser, cli_main
+from medft_jax.names import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,16 +31,19 @@ def run(out: Path, seconds: str, strategy: str, epochs: int) -> dict:
     cmd = [sys.executable, "-m", "experiments.run", "--strategy", strategy,
            "--epochs", str(epochs), "--out", str(out), "--no-progress"]  # fmt: skip
     env = {**os.environ, "MEDFT_JAX_CHECKPOINT_SECONDS": seconds}
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, check=False, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    if done.returncode != 0:  # it said why on stderr, in one line: its status, no traceback
+        raise SystemExit(done.returncode if done.returncode > 0 else 128 - done.returncode)
     (record,) = out.rglob("record.json")
     return json.loads(record.read_text())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--strategy", default="g_lf")
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--strategy", default="g_lf", choices=STRATEGIES)
     p.add_argument("--epochs", type=int, default=8)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    check_value("epochs", args.epochs, "--epochs")  # experiments.run's rule, before any run
     if args.epochs < 2:
         p.error(
             f"--epochs must be >= 2 (a resume point needs an epoch after it), got {args.epochs}"
@@ -54,7 +61,8 @@ def main() -> None:
         print(f"| {label} | {r['wall_seconds']:.1f} | {r['seconds']['checkpoints']:.1f} |")
     print(f"wall, default / every epoch: {timed['wall_seconds'] / every['wall_seconds']:.2f}")
     print(f"same test metrics: {every['test'] == timed['test']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))

@@ -13,15 +13,12 @@ in ``medft_jax/models/conv.py``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
+from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
-
-from medft_jax.environment import machine_line
-from medft_jax.models.conv import cpu_conv, lax_conv
+from medft_jax.errors import ArgumentParser, cli_main
 
 # (name, batch, size, in channels, out channels, kernel, stride, padding)
 SHAPES = (
@@ -39,6 +36,8 @@ SHAPES = (
 
 
 def median_ms(fn, *args, steps: int) -> float:
+    import jax
+
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(steps):
@@ -50,16 +49,27 @@ def median_ms(fn, *args, steps: int) -> float:
 
 def passes(conv, stride: int, padding: int):
     """jit-compiled forward, input-gradient and weight-gradient functions of ``conv``."""
+    import jax
+
     fwd = jax.jit(lambda x, w: conv(x, w, stride, padding))
     dx = jax.jit(lambda x, w, g: jax.vjp(lambda x_: conv(x_, w, stride, padding), x)[1](g)[0])
     dw = jax.jit(lambda x, w, g: jax.vjp(lambda w_: conv(x, w_, stride, padding), w)[1](g)[0])
     return fwd, dx, dw
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
+
+    import jax  # after the flags: a bad one is refused without loading JAX
+    import jax.numpy as jnp
+
+    from medft_jax.environment import machine_line
+    from medft_jax.models.conv import cpu_conv, lax_conv
+
     print(machine_line())
     print("| layer | pass | XLA ms | toolkit ms | speed-up |")
     print("|---|---|---|---|---|")
@@ -78,7 +88,8 @@ def main() -> None:
             t_xla = median_ms(xla_fn, *fn_args, steps=args.steps)
             t_ours = median_ms(ours_fn, *fn_args, steps=args.steps)
             print(f"| {name} | {label} | {t_xla:.1f} | {t_ours:.1f} | {t_xla / t_ours:.2f} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))

@@ -26,9 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from medft_jax.config import check_value
+from medft_jax.data.medmnist_info import FLAGS
+from medft_jax.errors import ArgumentParser, UserError, cli_main, did_you_mean
 
 SPLITS = {"train": 3882, "val": 524, "test": 624}  # the issue's training-set size
 FLAG = "pneumoniamnist"  # binary, grayscale, 28 px: the MedMNIST chest X-ray set
@@ -50,6 +55,13 @@ def make_npz(path: Path, seed: int = 0) -> None:
     np.savez(path, **arrays)
 
 
+def child_ok(done: subprocess.CompletedProcess) -> None:
+    """A failed side ends this script with its status: it printed why (one ``error:`` line
+    from experiments.run), so no CalledProcessError traceback follows it."""
+    if done.returncode != 0:
+        raise SystemExit(done.returncode if done.returncode > 0 else 128 - done.returncode)
+
+
 def run_toolkit(data_dir: Path, out: Path, flag: str, epochs: int) -> dict:
     cmd = [
         sys.executable, "-m", "experiments.run", "--strategy", "ft", "--arch", "resnet50",
@@ -58,7 +70,7 @@ def run_toolkit(data_dir: Path, out: Path, flag: str, epochs: int) -> dict:
         "--image-size", "32", "--seeds", "0", "--out", str(out), "--no-progress",
     ]  # fmt: skip
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    child_ok(subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL))
     wall = time.perf_counter() - start
     (record_file,) = out.rglob("record.json")
     record = json.loads(record_file.read_text())
@@ -129,24 +141,34 @@ def torch_main(npz: str, epochs: int, seed: int = 0) -> None:
 def run_torch(npz: Path, epochs: int) -> dict:
     cmd = [sys.executable, __file__, "--torch-only", "--npz", str(npz), "--epochs", str(epochs)]
     start = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)  # why, as it said it
+    child_ok(done)
+    out = done.stdout
     result = json.loads(out.strip().splitlines()[-1])
     result["wall"] = time.perf_counter() - start
     return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--npz", type=Path, help="a MedMNIST-format .npz (default: make one)")
     p.add_argument("--flag", default=FLAG, help="its MedMNIST flag (default: pneumoniamnist)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.flag not in FLAGS:  # experiments.run refused it only after the PyTorch side ran
+        raise UserError(
+            f"--flag {args.flag!r}: unknown MedMNIST flag; known: {', '.join(sorted(FLAGS))}"
+            + did_you_mean(args.flag, FLAGS)
+        )
+    check_value("epochs", args.epochs, "--epochs")
     if args.npz and not args.npz.is_file():
-        raise SystemExit(f"--npz {args.npz}: no such file (expected a MedMNIST-format .npz)")
+        raise UserError(f"--npz {args.npz}: no such file (expected a MedMNIST-format .npz)")
     if args.torch_only:
         torch_main(str(args.npz), args.epochs)
-        return
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
@@ -173,7 +195,8 @@ def main() -> None:
         row = (name, f"{r['wall']:.1f}", f"{r['train']:.1f}", r["best_epoch"], f"{r['auroc']:.3f}")
         print("| " + " | ".join(map(str, row)) + " |")
     print(f"JAX/PyTorch wall: {jax_result['wall'] / torch_result['wall']:.2f} (goal <= 1.25)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))

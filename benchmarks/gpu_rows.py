@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed medft_jax wins
+from medft_jax.errors import ArgumentParser, UserError, cli_main  # stdlib only
 
 STEPS = (
     ("densenet", "models.py, DenseNet-121, JAX bf16 against PyTorch AMP"),
@@ -107,10 +111,16 @@ def rows(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out", metavar="OUT", help="gpu.sh's output folder: its logs, and rows.md")
+    out = Path(p.parse_args(argv).out)
+    if not out.is_dir():
+        what = "no such folder" if not out.exists() else "not a folder"
+        raise UserError(f"OUT {str(out)!r}: {what}; expected gpu.sh's output folder")
     (out / "rows.md").write_text(rows(out))  # no temporary: $OUT brings back 8 files at most
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))

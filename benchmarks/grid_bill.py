@@ -90,7 +90,7 @@ from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.arrays import make_split
 from medft_jax.data.dataset import Dataset
 from medft_jax.environment import machine_line
-from medft_jax.errors import UserError
+from medft_jax.errors import ArgumentParser, UserError, cli_main
 from medft_jax.fit import checkpoint_seconds
 from medft_jax.grid import NOMINAL_TRAIN_IMAGES, Grid, load_grid
 from medft_jax.models import COMPUTE_DTYPES, create, get_arch, init_variables
@@ -255,7 +255,7 @@ def task_facts(names: Sequence[str]) -> list[TaskFacts]:
     out = []
     for name in names:
         if name not in NOMINAL_TRAIN_IMAGES:
-            raise SystemExit(f"--tasks {name}: no nominal training-set size in medft_jax.grid")
+            raise UserError(f"--tasks {name}: no nominal training-set size in medft_jax.grid")
         task = builder_class(name).TASK
         n = NOMINAL_TRAIN_IMAGES[name]
         out.append(
@@ -1212,13 +1212,31 @@ def write_json(path: Path, meta: Mapping[str, Any], measured: Mapping[tuple, Arc
     os.replace(tmp, path)
 
 
+META_KEYS = ("on_cpu", "image_size", "batch", "precisions")
+"""What the report of ``--from-json`` reads from the file's ``meta``."""
+
+
 def read_json(path: Path) -> tuple[dict[str, Any], dict[tuple[str, str], ArchTimes]]:
-    doc = json.loads(Path(path).read_text())
-    measured = {}
-    for data in doc["archs"]:
-        t = times_from_json(data)
-        measured[(t.arch, t.precision)] = t
-    return doc["meta"], measured
+    """What ``--out`` wrote; anything else is refused in one line naming ``--from-json``."""
+    expected = "expected a JSON file grid_bill.py --out wrote"
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--from-json {path}: not JSON ({e}); {expected}") from None
+    except OSError as e:
+        raise UserError(f"--from-json {path}: cannot be read ({e.strerror}); {expected}") from None
+    try:
+        measured = {}
+        for data in doc["archs"]:
+            t = times_from_json(data)
+            measured[(t.arch, t.precision)] = t
+        meta = doc["meta"]
+        missing = [k for k in META_KEYS if k not in meta]
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"--from-json {path}: no measurements ({e!r}); {expected}") from None
+    if missing:
+        raise UserError(f"--from-json {path}: its meta lacks {', '.join(missing)}; {expected}")
+    return meta, measured
 
 
 class _Reporter:
@@ -1287,8 +1305,27 @@ def cheap_first(grid: Grid) -> list[str]:
     return sorted(grid.strategies, key=lambda s: s in ("g_lf", "g_fl"))
 
 
+def check_out_file(path: Path) -> None:
+    """Refuses an ``--out`` that cannot be written, before any measuring (not minutes later,
+    at the first measurement written). Leaves nothing behind."""
+    folder = path.parent
+    if path.is_dir():
+        raise UserError(f"--out {path}: is a folder, expected a JSON file")
+    if not folder.exists():
+        raise UserError(f"--out {path}: its folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise UserError(f"--out {path}: {folder} is a file, expected a folder")
+    try:  # a file made and removed at once: os.access says yes to root, even on /proc
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"--out {path}: its folder {folder} is not writable ({e.strerror})"
+        ) from None
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(ROOT / "experiments" / "configs" / "paper.py"))
     p.add_argument("--archs", nargs="+", help="archs to time (CPU: resnet50; GPU: the grid's)")
     p.add_argument(
@@ -1304,8 +1341,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--time-budget",
         type=float,
-        help="seconds of measuring: nothing is started that is predicted to end after it; "
-        "what is left is bounded",
+        help="seconds of measuring (> 0; default: no limit): nothing is started that is "
+        "predicted to end after it; what is left is bounded",
     )
     p.add_argument(
         "--out",
@@ -1320,13 +1357,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="a smoke run: ResNet-50, 32 px, FT and LP")
     args = p.parse_args(argv)
-    on_cpu = jax.default_backend() == "cpu"
-    defaults = QUICK if args.quick else CPU_DEFAULTS if on_cpu else {}
-    for field in ("image_size", "batch", "steps", "data_steps", "archs", "strategies"):
-        if getattr(args, field) is None:
-            setattr(args, field, defaults.get(field))
-    if args.precisions is None:
-        args.precisions = defaults.get("precisions", ["bf16", "fp32"])
+    budget = args.time_budget
+    if budget is not None and not (0 < budget < math.inf):
+        p.error(f"--time-budget must be a finite number of seconds > 0, got {budget}")
+    if args.out is not None:
+        check_out_file(args.out)
+    if args.from_json is not None and not args.from_json.is_file():
+        what = "is a folder" if args.from_json.is_dir() else "no such file"
+        raise UserError(f"--from-json {args.from_json}: {what}; expected a file --out wrote")
     for field in ("image_size", "batch", "steps", "data_steps", "mean_epochs"):
         value = getattr(args, field)
         if value is not None and value < 1:
@@ -1334,20 +1372,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def fill_defaults(args: argparse.Namespace, on_cpu: bool) -> None:
+    """The sizes, archs, strategies and precisions not given: ``--quick``'s, a CPU's or a GPU's."""
+    defaults = QUICK if args.quick else CPU_DEFAULTS if on_cpu else {}
+    for field in ("image_size", "batch", "steps", "data_steps", "archs", "strategies"):
+        if getattr(args, field) is None:
+            setattr(args, field, defaults.get(field))
+    if args.precisions is None:
+        args.precisions = defaults.get("precisions", ["bf16", "fp32"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:  # before the measuring, not after it
-        checkpoint_seconds()
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
-    if args.from_json is None:
+    checkpoint_seconds()  # before the measuring, not after it
+    grid = load_grid(args.config)  # a broken --config or --from-json: refused before any work
+    if args.from_json is not None:
+        meta, measured = read_json(args.from_json)
+    else:
         tune_cpu_host()  # the process as the command lines set it up, before JAX's first use
     on_cpu = jax.default_backend() == "cpu"
-    grid = load_grid(args.config)
+    fill_defaults(args, on_cpu)
     settings = grid.config(grid.datasets[0], grid.archs[0], grid.strategies[0], 1e-4, 0)
     size, batch = settings.image_size, settings.batch_size
     if args.from_json is not None:
-        meta, measured = read_json(args.from_json)
         if args.tasks is None:
             args.tasks = meta.get("tasks")
         on_cpu = meta["on_cpu"]
@@ -1359,18 +1406,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tasks:
         unknown = sorted(set(args.tasks) - set(grid.datasets))
         if unknown:
-            raise SystemExit(f"--tasks {' '.join(unknown)}: not in grid {grid.name!r}")
+            raise UserError(f"--tasks {' '.join(unknown)}: not in grid {grid.name!r}")
         grid = dataclasses.replace(grid, datasets=tuple(args.tasks))
     archs = args.archs or list(grid.archs)
     if args.from_json is not None:  # the file's archs and strategies, whatever was asked
         archs, args.strategies = [], None
     for arch in archs:
         if arch not in grid.archs:
-            raise SystemExit(f"--archs {arch}: not in grid {grid.name!r}")
+            raise UserError(f"--archs {arch}: not in grid {grid.name!r}")
     measure = args.strategies or cheap_first(grid)
     for name in measure:
         if name not in grid.strategies:
-            raise SystemExit(f"--strategies {name}: not in grid {grid.name!r}")
+            raise UserError(f"--strategies {name}: not in grid {grid.name!r}")
     tasks = task_facts(grid.datasets)
     image_size, timed_batch = args.image_size or size, args.batch or batch
     scale = scale_factor(image_size, timed_batch, size, batch)
@@ -1405,7 +1452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_steps=args.data_steps or 30,
         grid_size=size,
         grid_batch=batch,
-        deadline=time.perf_counter() + (args.time_budget or math.inf),
+        deadline=time.perf_counter() + (math.inf if args.time_budget is None else args.time_budget),
     )
     print(
         f"{machine_line()}; grid {grid.name!r}: "
@@ -1539,4 +1586,4 @@ def print_report(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))

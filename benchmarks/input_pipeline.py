@@ -14,26 +14,30 @@ at about 3,000 images/s).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image
+from medft_jax.errors import ArgumentParser, cli_main, writable_dir
 
-from medft_jax.data import cache
-from medft_jax.data.dataset import Dataset
-from medft_jax.data.images import ImageReader
-from medft_jax.environment import machine_line
+if TYPE_CHECKING:
+    from medft_jax.data.dataset import Dataset
 
 
 def make_cache(workdir: Path, n: int, size: int = 224) -> Dataset:
     """A prepared-looking cache of ``n`` smooth random images (compressibility is moot: raw)."""
+    import numpy as np
+
+    from medft_jax.data import cache
+    from medft_jax.data.dataset import Dataset
+
     target = workdir / "cache"
     if not cache.is_complete(target):
         rng = np.random.default_rng(0)
@@ -70,6 +74,11 @@ def time_pipeline(ds: Dataset, batch_size: int, epochs: int, **options: int) -> 
 
 def time_raw(workdir: Path, n: int, fmt: str, size: tuple[int, int] = (512, 512)) -> float:
     """Images/s decoding + resizing + cropping ``n`` raw files of ``size``."""
+    import numpy as np
+    from PIL import Image
+
+    from medft_jax.data.images import ImageReader
+
     folder = workdir / f"raw_{fmt}"
     folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(1)
@@ -88,14 +97,14 @@ def time_raw(workdir: Path, n: int, fmt: str, size: tuple[int, int] = (512, 512)
     return n / (time.perf_counter() - start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=2000, help="at least 256, the largest batch")
     p.add_argument("--raw-images", type=int, default=100)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workdir", default="/tmp/medft_bench_input")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     for flag in ("images", "raw_images", "epochs"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -103,7 +112,9 @@ def main() -> None:
         p.error(f"--images must be >= 256 (the largest batch timed), got {args.images}")
     parent = Path(args.workdir)
     made_parent = not parent.exists()
-    parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(parent, "--workdir")  # a file there: one line, not a FileExistsError
+    from medft_jax.environment import machine_line  # after the flags: refused without JAX
+
     # A folder of its own: --workdir may hold the user's files (~, /tmp), never removed.
     workdir = Path(tempfile.mkdtemp(prefix="medft_bench_input_", dir=parent))
     try:
@@ -139,7 +150,8 @@ def main() -> None:
             if made_parent:
                 with contextlib.suppress(OSError):  # only if nothing else was put there
                     parent.rmdir()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))

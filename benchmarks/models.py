@@ -50,14 +50,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from medft_jax.errors import one_line
+from medft_jax.errors import ArgumentParser, UserError, cli_main, one_line
 from medft_jax.models import ARCHS, create, init_variables, layers, vgg
 from medft_jax.models.conv import lax_conv
 from medft_jax.models.pool import lax_max_pool
@@ -317,7 +317,7 @@ def torch_in_child(arch: str, size: int, batch: int, steps: int) -> dict[str, fl
     )
     if out.returncode != 0:  # the child's own last line says why
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"--host split: PyTorch's child process for {arch} failed: {last}")
+        raise SystemExit(f"error: --host split: PyTorch's child process for {arch} failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -388,15 +388,18 @@ def torch_amp_speeds(arch: str, size: int, batch: int, steps: int) -> dict[str, 
 
 
 def parse_setting(setting: str) -> tuple[int, int]:
+    """``224x64`` -> (224, 64); anything else refused in one line naming ``--settings``."""
     try:
         size, batch = (int(v) for v in setting.split("x"))
     except ValueError:
-        raise SystemExit(f"--settings {setting!r}: expected SIZExBATCH, e.g. 224x64") from None
+        size = batch = 0
+    if size < 1 or batch < 1:
+        raise UserError(f"--settings {setting!r}: expected SIZExBATCH, e.g. 224x64")
     return size, batch
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--archs", nargs="+", default=["resnet50", "densenet121", "vgg19"])
     p.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
     p.add_argument(
@@ -428,7 +431,7 @@ def main() -> None:
         "frameworks; default: the process as started; split (fp32 table only): JAX with "
         "them, PyTorch in a child process as started",
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
     if args.precision == "bf16":  # the bf16 table has neither: refused, not ignored
@@ -441,15 +444,17 @@ def main() -> None:
     unknown = [a for a in args.archs if not is_known_arch(a)]
     if unknown:
         p.error(f"--archs {unknown[0]!r}: unknown arch; known: {', '.join(ARCHS)}")
+    for setting in args.settings:
+        parse_setting(setting)
     host = "default"
     if args.host != "default":  # before anything creates JAX's CPU client
         host = f"{args.host} (allocator kept)" if tune_cpu_host() else args.host
-    for setting in args.settings:
-        parse_setting(setting)
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise SystemExit("benchmarks/models.py needs torch: pip install -e '.[port]'") from None
+        raise SystemExit(
+            "error: benchmarks/models.py needs torch: pip install -e '.[port]'"
+        ) from None
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     print(header(precisions, host))
     for i, precision in enumerate(precisions):
@@ -459,7 +464,8 @@ def main() -> None:
             fp32_table(args)
         else:
             bf16_table(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))

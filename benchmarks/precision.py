@@ -26,7 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from medft_jax.config import check_value
+from medft_jax.errors import ArgumentParser, UserError, cli_main, did_you_mean
+from medft_jax.names import ARCHS, is_known_arch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "breastmnist.npz"
 
@@ -39,21 +44,31 @@ def run(data_dir: Path, out: Path, precision: str, args: argparse.Namespace) -> 
         "--patience", "5", "--batch-size", "64", "--image-size", str(args.image_size),
         "--seeds", "0", "1", "2", "--precision", precision, "--out", str(out), "--no-progress",
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+    if done.returncode != 0:  # it said why on stderr, in one line: its status, no traceback
+        raise SystemExit(done.returncode if done.returncode > 0 else 128 - done.returncode)
     records = [json.loads(p.read_text()) for p in sorted(out.rglob("record.json"))]
     return [r for r in records if r["config"]["precision"] == precision]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--npz", type=Path, default=SHARED, help="BreastMNIST's MedMNIST .npz")
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--weights", default="auto")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--image-size", type=int, default=32)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    # experiments.run's own rules, here: a bad flag is refused before the first run starts
+    if not is_known_arch(args.arch):
+        raise UserError(
+            f"--arch {args.arch!r} is unknown; valid: {', '.join(ARCHS)}"
+            + did_you_mean(args.arch, ARCHS)
+        )
+    check_value("epochs", args.epochs, "--epochs")
+    check_value("image_size", args.image_size, "--image-size")
     if not args.npz.is_file():
-        raise SystemExit(f"--npz {args.npz}: no such file (expected BreastMNIST's .npz)")
+        raise UserError(f"--npz {args.npz}: no such file (expected BreastMNIST's .npz)")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
@@ -86,7 +101,8 @@ def main() -> None:
         f"bf16 mean test AUROC {bf16:.3f}; float32 runs {min(f32):.3f}-{max(f32):.3f} "
         f"(mean {statistics.mean(f32):.3f}): {'within' if inside else 'OUTSIDE'} their spread"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))

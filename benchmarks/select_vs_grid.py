@@ -16,32 +16,42 @@ compiled programs and the persistent compilation cache.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from experiments import select as select_cli
 from experiments import sweep as sweep_cli
 from medft_jax import grid as grid_lib
-from medft_jax.environment import machine_line
+from medft_jax.errors import ArgumentParser, UserError, cli_main, no_file_in_the_way
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="experiments/configs/quick.py")
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--config",
+        default=str(ROOT / "experiments" / "configs" / "quick.py"),
+        help="the grid file (default: this repository's experiments/configs/quick.py)",
+    )
     p.add_argument("--work", default="/tmp/medft_select_vs_grid", help="scratch folder")
     p.add_argument("--grid-runs", help="records of the grid already run (else it is run here)")
     p.add_argument("--eta", type=int, default=3)
     p.add_argument("--min-epochs", type=float, default=0.5)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    # before the grid: a bad flag found after hours of runs would waste them
+    select_cli.check_halving(args.min_epochs, args.eta)
+    grid_lib.load_grid(args.config)
+    no_file_in_the_way(args.work, "--work")
+    if args.grid_runs and not Path(args.grid_runs).is_dir():
+        raise UserError(f"--grid-runs {args.grid_runs}: no such folder (expected a sweep's --out)")
+    from medft_jax.environment import machine_line  # JAX, after the flags
+
     print(machine_line(), flush=True)
-    try:  # before the grid: a bad flag found after hours of runs would waste them
-        select_cli.check_halving(args.min_epochs, args.eta)
-        grid_lib.load_grid(args.config)
-    except grid_lib.GridError as e:
-        p.error(str(e))
     work = Path(args.work)
     grid_runs = Path(args.grid_runs) if args.grid_runs else work / "grid"
     grid_wall = None
@@ -49,8 +59,8 @@ def main() -> None:
         t = time.perf_counter()
         rc = sweep_cli.main(["--config", args.config, "--out", str(grid_runs)])
         grid_wall = time.perf_counter() - t
-        if rc:
-            raise SystemExit(f"the grid's sweep failed (exit {rc})")
+        if rc:  # it said why, in one error: line
+            return rc
     g = grid_lib.load_grid(args.config)
     rows = []
     for dataset in g.datasets:
@@ -78,8 +88,8 @@ def main() -> None:
                 ]
             )
             wall = time.perf_counter() - t
-            if rc:
-                raise SystemExit(f"select failed for {dataset}/{arch} (exit {rc})")
+            if rc:  # it said why, in one error: line
+                return rc
             rows.append((dataset, arch, json.loads(outcome_file.read_text()), wall))
     print(
         f"\n# {args.config}: eta {args.eta}, first rung {args.min_epochs:g} epoch(s)"
@@ -98,7 +108,8 @@ def main() -> None:
             f"| {o['cost']['seconds']:.0f}/{gr['seconds']:.0f} = {gr['fraction_seconds']:.0%} "
             f"| {wall / 60:.1f} min |"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))

@@ -20,9 +20,10 @@ Trainer's two programs.
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -30,6 +31,7 @@ from models import jax_fns, median_seconds  # benchmarks/models.py, beside this 
 
 from medft_jax import strategies
 from medft_jax.environment import machine_line
+from medft_jax.errors import ArgumentParser, cli_main
 from medft_jax.fit import HEAD_STEPS_PER_CALL
 from medft_jax.models import ARCHS, create, get_arch, init_variables
 from medft_jax.names import is_known_arch
@@ -160,14 +162,14 @@ def cached_lp_cost(model, variables, spec, x_host, y_host, steps: int, ft: float
     )
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--strategies", nargs="+", default=list(strategies.PAPER_STRATEGIES))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     for flag in ("image_size", "batch", "steps"):  # before any compiling
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -238,7 +240,8 @@ def main() -> None:
         f"\nFT as one fused program (benchmarks/models.py's train step): {fused:.3f} s/step; "
         f"the Trainer's two programs: {ft:.3f} s/step = {ft / fused:.2f}x fused"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))

@@ -209,8 +209,12 @@ def test_torch_compile_failure_is_a_cell_not_a_crash():
 
 
 def test_models_rejects_a_malformed_setting():
-    with pytest.raises(SystemExit, match="--settings '224': expected SIZExBATCH"):
-        bench_models.parse_setting("224")
+    from medft_jax.errors import UserError
+
+    for setting in ("224", "abc", "0x64", "224x-1", "224x64x1"):
+        with pytest.raises(UserError, match=f"--settings '{setting}': expected SIZExBATCH"):
+            bench_models.parse_setting(setting)
+    assert bench_models.parse_setting("224x64") == (224, 64)
 
 
 @pytest.mark.parametrize(
@@ -261,6 +265,11 @@ def test_models_rejects_a_malformed_setting():
             ["--torch-compile"],
             "--torch-compile applies to the bf16 table",
             marks=pytest.mark.slow,
+        ),
+        (  # was exit 1 with no error: prefix
+            "models.py",
+            ["--settings", "abc"],
+            "error: --settings 'abc': expected SIZExBATCH",
         ),
         ("strategies.py", ["--arch", "bogus"], "--arch 'bogus': unknown arch"),
         pytest.param(
@@ -466,3 +475,194 @@ def test_grid_bill_prints_and_keeps_what_was_measured_on_sigterm(tmp_path):
     )  # fmt: skip
     table = re.compile(r"^\| fp32, LP cached \|.*$", re.M)
     assert table.findall(replay.stdout) == table.findall(text)
+
+
+def _bench(script: str, *flags: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``benchmarks/<script> flags`` in a fresh process (CPU; the repository importable)."""
+    path = os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *flags],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path},
+        cwd=cwd or BENCH.parent,
+        timeout=120,
+        check=False,
+    )
+
+
+def _refused(out: subprocess.CompletedProcess, message: str) -> None:
+    """One ``error:`` line naming ``message``, exit 2, no traceback."""
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert message in out.stderr, out.stderr
+
+
+def test_gpu_rows_takes_one_existing_folder(tmp_path):
+    """gpu_rows took --help for its folder (a traceback), and no folder or a missing one too."""
+    helped = _bench("gpu_rows.py", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "OUT" in helped.stdout, helped.stderr
+    assert list(tmp_path.iterdir()) == []
+    _refused(_bench("gpu_rows.py", cwd=tmp_path), "required: OUT")
+    _refused(_bench("gpu_rows.py", str(tmp_path / "none")), "no such folder")
+    (tmp_path / "afile").write_text("x")
+    _refused(_bench("gpu_rows.py", str(tmp_path / "afile")), "not a folder")
+    assert _bench("gpu_rows.py", str(tmp_path)).returncode == 0
+    assert (tmp_path / "rows.md").read_text().startswith("## GPU")
+
+
+def test_conv_refuses_no_steps():
+    """--steps 0 was a StatisticsError traceback after the first compilation."""
+    _refused(_bench("conv.py", "--steps", "0"), "--steps must be >= 1, got 0")
+
+
+def _main_refuses(capsys, main, argv: list[str], message: str) -> None:
+    """``main(argv)`` under ``cli_main``: one ``error:`` line naming ``message``, exit 2."""
+    from medft_jax.errors import cli_main
+
+    try:
+        status = cli_main(main, argv)
+    except SystemExit as e:  # the parser's own refusal
+        status = e.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--time-budget", "0"], "--time-budget must be a finite number of seconds > 0, got 0"),
+        (["--time-budget", "-1"], "--time-budget must be a finite number of seconds > 0"),
+        (["--time-budget", "nan"], "--time-budget must be a finite number of seconds > 0"),
+        (["--out", "{tmp}/afile/x.json"], "afile is a file, expected a folder"),
+        (["--out", "{tmp}/none/x.json"], "its folder {tmp}/none does not exist"),
+        (["--out", "{tmp}"], "is a folder, expected a JSON file"),
+        (["--from-json", "{tmp}/none.json"], "--from-json {tmp}/none.json: no such file"),
+        (["--from-json", "{tmp}/afile"], "--from-json {tmp}/afile: not JSON"),
+        (["--from-json", "{tmp}/other.json"], "--from-json {tmp}/other.json: no measurements"),
+    ],
+)
+def test_grid_bill_refuses_bad_flags_before_measuring(tmp_path, capsys, flags, message):
+    """--from-json and --config were tracebacks, --time-budget 0 meant no budget and a bad
+    --out failed only at the first measurement written, minutes in."""
+    (tmp_path / "afile").write_text("x,y\n")
+    (tmp_path / "other.json").write_text('{"archs": [{"arch": 1}], "meta": {}}')
+    argv = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    before = sorted(tmp_path.iterdir())
+    _main_refuses(capsys, grid_bill.main, argv, message.replace("{tmp}", str(tmp_path)))
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_grid_bill_script_refuses_a_broken_config_in_one_line(tmp_path):
+    """The script did not run under cli_main: a GridError (a UserError) was a traceback."""
+    (tmp_path / "syntax.py").write_text("def get_config(:\n")
+    out = _bench("grid_bill.py", "--config", str(tmp_path / "syntax.py"))
+    _refused(out, f"--config {tmp_path / 'syntax.py'}: cannot be imported")
+
+
+def test_input_pipeline_refuses_a_file_for_its_workdir(tmp_path):
+    """--workdir naming a file was a FileExistsError traceback."""
+    (tmp_path / "afile").write_text("mine")
+    out = _bench("input_pipeline.py", "--workdir", str(tmp_path / "afile"))
+    _refused(out, f"--workdir {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def _script(name: str):
+    """benchmarks/<name>.py as a module of its own name (``checkpoints`` would shadow)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("script", "flags", "message"),
+    [
+        ("precision", ["--epochs", "0"], "--epochs must be in [1, 10000], got 0"),
+        ("precision", ["--arch", "resnet5"], "--arch 'resnet5' is unknown"),
+        ("precision", ["--image-size", "8"], "--image-size must be in [32, 1024], got 8"),
+        ("checkpoints", ["--strategy", "nope"], "--strategy: invalid choice: 'nope'"),
+        ("checkpoints", ["--epochs", "100000"], "--epochs must be in [1, 10000], got 100000"),
+        ("end_to_end", ["--flag", "nope"], "--flag 'nope': unknown MedMNIST flag"),
+        ("end_to_end", ["--flag", "breastmnist@64"], "did you mean breastmnist?"),
+        ("end_to_end", ["--epochs", "0"], "--epochs must be in [1, 10000], got 0"),
+    ],
+)
+def test_run_wrappers_check_flags_before_the_first_run(
+    tmp_path, capsys, monkeypatch, script, flags, message
+):
+    """precision.py, checkpoints.py and end_to_end.py left their flags to experiments.run, a
+    run later (end_to_end: after the whole PyTorch side)."""
+    module = _script(script)
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("experiments.run was started")
+
+    monkeypatch.setattr(module.subprocess, "run", no_run)
+    npz = tmp_path / "breastmnist.npz"
+    npz.write_bytes(b"")
+    extra = ["--npz", str(npz)] if script == "precision" else []
+    _main_refuses(capsys, module.main, [*flags, *extra], message)
+
+
+@pytest.mark.parametrize("script", ["precision", "checkpoints", "end_to_end"])
+def test_run_wrappers_exit_with_a_failed_runs_status(tmp_path, capsys, monkeypatch, script):
+    """A refused experiments.run (its one error line on stderr) was then a
+    CalledProcessError traceback from the script; now the script exits with its status."""
+    module = _script(script)
+    calls = []
+
+    def refused(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 2, "", "")
+
+    monkeypatch.setattr(module.subprocess, "run", refused)
+    npz = tmp_path / "breastmnist.npz"
+    npz.write_bytes(b"")
+    from medft_jax.errors import cli_main
+
+    argv = ["--npz", str(npz)] if script == "precision" else []
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(module.main, argv)
+    assert exit_.value.code == 2 and len(calls) == 1
+    assert capsys.readouterr().err == ""  # the child's line is the only one
+
+
+def test_select_vs_grid_default_config_is_the_repositorys(tmp_path):
+    """From any folder but the repository's, the default --config (relative to the cwd) was
+    refused before --work was looked at; a --work that is a file was never refused."""
+    (tmp_path / "afile").write_text("mine")
+    out = _bench("select_vs_grid.py", "--work", str(tmp_path / "afile" / "w"), cwd=tmp_path)
+    _refused(out, f"--work {tmp_path / 'afile' / 'w'}: {tmp_path / 'afile'} is a file")
+    missing = _bench("select_vs_grid.py", "--grid-runs", str(tmp_path / "none"), cwd=tmp_path)
+    _refused(missing, f"--grid-runs {tmp_path / 'none'}: no such folder")
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "checkpoints.py",
+        "conv.py",
+        "end_to_end.py",
+        "gpu_rows.py",
+        "input_pipeline.py",
+        "precision.py",
+        "select_vs_grid.py",
+        "strategies.py",  # imports JAX first: one such process in the fast tier
+        pytest.param("grid_bill.py", marks=pytest.mark.slow),
+        pytest.param("models.py", marks=pytest.mark.slow),
+    ],
+)
+def test_every_benchmark_says_a_flag_error_in_one_line(tmp_path, script):
+    """Plain argparse printed its usage block first (3-9 lines), and took a flag given twice
+    as the last one."""
+    out_folder = ["."] if script == "gpu_rows.py" else []  # its one positional
+    _refused(_bench(script, *out_folder, "--no-such-flag", cwd=tmp_path), "unrecognized arguments")
+    flag, value = ("--steps", "3") if script in ("conv.py", "strategies.py") else ("--x", "")
+    if value:
+        _refused(_bench(script, flag, value, flag, value, cwd=tmp_path), f"{flag} given twice")
+    assert list(tmp_path.iterdir()) == []
