@@ -54,8 +54,14 @@ from medft_jax.data.dataset import Dataset
 from medft_jax.errors import one_line
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
-FORMAT = 1
-"""Bumped when the files' meaning changes (older folders are then recomputed)."""
+FORMAT = 2
+"""Bumped when the files' meaning changes (older folders are then recomputed). 2: no
+``test.npy`` (:data:`SPLITS`)."""
+SPLITS = ("train", "val")
+"""The splits whose features are computed: the head trains on train's and is validated on
+val's. The test split is scored once, with the best epoch's whole model, from its images
+(a staged strategy's best model is past its head-only epochs): its features were computed,
+hashed at every reuse and charged to every run's cost, and never read."""
 
 
 def backbone_hash(variables: Mapping[str, Any], partition: BlockPartition) -> str:
@@ -120,7 +126,8 @@ def location(
 
 
 class FeatureSet:
-    """Memmapped features of every split, iterated as the images are."""
+    """Memmapped features of the train and val splits (:data:`SPLITS`), iterated as the
+    images are."""
 
     def __init__(
         self,
@@ -215,7 +222,7 @@ def open_features(
         said.append(f"{meta_path}: not the features' meta.json")
         return None
     arrays = {}
-    for split in ds.splits:
+    for split in _splits(ds):
         info = splits.get(split)
         path = directory / f"{split}.npy"
         try:
@@ -241,6 +248,10 @@ def open_features(
     return FeatureSet(directory, ds, arrays, float(seconds) if known else None)
 
 
+def _splits(ds: Dataset) -> list[str]:
+    return [split for split in ds.splits if split in SPLITS]
+
+
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -253,7 +264,7 @@ def images_signature(ds: Dataset) -> dict[str, list[int]] | None:
     keeps it, so the features also record the files they were computed from.
     """
     out = {}
-    for split in ds.splits:
+    for split in _splits(ds):
         images = ds.split(split).images
         if not isinstance(images, np.memmap) or images.filename is None:
             return None
@@ -288,7 +299,7 @@ def compute_features(
     started, compiled = time.perf_counter(), (compile_seconds or float)()
     try:
         splits = {}
-        for split in ds.splits:
+        for split in _splits(ds):
             splits[split] = _write_split(
                 tmp / f"{split}.npy",
                 ds.num_examples(split),
