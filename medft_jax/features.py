@@ -384,6 +384,8 @@ def cached_features(
         "arch": arch,
         "precision": precision,
         "backend": backend,
+        # Another XLA may fuse or round a convolution otherwise: an upgrade recomputes.
+        "jax": f"{jax.__version__}/{jax.lib.__version__}",
         "backbone_sha256": backbone,
         "data_fingerprint": str(ds.metadata["fingerprint"]),
         "images": images_signature(ds),

@@ -573,6 +573,20 @@ def test_features_of_another_numerics_version_are_recomputed(demo, tmp_path, cap
     assert "stale, its meta.json's numerics differ" in capsys.readouterr().err
 
 
+def test_features_of_another_jax_are_recomputed(demo, tmp_path, capsys, monkeypatch):
+    """After a JAX upgrade (another XLA may round a convolution otherwise) the features
+    are computed again, not served from the old one's."""
+    calls = []
+    kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
+    found, _ = features.cached_features(demo, **kw)
+    meta = json.loads((found.directory / "meta.json").read_text())
+    assert meta["jax"] == f"{jax.__version__}/{jax.lib.__version__}"
+    monkeypatch.setattr(jax, "__version__", "0.0.1")
+    _, info = features.cached_features(demo, **kw)
+    assert not info["reused"] and len(calls) == 4
+    assert "stale, its meta.json's jax differ" in capsys.readouterr().err
+
+
 def test_a_root_whose_filesystem_refuses_locks_gives_way_to_the_next(demo, tmp_path, monkeypatch):
     """Prepared data on an NFS mount without its lock daemon: features go under --out."""
     real = locks.waiting_lock
