@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import numbers
 import os
 import struct
 from collections.abc import Callable
@@ -204,32 +203,18 @@ def canonical_options(
 _NO_DEFAULT = object()
 
 
-FLOAT32_MAX = 3.4028234663852886e38
-
-
 def _float32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
-def step_lr(lr: float) -> float:
-    """``lr`` as the shortest decimal with its float32 value: the rate the step computes with.
-
-    ``np.logspace(-5, -3, 3)[0]`` is ``9.999999999999999e-06`` and ``np.float32(1e-3)``
-    is ``0.0010000000474974513``: in float32, where Adam's step runs, each is ``1e-05`` or
-    ``0.001``, the same training. Held as given they were second runs, second folders and
-    second LRs, and the report's LR choice could pick a one-seed copy over the real LR.
-    A value float32 cannot hold as a normal number (not finite, beyond its range, or
-    so small that the step's rate is 0) is left for the range check to name as given.
-    """
-    lr = float(lr)
-    if not (math.isfinite(lr) and FLOAT32_TINY <= abs(lr) <= FLOAT32_MAX):
-        return lr
-    held = _float32(lr)
-    for digits in range(1, 10):  # 9 significant digits tell every float32 apart
-        shortest = float(f"{held:.{digits - 1}e}")
-        if _float32(shortest) == held:
-            return shortest
-    return held
+def same_in_float32(a: float, b: float) -> bool:
+    """Whether two rates are one in float32, where Adam's step computes with them:
+    ``np.logspace(-5, -3, 3)[0]`` (9.999999999999999e-06) and 1e-05, or
+    ``np.float32(1e-3)`` and 0.001, train alike."""
+    try:
+        return _float32(float(a)) == _float32(float(b))
+    except OverflowError:  # beyond float32: refused by the range check
+        return float(a) == float(b)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,9 +246,6 @@ class RunConfig:
     None: this toolkit's, filled in)."""
 
     def __post_init__(self) -> None:
-        # One rate, one run: 9.999999999999999e-06 (np.logspace) trains as 1e-05.
-        if isinstance(self.lr, numbers.Real) and not isinstance(self.lr, numbers.Integral):
-            object.__setattr__(self, "lr", step_lr(self.lr))
         if self.numerics is None and self.precision in PRECISIONS:
             object.__setattr__(self, "numerics", numerics_version(self.precision))
         # One run, one name: freezing the BatchNorm of frozen blocks where no block is

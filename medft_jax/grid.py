@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medft_jax.config import RunConfig, check_config, step_lr
+from medft_jax.config import RunConfig, check_config
 from medft_jax.data.options import (
     option_value_error,
     split_option_error,
@@ -321,7 +321,7 @@ def plural(axis: str) -> str:
 # --- config files ------------------------------------------------------------------------------
 
 
-_AS_RUN = {"lr": step_lr, "seed": int}
+_AS_RUN = {"lr": float, "seed": int}
 """How a run holds an axis value that a grid file may write otherwise (``1`` for ``1.0``)."""
 
 
@@ -420,7 +420,7 @@ def _canonical(key: str, value: str) -> str:
         return same_data(value)
     if key == "lr":
         try:
-            return repr(step_lr(float(value)))
+            return repr(float(value))
         except ValueError:
             raise GridError(f"--only lr={value}: not a number") from None
     if key == "seed":
@@ -439,8 +439,8 @@ def matches(config: Mapping[str, Any] | RunConfig, filters: Filters) -> bool:
 
 def select(grid: Grid, filters: Filters) -> list[RunConfig]:
     """The runs that pass ``filters``, in grid order; a filter value not in the grid is an error."""
-    # As the runs hold them (a float32 lr of 1e-3, 0.0010000000474974513, is 0.001), so
-    # that a value that passes this check also matches a run.
+    # As the runs hold them (a float32 lr of 1e-3 is 0.0010000000474974513), so that a
+    # value that passes this check also matches a run.
     held = {key: [_AS_RUN.get(key, str)(v) for v in grid.axis(key)] for key in filters}
     check_filter_values(filters, held, f"not in grid {grid.name!r} (its")
     return [c for c in grid.configs() if matches(c, filters)]

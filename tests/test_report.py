@@ -275,17 +275,25 @@ def test_one_medmnist_dataset_named_with_and_without_its_default_size_is_one_dat
         collect([*records, rec(plain, seed=0)])
 
 
-def test_an_lr_recorded_as_its_float32_neighbour_is_the_decimal_lr():
-    """Records written before LRs were held as their float32 value (``np.logspace``'s
-    9.999999999999999e-06) are of the LR 1e-05: one LR whose seeds pool, not a second
-    one-seed LR that the choice could pick (it did, and the cell read as complete)."""
+def test_two_lrs_that_are_one_in_float32_are_refused_not_chosen_between():
+    """``np.logspace``'s 9.999999999999999e-06 beside a grid's 1e-05: one training under
+    two LRs. The LR choice picked the one-seed copy over the real LR's two seeds, and the
+    cell read as complete."""
     records = [rec(lr=1e-5, seed=0, val=0.5, test=0.5), rec(lr=1e-5, seed=1, val=0.5, test=0.6)]
-    records.append(rec(lr=9.999999999999999e-06, seed=2, val=0.9, test=0.9))
-    cell = collect(records).cell("bach", "resnet50", "ft")
-    assert cell.lr == 1e-5 and cell.seeds == (0, 1, 2)
-    assert cell.test["accuracy"][0] == pytest.approx(2.0 / 3.0)
-    with pytest.raises(RecordError, match=r"^two records for lr 1e-05, seed 0 of bach/"):
-        collect([*records, rec(lr=float(np.float64(9.999999999999999e-06)), seed=0)])
+    records.append(rec(lr=9.999999999999999e-06, seed=0, val=0.9, test=0.9))
+    with pytest.raises(RecordError) as err:
+        collect(records)
+    message = str(err.value)
+    assert message.startswith(
+        "lr 9.999999999999999e-06 and lr 1e-05 of bach/resnet50/ft are one LR in float32, "
+        "where the step computes"
+    )
+    assert message.endswith("move one set of runs out") and "\n" not in message
+    float32_cast = float(np.float32(1e-3))  # 0.0010000000474974513
+    with pytest.raises(RecordError, match=r"^lr 0\.001 and lr 0\.0010000000474974513 of"):
+        collect([rec(lr=1e-3, seed=0), rec(lr=float32_cast, seed=1)])
+    near = collect([rec(lr=1e-3, seed=0), rec(lr=1.001e-3, seed=1)])  # two LRs in float32
+    assert near.cell("bach", "resnet50", "ft").lr in (1e-3, 1.001e-3)
 
 
 def test_a_gradual_cell_whose_runs_never_reached_their_final_stage_is_marked():
@@ -1860,10 +1868,10 @@ def test_ft_left_out_by_only_is_said_so_not_called_not_run():
     records = [rec(strategy="ft", test=0.8), rec(strategy="lp", test=0.9)]
     summary = collect(records, filters={"strategy": ["lp"]})
     md = to_markdown(table12(summary, 0.1))
-    assert "Not counted, FT having no value there: bach/resnet50 (left out by --only)" in md
+    assert "Not counted, FT having no value there: bach/resnet50 (not shown under --only)" in md
     assert "(not run)" not in md
     assert no_baseline(summary, "bach") == (
-        "no FT value for bach to compare with (--only left it out): add strategy=ft"
+        "no FT value for bach to compare with (--only shows no FT): add strategy=ft"
     )
     assert no_baseline(collect(records[1:]), "bach").endswith(
         "(it was not run): run --strategy ft too"

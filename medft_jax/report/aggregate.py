@@ -9,11 +9,13 @@ a run had NaN; everything here reads ``None`` as NaN.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from medft_jax.config import same_in_float32
 from medft_jax.names import lr_text
 from medft_jax.results import RecordError, config_hash, jsonable
 
@@ -198,8 +200,12 @@ def _check_one_group(records: Sequence[dict[str, Any]]) -> None:
 
 def check_unique(records: Sequence[dict[str, Any]]) -> None:
     """Refuses two records (or failure notes) of one (lr, seed): a run folder copied by
-    hand would count one run twice, in a mean or in a cell's cost."""
+    hand would count one run twice, in a mean or in a cell's cost. Two LRs that are one in
+    float32 are refused too: ``np.logspace``'s 9.999999999999999e-06 beside a grid's
+    1e-05 is one training under two LRs, and the LR choice could pick the one with fewer
+    seeds, shown as a complete cell."""
     seen: set[tuple[float, Any]] = set()
+    lrs: dict[float, dict[str, Any]] = {}
     for r in records:
         key = (float(r["config"]["lr"]), r["config"]["seed"])
         if key in seen:
@@ -207,6 +213,17 @@ def check_unique(records: Sequence[dict[str, Any]]) -> None:
                 f"two records for lr {lr_text(key[0])}, seed {key[1]} of {_describe(r)}"
             )
         seen.add(key)
+        lrs.setdefault(key[0], r)
+    ordered = sorted(lrs)
+    for a, b in itertools.pairwise(ordered):
+        if same_in_float32(a, b):
+            raise RecordError(
+                f"lr {lr_text(a)} and lr {lr_text(b)} of {_describe(lrs[a])} are one LR in "
+                "float32, where the step computes (np.logspace and float32 grids write such "
+                f"values): one training under two names (runs {lrs[a].get('run', '?')} and "
+                f"{lrs[b].get('run', '?')}); write the grids' LRs as the same decimals and "
+                "move one set of runs out"
+            )
 
 
 def _describe(record: dict[str, Any]) -> str:

@@ -34,7 +34,6 @@ from medft_jax.config import (
     NUMERICS_VERSION,
     RunConfig,
     numerics_version,
-    step_lr,
 )
 from medft_jax.data.options import task_options
 from medft_jax.names import LOCAL_KINDS, same_data
@@ -371,17 +370,12 @@ def _check_config(run: dict[str, Any]) -> None:
 
 
 def _named_by_data(run: dict[str, Any]) -> dict[str, Any]:
-    """``run`` with its dataset and LR as runs name them now: records written before the
-    name was canonical say ``medmnist/x@28``, one dataset with ``medmnist/x``, not a second
-    one; before the LR was, ``9.999999999999999e-06``, one LR with ``1e-05`` (both records
-    of one run are then refused as a run found twice)."""
-    config = run["config"]
-    name, lr = config["dataset"], config.get("lr")
+    """``run`` with its dataset as runs name it now: records written before the name was
+    canonical say ``medmnist/x@28``, one dataset with ``medmnist/x``, not a second one (and
+    both records of one run are then refused as a run found twice)."""
+    name = run["config"]["dataset"]
     same = same_data(name) if isinstance(name, str) else name
-    now = step_lr(lr) if _is_number(lr) and not isinstance(lr, int) else lr
-    if same == name and now == lr:
-        return run
-    return {**run, "config": {**config, "dataset": same, "lr": now}}
+    return run if same == name else {**run, "config": {**run["config"], "dataset": same}}
 
 
 def _check_record(record: dict[str, Any]) -> None:
@@ -1225,8 +1219,8 @@ def _means(summary: Summary, dataset: str, arch: str, strategy: str, metric: str
 
 
 def baseline_filtered_out(summary: Summary) -> bool:
-    """Whether ``--only strategy=...`` left FT out: its cells then say nothing of whether
-    FT was run (they read "not run", of runs the folder holds)."""
+    """Whether ``--only strategy=...`` shows no FT: its cells then say nothing of whether
+    FT was run (they read "not run", of runs the folder may hold)."""
     shown = summary.filters.get("strategy")
     return shown is not None and BASELINE not in shown
 
@@ -1239,7 +1233,7 @@ def no_baseline(summary: Summary, dataset: str) -> str | None:
     if any(c.has_value for c in ft):
         return None
     if baseline_filtered_out(summary):
-        return f"no FT value for {dataset} to compare with (--only left it out): add strategy=ft"
+        return f"no FT value for {dataset} to compare with (--only shows no FT): add strategy=ft"
     why = "its runs failed or have not finished" if ft else "it was not run"
     return f"no FT value for {dataset} to compare with ({why}): run --strategy ft too"
 

@@ -895,7 +895,7 @@ def _without_ft(summary: Summary) -> list[str]:
             if any(c.has_value for c in others):
                 why = "not run" if ft is None or ft.status == MISSING else ft.failure_text
                 if baseline_filtered_out(summary):
-                    why = "left out by --only"
+                    why = "not shown under --only"
                 out.append(f"{d}/{a} ({why})")
     return out
 
