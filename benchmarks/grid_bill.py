@@ -33,7 +33,7 @@ with every epoch (the grid's maximum, the upper bound) and with a stated
 mean epoch count under early stopping (``--mean-epochs``; never below a
 strategy's last stage + patience + 1), for fp32 and bf16 and with LP
 cached or not (cached: head-only epochs cost head steps, plus one feature
-extraction over train+val+test per (task, arch, precision)). It prints the
+extraction over train+val per (task, arch, precision)). It prints the
 step and epoch table, the device-hours of each variant, the per-run
 overhead as a share of the grid, the data-fed epoch's images/s ratio, and
 the issue's goal lines with PASS / FAIL / not measured.
@@ -927,8 +927,9 @@ def cell_plan(
 
 
 def extraction_seconds(times: ArchTimes, task: TaskFacts, batch: int) -> float:
-    """One pass of the backbone over train + val + test, and its compilation."""
-    batches = math.ceil((task.train + task.val + task.test) / batch)
+    """One pass of the backbone over train + val (the splits whose features are cached,
+    ``medft_jax.features.SPLITS``: test is scored from its images), and its compilation."""
+    batches = math.ceil((task.train + task.val) / batch)
     return batches * times.extract_batch * times.scale + times.feature_compile
 
 

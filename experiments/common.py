@@ -217,8 +217,15 @@ def refuse_unused(dataset: str, options: dict[str, Any], owner: str) -> None:
         raise UserError(f"{flag} applies to {owner} only, not to --dataset {dataset}")
 
 
-def refuse_data_dir_for_demo(data_dir: str | None, datasets: set[str]) -> None:
+DEMO_OF_GRID = "demo, the grid's only dataset here"
+"""How sweep and select name a demo-only selection of their grid (they have no --dataset)."""
+
+
+def refuse_data_dir_for_demo(
+    data_dir: str | None, datasets: set[str], named: str = "--dataset demo"
+) -> None:
     """``--data-dir`` for the demo task alone (synthetic, no files): refused before it is
-    created, not made and left empty."""
+    created, not made and left empty. ``named``: how the command chose demo (sweep and
+    select have no ``--dataset``: their grid did)."""
     if data_dir is not None and datasets == {DEMO}:
-        raise UserError("--data-dir does not apply to --dataset demo (synthetic, no files)")
+        raise UserError(f"--data-dir does not apply to {named} (synthetic, no files)")

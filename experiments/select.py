@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.common import refuse_data_dir_for_demo
+from experiments.common import DEMO_OF_GRID, refuse_data_dir_for_demo
 from medft_jax import grid as grid_lib
 from medft_jax import results
 from medft_jax.config import check_value
@@ -135,7 +135,7 @@ def _main(argv: Sequence[str] | None) -> int:
             f"--min-epochs {args.min_epochs:g} is not under the grid's {max_epochs} epochs; "
             "the first rung must be shorter than a run"
         )
-    refuse_data_dir_for_demo(args.data_dir, {a.config.dataset for a in arms})
+    refuse_data_dir_for_demo(args.data_dir, {a.config.dataset for a in arms}, DEMO_OF_GRID)
     # Paths the end of the selection reads or writes, checked before hours of training.
     if args.grid_runs is not None:
         _check_grid_runs(args.grid_runs, args.out)
@@ -210,11 +210,9 @@ def _check_json_path(path: str) -> None:
     folder that cannot be written. Written last, a bad one would waste the whole selection;
     nothing is created here (the write makes missing folders)."""
     p = Path(path).expanduser()
-    if not path:
-        raise UserError("--json: an empty path; expected a file path")
     if p.is_dir():
         raise UserError(f"--json {path}: is a folder; expected a file path")
-    if p.exists() and not _is_outcome(p):
+    if p.exists() and p.stat().st_size and not _is_outcome(p):  # empty (mktemp): nothing lost
         raise UserError(
             f"--json {path}: an existing file that is no selection's outcome (an image, a "
             "run's record?), which the outcome would replace; expected a new file or an "

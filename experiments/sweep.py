@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.common import refuse_data_dir_for_demo
+from experiments.common import DEMO_OF_GRID, refuse_data_dir_for_demo
 from medft_jax import grid as grid_lib
 from medft_jax import plans, results
 from medft_jax.config import RunConfig
@@ -144,7 +144,7 @@ def _main(argv: Sequence[str] | None) -> int:
             f"blocks, only; no run of grid {g.name!r} here has both, so nothing is cached"
         )
     g.check_manual_dirs(c.dataset for c in runs)
-    refuse_data_dir_for_demo(args.data_dir, {c.dataset for c in runs})
+    refuse_data_dir_for_demo(args.data_dir, {c.dataset for c in runs}, DEMO_OF_GRID)
     folder = g.dataset_options.get("folder", {}).get("manual_dir")
     if folder is not None and any(c.dataset == "folder" for c in runs):
         refuse_listed_output(Path(folder), Path(args.out), "--out", "the runs")

@@ -483,7 +483,8 @@ def test_sweep_refuses_a_data_dir_for_a_demo_only_grid(dry_run, tmp_path, capsys
     argv = ["--config", str(quick), "--only", "dataset=demo", "--out", str(tmp_path / "s")]
     assert sweep_cli.main([*argv, "--data-dir", str(tmp_path / "d"), *dry_run]) == 2
     assert _one_error_line(capsys) == (
-        "error: --data-dir does not apply to --dataset demo (synthetic, no files)"
+        "error: --data-dir does not apply to demo, the grid's only dataset here (synthetic, "
+        "no files)"
     )
     assert sorted(tmp_path.iterdir()) == []
 
@@ -503,7 +504,8 @@ def test_sweep_refuses_a_data_dir_for_a_demo_only_grid(dry_run, tmp_path, capsys
         ),
         (
             ["--data-dir", "/tmp/medft-test-never-made"],
-            "error: --data-dir does not apply to --dataset demo (synthetic, no files)\n",
+            "error: --data-dir does not apply to demo, the grid's only dataset here (synthetic, "
+            "no files)\n",
         ),
         (["--eta", "1"], "error: --eta must be in [2, 100], got 1"),
         (["--seed", "-1"], "error: --seed must be in [0, 2147483647], got -1"),
@@ -923,6 +925,16 @@ def test_select_checks_its_paths_before_any_work(
     assert not (tmp_path / "s").exists()
     if make == "file":  # the user's file is kept, not replaced by the outcome
         assert p.read_text() == "a file"
+
+
+def test_select_json_may_be_an_empty_file_or_an_earlier_outcome(tmp_path):
+    """``--json "$(mktemp)"`` holds nothing to lose, and an earlier --json is the selection's
+    own: both pass the check that keeps an image or a record from being replaced."""
+    empty, earlier = tmp_path / "empty.json", tmp_path / "earlier.json"
+    empty.write_text("")
+    earlier.write_text(json.dumps({"pick": {}, "rungs": [], "cost": {}}))
+    for path in (empty, earlier, tmp_path / "new.json"):
+        select_cli._check_json_path(str(path))
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,19 @@ import models as bench_models  # noqa: E402
 from medft_jax.grid import NOMINAL_TRAIN_IMAGES  # noqa: E402
 
 
+def test_a_feature_extraction_is_billed_over_train_and_val_only():
+    """Test is scored from its images: its features are not computed (features.SPLITS),
+    and billed they overstated cached LP's cost."""
+    from medft_jax.features import SPLITS
+
+    assert SPLITS == ("train", "val")
+    task = grid_bill.TaskFacts("t", train=100, val=28, test=1000, num_classes=2, multilabel=False)
+    times = grid_bill.ArchTimes("resnet50", "fp32", scale=2.0, extract_batch=0.5)
+    times.feature_compile = 3.0
+    # ceil(128 / 64) = 2 batches of 0.5 s, scaled 2x, plus 3 s compiling
+    assert grid_bill.extraction_seconds(times, task, 64) == 2 * 0.5 * 2.0 + 3.0
+
+
 def test_projection_matches_a_hand_calculation():
     a = grid_bill.RunPlan(
         runs=9,
