@@ -143,16 +143,58 @@ def test_cache_root_from_the_environment_is_one_rule(tmp_path, capsys, monkeypat
     for home, why in [
         ("", "is empty"),
         ("/", "is the filesystem root"),
+        ("/.", "is the filesystem root"),
+        (".", "is not an absolute path"),
         (str(tmp_path / "nonexist"), "is not an existing folder"),
     ]:
         monkeypatch.setenv("HOME", home)
-        with pytest.raises(UserError, match=rf"^HOME '{home}' {why}, .*set MEDFT_JAX_CACHE"):
+        with pytest.raises(
+            UserError, match=rf"^HOME '{re.escape(home)}' {why}, .*set MEDFT_JAX_CACHE"
+        ):
             user_cache_base()
         # The compilation cache is an optimisation: off, with one warning, nothing made.
         assert enable_compilation_cache() is None
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"warning: HOME '{home}'")
     assert not (tmp_path / "nonexist").exists()
+
+
+def test_the_default_data_dir_is_checked_as_the_cache_root(tmp_path, monkeypatch):
+    """``TFDS_DATA_DIR=`` meant the working directory and ``HOME=/`` a top-level
+    ``/tensorflow_datasets``: empty is unset, and the default's home is checked."""
+    from medft_jax.data.locations import default_data_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TFDS_DATA_DIR", "")
+    assert default_data_dir() == tmp_path / "tensorflow_datasets"
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "d"))
+    assert default_data_dir() == tmp_path / "d"
+    monkeypatch.setenv("TFDS_DATA_DIR", "")
+    monkeypatch.setenv("HOME", "/")
+    with pytest.raises(UserError, match=r"^HOME '/' is the filesystem root, so the default data"):
+        default_data_dir()
+    from medft_jax.data import load
+
+    assert load("demo", crop_size=32).num_classes == 2  # in memory: needs no data dir
+
+
+def test_a_prepared_cache_loads_without_a_user_cache(tmp_path, monkeypatch):
+    """``docker run -u $(id -u)`` gives HOME=/: the record of checked stats (an optimisation,
+    under the user cache) refused every load of a prepared folder dataset."""
+    from data_fakes import image
+
+    from medft_jax.data import load
+
+    for c in ("cat", "dog"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(6):
+            image(i + (10 if c == "dog" else 0), (20, 18)).save(tmp_path / "d" / c / f"{i}.png")
+    kw = {"manual_dir": tmp_path / "d", "data_dir": tmp_path / "out", "resize_size": 36}
+    first = load("folder", crop_size=32, **kw)
+    monkeypatch.delenv("MEDFT_JAX_CACHE", raising=False)
+    monkeypatch.setenv("HOME", "/")
+    again = load("folder", crop_size=32, **kw)
+    assert again.metadata["fingerprint"] == first.metadata["fingerprint"]
 
 
 def test_freezing_bn_where_no_block_freezes_is_the_update_run():

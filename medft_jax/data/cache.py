@@ -61,7 +61,7 @@ from medft_jax import atomic
 from medft_jax.data.arrays import ArraySplit
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import user_cache_base
-from medft_jax.errors import one_line
+from medft_jax.errors import UserError, one_line
 
 META = "meta.json"
 FIELDS = ("labels", "ids", "groups", "patients")
@@ -491,8 +491,11 @@ def _check_unchanged(
     stats, digests = meta.get("file_stats"), meta.get("split_digests")
     if not isinstance(stats, dict) or not isinstance(digests, dict):
         return
-    record = _checked_record(cache_dir, meta)
-    checked = _read_checked(record)
+    try:
+        record: Path | None = _checked_record(cache_dir, meta)
+    except UserError:  # no user cache (HOME=/ in a container): no record, hashed again
+        record = None
+    checked = {} if record is None else _read_checked(record)
     moved = {}
     for name, split in splits.items():
         now = _file_stats(cache_dir, [name])
@@ -513,6 +516,8 @@ def _check_unchanged(
             update_meta(cache_dir, {"file_stats": {**stats, **moved}})
             meta["file_stats"] = {**stats, **moved}
         except OSError:  # a read-only shared cache: the check is kept in the user's record
+            if record is None:
+                return
             with contextlib.suppress(OSError):
                 text = json.dumps({"cache": str(cache_dir), "file_stats": {**checked, **moved}})
                 atomic.write_bytes(record, text.encode())

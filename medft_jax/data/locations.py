@@ -33,26 +33,40 @@ def user_cache_base() -> Path:
         if not path.is_absolute():
             raise UserError(f"MEDFT_JAX_CACHE {value!r}: expected an absolute path")
         return path
+    return _under_home(".cache/medft_jax", "MEDFT_JAX_CACHE", "cache")
+
+
+def _under_home(relative: str, variable: str, what: str) -> Path:
+    """``~/<relative>``, refused in one line naming HOME when the home is no folder to hold
+    it: empty, relative (``HOME=.``: a folder in every working directory), the filesystem
+    root (``/``, ``/.``: a top-level folder from a container's ``-u uid``) or missing."""
     home = os.path.expanduser("~")
-    if home in ("", "/", "~") or not os.path.isdir(home):
-        given = os.environ.get("HOME", home)
-        why = (
-            "is empty"
-            if given == ""
-            else "is the filesystem root"
-            if home in ("", "/")
-            else "is not an existing folder"
-        )
+    given = os.environ.get("HOME", home)
+    why = None
+    if given == "" or home in ("", "~"):
+        why = "is empty"
+    elif not os.path.isabs(home):
+        why = "is not an absolute path"
+    elif os.path.realpath(home) == os.path.realpath("/"):
+        why = "is the filesystem root"
+    elif not os.path.isdir(home):
+        why = "is not an existing folder"
+    if why is not None:
         raise UserError(
-            f"HOME {given!r} {why}, so the default cache "
-            "~/.cache/medft_jax cannot be used; set MEDFT_JAX_CACHE to an absolute folder"
+            f"HOME {given!r} {why}, so the default {what} ~/{relative} cannot be used; set "
+            f"{variable} to an absolute folder"
         )
-    return Path(home) / ".cache" / "medft_jax"
+    return Path(home) / relative
 
 
 def default_data_dir() -> Path:
-    """``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's default)."""
-    return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+    """``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's default); an empty
+    ``TFDS_DATA_DIR`` is unset (it meant the working directory), and the default's home is
+    checked as :func:`user_cache_base`'s."""
+    value = os.environ.get("TFDS_DATA_DIR", "")
+    if value:
+        return Path(value).expanduser()
+    return _under_home("tensorflow_datasets", "TFDS_DATA_DIR (or give --data-dir)", "data dir")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:

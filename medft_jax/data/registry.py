@@ -93,11 +93,11 @@ def load(
       options: source-specific (tasks: ``val_fraction``, ``uncertain``, ``split_by``; csv/
         folder: see :func:`medft_jax.data.local.load_local`).
     """
-    root = resolve_data_dir(data_dir)
-    if name == "demo":
+    if name == "demo":  # in memory: no data dir (one under HOME=/ is refused)
         if options:
             raise DataError(f"demo takes no options; got {sorted(options)[0]!r}")
         return load_demo(seed=seed, image_size=crop_size or 32)
+    root = resolve_data_dir(data_dir)
     _check_split_seed(name, seed)
     if name.startswith("medmnist/"):
         if options:
