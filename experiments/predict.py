@@ -470,11 +470,15 @@ def expand_folders(paths: Sequence[str]) -> list[str]:
     from collections import Counter
 
     from medft_jax.data.folder import image_files, say_left_out
+    from medft_jax.data.paths import special_kind
 
     out: list[str] = []
     for given in paths:
         folder = Path(given)
         if not (given and folder.is_dir()):
+            kind = special_kind(folder) if given else None
+            if kind is not None:  # a reader would block on a pipe for ever
+                raise PredictError(f"--images {given}: {kind}, not an image file")
             out.append(given)
             continue
         others: Counter[str] = Counter()

@@ -1482,3 +1482,25 @@ def test_a_named_pipe_named_as_an_image_is_refused(tmp_path, links_anywhere):
             _load_folder(tmp_path / "d", tmp_path / "out")
         _one_line(err)
         _no_cache_written(tmp_path / "out")
+
+
+def test_a_named_pipe_listed_or_given_as_an_image_is_refused_as_such(tmp_path, capsys):
+    """A CSV listing a FIFO called it missing ("a partly downloaded copy?"); predict given
+    one as a file blocked in its decoder for ever."""
+    from experiments.predict import expand_folders
+    from experiments.predict import main as predict
+
+    root = _csv_dir(tmp_path / "c", ["a", "b"] * 5)
+    (root / "img" / "3.png").unlink()
+    os.mkfifo(root / "img" / "3.png")
+    with pytest.raises(DataError) as err:
+        _load_csv(root, tmp_path / "out")
+    assert str(err.value).endswith(
+        f"listed image {root / 'img' / '3.png'} is a named pipe (FIFO), not a file"
+    )
+    _no_cache_written(tmp_path / "out")
+    fifo = str(root / "img" / "3.png")
+    assert predict(["--checkpoint", str(tmp_path / "no-ck"), "--images", fifo]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --images {fifo}: a named pipe (FIFO), not an image file\n"
+    assert expand_folders([str(root / "img" / "0.png")]) == [str(root / "img" / "0.png")]

@@ -22,6 +22,7 @@ import numpy as np
 from medft_jax.data import cache
 from medft_jax.data.errors import DataError
 from medft_jax.data.images import ImageReader
+from medft_jax.data.paths import special_kind
 from medft_jax.data.splits import carve, check_disjoint
 
 Label = int | tuple[float, ...]
@@ -236,8 +237,8 @@ def _check_files_exist(splits: dict[str, list[Example]], where: str) -> None:
             missing.append(ex)
             continue
         if not stat.S_ISREG(st.st_mode):
-            missing.append(ex)
-            continue
+            kind = special_kind(ex.path) or "a folder"
+            raise DataError(f"{where}: listed image {ex.path} is {kind}, not a file")
         seen = first.setdefault((st.st_dev, st.st_ino), (name, ex))
         if seen[1] is not ex:
             in_which = f"split {name!r}" if seen[0] == name else f"splits {seen[0]!r} and {name!r}"

@@ -175,18 +175,24 @@ def scan_files(
                     stack.append(path)
             elif wanted is None or path.suffix.lower() in wanted:
                 if not entry.is_file():
-                    kind = _special_kind(path)
+                    kind = special_kind(path) or "neither a file nor a folder"
                     raise DataError(f"{path} is {kind}, not a file; move it out of {root}")
                 found.append(path)
     return sorted(found)
 
 
-def _special_kind(path: Path) -> str:
-    """What a directory entry that is neither file nor folder is, in words.
+def special_kind(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is, in words, when it is there but neither a file nor a folder; None
+    for a file, a folder or nothing there.
 
     A named pipe called ``x.png`` would block its reader forever, and left out
     without a word it is an image the user meant to include that vanished."""
-    mode = os.stat(path).st_mode
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
     for test, kind in (
         (stat.S_ISFIFO, "a named pipe (FIFO)"),
         (stat.S_ISSOCK, "a socket"),
