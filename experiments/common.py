@@ -70,7 +70,11 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
         "--no-patient-folders splits image by image; needed when val/test are carved from "
         "such images",
     )
-    p.add_argument("--csv-file", help="csv: the labels file (relative to --manual-dir)")
+    p.add_argument(
+        "--csv-file",
+        type=path_flag("a file"),
+        help="csv: the labels file (relative to --manual-dir)",
+    )
     p.add_argument("--path-column", help="csv: column of image paths (default 'path')")
     p.add_argument("--label-column", help="csv: column of class names (default 'label')")
     p.add_argument("--label-columns", help="csv multilabel: comma-separated 0/1 columns")

@@ -1119,6 +1119,8 @@ PATH_FLAGS = [
     ("run", ["--manual-dir"], "a folder"),
     ("prepare", ["--data-dir"], "a folder"),
     ("prepare", ["--manual-dir"], "a folder"),
+    ("prepare", ["--dataset", "csv", "--csv-file"], "a file"),
+    ("run", ["--strategy", "ft", "--csv-file"], "a file"),
     ("sweep", ["--config", "c.py", "--out"], "a folder"),
     ("sweep", ["--config"], "a grid file"),
     ("select", ["--config", "c.py", "--out"], "a folder"),

@@ -177,7 +177,9 @@ def _exported_metadata(path: Path, arch: str) -> dict:
 
 
 def default_checkpoint(arch: str) -> Path:
-    """Where the ported ImageNet weights of ``arch`` are cached (:class:`PortError` if none)."""
+    """Where the ported ImageNet weights of ``arch`` are cached (:class:`PortError` for an
+    unknown arch; :class:`~medft_jax.errors.UserError` when there is no user cache, as
+    under ``HOME=/``: :func:`medft_jax.data.locations.user_cache_base`)."""
     require_known(arch)
     return cache_dir() / "flax" / f"{arch}_{WEIGHTS_NAMES[arch]}"
 

@@ -72,8 +72,8 @@ def listed_path(relative: str, *, source: str) -> str:
     """
     if ".." in relative.replace("\\", "/").split("/"):
         raise DataError(
-            f"{source}: image path {relative!r} has a '..' part; expected a path inside the "
-            "dataset, as the release lists its images"
+            f"{source}: path {relative!r} has a '..' part; expected a path inside the "
+            "dataset, as the release lists its images and studies"
         )
     return posixpath.normpath(relative)
 
@@ -132,7 +132,9 @@ def scan_files(
     folder is walked once, so a link cycle ends) and refused when they lead
     out of it. A link that points nowhere is refused too: it is an image the
     user meant to include that would otherwise vanish without a word.
-    Hidden entries (``.name``) and ``__MACOSX`` are skipped (:func:`not_listed`).
+    Hidden entries (``.name``) and ``__MACOSX`` are skipped (:func:`not_listed`). An
+    entry of a wanted suffix (any, when ``suffixes`` is None) that is neither file nor
+    folder (a named pipe, a socket, a device) is refused: read, a pipe blocks for ever.
     Paths keep the names seen under ``folder`` (not the link targets), so ids
     stay what the user sees.
 
