@@ -394,9 +394,7 @@ def test_mura_path_escaping_root_is_refused(tmp_path):
         f"{study}/../../../../../../escape/XR_WRIST/,1\n"
         + (tmp_path / "MURA-v1.1" / "train_labeled_studies.csv").read_text()
     )
-    with pytest.raises(
-        DataError, match=r"_labeled_studies\.csv:1: path .* has a '\.\.' part"
-    ):
+    with pytest.raises(DataError, match=r"_labeled_studies\.csv:1: path .* has a '\.\.' part"):
         _parse("mura_wrist", tmp_path)
 
 

@@ -875,6 +875,60 @@ def test_dicom_voi_lut_declared_16_bits_with_12_bit_entries_scales_by_its_data(t
     assert np.asarray(open_image(path))[0].tolist() == [0, 62, 125, 255]
 
 
+@pytest.mark.parametrize("top", [4096, 8191, 16383])
+def test_dicom_voi_lut_declared_16_bits_with_13_or_14_bit_entries_is_refused(tmp_path, top):
+    """Entries up to 4095 scale by the data; one of 4096 kept 16 greys of 256 (the image read
+    as nearly black, without a word), 14-bit ones 64: refused, with --dicom-window named."""
+    stored = np.array([[0, 1, 2, 3]], np.uint16)
+    table = np.array([0, 1000, 2000, top], np.uint16)
+    path = _write_dicom(tmp_path / "a.dcm", stored, VOILUTSequence=[_voi_item([4, 0, 16], table)])
+    with pytest.raises(NotABadFile) as err:
+        open_image(path)
+    assert str(err.value) == (
+        f"{path}: DICOM VOI LUT declared 16 bits per entry whose entries reach only {top} (fit "
+        "14 bits) would keep at most 64 greys; expected entries over the 16-bit range, or give "
+        "--dicom-window"
+    )
+    full = np.array([0, 1000, 2000, 65535], np.uint16)  # a 16-bit table: as declared
+    path = _write_dicom(tmp_path / "b.dcm", stored, VOILUTSequence=[_voi_item([4, 0, 16], full)])
+    assert np.asarray(open_image(path))[0].tolist() == [0, 3, 7, 255]
+
+
+def test_dicom_16_bit_palette_of_8_bit_values_is_refused_not_black(tmp_path):
+    """PS3.3 C.7.6.3.1.6 scales 16-bit palette entries over 0..65535; a writer that put
+    0..255 in them gave an image of one colour, black, without a word."""
+    index = np.array([[0, 1, 2, 255]], np.uint8)
+    extra = {}
+    for colour in ("Red", "Green", "Blue"):
+        extra[f"{colour}PaletteColorLookupTableDescriptor"] = [256, 0, 16]
+        table = np.arange(256, dtype=np.uint16)
+        extra[f"{colour}PaletteColorLookupTableData"] = table.astype("<u2").tobytes()
+    path = _write_dicom(tmp_path / "a.dcm", index, photometric="PALETTE COLOR", **extra)
+    with pytest.raises(NotABadFile, match=r"a\.dcm: DICOM Red palette declared 16 bits per"):
+        open_image(path)
+
+
+def test_dicom_frames_beyond_number_of_frames_are_refused_as_such(tmp_path):
+    """Pixel data of 3 frames under no NumberOfFrames: pydicom decodes them all, and the
+    refusal was Pillow's "Cannot handle this data type: (1, 1, 20)"."""
+    frames = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    path = _write_dicom(tmp_path / "a.dcm", frames[0], pixel_data=None)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.PixelData = frames.tobytes()
+    ds.NumberOfFrames = 3
+    ds.save_as(path, enforce_file_format=True)
+    ds = pydicom.dcmread(path)
+    del ds.NumberOfFrames  # the header says one frame; the data holds three
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DataError) as err:
+        open_image(path)
+    assert "decodes to shape" in str(
+        err.value
+    ) and "several frames under a NumberOfFrames of none" in str(err.value)
+
+
 def test_dicom_modality_lut_of_12_bit_entries(tmp_path):
     """9-15 bits per entry are allowed in a Modality LUT; its output has no window here,
     so it is shown by its own range."""

@@ -280,6 +280,16 @@ def _decode_pixels(ds: Any, path: Path) -> np.ndarray:
         ) from None
     except Exception as err:  # only pydicom's decoders run here, on the file's bytes
         raise DataError(f"{path}: unreadable DICOM pixel data ({one_line(err)})") from None
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if pixels.shape[:2] != (rows, columns) or pixels.ndim > 3:
+        # NumberOfFrames absent or 1 over pixel data of several frames: pydicom returns them
+        # all, and Pillow then failed with "Cannot handle this data type: (1, 1, 20)".
+        raise DataError(
+            f"{path}: DICOM pixel data decodes to shape {tuple(pixels.shape)}, not one "
+            f"{rows}x{columns} image (several frames under a NumberOfFrames of "
+            f"{ds.get('NumberOfFrames') or 'none'}?); export the frame(s) you mean as "
+            "single-frame files"
+        )
     check_finite(pixels, path)
     return pixels
 
@@ -298,6 +308,14 @@ def _grey(
         top = int(table.max())
         if bits == 16 and top < 1 << 12:  # 12-bit entries declared 16: viewers scale by the data
             bits = max(8, top.bit_length())
+        elif bits == 16 and top < 1 << UNDECLARED_FLOOR_BITS:
+            # 13-14-bit entries (a mammography LUT) read as 16-bit kept at most 64 greys, and
+            # whether to scale them by 13 or 14 bits is a guess: refused, as such files are.
+            raise NotABadFile(
+                f"{path}: DICOM VOI LUT declared 16 bits per entry whose entries reach only "
+                f"{top} (fit {UNDECLARED_FLOOR_BITS} bits) would keep at most 64 greys; "
+                "expected entries over the 16-bit range, or give --dicom-window"
+            )
         image = unsigned_to_uint8(_look_up(values, table, first), bits)
     elif window is not None:
         center, width, function = window
@@ -554,6 +572,14 @@ def _palette(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
             descriptor=f"{colour}PaletteColorLookupTableDescriptor",
             data=f"{colour}PaletteColorLookupTableData",
         )
+        if bits == 16 and int(table.max()) < 1 << 8:
+            # PS3.3 C.7.6.3.1.6: 16-bit entries span 0..65535; 8-bit values in them (older
+            # ultrasound writers) came out black, an image of one colour, without a word.
+            raise NotABadFile(
+                f"{path}: DICOM {colour} palette declared 16 bits per entry holds values of at "
+                "most 8 bits (255); expected 16-bit entries scaled to 0..65535 (PS3.3 "
+                "C.7.6.3.1.6): re-save the image as RGB"
+            )
         channels.append(unsigned_to_uint8(_look_up(pixels, table, first), bits))
     return np.stack(channels, axis=-1)
 
