@@ -287,7 +287,7 @@ def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys
     )
     config = SimpleNamespace(arch="resnet_tiny", image_size=32, precision="fp32")
     run = SimpleNamespace(config=config, ds=ds, spec=get_arch("resnet_tiny"))
-    assert fit._best_metadata(run, "r")["decoding_version"] == DECODING_VERSION == 8
+    assert fit._best_metadata(run, "r")["decoding_version"] == DECODING_VERSION == 9
     assert "decoding_version" in PREDICTION_KEYS
     Image.new("L", (40, 40)).save(tmp_path / "a.png")
     base = {"resize_size": 32, "crop_size": 32, "source": "run r"}
@@ -304,7 +304,7 @@ def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys
     assert err.count("\n") == 1
     assert err.startswith(
         f"note: {tmp_path / 'old' / 'best'} was trained on images decoded by decoding "
-        "version 7; predict decodes by version 8: a 16-bit, float or DICOM file"
+        f"version 7; predict decodes by version {DECODING_VERSION}: a 16-bit, float or DICOM file"
     )
     err = err_of("unsaid")
     assert err.startswith(

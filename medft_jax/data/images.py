@@ -69,7 +69,7 @@ IMAGE_SUFFIXES = (
 """What a ``folder`` dataset lists as images by name; a file of any other name is
 listed when it carries the DICOM marker (:func:`medft_jax.data.folder.image_files`)."""
 
-DECODING_VERSION = 8
+DECODING_VERSION = 9
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
 and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``; 3:
 ``bits_stored``, and 16-bit files of 14 bits or fewer refused without it; 4:
@@ -82,7 +82,10 @@ slope applied, MONOCHROME2 with Presentation LUT Shape INVERSE inverted; 7: a co
 greyscale DICOM without a window refused, where it decoded to black; 8: a DICOM
 file's PixelPaddingValue pixels left out of the min..max it is shown by without a
 window, and a DICOM window that is not finite, or that no pixel reaches, refused where
-it gave one grey): a cache built under another version is stale."""
+it gave one grey; 9: a DICOM VOI LUT declared 16 bits whose entries reach 13-14 bits,
+and a 16-bit palette of 8-bit values, refused where they decoded to a few greys or
+black, and pixel data of more frames than NumberOfFrames refused): a cache built under
+another version is stale (rebuilt; its content fingerprint stays where no pixel changed)."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIGNED16 = ("I;16S", "I;16BS", "I;16NS")
