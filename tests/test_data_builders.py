@@ -679,10 +679,22 @@ def test_isic_partial_duplicate_list_beside_the_official_train_csv_is_refused(tm
     refuse_partial_duplicates(tmp_path / "list.csv", 33_126, 425)  # the whole list
 
 
+def _write_official_isic_train_csv(root: Path) -> None:
+    """A train.csv of the official 33,126 rows (ISIC_0000001..), the fake's names among them."""
+    from medft_jax.data.builders.isic2020 import HEADER
+
+    with open(root / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HEADER, restval="")
+        writer.writeheader()
+        for n in range(1, 33_127):
+            writer.writerow({"image_name": f"ISIC_{n:07d}", "patient_id": "IP_1", "target": 0})
+
+
 def test_isic_duplicate_that_train_csv_does_not_list_is_refused_naming_its_line(tmp_path):
-    """A typo in the duplicate list (ISIC_000006 for ISIC_0000006) left the duplicate in,
-    perhaps in training beside its twin in test, without a word."""
+    """A typo in the duplicate list (ISIC_000006 for ISIC_0000006) beside the official
+    train.csv left the duplicate in: named by its line, before the count of the list."""
     fakes.make_isic2020(tmp_path, 10, 2)
+    _write_official_isic_train_csv(tmp_path)
     path = tmp_path / "ISIC_2020_Training_Duplicates.csv"
     path.write_text(path.read_text().replace("ISIC_0000006", "ISIC_000006"))
     with pytest.raises(DataError) as err:
@@ -691,6 +703,17 @@ def test_isic_duplicate_that_train_csv_does_not_list_is_refused_naming_its_line(
         f"{path}:2: image_name_2 'ISIC_000006' is not in train.csv; expected each duplicate to "
         "name an image train.csv lists (1 such line(s): the list of another release, or a typo?)"
     )
+
+
+def test_isic_subset_train_csv_without_a_listed_duplicate_is_accepted(tmp_path):
+    """A train.csv already cleared of the duplicates (32,701 rows), or any subset, beside the
+    official list was refused as "not in train.csv": it lacks them on purpose."""
+    truth = fakes.make_isic2020(tmp_path, 10, 2)
+    path = tmp_path / "train.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if not line.startswith("ISIC_0000006,")))
+    splits = _parse("isic2020", tmp_path)
+    assert sum(len(v) for v in splits.values()) == len(truth) == 18
 
 
 def _edit_isic_row(root: Path, image_name: str, **cells: str) -> int:
