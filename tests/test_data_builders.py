@@ -552,6 +552,27 @@ def test_t1w_one_unzipped_part_of_the_release_is_refused(tmp_path):
         _parse("t1w_mri", part)
 
 
+@pytest.mark.parametrize("extra", ["1 (1).mat", "01.mat", "notes.mat", "\u00b9.mat"])
+def test_t1w_release_cut_short_with_an_extra_name_is_refused_naming_it(tmp_path, extra):
+    """2,000 of the release's names and no cvind.mat: refused as a zip part cut short, but
+    one other name beside them (a Windows copy ``1 (1).mat``, ``notes.mat``) turned the check
+    off, and the copy was prepared short and with the extra file (``¹.mat``: a ValueError)."""
+    for n in range(1, 2001):
+        (tmp_path / f"{n}.mat").touch()
+    (tmp_path / extra).touch()
+    with pytest.raises(DataError) as err:
+        _parse("t1w_mri", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / extra}: not one of T1w MRI's official names 1.mat..3064.mat (each once; "
+        "the folder holds 2,000 of them and no cvind.mat, more than a zip part's 766, so the "
+        "copy claims to be the release); 1 such file(s): a copy? remove it (or give a subset "
+        "of your own other names)"
+    )
+    (tmp_path / extra).unlink()
+    with pytest.raises(DataError, match=r"holds 2,000 of .* missing 2001\.mat\.\.3064\.mat: a "):
+        _parse("t1w_mri", tmp_path)
+
+
 @needs_h5py
 def test_t1w_unreadable_mat_is_named_or_skipped_and_counted(tmp_path):
     """A truncated .mat fails while the listing is read (its label and patient are in it):
