@@ -339,10 +339,13 @@ def test_mura_listing_no_image_of_the_part_says_why(tmp_path):
     for split in ("train", "valid"):
         path = tmp_path / "MURA-v1.1" / f"{split}_image_paths.csv"
         path.write_text(path.read_text().replace("/", "\\"))
-    with pytest.raises(DataError, match=r"_image_paths\.csv:2: '.*' is not an image path; it uses"):
+    with pytest.raises(DataError, match=r"_image_paths\.csv:1: '.*' is not an image path; it uses"):
         _parse("mura_shoulder", tmp_path)
-    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"  # one line alone: no image at all
+    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"  # one line alone: a path all the same
     path.write_text(path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(DataError, match=r"_image_paths\.csv:1: '.*' is not an image path; it uses"):
+        _parse("mura_shoulder", tmp_path)
+    path.write_text(path.read_text().replace("\\", "/", 1))  # MURA-v1.1/train\XR_SHOULDER\...
     with pytest.raises(DataError, match=r"lists no XR_SHOULDER images; its paths use backslash"):
         _parse("mura_shoulder", tmp_path)
 
@@ -365,6 +368,25 @@ def test_mura_listing_line_without_a_slash_past_the_first_is_refused(tmp_path):
     )
     path.write_text("image_path\n" + original)
     _parse("mura_humerus", tmp_path)  # a header on the first line: fine
+
+
+@pytest.mark.parametrize("sep", ["\\", None])
+def test_mura_first_listing_line_that_is_an_image_path_is_not_taken_for_a_header(tmp_path, sep):
+    """The first line was skipped as a header whatever it was: written with backslashes
+    (a Windows tool), or a bare image name, it was an image gone without a word."""
+    fakes.make_mura(tmp_path, ("XR_HUMERUS",))
+    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace("/", sep) if sep else lines[0].rsplit("/", 1)[1]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        _parse("mura_humerus", tmp_path)
+    hint = "; it uses backslashes, expected '/'" if sep else ""
+    assert str(err.value) == (
+        f"{path}:1: {lines[0]!r} is not an image path{hint} (only the first line may be a "
+        "header); expected a line like "
+        "MURA-v1.1/train/XR_HUMERUS/patient00001/study1_positive/image1.png"
+    )
 
 
 def test_mura_labelled_study_without_a_listed_image_is_refused(tmp_path):
