@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -857,6 +858,39 @@ def test_cholect50_frame_listed_twice_is_refused_naming_it(tmp_path, key):
         _parse("cholect50_instrument", tmp_path)
     assert str(err.value) == (
         f"{path}: frame 10 listed twice (keys '10' and {key!r}); expected one entry per frame"
+        if key == "010"
+        else f"{path}: key '10' written twice in one JSON object; expected each key once (a "
+        "hand-merged file? the last would win without a word)"
+    )
+
+
+def test_cholect50_any_key_written_twice_is_refused_naming_it(tmp_path):
+    """Two "annotations" blocks (a hand-merged file): json.loads kept the last, and the
+    first block's frames were gone without a word."""
+    fakes.make_cholect50(tmp_path, (1,), 25)
+    path = tmp_path / "labels" / "VID01.json"
+    text = path.read_text().strip()
+    path.write_text(text[:-1] + ', "annotations": {"20": []}}')
+    with pytest.raises(DataError) as err:
+        _parse("cholect50_instrument", tmp_path)
+    assert str(err.value) == (
+        f"{path}: key 'annotations' written twice in one JSON object; expected each key once "
+        "(a hand-merged file? the last would win without a word)"
+    )
+
+
+@pytest.mark.parametrize("key", ["\u00b2", "\u0661"])
+def test_cholect50_frame_key_of_non_ascii_digits_is_one_line(tmp_path, key):
+    """``"²"`` passed str.isdigit, then int() raised a ValueError traceback; ``"١"`` (an
+    Arabic-Indic 1) was read as frame 1."""
+    from medft_jax.data.builders.cholect50 import frame_labels
+
+    path = tmp_path / "VID01.json"
+    path.write_text(json.dumps({"annotations": {key: []}}))
+    with pytest.raises(DataError) as err:
+        frame_labels(path)
+    assert str(err.value) == (
+        f"{path}: frame {key!r}: expected a frame number and a list of vectors"
     )
 
 
