@@ -812,10 +812,27 @@ def test_isic_image_saved_as_upper_case_jpg_is_named_with_the_rename(tmp_path):
     with pytest.raises(DataError) as err:
         _parse("isic2020", tmp_path)
     assert str(err.value) == (
-        f"{tmp_path / 'train.csv'}:4: {image} not found, but ISIC_0000003.JPG is there; "
-        "expected the release's names, <image_name>.jpg: rename the images (e.g. "
-        "ISIC_0000003.JPG -> ISIC_0000003.jpg)"
+        f"{tmp_path / 'train.csv'}:4: {str(image)!r} not found, but 'ISIC_0000003.JPG' is "
+        "there; expected the release's names, <image_name>.jpg: rename the images (e.g. "
+        "'ISIC_0000003.JPG' -> 'ISIC_0000003.jpg')"
     )
+
+
+def test_isic_rename_hint_for_a_name_holding_a_newline_is_one_line(tmp_path):
+    """A quoted image_name cell holding a newline (and its .JPG on disk) printed the names
+    as they are: a three-line error."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    name = "ISIC_0000003\nx"
+    path = tmp_path / "train.csv"
+    text = path.read_text()
+    path.write_text(text.replace("ISIC_0000003,", f'"{name}",', 1))
+    (tmp_path / "jpeg" / "train" / f"{name}.JPG").write_bytes(b"")
+    if (tmp_path / "jpeg" / "train" / f"{name}.jpg").is_file():
+        pytest.skip("a case-insensitive file system: the .jpg is found")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert "\n" not in str(err.value)
+    assert str(err.value).endswith("(e.g. 'ISIC_0000003\\nx.JPG' -> 'ISIC_0000003\\nx.jpg')")
 
 
 def test_isic_site_download_without_train_csv_says_to_rename_its_list(tmp_path):

@@ -241,8 +241,9 @@ def refuse_renamed_image(path: Path, where: str) -> None:
     sibling = next((s for s in map(path.with_suffix, JPEG_SIBLINGS) if s.is_file()), None)
     if sibling is not None:
         raise DataError(
-            f"{where}: {path} not found, but {sibling.name} is there; expected the release's "
-            f"names, <image_name>.jpg: rename the images (e.g. {sibling.name} -> {path.name})"
+            f"{where}: {str(path)!r} not found, but {sibling.name!r} is there; expected the "
+            f"release's names, <image_name>.jpg: rename the images (e.g. {sibling.name!r} -> "
+            f"{path.name!r})"
         )
 
 
