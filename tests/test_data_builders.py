@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -339,10 +340,13 @@ def test_mura_listing_no_image_of_the_part_says_why(tmp_path):
     for split in ("train", "valid"):
         path = tmp_path / "MURA-v1.1" / f"{split}_image_paths.csv"
         path.write_text(path.read_text().replace("/", "\\"))
-    with pytest.raises(DataError, match=r"_image_paths\.csv:2: '.*' is not an image path; it uses"):
+    with pytest.raises(DataError, match=r"_image_paths\.csv:1: '.*' is not an image path; it uses"):
         _parse("mura_shoulder", tmp_path)
-    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"  # one line alone: no image at all
+    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"  # one line alone: a path all the same
     path.write_text(path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(DataError, match=r"_image_paths\.csv:1: '.*' is not an image path; it uses"):
+        _parse("mura_shoulder", tmp_path)
+    path.write_text(path.read_text().replace("\\", "/", 1))  # MURA-v1.1/train\XR_SHOULDER\...
     with pytest.raises(DataError, match=r"lists no XR_SHOULDER images; its paths use backslash"):
         _parse("mura_shoulder", tmp_path)
 
@@ -365,6 +369,25 @@ def test_mura_listing_line_without_a_slash_past_the_first_is_refused(tmp_path):
     )
     path.write_text("image_path\n" + original)
     _parse("mura_humerus", tmp_path)  # a header on the first line: fine
+
+
+@pytest.mark.parametrize("sep", ["\\", None])
+def test_mura_first_listing_line_that_is_an_image_path_is_not_taken_for_a_header(tmp_path, sep):
+    """The first line was skipped as a header whatever it was: written with backslashes
+    (a Windows tool), or a bare image name, it was an image gone without a word."""
+    fakes.make_mura(tmp_path, ("XR_HUMERUS",))
+    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace("/", sep) if sep else lines[0].rsplit("/", 1)[1]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        _parse("mura_humerus", tmp_path)
+    hint = "; it uses backslashes, expected '/'" if sep else ""
+    assert str(err.value) == (
+        f"{path}:1: {lines[0]!r} is not an image path{hint} (only the first line may be a "
+        "header); expected a line like "
+        "MURA-v1.1/train/XR_HUMERUS/patient00001/study1_positive/image1.png"
+    )
 
 
 def test_mura_labelled_study_without_a_listed_image_is_refused(tmp_path):
@@ -550,6 +573,27 @@ def test_t1w_one_unzipped_part_of_the_release_is_refused(tmp_path):
         _parse("t1w_mri", part)
 
 
+@pytest.mark.parametrize("extra", ["1 (1).mat", "01.mat", "notes.mat", "\u00b9.mat"])
+def test_t1w_release_cut_short_with_an_extra_name_is_refused_naming_it(tmp_path, extra):
+    """2,000 of the release's names and no cvind.mat: refused as a zip part cut short, but
+    one other name beside them (a Windows copy ``1 (1).mat``, ``notes.mat``) turned the check
+    off, and the copy was prepared short and with the extra file (``¹.mat``: a ValueError)."""
+    for n in range(1, 2001):
+        (tmp_path / f"{n}.mat").touch()
+    (tmp_path / extra).touch()
+    with pytest.raises(DataError) as err:
+        _parse("t1w_mri", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / extra}: not one of T1w MRI's official names 1.mat..3064.mat (each once; "
+        "the folder holds 2,000 of them and no cvind.mat, more than a zip part's 766, so the "
+        "copy claims to be the release); 1 such file(s): a copy? remove it (or give a subset "
+        "of your own other names)"
+    )
+    (tmp_path / extra).unlink()
+    with pytest.raises(DataError, match=r"holds 2,000 of .* missing 2001\.mat\.\.3064\.mat: a "):
+        _parse("t1w_mri", tmp_path)
+
+
 @needs_h5py
 def test_t1w_unreadable_mat_is_named_or_skipped_and_counted(tmp_path):
     """A truncated .mat fails while the listing is read (its label and patient are in it):
@@ -677,10 +721,22 @@ def test_isic_partial_duplicate_list_beside_the_official_train_csv_is_refused(tm
     refuse_partial_duplicates(tmp_path / "list.csv", 33_126, 425)  # the whole list
 
 
+def _write_official_isic_train_csv(root: Path) -> None:
+    """A train.csv of the official 33,126 rows (ISIC_0000001..), the fake's names among them."""
+    from medft_jax.data.builders.isic2020 import HEADER
+
+    with open(root / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HEADER, restval="")
+        writer.writeheader()
+        for n in range(1, 33_127):
+            writer.writerow({"image_name": f"ISIC_{n:07d}", "patient_id": "IP_1", "target": 0})
+
+
 def test_isic_duplicate_that_train_csv_does_not_list_is_refused_naming_its_line(tmp_path):
-    """A typo in the duplicate list (ISIC_000006 for ISIC_0000006) left the duplicate in,
-    perhaps in training beside its twin in test, without a word."""
+    """A typo in the duplicate list (ISIC_000006 for ISIC_0000006) beside the official
+    train.csv left the duplicate in: named by its line, before the count of the list."""
     fakes.make_isic2020(tmp_path, 10, 2)
+    _write_official_isic_train_csv(tmp_path)
     path = tmp_path / "ISIC_2020_Training_Duplicates.csv"
     path.write_text(path.read_text().replace("ISIC_0000006", "ISIC_000006"))
     with pytest.raises(DataError) as err:
@@ -689,6 +745,17 @@ def test_isic_duplicate_that_train_csv_does_not_list_is_refused_naming_its_line(
         f"{path}:2: image_name_2 'ISIC_000006' is not in train.csv; expected each duplicate to "
         "name an image train.csv lists (1 such line(s): the list of another release, or a typo?)"
     )
+
+
+def test_isic_subset_train_csv_without_a_listed_duplicate_is_accepted(tmp_path):
+    """A train.csv already cleared of the duplicates (32,701 rows), or any subset, beside the
+    official list was refused as "not in train.csv": it lacks them on purpose."""
+    truth = fakes.make_isic2020(tmp_path, 10, 2)
+    path = tmp_path / "train.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if not line.startswith("ISIC_0000006,")))
+    splits = _parse("isic2020", tmp_path)
+    assert sum(len(v) for v in splits.values()) == len(truth) == 18
 
 
 def _edit_isic_row(root: Path, image_name: str, **cells: str) -> int:
@@ -743,10 +810,27 @@ def test_isic_image_saved_as_upper_case_jpg_is_named_with_the_rename(tmp_path):
     with pytest.raises(DataError) as err:
         _parse("isic2020", tmp_path)
     assert str(err.value) == (
-        f"{tmp_path / 'train.csv'}:4: {image} not found, but ISIC_0000003.JPG is there; "
-        "expected the release's names, <image_name>.jpg: rename the images (e.g. "
-        "ISIC_0000003.JPG -> ISIC_0000003.jpg)"
+        f"{tmp_path / 'train.csv'}:4: {str(image)!r} not found, but 'ISIC_0000003.JPG' is "
+        "there; expected the release's names, <image_name>.jpg: rename the images (e.g. "
+        "'ISIC_0000003.JPG' -> 'ISIC_0000003.jpg')"
     )
+
+
+def test_isic_rename_hint_for_a_name_holding_a_newline_is_one_line(tmp_path):
+    """A quoted image_name cell holding a newline (and its .JPG on disk) printed the names
+    as they are: a three-line error."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    name = "ISIC_0000003\nx"
+    path = tmp_path / "train.csv"
+    text = path.read_text()
+    path.write_text(text.replace("ISIC_0000003,", f'"{name}",', 1))
+    (tmp_path / "jpeg" / "train" / f"{name}.JPG").write_bytes(b"")
+    if (tmp_path / "jpeg" / "train" / f"{name}.jpg").is_file():
+        pytest.skip("a case-insensitive file system: the .jpg is found")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert "\n" not in str(err.value)
+    assert str(err.value).endswith("(e.g. 'ISIC_0000003\\nx.JPG' -> 'ISIC_0000003\\nx.jpg')")
 
 
 def test_isic_site_download_without_train_csv_says_to_rename_its_list(tmp_path):
@@ -789,6 +873,39 @@ def test_cholect50_frame_listed_twice_is_refused_naming_it(tmp_path, key):
         _parse("cholect50_instrument", tmp_path)
     assert str(err.value) == (
         f"{path}: frame 10 listed twice (keys '10' and {key!r}); expected one entry per frame"
+        if key == "010"
+        else f"{path}: key '10' written twice in one JSON object; expected each key once (a "
+        "hand-merged file? the last would win without a word)"
+    )
+
+
+def test_cholect50_any_key_written_twice_is_refused_naming_it(tmp_path):
+    """Two "annotations" blocks (a hand-merged file): json.loads kept the last, and the
+    first block's frames were gone without a word."""
+    fakes.make_cholect50(tmp_path, (1,), 25)
+    path = tmp_path / "labels" / "VID01.json"
+    text = path.read_text().strip()
+    path.write_text(text[:-1] + ', "annotations": {"20": []}}')
+    with pytest.raises(DataError) as err:
+        _parse("cholect50_instrument", tmp_path)
+    assert str(err.value) == (
+        f"{path}: key 'annotations' written twice in one JSON object; expected each key once "
+        "(a hand-merged file? the last would win without a word)"
+    )
+
+
+@pytest.mark.parametrize("key", ["\u00b2", "\u0661"])
+def test_cholect50_frame_key_of_non_ascii_digits_is_one_line(tmp_path, key):
+    """``"²"`` passed str.isdigit, then int() raised a ValueError traceback; ``"١"`` (an
+    Arabic-Indic 1) was read as frame 1."""
+    from medft_jax.data.builders.cholect50 import frame_labels
+
+    path = tmp_path / "VID01.json"
+    path.write_text(json.dumps({"annotations": {key: []}}))
+    with pytest.raises(DataError) as err:
+        frame_labels(path)
+    assert str(err.value) == (
+        f"{path}: frame {key!r}: expected a frame number and a list of vectors"
     )
 
 

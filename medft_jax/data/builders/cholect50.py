@@ -4,7 +4,7 @@ Layout: ``videos/VIDxx/000000.png`` (frames at 1 fps) + ``labels/VIDxx.json``
 whose ``annotations`` map a frame id to a list of 15-value vectors, one per
 action triplet, value [1] the instrument id (-1: none). A frame's label is
 the multi-hot set of its instruments (two keys naming one frame, ``10`` and
-``010``, are refused). Frames are subsampled to 6 a minute
+``010``, and any key written twice in one object, are refused). Frames are subsampled to 6 a minute
 (every 10th frame id). Splits follow the official video lists of the
 CholecT50 release (Nwoye & Padoy 2022, "cholect50" split: 35 train, 5 val,
 10 test videos), so ``seed`` and ``val_fraction`` are not used here.
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections import Counter
 from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
@@ -48,25 +50,36 @@ def split_of(video: int, path: Path) -> str:
     raise DataError(f"{path}: VID{video:02d} is not one of CholecT50's 50 videos")
 
 
-class _JsonObject(dict):
-    """A JSON object that keeps its key-value pairs as written (``pairs``): a key written
-    twice would otherwise keep its last value without a word."""
+def _unique_keys(path: Path):
+    """A ``json`` ``object_pairs_hook`` refusing a key written twice in any object of
+    ``path`` (two ``"annotations"``, one frame twice), naming it: ``json`` keeps the last
+    value without a word, and a hand-merged file's first block would be lost."""
 
-    def __init__(self, pairs: list[tuple[str, object]]) -> None:
-        super().__init__(pairs)
-        self.pairs = pairs
+    def hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            key = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+            raise DataError(
+                f"{path}: key {key!r} written twice in one JSON object; expected each key "
+                "once (a hand-merged file? the last would win without a word)"
+            )
+        return obj
+
+    return hook
 
 
 def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
     """``{frame id: multi-hot instruments}`` of one ``labels/VIDxx.json``.
 
-    Two keys naming one frame (``"10"`` and ``"010"``, or one key written twice) are
-    refused: the last would win without a word, a hand-merged file's other label lost.
+    Two keys naming one frame (``"10"`` and ``"010"``) are refused, and so is any key
+    written twice in one object of the file (:func:`_unique_keys`): the last would win
+    without a word, a hand-merged file's other label lost. A frame key must be ASCII
+    digits (``"²"`` passes ``str.isdigit``, not ``int``).
     """
     try:
         # utf-8-sig: a BOM (a copy saved by a Windows editor) is read as the CSVs are.
         text = path.read_text(encoding="utf-8-sig")
-        annotations = json.loads(text, object_pairs_hook=_JsonObject)["annotations"]
+        annotations = json.loads(text, object_pairs_hook=_unique_keys(path))["annotations"]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     except (KeyError, TypeError):
@@ -78,8 +91,8 @@ def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
         )
     frames: dict[int, tuple[float, ...]] = {}
     keys: dict[int, str] = {}
-    for key, vectors in getattr(annotations, "pairs", annotations.items()):
-        if not str(key).isdigit() or not isinstance(vectors, list):
+    for key, vectors in annotations.items():
+        if not re.fullmatch(r"[0-9]+", key) or not isinstance(vectors, list):
             raise DataError(f"{path}: frame {key!r}: expected a frame number and a list of vectors")
         frame = int(key)
         if frame in keys:

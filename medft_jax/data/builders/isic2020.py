@@ -5,8 +5,10 @@ anatom_site_general_challenge,diagnosis,benign_malignant,target``),
 ``jpeg/train/<image_name>.jpg`` and the challenge's duplicate list
 ``ISIC_2020_Training_Duplicates.csv`` (``image_name_1,image_name_2``): the
 second image of each of its 425 pairs is dropped (33,126 -> 32,701); beside
-the challenge's ``train.csv``, a list that drops fewer is refused, and so is,
-always, a listed duplicate that ``train.csv`` does not list. A row with a blank
+the challenge's ``train.csv`` (33,126 rows), a list that drops fewer is refused,
+first naming a listed duplicate that ``train.csv`` does not list (another
+``train.csv``, a subset or one already cleared of the duplicates, may lack
+them: it is not checked). A row with a blank
 ``patient_id``, or whose ``benign_malignant`` contradicts its ``target``, is
 refused naming its line. A missing ``train.csv`` beside the ISIC site's
 ``ISIC_2020_Training_GroundTruth*.csv``, or a missing ``<name>.jpg`` beside a
@@ -78,12 +80,20 @@ def read_duplicates(manual_dir: Path) -> dict[str, int]:
     return names
 
 
-def refuse_unmatched_duplicates(path: Path, duplicates: dict[str, int], dropped: set[str]) -> None:
-    """Refuse a duplicate-list name that ``train.csv`` does not list, naming its line.
+def refuse_unmatched_duplicates(
+    path: Path, duplicates: dict[str, int], listed: int, dropped: set[str]
+) -> None:
+    """Beside the official ``train.csv`` (``listed`` images), refuse a duplicate-list name
+    that it does not list, naming its line.
 
     The two files disagree (a typo, another release's list): the duplicate the line meant
-    stays in, perhaps in training beside its twin in test, without a word.
+    stays in, perhaps in training beside its twin in test, without a word. Checked before
+    :func:`refuse_partial_duplicates`, whose count it names better. Another ``train.csv``
+    (a subset, or one already cleared of the duplicates) may lack listed images on
+    purpose: it is not checked.
     """
+    if listed != OFFICIAL_IMAGES:
+        return
     unmatched = [name for name in duplicates if name not in dropped]
     if unmatched:
         name = unmatched[0]
@@ -231,8 +241,9 @@ def refuse_renamed_image(path: Path, where: str) -> None:
     sibling = next((s for s in map(path.with_suffix, JPEG_SIBLINGS) if s.is_file()), None)
     if sibling is not None:
         raise DataError(
-            f"{where}: {path} not found, but {sibling.name} is there; expected the release's "
-            f"names, <image_name>.jpg: rename the images (e.g. {sibling.name} -> {path.name})"
+            f"{where}: {str(path)!r} not found, but {sibling.name!r} is there; expected the "
+            f"release's names, <image_name>.jpg: rename the images (e.g. {sibling.name!r} -> "
+            f"{path.name!r})"
         )
 
 
@@ -256,7 +267,7 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         refuse_renamed_image(path, where)
         patient = read_patient(row, where)
         examples.append(Example(path, read_target(row, where), rel, patient=patient))
-    refuse_unmatched_duplicates(manual_dir / DUPLICATES, duplicates, dropped)
+    refuse_unmatched_duplicates(manual_dir / DUPLICATES, duplicates, listed, dropped)
     refuse_partial_duplicates(manual_dir / DUPLICATES, listed, len(dropped))
     return split_examples(
         examples, split_by=config.split_by, val_fraction=config.val_fraction, seed=config.seed

@@ -3,7 +3,8 @@
 Layout: ``MURA-v1.1/{train,valid}_image_paths.csv`` (one image path a line)
 and ``MURA-v1.1/{train,valid}_labeled_studies.csv`` (``study_dir,label``;
 some copies have a header line, both are accepted: only the first line may be
-one; paths written ``./MURA-v1.1/...`` are normalised, one with a ``..`` part
+one, and only when it does not look like a path (no backslash, no image
+suffix); paths written ``./MURA-v1.1/...`` are normalised, one with a ``..`` part
 refused) + the PNGs. Every labelled study of the body part must list at least one
 image, as in the release (a listing cut short is refused). One task per
 body part (shoulder, wrist, humerus). Samples are studies: every image is
@@ -19,6 +20,7 @@ from pathlib import Path
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
+from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.paths import listed_path, safe_join
 from medft_jax.data.table import read_text
 
@@ -91,7 +93,7 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
     examples = []
     for k, (n, rel) in enumerate(_lines(paths_csv)):
         if "/" not in rel:
-            if k == 0:
+            if k == 0 and not _looks_like_a_path(rel):
                 continue  # header line, e.g. "image_path"
             _refuse_not_a_path(f"{paths_csv}:{n}", rel, split, part)
         where = f"{paths_csv}:{n}"
@@ -126,10 +128,17 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
     return examples
 
 
+def _looks_like_a_path(line: str) -> bool:
+    """Whether a listing's line without '/' is a path all the same (written with
+    backslashes, or naming an image file), so not a header such as ``image_path``."""
+    return "\\" in line or line.lower().endswith(IMAGE_SUFFIXES)
+
+
 def _refuse_not_a_path(where: str, rel: str, split: str, part: str) -> None:
-    """Refuse a listing line without '/' past the first: only the first may be a header,
-    and any other such line was an image left out without a word (a line written with
-    backslashes by a Windows tool, say)."""
+    """Refuse a listing line without '/' that is not the first line's header: only the
+    first may be one, and only when it does not look like a path (see
+    :func:`_looks_like_a_path`); any other such line was an image left out without a word
+    (a line written with backslashes by a Windows tool, say, the first one included)."""
     hint = "; it uses backslashes, expected '/'" if "\\" in rel else ""
     raise DataError(
         f"{where}: {rel!r} is not an image path{hint} (only the first line may be a header); "

@@ -7,8 +7,8 @@ mostly 512×512; MATLAB stores column-major, so h5py sees it transposed),
 (patient id as UTF-16 code units). ``cvind.mat`` (the release's 5-fold ids)
 is not an image: it only tells whether the copy is the official release, which
 must then hold ``1.mat`` .. ``3064.mat``, each once, and nothing else (see
-:func:`refuse_partial_copy`). Without it, a folder of release names holding
-more than one zip part's worth must hold every one of them. Each image is
+:func:`refuse_partial_copy`). Without it, a folder holding more than one zip
+part's worth of release names must hold every one of them, and nothing else. Each image is
 min-max scaled to uint8 grey (the intensities have no fixed range). The
 paper's split is patient-disjoint with ~18% test (2,522 / 542): ``test`` is
 carved at that fraction, stratified, seeded, then ``val`` from the rest.
@@ -141,81 +141,88 @@ def fold_id_count(path: Path) -> int:
     return int(np.asarray(ids).size)
 
 
+RELEASE_NAMES = {str(n): n for n in range(1, OFFICIAL_IMAGES + 1)}
+"""The release's stems, written so (``"1"`` .. ``"3064"``; not ``"01"``), and their numbers."""
+PART_SIZE = PART_RANGES[0][1] - PART_RANGES[0][0] + 1
+"""The images of one zip part (766): a folder of more release names than that is the release."""
+
+
 def refuse_partial_copy(manual_dir: Path, scanned: list[Path]) -> None:
-    """Refuse a copy of the official release without every image, naming the missing ones.
+    """Refuse a copy of the official release that is not whole or holds other files,
+    naming the first missing runs or the first other file.
 
     The copy claims to be the release when its ``cvind.mat`` holds the release's
-    3,064 fold ids; its images are then ``1.mat`` .. ``3064.mat`` and nothing else.
-    One zip part not unpacked (766 images) or a copy cut short would leave the
-    patient-disjoint split smaller, and the paper's 2,522 / 542 out of reach, without
-    a word; an extra file (``1 (1).mat``, ``01.mat``) is one image twice. A copy
-    without that file, or with another one (a subset, the tests' small fakes), is
-    not checked: nothing says how many images it should hold.
+    3,064 fold ids, or, without that file, when it holds more than one zip part's
+    worth (766) of the release's names ``1.mat`` .. ``3064.mat`` (or exactly some
+    of its four parts, whole: :func:`_refuse_whole_parts`). Its images are then
+    ``1.mat`` .. ``3064.mat``, each once, and nothing else. One zip part not unpacked
+    (766 images) or a copy cut short would leave the patient-disjoint split smaller,
+    and the paper's 2,522 / 542 out of reach, without a word; an extra file
+    (``1 (1).mat``, ``01.mat``) is one image twice. Another copy (a ``cvind.mat`` of
+    another size, no more than a part's worth of release names: a user's subset, the
+    tests' small fakes) is not checked: nothing says how many images it should hold.
     """
-    present = {int(p.stem) for p in scanned if p.stem.isdigit()}
+    present = {RELEASE_NAMES[p.stem] for p in scanned if p.stem in RELEASE_NAMES}
     index = next((p for p in scanned if p.name == FOLD_IDS), None)
     if index is None:
-        _refuse_release_parts(manual_dir, present, scanned)
+        _refuse_whole_parts(manual_dir, present)
+        if len(present) <= PART_SIZE:
+            return  # a few release names: a user's own subset
+        claim = (
+            f"the folder holds {len(present):,} of them and no {FOLD_IDS}, more than a zip "
+            f"part's {PART_SIZE}, so the copy claims to be the release"
+        )
+        _refuse_extra(claim, scanned, " (or give a subset of your own other names)")
+        _refuse_missing(
+            present,
+            f"{manual_dir}: holds {len(present):,} of the release's {OFFICIAL_IMAGES:,} images "
+            f"and no {FOLD_IDS}",
+            f": a zip part cut short? unpack each of the four parts ({PARTS}) whole",
+        )
         return
     if fold_id_count(index) != OFFICIAL_IMAGES:
         return
-    _refuse_extra(index, scanned)
+    claim = f"{index.name} indexes {OFFICIAL_IMAGES:,}, so the copy claims to be the release"
+    _refuse_extra(claim, scanned)
+    _refuse_missing(
+        present,
+        f"{manual_dir}: {len(present):,} of T1w MRI's {OFFICIAL_IMAGES:,} official images "
+        f"({index.name} indexes all of them)",
+        f". The split needs every image (a partial copy? the release's four zip parts hold "
+        f"{PARTS})",
+    )
+
+
+def _refuse_missing(present: set[int], head: str, tail: str) -> None:
+    """Name the runs of release numbers a release copy lacks (``head; missing ...tail``)."""
     missing = [n for n in range(1, OFFICIAL_IMAGES + 1) if n not in present]
     if missing:
-        raise DataError(
-            f"{manual_dir}: {OFFICIAL_IMAGES - len(missing):,} of T1w MRI's "
-            f"{OFFICIAL_IMAGES:,} official images ({index.name} indexes all of them); missing "
-            f"{name_runs(missing, '{}.mat'.format)}. The split needs every image (a partial "
-            f"copy? the release's four zip parts hold {PARTS})"
-        )
+        raise DataError(f"{head}; missing {name_runs(missing, '{}.mat'.format)}{tail}")
 
 
-def _refuse_extra(index: Path, scanned: list[Path]) -> None:
+def _refuse_extra(claim: str, scanned: list[Path], hint: str = "") -> None:
     """Name the first image of a release copy whose name is not one of the release's
     (``1.mat`` .. ``3064.mat``, written so) or repeats one (``1.mat`` and ``1.MAT``),
-    and count them (see :func:`refuse_partial_copy`)."""
-    official = {str(n) for n in range(1, OFFICIAL_IMAGES + 1)}
+    and count them; ``claim``: why the copy is the release (see
+    :func:`refuse_partial_copy`), for both its ways of claiming it."""
     seen: set[str] = set()
     extra = []
     for path in scanned:
         if path.name in IGNORED:
             continue
-        if path.stem not in official or path.stem in seen:
+        if path.stem not in RELEASE_NAMES or path.stem in seen:
             extra.append(path)
         seen.add(path.stem)
     if extra:
         raise DataError(
             f"{extra[0]}: not one of T1w MRI's official names 1.mat..{OFFICIAL_IMAGES}.mat "
-            f"(each once; {index.name} indexes {OFFICIAL_IMAGES:,}, so the copy claims to be "
-            f"the release); {len(extra)} such file(s): a copy? remove it"
-        )
-
-
-def _refuse_release_parts(manual_dir: Path, present: set[int], scanned: list[Path]) -> None:
-    """A folder of the release's images (each named ``1.mat`` .. ``3064.mat``) and no
-    ``cvind.mat`` that is not the whole release: exactly some of its four zip parts
-    (``--manual-dir`` at one unzipped part, or three of the four unpacked), or, holding
-    more than one part's worth, parts with images missing (a zip part unpacked only
-    partly, files lost mid-part). Either would prepare a smaller split without a word.
-    A few release names (no more than a part's worth) are a user's own subset: not checked.
-    """
-    images = [p for p in scanned if p.name not in IGNORED]
-    release = {str(n) for n in range(1, OFFICIAL_IMAGES + 1)}
-    if any(p.stem not in release for p in images) or len(present) != len(images):
-        return  # names other than the release's N.mat: not the release
-    _refuse_whole_parts(manual_dir, present)
-    part_size = PART_RANGES[0][1] - PART_RANGES[0][0] + 1
-    missing = [n for n in range(1, OFFICIAL_IMAGES + 1) if n not in present]
-    if len(present) > part_size and missing:
-        raise DataError(
-            f"{manual_dir}: holds {len(present):,} of the release's {OFFICIAL_IMAGES:,} images "
-            f"and no {FOLD_IDS}; missing {name_runs(missing, '{}.mat'.format)}: a zip part cut "
-            f"short? unpack each of the four parts ({PARTS}) whole"
+            f"(each once; {claim}); {len(extra)} such file(s): a copy? remove it{hint}"
         )
 
 
 def _refuse_whole_parts(manual_dir: Path, present: set[int]) -> None:
-    """Name the zip parts a copy holds when it holds exactly some of the four, whole."""
+    """Name the zip parts a copy holds when its release names (``present``) are exactly
+    some of the four, whole (``--manual-dir`` at one unzipped part, or three of four)."""
     held = [(lo, hi) for lo, hi in PART_RANGES if any(lo <= n <= hi for n in present)]
     if not held or len(held) == len(PART_RANGES):
         return
