@@ -347,7 +347,7 @@ def test_mura_listing_no_image_of_the_part_says_why(tmp_path):
     with pytest.raises(DataError, match=r"_image_paths\.csv:1: '.*' is not an image path; it uses"):
         _parse("mura_shoulder", tmp_path)
     path.write_text(path.read_text().replace("\\", "/", 1))  # MURA-v1.1/train\XR_SHOULDER\...
-    with pytest.raises(DataError, match=r"lists no XR_SHOULDER images; its paths use backslash"):
+    with pytest.raises(DataError, match=r"_image_paths\.csv:1: '.*' is not an image path; it uses"):
         _parse("mura_shoulder", tmp_path)
 
 
@@ -367,6 +367,10 @@ def test_mura_listing_line_without_a_slash_past_the_first_is_refused(tmp_path):
         "the first line may be a header); expected a line like "
         "MURA-v1.1/train/XR_HUMERUS/patient00001/study1_positive/image1.png"
     )
+    lines[4] = lines[4].replace("\\", "/", 2)  # mixed: its part unseen, the image skipped
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"train_image_paths\.csv:5: .* it uses backslashes"):
+        _parse("mura_humerus", tmp_path)
     path.write_text("image_path\n" + original)
     _parse("mura_humerus", tmp_path)  # a header on the first line: fine
 

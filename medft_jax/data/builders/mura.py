@@ -92,8 +92,8 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
     paths_csv = folder / f"{split}_image_paths.csv"
     examples = []
     for k, (n, rel) in enumerate(_lines(paths_csv)):
-        if "/" not in rel:
-            if k == 0 and not _looks_like_a_path(rel):
+        if "/" not in rel or "\\" in rel:  # the release writes '/' only: a mixed line's
+            if k == 0 and not _looks_like_a_path(rel):  # part went unseen, its image gone
                 continue  # header line, e.g. "image_path"
             _refuse_not_a_path(f"{paths_csv}:{n}", rel, split, part)
         where = f"{paths_csv}:{n}"
@@ -115,13 +115,8 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
         path = image_path(folder, rel, where)
         examples.append(Example(path, studies[study], rel, patient=patient, group=study))
     if not examples:
-        hint = (
-            "; its paths use backslashes, expected '/'"
-            if any("\\" in rel for _, rel in _lines(paths_csv))
-            else ""
-        )
         raise DataError(
-            f"{paths_csv}: lists no {part} images{hint} (expected lines like "
+            f"{paths_csv}: lists no {part} images (expected lines like "
             f"MURA-v1.1/{split}/{part}/patient00001/study1_positive/image1.png)"
         )
     _refuse_studies_without_images(paths_csv, split, part, studies, examples)
@@ -135,10 +130,11 @@ def _looks_like_a_path(line: str) -> bool:
 
 
 def _refuse_not_a_path(where: str, rel: str, split: str, part: str) -> None:
-    """Refuse a listing line without '/' that is not the first line's header: only the
-    first may be one, and only when it does not look like a path (see
-    :func:`_looks_like_a_path`); any other such line was an image left out without a word
-    (a line written with backslashes by a Windows tool, say, the first one included)."""
+    """Refuse a listing line without '/', or with a backslash, that is not the first
+    line's header: only the first may be one, and only when it does not look like a path
+    (see :func:`_looks_like_a_path`); any other such line was an image left out without a
+    word (a line written with backslashes by a Windows tool, in part or whole, the first
+    one included)."""
     hint = "; it uses backslashes, expected '/'" if "\\" in rel else ""
     raise DataError(
         f"{where}: {rel!r} is not an image path{hint} (only the first line may be a header); "
