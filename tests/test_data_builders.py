@@ -952,6 +952,25 @@ def test_cholect50_bad_instrument_and_unknown_video(tmp_path):
     assert frame_labels(bom) == frame_labels(plain) and frame_labels(plain)
 
 
+@pytest.mark.parametrize("name", ["VID+1", "VID1_0", "VID\u0661"])
+def test_cholect50_label_file_name_must_be_vid_and_ascii_digits(tmp_path, name):
+    """int() read 'VID+1' and 'VID١' (Arabic-Indic one) as video 1: an odd copy's name."""
+    fakes.make_cholect50(tmp_path, (1,), 3)
+    labels = tmp_path / "labels"
+    (labels / f"{name}.json").write_text((labels / "VID01.json").read_text())
+    with pytest.raises(DataError, match=r"\.json: expected a name like VID01\.json$"):
+        _parse("cholect50_instrument", tmp_path)
+
+
+def test_cholect50_two_label_files_of_one_video_are_refused(tmp_path):
+    """VID1.json beside VID01.json: one video's frames listed twice (two examples each)."""
+    fakes.make_cholect50(tmp_path, (1,), 3)
+    labels = tmp_path / "labels"
+    (labels / "VID1.json").write_text((labels / "VID01.json").read_text())
+    with pytest.raises(DataError, match=r"VID1\.json and .*VID01\.json name one video \(VID01\)"):
+        _parse("cholect50_instrument", tmp_path)
+
+
 def test_cholect50_video_without_labels_and_annotations_not_an_object(tmp_path):
     # A video whose label file is missing would leave its split (here the official
     # test set: VID06 and VID10 are test videos) smaller without a word.

@@ -149,12 +149,18 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
                 f"{video}: frames without labels/{video.name}.json; a partial copy? "
                 f"expected {LAYOUT}"
             )
+    numbers: dict[int, Path] = {}
     for label_file in label_files:
         video = label_file.stem
-        try:
-            number = int(video[3:])
-        except ValueError:
-            raise DataError(f"{label_file}: expected a name like VID01.json") from None
+        if not re.fullmatch(r"VID[0-9]+", video):  # int() took 'VID+6', 'VID1_0', 'VID٦'
+            raise DataError(f"{label_file}: expected a name like VID01.json")
+        number = int(video[3:])
+        if number in numbers:  # VID6.json beside VID06.json: one video's frames twice
+            raise DataError(
+                f"{label_file} and {numbers[number]} name one video (VID{number:02d}); "
+                "expected one labels file a video"
+            )
+        numbers[number] = label_file
         split = split_of(number, label_file)
         for frame, label in sorted(frame_labels(label_file).items()):
             if frame % FRAME_STRIDE:
