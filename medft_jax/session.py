@@ -108,9 +108,10 @@ class Session:
                     },
                 }
             ),
-            f"session flags (here force={force}, retry_failed={retry_failed}, feature cache "
+            "session flags",
+            f"force={force}, retry_failed={retry_failed}, feature cache "
             f"{'on' if feature_cache else 'off'}, dataset options of "
-            f"{', '.join(sorted(self.dataset_options)) or 'none'})",
+            f"{', '.join(sorted(self.dataset_options)) or 'none'}",
         )
         self.trainers: dict[fit.TrainerKey, Any] = {}
         self._datasets: dict[tuple, Any] = {}
@@ -279,7 +280,8 @@ class Session:
         A collective: every process calls it before its first run."""
         _agree(
             results.config_hash({"runs": [c.to_dict() for c in configs]}),
-            f"runs (here {len(configs)}, the first {_first_name(configs)})",
+            "runs",
+            f"{len(configs)}, the first {_first_name(configs)}",
         )
 
     def path_of(self, config: RunConfig) -> Path:
@@ -291,11 +293,11 @@ def _first_name(configs: Sequence[RunConfig]) -> str:
     return results.run_name(configs[0].to_dict()) if configs else "none"
 
 
-def _agree(digest: str, here: str) -> None:
-    """Refuses a multi-host job whose processes hold another ``digest`` than process 0's
-    (``here`` says what this process holds): a launcher that gave one host another flag
-    (``--force``, ``--seeds``) hung every process in a collective the others never
-    joined. A collective itself: every process calls it at the same point."""
+def _agree(digest: str, what: str, here: str) -> None:
+    """Refuses a multi-host job whose processes hold another ``digest`` of ``what`` than
+    process 0's (``here`` says what this process holds): a launcher that gave one host
+    another flag (``--force``, ``--seeds``) hung every process in a collective the others
+    never joined. A collective itself: every process calls it at the same point."""
     if jax.process_count() == 1:
         return
     mine = int(digest[:7], 16)  # 28 bits: int32 on device
@@ -304,12 +306,12 @@ def _agree(digest: str, here: str) -> None:
         return
     if first == mine:
         raise UserError(
-            f"another process of this job was given other {here.split(' (')[0]} than process "
-            "0 (its own error line says which): give every process the same command"
+            f"another process of this job was given other {what} than process 0 (its own "
+            "error line says which): give every process the same command"
         )
     raise UserError(
-        f"process {jax.process_index()} was given other {here} than process 0: give every "
-        "process the same command"
+        f"process {jax.process_index()} was given other {what} (here {here}) than process 0: "
+        "give every process the same command"
     )
 
 
