@@ -96,22 +96,14 @@ class Session:
         self.dataset_options = {same_data(k): v for k, v in (dataset_options or {}).items()}
         self.force, self.retry_failed, self.progress = force, retry_failed, progress
         self.feature_cache = feature_cache
+        # Which runs each process trains: one skipping a done run while another retrains
+        # it hung both. Data options and folders may differ per host (a node-local copy
+        # at another path); what they load is compared by its fingerprint, run by run.
+        # The feature cache is off under several processes.
         _agree(
-            results.config_hash(
-                {
-                    "force": force,
-                    "retry_failed": retry_failed,
-                    "feature_cache": feature_cache,
-                    "dataset_options": {  # bars or none: a host's own (a log without a tty)
-                        k: {o: x for o, x in dict(v).items() if o != "progress"}
-                        for k, v in self.dataset_options.items()
-                    },
-                }
-            ),
+            results.config_hash({"force": force, "retry_failed": retry_failed}),
             "session flags",
-            f"force={force}, retry_failed={retry_failed}, feature cache "
-            f"{'on' if feature_cache else 'off'}, dataset options of "
-            f"{', '.join(sorted(self.dataset_options)) or 'none'}",
+            f"force={force}, retry_failed={retry_failed}",
         )
         self.trainers: dict[fit.TrainerKey, Any] = {}
         self._datasets: dict[tuple, Any] = {}
