@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medft_jax.config import check_value
-from medft_jax.errors import ArgumentParser, cli_main
+from medft_jax.errors import ArgumentParser, cli_main, exit_as_child
 from medft_jax.names import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +32,7 @@ def run(out: Path, seconds: str, strategy: str, epochs: int) -> dict:
            "--epochs", str(epochs), "--out", str(out), "--no-progress"]  # fmt: skip
     env = {**os.environ, "MEDFT_JAX_CHECKPOINT_SECONDS": seconds}
     done = subprocess.run(cmd, check=False, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    if done.returncode != 0:  # it said why on stderr, in one line: its status, no traceback
-        raise SystemExit(done.returncode if done.returncode > 0 else 128 - done.returncode)
+    exit_as_child(done.returncode)
     (record,) = out.rglob("record.json")
     return json.loads(record.read_text())
 

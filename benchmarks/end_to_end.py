@@ -33,7 +33,7 @@ import numpy as np
 
 from medft_jax.config import check_value
 from medft_jax.data.medmnist_info import FLAGS
-from medft_jax.errors import ArgumentParser, UserError, cli_main, did_you_mean
+from medft_jax.errors import ArgumentParser, UserError, cli_main, did_you_mean, exit_as_child
 
 SPLITS = {"train": 3882, "val": 524, "test": 624}  # the issue's training-set size
 FLAG = "pneumoniamnist"  # binary, grayscale, 28 px: the MedMNIST chest X-ray set
@@ -58,8 +58,7 @@ def make_npz(path: Path, seed: int = 0) -> None:
 def child_ok(done: subprocess.CompletedProcess) -> None:
     """A failed side ends this script with its status: it printed why (one ``error:`` line
     from experiments.run), so no CalledProcessError traceback follows it."""
-    if done.returncode != 0:
-        raise SystemExit(done.returncode if done.returncode > 0 else 128 - done.returncode)
+    exit_as_child(done.returncode)
 
 
 def run_toolkit(data_dir: Path, out: Path, flag: str, epochs: int) -> dict:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medft_jax.config import check_value
-from medft_jax.errors import ArgumentParser, UserError, cli_main, did_you_mean
+from medft_jax.errors import ArgumentParser, UserError, cli_main, did_you_mean, exit_as_child
 from medft_jax.names import ARCHS, is_known_arch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "breastmnist.npz"
@@ -45,8 +45,7 @@ def run(data_dir: Path, out: Path, precision: str, args: argparse.Namespace) -> 
         "--seeds", "0", "1", "2", "--precision", precision, "--out", str(out), "--no-progress",
     ]  # fmt: skip
     done = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
-    if done.returncode != 0:  # it said why on stderr, in one line: its status, no traceback
-        raise SystemExit(done.returncode if done.returncode > 0 else 128 - done.returncode)
+    exit_as_child(done.returncode)
     records = [json.loads(p.read_text()) for p in sorted(out.rglob("record.json"))]
     return [r for r in records if r["config"]["precision"] == precision]
 

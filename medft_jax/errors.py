@@ -135,6 +135,14 @@ EXIT_BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE, as a shell reports it)."""
 
 
+def exit_as_child(returncode: int) -> None:
+    """Ends this process with a failed child's status (a signal's as ``128 + signal``):
+    the child said why on stderr (one ``error:`` line), so no traceback follows it. A
+    returncode of 0 returns."""
+    if returncode != 0:
+        raise SystemExit(returncode if returncode > 0 else 128 - returncode)
+
+
 def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Runs a command line's ``main`` and maps the errors a user can cause to one line.
 

@@ -679,3 +679,15 @@ def test_every_benchmark_says_a_flag_error_in_one_line(tmp_path, script):
     if value:
         _refused(_bench(script, flag, value, flag, value, cwd=tmp_path), f"{flag} given twice")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_child_status_is_passed_on_as_a_shell_gives_it():
+    """One rule for the three wrappers: a refused run's 2, and a run killed by SIGKILL as
+    137 (128 + 9), as a shell reports it; a child that succeeded returns."""
+    from medft_jax.errors import exit_as_child
+
+    assert exit_as_child(0) is None
+    for returncode, status in ((2, 2), (-9, 137)):
+        with pytest.raises(SystemExit) as exit_:
+            exit_as_child(returncode)
+        assert exit_.value.code == status
