@@ -203,8 +203,9 @@ def canonical_options(
 _NO_DEFAULT = object()
 
 
-def _float32(x: float) -> float:
-    return struct.unpack("f", struct.pack("f", x))[0]
+def as_float32(x: float) -> float:
+    """``x`` as float32 holds it (the value the train step computes with)."""
+    return struct.unpack("f", struct.pack("f", float(x)))[0]
 
 
 def same_in_float32(a: float, b: float) -> bool:
@@ -212,7 +213,7 @@ def same_in_float32(a: float, b: float) -> bool:
     ``np.logspace(-5, -3, 3)[0]`` (9.999999999999999e-06) and 1e-05, or
     ``np.float32(1e-3)`` and 0.001, train alike."""
     try:
-        return _float32(float(a)) == _float32(float(b))
+        return as_float32(a) == as_float32(b)
     except OverflowError:  # beyond float32: refused by the range check
         return float(a) == float(b)
 

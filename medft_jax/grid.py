@@ -23,12 +23,11 @@ import dataclasses
 import importlib.util
 import math
 import numbers
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medft_jax.config import RunConfig, check_config
+from medft_jax.config import RunConfig, as_float32, check_config
 from medft_jax.data.options import (
     option_value_error,
     split_option_error,
@@ -326,7 +325,7 @@ _AS_RUN = {"lr": float, "seed": int}
 
 
 _AS_STEP = {
-    "lr": lambda lr: struct.unpack("f", struct.pack("f", float(lr)))[0],
+    "lr": as_float32,
     "dataset": lambda d: same_data(d) if isinstance(d, str) else str(d),
 }
 """An lr as the train step holds it (float32); a dataset by the data it names."""
