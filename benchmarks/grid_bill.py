@@ -1308,10 +1308,20 @@ def cheap_first(grid: Grid) -> list[str]:
 
 def check_out_file(path: Path) -> None:
     """Refuses an ``--out`` that cannot be written, before any measuring (not minutes later,
-    at the first measurement written). Leaves nothing behind."""
+    at the first measurement written), or that holds something else: an existing file is
+    replaced only if it is empty or an earlier ``--out`` (a mistyped path must not cost
+    the user another file). Leaves nothing behind."""
     folder = path.parent
     if path.is_dir():
         raise UserError(f"--out {path}: is a folder, expected a JSON file")
+    if path.exists() and path.stat().st_size:
+        try:
+            read_json(path)
+        except UserError:
+            raise UserError(
+                f"--out {path}: exists and is not a file grid_bill.py --out wrote; "
+                "name a new file (or remove it)"
+            ) from None
     if not folder.exists():
         raise UserError(f"--out {path}: its folder {folder} does not exist; create it first")
     if not folder.is_dir():

@@ -551,6 +551,7 @@ def _main_refuses(capsys, main, argv: list[str], message: str) -> None:
         (["--out", "{tmp}/afile/x.json"], "afile is a file, expected a folder"),
         (["--out", "{tmp}/none/x.json"], "its folder {tmp}/none does not exist"),
         (["--out", "{tmp}"], "is a folder, expected a JSON file"),
+        (["--out", "{tmp}/afile"], "--out {tmp}/afile: exists and is not a file grid_bill.py"),
         (["--from-json", "{tmp}/none.json"], "--from-json {tmp}/none.json: no such file"),
         (["--from-json", "{tmp}/afile"], "--from-json {tmp}/afile: not JSON"),
         (["--from-json", "{tmp}/other.json"], "--from-json {tmp}/other.json: no measurements"),
@@ -565,6 +566,19 @@ def test_grid_bill_refuses_bad_flags_before_measuring(tmp_path, capsys, flags, m
     before = sorted(tmp_path.iterdir())
     _main_refuses(capsys, grid_bill.main, argv, message.replace("{tmp}", str(tmp_path)))
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_grid_bill_out_replaces_only_an_empty_file_or_an_earlier_out(tmp_path):
+    """--out overwrote whatever the path named (a mistyped path cost the user a file)."""
+    earlier = tmp_path / "earlier.json"
+    grid_bill.write_json(earlier, dict.fromkeys(grid_bill.META_KEYS, 1), {})
+    (tmp_path / "empty.json").touch()
+    for name in ("earlier.json", "empty.json", "new.json"):
+        grid_bill.check_out_file(tmp_path / name)
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    with pytest.raises(grid_bill.UserError, match=r"notes\.json: exists and is not a file"):
+        grid_bill.check_out_file(tmp_path / "notes.json")
+    assert (tmp_path / "notes.json").read_text() == '{"mine": 1}'
 
 
 def test_grid_bill_script_refuses_a_broken_config_in_one_line(tmp_path):
