@@ -32,6 +32,7 @@ and the accelerator's model (:func:`device_tag`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -110,19 +111,33 @@ def device_tag() -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", tag).strip("-")
 
 
+VERSION_KEYS = ("format", "numerics", "jax")
+"""What computes the features otherwise without changing the weights or the images."""
+
+
 def location(
-    root: Path, ds: Dataset, arch: str, precision: str, backbone: str, backend: str
+    root: Path,
+    ds: Dataset,
+    arch: str,
+    precision: str,
+    backbone: str,
+    backend: str,
+    versions: Mapping[str, Any],
 ) -> Path:
-    """The folder of one (data, arch, precision, backend, backbone) feature set.
+    """The folder of one (data, arch, precision, backend, backbone, versions) feature set.
 
     The backend is part of the name: a GPU's convolutions (TF32, other
     algorithms) give features that differ from a CPU's in the last digits,
-    and a run's record should be that of the device it ran on.
+    and a run's record should be that of the device it ran on. So are the
+    versions (:data:`VERSION_KEYS`, as a short hash): two toolkit or JAX
+    versions sharing one data dir keep a set each, rather than each
+    recomputing (and replacing) the other's at every run.
     """
     fingerprint = str(ds.metadata.get("fingerprint") or "")
     if not fingerprint:
         raise ValueError(f"dataset {ds.name!r} has no content fingerprint")
-    return root / fingerprint[:24] / f"{arch}-{precision}-{backend}-{backbone[:24]}"
+    tag = hashlib.sha256(json.dumps([versions[k] for k in VERSION_KEYS]).encode()).hexdigest()[:8]
+    return root / fingerprint[:24] / f"{arch}-{precision}-{backend}-{backbone[:24]}-{tag}"
 
 
 class FeatureSet:
@@ -390,7 +405,9 @@ def cached_features(
         "data_fingerprint": str(ds.metadata["fingerprint"]),
         "images": images_signature(ds),
     }
-    directories = [location(root, ds, arch, precision, backbone, backend) for root in roots]
+    directories = [
+        location(root, ds, arch, precision, backbone, backend, expected) for root in roots
+    ]
     problems: list[str] = []
     for directory in directories:
         found = open_features(directory, ds, expected, problems)
