@@ -2132,3 +2132,67 @@ def test_a_report_without_vs_paper_is_unchanged(tmp_path):
     acc = next(r for r in bundled if r["metric"] == "accuracy")
     assert (acc["paper_mean_pct"], acc["paper_se_pct"]) == ("79.54", "0.4")  # Table 5
     assert float(acc["diff_pp"]) == pytest.approx(72.0 - 79.54)
+
+
+def test_a_cell_left_with_no_validated_lr_is_unvalidated_not_a_loss():
+    """Every LR with one seed's record lacking a validation value: the cell read ``failed``
+    with no note although no run failed, and Table 12 counted it lost to FT (0/1) where its
+    test value beat FT's."""
+    records = [rec(strategy="ft", lr=lr, seed=k, test=0.7) for lr in (1e-3, 1e-4) for k in range(3)]
+    for lr in (1e-3, 1e-4):
+        for k in range(3):
+            r = rec(strategy="lp", lr=lr, seed=k, test=0.9)
+            if k == 0:
+                r["val"]["accuracy"] = None
+            records.append(r)
+    summary = collect(records)
+    lp = summary.cell("bach", "resnet50", "lp")
+    assert lp.status == "unvalidated" and not lp.has_value
+    assert lp.unvalidated_lrs == (1e-4, 1e-3)
+    assert beats_ft(summary, 0.1)[("lp", "resnet50")] == (0, 0)
+    md = to_markdown(dataset_table(summary, "bach"))
+    assert "| LP | unvalidated‡ |" in md
+    assert (
+        "‡ LP, ResNet-50: lr 0.0001 0.001 (a run there has no validation value) left out "
+        "of the choice; no LR was left to choose, so the cell has no value"
+    ) in md
+    notes = table12(summary, 0.1).notes
+    assert (
+        "Not counted, no LR of the strategy's having a validation value for every seed "
+        "(unvalidated): bach/resnet50/lp."
+    ) in notes
+    # A failed run at one LR and an unvalidated one at the other: still no loss claimed.
+    failures = [fail(strategy="lp", lr=1e-3, seed=0)]
+    summary = collect(
+        [r for r in records if r["config"]["lr"] != 1e-3 or r["config"]["seed"]], failures
+    )
+    lp = summary.cell("bach", "resnet50", "lp")
+    assert lp.status == "unvalidated" and lp.excluded_lrs == (1e-4, 1e-3)
+    assert beats_ft(summary, 0.1)[("lp", "resnet50")] == (0, 0)
+    # Every LR failed: a loss, as before.
+    summary = collect(
+        records[:6], [fail(strategy="lp", lr=lr, seed=k) for lr in (1e-3, 1e-4) for k in range(3)]
+    )
+    assert summary.cell("bach", "resnet50", "lp").status == "failed"
+    assert beats_ft(summary, 0.1)[("lp", "resnet50")] == (0, 1)
+
+
+def test_table12_names_a_dataset_whose_ft_has_no_value_in_the_counted_metric():
+    """FT with values but its counted metric undefined for every seed: the dataset left n
+    without a word (the note named only FT cells with no value at all)."""
+    records = []
+    for k in range(3):
+        ft = rec(strategy="ft", seed=k, test=0.7)
+        ft["test"]["accuracy"] = None
+        records += [ft, rec(strategy="lp", seed=k, test=0.9)]
+        records += [
+            rec("mura_wrist", strategy=s, seed=k, test=t) for s, t in (("ft", 0.7), ("lp", 0.9))
+        ]
+    summary = collect(records)
+    assert beats_ft(summary, 0.1)[("lp", "resnet50")] == (1, 1)
+    notes = table12(summary, 0.1).notes
+    assert any(
+        n.startswith("Not counted, FT having no value there: bach/resnet50 (its Acc. undefined")
+        for n in notes
+    ), notes
+    assert "mura_wrist/resnet50" not in " ".join(n for n in notes if "Not counted" in n)

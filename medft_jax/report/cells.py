@@ -8,7 +8,8 @@ run command prints. What this module adds is what a report of a whole,
 possibly unfinished, sweep needs:
 
 - which runs a cell *should* have (the grid of ``--config``, or inferred
-  from what exists), hence its status: complete, partial, missing, failed;
+  from what exists), hence its status: complete, partial, missing, failed,
+  or unvalidated (every LR has a run without a validation value, or failed);
 - failure notes (``failed.json``): done, but without a value, and the
   learning rate of a failed run is never chosen (choosing it on the seeds
   that survived would hide that it diverged);
@@ -41,7 +42,10 @@ from medft_jax.report import aggregate
 from medft_jax.results import RecordError
 
 COMPLETE, PARTIAL, MISSING, FAILED = "complete", "partial", "missing", "failed"
-STATUSES = (COMPLETE, PARTIAL, MISSING, FAILED)
+UNVALIDATED = "unvalidated"
+"""A cell whose every LR is left out of the choice, at least one because a run there has
+no validation value (not because runs failed): no value, and no experiment lost either."""
+STATUSES = (COMPLETE, PARTIAL, MISSING, FAILED, UNVALIDATED)
 ALPHA = 0.05
 """Significance level of the paired comparison's mark."""
 SPREAD_TOLERANCE = 1e-9
@@ -143,7 +147,14 @@ class Cell:
 
     @property
     def failure_text(self) -> str:
-        """How a cell without a value but with failure notes reads in a table."""
+        """How a cell without a value (failure notes, or runs without a validation value)
+        reads in a table."""
+        return UNVALIDATED if self.status == UNVALIDATED else self.failed_text
+
+    @property
+    def failed_text(self) -> str:
+        """What the cell's failed runs did: ``diverged`` (every failure non-finite) or
+        ``failed``."""
         kinds = set(self.failure_kinds)
         return "diverged" if kinds and kinds <= {"nonfinite"} else "failed"
 
@@ -1057,7 +1068,10 @@ def _make_cell(
     base["unvalidated_lrs"] = tuple(sorted(unvalidated))
     eligible = aggregate.eligible(recs, failed)  # leaves the unvalidated LRs out itself
     if not eligible or not any(map(math.isfinite, aggregate.lr_means(eligible).values())):
-        return Cell(status=FAILED, excluded_lrs=bad_lrs, **base)
+        # Runs that finished without a validation value did not fail: a cell left with
+        # nothing to choose because of them is not an experiment lost (Table 12).
+        status = UNVALIDATED if unvalidated else FAILED
+        return Cell(status=status, excluded_lrs=bad_lrs, **base)
     summary = aggregate.summarise(eligible)
     chosen = [r for r in eligible if float(r["config"]["lr"]) == summary["lr"]]
     complete = base["runs_done"] >= len(expected)

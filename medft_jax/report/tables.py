@@ -35,6 +35,7 @@ from medft_jax.report.cells import (
     COMPLETE,
     MISSING,
     PARTIAL,
+    UNVALIDATED,
     Best,
     Cell,
     Paired,
@@ -87,8 +88,9 @@ def _incomplete(cell: Cell) -> bool:
 
 
 def _lrs_left_out(cell: Cell) -> bool:
-    """A cell with a value chosen without the LRs where a run failed."""
-    return cell.has_value and bool(cell.excluded_lrs)
+    """A cell with a value chosen without the LRs where a run failed, or one left with no
+    LR to choose because a run at one has no validation value (``unvalidated``)."""
+    return (cell.has_value or cell.status == UNVALIDATED) and bool(cell.excluded_lrs)
 
 
 def cell_marks(cell: Cell | None, metric: str) -> str:
@@ -98,9 +100,9 @@ def cell_marks(cell: Cell | None, metric: str) -> str:
     if cell is None or cell.status == MISSING:
         return ""
     mark = DAGGER if _incomplete(cell) else ""
+    mark += DOUBLE_DAGGER if _lrs_left_out(cell) else ""
     if not cell.has_value:
         return mark
-    mark += DOUBLE_DAGGER if _lrs_left_out(cell) else ""
     if not math.isfinite(cell.test.get(metric, (math.nan, math.nan))[0]):
         return mark
     mark += SECTION if _fewer_seeds(cell, metric) else ""
@@ -161,11 +163,15 @@ def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]
             notes.append(f"{DAGGER} {name}: {c.runs_done} of {c.runs_expected} runs{_over(c)}")
         if _lrs_left_out(c):
             failed = [lr for lr in c.excluded_lrs if lr not in c.unvalidated_lrs]
-            groups = [(failed, c.failure_text), (c.unvalidated_lrs, "has no validation value")]
+            groups = [(failed, c.failed_text), (c.unvalidated_lrs, "has no validation value")]
             why = [f"lr {lrs_text(lrs)} (a run there {what})" for lrs, what in groups if lrs]
+            rest = (
+                "the value is from the best of the other LRs"
+                if c.has_value
+                else "no LR was left to choose, so the cell has no value"
+            )
             notes.append(
-                f"{DOUBLE_DAGGER} {name}: {' and '.join(why)} left out of the choice; the "
-                "value is from the best of the other LRs"
+                f"{DOUBLE_DAGGER} {name}: {' and '.join(why)} left out of the choice; {rest}"
             )
         if c.unstaged:
             notes.append(
@@ -842,16 +848,18 @@ def table12(
         "or partial), or finished without one in the counted metric, or has only failed runs "
         "(these did not beat FT); datasets not run are left out."
     ]
-    notes += _caveats_counted(summary)
+    notes += _caveats_counted(summary, count_metrics)
     strategies = [s for s in summary.strategies if s != BASELINE]
     return _wide_table(
         Head("table12", title, notes), CountLine, lines, slots, strategies, attrgetter("arch")
     )
 
 
-def _caveats_counted(summary: Summary) -> list[str]:
+def _caveats_counted(summary: Summary, count_metrics: Mapping[str, str] | None = None) -> list[str]:
     """What Table 12's counts rest on that its k/n cannot mark: the cells (FT's among
-    them) with runs missing, an LR left out, or runs tested from before their final stage."""
+    them) with runs missing, an LR left out, or runs tested from before their final stage;
+    and the experiments it cannot count (FT without a value in the counted metric, a
+    strategy's cell ``unvalidated``), each named: its n shrinks for them."""
     cells = [c for c in summary.cells.values() if c.has_value]
     caveats = [
         (_incomplete, DAGGER, "with runs missing"),
@@ -869,23 +877,36 @@ def _caveats_counted(summary: Summary) -> list[str]:
                 f"Counted with {len(marked)} cell(s) {what} ({mark} in the datasets' tables): "
                 f"{shown}."
             )
-    uncounted = _without_ft(summary)
+    uncounted = _without_ft(summary, count_metrics)
     if uncounted:
         notes.append(
             f"Not counted, FT having no value there: {', '.join(uncounted)} (n is smaller "
             "by one for each strategy with a value of that arch)."
         )
+    unvalidated = sorted(
+        f"{c.dataset}/{c.arch}/{c.strategy}"
+        for c in summary.cells.values()
+        if c.status == UNVALIDATED and c.strategy != BASELINE
+    )
+    if unvalidated:
+        notes.append(
+            "Not counted, no LR of the strategy's having a validation value for every seed "
+            f"(unvalidated): {', '.join(unvalidated)}."
+        )
     return notes
 
 
-def _without_ft(summary: Summary) -> list[str]:
-    """``dataset/arch (why)`` where other strategies have values but FT none (diverged,
-    failed or not run): Table 12 cannot count those, and its n shrinks without a word."""
+def _without_ft(summary: Summary, count_metrics: Mapping[str, str] | None = None) -> list[str]:
+    """``dataset/arch (why)`` where other strategies have values but FT none in the counted
+    metric (diverged, failed, unvalidated, not run, or the metric undefined for every
+    seed): Table 12 cannot count those, and its n shrinks without a word."""
     out = []
     for d in summary.datasets:
+        metric = count_metric(summary, d, count_metrics)
         for a in summary.archs:
             ft = summary.cells.get((d, a, BASELINE))
-            if ft is not None and ft.has_value:
+            undefined = ft is not None and ft.has_value and not math.isfinite(ft.mean(metric))
+            if ft is not None and ft.has_value and not undefined:
                 continue
             others = [
                 c
@@ -894,6 +915,8 @@ def _without_ft(summary: Summary) -> list[str]:
             ]
             if any(c.has_value for c in others):
                 why = "not run" if ft is None or ft.status == MISSING else ft.failure_text
+                if undefined:
+                    why = f"its {metric_label(metric)} undefined for every seed"
                 if baseline_filtered_out(summary):
                     why = "not shown under --only"
                 out.append(f"{d}/{a} ({why})")

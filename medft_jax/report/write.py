@@ -22,7 +22,7 @@ from medft_jax import atomic
 from medft_jax.atomic import DIR_MODE
 from medft_jax.errors import UserError, naming_os_errors
 from medft_jax.report import figures
-from medft_jax.report.cells import COMPLETE, FAILED, MISSING, PARTIAL, Summary
+from medft_jax.report.cells import COMPLETE, FAILED, MISSING, PARTIAL, UNVALIDATED, Summary
 from medft_jax.report.paper import Z_FLAG, PaperTables, agreements, unmatched
 from medft_jax.report.render import (
     DAGGER,
@@ -53,9 +53,9 @@ from medft_jax.report.tables import (
 def status_counts(summary: Summary) -> dict[str, int]:
     """Cells by status; a cell whose runs so far all failed, with runs still to do, is
     partial: not yet a failed experiment."""
-    counts = dict.fromkeys((COMPLETE, PARTIAL, FAILED, MISSING), 0)
+    counts = dict.fromkeys((COMPLETE, PARTIAL, FAILED, UNVALIDATED, MISSING), 0)
     for c in summary.cells.values():
-        early = c.status == FAILED and c.runs_done < c.runs_expected
+        early = c.status in (FAILED, UNVALIDATED) and c.runs_done < c.runs_expected
         counts[PARTIAL if early else c.status] += 1
     return counts
 
@@ -427,7 +427,9 @@ def index_markdown(
         "",
         f"Runs done (finished or failed): {done} of {expected} expected; expected runs are "
         f"{source}. Cells (dataset × arch × strategy): {counts[COMPLETE]} complete, "
-        f"{counts[PARTIAL]} partial, {counts[FAILED]} failed, {counts[MISSING]} missing.",
+        f"{counts[PARTIAL]} partial, {counts[FAILED]} failed, "
+        + (f"{counts[UNVALIDATED]} unvalidated, " if counts[UNVALIDATED] else "")
+        + f"{counts[MISSING]} missing.",
     ]
     if summary.filters:
         shown = "; ".join(f"{k} = {' | '.join(sorted(v))}" for k, v in summary.filters.items())
@@ -461,7 +463,9 @@ def index_markdown(
         f"- {DAGGER}: partial cell, some expected runs missing; the value is from the runs "
         "that exist and the table's notes say k of n runs. — : no run at all (an empty field "
         "in the CSV; never 0). diverged: only failure notes, the loss became non-finite; "
-        "failed: only failure notes of another kind. n/a: the metric is undefined for every "
+        "failed: only failure notes of another kind. unvalidated: every LR has a run "
+        "without a validation value (or a failed one), so none could be chosen; not a failure "
+        "and not counted in Table 12. n/a: the metric is undefined for every "
         f"seed. {DOUBLE_DAGGER}: a run failed (or has no validation value) at one of the "
         "cell's LRs, so that LR was left "
         "out of the choice and the value is the best of the others (the table's notes and "
