@@ -90,7 +90,7 @@ import numpy as np
 
 from medft_jax.atomic import write_bytes
 from medft_jax.errors import UserError
-from medft_jax.names import STRATEGIES, recorded_dataset_error
+from medft_jax.names import ARCHS, STRATEGIES, TEST_ARCHS, recorded_dataset_error
 
 RECORD_NAME = "record.json"
 PREVIOUS_NAMES = ("previous", "previous.new")
@@ -332,17 +332,22 @@ def _read_record(path: Path) -> tuple[dict[str, Any], bool]:
 
 
 def _check_vocabulary(path: Path, config: dict[str, Any]) -> None:
-    """Refuses a config whose dataset or strategy no run writes (a run's config without
-    them fails its folder's hash): the report puts both
-    into file names, Markdown, LaTeX and figure titles (a ``$`` in a hand-made record's
-    dataset crashed the figures with a traceback)."""
-    dataset, strategy = config.get("dataset"), config.get("strategy")
+    """Refuses a config whose dataset, arch or strategy no run writes (a run's config
+    without them fails its folder's hash): the report puts them
+    into file names, Markdown, LaTeX and figure titles and legends (a ``$`` in a
+    hand-made record's dataset or arch crashed the figures with a traceback, a newline
+    in an arch split the Markdown tables)."""
+    dataset, strategy, arch = config.get("dataset"), config.get("strategy"), config.get("arch")
     error = recorded_dataset_error(dataset) if "dataset" in config else None
     if error:
         raise RecordError(f"{path}: config dataset {dataset!r}: {error}; {_EDITED}")
     if "strategy" in config and strategy not in STRATEGIES:
         raise RecordError(
             f"{path}: config strategy {strategy!r} is not one of {', '.join(STRATEGIES)}; {_EDITED}"
+        )
+    if "arch" in config and arch not in (*ARCHS, *TEST_ARCHS):
+        raise RecordError(
+            f"{path}: config arch {arch!r} is not one of {', '.join(ARCHS)}; {_EDITED}"
         )
 
 

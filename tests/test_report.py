@@ -586,12 +586,15 @@ def test_the_csvs_carry_every_mark_the_tables_show_and_each_lr_in_full():
     )
 
 
-def test_a_record_naming_no_dataset_or_strategy_a_run_writes_is_refused(tmp_path):
+def test_a_record_naming_no_dataset_arch_or_strategy_a_run_writes_is_refused(tmp_path):
     """A hand-made record's ``$`` in its dataset crashed the report's figures with a
     traceback; such names reach file names, Markdown and LaTeX: refused in one line."""
     for field, value, said in (
         ("dataset", "price $x^{$ data", "config dataset 'price $x^{$ data': is not a name"),
         ("strategy", "mine", "config strategy 'mine' is not one of ft, lp,"),
+        # An arch's $ crashed the figures' legend, a newline split the Markdown tables.
+        ("arch", "r$\\nosuchcmd{$x", "config arch 'r$\\\\nosuchcmd{$x' is not one of resnet50,"),
+        ("arch", "res\nnet50", "config arch 'res\\nnet50' is not one of resnet50, densenet121"),
     ):
         r = rec()
         r["config"][field] = value
