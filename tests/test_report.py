@@ -1069,6 +1069,22 @@ def test_a_version_that_changed_bf16_runs_only_leaves_float32_runs_current():
         collect([rec("bach", numerics=2), bf16_now])
 
 
+def test_a_run_of_a_newer_toolkit_is_refused_naming_it():
+    """A record of a numerics version this toolkit does not know was reported without a
+    word alone, and beside current runs the error told the user to delete the current ones
+    as "older"."""
+    newer = rec("bach", seed=2, numerics=NUMERICS_VERSION + 1)
+    expected = (
+        f"{newer['run']}: written by a newer toolkit (numerics version {NUMERICS_VERSION + 1}; "
+        f"this one knows 1 to {NUMERICS_VERSION}): report it with that toolkit, or move it "
+        "out of --runs"
+    )
+    for runs in ([newer], [rec("bach", numerics=numerics_version("fp32")), newer]):
+        with pytest.raises(results.RecordError) as e:
+            collect(runs)
+        assert str(e.value) == expected
+
+
 # --- the report folder -----------------------------------------------------------------------
 
 

@@ -542,10 +542,18 @@ def _generations(run: Mapping[str, Any]) -> set[int]:
 
 def _check_numerics(runs: list[dict[str, Any]]) -> None:
     """One report, one numerics version: a change between them altered runs' numbers.
+    A run of a version this toolkit does not know (a newer toolkit's) is refused.
 
     Per precision: a float32 run of version 3 and a bf16 run of version 4 are both
     version 4's (it changed bf16 runs only); two bf16 runs of 3 and 4 are not.
     """
+    newer = next((r for r in runs if numerics_of(r) > NUMERICS_VERSION), None)
+    if newer is not None:  # computed, and perhaps recorded, in ways this toolkit cannot know
+        raise RecordError(
+            f"{newer.get('run', newer['config']['dataset'])}: written by a newer toolkit "
+            f"(numerics version {numerics_of(newer)}; this one knows 1 to {NUMERICS_VERSION}): "
+            "report it with that toolkit, or move it out of --runs"
+        )
     if not runs or set.intersection(*(_generations(r) for r in runs)):
         return
     versions = sorted({numerics_of(r) for r in runs})
