@@ -1821,6 +1821,14 @@ def test_table11_tie_up_to_rounding_goes_to_the_first_in_order_and_is_named():
     assert "tied as shown with the best (LP, ResNet-50): G-LF, DenseNet-121 (+3.85 % over FT)" in md
 
 
+def test_table11_tie_note_writes_a_gain_that_rounds_to_zero_as_plus_zero():
+    """LP at 80.000 % beside FT's 80.001 % (equal as shown): the note read "-0.00 % over FT"."""
+    records = [rec(strategy="ft", seed=k, test=0.80001) for k in range(3)]
+    records += [rec(strategy="lp", seed=k, test=0.80000) for k in range(3)]
+    md = to_markdown(table11(collect(records)))
+    assert "LP, ResNet-50 (+0.00 % over FT)" in md and "-0.00" not in md
+
+
 def test_table12_an_equal_mean_or_an_exact_threshold_gain_does_not_beat_ft():
     """Equal totals of correct answers are no gain (was 1.6e-14 %, a win at threshold 0),
     and a gain of exactly the threshold is not more than it (0.10000000000000131 %)."""

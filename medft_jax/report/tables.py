@@ -517,6 +517,12 @@ def _finite(x: float | None, spec: str) -> str:
     return format(x, spec) if x is not None and math.isfinite(x) else MISSING_TEXT
 
 
+def _gain_text(x: float | None) -> str:
+    """A gain in percent as :func:`_signed` writes it (a tie's -0.001 % read ``-0.00``),
+    or ``—``."""
+    return _signed(x) if x is not None and math.isfinite(x) else MISSING_TEXT
+
+
 COST_SLOTS: tuple[Slot[CostLine], ...] = (
     Slot(Column("Strategy", align="l"), lambda x: strategy_label(x.strategy)),
     Slot(Column("Arch", align="l"), lambda x: arch_label(x.arch)),
@@ -717,7 +723,7 @@ TABLE11_SLOTS: tuple[Slot[BestLine], ...] = (
     Slot(Column("Strategy", align="l"), lambda x: _or_missing(x.strategy, strategy_label)),
     Slot(Column("Best, mean (SE)"), lambda x: x.text),
     Slot(Column("FT, same arch"), lambda x: x.ft_text),
-    Slot(Column("Improvement (%)"), lambda x: _finite(x.improvement_pct, "+.2f")),
+    Slot(Column("Improvement (%)"), lambda x: _gain_text(x.improvement_pct)),
 )
 
 
@@ -733,7 +739,7 @@ def _tied_with_best(summary: Summary, bests: Sequence[Best]) -> list[str]:
         tied = _best({c.key: c.mean(b.metric) for c in cells}) - {b.cell.key}
         others = [
             f"{strategy_label(c.strategy)}, {arch_label(c.arch)} ("
-            f"{_finite(relative_improvement(summary, *c.key), '+.2f')} % over FT)"
+            f"{_gain_text(relative_improvement(summary, *c.key))} % over FT)"
             for c in cells
             if c.key in tied
         ]
