@@ -2081,6 +2081,11 @@ def test_spearman_ties_and_too_few():
         ("5,mura_wrist,ft,resnet50,kappa,-101,1\n", PAPER_HEADER, 2,
          "mean '-101' is outside [-100, 100] (percent, kappa)"),
         ("", PAPER_HEADER, 1, "a header and no rows; expected one published cell per line"),
+        # Accepted before: a row of another table, a CSV typed in fractions (all flagged).
+        ("3,mura_wrist,ft,resnet50,accuracy,70,1\n", PAPER_HEADER, 2,
+         "table '3' for mura_wrist; the paper's table of mura_wrist is 5"),
+        ("5,mura_wrist,ft,resnet50,accuracy,0.70,0.01\n5,mura_wrist,ft,resnet50,kappa,0.4,0\n",
+         PAPER_HEADER, 1, "every mean is at most 1: they look like fractions; expected percent"),
     ],
 )  # fmt: skip
 def test_a_bad_paper_csv_is_one_error_line_naming_file_and_line(

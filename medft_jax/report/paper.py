@@ -78,14 +78,20 @@ def bundled_text() -> tuple[str, str]:
     return f"medft_jax/report/{BUNDLED} (bundled)", res.read_text(encoding="utf-8")
 
 
+def table_number(dataset: str) -> int | None:
+    """The paper's table number of a task (Tables 3-10 in task order), else None."""
+    return names.TASK_NAMES.index(dataset) + 3 if dataset in names.TASK_NAMES else None
+
+
 def load_paper(path: str | Path | None = None) -> PaperTables:
     """The published cells of ``path`` (None: the bundled Tables 3-10).
 
     Raises :class:`PaperTablesError`, one line naming the file and line, for a
     file that cannot be read, missing columns, a mean or SE that is not a
     number (or an SE below 0), a mean outside [0, 100] percent ([-100, 100] for
-    κ), an unknown dataset, strategy, arch or metric, a cell given twice, or no
-    cells at all.
+    κ), every mean at most 1 (fractions, not percent), a table number that is not
+    the dataset's, an unknown dataset, strategy, arch or metric, a cell given twice,
+    or no cells at all.
     """
     if path is None:
         source, text = bundled_text()
@@ -122,6 +128,11 @@ def parse_paper(text: str, source: str) -> PaperTables:
             raise bad(line, f"unknown strategy {s!r}; known: {', '.join(names.STRATEGIES)}")
         if a not in names.ARCHS:
             raise bad(line, f"unknown arch {a!r}; known: {', '.join(names.ARCHS)}")
+        table = row["table"].strip()
+        if table and table != str(table_number(d)):
+            raise bad(
+                line, f"table {table!r} for {d}; the paper's table of {d} is {table_number(d)}"
+            )
         pair = metrics.TASK_METRICS[d]
         if m not in {*pair, *map(_paper_label, pair)}:
             shown = ", ".join(_paper_label(k) for k in pair)
@@ -143,6 +154,12 @@ def parse_paper(text: str, source: str) -> PaperTables:
         values[key] = PaperValue(mean, se, line)
     if not values:  # a comparison of no cells said nothing, silently
         raise bad(1, "a header and no rows; expected one published cell per line")
+    if all(v.mean <= 1 for v in values.values()):  # every cell flagged, ~70 pp off
+        raise bad(
+            1,
+            "every mean is at most 1: they look like fractions; expected percent "
+            "(71.98, not 0.7198)",
+        )
     return PaperTables(source, values)
 
 

@@ -48,7 +48,7 @@ from medft_jax.report.cells import (
     paired_vs_ft,
     relative_improvement,
 )
-from medft_jax.report.paper import Z_FLAG, Compared, PaperTables, compare
+from medft_jax.report.paper import Z_FLAG, Compared, PaperTables, compare, table_number
 from medft_jax.report.render import (
     DAGGER,
     DOUBLE_DAGGER,
@@ -69,13 +69,6 @@ from medft_jax.report.render import (
     slug,
     strategy_label,
 )
-
-
-def table_number(dataset: str) -> int | None:
-    """The paper's table number of a task (Tables 3-10 in task order), else None."""
-    from medft_jax.metrics import TASK_NAMES
-
-    return TASK_NAMES.index(dataset) + 3 if dataset in TASK_NAMES else None
 
 
 def dataset_table_name(dataset: str) -> str:
