@@ -2228,3 +2228,15 @@ def test_table12_names_a_dataset_whose_ft_has_no_value_in_the_counted_metric():
         for n in notes
     ), notes
     assert "mura_wrist/resnet50" not in " ".join(n for n in notes if "Not counted" in n)
+
+
+def test_records_disagreeing_on_the_primary_metric_are_named():
+    """The refusal named no run: the user could not find the odd record."""
+    a, b = rec(strategy="ft"), rec(strategy="lp")
+    b["primary_metric"] = "kappa"
+    with pytest.raises(results.RecordError) as e:
+        collect([a, b])
+    assert str(e.value) == (
+        f"dataset 'bach': records disagree on the primary metric: accuracy (e.g. {a['run']}), "
+        f"kappa (e.g. {b['run']}); report them from separate --runs folders"
+    )

@@ -1028,9 +1028,13 @@ def _dataset_metrics(dataset: str, recs: list[dict[str, Any]]) -> tuple[str, tup
         return metrics.primary_metric(dataset, False), metrics.task_metrics(dataset, False)
     names = {r["primary_metric"] for r in recs}
     if len(names) > 1:
+        first = {}  # one run of each, so the user can find them
+        for r in recs:
+            first.setdefault(r["primary_metric"], r.get("run", "a record without a run name"))
+        shown = ", ".join(f"{m} (e.g. {first[m]})" for m in sorted(names))
         raise RecordError(
-            f"dataset {dataset!r}: records disagree on the primary metric "
-            f"({', '.join(sorted(names))})"
+            f"dataset {dataset!r}: records disagree on the primary metric: {shown}; "
+            "report them from separate --runs folders"
         )
     primary = names.pop()
     multilabel = bool(recs[0].get("multilabel", primary == "map"))
