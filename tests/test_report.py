@@ -2240,3 +2240,15 @@ def test_records_disagreeing_on_the_primary_metric_are_named():
         f"dataset 'bach': records disagree on the primary metric: accuracy (e.g. {a['run']}), "
         f"kappa (e.g. {b['run']}); report them from separate --runs folders"
     )
+
+
+def test_a_report_out_under_a_file_names_the_file(tmp_path, capsys):
+    """``--out afile/sub`` was refused as ".../afile/sub: already exists"."""
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec()])
+    (tmp_path / "afile").write_text("mine")
+    out = tmp_path / "afile" / "sub"
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {out}: {tmp_path / 'afile'} is a file, expected a folder\n"
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from medft_jax import atomic
 from medft_jax.atomic import DIR_MODE
-from medft_jax.errors import UserError, naming_os_errors
+from medft_jax.errors import UserError, naming_os_errors, no_file_in_the_way
 from medft_jax.report import figures
 from medft_jax.report.cells import COMPLETE, FAILED, MISSING, PARTIAL, UNVALIDATED, Summary
 from medft_jax.report.paper import Z_FLAG, PaperTables, agreements, unmatched
@@ -150,6 +150,7 @@ def check_out(out_dir: str | Path, runs_dir: str | Path | None = None) -> None:
         raise ReportError(f"--out {out_dir}: is a symbolic link; give the folder itself")
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out_dir}: exists and is not a folder")
+    no_file_in_the_way(out_dir, "--out")  # a file above it was "already exists"
     if runs_dir is not None:
         _check_apart(out_dir, runs_dir)
     if out.is_dir():
