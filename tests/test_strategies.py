@@ -1389,6 +1389,26 @@ def test_made_llrd_and_auto_rgn_take_injected_lr_decay_and_rgn_eps_under_jit():
             np.testing.assert_allclose(flatten(got)[k], w, rtol=1e-5, err_msg=f"{name} {k}")
 
 
+def test_made_auto_rgn_takes_an_injected_learning_rate_under_jit():
+    """Injecting only the rate (the common case) made ``make('auto_rgn')`` raise
+    TracerArrayConversionError inside jit: its zero-tensor check ran jnp on the concrete
+    params inside the trace and read the norms back with numpy."""
+    params, grads = toy_params(), jax.tree.map(lambda w: 0.5 * w + 0.1, toy_params())
+    for option in ({}, {"rgn_per_step": True}):
+
+        def made(learning_rate, option=option):
+            return make(
+                "auto_rgn", params, TOY, learning_rate=learning_rate, steps_per_epoch=2, **option
+            ).tx
+
+        tx, fixed = optax.inject_hyperparams(made)(learning_rate=LR), made(LR)
+        with pytest.warns(UserWarning, match="'body/dense/bias' is all zeros"):  # still checked
+            got, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
+        want, _ = fixed.update(grads, fixed.init(params), params)
+        for k, w in flatten(want).items():
+            np.testing.assert_allclose(flatten(got)[k], w, rtol=1e-5, err_msg=f"{option} {k}")
+
+
 def test_rgn_forwards_extra_args_to_inner():
     """optax.contrib.reduce_on_plateau needs ``value``: scale_by_rgn passes it on."""
     params = rgn_params()

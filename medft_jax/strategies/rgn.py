@@ -206,7 +206,10 @@ def warn_zero_tensors(params: PyTree, eps: Any, stacklevel: int = 3) -> None:
     )  # not traced, nor shapes alone (jax.ShapeDtypeStruct, as make is given in planning)
     if not leaves or not concrete or not is_concrete_number(eps):
         return
-    norms = jnp.stack([jnp.linalg.norm(jnp.ravel(w).astype(jnp.float32)) for _, w in leaves])
+    # Called inside a trace (``make`` under ``inject_hyperparams``, jitted), concrete
+    # params would still give traced norms: computed now, on the device, all the same.
+    with jax.ensure_compile_time_eval():
+        norms = jnp.stack([jnp.linalg.norm(jnp.ravel(w).astype(jnp.float32)) for _, w in leaves])
     zero = [
         path_str(p)
         for (p, w), n in zip(leaves, np.asarray(norms), strict=True)
