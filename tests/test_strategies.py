@@ -1074,6 +1074,27 @@ def test_staged_refuses_fractional_start_and_names_missing_labels():
         tx.init(toy_params())
 
 
+def test_staged_refuses_a_labelling_under_which_nothing_ever_trains():
+    """A hand-made LP whose head label matches no parameter (its head is ``top/head``, not
+    ``classifier``) made every update zero without a word; ``train_only`` refused it."""
+    params = toy_params()
+    labels = jax.tree.map(lambda _: "backbone", params)  # the "head" label matched nothing
+    tx = staged(optax.adam(LR), labels, {"head": 0, "backbone": None})
+    with pytest.raises(
+        ValueError, match=r"^staged: the labels that ever train \(\['head'\]\) marks none"
+    ):
+        tx.init(params)
+    # Inside a partition group whose other leaves are masked, all-frozen is someone's choice.
+    frozen = staged(optax.adam(LR), lambda p: jax.tree.map(lambda _: "f", p), {"f": None})
+    groups = {
+        k: jax.tree.map(lambda _, k=k: "b" if k == "top" else "a", v) for k, v in params.items()
+    }
+    outer = optax.partition({"a": frozen, "b": optax.adam(LR)}, groups)
+    updates, _ = outer.update(jax.tree.map(jnp.ones_like, params), outer.init(params), params)
+    assert all(not np.any(u) for k in ("body", "stem") for u in jax.tree.leaves(updates[k]))
+    assert all(np.all(u != 0) for u in jax.tree.leaves(updates["top"]))
+
+
 def test_make_names_its_own_arguments_in_errors():
     """Not scale_by_rgn's estimate_steps or layerwise_decay_factors' decay: make's names."""
     kw = {"steps_per_epoch": 2, "rgn_estimate_steps": 0}

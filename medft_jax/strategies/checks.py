@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
 from medft_jax.models.blocks import path_str
 
@@ -72,6 +73,14 @@ def require_coefficient(where: str, name: str, value: Any) -> None:
         raise ValueError(
             f"{where}: {name} must be a number >= 0, got {type(value).__name__} {value!r}"
         )
+
+
+def is_masked_group(params: Any) -> bool:
+    """True for the params one group of ``optax.partition``/``optax.masked`` sees: the
+    other groups' leaves are ``optax.MaskedNode``, so a check of the whole model (a head,
+    a label that trains) may well find nothing of it in this group."""
+    nodes = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    return any(isinstance(x, optax.MaskedNode) for x in nodes)
 
 
 def require_marks_some(where: str, mask_name: str, mask: Any, params: Any) -> None:

@@ -25,7 +25,12 @@ import jax.numpy as jnp
 import optax
 
 from medft_jax.models.blocks import BlockPartition, path_str
-from medft_jax.strategies.checks import MAX_STEP, require_int, require_marks_some
+from medft_jax.strategies.checks import (
+    MAX_STEP,
+    is_masked_group,
+    require_int,
+    require_marks_some,
+)
 
 PyTree = Any
 Labels = PyTree | Callable[[PyTree], PyTree]
@@ -191,8 +196,10 @@ def staged(
     at the schedule's step-0 rate.
 
     A start step must be an integer (a fraction would otherwise be
-    truncated here while a schedule used it as is), and every label of the
-    params must be in ``start_steps``: ``init`` names the missing ones.
+    truncated here while a schedule used it as is), every label of the
+    params must be in ``start_steps`` (``init`` names the missing ones), and
+    some parameter must carry a label that ever trains (a head label that
+    matches nothing would make every update zero).
 
     Start steps count the updates this transform makes, not the batches
     seen: under ``optax.apply_if_finite`` a skipped (non-finite)
@@ -212,12 +219,18 @@ def staged(
 
     def init_fn(params: PyTree) -> optax.OptState:
         # optax.partition's own message lists every label and key; name the culprits.
-        missing = set(jax.tree.leaves(resolve(labels, params))) - set(start_steps)
+        resolved = resolve(labels, params)
+        missing = set(jax.tree.leaves(resolved)) - set(start_steps)
         if missing:
             raise ValueError(
                 f"staged: no start step for labels {sorted(map(str, missing))}; "
                 f"start_steps has {sorted(map(str, start_steps))}"
             )
+        if not is_masked_group(params):  # a partition group may hold only frozen labels
+            # A head label that matches no parameter: every update zero, without a word.
+            trains = sorted(str(g) for g, start in start_steps.items() if start is not None)
+            marks = jax.tree.map(lambda g: start_steps[g] is not None, resolved)
+            require_marks_some("staged", f"the labels that ever train ({trains})", marks, params)
         return routed.init(params)
 
     return optax.GradientTransformationExtraArgs(init_fn, routed.update)

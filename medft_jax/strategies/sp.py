@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from medft_jax.models.blocks import path_str
-from medft_jax.strategies.checks import require_coefficient, require_marks_some
+from medft_jax.strategies.checks import is_masked_group, require_coefficient, require_marks_some
 from medft_jax.strategies.freeze import map_paths, resolve
 
 PyTree = Any
@@ -87,7 +87,7 @@ def sp_penalty(
         # Silently, the fresh head would count as pretrained: pulled towards its
         # random start with alpha instead of decayed with beta.
         head = resolve(head_mask, params)
-        if not _is_masked_group(params):  # a partition group may hold no head leaf at all
+        if not is_masked_group(params):  # a partition group may hold no head leaf at all
             require_marks_some("sp_penalty", "head_mask", head, params)
         if source_mask is not None:  # kernels only, by Flax's leaf name: custom names miss
             source = jax.tree.map(
@@ -136,14 +136,6 @@ def sp_penalty(
         return new, state
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _is_masked_group(params: PyTree) -> bool:
-    """True for the params one group of ``optax.partition``/``optax.masked`` sees: the
-    other groups' leaves are ``optax.MaskedNode``, and the head may well be among them
-    (an SP pull on the backbone group, plain Adam on the head)."""
-    nodes = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
-    return any(isinstance(x, optax.MaskedNode) for x in nodes)
 
 
 def _check_like(anchor: PyTree, params: PyTree, skip: Set[str] = frozenset()) -> None:
