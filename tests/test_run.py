@@ -414,6 +414,28 @@ def test_unavailable_weights_are_tried_and_reported_once(tmp_path, capsys, monke
     assert tries == ["resnet50", "densenet121"]
 
 
+def test_an_unwritable_weights_cache_trains_from_random_init_and_names_the_fix(
+    tmp_path, capsys, monkeypatch
+):
+    """A read-only HOME stopped the demo (``--weights auto``) with ".../.cache: read-only
+    file system", naming no fix, where offline it trains from random initialisation."""
+    (tmp_path / "afile").write_text("x")  # as a read-only HOME would (root ignores modes)
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "afile" / "cache"))
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    monkeypatch.setattr(pretrained, "_WARNED", set())
+    assert pretrained.resolve("auto", "resnet50") == (None, "none (ImageNet weights unavailable)")
+    why = (
+        f"the weights cache {tmp_path / 'afile' / 'cache' / 'flax'} cannot be written "
+        "(Not a directory); set MEDFT_JAX_CACHE to a writable folder"
+    )
+    assert capsys.readouterr().err == (
+        f"WARNING: no ImageNet weights for resnet50 ({why}); TRAINING FROM RANDOM INITIALISATION.\n"
+    )
+    with pytest.raises(pretrained.CheckpointError) as e:
+        pretrained.resolve("imagenet", "resnet50")
+    assert str(e.value) == f"--weights imagenet: {why}"
+
+
 def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, monkeypatch):
     """resnet_tiny (the test arch) has no torchvision weights: auto warns, imagenet refuses."""
     monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))

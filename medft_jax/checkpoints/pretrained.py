@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medft_jax.checkpoints.model import CheckpointError, load_model
+from medft_jax.data.locations import CACHE_VARIABLE
 from medft_jax.locks import build_lock
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
@@ -77,10 +78,15 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
                 return path if path.exists() else weights_port.port_imagenet(arch)
     except weights_port.PortError as e:
         _UNAVAILABLE[arch] = str(e)
+    except OSError as e:  # a read-only HOME: the demo trains, as offline, and says why
+        _UNAVAILABLE[arch] = (
+            f"the weights cache {path.parent} cannot be written ({e.strerror or e}); "
+            f"set {CACHE_VARIABLE} to a writable folder"
+        )
     if warn and arch not in _WARNED:
         _WARNED.add(arch)
         reason = _UNAVAILABLE[arch]
-        if "python -m weights_port" in reason:  # the reason says what to run (offline)
+        if "python -m weights_port" in reason or CACHE_VARIABLE in reason:  # says what to do
             hint = ""
         elif arch in weights_port.WEIGHTS_NAMES:
             hint = f" Port them with: python -m weights_port --download --arch {arch}"

@@ -17,6 +17,10 @@ from medft_jax.errors import UserError
 CACHE_ROOT = "medft_cache"
 
 
+CACHE_VARIABLE = "MEDFT_JAX_CACHE"
+"""The environment variable that moves :func:`user_cache_base`."""
+
+
 def user_cache_base() -> Path:
     """``$MEDFT_JAX_CACHE``, else ``~/.cache/medft_jax``: the user's own small files (compiled
     programs, the checks of read-only shared caches, ported ImageNet weights), never data a
@@ -27,13 +31,13 @@ def user_cache_base() -> Path:
     default whose home is ``''``, ``/`` or a folder that does not exist (``HOME=`` put the
     cache at ``/.cache``; a mistyped ``HOME`` made a top-level folder): one line each.
     """
-    value = os.environ.get("MEDFT_JAX_CACHE", "")
+    value = os.environ.get(CACHE_VARIABLE, "")
     if value:
         path = Path(value).expanduser()
         if not path.is_absolute():
-            raise UserError(f"MEDFT_JAX_CACHE {value!r}: expected an absolute path")
+            raise UserError(f"{CACHE_VARIABLE} {value!r}: expected an absolute path")
         return path
-    return _under_home(".cache/medft_jax", "MEDFT_JAX_CACHE", "cache")
+    return _under_home(".cache/medft_jax", CACHE_VARIABLE, "cache")
 
 
 def _under_home(relative: str, variable: str, what: str) -> Path:
