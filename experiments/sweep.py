@@ -276,7 +276,7 @@ def dry_run(
         "tasks' "
         f"nominal training images and {source}assumed H100 throughput "
         f"({', '.join(f'{a} {r:g} img/s' for a, r in grid_lib.REFERENCE_IMAGES_PER_S.items())} "
-        "at 224 px)"
+        f"at 224 px){_slower_here()}"
     )
     if damaged:
         print(
@@ -346,6 +346,19 @@ def _data_changed(
         elif fingerprint is not None and fingerprint not in recorded[key]:
             out[key] = f"{c.dataset}: other images than recorded"
     return out
+
+
+def _slower_here() -> str:
+    """Said where the assumed throughput is an accelerator's and this host has none: the
+    quick grid's "<1 s" took 26 minutes on two CPU cores."""
+    import jax  # the dry run imports no JAX otherwise until here
+
+    if jax.default_backend() != "cpu":
+        return ""
+    return (
+        "; this host runs on its CPU, often a hundred times slower or more: the records of "
+        "runs finished here replace the assumption"
+    )
 
 
 def _to_run_cost(states: list[str], seconds: list[float | None], short: bool = False) -> str:

@@ -1079,3 +1079,19 @@ def test_a_sweep_line_shows_the_reports_headline_named_as_run_names_it(
     }
     line = sweep_cli._outcome_text(Outcome(config, DONE, record, seconds=6.0))
     assert line == f"done in 6 s, best epoch 1 of 1, {shown}"
+
+
+def test_a_dry_run_on_a_cpu_host_says_the_assumed_throughput_is_an_accelerators(
+    tmp_path, capsys, monkeypatch
+):
+    """The quick grid's dry run estimated "<1 s" from H100 speeds on a CPU host, where it
+    takes 26 minutes, and said nothing of it."""
+    import jax
+
+    argv = ["--config", str(QUICK), "--out", str(tmp_path / "runs"), "--dry-run"]
+    assert sweep_cli.main(argv) == 0
+    said = "this host runs on its CPU, often a hundred times slower or more"
+    assert said in capsys.readouterr().out  # the tests run on CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert sweep_cli.main(argv) == 0
+    assert said not in capsys.readouterr().out
