@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
-# The GPU benchmarks, as one script for a single lease of a GPU machine (about ten minutes).
+# The GPU benchmarks, as one script for one short session on a GPU machine (about ten minutes).
 #
 #   OUT=/some/dir bash benchmarks/gpu.sh
 #
-# The machine lent has no package registry: run `bash benchmarks/gpu_wheels.sh`
-# here first and carry `.whl` (grain, tensorflow-datasets and their needs);
+# Where the GPU machine reaches no package registry, run `bash benchmarks/gpu_wheels.sh`
+# first and copy `.whl/` along with the checkout (grain, tensorflow-datasets and their needs);
 # they are installed under /tmp/site (without them models.py still runs; the
 # steps needing them are skipped, and rows.md says so). The toolkit is read
 # from this checkout. The whole script keeps within GPU_BUDGET seconds
 # (default 560, setup included): each step's limit is the smaller of its own
-# and what is left, and a step with too little left is skipped. Run it with a
-# `timeout_s` of 590 or so. $OUT/rows.md is rewritten after every step (and
-# at exit), so a kill at the tool's limit still returns the rows so far; at
-# most 7 files are written (the tool brings back 8). The commit: git's where
+# and what is left, and a step with too little left is skipped. Run it under an
+# outer limit of 590 s or so. $OUT/rows.md is rewritten after every step (and
+# at exit), so a kill at that limit still leaves the rows so far; at
+# most 7 files are written under $OUT. The commit: git's where
 # .git exists, else $GPU_COMMIT, else the one gpu_wheels.sh wrote in .whl/COMMIT.
 #
 # Runs, each under its own time limit so a slow step cannot starve the rest
-# (every log is written under $OUT), what the 2026-12-04 lease left
-# unmeasured first. That lease showed that compilation, not stepping, fills a
-# lease: each JAX program of these models compiles for seconds to tens of
+# (every log is written under $OUT), what the 2026-12-04 session left
+# unmeasured first. That session showed that compilation, not stepping, fills a
+# session: each JAX program of these models compiles for seconds to tens of
 # seconds on the H200 and torch.compile for longer, so each step asks for the
 # fewest programs:
 # - models.py at the paper's 224 px / batch 64 for DenseNet-121: JAX bf16
@@ -33,8 +33,8 @@
 #   timings, two under it; VGG-19 met its 1.2x AMP goal, so its time went to
 #   grid_bill, which must time all three archs);
 # - strategies.py for ResNet-50 (FT, LP, LP from cached features), if time is
-#   left: measured on that lease (0.002x FT), so it comes last.
-# torch.compile (measured for the forward passes) and fp32 (earlier leases)
+#   left: measured in that session (0.002x FT), so it comes last.
+# torch.compile (measured for the forward passes) and fp32 (earlier sessions)
 # are left out. The quick sweep's cells were measured end to end on 2026-11-26.
 # $OUT/rows.md gathers the tables, headed by the card, versions and commit, for
 # RESULTS.md (benchmarks/gpu_rows.py). grid_bill also writes $OUT/grid_bill.json
@@ -57,7 +57,7 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 META="$OUT/gpu.txt"
 rows() { python3 benchmarks/gpu_rows.py "$OUT" 2>/dev/null || true; }
-# At exit the rows go to stdout too: the tool's output holds them if $OUT does not return.
+# At exit the rows go to stdout too: the log holds them if $OUT is lost.
 trap 'rows; cat "$OUT/rows.md" 2>/dev/null' EXIT
 left() { echo $((TOTAL - (SECONDS - START))); }
 echo "date: $(date '+%F %H:%M %Z')" >> "$META"
@@ -139,7 +139,7 @@ if [ "$DATA" = 1 ]; then
 else
     skip grid_bill "grain or tensorflow-datasets missing"
 fi
-# VGG-19 met its goal on the last lease (1.25x AMP): its time goes to grid_bill, which
+# VGG-19 met its goal in the last session (1.25x AMP): its time goes to grid_bill, which
 # must time all three archs for the grid's bill (its VGG-19 was not started in 220 s).
 step models $((70 * SLOW)) 10 30 python3 benchmarks/models.py --archs resnet50 \
     --settings "${SIZE}x${BATCH}" --steps "$STEPS" --precision bf16

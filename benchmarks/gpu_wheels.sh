@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The wheels benchmarks/gpu.sh needs on the lent GPU machine, fetched here into .whl/.
+# The wheels benchmarks/gpu.sh needs on a GPU machine without a package registry,
+# fetched here into .whl/.
 #
-#   bash benchmarks/gpu_wheels.sh        # then run gpu.sh there with carry [".whl"]
+#   bash benchmarks/gpu_wheels.sh        # then copy .whl/ there with the checkout, run gpu.sh
 #
-# That machine reaches no package registry. Its image has jax, flax, optax,
+# The machine this was written for reaches no package registry. Its image has jax, flax, optax,
 # orbax, torch and scikit-learn, but not grain or tensorflow-datasets (core
 # dependencies) nor their own needs, listed here one by one (--no-deps: each
 # is named, at the version this project is tested with). Python 3.12,
-# manylinux x86_64; about 11 MB, under the 64 MiB a call may carry.
+# manylinux x86_64; about 11 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# .whl/ ignored (the run tool carries it by name); in a worktree .git is a file,
+# .whl/ ignored (copied along by name); in a worktree .git is a file,
 # so the exclude file is asked of git.
 exclude=$(git rev-parse --git-path info/exclude)
 mkdir -p "$(dirname "$exclude")"
