@@ -1001,7 +1001,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "environment": environment_info(),
     }
     record["wall_seconds"] = record["seconds"]["wall"]
-    record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    record["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat()
     if jax.process_index() == 0:
         record = results.write_record(record_file, record, sealed=True)
         _drop_previous(record_file.parent)

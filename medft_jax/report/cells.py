@@ -833,8 +833,8 @@ def _finished(run: Mapping[str, Any]) -> str:
     if when is None:
         return ""
     if when.tzinfo is None:  # written as UTC
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
 def _newest(runs: Sequence[Mapping[str, Any]]) -> str:
