@@ -339,6 +339,14 @@ def _check_axis_value(where: str, axis: str, value: Any) -> None:
         raise GridError(f"{where} seeds value must be an integer, got {value!r}")
 
 
+def _bundled() -> str:
+    """The grid files that come with the toolkit, by absolute path, for an error run from
+    another folder than the checkout (``experiments/configs/quick.py`` is then no file)."""
+    folder = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    found = sorted(str(f) for f in folder.glob("*.py") if not f.name.startswith("_"))
+    return f"; the toolkit's grids: {', '.join(found)}" if found else ""
+
+
 def load_grid(path: str | Path) -> Grid:
     """The :class:`Grid` a config file's ``get_config()`` returns (the file is Python)."""
     path = Path(path)
@@ -347,7 +355,9 @@ def load_grid(path: str | Path) -> Grid:
             f"--config {path}: is a folder, expected a grid file (a Python file with get_config())"
         )
     if not path.is_file():
-        raise GridError(f"--config {path}: no such file (expected a Python file with get_config())")
+        raise GridError(
+            f"--config {path}: no such file (expected a Python file with get_config()){_bundled()}"
+        )
     spec = importlib.util.spec_from_file_location(f"medft_grid_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise GridError(f"--config {path}: not a Python file")

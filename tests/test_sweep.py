@@ -1095,3 +1095,15 @@ def test_a_dry_run_on_a_cpu_host_says_the_assumed_throughput_is_an_accelerators(
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert sweep_cli.main(argv) == 0
     assert said not in capsys.readouterr().out
+
+
+def test_a_missing_grid_file_names_the_toolkits_grids(tmp_path, capsys, monkeypatch):
+    """Run from another folder, the README's ``--config experiments/configs/quick.py`` is no
+    file: the error did not say where the grids are."""
+    monkeypatch.chdir(tmp_path)
+    assert sweep_cli.main(["--config", "experiments/configs/quick.py", "--dry-run"]) == 2
+    configs = Path(sweep_cli.__file__).resolve().parent / "configs"
+    assert capsys.readouterr().err == (
+        "error: --config experiments/configs/quick.py: no such file (expected a Python file "
+        f"with get_config()); the toolkit's grids: {configs / 'paper.py'}, {configs / 'quick.py'}\n"
+    )
