@@ -312,9 +312,43 @@ def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
         keys = ("train_loss", "val", "improved", "trainable_blocks")
         assert [a[k] for k in keys] == [b[k] for k in keys]
     assert sorted(p.name for p in run.iterdir()) == ["best", "record.json"]  # nothing else
+    assert "attempts" not in resumed["environment"]  # one environment: an uninterrupted record
     # A finished run is skipped: the same record comes back without training.
     again = fit.run_one(config, tmp_path / "b", **kw)
     assert again["finished_at"] == resumed["finished_at"]
+
+
+@pytest.mark.slow
+def test_a_resume_in_another_environment_is_noted_and_recorded(
+    ported_tiny, demo, tmp_path, capsys, monkeypatch
+):
+    """Killed on 2 CPU threads and resumed on 1 (another device, another jax): the numbers
+    are those of neither uninterrupted run. The resume says so in one line, and the record
+    lists each environment the run trained in, not only the last call's."""
+    from medft_jax import environment
+
+    config = _config("lp", ported_tiny, epochs=2, lr=1e-2, arch=TINY)
+    out = tmp_path / "runs"
+    spe = demo.steps_per_epoch(config.batch_size)
+    threads = environment.cpu_threads()
+    assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=spe) == {}
+    capsys.readouterr()
+    monkeypatch.setattr(environment, "cpu_threads", lambda: threads + 7)
+    record = fit.run_one(config, out, dataset=demo, progress=False)
+    notes = [x for x in capsys.readouterr().err.splitlines() if "environment" in x]
+    assert notes == [
+        f"note: resuming after step {spe} in another environment than before (cpu_threads "
+        f"{threads} -> {threads + 7}): the run's numbers will be those of neither's "
+        "uninterrupted run, and its record lists both (environment.attempts); --force "
+        "trains it over here"
+    ]
+    env = record["environment"]
+    assert env["cpu_threads"] == threads + 7  # this call's, as before
+    assert [(a["from_step"], a["cpu_threads"]) for a in env["attempts"]] == [
+        (0, threads),
+        (spe, threads + 7),
+    ]
+    assert env["attempts"][0]["jax"] == env["packages"]["jax"]
 
 
 @pytest.mark.slow
