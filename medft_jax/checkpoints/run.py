@@ -97,6 +97,10 @@ _METADATA_FILE = "_CHECKPOINT_METADATA"
 """What orbax writes into every step it commits; a step it was deleting may lack it."""
 
 
+_STATE_METADATA = "_METADATA"
+"""The tree structure orbax writes into a step's ``state`` item (read first on restore)."""
+
+
 class RunCheckpoints:
     """The latest-state manager and the best-parameters folder of one run.
 
@@ -191,6 +195,10 @@ class RunCheckpoints:
         step_dir = self.latest_dir / str(step)
         if not (step_dir / "state").is_dir():
             raise self._damaged(step_dir / "state", "missing")
+        # Without it orbax guesses the tree from the files, and fails in a tree_map with a
+        # ValueError ("pytree structure error") no read error is told from a bug by.
+        if not (step_dir / "state" / _STATE_METADATA).is_file():
+            raise self._damaged(step_dir / "state" / _STATE_METADATA, "missing")
         quiet_closed_event_loop()
         try:
             restored = self._manager.restore(
