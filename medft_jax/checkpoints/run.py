@@ -46,6 +46,7 @@ from medft_jax.checkpoints.model import (
     load_model,
     quiet_closed_event_loop,
     quiet_reported_failures,
+    remove_once_written,
     save_model,
     staging_paths,
     start_host_copies,
@@ -304,7 +305,9 @@ class RunCheckpoints:
                     force=True,
                 )
             except BaseException:
-                self._discard_unfinished()  # the space it took is needed
+                # The space it took is needed; save_model waited for its own writes, and
+                # the latest save's in flight are waited for by close().
+                self._discard_unfinished(settle=False)
                 raise
 
     def check_best_kept(self, best_epoch: int | None, epochs_done: int) -> None:
@@ -365,25 +368,35 @@ class RunCheckpoints:
         self._manager_ = None
         with contextlib.suppress(Exception):
             manager.close()
-        self._discard_unfinished()
+        self._discard_unfinished(settle=False)  # nothing writes any more
         if jax.process_index() == 0 and self.latest_dir.is_dir():
             with naming_os_errors(self.latest_dir):
                 for path in self.latest_dir.iterdir():
                     if path.name.isdigit() and path.is_dir():
                         shutil.rmtree(path)
 
-    def _discard_unfinished(self) -> None:
+    def _discard_unfinished(self, *, settle: bool = True) -> None:
         """Deletes what a failed save wrote (with the lock only: another process's save may run).
 
         Orbax leaves a failed save's temporary folder behind (it never
         restores as a checkpoint); on a full disk its space is needed.
+        ``settle``: the writes of a failed save may still be going on (orbax raises
+        the first failed write's error only), and are let end first
+        (:func:`~medft_jax.checkpoints.model.remove_once_written`).
         """
         if not self._exclusive or jax.process_index() != 0:
             return
-        for path in [
-            *self.run_dir.glob(staging_paths(self.best_dir)[0].name + "*"),
-            *self.latest_dir.glob("*.orbax-checkpoint-tmp*"),
-        ]:
+
+        def unfinished() -> list[Path]:
+            return [
+                *self.run_dir.glob(staging_paths(self.best_dir)[0].name + "*"),
+                *self.latest_dir.glob("*.orbax-checkpoint-tmp*"),
+            ]
+
+        if settle:
+            remove_once_written(unfinished)
+            return
+        for path in unfinished():
             shutil.rmtree(path, ignore_errors=True)
 
     def _drop_half_deleted_steps(self) -> None:
