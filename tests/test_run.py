@@ -278,6 +278,32 @@ def test_a_resume_whose_best_was_deleted_is_refused_before_it_trains(ported_tiny
 
 
 @pytest.mark.slow
+def test_a_resume_whose_best_was_corrupted_is_refused_before_it_trains(ported_tiny, demo, tmp_path):
+    """A flipped byte in best/'s arrays was found at the end, after the remaining epochs were
+    trained, in a line without a remedy; its content hash is checked at the resume."""
+    from medft_jax.checkpoints.run import ResumeError
+
+    config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
+    out = tmp_path / "runs"
+    spe = demo.steps_per_epoch(config.batch_size)
+    assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=spe) == {}
+    run = out / next(p.name for p in out.iterdir())
+    files = [p for p in (run / "best" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    data = bytearray(max(files, key=lambda p: p.stat().st_size).read_bytes())
+    data[len(data) // 2] ^= 0x10
+    max(files, key=lambda p: p.stat().st_size).write_bytes(bytes(data))
+    with pytest.raises(ResumeError) as e:
+        fit.run_one(config, out, dataset=demo, progress=False)
+    assert str(e.value) == (
+        f"{run / 'best'}: content hash mismatch: the checkpoint's arrays were modified or "
+        "corrupted (they no longer hash to the metadata's content_sha256); the run cannot test "
+        "its best epoch; start the run over with experiments.run --force"
+    )
+    assert len(RunCheckpoints(run).read_progress()["epochs"]) == 1  # nothing trained
+    assert not (run / "record.json").exists()
+
+
+@pytest.mark.slow
 def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)

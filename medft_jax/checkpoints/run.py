@@ -41,8 +41,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from medft_jax.checkpoints.model import (
+    CheckpointError,
     _short,
     is_checkpoint,
+    load_metadata,
     load_model,
     quiet_closed_event_loop,
     quiet_reported_failures,
@@ -311,24 +313,36 @@ class RunCheckpoints:
                 raise
 
     def check_best_kept(self, best_epoch: int | None, epochs_done: int) -> None:
-        """Refuses a resume whose ``best/`` is gone though its progress names a best epoch.
+        """Refuses a resume whose ``best/`` is gone or damaged though its progress names a
+        best epoch.
 
         Saved before every resume checkpoint (:func:`medft_jax.fit._save_latest`), it
         goes only by hand (to free disk): the run would train its remaining epochs and
         fail at the test, each rerun again, unless a later epoch happened to improve.
+        A ``best/`` whose arrays no longer hash to its ``content_sha256`` (or cannot be
+        read) failed the same way, found only at the end: it is read here, once, when it
+        records a hash to check (one written before hashes were has none, and is not read).
         """
-        if best_epoch is None or is_checkpoint(self.best_dir):
+        if best_epoch is None:
             return
-        raise ResumeError(
-            f"{self.best_dir}: no such checkpoint folder, but the run resumes after "
-            f"{epochs_done} epoch{'s' * (epochs_done != 1)} whose best, epoch {best_epoch + 1}, "
-            f"was saved there (deleted?); {START_OVER}, or by deleting {self.run_dir}"
-        )
+        if not is_checkpoint(self.best_dir):
+            raise ResumeError(
+                f"{self.best_dir}: no such checkpoint folder, but the run resumes after "
+                f"{epochs_done} epoch{'s' * (epochs_done != 1)} whose best, epoch "
+                f"{best_epoch + 1}, was saved there (deleted?); {START_OVER}, or by deleting "
+                f"{self.run_dir}"
+            )
+        with _best_damaged():
+            if load_metadata(self.best_dir).get("content_sha256") is not None:
+                load_model(self.best_dir)  # checks the arrays against it
 
     def load_best_of_epoch(self, sharding: Any = None) -> tuple[dict[str, Any], Any]:
         """The best epoch's ``{'params', 'batch_stats'}`` (on ``sharding`` when given) and
-        the epoch its metadata says it is (None if it says none)."""
-        variables, metadata = load_model(self.best_dir)
+        the epoch its metadata says it is (None if it says none).
+
+        A damaged ``best/`` raises :class:`ResumeError`, its line saying what to do."""
+        with _best_damaged():
+            variables, metadata = load_model(self.best_dir)
         if sharding is not None:
             variables = jax.device_put(variables, sharding)
         return variables, metadata.get("epoch")
@@ -425,6 +439,16 @@ class RunCheckpoints:
         for leftover in self.run_dir.glob(".best.*"):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover)
+
+
+@contextlib.contextmanager
+def _best_damaged() -> Any:
+    """A run's ``best/`` that fails its checks (:class:`CheckpointError`, naming it) is a
+    :class:`ResumeError` saying what to do: the run cannot end without its best epoch."""
+    try:
+        yield
+    except CheckpointError as e:
+        raise ResumeError(f"{e}; the run cannot test its best epoch; {START_OVER}") from None
 
 
 def _host_copy(state: Any) -> dict[str, Any]:
