@@ -31,7 +31,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from medft_jax.data.images import DECODING_VERSION
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_changes, environment_info, numerics_environment
-from medft_jax.errors import UserError, env_seconds, one_line
+from medft_jax.errors import Interrupted, UserError, env_seconds, one_line
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
 from medft_jax.names import LOCAL_KINDS, dataset_base
 from medft_jax.results import RunRecord
@@ -419,8 +419,13 @@ def run_one(
         return record
     ds.check_scorable()  # before the run's folder exists
     # One process per run (another gets RunLocked); the lock is released, and this
-    # process's background checkpoint writes end, whatever ends the run.
-    with locks.run_lock(run_dir) as lock, RunCheckpoints(run_dir, exclusive=True) as ckpts:
+    # process's background checkpoint writes end, whatever ends the run (a Ctrl-C then
+    # names the run, once its last checkpoint is written).
+    with (
+        _naming_an_interrupt(run_dir),
+        locks.run_lock(run_dir) as lock,
+        RunCheckpoints(run_dir, exclusive=True) as ckpts,
+    ):
         if not force and process_0_says(record_file.exists()):  # another finished it meanwhile
             return results.read_record(record_file)
         if (
@@ -453,6 +458,23 @@ def run_one(
             ckpts.close()
             return {}
         return _finish(run, ckpts, run_dir.name, record_file)
+
+
+@contextlib.contextmanager
+def _naming_an_interrupt(run_dir: Path) -> Iterator[None]:
+    """A Ctrl-C inside is an :class:`Interrupted` naming the run and what rerunning does
+    (resume from its last checkpoint, or start again when it has none)."""
+    try:
+        yield
+    except Interrupted:  # a run inside this one's (a caller's own loop): named already
+        raise
+    except KeyboardInterrupt:
+        latest = run_dir / "checkpoints"
+        if latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
+            what = "rerunning the same command resumes it from its last checkpoint"
+        else:
+            what = "it has no checkpoint yet: rerunning the same command starts it again"
+        raise Interrupted(f"{run_dir}: {what}") from None
 
 
 class FailedBefore(RuntimeError):

@@ -304,6 +304,44 @@ def test_a_resume_whose_best_was_corrupted_is_refused_before_it_trains(ported_ti
 
 
 @pytest.mark.slow
+def test_ctrl_c_names_the_run_and_that_rerunning_resumes_it(
+    ported_tiny, tmp_path, capsys, monkeypatch
+):
+    """A Ctrl-C said only ``interrupted``: not which run, nor that the same command resumes."""
+    monkeypatch.setenv("MEDFT_JAX_CHECKPOINT_SECONDS", "0")
+    out = tmp_path / "runs"
+    argv = ["--strategy", "lp", "--arch", TINY, "--weights", str(ported_tiny), "--epochs", "2"]
+    argv += ["--image-size", "32", "--batch-size", "16", "--out", str(out), "--no-progress"]
+    real, calls = fit._train_epoch, []
+
+    def ctrl_c_in_epoch(at: int):
+        def train_epoch(run, epoch, **kw):
+            calls.append(epoch)
+            if epoch == at:
+                raise KeyboardInterrupt
+            return real(run, epoch, **kw)
+
+        return train_epoch
+
+    monkeypatch.setattr(fit, "_train_epoch", ctrl_c_in_epoch(0))
+    assert main(argv) == 130
+    run = out / next(p.name for p in out.iterdir() if p.is_dir())
+    assert capsys.readouterr().err == (
+        f"interrupted: {run}: it has no checkpoint yet: rerunning the same command starts it "
+        "again\n"
+    )
+    monkeypatch.setattr(fit, "_train_epoch", ctrl_c_in_epoch(1))
+    assert main(argv) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"interrupted: {run}: rerunning the same command resumes it from its last checkpoint"
+    )
+    monkeypatch.setattr(fit, "_train_epoch", real)
+    assert main(argv) == 0
+    assert f"note: resuming after 1 epoch, from {run / 'checkpoints'}" in capsys.readouterr().err
+    assert calls == [0, 0, 1]
+
+
+@pytest.mark.slow
 def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
