@@ -53,6 +53,38 @@ def environment_info() -> dict[str, Any]:
     }
 
 
+NUMERICS_PACKAGES = ("jax", "jaxlib", "flax", "optax")
+"""The packages whose version can change a run's numbers (compiled kernels, optimizer maths)."""
+
+
+def numerics_environment() -> dict[str, Any]:
+    """What of :func:`environment_info` can change a run's numbers from one step to the next:
+    the device (``backend``, ``device_kind``, ``device_count``, ``process_count``), the CPU
+    threads and ``XLA_FLAGS`` (BUILD.md, "Determinism") and the versions of
+    :data:`NUMERICS_PACKAGES`. A run resumed where any of them differs mixes two machines'
+    numbers (:class:`medft_jax.fit.Progress` keeps one entry per such attempt). Flat, its
+    values JSON scalars, so that two compare as they were saved."""
+    import jax
+
+    devices = jax.devices()
+    return {
+        "backend": devices[0].platform if devices else None,
+        "device_kind": devices[0].device_kind if devices else None,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+        "cpu_threads": cpu_threads(),
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        **{name: _version(name) for name in NUMERICS_PACKAGES},
+    }
+
+
+def environment_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``["cpu_threads 2 -> 1", ...]``: the fields of two :func:`numerics_environment` that
+    differ (a field one lacks counts as None), in ``now``'s order."""
+    keys = [*now, *(k for k in before if k not in now)]
+    return [f"{k} {before.get(k)} -> {now.get(k)}" for k in keys if before.get(k) != now.get(k)]
+
+
 def cpu_threads() -> int:
     """The CPUs this process may run on (its affinity: ``taskset``, a SLURM allocation,
     a container's cpuset), which XLA's CPU thread pool is sized by."""

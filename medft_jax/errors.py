@@ -143,6 +143,11 @@ def exit_as_child(returncode: int) -> None:
         raise SystemExit(returncode if returncode > 0 else 128 - returncode)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C of a run (:func:`medft_jax.fit.run_one`): its message names the run folder
+    and says what rerunning the same command does (resume from the last checkpoint)."""
+
+
 def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Runs a command line's ``main`` and maps the errors a user can cause to one line.
 
@@ -150,7 +155,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     OSError (or one wrapped in another exception) with a known errno -> ``error: <path>:
     <reason>``, exit 1 for a full disk or a file over its size limit (the input was fine)
     and 2 otherwise.
-    ``KeyboardInterrupt`` -> exit 130 without a traceback; a closed output
+    ``KeyboardInterrupt`` -> exit 130 without a traceback (``interrupted``, or, for a run's
+    :class:`Interrupted`, ``interrupted: <run>: <what rerunning does>``); a closed output
     pipe (``| head``) -> exit 141, silently, as a Unix tool ends on SIGPIPE. Anything else
     propagates: a real bug keeps its traceback.
     Every switch of :data:`SWITCHES` (and :data:`DURATIONS`) is checked first, so a malformed one
@@ -176,8 +182,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         print(f"error: {one_line(e)}", file=sys.stderr)
         status = EXIT_BUSY if isinstance(e, BusyError) else EXIT_BAD_INPUT
         return status
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # an Interrupted run says which, and how to go on
+        print(f"interrupted: {e}" if isinstance(e, Interrupted) else "interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         os_err = find_os_error(e)

@@ -31,7 +31,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,8 @@ from medft_jax.data.cache import duplicate_counts, skipped_counts
 from medft_jax.data.images import DECODING_VERSION
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
-from medft_jax.environment import environment_info
-from medft_jax.errors import UserError, env_seconds, one_line
+from medft_jax.environment import environment_changes, environment_info, numerics_environment
+from medft_jax.errors import Interrupted, UserError, env_seconds, one_line
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
 from medft_jax.names import LOCAL_KINDS, dataset_base
 from medft_jax.results import RunRecord
@@ -194,6 +194,11 @@ class Progress:
     features: dict[str, Any] | None = None
     """How the first head-only epoch had its cached features (the record's ``features``),
     kept across resumed calls: a run resumed after its head-only epochs has none itself."""
+    attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The :func:`~medft_jax.environment.numerics_environment` of the call that started the
+    run, and of each resumed call whose environment differed from the one before, each with
+    ``from_step`` (the train steps done before it). Empty in a save from before it was kept
+    (2026-12-06): its environment is unknown, and nothing is compared."""
 
     def add(self, part: str, seconds: float) -> None:
         self.seconds[part] = self.seconds.get(part, 0.0) + seconds
@@ -210,6 +215,8 @@ class Progress:
             out["partial"] = dataclasses.asdict(self.partial)
         if self.features is not None:
             out["features"] = self.features
+        if self.attempts:
+            out["attempts"] = self.attempts
         return out
 
     @classmethod
@@ -223,6 +230,7 @@ class Progress:
             partial=PartialEpoch(**partial) if partial else None,
             seconds={k: float(v) for k, v in (d.get("seconds") or {}).items()},
             features=d.get("features"),
+            attempts=[dict(a) for a in d.get("attempts") or []],
         )
 
     def check(self, step: int, steps_per_epoch: int) -> None:
@@ -239,6 +247,9 @@ class Progress:
                 f"{len(self.epochs)} epochs, but early stopping's last epoch is "
                 f"{self.stopper.last_epoch}"
             )
+        for i, attempt in enumerate(self.attempts):
+            if not isinstance(attempt.get("from_step"), int):
+                raise ValueError(f"attempts[{i}] has no 'from_step' count")
         if self.steps_done(steps_per_epoch) != step:
             raise ValueError(
                 f"{self.steps_done(steps_per_epoch)} train steps of {steps_per_epoch} an epoch, "
@@ -408,8 +419,13 @@ def run_one(
         return record
     ds.check_scorable()  # before the run's folder exists
     # One process per run (another gets RunLocked); the lock is released, and this
-    # process's background checkpoint writes end, whatever ends the run.
-    with locks.run_lock(run_dir) as lock, RunCheckpoints(run_dir, exclusive=True) as ckpts:
+    # process's background checkpoint writes end, whatever ends the run (a Ctrl-C then
+    # names the run, once its last checkpoint is written).
+    with (
+        _naming_an_interrupt(run_dir),
+        locks.run_lock(run_dir) as lock,
+        RunCheckpoints(run_dir, exclusive=True) as ckpts,
+    ):
         if not force and process_0_says(record_file.exists()):  # another finished it meanwhile
             return results.read_record(record_file)
         if (
@@ -442,6 +458,23 @@ def run_one(
             ckpts.close()
             return {}
         return _finish(run, ckpts, run_dir.name, record_file)
+
+
+@contextlib.contextmanager
+def _naming_an_interrupt(run_dir: Path) -> Iterator[None]:
+    """A Ctrl-C inside is an :class:`Interrupted` naming the run and what rerunning does
+    (resume from its last checkpoint, or start again when it has none)."""
+    try:
+        yield
+    except Interrupted:  # a run inside this one's (a caller's own loop): named already
+        raise
+    except KeyboardInterrupt:
+        latest = run_dir / "checkpoints"
+        if latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
+            what = "rerunning the same command resumes it from its last checkpoint"
+        else:
+            what = "it has no checkpoint yet: rerunning the same command starts it again"
+        raise Interrupted(f"{run_dir}: {what}") from None
 
 
 class FailedBefore(RuntimeError):
@@ -550,7 +583,7 @@ def _prepare(
         _say_what_the_run_cannot_do(config, final, steps_per_epoch)
     if restored is None:
         stopper = EarlyStopping(patience=config.patience, start_epoch=final)
-        progress = Progress([], stopper)
+        progress = Progress([], stopper, attempts=[{"from_step": 0, **numerics_environment()}])
     else:
         state, saved = restored
         try:
@@ -563,6 +596,9 @@ def _prepare(
         ckpts.check_best_kept(progress.stopper.best_epoch, len(progress.epochs))
         if jax.process_index() == 0:  # a kill or a step budget: not trained from scratch
             print(_resuming(progress, ckpts), file=sys.stderr, flush=True)
+        changed = _environment_changed(progress, progress.steps_done(steps_per_epoch))
+        if changed and jax.process_index() == 0:
+            print(changed, file=sys.stderr, flush=True)
     return _Run(
         config=config,
         ds=ds,
@@ -575,6 +611,29 @@ def _prepare(
         steps_per_epoch=steps_per_epoch,
         eval_batch_size=-(-eval_bs // n_dev) * n_dev,  # up: padded rows are masked
         weights_used=weights_used,
+    )
+
+
+def _environment_changed(progress: Progress, steps_done: int) -> str | None:
+    """Notes this call's environment in ``progress`` if it differs from the last attempt's
+    (another CPU thread count, device or jax): the note line to print, else None.
+
+    The run goes on (the steps so far are sound, each in its own environment), but its
+    numbers are then those of neither environment's uninterrupted run, and the record
+    lists every attempt's environment (``environment.attempts``), not only the last.
+    """
+    if not progress.attempts:  # saved before attempts were kept: nothing to compare with
+        return None
+    now = numerics_environment()
+    last = {k: v for k, v in progress.attempts[-1].items() if k != "from_step"}
+    changes = environment_changes(last, now)
+    if not changes:
+        return None
+    progress.attempts.append({"from_step": steps_done, **now})
+    return (
+        f"note: resuming after step {steps_done} in another environment than before "
+        f"({', '.join(changes)}): the run's numbers will be those of neither's uninterrupted "
+        "run, and its record lists both (environment.attempts); --force trains it over here"
     )
 
 
@@ -998,7 +1057,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "train_seconds": float(sum(e["seconds"] for e in p.epochs)),
         **({"features": run.progress.features} if run.progress.features else {}),
         "seconds": _seconds_split(run),
-        "environment": environment_info(),
+        "environment": _environment(p),
     }
     record["wall_seconds"] = record["seconds"]["wall"]
     record["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat()
@@ -1007,6 +1066,16 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         _drop_previous(record_file.parent)
     _tidy_up(ckpts)  # never raises: with the record written, the run has succeeded
     return record
+
+
+def _environment(p: Progress) -> dict[str, Any]:
+    """The record's ``environment``: this call's, and, when the run was resumed in another
+    environment than it started in, ``attempts``, every environment it trained in (a run
+    that kept one has no ``attempts``: its record is an uninterrupted run's)."""
+    info = environment_info()
+    if len(p.attempts) > 1:
+        info["attempts"] = p.attempts
+    return info
 
 
 def _seconds_split(run: _Run) -> dict[str, float]:

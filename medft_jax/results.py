@@ -57,7 +57,10 @@ Record schema (``medft_jax.fit.run_one`` writes it; keys a reader relies on):
     ``from_features: true``.
 ``environment``
     :func:`medft_jax.environment.environment_info`: package versions, devices, git
-    revision, host.
+    revision, host, of the call that finished the run. A run resumed in another
+    environment (CPU threads, device, jax; :func:`medft_jax.environment.numerics_environment`)
+    than it started in adds ``attempts``: that of each call that trained it in another, in
+    order, each with ``from_step`` (the train steps done before it); absent otherwise.
 ``data_source``
     Only for a user's own data (``folder``, ``csv``; absent in older records): where
     it was read from and how (:func:`medft_jax.fit.data_source_of`): ``root`` (the

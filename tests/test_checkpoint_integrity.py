@@ -36,6 +36,7 @@ from medft_jax.checkpoints.model import (
     load_metadata,
     load_model,
     save_model,
+    staging_paths,
     variables_hash,
 )
 from medft_jax.data.preprocess import normalize
@@ -645,6 +646,50 @@ def test_a_failed_overwrite_leaves_the_previous_checkpoint(tmp_path, monkeypatch
     save_model(folder, second["params"], second["batch_stats"], meta, force=True)
     assert variables_hash(load_model(folder)[0]) == variables_hash(second)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_a_save_failing_on_a_full_disk_leaves_nothing_its_late_writes_made(tmp_path, monkeypatch):
+    """Orbax raises the first failed write's error while the save's other writes go on:
+    the staging folder, deleted at once, was made again by them, and a full disk kept a
+    half-written checkpoint after the run stopped. Its writers are let end first: a thread
+    the save started is joined, and what writes from no such thread (tensorstore's own
+    threads) is removed again until nothing comes back."""
+    import errno
+    import threading
+    import time
+
+    import orbax.checkpoint as ocp
+
+    meta = {**META, "arch": "resnet_tiny", "resize_size": 36, "crop_size": 32}
+    variables = _random_variables("resnet_tiny", 3, 0)
+    folder = tmp_path / "ck"
+    failed = threading.Event()
+
+    def late_write(directory: Path, delay: float) -> None:
+        time.sleep(delay)
+        d = Path(f"{directory}.orbax-checkpoint-tmp") / "state" / "ocdbt.process_0" / "d"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"late{delay}").write_bytes(b"x" * 1000)
+
+    def tensorstore_write() -> None:  # a thread older than the save
+        failed.wait(10)
+        late_write(staging_paths(folder)[0], 0.1)
+
+    def save_on_a_full_disk(self, directory, *args, **kwargs):
+        late_write(directory, 0)
+        own.start()
+        failed.set()
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+    stray = threading.Thread(target=tensorstore_write)
+    own = threading.Thread(target=late_write, args=(staging_paths(folder)[0], 0.6))
+    stray.start()
+    monkeypatch.setattr(ocp.Checkpointer, "save", save_on_a_full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        save_model(folder, variables["params"], variables["batch_stats"], meta)
+    stray.join()
+    own.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_two_runs_needing_the_imagenet_weights_port_them_once(tmp_path, monkeypatch):

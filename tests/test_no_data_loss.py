@@ -1114,6 +1114,10 @@ RESUME_DAMAGE = {
         lambda step: _truncate(step / "state" / "_METADATA", 100),
         "3/state: files there are truncated, missing or corrupted: ",
     ),
+    "state metadata deleted": (
+        lambda step: (step / "state" / "_METADATA").unlink(),
+        "3/state/_METADATA: missing",
+    ),
     "state deleted": (lambda step: shutil.rmtree(step / "state"), "3/state: missing"),
     "array file bit flipped": (
         lambda step: _flip_middle_byte(_largest(step / "state")),
@@ -1189,6 +1193,27 @@ def test_a_bit_flipped_resume_checkpoint_is_refused_not_resumed(tmp_path):
     _flip_middle_byte(_largest(step / "state"))
     with pytest.raises(checkpoint.ResumeError, match=r"damaged \(10/state: its arrays hash to"):
         RunCheckpoints(tmp_path / "run").restore_latest(abstract)
+
+
+def test_a_resume_checkpoint_without_its_state_metadata_is_one_line(tmp_path):
+    """Without ``state/_METADATA`` orbax guessed the tree from the files and failed in a
+    tree_map: a 60-line traceback ("pytree structure error"), exit 1, not the damage line."""
+    import jax
+    import jax.numpy as jnp
+
+    State = _train_state_class()
+    saved = State(jnp.int32(3), {"w": jnp.ones((4, 4))}, {}, (jnp.zeros(4), {"m": jnp.ones(2)}))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
+    with RunCheckpoints(tmp_path / "run") as ckpts:
+        ckpts.save_latest(10, saved, {"epochs": []})
+    (tmp_path / "run" / "checkpoints" / "10" / "state" / "_METADATA").unlink()
+    with pytest.raises(checkpoint.ResumeError) as e:
+        RunCheckpoints(tmp_path / "run").restore_latest(abstract)
+    assert str(e.value) == (
+        f"{tmp_path / 'run' / 'checkpoints'}: the run cannot be resumed, its checkpoint is "
+        "damaged (10/state/_METADATA: missing); start the run over with experiments.run "
+        "--force, or by deleting that folder"
+    )
 
 
 def test_progress_changed_while_its_save_is_written_saves_what_was_given(tmp_path):

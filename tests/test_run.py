@@ -278,6 +278,70 @@ def test_a_resume_whose_best_was_deleted_is_refused_before_it_trains(ported_tiny
 
 
 @pytest.mark.slow
+def test_a_resume_whose_best_was_corrupted_is_refused_before_it_trains(ported_tiny, demo, tmp_path):
+    """A flipped byte in best/'s arrays was found at the end, after the remaining epochs were
+    trained, in a line without a remedy; its content hash is checked at the resume."""
+    from medft_jax.checkpoints.run import ResumeError
+
+    config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
+    out = tmp_path / "runs"
+    spe = demo.steps_per_epoch(config.batch_size)
+    assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=spe) == {}
+    run = out / next(p.name for p in out.iterdir())
+    files = [p for p in (run / "best" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    data = bytearray(max(files, key=lambda p: p.stat().st_size).read_bytes())
+    data[len(data) // 2] ^= 0x10
+    max(files, key=lambda p: p.stat().st_size).write_bytes(bytes(data))
+    with pytest.raises(ResumeError) as e:
+        fit.run_one(config, out, dataset=demo, progress=False)
+    assert str(e.value) == (
+        f"{run / 'best'}: content hash mismatch: the checkpoint's arrays were modified or "
+        "corrupted (they no longer hash to the metadata's content_sha256); the run cannot test "
+        "its best epoch; start the run over with experiments.run --force"
+    )
+    assert len(RunCheckpoints(run).read_progress()["epochs"]) == 1  # nothing trained
+    assert not (run / "record.json").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_the_run_and_that_rerunning_resumes_it(
+    ported_tiny, tmp_path, capsys, monkeypatch
+):
+    """A Ctrl-C said only ``interrupted``: not which run, nor that the same command resumes."""
+    monkeypatch.setenv("MEDFT_JAX_CHECKPOINT_SECONDS", "0")
+    out = tmp_path / "runs"
+    argv = ["--strategy", "lp", "--arch", TINY, "--weights", str(ported_tiny), "--epochs", "2"]
+    argv += ["--image-size", "32", "--batch-size", "16", "--out", str(out), "--no-progress"]
+    real, calls = fit._train_epoch, []
+
+    def ctrl_c_in_epoch(at: int):
+        def train_epoch(run, epoch, **kw):
+            calls.append(epoch)
+            if epoch == at:
+                raise KeyboardInterrupt
+            return real(run, epoch, **kw)
+
+        return train_epoch
+
+    monkeypatch.setattr(fit, "_train_epoch", ctrl_c_in_epoch(0))
+    assert main(argv) == 130
+    run = out / next(p.name for p in out.iterdir() if p.is_dir())
+    assert capsys.readouterr().err == (
+        f"interrupted: {run}: it has no checkpoint yet: rerunning the same command starts it "
+        "again\n"
+    )
+    monkeypatch.setattr(fit, "_train_epoch", ctrl_c_in_epoch(1))
+    assert main(argv) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"interrupted: {run}: rerunning the same command resumes it from its last checkpoint"
+    )
+    monkeypatch.setattr(fit, "_train_epoch", real)
+    assert main(argv) == 0
+    assert f"note: resuming after 1 epoch, from {run / 'checkpoints'}" in capsys.readouterr().err
+    assert calls == [0, 0, 1]
+
+
+@pytest.mark.slow
 def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
@@ -312,9 +376,43 @@ def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
         keys = ("train_loss", "val", "improved", "trainable_blocks")
         assert [a[k] for k in keys] == [b[k] for k in keys]
     assert sorted(p.name for p in run.iterdir()) == ["best", "record.json"]  # nothing else
+    assert "attempts" not in resumed["environment"]  # one environment: an uninterrupted record
     # A finished run is skipped: the same record comes back without training.
     again = fit.run_one(config, tmp_path / "b", **kw)
     assert again["finished_at"] == resumed["finished_at"]
+
+
+@pytest.mark.slow
+def test_a_resume_in_another_environment_is_noted_and_recorded(
+    ported_tiny, demo, tmp_path, capsys, monkeypatch
+):
+    """Killed on 2 CPU threads and resumed on 1 (another device, another jax): the numbers
+    are those of neither uninterrupted run. The resume says so in one line, and the record
+    lists each environment the run trained in, not only the last call's."""
+    from medft_jax import environment
+
+    config = _config("lp", ported_tiny, epochs=2, lr=1e-2, arch=TINY)
+    out = tmp_path / "runs"
+    spe = demo.steps_per_epoch(config.batch_size)
+    threads = environment.cpu_threads()
+    assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=spe) == {}
+    capsys.readouterr()
+    monkeypatch.setattr(environment, "cpu_threads", lambda: threads + 7)
+    record = fit.run_one(config, out, dataset=demo, progress=False)
+    notes = [x for x in capsys.readouterr().err.splitlines() if "environment" in x]
+    assert notes == [
+        f"note: resuming after step {spe} in another environment than before (cpu_threads "
+        f"{threads} -> {threads + 7}): the run's numbers will be those of neither's "
+        "uninterrupted run, and its record lists both (environment.attempts); --force "
+        "trains it over here"
+    ]
+    env = record["environment"]
+    assert env["cpu_threads"] == threads + 7  # this call's, as before
+    assert [(a["from_step"], a["cpu_threads"]) for a in env["attempts"]] == [
+        (0, threads),
+        (spe, threads + 7),
+    ]
+    assert env["attempts"][0]["jax"] == env["packages"]["jax"]
 
 
 @pytest.mark.slow

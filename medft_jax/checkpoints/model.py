@@ -35,8 +35,10 @@ import os
 import re
 import shutil
 import sys
+import threading
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,7 @@ def save_model(
     meta[METADATA_HASH] = metadata_hash(meta)
     quiet_reported_failures()
     staging, old = staging_paths(directory)
+    before = set(threading.enumerate())
     try:
         with naming_os_errors(directory), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as c:
             c.save(  # force: replaces only a staging folder a killed save left
@@ -158,14 +161,54 @@ def save_model(
                 os.replace(staging, directory)
                 shutil.rmtree(old, ignore_errors=True)
         sync_processes("medft_jax.checkpoints.model.save_model")
-    except BaseException:
+    except BaseException as e:
         if jax.process_index() == 0:  # the staging folder, whole or orbax's half-written one
-            for tmp in directory.parent.glob(f"{glob.escape(staging.name)}*"):
-                shutil.rmtree(tmp, ignore_errors=True)
+            # A Ctrl-C is not kept waiting for the writes (the next save removes them).
+            writers = () if isinstance(e, KeyboardInterrupt) else set(threading.enumerate())
+            remove_once_written(
+                lambda: directory.parent.glob(f"{glob.escape(staging.name)}*"),
+                [t for t in writers if t not in before],
+            )
             if old.exists() and not directory.exists():  # failed between the two renames
                 os.replace(old, directory)
         raise
     return directory
+
+
+WRITERS_WAIT_SECONDS = 10.0
+"""How long :func:`remove_once_written` waits at most for a failed save's writers."""
+QUIET_SECONDS = 0.3
+"""How long nothing may reappear before :func:`remove_once_written` takes its folders for gone."""
+
+
+def remove_once_written(
+    paths: Callable[[], Iterable[Path]], writers: Iterable[threading.Thread] = ()
+) -> None:
+    """Deletes the folders ``paths()`` lists, once a failed save's writes have stopped.
+
+    Orbax waits for the first of a save's write threads that fails and raises its
+    error while the others still write (and tensorstore's own writes of that thread
+    go on after its event loop was given up): folders deleted at once were made again
+    by them, and a full disk kept a half-written checkpoint after the run stopped.
+    So the ``writers`` (threads started by the save) are joined first, then the
+    folders deleted until none has come back for :data:`QUIET_SECONDS`, all within
+    :data:`WRITERS_WAIT_SECONDS`.
+    """
+    deadline = time.monotonic() + WRITERS_WAIT_SECONDS
+    for thread in writers:
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    quiet_since = time.monotonic()
+    while True:
+        found = [p for p in paths() if p.is_dir() and not p.is_symlink()]
+        for path in found:
+            shutil.rmtree(path, ignore_errors=True)
+        now = time.monotonic()
+        if found:
+            quiet_since = now
+        if now - quiet_since >= QUIET_SECONDS or now >= deadline:
+            return
+        time.sleep(0.05)
 
 
 def _refuse_foreign_files(directory: Path, staging: Path) -> None:

@@ -41,11 +41,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from medft_jax.checkpoints.model import (
+    CheckpointError,
     _short,
     is_checkpoint,
+    load_metadata,
     load_model,
     quiet_closed_event_loop,
     quiet_reported_failures,
+    remove_once_written,
     save_model,
     staging_paths,
     start_host_copies,
@@ -95,6 +98,10 @@ class ResumeError(UserError):
 
 _METADATA_FILE = "_CHECKPOINT_METADATA"
 """What orbax writes into every step it commits; a step it was deleting may lack it."""
+
+
+_STATE_METADATA = "_METADATA"
+"""The tree structure orbax writes into a step's ``state`` item (read first on restore)."""
 
 
 class RunCheckpoints:
@@ -191,6 +198,10 @@ class RunCheckpoints:
         step_dir = self.latest_dir / str(step)
         if not (step_dir / "state").is_dir():
             raise self._damaged(step_dir / "state", "missing")
+        # Without it orbax guesses the tree from the files, and fails in a tree_map with a
+        # ValueError ("pytree structure error") no read error is told from a bug by.
+        if not (step_dir / "state" / _STATE_METADATA).is_file():
+            raise self._damaged(step_dir / "state" / _STATE_METADATA, "missing")
         quiet_closed_event_loop()
         try:
             restored = self._manager.restore(
@@ -296,28 +307,42 @@ class RunCheckpoints:
                     force=True,
                 )
             except BaseException:
-                self._discard_unfinished()  # the space it took is needed
+                # The space it took is needed; save_model waited for its own writes, and
+                # the latest save's in flight are waited for by close().
+                self._discard_unfinished(settle=False)
                 raise
 
     def check_best_kept(self, best_epoch: int | None, epochs_done: int) -> None:
-        """Refuses a resume whose ``best/`` is gone though its progress names a best epoch.
+        """Refuses a resume whose ``best/`` is gone or damaged though its progress names a
+        best epoch.
 
         Saved before every resume checkpoint (:func:`medft_jax.fit._save_latest`), it
         goes only by hand (to free disk): the run would train its remaining epochs and
         fail at the test, each rerun again, unless a later epoch happened to improve.
+        A ``best/`` whose arrays no longer hash to its ``content_sha256`` (or cannot be
+        read) failed the same way, found only at the end: it is read here, once, when it
+        records a hash to check (one written before hashes were has none, and is not read).
         """
-        if best_epoch is None or is_checkpoint(self.best_dir):
+        if best_epoch is None:
             return
-        raise ResumeError(
-            f"{self.best_dir}: no such checkpoint folder, but the run resumes after "
-            f"{epochs_done} epoch{'s' * (epochs_done != 1)} whose best, epoch {best_epoch + 1}, "
-            f"was saved there (deleted?); {START_OVER}, or by deleting {self.run_dir}"
-        )
+        if not is_checkpoint(self.best_dir):
+            raise ResumeError(
+                f"{self.best_dir}: no such checkpoint folder, but the run resumes after "
+                f"{epochs_done} epoch{'s' * (epochs_done != 1)} whose best, epoch "
+                f"{best_epoch + 1}, was saved there (deleted?); {START_OVER}, or by deleting "
+                f"{self.run_dir}"
+            )
+        with _best_damaged():
+            if load_metadata(self.best_dir).get("content_sha256") is not None:
+                load_model(self.best_dir)  # checks the arrays against it
 
     def load_best_of_epoch(self, sharding: Any = None) -> tuple[dict[str, Any], Any]:
         """The best epoch's ``{'params', 'batch_stats'}`` (on ``sharding`` when given) and
-        the epoch its metadata says it is (None if it says none)."""
-        variables, metadata = load_model(self.best_dir)
+        the epoch its metadata says it is (None if it says none).
+
+        A damaged ``best/`` raises :class:`ResumeError`, its line saying what to do."""
+        with _best_damaged():
+            variables, metadata = load_model(self.best_dir)
         if sharding is not None:
             variables = jax.device_put(variables, sharding)
         return variables, metadata.get("epoch")
@@ -357,25 +382,35 @@ class RunCheckpoints:
         self._manager_ = None
         with contextlib.suppress(Exception):
             manager.close()
-        self._discard_unfinished()
+        self._discard_unfinished(settle=False)  # nothing writes any more
         if jax.process_index() == 0 and self.latest_dir.is_dir():
             with naming_os_errors(self.latest_dir):
                 for path in self.latest_dir.iterdir():
                     if path.name.isdigit() and path.is_dir():
                         shutil.rmtree(path)
 
-    def _discard_unfinished(self) -> None:
+    def _discard_unfinished(self, *, settle: bool = True) -> None:
         """Deletes what a failed save wrote (with the lock only: another process's save may run).
 
         Orbax leaves a failed save's temporary folder behind (it never
         restores as a checkpoint); on a full disk its space is needed.
+        ``settle``: the writes of a failed save may still be going on (orbax raises
+        the first failed write's error only), and are let end first
+        (:func:`~medft_jax.checkpoints.model.remove_once_written`).
         """
         if not self._exclusive or jax.process_index() != 0:
             return
-        for path in [
-            *self.run_dir.glob(staging_paths(self.best_dir)[0].name + "*"),
-            *self.latest_dir.glob("*.orbax-checkpoint-tmp*"),
-        ]:
+
+        def unfinished() -> list[Path]:
+            return [
+                *self.run_dir.glob(staging_paths(self.best_dir)[0].name + "*"),
+                *self.latest_dir.glob("*.orbax-checkpoint-tmp*"),
+            ]
+
+        if settle:
+            remove_once_written(unfinished)
+            return
+        for path in unfinished():
             shutil.rmtree(path, ignore_errors=True)
 
     def _drop_half_deleted_steps(self) -> None:
@@ -404,6 +439,16 @@ class RunCheckpoints:
         for leftover in self.run_dir.glob(".best.*"):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover)
+
+
+@contextlib.contextmanager
+def _best_damaged() -> Any:
+    """A run's ``best/`` that fails its checks (:class:`CheckpointError`, naming it) is a
+    :class:`ResumeError` saying what to do: the run cannot end without its best epoch."""
+    try:
+        yield
+    except CheckpointError as e:
+        raise ResumeError(f"{e}; the run cannot test its best epoch; {START_OVER}") from None
 
 
 def _host_copy(state: Any) -> dict[str, Any]:
