@@ -54,6 +54,7 @@ from medft_jax.data.pixels import (
 )
 from medft_jax.data.preprocess import normalize, resize_and_crop
 from medft_jax.errors import ArgumentParser, UserError, cli_main, naming_os_errors
+from medft_jax.metrics import scores_from_logits
 
 
 class PredictError(UserError):
@@ -235,20 +236,21 @@ class Predictor:
             )
         names = m.get("class_names")
         self.class_names = list(names) if names else [str(i) for i in range(m["num_classes"])]
-        self._probs = jax.jit(self._probs_fn)
+        self._logits = jax.jit(self._logits_fn)
         # On the device once: numpy arrays would be copied there again with every batch.
         self.variables = jax.device_put(self.variables)
 
-    def _probs_fn(self, variables, images):
-        import jax
+    def _logits_fn(self, variables, images):
         import jax.numpy as jnp
 
-        logits = self.model.apply(variables, normalize(images, self.dtype))
-        logits = logits.astype(jnp.float32)
-        return jax.nn.sigmoid(logits) if self.multilabel else jax.nn.softmax(logits)
+        return self.model.apply(variables, normalize(images, self.dtype)).astype(jnp.float32)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self._probs(self.variables, images))
+        """Float64 probabilities, made on the host from the logits as a run's evaluation
+        makes them (float32 ones round to 1.0 past a logit margin of about 16.6, so
+        confident images would all print, and rank, the same)."""
+        logits = np.asarray(self._logits(self.variables, images))
+        return scores_from_logits(logits, self.multilabel)[0]
 
     def refusal(self, err: DataError) -> str | None:
         """A decoder's refusal in this checkpoint's terms, or None to keep its own.

@@ -1021,10 +1021,10 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         p.add("checkpoints", time.perf_counter() - t)
     best_state = run.state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     t, compiled = time.perf_counter(), run.trainer.compile_seconds
-    test_probs = run.trainer.predict(
+    test_logits = run.trainer.predict(
         best_state, ds.eval_batches("test", run.eval_batch_size, **run.shard)
     )
-    test = _metrics(ds, "test", test_probs, f"best epoch {best['epoch']}")
+    test = _metrics(ds, "test", test_logits, f"best epoch {best['epoch']}")
     compile_test = run.trainer.compile_seconds - compiled
     p.compile_seconds += compile_test
     p.add("test", time.perf_counter() - t - compile_test)
@@ -1051,6 +1051,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "best_epoch": best["epoch"],
         "val": best["val"],
         "test": test,
+        "ranked_by": metrics.RANKED_BY,
         "final_stage_epoch": run.schedule.final_stage_epoch,
         "compile_seconds": p.compile_seconds,
         "num_compilations": run.compilations(),
@@ -1273,15 +1274,24 @@ def _tidy_up(ckpts: RunCheckpoints) -> None:
         )
 
 
-def _metrics(ds: data.Dataset, split: str, probs: np.ndarray, when: str) -> dict[str, float]:
-    if not np.all(np.isfinite(probs)):
-        bad = int((~np.isfinite(probs)).any(axis=tuple(range(1, probs.ndim))).sum())
+def _metrics(ds: data.Dataset, split: str, logits: np.ndarray, when: str) -> dict[str, float]:
+    """The split's metrics from the model's logits (:meth:`Trainer.predict`).
+
+    Probabilities and log-probabilities are made in float64 on the host
+    (:func:`medft_jax.metrics.scores_from_logits`), and an image-level
+    task's AUROC and AP rank by the latter; a study's score (MURA) is the
+    mean of its images' float64 probabilities.
+    """
+    if not np.all(np.isfinite(logits)):
+        bad = int((~np.isfinite(logits)).any(axis=tuple(range(1, logits.ndim))).sum())
         raise NonFiniteOutputError(
-            f"the model's {split} outputs became NaN or infinite ({bad} of {len(probs)} "
+            f"the model's {split} outputs became NaN or infinite ({bad} of {len(logits)} "
             f"examples, {when}); try a smaller --lr or --precision fp32"
         )
+    probs, log_probs = metrics.scores_from_logits(logits, ds.multilabel)
     _, scores, labels = ds.grouped_scores(split, probs)
-    return metrics.compute_metrics(scores, labels, multilabel=ds.multilabel)
+    rank = log_probs if ds.eval_grouping == "image" else None
+    return metrics.compute_metrics(scores, labels, multilabel=ds.multilabel, rank_scores=rank)
 
 
 @jax.jit

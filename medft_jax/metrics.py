@@ -43,6 +43,12 @@ of floats, the same for validation (early stopping, LR choice) and test
 ``f1``
     Macro F1 (multilabel: per class at the threshold).
 
+The rank metrics (``map``, ``auroc``) rank by log-probabilities in float64 when
+given (:func:`scores_from_logits`): float32 probabilities round to exactly 1.0
+once a logit's margin passes about 16.6, and every such example then tied,
+however confident the model was of each, which moved AUROC and AP with the
+ties (a confident model fine-tuned long on small data gets there).
+
 Undefined values are NaN, never a crash. A class whose labels take only
 one value in the split has no ROC AUC (and no AP without positives): it
 gives NaN for that class with a :class:`UndefinedClassWarning`, and the
@@ -74,6 +80,11 @@ def _sk():
 
     return metrics
 
+
+RANKED_BY = "float64 log-probabilities"
+"""A run record's ``ranked_by``: what its AUROC and AP ranked the examples by. Records
+without it (written before 2026-12-06) ranked by float32 probabilities, which tie past a
+logit margin of about 16.6 (see the module docstring)."""
 
 THRESHOLD = 0.5
 """Multilabel decision threshold on sigmoid probabilities."""
@@ -185,12 +196,37 @@ def task_metrics(
     return (first, "auroc" if first != "auroc" else "accuracy")
 
 
+def scores_from_logits(logits: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, log_probabilities)`` of ``(N, C)`` logits, both float64: softmax
+    rows (single-label) or independent sigmoids (multilabel).
+
+    The log-probabilities keep the order of confident examples that rounding
+    makes equal probabilities (1 - p below float64's 1.1e-16, or float32's
+    6e-8): ``log p = (z - max) - log1p(sum of the others' exp(z - max))`` for a
+    softmax row, ``-softplus(-z)`` for a sigmoid, so the largest is ``-log1p(tiny)``
+    and not ``log(1 + tiny) = 0``. Rank metrics are read from them
+    (``rank_scores`` of :func:`compute_metrics`); the probabilities, exp of them,
+    decide the thresholded ones.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if multilabel:
+        log_p = -(np.maximum(-z, 0.0) + np.log1p(np.exp(-np.abs(z))))
+    else:
+        top = z.argmax(axis=1)[:, None]
+        shifted = z - np.take_along_axis(z, top, axis=1)
+        rest = np.exp(shifted)
+        np.put_along_axis(rest, top, 0.0, axis=1)  # the max's own exp(0) = 1, added exactly
+        log_p = shifted - np.log1p(rest.sum(axis=1, keepdims=True))
+    return np.exp(log_p), log_p
+
+
 def compute_metrics(
     scores: np.ndarray,
     labels: np.ndarray,
     *,
     multilabel: bool,
     threshold: float = THRESHOLD,
+    rank_scores: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All metrics of one evaluation split as plain floats (see the module docstring).
 
@@ -201,19 +237,28 @@ def compute_metrics(
         multi-hot rows (multilabel).
       multilabel: which of the two the task is.
       threshold: multilabel decision threshold (ignored for single-label).
+      rank_scores: ``(N, C)``, each column in the order of ``scores``' (its
+        log-probabilities, :func:`scores_from_logits`): what ``map`` and
+        ``auroc`` rank by, where ``scores`` would tie (default: ``scores``).
 
     Raises:
       ValueError: shapes that do not match, labels out of range, or
         non-finite scores (a diverged model must not get a score).
     """
     scores, onehot = _validate(scores, labels, multilabel)
+    if rank_scores is None:
+        rank = scores
+    else:
+        rank = np.asarray(rank_scores, dtype=np.float64)
+        if rank.shape != scores.shape or not np.all(np.isfinite(rank)):
+            raise ValueError(f"rank_scores must be finite, shaped as scores {scores.shape}")
     # Warnings are collected and raised again here so that they point at the caller.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if multilabel:
-            result = _multilabel_metrics(scores, onehot, threshold)
+            result = _multilabel_metrics(scores, rank, onehot, threshold)
         else:
-            result = _single_label_metrics(scores, np.asarray(labels).astype(np.int64))
+            result = _single_label_metrics(scores, rank, np.asarray(labels).astype(np.int64))
     for w in caught:
         warnings.warn(w.message, w.category, stacklevel=2)
     return result
@@ -245,17 +290,19 @@ def _validate(
     return scores, np.eye(c, dtype=np.int64)[labels]
 
 
-def _single_label_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def _single_label_metrics(
+    scores: np.ndarray, rank: np.ndarray, labels: np.ndarray
+) -> dict[str, float]:
     c = scores.shape[1]
     pred = scores.argmax(axis=1)
     onehot = np.eye(c, dtype=np.int64)[labels]
     pred_onehot = np.eye(c, dtype=np.int64)[pred]
     if c == 2:  # the standard binary AUROC: positive class only, no double counting
-        auroc = _macro("auroc", [_auroc(onehot[:, 1], scores[:, 1])], [1])
+        auroc = _macro("auroc", [_auroc(onehot[:, 1], rank[:, 1])], [1])
     else:
-        auroc = _per_class_macro("auroc", _auroc, onehot, scores)
+        auroc = _per_class_macro("auroc", _auroc, onehot, rank)
     return {
-        "map": _per_class_macro("map", _average_precision, onehot, scores),
+        "map": _per_class_macro("map", _average_precision, onehot, rank),
         "accuracy": _eq6_accuracy(onehot, pred_onehot),
         "top1_accuracy": float(np.mean(pred == labels)),
         "balanced_accuracy": _balanced_accuracy(labels, pred),
@@ -265,7 +312,9 @@ def _single_label_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, f
     }
 
 
-def _multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+def _multilabel_metrics(
+    scores: np.ndarray, rank: np.ndarray, labels: np.ndarray, threshold: float
+) -> dict:
     pred = (scores >= threshold).astype(np.int64)
     binary_ba = [
         _binary_balanced_accuracy(labels[:, k], pred[:, k]) for k in range(labels.shape[1])
@@ -275,11 +324,11 @@ def _multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float
     # and would average the F1 of its negatives in.
     binary_f1 = [_sk().f1_score(labels[:, k], pred[:, k], **_F1_KW) for k in range(labels.shape[1])]
     return {
-        "map": _per_class_macro("map", _average_precision, labels, scores),
+        "map": _per_class_macro("map", _average_precision, labels, rank),
         "accuracy": _eq6_accuracy(labels, pred),
         "subset_accuracy": float(np.mean(np.all(labels == pred, axis=1))),
         "balanced_accuracy": _nanmean(binary_ba),
-        "auroc": _per_class_macro("auroc", _auroc, labels, scores),
+        "auroc": _per_class_macro("auroc", _auroc, labels, rank),
         "kappa": _nanmean(binary_kappa),
         "f1": _nanmean(binary_f1),
     }

@@ -134,7 +134,9 @@ class RunRecord(TypedDict, total=False):
     ``split_sizes`` (split -> images; absent in older records), ``scored_units``
     (``{"unit": "study", "val": n, "test": n}`` where metrics are per study), ``medmnist_file``
     (``{"md5", "official"}``: whether a MedMNIST ``.npz`` is the published file),
-    ``finished_at`` is optional; the module docstring says what each key holds.
+    ``ranked_by`` (what AUROC and AP ranked by, :data:`medft_jax.metrics.RANKED_BY`;
+    absent in older records, which ranked by float32 probabilities), ``finished_at``
+    is optional; the module docstring says what each key holds.
     """
 
     config: dict[str, Any]
@@ -159,6 +161,7 @@ class RunRecord(TypedDict, total=False):
     best_epoch: int
     val: dict[str, float | None]
     test: dict[str, float | None]
+    ranked_by: str
     final_stage_epoch: int
     compile_seconds: float
     num_compilations: int

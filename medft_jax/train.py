@@ -98,11 +98,6 @@ def classification_loss(logits: jax.Array, labels: jax.Array, multilabel: bool) 
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def probabilities(logits: jax.Array, multilabel: bool) -> jax.Array:
-    logits = logits.astype(jnp.float32)
-    return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
-
-
 class Trainer:
     """Compiled train/eval steps for one model + strategy on one mesh.
 
@@ -603,16 +598,17 @@ class Trainer:
     def _eval(self, variables: PyTree, images: jax.Array, part: str = "all") -> jax.Array:
         x = _model_input(images, part, self.compute_dtype)
         out = self.model.apply(variables, x, **_part_kwargs(part))
-        if part == "backbone":  # features, stored in float32 (exact for bf16 compute)
-            return out.astype(jnp.float32)
-        return probabilities(out, self.multilabel)
+        # Features are stored in float32 (exact for bf16 compute). Logits, not
+        # probabilities: float32 rounds a probability to 1.0 past a margin of 16.6, and the
+        # host makes them in float64 (medft_jax.metrics.scores_from_logits).
+        return out.astype(jnp.float32)
 
     def compile_eval(self, state: TrainState, images: jax.Array, part: str = "all") -> float:
         """Compiles the eval step for batches shaped like ``images``; its seconds (0 if done).
 
         Ahead of time, so that its cost is counted as compilation, not as
         the epoch's time (records report the two apart). ``part``: what the
-        step computes (:data:`medft_jax.models.layers.PARTS`): probabilities
+        step computes (:data:`medft_jax.models.layers.PARTS`): logits
         from images (``'all'``) or from features (``'head'``), or the
         features themselves (``'backbone'``).
         """
@@ -627,7 +623,8 @@ class Trainer:
         return seconds
 
     def predict(self, state: TrainState, batches, *, from_features: bool = False) -> np.ndarray:
-        """Probabilities for every real (unmasked) example of ``batches``, in order.
+        """The head's float32 logits for every real (unmasked) example of ``batches``, in
+        order (:func:`medft_jax.metrics.scores_from_logits` makes them probabilities).
 
         ``batches`` yield this process's rows (``image``, ``mask``); with
         several processes the rows of all of them are gathered, in process

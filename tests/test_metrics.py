@@ -345,3 +345,80 @@ def test_task_columns_are_the_papers():
         assert metrics.TASK_METRICS[task] == ("accuracy", "kappa")
     for task in ("chexpert", "cholect50_instrument"):
         assert metrics.TASK_METRICS[task] == ("map", "auroc")
+
+
+def test_scores_from_logits_are_float64_softmax_and_sigmoid_with_exact_logs():
+    from scipy.special import expit, log_expit, log_softmax, softmax
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 4, (50, 4)).astype(np.float32)
+    for multilabel, p_ref, logp_ref in (
+        (False, softmax(z.astype(np.float64), axis=1), log_softmax(z.astype(np.float64), axis=1)),
+        (True, expit(z.astype(np.float64)), log_expit(z.astype(np.float64))),
+    ):
+        p, logp = metrics.scores_from_logits(z, multilabel)
+        assert p.dtype == logp.dtype == np.float64
+        np.testing.assert_allclose(p, p_ref, rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(logp, logp_ref, rtol=1e-12, atol=1e-15)
+    # Past float64's own 1 - 1e-16 the logs still order the confident rows.
+    margins = np.asarray([20.0, 30.0, 40.0, 60.0], np.float32)
+    _, logp = metrics.scores_from_logits(np.stack([np.zeros(4), margins], axis=1), False)
+    assert np.all(np.diff(logp[:, 1]) > 0)
+    np.testing.assert_allclose(logp[:, 1], -np.exp(-margins.astype(np.float64)), rtol=1e-8)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_confident_examples_rank_by_their_logits_not_float32_ties(multilabel):
+    """float32 probabilities round to 1.0 past a logit margin of about 16.6: five confident
+    negatives (18-19) tied with the positives (20-40), AUROC 0.64 for a model
+    that ranks them perfectly (both 1.0)."""
+    margin = np.asarray([20, 25, 30, 35, 40, 18, 18.5, 18.7, 18.9, 19, -3, -4], np.float32)
+    positive = np.asarray([1] * 5 + [0] * 7)
+    if multilabel:
+        logits, labels = margin[:, None], positive[:, None]
+        f32 = 1 / (1 + np.exp(-logits))
+    else:
+        logits = np.stack([np.zeros_like(margin), margin], axis=1)
+        labels = positive
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        f32 = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    assert np.sum(f32.astype(np.float32)[:, -1] == 1.0) == 10  # the ties that were scored
+    before = compute_metrics(f32, labels, multilabel=multilabel)
+    assert before["auroc"] == pytest.approx((10 + 25 / 2) / 35)  # 25 tied pairs count half
+    p, logp = metrics.scores_from_logits(logits, multilabel)
+    after = compute_metrics(p, labels, multilabel=multilabel, rank_scores=logp)
+    assert after["auroc"] == 1.0 and (after["map"] == 1.0 if multilabel else True)
+    # The thresholded metrics come from the probabilities, as before.
+    for k in ("accuracy", "kappa", "f1"):
+        assert after[k] == pytest.approx(before[k])
+    with pytest.raises(ValueError, match="rank_scores must be finite"):
+        compute_metrics(p, labels, multilabel=multilabel, rank_scores=logp[:3])
+
+
+def test_a_runs_metrics_rank_its_confident_examples_by_their_logits():
+    """fit's metrics of a split, from the logits the eval step now returns (it returned
+    float32 probabilities, which tied past a margin of 16.6); a study's score (MURA) is the
+    mean of its images' float64 probabilities."""
+    from medft_jax import fit
+    from medft_jax.data.arrays import make_split
+    from medft_jax.data.dataset import Dataset
+
+    margin = np.asarray([20, 25, 30, 35, 40, 18, 18.5, 18.7, 18.9, 19, -3, -4], np.float32)
+    labels = np.asarray([1] * 5 + [0] * 7)
+    logits = np.stack([np.zeros_like(margin), margin], axis=1)
+    split = make_split(np.zeros((12, 2, 2, 3), np.uint8), labels)
+    ds = Dataset("toy", {"train": split, "val": split, "test": split}, ("no", "yes"))
+    assert fit._metrics(ds, "test", logits, "epoch 0")["auroc"] == 1.0
+    # Studies of two images each (the same study twice over): ranked by mean probability.
+    groups = np.repeat(np.arange(6).astype(str), 2)
+    split = make_split(
+        np.zeros((12, 2, 2, 3), np.uint8), np.repeat([1, 1, 0, 0, 0, 0], 2), groups=groups
+    )
+    ds = Dataset(
+        "toy", {"train": split, "val": split, "test": split}, ("no", "yes"), eval_grouping="study"
+    )
+    study = np.asarray([30, 30, 25, 25, 3, 3, 2, 2, -1, -1, -2, -2], np.float32)
+    got = fit._metrics(ds, "test", np.stack([np.zeros(12), study], axis=1), "epoch 0")
+    assert got["auroc"] == 1.0
+    with pytest.raises(fit.NonFiniteOutputError, match="test outputs became NaN"):
+        fit._metrics(ds, "test", np.full((12, 2), np.nan, np.float32), "epoch 0")

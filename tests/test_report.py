@@ -20,6 +20,7 @@ from medft_jax import results
 from medft_jax.atomic import DIR_MODE
 from medft_jax.config import NUMERICS_VERSION, RunConfig, numerics_version
 from medft_jax.grid import Grid
+from medft_jax.metrics import RANKED_BY
 from medft_jax.names import ARCHS
 from medft_jax.report import (
     beats_ft,
@@ -86,6 +87,7 @@ def rec(
         "epochs": [{"images_per_s": ips, "seconds": 1.0}] * epochs,
         "train_seconds": seconds,
         "environment": {"device_count": devices},
+        "ranked_by": RANKED_BY,
     }
 
 
@@ -2252,3 +2254,18 @@ def test_a_report_out_under_a_file_names_the_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"error: --out {out}: {tmp_path / 'afile'} is a file, expected a folder\n"
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_the_index_says_how_many_records_ranked_by_float32_probabilities(tmp_path):
+    """Records written before AUROC and AP ranked by float64 log-probabilities lack
+    ``ranked_by``: their two rank metrics may carry float32's ties, which the index says."""
+    old = rec(strategy="lp")
+    del old["ranked_by"]
+    summary = collect([rec(), old])
+    assert summary.float32_ranked == 1
+    index = write_report(summary, tmp_path / "out").read_text()
+    assert (
+        "1 record (written before 2026-12-06) ranked AUROC and mAP by float32 probabilities"
+    ) in index
+    index = write_report(collect([rec()]), tmp_path / "again").read_text()
+    assert "float32 probabilities" not in index

@@ -495,3 +495,20 @@ print(json.dumps(out))
     one, two = json.loads(proc.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(two[0], one[0], rtol=1e-5)
     np.testing.assert_allclose(two[1], one[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+def test_predict_returns_the_models_float32_logits(tiny):
+    """The eval step returned float32 probabilities, which round to 1.0 past a logit margin
+    of about 16.6: every confident example then tied in AUROC and AP. It returns the logits,
+    which the host turns into float64 probabilities and log-probabilities."""
+    model, variables = tiny
+    trainer, _ = _lp_trainer(model, variables)
+    state = trainer.init_state(variables)
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
+    mask = np.asarray([True] * 5 + [False])
+    got = trainer.predict(state, [{"image": images, "mask": mask}])
+    want = model.apply(variables, train.normalize(images[:5], jnp.float32))
+    assert got.dtype == np.float32 and got.shape == (5, 2)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got.sum(axis=1), 1.0)  # logits, not softmax rows

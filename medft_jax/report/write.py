@@ -440,6 +440,16 @@ def index_markdown(
             "",
             f"{summary.left_out} records or failure notes outside the grid were left out.",
         ]
+    if summary.float32_ranked:
+        n = summary.float32_ranked
+        lines += [
+            "",
+            f"{n} record{'s' if n != 1 else ''} (written before 2026-12-06) ranked AUROC and "
+            "mAP by float32 probabilities, which round to 1.0 past a logit margin of about "
+            "16.6: where a model was that confident, its examples tied, and those two metrics "
+            "can read lower or higher than the model's ranking gives (the other metrics are "
+            "as now); rerun such runs with --force to score them as now.",
+        ]
     if summary.superseded:
         n = summary.superseded
         lines += [
