@@ -30,3 +30,24 @@ def test_the_prepare_extra_installs_one_tensorflow_with_wheels_for_the_machine(m
         if r.name.startswith("tensorflow") and (r.marker is None or r.marker.evaluate(env))
     ]
     assert chosen == [wanted]
+
+
+@pytest.mark.parametrize(
+    ("package", "broken"),
+    [
+        ("jax", "0.6.2"),  # no Compiled.out_info: every training run crashed (Python 3.10's)
+        ("jax", "0.7.0"),  # a model saved across two devices does not load with new orbax
+        ("optax", "0.2.4"),  # no optax.partition
+        ("orbax-checkpoint", "0.11.21"),  # metadata() is the tree, not .item_metadata
+        ("orbax-checkpoint", "0.11.32"),  # an absl warning line before predict's one error line
+        ("grain", "0.2.11"),  # no grain.MultiprocessingOptions (worker processes)
+    ],
+)
+def test_the_floors_leave_out_releases_the_toolkit_fails_on(package, broken):
+    """The floors were jax>=0.5.1, optax>=0.2.3, orbax>=0.6 and grain>=0.2.2, never tested:
+    pip kept an installed or Python 3.10 release that crashed."""
+    (req,) = [
+        r for r in map(Requirement, PYPROJECT["project"]["dependencies"]) if r.name == package
+    ]
+    assert not req.specifier.contains(broken)
+    assert PYPROJECT["project"]["requires-python"] == ">=3.11"  # jax 0.7 needs it
