@@ -415,7 +415,7 @@ def run_one(
     record_file = results.record_path(out_dir, cfg)
     if not force and process_0_says(record_file.exists()):  # every process decides alike
         record = results.read_record(record_file)
-        clear_leftovers(run_dir)
+        found_done(run_dir)
         return record
     ds.check_scorable()  # before the run's folder exists
     # One process per run (another gets RunLocked); the lock is released, and this
@@ -1216,6 +1216,16 @@ def _duplicates(ds: data.Dataset) -> dict[str, Any]:
     training images: their scores are inflated by that many, and the record says so."""
     counts = duplicate_counts(ds.metadata)
     return {"eval_copies_of_train": counts} if counts else {}
+
+
+def found_done(run_dir: Path) -> None:
+    """What finding a run's record for the data on disk does: clears what a kill left
+    beside it (:func:`clear_leftovers`) and stamps it as current
+    (:func:`medft_jax.results.confirm_current`: data edited and put back makes it the
+    newest again for ``report --latest``)."""
+    clear_leftovers(run_dir)
+    if jax.process_index() == 0:
+        results.confirm_current(run_dir)
 
 
 def clear_leftovers(run_dir: Path) -> None:

@@ -80,6 +80,7 @@ over seeds (:mod:`medft_jax.report.aggregate`) reads ``None`` as NaN.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import math
@@ -97,6 +98,34 @@ from medft_jax.names import ARCHS, STRATEGIES, TEST_ARCHS, recorded_dataset_erro
 
 RECORD_NAME = "record.json"
 PREVIOUS_NAMES = ("previous", "previous.new")
+CONFIRMED_NAME = "confirmed.json"
+"""Beside a record: when a later run command last found it current (its settings and
+data are the ones on disk then) and skipped it; :data:`CONFIRMED_KEY` to readers."""
+CONFIRMED_KEY = "confirmed_at"
+"""The key :func:`load_records_at` gives a record from its :data:`CONFIRMED_NAME`: the
+report's ``--latest`` orders runs on other data by it too (data edited, then put back:
+the run on the data now on disk was the oldest record, and the one on the edit won)."""
+
+
+def confirm_current(run_dir: Path) -> None:
+    """Notes that ``run_dir``'s record was just found to be of the data on disk
+    (:data:`CONFIRMED_NAME`); a folder that cannot be written (read-only results) is left
+    as it is, since nothing but ``--latest``'s order depends on it."""
+    stamp = {CONFIRMED_KEY: datetime.datetime.now(datetime.UTC).isoformat()}
+    with contextlib.suppress(OSError):
+        write_bytes(run_dir / CONFIRMED_NAME, json.dumps(stamp).encode())
+
+
+def _confirmed_at(run_dir: Path) -> str | None:
+    """The time in ``run_dir``'s :data:`CONFIRMED_NAME`; None if absent or unreadable
+    (it orders runs only: a damaged one is no reason to refuse a report)."""
+    try:
+        value = json.loads((run_dir / CONFIRMED_NAME).read_text()).get(CONFIRMED_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 """Sub-folders of a run folder where ``--force`` keeps the last finished ``record.json``
 and ``best/`` until the new ones are written (a forced run that is interrupted loses no
 result); their records are not the run's and are never loaded."""
@@ -512,6 +541,9 @@ def load_records_at(
             continue
         if not sealed and unsealed is not None:
             unsealed.append(path)
+        confirmed = _confirmed_at(path.parent)
+        if confirmed is not None:
+            record[CONFIRMED_KEY] = confirmed
         records.append((path, record))
     return records
 

@@ -199,7 +199,7 @@ class Session:
                 results.check_finished(path, record)
             except results.RecordError as e:  # this run's file: the others can go on
                 return Outcome(config, DAMAGED, error=str(e), exception=e)
-            fit.clear_leftovers(results.run_dir(self.out, config.to_dict()))
+            fit.found_done(results.run_dir(self.out, config.to_dict()))
             return Outcome(config, SKIPPED, record=record)
         if state == "failed" and not (self.retry_failed or self.force):
             return Outcome(config, FAILED_BEFORE)

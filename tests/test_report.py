@@ -931,8 +931,8 @@ def test_runs_on_edited_data_name_the_superseded_folders_oldest_first():
         collect([new_ft, old_ft, old_lp])
     assert str(e.value) == (
         "dataset 'folder' holds runs on different images (source_fingerprint resnet_tiny: p-d2 "
-        "(older, finished 2025-01-01T10:00:00; folder /data/hospA; e.g. "
-        f"{old_ft['run']}); resnet_tiny: p-d1 (newest, finished 2025-01-02T10:00:00; folder "
+        "(older, current at 2025-01-01T10:00:00; folder /data/hospA; e.g. "
+        f"{old_ft['run']}); resnet_tiny: p-d1 (newest, current at 2025-01-02T10:00:00; folder "
         f"/data/hospA; e.g. {new_ft['run']})): the data was edited between them (same files "
         "and labels, other pixels); their cells cannot be compared: the 2 runs on older data "
         f"({old_ft['run']}, {old_lp['run']}) are superseded: move or delete their folders from "
@@ -987,6 +987,39 @@ def test_latest_keeps_each_runs_newest_data_and_the_report_says_how_many_it_left
     for newer in (other, undated, unnamed):
         with pytest.raises(results.RecordError, match="holds runs on different images"):
             collect([old[0], newer], latest=True)
+
+
+def test_latest_keeps_the_run_a_later_command_found_current_after_an_edit_was_undone(
+    tmp_path, capsys
+):
+    """Run on d1, an image added (d2) and run again, the image removed: the sweep skipped the
+    d1 runs (done), but --latest kept d2's, whose data is no longer on disk, and the plain
+    refusal told the user to delete d1's, the current data's only runs."""
+    first = [own(s, data="d1", when=1, test=0.6) for s in ("ft", "lp")]
+    edit = [own(s, data="d2", when=2, test=0.9) for s in ("ft", "lp")]
+    runs = tmp_path / "runs"
+    _write_runs(runs, [*first, *edit])
+    for r in first:  # what run_one's skip of a current record leaves
+        folder = runs / r["run"]
+        assert (folder / results.RECORD_NAME).is_file()
+        (folder / results.CONFIRMED_NAME).write_text(
+            json.dumps({results.CONFIRMED_KEY: "2025-01-03T10:00:00+00:00"})
+        )
+    loaded = results.load_records(runs)
+    assert sorted(r.get(results.CONFIRMED_KEY, "") for r in loaded)[-1].startswith("2025-01-03")
+    summary = collect(loaded, latest=True)
+    assert summary.superseded == 2
+    assert summary.cell("folder", "resnet_tiny", "ft").mean() == pytest.approx(0.6)
+    with pytest.raises(results.RecordError) as e:
+        collect(loaded)
+    superseded = str(e.value).split("the 2 runs on older data")[1]
+    assert all(r["run"] in superseded for r in edit)
+    assert not any(r["run"] in superseded for r in first)
+    # A damaged stamp only orders runs: it is read as none, not refused.
+    (runs / first[0]["run"] / results.CONFIRMED_NAME).write_text("{")
+    again = {r["run"]: r for r in results.load_records(runs)}
+    assert results.CONFIRMED_KEY not in again[first[0]["run"]]
+    assert results.CONFIRMED_KEY in again[first[1]["run"]]
 
 
 def test_cli_latest_reports_the_current_runs_the_refusal_names_the_superseded(tmp_path, capsys):

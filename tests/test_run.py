@@ -12,7 +12,7 @@ import pytest
 
 import weights_port
 from experiments.run import main
-from medft_jax import fit, strategies
+from medft_jax import fit, results, strategies
 from medft_jax.checkpoints import pretrained
 from medft_jax.checkpoints.model import load_model
 from medft_jax.checkpoints.pretrained import merge
@@ -435,11 +435,15 @@ def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
 
     best = load_metadata(Path(record_line.removeprefix("record: ")).parent / "best")
     assert (best["resize_size"], best["crop_size"]) == (32, 32)
-    # The same command again trains nothing: skipped, and no warning of random weights.
+    # The same command again trains nothing: skipped, and no warning of random weights;
+    # the record is stamped as found current (report --latest orders by it).
+    stamp = Path(record_line.removeprefix("record: ")).parent / results.CONFIRMED_NAME
+    assert not stamp.exists()
     monkeypatch.setattr(pretrained, "_WARNED", set())
     assert main(argv) == 0
     cap = capsys.readouterr()
     assert "skipped: record exists" in cap.out and "RANDOM INITIALISATION" not in cap.err
+    assert json.loads(stamp.read_text())[results.CONFIRMED_KEY] > record["finished_at"]
 
 
 def test_test_metrics_from_before_the_final_stage_are_noted(capsys):
@@ -655,7 +659,7 @@ def test_an_option_at_its_default_or_written_as_an_int_is_the_same_run(tmp_path)
 
     from experiments.run import build_parser, make_configs
     from medft_jax import grid as grid_lib
-    from medft_jax import results, strategies
+    from medft_jax import strategies
     from medft_jax.config import OPTION_DEFAULTS
 
     made = inspect.signature(strategies.make).parameters

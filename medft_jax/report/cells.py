@@ -812,8 +812,8 @@ def _check_same(dataset: str, runs: list[dict[str, Any]], key: str, what: str, w
         )
     else:
         each = "; ".join(
-            f"{_archs(rs)}: {fp} ({'newest' if i == len(order) - 1 else 'older'}, finished "
-            f"{_newest(rs)[:19]}; {_where(rs)}e.g. {_run_of(rs[0])})"
+            f"{_archs(rs)}: {fp} ({'newest' if i == len(order) - 1 else 'older'}, "
+            f"current at {_newest(rs)[:19]}; {_where(rs)}e.g. {_run_of(rs[0])})"
             for i, (fp, rs) in enumerate(order)
         )
     raise RecordError(
@@ -827,9 +827,17 @@ def _archs(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _finished(run: Mapping[str, Any]) -> str:
-    """A record's ``finished_at`` as ``YYYY-MM-DDTHH:MM:SS.ffffff`` in UTC, which orders as
-    text; "" when it has none or none readable (a failure note, an older record)."""
-    value = run.get("finished_at")
+    """When a record was last known current, as ``YYYY-MM-DDTHH:MM:SS.ffffff`` in UTC, which
+    orders as text: its ``finished_at``, or the later time a run command found it of the
+    data on disk and skipped it (:data:`medft_jax.results.CONFIRMED_KEY`); "" when it has no
+    readable ``finished_at`` (a failure note, an older record)."""
+    finished = _utc_text(run.get("finished_at"))
+    if not finished:
+        return ""
+    return max(finished, _utc_text(run.get(results.CONFIRMED_KEY)))
+
+
+def _utc_text(value: Any) -> str:
     try:
         when = datetime.datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
