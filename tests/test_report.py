@@ -1243,9 +1243,10 @@ def test_records_without_the_seal_are_counted_in_one_note(tmp_path, capsys):
 
 
 def test_run_folders_without_a_record_are_counted_with_their_size(tmp_path, capsys):
-    """A run killed, then its sweep's settings edited: its folder and checkpoints stay on
-    disk, and no table or listing named it. Finished and failed runs are not counted,
-    nor a --force's previous/."""
+    """A run killed, then its sweep's settings (or its data) edited: its folder and
+    checkpoints stay on disk, and no table or listing named it. Finished and failed runs
+    are not counted, nor a --force's previous/. Beside the finished run of its name (the
+    rerun on the edited data, say) it is never resumed: the note said the sweep would."""
     runs = tmp_path / "runs"
     _write_runs(runs, [rec(strategy="ft"), rec(strategy="lp")])
     killed = runs / "bach-resnet50-ft-lr0.0001-s0-0123456789abcdef"
@@ -1262,8 +1263,11 @@ def test_run_folders_without_a_record_are_counted_with_their_size(tmp_path, caps
     assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().err == (
         "note: 1 run folder(s) hold no record, 3.0 MB of checkpoints (killed, still running, "
-        f"or run with settings since changed), e.g. {killed}: the sweep that ran them "
-        "resumes them; delete one to free its disk\n"
+        f"or run with settings or data since changed), e.g. {killed}: rerunning the same "
+        "command resumes one only while its settings and data are as they were (edited data "
+        "is another run); 1 of them sit beside a finished run of the same name on other data "
+        f"or settings, which superseded them (never resumed), e.g. {killed}; delete one to "
+        "free its disk\n"
     )
 
 
