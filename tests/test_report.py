@@ -849,7 +849,8 @@ def test_archs_trained_on_different_splits_are_refused():
     assert str(e.value).startswith(
         f"dataset 'bach' holds runs on different images (source_fingerprint resnet50: p1 (e.g. "
         f"{first['run']}); vgg19: p2 (e.g. {second['run']})): the data was edited "
-        "between them (same files and labels, other pixels); their cells cannot be compared"
+        "between them (same files, splits and labels: other pixels, or the listing in "
+        "another order, e.g. a labels CSV's rows reordered); their cells cannot be compared"
     )
     decoded = {**split("vgg19", "lp", "s1", "d2"), "decoding": {"bits_stored": 12}}
     with pytest.raises(results.RecordError, match=r"decoding\.bits_stored: .*separate --runs"):
@@ -933,8 +934,9 @@ def test_runs_on_edited_data_name_the_superseded_folders_oldest_first():
         "dataset 'folder' holds runs on different images (source_fingerprint resnet_tiny: p-d2 "
         "(older, finished 2025-01-01T10:00:00; folder /data/hospA; e.g. "
         f"{old_ft['run']}); resnet_tiny: p-d1 (newest, finished 2025-01-02T10:00:00; folder "
-        f"/data/hospA; e.g. {new_ft['run']})): the data was edited between them (same files "
-        "and labels, other pixels); their cells cannot be compared: the 2 runs on older data "
+        f"/data/hospA; e.g. {new_ft['run']})): the data was edited between them (same files, "
+        "splits and labels: other pixels, or the listing in another order, e.g. a labels "
+        "CSV's rows reordered); their cells cannot be compared: the 2 runs on older data "
         f"({old_ft['run']}, {old_lp['run']}) are superseded: move or delete their folders from "
         f"--runs (1 of them, {old_lp['run']}, not rerun on the newest data yet: a sweep of the "
         "grid reruns them), or report them from separate --runs folders"
