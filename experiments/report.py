@@ -23,6 +23,7 @@ not be, be inside, or contain ``--runs``.
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import sys
 from collections.abc import Sequence
@@ -161,16 +162,35 @@ def _summary(args: argparse.Namespace):
             f"{results.PREVIOUS_NAMES[0]}/ until the rerun ends, e.g. {forced[0]}",
             file=sys.stderr,
         )
-    if unfinished:  # a kill, a run going on, or a run whose settings changed since
+    if unfinished:  # a kill, a run going on, or a run whose settings or data changed since
         held = _size(sum(size for _, size in unfinished))
+        beside = [folder for folder, _ in unfinished if _finished_sibling(folder)]
+        left = (
+            f"; {len(beside)} of them sit beside a finished run of the same name on other "
+            f"data or settings, which superseded them (never resumed), e.g. {beside[0]}"
+            if beside
+            else ""
+        )
         print(
             f"note: {len(unfinished)} run folder(s) hold no record, {held} of checkpoints "
-            f"(killed, still running, or run with settings since changed), e.g. "
-            f"{unfinished[0][0]}: the sweep that ran them resumes them; delete one to free "
-            "its disk",
+            f"(killed, still running, or run with settings or data since changed), e.g. "
+            f"{unfinished[0][0]}: rerunning the same command resumes one only while its "
+            f"settings and data are as they were (edited data is another run){left}; delete "
+            "one to free its disk",
             file=sys.stderr,
         )
     return summary
+
+
+def _finished_sibling(folder: Path) -> bool:
+    """Whether a run folder of ``folder``'s name with another hash holds a record."""
+    stem = folder.name.rpartition("-")[0]
+    return any(
+        other != folder
+        and other.name.rpartition("-")[0] == stem
+        and (other / results.RECORD_NAME).is_file()
+        for other in folder.parent.glob(f"{glob.escape(stem)}-*")
+    )
 
 
 def _size(n: int) -> str:

@@ -194,11 +194,13 @@ def dry_run(
         if results.failure_path(out, f["config"]).is_file()
     }
 
+    unbuilt: dict[str, str] = {}
     changed = _data_changed(
         [runs[k] for k in grid_lib.shard_positions(runs, index, count)],
         [r for r in records if results.record_path(out, r["config"]).is_file()],
         data_dir,
         g.dataset_options,
+        unbuilt,
     )
 
     broken_keys, broken_names = _damaged_runs(damaged, out)
@@ -249,6 +251,18 @@ def dry_run(
         print(
             f"{stale} of them have records on data that changed since ({why}): the sweep "
             "runs them again, unless the rebuilt cache holds the same images"
+        )
+    unknown = [
+        unbuilt[key]
+        for k in mine
+        if states[k] == "done" and (key := results.settings_hash(runs[k].to_dict())) in unbuilt
+    ]
+    if unknown:
+        print(
+            f"{len(unknown)} 'done' of them are on user data whose cache is not built here "
+            f"(deleted, or another --data-dir): checked from the listing only "
+            f"({'; '.join(sorted(set(unknown)))}); a file replaced under its name is found "
+            "when the sweep builds the cache, and its runs then run again"
         )
     print(
         "a run's folder is its name with a hash in place of '*': the hash covers the data's "
@@ -310,22 +324,28 @@ def _data_changed(
     records: list[dict[str, Any]],
     data_dir: str | None,
     dataset_options: Any,
+    unbuilt: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Settings hash -> why, for the recorded runs of the user's ``folder``/``csv`` data
     whose data changed since: the cache is stale (files added, removed or touched), or
     holds other content than every record of the run was trained on. The listing is read,
-    nothing decoded; a cache not built yet is not judged (the sweep builds and compares)."""
+    nothing decoded. A cache not built yet (deleted, another ``--data-dir``) is judged by
+    the listing's split fingerprint (ids, splits, labels) against the records'; the runs
+    it cannot judge further (same listing: a file replaced under its name is found when
+    the sweep builds the cache; records without one) go into ``unbuilt``, key -> why."""
     recorded: dict[str, set[str]] = {}
+    recorded_splits: dict[str, set[str | None]] = {}
     for r in records:
         if r["config"].get("dataset") in LOCAL_KINDS:
             key = results.settings_hash(r["config"])
             recorded.setdefault(key, set()).add(str(r["config"].get("data_fingerprint")))
+            recorded_splits.setdefault(key, set()).add(r.get("split_fingerprint"))
     todo = [c for c in runs if results.settings_hash(c.to_dict()) in recorded]
     if not todo:
         return {}
     from medft_jax import fit  # JAX: only when there is such a run to check
 
-    states: dict[tuple[Any, ...], tuple[str | None, str | None] | None] = {}
+    states: dict[tuple[Any, ...], tuple[str | None, str | None, str | None] | None] = {}
     out: dict[str, str] = {}
     for c in todo:
         at = (c.dataset, fit.resize_for(c.arch, c.image_size), c.image_size, c.data_seed)
@@ -339,9 +359,23 @@ def _data_changed(
         state = states[at]
         if state is None:
             continue
-        fingerprint, reason = state
+        fingerprint, reason, split = state
         key = results.settings_hash(c.to_dict())
-        if fingerprint is None and reason != NOT_PREPARED:
+        if fingerprint is None and reason == NOT_PREPARED:
+            splits = recorded_splits[key]
+            if split is not None and None not in splits and split not in splits:
+                out[key] = (
+                    f"{c.dataset}: other examples, splits or labels than recorded (its cache "
+                    "is not built here; the listing says so)"
+                )
+            elif unbuilt is not None:
+                unbuilt[key] = (
+                    "same examples, splits and labels as recorded"
+                    if split is not None and None not in splits
+                    else "not compared (a record without split_fingerprint, or "
+                    "--skip-bad-images, whose skips only decoding finds)"
+                )
+        elif fingerprint is None:
             out[key] = f"{c.dataset}: {reason}"
         elif fingerprint is not None and fingerprint not in recorded[key]:
             out[key] = f"{c.dataset}: other images than recorded"

@@ -88,7 +88,7 @@ def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any)
 
 def data_state(
     config: RunConfig, data_dir: str | None = None, **options: Any
-) -> tuple[str | None, str | None] | None:
+) -> tuple[str | None, str | None, str | None] | None:
     """:func:`medft_jax.data.data_state` of the data :func:`load_dataset` would load."""
     return data.data_state(
         config.dataset,
@@ -584,6 +584,9 @@ def _prepare(
     if restored is None:
         stopper = EarlyStopping(patience=config.patience, start_epoch=final)
         progress = Progress([], stopper, attempts=[{"from_step": 0, **numerics_environment()}])
+        left = _left_by_other_data(ckpts.run_dir) if jax.process_index() == 0 else None
+        if left:
+            print(left, file=sys.stderr, flush=True)
     else:
         state, saved = restored
         try:
@@ -611,6 +614,36 @@ def _prepare(
         steps_per_epoch=steps_per_epoch,
         eval_batch_size=-(-eval_bs // n_dev) * n_dev,  # up: padded rows are masked
         weights_used=weights_used,
+    )
+
+
+def _left_by_other_data(run_dir: Path) -> str | None:
+    """The note a run starting from scratch says when a folder of its name with another
+    hash (same dataset, arch, strategy, lr and seed; other data, weights or settings)
+    holds resume checkpoints and no record: a run killed, then its data edited, is
+    another run (its hash covers the data's contents), so rerunning the command did not
+    resume it, and its checkpoints stay on disk until deleted. One glob of the run's
+    siblings; None when there is no such folder."""
+    stem, _, _ = run_dir.name.rpartition("-")
+    left = []
+    for other in sorted(run_dir.parent.glob(f"{glob.escape(stem)}-*")):
+        if other == run_dir or other.name.rpartition("-")[0] != stem:
+            continue
+        if (other / results.RECORD_NAME).exists() or (other / results.FAILURE_NAME).exists():
+            continue
+        latest = other / "checkpoints"
+        with contextlib.suppress(OSError):
+            if latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
+                left.append(other)
+    if not left:
+        return None
+    size = results.folder_bytes(left[0])
+    more = f" (and {len(left) - 1} more such folder(s))" if len(left) > 1 else ""
+    return (
+        f"note: {left[0]} ({size / 1e6:.1f} MB) holds the resume checkpoints of a run of the "
+        f"same name on other data, weights or settings (the data edited since it stopped, "
+        f"say){more}: it is not resumed, {run_dir.name} starts from scratch; delete it to "
+        "free the space"
     )
 
 

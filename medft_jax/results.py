@@ -646,6 +646,11 @@ def unfinished_runs(
     return found
 
 
+def folder_bytes(folder: str | Path) -> int:
+    """The bytes of the files under ``folder`` (a run folder's checkpoints, say)."""
+    return _tree_bytes(Path(folder))
+
+
 def _tree_bytes(folder: Path) -> int:
     total = 0
     for root, _, names in os.walk(folder):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -149,6 +150,40 @@ def test_worker_processes_give_the_same_batches(tmp_path):
     threads = _indices(ds.train_iter(8, seed=1, **ONE_HOST))
     workers = _indices(ds.train_iter(8, seed=1, num_workers=2, **ONE_HOST))
     assert all(np.array_equal(x, y) for x, y in zip(threads, workers, strict=True))
+
+
+def _toy_cache(path, images, labels):
+    """A finished cache of one ``train`` split at ``path`` (a rebuild swaps it in)."""
+    ids = np.asarray([f"im{i}" for i in range(len(images))])
+    fields = {"labels": labels, "ids": ids, "groups": ids, "patients": ids}
+    plan = cache_mod.SplitPlan(len(images), (4, 4, 3), cache_mod.chunked(images, 16), fields)
+    meta = {"class_names": ["a", "b", "c"], "multilabel": False, "eval_grouping": "image"}
+    return cache_mod.write_cache(path, {"train": plan}, meta, progress=False)
+
+
+def test_a_worker_refuses_a_cache_rebuilt_under_the_iterator(tmp_path):
+    """grain's worker processes re-open the memmapped images by file name. After the data
+    was edited and loaded again (the cache rebuilt at the same path), a worker read the new
+    file's rows under the old labels: every image after an insertion paired with its
+    neighbour's label, no error. The file mapped is checked to be the one opened."""
+    images, labels = _toy_arrays(40)
+    read, _ = cache_mod.read_cache(_toy_cache(tmp_path / "c", images, labels))
+    ds = Dataset("toy", read, ("a", "b", "c"))
+    it = ds.train_iter(8, seed=1, **ONE_HOST)
+    again = pickle.loads(pickle.dumps(it._source))  # what a worker process gets: unchanged
+    assert np.array_equal(again.images, images) and np.array_equal(
+        again[0]["image"], it._source[0]["image"]
+    )
+    shifted = np.concatenate([images[:1] + 100, images])  # one image added first
+    _toy_cache(tmp_path / "c", shifted, np.concatenate([labels[:1], labels]))
+    with pytest.raises(DataError, match="the dataset cache was rebuilt while this iterator"):
+        pickle.loads(pickle.dumps(it._source))
+    with pytest.raises(DataError, match=r"c/train_images\.npy: the dataset cache was rebuilt"):
+        next(ds.train_iter(8, seed=1, num_workers=1, **ONE_HOST))  # before any worker starts
+    # Loaded again: the new arrays, which workers may read.
+    fresh = Dataset("toy", cache_mod.read_cache(tmp_path / "c")[0], ("a", "b", "c"))
+    source = fresh.train_iter(8, seed=1, **ONE_HOST)._source
+    assert np.array_equal(pickle.loads(pickle.dumps(source)).images, shifted)
 
 
 def _toy_arrays(n: int):

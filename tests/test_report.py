@@ -849,7 +849,8 @@ def test_archs_trained_on_different_splits_are_refused():
     assert str(e.value).startswith(
         f"dataset 'bach' holds runs on different images (source_fingerprint resnet50: p1 (e.g. "
         f"{first['run']}); vgg19: p2 (e.g. {second['run']})): the data was edited "
-        "between them (same files and labels, other pixels); their cells cannot be compared"
+        "between them (same files, splits and labels: other pixels, or the listing in "
+        "another order, e.g. a labels CSV's rows reordered); their cells cannot be compared"
     )
     decoded = {**split("vgg19", "lp", "s1", "d2"), "decoding": {"bits_stored": 12}}
     with pytest.raises(results.RecordError, match=r"decoding\.bits_stored: .*separate --runs"):
@@ -933,8 +934,9 @@ def test_runs_on_edited_data_name_the_superseded_folders_oldest_first():
         "dataset 'folder' holds runs on different images (source_fingerprint resnet_tiny: p-d2 "
         "(older, current at 2025-01-01T10:00:00; folder /data/hospA; e.g. "
         f"{old_ft['run']}); resnet_tiny: p-d1 (newest, current at 2025-01-02T10:00:00; folder "
-        f"/data/hospA; e.g. {new_ft['run']})): the data was edited between them (same files "
-        "and labels, other pixels); their cells cannot be compared: the 2 runs on older data "
+        f"/data/hospA; e.g. {new_ft['run']})): the data was edited between them (same files, "
+        "splits and labels: other pixels, or the listing in another order, e.g. a labels "
+        "CSV's rows reordered); their cells cannot be compared: the 2 runs on older data "
         f"({old_ft['run']}, {old_lp['run']}) are superseded: move or delete their folders from "
         f"--runs (1 of them, {old_lp['run']}, not rerun on the newest data yet: a sweep of the "
         "grid reruns them), or report them from separate --runs folders"
@@ -1276,9 +1278,10 @@ def test_records_without_the_seal_are_counted_in_one_note(tmp_path, capsys):
 
 
 def test_run_folders_without_a_record_are_counted_with_their_size(tmp_path, capsys):
-    """A run killed, then its sweep's settings edited: its folder and checkpoints stay on
-    disk, and no table or listing named it. Finished and failed runs are not counted,
-    nor a --force's previous/."""
+    """A run killed, then its sweep's settings (or its data) edited: its folder and
+    checkpoints stay on disk, and no table or listing named it. Finished and failed runs
+    are not counted, nor a --force's previous/. Beside the finished run of its name (the
+    rerun on the edited data, say) it is never resumed: the note said the sweep would."""
     runs = tmp_path / "runs"
     _write_runs(runs, [rec(strategy="ft"), rec(strategy="lp")])
     killed = runs / "bach-resnet50-ft-lr0.0001-s0-0123456789abcdef"
@@ -1295,8 +1298,11 @@ def test_run_folders_without_a_record_are_counted_with_their_size(tmp_path, caps
     assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().err == (
         "note: 1 run folder(s) hold no record, 3.0 MB of checkpoints (killed, still running, "
-        f"or run with settings since changed), e.g. {killed}: the sweep that ran them "
-        "resumes them; delete one to free its disk\n"
+        f"or run with settings or data since changed), e.g. {killed}: rerunning the same "
+        "command resumes one only while its settings and data are as they were (edited data "
+        "is another run); 1 of them sit beside a finished run of the same name on other data "
+        f"or settings, which superseded them (never resumed), e.g. {killed}; delete one to "
+        "free its disk\n"
     )
 
 

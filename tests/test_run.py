@@ -791,3 +791,33 @@ def test_a_folder_runs_record_and_best_checkpoint_name_its_folder(tmp_path, monk
     on_disk = json.loads((tmp_path / "runs" / record["run"] / "record.json").read_text())
     assert on_disk["data_source"] == where
     assert load_metadata(tmp_path / "runs" / record["run"] / "best")["data_source"] == where
+
+
+def test_a_fresh_run_names_the_checkpoints_a_run_of_its_name_on_other_data_left(
+    demo, tmp_path, capsys
+):
+    """Killed, then the data edited, the same command starts another run (its hash covers
+    the data): right, but nothing said that the killed run was not resumed, nor that its
+    checkpoints stay on disk. One note names the folder, its size and the remedy."""
+    from medft_jax import results
+
+    config = _config("lp", "none", arch=TINY, epochs=1)
+    out = tmp_path / "runs"
+    name = results.run_name(fit.identify(config, demo).to_dict())
+    killed = out / (name.rpartition("-")[0] + "-0123456789abcdef")
+    (killed / "checkpoints" / "4" / "state").mkdir(parents=True)
+    (killed / "checkpoints" / "4" / "state" / "d").write_bytes(b"x" * 2_000_000)
+    finished = out / (name.rpartition("-")[0] + "-fedcba9876543210")  # has a record: not named
+    (finished / "checkpoints" / "4").mkdir(parents=True)
+    (finished / "record.json").write_text("{}")
+    assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=1) == {}
+    err = capsys.readouterr().err
+    assert (
+        f"note: {killed} (2.0 MB) holds the resume checkpoints of a run of the same name on "
+        "other data, weights or settings (the data edited since it stopped, say): it is not "
+        f"resumed, {name} starts from scratch; delete it to free the space\n"
+    ) in err
+    assert str(finished) not in err
+    # Resumed, the run says where from, not this again.
+    assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=2) == {}
+    assert str(killed) not in capsys.readouterr().err

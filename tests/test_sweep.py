@@ -434,6 +434,71 @@ def test_dry_run_counts_runs_whose_folder_changed_since_their_records(tmp_path, 
     assert "2 of them have records on data that changed since (folder: 1 file added)" in text
 
 
+def test_dry_run_compares_the_listing_with_the_records_when_the_cache_is_not_built(
+    tmp_path, capsys
+):
+    """A folder edited, then its cache deleted (or a fresh --data-dir): the dry run said
+    "done ... nothing to run", and the sweep ran it again. The listing's split fingerprint
+    (ids, splits, labels; nothing decoded) is compared with the records'."""
+    import dataclasses
+    import shutil
+
+    from PIL import Image
+
+    from medft_jax import fit
+
+    imgs = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (imgs / c).mkdir(parents=True)
+        for i in range(10):
+            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(imgs / c / f"{i}.png")
+    config = tmp_path / "f.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='f', datasets=('folder',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
+        "                settings={'weights': 'none', 'image_size': 32},\n"
+        f"                data_dir={str(tmp_path / 'data')!r},\n"
+        f"                dataset_options={{'folder': {{'manual_dir': {str(imgs)!r}}}}})\n"
+    )
+    g = grid_lib.load_grid(config)
+    (first,) = g.configs()
+    ds = fit.load_dataset(first, g.data_dir, manual_dir=str(imgs))
+    out = tmp_path / "runs"
+    c = dataclasses.replace(
+        first, data_fingerprint=ds.metadata["fingerprint"], weights_fingerprint="none"
+    )
+    results.write_record(
+        results.record_path(out, c.to_dict()),
+        {"config": c.to_dict(), "split_fingerprint": ds.split_fingerprint()},
+    )
+    shutil.rmtree(tmp_path / "data")  # the cache deleted
+
+    def listed() -> tuple[list[str], str]:
+        assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        return [line.split()[1] for line in text.splitlines() if line[:5].strip().isdigit()], text
+
+    states, text = listed()  # unchanged: done, saying what was checked
+    assert states == ["done"] and "done 1, failed 0, to run 0: " in text
+    assert (
+        "1 'done' of them are on user data whose cache is not built here (deleted, or another "
+        "--data-dir): checked from the listing only (same examples, splits and labels as "
+        "recorded); a file replaced under its name is found when the sweep builds the cache"
+    ) in text
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(imgs / "a" / "new.png")
+    states, text = listed()
+    assert states == ["changed"] and "done 0, failed 0, to run 1: " in text
+    assert (
+        "1 of them have records on data that changed since (folder: other examples, splits "
+        "or labels than recorded (its cache is not built here; the listing says so))"
+    ) in text
+    assert not (tmp_path / "data").exists()  # nothing built, nothing decoded
+
+
 def test_dry_run_costs_come_from_runs_of_the_same_precision_and_uncached_epochs():
     """A bf16 run's or a cached epoch's images/s bounds no float32 run trained on images."""
     g = grid_lib.load_grid(PAPER)

@@ -8,10 +8,18 @@ folder, csv, the TFDS builders via the on-disk cache) ends up as a dict of
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
 from medft_jax.data.errors import DataError
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """``(device, inode, size, mtime_ns)`` of a stat: which file a path named, and whether
+    it was written since. A memmapped cache array carries its file's as ``file_identity``
+    (set when it was opened), so a re-open by name can tell a cache rebuilt since."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,7 +58,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medft_jax import atomic
-from medft_jax.data.arrays import ArraySplit
+from medft_jax.data.arrays import ArraySplit, file_identity
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import user_cache_base
 from medft_jax.errors import UserError, one_line
@@ -456,7 +456,15 @@ def _load(cache_dir: Path, name: str, mmap_mode: str | None = None) -> np.ndarra
     """One array file of a cache; a missing, truncated or garbled one is one line."""
     path = cache_dir / name
     try:
-        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        if mmap_mode is None:
+            return np.load(path, allow_pickle=False)
+        before = os.stat(path)
+        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        if isinstance(array, np.memmap) and file_identity(os.stat(path)) == file_identity(before):
+            # The file mapped (unchanged across the open): a worker process re-opening it by
+            # name checks it is still this one (medft_jax.data.pipeline._BatchSource).
+            array.file_identity = file_identity(before)  # type: ignore[attr-defined]
+        return array
     except (OSError, ValueError, EOFError) as err:
         raise DataError(
             f"{path}: damaged dataset cache file ({one_line(err)}); delete {cache_dir} to "

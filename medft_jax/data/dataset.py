@@ -33,6 +33,20 @@ from medft_jax.data.options import official_splits
 from medft_jax.names import LOCAL_KINDS, TASK_NAMES
 
 
+def split_fingerprint_of(splits: dict[str, tuple[Any, Any]]) -> str:
+    """:meth:`Dataset.split_fingerprint` of ``{split: (ids, labels)}``: also of a listing
+    not decoded yet (a dry run compares it with the records')."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        ids, labels = splits[name]
+        ids = np.asarray(ids).astype(str)
+        order = np.argsort(ids, kind="stable")
+        h.update(f"{name}\0{len(ids)}\0".encode())
+        h.update("\0".join(ids[order].tolist()).encode())
+        h.update(np.ascontiguousarray(np.asarray(labels, np.float32)[order]).tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """A loaded dataset: its splits and what the training code needs to know about it.
@@ -129,15 +143,7 @@ class Dataset:
         skipped images gives another split, and tables comparing them would not
         say so.
         """
-        h = hashlib.sha256()
-        for name in sorted(self.splits):
-            split = self.splits[name]
-            ids = np.asarray(split.ids).astype(str)
-            order = np.argsort(ids, kind="stable")
-            h.update(f"{name}\0{len(ids)}\0".encode())
-            h.update("\0".join(ids[order].tolist()).encode())
-            h.update(np.ascontiguousarray(np.asarray(split.labels, np.float32)[order]).tobytes())
-        return h.hexdigest()[:16]
+        return split_fingerprint_of({k: (v.ids, v.labels) for k, v in self.splits.items()})
 
     def num_examples(self, split: str) -> int:
         return len(self.split(split))

@@ -26,13 +26,14 @@ row's position in the split (-1 for padding), for per-study aggregation.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import grain
 import numpy as np
 
-from medft_jax.data.arrays import ArraySplit
+from medft_jax.data.arrays import ArraySplit, file_identity
 from medft_jax.data.errors import DataError
 
 Batch = dict[str, np.ndarray]
@@ -54,13 +55,30 @@ class _BatchSource:
     """Random-access batches: row ``b`` of ``order`` (indices, -1 = padding) gathered.
 
     Picklable for grain's worker processes without copying a memmapped
-    image array: a memmap is re-opened from its file in the worker.
+    image array: a memmap is re-opened from its file in the worker. The file
+    must still be the one mapped here: a dataset cache rebuilt at the same
+    path (the data edited, then loaded again by any process) holds other
+    images in other rows, which the labels held here would mislabel. Its
+    identity (device, inode, size, mtime) is the one recorded when the cache
+    opened it (:func:`medft_jax.data.arrays.file_identity`), else the file's
+    when this source was made; a re-open of another file is refused.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, order: np.ndarray) -> None:
         self.images = images
         self.labels = labels
         self.order = order
+        self.file_identity = _identity_of(images)
+
+    def check_file(self) -> None:
+        """Refuses a memmapped image file replaced since it was opened (see the class)."""
+        if self.file_identity is not None:
+            filename = self.images.filename  # type: ignore[attr-defined]
+            try:
+                now: tuple[int, ...] = file_identity(os.stat(filename))
+            except FileNotFoundError:  # the cache deleted since
+                now = ()
+            _check_identity(filename, now, self.file_identity)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -93,8 +111,34 @@ class _BatchSource:
     def __setstate__(self, state: dict[str, Any]) -> None:
         if isinstance(state["images"], tuple):
             filename, offset, shape, dtype = state["images"]
-            state["images"] = np.memmap(filename, dtype, "r", offset=offset, shape=shape)
+            with open(filename, "rb") as f:  # the file checked is the file mapped
+                if state.get("file_identity") is not None:
+                    now = file_identity(os.fstat(f.fileno()))
+                    _check_identity(filename, now, state["file_identity"])
+                state["images"] = np.memmap(f, dtype, "r", offset=offset, shape=shape)
         self.__dict__.update(state)
+
+
+def _identity_of(images: np.ndarray) -> tuple[int, ...] | None:
+    """The identity of a memmapped array's file: recorded at its opening, else now."""
+    if not isinstance(images, np.memmap) or images.filename is None:
+        return None
+    recorded = getattr(images, "file_identity", None)
+    if recorded is not None:
+        return tuple(recorded)
+    try:
+        return file_identity(os.stat(images.filename))
+    except OSError:
+        return None
+
+
+def _check_identity(filename: str, now: tuple[int, ...], then: tuple[int, ...]) -> None:
+    if tuple(now) != tuple(then):
+        raise DataError(
+            f"{filename}: the dataset cache was rebuilt while this iterator's dataset was "
+            "open (the data edited, then loaded again), so its rows are other images than "
+            "the labels held here; load the dataset again and create the iterator again"
+        )
 
 
 def _host_rows(global_rows: np.ndarray, shard_index: int, shard_count: int) -> np.ndarray:
@@ -150,6 +194,7 @@ class BatchIterator(Iterator[Batch]):
         if self._position:
             ds = ds[self._position :]
         if num_workers > 0:
+            self._source.check_file()  # here, one line, rather than in each worker
             _absl_flags_parsed()
             it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))

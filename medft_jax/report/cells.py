@@ -718,7 +718,8 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
         runs,
         "source_fingerprint",
         "different images",
-        "the data was edited between them (same files and labels, other pixels)",
+        "the data was edited between them (same files, splits and labels: other pixels, "
+        "or the listing in another order, e.g. a labels CSV's rows reordered)",
     )
     # What may differ by arch must still agree between the strategies of one arch: FT
     # from random weights (``auto`` offline) against LP from ImageNet is no comparison.
