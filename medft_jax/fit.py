@@ -365,8 +365,13 @@ def run_one(
     on_start: Callable[[], None] | None = None,
     on_diverged: Callable[[NonFiniteLossError], None] | None = None,
     skip_failed: bool = False,
+    said: set[str] | None = None,
 ) -> dict[str, Any]:
     """Trains, evaluates and records one configuration; returns its record.
+
+    ``said``: a set the caller keeps across runs (a sweep, a selection): a note
+    about the settings (a final stage past ``--epochs``) is printed once for
+    all the runs that share it, not once per learning rate and seed.
 
     ``on_diverged(error)`` is called when the loss turns non-finite, while this
     process still holds the run, and ``skip_failed`` raises :class:`FailedBefore`
@@ -441,7 +446,9 @@ def run_one(
                 _set_aside_finished(run_dir)
             lock.clear_folder(keep=results.PREVIOUS_NAMES)
         t = time.perf_counter()
-        run = _prepare(config, ds, ckpts, eval_batch_size=eval_batch_size, trainers=trainers)
+        run = _prepare(
+            config, ds, ckpts, eval_batch_size=eval_batch_size, trainers=trainers, said=said
+        )
         run.started, run.wall_before = started, run.progress.seconds.get("wall", 0.0)
         run.compilations_before = run.progress.compilations
         run.progress.add("setup", time.perf_counter() - t + loading)
@@ -511,7 +518,9 @@ def _drop_previous(run_dir: Path) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
-def _say_what_the_run_cannot_do(config: RunConfig, final: int, steps_per_epoch: int) -> None:
+def _say_what_the_run_cannot_do(
+    config: RunConfig, final: int, steps_per_epoch: int, said: set[str] | None = None
+) -> None:
     """One note line each, as the run starts, for settings that run but are not quite their
     strategy: a staged run whose epochs end before its final stage (a report marks its cell
     ¶), and Auto-RGN's stream estimate on epochs no longer than its window."""
@@ -532,6 +541,10 @@ def _say_what_the_run_cannot_do(config: RunConfig, final: int, steps_per_epoch: 
             "(--rgn-mode prepass estimates it before the epoch trains)"
         )
     for note in notes:
+        if said is not None:  # once per session: the same words for every LR and seed
+            if note in said:
+                continue
+            said.add(note)
         print(f"note: {note}", file=sys.stderr, flush=True)
 
 
@@ -542,6 +555,7 @@ def _prepare(
     *,
     eval_batch_size: int | None,
     trainers: dict[TrainerKey, Trainer] | None,
+    said: set[str] | None = None,
 ) -> _Run:
     """The model, strategy, trainer and state of a run, resumed from its checkpoint if any."""
     spec = get_arch(config.arch)
@@ -580,7 +594,7 @@ def _prepare(
     restored = ckpts.restore_latest(trainer.abstract_state(variables))
     final = strategy.schedule.final_stage_epoch
     if jax.process_index() == 0:
-        _say_what_the_run_cannot_do(config, final, steps_per_epoch)
+        _say_what_the_run_cannot_do(config, final, steps_per_epoch, said)
     if restored is None:
         stopper = EarlyStopping(patience=config.patience, start_epoch=final)
         progress = Progress([], stopper, attempts=[{"from_step": 0, **numerics_environment()}])

@@ -106,6 +106,8 @@ class Session:
             f"force={force}, retry_failed={retry_failed}",
         )
         self.trainers: dict[fit.TrainerKey, Any] = {}
+        self.said: set[str] = set()
+        """Notes printed so far (:func:`medft_jax.fit.run_one`'s ``said``): once each."""
         self._datasets: dict[tuple, Any] = {}
         self._unavailable: dict[tuple, DataError] = {}
         """Load failures by :meth:`_load_key`: that data is not tried again in this session.
@@ -240,6 +242,7 @@ class Session:
                 progress=self.progress,
                 stop_after_steps=stop_after_steps,
                 trainers=self.trainers,
+                said=self.said,
                 feature_cache=self.feature_cache,
                 on_diverged=note,
                 skip_failed=not self.retry_failed,

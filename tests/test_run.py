@@ -821,3 +821,19 @@ def test_a_fresh_run_names_the_checkpoints_a_run_of_its_name_on_other_data_left(
     # Resumed, the run says where from, not this again.
     assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=2) == {}
     assert str(killed) not in capsys.readouterr().err
+
+
+def test_a_settings_note_is_said_once_per_session_not_once_per_run(capsys):
+    """select (and a sweep, run --lr-grid) printed "g_lf's final stage begins at epoch 6,
+    past --epochs 2" word for word once per LR arm."""
+    config = fit.RunConfig("g_lf", epochs=2)
+    said: set[str] = set()
+    for _ in range(3):
+        fit._say_what_the_run_cannot_do(config, 5, 10, said)
+    err = capsys.readouterr().err
+    assert err.count("note: g_lf's final stage begins at epoch 6, past --epochs 2") == 1
+    fit._say_what_the_run_cannot_do(fit.RunConfig("g_fl", epochs=2), 5, 10, said)
+    assert "g_fl's final stage" in capsys.readouterr().err  # another note: said
+    for _ in range(2):  # a single run (no session) says it each time
+        fit._say_what_the_run_cannot_do(config, 5, 10)
+    assert capsys.readouterr().err.count("g_lf's final stage begins") == 2
