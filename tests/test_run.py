@@ -536,6 +536,18 @@ def test_an_unwritable_weights_cache_trains_from_random_init_and_names_the_fix(
     with pytest.raises(pretrained.CheckpointError) as e:
         pretrained.resolve("imagenet", "resnet50")
     assert str(e.value) == f"--weights imagenet: {why}"
+    # A download cut off or a full disk is no unwritable cache: it stops the run, as
+    # before, rather than train it (and a sweep's every later run) from random weights.
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+
+    def cut_off(arch):
+        raise TimeoutError("The read operation timed out")
+
+    monkeypatch.setattr(weights_port, "port_imagenet", cut_off)
+    with pytest.raises(TimeoutError):
+        pretrained.resolve("auto", "resnet50")
+    assert pretrained._UNAVAILABLE == {}
 
 
 def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, monkeypatch):

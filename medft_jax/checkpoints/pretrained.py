@@ -11,6 +11,7 @@ for the task.
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ def locate(weights: str, arch: str, *, warn: bool = True) -> Path | None:
     return path
 
 
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+"""Errors of a weights cache that cannot be written (read-only HOME, a file in the way)."""
+
+
 def _imagenet(arch: str, *, warn: bool) -> Path | None:
     """The ported ImageNet checkpoint of ``arch``, ported on first use; None if unavailable.
 
@@ -69,6 +74,7 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
     """
     import weights_port
 
+    path = None
     try:
         path = weights_port.default_checkpoint(arch)
         if path.exists():
@@ -78,7 +84,12 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
                 return path if path.exists() else weights_port.port_imagenet(arch)
     except weights_port.PortError as e:
         _UNAVAILABLE[arch] = str(e)
-    except OSError as e:  # a read-only HOME: the demo trains, as offline, and says why
+    except OSError as e:
+        # A read-only HOME: the demo trains, as offline, and says why. Any other failure
+        # (a download cut off, a full disk) stops the run as before: a sweep would
+        # otherwise train every later run of the arch from random weights.
+        if path is None or e.errno not in _UNWRITABLE:
+            raise
         _UNAVAILABLE[arch] = (
             f"the weights cache {path.parent} cannot be written ({e.strerror or e}); "
             f"set {CACHE_VARIABLE} to a writable folder"
