@@ -37,7 +37,7 @@ from medft_jax.names import (
 )
 
 PRECISIONS = ("fp32", "bf16")
-NUMERICS_VERSION = 4
+NUMERICS_VERSION = 5
 """The version of what a run computes from its settings, data and weights.
 
 Raised by a change that alters a run's numbers (an initialisation, a strategy's
@@ -50,16 +50,20 @@ zero-norm tensor in Auto-RGN; version 3 (2026-12-02) computes eq. 6 accuracy as
 one division, so epochs of equal top-1 tie exactly in early stopping (BACH, T1w);
 version 4 (2026-12-05) computes a bf16 run's new head in float32, so its logits (and its
 AUROC, mAP) are not rounded to bfloat16's 8 bits, which tied test scores, and rounds the
-features it reads to bfloat16 as the feature cache stores them.
+features it reads to bfloat16 as the feature cache stores them; version 5 (2026-12-06)
+ranks AUROC and mAP, validation's included (early stopping, the LR choice), by float64
+log-probabilities made from the logits, where float32 probabilities rounded to 1.0 past
+a logit margin of 16.6 and tied every confident example.
 
 A change may alter the runs of some precisions only (:data:`NUMERICS_CHANGES`): a run
-records :func:`numerics_version` of its precision, so a float32 run keeps its version 3
-and its name across version 4, and a sweep does not train it again.
+records :func:`numerics_version` of its precision, so a float32 run kept its version 3
+and its name across version 4, and a sweep did not train it again.
 """
 NUMERICS_CHANGES: dict[int, tuple[str, ...]] = {
     2: PRECISIONS,
     3: PRECISIONS,
     4: ("bf16",),
+    5: PRECISIONS,
 }
 """The precisions whose runs each :data:`NUMERICS_VERSION` after 1 changed."""
 

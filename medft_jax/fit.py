@@ -1098,7 +1098,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         "best_epoch": best["epoch"],
         "val": best["val"],
         "test": test,
-        "ranked_by": metrics.RANKED_BY,
+        "ranked_by": metrics.RANKED_BY if ds.eval_grouping == "image" else STUDY_RANKED_BY,
         "final_stage_epoch": run.schedule.final_stage_epoch,
         "compile_seconds": p.compile_seconds,
         "num_compilations": run.compilations(),
@@ -1329,6 +1329,10 @@ def _tidy_up(ckpts: RunCheckpoints) -> None:
             f"({one_line(e)}); the record is written, delete them to free the space",
             file=sys.stderr,
         )
+
+
+STUDY_RANKED_BY = "float64 probabilities, each study's mean"
+"""A study-scored task's ``ranked_by`` (MURA): a study's score is its images' mean."""
 
 
 def _metrics(ds: data.Dataset, split: str, logits: np.ndarray, when: str) -> dict[str, float]:

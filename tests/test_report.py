@@ -1085,10 +1085,10 @@ def test_runs_of_two_numerics_versions_are_refused_and_a_grid_leaves_the_older_o
 def test_a_version_that_changed_bf16_runs_only_leaves_float32_runs_current():
     """Version 4 computes a bf16 run's head in float32: a float32 run of version 3 is
     version 4's too (same name, not run again), a bf16 run of version 3 is not."""
-    assert NUMERICS_VERSION == 4 and RunConfig("ft").numerics == 3
-    assert RunConfig("ft", precision="bf16").numerics == 4
-    assert [numerics_version("bf16", v) for v in (1, 2, 3, 4)] == [1, 2, 3, 4]
-    assert [numerics_version("fp32", v) for v in (1, 2, 3, 4)] == [1, 2, 3, 3]
+    assert NUMERICS_VERSION == 5 and RunConfig("ft").numerics == 5  # 5 changed both
+    assert RunConfig("ft", precision="bf16").numerics == 5
+    assert [numerics_version("bf16", v) for v in (1, 2, 3, 4, 5)] == [1, 2, 3, 4, 5]
+    assert [numerics_version("fp32", v) for v in (1, 2, 3, 4, 5)] == [1, 2, 3, 3, 5]
     fp32 = rec("bach", numerics=3)
     bf16_now = rec("t1w_mri", numerics=4, precision="bf16")
     bf16_then = rec("t1w_mri", seed=1, numerics=3, precision="bf16")
@@ -2304,7 +2304,7 @@ def test_the_index_says_how_many_records_ranked_by_float32_probabilities(tmp_pat
     assert summary.float32_ranked == 1
     index = write_report(summary, tmp_path / "out").read_text()
     assert (
-        "1 record (written before 2026-12-06) ranked AUROC and mAP by float32 probabilities"
+        "1 record (numerics version 4 or earlier) ranked AUROC and mAP by float32 probabilities"
     ) in index
     index = write_report(collect([rec()]), tmp_path / "again").read_text()
     assert "float32 probabilities" not in index

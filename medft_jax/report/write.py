@@ -444,11 +444,11 @@ def index_markdown(
         n = summary.float32_ranked
         lines += [
             "",
-            f"{n} record{'s' if n != 1 else ''} (written before 2026-12-06) ranked AUROC and "
-            "mAP by float32 probabilities, which round to 1.0 past a logit margin of about "
+            f"{n} record{'s' if n != 1 else ''} (numerics version 4 or earlier) ranked AUROC "
+            "and mAP by float32 probabilities, which round to 1.0 past a logit margin of about "
             "16.6: where a model was that confident, its examples tied, and those two metrics "
-            "can read lower or higher than the model's ranking gives (the other metrics are "
-            "as now); rerun such runs with --force to score them as now.",
+            "(and, where one selects, the best epoch and the LR) can differ from what this "
+            "toolkit computes; a sweep of the grid runs them again under version 5.",
         ]
     if summary.superseded:
         n = summary.superseded
