@@ -427,7 +427,7 @@ def run_one(
     # process's background checkpoint writes end, whatever ends the run (a Ctrl-C then
     # names the run, once its last checkpoint is written).
     with (
-        _naming_an_interrupt(run_dir),
+        _naming_an_interrupt(run_dir, record_file, force),
         locks.run_lock(run_dir) as lock,
         RunCheckpoints(run_dir, exclusive=True) as ckpts,
     ):
@@ -468,16 +468,24 @@ def run_one(
 
 
 @contextlib.contextmanager
-def _naming_an_interrupt(run_dir: Path) -> Iterator[None]:
-    """A Ctrl-C inside is an :class:`Interrupted` naming the run and what rerunning does
-    (resume from its last checkpoint, or start again when it has none)."""
+def _naming_an_interrupt(run_dir: Path, record_file: Path, force: bool) -> Iterator[None]:
+    """A Ctrl-C inside is an :class:`Interrupted` naming the run and what rerunning does:
+    skip it (its record was written), start it over (``--force`` clears its folder, or it
+    has no checkpoint yet) or resume it from its last checkpoint."""
     try:
         yield
     except Interrupted:  # a run inside this one's (a caller's own loop): named already
         raise
     except KeyboardInterrupt:
         latest = run_dir / "checkpoints"
-        if latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
+        if record_file.exists():
+            what = "its record is written: rerunning the same command skips it"
+        elif force:
+            what = (
+                "rerunning the same command (--force) starts it over; without --force it "
+                "resumes from its last checkpoint, if it has one"
+            )
+        elif latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
             what = "rerunning the same command resumes it from its last checkpoint"
         else:
             what = "it has no checkpoint yet: rerunning the same command starts it again"

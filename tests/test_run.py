@@ -339,6 +339,13 @@ def test_ctrl_c_names_the_run_and_that_rerunning_resumes_it(
     assert main(argv) == 0
     assert f"note: resuming after 1 epoch, from {run / 'checkpoints'}" in capsys.readouterr().err
     assert calls == [0, 0, 1]
+    # Under --force the same command clears the folder: it starts over, not resumes.
+    monkeypatch.setattr(fit, "_train_epoch", ctrl_c_in_epoch(1))
+    assert main([*argv, "--force"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"interrupted: {run}: rerunning the same command (--force) starts it over; without "
+        "--force it resumes from its last checkpoint, if it has one"
+    )
 
 
 @pytest.mark.slow
