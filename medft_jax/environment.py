@@ -60,19 +60,22 @@ NUMERICS_PACKAGES = ("jax", "jaxlib", "flax", "optax")
 def numerics_environment() -> dict[str, Any]:
     """What of :func:`environment_info` can change a run's numbers from one step to the next:
     the device (``backend``, ``device_kind``, ``device_count``, ``process_count``), the CPU
-    threads and ``XLA_FLAGS`` (BUILD.md, "Determinism") and the versions of
+    threads on a CPU backend and ``XLA_FLAGS`` (BUILD.md, "Determinism") and the versions of
     :data:`NUMERICS_PACKAGES`. A run resumed where any of them differs mixes two machines'
     numbers (:class:`medft_jax.fit.Progress` keeps one entry per such attempt). Flat, its
     values JSON scalars, so that two compare as they were saved."""
     import jax
 
     devices = jax.devices()
+    backend = devices[0].platform if devices else None
     return {
-        "backend": devices[0].platform if devices else None,
+        "backend": backend,
         "device_kind": devices[0].device_kind if devices else None,
         "device_count": len(devices),
         "process_count": jax.process_count(),
-        "cpu_threads": cpu_threads(),
+        # A GPU/TPU run's numbers do not depend on the host's CPUs (a preempted SLURM job
+        # resumed on a node with another allocation is the same environment).
+        "cpu_threads": cpu_threads() if backend == "cpu" else None,
         "xla_flags": os.environ.get("XLA_FLAGS"),
         **{name: _version(name) for name in NUMERICS_PACKAGES},
     }

@@ -688,7 +688,7 @@ def _environment_changed(progress: Progress, steps_done: int) -> str | None:
     return (
         f"note: resuming after step {steps_done} in another environment than before "
         f"({', '.join(changes)}): the run's numbers will be those of neither's uninterrupted "
-        "run, and its record lists both (environment.attempts); --force trains it over here"
+        "run, and its record lists each (environment.attempts); --force trains it over here"
     )
 
 

@@ -410,7 +410,7 @@ def test_a_resume_in_another_environment_is_noted_and_recorded(
     assert notes == [
         f"note: resuming after step {spe} in another environment than before (cpu_threads "
         f"{threads} -> {threads + 7}): the run's numbers will be those of neither's "
-        "uninterrupted run, and its record lists both (environment.attempts); --force "
+        "uninterrupted run, and its record lists each (environment.attempts); --force "
         "trains it over here"
     ]
     env = record["environment"]
@@ -856,3 +856,23 @@ def test_a_settings_note_is_said_once_per_session_not_once_per_run(capsys):
     for _ in range(2):  # a single run (no session) says it each time
         fit._say_what_the_run_cannot_do(config, 5, 10)
     assert capsys.readouterr().err.count("g_lf's final stage begins") == 2
+
+
+def test_a_gpu_or_tpu_runs_environment_leaves_the_hosts_cpus_out(monkeypatch):
+    """A preempted GPU job resumed on a node with another CPU allocation was "another
+    environment" (cpu_threads differed), its record listing attempts and the note advising
+    --force; the host's CPUs change the numbers of a CPU run only."""
+    import jax
+
+    from medft_jax import environment
+
+    assert environment.numerics_environment()["cpu_threads"] == environment.cpu_threads()
+
+    class Gpu:
+        platform, device_kind = "gpu", "NVIDIA H100"
+
+    monkeypatch.setattr(jax, "devices", lambda: [Gpu()])
+    before = environment.numerics_environment()
+    monkeypatch.setattr(environment, "cpu_threads", lambda: 3)
+    assert before["cpu_threads"] is None
+    assert environment.environment_changes(before, environment.numerics_environment()) == []
