@@ -1306,6 +1306,16 @@ def cheap_first(grid: Grid) -> list[str]:
     return sorted(grid.strategies, key=lambda s: s in ("g_lf", "g_fl"))
 
 
+def _an_earlier_out(path: Path) -> bool:
+    """Whether ``path`` holds what an ``--out`` of any grid_bill.py wrote: a JSON object of
+    ``meta`` and ``archs`` (its measurements' fields may be an older version's)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and set(doc) == {"meta", "archs"}
+
+
 def check_out_file(path: Path) -> None:
     """Refuses an ``--out`` that cannot be written, before any measuring (not minutes later,
     at the first measurement written), or that holds something else: an existing file is
@@ -1314,14 +1324,11 @@ def check_out_file(path: Path) -> None:
     folder = path.parent
     if path.is_dir():
         raise UserError(f"--out {path}: is a folder, expected a JSON file")
-    if path.exists() and path.stat().st_size:
-        try:
-            read_json(path)
-        except UserError:
-            raise UserError(
-                f"--out {path}: exists and is not a file grid_bill.py --out wrote; "
-                "name a new file (or remove it)"
-            ) from None
+    if path.exists() and path.stat().st_size and not _an_earlier_out(path):
+        raise UserError(
+            f"--out {path}: exists and is not a file grid_bill.py --out wrote; "
+            "name a new file (or remove it)"
+        )
     if not folder.exists():
         raise UserError(f"--out {path}: its folder {folder} does not exist; create it first")
     if not folder.is_dir():

@@ -573,7 +573,9 @@ def test_grid_bill_out_replaces_only_an_empty_file_or_an_earlier_out(tmp_path):
     earlier = tmp_path / "earlier.json"
     grid_bill.write_json(earlier, dict.fromkeys(grid_bill.META_KEYS, 1), {})
     (tmp_path / "empty.json").touch()
-    for name in ("earlier.json", "empty.json", "new.json"):
+    # An older grid_bill's measurements (fields since renamed) are an earlier --out too.
+    (tmp_path / "older.json").write_text('{"meta": {}, "archs": [{"old_field": 1}]}')
+    for name in ("earlier.json", "empty.json", "new.json", "older.json"):
         grid_bill.check_out_file(tmp_path / name)
     (tmp_path / "notes.json").write_text('{"mine": 1}')
     with pytest.raises(grid_bill.UserError, match=r"notes\.json: exists and is not a file"):
