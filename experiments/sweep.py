@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -382,16 +383,29 @@ def _data_changed(
     return out
 
 
+def accelerator_installed() -> bool:
+    """Whether JAX here may run on a GPU or TPU, judged without starting a backend (a dry
+    run beside a running sweep must not open a CUDA client, nor take a TPU another process
+    holds): ``JAX_PLATFORMS`` if set, else an installed CUDA, ROCm or TPU plugin."""
+    import pkgutil
+
+    platforms = [p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms:
+        return any(p != "cpu" for p in platforms)
+    return any(
+        m.name.startswith(("jax_cuda", "jax_rocm")) or m.name == "libtpu"
+        for m in pkgutil.iter_modules()
+    )
+
+
 def _slower_here() -> str:
     """Said where the assumed throughput is an accelerator's and this host has none: the
     quick grid's "<1 s" took 26 minutes on two CPU cores."""
-    import jax  # the dry run imports no JAX otherwise until here
-
-    if jax.default_backend() != "cpu":
+    if accelerator_installed():
         return ""
     return (
-        "; this host runs on its CPU, often a hundred times slower or more: the records of "
-        "runs finished here replace the assumption"
+        "; this host has no GPU or TPU plugin for JAX and runs on its CPU, often a hundred "
+        "times slower or more: the records of runs finished here replace the assumption"
     )
 
 

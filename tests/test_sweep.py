@@ -1151,15 +1151,18 @@ def test_a_dry_run_on_a_cpu_host_says_the_assumed_throughput_is_an_accelerators(
 ):
     """The quick grid's dry run estimated "<1 s" from H100 speeds on a CPU host, where it
     takes 26 minutes, and said nothing of it."""
-    import jax
-
     argv = ["--config", str(QUICK), "--out", str(tmp_path / "runs"), "--dry-run"]
-    assert sweep_cli.main(argv) == 0
-    said = "this host runs on its CPU, often a hundred times slower or more"
-    assert said in capsys.readouterr().out  # the tests run on CPU
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert sweep_cli.main(argv) == 0
-    assert said not in capsys.readouterr().out
+    said = "runs on its CPU, often a hundred times slower or more"
+    monkeypatch.setattr("pkgutil.iter_modules", lambda: iter(()))  # no GPU/TPU plugin
+    for platforms, cpu in (("cpu", True), ("cuda", False), ("", True)):
+        monkeypatch.setenv("JAX_PLATFORMS", platforms)
+        assert sweep_cli.main(argv) == 0
+        assert (said in capsys.readouterr().out) == cpu
+    import pkgutil
+
+    cuda = pkgutil.ModuleInfo(None, "jax_cuda12_plugin", True)
+    monkeypatch.setattr("pkgutil.iter_modules", lambda: iter([cuda]))
+    assert sweep_cli.accelerator_installed()  # judged without starting a backend
 
 
 def test_a_missing_grid_file_names_the_toolkits_grids(tmp_path, capsys, monkeypatch):
