@@ -2126,7 +2126,7 @@ def test_spearman_ties_and_too_few():
         ("3,mura_wrist,ft,resnet50,accuracy,70,1\n", PAPER_HEADER, 2,
          "table '3' for mura_wrist; the paper's table of mura_wrist is 5"),
         ("5,mura_wrist,ft,resnet50,accuracy,0.70,0.01\n5,mura_wrist,ft,resnet50,kappa,0.4,0\n",
-         PAPER_HEADER, 1, "every mean is at most 1: they look like fractions; expected percent"),
+         PAPER_HEADER, 1, "every mean (κ aside) is at most 1: they look like fractions"),
     ],
 )  # fmt: skip
 def test_a_bad_paper_csv_is_one_error_line_naming_file_and_line(
@@ -2140,6 +2140,18 @@ def test_a_bad_paper_csv_is_one_error_line_naming_file_and_line(
     assert err.count("\n") == 1 and err.startswith(f"error: --vs-paper {paper} line {line}: {why}")
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["paper.csv", "runs"]  # no temporary
+
+
+def test_a_paper_csv_may_write_its_table_number_and_small_kappas_as_it_likes():
+    """ "05", "5.0" and "Table 5" were refused as another table; a CSV whose only cells are
+    κ near 0 (in percent) was refused as fractions."""
+    from medft_jax.report.paper import parse_paper
+
+    for table in ("5", "05", "5.0", "Table 5", "table 5", ""):
+        text = PAPER_HEADER + f"{table},mura_wrist,ft,resnet50,accuracy,70,1\n"
+        assert parse_paper(text, "p.csv").values[("mura_wrist", "resnet50", "ft", "accuracy")]
+    kappas = PAPER_HEADER + "5,mura_wrist,ft,resnet50,kappa,0.8,0.1\n"
+    assert parse_paper(kappas, "p.csv").values
 
 
 def test_the_bundled_paper_tables_load_through_importlib_resources():
