@@ -250,7 +250,12 @@ class Predictor:
         makes them (float32 ones round to 1.0 past a logit margin of about 16.6, so
         confident images would all print, and rank, the same)."""
         logits = np.asarray(self._logits(self.variables, images))
-        return scores_from_logits(logits, self.multilabel)[0]
+        # A row with a non-finite logit is NaN (refused by the caller, naming the image):
+        # a multilabel +inf would otherwise read as a finite probability of 1.
+        finite = np.isfinite(logits).all(axis=1)
+        probs = np.full(logits.shape, np.nan)
+        probs[finite] = scores_from_logits(logits[finite], self.multilabel)[0]
+        return probs
 
     def refusal(self, err: DataError) -> str | None:
         """A decoder's refusal in this checkpoint's terms, or None to keep its own.

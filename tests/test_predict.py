@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import jax
@@ -163,14 +164,23 @@ def test_non_finite_outputs_are_refused_not_printed(tmp_path, capsys):
         if path[-1].key == "bias":  # BatchNorm shifts of 1: positive features
             leaf[:] = 1.0
     params["fc"]["kernel"][:] = 3e38  # finite, but the logits overflow to inf
-    meta = {"arch": "resnet_tiny", "num_classes": 2, "resize_size": 32, "crop_size": 32}
-    ck = save_model(tmp_path / "ck", params, zeros["batch_stats"], meta)
     image = tmp_path / "a.png"
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(image)
-    assert main(["--checkpoint", str(ck), "--images", str(image), "--json"]) == 2
-    cap = capsys.readouterr()
-    assert cap.out == "" and cap.err.count("\n") == 1
-    assert "outputs are NaN or infinite for 1 of 1 images" in cap.err
+    # Multilabel too: a +inf logit's sigmoid read as a finite probability of 1, printed.
+    for multilabel in (False, True):
+        meta = {"arch": "resnet_tiny", "num_classes": 2, "resize_size": 32, "crop_size": 32}
+        ck = save_model(
+            tmp_path / f"ck{multilabel}",
+            params,
+            zeros["batch_stats"],
+            {**meta, "multilabel": multilabel},
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # numpy's overflow line: none
+            assert main(["--checkpoint", str(ck), "--images", str(image), "--json"]) == 2
+        cap = capsys.readouterr()
+        assert cap.out == "" and cap.err.count("\n") == 1
+        assert "outputs are NaN or infinite for 1 of 1 images" in cap.err
 
 
 def test_an_empty_image_path_is_named(tmp_path, capsys):
