@@ -656,7 +656,7 @@ def prepass_seconds(
 def eval_times(
     setup: Setup, times: ArchTimes, trainer: Trainer, state: Any, x_host: np.ndarray
 ) -> None:
-    """An eval batch (probabilities), a feature-extraction batch, and their compile seconds."""
+    """An eval batch (logits), a feature-extraction batch, and their compile seconds."""
     batch = [{"image": x_host, "mask": np.ones(len(x_host), bool)}]
     before = trainer.compile_seconds
     times.eval_batch = median_seconds(lambda: trainer.predict(state, batch), setup.steps)

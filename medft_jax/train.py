@@ -83,7 +83,7 @@ def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
     The default orders devices by process, then id: each process's rows of a
     global batch are then one contiguous block, in process order, which is
     the order :meth:`Trainer.predict` gathers the examples' masks in (its
-    probabilities come back in mesh order). ``jax.devices()`` is usually so
+    logits come back in mesh order). ``jax.devices()`` is usually so
     ordered but need not be (TPU pods list by id).
     """
     devices = process_ordered(jax.devices()) if devices is None else devices
@@ -105,7 +105,7 @@ class Trainer:
       model: a medft-jax model (Flax module taking ``bn_train`` and
         ``deterministic``).
       tx: the strategy's optimizer.
-      multilabel: sigmoid BCE and sigmoid probabilities instead of softmax.
+      multilabel: sigmoid BCE (independent labels) instead of softmax cross-entropy.
       mesh: the device mesh (default: every device).
       compute_dtype: ``jnp.bfloat16`` for bf16 compute (the model must be
         built with the same dtype); parameters and optimizer stay float32.

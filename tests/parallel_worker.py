@@ -103,7 +103,7 @@ def _train(model, variables, mesh):
             for k, v in flatten(state.params).items():
                 out[f"eval/delta/{k}"] = np.asarray(v) - np.asarray(start[k])
             mask = np.ones(batch, bool)[rows]
-            out["eval/probs"] = trainer.predict(state, [{"image": x[rows], "mask": mask}])
+            out["eval/logits"] = trainer.predict(state, [{"image": x[rows], "mask": mask}])
     return out
 
 

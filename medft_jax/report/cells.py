@@ -179,10 +179,10 @@ class Summary:
     left_out: int = 0
     """Records and failure notes under ``--runs`` that are not runs of the grid."""
     superseded: int = 0
-    float32_ranked: int = 0
-    """Records whose AUROC and AP ranked by float32 probabilities (no ``ranked_by``: written
-    before 2026-12-06), which tie past a logit margin of about 16.6."""
     """Records left out by ``latest``: runs whose settings were rerun on newer data."""
+    float32_ranked: int = 0
+    """Records whose AUROC and AP ranked by float32 probabilities (no ``ranked_by``: numerics
+    version 4 or earlier), which tie past a logit margin of about 16.6."""
     dataset_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     """Dataset -> the split and label options its runs used (``task_options``)."""
     protocol: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
