@@ -1338,4 +1338,4 @@ def test_sweep_goes_on_past_an_edited_record_and_clears_a_killed_runs_leftovers(
         "record was edited or damaged on disk: restore it, or delete it to run it again\n"
     )
     assert not (second / "checkpoints").exists() and (second / "record.json").is_file()
-    assert sorted(p.name for p in second.iterdir()) == ["best", "record.json"]
+    assert sorted(p.name for p in second.iterdir()) == ["best", "confirmed.json", "record.json"]
