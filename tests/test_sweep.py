@@ -381,14 +381,10 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     assert per[other].startswith(f"{other}: 18 of 18 runs to run")
 
 
-def test_dry_run_counts_runs_whose_folder_changed_since_their_records(tmp_path, capsys):
-    """An edited folder: the sweep runs its recorded runs again (other data fingerprint), so
-    the dry run says so, where it said "to run 0"."""
-    import dataclasses
-
+def _folder_grid(tmp_path: Path, seeds: tuple[int, ...]) -> tuple[Path, Path]:
+    """A ``folder`` dataset of two classes of ten 20 px PNGs, and a grid file of FT on it
+    (resnet_tiny, 32 px, no weights) over ``seeds``: ``(images folder, grid file)``."""
     from PIL import Image
-
-    from medft_jax import fit
 
     imgs = tmp_path / "imgs"
     rng = np.random.default_rng(0)
@@ -402,11 +398,24 @@ def test_dry_run_counts_runs_whose_folder_changed_since_their_records(tmp_path, 
         "from medft_jax.grid import Grid\n"
         "def get_config():\n"
         "    return Grid(name='f', datasets=('folder',), archs=('resnet_tiny',),\n"
-        "                strategies=('ft',), lrs=(1e-3,), seeds=(0, 1),\n"
+        f"                strategies=('ft',), lrs=(1e-3,), seeds={seeds!r},\n"
         "                settings={'weights': 'none', 'image_size': 32},\n"
         f"                data_dir={str(tmp_path / 'data')!r},\n"
         f"                dataset_options={{'folder': {{'manual_dir': {str(imgs)!r}}}}})\n"
     )
+    return imgs, config
+
+
+def test_dry_run_counts_runs_whose_folder_changed_since_their_records(tmp_path, capsys):
+    """An edited folder: the sweep runs its recorded runs again (other data fingerprint), so
+    the dry run says so, where it said "to run 0"."""
+    import dataclasses
+
+    from PIL import Image
+
+    from medft_jax import fit
+
+    imgs, config = _folder_grid(tmp_path, seeds=(0, 1))
     g = grid_lib.load_grid(config)
     first, second = g.configs()
     ds = fit.load_dataset(first, g.data_dir, manual_dir=str(imgs))
@@ -447,23 +456,7 @@ def test_dry_run_compares_the_listing_with_the_records_when_the_cache_is_not_bui
 
     from medft_jax import fit
 
-    imgs = tmp_path / "imgs"
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (imgs / c).mkdir(parents=True)
-        for i in range(10):
-            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(imgs / c / f"{i}.png")
-    config = tmp_path / "f.py"
-    config.write_text(
-        "from medft_jax.grid import Grid\n"
-        "def get_config():\n"
-        "    return Grid(name='f', datasets=('folder',), archs=('resnet_tiny',),\n"
-        "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
-        "                settings={'weights': 'none', 'image_size': 32},\n"
-        f"                data_dir={str(tmp_path / 'data')!r},\n"
-        f"                dataset_options={{'folder': {{'manual_dir': {str(imgs)!r}}}}})\n"
-    )
+    imgs, config = _folder_grid(tmp_path, seeds=(0,))
     g = grid_lib.load_grid(config)
     (first,) = g.configs()
     ds = fit.load_dataset(first, g.data_dir, manual_dir=str(imgs))
