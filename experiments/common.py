@@ -123,7 +123,10 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
         "csv_file": args.csv_file,
         "path_column": args.path_column,
         "label_column": args.label_column,
-        "label_columns": None if args.label_columns is None else args.label_columns.split(","),
+        # Stripped as the CSV's header names are: "a, b" named a column ' b'.
+        "label_columns": None
+        if args.label_columns is None
+        else [c.strip() for c in args.label_columns.split(",")],
         "group_column": args.group_column,
         "split_column": args.split_column,
     }

@@ -705,10 +705,21 @@ def test_csv_class_missing_from_train(tmp_path):
     _no_cache_written(tmp_path / "out")
 
 
-def test_csv_multilabel_cell_that_is_not_0_or_1(tmp_path):
-    root = _csv_dir(tmp_path / "d", ["1,0"] * 5 + ["yes,1"], "path,a,b")
-    with pytest.raises(DataError, match=r"labels\.csv:7 column 'a': 'yes' is not 0 or 1"):
+@pytest.mark.parametrize("cell", ["yes", "+1", "1e0", "0_0", "\uff11", "0.99999999999999999"])
+def test_csv_multilabel_cell_that_is_not_0_or_1(tmp_path, cell):
+    """float() took +1, 1e0, 0_0, a full-width 1 and 0.99999999999999999 (read as 1)."""
+    root = _csv_dir(tmp_path / f"d{len(cell)}", ["1,0"] * 5 + [f"{cell},1"], "path,a,b")
+    with pytest.raises(
+        DataError, match=rf"labels\.csv:7 column 'a': {re.escape(repr(cell))} is not 0 or 1"
+    ):
         _load_csv(root, tmp_path / "out", label_columns=["a", "b"])
+
+
+def test_csv_multilabel_cells_of_0_and_1_as_numbers_are_read():
+    from medft_jax.data.table import _hot
+
+    for cell, value in (("0", 0.0), ("1", 1.0), ("0.0", 0.0), ("1.00", 1.0), (" 1 ", 1.0)):
+        assert _hot(cell, "labels.csv:2 column 'a'") == value
 
 
 def test_csv_integer_ids_are_ordered_by_value(tmp_path):
@@ -1504,3 +1515,16 @@ def test_a_named_pipe_listed_or_given_as_an_image_is_refused_as_such(tmp_path, c
     err = capsys.readouterr().err
     assert err == f"error: --images {fifo}: a named pipe (FIFO), not an image file\n"
     assert expand_folders([str(root / "img" / "0.png")]) == [str(root / "img" / "0.png")]
+
+
+def test_label_columns_are_stripped_as_the_csv_header_is():
+    """``--label-columns "a, b"`` asked for a column ' b' (the header's names are stripped)."""
+    import argparse
+
+    from experiments.common import add_dataset_flags, dataset_options
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--dataset")
+    add_dataset_flags(p)
+    args = p.parse_args(["--dataset", "csv", "--csv-file", "l.csv", "--label-columns", "a, b"])
+    assert dataset_options(args)["label_columns"] == ["a", "b"]

@@ -13,6 +13,7 @@ import csv
 import io
 import math
 import os
+import re
 import stat
 import sys
 import unicodedata
@@ -468,9 +469,15 @@ def _dicom(path: Path) -> bool:
         return True
 
 
+_HOT = re.compile(r"[01](?:\.0*)?", re.ASCII)
+"""What a multi-hot cell may read: ``0``, ``1``, ``0.0``, ``1.00``. float() also took
+``+1``, ``1e0``, ``0_0``, full-width digits and ``0.99999999999999999`` (rounded to 1):
+a spreadsheet's stray value became a label without a word."""
+
+
 def _hot(text: str, where: str) -> float:
     """A multi-hot cell: ``0``/``1`` (also ``0.0``/``1.0``); anything else names the cell."""
-    value = _number(text.strip())
-    if value not in (0.0, 1.0):
-        raise DataError(f"{where}: {text.strip()!r} is not 0 or 1; label columns hold 0 or 1")
-    return float(value)  # type: ignore[arg-type]
+    cell = text.strip()
+    if not _HOT.fullmatch(cell):
+        raise DataError(f"{where}: {cell!r} is not 0 or 1; label columns hold 0 or 1")
+    return float(cell[0])
