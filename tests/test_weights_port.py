@@ -701,3 +701,15 @@ def test_an_export_names_the_decoding_rules_its_pth_cannot_carry(tmp_path, capsy
     assert main(argv) == 0
     assert "decodes 16-bit and DICOM images by the default rules" in capsys.readouterr().err
     assert load_metadata(tmp_path / "a").get("dicom_window") is None
+
+
+def test_download_into_an_unwritable_user_cache_says_how_to_move_it(tmp_path, capsys, monkeypatch):
+    """A read-only HOME: ``--download`` named the path only; where it writes by default,
+    MEDFT_JAX_CACHE (or --out) is what to change."""
+    (tmp_path / "afile").write_text("x")  # as a read-only HOME would (root ignores modes)
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "afile" / "cache"))
+    assert main(["--download", "--arch", "resnet50"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'afile' / 'cache' / 'flax'}: a path component is a file, not a "
+        "folder; set MEDFT_JAX_CACHE to a writable folder, or give --out\n"
+    )

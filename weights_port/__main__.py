@@ -124,41 +124,58 @@ def _main(argv: Sequence[str] | None) -> int:
         )
     from medft_jax.checkpoints.pretrained import one_porter
 
-    target = Path(args.out).expanduser() if args.out else wp.default_checkpoint(args.arch)
-    # A second port into --out waits, then sees it there; a user's --out whose folder does
-    # not exist yet gets no lock file made for it (nor its folders, if the port then fails).
-    lock = (
-        one_porter(target.absolute())
-        if args.out is None or target.parent.is_dir()
-        else contextlib.nullcontext()
-    )
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(lock)
-        except OSError as e:  # the lock file beside --out: a refusal of --out's folder
-            if args.out is None:
-                raise
-            why = os_error_line(e)
-            why = why.rsplit(": ", 1)[-1] if why else e.strerror
-            raise UserError(
-                f"--out {args.out}: cannot write in its folder {target.parent} ({why})"
-            ) from None
-        if args.download:
-            out = wp.port_imagenet(args.arch, args.out, force=args.force)
-        else:
-            out = wp.port(
-                args.arch,
-                args.torch_weights,
-                args.out,
-                force=args.force,
-                multilabel=args.multilabel,
-                class_names=args.class_names,
-                image_size=args.image_size,
-            )
+    with _naming_the_cache(args.out is None, wp.cache_dir()):
+        target = Path(args.out).expanduser() if args.out else wp.default_checkpoint(args.arch)
+        # A second port into --out waits, then sees it there; a user's --out whose folder does
+        # not exist yet gets no lock file made for it (nor its folders, if the port then fails).
+        lock = (
+            one_porter(target.absolute())
+            if args.out is None or target.parent.is_dir()
+            else contextlib.nullcontext()
+        )
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(lock)
+            except OSError as e:  # the lock file beside --out: a refusal of --out's folder
+                if args.out is None:
+                    raise
+                why = os_error_line(e)
+                why = why.rsplit(": ", 1)[-1] if why else e.strerror
+                raise UserError(
+                    f"--out {args.out}: cannot write in its folder {target.parent} ({why})"
+                ) from None
+            if args.download:
+                out = wp.port_imagenet(args.arch, args.out, force=args.force)
+            else:
+                out = wp.port(
+                    args.arch,
+                    args.torch_weights,
+                    args.out,
+                    force=args.force,
+                    multilabel=args.multilabel,
+                    class_names=args.class_names,
+                    image_size=args.image_size,
+                )
     print(f"wrote {out}")
     if not args.download:
         _note_assumed(out)
     return 0
+
+
+@contextlib.contextmanager
+def _naming_the_cache(default: bool, cache: Path):
+    """Without ``--out`` the port writes under the user cache: a refusal there (a
+    read-only HOME) says how to move it, not only the path."""
+    try:
+        yield
+    except OSError as e:
+        line = os_error_line(e)
+        inside = e.filename is not None and Path(e.filename).is_relative_to(cache)
+        if not default or line is None or not inside:
+            raise
+        raise UserError(
+            f"{line}; set MEDFT_JAX_CACHE to a writable folder, or give --out"
+        ) from None
 
 
 def _note_assumed(out: Path) -> None:
