@@ -23,14 +23,15 @@ not be, be inside, or contain ``--runs``.
 from __future__ import annotations
 
 import argparse
-import glob
+import contextlib
 import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from medft_jax import grid as gridlib
-from medft_jax import plans, results
+from medft_jax import locks, plans, results
 from medft_jax.errors import ArgumentParser, UserError, cli_main, path_flag
 from medft_jax.plans import PLANS_DIR
 from medft_jax.report import collect, write_report
@@ -164,10 +165,22 @@ def _summary(args: argparse.Namespace):
         )
     if unfinished:  # a kill, a run going on, or a run whose settings or data changed since
         held = _size(sum(size for _, size in unfinished))
-        beside = [folder for folder, _ in unfinished if _finished_sibling(folder)]
+        running = [folder for folder, _ in unfinished if locks.maybe_running(folder)]
+        finished = _finished_stems(folder for folder, _ in unfinished)
+        beside = [
+            folder
+            for folder, _ in unfinished
+            if folder not in running and (folder.parent, _stem(folder)) in finished
+        ]
+        now = (
+            f"; {len(running)} of them are running now (a live process holds the lock), "
+            f"e.g. {running[0]}"
+            if running
+            else ""
+        )
         left = (
-            f"; {len(beside)} of them sit beside a finished run of the same name on other "
-            f"data or settings, which superseded them (never resumed), e.g. {beside[0]}"
+            f"; {len(beside)} of them stopped beside a finished run of the same name on other "
+            f"data or settings (that run's command never resumes them), e.g. {beside[0]}"
             if beside
             else ""
         )
@@ -175,22 +188,28 @@ def _summary(args: argparse.Namespace):
             f"note: {len(unfinished)} run folder(s) hold no record, {held} of checkpoints "
             f"(killed, still running, or run with settings or data since changed), e.g. "
             f"{unfinished[0][0]}: rerunning the same command resumes one only while its "
-            f"settings and data are as they were (edited data is another run){left}; delete "
-            "one to free its disk",
+            f"settings and data are as they were (edited data is another run){now}{left}; "
+            "delete a stopped one you no longer mean to finish to free its disk",
             file=sys.stderr,
         )
     return summary
 
 
-def _finished_sibling(folder: Path) -> bool:
-    """Whether a run folder of ``folder``'s name with another hash holds a record."""
-    stem = folder.name.rpartition("-")[0]
-    return any(
-        other != folder
-        and other.name.rpartition("-")[0] == stem
-        and (other / results.RECORD_NAME).is_file()
-        for other in folder.parent.glob(f"{glob.escape(stem)}-*")
-    )
+def _stem(folder: Path) -> str:
+    """A run folder's name without its hash: runs of one name on other data or settings."""
+    return folder.name.rpartition("-")[0]
+
+
+def _finished_stems(folders: Iterable[Path]) -> set[tuple[Path, str]]:
+    """``(parent, stem)`` of the folders holding a record beside ``folders``: one listing
+    of each parent, not one glob per folder (a grid's --runs holds thousands)."""
+    stems = set()
+    for parent in {folder.parent for folder in folders}:
+        with contextlib.suppress(OSError), os.scandir(parent) as entries:
+            for entry in entries:
+                if (Path(entry.path) / results.RECORD_NAME).is_file():
+                    stems.add((parent, _stem(Path(entry.path))))
+    return stems
 
 
 def _size(n: int) -> str:

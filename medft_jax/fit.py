@@ -88,7 +88,7 @@ def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any)
 
 def data_state(
     config: RunConfig, data_dir: str | None = None, **options: Any
-) -> tuple[str | None, str | None, str | None] | None:
+) -> tuple[str | None, str | None, tuple[str, str] | None] | None:
     """:func:`medft_jax.data.data_state` of the data :func:`load_dataset` would load."""
     return data.data_state(
         config.dataset,
@@ -645,13 +645,19 @@ def _left_by_other_data(run_dir: Path) -> str | None:
     holds resume checkpoints and no record: a run killed, then its data edited, is
     another run (its hash covers the data's contents), so rerunning the command did not
     resume it, and its checkpoints stay on disk until deleted. One glob of the run's
-    siblings; None when there is no such folder."""
+    siblings; None when there is no such folder.
+
+    Not named: a sibling a live process may be running now (a bf16 run of the same name
+    in another process, say: :func:`locks.maybe_running`), and one holding a record
+    ``--force`` set aside (a forced rerun, going on or killed, that the report names).
+    """
     stem, _, _ = run_dir.name.rpartition("-")
     left = []
     for other in sorted(run_dir.parent.glob(f"{glob.escape(stem)}-*")):
         if other == run_dir or other.name.rpartition("-")[0] != stem:
             continue
-        if (other / results.RECORD_NAME).exists() or (other / results.FAILURE_NAME).exists():
+        done = (results.RECORD_NAME, results.FAILURE_NAME, *results.PREVIOUS_NAMES)
+        if any((other / name).exists() for name in done) or locks.maybe_running(other):
             continue
         latest = other / "checkpoints"
         with contextlib.suppress(OSError):
@@ -662,10 +668,10 @@ def _left_by_other_data(run_dir: Path) -> str | None:
     size = results.folder_bytes(left[0])
     more = f" (and {len(left) - 1} more such folder(s))" if len(left) > 1 else ""
     return (
-        f"note: {left[0]} ({size / 1e6:.1f} MB) holds the resume checkpoints of a run of the "
-        f"same name on other data, weights or settings (the data edited since it stopped, "
-        f"say){more}: it is not resumed, {run_dir.name} starts from scratch; delete it to "
-        "free the space"
+        f"note: {left[0]} ({size / 1e6:.1f} MB) holds the resume checkpoints of a stopped run "
+        f"of the same name on other data, weights or settings (the data edited since it "
+        f"stopped, say){more}: it is not resumed, {run_dir.name} starts from scratch; unless "
+        "you mean to finish it under its own settings, delete it to free the space"
     )
 
 
@@ -1094,6 +1100,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         **_dataset_options(config, ds),
         **_data_source(ds),
         "split_fingerprint": ds.split_fingerprint(),
+        "order_fingerprint": ds.order_fingerprint(),
         **_source_fingerprint(ds),
         **_medmnist_file(ds),
         **_decoding(ds),

@@ -241,6 +241,41 @@ def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
     raise RuntimeError(f"{path}: could not lock it in {_ATTEMPTS} tries (replaced each time)")
 
 
+def maybe_running(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether a live process may be running ``run_dir`` now, judged without locking.
+
+    For notes about other runs' folders (a sibling's leftover checkpoints), which
+    must not call a run in progress a leftover to delete: probing the ``flock``
+    would make that run's own start fail for the moment of the probe, so this
+    reads the holder the lock file names. No lock file: not running (a
+    holder removes it on release). A holder on another host, or one whose pid
+    could not be read: maybe running. On this host: running while that pid is
+    alive and not this process (a container restarts with the pids it had: a
+    killed run's pid can be this process's own).
+    """
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        pid, host = int(info["pid"]), str(info["host"])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError):  # being written, or a stranger's file
+        return True
+    if host != _host():
+        return True
+    if pid == os.getpid():
+        return False
+    if sys.platform == "win32":  # os.kill(pid, 0) would end the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    return True
+
+
 def _acquire_for_all_processes(run_dir: Path) -> RunLock:
     """Process 0 locks; the others learn whether it did (a collective of every process)."""
     import jax

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from experiments import report as cli
-from medft_jax import results
+from medft_jax import locks, results
 from medft_jax.atomic import DIR_MODE
 from medft_jax.config import NUMERICS_VERSION, RunConfig, numerics_version
 from medft_jax.grid import Grid
@@ -1300,10 +1300,16 @@ def test_run_folders_without_a_record_are_counted_with_their_size(tmp_path, caps
         "note: 1 run folder(s) hold no record, 3.0 MB of checkpoints (killed, still running, "
         f"or run with settings or data since changed), e.g. {killed}: rerunning the same "
         "command resumes one only while its settings and data are as they were (edited data "
-        "is another run); 1 of them sit beside a finished run of the same name on other data "
-        f"or settings, which superseded them (never resumed), e.g. {killed}; delete one to "
-        "free its disk\n"
+        "is another run); 1 of them stopped beside a finished run of the same name on other "
+        f"data or settings (that run's command never resumes them), e.g. {killed}; delete a "
+        "stopped one you no longer mean to finish to free its disk\n"
     )
+    # Running now in another process (a bf16 run beside the fp32 one, say): not stopped.
+    (killed / locks.LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": locks._host()}))
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out2")]) == 0
+    err = capsys.readouterr().err
+    assert f"; 1 of them are running now (a live process holds the lock), e.g. {killed};" in err
+    assert "stopped beside" not in err
 
 
 def test_a_forced_rerun_is_named_not_taken_for_an_empty_folder(tmp_path, capsys):

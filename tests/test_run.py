@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import jax
@@ -12,7 +14,7 @@ import pytest
 
 import weights_port
 from experiments.run import main
-from medft_jax import fit, results, strategies
+from medft_jax import fit, locks, results, strategies
 from medft_jax.checkpoints import pretrained
 from medft_jax.checkpoints.model import load_model
 from medft_jax.checkpoints.pretrained import merge
@@ -832,14 +834,45 @@ def test_a_fresh_run_names_the_checkpoints_a_run_of_its_name_on_other_data_left(
     assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=1) == {}
     err = capsys.readouterr().err
     assert (
-        f"note: {killed} (2.0 MB) holds the resume checkpoints of a run of the same name on "
-        "other data, weights or settings (the data edited since it stopped, say): it is not "
-        f"resumed, {name} starts from scratch; delete it to free the space\n"
+        f"note: {killed} (2.0 MB) holds the resume checkpoints of a stopped run of the same "
+        "name on other data, weights or settings (the data edited since it stopped, say): it "
+        f"is not resumed, {name} starts from scratch; unless you mean to finish it under its "
+        "own settings, delete it to free the space\n"
     ) in err
     assert str(finished) not in err
     # Resumed, the run says where from, not this again.
     assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=2) == {}
     assert str(killed) not in capsys.readouterr().err
+
+
+def test_the_leftover_note_skips_a_sibling_running_now_or_set_aside_by_force(tmp_path):
+    """A bf16 run and an fp32 run of one name share a stem: the fp32 run, still running in
+    another process, was named as a leftover "to delete". So was a forced rerun's folder,
+    whose last record waits in previous/. Only a stopped sibling is named."""
+    import subprocess
+
+    run_dir = tmp_path / "runs" / "bach-resnet50-lp-lr0.001-s0-aaaaaaaaaaaaaaaa"
+    other = run_dir.parent / "bach-resnet50-lp-lr0.001-s0-bbbbbbbbbbbbbbbb"
+    (other / "checkpoints" / "3").mkdir(parents=True)
+    assert str(other) in fit._left_by_other_data(run_dir)  # stopped: no lock file
+    host = locks._host()
+    lock = other / locks.LOCK_NAME
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": host}))  # alive: running
+    assert fit._left_by_other_data(run_dir) is None
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": host + "-elsewhere"}))
+    assert fit._left_by_other_data(run_dir) is None  # another host's: cannot tell, not named
+    lock.write_text("")  # a holder that has not written its pid yet
+    assert fit._left_by_other_data(run_dir) is None
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.write_text(json.dumps({"pid": gone.pid, "host": host}))  # a killed holder's file
+    assert str(other) in fit._left_by_other_data(run_dir)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": host}))  # a container's reused pid
+    assert str(other) in fit._left_by_other_data(run_dir)
+    lock.unlink()
+    (other / "previous").mkdir()
+    (other / "previous" / "record.json").write_text("{}")
+    assert fit._left_by_other_data(run_dir) is None
 
 
 def test_a_settings_note_is_said_once_per_session_not_once_per_run(capsys):
