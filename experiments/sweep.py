@@ -336,17 +336,19 @@ def _data_changed(
     the sweep builds the cache; records without one) go into ``unbuilt``, key -> why."""
     recorded: dict[str, set[str]] = {}
     recorded_splits: dict[str, set[str | None]] = {}
+    recorded_orders: dict[str, set[str | None]] = {}
     for r in records:
         if r["config"].get("dataset") in LOCAL_KINDS:
             key = results.settings_hash(r["config"])
             recorded.setdefault(key, set()).add(str(r["config"].get("data_fingerprint")))
             recorded_splits.setdefault(key, set()).add(r.get("split_fingerprint"))
+            recorded_orders.setdefault(key, set()).add(r.get("order_fingerprint"))
     todo = [c for c in runs if results.settings_hash(c.to_dict()) in recorded]
     if not todo:
         return {}
     from medft_jax import fit  # JAX: only when there is such a run to check
 
-    states: dict[tuple[Any, ...], tuple[str | None, str | None, str | None] | None] = {}
+    states: dict[tuple[Any, ...], tuple[str | None, str | None, Any] | None] = {}
     out: dict[str, str] = {}
     for c in todo:
         at = (c.dataset, fit.resize_for(c.arch, c.image_size), c.image_size, c.data_seed)
@@ -360,18 +362,31 @@ def _data_changed(
         state = states[at]
         if state is None:
             continue
-        fingerprint, reason, split = state
+        fingerprint, reason, listing = state
         key = results.settings_hash(c.to_dict())
         if fingerprint is None and reason == NOT_PREPARED:
-            splits = recorded_splits[key]
+            split, order = listing if listing is not None else (None, None)
+            splits, orders = recorded_splits[key], recorded_orders[key]
             if split is not None and None not in splits and split not in splits:
                 out[key] = (
                     f"{c.dataset}: other examples, splits or labels than recorded (its cache "
                     "is not built here; the listing says so)"
                 )
+            elif (
+                split is not None
+                and None not in splits
+                and None not in orders
+                and (order not in orders)
+            ):  # the batches follow the listing: its data fingerprint will differ
+                out[key] = (
+                    f"{c.dataset}: the recorded examples, splits and labels listed in another "
+                    "order (a labels CSV's rows reordered, say), which the training batches "
+                    "follow (its cache is not built here; the listing says so)"
+                )
             elif unbuilt is not None:
                 unbuilt[key] = (
                     "same examples, splits and labels as recorded"
+                    + ("" if None not in orders else " (their order not compared: older records)")
                     if split is not None and None not in splits
                     else "not compared (a record without split_fingerprint, or "
                     "--skip-bad-images, whose skips only decoding finds)"

@@ -156,7 +156,9 @@ class RunRecord(TypedDict, total=False):
     ``skipped_bad_images`` (split -> count) only when ``--skip-bad-images``
     left files out, ``split_fingerprint`` (which example is in which split, not the
     pixels: :meth:`medft_jax.data.Dataset.split_fingerprint`; absent in older
-    records), ``source_fingerprint`` (the images before the arch's resize, for folder,
+    records), ``order_fingerprint`` (the ids in the splits' order:
+    :meth:`medft_jax.data.Dataset.order_fingerprint`; absent in older records),
+    ``source_fingerprint`` (the images before the arch's resize, for folder,
     CSV and MedMNIST data; absent for others and in older records), ``decoding`` only
     for ``--bits-stored``/``--dicom-window`` runs, ``eval_copies_of_train`` (split ->
     count) only when val or test images are pixel-identical to training images,
@@ -178,6 +180,7 @@ class RunRecord(TypedDict, total=False):
     dataset_options: dict[str, str]
     data_source: dict[str, Any]
     split_fingerprint: str
+    order_fingerprint: str
     source_fingerprint: str
     decoding: dict[str, Any]
     skipped_bad_images: dict[str, int]

@@ -466,7 +466,11 @@ def test_dry_run_compares_the_listing_with_the_records_when_the_cache_is_not_bui
     )
     results.write_record(
         results.record_path(out, c.to_dict()),
-        {"config": c.to_dict(), "split_fingerprint": ds.split_fingerprint()},
+        {
+            "config": c.to_dict(),
+            "split_fingerprint": ds.split_fingerprint(),
+            "order_fingerprint": ds.order_fingerprint(),
+        },
     )
     shutil.rmtree(tmp_path / "data")  # the cache deleted
 
@@ -490,6 +494,84 @@ def test_dry_run_compares_the_listing_with_the_records_when_the_cache_is_not_bui
         "or labels than recorded (its cache is not built here; the listing says so))"
     ) in text
     assert not (tmp_path / "data").exists()  # nothing built, nothing decoded
+
+
+def test_dry_run_finds_a_labels_csv_whose_rows_were_only_reordered(tmp_path, capsys):
+    """Rows of a labels CSV reordered, its cache deleted: the dry run said "done" (the split
+    fingerprint sorts the ids) while the sweep ran it again (the batches, and so the data
+    fingerprint, follow the rows' order). The listing's order is compared too."""
+    import dataclasses
+    import shutil
+
+    from PIL import Image
+
+    from medft_jax import fit
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+        rows.append(f"{i}.png,{'ab'[i % 2]}\n")
+    labels = imgs / "labels.csv"
+    labels.write_text("path,label\n" + "".join(rows))
+    config = tmp_path / "c.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='c', datasets=('csv',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
+        "                settings={'weights': 'none', 'image_size': 32},\n"
+        f"                data_dir={str(tmp_path / 'data')!r},\n"
+        f"                dataset_options={{'csv': {{'manual_dir': {str(imgs)!r}, "
+        "'csv_file': 'labels.csv'}})\n"
+    )
+    g = grid_lib.load_grid(config)
+    (first,) = g.configs()
+    options = {"manual_dir": str(imgs), "csv_file": "labels.csv"}
+    ds = fit.load_dataset(first, g.data_dir, **options)
+    out = tmp_path / "runs"
+    c = dataclasses.replace(
+        first, data_fingerprint=ds.metadata["fingerprint"], weights_fingerprint="none"
+    )
+    record = {
+        "config": c.to_dict(),
+        "split_fingerprint": ds.split_fingerprint(),
+        "order_fingerprint": ds.order_fingerprint(),
+    }
+    results.write_record(results.record_path(out, c.to_dict()), record)
+    shutil.rmtree(tmp_path / "data")  # the cache deleted
+
+    def listed() -> tuple[list[str], str]:
+        assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        return [line.split()[1] for line in text.splitlines() if line[:5].strip().isdigit()], text
+
+    states, text = listed()
+    assert states == ["done"] and "(same examples, splits and labels as recorded)" in text
+    labels.write_text("path,label\n" + "".join(reversed(rows)))
+    states, text = listed()
+    assert states == ["changed"] and "done 0, failed 0, to run 1: " in text
+    assert (
+        "1 of them have records on data that changed since (csv: the recorded examples, "
+        "splits and labels listed in another order (a labels CSV's rows reordered, say), "
+        "which the training batches follow (its cache is not built here; the listing says "
+        "so))"
+    ) in text
+    assert not (tmp_path / "data").exists()  # nothing built, nothing decoded
+    # The sweep would indeed run it again: the reordered data is other data, same splits.
+    again = fit.load_dataset(first, g.data_dir, **options)
+    assert again.split_fingerprint() == record["split_fingerprint"]
+    assert again.metadata["fingerprint"] != c.data_fingerprint
+    assert again.order_fingerprint() != record["order_fingerprint"]
+    # A record from before order_fingerprint: the order is said not to be compared.
+    shutil.rmtree(tmp_path / "data")
+    del record["order_fingerprint"]
+    results.write_record(results.record_path(out, c.to_dict()), record)
+    states, text = listed()
+    assert states == ["done"]
+    assert "(same examples, splits and labels as recorded (their order not compared: " in text
 
 
 def test_dry_run_costs_come_from_runs_of_the_same_precision_and_uncached_epochs():

@@ -47,6 +47,17 @@ def split_fingerprint_of(splits: dict[str, tuple[Any, Any]]) -> str:
     return h.hexdigest()[:16]
 
 
+def order_fingerprint_of(ids: dict[str, Any]) -> str:
+    """:meth:`Dataset.order_fingerprint` of ``{split: ids}``: also of a listing not decoded
+    yet (a dry run compares it with the records')."""
+    h = hashlib.sha256()
+    for name in sorted(ids):
+        listed = np.asarray(ids[name]).astype(str).tolist()
+        h.update(f"{name}\0{len(listed)}\0".encode())
+        h.update("\0".join(listed).encode())
+    return h.hexdigest()[:16]
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """A loaded dataset: its splits and what the training code needs to know about it.
@@ -144,6 +155,17 @@ class Dataset:
         say so.
         """
         return split_fingerprint_of({k: (v.ids, v.labels) for k, v in self.splits.items()})
+
+    def order_fingerprint(self) -> str:
+        """A hash of each split's example ids in the order the splits hold them.
+
+        :meth:`split_fingerprint` sorts the ids (which examples, not in which order);
+        the order is the listing's (a labels CSV's rows), and the training batches
+        and so a run's numbers follow it: a CSV with only its rows reordered is
+        other data (its data fingerprint differs), which a dry run finds from the
+        listing with this.
+        """
+        return order_fingerprint_of({k: v.ids for k, v in self.splits.items()})
 
     def num_examples(self, split: str) -> int:
         return len(self.split(split))

@@ -22,7 +22,7 @@ from PIL import Image
 
 from medft_jax import locks
 from medft_jax.data import cache, dicom
-from medft_jax.data.dataset import Dataset, split_fingerprint_of
+from medft_jax.data.dataset import Dataset, order_fingerprint_of, split_fingerprint_of
 from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import BatchTooLarge, DataError
 from medft_jax.data.examples import Example, labels_of, split_plan, validate
@@ -122,29 +122,33 @@ def local_state(
     seed: int = 0,
     skip_bad_images: bool = False,
     **options: Any,
-) -> tuple[str | None, str | None, str | None]:
+) -> tuple[str | None, str | None, tuple[str, str] | None]:
     """``(fingerprint, None, None)`` when the cache of these files is built and current,
-    else ``(None, why not, split fingerprint)``: what a load would find, without decoding
-    or writing anything (a dry run telling which recorded runs the data changed under).
+    else ``(None, why not, (split fingerprint, order fingerprint))``: what a load would
+    find, without decoding or writing anything (a dry run telling which recorded runs the
+    data changed under).
 
     The split fingerprint (:meth:`Dataset.split_fingerprint`: which example is in which
-    split with which label) is the listing's, so a cache not built yet (deleted, another
+    split with which label) and the order fingerprint (:meth:`Dataset.order_fingerprint`:
+    in which order) are the listing's, so a cache not built yet (deleted, another
     ``--data-dir``) is still compared with the records' on everything but the pixels;
     None under ``skip_bad_images``, whose skips only decoding finds."""
     plan = _plan(
         kind, manual_dir, data_dir, (resize_size, crop_size), seed, skip_bad_images, options
     )
     if not cache.is_complete(plan.target):
-        split = None
+        listing = None
         if not skip_bad_images:
             n = len(plan.class_names)
+            ids = {name: [ex.id for ex in members] for name, members in plan.splits.items()}
             split = split_fingerprint_of(
                 {
-                    name: ([ex.id for ex in members], labels_of(members, plan.multilabel, n))
+                    name: (ids[name], labels_of(members, plan.multilabel, n))
                     for name, members in plan.splits.items()
                 }
             )
-        return None, NOT_PREPARED, split
+            listing = (split, order_fingerprint_of(ids))
+        return None, NOT_PREPARED, listing
     reason = cache.stale_reason(plan.target, plan.source)
     if reason:
         return None, reason, None

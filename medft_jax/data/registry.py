@@ -157,11 +157,11 @@ def data_state(
     seed: int = 0,
     skip_bad_images: bool = False,
     **options: Any,
-) -> tuple[str | None, str | None, str | None] | None:
+) -> tuple[str | None, str | None, tuple[str, str] | None] | None:
     """What :func:`load` would find for the user's ``folder``/``csv`` data, without decoding
-    or writing: ``(fingerprint, None, None)`` for a current cache, ``(None, why not, split
-    fingerprint of the listing or None)`` otherwise (:func:`medft_jax.data.local.local_state`);
-    None for other datasets (not checked)."""
+    or writing: ``(fingerprint, None, None)`` for a current cache, ``(None, why not, (split
+    fingerprint, order fingerprint) of the listing, or None)`` otherwise
+    (:func:`medft_jax.data.local.local_state`); None for other datasets (not checked)."""
     if name not in KINDS:
         return None
     sizes = _sizes(resize_size, crop_size)
