@@ -478,7 +478,12 @@ def _naming_an_interrupt(run_dir: Path, record_file: Path, force: bool) -> Itera
         raise
     except KeyboardInterrupt:
         latest = run_dir / "checkpoints"
-        if record_file.exists():
+        if record_file.exists() and force:  # the last record, set aside or not yet
+            what = (
+                "a record of it is on disk: rerunning the same command (--force) starts it "
+                "over; without --force it skips it"
+            )
+        elif record_file.exists():
             what = "its record is written: rerunning the same command skips it"
         elif force:
             what = (

@@ -2133,6 +2133,8 @@ def test_spearman_ties_and_too_few():
          "table '3' for mura_wrist; the paper's table of mura_wrist is 5"),
         ("5,mura_wrist,ft,resnet50,accuracy,0.70,0.01\n5,mura_wrist,ft,resnet50,kappa,0.4,0\n",
          PAPER_HEADER, 1, "every mean (κ aside) is at most 1: they look like fractions"),
+        ("5,mura_wrist,ft,resnet50,kappa,0.61,0.02\n5,mura_wrist,lp,resnet50,kappa,-0.1,0\n",
+         PAPER_HEADER, 1, "every κ is within [-1, 1]: they look like fractions"),
     ],
 )  # fmt: skip
 def test_a_bad_paper_csv_is_one_error_line_naming_file_and_line(
@@ -2158,6 +2160,8 @@ def test_a_paper_csv_may_write_its_table_number_and_small_kappas_as_it_likes():
         assert parse_paper(text, "p.csv").values[("mura_wrist", "resnet50", "ft", "accuracy")]
     kappas = PAPER_HEADER + "5,mura_wrist,ft,resnet50,kappa,0.8,0.1\n"
     assert parse_paper(kappas, "p.csv").values
+    kappas += "5,mura_wrist,lp,resnet50,kappa,0,0\n5,mura_wrist,g_lf,resnet50,kappa,1.5,1\n"
+    assert len(parse_paper(kappas, "p.csv").values) == 3  # one beyond 1: percent
 
 
 def test_the_bundled_paper_tables_load_through_importlib_resources():

@@ -350,6 +350,27 @@ def test_ctrl_c_names_the_run_and_that_rerunning_resumes_it(
     )
 
 
+def test_ctrl_c_under_force_beside_a_record_says_the_rerun_starts_over(tmp_path):
+    """A Ctrl-C under --force while the run's last record was still in place said "rerunning
+    the same command skips it": the same command (--force) starts it over."""
+    from medft_jax.errors import Interrupted
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "record.json").write_text("{}")
+    said = []
+    for force in (True, False):
+        with pytest.raises(Interrupted) as e:
+            with fit._naming_an_interrupt(run_dir, run_dir / "record.json", force):
+                raise KeyboardInterrupt
+        said.append(str(e.value))
+    assert said == [
+        f"{run_dir}: a record of it is on disk: rerunning the same command (--force) starts "
+        "it over; without --force it skips it",
+        f"{run_dir}: its record is written: rerunning the same command skips it",
+    ]
+
+
 @pytest.mark.slow
 def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
     """Stops inside and at the end of epochs (4 steps each); the resumed run ends the same."""
@@ -545,6 +566,16 @@ def test_an_unwritable_weights_cache_trains_from_random_init_and_names_the_fix(
     with pytest.raises(pretrained.CheckpointError) as e:
         pretrained.resolve("imagenet", "resnet50")
     assert str(e.value) == f"--weights imagenet: {why}"
+    # The cache folder itself a file (EEXIST, not ENOTDIR): the same warning, not a stop.
+    (tmp_path / "c2").mkdir()
+    (tmp_path / "c2" / "flax").write_text("x")
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "c2"))
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    monkeypatch.setattr(pretrained, "_WARNED", set())
+    assert pretrained.resolve("auto", "resnet50") == (None, "none (ImageNet weights unavailable)")
+    assert f"the weights cache {tmp_path / 'c2' / 'flax'} cannot be written (File exists)" in (
+        capsys.readouterr().err
+    )
     # A download cut off or a full disk is no unwritable cache: it stops the run, as
     # before, rather than train it (and a sweep's every later run) from random weights.
     monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))

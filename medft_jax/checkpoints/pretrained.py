@@ -61,8 +61,9 @@ def locate(weights: str, arch: str, *, warn: bool = True) -> Path | None:
     return path
 
 
-_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
-"""Errors of a weights cache that cannot be written (read-only HOME, a file in the way)."""
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)
+"""Errors of a weights cache that cannot be written (read-only HOME, a file in the way:
+ENOTDIR above the cache folder, EEXIST where the cache folder itself is a file)."""
 
 
 def _imagenet(arch: str, *, warn: bool) -> Path | None:

@@ -90,7 +90,8 @@ def load_paper(path: str | Path | None = None) -> PaperTables:
     Raises :class:`PaperTablesError`, one line naming the file and line, for a
     file that cannot be read, missing columns, a mean or SE that is not a
     number (or an SE below 0), a mean outside [0, 100] percent ([-100, 100] for
-    κ), every mean at most 1 (fractions, not percent), a table number that is not
+    κ), every mean at most 1 (fractions, not percent; of a file of κ only, every κ
+    within [-1, 1], two or more), a table number that is not
     the dataset's, an unknown dataset, strategy, arch or metric, a cell given twice,
     or no cells at all.
     """
@@ -163,6 +164,14 @@ def parse_paper(text: str, source: str) -> PaperTables:
             1,
             "every mean (κ aside) is at most 1: they look like fractions; expected percent "
             "(71.98, not 0.7198)",
+        )
+    kappas = [v.mean for k, v in values.items() if k[3] == "kappa"]
+    if not rates and len(kappas) > 1 and all(abs(m) <= 1 for m in kappas) and any(kappas):
+        # κ-only: in percent, every cell within 1 point of chance; in fractions, usual.
+        raise bad(
+            1,
+            "every κ is within [-1, 1]: they look like fractions; expected percent "
+            "(61.2, not 0.612)",
         )
     return PaperTables(source, values)
 
