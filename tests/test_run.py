@@ -360,9 +360,11 @@ def test_ctrl_c_under_force_beside_a_record_says_the_rerun_starts_over(tmp_path)
     (run_dir / "record.json").write_text("{}")
     said = []
     for force in (True, False):
-        with pytest.raises(Interrupted) as e:
-            with fit._naming_an_interrupt(run_dir, run_dir / "record.json", force):
-                raise KeyboardInterrupt
+        with (
+            pytest.raises(Interrupted) as e,
+            fit._naming_an_interrupt(run_dir, run_dir / "record.json", force),
+        ):
+            raise KeyboardInterrupt
         said.append(str(e.value))
     assert said == [
         f"{run_dir}: a record of it is on disk: rerunning the same command (--force) starts "
