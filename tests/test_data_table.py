@@ -208,6 +208,12 @@ def test_label_options_that_contradict_are_refused(tmp_path):
         _table(tmp_path, class_names=["a", "b"], label_columns=["x", "y"])
     names, multilabel, _ = _table(tmp_path, label_columns=["x", "y"])
     assert names == ["x", "y"] and multilabel
+    # Names read stripped, as the header's are, by the library as by the CLI.
+    names, multilabel, splits = _table(tmp_path, label_columns=[" x", "y "], path_column="path ")
+    assert names == ["x", "y"] and multilabel and sum(map(len, splits.values())) == 12
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, label_columns=["x", " x"])
+    assert _one_line(err) == "label_columns (--label-columns) names column 'x' twice"
     # A class name given twice, or in two spellings, read as a class without examples.
     _write(tmp_path, "path,label", [f"imgs/a{i}.png,{'ab'[i % 2]}" for i in range(12)])
     with pytest.raises(DataError) as err:

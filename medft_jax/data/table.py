@@ -194,6 +194,12 @@ def parse_table(
     """
     root = Path(root)
     csv_path = Path(csv_file) if Path(csv_file).is_absolute() else root / csv_file
+    # The header's names are read stripped; so are the names given for them, by the CLI
+    # or by a caller's own code ("a, b" split at commas).
+    path_column, label_column, group_column, split_column = (
+        c.strip() if c else c for c in (path_column, label_column, group_column, split_column)
+    )
+    label_columns = None if label_columns is None else [c.strip() for c in label_columns]
     check_label_options(label_column, label_columns, class_names)
     multilabel = label_columns is not None
     label_column = label_column or "label"
