@@ -34,6 +34,7 @@ that a report without ``--config`` counts a lost shard's runs as missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import os
@@ -398,29 +399,48 @@ def _data_changed(
     return out
 
 
+_PLUGINS = ("jax_cuda", "jax_rocm", "libtpu")
+"""Names an installed GPU/TPU plugin for JAX starts with (``jax_cuda12_plugin``,
+``libtpu``); every module of the ``jax_plugins`` namespace (``xla_cuda12``, Metal's) is
+one too."""
+
+
 def accelerator_installed() -> bool:
     """Whether JAX here may run on a GPU or TPU, judged without starting a backend (a dry
     run beside a running sweep must not open a CUDA client, nor take a TPU another process
     holds): ``JAX_PLATFORMS`` if set, else an installed CUDA, ROCm or TPU plugin."""
+    return _on_cpu_because() is None
+
+
+def _on_cpu_because() -> str | None:
+    """Why JAX here runs on the CPU only, or None when it may run on a GPU or TPU."""
+    import importlib.util
     import pkgutil
 
-    platforms = [p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    setting = os.environ.get("JAX_PLATFORMS", "")
+    platforms = [p.strip().lower() for p in setting.split(",") if p.strip()]
     if platforms:
-        return any(p != "cpu" for p in platforms)
-    return any(
-        m.name.startswith(("jax_cuda", "jax_rocm")) or m.name == "libtpu"
-        for m in pkgutil.iter_modules()
-    )
+        on_cpu = all(p == "cpu" for p in platforms)
+        return f"JAX_PLATFORMS={setting} runs JAX on this host's CPU" if on_cpu else None
+    if any(m.name.lower().startswith(_PLUGINS) for m in pkgutil.iter_modules()):
+        return None
+    with contextlib.suppress(ImportError, ValueError):  # a namespace package: nothing run
+        spec = importlib.util.find_spec("jax_plugins")
+        where = list(spec.submodule_search_locations or []) if spec is not None else []
+        if where and any(pkgutil.iter_modules(where)):
+            return None
+    return "this host has no GPU or TPU plugin for JAX and runs on its CPU"
 
 
 def _slower_here() -> str:
     """Said where the assumed throughput is an accelerator's and this host has none: the
     quick grid's "<1 s" took 26 minutes on two CPU cores."""
-    if accelerator_installed():
+    why = _on_cpu_because()
+    if why is None:
         return ""
     return (
-        "; this host has no GPU or TPU plugin for JAX and runs on its CPU, often a hundred "
-        "times slower or more: the records of runs finished here replace the assumption"
+        f"; {why}, often a hundred times slower or more: the records of runs finished here "
+        "replace the assumption"
     )
 
 

@@ -1227,17 +1227,44 @@ def test_a_dry_run_on_a_cpu_host_says_the_assumed_throughput_is_an_accelerators(
     """The quick grid's dry run estimated "<1 s" from H100 speeds on a CPU host, where it
     takes 26 minutes, and said nothing of it."""
     argv = ["--config", str(QUICK), "--out", str(tmp_path / "runs"), "--dry-run"]
-    said = "runs on its CPU, often a hundred times slower or more"
-    monkeypatch.setattr("pkgutil.iter_modules", lambda: iter(()))  # no GPU/TPU plugin
-    for platforms, cpu in (("cpu", True), ("cuda", False), ("", True)):
-        monkeypatch.setenv("JAX_PLATFORMS", platforms)
-        assert sweep_cli.main(argv) == 0
-        assert (said in capsys.readouterr().out) == cpu
     import pkgutil
 
-    cuda = pkgutil.ModuleInfo(None, "jax_cuda12_plugin", True)
-    monkeypatch.setattr("pkgutil.iter_modules", lambda: iter([cuda]))
-    assert sweep_cli.accelerator_installed()  # judged without starting a backend
+    real = pkgutil.iter_modules
+    said = ", often a hundred times slower or more"
+    monkeypatch.setattr("pkgutil.iter_modules", lambda *a: iter(()))  # no GPU/TPU plugin
+    for platforms, why in (
+        ("cpu", "JAX_PLATFORMS=cpu runs JAX on this host's CPU"),  # it may have a GPU
+        ("cuda", None),
+        ("cuda,cpu", None),
+        ("", "this host has no GPU or TPU plugin for JAX and runs on its CPU"),
+    ):
+        monkeypatch.setenv("JAX_PLATFORMS", platforms)
+        assert sweep_cli.main(argv) == 0
+        out = capsys.readouterr().out
+        assert (said in out) == (why is not None) and (why is None or f"; {why}{said}" in out)
+
+    monkeypatch.setenv("JAX_PLATFORMS", "")
+    for name in ("jax_cuda12_plugin", "libtpu", "jax_rocm60_plugin"):
+        plugin = pkgutil.ModuleInfo(None, name, True)
+        monkeypatch.setattr("pkgutil.iter_modules", lambda *a, p=plugin: iter([p]))
+        assert sweep_cli.accelerator_installed()  # judged without starting a backend
+    # A plugin only in the jax_plugins namespace (older CUDA wheels, Metal).
+    monkeypatch.setattr("pkgutil.iter_modules", lambda *a: real(*a) if a else iter(()))
+    assert not sweep_cli.accelerator_installed() or _has_jax_plugins()
+    space = tmp_path / "site" / "jax_plugins" / "xla_cuda12"
+    space.mkdir(parents=True)
+    (space / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert sweep_cli.accelerator_installed()
+
+
+def _has_jax_plugins() -> bool:
+    """Whether this environment has a jax_plugins module of its own (then a host with one)."""
+    import importlib.util
+    import pkgutil
+
+    spec = importlib.util.find_spec("jax_plugins")
+    return bool(spec and any(pkgutil.iter_modules(list(spec.submodule_search_locations or []))))
 
 
 def test_a_missing_grid_file_names_the_toolkits_grids(tmp_path, capsys, monkeypatch):
