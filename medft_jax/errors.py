@@ -32,6 +32,11 @@ EXIT_BUSY = 75
 sysexits.h, "try again later"): a script ``run && report`` must not go on without the
 result, yet can tell this from a failure and retry."""
 
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)
+"""Errors of a folder that cannot be written, which pointing the tool elsewhere mends (a
+read-only HOME; a file in the way: ENOTDIR above the folder, EEXIST where the folder itself
+is a file); not a full disk."""
+
 _OS_REASONS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",

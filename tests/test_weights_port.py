@@ -713,3 +713,16 @@ def test_download_into_an_unwritable_user_cache_says_how_to_move_it(tmp_path, ca
         f"error: {tmp_path / 'afile' / 'cache' / 'flax'}: a path component is a file, not a "
         "folder; set MEDFT_JAX_CACHE to a writable folder, or give --out\n"
     )
+    # A full disk in the cache is no cache to move: said as it is, without that advice.
+    import errno
+
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
+    where = tmp_path / "cache" / "flax" / "resnet50.part"
+
+    def full(arch, out=None, force=False):
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(weights_port, "port_imagenet", full)
+    assert main(["--download", "--arch", "resnet50"]) != 0
+    err = capsys.readouterr().err
+    assert f"{where}: no space left on the device" in err and "MEDFT_JAX_CACHE" not in err

@@ -8,7 +8,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medft_jax.errors import ArgumentParser, UserError, cli_main, os_error_line, path_flag
+from medft_jax.errors import (
+    UNWRITABLE,
+    ArgumentParser,
+    UserError,
+    cli_main,
+    os_error_line,
+    path_flag,
+)
 from medft_jax.models import ARCHS, TEST_ARCHS
 
 
@@ -171,7 +178,8 @@ def _naming_the_cache(default: bool, cache: Path):
     except OSError as e:
         line = os_error_line(e)
         inside = e.filename is not None and Path(e.filename).is_relative_to(cache)
-        if not default or line is None or not inside:
+        # Only a cache that cannot be written is mended by moving it; a full disk is not.
+        if not default or line is None or not inside or e.errno not in UNWRITABLE:
             raise
         raise UserError(
             f"{line}; set MEDFT_JAX_CACHE to a writable folder, or give --out"

@@ -11,7 +11,6 @@ for the task.
 from __future__ import annotations
 
 import contextlib
-import errno
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 from medft_jax.checkpoints.model import CheckpointError, load_model
 from medft_jax.data.locations import CACHE_VARIABLE
+from medft_jax.errors import UNWRITABLE
 from medft_jax.locks import build_lock
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
@@ -61,11 +61,6 @@ def locate(weights: str, arch: str, *, warn: bool = True) -> Path | None:
     return path
 
 
-_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)
-"""Errors of a weights cache that cannot be written (read-only HOME, a file in the way:
-ENOTDIR above the cache folder, EEXIST where the cache folder itself is a file)."""
-
-
 def _imagenet(arch: str, *, warn: bool) -> Path | None:
     """The ported ImageNet checkpoint of ``arch``, ported on first use; None if unavailable.
 
@@ -89,7 +84,7 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
         # A read-only HOME: the demo trains, as offline, and says why. Any other failure
         # (a download cut off, a full disk) stops the run as before: a sweep would
         # otherwise train every later run of the arch from random weights.
-        if path is None or e.errno not in _UNWRITABLE:
+        if path is None or e.errno not in UNWRITABLE:
             raise
         _UNAVAILABLE[arch] = (
             f"the weights cache {path.parent} cannot be written ({e.strerror or e}); "
