@@ -115,7 +115,9 @@ def torch_main(npz: str, epochs: int, seed: int = 0) -> None:
         model.eval()
         x, y = data[split]
         with torch.inference_mode():
-            scores = torch.cat([model(b).softmax(-1)[:, 1] for b in x.split(256)])
+            # Ranked as the toolkit ranks (float64 log-probabilities): float32 softmax
+            # rounds confident scores to 1.0 and ties them.
+            scores = torch.cat([model(b).double().log_softmax(-1)[:, 1] for b in x.split(256)])
         return float(roc_auc_score(y.numpy(), scores.numpy()))
 
     train_start = time.perf_counter()
