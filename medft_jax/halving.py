@@ -141,7 +141,8 @@ def successive_halving(
     """Runs the rungs over ``arms`` (one dataset and arch); returns the outcome.
 
     The outcome holds the pick (strategy, lr, its validation score), every
-    rung's scores and the cost actually trained (epochs and seconds).
+    rung's scores and the cost actually trained (epochs and seconds; an arm that diverged
+    counts its steps up to the divergence and that rung's wall seconds).
     """
     for arm in arms:  # the runs' identity covers the data and the starting weights
         arm.config = session.identify(arm.config)  # every process has the data, or none
@@ -178,7 +179,9 @@ def successive_halving(
         if budget >= max_epochs:
             break
         alive = survivors(alive, eta)
-        if len(alive) == 1:  # the pick: no need to train it further here
+        viable = [a for a in alive if not _failed(a)]
+        if len(viable) <= 1:  # the pick (a diverged arm kept beside it cannot win), or none
+            alive = viable or alive
             break
     best = survivors(alive, len(alive))
     pick = best[0]
@@ -220,8 +223,12 @@ def _advance(
     """Trains ``arm`` up to ``steps`` train steps in all and scores it (``at``: the steps
     every rung of this selection ends at)."""
     o = session.run(arm.config, stop_after_steps=steps)
-    if o.kind == DIVERGED:
+    if o.kind == DIVERGED:  # what it trained up to the divergence was spent too
         arm.failed = o.error
+        step = getattr(o.exception, "step", None)
+        reached = steps if step is None else min(step, steps)
+        arm.epochs = max(arm.epochs, reached / steps_per_epoch)
+        arm.seconds += o.seconds  # the call's wall seconds: its epochs' are not recorded
         return
     if o.kind == BUSY:  # another selection trains this arm: it cannot be scored
         raise BusyError(

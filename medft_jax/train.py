@@ -61,7 +61,15 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite.
+
+    ``step``: the run's train steps in all when it did (None where unknown: a
+    non-finite evaluation), which a selection counts in the diverged arm's cost.
+    """
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 class NonFiniteOutputError(NonFiniteLossError):
@@ -809,5 +817,6 @@ def check_finite(loss: float, *, step: int, epoch: int) -> None:
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"training loss became {loss} at step {step} (epoch {epoch}); "
-            "try a smaller --lr or --precision fp32"
+            "try a smaller --lr or --precision fp32",
+            step=step,
         )

@@ -162,6 +162,54 @@ def test_when_every_arm_diverges_there_is_no_pick():
     )
 
 
+def test_a_diverged_arm_counts_what_it_trained_and_is_not_kept_as_a_survivor(monkeypatch):
+    """An arm diverging inside rung 2 kept its rung-1 cost (select's "spent" under-counted
+    the grid's share); an arm diverged in rung 1 kept beside the one viable arm made it
+    train a whole extra rung that could not change the pick."""
+    from medft_jax import halving
+    from medft_jax.outcomes import DIVERGED, DONE, Outcome
+    from medft_jax.train import NonFiniteLossError
+
+    def fake_score(arm, record, out, primary, steps_per_epoch, *, steps=None, at=None):
+        arm.score, arm.epochs, arm.seconds = record["score"], steps / steps_per_epoch, steps
+
+    monkeypatch.setattr(halving, "score_arm", fake_score)
+    calls = []
+
+    def run(scores, diverge):
+        def one(config, stop_after_steps):
+            calls.append((config.lr, stop_after_steps))
+            at = diverge.get((config.lr, stop_after_steps))
+            if at is not None:
+                e = NonFiniteLossError(f"training loss became nan at step {at}", step=at)
+                return Outcome(config, DIVERGED, error=str(e), exception=e, seconds=5.0)
+            return Outcome(config, DONE, record={"score": scores[config.lr]})
+
+        return one
+
+    lrs = (1e-2, 1e-3, 1e-4, 1e-5)
+    arms = [Arm("ft", lr, RunConfig(strategy="ft", lr=lr)) for lr in lrs]
+    scores = {1e-2: 0.9, 1e-3: 0.8, 1e-4: 0.5, 1e-5: 0.4}
+    session = _Session(run(scores, {(1e-2, 8): 6}))  # the leader diverges at step 6 of 8
+    out = halving.successive_halving(
+        arms, session, min_epochs=1, eta=2, max_epochs=4, say=lambda line: None
+    )
+    assert out["pick"]["lr"] == 1e-3
+    # Rung 1: four arms of 1 epoch (4 s each); rung 2: 1e-3 to 2 epochs (8 s), 1e-2 to
+    # step 6 (1.5 epochs) and its rung's 5 wall seconds on top of its 4.
+    assert out["cost"]["epochs"] == 1 + 1 + 2 + 1.5
+    assert out["cost"]["seconds"] == 4 + 4 + 8 + 9
+    # Three arms, two diverged in rung 1: the one viable arm is the pick, trained no further.
+    calls.clear()
+    arms = [Arm("ft", lr, RunConfig(strategy="ft", lr=lr)) for lr in lrs[:3]]
+    session = _Session(run(scores, {(1e-2, 4): 3, (1e-3, 4): 2}))
+    out = halving.successive_halving(
+        arms, session, min_epochs=1, eta=2, max_epochs=4, say=lambda line: None
+    )
+    assert out["pick"]["lr"] == 1e-4 and calls == [(1e-2, 4), (1e-3, 4), (1e-4, 4)]
+    assert out["cost"]["epochs"] == 0.75 + 0.5 + 1
+
+
 def test_a_first_rung_that_rounds_to_a_whole_run_is_refused():
     """1.9 of 2 epochs at 4 steps an epoch is 8 steps: every arm would train the full run."""
     from medft_jax.data import DataError
