@@ -58,7 +58,9 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-bad-images",
         action="store_true",
-        help="skip and count corrupt images (not sound files the decoding rules refuse)",
+        help="skip and count corrupt images and files no setting reads as one image "
+        "(multi-frame); not sound files the decoding rules refuse until told more (a 16-bit "
+        "file's bits, a DICOM window, a decoder plugin)",
     )
     add_bits_stored_flag(p)
     add_dicom_window_flag(p)

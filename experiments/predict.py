@@ -656,8 +656,9 @@ def _main(argv: Sequence[str] | None) -> int:
         "--skip-bad-images",
         action="store_true",
         help="leave out unreadable or undecodable images (truncated, empty, a link that "
-        "loops), each named in one note: line, and predict the others (not sound files the "
-        "decoding rules refuse)",
+        "loops, multi-frame), each named in one note: line, and predict the others (not "
+        "sound files the decoding rules refuse until told more: a 16-bit file's bits, a "
+        "DICOM window, a decoder plugin)",
     )
     p.add_argument(
         "--top",
