@@ -538,7 +538,9 @@ def check_out_file(out: str) -> None:
     a folder, or a parent folder that is missing or not writable (where the rows are
     written whole, then renamed into place)."""
     path = Path(out).expanduser()
-    if not out or path.is_dir():
+    if not out:
+        raise PredictError("--out '': an empty path; expected a file to write the rows to")
+    if path.is_dir():
         raise PredictError(f"--out {out!r}: expected a file to write the rows to, not a folder")
     parent = path.parent
     for above in (parent, *parent.parents):  # a file on the way is named as one

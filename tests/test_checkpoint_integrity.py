@@ -819,6 +819,15 @@ def test_a_file_given_as_a_checkpoint_is_named_a_file(tmp_path):
         load_model(tmp_path / "ck")
     with pytest.raises(CheckpointError, match=r"none: no such checkpoint folder$"):
         load_model(tmp_path / "none")
+    # A --force rerun that has not saved its best/ yet: the finished one waits in previous/.
+    run = tmp_path / "run"
+    (run / "previous" / "best" / "metadata").mkdir(parents=True)
+    with pytest.raises(CheckpointError) as e:
+        load_model(run / "best")
+    assert str(e.value) == (
+        f"{run / 'best'}: no such checkpoint folder; a --force rerun of this run has not saved "
+        f"one yet: its last finished parameters are {run / 'previous' / 'best'}"
+    )
 
 
 def test_export_replaces_existing_files_only_with_force(tiny_saved, tmp_path, capsys):

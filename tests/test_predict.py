@@ -459,6 +459,10 @@ def test_out_writes_every_row_or_leaves_the_old_file(tmp_path, capsys, monkeypat
     assert main(["--checkpoint", str(ck), "--images", *paths, "--out", str(under)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: --out {under}: {tmp_path / 'afile'} is a file, expected a folder\n"
+    # An empty path is said to be one, not "not a folder".
+    assert main(["--checkpoint", str(ck), "--images", *paths, "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --out '': an empty path; expected a file to write the rows to\n"
 
 
 def test_a_failed_write_to_stdout_names_stdout_in_one_line(tmp_path, capsys, monkeypatch):

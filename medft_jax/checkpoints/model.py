@@ -406,7 +406,14 @@ def _check_dir(directory: str | Path) -> Path:
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory}: is a file, expected a checkpoint folder")
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint folder")
+        kept = directory.parent / "previous" / directory.name  # a --force rerun's set aside
+        hint = (
+            f"; a --force rerun of this run has not saved one yet: its last finished "
+            f"parameters are {kept}"
+            if directory.name == "best" and (kept / "metadata").exists()
+            else ""
+        )
+        raise CheckpointError(f"{directory}: no such checkpoint folder{hint}")
     if not (directory / "metadata").exists() or not (directory / "state").exists():
         best = directory / "best"
         hint = (
