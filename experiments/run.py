@@ -379,7 +379,10 @@ def _print_summary(
     copies = records[0].get("eval_copies_of_train")
     if copies:
         each = ", ".join(f"{split} {n}" for split, n in copies.items())
-        print(f"\nevaluation images that are copies of training images: {each}; scores inflated")
+        print(
+            f"\nevaluation images that are copies of training images of their label: {each}; "
+            "scores inflated"
+        )
     if failed_lrs:
         print(f"\nlr {lrs_text(failed_lrs)} left out of the choice: a run there diverged")
     if busy_lrs:

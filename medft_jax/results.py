@@ -31,7 +31,9 @@ Record schema (``medft_jax.fit.run_one`` writes it; keys a reader relies on):
     ``trainable_blocks`` (block names that trained), ``improved`` and ``stop``
     (the early-stopping decision).
 ``best_epoch``
-    The epoch whose parameters were kept (best validation primary metric).
+    The epoch whose parameters were kept (best validation primary metric), 0-based
+    as ``epoch`` and ``final_stage_epoch`` are; the console's lines count from 1
+    ("best epoch 7 of 10" is ``best_epoch`` 6).
 ``val``
     The validation metrics of ``best_epoch``; ``aggregate.choose_lr`` reads
     ``record["val"][metric]``.
@@ -161,7 +163,8 @@ class RunRecord(TypedDict, total=False):
     ``source_fingerprint`` (the images before the arch's resize, for folder,
     CSV and MedMNIST data; absent for others and in older records), ``decoding`` only
     for ``--bits-stored``/``--dicom-window`` runs, ``eval_copies_of_train`` (split ->
-    count) only when val or test images are pixel-identical to training images,
+    count) only when val or test images are pixel-identical to training images of
+    their label,
     ``split_sizes`` (split -> images; absent in older records), ``scored_units``
     (``{"unit": "study", "val": n, "test": n}`` where metrics are per study), ``medmnist_file``
     (``{"md5", "official"}``: whether a MedMNIST ``.npz`` is the published file),

@@ -979,6 +979,33 @@ def test_test_images_that_copy_training_images_are_noted_on_every_load(tmp_path,
     ])  # fmt: skip
 
 
+def test_a_test_copy_under_another_label_is_not_said_to_inflate_the_scores(tmp_path, capsys):
+    """BreastMNIST's test/76 copies train/115 under the other label: a model that learnt the
+    training image scores the copy wrong (it deflates, by one image), yet the run, the
+    record and the report said "inflated". Only same-label copies count as inflating;
+    the other is the two-labels note's."""
+    import shutil
+
+    from medft_jax.data.cache import duplicate_counts
+
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root / "train", per_class=8)
+    _folder(root / "test", per_class=4, seed=7000)
+    shutil.copy(root / "train" / "cat" / "0.png", root / "test" / "dog" / "relabelled.png")
+    shutil.copy(root / "train" / "dog" / "2.png", root / "test" / "dog" / "copy.png")
+    ds = _load_folder(root, out)
+    assert duplicate_counts(ds.metadata) == {"test": 1}
+    notes = [x for x in capsys.readouterr().err.splitlines() if "pixel-identical" in x]
+    assert notes == [
+        f"note: {root}: images pixel-identical to a training image after preprocessing: "
+        "1 in test (e.g. test/dog/copy.png = train/dog/2.png); they inflate "
+        "validation/test scores, remove them",
+        f"note: {root}: 1 image(s) pixel-identical after preprocessing to one of another "
+        "label; one of each is mislabelled, or the pixels cannot tell the classes apart "
+        "(e.g. test/dog/relabelled.png = train/cat/0.png)",
+    ]
+
+
 def _said_at_every_load(root: Path, out: Path, capsys, expected: list[str]) -> None:
     for _ in range(2):  # when the cache is written, and when it is read
         _load_folder(root, out)

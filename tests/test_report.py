@@ -1221,8 +1221,8 @@ def test_the_report_says_which_scores_are_inflated_by_copies_and_what_was_skippe
     out = tmp_path / "out"
     assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
     inflated = (
-        "Inflated: 2 val and 11 test image(s) are copies of training images, scored as if "
-        "unseen: these scores are higher than on independent images."
+        "Inflated: 2 val and 11 test image(s) are copies of training images of their label, "
+        "scored as if unseen: these scores are higher than on independent images."
     )
     skipped = "3 unreadable image(s) left out by --skip-bad-images (train 3)."
     index = (out / "index.md").read_text()

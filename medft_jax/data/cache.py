@@ -211,17 +211,26 @@ def leaked_duplicates(
 
     ``by_image``: split -> [(image hash, id, label bytes), ...]. Returns, each only when
     found: ``{split: count, "example": [eval id, train id]}`` for ``val``/``test``
-    images that copy a training image (a copy in the test split inflates its score,
-    and byte-identical copies under two names are common in collected data);
+    images that copy a training image of the same label (a copy in the test split
+    inflates its score, and byte-identical copies under two names are common in
+    collected data; a copy under another label does not inflate it, a model that
+    learnt the training image scores it wrong, and ``two_labels`` names it);
     ``"eval_repeats": [count, "id = id"]``, val/test images that copy another val/test
     image and no training image (each counts more than once); ``"two_labels": [count,
     "id = id"]``, pixel contents seen under different labels, in any splits (one is
     mislabelled, or the classes cannot be told apart by the pixels).
     """
     train = {h: i for h, i, _ in by_image.get("train", ())}
+    train_labels: dict[bytes, set[bytes]] = {}
+    for h, _, label in by_image.get("train", ()):
+        train_labels.setdefault(h, set()).add(label)
     out: dict[str, Any] = {}
     for split in ("val", "test"):
-        same = [(i, train[h]) for h, i, _ in by_image.get(split, ()) if h in train]
+        same = [
+            (i, train[h])
+            for h, i, label in by_image.get(split, ())
+            if h in train and label in train_labels[h]
+        ]
         if same:
             out[split] = len(same)
             out.setdefault("example", list(min(same)))

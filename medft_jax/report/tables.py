@@ -412,14 +412,14 @@ def _value_entry(x: ValueLine) -> Entry:
 
 def data_notes(protocol: Mapping[str, Any]) -> list[str]:
     """What a dataset's records say of its images that changes how its numbers read:
-    evaluation images that are byte copies of training images (inflated scores), and
+    evaluation images that are copies of training images of their label (inflated scores), and
     images ``--skip-bad-images`` left out (numbers of fewer images than were given)."""
     notes = []
     copies = protocol.get("copies") or {}
     if copies:
         each = " and ".join(f"{n} {split}" for split, n in copies.items())
         notes.append(
-            f"Inflated: {each} image(s) are copies of training images, scored as if "
+            f"Inflated: {each} image(s) are copies of training images of their label, scored as if "
             "unseen: these scores are higher than on independent images."
         )
     skipped = protocol.get("skipped") or {}
