@@ -845,6 +845,18 @@ def test_export_replaces_existing_files_only_with_force(tiny_saved, tmp_path, ca
     assert port_main(argv) == 0
     assert port_main(argv) == 2 and "already exists" in capsys.readouterr().err
     assert port_main([*argv, "--force"]) == 0
+    # A link as --out: --force replaced the link with a file, the docs said it is refused.
+    kept = tmp_path / "elsewhere.pth"
+    kept.write_text("mine")
+    link = tmp_path / "linked.pth"
+    link.symlink_to(kept)
+    for force in ([], ["--force"]):
+        argv = ["export", "--checkpoint", str(tiny_saved), "--out", str(link), *force]
+        assert port_main(argv) == 2
+        assert _one_error_line(capsys.readouterr().err) == (
+            f"--out {link}: {link} is a link; give the file it points to, or another name"
+        )
+        assert link.is_symlink() and kept.read_text() == "mine"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import shutil
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -284,6 +285,17 @@ def test_an_export_header_out_of_step_with_its_tensors_is_refused_before_writing
         f"error: {src}: its 'medft_jax' header does not match its metadata_sha256 (edited: "
         "class names reordered, multilabel flipped?); export the checkpoint again\n"
     )
+    # The seal removed, the names swapped: ported as read (older exports have no seal),
+    # with one note saying they went unchecked.
+    del sealed["metadata_sha256"]
+    save_file(load_file(str(src)), str(src), metadata={"medft_jax": json.dumps(sealed)})
+    assert main(["--arch", "resnet50", "--torch-weights", str(src), "--out", str(out)]) == 0
+    assert capsys.readouterr().err.startswith(
+        f"note: {src}: its 'medft_jax' header carries no metadata_sha256 (an export from "
+        "before 2026-12-05, or edited): its class names and settings are read unchecked; "
+        "export the checkpoint again to seal them\n"
+    )
+    shutil.rmtree(out)
     pth = tmp_path / "m.pth"
     torch.save({k: torch.from_numpy(v) for k, v in resnet_state.items()}, pth)
     src.write_bytes(b"garbage")
@@ -567,6 +579,23 @@ def test_a_head_of_zero_classes_is_one_line(resnet_state):
     state["fc.bias"] = np.zeros((0,), np.float32)
     with pytest.raises(PortError, match=r"'fc.weight' has shape \(0, 2048\), expected at least"):
         torch_to_flax(state, "resnet50", source="x.pth")
+
+
+def test_flags_a_plain_file_contradicts_are_named_not_a_header_it_lacks(tmp_path, capsys):
+    """A one-output .pth ported with --no-multilabel was refused as "its medft_jax header:
+    ...": the file has no header; the flags given are what the head contradicts."""
+    src = tmp_path / "one.pth"
+    torch.save(random_torchvision("resnet50", 1).state_dict(), src)
+    out = tmp_path / "ck"
+    argv = ["--arch", "resnet50", "--torch-weights", str(src), "--out", str(out)]
+    assert main([*argv, "--no-multilabel"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: --torch-weights {src} with the flags given (--class-names, "
+        "--multilabel/--no-multilabel, --image-size): metadata says one class and not "
+        "multilabel"
+    ), err
+    assert err.count("\n") == 1 and not out.exists()
 
 
 @pytest.mark.slow

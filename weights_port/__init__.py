@@ -123,7 +123,13 @@ def port(
         metadata["multilabel"] = True  # one logit: trained with a sigmoid (BCE)
     # An export's header edited out of step with its tensors (3 class names for a 2-class
     # head) was ported, and every reader of the checkpoint refused it: refused here, first.
-    check_metadata(variables, metadata, f"--torch-weights {torch_weights}: its medft_jax header")
+    where = (
+        f"--torch-weights {torch_weights}: its medft_jax header"
+        if exported
+        else f"--torch-weights {torch_weights} with the flags given (--class-names, "
+        "--multilabel/--no-multilabel, --image-size)"
+    )
+    check_metadata(variables, metadata, where)
     return save_model(out, variables["params"], variables["batch_stats"], metadata, force=force)
 
 
@@ -155,7 +161,7 @@ def _exported_metadata(path: Path, arch: str) -> dict:
     if path.suffix.lower() != ".safetensors":
         twin = path.with_suffix(".safetensors")
         try:
-            held = read_export_metadata(twin)
+            held = read_export_metadata(twin, note_unsealed=False)
         except PortError as e:  # the user named the .pth: say why its twin was read at all
             raise PortError(
                 f"--torch-weights {path}: its twin {twin.name}, read for an export's class "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -123,10 +124,12 @@ PREDICTION_KEYS = (
 """What predict reads from a checkpoint: kept through an export and a port back."""
 
 
-def read_export_metadata(path: str | Path) -> dict | None:
+def read_export_metadata(path: str | Path, *, note_unsealed: bool = True) -> dict | None:
     """The metadata an export wrote into a ``.safetensors`` header, or None (another file).
 
-    A ``.pth`` carries tensors only: None.
+    A ``.pth`` carries tensors only: None. A header without its seal (an export from
+    before the seal, or one edited with it removed) is read as it is, with one ``note:``
+    line unless ``note_unsealed`` is False (a twin read only to refuse its ``.pth``).
     """
     path = Path(path)
     if path.suffix.lower() != ".safetensors" or not path.is_file():
@@ -147,7 +150,14 @@ def read_export_metadata(path: str | Path) -> dict | None:
     if not isinstance(value, dict):
         raise PortError(f"{path}: its {EXPORT_KEY!r} header is not a JSON object; edited?")
     seal = value.pop(METADATA_HASH, None)  # exports before it: read as they are
-    if seal is not None and seal != metadata_hash(value):
+    if seal is None and note_unsealed:  # or edited with it removed: names go unchecked
+        print(
+            f"note: {path}: its {EXPORT_KEY!r} header carries no {METADATA_HASH} (an export "
+            "from before 2026-12-05, or edited): its class names and settings are read "
+            "unchecked; export the checkpoint again to seal them",
+            file=sys.stderr,
+        )
+    elif seal is not None and seal != metadata_hash(value):
         raise PortError(
             f"{path}: its {EXPORT_KEY!r} header does not match its {METADATA_HASH} (edited: "
             "class names reordered, multilabel flipped?); export the checkpoint again"
@@ -170,7 +180,10 @@ STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
 """Where training scripts keep the state_dict in a checkpoint dict (``{'model': sd,
 'optimizer': ..., 'epoch': 3}``): torchvision's reference scripts, Lightning
 (``state_dict``) and the common ``model_state_dict``. One of them holding a state_dict
-is unwrapped; two are refused (which one is the model is not for the port to guess)."""
+is unwrapped; two are refused (which one is the model is not for the port to guess).
+A dict that also pickles an object (the reference scripts' ``args``, an
+``argparse.Namespace``) is refused as ``torch.load(weights_only=True)`` refuses it,
+naming the object: re-save its ``model`` entry alone."""
 
 
 def _unwrap(obj: Any, path: Path) -> Any:
@@ -235,8 +248,8 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
 
 
 def _pth_error(path: Path, e: pth_reader.PthError) -> PortError:
-    if isinstance(e, pth_reader.Refused):
-        return PortError(f"{path}: {NOT_LOADABLE}")
+    if isinstance(e, pth_reader.Refused):  # named: a reference script's argparse.Namespace
+        return PortError(f"{path}: {NOT_LOADABLE}; refused: {e}")
     if isinstance(e, pth_reader.Unsupported):
         return PortError(f"{path}: not read ({e}); a state_dict's keys are names")
     if isinstance(e, pth_reader.TooLarge):
@@ -279,7 +292,11 @@ def check_out_path(out: str | Path, *, force: bool = False) -> Path:
     for target in output_files(out):
         if target.is_dir():  # not even --force replaces a folder with a file
             raise PortError(f"--out {out}: {target} is a folder; expected a file name there")
-        if not force and (target.exists() or target.is_symlink()):
+        if target.is_symlink():  # --force would replace the link, not write through it
+            raise PortError(
+                f"--out {out}: {target} is a link; give the file it points to, or another name"
+            )
+        if not force and target.exists():
             raise PortError(f"--out {out}: {target} already exists; pass --force to overwrite it")
     writable_dir(out.parent, "--out")
     return out
