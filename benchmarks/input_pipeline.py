@@ -7,7 +7,9 @@ leaves it), warms the page cache with one pass, then times
 ``Dataset.train_iter`` (seeded shuffle, sorted memmap gathers, grain
 prefetch) at several batch sizes and thread/worker settings, and, for
 comparison, decoding + Resize(232) + CenterCrop(224) of raw JPEG/PNG files
-(what a pipeline without the preparation step would do every epoch). Prints
+(what a pipeline without the preparation step would do every epoch, and what
+building a folder's cache does once), with one thread and with the threads a
+cache build uses (``MEDFT_JAX_DECODE_THREADS``, default the CPUs up to 4). Prints
 a Markdown table. The goal is >= 5,000 images/s (one H100 trains ResNet-50
 at about 3,000 images/s).
 """
@@ -72,8 +74,12 @@ def time_pipeline(ds: Dataset, batch_size: int, epochs: int, **options: int) -> 
     return images / (time.perf_counter() - start)
 
 
-def time_raw(workdir: Path, n: int, fmt: str, size: tuple[int, int] = (512, 512)) -> float:
-    """Images/s decoding + resizing + cropping ``n`` raw files of ``size``."""
+def time_raw(
+    workdir: Path, n: int, fmt: str, size: tuple[int, int] = (512, 512), threads: int = 1
+) -> float:
+    """Images/s decoding + resizing + cropping ``n`` raw files of ``size`` (and hashing them,
+    as a cache build does), in chunks of 64 as a cache build reads them, ``threads`` at
+    once (:meth:`~medft_jax.data.images.ImageReader.read_many`)."""
     import numpy as np
     from PIL import Image
 
@@ -90,10 +96,10 @@ def time_raw(workdir: Path, n: int, fmt: str, size: tuple[int, int] = (512, 512)
         if not path.exists():
             picture.rotate(i % 360).save(path)
         paths.append(path)
-    reader = ImageReader(232, 224)
+    reader = ImageReader(232, 224, threads=threads)
     start = time.perf_counter()
-    for path in paths:
-        reader.read(path)
+    for first in range(0, n, 64):
+        reader.read_many(paths[first : first + 64])
     return n / (time.perf_counter() - start)
 
 
@@ -129,11 +135,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             ):
                 rate = time_pipeline(ds, batch_size, args.epochs, **options)
                 rows.append((f"prepared 224 px cache, batch {batch_size}, {label}", rate))
+        from medft_jax.data.images import decode_threads
+
+        threads = decode_threads()
         for fmt in ("jpg", "png"):
-            rate = time_raw(workdir, args.raw_images, fmt)
-            rows.append(
-                (f"raw 512×512 {fmt.upper()}: decode + Resize(232) + CenterCrop(224)", rate)
-            )
+            time_raw(workdir, min(args.raw_images, 16), fmt)  # writes the files, warms the cache
+            for n_threads in sorted({1, threads}):  # a cache build, one thread against its own
+                rate = time_raw(workdir, args.raw_images, fmt, threads=n_threads)
+                what = f"{n_threads} thread{'s' * (n_threads > 1)}"
+                rows.append(
+                    (
+                        f"raw 512×512 {fmt.upper()}: decode + Resize(232) + CenterCrop(224), "
+                        f"{what}",
+                        rate,
+                    )
+                )
         print(machine_line())
         print(
             f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "

@@ -133,6 +133,42 @@ def test_a_file_gone_while_reading_is_an_error_even_when_skipping_bad_images(tmp
     )
 
 
+def test_decoding_in_threads_reads_and_fingerprints_as_one_thread_does(tmp_path, monkeypatch):
+    """read_many decodes up to ``threads`` images at once: the crops, the skipped files and
+    the source fingerprint (a hash in read order) are those of one thread, for any count;
+    the first bad file in order is the one refused."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(23):
+        size = (int(rng.integers(20, 60)), int(rng.integers(20, 60)))
+        path = tmp_path / f"{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    for i in (5, 17):
+        paths[i].write_bytes(b"not an image")
+    one = ImageReader(RESIZE, CROP, skip_bad_images=True, threads=1)
+    expected = one.read_many(paths)
+    assert [x is None for x in expected] == [i in (5, 17) for i in range(23)]
+    for threads in (2, 3, 8):
+        many = ImageReader(RESIZE, CROP, skip_bad_images=True, threads=threads)
+        got = many.read_many(paths[:11]) + many.read_many(paths[11:])  # two chunks
+        assert all(
+            (a is None and b is None) or np.array_equal(a, b)
+            for a, b in zip(got, expected, strict=True)
+        )
+        assert many.skipped == one.skipped == [str(paths[5]), str(paths[17])]
+        assert many.source_fingerprint == one.source_fingerprint
+    # Without skipping, the first bad file in order is refused, as one thread refuses it.
+    strict = ImageReader(RESIZE, CROP, threads=4)
+    with pytest.raises(DataError, match=re.escape(str(paths[5]))):
+        strict.read_many(paths)
+    monkeypatch.setenv("MEDFT_JAX_DECODE_THREADS", "1")
+    assert ImageReader(RESIZE, CROP).threads == 1
+    monkeypatch.setenv("MEDFT_JAX_DECODE_THREADS", "two")
+    with pytest.raises(DataError, match=r"^MEDFT_JAX_DECODE_THREADS='two': expected a whole"):
+        ImageReader(RESIZE, CROP)
+
+
 def _refused_not_skipped(path: Path, kind: type[Exception]) -> str:
     """The error of reading ``path`` under --skip-bad-images, which skipped nothing."""
     reader = ImageReader(RESIZE, CROP, skip_bad_images=True)

@@ -286,8 +286,7 @@ def split_plan(
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(examples), chunk):
             images, kept = [], []
-            for ex in examples[start : start + chunk]:
-                image = reader.read(ex.path)
+            for image in reader.read_many([ex.path for ex in examples[start : start + chunk]]):
                 kept.append(image is not None)
                 if image is not None:
                     images.append(image)

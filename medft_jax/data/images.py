@@ -21,11 +21,14 @@ Pillow would otherwise read as their first frame without a word.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -377,6 +380,11 @@ class ImageReader:
         never skipped: every source checks its listed files exist first, so
         one gone later is a copy changing under the reader.
       decode: file -> PIL image; the MRI task swaps in its HDF5 reader.
+      threads: images :meth:`read_many` decodes at once (default
+        :func:`decode_threads`). Pillow and hashlib release the GIL while they
+        decode, resize and hash, so threads use the cores without copying
+        images between processes; what is read, and the fingerprint, are the
+        same for any number (results are taken in order).
     """
 
     def __init__(
@@ -386,11 +394,13 @@ class ImageReader:
         *,
         skip_bad_images: bool = False,
         decode: Callable[[Path], Image.Image] = open_image,
+        threads: int | None = None,
     ) -> None:
         self.resize_size = resize_size
         self.crop_size = crop_size
         self.skip_bad_images = skip_bad_images
         self.decode = decode
+        self.threads = decode_threads() if threads is None else max(1, int(threads))
         self.skipped: list[str] = []
         self._source = hashlib.blake2b(digest_size=16)
 
@@ -407,8 +417,49 @@ class ImageReader:
 
     def read(self, path: Path) -> np.ndarray | None:
         """uint8 (crop, crop, 3) array of the image at ``path``, or ``None`` if skipped."""
+        return self._kept(path, lambda: self._work(path))
+
+    def read_many(self, paths: Sequence[Path]) -> list[np.ndarray | None]:
+        """:meth:`read` of each of ``paths``, in order, up to :attr:`threads` at once.
+
+        At most that many images are decoded and held at a time (a window, not the
+        whole list: a full-resolution image can be hundreds of MB). The first bad
+        file in order stops it as :meth:`read` would; those decoding after it are
+        dropped."""
+        if self.threads <= 1 or len(paths) <= 1:
+            return [self.read(path) for path in paths]
+        out: list[np.ndarray | None] = []
+        todo = iter(paths)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="medft-decode") as pool:
+            window = collections.deque(
+                (path, pool.submit(self._work, path))
+                for path in itertools.islice(todo, self.threads)
+            )
+            try:
+                while window:
+                    path, future = window.popleft()
+                    out.append(self._kept(path, future.result))
+                    for following in itertools.islice(todo, 1):
+                        window.append((following, pool.submit(self._work, following)))
+            finally:  # an error or Ctrl-C: what has not started never does
+                for _, future in window:
+                    future.cancel()
+        return out
+
+    def _work(self, path: Path) -> tuple[tuple[bytes, bytes], np.ndarray]:
+        """What :meth:`read` does that may run in a thread: the decoded image as the
+        fingerprint reads it (its mode, size and pixels) and its crop. The fingerprint,
+        which follows the read order, is the caller's to update."""
+        image = self.decode(Path(path))
+        seen = (f"{image.mode} {image.size}\0".encode(), image.tobytes())
+        return seen, resize_and_crop(image, self.resize_size, self.crop_size)
+
+    def _kept(
+        self, path: Path, work: Callable[[], tuple[tuple[bytes, bytes], np.ndarray]]
+    ) -> np.ndarray | None:
+        """``work()``'s crop, counted into the fingerprint; a bad file raised or skipped."""
         try:
-            image = self.decode(Path(path))
+            seen, cropped = work()
         except NotABadFile:
             raise  # skipping would drop every file of its kind
         except ImageMissing as err:  # listed, checked, then gone: not a corrupt file
@@ -421,6 +472,30 @@ class ImageReader:
                 raise
             self.skipped.append(os.fspath(path))
             return None
-        self._source.update(f"{image.mode} {image.size}\0".encode())
-        self._source.update(image.tobytes())
-        return resize_and_crop(image, self.resize_size, self.crop_size)
+        for part in seen:
+            self._source.update(part)
+        return cropped
+
+
+def decode_threads() -> int:
+    """Threads an :class:`ImageReader` decodes with: the CPUs this process may use, at most
+    :data:`MAX_DECODE_THREADS` (each holds one full-resolution image), and 1 when
+    ``MEDFT_JAX_DECODE_THREADS`` says so (or any count it gives)."""
+    setting = os.environ.get(DECODE_THREADS_ENV, "").strip()
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:
+            raise DataError(f"{DECODE_THREADS_ENV}={setting!r}: expected a whole number >= 1")
+        return int(setting)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_DECODE_THREADS))
+
+
+DECODE_THREADS_ENV = "MEDFT_JAX_DECODE_THREADS"
+"""Environment variable: the threads that decode a folder's or CSV's images into its cache."""
+
+MAX_DECODE_THREADS = 4
+"""The default's cap: past it the in-order fingerprint hash and the cache writes bound the
+speed, and each thread holds one full-resolution image."""
