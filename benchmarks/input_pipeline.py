@@ -58,9 +58,25 @@ def make_cache(workdir: Path, n: int, size: int = 224) -> Dataset:
 
         plan = cache.SplitPlan(n, (size, size, 3), chunks, fields)
         meta = {"class_names": ["a", "b"], "multilabel": False, "eval_grouping": "image"}
+        before = peak_rss_mb()
         cache.write_cache(target, {"train": plan}, meta, progress=False)
+        if before is not None:  # bounded: the rows are written, not mapped (RESULTS.md)
+            grown = peak_rss_mb() - before
+            print(
+                f"cache write: peak RSS grew {grown:.0f} MB for {n * size * size * 3 / 1e6:.0f} MB"
+            )
     splits, meta = cache.read_cache(target)
     return Dataset("bench", splits, tuple(meta["class_names"]))
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB (Linux ``VmHWM``), else None."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024
 
 
 def time_pipeline(ds: Dataset, batch_size: int, epochs: int, **options: int) -> float:

@@ -369,29 +369,55 @@ def _write_images(
     n = plan.num_examples
     if n == 0:
         raise DataError(f"split {name!r} came out empty")
-    images = np.lib.format.open_memmap(path, "w+", np.uint8, (n, *plan.image_shape))
+    shape = tuple(plan.image_shape)
+    # The header and the file's size; the rows are then written with pwrite, not through
+    # the memory map: every page written through a map stayed mapped, and the build's
+    # resident memory grew with the split (1.8 GB for 15,000 224 px images).
+    offset = np.lib.format.open_memmap(path, "w+", np.uint8, (n, *shape)).offset
     reserve_space(path)
+    row = int(np.prod(shape))
     masks = []
     start = 0
     digest = hashlib.sha256()
     each: list[bytes] = []
-    with tqdm(total=n, desc=f"caching {name}", unit="img", disable=not progress) as bar:
-        for chunk, kept in plan.chunks():
-            images[start : start + len(chunk)] = chunk
-            contiguous = np.ascontiguousarray(chunk, dtype=np.uint8)
-            digest.update(contiguous.data)
-            each += [hashlib.blake2b(image.data, digest_size=16).digest() for image in contiguous]
-            start += len(chunk)
-            masks.append(np.asarray(kept, dtype=bool))
-            bar.update(len(kept))
-    images.flush()
-    del images
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with tqdm(total=n, desc=f"caching {name}", unit="img", disable=not progress) as bar:
+            for chunk, kept in plan.chunks():
+                contiguous = np.ascontiguousarray(chunk, dtype=np.uint8)
+                if contiguous.shape[1:] != shape or start + len(contiguous) > n:
+                    raise ValueError(
+                        f"split {name!r}: a chunk of shape {contiguous.shape} at row {start} "
+                        f"does not fit {n} images of shape {shape}"
+                    )
+                _write_at(fd, contiguous, offset + start * row)
+                digest.update(contiguous.data)
+                each += [
+                    hashlib.blake2b(image.data, digest_size=16).digest() for image in contiguous
+                ]
+                start += len(contiguous)
+                masks.append(np.asarray(kept, dtype=bool))
+                bar.update(len(kept))
+        os.fsync(fd)  # written before the cache is swapped in, as the map's flush did
+    finally:
+        os.close(fd)
     kept = np.concatenate(masks) if masks else np.zeros(0, bool)
     if len(kept) != n or kept.sum() != start:
         raise DataError(f"split {name!r}: the image stream covered {len(kept)} of {n} examples")
     if start < n:
         _shrink_npy(path, start)
     return kept, digest.hexdigest(), each
+
+
+def _write_at(fd: int, array: np.ndarray, position: int) -> None:
+    """Writes ``array``'s bytes at ``position`` of ``fd``, all of them (pwrite may write
+    fewer: a signal, a pipe-like filesystem)."""
+    if not array.size:  # every image of a chunk skipped
+        return
+    view = memoryview(array.reshape(-1))
+    while view:
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
 
 
 def reserve_space(path: Path) -> None:
