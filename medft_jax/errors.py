@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -413,6 +414,51 @@ def quiet_logger(name: str, level: int = logging.CRITICAL) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(before)
+
+
+_QUIET_LOCK = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: tuple[Any, int] | None = None
+
+
+@contextlib.contextmanager
+def quiet_decoding() -> Iterator[None]:
+    """Holds back the decoders' own noise while an image is opened: pydicom's warnings and
+    log records (a damaged file printed screenfuls of its bytes; the toolkit's one line
+    says what matters) and Pillow's DecompressionBombWarning (an image over the size
+    limit is refused in one line anyway).
+
+    Safe across the threads that decode a folder at once: warning filters and a
+    logger's level are the whole process's, and ``warnings.catch_warnings`` in each
+    thread, interleaved, restored another thread's filters and left them in place for
+    good. Here the first thread in enters one ``catch_warnings`` and the last one out
+    leaves it.
+    """
+    global _quiet_depth, _quiet_saved
+    import warnings
+
+    from PIL import Image
+
+    logger = logging.getLogger("pydicom")
+    with _QUIET_LOCK:
+        if _quiet_depth == 0:
+            caught = warnings.catch_warnings()
+            caught.__enter__()
+            warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _quiet_saved = (caught, logger.level)
+            logger.setLevel(logging.CRITICAL)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_saved is not None:
+                caught, level = _quiet_saved
+                logger.setLevel(level)
+                caught.__exit__(None, None, None)
+                _quiet_saved = None
 
 
 @contextlib.contextmanager

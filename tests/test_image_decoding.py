@@ -169,6 +169,41 @@ def test_decoding_in_threads_reads_and_fingerprints_as_one_thread_does(tmp_path,
         ImageReader(RESIZE, CROP)
 
 
+def test_quieting_the_decoders_from_many_threads_leaves_the_process_as_it_was():
+    """Each thread's own warnings.catch_warnings and logger level, interleaved, restored
+    another thread's state: pydicom's logger stayed at CRITICAL and the ignore filters
+    stayed in place for good. The threads now share one quieting."""
+    import logging
+    import threading
+    import warnings
+
+    from medft_jax.errors import quiet_decoding
+
+    logger = logging.getLogger("pydicom")
+    filters, level = list(warnings.filters), logger.level
+    inside, start = [], threading.Barrier(4)
+
+    def decode() -> None:
+        start.wait()
+        for _ in range(200):
+            with quiet_decoding():
+                inside.append(logger.level == logging.CRITICAL)
+                inside.append(
+                    any(
+                        action == "ignore" and module is not None and module.match("pydicom.x")
+                        for action, _, _, module, _ in warnings.filters
+                    )
+                )
+
+    threads = [threading.Thread(target=decode) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(inside) == 1600 and all(inside)
+    assert warnings.filters == filters and logger.level == level
+
+
 def _refused_not_skipped(path: Path, kind: type[Exception]) -> str:
     """The error of reading ``path`` under --skip-bad-images, which skipped nothing."""
     reader = ImageReader(RESIZE, CROP, skip_bad_images=True)

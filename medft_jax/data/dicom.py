@@ -46,7 +46,6 @@ which ``--skip-bad-images`` skips, never a traceback.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ from medft_jax.data.pixels import (
     unsigned_to_uint8,
     window_to_uint8,
 )
-from medft_jax.errors import one_line, quiet_logger
+from medft_jax.errors import one_line, quiet_decoding
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 INSTALL_HINT = "pip install 'medft-jax[dicom]'"
@@ -153,8 +152,7 @@ def read_dicom(path: Path, window: DicomWindow | None = None) -> Image.Image:
     matters is this function's one line, or an image whose header passed
     :func:`_check_header`.
     """
-    with warnings.catch_warnings(), quiet_logger("pydicom"):
-        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    with quiet_decoding():  # shared by the threads decoding a folder: not catch_warnings
         return _read_dicom(path, window)
 
 

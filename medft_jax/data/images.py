@@ -26,7 +26,6 @@ import hashlib
 import itertools
 import os
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +47,7 @@ from medft_jax.data.pixels import (
     unit_float_to_uint8,
 )
 from medft_jax.data.preprocess import EIGHT_BIT_MODES, resize_and_crop
+from medft_jax.errors import quiet_decoding
 
 IMAGE_SUFFIXES = (
     ".jpg",
@@ -139,8 +139,7 @@ def open_image(
 
 def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
     try:
-        with warnings.catch_warnings():  # over MAX_PIXELS anyway: refused below, in one line
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with quiet_decoding():  # over MAX_PIXELS anyway: refused below, in one line
             opened = Image.open(path)
         with opened as image:
             check_size(path, *image.size)  # from the header: nothing decoded yet
