@@ -379,8 +379,13 @@ def _print_summary(
     copies = records[0].get("eval_copies_of_train")
     if copies:
         each = ", ".join(f"{split} {n}" for split, n in copies.items())
+        whose = (
+            " of their label"
+            if records[0].get("eval_copies_rule")
+            else " (of any label: counted by an older cache)"
+        )
         print(
-            f"\nevaluation images that are copies of training images of their label: {each}; "
+            f"\nevaluation images that are copies of training images{whose}: {each}; "
             "scores inflated"
         )
     if failed_lrs:

@@ -46,7 +46,7 @@ from medft_jax.checkpoints import model as model_checkpoint
 from medft_jax.checkpoints import pretrained
 from medft_jax.checkpoints.run import START_OVER, ResumeError, RunCheckpoints
 from medft_jax.config import OPTION_DEFAULTS, RunConfig, check_config
-from medft_jax.data.cache import duplicate_counts, skipped_counts
+from medft_jax.data.cache import copies_rule, duplicate_counts, skipped_counts
 from medft_jax.data.images import DECODING_VERSION
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
@@ -1279,10 +1279,15 @@ def _medmnist_file(ds: data.Dataset) -> dict[str, Any]:
 
 
 def _duplicates(ds: data.Dataset) -> dict[str, Any]:
-    """``{"eval_copies_of_train": {split: n}}`` when val/test images are pixel-identical to
-    training images: their scores are inflated by that many, and the record says so."""
+    """``{"eval_copies_of_train": {split: n}, "eval_copies_rule": "same_label"}`` when val/test
+    images are pixel-identical to training images of their label: their scores are
+    inflated by that many, and the record says so. Without ``eval_copies_rule`` (a cache
+    built before the rule) the counts include copies under another label."""
     counts = duplicate_counts(ds.metadata)
-    return {"eval_copies_of_train": counts} if counts else {}
+    if not counts:
+        return {}
+    rule = copies_rule(ds.metadata)  # absent: an older cache, copies of any label counted
+    return {"eval_copies_of_train": counts, **({"eval_copies_rule": rule} if rule else {})}
 
 
 def found_done(run_dir: Path) -> None:

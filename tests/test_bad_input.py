@@ -830,6 +830,7 @@ def test_a_runs_record_counts_evaluation_images_that_copy_training_images(tmp_pa
     assert run_cli.main(argv) == 0
     (record,) = _records(out)
     assert record["eval_copies_of_train"] == {"test": 2}
+    assert record["eval_copies_rule"] == "same_label"
     from medft_jax.data import load
 
     ds = load("folder", manual_dir=images.parent, data_dir=tmp_path / "data", progress=False,

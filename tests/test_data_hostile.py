@@ -986,7 +986,7 @@ def test_a_test_copy_under_another_label_is_not_said_to_inflate_the_scores(tmp_p
     the other is the two-labels note's."""
     import shutil
 
-    from medft_jax.data.cache import duplicate_counts
+    from medft_jax.data.cache import copies_rule, duplicate_counts
 
     root, out = tmp_path / "imgs", tmp_path / "out"
     _folder(root / "train", per_class=8)
@@ -995,6 +995,8 @@ def test_a_test_copy_under_another_label_is_not_said_to_inflate_the_scores(tmp_p
     shutil.copy(root / "train" / "dog" / "2.png", root / "test" / "dog" / "copy.png")
     ds = _load_folder(root, out)
     assert duplicate_counts(ds.metadata) == {"test": 1}
+    assert copies_rule(ds.metadata) == "same_label"
+    assert copies_rule({"duplicates": {"test": 2, "example": ["a", "b"]}}) is None  # older
     notes = [x for x in capsys.readouterr().err.splitlines() if "pixel-identical" in x]
     assert notes == [
         f"note: {root}: images pixel-identical to a training image after preprocessing: "
@@ -1004,6 +1006,21 @@ def test_a_test_copy_under_another_label_is_not_said_to_inflate_the_scores(tmp_p
         "label; one of each is mislabelled, or the pixels cannot tell the classes apart "
         "(e.g. test/dog/relabelled.png = train/cat/0.png)",
     ]
+
+
+def test_the_inflating_copys_example_pairs_images_of_one_label():
+    """The pixels of one training image under two labels: the test copy of the dog was
+    paired with the cat's file in the "inflate" note's example."""
+    from medft_jax.data.cache import leaked_duplicates
+
+    found = leaked_duplicates(
+        {
+            "train": [(b"h", "train/dog/a.png", b"1"), (b"h", "train/cat/b.png", b"0")],
+            "test": [(b"h", "test/dog/c.png", b"1"), (b"g", "test/cat/d.png", b"0")],
+        }
+    )
+    assert found["test"] == 1 and found["example"] == ["test/dog/c.png", "train/dog/a.png"]
+    assert found["copies_rule"] == "same_label" and found["two_labels"][0] == 1
 
 
 def _said_at_every_load(root: Path, out: Path, capsys, expected: list[str]) -> None:

@@ -1214,6 +1214,7 @@ def test_the_report_says_which_scores_are_inflated_by_copies_and_what_was_skippe
     for r in records:
         r |= {"data_source": source, "class_names": ["a", "b"]}
         r["eval_copies_of_train"] = {"test": 11, "val": 2}
+        r["eval_copies_rule"] = "same_label"
         r["skipped_bad_images"] = {"train": 3}
         r["split_sizes"] = {"train": 27, "val": 3, "test": 6}
     records[0]["eval_copies_of_train"] = {"test": 11}  # an older reading: the most is kept
@@ -1233,8 +1234,20 @@ def test_the_report_says_which_scores_are_inflated_by_copies_and_what_was_skippe
     assert line.endswith(f". {inflated} {skipped}")
     table = next((out / "tables").glob("results_folder.md")).read_text()
     assert inflated in table and skipped in table
+    # A record from a cache built before the same-label rule: its count may hold copies
+    # under another label (which deflate), and the note does not claim otherwise.
+    del records[1]["eval_copies_rule"]
+    older = tmp_path / "older"
+    _write_runs(older, records)
+    assert cli.main(["--runs", str(older), "--out", str(tmp_path / "out3")]) == 0
+    assert (
+        "Inflated: 2 val and 11 test image(s) are copies of training images (counted by a "
+        "toolkit before 2026-12-06, copies under another label included: those deflate), "
+        "scored as if unseen"
+    ) in (tmp_path / "out3" / "index.md").read_text()
     # Clean data: no such words.
     for r in records:
+        r.pop("eval_copies_rule", None)
         del r["eval_copies_of_train"], r["skipped_bad_images"]
     clean = tmp_path / "clean"
     _write_runs(clean, records)

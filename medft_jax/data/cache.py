@@ -220,25 +220,26 @@ def leaked_duplicates(
     "id = id"]``, pixel contents seen under different labels, in any splits (one is
     mislabelled, or the classes cannot be told apart by the pixels).
     """
-    train = {h: i for h, i, _ in by_image.get("train", ())}
-    train_labels: dict[bytes, set[bytes]] = {}
-    for h, _, label in by_image.get("train", ()):
-        train_labels.setdefault(h, set()).add(label)
+    train: dict[bytes, dict[bytes, str]] = {}  # image hash -> label -> a training id
+    for h, i, label in by_image.get("train", ()):
+        train.setdefault(h, {}).setdefault(label, i)
     out: dict[str, Any] = {}
     for split in ("val", "test"):
         same = [
-            (i, train[h])
+            (i, train[h][label])
             for h, i, label in by_image.get(split, ())
-            if h in train and label in train_labels[h]
+            if label in train.get(h, {})
         ]
         if same:
             out[split] = len(same)
             out.setdefault("example", list(min(same)))
+    if any(split in out for split in ("val", "test")):
+        out["copies_rule"] = COPIES_RULE
     first_eval: dict[bytes, str] = {}
     repeats = []
     for split in ("val", "test"):
         for h, i, _ in by_image.get(split, ()):
-            if h in train:  # noted as a copy of a training image already
+            if h in train:  # a copy of a training image: counted above, or two_labels's
                 continue
             if h in first_eval:
                 repeats.append([first_eval[h], i])
@@ -256,6 +257,19 @@ def leaked_duplicates(
     if conflicts:
         out["two_labels"] = [len(conflicts), " = ".join(min(conflicts.values()))]
     return out
+
+
+COPIES_RULE = "same_label"
+"""What a cache's copy counts count (``duplicates["copies_rule"]``): val/test images
+pixel-identical to a training image of their own label. Caches built before 2026-12-06
+counted copies under any label, and carry no rule (:func:`copies_rule`)."""
+
+
+def copies_rule(meta: Mapping[str, Any]) -> str | None:
+    """The rule a cache's copy counts follow; None for one built before the rule (copies
+    under any label counted, a copy under another label deflating rather than inflating)."""
+    found = meta.get("duplicates") or {}
+    return found.get("copies_rule") if isinstance(found, Mapping) else None
 
 
 def duplicate_counts(meta: Mapping[str, Any]) -> dict[str, int]:

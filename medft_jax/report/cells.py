@@ -36,6 +36,7 @@ from medft_jax.config import (
     RunConfig,
     numerics_version,
 )
+from medft_jax.data.cache import COPIES_RULE
 from medft_jax.data.options import task_options
 from medft_jax.names import LOCAL_KINDS, same_data
 from medft_jax.report import aggregate
@@ -616,6 +617,9 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
     sizes = runs[0].get("split_sizes")  # of the data: one for the dataset's runs
     protocol["sizes"] = dict(sizes) if isinstance(sizes, Mapping) else {}
     protocol["copies"] = _split_counts(runs, "eval_copies_of_train")
+    protocol["copies_any_label"] = any(  # counted before the same-label rule
+        r.get("eval_copies_of_train") and r.get("eval_copies_rule") != COPIES_RULE for r in runs
+    )
     protocol["skipped"] = _split_counts(runs, "skipped_bad_images")
     files = [r.get("medmnist_file") for r in runs]
     protocol["unofficial"] = sorted(

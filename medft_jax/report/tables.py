@@ -418,8 +418,14 @@ def data_notes(protocol: Mapping[str, Any]) -> list[str]:
     copies = protocol.get("copies") or {}
     if copies:
         each = " and ".join(f"{n} {split}" for split, n in copies.items())
+        whose = (
+            " (counted by a toolkit before 2026-12-06, copies under another label included: "
+            "those deflate)"
+            if protocol.get("copies_any_label")
+            else " of their label"
+        )
         notes.append(
-            f"Inflated: {each} image(s) are copies of training images of their label, scored as if "
+            f"Inflated: {each} image(s) are copies of training images{whose}, scored as if "
             "unseen: these scores are higher than on independent images."
         )
     skipped = protocol.get("skipped") or {}
