@@ -214,6 +214,17 @@ def test_label_options_that_contradict_are_refused(tmp_path):
     with pytest.raises(DataError) as err:
         _table(tmp_path, label_columns=["x", " x"])
     assert _one_line(err) == "label_columns (--label-columns) names column 'x' twice"
+    # A blank name is refused, never read as "not given" (a group column left out would
+    # split one patient's images across train and test).
+    for option in ("path_column", "label_column", "group_column", "split_column"):
+        for blank in (" ", ""):
+            with pytest.raises(DataError) as err:
+                _table(tmp_path, **{option: blank})
+            flag = "--" + option.replace("_", "-")
+            assert _one_line(err) == (
+                f"{option} ({flag}) {blank!r} is an empty column name; give a column of "
+                "labels.csv, or leave the option out"
+            )
     # A class name given twice, or in two spellings, read as a class without examples.
     _write(tmp_path, "path,label", [f"imgs/a{i}.png,{'ab'[i % 2]}" for i in range(12)])
     with pytest.raises(DataError) as err:

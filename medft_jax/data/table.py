@@ -196,8 +196,21 @@ def parse_table(
     csv_path = Path(csv_file) if Path(csv_file).is_absolute() else root / csv_file
     # The header's names are read stripped; so are the names given for them, by the CLI
     # or by a caller's own code ("a, b" split at commas).
+    named = {
+        "path_column": path_column,
+        "label_column": label_column,
+        "group_column": group_column,
+        "split_column": split_column,
+    }
+    for option, name in named.items():  # blank: a column no header has, never "not given"
+        if name is not None and not name.strip():
+            flag = "--" + option.replace("_", "-")
+            raise DataError(
+                f"{option} ({flag}) {name!r} is an empty column name; give a column of "
+                f"{csv_path.name}, or leave the option out"
+            )
     path_column, label_column, group_column, split_column = (
-        c.strip() if c else c for c in (path_column, label_column, group_column, split_column)
+        c if c is None else c.strip() for c in named.values()
     )
     label_columns = None if label_columns is None else [c.strip() for c in label_columns]
     check_label_options(label_column, label_columns, class_names)
