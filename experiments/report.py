@@ -165,19 +165,29 @@ def _summary(args: argparse.Namespace):
         )
     if unfinished:  # a kill, a run going on, or a run whose settings or data changed since
         held = _size(sum(size for _, size in unfinished))
-        running = [folder for folder, _ in unfinished if locks.maybe_running(folder)]
+        holders = {folder: locks.holder_of(folder) for folder, _ in unfinished}
+        running = [f for f, who in holders.items() if who == locks.RUNNING_HERE]
+        elsewhere = [f for f, who in holders.items() if who not in (None, locks.RUNNING_HERE)]
         finished = _finished_stems(folder for folder, _ in unfinished)
         beside = [
             folder
             for folder, _ in unfinished
-            if folder not in running and (folder.parent, _stem(folder)) in finished
+            if holders[folder] is None and (folder.parent, _stem(folder)) in finished
         ]
         now = (
-            f"; {len(running)} of them are running now (a live process holds the lock), "
-            f"e.g. {running[0]}"
+            f"; {len(running)} of them are running now (a live process on this host holds "
+            f"the lock), e.g. {running[0]}"
             if running
             else ""
         )
+        if elsewhere:
+            who = holders[elsewhere[0]]
+            named = "a holder it cannot name" if who == "?" else f"host {who}"
+            now += (
+                f"; {len(elsewhere)} of them may be running elsewhere (the lock names "
+                f"{named}, which cannot be checked from here; a run killed there leaves its "
+                f"lock too), e.g. {elsewhere[0]}"
+            )
         left = (
             f"; {len(beside)} of them stopped beside a finished run of the same name on other "
             f"data or settings (that run's command never resumes them), e.g. {beside[0]}"

@@ -241,30 +241,48 @@ def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
     raise RuntimeError(f"{path}: could not lock it in {_ATTEMPTS} tries (replaced each time)")
 
 
-def maybe_running(run_dir: str | os.PathLike[str]) -> bool:
-    """Whether a live process may be running ``run_dir`` now, judged without locking.
+RUNNING_HERE = "here"
+""":func:`holder_of`: a live process on this host holds the run's lock."""
 
-    For notes about other runs' folders (a sibling's leftover checkpoints), which
-    must not call a run in progress a leftover to delete: probing the ``flock``
-    would make that run's own start fail for the moment of the probe, so this
-    reads the holder the lock file names. No lock file: not running (a
-    holder removes it on release). A holder on another host, or one whose pid
-    could not be read: maybe running. On this host: running while that pid is
-    alive and not this process (a container restarts with the pids it had: a
-    killed run's pid can be this process's own).
+
+def maybe_running(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether a process may be running ``run_dir`` now (:func:`holder_of` is not None)."""
+    return holder_of(run_dir) is not None
+
+
+def holder_of(run_dir: str | os.PathLike[str]) -> str | None:
+    """Who may be running ``run_dir`` now, judged without locking: :data:`RUNNING_HERE`, the
+    host its lock names (which cannot be checked from here), ``"?"`` for a lock file whose
+    holder could not be read, or None: no process runs it.
+
+    For notes about other runs' folders (a sibling's leftover checkpoints, a report's
+    folders without a record), which must not call a run in progress a leftover:
+    probing the ``flock`` would make that run's own start fail for the moment of the
+    probe, so this reads the holder the lock file names. No lock file: stopped (a
+    holder removes it on release). On this host: running while that pid is alive, is
+    not this process, and started before the lock file was written (a container
+    restarts with the pids it had: a killed run's pid can be another live process's).
     """
     path = Path(run_dir) / LOCK_NAME
     try:
+        written = path.stat().st_mtime
         info = json.loads(path.read_text(encoding="utf-8"))
         pid, host = int(info["pid"]), str(info["host"])
     except FileNotFoundError:
-        return False
+        return None
     except (OSError, ValueError, KeyError, TypeError):  # being written, or a stranger's file
-        return True
+        return "?"
     if host != _host():
-        return True
-    if pid == os.getpid():
-        return False
+        return host
+    if pid == os.getpid() or not _alive(pid):
+        return None
+    started = _process_start(pid)
+    if started is not None and started > written + 1.0:  # a later process with its pid
+        return None
+    return RUNNING_HERE
+
+
+def _alive(pid: int) -> bool:
     if sys.platform == "win32":  # os.kill(pid, 0) would end the process there
         return True
     try:
@@ -274,6 +292,22 @@ def maybe_running(run_dir: str | os.PathLike[str]) -> bool:
     except OSError:  # alive, another user's
         return True
     return True
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from Linux's /proc; None
+    elsewhere or when it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rpartition(")")[2].split()[19])  # field 22: start time, clock ticks
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        return None
 
 
 def _acquire_for_all_processes(run_dir: Path) -> RunLock:

@@ -1321,8 +1321,25 @@ def test_run_folders_without_a_record_are_counted_with_their_size(tmp_path, caps
     (killed / locks.LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": locks._host()}))
     assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out2")]) == 0
     err = capsys.readouterr().err
-    assert f"; 1 of them are running now (a live process holds the lock), e.g. {killed};" in err
+    assert (
+        f"; 1 of them are running now (a live process on this host holds the lock), e.g. {killed};"
+    ) in err
     assert "stopped beside" not in err
+    # That pid started after the lock was written: another process now, the run stopped.
+    os.utime(killed / locks.LOCK_NAME, (0, 0))
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out3")]) == 0
+    err = capsys.readouterr().err
+    assert "running now" not in err and "stopped beside a finished run" in err
+    # A lock naming another host (the report made on a login node): not called running.
+    lock = {"pid": 4242, "host": "node17"}
+    (killed / locks.LOCK_NAME).write_text(json.dumps(lock))
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out4")]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "; 1 of them may be running elsewhere (the lock names host node17, which cannot be "
+        "checked from here; a run killed there leaves its lock too), e.g. "
+    ) in err
+    assert "running now" not in err and "stopped beside" not in err
 
 
 def test_a_forced_rerun_is_named_not_taken_for_an_empty_folder(tmp_path, capsys):

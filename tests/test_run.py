@@ -902,6 +902,9 @@ def test_the_leftover_note_skips_a_sibling_running_now_or_set_aside_by_force(tmp
     assert str(other) in fit._left_by_other_data(run_dir)
     lock.write_text(json.dumps({"pid": os.getpid(), "host": host}))  # a container's reused pid
     assert str(other) in fit._left_by_other_data(run_dir)
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": host}))
+    os.utime(lock, (0, 0))  # written before that live process started: its pid reused
+    assert str(other) in fit._left_by_other_data(run_dir)
     lock.unlink()
     (other / "previous").mkdir()
     (other / "previous" / "record.json").write_text("{}")
