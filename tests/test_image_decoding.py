@@ -164,9 +164,13 @@ def test_decoding_in_threads_reads_and_fingerprints_as_one_thread_does(tmp_path,
         strict.read_many(paths)
     monkeypatch.setenv("MEDFT_JAX_DECODE_THREADS", "1")
     assert ImageReader(RESIZE, CROP).threads == 1
-    monkeypatch.setenv("MEDFT_JAX_DECODE_THREADS", "two")
-    with pytest.raises(DataError, match=r"^MEDFT_JAX_DECODE_THREADS='two': expected a whole"):
-        ImageReader(RESIZE, CROP)
+    for bad in ("two", "\u00b2", "0", "100000", "-1"):  # "²" passed isdigit(), then int()
+        monkeypatch.setenv("MEDFT_JAX_DECODE_THREADS", bad)
+        with pytest.raises(DataError) as err:
+            ImageReader(RESIZE, CROP)
+        assert str(err.value) == (
+            f"MEDFT_JAX_DECODE_THREADS={bad!r}: expected a whole number from 1 to 256"
+        )
 
 
 def test_quieting_the_decoders_from_many_threads_leaves_the_process_as_it_was():

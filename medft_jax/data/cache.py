@@ -437,10 +437,11 @@ def _write_at(fd: int, array: np.ndarray, position: int) -> None:
 def reserve_space(path: Path) -> None:
     """Allocates a freshly created (sparse) file's blocks now, so a full disk is an OSError.
 
-    The images are written through a memory map; a page the filesystem
-    cannot back is a SIGBUS that kills the process without a word. Reserving
-    the blocks first turns a full disk into ``OSError(ENOSPC)`` naming the
-    file. Filesystems that cannot preallocate are left as they are.
+    A sparse file's blocks are allocated only as they are written (and a
+    page of a memory map the filesystem cannot back is a SIGBUS that kills
+    the process without a word). Reserving the blocks first turns a full
+    disk into ``OSError(ENOSPC)`` naming the file, before any image is
+    decoded for it. Filesystems that cannot preallocate are left as they are.
     """
     if not hasattr(os, "posix_fallocate"):
         return

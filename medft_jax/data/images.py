@@ -478,12 +478,14 @@ class ImageReader:
 
 def decode_threads() -> int:
     """Threads an :class:`ImageReader` decodes with: the CPUs this process may use, at most
-    :data:`MAX_DECODE_THREADS` (each holds one full-resolution image), and 1 when
-    ``MEDFT_JAX_DECODE_THREADS`` says so (or any count it gives)."""
+    :data:`MAX_DECODE_THREADS` (each holds a full-resolution image, decoded and as bytes),
+    or the count ``MEDFT_JAX_DECODE_THREADS`` gives (1 to 256)."""
     setting = os.environ.get(DECODE_THREADS_ENV, "").strip()
     if setting:
-        if not setting.isdigit() or int(setting) < 1:
-            raise DataError(f"{DECODE_THREADS_ENV}={setting!r}: expected a whole number >= 1")
+        if not re.fullmatch(r"[0-9]{1,4}", setting) or not 1 <= int(setting) <= 256:
+            raise DataError(
+                f"{DECODE_THREADS_ENV}={setting!r}: expected a whole number from 1 to 256"
+            )
         return int(setting)
     try:
         cpus = len(os.sched_getaffinity(0))
