@@ -173,6 +173,32 @@ def test_decoding_in_threads_reads_and_fingerprints_as_one_thread_does(tmp_path,
         )
 
 
+def test_dicom_files_decode_in_threads_as_in_one(tmp_path):
+    """pydicom in the decode threads: 16-bit DICOM slices with their own windows, a damaged
+    one skipped, beside PNGs: the same crops, skips and fingerprint as one thread."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(14):
+        if i % 3 == 2:
+            path = tmp_path / f"{i:02d}.png"
+            Image.fromarray(rng.integers(0, 256, (30, 34, 3), dtype=np.uint8)).save(path)
+        else:
+            pixels = rng.integers(0, 4000, (36, 40)).astype(np.uint16)
+            path = _write_dicom(tmp_path / f"{i:02d}.dcm", pixels, window=(2000.0, 3000.0 + i))
+        paths.append(path)
+    paths[7].write_bytes(paths[7].read_bytes()[:300])  # a damaged file: skipped, named
+    one = ImageReader(RESIZE, CROP, skip_bad_images=True, threads=1)
+    expected = one.read_many(paths)
+    many = ImageReader(RESIZE, CROP, skip_bad_images=True, threads=4)
+    got = many.read_many(paths)
+    assert one.skipped == many.skipped == [str(paths[7])]
+    assert all(
+        (a is None and b is None) or np.array_equal(a, b)
+        for a, b in zip(got, expected, strict=True)
+    )
+    assert many.source_fingerprint == one.source_fingerprint
+
+
 def test_quieting_the_decoders_from_many_threads_leaves_the_process_as_it_was():
     """Each thread's own warnings.catch_warnings and logger level, interleaved, restored
     another thread's state: pydicom's logger stayed at CRITICAL and the ignore filters
