@@ -18,7 +18,7 @@ import pytest
 from tests.torch_ref import random_torchvision, torch
 from weights_port import pth_reader
 from weights_port.keymap import PortError
-from weights_port.state_io import NOT_LOADABLE, STATE_DICT_KEYS, read_state_dict
+from weights_port.state_io import STATE_DICT_KEYS, not_loadable, read_state_dict
 
 FAST_TESTS_GROUP = "torch"  # see tests/conftest.py
 
@@ -240,9 +240,7 @@ def test_without_torch_a_zip_and_a_legacy_file_are_read(tmp_path, monkeypatch):
     (tmp_path / "evil.pth").write_bytes(_call(b"cos\nsystem\n", f"touch {target}"))
     with pytest.raises(PortError) as refused:
         read_state_dict(tmp_path / "evil.pth")
-    assert str(refused.value) == (
-        f"{tmp_path / 'evil.pth'}: {NOT_LOADABLE}; refused: global os.system"
-    )
+    assert str(refused.value) == (f"{tmp_path / 'evil.pth'}: {not_loadable('global os.system')}")
     assert not target.exists()
 
 
@@ -386,7 +384,7 @@ def test_a_reference_scripts_checkpoint_names_the_object_it_pickles(tmp_path):
     torch.save({"model": {"w": torch.arange(4.0)}, "args": argparse.Namespace(lr=0.1)}, path)
     with pytest.raises(PortError) as refused:
         read_state_dict(path)
-    assert str(refused.value) == f"{path}: {NOT_LOADABLE}; refused: global argparse.Namespace"
+    assert str(refused.value) == f"{path}: {not_loadable('global argparse.Namespace')}"
 
 
 @pytest.mark.parametrize("payload", list(_payloads(Path("x"))))
@@ -396,7 +394,8 @@ def test_pickled_code_is_refused_in_one_line_and_never_run(payload, tmp_path):
     path = torch_zip(tmp_path / "evil.pth", _payloads(target)[payload], storages)
     with pytest.raises(PortError) as refused:
         read_state_dict(path)
-    assert str(refused.value).startswith(f"{path}: {NOT_LOADABLE}; refused: ")
+    assert str(refused.value).startswith(f"{path}: not a loadable torch state_dict (it holds ")
+    assert str(refused.value).endswith("re-save it with torch.save(model.state_dict(), FILE)")
     assert not target.exists()
     with pytest.raises(pth_reader.Refused):
         pth_reader.load(path)
@@ -409,7 +408,7 @@ def test_a_legacy_pickle_naming_code_in_its_first_pickle_is_refused(tmp_path):
     path.write_bytes(_call(_global("os", "system"), f"touch {target}"))
     with pytest.raises(PortError) as refused:
         read_state_dict(path)
-    assert str(refused.value) == f"{path}: {NOT_LOADABLE}; refused: global os.system"
+    assert str(refused.value) == f"{path}: {not_loadable('global os.system')}"
     assert not target.exists()
 
 
@@ -512,7 +511,8 @@ def test_pickled_code_in_a_legacy_file_is_refused_in_one_line_and_never_run(
         torch_legacy(path, good, storages, **{where: evil})
     with pytest.raises(PortError) as refused:
         read_state_dict(path)
-    assert str(refused.value).startswith(f"{path}: {NOT_LOADABLE}; refused: ")
+    assert str(refused.value).startswith(f"{path}: not a loadable torch state_dict (it holds ")
+    assert str(refused.value).endswith("re-save it with torch.save(model.state_dict(), FILE)")
     assert not target.exists()
     with pytest.raises(pth_reader.Refused):
         pth_reader.load_legacy(path)
@@ -523,7 +523,8 @@ def test_a_whole_model_saved_in_the_legacy_format_is_refused_in_one_line(tmp_pat
     path = saved(tmp_path / "model.pth", torch.nn.Linear(2, 3), **_LEGACY)
     with pytest.raises(PortError) as refused:
         read_state_dict(path)
-    assert str(refused.value).startswith(f"{path}: {NOT_LOADABLE}; refused: ")
+    assert str(refused.value).startswith(f"{path}: not a loadable torch state_dict (it holds ")
+    assert str(refused.value).endswith("re-save it with torch.save(model.state_dict(), FILE)")
 
 
 def test_a_legacy_file_cut_anywhere_is_one_line(tmp_path):

@@ -199,12 +199,14 @@ def _unwrap(obj: Any, path: Path) -> Any:
     return obj[held[0]] if held else obj
 
 
-NOT_LOADABLE = (
-    "not a loadable torch state_dict (it holds pickled objects other than tensors, refused by "
-    "weights_only=True: a whole model saved with torch.save(model)?); re-save it with "
-    "torch.save(model.state_dict(), FILE)"
-)
-"""Why a ``.pth`` naming anything but tensors and plain containers is refused."""
+def not_loadable(refused: str) -> str:
+    """Why a ``.pth`` naming anything but tensors and plain containers is refused: what the
+    unpickler refused (``global argparse.Namespace``, ``global os.system``), then the fix."""
+    return (
+        f"not a loadable torch state_dict (it holds pickled objects other than tensors, here "
+        f"{refused}, refused as weights_only=True refuses them: a whole model saved with "
+        "torch.save(model)?); re-save it with torch.save(model.state_dict(), FILE)"
+    )
 
 
 def _read_pth(path: Path) -> dict[str, np.ndarray]:
@@ -249,7 +251,7 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
 
 def _pth_error(path: Path, e: pth_reader.PthError) -> PortError:
     if isinstance(e, pth_reader.Refused):  # named: a reference script's argparse.Namespace
-        return PortError(f"{path}: {NOT_LOADABLE}; refused: {e}")
+        return PortError(f"{path}: {not_loadable(str(e))}")
     if isinstance(e, pth_reader.Unsupported):
         return PortError(f"{path}: not read ({e}); a state_dict's keys are names")
     if isinstance(e, pth_reader.TooLarge):
