@@ -122,6 +122,24 @@ DURATIONS: dict[str, float] = {
 """The toolkit's environment variables that take seconds, and their defaults."""
 
 
+COUNTS: dict[str, tuple[int, int]] = {
+    "MEDFT_JAX_DECODE_THREADS": (1, 256),  # images a cache build decodes at once (data.images)
+}
+"""The toolkit's environment variables that take a whole number, and its bounds."""
+
+
+def env_count(name: str) -> int | None:
+    """The whole number ``name`` of :data:`COUNTS` holds, or None when unset (or empty);
+    anything else (``two``, ``²``, out of bounds) is refused in one line."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    low, high = COUNTS[name]
+    if not re.fullmatch(r"[0-9]{1,9}", value) or not low <= int(value) <= high:
+        raise UserError(f"{name}={value!r}: expected a whole number from {low} to {high}")
+    return int(value)
+
+
 def env_seconds(name: str) -> float:
     """The duration ``name`` of :data:`DURATIONS`: seconds >= 0, unset (or empty) its
     default; anything else refused in one line."""
@@ -165,9 +183,9 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     :class:`Interrupted`, ``interrupted: <run>: <what rerunning does>``); a closed output
     pipe (``| head``) -> exit 141, silently, as a Unix tool ends on SIGPIPE. Anything else
     propagates: a real bug keeps its traceback.
-    Every switch of :data:`SWITCHES` (and :data:`DURATIONS`) is checked first, so a malformed one
-    stops a command before it writes anything; a command that fails removes
-    the folders :func:`writable_dir` created for it if they are still empty.
+    Every switch of :data:`SWITCHES` (and :data:`DURATIONS`, :data:`COUNTS`) is checked
+    first, so a malformed one stops a command before it writes anything; a command that
+    fails removes the folders :func:`writable_dir` created for it if they are still empty.
     """
     _created.clear()
     status: int | None = None
@@ -176,6 +194,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
             env_switch(name)
         for name in DURATIONS:
             env_seconds(name)
+        for name in COUNTS:
+            env_count(name)
         status = main(argv)
         with naming_os_errors("stdout"):  # a full disk under `> file` names what filled it
             sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit

@@ -25,6 +25,7 @@ from medft_jax.data.errors import NotABadFile
 from medft_jax.data.images import IMAGE_SUFFIXES, ImageReader, open_image, takes_bits_stored
 from medft_jax.data.pixels import MAX_ASPECT, MAX_PIXELS
 from medft_jax.data.preprocess import center_crop, resized_size
+from medft_jax.errors import UserError
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM tests need the [dicom] extra")
 from pydicom.data import get_testdata_file  # noqa: E402
@@ -133,7 +134,9 @@ def test_a_file_gone_while_reading_is_an_error_even_when_skipping_bad_images(tmp
     )
 
 
-def test_decoding_in_threads_reads_and_fingerprints_as_one_thread_does(tmp_path, monkeypatch):
+def test_decoding_in_threads_reads_and_fingerprints_as_one_thread_does(
+    tmp_path, monkeypatch, capsys
+):
     """read_many decodes up to ``threads`` images at once: the crops, the skipped files and
     the source fingerprint (a hash in read order) are those of one thread, for any count;
     the first bad file in order is the one refused."""
@@ -164,13 +167,19 @@ def test_decoding_in_threads_reads_and_fingerprints_as_one_thread_does(tmp_path,
         strict.read_many(paths)
     monkeypatch.setenv("MEDFT_JAX_DECODE_THREADS", "1")
     assert ImageReader(RESIZE, CROP).threads == 1
+    from experiments.predict import main as predict_main
+
     for bad in ("two", "\u00b2", "0", "100000", "-1"):  # "²" passed isdigit(), then int()
         monkeypatch.setenv("MEDFT_JAX_DECODE_THREADS", bad)
-        with pytest.raises(DataError) as err:
+        why = f"MEDFT_JAX_DECODE_THREADS={bad!r}: expected a whole number from 1 to 256"
+        with pytest.raises(UserError) as err:
             ImageReader(RESIZE, CROP)
-        assert str(err.value) == (
-            f"MEDFT_JAX_DECODE_THREADS={bad!r}: expected a whole number from 1 to 256"
-        )
+        assert str(err.value) == why
+    # Every command checks it at its start, as the other MEDFT_JAX_* settings: before
+    # reading its flags or files (neither exists here).
+    capsys.readouterr()
+    assert predict_main(["--checkpoint", str(tmp_path / "none"), "--images", "nothing"]) == 2
+    assert capsys.readouterr().err == f"error: {why}\n"
 
 
 def test_dicom_files_decode_in_threads_as_in_one(tmp_path):

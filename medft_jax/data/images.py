@@ -47,7 +47,7 @@ from medft_jax.data.pixels import (
     unit_float_to_uint8,
 )
 from medft_jax.data.preprocess import EIGHT_BIT_MODES, resize_and_crop
-from medft_jax.errors import quiet_decoding
+from medft_jax.errors import env_count, quiet_decoding
 
 IMAGE_SUFFIXES = (
     ".jpg",
@@ -480,13 +480,9 @@ def decode_threads() -> int:
     """Threads an :class:`ImageReader` decodes with: the CPUs this process may use, at most
     :data:`MAX_DECODE_THREADS` (each holds a full-resolution image, decoded and as bytes),
     or the count ``MEDFT_JAX_DECODE_THREADS`` gives (1 to 256)."""
-    setting = os.environ.get(DECODE_THREADS_ENV, "").strip()
-    if setting:
-        if not re.fullmatch(r"[0-9]{1,4}", setting) or not 1 <= int(setting) <= 256:
-            raise DataError(
-                f"{DECODE_THREADS_ENV}={setting!r}: expected a whole number from 1 to 256"
-            )
-        return int(setting)
+    given = env_count(DECODE_THREADS_ENV)  # checked at every command's start too
+    if given is not None:
+        return given
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
