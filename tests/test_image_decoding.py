@@ -182,6 +182,34 @@ def test_decoding_in_threads_reads_and_fingerprints_as_one_thread_does(
     assert capsys.readouterr().err == f"error: {why}\n"
 
 
+def test_a_threaded_read_stops_at_a_bad_file_without_waiting_for_a_stuck_decode(tmp_path):
+    """The first bad file (or a Ctrl-C) had to wait for every decode under way: one stuck on
+    a stalled file (a FIFO swapped in, a hung network mount) kept a Ctrl-C from ending the
+    build until a second one. The error reaches the caller while that decode still hangs."""
+    import threading
+
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def decode(path: Path) -> Image.Image:
+        if path.name == "stuck.png":
+            started.set()
+            release.wait(60)
+            finished.set()
+        if path.name == "bad.png":
+            started.wait(60)  # the stuck decode is under way when this one fails
+            raise DataError(f"corrupt or unreadable image {path}")
+        return Image.new("RGB", (40, 40))
+
+    reader = ImageReader(RESIZE, CROP, decode=decode, threads=2)
+    paths = [tmp_path / "bad.png", tmp_path / "stuck.png", tmp_path / "ok.png"]
+    try:
+        with pytest.raises(DataError, match=r"bad\.png"):
+            reader.read_many(paths)
+        assert not finished.is_set()  # raised while the stuck decode was still under way
+    finally:
+        release.set()
+
+
 def test_dicom_files_decode_in_threads_as_in_one(tmp_path):
     """pydicom in the decode threads: 16-bit DICOM slices with their own windows, a damaged
     one skipped, beside PNGs: the same crops, skips and fingerprint as one thread."""

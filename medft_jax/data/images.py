@@ -429,20 +429,23 @@ class ImageReader:
             return [self.read(path) for path in paths]
         out: list[np.ndarray | None] = []
         todo = iter(paths)
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="medft-decode") as pool:
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="medft-decode")
+        try:
             window = collections.deque(
                 (path, pool.submit(self._work, path))
                 for path in itertools.islice(todo, self.threads)
             )
-            try:
-                while window:
-                    path, future = window.popleft()
-                    out.append(self._kept(path, future.result))
-                    for following in itertools.islice(todo, 1):
-                        window.append((following, pool.submit(self._work, following)))
-            finally:  # an error or Ctrl-C: what has not started never does
-                for _, future in window:
-                    future.cancel()
+            while window:
+                path, future = window.popleft()
+                out.append(self._kept(path, future.result))
+                for following in itertools.islice(todo, 1):
+                    window.append((following, pool.submit(self._work, following)))
+        except BaseException:
+            # An error or Ctrl-C: not waiting for the decodes under way (one may be stuck
+            # on a stalled file) lets it reach the caller now; what has not started never does.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return out
 
     def _work(self, path: Path) -> tuple[tuple[bytes, bytes], np.ndarray]:
