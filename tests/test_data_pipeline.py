@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 
 import numpy as np
@@ -227,6 +228,50 @@ def test_cache_is_atomic_and_shrinks_over_skipped_images(tmp_path):
     assert not other.exists() and not list(tmp_path.glob("other*"))
     with pytest.raises(DataError, match="not a finished dataset cache"):
         cache_mod.read_cache(other)
+
+
+def test_a_build_removes_what_killed_builds_of_other_variants_left(tmp_path):
+    """A build killed at resize 36 left its temporary folder (its images file preallocated
+    to the whole split) until that very variant was built again, which may be never: a
+    build of any variant beside it now removes dead writers' folders, not live ones'."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    parent = tmp_path / "folder-abc"
+    killed = parent / f".r36_c32_s0.tmp-{dead.pid}@{host}-0123abcd"
+    live = parent / f".r40_c32_s0.tmp-{os.getppid()}@{host}-89abcdef"
+    for folder in (killed, live):
+        (folder / "train_images.npy").parent.mkdir(parents=True)
+        (folder / "train_images.npy").write_bytes(b"x" * 1000)
+    images, labels = _toy_arrays(3)
+    ids = np.asarray(["a", "b", "c"])
+    fields = {"labels": labels, "ids": ids, "groups": ids, "patients": ids}
+    plan = cache_mod.SplitPlan(3, (4, 4, 3), lambda: iter([(images, np.ones(3, bool))]), fields)
+    cache_mod.write_cache(parent / "r33_c32_s0", {"train": plan}, {}, progress=False)
+    assert not killed.exists() and live.exists()
+
+
+def test_a_full_disk_while_writing_rows_names_the_file(tmp_path, monkeypatch):
+    """Where the filesystem cannot preallocate, pwrite's ENOSPC named no file and the error
+    named the final cache folder, which does not exist: it names the images file now."""
+    import errno
+
+    def full(fd, array, position):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "_write_at", full)
+    images, labels = _toy_arrays(3)
+    ids = np.asarray(["a", "b", "c"])
+    fields = {"labels": labels, "ids": ids, "groups": ids, "patients": ids}
+    plan = cache_mod.SplitPlan(3, (4, 4, 3), lambda: iter([(images, np.ones(3, bool))]), fields)
+    with pytest.raises(OSError) as err:
+        cache_mod.write_cache(tmp_path / "c", {"train": plan}, {}, progress=False)
+    assert err.value.errno == errno.ENOSPC and err.value.filename.endswith("train_images.npy")
+    assert not list(tmp_path.iterdir())  # nothing left
 
 
 def test_empty_split_in_cache_is_an_error(tmp_path):

@@ -98,10 +98,12 @@ def is_complete(cache_dir: Path) -> bool:
 
 
 def remove_stale(cache_dir: Path) -> None:
-    """Removes the leftovers of interrupted writes of ``cache_dir`` (killed writers' only:
-    another process may be writing the same cache right now)."""
+    """Removes the leftovers of interrupted writes of ``cache_dir`` and of the other caches
+    beside it (killed writers' only: another process may be writing one right now)."""
     cache_dir = Path(cache_dir)
-    atomic.remove_abandoned(cache_dir)
+    # Every variant's in the folder: a killed build of another size or seed, which may
+    # never be built again, held its whole preallocated images file there for good.
+    atomic.remove_abandoned(cache_dir, siblings=True)
     if cache_dir.parent.is_dir():  # an old cache set aside to be deleted: nobody reads it
         for old in cache_dir.parent.glob(f"{glob.escape(cache_dir.name)}.tmp-old-*"):
             shutil.rmtree(old, ignore_errors=True)
@@ -404,7 +406,10 @@ def _write_images(
                         f"split {name!r}: a chunk of shape {contiguous.shape} at row {start} "
                         f"does not fit {n} images of shape {shape}"
                     )
-                _write_at(fd, contiguous, offset + start * row)
+                try:
+                    _write_at(fd, contiguous, offset + start * row)
+                except OSError as e:  # pwrite names no file: the one written, not the cache
+                    raise OSError(e.errno, e.strerror, str(path)) from e
                 digest.update(contiguous.data)
                 each += [
                     hashlib.blake2b(image.data, digest_size=16).digest() for image in contiguous
