@@ -15,6 +15,7 @@ from medft_jax.data import cache as cache_mod
 from medft_jax.data.arrays import group_mean, make_split
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.splits import carve, check_disjoint
+from tests.processes import writers_temporaries
 
 ONE_HOST = {"shard_index": 0, "shard_count": 1}
 
@@ -234,16 +235,8 @@ def test_a_build_removes_what_killed_builds_of_other_variants_left(tmp_path):
     """A build killed at resize 36 left its temporary folder (its images file preallocated
     to the whole split) until that very variant was built again, which may be never: a
     build of any variant beside it now removes dead writers' folders, not live ones'."""
-    import socket
-    import subprocess
-    import sys
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    host = socket.gethostname()
     parent = tmp_path / "folder-abc"
-    killed = parent / f".r36_c32_s0.tmp-{dead.pid}@{host}-0123abcd"
-    live = parent / f".r40_c32_s0.tmp-{os.getppid()}@{host}-89abcdef"
+    killed, live = writers_temporaries(parent, "r36_c32_s0", "r40_c32_s0", os.getppid())
     for folder in (killed, live):
         (folder / "train_images.npy").parent.mkdir(parents=True)
         (folder / "train_images.npy").write_bytes(b"x" * 1000)

@@ -40,6 +40,7 @@ from medft_jax.errors import UserError, find_os_error, os_error_line
 from medft_jax.locks import RunLocked
 from medft_jax.report import collect, write_report
 from medft_jax.report.write import MARKER, ReportError
+from tests.processes import dead_pid, writers_temporaries
 from tests.test_report import rec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -606,15 +607,14 @@ def test_only_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
     from medft_jax import atomic
 
     final = tmp_path / "r36_c32_s0"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    gone = dead_pid()
     host = socket.gethostname()
     names = {
         "live": f".{final.name}.tmp-{os.getpid()}@{host}-0123abcd",
-        "dead": f".{final.name}.tmp-{dead.pid}@{host}-0123abcd",
-        "elsewhere": f".{final.name}.tmp-{dead.pid}@another-host-0123abcd",
-        "before": f"{final.name}.tmp-{dead.pid}-0123abcd",  # written before hosts were named
-        "other cache": f".r40_c32_s0.tmp-{dead.pid}@{host}-0123abcd",
+        "dead": f".{final.name}.tmp-{gone}@{host}-0123abcd",
+        "elsewhere": f".{final.name}.tmp-{gone}@another-host-0123abcd",
+        "before": f"{final.name}.tmp-{gone}-0123abcd",  # written before hosts were named
+        "other cache": f".r40_c32_s0.tmp-{gone}@{host}-0123abcd",
     }
     for name in names.values():
         (tmp_path / name).mkdir()
@@ -634,12 +634,8 @@ def test_a_killed_file_writes_temporary_is_removed_by_the_next_write(tmp_path):
     (mkstemp's name, no owner) in the user's folder for good."""
     from medft_jax import atomic
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    host = socket.gethostname()
     final = tmp_path / "model.pth"
-    killed = tmp_path / f".model.pth.tmp-{dead.pid}@{host}-0123abcd"
-    live = tmp_path / f".model.pth.tmp-{os.getpid()}@{host}-89abcdef"
+    killed, live = writers_temporaries(tmp_path, final.name, final.name)
     for p in (killed, live):
         p.write_bytes(b"half")
     atomic.write_bytes(final, b"whole")

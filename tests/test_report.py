@@ -39,6 +39,7 @@ from medft_jax.report import (
 from medft_jax.report.figures import improvement_bars
 from medft_jax.results import RecordError
 from tests.conftest import SHARED_DATA
+from tests.processes import dead_pid
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SECOND = {"bach": "kappa", "t1w_mri": "f1", "mura_wrist": "kappa"}
@@ -1159,14 +1160,11 @@ def test_a_killed_reports_temporary_folder_is_removed_by_the_next(tmp_path):
     """Killed mid-write, a report left its hidden temporary folder beside --out for good;
     the next report into the same --out removes it, never a live writer's."""
     import socket
-    import subprocess
-    import sys
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    gone = dead_pid()
     host = socket.gethostname()
     out = tmp_path / "report"
-    killed = tmp_path / f".report.tmp-{dead.pid}@{host}-0123abcd"
+    killed = tmp_path / f".report.tmp-{gone}@{host}-0123abcd"
     live = tmp_path / f".report.tmp-{os.getppid()}@{host}-0123abcd"  # the test runner's parent
     for folder in (killed, live):
         (folder / "tables").mkdir(parents=True)

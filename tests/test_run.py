@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import jax
@@ -24,6 +23,7 @@ from medft_jax.early_stopping import EarlyStopping
 from medft_jax.errors import UserError
 from medft_jax.models import create, get_arch, init_variables, variable_shapes
 from medft_jax.models.blocks import flatten
+from tests.processes import dead_pid
 from tests.torch_ref import randomise_batchnorm, torch, torchvision
 
 SIZES = {"train": 32, "val": 16, "test": 16}
@@ -882,7 +882,6 @@ def test_the_leftover_note_skips_a_sibling_running_now_or_set_aside_by_force(tmp
     """A bf16 run and an fp32 run of one name share a stem: the fp32 run, still running in
     another process, was named as a leftover "to delete". So was a forced rerun's folder,
     whose last record waits in previous/. Only a stopped sibling is named."""
-    import subprocess
 
     run_dir = tmp_path / "runs" / "bach-resnet50-lp-lr0.001-s0-aaaaaaaaaaaaaaaa"
     other = run_dir.parent / "bach-resnet50-lp-lr0.001-s0-bbbbbbbbbbbbbbbb"
@@ -896,9 +895,8 @@ def test_the_leftover_note_skips_a_sibling_running_now_or_set_aside_by_force(tmp
     assert fit._left_by_other_data(run_dir) is None  # another host's: cannot tell, not named
     lock.write_text("")  # a holder that has not written its pid yet
     assert fit._left_by_other_data(run_dir) is None
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    lock.write_text(json.dumps({"pid": gone.pid, "host": host}))  # a killed holder's file
+    gone = dead_pid()
+    lock.write_text(json.dumps({"pid": gone, "host": host}))  # a killed holder's file
     assert str(other) in fit._left_by_other_data(run_dir)
     lock.write_text(json.dumps({"pid": os.getpid(), "host": host}))  # a container's reused pid
     assert str(other) in fit._left_by_other_data(run_dir)
