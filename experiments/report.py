@@ -182,11 +182,14 @@ def _summary(args: argparse.Namespace):
         )
         if elsewhere:
             who = holders[elsewhere[0]]
-            named = "a holder it cannot name" if who == "?" else f"host {who}"
+            why = (
+                "its lock file's holder cannot be read"
+                if who == "?"
+                else f"the lock names host {who}, which cannot be checked from here"
+            )
             now += (
-                f"; {len(elsewhere)} of them may be running elsewhere (the lock names "
-                f"{named}, which cannot be checked from here; a run killed there leaves its "
-                f"lock too), e.g. {elsewhere[0]}"
+                f"; {len(elsewhere)} of them may be running elsewhere ({why}; a run killed "
+                f"there leaves its lock too), e.g. {elsewhere[0]}"
             )
         left = (
             f"; {len(beside)} of them stopped beside a finished run of the same name on other "

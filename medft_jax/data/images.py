@@ -498,4 +498,4 @@ DECODE_THREADS_ENV = "MEDFT_JAX_DECODE_THREADS"
 
 MAX_DECODE_THREADS = 4
 """The default's cap: past it the in-order fingerprint hash and the cache writes bound the
-speed, and each thread holds one full-resolution image."""
+speed, and each thread holds a full-resolution image twice (decoded, and as bytes)."""
