@@ -374,20 +374,34 @@ class RunCheckpoints:
         disk go too, with what the failed save left.
         """
         manager = self._manager
-        with contextlib.suppress(Exception):
+        failed = False
+        try:
             manager.wait_until_finished()
+        except Exception:  # the last save's background write: not needed any more
+            failed = True
         with naming_os_errors(self.latest_dir):
             for step in list(manager.all_steps()):
                 manager.delete(step)
         self._manager_ = None
         with contextlib.suppress(Exception):
             manager.close()
-        self._discard_unfinished(settle=False)  # nothing writes any more
+        self._discard_unfinished(settle=False)
         if jax.process_index() == 0 and self.latest_dir.is_dir():
             with naming_os_errors(self.latest_dir):
                 for path in self.latest_dir.iterdir():
                     if path.name.isdigit() and path.is_dir():
                         shutil.rmtree(path)
+        if failed and self._exclusive and jax.process_index() == 0:
+            # Orbax raised the failed save's first error while its other writes went on:
+            # what they make after the deletes above (a step folder made again, under a
+            # loaded machine) is deleted once they stop, so no checkpoints/ is left.
+            remove_once_written(
+                lambda: (
+                    [p for p in self.latest_dir.iterdir() if p.is_dir()]
+                    if self.latest_dir.is_dir()
+                    else []
+                )
+            )
 
     def _discard_unfinished(self, *, settle: bool = True) -> None:
         """Deletes what a failed save wrote (with the lock only: another process's save may run).
