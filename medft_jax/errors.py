@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -172,6 +173,55 @@ class Interrupted(KeyboardInterrupt):
     and says what rerunning the same command does (resume from the last checkpoint)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised in the main thread by :func:`cli_main`'s handler.
+
+    A ``KeyboardInterrupt`` so that what a Ctrl-C cleans up, a SIGTERM does too: the
+    checkpoint being written is waited for, a cache build's temporaries and the run's
+    lock go, the run is named with what rerunning does. A cluster's time limit (Slurm),
+    ``timeout`` and ``docker stop`` end a job with SIGTERM, whose default action killed
+    the process on the spot and left all of that behind."""
+
+
+EXIT_TERMINATED = 128 + signal.SIGTERM
+"""Exit status after a SIGTERM (143, as a shell reports a process it killed)."""
+
+_terminated = threading.Event()
+"""Set by the SIGTERM handler: a ``KeyboardInterrupt`` caught with it set was a SIGTERM,
+even one a run re-raised as :class:`Interrupted`."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Raises :class:`Terminated` once; a second SIGTERM (the cleanup too slow for its
+    sender) ends the process at once, as the default action does."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _terminated.set()
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Installs :func:`_on_sigterm` for the command, and puts the previous handler back.
+
+    Left alone: a handler the embedding program installed (it chose what SIGTERM does), a
+    command in another thread than the main one (Python runs handlers there only) and a
+    multi-host job (``MEDFT_DISTRIBUTED``: JAX's preemption handler takes SIGTERM there,
+    BUILD.md)."""
+    _terminated.clear()
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        or env_switch("MEDFT_DISTRIBUTED")
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Runs a command line's ``main`` and maps the errors a user can cause to one line.
 
@@ -180,7 +230,9 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     <reason>``, exit 1 for a full disk or a file over its size limit (the input was fine)
     and 2 otherwise.
     ``KeyboardInterrupt`` -> exit 130 without a traceback (``interrupted``, or, for a run's
-    :class:`Interrupted`, ``interrupted: <run>: <what rerunning does>``); a closed output
+    :class:`Interrupted`, ``interrupted: <run>: <what rerunning does>``); a SIGTERM is
+    raised as one (:class:`Terminated`), so cleans up as a Ctrl-C does, and says
+    ``terminated (SIGTERM)`` instead, exit 143; a closed output
     pipe (``| head``) -> exit 141, silently, as a Unix tool ends on SIGPIPE. Anything else
     propagates: a real bug keeps its traceback.
     Every switch of :data:`SWITCHES` (and :data:`DURATIONS`, :data:`COUNTS`) is checked
@@ -196,7 +248,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
             env_seconds(name)
         for name in COUNTS:
             env_count(name)
-        status = main(argv)
+        with _sigterm_as_interrupt():
+            status = main(argv)
         with naming_os_errors("stdout"):  # a full disk under `> file` names what filled it
             sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
         return status
@@ -209,8 +262,10 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         status = EXIT_BUSY if isinstance(e, BusyError) else EXIT_BAD_INPUT
         return status
     except KeyboardInterrupt as e:  # an Interrupted run says which, and how to go on
-        print(f"interrupted: {e}" if isinstance(e, Interrupted) else "interrupted", file=sys.stderr)
-        return 130
+        word = "terminated (SIGTERM)" if _terminated.is_set() else "interrupted"
+        print(f"{word}: {e}" if isinstance(e, Interrupted) else word, file=sys.stderr)
+        status = EXIT_TERMINATED if _terminated.is_set() else 130
+        return status
     except Exception as e:
         os_err = find_os_error(e)
         if os_err is None:

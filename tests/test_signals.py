@@ -1,0 +1,157 @@
+"""SIGTERM (a cluster's time limit, ``timeout``, ``docker stop``) cleans up as a Ctrl-C does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from medft_jax import errors, fit, locks
+from medft_jax.errors import Terminated, cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sigterm_self() -> None:
+    """Sends this process a SIGTERM and waits for the handler to raise."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    pytest.fail("the SIGTERM did not stop the command")
+
+
+def test_a_sigterm_stops_a_command_as_a_ctrl_c_with_its_own_word_and_status(tmp_path, capsys):
+    """Its default action killed the process on the spot: the folders the command created,
+    a cache build's temporaries and a run's lock stayed, and no line said why."""
+    out = tmp_path / "a" / "out"
+    seen = {}
+
+    def command(argv):
+        errors.writable_dir(out, "--out")
+        try:
+            _sigterm_self()
+        except Terminated:
+            seen["after the first"] = signal.getsignal(signal.SIGTERM)  # a second one kills
+            raise
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert cli_main(command) == 143
+    assert capsys.readouterr().err == "terminated (SIGTERM)\n"
+    assert seen == {"after the first": signal.SIG_DFL}
+    assert not (tmp_path / "a").exists()  # created for the command, removed as after a Ctrl-C
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    # A run names itself and what rerunning does, as after a Ctrl-C.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def run(argv):
+        with fit._naming_an_interrupt(run_dir, run_dir / "record.json", False):
+            _sigterm_self()
+
+    assert cli_main(run) == 143
+    assert capsys.readouterr().err == (
+        f"terminated (SIGTERM): {run_dir}: it has no checkpoint yet: rerunning the same "
+        "command starts it again\n"
+    )
+    # A Ctrl-C after it is a Ctrl-C again.
+    assert cli_main(lambda argv: (_ for _ in ()).throw(KeyboardInterrupt)) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_sigterm_handler_is_left_where_the_embedding_program_or_jax_owns_sigterm(
+    monkeypatch, capsys
+):
+    """A program's own handler is its choice; a multi-host job's is JAX's preemption
+    handler; a command run outside the main thread cannot have one (Python runs handlers
+    in the main thread only: ``signal.signal`` raised there)."""
+    seen = []
+
+    def command(argv):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return 0
+
+    def own(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        assert cli_main(command) == 0
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.setenv("MEDFT_DISTRIBUTED", "1")
+    assert cli_main(command) == 0
+    monkeypatch.delenv("MEDFT_DISTRIBUTED")
+    statuses = []
+    thread = threading.Thread(target=lambda: statuses.append(cli_main(command)))
+    thread.start()
+    thread.join()
+    assert cli_main(command) == 0
+    assert seen == [own, signal.SIG_DFL, signal.SIG_DFL, errors._on_sigterm]
+    assert statuses == [0]
+    assert capsys.readouterr().err == ""
+
+
+# Trains epoch 0, then waits in epoch 1 for the test's SIGTERM (a time limit mid-epoch).
+_WAITS_IN_EPOCH_1 = """
+import sys, time
+from experiments.run import main
+from medft_jax import fit
+real = fit._train_epoch
+def train_epoch(run, epoch, **kw):
+    if epoch == 1:
+        print("in epoch 1", flush=True)
+        time.sleep(300)
+    return real(run, epoch, **kw)
+fit._train_epoch = train_epoch
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow  # three fresh processes
+def test_a_run_ended_by_sigterm_mid_epoch_is_named_unlocked_and_resumed(tmp_path):
+    """The whole command: the checkpoint of epoch 0 is kept, the lock is free, the line
+    names the run, and the same command resumes it."""
+    out = tmp_path / "runs"
+    argv = ["--strategy", "ft", "--dataset", "demo", "--arch", "resnet_tiny", "--weights"]
+    argv += ["none", "--epochs", "2", "--image-size", "32", "--batch-size", "8"]
+    argv += ["--no-progress", "--out", str(out)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MEDFT_JAX_CHECKPOINT_SECONDS": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WAITS_IN_EPOCH_1, *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "in epoch 1"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    run = next(p for p in out.iterdir() if p.is_dir())
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        f"terminated (SIGTERM): {run}: rerunning the same command resumes it from its last "
+        "checkpoint"
+    )
+    assert not (run / locks.LOCK_NAME).exists()  # released (a killed holder leaves it)
+    again = subprocess.run(
+        [sys.executable, "-m", "experiments.run", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"note: resuming after 1 epoch, from {run / 'checkpoints'}" in again.stderr
+    assert (run / "record.json").is_file()
