@@ -7,6 +7,7 @@ files pydicom's wheel ships), and goes through the one decoding path that
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import struct
@@ -208,6 +209,36 @@ def test_a_threaded_read_stops_at_a_bad_file_without_waiting_for_a_stuck_decode(
         assert not finished.is_set()  # raised while the stuck decode was still under way
     finally:
         release.set()
+
+
+def test_a_named_pipe_swapped_in_after_the_listing_is_refused_not_waited_on(tmp_path):
+    """The listings refuse a FIFO called ``x.png``; one put in its place since (a sync tool
+    mid-copy) blocked the decode for ever, a build that never ended. Refused in one line,
+    under --skip-bad-images too, as the listing does."""
+    import threading
+
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for path in paths:
+        Image.new("RGB", (40, 40)).save(path)
+    paths[1].unlink()
+    os.mkfifo(paths[1])
+    said = []
+
+    def read() -> None:
+        for skip in (False, True):
+            try:
+                ImageReader(RESIZE, CROP, skip_bad_images=skip, threads=2).read_many(paths)
+            except DataError as e:
+                said.append(str(e))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(60)
+    if reader.is_alive():
+        with open(paths[1], "wb"):  # ends the blocked read, then fail
+            pass
+        pytest.fail("the read waited on the named pipe")
+    assert said == [f"{paths[1]} is a named pipe (FIFO), not an image file"] * 2
 
 
 def test_dicom_files_decode_in_threads_as_in_one(tmp_path):

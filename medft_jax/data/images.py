@@ -35,7 +35,10 @@ from PIL import Image
 
 from medft_jax.data import dicom
 from medft_jax.data.errors import DataError, ImageMissing, NotABadFile
-from medft_jax.data.paths import safe_join  # noqa: F401  (the one path rule lives there)
+from medft_jax.data.paths import (
+    safe_join,  # noqa: F401  (the one path rule lives there)
+    special_kind,
+)
 from medft_jax.data.pixels import (
     MAX_PIXELS,
     DicomWindow,
@@ -120,6 +123,9 @@ def open_image(
     path = Path(path)
     check_bits_stored(bits_stored)
     dicom_window = parse_dicom_window(dicom_window)
+    kind = special_kind(path)  # listings refuse them; one swapped in since would block a read
+    if kind is not None:  # refused, not skipped, as the listing does
+        raise NotABadFile(f"{path} is {kind}, not an image file")
     try:
         if dicom.is_dicom(path):
             return dicom.read_dicom(path, dicom_window)
