@@ -1940,6 +1940,39 @@ def test_only_keeps_what_the_whole_folder_expects_of_the_cells_it_shows():
     assert summary.strategies == ("lp",)
 
 
+def test_a_report_of_one_lr_under_only_does_not_call_it_chosen_on_validation():
+    """``--only lr=0.001``: every table still said "at the LR chosen on validation" over
+    lr 0.001's values (92 % where validation chose lr 1e-4's 62 %); only index.md named the
+    filter."""
+    from medft_jax.grid import parse_only
+    from medft_jax.report.tables import all_tables, vs_paper_table
+
+    records = [rec(strategy="ft", lr=1e-4, seed=s, val=0.7, test=0.62) for s in range(3)]
+    records += [rec(strategy="ft", lr=1e-3, seed=s, val=0.6, test=0.92) for s in range(3)]
+    chosen = collect(records)
+    md = to_markdown(dataset_table(chosen, "bach"))
+    assert "at the LR chosen on validation**" in md and "62.00" in md
+    assert "LR chosen by the mean validation Acc." in md and "--only" not in md
+    fixed = collect(records, filters=parse_only(["lr=0.001"]))
+    tables = all_tables(fixed)
+    md = to_markdown(tables[0])
+    assert "92.00" in md and "62.00" not in md
+    assert "at LR 0.001 (--only lr=0.001; not chosen on validation)**" in md
+    assert "LR 0.001, the one --only keeps (the others under --runs are not compared)." in md
+    assert "chosen on validation," not in md and "LR chosen by" not in md
+    note = "Only the runs --only keeps (lr = 0.001); the others under --runs count nowhere here."
+    assert [t.notes[-1] for t in tables] == [note] * len(tables)  # Table 11 and 12 too
+    assert (
+        "Ours: the test mean (SE) over seeds at LR 0.001 (--only lr=0.001; not chosen"
+        in (vs_paper_table(fixed, "bach", []).notes[0])
+    )
+    among = collect(records, filters=parse_only(["lr=0.001|0.0001"]))
+    assert "at the LR chosen on validation among 0.0001, 0.001 (--only)**" in to_markdown(
+        dataset_table(among, "bach")
+    )
+    assert all(t.notes[-1] != note for t in all_tables(chosen))
+
+
 def test_a_partial_cells_note_says_whether_its_value_lacks_a_seed():
     records = [rec(strategy="ft", lr=lr, seed=s) for lr in (1e-4, 1e-3) for s in (0, 1, 2)]
     records += [rec(strategy="lp", lr=1e-3, seed=s, val=0.9) for s in (0, 1)]  # chosen LR
@@ -2163,6 +2196,14 @@ def test_spearman_ties_and_too_few():
          PAPER_HEADER, 1, "every mean (κ aside) is at most 1: they look like fractions"),
         ("5,mura_wrist,ft,resnet50,kappa,0.61,0.02\n5,mura_wrist,lp,resnet50,kappa,-0.1,0\n",
          PAPER_HEADER, 1, "every κ is within [-1, 1]: they look like fractions"),
+        # Part of the file in fractions: accepted, and every such row flagged (z = +2600).
+        ("5,mura_wrist,ft,resnet50,accuracy,81,1\n6,mura_humerus,ft,resnet50,kappa,60,2\n"
+         "5,mura_wrist,lp,resnet50,kappa,0.6,0.02\n5,mura_wrist,g_lf,resnet50,kappa,0.5,0\n",
+         PAPER_HEADER, 4, "every κ of mura_wrist is within [-1, 1] where the other metrics are "
+         "in percent: they look like fractions"),
+        ("5,mura_wrist,ft,resnet50,accuracy,81,1\n6,mura_humerus,ft,resnet50,accuracy,0.81,0\n",
+         PAPER_HEADER, 3, "mura_humerus ft accuracy mean 0.81 is at most 1 where other means "
+         "are in percent: it looks like a fraction"),
     ],
 )  # fmt: skip
 def test_a_bad_paper_csv_is_one_error_line_naming_file_and_line(

@@ -90,8 +90,10 @@ def load_paper(path: str | Path | None = None) -> PaperTables:
     Raises :class:`PaperTablesError`, one line naming the file and line, for a
     file that cannot be read, missing columns, a mean or SE that is not a
     number (or an SE below 0), a mean outside [0, 100] percent ([-100, 100] for
-    κ), every mean at most 1 (fractions, not percent; of a file of κ only, every κ
-    within [-1, 1], two or more), a table number that is not
+    κ), a mean that looks like a fraction, not percent (every mean at most 1; of a file
+    of κ only, every κ within [-1, 1], two or more; of a file partly in percent, a non-κ
+    mean at most 1 or every κ of a dataset, two or more, within [-1, 1]), a table number
+    that is not
     the dataset's, an unknown dataset, strategy, arch or metric, a cell given twice,
     or no cells at all.
     """
@@ -166,14 +168,37 @@ def parse_paper(text: str, source: str) -> PaperTables:
             "(71.98, not 0.7198)",
         )
     kappas = [v.mean for k, v in values.items() if k[3] == "kappa"]
-    if not rates and len(kappas) > 1 and all(abs(m) <= 1 for m in kappas) and any(kappas):
+    if not rates and _fractions(kappas):
         # κ-only: in percent, every cell within 1 point of chance; in fractions, usual.
         raise bad(
             1,
             "every κ is within [-1, 1]: they look like fractions; expected percent "
             "(61.2, not 0.612)",
         )
+    # Part of the file in fractions (κ, often published so; one dataset's rows): each such
+    # row was flagged as tens of standard errors off, without a word of the unit.
+    for (d, _, s, m), v in values.items():
+        if m != "kappa" and v.mean <= 1:
+            raise bad(
+                v.line,
+                f"{d} {s} {m} mean {v.mean:g} is at most 1 where other means are in percent: "
+                "it looks like a fraction; expected percent (71.98, not 0.7198)",
+            )
+    for d in dict.fromkeys(k[0] for k in values):
+        of_d = [v for k, v in values.items() if k[0] == d and k[3] == "kappa"]
+        if _fractions([v.mean for v in of_d]):
+            raise bad(
+                min(v.line for v in of_d),
+                f"every κ of {d} is within [-1, 1] where the other metrics are in percent: "
+                "they look like fractions; expected percent (61.2, not 0.612)",
+            )
     return PaperTables(source, values)
+
+
+def _fractions(kappas: Sequence[float]) -> bool:
+    """Whether κ means look like fractions: two or more, all within [-1, 1], not all 0 (in
+    percent, every one within a point of chance)."""
+    return len(kappas) > 1 and all(abs(m) <= 1 for m in kappas) and any(kappas)
 
 
 def _number(

@@ -444,6 +444,34 @@ def data_notes(protocol: Mapping[str, Any]) -> list[str]:
     return notes
 
 
+def _one_lr_kept(summary: Summary) -> str | None:
+    """The LR of ``--only lr=X`` (one value): every value is X's, none chosen."""
+    kept = summary.filters.get("lr")
+    return next(iter(kept)) if kept is not None and len(kept) == 1 else None
+
+
+def lr_phrase(summary: Summary) -> str:
+    """How the shown values' LR was picked, for a caption: on validation, among the LRs
+    ``--only`` keeps, or none (one kept: the values are that LR's, whatever validation says
+    of the others)."""
+    fixed = _one_lr_kept(summary)
+    if fixed is not None:
+        return f"at LR {fixed} (--only lr={fixed}; not chosen on validation)"
+    kept = summary.filters.get("lr")
+    if kept:
+        return f"at the LR chosen on validation among {', '.join(sorted(kept))} (--only)"
+    return "at the LR chosen on validation"
+
+
+def filter_note(summary: Summary) -> str | None:
+    """A note for every table of a report with ``--only``: its numbers are over the runs
+    the filters keep (the others under ``--runs`` count nowhere)."""
+    if not summary.filters:
+        return None
+    shown = "; ".join(f"{k} = {' | '.join(sorted(v))}" for k, v in summary.filters.items())
+    return f"Only the runs --only keeps ({shown}); the others under --runs count nowhere here."
+
+
 def dataset_table(summary: Summary, dataset: str) -> Table:
     """Tables 3-10: strategies × (arch × two metrics + cost), mean (SE) in percent."""
     metrics = summary.metrics[dataset]
@@ -464,11 +492,17 @@ def dataset_table(summary: Summary, dataset: str) -> Table:
     prefix = f"Table {number}: " if number else ""
     title = (
         f"{prefix}{dataset}: test {', '.join(metric_label(m) for m in metrics)}, "
-        "mean (SE) over seeds in %, at the LR chosen on validation"
+        f"mean (SE) over seeds in %, {lr_phrase(summary)}"
+    )
+    fixed = _one_lr_kept(summary)
+    chosen = (
+        f"LR {fixed}, the one --only keeps (the others under --runs are not compared)."
+        if fixed is not None
+        else f"LR chosen by the mean validation {metric_label(summary.primary[dataset])} over "
+        "seeds."
     )
     notes = [
-        f"Bold: best mean per arch and metric; underlined: best over all archs. LR chosen by the "
-        f"mean validation {metric_label(summary.primary[dataset])} over seeds. Cost: "
+        f"Bold: best mean per arch and metric; underlined: best over all archs. {chosen} Cost: "
         "device-seconds of one run at the chosen LR (mean over seeds).",
         *_cell_notes(
             (cells[(a, s)] for s in strategies for a in archs if (a, s) in cells), metrics
@@ -1018,7 +1052,7 @@ VS_PAPER_SLOTS: tuple[Slot[VsPaperLine], ...] = (
 
 
 VS_PAPER_NOTE = (
-    "Ours: the test mean (SE) over seeds at the LR chosen on validation, with the marks of the "
+    "Ours: the test mean (SE) over seeds {lr}, with the marks of the "
     "dataset's table; paper: as printed in the published CSV. Diff.: ours minus the paper's, "
     "in percentage points. z = diff / √(SE_ours² + SE_paper²): how many combined standard "
     "errors apart the two means are (a published SE of 0.0, under 0.05, read as 0.05); n/a "
@@ -1033,7 +1067,7 @@ def vs_paper_table(summary: Summary, dataset: str, compared: Sequence[Compared])
     (``compared``: :func:`medft_jax.report.paper.compare`'s entries of ``dataset``)."""
     lines = [_vs_paper_line(summary, x) for x in compared if x.dataset == dataset]
     title = f"{dataset}: ours against the paper's published values (percent)"
-    head = Head(f"vs_paper_{slug(dataset)}", title, [VS_PAPER_NOTE])
+    head = Head(f"vs_paper_{slug(dataset)}", title, [VS_PAPER_NOTE.format(lr=lr_phrase(summary))])
     return _long_table(head, VsPaperLine, lines, VS_PAPER_SLOTS)
 
 
@@ -1054,4 +1088,7 @@ def all_tables(
         tables += [
             vs_paper_table(summary, d, compared) for d in summary.datasets if d in paper.datasets
         ]
+    note = filter_note(summary)
+    if note is not None:
+        tables = [dataclasses.replace(t, notes=[*t.notes, note]) for t in tables]
     return tables

@@ -421,7 +421,8 @@ def index_markdown(
             "and seed seen for it (--config gives a grid's own)"
             if summary.plans
             else "inferred from the records: every arch, strategy, LR and seed seen "
-            "anywhere, for every dataset (--config gives a grid's own)"
+            f"anywhere{' --only keeps' if summary.filters else ''}, for every dataset "
+            "(--config gives a grid's own)"
         )
     lines = [
         "# Comparison of fine-tuning strategies: report",
