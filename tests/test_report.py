@@ -1628,6 +1628,24 @@ def test_records_without_top1_keep_their_primary_as_headline():
     assert best_per_dataset(summary)[0].improvement == pytest.approx(100 * 0.1 / 0.7)
 
 
+def test_vs_paper_says_why_older_bach_records_are_not_compared(tmp_path):
+    """Records without top-1 show eq. 6 accuracy, rightly not set beside the paper's top-1;
+    the index called them "cells the paper does not have" and the paper's "without a run"
+    ("not run here, failed, or the metric undefined"), never the reason."""
+    records = [rec(strategy=s, seed=k, test=0.7) for s in ("ft", "lp") for k in range(3)]
+    rows = "8,bach,ft,resnet50,accuracy,70.0,1.0\n8,bach,lp,resnet50,accuracy,72.0,1.0\n"
+    index = (_vs_paper_report(tmp_path, records, rows) / "index.md").read_text()
+    assert "- bach: 0 cells compared" in index
+    assert (
+        "  Our Acc. is not the paper's Acc. (top-1): the records hold no Acc. (top-1) (written "
+        "by an older toolkit), so these cells are not compared and count below as unmatched "
+        "on both sides; rerun them (--force) to compare.\n"
+    ) in index
+    records = [top1_rec(s, k, top1=0.7) for s in ("ft", "lp") for k in range(3)]
+    index = (_vs_paper_report(tmp_path / "new", records, rows) / "index.md").read_text()
+    assert "- bach: 2 cells compared" in index and "is not the paper's" not in index
+
+
 def test_table12_counts_each_dataset_in_its_counting_metric():
     """T1w counts F1 (COUNT_METRICS), not its headline top-1: here top-1 rises, F1 falls."""
     from medft_jax.report import COUNT_METRICS, count_metric
@@ -2105,8 +2123,9 @@ def test_vs_paper_difference_and_z_of_a_cell_against_a_hand_computation(tmp_path
     assert float(kappa["diff_pp"]) == pytest.approx(6.0)
     assert (kappa["paper_se_pct"], kappa["z"], kappa["flagged"]) == ("", "", "False")
     md = (out / "tables" / "vs_paper_mura_wrist.md").read_text()
-    assert "| 72.00 (1.15) | 69.00 (0.50) | +3.00 | **+2.38 !** |" in md
-    assert "| 36.00 (0.58) | 30.00 (–) | +6.00 | n/a |" in md
+    # The paper's as printed: a published 69.0 (0.5) read 69.00 (0.50).
+    assert "| 72.00 (1.15) | 69.0 (0.5) | +3.00 | **+2.38 !** |" in md
+    assert "| 36.00 (0.58) | 30.0 (–) | +6.00 | n/a |" in md
     index = (out / "index.md").read_text()
     assert "- mura\\_wrist: 2 cells compared, mean |diff| 4.50 pp, 1 with |z| > 2" in index
     assert "- Paper cells without a run: 1 " in index

@@ -25,6 +25,7 @@ from pathlib import Path
 from medft_jax import metrics, names
 from medft_jax.errors import UserError
 from medft_jax.report.cells import Summary
+from medft_jax.report.render import NO_SE
 
 COLUMNS = ("table", "dataset", "strategy", "arch", "metric", "mean", "se")
 """The columns a published-tables CSV must have (more are ignored)."""
@@ -47,6 +48,8 @@ class PaperValue:
     mean: float
     se: float | None
     line: int
+    printed: str = ""
+    """Mean and SE as the CSV writes them, ``87.72 (0.0)``: the precision the paper gives."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +159,8 @@ def parse_paper(text: str, source: str) -> PaperTables:
         key = (d, a, s, metric_key(d, m))
         if key in values:
             raise bad(line, f"{d} {s} {a} {m} is given twice (first on line {values[key].line})")
-        values[key] = PaperValue(mean, se, line)
+        printed = f"{row['mean'].strip()} ({row['se'].strip() if se is not None else NO_SE})"
+        values[key] = PaperValue(mean, se, line, printed)
     if not values:  # a comparison of no cells said nothing, silently
         raise bad(1, "a header and no rows; expected one published cell per line")
     # Every cell flagged, ~70 pp off. κ in percent may be near 0; other metrics not all.
@@ -235,6 +239,8 @@ class Compared:
     paper_se: float | None
     diff_pp: float
     z: float | None
+    paper_printed: str = ""
+    """The paper's as the CSV writes it (:attr:`PaperValue.printed`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +300,7 @@ def compare(summary: Summary, paper: PaperTables) -> list[Compared]:
                         Compared(
                             d, a, s, m, mean, se, n, p.mean, p.se,
                             100 * mean - p.mean, z_score(mean, se, n, p.mean, p.se),
+                            p.printed,
                         )
                     )  # fmt: skip
     return out

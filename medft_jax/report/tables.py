@@ -1007,6 +1007,8 @@ class VsPaperLine:
     """Our cell's marks (:func:`cell_marks`)."""
     text: str = _shown()
     """How ours reads, as in the dataset's table: ``85.31 (0.42)†``."""
+    paper_text: str = _shown(default="")
+    """The paper's as the CSV writes it: ``87.72 (0.0)``."""
 
 
 def _vs_paper_line(summary: Summary, x: Compared) -> VsPaperLine:
@@ -1026,10 +1028,14 @@ def _vs_paper_line(summary: Summary, x: Compared) -> VsPaperLine:
         flagged=x.z is not None and abs(x.z) > Z_FLAG,
         marks=cell_marks(cell, x.metric),
         text=cell_text(cell, x.metric),
+        paper_text=x.paper_printed,
     )
 
 
 def _paper_text(x: VsPaperLine) -> str:
+    """As printed (a published 87.72 (0.0) read 87.72 (0.00)); two decimals without it."""
+    if x.paper_text:
+        return x.paper_text
     se = f"{x.paper_se_pct:.2f}" if x.paper_se_pct is not None else NO_SE
     return f"{x.paper_mean_pct:.2f} ({se})"
 

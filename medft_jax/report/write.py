@@ -386,6 +386,14 @@ def paper_lines(summary: Summary, paper: PaperTables) -> list[str]:
             f"{g.flagged} with |z| > {Z_FLAG:g}{md_escape(ranking)} "
             f"([table](tables/vs_paper_{slug(g.dataset)}.md))."
         )
+        if g.headline not in summary.metrics[g.dataset]:  # records from before it was kept
+            lines.append(
+                f"  Our {md_escape(metric_label(summary.headline(g.dataset)))} is not the "
+                f"paper's {md_escape(metric_label(g.headline))}: the records hold no "
+                f"{md_escape(metric_label(g.headline))} (written by an older toolkit), so "
+                "these cells are not compared and count below as unmatched on both sides; "
+                "rerun them (--force) to compare."
+            )
     no_run, no_paper = unmatched(summary, paper)
     lines += [
         f"- Paper cells without a run: {no_run} (not run here, failed, or the metric undefined).",
