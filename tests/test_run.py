@@ -415,6 +415,31 @@ def test_resume_writes_the_uninterrupted_record(ported_tiny, demo, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["g_lf", "auto_rgn", "l2_sp"])
+def test_a_staged_or_stateful_strategy_resumed_mid_stage_writes_the_uninterrupted_record(
+    strategy, ported_tiny, demo, tmp_path
+):
+    """Stopped inside the epochs after blocks unfroze (G-LF), inside the RGN's
+    per-epoch estimate (Auto-RGN) and with the SP starting point (L2-SP), twice: the resumed
+    run trains and ends as the uninterrupted one (each stage's Adam counts, the gates, the
+    starting point and the RGN statistics come back from the checkpoint)."""
+    config = _config(strategy, ported_tiny, epochs=3, lr=1e-2, arch=TINY)
+    kw = {"dataset": demo, "progress": False, "trainers": {}}
+    full = fit.run_one(config, tmp_path / "a", **kw)
+    spe = demo.steps_per_epoch(config.batch_size)
+    for steps in (spe + spe // 2, 2 * spe + 1):  # inside epochs 1 and 2
+        assert fit.run_one(config, tmp_path / "b", stop_after_steps=steps, **kw) == {}
+    resumed = fit.run_one(config, tmp_path / "b", **kw)
+    keys = ("train_loss", "val", "trainable_blocks")
+    assert [[e[k] for k in keys] for e in resumed["epochs"]] == [
+        [e[k] for k in keys] for e in full["epochs"]
+    ]
+    stages = {tuple(e["trainable_blocks"]) for e in full["epochs"]}
+    assert len(stages) == (3 if strategy == "g_lf" else 1)  # a stage begins in each stop's epoch
+    assert (resumed["best_epoch"], resumed["test"]) == (full["best_epoch"], full["test"])
+
+
+@pytest.mark.slow
 def test_a_resume_in_another_environment_is_noted_and_recorded(
     ported_tiny, demo, tmp_path, capsys, monkeypatch
 ):
