@@ -186,40 +186,64 @@ class Terminated(KeyboardInterrupt):
 EXIT_TERMINATED = 128 + signal.SIGTERM
 """Exit status after a SIGTERM (143, as a shell reports a process it killed)."""
 
-_terminated = threading.Event()
-"""Set by the SIGTERM handler: a ``KeyboardInterrupt`` caught with it set was a SIGTERM,
-even one a run re-raised as :class:`Interrupted`."""
+_received: list[int] = []
+"""The signals (SIGINT, SIGTERM) :func:`_on_signal` took during this command: a
+``KeyboardInterrupt`` caught with SIGTERM among them was a SIGTERM, even one a run re-raised
+as :class:`Interrupted`; and one whose exception was lost is raised again
+(:func:`raise_if_stopped`)."""
+
+_DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+"""The handlers :func:`_stopping_signals` replaces: Python's own, nothing a program chose."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    """Raises :class:`Terminated` once; a second SIGTERM (the cleanup too slow for its
-    sender) ends the process at once, as the default action does."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _terminated.set()
-    raise Terminated
+def _on_signal(signum: int, frame: object) -> None:
+    """Raises a Ctrl-C's ``KeyboardInterrupt``, or :class:`Terminated` for a SIGTERM; a
+    second SIGTERM (the cleanup too slow for its sender) ends the process at once, as the
+    default action does."""
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _received.append(signum)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def raise_if_stopped() -> None:
+    """Raises again the Ctrl-C or SIGTERM of this command whose exception was lost.
+
+    A handler raises in whatever Python code the main thread runs at that moment; in a gc
+    callback (JAX registers one, and collects often while it compiles) the exception is
+    printed as "Exception ignored" and dropped, and the command went on as if never
+    stopped. The loops that take long (training steps, image reads) call this between
+    items; outside :func:`cli_main` nothing is received, so it does nothing."""
+    if signal.SIGTERM in _received:
+        raise Terminated
+    if _received:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Installs :func:`_on_sigterm` for the command, and puts the previous handler back.
+def _stopping_signals() -> Iterator[None]:
+    """Installs :func:`_on_signal` for SIGINT and SIGTERM during the command, and puts
+    Python's own handlers back.
 
-    Left alone: a handler the embedding program installed (it chose what SIGTERM does), a
-    command in another thread than the main one (Python runs handlers there only) and a
-    multi-host job (``MEDFT_DISTRIBUTED``: JAX's preemption handler takes SIGTERM there,
-    BUILD.md)."""
-    _terminated.clear()
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-        or env_switch("MEDFT_DISTRIBUTED")
-    ):
-        yield
-        return
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    Left alone: a handler the embedding program installed (it chose what the signal does),
+    a command in another thread than the main one (Python runs handlers there only) and
+    SIGTERM in a multi-host job (``MEDFT_DISTRIBUTED``: JAX's preemption handler takes it
+    there, BUILD.md)."""
+    _received.clear()
+    mine = []
+    if threading.current_thread() is threading.main_thread():
+        distributed = env_switch("MEDFT_DISTRIBUTED")
+        for signum, default in _DEFAULTS.items():
+            if signal.getsignal(signum) is default and not (
+                distributed and signum == signal.SIGTERM
+            ):
+                signal.signal(signum, _on_signal)
+                mine.append(signum)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in mine:
+            signal.signal(signum, _DEFAULTS[signum])
 
 
 def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -248,7 +272,7 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
             env_seconds(name)
         for name in COUNTS:
             env_count(name)
-        with _sigterm_as_interrupt():
+        with _stopping_signals():
             status = main(argv)
         with naming_os_errors("stdout"):  # a full disk under `> file` names what filled it
             sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
@@ -262,9 +286,10 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         status = EXIT_BUSY if isinstance(e, BusyError) else EXIT_BAD_INPUT
         return status
     except KeyboardInterrupt as e:  # an Interrupted run says which, and how to go on
-        word = "terminated (SIGTERM)" if _terminated.is_set() else "interrupted"
+        terminated = signal.SIGTERM in _received
+        word = "terminated (SIGTERM)" if terminated else "interrupted"
         print(f"{word}: {e}" if isinstance(e, Interrupted) else word, file=sys.stderr)
-        status = EXIT_TERMINATED if _terminated.is_set() else 130
+        status = EXIT_TERMINATED if terminated else 130
         return status
     except Exception as e:
         os_err = find_os_error(e)
@@ -276,6 +301,7 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         print(f"error: {os_error_line(os_err)}", file=sys.stderr)
         return EXIT_FAILED if os_err.errno in _FULL else EXIT_BAD_INPUT
     finally:
+        _received.clear()  # a library call after the command is not stopped by its signal
         if status != 0:
             _remove_created_if_empty()
 

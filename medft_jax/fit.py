@@ -51,7 +51,7 @@ from medft_jax.data.images import DECODING_VERSION
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_changes, environment_info, numerics_environment
-from medft_jax.errors import Interrupted, UserError, env_seconds, one_line
+from medft_jax.errors import Interrupted, UserError, env_seconds, one_line, raise_if_stopped
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
 from medft_jax.names import LOCAL_KINDS, dataset_base
 from medft_jax.results import RunRecord
@@ -1024,6 +1024,7 @@ def _run_batches(
     kw = {"trainable": trainable, "bn_train": bn_train}
     pending = None
     while True:
+        raise_if_stopped()  # a Ctrl-C or SIGTERM whose exception a gc callback swallowed
         t_data = time.perf_counter()
         left = stop_at - epoch * run.steps_per_epoch - position  # the step budget's
         batches = list(itertools.islice(it, int(max(1, min(per_call, left)))))

@@ -350,6 +350,25 @@ def test_ctrl_c_names_the_run_and_that_rerunning_resumes_it(
     )
 
 
+@pytest.mark.slow
+def test_a_lost_ctrl_c_stops_the_training_at_its_next_step(
+    ported_tiny, demo, tmp_path, monkeypatch
+):
+    """A Ctrl-C whose exception a gc callback swallowed (JAX's, while compiling) let the run
+    train on; the step loop raises it again, naming the run (tests/test_signals.py)."""
+    import signal
+
+    from medft_jax import errors
+    from medft_jax.errors import Interrupted
+
+    config = _config("lp", ported_tiny, epochs=1, arch=TINY)
+    monkeypatch.setattr(errors, "_received", [signal.SIGINT])
+    with pytest.raises(Interrupted, match="it has no checkpoint yet"):
+        fit.run_one(config, tmp_path / "runs", dataset=demo, progress=False)
+    monkeypatch.setattr(errors, "_received", [])
+    assert fit.run_one(config, tmp_path / "runs", dataset=demo, progress=False)["test"]
+
+
 def test_ctrl_c_under_force_beside_a_record_says_the_rerun_starts_over(tmp_path):
     """A Ctrl-C under --force while the run's last record was still in place said "rerunning
     the same command skips it": the same command (--force) starts it over."""

@@ -69,10 +69,11 @@ def test_a_sigterm_handler_is_left_where_the_embedding_program_or_jax_owns_sigte
     """A program's own handler is its choice; a multi-host job's is JAX's preemption
     handler; a command run outside the main thread cannot have one (Python runs handlers
     in the main thread only: ``signal.signal`` raised there)."""
-    seen = []
+    seen, ctrl_c = [], []
 
     def command(argv):
         seen.append(signal.getsignal(signal.SIGTERM))
+        ctrl_c.append(signal.getsignal(signal.SIGINT))
         return 0
 
     def own(signum, frame):
@@ -92,9 +93,56 @@ def test_a_sigterm_handler_is_left_where_the_embedding_program_or_jax_owns_sigte
     thread.start()
     thread.join()
     assert cli_main(command) == 0
-    assert seen == [own, signal.SIG_DFL, signal.SIG_DFL, errors._on_sigterm]
+    assert seen == [own, signal.SIG_DFL, signal.SIG_DFL, errors._on_signal]
+    assert ctrl_c == [errors._on_signal] * 2 + [signal.default_int_handler, errors._on_signal]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     assert statuses == [0]
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the point
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [(signal.SIGTERM, 143, "terminated (SIGTERM)\n"), (signal.SIGINT, 130, "interrupted\n")],
+)
+def test_a_stop_whose_exception_a_gc_callback_swallowed_stops_at_the_next_image(
+    tmp_path, capsys, signum, status, said
+):
+    """A signal arriving while JAX's gc callback ran raised inside it: Python printed
+    "Exception ignored" and the command went on (a Ctrl-C in a command's first seconds was
+    lost). The next image read raises it again."""
+    import gc
+
+    from PIL import Image
+
+    from medft_jax.data.images import ImageReader
+
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for path in paths:
+        Image.new("RGB", (8, 8)).save(path)
+    read = []
+
+    def callback(phase, info):
+        if phase == "start" and not read:
+            read.append("signalled")
+            os.kill(os.getpid(), signum)
+            time.sleep(0.5)  # the handler runs here, inside the callback
+
+    def command(argv):
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+        read.append("went on")  # the exception was lost, as in a gc callback of JAX's
+        ImageReader(8, 8).read_many(paths)
+        read.append("read every image")
+        return 0
+
+    assert cli_main(command) == status
+    assert capsys.readouterr().err.endswith(said)
+    assert read == ["signalled", "went on"]
+    errors.raise_if_stopped()  # outside a command: nothing received, nothing raised
 
 
 # Trains epoch 0, then waits in epoch 1 for the test's SIGTERM (a time limit mid-epoch).

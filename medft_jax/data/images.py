@@ -50,7 +50,7 @@ from medft_jax.data.pixels import (
     unit_float_to_uint8,
 )
 from medft_jax.data.preprocess import EIGHT_BIT_MODES, resize_and_crop
-from medft_jax.errors import env_count, quiet_decoding
+from medft_jax.errors import env_count, quiet_decoding, raise_if_stopped
 
 IMAGE_SUFFIXES = (
     ".jpg",
@@ -466,6 +466,7 @@ class ImageReader:
         self, path: Path, work: Callable[[], tuple[tuple[bytes, bytes], np.ndarray]]
     ) -> np.ndarray | None:
         """``work()``'s crop, counted into the fingerprint; a bad file raised or skipped."""
+        raise_if_stopped()  # a Ctrl-C or SIGTERM whose exception a gc callback swallowed
         try:
             seen, cropped = work()
         except NotABadFile:
