@@ -1029,6 +1029,36 @@ def test_prepared_task_matches_its_layout(layouts, prepared, name):
 
 
 @tf_required
+def test_a_builder_decodes_in_threads_what_one_thread_decodes(tmp_path, monkeypatch):
+    """The paper tasks' builders read one image at a time, on one core (CheXpert's 224k
+    images); they decode MEDFT_JAX_DECODE_THREADS at once, into the same examples."""
+    import threading
+
+    real, threads = ImageReader._work, set()
+
+    def work(self, path):
+        threads.add(threading.current_thread().name.split("_")[0])
+        return real(self, path)
+
+    monkeypatch.setattr(ImageReader, "_work", work)
+    manual = tmp_path / "bach"
+    fakes.make_bach(manual, 10)
+    datasets, seen = {}, {}
+    for n in ("1", "3"):
+        monkeypatch.setenv("MEDFT_JAX_DECODE_THREADS", n)
+        threads.clear()
+        out = tmp_path / f"out{n}"
+        datasets[n] = prepare("bach", manual_dir=manual, data_dir=out, progress=False, **SIZES)
+        seen[n] = set(threads)
+    assert seen == {"1": {"MainThread"}, "3": {"medft-decode"}}
+    for split, arrays in datasets["1"].splits.items():
+        other = datasets["3"].splits[split]
+        assert arrays.ids.tolist() == other.ids.tolist() and len(arrays) > 0
+        assert np.array_equal(arrays.images, other.images)
+        assert np.array_equal(arrays.labels, other.labels)
+
+
+@tf_required
 @pytest.mark.xdist_group("tfds_prepared")
 def test_mura_study_scores_are_image_means(prepared):
     ds = prepared[1]["mura_wrist"]

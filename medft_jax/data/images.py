@@ -26,7 +26,7 @@ import hashlib
 import itertools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -453,6 +453,13 @@ class ImageReader:
             raise
         pool.shutdown()
         return out
+
+    def read_iter(self, paths: Sequence[Path], chunk: int = 64) -> Iterator[np.ndarray | None]:
+        """:meth:`read_many` of ``paths``, ``chunk`` at a time, yielded in order: a split of
+        any length decoded in threads, holding one chunk's crops at a time (a TFDS
+        builder's examples are written one by one)."""
+        for start in range(0, len(paths), chunk):
+            yield from self.read_many(paths[start : start + chunk])
 
     def _work(self, path: Path) -> tuple[tuple[bytes, bytes], np.ndarray]:
         """What :meth:`read` does that may run in a thread: the decoded image as the

@@ -296,8 +296,8 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             decode=paper_decode(self.TASK),
         )
         skipped, kept_labels = [], []
-        for ex in examples:
-            image = reader.read(ex.path)
+        images = reader.read_iter([ex.path for ex in examples])  # decoded in threads
+        for ex, image in zip(examples, images, strict=True):
             if image is None:
                 skipped.append(ex.id)
                 self.info.metadata["skipped_bad_images"].setdefault(split, []).append(ex.id)
