@@ -196,14 +196,41 @@ _DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.S
 """The handlers :func:`_stopping_signals` replaces: Python's own, nothing a program chose."""
 
 
+_deferring = False
+"""Inside :func:`deferred_stops`: a first signal is recorded, not raised."""
+
+
 def _on_signal(signum: int, frame: object) -> None:
     """Raises a Ctrl-C's ``KeyboardInterrupt``, or :class:`Terminated` for a SIGTERM; a
     second SIGTERM (the cleanup too slow for its sender) ends the process at once, as the
-    default action does."""
+    default action does. Inside :func:`deferred_stops` the first is only recorded."""
     if signum == signal.SIGTERM:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    first = not _received
     _received.append(signum)
+    if first and _deferring:
+        return
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred_stops() -> Iterator[None]:
+    """Within: the first Ctrl-C or SIGTERM is recorded, not raised, for the caller to stop
+    where it can save its state (a training loop, between steps: :func:`stop_requested`),
+    then raise it (:func:`raise_if_stopped`). A second one raises at once (a second
+    SIGTERM ends the process). For one process only: a multi-host job's save is
+    collective, and the other processes did not see this one's signal."""
+    global _deferring
+    before, _deferring = _deferring, True
+    try:
+        yield
+    finally:
+        _deferring = before
+
+
+def stop_requested() -> bool:
+    """Whether a Ctrl-C or SIGTERM reached this command (deferred, or raised and lost)."""
+    return bool(_received)
 
 
 def raise_if_stopped() -> None:

@@ -51,7 +51,15 @@ from medft_jax.data.images import DECODING_VERSION
 from medft_jax.data.options import task_options
 from medft_jax.early_stopping import EarlyStopping
 from medft_jax.environment import environment_changes, environment_info, numerics_environment
-from medft_jax.errors import Interrupted, UserError, env_seconds, one_line, raise_if_stopped
+from medft_jax.errors import (
+    Interrupted,
+    UserError,
+    deferred_stops,
+    env_seconds,
+    one_line,
+    raise_if_stopped,
+    stop_requested,
+)
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
 from medft_jax.names import LOCAL_KINDS, dataset_base
 from medft_jax.results import RunRecord
@@ -463,6 +471,7 @@ def run_one(
             raise
         if not trained:
             ckpts.close()
+            raise_if_stopped()  # stopped by a signal, its resume point saved
             return {}
         return _finish(run, ckpts, run_dir.name, record_file)
 
@@ -896,6 +905,12 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
         progress=progress,
         stop_at=stop_at,
     )
+    if stop_requested():  # a Ctrl-C or SIGTERM between steps: saved as it stands, unvalidated
+        seconds = part.seconds + time.perf_counter() - t_epoch
+        seconds -= run.trainer.compile_seconds - compiled_before
+        p.compile_seconds += run.trainer.compile_seconds - compiled_before
+        p.partial = dataclasses.replace(part, iterator=it.get_state(), seconds=seconds, val={})
+        return None
     t_val, c_val = time.perf_counter(), run.trainer.compile_seconds
     val = _metrics(
         run.ds,
@@ -1023,39 +1038,47 @@ def _run_batches(
     per_call = HEAD_STEPS_PER_CALL if from_features else 1
     kw = {"trainable": trainable, "bn_train": bn_train}
     pending = None
-    while True:
-        raise_if_stopped()  # a Ctrl-C or SIGTERM whose exception a gc callback swallowed
-        t_data = time.perf_counter()
-        left = stop_at - epoch * run.steps_per_epoch - position  # the step budget's
-        batches = list(itertools.islice(it, int(max(1, min(per_call, left)))))
-        if not batches:
-            break
-        if from_features:
-            x = trainer.shard_steps(np.stack([b["image"] for b in batches]))
-            y = trainer.shard_steps(np.stack([b["label"] for b in batches]))
-        else:
-            x, y = (
-                trainer.shard_batch(batches[0]["image"]),
-                trainer.shard_batch(batches[0]["label"]),
-            )
-        run.progress.add("data", time.perf_counter() - t_data)
-        if from_features:
-            trainer.compile_head_steps(run.state, x, y, **kw)
-        else:
-            trainer.compile_stage(run.state, x, y, **kw)
-        t = time.perf_counter()
-        if from_features:
-            run.state, loss = trainer.head_steps(run.state, x, y, **kw)
-        else:
-            run.state, loss = trainer.train_step(run.state, x, y, **kw)
-        if pending is not None:
-            take(pending)
-        pending = loss, position
-        train_seconds += time.perf_counter() - t
-        bar.update(len(batches))
-        position += len(batches)
-        if epoch * run.steps_per_epoch + position >= stop_at:
-            break
+    # One process stops between steps on a Ctrl-C or SIGTERM, and its caller saves where
+    # the epoch stands (an epoch longer than a cluster's time limit never finished: each
+    # resume began it again); a multi-host job's save is collective, so it stops at once.
+    alone = jax.process_count() == 1
+    with deferred_stops() if alone else contextlib.nullcontext():
+        while True:
+            if stop_requested():  # a deferred signal, or one a gc callback swallowed
+                if not alone:
+                    raise_if_stopped()
+                break
+            t_data = time.perf_counter()
+            left = stop_at - epoch * run.steps_per_epoch - position  # the step budget's
+            batches = list(itertools.islice(it, int(max(1, min(per_call, left)))))
+            if not batches:
+                break
+            if from_features:
+                x = trainer.shard_steps(np.stack([b["image"] for b in batches]))
+                y = trainer.shard_steps(np.stack([b["label"] for b in batches]))
+            else:
+                x, y = (
+                    trainer.shard_batch(batches[0]["image"]),
+                    trainer.shard_batch(batches[0]["label"]),
+                )
+            run.progress.add("data", time.perf_counter() - t_data)
+            if from_features:
+                trainer.compile_head_steps(run.state, x, y, **kw)
+            else:
+                trainer.compile_stage(run.state, x, y, **kw)
+            t = time.perf_counter()
+            if from_features:
+                run.state, loss = trainer.head_steps(run.state, x, y, **kw)
+            else:
+                run.state, loss = trainer.train_step(run.state, x, y, **kw)
+            if pending is not None:
+                take(pending)
+            pending = loss, position
+            train_seconds += time.perf_counter() - t
+            bar.update(len(batches))
+            position += len(batches)
+            if epoch * run.steps_per_epoch + position >= stop_at:
+                break
     if pending is not None:  # the last call's device work is the epoch's too: on the clock
         t = time.perf_counter()
         take(pending)

@@ -300,7 +300,8 @@ def score_arm(
         kept_file = results.run_dir(out, arm.config.to_dict()) / RUNG_VALIDATIONS
         kept = _read_kept(kept_file)
         trained = len(epochs) * steps_per_epoch + (partial["steps"] if partial else 0)
-        if partial and trained <= steps and trained not in kept:
+        # A Ctrl-C's or SIGTERM's resume point is not validated: no score to keep.
+        if partial and partial["val"] and trained <= steps and trained not in kept:
             kept[trained] = {"val": partial["val"], "seconds": partial["seconds"]}
             _write_kept(kept_file, kept)
         if trained > steps:

@@ -351,11 +351,67 @@ def test_ctrl_c_names_the_run_and_that_rerunning_resumes_it(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_mid_epoch_saves_where_the_epoch_stands_and_the_rerun_ends_the_same(
+    signum, ported_tiny, tmp_path, capsys, monkeypatch
+):
+    """A Ctrl-C or SIGTERM (a cluster's time limit) lost the epoch in flight: an epoch
+    longer than the job's time limit began again at every resume and never finished. The
+    run stops between steps, saves there, and the same command ends as an uninterrupted
+    run does."""
+    import os
+    import signal
+
+    from medft_jax.train import Trainer
+
+    out = tmp_path / "runs"
+    argv = ["--strategy", "g_lf", "--arch", TINY, "--weights", str(ported_tiny), "--epochs"]
+    argv += ["3", "--image-size", "32", "--batch-size", "16", "--no-progress", "--out"]
+    real, steps, kill_at = Trainer.train_step, [], []
+
+    def train_step(self, *args, **kw):
+        steps.append(len(steps))
+        if len(steps) in kill_at:  # the rest of the step is deferred
+            os.kill(os.getpid(), getattr(signal, signum))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    assert main([*argv, str(tmp_path / "whole")]) == 0
+    whole = json.loads(next((tmp_path / "whole").glob("*/record.json")).read_text())
+    spe = len(steps) // 3
+    steps.clear()
+    kill_at.append(spe + 2)  # inside epoch 1
+    status = main([*argv, str(out)])
+    run = next(p for p in out.iterdir() if p.is_dir())
+    said = "terminated (SIGTERM)" if signum == "SIGTERM" else "interrupted"
+    assert (status, capsys.readouterr().err.splitlines()[-1]) == (
+        143 if signum == "SIGTERM" else 130,
+        f"{said}: {run}: rerunning the same command resumes it from its last checkpoint",
+    )
+    assert len(steps) == spe + 2  # the step under way finished, no other began
+    progress = RunCheckpoints(run).read_progress()
+    assert (len(progress["epochs"]), progress["partial"]["steps"]) == (1, 2)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [str(spe + 2)]
+    monkeypatch.setattr(Trainer, "train_step", real)
+    assert main([*argv, str(out)]) == 0
+    assert f"resuming after 1 epoch and 2 steps of epoch 1, from {run / 'checkpoints'}" in (
+        capsys.readouterr().err
+    )
+    resumed = json.loads((run / "record.json").read_text())
+    keys = ("train_loss", "val", "trainable_blocks")
+    assert [[e[k] for k in keys] for e in resumed["epochs"]] == [
+        [e[k] for k in keys] for e in whole["epochs"]
+    ]
+    assert resumed["test"] == whole["test"]
+
+
+@pytest.mark.slow
 def test_a_lost_ctrl_c_stops_the_training_at_its_next_step(
     ported_tiny, demo, tmp_path, monkeypatch
 ):
     """A Ctrl-C whose exception a gc callback swallowed (JAX's, while compiling) let the run
-    train on; the step loop raises it again, naming the run (tests/test_signals.py)."""
+    train on; the step loop stops at it, saves and raises it, naming the run
+    (tests/test_signals.py)."""
     import signal
 
     from medft_jax import errors
@@ -363,8 +419,11 @@ def test_a_lost_ctrl_c_stops_the_training_at_its_next_step(
 
     config = _config("lp", ported_tiny, epochs=1, arch=TINY)
     monkeypatch.setattr(errors, "_received", [signal.SIGINT])
-    with pytest.raises(Interrupted, match="it has no checkpoint yet"):
+    with pytest.raises(Interrupted, match="resumes it from its last checkpoint"):
         fit.run_one(config, tmp_path / "runs", dataset=demo, progress=False)
+    (run,) = (tmp_path / "runs").iterdir()
+    progress = RunCheckpoints(run).read_progress()  # saved before its first step
+    assert (progress["epochs"], progress["partial"]["steps"]) == ([], 0)
     monkeypatch.setattr(errors, "_received", [])
     assert fit.run_one(config, tmp_path / "runs", dataset=demo, progress=False)["test"]
 
