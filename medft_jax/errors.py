@@ -494,8 +494,33 @@ class ArgumentParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        self._refuse_repeated(sys.argv[1:] if args is None else list(args))
-        return super().parse_known_args(args, namespace)
+        argv = self._negative_values_joined(sys.argv[1:] if args is None else list(args))
+        self._refuse_repeated(argv)
+        return super().parse_known_args(argv, namespace)
+
+    _NEGATIVE = re.compile(r"-\.?\d")
+    """A value that begins as a negative number does: ``-600,1500``, ``-1e-3``, ``-.5``."""
+
+    def _negative_values_joined(self, argv: list[str]) -> list[str]:
+        """``--flag -600,1500`` as ``--flag=-600,1500``, for a flag that takes one value.
+
+        argparse takes a token that begins with ``-`` for a flag unless it is one plain
+        negative number: a lung window (``--dicom-window -600,1500``) was refused as
+        "expected one argument", which the value was."""
+        out: list[str] = []
+        for token in argv:
+            action = self._option_string_actions.get(out[-1]) if out else None
+            if (
+                action is not None
+                and out[-1].startswith("--")
+                and action.nargs is None  # one value: not a switch (nargs 0), not a list
+                and self._NEGATIVE.match(token)
+                and "--" not in out
+            ):
+                out[-1] = f"{out[-1]}={token}"
+            else:
+                out.append(token)
+        return out
 
     def _refuse_repeated(self, argv: list[str]) -> None:
         """Refuses a one-value flag given twice (``--lr 1e-4 ... --lr 1e-3``): argparse keeps

@@ -986,11 +986,124 @@ def test_dicom_window_not_finite_is_refused(tmp_path, window, shown):
     test and the whole image came out black (NaN cast to 0), an infinite one grey 128."""
     stored = np.array([[0, 1000, 2000, 4000]], np.uint16)
     path = _write_dicom(tmp_path / "a.dcm", stored, window=window)
+    with pytest.raises(NotABadFile) as e:  # the pixels are sound: never skipped as bad
+        open_image(path)
+    assert str(e.value) == (
+        f"{path}: bad DICOM window (window centre {shown} is not a finite number); give "
+        "--dicom-window CENTER,WIDTH to read it"
+    )
+    reader = ImageReader(RESIZE, CROP, skip_bad_images=True)
+    with pytest.raises(NotABadFile):
+        reader.read(path)
+    assert np.asarray(open_image(path, dicom_window=(2000, 4000)))[0].tolist() == [
+        0,
+        64,
+        128,
+        255,
+    ]
+
+
+def test_dicom_pixel_data_longer_than_its_header_says_is_refused(tmp_path):
+    """pydicom keeps the first Rows x Columns values of longer pixel data and warns (held
+    back): a wrong Columns sheared each row into the next, without a word. By whole frames
+    it was refused already; by one pad byte it is sound."""
+    rows = np.repeat(np.arange(10)[:, None] * 400, 12, axis=1).astype(np.uint16)  # 10x12
+    path = _write_dicom(tmp_path / "a.dcm", rows, window=(2048, 4096), Columns=10)
     with pytest.raises(DataError) as e:
         open_image(path)
     assert str(e.value) == (
-        f"{path}: bad DICOM window (window centre {shown} is not a finite number)"
+        f"{path}: DICOM pixel data is 240 bytes, more than the 10x10 image of 16-bit values "
+        "its header describes (200): the header (Rows, Columns, BitsAllocated, "
+        "SamplesPerPixel) does not match the data"
     )
+    odd = np.arange(15, dtype=np.uint8).reshape(3, 5) * 17  # 15 bytes, padded to 16
+    assert np.asarray(open_image(_write_dicom(tmp_path / "b.dcm", odd))).shape == (3, 5)
+
+
+def test_dicom_voi_lut_first_value_is_signed_where_the_header_says_so(tmp_path):
+    """A CT slice (unsigned stored, intercept -1024) holding no air, in Implicit VR, whose
+    VOI LUT starts at -1000 HU (read by pydicom as 64536): refused as covering
+    64536..66536, read as signed only where this image's values were negative. PS3.3
+    C.11.2.1.1: SS where the rescale may give negative values."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    stored = np.array([[1100, 1300, 1500, 1700, 2000, 1200]], np.uint16)  # 76..976 HU
+    table = [int(x) for x in np.linspace(0, 65535, 2001)]
+    path = _write_dicom(
+        tmp_path / "a.dcm",
+        stored,
+        rescale=(1, -1024),
+        voi_lut=([2001, 64536, 16], table),
+        transfer_syntax=ImplicitVRLittleEndian,
+    )
+    expected = [table[hu + 1000] >> 8 for hu in (stored[0].astype(int) - 1024)]
+    assert np.asarray(open_image(path))[0].tolist() == expected == [137, 163, 188, 214, 252, 150]
+
+
+def test_dicom_errors_of_a_cut_or_headerless_file_say_so(tmp_path):
+    """A file cut before its pixel data was "not an image"; one without the DICOM file
+    header ended in pydicom's "Use force=True to force reading.", advice for its API."""
+    whole = _write_dicom(tmp_path / "a.dcm", np.zeros((8, 8), np.uint16)).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole[: whole.index(b"\xe0\x7f\x10\x00")])  # before (7FE0,0010)
+    with pytest.raises(DataError) as e:
+        open_image(cut)
+    assert str(e.value) == (
+        f"{cut}: DICOM file has no pixel data, though its header describes an image (Rows): "
+        "a file cut short?"
+    )
+    short = tmp_path / "short.dcm"
+    short.write_bytes(whole[:100])
+    with pytest.raises(DataError) as e:
+        open_image(short)
+    assert "force=True" not in str(e.value)
+    assert str(e.value).startswith(f"{short}: not a DICOM file (")
+    assert str(e.value).endswith(
+        "): another kind of file, one cut short, or a raw dataset without the DICOM file "
+        "header, which is not read"
+    )
+
+
+def test_a_negative_window_centre_is_read_as_the_flags_value(tmp_path, capsys):
+    """argparse took ``-600,1500`` (a lung window) for a flag: "argument --dicom-window:
+    expected one argument", in run and predict; only ``--dicom-window=-600,1500`` worked."""
+    from experiments.predict import main as predict_main
+    from medft_jax.errors import ArgumentParser
+
+    missing = tmp_path / "none"
+    argv = ["--checkpoint", str(missing), "--images", "x.dcm", "--dicom-window", "-600,1500"]
+    assert predict_main(argv) == 2
+    assert capsys.readouterr().err == f"error: {missing}: no such checkpoint folder\n"
+    p = ArgumentParser(prog="x")
+    p.add_argument("--dicom-window")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("rest", nargs="*")
+    args = p.parse_args(["--dicom-window", "-1000,400", "--lr", "-1e-3", "--", "--lr", "-1"])
+    assert (args.dicom_window, args.lr, args.rest) == ("-1000,400", -1e-3, ["--lr", "-1"])
+    with pytest.raises(SystemExit):  # a switch takes no value: the token stays a flag
+        p.parse_args(["--force", "-600,1500"])
+
+
+def test_an_odd_palette_of_bytes_padded_to_even_is_read(tmp_path):
+    """Three 8-bit entries packed in bytes take four (a value is padded to even length):
+    read as 16-bit words, the palette was refused as "2 entries"."""
+    index = np.array([[0, 1, 2, 1]], np.uint8)
+    colours = {}
+    for colour, values in (
+        ("Red", b"\x00\xff\x00"),
+        ("Green", b"\x00\x00\xff"),
+        ("Blue", b"\xff\x00\x00"),
+    ):
+        colours[f"{colour}PaletteColorLookupTableDescriptor"] = [3, 0, 8]
+        colours[f"{colour}PaletteColorLookupTableData"] = values
+    path = _write_dicom(tmp_path / "a.dcm", index, photometric="PALETTE COLOR", **colours)
+    assert np.asarray(open_image(path))[0].tolist() == [
+        [0, 0, 255],
+        [255, 0, 0],
+        [0, 255, 0],
+        [255, 0, 0],
+    ]
 
 
 def test_dicom_window_no_pixel_reaches_is_refused_as_a_lut_is(tmp_path):

@@ -162,7 +162,11 @@ def _read_dicom(path: Path, window: DicomWindow | None) -> Image.Image:
         ds = pydicom.dcmread(path, defer_size="1 MB")
         _parse_elements(ds)
     except pydicom.errors.InvalidDicomError as err:
-        raise DataError(f"{path}: not a DICOM file ({one_line(err)})") from None
+        why = one_line(err).replace(" Use force=True to force reading.", "")  # pydicom's API
+        raise DataError(
+            f"{path}: not a DICOM file ({why}): another kind of file, one cut short, or a raw "
+            "dataset without the DICOM file header, which is not read"
+        ) from None
     except (FileNotFoundError, PermissionError):
         raise  # open_image names it: a missing or unreadable file, not a damaged one
     except Exception as err:  # only pydicom's parser runs here: see _parse_elements
@@ -219,6 +223,11 @@ def _parse_elements(ds: Any) -> None:
 def _check_header(ds: Any, path: Path) -> str:
     """Everything that can be refused before decoding; returns the photometric interpretation."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if "Rows" in ds:  # its header describes an image: the file ends before its pixels
+            raise DataError(
+                f"{path}: DICOM file has no pixel data, though its header describes an image "
+                "(Rows): a file cut short?"
+            )
         raise DataError(f"{path}: DICOM file has no pixel data (not an image)")
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
@@ -288,8 +297,35 @@ def _decode_pixels(ds: Any, path: Path) -> np.ndarray:
             f"{ds.get('NumberOfFrames') or 'none'}?); export the frame(s) you mean as "
             "single-frame files"
         )
+    _check_length(ds, path, syntax)
     check_finite(pixels, path)
     return pixels
+
+
+_PIXEL_BITS = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}
+"""Bits per value of the float pixel data elements; ``PixelData``'s are BitsAllocated."""
+
+
+def _check_length(ds: Any, path: Path, syntax: Any) -> None:
+    """Refuses native pixel data longer than its header's image, beyond the one pad byte.
+
+    pydicom keeps the first Rows x Columns values and warns (warnings are held back here):
+    a wrong Columns sheared every row into the next, a wrong Rows cropped the image, with
+    no word (more data by whole frames is refused as several frames above). Compressed
+    data is left to its decoder, which knows its own frame's size."""
+    if syntax is not None and getattr(syntax, "is_compressed", False):
+        return
+    keyword = next(k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds)
+    bits = _PIXEL_BITS.get(keyword) or int(ds.get("BitsAllocated") or 0)
+    values = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
+    expected = (values * bits + 7) // 8
+    length = len(ds[keyword].value)
+    if bits and length > expected + 1:  # an odd length is padded to even
+        raise DataError(
+            f"{path}: DICOM pixel data is {length} bytes, more than the {int(ds.Rows)}x"
+            f"{int(ds.Columns)} image of {bits}-bit values its header describes ({expected}): "
+            "the header (Rows, Columns, BitsAllocated, SamplesPerPixel) does not match the data"
+        )
 
 
 def _grey(
@@ -302,7 +338,8 @@ def _grey(
         image = window_to_uint8(values, *fixed, "LINEAR_EXACT")
     elif ds.get("VOILUTSequence"):
         table, first, bits = _lut_table(ds.VOILUTSequence[0], ds, path, "VOI LUT")
-        first = _first_mapped(first, values, table, path, "VOI LUT")
+        signed = _modality_output_signed(ds, path)
+        first = _first_mapped(first, values, table, path, "VOI LUT", signed)
         top = int(table.max())
         if bits == 16 and top < 1 << 12:  # 12-bit entries declared 16: viewers scale by the data
             bits = max(8, top.bit_length())
@@ -319,8 +356,10 @@ def _grey(
         center, width, function = window
         try:
             image = window_to_uint8(values, center, width, function)
-        except ValueError as err:
-            raise DataError(f"{path}: bad DICOM window ({err})") from None
+        except ValueError as err:  # the file's own window; its pixels are sound
+            raise NotABadFile(
+                f"{path}: bad DICOM window ({err}); give --dicom-window CENTER,WIDTH to read it"
+            ) from None
         _check_window_reached(image, values, path, center, width)
     else:
         padding = _padding(pixels, ds)
@@ -408,7 +447,19 @@ def _modality(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
     RescaleIntercept (top level, or an enhanced file's Pixel Value Transformation)."""
     if ds.get("ModalityLUTSequence"):
         table, first, _ = _lut_table(ds.ModalityLUTSequence[0], ds, path, "Modality LUT")
-        return _look_up(pixels, table, _first_mapped(first, pixels, table, path, "Modality LUT"))
+        signed = int(ds.get("PixelRepresentation") or 0) == 1
+        first = _first_mapped(first, pixels, table, path, "Modality LUT", signed)
+        return _look_up(pixels, table, first)
+    rescale = _rescale(ds, path)
+    if rescale is None:
+        return pixels
+    slope, intercept = rescale
+    return pixels.astype(np.float64) * slope + intercept
+
+
+def _rescale(ds: Any, path: Path) -> tuple[float, float] | None:
+    """RescaleSlope and RescaleIntercept (top level, or an enhanced file's Pixel Value
+    Transformation), or None where neither is given."""
     rescaled = (ds, _frame_item(ds, "PixelValueTransformationSequence"))
     source = next(
         (
@@ -420,14 +471,31 @@ def _modality(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
         None,
     )
     if source is None:
-        return pixels
+        return None
     # One of the pair alone (they are type 1 together, but writers drop one): the other's
     # identity value, not the intercept ignored (CT numbers off by 1024, the window with them).
     slope = _first(source.RescaleSlope) if _given(source, "RescaleSlope") else 1.0
     intercept = _first(source.RescaleIntercept) if _given(source, "RescaleIntercept") else 0.0
     if slope == 0 or not np.isfinite(slope):
         raise DataError(f"{path}: DICOM RescaleSlope {slope:g} would map every pixel to one value")
-    return pixels.astype(np.float64) * slope + intercept
+    return slope, intercept
+
+
+def _modality_output_signed(ds: Any, path: Path) -> bool:
+    """Whether the modality stage's output may be negative, from the header (PS3.3
+    C.11.2.1.1: a VOI LUT's first mapped value is SS then): a rescale that maps some stored
+    value below 0 (CT), or signed pixels without a modality stage. A Modality LUT's
+    output is its entries, never negative."""
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    if ds.get("ModalityLUTSequence"):
+        return False
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    rescale = _rescale(ds, path)
+    if rescale is None:
+        return signed
+    slope, intercept = rescale
+    return min(low * slope + intercept, high * slope + intercept) < 0
 
 
 def _window(ds: Any) -> tuple[float, float, str] | None:
@@ -480,8 +548,11 @@ def _lut_table(
         )
     raw = item[data].value if data in item else None
     if isinstance(raw, bytes):
-        if bits == 8 and len(raw) == entries:  # a palette's 8-bit entries packed in bytes
-            table = np.frombuffer(raw, np.uint8)
+        # A palette's 8-bit entries packed in bytes; an odd count padded to an even length
+        # (one entry as a 16-bit word would also be two bytes: not an odd count of 1).
+        packed = len(raw) == entries or (entries > 1 and entries % 2 and len(raw) == entries + 1)
+        if bits == 8 and packed:
+            table = np.frombuffer(raw[:entries], np.uint8)
         else:  # one entry a 16-bit word
             little = ds.original_encoding[1] is not False
             table = np.frombuffer(raw[: len(raw) // 2 * 2], "<u2" if little else ">u2")
@@ -504,13 +575,16 @@ def _lut_table(
     return table, first, bits
 
 
-def _first_mapped(first: int, values: np.ndarray, table: np.ndarray, path: Path, what: str) -> int:
-    """A LUT's first mapped value, read as signed where its inputs are (PS3.3 C.11.1.1: US
-    or SS as the input is). pydicom reads it as unsigned in Implicit VR: -1000 as 64536,
-    and every pixel fell below the table, one black image. A table that no pixel
-    reaches maps the whole image to one value: refused."""
+def _first_mapped(
+    first: int, values: np.ndarray, table: np.ndarray, path: Path, what: str, signed: bool
+) -> int:
+    """A LUT's first mapped value, read as signed where its inputs are (PS3.3 C.11.1.1,
+    C.11.2.1.1: US or SS as the header says the input is, ``signed``; or where this image's
+    inputs are negative). pydicom reads it as unsigned in Implicit VR: -1000 as 64536,
+    and every pixel fell below the table, one black image; a CT slice holding no air was
+    refused. A table that no pixel reaches maps the whole image to one value: refused."""
     low, high = float(np.min(values)), float(np.max(values))
-    if first >= 1 << 15 and low < 0:
+    if first >= 1 << 15 and (signed or low < 0):
         first -= 1 << 16
     if high < first or low > first + len(table) - 1:
         raise NotABadFile(

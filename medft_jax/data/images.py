@@ -75,7 +75,7 @@ IMAGE_SUFFIXES = (
 """What a ``folder`` dataset lists as images by name; a file of any other name is
 listed when it carries the DICOM marker (:func:`medft_jax.data.folder.image_files`)."""
 
-DECODING_VERSION = 9
+DECODING_VERSION = 10
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
 and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``; 3:
 ``bits_stored``, and 16-bit files of 14 bits or fewer refused without it; 4:
@@ -90,8 +90,12 @@ file's PixelPaddingValue pixels left out of the min..max it is shown by without 
 window, and a DICOM window that is not finite, or that no pixel reaches, refused where
 it gave one grey; 9: a DICOM VOI LUT declared 16 bits whose entries reach 13-14 bits,
 and a 16-bit palette of 8-bit values, refused where they decoded to a few greys or
-black, and pixel data of more frames than NumberOfFrames refused): a cache built under
-another version is stale (rebuilt; its content fingerprint stays where no pixel changed)."""
+black, and pixel data of more frames than NumberOfFrames refused; 10: DICOM pixel data
+longer than its header's image refused where it decoded sheared or cropped, a file's own
+window that cannot be applied refused as a sound file (never skipped), a VOI LUT's first
+value read as signed where the header says the rescale may give negative values, and an
+odd 8-bit palette padded to even read): a cache built under another version is stale
+(rebuilt; its content fingerprint stays where no pixel changed)."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIGNED16 = ("I;16S", "I;16BS", "I;16NS")
