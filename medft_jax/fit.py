@@ -774,7 +774,11 @@ def _train_epochs(
             break
         entry = _train_epoch(run, epoch, progress=progress, stop_at=stop_at)
         if entry is None:  # a mid-epoch stop: validated and saved, not an epoch for stopping
-            _save_latest(run, ckpts, epoch * spe + p.partial.steps)
+            step = epoch * spe + p.partial.steps
+            # A signal before this call's first step: the resume point is the one on disk
+            # (or none: the run starts again).
+            if not (stop_requested() and (ckpts.latest_step() or 0) == step):
+                _save_latest(run, ckpts, step)
             return False
         decision = p.stopper.update(epoch, entry["val"][run.primary])
         entry.update(improved=bool(decision.improved), stop=bool(decision.stop))

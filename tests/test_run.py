@@ -417,15 +417,23 @@ def test_a_lost_ctrl_c_stops_the_training_at_its_next_step(
     from medft_jax import errors
     from medft_jax.errors import Interrupted
 
-    config = _config("lp", ported_tiny, epochs=1, arch=TINY)
+    config = _config("lp", ported_tiny, epochs=2, arch=TINY)
+    kw = {"dataset": demo, "progress": False, "trainers": {}}
     monkeypatch.setattr(errors, "_received", [signal.SIGINT])
-    with pytest.raises(Interrupted, match="resumes it from its last checkpoint"):
-        fit.run_one(config, tmp_path / "runs", dataset=demo, progress=False)
+    with pytest.raises(Interrupted, match="it has no checkpoint yet"):  # before a step
+        fit.run_one(config, tmp_path / "runs", **kw)
     (run,) = (tmp_path / "runs").iterdir()
-    progress = RunCheckpoints(run).read_progress()  # saved before its first step
-    assert (progress["epochs"], progress["partial"]["steps"]) == ([], 0)
+    assert RunCheckpoints(run).latest_step() is None  # nothing trained: nothing to resume
+    spe = demo.steps_per_epoch(config.batch_size)
     monkeypatch.setattr(errors, "_received", [])
-    assert fit.run_one(config, tmp_path / "runs", dataset=demo, progress=False)["test"]
+    assert fit.run_one(config, tmp_path / "runs", stop_after_steps=spe + 1, **kw) == {}
+    monkeypatch.setattr(errors, "_received", [signal.SIGINT])
+    for _ in range(2):  # stopped again before a step: the checkpoint on disk stays the one
+        with pytest.raises(Interrupted, match="resumes it from its last checkpoint"):
+            fit.run_one(config, tmp_path / "runs", **kw)
+        assert RunCheckpoints(run).latest_step() == spe + 1
+    monkeypatch.setattr(errors, "_received", [])
+    assert fit.run_one(config, tmp_path / "runs", **kw)["test"]
 
 
 def test_ctrl_c_under_force_beside_a_record_says_the_rerun_starts_over(tmp_path):

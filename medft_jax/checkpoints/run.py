@@ -182,6 +182,10 @@ class RunCheckpoints:
         # waits for it); it reads private host copies, since the next train step
         # donates the device buffers of ``state``.
 
+    def latest_step(self) -> int | None:
+        """The step of the latest resume checkpoint saved, or None."""
+        return self._manager.latest_step()
+
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
         """``(state, progress)`` of the latest save, or None if there is none.
 
