@@ -578,8 +578,9 @@ _quiet_saved: tuple[Any, int] | None = None
 def quiet_decoding() -> Iterator[None]:
     """Holds back the decoders' own noise while an image is opened: pydicom's warnings and
     log records (a damaged file printed screenfuls of its bytes; the toolkit's one line
-    says what matters) and Pillow's DecompressionBombWarning (an image over the size
-    limit is refused in one line anyway).
+    says what matters), Pillow's DecompressionBombWarning (an image over the size
+    limit is refused in one line anyway) and its warning that a palette's transparency
+    is dropped in RGB (as the rules drop every alpha).
 
     Safe across the threads that decode a folder at once: warning filters and a
     logger's level are the whole process's, and ``warnings.catch_warnings`` in each
@@ -599,6 +600,8 @@ def quiet_decoding() -> Iterator[None]:
             caught.__enter__()
             warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # A palette's transparency, dropped with the alpha by the documented rule.
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
             _quiet_saved = (caught, logger.level)
             logger.setLevel(logging.CRITICAL)
         _quiet_depth += 1

@@ -466,6 +466,57 @@ def test_a_pgm_of_12_bits_is_read_by_its_maxval_whatever_bits_are_declared(tmp_p
         assert np.asarray(open_image(pgm, bits_stored=bits)).tolist() == [[0, 64], [128, 255]]
 
 
+def test_a_pgm_sample_above_its_maxval_is_refused_not_clipped_to_white(tmp_path):
+    """Pillow clamps a binary PGM/PPM's samples to the maxval (an invalid file): a 12-bit
+    file holding 16-bit values came out white there, silently."""
+    over = tmp_path / "over.pgm"
+    over.write_bytes(b"P5\n3 1\n4095\n" + np.array([0, 5000, 4095], ">u2").tobytes())
+    with pytest.raises(DataError) as e:
+        open_image(over)
+    assert str(e.value) == (
+        f"{over}: a sample of 5000 above the maxval 4095 its header states (an invalid "
+        "PGM/PPM: its values would be clipped to white)"
+    )
+    colour = tmp_path / "over.ppm"
+    colour.write_bytes(b"P6\n2 1\n200\n" + bytes([0, 10, 20, 30, 201, 40]))
+    with pytest.raises(DataError, match=r"a sample of 201 above the maxval 200"):
+        open_image(colour)
+    within = tmp_path / "ok.ppm"
+    within.write_bytes(b"P6\n2 1\n200\n" + bytes([0, 10, 20, 30, 200, 40]))
+    assert np.asarray(open_image(within))[0, 1].tolist() == [38, 255, 51]  # round(v*255/200)
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 6, 8])
+def test_a_tiff_whose_orientation_turns_its_raster_is_refused(tmp_path, orientation):
+    """Pillow turns a TIFF by its Orientation tag when loading it (a JPEG's EXIF one it
+    leaves): 2-4 came out flipped or turned, 5-8 of an uncompressed greyscale TIFF
+    scrambled (rows read with width and height swapped), without a word."""
+    stored = (np.add.outer(np.arange(20) * 10, np.arange(30) * 3) % 256).astype(np.uint8)
+    path = tmp_path / "o.tif"
+    Image.fromarray(stored).save(path, tiffinfo={274: orientation})
+    with pytest.raises(NotABadFile) as e:
+        ImageReader(RESIZE, CROP, skip_bad_images=True).read(path)  # a sound file: not skipped
+    assert str(e.value) == (
+        f"{path}: TIFF Orientation {orientation} (its stored rows are to be turned for "
+        "display), which this toolkit does not read faithfully; save it as displayed, with "
+        "Orientation 1"
+    )
+    Image.fromarray(stored).save(path, tiffinfo={274: 1})
+    assert np.array_equal(np.asarray(open_image(path)), stored)
+
+
+def test_a_palette_png_with_transparency_decodes_without_pillows_warning(tmp_path, recwarn):
+    """Its conversion to RGB printed Pillow's two-line UserWarning, naming no file."""
+    path = tmp_path / "p.png"
+    image = Image.new("P", (4, 2))
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.putpixel((1, 0), 1)
+    image.save(path, transparency=bytes([0, 128]))  # two alphas: kept as bytes
+    assert Image.open(path).info["transparency"] == b"\x00\x80"
+    assert np.asarray(open_image(path))[0, :2].tolist() == [[0, 0, 0], [255, 0, 0]]
+    assert not [w for w in recwarn if "Transparency" in str(w.message)]
+
+
 @pytest.mark.parametrize("kind", ["uint16", "float32"])
 def test_white_is_zero_tiff_is_inverted_at_any_bit_depth(tmp_path, kind):
     """PhotometricInterpretation 0 (TIFF's MONOCHROME1): Pillow inverts 8-bit files only,

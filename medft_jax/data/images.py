@@ -93,8 +93,10 @@ and a 16-bit palette of 8-bit values, refused where they decoded to a few greys 
 black, and pixel data of more frames than NumberOfFrames refused; 10: DICOM pixel data
 longer than its header's image refused where it decoded sheared or cropped, a file's own
 window that cannot be applied refused as a sound file (never skipped), a VOI LUT's first
-value read as signed where the header says the rescale may give negative values, and an
-odd 8-bit palette padded to even read): a cache built under another version is stale
+value read as signed where the header says the rescale may give negative values, an
+odd 8-bit palette padded to even read, a TIFF whose Orientation turns its raster refused
+where Pillow turned (or scrambled) it, and a PGM/PPM sample above its maxval refused
+where it was clipped to white): a cache built under another version is stale
 (rebuilt; its content fingerprint stays where no pixel changed)."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -155,6 +157,8 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
             check_size(path, *image.size)  # from the header: nothing decoded yet
             samples = _stored_samples(image)  # the tile names them until load() clears it
             check_one_frame(image, path)
+            _check_stored_orientation(image, path)
+            _check_within_maxval(image, path)
             _check_interleaved(image, path)
             if samples == _GREY_ALPHA16 and image.mode == "RGBA" and len(image.tile) == 1:
                 grey = integer16_to_uint8(_grey_alpha16(image), False, bits_stored, path)
@@ -289,6 +293,43 @@ def _maxval_states_range(image: Image.Image) -> bool:
     return maxval is not None and 255 < maxval < 65535
 
 
+def _check_stored_orientation(image: Image.Image, path: Path) -> None:
+    """Refuses a TIFF whose Orientation tag turns its stored raster for display.
+
+    Pillow applies a TIFF's Orientation when it loads it (a JPEG's EXIF one it leaves,
+    and the toolkit, as torchvision's loader, shows the stored pixels): 2-4 came out
+    flipped or turned, and 5-8 of an uncompressed greyscale TIFF scrambled (the rows
+    read with width and height swapped), without a word."""
+    tags = getattr(image, "tag_v2", None) if image.format == "TIFF" else None
+    orientation = tags.get(274, 1) if tags is not None else 1
+    if orientation != 1:
+        raise NotABadFile(
+            f"{path}: TIFF Orientation {orientation} (its stored rows are to be turned for "
+            "display), which this toolkit does not read faithfully; save it as displayed, "
+            "with Orientation 1"
+        )
+
+
+def _check_within_maxval(image: Image.Image, path: Path) -> None:
+    """Refuses a binary PGM/PPM holding a sample above its header's maxval.
+
+    Such a file is invalid (Netpbm: every sample at most maxval), and Pillow clamps the
+    sample to maxval: a 12-bit file holding 16-bit values came out white where they
+    were, without a word (its plain-text form is refused by Pillow)."""
+    maxval = _maxval(image)
+    if maxval is None or maxval in (255, 65535) or image.tile[0].codec_name != "ppm":
+        return
+    width, height = image.size
+    count = width * height * (3 if image.mode.startswith("RGB") else 1)
+    dtype = ">u2" if maxval > 255 else "u1"
+    stored = np.fromfile(path, dtype, count=count, offset=image.tile[0].offset)
+    if len(stored) and int(stored.max()) > maxval:
+        raise DataError(
+            f"{path}: a sample of {int(stored.max())} above the maxval {maxval} its header "
+            "states (an invalid PGM/PPM: its values would be clipped to white)"
+        )
+
+
 def _maxval(image: Image.Image) -> int | None:
     """A PGM/PPM's maxval, from its header (the decoder's arguments); else None."""
     if image.format != "PPM" or not image.tile:
@@ -363,7 +404,8 @@ def to_8bit(
             return Image.fromarray(np.asarray(image, np.uint8) ^ np.uint8(0x80), "L")
         return image.copy()
     if mode in EIGHT_BIT_MODES:
-        return image.convert("RGB")  # exactly what preprocessing did before: alpha dropped
+        with quiet_decoding():  # Pillow warns of a palette's transparency bytes, dropped
+            return image.convert("RGB")  # exactly what preprocessing did before: alpha dropped
     signed = _grey16_signed(mode, samples)
     if signed is not None:
         values = integer16_to_uint8(np.asarray(image), signed, bits_stored, path)
