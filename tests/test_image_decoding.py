@@ -466,6 +466,27 @@ def test_a_pgm_of_12_bits_is_read_by_its_maxval_whatever_bits_are_declared(tmp_p
         assert np.asarray(open_image(pgm, bits_stored=bits)).tolist() == [[0, 64], [128, 255]]
 
 
+def test_a_file_pillow_cannot_open_names_the_plugins_reason(tmp_path):
+    """Pillow's "cannot identify image file" named no reason: a sound 12-bit JPEG read as a
+    damaged file, and the user could not tell which."""
+    path = tmp_path / "x.jpg"
+    Image.new("L", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\xff\xc0")  # baseline SOF0 -> extended SOF1 of 12-bit samples
+    data[start + 1], data[start + 4] = 0xC1, 12
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError) as e:
+        open_image(path)
+    assert str(e.value) == (
+        f"corrupt or unreadable image {path}: Pillow cannot open it (JPEG: cannot handle "
+        "12-bit layers)"
+    )
+    junk = tmp_path / "y.png"
+    junk.write_bytes(b"no image here" * 4)
+    with pytest.raises(DataError, match=r"y\.png: cannot identify image file"):
+        open_image(junk)  # no plugin claims it: Pillow's words
+
+
 def test_a_pgm_sample_above_its_maxval_is_refused_not_clipped_to_white(tmp_path):
     """Pillow clamps a binary PGM/PPM's samples to the maxval (an invalid file): a 12-bit
     file holding 16-bit values came out white there, silently."""

@@ -50,7 +50,7 @@ from medft_jax.data.pixels import (
     unit_float_to_uint8,
 )
 from medft_jax.data.preprocess import EIGHT_BIT_MODES, resize_and_crop
-from medft_jax.errors import env_count, quiet_decoding, raise_if_stopped
+from medft_jax.errors import env_count, one_line, quiet_decoding, raise_if_stopped
 
 IMAGE_SUFFIXES = (
     ".jpg",
@@ -180,8 +180,35 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
             f"{path}: image header claims {size}, over the limit of {MAX_PIXELS:,} pixels "
             "(medft_jax.data.pixels.MAX_PIXELS)"
         ) from None
+    except Image.UnidentifiedImageError as err:
+        why = _why_unidentified(path)
+        raise DataError(f"corrupt or unreadable image {path}: {why or err}") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
+
+
+def _why_unidentified(path: Path) -> str | None:
+    """What the Pillow plugins that claim the file's first bytes said when opening it
+    failed (``JPEG: cannot handle 12-bit layers``), or None.
+
+    Pillow's own error, "cannot identify image file", names no reason, so a sound file of
+    a kind Pillow cannot decode (a 12-bit JPEG, a float64 TIFF) read as a damaged one."""
+    Image.init()
+    reasons = []
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(16)
+            for name, (factory, accept) in Image.OPEN.items():
+                if accept is None or not accept(prefix):  # a plugin that claims every file
+                    continue
+                f.seek(0)
+                try:
+                    factory(f, str(path))
+                except Exception as err:  # the plugin's own reason, on the file's bytes
+                    reasons.append(f"{name}: {one_line(err) or type(err).__name__}")
+    except OSError:
+        return None
+    return f"Pillow cannot open it ({'; '.join(reasons)})" if reasons else None
 
 
 def takes_bits_stored(path: Path) -> bool:
