@@ -487,6 +487,53 @@ def test_a_file_pillow_cannot_open_names_the_plugins_reason(tmp_path):
         open_image(junk)  # no plugin claims it: Pillow's words
 
 
+def _tiff_of_12_bits(path: Path, values: np.ndarray) -> Path:
+    """A little-endian uncompressed greyscale TIFF of 12-bit samples (BitsPerSample 12),
+    packed two in three bytes, which Pillow cannot write."""
+    import struct
+
+    height, width = values.shape
+    data = b""
+    for row in values.astype(int).tolist():
+        row += [0] * (len(row) % 2)
+        packed = b"".join(
+            bytes([a >> 4, ((a & 15) << 4) | (b >> 8), b & 255])
+            for a, b in zip(row[::2], row[1::2], strict=True)
+        )
+        data += packed[: (width * 12 + 7) // 8]
+    tags = [(256, width), (257, height), (258, 12), (259, 1), (262, 1), (273, 0), (277, 1)]
+    tags += [(278, height), (279, len(data))]
+    offset = 8 + 2 + 12 * len(tags) + 4
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHII", tag, 4, 1, offset if tag == 273 else value) for tag, value in tags
+    )
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + data)
+    return path
+
+
+def test_12_bit_tiff_and_jpeg2000_are_read_by_the_bits_they_state(tmp_path):
+    """A TIFF of BitsPerSample 12 was refused as a 16-bit image of unstated range, and a
+    JPEG 2000 of 12-bit precision under --bits-stored 12 (right for the folder's 12-bit
+    PNGs) as exceeding 12 bits: one folder of X-rays could not hold both. Each states its
+    range, as a PGM's maxval does: the flag does not apply to them."""
+    values = np.array([[0, 4095, 2048], [1, 100, 4000]])
+    expected = (values >> 4).tolist()
+    tiff = _tiff_of_12_bits(tmp_path / "x.tif", values)
+    assert Image.open(tiff).mode == "I;16"
+    # Lossless JPEG 2000 at 16 bits, its precision then set to 12: the decoder's DC shift
+    # (2048 where the encoder took 32768) gives back v from v + 30720.
+    j2k = tmp_path / "x.j2k"
+    Image.fromarray((values + 30720).astype(np.uint16)).save(j2k)
+    data = bytearray(j2k.read_bytes())
+    data[data.index(b"\xff\x4f\xff\x51") + 42] = 11  # Ssiz: precision 12
+    j2k.write_bytes(bytes(data))
+    assert np.asarray(Image.open(j2k)).tolist() == (values << 4).tolist()  # Pillow's 16 bits
+    for path in (tiff, j2k):
+        for bits in (None, 12, 16):
+            assert np.asarray(open_image(path, bits_stored=bits)).tolist() == expected
+        assert not takes_bits_stored(path)
+
+
 def test_a_pgm_sample_above_its_maxval_is_refused_not_clipped_to_white(tmp_path):
     """Pillow clamps a binary PGM/PPM's samples to the maxval (an invalid file): a 12-bit
     file holding 16-bit values came out white there, silently."""

@@ -95,8 +95,9 @@ longer than its header's image refused where it decoded sheared or cropped, a fi
 window that cannot be applied refused as a sound file (never skipped), a VOI LUT's first
 value read as signed where the header says the rescale may give negative values, an
 odd 8-bit palette padded to even read, a TIFF whose Orientation turns its raster refused
-where Pillow turned (or scrambled) it, and a PGM/PPM sample above its maxval refused
-where it was clipped to white): a cache built under another version is stale
+where Pillow turned (or scrambled) it, a PGM/PPM sample above its maxval refused
+where it was clipped to white, and a TIFF of 9-15 bits per sample or a JPEG 2000 of
+9-15-bit precision read by the bits it states): a cache built under another version is stale
 (rebuilt; its content fingerprint stays where no pixel changed)."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -163,8 +164,9 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
             if samples == _GREY_ALPHA16 and image.mode == "RGBA" and len(image.tile) == 1:
                 grey = integer16_to_uint8(_grey_alpha16(image), False, bits_stored, path)
                 return Image.fromarray(grey, "L")
-            if _maxval_states_range(image):
-                bits_stored = 16  # Pillow scaled the samples from 0..maxval to 0..65535
+            stated = _stated_bits(image, path)
+            if stated is not None:
+                bits_stored = stated  # the file's own range: --bits-stored does not apply
             inverted = _white_is_zero(image)
             image.load()  # PIL is lazy: load() finds truncation
             out = to_8bit(image, samples, path, bits_stored)
@@ -226,7 +228,7 @@ def takes_bits_stored(path: Path) -> bool:
             return False
         with Image.open(path) as image:
             samples = _stored_samples(image)
-            if _maxval_states_range(image):
+            if _stated_bits(image, path) is not None:
                 return False
             return _colour16(image.mode, samples) or _grey16_signed(image.mode, samples) is not None
     except Exception:  # only the header is read; a bad one is decoding's to name
@@ -307,6 +309,40 @@ def _white_is_zero(image: Image.Image) -> bool:
         and image.mode.startswith(("I", "F"))
         and getattr(image, "tag_v2", {}).get(262) == 0
     )
+
+
+def _stated_bits(image: Image.Image, path: Path) -> int | None:
+    """The bits a 16-bit greyscale file's own header says its values use, as the 16-bit
+    rule reads them after Pillow; None where it says 16 or nothing (``--bits-stored``
+    then applies).
+
+    A PGM/PPM with a maxval of 256..65534 and a JPEG 2000 of 9..15-bit precision: 16
+    (Pillow scales both to 0..65535 first). A TIFF of 9..15 bits per sample: those bits
+    (Pillow keeps the values). A 12-bit TIFF was refused as a 16-bit image of unstated
+    range, and a 12-bit JPEG 2000 under ``--bits-stored 12`` (right for the folder's
+    12-bit PNGs) as exceeding 12 bits: one folder could not hold both."""
+    if _maxval_states_range(image):
+        return 16
+    if image.mode != "I;16":
+        return None
+    if image.format == "TIFF":
+        per_sample = getattr(image, "tag_v2", {}).get(258)
+        bits = set(per_sample if isinstance(per_sample, tuple) else (per_sample,))
+        return bits.pop() if len(bits) == 1 and bits <= set(range(9, 16)) else None
+    if image.format == "JPEG2000":
+        precision = _jpeg2000_precision(path)
+        return 16 if precision is not None and 9 <= precision <= 15 else None
+    return None
+
+
+def _jpeg2000_precision(path: Path) -> int | None:
+    """The first component's bits (its SIZ segment's Ssiz) of a JPEG 2000 codestream,
+    bare or in a JP2 box; None where it is not found in the first MB."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    start = head.find(b"\xff\x4f\xff\x51")  # SOC then SIZ
+    ssiz = start + 2 + 40  # SIZ: marker, Lsiz, Rsiz, 8 sizes of 4 bytes, Csiz
+    return (head[ssiz] & 0x7F) + 1 if start >= 0 and ssiz < len(head) else None
 
 
 def _maxval_states_range(image: Image.Image) -> bool:
