@@ -201,7 +201,11 @@ def _why_unidentified(path: Path) -> str | None:
         with open(path, "rb") as f:
             prefix = f.read(16)
             for name, (factory, accept) in Image.OPEN.items():
-                if accept is None or not accept(prefix):  # a plugin that claims every file
+                try:  # None: a plugin that claims every file
+                    claimed = accept is not None and bool(accept(prefix))
+                except Exception:  # too short for the plugin even to look
+                    claimed = False
+                if not claimed:
                     continue
                 f.seek(0)
                 try:
