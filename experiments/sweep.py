@@ -514,9 +514,29 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         if planned:
             return
         planned = True
-        whole = results.config_hash({"runs": [c.to_dict() for c in g.configs()]})
+        every = [c.to_dict() for c in g.configs()]
+        listed = results.config_hash({"runs": every})  # plans before grid_hash_of: listed order
+
+        def replaced(old: dict) -> None:
+            print(
+                f"note: {plans.plan_path(args.out, g.name)} held the plan of another "
+                f"definition of grid {g.name!r} ({len(old['runs'])} runs: the grid file was "
+                "edited since, or another grid file has its name); replaced by this one: "
+                "its runs this grid lacks are no longer expected by a report without "
+                "--config (give each grid file its own name)",
+                file=sys.stderr,
+            )
+
         try:
-            plans.write_plan(args.out, g.name, args.only or [], [c.to_dict() for c in runs], whole)
+            plans.write_plan(
+                args.out,
+                g.name,
+                args.only or [],
+                [c.to_dict() for c in runs],
+                plans.grid_hash_of(every),
+                same=(listed,),
+                on_replace=replaced,
+            )
         except (OSError, UserError) as e:  # the plan is an aid: the runs go on
             why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
             print(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +50,32 @@ def plan_path(out_dir: str | Path, grid_name: str) -> Path:
     return Path(out_dir) / PLANS_DIR / f"{safe}-{digest}.json"
 
 
+def grid_hash_of(runs: Sequence[Mapping[str, Any]]) -> str:
+    """A grid's definition: the hash of its runs as a set, whatever order the grid file
+    lists its axes in (``tuple(some_set)`` lists them otherwise in every process, and a
+    second ``--only`` slice replaced the first's plan instead of adding to it)."""
+    configs = [dict(jsonable(dict(r), "plan")) for r in runs]
+    return config_hash({"runs": sorted(configs, key=config_hash)})
+
+
 def write_plan(
     out_dir: str | Path,
     grid_name: str,
     only: Sequence[str],
     runs: Sequence[Mapping[str, Any]],
     grid_hash: str | None = None,
+    *,
+    same: Sequence[str] = (),
+    on_replace: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
     """Records that a sweep of grid ``grid_name`` selected ``runs`` (their configs,
     before sharding; ``only`` its ``--only`` filters); returns the plan's path.
 
     ``grid_hash`` names the grid's definition (default: the runs' own hash, the runs
-    being the whole grid). A plan of the same definition gets these runs added; one
-    of another (the grid was edited since) is replaced. Raises ``OSError`` where the
+    being the whole grid); ``same``: other hashes of this definition (the one plans
+    written before :func:`grid_hash_of` hold). A plan of the same definition gets these
+    runs added; one of another (the grid was edited since, or another grid file has its
+    name) is replaced, and ``on_replace`` is given it first. Raises ``OSError`` where the
     folder cannot be written (the caller says so and goes on: the plan is an aid).
     """
     path = plan_path(out_dir, grid_name)
@@ -71,7 +84,9 @@ def write_plan(
     path.parent.mkdir(parents=True, exist_ok=True)
     with locks.waiting_lock(path.parent / _LOCK):
         old = _read(path) if path.is_file() else None
-        if old is not None and old.get("grid_hash") == grid_hash:
+        if old is not None and old.get("grid_hash") not in (grid_hash, *same) and on_replace:
+            on_replace(old)
+        if old is not None and old.get("grid_hash") in (grid_hash, *same):
             kept = {config_hash(r): r for r in old["runs"]}
             kept.update((config_hash(r), r) for r in new)
             filters = sorted({*old["only"], *only})

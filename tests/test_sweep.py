@@ -1098,6 +1098,51 @@ def test_each_shard_writes_the_whole_filtered_grid_as_its_plan(tmp_path, monkeyp
     ]
 
 
+def test_only_slices_of_one_grid_listed_in_two_orders_add_up_and_another_grid_is_said(
+    tmp_path, monkeypatch, capsys
+):
+    """The plan's grid hash was of the runs in listed order: a ``tuple(some_set)`` axis lists
+    them otherwise in every process, so a second host's --only slice replaced the first's
+    plan, and a lost shard of it was reported complete. Another grid file of the same name
+    replaced it too, without a word."""
+    from medft_jax import outcomes, results
+
+    def refused(self, config, **kw):
+        return outcomes.Outcome(config, outcomes.REFUSED, error="not trained here")
+
+    monkeypatch.setattr(Session, "run", refused)
+    out = tmp_path / "o"
+    axes = {"lrs": (1e-3,), "seeds": (0, 1), "epochs": 1}
+    one = _grid_file(tmp_path, "a", strategies=("ft", "lp"), **axes)
+    other = _grid_file(tmp_path, "b", strategies=("lp", "ft"), **axes)  # the same grid
+    assert sweep_cli.main(["--config", str(one), "--out", str(out), "--only", "seed=0"]) == 1
+    assert sweep_cli.main(["--config", str(other), "--out", str(out), "--only", "seed=1"]) == 1
+    [(path, plan)] = plans.load_plans(out)
+    assert plan["only"] == ["seed=0", "seed=1"] and len(plan["runs"]) == 4
+    assert "note:" not in capsys.readouterr().err
+    # A plan written before (its hash of the runs in listed order) is added to as well.
+    configs = [c.to_dict() for c in grid_lib.load_grid(one).configs()]
+    path.unlink()
+    legacy = results.config_hash({"runs": configs})
+    plans.write_plan(out, "tiny", ["seed=0"], [c for c in configs if c["seed"] == 0], legacy)
+    assert sweep_cli.main(["--config", str(one), "--out", str(out), "--only", "seed=1"]) == 1
+    [(_, plan)] = plans.load_plans(out)
+    assert plan["only"] == ["seed=0", "seed=1"] and len(plan["runs"]) == 4
+    assert "note:" not in capsys.readouterr().err
+    # Another grid of the name: replaced, and said so.
+    third = _grid_file(tmp_path, "c", strategies=("ft",), **axes)
+    assert sweep_cli.main(["--config", str(third), "--out", str(out)]) == 1
+    [(_, plan)] = plans.load_plans(out)
+    assert len(plan["runs"]) == 2
+    notes = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note:")]
+    assert notes == [
+        f"note: {path} held the plan of another definition of grid 'tiny' (4 runs: the grid "
+        "file was edited since, or another grid file has its name); replaced by this one: its "
+        "runs this grid lacks are no longer expected by a report without --config (give each "
+        "grid file its own name)"
+    ]
+
+
 def test_a_sweep_that_reads_no_dataset_plans_nothing_and_an_unwritable_plan_is_a_note(
     tmp_path, monkeypatch, capsys
 ):
