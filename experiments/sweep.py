@@ -45,7 +45,7 @@ from typing import Any
 
 from experiments.common import DEMO_OF_GRID, refuse_data_dir_for_demo
 from medft_jax import grid as grid_lib
-from medft_jax import plans, results
+from medft_jax import locks, plans, results
 from medft_jax.config import RunConfig
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import NOT_PREPARED
@@ -206,6 +206,16 @@ def dry_run(
     )
 
     broken_keys, broken_names = _damaged_runs(damaged, out)
+    # Folders a live process holds (another shard training them now): the sweep skips them.
+    held = (
+        [
+            p.name
+            for p in Path(out).iterdir()
+            if (p / locks.LOCK_NAME).is_file() and locks.maybe_running(p)
+        ]
+        if Path(out).is_dir()
+        else []
+    )
 
     def status(config: RunConfig) -> str:
         key = results.settings_hash(config.to_dict())
@@ -215,6 +225,8 @@ def dry_run(
             return "damaged"  # the sweep skips it, naming the file: not run, not done
         if key in finished:
             return "changed" if key in changed else "done"
+        if any(fnmatch.fnmatchcase(name, _unhashed(config)) for name in held):
+            return "running"  # by another process now: the sweep skips it (exit 75)
         if key in noted:
             return "retry" if retry_failed else "failed"
         return "todo"
@@ -232,10 +244,11 @@ def dry_run(
         print(f"{k:>5}  {states[k]:<6}  {_duration(seconds[k]):>8}  {_unhashed(runs[k])}")
     shard_states = [states[k] for k in mine]
     done, failed = shard_states.count("done"), shard_states.count("failed")
-    broken = shard_states.count("damaged")
-    todo = len(shard_states) - done - failed - broken
+    broken, running = shard_states.count("damaged"), shard_states.count("running")
+    todo = len(shard_states) - done - failed - broken - running
     cost = _to_run_cost(shard_states, [seconds[k] for k in mine])
     damaged_text = f"damaged {broken}, " if broken else ""
+    damaged_text += f"running in another process {running}, " if running else ""
     print(f"done {done}, failed {failed}, {damaged_text}to run {todo}: {cost}")
     kept, peak = grid_lib.disk_bytes(runs)
     if kept:

@@ -1143,6 +1143,36 @@ def test_only_slices_of_one_grid_listed_in_two_orders_add_up_and_another_grid_is
     ]
 
 
+def test_the_dry_run_says_a_run_another_process_trains_is_running(tmp_path, capsys):
+    """It listed it as "todo" and counted it in "to run" and its cost: a user checking
+    progress before launching more shards read it as not started."""
+    config = _grid_file(tmp_path, "g", strategies=("ft", "lp"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    out = tmp_path / "o"
+    name = sweep_cli._unhashed(grid_lib.load_grid(config).configs()[0]).replace("*", "0" * 16)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out / name)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    text = capsys.readouterr().out
+    assert re.search(rf"\n +0  running  .*  {re.escape(name[:-16])}\*\n", text), text
+    assert re.search(r"\n +1  todo  ", text)
+    assert "done 0, failed 0, running in another process 1, to run 1: " in text
+
+
+HOLDER = """
+import sys, time
+from medft_jax import locks
+lock = locks.acquire(sys.argv[1])
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 def test_a_sweep_that_reads_no_dataset_plans_nothing_and_an_unwritable_plan_is_a_note(
     tmp_path, monkeypatch, capsys
 ):
