@@ -653,8 +653,12 @@ def _outcome_text(o: Outcome) -> str:
     key = task_metrics(r["config"]["dataset"], multilabel, num_classes)[0]
     value = r["test"].get(key)
     shown = "nan" if value is None else f"{value:.4f}"
+    wall = float((r.get("seconds") or {}).get("wall") or 0.0)
+    # A resumed run: its overhead (below) is of every call, as the record's wall time is.
+    earlier = f" ({wall:.0f} s with its earlier calls)" if wall > o.seconds + 1 else ""
     return (
-        f"done in {o.seconds:.0f} s, best epoch {r['best_epoch'] + 1} of {len(r['epochs'])}, "
+        f"done in {o.seconds:.0f} s{earlier}, best epoch {r['best_epoch'] + 1} of "
+        f"{len(r['epochs'])}, "
         f"test {metric_name(key, multilabel, num_classes)} {shown}{_overhead_text(r)}"
     )
 

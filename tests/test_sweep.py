@@ -1294,6 +1294,13 @@ def test_a_sweep_line_shows_the_reports_headline_named_as_run_names_it(
     }
     line = sweep_cli._outcome_text(Outcome(config, DONE, record, seconds=6.0))
     assert line == f"done in 6 s, best epoch 1 of 1, {shown}"
+    # Resumed: the overhead is of every call (the record's wall time), so is said to be.
+    record["seconds"] = {"wall": 20.0, "train": 5.0, "setup": 9.0, "compile": 6.0}
+    line = sweep_cli._outcome_text(Outcome(config, DONE, record, seconds=6.0))
+    assert line == (
+        f"done in 6 s (20 s with its earlier calls), best epoch 1 of 1, {shown}; overhead "
+        "15.0 s = 75% (setup 9.0, compile 6.0)"
+    )
 
 
 def test_a_dry_run_on_a_cpu_host_says_the_assumed_throughput_is_an_accelerators(
