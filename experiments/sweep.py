@@ -239,9 +239,12 @@ def dry_run(
     axes = " x ".join(f"{len(g.axis(a))} {grid_lib.plural(a)}" for a in grid_lib.AXES)
     print(f"grid {g.name}: {g.size} runs ({axes}); selected {len(runs)}", end="")
     print(f"; shard {index}/{count}: {len(mine)}" if count > 1 else "")
+    # '#': the position shards are dealt by (shard i of N holds those of i mod N), the same
+    # in every process; the listed order is a grid file's, which a set-built axis changes.
+    dealt = {k: rank for rank, k in enumerate(grid_lib.canonical_order(runs))}
     print(f"{'#':>5}  {'status':<6}  {'est.':>8}  run")
     for k in mine:
-        print(f"{k:>5}  {states[k]:<6}  {_duration(seconds[k]):>8}  {_unhashed(runs[k])}")
+        print(f"{dealt[k]:>5}  {states[k]:<6}  {_duration(seconds[k]):>8}  {_unhashed(runs[k])}")
     shard_states = [states[k] for k in mine]
     done, failed = shard_states.count("done"), shard_states.count("failed")
     broken, running = shard_states.count("damaged"), shard_states.count("running")

@@ -499,13 +499,18 @@ def shard_positions(runs: Sequence[RunConfig], index: int, count: int) -> list[i
     """
     if not 0 <= index < count:
         raise GridError(f"shard {index}/{count}: expected 0 <= index < count")
+    return sorted(canonical_order(runs)[index::count])
+
+
+def canonical_order(runs: Sequence[RunConfig]) -> list[int]:
+    """The grid positions of ``runs`` in the canonical order shards are dealt from
+    (:func:`shard_positions`): the same in every process, whatever order the grid lists."""
 
     def canonical(k: int) -> tuple[Any, ...]:
         c = runs[k]
         return (c.dataset, c.arch, c.strategy, c.lr, c.seed, settings_hash(c.to_dict()))
 
-    dealt = sorted(range(len(runs)), key=canonical)
-    return sorted(dealt[index::count])
+    return sorted(range(len(runs)), key=canonical)
 
 
 def shard(runs: Sequence[RunConfig], index: int, count: int) -> list[RunConfig]:

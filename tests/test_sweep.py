@@ -371,9 +371,12 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"shard {other}/4: 18" in out
     listed = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
+    # '#' is the position shards are dealt by: shard i of N lists those of i mod N.
+    dealt = grid_lib.canonical_order(selected)
     assert [int(r[0]) for r in listed] == [
-        selected.index(c) for c in grid_lib.shard(selected, other, 4)
+        dealt.index(selected.index(c)) for c in grid_lib.shard(selected, other, 4)
     ]
+    assert {int(r[0]) % 4 for r in listed} == {other}
     # One shard holds the done run; the other shards' unknown costs are counted, not dropped.
     per = out.split("shards: ")[1].split("; ")
     assert per[holder].startswith(f"{holder}: 17 of 18 runs to run, ")
