@@ -236,7 +236,10 @@ def dry_run(
     seconds = [grid_lib.estimate_seconds(c, measured) for c in runs]
     positions = [grid_lib.shard_positions(runs, i, count) for i in range(count)]
     mine = positions[index]
-    axes = " x ".join(f"{len(g.axis(a))} {grid_lib.plural(a)}" for a in grid_lib.AXES)
+    axes = " x ".join(
+        f"{len(g.axis(a))} {grid_lib.plural(a) if len(g.axis(a)) != 1 else a}"
+        for a in grid_lib.AXES
+    )
     print(f"grid {g.name}: {g.size} runs ({axes}); selected {len(runs)}", end="")
     print(f"; shard {index}/{count}: {len(mine)}" if count > 1 else "")
     # '#': the position shards are dealt by (shard i of N holds those of i mod N), the same
@@ -564,7 +567,7 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
     mine = grid_lib.shard(runs, index, count)
     session.check_same_runs(mine)
     say(
-        f"grid {g.name}: {len(mine)} runs in this process"
+        f"grid {g.name}: {len(mine)} run{'s' if len(mine) != 1 else ''} in this process"
         + (f" (shard {index}/{count} of {len(runs)})" if count > 1 else "")
         + f", results in {args.out}"
     )

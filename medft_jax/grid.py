@@ -23,6 +23,7 @@ import dataclasses
 import importlib.util
 import math
 import numbers
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -477,10 +478,9 @@ def check_filter_values(filters: Filters, held: Mapping[str, Iterable[Any]], whe
 def parse_shard(spec: str) -> tuple[int, int]:
     """``"i/N"`` (0-based i) -> ``(i, N)``."""
     index, sep, count = spec.partition("/")
-    try:
-        i, n = int(index), int(count)
-    except ValueError:
-        i = n = -1
+    # Plain digits only: int() also took "1_0" (as 10), " 1 " and "+1".
+    plain = re.fullmatch(r"[0-9]+", index) and re.fullmatch(r"[0-9]+", count)
+    i, n = (int(index), int(count)) if plain else (-1, -1)
     if not sep or n < 1 or not 0 <= i < n:
         raise GridError(f"--shard {spec!r}: expected i/N with 0 <= i < N, e.g. 0/4")
     return i, n

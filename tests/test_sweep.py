@@ -283,7 +283,7 @@ def test_shards_do_not_depend_on_the_order_a_grid_lists_its_axes():
     assert len(by_position) < len(listed)
 
 
-@pytest.mark.parametrize("spec", ["4/4", "-1/4", "a/b", "1", "0/0", ""])
+@pytest.mark.parametrize("spec", ["4/4", "-1/4", "a/b", "1", "0/0", "", "1_0/2_0", " 1/2", "+1/2"])
 def test_bad_shard_is_named(spec, capsys):
     assert sweep_cli.main(["--config", str(PAPER), f"--shard={spec}", "--dry-run"]) == 2
     assert "--shard" in capsys.readouterr().err
@@ -1162,6 +1162,7 @@ def test_the_dry_run_says_a_run_another_process_trains_is_running(tmp_path, caps
         holder.kill()
         holder.wait()
     text = capsys.readouterr().out
+    assert "grid tiny: 2 runs (1 dataset x 1 arch x 2 strategies x 1 lr x 1 seed)" in text
     assert re.search(rf"\n +0  running  .*  {re.escape(name[:-16])}\*\n", text), text
     assert re.search(r"\n +1  todo  ", text)
     assert "done 0, failed 0, running in another process 1, to run 1: " in text
