@@ -1013,6 +1013,70 @@ def test_make_without_unpacking_and_foreign_params_say_what_to_do():
         strategy.schedule.trainable_mask(extra, 0)
 
 
+def test_a_switch_option_that_is_not_a_bool_is_refused_not_read_by_truthiness():
+    """``sp_half="no"`` gave L2-SP with the ½, ``kernels_only="False"`` kernels only, and
+    ``rgn_per_step=np.True_`` passed the check against rgn_estimate_steps, which it then
+    ignored: an option read from YAML or argparse did the opposite of what it said."""
+    params = toy_params()
+    for name, option in (
+        ("l2_sp", "sp_half"),
+        ("l1_sp", "kernels_only"),
+        ("auto_rgn", "rgn_per_step"),
+    ):
+        for value in ("no", "False", 0, None):
+            with pytest.raises(ValueError) as e:
+                make(name, params, TOY, learning_rate=LR, steps_per_epoch=2, **{option: value})
+            assert str(e.value) == f"make({name!r}): {option} must be True or False, got {value!r}"
+    with pytest.raises(ValueError, match=r"rgn_per_step applies each step's own RGN, and"):
+        make(
+            "auto_rgn", params, TOY, learning_rate=LR, steps_per_epoch=2,
+            rgn_per_step=np.True_, rgn_estimate_steps=3,
+        )  # fmt: skip
+    grads = jax.tree.map(lambda w: 0.5 * w + 0.1, params)
+
+    def update(**option):
+        tx = make("l2_sp", params, TOY, learning_rate=LR, alpha=1.0, beta=1.0, **option).tx
+        return flatten(tx.update(grads, tx.init(params), params)[0])
+
+    numpy_false, false = update(sp_half=np.False_), update(sp_half=False)
+    assert all(np.array_equal(numpy_false[k], false[k]) for k in false)  # the bool it holds
+
+
+def test_partition_and_rgn_state_faults_name_their_cause():
+    """A partition of no blocks failed with a bare IndexError; ``Block("encoder",
+    ("encoder"))`` (the one-element tuple's comma left out) was "owns no parameter" (its
+    prefixes read one character at a time); a prepass with rgn_per_step named
+    scale_by_rgn's ``per_step``; Auto-RGN updated on another params structure than it was
+    initialised on failed broadcasting two vectors; an injected steps_per_epoch was
+    "must be an integer >= 1, got JitTracer"."""
+    params = toy_params()
+    with pytest.raises(ValueError, match=r"^make\('lp'\): partition \(toy\) has no blocks$"):
+        make("lp", params, BlockPartition(arch="toy", blocks=(), head="top/head"), learning_rate=LR)
+    with pytest.raises(TypeError) as e:
+        Block("stem", ("stem"))
+    assert str(e.value) == (
+        "Block 'stem': prefixes must be a tuple of path prefixes, got the string 'stem' (a "
+        "one-element tuple needs its comma: ('stem',))"
+    )
+    with pytest.raises(ValueError, match=r"^Block 'stem': no path prefixes; it would own"):
+        Block("stem", ())
+    with pytest.raises(ValueError, match=r"^make\('auto_rgn'\): rgn_per_step applies each"):
+        make("auto_rgn", params, TOY, learning_rate=LR, rgn_mode="prepass", rgn_per_step=True)
+    tx = make("auto_rgn", params, TOY, learning_rate=LR, steps_per_epoch=2).tx
+    state = tx.init(params)
+    more = params | {"extra": {"kernel": jnp.ones(2)}}
+    n = len(jax.tree.leaves(params))
+    with pytest.raises(ValueError, match=rf"params have {n + 1} tensors and the state was "):
+        tx.update(more, state, more)
+    inject = optax.inject_hyperparams(
+        lambda steps_per_epoch: (
+            make("g_lf", params, TOY, learning_rate=LR, steps_per_epoch=steps_per_epoch).tx
+        )
+    )(steps_per_epoch=2)
+    with pytest.raises(ValueError, match=r"steps_per_epoch is a count .* in static_args"):
+        jax.jit(inject.update)(params, inject.init(params), params)
+
+
 def test_an_arch_name_where_a_partition_goes_is_a_type_error():
     with pytest.raises(TypeError, match=r"get_arch\('resnet50'\)\.partition"):
         make("ft", toy_params(), "resnet50", learning_rate=LR)

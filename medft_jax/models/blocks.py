@@ -26,6 +26,18 @@ class Block:
     name: str
     prefixes: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        # ("encoder") is the string "encoder" (a one-element tuple needs its comma): read
+        # one character at a time, each a prefix, it owned no parameter, or the wrong ones.
+        if isinstance(self.prefixes, str):
+            raise TypeError(
+                f"Block {self.name!r}: prefixes must be a tuple of path prefixes, got the "
+                f"string {self.prefixes!r} (a one-element tuple needs its comma: "
+                f"({self.prefixes!r},))"
+            )
+        if not self.prefixes:
+            raise ValueError(f"Block {self.name!r}: no path prefixes; it would own nothing")
+
     def owns(self, path: str) -> bool:
         parts = path.split("/")
         return any(parts[: len(p.split("/"))] == p.split("/") for p in self.prefixes)

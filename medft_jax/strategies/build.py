@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -135,6 +136,7 @@ def make(
             f"unknown strategy {name!r}; valid ids: {', '.join(PAPER_STRATEGIES)} "
             f"(the paper) and {', '.join(EXTRA_STRATEGIES)} (extras)"
         )
+    o = _switches_as_bools(name, o)
     spec = SPECS[name]
     _refuse_options_of_others(name, o)
     _check_partition(name, params, partition)
@@ -225,6 +227,8 @@ def _check_partition(name: str, params: PyTree, partition: Any) -> None:
             f"{where}: partition must be a medft_jax.models.blocks.BlockPartition, "
             f"got {type(partition).__name__}{hint}"
         )
+    if not partition.blocks:
+        raise ValueError(f"{where}: partition ({partition.arch}) has no blocks")
     leaves = jax.tree_util.tree_leaves_with_path(params)
     paths = [path_str(p) for p, _ in leaves]
     # Adam's float update of an integer leaf is truncated (FT) or breaks a stage's
@@ -307,6 +311,24 @@ def _refuse_options_of_others(name: str, o: Options) -> None:
             f"make({name!r}): {option} does not apply (only {', '.join(strategies)} read it); "
             "leave it out"
         )
+
+
+SWITCHES = ("sp_half", "kernels_only", "rgn_per_step")
+"""``make``'s options that are True or False (the command line's ``BOOL_OPTIONS``)."""
+
+
+def _switches_as_bools(name: str, o: Options) -> Options:
+    """Refuses a switch that is not True or False, and makes a numpy one a ``bool``.
+
+    Read by truthiness, ``sp_half="no"`` (an option from YAML, argparse or the
+    environment) was L2-SP with the ½, ``kernels_only="False"`` kernels only, and
+    ``rgn_per_step=np.True_`` passed the check that refuses it with
+    ``rgn_estimate_steps``, which it then ignored."""
+    for key in SWITCHES:
+        value = getattr(o, key)
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"make({name!r}): {key} must be True or False, got {value!r}")
+    return dataclasses.replace(o, **{key: bool(getattr(o, key)) for key in SWITCHES})
 
 
 def _check(name: str, o: Options) -> None:

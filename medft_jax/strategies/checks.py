@@ -50,6 +50,11 @@ def require_int(where: str, name: str, value: Any, minimum: int, maximum: int | 
     One message for every fault (a fraction, a string, a bool; out of range),
     so the caller learns the argument and its valid range at once.
     """
+    if isinstance(value, jax.core.Tracer):  # optax.inject_hyperparams, under jit
+        raise ValueError(
+            f"{where}: {name} is a count the stages are laid out by, not a value to trace; "
+            "give it to optax.inject_hyperparams in static_args"
+        )
     if maximum is not None and not (is_integer(value) and minimum <= value <= maximum):
         raise ValueError(
             f"{where}: {name} must be an integer in [{minimum}, {maximum}], got {value!r}"

@@ -328,6 +328,12 @@ def scale_by_rgn(
     ) -> tuple[PyTree, RGNState]:
         if params is None:
             raise ValueError("scale_by_rgn needs the params: call tx.update(grads, state, params)")
+        tensors, initialised = len(jax.tree.leaves(params)), state.accumulated.shape[0]
+        if tensors != initialised:  # else a broadcasting error of two vectors' shapes
+            raise ValueError(
+                f"scale_by_rgn: the params have {tensors} tensors and the state was "
+                f"initialised for {initialised}: init and update on one params structure"
+            )
         # The per-tensor bookkeeping runs on one vector (a handful of ops),
         # not on a scalar per tensor (hundreds of tiny ops that XLA compiles
         # one by one: seconds per architecture on a CPU).

@@ -177,6 +177,11 @@ def _rgn_streams(o: Options) -> bool:
 def _check_rgn(o: Options) -> None:
     """Auto-RGN's options, named as ``make`` takes them (not as ``scale_by_rgn`` does)."""
     require_int("make('auto_rgn')", "rgn_estimate_steps", o.rgn_estimate_steps, 1)
+    if o.rgn_mode == "prepass" and o.rgn_per_step:
+        raise ValueError(
+            "make('auto_rgn'): rgn_per_step applies each step's own RGN, a stream variant; "
+            "rgn_mode='prepass' estimates it before each epoch: give one of them"
+        )
     traced = isinstance(o.rgn_eps, jax.Array)  # injected (optax.inject_hyperparams)
     if not traced and not (is_concrete_number(o.rgn_eps) and o.rgn_eps >= 0):
         raise ValueError(f"make('auto_rgn'): rgn_eps must be a number >= 0, got {o.rgn_eps!r}")
