@@ -367,6 +367,55 @@ def test_a_split_or_patient_column_left_without_its_flag_is_refused(tmp_path):
     assert sum(len(v) for v in splits.values()) == 12
 
 
+def test_columns_of_split_names_or_patient_ids_under_other_names_are_refused(tmp_path):
+    """Only a short list of exact names was checked: 'dataset' or 'phase' holding
+    train/test, and 'PatientNo', 'pid' or 'StudyInstanceUID' shared by images, were
+    ignored, the splits carved image by image at random."""
+    _images(tmp_path)
+    where = ["train"] * 8 + ["test"] * 4
+    for column in ("dataset", "phase", "train_test"):
+        rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{where[i]}" for i in range(12)]
+        _write(tmp_path, f"path,label,{column}", rows)
+        with pytest.raises(
+            DataError, match=rf"column '{column}' holds split names \(test, train\)"
+        ):
+            _table(tmp_path)
+    for column in ("PatientNo", "patient_number", "pid", "case", "StudyInstanceUID", "accession"):
+        rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},x{i // 2}" for i in range(12)]
+        _write(tmp_path, f"path,label,{column}", rows)
+        with pytest.raises(DataError, match=rf"column '{column}' looks like a patient id shared"):
+            _table(tmp_path)
+    # A patient's other facts, which images share too, are no id; one split name is no split.
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{40 + i // 4},train" for i in range(12)]
+    _write(tmp_path, "path,label,patient_age,source", rows)
+    assert sum(len(v) for v in _table(tmp_path)[2].values()) == 12
+
+
+@pytest.mark.parametrize(
+    ("ids", "how"),
+    [(("P1", "p1"), "case or Unicode form"), (("007", "7.0"), "leading zeros or a decimal point")],
+)
+def test_a_patient_id_spelled_two_ways_is_refused(tmp_path, ids, how):
+    """``P1``/``p1`` and ``007``/``7``/``7.0`` (an Excel slip) were two patients: one
+    patient's images carved into train and test both, without a word."""
+    _images(tmp_path)
+    patients = [ids[0], ids[1]] + [f"q{i}" for i in range(10)]
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{patients[i]}" for i in range(12)]
+    _write(tmp_path, "path,label,patient", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, group_column="patient")
+    assert _one_line(err) == (
+        f"{tmp_path / 'labels.csv'}: column 'patient': patient ids {ids[0]!r} (line 2) and "
+        f"{ids[1]!r} (line 3) differ only in {how}: as two patients, one patient's images "
+        "would be split across train and test; spell them alike"
+    )
+    # Long numeric ids stay exact (float() would round 20 digits to one number).
+    patients = ["12345678901234567890", "12345678901234567891"] + [f"q{i}" for i in range(10)]
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{patients[i]}" for i in range(12)]
+    _write(tmp_path, "path,label,patient", rows)
+    assert sum(len(v) for v in _table(tmp_path, group_column="patient")[2].values()) == 12
+
+
 def test_a_path_missed_for_the_usual_slips_says_why(tmp_path):
     """Paths relative to the CSV's own folder, with Windows backslashes, from above the
     root, or with a name in another case."""

@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
-from medft_jax.data.class_names import refuse_twins
+from medft_jax.data.class_names import normalised, refuse_twins
 from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import SPLIT_NAMES, Example, carve_checked, fraction_for
@@ -231,6 +231,7 @@ def parse_table(
     by_split: dict[str, list[Example]] = {s: [] for s in SPLITS}
     listed: dict[str, Row] = {}  # example id -> the row that first listed it
     group_first: dict[str, tuple[str, int]] = {}  # group -> (split, line) where first seen
+    spelled: dict[str, tuple[str, int]] = {}  # _group_key -> (group, line) where first seen
     for row in rows:
         where = f"{csv_path}:{row.line}"
         raw = row[path_column].strip()
@@ -267,6 +268,8 @@ def parse_table(
         group = row[group_column].strip() if group_column else ""
         if group_column and not group:  # blank: one patient per image, or all one patient?
             raise DataError(f"{where}: empty {group_column!r}; expected a patient/group id")
+        if group_column:
+            _refuse_group_twins(csv_path, group_column, group, row.line, spelled)
         if group_column and split_column:
             other, line = group_first.setdefault(group, (split, row.line))
             if other != split:
@@ -321,19 +324,60 @@ def _note_one_hot(csv_path: Path, columns: Sequence[str], examples: Sequence[Exa
         )
 
 
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
+"""A patient id that reads as a whole number: ``7``, ``007``, ``7.0`` (Excel's slips)."""
+
+
+def _refuse_group_twins(
+    csv_path: Path,
+    column: str,
+    group: str,
+    line: int,
+    spelled: dict[str, tuple[str, int]],
+) -> None:
+    """Refuses a patient id that is another one spelled otherwise (``P1``/``p1``,
+    ``007``/``7``/``7.0``): taken as two patients, one patient's images were carved into
+    train and test both, an inflated test score without a word. ``spelled`` holds the
+    first spelling of each id and its line."""
+    number = _PLAIN_NUMBER.fullmatch(group)  # exact for long ids too (float() rounds them)
+    key = f"#{int(group.split('.')[0])}" if number else normalised(group)
+    first, first_line = spelled.setdefault(key, (group, line))
+    if first != group:
+        how = "leading zeros or a decimal point" if number else "case or Unicode form"
+        raise DataError(
+            f"{csv_path}: column {column!r}: patient ids {first!r} (line {first_line}) and "
+            f"{group!r} (line {line}) differ only in {how}: as two patients, one patient's "
+            "images would be split across train and test; spell them alike"
+        )
+
+
 SPLIT_LIKE = frozenset({"split", "set", "subset", "fold", "partition", "datasplit"})
 """Column names (lower case, letters and digits only) that a split column goes by."""
 GROUP_LIKE = frozenset(
     {
         "patient", "patientid", "patientname", "subject", "subjectid", "participant",
-        "participantid", "caseid", "group", "groupid", "studyid", "mrn",
+        "participantid", "caseid", "group", "groupid", "studyid", "mrn", "pid", "case",
+        "study", "accession",
     }
 )  # fmt: skip
 """Column names (as :data:`SPLIT_LIKE`) that a patient/group id column goes by."""
 
 
+_GROUP_STEMS = ("patient", "subject", "participant", "case", "study", "accession")
+"""Beginnings of patient-id column names whose end says it is an id (``PatientNo``,
+``subject_number``, ``StudyInstanceUID``): not ``patient_age``, which images share too."""
+
+
 def _squashed(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _group_like(column: str) -> bool:
+    """Whether a column's name says it holds patient (or study) ids."""
+    name = _squashed(column)
+    return name in GROUP_LIKE or (
+        name.startswith(_GROUP_STEMS) and name.endswith(("id", "no", "nr", "number", "num"))
+    )
 
 
 def _refuse_unused_layout_columns(
@@ -358,7 +402,10 @@ def _refuse_unused_layout_columns(
             values = {row[column].strip().lower() for row in rows}
             # Any split name counts: one blank cell or a 'holdout' row among train/test ones
             # had the whole column ignored, the user's test images carved into train.
-            if _squashed(column) in SPLIT_LIKE and values & set(SPLIT_NAMES):
+            # By name, or by content: a column of nothing but split names (two or more:
+            # 'dataset', 'phase' holding train/test) is one whatever it is called.
+            only_splits = len(values) > 1 and values <= set(SPLIT_NAMES)
+            if (_squashed(column) in SPLIT_LIKE and values & set(SPLIT_NAMES)) or only_splits:
                 shown = sorted(v or "(blank)" for v in values)
                 listed = ", ".join(shown[:6]) + (", ..." if len(shown) > 6 else "")
                 raise DataError(
@@ -368,7 +415,7 @@ def _refuse_unused_layout_columns(
                 )
     if group_column is None:
         for column in columns:
-            if _squashed(column) not in GROUP_LIKE:
+            if not _group_like(column):
                 continue
             values = [row[column].strip() for row in rows]
             if len(set(values)) < len(values):
