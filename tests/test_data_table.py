@@ -416,6 +416,24 @@ def test_a_patient_id_spelled_two_ways_is_refused(tmp_path, ids, how):
     assert sum(len(v) for v in _table(tmp_path, group_column="patient")[2].values()) == 12
 
 
+def test_a_carve_far_from_its_fraction_is_noted(capsys):
+    """Each class gives its own rounded share: 10 classes of 5 images at 0.1 gave 1 test
+    image, at 0.3 twenty of 50, and nothing said the split was not the one asked for."""
+    from medft_jax.data.examples import Example, carve_checked
+
+    examples = [Example(Path(f"{c}/{i}.png"), c, f"{c}/{i}") for c in range(10) for i in range(5)]
+    for fraction, carved in ((0.1, 1), (0.3, 20)):
+        rest, test = carve_checked(examples, "test", fraction, 0, stratify=True, where="x.csv")
+        assert (len(test), len(rest)) == (carved, 50 - carved)
+        assert capsys.readouterr().err == (
+            f"note: x.csv: the test split takes {carved} of the 50 images ({carved / 50:.0%}), "
+            f"not the {fraction:.0%} of --test-fraction: each class and patient is carved by "
+            "its own rounded share\n"
+        )
+    carve_checked(examples, "test", 0.2, 0, stratify=True)  # 10 of 50: as asked, no note
+    assert capsys.readouterr().err == ""
+
+
 def test_a_path_missed_for_the_usual_slips_says_why(tmp_path):
     """Paths relative to the CSV's own folder, with Windows backslashes, from above the
     root, or with a name in another case."""

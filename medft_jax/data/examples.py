@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -140,6 +141,17 @@ def carve_checked(
             f"{where + ': ' if where else ''}--{split}-fraction {fraction:g}: the {split} split "
             f"takes {len(carved)} of the {len(examples)} images{after}, leaving {len(rest)} to "
             f"train{also} on; expected a fraction that leaves both"
+        )
+    asked = fraction * len(examples)
+    if abs(len(carved) - asked) > max(2.0, 0.25 * asked):
+        # Each class (or patient) gives its own rounded share: many small classes drift
+        # (10 classes of 5 images at 0.1 give 1 image, at 0.3 give 20 of 50).
+        print(
+            f"note: {where + ': ' if where else ''}the {split} split takes {len(carved)} of "
+            f"the {len(examples)} images ({len(carved) / len(examples):.0%}), not the "
+            f"{fraction:.0%} of --{split}-fraction: each class and patient is carved by its "
+            "own rounded share",
+            file=sys.stderr,
         )
     return rest, carved
 
