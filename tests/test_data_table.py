@@ -416,6 +416,20 @@ def test_a_patient_id_spelled_two_ways_is_refused(tmp_path, ids, how):
     assert sum(len(v) for v in _table(tmp_path, group_column="patient")[2].values()) == 12
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_csv_separated_otherwise_says_so(tmp_path, sep):
+    """European Excel's semicolons (and a tab-separated export) were only "missing column
+    'path'", the header quoted as found, the cause unnamed."""
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png{sep}{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    _write(tmp_path, f"path{sep}label", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err).endswith(
+        f"(found path{sep}label): its columns are separated by {sep!r}, not ','"
+    )
+
+
 def test_a_carve_far_from_its_fraction_is_noted(capsys):
     """Each class gives its own rounded share: 10 classes of 5 images at 0.1 gave 1 test
     image, at 0.3 twenty of 50, and nothing said the split was not the one asked for."""

@@ -108,9 +108,12 @@ def read_csv(path: Path, required: Sequence[str], header: Sequence[str] | None =
 def _header(path: Path, fields: list[str], required: Sequence[str], expected: str) -> list[str]:
     missing = [c for c in required if c not in fields]
     if missing:
+        # European Excel saves "CSV" with semicolons; a tab-separated export reads alike.
+        other = next((sep for sep in (";", "\t") if len(fields) == 1 and sep in fields[0]), None)
+        hint = f": its columns are separated by {other!r}, not ','" if other else ""
         raise DataError(
             f"{path}: missing column {missing[0]!r}; expected the header "
-            f"{expected} (found {','.join(fields) or 'nothing'})"
+            f"{expected} (found {','.join(fields) or 'nothing'}){hint}"
         )
     twice = sorted({c for c in fields if fields.count(c) > 1})
     if twice:
