@@ -416,6 +416,14 @@ def test_a_patient_id_spelled_two_ways_is_refused(tmp_path, ids, how):
     assert sum(len(v) for v in _table(tmp_path, group_column="patient")[2].values()) == 12
 
 
+def test_labels_with_underscores_are_names_sorted_as_names(tmp_path):
+    """float() read ``1_0`` as 10: classes 1_0, 2_0, 1_10 were numbered by those values."""
+    _images(tmp_path)
+    labels = ["1_0", "2_0", "1_10"] * 4
+    _write(tmp_path, "path,label", [f"imgs/a{i}.png,{labels[i]}" for i in range(12)])
+    assert _table(tmp_path)[0] == ["1_0", "1_10", "2_0"]
+
+
 @pytest.mark.parametrize("sep", [";", "\t"])
 def test_a_csv_separated_otherwise_says_so(tmp_path, sep):
     """European Excel's semicolons (and a tab-separated export) were only "missing column

@@ -122,6 +122,10 @@ def _header(path: Path, fields: list[str], required: Sequence[str], expected: st
 
 
 def _number(text: str) -> float | None:
+    """A label read as a number, or None for a name: float() also took ``1_0`` (10) and
+    full-width digits, so labels ``1_0``, ``2_0``, ``1_10`` were numbered as 10, 20, 110."""
+    if "_" in text or not text.isascii():
+        return None
     try:
         return float(text)
     except ValueError:
