@@ -111,8 +111,10 @@ def device_tag() -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", tag).strip("-")
 
 
-VERSION_KEYS = ("format", "numerics", "jax")
-"""What computes the features otherwise without changing the weights or the images."""
+VERSION_KEYS = ("format", "numerics", "jax", "batch_size")
+"""What computes the features otherwise without changing the weights or the images: the
+batch they were computed in too (a convolution over 7 images rounds otherwise than over
+16: a run reusing another batch size's set wrote a record of another run's last bits)."""
 
 
 def location(
@@ -402,6 +404,7 @@ def cached_features(
         # Another XLA may fuse or round a convolution otherwise: an upgrade recomputes.
         "jax": f"{jax.__version__}/{jax.lib.__version__}",
         "backbone_sha256": backbone,
+        "batch_size": int(batch_size),
         "data_fingerprint": str(ds.metadata["fingerprint"]),
         "images": images_signature(ds),
     }

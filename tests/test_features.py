@@ -596,6 +596,20 @@ def test_features_of_another_jax_are_recomputed(demo, tmp_path, capsys, monkeypa
     assert info["reused"] and len(calls) == 4
 
 
+def test_features_are_keyed_by_the_batch_they_were_computed_in(demo, tmp_path):
+    """A run at another batch size read the set another run wrote (the key had no batch
+    size): its convolutions round otherwise over 7 images than over 16, so one config and
+    seed wrote a record whose last bits depended on which run came first."""
+    calls = []
+    kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
+    found, _ = features.cached_features(demo, **kw)
+    assert json.loads((found.directory / "meta.json").read_text())["batch_size"] == 8
+    other, info = features.cached_features(demo, **{**kw, "batch_size": 4})
+    assert not info["reused"] and other.directory != found.directory and len(calls) == 4
+    again, info = features.cached_features(demo, **kw)
+    assert info["reused"] and again.directory == found.directory and len(calls) == 4
+
+
 def test_a_root_whose_filesystem_refuses_locks_gives_way_to_the_next(demo, tmp_path, monkeypatch):
     """Prepared data on an NFS mount without its lock daemon: features go under --out."""
     real = locks.waiting_lock
