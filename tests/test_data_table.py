@@ -478,6 +478,12 @@ def test_a_path_missed_for_the_usual_slips_says_why(tmp_path):
         lambda i: f"imgs/{'A' if i == 3 else 'a'}{i}.png": (  # where names ignore case
             "(there is 'a3.png': file names are case-sensitive here)"
         ),
+        lambda i: (
+            f"IMGS/a{i}.png"
+        ): "(there is a folder 'imgs', not 'IMGS': names are case-sensitive here)",
+        lambda i: f"C:/Users/me/imgs/a{i}.png": (
+            f"(a Windows absolute path; paths are read relative to --manual-dir {tmp_path})"
+        ),
     }
     for path, ending in slips.items():
         _write(tmp_path, "path,label", [f"{path(i)},{label(i)}" for i in range(12)])

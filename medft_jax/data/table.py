@@ -488,12 +488,27 @@ def _path_hint(raw: str, root: Path, csv_path: Path) -> str:
         return f" (paths are read relative to --manual-dir {root}, not to the CSV's folder)"
     if "\\" in raw:
         return " (paths separate folders with '/', not '\\')"
+    if re.match(r"[A-Za-z]:/", raw):  # C:/Users/...: another machine's absolute path
+        return f" (a Windows absolute path; paths are read relative to --manual-dir {root})"
     parts = Path(raw).parts
     for i, part in enumerate(parts[:-1]):  # the root's own folder name repeated in the path
         if part == Path(root).resolve().name and (Path(root) / Path(*parts[i + 1 :])).is_file():
             prefix = "/".join(parts[: i + 1])
             return f" (paths are read relative to --manual-dir {root}: leave out {prefix + '/'!r})"
     folder, name = (Path(root) / raw).parent, Path(raw).name
+    at = Path(root)
+    for part in Path(raw).parent.parts:  # a folder of the path in another case (IMG/ for img/)
+        if not (at / part).is_dir():
+            key = _loose(part)
+            other = next(
+                (f.name for f in _entries(at) if f.is_dir() and _loose(f.name) == key), None
+            )
+            if other is not None and other != part:
+                return (
+                    f" (there is a folder {other!r}, not {part!r}: names are case-sensitive here)"
+                )
+            break
+        at = at / part
     if folder.is_dir():  # the name in another case or Unicode form (macOS, Windows)
         key = _loose(name)
         other = next((f.name for f in folder.iterdir() if _loose(f.name) == key), None)
@@ -505,6 +520,14 @@ def _path_hint(raw: str, root: Path, csv_path: Path) -> str:
                 )
             return f" (there is {other!r}: file names are case-sensitive here)"
     return ""
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What ``folder`` holds, or nothing where it cannot be listed (a hint is no error)."""
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 def _loose(name: str) -> str:
