@@ -477,6 +477,24 @@ def test_patient_subfolders_must_be_said_before_a_split_is_carved(tmp_path):
     assert each.split_fingerprint() != ds.split_fingerprint()
 
 
+def test_patient_folders_named_one_id_two_ways_are_refused(tmp_path):
+    """``P1`` under one class and ``p1`` under another (or ``007`` and ``7``) were two
+    patients: one patient's images carved into train and test both, as CSV ids were."""
+    from medft_jax.data.folder import parse_folder
+
+    root = tmp_path / "imgs"
+    _patient_folders(root)
+    (root / "malignant" / "p3").rename(root / "malignant" / "P3")
+    with pytest.raises(DataError) as err:
+        parse_folder(root, patient_folders=True)
+    assert _one_line(err) == (
+        f"{root}: patient folders 'p3' (benign/p3) and 'P3' (malignant/P3) differ only in "
+        "case or Unicode form: as two patients, one patient's images would be split across "
+        "train and test; name them alike"
+    )
+    assert parse_folder(root, patient_folders=False)[1]  # image by image: no patients
+
+
 def test_images_loose_beside_patient_folders_are_refused_under_patient_folders(tmp_path):
     """A partly sorted export: p9's images moved up into their class folder became four
     patients of their own, and landed in train and val without a word."""

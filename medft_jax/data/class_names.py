@@ -18,6 +18,7 @@ user's call (a folder name is a path), so the toolkit names both and stops.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable, Iterable
 
@@ -74,3 +75,24 @@ def twins_message(where: str, a: str, b: str) -> str:
     else:
         how += f" (one name written {'two' if len(kinds) == 1 else 'several'} ways)"
     return f"{where}: class names {a!a} and {b!a} differ only in {how}; spell them alike"
+
+
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
+"""A patient id that reads as a whole number: ``7``, ``007``, ``7.0`` (Excel's slips)."""
+
+
+def patient_twin(
+    patient: str, where: str, seen: dict[str, tuple[str, str]]
+) -> tuple[str, str, str] | None:
+    """``(first spelling, where it was, how they differ)`` where ``patient`` is an id seen
+    before spelled otherwise (``P1``/``p1``, ``007``/``7``/``7.0``), else None; ``seen``
+    keeps each id's first spelling and ``where`` it was found.
+
+    Taken as two patients, one patient's images were carved into train and test both, an
+    inflated test score without a word. Exact for long numeric ids (float() rounds them)."""
+    number = _PLAIN_NUMBER.fullmatch(patient)
+    key = f"#{int(patient.split('.')[0])}" if number else normalised(patient)
+    first, at = seen.setdefault(key, (patient, where))
+    if first == patient:
+        return None
+    return first, at, "leading zeros or a decimal point" if number else "case or Unicode form"

@@ -35,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 from medft_jax.data import dicom
-from medft_jax.data.class_names import refuse_twins, twin_of, twins_message
+from medft_jax.data.class_names import patient_twin, refuse_twins, twin_of, twins_message
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import SPLIT_NAMES, Example, carve_checked, fraction_for
 from medft_jax.data.images import IMAGE_SUFFIXES
@@ -247,6 +247,24 @@ def _suffix(path: Path) -> str:
     return suffix or "(no suffix)"
 
 
+def _refuse_patient_twins(root: Path, examples: list[Example]) -> None:
+    """Refuses patient folders whose names are one id spelled otherwise (``P1`` under one
+    class, ``p1`` under another; ``007`` and ``7``): as two patients, one patient's images
+    were carved into train and test both."""
+    seen: dict[str, tuple[str, str]] = {}
+    for ex in examples:
+        if not ex.patient:
+            continue
+        twin = patient_twin(ex.patient, str(Path(ex.id).parent), seen)
+        if twin is not None:
+            first, at, how = twin
+            raise DataError(
+                f"{root}: patient folders {first!r} ({at}) and {ex.patient!r} "
+                f"({Path(ex.id).parent}) differ only in {how}: as two patients, one "
+                "patient's images would be split across train and test; name them alike"
+            )
+
+
 def _check_patients_said(
     root: Path,
     nested: dict[str, list[str]],
@@ -322,6 +340,7 @@ def parse_folder(
         }
         carved = "test" not in given or "val" not in given
         _check_patients_said(root, nested, patient_folders, carved, train)
+        _refuse_patient_twins(root, [ex for members in given.values() for ex in members])
         if "test" not in given:
             train, given["test"] = carve_checked(
                 train, "test", fraction["test"], seed, stratify=True, where=str(root)
@@ -337,6 +356,7 @@ def parse_folder(
     nested = {"train": []}
     examples = _scan(root, root, class_names, "train", others, patient_folders, nested["train"])
     _check_patients_said(root, nested, patient_folders, carved=True, train=examples)
+    _refuse_patient_twins(root, examples)
     say_left_out(root, others)
     test_fraction = fraction_for("test", test_fraction, None, str(root))
     val_fraction = fraction_for("val", val_fraction, None, str(root))

@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
-from medft_jax.data.class_names import normalised, refuse_twins
+from medft_jax.data.class_names import patient_twin, refuse_twins
 from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import SPLIT_NAMES, Example, carve_checked, fraction_for
@@ -238,7 +238,7 @@ def parse_table(
     by_split: dict[str, list[Example]] = {s: [] for s in SPLITS}
     listed: dict[str, Row] = {}  # example id -> the row that first listed it
     group_first: dict[str, tuple[str, int]] = {}  # group -> (split, line) where first seen
-    spelled: dict[str, tuple[str, int]] = {}  # _group_key -> (group, line) where first seen
+    spelled: dict[str, tuple[str, str]] = {}  # an id's key -> (first spelling, its line)
     for row in rows:
         where = f"{csv_path}:{row.line}"
         raw = row[path_column].strip()
@@ -331,26 +331,18 @@ def _note_one_hot(csv_path: Path, columns: Sequence[str], examples: Sequence[Exa
         )
 
 
-_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
-"""A patient id that reads as a whole number: ``7``, ``007``, ``7.0`` (Excel's slips)."""
-
-
 def _refuse_group_twins(
     csv_path: Path,
     column: str,
     group: str,
     line: int,
-    spelled: dict[str, tuple[str, int]],
+    spelled: dict[str, tuple[str, str]],
 ) -> None:
-    """Refuses a patient id that is another one spelled otherwise (``P1``/``p1``,
-    ``007``/``7``/``7.0``): taken as two patients, one patient's images were carved into
-    train and test both, an inflated test score without a word. ``spelled`` holds the
-    first spelling of each id and its line."""
-    number = _PLAIN_NUMBER.fullmatch(group)  # exact for long ids too (float() rounds them)
-    key = f"#{int(group.split('.')[0])}" if number else normalised(group)
-    first, first_line = spelled.setdefault(key, (group, line))
-    if first != group:
-        how = "leading zeros or a decimal point" if number else "case or Unicode form"
+    """Refuses a patient id that is another one spelled otherwise
+    (:func:`~medft_jax.data.class_names.patient_twin`), naming both lines."""
+    twin = patient_twin(group, str(line), spelled)
+    if twin is not None:
+        first, first_line, how = twin
         raise DataError(
             f"{csv_path}: column {column!r}: patient ids {first!r} (line {first_line}) and "
             f"{group!r} (line {line}) differ only in {how}: as two patients, one patient's "
