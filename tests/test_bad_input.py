@@ -255,6 +255,7 @@ def test_the_edges_next_to_another_strategy_are_allowed():
         )
 
 
+@pytest.mark.slow
 def test_head_alone_blocks_are_those_whose_params_are_all_the_head():
     from medft_jax import models
     from medft_jax.models.blocks import flatten

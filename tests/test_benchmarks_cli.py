@@ -583,6 +583,7 @@ def test_grid_bill_out_replaces_only_an_empty_file_or_an_earlier_out(tmp_path):
     assert (tmp_path / "notes.json").read_text() == '{"mine": 1}'
 
 
+@pytest.mark.slow
 def test_grid_bill_script_refuses_a_broken_config_in_one_line(tmp_path):
     """The script did not run under cli_main: a GridError (a UserError) was a traceback."""
     (tmp_path / "syntax.py").write_text("def get_config(:\n")

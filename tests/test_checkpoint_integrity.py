@@ -412,6 +412,7 @@ def test_inconsistent_metadata_is_refused_before_building_predictor(
     assert str(e.value) == f"{ck}: {expect}" or str(e.value).startswith(f"{ck}: {expect}")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_carries_how_its_training_images_were_decoded(saved, tmp_path, monkeypatch):
     """A run on 16-bit files of declared bits (``--bits-stored 12``) writes it into its best
     parameters' metadata (format version 2: a version-1 reader would decode otherwise), and
@@ -441,6 +442,7 @@ def test_a_checkpoint_carries_how_its_training_images_were_decoded(saved, tmp_pa
         predict.Predictor(path0).predict_files([str(image)])
 
 
+@pytest.mark.slow
 def test_a_runs_checkpoint_without_a_decoding_rule_refuses_one_at_predict(saved, tmp_path):
     """Its run decoded by the default rules: a flag here would show the model images unlike
     those it was trained on. Ported weights (no training images of their own) take them."""
@@ -1002,6 +1004,7 @@ def test_only_read_errors_wrapped_by_orbax_count_as_a_damaged_checkpoint(tiny_sa
     assert e.value is bug  # not a CheckpointError: the traceback is what a bug needs
 
 
+@pytest.mark.slow
 def test_a_model_saved_across_two_devices_loads_on_one(tmp_path):
     """Trained on several GPUs (parameters replicated over their mesh), used on a laptop:
     orbax restored each array with its saved sharding, a "topology mismatch" read as a

@@ -53,6 +53,7 @@ def _loss(fn, s, p):
     [(shape, 0) for shape in SHAPES] + [(SHAPES[2], 64), ((2, 5, 3, 4, 3, 1, 1), 64)],
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"narrow{v}",
 )
+@pytest.mark.slow
 def test_cpu_conv_value_and_gradients_equal_lax(shape, narrow, monkeypatch):
     # narrow=0: every weight gradient through patches (the shapes here have
     # few channels); 64: the narrow-output rules: both gradients from the
@@ -162,6 +163,7 @@ def test_max_pool2d_dispatch_equals_lax():
     assert grad.shape == empty.shape
 
 
+@pytest.mark.slow
 def test_cpu_conv_bf16_weight_gradient_accumulates_in_float32():
     # bf16 compute: the product over the batch accumulates in float32, so the
     # weight gradient is within bf16 rounding of the float32 one.
@@ -173,6 +175,7 @@ def test_cpu_conv_bf16_weight_gradient_accumulates_in_float32():
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0, atol=0.02 * scale)
 
 
+@pytest.mark.slow
 def test_materialize_returns_its_input_through_a_loop_fusion_cannot_cross():
     def f(a):
         g = jnp.sin(a) * 2.0  # an elementwise producer XLA would fuse into the views

@@ -703,6 +703,7 @@ def test_name_runs_joins_consecutive_numbers_and_counts_beyond_the_limit():
     assert name_runs(range(1, 20, 2), str, limit=3) == "1, 3, 5 and 7 more"
 
 
+@pytest.mark.slow
 def test_isic_partial_duplicate_list_beside_the_official_train_csv_is_refused(tmp_path):
     """The challenge's train.csv lists 33,126 images, of which its duplicate list drops
     425: a list cut short would leave duplicates in. A smaller train.csv is not checked."""
@@ -736,6 +737,7 @@ def _write_official_isic_train_csv(root: Path) -> None:
             writer.writerow({"image_name": f"ISIC_{n:07d}", "patient_id": "IP_1", "target": 0})
 
 
+@pytest.mark.slow
 def test_isic_duplicate_that_train_csv_does_not_list_is_refused_naming_its_line(tmp_path):
     """A typo in the duplicate list (ISIC_000006 for ISIC_0000006) beside the official
     train.csv left the duplicate in: named by its line, before the count of the list."""
@@ -1029,6 +1031,7 @@ def test_prepared_task_matches_its_layout(layouts, prepared, name):
 
 
 @tf_required
+@pytest.mark.slow
 def test_a_builder_decodes_in_threads_what_one_thread_decodes(tmp_path, monkeypatch):
     """The paper tasks' builders read one image at a time, on one core (CheXpert's 224k
     images); they decode MEDFT_JAX_DECODE_THREADS at once, into the same examples."""
@@ -1074,6 +1077,7 @@ def test_mura_study_scores_are_image_means(prepared):
 
 @tf_required
 @pytest.mark.xdist_group("tfds_prepared")
+@pytest.mark.slow
 def test_reading_prepared_data_needs_no_tensorflow(prepared):
     out, _ = prepared
     script = textwrap.dedent(

@@ -1353,6 +1353,7 @@ def test_medmnist_cache_follows_the_file_put_back(tmp_path, capsys):
     assert swapped.metadata["fingerprint"] != bad.metadata["fingerprint"]
 
 
+@pytest.mark.slow
 def test_preparing_without_tensorflow_is_one_line_before_any_work(tmp_path):
     manual, out = tmp_path / "bach", tmp_path / "out"
     fakes.make_bach(manual, 10)
@@ -1518,6 +1519,7 @@ def test_fingerprint_present_stable_and_content_only(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_fingerprint_is_the_same_in_another_process(tmp_path):
     _folder(tmp_path / "imgs")
     ds = _load_folder(tmp_path / "imgs", tmp_path / "out")

@@ -122,6 +122,7 @@ def test_medmnist_refuses_pickled_npz(tmp_path):
 
 
 @pytest.mark.xdist_group("torch")  # the worker that imports torch anyway (tests/conftest.py)
+@pytest.mark.slow
 def test_reader_equals_torchvision_transforms(tmp_path):
     tv = pytest.importorskip("torchvision.transforms", reason="torchvision not installed")
     for k, (size, mode) in enumerate([((40, 48), "RGB"), ((61, 37), "L"), ((32, 32), "RGB")]):

@@ -32,6 +32,7 @@ def _splits(size: int = 32, seed: int = 0) -> dict:
 
 
 @pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.slow
 def test_a_dataset_held_in_memory_trains_and_names_its_run_by_its_arrays(tmp_path):
     """No documented way to train on arrays: a Dataset built by hand was refused for its
     missing content fingerprint, and any string given as one named the run."""
@@ -75,6 +76,7 @@ def test_a_dataset_held_in_memory_trains_and_names_its_run_by_its_arrays(tmp_pat
 
 
 @pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.slow
 def test_the_toolkits_auto_rgn_run_from_random_init_warns_of_nothing(tmp_path):
     """A random init's BatchNorm biases are zeros, which Auto-RGN handles as the reference
     does: ``make``'s warning for one's own model printed a raw UserWarning in every such
@@ -133,6 +135,7 @@ def test_a_freeze_pattern_that_matches_nothing_is_named():
         match_paths(["fc/*", "layr4/*"])(params)
 
 
+@pytest.mark.slow
 def test_a_pattern_mask_inside_staged_sees_one_group_and_may_pass_strict_false():
     """Inside ``staged`` each group's optimizer sees that group's parameters only, so
     '*/scale' rightly matches nothing in the head's group: strict=False lets it, and the

@@ -51,6 +51,7 @@ def tiny():
     return _init("resnet_tiny")
 
 
+@pytest.mark.slow
 def test_parameter_counts_match_torchvision():
     # torchvision with num_classes=1000: 25,557,032 / 7,978,856 / 143,667,240.
     expected = {"resnet50": 25_557_032, "densenet121": 7_978_856, "vgg19": 143_667_240}
@@ -108,6 +109,7 @@ def test_vgg_and_densenet_heads():
 
 
 @pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.slow
 def test_same_seed_same_init_other_seed_differs():
     model = create("resnet_tiny", 2)
     a, b, c = (init_variables(model, s, 32)["params"]["fc"]["kernel"] for s in (3, 3, 4))
@@ -137,6 +139,7 @@ def test_bfloat16_compute_keeps_float32_params_and_a_float32_head(tiny):
     assert not np.array_equal(np.asarray(bf16), np.asarray(bf16.astype(jnp.bfloat16), np.float32))
 
 
+@pytest.mark.slow
 def test_every_arch_gives_float32_logits_under_bfloat16_compute():
     # Traced only (no memory, no compiling): the head's output dtype of each arch.
     for arch in ARCHS:
@@ -189,6 +192,7 @@ def test_batch_statistics_of_one_value_per_channel_are_refused():
     np.testing.assert_allclose(bn.apply(variables, one, False)[0, 0, 0], one[0, 0, 0] / 1.0000050)
 
 
+@pytest.mark.slow
 def test_densenet_refuses_a_map_too_small_to_pool_rather_than_nan_logits():
     model = create("densenet121", num_classes=2)
     with pytest.raises(ValueError, match=r"a 1x1 feature map is too small for DenseNet's 2x2"):
@@ -208,6 +212,7 @@ def test_adaptive_pool_bins_by_hand():
     assert y.shape == (1, 7, 7, 2) and np.all(np.asarray(y) == 3.0)
 
 
+@pytest.mark.slow
 def test_block_outputs_cover_every_block():
     for arch, spec in {**ARCHS, **TEST_ARCHS}.items():
         model = create(arch, 2)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from medft_jax import data, models, names, strategies
 from medft_jax.data import tasks
 
@@ -50,6 +52,7 @@ def test_a_grid_file_and_its_check_load_no_jax():
     assert _run_then_heavy(code).split("\n") == ["1728", "[]"]
 
 
+@pytest.mark.slow
 def test_a_report_loads_no_jax_nor_scikit_learn(tmp_path):
     """A report reads records and writes tables: JAX, grain and scikit-learn took ~3 s of
     a 4 s report, imported for the names of tasks, archs and strategies."""

@@ -155,6 +155,7 @@ def _zeros_checkpoint(path, **meta):
     )
 
 
+@pytest.mark.slow
 def test_non_finite_outputs_are_refused_not_printed(tmp_path, capsys):
     """Finite weights that overflow (a head kernel of 3e38): NaN probabilities, which
     --json wrote as invalid JSON with exit 0."""
@@ -257,6 +258,7 @@ def test_a_run_folder_given_as_the_checkpoint_points_to_its_best(tmp_path, capsy
     assert err.rstrip().endswith(f"; a run's folder: its best parameters are {tmp_path}/run/best")
 
 
+@pytest.mark.slow
 def test_an_unfinished_runs_best_is_noted_with_the_finished_one_set_aside(tmp_path, capsys):
     """A run killed mid-training (or after ``--force``) leaves ``best/`` without a record
     beside it: its best epoch so far, not the run's result; the note names the finished
@@ -281,6 +283,7 @@ def test_an_unfinished_runs_best_is_noted_with_the_finished_one_set_aside(tmp_pa
     assert main(argv) == 0 and "note:" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys):
     """A run's best parameters record the decoding version its images were decoded by;
     predict under another (a DICOM padded with -2000 decoded otherwise before version 8)
@@ -353,6 +356,7 @@ def _images(tmp_path, n):
     return [str(p) for p in paths]
 
 
+@pytest.mark.slow
 def test_images_beyond_the_memory_bound_wait_in_a_memmap_with_the_same_probs(tmp_path, monkeypatch):
     from experiments import predict
 
@@ -374,6 +378,7 @@ def test_images_beyond_the_memory_bound_wait_in_a_memmap_with_the_same_probs(tmp
     assert not Path(stores[0].filename).parent.exists()  # its scratch folder is gone
 
 
+@pytest.mark.slow
 def test_text_output_quotes_names_with_commas_and_shows_every_multilabel_class(tmp_path, capsys):
     names = ["effusion, left", "edema", " padded"]
     ck = _random_checkpoint(tmp_path / "ml", 3, class_names=names, multilabel=True)
@@ -422,6 +427,7 @@ def _lines(text):
     return text.splitlines()
 
 
+@pytest.mark.slow
 def test_out_writes_every_row_or_leaves_the_old_file(tmp_path, capsys, monkeypatch):
     """Rows went to stdout one at a time: a full disk under ``> rows.txt`` left half a
     file. ``--out`` writes them whole, beside the file, then renames; a missing folder is
@@ -514,6 +520,7 @@ def test_out_of_device_memory_names_the_batch_size(tmp_path, capsys, monkeypatch
     assert cap.err.rstrip().endswith("give a smaller --batch-size")
 
 
+@pytest.mark.slow
 def test_text_rows_are_one_line_each_with_paths_quoted_where_misread(tmp_path, capsys):
     ck = _random_checkpoint(tmp_path / "ck", 3)
     (plain,) = _images(tmp_path, 1)
@@ -540,6 +547,7 @@ def _bad_files(folder):
     return [str(folder / n) for n in ("empty.jpg", "gone.png", "loop.png", "truncated.png")]
 
 
+@pytest.mark.slow
 def test_skip_bad_images_notes_each_and_predicts_the_others(tmp_path, capsys):
     ck = _random_checkpoint(tmp_path / "ck", 3)
     scans = tmp_path / "scans"
@@ -569,6 +577,7 @@ def test_skip_bad_images_notes_each_and_predicts_the_others(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_a_link_to_nothing_named_as_a_pacs_file_is_a_bad_image_not_a_non_image(
     tmp_path, capsys, monkeypatch
 ):

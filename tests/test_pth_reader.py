@@ -210,6 +210,7 @@ print(json.dumps({k: [str(v.dtype), list(v.shape), v.tobytes().hex()] for k, v i
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.slow
 def test_a_pth_is_read_where_torch_cannot_be_imported(fmt, tmp_path):
     state = {"conv.weight": torch.randn(4, 3, 3, 3).permute(0, 2, 3, 1), "n": torch.tensor(5)}
     path = saved(tmp_path / "m.pth", {"model": state, "epoch": 3}, **FORMATS[fmt])

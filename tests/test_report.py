@@ -1126,6 +1126,7 @@ def test_a_run_of_a_newer_toolkit_is_refused_naming_it():
 # --- the report folder -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_write_report_writes_every_table_figure_and_index(tmp_path):
     summary = _three_datasets()
     out = tmp_path / "report"

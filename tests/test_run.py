@@ -958,6 +958,7 @@ def test_a_folder_runs_record_and_best_checkpoint_name_its_folder(tmp_path, monk
     assert load_metadata(tmp_path / "runs" / record["run"] / "best")["data_source"] == where
 
 
+@pytest.mark.slow
 def test_a_fresh_run_names_the_checkpoints_a_run_of_its_name_on_other_data_left(
     demo, tmp_path, capsys
 ):

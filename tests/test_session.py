@@ -88,6 +88,7 @@ def test_outcomes_of_one_session(tmp_path, monkeypatch):
     assert retried.error.startswith("RESOURCE_EXHAUSTED: Out of memory")
 
 
+@pytest.mark.slow
 def test_a_divergence_is_noted_under_the_runs_lock_and_the_note_read_under_it(
     tmp_path, monkeypatch
 ):

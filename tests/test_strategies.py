@@ -1455,6 +1455,7 @@ def test_rgn_under_inject_hyperparams_and_jit():
     assert m == pytest.approx({"a/kernel": 1.0, "b/kernel": 0.5 / 0.6, "c/bias": 1.0}, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_made_llrd_and_auto_rgn_take_injected_lr_decay_and_rgn_eps_under_jit():
     """lr_decay and rgn_eps, unlike alpha, beta and the rate, refused a traced value ("must
     be in (0, 1], got JitTracer"): an injected one now gives the fixed one's update."""
@@ -1474,6 +1475,7 @@ def test_made_llrd_and_auto_rgn_take_injected_lr_decay_and_rgn_eps_under_jit():
             np.testing.assert_allclose(flatten(got)[k], w, rtol=1e-5, err_msg=f"{name} {k}")
 
 
+@pytest.mark.slow
 def test_made_auto_rgn_takes_an_injected_learning_rate_under_jit():
     """Injecting only the rate (the common case) made ``make('auto_rgn')`` raise
     TracerArrayConversionError inside jit: its zero-tensor check ran jnp on the concrete

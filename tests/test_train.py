@@ -118,6 +118,7 @@ def test_one_compilation_per_stage(tiny):
 
 
 @pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(train, "classification_loss", lambda *a: jnp.float32(jnp.nan))
     monkeypatch.setattr(train, "_GRAD_PROGRAMS", {})  # not the programs of the real loss
@@ -196,6 +197,7 @@ def test_runtime_learning_rate_and_seed_share_one_program(tiny):
 
 
 @pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.slow
 def test_trainer_with_hyper_shares_compiled_steps(tiny):
     """A sweep's runs at another lr/seed reuse the compiled step and update as a fresh trainer."""
     model, variables = tiny
@@ -403,6 +405,7 @@ def _lp_trainer(model, variables, mesh=None):
 
 
 @pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.slow
 def test_head_steps_are_train_steps_from_features_one_call_each(tiny):
     """Cached-feature steps scanned in one program update as one call per step does."""
     model, variables = tiny
@@ -498,6 +501,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.xdist_group("resnet_tiny")
+@pytest.mark.slow
 def test_predict_returns_the_models_float32_logits(tiny):
     """The eval step returned float32 probabilities, which round to 1.0 past a logit margin
     of about 16.6: every confident example then tied in AUROC and AP. It returns the logits,

@@ -107,6 +107,7 @@ def resnet_state():
     return state_dict_numpy(random_torchvision("resnet50", 10))
 
 
+@pytest.mark.slow
 def test_wrong_arch_is_named(resnet_state):
     with pytest.raises(PortError, match=r"^x.pth: file looks like resnet50, not densenet121$"):
         torch_to_flax(resnet_state, "densenet121", source="x.pth")
@@ -253,6 +254,7 @@ def read_header(path):
         return f.metadata()
 
 
+@pytest.mark.slow
 def test_an_export_header_out_of_step_with_its_tensors_is_refused_before_writing(
     resnet_state, tmp_path, capsys
 ):
@@ -481,6 +483,7 @@ class _FakeResponse(io.BytesIO):
     headers: ClassVar[dict[str, str]] = {"Content-Length": "0"}
 
 
+@pytest.mark.slow
 def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
     monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path))
     payload = resnet_file.read_bytes()
@@ -511,6 +514,7 @@ def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
     )
 
 
+@pytest.mark.slow
 def test_only_torchvisions_file_fills_the_imagenet_slot(tmp_path, monkeypatch, resnet_file):
     """The offline hint ports FILE into the folder --weights auto/imagenet read: ResNet-50's
     V1 file (pretrained=True, resize 256), or any state_dict, went in as V2, and every
@@ -678,6 +682,7 @@ def test_download_refuses_an_existing_out_before_downloading(tmp_path, monkeypat
     )
 
 
+@pytest.mark.slow
 def test_the_test_archs_export_ports_back(tmp_path, capsys):
     """``export`` took a resnet_tiny checkpoint, but the port refused --arch resnet_tiny."""
     from medft_jax.checkpoints.model import save_model
@@ -695,6 +700,7 @@ def test_the_test_archs_export_ports_back(tmp_path, capsys):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_an_export_names_the_decoding_rules_its_pth_cannot_carry(tmp_path, capsys):
     """A run trained with --bits-stored 12 --dicom-window 40,400: its model.pth, ported
     alone, gave predict each DICOM file by its own window, another input than training,
