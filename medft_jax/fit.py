@@ -72,6 +72,7 @@ from medft_jax.train import (
     Trainer,
     TrainState,
     check_finite,
+    diverged_hint,
 )
 
 
@@ -717,7 +718,7 @@ def _resuming(progress: Progress, ckpts: RunCheckpoints) -> str:
     done = len(progress.epochs)
     where = f"{done} epoch{'s' * (done != 1)}"
     if progress.partial is not None:
-        where += f" and {progress.partial.steps} steps of epoch {progress.partial.epoch}"
+        where += f" and {progress.partial.steps} steps of epoch {progress.partial.epoch + 1}"
     return f"note: resuming after {where}, from {ckpts.latest_dir}"
 
 
@@ -924,7 +925,8 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
             source.eval_batches("val", run.eval_batch_size, **run.shard),
             from_features=from_features,
         ),
-        f"epoch {epoch}",
+        f"epoch {epoch + 1}",
+        run.config.precision,
     )
     p.add("validation", time.perf_counter() - t_val - (run.trainer.compile_seconds - c_val))
     epoch_compile = run.trainer.compile_seconds - compiled_before
@@ -1036,7 +1038,12 @@ def _run_batches(
         loss, first = pending
         for i, value in enumerate(np.atleast_1d(np.asarray(loss))):
             losses.append(float(value))
-            check_finite(losses[-1], step=done_before + first + i + 1, epoch=epoch)
+            check_finite(
+                losses[-1],
+                step=done_before + first + i + 1,
+                epoch=epoch,
+                precision=run.config.precision,
+            )
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
 
     per_call = HEAD_STEPS_PER_CALL if from_features else 1
@@ -1118,7 +1125,9 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
     test_logits = run.trainer.predict(
         best_state, ds.eval_batches("test", run.eval_batch_size, **run.shard)
     )
-    test = _metrics(ds, "test", test_logits, f"best epoch {best['epoch']}")
+    test = _metrics(
+        ds, "test", test_logits, f"best epoch {best['epoch'] + 1}", run.config.precision
+    )
     compile_test = run.trainer.compile_seconds - compiled
     p.compile_seconds += compile_test
     p.add("test", time.perf_counter() - t - compile_test)
@@ -1388,7 +1397,9 @@ STUDY_RANKED_BY = "float64 probabilities, each study's mean"
 """A study-scored task's ``ranked_by`` (MURA): a study's score is its images' mean."""
 
 
-def _metrics(ds: data.Dataset, split: str, logits: np.ndarray, when: str) -> dict[str, float]:
+def _metrics(
+    ds: data.Dataset, split: str, logits: np.ndarray, when: str, precision: str
+) -> dict[str, float]:
     """The split's metrics from the model's logits (:meth:`Trainer.predict`).
 
     Probabilities and log-probabilities are made in float64 on the host
@@ -1400,7 +1411,7 @@ def _metrics(ds: data.Dataset, split: str, logits: np.ndarray, when: str) -> dic
         bad = int((~np.isfinite(logits)).any(axis=tuple(range(1, logits.ndim))).sum())
         raise NonFiniteOutputError(
             f"the model's {split} outputs became NaN or infinite ({bad} of {len(logits)} "
-            f"examples, {when}); try a smaller --lr or --precision fp32"
+            f"examples, {when}); {diverged_hint(precision)}"
         )
     probs, log_probs = metrics.scores_from_logits(logits, ds.multilabel)
     _, scores, labels = ds.grouped_scores(split, probs)

@@ -812,11 +812,18 @@ def _gather_host(x: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=False)).reshape(-1)
 
 
-def check_finite(loss: float, *, step: int, epoch: int) -> None:
-    """Raises :class:`NonFiniteLossError` naming the step and epoch."""
+def diverged_hint(precision: str) -> str:
+    """What to try when a run's numbers became NaN or infinite: ``--precision fp32`` is
+    named only where the run computed in another precision (it is the default)."""
+    return "try a smaller --lr" + (" or --precision fp32" if precision != "fp32" else "")
+
+
+def check_finite(loss: float, *, step: int, epoch: int, precision: str = "fp32") -> None:
+    """Raises :class:`NonFiniteLossError` naming the step and epoch (``epoch`` counted from
+    0, as records do; said from 1, as the progress lines say it)."""
     if not math.isfinite(loss):
         raise NonFiniteLossError(
-            f"training loss became {loss} at step {step} (epoch {epoch}); "
-            "try a smaller --lr or --precision fp32",
+            f"training loss became {loss} at step {step} (epoch {epoch + 1}); "
+            + diverged_hint(precision),
             step=step,
         )

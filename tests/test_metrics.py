@@ -409,7 +409,7 @@ def test_a_runs_metrics_rank_its_confident_examples_by_their_logits():
     logits = np.stack([np.zeros_like(margin), margin], axis=1)
     split = make_split(np.zeros((12, 2, 2, 3), np.uint8), labels)
     ds = Dataset("toy", {"train": split, "val": split, "test": split}, ("no", "yes"))
-    assert fit._metrics(ds, "test", logits, "epoch 0")["auroc"] == 1.0
+    assert fit._metrics(ds, "test", logits, "epoch 1", "fp32")["auroc"] == 1.0
     # Studies of two images each (the same study twice over): ranked by mean probability.
     groups = np.repeat(np.arange(6).astype(str), 2)
     split = make_split(
@@ -419,7 +419,7 @@ def test_a_runs_metrics_rank_its_confident_examples_by_their_logits():
         "toy", {"train": split, "val": split, "test": split}, ("no", "yes"), eval_grouping="study"
     )
     study = np.asarray([30, 30, 25, 25, 3, 3, 2, 2, -1, -1, -2, -2], np.float32)
-    got = fit._metrics(ds, "test", np.stack([np.zeros(12), study], axis=1), "epoch 0")
+    got = fit._metrics(ds, "test", np.stack([np.zeros(12), study], axis=1), "epoch 1", "fp32")
     assert got["auroc"] == 1.0
     with pytest.raises(fit.NonFiniteOutputError, match="test outputs became NaN"):
-        fit._metrics(ds, "test", np.full((12, 2), np.nan, np.float32), "epoch 0")
+        fit._metrics(ds, "test", np.full((12, 2), np.nan, np.float32), "epoch 1", "fp32")

@@ -166,7 +166,7 @@ def test_rgn_prepass_runs_before_each_epoch_and_resumes(
     resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
     said = re.findall(r"note: resuming after .*", capsys.readouterr().err)
     assert len(said) == 1 and re.fullmatch(
-        r"note: resuming after 1 epoch and 2 steps of epoch 1, from /\S+/checkpoints", said[0]
+        r"note: resuming after 1 epoch and 2 steps of epoch 2, from /\S+/checkpoints", said[0]
     ), said
     assert [c[0] for c in calls] == [0, 4]
     for key in ("best_epoch", "val", "test"):
@@ -394,7 +394,7 @@ def test_a_signal_mid_epoch_saves_where_the_epoch_stands_and_the_rerun_ends_the_
     assert [p.name for p in (run / "checkpoints").iterdir()] == [str(spe + 2)]
     monkeypatch.setattr(Trainer, "train_step", real)
     assert main([*argv, str(out)]) == 0
-    assert f"resuming after 1 epoch and 2 steps of epoch 1, from {run / 'checkpoints'}" in (
+    assert f"resuming after 1 epoch and 2 steps of epoch 2, from {run / 'checkpoints'}" in (
         capsys.readouterr().err
     )
     resumed = json.loads((run / "record.json").read_text())

@@ -47,7 +47,7 @@ def test_nan_outputs_at_validation_are_a_divergence_noted(monkeypatch, tmp_path,
     assert run_cli.main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the model's val outputs became NaN or infinite (1 of ")
-    assert err.endswith(" examples, epoch 0); try a smaller --lr or --precision fp32")
+    assert err.endswith(" examples, epoch 1); try a smaller --lr")  # fp32 is the default
     (note,) = results.load_failures(tmp_path)
     assert note["kind"] == "nonfinite" and note["error"] == err.removeprefix("error: ")
     assert not list(tmp_path.rglob("record.json"))

@@ -128,11 +128,23 @@ def test_non_finite_loss_stops_the_run(monkeypatch, tmp_path, capsys):
     )
     with pytest.raises(
         train.NonFiniteLossError,
-        match=r"^training loss became nan at step 1 \("
-        r"epoch 0\); try a smaller --lr",
+        match=r"^training loss became nan at step 1 \(epoch 1\); try a smaller --lr$",
     ):
         fit.run_one(config, tmp_path, dataset=demo, progress=False)
     assert not list(tmp_path.rglob("record.json"))
+
+
+def test_a_divergence_names_its_epoch_as_the_progress_lines_do_and_fp32_only_if_not_used():
+    """Epochs are said from 1 (``epoch 1: loss ...``): the third epoch (index 2) is epoch 3.
+    ``--precision fp32`` is a remedy only for a run that computed in bf16."""
+    with pytest.raises(train.NonFiniteLossError) as e:
+        train.check_finite(float("inf"), step=9, epoch=2, precision="bf16")
+    assert str(e.value) == (
+        "training loss became inf at step 9 (epoch 3); try a smaller --lr or --precision fp32"
+    )
+    with pytest.raises(train.NonFiniteLossError, match=r"\(epoch 1\); try a smaller --lr$"):
+        train.check_finite(float("nan"), step=1, epoch=0, precision="fp32")
+    train.check_finite(1.5, step=1, epoch=0)  # finite: nothing
 
 
 def test_out_of_memory_suggests_smaller_batch(monkeypatch, tmp_path, capsys):
