@@ -119,10 +119,13 @@ def load_image(
     return resize_and_crop(image, resize_size, crop_size)
 
 
-def _note_unfinished(checkpoint: Path, epoch: Any) -> None:
+def _note_unfinished(checkpoint: Path, epoch: Any, source: str) -> None:
     """One note line when a run's ``best/`` has no ``record.json`` beside it: the run is
     training, or was killed, and this is its best epoch so far; after an interrupted
     ``--force`` the finished run's parameters are the ones set aside in ``previous/``.
+    Only in the run's own folder (named as the metadata's ``source``, ``run <name>``): a
+    ``best/`` copied elsewhere to be used (``deploy/model/best``) has no record beside it
+    by design, and the note would tell its user, at every call, to distrust it.
     ``epoch`` is the metadata's, counted from 0 as ``record.json``'s ``best_epoch`` is;
     the note counts from 1, as ``run`` and ``sweep`` print epochs (``epoch 1: ...``,
     ``best epoch 1 of 6``), so that it names the epoch the user saw."""
@@ -130,6 +133,8 @@ def _note_unfinished(checkpoint: Path, epoch: Any) -> None:
 
     folder = checkpoint.expanduser().absolute().parent
     if checkpoint.name != "best" or (folder / RECORD_NAME).is_file():
+        return
+    if folder.resolve().name != source.removeprefix("run "):  # a copy: nothing to say
         return
     when = f" (epoch {epoch + 1})" if isinstance(epoch, int) else ""
     note = f"note: {checkpoint}: its run has not finished (no {RECORD_NAME} in {folder}): "
@@ -206,7 +211,7 @@ class Predictor:
         self.trained_bits_stored = m.get("bits_stored")
         self.trained_dicom_window = parse_dicom_window(m.get("dicom_window"))
         if from_run:
-            _note_unfinished(Path(checkpoint), m.get("epoch"))
+            _note_unfinished(Path(checkpoint), m.get("epoch"), str(m["source"]))
             _note_decoding_version(checkpoint, m.get("decoding_version"))
         self.bits_stored = _decoding_rule(
             "--bits-stored",
@@ -564,6 +569,12 @@ def check_out_not_an_input(out: str, images: Sequence[str], checkpoint: str) -> 
             f"--out {out}: inside --checkpoint {checkpoint}, whose files the rows would "
             "overwrite; write them elsewhere"
         )
+    if folder.name == "best" and _a_run_file(real, folder.parent):
+        raise PredictError(
+            f"--out {out}: a file of the run folder {folder.parent} that --checkpoint's "
+            "run keeps (its record, notes, lock or checkpoints), which the rows would "
+            "overwrite; write them elsewhere"
+        )
     try:
         out_stat = target.stat()
     except OSError:  # not there yet: only a path resolving to it could be it
@@ -581,6 +592,20 @@ def check_out_not_an_input(out: str, images: Sequence[str], checkpoint: str) -> 
                 f"--out {out}: is the input image {image}, which the rows would overwrite; "
                 "write them elsewhere"
             )
+
+
+def _a_run_file(path: Path, run: Path) -> bool:
+    """Whether ``path`` (resolved) is one of the files a run keeps in its folder ``run``
+    (``record.json``, ``failed.json``, its lock, ``confirmed.json``) or inside one of its
+    subfolders (``checkpoints/``, ``previous/``): the rows written there would leave the
+    run unreadable by ``run`` and ``report`` until retrained. Another new file beside them
+    (``runs/<run>/predictions.txt``) is the user's to write."""
+    from medft_jax.locks import LOCK_NAME
+    from medft_jax.results import CONFIRMED_NAME, FAILURE_NAME, RECORD_NAME
+
+    if path.parent == run:
+        return path.name in (RECORD_NAME, FAILURE_NAME, CONFIRMED_NAME, LOCK_NAME)
+    return run in path.parents
 
 
 def _rows(

@@ -264,7 +264,7 @@ def test_an_unfinished_runs_best_is_noted_with_the_finished_one_set_aside(tmp_pa
     beside it: its best epoch so far, not the run's result; the note names the finished
     run's parameters where ``--force`` set them aside. The metadata's epoch counts from
     0 (3: the fourth); the note counts from 1, as run prints epochs (``epoch 4: ...``)."""
-    run = tmp_path / "run"
+    run = tmp_path / "r"
     meta = {"resize_size": 32, "crop_size": 32, "source": "run r", "epoch": 3}
     meta["decoding_version"] = DECODING_VERSION
     _zeros_checkpoint(run / "best", **meta)
@@ -281,6 +281,34 @@ def test_an_unfinished_runs_best_is_noted_with_the_finished_one_set_aside(tmp_pa
     assert f"so far (epoch 4); its last finished run's are {run / 'previous' / 'best'}\n" in err
     (run / "record.json").write_text("{}")  # finished: nothing to say
     assert main(argv) == 0 and "note:" not in capsys.readouterr().err
+    # Its best/ copied out to be used: no record beside it by design, nothing to say.
+    _zeros_checkpoint(tmp_path / "deploy" / "best", **meta)
+    copy = ["--checkpoint", str(tmp_path / "deploy" / "best"), *argv[2:]]
+    assert main(copy) == 0 and "note:" not in capsys.readouterr().err
+
+
+def test_out_refuses_the_files_of_the_checkpoints_run(tmp_path, capsys):
+    """``--checkpoint runs/r/best --out runs/r/record.json`` (the last part of a copied path
+    edited) wrote the rows over the finished run's record: ``run`` and ``report`` could no
+    longer read it. The run's own files are refused; a new file beside them is written."""
+    run = tmp_path / "r"
+    _zeros_checkpoint(run / "best", resize_size=32, crop_size=32, source="run r")
+    record = run / "record.json"
+    record.write_text('{"kept": 1}')
+    (run / "checkpoints").mkdir()
+    Image.new("L", (40, 40)).save(tmp_path / "a.png")
+    argv = ["--checkpoint", str(run / "best"), "--images", str(tmp_path / "a.png"), "--out"]
+    for out in (record, run / "failed.json", run / "checkpoints" / "rows.txt"):
+        assert main([*argv, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: --out {out}: a file of the run folder {run} that --checkpoint's run keeps "
+            "(its record, notes, lock or checkpoints), which the rows would overwrite; write "
+            "them elsewhere\n"
+        )
+    assert record.read_text() == '{"kept": 1}' and not (run / "failed.json").exists()
+    assert main([*argv, str(run / "rows.txt")]) == 0
+    assert (run / "rows.txt").read_text().startswith(f"{tmp_path / 'a.png'}: ")
 
 
 @pytest.mark.slow
