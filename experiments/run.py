@@ -56,6 +56,33 @@ PAPER_DEFAULTS = {"image_size": 224, "epochs": 50, "batch_size": 64, "lr": 1e-4,
 LR_GRID = (1e-3, 1e-4, 1e-5)
 
 
+def _one_lr(text: str) -> float:
+    """``--lr``'s type: a comma-separated list (``1e-3,1e-4``) is said to be one rate per
+    run, with the flag that runs several (argparse said only "invalid float value")."""
+    try:
+        return float(text)
+    except ValueError:
+        if "," in text:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: one learning rate per run; --lr-grid runs the paper's "
+                f"{', '.join(map(lr_text, LR_GRID))} and chooses by validation"
+            ) from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number, such as 1e-4") from None
+
+
+def _one_seed(text: str) -> int:
+    """``--seeds``'s type: ``0,1,2`` is said to be three values written apart."""
+    try:
+        return int(text)
+    except ValueError:
+        if "," in text:
+            listed = " ".join(t.strip() for t in text.split(","))
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: seeds are separate values: --seeds {listed}"
+            ) from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m experiments.run",
@@ -96,13 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         "ImageNet weights, downloaded and ported when online, else random init with a warning",
     )
     lr = p.add_mutually_exclusive_group()
-    lr.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    lr.add_argument("--lr", type=_one_lr, help="Adam learning rate (default 1e-4)")
     lr.add_argument(
         "--lr-grid",
         action="store_true",
         help=f"run every learning rate of {list(LR_GRID)} and choose by validation",
     )
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds, each once (default: 0)")
+    p.add_argument("--seeds", type=_one_seed, nargs="+", help="seeds, each once (default: 0)")
     p.add_argument("--epochs", type=int, help="maximum epochs (default 50; demo: 8)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--batch-size", type=int, help="global batch size (default 64; demo: 32)")

@@ -298,11 +298,13 @@ def dry_run(
             short = _to_run_cost(states_i, [seconds[k] for k in held], short=True)
             per.append(f"{i}: {todo_i} of {len(held)} runs to run, {short}")
         print("shards: " + "; ".join(per))
+    sizes = {k[:2] for k in measured}  # (arch, image size) measured
+    used = sum(grid_lib.throughput_key(runs[k].to_dict()) in measured for k in mine)
     source = (
-        f"for a run whose arch, image size and strategy have records in {out} (of its "
-        f"{len(records)}), their measured throughput (unknown where only other strategies "
+        f"for the {used} run{'s' * (used != 1)} whose arch, image size and strategy have "
+        f"records in {out}, their measured throughput (unknown where only other strategies "
         "of the arch and size were measured), else "
-        if measured
+        if any((runs[k].arch, runs[k].image_size) in sizes for k in mine)
         else ""
     )
     print(

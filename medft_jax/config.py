@@ -359,7 +359,7 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
         if key not in STRATEGY_OPTIONS:
             raise UserError(
                 f"{name(key)}: unknown strategy option; expected some of "
-                f"{', '.join(STRATEGY_OPTIONS)}"
+                f"{', '.join(STRATEGY_OPTIONS)}" + did_you_mean(key, STRATEGY_OPTIONS)
             )
         if config.strategy not in OPTION_STRATEGIES[key]:
             raise UserError(
@@ -372,6 +372,7 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
             raise UserError(
                 f"{name(key)} must be one of {', '.join(surgical_blocks(config.arch))} "
                 f"(the blocks of {config.arch}{_but_the_head(config.arch)}), got {value!r}"
+                + did_you_mean(value, surgical_blocks(config.arch))
             )
         if key == "rgn_mode" and value not in RGN_MODES:
             raise UserError(f"{name(key)} must be one of {', '.join(RGN_MODES)}, got {value!r}")

@@ -442,11 +442,19 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
-    """``"; did you mean g_lf?"`` for a value near one of ``choices`` (``g-lf``), else ``""``."""
+    """``"; did you mean g_lf?"`` for a value near one of ``choices`` (``g-lf``), else ``""``.
+
+    Case and ``-``/``_`` slips are matched first (``G_LF``, ``BACH``): difflib's ratio of
+    ``G_LF`` to ``g_lf`` is 0.5, below any useful cutoff."""
     import difflib
 
-    near = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {near[0]}?" if near else ""
+    choices = list(choices)
+    fold = {c.lower().replace("-", "_"): c for c in choices}
+    same = fold.get(str(value).lower().replace("-", "_"))
+    if same is not None and same != value:
+        return f"; did you mean {same}?"
+    near = difflib.get_close_matches(str(value).lower(), list(fold), n=1, cutoff=0.6)
+    return f"; did you mean {fold[near[0]]}?" if near else ""
 
 
 class ArgumentParser(argparse.ArgumentParser):

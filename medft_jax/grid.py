@@ -34,7 +34,7 @@ from medft_jax.data.options import (
     split_option_error,
     unknown_option,
 )
-from medft_jax.errors import UserError
+from medft_jax.errors import UserError, did_you_mean
 from medft_jax.names import (
     ARCHS,
     LOCAL_KINDS,
@@ -197,6 +197,7 @@ class Grid:
             raise GridError(
                 f"grid {self.name!r}: settings {', '.join(unknown)} unknown; "
                 f"expected some of {', '.join(SETTINGS)}"
+                + (did_you_mean(unknown[0], SETTINGS) if len(unknown) == 1 else "")
             )
         self._check_names()
         for field, runs in (

@@ -105,22 +105,35 @@ def dataset_name_error(name: object) -> str | None:
         return f"must be a name (a string), got {name!r}"
     if name in (DEMO, *TASK_NAMES, *LOCAL_KINDS):
         return None
-    if name.startswith("medmnist/"):
-        from medft_jax.data.medmnist_info import FLAGS, SIZES  # names and sizes only
+    from medft_jax.data.medmnist_info import FLAGS, SIZES  # names and sizes only
+    from medft_jax.errors import did_you_mean
 
+    if name.startswith("medmnist/"):
         flag, at, size = name.removeprefix("medmnist/").partition("@")
         if flag not in FLAGS:
-            return f"unknown MedMNIST flag {flag!r}; known: {', '.join(sorted(FLAGS))}"
+            return (
+                f"unknown MedMNIST flag {flag!r}; known: {', '.join(sorted(FLAGS))}"
+                + did_you_mean(flag, FLAGS)
+            )
         sizes = [str(s) for s in SIZES]
         if at and size not in sizes:
             return f"size @{size} is not one of {', '.join(sizes)}"
         return None
+    lower = name.lower()
+    if lower == "medmnist":
+        return (
+            "MedMNIST is a collection: name one of its datasets, medmnist/<flag>[@size] "
+            f"(medmnist/breastmnist, medmnist/pneumoniamnist@224); flags: {', '.join(FLAGS)}"
+        )
+    flag = lower.removeprefix("medmnist/").partition("@")[0]
+    if flag in FLAGS:  # a bare flag, or the prefix in another case
+        return f"unknown; did you mean medmnist/{lower.removeprefix('medmnist/')}?"
     known = f"unknown; known: {', '.join(dataset_names())}"
     if "/" in name or "\\" in name or name.startswith((".", "~")):  # a path, not a name
-        known += (
+        return known + (
             f"; for your own images: --dataset folder --manual-dir {name} (or csv with --csv-file)"
         )
-    return known
+    return known + did_you_mean(name, (DEMO, *TASK_NAMES, *LOCAL_KINDS))
 
 
 def lr_text(lr: float) -> str:

@@ -314,6 +314,10 @@ def test_check_config_names_the_field_its_caller_uses():
         check_config(
             RunConfig(strategy="surgical", strategy_options=(("surgical_block", "nosuch"),))
         )
+    with pytest.raises(UserError, match=r"\), got 'layr2'; did you mean layer2\?$"):
+        check_config(
+            RunConfig(strategy="surgical", strategy_options=(("surgical_block", "layr2"),))
+        )
     with pytest.raises(UserError, match=r"stem, denseblock1, .*, classifier \(the blocks of dense"):
         check_config(
             RunConfig(
@@ -1258,3 +1262,40 @@ def test_a_grid_name_that_names_nothing_is_refused(name):
             lrs=(1e-3,),
             seeds=(0,),
         )
+
+
+def test_a_misspelt_grid_setting_or_strategy_option_gets_the_one_it_is_near():
+    """``settings={"epoch": 2}`` listed every setting; the near one is named too."""
+    from medft_jax.grid import Grid, GridError
+
+    axes = dict(datasets=("demo",), archs=("resnet_tiny",), strategies=("ft",), lrs=(1e-3,))
+    said = r"^grid 'g': settings epoch unknown; .*did you mean epochs\?$"
+    with pytest.raises(GridError, match=said):
+        Grid(name="g", seeds=(0,), settings={"epoch": 2}, **axes)
+    with pytest.raises(GridError, match=r"batch_size, .*[a-z]$"):  # two unknown: no guess
+        Grid(name="g", seeds=(0,), settings={"epoch": 2, "patiense": 1}, **axes)
+    with pytest.raises(UserError, match=r"^--lp-epoch: unknown strategy option; .*lp_epochs\?$"):
+        check_config(RunConfig(strategy="lp_ft", strategy_options=(("lp_epoch", 1),)))
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (
+            ["--lr", "1e-3,1e-4"],
+            "argument --lr: '1e-3,1e-4': one learning rate per run; --lr-grid runs the "
+            "paper's 0.001, 0.0001, 1e-05 and chooses by validation",
+        ),
+        (["--lr", "1e-4x"], "argument --lr: '1e-4x': expected a number, such as 1e-4"),
+        (
+            ["--seeds", "0,1, 2"],
+            "argument --seeds: '0,1, 2': seeds are separate values: --seeds 0 1 2",
+        ),
+        (["--seeds", "0", "one"], "argument --seeds: 'one': expected a whole number"),
+    ],
+)
+def test_a_list_written_with_commas_is_told_how_the_flag_takes_it(flags, said, capsys):
+    """``--lr 1e-3,1e-4`` got argparse's "invalid float value", no word of --lr-grid."""
+    with pytest.raises(SystemExit):
+        run_cli.build_parser().parse_args([*RUN, *flags])
+    assert _one_error_line(capsys) == f"error: {said} (see python -m experiments.run --help)"

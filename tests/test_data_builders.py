@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -1115,6 +1116,16 @@ def test_unprepared_task_says_which_command_to_run(tmp_path, caplog):
         load("bach", data_dir=tmp_path, progress=False, **SIZES)
     # That line alone: not TFDS's warnings of its custom config and missing variant first.
     assert not [r for r in caplog.records if r.name == "absl" and r.levelname == "WARNING"]
+    # A --data-dir holding nothing (a typo the command created) is said to be empty: the
+    # command offered would prepare into the typo.
+    empty = tmp_path / "typo"
+    empty.mkdir()
+    note = " (an empty folder: is it the --data-dir the data was prepared into?); run: "
+    with pytest.raises(DataError, match=re.escape(f"is not prepared in {empty}{note}")):
+        load("bach", data_dir=empty, progress=False, **SIZES)
+    (empty / "other").mkdir()  # other data prepared there: not that
+    with pytest.raises(DataError, match=re.escape(f"is not prepared in {empty}; run: ")):
+        load("bach", data_dir=empty, progress=False, **SIZES)
 
 
 @tf_required

@@ -112,3 +112,38 @@ def test_a_path_given_as_a_dataset_name_is_pointed_to_folder():
     for name in ("demo@64", "chexpertt"):
         assert "--manual-dir" not in dataset_name_error(name)
     assert dataset_name_error("medmnist/nosuch").startswith("unknown MedMNIST flag")
+
+
+def test_a_misspelt_dataset_name_gets_the_name_it_is_near():
+    """A newcomer's ``--dataset medmnist``, ``breastmnist``, ``MedMNIST/breastmnist`` (a case
+    slip was taken for a path and pointed to ``--dataset folder``) and ``BACH`` each got the
+    whole list and no word on which was meant."""
+    from medft_jax.names import dataset_name_error
+
+    assert dataset_name_error("medmnist").startswith(
+        "MedMNIST is a collection: name one of its datasets, medmnist/<flag>[@size] "
+        "(medmnist/breastmnist, medmnist/pneumoniamnist@224); flags: pathmnist, chestmnist, "
+    )
+    said = {
+        "breastmnist": "unknown; did you mean medmnist/breastmnist?",
+        "BreastMNIST@64": "unknown; did you mean medmnist/breastmnist@64?",
+        "MedMNIST/breastmnist": "unknown; did you mean medmnist/breastmnist?",
+    }
+    for name, line in said.items():
+        assert dataset_name_error(name) == line
+    for name, near in (("BACH", "bach"), ("isic", "isic2020"), ("Folder", "folder")):
+        assert dataset_name_error(name).endswith(f"csv; did you mean {near}?"), name
+    assert dataset_name_error("medmnist/brestmnist").endswith("; did you mean breastmnist?")
+    assert "did you mean" not in dataset_name_error("xray_set")
+
+
+def test_did_you_mean_sees_case_and_dash_slips():
+    """difflib alone scores ``G_LF`` against ``g_lf`` 0.5: no suggestion for a case slip."""
+    from medft_jax.errors import did_you_mean
+
+    strategies = ("ft", "lp", "g_lf", "g_fl", "lp_ft")
+    assert did_you_mean("G_LF", strategies) == "; did you mean g_lf?"
+    assert did_you_mean("g-fl", strategies) == "; did you mean g_fl?"
+    assert did_you_mean("gl_f", strategies) == "; did you mean g_lf?"
+    assert did_you_mean("LP-FT", strategies) == "; did you mean lp_ft?"
+    assert did_you_mean("sgd", strategies) == ""

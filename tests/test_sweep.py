@@ -1363,3 +1363,28 @@ def test_a_missing_grid_file_names_the_toolkits_grids(tmp_path, capsys, monkeypa
         "error: --config experiments/configs/quick.py: no such file (expected a Python file "
         f"with get_config()); the toolkit's grids: {configs / 'paper.py'}, {configs / 'quick.py'}\n"
     )
+
+
+def test_dry_run_says_measured_throughput_only_for_the_runs_it_was_used_for(tmp_path, capsys):
+    """The paper grid's dry run beside the demo's 32 px record said its estimates came from
+    "records in runs (of its 1)", measured throughput that matched none of its runs."""
+    g = grid_lib.load_grid(PAPER)
+    out = tmp_path / "runs"
+
+    def record(config):
+        epochs = [{"images_per_s": 400.0, "train_seconds": 2.0}]
+        results.write_record(
+            results.record_path(out, config.to_dict()),
+            {"config": config.to_dict(), "epochs": epochs},
+        )
+
+    demo = dataclasses.replace(g.config("bach", "vgg19", "lp", 1e-3, 0), image_size=32)
+    record(dataclasses.replace(demo, dataset="demo"))
+    argv = ["--config", str(PAPER), "--out", str(out), "--dry-run"]
+    assert sweep_cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "measured throughput" not in text and "estimates are of train steps" in text
+    record(g.config("bach", "vgg19", "lp", 1e-3, 0))  # 8 tasks x 3 LRs x 3 seeds share it
+    assert sweep_cli.main(argv) == 0
+    said = f"for the 72 runs whose arch, image size and strategy have records in {out}, their "
+    assert said + "measured throughput" in capsys.readouterr().out

@@ -89,6 +89,17 @@ def _check_options(name: str, config: dict[str, Any]) -> None:
             raise DataError(f"{flag} applies to {owner} only, not {name!r}")
 
 
+def _empty_note(data_dir: str | Path) -> str:
+    """`` (an empty folder: ...)`` where ``data_dir`` holds nothing (a mistyped
+    ``--data-dir``, created by the command): the prepare command after it would prepare into
+    the typo, where the data was prepared elsewhere."""
+    try:
+        empty = not any(Path(data_dir).expanduser().iterdir())
+    except OSError:
+        return ""
+    return " (an empty folder: is it the --data-dir the data was prepared into?)" if empty else ""
+
+
 def make_builder(name: str, data_dir: Path, *, skip_bad_images: bool = False, **config: Any):
     """The TFDS builder of task ``name`` for one config (see ``MedicalConfig.make``)."""
     from medft_jax.data.builders import builder_class
@@ -584,8 +595,8 @@ def load_task(
             prepared = builder.is_prepared()
         if not prepared:
             raise DataError(
-                f"{name} ({_variant(name, **config)}) is not prepared in {data_dir}; run: "
-                + prepare_command(name, data_dir, **config)
+                f"{name} ({_variant(name, **config)}) is not prepared in {data_dir}"
+                f"{_empty_note(data_dir)}; run: " + prepare_command(name, data_dir, **config)
             )
         version_dir = Path(builder.data_dir)
         if (version_dir / STALE_MARK).is_file():
