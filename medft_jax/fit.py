@@ -916,6 +916,12 @@ def _train_epoch(run: _Run, epoch: int, *, progress: bool, stop_at: float) -> di
         p.compile_seconds += run.trainer.compile_seconds - compiled_before
         p.partial = dataclasses.replace(part, iterator=it.get_state(), seconds=seconds, val={})
         return None
+    if not run.trainer.state_finite(run.state):  # the loss may not say it: state_finite
+        raise NonFiniteLossError(
+            f"the model's weights or BatchNorm statistics became NaN or infinite in epoch "
+            f"{epoch + 1}, its training loss finite; {diverged_hint(run.config.precision)}",
+            step=int(run.state.step),
+        )
     t_val, c_val = time.perf_counter(), run.trainer.compile_seconds
     val = _metrics(
         run.ds,

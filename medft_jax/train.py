@@ -481,6 +481,18 @@ class Trainer:
         args = (state.opt_state, total)
         return state.replace(opt_state=self._program(_hold, args, n=n)(*args))
 
+    def state_finite(self, state: TrainState) -> bool:
+        """Whether every parameter and BatchNorm statistic of ``state`` is finite.
+
+        The training loss does not say it: on XLA's CPU backend a reduction fused with a
+        ``maximum`` (ReLU before the global average pool, a max pool) drops NaN, so a
+        backbone whose weights became NaN can give finite logits and a finite loss (VGG-19
+        in training: no BatchNorm spreads the NaN first), and the run would go on training
+        a head on zeros. One reduction on the device."""
+        args = ((state.params, state.batch_stats),)
+        out = self._program(_all_finite, args)(*args)
+        return bool(np.asarray(out.addressable_data(0)))
+
     def _program(self, fn: Any, args: tuple, **static: Any) -> Any:
         """``fn`` compiled for ``args`` and ``static``, its compilation counted as such."""
         key = (fn, self.mesh, tuple(sorted(static.items())), _shapes(args))
@@ -702,6 +714,15 @@ def _rgn_sum(
     _, frozen, treedef = _split(params, mask)
     full = _merge(treedef, mask, grads, [jnp.zeros_like(p) for p in frozen])
     return total + rgn_vector(full, params, eps)
+
+
+@jax.jit
+def _all_finite(tree: PyTree) -> jax.Array:
+    """True where every float leaf of ``tree`` is finite (:meth:`Trainer.state_finite`)."""
+    flags = [
+        jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.stack(flags).all() if flags else jnp.bool_(True)
 
 
 @functools.partial(jax.jit, static_argnames=("n",))

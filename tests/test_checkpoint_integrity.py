@@ -182,6 +182,22 @@ def test_inf_in_safetensors_is_refused_with_its_name(tmp_path):
         read_state_dict(path)
 
 
+def test_a_negative_running_variance_is_refused_with_its_name(tmp_path):
+    """Its square root is NaN, which XLA's CPU backend dropped in the pooling after it: the
+    ported model gave finite, meaningless probabilities where torch gives NaN."""
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "neg.safetensors"
+    var = np.array([1.0, -0.5, 2.0], np.float32)
+    save_file({"a.weight": -np.ones(3, np.float32), "bn1.running_var": var}, str(path))
+    with pytest.raises(PortError) as e:
+        read_state_dict(path)
+    assert str(e.value) == (
+        f"{path}: bn1.running_var has negative values; expected BatchNorm variances >= 0 "
+        "(a damaged or edited file)"
+    )
+
+
 # --- the model checkpoint ----------------------------------------------------------------------
 
 
@@ -310,6 +326,15 @@ def test_non_finite_weights_are_refused_by_path(saved, tmp_path):
     _edit_metadata(path, content_sha256=_DELETE)  # an old checkpoint: still checked
     with pytest.raises(CheckpointError, match=r"non-finite weights in .*: params/layer1/0/conv1"):
         load_model(path)
+    variables = jax.tree.map(np.copy, saved[1])  # a variance below 0: NaN in the model
+    variables["batch_stats"]["layer2"]["0"]["bn2"]["var"][5] = -1.0
+    path = save_model(tmp_path / "neg", variables["params"], variables["batch_stats"], META)
+    with pytest.raises(CheckpointError) as e:
+        load_model(path)
+    assert str(e.value) == (
+        f"{path}: batch_stats/layer2/0/bn2/var has negative values; expected BatchNorm "
+        "variances >= 0 (a damaged or edited checkpoint)"
+    )
 
 
 @pytest.mark.parametrize(

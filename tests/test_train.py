@@ -528,3 +528,35 @@ def test_predict_returns_the_models_float32_logits(tiny):
     assert got.dtype == np.float32 and got.shape == (5, 2)
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-6)
     assert not np.allclose(got.sum(axis=1), 1.0)  # logits, not softmax rows
+
+
+@pytest.mark.xdist_group("resnet_tiny")
+def test_weights_gone_nan_under_a_finite_loss_stop_the_run(monkeypatch, tmp_path):
+    """On XLA's CPU backend a reduction fused with a maximum (the ReLU before the global
+    average pool, VGG's max pools) drops NaN: a backbone weight turned NaN can give finite
+    logits and a finite loss (VGG-19's, in training too: it has no BatchNorm to spread the
+    NaN first), and the run then trained a head on zero features to a record. The epoch's
+    end checks the weights themselves, before they are validated or saved."""
+    real = Trainer.train_step
+
+    def poisoned(self, state, *args, **kwargs):
+        state, loss = real(self, state, *args, **kwargs)
+        if int(state.step) != 2:  # the first epoch's last step: no loss sees it
+            return state, loss
+        params = jax.tree_util.tree_map(lambda a: a, state.params)  # a new dict tree
+        kernel = params["layer4"]["0"]["conv3"]["kernel"]
+        params["layer4"]["0"]["conv3"]["kernel"] = kernel.at[0, 0, 0, 0].set(jnp.nan)
+        return state.replace(params=params), loss
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    demo = load_demo(seed=0, image_size=32, sizes={"train": 16, "val": 8, "test": 8})
+    config = fit.RunConfig(
+        strategy="ft", arch=TINY, weights="none", epochs=2, batch_size=8, image_size=32
+    )
+    with pytest.raises(train.NonFiniteLossError) as e:
+        fit.run_one(config, tmp_path, dataset=demo, progress=False)
+    assert str(e.value) == (
+        "the model's weights or BatchNorm statistics became NaN or infinite in epoch 1, its "
+        "training loss finite; try a smaller --lr"
+    )
+    assert e.value.step == 2 and not list(tmp_path.rglob("record.json"))

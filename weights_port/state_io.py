@@ -97,11 +97,18 @@ def check_zip_crcs(path: str | Path) -> None:
 
 
 def check_finite(state: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Refuses NaN or infinite float tensors, naming the first by its key."""
+    """Refuses NaN or infinite float tensors, and a BatchNorm ``running_var`` below 0 (its
+    square root is NaN, which XLA's CPU backend drops in the pooling that follows: the
+    model gave finite, meaningless probabilities), naming the first by its key."""
     for key, value in state.items():
         a = np.asarray(value)
         if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
             raise PortError(f"non-finite weights in {path}: {key}")
+        if key.endswith("running_var") and (a < 0).any():
+            raise PortError(
+                f"{path}: {key} has negative values; expected BatchNorm variances >= 0 "
+                "(a damaged or edited file)"
+            )
 
 
 EXPORT_KEY = "medft_jax"

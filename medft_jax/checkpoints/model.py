@@ -393,12 +393,19 @@ def load_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def check_finite(variables: Mapping[str, Any], where: str | Path) -> None:
-    """Refuses NaN or infinite weights, naming the first such array by its path."""
+    """Refuses NaN or infinite weights, and BatchNorm variances below 0 (NaN after their
+    square root, which XLA's CPU backend drops in the pooling after it: finite, meaningless
+    outputs), naming the first such array by its path."""
     for collection in ("params", "batch_stats"):
         for path, leaf in flatten(variables.get(collection) or {}).items():
             a = np.asarray(leaf)
             if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
                 raise CheckpointError(f"non-finite weights in {where}: {collection}/{path}")
+            if collection == "batch_stats" and path.endswith("var") and (a < 0).any():
+                raise CheckpointError(
+                    f"{where}: batch_stats/{path} has negative values; expected BatchNorm "
+                    "variances >= 0 (a damaged or edited checkpoint)"
+                )
 
 
 def _check_dir(directory: str | Path) -> Path:
