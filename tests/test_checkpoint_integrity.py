@@ -834,7 +834,8 @@ def test_export_out_in_a_file_or_a_folder_is_one_line(saved, tmp_path, capsys):
     for out, expect in [
         (tmp_path / "f" / "m.pth", f"--out {tmp_path / 'f'}: {tmp_path / 'f'} is a file"),
         (tmp_path / "d.pth", f"--out {tmp_path / 'd.pth'}: is a folder"),
-        (tmp_path / "m.txt", "expected a .pth or .safetensors file name"),
+        (tmp_path / "m.txt", "expected a file name ending in .pth, .pt or .safetensors"),
+        (tmp_path / "m.PTH", ": expected a file name ending in .pth, .pt or .safetensors (lower"),
     ]:
         assert port_main(["export", "--checkpoint", str(saved[0]), "--out", str(out)]) == 2
         assert expect in _one_error_line(capsys.readouterr().err)

@@ -773,3 +773,52 @@ def test_running_out_of_memory_is_not_called_a_damaged_file(fmt, tmp_path, monke
     assert str(refused.value) == (
         f"{path}: not enough memory to read it on this machine (a state_dict's tensors did not fit)"
     )
+
+
+def test_a_file_is_read_for_what_it_holds_not_for_a_zip_found_inside_it(tmp_path):
+    """A tar of two ``.pth`` files was ported as the last of them (``zipfile`` finds the end
+    record of the zip stored in it), silently; a ``.safetensors`` file named ``.pth`` was
+    called corrupted ("download it again") or not a checkpoint, and a ``.pth`` named
+    ``.safetensors`` had a "header too large"."""
+    import tarfile
+
+    from safetensors.numpy import save_file
+
+    small = torch_zip(
+        tmp_path / "a.pth", _state(("w", _tensor("0", 2, 0, (2,), (1,)))), {"0": bytes(8)}
+    )
+    with tarfile.open(tmp_path / "two.pth", "w") as tar:
+        tar.add(small, arcname="a.pth")
+    assert zipfile.is_zipfile(tmp_path / "two.pth")  # what made it readable
+    with pytest.raises(PortError) as e:
+        read_state_dict(tmp_path / "two.pth")
+    assert str(e.value) == (
+        f"{tmp_path / 'two.pth'}: a tar archive, not a file torch.save wrote; extract the .pth "
+        "from it"
+    )
+    prefixed = tmp_path / "prefixed.pth"
+    prefixed.write_bytes(b"#" * 100 + small.read_bytes())
+    with pytest.raises(PortError) as e:
+        read_state_dict(prefixed)
+    assert str(e.value) == (
+        f"{prefixed}: a zip archive after 100 bytes of other data, not a file torch.save "
+        "wrote; expected a torchvision state_dict .pth"
+    )
+    st = tmp_path / "w.safetensors"
+    for pad in range(256):  # a header length whose first byte is a pickle's 0x80
+        save_file({"w": np.ones(2, np.float32)}, str(st), metadata={"pad": "x" * pad})
+        if st.read_bytes()[:1] == b"\x80":
+            break
+    cases = (
+        ("st.pth", st, ".safetensors", ".pth"),
+        ("a.safetensors", small, ".pth", ".safetensors"),
+    )
+    for name, source, kind, suffix in cases:
+        renamed = tmp_path / name
+        renamed.write_bytes(source.read_bytes())
+        with pytest.raises(PortError) as e:
+            read_state_dict(renamed)
+        said = f"{renamed}: a {kind} file named {suffix}; rename it to end in {kind}"
+        assert str(e.value) == said
+    np.testing.assert_array_equal(read_state_dict(st)["w"], [1.0, 1.0])
+    np.testing.assert_array_equal(read_state_dict(small)["w"], [0.0, 0.0])

@@ -761,3 +761,61 @@ def test_download_into_an_unwritable_user_cache_says_how_to_move_it(tmp_path, ca
     assert main(["--download", "--arch", "resnet50"]) != 0
     err = capsys.readouterr().err
     assert f"{where}: no space left on the device" in err and "MEDFT_JAX_CACHE" not in err
+
+
+def test_an_out_that_force_cannot_replace_is_named_as_what_it_is(tmp_path, capsys):
+    """A file as --out was told "pass --force", which then said it is a file."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "table.csv").write_text("a,b")
+    said = {
+        taken: f"error: --out {taken} is a file, expected a checkpoint folder\n",
+        foreign: f"error: --out {foreign} exists and is not a model checkpoint; --force "
+        "replaces only a checkpoint, choose another folder\n",
+    }
+    for out, line in said.items():
+        argv = ["--arch", "resnet50", "--torch-weights", str(weights), "--out", str(out)]
+        assert main(argv) == 2
+        assert capsys.readouterr().err == line
+    assert taken.read_text() == "mine" and [p.name for p in foreign.iterdir()] == ["table.csv"]
+
+
+def test_a_sequential_head_is_named_with_what_the_file_needs():
+    """``fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(2048, 3))``, the tutorials' head, was
+    refused naming the missing ``fc.bias`` alone, not the ``fc.1.*`` keys the file has."""
+    from weights_port.keymap import _template
+
+    state = {k: np.zeros(shape, np.float32) for k, (shape, _, _) in _template("vgg19", 3).items()}
+    for name in ("weight", "bias"):
+        state[f"classifier.6.1.{name}"] = state.pop(f"classifier.6.{name}")
+    with pytest.raises(PortError) as e:
+        torch_to_flax(state, "vgg19", source="seq.pth")
+    assert str(e.value) == (
+        "seq.pth: missing key 'classifier.6.bias' expected by vgg19 (2 missing, 2 unexpected, "
+        "e.g. 'classifier.6.1.bias'); its head classifier.6 is a Sequential (classifier.6.1.*): "
+        "re-save the state_dict with classifier.6.1.weight and classifier.6.1.bias renamed "
+        "classifier.6.weight and classifier.6.bias, if the Sequential's other layers have no "
+        "weights and change nothing in eval (Dropout)"
+    )
+    state["classifier.6.0.weight"] = state["classifier.6.1.weight"]  # two layers with weights
+    with pytest.raises(PortError, match=r"a Sequential of 2 layers with weights; a ported "):
+        torch_to_flax(state, "vgg19", source="seq.pth")
+    del state["classifier.6.0.weight"], state["features.0.bias"]  # another key amiss: no hint
+    with pytest.raises(PortError, match=r"^seq.pth: missing key 'classifier.6.bias' .*\)$"):
+        torch_to_flax(state, "vgg19", source="seq.pth")
+
+
+def test_a_half_precision_state_dict_is_told_how_to_be_read():
+    from weights_port.keymap import _template
+
+    state = {k: np.zeros(s, np.float16) for k, (s, _, _) in _template("resnet50", 3).items()}
+    with pytest.raises(PortError) as e:
+        torch_to_flax(state, "resnet50", source="half.pth")
+    assert str(e.value).endswith(
+        "has dtype float16, expected float32; re-save the state_dict as {k: v.float() for k, v "
+        "in state_dict.items()} (exact from float16 and bfloat16)"
+    )

@@ -16,6 +16,7 @@ from medft_jax.checkpoints.model import (
     MIN_CROP_SIZE,
     CheckpointError,
     check_metadata,
+    is_checkpoint,
     load_model,
     save_model,
 )
@@ -204,8 +205,20 @@ def _same_path(a: str | Path, b: str | Path) -> bool:
 
 
 def _check_free(out: str | Path, force: bool) -> None:
-    if Path(out).expanduser().exists() and not force:
-        raise CheckpointError(f"--out {out} already exists; pass --force to overwrite it")
+    """Refuses an ``--out`` that exists, without ``--force``; one that ``--force`` could not
+    replace either (a file, a folder that is not a checkpoint) is named as what it is, not
+    told to pass a flag that then fails on it."""
+    path = Path(out).expanduser()
+    if not path.exists() or force:
+        return
+    if not path.is_dir():
+        raise CheckpointError(f"--out {out} is a file, expected a checkpoint folder")
+    if any(path.iterdir()) and not is_checkpoint(path):
+        raise CheckpointError(
+            f"--out {out} exists and is not a model checkpoint; --force replaces only a "
+            "checkpoint, choose another folder"
+        )
+    raise CheckpointError(f"--out {out} already exists; pass --force to overwrite it")
 
 
 def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> list[Path]:

@@ -186,7 +186,10 @@ def torch_to_flax(
         if missing:
             raise PortError(
                 f"{source}: missing key {missing[0]!r} expected by {arch} "
-                f"({len(missing)} missing, {len(extra)} unexpected)"
+                f"({len(missing)} missing, {len(extra)} unexpected"
+                + (f", e.g. {extra[0]!r}" if extra else "")
+                + ")"
+                + _sequential_head_hint(arch, missing, extra)
             )
         raise PortError(
             f"{source}: unexpected key {extra[0]!r}, not in {arch} ({len(extra)} unexpected)"
@@ -209,9 +212,35 @@ def torch_to_flax(
                 f"{source}: key {key!r} has shape {tuple(value.shape)}, expected {shape} for {arch}"
             )
         if value.dtype != np.float32:
-            raise PortError(f"{source}: key {key!r} has dtype {value.dtype}, expected float32")
+            raise PortError(
+                f"{source}: key {key!r} has dtype {value.dtype}, expected float32; re-save the "
+                "state_dict as {k: v.float() for k, v in state_dict.items()} (exact from "
+                "float16 and bfloat16)"
+            )
         flat[collection][path] = to_flax_array(value)
     return {c: unflatten(v) for c, v in flat.items()}, tracked
+
+
+def _sequential_head_hint(arch: str, missing: list[str], extra: list[str]) -> str:
+    """``; a Sequential head ...`` where the only keys amiss are the head's, nested one level
+    (``fc.1.weight`` for ``fc = nn.Sequential(nn.Dropout(p), nn.Linear(...))``, the common
+    fine-tuning head): what the file would need. Not mapped silently: what else the
+    Sequential holds (a ReLU and a second Linear, a Sigmoid) is not in the state_dict."""
+    head = head_key(arch).removesuffix(".weight")
+    if not missing or any(not k.startswith(f"{head}.") for k in (*missing, *extra)):
+        return ""
+    linears = sorted({k.removeprefix(f"{head}.").split(".")[0] for k in extra})
+    if len(linears) != 1:
+        return (
+            f"; its head {head} is a Sequential of {len(linears)} layers with weights; a "
+            "ported model's head is one Linear"
+        )
+    i = linears[0]
+    return (
+        f"; its head {head} is a Sequential ({head}.{i}.*): re-save the state_dict with "
+        f"{head}.{i}.weight and {head}.{i}.bias renamed {head}.weight and {head}.bias, if the "
+        "Sequential's other layers have no weights and change nothing in eval (Dropout)"
+    )
 
 
 def flax_to_torch(

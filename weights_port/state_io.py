@@ -55,10 +55,26 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         raise PortError(f"{path}: a folder, expected a .pth or .safetensors file")
     if not path.is_file():
         raise PortError(f"{path}: no such file")
-    if path.suffix.lower() == ".safetensors":
+    kind = _content_kind(path)
+    named = ".safetensors" if path.suffix.lower() == ".safetensors" else ".pth"
+    if kind == "tar":
+        raise PortError(
+            f"{path}: a tar archive, not a file torch.save wrote; extract the .pth from it"
+        )
+    if kind in (".safetensors", ".pth") and kind != named:
+        raise PortError(
+            f"{path}: a {kind} file named {path.suffix or 'without a suffix'}; "
+            f"rename it to end in {kind}"
+        )
+    if named == ".safetensors":
         state = _read_safetensors(path)
     else:
         if zipfile.is_zipfile(path):
+            if kind != ".pth":  # its end record found past data before it: not torch.save's
+                raise PortError(
+                    f"{path}: a zip archive after {_zip_offset(path)} bytes of other data, not "
+                    "a file torch.save wrote; expected a torchvision state_dict .pth"
+                )
             check_zip_crcs(path)
         elif _first_bytes(path, 4) == b"PK\x03\x04":  # a zip without its directory: cut short
             raise PortError(
@@ -78,6 +94,32 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 def _first_bytes(path: Path, n: int) -> bytes:
     with open(path, "rb") as f:
         return f.read(n)
+
+
+def _content_kind(path: Path) -> str | None:
+    """What the file's first bytes say it is, whatever its name: ``".pth"`` (a zip from its
+    first byte, as torch.save writes it), ``".safetensors"`` (a little-endian header length
+    that fits the file, then ``{``), ``"tar"`` (``ustar`` at byte 257), or None (a legacy
+    pickle, or unknown: the readers decide). A zip whose end record ``zipfile`` finds past
+    other data (a tar of ``.pth`` files, stored uncompressed) read as the last ``.pth`` in
+    it, silently."""
+    head = _first_bytes(path, 263)
+    if head[:4] == b"PK\x03\x04":
+        return ".pth"
+    if head[257:262] == b"ustar":
+        return "tar"
+    if len(head) > 8 and head[8:9] == b"{":
+        size = int.from_bytes(head[:8], "little")
+        if 2 <= size <= path.stat().st_size - 8:
+            return ".safetensors"
+    return None
+
+
+def _zip_offset(path: Path) -> int:
+    """Bytes before the first local file header of a zip ``zipfile`` opens."""
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+        return min((i.header_offset for i in infos), default=0) + getattr(z, "_start_disk", 0)
 
 
 def check_zip_crcs(path: str | Path) -> None:
@@ -295,7 +337,9 @@ def check_out_path(out: str | Path, *, force: bool = False) -> Path:
     """
     out = Path(out).expanduser()
     if out.suffix not in (".pth", ".pt", ".safetensors"):
-        raise PortError(f"--out {out}: expected a .pth or .safetensors file name")
+        raise PortError(
+            f"--out {out}: expected a file name ending in .pth, .pt or .safetensors (lower case)"
+        )
     if out.is_dir():
         raise PortError(f"--out {out}: is a folder, expected a .pth or .safetensors file name")
     for target in output_files(out):
