@@ -171,6 +171,10 @@ def _main(argv: Sequence[str] | None) -> int:
         max_epochs=max_epochs,
         say=print if session.main_process else lambda line: None,
     )
+    import jax  # started by the selection's runs: the devices every arm trained on
+
+    cost = outcome["cost"]
+    cost["device_seconds"] = cost["seconds"] * jax.device_count()
     if grid is not None:
         outcome["grid"] = compare_with_grid(*grid, outcome)
     if session.main_process:  # a multi-host job's other processes say and write nothing
@@ -311,11 +315,20 @@ def compare_with_grid(
     need not be the LR the grid chose for that strategy."""
     summary = collect(records, failures)
     cells = [c for c in summary.cells.values() if c.has_value]
+    seconds = [sum(e["seconds"] for e in r["epochs"]) for r in records]
     out: dict[str, Any] = {
         "runs": len(records),
         "runs_expected": runs_expected,
+        # Every run of the grid recorded or noted as failed: its cost and winner are the
+        # grid's, not those of the runs that happened to be there.
+        "complete": len(records) + len(failures) >= runs_expected,
         "epochs": sum(len(r["epochs"]) for r in records),
-        "seconds": float(sum(r["train_seconds"] for r in records)),
+        # As the selection's arms count theirs: their epochs' seconds (training and
+        # validation, no compilation), times the devices each run trained on.
+        "seconds": float(sum(seconds)),
+        "device_seconds": float(
+            sum(s * _devices(r) for s, r in zip(seconds, records, strict=True))
+        ),
     }
     if cells:
         by_val = max(cells, key=_val_rank)
@@ -323,8 +336,10 @@ def compare_with_grid(
         out["winner_by_val"] = {"strategy": by_val.strategy, "lr": by_val.lr}
         out["winner_by_test"] = {"strategy": by_test.strategy, "lr": by_test.lr}
         pick = outcome["pick"]
-        out["same_strategy"] = pick["strategy"] == by_val.strategy
-        out["same_strategy_and_lr"] = out["same_strategy"] and pick["lr"] == by_val.lr
+        ran_pick = any(c.strategy == pick["strategy"] for c in cells)
+        # None: the grid has no value for the pick's strategy, so it cannot say.
+        out["same_strategy"] = pick["strategy"] == by_val.strategy if ran_pick else None
+        out["same_strategy_and_lr"] = bool(out["same_strategy"]) and pick["lr"] == by_val.lr
         out["winner_test"] = by_val.mean()
         at_pick = [
             r["test"].get(by_val.metric)
@@ -335,9 +350,22 @@ def compare_with_grid(
         if at_pick:
             out["pick_test"] = mean_se(at_pick)[0]
     cost = outcome["cost"]
-    out["fraction_epochs"] = cost["epochs"] / out["epochs"] if out["epochs"] else math.nan
-    out["fraction_seconds"] = cost["seconds"] / out["seconds"] if out["seconds"] else math.nan
+    whole = out["complete"]  # a part of the grid's cost is no denominator for the selection's
+    out["fraction_epochs"] = cost["epochs"] / out["epochs"] if whole and out["epochs"] else math.nan
+    spent = out["device_seconds"]
+    out["fraction_seconds"] = cost["device_seconds"] / spent if whole and spent else math.nan
     return out
+
+
+def _devices(record: dict[str, Any]) -> int:
+    """The devices a record's run trained on (1 where an older record does not say)."""
+    return int((record.get("environment") or {}).get("device_count") or 1)
+
+
+def epochs_text(epochs: float) -> str:
+    """``1,234.5``, ``8``, ``2.33``: a count of epochs, fractional where rungs end inside one
+    (``:.3g`` printed 1.23e+03)."""
+    return f"{epochs:,.2f}".rstrip("0").rstrip(".")
 
 
 def _val_rank(cell: Any) -> tuple[float, float]:
@@ -354,8 +382,8 @@ def _print_outcome(o: dict[str, Any]) -> None:
     pick, cost = o["pick"], o["cost"]
     print(
         f"\npick for {o['dataset']} ({o['arch']}): {pick['strategy']} at lr {lr_text(pick['lr'])} "
-        f"(val {o['metric_label']} {pick['val']:.4f}); spent {cost['epochs']:.3g} epochs, "
-        f"{cost['seconds']:.0f} device-s over {cost['arms']} arms"
+        f"(val {o['metric_label']} {pick['val']:.4f}); spent {epochs_text(cost['epochs'])} "
+        f"epochs, {cost['device_seconds']:,.0f} device-s over {cost['arms']} arms"
     )
     from medft_jax import metrics  # scikit-learn: loaded by the selection, not by --help
 
@@ -364,16 +392,25 @@ def _print_outcome(o: dict[str, Any]) -> None:
     gr = o.get("grid")
     if not gr:
         return
-    print(
-        f"full grid ({gr['runs']} of {gr['runs_expected']} runs recorded): {gr['epochs']} epochs, "
-        f"{gr['seconds']:.0f} device-s; selection spent {gr['fraction_epochs']:.1%} of its epochs, "
-        f"{gr['fraction_seconds']:.1%} of its device-seconds"
-    )
+    if gr["complete"]:
+        print(
+            f"full grid ({gr['runs']} of {gr['runs_expected']} runs recorded): "
+            f"{epochs_text(gr['epochs'])} epochs, {gr['device_seconds']:,.0f} device-s; "
+            f"selection spent {gr['fraction_epochs']:.1%} of its epochs, "
+            f"{gr['fraction_seconds']:.1%} of its device-seconds"
+        )
+    else:
+        print(
+            f"grid incomplete: {gr['runs']} of its {gr['runs_expected']} runs recorded "
+            f"({epochs_text(gr['epochs'])} epochs, {gr['device_seconds']:,.0f} device-s), so "
+            "no fraction of its cost is given and its winner is that of these runs alone"
+        )
     if "winner_by_val" in gr:
         w = gr["winner_by_val"]
+        same = {True: "yes", False: "no", None: "unknown (the grid has no value for it)"}
         print(
             f"grid winner (mean val over seeds at its chosen lr): {w['strategy']} at lr "
-            f"{lr_text(w['lr'])}; same strategy: {'yes' if gr['same_strategy'] else 'no'}"
+            f"{lr_text(w['lr'])}; same strategy: {same[gr['same_strategy']]}"
             + (f"; by test: {gr['winner_by_test']['strategy']}" if "winner_by_test" in gr else "")
         )
 

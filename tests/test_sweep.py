@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -975,7 +976,7 @@ def test_the_grid_winner_breaks_ties_as_the_selection_does(monkeypatch):
     summary = type("S", (), {"cells": {c.key: c for c in cells}})()
     monkeypatch.setattr(select_cli, "collect", lambda records, failures: summary)
     outcome = {"pick": {"strategy": "lp", "lr": 1e-3}, "dataset": "demo", "arch": "resnet50"}
-    outcome["cost"] = {"epochs": 1, "seconds": 1.0}
+    outcome["cost"] = {"epochs": 1, "seconds": 1.0, "device_seconds": 1.0}
     got = select_cli.compare_with_grid([], [], 3, outcome)
     assert got["winner_by_val"] == {"strategy": "lp", "lr": 1e-3} and got["same_strategy"]
 
@@ -990,7 +991,7 @@ def test_the_grid_winner_is_never_an_lr_at_which_a_seed_diverged():
     records += [rec(strategy="ft", lr=1e-4, seed=s, val=0.8, test=0.6) for s in (0, 1, 2)]
     failures = [fail(strategy="ft", lr=1e-3, seed=2)]
     outcome = {"pick": {"strategy": "ft", "lr": 1e-3}, "dataset": "bach", "arch": "resnet50"}
-    outcome["cost"] = {"epochs": 1, "seconds": 1.0}
+    outcome["cost"] = {"epochs": 1, "seconds": 1.0, "device_seconds": 1.0}
     got = select_cli.compare_with_grid(records, failures, 6, outcome)
     assert got["winner_by_val"] == {"strategy": "ft", "lr": 1e-4}
     assert got["same_strategy"] and not got["same_strategy_and_lr"]
@@ -1261,7 +1262,7 @@ def test_the_selections_pick_line_names_eq6_accuracy(capsys):
         "pick": {"strategy": "lp", "lr": 1e-3, "val": 5 / 9},
         "metric": "accuracy",
         "metric_label": "accuracy (eq. 6)",
-        "cost": {"epochs": 2.5, "seconds": 10.0, "arms": 3},
+        "cost": {"epochs": 2.5, "seconds": 10.0, "device_seconds": 10.0, "arms": 3},
     }
     select_cli._print_outcome(outcome)
     lines = capsys.readouterr().out.strip().splitlines()
@@ -1388,3 +1389,41 @@ def test_dry_run_says_measured_throughput_only_for_the_runs_it_was_used_for(tmp_
     assert sweep_cli.main(argv) == 0
     said = f"for the 72 runs whose arch, image size and strategy have records in {out}, their "
     assert said + "measured throughput" in capsys.readouterr().out
+
+
+def test_the_grid_comparison_counts_device_seconds_alike_and_says_when_the_grid_is_partial(
+    capsys,
+):
+    """The selection's cost was wall seconds, the grid's its records' train seconds, both
+    called device-seconds: a grid swept on 2 devices against a selection on 1 was off 2x.
+    A grid folder of some runs only gave fractions over 100 % and "same strategy: no"
+    for a pick the grid never ran."""
+    from tests.test_report import rec
+
+    records = []
+    for strategy, val in (("ft", 0.9), ("lp", 0.8)):
+        for seed in (0, 1):
+            r = rec(strategy=strategy, lr=1e-3, seed=seed, val=val, test=0.7, epochs=2)
+            r["environment"] = {**r.get("environment", {}), "device_count": 2}
+            records.append(r)
+    outcome = {"pick": {"strategy": "ft", "lr": 1e-3}, "dataset": "bach", "arch": "resnet50"}
+    outcome["cost"] = {"epochs": 2.5, "seconds": 2.0, "device_seconds": 2.0}
+    got = select_cli.compare_with_grid(records, [], 4, outcome)
+    # Each record: 2 epochs of 1.0 s on 2 devices.
+    assert (got["complete"], got["epochs"], got["device_seconds"]) == (True, 8, 16.0)
+    assert (got["fraction_epochs"], got["fraction_seconds"]) == (2.5 / 8, 2.0 / 16)
+    assert got["same_strategy"] is True
+    part = select_cli.compare_with_grid(records[2:], [], 4, outcome)  # LP's runs alone
+    assert part["complete"] is False and math.isnan(part["fraction_seconds"])
+    assert part["same_strategy"] is None and not part["same_strategy_and_lr"]
+    o = {**outcome, "metric_label": "AUROC", "grid": part}
+    o["pick"] = {**o["pick"], "val": 0.9}
+    o["cost"] = {**o["cost"], "arms": 2, "epochs": 1234.5}
+    select_cli._print_outcome(o)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith("spent 1,234.5 epochs, 2 device-s over 2 arms")
+    assert lines[1] == (
+        "grid incomplete: 2 of its 4 runs recorded (4 epochs, 8 device-s), so no fraction of "
+        "its cost is given and its winner is that of these runs alone"
+    )
+    assert "; same strategy: unknown (the grid has no value for it); by test: lp" in lines[2]
