@@ -201,6 +201,22 @@ def test_cost_charges_cached_feature_extraction_and_leaves_head_steps_out_of_thr
     assert math.isnan(only_reused.cost.device_seconds)
 
 
+def test_a_failed_cells_finished_runs_count_in_its_total_cost():
+    """Every LR of LP with a diverged seed: the cell is failed, but its two finished runs
+    spent 20 device-s, which the cost table's total and CSV left out (summing the column
+    undercounted the sweep)."""
+    records = [rec(strategy="lp", lr=1e-3, seed=s, seconds=10.0) for s in (0, 1)]
+    summary = collect(records, [fail(strategy="lp", lr=1e-3, seed=2)])
+    cell = summary.cell("bach", "resnet50", "lp")
+    assert cell.status == "failed" and not cell.has_value
+    assert (cell.cost.total_device_seconds, cell.cost.total_runs) == (20.0, 2)
+    assert math.isnan(cell.cost.device_seconds)  # no setting was chosen: no per-run cost
+    from medft_jax.report.tables import cost_table
+
+    row = next(r for r in read_csv(to_csv(cost_table(summary, "bach"))) if r["strategy"] == "lp")
+    assert (float(row["total_device_seconds"]), row["total_runs"]) == (20.0, "2")
+
+
 def test_an_lr_with_a_failed_run_is_never_chosen():
     records = [rec(lr=1e-4, seed=s, val=0.7, test=0.7) for s in (0, 1)]
     records.append(rec(lr=1e-3, seed=1, val=0.99, test=0.99))

@@ -1100,7 +1100,10 @@ def _make_cell(
         # Runs that finished without a validation value did not fail: a cell left with
         # nothing to choose because of them is not an experiment lost (Table 12).
         status = UNVALIDATED if unvalidated else FAILED
-        return Cell(status=status, excluded_lrs=bad_lrs, **base)
+        # Its finished runs spent their time all the same: the LR search's total counts
+        # them (a per-run cost of a setting that was never chosen has no meaning).
+        cost = _cost([], recs) if recs else None
+        return Cell(status=status, excluded_lrs=bad_lrs, cost=cost, **base)
     summary = aggregate.summarise(eligible)
     chosen = [r for r in eligible if float(r["config"]["lr"]) == summary["lr"]]
     complete = base["runs_done"] >= len(expected)
