@@ -1419,3 +1419,20 @@ def test_data_of_a_changed_copy_is_kept_unserved_until_the_copy_is_put_back(tmp_
     again = _prepare_bach(tmp_path / "bach", out)
     assert "stale" not in capsys.readouterr().err
     assert again.metadata["fingerprint"] == first.metadata["fingerprint"]
+
+
+def test_mura_listings_written_by_pandas_or_a_spreadsheet_read_as_the_releases(tmp_path):
+    """Paths in quotes (and pandas' index column) made every study "not in
+    train_labeled_studies.csv", though it was there."""
+    fakes.make_mura(tmp_path, ("XR_WRIST",))
+    want = _parse("mura_wrist", tmp_path)
+    folder = tmp_path / "MURA-v1.1"
+    for name in ("train_labeled_studies.csv", "valid_labeled_studies.csv"):
+        path = folder / name
+        rows = [line.rsplit(",", 1) for line in path.read_text().splitlines()]
+        quoted = [f'{i},"{study}",{label}\n' for i, (study, label) in enumerate(rows)]
+        path.write_text("".join(quoted))
+    for name in ("train_image_paths.csv", "valid_image_paths.csv"):
+        path = folder / name
+        path.write_text("".join(f'"{line}"\n' for line in path.read_text().splitlines()))
+    assert _parse("mura_wrist", tmp_path) == want

@@ -15,6 +15,7 @@ and a study's probability is the mean over its images. The official
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
@@ -59,11 +60,20 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
+def _fields(line: str) -> list[str]:
+    """A listing line's CSV fields: quotes as pandas or a spreadsheet write them
+    (``"MURA-v1.1/train/.../study1_negative/",0``) stripped, as the release has none;
+    without them the study was "not in train_labeled_studies.csv" though it is."""
+    return [f.strip() for f in next(csv.reader([line]))] or [""]
+
+
 def read_studies(path: Path) -> dict[str, int]:
-    """``{study_dir (no trailing /): label}`` from a ``*_labeled_studies.csv``."""
+    """``{study_dir (no trailing /): label}`` from a ``*_labeled_studies.csv``: its last two
+    fields (a leading index column, as pandas writes one, is left out)."""
     studies = {}
     for k, (n, line) in enumerate(_lines(path)):
-        study, _, label = line.rpartition(",")
+        fields = _fields(line)
+        study, label = (fields[-2], fields[-1]) if len(fields) > 1 else ("", fields[0])
         if k == 0 and label.strip() not in ("0", "1") and "/" not in study:
             continue  # header line, e.g. "study_dir,label"
         if label.strip() not in ("0", "1"):
@@ -91,7 +101,8 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
     studies = read_studies(folder / f"{split}_labeled_studies.csv")
     paths_csv = folder / f"{split}_image_paths.csv"
     examples = []
-    for k, (n, rel) in enumerate(_lines(paths_csv)):
+    for k, (n, line) in enumerate(_lines(paths_csv)):
+        rel = _fields(line)[-1]  # the path: after an index column, without quotes
         if "/" not in rel or "\\" in rel:  # the release writes '/' only: a mixed line's
             if k == 0 and not _looks_like_a_path(rel):  # part went unseen, its image gone
                 continue  # header line, e.g. "image_path"
