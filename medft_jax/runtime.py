@@ -7,7 +7,10 @@ import ctypes.util
 import os
 import platform
 import sys
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -30,11 +33,25 @@ def set_up_process(distributed: bool = True) -> None:
         return
     if distributed and env_switch("MEDFT_DISTRIBUTED"):  # BUILD.md: multi-host runs
         jax.distributed.initialize(**_process_layout())
+        check_even_devices(jax.devices())
     elif distributed:
         _refuse_layout_without_switch()
     tune_cpu_host()
     enable_compilation_cache()
     _SET_UP = True
+
+
+def check_even_devices(devices: Sequence[Any]) -> None:
+    """Refuses a job whose processes hold different numbers of devices (a GPU hidden by
+    ``CUDA_VISIBLE_DEVICES`` on one host): the mesh splits every batch evenly over
+    processes and failed in a 28-line traceback ("cannot reshape array of size 3")."""
+    counts = Counter(d.process_index for d in devices)
+    if len(set(counts.values())) > 1:
+        held = ", ".join(f"process {p}: {n}" for p, n in sorted(counts.items()))
+        raise UserError(
+            f"the job's processes hold different numbers of devices ({held}); expected the "
+            "same on every host (is a device hidden on one, CUDA_VISIBLE_DEVICES?)"
+        )
 
 
 LAYOUT_ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}

@@ -196,3 +196,24 @@ def test_a_process_of_a_job_without_the_distributed_switch_is_refused(monkeypatc
     monkeypatch.setenv("JAX_NUM_PROCESSES", "1")
     monkeypatch.setenv("JAX_PROCESS_ID", "0")
     runtime.set_up_process()  # a job of one process: nothing waits
+
+
+def test_a_job_whose_hosts_hold_different_numbers_of_devices_is_refused_in_one_line():
+    """Two GPUs on process 0 and one on process 1: a 28-line traceback ("cannot reshape
+    array of size 3 into shape (2,2)") on every process, nothing naming the cause."""
+    from types import SimpleNamespace
+
+    from medft_jax import runtime
+    from medft_jax.errors import UserError
+
+    def devices(*per_process: int) -> list[SimpleNamespace]:
+        held = [p for p, n in enumerate(per_process) for _ in range(n)]
+        return [SimpleNamespace(process_index=p) for p in held]
+
+    runtime.check_even_devices(devices(4, 4, 4))
+    with pytest.raises(UserError) as err:
+        runtime.check_even_devices(devices(2, 1))
+    assert str(err.value) == (
+        "the job's processes hold different numbers of devices (process 0: 2, process 1: 1); "
+        "expected the same on every host (is a device hidden on one, CUDA_VISIBLE_DEVICES?)"
+    )
