@@ -1167,7 +1167,8 @@ def test_write_report_writes_every_table_figure_and_index(tmp_path):
     text = index.read_text()
     for link in re.findall(r"\]\(([^)]+)\)", text):
         assert (out / link).is_file(), link
-    assert "ttest" in text and "4.30" in text and "†" in text and "—" in text
+    assert "ttest" in text and "n/a: one seed paired," in text and "4.30" not in text  # 1 seed
+    assert "†" in text and "—" in text
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     # A folder the user shares is as readable as mkdir under the umask makes it (not 0700).
     assert out.stat().st_mode & 0o777 == (out / "tables").stat().st_mode & 0o777 == DIR_MODE
@@ -2435,3 +2436,153 @@ def test_the_index_says_how_many_records_ranked_by_float32_probabilities(tmp_pat
     ) in index
     index = write_report(collect([rec()]), tmp_path / "again").read_text()
     assert "float32 probabilities" not in index
+
+
+# --- what the report says of cells it cannot show ---------------------------------------------
+
+
+def _feature_reuser(strategy, seed, **kw):
+    """A run that reused cached features written before their extraction time was
+    recorded: its device-seconds are unknown."""
+    r = rec(strategy=strategy, seed=seed, **kw)
+    r["features"] = {"used": True, "reused": True, "seconds": 0.5}
+    return r
+
+
+def test_cost_figure_and_table_name_the_cells_that_ran_without_a_known_cost(tmp_path, monkeypatch):
+    """LP has a value but no known device-seconds, LP-FT diverged: the cost figure left
+    both out without a word, and the cost table's — read as "no run at all"."""
+    from medft_jax.report import cost_table
+    from medft_jax.report.figures import cost_not_shown
+
+    records = [rec(strategy="ft", seed=k, test=0.7) for k in range(3)]
+    records += [_feature_reuser("lp", k, test=0.755) for k in range(3)]
+    records += [rec(strategy="lp_ft", seed=k) for k in range(2)]
+    summary = collect(records, [fail(strategy="lp_ft", seed=2)])
+    assert summary.cell("bach", "resnet50", "lp").has_value
+    assert summary.cell("bach", "resnet50", "lp_ft").failure_text == "diverged"
+    assert cost_not_shown(summary, "bach") == [
+        ("lp", "resnet50", "cost unknown"),
+        ("lp_ft", "resnet50", "diverged"),
+    ]
+    ax = _drawn(summary, "cost", monkeypatch)
+    assert ax.get_xlabel() == (
+        "Device-seconds per run (log scale)\nnot shown: LP (cost unknown), LP-FT (diverged)"
+    )
+    with_two_archs = collect([*records, rec(arch="densenet121")], [fail(strategy="lp_ft", seed=2)])
+    assert (
+        _drawn(with_two_archs, "cost", monkeypatch)
+        .get_xlabel()
+        .endswith("not shown: LP ResNet-50 (cost unknown), LP-FT ResNet-50 (diverged)")
+    )
+    assert _drawn(collect(records[:3]), "cost", monkeypatch).get_xlabel() == (
+        "Device-seconds per run (log scale)"  # every cell placed: nothing to name
+    )
+    md = to_markdown(cost_table(summary, "bach"))
+    assert (
+        "— LP, ResNet-50: device-seconds per run unknown, a run at the chosen LR lacks a time "
+        "(such as one that reused cached features written before their extraction time was "
+        "recorded)"
+    ) in md
+    assert "— LP-FT, ResNet-50: diverged, no LR chosen, so no cost per run" in md
+    assert "— FT" not in md
+    text = write_report(summary, tmp_path / "report").read_text()
+    assert (
+        "— : no run at all (an empty field in the CSV; never 0), and in the cost columns also "
+        "a cell that ran but has no chosen LR (diverged, failed, unvalidated) or whose "
+        "device-seconds per run are not known"
+    ) in text
+
+
+def test_how_to_read_defines_diverged_and_failed_by_the_rule_cells_follow(tmp_path):
+    """LP has two finished runs and one failure note at its only LR: it reads "diverged",
+    which the index defined as "only failure notes"."""
+    records = [rec(strategy=s, seed=k) for s in ("ft", "lp") for k in range(2)]
+    records += [rec(strategy="ft", seed=2)]
+    summary = collect(records, [fail(strategy="lp", seed=2)])
+    cell = summary.cell("bach", "resnet50", "lp")
+    assert (cell.status, cell.failure_text, len(cell.seeds)) == ("failed", "diverged", 0)
+    text = write_report(summary, tmp_path / "report").read_text()
+    assert (
+        "diverged: every LR at which the cell ran has a failed run (a failure note; the runs "
+        "that finished at that LR do not count), so no LR could be chosen, and every failure "
+        "note says the loss became non-finite; failed: the same, with a failure of another "
+        "kind among them."
+    ) in text
+    assert "only failure notes" not in text
+    other = {**fail(strategy="lp", seed=2), "kind": "oom"}
+    assert collect(records, [other]).cell("bach", "resnet50", "lp").failure_text == "failed"
+
+
+def _paired_note_and_rows(seeds, tests=(0.7, 0.8)):
+    records = [
+        rec(strategy=s, seed=k, test=t + 0.001 * k * (k + (s == "lp")))
+        for s, t in zip(("ft", "lp"), tests, strict=True)
+        for k in seeds
+    ]
+    table = paired_table(collect(records), "bach")
+    return table.notes[0], read_csv(to_csv(table))
+
+
+def test_paired_notes_and_csv_follow_the_seeds_paired(tmp_path):
+    """One seed: the note said "every seed's difference the same" and "With 3 seeds
+    (df = 2)", and the CSV's significant read False for a test never run."""
+    note, rows = _paired_note_and_rows([0])
+    assert "n/a: one seed paired, no spread to test. [n=k]" in note
+    assert "every seed's difference" not in note and "With 3 seeds" not in note
+    assert (rows[0]["df"], rows[0]["p"], rows[0]["significant"]) == ("0", "", "")
+    note, rows = _paired_note_and_rows([0, 1, 2])
+    assert rows[0]["p"] != "" and rows[0]["significant"] in ("True", "False")
+    assert (
+        "With 3 seeds (df = 2) p < 0.05 needs |t| > 4.30: the test has little power, a real "
+        "difference often goes unmarked."
+    ) in note
+    note, _ = _paired_note_and_rows([0, 1])
+    assert "With 2 seeds (df = 1) p < 0.05 needs |t| > 12.71" in note
+    note, _ = _paired_note_and_rows(range(8))
+    assert "With 8 seeds (df = 7) p < 0.05 needs |t| > 2.36." in note  # not "little power"
+    records = [rec(strategy=s, seed=0) for s in ("ft", "lp")]
+    text = write_report(collect(records), tmp_path / "report").read_text()
+    assert "n/a: one seed paired, so no spread, no t and no p" in text
+    assert "With 3 seeds" not in text and "every seed's difference" not in text
+
+
+def test_improvement_figure_draws_na_inside_the_axes_and_not_under_a_message(monkeypatch):
+    """Every bar negative: the axes end at 0 and the n/a drawn above y = 0 stood on the
+    title; without FT it crossed the message drawn across the axes."""
+    records = [rec(strategy="ft", seed=k, test=0.8) for k in range(3)]
+    records += [rec(strategy="lp", seed=k, test=0.7 + 0.01 * k) for k in range(3)]
+    records += [rec(strategy="lp_ft", seed=k) for k in range(2)]
+    summary = collect(records, [fail(strategy="lp_ft", seed=2)])
+    ax = _drawn(summary, "improvement", monkeypatch)
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_text() == "n/a"]
+    assert len(labels) == 1 and ax.get_ylim()[1] <= 0.0
+    box, axes = labels[0].get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert axes.y0 <= box.y0 and box.y1 <= axes.y1
+    assert axes.x0 <= box.x0 and box.x1 <= axes.x1
+    no_ft = collect(records[3:], [fail(strategy="lp_ft", seed=2)])
+    texts = [t.get_text() for t in _drawn(no_ft, "improvement", monkeypatch).texts]
+    assert texts == ["no FT value for bach to compare with (it was not run): run --strategy ft too"]
+
+
+def test_how_to_read_says_which_csv_columns_are_lists(tmp_path):
+    """``seeds`` and ``excluded_lrs`` are space-joined: pandas read one seed as an int and
+    several as a str, and nothing said so."""
+    records = [rec(strategy=s, seed=k) for s in ("ft", "lp") for k in range(3)]
+    records += [rec(strategy="lp", lr=1e-3, seed=k) for k in range(2)]
+    out = tmp_path / "report"
+    text = write_report(collect(records, [fail(strategy="lp", lr=1e-3, seed=2)]), out).read_text()
+    assert (
+        "Two columns are lists, space-separated: seeds (paired CSVs, e.g. `0 1 2`) and "
+        "excluded_lrs (dataset and cost CSVs, e.g. `0.001 0.01`); read them as strings "
+        '(pandas: `dtype={"seeds": str, "excluded_lrs": str}`), or a single entry reads as a '
+        "number."
+    ) in text
+    tables = out / "tables"
+    assert read_csv((tables / "paired_bach.csv").read_text())[0]["seeds"] == "0 1 2"
+    for name in ("table08_bach", "cost_bach"):
+        rows = read_csv((tables / f"{name}.csv").read_text())
+        assert {r["excluded_lrs"] for r in rows if r["strategy"] == "lp"} == {"0.001"}

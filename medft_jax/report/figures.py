@@ -21,6 +21,7 @@ from pathlib import Path
 
 from medft_jax.report.cells import (
     BASELINE,
+    MISSING,
     PARTIAL,
     Summary,
     improvement_se,
@@ -90,6 +91,9 @@ def arch_colour(arch: str) -> str:
 
 
 PARTIAL_NOTE = "runs missing (†)"
+NA_LABEL_Y = 0.02
+"""Height of an improvement figure's ``n/a`` labels, in axes coordinates: inside the axes
+whatever the bars' range."""
 ONE_SEED_NOTE = "no error bar: one seed"
 
 
@@ -136,7 +140,8 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
     """Grouped bars: x = strategies other than FT, one bar per arch, y = relative
     improvement (%) of the mean test headline metric over FT of the same arch, with an
     error bar of ± its SE over the seeds (:func:`improvement_bars`). A bar without a value
-    (either cell has none) is left out and labelled ``n/a``; a bar whose cell or FT cell
+    (either cell has none) is left out and labelled ``n/a`` at the foot of the axes
+    (not where a message across them says that nothing compares to FT); a bar whose cell or FT cell
     has runs missing is hatched, and a note under the axes says what hatching and a
     missing error bar mean."""
     fig = _figure()
@@ -144,11 +149,26 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
     strategies = [s for s in summary.strategies if s != BASELINE]
     width = 0.8 / max(len(summary.archs), 1)
     bars = improvement_bars(summary, dataset)
+    missing = no_baseline(summary, dataset)
+    message = None  # drawn across the axes, instead of the n/a labels
+    if not strategies or missing:
+        message = missing or "no strategy but FT: nothing to compare"
     for a in summary.archs:
         mine = [b for b in bars if b.arch == a]
         for b in mine:
-            if not math.isfinite(b.gain):
-                ax.text(b.x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+            if not math.isfinite(b.gain) and message is None:
+                # At the foot of the axes (x in data, y in axes coordinates): at y = 0 the
+                # label stood above the axes, on the title, when every bar was negative.
+                ax.text(
+                    b.x,
+                    NA_LABEL_Y,
+                    "n/a",
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    transform=ax.get_xaxis_transform(),
+                )
         shown = [b for b in mine if math.isfinite(b.gain)]
         drawn = ax.bar(
             [b.x for b in shown],
@@ -174,12 +194,11 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
     notes += [ONE_SEED_NOTE] if any(not math.isfinite(b.err) for b in shown) else []
     if notes:
         ax.set_xlabel("; ".join(notes), fontsize=8)
-    missing = no_baseline(summary, dataset)
-    if not strategies or missing:
+    if message is not None:
         ax.text(
             0.5,
             0.5,
-            missing or "no strategy but FT: nothing to compare",
+            message,
             ha="center",
             wrap=True,
             transform=ax.transAxes,
@@ -189,9 +208,47 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def cost_not_shown(summary: Summary, dataset: str) -> list[tuple[str, str, str]]:
+    """The cells of ``dataset`` that ran but that :func:`cost_figure` cannot place, as
+    (strategy, arch, why): no value (``diverged``, ``failed`` or ``unvalidated``, as the
+    tables read), a headline metric undefined for every seed (``n/a``), or device-seconds
+    not known (``cost unknown``: a run that reused cached features written before their
+    extraction time was recorded). A cell without any run is not listed."""
+    out = []
+    for (d, a, s), c in summary.cells.items():
+        if d != dataset or c.status == MISSING:
+            continue
+        if not c.has_value:
+            why = c.failure_text
+        elif not math.isfinite(c.mean()):
+            why = "n/a"
+        elif c.cost is None or not (
+            math.isfinite(c.cost.device_seconds) and c.cost.device_seconds > 0
+        ):
+            why = "cost unknown"
+        else:
+            continue
+        out.append((s, a, why))
+    return out
+
+
+def cost_not_shown_note(summary: Summary, dataset: str) -> str:
+    """``not shown: LP (cost unknown), LP-FT (diverged)`` (each with its arch where the
+    report has several), or ``""``: the cost figure's line under the axes."""
+    several = len(summary.archs) > 1
+    names = [
+        f"{strategy_label(s)}{' ' + arch_label(a) if several else ''} ({why})"
+        for s, a, why in cost_not_shown(summary, dataset)
+    ]
+    return _plain(f"not shown: {', '.join(names)}") if names else ""
+
+
 def cost_figure(summary: Summary, dataset: str, path: Path) -> Path:
     """Scatter: x = device-seconds of one run at the chosen LR (log), y = mean test
-    headline metric (%); colour per strategy, marker per arch."""
+    headline metric (%); colour per strategy, marker per arch. A cell that ran but has
+    no point (:func:`cost_not_shown`) is named under the axes, with why."""
+    import textwrap
+
     from matplotlib.lines import Line2D
 
     fig = _figure()
@@ -220,7 +277,9 @@ def cost_figure(summary: Summary, dataset: str, path: Path) -> Path:
         seen_a += [a] if a not in seen_a else []
     metric = metric_label(summary.headline(dataset))
     note = f"; hollow: {PARTIAL_NOTE}" if partial else ""
-    ax.set_xlabel(f"Device-seconds per run (log scale){note}")
+    left_out = cost_not_shown_note(summary, dataset)
+    left_out = "\n" + textwrap.fill(left_out, 100) if left_out else ""
+    ax.set_xlabel(f"Device-seconds per run (log scale){note}{left_out}")
     ax.set_ylabel(f"Test {metric} (%)")
     ax.set_title(f"{_plain(dataset)}: cost versus {metric}")
     if seen_s:

@@ -31,6 +31,7 @@ from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from medft_jax.report.cells import (
+    ALPHA,
     BASELINE,
     COMPLETE,
     MISSING,
@@ -579,8 +580,31 @@ def cost_table(summary: Summary, dataset: str) -> Table:
         "once. Images/s leaves out head steps on cached features. Compilation time is "
         "not included."
     ]
-    lines = [_cost_line(c) for c in _cells_of(summary, dataset)]
+    cells = _cells_of(summary, dataset)
+    notes += _no_cost_notes(cells)
+    lines = [_cost_line(c) for c in cells]
     return _long_table(Head(f"cost_{slug(dataset)}", title, notes), CostLine, lines, COST_SLOTS)
+
+
+def _no_cost_notes(cells: Iterable[Cell]) -> list[str]:
+    """Why a cell that ran reads ``—`` for its device-seconds per run (``—`` alone means
+    no run at all): it has no value, so no chosen LR; or a run at its chosen LR lacks a
+    time (``train_seconds``, or that of the cached features it reused where they were
+    written before their extraction time was recorded)."""
+    notes = []
+    for c in cells:
+        name = f"{strategy_label(c.strategy)}, {arch_label(c.arch)}"
+        if c.status != MISSING and not c.has_value:
+            notes.append(
+                f"{MISSING_TEXT} {name}: {c.failure_text}, no LR chosen, so no cost per run"
+            )
+        elif c.has_value and not (c.cost and math.isfinite(c.cost.device_seconds)):
+            notes.append(
+                f"{MISSING_TEXT} {name}: device-seconds per run unknown, a run at the chosen "
+                "LR lacks a time (such as one that reused cached features written before "
+                "their extraction time was recorded)"
+            )
+    return notes
 
 
 # --- paired comparison -----------------------------------------------------------------------
@@ -603,7 +627,8 @@ class PairedLine:
     df: int
     p: float
     p_holm: float
-    significant: bool
+    significant: bool | None
+    """p < 0.05; None where no test was run (no p), an empty field in the CSV."""
     cell_seeds: int = _shown()
     """Seeds of the larger of the two cells: fewer paired ones read ``[n=k]``."""
 
@@ -623,7 +648,7 @@ def _paired_line(summary: Summary, p: Paired) -> PairedLine:
         df=p.df,
         p=p.p,
         p_holm=p.p_holm,
-        significant=p.significant,
+        significant=p.significant if math.isfinite(p.p) else None,
         cell_seeds=max(len(c.seeds) for c in sides),
     )
 
@@ -640,30 +665,71 @@ def _p_text(p: float, significant: bool = False) -> str:
     return text + ("*" if significant else "")
 
 
-def paired_note() -> str:
-    """What the paired comparison is and is not; the index shows it once."""
+def _untested_text(tests: Iterable[tuple[int, float]]) -> str:
+    """What ``n/a`` in a p column stands for, given the (seeds paired, p) of the comparisons
+    shown: one seed paired, or differences all the same; either way no spread to test."""
+    untested = [n for n, p in tests if not math.isfinite(p)]
+    one = any(n < 2 for n in untested)
+    same = any(n >= 2 for n in untested)
+    if one and not same:
+        return "one seed paired"
+    if same and not one:
+        return "every seed's difference the same (up to rounding)"
+    return "one seed paired, or every seed's difference the same (up to rounding)"
+
+
+def _t_needed(df: int) -> float:
+    """|t| beyond which a two-sided test with ``df`` degrees of freedom gives p < ALPHA."""
+    from scipy import stats
+
+    return float(stats.t.ppf(1 - ALPHA / 2, df))
+
+
+def _power_text(tests: Iterable[tuple[int, float]]) -> str:
+    """What p < 0.05 needs with the numbers of seeds paired (``With 3 seeds (df = 2) p <
+    0.05 needs |t| > 4.30``), and that so few seeds give the test little power; ``""``
+    where no comparison has two seeds."""
+    counts = sorted({n for n, _ in tests if n >= 2})
+    if not counts:
+        return ""
+    needs = ", with ".join(
+        f"{n} seeds (df = {n - 1}) p < {ALPHA:g} needs |t| > {_t_needed(n - 1):.2f}" for n in counts
+    )
+    weak = ": the test has little power, a real difference often goes unmarked"
+    return f"With {needs}{weak if counts[-1] <= 5 else ''}."
+
+
+def paired_note(pairs: Iterable[Paired] = ()) -> str:
+    """What the paired comparison is and is not; the index shows it once. ``pairs`` (every
+    comparison of the report) decide what the note says about the seeds and ``n/a``."""
+    tests = [(len(p.seeds), p.p) for p in pairs]
+    power = _power_text(tests)
     return (
         "Paired comparison with FT: per seed, the strategy's test headline metric (the first "
         "column of the dataset's table) minus FT's "
         "(each at its own chosen LR; only seeds both have), mean (SE) in percentage points; "
-        "two-sided paired t-test (scipy.stats.ttest_rel), * marks p < 0.05. With 3 seeds the "
-        "test has 2 degrees of freedom (|t| must exceed 4.30), so it has little power: a real "
-        "difference often goes unmarked. The p column is not corrected for the many "
+        "two-sided paired t-test (scipy.stats.ttest_rel), * marks p < 0.05. "
+        + (f"{power} " if power else "")
+        + "The p column is not corrected for the many "
         "comparisons; the Holm column adjusts p (Holm step-down) over the strategies of one "
-        "dataset and arch that have a p. n/a: every seed's difference the same (up to "
-        "rounding), so no spread and no t, and no p (nor a place in Holm's count). An exact "
-        "sign-flip (permutation) test cannot go below p = 0.25 with "
+        f"dataset and arch that have a p. n/a: {_untested_text(tests)}, so no spread, no t "
+        "and no p (nor a place in Holm's count); the CSV's significant is then empty. "
+        "An exact sign-flip (permutation) test cannot go below p = 0.25 with "
         "3 pairs, which is why the t-test is used."
     )
 
 
-PAIRED_SHORT_NOTE = (
-    "Δ: strategy minus FT per seed (each at its own chosen LR), mean (SE) in percentage points. "
-    "p: two-sided paired t-test (scipy.stats.ttest_rel), * p < 0.05, not corrected for multiple "
-    "comparisons; p Holm: Holm-adjusted over the strategies of one dataset and arch that have "
-    "a p. n/a: every seed's difference the same, no spread to test. With 3 seeds (df = 2) the "
-    "test has little power. [n=k]: only k seeds paired."
-)
+def paired_short_note(lines: Sequence[PairedLine]) -> str:
+    """The paired table's note: its ``n/a`` and its power follow the seeds it pairs."""
+    tests = [(x.n, x.p) for x in lines]
+    power = _power_text(tests)
+    return (
+        "Δ: strategy minus FT per seed (each at its own chosen LR), mean (SE) in percentage "
+        "points. p: two-sided paired t-test (scipy.stats.ttest_rel), * p < 0.05, not "
+        "corrected for multiple comparisons; p Holm: Holm-adjusted over the strategies of "
+        f"one dataset and arch that have a p. n/a: {_untested_text(tests)}, no spread to "
+        "test. " + (f"{power} " if power else "") + "[n=k]: only k seeds paired."
+    )
 
 
 def paired_table(summary: Summary, dataset: str) -> Table:
@@ -690,7 +756,8 @@ def paired_table(summary: Summary, dataset: str) -> Table:
         "(percentage points), paired t-test"
     )
     missing = no_baseline(summary, dataset)
-    head = Head(f"paired_{slug(dataset)}", title, [missing] if missing else [PAIRED_SHORT_NOTE])
+    note = missing or paired_short_note(lines)
+    head = Head(f"paired_{slug(dataset)}", title, [note])
     return _wide_table(head, PairedLine, lines, slots, strategies, attrgetter("arch"))
 
 

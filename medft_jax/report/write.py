@@ -22,7 +22,15 @@ from medft_jax import atomic
 from medft_jax.atomic import DIR_MODE
 from medft_jax.errors import UserError, naming_os_errors, no_file_in_the_way
 from medft_jax.report import figures
-from medft_jax.report.cells import COMPLETE, FAILED, MISSING, PARTIAL, UNVALIDATED, Summary
+from medft_jax.report.cells import (
+    COMPLETE,
+    FAILED,
+    MISSING,
+    PARTIAL,
+    UNVALIDATED,
+    Summary,
+    paired_vs_ft,
+)
 from medft_jax.report.paper import Z_FLAG, PaperTables, agreements, unmatched
 from medft_jax.report.render import (
     DAGGER,
@@ -475,15 +483,26 @@ def index_markdown(
         "deviation (ddof = 1) / √n; an SE of – means a single seed. The CSVs hold the raw "
         "values: means, SEs, mean_diff and share as fractions, improvement_pct and "
         "threshold_pct in percent, the device_seconds rows' mean in seconds; marks and "
-        "failure say what the tables mark.",
+        "failure say what the tables mark. Two columns are lists, space-separated: seeds "
+        "(paired CSVs, e.g. `0 1 2`) and excluded_lrs (dataset and cost CSVs, e.g. "
+        "`0.001 0.01`); read them as strings (pandas: "
+        '`dtype={"seeds": str, "excluded_lrs": str}`), or a single entry reads as a number.',
         "- Learning rate: per dataset, arch and strategy, the LR with the highest mean "
         "validation primary metric over its seeds (each run's best epoch) is chosen, and the "
         "test metrics are those of that LR (an exact tie goes to the smaller LR). An LR at "
         "which any run failed is never chosen.",
         f"- {DAGGER}: partial cell, some expected runs missing; the value is from the runs "
         "that exist and the table's notes say k of n runs. — : no run at all (an empty field "
-        "in the CSV; never 0). diverged: only failure notes, the loss became non-finite; "
-        "failed: only failure notes of another kind. unvalidated: every LR has a run "
+        "in the CSV; never 0), and in the cost columns also a cell that ran but has no "
+        "chosen LR (diverged, failed, unvalidated) or whose device-seconds per run are not "
+        "known (a run at the chosen LR lacks a time, such as one that reused cached features "
+        "written before their extraction time was recorded): the cost table's notes name "
+        "each, and the cost figure, which has no point for them, names them under its axes; "
+        "Images/s — : every epoch trained only the head, on cached features. diverged: every "
+        "LR at which the cell ran has a failed run (a failure note; the runs that finished at "
+        "that LR do not count), so no LR could be chosen, and every failure note says the "
+        "loss became non-finite; failed: the same, with a failure of another kind among "
+        "them. unvalidated: every LR has a run "
         "without a validation value (or a failed one), so none could be chosen; not a failure "
         "and not counted in Table 12. n/a: the metric is undefined for every "
         f"seed. {DOUBLE_DAGGER}: a run failed (or has no validation value) at one of the "
@@ -516,7 +535,7 @@ def index_markdown(
         "- Figures: relative improvement over FT with an error bar of ± its SE over the "
         "seeds, 100·√(se² + (m/m_FT)²·se_FT²)/m_FT (the two cells' SEs taken as "
         "independent); no error bar where a cell has a single seed.",
-        f"- {md_escape(paired_note())}",
+        f"- {md_escape(paired_note(paired_vs_ft(summary)))}",
         *_option_lines(summary),
         *_protocol_lines(summary),
         "",
