@@ -454,6 +454,9 @@ def test_a_carve_far_from_its_fraction_is_noted(capsys):
         )
     carve_checked(examples, "test", 0.2, 0, stratify=True)  # 10 of 50: as asked, no note
     assert capsys.readouterr().err == ""
+    # The same listing carved again (a prepare parses it, then TFDS does): said once.
+    carve_checked(examples, "test", 0.3, 0, stratify=True, where="x.csv")
+    assert capsys.readouterr().err == ""
 
 
 def test_a_path_missed_for_the_usual_slips_says_why(tmp_path):

@@ -146,14 +146,20 @@ def carve_checked(
     if abs(len(carved) - asked) > max(2.0, 0.25 * asked):
         # Each class (or patient) gives its own rounded share: many small classes drift
         # (10 classes of 5 images at 0.1 give 1 image, at 0.3 give 20 of 50).
-        print(
+        note = (
             f"note: {where + ': ' if where else ''}the {split} split takes {len(carved)} of "
             f"the {len(examples)} images ({len(carved) / len(examples):.0%}), not the "
             f"{fraction:.0%} of --{split}-fraction: each class and patient is carved by its "
-            "own rounded share",
-            file=sys.stderr,
+            "own rounded share"
         )
+        if note not in _CARVE_NOTES_SAID:  # a prepare lists a task twice (then TFDS does)
+            _CARVE_NOTES_SAID.add(note)
+            print(note, file=sys.stderr)
     return rest, carved
+
+
+_CARVE_NOTES_SAID: set[str] = set()
+"""The carve notes this process has printed: the same listing carved again says nothing new."""
 
 
 def standard_splits(
