@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +353,9 @@ def _main(argv: Sequence[str] | None) -> int:
             busy_lrs.add(config.lr)
             status = status or EXIT_BUSY
         elif o.kind == DIVERGED:  # noted in failed.json; the other learning rates go on
-            print(f"error: {o.error}", file=sys.stderr)
+            # Named: with stdout and stderr apart (a batch job's logs) nothing else says which.
+            where = results.run_dir(args.out, o.config.to_dict())
+            print(f"error: {where}: {o.error}", file=sys.stderr)
             failed_lrs.add(config.lr)
             status = 1
         elif o.kind == OUT_OF_MEMORY:
@@ -368,7 +370,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if o.record:
             records.append(o.record)
     if records and session.main_process:
-        _print_summary(records, args.out, sorted(failed_lrs), sorted(busy_lrs))
+        command_lrs = sorted({float(c.lr) for c in configs})
+        _print_summary(records, args.out, sorted(failed_lrs), sorted(busy_lrs), command_lrs)
     return status
 
 
@@ -377,12 +380,15 @@ def _print_summary(
     out: str,
     failed_lrs: list[float],
     busy_lrs: Sequence[float] = (),
+    command_lrs: Sequence[float] = (),
 ) -> None:
     """The test metrics of the one run, or mean ± SE at the LR chosen by validation.
 
     As the report chooses (:func:`medft_jax.report.aggregate.eligible`): an
     LR at which a run diverged is never chosen, nor one whose run another
     process holds (its mean would be over fewer seeds than the others').
+    ``command_lrs``: the LRs the command ran (``--lr-grid``'s three): the choice is
+    among those left of them, said so, and a tie it broke is said too.
     """
     from medft_jax import metrics  # scikit-learn: loaded by the runs, not by --help
 
@@ -444,8 +450,8 @@ def _print_summary(
     else:
         lr = aggregate.choose_lr(chosen, metric)
         summary = aggregate.summarise([r for r in chosen if r["config"]["lr"] == lr])
-        several = len({float(r["config"]["lr"]) for r in records}) > 1
-        how = f"chosen by mean validation {shown}" if several else "(the only lr run)"
+        ran = {*command_lrs, *failed_lrs, *busy_lrs, *(float(r["config"]["lr"]) for r in records)}
+        how = _how_chosen(chosen, metric, lr, shown, ran)
         seeds = summary["seeds"]
         if len(seeds) == 1:  # one seed: no spread to show (its SE is NaN)
             print(f"\nlr {lr_text(lr)} {how}; test metrics of seed {seeds[0]}:")
@@ -471,11 +477,33 @@ def _print_summary(
     if unavailable:  # said once above the progress bars; a reader of the numbers sees this
         print(
             f"trained from random initialisation: no ImageNet weights for "
-            f"{unavailable[0]['config']['arch']} (see the warning above); these numbers are "
-            "not a fine-tuning's"
+            f"{unavailable[0]['config']['arch']} (none ported, and none could be downloaded "
+            "when the run trained); these numbers are not a fine-tuning's"
         )
     for r in records:
         print(f"record: {results.record_path_of(r, out)}")
+
+
+def _how_chosen(
+    chosen: list[dict[str, Any]],
+    metric: str,
+    lr: float,
+    shown: str,
+    ran_lrs: Iterable[float],
+) -> str:
+    """``chosen by mean validation accuracy among lr 0.001 0.0001 1e-05`` (``; tied with
+    lr 0.001, a tie goes to the smaller lr``), or ``(the only lr run)``, or, where
+    several were run (``ran_lrs``) and one is left, ``(the only lr left of lr ...)``."""
+    means = aggregate.lr_means(chosen, metric)
+    among = sorted(means, reverse=True)
+    ran = sorted({*ran_lrs, *among}, reverse=True)
+    if len(among) == 1:
+        return "(the only lr run)" if len(ran) == 1 else f"(the only lr left of lr {lrs_text(ran)})"
+    how = f"chosen by mean validation {shown} among lr {lrs_text(among)}"
+    tied = [x for x in among if x != lr and aggregate.same_mean(means[x], means[lr])]
+    if tied:
+        how += f"; tied with lr {lrs_text(tied)}, a tie goes to the smaller lr"
+    return how
 
 
 def _note_tested_before_final_stage(shown: list[dict[str, Any]]) -> None:

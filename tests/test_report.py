@@ -424,7 +424,8 @@ def test_the_run_command_and_the_report_choose_alike_when_a_run_diverged(tmp_pat
     out = capsys.readouterr().out
     assert "lr 0.001 left out of the choice: a run there diverged" in out
     assert (
-        "lr 0.0001 chosen by mean validation accuracy; test metrics, mean ± SE over 3 seeds" in out
+        "lr 0.0001 (the only lr left of lr 0.001 0.0001); test metrics, mean ± SE over 3 seeds"
+        in out
     )
     assert f"accuracy  0.6000 ± {0.1 / math.sqrt(3):.4f}" in out
     cell = collect(records, [fail(lr=1e-3, seed=1)]).cell("bach", "resnet50", "ft")
@@ -440,11 +441,32 @@ def test_the_run_command_and_the_report_choose_alike_when_a_run_diverged(tmp_pat
     run_cli._print_summary(records, str(tmp_path), [], [1e-3])
     out = capsys.readouterr().out
     assert "lr 0.001 left out of the choice: a run there is running in another process" in out
-    assert "lr 0.0001 chosen by mean validation accuracy" in out
+    assert "lr 0.0001 (the only lr left of lr 0.001 0.0001)" in out
     # Every LR had a diverged run: no metrics, and no guess.
     run_cli._print_summary(records, str(tmp_path), [1e-3, 1e-4])
     out = capsys.readouterr().out
     assert "no learning rate with every run finished" in out and "±" not in out
+
+
+def test_the_run_summary_says_which_lrs_it_chose_among_and_a_tie_it_broke(tmp_path, capsys):
+    """--lr-grid whose other LRs all diverged said "(the only lr run)"; the LRs chosen
+    among were not named (the report over an --out with more LRs chose another); a tie,
+    broken by the smaller-LR rule, was not said."""
+    from experiments import run as run_cli
+
+    grid = [1e-3, 1e-4, 1e-5]
+    records = [rec(lr=lr, seed=s, val=v) for lr, v in ((1e-3, 0.8), (1e-4, 0.8)) for s in (0, 1)]
+    records += [rec(lr=1e-5, seed=s, val=0.5) for s in (0, 1)]
+    run_cli._print_summary(records, str(tmp_path), [], [], grid)
+    assert (
+        "\nlr 0.0001 chosen by mean validation accuracy among lr 0.001 0.0001 1e-05; tied with "
+        "lr 0.001, a tie goes to the smaller lr; test metrics, mean ± SE over 2 seeds:\n"
+    ) in capsys.readouterr().out
+    lone = [r for r in records if r["config"]["lr"] == 1e-4]  # the others diverged, no record
+    run_cli._print_summary(lone, str(tmp_path), [1e-3, 1e-5], [], grid)
+    assert "\nlr 0.0001 (the only lr left of lr 0.001 0.0001 1e-05); test metrics" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize(
@@ -472,7 +494,9 @@ def test_the_run_summary_names_eq6_accuracy_apart_from_top1(
         assert ("one-vs-rest accuracy, not the share of images classed right" in out) == eq6
     assert "lr 0.0001 (the only lr run); test metrics, mean ± SE over 2 seeds:" in out
     run_cli._print_summary([*records, rec(lr=1e-3, val=0.1)], str(tmp_path), [])
-    assert f"lr 0.0001 chosen by mean validation {name};" in capsys.readouterr().out
+    assert f"lr 0.0001 chosen by mean validation {name} among lr 0.001 0.0001;" in (
+        capsys.readouterr().out
+    )
     run_cli._print_summary([records[0], rec(lr=1e-3, val=0.1)], str(tmp_path), [])
     out = capsys.readouterr().out  # one seed: its values, no "± nan"
     assert "lr 0.0001 chosen by mean validation" in out and "test metrics of seed 0:" in out
@@ -484,8 +508,9 @@ def test_the_run_summary_names_eq6_accuracy_apart_from_top1(
     out = capsys.readouterr().out
     assert f"seed 0: best epoch 1 of 3 by validation {name}; test metrics:" in out, out
     assert (
-        "trained from random initialisation: no ImageNet weights for resnet50 (see the warning "
-        "above); these numbers are not a fine-tuning's\n"
+        "trained from random initialisation: no ImageNet weights for resnet50 (none ported, "
+        "and none could be downloaded when the run trained); these numbers are not a "
+        "fine-tuning's\n"
     ) in out
     chose = records[0] | {"weights_used": "none (random initialisation)"}  # --weights none
     run_cli._print_summary([chose], str(tmp_path), [])

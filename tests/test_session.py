@@ -24,8 +24,12 @@ def test_a_diverged_run_leaves_a_note_under_run_as_under_sweep(monkeypatch, tmp_
     assert run_cli.main(argv) == 1
     err = capsys.readouterr().err.splitlines()
     # Both seeds were tried (one diverging does not stop the others), each noted once.
-    assert len(err) == 2 and all(e.startswith("error: training loss became nan") for e in err)
     notes = results.load_failures(tmp_path)
+    # Each names its run's folder: with stdout apart, nothing else said which diverged.
+    assert sorted(err) == sorted(
+        f"error: {results.run_dir(tmp_path, n['config'])}: {n['error']}" for n in notes
+    )
+    assert all(n["error"].startswith("training loss became nan") for n in notes)
     assert sorted(n["config"]["seed"] for n in notes) == [0, 1]
     assert {n["kind"] for n in notes} == {"nonfinite"}
     assert [n["decoding"] for n in notes] == [{}, {}]  # the default rule, said
@@ -46,10 +50,11 @@ def test_nan_outputs_at_validation_are_a_divergence_noted(monkeypatch, tmp_path,
     argv = ["--strategy", "lp", *ARGS, "--seeds", "0", "--out", str(tmp_path)]
     assert run_cli.main(argv) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: the model's val outputs became NaN or infinite (1 of ")
-    assert err.endswith(" examples, epoch 1); try a smaller --lr")  # fp32 is the default
     (note,) = results.load_failures(tmp_path)
-    assert note["kind"] == "nonfinite" and note["error"] == err.removeprefix("error: ")
+    where = results.run_dir(tmp_path, note["config"])
+    assert err.startswith(f"error: {where}: the model's val outputs became NaN or infinite (1 of ")
+    assert err.endswith(" examples, epoch 1); try a smaller --lr")  # fp32 is the default
+    assert note["kind"] == "nonfinite" and note["error"] == err.removeprefix(f"error: {where}: ")
     assert not list(tmp_path.rglob("record.json"))
 
 
