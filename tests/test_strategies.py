@@ -1511,3 +1511,11 @@ def test_rgn_forwards_extra_args_to_inner():
     np.testing.assert_allclose(
         flatten(u)["a/kernel"], np.asarray(g["a/kernel"]) * 0.4 * float(plateau.scale), rtol=1e-6
     )
+
+
+def test_a_numpy_steps_per_epoch_gives_plain_int_start_steps():
+    """``np.int64(2)`` (a count from numpy) showed as ``np.int64(4)`` in start_steps."""
+    made = make("g_lf", toy_params(), TOY, learning_rate=LR, steps_per_epoch=np.int64(2))
+    steps = made.schedule.start_steps
+    assert {type(v) for v in steps.values() if v is not None} == {int}
+    assert max(v for v in steps.values() if v is not None) >= 2

@@ -104,7 +104,7 @@ class Schedule:
             return start
         if self.steps_per_epoch is None:
             raise ValueError(f"schedule {self.strategy!r}: stages need steps_per_epoch")
-        return start * self.steps_per_epoch
+        return int(start * self.steps_per_epoch)  # a numpy count: a plain int, as printed
 
     @property
     def start_steps(self) -> dict[str, int | None]:
