@@ -992,8 +992,19 @@ def test_partition_head_naming_one_leaf_of_its_layer_is_refused():
             "top/head",
             r"partition\.head 'top/head' \(toy\) is not in the last block 'body'",
         ),
+        (  # Schedule.build raised a KeyError from deep inside make
+            (Block("stem", ("stem",)), Block("top", ("top",))),
+            "top/head",
+            r"parameter 'body/[^']+' is in no block of the partition \(toy\); expected exactly "
+            r"one of \['stem', 'top'\]",
+        ),
+        (
+            (Block("stem", ("stem", "body")), Block("body", ("body",)), Block("top", ("top",))),
+            "top/head",
+            r"parameter 'body/[^']+' is in blocks \['stem', 'body'\] of the partition",
+        ),
     ],
-    ids=["name-twice", "empty-block", "head-not-last"],
+    ids=["name-twice", "empty-block", "head-not-last", "uncovered", "overlapping"],
 )
 def test_a_partition_whose_blocks_are_not_stages_is_refused(blocks, head, message):
     """Each block is a stage of G-LF/G-FL: a user's own partition is checked before use."""

@@ -275,6 +275,14 @@ def _check_partition(name: str, params: PyTree, partition: Any) -> None:
             f"{where}: partition block {empty!r} ({partition.arch}) owns no parameter; "
             "it would be a stage that trains nothing"
         )
+    for path in paths:  # every parameter in one block: else Schedule.build's KeyError
+        owners = [b.name for b in partition.blocks if b.owns(path)]
+        if len(owners) != 1:
+            held = f"blocks {owners}" if owners else "no block"
+            raise ValueError(
+                f"{where}: parameter {path!r} is in {held} of the partition "
+                f"({partition.arch}); expected exactly one of {list(partition.names)}"
+            )
     last = partition.blocks[-1]
     if not all(last.owns(p) for p in heads):
         raise ValueError(
