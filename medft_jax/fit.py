@@ -715,10 +715,11 @@ def _environment_changed(progress: Progress, steps_done: int) -> str | None:
 
 def _resuming(progress: Progress, ckpts: RunCheckpoints) -> str:
     """The line a resumed run says: where it goes on from, and from which checkpoint."""
-    done = len(progress.epochs)
+    done, part = len(progress.epochs), progress.partial
     where = f"{done} epoch{'s' * (done != 1)}"
-    if progress.partial is not None:
-        where += f" and {progress.partial.steps} steps of epoch {progress.partial.epoch + 1}"
+    if part is not None:
+        steps = f"{part.steps} step{'s' * (part.steps != 1)} of epoch {part.epoch + 1}"
+        where = f"{where} and {steps}" if done else steps  # not "0 epochs and 1 steps"
     return f"note: resuming after {where}, from {ckpts.latest_dir}"
 
 

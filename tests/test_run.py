@@ -1055,3 +1055,22 @@ def test_a_gpu_or_tpu_runs_environment_leaves_the_hosts_cpus_out(monkeypatch):
     monkeypatch.setattr(environment, "cpu_threads", lambda: 3)
     assert before["cpu_threads"] is None
     assert environment.environment_changes(before, environment.numerics_environment()) == []
+
+
+def test_the_resume_line_counts_in_words():
+    """It said "after 0 epochs and 1 steps of epoch 1"."""
+    from types import SimpleNamespace
+
+    from medft_jax.fit import _resuming
+
+    ckpts = SimpleNamespace(latest_dir="/runs/r/checkpoints")
+
+    def said(epochs: int, steps: int | None) -> str:
+        part = None if steps is None else SimpleNamespace(steps=steps, epoch=epochs)
+        return _resuming(SimpleNamespace(epochs=[{}] * epochs, partial=part), ckpts)
+
+    assert said(0, 1) == "note: resuming after 1 step of epoch 1, from /runs/r/checkpoints"
+    assert said(1, 2) == (
+        "note: resuming after 1 epoch and 2 steps of epoch 2, from /runs/r/checkpoints"
+    )
+    assert said(2, None) == "note: resuming after 2 epochs, from /runs/r/checkpoints"
