@@ -490,17 +490,18 @@ class Trainer:
         in training: no BatchNorm spreads the NaN first), and the run would go on training
         a head on zeros. One reduction on the device."""
         args = ((state.params, state.batch_stats),)
-        out = self._program(_all_finite, args)(*args)
+        out = self._program(_all_finite, args, programs=_CHECK_PROGRAMS)(*args)
         return bool(np.asarray(out.addressable_data(0)))
 
-    def _program(self, fn: Any, args: tuple, **static: Any) -> Any:
-        """``fn`` compiled for ``args`` and ``static``, its compilation counted as such."""
+    def _program(self, fn: Any, args: tuple, programs: dict | None = None, **static: Any) -> Any:
+        """``fn`` compiled for ``args`` and ``static``, its compilation counted as such, kept
+        in ``programs`` (the prepass's, by default)."""
         key = (fn, self.mesh, tuple(sorted(static.items())), _shapes(args))
 
         def build() -> Any:
             return fn.lower(*args, **static).compile()
 
-        return self._built(_PREPASS_PROGRAMS, key, build)[0]
+        return self._built(_PREPASS_PROGRAMS if programs is None else programs, key, build)[0]
 
     def _lower_grad(
         self,
@@ -733,6 +734,8 @@ def _hold(opt_state: PyTree, total: jax.Array, *, n: int) -> PyTree:
 _GRAD_PROGRAMS: dict[tuple, Any] = {}
 """Compiled gradient programs of this process, keyed by model, stage and shapes."""
 _PREPASS_PROGRAMS: dict[tuple, Any] = {}
+_CHECK_PROGRAMS: dict[tuple, Any] = {}
+"""The epoch-end finiteness check's programs (:meth:`Trainer.state_finite`), by state shape."""
 """Compiled Auto-RGN prepass programs (:func:`_rgn_sum`, :func:`_hold`), as above."""
 
 
