@@ -102,6 +102,17 @@ except Exception as e:  # noqa: BLE001
     parts.append(f"jax.devices() failed ({type(e).__name__})")
 print("versions:", ", ".join(parts))
 PY
+# Timings on a CPU under a "GPU" heading (or JAX on the CPU against torch on the GPU) would
+# be wrong rows: without a GPU backend nothing is timed. SMOKE=1 runs anywhere.
+if [ "${SMOKE:-0}" != 1 ]; then
+    backend=$(timeout 120 python3 -c "import jax; print(jax.default_backend())" 2>/dev/null)
+    if [ "$backend" != gpu ]; then
+        echo "setup: JAX's backend is ${backend:-unknown}, not gpu: nothing timed" >> "$META"
+        echo "gpu.sh: JAX's backend is ${backend:-unknown}, expected gpu (a CUDA jaxlib);" \
+            "SMOKE=1 runs the commands on any machine" >&2
+        exit 1
+    fi
+fi
 rows
 
 # step NAME WANT GRACE MIN CMD...: CMD under `timeout`, its limit the smaller of WANT and

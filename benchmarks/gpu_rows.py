@@ -37,8 +37,10 @@ KEEP = re.compile(
     r"^(\||- |finished|LP from cached features|FT as one fused program|nothing measured)"
 )
 NOTE = re.compile(
-    r"^# (\d{4}-\d\d-\d\d |CPU PROJECTION|timed at|time budget|SIGTERM|the report of)"
+    r"^# (\d{4}-\d\d-\d\d |CPU PROJECTION|timed at|time budget|SIGTERM|the report of|measured )"
 )
+"""Lines kept as notes: ``# measured ft 0: ...`` is what strategies.py timed before its
+table, all a step stopped at its limit leaves."""
 JAX_ONLY = re.compile(r"^- measured JAX \S+ (\S+) (\d+)x(\d+) (.+): ")
 
 
@@ -66,8 +68,30 @@ def section(text: str) -> list[str]:
         out.append(line)
         if line.startswith("####"):
             out.append("")
+    out = _without_empty_tables(out)
     if notes:
         out += ["", *notes] if out else notes
+    return out
+
+
+def _without_empty_tables(lines: list[str]) -> list[str]:
+    """``lines`` less each table that is a header and its rule alone (a step stopped before
+    its table's rows were printed), and the blank line before it."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        j = i
+        while j < len(lines) and lines[j].startswith("|"):
+            j += 1
+        if j > i:  # a table: lines[i:j]
+            if j - i > 2:
+                out += lines[i:j]
+            elif out and out[-1] == "":
+                out.pop()
+            i = j
+        else:
+            out.append(lines[i])
+            i += 1
     return out
 
 
