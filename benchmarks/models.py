@@ -143,10 +143,15 @@ def jax_fns(arch: str, size: int, batch: int, dtype: Any = jnp.float32):
 
 
 def torch_device() -> str:
+    """The kind of device JAX runs on, for torch: a ratio of JAX on the CPU to torch on a
+    GPU (a jaxlib without CUDA beside a CUDA torch) would be no comparison, so JAX on the
+    CPU puts torch there too, and JAX on a GPU torch cannot see is refused."""
     import torch
 
-    # The same kind of device JAX runs on: a GPU when torch sees one.
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    backend = jax.default_backend()
+    if backend == "gpu" and not torch.cuda.is_available():
+        raise UserError("JAX runs on a GPU that torch cannot see (a CPU-only torch?): no ratio")
+    return "cuda" if backend == "gpu" else "cpu"
 
 
 def torch_fns(arch: str, size: int, batch: int):

@@ -747,3 +747,19 @@ def test_gpu_sh_times_nothing_where_jax_has_no_gpu(tmp_path):
         "setup: JAX's backend is cpu, not gpu: nothing timed" in (tmp_path / "gpu.txt").read_text()
     )
     assert not any((tmp_path / f"{step}.txt").exists() for step in ("models", "strategies"))
+
+
+def test_models_py_times_torch_on_the_kind_of_device_jax_runs_on(monkeypatch):
+    """torch went to CUDA whenever it saw a GPU, whatever JAX ran on: a jaxlib without CUDA
+    made the JAX/PyTorch ratio one of a CPU against a GPU."""
+    torch = pytest.importorskip("torch")
+    from medft_jax.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench_models.jax, "default_backend", lambda: "cpu")
+    assert bench_models.torch_device() == "cpu"
+    monkeypatch.setattr(bench_models.jax, "default_backend", lambda: "gpu")
+    assert bench_models.torch_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"^JAX runs on a GPU that torch cannot see"):
+        bench_models.torch_device()
