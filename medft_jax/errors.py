@@ -318,6 +318,15 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         print(f"{word}: {e}" if isinstance(e, Interrupted) else word, file=sys.stderr)
         status = EXIT_TERMINATED if terminated else 130
         return status
+    except MemoryError as e:  # the host's memory, not the device's (XLA's is a RuntimeError)
+        what = f" ({one_line(e)})" if str(e) else ""
+        print(
+            f"error: out of host memory{what}; a file larger than this machine can hold, "
+            "or too many decoding threads (MEDFT_JAX_DECODE_THREADS)",
+            file=sys.stderr,
+        )
+        status = EXIT_FAILED
+        return status
     except Exception as e:
         os_err = find_os_error(e)
         if os_err is None:

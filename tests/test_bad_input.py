@@ -692,6 +692,16 @@ def test_cli_main_keeps_real_bugs_and_maps_disk_errors(capsys):
     assert cli_main(full) == 1
     assert _one_error_line(capsys) == "error: /data/x.npy: no space left on the device"
 
+    def huge(argv):  # a DICOM decoded in float64 copies, a CSV of one 1 GB line
+        raise MemoryError("Unable to allocate 6.71 GiB for an array with shape (60000, 60000)")
+
+    assert cli_main(huge) == 1
+    assert _one_error_line(capsys) == (
+        "error: out of host memory (Unable to allocate 6.71 GiB for an array with shape "
+        "(60000, 60000)); a file larger than this machine can hold, or too many decoding "
+        "threads (MEDFT_JAX_DECODE_THREADS)"
+    )
+
 
 def test_a_looping_link_where_a_file_belongs_is_one_line(tmp_path, capsys):
     from medft_jax import locks

@@ -1436,3 +1436,23 @@ def test_mura_listings_written_by_pandas_or_a_spreadsheet_read_as_the_releases(t
         path = folder / name
         path.write_text("".join(f'"{line}"\n' for line in path.read_text().splitlines()))
     assert _parse("mura_wrist", tmp_path) == want
+
+
+def test_a_mat_declaring_a_huge_image_is_refused_before_it_is_read(tmp_path):
+    """A 5 KB .mat whose cjdata/image declares 60000x60000 (chunked, never written) asked
+    for 6.7 GiB: a MemoryError traceback, which --skip-bad-images did not skip."""
+    import h5py
+
+    path = tmp_path / "bomb.mat"
+    fakes.write_mat(path, np.zeros((8, 8), np.int16), 1, "100001")
+    with h5py.File(path, "a") as f:
+        del f["cjdata"]["image"]
+        f["cjdata"].create_dataset(
+            "image", shape=(60000, 60000), dtype=np.int16, chunks=(256, 256), compression="gzip"
+        )
+    assert path.stat().st_size < 100_000
+    with pytest.raises(DataError) as e:
+        decode_mat(path)
+    assert str(e.value).startswith(
+        f"{path}: image size 60000x60000 (3,600,000,000 pixels) exceeds the limit of "
+    )

@@ -114,8 +114,32 @@ def test_medmnist_refuses_pickled_npz(tmp_path):
             for k in ("images", "labels")
         },
     )
-    with pytest.raises(ValueError, match="allow_pickle"):
+    # Refused from its header's dtype, before numpy is asked to read (or unpickle) anything.
+    with pytest.raises(ValueError, match=r"\.npz: train_images must be uint8, got object"):
         load("medmnist/bloodmnist", data_dir=tmp_path)
+
+
+def test_medmnist_npz_declaring_huge_images_is_refused_before_reading_them(tmp_path):
+    """A 186 KB .npz whose train_images declared 546×100000×100000 asked numpy for 4.97 TiB
+    (a MemoryError traceback from prepare and run)."""
+    import io
+    import zipfile
+
+    path = tmp_path / "breastmnist.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for split in ("train", "val", "test"):
+            head = io.BytesIO()
+            header = {"descr": "|u1", "fortran_order": False, "shape": (546, 100000, 100000)}
+            np.lib.format.write_array_header_1_0(head, header)
+            z.writestr(f"{split}_images.npy", head.getvalue() + bytes(1024))
+            buf = io.BytesIO()
+            np.save(buf, np.zeros(546, np.uint8))
+            z.writestr(f"{split}_labels.npy", buf.getvalue())
+    with pytest.raises(ValueError) as e:
+        load("medmnist/breastmnist", data_dir=tmp_path)
+    assert str(e.value).startswith(
+        f"{path}: train_images are 100000×100000, expected 28×28 (the file's name says 28 px)"
+    )
 
 
 # Preprocessing: equal to torchvision's Resize + CenterCrop on PIL images

@@ -93,8 +93,16 @@ def _whole(raw: np.ndarray, path: Path) -> int:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """The image as MATLAB shows it (rows × columns), in its stored dtype."""
+    """The image as MATLAB shows it (rows × columns), in its stored dtype. Its declared
+    shape is checked against the size limits before it is read: a 5 KB file declaring
+    60000×60000 asked for 6.7 GiB (a MemoryError traceback, not skippable as bad)."""
     with _open(path) as f:
+        try:
+            shape = tuple(f["cjdata"]["image"].shape)
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError, AttributeError):
+            shape = ()  # missing or unreadable: _field names it
+        if len(shape) == 2:  # stored column-major: MATLAB's columns × rows
+            check_size(path, shape[0], shape[1])
         image = _field(f, path, "image")
     if image.ndim != 2 or image.size == 0:
         raise DataError(f"{path}: cjdata/image must be a 2-D image, got shape {image.shape}")
