@@ -72,8 +72,10 @@ MAX_PIXELS = 8192 * 8192
 """67,108,864 pixels. Admits every real medical image we know of that is read
 whole: mammograms (at most ~5928×4728 ≈ 28 Mpx), 2048×1536 BACH TIFFs, CT/MR
 slices, chest X-rays (~3000×3000), whole-slide thumbnails and low-resolution
-levels up to 8192²; a decoded RGB image is then at most 192 MiB. Whole-slide
-images at full resolution (10^9 pixels and more) need tiling, not this path."""
+levels up to 8192²; a decoded RGB image is then at most 192 MiB, but decoding one
+at the limit holds float64 copies on the way (a 16-bit DICOM of 8192²: about 3 GB at its
+peak, per decoding thread). Whole-slide images at full resolution (10^9 pixels and more)
+need tiling, not this path."""
 
 MAX_ASPECT = 20.0
 """Long side / short side. Admits stitched full-spine and long-leg
