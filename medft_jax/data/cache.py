@@ -461,6 +461,18 @@ def reserve_space(path: Path) -> None:
         os.close(fd)
 
 
+def read_npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype, tuple[int, int]]:
+    """``(shape, fortran_order, dtype, format version)`` of the ``.npy`` file object ``f``,
+    read from its header alone (``f`` left at the data's first byte)."""
+    version = np.lib.format.read_magic(f)
+    read = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    return (*read(f), version)
+
+
 def _shrink_npy(path: Path, rows: int) -> None:
     """Rewrites an ``.npy`` header in place to ``rows`` rows and truncates the file.
 
@@ -468,13 +480,7 @@ def _shrink_npy(path: Path, rows: int) -> None:
     needs more digits, so the data offset stays where it was.
     """
     with open(path, "r+b") as f:
-        version = np.lib.format.read_magic(f)
-        read = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read(f)
+        shape, fortran, dtype, version = read_npy_header(f)
         offset = f.tell()
         header = repr(
             {

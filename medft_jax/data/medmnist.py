@@ -172,13 +172,7 @@ def _declared(path: Path, key: str) -> SimpleNamespace:
     declares in its ``.npy`` header, read without reading the array."""
     try:
         with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
-            version = np.lib.format.read_magic(f)
-            read = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, _, dtype = read(f)
+            shape, _, dtype, _ = cache.read_npy_header(f)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: cannot read array {key!r} ({err})") from None
     return SimpleNamespace(dtype=np.dtype(dtype), shape=tuple(shape), ndim=len(shape))
