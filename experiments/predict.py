@@ -28,6 +28,7 @@ all are written: FILE holds its old content or every row, never part of them.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -41,6 +42,7 @@ import numpy as np
 
 from experiments.common import add_bits_stored_flag, add_dicom_window_flag
 from medft_jax.config import PRECISIONS
+from medft_jax.data.cache import reserve_space
 from medft_jax.data.dicom import OneValueUnwindowed, WindowOnColour
 from medft_jax.data.errors import DataError, ImageMissing, NotABadFile
 from medft_jax.data.images import DECODING_VERSION, open_image
@@ -412,7 +414,20 @@ def _image_store(n: int, crop: int, scratch: Path) -> np.ndarray:
     shape = (n, crop, crop, 3)
     if n * crop * crop * 3 <= IN_MEMORY_BYTES:
         return np.empty(shape, np.uint8)
-    return np.lib.format.open_memmap(scratch / "images.npy", "w+", np.uint8, shape)
+    store = np.lib.format.open_memmap(scratch / "images.npy", "w+", np.uint8, shape)
+    # Its blocks reserved now: a page of the map a full disk cannot back is a SIGBUS that
+    # killed predict without a word (exit 135), the scratch file left behind.
+    try:
+        reserve_space(scratch / "images.npy")
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise PredictError(
+            f"{n} images at {crop} px need {store.nbytes / 2**30:.1f} GiB of scratch space in "
+            f"{scratch.parent} (TMPDIR), which has not that much free; set TMPDIR to a "
+            "larger disk, or predict the images in parts"
+        ) from None
+    return store
 
 
 def _shown_name(name: str, separator: str = ",") -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -404,6 +405,37 @@ def test_images_beyond_the_memory_bound_wait_in_a_memmap_with_the_same_probs(tmp
     np.testing.assert_array_equal(predictor.predict_files(paths, batch_size=2), in_memory)
     assert isinstance(stores[0], np.memmap)
     assert not Path(stores[0].filename).parent.exists()  # its scratch folder is gone
+
+
+def test_a_scratch_disk_too_small_for_the_images_is_one_line_not_a_bus_error(
+    tmp_path, monkeypatch, capsys
+):
+    """Over the memory bound the images wait in a memmap in TMPDIR; a page a full disk
+    could not back killed predict with SIGBUS (exit 135, no word, the file left)."""
+    import errno
+    import os
+
+    from experiments import predict
+
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    paths = _images(tmp_path, 5)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read again
+    monkeypatch.setattr(predict, "IN_MEMORY_BYTES", 32 * 32 * 3 * 4)  # room for 4 of 5
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    argv = ["--checkpoint", str(ck), "--images", *map(str, paths)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: 5 images at 32 px need 0.0 GiB of scratch space in {scratch} (TMPDIR), which "
+        "has not that much free; set TMPDIR to a larger disk, or predict the images in parts\n"
+    )
+    assert list(scratch.iterdir()) == []  # the scratch folder went with the error
 
 
 @pytest.mark.slow
