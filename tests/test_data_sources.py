@@ -80,6 +80,33 @@ def test_the_resized_cache_makes_no_rgb_copy_of_a_split(tmp_path, monkeypatch):
     assert np.array_equal(resized.splits["test"].images[5], expected[2:34, 2:34])
 
 
+def test_the_resized_cache_streams_the_images_from_the_file(tmp_path, monkeypatch):
+    """The first load of a flag held every split of the .npz in memory at once (about 16 GB
+    for PathMNIST@224): the images are read from the file a few rows at a time as they are
+    resized, with the pixels of the whole-file load, from a compressed file too."""
+    from medft_jax.data import medmnist
+
+    path = tmp_path / "pneumoniamnist.npz"
+    _npz(path, {"train": 23, "val": 4, "test": 6})
+    with np.load(path) as f:
+        np.savez_compressed(path, **{k: f[k] for k in f.files})  # as the release is written
+    native = load("medmnist/pneumoniamnist", data_dir=tmp_path)
+    real = medmnist._array
+
+    def labels_only(npz, where, key):
+        assert key.endswith("_labels"), f"{key} read whole"
+        return real(npz, where, key)
+
+    monkeypatch.setattr(medmnist, "_array", labels_only)
+    monkeypatch.setattr(medmnist, "STREAM_ROWS", 5)  # 23 rows: five reads, the last of 3
+    resized = load("medmnist/pneumoniamnist", data_dir=tmp_path, progress=False, **SIZES)
+    for i in (0, 4, 5, 22):
+        grey = native.splits["train"].images[i, ..., 0]
+        rgb = Image.fromarray(grey).convert("RGB").resize((36, 36), Image.BILINEAR)
+        assert np.array_equal(resized.splits["train"].images[i], np.asarray(rgb)[2:34, 2:34])
+    assert resized.splits["train"].labels.tolist() == native.splits["train"].labels.tolist()
+
+
 def test_chestmnist_is_multilabel(tmp_path):
     _npz(tmp_path / "chestmnist.npz", {"train": 6, "val": 2, "test": 2}, "multi", 14)
     ds = load("medmnist/chestmnist", data_dir=tmp_path)

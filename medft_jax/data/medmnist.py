@@ -17,6 +17,7 @@ cached on disk once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -24,7 +25,7 @@ import sys
 import urllib.request
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -124,15 +125,17 @@ def find_or_download(flag: str, size: int, data_dir: Path, *, allow_download: bo
 
 
 def read_npz(
-    path: Path, flag: str, size: int, *, rgb: bool = True
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    path: Path, flag: str, size: int, *, rgb: bool = True, images: bool = True
+) -> dict[str, tuple[Any, np.ndarray]]:
     """``{split: (uint8 N×H×W×3 images, labels)}`` from an official-format ``.npz``, checked.
 
     Labels are checked (see :func:`_labels`) and every class must have a
     training example; an unreadable file or array is one line naming it.
-    ``rgb=False`` leaves grayscale files N×H×W, a third of the memory: the
-    resized cache converts each image as it writes it (ChestMNIST at 224 px
-    is 5.6 GB of grayscale pixels, 17 GB as RGB).
+    ``rgb=False`` leaves grayscale files N×H×W, a third of the memory.
+    ``images=False`` reads no image: each split's first item is then the images' declared
+    ``shape``/``dtype`` (checked as the arrays would be), and the resized cache streams
+    them from the file (:func:`stream_images`): the whole file in memory at once was
+    about 16 GB for PathMNIST@224.
     """
     info = FLAGS[flag]
     out = {}
@@ -150,21 +153,51 @@ def read_npz(
                     raise DataError(f"{path}: missing array {key!r}; has {sorted(npz.files)}")
             # The shapes the file declares, checked before anything is read: a 186 KB file
             # declaring 546×100000×100000 images asked numpy for 4.97 TiB (a traceback).
-            _checked_images(_declared(path, f"{split}_images"), path, split, size, info.n_channels)
-            images, labels = (
-                _array(npz, path, f"{split}_images"),
-                _array(npz, path, f"{split}_labels"),
-            )
-            images = _checked_images(images, path, split, size, info.n_channels)
-            out[split] = (_as_rgb(images) if rgb else images, _labels(labels, info, path, split))
-            if len(out[split][0]) != len(out[split][1]):
+            declared = _declared(path, f"{split}_images")
+            _checked_images(declared, path, split, size, info.n_channels)
+            labels = _labels(_array(npz, path, f"{split}_labels"), info, path, split)
+            if images:
+                pixels = _array(npz, path, f"{split}_images")
+                pixels = _checked_images(pixels, path, split, size, info.n_channels)
+                out[split] = (_as_rgb(pixels) if rgb else pixels, labels)
+            else:
+                out[split] = (declared, labels)
+            rows = len(out[split][0]) if images else declared.shape[0]
+            if rows != len(out[split][1]):
                 raise DataError(
-                    f"{path}: {split}_images has {len(images)} rows, {split}_labels {len(labels)}"
+                    f"{path}: {split}_images has {rows} rows, {split}_labels {len(labels)}"
                 )
             if len(out[split][1]) == 0:
                 raise DataError(f"{path}: split {split!r} is empty")
     _check_classes(out, info, path)
     return out
+
+
+STREAM_ROWS = 256
+"""Images read from a ``.npz`` member at a time when the resized cache is built."""
+
+
+def stream_images(path: Path, key: str) -> Iterator[np.ndarray]:
+    """The images of member ``key`` of the ``.npz`` at ``path``, one at a time, decompressed
+    :data:`STREAM_ROWS` at a time: memory bounded whatever the file's size. The member's
+    header was checked by :func:`read_npz` (``images=False``)."""
+    try:
+        with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
+            shape, fortran, dtype, _ = cache.read_npy_header(f)
+            if fortran:  # not how np.savez writes; read whole, as before
+                yield from np.load(path, allow_pickle=False)[key]
+                return
+            row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            left = shape[0]
+            while left:
+                n = min(STREAM_ROWS, left)
+                data = f.read(n * row)
+                if len(data) != n * row:
+                    raise DataError(f"{path}: array {key!r} ends before its {shape[0]} rows")
+                yield from np.frombuffer(data, dtype).reshape((n, *shape[1:]))
+                left -= n
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: cannot read array {key!r} ({err})") from None
 
 
 def _declared(path: Path, key: str) -> SimpleNamespace:
@@ -285,9 +318,11 @@ def _check_classes(arrays: dict[str, tuple[np.ndarray, np.ndarray]], info, path:
         )
 
 
-def _resized_chunks(images: np.ndarray, resize_size: int, crop_size: int) -> cache.ImageChunks:
+def _resized_chunks(
+    images: Callable[[], Iterable[np.ndarray]], resize_size: int, crop_size: int
+) -> cache.ImageChunks:
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for image in images:
+        for image in images():
             out = resize_and_crop(Image.fromarray(image), resize_size, crop_size)
             yield out[None], np.ones(1, dtype=bool)
 
@@ -340,14 +375,17 @@ def load_medmnist(
     if reason or not cache.is_complete(target):
         path = found or find_or_download(flag, size, data_dir, allow_download=allow_download)
         source = file_source(path, flag, size)
-        arrays = read_npz(path, flag, size, rgb=False)  # each image made RGB as it is resized
+        # Labels read and checked; the images streamed from the file as the cache is written
+        # (each made RGB as it is resized).
+        arrays = read_npz(path, flag, size, images=False)
         _refuse_other_flags_sizes(path, flag, source, arrays)
         shape = (crop_size, crop_size, 3)
         plan = {}
-        for s, (im, lab) in arrays.items():
+        for s, (_, lab) in arrays.items():
             ids = np.asarray([f"{s}/{i}" for i in range(len(lab))])
             fields = {"labels": lab, "ids": ids, "groups": ids, "patients": ids}
-            chunks = _resized_chunks(im, resize_size, crop_size)
+            rows = functools.partial(stream_images, path, f"{s}_images")
+            chunks = _resized_chunks(rows, resize_size, crop_size)
             plan[s] = cache.SplitPlan(len(lab), shape, chunks, fields)
         meta = {**facts, "source": source}
         cache.write_cache(target, plan, meta, progress=progress)
