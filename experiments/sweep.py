@@ -204,6 +204,17 @@ def dry_run(
         g.dataset_options,
         unbuilt,
     )
+    # A paper task's record of other split or label options (a val fraction the grid now
+    # sets otherwise) is of other data: the sweep's fingerprint finds it and runs it again.
+    from medft_jax.data.options import task_options
+    from medft_jax.report.cells import run_options  # names only: no JAX
+
+    for r in records:
+        d = r["config"]["dataset"]
+        if d in LOCAL_KINDS or not results.record_path(out, r["config"]).is_file():
+            continue
+        if run_options(r) != task_options(d, g.dataset_options.get(d)):
+            changed.setdefault(results.settings_hash(r["config"]), "other split or label options")
 
     broken_keys, broken_names = _damaged_runs(damaged, out)
     # Folders a live process holds (another shard training them now): the sweep skips them.

@@ -1802,10 +1802,10 @@ def test_how_to_read_says_which_split_and_labels_the_runs_used(tmp_path):
     records += [opt_rec(s, dataset="chexpert", options={"uncertain": "libauc"}) for s in ("ft",)]
     records += [opt_rec(s, dataset="bach") for s in ("ft", "lp")]
     summary = collect(records)
-    assert summary.dataset_options == {
-        "chexpert": {"uncertain": "libauc"},
-        "isic2020": {"split_by": "image"},
-        "bach": {},
+    assert summary.dataset_options == {  # val_fraction: the share carved into val
+        "chexpert": {"uncertain": "libauc", "val_fraction": 0.1},
+        "isic2020": {"split_by": "image", "val_fraction": 0.1},
+        "bach": {"val_fraction": 0.1},
     }
     text = write_report(summary, tmp_path / "report").read_text()
     how = text[text.index("## How to read") : text.index("## chexpert")]
@@ -1816,7 +1816,7 @@ def test_how_to_read_says_which_split_and_labels_the_runs_used(tmp_path):
     assert "bach:" not in options.replace("(bach)", "")
     # A record written before records carried options reads as the default split.
     assert collect([opt_rec(s) for s in ("ft", "lp")]).dataset_options == {
-        "isic2020": {"split_by": "patient"}
+        "isic2020": {"split_by": "patient", "val_fraction": 0.1}
     }
 
 
@@ -1836,7 +1836,51 @@ def test_a_grid_takes_only_runs_of_its_split():
     summary = collect([by_image, by_patient], grid=grid)
     assert summary.left_out == 1
     assert summary.cell("isic2020", "resnet50", "ft").test["accuracy"][0] == pytest.approx(0.7)
-    assert summary.dataset_options == {"isic2020": {"split_by": "image"}}
+    assert summary.dataset_options == {"isic2020": {"split_by": "image", "val_fraction": 0.1}}
+
+
+def test_a_grid_takes_only_runs_of_its_val_fraction_and_latest_keeps_both():
+    """A paper task's val fraction was recorded nowhere: a grid asking for 0.3 reported a
+    run made at the default 0.1 as its finished cell, and --latest took the 0.3 run for a
+    rerun of the 0.1 one on newer data (dropping it)."""
+    from medft_jax.report.cells import drop_superseded
+
+    grid = one_run_grid("chexpert", {"chexpert": {"val_fraction": 0.3}})
+    cfg = grid.config("chexpert", "resnet50", "ft", 1e-4, 0).to_dict()
+    default = opt_rec(dataset="chexpert", config=cfg, options={"uncertain": "ones"}, test=0.9)
+    older = opt_rec(dataset="chexpert", config=cfg, test=0.8)  # before the field: 0.1
+    carved = opt_rec(
+        dataset="chexpert",
+        config={**cfg, "data_fingerprint": "f" * 64},
+        options={"uncertain": "ones", "val_fraction": 0.3},
+        test=0.7,
+    )
+    assert collect([default, older], grid=grid).left_out == 2
+    summary = collect([default, carved], grid=grid)
+    assert summary.left_out == 1
+    assert summary.cell("chexpert", "resnet50", "ft").test["accuracy"][0] == pytest.approx(0.7)
+    default["finished_at"], carved["finished_at"] = "2026-12-01T00:00:00", "2026-12-02T00:00:00"
+    kept, dropped = drop_superseded([default, carved])
+    assert dropped == 0 and len(kept) == 2  # two splits, neither a rerun of the other
+
+
+def test_a_folder_grid_takes_only_runs_read_with_its_layout_options():
+    """A grid with test_fraction 0.3 reported a run made at the default (its record's
+    data_source says how it was read) as "1 of 1 expected, complete"."""
+    grid = one_run_grid("folder", {"folder": {"manual_dir": "/data/x", "test_fraction": 0.3}})
+    cfg = grid.config("folder", "resnet50", "ft", 1e-4, 0).to_dict()
+
+    def read_with(options):
+        r = rec(dataset="folder", config=cfg, test=0.8)
+        r["data_source"] = {"root": "/data/x", "options": options, "skip_bad_images": False}
+        return r
+
+    assert collect([read_with({})], grid=grid).left_out == 1
+    assert collect([read_with({"test_fraction": 0.2})], grid=grid).left_out == 1
+    summary = collect([read_with({"test_fraction": 0.3})], grid=grid)
+    assert summary.left_out == 0 and summary.cell("folder", "resnet50", "ft").has_value
+    older = rec(dataset="folder", config=cfg)  # no data_source: cannot say, kept
+    assert collect([older], grid=grid).left_out == 0
 
 
 def test_a_cell_failed_so_far_with_runs_to_come_is_not_a_lost_experiment():

@@ -1427,3 +1427,32 @@ def test_the_grid_comparison_counts_device_seconds_alike_and_says_when_the_grid_
         "its cost is given and its winner is that of these runs alone"
     )
     assert "; same strategy: unknown (the grid has no value for it); by test: lp" in lines[2]
+
+
+def test_dry_run_calls_a_paper_task_record_of_another_val_fraction_changed(tmp_path, capsys):
+    """The grid's val fraction 0.3 against a record made at 0.1: "done, nothing to run",
+    while the sweep (a new data fingerprint) ran it again."""
+    grid_text = (
+        "from medft_jax.grid import Grid\n\n"
+        "def get_config():\n"
+        "    return Grid(name='vf', datasets=('chexpert',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft',), lrs=(1e-4,), seeds=(0,),\n"
+        "                settings={'weights': 'none', 'epochs': 1, 'image_size': 32},\n"
+        "                dataset_options={'chexpert': {'val_fraction': VF}})\n"
+    )
+    out = tmp_path / "runs"
+    configs = {}
+    for vf in ("0.1", "0.3"):
+        configs[vf] = tmp_path / f"vf{vf[-1]}.py"
+        configs[vf].write_text(grid_text.replace("VF", vf))
+    (c,) = grid_lib.load_grid(configs["0.1"]).configs()
+    record = {"config": c.to_dict(), "dataset_options": {"uncertain": "ones"}}  # no field: 0.1
+    results.write_record(results.record_path(out, c.to_dict()), record)
+
+    def states(config: Path) -> list[str]:
+        assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        return [line.split()[1] for line in text.splitlines() if line[:5].strip().isdigit()]
+
+    assert states(configs["0.1"]) == ["done"]
+    assert states(configs["0.3"]) == ["changed"]

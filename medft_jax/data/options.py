@@ -152,8 +152,18 @@ def task_options(dataset: str, given: Mapping[str, Any] | None = None) -> dict[s
     ``dataset_options`` entry or a record's (missing or None: the default).
     """
     given = given or {}
-    return {
+    options = {
         option: given.get(option) or default
         for option, (owner, default) in OPTION_OWNERS.items()
         if owner == dataset
     }
+    if dataset in TASK_NAMES and official_splits(dataset) is None:
+        # The share of the training pool carved into val: runs at two fractions are two
+        # splits, which a report must not average as one cell (nor --latest take one for
+        # a rerun of the other on newer data).
+        options["val_fraction"] = float(given.get("val_fraction") or TASK_VAL_FRACTION)
+    return options
+
+
+TASK_VAL_FRACTION = 0.1
+"""A paper task's default ``--val-fraction`` (experiments.prepare's)."""

@@ -253,9 +253,12 @@ def collect(
 
         def of_grid(run: dict[str, Any]) -> bool:  # same settings, same split and labels
             d = run["config"]["dataset"]
-            return results.settings_hash(run["config"]) in wanted and run_options(
-                run
-            ) == task_options(d, grid.dataset_options.get(d))
+            given = grid.dataset_options.get(d)
+            return (
+                results.settings_hash(run["config"]) in wanted
+                and run_options(run) == task_options(d, given)
+                and not layout_differs(run, given)
+            )
 
         records = [r for r in records if of_grid(r)]
         failures = [f for f in failures if of_grid(f)]
@@ -519,6 +522,30 @@ def _differing(configs: Sequence[Mapping[str, Any]], skip: Iterable[str]) -> dic
 
 def _describe_diff(diff: Mapping[str, list[str]]) -> str:
     return "; ".join(f"{k}: {' vs '.join(v[:4])}" for k, v in diff.items())
+
+
+_NOT_LAYOUT = ("manual_dir", "csv_file", "bits_stored", "dicom_window", "skip_bad_images")
+"""A user dataset's options that are not its layout (where it is, how files decode)."""
+
+
+def layout_differs(run: Mapping[str, Any], given: Mapping[str, Any] | None) -> bool:
+    """Whether a ``folder``/``csv`` record was read with other layout options (fractions,
+    patient folders, columns) than a grid's ``given`` ``dataset_options``: a grid asking
+    for ``test_fraction`` 0.3 took a run made at the default as its finished cell. Records
+    without ``data_source`` (older) cannot say: never judged to differ."""
+    source = run.get("data_source")
+    if run["config"]["dataset"] not in LOCAL_KINDS or not isinstance(source, Mapping):
+        return False
+
+    def layout(options: Any) -> str:
+        kept = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dict(options or {}).items()
+            if v is not None and k not in _NOT_LAYOUT
+        }
+        return _canon(kept)
+
+    return layout(source.get("options")) != layout(given)
 
 
 def run_options(run: Mapping[str, Any]) -> dict[str, Any]:

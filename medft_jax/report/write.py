@@ -20,6 +20,7 @@ from pathlib import Path
 
 from medft_jax import atomic
 from medft_jax.atomic import DIR_MODE
+from medft_jax.data.options import TASK_VAL_FRACTION
 from medft_jax.errors import UserError, naming_os_errors, no_file_in_the_way
 from medft_jax.report import figures
 from medft_jax.report.cells import (
@@ -365,6 +366,8 @@ def _option_lines(summary: Summary) -> list[str]:
     lines = []
     for d in summary.datasets:
         for option, value in summary.dataset_options.get(d, {}).items():
+            if option == "val_fraction" and value == TASK_VAL_FRACTION:
+                continue  # the protocol's own: said in the split sizes
             text = OPTION_NOTES.get((option, value), f"{option} = {value}")
             lines.append(f"- {md_escape(d)}: {md_escape(text)}.")
     return lines
