@@ -119,7 +119,8 @@ def _zip_offset(path: Path) -> int:
     """Bytes before the first local file header of a zip ``zipfile`` opens."""
     with zipfile.ZipFile(path) as z:
         infos = z.infolist()
-        return min((i.header_offset for i in infos), default=0) + getattr(z, "_start_disk", 0)
+        # zipfile adds the bytes before the archive to each member's header_offset.
+        return min((i.header_offset for i in infos), default=0)
 
 
 def check_zip_crcs(path: str | Path) -> None:
