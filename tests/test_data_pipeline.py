@@ -12,6 +12,7 @@ import pytest
 
 from medft_jax.data import DataError, load
 from medft_jax.data import cache as cache_mod
+from medft_jax.data import pipeline
 from medft_jax.data.arrays import group_mean, make_split
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.splits import carve, check_disjoint
@@ -417,3 +418,23 @@ def test_a_paper_tasks_unscorable_split_is_not_told_to_carve_a_test_fraction():
     mnist = dataclasses.replace(ds, name="medmnist/pathmnist")
     with pytest.raises(DataError, match=r"; its splits are MedMNIST's official train/val/test: is"):
         mnist.check_scorable(("test",))
+
+
+@pytest.mark.parametrize(
+    "view",
+    [lambda mm: mm[32:], lambda mm: mm[32:][8:], lambda mm: mm[:, :, ::2], lambda mm: mm[::2]],
+    ids=["slice", "slice-of-slice", "strided-columns", "strided-rows"],
+)
+def test_a_worker_reads_a_memmap_view_where_it_lies_in_its_file(tmp_path, view):
+    """A caller's splits cut from one memmapped file (``mm[32:]``) kept the whole file's
+    ``offset`` (numpy copies it onto views): a worker process re-mapped the view from the
+    file's start and trained on rows 0.. under the labels of rows 32.., silently."""
+    n = 96
+    images = np.zeros((n, 4, 4, 3), np.uint8)
+    images[..., 0] = np.arange(n)[:, None, None]  # each image holds its row number
+    np.save(tmp_path / "all.npy", images)
+    part = view(np.load(tmp_path / "all.npy", mmap_mode="r"))
+    source = pipeline._BatchSource(part, np.arange(len(part)), np.arange(len(part))[None, :8])
+    again = pickle.loads(pickle.dumps(source))  # what a worker process gets
+    assert np.array_equal(again.images, view(images))
+    assert np.array_equal(again[0]["image"], source[0]["image"])

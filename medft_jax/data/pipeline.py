@@ -105,7 +105,11 @@ class _BatchSource:
         state = dict(self.__dict__)
         images = self.images
         if isinstance(images, np.memmap) and images.filename is not None:
-            state["images"] = (images.filename, images.offset, images.shape, images.dtype.str)
+            offset = _file_offset(images)
+            if offset is None:  # a strided view: its values travel, not its file
+                state["images"] = np.ascontiguousarray(images)
+            else:
+                state["images"] = (images.filename, offset, images.shape, images.dtype.str)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -117,6 +121,25 @@ class _BatchSource:
                     _check_identity(filename, now, state["file_identity"])
                 state["images"] = np.memmap(f, dtype, "r", offset=offset, shape=shape)
         self.__dict__.update(state)
+
+
+def _file_offset(images: np.memmap) -> int | None:
+    """Where a memmapped array's first element lies in its file; None if not contiguous.
+
+    numpy copies ``offset`` unchanged onto every view of a memmap, so
+    ``mm[32:].offset`` is the whole file's: a worker re-mapping the view from it
+    read rows 0.. under the labels of rows 32.. (a caller's splits cut from one
+    file). The view's own position is the parent mapping's plus the distance
+    between their first bytes in memory.
+    """
+    if not images.flags.c_contiguous:
+        return None
+    root = images
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if not isinstance(root, np.memmap) or root.filename != images.filename:
+        return None
+    return int(root.offset) + (images.ctypes.data - root.ctypes.data)
 
 
 def _identity_of(images: np.ndarray) -> tuple[int, ...] | None:
