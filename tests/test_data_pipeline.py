@@ -10,9 +10,8 @@ import pickle
 import numpy as np
 import pytest
 
-from medft_jax.data import DataError, load
+from medft_jax.data import DataError, load, pipeline
 from medft_jax.data import cache as cache_mod
-from medft_jax.data import pipeline
 from medft_jax.data.arrays import group_mean, make_split
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.splits import carve, check_disjoint
