@@ -34,7 +34,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,13 +156,16 @@ def _main(argv: Sequence[str] | None) -> int:
     session.check_same_runs([a.config for a in arms])
     grid = None
     if args.grid_runs is not None:  # on this data and these weights, before any training
-        grid = grid_records(g, arms, args.grid_runs)
+        identity = session.identify(arms[0].config)
+        grid = grid_records(
+            g, arms, args.grid_runs, identity, print if session.main_process else lambda _: None
+        )
         if not grid[0]:  # the comparison would be NaN, after all the training
             raise UserError(
                 f"--grid-runs {args.grid_runs}: holds none of the grid's {grid[2]} runs of "
                 "this selection; expected the full grid's --out"
             )
-        check_grid_identity(grid[0], session.identify(arms[0].config), args.grid_runs)
+        check_grid_identity(grid[0], identity, args.grid_runs)
     outcome = successive_halving(
         arms,
         session,
@@ -257,11 +260,18 @@ def _arms(args: argparse.Namespace) -> tuple[Grid, list[Arm], int]:
 
 
 def grid_records(
-    g: Any, arms: list[Arm], grid_runs: str
+    g: Any, arms: list[Arm], grid_runs: str, identity: Any, say: Callable[[str], None] = print
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     """The full grid's records and failure notes of the selection's cells (every seed), and
     how many runs those cells have. The notes count: an LR at which a seed diverged is
-    never the grid's choice, as in the report."""
+    never the grid's choice, as in the report.
+
+    A run's record on this selection's data and weights (``identity``, the identified
+    config) stands for it; a sweep rerun after the data was edited leaves the older
+    record beside it under another name, which is left out (said in one note), not a
+    copy. A run with no record on this data keeps its older one, which
+    :func:`check_grid_identity` then refuses by name.
+    """
     wanted = {
         results.settings_hash(
             g.config(a.config.dataset, a.config.arch, a.strategy, a.lr, s).to_dict()
@@ -269,19 +279,37 @@ def grid_records(
         for a in arms
         for s in g.seeds
     }
+    found = [
+        (path, r)
+        for path, r in results.load_records_at(grid_runs, finished=True)
+        if results.settings_hash(r["config"]) in wanted
+    ]
+    current = {results.settings_hash(r["config"]) for _, r in found if _same_inputs(r, identity)}
+    kept = [
+        (path, r)
+        for path, r in found
+        if _same_inputs(r, identity) or results.settings_hash(r["config"]) not in current
+    ]
+    if len(kept) < len(found):
+        say(
+            f"note: --grid-runs {grid_runs}: left out {len(found) - len(kept)} record(s) of "
+            "runs on other data or weights, each rerun on this data there"
+        )
     records = results.one_record_per_run(  # a run copied in (a selection's --out)
-        [
-            (path, r)
-            for path, r in results.load_records_at(grid_runs, finished=True)
-            if results.settings_hash(r["config"]) in wanted
-        ],
-        f"--grid-runs {grid_runs}",
-        key=results.settings_hash,
+        kept, f"--grid-runs {grid_runs}", key=results.settings_hash
     )
     failures = [
-        f for f in results.load_failures(grid_runs) if results.settings_hash(f["config"]) in wanted
+        f
+        for f in results.load_failures(grid_runs)
+        if results.settings_hash(f["config"]) in wanted
+        and (_same_inputs(f, identity) or results.settings_hash(f["config"]) not in current)
     ]
     return records, failures, len(wanted)
+
+
+def _same_inputs(record: dict[str, Any], identity: Any) -> bool:
+    """Whether ``record`` ran on ``identity``'s data and starting weights."""
+    return all(record["config"].get(k) == getattr(identity, k) for k in results.IDENTITY_KEYS)
 
 
 def check_grid_identity(records: list[dict[str, Any]], config: Any, grid_runs: str) -> None:

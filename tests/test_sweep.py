@@ -828,6 +828,46 @@ def test_select_refuses_grid_runs_from_other_data_before_training(tmp_path, monk
     )
 
 
+def test_select_reads_the_grid_rerun_on_this_data_not_its_older_records(tmp_path):
+    """A sweep rerun after the data was edited leaves each run's older record beside the new
+    one (another name, as BUILD.md says). select called the pair "two records ... move the
+    copy out", naming neither as the current one; the older record (and its failure note)
+    is left out, said once, and the one on this data is the grid's."""
+    config = _grid_file(tmp_path, "g", strategies=("lp",), lrs=(1e-3, 1e-4), seeds=(0,), epochs=2)
+    g = grid_lib.load_grid(config)
+    runs = _identified(g.configs())
+    grid = tmp_path / "grid"
+    finished = {"epochs": [], "best_epoch": 0, "primary_metric": "auroc", "train_seconds": 1.0}
+    for run, auroc in zip(runs, (0.6, 0.7), strict=True):
+        old = dataclasses.replace(run, data_fingerprint="0" * 16).to_dict()
+        results.write_record(
+            results.record_path(grid, old),
+            {"config": old, **finished, "val": {"auroc": 0.9}, "test": {"auroc": 0.9}},
+        )
+        new = {"config": run.to_dict(), **finished, "val": {"auroc": auroc}}
+        results.write_record(results.record_path(grid, run.to_dict()), new | {"test": new["val"]})
+    old_failure = dataclasses.replace(runs[1], data_fingerprint="1" * 16).to_dict()
+    results.write_record(
+        results.record_path(grid, old_failure).with_name(results.FAILURE_NAME),
+        {"config": old_failure, "error": "diverged"},
+    )
+    arms = [select_cli.Arm(r.strategy, r.lr, r) for r in runs]
+    said = []
+    records, failures, expected = select_cli.grid_records(g, arms, str(grid), runs[0], said.append)
+    assert sorted(r["val"]["auroc"] for r in records) == [0.6, 0.7] and failures == []
+    assert expected == 2
+    assert said == [
+        f"note: --grid-runs {grid}: left out 2 record(s) of runs on other data or weights, "
+        "each rerun on this data there"
+    ]
+    # A run not yet rerun keeps its older record, which the identity check then refuses.
+    results.record_path(grid, runs[1].to_dict()).unlink()
+    records, _, _ = select_cli.grid_records(g, arms, str(grid), runs[0], said.append)
+    assert sorted(r["config"]["data_fingerprint"] == "0" * 16 for r in records) == [False, True]
+    with pytest.raises(select_cli.UserError, match="ran on other data than this selection"):
+        select_cli.check_grid_identity(records, runs[0], str(grid))
+
+
 def test_select_refuses_a_grid_holding_a_run_twice_before_training(tmp_path, monkeypatch, capsys):
     """A selection's runs inside --grid-runs (its --out, or a copy) would double the grid's
     seed-0 records: refused before any training, naming both files or the folder."""
