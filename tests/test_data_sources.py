@@ -328,7 +328,7 @@ def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
     _folder(tmp_path / "imgs")
     bad = tmp_path / "imgs" / "dog" / "7.png"
     bad.write_bytes(bad.read_bytes()[:60])  # truncated PNG
-    with pytest.raises(DataError, match=r"corrupt or unreadable image .*dog/7\.png"):
+    with pytest.raises(DataError, match=r"corrupt or unreadable image .*dog/7\.png") as e:
         load(
             "folder",
             manual_dir=tmp_path / "imgs",
@@ -336,6 +336,11 @@ def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
             progress=False,
             **SIZES,
         )
+    # The flag past it named, as predict names it: the error is one line.
+    assert str(e.value).endswith(
+        "; --skip-bad-images leaves out such files, counted, and reads the others"
+    )
+    assert "\n" not in str(e.value)
     assert not list((tmp_path / "out").rglob("meta.json"))  # nothing half-prepared looks done
     assert not (tmp_path / "out" / "medft_cache").exists()  # nor an empty folder
     ds = load(

@@ -596,14 +596,18 @@ class ImageReader:
                 f"{err} (moved or deleted while the data was read); --skip-bad-images "
                 "skips corrupt files, not missing ones"
             ) from None
-        except DataError:
-            if not self.skip_bad_images:
-                raise
+        except DataError as err:
+            if not self.skip_bad_images:  # named as predict names it: the way past one bad file
+                raise DataError(f"{err}{SKIP_HINT}") from None
             self.skipped.append(os.fspath(path))
             return None
         for part in seen:
             self._source.update(part)
         return cropped
+
+
+SKIP_HINT = "; --skip-bad-images leaves out such files, counted, and reads the others"
+"""Ends the error of a damaged file that a dataset's reading did not skip."""
 
 
 def decode_threads() -> int:
