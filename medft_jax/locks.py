@@ -180,6 +180,28 @@ def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
         os.close(fd)  # drops the flock
 
 
+def held_elsewhere(path: str | os.PathLike[str]) -> bool:
+    """Whether another process holds :func:`waiting_lock`'s lock on ``path`` now.
+
+    Probed without waiting and let go at once: a process waiting for the lock meanwhile
+    waits a moment longer, never fails. For telling the user what is happening (a
+    prepare under way), never for deciding who does the work.
+    """
+    if not _locking():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: never held
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)
+    return False
+
+
 @contextlib.contextmanager
 def build_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """:func:`waiting_lock` for building something once; a failed build leaves nothing.

@@ -1405,6 +1405,8 @@ def test_a_prepare_that_finished_while_this_one_waited_is_reused(tmp_path, monke
 def test_data_of_a_changed_copy_is_kept_unserved_until_the_copy_is_put_back(tmp_path, capsys):
     """An image added to the copy fails the prepare: the old data is not served (it is
     not the copy's), but kept, and reused as it was once the image is gone again."""
+    from medft_jax.data import tasks
+
     fakes.make_bach(tmp_path / "bach", 10)
     out = tmp_path / "out"
     first = _prepare_bach(tmp_path / "bach", out)
@@ -1414,6 +1416,17 @@ def test_data_of_a_changed_copy_is_kept_unserved_until_the_copy_is_put_back(tmp_
         _prepare_bach(tmp_path / "bach", out)
     with pytest.raises(DataError, match=r"no longer matches its manual dir .*; run: "):
         load("bach", data_dir=out, progress=False, **SIZES)
+    # While another prepare holds the folder's lock (re-preparing it from another copy, as
+    # a second prepare started beside the first does), that is what is said: the first
+    # prepare, which had finished, was told its data's "preparing it again did not finish".
+    (version_dir,) = [p.parent for p in out.rglob(tasks.STALE_MARK)]
+    with tasks.locks.waiting_lock(tasks.prepare_lock(version_dir)), pytest.raises(DataError) as e:
+        load("bach", data_dir=out, progress=False, **SIZES)
+    assert str(e.value) == (
+        f"bach (r36_c32_s0) in {out}: another prepare is preparing {version_dir} again now, "
+        "from a copy of the data that differs from the one it was made from; run this again "
+        "when it has finished"
+    )
     added.unlink()
     capsys.readouterr()
     again = _prepare_bach(tmp_path / "bach", out)

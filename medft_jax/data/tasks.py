@@ -600,6 +600,12 @@ def load_task(
             )
         version_dir = Path(builder.data_dir)
         if (version_dir / STALE_MARK).is_file():
+            if locks.held_elsewhere(prepare_lock(version_dir)):
+                raise DataError(
+                    f"{name} ({_variant(name, **config)}) in {data_dir}: another prepare is "
+                    f"preparing {version_dir} again now, from a copy of the data that differs "
+                    "from the one it was made from; run this again when it has finished"
+                )
             raise DataError(
                 f"{name} ({_variant(name, **config)}) is not prepared in {data_dir}: the data "
                 f"in {version_dir} no longer matches its manual dir and preparing it again "
