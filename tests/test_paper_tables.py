@@ -18,7 +18,7 @@ import pytest
 
 from medft_jax import metrics
 from medft_jax.report import summary_from_means, table11, table12
-from medft_jax.report.cells import COUNT_METRICS, beats_ft, relative_improvement
+from medft_jax.report.cells import COUNT_METRICS, beats_ft, points_gain, relative_improvement
 from tests.conftest import SHARED_DATA
 
 TABLES = SHARED_DATA / "paper_tables.csv"
@@ -168,8 +168,9 @@ def published_counts() -> dict[tuple[str, str], int]:
 
 @needs_tables
 def test_table12_counts_are_the_papers_but_one_borderline_cell():
-    """20 of the 21 strategy × arch counts match; the 21st is ISIC VGG-19 L2-SP (+0.103 %
-    accuracy as printed), so the totals are 17/24/16 against the published 17/24/15."""
+    """Read as relative improvements (the default), 20 of the 21 strategy × arch counts
+    match; the 21st is ISIC VGG-19 L2-SP (+0.103 % accuracy as printed), so the totals are
+    17/24/16 against the published 17/24/15 (in percentage points all 21 match, below)."""
     table = table12(summary_from_means(paper_means()))
     ours, paper = counts_of(table), published_counts()
     cells = [(s, a) for (s, a) in paper if a != "total"]
@@ -185,6 +186,24 @@ def test_table12_counts_are_the_papers_but_one_borderline_cell():
         assert ours[(s, "all")] == expected
     assert all(r["n"] == 8 for r in table.records if r["arch"] != "all")
     assert "isic2020 Acc., " in table.notes[0] and "t1w_mri F1" in table.notes[0]
+
+
+@needs_tables
+def test_table12_in_percentage_points_gives_every_published_count():
+    """Read as percentage points of the metric, "more than 0.1%" gives all 21 published
+    cells from the printed tables: the borderline ISIC VGG-19 L2-SP is +0.10 points,
+    not more than 0.1 (+0.103% relative). The report's --beat-points."""
+    summary = summary_from_means(paper_means())
+    assert points_gain(summary, "isic2020", "vgg19", "l2_sp", "accuracy") == pytest.approx(0.1)
+    table = table12(summary, points=True)
+    ours, paper = counts_of(table), published_counts()
+    ours = {(s, "total" if a == "all" else a): k for (s, a), k in ours.items()}
+    assert ours == paper  # every strategy × arch cell and every strategy's total
+    assert table.title.endswith("by more than 0.1 percentage points")
+    assert "100·(m − m_FT), > 0.1 percentage points" in table.notes[0]
+    assert {r["threshold_in"] for r in table.records} == {"points"}
+    # Just below the borderline gain, it counts: the cell the relative reading counts.
+    assert counts_of(table12(summary, 0.0999, points=True))[("l2_sp", "vgg19")] == 2
 
 
 @needs_tables

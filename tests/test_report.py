@@ -683,6 +683,27 @@ def test_table12_counts_against_a_hand_count():
     assert rows[("lp", "all")]["k"] == "2" and float(rows[("lp", "all")]["share"]) == pytest.approx(
         2 / 3
     )
+    assert rows[("lp", "all")]["threshold_in"] == "relative"
+    # In percentage points: BACH's LP-FT is +0.09 points (+0.1125% relative): not counted.
+    points = {("lp", "resnet50"): (2, 3), ("lp_ft", "resnet50"): (0, 2)}
+    assert beats_ft(summary, 0.1, points=True) == points
+    assert beats_ft(summary, 0.08, points=True)[("lp_ft", "resnet50")] == (1, 2)
+    assert "| LP-FT | 0/2 | 0/2 (0.0%) |" in to_markdown(table12(summary, 0.1, points=True))
+
+
+def test_cli_reads_the_beat_threshold_in_points_when_asked(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec(strategy="ft", test=0.8), rec(strategy="lp", test=0.8009)])
+    for flags, title, k in (
+        ([], "0.1%", "1/1"),
+        (["--beat-points"], "0.1 percentage points", "0/1"),
+    ):
+        out = tmp_path / f"out{len(flags)}"
+        assert cli.main(["--runs", str(runs), "--out", str(out), *flags]) == 0
+        md = (out / "tables" / "table12.md").read_text()
+        assert f"beats FT by more than {title}" in md and f"| LP | {k} |" in md
+        assert f"beats FT by more than 0.1{'' if flags else '%'}" in (out / "index.md").read_text()
+    capsys.readouterr()
 
 
 def test_table12_counts_a_strategy_that_diverged_as_not_beating_ft():

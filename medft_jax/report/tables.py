@@ -901,15 +901,28 @@ class CountLine:
     n: int
     share: float | None
     threshold_pct: float
+    threshold_in: str
+    """``relative`` (percent of FT's mean) or ``points`` (percentage points of the metric)."""
 
 
-def _count_line(s: str, a: str, k: int, n: int, threshold: float) -> CountLine:
+def _count_line(s: str, a: str, k: int, n: int, threshold: float, points: bool) -> CountLine:
     share = k / n if n else None
-    return CountLine(strategy=s, arch=a, k=k, n=n, share=share, threshold_pct=threshold)
+    return CountLine(
+        strategy=s,
+        arch=a,
+        k=k,
+        n=n,
+        share=share,
+        threshold_pct=threshold,
+        threshold_in="points" if points else "relative",
+    )
 
 
 def _count_lines(
-    summary: Summary, counts: Mapping[tuple[str, str], tuple[int, int]], threshold: float
+    summary: Summary,
+    counts: Mapping[tuple[str, str], tuple[int, int]],
+    threshold: float,
+    points: bool = False,
 ) -> list[CountLine]:
     """Per strategy but FT: one line per arch, then the total over the archs."""
     lines = []
@@ -918,11 +931,11 @@ def _count_lines(
             continue
         per_arch = [counts[(s, a)] for a in summary.archs]
         lines += [
-            _count_line(s, a, k, n, threshold)
+            _count_line(s, a, k, n, threshold, points)
             for a, (k, n) in zip(summary.archs, per_arch, strict=True)
         ]
         total_k, total_n = sum(k for k, _ in per_arch), sum(n for _, n in per_arch)
-        lines.append(_count_line(s, ALL_ARCHS, total_k, total_n, threshold))
+        lines.append(_count_line(s, ALL_ARCHS, total_k, total_n, threshold, points))
     return lines
 
 
@@ -931,12 +944,17 @@ def k_n_share(k: int, n: int) -> str:
 
 
 def table12(
-    summary: Summary, threshold: float = 0.1, count_metrics: Mapping[str, str] | None = None
+    summary: Summary,
+    threshold: float = 0.1,
+    count_metrics: Mapping[str, str] | None = None,
+    points: bool = False,
 ) -> Table:
-    """Table 12: per strategy and arch, the datasets where it beats FT by > threshold %,
-    counted in each dataset's :func:`~medft_jax.report.cells.count_metric` (the paper's
+    """Table 12: per strategy and arch, the datasets where it beats FT by > threshold %
+    (relative; ``points``: percentage points), counted in each dataset's
+    :func:`~medft_jax.report.cells.count_metric` (the paper's
     :data:`~medft_jax.report.cells.COUNT_METRICS` unless ``count_metrics`` is given)."""
-    lines = _count_lines(summary, beats_ft(summary, threshold, count_metrics), threshold)
+    counts = beats_ft(summary, threshold, count_metrics, points)
+    lines = _count_lines(summary, counts, threshold, points)
     slots = [
         Slot(Column(arch_label(a)), lambda x: f"{x.k}/{x.n}" if x.n else MISSING_TEXT, a)
         for a in summary.archs
@@ -944,12 +962,17 @@ def table12(
     slots.append(
         Slot(Column("Total"), lambda x: k_n_share(x.k, x.n) if x.n else MISSING_TEXT, ALL_ARCHS)
     )
-    title = (
-        f"Table 12: experiments (datasets) where a strategy beats FT by more than {threshold:g}%"
+    by = f"{threshold:g} percentage points" if points else f"{threshold:g}%"
+    title = f"Table 12: experiments (datasets) where a strategy beats FT by more than {by}"
+    gain = (
+        "gain of the mean test metric over FT of the same dataset and arch, 100·(m − m_FT), "
+        f"> {threshold:g} percentage points"
+        if points
+        else "relative improvement of the mean test metric over FT of the same dataset and "
+        f"arch > {threshold:g}%"
     )
     notes = [
-        f"Beats: relative improvement of the mean test metric over FT of the same dataset and "
-        f"arch > {threshold:g}%, {count_rule_text(summary, count_metrics)}. k/n: "
+        f"Beats: {gain}, {count_rule_text(summary, count_metrics)}. k/n: "
         "n counts the datasets where FT has a value and the strategy has a value (complete "
         "or partial), or finished without one in the counted metric, or has only failed runs "
         "(these did not beat FT); datasets not run are left out."
@@ -1149,13 +1172,14 @@ def all_tables(
     beat_threshold: float = 0.1,
     count_metrics: Mapping[str, str] | None = None,
     paper: PaperTables | None = None,
+    beat_points: bool = False,
 ) -> list[Table]:
     """Every table of a report, in the order the index shows them; with ``paper`` (a
     :class:`medft_jax.report.paper.PaperTables`) the ``vs_paper`` tables last."""
     tables = []
     for d in summary.datasets:
         tables += [dataset_table(summary, d), cost_table(summary, d), paired_table(summary, d)]
-    tables += [table11(summary), table12(summary, beat_threshold, count_metrics)]
+    tables += [table11(summary), table12(summary, beat_threshold, count_metrics, beat_points)]
     if paper is not None:
         compared = compare(summary, paper)
         tables += [

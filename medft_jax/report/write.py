@@ -103,6 +103,7 @@ def write_report(
     out_dir: str | Path,
     *,
     beat_threshold: float = 0.1,
+    beat_points: bool = False,
     runs_dir: str | Path | None = None,
     paper: PaperTables | None = None,
 ) -> Path:
@@ -130,13 +131,13 @@ def write_report(
         tmp.mkdir()
         os.chmod(tmp, DIR_MODE)  # it becomes out: readable by whom the umask says
     try:
-        tables = all_tables(summary, beat_threshold, paper=paper)
+        tables = all_tables(summary, beat_threshold, paper=paper, beat_points=beat_points)
         (tmp / "tables").mkdir()
         for t in tables:
             for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
                 (tmp / "tables" / f"{t.name}.{ext}").write_text(render(t), encoding="utf-8")
         figures.write_figures(summary, tmp / "figures")
-        index = index_markdown(summary, tables, beat_threshold, paper)
+        index = index_markdown(summary, tables, beat_threshold, paper, beat_points)
         (tmp / "index.md").write_text(index, encoding="utf-8")
         _write_marker(tmp)
         _move_into_place(tmp, out, out_dir)
@@ -419,6 +420,7 @@ def index_markdown(
     tables: list[Table],
     beat_threshold: float = 0.1,
     paper: PaperTables | None = None,
+    beat_points: bool = False,
 ) -> str:
     """``index.md``: how to read the report, then every table inline and every figure."""
     by_name = {t.name: t for t in tables}
@@ -533,8 +535,9 @@ def index_markdown(
         *_metric_lines(summary),
         f"- Table 11: best (arch, strategy) per dataset by its headline metric, and its "
         f"relative improvement over FT of the same arch, 100·(m − m_FT)/m_FT. Table 12: "
-        f"datasets where a strategy beats FT by more than {beat_threshold:g}% relative "
-        f"improvement, {md_escape(count_rule_text(summary))}.",
+        f"datasets where a strategy beats FT by more than {beat_threshold:g}"
+        + (" percentage points, 100·(m − m_FT)" if beat_points else "% relative improvement")
+        + f", {md_escape(count_rule_text(summary))}.",
         "- Figures: relative improvement over FT with an error bar of ± its SE over the "
         "seeds, 100·√(se² + (m/m_FT)²·se_FT²)/m_FT (the two cells' SEs taken as "
         "independent); no error bar where a cell has a single seed.",
