@@ -22,7 +22,7 @@ import dataclasses
 import math
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from medft_jax.errors import UserError, did_you_mean
@@ -174,6 +174,26 @@ OPTION_DEFAULTS: dict[str, Any] = {
 }
 """``strategies.make``'s defaults of the options (repeated here, which imports no JAX;
 a test holds them equal). An option given at its default is the same run as one left out."""
+
+
+PAPER_STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {
+    # The paper's eq. 3: L2-SP without the ½ of Li et al. (the toolkit's default).
+    "l2_sp": {"sp_half": False},
+    # The reference code's order: 5 gradient evaluations before each epoch.
+    "auto_rgn": {"rgn_mode": "prepass"},
+}
+"""The paper's strategy options where they are not the toolkit's defaults (the paper grid's,
+``experiments/configs/paper.py``; a report names a strategy run otherwise)."""
+
+
+def effective_options(strategy: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Every option ``strategy`` reads, at ``options``' value or its default, in
+    :data:`OPTION_DEFAULTS` order (an option without a default only where given)."""
+    given = dict(options or {})
+    reads = [k for k, users in OPTION_STRATEGIES.items() if strategy in users]
+    return {
+        k: given.get(k, OPTION_DEFAULTS.get(k)) for k in reads if k in given or k in OPTION_DEFAULTS
+    }
 
 
 def canonical_options(

@@ -691,6 +691,28 @@ def test_table12_counts_against_a_hand_count():
     assert "| LP-FT | 0/2 | 0/2 (0.0%) |" in to_markdown(table12(summary, 0.1, points=True))
 
 
+def test_the_index_says_each_strategys_options_and_where_they_are_not_the_papers(tmp_path):
+    """A row names a strategy, not its options: L2-SP at the toolkit's default (with the ½)
+    has half the gradient of the paper's eq. 3, and its row read as the paper's."""
+    records = [rec(strategy=s) for s in ("ft", "l2_sp", "auto_rgn", "lp_ft")]
+    for r in records:
+        if r["config"]["strategy"] == "auto_rgn":
+            r["config"]["strategy_options"] = {"rgn_mode": "prepass"}
+        if r["config"]["strategy"] == "lp_ft":
+            r["config"]["strategy_options"] = {"lp_epochs": 1}
+    summary = collect(records)
+    assert summary.strategy_options["l2_sp"]["sp_half"] is True
+    text = write_report(summary, tmp_path / "out").read_text()
+    assert (
+        "- Strategy options, as run:\n"
+        "  - LP-FT: `lp_epochs = 1` (the paper's: `lp_epochs = 5`).\n"
+        "  - L2-SP: `alpha = 0.01`, `beta = 0.01`, `sp_half = True`, `kernels_only = False` "
+        "(the paper's: `sp_half = False`).\n"
+        "  - Auto-RGN: `rgn_estimate_steps = 5`, `rgn_mode = prepass`, `rgn_per_step = False`, "
+        "`rgn_eps = 1e-08`.\n"
+    ) in text
+
+
 def test_cli_reads_the_beat_threshold_in_points_when_asked(tmp_path, capsys):
     runs = tmp_path / "runs"
     _write_runs(runs, [rec(strategy="ft", test=0.8), rec(strategy="lp", test=0.8009)])

@@ -10,6 +10,7 @@ paper's data choices below: ``--uncertain libauc`` for chexpert and
 ``--split-by image`` for isic2020 (BUILD.md, "Differences from the paper").
 """
 
+from medft_jax.config import PAPER_STRATEGY_OPTIONS
 from medft_jax.grid import Grid
 from medft_jax.names import PAPER_STRATEGIES, TASK_NAMES
 
@@ -36,11 +37,7 @@ def get_config() -> Grid:
             "batch_size": 64,
             "image_size": 224,
         },
-        strategy_options={
-            # The paper's eq. 3: L2-SP without the ½ of Li et al. (the toolkit's default).
-            "l2_sp": {"sp_half": False},
-            # The reference code's order: 5 gradient evaluations before each epoch.
-            "auto_rgn": {"rgn_mode": "prepass"},
-        },
+        # L2-SP without the ½ (eq. 3), Auto-RGN's prepass (the reference code's order).
+        strategy_options={k: dict(v) for k, v in PAPER_STRATEGY_OPTIONS.items()},
         dataset_options=PAPER_DATASET_OPTIONS,
     )

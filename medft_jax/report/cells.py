@@ -34,6 +34,7 @@ from medft_jax.config import (
     BN_TRAINS_THROUGHOUT,
     NUMERICS_VERSION,
     RunConfig,
+    effective_options,
     numerics_version,
 )
 from medft_jax.data.cache import COPIES_RULE
@@ -143,7 +144,8 @@ class Cell:
         return self.status in (COMPLETE, PARTIAL)
 
     def mean(self, metric: str | None = None) -> float:
-        """Mean test ``metric`` (default: primary); NaN when the cell has no value."""
+        """Mean test ``metric`` (default: the table's headline, :attr:`metric`, top-1 for BACH
+        and T1w, not the primary eq. 6 accuracy); NaN when the cell has no value."""
         return self.test.get(metric or self.metric, (math.nan, math.nan))[0]
 
     @property
@@ -188,6 +190,8 @@ class Summary:
     """Dataset -> the split and label options its runs used (``task_options``)."""
     protocol: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     """Dataset -> the :data:`PROTOCOL` settings its runs share (one value each: checked)."""
+    strategy_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    """Strategy -> every option it read, as run (one set per strategy: checked)."""
 
     def cell(self, dataset: str, arch: str, strategy: str) -> Cell:
         return self.cells[(dataset, arch, strategy)]
@@ -287,6 +291,12 @@ def collect(
 
     _check_numerics(records + failures)
     _check_strategy_options(records + failures)
+    strategy_options = {
+        r["config"]["strategy"]: effective_options(
+            r["config"]["strategy"], r["config"].get("strategy_options")
+        )
+        for r in records + failures
+    }
     datasets = _order({k[0] for k in expected}, _dataset_order())
     archs = _order({k[1] for k in expected}, _arch_order())
     strategies = _order({k[2] for k in expected}, _strategy_order())
@@ -327,6 +337,7 @@ def collect(
         left_out=left_out,
         superseded=superseded,
         float32_ranked=sum("ranked_by" not in r for r in records),
+        strategy_options={s: strategy_options[s] for s in strategies if strategy_options.get(s)},
         dataset_options=options,
         protocol=protocol,
     )

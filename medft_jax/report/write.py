@@ -20,6 +20,7 @@ from pathlib import Path
 
 from medft_jax import atomic
 from medft_jax.atomic import DIR_MODE
+from medft_jax.config import PAPER_STRATEGY_OPTIONS, effective_options
 from medft_jax.data.options import TASK_VAL_FRACTION
 from medft_jax.errors import UserError, naming_os_errors, no_file_in_the_way
 from medft_jax.report import figures
@@ -45,6 +46,7 @@ from medft_jax.report.render import (
     metric_label,
     metric_meaning,
     slug,
+    strategy_label,
     to_csv,
     to_latex,
     to_markdown,
@@ -362,6 +364,27 @@ def _protocol_lines(summary: Summary) -> list[str]:
     return ["- Trained under, per dataset:", *lines] if lines else []
 
 
+def _strategy_option_lines(summary: Summary) -> list[str]:
+    """The options each strategy ran with (a row names a strategy, not its options), and
+    where they are not the paper's (L2-SP's ½ doubles or halves its penalty's gradient)."""
+    lines = []
+    for strategy, options in summary.strategy_options.items():
+        shown = ", ".join(md_code(f"{k} = {_option_text(v)}") for k, v in options.items())
+        paper = effective_options(strategy, PAPER_STRATEGY_OPTIONS.get(strategy))
+        differ = [
+            md_code(f"{k} = {_option_text(paper[k])}")
+            for k, v in options.items()
+            if k in paper and paper[k] != v
+        ]
+        unlike = f" (the paper's: {', '.join(differ)})" if differ else ""
+        lines.append(f"  - {md_escape(strategy_label(strategy))}: {shown}{unlike}.")
+    return ["- Strategy options, as run:", *lines] if lines else []
+
+
+def _option_text(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _option_lines(summary: Summary) -> list[str]:
     """One line per dataset run with a split or label option (ISIC 2020, CheXpert)."""
     lines = []
@@ -543,6 +566,7 @@ def index_markdown(
         "independent); no error bar where a cell has a single seed.",
         f"- {md_escape(paired_note(paired_vs_ft(summary)))}",
         *_option_lines(summary),
+        *_strategy_option_lines(summary),
         *_protocol_lines(summary),
         "",
     ]
