@@ -129,7 +129,10 @@ class RunLock:
         """Removes the lock file and drops the lock (the removal first: see the module note)."""
         if self._fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
+        # A folder turned read-only (or gone) under the run keeps the file; the lock drops
+        # with the close all the same, and the error that stopped the run, naming the
+        # write that failed, is the one to say (this one replaced it, naming .lock).
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
         os.close(self._fd)  # drops the flock
         self._fd = None

@@ -248,6 +248,32 @@ def test_the_lock_excludes_a_second_taker_clears_around_itself_and_tidies_up(tmp
     assert str(RunLocked(run, None, None)) == "running in another process"
 
 
+def test_a_run_folder_turned_read_only_names_the_write_that_failed_not_the_lock(
+    tmp_path, monkeypatch
+):
+    """A run folder made read-only mid-run: the best/ save failed, then the lock's release
+    could not remove .lock, and that error replaced the first (one line naming .lock, the
+    lock's descriptor left open). The first error is said; the lock is dropped."""
+    run = tmp_path / "run"
+    real_unlink = os.unlink
+
+    def read_only(path, *args, **kwargs):
+        if Path(path).name == locks.LOCK_NAME:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(locks.os, "unlink", read_only)
+    with pytest.raises(OSError, match="best") as e, locks.run_lock(run) as lock:
+        fd = lock._fd
+        raise OSError(errno.EROFS, "Read-only file system", str(run / "best"))
+    assert e.value.filename == str(run / "best")
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)  # closed: the flock dropped
+    monkeypatch.undo()
+    with locks.run_lock(run):  # and the run can be taken again
+        pass
+
+
 BUILDER = """
 import sys, time
 from medft_jax import locks
