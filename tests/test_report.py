@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -711,6 +712,28 @@ def test_the_index_says_each_strategys_options_and_where_they_are_not_the_papers
         "  - Auto-RGN: `rgn_estimate_steps = 5`, `rgn_mode = prepass`, `rgn_per_step = False`, "
         "`rgn_eps = 1e-08`.\n"
     ) in text
+
+
+def test_a_full_disk_while_writing_the_report_names_out_and_leaves_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    """A write that fails for space raises an OSError naming no file: the line read
+    "error: ?: file too large"; it names --out."""
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec(strategy="ft", test=0.8), rec(strategy="lp", test=0.81)])
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name == "index.md":
+            raise OSError(errno.ENOSPC, "No space left on device")  # no filename, as write gives
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    out = tmp_path / "out"
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {out}: no space left") and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing half-written
 
 
 def test_cli_reads_the_beat_threshold_in_points_when_asked(tmp_path, capsys):

@@ -134,14 +134,17 @@ def write_report(
         os.chmod(tmp, DIR_MODE)  # it becomes out: readable by whom the umask says
     try:
         tables = all_tables(summary, beat_threshold, paper=paper, beat_points=beat_points)
-        (tmp / "tables").mkdir()
-        for t in tables:
-            for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
-                (tmp / "tables" / f"{t.name}.{ext}").write_text(render(t), encoding="utf-8")
-        figures.write_figures(summary, tmp / "figures")
-        index = index_markdown(summary, tables, beat_threshold, paper, beat_points)
-        (tmp / "index.md").write_text(index, encoding="utf-8")
-        _write_marker(tmp)
+        # A full disk is named as --out: a failed write's error names no file ("?: file too
+        # large"), or our temporary folder, which is gone by the time the user reads it.
+        with naming_os_errors(out_dir):
+            (tmp / "tables").mkdir()
+            for t in tables:
+                for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
+                    (tmp / "tables" / f"{t.name}.{ext}").write_text(render(t), encoding="utf-8")
+            figures.write_figures(summary, tmp / "figures")
+            index = index_markdown(summary, tables, beat_threshold, paper, beat_points)
+            (tmp / "index.md").write_text(index, encoding="utf-8")
+            _write_marker(tmp)
         _move_into_place(tmp, out, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder this call made
