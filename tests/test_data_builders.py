@@ -481,9 +481,29 @@ def test_bach_empty_class_is_named(tmp_path):
 
 
 def test_bach_split_that_comes_out_empty(tmp_path):
+    """The paper tasks' test share is fixed: named as such, not as --test-fraction, a flag
+    they refuse (the carve's note named it too)."""
     fakes.make_bach(tmp_path, 1)
-    with pytest.raises(DataError, match=r"^--test-fraction 0\.1: the test split takes 0 of the 4 "):
+    with pytest.raises(DataError) as e:
         _parse("bach", tmp_path)
+    assert str(e.value) == (
+        "the task's fixed test share 0.1: the test split takes 0 of the 4 images, leaving 4 "
+        "to train and validate on; expected more images"
+    )
+
+
+@needs_h5py
+def test_a_paper_tasks_test_carve_note_names_no_flag(tmp_path, capsys, monkeypatch):
+    from medft_jax.data import examples
+
+    monkeypatch.setattr(examples, "_CARVE_NOTES_SAID", set())  # said once per process
+    fakes.make_t1w_mri(tmp_path)  # 36 images: each class and patient rounds its own share
+    _parse("t1w_mri", tmp_path)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "test split" in line]
+    assert notes == [
+        "note: the test split takes 9 of the 36 images (25%), not the 18% of the task's "
+        "fixed test share: each class and patient is carved by its own rounded share"
+    ]
 
 
 @needs_h5py

@@ -127,20 +127,24 @@ def carve_checked(
     *,
     stratify: bool,
     where: str = "",
+    fixed: bool = False,
 ) -> tuple[list[Example], list[Example]]:
     """:func:`carve_examples` of ``split`` for data seed ``seed`` (its stream:
     :func:`carve_stream`), refusing a carve that leaves ``split`` or what remains empty
     (the test carve: less than two images, one to train and one to validate on), in one line
-    naming the fraction's flag; an empty split was found later and named no flag."""
+    naming the fraction's flag; an empty split was found later and named no flag.
+    ``fixed``: the fraction is the task's own (a paper task's test share), no flag's."""
     rest, carved = carve_examples(examples, fraction, carve_stream(split, seed), stratify=stratify)
+    named = f"the task's fixed {split} share" if fixed else f"--{split}-fraction"
     need = 2 if split == "test" else 1
     if not carved or len(rest) < need:
         after = " left after the test split" if split == "val" else ""
         also = " and validate" if split == "test" else ""
+        expected = "more images" if fixed else "a fraction that leaves both"
         raise DataError(
-            f"{where + ': ' if where else ''}--{split}-fraction {fraction:g}: the {split} split "
+            f"{where + ': ' if where else ''}{named} {fraction:g}: the {split} split "
             f"takes {len(carved)} of the {len(examples)} images{after}, leaving {len(rest)} to "
-            f"train{also} on; expected a fraction that leaves both"
+            f"train{also} on; expected {expected}"
         )
     asked = fraction * len(examples)
     if abs(len(carved) - asked) > max(2.0, 0.25 * asked):
@@ -149,7 +153,7 @@ def carve_checked(
         note = (
             f"note: {where + ': ' if where else ''}the {split} split takes {len(carved)} of "
             f"the {len(examples)} images ({len(carved) / len(examples):.0%}), not the "
-            f"{fraction:.0%} of --{split}-fraction: each class and patient is carved by its "
+            f"{fraction:.0%} of {named}: each class and patient is carved by its "
             "own rounded share"
         )
         if note not in _CARVE_NOTES_SAID:  # a prepare lists a task twice (then TFDS does)
@@ -180,7 +184,9 @@ def standard_splits(
     if test is None:
         if test_fraction is None:
             raise DataError("no official test split: a test fraction is needed")
-        rest, test = carve_checked(rest, "test", test_fraction, seed, stratify=stratify)
+        rest, test = carve_checked(  # the paper's share: no flag sets it
+            rest, "test", test_fraction, seed, stratify=stratify, fixed=True
+        )
     rest, val = carve_checked(rest, "val", val_fraction, seed, stratify=stratify)
     return {"train": rest, "val": val, "test": list(test)}
 
