@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import data_fakes as fakes
@@ -94,6 +97,17 @@ def test_a_first_prepare_prints_no_tfds_warning_about_its_own_design(tmp_path, c
         assert main(argv) == 0
     said = [r.getMessage() for r in caplog.records if r.name == "absl"]
     assert said and not [m for m in said if m.startswith(("Variant folder", "OpenCV"))], said
+    # A run whose cache is built again from the prepared data (a copied --data-dir) too: in
+    # a new process, as TFDS says it once per process.
+    shutil.rmtree(tmp_path / "out" / "medft_cache")
+    code = (
+        "from medft_jax.data import load; "
+        f"load('bach', data_dir={str(tmp_path / 'out')!r}, resize_size=232, crop_size=224, "
+        "progress=False)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "OpenCV" not in done.stderr and "WARNING" not in done.stderr, done.stderr
 
 
 needs_tf = pytest.mark.skipif(

@@ -611,7 +611,8 @@ def load_task(
                 f"in {version_dir} no longer matches its manual dir and preparing it again "
                 "did not finish; run: " + prepare_command(name, data_dir, **config)
             )
-        _ensure_cache(name, builder, target, data_dir, progress=progress)
+        with _without_tfds_noise():  # the cache decodes with Pillow: no "OpenCV" warning
+            _ensure_cache(name, builder, target, data_dir, progress=progress)
     splits, meta = cache.read_cache(target)
     cache.note_duplicates(name, meta)
     return Dataset(
