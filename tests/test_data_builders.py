@@ -272,6 +272,18 @@ def test_chexpert_csv_without_a_frontal_row_is_named(tmp_path):
     )
 
 
+def test_chexpert_copy_without_valid_csv_is_named_with_the_layout(tmp_path):
+    """A partial extraction without valid.csv said only "CSV file not found"."""
+    from medft_jax.data.builders.chexpert import LAYOUT
+
+    fakes.make_chexpert(tmp_path, 4, 2)
+    path = tmp_path / "CheXpert-v1.0-small" / "valid.csv"
+    path.unlink()
+    with pytest.raises(DataError) as err:
+        _parse("chexpert", tmp_path)
+    assert str(err.value) == f"{path} not found; expected {LAYOUT}"
+
+
 def test_mura_label_outside_class_list(tmp_path):
     fakes.make_mura(tmp_path, ("XR_WRIST",), 2, 1)
     path = tmp_path / "MURA-v1.1" / "train_labeled_studies.csv"

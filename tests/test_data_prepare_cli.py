@@ -48,6 +48,13 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["--dataset", "bach", "--manual-dir", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: --manual-dir {tmp_path / 'missing'} is not a directory"
+    packed = tmp_path / "ICIAR2018_BACH_Challenge.zip"  # the download itself
+    packed.write_bytes(b"PK\x05\x06" + bytes(18))
+    assert main(["--dataset", "bach", "--manual-dir", str(packed)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --manual-dir {packed}: is the packed download, not its folder: unpack it "
+        f"(into {tmp_path}), then pass the folder it makes"
+    )
     assert main(["--dataset", "nosuch", "--data-dir", str(tmp_path)]) == 2
     assert "error: --dataset 'nosuch': unknown; known: demo, chexpert" in capsys.readouterr().err
     # One rule for a name with run and sweep: "@" without a size was prepared at 28 px.

@@ -141,6 +141,8 @@ class Task:
         out; ``None`` (the default): such a file is an error naming it.
         """
         root = Path(root)
+        if root.is_file() and root.name.lower().endswith(ARCHIVES):
+            raise DataError(f"--manual-dir {root}: {packed_hint(root)}")
         if not root.is_dir():
             raise DataError(f"--manual-dir {root} is not a directory; expected {self.layout}")
         try:
@@ -159,6 +161,14 @@ class Task:
 
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")
 """Downloads still packed: a manual dir holding one of these was not unpacked yet."""
+
+
+def packed_hint(archive: Path) -> str:
+    """What to do with a ``--manual-dir`` that names the download itself."""
+    return (
+        f"is the packed download, not its folder: unpack it (into {archive.parent}), then "
+        "pass the folder it makes"
+    )
 
 
 def layout_hint(root: Path) -> str:

@@ -158,6 +158,8 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         raise DataError(f"--uncertain must be one of {POLICIES}, got {config.uncertain!r}")
     folder = find_root(manual_dir)
     train = read_split(folder / "train.csv", config.uncertain)
+    if not (folder / "valid.csv").is_file():  # a partial copy: the layout says what is missing
+        raise DataError(f"{folder / 'valid.csv'} not found; expected {LAYOUT}")
     test = read_split(folder / "valid.csv", config.uncertain)
     return standard_splits(
         train, test, val_fraction=config.val_fraction, seed=config.seed, stratify=False
