@@ -191,10 +191,11 @@ def successive_halving(
             f"diverged or has no finite validation {primary}: "
             + "; ".join(_why_not(a, alive) for a in arms)
         )
-    if len(best) > 1:  # identical so far: the first in grid order is named, the tie said
+    if len(best) > 1:  # equal on validation: the first in grid order is named, the tie said
         say(
             f"tie: {', '.join(a.label for a in best)} have equal validation {shown} and "
-            f"{tiebreak_metric(primary)} (the same model so far); the first is picked"
+            f"{tiebreak_metric(primary)} (the same model so far, or a validation set too "
+            "small to tell them apart); the first is picked"
         )
     return {
         "dataset": first.dataset,

@@ -32,6 +32,7 @@ from medft_jax.report import (
     paired_vs_ft,
     table11,
     table12,
+    tables,
     to_csv,
     to_latex,
     to_markdown,
@@ -2305,6 +2306,13 @@ def test_vs_paper_index_counts_mean_diff_and_spearman_of_a_hand_made_ranking(tmp
     assert "- Our cells the paper does not have: 4." in index
     assert "## Against the paper" in index and "### mura\\_wrist: ours against" in index
     assert not (out / "tables" / "vs_paper_bach.csv").exists()  # a dataset we did not run
+    assert "nothing to compare" not in index
+    # None of the paper's datasets: said, not an empty section of counts.
+    records = [rec(dataset="folder", strategy=s, test=v) for s, v in ours.items()]
+    index = (_vs_paper_report(tmp_path / "own", records, rows) / "index.md").read_text()
+    assert (
+        "- None of this report's datasets (folder) is in the published tables: nothing to compare."
+    ) in index
     lines = read_csv((out / "tables" / "vs_paper_mura_wrist.csv").read_text())
     assert [float(r["diff_pp"]) for r in lines] == pytest.approx([0.0, -2.0, 7.0, 5.0])
     assert all(r["z"] == "" and r["flagged"] == "False" for r in lines)
@@ -2680,6 +2688,15 @@ def test_paired_notes_and_csv_follow_the_seeds_paired(tmp_path):
     text = write_report(collect(records), tmp_path / "report").read_text()
     assert "n/a: one seed paired, so no spread, no t and no p" in text
     assert "With 3 seeds" not in text and "every seed's difference" not in text
+    assert "sign-flip" not in text  # no test ran: no floor to explain
+    # The sign-flip floor, 2/2^n, follows the pairs too (it said 0.25 "with 3 pairs" to 2).
+    records = [r for k in (0, 1) for r in (rec(strategy="ft", seed=k), rec(strategy="lp", seed=k))]
+    text = write_report(collect(records), tmp_path / "report").read_text()
+    assert (
+        "An exact sign-flip (permutation) test cannot go below p = 0.5 with 2 pairs, which is "
+        "why the t-test is used."
+    ) in text and "0.25" not in text
+    assert tables.paired_note([]).endswith("the CSV's significant is then empty.")
 
 
 def test_improvement_figure_draws_na_inside_the_axes_and_not_under_a_message(monkeypatch):

@@ -713,10 +713,20 @@ def paired_note(pairs: Iterable[Paired] = ()) -> str:
         + "The p column is not corrected for the many "
         "comparisons; the Holm column adjusts p (Holm step-down) over the strategies of one "
         f"dataset and arch that have a p. n/a: {_untested_text(tests)}, so no spread, no t "
-        "and no p (nor a place in Holm's count); the CSV's significant is then empty. "
-        "An exact sign-flip (permutation) test cannot go below p = 0.25 with "
-        "3 pairs, which is why the t-test is used."
+        "and no p (nor a place in Holm's count); the CSV's significant is then empty."
+        + _sign_flip_text(tests)
     )
+
+
+def _sign_flip_text(tests: Sequence[tuple[int, float]]) -> str:
+    """Why a t-test: an exact sign-flip test's smallest two-sided p is 2/2^n with n pairs
+    (0.25 with the protocol's 3 seeds), said for the numbers of seeds this report pairs."""
+    counts = sorted({n for n, _ in tests if n >= 2})
+    if not counts:
+        return ""
+    floors = ", ".join(f"p = {2.0 ** (1 - n):g} with {n} pairs" for n in counts)
+    why = ", which is why the t-test is used" if 2.0 ** (1 - counts[-1]) > ALPHA else ""
+    return f" An exact sign-flip (permutation) test cannot go below {floors}{why}."
 
 
 def paired_short_note(lines: Sequence[PairedLine]) -> str:

@@ -411,7 +411,13 @@ def paper_lines(summary: Summary, paper: PaperTables) -> list[str]:
         "strategies in both or all tied).",
         "",
     ]
-    for g in agreements(summary, paper):
+    compared = agreements(summary, paper)
+    if not compared:  # the comparison is empty by construction, not by a failure
+        lines.append(
+            f"- None of this report's datasets ({md_escape(', '.join(summary.datasets))}) is "
+            "in the published tables: nothing to compare."
+        )
+    for g in compared:
         mean = f"{g.mean_abs_diff_pp:.2f}" if g.mean_abs_diff_pp is not None else "–"
         rho = "; ".join(
             f"{arch_label(a)} {f'{r:+.2f}' if r is not None else 'n/a'} "
