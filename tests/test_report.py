@@ -1950,6 +1950,36 @@ def test_a_folder_grid_takes_only_runs_read_with_its_layout_options():
     assert collect([older], grid=grid).left_out == 0
 
 
+def test_a_folder_grid_takes_only_runs_read_from_its_folder(tmp_path, monkeypatch):
+    """Two grids of one user's two folders swept into one --out: both datasets are called
+    ``folder``, and each grid's report took the other's runs as its own, then refused the
+    mix ("holds runs on different images"). The grid's manual_dir (csv_file) decides."""
+    mine, other = tmp_path / "fold1", tmp_path / "fold2"
+    grid = one_run_grid("folder", {"folder": {"manual_dir": str(mine)}})
+    cfg = grid.config("folder", "resnet50", "ft", 1e-4, 0).to_dict()
+
+    def read_from(root, fingerprint, csv_file=None):
+        r = rec(dataset="folder", config={**cfg, "data_fingerprint": fingerprint}, test=0.8)
+        r["data_source"] = {"root": str(root), "options": {}, "skip_bad_images": False}
+        if csv_file is not None:
+            r["data_source"]["csv_file"] = str(csv_file)
+        return r
+
+    summary = collect([read_from(mine, "a" * 16), read_from(other, "b" * 16)], grid=grid)
+    assert summary.left_out == 1 and summary.cell("folder", "resnet50", "ft").runs_done == 1
+    # Relative, as the grid file may give it: read from where the command runs.
+    monkeypatch.chdir(tmp_path)
+    relative = one_run_grid("folder", {"folder": {"manual_dir": "fold1"}})
+    assert collect([read_from(mine, "a" * 16)], grid=relative).left_out == 0
+    # A csv grid: the labels file too.
+    table = one_run_grid("csv", {"csv": {"manual_dir": str(mine), "csv_file": "labels.csv"}})
+    cfg = table.config("csv", "resnet50", "ft", 1e-4, 0).to_dict()
+    runs = [read_from(mine, "c" * 16, mine / name) for name in ("labels.csv", "old.csv")]
+    for r in runs:
+        r["config"] = {**cfg, "data_fingerprint": r["config"]["data_fingerprint"]}
+    assert collect(runs, grid=table).left_out == 1
+
+
 def test_a_cell_failed_so_far_with_runs_to_come_is_not_a_lost_experiment():
     """LP's one run so far diverged, five are still to run: Table 12 must not count it
     lost, and the index calls it partial, not failed."""

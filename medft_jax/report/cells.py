@@ -27,6 +27,7 @@ import datetime
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from medft_jax import results
@@ -262,6 +263,7 @@ def collect(
                 results.settings_hash(run["config"]) in wanted
                 and run_options(run) == task_options(d, given)
                 and not layout_differs(run, given)
+                and not read_elsewhere(run, given)
             )
 
         records = [r for r in records if of_grid(r)]
@@ -557,6 +559,32 @@ def layout_differs(run: Mapping[str, Any], given: Mapping[str, Any] | None) -> b
         return _canon(kept)
 
     return layout(source.get("options")) != layout(given)
+
+
+def read_elsewhere(run: Mapping[str, Any], given: Mapping[str, Any] | None) -> bool:
+    """Whether a ``folder``/``csv`` record was read from another folder (or labels CSV)
+    than a grid's ``given`` ``manual_dir`` (``csv_file``): two grids of one user's two
+    folders swept into one ``--out`` hold runs of one name, ``folder``, and each grid's
+    report took the other's as its own, then refused the mix. A grid that names no folder,
+    or a record without ``data_source`` (older), cannot say: never judged elsewhere. A
+    relative ``manual_dir`` is read from where the command runs, as the sweep read it."""
+    source = run.get("data_source")
+    given = dict(given or {})
+    if (
+        run["config"]["dataset"] not in LOCAL_KINDS
+        or not isinstance(source, Mapping)
+        or not source.get("root")
+        or given.get("manual_dir") is None
+    ):
+        return False
+    root = Path(str(given["manual_dir"])).expanduser().resolve()
+    if str(root) != str(source["root"]):
+        return True
+    if given.get("csv_file") is None or source.get("csv_file") is None:
+        return False
+    return str((root / Path(str(given["csv_file"])).expanduser()).resolve()) != str(
+        source["csv_file"]
+    )
 
 
 def run_options(run: Mapping[str, Any]) -> dict[str, Any]:
