@@ -891,6 +891,44 @@ def test_real_full_disk_record_and_checkpoints(small_disk):
     assert RunCheckpoints(run).read_progress() == {"epochs": [0]}
 
 
+def _read_only_mount(folder: Path) -> bool:
+    """Makes ``folder`` read-only in place (a bind mount), where this user may mount."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if done.returncode != 0:
+        return False
+    ro = ["mount", "-o", "remount,bind,ro", str(folder)]
+    if subprocess.run(ro, capture_output=True).returncode != 0:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+        return False
+    return True
+
+
+def test_a_run_folder_turned_read_only_stops_a_save_at_once_in_one_error(tmp_path):
+    """The resume save into a run folder made read-only mid-run: orbax made the step folder
+    in a background thread, whose failure left its other threads waiting 300 s, with four
+    tracebacks after the error line. The folder is made in save(): one error, at once."""
+    run = tmp_path / "run"
+    ck = RunCheckpoints(run, exclusive=True)
+    ck.save_latest(1, _state(1.0), {"epochs": [0]})
+    ck._manager.wait_until_finished()
+    if not _read_only_mount(run):
+        pytest.skip("needs a read-only bind mount (root, mount)")
+    try:
+        start = time.monotonic()
+        with pytest.raises(OSError) as e:
+            ck.save_latest(2, _state(2.0), {"epochs": [0, 1]})
+            ck._manager.wait_until_finished()
+        assert e.value.errno == errno.EROFS and e.value.filename == str(run / "checkpoints")
+        with contextlib.suppress(OSError):
+            ck.close()
+        assert time.monotonic() - start < 30
+    finally:
+        subprocess.run(["umount", str(run)], capture_output=True)
+    assert RunCheckpoints(run).read_progress() == {"epochs": [0]}  # the last save stands
+
+
 def test_a_superseded_step_half_deleted_by_a_kill_is_dropped_quietly(tmp_path, caplog):
     """Killed while orbax deleted the step before the latest: the resume printed a raw
     "Metadata file does not exist" absl line above its note."""

@@ -132,7 +132,13 @@ class RunCheckpoints:
             self._manager_ = ocp.CheckpointManager(
                 self.latest_dir,
                 options=ocp.CheckpointManagerOptions(
-                    max_to_keep=1, create=True, cleanup_tmp_directories=self._exclusive
+                    max_to_keep=1,
+                    create=True,
+                    cleanup_tmp_directories=self._exclusive,
+                    # The step folder made in save(): made in a background thread, a failure
+                    # (the run folder turned read-only) left orbax's other threads waiting
+                    # 300 s for it, with four tracebacks, after the one error line.
+                    async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False),
                 ),
                 item_names=("state", "progress"),
             )
