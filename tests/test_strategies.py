@@ -582,8 +582,23 @@ def test_rgn_prepass_state_checks():
     with pytest.raises(ValueError, match="no Auto-RGN state"):
         hold_multipliers(optax.adam(LR).init(params), jnp.ones(3))
     state = scale_by_rgn(optax.adam(LR), mode="prepass").init(params)
-    with pytest.raises(ValueError, match="2 RGNs for 3 tensors"):
-        hold_multipliers(state, jnp.ones(2))
+    for wrong in (jnp.ones(2), jnp.ones((3, 1))):  # "3 RGNs for 3 tensors" said the second
+        with pytest.raises(ValueError) as e:
+            hold_multipliers(state, wrong)
+        assert str(e.value) == (
+            "hold_multipliers: mean_rgn must be a vector of shape (3,) (one RGN per tensor, as "
+            f"rgn_vector gives), got shape {wrong.shape}"
+        )
+    np.testing.assert_allclose(hold_multipliers(state, [4.0, 1.0, 2.0]).held, [1.0, 0.25, 0.5])
+    # No RGN (a non-finite gradient in the prepass) or a negative one: refused, not held as
+    # 1 everywhere (plain Adam) or as an ascent; traced (jitted), every multiplier NaN.
+    for bad, value in (([1.0, jnp.nan, 2.0], "nan"), ([1.0, -2.0, 2.0], "-2.0")):
+        with pytest.raises(ValueError, match=rf"mean_rgn\[1\] is {value} \(1 such\)"):
+            hold_multipliers(state, jnp.array(bad))
+        held = jax.jit(hold_multipliers)(state, jnp.array(bad)).held
+        assert np.isnan(np.asarray(held)).all()
+    held = jax.jit(hold_multipliers)(state, jnp.array([2.0, jnp.inf, 1.0])).held
+    np.testing.assert_allclose(held, [1.0, 1.0, 0.5])  # inf: a zero-norm tensor, still 1
     # Found inside a chain, as make() or user code may nest it.
     chained = optax.chain(optax.identity(), scale_by_rgn(optax.adam(LR), mode="prepass"))
     held = hold_multipliers(chained.init(params), jnp.array([2.0, 1.0, 0.0]))
@@ -1440,6 +1455,29 @@ def test_sp_and_rgn_range_checks_still_refuse_concrete_values():
         scale_by_rgn(optax.adam(LR), 0)
     with pytest.raises(ValueError, match="estimate_steps must be an integer >= 1"):
         scale_by_rgn(optax.adam(LR), 3, estimate_steps=0)
+
+
+def test_make_refuses_adam_settings_that_ascend_or_give_nan():
+    """A negative eps flipped every update's sign (ascent, as a negative LR would, which
+    make refuses); b1 or b2 of 1 gave NaN from the first update, without a word."""
+    params = toy_params()
+    grads = jax.tree.map(lambda w: 0.5 * jnp.ones_like(w), params)
+    for key, value, bound in (
+        ("eps", -1.0, ">= 0"),
+        ("b1", 1.0, "in [0, 1)"),
+        ("b2", 1.0, "in [0, 1)"),
+        ("b2", -0.5, "in [0, 1)"),
+    ):
+        with pytest.raises(ValueError) as e:
+            make("g_lf", params, TOY, learning_rate=LR, steps_per_epoch=1, **{key: value})
+        assert str(e.value) == f"make('g_lf'): {key} must be {bound}, got {value!r}"
+    tx, schedule = make("g_lf", params, TOY, learning_rate=LR, steps_per_epoch=1, eps=0.0)
+    u, _ = tx.update(grads, tx.init(params), params)
+    head = flatten(u)["top/head/bias"]
+    np.testing.assert_allclose(head, [-LR, -LR], rtol=1e-5)  # descent, eps 0 allowed
+    with pytest.raises(ValueError, match=r"epoch must be a whole number >= 0, got 1\.5"):
+        schedule.trainable_blocks(1.5)  # stages are whole epochs: it read as epoch 1
+    assert schedule.trainable_blocks(1.0) == schedule.trainable_blocks(1)
 
 
 def test_sp_under_inject_hyperparams_and_jit():

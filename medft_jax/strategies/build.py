@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -15,7 +16,7 @@ import optax
 
 from medft_jax.config import OPTION_STRATEGIES
 from medft_jax.models.blocks import BlockPartition, path_str
-from medft_jax.strategies.checks import require_int, require_learning_rate
+from medft_jax.strategies.checks import is_concrete_number, require_int, require_learning_rate
 from medft_jax.strategies.freeze import HEAD
 from medft_jax.strategies.rgn import warn_zero_tensors
 from medft_jax.strategies.schedule import Schedule
@@ -348,3 +349,10 @@ def _check(name: str, o: Options) -> None:
     # LP-FT without head-only epochs is FT under LP-FT's name (the command line says so)
     require_int(where, "lp_epochs", o.lp_epochs, 1 if name == "lp_ft" else 0)
     require_learning_rate(where, o.learning_rate)
+    # Adam's own: a negative eps flips the sign of every update near zero moments (ascent);
+    # b1 or b2 of 1 (or outside [0, 1)) gives NaN from the first update on.
+    for key, low, high in (("b1", 0.0, 1.0), ("b2", 0.0, 1.0), ("eps", 0.0, math.inf)):
+        value = getattr(o, key)
+        if is_concrete_number(value) and not low <= float(value) < high:
+            bound = f"in [{low:g}, {high:g})" if high < math.inf else f">= {low:g}"
+            raise ValueError(f"{where}: {key} must be {bound}, got {value!r}")

@@ -162,6 +162,8 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
     never holds fails loudly rather than training plain Adam).
     """
     found = []
+    mean_rgn = jnp.asarray(mean_rgn)  # a list or numpy vector as well
+    _check_rgns(mean_rgn)
 
     def hold(node: Any) -> Any:
         if not isinstance(node, RGNState):
@@ -174,7 +176,8 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
             )
         if node.held.shape != mean_rgn.shape:
             raise ValueError(
-                f"hold_multipliers: {mean_rgn.shape[0]} RGNs for {node.held.shape[0]} tensors"
+                f"hold_multipliers: mean_rgn must be a vector of shape {node.held.shape} (one "
+                f"RGN per tensor, as rgn_vector gives), got shape {mean_rgn.shape}"
             )
         found.append(node)
         held = _normalise(mean_rgn.astype(jnp.float32))
@@ -187,6 +190,23 @@ def hold_multipliers(opt_state: PyTree, mean_rgn: jax.Array) -> PyTree:
     if not found:
         raise ValueError("hold_multipliers: the optimizer state has no Auto-RGN state")
     return new
+
+
+def _check_rgns(mean_rgn: jax.Array) -> None:
+    """Refuses a concrete mean RGN holding NaN (a non-finite gradient in the prepass) or a
+    negative value: normalised, a NaN made every multiplier 1 (plain Adam under Auto-RGN's
+    name) and a negative one ascended the loss. Traced, :func:`_normalise` gives NaN."""
+    if isinstance(mean_rgn, jax.core.Tracer):
+        return
+    values = np.asarray(mean_rgn, dtype=np.float64)
+    bad = np.flatnonzero(np.isnan(values) | (values < 0))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"hold_multipliers: mean_rgn[{i}] is {values.flat[i]} ({bad.size} such); an RGN is "
+            ">= 0 (inf: a zero-norm tensor), and a NaN comes from a non-finite gradient in "
+            "the prepass's batches"
+        )
 
 
 ZERO_TENSORS_WARNING = "scale_by_rgn: parameter "
@@ -233,11 +253,18 @@ def _stack(leaves: list[jax.Array]) -> jax.Array:
 
 
 def _normalise(v: jax.Array) -> jax.Array:
-    """RGNs -> multipliers: v / max over finite v, clipped to 1; 1 for ``inf`` (see above)."""
+    """RGNs -> multipliers: v / max over finite v, clipped to 1; 1 for ``inf`` (see above).
+
+    A NaN or negative RGN (no RGN: a non-finite gradient) makes every multiplier NaN, so
+    the updates fail loudly: the NaN maximum read as "no finite RGN" gave 1 everywhere,
+    plain Adam without a word.
+    """
     undefined = jnp.isposinf(v)
     top = jnp.max(jnp.where(undefined, 0.0, v), initial=0.0)  # RGNs are >= 0; none: 0
     safe = jnp.where(top > 0, top, 1.0)
-    return jnp.where(~undefined & (top > 0) & (v < top), jnp.minimum(v / safe, 1.0), 1.0)
+    out = jnp.where(~undefined & (top > 0) & (v < top), jnp.minimum(v / safe, 1.0), 1.0)
+    invalid = jnp.any(jnp.isnan(v) | (v < 0))
+    return jnp.where(invalid, jnp.nan, out)
 
 
 def scale_by_rgn(

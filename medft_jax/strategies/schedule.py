@@ -127,8 +127,10 @@ class Schedule:
     # --- per epoch -------------------------------------------------------
 
     def _check(self, epoch: int) -> None:
-        if not isinstance(epoch, jax.core.Tracer) and epoch < 0:  # traced: see trainable_mask
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if isinstance(epoch, jax.core.Tracer):  # traced: see trainable_mask
+            return
+        if epoch < 0 or epoch != int(epoch):  # stages are whole epochs: 1.5 read as 1
+            raise ValueError(f"epoch must be a whole number >= 0, got {epoch}")
 
     def is_trainable(self, path: str, epoch: int) -> bool:
         """Whether the parameter at ``path`` receives updates in ``epoch``."""
