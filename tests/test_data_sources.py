@@ -272,6 +272,16 @@ def test_split_folders_are_known_by_their_usual_names_and_strays_refused(tmp_pat
         parse_folder(tmp_path / "a", test_fraction=0.4)  # Testing/ gives it
     _, carved = parse_folder(tmp_path / "a", val_fraction=0.5)  # val is carved: it applies
     assert {k: len(v) for k, v in carved.items()} == {"train": 10, "val": 10, "test": 6}
+    _, carved_at_0 = parse_folder(tmp_path / "a")
+    _, seeded = parse_folder(tmp_path / "a", seed=3)  # a seed carves another val: it applies
+    assert {e.id for e in seeded["val"]} != {e.id for e in carved_at_0["val"]}
+    # Every split given: a data seed carves nothing; "--data-seed 0 1 2" were one split.
+    with pytest.raises(DataError) as e:
+        parse_folder(tmp_path / "b", seed=1)
+    assert str(e.value) == (
+        f"{tmp_path / 'b'}: --data-seed 1 does not apply: train/, val/ and test/ give every "
+        "split, so nothing is carved; leave it out"
+    )
     refused = [
         (dict(train=3, val=1, valid=1), r"folders \['val', 'valid'\] hold the same split \(val\)"),
         (

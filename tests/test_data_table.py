@@ -73,6 +73,13 @@ def test_split_values_are_read_as_split_folders_are_named(tmp_path):
     _, _, splits = _table(tmp_path, split_column="split")
     by_split = {s: sorted(int(ex.id[6:-4]) for ex in exs) for s, exs in splits.items()}
     assert by_split == {"train": [0, 3, 6, 9], "val": [1, 4, 7, 10], "test": [2, 5, 8, 11]}
+    # Every split given by the column: a data seed carves nothing (one split, many names).
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, split_column="split", seed=2)
+    assert _one_line(err) == (
+        f"{tmp_path / 'labels.csv'}: --data-seed 2 does not apply: the values of column "
+        "'split' give every split, so nothing is carved; leave it out"
+    )
     _write(tmp_path, "path,label,split", [*rows[:11], "imgs/a11.png,cat,holdout"])
     with pytest.raises(DataError) as err:
         _table(tmp_path, split_column="split")

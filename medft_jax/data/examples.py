@@ -92,6 +92,17 @@ def fraction_for(split: str, value: float | None, given_by: str | None, where: s
     return default if value is None else value
 
 
+def refuse_unused_seed(seed: int, given_by: str, where: str) -> None:
+    """Refuses a data seed other than 0 where the data gives every split: nothing is carved,
+    so ``--data-seed 1 2`` would be runs of other names and one split, "repeated random
+    splits" without a second split (as it is refused for the official splits)."""
+    if seed != 0:
+        raise DataError(
+            f"{where}: --data-seed {seed} does not apply: {given_by} give every split, so "
+            "nothing is carved; leave it out"
+        )
+
+
 def carve_examples(
     examples: Sequence[Example], fraction: float, seed: int | str, *, stratify: bool
 ) -> tuple[list[Example], list[Example]]:

@@ -37,7 +37,13 @@ from pathlib import Path
 from medft_jax.data import dicom
 from medft_jax.data.class_names import patient_twin, refuse_twins, twin_of, twins_message
 from medft_jax.data.errors import DataError
-from medft_jax.data.examples import SPLIT_NAMES, Example, carve_checked, fraction_for
+from medft_jax.data.examples import (
+    SPLIT_NAMES,
+    Example,
+    carve_checked,
+    fraction_for,
+    refuse_unused_seed,
+)
 from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.paths import scan_files, sub_folders
 
@@ -339,6 +345,8 @@ def parse_folder(
             for split, value in (("test", test_fraction), ("val", val_fraction))
         }
         carved = "test" not in given or "val" not in given
+        if not carved:
+            refuse_unused_seed(seed, "train/, val/ and test/", str(root))
         _check_patients_said(root, nested, patient_folders, carved, train)
         _refuse_patient_twins(root, [ex for members in given.values() for ex in members])
         if "test" not in given:

@@ -23,7 +23,13 @@ from pathlib import Path
 from medft_jax.data.class_names import patient_twin, refuse_twins
 from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import DataError
-from medft_jax.data.examples import SPLIT_NAMES, Example, carve_checked, fraction_for
+from medft_jax.data.examples import (
+    SPLIT_NAMES,
+    Example,
+    carve_checked,
+    fraction_for,
+    refuse_unused_seed,
+)
 from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.paths import safe_join
 
@@ -295,6 +301,8 @@ def parse_table(
         )
         for split, value in (("test", test_fraction), ("val", val_fraction))
     }
+    if by_split["test"] and by_split["val"]:
+        refuse_unused_seed(seed, f"the values of column {split_column!r}", str(csv_path))
     if not by_split["test"]:
         by_split["train"], by_split["test"] = carve_checked(
             by_split["train"],
