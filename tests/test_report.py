@@ -887,8 +887,17 @@ def test_records_of_one_dataset_with_different_settings_are_refused():
     with pytest.raises(results.RecordError) as e:
         collect(records)
     assert str(e.value) == (
-        "dataset 'bach' holds runs with different settings (image_size: 224 vs 32; e.g. "
-        f"{records[1]['run']} and {records[0]['run']}); report them from separate --runs folders"
+        "dataset 'bach' holds runs with different settings (image_size: 32 vs 224; e.g. "
+        f"{records[0]['run']} and {records[1]['run']}); report them from separate --runs folders"
+    )
+    # Numbers in numeric order ("40" sorted before "8"), and a fifth value not dropped
+    # without a word (it was the value of one of the folders named).
+    records = [rec(seed=k, patience=n) for k, n in enumerate((1, 2, 8, 40, 60))]
+    with pytest.raises(results.RecordError) as e:
+        collect(records)
+    assert str(e.value).startswith(
+        "dataset 'bach' holds runs with different settings (patience: 1 vs 2 vs 8 vs 40 and 1 "
+        f"more; e.g. {records[0]['run']} and {records[1]['run']} and {records[2]['run']} and "
     )
 
 

@@ -527,14 +527,24 @@ def _differing(configs: Sequence[Mapping[str, Any]], skip: Iterable[str]) -> dic
     keys = sorted({k for c in configs for k in c} - skip)
     out = {}
     for k in keys:
-        values = sorted({_canon(c.get(k, "<absent>")) for c in configs})
-        if len(values) > 1:
-            out[k] = values
+        seen = {_canon(c.get(k, "<absent>")): c.get(k) for c in configs}
+        if len(seen) > 1:  # numbers in numeric order: "40" sorted before "8" as text
+            out[k] = sorted(seen, key=lambda t: _value_order(seen[t], t))
     return out
 
 
+def _value_order(value: Any, text: str) -> tuple[int, float, str]:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, float(value), text) if number else (1, 0.0, text)
+
+
 def _describe_diff(diff: Mapping[str, list[str]]) -> str:
-    return "; ".join(f"{k}: {' vs '.join(v[:4])}" for k, v in diff.items())
+    """Each key's values, at most four, then how many more (a dropped one was the value
+    of a folder the error names as an example)."""
+    return "; ".join(
+        f"{k}: {' vs '.join(v[:4])}" + (f" and {len(v) - 4} more" if len(v) > 4 else "")
+        for k, v in diff.items()
+    )
 
 
 _NOT_LAYOUT = ("manual_dir", "csv_file", "bits_stored", "dicom_window", "skip_bad_images")
@@ -840,10 +850,11 @@ def _run_of(run: Mapping[str, Any]) -> str:
 
 def _one_run_each(runs: Sequence[Mapping[str, Any]], values: Sequence[Any]) -> str:
     """One run of each distinct value (``values[i]`` is ``runs[i]``'s), in value order."""
-    first: dict[str, str] = {}
+    first: dict[str, tuple[Any, str]] = {}
     for run, value in zip(runs, values, strict=True):
-        first.setdefault(_canon(value), _run_of(run))
-    return " and ".join(first[v] for v in sorted(first))
+        first.setdefault(_canon(value), (value, _run_of(run)))
+    order = sorted(first, key=lambda t: _value_order(first[t][0], t))
+    return " and ".join(first[t][1] for t in order)
 
 
 def _check_same(dataset: str, runs: list[dict[str, Any]], key: str, what: str, why: str) -> None:
