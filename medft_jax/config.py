@@ -206,8 +206,11 @@ def canonical_options(
     given at its default for ``strategy`` is left out: ``--lp-epochs 5`` is
     the run without it, not a second cell with the same numbers. Anything
     else (a wrong type, an option of another strategy) is left for
-    :func:`check_config` to refuse.
+    :func:`check_config` to refuse, as is a pair that conflicts at any value:
+    ``rgn_estimate_steps`` beside ``rgn_per_step`` is kept at its default too (dropped,
+    the pair refused at 4 ran at 5, the estimate the user asked for silently not made).
     """
+    conflicting = {"rgn_estimate_steps"} if dict(options).get("rgn_per_step") is True else set()
     out = []
     for key, value in options:
         if type(value) is int and isinstance(OPTION_DEFAULTS.get(key), float):
@@ -218,6 +221,7 @@ def canonical_options(
             strategy in OPTION_STRATEGIES.get(key, ())
             and type(value) is type(default)
             and value == default
+            and key not in conflicting
         ):
             continue
         out.append((key, value))

@@ -546,7 +546,8 @@ def _say_what_the_run_cannot_do(
 ) -> None:
     """One note line each, as the run starts, for settings that run but are not quite their
     strategy: a staged run whose epochs end before its final stage (a report marks its cell
-    ¶), and Auto-RGN's stream estimate on epochs no longer than its window."""
+    ¶), Auto-RGN's stream estimate on epochs no longer than its window, and its prepass
+    on epochs shorter than its estimate steps."""
     notes = []
     if config.epochs <= final:
         notes.append(
@@ -560,8 +561,15 @@ def _say_what_the_run_cannot_do(
     if config.strategy == "auto_rgn" and stream and steps_per_epoch <= window:
         notes.append(
             f"auto_rgn estimates each epoch's RGN over its first {window} steps and an epoch "
-            f"here has {steps_per_epoch}: every epoch applies the previous one's estimate "
-            "(--rgn-mode prepass estimates it before the epoch trains)"
+            f"here has {steps_per_epoch}: epoch 1 applies each step's own RGN (as "
+            "--rgn-per-step), every later epoch the previous one's estimate (--rgn-mode "
+            "prepass estimates it before the epoch trains)"
+        )
+    prepass = not rgn["rgn_per_step"] and rgn["rgn_mode"] == "prepass"
+    if config.strategy == "auto_rgn" and prepass and steps_per_epoch < window:
+        notes.append(
+            f"auto_rgn's prepass averages at most an epoch's batches: {steps_per_epoch} here, "
+            f"not the {window} of its estimate steps"
         )
     for note in notes:
         if said is not None:  # once per session: the same words for every LR and seed

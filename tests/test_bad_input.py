@@ -1237,6 +1237,11 @@ def test_flags_that_collect_may_repeat():
         (["--strategy", "auto_rgn", "--rgn-estimate-steps", "3", "--rgn-per-step"], None,
          "--rgn-per-step applies each step's own RGN, and --rgn-estimate-steps averages an "
          "epoch's first steps; give one of them"),
+        # At the default 5 too: the count was dropped as a default, and the pair ran.
+        (["--strategy", "auto_rgn", "--rgn-estimate-steps", "5", "--rgn-per-step"], None,
+         "--rgn-per-step applies each step's own RGN, and --rgn-estimate-steps averages an "
+         "epoch's first steps; give one of them"),
+        (["--strategy", "auto_rgn", "--rgn-estimate-steps", "5"], (), None),  # the default
         (["--strategy", "ft", "--kernels-only"], None,
          "--kernels-only applies to l1_sp, l2_sp only, not ft"),
         (["--strategy", "auto_rgn", "--rgn-estimate-steps", "0"], None,

@@ -1037,6 +1037,31 @@ def test_a_settings_note_is_said_once_per_session_not_once_per_run(capsys):
     assert capsys.readouterr().err.count("g_lf's final stage begins") == 2
 
 
+def test_auto_rgn_notes_say_what_short_epochs_do(capsys):
+    """Epochs no longer than the estimate window: the stream note said every epoch applies
+    the previous one's estimate, yet epoch 1 has none and applies each step's own RGN (one
+    epoch is --rgn-per-step's numbers). A prepass was cut to an epoch's batches silently."""
+    stream = fit.RunConfig("auto_rgn", epochs=2)
+    fit._say_what_the_run_cannot_do(stream, 0, 3)
+    assert capsys.readouterr().err == (
+        "note: auto_rgn estimates each epoch's RGN over its first 5 steps and an epoch here "
+        "has 3: epoch 1 applies each step's own RGN (as --rgn-per-step), every later epoch "
+        "the previous one's estimate (--rgn-mode prepass estimates it before the epoch "
+        "trains)\n"
+    )
+    prepass = fit.RunConfig(
+        "auto_rgn", epochs=2, strategy_options=(("rgn_estimate_steps", 10), ("rgn_mode", "prepass"))
+    )
+    fit._say_what_the_run_cannot_do(prepass, 0, 3)
+    assert capsys.readouterr().err == (
+        "note: auto_rgn's prepass averages at most an epoch's batches: 3 here, not the 10 of "
+        "its estimate steps\n"
+    )
+    fit._say_what_the_run_cannot_do(prepass, 0, 10)  # as many batches as asked: no note
+    fit._say_what_the_run_cannot_do(stream, 0, 6)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_gpu_or_tpu_runs_environment_leaves_the_hosts_cpus_out(monkeypatch):
     """A preempted GPU job resumed on a node with another CPU allocation was "another
     environment" (cpu_threads differed), its record listing attempts and the note advising
