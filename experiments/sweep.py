@@ -163,6 +163,23 @@ def _main(argv: Sequence[str] | None) -> int:
 # --- dry run -------------------------------------------------------------------------------------
 
 
+def _check_listings(runs: list[RunConfig], data_dir: str | None, dataset_options: Any) -> None:
+    """Reads the listing (folder tree or labels CSV, nothing decoded) of each of the user's
+    datasets the runs use, so that a mistake there (a misspelt label column) is the dry
+    run's one line, not the sweep's after it started: the dry run passed it, and the sweep
+    then left out every run of the dataset."""
+    local = {c.dataset: c for c in runs if c.dataset in LOCAL_KINDS}
+    if not local:
+        return
+    from medft_jax import fit  # JAX: only for a grid of the user's own data
+
+    for dataset, c in sorted(local.items()):
+        try:
+            fit.data_state(c, data_dir, **dict(dataset_options.get(dataset, {})))
+        except DataError as e:
+            raise UserError(f"dataset {dataset}: {e}") from None
+
+
 def dry_run(
     g: Grid,
     runs: list[RunConfig],
@@ -196,9 +213,11 @@ def dry_run(
         if results.failure_path(out, f["config"]).is_file()
     }
 
+    mine = [runs[k] for k in grid_lib.shard_positions(runs, index, count)]
+    _check_listings(mine, data_dir, g.dataset_options)
     unbuilt: dict[str, str] = {}
     changed = _data_changed(
-        [runs[k] for k in grid_lib.shard_positions(runs, index, count)],
+        mine,
         [r for r in records if results.record_path(out, r["config"]).is_file()],
         data_dir,
         g.dataset_options,

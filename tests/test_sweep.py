@@ -229,6 +229,40 @@ def test_a_grid_folder_or_csv_dataset_without_its_paths_stops_the_dry_run(tmp_pa
     )
 
 
+def test_a_csv_grid_whose_listing_is_wrong_stops_the_dry_run(tmp_path, capsys):
+    """A misspelt label column passed the dry run ("36 runs todo"); the sweep then left
+    out every run of the dataset. The listing is read (nothing decoded) by the dry run."""
+    from PIL import Image
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(12):
+        Image.new("RGB", (20, 20), (i, 0, 0)).save(imgs / f"{i}.png")
+    (imgs / "labels.csv").write_text(
+        "path,cat,dog\n" + "".join(f"{i}.png,{i % 2},{1 - i % 2}\n" for i in range(12))
+    )
+    for columns, code in ((["cat", "dgo"], 2), (["cat", "dog"], 0)):
+        config = tmp_path / f"c{code}.py"
+        config.write_text(
+            "from medft_jax.grid import Grid\n"
+            "def get_config():\n"
+            "    return Grid(name='c', datasets=('csv',), archs=('resnet_tiny',),\n"
+            "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
+            f"                data_dir={str(tmp_path / 'data')!r},\n"
+            f"                dataset_options={{'csv': {{'manual_dir': {str(imgs)!r}, "
+            f"'csv_file': 'labels.csv', 'label_columns': {columns!r}}}}})\n"
+        )
+        argv = ["--config", str(config), "--dry-run", "--out", str(tmp_path / "runs")]
+        assert sweep_cli.main(argv) == code
+        err = capsys.readouterr().err
+        if code:
+            assert err == (
+                f"error: dataset csv: {imgs / 'labels.csv'}: missing column 'dgo'; expected the "
+                "header path,cat,dgo (found path,cat,dog)\n"
+            )
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
 def test_select_uses_the_grids_first_seed_as_its_help_says(tmp_path):
     config = _grid_file(tmp_path, "g", strategies=("ft", "lp"), lrs=(1e-3,), seeds=(1, 0), epochs=2)
     args = select_cli.build_parser().parse_args(["--config", str(config)])
