@@ -81,6 +81,20 @@ CholecT50 is the 6-frames-a-minute subsample, approximate). Only used by
 ``--dry-run`` estimates; the runs themselves count the real data.
 """
 
+def nominal_train_images(dataset: str) -> int | None:
+    """:data:`NOMINAL_TRAIN_IMAGES`, or a MedMNIST flag's published training split (every
+    flag: only BreastMNIST's was listed, the others' cost "unknown"); None if unknown."""
+    name = dataset.split("@")[0]
+    if name in NOMINAL_TRAIN_IMAGES:
+        return NOMINAL_TRAIN_IMAGES[name]
+    if name.startswith("medmnist/"):
+        from medft_jax.data.medmnist_info import N_SAMPLES  # names and sizes only
+
+        sizes = N_SAMPLES.get(name.removeprefix("medmnist/"))
+        return None if sizes is None else sizes[0]
+    return None
+
+
 BEST_BYTES: dict[str, float] = {"resnet50": 87.4e6, "densenet121": 26.7e6, "vgg19": 516e6}
 """A finished run's ``best/`` (float32 parameters and BatchNorm statistics, a small
 head), measured: what a run keeps once its record is written. While it trains, its
@@ -550,7 +564,7 @@ def estimate_seconds(
     speed would be no bound for FT's, nor bf16's for float32's, and the
     reference device is not the one measured.
     """
-    images = NOMINAL_TRAIN_IMAGES.get(config.dataset.split("@")[0])
+    images = nominal_train_images(config.dataset)
     if images is None:
         return None
     measured = measured or {}

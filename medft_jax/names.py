@@ -105,11 +105,16 @@ def dataset_name_error(name: object) -> str | None:
         return f"must be a name (a string), got {name!r}"
     if name in (DEMO, *TASK_NAMES, *LOCAL_KINDS):
         return None
-    from medft_jax.data.medmnist_info import FLAGS, SIZES  # names and sizes only
+    from medft_jax.data.medmnist_info import FLAGS, FLAGS_3D, SIZES  # names and sizes only
     from medft_jax.errors import did_you_mean
 
     if name.startswith("medmnist/"):
         flag, at, size = name.removeprefix("medmnist/").partition("@")
+        if flag.lower() in FLAGS_3D:
+            return (
+                f"{flag!r} is one of MedMNIST's 3D datasets (volumes), which the 2D models "
+                f"here do not read; the 2D flags: {', '.join(sorted(FLAGS))}"
+            )
         if flag not in FLAGS:
             return (
                 f"unknown MedMNIST flag {flag!r}; known: {', '.join(sorted(FLAGS))}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,19 @@ def test_medmnist_bad_inputs(tmp_path):
     _npz(tmp_path / "breastmnist.npz", {"train": 4, "val": 2, "test": 2}, classes=3)
     with pytest.raises(DataError, match="train_labels holds label 2 outside the 2 classes"):
         load("medmnist/breastmnist", data_dir=tmp_path)
+    # A huge float label is named as the file holds it (a cast wrapped 1e20 around to
+    # -9223372036854775808, after a numpy RuntimeWarning).
+    for value, shown in ((1e20, "1e+20"), (np.uint64(2**64 - 1), str(2**64 - 1))):
+        _npz(tmp_path / "breastmnist.npz", {"train": 4, "val": 2, "test": 2})
+        with np.load(tmp_path / "breastmnist.npz") as npz:
+            arrays = dict(npz)
+        arrays["val_labels"] = arrays["val_labels"].astype(np.asarray(value).dtype)
+        arrays["val_labels"][0] = value
+        np.savez(tmp_path / "breastmnist.npz", **arrays)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(DataError, match=rf"val_labels holds label {re.escape(shown)} "):
+                load("medmnist/breastmnist", data_dir=tmp_path)
     np.savez(tmp_path / "octmnist.npz", train_images=np.zeros((1, 2, 2), np.uint8))
     with pytest.raises(DataError, match="missing array 'train_labels'"):
         load("medmnist/octmnist", data_dir=tmp_path)

@@ -112,6 +112,15 @@ def test_a_path_given_as_a_dataset_name_is_pointed_to_folder():
     for name in ("demo@64", "chexpertt"):
         assert "--manual-dir" not in dataset_name_error(name)
     assert dataset_name_error("medmnist/nosuch").startswith("unknown MedMNIST flag")
+    # A 3D dataset is named as such, not taken for a typo of another dataset ("did you
+    # mean organsmnist?", 2D slices of other scans).
+    for flag in ("organmnist3d", "nodulemnist3d@64"):
+        error = dataset_name_error(f"medmnist/{flag}")
+        assert error.startswith(
+            f"{flag.partition('@')[0]!r} is one of MedMNIST's 3D datasets (volumes), which the "
+            "2D models here do not read; the 2D flags: bloodmnist, breastmnist, "
+        )
+        assert "did you mean" not in error
 
 
 def test_a_misspelt_dataset_name_gets_the_name_it_is_near():

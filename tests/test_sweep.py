@@ -638,6 +638,13 @@ def test_dry_run_costs_come_from_runs_of_the_same_precision_and_uncached_epochs(
     assert grid_lib.estimate_seconds(bf16, measured) == pytest.approx(50 * 360 / 1500)
     # Only cached epochs of the freeze run: unknown, not 90,000 images/s.
     assert grid_lib.estimate_seconds(freeze, measured) is None
+    # Every MedMNIST flag's training split is known (only BreastMNIST's was: "unknown").
+    assert grid_lib.nominal_train_images("medmnist/pathmnist@64") == 89_996
+    assert grid_lib.nominal_train_images("medmnist/breastmnist") == 546
+    assert grid_lib.nominal_train_images("folder") is None
+    path = dataclasses.replace(fp32, dataset="medmnist/dermamnist")
+    at = grid_lib.throughput_key(path.to_dict())
+    assert grid_lib.estimate_seconds(path, {at: 700.0}) == pytest.approx(50 * 7007 / 700)
     # Epochs of 100 s at 600 img/s and 300 s at 200 img/s: 120,000 images in 400 s, 300
     # images/s (the time they took), not the mean rate 400.
     timed = record(fp32, {"images_per_s": 600.0, "train_seconds": 100.0},

@@ -9,9 +9,9 @@ published one, and a note line says it once a process; a file whose MD5 is
 another flag's or size's official one is refused, as is one with the other
 kind of channels: it is another dataset renamed). Labels
 may be ``N`` or ``N×1``; ChestMNIST's ``N×14`` are multi-hot. Images are
-used at their native size unless a crop size is asked for, in which case
-they go through the same Resize + CenterCrop as every other dataset and are
-cached on disk once.
+used at their native size only where no crop size is asked for (library use); a run
+and ``prepare`` always ask for one, so their images go through the same Resize +
+CenterCrop as every other dataset (at the file's own size too), cached on disk once.
 """
 
 from __future__ import annotations
@@ -266,17 +266,25 @@ def _labels(labels: np.ndarray, info, path: Path, split: str) -> np.ndarray:
         if bad.any():
             raise DataError(f"{path}: {key} must hold only 0/1, found {labels[bad][0]!s}")
         return labels.astype(np.float32)
+    if labels.dtype.kind in "iuf":  # before the int64 cast, which wrapped 1e20 around
+        _check_range(labels, num, path, key)
     labels = _integral(labels, path, key)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
         raise DataError(f"{path}: {key} must be N or N×1, got {labels.shape}")
-    bad = (labels < 0) | (labels >= num)
+    _check_range(labels, num, path, key)
+    return labels.astype(np.int32)
+
+
+def _check_range(labels: np.ndarray, num: int, path: Path, key: str) -> None:
+    """One line naming the first label outside ``0..num-1``, as the file holds it."""
+    with np.errstate(invalid="ignore"):  # NaN compares false: _integral names it
+        bad = (labels < 0) | (labels >= num)
     if bad.any():
         raise DataError(
             f"{path}: {key} holds label {labels[bad][0]!s} outside the {num} classes 0..{num - 1}"
         )
-    return labels.astype(np.int32)
 
 
 def _integral(labels: np.ndarray, path: Path, key: str) -> np.ndarray:

@@ -10,6 +10,16 @@ import dataclasses
 
 URL = "https://zenodo.org/records/10519652/files/{stem}.npz?download=1"
 SIZES = (28, 64, 128, 224)
+FLAGS_3D = (
+    "organmnist3d",
+    "nodulemnist3d",
+    "adrenalmnist3d",
+    "fracturemnist3d",
+    "vesselmnist3d",
+    "synapsemnist3d",
+)
+"""MedMNIST's 3D datasets: volumes, which 2D CNNs do not read (refused by name, not taken
+for a misspelt 2D flag: ``organmnist3d`` was "did you mean organsmnist?", other data)."""
 
 
 @dataclasses.dataclass(frozen=True)
