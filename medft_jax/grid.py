@@ -81,6 +81,7 @@ CholecT50 is the 6-frames-a-minute subsample, approximate). Only used by
 ``--dry-run`` estimates; the runs themselves count the real data.
 """
 
+
 def nominal_train_images(dataset: str) -> int | None:
     """:data:`NOMINAL_TRAIN_IMAGES`, or a MedMNIST flag's published training split (every
     flag: only BreastMNIST's was listed, the others' cost "unknown"); None if unknown."""
