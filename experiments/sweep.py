@@ -163,21 +163,39 @@ def _main(argv: Sequence[str] | None) -> int:
 # --- dry run -------------------------------------------------------------------------------------
 
 
-def _check_listings(runs: list[RunConfig], data_dir: str | None, dataset_options: Any) -> None:
+DataStates = dict[tuple[Any, ...], Any]
+"""(dataset, resize, crop, data seed) -> ``fit.data_state``'s answer for the user's data."""
+
+
+def _state_key(c: RunConfig) -> tuple[Any, ...]:
+    from medft_jax import fit  # JAX: only for a grid of the user's own data
+
+    return (c.dataset, fit.resize_for(c.arch, c.image_size), c.image_size, c.data_seed)
+
+
+def _check_listings(
+    runs: list[RunConfig], data_dir: str | None, dataset_options: Any
+) -> DataStates:
     """Reads the listing (folder tree or labels CSV, nothing decoded) of each of the user's
     datasets the runs use, so that a mistake there (a misspelt label column) is the dry
     run's one line, not the sweep's after it started: the dry run passed it, and the sweep
-    then left out every run of the dataset."""
-    local = {c.dataset: c for c in runs if c.dataset in LOCAL_KINDS}
+    then left out every run of the dataset. Returns what it read, which
+    :func:`_data_changed` uses rather than list a 20,000-file folder again."""
+    states: DataStates = {}
+    local = [c for c in runs if c.dataset in LOCAL_KINDS]
     if not local:
-        return
-    from medft_jax import fit  # JAX: only for a grid of the user's own data
+        return states
+    from medft_jax import fit
 
-    for dataset, c in sorted(local.items()):
+    for c in local:
+        if any(at[0] == c.dataset for at in states):  # one listing a dataset: its errors
+            continue
+        at = _state_key(c)
         try:
-            fit.data_state(c, data_dir, **dict(dataset_options.get(dataset, {})))
+            states[at] = fit.data_state(c, data_dir, **dict(dataset_options.get(c.dataset, {})))
         except DataError as e:
-            raise UserError(f"dataset {dataset}: {e}") from None
+            raise UserError(f"dataset {c.dataset}: {e}") from None
+    return states
 
 
 def dry_run(
@@ -214,7 +232,7 @@ def dry_run(
     }
 
     mine = [runs[k] for k in grid_lib.shard_positions(runs, index, count)]
-    _check_listings(mine, data_dir, g.dataset_options)
+    states = _check_listings(mine, data_dir, g.dataset_options)
     unbuilt: dict[str, str] = {}
     changed = _data_changed(
         mine,
@@ -222,6 +240,7 @@ def dry_run(
         data_dir,
         g.dataset_options,
         unbuilt,
+        states,
     )
     # A paper task's record of other split or label options (a val fraction the grid now
     # sets otherwise) is of other data: the sweep's fingerprint finds it and runs it again.
@@ -378,6 +397,7 @@ def _data_changed(
     data_dir: str | None,
     dataset_options: Any,
     unbuilt: dict[str, str] | None = None,
+    states: DataStates | None = None,
 ) -> dict[str, str]:
     """Settings hash -> why, for the recorded runs of the user's ``folder``/``csv`` data
     whose data changed since: the cache is stale (files added, removed or touched), or
@@ -400,10 +420,10 @@ def _data_changed(
         return {}
     from medft_jax import fit  # JAX: only when there is such a run to check
 
-    states: dict[tuple[Any, ...], tuple[str | None, str | None, Any] | None] = {}
+    states = dict(states or {})  # what the listings' check read: not read again
     out: dict[str, str] = {}
     for c in todo:
-        at = (c.dataset, fit.resize_for(c.arch, c.image_size), c.image_size, c.data_seed)
+        at = _state_key(c)
         if at not in states:
             options = dict(dataset_options.get(c.dataset, {}))
             try:

@@ -253,9 +253,10 @@ def test_one_strategy_with_different_options_across_cells_is_refused():
     with pytest.raises(RecordError) as e:
         collect([rec(), rec(arch="vgg19"), *runs])
     assert str(e.value) == (
-        "strategy 'l2_sp' ran with different options (strategy_options.alpha: \"<absent>\" "
-        'vs 1.0; strategy_options.beta: "<absent>" vs 1.0; <absent>: its default): one row '
-        "cannot name both; report them from separate --runs folders, or keep one with --only"
+        "strategy 'l2_sp' ran with different options (strategy_options.alpha: 1.0 vs "
+        '"<absent>"; strategy_options.beta: 1.0 vs "<absent>"; <absent>: its default): one '
+        "row cannot name both; report them from separate --runs folders, or keep one with "
+        "--only"
     )
     # Across datasets too, and from a failure note; one set of options everywhere is fine.
     other = rec(dataset="t1w_mri", strategy="l2_sp", strategy_options=tuned)
