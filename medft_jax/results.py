@@ -589,8 +589,15 @@ def _walk_once(out_dir: str | Path) -> Iterator[tuple[str, list[str], list[str]]
             dirs[:] = []
             continue
         seen.add(real)
+        if RECORD_NAME in names or FAILURE_NAME in names:  # a run folder: its checkpoints
+            dirs[:] = [d for d in dirs if d not in _CHECKPOINT_FOLDERS]  # hold no runs
         dirs.sort()
         yield root, dirs, names
+
+
+_CHECKPOINT_FOLDERS = ("best", "checkpoints")
+"""A run folder's orbax checkpoints: dozens of folders each (1,728 runs: 14,000), which
+every walk of a results folder descended into, three walks a report."""
 
 
 def _find_files(out_dir: str | Path, name: str) -> list[Path]:

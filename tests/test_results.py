@@ -424,3 +424,30 @@ def test_content_hash_is_that_of_the_json_read_back():
     assert results.content_hash(value) == results.content_hash(back)
     back["partial"]["12"][0] = 4
     assert results.content_hash(value) != results.content_hash(back)
+
+
+def test_a_results_walk_does_not_descend_into_a_run_folders_checkpoints(tmp_path, monkeypatch):
+    """Every walk (records, failure notes, unfinished runs; three a report) went through each
+    run's best/ and checkpoints/ orbax folders: 14,000 folders for the paper grid. A run
+    folder's checkpoints hold no runs; a folder called best elsewhere is walked."""
+    config = {"dataset": "demo", "arch": "resnet_tiny", "strategy": "ft", "lr": 1e-3, "seed": 0}
+    run = results.record_path(tmp_path / "runs", config).parent
+    results.write_record(run / results.RECORD_NAME, {"config": config})
+    for sub in ("best/state/d", "checkpoints/3/state"):
+        (run / sub).mkdir(parents=True)
+    assert results.unfinished_runs(tmp_path / "runs") == []  # finished: its record says so
+    elsewhere = tmp_path / "runs" / "best" / "grid"  # a user's folder named best: walked
+    other = {**config, "seed": 1}
+    results.write_record(results.record_path(elsewhere, other), {"config": other})
+    walked = []
+    real_walk = os.walk
+
+    def counting(top, *args, **kwargs):
+        for root, dirs, names in real_walk(top, *args, **kwargs):
+            walked.append(Path(root).relative_to(tmp_path / "runs").as_posix())
+            yield root, dirs, names
+
+    monkeypatch.setattr(results.os, "walk", counting)
+    found = [r["config"]["seed"] for _, r in results.load_records_at(tmp_path / "runs")]
+    assert sorted(found) == [0, 1]
+    assert not [w for w in walked if w.startswith(f"{run.name}/")], walked
