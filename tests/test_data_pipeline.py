@@ -437,3 +437,31 @@ def test_a_worker_reads_a_memmap_view_where_it_lies_in_its_file(tmp_path, view):
     again = pickle.loads(pickle.dumps(source))  # what a worker process gets
     assert np.array_equal(again.images, view(images))
     assert np.array_equal(again[0]["image"], source[0]["image"])
+
+
+def test_file_stats_names_each_file_by_where_it_resolves(tmp_path):
+    """The cache's signature of a user's folder (computed with strings now, as
+    ``Path.resolve`` took ten times the stat): names relative to the resolved root, links
+    followed, a file outside the root by its full path, a missing one with -1s."""
+    root = tmp_path / "imgs"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "x.png").write_bytes(b"1")
+    (root / "y.png").write_bytes(b"22")
+    outside = tmp_path / "z.png"
+    outside.write_bytes(b"333")
+    (root / "a" / "out.png").symlink_to(outside)
+    (root / "a" / "in.png").symlink_to("b/x.png")
+    paths = [root / "a" / "in.png", root / "a" / ".." / "y.png", root / "a" / "out.png"]
+    paths.append(root / "gone.png")
+    for given in (root, root / "a" / "..", f"{root}/"):
+        stats = cache_mod.file_stats(given, paths)
+        assert [(name, size) for name, size, _ in stats] == [
+            (str(outside.resolve()), 3),
+            ("a/b/x.png", 1),
+            ("gone.png", -1),
+            ("y.png", 2),
+        ]
+    assert (
+        cache_mod.file_stats(root, [root / "y.png"], ctime=True)[0][3]
+        == os.stat(root / "y.png").st_ctime_ns
+    )

@@ -675,14 +675,16 @@ def file_stats(root: Path, paths: Iterable[Path], *, ctime: bool = False) -> lis
     user's own folders take it; the paper tasks' prepared data does not, so
     that caches built before it are not rebuilt for nothing.
     """
-    real_root = Path(root).resolve()
+    # Strings, not Paths: Path.resolve and relative_to cost ten times the stat itself
+    # (0.6 s a load of a 20,000-file folder); os.path.realpath is what resolve calls.
+    real_root = os.path.realpath(root)
+    prefix = real_root if real_root.endswith(os.sep) else real_root + os.sep
     out = []
     for path in paths:
-        real = Path(path).resolve()
-        try:
-            name = real.relative_to(real_root).as_posix()
-        except ValueError:
-            name = real.as_posix()
+        real = os.path.realpath(path)
+        name = real[len(prefix) :] if real.startswith(prefix) else real
+        if os.sep != "/":
+            name = name.replace(os.sep, "/")
         try:
             st = os.stat(real)
             out.append([name, st.st_size, st.st_mtime_ns, *([st.st_ctime_ns] if ctime else [])])

@@ -279,8 +279,8 @@ def _labels(labels: np.ndarray, info, path: Path, split: str) -> np.ndarray:
 
 def _check_range(labels: np.ndarray, num: int, path: Path, key: str) -> None:
     """One line naming the first label outside ``0..num-1``, as the file holds it."""
-    with np.errstate(invalid="ignore"):  # NaN compares false: _integral names it
-        bad = (labels < 0) | (labels >= num)
+    with np.errstate(invalid="ignore"):  # NaN and inf: _integral names them
+        bad = ((labels < 0) | (labels >= num)) & np.isfinite(labels)
     if bad.any():
         raise DataError(
             f"{path}: {key} holds label {labels[bad][0]!s} outside the {num} classes 0..{num - 1}"
