@@ -780,3 +780,33 @@ def test_out_that_is_an_input_image_or_inside_the_checkpoint_is_refused(tmp_path
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert {p: Path(p).read_bytes() for p in paths} == before
     assert meta.read_bytes() == meta_bytes
+
+
+def test_images_decoded_on_threads_keep_their_order_notes_and_first_error(capsys, monkeypatch):
+    """Files decode on several threads (one thread read 20,000 files in 2.7 s of a 17 s
+    job), finishing out of order here: rows, notes and the error that stops the job
+    follow the files' order all the same."""
+    import time
+
+    from experiments import predict
+
+    monkeypatch.setenv("MEDFT_JAX_DECODE_THREADS", "4")
+    paths = [f"f{i}.png" for i in range(40)]
+    bad = {"f3.png", "f17.png", "f18.png", "f39.png"}
+
+    def load(p):
+        i = int(p[1:-4])
+        time.sleep(0.002 * ((7 * i) % 5))  # later files often finish first
+        if p in bad:
+            raise predict.BadImage(f"corrupt or unreadable image {p}")
+        return np.full((2, 2, 3), i, np.uint8)
+
+    store = np.zeros((40, 2, 2, 3), np.uint8)
+    skipped: list[str] = []
+    read = predict._read_images(paths, store, load, skipped)
+    assert read == [p for p in paths if p not in bad] and skipped == sorted(bad, key=paths.index)
+    assert [int(x) for x in store[: len(read), 0, 0, 0]] == [int(p[1:-4]) for p in read]
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert [n.rsplit(" ", 1)[1] for n in notes] == skipped
+    with pytest.raises(predict.BadImage, match=r"^corrupt or unreadable image f3\.png; "):
+        predict._read_images(paths, store, load, None)  # the first bad file in order
