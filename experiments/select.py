@@ -284,7 +284,12 @@ def grid_records(
         for path, r in results.load_records_at(grid_runs, finished=True)
         if results.settings_hash(r["config"]) in wanted
     ]
+    noted = [
+        f for f in results.load_failures(grid_runs) if results.settings_hash(f["config"]) in wanted
+    ]
+    # Rerun on this data: finished, or diverged there (its older record then no stand-in).
     current = {results.settings_hash(r["config"]) for _, r in found if _same_inputs(r, identity)}
+    current |= {results.settings_hash(f["config"]) for f in noted if _same_inputs(f, identity)}
     kept = [
         (path, r)
         for path, r in found
@@ -300,9 +305,8 @@ def grid_records(
     )
     failures = [
         f
-        for f in results.load_failures(grid_runs)
-        if results.settings_hash(f["config"]) in wanted
-        and (_same_inputs(f, identity) or results.settings_hash(f["config"]) not in current)
+        for f in noted
+        if _same_inputs(f, identity) or results.settings_hash(f["config"]) not in current
     ]
     return records, failures, len(wanted)
 

@@ -191,6 +191,8 @@ def effective_options(strategy: str, options: Mapping[str, Any] | None) -> dict[
     :data:`OPTION_DEFAULTS` order (an option without a default only where given)."""
     given = dict(options or {})
     reads = [k for k, users in OPTION_STRATEGIES.items() if strategy in users]
+    if given.get("rgn_per_step") is True:  # each step's own RGN: no window, no mode read
+        reads = [k for k in reads if k not in ("rgn_estimate_steps", "rgn_mode")]
     return {
         k: given.get(k, OPTION_DEFAULTS.get(k)) for k in reads if k in given or k in OPTION_DEFAULTS
     }

@@ -293,7 +293,7 @@ def test_split_folders_are_known_by_their_usual_names_and_strays_refused(tmp_pat
     with pytest.raises(DataError) as e:
         parse_folder(tmp_path / "b", seed=1)
     assert str(e.value) == (
-        f"{tmp_path / 'b'}: --data-seed 1 does not apply: train/, val/ and test/ give every "
+        f"{tmp_path / 'b'}: data seed 1 does not apply: train/, val/ and test/ give every "
         "split, so nothing is carved; leave it out"
     )
     refused = [

@@ -77,7 +77,7 @@ def test_split_values_are_read_as_split_folders_are_named(tmp_path):
     with pytest.raises(DataError) as err:
         _table(tmp_path, split_column="split", seed=2)
     assert _one_line(err) == (
-        f"{tmp_path / 'labels.csv'}: --data-seed 2 does not apply: the values of column "
+        f"{tmp_path / 'labels.csv'}: data seed 2 does not apply: the values of column "
         "'split' give every split, so nothing is carved; leave it out"
     )
     _write(tmp_path, "path,label,split", [*rows[:11], "imgs/a11.png,cat,holdout"])

@@ -705,6 +705,11 @@ def test_the_index_says_each_strategys_options_and_where_they_are_not_the_papers
             r["config"]["strategy_options"] = {"lp_epochs": 1}
     summary = collect(records)
     assert summary.strategy_options["l2_sp"]["sp_half"] is True
+    per_step = collect([rec(strategy="auto_rgn", strategy_options={"rgn_per_step": True})])
+    assert dict(per_step.strategy_options["auto_rgn"]) == {  # no window, no mode: unread
+        "rgn_per_step": True,
+        "rgn_eps": 1e-8,
+    }
     text = write_report(summary, tmp_path / "out").read_text()
     assert (
         "- Strategy options, as run:\n"

@@ -1475,8 +1475,9 @@ def test_make_refuses_adam_settings_that_ascend_or_give_nan():
     u, _ = tx.update(grads, tx.init(params), params)
     head = flatten(u)["top/head/bias"]
     np.testing.assert_allclose(head, [-LR, -LR], rtol=1e-5)  # descent, eps 0 allowed
-    with pytest.raises(ValueError, match=r"epoch must be a whole number >= 0, got 1\.5"):
-        schedule.trainable_blocks(1.5)  # stages are whole epochs: it read as epoch 1
+    for epoch in (1.5, -1, math.inf, math.nan):  # 1.5 read as epoch 1; inf: OverflowError
+        with pytest.raises(ValueError, match=r"^epoch must be a whole number >= 0, got "):
+            schedule.trainable_blocks(epoch)
     assert schedule.trainable_blocks(1.0) == schedule.trainable_blocks(1)
 
 

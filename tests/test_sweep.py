@@ -906,6 +906,19 @@ def test_select_reads_the_grid_rerun_on_this_data_not_its_older_records(tmp_path
         f"note: --grid-runs {grid}: left out 2 record(s) of runs on other data or weights, "
         "each rerun on this data there"
     ]
+    # Rerun on this data and diverged there: its failure note stands for it, not the older
+    # record (which the identity check refused as "ran on other data", though it was rerun).
+    results.record_path(grid, runs[1].to_dict()).unlink()
+    results.write_record(
+        results.record_path(grid, runs[1].to_dict()).with_name(results.FAILURE_NAME),
+        {"config": runs[1].to_dict(), "error": "diverged"},
+    )
+    records, failures, _ = select_cli.grid_records(g, arms, str(grid), runs[0], said.append)
+    assert [r["val"]["auroc"] for r in records] == [0.6]
+    assert [f["config"]["data_fingerprint"] for f in failures] == [runs[1].data_fingerprint]
+    select_cli.check_grid_identity(records, runs[0], str(grid))  # nothing of other data
+    results.record_path(grid, runs[1].to_dict()).with_name(results.FAILURE_NAME).unlink()
+    results.write_record(results.record_path(grid, runs[1].to_dict()), new | {"test": new["val"]})
     # A run not yet rerun keeps its older record, which the identity check then refuses.
     results.record_path(grid, runs[1].to_dict()).unlink()
     records, _, _ = select_cli.grid_records(g, arms, str(grid), runs[0], said.append)

@@ -96,9 +96,9 @@ def refuse_unused_seed(seed: int, given_by: str, where: str) -> None:
     """Refuses a data seed other than 0 where the data gives every split: nothing is carved,
     so ``--data-seed 1 2`` would be runs of other names and one split, "repeated random
     splits" without a second split (as it is refused for the official splits)."""
-    if seed != 0:
+    if seed != 0:  # run's --data-seed, prepare's --seed, a grid's data_seed: named alike
         raise DataError(
-            f"{where}: --data-seed {seed} does not apply: {given_by} give every split, so "
+            f"{where}: data seed {seed} does not apply: {given_by} give every split, so "
             "nothing is carved; leave it out"
         )
 

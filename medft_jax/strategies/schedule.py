@@ -129,7 +129,11 @@ class Schedule:
     def _check(self, epoch: int) -> None:
         if isinstance(epoch, jax.core.Tracer):  # traced: see trainable_mask
             return
-        if epoch < 0 or epoch != int(epoch):  # stages are whole epochs: 1.5 read as 1
+        try:  # stages are whole epochs: 1.5 read as 1; inf and NaN are none
+            whole = epoch >= 0 and float(epoch).is_integer()
+        except (TypeError, ValueError, OverflowError):
+            whole = False
+        if not whole:
             raise ValueError(f"epoch must be a whole number >= 0, got {epoch}")
 
     def is_trainable(self, path: str, epoch: int) -> bool:
