@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import urllib.error
+from pathlib import Path
 
 import pytest
 
@@ -44,9 +45,17 @@ def test_offline_download_says_where_to_put_the_file(tmp_path, monkeypatch):
     assert str(err.value).endswith(
         "download breastmnist_64.npz yourself (or copy it from ~/.medmnist, where the medmnist "
         f"package keeps it) into the data dir; looked for it in {tmp_path} or "
-        f"{tmp_path / 'medmnist'} (--data-dir)"
+        f"{tmp_path / 'medmnist'} (--data-dir, or a grid's data_dir)"
     )
     assert list(tmp_path.iterdir()) == []
+    # A relative data dir (a grid file's) is named where it was looked for: from the cwd.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as err:
+        mm.find_or_download("breastmnist", 64, Path("tfds"))
+    assert str(err.value).endswith(
+        f"looked for it in {tmp_path / 'tfds'} or {tmp_path / 'tfds' / 'medmnist'} "
+        "(--data-dir, or a grid's data_dir)"
+    )
 
 
 def test_a_folder_named_as_the_file_is_refused_not_downloaded_beside(tmp_path, monkeypatch):

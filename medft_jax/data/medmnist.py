@@ -115,7 +115,8 @@ def find_or_download(flag: str, size: int, data_dir: Path, *, allow_download: bo
             return candidate
         if candidate.exists() or candidate.is_symlink():  # a folder, or a broken link
             raise DataError(f"{candidate}: not a file; expected MedMNIST's {stem}.npz")
-    where = f"{data_dir} or {data_dir / 'medmnist'} (--data-dir)"
+    shown = data_dir.absolute()  # a relative one (a grid's data_dir) is read from the cwd
+    where = f"{shown} or {shown / 'medmnist'} (--data-dir, or a grid's data_dir)"
     if not allow_download:
         raise DataError(f"{stem}.npz not found in {where}")
     try:
