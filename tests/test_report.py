@@ -240,6 +240,14 @@ def test_an_lr_with_a_failed_run_is_never_chosen():
         "Counted with 1 cell(s) whose LR was chosen without an LR where a run failed (‡ in "
         "the datasets' tables): bach/resnet50/ft." in table12(summary).notes
     )
+    # A counted metric over 2 of 3 seeds (§) can decide a "beats" as any value: named too.
+    few = [rec(strategy="ft", seed=k, test=0.7) for k in range(3)]
+    few += [rec(strategy="lp", seed=k, test=None if k == 2 else 0.8, test2=0.4) for k in range(3)]
+    notes = table12(collect(few)).notes
+    assert (
+        "Counted with 1 cell(s) whose counted metric is over fewer seeds than the cell has "
+        "(§ in the datasets' tables): bach/resnet50/lp." in notes
+    ), notes
     # A failure note of a run that later finished is superseded by its record.
     again = collect(records, [fail(lr=1e-3, seed=1)]).cell("bach", "resnet50", "ft")
     assert again.lr == 1e-3 and again.excluded_lrs == () and again.runs_done == 3
@@ -577,6 +585,9 @@ def test_latex_escapes_underscores_percent_and_ampersand():
     from medft_jax.report.render import latex_escape
 
     assert latex_escape("a & b_c 5%") == r"a \& b\_c 5\%"
+    # A flag in a caption: LaTeX's -- is an en-dash ("–only", which does not run).
+    assert latex_escape("(--only lr=1; a---b; x-y)") == r"(-{}-only lr=1; a-{}-{}-b; x-y)"
+    assert latex_escape("a — b – c") == "a --- b -- c"  # the real dashes stay dashes
     # Text-mode < and > print as other glyphs in LaTeX's default font encoding.
     assert latex_escape("p < 0.05, >1") == r"p \textless{} 0.05, \textgreater{}1"
 
@@ -2295,6 +2306,21 @@ def _vs_paper_report(tmp_path, records, rows):
     return out
 
 
+def test_a_published_se_of_zero_is_read_as_half_its_last_printed_digit(tmp_path):
+    """A user's CSV with two decimals: an SE printed 0.00 is under 0.005, and read as the
+    bundled table's 0.05 it understated z tenfold."""
+    from medft_jax.report.paper import compare, load_paper
+
+    records = [rec(dataset="mura_wrist", seed=k, test=0.70 + 0.02 * k) for k in range(3)]
+    for printed, bound in (("0.0", 0.05), ("0.00", 0.005), ("0", 0.5)):
+        paper = load_paper(
+            _paper_csv(tmp_path, f"5,mura_wrist,ft,resnet50,accuracy,69.0,{printed}\n")
+        )
+        (cell,) = [c for c in compare(collect(records), paper) if c.metric == "accuracy"]
+        se_ours = 100 * 0.02 / math.sqrt(3)
+        assert cell.z == pytest.approx(3.0 / math.hypot(se_ours, bound))
+
+
 def test_vs_paper_difference_and_z_of_a_cell_against_a_hand_computation(tmp_path):
     """Ours: accuracy 70, 72, 74 % (mean 72, SE 2/√3 = 1.1547), κ half of it (mean 36);
     the paper: accuracy 69.0 (0.5), κ 30.0 without an SE, and a cell we did not run."""
@@ -2394,6 +2420,11 @@ def test_spearman_ties_and_too_few():
          "mean 'seventy' is not a number"),
         ("5,mura_wrist,ft,resnet50,accuracy,70,1\n5,mura_wrist,ft,resnet50,kappa,nan,1\n",
          PAPER_HEADER, 3, "mean 'nan' is not a number"),
+        # float() took them, the table then showed them as typed beside 62.5
+        ("5,mura_wrist,ft,resnet50,accuracy,6_2.5,1\n", PAPER_HEADER, 2,
+         "mean '6_2.5' is not a number as a table prints it (percent)"),
+        ("5,mura_wrist,ft,resnet50,accuracy,62.5,1e0\n", PAPER_HEADER, 2,
+         "se '1e0' is not a number as a table prints it (percent)"),
         ("5,mura_wrist,ft,resnet50,accuracy,70,1\n5,mura_wrist,ft,resnet50,accuracy,71,1\n",
          PAPER_HEADER, 3, "mura_wrist ft resnet50 accuracy is given twice (first on line 2)"),
         ("8,bach,ft,resnet50,accuracy,70,1\n8,bach,ft,resnet50,top1_accuracy,70,1\n",

@@ -50,6 +50,9 @@ class PaperValue:
     line: int
     printed: str = ""
     """Mean and SE as the CSV writes them, ``87.72 (0.0)``: the precision the paper gives."""
+    zero_se: float = 0.05
+    """What an SE printed as zero stands for: under half a unit of its last digit (``0.0``:
+    0.05; ``0.00`` in a user's CSV: 0.005, which read as 0.05 understated z tenfold)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +163,7 @@ def parse_paper(text: str, source: str) -> PaperTables:
         if key in values:
             raise bad(line, f"{d} {s} {a} {m} is given twice (first on line {values[key].line})")
         printed = f"{row['mean'].strip()} ({row['se'].strip() if se is not None else NO_SE})"
-        values[key] = PaperValue(mean, se, line, printed)
+        values[key] = PaperValue(mean, se, line, printed, _half_last_digit(row["se"]))
     if not values:  # a comparison of no cells said nothing, silently
         raise bad(1, "a header and no rows; expected one published cell per line")
     # Every cell flagged, ~70 pp off. κ in percent may be near 0; other metrics not all.
@@ -205,19 +208,26 @@ def _fractions(kappas: Sequence[float]) -> bool:
     return len(kappas) > 1 and all(abs(m) <= 1 for m in kappas) and any(kappas)
 
 
+_PRINTED_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+"""A number as a table prints it: ``float`` also took ``6_2.5`` (62.5) and ``6.25e1``, which
+the comparison then showed as typed beside the values it computed with."""
+
+
 def _number(
     text: str, what: str, bad: Callable[[int, str], PaperTablesError], line: int
 ) -> float | None:
     text = text.strip()
     if not text:
         return None
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not math.isfinite(x):
-        raise bad(line, f"{what} {text!r} is not a number (percent)")
-    return x
+    if not _PRINTED_NUMBER.fullmatch(text):
+        raise bad(line, f"{what} {text!r} is not a number as a table prints it (percent)")
+    return float(text)
+
+
+def _half_last_digit(text: str) -> float:
+    """Half a unit of the last digit of ``text`` (``0.0``: 0.05; ``0``: 0.5)."""
+    _, dot, decimals = text.strip().partition(".")
+    return 0.5 * 10.0 ** -(len(decimals) if dot else 0)
 
 
 # --- the comparison --------------------------------------------------------------------------
@@ -262,14 +272,21 @@ PRINTED_ZERO_SE = 0.05
 so a difference of 10 points beside it is flagged, not left without a z."""
 
 
-def z_score(mean: float, se: float, n: int, paper_mean: float, paper_se: float | None):
-    """diff / √(se_ours² + se_paper²) in percentage points (a published 0.0 read as
-    :data:`PRINTED_ZERO_SE`; ours 0 where every seed scored alike); None where the
-    paper gives no SE or ours is a single seed (no SE of ours)."""
+def z_score(
+    mean: float,
+    se: float,
+    n: int,
+    paper_mean: float,
+    paper_se: float | None,
+    zero_se: float = PRINTED_ZERO_SE,
+):
+    """diff / √(se_ours² + se_paper²) in percentage points (a published 0 read as
+    ``zero_se``, half a unit of its last printed digit; ours 0 where every seed scored
+    alike); None where the paper gives no SE or ours is a single seed (no SE of ours)."""
     se_pp = 100 * se
     if n < 2 or paper_se is None or not math.isfinite(se_pp):
         return None
-    return (100 * mean - paper_mean) / math.hypot(se_pp, paper_se or PRINTED_ZERO_SE)
+    return (100 * mean - paper_mean) / math.hypot(se_pp, paper_se or zero_se)
 
 
 def _ours(summary: Summary, key: PaperKey) -> tuple[float, float, int] | None:
@@ -299,7 +316,7 @@ def compare(summary: Summary, paper: PaperTables) -> list[Compared]:
                     out.append(
                         Compared(
                             d, a, s, m, mean, se, n, p.mean, p.se,
-                            100 * mean - p.mean, z_score(mean, se, n, p.mean, p.se),
+                            100 * mean - p.mean, z_score(mean, se, n, p.mean, p.se, p.zero_se),
                             p.printed,
                         )
                     )  # fmt: skip

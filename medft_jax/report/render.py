@@ -176,8 +176,15 @@ _LATEX_CHARS = {
 
 
 def latex_escape(text: str) -> str:
-    """Escapes LaTeX's special characters and spells the few non-ASCII ones we print."""
-    return "".join(_LATEX_CHARS.get(ch, ch) for ch in text)
+    """Escapes LaTeX's special characters and spells the few non-ASCII ones we print.
+
+    ASCII hyphens in a row are kept apart (``-{}-``): LaTeX's ``--`` is an en-dash, and
+    a flag in a caption (``--only``) printed as "–only", which does not run.
+    """
+    return "".join(
+        "{}".join(part) if part.startswith("--") else "".join(_LATEX_CHARS.get(c, c) for c in part)
+        for part in re.split(r"(-{2,})", text)
+    )
 
 
 def _tex_entry(e: Entry) -> str:

@@ -1000,10 +1000,16 @@ def _caveats_counted(summary: Summary, count_metrics: Mapping[str, str] | None =
     and the experiments it cannot count (FT without a value in the counted metric, a
     strategy's cell ``unvalidated``), each named: its n shrinks for them."""
     cells = [c for c in summary.cells.values() if c.has_value]
+    counted = {d: count_metric(summary, d, count_metrics) for d in summary.datasets}
     caveats = [
         (_incomplete, DAGGER, "with runs missing"),
         (_lrs_left_out, DOUBLE_DAGGER, "whose LR was chosen without an LR where a run failed"),
         (attrgetter("unstaged"), PILCROW, "whose runs were tested from before their final stage"),
+        (  # a value over 2 of 3 seeds can decide a "beats" as any other
+            lambda c: _fewer_seeds(c, counted[c.dataset]),
+            SECTION,
+            "whose counted metric is over fewer seeds than the cell has",
+        ),
     ]
     notes = []
     for test, mark, what in caveats:
@@ -1099,7 +1105,8 @@ class VsPaperLine:
     diff_pp: float
     """Ours minus the paper's, in percentage points."""
     z: float | None
-    """diff / √(se_ours² + se_paper²), both in points (a published 0.0 read as 0.05); none
+    """diff / √(se_ours² + se_paper²), both in points (a published 0.0 read as 0.05, 0.00 as
+    0.005: half a unit of its last digit); none
     where the paper gives no SE or ours is a single seed."""
     flagged: bool
     """|z| > 2."""
@@ -1161,7 +1168,8 @@ VS_PAPER_NOTE = (
     "Ours: the test mean (SE) over seeds {lr}, with the marks of the "
     "dataset's table; paper: as printed in the published CSV. Diff.: ours minus the paper's, "
     "in percentage points. z = diff / √(SE_ours² + SE_paper²): how many combined standard "
-    "errors apart the two means are (a published SE of 0.0, under 0.05, read as 0.05); n/a "
+    "errors apart the two means are (a published SE of 0.0, under 0.05, read as 0.05: half "
+    "a unit of its last printed digit); n/a "
     "where the paper gives no SE or ours is a single seed. Bold with ! marks |z| > 2: a "
     "difference larger than the seeds' spread explains (with 3 seeds per side the SEs are "
     "rough, so expect some by chance)."
