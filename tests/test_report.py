@@ -578,6 +578,21 @@ def test_bold_per_arch_and_underline_over_archs_ties_all_marked():
     assert [c.group for c in table.columns[1:4]] == ["ResNet-50"] * 3
 
 
+def test_a_dataset_table_says_what_its_cells_without_a_number_mean():
+    """A table pasted into a paper carried "diverged", "—" and "(–)" that only the index
+    explained; its own notes name each one it shows, and none it does not."""
+    records = [rec(strategy="ft", seed=0, test=0.7)]
+    records += [rec(strategy="lp", seed=k, test=0.8) for k in range(2)]
+    failures = [fail(strategy="lp_ft", lr=1e-4, seed=k) for k in range(2)]
+    table = dataset_table(collect(records, failures), "bach")
+    assert table.notes[-1] == (
+        "diverged: no LR with a value, its runs' loss turned NaN or infinite; (–): a single "
+        "seed, so no SE."
+    )
+    plain = dataset_table(collect([rec(strategy="ft", seed=k) for k in range(2)]), "bach")
+    assert not [n for n in plain.notes if "single seed" in n or "diverged" in n]
+
+
 def test_latex_escapes_underscores_percent_and_ampersand():
     summary = collect([rec(dataset="t1w_mri", test=0.9)])
     tex = to_latex(dataset_table(summary, "t1w_mri"))

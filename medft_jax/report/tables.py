@@ -177,6 +177,29 @@ def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]
     return notes
 
 
+CELL_TEXTS = {
+    MISSING_TEXT: "not run yet",
+    "diverged": "no LR with a value, its runs' loss turned NaN or infinite",
+    "failed": "no LR with a value, its runs failed (their failure notes say why)",
+    UNVALIDATED: "its runs have no validation value to choose an LR by",
+    UNDEFINED: "the metric is undefined for its test split (one class present, say)",
+    f"({NO_SE})": "a single seed, so no SE",
+}
+"""What a dataset table's cells without a number say, for its own notes (a table pasted
+into a paper carried "diverged" and "(–)" that only the index explained)."""
+
+
+def _text_notes(cells: Sequence[Cell], metrics: Sequence[str]) -> list[str]:
+    """One note naming each of :data:`CELL_TEXTS` that ``cells`` show, in that order."""
+    shown = {cell_text(c, m) for c in cells for m in metrics}
+
+    def occurs(text: str) -> bool:  # a word begins its cell (marks follow); an SE is inside
+        return any(text in t if text.startswith("(") else t.startswith(text) for t in shown)
+
+    said = [f"{text}: {meaning}" for text, meaning in CELL_TEXTS.items() if occurs(text)]
+    return ["; ".join(said) + "."] if said else []
+
+
 def _best(values: Mapping[Any, float]) -> set[Any]:
     """Keys of the highest value, compared as shown (percent, 2 decimals): a tie a reader
     sees is a tie."""
@@ -508,6 +531,7 @@ def dataset_table(summary: Summary, dataset: str) -> Table:
         *_cell_notes(
             (cells[(a, s)] for s in strategies for a in archs if (a, s) in cells), metrics
         ),
+        *_text_notes([cells[k] for k in cells], metrics),
         *data_notes(summary.protocol.get(dataset, {})),
     ]
     lines = _marked(_value_lines(cells, archs, strategies, metrics))
