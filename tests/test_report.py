@@ -603,6 +603,7 @@ def test_latex_escapes_underscores_percent_and_ampersand():
     # A flag in a caption: LaTeX's -- is an en-dash ("–only", which does not run).
     assert latex_escape("(--only lr=1; a---b; x-y)") == r"(-{}-only lr=1; a-{}-{}-b; x-y)"
     assert latex_escape("a — b – c") == "a --- b -- c"  # the real dashes stay dashes
+    assert latex_escape("√(SE²)") == r"$\surd$(SE$^{2}$)"  # ASCII only in every .tex
     # Text-mode < and > print as other glyphs in LaTeX's default font encoding.
     assert latex_escape("p < 0.05, >1") == r"p \textless{} 0.05, \textgreater{}1"
 

@@ -172,6 +172,7 @@ _LATEX_CHARS = {
     "×": r"$\times$",
     "≥": r"$\geq$",
     "√": r"$\surd$",
+    "²": r"$^{2}$",  # raw, it needs UTF-8 input and a 2020 kernel's textcomp
 }
 
 
