@@ -448,6 +448,7 @@ def run_one(
             and process_0_says(results.failure_path(out_dir, cfg).exists())
         ):
             raise FailedBefore(f"{run_dir.name}: failed before")
+        _say_tried_before(results.failure_path(out_dir, cfg), force)
         if on_start is not None:
             on_start()
         if force:
@@ -1184,8 +1185,28 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
     if jax.process_index() == 0:
         record = results.write_record(record_file, record, sealed=True)
         _drop_previous(record_file.parent)
+        # An earlier attempt's failure note: the record stands for the run now (a report
+        # read the record, but the note stayed beside it, saying the run had failed).
+        record_file.with_name(results.FAILURE_NAME).unlink(missing_ok=True)
     _tidy_up(ckpts)  # never raises: with the record written, the run has succeeded
     return record
+
+
+def _say_tried_before(note: Path, force: bool) -> None:
+    """One line when a run that failed before is tried again (``run`` retries a run asked
+    for by name, a sweep with ``--retry-failed``): it said nothing of the earlier attempt."""
+    if force or jax.process_index() != 0 or not note.is_file():
+        return
+    try:
+        earlier = results.read_record(note)
+        why = f" ({earlier.get('kind', 'failed')}: {str(earlier.get('error', ''))[:200]})"
+    except (results.RecordError, OSError):
+        why = ""
+    print(
+        f"note: {note.parent.name}: an earlier attempt failed{why}; trying it again",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _environment(p: Progress) -> dict[str, Any]:

@@ -34,6 +34,16 @@ def test_a_diverged_run_leaves_a_note_under_run_as_under_sweep(monkeypatch, tmp_
     assert {n["kind"] for n in notes} == {"nonfinite"}
     assert [n["decoding"] for n in notes] == [{}, {}]  # the default rule, said
     assert not list(tmp_path.rglob("record.json"))
+    # Asked for again, the loss finite now: the earlier attempt is said, and the record
+    # stands alone (the failure note stayed beside it, saying the run had failed).
+    monkeypatch.undo()
+    argv = ["--strategy", "lp", *ARGS, "--seeds", "0", "--out", str(tmp_path)]
+    assert run_cli.main(argv) == 0
+    run = next(results.run_dir(tmp_path, n["config"]) for n in notes if n["config"]["seed"] == 0)
+    assert (
+        f"note: {run.name}: an earlier attempt failed (nonfinite: training loss became nan"
+    ) in capsys.readouterr().err
+    assert (run / results.RECORD_NAME).is_file() and not (run / results.FAILURE_NAME).exists()
 
 
 @pytest.mark.slow
