@@ -269,8 +269,9 @@ def grid_records(
     A run's record on this selection's data and weights (``identity``, the identified
     config) stands for it; a sweep rerun after the data was edited leaves the older
     record beside it under another name, which is left out (said in one note), not a
-    copy. A run with no record on this data keeps its older one, which
-    :func:`check_grid_identity` then refuses by name.
+    copy; so does its failure note on this data (rerun there, it diverged). A run with
+    neither on this data keeps its older record, which :func:`check_grid_identity` then
+    refuses by name.
     """
     wanted = {
         results.settings_hash(

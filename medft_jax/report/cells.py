@@ -1371,15 +1371,7 @@ def relative_improvement(
 ) -> float:
     """100·(m − m_FT)/m_FT of the mean test ``metric`` (default: the headline); NaN when
     either has no value."""
-    pair = _means(summary, dataset, arch, strategy, metric)
-    if pair is None:
-        return math.nan
-    (m, _), (m_ft, _) = pair
-    if not (math.isfinite(m) and math.isfinite(m_ft)) or m_ft == 0:
-        return math.nan
-    if aggregate.same_mean(m, m_ft):  # equal up to rounding: no gain, not a 1e-14 % one
-        return 0.0
-    return 100.0 * (m - m_ft) / m_ft
+    return _gain_over_ft(summary, dataset, arch, strategy, metric, relative=True)
 
 
 def points_gain(
@@ -1387,15 +1379,21 @@ def points_gain(
 ) -> float:
     """100·(m − m_FT) of the mean test ``metric`` (default: the headline), in percentage
     points; NaN when either has no value."""
+    return _gain_over_ft(summary, dataset, arch, strategy, metric, relative=False)
+
+
+def _gain_over_ft(
+    summary: Summary, dataset: str, arch: str, strategy: str, metric: str | None, relative: bool
+) -> float:
     pair = _means(summary, dataset, arch, strategy, metric)
     if pair is None:
         return math.nan
     (m, _), (m_ft, _) = pair
-    if not (math.isfinite(m) and math.isfinite(m_ft)):
+    if not (math.isfinite(m) and math.isfinite(m_ft)) or (relative and m_ft == 0):
         return math.nan
-    if aggregate.same_mean(m, m_ft):
+    if aggregate.same_mean(m, m_ft):  # equal up to rounding: no gain, not a 1e-14 % one
         return 0.0
-    return 100.0 * (m - m_ft)
+    return 100.0 * (m - m_ft) / (m_ft if relative else 1.0)
 
 
 def improvement_se(

@@ -531,7 +531,7 @@ def dataset_table(summary: Summary, dataset: str) -> Table:
         *_cell_notes(
             (cells[(a, s)] for s in strategies for a in archs if (a, s) in cells), metrics
         ),
-        *_text_notes([cells[k] for k in cells], metrics),
+        *_text_notes(list(cells.values()), metrics),
         *data_notes(summary.protocol.get(dataset, {})),
     ]
     lines = _marked(_value_lines(cells, archs, strategies, metrics))
