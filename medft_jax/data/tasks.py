@@ -358,11 +358,10 @@ def _prepare_task(
 ) -> Path:
     """:func:`prepare_task`'s work, with ``config`` from :func:`_config_kwargs`."""
     _check_options(name, config)
-    from medft_jax.data.builders.base import ARCHIVES, packed_hint
+    from medft_jax.data.builders.base import refuse_packed
 
     manual_dir = Path(manual_dir).expanduser()
-    if manual_dir.is_file() and manual_dir.name.lower().endswith(ARCHIVES):
-        raise DataError(f"--manual-dir {manual_dir}: {packed_hint(manual_dir)}")
+    refuse_packed(manual_dir)
     if not manual_dir.is_dir():
         raise DataError(f"--manual-dir {manual_dir} is not a directory")
     manual_dir = manual_dir.absolute()  # TFDS parses it again, maybe from another cwd

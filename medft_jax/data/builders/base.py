@@ -141,8 +141,7 @@ class Task:
         out; ``None`` (the default): such a file is an error naming it.
         """
         root = Path(root)
-        if root.is_file() and root.name.lower().endswith(ARCHIVES):
-            raise DataError(f"--manual-dir {root}: {packed_hint(root)}")
+        refuse_packed(root)
         if not root.is_dir():
             raise DataError(f"--manual-dir {root} is not a directory; expected {self.layout}")
         try:
@@ -163,12 +162,14 @@ ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")
 """Downloads still packed: a manual dir holding one of these was not unpacked yet."""
 
 
-def packed_hint(archive: Path) -> str:
-    """What to do with a ``--manual-dir`` that names the download itself."""
-    return (
-        f"is the packed download, not its folder: unpack it (into {archive.parent}), then "
-        "pass the folder it makes"
-    )
+def refuse_packed(manual_dir: Path) -> None:
+    """Refuses a ``--manual-dir`` that names the download itself (``X.zip``), saying to
+    unpack it: "is not a directory" left the user to guess."""
+    if manual_dir.is_file() and manual_dir.name.lower().endswith(ARCHIVES):
+        raise DataError(
+            f"--manual-dir {manual_dir}: is the packed download, not its folder: unpack it "
+            f"(into {manual_dir.parent}), then pass the folder it makes"
+        )
 
 
 def layout_hint(root: Path) -> str:
