@@ -406,21 +406,24 @@ def _read_images(
         todo = iter(paths)
         for p in itertools.islice(todo, window):
             ahead.append((p, pool.submit(attempt, p)))
-        while ahead:
-            p, future = ahead.popleft()
-            for q in itertools.islice(todo, 1):
-                ahead.append((q, pool.submit(attempt, q)))
-            result = future.result()
-            if isinstance(result, BadImage):
-                if skipped is None:
-                    for _, f in ahead:
-                        f.cancel()
-                    raise BadImage(f"{result}{SKIP_HINT}") from None
-                skipped.append(p)
-                print(f"note: skipped bad image (--skip-bad-images): {result}", file=sys.stderr)
-                continue
-            store[len(read)] = result
-            read.append(p)
+        try:
+            while ahead:
+                p, future = ahead.popleft()
+                for q in itertools.islice(todo, 1):
+                    ahead.append((q, pool.submit(attempt, q)))
+                result = future.result()
+                if isinstance(result, BadImage):
+                    if skipped is None:
+                        raise BadImage(f"{result}{SKIP_HINT}") from None
+                    skipped.append(p)
+                    print(f"note: skipped bad image (--skip-bad-images): {result}", file=sys.stderr)
+                    continue
+                store[len(read)] = result
+                read.append(p)
+        except BaseException:  # a bad file, Ctrl-C: the files queued behind are not read
+            for _, f in ahead:
+                f.cancel()
+            raise
     if not read and paths:
         raise PredictError(
             f"--images: all {len(paths)} file(s) are bad images, left out by "

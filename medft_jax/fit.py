@@ -1187,7 +1187,8 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         _drop_previous(record_file.parent)
         # An earlier attempt's failure note: the record stands for the run now (a report
         # read the record, but the note stayed beside it, saying the run had failed).
-        record_file.with_name(results.FAILURE_NAME).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the run has succeeded whatever this says
+            record_file.with_name(results.FAILURE_NAME).unlink(missing_ok=True)
     _tidy_up(ckpts)  # never raises: with the record written, the run has succeeded
     return record
 
@@ -1199,7 +1200,8 @@ def _say_tried_before(note: Path, force: bool) -> None:
         return
     try:
         earlier = results.read_record(note)
-        why = f" ({earlier.get('kind', 'failed')}: {str(earlier.get('error', ''))[:200]})"
+        error = str(earlier.get("error") or "")[:200]
+        why = f" ({earlier.get('kind', 'failed')}{': ' + error if error else ''})"
     except (results.RecordError, OSError):
         why = ""
     print(

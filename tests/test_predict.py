@@ -810,3 +810,17 @@ def test_images_decoded_on_threads_keep_their_order_notes_and_first_error(capsys
     assert [n.rsplit(" ", 1)[1] for n in notes] == skipped
     with pytest.raises(predict.BadImage, match=r"^corrupt or unreadable image f3\.png; "):
         predict._read_images(paths, store, load, None)  # the first bad file in order
+    # Ctrl-C: the files queued behind are not read (the whole window ran on before).
+    started = []
+
+    def interrupted(p):
+        started.append(p)
+        if p == "f2.png":
+            raise KeyboardInterrupt
+        if p not in ("f0.png", "f1.png"):
+            time.sleep(0.5)  # the threads stay busy while the interrupt is handled
+        return np.zeros((2, 2, 3), np.uint8)
+
+    with pytest.raises(KeyboardInterrupt):
+        predict._read_images(paths, store, interrupted, None)
+    assert len(started) <= 8, started  # those running (4 threads), not the window of 16

@@ -585,9 +585,9 @@ def test_a_dataset_table_says_what_its_cells_without_a_number_mean():
     records += [rec(strategy="lp", seed=k, test=0.8) for k in range(2)]
     failures = [fail(strategy="lp_ft", lr=1e-4, seed=k) for k in range(2)]
     table = dataset_table(collect(records, failures), "bach")
-    assert table.notes[-1] == (
-        "diverged: no LR with a value, its runs' loss turned NaN or infinite; (–): a single "
-        "seed, so no SE."
+    assert table.notes[-1] == (  # the — is the diverged cell's Cost
+        "—: not run yet (in Cost: no chosen LR, or its time unknown); diverged: no LR with a "
+        "value, its runs' loss turned NaN or infinite; (–): a single seed, so no SE."
     )
     plain = dataset_table(collect([rec(strategy="ft", seed=k) for k in range(2)]), "bach")
     assert not [n for n in plain.notes if "single seed" in n or "diverged" in n]
@@ -602,7 +602,9 @@ def test_latex_escapes_underscores_percent_and_ampersand():
     assert latex_escape("a & b_c 5%") == r"a \& b\_c 5\%"
     # A flag in a caption: LaTeX's -- is an en-dash ("–only", which does not run).
     assert latex_escape("(--only lr=1; a---b; x-y)") == r"(-{}-only lr=1; a-{}-{}-b; x-y)"
-    assert latex_escape("a — b – c") == "a --- b -- c"  # the real dashes stay dashes
+    assert latex_escape("a — b – c") == r"a \textemdash{} b \textendash{} c"
+    # A hyphen beside a real dash joined it into a longer one (-– read as ---).
+    assert latex_escape("-–x–-—") == r"-\textendash{}x\textendash{}-\textemdash{}"
     assert latex_escape("√(SE²)") == r"$\surd$(SE$^{2}$)"  # ASCII only in every .tex
     # Text-mode < and > print as other glyphs in LaTeX's default font encoding.
     assert latex_escape("p < 0.05, >1") == r"p \textless{} 0.05, \textgreater{}1"
@@ -2441,6 +2443,8 @@ def test_spearman_ties_and_too_few():
          "mean '6_2.5' is not a number as a table prints it (percent)"),
         ("5,mura_wrist,ft,resnet50,accuracy,62.5,1e0\n", PAPER_HEADER, 2,
          "se '1e0' is not a number as a table prints it (percent)"),
+        ("5,mura_wrist,ft,resnet50,accuracy,７０.5,1\n", PAPER_HEADER, 2,
+         "mean '７０.5' is not a number as a table prints it (percent)"),
         ("5,mura_wrist,ft,resnet50,accuracy,70,1\n5,mura_wrist,ft,resnet50,accuracy,71,1\n",
          PAPER_HEADER, 3, "mura_wrist ft resnet50 accuracy is given twice (first on line 2)"),
         ("8,bach,ft,resnet50,accuracy,70,1\n8,bach,ft,resnet50,top1_accuracy,70,1\n",

@@ -208,7 +208,7 @@ def _fractions(kappas: Sequence[float]) -> bool:
     return len(kappas) > 1 and all(abs(m) <= 1 for m in kappas) and any(kappas)
 
 
-_PRINTED_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+_PRINTED_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")  # ASCII digits only
 """A number as a table prints it: ``float`` also took ``6_2.5`` (62.5) and ``6.25e1``, which
 the comparison then showed as typed beside the values it computed with."""
 

@@ -158,8 +158,8 @@ _LATEX_CHARS = {
     "|": r"\textbar{}",  # OT1, LaTeX's default encoding, prints | as an em-dash
     '"': r"\textquotedbl{}",  # and " as a closing quote
     ">": r"\textgreater{}",
-    "—": "---",
-    "–": "--",
+    "—": r"\textemdash{}",  # not ---: an ASCII hyphen beside it made a longer dash
+    "–": r"\textendash{}",
     "−": "$-$",
     "†": r"$^{\dagger}$",
     "‡": r"$^{\ddagger}$",
@@ -180,7 +180,8 @@ def latex_escape(text: str) -> str:
     """Escapes LaTeX's special characters and spells the few non-ASCII ones we print.
 
     ASCII hyphens in a row are kept apart (``-{}-``): LaTeX's ``--`` is an en-dash, and
-    a flag in a caption (``--only``) printed as "–only", which does not run.
+    a flag in a caption (``--only``) printed as "–only", which does not run. The real
+    dashes are commands, so no hyphen beside one joins it into a longer dash.
     """
     return "".join(
         "{}".join(part) if part.startswith("--") else "".join(_LATEX_CHARS.get(c, c) for c in part)

@@ -178,7 +178,7 @@ def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]
 
 
 CELL_TEXTS = {
-    MISSING_TEXT: "not run yet",
+    MISSING_TEXT: "not run yet (in Cost: no chosen LR, or its time unknown)",
     "diverged": "no LR with a value, its runs' loss turned NaN or infinite",
     "failed": "no LR with a value, its runs failed (their failure notes say why)",
     UNVALIDATED: "its runs have no validation value to choose an LR by",
@@ -189,9 +189,10 @@ CELL_TEXTS = {
 into a paper carried "diverged" and "(–)" that only the index explained)."""
 
 
-def _text_notes(cells: Sequence[Cell], metrics: Sequence[str]) -> list[str]:
-    """One note naming each of :data:`CELL_TEXTS` that ``cells`` show, in that order."""
-    shown = {cell_text(c, m) for c in cells for m in metrics}
+def _text_notes(texts: Sequence[str]) -> list[str]:
+    """One note naming each of :data:`CELL_TEXTS` that a table's cell ``texts`` (its
+    metrics' and its Cost column's) show, in that order."""
+    shown = set(texts)
 
     def occurs(text: str) -> bool:  # a word begins its cell (marks follow); an SE is inside
         return any(text in t if text.startswith("(") else t.startswith(text) for t in shown)
@@ -525,16 +526,16 @@ def dataset_table(summary: Summary, dataset: str) -> Table:
         else f"LR chosen by the mean validation {metric_label(summary.primary[dataset])} over "
         "seeds."
     )
+    lines = _marked(_value_lines(cells, archs, strategies, metrics))
     notes = [
         f"Bold: best mean per arch and metric; underlined: best over all archs. {chosen} Cost: "
         "device-seconds of one run at the chosen LR (mean over seeds).",
         *_cell_notes(
             (cells[(a, s)] for s in strategies for a in archs if (a, s) in cells), metrics
         ),
-        *_text_notes(list(cells.values()), metrics),
+        *_text_notes([x.text for x in lines]),
         *data_notes(summary.protocol.get(dataset, {})),
     ]
-    lines = _marked(_value_lines(cells, archs, strategies, metrics))
     head = Head(dataset_table_name(dataset), title, notes)
     return _wide_table(head, ValueLine, lines, slots, strategies, lambda x: (x.arch, x.metric))
 
