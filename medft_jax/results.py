@@ -648,7 +648,9 @@ def unfinished_runs(
         if RECORD_NAME in names or FAILURE_NAME in names:
             continue
         checkpoints = Path(root) / "checkpoints"
-        started = (checkpoints.is_dir() and any(checkpoints.iterdir())) or "best" in dirs
+        started = _HASHED_FOLDER.search(Path(root).name) is not None and (
+            (checkpoints.is_dir() and any(checkpoints.iterdir())) or "best" in dirs
+        )  # a run's folder ends in its hash: a user's folder holding a best/ is not one
         forced = any((Path(root) / n / RECORD_NAME).is_file() for n in PREVIOUS_NAMES)
         if forced and set_aside is not None:
             set_aside.append(Path(root))

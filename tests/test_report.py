@@ -2192,6 +2192,7 @@ def test_a_report_of_one_lr_under_only_does_not_call_it_chosen_on_validation():
     lr 0.001's values (92 % where validation chose lr 1e-4's 62 %); only index.md named the
     filter."""
     from medft_jax.grid import parse_only
+    from medft_jax.report.paper import load_paper
     from medft_jax.report.tables import all_tables, vs_paper_table
 
     records = [rec(strategy="ft", lr=1e-4, seed=s, val=0.7, test=0.62) for s in range(3)]
@@ -2211,7 +2212,7 @@ def test_a_report_of_one_lr_under_only_does_not_call_it_chosen_on_validation():
     assert [t.notes[-1] for t in tables] == [note] * len(tables)  # Table 11 and 12 too
     assert (
         "Ours: the test mean (SE) over seeds at LR 0.001 (--only lr=0.001; not chosen"
-        in (vs_paper_table(fixed, "bach", []).notes[0])
+        in (vs_paper_table(fixed, "bach", [], load_paper()).notes[0])
     )
     among = collect(records, filters=parse_only(["lr=0.001|0.0001"]))
     assert "at the LR chosen on validation among 0.0001, 0.001 (--only)**" in to_markdown(
@@ -2376,6 +2377,37 @@ def test_vs_paper_difference_and_z_of_a_cell_against_a_hand_computation(tmp_path
     assert "- Our cells the paper does not have: 0." in index
 
 
+def test_a_vs_paper_table_counts_the_papers_cells_it_has_no_row_for(tmp_path):
+    """A vs_paper table dropped the paper's cells without a value of ours (not run,
+    diverged) with no word, and one without any row was a header alone: it read as the
+    whole comparison. Its note counts them by what the dataset's table shows."""
+    from medft_jax.report.paper import compare, load_paper
+    from medft_jax.report.tables import vs_paper_table
+
+    rows = "".join(
+        f"5,mura_wrist,{s},resnet50,{m},70.0,1.0\n"
+        for s in ("ft", "lp", "g_lf")
+        for m in ("accuracy", "kappa")
+    )
+    paper = load_paper(_paper_csv(tmp_path, rows))
+    records = [rec(dataset="mura_wrist", strategy="ft", seed=k, test=0.7) for k in range(3)]
+    failures = [fail(dataset="mura_wrist", strategy="lp", lr=1e-4, seed=k) for k in range(3)]
+    summary = collect(records, failures)
+    table = vs_paper_table(summary, "mura_wrist", compare(summary, paper), paper)
+    assert len(table.rows) == 2  # FT's accuracy and κ
+    assert table.notes[-1] == (
+        "Not in this table: 4 of the paper's 6 cells (strategy × arch × metric) of "
+        "mura_wrist, without a value of ours: 2 diverged, 2 not run here (as the dataset's "
+        "table shows them)."
+    )
+    summary = collect([], failures)  # no row at all: the note says why
+    table = vs_paper_table(summary, "mura_wrist", compare(summary, paper), paper)
+    assert not table.rows and "4 not run here" in table.notes[-1]
+    assert "6 of the paper's 6 cells" in table.notes[-1]
+    full = collect([rec(dataset="mura_wrist", strategy=s, seed=0) for s in ("ft", "lp", "g_lf")])
+    assert len(vs_paper_table(full, "mura_wrist", compare(full, paper), paper).notes) == 1
+
+
 def test_vs_paper_index_counts_mean_diff_and_spearman_of_a_hand_made_ranking(tmp_path):
     """Single seeds (z n/a). Accuracy, ours: FT 80, LP 70, G-LF 85, G-FL 75 (ranks 3 1 4 2);
     the paper's: 80, 72, 78, 70 (ranks 4 2 3 1): Σd² = 4, ρ = 1 − 6·4/(4·15) = 0.6.
@@ -2405,6 +2437,9 @@ def test_vs_paper_index_counts_mean_diff_and_spearman_of_a_hand_made_ranking(tmp
     ) in index
     lines = read_csv((out / "tables" / "vs_paper_mura_wrist.csv").read_text())
     assert [float(r["diff_pp"]) for r in lines] == pytest.approx([0.0, -2.0, 7.0, 5.0])
+    # LaTeX's text-mode hyphen is no minus: -2.00 beside +7.00 printed with a short dash.
+    tex = (out / "tables" / "vs_paper_mura_wrist.tex").read_text()
+    assert "& $-$2.00 &" in tex and "& +7.00 &" in tex and "& -2" not in tex
     assert all(r["z"] == "" and r["flagged"] == "False" for r in lines)
 
 

@@ -450,4 +450,8 @@ def test_a_results_walk_does_not_descend_into_a_run_folders_checkpoints(tmp_path
     monkeypatch.setattr(results.os, "walk", counting)
     found = [r["config"]["seed"] for _, r in results.load_records_at(tmp_path / "runs")]
     assert sorted(found) == [0, 1]
+    # Nor is runs/ itself an unfinished run for holding that best/ (its runs unwalked).
+    killed = results.run_dir(tmp_path / "runs" / "best", {**config, "seed": 2})
+    (killed / "checkpoints" / "7").mkdir(parents=True)
+    assert results.unfinished_runs(tmp_path / "runs") == [(killed, 0)]
     assert not [w for w in walked if w.startswith(f"{run.name}/")], walked

@@ -190,7 +190,10 @@ def latex_escape(text: str) -> str:
 
 
 def _tex_entry(e: Entry) -> str:
-    text = latex_escape(e.text)
+    """A cell in LaTeX; a negative number's sign a minus (``$-$``), not text mode's hyphen,
+    half its width, beside the ``+`` of the positive ones in the same column."""
+    negative = re.match(r"-(?=[0-9.])", e.text)
+    text = "$-$" + latex_escape(e.text[1:]) if negative else latex_escape(e.text)
     if e.bold:
         text = rf"\textbf{{{text}}}"
     if e.underline:

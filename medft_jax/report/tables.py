@@ -1201,12 +1201,49 @@ VS_PAPER_NOTE = (
 )
 
 
-def vs_paper_table(summary: Summary, dataset: str, compared: Sequence[Compared]) -> Table:
+def _left_out_note(
+    summary: Summary, dataset: str, paper: PaperTables, lines: Sequence[VsPaperLine]
+) -> list[str]:
+    """What became of the paper's cells of ``dataset`` that have no row: not run here, or
+    run without a value (the word the dataset's table shows for it). A table that dropped
+    them silently read as the whole comparison (and one without rows as an empty file)."""
+    shown = {(x.arch, x.strategy, x.metric) for x in lines}
+    why: dict[str, int] = {}
+    for d, a, s, m in paper.values:
+        if d != dataset or (a, s, m) in shown:
+            continue
+        cell = summary.cells.get((d, a, s))
+        if cell is None or cell.status == MISSING:
+            reason = "not run here"
+        elif m not in summary.metrics.get(d, ()):
+            reason = "the metric not in the records"
+        else:
+            text = cell_text(cell, m)
+            reason = next((t for t in CELL_TEXTS if text.startswith(t)), text)
+        why[reason] = why.get(reason, 0) + 1
+    if not why:
+        return []
+    total = sum(1 for key in paper.values if key[0] == dataset)
+    parts = ", ".join(f"{n} {reason}" for reason, n in why.items())
+    return [
+        f"Not in this table: {sum(why.values())} of the paper's {total} cells (strategy × "
+        f"arch × metric) of {dataset}, without a value of ours: {parts} (as the dataset's "
+        "table shows them)."
+    ]
+
+
+def vs_paper_table(
+    summary: Summary, dataset: str, compared: Sequence[Compared], paper: PaperTables
+) -> Table:
     """Ours beside the published numbers, one row per cell and metric present in both
-    (``compared``: :func:`medft_jax.report.paper.compare`'s entries of ``dataset``)."""
+    (``compared``: :func:`medft_jax.report.paper.compare`'s entries of ``dataset``), and
+    a note counting the paper's cells left out."""
     lines = [_vs_paper_line(summary, x) for x in compared if x.dataset == dataset]
     title = f"{dataset}: ours against the paper's published values (percent)"
-    head = Head(f"vs_paper_{slug(dataset)}", title, [VS_PAPER_NOTE.format(lr=lr_phrase(summary))])
+    notes = [VS_PAPER_NOTE.format(lr=lr_phrase(summary))]
+    head = Head(
+        f"vs_paper_{slug(dataset)}", title, notes + _left_out_note(summary, dataset, paper, lines)
+    )
     return _long_table(head, VsPaperLine, lines, VS_PAPER_SLOTS)
 
 
@@ -1226,7 +1263,9 @@ def all_tables(
     if paper is not None:
         compared = compare(summary, paper)
         tables += [
-            vs_paper_table(summary, d, compared) for d in summary.datasets if d in paper.datasets
+            vs_paper_table(summary, d, compared, paper)
+            for d in summary.datasets
+            if d in paper.datasets
         ]
     note = filter_note(summary)
     if note is not None:
