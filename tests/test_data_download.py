@@ -45,7 +45,8 @@ def test_offline_download_says_where_to_put_the_file(tmp_path, monkeypatch):
     assert str(err.value).endswith(
         "download breastmnist_64.npz yourself (or copy it from ~/.medmnist, where the medmnist "
         f"package keeps it) into the data dir; looked for it in {tmp_path} or "
-        f"{tmp_path / 'medmnist'} (--data-dir, or a grid's data_dir)"
+        f"{tmp_path / 'medmnist'} (--data-dir, or a grid's data_dir; without either, "
+        "$TFDS_DATA_DIR or ~/tensorflow_datasets)"
     )
     assert list(tmp_path.iterdir()) == []
     # A relative data dir (a grid file's) is named where it was looked for: from the cwd.
@@ -54,8 +55,34 @@ def test_offline_download_says_where_to_put_the_file(tmp_path, monkeypatch):
         mm.find_or_download("breastmnist", 64, Path("tfds"))
     assert str(err.value).endswith(
         f"looked for it in {tmp_path / 'tfds'} or {tmp_path / 'tfds' / 'medmnist'} "
-        "(--data-dir, or a grid's data_dir)"
+        "(--data-dir, or a grid's data_dir; without either, $TFDS_DATA_DIR or "
+        "~/tensorflow_datasets)"
     )
+
+
+def test_a_file_under_a_near_name_is_named_where_the_flags_file_is_missing(tmp_path):
+    """``pathmnist_28.npz`` (the 28 px file saved with a size), or only the 64 px file
+    where the 28 px one was asked for: "not found" and nothing more sent users to download
+    a file they had."""
+    (tmp_path / "medmnist").mkdir()
+    (tmp_path / "medmnist" / "breastmnist_28.npz").write_bytes(b"x")
+    (tmp_path / "breastmnist_64.npz").write_bytes(b"x")
+    with pytest.raises(DataError) as err:
+        mm.find_or_download("breastmnist", 28, tmp_path, allow_download=False)
+    assert str(err.value).endswith(
+        f"; {tmp_path / 'breastmnist_64.npz'} is there: that is medmnist/breastmnist@64; "
+        f"{tmp_path / 'medmnist' / 'breastmnist_28.npz'} is there: MedMNIST names its 28 px "
+        "file breastmnist.npz; rename it"
+    )
+    with pytest.raises(DataError) as err:
+        mm.find_or_download("breastmnist", 128, tmp_path, allow_download=False)
+    assert "breastmnist_64.npz is there: that is medmnist/breastmnist@64" in str(err.value)
+    assert "rename it" not in str(err.value)
+    (tmp_path / "breastmnist_64.npz").unlink()
+    (tmp_path / "medmnist" / "breastmnist_28.npz").unlink()
+    with pytest.raises(DataError) as err:
+        mm.find_or_download("breastmnist", 28, tmp_path, allow_download=False)
+    assert str(err.value).endswith("~/tensorflow_datasets)")
 
 
 def test_a_folder_named_as_the_file_is_refused_not_downloaded_beside(tmp_path, monkeypatch):

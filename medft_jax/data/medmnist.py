@@ -116,13 +116,37 @@ def find_or_download(flag: str, size: int, data_dir: Path, *, allow_download: bo
         if candidate.exists() or candidate.is_symlink():  # a folder, or a broken link
             raise DataError(f"{candidate}: not a file; expected MedMNIST's {stem}.npz")
     shown = data_dir.absolute()  # a relative one (a grid's data_dir) is read from the cwd
-    where = f"{shown} or {shown / 'medmnist'} (--data-dir, or a grid's data_dir)"
+    where = (
+        f"{shown} or {shown / 'medmnist'} (--data-dir, or a grid's data_dir; without either, "
+        "$TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
+    where += _near_misses(flag, size, data_dir)
     if not allow_download:
         raise DataError(f"{stem}.npz not found in {where}")
     try:
         return download(flag, size, data_dir / "medmnist")
     except DataError as err:
         raise DataError(f"{err}; looked for it in {where}") from None
+
+
+def _near_misses(flag: str, size: int, data_dir: Path) -> str:
+    """What lies there under a near name: another size's file (the dataset is named
+    ``medmnist/<flag>@<size>``), or the 28 px file saved as ``<flag>_28.npz``, which
+    MedMNIST names ``<flag>.npz``. Empty when neither is there."""
+    names = {f"{flag}_28.npz": None} | {f"{file_stem(flag, s)}.npz": s for s in SIZES if s != size}
+    said = []
+    for folder in (data_dir, data_dir / "medmnist"):
+        for name, other in names.items():
+            if not (folder / name).is_file():
+                continue
+            if other is None:
+                said.append(
+                    f"{folder / name} is there: MedMNIST names its 28 px file {flag}.npz"
+                    + ("; rename it" if size == 28 else "")
+                )
+            else:
+                said.append(f"{folder / name} is there: that is medmnist/{flag}@{other}")
+    return f"; {'; '.join(said)}" if said else ""
 
 
 def read_npz(
