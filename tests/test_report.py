@@ -2494,6 +2494,7 @@ def test_spearman_ties_and_too_few():
         ("5,mura_wrist,ft,resnet50,auroc,70,1\n", PAPER_HEADER, 2,
          "unknown metric 'auroc' for mura_wrist"),
         ("5,mura_wrist,ft,resnet50,accuracy,70,-1\n", PAPER_HEADER, 2, "se '-1' is negative"),
+        ("5,mura_wrist,ft,resnet50,accuracy,70,-0.0\n", PAPER_HEADER, 2, "se '-0.0' is negative"),
         ("5,mura_wrist,ft,resnet50,accuracy,250,1\n", PAPER_HEADER, 2,
          "mean '250' is outside [0, 100] (percent, accuracy)"),
         ("5,mura_wrist,ft,resnet50,accuracy,-0.5,1\n", PAPER_HEADER, 2,

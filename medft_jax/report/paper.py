@@ -157,7 +157,7 @@ def parse_paper(text: str, source: str) -> PaperTables:
                 line, f"mean {row['mean'].strip()!r} is outside [{low:g}, 100] (percent, {m})"
             )
         se = _number(row["se"], "se", bad, line)
-        if se is not None and se < 0:
+        if se is not None and (se < 0 or row["se"].strip().startswith("-")):  # -0.0 too
             raise bad(line, f"se {row['se'].strip()!r} is negative")
         key = (d, a, s, metric_key(d, m))
         if key in values:
