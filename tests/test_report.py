@@ -2143,6 +2143,23 @@ def test_table11_tie_up_to_rounding_goes_to_the_first_in_order_and_is_named():
     assert "tied as shown with the best (LP, ResNet-50): G-LF, DenseNet-121 (+3.85 % over FT)" in md
 
 
+def test_table11_tie_note_says_a_later_cell_is_named_for_its_mean_before_rounding():
+    """LP and L2-SP both read 85.00, L2-SP 0.0009 points higher: Table 11 names L2-SP, and
+    its note said "the first in the table's order is named" (LP is)."""
+    from medft_jax.report.cells import summary_from_means
+
+    means = {"ft": 0.80, "lp": 0.850040, "l2_sp": 0.850049}
+    summary = summary_from_means(
+        {("bach", "resnet50", s): {"top1_accuracy": (m, 0.01)} for s, m in means.items()}
+    )
+    assert best_per_dataset(summary)[0].cell.strategy == "l2_sp"
+    assert table11(summary).notes[-1] == (
+        "bach: tied as shown with the best (L2-SP, ResNet-50): LP, ResNet-50 (+6.25 % over "
+        "FT); it is named for its higher mean before rounding (85.0049 against LP, "
+        "ResNet-50's 85.0040)."
+    )
+
+
 def test_table11_tie_note_writes_a_gain_that_rounds_to_zero_as_plus_zero():
     """LP at 80.000 % beside FT's 80.001 % (equal as shown): the note read "-0.00 % over FT"."""
     records = [rec(strategy="ft", seed=k, test=0.80001) for k in range(3)]

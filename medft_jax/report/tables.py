@@ -864,8 +864,9 @@ TABLE11_SLOTS: tuple[Slot[BestLine], ...] = (
 
 def _tied_with_best(summary: Summary, bests: Sequence[Best]) -> list[str]:
     """A note per dataset where other cells equal the best as the tables show it (the
-    dataset's table underlines them all): Table 11 names the first in display order, and
-    the gain of another, over its own arch's FT, can differ a lot."""
+    dataset's table underlines them all): Table 11 names the highest mean before rounding
+    (the first in display order where those are equal), and the gain of another, over its
+    own arch's FT, can differ a lot."""
     notes = []
     for b in bests:
         if b.cell is None:
@@ -878,12 +879,23 @@ def _tied_with_best(summary: Summary, bests: Sequence[Best]) -> list[str]:
             for c in cells
             if c.key in tied
         ]
-        if others:
-            notes.append(
-                f"{b.dataset}: tied as shown with the best ({strategy_label(b.cell.strategy)}, "
-                f"{arch_label(b.cell.arch)}): {'; '.join(others)}; the first in the table's "
-                "order is named."
+        if not others:
+            continue
+        first = next(c for c in cells if c.key in tied or c.key == b.cell.key)
+        why = (
+            "the first in the table's order is named"
+            if first.key == b.cell.key
+            # named by the unrounded mean, not the order: say so, with the digits
+            else (
+                "it is named for its higher mean before rounding "
+                f"({100 * b.cell.mean(b.metric):.4f} against {strategy_label(first.strategy)}, "
+                f"{arch_label(first.arch)}'s {100 * first.mean(b.metric):.4f})"
             )
+        )
+        notes.append(
+            f"{b.dataset}: tied as shown with the best ({strategy_label(b.cell.strategy)}, "
+            f"{arch_label(b.cell.arch)}): {'; '.join(others)}; {why}."
+        )
     return notes
 
 
