@@ -937,6 +937,33 @@ def test_records_of_one_dataset_with_different_settings_are_refused():
     )
 
 
+def test_one_checkpoint_spelt_two_ways_or_one_per_arch_is_one_setting():
+    """Seeds run with ``--weights ck/best`` from the project and ``--weights
+    /abs/ck/best`` from another shell: the same weights (fingerprint), refused as
+    "different settings"; and each arch needs its own checkpoint folder. The content
+    decides, per arch; other contents within an arch are still refused."""
+
+    def w(arch, strategy, seed, path, fingerprint):
+        return rec(
+            arch=arch, strategy=strategy, seed=seed, weights=path, weights_fingerprint=fingerprint
+        )
+
+    records = [w("resnet50", "ft", k, "ck/best", "f1") for k in (0, 1)]
+    records += [w("resnet50", "ft", 2, "/home/u/ck/best", "f1")]
+    records += [w("resnet50", "lp", k, "/home/u/ck/best", "f1") for k in range(3)]
+    records += [w("vgg19", "ft", k, "vgg/best", "f2") for k in range(3)]
+    summary = collect(records)
+    assert summary.cell("bach", "resnet50", "ft").seeds == (0, 1, 2)
+    other = [*records, w("resnet50", "l2_sp", 0, "ck/best", "f3")]  # edited checkpoint
+    with pytest.raises(results.RecordError, match="arch resnet50: runs from different inputs"):
+        collect(other)
+    # A checkpoint beside ImageNet's weights is another setting, as is a record without the
+    # fingerprint (older: its path is all it says).
+    for odd in (rec(strategy="lp", weights="imagenet"), rec(strategy="lp", weights="old/best")):
+        with pytest.raises(results.RecordError, match="different settings \\(weights: "):
+            collect([w("resnet50", "ft", 0, "ck/best", "f1"), odd])
+
+
 def test_strategies_of_one_arch_from_other_weights_or_data_are_refused():
     def fp(arch, strategy, weights="w1", data="d1"):
         return rec(arch=arch, strategy=strategy, weights_fingerprint=weights, data_fingerprint=data)

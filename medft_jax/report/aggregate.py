@@ -12,11 +12,11 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from medft_jax.config import same_in_float32
-from medft_jax.names import lr_text
+from medft_jax.names import WEIGHTS_CHOICES, lr_text
 from medft_jax.results import RecordError, config_hash, jsonable
 
 _SEED_KEYS = ("lr", "seed")
@@ -53,9 +53,33 @@ def mean_se(values: Iterable[float | None]) -> tuple[float, float]:
     return float(statistics.mean(v)), float(se)
 
 
+CHECKPOINT_SETTING = "<a checkpoint folder>"
+"""How a ``--weights`` folder reads as a setting where its fingerprint says which weights."""
+
+
+def weights_setting(config: Mapping[str, Any]) -> Any:
+    """``config``'s ``weights`` as a setting: a checkpoint folder is
+    :data:`CHECKPOINT_SETTING` where the config's ``weights_fingerprint`` (the weights'
+    content, a setting of its own) says which. Spelt as a path, one checkpoint given
+    relatively from two folders, or absolutely, was two settings: seeds run from two
+    shells were refused together. Configs without the fingerprint (older) keep their path."""
+    weights = config.get("weights")
+    path = isinstance(weights, str) and weights not in WEIGHTS_CHOICES
+    return CHECKPOINT_SETTING if path and config.get("weights_fingerprint") else weights
+
+
+def _group_config(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's config without ``lr`` and ``seed``, a checkpoint's path spelt either
+    way as one (:func:`weights_setting`)."""
+    config = {k: v for k, v in record["config"].items() if k not in _SEED_KEYS}
+    if "weights" in config:
+        config["weights"] = weights_setting(config)
+    return config
+
+
 def group_key(record: dict[str, Any]) -> str:
-    """The hash of the record's config without ``lr`` and ``seed``: one LR-selection group."""
-    return config_hash({k: v for k, v in record["config"].items() if k not in _SEED_KEYS})
+    """The hash of :func:`_group_config`: one LR-selection group."""
+    return config_hash(_group_config(record))
 
 
 def group_records(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -186,9 +210,9 @@ def _primary(records: Sequence[dict[str, Any]]) -> str:
 def _check_one_group(records: Sequence[dict[str, Any]]) -> None:
     if not records:
         raise RecordError("no records to choose an LR from")
-    first = {k: v for k, v in records[0]["config"].items() if k not in _SEED_KEYS}
+    first = _group_config(records[0])
     for r in records[1:]:
-        other = {k: v for k, v in r["config"].items() if k not in _SEED_KEYS}
+        other = _group_config(r)
         if jsonable(other) != jsonable(first):
             diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
             raise RecordError(

@@ -749,6 +749,11 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
         {
             **{k: v for k, v in r["config"].items() if k != "frozen_bn"},
             **{f"dataset_options.{k}": v for k, v in run_options(r).items()},
+            **(
+                {"weights": aggregate.weights_setting(r["config"])}
+                if "weights" in r["config"]
+                else {}
+            ),
         }
         for r in runs
     ]
