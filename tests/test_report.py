@@ -1670,7 +1670,7 @@ def test_a_folder_without_ft_says_why_nothing_is_compared_with_it(tmp_path):
     shutil.rmtree(runs / results.record_path_of(rec(strategy="ft"), runs).parent.name)
     results.write_failure(runs, rec(strategy="ft")["config"], "nonfinite", "nan")
     assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
-    assert "(its runs failed or have not finished)" in (out / "index.md").read_text()
+    assert "(FT diverged at every LR it ran): run FT at other LRs" in (out / "index.md").read_text()
 
 
 def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, monkeypatch):
@@ -1876,6 +1876,39 @@ def _drawn(summary, kind, monkeypatch, dataset="bach"):
     return drawn[0].axes[0]
 
 
+def test_figure_legends_errors_and_titles_say_what_is_drawn(monkeypatch):
+    """An arch without a bar took ResNet-50's blue in the legend; a single seed's bar had a
+    zero-length error bar with caps (as seeds that agreed exactly); n/a was unexplained;
+    an --only filter was unsaid; an empty cost figure's axis said log scale."""
+    from matplotlib.colors import to_rgba
+
+    records = [rec(strategy=s, seed=k, test=0.7 + 0.01 * k) for s in ("ft", "lp") for k in range(3)]
+    records += [rec(strategy="g_lf", seed=0, test=0.75)]  # one seed: no error bar
+    records += [rec(arch="densenet121", strategy="lp", seed=k, test=0.8) for k in range(3)]
+    failures = [fail(arch="densenet121", strategy="ft", seed=k) for k in range(3)]
+    ax = _drawn(collect(records, failures), "improvement", monkeypatch)
+    legend = ax.get_legend()
+    swatches = {t.get_text(): h.get_facecolor() for t, h in zip(
+        legend.get_texts(), legend.legend_handles, strict=True)}  # fmt: skip
+    assert swatches == {"ResNet-50": to_rgba("C0"), "DenseNet-121": to_rgba("C1")}
+    (errors,) = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(errors.lines[2][0].get_segments()) == 1  # LP's; G-LF's single seed has none
+    assert ax.get_xlabel().endswith("; n/a: no value for the cell or for its arch's FT "
+                                    "(diverged, failed or not run)")  # fmt: skip
+    labels = [t for t in ax.texts if t.get_text() == "n/a"]
+    assert labels and all(to_rgba(t.get_color()) == to_rgba("C1") for t in labels)
+    only = collect(records, failures, filters={"lr": {"0.0001"}})
+    title = _drawn(only, "improvement", monkeypatch).get_title()
+    assert title.endswith("\n(only the runs --only keeps: lr = 0.0001)")
+    empty = _drawn(collect([], failures), "cost", monkeypatch)
+    assert "log scale" not in empty.get_xlabel()
+    assert "(log scale)" in _drawn(collect(records), "cost", monkeypatch).get_xlabel()
+    texts = [t.get_text() for t in _drawn(collect([], failures), "improvement", monkeypatch).texts]
+    assert texts == [
+        "no FT value for bach to compare with (FT diverged at every LR it ran): run FT at other LRs"
+    ]
+
+
 def test_figures_mark_partial_cells_and_missing_error_bars(monkeypatch):
     """As the tables' †: LP has 2 of FT's 3 seeds (partial), G-LF 1 (partial, no spread)."""
     from matplotlib.colors import to_rgba
@@ -1893,7 +1926,10 @@ def test_figures_mark_partial_cells_and_missing_error_bars(monkeypatch):
     drawn = {c.get_label(): c.patches for c in ax.containers if hasattr(c, "patches")}
     by_arch = {arch: [p.get_hatch() for p in patches] for arch, patches in drawn.items()}
     assert by_arch == {"ResNet-50": ["//", "//"], "DenseNet-121": [None]}
-    assert ax.get_xlabel() == "hatched: runs missing (†); no error bar: one seed"
+    assert ax.get_xlabel() == (  # DenseNet-121 ran no G-LF: n/a
+        "hatched: runs missing (†); no error bar: one seed; n/a: no value for the cell or "
+        "for its arch's FT (diverged, failed or not run)"
+    )
     densenet = drawn["DenseNet-121"][0]
     alone = collect([r for r in records if r["config"]["arch"] == "densenet121"])
     ax_alone = _drawn(alone, "improvement", monkeypatch)

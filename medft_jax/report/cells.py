@@ -1358,6 +1358,11 @@ def baseline_filtered_out(summary: Summary) -> bool:
     return shown is not None and BASELINE not in shown
 
 
+def filters_text(summary: Summary) -> str:
+    """``lr = 0.001; seed = 0 | 1``: the ``--only`` filters the summary was made under."""
+    return "; ".join(f"{k} = {' | '.join(sorted(v))}" for k, v in summary.filters.items())
+
+
 def no_baseline(summary: Summary, dataset: str) -> str | None:
     """Why nothing of ``dataset`` can be compared with FT, or None when some arch's FT cell
     has a value: a folder without FT runs (the README's demo runs G-LF and LP-FT) drew an
@@ -1367,6 +1372,12 @@ def no_baseline(summary: Summary, dataset: str) -> str | None:
         return None
     if baseline_filtered_out(summary):
         return f"no FT value for {dataset} to compare with (--only shows no FT): add strategy=ft"
+    if ft and all(c.status == FAILED for c in ft):  # ran, and rerunning it fails again
+        said = sorted({c.failed_text for c in ft}, key=("diverged", "failed").index)
+        return (
+            f"no FT value for {dataset} to compare with (FT {' or '.join(said)} at every LR "
+            "it ran): run FT at other LRs"
+        )
     why = "its runs failed or have not finished" if ft else "it was not run"
     return f"no FT value for {dataset} to compare with ({why}): run --strategy ft too"
 

@@ -24,6 +24,7 @@ from medft_jax.report.cells import (
     MISSING,
     PARTIAL,
     Summary,
+    filters_text,
     improvement_se,
     no_baseline,
     relative_improvement,
@@ -95,6 +96,7 @@ NA_LABEL_Y = 0.02
 """Height of an improvement figure's ``n/a`` labels, in axes coordinates: inside the axes
 whatever the bars' range."""
 ONE_SEED_NOTE = "no error bar: one seed"
+NA_NOTE = "n/a: no value for the cell or for its arch's FT (diverged, failed or not run)"
 
 
 def _partial(summary: Summary, dataset: str, arch: str, strategy: str) -> bool:
@@ -159,6 +161,7 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
             if not math.isfinite(b.gain) and message is None:
                 # At the foot of the axes (x in data, y in axes coordinates): at y = 0 the
                 # label stood above the axes, on the title, when every bar was negative.
+                # In the arch's colour: an arch is told by its colour alone.
                 ax.text(
                     b.x,
                     NA_LABEL_Y,
@@ -167,6 +170,7 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
                     ha="center",
                     va="bottom",
                     fontsize=7,
+                    color=arch_colour(a),
                     transform=ax.get_xaxis_transform(),
                 )
         shown = [b for b in mine if math.isfinite(b.gain)]
@@ -174,24 +178,39 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
             [b.x for b in shown],
             [b.gain for b in shown],
             width,
-            yerr=[b.err if math.isfinite(b.err) else 0.0 for b in shown],
-            error_kw={"elinewidth": 0.8, "capsize": 2},
-            label=arch_label(a),
             color=arch_colour(a),
+            label=arch_label(a),
         )
         for patch, b in zip(drawn.patches, shown, strict=True):
             if b.partial:
                 patch.set_hatch("//")
                 patch.set_edgecolor("black")
+        # Error bars only where there is an SE: a zero-length one with caps read as seeds
+        # that agreed exactly, for a single seed.
+        spread = [b for b in shown if math.isfinite(b.err)]
+        if spread:
+            ax.errorbar(
+                [b.x for b in spread],
+                [b.gain for b in spread],
+                yerr=[b.err for b in spread],
+                fmt="none",
+                ecolor="black",
+                elinewidth=0.8,
+                capsize=2,
+            )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(strategies)), [strategy_label(s) for s in strategies])
     ax.set_xlim(-0.6, max(len(strategies), 1) - 0.4)
     metric = metric_label(summary.headline(dataset))
     ax.set_ylabel(f"Improvement over FT (%), test {metric}")
-    ax.set_title(f"{_plain(dataset)}: relative improvement over FT (± SE over seeds)")
+    ax.set_title(
+        f"{_plain(dataset)}: relative improvement over FT (± SE over seeds){_only(summary)}"
+    )
     shown = [b for b in bars if math.isfinite(b.gain)]
     notes = [f"hatched: {PARTIAL_NOTE}"] if any(b.partial for b in shown) else []
     notes += [ONE_SEED_NOTE] if any(not math.isfinite(b.err) for b in shown) else []
+    if message is None and len(shown) < len(bars):
+        notes.append(NA_NOTE)
     if notes:
         ax.set_xlabel("; ".join(notes), fontsize=8)
     if message is not None:
@@ -204,8 +223,22 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
             transform=ax.transAxes,
         )
     elif summary.archs:
-        ax.legend(fontsize=8)
+        # Drawn from the archs' colours, not from their bars: an arch without a bar here
+        # took Matplotlib's first colour, ResNet-50's, and one whose first bar was hatched
+        # a hatched swatch.
+        from matplotlib.patches import Patch
+
+        handles = [Patch(facecolor=arch_colour(a), label=arch_label(a)) for a in summary.archs]
+        ax.legend(handles=handles, fontsize=8)
     return _save(fig, path)
+
+
+def _only(summary: Summary) -> str:
+    """The title's ``--only`` filters, where the report has some: a figure taken out of
+    the report read as over every run (the tables' notes say it; a figure has none)."""
+    if not summary.filters:
+        return ""
+    return _plain(f"\n(only the runs --only keeps: {filters_text(summary)})")
 
 
 def cost_not_shown(summary: Summary, dataset: str) -> list[tuple[str, str, str]]:
@@ -279,9 +312,10 @@ def cost_figure(summary: Summary, dataset: str, path: Path) -> Path:
     note = f"; hollow: {PARTIAL_NOTE}" if partial else ""
     left_out = cost_not_shown_note(summary, dataset)
     left_out = "\n" + textwrap.fill(left_out, 100) if left_out else ""
-    ax.set_xlabel(f"Device-seconds per run (log scale){note}{left_out}")
+    scale = " (log scale)" if seen_s else ""
+    ax.set_xlabel(f"Device-seconds per run{scale}{note}{left_out}")
     ax.set_ylabel(f"Test {metric} (%)")
-    ax.set_title(f"{_plain(dataset)}: cost versus {metric}")
+    ax.set_title(f"{_plain(dataset)}: cost versus {metric}{_only(summary)}")
     if seen_s:
         ax.set_xscale("log")
         colours = [

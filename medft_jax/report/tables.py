@@ -45,6 +45,7 @@ from medft_jax.report.cells import (
     beats_ft,
     best_per_dataset,
     count_metric,
+    filters_text,
     no_baseline,
     paired_vs_ft,
     relative_improvement,
@@ -493,8 +494,10 @@ def filter_note(summary: Summary) -> str | None:
     the filters keep (the others under ``--runs`` count nowhere)."""
     if not summary.filters:
         return None
-    shown = "; ".join(f"{k} = {' | '.join(sorted(v))}" for k, v in summary.filters.items())
-    return f"Only the runs --only keeps ({shown}); the others under --runs count nowhere here."
+    return (
+        f"Only the runs --only keeps ({filters_text(summary)}); the others under --runs count "
+        "nowhere here."
+    )
 
 
 def dataset_table(summary: Summary, dataset: str) -> Table:
