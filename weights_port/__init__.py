@@ -13,6 +13,7 @@ from pathlib import Path
 
 from medft_jax.checkpoints.model import (
     MAX_CROP_SIZE,
+    MAX_RESIZE_SIZE,
     MIN_CROP_SIZE,
     CheckpointError,
     check_metadata,
@@ -57,6 +58,7 @@ def port(
     multilabel: bool | None = None,
     class_names: Sequence[str] | None = None,
     image_size: int | None = None,
+    resize_size: int | None = None,
 ) -> Path:
     """Ports a torchvision state_dict file of ``arch`` to a model checkpoint at ``out``.
 
@@ -64,8 +66,9 @@ def port(
     values, every key and shape; see :mod:`weights_port.state_io`).
 
     What the head means is not in a state_dict: ``multilabel`` (sigmoid outputs, as a
-    BCE-trained head's), ``class_names`` (one per output) and ``image_size`` (the crop
-    it was trained at; the resize follows the arch's rule) say it for predict. Unsaid,
+    BCE-trained head's), ``class_names`` (one per output), ``image_size`` (the crop
+    it was trained at) and ``resize_size`` (the shorter side before that crop; unsaid,
+    it follows the arch's rule) say it for predict. Unsaid,
     a one-output head is a sigmoid one (a softmax over one output is 1.0 for every
     image), any other a softmax over unnamed classes at the arch's ImageNet sizes; an
     export's header says it for a model exported by medft-jax.
@@ -109,6 +112,7 @@ def port(
         "multilabel": multilabel,
         "class_names": list(class_names) if class_names is not None else None,
         "crop_size": image_size,
+        "resize_size": resize_size,
     }
     for key, value in said.items():
         if value is not None and key in exported and exported[key] != value:
@@ -118,8 +122,9 @@ def port(
             )
         if value is not None:
             metadata[key] = value
-    if image_size is not None and "crop_size" not in exported:  # an export keeps its own
-        metadata["resize_size"] = spec.resize_for(image_size)
+    if image_size is not None and resize_size is None and "crop_size" not in exported:
+        metadata["resize_size"] = spec.resize_for(image_size)  # an export keeps its own
+    _check_resize(resize_size, metadata["crop_size"], image_size)
     if metadata["num_classes"] == 1 and multilabel is None and "multilabel" not in exported:
         metadata["multilabel"] = True  # one logit: trained with a sigmoid (BCE)
     # An export's header edited out of step with its tensors (3 class names for a 2-class
@@ -128,7 +133,7 @@ def port(
         f"--torch-weights {torch_weights}: its medft_jax header"
         if exported
         else f"--torch-weights {torch_weights} with the flags given (--class-names, "
-        "--multilabel/--no-multilabel, --image-size)"
+        "--multilabel/--no-multilabel, --image-size, --resize-size)"
     )
     check_metadata(variables, metadata, where)
     return save_model(out, variables["params"], variables["batch_stats"], metadata, force=force)
@@ -151,6 +156,18 @@ def _check_head_flags(
         raise PortError(
             f"--image-size {image_size}: expected {MIN_CROP_SIZE} to {MAX_CROP_SIZE} pixels"
         )
+
+
+def _check_resize(resize_size: int | None, crop: int, image_size: int | None) -> None:
+    """Refuses a ``--resize-size`` that predict could not centre-crop ``crop`` out of (or one
+    past what a checkpoint may hold), naming where the crop came from."""
+    if resize_size is None:
+        return
+    if resize_size > MAX_RESIZE_SIZE:
+        raise PortError(f"--resize-size {resize_size}: expected at most {MAX_RESIZE_SIZE} pixels")
+    if resize_size < crop:
+        said = f"--image-size {crop}" if image_size is not None else f"the crop, {crop} px"
+        raise PortError(f"--resize-size {resize_size}: expected at least {said}")
 
 
 def _exported_metadata(path: Path, arch: str) -> dict:

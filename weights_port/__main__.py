@@ -74,8 +74,15 @@ def _port_parser() -> argparse.ArgumentParser:
         "--image-size",
         type=int,
         metavar="PX",
-        help="the crop the model was trained at (the resize follows the arch's rule; "
-        "default: the arch's ImageNet 224)",
+        help="the crop the model was trained at (default: the arch's ImageNet 224)",
+    )
+    head.add_argument(
+        "--resize-size",
+        type=int,
+        metavar="PX",
+        help="the shorter side the images were resized to before that crop, at least the crop "
+        "(Resize(256) + CenterCrop(224): 256; default: the arch's rule, ResNet-50's 232/224 "
+        "and 256/224 for the others, of the crop)",
     )
     return p
 
@@ -123,7 +130,11 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     if not args.download and args.out is None:
         parser.error("--out is required with --torch-weights")
-    said = [f for f in ("multilabel", "class_names", "image_size") if getattr(args, f) is not None]
+    said = [
+        f
+        for f in ("multilabel", "class_names", "image_size", "resize_size")
+        if getattr(args, f) is not None
+    ]
     if args.download and said:
         parser.error(
             f"--{said[0].replace('_', '-')}: ImageNet weights' head is known; "
@@ -162,6 +173,7 @@ def _main(argv: Sequence[str] | None) -> int:
                     multilabel=args.multilabel,
                     class_names=args.class_names,
                     image_size=args.image_size,
+                    resize_size=args.resize_size,
                 )
     print(f"wrote {out}")
     if not args.download:
@@ -197,8 +209,8 @@ def _note_assumed(out: Path) -> None:
     print(
         f"note: predict will read {m['num_classes']} unnamed output(s) as {kind}, at resize "
         f"{m['resize_size']} crop {m['crop_size']}; port again with --multilabel / "
-        "--no-multilabel, --class-names and --image-size where the model was trained "
-        "otherwise; it decodes 16-bit and DICOM images by the default rules (give predict "
+        "--no-multilabel, --class-names, --image-size and --resize-size where the model was "
+        "trained otherwise; it decodes 16-bit and DICOM images by the default rules (give predict "
         "--bits-stored / --dicom-window where the training images were decoded otherwise)",
         file=sys.stderr,
     )

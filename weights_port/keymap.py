@@ -169,19 +169,14 @@ def torch_to_flax(
     for key in [k for k in state if k.endswith("." + _TRACKED)]:
         if key.removesuffix(_TRACKED) + "running_mean" not in expected:
             continue  # not one of arch's BatchNorm layers: named below as unexpected
-        value = np.asarray(state.pop(key))
-        if value.shape != () or value.dtype.kind not in "iu":
-            raise PortError(
-                f"{source}: key {key!r} has shape {value.shape} and dtype {value.dtype}, "
-                "expected one integer"
-            )
-        tracked[key] = int(value)
+        tracked[key] = _tracked_count(np.asarray(state.pop(key)), key, source)
     keys = set(state)
     if keys != expected:
         for candidate in _unwrapped(state):  # a wrapped model of another arch, named as such
             other = guess_arch(_names(candidate))
             if other is not None and other != arch:
                 raise PortError(f"{source}: file looks like {other}, not {arch}")
+        _refuse_held_under_a_prefix(state, arch, source)
         missing, extra = sorted(expected - keys), sorted(keys - expected)
         if missing:
             raise PortError(
@@ -211,14 +206,60 @@ def torch_to_flax(
             raise PortError(
                 f"{source}: key {key!r} has shape {tuple(value.shape)}, expected {shape} for {arch}"
             )
-        if value.dtype != np.float32:
-            raise PortError(
-                f"{source}: key {key!r} has dtype {value.dtype}, expected float32; re-save the "
-                "state_dict as {k: v.float() for k, v in state_dict.items()} (exact from "
-                "float16 and bfloat16)"
-            )
-        flat[collection][path] = to_flax_array(value)
+        flat[collection][path] = to_flax_array(_float32(value, key, source))
     return {c: unflatten(v) for c, v in flat.items()}, tracked
+
+
+RESAVE_AS_FLOAT32 = "{k: v.float() if v.is_floating_point() else v for k, v in sd.items()}"
+"""The re-save that makes a state_dict's floats float32 and leaves its integers
+(``num_batches_tracked``) as they are; ``v.float()`` on every value made those float too."""
+
+
+def _float32(value: np.ndarray, key: str, source: str) -> np.ndarray:
+    """``value`` as float32: a float16 one widened (exact, as a bfloat16 one is when read);
+    a float64 one refused, since narrowing it rounds, and the user should choose that."""
+    if value.dtype == np.float16:
+        return value.astype(np.float32)
+    if value.dtype != np.float32:
+        raise PortError(
+            f"{source}: key {key!r} has dtype {value.dtype}, expected float32; re-save the "
+            f"state_dict sd as {RESAVE_AS_FLOAT32} (this rounds float64 to float32)"
+        )
+    return value
+
+
+def _tracked_count(value: np.ndarray, key: str, source: str) -> int:
+    """A BatchNorm's ``num_batches_tracked`` as an int. A float holding an integer (what the
+    re-save ``{k: v.float() ...}`` this port once suggested made of it) is that integer."""
+    integral = value.dtype.kind in "iu" or (
+        value.dtype.kind == "f" and value.shape == () and float(value).is_integer()
+    )
+    if value.shape != () or not integral:
+        raise PortError(
+            f"{source}: key {key!r} has shape {value.shape} and dtype {value.dtype}, "
+            "expected one integer"
+        )
+    return int(value)
+
+
+def _refuse_held_under_a_prefix(state: Mapping[str, np.ndarray], arch: str, source: str) -> None:
+    """Names a file that holds ``arch``'s whole state_dict under one prefix (``model.``, a
+    Lightning module's attribute) beside other keys (its loss's ``criterion.pos_weight``):
+    it was told as hundreds of missing keys. Not ported silently: the other keys could be a
+    second model (an EMA, a teacher) that the user meant."""
+    for head in sorted({k.split(".", 1)[0] for k in state if "." in k}):
+        prefix = head + "."
+        inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        others = sorted(k for k in state if not k.startswith(prefix))
+        for candidate in _unwrapped(inner):
+            if others and _names(candidate) == expected_keys(arch):
+                full = prefix + next(iter(inner))[: -len(next(iter(candidate)))]
+                raise PortError(
+                    f"{source}: holds {arch}'s state_dict under {full!r} beside "
+                    f"{len(others)} other key(s) (e.g. {others[0]!r}); re-save the model's "
+                    f"keys alone: torch.save({{k[{len(full)}:]: v for k, v in sd.items() if "
+                    f"k.startswith({full!r})}}, FILE)"
+                )
 
 
 def _sequential_head_hint(arch: str, missing: list[str], extra: list[str]) -> str:

@@ -20,9 +20,11 @@ numel)`` (and a view in a legacy file). Anything else raises :class:`Refused`.
 
 Tensors come back as :class:`Tensor`: a C-contiguous numpy copy of what
 ``torch.load(..., weights_only=True)`` gives (offset, strides, byte order and
-the neg/conj bits applied), bounds-checked against its storage; a dtype numpy
-has no type for (bfloat16), or a meta, quantized or sparse tensor, comes back
-without an array, saying what it is. A file that is cut short, or a tensor
+the neg/conj bits applied), bounds-checked against its storage. A bfloat16
+tensor, which numpy has no type for, comes back widened to float32 (exact: its
+bits are a float32's upper 16); another dtype numpy has no type for (float8,
+complex32), or a meta, quantized or sparse tensor, comes back without an array,
+saying what it is. A file that is cut short, or a tensor
 that reaches past its storage, raises :class:`Corrupt`.
 
 torch's legacy format (before 1.6, or ``_use_new_zipfile_serialization=False``:
@@ -81,9 +83,9 @@ class NotTorch(PthError):
 class Tensor:
     """A tensor read from a ``.pth``.
 
-    ``array`` is its values (C-contiguous, native byte order), or None when
-    numpy has no type for ``dtype`` (torch's name without ``torch.``:
-    ``bfloat16``) or when ``kind`` says it holds no dense data (``"meta (no
+    ``array`` is its values (C-contiguous, native byte order; a ``bfloat16`` one's widened
+    to float32), or None when numpy has no type for ``dtype`` (torch's name without
+    ``torch.``: ``float8_e4m3fn``) or when ``kind`` says it holds no dense data (``"meta (no
     data)"``, ``"quantized"``, ``"sparse_coo layout"``).
     """
 
@@ -149,7 +151,25 @@ _NUMPY = {
         "uint64",
     )
 }
-"""The torch dtypes numpy has a type for; the others come back without an array."""
+"""The torch dtypes numpy has a type for; the others come back without an array, but for
+:data:`_WIDENED`'s."""
+
+_WIDENED = {"bfloat16": (np.dtype("uint16"), np.dtype("float32"))}
+"""torch dtypes numpy has no type for that are read anyway: their bits as the first type,
+widened exactly to the second (:func:`bfloat16_to_float32`). Without it a bfloat16 file
+(a model trained in mixed precision, saved as it was) was refused with no way to read it."""
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values, given as their uint16 bits, as float32: exact, since a bfloat16 is a
+    float32 whose lower 16 bits are zero (NaN and infinity included)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _result_dtype(dtype: str) -> np.dtype | None:
+    """The numpy type a ``dtype`` tensor's array has (None: it comes back without one)."""
+    return _WIDENED[dtype][1] if dtype in _WIDENED else _NUMPY.get(dtype)
+
 
 _STORAGE_DTYPES = {
     "FloatStorage": "float32",
@@ -316,7 +336,7 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str, metad
                 f"{available} elements past {_MAX_EXPANDED_BYTES >> 30} GiB"
             )
     flags = _metadata(metadata)
-    np_dtype = _NUMPY.get(dtype)
+    np_dtype = _result_dtype(dtype)
     if np_dtype is None:
         return Tensor(None, dtype)
     if not count:
@@ -336,19 +356,22 @@ def _array(storage: _Storage, offset: int, size: tuple, stride: tuple, dtype: st
     same = (id(storage), offset, size, stride, dtype, tuple(sorted(flags.items())))
     if same in budget.arrays:
         return budget.arrays[same]
-    budget.take(math.prod(size) * itemsize)
+    budget.take(math.prod(size) * max(itemsize, _result_dtype(dtype).itemsize))
     budget.arrays[same] = array = _copy(storage, offset, size, stride, dtype, flags)
     return array
 
 
 def _copy(storage: _Storage, offset: int, size: tuple, stride: tuple, dtype: str, flags: dict):
-    np_dtype, itemsize = _NUMPY[dtype], ITEMSIZE[dtype]
+    np_dtype = _WIDENED[dtype][0] if dtype in _WIDENED else _NUMPY[dtype]
+    itemsize = ITEMSIZE[dtype]
     stored = np_dtype.newbyteorder("<" if storage.order == "little" else ">")
     base = np.frombuffer(storage.data, dtype=stored, count=storage.nbytes // itemsize)
     view = np.lib.stride_tricks.as_strided(
         base[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
     )
     array = np.array(view, dtype=np_dtype, order="C", copy=True)
+    if dtype == "bfloat16":  # before the neg bit: on the bits it were integer negation
+        array = bfloat16_to_float32(array)
     if flags.get("neg"):
         np.negative(array, out=array)
     if flags.get("conj"):

@@ -216,14 +216,42 @@ def read_export_metadata(path: str | Path, *, note_unsealed: bool = True) -> dic
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """A ``.safetensors`` file's tensors, a bfloat16 one widened to float32 (numpy has no
+    bfloat16: ``safetensors.numpy`` refuses the whole file)."""
     try:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
     except ImportError as e:  # pragma: no cover - depends on the install
         raise PortError(f"{path}: reading .safetensors needs `pip install safetensors`") from e
     try:
-        return dict(load_file(str(path)))
+        header = _safetensors_header(path)
+        with safe_open(str(path), "np") as f:
+            names = f.keys()  # safe_open is no mapping: no `in f`
+            return {
+                k: _read_bf16(path, header, k) if header[k]["dtype"] == "BF16" else f.get_tensor(k)
+                for k in names
+            }
     except Exception as e:
         raise PortError(f"{path}: not a readable .safetensors file ({e})") from e
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a ``.safetensors`` file (its length in 8 little-endian bytes,
+    then the header): each tensor's dtype, shape and byte range after it."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return {**header, "__start__": 8 + size}
+
+
+def _read_bf16(path: Path, header: Mapping[str, Any], key: str) -> np.ndarray:
+    """The bfloat16 tensor ``key`` of a ``.safetensors`` file, widened to float32 (exact)."""
+    begin, end = header[key]["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(header["__start__"] + begin)
+        raw = f.read(end - begin)
+    bits = np.frombuffer(raw, "<u2").reshape(header[key]["shape"])
+    return pth_reader.bfloat16_to_float32(bits.astype(np.uint16))
 
 
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -254,8 +282,10 @@ def not_loadable(refused: str) -> str:
     unpickler refused (``global argparse.Namespace``, ``global os.system``), then the fix."""
     return (
         f"not a loadable torch state_dict (it holds pickled objects other than tensors, here "
-        f"{refused}, refused as weights_only=True refuses them: a whole model saved with "
-        "torch.save(model)?); re-save it with torch.save(model.state_dict(), FILE)"
+        f"{refused}, refused as weights_only=True refuses them); a whole model saved with "
+        "torch.save(model): re-save model.state_dict(); a checkpoint dict holding other "
+        "objects besides the weights: re-save its state_dict entry alone, e.g. "
+        "torch.save(ckpt['state_dict'], FILE)"
     )
 
 
@@ -263,6 +293,7 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
     """A torch.save file's state_dict, read by :mod:`pth_reader` with or without torch:
     a zip (torch >= 1.6) or the legacy format (before 1.6)."""
     if zipfile.is_zipfile(path):
+        _refuse_torchscript(path)
         try:
             obj = pth_reader.load(path)
         except pth_reader.PthError as e:
@@ -293,10 +324,24 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
             raise PortError(
                 f"{path}: key {key!r} is a {value.kind} tensor, expected a dense float32 one"
             )
-        if value.array is None:  # bfloat16 and other dtypes numpy has no type for
+        if value.array is None:  # float8 and other dtypes numpy has no type for
             raise PortError(f"{path}: key {key!r} has dtype {value.dtype}, expected float32")
         out[key] = value.array
     return out
+
+
+def _refuse_torchscript(path: Path) -> None:
+    """Names a TorchScript archive (``torch.jit.save``: a ``code/`` folder and
+    ``constants.pkl`` beside ``data.pkl``) as one: its pickle names the model's classes, and
+    the fix for a whole model (``model.state_dict()``) needs a model its user may not have."""
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    prefix = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
+    if any(n.startswith(prefix + "code/") or n == prefix + "constants.pkl" for n in names):
+        raise PortError(
+            f"{path}: a TorchScript archive (torch.jit.save), not a state_dict; re-save its "
+            "weights with torch.save(torch.jit.load(FILE).state_dict(), OUT)"
+        )
 
 
 def _pth_error(path: Path, e: pth_reader.PthError) -> PortError:
