@@ -156,14 +156,9 @@ def test_num_batches_tracked_dropped_and_restored(resnet_state):
         torch_to_flax(bad, "resnet50")
 
 
-def test_a_bfloat16_or_oddly_keyed_pth_is_one_line(tmp_path):
-    """numpy has no bfloat16: the conversion raised a bare TypeError from torch."""
+def test_an_oddly_keyed_pth_is_one_line(tmp_path):
     from weights_port.state_io import read_state_dict
 
-    bf16 = tmp_path / "bf16.pth"
-    torch.save({"conv1.weight": torch.ones(2, dtype=torch.bfloat16)}, bf16)
-    with pytest.raises(PortError, match=r"bf16.pth: key 'conv1.weight' has dtype bfloat16, expe"):
-        read_state_dict(bf16)
     numbered = tmp_path / "numbered.pth"
     torch.save({0: torch.ones(2)}, numbered)
     with pytest.raises(PortError, match=r"numbered.pth: key 0 is not a name; expected a state_d"):
@@ -192,7 +187,10 @@ def test_pickled_code_is_never_run(tmp_path, capsys):
     torch.save(torch.nn.Linear(2, 2), whole)
     assert main(["--arch", "resnet50", "--torch-weights", str(whole), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("re-save it with torch.save(model.state_dict(), FILE)")
+    assert "a whole model saved with torch.save(model): re-save model.state_dict();" in err
+    assert err.endswith(
+        "re-save its state_dict entry alone, e.g. torch.save(ckpt['state_dict'], FILE)"
+    )
     # A .SAFETENSORS name reads as what it is, not as a torch file.
     upper = tmp_path / "x.SAFETENSORS"
     upper.write_bytes(b"junk")
@@ -406,10 +404,10 @@ def test_the_head_flags_say_what_predict_reads_and_a_note_says_what_was_assumed(
     err = capsys.readouterr().err
     assert err == (
         "note: predict will read 10 unnamed output(s) as a softmax, at resize 232 crop 224; "
-        "port again with --multilabel / --no-multilabel, --class-names and --image-size "
-        "where the model was trained otherwise; it decodes 16-bit and DICOM images by the "
-        "default rules (give predict --bits-stored / --dicom-window where the training "
-        "images were decoded otherwise)\n"
+        "port again with --multilabel / --no-multilabel, --class-names, --image-size and "
+        "--resize-size where the model was trained otherwise; it decodes 16-bit and DICOM "
+        "images by the default rules (give predict --bits-stored / --dicom-window where the "
+        "training images were decoded otherwise)\n"
     )
     names = [f"finding {i}" for i in range(10)]
     flags = ["--multilabel", "--image-size", "64", "--class-names", *names]
@@ -809,13 +807,184 @@ def test_a_sequential_head_is_named_with_what_the_file_needs():
         torch_to_flax(state, "vgg19", source="seq.pth")
 
 
-def test_a_half_precision_state_dict_is_told_how_to_be_read():
+def _half_state(dtype) -> dict[str, np.ndarray]:
+    """A 3-class resnet50 state_dict of ``dtype`` floats, ``num_batches_tracked`` float too:
+    what ``{k: v.float() for k, v in sd.items()}``, this port's old hint, made of one."""
     from weights_port.keymap import _template
 
-    state = {k: np.zeros(s, np.float16) for k, (s, _, _) in _template("resnet50", 3).items()}
-    with pytest.raises(PortError) as e:
-        torch_to_flax(state, "resnet50", source="half.pth")
-    assert str(e.value).endswith(
-        "has dtype float16, expected float32; re-save the state_dict as {k: v.float() for k, v "
-        "in state_dict.items()} (exact from float16 and bfloat16)"
+    rng = np.random.default_rng(0)
+    state = {
+        k: rng.normal(size=s).astype(dtype) for k, (s, _, _) in _template("resnet50", 3).items()
+    }
+    for key in [k for k in state if k.endswith(".running_var")]:
+        state[key.removesuffix("running_var") + "num_batches_tracked"] = np.array(7.0, dtype)
+    return state
+
+
+def test_float16_ports_widened_and_float64_is_told_a_resave_that_works():
+    """The fp16 hint `{k: v.float() for ...}` made num_batches_tracked float, which the port
+    then refused; bfloat16 in a .pth had no hint at all. float16 is now widened (exact), an
+    integral float num_batches_tracked taken as its integer, float64 told a re-save that works."""
+    half = _half_state(np.float16)
+    variables, tracked = torch_to_flax(half, "resnet50", source="half.pth")
+    assert set(tracked.values()) == {7} and all(type(v) is int for v in tracked.values())
+    kernel = variables["params"]["conv1"]["kernel"]
+    assert kernel.dtype == np.float32
+    np.testing.assert_array_equal(
+        kernel, half["conv1.weight"].astype(np.float32).transpose(2, 3, 1, 0)
     )
+    float32 = {k: v.astype(np.float32) for k, v in half.items()}  # the old hint's file
+    assert torch_to_flax(float32, "resnet50")[1] == tracked
+    float32["bn1.num_batches_tracked"] = np.array(7.5, np.float32)  # not a count: refused
+    with pytest.raises(
+        PortError, match=r"'bn1.num_batches_tracked' has shape \(\) and dtype float32"
+    ):
+        torch_to_flax(float32, "resnet50")
+    with pytest.raises(PortError) as e:
+        torch_to_flax(_half_state(np.float64), "resnet50", source="double.pth")
+    assert str(e.value).endswith(
+        "has dtype float64, expected float32; re-save the state_dict sd as {k: v.float() if "
+        "v.is_floating_point() else v for k, v in sd.items()} (this rounds float64 to float32)"
+    )
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_bfloat16_file_is_read_widened_to_float32(suffix, tmp_path):
+    """bfloat16 in a .pth was refused with no hint, in a .safetensors as unreadable."""
+    from safetensors.torch import save_file
+
+    from weights_port.state_io import read_state_dict
+
+    g = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(4, 5, generator=g).bfloat16(), "n": torch.tensor(3)}
+    path = tmp_path / f"bf16{suffix}"
+    if suffix == ".pth":
+        torch.save(state, path)
+    else:
+        save_file(state, path)
+    read = read_state_dict(path)
+    assert read["w"].dtype == np.float32 and read["n"].dtype == np.int64
+    np.testing.assert_array_equal(read["w"], state["w"].float().numpy())
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit: deprecated, still written
+def test_a_torchscript_archive_is_named_with_the_resave_that_works(tmp_path, capsys):
+    """torch.jit.save's file was told "a whole model saved with torch.save(model)?", and to
+    call model.state_dict() on a model its user does not have."""
+    path = tmp_path / "ts.pth"
+    torch.jit.trace(torch.nn.Linear(2, 2), torch.ones(1, 2)).save(str(path))
+    out = tmp_path / "o"
+    assert main(["--arch", "resnet_tiny", "--torch-weights", str(path), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}: a TorchScript archive (torch.jit.save), not a state_dict; re-save its "
+        "weights with torch.save(torch.jit.load(FILE).state_dict(), OUT)\n"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("prefix", ["model.", "model.module."])
+def test_a_state_dict_under_a_prefix_beside_other_keys_is_named_as_such(resnet_state, prefix):
+    """A Lightning module's `model.*` beside its loss's `criterion.pos_weight` buffer was told
+    "267 missing, 321 unexpected". Named, with the re-save, and not ported: the other keys
+    could be a second model."""
+    state = {prefix + k: v for k, v in resnet_state.items()}
+    state["criterion.pos_weight"] = np.ones(2, np.float32)
+    with pytest.raises(PortError) as e:
+        torch_to_flax(state, "resnet50", source="l.ckpt")
+    n = len(prefix)
+    assert str(e.value) == (
+        f"l.ckpt: holds resnet50's state_dict under {prefix!r} beside 1 other key(s) (e.g. "
+        f"'criterion.pos_weight'); re-save the model's keys alone: torch.save({{k[{n}:]: v for "
+        f"k, v in sd.items() if k.startswith({prefix!r})}}, FILE)"
+    )
+    del state["model.fc.bias" if prefix == "model." else "model.module.fc.bias"]
+    with pytest.raises(PortError, match=r"^l.ckpt: missing key 'bn1.bias' expected by resnet50"):
+        torch_to_flax(state, "resnet50", source="l.ckpt")  # not the whole model: as before
+
+
+def _tiny_export(tmp_path: Path) -> Path:
+    """A resnet_tiny checkpoint exported with resize 36 crop 32 in its header."""
+    from medft_jax.checkpoints.model import save_model
+    from medft_jax.models import create, init_variables
+
+    variables = init_variables(create("resnet_tiny", 3), 0, image_size=32)
+    meta = {"arch": "resnet_tiny", "num_classes": 3, "resize_size": 36, "crop_size": 32}
+    ck = save_model(tmp_path / "ck", variables["params"], variables["batch_stats"], meta)
+    weights_port.export(ck, tmp_path / "tiny.safetensors")
+    return tmp_path / "tiny.safetensors"
+
+
+def test_resize_size_is_checked_against_the_crop_and_an_exports_header(tmp_path, capsys):
+    """No port flag set the resize: a model trained with Resize(256) + CenterCrop(224) was
+    read by predict at 232. --resize-size says it; refused below the crop, or where an
+    export's header says otherwise."""
+    from safetensors.numpy import load_file, save_file
+
+    exported = _tiny_export(tmp_path)
+    plain = tmp_path / "plain.safetensors"
+    save_file(load_file(str(exported)), str(plain))  # the tensors without the header
+    for src, flags, message in [
+        (
+            exported,
+            ["--resize-size", "40"],
+            f"--torch-weights {exported}: its medft_jax header says resize_size 36, not 40; "
+            "leave the flag out",
+        ),
+        (
+            plain,
+            ["--image-size", "64", "--resize-size", "60"],
+            "--resize-size 60: expected at least --image-size 64",
+        ),
+        (plain, ["--resize-size", "100"], "--resize-size 100: expected at least the crop, 224 px"),
+        (plain, ["--resize-size", "5000"], "--resize-size 5000: expected at most 4096 pixels"),
+    ]:
+        argv = ["--arch", "resnet_tiny", "--torch-weights", str(src), "--out", str(tmp_path / "x")]
+        assert main([*argv, *flags]) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
+        assert not (tmp_path / "x").exists()
+    argv = ["--arch", "resnet_tiny", "--torch-weights", str(exported), "--resize-size", "36"]
+    assert main([*argv, "--out", str(tmp_path / "same")]) == 0
+    assert load_metadata(tmp_path / "same")["resize_size"] == 36
+    meta = load_metadata(weights_port.port("resnet_tiny", plain, tmp_path / "p", resize_size=256))
+    assert (meta["resize_size"], meta["crop_size"]) == (256, 224)
+    with pytest.raises(SystemExit):
+        main(["--arch", "resnet50", "--download", "--resize-size", "256"])
+    assert "--resize-size: ImageNet weights' head is known" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a full-size port and predict
+def test_a_port_with_resize_size_predicts_as_torchvisions_resize_and_crop(
+    resnet_file, tmp_path, capsys
+):
+    """--image-size 160 --resize-size 200: predict reads an image as torchvision's
+    Resize(200) + CenterCrop(160) does, not at the arch's 232/224 of 160 (166)."""
+    from PIL import Image
+
+    from experiments.predict import Predictor
+
+    out = tmp_path / "ck"
+    flags = ["--image-size", "160", "--resize-size", "200"]
+    assert (
+        main(["--arch", "resnet50", "--torch-weights", str(resnet_file), "--out", str(out), *flags])
+        == 0
+    )
+    capsys.readouterr()
+    meta = load_metadata(out)
+    assert (meta["resize_size"], meta["crop_size"]) == (200, 160)
+    rng = np.random.default_rng(0)
+    image = tmp_path / "wide.png"
+    Image.fromarray(rng.integers(0, 256, (230, 310, 3), dtype=np.uint8)).save(image)
+    ours = Predictor(str(out)).predict_files([str(image)])[0]
+    T = torchvision.transforms
+    pipeline = T.Compose(
+        [
+            T.Resize(200),
+            T.CenterCrop(160),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    model = random_torchvision("resnet50", 10, seed=3).eval()
+    with torch.no_grad():
+        theirs = torch.softmax(model(pipeline(Image.open(image))[None]), -1)[0].numpy()
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
