@@ -594,8 +594,8 @@ def test_flags_a_plain_file_contradicts_are_named_not_a_header_it_lacks(tmp_path
     err = capsys.readouterr().err
     assert err.startswith(
         f"error: --torch-weights {src} with the flags given (--class-names, "
-        "--multilabel/--no-multilabel, --image-size): metadata says one class and not "
-        "multilabel"
+        "--multilabel/--no-multilabel, --image-size, --resize-size): metadata says one class "
+        "and not multilabel"
     ), err
     assert err.count("\n") == 1 and not out.exists()
 
