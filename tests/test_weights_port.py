@@ -987,4 +987,6 @@ def test_a_port_with_resize_size_predicts_as_torchvisions_resize_and_crop(
     model = random_torchvision("resnet50", 10, seed=3).eval()
     with torch.no_grad():
         theirs = torch.softmax(model(pipeline(Image.open(image))[None]), -1)[0].numpy()
-    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+    # Found 2e-7 apart; at Resize(166), the arch's rule, 3e-5 (a random model's outputs
+    # are near uniform): the tolerance tells the two apart.
+    np.testing.assert_allclose(ours, theirs, atol=2e-6)
