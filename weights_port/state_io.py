@@ -261,7 +261,8 @@ STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
 is unwrapped; two are refused (which one is the model is not for the port to guess).
 A dict that also pickles an object (the reference scripts' ``args``, an
 ``argparse.Namespace``) is refused as ``torch.load(weights_only=True)`` refuses it,
-naming the object: re-save its ``model`` entry alone."""
+naming the object, with both fixes (:func:`not_loadable`): re-save its state_dict entry
+alone (``torch.save(ckpt['model'], FILE)``)."""
 
 
 def _unwrap(obj: Any, path: Path) -> Any:
