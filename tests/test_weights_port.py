@@ -894,8 +894,8 @@ def test_a_state_dict_under_a_prefix_beside_other_keys_is_named_as_such(resnet_s
     n = len(prefix)
     assert str(e.value) == (
         f"l.ckpt: holds resnet50's state_dict under {prefix!r} beside 1 other key(s) (e.g. "
-        f"'criterion.pos_weight'); re-save the model's keys alone: torch.save({{k[{n}:]: v for "
-        f"k, v in sd.items() if k.startswith({prefix!r})}}, FILE)"
+        f"'criterion.pos_weight'); re-save the model's keys of its state_dict sd alone: "
+        f"torch.save({{k[{n}:]: v for k, v in sd.items() if k.startswith({prefix!r})}}, FILE)"
     )
     del state["model.fc.bias" if prefix == "model." else "model.module.fc.bias"]
     with pytest.raises(PortError, match=r"^l.ckpt: missing key 'bn1.bias' expected by resnet50"):

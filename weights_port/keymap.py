@@ -257,8 +257,8 @@ def _refuse_held_under_a_prefix(state: Mapping[str, np.ndarray], arch: str, sour
                 raise PortError(
                     f"{source}: holds {arch}'s state_dict under {full!r} beside "
                     f"{len(others)} other key(s) (e.g. {others[0]!r}); re-save the model's "
-                    f"keys alone: torch.save({{k[{len(full)}:]: v for k, v in sd.items() if "
-                    f"k.startswith({full!r})}}, FILE)"
+                    f"keys of its state_dict sd alone: torch.save({{k[{len(full)}:]: v for "
+                    f"k, v in sd.items() if k.startswith({full!r})}}, FILE)"
                 )
 
 
