@@ -797,6 +797,19 @@ def test_make_auto_rgn_warns_of_zero_tensors_once_though_init_is_jitted():
     assert caught[0].filename == __file__  # pointing at the make call
 
 
+def test_the_zero_tensor_check_of_host_params_compiles_and_uploads_nothing():
+    """The check took each tensor's norm op by op on the device: a program per tensor shape
+    (134 for DenseNet-121, each under the persistent cache's threshold, so paid again by
+    every process) and every host parameter uploaded, before training began."""
+    from medft_jax.strategies.rgn import warn_zero_tensors
+
+    params = {f"layer{i}": {"kernel": np.ones((i + 1, 3), np.float32)} for i in range(6)}
+    params["head"] = {"bias": np.zeros(2, np.float32)}
+    said = pytest.warns(UserWarning, match=r"'head/bias' is all zeros at init")
+    with jax.transfer_guard("disallow"), said:  # an upload raises
+        warn_zero_tensors(params, 1e-12)
+
+
 def test_rgn_every_tensor_zero_norm_gives_ones():
     params = {"a": jnp.zeros(2), "b": jnp.zeros(3)}
     grads = {"a": jnp.ones(2), "b": jnp.zeros(3)}  # b: 0 / 0 must not be NaN

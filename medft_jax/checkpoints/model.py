@@ -235,7 +235,8 @@ def _check_dtypes(tree: dict[str, Any], directory: Path) -> None:
     """Refuses a leaf JAX would not load as written (float64 without ``jax_enable_x64``):
     it came back as float32, unequal to its hash, and the checkpoint read as corrupt."""
     for path, leaf in flatten(tree).items():
-        dtype = np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype))
+        # Not getattr's default: evaluated always, it copied every leaf to the host.
+        dtype = np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
         if jax.dtypes.canonicalize_dtype(dtype) != dtype:
             raise CheckpointError(
                 f"{directory}: {path} is {dtype}, which JAX loads as "
