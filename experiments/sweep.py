@@ -294,9 +294,9 @@ def dry_run(
     # '#': the position shards are dealt by (shard i of N holds those of i mod N), the same
     # in every process; the listed order is a grid file's, which a set-built axis changes.
     dealt = {k: rank for rank, k in enumerate(grid_lib.canonical_order(runs))}
-    print(f"{'#':>5}  {'status':<6}  {'est.':>8}  run")
+    print(f"{'#':>5}  {'status':<7}  {'est.':>8}  run")
     for k in mine:
-        print(f"{dealt[k]:>5}  {states[k]:<6}  {_duration(seconds[k]):>8}  {_unhashed(runs[k])}")
+        print(f"{dealt[k]:>5}  {states[k]:<7}  {_duration(seconds[k]):>8}  {_unhashed(runs[k])}")
     shard_states = [states[k] for k in mine]
     done, failed = shard_states.count("done"), shard_states.count("failed")
     broken, running = shard_states.count("damaged"), shard_states.count("running")

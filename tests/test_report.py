@@ -954,6 +954,16 @@ def test_one_checkpoint_spelt_two_ways_or_one_per_arch_is_one_setting():
     records += [w("vgg19", "ft", k, "vgg/best", "f2") for k in range(3)]
     summary = collect(records)
     assert summary.cell("bach", "resnet50", "ft").seeds == (0, 1, 2)
+    # The same seed run again under the other spelling (another run name): refused, as a
+    # copy is, but naming both folders and why they are one run.
+    again = w("resnet50", "ft", 0, "/home/u/ck/best", "f1")
+    with pytest.raises(results.RecordError) as e:
+        collect([*records, again])
+    assert str(e.value) == (
+        f"two records for lr 0.0001, seed 0 of bach/resnet50/ft: runs {records[0]['run']} and "
+        f"{again['run']} (one run: its --weights spelt 'ck/best' and '/home/u/ck/best', the "
+        "same checkpoint by its fingerprint; move one folder out of --runs)"
+    )
     other = [*records, w("resnet50", "l2_sp", 0, "ck/best", "f3")]  # edited checkpoint
     with pytest.raises(results.RecordError, match="arch resnet50: runs from different inputs"):
         collect(other)
@@ -2287,6 +2297,9 @@ def test_a_report_of_one_lr_under_only_does_not_call_it_chosen_on_validation():
     assert "92.00" in md and "62.00" not in md
     assert "at LR 0.001 (--only lr=0.001; not chosen on validation)**" in md
     assert "LR 0.001, the one --only keeps (the others under --runs are not compared)." in md
+    assert "device-seconds of one run at LR 0.001 (--only) (mean" in md and "chosen LR" not in md
+    cost = to_markdown(tables[1])
+    assert "mean over the seeds of LR 0.001 (--only);" in cost and "chosen LR" not in cost
     assert "chosen on validation," not in md and "LR chosen by" not in md
     note = "Only the runs --only keeps (lr = 0.001); the others under --runs count nowhere here."
     assert [t.notes[-1] for t in tables] == [note] * len(tables)  # Table 11 and 12 too
@@ -2586,9 +2599,9 @@ def test_spearman_ties_and_too_few():
         ("3,mura_wrist,ft,resnet50,accuracy,70,1\n", PAPER_HEADER, 2,
          "table '3' for mura_wrist; the paper's table of mura_wrist is 5"),
         ("5,mura_wrist,ft,resnet50,accuracy,0.70,0.01\n5,mura_wrist,ft,resnet50,kappa,0.4,0\n",
-         PAPER_HEADER, 1, "every mean (κ aside) is at most 1: they look like fractions"),
+         PAPER_HEADER, 2, "every mean (κ aside) is at most 1: they look like fractions"),
         ("5,mura_wrist,ft,resnet50,kappa,0.61,0.02\n5,mura_wrist,lp,resnet50,kappa,-0.1,0\n",
-         PAPER_HEADER, 1, "every κ is within [-1, 1]: they look like fractions"),
+         PAPER_HEADER, 2, "every κ is within [-1, 1]: they look like fractions"),
         # Part of the file in fractions: accepted, and every such row flagged (z = +2600).
         ("5,mura_wrist,ft,resnet50,accuracy,81,1\n6,mura_humerus,ft,resnet50,kappa,60,2\n"
          "5,mura_wrist,lp,resnet50,kappa,0.6,0.02\n5,mura_wrist,g_lf,resnet50,kappa,0.5,0\n",

@@ -478,6 +478,12 @@ def test_dry_run_counts_runs_whose_folder_changed_since_their_records(
     monkeypatch.setattr(fit, "data_state", lambda *a, **k: calls.append(1) or real(*a, **k))
     states, text = listed()
     assert states == ["done", "changed"] and len(calls) == 1
+    rows = [line for line in text.splitlines() if line[:5].strip().isdigit()]
+    head = next(line for line in text.splitlines() if line.strip().startswith("# "))
+    # The est. column in line under a 7-letter status ("changed", "running", "damaged").
+    assert {line.index(line.split()[2]) + len(line.split()[2]) for line in rows} == {
+        head.index("est.") + len("est.")
+    }
     assert "done 1, failed 0, to run 1: " in text
     assert "1 of them have records on data that changed since (folder: other images than " in text
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(imgs / "a" / "new.png")

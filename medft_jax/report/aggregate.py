@@ -228,15 +228,16 @@ def check_unique(records: Sequence[dict[str, Any]]) -> None:
     float32 are refused too: ``np.logspace``'s 9.999999999999999e-06 beside a grid's
     1e-05 is one training under two LRs, and the LR choice could pick the one with fewer
     seeds, shown as a complete cell."""
-    seen: set[tuple[float, Any]] = set()
+    seen: dict[tuple[float, Any], dict[str, Any]] = {}
     lrs: dict[float, dict[str, Any]] = {}
     for r in records:
         key = (float(r["config"]["lr"]), r["config"]["seed"])
         if key in seen:
             raise RecordError(
                 f"two records for lr {lr_text(key[0])}, seed {key[1]} of {_describe(r)}"
+                f"{_both(seen[key], r)}"
             )
-        seen.add(key)
+        seen[key] = r
         lrs.setdefault(key[0], r)
     ordered = sorted(lrs)
     for a, b in itertools.pairwise(ordered):
@@ -248,6 +249,20 @@ def check_unique(records: Sequence[dict[str, Any]]) -> None:
                 f"{lrs[b].get('run', '?')}); write the grids' LRs as the same decimals and "
                 "move one set of runs out"
             )
+
+
+def _both(first: dict[str, Any], second: dict[str, Any]) -> str:
+    """``: runs A and B``, and where their configs differ only in how ``--weights`` was
+    spelt, that they are one run under two names: a report named neither folder."""
+    names = [str(x.get("run", "?")) for x in (first, second)]
+    said = f": runs {names[0]} and {names[1]}" if names[0] != names[1] else f": run {names[0]}"
+    a, b = (dict(x["config"]) for x in (first, second))
+    if a.get("weights") != b.get("weights") and _group_config(first) == _group_config(second):
+        said += (
+            f" (one run: its --weights spelt {a.get('weights')!r} and {b.get('weights')!r}, "
+            "the same checkpoint by its fingerprint; move one folder out of --runs)"
+        )
+    return said
 
 
 def _describe(record: dict[str, Any]) -> str:

@@ -168,9 +168,10 @@ def parse_paper(text: str, source: str) -> PaperTables:
         raise bad(1, "a header and no rows; expected one published cell per line")
     # Every cell flagged, ~70 pp off. κ in percent may be near 0; other metrics not all.
     rates = [v.mean for k, v in values.items() if k[3] != "kappa"]
+    first = min(v.line for v in values.values())  # a row's, not the header's
     if rates and all(m <= 1 for m in rates):
         raise bad(
-            1,
+            first,
             "every mean (κ aside) is at most 1: they look like fractions; expected percent "
             "(71.98, not 0.7198)",
         )
@@ -178,7 +179,7 @@ def parse_paper(text: str, source: str) -> PaperTables:
     if not rates and _fractions(kappas):
         # κ-only: in percent, every cell within 1 point of chance; in fractions, usual.
         raise bad(
-            1,
+            first,
             "every κ is within [-1, 1]: they look like fractions; expected percent "
             "(61.2, not 0.612)",
         )

@@ -489,6 +489,13 @@ def lr_phrase(summary: Summary) -> str:
     return "at the LR chosen on validation"
 
 
+def _the_lr(summary: Summary) -> str:
+    """The LR whose runs a cost is of: "the chosen LR", or under ``--only lr=X`` (nothing
+    chosen) that one."""
+    fixed = _one_lr_kept(summary)
+    return "the chosen LR" if fixed is None else f"LR {fixed} (--only)"
+
+
 def filter_note(summary: Summary) -> str | None:
     """A note for every table of a report with ``--only``: its numbers are over the runs
     the filters keep (the others under ``--runs`` count nowhere)."""
@@ -532,7 +539,7 @@ def dataset_table(summary: Summary, dataset: str) -> Table:
     lines = _marked(_value_lines(cells, archs, strategies, metrics))
     notes = [
         f"Bold: best mean per arch and metric; underlined: best over all archs. {chosen} Cost: "
-        "device-seconds of one run at the chosen LR (mean over seeds).",
+        f"device-seconds of one run at {_the_lr(summary)} (mean over seeds).",
         *_cell_notes(
             (cells[(a, s)] for s in strategies for a in archs if (a, s) in cells), metrics
         ),
@@ -601,7 +608,7 @@ def cost_table(summary: Summary, dataset: str) -> Table:
     """What each cell cost: per run at the chosen LR, and the whole LR search."""
     title = f"Cost on {dataset}: device-seconds, throughput, epochs"
     notes = [
-        "Device-s / run, images/s and epochs: mean over the seeds of the chosen LR; "
+        f"Device-s / run, images/s and epochs: mean over the seeds of {_the_lr(summary)}; "
         "all LRs: sum over every finished run of the cell (failed runs carry no time). "
         "Device-s: (the epochs' seconds + the extraction of cached features, charged to "
         "each run that trained from them) × devices; in all LRs the extraction counts "
