@@ -33,7 +33,7 @@ from experiments.common import (
     refuse_split_seed,
 )
 from medft_jax import results
-from medft_jax.config import RunConfig, check_config, flag_name
+from medft_jax.config import RunConfig, check_config, flag_name, may_cache_features
 from medft_jax.data.paths import refuse_listed_output
 from medft_jax.errors import (
     EXIT_BUSY,
@@ -315,11 +315,11 @@ def _main(argv: Sequence[str] | None) -> int:
     configs = make_configs(args)
     options = dataset_options(args) | local_options(args)
     refuse_data_dir_for_demo(args.data_dir, {args.dataset})
-    if args.no_feature_cache and configs[0].frozen_bn != "freeze":
+    if args.no_feature_cache and not may_cache_features(configs[0]):
         raise UserError(
-            "--no-feature-cache applies under --frozen-bn freeze, with a strategy that freezes "
-            "blocks, only (features are cached only when frozen BatchNorm makes the backbone "
-            "a function of the image)"
+            "--no-feature-cache applies under --frozen-bn freeze (or with VGG-19, which has no "
+            "BatchNorm), with a strategy that freezes blocks, only (features are cached only "
+            "when the frozen backbone is a function of the image)"
         )
     if args.dataset == "folder" and args.manual_dir is not None:
         refuse_listed_output(Path(args.manual_dir), Path(args.out), "--out", "the runs")

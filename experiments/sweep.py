@@ -46,7 +46,7 @@ from typing import Any
 from experiments.common import DEMO_OF_GRID, refuse_data_dir_for_demo
 from medft_jax import grid as grid_lib
 from medft_jax import locks, plans, results
-from medft_jax.config import RunConfig
+from medft_jax.config import RunConfig, may_cache_features
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import NOT_PREPARED
 from medft_jax.data.paths import refuse_listed_output
@@ -140,10 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     g, runs, (index, count) = plan(args)
-    if args.no_feature_cache and not any(c.frozen_bn == "freeze" for c in runs):
+    if args.no_feature_cache and not any(may_cache_features(c) for c in runs):
         raise grid_lib.GridError(
-            f"--no-feature-cache applies under frozen_bn 'freeze', with a strategy that freezes "
-            f"blocks, only; no run of grid {g.name!r} here has both, so nothing is cached"
+            f"--no-feature-cache applies under frozen_bn 'freeze' (or with VGG-19, which has no "
+            f"BatchNorm), with a strategy that freezes blocks, only; no run of grid {g.name!r} "
+            "here has both, so nothing is cached"
         )
     g.check_manual_dirs(c.dataset for c in runs)
     refuse_data_dir_for_demo(args.data_dir, {c.dataset for c in runs}, DEMO_OF_GRID)

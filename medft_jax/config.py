@@ -28,6 +28,7 @@ from typing import Any
 from medft_jax.errors import UserError, did_you_mean
 from medft_jax.names import (
     ARCHS,
+    ARCHS_WITHOUT_BATCHNORM,
     BLOCKS,
     HEAD_ALONE_BLOCK,
     STRATEGIES,
@@ -66,6 +67,15 @@ NUMERICS_CHANGES: dict[int, tuple[str, ...]] = {
     5: PRECISIONS,
 }
 """The precisions whose runs each :data:`NUMERICS_VERSION` after 1 changed."""
+
+
+def may_cache_features(config: RunConfig) -> bool:
+    """Whether some epoch of ``config``'s run may train its head from cached features: a
+    strategy that freezes blocks, with the frozen layers a function of the image (frozen
+    BatchNorm, or none at all)."""
+    return config.strategy not in BN_TRAINS_THROUGHOUT and (
+        config.frozen_bn == "freeze" or config.arch in ARCHS_WITHOUT_BATCHNORM
+    )
 
 
 def numerics_version(precision: str, of: int = NUMERICS_VERSION) -> int:

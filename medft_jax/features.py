@@ -12,7 +12,9 @@ gathers the images, so the updates, and the records, are those of the
 uncached run up to float rounding.
 
 Under the paper's default ``frozen_bn='update'`` the frozen layers' outputs
-depend on the batch (batch statistics), so nothing is cached.
+depend on the batch (batch statistics), so nothing is cached; a model without
+BatchNorm (VGG-19) is a function of the image in either mode, and is cached in both
+(:meth:`medft_jax.strategies.schedule.Schedule.head_only`'s ``batchnorm``).
 
 Layout, beside the prepared images (``<variant cache>/features``), or
 under ``<runs>/features`` for a dataset held in memory or prepared data

@@ -973,7 +973,8 @@ def _epoch_source(run: _Run, epoch: int) -> tuple[Any, bool]:
     weights give the same features); their seconds go to the record's
     ``features``, not to the epoch.
     """
-    if not run.feature_roots or not run.schedule.head_only(epoch):
+    batchnorm = bool(jax.tree.leaves(run.state.batch_stats))  # VGG-19 has none
+    if not run.feature_roots or not run.schedule.head_only(epoch, batchnorm=batchnorm):
         return run.ds, False
     if run.feature_info is None:
         compiled = run.trainer.compile_seconds

@@ -164,6 +164,21 @@ def test_head_only_epochs_of_each_strategy():
     assert head_only("g_lf", "freeze", epochs_per_stage=1) == [True, False, False, False]
     assert head_only("g_fl", "freeze", epochs_per_stage=1) == [False] * 4
     assert head_only("ft", "freeze") == [False] * 4
+    # Without BatchNorm (VGG-19) the frozen layers are fixed under 'update' too.
+    assert [s.head_only(e, batchnorm=False) for e in range(2) for s in [
+        strategies.make("lp", params, partition, learning_rate=1e-3, frozen_bn="update").schedule
+    ]] == [True, True]  # fmt: skip
+    from medft_jax.config import may_cache_features
+    from medft_jax.names import ARCHS, ARCHS_WITHOUT_BATCHNORM
+
+    for arch in ARCHS:  # the commands' list agrees with the models
+        assert (arch in ARCHS_WITHOUT_BATCHNORM) == (
+            not variable_shapes(arch, 2).get("batch_stats")
+        )
+    config = _config("lp", "update")
+    assert not may_cache_features(config)
+    assert may_cache_features(dataclasses.replace(config, arch="vgg19"))
+    assert not may_cache_features(dataclasses.replace(config, arch="vgg19", strategy="ft"))
 
 
 @pytest.mark.xdist_group("resnet_tiny")
@@ -282,6 +297,19 @@ def test_features_are_reused_checked_and_recomputed_when_damaged(demo, tmp_path,
     fourth = fit.run_one(_config("lp"), tmp_path, force=True, **kw)
     assert not fourth["features"]["reused"]
     np.testing.assert_allclose(_numbers(fourth), _numbers(first), rtol=1e-6)
+
+
+@pytest.mark.slow  # two VGG-19 runs (fc6 alone is 100M parameters)
+def test_vgg_without_batchnorm_caches_its_features_under_update_too(demo, tmp_path):
+    """VGG-19 has no BatchNorm: under the paper's 'update' its frozen layers are as fixed a
+    function of the image as under 'freeze', and its LP ran the backbone every epoch."""
+    config = dataclasses.replace(_config("lp", "update"), arch="vgg19", epochs=1)
+    kw = {"dataset": demo, "progress": False, "trainers": {}}
+    plain = fit.run_one(config, tmp_path / "a", feature_cache=False, **kw)
+    cached = fit.run_one(config, tmp_path / "b", **kw)
+    assert "features" not in plain and cached["features"]["used"]
+    assert [e.get("from_features") for e in cached["epochs"]] == [True]
+    np.testing.assert_allclose(_numbers(cached), _numbers(plain), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow  # another stage to compile

@@ -768,13 +768,13 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
         ),
         (
             ["--strategy", "lp", "--no-feature-cache"],
-            "error: --no-feature-cache applies under --frozen-bn freeze, with a strategy that "
-            "freezes blocks, only",
+            "error: --no-feature-cache applies under --frozen-bn freeze (or with VGG-19, which "
+            "has no BatchNorm), with a strategy that freezes blocks, only",
         ),
         (
             ["--strategy", "ft", "--frozen-bn", "freeze", "--no-feature-cache"],
-            "error: --no-feature-cache applies under --frozen-bn freeze, with a strategy that "
-            "freezes blocks, only",
+            "error: --no-feature-cache applies under --frozen-bn freeze (or with VGG-19, which "
+            "has no BatchNorm), with a strategy that freezes blocks, only",
         ),
         (
             ["--strategy", "ft", "--dataset", "bach", "--skip-bad-images"],

@@ -326,11 +326,15 @@ def test_bad_shard_is_named(spec, capsys):
 
 def test_no_feature_cache_is_refused_where_nothing_is_cached(tmp_path, capsys):
     argv = ["--config", str(PAPER), "--dry-run", "--no-feature-cache"]
-    assert sweep_cli.main(argv) == 2
+    assert sweep_cli.main([*argv, "--only", "arch=resnet50|densenet121"]) == 2
     assert capsys.readouterr().err == (
-        "error: --no-feature-cache applies under frozen_bn 'freeze', with a strategy that "
-        "freezes blocks, only; no run of grid 'paper' here has both, so nothing is cached\n"
+        "error: --no-feature-cache applies under frozen_bn 'freeze' (or with VGG-19, which "
+        "has no BatchNorm), with a strategy that freezes blocks, only; no run of grid "
+        "'paper' here has both, so nothing is cached\n"
     )
+    # VGG-19 has no BatchNorm: its LP caches features under the paper's 'update' too.
+    assert sweep_cli.main([*argv, "--only", "arch=vgg19"]) == 0
+    capsys.readouterr()
     # Under freeze, FT freezes nothing (it runs as 'update'): refused as experiments.run does.
     config = _grid_file(tmp_path, "g", strategies=("ft", "lp"), lrs=(1e-3,), seeds=(0,), epochs=1)
     text = config.read_text().replace(

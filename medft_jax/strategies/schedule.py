@@ -197,7 +197,7 @@ class Schedule:
             return True
         return frozenset(b for p, b, g in self.leaves if g != HEAD and self.is_trainable(p, epoch))
 
-    def head_only(self, epoch: int) -> bool:
+    def head_only(self, epoch: int, batchnorm: bool = True) -> bool:
         """Whether only the head trains in ``epoch`` and every other layer is a fixed function.
 
         True under ``frozen_bn='freeze'`` for linear probing and LP-FT's LP
@@ -207,9 +207,11 @@ class Schedule:
         epoch 0). The backbone then maps an image to the same features
         every epoch, so they can be computed once (:mod:`medft_jax.features`).
         Under ``'update'`` the frozen layers' BatchNorms use the batch's
-        statistics and this is False.
+        statistics and this is False, unless the model has no BatchNorm
+        (``batchnorm=False``: VGG-19), whose frozen layers are a fixed function
+        in either mode.
         """
-        if self.frozen_bn != "freeze":
+        if self.frozen_bn != "freeze" and batchnorm:
             return False
         trained = [g for p, _, g in self.leaves if self.is_trainable(p, epoch)]
         return bool(trained) and all(g == HEAD for g in trained)
