@@ -1637,6 +1637,49 @@ def test_dicom_patients_with_files_in_two_splits_are_noted_at_every_load(tmp_pat
     assert "PatientID" not in capsys.readouterr().err
 
 
+def test_a_dicom_window_that_blanks_every_file_is_refused_and_some_noted(tmp_path, capsys):
+    """A CT lung window pasted for radiographs (values 0..700, window -1000,500 reaches up
+    to -750) made every DICOM file one white image: trained on, exit 0, predict gave every
+    scan the same probabilities, and the only notes blamed duplicates and mislabelling."""
+    root = tmp_path / "imgs"
+    _dicom_classes(root, 3)
+    kw = {"manual_dir": root, "data_dir": tmp_path / "out", "progress": False, **_sizes()}
+    for _ in range(2):  # when the cache is written, and when it is read again
+        with pytest.raises(DataError) as err:
+            load("folder", dicom_window="-1000,500", **kw)
+        assert str(err.value).startswith(
+            f"--dicom-window -1000,500 shows every one of the 20 DICOM file(s) under {root} "
+            f"as one grey (e.g. {root}/a/"
+        ) and str(err.value).endswith("leave it out to show each file by its own window)")
+    # A window over the values, with one file of class a below it: one blank image, said.
+    below = np.full((20, 24), 7, np.uint16) + 193 * np.eye(20, 24, dtype=np.uint16)  # 7..200
+    _write_dicom(root / "a" / "0.dcm", below)
+    load("folder", dicom_window="450,500", **kw)  # 200..700: class b, and a's upper third
+    notes = [x for x in capsys.readouterr().err.splitlines() if "one grey" in x]
+    assert notes == [
+        f"note: {root}: --dicom-window 450,500 shows 1 of the 20 DICOM files as one grey (e.g. "
+        f"{root / 'a' / '0.dcm'}): blank images trained on; check the window if they are not "
+        "blank"
+    ]
+    load("folder", dicom_window="350,800", **kw)  # every file has a pixel within it
+    assert "one grey" not in capsys.readouterr().err
+
+
+def test_dicom_patients_across_splits_are_noted_though_a_csv_grouped_the_files(tmp_path, capsys):
+    """A group column of one id per image (accession numbers) grouped nothing, and silenced
+    the note that the files' PatientIDs lie in train and test."""
+    root = tmp_path / "imgs"
+    _dicom_classes(root, 7, patients=lambda name, i: f"P{i % 2}")
+    rows = [f"{c}/{i}.dcm,{c},A{c}{i}" for c in "ab" for i in range(10)]
+    (root / "labels.csv").write_text("path,label,accession\n" + "\n".join(rows) + "\n")
+    load(
+        "csv", manual_dir=root, data_dir=tmp_path / "out", progress=False,
+        csv_file="labels.csv", group_column="accession", **_sizes(),
+    )  # fmt: skip
+    notes = [x for x in capsys.readouterr().err.splitlines() if "PatientID" in x]
+    assert len(notes) == 1 and "although the layout grouped the files" in notes[0], notes
+
+
 # CT stored v -> HU x = v - 1024 -> --dicom-window 40,80 (LINEAR_EXACT: 0 HU black, 80 HU
 # white), y = ((x - 40) / 80 + 0.5) * 255, clipped, rounded; worked by hand:
 CT_STORED = np.array([[0, 1034, 1064, 1084, 1104, 2000]], np.uint16)  # HU -1024, 10, 40, 60, 80

@@ -215,13 +215,10 @@ def load_local(
                     _check_some_dicom(root, splits)
                 if bits_stored is not None:
                     _check_some_sixteen_bit(root, splits, bits_stored)
+                decode = functools.partial(open_image, bits_stored=bits_stored, dicom_window=window)
+                flat = _FlatUnderWindow(decode) if window is not None else None
                 reader = ImageReader(
-                    resize_size,
-                    crop_size,
-                    skip_bad_images=skip_bad_images,
-                    decode=functools.partial(
-                        open_image, bits_stored=bits_stored, dicom_window=window
-                    ),
+                    resize_size, crop_size, skip_bad_images=skip_bad_images, decode=flat or decode
                 )
                 plans = {
                     s: split_plan(
@@ -239,6 +236,9 @@ def load_local(
                     "options": {k: str(v) for k, v in options.items()},
                     "source": source,
                     "dicom_patients_across_splits": _dicom_patients_across_splits(splits),
+                    "dicom_patients_across_groups": _dicom_patients_across_splits(
+                        splits, stated=True
+                    ),
                     "exif_turned": _exif_turned(splits),
                 }
                 cache.write_cache(
@@ -246,9 +246,13 @@ def load_local(
                     plans,
                     facts,
                     progress=progress,
-                    late=lambda: {"source_fingerprint": reader.source_fingerprint},
+                    late=lambda: {
+                        "source_fingerprint": reader.source_fingerprint,
+                        **({"dicom_flat": flat.found()} if flat is not None else {}),
+                    },
                 )
     splits_arrays, meta = cache.read_cache(target)
+    _refuse_blank_window(root, meta)
     cache.note_duplicates(root, meta)
     for key, template in _FOUND_AT_BUILD.items():
         cache.note_found(root, meta.get(key), template)
@@ -264,16 +268,74 @@ def load_local(
     )
 
 
-def _dicom_patients_across_splits(splits: dict[str, list[Example]]) -> list[Any] | None:
+class _FlatUnderWindow:
+    """``decode`` that counts the DICOM files ``--dicom-window`` shows as one grey: a
+    window that misses their values (a CT window on radiographs) made every one a blank
+    image, trained on and predicted from without a word, where a file's own window that
+    misses is refused (:func:`medft_jax.data.dicom._check_window_reached`). One file may
+    rightly be flat under a dataset's window (an air-only slice), so they are counted
+    and judged together (:func:`_refuse_blank_window`). Thread-safe: the reader decodes
+    on several threads."""
+
+    def __init__(self, decode: Any) -> None:
+        import threading
+
+        self._decode = decode
+        self._lock = threading.Lock()
+        self.dicom = 0
+        self.flat: list[str] = []
+
+    def __call__(self, path: Path) -> Image.Image:
+        image = self._decode(path)
+        if is_dicom(path):
+            low, high = image.convert("L").getextrema()
+            with self._lock:
+                self.dicom += 1
+                if low == high:
+                    self.flat.append(str(path))
+        return image
+
+    def found(self) -> list[Any] | None:
+        """``[flat count, DICOM count, first flat file]``; None when none is flat."""
+        return [len(self.flat), self.dicom, min(self.flat)] if self.flat else None
+
+
+def _refuse_blank_window(root: Path, meta: dict[str, Any]) -> None:
+    """Refuses a cache whose every DICOM file ``--dicom-window`` showed as one grey, and
+    notes the count where some were (at every load, as the build's other findings)."""
+    found, window = meta.get("dicom_flat"), meta.get("dicom_window")
+    if not (isinstance(found, list) and len(found) == 3 and window):
+        return
+    flat, total, example = found
+    shown = f"--dicom-window {float(window[0]):g},{float(window[1]):g}"
+    if flat == total:
+        raise DataError(
+            f"{shown} shows every one of the {total} DICOM file(s) under {root} as one grey "
+            f"(e.g. {example}): no pixel lies within it; expected a window over the files' "
+            "values (leave it out to show each file by its own window)"
+        )
+    print(
+        f"note: {root}: {shown} shows {flat} of the {total} DICOM files as one grey (e.g. "
+        f"{example}): blank images trained on; check the window if they are not blank",
+        file=sys.stderr,
+    )
+
+
+def _dicom_patients_across_splits(
+    splits: dict[str, list[Example]], stated: bool = False
+) -> list[Any] | None:
     """``[count, "'patient': id, id"]`` of the DICOM PatientIDs whose files lie in more than
     one split, among examples of no stated patient (a folder's loose images, a CSV's
     rows without a patient column); None when none. Split file by file, the slices of
-    one patient's scan land in train and test, and nothing else in the layout says so."""
+    one patient's scan land in train and test, and nothing else in the layout says so.
+    ``stated``: among the examples of a stated patient or group instead, whose grouping
+    the headers then contradict (a group column of one id per image, accession numbers,
+    grouped nothing, and silenced this note)."""
     first: dict[str, tuple[str, str]] = {}
     crossing: dict[str, list[str]] = {}
     for split in sorted(splits):
         for ex in splits[split]:
-            if ex.patient != ex.id:  # a stated patient (folder, CSV column)
+            if (ex.patient != ex.id) != stated:  # a stated patient (folder, CSV column)
                 continue
             suffix = ex.path.suffix.lower()
             if suffix in IMAGE_SUFFIXES and suffix not in dicom.DICOM_SUFFIXES:
@@ -317,6 +379,10 @@ _FOUND_AT_BUILD = {
     "dicom_patients_across_splits": "{n} DICOM PatientID(s) have files in more than one "
     "split (e.g. {example}); one patient in train and test inflates the test scores: put "
     "each patient's files in a subfolder and pass --patient-folders, or a CSV patient column",
+    "dicom_patients_across_groups": "{n} DICOM PatientID(s) have files in more than one "
+    "split although the layout grouped the files (e.g. {example}): the groups are not the "
+    "files' patients (one id per image groups nothing), and one patient in train and test "
+    "inflates the test scores: group by the patient (a CSV column holding the PatientID)",
     "exif_turned": "{n} image(s) carry an EXIF orientation other than upright (e.g. "
     "{example}); they are read as stored, as torchvision reads them, not turned as a photo "
     "viewer shows them: save them upright if that matters (exiftran -ai)",
