@@ -357,14 +357,15 @@ def dry_run(
         if any((runs[k].arch, runs[k].image_size) in sizes for k in mine)
         else ""
     )
-    print(
-        "estimates are of train steps, every epoch run (no early stopping); validation, "
-        "test, setup and compilation come on top (a record's seconds say how much), from the "
-        "tasks' "
-        f"nominal training images and {source}assumed H100 throughput "
-        f"({', '.join(f'{a} {r:g} img/s' for a, r in grid_lib.REFERENCE_IMAGES_PER_S.items())} "
-        f"at 224 px){_slower_here()}"
-    )
+    if any(seconds[k] is not None for k in mine):  # what the estimates rest on, if any
+        print(
+            "estimates are of train steps, every epoch run (no early stopping); validation, "
+            "test, setup and compilation come on top (a record's seconds say how much), from "
+            "the tasks' "
+            f"nominal training images and {source}assumed H100 throughput "
+            f"({', '.join(f'{a} {r:g} img/s' for a, r in grid_lib.REFERENCE_IMAGES_PER_S.items())} "
+            f"at 224 px){_slower_here()}"
+        )
     if damaged:
         print(
             f"{len(damaged)} damaged record(s) not counted (the sweep skips such a run, naming "
@@ -526,7 +527,11 @@ def _to_run_cost(states: list[str], seconds: list[float | None], short: bool = F
     if not known and unknown:  # "<1 s" would read as a promise
         if short:
             return f"? ({unknown} of unknown cost)"
-        return f"device time unknown for all {unknown} (no size known to estimate from)"
+        return (
+            f"device time unknown for all {unknown} (no training-set size or throughput to "
+            "estimate from: your own folder or CSV has no nominal size; runs finished in --out "
+            "give the estimates)"
+        )
     extra = f" (+{unknown} of unknown cost)" if unknown else ""
     if short:
         return f"{_duration(sum(known))}{extra}"

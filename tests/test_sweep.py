@@ -423,6 +423,24 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     assert per[other].startswith(f"{other}: 18 of 18 runs to run")
 
 
+def test_the_own_folder_grid_runs_on_the_folder_it_is_given(tmp_path, monkeypatch, capsys):
+    """The README's grid for one's own folder: where the docs named none, a user read the
+    Grid docstring to learn how a sweep or a selection finds their images."""
+    imgs, _ = _folder_grid(tmp_path, (0,))
+    config = ROOT / "experiments" / "configs" / "own_folder.py"
+    monkeypatch.setenv("MEDFT_FOLDER", str(imgs))
+    argv = ["--config", str(config), "--out", str(tmp_path / "runs"), "--dry-run"]
+    assert sweep_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("grid own_folder: 216 runs (1 dataset x 3 archs x 8 strategies x ")
+    assert "folder-resnet50-lp_ft-lr0.001-s2-*" in out
+    monkeypatch.setenv("MEDFT_FOLDER", str(tmp_path / "nowhere"))
+    assert sweep_cli.main(argv) == 2
+    assert "['manual_dir'] " + str(tmp_path / "nowhere") + ": no such folder" in (
+        capsys.readouterr().err
+    )
+
+
 def _folder_grid(tmp_path: Path, seeds: tuple[int, ...]) -> tuple[Path, Path]:
     """A ``folder`` dataset of two classes of ten 20 px PNGs, and a grid file of FT on it
     (resnet_tiny, 32 px, no weights) over ``seeds``: ``(images folder, grid file)``."""
@@ -708,8 +726,13 @@ def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
     config = _grid_file(tmp_path, "g", strategies=("lp", "ft"), lrs=(1e-3,), seeds=(0,), epochs=1)
     assert sweep_cli.main(["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "to run 2: device time unknown for all 2 (no size known to estimate from)" in out
+    assert (
+        "to run 2: device time unknown for all 2 (no training-set size or throughput to "
+        "estimate from: your own folder or CSV has no nominal size; runs finished in --out give "
+        "the estimates)"
+    ) in out
     assert "of device time" not in out
+    assert "assumed H100 throughput" not in out  # no estimate rests on it
     assert (
         sweep_cli.main(
             ["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run", "--shard", "1/2"]
