@@ -482,6 +482,14 @@ def _print_summary(
         )
     for r in records:
         print(f"record: {results.record_path_of(r, out)}")
+    if len({float(r["config"]["lr"]) for r in records}) > 1 and len(chosen) > 1:
+        # Which of those folders hold the chosen models: a user left to work it out from
+        # the names gave predict another LR's best/.
+        picked = [r for r in chosen if r["config"]["lr"] == lr]
+        print(
+            f"the chosen lr {lr_text(lr)}'s models (predict --checkpoint): "
+            + ", ".join(str(results.record_path_of(r, out).parent / "best") for r in picked)
+        )
 
 
 def _how_chosen(
@@ -499,7 +507,8 @@ def _how_chosen(
     ran = sorted({*ran_lrs, *among}, reverse=True)
     if len(among) == 1:
         return "(the only lr run)" if len(ran) == 1 else f"(the only lr left of lr {lrs_text(ran)})"
-    how = f"chosen by mean validation {shown} among lr {lrs_text(among)}"
+    each = " ".join(f"{lr_text(x)} ({_fmt(means[x])})" for x in among)
+    how = f"chosen by mean validation {shown} among lr {each}"
     tied = [x for x in among if x != lr and aggregate.same_mean(means[x], means[lr])]
     if tied:
         how += f"; tied with lr {lrs_text(tied)}, a tie goes to the smaller lr"

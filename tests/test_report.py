@@ -470,9 +470,13 @@ def test_the_run_summary_says_which_lrs_it_chose_among_and_a_tie_it_broke(tmp_pa
     records += [rec(lr=1e-5, seed=s, val=0.5) for s in (0, 1)]
     run_cli._print_summary(records, str(tmp_path), [], [], grid)
     assert (
-        "\nlr 0.0001 chosen by mean validation accuracy among lr 0.001 0.0001 1e-05; tied with "
-        "lr 0.001, a tie goes to the smaller lr; test metrics, mean ± SE over 2 seeds:\n"
-    ) in capsys.readouterr().out
+        "\nlr 0.0001 chosen by mean validation accuracy among lr 0.001 (0.8000) 0.0001 (0.8000) "
+        "1e-05 (0.5000); tied with lr 0.001, a tie goes to the smaller lr; test metrics, mean ± "
+        "SE over 2 seeds:\n"
+    ) in (out := capsys.readouterr().out)
+    # Which folders hold the chosen models, for predict: the names alone left it to guess.
+    best = [results.record_path_of(r, str(tmp_path)).parent / "best" for r in records[2:4]]
+    assert f"\nthe chosen lr 0.0001's models (predict --checkpoint): {best[0]}, {best[1]}\n" in out
     lone = [r for r in records if r["config"]["lr"] == 1e-4]  # the others diverged, no record
     run_cli._print_summary(lone, str(tmp_path), [1e-3, 1e-5], [], grid)
     assert "\nlr 0.0001 (the only lr left of lr 0.001 0.0001 1e-05); test metrics" in (
@@ -505,7 +509,7 @@ def test_the_run_summary_names_eq6_accuracy_apart_from_top1(
         assert ("one-vs-rest accuracy, not the share of images classed right" in out) == eq6
     assert "lr 0.0001 (the only lr run); test metrics, mean ± SE over 2 seeds:" in out
     run_cli._print_summary([*records, rec(lr=1e-3, val=0.1)], str(tmp_path), [])
-    assert f"lr 0.0001 chosen by mean validation {name} among lr 0.001 0.0001;" in (
+    assert f"lr 0.0001 chosen by mean validation {name} among lr 0.001 (0.1000) 0.0001 (" in (
         capsys.readouterr().out
     )
     run_cli._print_summary([records[0], rec(lr=1e-3, val=0.1)], str(tmp_path), [])
