@@ -1494,7 +1494,8 @@ def test_a_missing_grid_file_names_the_toolkits_grids(tmp_path, capsys, monkeypa
     configs = Path(sweep_cli.__file__).resolve().parent / "configs"
     assert capsys.readouterr().err == (
         "error: --config experiments/configs/quick.py: no such file (expected a Python file "
-        f"with get_config()); the toolkit's grids: {configs / 'paper.py'}, {configs / 'quick.py'}\n"
+        f"with get_config()); the toolkit's grids: {configs / 'own_folder.py'}, "
+        f"{configs / 'paper.py'}, {configs / 'quick.py'}\n"
     )
 
 
