@@ -666,6 +666,30 @@ def test_an_export_whose_twin_cannot_be_written_writes_neither(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_forced_export_never_leaves_the_old_pth_beside_the_new_twin(tmp_path, monkeypatch):
+    """The twin was written over the old one, then the .pth: a kill -9 between the two left
+    two whole files of two models under one name. At the moment the new twin is in place,
+    the old .pth must be gone (a kill there leaves one file of one model)."""
+    import weights_port.state_io as sio
+    from weights_port.state_io import write_state_dict
+
+    out = tmp_path / "model.pth"
+    write_state_dict({"fc.weight": np.zeros((2, 3), np.float32)}, out)
+    real, seen = sio.write_bytes, []
+
+    def watching(path, data):
+        if Path(path).suffix == ".pth":  # the twin is in place: what would a kill leave?
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        return real(path, data)
+
+    monkeypatch.setattr(sio, "write_bytes", watching)
+    write_state_dict({"fc.weight": np.ones((2, 3), np.float32)}, out, force=True)
+    assert seen == [["model.safetensors"]]
+    from safetensors.numpy import load_file
+
+    assert load_file(str(tmp_path / "model.safetensors"))["fc.weight"].sum() == 6
+
+
 def test_download_refuses_an_existing_out_before_downloading(tmp_path, monkeypatch, capsys):
     def no_download(*a, **k):
         pytest.fail("downloaded before checking --out")

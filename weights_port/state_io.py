@@ -453,6 +453,11 @@ def write_state_dict(
     # tensors (two class names swapped) would otherwise come back as the model's truth.
     sealed = {**metadata, METADATA_HASH: metadata_hash(metadata)} if metadata else None
     header = {EXPORT_KEY: json.dumps(sealed)} if sealed else None
+    # An old .pth goes before the new twin is written: killed between the two writes
+    # (kill -9, the OOM killer), a --force export left the new twin beside the old .pth,
+    # two whole files of two models. Now a kill leaves a lone file of one model.
+    for path, _ in pth:
+        path.unlink(missing_ok=True)
     written.append(write_bytes(safetensors, save(arrays, metadata=header)))
     for path, data in pth:
         try:
