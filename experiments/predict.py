@@ -58,7 +58,13 @@ from medft_jax.data.pixels import (
     parse_dicom_window,
 )
 from medft_jax.data.preprocess import normalize, resize_and_crop
-from medft_jax.errors import ArgumentParser, UserError, cli_main, naming_os_errors
+from medft_jax.errors import (
+    ArgumentParser,
+    UserError,
+    cli_main,
+    naming_os_errors,
+    raise_if_stopped,
+)
 from medft_jax.metrics import scores_from_logits
 
 
@@ -344,6 +350,7 @@ class Predictor:
             arrays = store[: len(paths)]
             out = []
             for i in range(0, len(arrays), batch_size):
+                raise_if_stopped()  # a stop a gc callback swallowed: before more compute
                 batch = np.asarray(arrays[i : i + batch_size])
                 n = len(batch)
                 if n < batch_size and len(arrays) > batch_size:  # one compiled shape

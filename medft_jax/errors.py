@@ -208,9 +208,24 @@ def _on_signal(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     first = not _received
     _received.append(signum)
-    if first and _deferring:
-        return
+    if first and (_deferring or _in_gc_callback(frame)):
+        return  # in a gc callback the exception is printed and dropped: recorded, raised later
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def _in_gc_callback(frame: Any) -> bool:
+    """Whether ``frame`` runs inside one of ``gc.callbacks`` (JAX's, while it compiles):
+    an exception raised there is printed as "Exception ignored" with a traceback, and lost."""
+    import gc
+
+    codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    for _ in range(32):
+        if frame is None:
+            return False
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
@@ -301,6 +316,10 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
             env_count(name)
         with _stopping_signals():
             status = main(argv)
+            if _received:  # lost where no loop raised it again: the work is done, not 0
+                word = "terminated (SIGTERM)" if signal.SIGTERM in _received else "interrupted"
+                print(f"{word} as it finished: its work is done and written", file=sys.stderr)
+                status = EXIT_TERMINATED if signal.SIGTERM in _received else 130
         with naming_os_errors("stdout"):  # a full disk under `> file` names what filled it
             sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
         return status
@@ -328,6 +347,11 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         status = EXIT_FAILED
         return status
     except Exception as e:
+        if _received:  # a library wrapped the signal's exception (orbax, tensorstore)
+            terminated = signal.SIGTERM in _received
+            print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+            status = EXIT_TERMINATED if terminated else 130
+            return status
         os_err = find_os_error(e)
         if os_err is None:
             code = os_errno_in(e)  # tensorstore and torch name the errno only in their text

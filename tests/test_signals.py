@@ -63,6 +63,48 @@ def test_a_sigterm_stops_a_command_as_a_ctrl_c_with_its_own_word_and_status(tmp_
     assert capsys.readouterr().err == "interrupted\n"
 
 
+def test_a_stop_a_library_wrapped_or_a_gc_callback_swallowed_is_never_success(capsys):
+    """A SIGTERM inside orbax's restore came back as orbax's own exception (a traceback and
+    exit 1); one raised inside JAX's gc callback was printed as "Exception ignored" and
+    lost, and predict and report went on to exit 0."""
+    import gc
+
+    def wrapped(argv):
+        try:
+            _sigterm_self()
+        except Terminated as e:
+            raise Exception("Encountered error while reading array index") from e
+
+    assert cli_main(wrapped) == 143
+    assert capsys.readouterr().err == "terminated (SIGTERM)\n"
+
+    def swallowed(argv):
+        def callback(phase, info):
+            if phase == "start" and not said:
+                said.append(1)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.5)  # the handler runs here: recorded, not raised and dropped
+
+        said = []
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+        return 0  # the work done and written, no loop left to raise it
+
+    unraisable = []
+    previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        assert cli_main(swallowed) == 143
+    finally:
+        sys.unraisablehook = previous
+    assert unraisable == []
+    assert capsys.readouterr().err == (
+        "terminated (SIGTERM) as it finished: its work is done and written\n"
+    )
+
+
 def test_a_sigterm_handler_is_left_where_the_embedding_program_or_jax_owns_sigterm(
     monkeypatch, capsys
 ):
