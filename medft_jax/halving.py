@@ -231,9 +231,10 @@ def _advance(
         arm.epochs = max(arm.epochs, reached / steps_per_epoch)
         arm.seconds += o.seconds  # the call's wall seconds: its epochs' are not recorded
         return
-    if o.kind == BUSY:  # another selection trains this arm: it cannot be scored
+    if o.kind == BUSY:  # another selection (or a sweep) trains this arm: not scorable
         raise BusyError(
-            f"--out {session.out}: arm {arm.label} is {o.error}; give each selection its own --out"
+            f"--out {session.out}: arm {arm.label} is {o.error} (another selection, or a "
+            "sweep or run given this --out); give each selection its own --out"
         )
     if o.kind not in (DONE, STOPPED) and o.exception is not None:
         raise o.exception

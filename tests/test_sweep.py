@@ -1380,8 +1380,8 @@ def test_select_whose_arm_another_process_trains_exits_75(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert status == EXIT_BUSY == 75
     assert err == (
-        f"error: --out {out}: arm lp @ lr 0.001 is running in process {os.getpid()}; give each "
-        "selection its own --out"
+        f"error: --out {out}: arm lp @ lr 0.001 is running in process {os.getpid()} (another "
+        "selection, or a sweep or run given this --out); give each selection its own --out"
     )
     assert not list(out.rglob("record.json"))
 
