@@ -46,7 +46,7 @@ import numpy as np
 from experiments.common import add_bits_stored_flag, add_dicom_window_flag
 from medft_jax.config import PRECISIONS
 from medft_jax.data.cache import reserve_space
-from medft_jax.data.dicom import OneValueUnwindowed, WindowOnColour
+from medft_jax.data.dicom import WINDOW_BLANKED, OneValueUnwindowed, WindowOnColour
 from medft_jax.data.errors import DataError, ImageMissing, NotABadFile
 from medft_jax.data.images import DECODING_VERSION, decode_threads, open_image
 from medft_jax.data.pixels import (
@@ -91,6 +91,7 @@ def load_image(
     dicom_window: DicomWindow | None = None,
     decoder: str | None = None,
     reword: Callable[[DataError], str | None] | None = None,
+    blanked: list[str] | None = None,
 ) -> np.ndarray:
     """One image file -> the uint8 (crop, crop, 3) array the model sees.
 
@@ -101,7 +102,8 @@ def load_image(
     files alone, each slice min-max scaled as in training. ``reword``: the
     refusal in a checkpoint's terms where it has its own (None: the decoder's):
     a decoder's advice to give a flag is wrong where the checkpoint fixes it
-    (:meth:`Predictor.refusal`).
+    (:meth:`Predictor.refusal`). ``blanked``: a list to which a DICOM file that
+    ``dicom_window`` shows as one grey, its values varied, is added.
     """
     if not str(path):  # Path("") is ".", the current folder
         raise PredictError("--images: an empty path; expected an image file")
@@ -117,6 +119,8 @@ def load_image(
             image = decode(Path(path))
         else:
             image = open_image(Path(path), bits_stored, dicom_window)
+            if blanked is not None and image.info.get(WINDOW_BLANKED):
+                blanked.append(str(path))
     except ImageMissing as e:
         if Path(path).is_symlink():  # a link to nothing: a broken file, not a typo
             raise BadImage(
@@ -344,10 +348,16 @@ class Predictor:
         )
         with tempfile.TemporaryDirectory(prefix="medft-predict-") as scratch:
             store = _image_store(len(paths), self.crop_size, Path(scratch))
+            blanked: list[str] = []
             paths = _read_images(
-                paths, store, lambda p: load_image(p, *size, reword=self.refusal), skipped
+                paths,
+                store,
+                lambda p: load_image(p, *size, reword=self.refusal, blanked=blanked),
+                skipped,
             )
             arrays = store[: len(paths)]
+            if blanked and self.dicom_window is not None:
+                _note_blank_under_window(sorted(blanked), self.dicom_window)
             out = []
             for i in range(0, len(arrays), batch_size):
                 raise_if_stopped()  # a stop a gc callback swallowed: before more compute
@@ -384,6 +394,19 @@ class Predictor:
                 f"--batch-size {batch_size}: out of device memory computing a batch of "
                 f"{len(batch)} images ({fatal[1]}); give a smaller --batch-size"
             ) from None
+
+
+def _note_blank_under_window(blank: Sequence[str], window: DicomWindow) -> None:
+    """One note for the DICOM images the checkpoint's window shows as one grey, their
+    values varied: their probabilities are a blank image's, the same for every such scan
+    (a run refuses a window that blanks all its files, and notes some:
+    :mod:`medft_jax.data.local`)."""
+    print(
+        f"note: the checkpoint's --dicom-window {window[0]:g},{window[1]:g} shows "
+        f"{len(blank)} DICOM image(s) as one grey, their varied values outside it (e.g. "
+        f"{blank[0]}): their probabilities are a blank image's",
+        file=sys.stderr,
+    )
 
 
 def _read_images(

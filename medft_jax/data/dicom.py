@@ -139,6 +139,13 @@ def _pydicom(path: Path) -> Any:
     return pydicom
 
 
+WINDOW_BLANKED = "medft_window_blanked"
+"""A key of a decoded image's ``info``: ``--dicom-window`` showed the file's varied values
+as one grey (a window off their range). Not refused per file, as a file's own window
+that misses is: under a dataset's window one file may rightly be so (an air-only slice);
+:mod:`medft_jax.data.local` counts them, and refuses a window that blanks them all."""
+
+
 def read_dicom(path: Path, window: DicomWindow | None = None) -> Image.Image:
     """The DICOM file at ``path`` as an 8-bit L or RGB PIL image (see the module docstring).
 
@@ -182,7 +189,11 @@ def _read_dicom(path: Path, window: DicomWindow | None) -> Image.Image:
     pixels = _decode_pixels(ds, path)
     try:
         if photometric in GREY:
-            return Image.fromarray(_grey(pixels, ds, path, photometric, window), "L")
+            image = Image.fromarray(_grey(pixels, ds, path, photometric, window), "L")
+            low, high = image.getextrema()
+            if window is not None and low == high and np.min(pixels) != np.max(pixels):
+                image.info[WINDOW_BLANKED] = True  # counted by the dataset's build
+            return image
         return Image.fromarray(_colour(pixels, ds, path, photometric), "RGB")
     except DataError:
         raise

@@ -269,7 +269,9 @@ def load_local(
 
 
 class _FlatUnderWindow:
-    """``decode`` that counts the DICOM files ``--dicom-window`` shows as one grey: a
+    """``decode`` that counts the DICOM files ``--dicom-window`` shows as one grey, their
+    values varied (:data:`medft_jax.data.dicom.WINDOW_BLANKED`; a file of one value is
+    shown faithfully as one grey): a
     window that misses their values (a CT window on radiographs) made every one a blank
     image, trained on and predicted from without a word, where a file's own window that
     misses is refused (:func:`medft_jax.data.dicom._check_window_reached`). One file may
@@ -288,15 +290,17 @@ class _FlatUnderWindow:
     def __call__(self, path: Path) -> Image.Image:
         image = self._decode(path)
         if is_dicom(path):
-            low, high = image.convert("L").getextrema()
+            blanked = bool(image.info.get(dicom.WINDOW_BLANKED))
+            one_value = not blanked and len(set(image.getextrema())) == 1  # shown as it is
             with self._lock:
-                self.dicom += 1
-                if low == high:
+                self.dicom += 0 if one_value else 1
+                if blanked:
                     self.flat.append(str(path))
         return image
 
     def found(self) -> list[Any] | None:
-        """``[flat count, DICOM count, first flat file]``; None when none is flat."""
+        """``[blanked count, count of DICOM files whose values vary, first blanked file]``;
+        None when none is blanked."""
         return [len(self.flat), self.dicom, min(self.flat)] if self.flat else None
 
 
@@ -310,13 +314,14 @@ def _refuse_blank_window(root: Path, meta: dict[str, Any]) -> None:
     shown = f"--dicom-window {float(window[0]):g},{float(window[1]):g}"
     if flat == total:
         raise DataError(
-            f"{shown} shows every one of the {total} DICOM file(s) under {root} as one grey "
-            f"(e.g. {example}): no pixel lies within it; expected a window over the files' "
-            "values (leave it out to show each file by its own window)"
+            f"{shown} shows every one of the {total} DICOM file(s) under {root} as one grey, "
+            f"their varied values all outside it (e.g. {example}): expected a window over the "
+            "files' values (leave it out to show each file by its own window)"
         )
     print(
-        f"note: {root}: {shown} shows {flat} of the {total} DICOM files as one grey (e.g. "
-        f"{example}): blank images trained on; check the window if they are not blank",
+        f"note: {root}: {shown} shows {flat} of the {total} DICOM files as one grey, their "
+        f"varied values outside it (e.g. {example}): blank images trained on; check the "
+        "window if they are not blank",
         file=sys.stderr,
     )
 
