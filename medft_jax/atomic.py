@@ -51,6 +51,23 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     group can read it.
     """
     path = Path(path)
+    tmp = stage_bytes(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def stage_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Writes ``data`` whole (fsynced, ``open()``'s mode) to a temporary sibling of
+    ``path`` and returns it, for the caller to rename over ``path`` (:func:`write_bytes`),
+    or, for files that go together, to rename each once all are written. A failure removes
+    the temporary; an OSError of the write (a full disk) is raised naming ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(path)  # a killed writer's temporary (an export killed mid-write)
     tmp = temporary_sibling(path)
@@ -61,15 +78,27 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.filename is None:  # a failed write names no file
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
-    _fsync_dir(path.parent)
-    return path
+    return tmp
+
+
+def replace_all(staged: list[tuple[Path, Path]], before: list[Path] = ()) -> None:
+    """Renames each staged ``(temporary, final)`` over its final name, after removing the
+    ``before`` paths: files that belong together (an export's ``.pth`` and its
+    ``.safetensors`` twin), each replaced atomically. A kill between two renames leaves a
+    file of the new set beside none of the old (remove the old ones that could be
+    mistaken for the new set's in ``before``)."""
+    for path in before:
+        path.unlink(missing_ok=True)
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    for folder in dict.fromkeys(final.parent for _, final in staged):
+        _fsync_dir(folder)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -652,7 +652,7 @@ def test_an_export_whose_twin_cannot_be_written_writes_neither(tmp_path):
     (tmp_path / "model.safetensors").rmdir()
     import weights_port.state_io as sio
 
-    real = sio.write_bytes
+    real = sio.stage_bytes
 
     def full_disk(path, data):
         if Path(path).suffix == ".pth":
@@ -660,31 +660,42 @@ def test_an_export_whose_twin_cannot_be_written_writes_neither(tmp_path):
         return real(path, data)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(sio, "write_bytes", full_disk)
+        m.setattr(sio, "stage_bytes", full_disk)
         with pytest.raises(OSError):
             write_state_dict(w, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # With --force over an export: the old pair stays as it was, nothing new beside it.
+    write_state_dict({"fc.weight": np.zeros((2, 3), np.float32)}, out)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sio, "stage_bytes", full_disk)
+        with pytest.raises(OSError):
+            write_state_dict(w, out, force=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_a_forced_export_never_leaves_the_old_pth_beside_the_new_twin(tmp_path, monkeypatch):
     """The twin was written over the old one, then the .pth: a kill -9 between the two left
     two whole files of two models under one name. At the moment the new twin is in place,
     the old .pth must be gone (a kill there leaves one file of one model)."""
-    import weights_port.state_io as sio
+    import medft_jax.atomic as atomic
     from weights_port.state_io import write_state_dict
 
     out = tmp_path / "model.pth"
     write_state_dict({"fc.weight": np.zeros((2, 3), np.float32)}, out)
-    real, seen = sio.write_bytes, []
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real, seen = atomic.os.replace, []
 
-    def watching(path, data):
-        if Path(path).suffix == ".pth":  # the twin is in place: what would a kill leave?
-            seen.append(sorted(p.name for p in tmp_path.iterdir()))
-        return real(path, data)
+    def watching(src, dst):  # before each rename: what a kill there would leave in place
+        placed = {p.name: p.read_bytes() for p in tmp_path.iterdir() if ".tmp-" not in p.name}
+        seen.append(
+            sorted(("old" if old.get(n) == b else "new") + " " + n for n, b in placed.items())
+        )
+        return real(src, dst)
 
-    monkeypatch.setattr(sio, "write_bytes", watching)
+    monkeypatch.setattr(atomic.os, "replace", watching)
     write_state_dict({"fc.weight": np.ones((2, 3), np.float32)}, out, force=True)
-    assert seen == [["model.safetensors"]]
+    assert seen == [["old model.safetensors"], ["new model.safetensors"]]
     from safetensors.numpy import load_file
 
     assert load_file(str(tmp_path / "model.safetensors"))["fc.weight"].sum() == 6

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from medft_jax.atomic import file_sha256, write_bytes
+from medft_jax.atomic import file_sha256, replace_all, stage_bytes
 from medft_jax.checkpoints.model import METADATA_HASH, metadata_hash
 from medft_jax.errors import writable_dir
 from weights_port import pth_reader
@@ -430,7 +430,6 @@ def write_state_dict(
     """
     out = check_out_path(out, force=force)
     *wants_pth, safetensors = output_files(out)
-    written: list[Path] = []
     pth: list[tuple[Path, bytes]] = []
     if wants_pth:
         try:
@@ -453,16 +452,18 @@ def write_state_dict(
     # tensors (two class names swapped) would otherwise come back as the model's truth.
     sealed = {**metadata, METADATA_HASH: metadata_hash(metadata)} if metadata else None
     header = {EXPORT_KEY: json.dumps(sealed)} if sealed else None
-    # An old .pth goes before the new twin is written: killed between the two writes
-    # (kill -9, the OOM killer), a --force export left the new twin beside the old .pth,
-    # two whole files of two models. Now a kill leaves a lone file of one model.
-    for path, _ in pth:
-        path.unlink(missing_ok=True)
-    written.append(write_bytes(safetensors, save(arrays, metadata=header)))
-    for path, data in pth:
-        try:
-            written.insert(0, write_bytes(path, data))
-        except BaseException:
-            safetensors.unlink(missing_ok=True)
-            raise
-    return written
+    # Both written whole under temporary names, then renamed, the old .pth removed first:
+    # renamed one after the other, a kill -9 between the two writes of a --force export
+    # left the new twin beside the old .pth, two whole files of two models; now a kill
+    # leaves one model's files, and a failed write (a full disk) the old pair as it was.
+    staged: list[tuple[Path, Path]] = []
+    try:
+        staged.append((stage_bytes(safetensors, save(arrays, metadata=header)), safetensors))
+        for path, data in pth:
+            staged.append((stage_bytes(path, data), path))
+        replace_all(staged, before=[path for path, _ in pth])  # the twin first
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    return [final for _, final in staged[::-1]]
