@@ -213,6 +213,20 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
+def _wraps_a_stop(error: BaseException) -> bool:
+    """Whether ``error`` was raised from a Ctrl-C or SIGTERM's exception (its cause or
+    context): a library that caught it and raised its own. Another error after a stop
+    (the resume checkpoint's save on a full disk) is that error, and said as such."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
+
+
 def _in_gc_callback(frame: Any) -> bool:
     """Whether ``frame`` runs inside one of ``gc.callbacks`` (JAX's, while it compiles):
     an exception raised there is printed as "Exception ignored" with a traceback, and lost."""
@@ -347,7 +361,7 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         status = EXIT_FAILED
         return status
     except Exception as e:
-        if _received:  # a library wrapped the signal's exception (orbax, tensorstore)
+        if _received and _wraps_a_stop(e):  # a library wrapped it (orbax, tensorstore)
             terminated = signal.SIGTERM in _received
             print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
             status = EXIT_TERMINATED if terminated else 130

@@ -77,6 +77,17 @@ def test_a_stop_a_library_wrapped_or_a_gc_callback_swallowed_is_never_success(ca
 
     assert cli_main(wrapped) == 143
     assert capsys.readouterr().err == "terminated (SIGTERM)\n"
+    # Another error after a stop is that error: a resume checkpoint's save on a full disk.
+    import errno
+
+    def full_disk_after_a_stop(argv):
+        with errors.deferred_stops():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # recorded; the loop goes on to save its resume point
+            raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoints/12")
+
+    assert cli_main(full_disk_after_a_stop) == 1
+    assert capsys.readouterr().err == "error: /runs/x/checkpoints/12: no space left on the device\n"
 
     def swallowed(argv):
         def callback(phase, info):
