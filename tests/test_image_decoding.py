@@ -1678,6 +1678,22 @@ def test_dicom_patients_across_splits_are_noted_though_a_csv_grouped_the_files(t
     )  # fmt: skip
     notes = [x for x in capsys.readouterr().err.splitlines() if "PatientID" in x]
     assert len(notes) == 1 and "although the layout grouped the files" in notes[0], notes
+    # Groups of several images are the user's grouping (headers anonymised to one value
+    # across them, say): not contradicted; nor is one PatientID that most files share.
+    rows = [f"{c}/{i}.dcm,{c},G{c}{i // 2}" for c in "ab" for i in range(10)]
+    (root / "pairs.csv").write_text("path,label,group\n" + "\n".join(rows) + "\n")
+    (root / "same.csv").write_text("path,label,accession\n" + "\n".join(
+        f"{c}/{i}.dcm,{c},A{c}{i}" for c in "ab" for i in range(10)) + "\n")  # fmt: skip
+    for name, column in (("pairs.csv", "group"), ("same.csv", "accession")):
+        if name == "same.csv":  # every header but two anonymised to one value
+            for c in "ab":
+                shutil.rmtree(root / c)
+            _dicom_classes(root, 7, patients=lambda name, i: "ANONYMIZED" if i else f"P{name}")
+        load(
+            "csv", manual_dir=root, data_dir=tmp_path / "out", progress=False,
+            csv_file=name, group_column=column, **_sizes(),
+        )  # fmt: skip
+        assert "PatientID" not in capsys.readouterr().err
 
 
 # CT stored v -> HU x = v - 1024 -> --dicom-window 40,80 (LINEAR_EXACT: 0 HU black, 80 HU

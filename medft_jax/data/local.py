@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -333,24 +334,31 @@ def _dicom_patients_across_splits(
     one split, among examples of no stated patient (a folder's loose images, a CSV's
     rows without a patient column); None when none. Split file by file, the slices of
     one patient's scan land in train and test, and nothing else in the layout says so.
-    ``stated``: among the examples of a stated patient or group instead, whose grouping
-    the headers then contradict (a group column of one id per image, accession numbers,
-    grouped nothing, and silenced this note)."""
-    first: dict[str, tuple[str, str]] = {}
-    crossing: dict[str, list[str]] = {}
+    ``stated``: among the examples of a stated group of one image instead (a group
+    column of one id per image, accession numbers, groups nothing, and silenced this
+    note); groups of several images are the user's grouping, not contradicted here.
+    A PatientID held by more than half of the files looked at is no patient's (headers
+    anonymised to one value) and is left out."""
+    group_sizes = Counter(ex.patient for members in splits.values() for ex in members)
+    ids: dict[str, list[tuple[str, str]]] = {}
     for split in sorted(splits):
         for ex in splits[split]:
             if (ex.patient != ex.id) != stated:  # a stated patient (folder, CSV column)
+                continue
+            if stated and group_sizes[ex.patient] > 1:
                 continue
             suffix = ex.path.suffix.lower()
             if suffix in IMAGE_SUFFIXES and suffix not in dicom.DICOM_SUFFIXES:
                 continue  # a .png: not opened to look for a DICOM marker
             patient = dicom.patient_id(ex.path)
-            if patient is None:
-                continue
-            where = first.setdefault(patient, (split, ex.id))
-            if where[0] != split and patient not in crossing:
-                crossing[patient] = [patient, where[1], ex.id]
+            if patient is not None:
+                ids.setdefault(patient, []).append((split, ex.id))
+    looked = sum(len(v) for v in ids.values())
+    crossing = {
+        patient: [patient, where[0][1], next(i for s, i in where if s != where[0][0])]
+        for patient, where in ids.items()
+        if len({s for s, _ in where}) > 1 and 2 * len(where) <= looked
+    }
     if not crossing:
         return None
     patient, a, b = min(crossing.values())
