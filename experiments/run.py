@@ -152,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-feature-cache",
         action="store_true",
-        help="under --frozen-bn freeze, run the frozen backbone every epoch instead of "
-        "training the head on its features computed once (same results, slower)",
+        help="under --frozen-bn freeze (VGG-19: either mode), run the frozen backbone every "
+        "epoch instead of training the head on its features computed once (same results, "
+        "slower)",
     )
     _add_strategy_options(p)
     p.add_argument(

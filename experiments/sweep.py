@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-feature-cache",
         action="store_true",
-        help="under frozen_bn='freeze', run frozen backbones every epoch (same results, slower)",
+        help="under frozen_bn='freeze' (VGG-19: either mode), run frozen backbones every epoch "
+        "(same results, slower)",
     )
     return p
 
@@ -529,8 +530,8 @@ def _to_run_cost(states: list[str], seconds: list[float | None], short: bool = F
             return f"? ({unknown} of unknown cost)"
         return (
             f"device time unknown for all {unknown} (no training-set size or throughput to "
-            "estimate from: your own folder or CSV has no nominal size; runs finished in --out "
-            "give the estimates)"
+            "estimate from: your own folder or CSV has no nominal size, and an arch without a "
+            "reference speed no throughput; a record's seconds say what a run took)"
         )
     extra = f" (+{unknown} of unknown cost)" if unknown else ""
     if short:

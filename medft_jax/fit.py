@@ -392,8 +392,9 @@ def run_one(
     no record found), before anything of it is prepared: a sweep's "running"
     line is then never said of a run another process holds.
 
-    ``feature_cache``: head-only epochs under ``frozen_bn='freeze'`` train
-    from the backbone's features computed once (:mod:`medft_jax.features`),
+    ``feature_cache``: head-only epochs under ``frozen_bn='freeze'`` (a model
+    without BatchNorm, VGG-19: either mode) train from the backbone's features computed
+    once (:mod:`medft_jax.features`),
     kept beside the prepared images, or under ``out_dir/features`` for a
     dataset held in memory or prepared data that cannot be written. The
     record is the same either way, to float rounding; False always runs
@@ -566,7 +567,7 @@ def _say_what_the_run_cannot_do(
             f"{dropped} of the {train_images} training images ({100 * dropped / train_images:.0f}"
             f" %) sit out each epoch: the last partial batch of --batch-size {config.batch_size} "
             "is dropped (other images each epoch, as the order is reshuffled); a batch size "
-            f"that divides {train_images}, or a smaller one, trains on them all"
+            f"that divides {train_images} trains on them all"
         )
     if config.epochs <= final:
         notes.append(

@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 
 ARCHS = ("resnet50", "densenet121", "vgg19")
+"""The paper's architectures (``medft_jax.models.ARCHS`` builds them)."""
 ARCHS_WITHOUT_BATCHNORM = frozenset({"vgg19"})
 """Archs whose frozen layers are a function of the image under either ``--frozen-bn``: their
 head-only epochs train from cached features in both modes (the run reads it off the
 model's variables; the commands, which build none, from here)."""
-"""The paper's architectures (``medft_jax.models.ARCHS`` builds them)."""
 TEST_ARCHS = ("resnet_tiny",)
 """Small stand-ins that run by name wherever an arch does but are offered to no user
 (``medft_jax.models.TEST_ARCHS``): the fast test tier trains these."""

@@ -72,8 +72,9 @@ class Session:
       force: train again runs whose record exists.
       retry_failed: train again runs that left a failure note.
       progress: per-epoch progress bars.
-      feature_cache: head-only epochs under ``frozen_bn='freeze'`` train from
-        cached backbone features (:func:`medft_jax.fit.run_one`).
+      feature_cache: head-only epochs under ``frozen_bn='freeze'`` (a model without
+        BatchNorm: either mode) train from cached backbone features
+        (:func:`medft_jax.fit.run_one`).
     """
 
     def __init__(

@@ -2304,6 +2304,8 @@ def test_a_report_of_one_lr_under_only_does_not_call_it_chosen_on_validation():
     assert "device-seconds of one run at LR 0.001 (--only) (mean" in md and "chosen LR" not in md
     cost = to_markdown(tables[1])
     assert "mean over the seeds of LR 0.001 (--only);" in cost and "chosen LR" not in cost
+    paired = to_markdown(tables[2])  # its twin: the paired Δ's sides
+    assert "(both at LR 0.001 (--only))" in paired and "chosen LR" not in paired
     assert "chosen on validation," not in md and "LR chosen by" not in md
     note = "Only the runs --only keeps (lr = 0.001); the others under --runs count nowhere here."
     assert [t.notes[-1] for t in tables] == [note] * len(tables)  # Table 11 and 12 too
@@ -2503,6 +2505,11 @@ def test_a_vs_paper_table_counts_the_papers_cells_it_has_no_row_for(tmp_path):
     assert "6 of the paper's 6 cells" in table.notes[-1]
     full = collect([rec(dataset="mura_wrist", strategy=s, seed=0) for s in ("ft", "lp", "g_lf")])
     assert len(vs_paper_table(full, "mura_wrist", compare(full, paper), paper).notes) == 1
+    # Run, but left out by --only: said as such, not "not run here".
+    runs = [rec(dataset="mura_wrist", strategy=s, seed=0) for s in ("ft", "lp", "g_lf")]
+    only = collect(runs, filters={"strategy": {"ft"}})
+    note = vs_paper_table(only, "mura_wrist", compare(only, paper), paper).notes[-1]
+    assert "without a value of ours: 4 left out by --only (as" in note
 
 
 def test_vs_paper_index_counts_mean_diff_and_spearman_of_a_hand_made_ranking(tmp_path):

@@ -89,7 +89,7 @@ def test_a_run_says_when_an_epoch_leaves_out_a_large_share_of_small_data(capsys)
     assert capsys.readouterr().err == (
         "note: 13 of the 45 training images (29 %) sit out each epoch: the last partial batch "
         "of --batch-size 16 is dropped (other images each epoch, as the order is reshuffled); a "
-        "batch size that divides 45, or a smaller one, trains on them all\n"
+        "batch size that divides 45 trains on them all\n"
     )
     fit._say_what_the_run_cannot_do(config, 0, 400 // 16, train_images=410)  # 10: 2.4 %
     assert capsys.readouterr().err == ""

@@ -728,8 +728,8 @@ def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (
         "to run 2: device time unknown for all 2 (no training-set size or throughput to "
-        "estimate from: your own folder or CSV has no nominal size; runs finished in --out give "
-        "the estimates)"
+        "estimate from: your own folder or CSV has no nominal size, and an arch without a "
+        "reference speed no throughput; a record's seconds say what a run took)"
     ) in out
     assert "of device time" not in out
     assert "assumed H100 throughput" not in out  # no estimate rests on it

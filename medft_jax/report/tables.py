@@ -734,7 +734,14 @@ def _power_text(tests: Iterable[tuple[int, float]]) -> str:
     return f"With {needs}{weak if counts[-1] <= 5 else ''}."
 
 
-def paired_note(pairs: Iterable[Paired] = ()) -> str:
+def _each_at(summary: Summary | None) -> str:
+    """Which LR a paired Δ's two sides are at: each its own chosen one, or under
+    ``--only lr=X`` (nothing chosen) that one."""
+    fixed = None if summary is None else _one_lr_kept(summary)
+    return "each at its own chosen LR" if fixed is None else f"both at LR {fixed} (--only)"
+
+
+def paired_note(pairs: Iterable[Paired] = (), summary: Summary | None = None) -> str:
     """What the paired comparison is and is not; the index shows it once. ``pairs`` (every
     comparison of the report) decide what the note says about the seeds and ``n/a``."""
     tests = [(len(p.seeds), p.p) for p in pairs]
@@ -742,7 +749,7 @@ def paired_note(pairs: Iterable[Paired] = ()) -> str:
     return (
         "Paired comparison with FT: per seed, the strategy's test headline metric (the first "
         "column of the dataset's table) minus FT's "
-        "(each at its own chosen LR; only seeds both have), mean (SE) in percentage points; "
+        f"({_each_at(summary)}; only seeds both have), mean (SE) in percentage points; "
         "two-sided paired t-test (scipy.stats.ttest_rel), * marks p < 0.05. "
         + (f"{power} " if power else "")
         + "The p column is not corrected for the many "
@@ -764,12 +771,12 @@ def _sign_flip_text(tests: Sequence[tuple[int, float]]) -> str:
     return f" An exact sign-flip (permutation) test cannot go below {floors}{why}."
 
 
-def paired_short_note(lines: Sequence[PairedLine]) -> str:
+def paired_short_note(lines: Sequence[PairedLine], summary: Summary | None = None) -> str:
     """The paired table's note: its ``n/a`` and its power follow the seeds it pairs."""
     tests = [(x.n, x.p) for x in lines]
     power = _power_text(tests)
     return (
-        "Δ: strategy minus FT per seed (each at its own chosen LR), mean (SE) in percentage "
+        f"Δ: strategy minus FT per seed ({_each_at(summary)}), mean (SE) in percentage "
         "points. p: two-sided paired t-test (scipy.stats.ttest_rel), * p < 0.05, not "
         "corrected for multiple comparisons; p Holm: Holm-adjusted over the strategies of "
         f"one dataset and arch that have a p. n/a: {_untested_text(tests)}, no spread to "
@@ -801,7 +808,7 @@ def paired_table(summary: Summary, dataset: str) -> Table:
         "(percentage points), paired t-test"
     )
     missing = no_baseline(summary, dataset)
-    note = missing or paired_short_note(lines)
+    note = missing or paired_short_note(lines, summary)
     head = Head(f"paired_{slug(dataset)}", title, [note])
     return _wide_table(head, PairedLine, lines, slots, strategies, attrgetter("arch"))
 
@@ -1235,7 +1242,10 @@ def _left_out_note(
         if d != dataset or (a, s, m) in shown:
             continue
         cell = summary.cells.get((d, a, s))
-        if cell is None or cell.status == MISSING:
+        kept = summary.filters
+        if any(k in kept and v not in kept[k] for k, v in (("arch", a), ("strategy", s))):
+            reason = "left out by --only"
+        elif cell is None or cell.status == MISSING:
             reason = "not run here"
         elif m not in summary.metrics.get(d, ()):
             reason = "the metric not in the records"

@@ -440,7 +440,8 @@ def paper_lines(summary: Summary, paper: PaperTables) -> list[str]:
             )
     no_run, no_paper = unmatched(summary, paper)
     lines += [
-        f"- Paper cells without a run: {no_run} (not run here, failed, or the metric undefined).",
+        f"- Paper cells without a run: {no_run} (not run here, left out by --only, failed, or "
+        "the metric undefined).",
         f"- Our cells the paper does not have: {no_paper}.",
         "",
     ]
@@ -574,7 +575,7 @@ def index_markdown(
         "- Figures: relative improvement over FT with an error bar of ± its SE over the "
         "seeds, 100·√(se² + (m/m_FT)²·se_FT²)/m_FT (the two cells' SEs taken as "
         "independent); no error bar where a cell has a single seed.",
-        f"- {md_escape(paired_note(paired_vs_ft(summary)))}",
+        f"- {md_escape(paired_note(paired_vs_ft(summary), summary))}",
         *_option_lines(summary),
         *_strategy_option_lines(summary),
         *_protocol_lines(summary),
