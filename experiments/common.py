@@ -157,13 +157,9 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.dataset == "folder":
         return _given({**local, "patient_folders": args.patient_folders})
     if args.dataset == "demo" or args.dataset.startswith("medmnist/"):
+        refuse_unused(args.dataset, {"test_fraction": args.test_fraction}, "folder and csv")
         refuse_unused(
-            args.dataset,
-            {
-                "val_fraction": args.val_fraction,
-                "test_fraction": args.test_fraction,
-            },
-            "the file-based datasets",
+            args.dataset, {"val_fraction": args.val_fraction}, "folder, csv and the paper tasks"
         )
         return {}
     refuse_unused(args.dataset, {"test_fraction": args.test_fraction}, "folder and csv")

@@ -131,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=_one_seed, nargs="+", help="seeds, each once (default: 0)")
     p.add_argument("--epochs", type=int, help="maximum epochs (default 50; demo: 8)")
-    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="early-stopping patience in epochs (0: no early stopping, every epoch runs)",
+    )
     p.add_argument("--batch-size", type=int, help="global batch size (default 64; demo: 32)")
     p.add_argument(
         "--image-size", type=int, help="centre-crop size in pixels (default 224; demo: 32)"

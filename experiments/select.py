@@ -245,6 +245,12 @@ def _arms(args: argparse.Namespace) -> tuple[Grid, list[Arm], int]:
                 f"({', '.join(values)}): add --only {axis}=..."
             )
     first_seed = runs[0].seed  # the grid's first (seeds vary fastest, in the grid's order)
+    kept = grid_lib.parse_only(args.only).get("seed")
+    if args.seed is not None and kept is not None and str(args.seed) not in kept:
+        raise grid_lib.GridError(
+            f"--seed {args.seed} is not among the seeds --only keeps ({', '.join(sorted(kept))}); "
+            "give one of them, or leave one of the two flags out"
+        )
     seed = args.seed if args.seed is not None else first_seed
     arms = [
         Arm(c.strategy, c.lr, dataclasses.replace(c, seed=seed))

@@ -763,6 +763,15 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
         (["--strategy", "l2_sp", "--alpha", "inf"], "error: --alpha must be a finite number"),
         (["--strategy", "ft", "--dataset", "bach", "--csv-file", "x.csv"], "error: --csv-file"),
         (["--strategy", "ft", "--val-fraction", "1.5"], "error: --val-fraction must be in (0, 1)"),
+        (  # not "the file-based datasets": a paper task refuses it too
+            ["--strategy", "ft", "--test-fraction", "0.2"],
+            "error: --test-fraction applies to folder and csv only, not to --dataset demo",
+        ),
+        (
+            ["--strategy", "ft", "--val-fraction", "0.2"],
+            "error: --val-fraction applies to folder, csv and the paper tasks only, not to "
+            "--dataset demo",
+        ),
         (["--strategy", "ft", "--dataset", "bach", "--manual-dir", "/x"], "error: --manual-dir"),
         (["--strategy", "ft", "--rgn-mode", "prepass"], "error: --rgn-mode applies to auto_rgn"),
         (["--strategy", "l1_sp", "--no-sp-half"], "error: --no-sp-half applies to l2_sp only, no"),

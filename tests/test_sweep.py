@@ -423,6 +423,22 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     assert per[other].startswith(f"{other}: 18 of 18 runs to run")
 
 
+def test_select_refuses_a_seed_its_only_filter_leaves_out(tmp_path, monkeypatch, capsys):
+    """``--only seed=1 --seed 3`` trained the arms at seed 3 without a word."""
+
+    def no_work(*args, **kwargs):
+        pytest.fail("trained despite contradicting seeds")
+
+    monkeypatch.setattr(select_cli, "successive_halving", no_work)
+    config = _grid_file(tmp_path, "g", strategies=("lp", "ft"), lrs=(1e-3,), seeds=(3, 1), epochs=2)
+    argv = ["--config", str(config), "--out", str(tmp_path / "sel"), "--only", "seed=1"]
+    assert select_cli.main([*argv, "--seed", "3"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --seed 3 is not among the seeds --only keeps (1); give one of them, or leave "
+        "one of the two flags out\n"
+    )
+
+
 def test_the_own_folder_grid_runs_on_the_folder_it_is_given(tmp_path, monkeypatch, capsys):
     """The README's grid for one's own folder: where the docs named none, a user read the
     Grid docstring to learn how a sweep or a selection finds their images."""
@@ -434,6 +450,9 @@ def test_the_own_folder_grid_runs_on_the_folder_it_is_given(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert out.startswith("grid own_folder: 216 runs (1 dataset x 3 archs x 8 strategies x ")
     assert "folder-resnet50-lp_ft-lr0.001-s2-*" in out
+    monkeypatch.delenv("MEDFT_FOLDER")  # the placeholder path was the error's only word
+    assert sweep_cli.main(argv) == 2
+    assert "set MEDFT_FOLDER to your images' folder" in capsys.readouterr().err
     monkeypatch.setenv("MEDFT_FOLDER", str(tmp_path / "nowhere"))
     assert sweep_cli.main(argv) == 2
     assert "['manual_dir'] " + str(tmp_path / "nowhere") + ": no such folder" in (

@@ -104,7 +104,8 @@ def _export_parser() -> argparse.ArgumentParser:
         required=True,
         type=path_flag("a file", output=True),
         metavar="FILE",
-        help="model.pth (also writes model.safetensors beside it) or model.safetensors",
+        help="model.pth or model.pt (each also writes model.safetensors beside it) or "
+        "model.safetensors",
     )
     p.add_argument("--force", action="store_true", help="overwrite the file(s) if they exist")
     return p

@@ -23,10 +23,13 @@ import os
 from medft_jax.grid import Grid
 from medft_jax.names import PAPER_STRATEGIES
 
-FOLDER = os.environ.get("MEDFT_FOLDER", "~/data/my_images")
+FOLDER = os.environ.get("MEDFT_FOLDER", "")
+"""Your folder: ``MEDFT_FOLDER``, or write its path here."""
 
 
 def get_config() -> Grid:
+    if not FOLDER:
+        raise ValueError("set MEDFT_FOLDER to your images' folder, or write it in this file")
     return Grid(
         name="own_folder",
         datasets=("folder",),
