@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from experiments.common import (
     add_dataset_flags,
     dataset_options,
+    refuse_data_dir_for_demo,
     refuse_split_seed,
     refuse_unused,
 )
@@ -100,6 +101,11 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.dataset == DEMO or args.dataset.startswith("medmnist/"):
         _refuse_image_file_flags(args)
     if args.dataset == DEMO:
+        refuse_data_dir_for_demo(args.data_dir, {DEMO})  # as run refuses it
+        sized = [f for f in ("arch", "resize_size", "image_size") if getattr(args, f) is not None]
+        if sized or args.seed != 0:
+            flag = "--" + (sized[0] if sized else "seed").replace("_", "-")
+            raise UserError(f"{flag} does not apply to --dataset demo (nothing to prepare)")
         print("demo is generated in memory from a seed: nothing to prepare")
         return 0
     resize, crop = sizes(args)

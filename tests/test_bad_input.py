@@ -904,7 +904,10 @@ def test_help_states_each_default_once_and_never_none(cli):
     assert "(default: None)" not in text
     assert not re.search(r"\(default[^)]*\) \(default", text)  # the help said it already
     if cli is run_cli:
-        assert "--patience PATIENCE early-stopping patience in epochs (0: no early stopping, every epoch runs) (default: 5)" in text
+        assert (
+            "--patience PATIENCE early-stopping patience in epochs (0: no early stopping, "
+            "every epoch runs) (default: 5)" in text
+        )
         assert "(default: $TFDS_DATA_DIR or TFDS's) --manual-dir" in text
 
 

@@ -71,6 +71,17 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path, capsys):
             f"{dataset}"
         )
     assert not (tmp_path / "d").exists()
+    # demo: nothing to prepare, and a flag that would mean something is refused, as run does.
+    for flags, said in (
+        (["--data-dir", str(tmp_path / "d")], "--data-dir does not apply to --dataset demo"),
+        (["--image-size", "5000"], "--image-size does not apply to --dataset demo"),
+        (["--arch", "vgg19"], "--arch does not apply to --dataset demo"),
+        (["--seed", "-5"], "--seed does not apply to --dataset demo"),
+    ):
+        assert main(["--dataset", "demo", *flags]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {said}")
+    assert main(["--dataset", "demo"]) == 0
+    assert "nothing to prepare" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow")
