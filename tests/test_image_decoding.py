@@ -1665,6 +1665,32 @@ def test_a_dicom_window_that_blanks_every_file_is_refused_and_some_noted(tmp_pat
     assert "one grey" not in capsys.readouterr().err
 
 
+def test_a_patient_holding_most_files_is_noted_and_anonymised_headers_are_not(monkeypatch):
+    """A PatientID held by most files was left out as anonymised: one real patient's 30
+    slices of one finding, split into train and test, then went unnoted."""
+    from medft_jax.data import local
+    from medft_jax.data.examples import Example
+
+    def splits_of(rows):  # (split, id, label, PatientID)
+        out = {}
+        for split, name, label, _ in rows:
+            out.setdefault(split, []).append(Example(Path(f"/d/{name}.dcm"), label, name))
+        return out
+
+    def noted(rows):
+        ids = {f"/d/{name}.dcm": patient for *_, name, _, patient in rows}
+        monkeypatch.setattr(local.dicom, "patient_id", lambda path: ids[str(path)])
+        return local._dicom_patients_across_splits(splits_of(rows))
+
+    one_patient = [("train" if i < 20 else "test", f"x{i}", 0, "PX") for i in range(30)]
+    one_patient += [("train", f"y{i}", 1, f"PY{i}") for i in range(20)]
+    assert noted(one_patient) == [1, "'PX': x20, x0"]
+    anonymised = [(s, n, i % 2, "ANON") for i, (s, n, *_) in enumerate(one_patient)]
+    assert noted(anonymised) is None  # across both classes: no patient's
+    multi = [(s, n, (1.0, 0.0), p) for s, n, _, p in one_patient]  # multilabel labels
+    assert noted(multi) == [1, "'PX': x20, x0"]
+
+
 def test_dicom_patients_across_splits_are_noted_though_a_csv_grouped_the_files(tmp_path, capsys):
     """A group column of one id per image (accession numbers) grouped nothing, and silenced
     the note that the files' PatientIDs lie in train and test."""

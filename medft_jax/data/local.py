@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from medft_jax import locks
@@ -337,8 +338,9 @@ def _dicom_patients_across_splits(
     ``stated``: among the examples of a stated group of one image instead (a group
     column of one id per image, accession numbers, groups nothing, and silenced this
     note); groups of several images are the user's grouping, not contradicted here.
-    A PatientID held by more than half of the files looked at is no patient's (headers
-    anonymised to one value) and is left out."""
+    A PatientID held by more than half of the files looked at, across every class, is no
+    patient's (headers anonymised to one value) and is left out; one patient's many
+    slices of one finding are kept."""
     group_sizes = Counter(ex.patient for members in splits.values() for ex in members)
     ids: dict[str, list[tuple[str, str]]] = {}
     for split in sorted(splits):
@@ -352,17 +354,30 @@ def _dicom_patients_across_splits(
                 continue  # a .png: not opened to look for a DICOM marker
             patient = dicom.patient_id(ex.path)
             if patient is not None:
-                ids.setdefault(patient, []).append((split, ex.id))
+                ids.setdefault(patient, []).append((split, ex.id, _label_key(ex.label)))
     looked = sum(len(v) for v in ids.values())
+    classes = {c for where in ids.values() for *_, c in where}
+
+    def anonymised(where: list[tuple[str, str, Any]]) -> bool:
+        return 2 * len(where) > looked and len(classes) > 1 and {c for *_, c in where} == classes
+
     crossing = {
-        patient: [patient, where[0][1], next(i for s, i in where if s != where[0][0])]
+        patient: [patient, where[0][1], next(i for s, i, _ in where if s != where[0][0])]
         for patient, where in ids.items()
-        if len({s for s, _ in where}) > 1 and 2 * len(where) <= looked
+        if len({s for s, *_ in where}) > 1 and not anonymised(where)
     }
     if not crossing:
         return None
     patient, a, b = min(crossing.values())
     return [len(crossing), f"{patient!r}: {a}, {b}"]
+
+
+def _label_key(label: Any) -> Any:
+    """A label as a set member: a class id, or a multi-hot vector as a tuple."""
+    if isinstance(label, (int, str)):
+        return label
+    values = np.asarray(label)
+    return tuple(values.ravel().tolist()) if values.ndim else values.item()
 
 
 _EXIF_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".webp")
