@@ -357,7 +357,8 @@ class Predictor:
             )
             arrays = store[: len(paths)]
             if blanked and self.dicom_window is not None:
-                _note_blank_under_window(sorted(blanked), self.dicom_window)
+                whose = "the checkpoint's " if self.trained_dicom_window is not None else ""
+                _note_blank_under_window(sorted(blanked), self.dicom_window, whose)
             out = []
             for i in range(0, len(arrays), batch_size):
                 raise_if_stopped()  # a stop a gc callback swallowed: before more compute
@@ -396,15 +397,15 @@ class Predictor:
             ) from None
 
 
-def _note_blank_under_window(blank: Sequence[str], window: DicomWindow) -> None:
+def _note_blank_under_window(blank: Sequence[str], window: DicomWindow, whose: str) -> None:
     """One note for the DICOM images the checkpoint's window shows as one grey, their
     values varied: their probabilities are a blank image's, the same for every such scan
     (a run refuses a window that blanks all its files, and notes some:
     :mod:`medft_jax.data.local`)."""
     print(
-        f"note: the checkpoint's --dicom-window {window[0]:g},{window[1]:g} shows "
-        f"{len(blank)} DICOM image(s) as one grey, their varied values outside it (e.g. "
-        f"{blank[0]}): their probabilities are a blank image's",
+        f"note: {whose}--dicom-window {window[0]:g},{window[1]:g} shows {len(blank)} DICOM "
+        f"image(s) as one grey though their values vary (e.g. {blank[0]}): their "
+        "probabilities are a blank image's",
         file=sys.stderr,
     )
 

@@ -330,10 +330,12 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
             env_count(name)
         with _stopping_signals():
             status = main(argv)
-            if _received:  # lost where no loop raised it again: the work is done, not 0
+            if _received:  # lost where no loop raised it again: not 0, and a failure kept
                 word = "terminated (SIGTERM)" if signal.SIGTERM in _received else "interrupted"
-                print(f"{word} as it finished: its work is done and written", file=sys.stderr)
-                status = EXIT_TERMINATED if signal.SIGTERM in _received else 130
+                done = ": its work is done and written" if status == 0 else ""
+                print(f"{word} as it finished{done}", file=sys.stderr)
+                if status == 0:
+                    status = EXIT_TERMINATED if signal.SIGTERM in _received else 130
         with naming_os_errors("stdout"):  # a full disk under `> file` names what filled it
             sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
         return status

@@ -1649,7 +1649,7 @@ def test_a_dicom_window_that_blanks_every_file_is_refused_and_some_noted(tmp_pat
             load("folder", dicom_window="-1000,500", **kw)
         assert str(err.value).startswith(
             f"--dicom-window -1000,500 shows every one of the 20 DICOM file(s) under {root} "
-            f"as one grey, their varied values all outside it (e.g. {root}/a/"
+            f"whose values vary as one grey (e.g. {root}/a/"
         ) and str(err.value).endswith("leave it out to show each file by its own window)")
     # A window over the values, with one file of class a below it: one blank image, said.
     below = np.full((20, 24), 7, np.uint16) + 193 * np.eye(20, 24, dtype=np.uint16)  # 7..200
@@ -1657,9 +1657,9 @@ def test_a_dicom_window_that_blanks_every_file_is_refused_and_some_noted(tmp_pat
     load("folder", dicom_window="450,500", **kw)  # 200..700: class b, and a's upper third
     notes = [x for x in capsys.readouterr().err.splitlines() if "one grey" in x]
     assert notes == [
-        f"note: {root}: --dicom-window 450,500 shows 1 of the 20 DICOM files as one grey, "
-        f"their varied values outside it (e.g. {root / 'a' / '0.dcm'}): blank images trained "
-        "on; check the window if they are not blank"
+        f"note: {root}: --dicom-window 450,500 shows 1 of the 20 DICOM files whose values vary "
+        f"as one grey (e.g. {root / 'a' / '0.dcm'}): blank images trained on; check the window "
+        "if they are not blank"
     ]
     load("folder", dicom_window="350,800", **kw)  # every file has a pixel within it
     assert "one grey" not in capsys.readouterr().err
@@ -1873,9 +1873,9 @@ def test_a_run_with_a_dicom_window_carries_it_to_predict(tmp_path, monkeypatch, 
     _write_dicom(tmp_path / "far.dcm", far, rescale=(1, -1024))
     predict.Predictor(best).predict_files([str(root / "a" / "0.dcm"), str(tmp_path / "far.dcm")])
     assert capsys.readouterr().err == (
-        "note: the checkpoint's --dicom-window 40,80 shows 1 DICOM image(s) as one grey, their "
-        f"varied values outside it (e.g. {tmp_path / 'far.dcm'}): their probabilities are a "
-        "blank image's\n"
+        "note: the checkpoint's --dicom-window 40,80 shows 1 DICOM image(s) as one grey though "
+        f"their values vary (e.g. {tmp_path / 'far.dcm'}): their probabilities are a blank "
+        "image's\n"
     )
 
 

@@ -2510,6 +2510,14 @@ def test_a_vs_paper_table_counts_the_papers_cells_it_has_no_row_for(tmp_path):
     only = collect(runs, filters={"strategy": {"ft"}})
     note = vs_paper_table(only, "mura_wrist", compare(only, paper), paper).notes[-1]
     assert "without a value of ours: 4 left out by --only (as" in note
+    # --only lr=: a cell whose runs are all at another LR has none left: it may have run.
+    at = [rec(dataset="mura_wrist", strategy="ft", lr=1e-4, seed=0)]
+    at += [rec(dataset="mura_wrist", strategy="lp", lr=1e-3, seed=0)]
+    lr_only = collect(at, filters={"lr": {"0.0001"}})
+    note = vs_paper_table(lr_only, "mura_wrist", compare(lr_only, paper), paper).notes[-1]
+    assert "without a value of ours: 4 not run here or left out by --only (as" in note
+    table = dataset_table(lr_only, "mura_wrist")
+    assert any(n.startswith("—: not run yet or left out by --only (in Cost") for n in table.notes)
 
 
 def test_vs_paper_index_counts_mean_diff_and_spearman_of_a_hand_made_ranking(tmp_path):

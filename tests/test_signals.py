@@ -115,6 +115,17 @@ def test_a_stop_a_library_wrapped_or_a_gc_callback_swallowed_is_never_success(ca
         "terminated (SIGTERM) as it finished: its work is done and written\n"
     )
 
+    def failed(argv):  # its own failure (a run diverged: 1) is kept, not made a stop's
+        swallowed(argv)
+        return 1
+
+    previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        assert cli_main(failed) == 1
+    finally:
+        sys.unraisablehook = previous
+    assert capsys.readouterr().err == "terminated (SIGTERM) as it finished\n"
+
 
 def test_a_sigterm_handler_is_left_where_the_embedding_program_or_jax_owns_sigterm(
     monkeypatch, capsys

@@ -447,7 +447,6 @@ def write_state_dict(
     from safetensors.numpy import save
 
     arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
-    # The twin first, and the .pth removed again if the twin fails: both files or neither.
     # Sealed as a checkpoint's metadata is: a header edit that stays consistent with the
     # tensors (two class names swapped) would otherwise come back as the model's truth.
     sealed = {**metadata, METADATA_HASH: metadata_hash(metadata)} if metadata else None

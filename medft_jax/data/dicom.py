@@ -141,7 +141,8 @@ def _pydicom(path: Path) -> Any:
 
 WINDOW_BLANKED = "medft_window_blanked"
 """A key of a decoded image's ``info``: ``--dicom-window`` showed the file's varied values
-as one grey (a window off their range). Not refused per file, as a file's own window
+as one grey (a window off their range, or one so wide that their spread is under one
+grey level). Not refused per file, as a file's own window
 that misses is: under a dataset's window one file may rightly be so (an air-only slice);
 :mod:`medft_jax.data.local` counts them, and refuses a window that blanks them all."""
 

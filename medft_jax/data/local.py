@@ -316,14 +316,14 @@ def _refuse_blank_window(root: Path, meta: dict[str, Any]) -> None:
     shown = f"--dicom-window {float(window[0]):g},{float(window[1]):g}"
     if flat == total:
         raise DataError(
-            f"{shown} shows every one of the {total} DICOM file(s) under {root} as one grey, "
-            f"their varied values all outside it (e.g. {example}): expected a window over the "
-            "files' values (leave it out to show each file by its own window)"
+            f"{shown} shows every one of the {total} DICOM file(s) under {root} whose values "
+            f"vary as one grey (e.g. {example}): expected a window over the files' values "
+            "(leave it out to show each file by its own window)"
         )
     print(
-        f"note: {root}: {shown} shows {flat} of the {total} DICOM files as one grey, their "
-        f"varied values outside it (e.g. {example}): blank images trained on; check the "
-        "window if they are not blank",
+        f"note: {root}: {shown} shows {flat} of the {total} DICOM files whose values vary as "
+        f"one grey (e.g. {example}): blank images trained on; check the window if they are "
+        "not blank",
         file=sys.stderr,
     )
 

@@ -190,15 +190,18 @@ CELL_TEXTS = {
 into a paper carried "diverged" and "(–)" that only the index explained)."""
 
 
-def _text_notes(texts: Sequence[str]) -> list[str]:
+def _text_notes(texts: Sequence[str], summary: Summary | None = None) -> list[str]:
     """One note naming each of :data:`CELL_TEXTS` that a table's cell ``texts`` (its
-    metrics' and its Cost column's) show, in that order."""
+    metrics' and its Cost column's) show, in that order; under an ``--only`` of LRs or
+    seeds a cell without runs may have had them (:func:`_absent`)."""
     shown = set(texts)
 
     def occurs(text: str) -> bool:  # a word begins its cell (marks follow); an SE is inside
         return any(text in t if text.startswith("(") else t.startswith(text) for t in shown)
 
-    said = [f"{text}: {meaning}" for text, meaning in CELL_TEXTS.items() if occurs(text)]
+    meanings = {**CELL_TEXTS, MISSING_TEXT: f"{_absent(summary, 'yet')} (in Cost: no chosen "
+                "LR, or its time unknown)"}  # fmt: skip
+    said = [f"{text}: {meanings[text]}" for text in CELL_TEXTS if occurs(text)]
     return ["; ".join(said) + "."] if said else []
 
 
@@ -489,6 +492,14 @@ def lr_phrase(summary: Summary) -> str:
     return "at the LR chosen on validation"
 
 
+def _absent(summary: Summary | None, where: str) -> str:
+    """What a cell without runs means: "not run <where>", or, where ``--only`` keeps some
+    LRs or seeds (the cell's runs may all be at others), "not run <where> or left out by
+    --only"."""
+    filtered = summary is not None and {"lr", "seed"} & set(summary.filters)
+    return f"not run {where}" + (" or left out by --only" if filtered else "")
+
+
 def _the_lr(summary: Summary) -> str:
     """The LR whose runs a cost is of: "the chosen LR", or under ``--only lr=X`` (nothing
     chosen) that one."""
@@ -543,7 +554,7 @@ def dataset_table(summary: Summary, dataset: str) -> Table:
         *_cell_notes(
             (cells[(a, s)] for s in strategies for a in archs if (a, s) in cells), metrics
         ),
-        *_text_notes([x.text for x in lines]),
+        *_text_notes([x.text for x in lines], summary),
         *data_notes(summary.protocol.get(dataset, {})),
     ]
     head = Head(dataset_table_name(dataset), title, notes)
@@ -1246,7 +1257,7 @@ def _left_out_note(
         if any(k in kept and v not in kept[k] for k, v in (("arch", a), ("strategy", s))):
             reason = "left out by --only"
         elif cell is None or cell.status == MISSING:
-            reason = "not run here"
+            reason = _absent(summary, "here")
         elif m not in summary.metrics.get(d, ()):
             reason = "the metric not in the records"
         else:
