@@ -213,6 +213,14 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
+def _stop_said() -> tuple[str, int]:
+    """How a command stopped by this command's signals ends: ``terminated (SIGTERM)`` and
+    143 with a SIGTERM among them, else ``interrupted`` and 130 (a Ctrl-C)."""
+    if signal.SIGTERM in _received:
+        return "terminated (SIGTERM)", EXIT_TERMINATED
+    return "interrupted", 130
+
+
 def _wraps_a_stop(error: BaseException) -> bool:
     """Whether ``error`` was raised from a Ctrl-C or SIGTERM's exception (its cause or
     context): a library that caught it and raised its own. Another error after a stop
@@ -331,11 +339,10 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         with _stopping_signals():
             status = main(argv)
             if _received:  # lost where no loop raised it again: not 0, and a failure kept
-                word = "terminated (SIGTERM)" if signal.SIGTERM in _received else "interrupted"
+                word, stopped = _stop_said()
                 done = ": its work is done and written" if status == 0 else ""
                 print(f"{word} as it finished{done}", file=sys.stderr)
-                if status == 0:
-                    status = EXIT_TERMINATED if signal.SIGTERM in _received else 130
+                status = status or stopped
         with naming_os_errors("stdout"):  # a full disk under `> file` names what filled it
             sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
         return status
@@ -348,10 +355,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         status = EXIT_BUSY if isinstance(e, BusyError) else EXIT_BAD_INPUT
         return status
     except KeyboardInterrupt as e:  # an Interrupted run says which, and how to go on
-        terminated = signal.SIGTERM in _received
-        word = "terminated (SIGTERM)" if terminated else "interrupted"
+        word, status = _stop_said()
         print(f"{word}: {e}" if isinstance(e, Interrupted) else word, file=sys.stderr)
-        status = EXIT_TERMINATED if terminated else 130
         return status
     except MemoryError as e:  # the host's memory, not the device's (XLA's is a RuntimeError)
         what = f" ({one_line(e)})" if str(e) else ""
@@ -364,9 +369,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         return status
     except Exception as e:
         if _received and _wraps_a_stop(e):  # a library wrapped it (orbax, tensorstore)
-            terminated = signal.SIGTERM in _received
-            print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
-            status = EXIT_TERMINATED if terminated else 130
+            word, status = _stop_said()
+            print(word, file=sys.stderr)
             return status
         os_err = find_os_error(e)
         if os_err is None:

@@ -271,23 +271,22 @@ def load_local(
 
 
 class _FlatUnderWindow:
-    """``decode`` that counts the DICOM files ``--dicom-window`` shows as one grey, their
-    values varied (:data:`medft_jax.data.dicom.WINDOW_BLANKED`; a file of one value is
-    shown faithfully as one grey): a
-    window that misses their values (a CT window on radiographs) made every one a blank
-    image, trained on and predicted from without a word, where a file's own window that
-    misses is refused (:func:`medft_jax.data.dicom._check_window_reached`). One file may
-    rightly be flat under a dataset's window (an air-only slice), so they are counted
-    and judged together (:func:`_refuse_blank_window`). Thread-safe: the reader decodes
-    on several threads."""
+    """``decode`` that counts the DICOM files whose values vary and those of them that
+    ``--dicom-window`` shows as one grey (:data:`medft_jax.data.dicom.WINDOW_BLANKED`; a
+    file of one value is shown faithfully as one grey). A window that misses their values
+    (a CT window on radiographs) made every one a blank image, trained on and predicted
+    from without a word, where a file's own window that misses is refused
+    (:func:`medft_jax.data.dicom._check_window_reached`). One file may rightly be flat
+    under a dataset's window (an air-only slice), so they are counted and judged together
+    (:func:`_refuse_blank_window`). Thread-safe: the reader decodes on several threads."""
 
     def __init__(self, decode: Any) -> None:
         import threading
 
         self._decode = decode
         self._lock = threading.Lock()
-        self.dicom = 0
-        self.flat: list[str] = []
+        self.varied = 0
+        self.blanked: list[str] = []
 
     def __call__(self, path: Path) -> Image.Image:
         image = self._decode(path)
@@ -295,15 +294,15 @@ class _FlatUnderWindow:
             blanked = bool(image.info.get(dicom.WINDOW_BLANKED))
             one_value = not blanked and len(set(image.getextrema())) == 1  # shown as it is
             with self._lock:
-                self.dicom += 0 if one_value else 1
+                self.varied += 0 if one_value else 1
                 if blanked:
-                    self.flat.append(str(path))
+                    self.blanked.append(str(path))
         return image
 
     def found(self) -> list[Any] | None:
         """``[blanked count, count of DICOM files whose values vary, first blanked file]``;
         None when none is blanked."""
-        return [len(self.flat), self.dicom, min(self.flat)] if self.flat else None
+        return [len(self.blanked), self.varied, min(self.blanked)] if self.blanked else None
 
 
 def _refuse_blank_window(root: Path, meta: dict[str, Any]) -> None:
