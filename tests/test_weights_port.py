@@ -701,6 +701,18 @@ def test_a_forced_export_never_leaves_the_old_pth_beside_the_new_twin(tmp_path, 
     assert load_file(str(tmp_path / "model.safetensors"))["fc.weight"].sum() == 6
 
 
+def test_a_misspelt_subcommand_is_named_not_taken_for_a_port(capsys):
+    """``exprt --checkpoint x`` said "the following arguments are required: --arch"."""
+    with pytest.raises(SystemExit) as e:
+        main(["exprt", "--checkpoint", "x", "--out", "m.pth"])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith(
+        "error: 'exprt' is neither a flag nor the subcommand export; did you mean export?"
+    )
+    with pytest.raises(SystemExit):
+        main(["resnet50"])
+    assert "did you mean" not in capsys.readouterr().err
+
+
 def test_download_refuses_an_existing_out_before_downloading(tmp_path, monkeypatch, capsys):
     def no_download(*a, **k):
         pytest.fail("downloaded before checking --out")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,6 +129,12 @@ def _main(argv: Sequence[str] | None) -> int:
         _note_decoding_kept(args.checkpoint, written)
         return 0
     parser = _port_parser()
+    if argv and not argv[0].startswith("-"):  # "exprt": not a port's missing --arch
+        close = difflib.get_close_matches(argv[0], ["export"], n=1, cutoff=0.6)
+        parser.error(
+            f"{argv[0]!r} is neither a flag nor the subcommand export"
+            + ("; did you mean export?" if close else "")
+        )
     args = parser.parse_args(argv)
     if not args.download and args.out is None:
         parser.error("--out is required with --torch-weights")
