@@ -140,11 +140,12 @@ def _pydicom(path: Path) -> Any:
 
 
 WINDOW_BLANKED = "medft_window_blanked"
-"""A key of a decoded image's ``info``: ``--dicom-window`` showed the file's varied values
-as one grey (a window off their range, or one so wide that their spread is under one
-grey level). Not refused per file, as a file's own window
-that misses is: under a dataset's window one file may rightly be so (an air-only slice);
-:mod:`medft_jax.data.local` counts them, and refuses a window that blanks them all."""
+"""A key of a decoded image's ``info``, set on every file decoded under ``--dicom-window``:
+True where the window showed the file's varied values as one grey (a window off their
+range, or one so wide that their spread is under one grey level). Not refused per file, as
+a file's own window that misses is: under a dataset's window one file may rightly be so
+(an air-only slice); :mod:`medft_jax.data.local` counts them (and the files, without opening
+each again to ask whether it is DICOM), and refuses a window that blanks them all."""
 
 
 def read_dicom(path: Path, window: DicomWindow | None = None) -> Image.Image:
@@ -191,9 +192,9 @@ def _read_dicom(path: Path, window: DicomWindow | None) -> Image.Image:
     try:
         if photometric in GREY:
             image = Image.fromarray(_grey(pixels, ds, path, photometric, window), "L")
-            low, high = image.getextrema()
-            if window is not None and low == high and np.min(pixels) != np.max(pixels):
-                image.info[WINDOW_BLANKED] = True  # counted by the dataset's build
+            if window is not None:  # said of every windowed file: the build counts them
+                low, high = image.getextrema()
+                image.info[WINDOW_BLANKED] = low == high and np.min(pixels) != np.max(pixels)
             return image
         return Image.fromarray(_colour(pixels, ds, path, photometric), "RGB")
     except DataError:

@@ -290,8 +290,8 @@ class _FlatUnderWindow:
 
     def __call__(self, path: Path) -> Image.Image:
         image = self._decode(path)
-        if is_dicom(path):
-            blanked = bool(image.info.get(dicom.WINDOW_BLANKED))
+        if dicom.WINDOW_BLANKED in image.info:  # a DICOM file, said by its decoder
+            blanked = bool(image.info[dicom.WINDOW_BLANKED])
             one_value = not blanked and len(set(image.getextrema())) == 1  # shown as it is
             with self._lock:
                 self.varied += 0 if one_value else 1
