@@ -17,7 +17,7 @@ from medft_jax.errors import (
     os_error_line,
     path_flag,
 )
-from medft_jax.models import ARCHS, TEST_ARCHS
+from medft_jax.names import ARCHS, TEST_ARCHS
 
 
 def _port_parser() -> argparse.ArgumentParser:
