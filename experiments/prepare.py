@@ -125,13 +125,15 @@ def _main(argv: Sequence[str] | None) -> int:
         progress=not args.no_progress,
         **options,
     )
+    # What a run would refuse, said now rather than at its start, and before the summary: a
+    # script reading that line took a refused dataset for a prepared one.
+    ds.check_scorable()
     counts = ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items())
     n_skipped = sum(skipped_counts(ds.metadata).values())
     print(
         f"{args.dataset}: {counts}; {ds.num_classes} classes; images {ds.image_shape}; "
         f"skipped bad images: {n_skipped}"
     )
-    ds.check_scorable()  # what a run would refuse, said now rather than at its start
     return 0
 
 

@@ -782,6 +782,12 @@ def test_a_class_missing_from_an_evaluation_split_stops_the_run_before_it_starts
         line,
     ), line
     assert not out.exists()  # not even the --out folder the flags' check made
+    # prepare refuses it alike, and prints no summary first (a script reading that line
+    # took the refused dataset for a prepared one).
+    argv = ["--dataset", "folder", "--manual-dir", str(images), "--no-progress"]
+    assert prepare_cli.main([*argv, "--data-dir", str(tmp_path / "data")]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and "no example of class 'rare'" in printed.err
 
 
 def test_a_batch_larger_than_the_listed_training_split_is_refused_before_decoding(

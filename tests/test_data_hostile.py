@@ -563,16 +563,92 @@ def test_the_split_fingerprint_is_of_the_split_not_the_pixels(tmp_path):
 
 
 def test_given_splits_need_no_word_on_patients_but_are_checked_when_given(tmp_path):
-    """Nothing carved: nested images load as they are. Said to be patients, one patient in
-    train and test is refused as the leak it is."""
+    """Nothing carved: nested images of subfolders named apart load as they are. One
+    subfolder name under two given splits is most likely one patient in both: unsaid, it
+    passed without a word (now refused, asking); said to be patients, refused as the leak
+    it is; said not to be, taken as given."""
     root, out = tmp_path / "imgs", tmp_path / "out"
     for split in ("train", "val", "test"):
         _patient_folders(root / split, patients=2, per_patient=2)
-    ds = _load_folder(root, out)
+    with pytest.raises(DataError) as err:
+        _load_folder(root, out)
+    assert _one_line(err) == (
+        f"{root}: class subfolder 'p0' is under train and val (e.g. train/benign/p0/0.png "
+        "and val/benign/p0/0.png): if it is one patient, its images are in two splits; say "
+        "whether a subfolder is one patient: --patient-folders refuses a patient in two "
+        "splits, --no-patient-folders takes the splits as given"
+    )
+    _no_cache_written(out)
+    ds = _load_folder(root, out, patient_folders=False)
     assert sorted(len(a) for a in ds.splits.values()) == [8, 8, 8]
     with pytest.raises(DataError) as err:
         _load_folder(root, out, patient_folders=True)
     assert "splits 'train' and 'val' share 2 patient group(s), e.g. 'p0'" in _one_line(err)
+    for split in ("val", "test"):  # the same layout, each split's patients its own
+        for folder in sorted((root / split).glob("*/p*")):
+            folder.rename(folder.with_name(f"{split}_{folder.name}"))
+    ds = _load_folder(root, tmp_path / "out2")
+    assert sorted(len(a) for a in ds.splits.values()) == [8, 8, 8]
+
+
+def test_one_scan_kept_in_two_formats_is_refused(tmp_path):
+    """``x.png`` beside ``x.jpg`` (a conversion that kept the originals), or a DICOM file
+    beside its preview: 8 of 20 such scans had a copy in train and one in val or test, and the
+    pixel-identical check missed them (a JPEG re-encode changes the pixels)."""
+    from medft_jax.data.folder import parse_folder
+
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root)
+    for src in sorted((root / "dog").glob("[0-2].png")):
+        Image.open(src).convert("RGB").save(src.with_suffix(".JPG"), quality=90)
+    with pytest.raises(DataError) as err:
+        _load_folder(root, out)
+    assert _one_line(err) == (
+        f"{root}: dog/0.JPG and dog/0.png differ only in their suffix or case (3 such "
+        "pair(s)): one image saved twice is two examples, which can land in train and test; "
+        "keep one file of each pair (move the other out of --manual-dir)"
+    )
+    _no_cache_written(out)
+    for jpg in (root / "dog").glob("*.JPG"):
+        jpg.unlink()
+    # A PACS export's IM0001 beside its viewer's IM0001.jpg, in a given split.
+    split = tmp_path / "split"
+    for name in ("train", "val", "test"):
+        _folder(split / name, per_class=3)
+    marked = b"\0" * 128 + b"DICM" + b"\0" * 64
+    (split / "test" / "cat" / "IM0001").write_bytes(marked)
+    image(5, (20, 18)).save(split / "test" / "cat" / "IM0001.jpg")
+    with pytest.raises(DataError, match=r"test/cat/IM0001 and test/cat/IM0001\.jpg differ"):
+        parse_folder(split)
+    # DICOM files named by UID differ in more than a suffix: no pair.
+    (split / "test" / "cat" / "IM0001.jpg").unlink()
+    (split / "test" / "cat" / "IM0001").unlink()
+    for uid in ("1.2.840.5", "1.2.840.6"):
+        (split / "test" / "cat" / uid).write_bytes(marked)
+    _, splits = parse_folder(split)
+    assert len(splits["test"]) == 8
+
+
+def test_a_drives_system_folders_and_a_class_of_hidden_entries(tmp_path):
+    """A dataset at a drive's root: ``$RECYCLE.BIN``'s deleted images were a third class.
+    A class folder holding only ``.ipynb_checkpoints`` was called "empty"."""
+    from medft_jax.data.folder import parse_folder
+
+    root = tmp_path / "imgs"
+    _folder(root)
+    for name in ("$RECYCLE.BIN/S-1-5-21", "System Volume Information", "lost+found"):
+        (root / name).mkdir(parents=True)
+    image(9, (20, 18)).save(root / "$RECYCLE.BIN" / "S-1-5-21" / "$RABC12.png")
+    classes, splits = parse_folder(root)
+    assert classes == ["cat", "dog"] and sum(len(v) for v in splits.values()) == 20
+    (root / "bird" / ".ipynb_checkpoints").mkdir(parents=True)
+    image(8, (20, 18)).save(root / "bird" / ".ipynb_checkpoints" / "0-checkpoint.png")
+    with pytest.raises(DataError) as err:
+        parse_folder(root)
+    assert _one_line(err).startswith(
+        f"class folder {root / 'bird'} holds only entries that are not read "
+        "(.ipynb_checkpoints); expected .jpg/"
+    )
 
 
 def test_single_class_folder_fails_at_load(tmp_path):
@@ -599,7 +675,7 @@ def test_folder_class_missing_from_train(tmp_path):
     # A folder of MRI volumes was "empty": what it holds, and that it is no image, is said.
     with pytest.raises(
         DataError,
-        match=r"class folder .*train/dog holds no image, only 4 file\(s\) that are not images "
+        match=r"class folder .*train/dog holds no image, only 4 file\(s\) not read as images "
         r"\(\.nii\.gz 2, \.npy 1, \.txt 1\); expected \.jpg/",
     ):
         _load_folder(root, tmp_path / "out")
@@ -986,7 +1062,7 @@ def test_test_images_that_copy_training_images_are_noted_on_every_load(tmp_path,
     _folder(root / "test", per_class=4, seed=7000)
     shutil.copy(root / "train" / "cat" / "0.png", root / "test" / "cat" / "copy.png")
     shutil.copy(root / "train" / "dog" / "2.png", root / "test" / "dog" / "copy.png")
-    Image.open(root / "train" / "dog" / "3.png").save(root / "test" / "dog" / "copy.bmp")
+    Image.open(root / "train" / "dog" / "3.png").save(root / "test" / "dog" / "copy2.bmp")
     near = np.asarray(Image.open(root / "train" / "cat" / "4.png")).copy()
     near[8:12, 8:12] ^= 16  # inside the crop
     Image.fromarray(near).save(root / "test" / "cat" / "near.png")
@@ -1096,7 +1172,7 @@ def test_photos_turned_by_their_exif_orientation_are_noted(tmp_path, capsys):
 
     root = tmp_path / "imgs"
     _folder(root)
-    for name, orientation in (("1.jpg", 6), ("2.jpg", 1), ("3.jpg", 3)):
+    for name, orientation in (("p1.jpg", 6), ("p2.jpg", 1), ("p3.jpg", 3)):
         exif = Image.Exif()
         exif[0x0112] = orientation
         image(500 + orientation, (20, 18)).convert("RGB").save(root / "dog" / name, exif=exif)
@@ -1104,7 +1180,7 @@ def test_photos_turned_by_their_exif_orientation_are_noted(tmp_path, capsys):
         _load_folder(root, tmp_path / "out")
         assert [x for x in capsys.readouterr().err.splitlines() if "EXIF" in x] == [
             f"note: {root}: 2 image(s) carry an EXIF orientation other than upright (e.g. "
-            "dog/1.jpg); they are read as stored, as torchvision reads them, not turned as a "
+            "dog/p1.jpg); they are read as stored, as torchvision reads them, not turned as a "
             "photo viewer shows them: save them upright if that matters (exiftran -ai)"
         ]
 

@@ -325,7 +325,10 @@ def test_images_outside_every_class_folder_are_refused_and_a_dicomdir_left_out(t
     (tmp_path / "pacs" / "cat" / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
     _, splits = parse_folder(tmp_path / "pacs")
     assert sum(len(v) for v in splits.values()) == 10
-    assert "not images left out ((no suffix) 1)" in capsys.readouterr().err
+    assert (
+        "not read as images left out ((no suffix) 1; a file without a suffix is read only "
+        "if it is DICOM" in capsys.readouterr().err
+    )
 
 
 def test_folder_empty_class_is_named(tmp_path):

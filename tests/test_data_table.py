@@ -63,6 +63,33 @@ def test_one_file_spelled_two_ways_is_listed_twice(tmp_path, spelling):
     )
 
 
+def test_one_scan_listed_in_two_formats_is_refused_naming_both_lines(tmp_path):
+    _images(tmp_path)
+    image(5, (8, 8)).convert("RGB").save(tmp_path / "imgs" / "a3.jpg")
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)] + ["imgs/a3.jpg,cat"]
+    _write(tmp_path, "path,label", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err) == (
+        f"{tmp_path / 'labels.csv'}: lines 5 and 14 list 'imgs/a3.png' and 'imgs/a3.jpg', "
+        "which differ only in their suffix or case (1 such pair(s)): one image saved twice is "
+        "two examples, which can land in train and test; list one file of each pair"
+    )
+
+
+def test_a_bad_byte_in_a_classic_mac_csv_names_its_line(tmp_path):
+    """Excel's "CSV (Macintosh)" ends lines with a lone CR: the bad byte on line 14 was
+    said to be on line 1."""
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)] + ["imgs/a1.png,b\xe9"]
+    (tmp_path / "labels.csv").write_bytes("\r".join(["path,label", *rows]).encode("latin-1"))
+    with pytest.raises(DataError, match=r"labels\.csv:14: byte b'\\xe9' is not UTF-8"):
+        _table(tmp_path)
+    (tmp_path / "labels.csv").write_bytes(b"path,label\r\nimgs/a0.png,cat\r\n\xe9\n")
+    with pytest.raises(DataError, match=r"labels\.csv:3: byte"):
+        _table(tmp_path)
+
+
 def test_split_values_are_read_as_split_folders_are_named(tmp_path):
     """ "Train" or "Validation" in the split column: the names split folders accept in any
     case, refused before; anything else names the line and the names accepted."""

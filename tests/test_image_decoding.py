@@ -2023,7 +2023,7 @@ def test_folder_lists_every_readable_format_and_says_what_it_left_out(tmp_path, 
     assert len(listed) == 14 and "a/IM0001" in listed and "b/1.2.840.10008.3" in listed
     assert "a/2.webp" in listed and "b/1.pgm" in listed and "a/4.jp2" in listed
     err = capsys.readouterr().err
-    assert f"note: {root}: 4 file(s) that are not images left out (.csv 1, .db 1, .txt 2)" in err
+    assert f"note: {root}: 4 file(s) not read as images left out (.csv 1, .db 1, .txt 2)" in err
     assert open_image(root / "a" / "IM0001").size == (64, 64)
 
 

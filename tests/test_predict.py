@@ -719,7 +719,7 @@ def test_a_folder_of_links_to_images_elsewhere_is_predicted(tmp_path, capsys):
     linked = [json.loads(x) for x in _lines(cap.out)]
     assert [r["image"] for r in linked] == [str(links / Path(p).name) for p in paths]
     assert [r["probs"] for r in linked] == [r["probs"] for r in direct]
-    assert cap.err == f"note: {links}: 3 file(s) that are not images left out (.pdf 2, .txt 1)\n"
+    assert cap.err == f"note: {links}: 3 file(s) not read as images left out (.pdf 2, .txt 1)\n"
 
 
 def test_a_dataset_still_refuses_links_out_of_its_root(tmp_path):

@@ -44,7 +44,7 @@ from medft_jax.data.examples import (
     fraction_for,
     refuse_unused_seed,
 )
-from medft_jax.data.images import IMAGE_SUFFIXES
+from medft_jax.data.images import IMAGE_SUFFIXES, saved_twice
 from medft_jax.data.paths import scan_files, sub_folders
 
 SPLIT_DIRS = ("train", "val", "test")
@@ -209,7 +209,7 @@ def _scan(
         if others is not None:
             others.update(here)
         if not files and split == "train":
-            held = f"holds no image, only {_counted(here)}" if here else "is empty"
+            held = f"holds no image, only {_counted(here)}" if here else _nothing_read(folder)
             raise DataError(f"class folder {folder} {held}; expected {'/'.join(IMAGE_SUFFIXES)}")
         for p in files:
             inside = p.relative_to(folder).parts
@@ -237,12 +237,30 @@ def say_left_out(root: Path, others: Counter[str]) -> None:
 
 
 def _counted(others: Counter[str], fate: str = "") -> str:
-    """``3 file(s) that are not images left out (.nii.gz 2, .pdf 1)``, with ``fate``."""
+    """``3 file(s) not read as images left out (.nii.gz 2, .pdf 1)``, with ``fate``. A file
+    without a suffix is read only if it is DICOM: a PNG whose suffix an export dropped is
+    said to be why it was left out, not called "not an image"."""
     each = ", ".join(f"{suffix} {n}" for suffix, n in sorted(others.items()))
-    return f"{sum(others.values())} file(s) that are not images {fate}({each})"
+    why = (
+        "; a file without a suffix is read only if it is DICOM: name an image .png, .jpg, ..."
+        if NO_SUFFIX in others
+        else ""
+    )
+    return f"{sum(others.values())} file(s) not read as images {fate}({each}{why})"
+
+
+def _nothing_read(folder: Path) -> str:
+    """Why a class folder gave nothing: empty, or only hidden entries (a Jupyter
+    ``.ipynb_checkpoints``), which no listing reads."""
+    hidden = sorted(e.name for e in os.scandir(folder))
+    if not hidden:
+        return "is empty"
+    more = ", ..." if len(hidden) > 3 else ""
+    return f"holds only entries that are not read ({', '.join(hidden[:3])}{more})"
 
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+NO_SUFFIX = "(no suffix)"
 
 
 def _suffix(path: Path) -> str:
@@ -250,7 +268,7 @@ def _suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in _COMPRESSED and len(path.suffixes) > 1:
         return "".join(path.suffixes[-2:]).lower()
-    return suffix or "(no suffix)"
+    return suffix or NO_SUFFIX
 
 
 def _refuse_patient_twins(root: Path, examples: list[Example]) -> None:
@@ -269,6 +287,20 @@ def _refuse_patient_twins(root: Path, examples: list[Example]) -> None:
                 f"({Path(ex.id).parent}) differ only in {how}: as two patients, one "
                 "patient's images would be split across train and test; name them alike"
             )
+
+
+def _refuse_saved_twice(root: Path, examples: list[Example]) -> None:
+    """Refuses one scan kept in two formats (``x.png`` beside ``x.jpg``, a DICOM file beside
+    its preview): two examples of one image, which a carve can split between train and
+    test (:func:`~medft_jax.data.images.saved_twice`)."""
+    pairs = saved_twice([ex.path for ex in examples])
+    if pairs:
+        a, b = (p.relative_to(root).as_posix() for p in pairs[0])
+        raise DataError(
+            f"{root}: {a} and {b} differ only in their suffix or case ({len(pairs)} such "
+            "pair(s)): one image saved twice is two examples, which can land in train and "
+            "test; keep one file of each pair (move the other out of --manual-dir)"
+        )
 
 
 def _check_patients_said(
@@ -300,6 +332,8 @@ def _check_patients_said(
             "patient: --patient-folders keeps each subfolder's images in one split, "
             "--no-patient-folders splits image by image"
         )
+    if not carved and patient_folders is None:
+        _refuse_unsaid_shared_subfolders(root, nested)
     in_folders = set(inside)
     loose = [ex.id for ex in train if ex.id not in in_folders]
     if carved and patient_folders and loose:
@@ -309,6 +343,25 @@ def _check_patients_said(
             "patient of its own, and a patient's loose images could land in train and "
             "test: move them into their patient's folder, or use --no-patient-folders"
         )
+
+
+def _refuse_unsaid_shared_subfolders(root: Path, nested: dict[str, list[str]]) -> None:
+    """With train/, val/ and test/ all given, nothing is carved, yet a class subfolder of one
+    name under two splits (``train/benign/P7`` and ``test/benign/P7``) is most likely one
+    patient in two splits: unsaid, it passed without a word, though ``--patient-folders``
+    refuses it. ``nested``: split -> ids ``<split>/<class>/<subfolder>/...``."""
+    first: dict[str, tuple[str, str]] = {}  # subfolder name, casefolded -> (split, an id)
+    for split in sorted(nested, key=SPLIT_DIRS.index):  # train first: named as the leak is
+        for id_ in nested[split]:
+            name = Path(id_).parts[2]
+            other, seen = first.setdefault(name.casefold(), (split, id_))
+            if other != split:
+                raise DataError(
+                    f"{root}: class subfolder {name!r} is under {other} and {split} (e.g. "
+                    f"{seen} and {id_}): if it is one patient, its images are in two splits; "
+                    "say whether a subfolder is one patient: --patient-folders refuses a "
+                    "patient in two splits, --no-patient-folders takes the splits as given"
+                )
 
 
 def parse_folder(
@@ -349,6 +402,7 @@ def parse_folder(
             refuse_unused_seed(seed, "train/, val/ and test/", str(root))
         _check_patients_said(root, nested, patient_folders, carved, train)
         _refuse_patient_twins(root, [ex for members in given.values() for ex in members])
+        _refuse_saved_twice(root, [ex for members in given.values() for ex in members])
         if "test" not in given:
             train, given["test"] = carve_checked(
                 train, "test", fraction["test"], seed, stratify=True, where=str(root)
@@ -365,6 +419,7 @@ def parse_folder(
     examples = _scan(root, root, class_names, "train", others, patient_folders, nested["train"])
     _check_patients_said(root, nested, patient_folders, carved=True, train=examples)
     _refuse_patient_twins(root, examples)
+    _refuse_saved_twice(root, examples)
     say_left_out(root, others)
     test_fraction = fraction_for("test", test_fraction, None, str(root))
     val_fraction = fraction_for("val", val_fraction, None, str(root))

@@ -132,7 +132,8 @@ def scan_files(
     folder is walked once, so a link cycle ends) and refused when they lead
     out of it. A link that points nowhere is refused too: it is an image the
     user meant to include that would otherwise vanish without a word.
-    Hidden entries (``.name``) and ``__MACOSX`` are skipped (:func:`not_listed`). An
+    Hidden entries (``.name``), ``__MACOSX`` and a drive's system folders are skipped
+    (:func:`not_listed`). An
     entry of a wanted suffix (any, when ``suffixes`` is None) that is neither file nor
     folder (a named pipe, a socket, a device) is refused: read, a pipe blocks for ever.
     Paths keep the names seen under ``folder`` (not the link targets), so ids
@@ -219,10 +220,16 @@ ARCHIVE_METADATA = frozenset({"__MACOSX"})
 AppleDouble resource forks (``__MACOSX/<class>/._x.png``), which would otherwise be a
 class of undecodable files."""
 
+SYSTEM_FOLDERS = frozenset({"$RECYCLE.BIN", "System Volume Information", "lost+found"})
+"""Folders a file system keeps at a drive's root (Windows' recycle bin and its index,
+ext4's ``lost+found``): a dataset copied to, or kept at, a drive's root holds them, and
+``$RECYCLE.BIN``'s deleted images were a class of their own."""
+
 
 def not_listed(name: str) -> bool:
-    """Whether a directory entry is left out of every listing: hidden or archive metadata."""
-    return name.startswith(".") or name in ARCHIVE_METADATA
+    """Whether a directory entry is left out of every listing: hidden, archive metadata or a
+    file system's own folder."""
+    return name.startswith(".") or name in ARCHIVE_METADATA or name in SYSTEM_FOLDERS
 
 
 def sub_folders(root: Path, folder: Path) -> list[Path]:

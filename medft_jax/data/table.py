@@ -30,7 +30,7 @@ from medft_jax.data.examples import (
     fraction_for,
     refuse_unused_seed,
 )
-from medft_jax.data.images import IMAGE_SUFFIXES
+from medft_jax.data.images import IMAGE_SUFFIXES, saved_twice
 from medft_jax.data.paths import safe_join
 
 SPLITS = ("train", "val", "test")
@@ -56,17 +56,24 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path} is a folder, expected a file") from None
     nul = data.find(b"\0")
     if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
+        line = _line_at(data, nul)
         raise DataError(f"{path}:{line}: NUL byte; expected a UTF-8 text file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
+        line = _line_at(data, err.start)
         bad = data[err.start : err.start + 1]
         raise DataError(
             f"{path}:{line}: byte {bad!r} is not UTF-8 (latin-1 or another encoding?); "
             "save the file as UTF-8"
         ) from None
+
+
+def _line_at(data: bytes, pos: int) -> int:
+    """The line holding byte ``pos``, counting ``\\r\\n``, ``\\n`` and a lone ``\\r`` (classic
+    Mac Excel's "CSV (Macintosh)") as one break each, as the csv module reads them."""
+    head = data[:pos]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
 
 
 def read_csv(path: Path, required: Sequence[str], header: Sequence[str] | None = None) -> list[Row]:
@@ -292,6 +299,7 @@ def parse_table(
                     "one group's images must stay in one split"
                 )
         by_split[split].append(Example(path, label, example_id, patient=group))
+    _refuse_saved_twice(csv_path, path_column, listed)
     if multilabel:
         _note_one_hot(csv_path, label_cols, [ex for exs in by_split.values() for ex in exs])
     stratify = not multilabel
@@ -322,6 +330,21 @@ def parse_table(
             where=str(csv_path),
         )
     return names, multilabel, by_split
+
+
+def _refuse_saved_twice(csv_path: Path, path_column: str, listed: dict[str, Row]) -> None:
+    """Refuses two listed files that are one scan in two formats (``x.png``, ``x.jpg``):
+    two examples of one image (:func:`~medft_jax.data.images.saved_twice`)."""
+    rows = {Path(example_id): row for example_id, row in listed.items()}
+    pairs = saved_twice(list(rows))
+    if pairs:
+        a, b = (rows[p] for p in pairs[0])
+        raise DataError(
+            f"{csv_path}: lines {a.line} and {b.line} list {a[path_column].strip()!r} and "
+            f"{b[path_column].strip()!r}, which differ only in their suffix or case "
+            f"({len(pairs)} such pair(s)): one image saved twice is two examples, which can "
+            "land in train and test; list one file of each pair"
+        )
 
 
 def _note_one_hot(csv_path: Path, columns: Sequence[str], examples: Sequence[Example]) -> None:
