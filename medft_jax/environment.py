@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = (
+    "medft-jax",  # an installed wheel's record has no git revision: its version says which
     "jax",
     "jaxlib",
     "flax",

@@ -356,17 +356,42 @@ def _check_axis_value(where: str, axis: str, value: Any) -> None:
         raise GridError(f"{where} seeds value must be an integer, got {value!r}")
 
 
+_BUNDLED = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+"""The grid files that come with the toolkit (in site-packages, for an installed wheel)."""
+
+
 def _bundled() -> str:
     """The grid files that come with the toolkit, by absolute path, for an error run from
     another folder than the checkout (``experiments/configs/quick.py`` is then no file)."""
-    folder = Path(__file__).resolve().parents[1] / "experiments" / "configs"
-    found = sorted(str(f) for f in folder.glob("*.py") if not f.name.startswith("_"))
-    return f"; the toolkit's grids: {', '.join(found)}" if found else ""
+    found = sorted(str(f) for f in _BUNDLED.glob("*.py") if not f.name.startswith("_"))
+    if not found:
+        return ""
+    return f"; the toolkit's grids: {', '.join(found)} (or by name: --config quick)"
+
+
+def _by_name(path: Path) -> Path:
+    """``--config paper`` (or ``paper.py``), where no such file is here, is the toolkit's own
+    grid of that name: outside a checkout (an installed wheel) the README's
+    ``experiments/configs/paper.py`` is no path, and the grids' site-packages path is long."""
+    if path.exists() or len(path.parts) != 1 or path.name.startswith("_"):
+        return path
+    bundled = _BUNDLED / (path.name if path.suffix == ".py" else f"{path.name}.py")
+    return bundled if bundled.is_file() else path
+
+
+def _exited(path: Path, where: str, e: SystemExit) -> str:
+    """A grid file that called ``sys.exit`` (or parsed a command line of its own, whose
+    argparse exits): the command ended with that status and not a word."""
+    return (
+        f"--config {path}: exited {where} (SystemExit: {e.code!r}); a grid file only "
+        "defines get_config(), returning a Grid"
+    )
 
 
 def load_grid(path: str | Path) -> Grid:
-    """The :class:`Grid` a config file's ``get_config()`` returns (the file is Python)."""
-    path = Path(path)
+    """The :class:`Grid` a config file's ``get_config()`` returns (the file is Python); a bare
+    name of one of the toolkit's grids (``paper``, ``quick``, ``own_folder``) is that grid."""
+    path = _by_name(Path(path))
     if path.is_dir():
         raise GridError(
             f"--config {path}: is a folder, expected a grid file (a Python file with get_config())"
@@ -381,6 +406,8 @@ def load_grid(path: str | Path) -> Grid:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:  # sys.exit(0) there ended a sweep with 0, having done nothing
+        raise GridError(_exited(path, "while loading", e)) from None
     except Exception as e:
         raise GridError(f"--config {path}: cannot be imported ({type(e).__name__}: {e})") from e
     get_config = getattr(module, "get_config", None)
@@ -390,6 +417,8 @@ def load_grid(path: str | Path) -> Grid:
         grid = get_config()
     except UserError:
         raise
+    except SystemExit as e:
+        raise GridError(_exited(path, "in get_config()", e)) from None
     except Exception as e:
         raise GridError(f"--config {path}: get_config() failed ({type(e).__name__}: {e})") from e
     if not isinstance(grid, Grid):

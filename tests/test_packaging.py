@@ -41,6 +41,9 @@ def test_the_prepare_extra_installs_one_tensorflow_with_wheels_for_the_machine(m
         ("orbax-checkpoint", "0.11.21"),  # metadata() is the tree, not .item_metadata
         ("orbax-checkpoint", "0.11.32"),  # an absl warning line before predict's one error line
         ("grain", "0.2.11"),  # no grain.MultiprocessingOptions (worker processes)
+        ("pillow", "10.4.0"),  # ImageFile.tile items plain tuples: every RGB decode crashed
+        ("numpy", "1.26.4"),  # below jax 0.7.2's own floor: a floor never installable
+        ("scipy", "1.11.4"),  # likewise
     ],
 )
 def test_the_floors_leave_out_releases_the_toolkit_fails_on(package, broken):
@@ -51,3 +54,14 @@ def test_the_floors_leave_out_releases_the_toolkit_fails_on(package, broken):
     ]
     assert not req.specifier.contains(broken)
     assert PYPROJECT["project"]["requires-python"] == ">=3.11"  # jax 0.7 needs it
+
+
+def test_an_installed_toolkit_carries_its_type_annotations_and_the_sdist_its_test_helpers():
+    """No ``py.typed``: type checkers called the installed library untyped. The sdist took
+    ``tests/test_*.py`` alone, without conftest.py and the helpers they import."""
+    root = Path(__file__).parents[1]
+    assert "py.typed" in PYPROJECT["tool"]["setuptools"]["package-data"]["medft_jax"]
+    assert (root / "medft_jax" / "py.typed").is_file()
+    rules = (root / "MANIFEST.in").read_text().split("\n")
+    assert "graft tests" in rules
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"  # a TOML table stops building

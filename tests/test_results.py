@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -373,6 +374,8 @@ def test_environment_info():
     assert env["device_count"] >= 1 and env["process_count"] >= 1
     assert env["packages"]["numpy"] == np.__version__
     assert env["packages"]["jax"] is not None
+    # An installed wheel's record has no git revision: the toolkit's own version says which.
+    assert env["packages"]["medft-jax"] == importlib.metadata.version("medft-jax")
     assert isinstance(env["device_kind"], str) and env["hostname"]
     assert set(env) >= {"python", "git_revision", "git_dirty", "local_device_count", "backend"}
     # What a CPU run's numbers depend on beyond the seed: the threads XLA may use.

@@ -1514,7 +1514,37 @@ def test_a_missing_grid_file_names_the_toolkits_grids(tmp_path, capsys, monkeypa
     assert capsys.readouterr().err == (
         "error: --config experiments/configs/quick.py: no such file (expected a Python file "
         f"with get_config()); the toolkit's grids: {configs / 'own_folder.py'}, "
-        f"{configs / 'paper.py'}, {configs / 'quick.py'}\n"
+        f"{configs / 'paper.py'}, {configs / 'quick.py'} (or by name: --config quick)\n"
+    )
+    # By name, as an installed wheel's user has no experiments/configs/ beside them; a file
+    # of that name here is the user's own, and wins.
+    assert sweep_cli.main(["--config", "quick", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("grid quick: 64 runs")
+    (tmp_path / "quick.py").write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='mine', datasets=('demo',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft',), lrs=(1e-3,), seeds=(0,))\n"
+    )
+    assert sweep_cli.main(["--config", "quick.py", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("grid mine: 1 run")
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ("import sys\nsys.exit(0)\n", "exited while loading (SystemExit: 0)"),
+        ("def get_config():\n    raise SystemExit(3)\n", "exited in get_config() (SystemExit: 3)"),
+    ],
+)
+def test_a_grid_file_that_exits_is_refused_not_obeyed(tmp_path, capsys, body, said):
+    """``sys.exit(0)`` in a grid file ended the sweep with 0 having done nothing (a ``sweep &&
+    report`` script went on); ``sys.exit(3)`` ended it with 3 and no word."""
+    (tmp_path / "g.py").write_text(body)
+    assert sweep_cli.main(["--config", str(tmp_path / "g.py"), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --config {tmp_path / 'g.py'}: {said}; a grid file only defines "
+        "get_config(), returning a Grid\n"
     )
 
 

@@ -29,7 +29,9 @@ FOLDER = os.environ.get("MEDFT_FOLDER", "")
 
 def get_config() -> Grid:
     if not FOLDER:
-        raise ValueError("set MEDFT_FOLDER to your images' folder, or write it in this file")
+        raise ValueError(
+            "set MEDFT_FOLDER to your images' folder, or write it in a copy of this file"
+        )
     return Grid(
         name="own_folder",
         datasets=("folder",),
