@@ -42,6 +42,7 @@ from medft_jax.errors import (
     check_data_dir,
     cli_main,
     path_flag,
+    plain_number,
     writable_dir,
 )
 from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_name_error
@@ -60,6 +61,8 @@ def _one_lr(text: str) -> float:
     """``--lr``'s type: a comma-separated list (``1e-3,1e-4``) is said to be one rate per
     run, with the flag that runs several (argparse said only "invalid float value")."""
     try:
+        if not plain_number(text):
+            raise ValueError(text)
         return float(text)
     except ValueError:
         if "," in text:
@@ -73,6 +76,8 @@ def _one_lr(text: str) -> float:
 def _one_seed(text: str) -> int:
     """``--seeds``'s type: ``0,1,2`` is said to be three values written apart."""
     try:
+        if not plain_number(text):
+            raise ValueError(text)
         return int(text)
     except ValueError:
         if "," in text:

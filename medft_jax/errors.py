@@ -148,7 +148,7 @@ def env_seconds(name: str) -> float:
     if not value:
         return DURATIONS[name]
     try:
-        seconds = float(value) if "_" not in value else float("nan")  # 1_0 is not 10 to a user
+        seconds = float(value) if plain_number(value) else float("nan")  # 1_0 is not 10
     except ValueError:
         seconds = float("nan")
     if not (seconds >= 0 and seconds != float("inf")):
@@ -510,6 +510,13 @@ def did_you_mean(value: object, choices: Iterable[str]) -> str:
     return f"; did you mean {fold[near[0]]}?" if near else ""
 
 
+def plain_number(text: str) -> bool:
+    """Whether ``text`` is a number as a user writes one, for ``int()``/``float()`` to read:
+    ASCII, no ``_`` and no padding. Python reads ``1_0`` as 10, ``８``/``١`` as 8/1 and
+    ``" 3"`` as 3: ``--lr 1_0e-4`` trained at 1e-3 without a word."""
+    return text.isascii() and "_" not in text and text == text.strip()
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line too.
 
@@ -551,6 +558,16 @@ class ArgumentParser(argparse.ArgumentParser):
             if did_you_mean(flag, self._option_string_actions):
                 return did_you_mean(flag, self._option_string_actions)
         return ""
+
+    def _get_value(self, action: argparse.Action, arg_string: str) -> Any:
+        """Every ``type=int``/``type=float`` flag reads plain numbers (:func:`plain_number`)."""
+        if action.type in (int, float) and not plain_number(arg_string):
+            raise argparse.ArgumentError(
+                action,
+                f"invalid {action.type.__name__} value: {arg_string!r}; expected a number in plain "
+                "ASCII digits (no _ separators, no spaces)",
+            )
+        return super()._get_value(action, arg_string)
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

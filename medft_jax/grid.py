@@ -34,7 +34,7 @@ from medft_jax.data.options import (
     split_option_error,
     unknown_option,
 )
-from medft_jax.errors import UserError, did_you_mean
+from medft_jax.errors import UserError, did_you_mean, plain_number
 from medft_jax.names import (
     ARCHS,
     LOCAL_KINDS,
@@ -255,9 +255,11 @@ class Grid:
                         f"dataset_options[{dataset!r}][{key!r}]"
                     )
             if folder is not None and not Path(folder).expanduser().is_dir():
+                where = f"grid {self.name!r}: dataset_options[{dataset!r}]['manual_dir'] {folder}"
+                if Path(folder).expanduser().exists():
+                    raise GridError(f"{where}: is a file, expected the images' folder")
                 raise GridError(
-                    f"grid {self.name!r}: dataset_options[{dataset!r}]['manual_dir'] {folder}: "
-                    f"no such folder (a relative path is from where the command runs, "
+                    f"{where}: no such folder (a relative path is from where the command runs, "
                     f"{Path.cwd()})"
                 )
 
@@ -475,11 +477,15 @@ def _canonical(key: str, value: str) -> str:
         return same_data(value)
     if key == "lr":
         try:
+            if not plain_number(value):
+                raise ValueError(value)
             return repr(float(value))
         except ValueError:
             raise GridError(f"--only lr={value}: not a number") from None
     if key == "seed":
         try:
+            if not plain_number(value):
+                raise ValueError(value)
             return str(int(value))
         except ValueError:
             raise GridError(f"--only seed={value}: not an integer") from None

@@ -1323,3 +1323,34 @@ def test_a_list_written_with_commas_is_told_how_the_flag_takes_it(flags, said, c
     with pytest.raises(SystemExit):
         run_cli.build_parser().parse_args([*RUN, *flags])
     assert _one_error_line(capsys) == f"error: {said} (see python -m experiments.run --help)"
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "said"),
+    [
+        ("run", ["--batch-size", "1_0"], "argument --batch-size: invalid int value: '1_0'"),
+        ("run", ["--epochs", "\uff18"], "argument --epochs: invalid int value: '\uff18'"),
+        ("run", ["--lr", "1_0e-4"], "argument --lr: '1_0e-4': expected a number"),
+        ("run", ["--seeds", "\u0661", "1"], "argument --seeds: '\u0661': expected a whole number"),
+        ("run", ["--patience", " 3"], "argument --patience: invalid int value: ' 3'"),
+        ("select", ["--eta", "1_0"], "argument --eta: invalid int value: '1_0'"),
+        ("report", ["--only", "seed=1_0"], "--only seed=1_0: not an integer"),
+        ("report", ["--only", "lr=1_0e-4"], "--only lr=1_0e-4: not a number"),
+    ],
+)
+def test_numbers_are_read_as_a_user_writes_them(tmp_path, capsys, command, argv, said):
+    """int() and float() read 1_0 as 10, a full-width 8 as 8 and an Arabic-Indic 1 as 1:
+    `--lr 1_0e-4` trained at 1e-3 and `--batch-size 1_0` at 10, without a word."""
+    cli = {"run": run_cli, "select": select_cli, "report": report_cli}[command]
+    base = {
+        "run": ["--strategy", "ft", "--dataset", "medmnist/breastmnist"],
+        "select": ["--config", "quick"],
+        "report": ["--runs", str(tmp_path), "--out", str(tmp_path / "report")],
+    }[command]
+    try:
+        status = cli.main([*base, *argv])
+    except SystemExit as e:
+        status = e.code
+    assert status == 2
+    assert said in _one_error_line(capsys)
+    assert not (tmp_path / "report").exists()

@@ -458,6 +458,11 @@ def test_the_own_folder_grid_runs_on_the_folder_it_is_given(tmp_path, monkeypatc
     assert "['manual_dir'] " + str(tmp_path / "nowhere") + ": no such folder" in (
         capsys.readouterr().err
     )
+    monkeypatch.setenv("MEDFT_FOLDER", str(config))  # a file: it exists, as no folder
+    assert sweep_cli.main(argv) == 2
+    assert f"['manual_dir'] {config}: is a file, expected the images' folder\n" in (
+        capsys.readouterr().err
+    )
 
 
 def _folder_grid(tmp_path: Path, seeds: tuple[int, ...]) -> tuple[Path, Path]:

@@ -961,6 +961,17 @@ def _tiny_export(tmp_path: Path) -> Path:
     return tmp_path / "tiny.safetensors"
 
 
+def test_an_export_into_the_checkpoint_it_reads_is_refused(tmp_path):
+    """It wrote into ``best/`` (even into orbax's ``state/``), a folder a ``run --force``
+    replaces whole, deleting the export without a word; predict's --out is refused there."""
+    ck = _tiny_export(tmp_path).parent / "ck"
+    for out in (ck / "x.pth", ck / "state" / "x.safetensors"):
+        with pytest.raises(PortError, match=r"^--out .*: inside --checkpoint .*, a folder the"):
+            weights_port.export(ck, out)
+        assert not out.exists() and not out.with_suffix(".safetensors").exists()
+    assert weights_port.export(ck, tmp_path / "beside.safetensors")  # beside it is fine
+
+
 def test_resize_size_is_checked_against_the_crop_and_an_exports_header(tmp_path, capsys):
     """No port flag set the resize: a model trained with Resize(256) + CenterCrop(224) was
     read by predict at 232. --resize-size says it; refused below the crop, or where an

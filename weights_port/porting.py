@@ -245,7 +245,20 @@ def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> l
     anything is built.
     """
     out = check_out_path(out, force=force)
+    _refuse_out_inside(checkpoint, out)
     variables, metadata = load_model(checkpoint)
     state = flax_to_torch(variables, metadata["arch"], metadata.get("num_batches_tracked"))
     kept = {k: metadata[k] for k in PREDICTION_KEYS if metadata.get(k) is not None}
     return write_state_dict(state, out, force=force, metadata=kept)
+
+
+def _refuse_out_inside(checkpoint: str | Path, out: Path) -> None:
+    """An export written inside the checkpoint folder it reads sat in a folder the toolkit
+    replaces whole (a ``run --force`` rewrites ``best/``, deleting it without a word), or in
+    an orbax item folder; predict's ``--out`` is refused there alike."""
+    folder = Path(checkpoint).expanduser().resolve()
+    if Path(out).expanduser().resolve().is_relative_to(folder):
+        raise PortError(
+            f"--out {out}: inside --checkpoint {checkpoint}, a folder the toolkit replaces "
+            "whole; write the export elsewhere"
+        )
