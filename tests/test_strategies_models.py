@@ -63,6 +63,16 @@ FINAL_STAGE = {  # g_lf, g_fl: ResNet's last block is the head alone, so G-FL en
 }
 
 
+TENSORS_PER_BLOCK = {
+    # stem (conv1, bn1), layer1-4 (3/4/6/3 bottlenecks of 9 tensors, +3 for the downsample), fc
+    "resnet50": [3, 30, 39, 57, 30, 2],
+    # conv0+norm0, then each dense block (6/12/24/16 layers of 6) and transition (3), norm5 + fc
+    "densenet121": [3, 36, 3, 72, 3, 144, 3, 96, 4],
+    # VGG-19's five stages of 2, 2, 4, 4, 4 convs (kernel + bias), then classifier's 3 linears
+    "vgg19": [4, 4, 8, 8, 8, 6],
+}
+
+
 def build(name, params, partition, arch_name, **kw):
     kw.setdefault("steps_per_epoch", 1)
     if name == "surgical":
@@ -79,6 +89,10 @@ def test_every_parameter_in_exactly_one_block(arch):
     }
     counts = {b: sum(o == [b] for o in owners.values()) for b in partition.names}
     assert all(counts.values()), counts  # no empty block
+    # What each block holds (strategies.md, "Parameter blocks"), in parameter tensors: a
+    # conv moved across VGG-19's stages 3/4 (features/16) passed every test, shifting each
+    # G-LF/G-FL run's unfreezing by an epoch for it.
+    assert list(counts.values()) == TENSORS_PER_BLOCK[name], counts
     assert partition.head_block == partition.names[-1]
     assert prefixed(paths, HEAD[name]) == {f"{HEAD[name]}/kernel", f"{HEAD[name]}/bias"}
     assert [p for p in paths if partition.is_head(p)] == sorted(prefixed(paths, HEAD[name]))
