@@ -187,7 +187,7 @@ def test_a_prepared_cache_loads_without_a_user_cache(tmp_path, monkeypatch):
 
     for c in ("cat", "dog"):
         (tmp_path / "d" / c).mkdir(parents=True)
-        for i in range(6):
+        for i in range(10):  # a val split of both classes
             image(i + (10 if c == "dog" else 0), (20, 18)).save(tmp_path / "d" / c / f"{i}.png")
     kw = {"manual_dir": tmp_path / "d", "data_dir": tmp_path / "out", "resize_size": 36}
     first = load("folder", crop_size=32, **kw)

@@ -436,6 +436,40 @@ def test_a_class_that_skipping_took_from_val_names_the_skipped_file_and_the_fold
 # csv
 
 
+def _folders(root: Path, counts: dict[str, int]) -> Path:
+    """``{relative folder: image count}`` of small PNGs under ``root``."""
+    for k, (rel, n) in enumerate(counts.items()):
+        (root / rel).mkdir(parents=True)
+        for i in range(n):
+            image(1000 * k + i, (20, 20)).save(root / rel / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [{"train/a": 4, "train/b": 4, "val/a": 2, "test/a": 2, "test/b": 2}, {"a": 10, "b": 1}],
+    ids=["split-folders", "class-folders"],
+)
+def test_a_val_split_without_a_class_is_refused_from_the_listing(tmp_path, counts):
+    """A dry run reads the listing only (local_state); the split lacking a class was found
+    at each run's start, after the dry run passed: a sweep repeated it once per run."""
+    from medft_jax.data.local import local_state
+
+    root = _folders(tmp_path / "imgs", counts)
+    kw = {"manual_dir": root, "data_dir": tmp_path / "out", **SIZES}
+    for check in (local_state, load):
+        with pytest.raises(DataError) as e:
+            check("folder", **kw)
+        n = 2 if "val/a" in counts else 1
+        assert str(e.value) == (
+            f"{root}: the val split ({n} example{'s' * (n != 1)}) has no example of class 'b', "
+            "so its AUROC is undefined and the macro means would leave it out; give the split "
+            "more images of it (where the split is carved: a larger --val-fraction) or drop the "
+            "class"
+        )
+    assert not (tmp_path / "out").exists()  # refused before any image was decoded
+
+
 def _csv_layout(root: Path, header: str = "path,label,patient", rows=None) -> None:
     for i in range(12):
         (root / "img").mkdir(parents=True, exist_ok=True)

@@ -236,10 +236,10 @@ def test_a_csv_grid_whose_listing_is_wrong_stops_the_dry_run(tmp_path, capsys):
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()
-    for i in range(12):
+    for i in range(40):  # a val split of both values of each column
         Image.new("RGB", (20, 20), (i, 0, 0)).save(imgs / f"{i}.png")
     (imgs / "labels.csv").write_text(
-        "path,cat,dog\n" + "".join(f"{i}.png,{i % 2},{1 - i % 2}\n" for i in range(12))
+        "path,cat,dog\n" + "".join(f"{i}.png,{i % 2},{1 - i % 2}\n" for i in range(40))
     )
     for columns, code in ((["cat", "dgo"], 2), (["cat", "dog"], 0)):
         config = tmp_path / f"c{code}.py"
@@ -250,7 +250,7 @@ def test_a_csv_grid_whose_listing_is_wrong_stops_the_dry_run(tmp_path, capsys):
             "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
             f"                data_dir={str(tmp_path / 'data')!r},\n"
             f"                dataset_options={{'csv': {{'manual_dir': {str(imgs)!r}, "
-            f"'csv_file': 'labels.csv', 'label_columns': {columns!r}}}}})\n"
+            f"'csv_file': 'labels.csv', 'label_columns': {columns!r}, 'val_fraction': 0.3}}}})\n"
         )
         argv = ["--config", str(config), "--dry-run", "--out", str(tmp_path / "runs")]
         assert sweep_cli.main(argv) == code
@@ -261,6 +261,32 @@ def test_a_csv_grid_whose_listing_is_wrong_stops_the_dry_run(tmp_path, capsys):
                 "header path,cat,dgo (found path,cat,dog)\n"
             )
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_folder_whose_val_split_lacks_a_class_stops_the_dry_run_and_the_sweep_once(
+    tmp_path, capsys
+):
+    """Class 'c' of one image: no val example. The dry run said "to run 2"; the sweep then
+    refused each run with the same data error (exit 1, one line per run of the grid)."""
+    from PIL import Image
+
+    imgs, config = _folder_grid(tmp_path, seeds=(0, 1))
+    (imgs / "c").mkdir()
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(imgs / "c" / "0.png")
+    out = tmp_path / "runs"
+    refusal = (
+        f"dataset folder: {imgs}: the val split (2 examples) has no example of class 'c', so "
+        "its AUROC is undefined and the macro means would leave it out; give the split more "
+        "images of it (where the split is carved: a larger --val-fraction) or drop the class"
+    )
+    assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 2
+    assert capsys.readouterr().err == f"error: {refusal}\n"
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    assert said.count("AUROC is undefined") == 2  # the skip line, and the closing summary
+    assert "[1/2] dataset folder unavailable, its runs skipped" in said
+    assert "[2/2]" not in said and not (tmp_path / "data").exists()
 
 
 def test_select_uses_the_grids_first_seed_as_its_help_says(tmp_path):
@@ -606,7 +632,7 @@ def test_dry_run_finds_a_labels_csv_whose_rows_were_only_reordered(tmp_path, cap
     imgs.mkdir()
     rng = np.random.default_rng(0)
     rows = []
-    for i in range(12):
+    for i in range(20):  # a val split of both classes
         Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
         rows.append(f"{i}.png,{'ab'[i % 2]}\n")
     labels = imgs / "labels.csv"

@@ -176,38 +176,26 @@ class Dataset:
         Such a class has no ROC AUC (and, without a positive, no AP), and the
         macro means of :func:`medft_jax.metrics.compute_metrics` would then
         be over the other classes: a number that reads like the others and
-        is not comparable with them. Checked before any training, so a run
-        fails in seconds, not after fifty epochs. A small class in a user's
-        folder is the usual cause; the message says what gives the split one
-        (:meth:`_scorable_hint`). Splits are carved before any image is
-        decoded, so ``--skip-bad-images`` can take a class's only val or test
-        image away afterwards: the message then names the files it left out
-        there (:meth:`_skipped_hint`), the cause a fraction would not fix. A
-        user's dataset is named by its folder (``metadata["root"]``), not by
-        ``folder``/``csv``, which every user's dataset is called.
+        is not comparable with them. A user's folder or CSV is checked on its
+        listing already (:func:`medft_jax.data.local`), so a dry run and a sweep
+        refuse the dataset once; this check, before any training, covers every
+        other source and what decoding changed: ``--skip-bad-images`` can take a
+        class's only val or test image away after the splits were carved, and the
+        message then names the files it left out there (:meth:`_skipped_hint`),
+        the cause a fraction would not fix. A user's dataset is named by its folder
+        (``metadata["root"]``), not by ``folder``/``csv``, which every user's
+        dataset is called.
         """
+        labels = {k: np.asarray(self.split(k).labels) for k in (*self.splits, *splits)}
+        gap = find_unscorable(labels, self.num_classes, self.multilabel, splits)
+        if gap is None:
+            return
         where = self.metadata.get("root") or self.name
-        for name in splits:
-            labels = np.asarray(self.split(name).labels)
-            n = len(labels)
-            if self.multilabel:
-                positives = labels.astype(bool).sum(axis=0)
-            else:
-                positives = np.bincount(labels, minlength=self.num_classes)
-            for c, k in enumerate(positives[: self.num_classes]):
-                if 0 < k < n or (k == n and not self.multilabel and self.num_classes > 1):
-                    continue  # single-label: the class absent is named, not the one present
-                what = (
-                    ("no positive" if k == 0 else "only positives")
-                    if self.multilabel
-                    else ("no example" if k == 0 else "only examples")
-                )
-                raise DataError(
-                    f"{where}: the {name} split ({n} example{'s' * (n != 1)}) has {what} of "
-                    f"class {self.class_names[c]!r}, so its AUROC is undefined and the macro "
-                    f"means would leave it out; {self._skipped_hint(name)}"
-                    f"{self._scorable_hint(name)}"
-                )
+        raise DataError(
+            unscorable_message(str(where), gap, self.class_names, self.multilabel)
+            + self._skipped_hint(gap.split)
+            + self._scorable_hint(gap)
+        )
 
     def _skipped_hint(self, split: str) -> str:
         """``--skip-bad-images left out N of its files (e.g. X): ...; `` when the cache
@@ -223,8 +211,8 @@ class Dataset:
             f"{sorted(map(str, ids))[0]}): repair or replace {'them' if n != 1 else 'it'}; "
         )
 
-    def _scorable_hint(self, split: str) -> str:
-        """What gives ``split`` every class, naming only what applies to this dataset.
+    def _scorable_hint(self, gap: Unscorable) -> str:
+        """What gives ``gap.split`` every class, naming only what applies to this dataset.
 
         A user's folder or CSV carves its val and test splits by the fractions
         given; a paper task carves its val split by ``--val-fraction`` at
@@ -235,17 +223,14 @@ class Dataset:
         if fixed is not None:
             return f"its splits are {fixed}: is your copy of its data complete?"
         if self.name in TASK_NAMES:
-            if split == "val":
+            if gap.split == "val":
                 return (
                     "give the split more images of it (a larger --val-fraction at "
                     "experiments.prepare)"
                 )
             return f"{self.name} fixes this split: is your copy of its data complete?"
-        if self.name in LOCAL_KINDS and split in ("val", "test"):
-            return (
-                f"give the split more images of it (where the split is carved: a larger "
-                f"--{split}-fraction) or drop the class"
-            )
+        if self.name in LOCAL_KINDS and gap.split in ("val", "test"):
+            return carved_hint(gap.split)
         return "give the split more images of it or drop the class"
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
@@ -319,6 +304,73 @@ class Dataset:
         if self.eval_grouping == "image":
             return s.ids, scores, s.labels
         return group_mean(scores, s.labels, s.groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unscorable:
+    """An evaluation split in which one class's labels take one value.
+
+    Attributes:
+      split: the split's name.
+      size: its examples.
+      label: the class's index.
+      lacks_negatives: every example is of the class (a multilabel column all 1);
+        else none is.
+    """
+
+    split: str
+    size: int
+    label: int
+    lacks_negatives: bool
+
+
+def find_unscorable(
+    labels: dict[str, np.ndarray],
+    num_classes: int,
+    multilabel: bool,
+    splits: tuple[str, ...] = ("val", "test"),
+) -> Unscorable | None:
+    """The first class of ``splits`` whose AUROC is undefined there, or None.
+
+    Takes labels, not a :class:`Dataset`, so a listing not decoded yet is judged by
+    the same rule (:func:`medft_jax.data.local`). A single-label split of only one
+    class names the class absent, not the one present.
+    """
+    for name in splits:
+        y = np.asarray(labels[name])
+        n = len(y)
+        positives = (
+            y.astype(bool).sum(axis=0) if multilabel else np.bincount(y, minlength=num_classes)
+        )
+        for c, k in enumerate(positives[:num_classes]):
+            if 0 < k < n or (k == n and not multilabel and num_classes > 1):
+                continue
+            return Unscorable(name, n, c, bool(k))
+    return None
+
+
+def unscorable_message(
+    where: str, gap: Unscorable, class_names: tuple[str, ...] | list[str], multilabel: bool
+) -> str:
+    """The refusal's first part, up to its hints: what is missing where, and why it matters."""
+    if multilabel:
+        what = "only positives" if gap.lacks_negatives else "no positive"
+    else:
+        what = "only examples" if gap.lacks_negatives else "no example"
+    n = gap.size
+    return (
+        f"{where}: the {gap.split} split ({n} example{'s' * (n != 1)}) has {what} of class "
+        f"{class_names[gap.label]!r}, so its AUROC is undefined and the macro means would "
+        "leave it out; "
+    )
+
+
+def carved_hint(split: str) -> str:
+    """What gives a user's folder or CSV ``split`` every class: its fraction."""
+    return (
+        f"give the split more images of it (where the split is carved: a larger "
+        f"--{split}-fraction) or drop the class"
+    )
 
 
 def _check_labels(

@@ -24,7 +24,14 @@ from PIL import Image
 
 from medft_jax import locks
 from medft_jax.data import cache, dicom
-from medft_jax.data.dataset import Dataset, order_fingerprint_of, split_fingerprint_of
+from medft_jax.data.dataset import (
+    Dataset,
+    carved_hint,
+    find_unscorable,
+    order_fingerprint_of,
+    split_fingerprint_of,
+    unscorable_message,
+)
 from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import BatchTooLarge, DataError
 from medft_jax.data.examples import Example, labels_of, split_plan, validate
@@ -103,6 +110,7 @@ def _plan(
     else:
         class_names, multilabel, splits = parse_table(root, seed=seed, **layout)
     validate(splits, class_names, multilabel, where=str(root))
+    _check_scorable(root, splits, list(class_names), multilabel)
     source = source_of(root, class_names, multilabel, splits, options)
     # A cache that skipped bad images is not what a load that refuses them expects.
     source["skip_bad_images"] = bool(skip_bad_images)
@@ -112,6 +120,24 @@ def _plan(
         kind, root, target, source, splits, list(class_names), multilabel, bits_stored, window,
         options,
     )  # fmt: skip
+
+
+def _check_scorable(
+    root: Path, splits: dict[str, list[Example]], class_names: list[str], multilabel: bool
+) -> None:
+    """:meth:`Dataset.check_scorable` on the listing: a val or test split that lacks a
+    class is the data's fault, not a run's, so it is refused with the listing's other
+    checks, where a dry run reads them and a sweep leaves the dataset out once (it was
+    found at each run's start: one line per run of the grid, after a dry run that passed).
+    """
+    n = len(class_names)
+    labels = {s: labels_of(members, multilabel, n) for s, members in splits.items()}
+    gap = find_unscorable(labels, n, multilabel)
+    if gap is None:
+        return
+    raise DataError(
+        unscorable_message(str(root), gap, class_names, multilabel) + carved_hint(gap.split)
+    )
 
 
 def local_state(
