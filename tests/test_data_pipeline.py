@@ -13,7 +13,7 @@ import pytest
 from medft_jax.data import DataError, load, pipeline
 from medft_jax.data import cache as cache_mod
 from medft_jax.data.arrays import group_mean, make_split
-from medft_jax.data.dataset import Dataset
+from medft_jax.data.dataset import Dataset, Unscorable, local_scorable_hint
 from medft_jax.data.splits import carve, check_disjoint
 from tests.processes import writers_temporaries
 
@@ -381,24 +381,25 @@ def test_a_split_that_holds_every_class_both_ways_is_scorable():
 
 
 @pytest.mark.parametrize(
-    ("labels", "multilabel", "what", "name"),
+    ("labels", "multilabel", "what", "wanted"),
     [
-        (np.array([0, 2, 2, 0], np.int32), False, "no example", "b"),
-        (np.array([[1, 0, 1], [0, 0, 0]], np.float32), True, "no positive", "b"),
-        (np.array([[1, 1, 1], [0, 1, 0]], np.float32), True, "only positives", "b"),
+        (np.array([0, 2, 2, 0], np.int32), False, "no example", "more images of it"),
+        (np.array([[1, 0, 1], [0, 0, 0]], np.float32), True, "no positive", "more images of it"),
+        (np.array([[1, 1, 1], [0, 1, 0]], np.float32), True, "only positives", "images without it"),
     ],
 )
 def test_a_class_with_one_label_value_in_an_evaluation_split_is_refused(
-    labels, multilabel, what, name
+    labels, multilabel, what, wanted
 ):
-    """Its AUROC is undefined; the macro mean would quietly be over fewer classes."""
+    """Its AUROC is undefined; the macro mean would quietly be over fewer classes. A split
+    of only positives needs negatives, not more images of the class."""
     ds = _scored(labels, multilabel)
     with pytest.raises(DataError) as e:
         ds.check_scorable()
     assert str(e.value) == (
-        f"toy: the val split ({len(labels)} examples) has {what} of class {name!r}, so its "
-        "AUROC is undefined and the macro means would leave it out; give the split more "
-        "images of it or drop the class"
+        f"toy: the val split ({len(labels)} examples) has {what} of class 'b', so its "
+        f"AUROC is undefined and the macro means would leave it out; give the split {wanted} "
+        "or drop the class"
     )
 
 
@@ -410,13 +411,50 @@ def test_a_paper_tasks_unscorable_split_is_not_told_to_carve_a_test_fraction():
     ds = dataclasses.replace(ds, splits={"test": ds.splits["val"]})
     with pytest.raises(DataError, match=r"; bach fixes this split: is your copy of its data comp"):
         ds.check_scorable(("test",))
-    # A user's folder carves both by the fractions given; MedMNIST carves neither.
-    folder = dataclasses.replace(ds, name="folder")
-    with pytest.raises(DataError, match=r"\(where the split is carved: a larger --test-fraction\)"):
-        folder.check_scorable(("test",))
+    # MedMNIST carves neither (a user's folder: test_local_scorable_hint_*).
     mnist = dataclasses.replace(ds, name="medmnist/pathmnist")
     with pytest.raises(DataError, match=r"; its splits are MedMNIST's official train/val/test: is"):
         mnist.check_scorable(("test",))
+
+
+def _hint(train: list[int], val: list[int], given: str | None = None, patients=None) -> str:
+    """local_scorable_hint for class 1 missing from val; test given (``test/``)."""
+    labels = {"train": np.array(train), "val": np.array(val), "test": np.array([0, 1])}
+    ids = {k: np.array([f"{k}{i}" for i in range(len(v))]) for k, v in labels.items()}
+    if patients:
+        ids["train"] = np.array(patients)
+    gap = Unscorable("val", len(val), 1, lacks_negatives=False)
+    return local_scorable_hint(gap, labels, ids, {"val": given, "test": "test/"}, False)
+
+
+def test_local_scorable_hint_names_what_gives_the_split_and_when_no_fraction_can():
+    """A given split's fix is images added to it (its fraction flag is refused); a class
+    with fewer patients than the splits sharing them gets each by no fraction (one
+    raised moves the refusal to the training split); only otherwise a larger fraction."""
+    assert _hint([0, 1, 1], [0], given="val/") == (
+        "val/ gives the val split, so no --val-fraction applies: add images of it there, or "
+        "drop the class"
+    )
+    assert _hint([0, 1], [0]) == (
+        "it has 1 image across train and val, and each of those splits needs one image of it: "
+        "no fraction gives that; add images of it, or drop the class"
+    )
+    assert _hint([0, 1, 1, 1], [0], patients=["p0", "p1", "p1", "p1"]) == (
+        "it has 3 images of 1 patient across train and val, and each of those splits needs "
+        "one patient of it: no fraction gives that; add images of it, or drop the class"
+    )
+    assert _hint([0, 1, 1], [0]) == (
+        "give the split more images of it (a larger --val-fraction), or drop the class"
+    )
+    multi = {k: np.ones((3, 1)) for k in ("train", "val", "test")}
+    multi["train"][0, 0] = 0
+    ids = {k: np.array([f"{k}{i}" for i in range(3)]) for k in multi}
+    all_positive = Unscorable("val", 3, 0, lacks_negatives=True)
+    assert local_scorable_hint(all_positive, multi, ids, {"val": None, "test": None}, True) == (
+        "only 1 image across train, val and test lacks it, and each of those splits needs one "
+        "image without it: no fraction gives that; add images without it, or leave its column "
+        "out of --label-columns"
+    )
 
 
 @pytest.mark.parametrize(

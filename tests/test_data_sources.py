@@ -428,8 +428,8 @@ def test_a_class_that_skipping_took_from_val_names_the_skipped_file_and_the_fold
     assert str(e.value) == (
         f"{root.resolve()}: the val split (1 example) has no example of class 'dog', so its "
         "AUROC is undefined and the macro means would leave it out; --skip-bad-images left out "
-        "1 of its files (e.g. val/dog/0.png): repair or replace it; give the split more "
-        "images of it (where the split is carved: a larger --val-fraction) or drop the class"
+        "1 of its files (e.g. val/dog/0.png): repair or replace it; val/ gives the val split, so "
+        "no --val-fraction applies: add images of it there, or drop the class"
     )
 
 
@@ -446,11 +446,22 @@ def _folders(root: Path, counts: dict[str, int]) -> Path:
 
 
 @pytest.mark.parametrize(
-    "counts",
-    [{"train/a": 4, "train/b": 4, "val/a": 2, "test/a": 2, "test/b": 2}, {"a": 10, "b": 1}],
-    ids=["split-folders", "class-folders"],
+    ("counts", "hint"),
+    [
+        (
+            {"train/a": 4, "train/b": 4, "val/a": 2, "test/a": 2, "test/b": 2},
+            "val/ gives the val split, so no --val-fraction applies: add images of it there, "
+            "or drop the class",
+        ),
+        (
+            {"a": 10, "b": 1},
+            "it has 1 image across train, val and test, and each of those splits needs one "
+            "image of it: no fraction gives that; add images of it, or drop the class",
+        ),
+    ],
+    ids=["given", "too-few"],
 )
-def test_a_val_split_without_a_class_is_refused_from_the_listing(tmp_path, counts):
+def test_a_val_split_without_a_class_is_refused_from_the_listing(tmp_path, counts, hint):
     """A dry run reads the listing only (local_state); the split lacking a class was found
     at each run's start, after the dry run passed: a sweep repeated it once per run."""
     from medft_jax.data.local import local_state
@@ -463,11 +474,47 @@ def test_a_val_split_without_a_class_is_refused_from_the_listing(tmp_path, count
         n = 2 if "val/a" in counts else 1
         assert str(e.value) == (
             f"{root}: the val split ({n} example{'s' * (n != 1)}) has no example of class 'b', "
-            "so its AUROC is undefined and the macro means would leave it out; give the split "
-            "more images of it (where the split is carved: a larger --val-fraction) or drop the "
-            "class"
+            f"so its AUROC is undefined and the macro means would leave it out; {hint}"
         )
     assert not (tmp_path / "out").exists()  # refused before any image was decoded
+
+
+@pytest.mark.parametrize(
+    ("y", "hint"),
+    [
+        ("0", "no positive of class 'y', so its AUROC is undefined and the macro means would "
+         "leave it out; column 'split' gives the test split, so no --test-fraction applies: "
+         "add images of it there"),
+        ("1", "only positives of class 'y', so its AUROC is undefined and the macro means "
+         "would leave it out; column 'split' gives the test split, so no --test-fraction "
+         "applies: add images without it there"),
+    ],
+    ids=["no-positive", "only-positives"],
+)  # fmt: skip
+def test_a_split_columns_split_lacking_a_label_value_says_to_add_images_there(tmp_path, y, hint):
+    """The hint named a larger --test-fraction, which is refused with --split-column; and
+    "more images of it" for a column of only positives, which needs negatives."""
+    rows = [
+        f"img/{i}.jpg,{i % 2},{y if i >= 8 else (i // 2) % 2},{'train' if i < 6 else 'test'}"
+        for i in range(12)
+    ]
+    rows[6:8] = ["img/6.jpg,0,0,val", "img/7.jpg,1,1,val"]
+    _csv_layout(tmp_path / "d", "file,x,y,split", rows)
+    with pytest.raises(DataError) as e:
+        load(
+            "csv",
+            manual_dir=tmp_path / "d",
+            data_dir=tmp_path / "out",
+            csv_file="labels.csv",
+            path_column="file",
+            label_columns=["x", "y"],
+            split_column="split",
+            **SIZES,
+        )
+    assert str(e.value) == (
+        f"{tmp_path / 'd'}: the test split (4 examples) has {hint}, or leave its column out "
+        "of --label-columns"
+    )
 
 
 def _csv_layout(root: Path, header: str = "path,label,patient", rows=None) -> None:

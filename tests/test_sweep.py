@@ -276,8 +276,9 @@ def test_a_folder_whose_val_split_lacks_a_class_stops_the_dry_run_and_the_sweep_
     out = tmp_path / "runs"
     refusal = (
         f"dataset folder: {imgs}: the val split (2 examples) has no example of class 'c', so "
-        "its AUROC is undefined and the macro means would leave it out; give the split more "
-        "images of it (where the split is carved: a larger --val-fraction) or drop the class"
+        "its AUROC is undefined and the macro means would leave it out; it has 1 image "
+        "across train, val and test, and each of those splits needs one image of it: no "
+        "fraction gives that; add images of it, or drop the class"
     )
     assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 2
     assert capsys.readouterr().err == f"error: {refusal}\n"

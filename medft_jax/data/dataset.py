@@ -194,7 +194,7 @@ class Dataset:
         raise DataError(
             unscorable_message(str(where), gap, self.class_names, self.multilabel)
             + self._skipped_hint(gap.split)
-            + self._scorable_hint(gap)
+            + self._scorable_hint(gap, labels)
         )
 
     def _skipped_hint(self, split: str) -> str:
@@ -211,13 +211,13 @@ class Dataset:
             f"{sorted(map(str, ids))[0]}): repair or replace {'them' if n != 1 else 'it'}; "
         )
 
-    def _scorable_hint(self, gap: Unscorable) -> str:
+    def _scorable_hint(self, gap: Unscorable, labels: dict[str, np.ndarray]) -> str:
         """What gives ``gap.split`` every class, naming only what applies to this dataset.
 
-        A user's folder or CSV carves its val and test splits by the fractions
-        given; a paper task carves its val split by ``--val-fraction`` at
-        ``experiments.prepare`` and fixes its test split (official, or a fixed
-        share); MedMNIST and CholecT50 come with every split.
+        A user's folder or CSV carves the val and test splits it does not give by the
+        fractions given (:func:`local_scorable_hint`); a paper task carves its val split
+        by ``--val-fraction`` at ``experiments.prepare`` and fixes its test split
+        (official, or a fixed share); MedMNIST and CholecT50 come with every split.
         """
         fixed = official_splits(self.name)
         if fixed is not None:
@@ -225,13 +225,19 @@ class Dataset:
         if self.name in TASK_NAMES:
             if gap.split == "val":
                 return (
-                    "give the split more images of it (a larger --val-fraction at "
+                    f"give the split {_wanted(gap)} (a larger --val-fraction at "
                     "experiments.prepare)"
                 )
             return f"{self.name} fixes this split: is your copy of its data complete?"
-        if self.name in LOCAL_KINDS and gap.split in ("val", "test"):
-            return carved_hint(gap.split)
-        return "give the split more images of it or drop the class"
+        if self.name in LOCAL_KINDS and "root" in self.metadata:
+            from medft_jax.data.local import given_by  # the loader's layout rules
+
+            options = self.metadata.get("options") or {}
+            root = self.metadata["root"]
+            given = {s: given_by(self.name, root, options, s) for s in ("val", "test")}
+            patients = {k: np.asarray(v.patients).astype(str) for k, v in self.splits.items()}
+            return local_scorable_hint(gap, labels, patients, given, self.multilabel)
+        return f"give the split {_wanted(gap)} or drop the class"
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
         """Full training batches per epoch (the remainder is dropped, reshuffled each epoch)."""
@@ -365,12 +371,78 @@ def unscorable_message(
     )
 
 
-def carved_hint(split: str) -> str:
-    """What gives a user's folder or CSV ``split`` every class: its fraction."""
-    return (
-        f"give the split more images of it (where the split is carved: a larger "
-        f"--{split}-fraction) or drop the class"
-    )
+def _wanted(gap: Unscorable) -> str:
+    """What the split lacks: images of the class, or (all positive) images without it."""
+    return "images without it" if gap.lacks_negatives else "more images of it"
+
+
+def _drop(multilabel: bool) -> str:
+    return "leave its column out of --label-columns" if multilabel else "drop the class"
+
+
+def local_scorable_hint(
+    gap: Unscorable,
+    labels: dict[str, np.ndarray],
+    patients: dict[str, np.ndarray],
+    given: dict[str, str | None],
+    multilabel: bool,
+) -> str:
+    """The fix for a user's folder or CSV, by how the split came to be.
+
+    ``given``: what gives each of val and test (``val/``, ``column 'split'``), None where
+    the split is carved. A given split is fixed by adding images to it: the fraction flag
+    is refused there. A carved split takes whole patients from those left for training,
+    so a class with fewer patients (images) there than the splits that share them gets
+    every split by no fraction (raising it moves the refusal to the training split). Only
+    then is a larger fraction the advice.
+    """
+    drop = _drop(multilabel)
+    source = given.get(gap.split)
+    if source is not None:
+        add = "images without it" if gap.lacks_negatives else "images of it"
+        return (
+            f"{source} gives the {gap.split} split, so no --{gap.split}-fraction applies: add "
+            f"{add} there, or {drop}"
+        )
+    pool = ["train", *(s for s in ("val", "test") if given.get(s) is None)]
+    units, images = _class_units(gap, labels, patients, pool, multilabel)
+    if units < len(pool):
+        unit = "image" if units == images else "patient"
+        have = f"{images} image{'s' * (images != 1)}"
+        if units != images:
+            have += f" of {units} patient{'s' * (units != 1)}"
+        among = f"{', '.join(pool[:-1])} and {pool[-1]}"
+        if gap.lacks_negatives:
+            return (
+                f"only {have} across {among} lack{'s' * (images == 1)} it, and each of those "
+                f"splits needs one {unit} without it: no fraction gives that; add images "
+                f"without it, or {drop}"
+            )
+        return (
+            f"it has {have} across {among}, and each of those splits needs one {unit} of it: "
+            f"no fraction gives that; add images of it, or {drop}"
+        )
+    return f"give the split {_wanted(gap)} (a larger --{gap.split}-fraction), or {drop}"
+
+
+def _class_units(
+    gap: Unscorable,
+    labels: dict[str, np.ndarray],
+    patients: dict[str, np.ndarray],
+    pool: list[str],
+    multilabel: bool,
+) -> tuple[int, int]:
+    """``(patients, images)`` of ``pool`` that the carve could hand the split: with the
+    class, or (``lacks_negatives``) without it."""
+    seen: set[str] = set()
+    images = 0
+    for name in pool:
+        y = np.asarray(labels[name])
+        has = y[:, gap.label].astype(bool) if multilabel else y == gap.label
+        mask = ~has if gap.lacks_negatives else has
+        images += int(mask.sum())
+        seen.update(np.asarray(patients[name]).astype(str)[mask].tolist())
+    return len(seen), images
 
 
 def _check_labels(

@@ -26,15 +26,15 @@ from medft_jax import locks
 from medft_jax.data import cache, dicom
 from medft_jax.data.dataset import (
     Dataset,
-    carved_hint,
     find_unscorable,
+    local_scorable_hint,
     order_fingerprint_of,
     split_fingerprint_of,
     unscorable_message,
 )
 from medft_jax.data.dicom import is_dicom
 from medft_jax.data.errors import BatchTooLarge, DataError
-from medft_jax.data.examples import Example, labels_of, split_plan, validate
+from medft_jax.data.examples import SPLIT_NAMES, Example, labels_of, split_plan, validate
 from medft_jax.data.folder import parse_folder
 from medft_jax.data.images import (
     DECODING_VERSION,
@@ -44,9 +44,9 @@ from medft_jax.data.images import (
     takes_bits_stored,
 )
 from medft_jax.data.locations import NOT_PREPARED, cache_dir, variant_name
-from medft_jax.data.paths import refuse_listed_output
+from medft_jax.data.paths import refuse_listed_output, sub_folders
 from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
-from medft_jax.data.table import parse_table
+from medft_jax.data.table import parse_table, read_csv
 from medft_jax.names import LOCAL_KINDS
 
 KINDS = LOCAL_KINDS
@@ -110,7 +110,7 @@ def _plan(
     else:
         class_names, multilabel, splits = parse_table(root, seed=seed, **layout)
     validate(splits, class_names, multilabel, where=str(root))
-    _check_scorable(root, splits, list(class_names), multilabel)
+    _check_scorable(kind, root, splits, list(class_names), multilabel, options)
     source = source_of(root, class_names, multilabel, splits, options)
     # A cache that skipped bad images is not what a load that refuses them expects.
     source["skip_bad_images"] = bool(skip_bad_images)
@@ -123,7 +123,12 @@ def _plan(
 
 
 def _check_scorable(
-    root: Path, splits: dict[str, list[Example]], class_names: list[str], multilabel: bool
+    kind: str,
+    root: Path,
+    splits: dict[str, list[Example]],
+    class_names: list[str],
+    multilabel: bool,
+    options: dict[str, Any],
 ) -> None:
     """:meth:`Dataset.check_scorable` on the listing: a val or test split that lacks a
     class is the data's fault, not a run's, so it is refused with the listing's other
@@ -135,9 +140,33 @@ def _check_scorable(
     gap = find_unscorable(labels, n, multilabel)
     if gap is None:
         return
+    patients = {s: np.asarray([ex.patient for ex in m], str) for s, m in splits.items()}
+    given = {s: given_by(kind, root, options, s) for s in ("val", "test")}
     raise DataError(
-        unscorable_message(str(root), gap, class_names, multilabel) + carved_hint(gap.split)
+        unscorable_message(str(root), gap, class_names, multilabel)
+        + local_scorable_hint(gap, labels, patients, given, multilabel)
     )
+
+
+def given_by(kind: str, root: Path | str, options: dict[str, Any], split: str) -> str | None:
+    """What gives ``split`` of a user's dataset (``val/``, ``column 'split'``), or None
+    where it is carved by its fraction: the fix for a split that lacks a class differs
+    (a fraction given for a given split is refused). Read again from the layout, only
+    when a refusal needs it, by the rules :func:`parse_folder` and :func:`parse_table`
+    split by."""
+    root = Path(root)
+    if kind == "folder":
+        named = [p.name for p in sub_folders(root, root)]
+        return next((f"{n}/" for n in named if SPLIT_NAMES.get(n.lower()) == split), None)
+    column = options.get("split_column")
+    if not column or "csv_file" not in options:
+        return None
+    column = str(column).strip()
+    csv_path = root / str(options["csv_file"])  # an absolute csv_file replaces root
+    rows = read_csv(csv_path, [column])
+    if any(SPLIT_NAMES.get(row[column].strip().lower()) == split for row in rows):
+        return f"column {column!r}"
+    return None
 
 
 def local_state(
