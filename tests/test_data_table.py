@@ -190,17 +190,28 @@ def test_a_blank_group_id_is_refused_not_read_as_its_own_patient(tmp_path):
         )
 
 
-def test_a_label_column_never_positive_in_train_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    ("train_y", "message"),
+    [
+        (0, "positive in no training example; every label needs positive training examples"),
+        (1, "positive in every training example; every label needs negative training examples"),
+    ],
+    ids=["never", "always"],
+)
+def test_a_label_column_of_one_value_in_train_is_refused(tmp_path, train_y, message):
+    """Either way its output can only learn a constant; the all-positive column was
+    accepted without a word while the never-positive one was refused."""
     _images(tmp_path)
-    rows = [f"imgs/a{i}.png,1,{int(i >= 10)},{'test' if i >= 10 else 'train'}" for i in range(12)]
+    rows = [
+        f"imgs/a{i}.png,{i % 2},{1 - train_y if i >= 10 else train_y},"
+        f"{'test' if i >= 10 else 'train'}"
+        for i in range(12)
+    ]
     _write(tmp_path, "path,x,y,split", rows)
     names, multilabel, splits = _table(tmp_path, label_columns=["x", "y"], split_column="split")
     with pytest.raises(DataError) as err:
         validate(splits, names, multilabel, where="labels.csv")
-    assert _one_line(err) == (
-        "labels.csv: label 'y' is positive in no training example; every label needs "
-        "positive training examples"
-    )
+    assert _one_line(err) == f"labels.csv: label 'y' is {message}"
 
 
 def test_one_hot_label_columns_get_a_note_naming_the_single_label_flag(tmp_path, capsys):

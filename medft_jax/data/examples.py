@@ -237,20 +237,44 @@ def validate(
                     f"{where}: {ex.id!r} is listed twice ({in_which}); an example listed twice"
                 )
             listed[ex.id] = name
-    train = splits.get("train", [])
-    if multilabel:  # a label column never positive in train: an output that never learns
-        seen = np.sum([ex.label for ex in train], axis=0) if train else np.zeros(num)
-        lack = "label {!r} is positive in no training example; every label needs positive"
-    else:
-        seen = np.bincount([int(ex.label) for ex in train], minlength=num)
-        lack = "class {!r} has no examples in the training split; every class needs"
-    missing = [c for c, count in zip(class_names, seen, strict=True) if count == 0]
-    if missing:
-        raise DataError(f"{where}: {lack.format(missing[0])} training examples")
+    _check_train_labels(splits.get("train", []), class_names, multilabel, where)
     check_disjoint(
         {name: [ex.patient for ex in members] for name, members in splits.items()}, where
     )
     _check_files_exist(splits, where)
+
+
+def _check_train_labels(
+    train: Sequence[Example], class_names: Sequence[str], multilabel: bool, where: str
+) -> None:
+    """Refuses a class with no training example, or a label column of one value in train.
+
+    Either is an output that can only learn a constant: never predicted (single-label),
+    or a sigmoid driven to 0 (never positive) or to 1 (always positive), scored on the
+    val and test splits as if it had learnt something.
+    """
+    num = len(class_names)
+    if not multilabel:
+        seen = np.bincount([int(ex.label) for ex in train], minlength=num)
+        missing = [c for c, count in zip(class_names, seen, strict=True) if count == 0]
+        if missing:
+            raise DataError(
+                f"{where}: class {missing[0]!r} has no examples in the training split; every "
+                "class needs training examples"
+            )
+        return
+    seen = np.sum([ex.label for ex in train], axis=0) if train else np.zeros(num)
+    for name, count in zip(class_names, seen, strict=True):
+        if count == 0:
+            raise DataError(
+                f"{where}: label {name!r} is positive in no training example; every label "
+                "needs positive training examples"
+            )
+        if count == len(train):
+            raise DataError(
+                f"{where}: label {name!r} is positive in every training example; every label "
+                "needs negative training examples"
+            )
 
 
 def _check_files_exist(splits: dict[str, list[Example]], where: str) -> None:
