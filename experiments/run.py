@@ -520,7 +520,7 @@ def _how_chosen(
         return "(the only lr run)" if len(ran) == 1 else f"(the only lr left of lr {lrs_text(ran)})"
     each = " ".join(f"{lr_text(x)} ({_fmt(means[x])})" for x in among)
     how = f"chosen by mean validation {shown} among lr {each}"
-    tied = [x for x in among if x != lr and aggregate.same_mean(means[x], means[lr])]
+    tied = aggregate.tied_lrs(means, lr)
     if tied:
         how += f"; tied with lr {lrs_text(tied)}, a tie goes to the smaller lr"
     return how

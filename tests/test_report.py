@@ -219,6 +219,30 @@ def test_a_failed_cells_finished_runs_count_in_its_total_cost():
     assert (float(row["total_device_seconds"]), row["total_runs"]) == (20.0, "2")
 
 
+def test_an_lr_chosen_by_an_exact_tie_is_named_in_the_notes_and_the_csvs():
+    """A flat validation metric (an imbalanced split's majority rate at every LR): the run
+    and select said the LR was a tie's pick, the report showed it as any other choice."""
+    from medft_jax.report.tables import cost_table
+
+    records = [rec(lr=lr, seed=s, val=0.99, test=0.9) for lr in (1e-3, 1e-4, 1e-5) for s in (0, 1)]
+    lp = ((1e-3, 0.8), (1e-4, 0.7))
+    records += [rec(strategy="lp", lr=lr, seed=s, val=v) for lr, v in lp for s in (0, 1)]
+    summary = collect(records)
+    ft = summary.cell("bach", "resnet50", "ft")
+    assert ft.lr == 1e-5 and ft.tied_lrs == (1e-3, 1e-4)  # a tie goes to the smaller LR
+    assert summary.cell("bach", "resnet50", "lp").tied_lrs == ()
+    table = dataset_table(summary, "bach")
+    ties = [n for n in table.notes if "tied" in n]
+    assert ties == [
+        "FT, ResNet-50: lr 1e-05 tied with lr 0.001 0.0001 on the mean validation metric "
+        "(99.00); a tie goes to the smaller LR, so the choice among them is not the data's"
+    ]
+    for made in (table, cost_table(summary, "bach")):
+        rows = read_csv(to_csv(made))
+        assert {r["strategy"]: r["tied_lrs"] for r in rows} == {"ft": "0.001 0.0001", "lp": ""}
+        assert list(rows[0])[-1] == "tied_lrs"  # last: scripts reading by position still read
+
+
 def test_an_lr_with_a_failed_run_is_never_chosen():
     records = [rec(lr=1e-4, seed=s, val=0.7, test=0.7) for s in (0, 1)]
     records.append(rec(lr=1e-3, seed=1, val=0.99, test=0.99))
@@ -2973,10 +2997,10 @@ def test_how_to_read_says_which_csv_columns_are_lists(tmp_path):
     out = tmp_path / "report"
     text = write_report(collect(records, [fail(strategy="lp", lr=1e-3, seed=2)]), out).read_text()
     assert (
-        "Two columns are lists, space-separated: seeds (paired CSVs, e.g. `0 1 2`) and "
-        "excluded_lrs (dataset and cost CSVs, e.g. `0.001 0.01`); read them as strings "
-        '(pandas: `dtype={"seeds": str, "excluded_lrs": str}`), or a single entry reads as a '
-        "number."
+        "Three columns are lists, space-separated: seeds (paired CSVs, e.g. `0 1 2`), "
+        "excluded_lrs and tied_lrs (dataset and cost CSVs, e.g. `0.001 0.01`); read them as "
+        'strings (pandas: `dtype={"seeds": str, "excluded_lrs": str, "tied_lrs": str}`), or a '
+        "single entry reads as a number."
     ) in text
     tables = out / "tables"
     assert read_csv((tables / "paired_bach.csv").read_text())[0]["seeds"] == "0 1 2"

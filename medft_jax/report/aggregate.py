@@ -150,6 +150,18 @@ def choose_lr(records: Sequence[dict[str, Any]], metric: str | None = None) -> f
     return min(lr for lr, m in finite.items() if same_mean(m, best))
 
 
+def tied_lrs(means: Mapping[float, float], lr: float) -> tuple[float, ...]:
+    """The LRs other than ``lr`` (the one :func:`choose_lr` chose from ``means``) whose
+    mean validation value equals its up to rounding, largest first: the choice among
+    them rests on the tie rule alone (a flat metric, such as the majority-class rate of
+    an imbalanced split at every LR), which the run summary and the report both say."""
+    if lr not in means:
+        return ()
+    return tuple(
+        x for x in sorted(means, reverse=True) if x != lr and same_mean(means[x], means[lr])
+    )
+
+
 def summarise(
     records: Sequence[dict[str, Any]],
     metric_names: Sequence[str] | None = None,

@@ -141,6 +141,14 @@ class Cell:
         return (self.dataset, self.arch, self.strategy)
 
     @property
+    def tied_lrs(self) -> tuple[float, ...]:
+        """The LRs that tied with the chosen one on the mean validation metric
+        (:func:`~medft_jax.report.aggregate.tied_lrs`); empty without a chosen LR."""
+        if not self.has_value or self.lr is None:
+            return ()
+        return aggregate.tied_lrs(self.lr_means, self.lr)
+
+    @property
     def has_value(self) -> bool:
         return self.status in (COMPLETE, PARTIAL)
 

@@ -178,6 +178,23 @@ def _cell_notes(cells: Iterable[Cell], metrics: Sequence[str] = ()) -> list[str]
     return notes
 
 
+def _tie_notes(cells: Iterable[Cell]) -> list[str]:
+    """One note per cell whose LR was chosen by an exact tie on the mean validation metric
+    (a flat metric: an imbalanced split's majority-class rate at every LR): the run and
+    ``select`` say so, and the table showed the tie rule's pick as any other choice."""
+    notes = []
+    for c in cells:
+        tied = c.tied_lrs
+        if tied and c.lr is not None:
+            notes.append(
+                f"{strategy_label(c.strategy)}, {arch_label(c.arch)}: lr {lr_text(c.lr)} tied "
+                f"with lr {lrs_text(tied)} on the mean validation metric "
+                f"({pct(c.lr_means[c.lr])}); a tie goes to the smaller LR, so the choice "
+                "among them is not the data's"
+            )
+    return notes
+
+
 CELL_TEXTS = {
     MISSING_TEXT: "not run yet (in Cost: no chosen LR, or its time unknown)",
     "diverged": "no LR with a value, its runs' loss turned NaN or infinite",
@@ -250,6 +267,7 @@ def _cell_fields(c: Cell) -> dict[str, Any]:
         "runs_expected": c.runs_expected,
         "lr": c.lr,
         "excluded_lrs": lrs_text(c.excluded_lrs),
+        "tied_lrs": lrs_text(c.tied_lrs),
     }
 
 
@@ -373,6 +391,10 @@ class ValueLine:
     Last of the CSV's columns with ``failure``: scripts reading by position still read."""
     failure: str = ""
     """``diverged`` or ``failed`` where the cell has failure notes only."""
+    tied_lrs: str = ""
+    """LRs whose mean validation metric equals the chosen LR's (space-separated): the
+    choice among them was the tie rule's (the smaller). Last, after ``failure``, so
+    scripts reading by position still read."""
     text: str = _shown()
     """How it reads: ``85.31 (0.42)†``, ``diverged``, ``n/a``, device-seconds ``1,234``."""
 
@@ -554,6 +576,7 @@ def dataset_table(summary: Summary, dataset: str) -> Table:
         *_cell_notes(
             (cells[(a, s)] for s in strategies for a in archs if (a, s) in cells), metrics
         ),
+        *_tie_notes(cells[(a, s)] for s in strategies for a in archs if (a, s) in cells),
         *_text_notes([x.text for x in lines], summary),
         *data_notes(summary.protocol.get(dataset, {})),
     ]
@@ -581,6 +604,8 @@ class CostLine:
     runs_expected: int
     total_device_seconds: float | None = None
     total_runs: int | None = None
+    tied_lrs: str = ""
+    """As :attr:`ValueLine.tied_lrs`; last, so scripts reading by position still read."""
 
 
 def _cost_line(c: Cell) -> CostLine:

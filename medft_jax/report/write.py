@@ -521,13 +521,15 @@ def index_markdown(
         "deviation (ddof = 1) / √n; an SE of – means a single seed. The CSVs hold the raw "
         "values: means, SEs, mean_diff and share as fractions, improvement_pct and "
         "threshold_pct in percent, the device_seconds rows' mean in seconds; marks and "
-        "failure say what the tables mark. Two columns are lists, space-separated: seeds "
-        "(paired CSVs, e.g. `0 1 2`) and excluded_lrs (dataset and cost CSVs, e.g. "
+        "failure say what the tables mark. Three columns are lists, space-separated: seeds "
+        "(paired CSVs, e.g. `0 1 2`), excluded_lrs and tied_lrs (dataset and cost CSVs, e.g. "
         "`0.001 0.01`); read them as strings (pandas: "
-        '`dtype={"seeds": str, "excluded_lrs": str}`), or a single entry reads as a number.',
+        '`dtype={"seeds": str, "excluded_lrs": str, "tied_lrs": str}`), or a single entry '
+        "reads as a number.",
         "- Learning rate: per dataset, arch and strategy, the LR with the highest mean "
         "validation primary metric over its seeds (each run's best epoch) is chosen, and the "
-        "test metrics are those of that LR (an exact tie goes to the smaller LR). An LR at "
+        "test metrics are those of that LR (an exact tie goes to the smaller LR: the dataset "
+        "table's notes and the CSVs' tied_lrs name each cell chosen so). An LR at "
         "which any run failed is never chosen.",
         f"- {DAGGER}: partial cell, some expected runs missing; the value is from the runs "
         "that exist and the table's notes say k of n runs. — : no run at all (an empty field "
