@@ -544,7 +544,11 @@ def _note_tested_before_final_stage(shown: list[dict[str, Any]]) -> None:
 
 
 def _fmt(v: float | None) -> str:
-    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+    """``0.1235``; a value that rounds to zero as ``0.0000``, whichever its sign: sklearn's
+    kappa of a constant predictor is -2.2e-16, which read ``-0.0000`` beside a plain 0."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "nan"
+    return f"{round(v, 4) + 0.0:.4f}"
 
 
 if __name__ == "__main__":

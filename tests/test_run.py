@@ -1122,3 +1122,16 @@ def test_the_resume_line_counts_in_words():
         "note: resuming after 1 epoch and 2 steps of epoch 2, from /runs/r/checkpoints"
     )
     assert said(2, None) == "note: resuming after 2 epochs, from /runs/r/checkpoints"
+
+
+def test_a_metric_that_rounds_to_zero_prints_without_a_minus():
+    """sklearn's kappa of a 60-class run predicting one class is -2.2e-16: the summary
+    printed ``kappa -0.0000`` beside other runs' ``0.0000``."""
+    from experiments.run import _fmt
+
+    assert [_fmt(-2.220446049250313e-16), _fmt(-0.0), _fmt(-0.00012), _fmt(None)] == [
+        "0.0000",
+        "0.0000",
+        "-0.0001",
+        "nan",
+    ]
