@@ -1624,10 +1624,11 @@ def test_dicom_patients_with_files_in_two_splits_are_noted_at_every_load(tmp_pat
             f"note: {root}: {len(crossing)} DICOM PatientID(s) have files in more than one "
             f"split (e.g. '{min(crossing)}': a/"
         ) and notes[0].endswith("pass --patient-folders, or a CSV patient column")
-    # In patient folders (--patient-folders) each patient is in one split: nothing to say.
+    # In patient folders (--patient-folders) each patient is in one split: nothing to say
+    # (five of class a: two could not give train, val and test each one).
     for i in range(10):
-        (root / "a" / f"P{i % 2}").mkdir(exist_ok=True)
-        (root / "a" / f"{i}.dcm").rename(root / "a" / f"P{i % 2}" / f"{i}.dcm")
+        (root / "a" / f"P{i % 5}").mkdir(exist_ok=True)
+        (root / "a" / f"{i}.dcm").rename(root / "a" / f"P{i % 5}" / f"{i}.dcm")
         (root / "b" / f"Q{i}").mkdir()
         (root / "b" / f"{i}.dcm").rename(root / "b" / f"Q{i}" / f"{i}.dcm")
     load(
@@ -1819,9 +1820,9 @@ def test_folder_source_with_one_dicom_window(tmp_path):
     assert own.metadata.get("dicom_window") is None
     caches = sorted(out.rglob("*"))
     pngs = tmp_path / "pngs"
-    for name in ("a", "b"):
+    for name in ("a", "b"):  # ten a class: each split gets both (a listing check)
         (pngs / name).mkdir(parents=True)
-        for i in range(6):
+        for i in range(10):
             Image.fromarray(np.full((20, 24), i, np.uint8)).save(pngs / name / f"{i}.png")
     with pytest.raises(DataError) as e:
         load(
@@ -1833,7 +1834,7 @@ def test_folder_source_with_one_dicom_window(tmp_path):
             **_sizes(),
         )
     assert str(e.value) == (
-        f"--dicom-window: none of the 12 images under {pngs} is a DICOM file, and the window "
+        f"--dicom-window: none of the 20 images under {pngs} is a DICOM file, and the window "
         "applies to DICOM only; leave the flag out"
     )
     assert sorted(out.rglob("*")) == caches  # refused before any cache was begun
@@ -1913,25 +1914,25 @@ def test_bits_stored_is_refused_for_a_dataset_it_would_not_change(tmp_path):
     user believed their images read as 12-bit. Refused before any cache is begun; one
     16-bit file among 8-bit ones is enough to take it."""
     pngs = tmp_path / "pngs"
-    for name in ("a", "b"):
+    for name in ("a", "b"):  # ten a class: each split gets both (a listing check)
         (pngs / name).mkdir(parents=True)
-        for i in range(6):
+        for i in range(10):
             Image.fromarray(np.full((20, 24), i, np.uint8)).save(pngs / name / f"{i}.png")
     out = tmp_path / "data"
     with pytest.raises(DataError) as e:
         load("folder", manual_dir=pngs, data_dir=out, progress=False, bits_stored=12, **_sizes())
     assert str(e.value) == (
-        f"--bits-stored 12: none of the 12 images under {pngs} has 16-bit integer samples "
+        f"--bits-stored 12: none of the 20 images under {pngs} has 16-bit integer samples "
         "of an unstated range, which the flag is for (DICOM states its own); leave the flag out"
     )
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
-    _save16(pngs / "b" / "6.png", np.full((20, 24), 4000))
+    _save16(pngs / "b" / "10.png", np.full((20, 24), 4000))
     ds = load("folder", manual_dir=pngs, data_dir=out, progress=False, bits_stored=12, **_sizes())
     assert ds.metadata["bits_stored"] == 12
     ids = [i for s in ds.splits.values() for i in s.ids]
     image = next(s.images[k] for s in ds.splits.values()
-                 for k, i in enumerate(s.ids) if str(i).endswith("6.png"))  # fmt: skip
-    assert len(ids) == 13 and int(image.max()) == 4000 >> 4  # read as 12 bits: 250
+                 for k, i in enumerate(s.ids) if str(i).endswith("/10.png"))  # fmt: skip
+    assert len(ids) == 21 and int(image.max()) == 4000 >> 4  # read as 12 bits: 250
 
 
 # pathological sizes
