@@ -234,7 +234,7 @@ def dry_run(
     }
 
     mine = [runs[k] for k in grid_lib.shard_positions(runs, index, count)]
-    states = _check_listings(mine, data_dir, g.dataset_options)
+    listings = _check_listings(mine, data_dir, g.dataset_options)
     unbuilt: dict[str, str] = {}
     changed = _data_changed(
         mine,
@@ -242,7 +242,7 @@ def dry_run(
         data_dir,
         g.dataset_options,
         unbuilt,
-        states,
+        listings,
     )
     # A paper task's record of other split or label options (a val fraction the grid now
     # sets otherwise) is of other data: the sweep's fingerprint finds it and runs it again.
@@ -284,7 +284,10 @@ def dry_run(
 
     measured = grid_lib.measured_throughput(records)
     states = [status(c) for c in runs]
-    seconds = [grid_lib.estimate_seconds(c, measured) for c in runs]
+    # A user's folder or CSV has no published size: its listing, read above, counts it
+    # (the estimate bounds a run's time; the data seed moves a few images between splits).
+    listed = {at[0]: st.train_images for at, st in listings.items() if st is not None}
+    seconds = [grid_lib.estimate_seconds(c, measured, listed.get(c.dataset)) for c in runs]
     positions = [grid_lib.shard_positions(runs, i, count) for i in range(count)]
     mine = positions[index]
     axes = " x ".join(
@@ -437,7 +440,7 @@ def _data_changed(
         state = states[at]
         if state is None:
             continue
-        fingerprint, reason, listing = state
+        fingerprint, reason, listing = state.fingerprint, state.reason, state.listing
         key = results.settings_hash(c.to_dict())
         if fingerprint is None and reason == NOT_PREPARED:
             split, order = listing if listing is not None else (None, None)
@@ -530,8 +533,9 @@ def _to_run_cost(states: list[str], seconds: list[float | None], short: bool = F
             return f"? ({unknown} of unknown cost)"
         return (
             f"device time unknown for all {unknown} (no training-set size or throughput to "
-            "estimate from: your own folder or CSV has no nominal size, and an arch without a "
-            "reference speed no throughput; a record's seconds say what a run took)"
+            "estimate from: a dataset without a published size or listing, or an arch "
+            "without a reference speed measured on no run of this size; a record's seconds "
+            "say what a run took)"
         )
     extra = f" (+{unknown} of unknown cost)" if unknown else ""
     if short:

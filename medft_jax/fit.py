@@ -97,7 +97,7 @@ def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any)
 
 def data_state(
     config: RunConfig, data_dir: str | None = None, **options: Any
-) -> tuple[str | None, str | None, tuple[str, str] | None] | None:
+) -> data.LocalState | None:
     """:func:`medft_jax.data.data_state` of the data :func:`load_dataset` would load."""
     return data.data_state(
         config.dataset,

@@ -588,11 +588,15 @@ def throughput_key(config: Mapping[str, Any]) -> ThroughputKey:
 
 
 def estimate_seconds(
-    config: RunConfig, measured: Mapping[ThroughputKey, float] | None = None
+    config: RunConfig,
+    measured: Mapping[ThroughputKey, float] | None = None,
+    train_images: int | None = None,
 ) -> float | None:
     """Upper-bound device-seconds of one run (every epoch run, no early stop); None if unknown.
 
-    ``epochs x training images / images per second``; the throughput is
+    ``epochs x training images / images per second``; the training images are
+    ``train_images`` where given (a user's folder or CSV, as its listing counts them),
+    else the dataset's published size (:func:`nominal_train_images`); the throughput is
     ``measured[throughput_key(config)]`` (from finished runs' records)
     when given. Without any measurement of the arch and size, it is
     :data:`REFERENCE_IMAGES_PER_S` scaled by pixel count; with only other
@@ -600,7 +604,7 @@ def estimate_seconds(
     speed would be no bound for FT's, nor bf16's for float32's, and the
     reference device is not the one measured.
     """
-    images = nominal_train_images(config.dataset)
+    images = train_images if train_images is not None else nominal_train_images(config.dataset)
     if images is None:
         return None
     measured = measured or {}

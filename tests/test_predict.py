@@ -385,6 +385,43 @@ def _images(tmp_path, n):
     return [str(p) for p in paths]
 
 
+def test_progress_bars_count_the_images_read_and_predicted(tmp_path, monkeypatch, capsys):
+    """20,000 files were 75 s without a word (run and prepare show bars): a bar for the
+    reading and one for the compute, counting images (not the last batch's padding), on a
+    terminal only; --no-progress and the library's default show none."""
+    from experiments import predict
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, unit, disable, leave):
+            self.total, self.desc, self.disable, self.n = total, desc, disable, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(predict, "tqdm", Bar)
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    paths = _images(tmp_path, 5)
+    assert main(["--checkpoint", str(ck), "--images", *paths, "--batch-size", "2"]) == 0
+    assert [(b.desc, b.total, b.n, b.disable) for b in bars] == [
+        ("reading images", 5, 5, None),  # None: tqdm shows it where stderr is a terminal
+        ("predicting", 5, 5, None),
+    ]
+    bars.clear()
+    assert main(["--checkpoint", str(ck), "--images", *paths, "--no-progress"]) == 0
+    Predictor(ck).predict_files(paths)
+    assert [b.disable for b in bars] == [True] * 4
+    capsys.readouterr()
+
+
 @pytest.mark.slow
 def test_images_beyond_the_memory_bound_wait_in_a_memmap_with_the_same_probs(tmp_path, monkeypatch):
     from experiments import predict

@@ -477,6 +477,16 @@ def test_the_own_folder_grid_runs_on_the_folder_it_is_given(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert out.startswith("grid own_folder: 216 runs (1 dataset x 3 archs x 8 strategies x ")
     assert "folder-resnet50-lp_ft-lr0.001-s2-*" in out
+    # Its cost: the folder has no published size, and every run's was "unknown"; the
+    # listing the dry run reads counts the training images (here at a slow reference).
+    from medft_jax.data.folder import parse_folder
+
+    train = len(parse_folder(imgs)[1]["train"])
+    monkeypatch.setitem(grid_lib.REFERENCE_IMAGES_PER_S, "resnet50", 0.01)
+    assert sweep_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "folder-resnet50-ft-lr0.001-s0-*" in line)
+    assert f"  {50 * train / 0.01 / 3600:.1f} h  " in row and "unknown" not in row
     monkeypatch.delenv("MEDFT_FOLDER")  # the placeholder path was the error's only word
     assert sweep_cli.main(argv) == 2
     assert "set MEDFT_FOLDER to your images' folder" in capsys.readouterr().err
@@ -779,8 +789,9 @@ def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (
         "to run 2: device time unknown for all 2 (no training-set size or throughput to "
-        "estimate from: your own folder or CSV has no nominal size, and an arch without a "
-        "reference speed no throughput; a record's seconds say what a run took)"
+        "estimate from: a dataset without a published size or listing, or an arch without a "
+        "reference speed measured on no run of this size; a record's seconds say what a run "
+        "took)"
     ) in out
     assert "of device time" not in out
     assert "assumed H100 throughput" not in out  # no estimate rests on it

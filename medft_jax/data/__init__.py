@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from medft_jax.data.arrays import ArraySplit
     from medft_jax.data.dataset import Dataset
     from medft_jax.data.errors import DataError
+    from medft_jax.data.local import LocalState
     from medft_jax.data.pipeline import BatchIterator
     from medft_jax.data.registry import DEFAULT_DATASET, data_state, known_names, load, prepare
 
@@ -36,6 +37,7 @@ _HOMES = {
     "DEFAULT_DATASET": "registry",
     "DataError": "errors",
     "Dataset": "dataset",
+    "LocalState": "local",
     "data_state": "registry",
     "known_names": "registry",
     "load": "registry",
@@ -51,6 +53,7 @@ __all__ = [
     "BatchIterator",
     "DataError",
     "Dataset",
+    "LocalState",
     "data_state",
     "known_names",
     "load",

@@ -17,7 +17,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -169,6 +169,20 @@ def given_by(kind: str, root: Path | str, options: dict[str, Any], split: str) -
     return None
 
 
+class LocalState(NamedTuple):
+    """What :func:`local_state` found."""
+
+    fingerprint: str | None
+    """The built, current cache's; None otherwise."""
+    reason: str | None
+    """Why there is no current cache (:data:`NOT_PREPARED`, a stale reason); None if there is."""
+    listing: tuple[str, str] | None
+    """Without a built cache: the listing's (split fingerprint, order fingerprint)."""
+    train_images: int
+    """The listing's training examples (before any ``--skip-bad-images`` skip): what a
+    dry run's time estimate counts, where a user's folder has no published size."""
+
+
 def local_state(
     kind: str,
     *,
@@ -179,11 +193,11 @@ def local_state(
     seed: int = 0,
     skip_bad_images: bool = False,
     **options: Any,
-) -> tuple[str | None, str | None, tuple[str, str] | None]:
-    """``(fingerprint, None, None)`` when the cache of these files is built and current,
-    else ``(None, why not, (split fingerprint, order fingerprint))``: what a load would
+) -> LocalState:
+    """``(fingerprint, None, None, n)`` when the cache of these files is built and current,
+    else ``(None, why not, (split fingerprint, order fingerprint), n)``: what a load would
     find, without decoding or writing anything (a dry run telling which recorded runs the
-    data changed under).
+    data changed under, and how long they take: ``n`` training images).
 
     The split fingerprint (:meth:`Dataset.split_fingerprint`: which example is in which
     split with which label) and the order fingerprint (:meth:`Dataset.order_fingerprint`:
@@ -193,6 +207,7 @@ def local_state(
     plan = _plan(
         kind, manual_dir, data_dir, (resize_size, crop_size), seed, skip_bad_images, options
     )
+    train = len(plan.splits["train"])
     if not cache.is_complete(plan.target):
         listing = None
         if not skip_bad_images:
@@ -205,11 +220,11 @@ def local_state(
                 }
             )
             listing = (split, order_fingerprint_of(ids))
-        return None, NOT_PREPARED, listing
+        return LocalState(None, NOT_PREPARED, listing, train)
     reason = cache.stale_reason(plan.target, plan.source)
     if reason:
-        return None, reason, None
-    return str(cache.read_meta(plan.target)["fingerprint"]), None, None
+        return LocalState(None, reason, None, train)
+    return LocalState(str(cache.read_meta(plan.target)["fingerprint"]), None, None, train)
 
 
 def load_local(

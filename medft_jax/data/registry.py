@@ -19,7 +19,7 @@ from typing import Any
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.demo import load_demo
 from medft_jax.data.errors import DataError
-from medft_jax.data.local import KINDS, load_local, local_state
+from medft_jax.data.local import KINDS, LocalState, load_local, local_state
 from medft_jax.data.locations import resolve_data_dir
 from medft_jax.data.medmnist import load_medmnist
 from medft_jax.data.options import split_option_error, unknown_option
@@ -157,11 +157,11 @@ def data_state(
     seed: int = 0,
     skip_bad_images: bool = False,
     **options: Any,
-) -> tuple[str | None, str | None, tuple[str, str] | None] | None:
+) -> LocalState | None:
     """What :func:`load` would find for the user's ``folder``/``csv`` data, without decoding
-    or writing: ``(fingerprint, None, None)`` for a current cache, ``(None, why not, (split
-    fingerprint, order fingerprint) of the listing, or None)`` otherwise
-    (:func:`medft_jax.data.local.local_state`); None for other datasets (not checked)."""
+    or writing (:func:`medft_jax.data.local.local_state`: the current cache's fingerprint,
+    or why there is none and the listing's fingerprints; its training images); None for
+    other datasets (not checked)."""
     if name not in KINDS:
         return None
     sizes = _sizes(resize_size, crop_size)
