@@ -41,6 +41,7 @@ from medft_jax.errors import (
     UserError,
     check_data_dir,
     cli_main,
+    deferred_stops,
     path_flag,
     plain_number,
     writable_dir,
@@ -382,7 +383,11 @@ def _main(argv: Sequence[str] | None) -> int:
             records.append(o.record)
     if records and session.main_process:
         command_lrs = sorted({float(c.lr) for c in configs})
-        _print_summary(records, args.out, sorted(failed_lrs), sorted(busy_lrs), command_lrs)
+        # Every run is written: a stop now is said "as it finished" (cli_main), after the
+        # whole summary; it cut the summary short with a bare "terminated", read as a run
+        # cut short.
+        with deferred_stops():
+            _print_summary(records, args.out, sorted(failed_lrs), sorted(busy_lrs), command_lrs)
     return status
 
 

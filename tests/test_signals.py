@@ -127,6 +127,34 @@ def test_a_stop_a_library_wrapped_or_a_gc_callback_swallowed_is_never_success(ca
     assert capsys.readouterr().err == "terminated (SIGTERM) as it finished\n"
 
 
+@pytest.mark.slow  # one training run
+def test_a_sigterm_during_runs_closing_summary_lets_it_finish_and_says_so(
+    tmp_path, monkeypatch, capsys
+):
+    """A SIGTERM that landed after the record was written, as the summary printed, cut the
+    summary short with a bare "terminated (SIGTERM)": read as a run cut short."""
+    from experiments import run as run_cli
+    from medft_jax import results
+
+    real = results.record_path_of
+
+    def stopped_as_printed(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here
+        return real(*a, **k)
+
+    monkeypatch.setattr(results, "record_path_of", stopped_as_printed)
+    argv = ["--strategy", "lp", "--arch", "resnet_tiny", "--weights", "none", "--epochs", "1"]
+    argv += ["--batch-size", "8", "--image-size", "32", "--no-progress", "--dataset", "demo"]
+    assert run_cli.main([*argv, "--out", str(tmp_path / "runs")]) == 143
+    printed = capsys.readouterr()
+    assert printed.out.rstrip().splitlines()[-1].startswith("record: ")
+    assert printed.err.endswith(
+        "terminated (SIGTERM) as it finished: its work is done and written\n"
+    )
+    assert len(list((tmp_path / "runs").rglob("record.json"))) == 1
+
+
 def test_a_sigterm_handler_is_left_where_the_embedding_program_or_jax_owns_sigterm(
     monkeypatch, capsys
 ):
