@@ -29,7 +29,7 @@ from experiments.common import (
 from medft_jax.config import RunConfig, check_value
 from medft_jax.data.cache import skipped_counts
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
-from medft_jax.names import ARCHS, DEMO, dataset_name_error, dataset_names
+from medft_jax.names import ARCHS, DEMO, TEST_ARCHS, dataset_name_error, dataset_names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -38,10 +38,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     size = p.add_mutually_exclusive_group()
     size.add_argument(
         "--arch",
-        choices=sorted(ARCHS),
+        choices=[*sorted(ARCHS), *TEST_ARCHS],  # run takes the test arch: prepare for it too
+        metavar="{" + ",".join(sorted(ARCHS)) + "}",
         help="use this architecture's resize size (its weights' ratio to the crop: ResNet-50 "
         "232/224, the others 256/224), the one experiments.run uses (default: run's default "
-        f"arch, {RunConfig.arch})",
+        f"arch, {RunConfig.arch}; also resnet_tiny, run's test arch)",
     )
     size.add_argument("--resize-size", type=int, help="shorter side before the centre crop")
     p.add_argument("--image-size", type=int, default=None, help="centre crop side (default 224)")
@@ -66,9 +67,9 @@ def sizes(args: argparse.Namespace) -> tuple[int | None, int | None]:
     if crop is not None:
         check_value("image_size", crop, "--image-size")
     if arch:
-        from medft_jax.models import ARCHS as MODELS  # Flax: only when an arch is named
+        from medft_jax.models import get_arch  # Flax: only when an arch is named
 
-        resize = MODELS[arch].resize_for(crop or 224)
+        resize = get_arch(arch).resize_for(crop or 224)  # run's rule (fit.resize_for)
     else:
         resize = args.resize_size
     if args.resize_size is not None:
