@@ -366,7 +366,8 @@ def dry_run(
             "estimates are of train steps, every epoch run (no early stopping); validation, "
             "test, setup and compilation come on top (a record's seconds say how much), from "
             "the tasks' "
-            f"nominal training images and {source}assumed H100 throughput "
+            "nominal training images (a user's folder or CSV: those its listing counts) and "
+            f"{source}assumed H100 throughput "
             f"({', '.join(f'{a} {r:g} img/s' for a, r in grid_lib.REFERENCE_IMAGES_PER_S.items())} "
             f"at 224 px){_slower_here()}"
         )

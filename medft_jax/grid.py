@@ -24,6 +24,7 @@ import importlib.util
 import math
 import numbers
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -372,13 +373,18 @@ def _bundled() -> str:
 
 
 def _by_name(path: Path) -> Path:
-    """``--config paper`` (or ``paper.py``), where no such file is here, is the toolkit's own
-    grid of that name: outside a checkout (an installed wheel) the README's
-    ``experiments/configs/paper.py`` is no path, and the grids' site-packages path is long."""
-    if path.exists() or len(path.parts) != 1 or path.name.startswith("_"):
+    """``--config paper``, a bare name (no ``.py``, no folder) where no such file is here, is
+    the toolkit's own grid of that name, said in a note: outside a checkout (an installed
+    wheel) the README's ``experiments/configs/paper.py`` is no path, and the grids'
+    site-packages path is long. ``paper.py`` names a file: the user's own copy, elsewhere,
+    is not silently replaced by the toolkit's."""
+    if path.exists() or len(path.parts) != 1 or path.suffix or path.name.startswith("_"):
         return path
-    bundled = _BUNDLED / (path.name if path.suffix == ".py" else f"{path.name}.py")
-    return bundled if bundled.is_file() else path
+    bundled = _BUNDLED / f"{path.name}.py"
+    if not bundled.is_file():
+        return path
+    print(f"note: --config {path}: the toolkit's grid {bundled}", file=sys.stderr)
+    return bundled
 
 
 def _exited(path: Path, where: str, e: SystemExit) -> str:

@@ -583,6 +583,11 @@ def test_bad_select_flags_are_named(flags, message, tmp_path, capsys):
             "brain window: 40,80), got '40'",
         ),
         (["--dicom-window", "40,-1"], "error: --dicom-window must be CENTER,WIDTH: two numbers"),
+        (  # read as 10,80: a number as a user writes it, as every number flag reads one
+            ["--dicom-window", "1_0,\uff180"],
+            "error: --dicom-window must be CENTER,WIDTH: two numbers, the width above 0 (a CT "
+            "brain window: 40,80), got '1_0,\uff180'",
+        ),
     ],
 )
 def test_bad_prepare_flags_are_named(flags, message, tmp_path, capsys):

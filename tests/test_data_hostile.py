@@ -604,9 +604,9 @@ def test_one_scan_kept_in_two_formats_is_refused(tmp_path):
     with pytest.raises(DataError) as err:
         _load_folder(root, out)
     assert _one_line(err) == (
-        f"{root}: dog/0.JPG and dog/0.png differ only in their suffix or case (3 such "
-        "pair(s)): one image saved twice is two examples, which can land in train and test; "
-        "keep one file of each pair (move the other out of --manual-dir)"
+        f"{root}: dog/0.JPG and dog/0.png differ only in their suffix (3 such pair(s)): one "
+        "image saved twice is two examples, in two splits unless one patient holds both; keep "
+        "one file of each pair (move the other out of --manual-dir)"
     )
     _no_cache_written(out)
     for jpg in (root / "dog").glob("*.JPG"):
@@ -648,6 +648,12 @@ def test_a_drives_system_folders_and_a_class_of_hidden_entries(tmp_path):
     assert _one_line(err).startswith(
         f"class folder {root / 'bird'} holds only entries that are not read "
         "(.ipynb_checkpoints); expected .jpg/"
+    )
+    (root / "bird" / "P1").mkdir()  # a patient folder left empty is read, and holds none
+    with pytest.raises(DataError) as err:
+        parse_folder(root)
+    assert _one_line(err).startswith(
+        f"class folder {root / 'bird'} holds no image in its subfolders (P1); expected .jpg/"
     )
 
 

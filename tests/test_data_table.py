@@ -72,9 +72,22 @@ def test_one_scan_listed_in_two_formats_is_refused_naming_both_lines(tmp_path):
         _table(tmp_path)
     assert _one_line(err) == (
         f"{tmp_path / 'labels.csv'}: lines 5 and 14 list 'imgs/a3.png' and 'imgs/a3.jpg', "
-        "which differ only in their suffix or case (1 such pair(s)): one image saved twice is "
-        "two examples, which can land in train and test; list one file of each pair"
+        "which differ only in their suffix (1 such pair(s)): one image saved twice is two "
+        "examples, in two splits unless one group holds both; list one file of each pair"
     )
+
+
+def test_hash_like_names_that_differ_in_case_are_two_images(tmp_path):
+    """``aB3x.png`` and ``Ab3x.png``: two images on a case-sensitive disk (the two-formats
+    check took them for one image saved twice)."""
+    _images(tmp_path)
+    image(6, (8, 8)).save(tmp_path / "imgs" / "aB3x.png")
+    image(7, (8, 8)).save(tmp_path / "imgs" / "Ab3x.png")
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    _write(tmp_path, "path,label", [*rows, "imgs/aB3x.png,cat", "imgs/Ab3x.png,dog"])
+    _, _, splits = _table(tmp_path, val_fraction=0.2, test_fraction=0.2)
+    ids = {ex.id for members in splits.values() for ex in members}
+    assert {"imgs/aB3x.png", "imgs/Ab3x.png"} <= ids
 
 
 def test_a_bad_byte_in_a_classic_mac_csv_names_its_line(tmp_path):

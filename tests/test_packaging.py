@@ -63,5 +63,5 @@ def test_an_installed_toolkit_carries_its_type_annotations_and_the_sdist_its_tes
     assert "py.typed" in PYPROJECT["tool"]["setuptools"]["package-data"]["medft_jax"]
     assert (root / "medft_jax" / "py.typed").is_file()
     rules = (root / "MANIFEST.in").read_text().split("\n")
-    assert "graft tests" in rules
+    assert "graft tests" in rules and "graft benchmarks" in rules  # test_benchmarks_cli's
     assert PYPROJECT["project"]["license"] == "Apache-2.0"  # a TOML table stops building

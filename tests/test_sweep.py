@@ -1562,7 +1562,13 @@ def test_a_missing_grid_file_names_the_toolkits_grids(tmp_path, capsys, monkeypa
     # By name, as an installed wheel's user has no experiments/configs/ beside them; a file
     # of that name here is the user's own, and wins.
     assert sweep_cli.main(["--config", "quick", "--dry-run"]) == 0
-    assert capsys.readouterr().out.startswith("grid quick: 64 runs")
+    said = capsys.readouterr()
+    assert said.out.startswith("grid quick: 64 runs")
+    assert said.err.startswith(f"note: --config quick: the toolkit's grid {configs / 'quick.py'}\n")
+    # A file name (.py) is the user's file: their edited copy elsewhere is not replaced by
+    # the toolkit's without a word.
+    assert sweep_cli.main(["--config", "paper.py", "--dry-run"]) == 2
+    assert "--config paper.py: no such file" in capsys.readouterr().err
     (tmp_path / "quick.py").write_text(
         "from medft_jax.grid import Grid\n"
         "def get_config():\n"

@@ -45,7 +45,7 @@ from medft_jax.data.examples import (
     refuse_unused_seed,
 )
 from medft_jax.data.images import IMAGE_SUFFIXES, saved_twice
-from medft_jax.data.paths import scan_files, sub_folders
+from medft_jax.data.paths import not_listed, scan_files, sub_folders
 
 SPLIT_DIRS = ("train", "val", "test")
 
@@ -250,13 +250,19 @@ def _counted(others: Counter[str], fate: str = "") -> str:
 
 
 def _nothing_read(folder: Path) -> str:
-    """Why a class folder gave nothing: empty, or only hidden entries (a Jupyter
-    ``.ipynb_checkpoints``), which no listing reads."""
-    hidden = sorted(e.name for e in os.scandir(folder))
-    if not hidden:
+    """Why a class folder gave nothing: empty, subfolders without images, or only hidden
+    entries (a Jupyter ``.ipynb_checkpoints``), which no listing reads."""
+    names = sorted(e.name for e in os.scandir(folder))
+    if not names:
         return "is empty"
-    more = ", ..." if len(hidden) > 3 else ""
-    return f"holds only entries that are not read ({', '.join(hidden[:3])}{more})"
+    shown = [n for n in names if not not_listed(n)]  # what is left: folders, read, imageless
+
+    def some(listed: list[str]) -> str:
+        return ", ".join(listed[:3]) + (", ..." if len(listed) > 3 else "")
+
+    if shown:
+        return f"holds no image in its subfolders ({some(shown)})"
+    return f"holds only entries that are not read ({some(names)})"
 
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
@@ -297,9 +303,9 @@ def _refuse_saved_twice(root: Path, examples: list[Example]) -> None:
     if pairs:
         a, b = (p.relative_to(root).as_posix() for p in pairs[0])
         raise DataError(
-            f"{root}: {a} and {b} differ only in their suffix or case ({len(pairs)} such "
-            "pair(s)): one image saved twice is two examples, which can land in train and "
-            "test; keep one file of each pair (move the other out of --manual-dir)"
+            f"{root}: {a} and {b} differ only in their suffix ({len(pairs)} such pair(s)): "
+            "one image saved twice is two examples, in two splits unless one patient holds "
+            "both; keep one file of each pair (move the other out of --manual-dir)"
         )
 
 

@@ -78,19 +78,21 @@ listed when it carries the DICOM marker (:func:`medft_jax.data.folder.image_file
 
 
 def saved_twice(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
-    """Pairs of image files in one folder whose names differ only in an image suffix or in
-    case: ``x.png`` and ``x.jpg`` (a conversion that kept the originals), ``IM0001`` and
-    ``IM0001.jpg`` (a DICOM file and its viewer's preview). Such a pair is one scan as two
-    examples, which a carve can put in train and test: a re-encode changes the pixels, so
-    the pixel-identical check does not see it. ``1.2.840.5`` and ``1.2.840.6`` (DICOM
-    files named by UID) differ in more than an image suffix, and are no pair."""
+    """Pairs of image files in one folder whose names differ only in an image suffix:
+    ``x.png`` and ``x.jpg`` (a conversion that kept the originals), ``x.png`` and ``x.PNG``,
+    ``IM0001`` and ``IM0001.jpg`` (a DICOM file and its viewer's preview). Such a pair is
+    one scan as two examples, which a carve can put in train and test: a re-encode changes
+    the pixels, so the pixel-identical check does not see it. The names before the suffix
+    must be equal, case included: ``aB3x.png`` and ``Ab3x.png`` (hash-like names) are two
+    images on a case-sensitive disk; ``1.2.840.5`` and ``1.2.840.6`` (DICOM files named by
+    UID) differ in more than an image suffix."""
     first: dict[tuple[str, str], Path] = {}
     pairs = []
     for p in paths:
         name = unicodedata.normalize("NFC", p.name)
         if p.suffix.lower() in IMAGE_SUFFIXES:
             name = name[: -len(p.suffix)]
-        seen = first.setdefault((os.path.normpath(p.parent), name.casefold()), p)
+        seen = first.setdefault((os.path.normpath(p.parent), name), p)
         if seen is not p:
             pairs.append((seen, p))
     return pairs

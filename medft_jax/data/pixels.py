@@ -67,6 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from medft_jax.data.errors import BitsUndeclared, DataError, NotABadFile
+from medft_jax.errors import plain_number
 
 MAX_PIXELS = 8192 * 8192
 """67,108,864 pixels. Admits every real medical image we know of that is read
@@ -167,6 +168,8 @@ def parse_dicom_window(value: object, flag: str = "--dicom-window") -> DicomWind
     pair = isinstance(parts, (list, tuple)) and len(parts) == 2
     if not pair or any(isinstance(v, bool) for v in parts):  # True is no window edge
         raise DataError(f"{flag} must be {expected}, got {value!r}")
+    if isinstance(value, str) and not all(plain_number(v.strip()) for v in parts):
+        raise DataError(f"{flag} must be {expected}, got {value!r}")  # 1_0 read as 10
     try:
         center, width = float(parts[0]), float(parts[1])
     except (TypeError, ValueError):

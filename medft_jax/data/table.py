@@ -341,9 +341,9 @@ def _refuse_saved_twice(csv_path: Path, path_column: str, listed: dict[str, Row]
         a, b = (rows[p] for p in pairs[0])
         raise DataError(
             f"{csv_path}: lines {a.line} and {b.line} list {a[path_column].strip()!r} and "
-            f"{b[path_column].strip()!r}, which differ only in their suffix or case "
-            f"({len(pairs)} such pair(s)): one image saved twice is two examples, which can "
-            "land in train and test; list one file of each pair"
+            f"{b[path_column].strip()!r}, which differ only in their suffix ({len(pairs)} "
+            "such pair(s)): one image saved twice is two examples, in two splits unless one "
+            "group holds both; list one file of each pair"
         )
 
 
