@@ -106,6 +106,21 @@ def classification_loss(logits: jax.Array, labels: jax.Array, multilabel: bool) 
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def _compute_dtype(model: nn.Module, given: Any) -> Any:
+    """``given``, or the model's ``dtype`` (float32 for a module without one); a ``given``
+    that is not the model's is refused (see :class:`Trainer`)."""
+    own = getattr(model, "dtype", None)
+    if given is None:
+        return jnp.float32 if own is None else own
+    if own is not None and jnp.dtype(own) != jnp.dtype(given):
+        raise ValueError(
+            f"compute_dtype {jnp.dtype(given).name} for a model built with dtype "
+            f"{jnp.dtype(own).name}: build the model with the compute dtype "
+            f"(models.create(arch, n, dtype=...)), or leave compute_dtype out"
+        )
+    return given
+
+
 class Trainer:
     """Compiled train/eval steps for one model + strategy on one mesh.
 
@@ -115,8 +130,10 @@ class Trainer:
       tx: the strategy's optimizer.
       multilabel: sigmoid BCE (independent labels) instead of softmax cross-entropy.
       mesh: the device mesh (default: every device).
-      compute_dtype: ``jnp.bfloat16`` for bf16 compute (the model must be
-        built with the same dtype); parameters and optimizer stay float32.
+      compute_dtype: ``jnp.bfloat16`` for bf16 compute; parameters and optimizer stay
+        float32. Default: the model's own ``dtype``. One that differs from the model's is
+        refused: a float32 model given bfloat16 rounded its input to bf16 and computed in
+        float32, neither precision's logits.
       seed: the dropout RNG's seed (folded with the step number, so resuming
         gives the same masks).
       learning_rate: when given, every update is multiplied by it inside the
@@ -135,7 +152,7 @@ class Trainer:
         *,
         multilabel: bool,
         mesh: Mesh | None = None,
-        compute_dtype: Any = jnp.float32,
+        compute_dtype: Any = None,
         seed: int = 0,
         learning_rate: float | None = None,
     ):
@@ -143,7 +160,7 @@ class Trainer:
         self.tx = tx
         self.multilabel = multilabel
         self.mesh = mesh if mesh is not None else make_mesh()
-        self.compute_dtype = compute_dtype
+        self.compute_dtype = _compute_dtype(model, compute_dtype)
         self.seed = seed
         self.learning_rate = learning_rate
         self.replicated = NamedSharding(self.mesh, P())

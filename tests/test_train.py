@@ -560,3 +560,13 @@ def test_weights_gone_nan_under_a_finite_loss_stop_the_run(monkeypatch, tmp_path
         "training loss finite; try a smaller --lr"
     )
     assert e.value.step == 2 and not list(tmp_path.rglob("record.json"))
+
+
+def test_a_compute_dtype_that_is_not_the_models_is_refused():
+    """A float32 model given bfloat16 compute rounded its input to bf16 and computed in
+    float32: neither precision's logits, without a word. Unsaid, the model's own is taken."""
+    f32, bf16 = create(TINY, 2), create(TINY, 2, dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"^compute_dtype bfloat16 for a model built with dtype"):
+        Trainer(f32, optax.sgd(0.1), multilabel=False, compute_dtype=jnp.bfloat16)
+    assert Trainer(bf16, optax.sgd(0.1), multilabel=False).compute_dtype == jnp.bfloat16
+    assert Trainer(f32, optax.sgd(0.1), multilabel=False).compute_dtype == jnp.float32
