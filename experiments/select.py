@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         action="append",
         metavar="KEY=VALUE[,KEY=VALUE]",
-        help="narrow the grid to one dataset and one arch (and any strategies/lrs)",
+        help="narrow the grid to one dataset and one arch (and any strategies/lrs; several "
+        "values of one key with |: strategy=lp|ft)",
     )
     p.add_argument(
         "--out",
@@ -378,7 +379,11 @@ def compare_with_grid(
         ran_pick = any(c.strategy == pick["strategy"] for c in cells)
         # None: the grid has no value for the pick's strategy, so it cannot say.
         out["same_strategy"] = pick["strategy"] == by_val.strategy if ran_pick else None
-        out["same_strategy_and_lr"] = bool(out["same_strategy"]) and pick["lr"] == by_val.lr
+        out["same_strategy_and_lr"] = (
+            None
+            if out["same_strategy"] is None
+            else out["same_strategy"] and pick["lr"] == by_val.lr
+        )
         out["winner_test"] = by_val.mean()
         at_pick = [
             r["test"].get(by_val.metric)

@@ -457,6 +457,7 @@ def run_one(
                 _set_aside_finished(run_dir)
             lock.clear_folder(keep=results.PREVIOUS_NAMES)
         t = time.perf_counter()
+        metrics.import_sklearn()  # set-up's second, not the first validation's
         run = _prepare(
             config, ds, ckpts, eval_batch_size=eval_batch_size, trainers=trainers, said=said
         )

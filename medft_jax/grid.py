@@ -458,6 +458,11 @@ def parse_only(specs: Iterable[str] | None) -> Filters:
         for part in parts:
             key, sep, value = part.partition("=")
             key = key.strip()
+            if not sep and out and len(parts) > 1:  # "strategy=lp,bitfit": a second value
+                raise GridError(
+                    f"--only {spec!r}: {part!r} is no key=value; several values of one key "
+                    "are written with |, e.g. strategy=lp|bitfit"
+                )
             if not sep or not value.strip():
                 raise GridError(f"--only {part!r}: expected key=value, e.g. dataset=bach")
             if key not in AXES:

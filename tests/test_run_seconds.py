@@ -137,3 +137,23 @@ def test_a_resumed_run_counts_the_compilations_of_every_call(demo, tmp_path):
     assert stopped == {}
     resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, trainers={})
     assert resumed["num_compilations"] == 3
+
+
+@pytest.mark.slow  # one training run
+def test_scikit_learns_import_is_setup_not_the_first_validation(demo, tmp_path, monkeypatch):
+    """The first validation of a process imported scikit-learn (1.2 s), which select then
+    charged to its first arm's and the grid's first run's validation seconds."""
+    from medft_jax import metrics
+
+    real, paid = metrics._sk, []
+
+    def slow_first_import():
+        if not paid:
+            paid.append(1)
+            time.sleep(1.0)
+        return real()
+
+    monkeypatch.setattr(metrics, "_sk", slow_first_import)
+    config = dataclasses.replace(_config(), epochs=1)
+    s = fit.run_one(config, tmp_path, dataset=demo, progress=False)["seconds"]
+    assert s["setup"] >= 1.0 > s["validation"]

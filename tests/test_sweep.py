@@ -137,6 +137,11 @@ def test_only_filters():
         ("strategy=nope", "strategy=nope: not in grid 'paper'"),
         ("lr=fast", "lr=fast: not a number"),
         ("strategy=|", "--only 'strategy=|': expected key=value, e.g. strategy=a|b"),
+        (  # several values of one key: |, not the comma between keys
+            "strategy=lp,bitfit",
+            "--only 'strategy=lp,bitfit': 'bitfit' is no key=value; several values of one key "
+            "are written with |, e.g. strategy=lp|bitfit",
+        ),
     ],
 )
 def test_bad_only_is_named(spec, message, capsys):
@@ -1646,7 +1651,8 @@ def test_the_grid_comparison_counts_device_seconds_alike_and_says_when_the_grid_
     assert got["same_strategy"] is True
     part = select_cli.compare_with_grid(records[2:], [], 4, outcome)  # LP's runs alone
     assert part["complete"] is False and math.isnan(part["fraction_seconds"])
-    assert part["same_strategy"] is None and not part["same_strategy_and_lr"]
+    # Neither can be said without the pick's strategy in the grid (was False: "differs").
+    assert part["same_strategy"] is None and part["same_strategy_and_lr"] is None
     o = {**outcome, "metric_label": "AUROC", "grid": part}
     o["pick"] = {**o["pick"], "val": 0.9}
     o["cost"] = {**o["cost"], "arms": 2, "epochs": 1234.5}
