@@ -167,6 +167,8 @@ def successive_halving(
     alive, rungs = list(arms), []
     plan = rung_steps(min_epochs, eta, max_epochs, steps_per_epoch)
     at = {steps for _, steps in plan}
+    for arm in arms:
+        _check_rescorable(arm, session.out, [steps for _, steps in plan], steps_per_epoch)
     for budget, steps in plan:
         for arm in alive:
             if not (arm.finished or arm.failed):
@@ -216,6 +218,34 @@ def successive_halving(
             "arms": len(arms),
         },
     }
+
+
+def _check_rescorable(arm: Arm, out: str | Path, rungs: list[int], steps_per_epoch: int) -> None:
+    """Refuses, before any training, an arm an earlier selection in ``out`` trained past a
+    rung of this plan that ends inside an epoch, whose validation there it did not keep
+    (:func:`score_arm` refuses it when the rung comes: after a rung of the other arms had
+    trained, hours on a real grid, for the same remedy)."""
+    run = results.run_dir(out, arm.config.to_dict())
+    if not run.is_dir():
+        return
+    record = results.record_path(out, arm.config.to_dict())
+    if record.is_file():
+        trained = len(results.read_record(record).get("epochs", [])) * steps_per_epoch
+    else:
+        from medft_jax.checkpoints.run import RunCheckpoints
+
+        progress = RunCheckpoints(run).read_progress() or {}
+        partial = progress.get("partial")
+        trained = len(progress.get("epochs", [])) * steps_per_epoch
+        trained += partial["steps"] if partial else 0
+    kept = _read_kept(run / RUNG_VALIDATIONS)
+    for steps in rungs:
+        if trained > steps and steps % steps_per_epoch and steps not in kept:
+            raise UserError(
+                f"--out {out}: arm {arm.label} has trained {trained} steps, past this "
+                f"selection's rung at {steps}, and its validation at step {steps} was not "
+                "kept; give the selection a new --out"
+            )
 
 
 def _advance(
