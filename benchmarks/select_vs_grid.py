@@ -31,6 +31,12 @@ from medft_jax.errors import ArgumentParser, UserError, cli_main, no_file_in_the
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _same(value: bool | None) -> str:
+    """A pick against the grid's winner: ``unknown`` where the grid's records lack the pick's
+    strategy (None), which "no" misread as a pick that differs."""
+    return "unknown" if value is None else "yes" if value else "no"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -103,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"| {dataset} | {arch} | {pick['strategy']} @ {pick['lr']:g} "
             f"| {win.get('strategy', '-')} @ {win.get('lr', float('nan')):g} "
-            f"| {'yes' if gr.get('same_strategy_and_lr') else 'no'} "
+            f"| {_same(gr.get('same_strategy_and_lr'))} "
             f"| {o['cost']['epochs']:.1f}/{gr['epochs']} = {gr['fraction_epochs']:.0%} "
             f"| {o['cost']['seconds']:.0f}/{gr['seconds']:.0f} = {gr['fraction_seconds']:.0%} "
             f"| {wall / 60:.1f} min |"

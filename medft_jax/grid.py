@@ -378,8 +378,8 @@ def _by_name(path: Path) -> Path:
     wheel) the README's ``experiments/configs/paper.py`` is no path, and the grids'
     site-packages path is long. ``paper.py`` names a file: the user's own copy, elsewhere,
     is not silently replaced by the toolkit's."""
-    if path.exists() or len(path.parts) != 1 or path.suffix or path.name.startswith("_"):
-        return path
+    if path.is_file() or len(path.parts) != 1 or path.suffix or path.name.startswith("_"):
+        return path  # a folder named so here is no grid file: the toolkit's grid is meant
     bundled = _BUNDLED / f"{path.name}.py"
     if not bundled.is_file():
         return path
@@ -455,14 +455,16 @@ def parse_only(specs: Iterable[str] | None) -> Filters:
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         if not parts:  # an empty shell variable: not "no filter", which would run the grid
             raise GridError(f"--only {spec!r}: expected key=value, e.g. dataset=bach")
+        before = None  # the key=value part before this one, in this --only
         for part in parts:
             key, sep, value = part.partition("=")
             key = key.strip()
-            if not sep and out and len(parts) > 1:  # "strategy=lp,bitfit": a second value
+            if not sep and before is not None and key not in AXES:  # strategy=lp,bitfit
                 raise GridError(
                     f"--only {spec!r}: {part!r} is no key=value; several values of one key "
-                    "are written with |, e.g. strategy=lp|bitfit"
+                    f"are written with |, e.g. {before}|{part}"
                 )
+            before = part
             if not sep or not value.strip():
                 raise GridError(f"--only {part!r}: expected key=value, e.g. dataset=bach")
             if key not in AXES:

@@ -167,9 +167,9 @@ def successive_halving(
     alive, rungs = list(arms), []
     plan = rung_steps(min_epochs, eta, max_epochs, steps_per_epoch)
     at = {steps for _, steps in plan}
-    for arm in arms:
-        _check_rescorable(arm, session.out, [steps for _, steps in plan], steps_per_epoch)
     for budget, steps in plan:
+        for arm in alive:  # the arms scored at this rung, before any of them trains for it
+            _check_rescorable(arm, session.out, steps, steps_per_epoch)
         for arm in alive:
             if not (arm.finished or arm.failed):
                 _advance(arm, session, steps, primary, steps_per_epoch, at)
@@ -220,11 +220,13 @@ def successive_halving(
     }
 
 
-def _check_rescorable(arm: Arm, out: str | Path, rungs: list[int], steps_per_epoch: int) -> None:
-    """Refuses, before any training, an arm an earlier selection in ``out`` trained past a
-    rung of this plan that ends inside an epoch, whose validation there it did not keep
-    (:func:`score_arm` refuses it when the rung comes: after a rung of the other arms had
-    trained, hours on a real grid, for the same remedy)."""
+def _check_rescorable(arm: Arm, out: str | Path, steps: int, steps_per_epoch: int) -> None:
+    """Refuses, before any arm trains for the rung at ``steps``, an arm still in the
+    selection that an earlier selection in ``out`` trained past that rung, which ends
+    inside an epoch, without keeping its validation there (:func:`score_arm` refused it
+    when it came to score the arm: after the rung's other arms had trained, hours on a
+    real grid, for the same remedy). An arm dropped at an earlier rung is never scored
+    there, and not asked."""
     run = results.run_dir(out, arm.config.to_dict())
     if not run.is_dir():
         return
@@ -239,13 +241,12 @@ def _check_rescorable(arm: Arm, out: str | Path, rungs: list[int], steps_per_epo
         trained = len(progress.get("epochs", [])) * steps_per_epoch
         trained += partial["steps"] if partial else 0
     kept = _read_kept(run / RUNG_VALIDATIONS)
-    for steps in rungs:
-        if trained > steps and steps % steps_per_epoch and steps not in kept:
-            raise UserError(
-                f"--out {out}: arm {arm.label} has trained {trained} steps, past this "
-                f"selection's rung at {steps}, and its validation at step {steps} was not "
-                "kept; give the selection a new --out"
-            )
+    if trained > steps and steps % steps_per_epoch and steps not in kept:
+        raise UserError(
+            f"--out {out}: arm {arm.label} has trained {trained} steps, past this "
+            f"selection's rung at {steps}, and its validation at step {steps} was not "
+            "kept; give the selection a new --out"
+        )
 
 
 def _advance(

@@ -763,3 +763,11 @@ def test_models_py_times_torch_on_the_kind_of_device_jax_runs_on(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"^JAX runs on a GPU that torch cannot see"):
         bench_models.torch_device()
+
+
+def test_select_vs_grid_says_unknown_where_the_grid_cannot_judge_the_pick():
+    """The grid's records lacking the pick's strategy: `same_strategy_and_lr` is null, which
+    the table printed as "no", a pick that differs."""
+    import select_vs_grid
+
+    assert [select_vs_grid._same(v) for v in (True, False, None)] == ["yes", "no", "unknown"]

@@ -95,15 +95,16 @@ def test_a_validation_inside_an_epoch_outlives_its_checkpoint(tmp_path, monkeypa
         score_arm(Arm("lp", 1e-4, config), {}, tmp_path, "accuracy", 6, steps=4)
 
 
-def test_an_arm_past_an_unkept_rung_is_refused_before_any_training(tmp_path, monkeypatch):
-    """Refused only when its rung came, after a whole rung of the other arms had trained
-    (52 s on a toy grid; hours on a real one) for the same remedy, a new --out."""
+def test_an_arm_past_an_unkept_rung_is_refused_before_the_rung_trains(tmp_path, monkeypatch):
+    """Refused only when it came to be scored, after the rung's other arms had trained
+    (52 s on a toy grid; hours on a real one) for the same remedy, a new --out; checked
+    per rung, for the arms still in: one dropped earlier is never scored there."""
     from medft_jax import halving
     from medft_jax.checkpoints import run as run_ckpt
 
     config = RunConfig(strategy="lp")
     arm = Arm("lp", 1e-4, config)
-    halving._check_rescorable(arm, tmp_path, [4, 12], 6)  # no folder: nothing trained
+    halving._check_rescorable(arm, tmp_path, 4, 6)  # no folder: nothing trained
     results.run_dir(tmp_path, config.to_dict()).mkdir(parents=True)
     state = {"epochs": [{"val": _val(0.6), "seconds": 1.0}] * 2, "partial": None}
     monkeypatch.setattr(run_ckpt.RunCheckpoints, "read_progress", lambda self: state)
@@ -112,11 +113,11 @@ def test_an_arm_past_an_unkept_rung_is_refused_before_any_training(tmp_path, mon
         match=r"arm lp @ lr 0.0001 has trained 12 steps, past this selection's rung at 4, "
         r"and its validation at step 4 was not kept; give the selection a new --out",
     ):
-        halving._check_rescorable(arm, tmp_path, [4, 12], 6)
-    halving._check_rescorable(arm, tmp_path, [6, 12], 6)  # epoch ends: scored from epochs
+        halving._check_rescorable(arm, tmp_path, 4, 6)
+    halving._check_rescorable(arm, tmp_path, 6, 6)  # an epoch's end: scored from its epochs
     kept = results.run_dir(tmp_path, config.to_dict()) / halving.RUNG_VALIDATIONS
     halving._write_kept(kept, {4: {"val": _val(0.7), "seconds": 0.5}})
-    halving._check_rescorable(arm, tmp_path, [4, 12], 6)  # its validation there was kept
+    halving._check_rescorable(arm, tmp_path, 4, 6)  # its validation there was kept
 
 
 def test_rungs_rounding_to_the_same_step_are_one_rung():

@@ -127,6 +127,9 @@ def test_only_filters():
     runs = grid_lib.select(g, grid_lib.parse_only(["strategy=ft|lp", "lr=0.0001", "seed=2"]))
     assert len(runs) == 8 * 3 * 2 and {(r.lr, r.seed) for r in runs} == {(1e-4, 2)}
     assert grid_lib.parse_only(["strategy=ft|lp", "strategy=lp|g_lf"]) == {"strategy": {"lp"}}
+    # A bare first part of a second --only is no second value of the first's key.
+    with pytest.raises(grid_lib.GridError, match=r"^--only 'bitfit': expected key=value"):
+        grid_lib.parse_only(["strategy=lp", "bitfit"])
 
 
 @pytest.mark.parametrize(
@@ -142,6 +145,8 @@ def test_only_filters():
             "--only 'strategy=lp,bitfit': 'bitfit' is no key=value; several values of one key "
             "are written with |, e.g. strategy=lp|bitfit",
         ),
+        ("lr=1e-3,3e-4", "e.g. lr=1e-3|3e-4"),
+        ("dataset=bach,arch", "--only 'arch': expected key=value"),  # a key without its value
     ],
 )
 def test_bad_only_is_named(spec, message, capsys):
@@ -1566,6 +1571,7 @@ def test_a_missing_grid_file_names_the_toolkits_grids(tmp_path, capsys, monkeypa
     )
     # By name, as an installed wheel's user has no experiments/configs/ beside them; a file
     # of that name here is the user's own, and wins.
+    (tmp_path / "quick").mkdir()  # a folder named so here is no grid file
     assert sweep_cli.main(["--config", "quick", "--dry-run"]) == 0
     said = capsys.readouterr()
     assert said.out.startswith("grid quick: 64 runs")
