@@ -810,7 +810,9 @@ def test_csv_multilabel_cell_that_is_not_0_or_1(tmp_path, cell):
     """float() took +1, 1e0, 0_0, a full-width 1 and 0.99999999999999999 (read as 1)."""
     root = _csv_dir(tmp_path / f"d{len(cell)}", ["1,0"] * 5 + [f"{cell},1"], "path,a,b")
     with pytest.raises(
-        DataError, match=rf"labels\.csv:7 column 'a': {re.escape(repr(cell))} is not 0 or 1"
+        DataError,
+        match=rf"labels\.csv:7 column 'a': {re.escape(repr(cell))} is not 0 or 1; label columns "
+        r"hold 0 or 1, one column per label \(a column of label names is --label-column\)$",
     ):
         _load_csv(root, tmp_path / "out", label_columns=["a", "b"])
 

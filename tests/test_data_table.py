@@ -90,6 +90,33 @@ def test_hash_like_names_that_differ_in_case_are_two_images(tmp_path):
     assert {"imgs/aB3x.png", "imgs/Ab3x.png"} <= ids
 
 
+def test_a_label_column_of_joined_labels_is_refused_as_multilabel(tmp_path):
+    """NIH ChestX-ray14's ``Finding Labels`` (``Effusion|Infiltration``) given as the label
+    column trained every combination as a class of its own, exit 0; predict then named
+    classes such as ``Effusion|Infiltration``."""
+    _images(tmp_path)
+    labels = ["No Finding", "Effusion", "Infiltration", "Effusion|Infiltration"] * 3
+    rows = [f"imgs/a{i}.png,{label},p{i}" for i, label in enumerate(labels)]
+    _write(tmp_path, '"Image Index","Finding Labels","Patient ID"', rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, path_column="Image Index", label_column="Finding Labels")
+    assert _one_line(err) == (
+        f"{tmp_path / 'labels.csv'}:5: label 'Effusion|Infiltration' of column 'Finding "
+        "Labels' joins labels with '|', of which 'Effusion' stands alone in it: a multilabel "
+        "column, each combination of which would be a class; write one 0/1 column per label "
+        "and give them as --label-columns (pandas: df['Finding Labels'].str.get_dummies("
+        "sep='|'))"
+    )
+    # A class name holding a joiner whose parts are no labels of the column is a name.
+    rows = [f"imgs/a{i}.png,{'grade 1|2' if i % 2 else 'grade 3'},p{i}" for i in range(12)]
+    _write(tmp_path, '"Image Index","Finding Labels","Patient ID"', rows)
+    names, _, _ = _table(
+        tmp_path, path_column="Image Index", label_column="Finding Labels",
+        group_column="Patient ID",
+    )  # fmt: skip
+    assert names == ["grade 1|2", "grade 3"]
+
+
 def test_a_bad_byte_in_a_classic_mac_csv_names_its_line(tmp_path):
     """Excel's "CSV (Macintosh)" ends lines with a lone CR: the bad byte on line 14 was
     said to be on line 1."""
@@ -405,6 +432,11 @@ def test_a_split_or_patient_column_left_without_its_flag_is_refused(tmp_path):
     )
     with pytest.raises(DataError, match=r"column 'Patient_ID' looks like a patient id shared"):
         _table(tmp_path, split_column="Split")
+    # The flag to paste names a column of two words so that a shell reads it back.
+    _write(tmp_path, 'path,label,"Patient ID",Split', rows)
+    with pytest.raises(DataError, match=r"pass --group-column 'Patient ID' \(or rename"):
+        _table(tmp_path, split_column="Split")
+    _write(tmp_path, "path,label,Patient_ID,Split", rows)
     _, _, splits = _table(tmp_path, split_column="Split", group_column="Patient_ID")
     assert [len(splits[s]) for s in ("train", "val", "test")] == [8, 2, 2]
     # One blank cell, or a value no split is named, among split names: refused as well (the

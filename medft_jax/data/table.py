@@ -14,6 +14,7 @@ import io
 import math
 import os
 import re
+import shlex
 import stat
 import sys
 import unicodedata
@@ -160,6 +161,7 @@ def class_names_of(rows: Sequence[Row], label_column: str, csv_path: Path) -> li
             raise DataError(f"{csv_path}:{row.line}: empty {label_column!r}; expected a class")
         first.setdefault(value, row.line)
     refuse_twins(first, lambda value: f"{csv_path}:{first[value]}")  # first appearances
+    _refuse_joined_labels(first, label_column, csv_path)
     numbers = {v: _number(v) for v in first}
     ids = {v: x for v, x in numbers.items() if x is not None}
     if not ids:
@@ -182,6 +184,36 @@ def class_names_of(rows: Sequence[Row], label_column: str, csv_path: Path) -> li
         if other != v:
             raise DataError(f"{csv_path}:{first[v]}: labels {other!r} and {v!r} are the same id")
     return sorted(ids, key=lambda v: ids[v])
+
+
+def _shell(word: str) -> str:
+    """``word`` as a shell reads it back (``Patient ID`` quoted): the flag suggested was
+    pasted, and ``--group-column Patient ID`` was refused for ``ID``."""
+    return shlex.quote(word)
+
+
+LABEL_JOINERS = ("|", ";", ",")
+"""What a multilabel export joins a row's labels with in one cell (NIH ChestX-ray14's
+``Effusion|Infiltration``)."""
+
+
+def _refuse_joined_labels(first: dict[str, int], label_column: str, csv_path: Path) -> None:
+    """Refuses a single-label column whose values join labels it also holds alone
+    (``Effusion|Infiltration`` beside ``Effusion``): read as classes, each combination was a
+    class of its own, and a multilabel task trained as a 7-class one without a word.
+    ``first``: each value -> the line it first appears on."""
+    for value, line in first.items():
+        for joiner in LABEL_JOINERS:
+            parts = [p.strip() for p in value.split(joiner)]
+            alone = [p for p in parts if p in first]
+            if len(parts) > 1 and all(parts) and alone:
+                raise DataError(
+                    f"{csv_path}:{line}: label {value!r} of column {label_column!r} joins "
+                    f"labels with {joiner!r}, of which {alone[0]!r} stands alone in it: a "
+                    "multilabel column, each combination of which would be a class; write "
+                    "one 0/1 column per label and give them as --label-columns (pandas: "
+                    f"df[{label_column!r}].str.get_dummies(sep={joiner!r}))"
+                )
 
 
 def parse_table(
@@ -441,7 +473,7 @@ def _refuse_unused_layout_columns(
                 raise DataError(
                     f"{csv_path}: column {column!r} holds split names ({listed}) but "
                     "--split-column is not given, so the splits would be carved at random "
-                    f"instead; pass --split-column {column} (or rename the column to carve)"
+                    f"instead; pass --split-column {_shell(column)} (or rename the column to carve)"
                 )
     if group_column is None:
         for column in columns:
@@ -452,7 +484,7 @@ def _refuse_unused_layout_columns(
                 raise DataError(
                     f"{csv_path}: column {column!r} looks like a patient id shared by several "
                     f"images, but --group-column is not given, so a patient's images could land "
-                    f"in train and test both; pass --group-column {column} (or rename the "
+                    f"in train and test both; pass --group-column {_shell(column)} (or rename the "
                     "column to split image by image)"
                 )
 
@@ -598,5 +630,8 @@ def _hot(text: str, where: str) -> float:
     """A multi-hot cell: ``0``/``1`` (also ``0.0``/``1.0``); anything else names the cell."""
     cell = text.strip()
     if not _HOT.fullmatch(cell):
-        raise DataError(f"{where}: {cell!r} is not 0 or 1; label columns hold 0 or 1")
+        raise DataError(
+            f"{where}: {cell!r} is not 0 or 1; label columns hold 0 or 1, one column per "
+            "label (a column of label names is --label-column)"
+        )
     return float(cell[0])
