@@ -70,7 +70,7 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
         help="folder: whether the subfolders of a class folder are patients "
         "(<class>/<patient>/<image>): --patient-folders keeps each one's images in one split, "
         "--no-patient-folders splits image by image; needed when val/test are carved from "
-        "such images",
+        "such images, or when given train/, val/ and test/ share a subfolder name",
     )
     p.add_argument(
         "--csv-file",

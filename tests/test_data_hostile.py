@@ -611,6 +611,11 @@ def test_one_scan_kept_in_two_formats_is_refused(tmp_path):
     _no_cache_written(out)
     for jpg in (root / "dog").glob("*.JPG"):
         jpg.unlink()
+    # x.png beside x.PNG: one image saved twice, not two patients' names spelled apart.
+    (root / "dog" / "5.PNG").write_bytes((root / "dog" / "5.png").read_bytes())
+    with pytest.raises(DataError, match=r": dog/5\.PNG and dog/5\.png differ only in their suffix"):
+        _load_folder(root, out)
+    (root / "dog" / "5.PNG").unlink()
     # A PACS export's IM0001 beside its viewer's IM0001.jpg, in a given split.
     split = tmp_path / "split"
     for name in ("train", "val", "test"):

@@ -970,6 +970,12 @@ def test_an_export_into_the_checkpoint_it_reads_is_refused(tmp_path):
             weights_port.export(ck, out)
         assert not out.exists() and not out.with_suffix(".safetensors").exists()
     assert weights_port.export(ck, tmp_path / "beside.safetensors")  # beside it is fine
+    # A run's best/: its run folder, which a run --force clears, is no place either.
+    best = tmp_path / "runs" / "r1" / "best"
+    shutil.copytree(ck, best)
+    with pytest.raises(PortError, match=r"^--out .*model\.safetensors: inside the run folder"):
+        weights_port.export(best, best.parent / "model.safetensors")
+    assert weights_port.export(best, tmp_path / "runs" / "model.safetensors")
 
 
 def test_resize_size_is_checked_against_the_crop_and_an_exports_header(tmp_path, capsys):

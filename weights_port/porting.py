@@ -255,10 +255,17 @@ def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> l
 def _refuse_out_inside(checkpoint: str | Path, out: Path) -> None:
     """An export written inside the checkpoint folder it reads sat in a folder the toolkit
     replaces whole (a ``run --force`` rewrites ``best/``, deleting it without a word), or in
-    an orbax item folder; predict's ``--out`` is refused there alike."""
+    an orbax item folder; inside a run's folder (beside its ``best/``) likewise, which a
+    ``run --force`` clears. predict's ``--out`` is refused there alike."""
     folder = Path(checkpoint).expanduser().resolve()
-    if Path(out).expanduser().resolve().is_relative_to(folder):
+    target = Path(out).expanduser().resolve()
+    if target.is_relative_to(folder):
         raise PortError(
             f"--out {out}: inside --checkpoint {checkpoint}, a folder the toolkit replaces "
             "whole; write the export elsewhere"
+        )
+    if folder.name == "best" and target.is_relative_to(folder.parent):
+        raise PortError(
+            f"--out {out}: inside the run folder {folder.parent} of --checkpoint {checkpoint}, "
+            "which a run --force clears; write the export elsewhere"
         )

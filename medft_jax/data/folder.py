@@ -407,8 +407,9 @@ def parse_folder(
         if not carved:
             refuse_unused_seed(seed, "train/, val/ and test/", str(root))
         _check_patients_said(root, nested, patient_folders, carved, train)
-        _refuse_patient_twins(root, [ex for members in given.values() for ex in members])
+        # One image saved twice first: x.png beside x.PNG is that, not two patients' names.
         _refuse_saved_twice(root, [ex for members in given.values() for ex in members])
+        _refuse_patient_twins(root, [ex for members in given.values() for ex in members])
         if "test" not in given:
             train, given["test"] = carve_checked(
                 train, "test", fraction["test"], seed, stratify=True, where=str(root)
@@ -424,8 +425,8 @@ def parse_folder(
     nested = {"train": []}
     examples = _scan(root, root, class_names, "train", others, patient_folders, nested["train"])
     _check_patients_said(root, nested, patient_folders, carved=True, train=examples)
-    _refuse_patient_twins(root, examples)
     _refuse_saved_twice(root, examples)
+    _refuse_patient_twins(root, examples)
     say_left_out(root, others)
     test_fraction = fraction_for("test", test_fraction, None, str(root))
     val_fraction = fraction_for("val", val_fraction, None, str(root))
