@@ -285,8 +285,8 @@ def test_one_strategy_with_different_options_across_cells_is_refused():
     with pytest.raises(RecordError) as e:
         collect([rec(), rec(arch="vgg19"), *runs])
     assert str(e.value) == (
-        "strategy 'l2_sp' ran with different options (strategy_options.alpha: 1.0 vs "
-        '"<absent>"; strategy_options.beta: 1.0 vs "<absent>"; <absent>: its default): one '
+        "strategy 'l2_sp' ran with different options (strategy_options.alpha: \"<absent>\" "
+        'vs 1.0; strategy_options.beta: "<absent>" vs 1.0; <absent>: its default): one '
         "row cannot name both; report them from separate --runs folders, or keep one with "
         "--only"
     )
@@ -1139,6 +1139,15 @@ def test_two_own_datasets_under_one_name_are_refused_naming_each_folder_not_as_a
     assert (
         'the data read with other options (options.group_column: "<absent>" vs "patient"; '
         "<absent>: the default), not one dataset edited between them"
+    ) in str(e.value)
+    # Two keys of two runs each: every "x vs y" is the first run's value, then the other's
+    # (each key sorted apart put "<absent>" first in each, pairing values across runs).
+    first = own(data="d1", when=1, options={"group_column": "patient"})
+    mixed = own("lp", data="d2", when=2, split="s2", options={"label_column": "dx"})
+    with pytest.raises(results.RecordError) as e:
+        collect([first, mixed])
+    assert (
+        'options.group_column: "patient" vs "<absent>"; options.label_column: "<absent>" vs "dx"'
     ) in str(e.value)
 
 

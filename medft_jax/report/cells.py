@@ -536,7 +536,9 @@ def _differing(configs: Sequence[Mapping[str, Any]], skip: Iterable[str]) -> dic
     out = {}
     for k in keys:
         seen = {_canon(c.get(k, "<absent>")): c.get(k) for c in configs}
-        if len(seen) > 1:  # numbers in numeric order: "40" sorted before "8" as text
+        if len(seen) == 2:  # as the configs give them: "a vs b" is one run, then the other,
+            out[k] = list(seen)  # for every key (sorted apart, "<absent>" came first in each)
+        elif len(seen) > 2:  # numbers in numeric order: "40" sorted before "8" as text
             out[k] = sorted(seen, key=lambda t: _value_order(seen[t], t))
     return out
 
