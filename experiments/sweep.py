@@ -233,11 +233,13 @@ def dry_run(
         if results.failure_path(out, f["config"]).is_file()
     }
 
-    mine = [runs[k] for k in grid_lib.shard_positions(runs, index, count)]
-    listings = _check_listings(mine, data_dir, g.dataset_options)
+    # Every shard's runs, not this shard's alone: the closing "shards:" line gives each
+    # shard's count and cost, which other shards' folder runs left "?" and their changed
+    # runs "done" (each shard's dry run told other totals).
+    listings = _check_listings(runs, data_dir, g.dataset_options)
     unbuilt: dict[str, str] = {}
     changed = _data_changed(
-        mine,
+        runs,
         [r for r in records if results.record_path(out, r["config"]).is_file()],
         data_dir,
         g.dataset_options,

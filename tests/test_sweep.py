@@ -512,6 +512,22 @@ def test_the_own_folder_grid_runs_on_the_folder_it_is_given(tmp_path, monkeypatc
     )
 
 
+def test_a_shards_dry_run_costs_every_shards_folder_runs(tmp_path, monkeypatch, capsys):
+    """Each shard's dry run listed its own shard's folders alone: the closing "shards:" line
+    gave the other shards' folder runs "?" (and their changed runs "done"), so each shard
+    told other totals."""
+    _, config = _folder_grid(tmp_path, (0,))
+    text = config.read_text().replace("datasets=('folder',)", "datasets=('folder', 'demo')")
+    config.write_text(text)  # one run each: shard 0 holds one dataset, shard 1 the other
+    monkeypatch.setitem(grid_lib.REFERENCE_IMAGES_PER_S, "resnet_tiny", 0.01)
+    lines = []
+    for shard in ("0/2", "1/2"):
+        argv = ["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run"]
+        assert sweep_cli.main([*argv, "--shard", shard]) == 0
+        lines.append(next(x for x in capsys.readouterr().out.splitlines() if "shards:" in x))
+    assert lines[0] == lines[1] and "?" not in lines[0], lines
+
+
 def _folder_grid(tmp_path: Path, seeds: tuple[int, ...]) -> tuple[Path, Path]:
     """A ``folder`` dataset of two classes of ten 20 px PNGs, and a grid file of FT on it
     (resnet_tiny, 32 px, no weights) over ``seeds``: ``(images folder, grid file)``."""
