@@ -117,6 +117,28 @@ def test_a_label_column_of_joined_labels_is_refused_as_multilabel(tmp_path):
     assert names == ["grade 1|2", "grade 3"]
 
 
+def test_a_csv_of_other_column_names_or_typed_from_here_says_how(tmp_path, monkeypatch):
+    """A one-hot export (``Image Index,Effusion,...``) read with the default columns did not
+    name the flags for other columns; ``--csv-file conv.csv`` typed from the folder holding
+    it, with ``--manual-dir images``, was "not found: images/conv.csv", a path never typed."""
+    _images(tmp_path)
+    _write(tmp_path, "Image Index,Effusion", [f"imgs/a{i}.png,{i % 2}" for i in range(12)])
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err).endswith(
+        "(found Image Index,Effusion); or name your columns: --path-column, and --label-column "
+        "(a column of class names) or --label-columns (one 0/1 column per label)"
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as err:
+        parse_table(tmp_path / "imgs", "labels.csv")
+    assert _one_line(err) == (
+        f"--csv-file labels.csv: no such file in --manual-dir {tmp_path / 'imgs'} (a relative "
+        f"--csv-file is read from there); labels.csv here is {tmp_path / 'labels.csv'}: give "
+        "that path"
+    )
+
+
 def test_a_bad_byte_in_a_classic_mac_csv_names_its_line(tmp_path):
     """Excel's "CSV (Macintosh)" ends lines with a lone CR: the bad byte on line 14 was
     said to be on line 1."""

@@ -77,14 +77,20 @@ def _line_at(data: bytes, pos: int) -> int:
     return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
 
 
-def read_csv(path: Path, required: Sequence[str], header: Sequence[str] | None = None) -> list[Row]:
+def read_csv(
+    path: Path,
+    required: Sequence[str],
+    header: Sequence[str] | None = None,
+    naming: str = "",
+) -> list[Row]:
     """Rows of ``path`` as dicts (each with its ``line``); every malformed line is an error.
 
     A missing column names it and the expected header (``header``, default
-    ``required``). Refused, with the file and line: bytes that are not
-    UTF-8, a NUL byte, a row with fewer or more fields than the header, bad
-    quoting, an empty file, a header with no rows. Blank lines are skipped. Column
-    names, like the cells, are read without surrounding spaces (``path, label``).
+    ``required``), then ``naming``: how the caller's user names other columns.
+    Refused, with the file and line: bytes that are not UTF-8, a NUL byte, a row with
+    fewer or more fields than the header, bad quoting, an empty file, a header with no
+    rows. Blank lines are skipped. Column names, like the cells, are read without
+    surrounding spaces (``path, label``).
     """
     expected = ",".join(header or required)
     if not Path(path).exists():
@@ -99,7 +105,7 @@ def read_csv(path: Path, required: Sequence[str], header: Sequence[str] | None =
             if not fields:
                 continue
             if found is None:  # names stripped as the cells are: "path, label" by hand
-                found = _header(path, [f.strip() for f in fields], required, expected)
+                found = _header(path, [f.strip() for f in fields], required, expected, naming)
                 continue
             if len(fields) != len(found):
                 few = "fewer" if len(fields) < len(found) else "more"
@@ -119,12 +125,14 @@ def read_csv(path: Path, required: Sequence[str], header: Sequence[str] | None =
     return rows
 
 
-def _header(path: Path, fields: list[str], required: Sequence[str], expected: str) -> list[str]:
+def _header(
+    path: Path, fields: list[str], required: Sequence[str], expected: str, naming: str = ""
+) -> list[str]:
     missing = [c for c in required if c not in fields]
     if missing:
         # European Excel saves "CSV" with semicolons; a tab-separated export reads alike.
         other = next((sep for sep in (";", "\t") if len(fields) == 1 and sep in fields[0]), None)
-        hint = f": its columns are separated by {other!r}, not ','" if other else ""
+        hint = f": its columns are separated by {other!r}, not ','" if other else naming
         raise DataError(
             f"{path}: missing column {missing[0]!r}; expected the header "
             f"{expected} (found {','.join(fields) or 'nothing'}){hint}"
@@ -270,7 +278,17 @@ def parse_table(
     label_column = label_column or "label"
     label_cols = list(label_columns) if label_columns is not None else [label_column]
     required = [path_column, *label_cols] + [c for c in (group_column, split_column) if c]
-    rows = read_csv(csv_path, required)
+    if not csv_path.exists() and not Path(csv_file).is_absolute() and Path(csv_file).is_file():
+        raise DataError(  # typed from where the command runs; it is read from --manual-dir
+            f"--csv-file {csv_file}: no such file in --manual-dir {root} (a relative "
+            f"--csv-file is read from there); {csv_file} here is {Path(csv_file).absolute()}: "
+            "give that path"
+        )
+    naming = (
+        "; or name your columns: --path-column, and --label-column (a column of class "
+        "names) or --label-columns (one 0/1 column per label)"
+    )
+    rows = read_csv(csv_path, required, naming=naming)
     used = [path_column, *label_cols]
     _refuse_unused_layout_columns(csv_path, rows, split_column, group_column, used)
     if multilabel:
