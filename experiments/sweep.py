@@ -260,15 +260,15 @@ def dry_run(
 
     broken_keys, broken_names = _damaged_runs(damaged, out)
     # Folders a live process holds (another shard training them now): the sweep skips them.
-    held = (
-        [
-            p.name
-            for p in Path(out).iterdir()
-            if (p / locks.LOCK_NAME).is_file() and locks.maybe_running(p)
-        ]
+    # A lock naming another host cannot be checked from here: that node may be training it,
+    # or may have died holding it (the sweep then runs it): "held?", not "running".
+    holders = (
+        {p.name: locks.holder_of(p) for p in Path(out).iterdir() if (p / locks.LOCK_NAME).is_file()}
         if Path(out).is_dir()
-        else []
+        else {}
     )
+    held = [name for name, who in holders.items() if who == locks.RUNNING_HERE]
+    elsewhere = [name for name, who in holders.items() if who not in (None, locks.RUNNING_HERE)]
 
     def status(config: RunConfig) -> str:
         key = results.settings_hash(config.to_dict())
@@ -280,6 +280,8 @@ def dry_run(
             return "changed" if key in changed else "done"
         if any(fnmatch.fnmatchcase(name, _unhashed(config)) for name in held):
             return "running"  # by another process now: the sweep skips it (exit 75)
+        if any(fnmatch.fnmatchcase(name, _unhashed(config)) for name in elsewhere):
+            return "held?"  # another host's lock: live or a dead node's, not known here
         if key in noted:
             return "retry" if retry_failed else "failed"
         return "todo"
@@ -307,10 +309,17 @@ def dry_run(
     shard_states = [states[k] for k in mine]
     done, failed = shard_states.count("done"), shard_states.count("failed")
     broken, running = shard_states.count("damaged"), shard_states.count("running")
-    todo = len(shard_states) - done - failed - broken - running
+    maybe = shard_states.count("held?")
+    todo = len(shard_states) - done - failed - broken - running - maybe
     cost = _to_run_cost(shard_states, [seconds[k] for k in mine])
     damaged_text = f"damaged {broken}, " if broken else ""
     damaged_text += f"running in another process {running}, " if running else ""
+    damaged_text += (
+        f"held by another host's lock {maybe} (running there, or a dead node's lock: the "
+        "sweep runs it where no process holds it), "
+        if maybe
+        else ""
+    )
     print(f"done {done}, failed {failed}, {damaged_text}to run {todo}: {cost}")
     kept, peak = grid_lib.disk_bytes(runs)
     if kept:

@@ -21,7 +21,7 @@ from experiments import report as report_cli
 from experiments import select as select_cli
 from experiments import sweep as sweep_cli
 from medft_jax import grid as grid_lib
-from medft_jax import plans, results
+from medft_jax import locks, plans, results
 from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.session import Session
 
@@ -1387,6 +1387,18 @@ def test_the_dry_run_says_a_run_another_process_trains_is_running(tmp_path, caps
     assert re.search(rf"\n +0  running  .*  {re.escape(name[:-16])}\*\n", text), text
     assert re.search(r"\n +1  todo  ", text)
     assert "done 0, failed 0, running in another process 1, to run 1: " in text
+    # The holder gone, its lock file left naming another host (a node killed mid-run): that
+    # node cannot be asked from here, and the sweep runs it where no process holds it; it
+    # read "running", "nothing to run", forever.
+    lock = out / name / locks.LOCK_NAME
+    lock.write_text(json.dumps({"pid": 1, "host": "node17"}))
+    assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(rf"\n +0  held\?  .*  {re.escape(name[:-16])}\*\n", text), text
+    assert (
+        "done 0, failed 0, held by another host's lock 1 (running there, or a dead node's "
+        "lock: the sweep runs it where no process holds it), to run 1: "
+    ) in text
 
 
 HOLDER = """
