@@ -18,7 +18,7 @@ import shlex
 import stat
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from medft_jax.data.class_names import patient_twin, refuse_twins
@@ -81,12 +81,13 @@ def read_csv(
     path: Path,
     required: Sequence[str],
     header: Sequence[str] | None = None,
-    naming: str = "",
+    naming: Mapping[str, str] | None = None,
 ) -> list[Row]:
     """Rows of ``path`` as dicts (each with its ``line``); every malformed line is an error.
 
     A missing column names it and the expected header (``header``, default
-    ``required``), then ``naming``: how the caller's user names other columns.
+    ``required``), then ``naming[column]``: how the user names it otherwise (a default
+    column name the user did not give).
     Refused, with the file and line: bytes that are not UTF-8, a NUL byte, a row with
     fewer or more fields than the header, bad quoting, an empty file, a header with no
     rows. Blank lines are skipped. Column names, like the cells, are read without
@@ -126,13 +127,21 @@ def read_csv(
 
 
 def _header(
-    path: Path, fields: list[str], required: Sequence[str], expected: str, naming: str = ""
+    path: Path,
+    fields: list[str],
+    required: Sequence[str],
+    expected: str,
+    naming: Mapping[str, str] | None = None,
 ) -> list[str]:
     missing = [c for c in required if c not in fields]
     if missing:
         # European Excel saves "CSV" with semicolons; a tab-separated export reads alike.
         other = next((sep for sep in (";", "\t") if len(fields) == 1 and sep in fields[0]), None)
-        hint = f": its columns are separated by {other!r}, not ','" if other else naming
+        hint = (
+            f": its columns are separated by {other!r}, not ','"
+            if other
+            else (naming or {}).get(missing[0], "")
+        )
         raise DataError(
             f"{path}: missing column {missing[0]!r}; expected the header "
             f"{expected} (found {','.join(fields) or 'nothing'}){hint}"
@@ -284,10 +293,14 @@ def parse_table(
             f"--csv-file is read from there); {csv_file} here is {Path(csv_file).absolute()}: "
             "give that path"
         )
-    naming = (
-        "; or name your columns: --path-column, and --label-column (a column of class "
-        "names) or --label-columns (one 0/1 column per label)"
-    )
+    naming = {  # a default name the user did not give: say how to give theirs
+        column: "; or name your columns: --path-column, and --label-column (a column of "
+        "class names) or --label-columns (one 0/1 column per label)"
+        for column, said in (("path", named["path_column"]), ("label", named["label_column"]))
+        if said is None or said.strip() == column
+    }
+    if multilabel:
+        naming.pop("label", None)
     rows = read_csv(csv_path, required, naming=naming)
     used = [path_column, *label_cols]
     _refuse_unused_layout_columns(csv_path, rows, split_column, group_column, used)
