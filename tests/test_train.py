@@ -530,6 +530,7 @@ def test_predict_returns_the_models_float32_logits(tiny):
     assert not np.allclose(got.sum(axis=1), 1.0)  # logits, not softmax rows
 
 
+@pytest.mark.slow  # a training run; the fast tier's 2 minutes
 @pytest.mark.xdist_group("resnet_tiny")
 def test_weights_gone_nan_under_a_finite_loss_stop_the_run(monkeypatch, tmp_path):
     """On XLA's CPU backend a reduction fused with a maximum (the ReLU before the global
