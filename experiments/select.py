@@ -377,12 +377,19 @@ def compare_with_grid(
         out["winner_by_test"] = {"strategy": by_test.strategy, "lr": by_test.lr}
         pick = outcome["pick"]
         ran_pick = any(c.strategy == pick["strategy"] for c in cells)
+        # Cells equal to the winner on both metrics (a flat metric on a small val split):
+        # the first in cell order was "the" winner, and a pick agreeing with it by that
+        # order read as the grid's agreement.
+        tied = [c for c in cells if _val_rank(c) == _val_rank(by_val)]
+        if len({c.strategy for c in tied}) > 1:
+            out["tied_by_val"] = [{"strategy": c.strategy, "lr": c.lr} for c in tied]
+        best = {c.strategy for c in tied}
         # None: the grid has no value for the pick's strategy, so it cannot say.
-        out["same_strategy"] = pick["strategy"] == by_val.strategy if ran_pick else None
+        out["same_strategy"] = pick["strategy"] in best if ran_pick else None
         out["same_strategy_and_lr"] = (
             None
             if out["same_strategy"] is None
-            else out["same_strategy"] and pick["lr"] == by_val.lr
+            else any(c.strategy == pick["strategy"] and c.lr == pick["lr"] for c in tied)
         )
         out["winner_test"] = by_val.mean()
         at_pick = [
@@ -452,9 +459,15 @@ def _print_outcome(o: dict[str, Any]) -> None:
     if "winner_by_val" in gr:
         w = gr["winner_by_val"]
         same = {True: "yes", False: "no", None: "unknown (the grid has no value for it)"}
+        tied = gr.get("tied_by_val")
+        named = (
+            "a tie of " + ", ".join(f"{t['strategy']} at lr {lr_text(t['lr'])}" for t in tied)
+            if tied
+            else f"{w['strategy']} at lr {lr_text(w['lr'])}"
+        )
         print(
-            f"grid winner (mean val over seeds at its chosen lr): {w['strategy']} at lr "
-            f"{lr_text(w['lr'])}; same strategy: {same[gr['same_strategy']]}"
+            f"grid winner (mean val over seeds at its chosen lr): {named}; same strategy"
+            f"{' (among the tied)' if tied else ''}: {same[gr['same_strategy']]}"
             + (f"; by test: {gr['winner_by_test']['strategy']}" if "winner_by_test" in gr else "")
         )
 

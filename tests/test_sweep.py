@@ -1700,6 +1700,31 @@ def test_the_grid_comparison_counts_device_seconds_alike_and_says_when_the_grid_
     assert "; same strategy: unknown (the grid has no value for it); by test: lp" in lines[2]
 
 
+def test_a_tie_of_grid_cells_is_named_not_its_first_cell(capsys):
+    """Five strategies at val mAP 1.0 and AUROC 1.0 (12 validation images): the first in
+    cell order was "the grid winner", and "same strategy: yes" an artefact of that order."""
+    from tests.test_report import rec
+
+    records = [
+        rec(strategy=strategy, lr=1e-3, seed=seed, val=1.0, test=test, epochs=2)
+        for strategy, test in (("ft", 0.7), ("lp", 0.6), ("g_lf", 0.8))
+        for seed in (0, 1)
+    ]
+    records += [rec(strategy="bitfit", lr=1e-3, seed=s, val=0.5, epochs=2) for s in (0, 1)]
+    outcome = {"pick": {"strategy": "lp", "lr": 1e-3}, "dataset": "bach", "arch": "resnet50"}
+    outcome["cost"] = {"epochs": 2.5, "seconds": 2.0, "device_seconds": 2.0}
+    got = select_cli.compare_with_grid(records, [], 8, outcome)
+    assert {t["strategy"] for t in got["tied_by_val"]} == {"ft", "lp", "g_lf"}
+    assert got["same_strategy"] is True and got["same_strategy_and_lr"] is True
+    outcome["pick"] = {"strategy": "bitfit", "lr": 1e-3}
+    assert select_cli.compare_with_grid(records, [], 8, outcome)["same_strategy"] is False
+    o = {**outcome, "metric_label": "AUROC", "grid": got}
+    o["pick"], o["cost"] = {"strategy": "lp", "lr": 1e-3, "val": 1.0}, {**o["cost"], "arms": 4}
+    select_cli._print_outcome(o)
+    line = next(x for x in capsys.readouterr().out.splitlines() if "grid winner" in x)
+    assert "): a tie of " in line and "same strategy (among the tied): yes" in line, line
+
+
 def test_dry_run_calls_a_paper_task_record_of_another_val_fraction_changed(tmp_path, capsys):
     """The grid's val fraction 0.3 against a record made at 0.1: "done, nothing to run",
     while the sweep (a new data fingerprint) ran it again."""
