@@ -477,6 +477,12 @@ _RECORD_FIELDS = (
 _HASHED_FOLDER = re.compile(rf"-([0-9a-f]{{{HASH_CHARS}}})$")
 
 
+def named_as_a_run(folder: str | Path) -> bool:
+    """Whether ``folder`` is named as a run's folder is (ending in its config's hash): a
+    user's own folder holding a ``best/`` is not one."""
+    return _HASHED_FOLDER.search(Path(folder).name) is not None
+
+
 def _check_folder(path: Path, config: dict[str, Any]) -> None:
     """Refuses a record whose config is not the run its folder is named after.
 
@@ -648,7 +654,7 @@ def unfinished_runs(
         if RECORD_NAME in names or FAILURE_NAME in names:
             continue
         checkpoints = Path(root) / "checkpoints"
-        started = _HASHED_FOLDER.search(Path(root).name) is not None and (
+        started = named_as_a_run(root) and (
             (checkpoints.is_dir() and any(checkpoints.iterdir())) or "best" in dirs
         )  # a run's folder ends in its hash: a user's folder holding a best/ is not one
         forced = any((Path(root) / n / RECORD_NAME).is_file() for n in PREVIOUS_NAMES)

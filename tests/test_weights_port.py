@@ -971,11 +971,15 @@ def test_an_export_into_the_checkpoint_it_reads_is_refused(tmp_path):
         assert not out.exists() and not out.with_suffix(".safetensors").exists()
     assert weights_port.export(ck, tmp_path / "beside.safetensors")  # beside it is fine
     # A run's best/: its run folder, which a run --force clears, is no place either.
-    best = tmp_path / "runs" / "r1" / "best"
+    best = tmp_path / "runs" / "demo-resnet_tiny-ft-lr0.001-s0-0123456789abcdef" / "best"
     shutil.copytree(ck, best)
     with pytest.raises(PortError, match=r"^--out .*model\.safetensors: inside the run folder"):
         weights_port.export(best, best.parent / "model.safetensors")
     assert weights_port.export(best, tmp_path / "runs" / "model.safetensors")
+    # A user's own folder holding a best/ is no run folder: exporting beside it is fine.
+    mine = tmp_path / "mine" / "best"
+    shutil.copytree(ck, mine)
+    assert weights_port.export(mine, mine.parent / "model.safetensors")
 
 
 def test_resize_size_is_checked_against_the_crop_and_an_exports_header(tmp_path, capsys):

@@ -20,6 +20,7 @@ from medft_jax.checkpoints.model import (
     save_model,
 )
 from medft_jax.models import get_arch
+from medft_jax.results import named_as_a_run
 from weights_port.fetch import (
     WEIGHTS_NAMES,
     cache_dir,
@@ -264,7 +265,11 @@ def _refuse_out_inside(checkpoint: str | Path, out: Path) -> None:
             f"--out {out}: inside --checkpoint {checkpoint}, a folder the toolkit replaces "
             "whole; write the export elsewhere"
         )
-    if folder.name == "best" and target.is_relative_to(folder.parent):
+    if (
+        folder.name == "best"
+        and named_as_a_run(folder.parent)
+        and target.is_relative_to(folder.parent)
+    ):
         raise PortError(
             f"--out {out}: inside the run folder {folder.parent} of --checkpoint {checkpoint}, "
             "which a run --force clears; write the export elsewhere"
