@@ -31,6 +31,16 @@ from medft_jax.errors import ArgumentParser, UserError, cli_main, no_file_in_the
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _winner(grid: dict) -> str:
+    """The grid's winner by validation, or its tie (the first of a tie alone read as the
+    one winner beside "same? yes" for a pick that was another of the tied)."""
+    tied = grid.get("tied_by_val")
+    if tied:
+        return "tie: " + ", ".join(f"{t['strategy']} @ {t['lr']:g}" for t in tied)
+    win = grid.get("winner_by_val", {})
+    return f"{win.get('strategy', '-')} @ {win.get('lr', float('nan')):g}"
+
+
 def _same(value: bool | None) -> str:
     """A pick against the grid's winner: ``unknown`` where the grid's records lack the pick's
     strategy (None), which "no" misread as a pick that differs."""
@@ -105,10 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|---|---|--:|--:|--:|")
     for dataset, arch, o, wall in rows:
         gr, pick = o["grid"], o["pick"]
-        win = gr.get("winner_by_val", {})
         print(
             f"| {dataset} | {arch} | {pick['strategy']} @ {pick['lr']:g} "
-            f"| {win.get('strategy', '-')} @ {win.get('lr', float('nan')):g} "
+            f"| {_winner(gr)} "
             f"| {_same(gr.get('same_strategy_and_lr'))} "
             f"| {o['cost']['epochs']:.1f}/{gr['epochs']} = {gr['fraction_epochs']:.0%} "
             f"| {o['cost']['seconds']:.0f}/{gr['seconds']:.0f} = {gr['fraction_seconds']:.0%} "

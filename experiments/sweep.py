@@ -176,13 +176,20 @@ def _state_key(c: RunConfig) -> tuple[Any, ...]:
 
 
 def _check_listings(
-    runs: list[RunConfig], data_dir: str | None, dataset_options: Any
+    runs: list[RunConfig],
+    data_dir: str | None,
+    dataset_options: Any,
+    read: DataStates | None = None,
+    *,
+    strict: bool = True,
 ) -> DataStates:
     """Reads the listing (folder tree or labels CSV, nothing decoded) of each of the user's
     datasets the runs use, so that a mistake there (a misspelt label column) is the dry
     run's one line, not the sweep's after it started: the dry run passed it, and the sweep
     then left out every run of the dataset. Returns what it read, which
-    :func:`_data_changed` uses rather than list a 20,000-file folder again."""
+    :func:`_data_changed` uses rather than list a 20,000-file folder again. ``read``: the
+    states already read (not read again); not ``strict``: a dataset that cannot be read is
+    None (another shard's, whose own dry run names it), not a refusal."""
     states: DataStates = {}
     local = [c for c in runs if c.dataset in LOCAL_KINDS]
     if not local:
@@ -190,13 +197,16 @@ def _check_listings(
     from medft_jax import fit
 
     for c in local:
-        if any(at[0] == c.dataset for at in states):  # one listing a dataset: its errors
+        done = (*states, *(read or {}))
+        if any(at[0] == c.dataset for at in done):  # one listing a dataset: its errors
             continue
         at = _state_key(c)
         try:
             states[at] = fit.data_state(c, data_dir, **dict(dataset_options.get(c.dataset, {})))
         except DataError as e:
-            raise UserError(f"dataset {c.dataset}: {e}") from None
+            if strict:
+                raise UserError(f"dataset {c.dataset}: {e}") from None
+            states[at] = None  # not this shard's: its cost unknown here
     return states
 
 
@@ -235,8 +245,11 @@ def dry_run(
 
     # Every shard's runs, not this shard's alone: the closing "shards:" line gives each
     # shard's count and cost, which other shards' folder runs left "?" and their changed
-    # runs "done" (each shard's dry run told other totals).
-    listings = _check_listings(runs, data_dir, g.dataset_options)
+    # runs "done" (each shard's dry run told other totals). Only this shard's datasets stop
+    # it: another shard's unreadable one is its own dry run's to name.
+    own = [runs[k] for k in grid_lib.shard_positions(runs, index, count)]
+    listings = _check_listings(own, data_dir, g.dataset_options)
+    listings.update(_check_listings(runs, data_dir, g.dataset_options, listings, strict=False))
     unbuilt: dict[str, str] = {}
     changed = _data_changed(
         runs,
@@ -267,8 +280,11 @@ def dry_run(
         if Path(out).is_dir()
         else {}
     )
-    held = [name for name, who in holders.items() if who == locks.RUNNING_HERE]
-    elsewhere = [name for name, who in holders.items() if who not in (None, locks.RUNNING_HERE)]
+    # "?": a lock file being written, or unreadable: a live process's, as before.
+    held = [name for name, who in holders.items() if who in (locks.RUNNING_HERE, "?")]
+    elsewhere = [
+        name for name, who in holders.items() if who not in (None, locks.RUNNING_HERE, "?")
+    ]
 
     def status(config: RunConfig) -> str:
         key = results.settings_hash(config.to_dict())

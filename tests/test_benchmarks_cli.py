@@ -771,3 +771,7 @@ def test_select_vs_grid_says_unknown_where_the_grid_cannot_judge_the_pick():
     import select_vs_grid
 
     assert [select_vs_grid._same(v) for v in (True, False, None)] == ["yes", "no", "unknown"]
+    tie = {"winner_by_val": {"strategy": "ft", "lr": 1e-3}}
+    assert select_vs_grid._winner(tie) == "ft @ 0.001"
+    tie["tied_by_val"] = [{"strategy": "ft", "lr": 1e-3}, {"strategy": "lp", "lr": 1e-3}]
+    assert select_vs_grid._winner(tie) == "tie: ft @ 0.001, lp @ 0.001"

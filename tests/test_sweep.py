@@ -526,6 +526,17 @@ def test_a_shards_dry_run_costs_every_shards_folder_runs(tmp_path, monkeypatch, 
         assert sweep_cli.main([*argv, "--shard", shard]) == 0
         lines.append(next(x for x in capsys.readouterr().out.splitlines() if "shards:" in x))
     assert lines[0] == lines[1] and "?" not in lines[0], lines
+    # Another shard's unreadable folder is that shard's dry run's to name, not this one's.
+    imgs = tmp_path / "imgs"
+    for f in (imgs / "b").iterdir():
+        f.unlink()
+    (imgs / "b").rmdir()  # one class left: refused where it is read
+    codes = []
+    for shard in ("0/2", "1/2"):
+        argv = ["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run"]
+        codes.append(sweep_cli.main([*argv, "--shard", shard]))
+    capsys.readouterr()
+    assert sorted(codes) == [0, 2]
 
 
 def _folder_grid(tmp_path: Path, seeds: tuple[int, ...]) -> tuple[Path, Path]:
@@ -1391,6 +1402,9 @@ def test_the_dry_run_says_a_run_another_process_trains_is_running(tmp_path, caps
     # node cannot be asked from here, and the sweep runs it where no process holds it; it
     # read "running", "nothing to run", forever.
     lock = out / name / locks.LOCK_NAME
+    lock.write_text("{")  # being written, or unreadable: a live process's, as before
+    assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
+    assert re.search(r"\n +0  running  ", capsys.readouterr().out)
     lock.write_text(json.dumps({"pid": 1, "host": "node17"}))
     assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out

@@ -222,14 +222,14 @@ def _refuse_joined_labels(first: dict[str, int], label_column: str, csv_path: Pa
     for value, line in first.items():
         for joiner in LABEL_JOINERS:
             parts = [p.strip() for p in value.split(joiner)]
-            alone = [p for p in parts if p in first]
-            if len(parts) > 1 and all(parts) and alone:
+            # Every part a label of its own: "Carcinoma, NOS" beside "Carcinoma" is a name.
+            if len(parts) > 1 and all(p in first for p in parts):
                 raise DataError(
                     f"{csv_path}:{line}: label {value!r} of column {label_column!r} joins "
-                    f"labels with {joiner!r}, of which {alone[0]!r} stands alone in it: a "
-                    "multilabel column, each combination of which would be a class; write "
-                    "one 0/1 column per label and give them as --label-columns (pandas: "
-                    f"df[{label_column!r}].str.get_dummies(sep={joiner!r}))"
+                    f"labels that stand alone in it ({', '.join(map(repr, parts))}) with "
+                    f"{joiner!r}: a multilabel column, each combination of which would be a "
+                    "class; write one 0/1 column per label and give them as --label-columns "
+                    f"(pandas: df[{label_column!r}].str.get_dummies(sep={joiner!r}))"
                 )
 
 
