@@ -220,6 +220,11 @@ def successive_halving(
     }
 
 
+def _trained(epochs: Sequence[Any], partial: dict[str, Any] | None, steps_per_epoch: int) -> int:
+    """Train steps an arm has taken: its whole epochs and its partial epoch's steps."""
+    return len(epochs) * steps_per_epoch + (partial["steps"] if partial else 0)
+
+
 def _check_rescorable(arm: Arm, out: str | Path, steps: int, steps_per_epoch: int) -> None:
     """Refuses, before any arm trains for the rung at ``steps``, an arm still in the
     selection that an earlier selection in ``out`` trained past that rung, which ends
@@ -232,14 +237,12 @@ def _check_rescorable(arm: Arm, out: str | Path, steps: int, steps_per_epoch: in
         return
     record = results.record_path(out, arm.config.to_dict())
     if record.is_file():
-        trained = len(results.read_record(record).get("epochs", [])) * steps_per_epoch
+        trained = _trained(results.read_record(record).get("epochs", []), None, steps_per_epoch)
     else:
         from medft_jax.checkpoints.run import RunCheckpoints
 
         progress = RunCheckpoints(run).read_progress() or {}
-        partial = progress.get("partial")
-        trained = len(progress.get("epochs", [])) * steps_per_epoch
-        trained += partial["steps"] if partial else 0
+        trained = _trained(progress.get("epochs", []), progress.get("partial"), steps_per_epoch)
     kept = _read_kept(run / RUNG_VALIDATIONS)
     if trained > steps and steps % steps_per_epoch and steps not in kept:
         raise UserError(
@@ -332,7 +335,7 @@ def score_arm(
     if steps is not None:
         kept_file = results.run_dir(out, arm.config.to_dict()) / RUNG_VALIDATIONS
         kept = _read_kept(kept_file)
-        trained = len(epochs) * steps_per_epoch + (partial["steps"] if partial else 0)
+        trained = _trained(epochs, partial, steps_per_epoch)
         # A Ctrl-C's or SIGTERM's resume point is not validated: no score to keep.
         if partial and partial["val"] and trained <= steps and trained not in kept:
             kept[trained] = {"val": partial["val"], "seconds": partial["seconds"]}
