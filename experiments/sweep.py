@@ -285,6 +285,15 @@ def dry_run(
     elsewhere = [
         name for name, who in holders.items() if who not in (None, locks.RUNNING_HERE, "?")
     ]
+    # The settings a holder wrote in its lock: a folder of this cell's name run under other
+    # settings (an edited grid's) is not this cell's run. Older locks lack them: by name.
+    held_as = {name: locks.held_settings(Path(out) / name) for name in held + elsewhere}
+
+    def holds(names: list[str], config: RunConfig, key: str) -> bool:
+        pattern = _unhashed(config)
+        return any(
+            held_as[name] in (None, key) and fnmatch.fnmatchcase(name, pattern) for name in names
+        )
 
     def status(config: RunConfig) -> str:
         key = results.settings_hash(config.to_dict())
@@ -294,9 +303,9 @@ def dry_run(
             return "damaged"  # the sweep skips it, naming the file: not run, not done
         if key in finished:
             return "changed" if key in changed else "done"
-        if any(fnmatch.fnmatchcase(name, _unhashed(config)) for name in held):
+        if holds(held, config, key):
             return "running"  # by another process now: the sweep skips it (exit 75)
-        if any(fnmatch.fnmatchcase(name, _unhashed(config)) for name in elsewhere):
+        if holds(elsewhere, config, key):
             return "held?"  # another host's lock: live or a dead node's, not known here
         if key in noted:
             return "retry" if retry_failed else "failed"

@@ -438,7 +438,7 @@ def run_one(
     # names the run, once its last checkpoint is written).
     with (
         _naming_an_interrupt(run_dir, record_file, force),
-        locks.run_lock(run_dir) as lock,
+        locks.run_lock(run_dir, results.settings_hash(cfg)) as lock,
         RunCheckpoints(run_dir, exclusive=True) as ckpts,
     ):
         if not force and process_0_says(record_file.exists()):  # another finished it meanwhile

@@ -50,6 +50,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from medft_jax.errors import UserError
 
@@ -142,14 +143,20 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[RunLock]:
+def run_lock(run_dir: str | os.PathLike[str], settings: str | None = None) -> Iterator[RunLock]:
     """Holds ``run_dir``'s lock for the ``with`` block; raises :class:`RunLocked` if taken.
 
     Creates ``run_dir`` when missing. Under multi-host JAX only process 0
     locks, and every process learns the outcome (see the module note).
+    ``settings`` (the run's :func:`~medft_jax.results.settings_hash`) is written in
+    the lock file: :func:`held_settings` reads it back.
     """
     run_dir = Path(run_dir)
-    lock = _acquire_for_all_processes(run_dir) if _process_count() > 1 else acquire(run_dir)
+    lock = (
+        _acquire_for_all_processes(run_dir, settings)
+        if _process_count() > 1
+        else acquire(run_dir, settings)
+    )
     try:
         yield lock
     finally:
@@ -229,8 +236,11 @@ def build_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             raise
 
 
-def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
-    """Takes ``run_dir``'s lock now or raises :class:`RunLocked`; release with ``release()``."""
+def acquire(run_dir: str | os.PathLike[str], settings: str | None = None) -> RunLock:
+    """Takes ``run_dir``'s lock now or raises :class:`RunLocked`; release with ``release()``.
+
+    ``settings``: written in the lock file beside the holder (see :func:`held_settings`).
+    """
     run_dir = Path(run_dir)
     if not _locking():
         return RunLock(run_dir, None, created_dir=False)
@@ -261,13 +271,29 @@ def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
         if not _same_file(fd, path):  # locked a file its holder removed on release
             os.close(fd)
             continue
-        _write_holder(fd)
+        _write_holder(fd, settings)
         return RunLock(run_dir, fd, created_dir=created)
     raise RuntimeError(f"{path}: could not lock it in {_ATTEMPTS} tries (replaced each time)")
 
 
 RUNNING_HERE = "here"
 """:func:`holder_of`: a live process on this host holds the run's lock."""
+
+
+def held_settings(run_dir: str | os.PathLike[str]) -> str | None:
+    """The settings hash the holder of ``run_dir``'s lock wrote in it (None: no lock file,
+    unreadable, or written without one).
+
+    A run folder's name hashes the data's and weights' fingerprints too, which a sweep's
+    dry run does not compute: the settings in the lock tell it which grid cell a held
+    folder is running (an edited grid's run of the same name is another cell).
+    """
+    try:
+        info = json.loads((Path(run_dir) / LOCK_NAME).read_text(encoding="utf-8"))
+        settings = info.get("settings") if isinstance(info, dict) else None
+    except (OSError, ValueError):
+        return None
+    return settings if isinstance(settings, str) else None
 
 
 def maybe_running(run_dir: str | os.PathLike[str]) -> bool:
@@ -335,7 +361,7 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
-def _acquire_for_all_processes(run_dir: Path) -> RunLock:
+def _acquire_for_all_processes(run_dir: Path, settings: str | None) -> RunLock:
     """Process 0 locks; the others learn whether it did (a collective of every process)."""
     import jax
     import numpy as np
@@ -344,7 +370,7 @@ def _acquire_for_all_processes(run_dir: Path) -> RunLock:
     lock, failure, outcome = None, None, np.array([0, -1], np.int64)  # (0 ok 1 locked 2 error, pid)
     if jax.process_index() == 0:
         try:
-            lock = acquire(run_dir)
+            lock = acquire(run_dir, settings)
         except RunLocked as e:
             failure, outcome = e, np.array([1, -1 if e.pid is None else e.pid], np.int64)
         except Exception as e:  # every process must reach the broadcast, then process 0 raises
@@ -368,8 +394,11 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _write_holder(fd: int) -> None:
-    text = json.dumps({"pid": os.getpid(), "host": _host()}) + "\n"
+def _write_holder(fd: int, settings: str | None = None) -> None:
+    holder: dict[str, Any] = {"pid": os.getpid(), "host": _host()}
+    if settings is not None:
+        holder["settings"] = settings
+    text = json.dumps(holder) + "\n"
     os.ftruncate(fd, 0)
     os.pwrite(fd, text.encode(), 0)
 

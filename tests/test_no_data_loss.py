@@ -482,6 +482,26 @@ def _config(epochs: int = 2) -> fit.RunConfig:
     )
 
 
+def test_a_run_writes_its_settings_in_its_lock(demo, tmp_path, monkeypatch):
+    """A sweep's dry run tells which grid cell a held folder runs by them (the folder's
+    name hashes the data's fingerprint too, which the dry run does not compute)."""
+    seen = []
+    taking = locks.run_lock
+
+    @contextlib.contextmanager
+    def spy(run_dir, settings=None):
+        with taking(run_dir, settings) as lock:
+            seen.append(locks.held_settings(run_dir))
+            raise KeyboardInterrupt  # enough: the lock was taken and its file written
+            yield lock
+
+    monkeypatch.setattr(locks, "run_lock", spy)
+    config = _config()
+    with pytest.raises(KeyboardInterrupt):
+        fit.run_one(config, tmp_path, dataset=demo, progress=False)
+    assert seen == [results.settings_hash(config.to_dict())]
+
+
 def _run_dir(out: Path, config: fit.RunConfig, ds) -> Path:
     return results.run_dir(out, fit.identify(config, ds).to_dict())
 

@@ -1413,6 +1413,26 @@ def test_the_dry_run_says_a_run_another_process_trains_is_running(tmp_path, caps
         "done 0, failed 0, held by another host's lock 1 (running there, or a dead node's "
         "lock: the sweep runs it where no process holds it), to run 1: "
     ) in text
+    # A run's lock names its settings: a folder of this cell's name held under other
+    # settings (an edited grid's run) is not this cell's run; under its own, it is.
+    key = results.settings_hash(grid_lib.load_grid(config).configs()[0].to_dict())
+    for settings, state in (("f" * 64, "todo"), (key, "held?")):
+        lock.write_text(json.dumps({"pid": 1, "host": "node17", "settings": settings}))
+        assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
+        assert re.search(rf"\n +0  {re.escape(state)}  ", capsys.readouterr().out), state
+
+
+def test_a_run_lock_names_the_runs_settings(tmp_path):
+    """The sweep's dry run reads them to tell an edited grid's held run from this cell's."""
+    lock = locks.acquire(tmp_path / "run", "ab" * 32)
+    try:
+        assert locks.held_settings(tmp_path / "run") == "ab" * 32
+        assert json.loads((tmp_path / "run" / locks.LOCK_NAME).read_text())["pid"] == os.getpid()
+    finally:
+        lock.release()
+    assert locks.held_settings(tmp_path / "run") is None  # released: no lock file
+    with locks.run_lock(tmp_path / "other"):  # no settings given: none written
+        assert locks.held_settings(tmp_path / "other") is None
 
 
 HOLDER = """
