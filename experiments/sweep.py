@@ -652,7 +652,7 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
                 g.name,
                 args.only or [],
                 [c.to_dict() for c in runs],
-                plans.grid_hash_of(every),
+                plans.grid_hash_of(every, g.dataset_options),
                 same=(listed,),
                 on_replace=replaced,
             )

@@ -50,12 +50,20 @@ def plan_path(out_dir: str | Path, grid_name: str) -> Path:
     return Path(out_dir) / PLANS_DIR / f"{safe}-{digest}.json"
 
 
-def grid_hash_of(runs: Sequence[Mapping[str, Any]]) -> str:
+def grid_hash_of(
+    runs: Sequence[Mapping[str, Any]], dataset_options: Mapping[str, Any] | None = None
+) -> str:
     """A grid's definition: the hash of its runs as a set, whatever order the grid file
     lists its axes in (``tuple(some_set)`` lists them otherwise in every process, and a
-    second ``--only`` slice replaced the first's plan instead of adding to it)."""
+    second ``--only`` slice replaced the first's plan instead of adding to it), and of its
+    ``dataset_options`` where it has any (a run's config lacks them: two grid files that
+    differ only in a folder's ``manual_dir`` are two definitions)."""
     configs = [dict(jsonable(dict(r), "plan")) for r in runs]
-    return config_hash({"runs": sorted(configs, key=config_hash)})
+    definition: dict[str, Any] = {"runs": sorted(configs, key=config_hash)}
+    if dataset_options:  # none: the hash plans without options were written with
+        options = {str(d): dict(o) for d, o in dataset_options.items()}
+        definition["dataset_options"] = jsonable(options, "plan")
+    return config_hash(definition)
 
 
 def write_plan(

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1376,6 +1377,30 @@ def test_only_slices_of_one_grid_listed_in_two_orders_add_up_and_another_grid_is
         "runs this grid lacks are no longer expected by a report without --config (give each "
         "grid file its own name)"
     ]
+
+
+def test_two_grid_files_differing_only_in_a_folders_manual_dir_are_two_definitions(
+    tmp_path, monkeypatch, capsys
+):
+    """A run's config lacks the dataset options: the plan of a grid whose folder moved was
+    added to the first one's as the same grid, without the edited-grid note."""
+    from medft_jax import outcomes
+
+    monkeypatch.setattr(
+        Session, "run", lambda self, c, **kw: outcomes.Outcome(c, outcomes.REFUSED, error="no")
+    )
+    imgs, config = _folder_grid(tmp_path, seeds=(0,))
+    out = tmp_path / "runs"
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 1
+    assert "note:" not in capsys.readouterr().err
+    shutil.copytree(imgs, tmp_path / "moved")
+    config.write_text(config.read_text().replace(repr(str(imgs)), repr(str(tmp_path / "moved"))))
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 1
+    notes = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note:")]
+    assert len(notes) == 1 and "held the plan of another definition of grid 'f'" in notes[0]
+    # Unedited, a sweep adds to its own plan silently again.
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 1
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_the_dry_run_says_a_run_another_process_trains_is_running(tmp_path, capsys):
