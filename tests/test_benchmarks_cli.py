@@ -137,6 +137,7 @@ def test_cell_plan_turns_measurements_into_seconds():
     assert rgn.epoch_train == pytest.approx((10 * 0.5 * 2 + 5 * 0.5 * 2,) * 3)
 
 
+@pytest.mark.slow  # compiles the Auto-RGN prepass
 def test_auto_rgn_prepass_is_billed_five_batches_or_an_epochs_fewer():
     from medft_jax.models import create, get_arch, init_variables
 

@@ -961,6 +961,7 @@ def _tiny_export(tmp_path: Path) -> Path:
     return tmp_path / "tiny.safetensors"
 
 
+@pytest.mark.slow  # a checkpoint written and exported four times
 def test_an_export_into_the_checkpoint_it_reads_is_refused(tmp_path):
     """It wrote into ``best/`` (even into orbax's ``state/``), a folder a ``run --force``
     replaces whole, deleting the export without a word; predict's --out is refused there."""
