@@ -2179,6 +2179,35 @@ def test_table11_explains_the_marks_of_the_ft_cell_too():
     assert "†: a cell with runs missing" in md
 
 
+def test_table11_says_a_best_chosen_while_other_cells_have_runs_missing():
+    """With one cell not yet run, Table 11 named another "best" as over every arch and
+    strategy, unmarked, its CSV row "complete"; Table 12's n shrank without a word."""
+    records = [
+        rec(arch=a, strategy=s, seed=seed, test=t + (0.01 if a == "vgg19" else 0))
+        for a in ("resnet50", "vgg19")
+        for s, t in (("ft", 0.7), ("lp", 0.75), ("lp_ft", 0.8))
+        for seed in range(3)
+        if (a, s) != ("vgg19", "lp_ft") and (a, s, seed) != ("resnet50", "lp", 2)
+    ]
+    summary = collect(records)
+    md = to_markdown(table11(summary))
+    assert "| bach (2 of 6 cells incomplete) | Acc. | ResNet-50 | LP-FT | 80.00 (0.00) |" in md
+    assert (
+        "- bach: chosen while other cells have runs missing: LP, ResNet-50 (2 of 3 runs); "
+        "LP-FT, VGG-19 (not run); the best may change once their runs are in."
+    ) in md
+    [row] = read_csv(to_csv(table11(summary)))
+    assert (row["cells_incomplete"], row["cells_expected"]) == ("resnet50/lp;vgg19/lp_ft", "6")
+    assert "Not counted, no run yet: bach/vgg19/lp_ft." in table12(summary).notes
+    # Every cell in: no count, no note.
+    records += [rec(arch="vgg19", strategy="lp_ft", seed=k, test=0.81) for k in range(3)]
+    records += [rec(strategy="lp", seed=2, test=0.75)]
+    summary = collect(records)
+    [row] = read_csv(to_csv(table11(summary)))
+    assert row["cells_incomplete"] == "" and "| bach | Acc. |" in to_markdown(table11(summary))
+    assert not any(n.startswith("Not counted, no run") for n in table12(summary).notes)
+
+
 def test_datasets_that_would_share_a_file_name_are_refused(tmp_path):
     from medft_jax.report.write import ReportError
 

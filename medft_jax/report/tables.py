@@ -871,14 +871,31 @@ class BestLine:
     """The best cell's marks (:func:`cell_marks`)."""
     ft_marks: str
     """FT's cell's marks."""
+    cells_incomplete: str = ""
+    """The dataset's other cells with runs missing or none run (``arch/strategy``, ``;``
+    between): the best was chosen without their full values, and may change with them."""
+    cells_expected: int = 0
+    """The dataset's cells (archs × strategies) the best was chosen among."""
     text: str = _shown()
     """How the best cell reads (:func:`cell_text`)."""
     ft_text: str = _shown()
     """How FT's cell reads."""
 
 
-def _best_line(b: Best) -> BestLine:
+def _unsettled(summary: Summary, b: Best) -> list[Cell]:
+    """The cells of ``b``'s dataset besides the best and its FT (marked on their own) with
+    runs missing or none run: a best chosen without them may not be the best."""
+    shown = {x.key for x in (b.cell, b.ft) if x is not None}
+    return [
+        c
+        for c in _cells_of(summary, b.dataset)
+        if c.key not in shown and (c.status == MISSING or _incomplete(c))
+    ]
+
+
+def _best_line(summary: Summary, b: Best) -> BestLine:
     c, ft = b.cell, b.ft
+    unsettled = _unsettled(summary, b) if c is not None else []
     mean, se = c.test.get(b.metric, (None, None)) if c else (None, None)
     ft_mean, ft_se = ft.test.get(b.metric, (None, None)) if ft else (None, None)
     return BestLine(
@@ -895,9 +912,38 @@ def _best_line(b: Best) -> BestLine:
         improvement_pct=b.improvement,
         marks=cell_marks(c, b.metric),
         ft_marks=cell_marks(ft, b.metric),
+        cells_incomplete=";".join(f"{x.arch}/{x.strategy}" for x in unsettled),
+        cells_expected=len(_cells_of(summary, b.dataset)),
         text=cell_text(c, b.metric) if c else MISSING_TEXT,
         ft_text=cell_text(ft, b.metric) if ft else MISSING_TEXT,
     )
+
+
+def _among(x: BestLine) -> str:
+    """`` (1 of 12 cells incomplete)`` where other cells of the dataset have runs missing."""
+    if not x.cells_incomplete:
+        return ""
+    return f" ({len(x.cells_incomplete.split(';'))} of {x.cells_expected} cells incomplete)"
+
+
+def _unsettled_notes(summary: Summary, bests: Sequence[Best]) -> list[str]:
+    """Per dataset whose best was chosen with other cells incomplete, those cells named."""
+    notes = []
+    for b in bests:
+        unsettled = _unsettled(summary, b) if b.cell is not None else []
+        if not unsettled:
+            continue
+        named = "; ".join(
+            f"{strategy_label(c.strategy)}, {arch_label(c.arch)} ("
+            + ("not run" if c.status == MISSING else f"{c.runs_done} of {c.runs_expected} runs")
+            + ")"
+            for c in unsettled
+        )
+        notes.append(
+            f"{b.dataset}: chosen while other cells have runs missing: {named}; the best may "
+            "change once their runs are in."
+        )
+    return notes
 
 
 def _or_missing(name: str | None, label: Callable[[str], str]) -> str:
@@ -905,7 +951,7 @@ def _or_missing(name: str | None, label: Callable[[str], str]) -> str:
 
 
 TABLE11_SLOTS: tuple[Slot[BestLine], ...] = (
-    Slot(Column("Dataset", align="l"), lambda x: x.dataset),
+    Slot(Column("Dataset", align="l"), lambda x: x.dataset + _among(x)),
     Slot(Column("Metric", align="l"), lambda x: metric_label(x.metric)),
     Slot(Column("Arch", align="l"), lambda x: _or_missing(x.arch, arch_label)),
     Slot(Column("Strategy", align="l"), lambda x: _or_missing(x.strategy, strategy_label)),
@@ -978,9 +1024,10 @@ def table11(summary: Summary) -> Table:
             f"{DOUBLE_DAGGER}: a cell whose LR was chosen without an LR where a run failed "
             "or had no validation value (see the dataset's table)."
         )
+    notes += _unsettled_notes(summary, bests)
     notes += _tied_with_best(summary, bests)
     title = "Table 11: best configuration per dataset and its gain over FT"
-    lines = [_best_line(b) for b in bests]
+    lines = [_best_line(summary, b) for b in bests]
     return _long_table(Head("table11", title, notes), BestLine, lines, TABLE11_SLOTS)
 
 
@@ -1128,6 +1175,13 @@ def _caveats_counted(summary: Summary, count_metrics: Mapping[str, str] | None =
             "Not counted, no LR of the strategy's having a validation value for every seed "
             f"(unvalidated): {', '.join(unvalidated)}."
         )
+    not_run = sorted(
+        f"{c.dataset}/{c.arch}/{c.strategy}"
+        for c in summary.cells.values()
+        if c.status == MISSING and c.strategy != BASELINE
+    )
+    if not_run:  # its n is one smaller, which the k/n alone does not say
+        notes.append(f"Not counted, no run yet: {', '.join(not_run)}.")
     return notes
 
 
