@@ -85,6 +85,24 @@ def _leaves(tree, prefix=""):
             yield prefix + k, v
 
 
+def test_a_densenet_tensor_under_its_legacy_and_current_names_is_refused():
+    """Renamed, one replaced the other without a word (file order chose which; torchvision
+    keeps the legacy one): 728 keys in, 727 ported, exit 0."""
+    one = np.ones(3, np.float32)
+    state = {
+        "features.denseblock1.denselayer1.norm.1.weight": 7 * one,
+        "features.denseblock1.denselayer1.norm1.weight": one,
+    }
+    with pytest.raises(PortError) as e:
+        torch_to_flax(state, "densenet121", source="dn.pth")
+    assert str(e.value) == (
+        "dn.pth: keys 'features.denseblock1.denselayer1.norm1.weight' and "
+        "'features.denseblock1.denselayer1.norm.1.weight' are one parameter, "
+        "'features.denseblock1.denselayer1.norm1.weight', spelt in DenseNet's current and "
+        "legacy forms; keep one of them"
+    )
+
+
 @pytest.mark.slow  # a DenseNet-121 to build and port twice
 def test_densenet_legacy_keys_are_renamed():
     state = state_dict_numpy(random_torchvision("densenet121", 10))

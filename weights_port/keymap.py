@@ -132,6 +132,22 @@ def _unwrapped(state: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def _refuse_two_spellings(state: Mapping[str, Any], source: str) -> None:
+    """Refuses a file holding one DenseNet tensor under its legacy name (``norm.1``) and
+    its current one (``norm1``): renamed, one would replace the other without a word
+    (which one, file order decided; torchvision's loader keeps the legacy one)."""
+    named: dict[str, str] = {}
+    for key in sorted(state, key=lambda k: _DENSENET_LEGACY.match(k) is not None):
+        m = _DENSENET_LEGACY.match(key)
+        new = m.group(1) + m.group(2) if m else key
+        if new in named:
+            raise PortError(
+                f"{source}: keys {named[new]!r} and {key!r} are one parameter, {new!r}, "
+                "spelt in DenseNet's current and legacy forms; keep one of them"
+            )
+        named[new] = key
+
+
 def _names(state: Mapping[str, np.ndarray]) -> set[str]:
     return {k for k in rename_legacy_keys(state) if not k.endswith("." + _TRACKED)}
 
@@ -163,7 +179,9 @@ def torch_to_flax(
       ``({'params': ..., 'batch_stats': ...}, num_batches_tracked)``; the head
       size is taken from the checkpoint.
     """
-    state = rename_legacy_keys(_strip_wrapper_prefix(state, arch))
+    state = _strip_wrapper_prefix(state, arch)
+    _refuse_two_spellings(state, source)
+    state = rename_legacy_keys(state)
     expected = expected_keys(arch)
     tracked = {}
     for key in [k for k in state if k.endswith("." + _TRACKED)]:
