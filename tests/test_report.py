@@ -963,6 +963,14 @@ def test_records_of_one_dataset_with_different_settings_are_refused():
         "dataset 'bach' holds runs with different settings (patience: 1 vs 2 vs 8 vs 40 and 1 "
         f"more; e.g. {records[0]['run']} and {records[1]['run']} and {records[2]['run']} and "
     )
+    # Two values: the runs named in the values' order (sorted apart, "bf16" vs "<absent>"
+    # named the <absent> run under "bf16").
+    records = [rec(seed=1), rec(seed=0, precision="bf16"), rec(seed=2)]
+    with pytest.raises(results.RecordError) as e:
+        collect([records[1], records[0], records[2]])
+    assert (
+        f'(precision: "bf16" vs "<absent>"; e.g. {records[1]["run"]} and {records[0]["run"]})'
+    ) in str(e.value)
 
 
 def test_one_checkpoint_spelt_two_ways_or_one_per_arch_is_one_setting():

@@ -864,11 +864,17 @@ def _run_of(run: Mapping[str, Any]) -> str:
 
 
 def _one_run_each(runs: Sequence[Mapping[str, Any]], values: Sequence[Any]) -> str:
-    """One run of each distinct value (``values[i]`` is ``runs[i]``'s), in value order."""
+    """One run of each distinct value (``values[i]`` is ``runs[i]``'s), in the order
+    :func:`_differing` lists the values: two as the runs give them, more in value order
+    (sorted apart, "bf16 vs <absent>; e.g." named the <absent> run first)."""
     first: dict[str, tuple[Any, str]] = {}
     for run, value in zip(runs, values, strict=True):
         first.setdefault(_canon(value), (value, _run_of(run)))
-    order = sorted(first, key=lambda t: _value_order(first[t][0], t))
+    order = (
+        list(first)
+        if len(first) == 2
+        else sorted(first, key=lambda t: _value_order(first[t][0], t))
+    )
     return " and ".join(first[t][1] for t in order)
 
 
