@@ -42,6 +42,8 @@ from jax.sharding import PartitionSpec as P
 
 from medft_jax.data.preprocess import normalize
 from medft_jax.models.layers import BNTrain
+from medft_jax.strategies.build import built_learning_rate
+from medft_jax.strategies.checks import is_concrete_number
 from medft_jax.strategies.rgn import Prepass, hold_multipliers, rgn_vector
 
 PyTree = Any
@@ -162,6 +164,7 @@ class Trainer:
         self.mesh = mesh if mesh is not None else make_mesh()
         self.compute_dtype = _compute_dtype(model, compute_dtype)
         self.seed = seed
+        _check_rate(tx, learning_rate)
         self.learning_rate = learning_rate
         self.replicated = NamedSharding(self.mesh, P())
         self._hyper = _hyper(seed, learning_rate, self.replicated)
@@ -195,6 +198,7 @@ class Trainer:
         """
         if (learning_rate is None) != (self.learning_rate is None):
             raise ValueError("with_hyper: learning_rate must be given iff the trainer has one")
+        _check_rate(self.tx, learning_rate)
         other = copy.copy(self)
         other.seed, other.learning_rate, other._compiled = seed, learning_rate, 0
         other.compile_seconds = 0.0
@@ -700,6 +704,29 @@ class Trainer:
             pending = (y, batch["mask"])
         if pending is not None:
             yield _real_rows(*pending)
+
+
+def _check_rate(tx: optax.GradientTransformation, learning_rate: float | None) -> None:
+    """A trainer's own rate is a finite number > 0, multiplying a ``tx`` built at rate 1:
+    ``make(..., learning_rate=1e-3)`` with ``Trainer(learning_rate=1e-3)`` trained at 1e-6."""
+    if learning_rate is None:
+        return
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.number)):
+        raise ValueError(
+            f"Trainer: learning_rate must be a number (a step argument; a schedule belongs "
+            f"in tx), got {type(learning_rate).__name__} {learning_rate!r}"
+        )
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(
+            f"Trainer: learning_rate must be a finite number > 0, got {learning_rate!r}"
+        )
+    built = built_learning_rate(tx)
+    if built is not None and not (is_concrete_number(built) and float(built) == 1.0):
+        raise ValueError(
+            f"Trainer: learning_rate {learning_rate!r} multiplies every update, and tx was built "
+            f"by make() with learning_rate {built!r}: the run would train at their product; "
+            "build tx with learning_rate=1.0, or give the Trainer no learning_rate"
+        )
 
 
 def _hyper(seed: int, learning_rate: float | None, sharding: NamedSharding) -> dict[str, Any]:

@@ -571,3 +571,32 @@ def test_a_compute_dtype_that_is_not_the_models_is_refused():
         Trainer(f32, optax.sgd(0.1), multilabel=False, compute_dtype=jnp.bfloat16)
     assert Trainer(bf16, optax.sgd(0.1), multilabel=False).compute_dtype == jnp.bfloat16
     assert Trainer(f32, optax.sgd(0.1), multilabel=False).compute_dtype == jnp.float32
+
+
+def test_a_trainer_rate_is_a_positive_number_over_a_tx_built_at_rate_one():
+    """``make(..., learning_rate=1e-3)`` (the README's) with ``Trainer(learning_rate=1e-3)``
+    trained at their product, 1e-6, writing a plausible record; -1e-3, NaN and 0 were taken."""
+    model = create(TINY, 2)
+    params = init_variables(model, 0, 32)["params"]
+    partition = get_arch(TINY).partition
+
+    def tx(rate):
+        return strategies.make("ft", params, partition, learning_rate=rate).tx
+
+    with pytest.raises(ValueError) as e:
+        Trainer(model, tx(1e-3), multilabel=False, learning_rate=1e-3)
+    assert str(e.value) == (
+        "Trainer: learning_rate 0.001 multiplies every update, and tx was built by make() "
+        "with learning_rate 0.001: the run would train at their product; build tx with "
+        "learning_rate=1.0, or give the Trainer no learning_rate"
+    )
+    trainer = Trainer(model, tx(1.0), multilabel=False, learning_rate=1e-3)
+    assert Trainer(model, tx(1e-3), multilabel=False).learning_rate is None  # tx's own rate
+    for bad in (-1e-3, float("nan"), 0.0, float("inf")):
+        with pytest.raises(ValueError, match=r"^Trainer: learning_rate must be a finite number"):
+            Trainer(model, tx(1.0), multilabel=False, learning_rate=bad)
+        with pytest.raises(ValueError, match=r"^Trainer: learning_rate must be a finite number"):
+            trainer.with_hyper(seed=0, learning_rate=bad)
+    with pytest.raises(ValueError, match=r"^Trainer: learning_rate must be a number \(a step"):
+        Trainer(model, tx(1.0), multilabel=False, learning_rate=optax.constant_schedule(1e-3))
+    assert trainer.with_hyper(seed=1, learning_rate=1e-4).learning_rate == 1e-4

@@ -27,7 +27,7 @@ whole in epoch 0.
 
 from __future__ import annotations
 
-from medft_jax.strategies.build import Strategy, make
+from medft_jax.strategies.build import Strategy, built_learning_rate, make
 from medft_jax.strategies.freeze import (
     HEAD,
     block_mask,
@@ -82,6 +82,7 @@ __all__ = [
     "bitfit_group",
     "block_group",
     "block_mask",
+    "built_learning_rate",
     "hold_multipliers",
     "kernel_mask",
     "l1_sp",

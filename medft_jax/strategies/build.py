@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import inspect
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -158,7 +159,22 @@ def make(
         frozen_bn=o.frozen_bn,
         prepass=spec.prepass(o),
     )
-    return Strategy(spec.optimizer(o, Layout(partition, group_of, schedule)), schedule)
+    tx = spec.optimizer(o, Layout(partition, group_of, schedule))
+    _BUILT_RATE[tx.update] = learning_rate
+    return Strategy(tx, schedule)
+
+
+_BUILT_RATE: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDictionary()
+"""The learning rate :func:`make` built each transform with, by its ``update`` function."""
+
+
+def built_learning_rate(tx: optax.GradientTransformation) -> Any:
+    """The ``learning_rate`` :func:`make` built ``tx`` with; None for a transform it did not
+    build (a :class:`~medft_jax.train.Trainer` given its own rate checks the tx's is 1)."""
+    try:
+        return _BUILT_RATE.get(tx.update)
+    except TypeError:  # an update that cannot be weakly referenced: not make's
+        return None
 
 
 def _check_groups_train_something(
