@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -675,6 +676,24 @@ def test_a_failed_overwrite_leaves_the_previous_checkpoint(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
+def test_save_refuses_metadata_the_loader_refuses_and_keeps_the_previous_checkpoint(tmp_path):
+    """It wrote them (a wrong class count, a missing field, a crop of 99999), and with
+    force replaced a good checkpoint with one no command could load."""
+    meta = {**META, "arch": "resnet_tiny", "resize_size": 36, "crop_size": 32}
+    good = _random_variables("resnet_tiny", 3, 0)
+    folder = save_model(tmp_path / "ck", good["params"], good["batch_stats"], meta)
+    no_classes = {k: v for k, v in meta.items() if k != "num_classes"}
+    for bad, message in (
+        ({**meta, "num_classes": 7}, "metadata num_classes 7 disagrees with the stored head"),
+        (no_classes, "metadata lacks the field 'num_classes'"),
+        ({**meta, "crop_size": 99999}, "metadata crop_size 99999 is not an integer in"),
+    ):
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(folder))}: {message}"):
+            save_model(folder, good["params"], good["batch_stats"], bad, force=True)
+        assert variables_hash(load_model(folder)[0]) == variables_hash(good)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
 def test_a_save_failing_on_a_full_disk_leaves_nothing_its_late_writes_made(tmp_path, monkeypatch):
     """Orbax raises the first failed write's error while the save's other writes go on:
     the staging folder, deleted at once, was made again by them, and a full disk kept a
@@ -1038,14 +1057,15 @@ def test_a_model_saved_across_two_devices_loads_on_one(tmp_path):
     script = (
         "import sys, jax, numpy as np\n"
         "from jax.sharding import Mesh, NamedSharding, PartitionSpec\n"
-        "from medft_jax.checkpoints.model import save_model\n"
+        "from medft_jax.checkpoints import model\n"
+        "model.check_metadata = lambda *a: None  # a two-leaf tree, not an arch's\n"
         "mesh = Mesh(np.array(jax.devices()), ('data',))\n"
         "rep = NamedSharding(mesh, PartitionSpec())\n"
         "params = {'fc': {'kernel': jax.device_put(np.arange(6, dtype=np.float32)"
         ".reshape(2, 3), rep)}}\n"
         "stats = {'bn': {'mean': jax.device_put(np.ones(3, np.float32), rep)}}\n"
         "assert len(params['fc']['kernel'].sharding.device_set) == 2\n"
-        "save_model(sys.argv[1], params, stats, {'arch': 'resnet50'})\n"
+        "model.save_model(sys.argv[1], params, stats, {'arch': 'resnet50'})\n"
     )
     env = {
         **os.environ,

@@ -127,6 +127,8 @@ def save_model(
             break
     tree = {"params": params, "batch_stats": batch_stats}
     _check_dtypes(tree, directory)
+    # What load_model would refuse is not written (with force, over a good checkpoint).
+    check_metadata(tree, {**metadata, "format_version": _format_version(metadata)}, directory)
     # The version is what the fields say, whatever the caller's copy of an older
     # checkpoint's metadata claims: re-saved with a new field under its old version 1,
     # an older reader would take it and ignore the field.
