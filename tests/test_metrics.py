@@ -178,11 +178,12 @@ def test_binary_single_label_by_hand():
 
 
 def test_binary_auroc_is_the_positive_class_auc_only():
-    """Scores that are not complementary: class 0's AUC must not enter the mean."""
-    scores = np.stack([np.full(8, 0.5), BIN_P], axis=1)  # class 0 column is uninformative
+    """Ranks that are not complementary: class 0's AUC must not enter the mean."""
+    scores = np.stack([1 - BIN_P, BIN_P], axis=1)
+    rank = np.stack([np.full(8, 0.5), BIN_P], axis=1)  # class 0 column is uninformative
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and no warning about class 0
-        m = compute_metrics(scores, BIN_LABELS, multilabel=False)
+        m = compute_metrics(scores, BIN_LABELS, multilabel=False, rank_scores=rank)
     assert m["auroc"] == pytest.approx(14 / 15)
 
 
@@ -298,11 +299,21 @@ def test_kappa_undefined_when_everything_is_one_class():
         (np.array([[np.nan, 1.0]]), np.array([1]), False, "NaN"),
         (np.ones((2, 2)) / 2, np.array([0, 1]), True, r"\(N, C\)"),
         (np.ones(3), np.array([0, 1, 1]), False, r"\(N, C\)"),
+        # Logits: ranked per class otherwise than their softmax, thresholded as they stood.
+        (np.array([[2.0, -1.0], [0.5, 0.2]]), np.array([0, 1]), False, r"\[-1, 2\]$"),
+        (np.array([[-0.4, 1.2]]), np.array([[0, 1]]), True, r"probabilities in \[0, 1\]"),
+        (np.array([[0.6, 0.6], [0.2, 0.3]]), np.array([0, 1]), False, r"row 1 sums to 0\.5 "),
     ],
 )
 def test_bad_inputs_say_what_is_wrong(scores, labels, multilabel, match):
     with pytest.raises(ValueError, match=match):
         compute_metrics(scores, labels, multilabel=multilabel)
+
+
+def test_a_multilabel_threshold_is_a_probability():
+    for bad in (0.0, 1.0, 2.0, float("nan")):
+        with pytest.raises(ValueError, match=r"^threshold must be a probability in \(0, 1\)"):
+            compute_metrics(ML_SCORES, ML_LABELS, multilabel=True, threshold=bad)
 
 
 # --- primary metric ------------------------------------------------------------------------
