@@ -694,6 +694,38 @@ def test_save_refuses_metadata_the_loader_refuses_and_keeps_the_previous_checkpo
         assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
+def test_a_best_replaced_while_it_is_read_is_read_again_not_called_corrupted(tmp_path, monkeypatch):
+    """Predict on a run still training: a new best swapped in between the metadata's read
+    and the arrays' was "modified or corrupted", the checkpoint sound."""
+    from medft_jax.checkpoints import model
+
+    meta = {**META, "arch": "resnet_tiny", "resize_size": 36, "crop_size": 32}
+    first, second = _random_variables("resnet_tiny", 3, 0), _random_variables("resnet_tiny", 3, 1)
+    folder = save_model(tmp_path / "best", first["params"], first["batch_stats"], meta)
+    reading = model._restore_state
+    calls = []
+
+    def a_new_best_lands(directory):
+        if not calls and saving:  # the run's next save, between the two reads
+            save_model(folder, second["params"], second["batch_stats"], meta, force=True)
+        calls.append(directory)
+        return reading(directory)
+
+    saving = True
+
+    monkeypatch.setattr(model, "_restore_state", a_new_best_lands)
+    loaded, got = load_model(folder)
+    assert len(calls) == 2 and variables_hash(loaded) == variables_hash(second)
+    assert got["content_sha256"] == variables_hash(second)
+    # Arrays that do not hash to a metadata unchanged meanwhile: damaged, said so at once.
+    calls.clear()
+    saving = False
+    monkeypatch.setattr(model, "variables_hash", lambda v: "0" * 64)
+    with pytest.raises(CheckpointError, match="content hash mismatch"):
+        load_model(folder)
+    assert len(calls) == 1
+
+
 def test_a_save_failing_on_a_full_disk_leaves_nothing_its_late_writes_made(tmp_path, monkeypatch):
     """Orbax raises the first failed write's error while the save's other writes go on:
     the staging folder, deleted at once, was made again by them, and a full disk kept a

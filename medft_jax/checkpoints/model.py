@@ -378,14 +378,20 @@ def load_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     checkpoint saved before hashes were recorded loads without the hash check.
     """
     directory = _check_dir(directory)
-    metadata = _read_metadata(directory)
-    recorded = _recorded_hash(metadata, directory)
-    state = _restore_state(directory)
-    variables = {
-        "params": _to_numpy(state.get("params", {}) or {}),
-        "batch_stats": _to_numpy(state.get("batch_stats", {}) or {}),
-    }
-    if recorded is not None and variables_hash(variables) != recorded:
+    for attempt in range(2):
+        metadata = _read_metadata(directory)
+        recorded = _recorded_hash(metadata, directory)
+        state = _restore_state(directory)
+        variables = {
+            "params": _to_numpy(state.get("params", {}) or {}),
+            "batch_stats": _to_numpy(state.get("batch_stats", {}) or {}),
+        }
+        if recorded is None or variables_hash(variables) == recorded:
+            break
+        # A run that saved a new best between the two reads (predict on a run still
+        # training): metadata of one checkpoint, arrays of the next. Read it again, whole.
+        if attempt == 0 and _replaced_since(directory, metadata):
+            continue
         raise CheckpointError(
             f"{directory}: content hash mismatch: the checkpoint's arrays were modified or "
             "corrupted (they no longer hash to the metadata's content_sha256)"
@@ -393,6 +399,15 @@ def load_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     check_metadata(variables, metadata, directory)
     check_finite(variables, directory)
     return variables, metadata
+
+
+def _replaced_since(directory: Path, metadata: Mapping[str, Any]) -> bool:
+    """Whether ``directory`` now holds another checkpoint than the one whose ``metadata``
+    was read (a save swaps a whole new folder in: its metadata is another's)."""
+    try:
+        return _read_metadata(directory) != metadata
+    except CheckpointError:  # between a save's two renames: no folder for the moment
+        return True
 
 
 def check_finite(variables: Mapping[str, Any], where: str | Path) -> None:
