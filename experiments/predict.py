@@ -730,12 +730,15 @@ def _rows(
 
 def write_rows(text: str, out: str | None) -> None:
     """``text`` to stdout, or whole to ``out`` (a temporary file beside it, renamed into
-    place: a full disk leaves the old file, not part of the rows). A failed write names
-    where it went (``stdout``), not ``?``."""
+    place: a full disk leaves the old file, not part of the rows). An ``out`` that is a
+    link is written through, as the shell's ``>`` does (the rename replaced the link by a
+    file, leaving the file it pointed to, ``latest.csv -> 2026-12-07.csv``, unchanged). A
+    failed write names where it went (``stdout``), not ``?``."""
     if out is not None:
         from medft_jax.atomic import write_bytes
 
-        write_bytes(Path(out).expanduser(), text.encode("utf-8", "surrogateescape"))
+        target = Path(os.path.realpath(Path(out).expanduser()))
+        write_bytes(target, text.encode("utf-8", "surrogateescape"))
         return
     with naming_os_errors("stdout"):
         sys.stdout.write(text)

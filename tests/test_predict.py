@@ -559,6 +559,14 @@ def test_out_writes_every_row_or_leaves_the_old_file(tmp_path, capsys, monkeypat
     out = tmp_path / "rows.txt"
     assert main(["--checkpoint", str(ck), "--images", *paths, "--out", str(out)]) == 0
     assert capsys.readouterr().out == "" and out.read_text() == printed
+    # A link is written through, as the shell's > does: the rename replaced the link by a
+    # file and left the file it points to with the old rows.
+    (tmp_path / "dated.txt").write_text("old rows\n")
+    (tmp_path / "latest.txt").symlink_to("dated.txt")
+    argv = ["--checkpoint", str(ck), "--images", *paths, "--out", str(tmp_path / "latest.txt")]
+    assert main(argv) == 0
+    assert (tmp_path / "latest.txt").is_symlink()
+    assert (tmp_path / "dated.txt").read_text() == printed
     out.write_text("old rows\n")
 
     def full(fd):
