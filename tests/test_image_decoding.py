@@ -485,6 +485,16 @@ def test_a_file_pillow_cannot_open_names_the_plugins_reason(tmp_path):
     junk.write_bytes(b"no image here" * 4)
     with pytest.raises(DataError, match=r"y\.png: cannot identify image file"):
         open_image(junk)  # no plugin claims it: Pillow's words
+    # An empty file, the usual cause (a copy that did not finish), is said to be one, as
+    # an image or as DICOM ("not a DICOM file ... missing File Meta Information").
+    for name in ("zero.jpg", "zero.dcm"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(DataError) as e:
+            open_image(tmp_path / name)
+        assert str(e.value) == (
+            f"corrupt or unreadable image {tmp_path / name}: an empty file (0 bytes: a copy, "
+            "sync or download that did not finish)"
+        )
 
 
 def _tiff_of_12_bits(path: Path, values: np.ndarray) -> Path:

@@ -157,6 +157,11 @@ def open_image(
     if kind is not None:  # refused, not skipped, as the listing does
         raise NotABadFile(f"{path} is {kind}, not an image file")
     try:
+        if path.stat().st_size == 0:  # said as such: "cannot identify image file" named no cause
+            raise DataError(
+                f"corrupt or unreadable image {path}: an empty file (0 bytes: a copy, sync "
+                "or download that did not finish)"
+            )
         if dicom.is_dicom(path):
             return dicom.read_dicom(path, dicom_window)
         return _open_pillow(path, bits_stored)
