@@ -907,6 +907,16 @@ def test_a_file_given_as_a_checkpoint_is_named_a_file(tmp_path):
         f"{run / 'best'}: no such checkpoint folder; a --force rerun of this run has not saved "
         f"one yet: its last finished parameters are {run / 'previous' / 'best'}"
     )
+    # A run in its first epoch (its lock held, here by another host's process).
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".lock").write_text(json.dumps({"pid": 1, "host": "node17"}))
+    with pytest.raises(CheckpointError) as e:
+        load_model(fresh / "best")
+    assert str(e.value) == (
+        f"{fresh / 'best'}: no such checkpoint folder; its run has not saved a best epoch yet "
+        "(a process is running it: its first validation saves one)"
+    )
 
 
 def test_export_replaces_existing_files_only_with_force(tiny_saved, tmp_path, capsys):

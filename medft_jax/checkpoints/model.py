@@ -47,6 +47,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from medft_jax import locks
 from medft_jax.config import PRECISIONS
 from medft_jax.data.options import option_value_error
 from medft_jax.data.pixels import BITS_STORED
@@ -438,6 +439,11 @@ def _check_dir(directory: str | Path) -> Path:
             if directory.name == "best" and (kept / "metadata").exists()
             else ""
         )
+        if not hint and directory.name == "best" and locks.maybe_running(directory.parent):
+            hint = (
+                "; its run has not saved a best epoch yet (a process is running it: its "
+                "first validation saves one)"
+            )
         raise CheckpointError(f"{directory}: no such checkpoint folder{hint}")
     if not (directory / "metadata").exists() or not (directory / "state").exists():
         best = directory / "best"
