@@ -1507,6 +1507,24 @@ def test_sp_under_inject_hyperparams_and_jit():
     np.testing.assert_allclose(u["top/head/bias"], 0.3 * np.array([1.2, 0.8]), rtol=1e-6)
 
 
+def test_tree_map_params_on_a_strategy_reading_paths_says_what_to_use():
+    """It said "the params are empty" (optax's placeholder has no leaves): the README's
+    way, jax.eval_shape(tx.init, params), is named instead; FT maps as optax's Adam does."""
+    params = toy_params()
+    for name, where in (("lp", "staged"), ("g_lf", "staged"), ("l2_sp", "sp_penalty")):
+        tx, _ = make(name, params, TOY, learning_rate=LR, steps_per_epoch=2)
+        with pytest.raises(ValueError) as e:
+            optax.tree_map_params(tx, lambda p: p.shape, tx.init(params))
+        assert str(e.value).startswith(
+            f"{where}: optax.tree_map_params cannot map this strategy's state: its init reads "
+            "the params' paths"
+        ), name
+        assert "jax.eval_shape(tx.init, params)" in str(e.value)
+    tx, _ = make("ft", params, TOY, learning_rate=LR)
+    shapes = optax.tree_map_params(tx, lambda p: str(p.shape), tx.init(params))
+    assert flatten(shapes[0].mu) == {k: str(v.shape) for k, v in flatten(params).items()}
+
+
 def test_rgn_under_inject_hyperparams_and_jit():
     inject = optax.inject_hyperparams(scale_by_rgn, static_args=("inner",))
     tx = inject(optax.identity(), steps_per_epoch=7, eps=1e-8)

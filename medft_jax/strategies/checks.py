@@ -98,6 +98,12 @@ def require_marks_some(where: str, mask_name: str, mask: Any, params: Any) -> No
     """
     if any(jax.tree.leaves(mask)):
         return
+    if type(params).__name__ == "_ParamsPlaceholder":  # optax.tree_map_params's stand-in
+        raise ValueError(
+            f"{where}: optax.tree_map_params cannot map this strategy's state: its init reads "
+            "the params' paths, and tree_map_params gives it a placeholder; derive the "
+            "state's shardings from jax.eval_shape(tx.init, params) instead"
+        )
     paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     sample = repr(paths[-1]) if paths else "none: the params are empty"
     raise ValueError(
