@@ -113,6 +113,13 @@ def test_labels_of_a_dataset_held_in_memory_are_checked_naming_the_split():
         Dataset.from_arrays("x", hot, ("neg", "pos"), multilabel=True)
     with pytest.raises(DataError, match=r"no 'test' split"):
         Dataset.from_arrays("x", {"train": splits["train"], "val": splits["val"]}, ("a", "b"))
+    # The arrays' shapes too (they named no split).
+    floats = {**splits, "test": (splits["test"][0].astype(np.float32), splits["test"][1])}
+    with pytest.raises(DataError, match=r"^dataset 'x' split 'test': images must be uint8 \("):
+        Dataset.from_arrays("x", floats, ("neg", "pos"))
+    short = {**splits, "val": (images, labels[:-1])}
+    with pytest.raises(DataError, match=r"^dataset 'x' split 'val': labels has \d+ rows, images"):
+        Dataset.from_arrays("x", short, ("neg", "pos"))
     with pytest.raises(DataError, match=r"^dataset name 'my \$data' is not a name"):
         Dataset.from_arrays("my $data", splits, ("neg", "pos"))
     # A built-in name mixed the arrays' records into that task's tables and --vs-paper.

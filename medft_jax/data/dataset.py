@@ -117,12 +117,17 @@ class Dataset:
         missing = [s for s in ("train", "val", "test") if s not in splits]
         if missing:
             raise DataError(f"dataset {name!r}: no {missing[0]!r} split (give train, val, test)")
-        built = {
-            split: value
-            if isinstance(value, ArraySplit)
-            else make_split(np.asarray(value[0]), np.asarray(value[1]), prefix=f"{split}/")
-            for split, value in splits.items()
-        }
+        built = {}
+        for split, value in splits.items():
+            if isinstance(value, ArraySplit):
+                built[split] = value
+                continue
+            try:
+                built[split] = make_split(
+                    np.asarray(value[0]), np.asarray(value[1]), prefix=f"{split}/"
+                )
+            except DataError as e:  # the array's shape, said without the split it is of
+                raise DataError(f"dataset {name!r} split {split!r}: {e}") from None
         for split, arrays in built.items():
             _check_labels(name, split, np.asarray(arrays.labels), len(class_names), multilabel)
         fingerprint = fingerprint_of(built, class_names, multilabel)
