@@ -315,10 +315,19 @@ def test_llrd_scales_adam_per_block():
             np.testing.assert_allclose(g[k], r[k] * factor[k.split("/")[0]], rtol=1e-7)
 
 
-def test_scale_by_label_needs_every_factor():
+def test_scale_by_label_needs_every_factor_at_init_and_none_negative():
+    """A missing factor was found at the first update (inside jit, the state built); a
+    negative one turned the chained optimizer's descent into ascent without a word."""
     tx = scale_by_label(jax.tree.map(lambda _: "x", toy_params()), {"y": 1.0})
-    with pytest.raises(ValueError, match="x"):
-        tx.update(toy_params(), tx.init(toy_params()))
+    with pytest.raises(ValueError, match=r"^scale_by_label: no factor for labels \['x'\]$"):
+        tx.init(toy_params())
+    labels = jax.tree.map(lambda _: "x", toy_params())
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"^scale_by_label: factor .* of label 'x' must be"):
+            scale_by_label(labels, {"x": bad})
+    frozen = scale_by_label(labels, {"x": 0.0})  # a zero factor freezes: allowed
+    u, _ = frozen.update(toy_params(), frozen.init(toy_params()))
+    assert all(not np.any(leaf) for leaf in jax.tree.leaves(u))
 
 
 # --- L1-SP and L2-SP ---------------------------------------------------------

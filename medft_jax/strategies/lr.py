@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import optax
 
+from medft_jax.strategies.checks import is_concrete_number
 from medft_jax.strategies.freeze import resolve
 
 PyTree = Any
@@ -26,8 +27,17 @@ def scale_by_label(
     # one EmptyState, and orbax refuses to restore a checkpoint whose tree differs, so an
     # ``llrd`` run checkpointed before could not resume.
 
+    for label, factor in factors.items():  # an injected (traced) factor is the caller's
+        if is_concrete_number(factor) and not float(factor) >= 0:  # also NaN
+            raise ValueError(
+                f"scale_by_label: factor {factor!r} of label {label!r} must be a number >= 0 "
+                "(a negative one ascends the loss)"
+            )
+
     def init_fn(params: PyTree) -> optax.EmptyState:
-        del params
+        # A label without a factor, named here rather than at the first update (traced).
+        if type(params).__name__ != "_ParamsPlaceholder":  # optax.tree_map_params's
+            _require_factors(resolve(labels, params))
         return optax.EmptyState()
 
     def update_fn(
@@ -35,10 +45,13 @@ def scale_by_label(
     ) -> tuple[PyTree, optax.EmptyState]:
         del params
         lab = resolve(labels, updates)
+        _require_factors(lab)
+        return jax.tree.map(lambda u, label: u * factors[label], updates, lab), state
+
+    def _require_factors(lab: PyTree) -> None:
         missing = set(jax.tree.leaves(lab)) - set(factors)
         if missing:
             raise ValueError(f"scale_by_label: no factor for labels {sorted(missing)}")
-        return jax.tree.map(lambda u, label: u * factors[label], updates, lab), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
