@@ -245,11 +245,14 @@ def _load_folder(root: Path, out: Path, **kw):
     ("fractions", "message"),
     [
         ({"test_fraction": 0.99}, "--test-fraction 0.99: the test split takes 20 of the 20 "
-         "images, leaving 0 to train and validate on"),
+         "images, leaving 0 to train and validate on; expected a fraction that leaves both"),
+        # The test carve's share said too: the default --val-fraction alone was blamed.
         ({"test_fraction": 0.9}, "--val-fraction 0.1: the val split takes 0 of the 2 images "
-         "left after the test split, leaving 2 to train on"),
+         "left after the test split (--test-fraction 0.9 took 18 of 20), leaving 2 to train "
+         "on; expected fractions that leave images in train, val and test"),
         ({"val_fraction": 0.01}, "--val-fraction 0.01: the val split takes 0 of the 16 images "
-         "left after the test split, leaving 16 to train on"),
+         "left after the test split (--test-fraction 0.2 took 4 of 20), leaving 16 to train "
+         "on; expected fractions that leave images in train, val and test"),
     ],
 )  # fmt: skip
 def test_fractions_that_empty_a_split_name_their_flag(tmp_path, fractions, message):
@@ -259,7 +262,7 @@ def test_fractions_that_empty_a_split_name_their_flag(tmp_path, fractions, messa
     _folder(root, per_class=10)
     with pytest.raises(DataError) as err:
         _load_folder(root, tmp_path / "out", **fractions)
-    assert _one_line(err) == f"{root}: {message}; expected a fraction that leaves both"
+    assert _one_line(err) == f"{root}: {message}"
     _no_cache_written(tmp_path / "out")
 
 

@@ -139,19 +139,29 @@ def carve_checked(
     stratify: bool,
     where: str = "",
     fixed: bool = False,
+    test_carve: tuple[float, int, int, bool] | None = None,
 ) -> tuple[list[Example], list[Example]]:
     """:func:`carve_examples` of ``split`` for data seed ``seed`` (its stream:
     :func:`carve_stream`), refusing a carve that leaves ``split`` or what remains empty
     (the test carve: less than two images, one to train and one to validate on), in one line
     naming the fraction's flag; an empty split was found later and named no flag.
-    ``fixed``: the fraction is the task's own (a paper task's test share), no flag's."""
+    ``fixed``: the fraction is the task's own (a paper task's test share), no flag's.
+    ``test_carve``: for the val carve, the test carve before it (its fraction, images
+    taken, images it was taken from, fixed), named where too few are left: a large
+    ``--test-fraction`` was told as a fault of the default ``--val-fraction``."""
     rest, carved = carve_examples(examples, fraction, carve_stream(split, seed), stratify=stratify)
     named = f"the task's fixed {split} share" if fixed else f"--{split}-fraction"
     need = 2 if split == "test" else 1
     if not carved or len(rest) < need:
         after = " left after the test split" if split == "val" else ""
+        if test_carve is not None:
+            t_fraction, t_taken, t_total, t_fixed = test_carve
+            t_named = "the task's fixed test share" if t_fixed else "--test-fraction"
+            after += f" ({t_named} {t_fraction:g} took {t_taken} of {t_total})"
         also = " and validate" if split == "test" else ""
         expected = "more images" if fixed else "a fraction that leaves both"
+        if test_carve is not None and not fixed:
+            expected = "fractions that leave images in train, val and test"
         raise DataError(
             f"{where + ': ' if where else ''}{named} {fraction:g}: the {split} split "
             f"takes {len(carved)} of the {len(examples)} images{after}, leaving {len(rest)} to "
@@ -195,10 +205,14 @@ def standard_splits(
     if test is None:
         if test_fraction is None:
             raise DataError("no official test split: a test fraction is needed")
+        total = len(rest)
         rest, test = carve_checked(  # the paper's share: no flag sets it
             rest, "test", test_fraction, seed, stratify=stratify, fixed=True
         )
-    rest, val = carve_checked(rest, "val", val_fraction, seed, stratify=stratify)
+        before = (test_fraction, len(test), total, True)
+    else:
+        before = None
+    rest, val = carve_checked(rest, "val", val_fraction, seed, stratify=stratify, test_carve=before)
     return {"train": rest, "val": val, "test": list(test)}
 
 

@@ -410,13 +410,22 @@ def parse_folder(
         # One image saved twice first: x.png beside x.PNG is that, not two patients' names.
         _refuse_saved_twice(root, [ex for members in given.values() for ex in members])
         _refuse_patient_twins(root, [ex for members in given.values() for ex in members])
+        before = None
         if "test" not in given:
+            total = len(train)
             train, given["test"] = carve_checked(
                 train, "test", fraction["test"], seed, stratify=True, where=str(root)
             )
+            before = (fraction["test"], len(given["test"]), total, False)
         if "val" not in given:
             train, given["val"] = carve_checked(
-                train, "val", fraction["val"], seed, stratify=True, where=str(root)
+                train,
+                "val",
+                fraction["val"],
+                seed,
+                stratify=True,
+                where=str(root),
+                test_carve=before,
             )
         given["train"] = train
         return class_names, {s: given[s] for s in SPLIT_DIRS}
@@ -433,5 +442,8 @@ def parse_folder(
     rest, test = carve_checked(
         examples, "test", test_fraction, seed, stratify=True, where=str(root)
     )
-    rest, val = carve_checked(rest, "val", val_fraction, seed, stratify=True, where=str(root))
+    before = (test_fraction, len(test), len(examples), False)
+    rest, val = carve_checked(
+        rest, "val", val_fraction, seed, stratify=True, where=str(root), test_carve=before
+    )
     return class_names, {"train": rest, "val": val, "test": test}

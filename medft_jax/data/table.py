@@ -374,7 +374,9 @@ def parse_table(
     }
     if by_split["test"] and by_split["val"]:
         refuse_unused_seed(seed, f"the values of column {split_column!r}", str(csv_path))
+    before = None
     if not by_split["test"]:
+        total = len(by_split["train"])
         by_split["train"], by_split["test"] = carve_checked(
             by_split["train"],
             "test",
@@ -383,6 +385,7 @@ def parse_table(
             stratify=stratify,
             where=str(csv_path),
         )
+        before = (fraction["test"], len(by_split["test"]), total, False)
     if not by_split["val"]:
         by_split["train"], by_split["val"] = carve_checked(
             by_split["train"],
@@ -391,6 +394,7 @@ def parse_table(
             seed,
             stratify=stratify,
             where=str(csv_path),
+            test_carve=before,
         )
     return names, multilabel, by_split
 
