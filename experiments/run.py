@@ -491,10 +491,17 @@ def _print_summary(
         print(metrics.EQ6_NOTE)
     unavailable = [r for r in chosen if str(r.get("weights_used", "")).startswith("none (ImageNet")]
     if unavailable:  # said once above the progress bars; a reader of the numbers sees this
+        from weights_port.fetch import WEIGHTS_NAMES
+
+        arch = unavailable[0]["config"]["arch"]
+        why = (
+            "none ported, and none could be downloaded when the run trained"
+            if arch in WEIGHTS_NAMES
+            else "torchvision publishes none for it"
+        )
         print(
-            f"trained from random initialisation: no ImageNet weights for "
-            f"{unavailable[0]['config']['arch']} (none ported, and none could be downloaded "
-            "when the run trained); these numbers are not a fine-tuning's"
+            f"trained from random initialisation: no ImageNet weights for {arch} ({why}); "
+            "these numbers are not a fine-tuning's"
         )
     for r in records:
         print(f"record: {results.record_path_of(r, out)}")

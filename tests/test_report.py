@@ -551,6 +551,13 @@ def test_the_run_summary_names_eq6_accuracy_apart_from_top1(
         "and none could be downloaded when the run trained); these numbers are not a "
         "fine-tuning's\n"
     ) in out
+    # An arch torchvision publishes no weights for: nothing could have been downloaded.
+    tiny = offline | {"config": offline["config"] | {"arch": "resnet_tiny"}}
+    run_cli._print_summary([tiny], str(tmp_path), [])
+    assert (
+        "no ImageNet weights for resnet_tiny (torchvision publishes none for it); these "
+        "numbers are not a fine-tuning's\n"
+    ) in capsys.readouterr().out
     chose = records[0] | {"weights_used": "none (random initialisation)"}  # --weights none
     run_cli._print_summary([chose], str(tmp_path), [])
     assert "random initialisation" not in capsys.readouterr().out
