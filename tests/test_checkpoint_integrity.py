@@ -717,6 +717,22 @@ def test_a_best_replaced_while_it_is_read_is_read_again_not_called_corrupted(tmp
     loaded, got = load_model(folder)
     assert len(calls) == 2 and variables_hash(loaded) == variables_hash(second)
     assert got["content_sha256"] == variables_hash(second)
+    # The arrays moved aside mid-read ("files under state/ are truncated, missing or
+    # corrupted"): read again too.
+    calls.clear()
+
+    def moved_aside(directory):
+        if not calls:
+            save_model(folder, first["params"], first["batch_stats"], meta, force=True)
+            calls.append(directory)
+            raise CheckpointError(f"{directory}: files under state/ are truncated")
+        calls.append(directory)
+        return reading(directory)
+
+    monkeypatch.setattr(model, "_restore_state", moved_aside)
+    loaded, _ = load_model(folder)
+    assert len(calls) == 2 and variables_hash(loaded) == variables_hash(first)
+    monkeypatch.setattr(model, "_restore_state", a_new_best_lands)
     # Arrays that do not hash to a metadata unchanged meanwhile: damaged, said so at once.
     calls.clear()
     saving = False

@@ -376,13 +376,20 @@ def load_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     unreadable metadata, truncated or corrupted array files, arrays that do
     not hash to the recorded ``content_sha256``, metadata that disagrees
     with the arrays (:func:`check_metadata`) and non-finite weights. A
-    checkpoint saved before hashes were recorded loads without the hash check.
+    checkpoint saved before hashes were recorded loads without the hash check. One
+    replaced while it was read (a run saving a new best) is read again, once.
     """
     directory = _check_dir(directory)
     for attempt in range(2):
         metadata = _read_metadata(directory)
         recorded = _recorded_hash(metadata, directory)
-        state = _restore_state(directory)
+        try:
+            state = _restore_state(directory)
+        except CheckpointError:  # its arrays moved aside by a save swapping a new one in
+            if attempt == 0 and _replaced_since(directory, metadata):
+                time.sleep(_SWAP_SECONDS)
+                continue
+            raise
         variables = {
             "params": _to_numpy(state.get("params", {}) or {}),
             "batch_stats": _to_numpy(state.get("batch_stats", {}) or {}),
@@ -392,6 +399,7 @@ def load_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         # A run that saved a new best between the two reads (predict on a run still
         # training): metadata of one checkpoint, arrays of the next. Read it again, whole.
         if attempt == 0 and _replaced_since(directory, metadata):
+            time.sleep(_SWAP_SECONDS)
             continue
         raise CheckpointError(
             f"{directory}: content hash mismatch: the checkpoint's arrays were modified or "
@@ -400,6 +408,11 @@ def load_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     check_metadata(variables, metadata, directory)
     check_finite(variables, directory)
     return variables, metadata
+
+
+_SWAP_SECONDS = 0.1
+"""A wait before reading a checkpoint again that a save replaced meanwhile: its two renames
+are microseconds apart, and the folder is missing between them."""
 
 
 def _replaced_since(directory: Path, metadata: Mapping[str, Any]) -> bool:
