@@ -130,9 +130,18 @@ def _summary(args: argparse.Namespace):
     forced: list[Path] = []  # runs whose last record --force set aside
     unfinished = results.unfinished_runs(runs, set_aside=forced)
     if not records and not failures:
+        live = [f for f in forced if locks.maybe_running(f)]
+        killed = len(forced) - len(live)
         rerun = (
-            f"; {len(forced)} run(s) being rerun with --force keep their last record in "
-            f"{results.PREVIOUS_NAMES[0]}/, e.g. {forced[0]}: report once the rerun ends"
+            f"; {len(forced)} run(s) rerun with --force keep their last record in "
+            f"{results.PREVIOUS_NAMES[0]}/, e.g. {forced[0]}: "
+            + (f"{len(live)} still running (report once they end)" if live else "")
+            + ("; " if live and killed else "")
+            + (
+                f"{killed} with no process running (a forced rerun killed: run it again to finish)"
+                if killed
+                else ""
+            )
             if forced
             else ""
         )

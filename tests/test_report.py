@@ -1600,9 +1600,15 @@ def test_a_forced_rerun_is_named_not_taken_for_an_empty_folder(tmp_path, capsys)
     assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
     assert capsys.readouterr().err == (
         f"error: --runs {runs}: no run records (record.json) or failure notes in it; 1 run(s) "
-        f"being rerun with --force keep their last record in previous/, e.g. {folder}: report "
-        "once the rerun ends\n"
+        f"rerun with --force keep their last record in previous/, e.g. {folder}: 1 with no "
+        "process running (a forced rerun killed: run it again to finish)\n"
     )
+    (folder / ".lock").write_text(json.dumps({"pid": 1, "host": "node17"}))  # running there
+    assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"e.g. {folder}: 1 still running (report once they end)\n"
+    )
+    (folder / ".lock").unlink()
     assert not out.exists()
     _write_runs(runs, [rec(strategy="ft")])  # another run finished: the report is written
     assert cli.main(["--runs", str(runs), "--out", str(out)]) == 0
