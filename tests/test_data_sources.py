@@ -63,6 +63,37 @@ def test_medmnist_nx1_labels_and_resized_cache(tmp_path):
     assert np.array_equal(resized.splits["val"].images[2], expected[2:34, 2:34])
 
 
+def test_the_resized_cache_is_built_by_one_process_under_a_lock(tmp_path, monkeypatch):
+    """It took none (folders and paper tasks do): two prepares each built the whole cache,
+    and each one's swap deleted the other's under its readers. One that waited finds the
+    cache another built, and reads it."""
+    import contextlib
+
+    from medft_jax import locks
+    from medft_jax.data import cache, medmnist
+
+    _npz(tmp_path / "pneumoniamnist.npz", {"train": 10, "val": 4, "test": 6})
+    writes, real_write, real_lock = [], cache.write_cache, locks.build_lock
+    monkeypatch.setattr(
+        cache, "write_cache", lambda *a, **k: writes.append(1) or real_write(*a, **k)
+    )
+
+    @contextlib.contextmanager
+    def another_built_it_meanwhile(path):
+        assert path.name.startswith(".") and path.name.endswith(".lock")
+        with monkeypatch.context() as m:  # the other process, holding the lock first
+            m.setattr(medmnist.locks, "build_lock", real_lock)
+            load("medmnist/pneumoniamnist", data_dir=tmp_path, progress=False, **SIZES)
+        with real_lock(path):
+            yield
+
+    monkeypatch.setattr(medmnist.locks, "build_lock", another_built_it_meanwhile)
+    ds = load("medmnist/pneumoniamnist", data_dir=tmp_path, progress=False, **SIZES)
+    assert writes == [1] and ds.image_shape == (32, 32, 3)  # built once, by the other
+    load("medmnist/pneumoniamnist", data_dir=tmp_path, progress=False, **SIZES)  # fresh
+    assert writes == [1]
+
+
 def test_the_resized_cache_makes_no_rgb_copy_of_a_split(tmp_path, monkeypatch):
     """Grey images go RGB one at a time as they are resized: a whole split at three times
     its size (ChestMNIST at 224 px: 17 GB) is never held; the pixels are the same."""

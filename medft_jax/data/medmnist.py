@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medft_jax import locks
 from medft_jax.data import cache
 from medft_jax.data.arrays import ArraySplit, make_split
 from medft_jax.data.dataset import Dataset
@@ -402,32 +403,68 @@ def load_medmnist(
     resize_size = resize_size or crop_size
     target = cache_dir(data_dir, f"medmnist/{flag}@{size}", variant_name(resize_size, crop_size))
     found = find_local(flag, size, data_dir)
-    reason = _stale_reason(target, found, flag, size) if cache.is_complete(target) else None
-    if reason:
-        cache.announce_rebuild(name, target, reason)
-    if reason or not cache.is_complete(target):
-        path = found or find_or_download(flag, size, data_dir, allow_download=allow_download)
-        source = file_source(path, flag, size)
-        # Labels read and checked; the images streamed from the file as the cache is written
-        # (each made RGB as it is resized).
-        arrays = read_npz(path, flag, size, images=False)
-        _refuse_other_flags_sizes(path, flag, source, arrays)
-        shape = (crop_size, crop_size, 3)
-        plan = {}
-        for s, (_, lab) in arrays.items():
-            ids = np.asarray([f"{s}/{i}" for i in range(len(lab))])
-            fields = {"labels": lab, "ids": ids, "groups": ids, "patients": ids}
-            rows = functools.partial(stream_images, path, f"{s}_images")
-            chunks = _resized_chunks(rows, resize_size, crop_size)
-            plan[s] = cache.SplitPlan(len(lab), shape, chunks, fields)
-        meta = {**facts, "source": source}
-        cache.write_cache(target, plan, meta, progress=progress)
+    fresh = cache.is_complete(target) and not _stale_reason(target, found, flag, size)
+    if not fresh:
+        # One process builds (a sweep's workers, prepare twice): each built the whole cache
+        # and its swap deleted the other's, under the readers of it. A fresh cache is read
+        # without the lock: a shared --data-dir may be read-only.
+        with locks.build_lock(target.parent / f".{target.name}.lock"):
+            _build_cache(
+                name,
+                target,
+                flag,
+                size,
+                data_dir,
+                resize_size,
+                crop_size,
+                facts,
+                allow_download=allow_download,
+                progress=progress,
+            )
     splits, meta = cache.read_cache(target)
     _note_unofficial(meta["source"], flag, size)
     cache.note_duplicates(name, meta)
     facts = {**facts, "source": meta["source"], "counts": meta["counts"]}
     facts["duplicates"] = meta.get("duplicates") or {}
     return _dataset(name, splits, info, facts, meta["fingerprint"], flag)
+
+
+def _build_cache(
+    name: str,
+    target: Path,
+    flag: str,
+    size: int,
+    data_dir: str | Path | None,
+    resize_size: int,
+    crop_size: int,
+    facts: dict[str, Any],
+    *,
+    allow_download: bool,
+    progress: bool,
+) -> None:
+    """Writes ``target``'s resized cache from the ``.npz``, unless another process built
+    a fresh one while this one waited for the lock (the caller holds it)."""
+    found = find_local(flag, size, data_dir)
+    reason = _stale_reason(target, found, flag, size) if cache.is_complete(target) else None
+    if reason:
+        cache.announce_rebuild(name, target, reason)
+    elif cache.is_complete(target):
+        return
+    path = found or find_or_download(flag, size, data_dir, allow_download=allow_download)
+    source = file_source(path, flag, size)
+    # Labels read and checked; the images streamed from the file as the cache is written
+    # (each made RGB as it is resized).
+    arrays = read_npz(path, flag, size, images=False)
+    _refuse_other_flags_sizes(path, flag, source, arrays)
+    shape = (crop_size, crop_size, 3)
+    plan = {}
+    for s, (_, lab) in arrays.items():
+        ids = np.asarray([f"{s}/{i}" for i in range(len(lab))])
+        fields = {"labels": lab, "ids": ids, "groups": ids, "patients": ids}
+        rows = functools.partial(stream_images, path, f"{s}_images")
+        chunks = _resized_chunks(rows, resize_size, crop_size)
+        plan[s] = cache.SplitPlan(len(lab), shape, chunks, fields)
+    cache.write_cache(target, plan, {**facts, "source": source}, progress=progress)
 
 
 def _refuse_other_flags_sizes(
