@@ -206,6 +206,38 @@ def test_chexpert_small_and_full_size_copies_side_by_side_are_refused(tmp_path, 
         _parse("chexpert", tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("name", "folder", "make"),
+    [
+        ("chexpert", "CheXpert-v1.0-small", lambda r: fakes.make_chexpert(r, 10, 2)),
+        ("mura_shoulder", "MURA-v1.1", lambda r: fakes.make_mura(r, ("XR_SHOULDER",), 3, 2)),
+        ("bach", "ICIAR2018_BACH_Challenge", lambda r: fakes.make_bach(r, 2)),
+    ],
+)
+def test_a_second_copy_nested_inside_the_release_folder_is_refused(tmp_path, name, folder, make):
+    """--manual-dir the release folder itself (as the docs show) holding a copy of the
+    release unpacked again inside it: the nested copy was prepared, without a word."""
+    make(tmp_path / "outer")
+    make(tmp_path / "inner")
+    release = tmp_path / "outer" / folder
+    shutil.copytree(tmp_path / "inner" / folder, release / folder)
+    inner = release / folder / ("Photos" if name == "bach" else "")
+    with pytest.raises(DataError) as err:
+        _parse(name, release)
+    message = str(err.value)
+    assert "\n" not in message and "point --manual-dir at the one to prepare" in message
+    assert str(inner.parent if name != "bach" else inner) in message
+    assert f"{release if name != 'bach' else release / 'Photos'} and" in message
+    shutil.rmtree(release / folder)
+    assert _parse(name, release)["train"]  # the release alone still prepares
+
+
+def test_chexpert_train_csv_of_another_dataset_beside_the_release_is_not_a_copy(tmp_path):
+    fakes.make_chexpert(tmp_path, 10, 2)
+    (tmp_path / "train.csv").write_text("image_name,patient_id,target\nISIC_1,IP_1,0\n")
+    assert _parse("chexpert", tmp_path)["test"]
+
+
 def test_a_packed_or_doubly_nested_download_gets_a_hint(tmp_path, layouts):
     root, _ = layouts["chexpert"]
     packed = tmp_path / "packed"

@@ -14,7 +14,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task, name_runs
+from medft_jax.data.builders.base import (
+    MedicalBuilder,
+    MedicalConfig,
+    Task,
+    name_runs,
+    refuse_two_copies,
+)
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import scan_files
@@ -41,9 +47,11 @@ def find_photos(manual_dir: Path) -> Path:
         manual_dir / "Photos",
         manual_dir,
     )
-    for candidate in candidates:
-        if all((candidate / c).is_dir() for c in CLASS_NAMES):
-            return candidate
+    full = [c for c in candidates if all((c / n).is_dir() for n in CLASS_NAMES)]
+    if len(full) > 1:  # the first was taken: a copy unpacked again inside the release won
+        refuse_two_copies(full[0], full[1], "class folders")
+    if full:
+        return full[0]
     found = next((c for c in candidates if any((c / n).is_dir() for n in CLASS_NAMES)), None)
     found = found or next((c for c in candidates[:2] if c.is_dir()), None)
     expected = f"expected the four class folders {', '.join(CLASS_NAMES)}"

@@ -335,3 +335,13 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if skipped and split == "train":
             meta = {"class_names": list(self.TASK.class_names), "multilabel": self.TASK.multilabel}
             cache.check_classes_left(np.asarray(kept_labels), meta, len(skipped))
+
+
+def refuse_two_copies(nested: Path, manual_dir: Path, listing: str) -> None:
+    """Refuse a ``--manual-dir`` that holds the release's ``listing`` itself and a second
+    copy of the release in ``nested``, naming both: whichever was taken, the other (an older
+    or pilot copy unpacked a second time inside the release) was silently not prepared."""
+    raise DataError(
+        f"{manual_dir} and {nested} both hold the release's {listing} (a second copy "
+        "unpacked inside the release?); point --manual-dir at the one to prepare"
+    )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
+from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task, refuse_two_copies
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import listed_path, safe_join
@@ -74,11 +74,22 @@ def find_root(manual_dir: Path) -> Path:
             f"{manual_dir}: holds both {' and '.join(p.name for p in found)}; point "
             "--manual-dir at the one to prepare"
         )
+    own = (manual_dir / "train.csv").is_file()
+    if found and own and is_listing(manual_dir / "train.csv"):
+        refuse_two_copies(found[0], manual_dir, "train.csv")
     if found:
         return found[0]
-    if (manual_dir / "train.csv").is_file():
+    if own:
         return manual_dir
     raise DataError(f"{manual_dir}: no CheXpert-v1.0-small/train.csv; expected {LAYOUT}")
+
+
+def is_listing(path: Path) -> bool:
+    """Whether ``path``'s first line is CheXpert's header (``Path,...,Frontal/Lateral,...``):
+    a ``train.csv`` of another dataset beside the release folder is not a second copy."""
+    with open(path, "rb") as f:
+        first = f.readline(4096)
+    return b"Frontal/Lateral" in first
 
 
 def image_path(folder: Path, rel: str, where: str) -> Path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
+from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task, refuse_two_copies
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.images import IMAGE_SUFFIXES
@@ -34,6 +34,8 @@ def find_root(manual_dir: Path) -> Path:
     """The folder holding the listings: ``MURA-v1.1`` inside ``manual_dir``, or
     ``manual_dir`` itself, whatever it is called or however reached."""
     if (manual_dir / FOLDER / "train_image_paths.csv").is_file():
+        if (manual_dir / "train_image_paths.csv").is_file():  # which one? not ours to guess
+            refuse_two_copies(manual_dir / FOLDER, manual_dir, "train_image_paths.csv")
         return manual_dir / FOLDER
     if (manual_dir / "train_image_paths.csv").is_file():
         return manual_dir
