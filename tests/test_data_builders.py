@@ -818,6 +818,23 @@ def test_isic_duplicate_that_train_csv_does_not_list_is_refused_naming_its_line(
     )
 
 
+@pytest.mark.slow
+def test_isic_train_csv_cleared_of_duplicates_beside_their_images_is_checked_as_the_release(
+    tmp_path,
+):
+    """train.csv without the duplicates' rows (their images still in jpeg/train/) is the
+    release all the same: its duplicate list cut short was not checked."""
+    fakes.make_isic2020(tmp_path, 10, 2)  # duplicates ISIC_0000006, ISIC_0000012 on disk
+    _write_official_isic_train_csv(tmp_path)
+    path = tmp_path / "train.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(
+        "".join(ln for ln in lines if not ln.startswith(("ISIC_0000006,", "ISIC_0000012,")))
+    )
+    with pytest.raises(DataError, match=r"drops 2 of the official train\.csv's 33,126 images"):
+        _parse("isic2020", tmp_path)
+
+
 def test_isic_subset_train_csv_without_a_listed_duplicate_is_accepted(tmp_path):
     """A train.csv already cleared of the duplicates (32,701 rows), or any subset, beside the
     official list was refused as "not in train.csv": it lacks them on purpose."""
@@ -827,6 +844,27 @@ def test_isic_subset_train_csv_without_a_listed_duplicate_is_accepted(tmp_path):
     path.write_text("".join(line for line in lines if not line.startswith("ISIC_0000006,")))
     splits = _parse("isic2020", tmp_path)
     assert sum(len(v) for v in splits.values()) == len(truth) == 18
+
+
+def test_isic_image_that_train_csv_does_not_list_is_refused_naming_it(tmp_path):
+    """A train.csv row lost (a spreadsheet's round trip) dropped its image without a word,
+    and with it the official release's checks, which go by train.csv's 33,126 rows."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    path = tmp_path / "train.csv"
+    text = path.read_text()
+    (tmp_path / "jpeg" / "train" / "._ISIC_0000099.jpg").write_bytes(b"")  # macOS: ignored
+    (tmp_path / "jpeg" / "train" / "Thumbs.db").write_bytes(b"")  # not an image: ignored
+    assert sum(len(v) for v in _parse("isic2020", tmp_path).values()) == 18
+    path.write_text("".join(ln for ln in text.splitlines(True) if "ISIC_0000009," not in ln))
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'jpeg' / 'train'}: image 'ISIC_0000009.jpg' is not in train.csv (1 such "
+        "image(s)); expected train.csv to list every image in jpeg/train/ (a lost row? for a "
+        "deliberate subset, move the images it leaves out out of jpeg/train/)"
+    )
+    (tmp_path / "jpeg" / "train" / "ISIC_0000009.jpg").unlink()  # a subset holding its own
+    assert sum(len(v) for v in _parse("isic2020", tmp_path).values()) == 17
 
 
 def _edit_isic_row(root: Path, image_name: str, **cells: str) -> int:

@@ -8,7 +8,11 @@ second image of each of its 425 pairs is dropped (33,126 -> 32,701); beside
 the challenge's ``train.csv`` (33,126 rows), a list that drops fewer is refused,
 first naming a listed duplicate that ``train.csv`` does not list (another
 ``train.csv``, a subset or one already cleared of the duplicates, may lack
-them: it is not checked). A row with a blank
+them: it is not checked). Every image in ``jpeg/train/`` must be listed in
+``train.csv`` (or be a duplicate's second image): a lost row would drop its image, and
+those checks, without a word; a subset lists the images it holds. A ``train.csv`` cleared
+of the duplicates beside the download's images (they are there, unlisted) is checked as
+the release. A row with a blank
 ``patient_id``, or whose ``benign_malignant`` contradicts its ``target``, is
 refused naming its line. A missing ``train.csv`` beside the ISIC site's
 ``ISIC_2020_Training_GroundTruth*.csv``, or a missing ``<name>.jpg`` beside a
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -247,6 +252,43 @@ def refuse_renamed_image(path: Path, where: str) -> None:
         )
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg")
+"""The image files of ``jpeg/train/`` (any case) that ``train.csv`` must list."""
+
+
+def refuse_unlisted_images(folder: Path, names: set[str], duplicates: dict[str, int]) -> set[str]:
+    """Refuse an image in ``jpeg/train/`` that ``train.csv`` does not list, naming the first
+    and counting them; a duplicate list's ``image_name_2`` (dropped anyway) may be unlisted.
+
+    ``train.csv`` is the index: a row lost (a spreadsheet's round trip, a cut download)
+    dropped its image without a word, and with it the official release's checks of the
+    duplicate list (which go by its 33,126 rows). A deliberate subset lists the images it
+    holds; one cut from the whole download leaves the others out of ``jpeg/train/`` too.
+    A listing of the folder's names: nothing is opened.
+
+    Returns the duplicates on disk that ``train.csv`` does not list (one cleared of
+    them): they count as the release's images, listed and dropped.
+    """
+    if not folder.is_dir():
+        return set()  # the listed images' absence is named when they are read
+    with os.scandir(folder) as entries:
+        stems = {
+            e.name: e.name.rsplit(".", 1)[0]
+            for e in entries
+            if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_SUFFIXES)
+        }
+    unlisted = sorted(
+        n for n, stem in stems.items() if stem not in names and stem not in duplicates
+    )
+    if unlisted:
+        raise DataError(
+            f"{folder}: image {unlisted[0]!r} is not in train.csv ({len(unlisted)} such "
+            "image(s)); expected train.csv to list every image in jpeg/train/ (a lost row? "
+            "for a deliberate subset, move the images it leaves out out of jpeg/train/)"
+        )
+    return {stem for stem in stems.values() if stem in duplicates and stem not in names}
+
+
 def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     if config.split_by not in SPLIT_BY:
         raise DataError(f"--split-by must be one of {SPLIT_BY}, got {config.split_by!r}")
@@ -254,11 +296,12 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     if not csv_path.is_file():
         raise DataError(f"{csv_path} not found{site_download_hint(manual_dir)}; expected {LAYOUT}")
     duplicates = read_duplicates(manual_dir)
-    examples, listed, dropped = [], 0, set()
+    examples, listed, dropped, names = [], 0, set(), set()
     for row in read_csv(csv_path, ["image_name", "patient_id", "target"], HEADER):
         where = f"{csv_path}:{row.line}"
         name = row["image_name"].strip()
         listed += 1
+        names.add(name)
         if name in duplicates:
             dropped.add(name)
             continue
@@ -267,6 +310,10 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         refuse_renamed_image(path, where)
         patient = read_patient(row, where)
         examples.append(Example(path, read_target(row, where), rel, patient=patient))
+    # A train.csv cleared of the duplicates, beside the download's images: still the release.
+    cleared = refuse_unlisted_images(manual_dir / "jpeg" / "train", names, duplicates)
+    listed += len(cleared)
+    dropped |= cleared
     refuse_unmatched_duplicates(manual_dir / DUPLICATES, duplicates, listed, dropped)
     refuse_partial_duplicates(manual_dir / DUPLICATES, listed, len(dropped))
     return split_examples(
