@@ -1571,3 +1571,65 @@ def test_a_mat_declaring_a_huge_image_is_refused_before_it_is_read(tmp_path):
     assert str(e.value).startswith(
         f"{path}: image size 60000x60000 (3,600,000,000 pixels) exceeds the limit of "
     )
+
+
+def test_chexpert_patient_folder_without_a_csv_row_is_refused_naming_it(tmp_path):
+    """valid.csv that lost a patient's rows (its folder still in valid/) shrank the
+    official test set without a word; so did train.csv for training."""
+    fakes.make_chexpert(tmp_path, 10, 4)
+    base = tmp_path / "CheXpert-v1.0-small"
+    (base / "valid" / "README.txt").write_text("")  # not a patient folder: ignored
+    assert len(_parse("chexpert", tmp_path)["test"]) == 4
+    for split, patient in (("valid", "patient64543"), ("train", "patient00007")):
+        path = base / f"{split}.csv"
+        text = path.read_text()
+        path.write_text("".join(ln for ln in text.splitlines(True) if patient not in ln))
+        with pytest.raises(DataError) as err:
+            _parse("chexpert", tmp_path)
+        assert str(err.value) == (
+            f"{base / split}: patient folder {patient!r} has no row in {split}.csv (1 such "
+            f"folder(s)); expected {split}.csv to list every patient folder (a lost row? a "
+            "partial copy of the CSV?)"
+        )
+        path.write_text(text)
+
+
+def test_mura_image_of_a_listed_study_missing_from_the_listing_is_refused(tmp_path):
+    """A lost line of valid_image_paths.csv dropped an image of a test study: the study's
+    score (the mean over its images) changed without a word."""
+    fakes.make_mura(tmp_path, ("XR_SHOULDER",), 3, 3)
+    base = tmp_path / "MURA-v1.1"
+    gone = "MURA-v1.1/valid/XR_SHOULDER/patient11001/study1_negative/image2.png"
+    assert (tmp_path / gone).is_file()
+    (tmp_path / gone).with_name("._image9.png").write_bytes(b"")  # macOS: ignored
+    _parse("mura_shoulder", tmp_path)
+    path = base / "valid_image_paths.csv"
+    path.write_text("".join(ln for ln in path.read_text().splitlines(True) if gone not in ln))
+    with pytest.raises(DataError) as err:
+        _parse("mura_shoulder", tmp_path)
+    assert str(err.value) == (
+        f"{(tmp_path / gone).parent}: image 'image2.png' is not in valid_image_paths.csv (1 "
+        "such image(s) in the listed studies); expected the listing to name every image of "
+        "its studies (a lost line? a partial copy of the listing?)"
+    )
+
+
+def test_cholect50_subsampled_frame_without_an_annotation_is_refused(tmp_path):
+    """labels/VID06.json without key "10" (000010.png on disk) dropped a frame of the
+    official test set without a word; an unlabelled frame between the subsampled ones
+    is not read anyway."""
+    fakes.make_cholect50(tmp_path, (1, 2, 8, 6), 25)
+    path = tmp_path / "labels" / "VID06.json"
+    data = json.loads(path.read_text())
+    del data["annotations"]["11"]  # not subsampled: fine
+    path.write_text(json.dumps(data))
+    assert len(_parse("cholect50_instrument", tmp_path)["test"]) == 12
+    del data["annotations"]["10"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError) as err:
+        _parse("cholect50_instrument", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'videos' / 'VID06'}: frame '000010.png' has no annotation in VID06.json "
+        "(1 such frame(s) of every 10th); expected a key for each subsampled frame (a lost "
+        "key? a partial copy of the labels?)"
+    )

@@ -7,7 +7,8 @@ one frontal image per patient (the first the CSV lists) for training; the
 official ``valid`` set, one frontal image per patient, as ``test``; ``val``
 carved from training patients. Lateral views are never used. A
 ``Frontal/Lateral`` value other than ``Frontal`` or ``Lateral`` is refused
-naming its line, and so is a CSV without a frontal row.
+naming its line, and so is a CSV without a frontal row, and a ``patientN`` folder of
+``train/`` or ``valid/`` that no row of its CSV names (a lost row).
 
 Uncertain labels (-1), by ``uncertain``:
 
@@ -22,6 +23,7 @@ Unmentioned (empty) is 0 under every policy.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task, refuse_two_copies
@@ -126,9 +128,10 @@ def label_value(text: str, policy: str, where: str, finding: str = "") -> float:
 def read_split(csv_path: Path, policy: str) -> list[Example]:
     """One frontal image per patient, in CSV order (ids: the CSV's paths, as listed)."""
     rows = read_csv(csv_path, ["Path", "Frontal/Lateral", *CLASS_NAMES], HEADER)
-    examples, seen = [], set()
+    examples, seen, listed = [], set(), set()
     for row in rows:
         where = f"{csv_path}:{row.line}"
+        listed.update(p for p in row["Path"].split("/") if p.startswith("patient"))
         if not is_frontal(row["Frontal/Lateral"], where):
             continue
         rel = listed_path(row["Path"].strip(), source=where)
@@ -148,7 +151,27 @@ def read_split(csv_path: Path, policy: str) -> list[Example]:
             f"{csv_path}: no row with Frontal/Lateral = Frontal; expected the release's rows, "
             "a frontal image per patient"
         )
+    refuse_unlisted_patients(csv_path.parent / csv_path.stem, csv_path.name, listed)
     return examples
+
+
+def refuse_unlisted_patients(split_dir: Path, listing: str, listed: set[str]) -> None:
+    """Refuse a ``patientN`` folder of ``split_dir`` (``valid/``, ``train/``) that no row of
+    its CSV names, naming the first and counting them: the CSV is the index, so a lost row
+    dropped the patient (of the official test set, for ``valid``) without a word. A
+    listing of the folder's names: nothing below it is read."""
+    if not split_dir.is_dir():
+        return  # the listed images' absence is named when they are read
+    with os.scandir(split_dir) as entries:
+        unlisted = sorted(
+            e.name for e in entries if e.name.startswith("patient") and e.name not in listed
+        )
+    if unlisted:
+        raise DataError(
+            f"{split_dir}: patient folder {unlisted[0]!r} has no row in {listing} "
+            f"({len(unlisted)} such folder(s)); expected {listing} to list every patient "
+            "folder (a lost row? a partial copy of the CSV?)"
+        )
 
 
 VIEWS = ("Frontal", "Lateral")

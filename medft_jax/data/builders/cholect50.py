@@ -5,7 +5,8 @@ whose ``annotations`` map a frame id to a list of 15-value vectors, one per
 action triplet, value [1] the instrument id (-1: none). A frame's label is
 the multi-hot set of its instruments (two keys naming one frame, ``10`` and
 ``010``, and any key written twice in one object, are refused). Frames are subsampled to 6 a minute
-(every 10th frame id). Splits follow the official video lists of the
+(every 10th frame id); such a frame of ``videos/VIDxx/`` without an annotation
+key is refused (a lost key). Splits follow the official video lists of the
 CholecT50 release (Nwoye & Padoy 2022, "cholect50" split: 35 train, 5 val,
 10 test videos), so ``seed`` and ``val_fraction`` are not used here.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -162,7 +164,9 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
             )
         numbers[number] = label_file
         split = split_of(number, label_file)
-        for frame, label in sorted(frame_labels(label_file).items()):
+        labels = frame_labels(label_file)
+        refuse_unlabelled_frames(root / "videos" / video, label_file, labels)
+        for frame, label in sorted(labels.items()):
             if frame % FRAME_STRIDE:
                 continue
             rel = f"videos/{video}/{frame:06d}.png"
@@ -170,6 +174,29 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
             splits[split].append(Example(path, label, rel, patient=video))
     refuse_missing_videos(root, {int(p.stem[3:]) for p in label_files})
     return splits
+
+
+def refuse_unlabelled_frames(video_dir: Path, label_file: Path, labels: dict) -> None:
+    """Refuse a subsampled frame (every ``FRAME_STRIDE``-th id) in ``video_dir`` without an
+    annotation key in ``label_file``, naming the first and counting them: the labels index
+    the frames, so a lost key dropped the frame (of the official test set, perhaps) without a
+    word. A listing of the folder's names: no frame is read."""
+    if not video_dir.is_dir():
+        return  # the listed frames' absence is named when they are read
+    with os.scandir(video_dir) as entries:
+        unlabelled = sorted(
+            e.name
+            for e in entries
+            if re.fullmatch(r"[0-9]+\.png", e.name, re.IGNORECASE)
+            and int(e.name[:-4]) % FRAME_STRIDE == 0
+            and int(e.name[:-4]) not in labels
+        )
+    if unlabelled:
+        raise DataError(
+            f"{video_dir}: frame {unlabelled[0]!r} has no annotation in {label_file.name} "
+            f"({len(unlabelled)} such frame(s) of every {FRAME_STRIDE}th); expected a key for "
+            "each subsampled frame (a lost key? a partial copy of the labels?)"
+        )
 
 
 def refuse_missing_videos(root: Path, present: set[int]) -> None:

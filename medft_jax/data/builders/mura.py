@@ -6,7 +6,8 @@ some copies have a header line, both are accepted: only the first line may be
 one, and only when it does not look like a path (no backslash, no image
 suffix); paths written ``./MURA-v1.1/...`` are normalised, one with a ``..`` part
 refused) + the PNGs. Every labelled study of the body part must list at least one
-image, as in the release (a listing cut short is refused). One task per
+image, as in the release (a listing cut short is refused), and every image in a listed
+study's folder must be listed (a lost line is refused). One task per
 body part (shoulder, wrist, humerus). Samples are studies: every image is
 an example carrying its study's label and its study as evaluation group,
 and a study's probability is the mean over its images. The official
@@ -16,6 +17,7 @@ and a study's probability is the mean over its images. The official
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task, refuse_two_copies
@@ -133,7 +135,36 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
             f"MURA-v1.1/{split}/{part}/patient00001/study1_positive/image1.png)"
         )
     _refuse_studies_without_images(paths_csv, split, part, studies, examples)
+    _refuse_unlisted_images(paths_csv, examples)
     return examples
+
+
+def _refuse_unlisted_images(paths_csv: Path, examples: list[Example]) -> None:
+    """Refuse an image file in a listed study's folder that the listing does not name,
+    naming the first and counting them: a lost line dropped the image, and the study's
+    score (the mean over its images) changed, without a word. Only the listed studies'
+    folders are listed (names, nothing read)."""
+    listed: dict[Path, set[str]] = {}
+    for ex in examples:
+        listed.setdefault(ex.path.parent, set()).add(ex.path.name)
+    unlisted: list[Path] = []
+    for study, names in listed.items():
+        if not study.is_dir():
+            continue  # the listed images' absence is named when they are read
+        with os.scandir(study) as entries:
+            unlisted += sorted(
+                study / e.name
+                for e in entries
+                if not e.name.startswith(".")
+                and e.name.lower().endswith(IMAGE_SUFFIXES)
+                and e.name not in names
+            )
+    if unlisted:
+        raise DataError(
+            f"{unlisted[0].parent}: image {unlisted[0].name!r} is not in {paths_csv.name} "
+            f"({len(unlisted)} such image(s) in the listed studies); expected the listing to "
+            "name every image of its studies (a lost line? a partial copy of the listing?)"
+        )
 
 
 def _looks_like_a_path(line: str) -> bool:
