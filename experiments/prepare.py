@@ -19,6 +19,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import numpy as np
+
 from experiments.common import (
     add_dataset_flags,
     dataset_options,
@@ -130,6 +132,10 @@ def _main(argv: Sequence[str] | None) -> int:
     # script reading that line took a refused dataset for a prepared one.
     ds.check_scorable()
     counts = ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items())
+    if ds.eval_grouping != "image":  # MURA: the test samples are studies, the counts images
+        per = {s: len(np.unique(np.asarray(ds.split(s).groups))) for s in ("val", "test")}
+        unit = ds.eval_grouping
+        counts += f" images (metrics per {unit}: val {per['val']}, test {per['test']})"
     n_skipped = sum(skipped_counts(ds.metadata).values())
     print(
         f"{args.dataset}: {counts}; {ds.num_classes} classes; images {ds.image_shape}; "

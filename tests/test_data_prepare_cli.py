@@ -214,3 +214,17 @@ def test_a_truncated_t1w_mat_is_named_or_skipped_and_counted(tmp_path, capsys):
     assert skipped_counts(ds.metadata) == {"train": 1}
     assert ds.metadata["skipped_bad_images"]["train"] == ["brainTumorDataPublic_1-766/3.mat"]
     assert sum(len(split.labels) for split in ds.splits.values()) == 35
+
+
+@needs_tf
+@pytest.mark.xdist_group("tfds_prepared")
+def test_a_study_scored_task_says_its_counts_are_images_and_how_many_studies(tmp_path, capsys):
+    """MURA printed ``test 10`` beside a task whose test samples are studies (5 of them):
+    the number a user compares with the paper's study count, with no unit."""
+    fakes.make_mura(tmp_path / "mura", parts=("XR_SHOULDER",), n_valid_patients=3)
+    argv = ["--dataset", "mura_shoulder", "--manual-dir", str(tmp_path / "mura")]
+    argv += ["--data-dir", str(tmp_path / "out"), "--resize-size", "36", "--image-size", "32"]
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "mura_shoulder: train 18, val 5, test 10 images (metrics per study: val " in out
+    assert ", test 5); 2 classes; images (32, 32, 3)" in out
