@@ -126,6 +126,7 @@ def _main(argv: Sequence[str] | None) -> int:
         seed=args.seed,
         skip_bad_images=args.skip_bad_images,
         progress=not args.no_progress,
+        scorable=True,  # a paper task's parse: refused before anything is written
         **options,
     )
     # What a run would refuse, said now rather than at its start, and before the summary: a

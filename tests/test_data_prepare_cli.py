@@ -228,3 +228,19 @@ def test_a_study_scored_task_says_its_counts_are_images_and_how_many_studies(tmp
     out = capsys.readouterr().out
     assert "mura_shoulder: train 18, val 5, test 10 images (metrics per study: val " in out
     assert ", test 5); 2 classes; images (32, 32, 3)" in out
+
+
+def test_a_task_whose_test_split_lacks_a_class_is_refused_before_anything_is_written(
+    tmp_path, capsys
+):
+    """The refusal came after the TFDS data and its cache were written (and left): the
+    next prepare of a fixed copy found them "stale" and prepared again."""
+    fakes.make_cholect50(tmp_path / "chol", (1, 2, 8), 25)  # test videos: frame 0 alone
+    argv = ["--dataset", "cholect50_instrument", "--manual-dir", str(tmp_path / "chol")]
+    argv += ["--data-dir", str(tmp_path / "out"), "--resize-size", "36", "--image-size", "32"]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cholect50_instrument"), err
+    assert "is your copy of its data complete?" in err[0]
+    out = tmp_path / "out"
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]

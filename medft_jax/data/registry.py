@@ -183,9 +183,14 @@ def prepare(
     seed: int = 0,
     skip_bad_images: bool = False,
     progress: bool = True,
+    scorable: bool = False,
     **options: Any,
 ) -> Dataset:
-    """Prepares ``name`` once (paper tasks: TFDS, then the cache; others: the cache), loads it."""
+    """Prepares ``name`` once (paper tasks: TFDS, then the cache; others: the cache), loads it.
+
+    ``scorable``: a paper task whose parse leaves a val or test split without a class
+    is refused before anything is written (see :func:`tasks.prepare_task`).
+    """
     _check_split_seed(name, seed)
     root = resolve_data_dir(data_dir)
     if name in TASK_NAMES:
@@ -202,6 +207,7 @@ def prepare(
             seed=seed,
             skip_bad_images=skip_bad_images,
             progress=progress,
+            scorable=scorable,
             **opts,
         )
     return load(

@@ -329,8 +329,14 @@ def prepare_task(
     split_by: str | None = None,
     skip_bad_images: bool = False,
     progress: bool = True,
+    scorable: bool = False,
 ) -> Path:
-    """TFDS ``download_and_prepare`` from ``manual_dir``, then the cache; returns its dir."""
+    """TFDS ``download_and_prepare`` from ``manual_dir``, then the cache; returns its dir.
+
+    ``scorable``: refuse, before anything is written, a parse whose val or test split has
+    a class of one label value (:func:`refuse_unscorable`), as ``experiments.prepare``
+    does: what a run would refuse is not worth writing.
+    """
     # --no-progress: TFDS's absl warnings held back too (is_prepared's, the cache's
     # decoder note), as its bars are, and TensorFlow's start-up lines; errors still show.
     if not progress:
@@ -344,6 +350,7 @@ def prepare_task(
             config=_config_kwargs(resize_size, crop_size, seed, val_fraction, uncertain, split_by),
             skip_bad_images=skip_bad_images,
             progress=progress,
+            scorable=scorable,
         )
 
 
@@ -355,6 +362,7 @@ def _prepare_task(
     config: dict[str, Any],
     skip_bad_images: bool,
     progress: bool,
+    scorable: bool = False,
 ) -> Path:
     """:func:`prepare_task`'s work, with ``config`` from :func:`_config_kwargs`."""
     _check_options(name, config)
@@ -370,6 +378,8 @@ def _prepare_task(
     # .mat) is left out here as the builder will leave it out, not an error.
     skipped: list[str] | None = [] if skip_bad_images else None
     splits = builder.TASK.parse_checked(manual_dir, builder.builder_config, skipped=skipped)
+    if scorable:
+        refuse_unscorable(name, builder.TASK, splits)  # before anything is written
     manual = manual_source(splits)
     if skip_bad_images:  # other data than a strict prepare's: said only when set, so that
         manual["skip_bad_images"] = True  # records written before it stay fresh
@@ -413,6 +423,26 @@ def _prepare_task(
             builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
     _ensure_cache(name, builder, target, data_dir, progress=progress)
     return target
+
+
+def refuse_unscorable(name: str, task: Any, splits: dict[str, list[Example]]) -> None:
+    """:meth:`Dataset.check_scorable` on the parse, in its words: a val or test split
+    lacking a class was refused only after its data was written (and left). Decoding
+    with ``--skip-bad-images`` can still take a class away: the loaded data is checked
+    again."""
+    from medft_jax.data.dataset import find_unscorable, unscorable_message
+    from medft_jax.data.examples import labels_of
+
+    n = len(task.class_names)
+    labels = {s: labels_of(members, task.multilabel, n) for s, members in splits.items()}
+    gap = find_unscorable(labels, n, task.multilabel)
+    if gap is None:
+        return
+    ds = Dataset(name, {}, tuple(task.class_names), multilabel=task.multilabel)
+    raise DataError(
+        unscorable_message(name, gap, task.class_names, task.multilabel)
+        + ds._scorable_hint(gap, labels)
+    )
 
 
 def _prepare_beside(
