@@ -66,3 +66,13 @@ def pytest_unconfigure(config):
         import shutil
 
         shutil.rmtree(owned, ignore_errors=True)
+
+
+@pytest.fixture
+def unchecked_saves(monkeypatch):
+    """``save_model`` without its metadata check, for tests of storage (a full disk, a
+    read-only folder, a swap) on small stand-in trees that are no arch's: the check is
+    the loader's, tested where checkpoints are read."""
+    from medft_jax.checkpoints import model
+
+    monkeypatch.setattr(model, "check_metadata", lambda *a: None)

@@ -891,7 +891,7 @@ def test_run_reads_the_cache_prepare_wrote_and_takes_csv(tmp_path, capsys):
     assert record["config"]["dataset"] == "csv" and record["class_names"] == ["a", "b"]
 
 
-def test_weights_fingerprint_is_the_checkpoint_content(tmp_path, monkeypatch):
+def test_weights_fingerprint_is_the_checkpoint_content(tmp_path, monkeypatch, unchecked_saves):
     from medft_jax.checkpoints.model import content_hash, save_model
 
     monkeypatch.setattr(pretrained, "_UNAVAILABLE", {"resnet50": "offline"})

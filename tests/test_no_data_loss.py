@@ -876,7 +876,7 @@ def _state(value: float):
     )
 
 
-def test_real_full_disk_record_and_checkpoints(small_disk):
+def test_real_full_disk_record_and_checkpoints(small_disk, unchecked_saves):
     run = small_disk / "run"
     record = run / "record.json"
     ck = RunCheckpoints(run, exclusive=True)
@@ -1037,7 +1037,9 @@ def test_real_full_disk_during_a_run_then_the_rerun_ends_the_same(
     assert (run / "record.json").is_file()
 
 
-def test_real_full_disk_in_the_port_export_and_a_cache_is_one_oserror(small_disk, capfd):
+def test_real_full_disk_in_the_port_export_and_a_cache_is_one_oserror(
+    small_disk, capfd, unchecked_saves
+):
     """Three writers besides a run's: a model checkpoint, an exported state_dict, a cache."""
     from medft_jax.checkpoints.model import save_model
     from medft_jax.data import cache
@@ -1077,7 +1079,7 @@ def test_real_full_disk_in_the_port_export_and_a_cache_is_one_oserror(small_disk
     filler.unlink()
 
 
-def test_port_force_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path):
+def test_port_force_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path, unchecked_saves):
     from medft_jax.checkpoints.model import CheckpointError, save_model
 
     thesis = tmp_path / "thesis"
