@@ -1977,6 +1977,21 @@ def test_figure_legends_errors_and_titles_say_what_is_drawn(monkeypatch):
     ]
 
 
+def test_improvement_bars_carry_the_tables_other_marks(monkeypatch):
+    """A bar whose LR was chosen without an LR where a run failed (‡ in the table) was
+    drawn as plainly as any other: only † had a sign (hatching)."""
+    records = [
+        rec(strategy=s, seed=k, test=t) for s, t in (("ft", 0.7), ("lp", 0.8)) for k in range(3)
+    ]
+    records += [rec(strategy="lp", lr=1e-3, seed=k, val=0.1) for k in (1, 2)]
+    summary = collect(records, [fail(strategy="lp", lr=1e-3, seed=0)])
+    [bar] = improvement_bars(summary, "bach")
+    assert bar.marks == "‡"  # (and hatched: FT has no run at lr 0.001)
+    ax = _drawn(summary, "improvement", monkeypatch)
+    assert [t.get_text() for t in ax.texts] == ["‡"]
+    assert "; ‡ on a bar: its cell or FT's is so marked in the dataset's table" in ax.get_xlabel()
+
+
 def test_figures_mark_partial_cells_and_missing_error_bars(monkeypatch):
     """As the tables' †: LP has 2 of FT's 3 seeds (partial), G-LF 1 (partial, no spread)."""
     from matplotlib.colors import to_rgba

@@ -29,7 +29,16 @@ from medft_jax.report.cells import (
     no_baseline,
     relative_improvement,
 )
-from medft_jax.report.render import arch_label, metric_label, slug, strategy_label
+from medft_jax.report.render import (
+    DOUBLE_DAGGER,
+    PILCROW,
+    SECTION,
+    arch_label,
+    metric_label,
+    slug,
+    strategy_label,
+)
+from medft_jax.report.tables import cell_marks
 
 FIGSIZE = (8.0, 4.5)
 DPI = 120
@@ -96,6 +105,9 @@ NA_LABEL_Y = 0.02
 """Height of an improvement figure's ``n/a`` labels, in axes coordinates: inside the axes
 whatever the bars' range."""
 ONE_SEED_NOTE = "no error bar: one seed"
+OTHER_MARKS = (DOUBLE_DAGGER, SECTION, PILCROW)
+"""The marks of the datasets' tables drawn on a bar (``†`` is its hatching)."""
+MARKS_NOTE = "{} on a bar: its cell or FT's is so marked in the dataset's table"
 NA_NOTE = "n/a: no value for the cell or for its arch's FT (diverged, failed or not run)"
 
 
@@ -119,6 +131,10 @@ class Bar:
     NaN when either cell has a single seed (no error bar)."""
     partial: bool = False
     """Whether this cell or its FT cell has runs missing (drawn hatched)."""
+    marks: str = ""
+    """The other marks of this cell and its FT cell in the dataset's table (``‡`` an LR
+    left out, ``§`` fewer seeds, ``¶`` tested before its final stage), drawn on the bar:
+    a bar resting on them read as plainly as any other."""
 
 
 def improvement_bars(summary: Summary, dataset: str) -> list[Bar]:
@@ -134,7 +150,12 @@ def improvement_bars(summary: Summary, dataset: str) -> list[Bar]:
             gain = relative_improvement(summary, dataset, a, s)
             err = improvement_se(summary, dataset, a, s) if math.isfinite(gain) else math.nan
             partial = any(_partial(summary, dataset, a, x) for x in (s, BASELINE))
-            bars.append(Bar(a, s, i + offset, gain, err, partial))
+            metric = summary.headline(dataset)
+            both = "".join(
+                cell_marks(summary.cells.get((dataset, a, x)), metric) for x in (s, BASELINE)
+            )
+            marks = "".join(m for m in OTHER_MARKS if m in both)
+            bars.append(Bar(a, s, i + offset, gain, err, partial, marks))
     return bars
 
 
@@ -185,6 +206,16 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
             if b.partial:
                 patch.set_hatch("//")
                 patch.set_edgecolor("black")
+            if b.marks:  # at the bar's end, above a gain and below a loss
+                ax.annotate(
+                    b.marks,
+                    (b.x, b.gain),
+                    xytext=(0, 3 if b.gain >= 0 else -3),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom" if b.gain >= 0 else "top",
+                    fontsize=7,
+                )
         # Error bars only where there is an SE: a zero-length one with caps read as seeds
         # that agreed exactly, for a single seed.
         spread = [b for b in shown if math.isfinite(b.err)]
@@ -208,6 +239,8 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
     )
     shown = [b for b in bars if math.isfinite(b.gain)]
     notes = [f"hatched: {PARTIAL_NOTE}"] if any(b.partial for b in shown) else []
+    drawn_marks = "".join(m for m in OTHER_MARKS if any(m in b.marks for b in shown))
+    notes += [MARKS_NOTE.format(drawn_marks)] if drawn_marks else []
     notes += [ONE_SEED_NOTE] if any(not math.isfinite(b.err) for b in shown) else []
     if message is None and len(shown) < len(bars):
         notes.append(NA_NOTE)
