@@ -636,10 +636,11 @@ def check_checkpoint_is_folder(checkpoint: str) -> None:
 def check_out_file(out: str) -> None:
     """Refuses an ``--out`` that cannot be written, before any model work: an empty path,
     a folder, or a parent folder that is missing or not writable (where the rows are
-    written whole, then renamed into place)."""
-    path = Path(out).expanduser()
+    written whole, then renamed into place). A link is judged by the file it points to,
+    where the rows go (:func:`write_rows`): a dangling one's missing folder was made."""
     if not out:
         raise PredictError("--out '': an empty path; expected a file to write the rows to")
+    path = Path(os.path.realpath(Path(out).expanduser()))
     if path.is_dir():
         raise PredictError(f"--out {out!r}: expected a file to write the rows to, not a folder")
     parent = path.parent

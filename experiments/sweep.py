@@ -653,7 +653,9 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
                 args.only or [],
                 [c.to_dict() for c in runs],
                 plans.grid_hash_of(every, g.dataset_options),
-                same=(listed,),
+                # Plans written before the hash held dataset_options (and before it was of
+                # the runs as a set): the same grid, taken over with the new hash.
+                same=(listed, plans.grid_hash_of(every)),
                 on_replace=replaced,
             )
         except (OSError, UserError) as e:  # the plan is an aid: the runs go on

@@ -930,9 +930,12 @@ def test_a_file_given_as_a_checkpoint_is_named_a_file(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_model(fresh / "best")
     assert str(e.value) == (
-        f"{fresh / 'best'}: no such checkpoint folder; its run has not saved a best epoch yet "
-        "(a process is running it: its first validation saves one)"
+        f"{fresh / 'best'}: no such checkpoint folder; its run's lock names host node17 (a run "
+        "there that has not saved a best epoch yet, or one killed there before it did)"
     )
+    (fresh / ".lock").write_text("garbage")  # unreadable: nothing said of a process
+    with pytest.raises(CheckpointError, match=r"no such checkpoint folder$"):
+        load_model(fresh / "best")
 
 
 def test_export_replaces_existing_files_only_with_force(tiny_saved, tmp_path, capsys):

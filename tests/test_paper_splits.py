@@ -333,3 +333,21 @@ def test_one_data_seeds_validation_is_not_the_next_seeds_test():
     val = carve([ex.id for ex in rest], 0.1, 1, labels=[ex.label for ex in rest])
     assert ids[0]["val"] == {ex.id for ex, m in zip(rest, val, strict=True) if m}
     assert [carve_stream("test", s) for s in (0, 1)] == [0, "test1"]
+
+
+def test_a_paper_tasks_val_carve_left_too_few_names_its_fixed_test_share():
+    """Too few images for val after a task's fixed test share: the share is said, and the
+    advice is --val-fraction's alone (no flag sets the test share)."""
+    from pathlib import Path
+
+    from medft_jax.data.errors import DataError
+    from medft_jax.data.examples import Example, standard_splits
+
+    examples = [Example(Path(f"/x/{i}.tif"), i % 2, f"{i}") for i in range(6)]
+    with pytest.raises(DataError) as e:
+        standard_splits(examples, None, test_fraction=0.2, val_fraction=0.1, seed=0, stratify=True)
+    assert str(e.value) == (
+        "--val-fraction 0.1: the val split takes 0 of the 4 images left after the test split "
+        "(the task's fixed test share 0.2 took 2 of 6), leaving 4 to train on; expected a "
+        "fraction that leaves both"
+    )

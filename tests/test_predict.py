@@ -567,6 +567,15 @@ def test_out_writes_every_row_or_leaves_the_old_file(tmp_path, capsys, monkeypat
     assert main(argv) == 0
     assert (tmp_path / "latest.txt").is_symlink()
     assert (tmp_path / "dated.txt").read_text() == printed
+    # A link into a folder that does not exist is refused as that folder, not made.
+    (tmp_path / "dangling.txt").symlink_to(tmp_path / "nowhere" / "rows.txt")
+    argv[-1] = str(tmp_path / "dangling.txt")
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {argv[-1]}: its folder {tmp_path / 'nowhere'} does not exist; create "
+        "it first\n"
+    )
+    assert not (tmp_path / "nowhere").exists()
     out.write_text("old rows\n")
 
     def full(fd):

@@ -1389,10 +1389,19 @@ def test_two_grid_files_differing_only_in_a_folders_manual_dir_are_two_definitio
     monkeypatch.setattr(
         Session, "run", lambda self, c, **kw: outcomes.Outcome(c, outcomes.REFUSED, error="no")
     )
-    imgs, config = _folder_grid(tmp_path, seeds=(0,))
+    imgs, config = _folder_grid(tmp_path, seeds=(0, 1, 2))
     out = tmp_path / "runs"
     assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 1
     assert "note:" not in capsys.readouterr().err
+    # A plan the previous version wrote (its hash without the options): the same grid,
+    # taken over silently with the new hash, not replaced as an edited one.
+    [(path, plan)] = plans.load_plans(out)
+    configs = [c.to_dict() for c in grid_lib.load_grid(config).configs()]
+    assert plans.grid_hash_of(configs) != results.config_hash({"runs": configs})  # not the oldest
+    path.write_text(json.dumps({**plan, "grid_hash": plans.grid_hash_of(configs)}))
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 1
+    assert "note:" not in capsys.readouterr().err
+    assert plans.load_plans(out)[0][1]["grid_hash"] == plan["grid_hash"]
     shutil.copytree(imgs, tmp_path / "moved")
     config.write_text(config.read_text().replace(repr(str(imgs)), repr(str(tmp_path / "moved"))))
     assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 1

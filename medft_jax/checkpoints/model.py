@@ -452,10 +452,16 @@ def _check_dir(directory: str | Path) -> Path:
             if directory.name == "best" and (kept / "metadata").exists()
             else ""
         )
-        if not hint and directory.name == "best" and locks.maybe_running(directory.parent):
+        holder = locks.holder_of(directory.parent) if directory.name == "best" else None
+        if not hint and holder == locks.RUNNING_HERE:
             hint = (
                 "; its run has not saved a best epoch yet (a process is running it: its "
                 "first validation saves one)"
+            )
+        elif not hint and holder not in (None, "?"):  # another host's: not known from here
+            hint = (
+                f"; its run's lock names host {holder} (a run there that has not saved a best "
+                "epoch yet, or one killed there before it did)"
             )
         raise CheckpointError(f"{directory}: no such checkpoint folder{hint}")
     if not (directory / "metadata").exists() or not (directory / "state").exists():

@@ -160,7 +160,7 @@ def carve_checked(
             after += f" ({t_named} {t_fraction:g} took {t_taken} of {t_total})"
         also = " and validate" if split == "test" else ""
         expected = "more images" if fixed else "a fraction that leaves both"
-        if test_carve is not None and not fixed:
+        if test_carve is not None and not fixed and not test_carve[3]:  # both fractions flags
             expected = "fractions that leave images in train, val and test"
         raise DataError(
             f"{where + ': ' if where else ''}{named} {fraction:g}: the {split} split "
