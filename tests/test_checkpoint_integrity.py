@@ -1119,7 +1119,7 @@ def test_a_model_saved_across_two_devices_loads_on_one(tmp_path):
         "import sys, jax, numpy as np\n"
         "from jax.sharding import Mesh, NamedSharding, PartitionSpec\n"
         "from medft_jax.checkpoints import model\n"
-        "model.check_metadata = lambda *a: None  # a two-leaf tree, not an arch's\n"
+        "model._check_before_saving = lambda *a: None  # a two-leaf tree, not an arch's\n"
         "mesh = Mesh(np.array(jax.devices()), ('data',))\n"
         "rep = NamedSharding(mesh, PartitionSpec())\n"
         "params = {'fc': {'kernel': jax.device_put(np.arange(6, dtype=np.float32)"

@@ -160,7 +160,7 @@ def unchecked_save(*args, **kwargs):
 
     from medft_jax.checkpoints import model
 
-    with mock.patch.object(model, "check_metadata", lambda *a: None):
+    with mock.patch.object(model, "_check_before_saving", lambda *a: None):
         return save_model(*args, **kwargs)
 
 
