@@ -429,7 +429,9 @@ def _print_summary(
     if copies:
         each = ", ".join(f"{split} {n}" for split, n in copies.items())
         whose = (
-            " of their label"
+            " (multilabel: under any labels, each label they share inflated)"
+            if records[0].get("multilabel")
+            else " of their label"
             if records[0].get("eval_copies_rule")
             else " (of any label: counted by an older cache)"
         )

@@ -1131,6 +1131,17 @@ def test_the_inflating_copys_example_pairs_images_of_one_label():
     )
     assert found["test"] == 1 and found["example"] == ["test/dog/c.png", "train/dog/a.png"]
     assert found["copies_rule"] == "same_label" and found["two_labels"][0] == 1
+    # Multilabel: a copy whose label vector differs in one finding still copies the
+    # others' (A=1 B=0 C=1 trained, A=1 B=0 C=0 tested): counted, not only "two labels".
+    one, other = np.array([1, 0, 1], np.float32), np.array([1, 0, 0], np.float32)
+    split_of = {
+        "train": [(b"h", "train/a.png", one.tobytes())],
+        "test": [(b"h", "test/b.png", other.tobytes())],
+    }
+    assert "test" not in leaked_duplicates(split_of)
+    found = leaked_duplicates(split_of, multilabel=True)
+    assert found["test"] == 1 and found["example"] == ["test/b.png", "train/a.png"]
+    assert found["two_labels"][0] == 1
 
 
 def _said_at_every_load(root: Path, out: Path, capsys, expected: list[str]) -> None:

@@ -558,6 +558,13 @@ def test_the_run_summary_names_eq6_accuracy_apart_from_top1(
         "no ImageNet weights for resnet_tiny (torchvision publishes none for it); these "
         "numbers are not a fine-tuning's\n"
     ) in capsys.readouterr().out
+    # A multilabel task's copies count under any labels: said so, not "of their label".
+    copied = records[0] | {"multilabel": True, "eval_copies_of_train": {"test": 2}}
+    run_cli._print_summary([copied | {"eval_copies_rule": "same_label"}], str(tmp_path), [])
+    assert (
+        "copies of training images (multilabel: under any labels, each label they share "
+        "inflated): test 2; scores inflated"
+    ) in capsys.readouterr().out
     chose = records[0] | {"weights_used": "none (random initialisation)"}  # --weights none
     run_cli._print_summary([chose], str(tmp_path), [])
     assert "random initialisation" not in capsys.readouterr().out

@@ -191,7 +191,7 @@ def write_cache(
             "fingerprint": _combine(digests, meta),
             "split_digests": digests,
             "file_stats": _file_stats(tmp, list(counts)),
-            "duplicates": leaked_duplicates(by_image),
+            "duplicates": leaked_duplicates(by_image, multilabel=bool(meta.get("multilabel"))),
         }
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
         _swap_in(tmp, cache_dir)
@@ -207,7 +207,7 @@ def write_cache(
 
 
 def leaked_duplicates(
-    by_image: Mapping[str, Sequence[tuple[bytes, str, bytes]]],
+    by_image: Mapping[str, Sequence[tuple[bytes, str, bytes]]], *, multilabel: bool = False
 ) -> dict[str, Any]:
     """Images pixel-identical (after preprocessing) to another the scores depend on.
 
@@ -221,16 +221,28 @@ def leaked_duplicates(
     image and no training image (each counts more than once); ``"two_labels": [count,
     "id = id"]``, pixel contents seen under different labels, in any splits (one is
     mislabelled, or the classes cannot be told apart by the pixels).
+
+    ``multilabel``: a copy counts under any label vector. Each label is a task of its
+    own, and every label the copy agrees on with the training image (most of them: the
+    findings both lack) is scored on an image the model trained on; one differing label
+    made the copy, and its inflation, unsaid.
     """
     train: dict[bytes, dict[bytes, str]] = {}  # image hash -> label -> a training id
     for h, i, label in by_image.get("train", ()):
         train.setdefault(h, {}).setdefault(label, i)
+
+    def source(h: bytes, label: bytes) -> str | None:
+        known = train.get(h, {})
+        if label in known:
+            return known[label]
+        return min(known.values()) if multilabel and known else None
+
     out: dict[str, Any] = {}
     for split in ("val", "test"):
         same = [
-            (i, train[h][label])
+            (i, found)
             for h, i, label in by_image.get(split, ())
-            if label in train.get(h, {})
+            if (found := source(h, label)) is not None
         ]
         if same:
             out[split] = len(same)
