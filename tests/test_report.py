@@ -1452,6 +1452,18 @@ def test_cli_writes_the_report_and_prints_the_index(tmp_path, capsys):
     assert (out / "tables" / "table08_bach.csv").is_file()
 
 
+def test_a_multilabel_datasets_copies_are_said_to_count_under_any_labels():
+    from medft_jax.report.tables import data_notes
+
+    [note] = data_notes({"copies": {"test": 3}, "multilabel": True})
+    assert note.startswith(
+        "Inflated: 3 test image(s) are copies of training images (multilabel: under any "
+        "labels, each label they share inflated), scored as if unseen"
+    )
+    records = [rec(strategy="ft", seed=k) | {"multilabel": True} for k in (0, 1)]
+    assert collect(records).protocol["bach"]["multilabel"] is True
+
+
 def test_the_report_says_which_scores_are_inflated_by_copies_and_what_was_skipped(tmp_path):
     """Each record of a folder whose test images include byte copies of training images
     said so (``eval_copies_of_train``), and the run's summary did; the report, the table a

@@ -703,6 +703,7 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
     sizes = runs[0].get("split_sizes")  # of the data: one for the dataset's runs
     protocol["sizes"] = dict(sizes) if isinstance(sizes, Mapping) else {}
     protocol["copies"] = _split_counts(runs, "eval_copies_of_train")
+    protocol["multilabel"] = bool(runs[0].get("multilabel"))  # copies under any labels
     protocol["copies_any_label"] = any(  # counted before the same-label rule
         r.get("eval_copies_of_train") and r.get("eval_copies_rule") != COPIES_RULE for r in runs
     )

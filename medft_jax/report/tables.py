@@ -473,6 +473,8 @@ def data_notes(protocol: Mapping[str, Any]) -> list[str]:
             " (counted by a toolkit before 2026-12-06, copies under another label included: "
             "those deflate)"
             if protocol.get("copies_any_label")
+            else " (multilabel: under any labels, each label they share inflated)"
+            if protocol.get("multilabel")
             else " of their label"
         )
         notes.append(
