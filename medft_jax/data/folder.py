@@ -270,7 +270,11 @@ NO_SUFFIX = "(no suffix)"
 
 
 def _suffix(path: Path) -> str:
-    """A file's kind for the left-out count: ``.nii.gz``, not ``.gz``."""
+    """A file's kind for the left-out count: ``.nii.gz``, not ``.gz``; a DICOM export's
+    index named as one (counted as a file without a suffix, it was told to be renamed
+    ``.png``)."""
+    if path.name.upper() == DICOMDIR:
+        return "DICOMDIR, a DICOM export's index,"
     suffix = path.suffix.lower()
     if suffix in _COMPRESSED and len(path.suffixes) > 1:
         return "".join(path.suffixes[-2:]).lower()
