@@ -15,7 +15,7 @@ import dataclasses
 import os
 import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +181,36 @@ def carve_checked(
             _CARVE_NOTES_SAID.add(note)
             print(note, file=sys.stderr)
     return rest, carved
+
+
+def carve_missing(
+    splits: dict[str, list[Example]],
+    fractions: Mapping[str, float],
+    seed: int,
+    *,
+    stratify: bool,
+    where: str,
+) -> None:
+    """Carves ``test``, then ``val``, from ``splits["train"]`` where ``splits`` has none
+    (in place; a user's folder or CSV giving some splits): :func:`carve_checked` each,
+    the val carve told of the test carve before it."""
+    before = None
+    if not splits.get("test"):
+        total = len(splits["train"])
+        splits["train"], splits["test"] = carve_checked(
+            splits["train"], "test", fractions["test"], seed, stratify=stratify, where=where
+        )
+        before = (fractions["test"], len(splits["test"]), total, False)
+    if not splits.get("val"):
+        splits["train"], splits["val"] = carve_checked(
+            splits["train"],
+            "val",
+            fractions["val"],
+            seed,
+            stratify=stratify,
+            where=where,
+            test_carve=before,
+        )
 
 
 _CARVE_NOTES_SAID: set[str] = set()

@@ -40,7 +40,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.examples import (
     SPLIT_NAMES,
     Example,
-    carve_checked,
+    carve_missing,
     fraction_for,
     refuse_unused_seed,
 )
@@ -414,24 +414,8 @@ def parse_folder(
         # One image saved twice first: x.png beside x.PNG is that, not two patients' names.
         _refuse_saved_twice(root, [ex for members in given.values() for ex in members])
         _refuse_patient_twins(root, [ex for members in given.values() for ex in members])
-        before = None
-        if "test" not in given:
-            total = len(train)
-            train, given["test"] = carve_checked(
-                train, "test", fraction["test"], seed, stratify=True, where=str(root)
-            )
-            before = (fraction["test"], len(given["test"]), total, False)
-        if "val" not in given:
-            train, given["val"] = carve_checked(
-                train,
-                "val",
-                fraction["val"],
-                seed,
-                stratify=True,
-                where=str(root),
-                test_carve=before,
-            )
         given["train"] = train
+        carve_missing(given, fraction, seed, stratify=True, where=str(root))
         return class_names, {s: given[s] for s in SPLIT_DIRS}
     class_names = _classes(root, root)
     _refuse_split_like_classes(root, class_names)
@@ -441,13 +425,10 @@ def parse_folder(
     _refuse_saved_twice(root, examples)
     _refuse_patient_twins(root, examples)
     say_left_out(root, others)
-    test_fraction = fraction_for("test", test_fraction, None, str(root))
-    val_fraction = fraction_for("val", val_fraction, None, str(root))
-    rest, test = carve_checked(
-        examples, "test", test_fraction, seed, stratify=True, where=str(root)
-    )
-    before = (test_fraction, len(test), len(examples), False)
-    rest, val = carve_checked(
-        rest, "val", val_fraction, seed, stratify=True, where=str(root), test_carve=before
-    )
-    return class_names, {"train": rest, "val": val, "test": test}
+    fractions = {
+        "test": fraction_for("test", test_fraction, None, str(root)),
+        "val": fraction_for("val", val_fraction, None, str(root)),
+    }
+    splits = {"train": examples}
+    carve_missing(splits, fractions, seed, stratify=True, where=str(root))
+    return class_names, {s: splits[s] for s in SPLIT_DIRS}

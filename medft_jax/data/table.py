@@ -27,7 +27,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.examples import (
     SPLIT_NAMES,
     Example,
-    carve_checked,
+    carve_missing,
     fraction_for,
     refuse_unused_seed,
 )
@@ -374,28 +374,7 @@ def parse_table(
     }
     if by_split["test"] and by_split["val"]:
         refuse_unused_seed(seed, f"the values of column {split_column!r}", str(csv_path))
-    before = None
-    if not by_split["test"]:
-        total = len(by_split["train"])
-        by_split["train"], by_split["test"] = carve_checked(
-            by_split["train"],
-            "test",
-            fraction["test"],
-            seed,
-            stratify=stratify,
-            where=str(csv_path),
-        )
-        before = (fraction["test"], len(by_split["test"]), total, False)
-    if not by_split["val"]:
-        by_split["train"], by_split["val"] = carve_checked(
-            by_split["train"],
-            "val",
-            fraction["val"],
-            seed,
-            stratify=stratify,
-            where=str(csv_path),
-            test_carve=before,
-        )
+    carve_missing(by_split, fraction, seed, stratify=stratify, where=str(csv_path))
     return names, multilabel, by_split
 
 
