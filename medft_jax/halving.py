@@ -95,13 +95,17 @@ def survivors(arms: Sequence[Arm], eta: int) -> list[Arm]:
     return kept + tied
 
 
-def _rung_text(arm: Arm, alive: Sequence[Arm], tiebreak: str) -> str:
+def _rung_text(arm: Arm, alive: Sequence[Arm], tiebreak: str, budget: float | None = None) -> str:
     """``lp @ lr 0.001 0.7188``, with the tie-break where another arm has the same score
-    (it decided between them), ``diverged`` for an arm that diverged."""
+    (it decided between them), ``diverged`` for an arm that diverged, and ``(stopped
+    early at 4 epochs)`` for one early stopping ended before this rung's ``budget`` (its
+    score is its best before then: it read as trained to the budget)."""
     if arm.failed:
         return f"{arm.label} diverged"
     tied = any(b is not arm and not _failed(b) and b.score == arm.score for b in alive)
     extra = f" ({tiebreak} {arm.tiebreak:.4f})" if tied and not math.isnan(arm.tiebreak) else ""
+    if budget is not None and arm.finished and arm.epochs < budget - 1e-9:
+        extra += f" (stopped early at {arm.epochs:g} epochs)"
     return f"{arm.label} {arm.score:.4f}{extra}"
 
 
@@ -176,7 +180,7 @@ def successive_halving(
         rungs.append(_rung(budget, steps, alive))
         say(
             f"rung at {budget:.3g} epoch(s), {steps} steps, val {shown}: "
-            + ", ".join(_rung_text(a, alive, tiebreak_metric(primary)) for a in alive)
+            + ", ".join(_rung_text(a, alive, tiebreak_metric(primary), budget) for a in alive)
         )
         if budget >= max_epochs:
             break

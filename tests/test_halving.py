@@ -301,3 +301,9 @@ def test_a_rung_line_shows_the_tie_break_where_scores_tie():
         "lp_ft @ lr 0.01 0.6000",
         "g_lf @ lr 0.01 diverged",
     ]
+    # An arm early stopping ended before this rung's budget: said, not read as trained to it.
+    e = Arm("lp", 1e-4, None, score=0.7, tiebreak=0.8, epochs=4.0, finished=True)
+    assert (
+        _rung_text(e, [e], "auroc", budget=9) == "lp @ lr 0.0001 0.7000 (stopped early at 4 epochs)"
+    )
+    assert _rung_text(e, [e], "auroc", budget=4) == "lp @ lr 0.0001 0.7000"
