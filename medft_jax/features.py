@@ -276,11 +276,12 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
 
 
 def images_signature(ds: Dataset) -> dict[str, list[int]] | None:
-    """Each split's prepared image file as (size, mtime, inode); None for images in memory.
+    """Each split's prepared image file as (size, mtime, inode, ctime); None in memory.
 
     The data fingerprint is the one its cache recorded when written; an image
     file changed in place since then (a repair, a restore from another copy)
-    keeps it, so the features also record the files they were computed from.
+    keeps it, so the features also record the files they were computed from (the ctime:
+    a copy written over the file keeping its size, mtime and inode moves only that).
     """
     out = {}
     for split in _splits(ds):
@@ -288,7 +289,7 @@ def images_signature(ds: Dataset) -> dict[str, list[int]] | None:
         if not isinstance(images, np.memmap) or images.filename is None:
             return None
         st = os.stat(images.filename)
-        out[split] = [st.st_size, st.st_mtime_ns, st.st_ino]
+        out[split] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
     return out
 
 

@@ -382,11 +382,19 @@ def test_a_prepared_cache_changed_in_place_is_refused_and_a_copy_is_not(tmp_path
     again = _load_folder(root, out)
     assert again.metadata["fingerprint"] == first.metadata["fingerprint"]
     meta = json.loads((cache_dir / "meta.json").read_text())
-    assert meta["file_stats"]["train_images.npy"] == [len(before), stamp]
-    # The same size, other pixels (a repair, a restore from another copy).
+    assert meta["file_stats"]["train_images.npy"] == [
+        len(before),
+        stamp,
+        os.stat(images).st_ctime_ns,
+    ]
+    # The same size, other pixels (a repair, a restore from another copy), written in place
+    # with the size, mtime and inode kept (cp -p, touch -r): only the ctime moved.
     changed = bytearray(before)
     changed[-50:] = bytes(255 - b for b in changed[-50:])
+    inode = os.stat(images).st_ino
     images.write_bytes(bytes(changed))
+    os.utime(images, ns=(stamp, stamp))
+    assert (os.stat(images).st_ino, os.stat(images).st_mtime_ns) == (inode, stamp)
     with pytest.raises(DataError) as err:
         _load_folder(root, out)
     assert _one_line(err) == (

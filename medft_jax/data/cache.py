@@ -546,12 +546,17 @@ def _load(cache_dir: Path, name: str, mmap_mode: str | None = None) -> np.ndarra
 
 
 def _file_stats(cache_dir: Path, splits: Sequence[str]) -> dict[str, list[int]]:
-    """Each array file's ``[size, mtime_ns]``, as written."""
+    """Each array file's ``[size, mtime_ns, ctime_ns]``, as written.
+
+    The inode change time because a copy written over a file in place keeping its size
+    and mtime (``cp -p``, ``touch -r``) keeps its inode too: only the ctime, which no
+    tool sets back, shows it.
+    """
     out = {}
     for name in splits:
         for kind in ("images", *FIELDS):
             st = os.stat(cache_dir / f"{name}_{kind}.npy")
-            out[f"{name}_{kind}.npy"] = [st.st_size, st.st_mtime_ns]
+            out[f"{name}_{kind}.npy"] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     return out
 
 
@@ -562,9 +567,10 @@ def _check_unchanged(
     the one computed then, so changed pixels would train under the old data's identity
     (a second seed on other data, averaged with the first as one table cell).
 
-    Size and mtime as written: nothing to read. A file of another mtime (a copy made
-    without keeping times, a restore) is hashed again, and its split's digest must be the
-    recorded one; the new times are then recorded, so that happens once. A cache the user
+    Size, mtime and ctime as written: nothing to read. A file of another mtime or ctime
+    (a copy made with or without keeping times, a restore, a chmod) is hashed again, and
+    its split's digest must be the recorded one; the new times are then recorded, so that
+    happens once. A cache the user
     cannot write (a lab's shared copy) keeps them in the user's own record instead
     (:func:`_checked_record`), so it too is hashed once, not on every load. Caches
     written before the stats were recorded are read as they are.
