@@ -114,16 +114,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| dataset | arch | pick | grid's winner (val) | same? | epochs | device-s | wall |")
     print("|---|---|---|---|---|--:|--:|--:|")
     for dataset, arch, o, wall in rows:
-        gr, pick = o["grid"], o["pick"]
-        print(
-            f"| {dataset} | {arch} | {pick['strategy']} @ {pick['lr']:g} "
-            f"| {_winner(gr)} "
-            f"| {_same(gr.get('same_strategy_and_lr'))} "
-            f"| {o['cost']['epochs']:.1f}/{gr['epochs']} = {gr['fraction_epochs']:.0%} "
-            f"| {o['cost']['seconds']:.0f}/{gr['seconds']:.0f} = {gr['fraction_seconds']:.0%} "
-            f"| {wall / 60:.1f} min |"
-        )
+        print(_row(dataset, arch, o, wall))
     return 0
+
+
+def _share(spent: str, whole: str, fraction: float | None) -> str:
+    """``spent/whole = fraction``; without the fraction where select gave none (an incomplete
+    grid: null in its JSON, which ``:.0%`` crashed on after the whole selection)."""
+    return f"{spent}/{whole}" + ("" if fraction is None else f" = {fraction:.0%}")
+
+
+def _row(dataset: str, arch: str, o: dict, wall: float) -> str:
+    """One table row from select's ``--json`` outcome. Costs in device-seconds on both sides,
+    as the fraction is (a grid swept on several devices read as plain seconds beside it)."""
+    gr, pick, cost = o["grid"], o["pick"], o["cost"]
+    runs = "" if gr["complete"] else f" (grid incomplete: {gr['runs']} of {gr['runs_expected']})"
+    epochs = _share(f"{cost['epochs']:.1f}", str(gr["epochs"]), gr.get("fraction_epochs"))
+    seconds = _share(
+        f"{cost['device_seconds']:.0f}", f"{gr['device_seconds']:.0f}", gr.get("fraction_seconds")
+    )
+    return (
+        f"| {dataset} | {arch} | {pick['strategy']} @ {pick['lr']:g} | {_winner(gr)}{runs} "
+        f"| {_same(gr.get('same_strategy_and_lr'))} | {epochs} | {seconds} "
+        f"| {wall / 60:.1f} min |"
+    )
 
 
 if __name__ == "__main__":

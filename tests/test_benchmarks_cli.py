@@ -776,3 +776,36 @@ def test_select_vs_grid_says_unknown_where_the_grid_cannot_judge_the_pick():
     assert select_vs_grid._winner(tie) == "ft @ 0.001"
     tie["tied_by_val"] = [{"strategy": "ft", "lr": 1e-3}, {"strategy": "lp", "lr": 1e-3}]
     assert select_vs_grid._winner(tie) == "tie: ft @ 0.001, lp @ 0.001"
+
+
+def test_select_vs_grid_rows_an_incomplete_grid_and_counts_device_seconds():
+    """select's --json gives null fractions for an incomplete grid: the row's `:.0%` raised
+    a TypeError after the whole selection. Its seconds column printed plain seconds beside
+    a fraction of device-seconds (a grid on 4 devices: 100/400 = 100%)."""
+    import select_vs_grid
+
+    o = {
+        "pick": {"strategy": "lp", "lr": 1e-3},
+        "cost": {"epochs": 6.5, "seconds": 50.0, "device_seconds": 200.0},
+        "grid": {
+            "complete": True,
+            "runs": 8,
+            "runs_expected": 8,
+            "epochs": 26,
+            "seconds": 100.0,
+            "device_seconds": 400.0,
+            "fraction_epochs": 0.25,
+            "fraction_seconds": 0.5,
+            "winner_by_val": {"strategy": "ft", "lr": 1e-4},
+            "same_strategy_and_lr": False,
+        },
+    }
+    assert select_vs_grid._row("breastmnist", "resnet_tiny", o, 90.0) == (
+        "| breastmnist | resnet_tiny | lp @ 0.001 | ft @ 0.0001 | no | 6.5/26 = 25% "
+        "| 200/400 = 50% | 1.5 min |"
+    )
+    o["grid"].update(complete=False, runs=3, fraction_epochs=None, fraction_seconds=None)
+    assert select_vs_grid._row("breastmnist", "resnet_tiny", o, 90.0) == (
+        "| breastmnist | resnet_tiny | lp @ 0.001 | ft @ 0.0001 (grid incomplete: 3 of 8) "
+        "| no | 6.5/26 | 200/400 | 1.5 min |"
+    )
