@@ -94,6 +94,7 @@ from medft_jax.errors import ArgumentParser, UserError, cli_main
 from medft_jax.fit import checkpoint_seconds
 from medft_jax.grid import NOMINAL_TRAIN_IMAGES, Grid, load_grid
 from medft_jax.models import COMPUTE_DTYPES, create, get_arch, init_variables
+from medft_jax.names import TASK_NAMES
 from medft_jax.runtime import tune_cpu_host
 from medft_jax.train import Trainer
 
@@ -1214,6 +1215,65 @@ def write_json(path: Path, meta: Mapping[str, Any], measured: Mapping[tuple, Arc
     os.replace(tmp, path)
 
 
+def schedule_of(grid: Grid) -> dict[str, Any]:
+    """What the stored stages per epoch (:func:`strategy_epochs`) were computed from: the
+    grid's epochs, BatchNorm mode and each strategy's options, as JSON reads them back."""
+    settings = grid.config(grid.datasets[0], grid.archs[0], grid.strategies[0], 1e-4, 0)
+    schedule = {
+        "epochs": settings.epochs,
+        "frozen_bn": settings.frozen_bn,
+        "strategy_options": {name: grid.strategy_options.get(name, {}) for name in grid.strategies},
+    }
+    return json.loads(json.dumps(schedule))
+
+
+def check_measured_grid(
+    path: Path,
+    meta: Mapping[str, Any],
+    measured: Mapping[tuple, ArchTimes],
+    grid: Grid,
+    config: str,
+) -> None:
+    """Refuses a ``--config`` whose stages differ from those ``--from-json`` was measured
+    under: each strategy's stage per epoch is stored, not recomputed, so a 12-epoch grid's
+    "every (12)" row billed the measured 50 epochs, and a strategy not measured was a
+    KeyError. Files written before the schedule was stored are checked by epoch count."""
+    now = schedule_of(grid)
+    for times in measured.values():
+        for name in grid.strategies:
+            if name not in times.epochs:
+                raise UserError(
+                    f"--config {config}: strategy {name!r} was not measured in --from-json "
+                    f"{path} (it holds {', '.join(times.epochs)}); measure it"
+                )
+            if len(times.epochs[name].keys) != now["epochs"]:
+                raise UserError(
+                    f"--config {config}: at most {now['epochs']} epochs, but --from-json "
+                    f"{path} was measured under {len(times.epochs[name].keys)}; report it "
+                    "with the grid it measured"
+                )
+    then = meta.get("schedule")
+    if not isinstance(then, dict):
+        return
+    for key in ("epochs", "frozen_bn"):
+        if then.get(key) != now[key]:
+            raise UserError(
+                f"--config {config}: {key} {now[key]!r}, but --from-json {path} was measured "
+                f"under {then.get(key)!r}; report it with the grid it measured"
+            )
+    options = then.get("strategy_options", {})
+    for name, value in now["strategy_options"].items():
+        if options.get(name, {}) != value:
+            raise UserError(
+                f"--config {config}: strategy_options[{name!r}] {value!r}, but --from-json "
+                f"{path} was measured under {options.get(name, {})!r}; report it with the "
+                "grid it measured"
+            )
+
+
+MEAN_EPOCHS = 20
+"""The default assumed mean epoch count of a run under early stopping."""
+
 META_KEYS = ("on_cpu", "image_size", "batch", "precisions")
 """What the report of ``--from-json`` reads from the file's ``meta``."""
 
@@ -1356,7 +1416,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="timed batch (CPU 8, GPU the grid's)")
     p.add_argument("--steps", type=int, help="timed steps per stage (median; CPU 3, GPU 10)")
     p.add_argument("--data-steps", type=int, help="steps of the data-fed epoch (CPU 6, GPU 30)")
-    p.add_argument("--mean-epochs", type=int, default=20, help="assumed mean under early stopping")
+    p.add_argument(
+        "--mean-epochs",
+        type=int,
+        help=f"assumed mean under early stopping (default {MEAN_EPOCHS}, or the grid's epochs "
+        "if fewer)",
+    )
     p.add_argument(
         "--time-budget",
         type=float,
@@ -1426,7 +1491,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = sorted(set(args.tasks) - set(grid.datasets))
         if unknown:
             raise UserError(f"--tasks {' '.join(unknown)}: not in grid {grid.name!r}")
-        grid = dataclasses.replace(grid, datasets=tuple(args.tasks))
+        twice = sorted({t for t in args.tasks if args.tasks.count(t) > 1})
+        if twice:
+            raise UserError(f"--tasks: {twice[0]} is listed twice; name each task once")
+        # The options of the tasks left out go too (the grid refuses options of a task it
+        # does not run: --tasks bach on the paper grid was refused for CheXpert's).
+        options = {k: v for k, v in grid.dataset_options.items() if k in args.tasks}
+        grid = dataclasses.replace(grid, datasets=tuple(args.tasks), dataset_options=options)
+    unbillable = [d for d in grid.datasets if d not in TASK_NAMES]
+    if unbillable:  # a user's grid (demo, MedMNIST, a folder): no published training-set size
+        raise UserError(
+            f"--config {args.config}: grid {grid.name!r} holds {unbillable[0]!r}, which "
+            f"grid_bill cannot bill: it bills the paper's tasks "
+            f"({', '.join(TASK_NAMES)}), whose training-set sizes it knows"
+        )
+    if args.from_json is not None:
+        check_measured_grid(args.from_json, meta, measured, grid, args.config)
+    if args.mean_epochs is None:
+        args.mean_epochs = min(MEAN_EPOCHS, settings.epochs)
+    elif args.mean_epochs > settings.epochs:  # was billed as every epoch, under its own label
+        raise UserError(
+            f"--mean-epochs {args.mean_epochs}: more than the grid's {settings.epochs} epochs "
+            "(a run's most)"
+        )
     archs = args.archs or list(grid.archs)
     if args.from_json is not None:  # the file's archs and strategies, whatever was asked
         archs, args.strategies = [], None
@@ -1511,6 +1598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": setup.steps,
         "precisions": args.precisions,
         "tasks": list(grid.datasets),
+        "schedule": schedule_of(grid),
     }
     reporter = _Reporter(report, args.out, meta)
     reporter.watch()  # a SIGTERM (`timeout`) ends the measuring, not the report

@@ -317,8 +317,11 @@ def dry_run(
     # (the estimate bounds a run's time; the data seed moves a few images between splits).
     listed = {at[0]: st.train_images for at, st in listings.items() if st is not None}
     seconds = [grid_lib.estimate_seconds(c, measured, listed.get(c.dataset)) for c in runs]
-    positions = [grid_lib.shard_positions(runs, i, count) for i in range(count)]
-    mine = positions[index]
+    # Dealt once (not sorted again per shard: --shard 0/20000 took 14 s); shards past the
+    # number of runs hold none and are said in one span.
+    order = grid_lib.canonical_order(runs)
+    positions = [sorted(order[i::count]) for i in range(min(count, len(runs)))]
+    mine = sorted(order[index::count])
     axes = " x ".join(
         f"{len(g.axis(a))} {grid_lib.plural(a) if len(g.axis(a)) != 1 else a}"
         for a in grid_lib.AXES
@@ -387,6 +390,9 @@ def dry_run(
             todo_i = sum(s in _TO_RUN for s in states_i)
             short = _to_run_cost(states_i, [seconds[k] for k in held], short=True)
             per.append(f"{i}: {todo_i} of {len(held)} runs to run, {short}")
+        if count > len(runs):
+            empty = str(len(runs)) if count - len(runs) == 1 else f"{len(runs)}-{count - 1}"
+            per.append(f"{empty}: no runs (more shards than runs)")
         print("shards: " + "; ".join(per))
     sizes = {k[:2] for k in measured}  # (arch, image size) measured
     used = sum(grid_lib.throughput_key(runs[k].to_dict()) in measured for k in mine)

@@ -809,3 +809,64 @@ def test_select_vs_grid_rows_an_incomplete_grid_and_counts_device_seconds():
         "| breastmnist | resnet_tiny | lp @ 0.001 | ft @ 0.0001 (grid incomplete: 3 of 8) "
         "| no | 6.5/26 | 200/400 | 1.5 min |"
     )
+
+
+def _paper_variant(tmp_path: Path, name: str, **changes: object) -> Path:
+    """A grid file: the paper's grid (ResNet-50 alone) with ``changes`` (Python literals)."""
+    path = tmp_path / f"{name}.py"
+    extra = "".join(f", {k}={v}" for k, v in changes.items())
+    path.write_text(
+        "import dataclasses\n"
+        "from experiments.configs.paper import get_config as paper\n"
+        "def get_config():\n"
+        f"    return dataclasses.replace(paper(), archs=('resnet50',){extra})\n"
+    )
+    return path
+
+
+def test_grid_bill_from_json_refuses_a_grid_other_than_the_one_measured(tmp_path, capsys):
+    """--from-json bills the stages per epoch stored when measuring: a 12-epoch --config's
+    "every (12)" row was the measured 50 epochs' bill, another strategy option's stages
+    were the measured ones, a strategy not measured was a KeyError traceback, and
+    --mean-epochs over the grid's epochs was billed as every epoch under its own label."""
+    from medft_jax.grid import load_grid
+
+    se = grid_bill.StrategyEpochs
+    measured, paper = _times(), load_grid("paper")
+    measured.steps = {(s, "all"): 0.5 for s in paper.strategies}
+    measured.compile = dict.fromkeys(paper.strategies, 1.0)
+    measured.epochs = {
+        s: se(("all",) * 50, ("all",) * 50, (False,) * 50, 0, 0) for s in paper.strategies
+    }
+    meta = {**dict.fromkeys(grid_bill.META_KEYS, 1), "precisions": ["fp32"], "on_cpu": True}
+    meta["schedule"] = grid_bill.schedule_of(paper)
+    gb = tmp_path / "gb.json"
+    grid_bill.write_json(gb, meta, {("resnet50", "fp32"): measured})
+    capsys.readouterr()
+    grids = BENCH.parent / "experiments" / "configs"
+    twelve = _paper_variant(tmp_path, "twelve", settings="{**paper().settings, 'epochs': 12}")
+    options = _paper_variant(
+        tmp_path, "lp3", strategy_options="{**paper().strategy_options, 'lp_ft': {'lp_epochs': 3}}"
+    )
+    bitfit = _paper_variant(
+        tmp_path, "bitfit", strategies="('ft', 'bitfit')", strategy_options="{}"
+    )
+    cases = [
+        (twelve, [], f"--config {twelve}: at most 12 epochs, but --from-json {gb} was "
+         "measured under 50; report it with the grid it measured"),
+        (options, [], f"--config {options}: strategy_options['lp_ft'] {{'lp_epochs': 3}}, but "
+         f"--from-json {gb} was measured under {{}}; report it with the grid it measured"),
+        (bitfit, [], f"--config {bitfit}: strategy 'bitfit' was not measured in --from-json "
+         f"{gb} (it holds {', '.join(paper.strategies)}); measure it"),
+        (grids / "paper.py", ["--mean-epochs", "51"], "--mean-epochs 51: more than the grid's 50"),
+        (grids / "paper.py", ["--tasks", "bach", "bach"], "--tasks: bach is listed twice"),
+        (grids / "quick.py", [], f"--config {grids / 'quick.py'}: grid 'quick' holds 'demo', "
+         "which grid_bill cannot bill"),
+    ]  # fmt: skip
+    for config, flags, message in cases:
+        argv = ["--config", str(config), "--from-json", str(gb), *flags]
+        _main_refuses(capsys, grid_bill.main, argv, message)
+    # The grid it measured reports (its tables, from the stored stages).
+    argv = ["--config", str(grids / "paper.py"), "--from-json", str(gb), "--tasks", "bach"]
+    assert grid_bill.main(argv) == 0
+    assert "| fp32, LP uncached | every (50) |" in capsys.readouterr().out

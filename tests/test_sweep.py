@@ -840,6 +840,16 @@ def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
         == 0
     )
     assert "shards: 0: 1 of 1 runs to run, ? (1 of unknown cost); 1: 1" in capsys.readouterr().out
+    # More shards than runs: the empty ones in one span (each was sorted and listed: a huge
+    # N never finished), the runs dealt as before.
+    argv = ["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run", "--shard"]
+    assert sweep_cli.main([*argv, f"1/{10**20}"]) == 0
+    out = capsys.readouterr().out
+    assert f"; shard 1/{10**20}: 1\n" in out
+    assert (
+        "shards: 0: 1 of 1 runs to run, ? (1 of unknown cost); 1: 1 of 1 runs to run, ? (1 of "
+        f"unknown cost); 2-{10**20 - 1}: no runs (more shards than runs)\n"
+    ) in out
 
 
 def test_dry_run_counts_only_the_records_where_the_sweep_looks(tmp_path, capsys):
