@@ -798,7 +798,10 @@ def _train_epochs(
 ) -> bool:
     """Trains epochs from where the run stands; False when a step budget ended this call."""
     p, spe = run.progress, run.steps_per_epoch
-    if p.steps_done(spe) >= stop_at:
+    # A Ctrl-C or SIGTERM in the budget's last step saved it unvalidated: validated now (a
+    # select rung scored without it, and the same call returning at once, kept it so).
+    unvalidated = p.partial is not None and p.partial.steps > 0 and not p.partial.val
+    if p.steps_done(spe) >= stop_at and not unvalidated:
         return False
     run.best_meta = _best_metadata(run, name)
     run.last_save = time.perf_counter()
@@ -1093,7 +1096,7 @@ def _run_batches(
     # resume began it again); a multi-host job's save is collective, so it stops at once.
     alone = jax.process_count() == 1
     with deferred_stops() if alone else contextlib.nullcontext():
-        while True:
+        while epoch * run.steps_per_epoch + position < stop_at:  # the step budget's end
             if stop_requested():  # a deferred signal, or one a gc callback swallowed
                 if not alone:
                     raise_if_stopped()
@@ -1127,8 +1130,6 @@ def _run_batches(
             train_seconds += time.perf_counter() - t
             bar.update(len(batches))
             position += len(batches)
-            if epoch * run.steps_per_epoch + position >= stop_at:
-                break
     if pending is not None:  # the last call's device work is the epoch's too: on the clock
         t = time.perf_counter()
         take(pending)

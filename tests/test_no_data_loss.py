@@ -1127,6 +1127,52 @@ def test_a_float64_array_is_refused_before_a_checkpoint_that_could_not_load(tmp_
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("budget", [3, pytest.param(4, marks=pytest.mark.slow)])  # in, at its end
+def test_a_ctrl_c_in_a_budgets_last_step_is_validated_by_the_rerun(
+    demo, tmp_path, monkeypatch, budget
+):
+    """A Ctrl-C or SIGTERM during a step budget's last step saved it unvalidated, and the
+    rerun of that budget (select's remedy) returned at once: the rung scored the arm
+    without that validation and picked another arm, exit 0. Now the rerun validates it
+    (training no step) and keeps what an uninterrupted call keeps."""
+    from medft_jax import errors
+    from medft_jax.train import Trainer
+
+    config = _config(epochs=3)
+    kw = {"dataset": demo, "progress": False, "stop_after_steps": budget}
+    assert fit.run_one(config, tmp_path / "whole", **kw) == {}
+    [whole] = (tmp_path / "whole").iterdir()
+    real, steps = Trainer.train_step, []
+
+    def train_step(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == budget:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    with pytest.raises(KeyboardInterrupt), errors._stopping_signals():
+        fit.run_one(config, tmp_path / "cut", **kw)
+    errors._received.clear()  # as the next command starts
+    [cut] = (tmp_path / "cut").iterdir()
+    saved = RunCheckpoints(cut).read_progress()
+    assert saved["partial"]["steps"] == 2 - (budget % 2) and saved["partial"]["val"] == {}
+    steps.clear()
+    assert fit.run_one(config, tmp_path / "cut", **kw) == {}
+    assert steps == []  # the budget's steps were all taken: none more
+    expected, got = RunCheckpoints(whole).read_progress(), RunCheckpoints(cut).read_progress()
+
+    def numbers(progress: dict) -> list:
+        partial = progress.get("partial")
+        return [
+            [(e["train_loss"], e["val"]) for e in progress["epochs"]],
+            None if partial is None else (partial["steps"], partial["val"], partial["losses"]),
+        ]
+
+    assert numbers(got) == numbers(expected)
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == [str(budget)]
+
+
 # --- a damaged resume checkpoint ---------------------------------------------------------------
 
 RUN_ARGV = ["--strategy", "lp", "--dataset", "demo", "--arch", "resnet_tiny", "--weights", "none"]

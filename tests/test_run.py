@@ -420,6 +420,52 @@ def test_a_signal_mid_epoch_saves_where_the_epoch_stands_and_the_rerun_ends_the_
 
 
 @pytest.mark.slow
+def test_a_signal_in_an_epochs_last_step_resumes_to_the_uninterrupted_record(
+    ported_tiny, tmp_path, capsys, monkeypatch
+):
+    """A SIGTERM during an epoch's last step saved the epoch unvalidated at its end's step;
+    the rerun validated it and, a checkpoint due, saved that step again: orbax's
+    StepAlreadyExistsError, a traceback at every rerun, the run never finished."""
+    import os
+    import signal
+
+    from medft_jax.train import Trainer
+
+    monkeypatch.setenv("MEDFT_JAX_CHECKPOINT_SECONDS", "0")  # a checkpoint after every epoch
+    argv = ["--strategy", "lp", "--arch", TINY, "--weights", str(ported_tiny), "--epochs"]
+    argv += ["3", "--image-size", "32", "--batch-size", "16", "--no-progress", "--out"]
+    real, steps, kill_at = Trainer.train_step, [], []
+
+    def train_step(self, *args, **kw):
+        steps.append(len(steps))
+        if len(steps) in kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    assert main([*argv, str(tmp_path / "whole")]) == 0
+    whole = json.loads(next((tmp_path / "whole").glob("*/record.json")).read_text())
+    spe = len(steps) // 3
+    steps.clear()
+    kill_at.append(2 * spe)  # epoch 2's last step
+    out = tmp_path / "runs"
+    assert main([*argv, str(out)]) == 143
+    run = next(p for p in out.iterdir() if p.is_dir())
+    progress = RunCheckpoints(run).read_progress()
+    assert (len(progress["epochs"]), progress["partial"]["steps"]) == (1, spe)
+    assert progress["partial"]["val"] == {}  # stopped before its validation
+    capsys.readouterr()
+    monkeypatch.setattr(Trainer, "train_step", real)
+    assert main([*argv, str(out)]) == 0
+    resumed = json.loads((run / "record.json").read_text())
+    keys = ("train_loss", "val", "trainable_blocks", "improved")
+    assert [[e[k] for k in keys] for e in resumed["epochs"]] == [
+        [e[k] for k in keys] for e in whole["epochs"]
+    ]
+    assert resumed["test"] == whole["test"]
+
+
+@pytest.mark.slow
 def test_a_lost_ctrl_c_stops_the_training_at_its_next_step(
     ported_tiny, demo, tmp_path, monkeypatch
 ):

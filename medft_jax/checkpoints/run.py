@@ -171,6 +171,13 @@ class RunCheckpoints:
         progress[PROGRESS_HASH] = content_hash(progress)
         try:
             with naming_os_errors(self.latest_dir):
+                if step in self._manager.all_steps():
+                    # The same train state, its progress validated since: a Ctrl-C or SIGTERM
+                    # in an epoch's (or a step budget's) last step saved it unvalidated, and
+                    # orbax refuses a second save of a step (every resume crashed on it). With
+                    # one step kept, a kill before the new save commits starts the run over.
+                    self._manager.wait_until_finished()
+                    self._manager.delete(step)
                 self._manager.save(
                     step,
                     args=ocp.args.Composite(
