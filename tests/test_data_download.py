@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import io
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ class _Response(io.BytesIO):
 
 def test_download_checks_md5_and_leaves_nothing_on_mismatch(tmp_path, monkeypatch):
     payload = b"not the official file"
-    monkeypatch.setattr(mm.urllib.request, "urlopen", lambda *a, **k: _Response(payload))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: _Response(payload))
     with pytest.raises(DataError, match=r"breastmnist\.npz.*MD5 [0-9a-f]{32} does not match"):
         mm.download("breastmnist", 28, tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -39,7 +41,7 @@ def test_offline_download_says_where_to_put_the_file(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(mm.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DataError) as err:
         mm.find_or_download("breastmnist", 64, tmp_path)
     assert str(err.value).endswith(
@@ -89,7 +91,7 @@ def test_a_folder_named_as_the_file_is_refused_not_downloaded_beside(tmp_path, m
     def online(*a, **k):
         raise AssertionError("no download: the name is taken")
 
-    monkeypatch.setattr(mm.urllib.request, "urlopen", online)
+    monkeypatch.setattr(urllib.request, "urlopen", online)
     (tmp_path / "breastmnist.npz").mkdir()
     with pytest.raises(DataError, match=r"breastmnist\.npz: not a file; expected MedMNIST's"):
         mm.find_or_download("breastmnist", 28, tmp_path)
@@ -102,7 +104,7 @@ def test_a_failed_download_leaves_no_folder_it_made(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(mm.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match="cannot download"):
         mm.download("breastmnist", 28, tmp_path / "data" / "medmnist")
     assert list(tmp_path.iterdir()) == []
@@ -112,3 +114,103 @@ def test_a_failed_download_leaves_no_folder_it_made(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["data"] and not any(
         (tmp_path / "data").iterdir()
     )
+
+
+class _Served(io.BytesIO):
+    """A response: ``body``, then ``fail`` raised by the read after it (a cut connection)."""
+
+    def __init__(self, body: bytes, headers: dict[str, str], fail: BaseException | None = None):
+        super().__init__(body)
+        self.headers, self.fail = headers, fail
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = super().read(size)
+        if not chunk and self.fail is not None:
+            raise self.fail
+        return chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (http.client.BadStatusLine("GARBAGE"), "BadStatusLine: GARBAGE"),
+        (
+            _Served(b"x" * 10, {"Content-Length": "20"}, http.client.IncompleteRead(b"", 10)),
+            "the connection closed 0 bytes into a part, after 10 bytes",
+        ),
+        (
+            _Served(b"x" * 10, {}, TimeoutError("timed out")),
+            "timed out, after 10 bytes",
+        ),
+        (
+            _Served(b"x" * 10, {}, ConnectionResetError(104, "Connection reset by peer")),
+            "[Errno 104] Connection reset by peer, after 10 bytes",
+        ),
+        (
+            _Served(b"x" * 10, {"Content-Length": "20"}),
+            "the server sent 10 of the 20 bytes it announced",
+        ),
+        (
+            _Served(b"<html>", {"Content-Type": "text/html; charset=utf-8"}),
+            "the server answered with an HTML page, not the file",
+        ),
+    ],
+)
+def test_a_download_the_network_fails_is_one_line_and_leaves_nothing(
+    tmp_path, monkeypatch, answer, why
+):
+    """A body cut off (a reset, a stall, a chunked body ended early) or a malformed status
+    line was a traceback (http.client's errors are no OSError; the read loop was not
+    guarded); a short body or an HTML page was only an MD5 mismatch."""
+
+    def urlopen(*a, **k):
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(DataError) as err:
+        mm.find_or_download("breastmnist", 28, tmp_path)
+    assert str(err.value).startswith(
+        f"cannot download {mm.URL.format(stem='breastmnist')} ({why}); "
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_during_a_download_names_the_file_not_the_server(tmp_path, monkeypatch):
+    """The disk filling was "cannot download <url>; download it yourself" (exit 2), or
+    "?: no space left" for the weights: an OSError naming the file, the disk's failure."""
+    import errno
+
+    from medft_jax import download
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: _Served(b"x" * 10, {}))
+    with pytest.raises(OSError) as err:
+        download.fetch(
+            "https://x.invalid/f", Path("/dev/full"), algorithm="md5", timeout=1, label="f"
+        )
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, "/dev/full")
+
+
+def test_a_killed_downloads_temporary_file_is_removed_by_the_next(tmp_path, monkeypatch):
+    """A SIGKILL mid-download left its .part file for good; a live one (fresh) is kept."""
+    import os
+
+    from medft_jax import download
+
+    dest = tmp_path / "breastmnist.npz"
+    old, live = tmp_path / ".breastmnist.npz.abc.part", tmp_path / ".breastmnist.npz.def.part"
+    other = tmp_path / ".chestmnist.npz.abc.part"
+    for p in (old, live, other):
+        p.write_bytes(b"partial")
+    stale = os.stat(old).st_mtime - download.STALE_SECONDS - 1
+    os.utime(old, (stale, stale))
+    os.utime(other, (stale, stale))
+    tmp = download.temporary(dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, tmp.name])

@@ -7,6 +7,7 @@ import json
 import pickle
 import shutil
 import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 from typing import ClassVar
@@ -476,7 +477,7 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     def offline(*a, **k):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(dl.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     assert main(["--arch", "resnet50", "--download"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot download https://download.pytorch.org" in err
@@ -495,6 +496,29 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     assert err.endswith(f"weights_port --arch resnet50 --torch-weights FILE --out {mine}\n")
 
 
+def test_a_download_cut_off_is_one_line_saying_try_again(tmp_path, monkeypatch, capsys):
+    """A reset or stall after the headers was a traceback (the read loop was unguarded);
+    it is not "offline?" either: the server answered."""
+
+    class Cut(io.BytesIO):
+        headers: ClassVar[dict[str, str]] = {"Content-Length": "100"}
+
+        def read(self, size: int = -1) -> bytes:
+            chunk = super().read(size)
+            if not chunk:
+                raise TimeoutError("timed out")
+            return chunk
+
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Cut(b"x" * 40))
+    assert main(["--arch", "resnet50", "--download"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot download {dl.WEIGHTS_URLS['resnet50']} (timed out, after 40 bytes; "
+        "try again)\n"
+    )
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
 class _FakeResponse(io.BytesIO):
     headers: ClassVar[dict[str, str]] = {"Content-Length": "0"}
 
@@ -503,7 +527,7 @@ class _FakeResponse(io.BytesIO):
 def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
     monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path))
     payload = resnet_file.read_bytes()
-    monkeypatch.setattr(dl.urllib.request, "urlopen", lambda *a, **k: _FakeResponse(payload))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: _FakeResponse(payload))
     with pytest.raises(PortError, match="does not start with 11ad3fa6"):
         dl.download("resnet50")
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
@@ -735,7 +759,7 @@ def test_download_refuses_an_existing_out_before_downloading(tmp_path, monkeypat
     def no_download(*a, **k):
         pytest.fail("downloaded before checking --out")
 
-    monkeypatch.setattr(dl.urllib.request, "urlopen", no_download)
+    monkeypatch.setattr(urllib.request, "urlopen", no_download)
     out = tmp_path / "ck"
     out.mkdir()
     assert main(["--arch", "resnet50", "--download", "--out", str(out)]) == 2

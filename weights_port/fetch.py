@@ -9,16 +9,11 @@ the last ``-`` of the file name are the start of the file's sha256.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
+from medft_jax import download as download_lib
 from weights_port.keymap import PortError
 from weights_port.state_io import sha256
 
@@ -104,42 +99,32 @@ def download(arch: str, *, timeout: float = 30.0, out: Path | None = None) -> Pa
     # --download left an empty torchvision/ folder, at worst under a mistyped HOME).
     made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    digest = hashlib.sha256()
+    tmp = download_lib.temporary(target)
     done = False
     try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                ported = out or cache_dir() / "flax" / f"{arch}_{WEIGHTS_NAMES[arch]}"
-                raise PortError(
-                    f"cannot download {url} ({reason}); offline? Download it elsewhere, then "
-                    f"python -m weights_port --arch {arch} --torch-weights FILE --out {ported}"
+        try:
+            digest = download_lib.fetch(
+                url, tmp, algorithm="sha256", timeout=timeout, label=target.name
+            )
+        except download_lib.DownloadError as e:
+            if e.connected:  # cut off or malformed: a retry may do (not "offline?")
+                raise download_lib.DownloadError(
+                    url, f"{e.why}; try again", connected=True
                 ) from None
-            with (
-                response,
-                tqdm(
-                    total=int(response.headers.get("Content-Length", 0)) or None,
-                    unit="B",
-                    unit_scale=True,
-                    desc=target.name,
-                ) as bar,
-            ):
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        if not digest.hexdigest().startswith(prefix):
+            ported = out or cache_dir() / "flax" / f"{arch}_{WEIGHTS_NAMES[arch]}"
             raise PortError(
-                f"{url}: sha256 {digest.hexdigest()[:16]}... does not start with {prefix}; "
+                f"{e}; offline? Download it elsewhere, then python -m weights_port --arch "
+                f"{arch} --torch-weights FILE --out {ported}"
+            ) from None
+        if not digest.startswith(prefix):
+            raise PortError(
+                f"{url}: sha256 {digest[:16]}... does not start with {prefix}; "
                 "the download is corrupt, try again"
             )
         os.replace(tmp, target)
         done = True
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         for folder in [] if done else made:  # deepest first; only if empty
             with contextlib.suppress(OSError):
                 folder.rmdir()

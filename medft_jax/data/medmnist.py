@@ -20,10 +20,7 @@ import contextlib
 import functools
 import hashlib
 import os
-import shutil
 import sys
-import urllib.request
-import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medft_jax import download as download_lib
 from medft_jax import locks
 from medft_jax.data import cache
 from medft_jax.data.arrays import ArraySplit, make_split
@@ -83,21 +81,23 @@ def download(flag: str, size: int, dest_dir: Path) -> Path:
     dest = Path(dest_dir) / f"{stem}.npz"
     made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = download_lib.temporary(dest)
     url = URL.format(stem=stem)
     done = False
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out)
-        got, expected = md5sum(tmp), FLAGS[flag].md5[size]
+        got = download_lib.fetch(url, tmp, algorithm="md5", timeout=60, label=dest.name)
+        expected = FLAGS[flag].md5[size]
         if got != expected:
-            raise DataError(f"{url}: MD5 {got} does not match the expected {expected}")
+            raise DataError(
+                f"{url}: MD5 {got} does not match the expected {expected}; the download is "
+                "corrupt, try again"
+            )
         os.replace(tmp, dest)
         done = True
-    except OSError as err:
+    except download_lib.DownloadError as err:  # the network's failure; a full disk is the disk's
         raise DataError(
-            f"cannot download {url} ({err}); download {stem}.npz yourself (or copy it from "
-            "~/.medmnist, where the medmnist package keeps it) into the data dir"
+            f"{err}; download {stem}.npz yourself (or copy it from ~/.medmnist, where the "
+            "medmnist package keeps it) into the data dir"
         ) from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,109 @@
+"""One file fetched over HTTP(S) into a temporary file, failures said in one line.
+
+Shared by MedMNIST's ``.npz`` files (:mod:`medft_jax.data.medmnist`) and
+torchvision's checkpoints (:mod:`weights_port.fetch`). What the network does
+wrong (no connection, a reset or a stall halfway, a malformed answer, an HTML
+page in place of the file, a body shorter than announced) is a
+:class:`DownloadError` naming the URL; what the local disk does wrong (full, a
+size limit) is an ``OSError`` naming the file, which the command lines report
+as the disk's failure (exit 1), not the server's. Both callers check the
+file's hash before renaming it into place, so nothing half-fetched is ever read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from medft_jax.errors import UserError, naming_os_errors
+
+STALE_SECONDS = 600.0
+"""A temporary file untouched this long is a killed download's (a live one writes at
+least every read timeout), and is removed when the next download of that file starts."""
+
+
+class DownloadError(UserError):
+    """The server or the network failed a download. ``connected``: the server answered
+    (the failure came after the first byte was asked for)."""
+
+    def __init__(self, url: str, why: str, *, connected: bool):
+        super().__init__(f"cannot download {url} ({why})")
+        self.url, self.why, self.connected = url, why, connected
+
+
+def temporary(dest: Path) -> Path:
+    """A new temporary file beside ``dest`` (``.<name>.<random>.part``), after removing the
+    ones killed downloads of ``dest`` left (SIGKILL runs no cleanup)."""
+    now = time.time()
+    for old in dest.parent.glob(f".{dest.name}.*.part"):
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > STALE_SECONDS:
+                old.unlink()
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _reason(err: BaseException) -> str:
+    reason = getattr(err, "reason", None)  # URLError's, or an HTTPError's status text
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, http.client.IncompleteRead):
+        return f"the connection closed {len(err.partial):,} bytes into a part"
+    text = str(reason if reason is not None else err) or type(err).__name__
+    return (
+        text
+        if isinstance(err, OSError | urllib.error.URLError)
+        else f"{type(err).__name__}: {text}"
+    )
+
+
+def fetch(url: str, path: Path, *, algorithm: str, timeout: float, label: str) -> str:
+    """Writes the body at ``url`` into ``path``; returns its ``algorithm`` hex digest.
+
+    ``timeout``: seconds any one connect or read may wait. A progress bar
+    (``label``) shows on a terminal only.
+    """
+    digest = hashlib.new(algorithm)
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        raise DownloadError(url, _reason(e), connected=False) from None
+    headers = getattr(response, "headers", None) or {}
+    with response:
+        if str(headers.get("Content-Type", "")).startswith("text/html"):
+            raise DownloadError(
+                url, "the server answered with an HTML page, not the file", connected=True
+            )
+        announced = int(headers.get("Content-Length") or 0) or None
+        got = 0
+        with (
+            naming_os_errors(path),  # the write's, and the close's flush
+            open(path, "wb") as f,
+            tqdm(total=announced, unit="B", unit_scale=True, desc=label, disable=None) as bar,
+        ):
+            while True:
+                try:
+                    chunk = response.read(1 << 20)
+                except (http.client.HTTPException, OSError) as e:
+                    why = f"{_reason(e)}, after {got:,} bytes"
+                    raise DownloadError(url, why, connected=True) from None
+                if not chunk:
+                    break
+                f.write(chunk)
+                digest.update(chunk)
+                got += len(chunk)
+                bar.update(len(chunk))
+    if announced is not None and got < announced:
+        why = f"the server sent {got:,} of the {announced:,} bytes it announced"
+        raise DownloadError(url, why, connected=True)
+    return digest.hexdigest()
