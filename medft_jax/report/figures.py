@@ -206,13 +206,13 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
             if b.partial:
                 patch.set_hatch("//")
                 patch.set_edgecolor("black")
-            if b.marks:  # at the bar's end, above a gain and below a loss
+            if b.marks:  # at the bar's end, beside its error bar (which struck them through)
                 ax.annotate(
                     b.marks,
                     (b.x, b.gain),
-                    xytext=(0, 3 if b.gain >= 0 else -3),
+                    xytext=(2, 3 if b.gain >= 0 else -3),
                     textcoords="offset points",
-                    ha="center",
+                    ha="left",
                     va="bottom" if b.gain >= 0 else "top",
                     fontsize=7,
                 )

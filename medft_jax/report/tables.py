@@ -914,7 +914,7 @@ def _best_line(summary: Summary, b: Best) -> BestLine:
         improvement_pct=b.improvement,
         marks=cell_marks(c, b.metric),
         ft_marks=cell_marks(ft, b.metric),
-        cells_incomplete=";".join(f"{x.arch}/{x.strategy}" for x in unsettled),
+        cells_incomplete=" ".join(f"{x.arch}/{x.strategy}" for x in unsettled),
         cells_expected=len(_cells_of(summary, b.dataset)),
         text=cell_text(c, b.metric) if c else MISSING_TEXT,
         ft_text=cell_text(ft, b.metric) if ft else MISSING_TEXT,
@@ -925,7 +925,7 @@ def _among(x: BestLine) -> str:
     """`` (1 of 12 cells incomplete)`` where other cells of the dataset have runs missing."""
     if not x.cells_incomplete:
         return ""
-    return f" ({len(x.cells_incomplete.split(';'))} of {x.cells_expected} cells incomplete)"
+    return f" ({len(x.cells_incomplete.split())} of {x.cells_expected} cells incomplete)"
 
 
 def _unsettled_notes(summary: Summary, bests: Sequence[Best]) -> list[str]:
@@ -1254,7 +1254,7 @@ class VsPaperLine:
     """diff / √(se_ours² + se_paper²), both in points (a published 0.0 read as 0.05, 0.00 as
     0.005: half a unit of its last digit); none
     where the paper gives no SE or ours is a single seed."""
-    flagged: bool
+    flagged: bool | None
     """|z| > 2."""
     marks: str = ""
     """Our cell's marks (:func:`cell_marks`)."""
@@ -1278,7 +1278,8 @@ def _vs_paper_line(summary: Summary, x: Compared) -> VsPaperLine:
         paper_se_pct=x.paper_se,
         diff_pp=x.diff_pp,
         z=x.z,
-        flagged=x.z is not None and abs(x.z) > Z_FLAG,
+        # Not tested (no published SE): an empty field, not False (a cell that agrees).
+        flagged=None if x.z is None else abs(x.z) > Z_FLAG,
         marks=cell_marks(cell, x.metric),
         text=cell_text(cell, x.metric),
         paper_text=x.paper_printed,

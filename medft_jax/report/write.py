@@ -163,6 +163,11 @@ def check_out(out_dir: str | Path, runs_dir: str | Path | None = None) -> None:
     out = Path(out_dir)
     if out.is_symlink():
         raise ReportError(f"--out {out_dir}: is a symbolic link; give the folder itself")
+    if out.is_dir() and os.path.ismount(out):  # an empty volume, say: a traceback at the end
+        raise ReportError(
+            f"--out {out_dir}: is a mount point, which the report (written beside it, then "
+            "renamed into place) cannot replace; give a folder inside it"
+        )
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out_dir}: exists and is not a folder")
     no_file_in_the_way(out_dir, "--out")  # a file above it was "already exists"
@@ -261,7 +266,11 @@ def _move_into_place(tmp: Path, out: Path, shown: str | Path) -> None:
             out.rmdir()  # empty: fails, losing nothing, if a file appeared since
         else:
             aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, aside / out.name)
+            try:
+                os.replace(out, aside / out.name)
+            except BaseException:
+                aside.rmdir()
+                raise
     try:
         os.replace(tmp, out)
     except BaseException:
@@ -404,7 +413,7 @@ def paper_lines(summary: Summary, paper: PaperTables) -> list[str]:
     """The index's "Against the paper": per dataset of both, what its ``vs_paper`` table
     says in numbers, then the cells only one side has, counted once."""
     lines = [
-        f"Published values from {md_escape(paper.source)}. Per dataset: cells (strategy × arch "
+        f"Published values from {md_code(paper.source)}. Per dataset: cells (strategy × arch "
         "× metric) in both; mean |ours − paper| in percentage points; how many differ by "
         f"|z| > {Z_FLAG:g}; and per arch Spearman's ρ between our ranking of the strategies "
         "by the headline metric and the paper's (1: the same order; n/a with fewer than 3 "
@@ -461,7 +470,7 @@ def index_markdown(
     done = sum(c.runs_done for c in summary.cells.values())
     expected = sum(c.runs_expected for c in summary.cells.values())
     if summary.grid_name is not None:
-        source = f"the runs of grid {summary.grid_name!r} (from --config)"
+        source = f"the runs of grid {md_escape(repr(summary.grid_name))} (from --config)"
     else:
         planned = (
             f"the runs listed in the sweep plan(s) {md_escape(', '.join(summary.plans))} "
@@ -521,11 +530,11 @@ def index_markdown(
         "deviation (ddof = 1) / √n; an SE of – means a single seed. The CSVs hold the raw "
         "values: means, SEs, mean_diff and share as fractions, improvement_pct and "
         "threshold_pct in percent, the device_seconds rows' mean in seconds; marks and "
-        "failure say what the tables mark. Three columns are lists, space-separated: seeds "
+        "failure say what the tables mark. Four columns are lists, space-separated: seeds "
         "(paired CSVs, e.g. `0 1 2`), excluded_lrs and tied_lrs (dataset and cost CSVs, e.g. "
-        "`0.001 0.01`); read them as strings (pandas: "
-        '`dtype={"seeds": str, "excluded_lrs": str, "tied_lrs": str}`), or a single entry '
-        "reads as a number.",
+        "`0.001 0.01`) and Table 11's cells_incomplete (e.g. `resnet50/lp vgg19/lp_ft`); read "
+        'them as strings (pandas: `dtype={"seeds": str, "excluded_lrs": str, "tied_lrs": '
+        "str}`), or a single entry reads as a number.",
         "- Learning rate: per dataset, arch and strategy, the LR with the highest mean "
         "validation primary metric over its seeds (each run's best epoch) is chosen, and the "
         "test metrics are those of that LR (an exact tie goes to the smaller LR: the dataset "
