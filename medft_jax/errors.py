@@ -98,6 +98,7 @@ SWITCHES: dict[str, bool] = {
     "MEDFT_DISTRIBUTED": False,  # jax.distributed.initialize() (BUILD.md, multi-host runs)
     "MEDFT_JAX_XLA_CACHE": True,  # the persistent compilation cache (runtime)
     "MEDFT_JAX_TUNE_CPU_HOST": True,  # the CPU host settings (runtime.tune_cpu_host)
+    "MEDFT_JAX_NO_LOCKS": False,  # runs and caches unlocked (medft_jax.locks)
 }
 """The toolkit's on/off environment variables and their defaults."""
 

@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medft_jax.errors import UserError
+from medft_jax.errors import UserError, env_switch
 
 try:
     import fcntl
@@ -444,10 +444,8 @@ _warned = False
 
 def _locking() -> bool:
     """Whether to lock: not without ``fcntl`` nor under ``MEDFT_JAX_NO_LOCKS=1`` (one warning)."""
-    setting = os.environ.get(NO_LOCKS_ENV, "")
-    if setting not in ("", "0", "1"):
-        raise UserError(f"{NO_LOCKS_ENV}={setting!r}: expected 1 (no locks) or 0")
-    if fcntl is not None and setting != "1":
+    unlocked = env_switch(NO_LOCKS_ENV)  # also checked as every command starts
+    if fcntl is not None and not unlocked:
         return True
     global _warned
     if not _warned:

@@ -321,7 +321,7 @@ def test_a_filesystem_that_cannot_lock_is_one_line_and_leaves_nothing(tmp_path, 
         pytest.fail("went on unlocked")
     monkeypatch.setenv(locks.NO_LOCKS_ENV, "yes")
     with pytest.raises(
-        UserError, match=r"^MEDFT_JAX_NO_LOCKS='yes': expected 1 \(no locks\) or 0$"
+        UserError, match=r"^environment variable MEDFT_JAX_NO_LOCKS must be 0 or 1, got 'yes'$"
     ):
         locks.acquire(run)
     monkeypatch.setenv(locks.NO_LOCKS_ENV, "1")

@@ -127,6 +127,18 @@ def test_a_run_under_a_misspelt_distributed_switch_stops_in_one_line_before_writ
     assert not out.exists()
 
 
+def test_a_malformed_no_locks_switch_stops_every_command_first(monkeypatch, capsys):
+    """MEDFT_JAX_NO_LOCKS was read only when a lock was taken: a command that took none
+    (a run whose record exists) ended 0 under `MEDFT_JAX_NO_LOCKS=yes`, without a word."""
+    from medft_jax.errors import cli_main
+
+    monkeypatch.setenv("MEDFT_JAX_NO_LOCKS", "yes")
+    assert cli_main(lambda argv: pytest.fail("ran")) == 2
+    assert capsys.readouterr().err == (
+        "error: environment variable MEDFT_JAX_NO_LOCKS must be 0 or 1, got 'yes'\n"
+    )
+
+
 @pytest.mark.parametrize("value", ["-1", "1 min", "inf", "nan", "1_0"])
 def test_a_malformed_duration_is_one_line_before_anything_runs(value, monkeypatch, capsys):
     from medft_jax.errors import cli_main

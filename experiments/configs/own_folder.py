@@ -13,9 +13,9 @@ The folder (``MEDFT_FOLDER``, or edit ``FOLDER`` below) holds one subfolder per 
 missing is carved, seeded, at the protocol's fractions. Copy this file to change the
 grid. The options the run command takes as flags go into ``dataset_options``, under
 the dataset's name (``folder``; a labels CSV is ``csv``, with ``csv_file`` and
-``group_column``): here, each patient's images in one subfolder of its class
-(``--patient-folders``), and 12-bit values in 16-bit files (``--bits-stored 12``);
-delete what does not apply. BUILD.md "Preparing data" lists every option.
+``group_column``): below, commented out, each patient's images in one subfolder of its
+class (``--patient-folders``) and 12-bit values in 16-bit files (``--bits-stored 12``);
+uncomment what applies. BUILD.md "Preparing data" lists every option.
 """
 
 import os
