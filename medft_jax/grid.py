@@ -243,8 +243,9 @@ class Grid:
                 raise GridError(f"{where} dataset_options[{dataset!r}]: {fixed}")
 
     def check_manual_dirs(self, datasets: Iterable[str]) -> None:
-        """Refuses a ``manual_dir`` of ``datasets``' options that is no folder (before any
-        run, a dry run's too). A relative one is from the folder the command runs in."""
+        """Refuses a ``manual_dir`` of ``datasets``' options that is no folder, and a
+        ``csv_file`` that is no file (before any run, a dry run's too). A relative folder is
+        from the folder the command runs in, a relative CSV from its ``manual_dir``."""
         for dataset in sorted(set(datasets)):
             options = self.dataset_options.get(dataset, {})
             folder = options.get("manual_dir")
@@ -263,6 +264,16 @@ class Grid:
                     f"{where}: no such folder (a relative path is from where the command runs, "
                     f"{Path.cwd()})"
                 )
+            csv_file = options.get("csv_file") if dataset == "csv" else None
+            if csv_file is not None and folder is not None:
+                path = Path(folder).expanduser() / str(csv_file)  # as the loader joins them
+                if not path.is_file():
+                    what = "is a folder" if path.is_dir() else "no such file"
+                    raise GridError(
+                        f"grid {self.name!r}: dataset_options['csv']['csv_file'] {csv_file}: "
+                        f"{what}, expected the labels CSV (a relative path is from its "
+                        f"manual_dir, {folder})"
+                    )
 
     @property
     def size(self) -> int:
@@ -423,8 +434,9 @@ def load_grid(path: str | Path) -> Grid:
         raise GridError(f"--config {path}: defines no get_config() function")
     try:
         grid = get_config()
-    except UserError:
-        raise
+    except UserError as e:  # a Grid's own check (or the file's): which file, as BUILD.md's
+        # "copy quick.py" keeps the grid's name, which alone does not say
+        raise GridError(_naming(path, e)) from None
     except SystemExit as e:
         raise GridError(_exited(path, "in get_config()", e)) from None
     except Exception as e:
@@ -433,8 +445,16 @@ def load_grid(path: str | Path) -> Grid:
         raise GridError(
             f"--config {path}: get_config() returned a {type(grid).__name__}, expected a Grid"
         )
-    grid.validate()
+    try:
+        grid.validate()
+    except UserError as e:
+        raise GridError(_naming(path, e)) from None
     return grid
+
+
+def _naming(path: Path, err: UserError) -> str:
+    text = str(err)
+    return text if text.startswith("--config ") else f"--config {path}: {text}"
 
 
 # --- filters -------------------------------------------------------------------------------------

@@ -395,7 +395,8 @@ def test_bad_grid_settings_are_named(settings, lrs, options, message, tmp_path, 
     for extra in ([], ["--dry-run"]):
         argv = ["--config", str(config), "--out", str(tmp_path / "runs"), *extra]
         assert sweep_cli.main(argv) == 2
-        assert _one_error_line(capsys).startswith(message)
+        said = message.replace("error: ", f"error: --config {config}: ", 1)
+        assert _one_error_line(capsys).startswith(said)
     assert not (tmp_path / "runs").exists()
 
 
@@ -521,7 +522,8 @@ def test_bad_grid_axes_and_options_are_named_before_any_run(fields, message, tmp
     )
     argv = ["--config", str(config), "--out", str(tmp_path / "runs"), "--dry-run"]
     assert sweep_cli.main(argv) == 2
-    assert _one_error_line(capsys).startswith(f"error: grid 'bad': {message}")
+    # The file at fault, then the grid's name (a copy of quick.py keeps "quick").
+    assert _one_error_line(capsys).startswith(f"error: --config {config}: grid 'bad': {message}")
 
 
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])

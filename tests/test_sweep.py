@@ -238,6 +238,15 @@ def test_a_grid_folder_or_csv_dataset_without_its_paths_stops_the_dry_run(tmp_pa
     assert capsys.readouterr().err == (
         "error: grid 'c': dataset csv needs dataset_options['csv']['csv_file']\n"
     )
+    # A CSV that is not there: named as the grid's field (it was "dataset csv: CSV file
+    # not found", naming neither).
+    text = config.read_text().replace("}}", ", 'csv_file': 'labels.csv'}}")
+    config.write_text(text)
+    assert sweep_cli.main(["--config", str(config), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (
+        "error: grid 'c': dataset_options['csv']['csv_file'] labels.csv: no such file, "
+        f"expected the labels CSV (a relative path is from its manual_dir, {tmp_path})\n"
+    )
 
 
 def test_a_csv_grid_whose_listing_is_wrong_stops_the_dry_run(tmp_path, capsys):
@@ -1265,7 +1274,8 @@ def test_a_grids_missing_weights_folder_fails_the_dry_run_naming_its_key(tmp_pat
         assert sweep_cli.main(["--config", str(config), "--out", str(out), *extra]) == 2
         err = capsys.readouterr().err
         assert err == (
-            f"error: grid 'w': settings['weights'] {missing}: no such checkpoint folder; "
+            f"error: --config {config}: grid 'w': settings['weights'] {missing}: no such "
+            "checkpoint folder; "
             "expected auto, imagenet, none or a model checkpoint folder\n"
         )
     assert not out.exists()
