@@ -1127,7 +1127,8 @@ def test_a_float64_array_is_refused_before_a_checkpoint_that_could_not_load(tmp_
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.parametrize("budget", [3, pytest.param(4, marks=pytest.mark.slow)])  # in, at its end
+@pytest.mark.slow  # three short runs each
+@pytest.mark.parametrize("budget", [3, 4])  # inside epoch 2 (a rung's fraction), at its end
 def test_a_ctrl_c_in_a_budgets_last_step_is_validated_by_the_rerun(
     demo, tmp_path, monkeypatch, budget
 ):
