@@ -249,11 +249,17 @@ def _check_rescorable(arm: Arm, out: str | Path, steps: int, steps_per_epoch: in
         trained = _trained(progress.get("epochs", []), progress.get("partial"), steps_per_epoch)
     kept = _read_kept(run / RUNG_VALIDATIONS)
     if trained > steps and steps % steps_per_epoch and steps not in kept:
-        raise UserError(
-            f"--out {out}: arm {arm.label} has trained {trained} steps, past this "
-            f"selection's rung at {steps}, and its validation at step {steps} was not "
-            "kept; give the selection a new --out"
-        )
+        raise _unkept(arm, out, trained, steps)
+
+
+def _unkept(arm: Arm, out: str | Path, trained: int, steps: int) -> UserError:
+    """An arm trained past a rung inside an epoch without its validation there kept (an
+    earlier selection of other rungs in ``out``): its score at the rung is lost."""
+    return UserError(
+        f"--out {out}: arm {arm.label} has trained {trained} steps, past this selection's "
+        f"rung at {steps}, and its validation at step {steps} was not kept; give the "
+        "selection a new --out"
+    )
 
 
 def _advance(
@@ -347,11 +353,7 @@ def score_arm(
         if trained > steps:
             whole, extra = divmod(steps, steps_per_epoch)
             if extra and steps not in kept:
-                raise UserError(
-                    f"--out {out}: arm {arm.label} has trained {trained} steps, past this "
-                    f"rung's {steps}, and its validation at step {steps} was not kept; "
-                    "give the selection a new --out"
-                )
+                raise _unkept(arm, out, trained, steps)
             epochs, arm.finished = epochs[:whole], False
             partial = {"steps": extra, **kept[steps]} if extra else None
         kept = {k: v for k, v in kept.items() if k <= steps and (at is None or k in at)}

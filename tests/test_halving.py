@@ -89,8 +89,8 @@ def test_a_validation_inside_an_epoch_outlives_its_checkpoint(tmp_path, monkeypa
     assert (again.score, again.epochs) == (0.8, 1)  # best of 0.8 (half) and 0.6 (epoch 0)
     with pytest.raises(
         UserError,
-        match=r"arm lp @ lr 0.0001 has trained 12 steps, past this "
-        r"rung's 4, and its validation at step 4 was not kept",
+        match=r"arm lp @ lr 0.0001 has trained 12 steps, past this selection's rung at 4, "
+        r"and its validation at step 4 was not kept; give the selection a new --out",
     ):
         score_arm(Arm("lp", 1e-4, config), {}, tmp_path, "accuracy", 6, steps=4)
 
