@@ -690,6 +690,24 @@ def test_t1w_unreadable_mat_is_named_or_skipped_and_counted(tmp_path):
         builder_class("t1w_mri").TASK.parse_checked(tmp_path, CONFIG, skipped=[])
 
 
+def test_t1w_blank_slice_is_refused_not_decoded_black(tmp_path):
+    """A .mat whose image holds one value min-max scaled to an all-black image without a
+    word (DICOM refuses the same case); a bad file, which --skip-bad-images skips."""
+    from medft_jax.data.builders import t1w_mri
+
+    path = tmp_path / "1.mat"
+    fakes.write_mat(path, np.full((8, 8), 1500, np.int16), 1, "7")
+    with pytest.raises(t1w_mri.UnreadableMat) as err:
+        t1w_mri.decode(path)
+    assert str(err.value) == (
+        f"{path}: cjdata/image holds one value (1500) everywhere, a blank or damaged slice; "
+        "--skip-bad-images skips it"
+    )
+    fakes.write_mat(path, np.array([[0, 1500], [3000, 1500]], np.int16), 1, "7")
+    # Min-max scaled, as MATLAB shows it (write_mat stores it column-major, as MATLAB does).
+    assert np.asarray(t1w_mri.decode(path)).tolist() == [[0, 128], [255, 128]]
+
+
 def test_bach_copy_of_the_release_without_all_400_images_is_refused(tmp_path):
     """The release's Photos/microscopy_ground_truth.csv makes a copy claim to be the
     release: then each class folder must hold its 100 images, the missing ones named."""

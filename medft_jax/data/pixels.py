@@ -310,8 +310,9 @@ def unit_float_to_uint8(values: np.ndarray, path: Path | str) -> np.ndarray:
 
 
 def minmax_to_uint8(values: np.ndarray, shown: np.ndarray | None = None) -> np.ndarray:
-    """The values' own min..max -> 0..255 (rounded); a constant image is all 0 (DICOM
-    refuses one before it gets here: :class:`medft_jax.data.dicom.OneValueUnwindowed`).
+    """The values' own min..max -> 0..255 (rounded); a constant image is all 0 (DICOM and
+    the T1w task refuse one before it gets here: :class:`medft_jax.data.dicom.
+    OneValueUnwindowed`, ``t1w_mri.decode``).
 
     Used where values have no fixed range: DICOM without a window, and the
     T1w MRI task's intensities (arbitrary units per scan). ``shown``: the values

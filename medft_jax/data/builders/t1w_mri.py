@@ -114,6 +114,11 @@ def decode(path: Path) -> Image.Image:
     image = read_image(path)
     check_size(path, image.shape[1], image.shape[0])
     check_finite(image, path)
+    if image.min() == image.max():  # min-max scaling has no range: it was all black
+        raise UnreadableMat(
+            f"{path}: cjdata/image holds one value ({image.flat[0]}) everywhere, a blank or "
+            "damaged slice; --skip-bad-images skips it"
+        )
     return Image.fromarray(minmax_to_uint8(image), mode="L")
 
 
