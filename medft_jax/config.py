@@ -38,7 +38,7 @@ from medft_jax.names import (
 )
 
 PRECISIONS = ("fp32", "bf16")
-NUMERICS_VERSION = 5
+NUMERICS_VERSION = 6
 """The version of what a run computes from its settings, data and weights.
 
 Raised by a change that alters a run's numbers (an initialisation, a strategy's
@@ -54,7 +54,9 @@ AUROC, mAP) are not rounded to bfloat16's 8 bits, which tied test scores, and ro
 features it reads to bfloat16 as the feature cache stores them; version 5 (2026-12-06)
 ranks AUROC and mAP, validation's included (early stopping, the LR choice), by float64
 log-probabilities made from the logits, where float32 probabilities rounded to 1.0 past
-a logit margin of 16.6 and tied every confident example.
+a logit margin of 16.6 and tied every confident example; version 6 (2026-12-07) adds a
+bf16 run's BatchNorm affine step and its conv and VGG-19 hidden-layer biases in float32,
+whose gradients (sums over the batch's pixels) bfloat16 had summed up to 90% wrong.
 
 A change may alter the runs of some precisions only (:data:`NUMERICS_CHANGES`): a run
 records :func:`numerics_version` of its precision, so a float32 run kept its version 3
@@ -65,6 +67,7 @@ NUMERICS_CHANGES: dict[int, tuple[str, ...]] = {
     3: PRECISIONS,
     4: ("bf16",),
     5: PRECISIONS,
+    6: ("bf16",),
 }
 """The precisions whose runs each :data:`NUMERICS_VERSION` after 1 changed."""
 

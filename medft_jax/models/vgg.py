@@ -18,6 +18,7 @@ from flax import linen as nn
 from medft_jax.models.layers import (
     HEAD_DTYPE,
     BNTrain,
+    Dense,
     Dtype,
     adaptive_avg_pool,
     check_part,
@@ -75,12 +76,12 @@ class Classifier(nn.Module):
         the same RNG) and ``classifier/3`` before ``classifier/6``.
         """
         if part != "head":
-            x = nn.relu(nn.Dense(4096, kernel_init=_linear_init, dtype=self.dtype, name="0")(x))
+            x = nn.relu(Dense(4096, kernel_init=_linear_init, dtype=self.dtype, name="0")(x))
             x = features_as_computed(x, self.dtype)
         if part == "backbone":
             return x
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        x = nn.Dense(4096, kernel_init=_linear_init, dtype=self.dtype, name="3")(x)
+        x = Dense(4096, kernel_init=_linear_init, dtype=self.dtype, name="3")(x)
         x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=deterministic)
         # The new head: a fresh torch.nn.Linear (see medft_jax.models.layers.torch_linear_bias).
         return nn.Dense(
