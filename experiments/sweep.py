@@ -674,6 +674,15 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
 
     mine = grid_lib.shard(runs, index, count)
     session.check_same_runs(mine)
+    import jax  # started by the Session: every device of the job
+
+    devices = jax.device_count()
+    odd = sorted({c.batch_size for c in mine if c.batch_size % devices})
+    if odd:  # each run was refused on its own, one line each, after its data loaded
+        raise UserError(
+            f"--config {args.config}: settings['batch_size'] {odd[0]} must be a multiple of "
+            f"the {devices} devices this job trains on"
+        )
     say(
         f"grid {g.name}: {len(mine)} run{'s' if len(mine) != 1 else ''} in this process"
         + (f" (shard {index}/{count} of {len(runs)})" if count > 1 else "")

@@ -1840,3 +1840,21 @@ def test_dry_run_calls_a_paper_task_record_of_another_val_fraction_changed(tmp_p
 
     assert states(configs["0.1"]) == ["done"]
     assert states(configs["0.3"]) == ["changed"]
+
+
+def test_a_batch_not_dealt_evenly_over_the_devices_stops_the_sweep_once(
+    tmp_path, capsys, monkeypatch
+):
+    """Each run refused it on its own once its data had loaded: one identical line per run
+    (hundreds on a large grid), exit 1. Now one line before any run, naming the field."""
+    import jax
+
+    config = _grid_file(tmp_path, "g", strategies=("lp", "ft"), lrs=(1e-3,), seeds=(0,), epochs=1)
+    monkeypatch.setattr(jax, "device_count", lambda *a: 3)  # 32 images a batch over 3
+    out = tmp_path / "runs"
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --config {config}: settings['batch_size'] 32 must be a multiple of the 3 "
+        "devices this job trains on"
+    )
+    assert not out.exists()
