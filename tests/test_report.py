@@ -3140,3 +3140,15 @@ def test_how_to_read_says_which_csv_columns_are_lists(tmp_path):
     for name in ("table08_bach", "cost_bach"):
         rows = read_csv((tables / f"{name}.csv").read_text())
         assert {r["excluded_lrs"] for r in rows if r["strategy"] == "lp"} == {"0.001"}
+
+
+def test_the_index_says_mura_metrics_are_per_study(tmp_path):
+    """Above a MURA table the index counted images alone; its accuracy and kappa are over
+    studies (the record's scored_units), which the report never said."""
+    records = [rec(dataset="mura_wrist", strategy=s) for s in ("ft", "lp")]
+    for r in records:
+        r["split_sizes"] = {"train": 30, "val": 6, "test": 23}
+        r["scored_units"] = {"unit": "study", "val": 3, "test": 12}
+    index = write_report(collect(records), tmp_path / "out").read_text()
+    line = next(x for x in index.splitlines() if x.startswith("  - mura\\_wrist"))
+    assert "(train 30, val 6, test 23 images; metrics per study: val 3, test 12): " in line

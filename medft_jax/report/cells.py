@@ -702,6 +702,8 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
     protocol["source"] = source.get("csv_file") or source.get("root")
     sizes = runs[0].get("split_sizes")  # of the data: one for the dataset's runs
     protocol["sizes"] = dict(sizes) if isinstance(sizes, Mapping) else {}
+    units = runs[0].get("scored_units")  # MURA: metrics per study, not per image
+    protocol["units"] = dict(units) if isinstance(units, Mapping) else {}
     protocol["copies"] = _split_counts(runs, "eval_copies_of_train")
     protocol["multilabel"] = bool(runs[0].get("multilabel"))  # copies under any labels
     protocol["copies_any_label"] = any(  # counted before the same-label rule

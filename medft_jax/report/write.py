@@ -365,8 +365,12 @@ def _protocol_lines(summary: Summary) -> list[str]:
         if p:
             source = f" read from {md_code(p['source'])}" if p.get("source") else ""
             if p.get("sizes"):
-                each = ", ".join(f"{split} {n}" for split, n in p["sizes"].items())
-                source += f" ({each} images)"
+                each = ", ".join(f"{split} {n}" for split, n in p["sizes"].items()) + " images"
+                units = p.get("units") or {}
+                if units.get("unit"):  # MURA: the tables' numbers are per study, not image
+                    per = ", ".join(f"{s} {units[s]}" for s in ("val", "test") if s in units)
+                    each += f"; metrics per {md_escape(str(units['unit']))}: {per}"
+                source += f" ({each})"
             lines.append(
                 f"  - {md_escape(d)}{source}: {p['image_size']} px, batch {p['batch_size']}, "
                 f"at most {p['epochs']} epochs (patience {p['patience']}), {p['precision']} "
