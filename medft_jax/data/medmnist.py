@@ -62,14 +62,6 @@ def file_stem(flag: str, size: int) -> str:
     return flag if size == 28 else f"{flag}_{size}"
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(flag: str, size: int, dest_dir: Path) -> Path:
     """Downloads the official file into ``dest_dir`` (temp name, MD5 check, rename).
 
