@@ -153,6 +153,8 @@ def _main(argv: Sequence[str] | None) -> int:
         data_dir=args.data_dir or g.data_dir,
         dataset_options=g.dataset_options,
         retry_failed=True,  # a diverged arm is tried again, and fails again, as before
+        # Each rung trains every arm in turn: one compiled trainer per strategy kept.
+        keep_trainers=len({a.config.strategy for a in arms}),
     )
     session.check_same_runs([a.config for a in arms])
     grid = None

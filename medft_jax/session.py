@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,28 @@ STATES = ("done", "failed", "todo")
 """What :meth:`Session.status` says of a run."""
 
 
+class RecentTrainers(OrderedDict):
+    """A dict of at most ``capacity`` entries, the least recently read or written dropped
+    when another is added (:func:`medft_jax.fit.run_one`'s ``trainers``)."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        if capacity < 1:
+            raise ValueError(f"keep at least one trainer, got {capacity}")
+        self.capacity = capacity
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
 class Session:
     """Runs configs one at a time, sharing datasets and compiled steps between them.
 
@@ -75,6 +98,9 @@ class Session:
       feature_cache: head-only epochs under ``frozen_bn='freeze'`` (a model without
         BatchNorm: either mode) train from cached backbone features
         (:func:`medft_jax.fit.run_one`).
+      keep_trainers: how many compiled trainers (one per arch, strategy, data shape) to
+        keep for later runs, the least recently used dropped: a sweep in grid order reuses
+        only the last one's (the default, 1), a selection its arms' strategies'.
     """
 
     def __init__(
@@ -87,6 +113,7 @@ class Session:
         retry_failed: bool = False,
         progress: bool = False,
         feature_cache: bool = True,
+        keep_trainers: int = 1,
     ):
         set_up_process()
         check_shared_folder(out, "--out")  # a node-local --out hung the first save
@@ -106,7 +133,9 @@ class Session:
             "session flags",
             f"force={force}, retry_failed={retry_failed}",
         )
-        self.trainers: dict[fit.TrainerKey, Any] = {}
+        # Bounded: every trainer kept its compiled programs to the process's end (the paper
+        # grid's 192 about 15 GB of host memory, all but one never used again).
+        self.trainers: RecentTrainers = RecentTrainers(keep_trainers)
         self.said: set[str] = set()
         """Notes printed so far (:func:`medft_jax.fit.run_one`'s ``said``): once each."""
         self._datasets: dict[tuple, Any] = {}

@@ -10,6 +10,7 @@ import pytest
 
 from experiments import run as run_cli
 from medft_jax import fit, outcomes, results, train
+from medft_jax.config import RunConfig
 from medft_jax.session import Session
 
 ARGS = ["--arch", "resnet_tiny", "--weights", "none", "--epochs", "1", "--batch-size", "16"]
@@ -174,3 +175,25 @@ def test_options_given_under_another_spelling_of_the_dataset_reach_its_loader(
     session = Session(tmp_path, dataset_options=options)
     session.dataset(RunConfig("ft", dataset="medmnist/breastmnist@28"))
     assert given == [{"progress": False, "batch_size": 64}]  # refused before decoding if over
+
+
+@pytest.mark.slow  # three runs
+def test_a_session_keeps_only_the_trainers_it_may_reuse(tmp_path):
+    """Every compiled trainer stayed to the process's end: a paper-grid sweep kept 192,
+    about 15 GB of host memory, all but the last never used again (grid order). A session
+    keeps ``keep_trainers``, the least recently used dropped."""
+    from medft_jax.session import RecentTrainers, Session
+
+    kept = RecentTrainers(2)
+    kept["ft"], kept["lp"] = 1, 2
+    assert kept["ft"] == 1  # read: now the most recent
+    kept["g_lf"] = 3
+    assert list(kept) == ["ft", "g_lf"]
+    tiny = {"arch": "resnet_tiny", "weights": "none", "epochs": 1, "image_size": 32}
+    runs = (("lp", 0), ("ft", 0), ("lp", 1))
+    configs = [RunConfig(strategy=s, seed=k, batch_size=16, **tiny) for s, k in runs]
+    session = Session(tmp_path)
+    assert session.trainers.capacity == 1
+    for c in configs:
+        assert session.run(c).kind == "done"
+        assert len(session.trainers) == 1  # the last run's
