@@ -130,7 +130,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.seed is not None:
         check_value("seed", args.seed, "--seed")
     g, arms, max_epochs = _arms(args)
-    g.check_manual_dirs(a.config.dataset for a in arms)
+    g.check_manual_dirs((a.config.dataset for a in arms), args.config)
     if args.min_epochs >= max_epochs:  # one rung of the whole grid: not halving at all
         raise grid_lib.GridError(
             f"--min-epochs {args.min_epochs:g} is not under the grid's {max_epochs} epochs; "

@@ -147,7 +147,7 @@ def _main(argv: Sequence[str] | None) -> int:
             f"BatchNorm), with a strategy that freezes blocks, only; no run of grid {g.name!r} "
             "here has both, so nothing is cached"
         )
-    g.check_manual_dirs(c.dataset for c in runs)
+    g.check_manual_dirs((c.dataset for c in runs), args.config)
     refuse_data_dir_for_demo(args.data_dir, {c.dataset for c in runs}, DEMO_OF_GRID)
     folder = g.dataset_options.get("folder", {}).get("manual_dir")
     if folder is not None and any(c.dataset == "folder" for c in runs):
@@ -677,7 +677,15 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
     import jax  # started by the Session: every device of the job
 
     devices = jax.device_count()
-    odd = sorted({c.batch_size for c in mine if c.batch_size % devices})
+    odd = [c for c in mine if c.batch_size % devices]
+    if odd and Path(args.out).is_dir():  # runs recorded before (on other devices) stay done
+        done = {
+            results.settings_hash(r["config"])
+            for r in results.load_records(args.out, damaged=[])
+            if results.record_path(args.out, r["config"]).is_file()
+        }
+        odd = [c for c in odd if results.settings_hash(c.to_dict()) not in done]
+    odd = sorted({c.batch_size for c in odd})
     if odd:  # each run was refused on its own, one line each, after its data loaded
         raise UserError(
             f"--config {args.config}: settings['batch_size'] {odd[0]} must be a multiple of "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from medft_jax import atomic
 from medft_jax.errors import UserError, naming_os_errors
 
 STALE_SECONDS = 600.0
@@ -50,6 +51,9 @@ def temporary(dest: Path) -> Path:
                 old.unlink()
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     os.close(fd)
+    # mkstemp's 0600 would follow the file into place: a shared data dir's other users
+    # could not read it. The mode open() gives a new file under the umask instead.
+    os.chmod(tmp, atomic.FILE_MODE)
     return Path(tmp)
 
 
@@ -84,7 +88,8 @@ def fetch(url: str, path: Path, *, algorithm: str, timeout: float, label: str) -
             raise DownloadError(
                 url, "the server answered with an HTML page, not the file", connected=True
             )
-        announced = int(headers.get("Content-Length") or 0) or None
+        length = str(headers.get("Content-Length") or "").strip()
+        announced = int(length) if length.isdigit() and int(length) > 0 else None
         got = 0
         with (
             naming_os_errors(path),  # the write's, and the close's flush

@@ -242,10 +242,17 @@ class Grid:
             if fixed:
                 raise GridError(f"{where} dataset_options[{dataset!r}]: {fixed}")
 
-    def check_manual_dirs(self, datasets: Iterable[str]) -> None:
+    def check_manual_dirs(self, datasets: Iterable[str], config: str | Path) -> None:
         """Refuses a ``manual_dir`` of ``datasets``' options that is no folder, and a
-        ``csv_file`` that is no file (before any run, a dry run's too). A relative folder is
-        from the folder the command runs in, a relative CSV from its ``manual_dir``."""
+        ``csv_file`` that is no file (before any run, a dry run's too), naming the grid
+        file ``config``. A relative folder is from the folder the command runs in, a
+        relative CSV from its ``manual_dir``."""
+        try:
+            self._check_paths(datasets)
+        except GridError as e:
+            raise GridError(f"--config {config}: {e}") from None
+
+    def _check_paths(self, datasets: Iterable[str]) -> None:
         for dataset in sorted(set(datasets)):
             options = self.dataset_options.get(dataset, {})
             folder = options.get("manual_dir")

@@ -700,8 +700,7 @@ def test_t1w_blank_slice_is_refused_not_decoded_black(tmp_path):
     with pytest.raises(t1w_mri.UnreadableMat) as err:
         t1w_mri.decode(path)
     assert str(err.value) == (
-        f"{path}: cjdata/image holds one value (1500) everywhere, a blank or damaged slice; "
-        "--skip-bad-images skips it"
+        f"{path}: cjdata/image holds one value (1500) everywhere, a blank or damaged slice"
     )
     fakes.write_mat(path, np.array([[0, 1500], [3000, 1500]], np.int16), 1, "7")
     # Min-max scaled, as MATLAB shows it (write_mat stores it column-major, as MATLAB does).

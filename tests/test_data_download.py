@@ -214,3 +214,17 @@ def test_a_killed_downloads_temporary_file_is_removed_by_the_next(tmp_path, monk
     os.utime(other, (stale, stale))
     tmp = download.temporary(dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, tmp.name])
+    # Readable as a file open() makes (mkstemp's 0600 followed it into a shared data dir).
+    from medft_jax.atomic import FILE_MODE
+
+    assert tmp.stat().st_mode & 0o777 == FILE_MODE
+
+
+def test_a_malformed_content_length_is_no_traceback(tmp_path, monkeypatch):
+    """``Content-Length: 5000, 5000`` (http.client accepts it) was a ValueError traceback:
+    the length is not trusted, and the file's hash decides."""
+    served = _Served(b"x" * 10, {"Content-Length": "5000, 5000"})
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: served)
+    with pytest.raises(DataError, match=r"breastmnist\.npz.*: MD5 [0-9a-f]{32} does not match"):
+        mm.download("breastmnist", 28, tmp_path)
+    assert list(tmp_path.iterdir()) == []

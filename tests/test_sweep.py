@@ -219,7 +219,8 @@ def test_a_grid_folder_dataset_without_its_folder_stops_the_dry_run(tmp_path, ca
     )
     assert sweep_cli.main(["--config", str(config), "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith(
-        "error: grid 'f': dataset_options['folder']['manual_dir'] no/such/imgs: no such folder "
+        f"error: --config {config}: grid 'f': dataset_options['folder']['manual_dir'] "
+        "no/such/imgs: no such folder "
         "(a relative path is from where the command runs, "
     )
 
@@ -236,7 +237,8 @@ def test_a_grid_folder_or_csv_dataset_without_its_paths_stops_the_dry_run(tmp_pa
     )
     assert sweep_cli.main(["--config", str(config), "--dry-run"]) == 2
     assert capsys.readouterr().err == (
-        "error: grid 'c': dataset csv needs dataset_options['csv']['csv_file']\n"
+        f"error: --config {config}: grid 'c': dataset csv needs "
+        "dataset_options['csv']['csv_file']\n"
     )
     # A CSV that is not there: named as the grid's field (it was "dataset csv: CSV file
     # not found", naming neither).
@@ -244,7 +246,8 @@ def test_a_grid_folder_or_csv_dataset_without_its_paths_stops_the_dry_run(tmp_pa
     config.write_text(text)
     assert sweep_cli.main(["--config", str(config), "--dry-run"]) == 2
     assert capsys.readouterr().err == (
-        "error: grid 'c': dataset_options['csv']['csv_file'] labels.csv: no such file, "
+        f"error: --config {config}: grid 'c': dataset_options['csv']['csv_file'] labels.csv: "
+        "no such file, "
         f"expected the labels CSV (a relative path is from its manual_dir, {tmp_path})\n"
     )
 
@@ -1842,6 +1845,7 @@ def test_dry_run_calls_a_paper_task_record_of_another_val_fraction_changed(tmp_p
     assert states(configs["0.3"]) == ["changed"]
 
 
+@pytest.mark.slow  # two tiny runs
 def test_a_batch_not_dealt_evenly_over_the_devices_stops_the_sweep_once(
     tmp_path, capsys, monkeypatch
 ):
@@ -1850,11 +1854,17 @@ def test_a_batch_not_dealt_evenly_over_the_devices_stops_the_sweep_once(
     import jax
 
     config = _grid_file(tmp_path, "g", strategies=("lp", "ft"), lrs=(1e-3,), seeds=(0,), epochs=1)
-    monkeypatch.setattr(jax, "device_count", lambda *a: 3)  # 32 images a batch over 3
     out = tmp_path / "runs"
+    real = jax.device_count
+    monkeypatch.setattr(jax, "device_count", lambda *a: 3)  # 32 images a batch over 3
     assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: --config {config}: settings['batch_size'] 32 must be a multiple of the 3 "
         "devices this job trains on"
     )
     assert not out.exists()
+    # A grid finished before (on one device) is done, not refused, on 3.
+    monkeypatch.setattr(jax, "device_count", real)
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 0
+    monkeypatch.setattr(jax, "device_count", lambda *a: 3)
+    assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 0

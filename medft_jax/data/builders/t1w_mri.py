@@ -117,7 +117,7 @@ def decode(path: Path) -> Image.Image:
     if image.min() == image.max():  # min-max scaling has no range: it was all black
         raise UnreadableMat(
             f"{path}: cjdata/image holds one value ({image.flat[0]}) everywhere, a blank or "
-            "damaged slice; --skip-bad-images skips it"
+            "damaged slice"
         )
     return Image.fromarray(minmax_to_uint8(image), mode="L")
 
