@@ -56,7 +56,8 @@ ranks AUROC and mAP, validation's included (early stopping, the LR choice), by f
 log-probabilities made from the logits, where float32 probabilities rounded to 1.0 past
 a logit margin of 16.6 and tied every confident example; version 6 (2026-12-07) adds a
 bf16 run's BatchNorm affine step and its conv and VGG-19 hidden-layer biases in float32,
-whose gradients (sums over the batch's pixels) bfloat16 had summed up to 90% wrong.
+whose gradients (sums over the batch's pixels) bfloat16 had summed up to 90% wrong, and
+averages DenseNet-121's transition pools and VGG-19's adaptive pool in float32.
 
 A change may alter the runs of some precisions only (:data:`NUMERICS_CHANGES`): a run
 records :func:`numerics_version` of its precision, so a float32 run kept its version 3

@@ -104,7 +104,8 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
             "give larger images (a run's --image-size is at least 32)"
         )
     x = x[:, : h - h % 2, : w - w % 2, :]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4), dtype=x.dtype)
+    # jnp.mean sums in float32 whatever the compute dtype, then rounds once.
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 class Features(nn.Module):

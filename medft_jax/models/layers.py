@@ -126,6 +126,7 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        xf = x.astype(jnp.float32)  # one conversion: the statistics' and the affine step's
         if use_batch_stats:
             if x.size == c and not self.is_initializing():
                 # One value per channel (batch 1 at a 1x1 map): the batch variance is 0 and
@@ -136,7 +137,6 @@ class BatchNorm(nn.Module):
                     "image; use a larger --batch-size or --image-size"
                 )
             axes = tuple(range(x.ndim - 1))
-            xf = x.astype(jnp.float32)
             mean = jnp.mean(xf, axes)
             var = jnp.mean(jnp.square(xf - mean), axes)
             if not self.is_initializing():
@@ -151,7 +151,7 @@ class BatchNorm(nn.Module):
         # In float32, then rounded once: the gradients of scale and bias are sums over every
         # pixel of the batch, which in bfloat16 came out 15-33% wrong (Flax's BatchNorm and
         # torch's AMP sum them in float32 too). A no-op under float32 compute.
-        return (x.astype(jnp.float32) * mul + shift).astype(self.dtype)
+        return (xf * mul + shift).astype(self.dtype)
 
 
 class Conv(nn.Module):
@@ -257,6 +257,6 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
     oh, ow = output_size
     if (h, w) == (oh, ow):
         return x
-    ph = jnp.asarray(_adaptive_matrix(h, oh), x.dtype)
-    pw = jnp.asarray(_adaptive_matrix(w, ow), x.dtype)
-    return jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw)
+    # In float32 (a no-op there): in bfloat16 the weights rounded (1/3 to 0.33398).
+    ph, pw = jnp.asarray(_adaptive_matrix(h, oh)), jnp.asarray(_adaptive_matrix(w, ow))
+    return jnp.einsum("ih,bhwc,jw->bijc", ph, x.astype(jnp.float32), pw).astype(x.dtype)
