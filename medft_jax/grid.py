@@ -250,7 +250,7 @@ class Grid:
         try:
             self._check_paths(datasets)
         except GridError as e:
-            raise GridError(f"--config {config}: {e}") from None
+            raise GridError(_naming(Path(config), e)) from None
 
     def _check_paths(self, datasets: Iterable[str]) -> None:
         for dataset in sorted(set(datasets)):
