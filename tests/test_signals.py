@@ -241,12 +241,14 @@ def test_a_stop_whose_exception_a_gc_callback_swallowed_stops_at_the_next_image(
 _WAITS_IN_EPOCH_1 = """
 import sys, time
 from experiments.run import main
-from medft_jax import fit
+from medft_jax import errors, fit
 real = fit._train_epoch
 def train_epoch(run, epoch, **kw):
     if epoch == 1:
         print("in epoch 1", flush=True)
-        time.sleep(300)
+        for _ in range(300):  # as a training step would, it heeds a signal a gc callback
+            time.sleep(1)     # swallowed (under load, one landed there: slept out 300 s)
+            errors.raise_if_stopped()
     return real(run, epoch, **kw)
 fit._train_epoch = train_epoch
 sys.exit(main(sys.argv[1:]))
