@@ -364,6 +364,24 @@ def test_ctrl_c_names_the_run_and_that_rerunning_resumes_it(
     )
 
 
+def _signal_at_steps(monkeypatch, signum: int) -> tuple[list[int], list[int]]:
+    """Patches the train step to count its calls (``steps``) and to send this process
+    ``signum`` during each step whose number (from 1) is in ``kill_at``; both lists are
+    returned for the test to read and fill. The rest of such a step is deferred."""
+    from medft_jax.train import Trainer
+
+    real, steps, kill_at = Trainer.train_step, [], []
+
+    def train_step(self, *args, **kw):
+        steps.append(len(steps))
+        if len(steps) in kill_at:
+            os.kill(os.getpid(), signum)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    return steps, kill_at
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_a_signal_mid_epoch_saves_where_the_epoch_stands_and_the_rerun_ends_the_same(
@@ -373,7 +391,6 @@ def test_a_signal_mid_epoch_saves_where_the_epoch_stands_and_the_rerun_ends_the_
     longer than the job's time limit began again at every resume and never finished. The
     run stops between steps, saves there, and the same command ends as an uninterrupted
     run does."""
-    import os
     import signal
 
     from medft_jax.train import Trainer
@@ -381,15 +398,8 @@ def test_a_signal_mid_epoch_saves_where_the_epoch_stands_and_the_rerun_ends_the_
     out = tmp_path / "runs"
     argv = ["--strategy", "g_lf", "--arch", TINY, "--weights", str(ported_tiny), "--epochs"]
     argv += ["3", "--image-size", "32", "--batch-size", "16", "--no-progress", "--out"]
-    real, steps, kill_at = Trainer.train_step, [], []
-
-    def train_step(self, *args, **kw):
-        steps.append(len(steps))
-        if len(steps) in kill_at:  # the rest of the step is deferred
-            os.kill(os.getpid(), getattr(signal, signum))
-        return real(self, *args, **kw)
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
+    real = Trainer.train_step
+    steps, kill_at = _signal_at_steps(monkeypatch, getattr(signal, signum))
     assert main([*argv, str(tmp_path / "whole")]) == 0
     whole = json.loads(next((tmp_path / "whole").glob("*/record.json")).read_text())
     spe = len(steps) // 3
@@ -426,7 +436,6 @@ def test_a_signal_in_an_epochs_last_step_resumes_to_the_uninterrupted_record(
     """A SIGTERM during an epoch's last step saved the epoch unvalidated at its end's step;
     the rerun validated it and, a checkpoint due, saved that step again: orbax's
     StepAlreadyExistsError, a traceback at every rerun, the run never finished."""
-    import os
     import signal
 
     from medft_jax.train import Trainer
@@ -434,15 +443,8 @@ def test_a_signal_in_an_epochs_last_step_resumes_to_the_uninterrupted_record(
     monkeypatch.setenv("MEDFT_JAX_CHECKPOINT_SECONDS", "0")  # a checkpoint after every epoch
     argv = ["--strategy", "lp", "--arch", TINY, "--weights", str(ported_tiny), "--epochs"]
     argv += ["3", "--image-size", "32", "--batch-size", "16", "--no-progress", "--out"]
-    real, steps, kill_at = Trainer.train_step, [], []
-
-    def train_step(self, *args, **kw):
-        steps.append(len(steps))
-        if len(steps) in kill_at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(self, *args, **kw)
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
+    real = Trainer.train_step
+    steps, kill_at = _signal_at_steps(monkeypatch, signal.SIGTERM)
     assert main([*argv, str(tmp_path / "whole")]) == 0
     whole = json.loads(next((tmp_path / "whole").glob("*/record.json")).read_text())
     spe = len(steps) // 3
