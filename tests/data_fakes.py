@@ -196,7 +196,7 @@ def make_bach(root: Path, per_class: int = 10, ground_truth: bool = False) -> di
 
 def make_isic2020(root: Path, n_patients: int = 20, per_patient: int = 2) -> dict:
     """``train.csv`` + ``jpeg/train/*.jpg`` + the duplicate list (2 pairs).
-    Patients 0 and 1 are malignant (every image), the rest benign."""
+    Patients 0 to 3 are malignant (every image), the rest benign."""
     rows, truth = [], {}
     n = 0
     for p in range(n_patients):

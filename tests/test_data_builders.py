@@ -343,6 +343,21 @@ def test_mura_study_listed_twice_with_two_labels_is_refused(tmp_path):
     )
 
 
+def test_mura_image_line_pasted_twice_is_refused_naming_both_lines(tmp_path):
+    """It was refused as one example in two places, named by the split a carve put it in
+    ("split 'val'"), not by the listing and its lines."""
+    fakes.make_mura(tmp_path, ("XR_WRIST",))
+    path = tmp_path / "MURA-v1.1" / "train_image_paths.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(DataError) as e:
+        _parse("mura_wrist", tmp_path)
+    assert str(e.value) == (
+        f"{path}:{len(lines) + 1}: image {lines[1]!r} is listed again (first on line 2); "
+        "expected each image once (a line pasted twice?)"
+    )
+
+
 def test_mura_label_that_contradicts_its_study_folder_is_refused(tmp_path):
     """``study1_negative`` labelled 1 in the CSV: all its images trained as abnormal, without
     a word (the release's folder names state each study's label)."""
@@ -850,6 +865,66 @@ def test_isic_train_csv_cleared_of_duplicates_beside_their_images_is_checked_as_
     )
     with pytest.raises(DataError, match=r"drops 2 of the official train\.csv's 33,126 images"):
         _parse("isic2020", tmp_path)
+
+
+@pytest.mark.slow
+def test_isic_duplicate_list_dropping_more_than_the_challenges_is_refused(tmp_path):
+    """Beside the official train.csv a list dropping more than its 425 (lines added)
+    passed: 32,696 images, a 6,540-image test set, without a word."""
+    from medft_jax.data.builders.isic2020 import refuse_partial_duplicates
+
+    path = tmp_path / "list.csv"
+    with pytest.raises(DataError) as err:
+        refuse_partial_duplicates(path, 33_126, 430)
+    assert str(err.value) == (
+        f"{path}: drops 430 of the official train.csv's 33,126 images as duplicates, 5 more "
+        "than the challenge's list (425); expected its 32,701 images kept (lines added? a "
+        "pair written both ways drops both twins)"
+    )
+    refuse_partial_duplicates(path, 33_126, 425)  # the whole list
+    refuse_partial_duplicates(path, 20, 430)  # another train.csv: not counted
+
+
+def test_isic_duplicate_pair_written_both_ways_is_refused_naming_both_lines(tmp_path):
+    """A,B and B,A dropped both twins: the lesion gone from the data, any train.csv."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    path = tmp_path / "ISIC_2020_Training_Duplicates.csv"
+    lines = path.read_text().splitlines()
+    kept, dropped = lines[1].split(",")
+    path.write_text("\n".join([*lines, f"{dropped},{kept}"]) + "\n")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{path}:{len(lines) + 1}: the pair {dropped},{kept} is line 2's written the other "
+        "way; expected each pair once, its first image kept (both ways drop both twins)"
+    )
+
+
+def test_isic_train_csv_row_pasted_twice_is_refused_naming_both_lines(tmp_path):
+    fakes.make_isic2020(tmp_path, 10, 2)
+    path = tmp_path / "train.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, lines[3]]) + "\n")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{path}:{len(lines) + 1}: image_name 'ISIC_0000003' is listed again (first on line "
+        "4); expected each image_name once (a line pasted twice?)"
+    )
+
+
+def test_isic_images_in_the_site_s_train_folder_are_named_with_where_to_move_them(tmp_path):
+    """Every image was "missing (a partly downloaded or moved copy?)": the ISIC site's
+    train/ folder beside train.csv, Kaggle's jpeg/train/ expected."""
+    fakes.make_isic2020(tmp_path, 10, 2)
+    (tmp_path / "jpeg" / "train").rename(tmp_path / "train")
+    with pytest.raises(DataError) as err:
+        _parse("isic2020", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'jpeg' / 'train'} not found, but {tmp_path / 'train'} holds images; "
+        "expected the images in jpeg/train/ (Kaggle's layout): move the ISIC site's train/ "
+        "folder there"
+    )
 
 
 def test_isic_subset_train_csv_without_a_listed_duplicate_is_accepted(tmp_path):

@@ -126,6 +126,22 @@ def read_csv(
     return rows
 
 
+def refuse_listed_again(first: dict[str, int], key: str, path: Path, line: int, what: str) -> None:
+    """Record ``key`` (a listing's ``what``: an image) at ``line`` of ``path`` in ``first``;
+    refuse it listed before, naming both lines.
+
+    Why here, in the listing: the same row pasted twice is otherwise caught only as one
+    example in two places, named by the split a carve put it in, not by the file and the
+    lines the user can mend.
+    """
+    before = first.setdefault(key, line)
+    if before != line:
+        raise DataError(
+            f"{path}:{line}: {what} {key!r} is listed again (first on line {before}); "
+            f"expected each {what} once (a line pasted twice?)"
+        )
+
+
 def _header(
     path: Path,
     fields: list[str],

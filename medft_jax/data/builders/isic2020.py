@@ -40,6 +40,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import safe_join
-from medft_jax.data.table import Row, read_csv
+from medft_jax.data.table import Row, read_csv, refuse_listed_again
 
 CLASS_NAMES = ("benign", "malignant")
 HEADER = [
@@ -72,7 +73,10 @@ SPLIT_BY = ("patient", "image")
 
 def read_duplicates(manual_dir: Path) -> dict[str, int]:
     """``{image_name_2: its line}`` of the challenge's duplicate list (the first line
-    naming it): the line is what a name ``train.csv`` lacks is reported by."""
+    naming it): the line is what a name ``train.csv`` lacks is reported by.
+
+    A pair written both ways (``A,B`` and ``B,A``) is refused naming both lines: it drops
+    both twins, the lesion gone from the data without a word."""
     path = manual_dir / DUPLICATES
     if not path.is_file():
         raise DataError(
@@ -80,8 +84,18 @@ def read_duplicates(manual_dir: Path) -> dict[str, int]:
             "is needed to drop the 425 duplicate images"
         )
     names: dict[str, int] = {}
+    pairs: dict[tuple[str, str], int] = {}
     for row in read_csv(path, ["image_name_1", "image_name_2"]):
-        names.setdefault(row["image_name_2"].strip(), row.line)
+        kept, dropped = row["image_name_1"].strip(), row["image_name_2"].strip()
+        reversed_at = pairs.get((dropped, kept))
+        if reversed_at is not None:
+            raise DataError(
+                f"{path}:{row.line}: the pair {kept},{dropped} is line {reversed_at}'s written "
+                "the other way; expected each pair once, its first image kept (both ways "
+                "drop both twins)"
+            )
+        pairs.setdefault((kept, dropped), row.line)
+        names.setdefault(dropped, row.line)
     return names
 
 
@@ -110,16 +124,26 @@ def refuse_unmatched_duplicates(
 
 
 def refuse_partial_duplicates(path: Path, listed: int, dropped: int) -> None:
-    """Refuse a partial duplicate list beside the official ``train.csv``, saying how much.
+    """Refuse a partial or padded duplicate list beside the official ``train.csv``, saying
+    how much.
 
     ``listed``: the images ``train.csv`` lists; ``dropped``: those the list drops. With
     the challenge's 33,126 images the list must drop its 425: a list cut short would
-    leave duplicates in (one lesion in training and test), and the paper's 32,701 out
-    of reach, without a word. Another ``train.csv`` (a subset, the tests' small fakes)
-    is not checked: nothing says how many of its images are duplicates.
+    leave duplicates in (one lesion in training and test), one with lines added (another
+    release's, a pair written both ways: both twins gone) would drop kept images, and
+    either put the paper's 32,701 out of reach, without a word. Another ``train.csv`` (a
+    subset, the tests' small fakes) is not checked: nothing says how many of its images
+    are duplicates.
     """
-    if listed != OFFICIAL_IMAGES or dropped >= OFFICIAL_DUPLICATES:
+    if listed != OFFICIAL_IMAGES or dropped == OFFICIAL_DUPLICATES:
         return
+    if dropped > OFFICIAL_DUPLICATES:
+        raise DataError(
+            f"{path}: drops {dropped} of the official train.csv's {OFFICIAL_IMAGES:,} images "
+            f"as duplicates, {dropped - OFFICIAL_DUPLICATES} more than the challenge's list "
+            f"({OFFICIAL_DUPLICATES}); expected its {OFFICIAL_IMAGES - OFFICIAL_DUPLICATES:,} "
+            "images kept (lines added? a pair written both ways drops both twins)"
+        )
     raise DataError(
         f"{path}: drops {dropped} of the official train.csv's {OFFICIAL_IMAGES:,} images as "
         f"duplicates, the challenge's list {OFFICIAL_DUPLICATES}: missing "
@@ -237,6 +261,22 @@ def site_download_hint(manual_dir: Path) -> str:
     )
 
 
+def refuse_site_folder(manual_dir: Path) -> None:
+    """Refuse a copy whose images sit in the ISIC site's ``train/`` folder, not in
+    ``jpeg/train/``, saying to move them: "38 of the 38 listed images do not exist (a
+    partly downloaded copy?)" sends the user after another download."""
+    site = manual_dir / "train"
+    if (manual_dir / "jpeg" / "train").is_dir() or not site.is_dir():
+        return
+    with os.scandir(site) as entries:
+        if not any(e.name.lower().endswith(IMAGE_SUFFIXES) for e in entries):
+            return
+    raise DataError(
+        f"{manual_dir / 'jpeg' / 'train'} not found, but {site} holds images; expected the "
+        "images in jpeg/train/ (Kaggle's layout): move the ISIC site's train/ folder there"
+    )
+
+
 def refuse_renamed_image(path: Path, where: str) -> None:
     """Refuse a listed ``<name>.jpg`` that is missing while ``<name>.JPG`` (or ``.jpeg``)
     is there, naming it: "1 of the 38 listed images do not exist" alone would send the
@@ -256,7 +296,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg")
 """The image files of ``jpeg/train/`` (any case) that ``train.csv`` must list."""
 
 
-def refuse_unlisted_images(folder: Path, names: set[str], duplicates: dict[str, int]) -> set[str]:
+def refuse_unlisted_images(
+    folder: Path, names: AbstractSet[str], duplicates: dict[str, int]
+) -> set[str]:
     """Refuse an image in ``jpeg/train/`` that ``train.csv`` does not list, naming the first
     and counting them; a duplicate list's ``image_name_2`` (dropped anyway) may be unlisted.
 
@@ -295,13 +337,14 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
     csv_path = manual_dir / "train.csv"
     if not csv_path.is_file():
         raise DataError(f"{csv_path} not found{site_download_hint(manual_dir)}; expected {LAYOUT}")
+    refuse_site_folder(manual_dir)
     duplicates = read_duplicates(manual_dir)
-    examples, listed, dropped, names = [], 0, set(), set()
+    examples, listed, dropped, names = [], 0, set(), {}
     for row in read_csv(csv_path, ["image_name", "patient_id", "target"], HEADER):
         where = f"{csv_path}:{row.line}"
         name = row["image_name"].strip()
+        refuse_listed_again(names, name, csv_path, row.line, "image_name")
         listed += 1
-        names.add(name)
         if name in duplicates:
             dropped.add(name)
             continue
@@ -311,7 +354,7 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         patient = read_patient(row, where)
         examples.append(Example(path, read_target(row, where), rel, patient=patient))
     # A train.csv cleared of the duplicates, beside the download's images: still the release.
-    cleared = refuse_unlisted_images(manual_dir / "jpeg" / "train", names, duplicates)
+    cleared = refuse_unlisted_images(manual_dir / "jpeg" / "train", names.keys(), duplicates)
     listed += len(cleared)
     dropped |= cleared
     refuse_unmatched_duplicates(manual_dir / DUPLICATES, duplicates, listed, dropped)

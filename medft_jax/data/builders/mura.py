@@ -25,7 +25,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.images import IMAGE_SUFFIXES
 from medft_jax.data.paths import listed_path, safe_join
-from medft_jax.data.table import read_text
+from medft_jax.data.table import read_text, refuse_listed_again
 
 CLASS_NAMES = ("normal", "abnormal")
 BODY_PARTS = {"shoulder": "XR_SHOULDER", "wrist": "XR_WRIST", "humerus": "XR_HUMERUS"}
@@ -104,7 +104,7 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
     """The images of body part ``part`` in ``split`` with their study labels."""
     studies = read_studies(folder / f"{split}_labeled_studies.csv")
     paths_csv = folder / f"{split}_image_paths.csv"
-    examples = []
+    examples, first = [], {}
     for k, (n, line) in enumerate(_lines(paths_csv)):
         rel = _fields(line)[-1]  # the path: after an index column, without quotes
         if "/" not in rel or "\\" in rel:  # the release writes '/' only: a mixed line's
@@ -113,6 +113,7 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
             _refuse_not_a_path(f"{paths_csv}:{n}", rel, split, part)
         where = f"{paths_csv}:{n}"
         rel = listed_path(rel, source=where)
+        refuse_listed_again(first, rel, paths_csv, n, "image")
         parts = rel.split("/")
         if part not in parts:
             continue
