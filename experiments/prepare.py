@@ -29,7 +29,7 @@ from experiments.common import (
     refuse_unused,
 )
 from medft_jax.config import RunConfig, check_value
-from medft_jax.data.cache import skipped_counts
+from medft_jax.data.cache import skipped_counts, skipped_note
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
 from medft_jax.names import ARCHS, DEMO, TEST_ARCHS, dataset_name_error, dataset_names
 
@@ -138,6 +138,9 @@ def _main(argv: Sequence[str] | None) -> int:
         unit = ds.eval_grouping
         counts += f" images (metrics per {unit}: val {per['val']}, test {per['test']})"
     n_skipped = sum(skipped_counts(ds.metadata).values())
+    note = skipped_note(ds.metadata)
+    if note:
+        print(note, file=sys.stderr)
     print(
         f"{args.dataset}: {counts}; {ds.num_classes} classes; images {ds.image_shape}; "
         f"skipped bad images: {n_skipped}"

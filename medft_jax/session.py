@@ -19,6 +19,7 @@ The command lines only print outcomes.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from medft_jax import fit, results
 from medft_jax.checkpoints.run import ResumeError
 from medft_jax.config import RunConfig
 from medft_jax.data import DataError
+from medft_jax.data.cache import skipped_note
 from medft_jax.data.errors import BatchTooLarge
 from medft_jax.data.options import task_options
 from medft_jax.errors import UserError
@@ -168,6 +170,10 @@ class Session:
             except DataError as e:
                 self._unavailable[key] = e
                 raise
+            note = skipped_note(self._datasets[key].metadata)  # named once, as prepare does
+            if note is not None and note not in self.said and self.main_process:
+                self.said.add(note)
+                print(note, file=sys.stderr, flush=True)
         return self._datasets[key]
 
     def identify(self, config: RunConfig) -> RunConfig:

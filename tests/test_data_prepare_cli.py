@@ -209,7 +209,11 @@ def test_a_truncated_t1w_mat_is_named_or_skipped_and_counted(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot read {bad} as MATLAB v7.3 (HDF5)")
     assert main([*argv, "--skip-bad-images"]) == 0
-    assert capsys.readouterr().out.strip().endswith("; skipped bad images: 1")
+    cap = capsys.readouterr()
+    assert cap.out.strip().endswith("; skipped bad images: 1")
+    assert cap.err.strip().splitlines()[-1] == (  # named, not only counted
+        "note: --skip-bad-images skipped 1 bad image(s): brainTumorDataPublic_1-766/3.mat (train)"
+    )
     ds = load("t1w_mri", data_dir=out, resize_size=36, crop_size=32, progress=False)
     assert skipped_counts(ds.metadata) == {"train": 1}
     assert ds.metadata["skipped_bad_images"]["train"] == ["brainTumorDataPublic_1-766/3.mat"]
@@ -244,3 +248,20 @@ def test_a_task_whose_test_split_lacks_a_class_is_refused_before_anything_is_wri
     assert "is your copy of its data complete?" in err[0]
     out = tmp_path / "out"
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_skipped_note_names_each_split_s_images_and_counts_past_the_limit():
+    """prepare only counted the images --skip-bad-images left out: five of one class
+    looked like five anywhere, and the names sat in the cache's metadata alone."""
+    from medft_jax.data.cache import skipped_note
+
+    meta = {"skipped_bad_images": {"train": ["a/1.png", "a/2.png"], "test": ["b/3.png"]}}
+    assert skipped_note(meta) == (
+        "note: --skip-bad-images skipped 3 bad image(s): a/1.png (train), a/2.png (train), "
+        "b/3.png (test)"
+    )
+    assert skipped_note(meta, limit=1) == (
+        "note: --skip-bad-images skipped 3 bad image(s): a/1.png (train) and 2 more"
+    )
+    assert skipped_note({"skipped_bad_images": {"train": []}}) is None
+    assert skipped_note({}) is None

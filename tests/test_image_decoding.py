@@ -468,19 +468,30 @@ def test_a_pgm_of_12_bits_is_read_by_its_maxval_whatever_bits_are_declared(tmp_p
 
 def test_a_file_pillow_cannot_open_names_the_plugins_reason(tmp_path):
     """Pillow's "cannot identify image file" named no reason: a sound 12-bit JPEG read as a
-    damaged file, and the user could not tell which."""
+    damaged file, and the user could not tell which. It is refused, never skipped by
+    --skip-bad-images as damaged: every file of its kind would be (one class's, one
+    scanner's), the data silently shrunk."""
     path = tmp_path / "x.jpg"
     Image.new("L", (8, 8)).save(path)
     data = bytearray(path.read_bytes())
     start = data.index(b"\xff\xc0")  # baseline SOF0 -> extended SOF1 of 12-bit samples
     data[start + 1], data[start + 4] = 0xC1, 12
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError) as e:
+    with pytest.raises(NotABadFile) as e:
         open_image(path)
     assert str(e.value) == (
-        f"corrupt or unreadable image {path}: Pillow cannot open it (JPEG: cannot handle "
-        "12-bit layers)"
+        f"{path}: an image of a kind Pillow does not decode (Pillow cannot open it (JPEG: "
+        "cannot handle 12-bit layers)), not skipped as a damaged file; convert it (e.g. to "
+        "16-bit PNG) or move it out of the folder"
     )
+    f64 = tmp_path / "f64.tif"  # a float64 TIFF: sound, no Pillow mode for it
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(f64)
+    tiff = bytearray(f64.read_bytes())
+    bps = tiff.index(bytes([0x02, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 32]))
+    tiff[bps + 8] = 64  # BitsPerSample 32 -> 64, the strips left as they are
+    f64.write_bytes(bytes(tiff))
+    with pytest.raises(NotABadFile, match=r"f64\.tif: an image of a kind .*unknown pixel mode"):
+        open_image(f64)
     junk = tmp_path / "y.png"
     junk.write_bytes(b"no image here" * 4)
     with pytest.raises(DataError, match=r"y\.png: cannot identify image file"):
@@ -1190,6 +1201,29 @@ def test_dicom_errors_of_a_cut_or_headerless_file_say_so(tmp_path):
     assert str(e.value).endswith(
         "): another kind of file, one cut short, or a raw dataset without the DICOM file "
         "header, which is not read"
+    )
+    assert not isinstance(e.value, NotABadFile)  # damaged: --skip-bad-images skips it
+
+
+def test_dicom_dataset_without_the_file_header_is_refused_not_skipped_as_damaged(tmp_path):
+    """A raw dataset (no preamble, DICM or file meta; older tools write them) was "not a
+    DICOM file", skippable by --skip-bad-images: every file of that tool's dropped."""
+    pydicom = pytest.importorskip("pydicom")
+    ds = pydicom.Dataset()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 8, 8, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = np.arange(64, dtype=np.uint16).tobytes()
+    raw = tmp_path / "raw.dcm"
+    ds.save_as(raw, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert raw.read_bytes()[128:132] != b"DICM"
+    with pytest.raises(NotABadFile) as e:
+        open_image(raw)
+    assert str(e.value) == (
+        f"{raw}: a DICOM dataset without the DICOM file header (preamble, DICM, file meta), "
+        "not skipped as a damaged file: its transfer syntax, and so its pixels' byte order "
+        "and encoding, is unstated; write it with the header (e.g. pydicom's save_as(..., "
+        "enforce_file_format=True))"
     )
 
 
@@ -2121,3 +2155,24 @@ def test_dicom_intercept_alone_inverse_shape_and_a_zero_slope(tmp_path):
     flat = _write_dicom(tmp_path / "d.dcm", stored, rescale=(0, 5))
     with pytest.raises(DataError, match=r"d\.dcm: DICOM RescaleSlope 0 would map every pixel"):
         open_image(flat)
+
+
+def test_a_16_bit_colour_ppm_reads_as_its_png_and_pgm_twins_by_the_high_byte(tmp_path):
+    """Pillow rounds a binary PPM's 9-16-bit colour straight to 8 bits (v * 255 / maxval):
+    one picture saved as PPM and as 16-bit PNG was a grey level apart in about a quarter
+    of its samples, and a 12-bit grey picture as PPM unlike its PGM twin."""
+
+    def netpbm(path: Path, magic: str, values: np.ndarray, maxval: int) -> Path:
+        h, w = values.shape[:2]
+        path.write_bytes(f"{magic}\n{w} {h}\n{maxval}\n".encode() + values.astype(">u2").tobytes())
+        return path
+
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 65536, (6, 7, 3), dtype=np.uint16)
+    got = np.asarray(open_image(netpbm(tmp_path / "a.ppm", "P6", v, 65535)))
+    assert np.array_equal(got, (v >> 8).astype(np.uint8))  # as a 16-bit colour PNG reads
+    assert not np.array_equal(got, np.rint(v * 255 / 65535).astype(np.uint8))  # Pillow's
+    grey = rng.integers(0, 4096, (6, 7), dtype=np.uint16)
+    pgm = np.asarray(open_image(netpbm(tmp_path / "g.pgm", "P5", grey, 4095)))
+    ppm = np.asarray(open_image(netpbm(tmp_path / "g.ppm", "P6", np.stack([grey] * 3, -1), 4095)))
+    assert all(np.array_equal(ppm[..., c], pgm) for c in range(3))

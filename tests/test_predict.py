@@ -348,7 +348,7 @@ def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys
     )
     config = SimpleNamespace(arch="resnet_tiny", image_size=32, precision="fp32")
     run = SimpleNamespace(config=config, ds=ds, spec=get_arch("resnet_tiny"))
-    assert fit._best_metadata(run, "r")["decoding_version"] == DECODING_VERSION == 10
+    assert fit._best_metadata(run, "r")["decoding_version"] == DECODING_VERSION == 11
     assert "decoding_version" in PREDICTION_KEYS
     Image.new("L", (40, 40)).save(tmp_path / "a.png")
     base = {"resize_size": 32, "crop_size": 32, "source": "run r"}

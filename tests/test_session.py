@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -170,11 +171,31 @@ def test_options_given_under_another_spelling_of_the_dataset_reach_its_loader(
     from medft_jax.config import RunConfig
 
     given = []
-    monkeypatch.setattr(fit, "load_dataset", lambda config, data_dir, **kw: given.append(kw))
+
+    def load(config, data_dir, **kw):
+        given.append(kw)
+        return types.SimpleNamespace(metadata={})
+
+    monkeypatch.setattr(fit, "load_dataset", load)
     options = {"medmnist/breastmnist@28": {"progress": False}}
     session = Session(tmp_path, dataset_options=options)
     session.dataset(RunConfig("ft", dataset="medmnist/breastmnist@28"))
     assert given == [{"progress": False, "batch_size": 64}]  # refused before decoding if over
+
+
+def test_a_session_names_the_images_skip_bad_images_left_out_once(tmp_path, monkeypatch, capsys):
+    """A run on a folder only counted them ("skipped bad images: 5"): whether all five were
+    one class's, and which files, was in the cache's metadata alone."""
+    skipped = {"skipped_bad_images": {"train": ["a/d3.tif"], "val": ["a/d2.tif"]}}
+    monkeypatch.setattr(
+        fit, "load_dataset", lambda config, data_dir, **kw: types.SimpleNamespace(metadata=skipped)
+    )
+    session = Session(tmp_path)
+    for data_seed in (0, 1):  # two loads, one note
+        session.dataset(RunConfig("ft", dataset="folder", data_seed=data_seed))
+    assert capsys.readouterr().err == (
+        "note: --skip-bad-images skipped 2 bad image(s): a/d3.tif (train), a/d2.tif (val)\n"
+    )
 
 
 @pytest.mark.slow  # three runs

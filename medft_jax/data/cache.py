@@ -371,6 +371,31 @@ def skipped_counts(meta: dict[str, Any]) -> dict[str, int]:
     return {k: len(v) for k, v in skipped.items() if v} if isinstance(skipped, dict) else {}
 
 
+def skipped_note(meta: dict[str, Any], limit: int = 10) -> str | None:
+    """One ``note:`` line naming the images a cache skipped as bad (``--skip-bad-images``),
+    each with its split, the first ``limit`` named and the rest counted; None for none.
+
+    Why name them: a count alone ("skipped bad images: 5") hides that all five were one
+    class's, and the user cannot look at the files; every name stays in the cache's
+    metadata (``skipped_bad_images``)."""
+    skipped = meta.get("skipped_bad_images") or {}
+    if not isinstance(skipped, dict):
+        return None
+    named = [
+        f"{name} ({split})"
+        for split, names in skipped.items()
+        if isinstance(names, list)
+        for name in names
+    ]
+    if not named:
+        return None
+    more = f" and {len(named) - limit} more" if len(named) > limit else ""
+    return (
+        f"note: --skip-bad-images skipped {len(named)} bad image(s): "
+        f"{', '.join(named[:limit])}{more}"
+    )
+
+
 def _swap_in(tmp: Path, cache_dir: Path) -> None:
     """Renames the finished ``tmp`` to ``cache_dir``, moving a stale one aside first.
 

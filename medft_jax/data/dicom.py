@@ -165,12 +165,33 @@ def read_dicom(path: Path, window: DicomWindow | None = None) -> Image.Image:
         return _read_dicom(path, window)
 
 
+def _headerless_image(pydicom: Any, path: Path) -> bool:
+    """Whether ``path``, which has no DICOM file header, parses as a dataset holding an
+    image all the same (Rows and pixel data: a raw dataset, as older tools write).
+
+    Why: such a file is sound, only of a kind not read; called damaged, it was skipped
+    by ``--skip-bad-images``, every file of that tool's (often one site's, one class's)
+    with it."""
+    try:
+        ds = pydicom.dcmread(path, force=True, specific_tags=["Rows", "PixelData"])
+        return "Rows" in ds and "PixelData" in ds
+    except Exception:  # a guess on bytes that are no dataset: damaged, as said
+        return False
+
+
 def _read_dicom(path: Path, window: DicomWindow | None) -> Image.Image:
     pydicom = _pydicom(path)
     try:
         ds = pydicom.dcmread(path, defer_size="1 MB")
         _parse_elements(ds)
     except pydicom.errors.InvalidDicomError as err:
+        if _headerless_image(pydicom, path):
+            raise NotABadFile(
+                f"{path}: a DICOM dataset without the DICOM file header (preamble, DICM, "
+                "file meta), not skipped as a damaged file: its transfer syntax, and so its "
+                "pixels' byte order and encoding, is unstated; write it with the header "
+                "(e.g. pydicom's save_as(..., enforce_file_format=True))"
+            ) from None
         why = one_line(err).replace(" Use force=True to force reading.", "")  # pydicom's API
         raise DataError(
             f"{path}: not a DICOM file ({why}): another kind of file, one cut short, or a raw "

@@ -98,7 +98,7 @@ def saved_twice(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-DECODING_VERSION = 10
+DECODING_VERSION = 11
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
 and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``; 3:
 ``bits_stored``, and 16-bit files of 14 bits or fewer refused without it; 4:
@@ -120,8 +120,12 @@ value read as signed where the header says the rescale may give negative values,
 odd 8-bit palette padded to even read, a TIFF whose Orientation turns its raster refused
 where Pillow turned (or scrambled) it, a PGM/PPM sample above its maxval refused
 where it was clipped to white, and a TIFF of 9-15 bits per sample or a JPEG 2000 of
-9-15-bit precision read by the bits it states): a cache built under another version is stale
-(rebuilt; its content fingerprint stays where no pixel changed)."""
+9-15-bit precision read by the bits it states; 11: a binary PPM of 9-16-bit colour read
+by its samples' high bytes, as PNG/TIFF and its greyscale PGM twin, where Pillow rounded
+to 8 bits (one grey level apart in about a quarter of the samples), and a sound file of
+a kind not read (a 12-bit JPEG, a float64 TIFF, a DICOM dataset without its file header)
+refused, where ``--skip-bad-images`` skipped it as damaged): a cache built under another
+version is stale (rebuilt; its content fingerprint stays where no pixel changed)."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIGNED16 = ("I;16S", "I;16BS", "I;16NS")
@@ -196,8 +200,9 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
             if stated is not None:
                 bits_stored = stated  # the file's own range: --bits-stored does not apply
             inverted = _white_is_zero(image)
+            high_bytes = _ppm_colour_high_bytes(image, path)  # from the tile, before load()
             image.load()  # PIL is lazy: load() finds truncation
-            out = to_8bit(image, samples, path, bits_stored)
+            out = to_8bit(image, samples, path, bits_stored, high_bytes)
             return Image.fromarray(255 - np.asarray(out), out.mode) if inverted else out
     except DataError:
         raise
@@ -211,20 +216,47 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
             "(medft_jax.data.pixels.MAX_PIXELS)"
         ) from None
     except Image.UnidentifiedImageError as err:
-        why = _why_unidentified(path)
-        raise DataError(f"corrupt or unreadable image {path}: {why or err}") from None
+        reasons = _why_unidentified(path)
+        why = f"Pillow cannot open it ({'; '.join(reasons)})" if reasons else str(err)
+        if any(_unsupported_kind(r) for r in reasons):
+            raise _unsupported(path, why) from None
+        raise DataError(f"corrupt or unreadable image {path}: {why}") from None
     except (OSError, SyntaxError, ValueError) as err:
+        if _unsupported_kind(str(err)):
+            raise _unsupported(path, one_line(err)) from None
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
 
 
-def _why_unidentified(path: Path) -> str | None:
+UNSUPPORTED_KIND = re.compile(
+    r"cannot handle|unknown pixel mode|unknown data organization|unsupported", re.IGNORECASE
+)
+"""Pillow's words for a file it parsed the header of but cannot decode (a 12-bit JPEG,
+a float64 or 10-bit packed TIFF, a BMP of an odd depth), not for a damaged one."""
+
+
+def _unsupported_kind(reason: str) -> bool:
+    return UNSUPPORTED_KIND.search(reason) is not None
+
+
+def _unsupported(path: Path, why: str) -> NotABadFile:
+    """A sound file of a kind Pillow cannot decode: refused, never skipped as damaged by
+    ``--skip-bad-images`` (every file of its kind would be, often those of one class or
+    one scanner, and the data silently shrink by it)."""
+    return NotABadFile(
+        f"{path}: an image of a kind Pillow does not decode ({why}), not skipped as a "
+        "damaged file; convert it (e.g. to 16-bit PNG) or move it out of the folder"
+    )
+
+
+def _why_unidentified(path: Path) -> list[str]:
     """What the Pillow plugins that claim the file's first bytes said when opening it
-    failed (``JPEG: cannot handle 12-bit layers``), or None.
+    failed (``JPEG: cannot handle 12-bit layers``), one reason each; empty when none
+    claims it.
 
     Pillow's own error, "cannot identify image file", names no reason, so a sound file of
     a kind Pillow cannot decode (a 12-bit JPEG, a float64 TIFF) read as a damaged one."""
     Image.init()
-    reasons = []
+    reasons: list[str] = []
     try:
         with open(path, "rb") as f:
             prefix = f.read(16)
@@ -241,8 +273,8 @@ def _why_unidentified(path: Path) -> str | None:
                 except Exception as err:  # the plugin's own reason, on the file's bytes
                     reasons.append(f"{name}: {one_line(err) or type(err).__name__}")
     except OSError:
-        return None
-    return f"Pillow cannot open it ({'; '.join(reasons)})" if reasons else None
+        return []
+    return reasons
 
 
 def takes_bits_stored(path: Path) -> bool:
@@ -425,6 +457,27 @@ def _check_within_maxval(image: Image.Image, path: Path) -> None:
         )
 
 
+def _ppm_colour_high_bytes(image: Image.Image, path: Path) -> np.ndarray | None:
+    """A binary PPM of 9..16-bit colour as the high bytes of its samples scaled to
+    0..65535, as its greyscale PGM twin reads; None for any other image.
+
+    Why: Pillow rescales such colour straight to 8 bits, rounding (``v * 255 /
+    maxval``), where 16-bit colour PNG/TIFF and greyscale PGM read by the high byte: one
+    picture saved as PPM and as PNG differed by one grey level in about a quarter of its
+    samples, and the 14-bit check saw rounded values."""
+    maxval = _maxval(image)
+    if maxval is None or maxval <= 255 or image.mode != "RGB":
+        return None
+    if image.tile[0].codec_name != "ppm":  # plain text (P3): Pillow's rounding, left as is
+        return None
+    width, height = image.size
+    stored = np.fromfile(path, ">u2", count=width * height * 3, offset=image.tile[0].offset)
+    if len(stored) < width * height * 3:
+        raise DataError(f"corrupt or unreadable image {path}: image file is truncated")
+    scaled = np.rint(np.minimum(stored, maxval) / maxval * 65535).astype(np.uint16)
+    return (scaled >> 8).astype(np.uint8).reshape(height, width, 3)
+
+
 def _maxval(image: Image.Image) -> int | None:
     """A PGM/PPM's maxval, from its header (the decoder's arguments); else None."""
     if image.format != "PPM" or not image.tile:
@@ -475,16 +528,22 @@ def _signed_tiff(image: Image.Image) -> bool:
 
 
 def to_8bit(
-    image: Image.Image, samples: str | None, path: Path, bits_stored: int | None = None
+    image: Image.Image,
+    samples: str | None,
+    path: Path,
+    bits_stored: int | None = None,
+    high_bytes: np.ndarray | None = None,
 ) -> Image.Image:
     """A decoded Pillow image as 8-bit L or RGB by the rules of :mod:`medft_jax.data.pixels`.
 
     ``samples`` is the stored layout of a mode-``I`` image (Pillow widens
-    16-bit signed and 32-bit samples alike to mode ``I``).
+    16-bit signed and 32-bit samples alike to mode ``I``). ``high_bytes``: 16-bit
+    colour's high bytes where Pillow's decoding does not give them
+    (:func:`_ppm_colour_high_bytes`).
     """
     mode = image.mode
     if _colour16(mode, samples):
-        rgb = image.convert("RGB")
+        rgb = image.convert("RGB") if high_bytes is None else Image.fromarray(high_bytes, "RGB")
         colour16_check(np.asarray(rgb), bits_stored, path)
         return rgb
     if mode in ("L", "RGB"):
