@@ -35,6 +35,7 @@ from medft_jax import locks, plans, results
 from medft_jax.errors import ArgumentParser, UserError, cli_main, path_flag
 from medft_jax.plans import PLANS_DIR
 from medft_jax.report import collect, write_report
+from medft_jax.report.cells import check_record
 from medft_jax.report.paper import load_paper
 from medft_jax.report.write import check_out
 
@@ -125,6 +126,8 @@ def _summary(args: argparse.Namespace):
     check_out(args.out, runs)  # before the work: a folder that is not ours is never replaced
     bare: list[Path] = []  # records without the seal, read alike
     found = results.load_records_at(runs, unsealed=bare)
+    for path, record in found:  # a refusal names the file, not only the run
+        check_record(path, record)
     records = results.one_record_per_run(found, f"--runs {runs}")
     failures = results.load_failures(runs)
     forced: list[Path] = []  # runs whose last record --force set aside

@@ -436,7 +436,8 @@ def numbers_problem(record: dict[str, Any]) -> str | None:
     ``primary_metric`` given), or None.
 
     The same metric names for val and test, each null (undefined) or a finite
-    number in [-1, 1] (κ can be negative), and a finite train time. A missing
+    number in [-1, 1] (κ can be negative), and a finite train time (and cached
+    features' times, where recorded). A missing
     test metric would read as an undefined one, a 57.0 as the best cell, a
     deleted train time as a cheaper strategy: only an edit makes them.
     """
@@ -457,6 +458,11 @@ def numbers_problem(record: dict[str, Any]) -> str | None:
         return "no train_seconds (seconds of training)"
     if not (_finite(seconds) and seconds >= 0):
         return f"train_seconds is {json.dumps(seconds)}, expected seconds >= 0"
+    features = record.get("features")  # cached features' seconds: a run's cost with them
+    for key in ("seconds", "extract_seconds"):
+        value = features.get(key) if isinstance(features, dict) else None
+        if value is not None and not (_finite(value) and value >= 0):
+            return f"features.{key} is {json.dumps(value)}, expected seconds >= 0"
     return None
 
 
@@ -587,7 +593,15 @@ def one_record_per_run(
 def _walk_once(out_dir: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk`` of ``out_dir`` following links, each real folder once (a loop, or a link
     to a folder already inside, is not walked again), sub-folders in name order; the
-    caller may prune ``dirs`` as with ``os.walk``."""
+    caller may prune ``dirs`` as with ``os.walk``.
+
+    Hidden folders and a file system's own (``.Trash-1000``, ``$RECYCLE.BIN``) are left
+    out, as every data listing leaves them out: a run folder deleted from a file manager
+    lands there, and came back into the tables (a trashed one-seed run the best of its
+    dataset). A link below ``out_dir`` that leads nowhere is refused
+    (:func:`_refuse_broken_links`)."""
+    from medft_jax.data.paths import not_listed  # the data listings' rule
+
     seen: set[str] = set()
     for root, dirs, names in os.walk(out_dir, followlinks=True):
         real = os.path.realpath(root)
@@ -595,10 +609,32 @@ def _walk_once(out_dir: str | Path) -> Iterator[tuple[str, list[str], list[str]]
             dirs[:] = []
             continue
         seen.add(real)
+        _refuse_broken_links(root, names)
+        dirs[:] = [d for d in dirs if not not_listed(d)]
         if RECORD_NAME in names or FAILURE_NAME in names:  # a run folder: its checkpoints
             dirs[:] = [d for d in dirs if d not in _CHECKPOINT_FOLDERS]  # hold no runs
         dirs.sort()
         yield root, dirs, names
+
+
+def _refuse_broken_links(root: str, names: list[str]) -> None:
+    """Refuse a link in ``root`` that leads nowhere (``os.walk`` lists it among the files).
+
+    Why: a run folder linked in from another disk is a run like the others; with the disk
+    unmounted its link dangles, and its runs vanished from every table, the grid expected
+    worked out from the records left (a whole LR gone, every cell "complete")."""
+    from medft_jax.data.paths import not_listed
+
+    for name in names:
+        path = os.path.join(root, name)
+        if name in (RECORD_NAME, FAILURE_NAME) or not_listed(name):
+            continue  # a run's own file: named as such by _find_files
+        if os.path.islink(path) and not os.path.exists(path):
+            raise RecordError(
+                f"{path}: a link that leads nowhere (to {os.readlink(path)}); expected a run "
+                "folder or file it holds: its runs would vanish from every table (a disk "
+                "not mounted?); mount it, or remove the link"
+            )
 
 
 _CHECKPOINT_FOLDERS = ("best", "checkpoints")

@@ -987,6 +987,45 @@ def test_records_of_one_dataset_with_different_settings_are_refused():
     ) in str(e.value)
 
 
+def test_records_of_one_dataset_must_agree_on_the_task_and_state_it_as_json_types():
+    """The first record's multilabel decided the dataset's headline column for every cell:
+    one edited to "false" (a string, truthy) switched bach from top-1 to eq. 6 accuracy."""
+    edited = {**rec(seed=0), "multilabel": "false"}
+    with pytest.raises(results.RecordError) as e:
+        collect([edited, rec(seed=1)])
+    assert str(e.value) == (f"run {edited['run']}: multilabel is 'false', expected true or false")
+    with pytest.raises(results.RecordError, match=r"num_classes is True, expected a count"):
+        collect([{**rec(seed=0), "num_classes": True}])
+    other = {**rec(seed=0), "multilabel": True}
+    first = rec(seed=1)
+    with pytest.raises(results.RecordError) as e:
+        collect([first, other])
+    assert str(e.value) == (
+        f"dataset 'bach': records disagree on multilabel: false (e.g. {first['run']}), true "
+        f"(e.g. {other['run']}); expected one task per dataset: report them from separate "
+        "--runs folders"
+    )
+    classes = [{**rec(seed=k), "num_classes": n} for k, n in ((0, 4), (1, 3))]
+    with pytest.raises(results.RecordError, match=r"records disagree on num_classes: 4 \(e\.g"):
+        collect(classes)
+    collect([{**rec(seed=0), "num_classes": 4}, {**rec(seed=1), "num_classes": 4}, rec(seed=2)])
+
+
+def test_cli_a_records_refusal_names_its_file(tmp_path, capsys):
+    """A record's content refusal named the run alone: in a folder merged from several
+    hosts the user had to search for it."""
+    runs = tmp_path / "runs"
+    bad = {**rec(seed=1), "multilabel": "no"}
+    _write_runs(runs / "hostB", [bad])
+    _write_runs(runs / "hostA", [rec(seed=0)])
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
+    path = results.record_path_of(bad, runs / "hostB")
+    assert capsys.readouterr().err == (
+        f"error: {path}: run {bad['run']}: multilabel is 'no', expected true or false\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_one_checkpoint_spelt_two_ways_or_one_per_arch_is_one_setting():
     """Seeds run with ``--weights ck/best`` from the project and ``--weights
     /abs/ck/best`` from another shell: the same weights (fingerprint), refused as
@@ -1837,6 +1876,8 @@ def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, mon
         ("range", "test.accuracy is 57.0, expected null or a number in [-1, 1]"),
         ("dropped", "metric 'accuracy' is in val only"),
         ("untimed", "no train_seconds (seconds of training)"),
+        # Left out of the LR search's device-seconds while "Runs 6/6" stood.
+        ("features", 'features.seconds is "3", expected seconds >= 0'),
         ("nan", "NaN is not JSON; a record writes a non-finite number as null"),
         # A record file that is not a file: its run would vanish from every table.
         ("folder", "record.json: a folder, expected the run's record.json"),
@@ -1852,7 +1893,7 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case
         runs.mkdir()
     if case in ("corrupt", "filter", "typo", "threshold", "config"):
         _write_runs(runs, [rec()])
-    edits = ("value", "seed", "seconds", "range", "dropped", "untimed", "nan")
+    edits = ("value", "seed", "seconds", "range", "dropped", "untimed", "nan", "features")
     if case in edits:  # hand-edited values, in a folder not named by hash
         edited = rec(strategy="lp")
         edited["test"]["accuracy"] = {"value": "0.71 (bad)", "range": 57.0, "nan": math.nan}.get(
@@ -1864,6 +1905,8 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case
         if case == "seed":  # hand-made, without the run name ("s0") the edit would contradict
             del edited["run"]
         edited["train_seconds"] = {"seconds": [1.0], "untimed": None}.get(case, 1.0)
+        if case == "features":
+            edited["features"] = {"used": True, "reused": False, "seconds": "3"}
         _write_runs(runs, [rec()])
         (runs / "edited").mkdir()
         (runs / "edited" / "record.json").write_text(json.dumps(edited))
@@ -2285,7 +2328,9 @@ def test_table11_says_a_best_chosen_while_other_cells_have_runs_missing():
     ]
     summary = collect(records)
     md = to_markdown(table11(summary))
-    assert "| bach (2 of 6 cells incomplete) | Acc. | ResNet-50 | LP-FT | 80.00 (0.00) |" in md
+    assert (
+        "| bach (2 other cells of 6 incomplete) | Acc. | ResNet-50 | LP-FT | 80.00 (0.00) |" in md
+    )
     assert (
         "- bach: chosen while other cells have runs missing: LP, ResNet-50 (2 of 3 runs); "
         "LP-FT, VGG-19 (not run); the best may change once their runs are in."

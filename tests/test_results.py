@@ -165,6 +165,42 @@ def test_run_folders_linked_in_from_another_disk_are_loaded_once(tmp_path):
     assert [f["config"]["seed"] for f in results.load_failures(runs)] == [2]
 
 
+def test_a_linked_run_folder_whose_disk_is_gone_is_refused_not_left_out(tmp_path):
+    """With the other disk unmounted the link dangled, and its runs vanished from every
+    table without a word (the grid expected was worked out from the records left)."""
+    runs, scratch = tmp_path / "runs", tmp_path / "scratch"
+    results.write_record(results.record_path(runs, CONFIG), {"config": CONFIG})
+    moved = {**CONFIG, "seed": 1}
+    results.write_record(results.record_path(scratch, moved), {"config": moved})
+    link = runs / results.run_name(moved)
+    link.symlink_to(results.run_dir(scratch, moved))
+    assert len(results.load_records(runs)) == 2
+    scratch.rename(tmp_path / "unmounted")
+    for load in (results.load_records, results.load_failures, results.unfinished_runs):
+        with pytest.raises(RecordError) as err:
+            load(runs)
+        assert str(err.value) == (
+            f"{link}: a link that leads nowhere (to {results.run_dir(scratch, moved)}); "
+            "expected a run folder or file it holds: its runs would vanish from every table "
+            "(a disk not mounted?); mount it, or remove the link"
+        )
+    (runs / ".stale").symlink_to(tmp_path / "gone")  # hidden: never read, as data listings
+    link.unlink()
+    assert len(results.load_records(runs)) == 1
+
+
+def test_records_in_hidden_and_recycle_folders_are_not_read(tmp_path):
+    """A run folder deleted from a file manager (.Trash-1000/, $RECYCLE.BIN/) came back
+    into the tables: a trashed one-seed run was its dataset's best."""
+    results.write_record(results.record_path(tmp_path, CONFIG), {"config": CONFIG})
+    for trash in (".Trash-1000/files", "$RECYCLE.BIN/S-1-5-21"):
+        other = {**CONFIG, "seed": 7 + len(trash)}
+        results.write_record(results.record_path(tmp_path / trash, other), {"config": other})
+        results.write_failure(tmp_path / trash, {**other, "lr": 0.5}, "nonfinite", "nan")
+    assert [r["config"]["seed"] for r in results.load_records(tmp_path)] == [CONFIG["seed"]]
+    assert results.load_failures(tmp_path) == []
+
+
 def test_a_record_edited_away_from_its_folder_is_refused(tmp_path):
     path = results.record_path(tmp_path, CONFIG)
     results.write_record(path, {"config": CONFIG})

@@ -445,6 +445,22 @@ def _check_record(record: dict[str, Any]) -> None:
     devices = environment.get("device_count")
     if devices is not None and not (_is_number(devices) and devices == int(devices) > 0):
         raise RecordError(f"run {name}: environment.device_count is {devices!r}, not a count")
+    multilabel = record.get("multilabel")  # decides the dataset's headline column
+    if multilabel is not None and not isinstance(multilabel, bool):
+        raise RecordError(f"run {name}: multilabel is {multilabel!r}, expected true or false")
+    classes = record.get("num_classes")
+    counted = isinstance(classes, int) and not isinstance(classes, bool) and classes > 0
+    if classes is not None and not counted:
+        raise RecordError(f"run {name}: num_classes is {classes!r}, expected a count")
+
+
+def check_record(path: Path, record: dict[str, Any]) -> None:
+    """:func:`_check_record`, its refusal naming the file ``record`` was read from: in a
+    folder merged from several hosts, a run's name alone left the user searching."""
+    try:
+        _check_record(record)
+    except RecordError as err:
+        raise RecordError(f"{path}: {err}") from None
 
 
 def _is_number(x: Any) -> bool:
@@ -1128,6 +1144,25 @@ def drop_superseded(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
     return kept, len(records) - len(kept)
 
 
+def _refuse_other_tasks(dataset: str, recs: list[dict[str, Any]]) -> None:
+    """Refuse records of one dataset that disagree on ``multilabel`` or ``num_classes``
+    (where they state them), naming a run of each.
+
+    Why: the first record's decided the whole dataset's headline column and metric pair;
+    one edited, or of another task under the same name, switched every cell's number."""
+    for key in ("multilabel", "num_classes"):
+        first: dict[Any, str] = {}
+        for r in recs:
+            if key in r:
+                first.setdefault(r[key], r.get("run", "a record without a run name"))
+        if len(first) > 1:
+            shown = ", ".join(f"{json.dumps(v)} (e.g. {run})" for v, run in first.items())
+            raise RecordError(
+                f"dataset {dataset!r}: records disagree on {key}: {shown}; expected one "
+                "task per dataset: report them from separate --runs folders"
+            )
+
+
 def _dataset_metrics(dataset: str, recs: list[dict[str, Any]]) -> tuple[str, tuple[str, str]]:
     """The primary metric the records used, and the table's metric pair.
 
@@ -1155,6 +1190,7 @@ def _dataset_metrics(dataset: str, recs: list[dict[str, Any]]) -> tuple[str, tup
             "report them from separate --runs folders"
         )
     primary = names.pop()
+    _refuse_other_tasks(dataset, recs)
     multilabel = bool(recs[0].get("multilabel", primary == "map"))
     pair = metrics.task_metrics(dataset, multilabel, recs[0].get("num_classes"))
     held = all(pair[0] in (r.get("test") or {}) for r in recs)

@@ -922,10 +922,13 @@ def _best_line(summary: Summary, b: Best) -> BestLine:
 
 
 def _among(x: BestLine) -> str:
-    """`` (1 of 12 cells incomplete)`` where other cells of the dataset have runs missing."""
+    """`` (1 other cell of 12 incomplete)`` where other cells of the dataset than the best
+    and FT (marked on their own) have runs missing: "6 of 8 cells incomplete" read as two
+    complete where all eight were partial."""
     if not x.cells_incomplete:
         return ""
-    return f" ({len(x.cells_incomplete.split())} of {x.cells_expected} cells incomplete)"
+    k = len(x.cells_incomplete.split())
+    return f" ({k} other cell{'s' if k > 1 else ''} of {x.cells_expected} incomplete)"
 
 
 def _unsettled_notes(summary: Summary, bests: Sequence[Best]) -> list[str]:
