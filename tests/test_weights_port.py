@@ -555,7 +555,7 @@ def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
 
 
 @pytest.mark.slow
-def test_only_torchvisions_file_fills_the_imagenet_slot(tmp_path, monkeypatch, resnet_file):
+def test_only_torchvisions_file_fills_the_imagenet_slot(tmp_path, monkeypatch, resnet_file, capsys):
     """The offline hint ports FILE into the folder --weights auto/imagenet read: ResNet-50's
     V1 file (pretrained=True, resize 256), or any state_dict, went in as V2, and every
     later run was recorded as trained from IMAGENET1K_V2."""
@@ -585,9 +585,20 @@ def test_only_torchvisions_file_fills_the_imagenet_slot(tmp_path, monkeypatch, r
     elsewhere.rename(slot)
     with pytest.raises(CheckpointError, match=rf"^--weights imagenet: {slot}: sha256 {digest[:8]}"):
         pretrained.resolve("imagenet", "resnet50")
+    # --download said "wrote" of that slot, checking nothing (exit 0): refused as runs do.
+    assert main(["--arch", "resnet50", "--download"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {slot}: sha256 {digest[:8]}... is not torchvision's resnet50 IMAGENET1K_V2 "
+        "(resnet50-11ad3fa6.pth, sha256 11ad3fa6...); port torchvision's again into it with "
+        f"--force, or train from this folder by its path (--weights {slot})\n"
+    )
     # The file torchvision publishes (its hash prefix in the URL) is taken, and used.
     monkeypatch.setitem(dl.WEIGHTS_URLS, "resnet50", f"https://x.invalid/resnet50-{digest[:8]}.pth")
     assert pretrained.resolve("imagenet", "resnet50")[1] == f"imagenet ({slot})"
+    assert main(["--arch", "resnet50", "--download"]) == 0  # found there, checked, not "wrote"
+    assert capsys.readouterr().out == (
+        f"found {slot} (checked: resnet50's ImageNet weights, ported before)\n"
+    )
     weights_port.port("resnet50", resnet_file, slot, force=True)
 
 
@@ -934,6 +945,16 @@ def test_float16_ports_widened_and_float64_is_told_a_resave_that_works():
     assert str(e.value).endswith(
         "has dtype float64, expected float32; re-save the state_dict sd as {k: v.float() if "
         "v.is_floating_point() else v for k, v in sd.items()} (this rounds float64 to float32)"
+    )
+    # An integer weight was told the same re-save, which leaves integers as they are.
+    ints = {k: v.astype(np.float32) for k, v in half.items()}
+    ints["conv1.weight"] = ints["conv1.weight"].astype(np.int64)
+    with pytest.raises(PortError) as e:
+        torch_to_flax(ints, "resnet50", source="q.pth")
+    assert str(e.value) == (
+        "q.pth: key 'conv1.weight' has dtype int64, expected float32: a weight stored as "
+        "integers or booleans (a quantised model, or not a trained model's state_dict?); "
+        "port a float checkpoint"
     )
 
 

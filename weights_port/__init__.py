@@ -22,9 +22,11 @@ if TYPE_CHECKING:
         cache_dir,
         default_checkpoint,
         export,
+        imagenet_slot_problem,
         imagenet_source_problem,
         port,
         port_imagenet,
+        ported_imagenet,
     )
 
 __all__ = [
@@ -33,9 +35,11 @@ __all__ = [
     "cache_dir",
     "default_checkpoint",
     "export",
+    "imagenet_slot_problem",
     "imagenet_source_problem",
     "port",
     "port_imagenet",
+    "ported_imagenet",
 ]
 
 

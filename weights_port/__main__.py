@@ -170,6 +170,9 @@ def _main(argv: Sequence[str] | None) -> int:
                 raise UserError(
                     f"--out {args.out}: cannot write in its folder {target.parent} ({why})"
                 ) from None
+            if args.download and wp.ported_imagenet(args.arch, target, force=args.force):
+                print(f"found {target} (checked: {args.arch}'s ImageNet weights, ported before)")
+                return 0
             if args.download:
                 out = wp.port_imagenet(args.arch, args.out, force=args.force)
             else:

@@ -238,6 +238,12 @@ def _float32(value: np.ndarray, key: str, source: str) -> np.ndarray:
     a float64 one refused, since narrowing it rounds, and the user should choose that."""
     if value.dtype == np.float16:
         return value.astype(np.float32)
+    if value.dtype.kind not in "f":  # the float re-save leaves integers as they are
+        raise PortError(
+            f"{source}: key {key!r} has dtype {value.dtype}, expected float32: a weight "
+            "stored as integers or booleans (a quantised model, or not a trained model's "
+            "state_dict?); port a float checkpoint"
+        )
     if value.dtype != np.float32:
         raise PortError(
             f"{source}: key {key!r} has dtype {value.dtype}, expected float32; re-save the "

@@ -16,6 +16,7 @@ from medft_jax.checkpoints.model import (
     CheckpointError,
     check_metadata,
     is_checkpoint,
+    load_metadata,
     load_model,
     save_model,
 )
@@ -42,9 +43,11 @@ __all__ = [
     "PortError",
     "default_checkpoint",
     "export",
+    "imagenet_slot_problem",
     "imagenet_source_problem",
     "port",
     "port_imagenet",
+    "ported_imagenet",
 ]
 
 
@@ -210,10 +213,41 @@ def default_checkpoint(arch: str) -> Path:
 def port_imagenet(arch: str, out: str | Path | None = None, *, force: bool = False) -> Path:
     """Downloads (or reuses) torchvision's ImageNet weights of ``arch`` and ports them."""
     out = Path(out) if out is not None else default_checkpoint(arch)
-    if out.exists() and not force and out == default_checkpoint(arch):
+    if ported_imagenet(arch, out, force=force):
         return out
     _check_free(out, force)  # before a 100 MB download that would then be refused
     return port(arch, download(arch, out=out), out, force=force)
+
+
+def imagenet_slot_problem(arch: str, metadata: dict) -> str | None:
+    """Why a checkpoint of ``metadata`` cannot stand as ``arch``'s ported ImageNet weights
+    (another arch's, or ported from another file), or None."""
+    if metadata.get("arch") != arch:
+        return f"checkpoint is for arch {metadata.get('arch')!r}, not {arch!r}"
+    return imagenet_source_problem(arch, metadata.get("source_sha256"))
+
+
+def ported_imagenet(arch: str, out: str | Path, *, force: bool = False) -> bool:
+    """Whether ``out`` is ``arch``'s cache slot already holding its ImageNet weights, to be
+    reused (not with ``force``); a slot holding anything else is refused.
+
+    Why checked: the slot can be filled by hand (another file ported into it, a copy of
+    another arch's), and ``--download`` said "wrote" of it, checking nothing; the runs
+    refused it later, one by one."""
+    out = Path(out)
+    if force or not out.exists() or out != default_checkpoint(arch):
+        return False
+    try:
+        metadata = load_metadata(out)
+    except CheckpointError as err:
+        raise PortError(f"{out}: {err}; port again with --force") from None
+    problem = imagenet_slot_problem(arch, metadata)
+    if problem:
+        raise PortError(
+            f"{out}: {problem}; port torchvision's again into it with --force, or train "
+            f"from this folder by its path (--weights {out})"
+        )
+    return True
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:

@@ -136,11 +136,7 @@ def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
 
         # The ImageNet slot could be filled by hand (the offline hint's port) with any
         # file, ResNet-50's V1 among them: runs would be recorded as trained from V2.
-        problem = (
-            f"checkpoint is for arch {metadata.get('arch')!r}, not {arch!r}"
-            if metadata.get("arch") != arch
-            else weights_port.imagenet_source_problem(arch, metadata.get("source_sha256"))
-        )
+        problem = weights_port.imagenet_slot_problem(arch, metadata)
         if problem:
             raise CheckpointError(
                 f"--weights {weights}: {path}: {problem}; delete that folder to port them "
