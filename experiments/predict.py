@@ -183,6 +183,34 @@ def _note_decoding_version(checkpoint: str | Path, version: Any) -> None:
     )
 
 
+def _note_numerics(checkpoint: str | Path, precision: str, numerics: Any) -> None:
+    """One note line when a run's checkpoint was evaluated by another forward pass than
+    predict computes at its precision (:func:`~medft_jax.config.forward_version`), or does
+    not say which where that precision's forward pass has changed: its probabilities then
+    differ from its run's evaluation (a bf16 checkpoint of numerics 5 by up to 0.03, a
+    class flipped), and its record's metrics do not follow from them."""
+    from medft_jax.config import NUMERICS_VERSION, forward_version
+
+    now = forward_version(precision)
+    if numerics is None and now == 1:
+        return  # this precision's forward pass never changed: nothing to say
+    if numerics is not None and forward_version(precision, of=int(numerics)) == now:
+        return
+    said = (
+        "does not record the numerics version its run computed with (it was written before "
+        "checkpoints did)"
+        if numerics is None
+        else f"was evaluated by its run at numerics version {numerics}"
+    )
+    print(
+        f"note: {checkpoint} {said}; predict computes {precision} at version "
+        f"{NUMERICS_VERSION}, whose forward pass differs (medft_jax.config.NUMERICS_VERSION "
+        "lists each version's changes): its probabilities may differ from its run's "
+        "evaluation, and from its record's metrics",
+        file=sys.stderr,
+    )
+
+
 class Predictor:
     """A model checkpoint ready to turn uint8 image batches into probabilities."""
 
@@ -229,6 +257,8 @@ class Predictor:
         if from_run:
             _note_unfinished(Path(checkpoint), m.get("epoch"), str(m["source"]))
             _note_decoding_version(checkpoint, m.get("decoding_version"))
+            if self.precision == m.get("precision", "fp32"):  # else computed otherwise anyway
+                _note_numerics(checkpoint, self.precision, m.get("numerics"))
         self.bits_stored = _decoding_rule(
             "--bits-stored",
             bits_stored,
@@ -586,6 +616,12 @@ def expand_folders(paths: Sequence[str]) -> list[str]:
             kind = special_kind(folder) if given else None
             if kind is not None:  # a reader would block on a pipe for ever
                 raise PredictError(f"--images {given}: {kind}, not an image file")
+            if folder.suffix.lower() in PATH_LISTS:  # was "corrupt ...: --skip-bad-images"
+                raise PredictError(
+                    f"--images {given}: a {folder.suffix} file, not an image; --images takes "
+                    "image files and folders, not a list of them: pass its paths as "
+                    "arguments (e.g. with xargs)"
+                )
             out.append(given)
             continue
         others: Counter[str] = Counter()
@@ -598,6 +634,11 @@ def expand_folders(paths: Sequence[str]) -> list[str]:
             raise PredictError(f"--images {given}: a folder with no image under it")
         out += [str(p) for p in found]
     return out
+
+
+PATH_LISTS = (".csv", ".tsv", ".txt", ".lst", ".json", ".jsonl")
+"""Suffixes of the lists of paths a user may hand ``--images`` (a labels CSV, a file
+list): text, never an image."""
 
 
 def check_flags(args: argparse.Namespace) -> None:

@@ -38,7 +38,7 @@ from medft_jax.names import (
 )
 
 PRECISIONS = ("fp32", "bf16")
-NUMERICS_VERSION = 6
+NUMERICS_VERSION = 7
 """The version of what a run computes from its settings, data and weights.
 
 Raised by a change that alters a run's numbers (an initialisation, a strategy's
@@ -56,8 +56,10 @@ ranks AUROC and mAP, validation's included (early stopping, the LR choice), by f
 log-probabilities made from the logits, where float32 probabilities rounded to 1.0 past
 a logit margin of 16.6 and tied every confident example; version 6 (2026-12-07) adds a
 bf16 run's BatchNorm affine step and its conv and VGG-19 hidden-layer biases in float32,
-whose gradients (sums over the batch's pixels) bfloat16 had summed up to 90% wrong, and
-averages DenseNet-121's transition pools and VGG-19's adaptive pool in float32.
+whose gradients (sums over the batch's pixels) bfloat16 had summed up to 90% wrong;
+version 7 (2026-12-07) converts a bf16 BatchNorm's input once and averages DenseNet-121's
+transition pools and VGG-19's adaptive pool in float32 (a commit under version 6 had
+already; the bf16 records of version 6's first commits are other runs).
 
 A change may alter the runs of some precisions only (:data:`NUMERICS_CHANGES`): a run
 records :func:`numerics_version` of its precision, so a float32 run kept its version 3
@@ -69,8 +71,13 @@ NUMERICS_CHANGES: dict[int, tuple[str, ...]] = {
     4: ("bf16",),
     5: PRECISIONS,
     6: ("bf16",),
+    7: ("bf16",),
 }
 """The precisions whose runs each :data:`NUMERICS_VERSION` after 1 changed."""
+FORWARD_CHANGES: dict[int, tuple[str, ...]] = {4: ("bf16",), 6: ("bf16",), 7: ("bf16",)}
+"""The precisions whose forward pass (what a checkpoint's evaluation, and ``predict``,
+computes from its parameters) each :data:`NUMERICS_VERSION` changed: the others changed
+training alone (an initialisation, a rule, a ranking)."""
 
 
 def may_cache_features(config: RunConfig) -> bool:
@@ -90,7 +97,18 @@ def numerics_version(precision: str, of: int = NUMERICS_VERSION) -> int:
     the version is part of a run's identity, and a change that leaves a run's numbers
     alone must not send a sweep to train it again.
     """
-    changed = [v for v in range(2, of + 1) if precision in NUMERICS_CHANGES.get(v, ())]
+    return _latest(NUMERICS_CHANGES, precision, of)
+
+
+def forward_version(precision: str, of: int = NUMERICS_VERSION) -> int:
+    """The latest numerics version up to ``of`` that changed a ``precision`` checkpoint's
+    forward pass (:data:`FORWARD_CHANGES`), 1 for none: two checkpoints of one forward
+    version give the same probabilities from the same parameters."""
+    return _latest(FORWARD_CHANGES, precision, of)
+
+
+def _latest(changes: dict[int, tuple[str, ...]], precision: str, of: int) -> int:
+    changed = [v for v in range(2, of + 1) if precision in changes.get(v, ())]
     return max(changed, default=1)
 
 

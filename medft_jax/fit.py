@@ -859,6 +859,8 @@ def _best_metadata(run: _Run, name: str) -> dict[str, Any]:
         # Which decoding rules turned files into pixels: predict under a later version
         # says so (a 16-bit, float or DICOM file may reach the model unlike in training).
         "decoding_version": DECODING_VERSION,
+        # What its run computed with: predict under another forward pass says so.
+        "numerics": run.config.numerics,
     }
     # How 16-bit files were decoded (folder/csv --bits-stored): predict decodes alike.
     if run.ds.metadata.get("bits_stored") is not None:

@@ -296,7 +296,7 @@ def test_check_config_names_the_field_its_caller_uses():
         UserError, match=r"^--numerics 1: this medft-jax computes fp32 runs at numerics version 5 "
     ):
         check_config(RunConfig(strategy="ft", numerics=1))
-    with pytest.raises(UserError, match=r"^--numerics 3: .* bf16 runs at numerics version 6 only"):
+    with pytest.raises(UserError, match=r"^--numerics 3: .* bf16 runs at numerics version 7 only"):
         check_config(RunConfig(strategy="ft", precision="bf16", numerics=3))
     check_config(RunConfig(strategy="ft", precision="bf16"))
     # Checked with the other settings, not raised by make() deep in a run (a traceback).

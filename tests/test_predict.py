@@ -260,7 +260,7 @@ def test_a_runs_best_checkpoint_names_the_reader_of_its_files():
         ds = SimpleNamespace(
             name=dataset, num_classes=3, multilabel=False, class_names=("a", "b", "c"), metadata={}
         )
-        config = SimpleNamespace(arch="resnet_tiny", image_size=32, precision="fp32")
+        config = SimpleNamespace(arch="resnet_tiny", image_size=32, precision="fp32", numerics=5)
         return fit._best_metadata(
             SimpleNamespace(config=config, ds=ds, spec=get_arch("resnet_tiny")), "r"
         )
@@ -346,9 +346,10 @@ def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys
     ds = SimpleNamespace(
         name="folder", num_classes=2, multilabel=False, class_names=("a", "b"), metadata={}
     )
-    config = SimpleNamespace(arch="resnet_tiny", image_size=32, precision="fp32")
+    config = SimpleNamespace(arch="resnet_tiny", image_size=32, precision="fp32", numerics=5)
     run = SimpleNamespace(config=config, ds=ds, spec=get_arch("resnet_tiny"))
     assert fit._best_metadata(run, "r")["decoding_version"] == DECODING_VERSION == 11
+    assert fit._best_metadata(run, "r")["numerics"] == 5
     assert "decoding_version" in PREDICTION_KEYS
     Image.new("L", (40, 40)).save(tmp_path / "a.png")
     base = {"resize_size": 32, "crop_size": 32, "source": "run r"}
@@ -373,6 +374,41 @@ def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys
     )
     with pytest.raises(CheckpointError, match="metadata decoding_version 'x' is not a positive"):
         _zeros_checkpoint(tmp_path / "bad", **base, decoding_version="x")
+        Predictor(tmp_path / "bad")
+
+
+def test_a_bf16_runs_checkpoint_of_another_forward_pass_is_noted(tmp_path, capsys):
+    """A bf16 checkpoint of numerics 5 was computed by today's bf16 layers without a word:
+    probabilities up to 0.03 off its run's evaluation, a class flipped, its record's
+    metrics not following from them. float32's forward pass never changed: no note."""
+    from weights_port.state_io import PREDICTION_KEYS
+
+    assert "numerics" in PREDICTION_KEYS  # kept through an export and a port back
+    Image.new("L", (40, 40)).save(tmp_path / "a.png")
+    base = {"resize_size": 32, "crop_size": 32, "source": "run r", "decoding_version": 11}
+
+    def err_of(name, **meta):
+        _zeros_checkpoint(tmp_path / name / "best", **base, **meta)
+        (tmp_path / name / "record.json").write_text("{}")
+        argv = ["--checkpoint", str(tmp_path / name / "best"), "--images", str(tmp_path / "a.png")]
+        assert main(argv) == 0
+        return capsys.readouterr().err
+
+    assert err_of("bf16_now", precision="bf16", numerics=7) == ""
+    err = err_of("bf16_old", precision="bf16", numerics=5)
+    assert err == (
+        f"note: {tmp_path / 'bf16_old' / 'best'} was evaluated by its run at numerics version "
+        "5; predict computes bf16 at version 7, whose forward pass differs "
+        "(medft_jax.config.NUMERICS_VERSION lists each version's changes): its probabilities "
+        "may differ from its run's evaluation, and from its record's metrics\n"
+    )
+    assert err_of("bf16_unsaid", precision="bf16").startswith(
+        f"note: {tmp_path / 'bf16_unsaid' / 'best'} does not record the numerics version"
+    )
+    assert err_of("fp32_old", precision="fp32", numerics=3) == ""  # the same forward pass
+    assert err_of("fp32_unsaid", precision="fp32") == ""
+    with pytest.raises(CheckpointError, match="metadata numerics 0 is not a positive integer"):
+        _zeros_checkpoint(tmp_path / "bad", **base, numerics=0)
         Predictor(tmp_path / "bad")
 
 
@@ -536,6 +572,14 @@ def test_a_folder_of_images_is_predicted_as_its_files(tmp_path, capsys):
     empty.mkdir()
     assert main(["--checkpoint", str(ck), "--images", str(empty)]) == 2
     assert capsys.readouterr().err == f"error: --images {empty}: a folder with no image under it\n"
+    # A list of paths was "corrupt or unreadable image ...; --skip-bad-images leaves out".
+    listing = tmp_path / "list.csv"
+    listing.write_text("\n".join(files) + "\n")
+    assert main(["--checkpoint", str(ck), "--images", str(listing)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --images {listing}: a .csv file, not an image; --images takes image files "
+        "and folders, not a list of them: pass its paths as arguments (e.g. with xargs)\n"
+    )
 
 
 def _lines(text):

@@ -19,7 +19,7 @@ from scipy import stats
 from experiments import report as cli
 from medft_jax import locks, results
 from medft_jax.atomic import DIR_MODE
-from medft_jax.config import NUMERICS_VERSION, RunConfig, numerics_version
+from medft_jax.config import NUMERICS_VERSION, RunConfig, forward_version, numerics_version
 from medft_jax.grid import Grid
 from medft_jax.metrics import RANKED_BY
 from medft_jax.names import ARCHS
@@ -1374,10 +1374,12 @@ def test_runs_of_two_numerics_versions_are_refused_and_a_grid_leaves_the_older_o
 def test_a_version_that_changed_bf16_runs_only_leaves_float32_runs_current():
     """Version 4 computes a bf16 run's head in float32: a float32 run of version 3 is
     version 4's too (same name, not run again), a bf16 run of version 3 is not."""
-    assert NUMERICS_VERSION == 6 and RunConfig("ft").numerics == 5  # 6 changed bf16 only
-    assert RunConfig("ft", precision="bf16").numerics == 6
-    assert [numerics_version("bf16", v) for v in (1, 2, 3, 4, 5, 6)] == [1, 2, 3, 4, 5, 6]
-    assert [numerics_version("fp32", v) for v in (1, 2, 3, 4, 5, 6)] == [1, 2, 3, 3, 5, 5]
+    assert NUMERICS_VERSION == 7 and RunConfig("ft").numerics == 5  # 6, 7 changed bf16 only
+    assert RunConfig("ft", precision="bf16").numerics == 7
+    assert [numerics_version("bf16", v) for v in range(1, 8)] == [1, 2, 3, 4, 5, 6, 7]
+    assert [numerics_version("fp32", v) for v in range(1, 8)] == [1, 2, 3, 3, 5, 5, 5]
+    assert [forward_version("bf16", v) for v in range(1, 8)] == [1, 1, 1, 4, 4, 6, 7]
+    assert [forward_version("fp32", v) for v in range(1, 8)] == [1] * 7
     fp32 = rec("bach", numerics=3)
     bf16_now = rec("t1w_mri", numerics=4, precision="bf16")
     bf16_then = rec("t1w_mri", seed=1, numerics=3, precision="bf16")

@@ -169,6 +169,7 @@ PREDICTION_KEYS = (
     "dicom_window",
     "decoder",
     "decoding_version",
+    "numerics",
     "source",
 )
 """What predict reads from a checkpoint: kept through an export and a port back."""

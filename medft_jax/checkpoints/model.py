@@ -687,7 +687,8 @@ def check_metadata(
     ``resize_size``/``crop_size`` integers with ``MIN_CROP_SIZE <= crop <=
     MAX_CROP_SIZE`` and ``crop <= resize <= MAX_RESIZE_SIZE``; ``bits_stored``
     null or an integer from 8 to 16; ``dicom_window`` null or ``[center, width]``
-    (finite, width above 0); ``decoding_version`` null or a positive integer;
+    (finite, width above 0); ``decoding_version`` and ``numerics`` null or positive
+    integers;
     ``precision`` a ``--precision`` value;
     ``num_batches_tracked`` null or names to integers. Optional fields may be
     absent. ``where`` names the checkpoint in the one-line
@@ -784,11 +785,10 @@ def _check_other_fields(metadata: Mapping[str, Any], num_classes: int, where: An
             f"{where}: metadata dicom_window {window!r} is not [center, width] (two finite "
             "numbers, the width above 0)"
         )
-    decoding = metadata.get("decoding_version")
-    if decoding is not None and (not _is_int(decoding) or decoding < 1):
-        raise CheckpointError(
-            f"{where}: metadata decoding_version {decoding!r} is not a positive integer"
-        )
+    for key in ("decoding_version", "numerics"):
+        version = metadata.get(key)
+        if version is not None and (not _is_int(version) or version < 1):
+            raise CheckpointError(f"{where}: metadata {key} {version!r} is not a positive integer")
     precision = metadata.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise CheckpointError(
