@@ -332,6 +332,16 @@ def test_out_refuses_the_files_of_the_checkpoints_run(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def _notes_of_a_runs_checkpoint(run: Path, capsys, **meta) -> str:
+    """What predict says on stderr of a zero-weights run checkpoint of ``meta`` in ``run``
+    (beside a record, as a run leaves it), predicting ``a.png`` beside ``run``."""
+    _zeros_checkpoint(run / "best", **meta)
+    (run / "record.json").write_text("{}")
+    argv = ["--checkpoint", str(run / "best"), "--images", str(run.parent / "a.png")]
+    assert main(argv) == 0
+    return capsys.readouterr().err
+
+
 def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys):
     """A run's best parameters record the decoding version its images were decoded by;
     predict under another (a DICOM padded with -2000 decoded otherwise before version 8)
@@ -355,11 +365,7 @@ def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys
     base = {"resize_size": 32, "crop_size": 32, "source": "run r"}
 
     def err_of(name, **meta):
-        _zeros_checkpoint(tmp_path / name / "best", **base, **meta)
-        (tmp_path / name / "record.json").write_text("{}")
-        argv = ["--checkpoint", str(tmp_path / name / "best"), "--images", str(tmp_path / "a.png")]
-        assert main(argv) == 0
-        return capsys.readouterr().err
+        return _notes_of_a_runs_checkpoint(tmp_path / name, capsys, **base, **meta)
 
     assert "note:" not in err_of("same", decoding_version=DECODING_VERSION)
     err = err_of("old", decoding_version=7)
@@ -388,11 +394,7 @@ def test_a_bf16_runs_checkpoint_of_another_forward_pass_is_noted(tmp_path, capsy
     base = {"resize_size": 32, "crop_size": 32, "source": "run r", "decoding_version": 11}
 
     def err_of(name, **meta):
-        _zeros_checkpoint(tmp_path / name / "best", **base, **meta)
-        (tmp_path / name / "record.json").write_text("{}")
-        argv = ["--checkpoint", str(tmp_path / name / "best"), "--images", str(tmp_path / "a.png")]
-        assert main(argv) == 0
-        return capsys.readouterr().err
+        return _notes_of_a_runs_checkpoint(tmp_path / name, capsys, **base, **meta)
 
     assert err_of("bf16_now", precision="bf16", numerics=7) == ""
     err = err_of("bf16_old", precision="bf16", numerics=5)
