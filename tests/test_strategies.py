@@ -1503,6 +1503,23 @@ def test_make_refuses_adam_settings_that_ascend_or_give_nan():
     assert schedule.trainable_blocks(1.0) == schedule.trainable_blocks(1)
 
 
+def test_make_names_its_own_options_for_a_stage_past_int32_and_a_bad_frozen_bn():
+    """lp_epochs x steps_per_epoch past int32 was "staged: start_steps['a'] must be ...",
+    arguments the caller never passed; a bad frozen_bn lacked make's prefix."""
+    params = toy_params()
+    with pytest.raises(ValueError) as e:
+        make("lp_ft", params, TOY, learning_rate=LR, lp_epochs=3, steps_per_epoch=2**30)
+    assert str(e.value) == (
+        "make('lp_ft'): a stage starts at epoch 3, step 3,221,225,472 (steps_per_epoch "
+        "1,073,741,824), past the int32 step count optax keeps (2,147,483,647); expected "
+        "fewer steps per epoch or stage epochs"
+    )
+    make("lp_ft", params, TOY, learning_rate=LR, lp_epochs=1, steps_per_epoch=2**30)
+    with pytest.raises(ValueError) as e:
+        make("lp", params, TOY, learning_rate=LR, frozen_bn="frz")
+    assert str(e.value) == ("make('lp'): frozen_bn must be one of ('update', 'freeze'), got 'frz'")
+
+
 def test_sp_under_inject_hyperparams_and_jit():
     """As for optax.add_decayed_weights: injected alpha, beta are traced, not range-checked."""
     params = toy_params()

@@ -17,10 +17,15 @@ import optax
 
 from medft_jax.config import OPTION_STRATEGIES
 from medft_jax.models.blocks import BlockPartition, path_str
-from medft_jax.strategies.checks import is_concrete_number, require_int, require_learning_rate
+from medft_jax.strategies.checks import (
+    MAX_STEP,
+    is_concrete_number,
+    require_int,
+    require_learning_rate,
+)
 from medft_jax.strategies.freeze import HEAD
 from medft_jax.strategies.rgn import warn_zero_tensors
-from medft_jax.strategies.schedule import Schedule
+from medft_jax.strategies.schedule import FROZEN_BN_MODES, Schedule
 from medft_jax.strategies.specs import (
     EXTRA_STRATEGIES,
     PAPER_STRATEGIES,
@@ -147,6 +152,8 @@ def make(
         raise ValueError(f"make({name!r}): steps_per_epoch is required (stages are in epochs)")
     group_of = spec.groups(partition)
     _check_groups_train_something(name, params, group_of, o, partition.names)
+    starts = {HEAD: 0, **spec.starts(o, partition.names)}
+    _check_start_steps(name, starts, o.steps_per_epoch)
     if name == "auto_rgn":  # here, where params are concrete even if init is jitted
         warn_zero_tensors(params, o.rgn_eps)
     schedule = Schedule.build(
@@ -154,7 +161,7 @@ def make(
         params,
         partition,
         group_of,
-        {HEAD: 0, **spec.starts(o, partition.names)},
+        starts,
         steps_per_epoch=o.steps_per_epoch,
         frozen_bn=o.frozen_bn,
         prepass=spec.prepass(o),
@@ -356,9 +363,30 @@ def _switches_as_bools(name: str, o: Options) -> Options:
     return dataclasses.replace(o, **{key: bool(getattr(o, key)) for key in SWITCHES})
 
 
+def _check_start_steps(
+    name: str, starts: dict[str, int | None], steps_per_epoch: int | None
+) -> None:
+    """Refuse a stage starting past optax's int32 step count, naming the options that put
+    it there (``staged: start_steps['a'] ...`` named arguments the caller never passed).
+    A group that never starts (None: frozen throughout) has no step."""
+    if steps_per_epoch is None:
+        return
+    epoch = max(e for e in starts.values() if e is not None)
+    if epoch * steps_per_epoch > MAX_STEP:
+        raise ValueError(
+            f"make({name!r}): a stage starts at epoch {epoch}, step {epoch * steps_per_epoch:,} "
+            f"(steps_per_epoch {steps_per_epoch:,}), past the int32 step count optax keeps "
+            f"({MAX_STEP:,}); expected fewer steps per epoch or stage epochs"
+        )
+
+
 def _check(name: str, o: Options) -> None:
     """The numeric options every strategy shares: counts are integers, the rate positive."""
     where = f"make({name!r})"
+    if o.frozen_bn not in FROZEN_BN_MODES:
+        raise ValueError(
+            f"{where}: frozen_bn must be one of {FROZEN_BN_MODES}, got {o.frozen_bn!r}"
+        )
     if o.steps_per_epoch is not None:
         require_int(where, "steps_per_epoch", o.steps_per_epoch, 1)
     require_int(where, "epochs_per_stage", o.epochs_per_stage, 1)
