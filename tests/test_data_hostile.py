@@ -792,14 +792,26 @@ def _load_csv(root: Path, out: Path, **kw):
     ("labels", "message"),
     [
         (["0", "1"] * 5 + ["0.9"], r"labels\.csv:12: label '0\.9' is a number but not an integer"),
-        (["0", "1"] * 5 + ["nan"], r"labels\.csv:12: label 'nan' is a number but not an integer"),
+        (["0", "1"] * 5 + ["nan"], r"labels\.csv:12: 'label' is 'nan', a missing value; expected"),
+        (["a", "b"] * 5 + ["NA"], r"labels\.csv:12: 'label' is 'NA', a missing value; expected"),
+        (["a", "b"] * 5 + ["#N/A"], r"labels\.csv:12: 'label' is '#N/A', a missing value"),
         (["0", "1"] * 5 + ["benign"], r"labels\.csv:12: column 'label' mixes class ids \('0'\)"),
         (["0", "1"] * 5 + ["1.0"], r"labels\.csv:12: labels '1' and '1\.0' are the same id"),
         (["0", "1"] * 5 + [" "], r"labels\.csv:12: empty 'label'; expected a class"),
         (["benign"] * 11, r"only one class \('benign'\); a classifier needs at least two"),
         (["normal", NFC] * 5 + [NFD], rf"labels\.csv:12: {TWINS}"),
     ],
-    ids=["float-0.9", "nan", "string-among-ids", "two-spellings", "empty", "one-class", "nfd"],
+    ids=[
+        "float-0.9",
+        "nan",
+        "NA",
+        "#N/A",
+        "string-among-ids",
+        "two-spellings",
+        "empty",
+        "one-class",
+        "nfd",
+    ],
 )
 def test_csv_bad_labels_refused_before_caching(tmp_path, labels, message):
     root = _csv_dir(tmp_path / "d", labels)

@@ -481,6 +481,34 @@ def test_a_split_or_patient_column_left_without_its_flag_is_refused(tmp_path):
     assert sum(len(v) for v in splits.values()) == 12
 
 
+def test_a_split_column_of_other_values_or_missing_patient_ids_are_refused(tmp_path):
+    """A 'split' column of tr/te (or a 'fold' of 0..4) was ignored without a word, the
+    rows the user held out carved into training; R's NA patient ids were one patient."""
+    _images(tmp_path)
+    csv_file = tmp_path / "labels.csv"
+    for column, values in (("split", ("tr", "te")), ("fold", ("0", "1", "2"))):
+        rows = [
+            f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{values[i % len(values)]}"
+            for i in range(12)
+        ]
+        _write(tmp_path, f"path,label,{column}", rows)
+        with pytest.raises(DataError) as err:
+            _table(tmp_path)
+        assert _one_line(err) == (
+            f"{csv_file}: column {column!r} is named as a split column but holds "
+            f"{', '.join(sorted(values))}, not split names, and --split-column is not given, "
+            "so the splits would be carved at random instead; write train/val/test in it and "
+            f"pass --split-column {column} (or rename the column to carve)"
+        )
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{'NA' if i > 9 else i}" for i in range(12)]
+    _write(tmp_path, "path,label,patient", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path, group_column="patient")
+    assert _one_line(err) == (
+        f"{csv_file}:12: 'patient' is 'NA', a missing value; expected a patient/group id"
+    )
+
+
 def test_columns_of_split_names_or_patient_ids_under_other_names_are_refused(tmp_path):
     """Only a short list of exact names was checked: 'dataset' or 'phase' holding
     train/test, and 'PatientNo', 'pid' or 'StudyInstanceUID' shared by images, were

@@ -179,19 +179,36 @@ def _number(text: str) -> float | None:
         return None
 
 
+MISSING_MARKERS = frozenset({"na", "n/a", "#n/a", "nan", "null", "#null!", "<na>"})
+"""What spreadsheets and data frames write for a missing value (R's ``NA``, Excel's
+``#N/A``, pandas' ``nan`` and ``<NA>``), compared in lower case. Not ``None``, ``-`` or
+``?``: real grades and classes are named so."""
+
+
+def missing_marker(value: str) -> bool:
+    """Whether a cell holds a missing-value marker (:data:`MISSING_MARKERS`)."""
+    return value.strip().lower() in MISSING_MARKERS
+
+
 def class_names_of(rows: Sequence[Row], label_column: str, csv_path: Path) -> list[str]:
     """The class names a label column holds: names sorted, or integer ids sorted by value.
 
-    Refused, naming the line: an empty label; a number that is not an
-    integer id (``0.9``, ``nan``: a float label would otherwise become a
-    class of its own); ids mixed with names; two spellings of one id
-    (``1`` and ``1.0``).
+    Refused, naming the line: an empty label, or a missing-value marker (``NA``, ``#N/A``,
+    ``nan``: R's and Excel's missing labels became a class of their own, averaged into
+    every macro metric); a number that is not an integer id (``0.9``: a float label
+    would otherwise become a class of its own); ids mixed with names; two spellings of
+    one id (``1`` and ``1.0``).
     """
     first: dict[str, int] = {}
     for row in rows:
         value = row[label_column].strip()
         if not value:
             raise DataError(f"{csv_path}:{row.line}: empty {label_column!r}; expected a class")
+        if missing_marker(value):
+            raise DataError(
+                f"{csv_path}:{row.line}: {label_column!r} is {value!r}, a missing value; "
+                "expected a class (label the image, or drop its row)"
+            )
         first.setdefault(value, row.line)
     refuse_twins(first, lambda value: f"{csv_path}:{first[value]}")  # first appearances
     _refuse_joined_labels(first, label_column, csv_path)
@@ -367,6 +384,11 @@ def parse_table(
         group = row[group_column].strip() if group_column else ""
         if group_column and not group:  # blank: one patient per image, or all one patient?
             raise DataError(f"{where}: empty {group_column!r}; expected a patient/group id")
+        if group_column and missing_marker(group):  # every unknown patient one patient
+            raise DataError(
+                f"{where}: {group_column!r} is {group!r}, a missing value; expected a "
+                "patient/group id"
+            )
         if group_column:
             _refuse_group_twins(csv_path, group_column, group, row.line, spelled)
         if group_column and split_column:
@@ -497,9 +519,17 @@ def _refuse_unused_layout_columns(
             # By name, or by content: a column of nothing but split names (two or more:
             # 'dataset', 'phase' holding train/test) is one whatever it is called.
             only_splits = len(values) > 1 and values <= set(SPLIT_NAMES)
-            if (_squashed(column) in SPLIT_LIKE and values & set(SPLIT_NAMES)) or only_splits:
-                shown = sorted(v or "(blank)" for v in values)
-                listed = ", ".join(shown[:6]) + (", ..." if len(shown) > 6 else "")
+            named = _squashed(column) in SPLIT_LIKE
+            listed = _some_values(values)
+            surely = named and _squashed(column) != "set"  # 'set' may hold batches, sites
+            if surely and len(values) > 1 and not values & set(SPLIT_NAMES):
+                raise DataError(  # tr/te, 0/1, a fold number: the user's own split, unread
+                    f"{csv_path}: column {column!r} is named as a split column but holds "
+                    f"{listed}, not split names, and --split-column is not given, so the "
+                    "splits would be carved at random instead; write train/val/test in it and "
+                    f"pass --split-column {_shell(column)} (or rename the column to carve)"
+                )
+            if (named and values & set(SPLIT_NAMES)) or only_splits:
                 raise DataError(
                     f"{csv_path}: column {column!r} holds split names ({listed}) but "
                     "--split-column is not given, so the splits would be carved at random "
@@ -517,6 +547,12 @@ def _refuse_unused_layout_columns(
                     f"in train and test both; pass --group-column {_shell(column)} (or rename the "
                     "column to split image by image)"
                 )
+
+
+def _some_values(values: set[str], limit: int = 6) -> str:
+    """A column's values, sorted, the first ``limit`` named (a blank one as ``(blank)``)."""
+    shown = sorted(v or "(blank)" for v in values)
+    return ", ".join(shown[:limit]) + (", ..." if len(shown) > limit else "")
 
 
 def check_label_options(
