@@ -509,6 +509,20 @@ def test_a_split_column_of_other_values_or_missing_patient_ids_are_refused(tmp_p
     )
 
 
+def test_a_header_of_trailing_unnamed_columns_says_so(tmp_path):
+    """Excel's "path,label,," was "column '' appears twice in the header"."""
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},," for i in range(12)]
+    _write(tmp_path, "path,label,,", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err) == (
+        f"{tmp_path / 'labels.csv'}:1: 2 columns without a name in the header (trailing "
+        "commas, as a spreadsheet writes where cells right of the data were once used); "
+        "delete those columns"
+    )
+
+
 def test_columns_of_split_names_or_patient_ids_under_other_names_are_refused(tmp_path):
     """Only a short list of exact names was checked: 'dataset' or 'phase' holding
     train/test, and 'PatientNo', 'pid' or 'StudyInstanceUID' shared by images, were

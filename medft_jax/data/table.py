@@ -163,6 +163,12 @@ def _header(
             f"{expected} (found {','.join(fields) or 'nothing'}){hint}"
         )
     twice = sorted({c for c in fields if fields.count(c) > 1})
+    if twice == [""]:  # Excel writes "path,label,," where cells right of the data were used
+        raise DataError(
+            f"{path}:1: {fields.count('')} columns without a name in the header (trailing "
+            "commas, as a spreadsheet writes where cells right of the data were once used); "
+            "delete those columns"
+        )
     if twice:
         raise DataError(f"{path}:1: column {twice[0]!r} appears twice in the header")
     return fields
