@@ -31,7 +31,7 @@ from experiments.common import (
 from medft_jax.config import RunConfig, check_value
 from medft_jax.data.cache import skipped_counts, skipped_note
 from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
-from medft_jax.names import ARCHS, DEMO, TEST_ARCHS, dataset_name_error, dataset_names
+from medft_jax.names import ARCHS, DEMO, TEST_ARCHS, dataset_name_error, dataset_names, same_data
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -142,7 +142,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if note:
         print(note, file=sys.stderr)
     print(
-        f"{args.dataset}: {counts}; {ds.num_classes} classes; images {ds.image_shape}; "
+        f"{same_data(args.dataset)}: {counts}; {ds.num_classes} classes; images {ds.image_shape}; "
         f"skipped bad images: {n_skipped}"
     )
     return 0

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import data_fakes as fakes
+import numpy as np
 import pytest
 
 from experiments.prepare import main
@@ -265,3 +266,17 @@ def test_skipped_note_names_each_split_s_images_and_counts_past_the_limit():
     )
     assert skipped_note({"skipped_bad_images": {"train": []}}) is None
     assert skipped_note({}) is None
+
+
+def test_prepare_names_a_medmnist_dataset_as_runs_name_it(tmp_path, capsys):
+    """``medmnist/x@28`` is ``medmnist/x`` in every run name, record and report; prepare's
+    summary line said it as typed."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 10), ("val", 4), ("test", 6)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2)[:, None]
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    argv = ["--dataset", "medmnist/pneumoniamnist@28", "--data-dir", str(tmp_path)]
+    assert main([*argv, "--image-size", "32", "--resize-size", "36", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("medmnist/pneumoniamnist: train 10, val 4, test 6;")

@@ -63,6 +63,24 @@ def test_medmnist_nx1_labels_and_resized_cache(tmp_path):
     assert np.array_equal(resized.splits["val"].images[2], expected[2:34, 2:34])
 
 
+def test_an_unscorable_medmnist_copy_is_refused_before_its_cache_is_written(tmp_path):
+    """A val split without a class (an edited copy) was refused only after the whole
+    resized cache was written, left behind for every later run to refuse again."""
+    _npz(tmp_path / "pneumoniamnist.npz", {"train": 10, "val": 4, "test": 6})
+    with np.load(tmp_path / "pneumoniamnist.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["val_labels"][:] = 0
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    with pytest.raises(DataError) as err:
+        load("medmnist/pneumoniamnist", data_dir=tmp_path, progress=False, **SIZES)
+    assert str(err.value) == (
+        f"{tmp_path / 'pneumoniamnist.npz'}: the val split (4 examples) has no example of "
+        "class 'pneumonia', so its AUROC is undefined and the macro means would leave it out; "
+        "expected the published splits (an edited copy?)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pneumoniamnist.npz"]
+
+
 def test_the_resized_cache_is_built_by_one_process_under_a_lock(tmp_path, monkeypatch):
     """It took none (folders and paper tasks do): two prepares each built the whole cache,
     and each one's swap deleted the other's under its readers. One that waited finds the
@@ -150,6 +168,11 @@ def test_chestmnist_is_multilabel(tmp_path):
 def test_medmnist_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="unknown MedMNIST flag 'nosuch'"):
         parse_name("medmnist/nosuch")
+    with pytest.raises(DataError) as err:  # was "unknown MedMNIST flag" from the library
+        parse_name("medmnist/organmnist3d")
+    assert str(err.value).startswith(
+        "'medmnist/organmnist3d': 'organmnist3d' is one of MedMNIST's 3D datasets (volumes)"
+    )
     with pytest.raises(DataError, match=r"size '100' .* is not one of"):
         parse_name("medmnist/breastmnist@100")
     for spelling in ("028", "+28", " 28", "x", ""):  # run and sweep refuse these names

@@ -852,6 +852,11 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
             "error: --skip-bad-images applies to folder and csv datasets; bach reads what "
             "experiments.prepare wrote into --data-dir (give it to experiments.prepare)\n",
         ),
+        (  # prepare refuses it for MedMNIST too: no "give it to experiments.prepare"
+            ["--strategy", "ft", "--dataset", "medmnist/breastmnist", "--skip-bad-images"],
+            "error: --skip-bad-images applies to folder and csv datasets; medmnist/breastmnist "
+            "reads what experiments.prepare wrote into --data-dir\n",
+        ),
         (
             ["--strategy", "ft", "--weights", __file__],  # a file: a torch .pth, say
             f"error: --weights {__file__}: a file, expected a model checkpoint folder; a torch "

@@ -34,10 +34,10 @@ from medft_jax import download as download_lib
 from medft_jax import locks
 from medft_jax.data import cache
 from medft_jax.data.arrays import ArraySplit, make_split
-from medft_jax.data.dataset import Dataset
+from medft_jax.data.dataset import Dataset, find_unscorable, unscorable_message
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import cache_dir, variant_name
-from medft_jax.data.medmnist_info import FLAGS, N_SAMPLES, SIZES, URL
+from medft_jax.data.medmnist_info import FLAGS, FLAGS_3D, N_SAMPLES, SIZES, URL
 from medft_jax.data.preprocess import resize_and_crop
 
 SPLITS = ("train", "val", "test")
@@ -47,6 +47,10 @@ def parse_name(name: str) -> tuple[str, int]:
     """``"medmnist/breastmnist@64"`` -> ``("breastmnist", 64)`` (size defaults to 28)."""
     rest = name.split("/", 1)[1] if "/" in name else ""
     flag, _, size_text = rest.partition("@")
+    if flag.lower() in FLAGS_3D:  # the command lines' words, for library callers too
+        from medft_jax.names import dataset_name_error
+
+        raise DataError(f"{name!r}: {dataset_name_error(name)}")
     if flag not in FLAGS:
         raise DataError(
             f"unknown MedMNIST flag {flag!r} in {name!r}; known: {', '.join(sorted(FLAGS))}"
@@ -448,6 +452,7 @@ def _build_cache(
     # (each made RGB as it is resized).
     arrays = read_npz(path, flag, size, images=False)
     _refuse_other_flags_sizes(path, flag, source, arrays)
+    _refuse_unscorable(path, arrays, facts)  # before the cache is written, not after
     shape = (crop_size, crop_size, 3)
     plan = {}
     for s, (_, lab) in arrays.items():
@@ -457,6 +462,22 @@ def _build_cache(
         chunks = _resized_chunks(rows, resize_size, crop_size)
         plan[s] = cache.SplitPlan(len(lab), shape, chunks, fields)
     cache.write_cache(target, plan, {**facts, "source": source}, progress=progress)
+
+
+def _refuse_unscorable(
+    path: Path, arrays: dict[str, tuple[np.ndarray, ...]], facts: dict[str, Any]
+) -> None:
+    """Refuse a file whose val or test split leaves a class's AUROC undefined (an edited
+    copy: the published splits hold every class), by the rule runs check, before the
+    resized cache is written: the refusal came after it, a whole cache left behind."""
+    names, multilabel = facts["class_names"], facts["multilabel"]
+    labels = {s: lab for s, (_, lab) in arrays.items()}
+    gap = find_unscorable(labels, len(names), multilabel)
+    if gap is not None:
+        raise DataError(
+            unscorable_message(str(path), gap, names, multilabel)
+            + "expected the published splits (an edited copy?)"
+        )
 
 
 def _refuse_other_flags_sizes(
