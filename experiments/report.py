@@ -148,6 +148,12 @@ def _summary(args: argparse.Namespace):
             if forced
             else ""
         )
+        going = [f for f, _ in unfinished if locks.maybe_running(f)]
+        if going:  # runs under way: not an empty or wrong folder
+            rerun += (
+                f"; {len(going)} run(s) are under way (a process holds its lock), e.g. "
+                f"{going[0]}: report once one finishes"
+            )
         raise UserError(
             f"--runs {runs}: no run records (record.json) or failure notes in it{rerun}"
         )

@@ -94,6 +94,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from medft_jax import locks
 from medft_jax.atomic import write_bytes
 from medft_jax.errors import UserError
 from medft_jax.names import ARCHS, STRATEGIES, TEST_ARCHS, recorded_dataset_error
@@ -691,7 +692,10 @@ def unfinished_runs(
             continue
         checkpoints = Path(root) / "checkpoints"
         started = named_as_a_run(root) and (
-            (checkpoints.is_dir() and any(checkpoints.iterdir())) or "best" in dirs
+            (checkpoints.is_dir() and any(checkpoints.iterdir()))
+            or "best" in dirs
+            # held, before its first checkpoint (setup, compile, epoch 1): not "not run yet"
+            or (locks.LOCK_NAME in names and locks.maybe_running(root))
         )  # a run's folder ends in its hash: a user's folder holding a best/ is not one
         forced = any((Path(root) / n / RECORD_NAME).is_file() for n in PREVIOUS_NAMES)
         if forced and set_aside is not None:

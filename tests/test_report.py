@@ -1683,6 +1683,30 @@ def test_run_folders_without_a_record_are_counted_with_their_size(tmp_path, caps
     assert "running now" not in err and "stopped beside" not in err
 
 
+def test_a_run_under_way_before_its_first_checkpoint_is_named_not_missing(tmp_path, capsys):
+    """Setting up, compiling or in its first epoch a run's folder holds its lock alone: a
+    report said "not run yet", or with nothing finished "no run records" of the folder."""
+    runs = tmp_path / "runs"
+    going = runs / "bach-resnet50-ft-lr0.0001-s0-0123456789abcdef"
+    going.mkdir(parents=True)
+    (going / locks.LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": locks._host()}))
+    stale = runs / "bach-resnet50-lp-lr0.0001-s0-0123456789abcdef"
+    stale.mkdir()
+    (stale / locks.LOCK_NAME).write_text(json.dumps({"pid": 2**22 + 7, "host": locks._host()}))
+    assert results.unfinished_runs(runs) == [(going, (going / locks.LOCK_NAME).stat().st_size)]
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --runs {runs}: no run records (record.json) or failure notes in it; 1 run(s) "
+        f"are under way (a process holds its lock), e.g. {going}: report once one finishes\n"
+    )
+    _write_runs(runs, [rec(strategy="lp", lr=1e-3)])
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 0
+    assert (
+        f"1 of them are running now (a live process on this host holds the lock), e.g. {going}"
+        in (capsys.readouterr().err)
+    )
+
+
 def test_a_forced_rerun_is_named_not_taken_for_an_empty_folder(tmp_path, capsys):
     """During ``run --force`` the run's last record waits in previous/ (not read: it is not
     the rerun's result). A report then said "no run records" in a folder holding one, or
