@@ -40,7 +40,7 @@ from typing import Any
 
 from experiments.common import DEMO_OF_GRID, refuse_data_dir_for_demo
 from medft_jax import grid as grid_lib
-from medft_jax import results
+from medft_jax import locks, results
 from medft_jax.config import check_value
 from medft_jax.errors import (
     ArgumentParser,
@@ -164,9 +164,17 @@ def _main(argv: Sequence[str] | None) -> int:
             g, arms, args.grid_runs, identity, print if session.main_process else lambda _: None
         )
         if not grid[0]:  # the comparison would be NaN, after all the training
+            folders = results.unfinished_runs(args.grid_runs)
+            under_way = [f for f, _ in folders if locks.maybe_running(f)]
             raise UserError(
                 f"--grid-runs {args.grid_runs}: holds none of the grid's {grid[2]} runs of "
                 "this selection; expected the full grid's --out"
+                + (  # the grid's sweep going on: its folder, not yet its records
+                    f" ({len(under_way)} run(s) there are under way, e.g. {under_way[0]}: "
+                    "compare once the sweep has finished)"
+                    if under_way
+                    else ""
+                )
             )
         check_grid_identity(grid[0], identity, args.grid_runs)
     outcome = successive_halving(

@@ -1005,6 +1005,21 @@ def test_select_refuses_grid_runs_from_other_data_before_training(tmp_path, monk
         f"error: --grid-runs {grid}: holds none of the grid's 2 runs of this selection; "
         "expected the full grid's --out"
     )
+    # The grid's sweep under way: its folder, named as such (not "expected the full grid's").
+    going = grid / "demo-resnet_tiny-lp-lr0.001-s0-0123456789abcdef"
+    going.mkdir()
+    (going / locks.LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": locks._host()}))
+    assert select_cli.main(argv) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"expected the full grid's --out (1 run(s) there are under way, e.g. {going}: compare "
+            "once the sweep has finished)"
+        )
+    )
+    (going / locks.LOCK_NAME).unlink()
+    going.rmdir()
     run = _identified(grid_lib.load_grid(config).configs())[0]
     stale = dataclasses.replace(run, data_fingerprint="0" * 16).to_dict()
     finished = {"epochs": [], "best_epoch": 0, "primary_metric": "auroc", "train_seconds": 1.0}
