@@ -130,6 +130,25 @@ COUNTS: dict[str, tuple[int, int]] = {
 """The toolkit's environment variables that take a whole number, and its bounds."""
 
 
+_PROCESS_INDEX = 0
+"""This process's index in a multi-host job (:func:`set_process_index`; 0 alone)."""
+
+
+def set_process_index(index: int) -> None:
+    """Record this process's index in its job (called once it joined it), so that
+    :func:`note` says a note once per job."""
+    global _PROCESS_INDEX
+    _PROCESS_INDEX = int(index)
+
+
+def note(line: str) -> None:
+    """Print one ``note:``/``WARNING:`` line on stderr, on process 0 of a multi-host job
+    only: every host loads the same data and weights, and each said the same note (no
+    JAX here: data modules say notes where JAX is never imported)."""
+    if _PROCESS_INDEX == 0:
+        print(line, file=sys.stderr, flush=True)
+
+
 def env_count(name: str) -> int | None:
     """The whole number ``name`` of :data:`COUNTS` holds, or None when unset (or empty);
     anything else (``two``, ``²``, out of bounds) is refused in one line."""

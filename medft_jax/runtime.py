@@ -15,7 +15,7 @@ from typing import Any
 import jax
 
 from medft_jax.data.locations import user_cache_base
-from medft_jax.errors import UserError, env_switch, writable_dir
+from medft_jax.errors import UserError, env_switch, set_process_index, writable_dir
 
 _SET_UP = False
 
@@ -34,6 +34,7 @@ def set_up_process(distributed: bool = True) -> None:
     if distributed and env_switch("MEDFT_DISTRIBUTED"):  # BUILD.md: multi-host runs
         jax.distributed.initialize(**_process_layout())
         check_even_devices(jax.devices())
+        set_process_index(jax.process_index())  # notes said once per job
     elif distributed:
         _refuse_layout_without_switch()
     tune_cpu_host()

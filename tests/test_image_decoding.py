@@ -492,6 +492,15 @@ def test_a_file_pillow_cannot_open_names_the_plugins_reason(tmp_path):
     f64.write_bytes(bytes(tiff))
     with pytest.raises(NotABadFile, match=r"f64\.tif: an image of a kind .*unknown pixel mode"):
         open_image(f64)
+    # Cut short, the same file is damaged (skippable), though Pillow says the same words.
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(f64.read_bytes()[: len(tiff) - 20])
+    with pytest.raises(DataError) as e:
+        open_image(cut)
+    assert not isinstance(e.value, NotABadFile)
+    assert str(e.value) == (
+        f"corrupt or unreadable image {cut}: Pillow cannot open it (TIFF: unknown pixel mode)"
+    )
     junk = tmp_path / "y.png"
     junk.write_bytes(b"no image here" * 4)
     with pytest.raises(DataError, match=r"y\.png: cannot identify image file"):

@@ -229,3 +229,19 @@ def test_a_job_whose_hosts_hold_different_numbers_of_devices_is_refused_in_one_l
         "the job's processes hold different numbers of devices (process 0: 2, process 1: 1); "
         "expected the same on every host (is a device hidden on one, CUDA_VISIBLE_DEVICES?)"
     )
+
+
+def test_notes_are_said_by_process_0_of_a_job_only(capsys, monkeypatch):
+    """Every host of a multi-host job loads the same data and weights: each said the same
+    "no ImageNet weights" warning and data notes, once per process."""
+    from medft_jax import errors
+    from medft_jax.data.cache import note_duplicates
+
+    meta = {"duplicates": {"test": 2, "example": ["train/a", "test/b"]}}
+    monkeypatch.setattr(errors, "_PROCESS_INDEX", 0)
+    note_duplicates("d", meta)
+    assert capsys.readouterr().err.startswith("note: d: images pixel-identical")
+    errors.set_process_index(1)
+    note_duplicates("d", meta)
+    errors.note("note: anything")
+    assert capsys.readouterr().err == ""

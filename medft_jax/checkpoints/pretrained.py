@@ -11,7 +11,6 @@ for the task.
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from medft_jax.checkpoints.model import CheckpointError, load_model
 from medft_jax.data.locations import CACHE_VARIABLE
-from medft_jax.errors import UNWRITABLE
+from medft_jax.errors import UNWRITABLE, note
 from medft_jax.locks import build_lock
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
@@ -99,10 +98,9 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
             hint = f" Port them with: python -m weights_port --download --arch {arch}"
         else:
             hint = " Say --weights none for random initialisation, or --weights PATH"
-        print(
+        note(
             f"WARNING: no ImageNet weights for {arch} ({reason}); TRAINING FROM "
-            f"RANDOM INITIALISATION.{hint}",
-            file=sys.stderr,
+            f"RANDOM INITIALISATION.{hint}"
         )
     return None
 

@@ -48,7 +48,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -61,7 +60,7 @@ from medft_jax import atomic
 from medft_jax.data.arrays import ArraySplit, file_identity
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import user_cache_base
-from medft_jax.errors import UserError, one_line
+from medft_jax.errors import UserError, note, one_line
 
 META = "meta.json"
 FIELDS = ("labels", "ids", "groups", "patients")
@@ -303,10 +302,9 @@ def note_duplicates(where: str | Path, meta: Mapping[str, Any]) -> None:
     if counts:
         each = ", ".join(f"{n} in {split}" for split, n in counts.items())
         example = " = ".join(meta["duplicates"].get("example", []))
-        print(
+        note(
             f"note: {where}: images pixel-identical to a training image after preprocessing: "
-            f"{each} (e.g. {example}); they inflate validation/test scores, remove them",
-            file=sys.stderr,
+            f"{each} (e.g. {example}); they inflate validation/test scores, remove them"
         )
     found = meta.get("duplicates") if isinstance(meta.get("duplicates"), Mapping) else {}
     for key, template in _OTHER_COPIES.items():
@@ -319,7 +317,7 @@ def note_found(where: str | Path, found: Any, template: str) -> None:
     that lacks it."""
     if isinstance(found, list) and len(found) == 2:
         n, example = found
-        print(f"note: {where}: {template.format(n=n, example=example)}", file=sys.stderr)
+        note(f"note: {where}: {template.format(n=n, example=example)}")
 
 
 _OTHER_COPIES = {
@@ -857,7 +855,7 @@ def _jsonable(value: Any) -> Any:
 
 def announce_rebuild(what: str, cache_dir: Path, reason: str) -> None:
     """The one line a rebuild prints (stderr): which cache and why."""
-    print(f"{what} cache {cache_dir} is stale: {reason}; rebuilding", file=sys.stderr, flush=True)
+    note(f"{what} cache {cache_dir} is stale: {reason}; rebuilding")
 
 
 # The content fingerprint

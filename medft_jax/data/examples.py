@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.images import ImageReader
 from medft_jax.data.paths import special_kind
 from medft_jax.data.splits import carve, check_disjoint
+from medft_jax.errors import note
 
 Label = int | tuple[float, ...]
 
@@ -171,15 +171,15 @@ def carve_checked(
     if abs(len(carved) - asked) > max(2.0, 0.25 * asked):
         # Each class (or patient) gives its own rounded share: many small classes drift
         # (10 classes of 5 images at 0.1 give 1 image, at 0.3 give 20 of 50).
-        note = (
+        said = (
             f"note: {where + ': ' if where else ''}the {split} split takes {len(carved)} of "
             f"the {len(examples)} images ({len(carved) / len(examples):.0%}), not the "
             f"{fraction:.0%} of {named}: each class and patient is carved by its "
             "own rounded share"
         )
-        if note not in _CARVE_NOTES_SAID:  # a prepare lists a task twice (then TFDS does)
-            _CARVE_NOTES_SAID.add(note)
-            print(note, file=sys.stderr)
+        if said not in _CARVE_NOTES_SAID:  # a prepare lists a task twice (then TFDS does)
+            _CARVE_NOTES_SAID.add(said)
+            note(said)
     return rest, carved
 
 

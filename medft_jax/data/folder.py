@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from medft_jax.data.examples import (
 )
 from medft_jax.data.images import IMAGE_SUFFIXES, saved_twice
 from medft_jax.data.paths import not_listed, scan_files, sub_folders
+from medft_jax.errors import note
 
 SPLIT_DIRS = ("train", "val", "test")
 
@@ -233,7 +233,7 @@ def say_left_out(root: Path, others: Counter[str]) -> None:
     and were left out: a folder's PDFs or a scan exported as ``.nii`` must not vanish
     without a word."""
     if others:
-        print(f"note: {root}: {_counted(others, 'left out ')}", file=sys.stderr)
+        note(f"note: {root}: {_counted(others, 'left out ')}")
 
 
 def _counted(others: Counter[str], fate: str = "") -> str:

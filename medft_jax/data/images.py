@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import os
 import re
+import struct
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -218,24 +219,74 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
     except Image.UnidentifiedImageError as err:
         reasons = _why_unidentified(path)
         why = f"Pillow cannot open it ({'; '.join(reasons)})" if reasons else str(err)
-        if any(_unsupported_kind(r) for r in reasons):
+        if any(_unsupported_kind(r, path) for r in reasons):
             raise _unsupported(path, why) from None
         raise DataError(f"corrupt or unreadable image {path}: {why}") from None
     except (OSError, SyntaxError, ValueError) as err:
-        if _unsupported_kind(str(err)):
-            raise _unsupported(path, one_line(err)) from None
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
 
 
-UNSUPPORTED_KIND = re.compile(
-    r"cannot handle|unknown pixel mode|unknown data organization|unsupported", re.IGNORECASE
-)
-"""Pillow's words for a file it parsed the header of but cannot decode (a 12-bit JPEG,
-a float64 or 10-bit packed TIFF, a BMP of an odd depth), not for a damaged one."""
+def _unsupported_kind(reason: str, path: Path) -> bool:
+    """Whether a Pillow plugin's ``reason`` says a sound file is of a kind it cannot decode,
+    not that the file is damaged: JPEG's "cannot handle 12-bit layers" (its frame header
+    read whole), TIFF's "unknown pixel mode" for a file whose tags and image data are all
+    there (a float64, a 10-bit packed TIFF; a TIFF cut inside its tags reads so too)."""
+    if reason.startswith("JPEG: cannot handle"):
+        return True
+    return reason == "TIFF: unknown pixel mode" and _tiff_whole(path)
 
 
-def _unsupported_kind(reason: str) -> bool:
-    return UNSUPPORTED_KIND.search(reason) is not None
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+"""Bytes of one value of each classic TIFF field type (BYTE .. DOUBLE)."""
+_TIFF_DATA_TAGS = ((273, 279), (324, 325))
+"""(offsets, byte counts) of the image data: strips, or tiles."""
+
+
+def _tiff_whole(path: Path) -> bool:
+    """Whether a classic TIFF's first directory, every value it points to and the image
+    data its strips or tiles name all lie inside the file (a header-only check: a file
+    cut short fails it). False for anything else (BigTIFF, another file)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            order = {b"II*\0": "<", b"MM\0*": ">"}.get(head[:4])
+            if order is None or len(head) < 8:
+                return False
+            (offset,) = struct.unpack(order + "I", head[4:])
+            f.seek(offset)
+            raw = f.read(2)
+            if len(raw) < 2:
+                return False
+            (count,) = struct.unpack(order + "H", raw)
+            entries = f.read(12 * count)
+            if len(entries) < 12 * count:
+                return False
+            values: dict[int, tuple[int, ...]] = {}
+            for k in range(count):
+                tag, kind, n = struct.unpack(order + "HHI", entries[12 * k : 12 * k + 8])
+                width = _TIFF_TYPE_BYTES.get(kind, 1)
+                inline = entries[12 * k + 8 : 12 * k + 12]
+                if n * width > 4:
+                    (at,) = struct.unpack(order + "I", inline)
+                    if at + n * width > size:
+                        return False
+                    if kind in (3, 4) and tag in (273, 279, 324, 325):
+                        f.seek(at)
+                        values[tag] = struct.unpack(
+                            order + ("H" if kind == 3 else "I") * n, f.read(n * width)
+                        )
+                elif kind in (3, 4) and tag in (273, 279, 324, 325):
+                    values[tag] = struct.unpack(
+                        order + ("H" if kind == 3 else "I") * n, inline[: n * width]
+                    )
+    except (OSError, struct.error):
+        return False
+    for offsets, counts in _TIFF_DATA_TAGS:
+        if offsets in values and counts in values:
+            pairs = zip(values[offsets], values[counts], strict=False)
+            return all(a + b <= size for a, b in pairs)
+    return False
 
 
 def _unsupported(path: Path, why: str) -> NotABadFile:

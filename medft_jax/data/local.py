@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,6 +46,7 @@ from medft_jax.data.locations import NOT_PREPARED, cache_dir, variant_name
 from medft_jax.data.paths import refuse_listed_output, sub_folders
 from medft_jax.data.pixels import check_bits_stored, parse_dicom_window
 from medft_jax.data.table import parse_table, read_csv
+from medft_jax.errors import note
 from medft_jax.names import LOCAL_KINDS
 
 KINDS = LOCAL_KINDS
@@ -389,11 +389,10 @@ def _refuse_blank_window(root: Path, meta: dict[str, Any]) -> None:
             f"vary as one grey (e.g. {example}): expected a window over the files' values "
             "(leave it out to show each file by its own window)"
         )
-    print(
+    note(
         f"note: {root}: {shown} shows {flat} of the {total} DICOM files whose values vary as "
         f"one grey (e.g. {example}): blank images trained on; check the window if they are "
-        "not blank",
-        file=sys.stderr,
+        "not blank"
     )
 
 
@@ -506,11 +505,10 @@ def _note_file_kind_by_class(
         f"{class_names[c]}: {', '.join(sorted(k or '(no suffix)' for k in kinds[c]))}"
         for c in sorted(kinds)
     )
-    print(
+    note(
         f"note: {root}: each class's files are of a kind no other class has ({each}); a "
         "model can tell the classes by how the files were made rather than by what they "
-        "show: convert them to one format",
-        file=sys.stderr,
+        "show: convert them to one format"
     )
 
 

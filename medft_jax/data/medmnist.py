@@ -20,7 +20,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import sys
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.locations import cache_dir, variant_name
 from medft_jax.data.medmnist_info import FLAGS, FLAGS_3D, N_SAMPLES, SIZES, URL
 from medft_jax.data.preprocess import resize_and_crop
+from medft_jax.errors import note
 
 SPLITS = ("train", "val", "test")
 
@@ -575,10 +575,9 @@ def _note_unofficial(source: dict[str, Any], flag: str, size: int) -> None:
     if source.get("official") or key in _NOTED:
         return
     _NOTED.add(key)
-    print(
+    note(
         f"note: {key[0]}: not MedMNIST's official {file_stem(flag, size)}.npz (MD5 {key[1]}); "
-        "runs read this copy as it is",
-        file=sys.stderr,
+        "runs read this copy as it is"
     )
 
 

@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import stat
-import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from medft_jax.data.examples import (
 )
 from medft_jax.data.images import IMAGE_SUFFIXES, saved_twice
 from medft_jax.data.paths import safe_join
+from medft_jax.errors import note
 
 SPLITS = ("train", "val", "test")
 
@@ -444,11 +444,10 @@ def _note_one_hot(csv_path: Path, columns: Sequence[str], examples: Sequence[Exa
     if len(columns) < 2 or not examples:
         return
     if all(sum(ex.label) == 1 for ex in examples):
-        print(
+        note(
             f"note: {csv_path}: every row of --label-columns {','.join(columns)} has exactly "
             "one 1: trained as multilabel (one sigmoid per column); if each image has one "
-            "class, give one --label-column of class names instead (softmax, top-1, kappa)",
-            file=sys.stderr,
+            "class, give one --label-column of class names instead (softmax, top-1, kappa)"
         )
 
 
