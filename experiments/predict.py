@@ -194,7 +194,8 @@ def _note_numerics(checkpoint: str | Path, precision: str, numerics: Any) -> Non
     now = forward_version(precision)
     if numerics is None and now == 1:
         return  # this precision's forward pass never changed: nothing to say
-    if numerics is not None and forward_version(precision, of=int(numerics)) == now:
+    newer = numerics is not None and int(numerics) > NUMERICS_VERSION  # a later toolkit's
+    if numerics is not None and not newer and forward_version(precision, of=int(numerics)) == now:
         return
     said = (
         "does not record the numerics version its run computed with (it was written before "
@@ -202,10 +203,15 @@ def _note_numerics(checkpoint: str | Path, precision: str, numerics: Any) -> Non
         if numerics is None
         else f"was evaluated by its run at numerics version {numerics}"
     )
+    differs = (
+        "which knows no later version (written by a newer medft-jax)"
+        if newer
+        else "whose forward pass differs (medft_jax.config.NUMERICS_VERSION lists each "
+        "version's changes)"
+    )
     print(
         f"note: {checkpoint} {said}; predict computes {precision} at version "
-        f"{NUMERICS_VERSION}, whose forward pass differs (medft_jax.config.NUMERICS_VERSION "
-        "lists each version's changes): its probabilities may differ from its run's "
+        f"{NUMERICS_VERSION}, {differs}: its probabilities may differ from its run's "
         "evaluation, and from its record's metrics",
         file=sys.stderr,
     )

@@ -610,7 +610,8 @@ def _walk_once(out_dir: str | Path) -> Iterator[tuple[str, list[str], list[str]]
             dirs[:] = []
             continue
         seen.add(real)
-        _refuse_broken_links(root, names)
+        if RECORD_NAME not in names and FAILURE_NAME not in names:  # a run's own links: no run
+            _refuse_broken_links(root, names)
         dirs[:] = [d for d in dirs if not not_listed(d)]
         if RECORD_NAME in names or FAILURE_NAME in names:  # a run folder: its checkpoints
             dirs[:] = [d for d in dirs if d not in _CHECKPOINT_FOLDERS]  # hold no runs
@@ -632,9 +633,9 @@ def _refuse_broken_links(root: str, names: list[str]) -> None:
             continue  # a run's own file: named as such by _find_files
         if os.path.islink(path) and not os.path.exists(path):
             raise RecordError(
-                f"{path}: a link that leads nowhere (to {os.readlink(path)}); expected a run "
-                "folder or file it holds: its runs would vanish from every table (a disk "
-                "not mounted?); mount it, or remove the link"
+                f"{path}: a link that leads nowhere or loops (to {os.readlink(path)}); "
+                "expected a run folder or file it holds: its runs would vanish from every "
+                "table (a disk not mounted?); mount it, or remove the link"
             )
 
 

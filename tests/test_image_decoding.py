@@ -485,13 +485,32 @@ def test_a_file_pillow_cannot_open_names_the_plugins_reason(tmp_path):
         "16-bit PNG) or move it out of the folder"
     )
     f64 = tmp_path / "f64.tif"  # a float64 TIFF: sound, no Pillow mode for it
-    Image.fromarray(np.zeros((4, 4), np.float32)).save(f64)
+    Image.fromarray(np.zeros((4, 8), np.float32)).save(f64)  # 4 rows of 32 bytes
     tiff = bytearray(f64.read_bytes())
     bps = tiff.index(bytes([0x02, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 32]))
-    tiff[bps + 8] = 64  # BitsPerSample 32 -> 64, the strips left as they are
+    tiff[bps + 8] = 64  # BitsPerSample 32 -> 64 ...
+    width = tiff.index(bytes([0x00, 0x01]), 8)  # ... and ImageWidth 8 -> 4: the same rows
+    assert tiff[width + 8] == 8
+    tiff[width + 8] = 4
     f64.write_bytes(bytes(tiff))
     with pytest.raises(NotABadFile, match=r"f64\.tif: an image of a kind .*unknown pixel mode"):
         open_image(f64)
+    # A strip offset's field type turned RATIONAL: Pillow's TypeError was a traceback.
+    rgb = tmp_path / "rgb.tif"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8)).save(rgb)
+    data = bytearray(rgb.read_bytes())
+    assert data[72] == 4  # StripOffsets' type, LONG
+    data[72] = 5
+    rgb.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"^corrupt or unreadable image .*rgb\.tif: 'IFDRational'"):
+        open_image(rgb)
+    # One byte off (BitsPerSample 64 -> 65, or rows shorter than stated): damaged, skippable.
+    for at, value in ((bps + 8, 65), (width + 8, 5)):
+        odd = tmp_path / "odd.tif"
+        odd.write_bytes(bytes(tiff[:at]) + bytes([value]) + bytes(tiff[at + 1 :]))
+        with pytest.raises(DataError) as e:
+            open_image(odd)
+        assert not isinstance(e.value, NotABadFile)
     # Cut short, the same file is damaged (skippable), though Pillow says the same words.
     cut = tmp_path / "cut.tif"
     cut.write_bytes(f64.read_bytes()[: len(tiff) - 20])
@@ -1229,9 +1248,9 @@ def test_dicom_dataset_without_the_file_header_is_refused_not_skipped_as_damaged
     with pytest.raises(NotABadFile) as e:
         open_image(raw)
     assert str(e.value) == (
-        f"{raw}: a DICOM dataset without the DICOM file header (preamble, DICM, file meta), "
-        "not skipped as a damaged file: its transfer syntax, and so its pixels' byte order "
-        "and encoding, is unstated; write it with the header (e.g. pydicom's save_as(..., "
+        f"{raw}: a DICOM dataset without the DICOM file header (its preamble and DICM "
+        "marker), not skipped as a damaged file: such a file is not read (its encoding would "
+        "be a guess); write it with the header (e.g. pydicom's save_as(..., "
         "enforce_file_format=True))"
     )
 
@@ -2185,3 +2204,8 @@ def test_a_16_bit_colour_ppm_reads_as_its_png_and_pgm_twins_by_the_high_byte(tmp
     pgm = np.asarray(open_image(netpbm(tmp_path / "g.pgm", "P5", grey, 4095)))
     ppm = np.asarray(open_image(netpbm(tmp_path / "g.ppm", "P6", np.stack([grey] * 3, -1), 4095)))
     assert all(np.array_equal(ppm[..., c], pgm) for c in range(3))
+    plain = tmp_path / "p3.ppm"  # the same picture as plain text (P3), a comment in it
+    plain.write_text(
+        "P3\n7 6\n# made by hand\n4095\n" + " ".join(map(str, np.stack([grey] * 3, -1).ravel()))
+    )
+    assert np.array_equal(np.asarray(open_image(plain)), ppm)

@@ -407,6 +407,11 @@ def test_a_bf16_runs_checkpoint_of_another_forward_pass_is_noted(tmp_path, capsy
     assert err_of("bf16_unsaid", precision="bf16").startswith(
         f"note: {tmp_path / 'bf16_unsaid' / 'best'} does not record the numerics version"
     )
+    assert err_of("bf16_newer", precision="bf16", numerics=99).endswith(
+        "predict computes bf16 at version 7, which knows no later version (written by a newer "
+        "medft-jax): its probabilities may differ from its run's evaluation, and from its "
+        "record's metrics\n"
+    )
     assert err_of("fp32_old", precision="fp32", numerics=3) == ""  # the same forward pass
     assert err_of("fp32_unsaid", precision="fp32") == ""
     with pytest.raises(CheckpointError, match="metadata numerics 0 is not a positive integer"):

@@ -180,12 +180,14 @@ def test_a_linked_run_folder_whose_disk_is_gone_is_refused_not_left_out(tmp_path
         with pytest.raises(RecordError) as err:
             load(runs)
         assert str(err.value) == (
-            f"{link}: a link that leads nowhere (to {results.run_dir(scratch, moved)}); "
+            f"{link}: a link that leads nowhere or loops (to {results.run_dir(scratch, moved)}); "
             "expected a run folder or file it holds: its runs would vanish from every table "
             "(a disk not mounted?); mount it, or remove the link"
         )
     (runs / ".stale").symlink_to(tmp_path / "gone")  # hidden: never read, as data listings
     link.unlink()
+    # A finished run's own link (a user's tb/ to a disk gone) holds no run: not refused.
+    (results.run_dir(runs, CONFIG) / "tb").symlink_to(tmp_path / "gone")
     assert len(results.load_records(runs)) == 1
 
 

@@ -187,10 +187,10 @@ def _read_dicom(path: Path, window: DicomWindow | None) -> Image.Image:
     except pydicom.errors.InvalidDicomError as err:
         if _headerless_image(pydicom, path):
             raise NotABadFile(
-                f"{path}: a DICOM dataset without the DICOM file header (preamble, DICM, "
-                "file meta), not skipped as a damaged file: its transfer syntax, and so its "
-                "pixels' byte order and encoding, is unstated; write it with the header "
-                "(e.g. pydicom's save_as(..., enforce_file_format=True))"
+                f"{path}: a DICOM dataset without the DICOM file header (its preamble and "
+                "DICM marker), not skipped as a damaged file: such a file is not read (its "
+                "encoding would be a guess); write it with the header (e.g. pydicom's "
+                "save_as(..., enforce_file_format=True))"
             ) from None
         why = one_line(err).replace(" Use force=True to force reading.", "")  # pydicom's API
         raise DataError(

@@ -222,71 +222,100 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
         if any(_unsupported_kind(r, path) for r in reasons):
             raise _unsupported(path, why) from None
         raise DataError(f"corrupt or unreadable image {path}: {why}") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"corrupt or unreadable image {path}: {err}") from None
+    except (OSError, SyntaxError, ValueError, TypeError) as err:  # TypeError: a damaged
+        # TIFF tag of the wrong type ("'IFDRational' object cannot be interpreted as an
+        # integer"), a traceback before
+        raise DataError(f"corrupt or unreadable image {path}: {one_line(err)}") from None
 
 
 def _unsupported_kind(reason: str, path: Path) -> bool:
     """Whether a Pillow plugin's ``reason`` says a sound file is of a kind it cannot decode,
-    not that the file is damaged: JPEG's "cannot handle 12-bit layers" (its frame header
-    read whole), TIFF's "unknown pixel mode" for a file whose tags and image data are all
-    there (a float64, a 10-bit packed TIFF; a TIFF cut inside its tags reads so too)."""
-    if reason.startswith("JPEG: cannot handle"):
+    not that the file is damaged: JPEG's "cannot handle 12-bit layers" (16 likewise: the
+    precisions a JPEG may have beside 8), TIFF's "unknown pixel mode" for a file whose
+    tags state a layout a TIFF may have and whose image data is all there (a float64, a
+    10-bit packed TIFF). Pillow says the same words of a damaged header ("0-bit layers",
+    a BitsPerSample flipped to 136, a TIFF cut inside its tags): those stay damaged,
+    skippable by ``--skip-bad-images``."""
+    if reason in ("JPEG: cannot handle 12-bit layers", "JPEG: cannot handle 16-bit layers"):
         return True
-    return reason == "TIFF: unknown pixel mode" and _tiff_whole(path)
+    return reason == "TIFF: unknown pixel mode" and _tiff_sound(path)
 
 
 _TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
 """Bytes of one value of each classic TIFF field type (BYTE .. DOUBLE)."""
-_TIFF_DATA_TAGS = ((273, 279), (324, 325))
-"""(offsets, byte counts) of the image data: strips, or tiles."""
+_TIFF_INTS = {256, 257, 258, 259, 262, 273, 277, 279, 284, 324, 325, 339}
+"""The tags read: width, height, bits, compression, photometric, strip offsets,
+samples per pixel, strip byte counts, planar configuration, tile offsets and byte counts,
+sample format."""
+_TIFF_BITS = {1, 2, 4, 8, 10, 12, 14, 16, 24, 32, 64}
+"""Bits per sample a sound TIFF may state."""
 
 
-def _tiff_whole(path: Path) -> bool:
-    """Whether a classic TIFF's first directory, every value it points to and the image
-    data its strips or tiles name all lie inside the file (a header-only check: a file
-    cut short fails it). False for anything else (BigTIFF, another file)."""
+def _tiff_tags(path: Path) -> dict[int, tuple[int, ...]] | None:
+    """The integer tags of :data:`_TIFF_INTS` of a classic TIFF's first directory, or None
+    where the directory, or a value it points to, lies outside the file (or no TIFF)."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             order = {b"II*\0": "<", b"MM\0*": ">"}.get(head[:4])
             if order is None or len(head) < 8:
-                return False
-            (offset,) = struct.unpack(order + "I", head[4:])
-            f.seek(offset)
+                return None
+            f.seek(struct.unpack(order + "I", head[4:])[0])
             raw = f.read(2)
-            if len(raw) < 2:
-                return False
-            (count,) = struct.unpack(order + "H", raw)
-            entries = f.read(12 * count)
-            if len(entries) < 12 * count:
-                return False
-            values: dict[int, tuple[int, ...]] = {}
+            count = struct.unpack(order + "H", raw)[0] if len(raw) == 2 else -1
+            entries = f.read(12 * count) if count >= 0 else b""
+            if count < 0 or len(entries) < 12 * count:
+                return None
+            tags: dict[int, tuple[int, ...]] = {}
             for k in range(count):
                 tag, kind, n = struct.unpack(order + "HHI", entries[12 * k : 12 * k + 8])
+                data = entries[12 * k + 8 : 12 * k + 12]
                 width = _TIFF_TYPE_BYTES.get(kind, 1)
-                inline = entries[12 * k + 8 : 12 * k + 12]
                 if n * width > 4:
-                    (at,) = struct.unpack(order + "I", inline)
+                    at = struct.unpack(order + "I", data)[0]
                     if at + n * width > size:
-                        return False
-                    if kind in (3, 4) and tag in (273, 279, 324, 325):
-                        f.seek(at)
-                        values[tag] = struct.unpack(
-                            order + ("H" if kind == 3 else "I") * n, f.read(n * width)
-                        )
-                elif kind in (3, 4) and tag in (273, 279, 324, 325):
-                    values[tag] = struct.unpack(
-                        order + ("H" if kind == 3 else "I") * n, inline[: n * width]
+                        return None
+                    if tag not in _TIFF_INTS or kind not in (3, 4):
+                        continue
+                    f.seek(at)
+                    data = f.read(n * width)
+                if tag in _TIFF_INTS and kind in (3, 4):
+                    tags[tag] = struct.unpack(
+                        order + ("H" if kind == 3 else "I") * n, data[: n * width]
                     )
+            tags[0] = (size,)  # the file's size, for the data's bounds
+            return tags
     except (OSError, struct.error):
+        return None
+
+
+def _tiff_sound(path: Path) -> bool:
+    """Whether a classic TIFF's first directory states a layout a sound TIFF may have
+    (:data:`_TIFF_BITS`, integer or float samples, 1-4 of them, a grey or RGB model) and
+    its strips or tiles lie inside the file, each uncompressed strip as long as its rows."""
+    tags = _tiff_tags(path)
+    stated = (256, 257, 258, 262)  # a sound file states them; a damaged tag reads absent
+    if tags is None or not all(tags.get(t) for t in stated):
         return False
-    for offsets, counts in _TIFF_DATA_TAGS:
-        if offsets in values and counts in values:
-            pairs = zip(values[offsets], values[counts], strict=False)
-            return all(a + b <= size for a, b in pairs)
-    return False
+    size = tags[0][0]
+    bits, spp, model = set(tags[258]), (tags.get(277) or (1,))[0], tags[262][0]
+    if not (bits <= _TIFF_BITS and len(bits) == 1 and len(tags[258]) == spp):
+        return False
+    grey_or_rgb = (model in (0, 1) and spp in (1, 2)) or (model == 2 and spp in (3, 4))
+    if not set(tags.get(339) or (1,)) <= {1, 2, 3} or not grey_or_rgb:
+        return False
+    offsets, counts = (273, 279) if 273 in tags else (324, 325)
+    if offsets not in tags or counts not in tags:
+        return False
+    if any(a + b > size for a, b in zip(tags[offsets], tags[counts], strict=False)):
+        return False
+    width, height = tags[256][0], tags[257][0]
+    chunky = (tags.get(284) or (1,))[0] == 1
+    if (tags.get(259) or (1,))[0] == 1 and chunky and offsets == 273:  # uncompressed strips
+        row = -(-width * spp * bits.pop() // 8)
+        return sum(tags[counts]) >= row * height > 0
+    return width > 0 and height > 0
 
 
 def _unsupported(path: Path, why: str) -> NotABadFile:
@@ -509,8 +538,8 @@ def _check_within_maxval(image: Image.Image, path: Path) -> None:
 
 
 def _ppm_colour_high_bytes(image: Image.Image, path: Path) -> np.ndarray | None:
-    """A binary PPM of 9..16-bit colour as the high bytes of its samples scaled to
-    0..65535, as its greyscale PGM twin reads; None for any other image.
+    """A PPM (binary or plain) of 9..16-bit colour as the high bytes of its samples scaled
+    to 0..65535, as its greyscale PGM twin reads; None for any other image.
 
     Why: Pillow rescales such colour straight to 8 bits, rounding (``v * 255 /
     maxval``), where 16-bit colour PNG/TIFF and greyscale PGM read by the high byte: one
@@ -519,11 +548,21 @@ def _ppm_colour_high_bytes(image: Image.Image, path: Path) -> np.ndarray | None:
     maxval = _maxval(image)
     if maxval is None or maxval <= 255 or image.mode != "RGB":
         return None
-    if image.tile[0].codec_name != "ppm":  # plain text (P3): Pillow's rounding, left as is
-        return None
     width, height = image.size
-    stored = np.fromfile(path, ">u2", count=width * height * 3, offset=image.tile[0].offset)
-    if len(stored) < width * height * 3:
+    tile, n = image.tile[0], width * height * 3
+    if tile.codec_name == "ppm":  # binary (P6): big-endian 16-bit samples
+        stored = np.fromfile(path, ">u2", count=n, offset=tile.offset)
+    else:  # plain text (P3): decimal samples, comments to the line's end
+        with open(path, "rb") as f:
+            f.seek(tile.offset)
+            text = re.sub(rb"#[^\n]*", b" ", f.read())
+        try:
+            stored = np.array(text.split()[:n], dtype=np.int64)
+        except ValueError:
+            raise DataError(
+                f"corrupt or unreadable image {path}: a plain PPM sample is not a number"
+            ) from None
+    if len(stored) < n:
         raise DataError(f"corrupt or unreadable image {path}: image file is truncated")
     scaled = np.rint(np.minimum(stored, maxval) / maxval * 65535).astype(np.uint16)
     return (scaled >> 8).astype(np.uint8).reshape(height, width, 3)

@@ -526,7 +526,8 @@ def _refuse_unused_layout_columns(
             only_splits = len(values) > 1 and values <= set(SPLIT_NAMES)
             named = _squashed(column) in SPLIT_LIKE
             listed = _some_values(values)
-            surely = named and _squashed(column) != "set"  # 'set' may hold batches, sites
+            # 'set', 'subset' may hold batches, sources (HAM10000, BCN20000): not surely splits
+            surely = named and _squashed(column) not in ("set", "subset")
             if surely and len(values) > 1 and not values & set(SPLIT_NAMES):
                 raise DataError(  # tr/te, 0/1, a fold number: the user's own split, unread
                     f"{csv_path}: column {column!r} is named as a split column but holds "
