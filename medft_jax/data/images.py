@@ -121,7 +121,7 @@ value read as signed where the header says the rescale may give negative values,
 odd 8-bit palette padded to even read, a TIFF whose Orientation turns its raster refused
 where Pillow turned (or scrambled) it, a PGM/PPM sample above its maxval refused
 where it was clipped to white, and a TIFF of 9-15 bits per sample or a JPEG 2000 of
-9-15-bit precision read by the bits it states; 11: a binary PPM of 9-16-bit colour read
+9-15-bit precision read by the bits it states; 11: a PPM of 9-16-bit colour read
 by its samples' high bytes, as PNG/TIFF and its greyscale PGM twin, where Pillow rounded
 to 8 bits (one grey level apart in about a quarter of the samples), and a sound file of
 a kind not read (a 12-bit JPEG, a float64 TIFF, a DICOM dataset without its file header)
