@@ -750,6 +750,7 @@ def test_gpu_sh_times_nothing_where_jax_has_no_gpu(tmp_path):
     assert not any((tmp_path / f"{step}.txt").exists() for step in ("models", "strategies"))
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_models_py_times_torch_on_the_kind_of_device_jax_runs_on(monkeypatch):
     """torch went to CUDA whenever it saw a GPU, whatever JAX ran on: a jaxlib without CUDA
     made the JAX/PyTorch ratio one of a CPU against a GPU."""

@@ -317,6 +317,7 @@ def test_checkpoint_without_hash_still_loads_and_hash_is_computed(saved, ck):
     assert content_hash(ck) == load_metadata(saved[0])["content_sha256"]
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_non_finite_weights_are_refused_by_path(saved, tmp_path):
     variables = jax.tree.map(np.copy, saved[1])
     variables["params"]["layer1"]["0"]["conv1"]["kernel"][0, 0, 3, 7] = np.nan
@@ -649,6 +650,7 @@ def test_save_refuses_a_path_through_a_file(saved, tmp_path):
     assert (tmp_path / "f").read_text() == "x"
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_a_failed_overwrite_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     """Orbax's own ``force`` deleted the old checkpoint before writing: a full disk then
     left none. The new one is written beside it and swapped in when whole."""
@@ -881,6 +883,7 @@ def test_predict_flags_checked_before_any_work(tmp_path, flags, expect, capsys):
     assert cap.out == "" and _one_error_line(cap.err) == expect
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_predict_top_larger_than_classes_shows_all(tmp_path, capsys):
     from PIL import Image
 

@@ -128,6 +128,7 @@ def test_labels_of_a_dataset_held_in_memory_are_checked_naming_the_split():
             Dataset.from_arrays(taken, splits, ("neg", "pos"))
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_a_freeze_pattern_that_matches_nothing_is_named():
     """One typo among several patterns (layr4) left its layer out without a word; a freeze
     mask matching nothing, inverted, trained everything."""

@@ -141,6 +141,7 @@ def test_head_of_backbone_is_the_whole_model_dropout_masks_included(
         assert not np.allclose(whole_dropped, whole)
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_head_only_epochs_of_each_strategy():
     params = variable_shapes("resnet_tiny", 2)["params"]
     partition = get_arch("resnet_tiny").partition

@@ -219,6 +219,7 @@ def test_a_resize_below_the_unsaid_crop_is_refused(tmp_path):
         load_model(ck)
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_a_t1w_run_predicts_from_its_mat_files_as_it_trained(tmp_path, capsys):
     """A T1w run read each .mat slice min-max scaled; predict could read no .mat, and the
     slice as a 16-bit PNG with --bits-stored 16 reached the model nearly black."""
@@ -383,6 +384,7 @@ def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys
         Predictor(tmp_path / "bad")
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_a_bf16_runs_checkpoint_of_another_forward_pass_is_noted(tmp_path, capsys):
     """A bf16 checkpoint of numerics 5 was computed by today's bf16 layers without a word:
     probabilities up to 0.03 off its run's evaluation, a class flipped, its record's
@@ -447,6 +449,7 @@ def _images(tmp_path, n):
     return [str(p) for p in paths]
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_progress_bars_count_the_images_read_and_predicted(tmp_path, monkeypatch, capsys):
     """20,000 files were 75 s without a word (run and prepare show bars): a bar for the
     reading and one for the compute, counting images (not the last batch's padding), on a
@@ -822,6 +825,7 @@ def test_skip_bad_images_keeps_refusing_sound_files_the_rules_refuse(tmp_path, c
     assert capsys.readouterr().err == f"error: image file not found: {tmp_path / 'typo.png'}\n"
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_a_folder_of_links_to_images_elsewhere_is_predicted(tmp_path, capsys):
     """Refused as links out of "the dataset root": predict has no dataset, and the same
     link given as a file was read. Its non-images are counted in one note line."""

@@ -63,6 +63,7 @@ def test_a_sigterm_stops_a_command_as_a_ctrl_c_with_its_own_word_and_status(tmp_
     assert capsys.readouterr().err == "interrupted\n"
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_a_stop_a_library_wrapped_or_a_gc_callback_swallowed_is_never_success(capsys):
     """A SIGTERM inside orbax's restore came back as orbax's own exception (a traceback and
     exit 1); one raised inside JAX's gc callback was printed as "Exception ignored" and

@@ -636,6 +636,7 @@ def test_a_head_of_zero_classes_is_one_line(resnet_state):
         torch_to_flax(state, "resnet50", source="x.pth")
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_flags_a_plain_file_contradicts_are_named_not_a_header_it_lacks(tmp_path, capsys):
     """A one-output .pth ported with --no-multilabel was refused as "its medft_jax header:
     ...": the file has no header; the flags given are what the head contradicts."""
@@ -1046,6 +1047,7 @@ def test_an_export_into_the_checkpoint_it_reads_is_refused(tmp_path):
     assert weights_port.export(mine, mine.parent / "model.safetensors")
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_resize_size_is_checked_against_the_crop_and_an_exports_header(tmp_path, capsys):
     """No port flag set the resize: a model trained with Resize(256) + CenterCrop(224) was
     read by predict at 232. --resize-size says it; refused below the crop, or where an
