@@ -509,6 +509,15 @@ def test_a_split_column_of_other_values_or_missing_patient_ids_are_refused(tmp_p
     )
 
 
+def test_a_spreadsheets_rows_of_empty_cells_are_skipped_as_blank_lines(tmp_path):
+    """Excel writes ",," for rows below the data it once formatted: "empty 'label'"."""
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    _write(tmp_path, "path,label", [*rows[:6], ",", *rows[6:], ",", " , "])
+    _, _, splits = _table(tmp_path)
+    assert sum(len(v) for v in splits.values()) == 12
+
+
 def test_a_header_of_trailing_unnamed_columns_says_so(tmp_path):
     """Excel's "path,label,," was "column '' appears twice in the header"."""
     _images(tmp_path)

@@ -90,7 +90,8 @@ def read_csv(
     column name the user did not give).
     Refused, with the file and line: bytes that are not UTF-8, a NUL byte, a row with
     fewer or more fields than the header, bad quoting, an empty file, a header with no
-    rows. Blank lines are skipped. Column names, like the cells, are read without
+    rows. Blank lines, and rows of empty cells (``,,`` a spreadsheet writes below its data),
+    are skipped. Column names, like the cells, are read without
     surrounding spaces (``path, label``).
     """
     expected = ",".join(header or required)
@@ -103,7 +104,7 @@ def read_csv(
     try:
         for fields in reader:
             start, last = last + 1, reader.line_num
-            if not fields:
+            if not any(f.strip() for f in fields):  # blank, or a spreadsheet's row of ",,"
                 continue
             if found is None:  # names stripped as the cells are: "path, label" by hand
                 found = _header(path, [f.strip() for f in fields], required, expected, naming)
