@@ -215,3 +215,40 @@ def test_counting_in_the_headline_metrics_does_not_give_the_papers_counts():
     for (_, a), (k, _) in counts.items():
         per_arch[a] += k
     assert tuple(per_arch[a] for a in ARCHS) == (20, 27, 13)
+
+
+def test_the_papers_bach_accuracies_are_cut_off_not_rounded():
+    """BACH tests on 40 images: a seed's accuracy is a multiple of 2.5 %. Every published
+    mean and SE (3 seeds) follows from some seeds' values cut off to the printed digits,
+    not from all of them rounded: so ``--vs-paper`` reads a printed SE of 1.6 as 1.6-1.7
+    (medft_jax.report.paper.PaperValue.zero_se), not 1.55-1.65."""
+    import itertools
+    import math
+    from importlib import resources
+
+    text = resources.files("medft_jax.report").joinpath("paper_tables.csv").read_text()
+    cells = [
+        (float(r["mean"]), float(r["se"]))
+        for r in csv.DictReader(text.splitlines())
+        if r["dataset"] == "bach" and r["metric"] == "accuracy"
+    ]
+    assert len(cells) == 24
+    seeds = [2.5 * k for k in range(41)]
+    stats = set()
+    for a, b, c in itertools.combinations_with_replacement(seeds, 3):
+        mean = (a + b + c) / 3
+        se = math.sqrt(((a - mean) ** 2 + (b - mean) ** 2 + (c - mean) ** 2) / 2) / math.sqrt(3)
+        stats.add((mean, se))
+
+    def printed(value: float, decimals: int, cut: bool) -> float:
+        scaled = value * 10**decimals + 1e-9
+        return (math.floor(scaled) if cut else round(value * 10**decimals)) / 10**decimals
+
+    def explained(cell: tuple[float, float], cut: bool) -> bool:
+        return any(
+            abs(printed(m, 2, cut) - cell[0]) < 1e-9 and abs(printed(s, 1, cut) - cell[1]) < 1e-9
+            for m, s in stats
+        )
+
+    assert all(explained(cell, cut=True) for cell in cells)
+    assert sum(explained(cell, cut=False) for cell in cells) == 13  # mean and SE rounded

@@ -2688,14 +2688,14 @@ def test_vs_paper_difference_and_z_of_a_cell_against_a_hand_computation(tmp_path
     assert float(acc["se"]) == pytest.approx(se_ours / 100)
     assert (float(acc["paper_mean_pct"]), float(acc["paper_se_pct"])) == (69.0, 0.5)
     assert float(acc["diff_pp"]) == pytest.approx(3.0)
-    z = 3.0 / math.sqrt(se_ours**2 + 0.5**2)
-    assert z == pytest.approx(2.384, abs=1e-3)
+    z = 3.0 / math.sqrt(se_ours**2 + 0.55**2)  # 0.5 printed, cut off: 0.5-0.6, read 0.55
+    assert z == pytest.approx(2.346, abs=1e-3)
     assert float(acc["z"]) == pytest.approx(z) and acc["flagged"] == "True"
     assert float(kappa["diff_pp"]) == pytest.approx(6.0)
     assert (kappa["paper_se_pct"], kappa["z"], kappa["flagged"]) == ("", "", "")  # untested
     md = (out / "tables" / "vs_paper_mura_wrist.md").read_text()
     # The paper's as printed: a published 69.0 (0.5) read 69.00 (0.50).
-    assert "| 72.00 (1.15) | 69.0 (0.5) | +3.00 | **+2.38 !** |" in md
+    assert "| 72.00 (1.15) | 69.0 (0.5) | +3.00 | **+2.35 !** |" in md
     assert "| 36.00 (0.58) | 30.0 (–) | +6.00 | n/a |" in md
     index = (out / "index.md").read_text()
     assert "- mura\\_wrist: 2 cells compared, mean |diff| 4.50 pp, 1 with |z| > 2" in index
@@ -2790,7 +2790,7 @@ def test_vs_paper_z_where_an_se_is_zero_and_a_zero_difference_reads_plus():
     from medft_jax.report.tables import _signed
 
     assert z_score(0.8772 + 0.10, 0.005, 3, 87.72, 0.0) == pytest.approx(10 / math.hypot(0.5, 0.05))
-    assert z_score(0.75, 0.0, 3, 70.0, 1.0) == pytest.approx(5.0)
+    assert z_score(0.75, 0.0, 3, 70.0, 1.0) == pytest.approx(5.0 / 1.05)  # 1.0 cut off
     assert z_score(0.75, 0.0, 1, 70.0, 1.0) is None and z_score(0.75, 0.01, 3, 70.0, None) is None
     assert (_signed(-7e-15), _signed(-0.004), _signed(1.256)) == ("+0.00", "+0.00", "+1.26")
 

@@ -51,8 +51,13 @@ class PaperValue:
     printed: str = ""
     """Mean and SE as the CSV writes them, ``87.72 (0.0)``: the precision the paper gives."""
     zero_se: float = 0.05
-    """What an SE printed as zero stands for: under half a unit of its last digit (``0.0``:
-    0.05; ``0.00`` in a user's CSV: 0.005, which read as 0.05 understated z tenfold)."""
+    """Half a unit of the SE's last printed digit (``0.0``: 0.05; ``0.00`` in a user's CSV:
+    0.005, which read as 0.05 understated z tenfold), added to the printed SE: the paper
+    cuts its SEs off, not rounds them (BACH's accuracies, multiples of 2.5 over 40 test
+    images: every one of the 24 cells' printed mean and SE follows from some seeds cut
+    off, 13 from seeds rounded;
+    L1-SP ResNet-50's 65, 70, 70 have SE 1.667, printed 1.6), so a printed 1.6 is
+    1.6-1.7, read as its middle, 1.65, and 0.0 as 0.05."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,8 +274,9 @@ class Agreement:
 
 
 PRINTED_ZERO_SE = 0.05
-"""A published SE printed as 0.0 is under 0.05 (one decimal): z reads it as that bound,
-so a difference of 10 points beside it is flagged, not left without a z."""
+"""Half a unit of a published SE's one printed decimal (:attr:`PaperValue.zero_se`): a
+printed 0.0 is 0.0-0.1, read as 0.05, so a difference of 10 points beside it is flagged,
+not left without a z."""
 
 
 def z_score(
@@ -281,13 +287,14 @@ def z_score(
     paper_se: float | None,
     zero_se: float = PRINTED_ZERO_SE,
 ):
-    """diff / √(se_ours² + se_paper²) in percentage points (a published 0 read as
-    ``zero_se``, half a unit of its last printed digit; ours 0 where every seed scored
+    """diff / √(se_ours² + se_paper²) in percentage points (a published SE read as the
+    middle of what its cut-off digits stand for: plus ``zero_se``, half a unit of its last
+    printed digit, so 1.6 as 1.65 and 0.0 as 0.05; ours 0 where every seed scored
     alike); None where the paper gives no SE or ours is a single seed (no SE of ours)."""
     se_pp = 100 * se
     if n < 2 or paper_se is None or not math.isfinite(se_pp):
         return None
-    return (100 * mean - paper_mean) / math.hypot(se_pp, paper_se or zero_se)
+    return (100 * mean - paper_mean) / math.hypot(se_pp, paper_se + zero_se)
 
 
 def _ours(summary: Summary, key: PaperKey) -> tuple[float, float, int] | None:
