@@ -172,7 +172,7 @@ def _summary(args: argparse.Namespace):
         what = f"grid {grid.name!r}" if grid is not None else "the filters"
         raise UserError(
             f"--runs {runs}: none of its {len(records) + len(failures)} runs match {what}; "
-            "check --config and --only"
+            + (f"{summary.left_out_why}" if summary.left_out_why else "check --config and --only")
         )
     if bare:  # said once the report will be written: an error stays one line
         print(

@@ -2261,7 +2261,10 @@ def test_a_folder_grid_takes_only_runs_read_with_its_layout_options():
         return r
 
     assert collect([read_with({})], grid=grid).left_out == 1
-    assert collect([read_with({"test_fraction": 0.2})], grid=grid).left_out == 1
+    assert collect([read_with({"test_fraction": 0.2})], grid=grid).left_out_why.startswith(
+        f"1 of them of the grid's settings, e.g. {read_with({})['run']} read with other "
+        "layout options than the grid's ("
+    )
     summary = collect([read_with({"test_fraction": 0.3})], grid=grid)
     assert summary.left_out == 0 and summary.cell("folder", "resnet50", "ft").has_value
     older = rec(dataset="folder", config=cfg)  # no data_source: cannot say, kept
@@ -2285,6 +2288,13 @@ def test_a_folder_grid_takes_only_runs_read_from_its_folder(tmp_path, monkeypatc
 
     summary = collect([read_from(mine, "a" * 16), read_from(other, "b" * 16)], grid=grid)
     assert summary.left_out == 1 and summary.cell("folder", "resnet50", "ft").runs_done == 1
+    # Said why: a folder moved since leaves the sweep taking them for done, the report not.
+    moved = read_from(other, "b" * 16)
+    assert summary.left_out_why == (
+        f"1 of them of the grid's settings, e.g. {moved['run']} read from {other}, not the "
+        f"grid's {mine} (a folder moved, or an option given since? the sweep takes them for "
+        "done: point the grid at what they read, or rerun them with --force)"
+    )
     # Relative, as the grid file may give it: read from where the command runs.
     monkeypatch.chdir(tmp_path)
     relative = one_run_grid("folder", {"folder": {"manual_dir": "fold1"}})

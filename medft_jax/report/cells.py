@@ -190,6 +190,9 @@ class Summary:
     filters: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     left_out: int = 0
     """Records and failure notes under ``--runs`` that are not runs of the grid."""
+    left_out_why: str = ""
+    """Of those, how many are runs of the grid's settings read otherwise (another folder,
+    other options), with the first's reason: the sweep takes them for done."""
     superseded: int = 0
     """Records left out by ``latest``: runs whose settings were rerun on newer data."""
     float32_ranked: int = 0
@@ -259,24 +262,36 @@ def collect(
     failures = [f for f in failures if results.config_hash(f["config"]) not in finished]
     filt = {k: set(v) for k, v in (filters or {}).items()}
     left_out = superseded = 0
+    left_out_why = ""
     if grid is not None:
         configs = gridlib.select(grid, filt)
         wanted = {results.settings_hash(c.to_dict()): c for c in configs}
         before = len(records) + len(failures)
 
+        apart: list[str] = []  # why runs of the grid's settings were left out, one each
+
         def of_grid(run: dict[str, Any]) -> bool:  # same settings, same split and labels
             d = run["config"]["dataset"]
             given = grid.dataset_options.get(d)
-            return (
-                results.settings_hash(run["config"]) in wanted
-                and run_options(run) == task_options(d, given)
-                and not layout_differs(run, given)
-                and not read_elsewhere(run, given)
-            )
+            if results.settings_hash(run["config"]) not in wanted:
+                return False
+            why = _apart_from_grid(run, given)
+            if why:
+                apart.append(why)
+            return not why
 
         records = [r for r in records if of_grid(r)]
         failures = [f for f in failures if of_grid(f)]
         left_out = before - len(records) - len(failures)
+        left_out_why = (
+            f"{len(apart)} of them of the grid's settings, {apart[0]}"
+            + (
+                " (a folder moved, or an option given since? the sweep takes them for done: "
+                "point the grid at what they read, or rerun them with --force)"
+            )
+            if apart
+            else ""
+        )
         expected: dict[CellKey, set[tuple[float, int]]] = {}
         for c in configs:
             expected.setdefault((c.dataset, c.arch, c.strategy), set()).add(
@@ -345,6 +360,7 @@ def collect(
         plans=() if grid is not None else tuple(sorted({name for name, _ in planned})),
         filters={k: frozenset(v) for k, v in filt.items()},
         left_out=left_out,
+        left_out_why=left_out_why,
         superseded=superseded,
         float32_ranked=sum("ranked_by" not in r for r in records),
         strategy_options={s: strategy_options[s] for s in strategies if strategy_options.get(s)},
@@ -575,6 +591,23 @@ def _describe_diff(diff: Mapping[str, list[str]]) -> str:
 
 _NOT_LAYOUT = ("manual_dir", "csv_file", "bits_stored", "dicom_window", "skip_bad_images")
 """A user dataset's options that are not its layout (where it is, how files decode)."""
+
+
+def _apart_from_grid(run: Mapping[str, Any], given: Mapping[str, Any] | None) -> str:
+    """Why a run of a grid's settings is not the grid's (other split or label options,
+    another layout, another folder), for the report's line; ``""`` when it is."""
+    d = run["config"]["dataset"]
+    if run_options(run) != task_options(d, given):
+        return f"e.g. {run.get('run', d)} of other split or label options"
+    if layout_differs(run, given):
+        return f"e.g. {run.get('run', d)} read with other layout options than the grid's"
+    if read_elsewhere(run, given):
+        root = (run.get("data_source") or {}).get("root")
+        return (
+            f"e.g. {run.get('run', d)} read from {root}, not the grid's "
+            f"{Path(str((given or {}).get('manual_dir'))).expanduser().resolve()}"
+        )
+    return ""
 
 
 def layout_differs(run: Mapping[str, Any], given: Mapping[str, Any] | None) -> bool:

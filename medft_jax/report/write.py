@@ -506,7 +506,8 @@ def index_markdown(
     if summary.left_out:
         lines += [
             "",
-            f"{summary.left_out} records or failure notes outside the grid were left out.",
+            f"{summary.left_out} records or failure notes outside the grid were left out"
+            + (f": {md_escape(summary.left_out_why)}." if summary.left_out_why else "."),
         ]
     if summary.float32_ranked:
         n = summary.float32_ranked
