@@ -2209,3 +2209,10 @@ def test_a_16_bit_colour_ppm_reads_as_its_png_and_pgm_twins_by_the_high_byte(tmp
         "P3\n7 6\n# made by hand\n4095\n" + " ".join(map(str, np.stack([grey] * 3, -1).ravel()))
     )
     assert np.array_equal(np.asarray(open_image(plain)), ppm)
+    # Cut short, or a word among its samples: a damaged file's line, not a traceback.
+    text = plain.read_text()
+    for bad in (text[: len(text) // 2], text.replace("\n4095\n", "\n4095\nx ", 1)):
+        plain.write_text(bad)
+        with pytest.raises(DataError, match=r"^corrupt or unreadable image .*p3\.ppm: ") as e:
+            open_image(plain)
+        assert not isinstance(e.value, NotABadFile)
