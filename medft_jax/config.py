@@ -250,6 +250,8 @@ def canonical_options(
         if type(value) is int and isinstance(OPTION_DEFAULTS.get(key), float):
             with contextlib.suppress(OverflowError):  # too large: check_config says so
                 value = float(value)
+        if isinstance(value, float):  # numpy's float64 is a float; -0.0 is 0.0: one run
+            value = float(value) + 0.0
         default = OPTION_DEFAULTS.get(key, _NO_DEFAULT)
         if (
             strategy in OPTION_STRATEGIES.get(key, ())
@@ -364,12 +366,18 @@ def check_value(field: str, value: Any, name: str) -> None:
         raise UserError(f"{name} must be {kind} in {span}, got {value!r}")
     if is_int and not isinstance(value, int):  # 5.0 would be another run's hash than 5
         raise UserError(f"{name} must be an integer in {span}, got {value!r}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # an int is finite (and
+        # may be too large for a float: OverflowError was a traceback)
         raise UserError(f"{name} must be a finite number in {span}, got {value!r}")
     if not (low < value if open_low else low <= value) or not (
         value < high if open_high else value <= high
     ):
-        raise UserError(f"{name} must be in {span}, got {value!r}")
+        shown = (  # a 401-digit number made a 400-character line
+            f"an integer of {len(str(abs(value)))} digits"
+            if isinstance(value, int) and abs(value) > 10**18
+            else repr(value)
+        )
+        raise UserError(f"{name} must be in {span}, got {shown}")
 
 
 def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> None:

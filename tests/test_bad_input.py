@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from pathlib import Path
 
@@ -268,6 +269,23 @@ def test_head_alone_blocks_are_those_whose_params_are_all_the_head():
         paths = [p for p in flatten(models.variable_shapes(arch, 3)["params"])]
         alone = all(partition.is_head(p) for p in paths if partition.block_of(p) == last)
         assert (HEAD_ALONE_BLOCK.get(arch) == last) == alone, arch
+
+
+def test_huge_integers_and_numpy_or_negative_zero_defaults_are_one_line_or_one_run():
+    """A 401-digit --lp-epochs was an OverflowError traceback (math.isfinite); a grid's
+    np.float64(0.01) alpha, or a -0.0 beta, was another run than the default's, trained
+    again bit for bit and refused by the report beside it."""
+    huge = 10**400
+    with pytest.raises(UserError) as e:
+        check_config(RunConfig(strategy="lp_ft", strategy_options=(("lp_epochs", huge),)))
+    assert str(e.value) == "--lp-epochs must be in [0, 10000], got an integer of 401 digits"
+    with pytest.raises(UserError, match=r"^--alpha must be in .*, got an integer of 401 digits$"):
+        check_config(RunConfig(strategy="l2_sp", strategy_options=(("alpha", huge),)))
+    default = RunConfig(strategy="l2_sp")
+    assert RunConfig(strategy="l2_sp", strategy_options=(("alpha", np.float64(0.01)),)) == default
+    zero = RunConfig(strategy="l2_sp", strategy_options=(("beta", -0.0),))
+    assert zero == RunConfig(strategy="l2_sp", strategy_options=(("beta", 0.0),))
+    assert math.copysign(1.0, dict(zero.strategy_options)["beta"]) == 1.0
 
 
 def test_check_config_names_the_field_its_caller_uses():
