@@ -441,8 +441,13 @@ def _finite(x: float) -> float:
 
 def _print_outcome(o: dict[str, Any]) -> None:
     pick, cost = o["pick"], o["cost"]
+    options = pick.get("strategy_options") or {}
+    shown = (
+        " (" + ", ".join(f"{k} {v}" for k, v in sorted(options.items())) + ")" if options else ""
+    )
     print(
-        f"\npick for {o['dataset']} ({o['arch']}): {pick['strategy']} at lr {lr_text(pick['lr'])} "
+        f"\npick for {o['dataset']} ({o['arch']}): {pick['strategy']}{shown} at lr "
+        f"{lr_text(pick['lr'])} "
         f"(val {o['metric_label']} {pick['val']:.4f}); spent {epochs_text(cost['epochs'])} "
         f"epochs, {cost['device_seconds']:,.0f} device-s over {cost['arms']} arms"
     )

@@ -210,7 +210,14 @@ def successive_halving(
         "eta": eta,
         "min_epochs": min_epochs,
         "max_epochs": max_epochs,
-        "pick": {"strategy": pick.strategy, "lr": pick.lr, "val": pick.score},
+        "pick": {
+            "strategy": pick.strategy,
+            "lr": pick.lr,
+            "val": pick.score,
+            # The options it ran with (a grid's alpha, --rgn-mode prepass): rerun without
+            # them, the pick is the default-option run instead.
+            "strategy_options": dict(getattr(pick.config, "strategy_options", ()) or ()),
+        },
         "tied_with": [{"strategy": a.strategy, "lr": a.lr} for a in best[1:]],
         "metric": primary,
         "metric_label": shown,

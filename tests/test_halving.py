@@ -234,6 +234,14 @@ def test_a_diverged_arm_counts_what_it_trained_and_is_not_kept_as_a_survivor(mon
     )
     assert out["pick"]["lr"] == 1e-4 and calls == [(1e-2, 4), (1e-3, 4), (1e-4, 4)]
     assert out["cost"]["epochs"] == 0.75 + 0.5 + 1
+    assert out["pick"]["strategy_options"] == {}
+    # The pick names the options it ran with: rerun without them, it is another run.
+    options = (("alpha", 0.1),)
+    arms = [Arm("l2_sp", lr, RunConfig("l2_sp", lr=lr, strategy_options=options)) for lr in lrs[:2]]
+    out = halving.successive_halving(
+        arms, _Session(run(scores, {})), min_epochs=1, eta=2, max_epochs=2, say=lambda line: None
+    )
+    assert out["pick"]["strategy_options"] == {"alpha": 0.1}
 
 
 def test_a_first_rung_that_rounds_to_a_whole_run_is_refused():

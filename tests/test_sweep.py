@@ -1605,6 +1605,18 @@ def test_the_selections_pick_line_names_eq6_accuracy(capsys):
     select_cli._print_outcome(outcome)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("pick for folder (resnet50): lp at lr 0.001 (val accuracy (eq. 6)")
+    outcome["pick"] = {
+        "strategy": "l2_sp",
+        "lr": 1e-3,
+        "val": 0.5,
+        "strategy_options": {"alpha": 0.1},
+    }
+    select_cli._print_outcome(outcome)
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .startswith("pick for folder (resnet50): l2_sp (alpha 0.1) at lr 0.001 (val")
+    )
     assert lines[1] == (
         "accuracy (eq. 6) is the paper's mean over classes of one-vs-rest accuracy, not the "
         "share of images classed right"
