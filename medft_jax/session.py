@@ -19,7 +19,6 @@ The command lines only print outcomes.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +34,7 @@ from medft_jax.data import DataError
 from medft_jax.data.cache import skipped_note
 from medft_jax.data.errors import BatchTooLarge
 from medft_jax.data.options import task_options
-from medft_jax.errors import UserError
+from medft_jax.errors import UserError, note
 from medft_jax.locks import RunLocked
 from medft_jax.names import same_data
 from medft_jax.outcomes import (
@@ -170,10 +169,10 @@ class Session:
             except DataError as e:
                 self._unavailable[key] = e
                 raise
-            note = skipped_note(self._datasets[key].metadata)  # named once, as prepare does
-            if note is not None and note not in self.said and self.main_process:
-                self.said.add(note)
-                print(note, file=sys.stderr, flush=True)
+            skipped = skipped_note(self._datasets[key].metadata)  # named once, as prepare does
+            if skipped is not None and skipped not in self.said:
+                self.said.add(skipped)
+                note(skipped)
         return self._datasets[key]
 
     def identify(self, config: RunConfig) -> RunConfig:
