@@ -96,6 +96,7 @@ import numpy as np
 
 from medft_jax import locks
 from medft_jax.atomic import write_bytes
+from medft_jax.data.paths import not_listed  # the data listings' rule
 from medft_jax.errors import UserError
 from medft_jax.names import ARCHS, STRATEGIES, TEST_ARCHS, recorded_dataset_error
 
@@ -601,8 +602,6 @@ def _walk_once(out_dir: str | Path) -> Iterator[tuple[str, list[str], list[str]]
     lands there, and came back into the tables (a trashed one-seed run the best of its
     dataset). A link below ``out_dir`` that leads nowhere is refused
     (:func:`_refuse_broken_links`)."""
-    from medft_jax.data.paths import not_listed  # the data listings' rule
-
     seen: set[str] = set()
     for root, dirs, names in os.walk(out_dir, followlinks=True):
         real = os.path.realpath(root)
@@ -625,8 +624,6 @@ def _refuse_broken_links(root: str, names: list[str]) -> None:
     Why: a run folder linked in from another disk is a run like the others; with the disk
     unmounted its link dangles, and its runs vanished from every table, the grid expected
     worked out from the records left (a whole LR gone, every cell "complete")."""
-    from medft_jax.data.paths import not_listed
-
     for name in names:
         path = os.path.join(root, name)
         if name in (RECORD_NAME, FAILURE_NAME) or not_listed(name):
