@@ -373,7 +373,7 @@ def check_value(field: str, value: Any, name: str) -> None:
         value < high if open_high else value <= high
     ):
         shown = (  # a 401-digit number made a 400-character line
-            f"an integer of {len(str(abs(value)))} digits"
+            f"{'a negative' if value < 0 else 'an'} integer of {len(str(abs(value)))} digits"
             if isinstance(value, int) and abs(value) > 10**18
             else repr(value)
         )

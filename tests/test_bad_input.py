@@ -281,6 +281,8 @@ def test_huge_integers_and_numpy_or_negative_zero_defaults_are_one_line_or_one_r
     assert str(e.value) == "--lp-epochs must be in [0, 10000], got an integer of 401 digits"
     with pytest.raises(UserError, match=r"^--alpha must be in .*, got an integer of 401 digits$"):
         check_config(RunConfig(strategy="l2_sp", strategy_options=(("alpha", huge),)))
+    with pytest.raises(UserError, match=r"^--epochs must be .*, got a negative integer of 401 "):
+        check_config(RunConfig(strategy="ft", epochs=-huge))
     default = RunConfig(strategy="l2_sp")
     assert RunConfig(strategy="l2_sp", strategy_options=(("alpha", np.float64(0.01)),)) == default
     zero = RunConfig(strategy="l2_sp", strategy_options=(("beta", -0.0),))

@@ -495,6 +495,17 @@ def test_a_file_pillow_cannot_open_names_the_plugins_reason(tmp_path):
     f64.write_bytes(bytes(tiff))
     with pytest.raises(NotABadFile, match=r"f64\.tif: an image of a kind .*unknown pixel mode"):
         open_image(f64)
+    # The same as a BigTIFF (Pillow opens BigTIFF): sound too, not skipped as damaged.
+    big = tmp_path / "big.tif"
+    Image.fromarray(np.zeros((4, 8), np.float32)).save(big, big_tiff=True)
+    data = bytearray(big.read_bytes())
+    assert data[:4] == b"II+\0"
+    data[data.index(bytes([0x02, 0x01, 0x03, 0x00, 1, 0, 0, 0, 0, 0, 0, 0, 32])) + 12] = 64
+    at = data.index(bytes([0x00, 0x01, 0x04, 0x00, 1, 0, 0, 0, 0, 0, 0, 0, 8]), 16)
+    data[at + 12] = 4
+    big.write_bytes(bytes(data))
+    with pytest.raises(NotABadFile, match=r"big\.tif: an image of a kind .*unknown pixel mode"):
+        open_image(big)
     # A strip offset's field type turned RATIONAL: Pillow's TypeError was a traceback.
     rgb = tmp_path / "rgb.tif"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8)).save(rgb)
@@ -2211,7 +2222,14 @@ def test_a_16_bit_colour_ppm_reads_as_its_png_and_pgm_twins_by_the_high_byte(tmp
     assert np.array_equal(np.asarray(open_image(plain)), ppm)
     # Cut short, or a word among its samples: a damaged file's line, not a traceback.
     text = plain.read_text()
-    for bad in (text[: len(text) // 2], text.replace("\n4095\n", "\n4095\nx ", 1)):
+    crlf = text.replace("\n", "\r")  # old Mac line ends: a comment ends at a CR too
+    plain.write_text(crlf, newline="")
+    assert np.array_equal(np.asarray(open_image(plain)), ppm)
+    for bad in (
+        text[: len(text) // 2],
+        text.replace("\n4095\n", "\n4095\nx ", 1),
+        text.replace("\n4095\n", "\n4095\n" + "9" * 30 + " ", 1),  # past int64
+    ):
         plain.write_text(bad)
         with pytest.raises(DataError, match=r"^corrupt or unreadable image .*p3\.ppm: ") as e:
             open_image(plain)

@@ -2305,7 +2305,11 @@ def test_a_folder_grid_takes_only_runs_read_from_its_folder(tmp_path, monkeypatc
     runs = [read_from(mine, "c" * 16, mine / name) for name in ("labels.csv", "old.csv")]
     for r in runs:
         r["config"] = {**cfg, "data_fingerprint": r["config"]["data_fingerprint"]}
-    assert collect(runs, grid=table).left_out == 1
+    summary = collect(runs, grid=table)
+    assert summary.left_out == 1
+    assert f"read from {mine / 'old.csv'}, not the grid's {mine / 'labels.csv'} (a" in (
+        summary.left_out_why
+    )
 
 
 def test_a_cell_failed_so_far_with_runs_to_come_is_not_a_lost_experiment():

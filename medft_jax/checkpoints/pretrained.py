@@ -11,6 +11,7 @@ for the task.
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from medft_jax.checkpoints.model import CheckpointError, load_model
 from medft_jax.data.locations import CACHE_VARIABLE
-from medft_jax.errors import UNWRITABLE, note
+from medft_jax.errors import UNWRITABLE
 from medft_jax.locks import build_lock
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
@@ -98,9 +99,10 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
             hint = f" Port them with: python -m weights_port --download --arch {arch}"
         else:
             hint = " Say --weights none for random initialisation, or --weights PATH"
-        note(
+        print(  # every process: this host's weights cache (another host's may hold them)
             f"WARNING: no ImageNet weights for {arch} ({reason}); TRAINING FROM "
-            f"RANDOM INITIALISATION.{hint}"
+            f"RANDOM INITIALISATION.{hint}",
+            file=sys.stderr,
         )
     return None
 

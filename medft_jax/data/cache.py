@@ -48,6 +48,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -855,7 +856,8 @@ def _jsonable(value: Any) -> Any:
 
 def announce_rebuild(what: str, cache_dir: Path, reason: str) -> None:
     """The one line a rebuild prints (stderr): which cache and why."""
-    note(f"{what} cache {cache_dir} is stale: {reason}; rebuilding")
+    # Every process: a host's own copy is rebuilt (a node-local --data-dir), not the job's.
+    print(f"{what} cache {cache_dir} is stale: {reason}; rebuilding", file=sys.stderr, flush=True)
 
 
 # The content fingerprint

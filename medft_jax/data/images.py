@@ -202,7 +202,7 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
                 bits_stored = stated  # the file's own range: --bits-stored does not apply
             inverted = _white_is_zero(image)
             high_bytes = _ppm_colour_high_bytes(image, path)  # from the tile, before load()
-            image.load()  # PIL is lazy: load() finds truncation
+            _load(image, path)  # PIL is lazy: load() finds truncation
             out = to_8bit(image, samples, path, bits_stored, high_bytes)
             return Image.fromarray(255 - np.asarray(out), out.mode) if inverted else out
     except DataError:
@@ -222,100 +222,147 @@ def _open_pillow(path: Path, bits_stored: int | None) -> Image.Image:
         if any(_unsupported_kind(r, path) for r in reasons):
             raise _unsupported(path, why) from None
         raise DataError(f"corrupt or unreadable image {path}: {why}") from None
-    except (OSError, SyntaxError, ValueError, TypeError) as err:  # TypeError: a damaged
-        # TIFF tag of the wrong type ("'IFDRational' object cannot be interpreted as an
-        # integer"), a traceback before
+    except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"corrupt or unreadable image {path}: {one_line(err)}") from None
 
 
 def _unsupported_kind(reason: str, path: Path) -> bool:
     """Whether a Pillow plugin's ``reason`` says a sound file is of a kind it cannot decode,
-    not that the file is damaged: JPEG's "cannot handle 12-bit layers" (16 likewise: the
-    precisions a JPEG may have beside 8), TIFF's "unknown pixel mode" for a file whose
-    tags state a layout a TIFF may have and whose image data is all there (a float64, a
-    10-bit packed TIFF). Pillow says the same words of a damaged header ("0-bit layers",
-    a BitsPerSample flipped to 136, a TIFF cut inside its tags): those stay damaged,
-    skippable by ``--skip-bad-images``."""
-    if reason in ("JPEG: cannot handle 12-bit layers", "JPEG: cannot handle 16-bit layers"):
-        return True
+    not that the file is damaged: JPEG's "cannot handle 12-bit layers" (10, 14 and 16
+    likewise: the precisions of extended and lossless JPEG) for a file holding its scan,
+    TIFF's "unknown pixel mode" for a file whose tags state a layout a TIFF may have and
+    whose image data is all there (a float64, a 10-bit packed TIFF). Pillow says the same
+    words of a damaged header ("0-bit layers", a BitsPerSample flipped to 136, a TIFF cut
+    inside its tags): those stay damaged, skippable by ``--skip-bad-images``."""
+    if reason in {f"JPEG: cannot handle {n}-bit layers" for n in (10, 12, 14, 16)}:
+        return _jpeg_has_scan(path)
     return reason == "TIFF: unknown pixel mode" and _tiff_sound(path)
 
 
+def _jpeg_has_scan(path: Path) -> bool:
+    """Whether a JPEG holds a start-of-scan marker past its frame header: one cut short
+    before its image data is damaged, whatever its header says."""
+    try:
+        with open(path, "rb") as f:
+            return b"\xff\xda" in f.read()
+    except OSError:
+        return False
+
+
 _TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
-"""Bytes of one value of each classic TIFF field type (BYTE .. DOUBLE)."""
+"""Bytes of one value of each TIFF field type (BYTE .. DOUBLE; BigTIFF's 16-18 are 8)."""
 _TIFF_INTS = {256, 257, 258, 259, 262, 273, 277, 279, 284, 324, 325, 339}
 """The tags read: width, height, bits, compression, photometric, strip offsets,
 samples per pixel, strip byte counts, planar configuration, tile offsets and byte counts,
 sample format."""
+_TIFF_INT_FORMATS = {3: "H", 4: "I", 16: "Q"}
+"""The integer field types' struct formats: SHORT, LONG, BigTIFF's LONG8."""
 _TIFF_BITS = {1, 2, 4, 8, 10, 12, 14, 16, 24, 32, 64}
 """Bits per sample a sound TIFF may state."""
+_TIFF_MODELS = {0: (1, 2), 1: (1, 2), 2: (3, 4), 3: (1,), 5: (4, 5), 6: (3,)}
+"""Photometric interpretations (WhiteIsZero, BlackIsZero, RGB, palette, CMYK, YCbCr) and
+the samples per pixel each may have."""
 
 
 def _tiff_tags(path: Path) -> dict[int, tuple[int, ...]] | None:
-    """The integer tags of :data:`_TIFF_INTS` of a classic TIFF's first directory, or None
-    where the directory, or a value it points to, lies outside the file (or no TIFF)."""
+    """The integer tags of :data:`_TIFF_INTS` of a TIFF's (classic or BigTIFF) first
+    directory, or None where the directory, or a value it points to, lies outside the
+    file (or no TIFF)."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            order = {b"II*\0": "<", b"MM\0*": ">"}.get(head[:4])
-            if order is None or len(head) < 8:
+            head = f.read(16)
+            order = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if order is None or len(head) < 16:
                 return None
-            f.seek(struct.unpack(order + "I", head[4:])[0])
-            raw = f.read(2)
-            count = struct.unpack(order + "H", raw)[0] if len(raw) == 2 else -1
-            entries = f.read(12 * count) if count >= 0 else b""
-            if count < 0 or len(entries) < 12 * count:
+            magic = struct.unpack(order + "H", head[2:4])[0]
+            if magic == 42:  # classic: 2-byte count, 12-byte entries, 4-byte values
+                offset, count_fmt, n_fmt, entry, inline = (
+                    struct.unpack(order + "I", head[4:8])[0],
+                    "H",
+                    "I",
+                    12,
+                    4,
+                )
+            elif magic == 43:  # BigTIFF: 8-byte count, 20-byte entries, 8-byte values
+                offset, count_fmt, n_fmt, entry, inline = (
+                    struct.unpack(order + "Q", head[8:16])[0],
+                    "Q",
+                    "Q",
+                    20,
+                    8,
+                )
+            else:
                 return None
+            f.seek(offset)
+            width = struct.calcsize(count_fmt)
+            raw = f.read(width)
+            count = struct.unpack(order + count_fmt, raw)[0] if len(raw) == width else -1
+            if count < 0 or offset + width + entry * count > size:
+                return None
+            entries = f.read(entry * count)
             tags: dict[int, tuple[int, ...]] = {}
             for k in range(count):
-                tag, kind, n = struct.unpack(order + "HHI", entries[12 * k : 12 * k + 8])
-                data = entries[12 * k + 8 : 12 * k + 12]
-                width = _TIFF_TYPE_BYTES.get(kind, 1)
-                if n * width > 4:
-                    at = struct.unpack(order + "I", data)[0]
-                    if at + n * width > size:
+                at = entry * k
+                tag, kind = struct.unpack(order + "HH", entries[at : at + 4])
+                n = struct.unpack(order + n_fmt, entries[at + 4 : at + 4 + (entry - 4 - inline)])[0]
+                data = entries[at + entry - inline : at + entry]
+                nbytes = n * (8 if kind in (16, 17, 18) else _TIFF_TYPE_BYTES.get(kind, 1))
+                if nbytes > inline:
+                    where = struct.unpack(order + ("I" if inline == 4 else "Q"), data)[0]
+                    if where + nbytes > size:
                         return None
-                    if tag not in _TIFF_INTS or kind not in (3, 4):
+                    if tag not in _TIFF_INTS or kind not in _TIFF_INT_FORMATS:
                         continue
-                    f.seek(at)
-                    data = f.read(n * width)
-                if tag in _TIFF_INTS and kind in (3, 4):
-                    tags[tag] = struct.unpack(
-                        order + ("H" if kind == 3 else "I") * n, data[: n * width]
-                    )
+                    f.seek(where)
+                    data = f.read(nbytes)
+                if tag in _TIFF_INTS and kind in _TIFF_INT_FORMATS:
+                    tags[tag] = struct.unpack(order + _TIFF_INT_FORMATS[kind] * n, data[:nbytes])
             tags[0] = (size,)  # the file's size, for the data's bounds
             return tags
-    except (OSError, struct.error):
+    except (OSError, struct.error, OverflowError, MemoryError):
         return None
 
 
 def _tiff_sound(path: Path) -> bool:
-    """Whether a classic TIFF's first directory states a layout a sound TIFF may have
-    (:data:`_TIFF_BITS`, integer or float samples, 1-4 of them, a grey or RGB model) and
-    its strips or tiles lie inside the file, each uncompressed strip as long as its rows."""
+    """Whether a TIFF's first directory states a layout a sound TIFF may have
+    (:data:`_TIFF_BITS`, its samples per pixel those of its colour model, a known sample
+    format) and its strips or tiles lie inside the file, each uncompressed strip as long
+    as its rows."""
     tags = _tiff_tags(path)
     stated = (256, 257, 258, 262)  # a sound file states them; a damaged tag reads absent
     if tags is None or not all(tags.get(t) for t in stated):
         return False
     size = tags[0][0]
     bits, spp, model = set(tags[258]), (tags.get(277) or (1,))[0], tags[262][0]
-    if not (bits <= _TIFF_BITS and len(bits) == 1 and len(tags[258]) == spp):
-        return False
-    grey_or_rgb = (model in (0, 1) and spp in (1, 2)) or (model == 2 and spp in (3, 4))
-    if not set(tags.get(339) or (1,)) <= {1, 2, 3} or not grey_or_rgb:
+    if not (bits <= _TIFF_BITS and len(bits) == 1 and len(tags[258]) in (1, spp)):
+        return False  # one BitsPerSample for every sample: some writers say it once
+    if not set(tags.get(339) or (1,)) <= {1, 2, 3, 4, 5, 6} or spp not in _TIFF_MODELS.get(
+        model, ()
+    ):
         return False
     offsets, counts = (273, 279) if 273 in tags else (324, 325)
-    if offsets not in tags or counts not in tags:
+    if offsets not in tags:
         return False
-    if any(a + b > size for a, b in zip(tags[offsets], tags[counts], strict=False)):
+    lengths = tags.get(counts) or (0,) * len(tags[offsets])  # no byte counts: offsets alone
+    if any(a + b > size for a, b in zip(tags[offsets], lengths, strict=False)):
         return False
     width, height = tags[256][0], tags[257][0]
     chunky = (tags.get(284) or (1,))[0] == 1
-    if (tags.get(259) or (1,))[0] == 1 and chunky and offsets == 273:  # uncompressed strips
-        row = -(-width * spp * bits.pop() // 8)
+    if (tags.get(259) or (1,))[0] == 1 and chunky and offsets == 273 and counts in tags:
+        row = -(-width * spp * bits.pop() // 8)  # uncompressed strips: every row there
         return sum(tags[counts]) >= row * height > 0
     return width > 0 and height > 0
+
+
+def _load(image: Image.Image, path: Path) -> None:
+    """``image.load()``, a TypeError of Pillow's (a damaged TIFF tag of the wrong type:
+    "'IFDRational' object cannot be interpreted as an integer") a damaged file's line,
+    not a traceback."""
+    try:
+        image.load()
+    except TypeError as err:
+        raise DataError(f"corrupt or unreadable image {path}: {one_line(err)}") from None
 
 
 def _unsupported(path: Path, why: str) -> NotABadFile:
@@ -555,10 +602,10 @@ def _ppm_colour_high_bytes(image: Image.Image, path: Path) -> np.ndarray | None:
     else:  # plain text (P3): decimal samples, comments to the line's end
         with open(path, "rb") as f:
             f.seek(tile.offset)
-            text = re.sub(rb"#[^\n]*", b" ", f.read())
+            text = re.sub(rb"#[^\r\n]*", b" ", f.read())  # a CR ends a comment too
         try:
             stored = np.array(text.split()[:n], dtype=np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):  # a word, or a number past int64
             raise DataError(
                 f"corrupt or unreadable image {path}: a plain PPM sample is not a number"
             ) from None

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +49,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example
 from medft_jax.data.locations import cache_dir
 from medft_jax.data.options import OPTION_OWNERS, split_option_error
-from medft_jax.errors import note, os_errno_in, quiet_logger
+from medft_jax.errors import os_errno_in, quiet_logger
 from medft_jax.names import TASK_NAMES as TASK_NAMES  # the one list of the tasks' names
 
 MANUAL_RECORD = "medft_manual_source.json"
@@ -405,7 +406,11 @@ def _prepare_task(
         if reason or not builder.is_prepared():
             _require_tensorflow(name)  # before the old data is marked
             if reason:
-                note(f"{name} prepared data {version_dir} is stale: {reason}; preparing again")
+                print(  # every process: this host's prepared copy, not the job's
+                    f"{name} prepared data {version_dir} is stale: {reason}; preparing again",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if not same_copy:
                 # Its images are no longer the copy's: kept until the new data is complete,
                 # but not served (its cache goes now) should this prepare fail or be killed.

@@ -602,11 +602,13 @@ def _apart_from_grid(run: Mapping[str, Any], given: Mapping[str, Any] | None) ->
     if layout_differs(run, given):
         return f"e.g. {run.get('run', d)} read with other layout options than the grid's"
     if read_elsewhere(run, given):
-        root = (run.get("data_source") or {}).get("root")
-        return (
-            f"e.g. {run.get('run', d)} read from {root}, not the grid's "
-            f"{Path(str((given or {}).get('manual_dir'))).expanduser().resolve()}"
-        )
+        source = run.get("data_source") or {}
+        root = Path(str((given or {}).get("manual_dir"))).expanduser().resolve()
+        read = source.get("root")
+        if str(root) == str(read):  # the folder's, another labels CSV
+            root = root / Path(str((given or {}).get("csv_file"))).expanduser()
+            read = source.get("csv_file")
+        return f"e.g. {run.get('run', d)} read from {read}, not the grid's {root}"
     return ""
 
 
