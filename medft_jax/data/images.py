@@ -257,6 +257,10 @@ samples per pixel, strip byte counts, planar configuration, tile offsets and byt
 sample format."""
 _TIFF_INT_FORMATS = {3: "H", 4: "I", 16: "Q"}
 """The integer field types' struct formats: SHORT, LONG, BigTIFF's LONG8."""
+_TIFF_LAYOUTS = {42: ("I", 4, "H", "I", 12, 4), 43: ("Q", 8, "Q", "Q", 20, 8)}
+"""By the header's magic (classic 42, BigTIFF 43): the first directory's offset format and
+its place in the header, the entry count's format, a value count's format, an entry's
+bytes, and the bytes of a value the entry holds itself."""
 _TIFF_BITS = {1, 2, 4, 8, 10, 12, 14, 16, 24, 32, 64}
 """Bits per sample a sound TIFF may state."""
 _TIFF_MODELS = {0: (1, 2), 1: (1, 2), 2: (3, 4), 3: (1,), 5: (4, 5), 6: (3,)}
@@ -275,25 +279,13 @@ def _tiff_tags(path: Path) -> dict[int, tuple[int, ...]] | None:
             order = {b"II": "<", b"MM": ">"}.get(head[:2])
             if order is None or len(head) < 16:
                 return None
-            magic = struct.unpack(order + "H", head[2:4])[0]
-            if magic == 42:  # classic: 2-byte count, 12-byte entries, 4-byte values
-                offset, count_fmt, n_fmt, entry, inline = (
-                    struct.unpack(order + "I", head[4:8])[0],
-                    "H",
-                    "I",
-                    12,
-                    4,
-                )
-            elif magic == 43:  # BigTIFF: 8-byte count, 20-byte entries, 8-byte values
-                offset, count_fmt, n_fmt, entry, inline = (
-                    struct.unpack(order + "Q", head[8:16])[0],
-                    "Q",
-                    "Q",
-                    20,
-                    8,
-                )
-            else:
+            layout = _TIFF_LAYOUTS.get(struct.unpack(order + "H", head[2:4])[0])
+            if layout is None:
                 return None
+            offset_fmt, offset_at, count_fmt, n_fmt, entry, inline = layout
+            offset = struct.unpack(
+                order + offset_fmt, head[offset_at : offset_at + struct.calcsize(offset_fmt)]
+            )[0]
             f.seek(offset)
             width = struct.calcsize(count_fmt)
             raw = f.read(width)
