@@ -619,6 +619,7 @@ def test_t1w_zip_part_unpacked_twice_is_refused_naming_both_copies(tmp_path):
         _parse("t1w_mri", tmp_path)
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_t1w_one_unzipped_part_of_the_release_is_refused(tmp_path):
     """``--manual-dir`` at one part folder (no cvind.mat): 766 of 3,064 images prepared
     silently; so were parts unpacked only partly. Checked before any file is read, so

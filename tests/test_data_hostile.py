@@ -1546,6 +1546,7 @@ def test_a_failed_prepare_of_changed_data_leaves_no_old_cache_served(tmp_path):
 
 @tf_required
 @pytest.mark.xdist_group("tfds_prepared")  # the worker that loads TensorFlow anyway
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_task_cache_follows_tfds_data_and_manual_dir(tmp_path, capsys):
     manual, out = tmp_path / "bach", tmp_path / "out"
     fakes.make_bach(manual, 10)

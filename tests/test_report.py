@@ -1544,6 +1544,7 @@ def test_a_multilabel_datasets_copies_are_said_to_count_under_any_labels():
     assert collect(records).protocol["bach"]["multilabel"] is True
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_the_report_says_which_scores_are_inflated_by_copies_and_what_was_skipped(tmp_path):
     """Each record of a folder whose test images include byte copies of training images
     said so (``eval_copies_of_train``), and the run's summary did; the report, the table a

@@ -1754,6 +1754,7 @@ def test_a_grid_file_that_exits_is_refused_not_obeyed(tmp_path, capsys, body, sa
     )
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_dry_run_says_measured_throughput_only_for_the_runs_it_was_used_for(tmp_path, capsys):
     """The paper grid's dry run beside the demo's 32 px record said its estimates came from
     "records in runs (of its 1)", measured throughput that matched none of its runs."""

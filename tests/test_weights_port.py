@@ -86,6 +86,7 @@ def _leaves(tree, prefix=""):
             yield prefix + k, v
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_a_densenet_tensor_under_its_legacy_and_current_names_is_refused():
     """Renamed, one replaced the other without a word (file order chose which; torchvision
     keeps the legacy one): 728 keys in, 727 ported, exit 0."""
@@ -922,6 +923,7 @@ def _half_state(dtype) -> dict[str, np.ndarray]:
     return state
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_float16_ports_widened_and_float64_is_told_a_resave_that_works():
     """The fp16 hint `{k: v.float() for ...}` made num_batches_tracked float, which the port
     then refused; bfloat16 in a .pth had no hint at all. float16 is now widened (exact), an
