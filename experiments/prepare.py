@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="{" + ",".join(sorted(ARCHS)) + "}",
         help="use this architecture's resize size (its weights' ratio to the crop: ResNet-50 "
         "232/224, the others 256/224), the one experiments.run uses (default: run's default "
-        f"arch, {RunConfig.arch}; also resnet_tiny, run's test arch)",
+        f"arch, {RunConfig.arch}; also resnet_tiny and vgg_tiny, run's test archs)",
     )
     size.add_argument("--resize-size", type=int, help="shorter side before the centre crop")
     p.add_argument("--image-size", type=int, default=None, help="centre crop side (default 224)")

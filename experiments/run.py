@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         default="resnet50",
-        help=f"one of: {', '.join(ARCHS)} (and resnet_tiny, a one-bottleneck-per-stage "
-        "ResNet-50 for tests)",
+        help=f"one of: {', '.join(ARCHS)} (and the tests' stand-ins: resnet_tiny, a "
+        "one-bottleneck-per-stage ResNet-50, and vgg_tiny, an 8-channel VGG-19)",
     )
     p.add_argument(
         "--dataset",

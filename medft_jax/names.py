@@ -13,11 +13,11 @@ import re
 
 ARCHS = ("resnet50", "densenet121", "vgg19")
 """The paper's architectures (``medft_jax.models.ARCHS`` builds them)."""
-ARCHS_WITHOUT_BATCHNORM = frozenset({"vgg19"})
+ARCHS_WITHOUT_BATCHNORM = frozenset({"vgg19", "vgg_tiny"})
 """Archs whose frozen layers are a function of the image under either ``--frozen-bn``: their
 head-only epochs train from cached features in both modes (the run reads it off the
 model's variables; the commands, which build none, from here)."""
-TEST_ARCHS = ("resnet_tiny",)
+TEST_ARCHS = ("resnet_tiny", "vgg_tiny")
 """Small stand-ins that run by name wherever an arch does but are offered to no user
 (``medft_jax.models.TEST_ARCHS``): the fast test tier trains these."""
 BLOCKS: dict[str, tuple[str, ...]] = {
@@ -35,6 +35,7 @@ BLOCKS: dict[str, tuple[str, ...]] = {
         "classifier",
     ),
     "vgg19": ("stage1", "stage2", "stage3", "stage4", "stage5", "classifier"),
+    "vgg_tiny": ("stage1", "stage2", "stage3", "stage4", "stage5", "classifier"),
 }
 """Each arch's blocks, first to last (``medft_jax.models.blocks.PARTITIONS`` defines them):
 what ``--surgical-block`` names, checked with the other settings."""
@@ -51,6 +52,7 @@ ARCH_LABELS = {
     "densenet121": "DenseNet-121",
     "vgg19": "VGG-19",
     "resnet_tiny": "ResNet (1 bottleneck per layer)",
+    "vgg_tiny": "VGG-19 (8 channels, 64-wide classifier)",
 }
 """How tables and figures name each arch (``models.ARCHS[a].label``, checked by the tests)."""
 STRATEGY_LABELS = {

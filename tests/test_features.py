@@ -170,9 +170,9 @@ def test_head_only_epochs_of_each_strategy():
         strategies.make("lp", params, partition, learning_rate=1e-3, frozen_bn="update").schedule
     ]] == [True, True]  # fmt: skip
     from medft_jax.config import may_cache_features
-    from medft_jax.names import ARCHS, ARCHS_WITHOUT_BATCHNORM
+    from medft_jax.names import ARCHS, ARCHS_WITHOUT_BATCHNORM, TEST_ARCHS
 
-    for arch in ARCHS:  # the commands' list agrees with the models
+    for arch in (*ARCHS, *TEST_ARCHS):  # the commands' list agrees with the models
         assert (arch in ARCHS_WITHOUT_BATCHNORM) == (
             not variable_shapes(arch, 2).get("batch_stats")
         )
@@ -300,11 +300,12 @@ def test_features_are_reused_checked_and_recomputed_when_damaged(demo, tmp_path,
     np.testing.assert_allclose(_numbers(fourth), _numbers(first), rtol=1e-6)
 
 
-@pytest.mark.slow  # two VGG-19 runs (fc6 alone is 100M parameters)
+@pytest.mark.slow  # two runs
 def test_vgg_without_batchnorm_caches_its_features_under_update_too(demo, tmp_path):
     """VGG-19 has no BatchNorm: under the paper's 'update' its frozen layers are as fixed a
-    function of the image as under 'freeze', and its LP ran the backbone every epoch."""
-    config = dataclasses.replace(_config("lp", "update"), arch="vgg19", epochs=1)
+    function of the image as under 'freeze', and its LP ran the backbone every epoch.
+    (``vgg_tiny``: VGG-19's layers, dropout and blocks at 8 channels.)"""
+    config = dataclasses.replace(_config("lp", "update"), arch="vgg_tiny", epochs=1)
     kw = {"dataset": demo, "progress": False, "trainers": {}}
     plain = fit.run_one(config, tmp_path / "a", feature_cache=False, **kw)
     cached = fit.run_one(config, tmp_path / "b", **kw)

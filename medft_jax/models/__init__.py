@@ -22,7 +22,7 @@ from medft_jax.models.blocks import PARTITIONS, Block, BlockPartition
 from medft_jax.models.densenet import DenseNet, densenet121
 from medft_jax.models.layers import BNTrain, Dtype
 from medft_jax.models.resnet import ResNet, resnet50, resnet_tiny
-from medft_jax.models.vgg import VGG, vgg19
+from medft_jax.models.vgg import VGG, vgg19, vgg_tiny
 from medft_jax.names import is_known_arch
 
 __all__ = [
@@ -86,6 +86,13 @@ TEST_ARCHS: dict[str, ArchSpec] = {
         PARTITIONS["resnet_tiny"],
         resize_size=232,
         label="ResNet (1 bottleneck per layer)",
+    ),
+    "vgg_tiny": ArchSpec(
+        "vgg_tiny",
+        vgg_tiny,
+        PARTITIONS["vgg_tiny"],
+        resize_size=256,
+        label="VGG-19 (8 channels, 64-wide classifier)",
     ),
 }
 """Small stand-ins that run by name wherever an arch does (a run, a sweep, a

@@ -161,6 +161,9 @@ VGG19 = BlockPartition(
     head="classifier/6",
 )
 
+# VGG-19's blocks and paths at 8 channels.
+VGG_TINY = dataclasses.replace(VGG19, arch="vgg_tiny")
+
 PARTITIONS: dict[str, BlockPartition] = {
-    p.arch: p for p in (RESNET50, RESNET_TINY, DENSENET121, VGG19)
+    p.arch: p for p in (RESNET50, RESNET_TINY, DENSENET121, VGG19, VGG_TINY)
 }

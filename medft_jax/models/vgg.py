@@ -65,6 +65,7 @@ class Classifier(nn.Module):
     num_classes: int
     dropout_rate: float = 0.5
     dtype: Dtype = jnp.float32
+    hidden: int = 4096
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool, part: str = "all") -> jax.Array:
@@ -76,12 +77,12 @@ class Classifier(nn.Module):
         the same RNG) and ``classifier/3`` before ``classifier/6``.
         """
         if part != "head":
-            x = nn.relu(Dense(4096, kernel_init=_linear_init, dtype=self.dtype, name="0")(x))
+            x = nn.relu(Dense(self.hidden, kernel_init=_linear_init, dtype=self.dtype, name="0")(x))
             x = features_as_computed(x, self.dtype)
         if part == "backbone":
             return x
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        x = Dense(4096, kernel_init=_linear_init, dtype=self.dtype, name="3")(x)
+        x = Dense(self.hidden, kernel_init=_linear_init, dtype=self.dtype, name="3")(x)
         x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=deterministic)
         # The new head: a fresh torch.nn.Linear (see medft_jax.models.layers.torch_linear_bias).
         return nn.Dense(
@@ -101,12 +102,14 @@ class VGG(nn.Module):
       dropout_rate: the classifier's dropout (torchvision: 0.5), active when
         called with ``deterministic=False`` and a ``dropout`` RNG.
       dtype: compute dtype (parameters stay float32).
+      hidden: width of ``classifier/0`` and ``classifier/3`` (torchvision: 4096).
     """
 
     num_classes: int = 1000
     cfg: Sequence[int | str] = VGG19_CFG
     dropout_rate: float = 0.5
     dtype: Dtype = jnp.float32
+    hidden: int = 4096
 
     @nn.compact
     def __call__(
@@ -119,7 +122,7 @@ class VGG(nn.Module):
     ) -> jax.Array:
         """Logits for an NHWC float batch; ``bn_train`` is accepted and unused (no BN).
 
-        The backbone ends at ``relu(classifier/0)``, ``(N, 4096)``: see
+        The backbone ends at ``relu(classifier/0)``, ``(N, hidden)``: see
         :class:`Classifier`.
         """
         del bn_train
@@ -129,9 +132,9 @@ class VGG(nn.Module):
             x = Features(self.cfg, self.dtype, name="features")(x)
             x = adaptive_avg_pool(x, (7, 7))
             x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's NCHW flatten
-        x = Classifier(self.num_classes, self.dropout_rate, self.dtype, name="classifier")(
-            x, deterministic, part
-        )
+        x = Classifier(
+            self.num_classes, self.dropout_rate, self.dtype, self.hidden, name="classifier"
+        )(x, deterministic, part)
         if part != "backbone":
             self.sow("intermediates", "classifier_out", x)
         return x
@@ -139,3 +142,19 @@ class VGG(nn.Module):
 
 def vgg19(num_classes: int = 1000, dtype: Dtype = jnp.float32) -> VGG:
     return VGG(num_classes=num_classes, cfg=VGG19_CFG, dtype=dtype)
+
+
+# VGG-19's layers at 8 channels: every conv at its torchvision index, so its blocks,
+# parameter paths and strategies are VGG-19's.
+VGG_TINY_CFG: tuple[int | str, ...] = tuple(v if v == "M" else 8 for v in VGG19_CFG)
+
+
+def vgg_tiny(num_classes: int = 1000, dtype: Dtype = jnp.float32) -> VGG:
+    """VGG-19 at 8 channels and a 64-wide classifier: the tests' stand-in for it.
+
+    VGG-19's cost is its classifier (25088x4096, 103M parameters: 0.4 GB a checkpoint,
+    three with Adam's moments); this one has the same layers, blocks and paths (no
+    BatchNorm, the fc6/fc7 dropout), so what depends on VGG's shape (features cached under
+    ``--frozen-bn update``, dropout in the head) is tested in seconds.
+    """
+    return VGG(num_classes=num_classes, cfg=VGG_TINY_CFG, dtype=dtype, hidden=64)
