@@ -500,7 +500,7 @@ def test_patient_folders_named_one_id_two_ways_are_refused(tmp_path):
         parse_folder(root, patient_folders=True)
     assert _one_line(err) == (
         f"{root}: patient folders 'p3' (benign/p3) and 'P3' (malignant/P3) differ only in "
-        "case or Unicode form: as two patients, one patient's images would be split across "
+        "case, spaces or Unicode form: as two patients, one patient's images would be split across "
         "train and test; name them alike"
     )
     assert parse_folder(root, patient_folders=False)[1]  # image by image: no patients
@@ -739,6 +739,15 @@ def test_folder_class_names_written_two_ways_are_refused(tmp_path):
         ),
         (("Tumour", "Tumour "), "'Tumour' and 'Tumour ' differ only in surrounding whitespace "),
         (("Tumour", "tumour "), "'Tumour' and 'tumour ' differ only in case and surrounding "),
+        (  # two spaces typed inside: a third class, averaged into every macro metric
+            ("Basal cell", "Basal  cell"),
+            "'Basal  cell' and 'Basal cell' differ only in whitespace within (one name written ",
+        ),
+        (
+            ("basal cell", "Basal\tcell "),
+            "'Basal\\tcell ' and 'basal cell' differ only in case and whitespace within and "
+            "surrounding whitespace (one name written several ",
+        ),
         (  # a zero-width space pasted in: prints as nothing
             ("benign", "benign\u200b"),
             "'benign' and 'benign\\u200b' differ only in invisible characters (one name written ",
@@ -831,6 +840,20 @@ def test_csv_class_missing_from_train(tmp_path):
         _load_csv(root, tmp_path / "out", split_column="split")
     _one_line(err)
     _no_cache_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("cell", ["-1", "", "NA"])
+def test_csv_multilabel_uncertain_or_blank_cells_say_to_map_them(tmp_path, cell):
+    """CheXpert's -1 (uncertain) and blank (unmentioned) cells were told about
+    --label-column, which has nothing to do with them."""
+    root = _csv_dir(tmp_path / f"d{len(cell)}", ["1,0"] * 5 + [f"{cell},1"], "path,a,b")
+    with pytest.raises(DataError) as err:
+        _load_csv(root, tmp_path / "out", label_columns=["a", "b"])
+    assert str(err.value).endswith(
+        f"labels.csv:7 column 'a': {cell!r} is not 0 or 1; an uncertain or unmentioned label, "
+        "and nothing is guessed: map such cells to 0 or 1 in the file, as the task's policy "
+        "says (e.g. U-Ones, U-Zeros)"
+    )
 
 
 @pytest.mark.parametrize("cell", ["yes", "+1", "1e0", "0_0", "\uff11", "0.99999999999999999"])

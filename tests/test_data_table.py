@@ -518,18 +518,73 @@ def test_a_spreadsheets_rows_of_empty_cells_are_skipped_as_blank_lines(tmp_path)
     assert sum(len(v) for v in splits.values()) == 12
 
 
-def test_a_header_of_trailing_unnamed_columns_says_so(tmp_path):
-    """Excel's "path,label,," was "column '' appears twice in the header"."""
+@pytest.mark.parametrize("trailing", [",", ",,", ",,,"])
+def test_unnamed_columns_are_unused_columns_however_many(tmp_path, trailing):
+    """Excel's "path,label,," was "column '' appears twice in the header", then refused
+    as two unnamed columns while one was read: no option reads them, whatever their count."""
     _images(tmp_path)
-    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},," for i in range(12)]
-    _write(tmp_path, "path,label,,", rows)
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'}{trailing}" for i in range(12)]
+    _write(tmp_path, f"path,label{trailing}", rows)
+    names, _, splits = _table(tmp_path)
+    assert names == ["cat", "dog"] and sum(len(v) for v in splits.values()) == 12
+
+
+def test_excels_separator_line_is_read_past_and_other_exports_are_named(tmp_path):
+    """Excel's "sep=," line was "missing column 'path' (found sep=,)"; R's write.csv2 (quoted,
+    ';') "malformed CSV" with no word of semicolons; Excel's "Unicode Text" "NUL byte"."""
+    _images(tmp_path)
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)]
+    _write(tmp_path, "sep=,\npath,label", rows)
+    assert sum(len(v) for v in _table(tmp_path)[2].values()) == 12
+    csv_file = tmp_path / "labels.csv"
+    quoted = [f'"{i}";"imgs/a{i}.png";"{"cat" if i % 2 else "dog"}"' for i in range(12)]
+    _write(tmp_path, '"";"path";"label"', quoted)
     with pytest.raises(DataError) as err:
         _table(tmp_path)
     assert _one_line(err) == (
-        f"{tmp_path / 'labels.csv'}:1: 2 columns without a name in the header (trailing "
-        "commas, as a spreadsheet writes where cells right of the data were once used); "
-        "delete those columns"
+        f"{csv_file}:1: malformed CSV (',' expected after '\"'); its columns are separated by "
+        "';', not ','"
     )
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be"):
+        csv_file.write_bytes(("path,label\n" + "\n".join(rows) + "\n").encode(encoding))
+        with pytest.raises(DataError) as err:
+            _table(tmp_path)
+        assert _one_line(err) == (
+            f"{csv_file}: UTF-16 text (Excel's 'Unicode Text'?); expected a UTF-8 text file: "
+            "save it as 'CSV UTF-8'"
+        )
+
+
+def test_labels_spelled_as_infinity_are_class_names(tmp_path):
+    """float() reads INF (infarct) and Infinity: "a number but not an integer class id"."""
+    _images(tmp_path)
+    labels = ["INF", "HEM", "Infinity"] * 4
+    _write(tmp_path, "path,label", [f"imgs/a{i}.png,{labels[i]}" for i in range(12)])
+    assert _table(tmp_path)[0] == ["HEM", "INF", "Infinity"]
+
+
+def test_a_column_holding_split_names_beside_other_values_is_refused(tmp_path):
+    """A 'phase' of train/dev/test, or a 'dataset' of train/holdout with blanks, was not
+    read as a split column (one value no split is named) and the splits carved at random."""
+    _images(tmp_path)
+    csv_file = tmp_path / "labels.csv"
+    for column, where, listed in (
+        ("phase", ["Train"] * 8 + ["dev"] * 2 + ["TEST"] * 2, "TEST, Train, dev"),
+        (
+            "dataset",
+            ["train"] * 8 + ["", "holdout"] + ["test"] * 2,
+            "(blank), holdout, test, train",
+        ),
+    ):
+        rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{where[i]}" for i in range(12)]
+        _write(tmp_path, f"path,label,{column}", rows)
+        with pytest.raises(DataError) as err:
+            _table(tmp_path)
+        assert _one_line(err) == (
+            f"{csv_file}: column {column!r} holds split names ({listed}) but --split-column "
+            "is not given, so the splits would be carved at random instead; pass "
+            f"--split-column {column} (or rename the column to carve)"
+        )
 
 
 def test_columns_of_split_names_or_patient_ids_under_other_names_are_refused(tmp_path):
@@ -545,7 +600,11 @@ def test_columns_of_split_names_or_patient_ids_under_other_names_are_refused(tmp
             DataError, match=rf"column '{column}' holds split names \(test, train\)"
         ):
             _table(tmp_path)
-    for column in ("PatientNo", "patient_number", "pid", "case", "StudyInstanceUID", "accession"):
+    for column in (
+        "PatientNo", "patient_number", "pid", "case", "StudyInstanceUID", "accession",
+        "lesion_id", "pt_id", "PatID", "SubjID", "donor_id", "person_id", "eye_id",
+        "SeriesInstanceUID", "hospital_number", "lesion",
+    ):  # fmt: skip
         rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},x{i // 2}" for i in range(12)]
         _write(tmp_path, f"path,label,{column}", rows)
         with pytest.raises(DataError, match=rf"column '{column}' looks like a patient id shared"):
@@ -558,7 +617,11 @@ def test_columns_of_split_names_or_patient_ids_under_other_names_are_refused(tmp
 
 @pytest.mark.parametrize(
     ("ids", "how"),
-    [(("P1", "p1"), "case or Unicode form"), (("007", "7.0"), "leading zeros or a decimal point")],
+    [
+        (("P1", "p1"), "case, spaces or Unicode form"),
+        (("DOE JOHN", "DOE  JOHN"), "case, spaces or Unicode form"),
+        (("007", "7.0"), "leading zeros or a decimal point"),
+    ],
 )
 def test_a_patient_id_spelled_two_ways_is_refused(tmp_path, ids, how):
     """``P1``/``p1`` and ``007``/``7``/``7.0`` (an Excel slip) were two patients: one

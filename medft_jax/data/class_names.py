@@ -32,9 +32,10 @@ def _visible(name: str) -> str:
 
 
 def normalised(name: str) -> str:
-    """``name`` without invisible characters, in NFKC, case-folded, stripped: equal for two
-    spellings of one name."""
-    return unicodedata.normalize("NFKC", _visible(name)).casefold().strip()
+    """``name`` without invisible characters, in NFKC, case-folded, its whitespace runs one
+    space and stripped: equal for two spellings of one name (``Basal  cell`` typed with two
+    spaces is ``Basal cell``)."""
+    return " ".join(unicodedata.normalize("NFKC", _visible(name)).casefold().split())
 
 
 def twin_of(name: str, names: Iterable[str]) -> str | None:
@@ -59,13 +60,16 @@ def twins_message(where: str, a: str, b: str) -> str:
     if (_visible(a), _visible(b)) != (a, b):
         kinds.append("invisible characters")
     sa, sb = _visible(a).strip(), _visible(b).strip()
-    if sa != sb:
-        if unicodedata.normalize("NFKC", sa) == unicodedata.normalize("NFKC", sb):
+    ja, jb = " ".join(sa.split()), " ".join(sb.split())
+    if ja != jb:
+        if unicodedata.normalize("NFKC", ja) == unicodedata.normalize("NFKC", jb):
             kinds.append("Unicode normalisation")
-        elif sa.casefold() == sb.casefold():
+        elif ja.casefold() == jb.casefold():
             kinds.append("case")
         else:
             kinds += ["case", "Unicode normalisation"]
+    if re.findall(r"\s+", sa) != re.findall(r"\s+", sb):
+        kinds.append("whitespace within")
     if (sa, sb) != (_visible(a), _visible(b)):
         kinds.append("surrounding whitespace")
     how = " and ".join(kinds)
@@ -95,4 +99,5 @@ def patient_twin(
     first, at = seen.setdefault(key, (patient, where))
     if first == patient:
         return None
-    return first, at, "leading zeros or a decimal point" if number else "case or Unicode form"
+    how = "leading zeros or a decimal point" if number else "case, spaces or Unicode form"
+    return first, at, how

@@ -57,6 +57,11 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path} is a folder, expected a file") from None
     nul = data.find(b"\0")
     if nul >= 0:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")) or nul < 2:  # Excel's "Unicode Text"
+            raise DataError(
+                f"{path}: UTF-16 text (Excel's 'Unicode Text'?); expected a UTF-8 text file: "
+                "save it as 'CSV UTF-8'"
+            )
         line = _line_at(data, nul)
         raise DataError(f"{path}:{line}: NUL byte; expected a UTF-8 text file")
     try:
@@ -97,7 +102,8 @@ def read_csv(
     expected = ",".join(header or required)
     if not Path(path).exists():
         raise DataError(f"CSV file not found: {path}")
-    reader = csv.reader(io.StringIO(read_text(path), newline=""), strict=True)
+    text = read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[Row] = []
     found: list[str] | None = None
     last = 0
@@ -106,6 +112,8 @@ def read_csv(
             start, last = last + 1, reader.line_num
             if not any(f.strip() for f in fields):  # blank, or a spreadsheet's row of ",,"
                 continue
+            if found is None and [f.strip() for f in fields] == ["sep=", ""]:
+                continue  # Excel's separator line above the header: "sep=," is what is read
             if found is None:  # names stripped as the cells are: "path, label" by hand
                 found = _header(path, [f.strip() for f in fields], required, expected, naming)
                 continue
@@ -119,7 +127,10 @@ def read_csv(
             row.line = start
             rows.append(row)
     except csv.Error as err:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
+        hint = ""
+        if found is None and ";" in text.partition("\n")[0]:  # R's write.csv2: "";"path"
+            hint = "; its columns are separated by ';', not ','"
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({err}){hint}") from None
     if found is None:
         raise DataError(f"{path}:1: empty file; expected the header {expected}")
     if not rows:
@@ -163,13 +174,9 @@ def _header(
             f"{path}: missing column {missing[0]!r}; expected the header "
             f"{expected} (found {','.join(fields) or 'nothing'}){hint}"
         )
-    twice = sorted({c for c in fields if fields.count(c) > 1})
-    if twice == [""]:  # Excel writes "path,label,," where cells right of the data were used
-        raise DataError(
-            f"{path}:1: {fields.count('')} columns without a name in the header (trailing "
-            "commas, as a spreadsheet writes where cells right of the data were once used); "
-            "delete those columns"
-        )
+    # Columns without a name (Excel's "path,label,," right of cells once used, pandas'
+    # index) are read by no option: unused, as any column no option names, however many.
+    twice = sorted({c for c in fields if c and fields.count(c) > 1})
     if twice:
         raise DataError(f"{path}:1: column {twice[0]!r} appears twice in the header")
     return fields
@@ -177,13 +184,15 @@ def _header(
 
 def _number(text: str) -> float | None:
     """A label read as a number, or None for a name: float() also took ``1_0`` (10) and
-    full-width digits, so labels ``1_0``, ``2_0``, ``1_10`` were numbered as 10, 20, 110."""
+    full-width digits, so labels ``1_0``, ``2_0``, ``1_10`` were numbered as 10, 20, 110,
+    and ``INF`` (infarct), ``Infinity`` as numbers that are no class id."""
     if "_" in text or not text.isascii():
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return None
+    return value if math.isfinite(value) else None
 
 
 MISSING_MARKERS = frozenset({"na", "n/a", "#n/a", "nan", "null", "#null!", "<na>"})
@@ -477,15 +486,20 @@ GROUP_LIKE = frozenset(
     {
         "patient", "patientid", "patientname", "subject", "subjectid", "participant",
         "participantid", "caseid", "group", "groupid", "studyid", "mrn", "pid", "case",
-        "study", "accession",
+        "study", "accession", "lesion", "donor", "person", "individual",
     }
 )  # fmt: skip
 """Column names (as :data:`SPLIT_LIKE`) that a patient/group id column goes by."""
 
 
-_GROUP_STEMS = ("patient", "subject", "participant", "case", "study", "accession")
+_GROUP_STEMS = (
+    "patient", "pat", "pt", "subject", "subj", "participant", "case", "study", "accession",
+    "lesion", "donor", "person", "individual", "hospital", "record", "series", "eye",
+)  # fmt: skip
 """Beginnings of patient-id column names whose end says it is an id (``PatientNo``,
-``subject_number``, ``StudyInstanceUID``): not ``patient_age``, which images share too."""
+``subject_number``, ``StudyInstanceUID``, ``pt_id``, HAM10000's ``lesion_id``): not
+``patient_age``, which images share too. A column is refused only when images share its
+values, so an id of one image each (``record_id`` of a row) passes."""
 
 
 def _squashed(name: str) -> str:
@@ -519,14 +533,16 @@ def _refuse_unused_layout_columns(
     columns = [c for c in rows[0] if c not in used]
     if split_column is None:
         for column in columns:
-            values = {row[column].strip().lower() for row in rows}
+            spelled = {row[column].strip() for row in rows}
+            values = {v.lower() for v in spelled}
             # Any split name counts: one blank cell or a 'holdout' row among train/test ones
             # had the whole column ignored, the user's test images carved into train.
-            # By name, or by content: a column of nothing but split names (two or more:
-            # 'dataset', 'phase' holding train/test) is one whatever it is called.
-            only_splits = len(values) > 1 and values <= set(SPLIT_NAMES)
+            # By name, or by content: a column holding two or more split names ('dataset',
+            # 'phase' holding train/test, with 'dev', 'holdout' or blank cells beside them)
+            # is one whatever it is called.
+            splits_in_it = len(values & set(SPLIT_NAMES)) > 1
             named = _squashed(column) in SPLIT_LIKE
-            listed = _some_values(values)
+            listed = _some_values(spelled)
             # 'set', 'subset' may hold batches, sources (HAM10000, BCN20000): not surely splits
             surely = named and _squashed(column) not in ("set", "subset")
             if surely and len(values) > 1 and not values & set(SPLIT_NAMES):
@@ -536,7 +552,7 @@ def _refuse_unused_layout_columns(
                     "splits would be carved at random instead; write train/val/test in it and "
                     f"pass --split-column {_shell(column)} (or rename the column to carve)"
                 )
-            if (named and values & set(SPLIT_NAMES)) or only_splits:
+            if (named and values & set(SPLIT_NAMES)) or splits_in_it:
                 raise DataError(
                     f"{csv_path}: column {column!r} holds split names ({listed}) but "
                     "--split-column is not given, so the splits would be carved at random "
@@ -703,8 +719,15 @@ def _hot(text: str, where: str) -> float:
     """A multi-hot cell: ``0``/``1`` (also ``0.0``/``1.0``); anything else names the cell."""
     cell = text.strip()
     if not _HOT.fullmatch(cell):
-        raise DataError(
-            f"{where}: {cell!r} is not 0 or 1; label columns hold 0 or 1, one column per "
-            "label (a column of label names is --label-column)"
-        )
+        if cell in ("-1", "-1.0", "") or missing_marker(cell):  # CheXpert's uncertain/unmentioned
+            hint = (
+                "an uncertain or unmentioned label, and nothing is guessed: map such cells to "
+                "0 or 1 in the file, as the task's policy says (e.g. U-Ones, U-Zeros)"
+            )
+        else:
+            hint = (
+                "label columns hold 0 or 1, one column per label (a column of label names is "
+                "--label-column)"
+            )
+        raise DataError(f"{where}: {cell!r} is not 0 or 1; {hint}")
     return float(cell[0])
