@@ -145,6 +145,8 @@ def _main(argv: Sequence[str] | None) -> int:
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
         check_data_dir(args.data_dir)
+    elif g.data_dir is not None:  # as --data-dir is, named so
+        check_data_dir(g.data_dir, f"--config {args.config}: grid {g.name!r} data_dir")
     # The one import of JAX, here and not at the top: --help and a bad flag stay fast.
     from medft_jax.session import Session
 

@@ -152,6 +152,8 @@ def _main(argv: Sequence[str] | None) -> int:
     folder = g.dataset_options.get("folder", {}).get("manual_dir")
     if folder is not None and any(c.dataset == "folder" for c in runs):
         refuse_listed_output(Path(folder), Path(args.out), "--out", "the runs")
+    if args.data_dir is None and g.data_dir is not None:  # as --data-dir is, named so
+        no_file_in_the_way(g.data_dir, f"--config {args.config}: grid {g.name!r} data_dir")
     if args.dry_run:  # reads --out only, but a file there is the sweep's error too
         no_file_in_the_way(args.out, "--out")
         dry_run(g, runs, index, count, args.out, args.retry_failed, args.data_dir or g.data_dir)
@@ -159,6 +161,8 @@ def _main(argv: Sequence[str] | None) -> int:
     writable_dir(args.out, "--out")
     if args.data_dir is not None:
         check_data_dir(args.data_dir)
+    elif g.data_dir is not None:
+        check_data_dir(g.data_dir, f"--config {args.config}: grid {g.name!r} data_dir")
     return sweep(g, runs, index, count, args)
 
 
@@ -646,9 +650,10 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
             print(
                 f"note: {plans.plan_path(args.out, g.name)} held the plan of another "
                 f"definition of grid {g.name!r} ({len(old['runs'])} runs: the grid file was "
-                "edited since, or another grid file has its name); replaced by this one: "
-                "its runs this grid lacks are no longer expected by a report without "
-                "--config (give each grid file its own name)",
+                "edited since, or another grid file has its name); replaced by this one. "
+                "Records of runs this grid lacks still count in a report without --config "
+                "(a dropped LR in its LR choice): move their folders out, or report with "
+                "--config (and give each grid file its own name)",
                 file=sys.stderr,
             )
 

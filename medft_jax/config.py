@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 import os
 import struct
 from collections.abc import Callable, Mapping
@@ -247,6 +248,7 @@ def canonical_options(
     conflicting = {"rgn_estimate_steps"} if dict(options).get("rgn_per_step") is True else set()
     out = []
     for key, value in options:
+        value = _plain_int(value)
         if type(value) is int and isinstance(OPTION_DEFAULTS.get(key), float):
             with contextlib.suppress(OverflowError):  # too large: check_config says so
                 value = float(value)
@@ -265,6 +267,14 @@ def canonical_options(
 
 
 _NO_DEFAULT = object()
+
+
+def _plain_int(value: Any) -> Any:
+    """numpy's integers (``np.int64(2)`` from a grid file's arithmetic) as the ``int`` they
+    are; anything else as it is (a bool stays a bool, refused where a count is meant)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+        return int(value)
+    return value
 
 
 def as_float32(x: float) -> float:
@@ -311,6 +321,9 @@ class RunConfig:
     None: this toolkit's, filled in)."""
 
     def __post_init__(self) -> None:
+        for field in INT_FIELDS:  # np.int64(2) epochs: "must be an integer, got np.int64(2)"
+            if hasattr(self, field):  # (the options among them are canonical_options')
+                object.__setattr__(self, field, _plain_int(getattr(self, field)))
         if self.numerics is None and self.precision in PRECISIONS:
             object.__setattr__(self, "numerics", numerics_version(self.precision))
         # One run, one name: freezing the BatchNorm of frozen blocks where no block is

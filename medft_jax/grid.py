@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medft_jax.config import RunConfig, as_float32, check_config
+from medft_jax.config import OPTION_STRATEGIES, RunConfig, as_float32, check_config
 from medft_jax.data.options import (
     option_value_error,
     split_option_error,
@@ -212,8 +212,7 @@ class Grid:
         if unknown:
             raise GridError(
                 f"grid {self.name!r}: settings {', '.join(unknown)} unknown; "
-                f"expected some of {', '.join(SETTINGS)}"
-                + (did_you_mean(unknown[0], SETTINGS) if len(unknown) == 1 else "")
+                f"expected some of {', '.join(SETTINGS)}" + _elsewhere(unknown)
             )
         self._check_names()
         for field, runs in (
@@ -334,11 +333,13 @@ class Grid:
             if not is_known_arch(a):
                 raise GridError(
                     f"grid {self.name!r}: arch {a!r} unknown; known: {', '.join(ARCHS)}"
+                    + did_you_mean(a, ARCHS)
                 )
         for s in self.strategies:
             if s not in STRATEGIES:
                 raise GridError(
                     f"grid {self.name!r}: strategy {s!r} unknown; known: {', '.join(STRATEGIES)}"
+                    + did_you_mean(s, STRATEGIES)
                 )
 
     def _key_name(self, field: str, strategy: str) -> str:
@@ -358,8 +359,29 @@ def plural(axis: str) -> str:
 # --- config files ------------------------------------------------------------------------------
 
 
-_AS_RUN = {"lr": float, "seed": int}
-"""How a run holds an axis value that a grid file may write otherwise (``1`` for ``1.0``)."""
+def run_lr(lr: float) -> float:
+    """A grid's learning rate as its run holds it: the shortest decimal of its float32.
+
+    The step computes in float32, so ``np.logspace(-5, -3, 3)[0]`` (9.999999999999999e-06)
+    and ``np.float32(1e-3)`` (0.0010000000474974513) train as ``1e-05`` and ``0.001`` do;
+    held raw, they were runs of other names, the finished ``1e-05`` run listed "todo" and
+    trained again. A decimal of up to six significant digits is its own float32's shortest
+    decimal, so the rates a grid writes (1e-3, 3e-4) keep their runs' names.
+    """
+    try:
+        held = as_float32(lr)
+    except OverflowError:  # beyond float32: refused by the range check
+        return float(lr)
+    for digits in range(1, 10):  # nine significant digits tell every float32 apart
+        shortest = float(f"{held:.{digits}g}")
+        if as_float32(shortest) == held:
+            return shortest
+    return float(lr)  # not reached: 9 digits always round-trip
+
+
+_AS_RUN = {"lr": run_lr, "seed": int}
+"""How a run holds an axis value that a grid file may write otherwise (``1`` for ``1.0``,
+``np.float32(1e-3)`` for ``0.001``)."""
 
 
 _AS_STEP = {
@@ -430,6 +452,43 @@ def load_grid(path: str | Path) -> Grid:
     if spec is None or spec.loader is None:
         raise GridError(f"--config {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
+    # The grid file's own folder first: a helper module beside it (``from common import
+    # SETTINGS``) was looked up from where the command ran, and a same-named one there
+    # gave its settings without a word.
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        grid = _run_grid_file(path, spec, module)
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    if not isinstance(grid, Grid):
+        raise GridError(
+            f"--config {path}: get_config() returned a {type(grid).__name__}, expected a Grid"
+        )
+    try:
+        grid.validate()
+    except UserError as e:
+        raise GridError(_naming(path, e)) from None
+    return grid
+
+
+def _elsewhere(unknown: Sequence[str]) -> str:
+    """Where a setting the grid's ``settings`` do not take belongs: an axis (``lr`` is
+    ``lrs``) or a strategy option (``lp_epochs`` in ``strategy_options['lp_ft']``), else
+    the near setting's name; ``lp_epochs`` was told "did you mean epochs?"."""
+    if len(unknown) != 1:
+        return ""
+    key = unknown[0]
+    if key in AXES:
+        return f"; {key} is an axis: give it as {plural(key)}=(...)"
+    if key in OPTION_STRATEGIES:
+        first = OPTION_STRATEGIES[key][0]
+        where = f"strategy_options={{{first!r}: {{{key!r}: ...}}}}"
+        return f"; {key} is a strategy option: give it as {where}"
+    return did_you_mean(key, SETTINGS)
+
+
+def _run_grid_file(path: Path, spec: Any, module: Any) -> Any:
+    """Executes a grid file and calls its ``get_config()``; each failure one line."""
     try:
         spec.loader.exec_module(module)
     except SystemExit as e:  # sys.exit(0) there ended a sweep with 0, having done nothing
@@ -440,7 +499,7 @@ def load_grid(path: str | Path) -> Grid:
     if not callable(get_config):
         raise GridError(f"--config {path}: defines no get_config() function")
     try:
-        grid = get_config()
+        return get_config()
     except UserError as e:  # a Grid's own check (or the file's): which file, as BUILD.md's
         # "copy quick.py" keeps the grid's name, which alone does not say
         raise GridError(_naming(path, e)) from None
@@ -448,15 +507,6 @@ def load_grid(path: str | Path) -> Grid:
         raise GridError(_exited(path, "in get_config()", e)) from None
     except Exception as e:
         raise GridError(f"--config {path}: get_config() failed ({type(e).__name__}: {e})") from e
-    if not isinstance(grid, Grid):
-        raise GridError(
-            f"--config {path}: get_config() returned a {type(grid).__name__}, expected a Grid"
-        )
-    try:
-        grid.validate()
-    except UserError as e:
-        raise GridError(_naming(path, e)) from None
-    return grid
 
 
 def _naming(path: Path, err: UserError) -> str:
@@ -519,7 +569,7 @@ def _canonical(key: str, value: str) -> str:
         try:
             if not plain_number(value):
                 raise ValueError(value)
-            return repr(float(value))
+            return repr(run_lr(float(value)))
         except ValueError:
             raise GridError(f"--only lr={value}: not a number") from None
     if key == "seed":

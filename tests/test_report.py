@@ -3238,3 +3238,19 @@ def test_the_index_says_mura_metrics_are_per_study(tmp_path):
     index = write_report(collect(records), tmp_path / "out").read_text()
     line = next(x for x in index.splitlines() if x.startswith("  - mura\\_wrist"))
     assert "(train 30, val 6, test 23 images; metrics per study: val 3, test 12): " in line
+
+
+def test_a_grid_whose_settings_no_record_has_names_the_setting_that_differs():
+    """report --config with a grid of other epochs (or batch size) said "none of its N runs
+    match grid ...; check --config and --only", naming nothing."""
+    grid = one_run_grid("chexpert", {})
+    cfg = grid.config("chexpert", "resnet50", "ft", 1e-4, 0).to_dict()
+    other = rec(dataset="chexpert", config={**cfg, "epochs": 3, "batch_size": 32}, test=0.9)
+    summary = collect([other], grid=grid)
+    assert summary.left_out == 1
+    assert summary.left_out_why == (
+        f"e.g. {other['run']} has batch_size 32 (the grid's {cfg['batch_size']!r}), epochs 3 "
+        f"(the grid's {cfg['epochs']!r})"
+    )
+    # Another dataset's run tells nothing of the grid's settings.
+    assert collect([rec(dataset="bach", test=0.9)], grid=grid).left_out_why == ""

@@ -183,9 +183,11 @@ def test_a_grid_sets_the_data_seed_for_all_its_runs(tmp_path, capsys):
     assert "settings['data_seed']" in capsys.readouterr().err
 
 
-def test_only_matches_float32_learning_rates_as_the_runs_hold_them(tmp_path, capsys):
-    """A grid file may write its lrs as float32: a filter that passes the grid check
-    must select runs, never none with exit 0."""
+def test_float32_learning_rates_are_the_runs_of_their_decimals(tmp_path, capsys):
+    """A grid file may write its lrs as float32 or np.logspace: held raw
+    (0.0010000000474974513, 9.999999999999999e-06) they were runs of other names than the
+    decimal's, a finished run listed "todo" and trained again; any spelling of the rate
+    filters its runs."""
     config = tmp_path / "f32.py"
     config.write_text(
         "import numpy as np\nfrom medft_jax.grid import Grid\n"
@@ -194,11 +196,18 @@ def test_only_matches_float32_learning_rates_as_the_runs_hold_them(tmp_path, cap
         "                strategies=('ft',), lrs=tuple(np.array([1e-3, 1e-2], np.float32)),\n"
         "                seeds=(0,), settings={'epochs': 1})\n"
     )
-    held = float(np.float32(1e-3))
-    runs = grid_lib.select(grid_lib.load_grid(config), grid_lib.parse_only([f"lr={held!r}"]))
-    assert [r.lr for r in runs] == [held]
-    assert sweep_cli.main(["--config", str(config), "--only", "lr=0.001", "--dry-run"]) == 2
-    assert f"not in grid 'f32' (its lrs: {held!r}, " in capsys.readouterr().err
+    grid = grid_lib.load_grid(config)
+    assert [c.lr for c in grid.configs()] == [0.001, 0.01]
+    for spelt in (repr(float(np.float32(1e-3))), "0.001", "1e-3"):
+        runs = grid_lib.select(grid, grid_lib.parse_only([f"lr={spelt}"]))
+        assert [r.lr for r in runs] == [0.001]
+    decimal = dataclasses.replace(grid, lrs=(1e-5, 1e-4, 1e-3))
+    logspace = dataclasses.replace(grid, lrs=tuple(np.logspace(-5, -3, 3)))
+    assert logspace.lrs[0] != 1e-5
+    assert [results.run_name(c.to_dict()) for c in logspace.configs()] == [
+        results.run_name(c.to_dict()) for c in decimal.configs()
+    ]
+    assert grid_lib.run_lr(1 / 3) == 0.33333334  # not a decimal: its float32's shortest
 
 
 def test_a_dry_run_into_a_file_is_the_sweeps_error_not_every_run_to_do(tmp_path, capsys):
@@ -1411,8 +1420,9 @@ def test_only_slices_of_one_grid_listed_in_two_orders_add_up_and_another_grid_is
     notes = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note:")]
     assert notes == [
         f"note: {path} held the plan of another definition of grid 'tiny' (4 runs: the grid "
-        "file was edited since, or another grid file has its name); replaced by this one: its "
-        "runs this grid lacks are no longer expected by a report without --config (give each "
+        "file was edited since, or another grid file has its name); replaced by this one. "
+        "Records of runs this grid lacks still count in a report without --config (a dropped "
+        "LR in its LR choice): move their folders out, or report with --config (and give each "
         "grid file its own name)"
     ]
 
@@ -1896,3 +1906,87 @@ def test_a_batch_not_dealt_evenly_over_the_devices_stops_the_sweep_once(
     assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 0
     monkeypatch.setattr(jax, "device_count", lambda *a: 3)
     assert sweep_cli.main(["--config", str(config), "--out", str(out)]) == 0
+
+
+def test_a_grid_files_helper_module_is_the_one_beside_it(tmp_path, monkeypatch):
+    """A helper imported by a grid file was looked up from where the command ran: a
+    same-named helper there gave its settings (epochs 1, not the grid's 3) without a word."""
+    here, lab = tmp_path / "here", tmp_path / "lab"
+    for folder, epochs in ((here, 1), (lab, 3)):
+        folder.mkdir()
+        (folder / "shared_settings.py").write_text(f"SETTINGS = {{'epochs': {epochs}}}\n")
+    (lab / "mine.py").write_text(
+        "from shared_settings import SETTINGS\nfrom medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='mine', datasets=('demo',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft',), lrs=(1e-3,), seeds=(0,), settings=SETTINGS)\n"
+    )
+    monkeypatch.chdir(here)
+    monkeypatch.syspath_prepend(str(here))  # as `python -m` puts the working folder first
+    monkeypatch.delitem(sys.modules, "shared_settings", raising=False)
+    try:
+        grid = grid_lib.load_grid(lab / "mine.py")
+    finally:
+        sys.modules.pop("shared_settings", None)
+    assert grid.settings == {"epochs": 3}
+    assert str(lab) not in sys.path  # put back as it was
+
+
+def test_a_hand_edited_grids_slips_are_pointed_where_they_belong(tmp_path, capsys):
+    """lp_epochs in settings was told "did you mean epochs?" (another setting); lr there
+    nothing; lp-ft and ResNet50 no near name; np.int64 epochs "must be an integer"."""
+    base = {
+        "name": "x", "datasets": ("demo",), "archs": ("resnet_tiny",), "strategies": ("lp_ft",),
+        "lrs": (1e-3,), "seeds": (0,),
+    }  # fmt: skip
+    for changed, said in (
+        (
+            {"settings": {"lp_epochs": 2}},
+            "lp_epochs is a strategy option: give it as strategy_options={'lp_ft': "
+            "{'lp_epochs': ...}}",
+        ),
+        ({"settings": {"lr": 1e-3}}, "lr is an axis: give it as lrs=(...)"),
+        ({"settings": {"epoch": 2}}, "did you mean epochs?"),
+        ({"strategies": ("lp-ft",)}, "strategy 'lp-ft' unknown; known: "),
+        ({"archs": ("ResNet50",)}, "arch 'ResNet50' unknown; known: resnet50, densenet121, vgg19"),
+    ):
+        with pytest.raises(grid_lib.GridError) as err:
+            grid_lib.Grid(**{**base, **changed}).validate()
+        assert str(err.value).endswith(said) or said in str(err.value), str(err.value)
+    assert str(err.value).endswith("did you mean resnet50?")
+    np_ints = grid_lib.Grid(
+        **base,
+        settings={"epochs": np.int64(7), "batch_size": np.int32(8)},
+        strategy_options={"lp_ft": {"lp_epochs": np.int64(2)}},
+    )
+    np_ints.validate()
+    plain = grid_lib.Grid(
+        **base,
+        settings={"epochs": 7, "batch_size": 8},
+        strategy_options={"lp_ft": {"lp_epochs": 2}},
+    )
+    assert [results.run_name(c.to_dict()) for c in np_ints.configs()] == [
+        results.run_name(c.to_dict()) for c in plain.configs()
+    ]
+
+
+@pytest.mark.parametrize("data_dir", ["afile", ""])
+def test_a_grids_data_dir_is_checked_as_the_flag_is(tmp_path, capsys, monkeypatch, data_dir):
+    """A grid data_dir that is a file passed the dry run, then the sweep failed naming a cache
+    path; "" read and wrote the working folder (the flag's '' is refused)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    config = _grid_file(tmp_path, "g", strategies=("ft",), lrs=(1e-3,), seeds=(0,), epochs=1)
+    config.write_text(
+        config.read_text().replace('name="tiny",', f'name="tiny", data_dir={data_dir!r},')
+    )
+    for extra in (["--dry-run"], []):
+        assert sweep_cli.main(["--config", str(config), "--out", "o", *extra]) == 2
+        err = capsys.readouterr().err
+        where = f"error: --config {config}: grid 'tiny' data_dir"
+        assert err == (
+            f"{where} afile: afile is a file, expected a folder\n"
+            if data_dir
+            else f"{where}: an empty path; expected a folder\n"
+        )
+    assert not (tmp_path / "o").exists()

@@ -280,6 +280,7 @@ def collect(
                 apart.append(why)
             return not why
 
+        everything = records + failures
         records = [r for r in records if of_grid(r)]
         failures = [f for f in failures if of_grid(f)]
         left_out = before - len(records) - len(failures)
@@ -292,6 +293,8 @@ def collect(
             if apart
             else ""
         )
+        if not apart and not records and not failures:  # none matched: say which setting
+            left_out_why = next(filter(None, (_settings_apart(r, configs) for r in everything)), "")
         expected: dict[CellKey, set[tuple[float, int]]] = {}
         for c in configs:
             expected.setdefault((c.dataset, c.arch, c.strategy), set()).add(
@@ -591,6 +594,29 @@ def _describe_diff(diff: Mapping[str, list[str]]) -> str:
 
 _NOT_LAYOUT = ("manual_dir", "csv_file", "bits_stored", "dicom_window", "skip_bad_images")
 """A user dataset's options that are not its layout (where it is, how files decode)."""
+
+
+def _settings_apart(run: Mapping[str, Any], configs: Sequence[RunConfig]) -> str:
+    """Which settings set ``run`` apart from the grid's run of its dataset, arch and
+    strategy (the nearest of its LRs and seeds), for the report's line when no record
+    matches the grid; ``""`` when the grid has no such run."""
+    mine = {k: v for k, v in run["config"].items() if k not in results.IDENTITY_KEYS}
+    axes = (mine.get("dataset"), mine.get("arch"), mine.get("strategy"))
+    same = [c.to_dict() for c in configs if (c.dataset, c.arch, c.strategy) == axes]
+
+    def differing(theirs: dict[str, Any]) -> list[str]:
+        keys = sorted((set(theirs) | set(mine)) - set(results.IDENTITY_KEYS))
+        return [k for k in keys if _canon(theirs.get(k)) != _canon(mine.get(k))]
+
+    if not same:
+        return ""
+    nearest = min(same, key=lambda c: len(differing(c)))
+    keys = [k for k in differing(nearest) if k not in ("lr", "seed")] or differing(nearest)
+    shown = ", ".join(
+        f"{k} {mine.get(k, '<absent>')!r} (the grid's {nearest.get(k, '<absent>')!r})"
+        for k in keys[:3]
+    )
+    return f"e.g. {run.get('run', axes[0])} has {shown}" if keys else ""
 
 
 def _apart_from_grid(run: Mapping[str, Any], given: Mapping[str, Any] | None) -> str:
