@@ -33,7 +33,7 @@ from experiments.common import (
     refuse_split_seed,
 )
 from medft_jax import results
-from medft_jax.config import RunConfig, check_config, flag_name, may_cache_features
+from medft_jax.config import RunConfig, check_config, flag_name, may_cache_features, run_lr
 from medft_jax.data.paths import refuse_listed_output
 from medft_jax.errors import (
     EXIT_BUSY,
@@ -64,7 +64,7 @@ def _one_lr(text: str) -> float:
     try:
         if not plain_number(text):
             raise ValueError(text)
-        return float(text)
+        return run_lr(float(text))  # as a grid's: 9.999999999999999e-06 is 1e-05's run
     except ValueError:
         if "," in text:
             raise argparse.ArgumentTypeError(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import numbers
 import os
 import struct
 from collections.abc import Callable, Mapping
@@ -147,6 +146,8 @@ OPEN_HIGH = ("lr_decay",)
 """Fields whose upper limit is excluded: LLRD at decay 1 is FT (said so by name), and a
 range that offered 1 sent the user to that refusal."""
 
+FLOAT32_MAX = 3.4028234663852886e38
+"""float32's largest finite number."""
 FLOAT32_TINY = 2.0**-126
 """float32's smallest normal number: a rate below it is 0, or nearly, where the step computes."""
 
@@ -248,7 +249,7 @@ def canonical_options(
     conflicting = {"rgn_estimate_steps"} if dict(options).get("rgn_per_step") is True else set()
     out = []
     for key, value in options:
-        value = _plain_int(value)
+        value = _plain(value)
         if type(value) is int and isinstance(OPTION_DEFAULTS.get(key), float):
             with contextlib.suppress(OverflowError):  # too large: check_config says so
                 value = float(value)
@@ -269,17 +270,45 @@ def canonical_options(
 _NO_DEFAULT = object()
 
 
-def _plain_int(value: Any) -> Any:
-    """numpy's integers (``np.int64(2)`` from a grid file's arithmetic) as the ``int`` they
-    are; anything else as it is (a bool stays a bool, refused where a count is meant)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
-        return int(value)
+def _plain(value: Any) -> Any:
+    """numpy's scalars (``np.int64(2)`` from a grid file's arithmetic, ``np.float32(0.7)``,
+    ``np.True_``) as the Python ``int``, ``float`` or ``bool`` they are; anything else as it
+    is (a bool stays a bool, refused where a count is meant)."""
+    if type(value) in (bool, int, float) or not hasattr(value, "dtype"):
+        return value
+    kind = getattr(value.dtype, "kind", "")
+    if getattr(value, "ndim", 1) == 0 and kind in "biuf" and kind:
+        return {"b": bool, "i": int, "u": int, "f": float}[kind](value)
     return value
 
 
 def as_float32(x: float) -> float:
     """``x`` as float32 holds it (the value the train step computes with)."""
     return struct.unpack("f", struct.pack("f", float(x)))[0]
+
+
+def run_lr(lr: float) -> float:
+    """A learning rate (a grid's, ``--lr``) as its run holds it: its float32's short decimal.
+
+    The step computes in float32, so ``np.logspace(-5, -3, 3)[0]`` (9.999999999999999e-06)
+    and ``np.float32(1e-3)`` (0.0010000000474974513) train as ``1e-05`` and ``0.001`` do;
+    held raw, they were runs of other names, the finished ``1e-05`` run listed "todo" and
+    trained again. Only a float32 whose shortest decimal has at most six significant
+    digits is rewritten: a decimal of up to six digits is its own (the rates a grid writes,
+    1e-3 or 3e-4, keep their runs' names), and a rate no short decimal names
+    (``np.logspace(-5, -4, 3)[1]``, 3.1622776601683795e-05, or ``2**-13``) stays as written,
+    as its runs were named before. Outside float32's normal range the value is left for
+    the range check to name as written.
+    """
+    value = float(lr)
+    if not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+        return value
+    held = as_float32(value)
+    for digits in range(1, 7):
+        shortest = float(f"{held:.{digits}g}")
+        if as_float32(shortest) == held:
+            return shortest
+    return value
 
 
 def same_in_float32(a: float, b: float) -> bool:
@@ -323,7 +352,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         for field in INT_FIELDS:  # np.int64(2) epochs: "must be an integer, got np.int64(2)"
             if hasattr(self, field):  # (the options among them are canonical_options')
-                object.__setattr__(self, field, _plain_int(getattr(self, field)))
+                object.__setattr__(self, field, _plain(getattr(self, field)))
         if self.numerics is None and self.precision in PRECISIONS:
             object.__setattr__(self, "numerics", numerics_version(self.precision))
         # One run, one name: freezing the BatchNorm of frozen blocks where no block is

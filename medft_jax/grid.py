@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medft_jax.config import OPTION_STRATEGIES, RunConfig, as_float32, check_config
+from medft_jax.config import OPTION_STRATEGIES, RunConfig, as_float32, check_config, run_lr
 from medft_jax.data.options import (
     option_value_error,
     split_option_error,
@@ -359,26 +359,6 @@ def plural(axis: str) -> str:
 # --- config files ------------------------------------------------------------------------------
 
 
-def run_lr(lr: float) -> float:
-    """A grid's learning rate as its run holds it: the shortest decimal of its float32.
-
-    The step computes in float32, so ``np.logspace(-5, -3, 3)[0]`` (9.999999999999999e-06)
-    and ``np.float32(1e-3)`` (0.0010000000474974513) train as ``1e-05`` and ``0.001`` do;
-    held raw, they were runs of other names, the finished ``1e-05`` run listed "todo" and
-    trained again. A decimal of up to six significant digits is its own float32's shortest
-    decimal, so the rates a grid writes (1e-3, 3e-4) keep their runs' names.
-    """
-    try:
-        held = as_float32(lr)
-    except OverflowError:  # beyond float32: refused by the range check
-        return float(lr)
-    for digits in range(1, 10):  # nine significant digits tell every float32 apart
-        shortest = float(f"{held:.{digits}g}")
-        if as_float32(shortest) == held:
-            return shortest
-    return float(lr)  # not reached: 9 digits always round-trip
-
-
 _AS_RUN = {"lr": run_lr, "seed": int}
 """How a run holds an axis value that a grid file may write otherwise (``1`` for ``1.0``,
 ``np.float32(1e-3)`` for ``0.001``)."""
@@ -478,8 +458,9 @@ def _elsewhere(unknown: Sequence[str]) -> str:
     if len(unknown) != 1:
         return ""
     key = unknown[0]
-    if key in AXES:
-        return f"; {key} is an axis: give it as {plural(key)}=(...)"
+    axis = next((a for a in AXES if key in (a, plural(a))), None)
+    if axis is not None:
+        return f"; {key} is an axis: give it as {plural(axis)}=(...) beside settings"
     if key in OPTION_STRATEGIES:
         first = OPTION_STRATEGIES[key][0]
         where = f"strategy_options={{{first!r}: {{{key!r}: ...}}}}"

@@ -602,8 +602,7 @@ def test_columns_of_split_names_or_patient_ids_under_other_names_are_refused(tmp
             _table(tmp_path)
     for column in (
         "PatientNo", "patient_number", "pid", "case", "StudyInstanceUID", "accession",
-        "lesion_id", "pt_id", "PatID", "SubjID", "donor_id", "person_id", "eye_id",
-        "SeriesInstanceUID", "hospital_number", "lesion",
+        "lesion_id", "pt_id", "PatID", "SubjID", "donor_id", "person_id", "lesion",
     ):  # fmt: skip
         rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},x{i // 2}" for i in range(12)]
         _write(tmp_path, f"path,label,{column}", rows)
@@ -613,6 +612,31 @@ def test_columns_of_split_names_or_patient_ids_under_other_names_are_refused(tmp
     rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{40 + i // 4},train" for i in range(12)]
     _write(tmp_path, "path,label,patient_age,source", rows)
     assert sum(len(v) for v in _table(tmp_path)[2].values()) == 12
+    # Nor a site's, a series' or a patch's number, however shared; nor a comment column
+    # holding two split words among others ('Train' and 'training' are one split).
+    notes = ["ok", "Test", "valid", "blurry"]
+    for column, values in (
+        ("hospital_id", [f"h{i % 2}" for i in range(12)]),
+        ("SeriesNumber", [str(i % 3) for i in range(12)]),
+        ("patch_no", [str(i % 4) for i in range(12)]),
+        ("pattern_id", [f"p{i % 2}" for i in range(12)]),
+        ("comment", [notes[i % 4] for i in range(12)]),
+        ("origin", ["Train", "training"] * 6),
+    ):
+        rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{values[i]}" for i in range(12)]
+        _write(tmp_path, f"path,label,{column}", rows)
+        assert sum(len(v) for v in _table(tmp_path)[2].values()) == 12, column
+    # A column of split names without a name in the header: name it (--split-column '' is
+    # refused as an empty name).
+    where = ["train"] * 8 + ["test"] * 4
+    rows = [f"imgs/a{i}.png,{'cat' if i % 2 else 'dog'},{where[i]}" for i in range(12)]
+    _write(tmp_path, "path,label,", rows)
+    with pytest.raises(DataError) as err:
+        _table(tmp_path)
+    assert _one_line(err).endswith(
+        "carved at random instead; name the column in the header and pass --split-column "
+        "with that name (or rename the column to carve)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -207,7 +207,17 @@ def test_float32_learning_rates_are_the_runs_of_their_decimals(tmp_path, capsys)
     assert [results.run_name(c.to_dict()) for c in logspace.configs()] == [
         results.run_name(c.to_dict()) for c in decimal.configs()
     ]
-    assert grid_lib.run_lr(1 / 3) == 0.33333334  # not a decimal: its float32's shortest
+    # A rate no short decimal names keeps its name (runs trained before stay found); one
+    # outside float32's range is named as written by the range check.
+    for raw in (1 / 3, 2**-13, float(np.logspace(-5, -4, 3)[1]), 1e-46, 1e39):
+        assert grid_lib.run_lr(raw) == raw
+    for raw, said in ((1e-46, "1e-46 is 0 in float32"), (1e39, r"got 1e\+39")):
+        with pytest.raises(grid_lib.GridError, match=said):
+            dataclasses.replace(grid, lrs=(raw,)).validate()
+    # The command line's --lr names the run the grid's rate does.
+    from experiments.run import _one_lr
+
+    assert _one_lr("9.999999999999999e-06") == 1e-05 and _one_lr("3e-4") == 3e-4
 
 
 def test_a_dry_run_into_a_file_is_the_sweeps_error_not_every_run_to_do(tmp_path, capsys):
@@ -1945,7 +1955,8 @@ def test_a_hand_edited_grids_slips_are_pointed_where_they_belong(tmp_path, capsy
             "lp_epochs is a strategy option: give it as strategy_options={'lp_ft': "
             "{'lp_epochs': ...}}",
         ),
-        ({"settings": {"lr": 1e-3}}, "lr is an axis: give it as lrs=(...)"),
+        ({"settings": {"lr": 1e-3}}, "lr is an axis: give it as lrs=(...) beside settings"),
+        ({"settings": {"seeds": (1,)}}, "seeds is an axis: give it as seeds=(...) beside settings"),
         ({"settings": {"epoch": 2}}, "did you mean epochs?"),
         ({"strategies": ("lp-ft",)}, "strategy 'lp-ft' unknown; known: "),
         ({"archs": ("ResNet50",)}, "arch 'ResNet50' unknown; known: resnet50, densenet121, vgg19"),
@@ -1960,6 +1971,12 @@ def test_a_hand_edited_grids_slips_are_pointed_where_they_belong(tmp_path, capsy
         strategy_options={"lp_ft": {"lp_epochs": np.int64(2)}},
     )
     np_ints.validate()
+    llrd = {**base, "strategies": ("llrd", "auto_rgn")}
+    numpy_options = {"llrd": {"lr_decay": np.float64(0.5)}, "auto_rgn": {"rgn_per_step": np.True_}}
+    python_options = {"llrd": {"lr_decay": 0.5}, "auto_rgn": {"rgn_per_step": True}}
+    assert [
+        c.to_dict() for c in grid_lib.Grid(**llrd, strategy_options=numpy_options).configs()
+    ] == [c.to_dict() for c in grid_lib.Grid(**llrd, strategy_options=python_options).configs()]
     plain = grid_lib.Grid(
         **base,
         settings={"epochs": 7, "batch_size": 8},

@@ -258,6 +258,14 @@ def _shell(word: str) -> str:
     return shlex.quote(word)
 
 
+def _pass(flag: str, column: str) -> str:
+    """How to give ``column`` to ``flag``: a column without a name in the header cannot be
+    (``--split-column ''`` is refused as an empty name) until it is given one."""
+    if not column:
+        return f"name the column in the header and pass {flag} with that name"
+    return f"pass {flag} {_shell(column)}"
+
+
 LABEL_JOINERS = ("|", ";", ",")
 """What a multilabel export joins a row's labels with in one cell (NIH ChestX-ray14's
 ``Effusion|Infiltration``)."""
@@ -480,6 +488,10 @@ def _refuse_group_twins(
         )
 
 
+_SPLIT_OTHERS = frozenset({"", "dev", "holdout", "hold-out", "heldout", "held-out", "external"})
+"""Values beside split names in a column that holds splits (blank cells, a dev or a
+held-out set): a column of train/test with these is a split column by its content; one
+with other words beside (a comment column: "ok", "valid", "test") is not."""
 SPLIT_LIKE = frozenset({"split", "set", "subset", "fold", "partition", "datasplit"})
 """Column names (lower case, letters and digits only) that a split column goes by."""
 GROUP_LIKE = frozenset(
@@ -487,19 +499,23 @@ GROUP_LIKE = frozenset(
         "patient", "patientid", "patientname", "subject", "subjectid", "participant",
         "participantid", "caseid", "group", "groupid", "studyid", "mrn", "pid", "case",
         "study", "accession", "lesion", "donor", "person", "individual",
+        "pt", "ptid", "ptno", "pat", "patid", "patno", "subj", "subjid", "subjno",
     }
 )  # fmt: skip
-"""Column names (as :data:`SPLIT_LIKE`) that a patient/group id column goes by."""
+"""Column names (as :data:`SPLIT_LIKE`) that a patient/group id column goes by (``pt_id``,
+``PatID``, ``SubjID`` as exact names: ``pat``/``pt`` as beginnings would take
+``patch_no`` and ``pattern_id``)."""
 
 
 _GROUP_STEMS = (
-    "patient", "pat", "pt", "subject", "subj", "participant", "case", "study", "accession",
-    "lesion", "donor", "person", "individual", "hospital", "record", "series", "eye",
+    "patient", "subject", "participant", "case", "study", "accession", "lesion", "donor",
+    "person", "individual",
 )  # fmt: skip
 """Beginnings of patient-id column names whose end says it is an id (``PatientNo``,
-``subject_number``, ``StudyInstanceUID``, ``pt_id``, HAM10000's ``lesion_id``): not
-``patient_age``, which images share too. A column is refused only when images share its
-values, so an id of one image each (``record_id`` of a row) passes."""
+``subject_number``, ``StudyInstanceUID``, HAM10000's ``lesion_id``): not ``patient_age``,
+which images share too, nor a site's or a series' number (``hospital_id``,
+``SeriesNumber``: not a patient). A column is refused only when images share its
+values, so an id of one image each passes."""
 
 
 def _squashed(name: str) -> str:
@@ -540,7 +556,10 @@ def _refuse_unused_layout_columns(
             # By name, or by content: a column holding two or more split names ('dataset',
             # 'phase' holding train/test, with 'dev', 'holdout' or blank cells beside them)
             # is one whatever it is called.
-            splits_in_it = len(values & set(SPLIT_NAMES)) > 1
+            splits_in_it = (
+                len({SPLIT_NAMES[v] for v in values if v in SPLIT_NAMES}) > 1
+                and values <= set(SPLIT_NAMES) | _SPLIT_OTHERS
+            )
             named = _squashed(column) in SPLIT_LIKE
             listed = _some_values(spelled)
             # 'set', 'subset' may hold batches, sources (HAM10000, BCN20000): not surely splits
@@ -550,13 +569,13 @@ def _refuse_unused_layout_columns(
                     f"{csv_path}: column {column!r} is named as a split column but holds "
                     f"{listed}, not split names, and --split-column is not given, so the "
                     "splits would be carved at random instead; write train/val/test in it and "
-                    f"pass --split-column {_shell(column)} (or rename the column to carve)"
+                    f"{_pass('--split-column', column)} (or rename the column to carve)"
                 )
             if (named and values & set(SPLIT_NAMES)) or splits_in_it:
                 raise DataError(
                     f"{csv_path}: column {column!r} holds split names ({listed}) but "
                     "--split-column is not given, so the splits would be carved at random "
-                    f"instead; pass --split-column {_shell(column)} (or rename the column to carve)"
+                    f"instead; {_pass('--split-column', column)} (or rename the column to carve)"
                 )
     if group_column is None:
         for column in columns:
@@ -567,7 +586,7 @@ def _refuse_unused_layout_columns(
                 raise DataError(
                     f"{csv_path}: column {column!r} looks like a patient id shared by several "
                     f"images, but --group-column is not given, so a patient's images could land "
-                    f"in train and test both; pass --group-column {_shell(column)} (or rename the "
+                    f"in train and test both; {_pass('--group-column', column)} (or rename the "
                     "column to split image by image)"
                 )
 
