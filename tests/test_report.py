@@ -2105,6 +2105,34 @@ def test_figure_legends_errors_and_titles_say_what_is_drawn(monkeypatch):
     ]
 
 
+def test_a_datasets_figures_show_its_own_archs_and_strategies(monkeypatch):
+    """A dataset run on ResNet-50 alone, beside one run on DenseNet-121 too, had a
+    DenseNet-121 legend entry, n/a slots and half-width bars (its table no such column);
+    a strategy only the other ran, an n/a tick."""
+    records = [rec(strategy=s, seed=k, test=0.7) for s in ("ft", "lp") for k in range(3)]
+    records += [
+        rec(dataset="mura_wrist", arch=a, strategy=s, seed=k, test=0.6)
+        for a in ("resnet50", "densenet121")
+        for s in ("ft", "lp", "l2_sp")
+        for k in range(3)
+    ]
+    # Two grids' plans: each dataset expects its own runs (loose runs would be read as one
+    # grid, crossed: DenseNet-121 expected of bach too).
+    planned = [
+        ("a", [r["config"] for r in records if r["config"]["dataset"] == "bach"]),
+        ("b", [r["config"] for r in records if r["config"]["dataset"] != "bach"]),
+    ]
+    summary = collect(records, planned=planned)
+    assert summary.archs_of("bach") == ["resnet50"]
+    assert summary.strategies_of("bach") == ["ft", "lp"]
+    assert [(b.arch, b.strategy, b.x) for b in improvement_bars(summary, "bach")] == [
+        ("resnet50", "lp", 0.0)
+    ]
+    ax = _drawn(summary, "improvement", monkeypatch)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ResNet-50"]
+    assert "n/a" not in [t.get_text() for t in ax.texts] and ax.get_xlabel() == ""
+
+
 def test_improvement_bars_carry_the_tables_other_marks(monkeypatch):
     """A bar whose LR was chosen without an LR where a run failed (‡ in the table) was
     drawn as plainly as any other: only † had a sign (hatching)."""
@@ -2118,6 +2146,9 @@ def test_improvement_bars_carry_the_tables_other_marks(monkeypatch):
     ax = _drawn(summary, "improvement", monkeypatch)
     assert [t.get_text() for t in ax.texts] == ["‡"]
     assert "; ‡ on a bar: its cell or FT's is so marked in the dataset's table" in ax.get_xlabel()
+    cost = _drawn(summary, "cost", monkeypatch)  # and by its point: the cost figure said none
+    assert [t.get_text() for t in cost.texts] == ["‡"]
+    assert "; ‡ § ¶ by a point: its cell is so marked in the dataset's table" in cost.get_xlabel()
 
 
 def test_figures_mark_partial_cells_and_missing_error_bars(monkeypatch):
@@ -2147,9 +2178,11 @@ def test_figures_mark_partial_cells_and_missing_error_bars(monkeypatch):
     alone_bar = next(c for c in ax_alone.containers if hasattr(c, "patches")).patches[0]
     assert alone_bar.get_facecolor() == densenet.get_facecolor()
     assert densenet.get_facecolor() == to_rgba("C1")  # DenseNet-121's colour in every report
-    from medft_jax.report.figures import arch_colour
+    from medft_jax.names import TEST_ARCHS
+    from medft_jax.report.figures import arch_colour, arch_marker
 
-    assert arch_colour("resnet_tiny") not in {arch_colour(a) for a in ARCHS}  # no clash
+    every = [*ARCHS, *TEST_ARCHS]  # the two stand-ins took one colour (by a hash)
+    assert len({arch_colour(a) for a in every}) == len({arch_marker(a) for a in every}) == 5
     assert ax_alone.get_xlabel() == ""  # complete cells, three seeds: nothing to say
     cost = _drawn(summary, "cost", monkeypatch)
     assert cost.get_xlabel().endswith("; hollow: runs missing (†)")

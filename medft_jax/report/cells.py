@@ -212,6 +212,19 @@ class Summary:
         """The metric of ``dataset``'s improvements, Table 11 and paired test."""
         return self.metrics[dataset][0]
 
+    def archs_of(self, dataset: str) -> list[str]:
+        """The archs with a cell of ``dataset``, in the report's order: its table's columns
+        and its figures' bars (another dataset's arch is no "n/a" of this one)."""
+        return [
+            a for a in self.archs if any((dataset, a, s) in self.cells for s in self.strategies)
+        ]
+
+    def strategies_of(self, dataset: str) -> list[str]:
+        """The strategies with a cell of ``dataset``, in the report's order."""
+        return [
+            s for s in self.strategies if any((dataset, a, s) in self.cells for a in self.archs)
+        ]
+
 
 # --- collecting ------------------------------------------------------------------------------
 

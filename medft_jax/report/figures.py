@@ -84,17 +84,18 @@ def strategy_colour(strategy: str) -> tuple[float, float, float, float]:
 
 
 def arch_marker(arch: str) -> str:
-    from medft_jax.names import ARCHS
+    from medft_jax.names import ARCHS, TEST_ARCHS
 
-    return MARKERS[_index(arch, list(ARCHS)) % len(MARKERS)]
+    return MARKERS[_index(arch, [*ARCHS, *TEST_ARCHS]) % len(MARKERS)]
 
 
 def arch_colour(arch: str) -> str:
-    """The improvement bars' colour of ``arch``: by its place in ARCHS, not in the report;
-    an arch not listed takes one of the colours after theirs (never one of theirs)."""
-    from medft_jax.names import ARCHS
+    """The improvement bars' colour of ``arch``: by its place in ARCHS then TEST_ARCHS, not
+    in the report (the two stand-ins took one colour by a hash); an arch not listed takes
+    one of the colours after theirs (never one of theirs)."""
+    from medft_jax.names import ARCHS, TEST_ARCHS
 
-    known = list(ARCHS)
+    known = [*ARCHS, *TEST_ARCHS]
     if arch in known:
         return f"C{known.index(arch)}"
     return f"C{len(known) + zlib.crc32(arch.encode()) % (10 - len(known))}"
@@ -140,8 +141,8 @@ class Bar:
 def improvement_bars(summary: Summary, dataset: str) -> list[Bar]:
     """The bars of :func:`improvement_figure`: x = strategy index (FT left out) plus the
     arch's offset within the group."""
-    strategies = [s for s in summary.strategies if s != BASELINE]
-    archs = list(summary.archs)
+    strategies = [s for s in summary.strategies_of(dataset) if s != BASELINE]
+    archs = summary.archs_of(dataset)
     width = 0.8 / max(len(archs), 1)
     bars = []
     for j, a in enumerate(archs):
@@ -169,14 +170,15 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
     missing error bar mean."""
     fig = _figure()
     ax = fig.add_subplot()
-    strategies = [s for s in summary.strategies if s != BASELINE]
-    width = 0.8 / max(len(summary.archs), 1)
+    strategies = [s for s in summary.strategies_of(dataset) if s != BASELINE]
+    archs = summary.archs_of(dataset)
+    width = 0.8 / max(len(archs), 1)
     bars = improvement_bars(summary, dataset)
     missing = no_baseline(summary, dataset)
     message = None  # drawn across the axes, instead of the n/a labels
     if not strategies or missing:
         message = missing or "no strategy but FT: nothing to compare"
-    for a in summary.archs:
+    for a in archs:
         mine = [b for b in bars if b.arch == a]
         for b in mine:
             if not math.isfinite(b.gain) and message is None:
@@ -255,13 +257,13 @@ def improvement_figure(summary: Summary, dataset: str, path: Path) -> Path:
             wrap=True,
             transform=ax.transAxes,
         )
-    elif summary.archs:
+    elif archs:
         # Drawn from the archs' colours, not from their bars: an arch without a bar here
         # took Matplotlib's first colour, ResNet-50's, and one whose first bar was hatched
         # a hatched swatch.
         from matplotlib.patches import Patch
 
-        handles = [Patch(facecolor=arch_colour(a), label=arch_label(a)) for a in summary.archs]
+        handles = [Patch(facecolor=arch_colour(a), label=arch_label(a)) for a in archs]
         ax.legend(handles=handles, fontsize=8)
     return _save(fig, path)
 
@@ -301,7 +303,7 @@ def cost_not_shown(summary: Summary, dataset: str) -> list[tuple[str, str, str]]
 def cost_not_shown_note(summary: Summary, dataset: str) -> str:
     """``not shown: LP (cost unknown), LP-FT (diverged)`` (each with its arch where the
     report has several), or ``""``: the cost figure's line under the axes."""
-    several = len(summary.archs) > 1
+    several = len(summary.archs_of(dataset)) > 1
     names = [
         f"{strategy_label(s)}{' ' + arch_label(a) if several else ''} ({why})"
         for s, a, why in cost_not_shown(summary, dataset)
@@ -321,7 +323,8 @@ def cost_figure(summary: Summary, dataset: str, path: Path) -> Path:
     ax = fig.add_subplot()
     seen_s: list[str] = []
     seen_a: list[str] = []
-    partial = False
+    partial = marked = False
+    metric_key = summary.headline(dataset)
     for (d, a, s), c in summary.cells.items():
         if d != dataset or not c.has_value or c.cost is None:
             continue
@@ -339,10 +342,16 @@ def cost_figure(summary: Summary, dataset: str, path: Path) -> Path:
             facecolors="none" if hollow else colour,
             edgecolors=colour,
         )
+        # ‡ § ¶ beside the point, as on a bar: a point resting on them read as any other.
+        marks = "".join(m for m in OTHER_MARKS if m in cell_marks(c, metric_key))
+        if marks:
+            marked = True
+            ax.annotate(marks, (x, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         seen_s += [s] if s not in seen_s else []
         seen_a += [a] if a not in seen_a else []
-    metric = metric_label(summary.headline(dataset))
+    metric = metric_label(metric_key)
     note = f"; hollow: {PARTIAL_NOTE}" if partial else ""
+    note += "; ‡ § ¶ by a point: its cell is so marked in the dataset's table" if marked else ""
     left_out = cost_not_shown_note(summary, dataset)
     left_out = "\n" + textwrap.fill(left_out, 100) if left_out else ""
     scale = " (log scale)" if seen_s else ""

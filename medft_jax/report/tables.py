@@ -240,22 +240,6 @@ def _cells_of(summary: Summary, dataset: str) -> list[Cell]:
     ]
 
 
-def _strategies_of(summary: Summary, dataset: str) -> list[str]:
-    return [
-        s
-        for s in summary.strategies
-        if any((dataset, a, s) in summary.cells for a in summary.archs)
-    ]
-
-
-def _archs_of(summary: Summary, dataset: str) -> list[str]:
-    return [
-        a
-        for a in summary.archs
-        if any((dataset, a, s) in summary.cells for s in summary.strategies)
-    ]
-
-
 def _cell_fields(c: Cell) -> dict[str, Any]:
     """The fields every line about one cell starts from."""
     return {
@@ -545,7 +529,7 @@ def filter_note(summary: Summary) -> str | None:
 def dataset_table(summary: Summary, dataset: str) -> Table:
     """Tables 3-10: strategies × (arch × two metrics + cost), mean (SE) in percent."""
     metrics = summary.metrics[dataset]
-    archs, strategies = _archs_of(summary, dataset), _strategies_of(summary, dataset)
+    archs, strategies = summary.archs_of(dataset), summary.strategies_of(dataset)
     cells = {
         (a, s): summary.cells[(dataset, a, s)]
         for a in archs
@@ -825,7 +809,7 @@ def paired_short_note(lines: Sequence[PairedLine], summary: Summary | None = Non
 def paired_table(summary: Summary, dataset: str) -> Table:
     """Beyond the paper: each strategy minus FT, paired by seed, with a paired t-test."""
     archs = [a for a in summary.archs if (dataset, a, BASELINE) in summary.cells]
-    strategies = [s for s in _strategies_of(summary, dataset) if s != BASELINE]
+    strategies = [s for s in summary.strategies_of(dataset) if s != BASELINE]
     by_place = {(p.strategy, p.arch): p for p in paired_vs_ft(summary) if p.dataset == dataset}
     lines = [
         _paired_line(summary, by_place[(s, a)])

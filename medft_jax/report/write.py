@@ -484,8 +484,9 @@ def index_markdown(
             else ""
         )
         source = (
-            f"{planned}inferred from its records and planned runs: every arch, strategy, LR "
-            "and seed seen for it (--config gives a grid's own)"
+            f"{planned}inferred from the records and planned runs of every such dataset "
+            "together: every arch, strategy, LR and seed seen among them, for each of them "
+            "(--config gives a grid's own)"
             if summary.plans
             else "inferred from the records: every arch, strategy, LR and seed seen "
             f"anywhere{' --only keeps' if summary.filters else ''}, for every dataset "
