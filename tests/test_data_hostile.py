@@ -1739,3 +1739,29 @@ def test_label_columns_are_stripped_as_the_csv_header_is():
     add_dataset_flags(p)
     args = p.parse_args(["--dataset", "csv", "--csv-file", "l.csv", "--label-columns", "a, b"])
     assert dataset_options(args)["label_columns"] == ["a", "b"]
+
+
+def test_a_class_the_carve_left_out_of_training_says_what_would_help(tmp_path):
+    """A rare class of three patients (10, 1 and 1 images): the test carve took the two
+    small ones, the val carve the last; "no examples in the training split" was all, and a
+    smaller --val-fraction then said "a larger --val-fraction" for val. Where the class has
+    fewer patients than the carved splits need, no fraction helps: said so."""
+    labels = ["neg"] * 40 + ["pos"] * 12
+    patients = [f"n{i // 2}" for i in range(40)] + ["B0"] * 10 + ["S2", "T3"]
+    root = _csv_dir(tmp_path / "d", labels, "path,label,patient", patients)
+    with pytest.raises(DataError) as err:
+        _load_csv(root, tmp_path / "out", group_column="patient")
+    assert str(err.value) == (
+        f"{root}: class 'pos' has no examples in the training split: the val and test carve "
+        "took every patient of its 12 images of 3 patients; another --data-seed, or a smaller "
+        "--val-fraction or --test-fraction, leaves one in training"
+    )
+    few_patients = [f"n{i // 2}" for i in range(40)] + ["P0"] * 3 + ["P1"] * 3
+    few = _csv_dir(tmp_path / "e", labels[:46], "path,label,patient", few_patients)
+    with pytest.raises(DataError) as err:  # test takes one patient, val the other
+        _load_csv(few, tmp_path / "out", group_column="patient", val_fraction=0.5)
+    assert str(err.value) == (
+        f"{few}: class 'pos' has no examples in the training split: it has 6 images of 2 "
+        "patients, and train, val and test each need one patient of it: no fraction gives "
+        "that; add images of it, or drop the class"
+    )

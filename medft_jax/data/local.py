@@ -109,6 +109,7 @@ def _plan(
         multilabel = False
     else:
         class_names, multilabel, splits = parse_table(root, seed=seed, **layout)
+    _check_train_classes(kind, root, splits, list(class_names), multilabel, options)
     validate(splits, class_names, multilabel, where=str(root))
     _check_scorable(kind, root, splits, list(class_names), multilabel, options)
     source = source_of(root, class_names, multilabel, splits, options)
@@ -120,6 +121,58 @@ def _plan(
         kind, root, target, source, splits, list(class_names), multilabel, bits_stored, window,
         options,
     )  # fmt: skip
+
+
+def _check_train_classes(
+    kind: str,
+    root: Path,
+    splits: dict[str, list[Example]],
+    class_names: list[str],
+    multilabel: bool,
+    options: dict[str, Any],
+) -> None:
+    """Refuses a class the val or test carve left out of training, with what would help.
+
+    ``validate`` says only "no examples in the training split": a patient-grouped carve
+    that took a rare class's every patient left the user between it and "a larger
+    --val-fraction" for the split that then lacked the class. Where the class has fewer
+    patients than the splits that need one, no fraction helps; else another data seed or
+    a smaller fraction leaves one in training. Splits the data gives are for
+    :func:`validate` to name (add images there).
+    """
+    carved = [s for s in ("val", "test") if given_by(kind, root, options, s) is None]
+    if not carved:
+        return
+    for label, name in enumerate(class_names):
+
+        def has(ex: Example, label: int = label) -> bool:
+            return bool(ex.label[label]) if multilabel else int(ex.label) == label
+
+        if any(has(ex) for ex in splits["train"]):
+            continue
+        mine = [ex for members in splits.values() for ex in members if has(ex)]
+        if not mine:
+            return  # in no split at all: validate's line
+        units = len({ex.patient for ex in mine})
+        unit = "image" if units == len(mine) else "patient"
+        have = f"{len(mine)} image{'s' * (len(mine) != 1)}"
+        if unit == "patient":
+            have += f" of {units} patient{'s' * (units != 1)}"
+        what = "label" if multilabel else "class"
+        pool = ["train", *carved]
+        if units < len(pool):
+            hint = (
+                f"it has {have}, and {', '.join(pool[:-1])} and {pool[-1]} each need one "
+                f"{unit} of it: no fraction gives that; add images of it, or "
+                + ("leave its column out of --label-columns" if multilabel else "drop the class")
+            )
+        else:
+            flags = " or ".join(f"--{s}-fraction" for s in carved)
+            hint = (
+                f"the {' and '.join(carved)} carve took every {unit} of its {have}; another "
+                f"--data-seed, or a smaller {flags}, leaves one in training"
+            )
+        raise DataError(f"{root}: {what} {name!r} has no examples in the training split: {hint}")
 
 
 def _check_scorable(
