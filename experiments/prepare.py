@@ -145,6 +145,12 @@ def _main(argv: Sequence[str] | None) -> int:
         f"{same_data(args.dataset)}: {counts}; {ds.num_classes} classes; images {ds.image_shape}; "
         f"skipped bad images: {n_skipped}"
     )
+    if args.seed != 0:  # run's flag has another name: without it, a run carved seed 0's split
+        print(
+            f"note: this is the split of seed {args.seed}: a run reads it with --data-seed "
+            f"{args.seed} (without it, seed 0's split is carved and cached anew)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -507,7 +507,11 @@ def _print_summary(
         )
     for r in records:
         print(f"record: {results.record_path_of(r, out)}")
-    if len({float(r["config"]["lr"]) for r in records}) > 1 and len(chosen) > 1:
+    models = [results.record_path_of(r, out).parent / "best" for r in records]
+    if len({float(r["config"]["lr"]) for r in records}) == 1 and all(m.is_dir() for m in models):
+        # The folder predict takes: a user left to find it among the run's files.
+        print("model (predict --checkpoint): " + ", ".join(map(str, models)))
+    elif len({float(r["config"]["lr"]) for r in records}) > 1 and len(chosen) > 1:
         # Which of those folders hold the chosen models: a user left to work it out from
         # the names gave predict another LR's best/.
         picked = [r for r in chosen if r["config"]["lr"] == lr]

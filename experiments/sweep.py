@@ -38,6 +38,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -756,6 +757,12 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         f"finished: {tally[DONE]} run now, {tally[SKIPPED] + tally[FAILED_BEFORE]} already done "
         f"or failed before, {tally[DIVERGED]} diverged{running}{damaged}, {left} not run"
     )
+    if tally[DONE] or tally[SKIPPED]:  # what to run next, as the user would type it
+        only = "".join(f" --only {shlex.quote(o)}" for o in args.only or [])
+        say(
+            f"tables: python -m experiments.report --runs {shlex.quote(str(args.out))} "
+            f"--config {shlex.quote(str(args.config))}{only}"
+        )
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     if errors:

@@ -537,6 +537,51 @@ def plain_number(text: str) -> bool:
     return text.isascii() and "_" not in text and text == text.strip()
 
 
+_ONLY = "filter with --only {}=..."
+_SETTING = "a grid's settings are in its file (settings={{...}})"
+ELSEWHERE: dict[str, dict[str, str]] = {
+    "python -m experiments.run": {
+        "--seed": "the training seeds are --seeds, the split's --data-seed (prepare's --seed)",
+        "--config": "a grid file is experiments.sweep's (and select's) --config",
+        "--only": "--only filters a grid: experiments.sweep --config ... --only ...",
+        "--dry-run": "experiments.sweep --dry-run lists a grid's runs and their cost",
+        "--progress": "run shows progress bars by default (--no-progress hides them)",
+    },
+    "python -m experiments.prepare": {
+        "--data-seed": "prepare's split seed is --seed (run's --data-seed)",
+        "--seeds": "prepare trains nothing: its --seed is the split's (run's --data-seed)",
+        "--progress": "prepare shows progress bars by default (--no-progress hides them)",
+    },
+    "python -m experiments.sweep": {
+        **{f"--{k}": _ONLY.format(k) for k in ("strategy", "arch", "dataset", "lr")},
+        "--seed": _ONLY.format("seed"),
+        "--seeds": _ONLY.format("seed"),
+        "--strategies": _ONLY.format("strategy"),
+        **{f"--{k}": _SETTING for k in ("epochs", "batch-size", "image-size", "weights")},
+        "--no-progress": "the sweep's progress bars are off by default (--progress shows them)",
+    },
+    "python -m experiments.select": {
+        "--dry-run": "experiments.sweep --dry-run lists a grid's runs and their cost",
+        "--seeds": "select trains one seed: --seed",
+        "--no-progress": "select shows no progress bars",
+        "--progress": "select shows no progress bars",
+    },
+    "python -m experiments.report": {
+        **{f"--{k}": _ONLY.format(k) for k in ("strategy", "arch", "dataset", "lr", "seed")},
+        "--seeds": _ONLY.format("seed"),
+        "--config-file": "the grid file is --config",
+    },
+    "python -m weights_port": {
+        "--checkpoint": "--checkpoint is export's: python -m weights_port export --checkpoint "
+        "... --out ...",
+    },
+}
+"""Flags of another command, or of another meaning there, given to a command (by its
+``prog``): where they belong. The nearest spelling pointed ``prepare --data-seed`` at
+``--dataset``, ``run --seed`` at ``--seeds`` (a training seed where ``prepare``'s
+``--seed`` is the split's) and ``sweep --no-progress`` at ``--progress`` (bars on)."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line too.
 
@@ -552,9 +597,18 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         kwargs.setdefault("allow_abbrev", False)
+        for key in ("description", "epilog"):  # a module docstring's reST ``literal``
+            if isinstance(kwargs.get(key), str):
+                kwargs[key] = kwargs[key].replace("``", "'")
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        # argparse names a missing required flag before an unknown one: "--strategy is
+        # required" of `--stratgy g_lf`, "--arch is required" of weights_port's export flags
+        # given without `export`. The unknown flag is the slip: named first.
+        unknown = self._unknown_flags()
+        if message.startswith("the following arguments are required") and unknown:
+            message = f"unrecognized arguments: {' '.join(unknown)}"
         message = one_line(message) + self._spelled_out(message)
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
@@ -568,10 +622,13 @@ class ArgumentParser(argparse.ArgumentParser):
             return did_you_mean(choice[1], choices)
         if not message.startswith("unrecognized arguments:"):
             return ""
+        elsewhere = ELSEWHERE.get(self.prog, {})
         for token in message.split(":", 1)[1].split():
             flag = token.split("=", 1)[0]
             if not flag.startswith("--"):
                 continue
+            if flag in elsewhere:
+                return f"; {elsewhere[flag]}"
             known = sorted(o for o in self._option_string_actions if o.startswith(flag))
             if known:
                 return f"; flags are spelled out in full: {flag} may be {' or '.join(known[:4])}"
@@ -589,10 +646,22 @@ class ArgumentParser(argparse.ArgumentParser):
             )
         return super()._get_value(action, arg_string)
 
+    def _unknown_flags(self) -> list[str]:
+        """The ``--flags`` of the command line being parsed that this parser does not take."""
+        flags = []
+        for token in getattr(self, "_argv", []):
+            if token == "--":
+                break
+            flag = token.split("=", 1)[0]
+            if flag.startswith("--") and flag not in self._option_string_actions:
+                flags.append(flag)
+        return flags
+
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         argv = self._negative_values_joined(sys.argv[1:] if args is None else list(args))
+        self._argv = argv
         self._refuse_repeated(argv)
         return super().parse_known_args(argv, namespace)
 

@@ -1120,8 +1120,8 @@ def test_switches_that_agree_may_repeat():
 @pytest.mark.parametrize(
     ("argv", "flag", "meant"),
     [
-        (["--seed", "1"], "--seed", "--seeds"),  # prepare's --seed is the split's
         (["--strat", "ft"], "--strat", "--strategy"),  # beside RUN's --strategy lp
+        (["--lr-g"], "--lr-g", "--lr-grid"),
     ],
 )
 def test_an_abbreviated_flag_is_refused_naming_the_full_one(argv, flag, meant, capsys):
@@ -1133,6 +1133,46 @@ def test_an_abbreviated_flag_is_refused_naming_the_full_one(argv, flag, meant, c
     assert _one_error_line(capsys) == (
         f"error: unrecognized arguments: {' '.join(argv)}; flags are spelled out in full: "
         f"{flag} may be {meant} (see python -m experiments.run --help)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("parser", "argv", "said"),
+    [  # the nearest spelling pointed each at a flag of another meaning
+        ("run", [*RUN, "--seed", "1"], "--seed 1; the training seeds are --seeds, the split's "
+         "--data-seed (prepare's --seed)"),
+        ("prepare", ["--dataset", "demo", "--data-seed", "1"], "--data-seed 1; prepare's split "
+         "seed is --seed (run's --data-seed)"),
+        ("sweep", ["--config", "quick", "--no-progress"], "--no-progress; the sweep's progress "
+         "bars are off by default (--progress shows them)"),
+        ("sweep", ["--config", "quick", "--strategy", "ft"], "--strategy ft; filter with --only "
+         "strategy=..."),
+        ("report", ["--runs", "r", "--seeds", "0"], "--seeds 0; filter with --only seed=..."),
+        ("select", ["--config", "quick", "--dry-run"], "--dry-run; experiments.sweep --dry-run "
+         "lists a grid's runs and their cost"),
+        # Named before a missing required flag: the slip, not what it left out.
+        ("run", ["--stratgy", "g_lf"], "--stratgy; did you mean --strategy?"),
+        ("weights_port", ["--checkpoint", "x", "--out", "m.pth"], "--checkpoint; --checkpoint "
+         "is export's: python -m weights_port export --checkpoint ... --out ..."),
+    ],
+)  # fmt: skip
+def test_a_flag_of_another_command_or_meaning_says_where_it_belongs(parser, argv, said, capsys):
+    import weights_port.__main__ as port_cli
+
+    parse = {
+        "run": lambda a: run_cli.build_parser().parse_args(a),
+        "prepare": prepare_cli.parse_args,
+        "sweep": lambda a: sweep_cli.build_parser().parse_args(a),
+        "report": lambda a: report_cli.build_parser().parse_args(a),
+        "select": lambda a: select_cli.build_parser().parse_args(a),
+        "weights_port": lambda a: port_cli._port_parser().parse_args(a),
+    }[parser]
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    assert e.value.code == 2
+    prog = "weights_port" if parser == "weights_port" else f"experiments.{parser}"
+    assert _one_error_line(capsys) == (
+        f"error: unrecognized arguments: {said} (see python -m {prog} --help)"
     )
 
 
@@ -1382,3 +1422,19 @@ def test_numbers_are_read_as_a_user_writes_them(tmp_path, capsys, command, argv,
     assert status == 2
     assert said in _one_error_line(capsys)
     assert not (tmp_path / "report").exists()
+
+
+def test_help_shows_no_rest_markup(capsys):
+    """prepare's --help printed its module docstring's reST double backticks."""
+    import weights_port.__main__ as port_cli
+
+    for parse in (
+        prepare_cli.parse_args,
+        lambda a: run_cli.build_parser().parse_args(a),
+        lambda a: sweep_cli.build_parser().parse_args(a),
+        lambda a: port_cli._port_parser().parse_args(a),
+    ):
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        text = capsys.readouterr().out
+        assert text.startswith("usage: ") and "``" not in text

@@ -25,9 +25,17 @@ def test_prepare_folder_then_load(tmp_path, capsys):
     argv = ["--dataset", "folder", "--manual-dir", str(tmp_path / "imgs")]
     argv += ["--data-dir", str(tmp_path / "out"), "--resize-size", "36", "--image-size", "32"]
     assert main([*argv, "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "folder: train 14, val 2, test 4; 2 classes; images (32, 32, 3)" in out
+    said = capsys.readouterr()
+    assert "folder: train 14, val 2, test 4; 2 classes; images (32, 32, 3)" in said.out
     assert len(list((tmp_path / "out" / "medft_cache").rglob("meta.json"))) == 1
+    # Another split seed: run's flag for it has another name, said (a run without it
+    # carved and cached seed 0's split anew, without a word).
+    assert "note:" not in said.err
+    assert main([*argv, "--no-progress", "--seed", "3"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "note: this is the split of seed 3: a run reads it with --data-seed 3 (without it, "
+        "seed 0's split is carved and cached anew)"
+    )
 
 
 def test_prepare_says_what_a_run_would_refuse(tmp_path, capsys):

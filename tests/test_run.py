@@ -640,6 +640,9 @@ def test_default_command_prints_table(tmp_path, capsys, monkeypatch):
 
     best = load_metadata(Path(record_line.removeprefix("record: ")).parent / "best")
     assert (best["resize_size"], best["crop_size"]) == (32, 32)
+    # The folder predict takes, said (it was left to be found among the run's files).
+    model = Path(record_line.removeprefix("record: ")).parent / "best"
+    assert f"model (predict --checkpoint): {model}" in cap.out.splitlines()
     # The same command again trains nothing: skipped, and no warning of random weights;
     # the record is stamped as found current (report --latest orders by it).
     stamp = Path(record_line.removeprefix("record: ")).parent / results.CONFIRMED_NAME

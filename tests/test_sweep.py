@@ -952,6 +952,8 @@ def test_two_shards_run_the_grid_once(two_shards):
     expected = {results.run_name(c.to_dict()) for c in configs}
     ran = [_ran(log) for log in logs]
     assert len(ran[0]) == len(ran[1]) == 4
+    for log in logs:  # what to run next, as typed
+        assert f"tables: python -m experiments.report --runs {out} --config {config}" in log
     assert not set(ran[0]) & set(ran[1])
     assert set(ran[0]) | set(ran[1]) == expected
     assert {p.parent.name for p in out.rglob("record.json")} == expected
