@@ -599,7 +599,7 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         for key in ("description", "epilog"):  # a module docstring's reST ``literal``
             if isinstance(kwargs.get(key), str):
-                kwargs[key] = kwargs[key].replace("``", "'")
+                kwargs[key] = kwargs[key].replace("``", "")
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -607,7 +607,8 @@ class ArgumentParser(argparse.ArgumentParser):
         # required" of `--stratgy g_lf`, "--arch is required" of weights_port's export flags
         # given without `export`. The unknown flag is the slip: named first.
         unknown = self._unknown_flags()
-        if message.startswith("the following arguments are required") and unknown:
+        required = ("the following arguments are required", "one of the arguments")
+        if message.startswith(required) and unknown:
             message = f"unrecognized arguments: {' '.join(unknown)}"
         message = one_line(message) + self._spelled_out(message)
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
@@ -653,7 +654,12 @@ class ArgumentParser(argparse.ArgumentParser):
             if token == "--":
                 break
             flag = token.split("=", 1)[0]
-            if flag.startswith("--") and flag not in self._option_string_actions:
+            # (" ": a value argparse took as one, "--my runs", is no flag)
+            if (
+                flag.startswith("--")
+                and flag not in self._option_string_actions
+                and " " not in flag
+            ):
                 flags.append(flag)
         return flags
 

@@ -1154,6 +1154,8 @@ def test_an_abbreviated_flag_is_refused_naming_the_full_one(argv, flag, meant, c
         ("run", ["--stratgy", "g_lf"], "--stratgy; did you mean --strategy?"),
         ("weights_port", ["--checkpoint", "x", "--out", "m.pth"], "--checkpoint; --checkpoint "
          "is export's: python -m weights_port export --checkpoint ... --out ..."),
+        ("weights_port", ["--arch", "resnet50", "--torch-weight", "f.pth"], "--torch-weight; "
+         "flags are spelled out in full: --torch-weight may be --torch-weights"),
     ],
 )  # fmt: skip
 def test_a_flag_of_another_command_or_meaning_says_where_it_belongs(parser, argv, said, capsys):
@@ -1422,6 +1424,17 @@ def test_numbers_are_read_as_a_user_writes_them(tmp_path, capsys, command, argv,
     assert status == 2
     assert said in _one_error_line(capsys)
     assert not (tmp_path / "report").exists()
+
+
+def test_a_value_with_a_space_is_no_unknown_flag(capsys):
+    """``--out "--my runs"`` (a value argparse took) was named an unknown flag, hiding the
+    missing required one."""
+    with pytest.raises(SystemExit):
+        run_cli.build_parser().parse_args(["--out", "--my runs"])
+    assert _one_error_line(capsys) == (
+        "error: the following arguments are required: --strategy (see python -m "
+        "experiments.run --help)"
+    )
 
 
 def test_help_shows_no_rest_markup(capsys):

@@ -1753,15 +1753,31 @@ def test_a_class_the_carve_left_out_of_training_says_what_would_help(tmp_path):
         _load_csv(root, tmp_path / "out", group_column="patient")
     assert str(err.value) == (
         f"{root}: class 'pos' has no examples in the training split: the val and test carve "
-        "took every patient of its 12 images of 3 patients; another --data-seed, or a smaller "
-        "--val-fraction or --test-fraction, leaves one in training"
+        "took every patient of its 12 images of 3 patients; another data seed (run's "
+        "--data-seed, prepare's --seed), or a smaller --val-fraction or --test-fraction, "
+        "leaves one in training"
     )
     few_patients = [f"n{i // 2}" for i in range(40)] + ["P0"] * 3 + ["P1"] * 3
     few = _csv_dir(tmp_path / "e", labels[:46], "path,label,patient", few_patients)
     with pytest.raises(DataError) as err:  # test takes one patient, val the other
         _load_csv(few, tmp_path / "out", group_column="patient", val_fraction=0.5)
     assert str(err.value) == (
-        f"{few}: class 'pos' has no examples in the training split: it has 6 images of 2 "
-        "patients, and train, val and test each need one patient of it: no fraction gives "
-        "that; add images of it, or drop the class"
+        f"{few}: class 'pos' has no examples in the training split: its 6 images of 2 "
+        "patients are to be shared by train, val and test, and each needs one patient of it: "
+        "no fraction gives that; add images of it, or drop the class"
+    )
+    # A split the data gives is not carved: a class only in the given test split is
+    # validate's (it was told the val carve took it).
+    given = _csv_dir(
+        tmp_path / "g", ["neg", "pos"] * 6 + ["pos"] * 3, "path,label,split",
+        ["train", "train"] * 6 + ["test"] * 3,
+    )  # fmt: skip
+    rows = (given / "labels.csv").read_text().splitlines()
+    (given / "labels.csv").write_text(
+        "\n".join([rows[0], *(r.replace(",pos,train", ",neg,train") for r in rows[1:])]) + "\n"
+    )
+    with pytest.raises(DataError) as err:
+        _load_csv(given, tmp_path / "out", split_column="split")
+    assert str(err.value).endswith(
+        "class 'pos' has no examples in the training split; every class needs training examples"
     )

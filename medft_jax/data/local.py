@@ -140,9 +140,6 @@ def _check_train_classes(
     a smaller fraction leaves one in training. Splits the data gives are for
     :func:`validate` to name (add images there).
     """
-    carved = [s for s in ("val", "test") if given_by(kind, root, options, s) is None]
-    if not carved:
-        return
     for label, name in enumerate(class_names):
 
         def has(ex: Example, label: int = label) -> bool:
@@ -150,9 +147,11 @@ def _check_train_classes(
 
         if any(has(ex) for ex in splits["train"]):
             continue
-        mine = [ex for members in splits.values() for ex in members if has(ex)]
+        # Only now the layout is read again: which splits were carved from training.
+        carved = [s for s in ("val", "test") if given_by(kind, root, options, s) is None]
+        mine = [ex for s in ("train", *carved) for ex in splits.get(s, []) if has(ex)]
         if not mine:
-            return  # in no split at all: validate's line
+            return  # only in splits the data gives, or nowhere: validate's line
         units = len({ex.patient for ex in mine})
         unit = "image" if units == len(mine) else "patient"
         have = f"{len(mine)} image{'s' * (len(mine) != 1)}"
@@ -161,16 +160,18 @@ def _check_train_classes(
         what = "label" if multilabel else "class"
         pool = ["train", *carved]
         if units < len(pool):
+            among = f"{', '.join(pool[:-1])} and {pool[-1]}"
             hint = (
-                f"it has {have}, and {', '.join(pool[:-1])} and {pool[-1]} each need one "
-                f"{unit} of it: no fraction gives that; add images of it, or "
+                f"its {have} are to be shared by {among}, and each needs one {unit} of it: no "
+                "fraction gives that; add images of it, or "
                 + ("leave its column out of --label-columns" if multilabel else "drop the class")
             )
         else:
             flags = " or ".join(f"--{s}-fraction" for s in carved)
             hint = (
                 f"the {' and '.join(carved)} carve took every {unit} of its {have}; another "
-                f"--data-seed, or a smaller {flags}, leaves one in training"
+                f"data seed (run's --data-seed, prepare's --seed), or a smaller {flags}, leaves "
+                "one in training"
             )
         raise DataError(f"{root}: {what} {name!r} has no examples in the training split: {hint}")
 
