@@ -183,6 +183,22 @@ def _note_decoding_version(checkpoint: str | Path, version: Any) -> None:
     )
 
 
+def _recorded_numerics(checkpoint: Path, source: str) -> int | None:
+    """The numerics version the record beside ``checkpoint`` (its run's ``best/``) names, where
+    it is that run's: a checkpoint written before checkpoints recorded it was "unknown" while
+    its run's record said 6. None where no such record says."""
+    from medft_jax import results
+
+    try:
+        record = results.read_record(checkpoint.parent / "record.json")
+    except (OSError, results.RecordError):
+        return None
+    numerics = (record.get("config") or {}).get("numerics")
+    if source != f"run {record.get('run')}" or type(numerics) is not int:
+        return None
+    return numerics
+
+
 def _note_numerics(checkpoint: str | Path, precision: str, numerics: Any) -> None:
     """One note line when a run's checkpoint was evaluated by another forward pass than
     predict computes at its precision (:func:`~medft_jax.config.forward_version`), or does
@@ -264,7 +280,10 @@ class Predictor:
             _note_unfinished(Path(checkpoint), m.get("epoch"), str(m["source"]))
             _note_decoding_version(checkpoint, m.get("decoding_version"))
             if self.precision == m.get("precision", "fp32"):  # else computed otherwise anyway
-                _note_numerics(checkpoint, self.precision, m.get("numerics"))
+                numerics = m.get("numerics")
+                if numerics is None:  # an older best/: its run's record beside it may say
+                    numerics = _recorded_numerics(Path(checkpoint), str(m["source"]))
+                _note_numerics(checkpoint, self.precision, numerics)
         self.bits_stored = _decoding_rule(
             "--bits-stored",
             bits_stored,

@@ -648,10 +648,23 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         listed = results.config_hash({"runs": every})  # plans before grid_hash_of: listed order
 
         def replaced(old: dict) -> None:
+            def without(runs: list[dict], key: str) -> list[str]:
+                return sorted(results.config_hash({k: v for k, v in r.items() if k != key})
+                              for r in runs)  # fmt: skip
+
+            # Plans alike but for their runs' numerics: an upgrade that computes otherwise
+            # (bf16 numerics 6 -> 7), not an edit of the grid file, as the line said.
+            upgrade = without(old["runs"], "numerics") == without(every, "numerics")
+            why = (
+                "the same runs computed by an older medft-jax's numerics version: they are run "
+                "again"
+                if upgrade
+                else "the grid file was edited since, or another grid file has its name"
+            )
             print(
                 f"note: {plans.plan_path(args.out, g.name)} held the plan of another "
-                f"definition of grid {g.name!r} ({len(old['runs'])} runs: the grid file was "
-                "edited since, or another grid file has its name); replaced by this one. "
+                f"definition of grid {g.name!r} ({len(old['runs'])} runs: {why}); replaced by "
+                "this one. "
                 "Records of runs this grid lacks still count in a report without --config "
                 "(a dropped LR in its LR choice): move their folders out, or report with "
                 "--config (and give each grid file its own name)",

@@ -1354,7 +1354,16 @@ def _source_fingerprint(ds: data.Dataset) -> dict[str, Any]:
     decoded images of a folder or CSV dataset, a MedMNIST file), where the dataset has one,
     so the report can check that archs trained on the same images."""
     value = ds.metadata.get("source_fingerprint")
-    return {"source_fingerprint": str(value)} if value else {}
+    if not value:
+        return {}
+    out = {"source_fingerprint": str(value)}
+    # The decoding rules' version those pixels came from: an upgrade that decodes a file
+    # otherwise (decoding 10 -> 11: 16-bit colour PPMs) changes this fingerprint too, and
+    # the report then said "the data was edited between them" of data nobody touched.
+    decoded = (ds.metadata.get("source") or {}).get("decoding")
+    if isinstance(decoded, int) and not isinstance(decoded, bool):
+        out["decoding_version"] = decoded
+    return out
 
 
 def _scored_units(ds: data.Dataset) -> dict[str, Any]:

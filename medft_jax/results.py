@@ -163,7 +163,9 @@ class RunRecord(TypedDict, total=False):
     records), ``order_fingerprint`` (the ids in the splits' order:
     :meth:`medft_jax.data.Dataset.order_fingerprint`; absent in older records),
     ``source_fingerprint`` (the images before the arch's resize, for folder,
-    CSV and MedMNIST data; absent for others and in older records), ``decoding`` only
+    CSV and MedMNIST data; absent for others and in older records), ``decoding_version``
+    (beside it for folder and CSV data: the rules' version those pixels were decoded by;
+    absent in records before 2026-12-07), ``decoding`` only
     for ``--bits-stored``/``--dicom-window`` runs, ``eval_copies_of_train`` (split ->
     count) only when val or test images are pixel-identical to training images of
     their label,
@@ -187,6 +189,7 @@ class RunRecord(TypedDict, total=False):
     split_fingerprint: str
     order_fingerprint: str
     source_fingerprint: str
+    decoding_version: int
     decoding: dict[str, Any]
     skipped_bad_images: dict[str, int]
     eval_copies_of_train: dict[str, int]

@@ -886,6 +886,9 @@ def test_a_runs_record_counts_evaluation_images_that_copy_training_images(tmp_pa
               resize_size=32, crop_size=32)  # fmt: skip
     assert record["split_fingerprint"] == ds.split_fingerprint()
     assert record["source_fingerprint"] == ds.metadata["source_fingerprint"]
+    from medft_jax.data.images import DECODING_VERSION
+
+    assert record["decoding_version"] == DECODING_VERSION  # an upgrade is told from an edit
     captured = capsys.readouterr()
     said = "evaluation images that are copies of training images of their label: test 2; scores"
     assert f"{said} inflated" in captured.out

@@ -416,6 +416,21 @@ def test_a_bf16_runs_checkpoint_of_another_forward_pass_is_noted(tmp_path, capsy
     )
     assert err_of("fp32_old", precision="fp32", numerics=3) == ""  # the same forward pass
     assert err_of("fp32_unsaid", precision="fp32") == ""
+    # A best/ written before checkpoints said: its run's record beside it does (it was
+    # "does not record" while the record said 6).
+    from medft_jax import results
+    from medft_jax.config import RunConfig
+
+    config = RunConfig(strategy="ft", arch="resnet_tiny", precision="bf16", numerics=6)
+    name = results.run_name(config.to_dict())
+    run = tmp_path / name
+    _zeros_checkpoint(run / "best", **{**base, "source": f"run {name}"}, precision="bf16")
+    results.write_record(run / "record.json", {"config": config.to_dict(), "run": name})
+    assert main(["--checkpoint", str(run / "best"), "--images", str(tmp_path / "a.png")]) == 0
+    assert capsys.readouterr().err.startswith(
+        f"note: {run / 'best'} was evaluated by its run at numerics version 6; predict "
+        "computes bf16 at version 7, whose forward pass differs"
+    )
     with pytest.raises(CheckpointError, match="metadata numerics 0 is not a positive integer"):
         _zeros_checkpoint(tmp_path / "bad", **base, numerics=0)
         Predictor(tmp_path / "bad")

@@ -342,7 +342,12 @@ def test_two_lrs_that_are_one_in_float32_are_refused_not_chosen_between():
         "lr 9.999999999999999e-06 and lr 1e-05 of bach/resnet50/ft are one LR in float32, "
         "where the step computes"
     )
-    assert message.endswith("move one set of runs out") and "\n" not in message
+    assert message.endswith(
+        "since 2026-12-07 grids and --lr hold a rate a short decimal names as that decimal "
+        "(0.001, not 0.0010000000474974513), so a run of its long spelling is older: move it "
+        "out; else write the grids' LRs as the same decimals and move one set of runs out"
+    )
+    assert "\n" not in message
     float32_cast = float(np.float32(1e-3))  # 0.0010000000474974513
     with pytest.raises(RecordError, match=r"^lr 0\.001 and lr 0\.0010000000474974513 of"):
         collect([rec(lr=1e-3, seed=0), rec(lr=float32_cast, seed=1)])
@@ -1132,6 +1137,19 @@ def test_archs_trained_on_different_splits_are_refused():
         "between them (same files, splits and labels: other pixels, or the listing in "
         "another order, e.g. a labels CSV's rows reordered); their cells cannot be compared"
     )
+    # Records that name their decoding versions, and two: an upgrade, not an edit (a user
+    # who touched nothing was told the data was edited).
+    with pytest.raises(results.RecordError) as e:
+        collect(
+            [
+                {**source("resnet50", "ft", "p1"), "decoding_version": 10},
+                {**source("vgg19", "ft", "p2"), "decoding_version": 11},
+            ]
+        )
+    assert (
+        "): medft-jax decoded their files by other rules (decoding versions 10, 11: an "
+        "upgrade between them, not an edit of the data); their cells cannot be compared"
+    ) in str(e.value)
     decoded = {**split("vgg19", "lp", "s1", "d2"), "decoding": {"bits_stored": 12}}
     with pytest.raises(results.RecordError, match=r"decoding\.bits_stored: .*separate --runs"):
         collect([split("resnet50", "ft", "s1"), decoded])

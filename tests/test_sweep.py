@@ -1437,6 +1437,17 @@ def test_only_slices_of_one_grid_listed_in_two_orders_add_up_and_another_grid_is
         "LR in its LR choice): move their folders out, or report with --config (and give each "
         "grid file its own name)"
     ]
+    # The same grid planned by an older medft-jax whose runs computed at another numerics
+    # version: an upgrade, not an edit of the grid file (as the line said).
+    configs = [c.to_dict() for c in grid_lib.load_grid(third).configs()]
+    path.unlink()
+    plans.write_plan(out, "tiny", [], [{**c, "numerics": 1} for c in configs], "old-hash")
+    assert sweep_cli.main(["--config", str(third), "--out", str(out)]) == 1
+    notes = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note:")]
+    assert notes[0].startswith(
+        f"note: {path} held the plan of another definition of grid 'tiny' (2 runs: the same "
+        "runs computed by an older medft-jax's numerics version: they are run again); replaced"
+    )
 
 
 def test_two_grid_files_differing_only_in_a_folders_manual_dir_are_two_definitions(

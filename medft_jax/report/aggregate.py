@@ -258,8 +258,10 @@ def check_unique(records: Sequence[dict[str, Any]]) -> None:
                 f"lr {lr_text(a)} and lr {lr_text(b)} of {_describe(lrs[a])} are one LR in "
                 "float32, where the step computes (np.logspace and float32 grids write such "
                 f"values): one training under two names (runs {lrs[a].get('run', '?')} and "
-                f"{lrs[b].get('run', '?')}); write the grids' LRs as the same decimals and "
-                "move one set of runs out"
+                f"{lrs[b].get('run', '?')}); since 2026-12-07 grids and --lr hold a rate a "
+                "short decimal names as that decimal (0.001, not 0.0010000000474974513), so a "
+                "run of its long spelling is older: move it out; else write the grids' LRs as "
+                "the same decimals and move one set of runs out"
             )
 
 

@@ -906,7 +906,8 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
         runs,
         "source_fingerprint",
         "different images",
-        "the data was edited between them (same files, splits and labels: other pixels, "
+        _decoded_otherwise(runs)
+        or "the data was edited between them (same files, splits and labels: other pixels, "
         "or the listing in another order, e.g. a labels CSV's rows reordered)",
     )
     # What may differ by arch must still agree between the strategies of one arch: FT
@@ -969,6 +970,19 @@ def _one_run_each(runs: Sequence[Mapping[str, Any]], values: Sequence[Any]) -> s
         else sorted(first, key=lambda t: _value_order(first[t][0], t))
     )
     return " and ".join(first[t][1] for t in order)
+
+
+def _decoded_otherwise(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Why runs' images differ where their records name other decoding versions (a toolkit
+    upgrade between them, not an edit); ``""`` where they do not say so (records before
+    2026-12-07 hold no ``decoding_version``)."""
+    versions = sorted({v for r in runs if isinstance(v := r.get("decoding_version"), int)})
+    if len(versions) < 2:
+        return ""
+    return (
+        f"medft-jax decoded their files by other rules (decoding versions "
+        f"{', '.join(map(str, versions))}: an upgrade between them, not an edit of the data)"
+    )
 
 
 def _check_same(dataset: str, runs: list[dict[str, Any]], key: str, what: str, why: str) -> None:
