@@ -648,13 +648,17 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
         listed = results.config_hash({"runs": every})  # plans before grid_hash_of: listed order
 
         def replaced(old: dict) -> None:
-            def without(runs: list[dict], key: str) -> list[str]:
-                return sorted(results.config_hash({k: v for k, v in r.items() if k != key})
-                              for r in runs)  # fmt: skip
+            def hashes(runs: list[dict], drop: str = "") -> set[str]:
+                return {results.config_hash({k: v for k, v in r.items() if k != drop})
+                        for r in runs}  # fmt: skip
 
-            # Plans alike but for their runs' numerics: an upgrade that computes otherwise
-            # (bf16 numerics 6 -> 7), not an edit of the grid file, as the line said.
-            upgrade = without(old["runs"], "numerics") == without(every, "numerics")
+            # The old plan's runs (a --only slice of it, too) are this grid's but for their
+            # numerics: an upgrade that computes otherwise (bf16 numerics 6 -> 7), not an
+            # edit of the grid file, as the line said. Its runs as they are: the edit was
+            # elsewhere (the dataset_options the plan's hash holds).
+            upgrade = hashes(old["runs"], "numerics") <= hashes(every, "numerics") and not (
+                hashes(old["runs"]) <= hashes(every)
+            )
             why = (
                 "the same runs computed by an older medft-jax's numerics version: they are run "
                 "again"

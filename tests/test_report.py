@@ -1135,7 +1135,8 @@ def test_archs_trained_on_different_splits_are_refused():
         f"dataset 'bach' holds runs on different images (source_fingerprint resnet50: p1 (e.g. "
         f"{first['run']}); vgg19: p2 (e.g. {second['run']})): the data was edited "
         "between them (same files, splits and labels: other pixels, or the listing in "
-        "another order, e.g. a labels CSV's rows reordered); their cells cannot be compared"
+        "another order, e.g. a labels CSV's rows reordered), or a medft-jax upgrade decoded "
+        "them otherwise (records before 2026-12-07 do not say); their cells cannot be compared"
     )
     # Records that name their decoding versions, and two: an upgrade, not an edit (a user
     # who touched nothing was told the data was edited).
@@ -1150,6 +1151,17 @@ def test_archs_trained_on_different_splits_are_refused():
         "): medft-jax decoded their files by other rules (decoding versions 10, 11: an "
         "upgrade between them, not an edit of the data); their cells cannot be compared"
     ) in str(e.value)
+    # Two images within one version too: an edit is possible, not only an upgrade.
+    with pytest.raises(results.RecordError) as e:
+        collect(
+            [
+                {**source("resnet50", "ft", "p1"), "decoding_version": 11},
+                {**source("vgg19", "ft", "p2"), "decoding_version": 11},
+                {**source("vgg19", "lp", "p3"), "decoding_version": 12},
+            ]
+        )
+    assert "the data was edited between them" in str(e.value)
+    assert "an upgrade between them, not an edit" not in str(e.value)
     decoded = {**split("vgg19", "lp", "s1", "d2"), "decoding": {"bits_stored": 12}}
     with pytest.raises(results.RecordError, match=r"decoding\.bits_stored: .*separate --runs"):
         collect([split("resnet50", "ft", "s1"), decoded])
@@ -1243,7 +1255,8 @@ def test_runs_on_edited_data_name_the_superseded_folders_oldest_first():
         f"{old_ft['run']}); resnet_tiny: p-d1 (newest, current at 2025-01-02T10:00:00; folder "
         f"/data/hospA; e.g. {new_ft['run']})): the data was edited between them (same files, "
         "splits and labels: other pixels, or the listing in another order, e.g. a labels "
-        "CSV's rows reordered); their cells cannot be compared: the 2 runs on older data "
+        "CSV's rows reordered), or a medft-jax upgrade decoded them otherwise (records before "
+        "2026-12-07 do not say); their cells cannot be compared: the 2 runs on older data "
         f"({old_ft['run']}, {old_lp['run']}) are superseded: move or delete their folders from "
         f"--runs (1 of them, {old_lp['run']}, not rerun on the newest data yet: a sweep of the "
         "grid reruns them), or report them from separate --runs folders"

@@ -1437,17 +1437,22 @@ def test_only_slices_of_one_grid_listed_in_two_orders_add_up_and_another_grid_is
         "LR in its LR choice): move their folders out, or report with --config (and give each "
         "grid file its own name)"
     ]
-    # The same grid planned by an older medft-jax whose runs computed at another numerics
-    # version: an upgrade, not an edit of the grid file (as the line said).
+    # The same grid (a --only slice of it) planned by an older medft-jax whose runs computed
+    # at another numerics version: an upgrade, not an edit of the grid file (as the line
+    # said); the same runs under another hash (dataset_options edited): no upgrade.
     configs = [c.to_dict() for c in grid_lib.load_grid(third).configs()]
-    path.unlink()
-    plans.write_plan(out, "tiny", [], [{**c, "numerics": 1} for c in configs], "old-hash")
-    assert sweep_cli.main(["--config", str(third), "--out", str(out)]) == 1
-    notes = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note:")]
-    assert notes[0].startswith(
-        f"note: {path} held the plan of another definition of grid 'tiny' (2 runs: the same "
-        "runs computed by an older medft-jax's numerics version: they are run again); replaced"
-    )
+    for runs, said in (
+        ([{**configs[0], "numerics": 1}], "1 runs: the same runs computed by an older "
+         "medft-jax's numerics version: they are run again); replaced"),
+        (configs, "2 runs: the grid file was edited since, or another grid file has its name)"),
+    ):  # fmt: skip
+        path.unlink()
+        plans.write_plan(out, "tiny", [], runs, "old-hash")
+        assert sweep_cli.main(["--config", str(third), "--out", str(out)]) == 1
+        notes = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note:")]
+        assert notes[0].startswith(
+            f"note: {path} held the plan of another definition of grid 'tiny' ({said}"
+        )
 
 
 def test_two_grid_files_differing_only_in_a_folders_manual_dir_are_two_definitions(

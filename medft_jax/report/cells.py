@@ -908,7 +908,8 @@ def _check_settings(dataset: str, runs: list[dict[str, Any]]) -> None:
         "different images",
         _decoded_otherwise(runs)
         or "the data was edited between them (same files, splits and labels: other pixels, "
-        "or the listing in another order, e.g. a labels CSV's rows reordered)",
+        "or the listing in another order, e.g. a labels CSV's rows reordered), or a medft-jax "
+        "upgrade decoded them otherwise (records before 2026-12-07 do not say)",
     )
     # What may differ by arch must still agree between the strategies of one arch: FT
     # from random weights (``auto`` offline) against LP from ImageNet is no comparison.
@@ -973,15 +974,23 @@ def _one_run_each(runs: Sequence[Mapping[str, Any]], values: Sequence[Any]) -> s
 
 
 def _decoded_otherwise(runs: Sequence[Mapping[str, Any]]) -> str:
-    """Why runs' images differ where their records name other decoding versions (a toolkit
-    upgrade between them, not an edit); ``""`` where they do not say so (records before
-    2026-12-07 hold no ``decoding_version``)."""
-    versions = sorted({v for r in runs if isinstance(v := r.get("decoding_version"), int)})
-    if len(versions) < 2:
+    """Why runs' images differ where their records say it is the decoding rules alone: each
+    decoding version's runs read one set of images, the versions others (a toolkit upgrade
+    between them, not an edit); ``""`` where an edit is possible too (two images within one
+    version) or a record does not say (records before 2026-12-07 hold no version)."""
+    keyed = [r for r in runs if r.get("source_fingerprint")]
+    by_version: dict[int, set[str]] = {}
+    for r in keyed:
+        version = r.get("decoding_version")
+        if type(version) is not int:
+            return ""
+        by_version.setdefault(version, set()).add(str(r["source_fingerprint"]))
+    if len(by_version) < 2 or any(len(fps) > 1 for fps in by_version.values()):
         return ""
     return (
         f"medft-jax decoded their files by other rules (decoding versions "
-        f"{', '.join(map(str, versions))}: an upgrade between them, not an edit of the data)"
+        f"{', '.join(map(str, sorted(by_version)))}: an upgrade between them, not an edit of "
+        "the data)"
     )
 
 
