@@ -276,10 +276,8 @@ def _plain(value: Any) -> Any:
     is (a bool stays a bool, refused where a count is meant)."""
     if type(value) in (bool, int, float) or not hasattr(value, "dtype"):
         return value
-    kind = getattr(value.dtype, "kind", "")
-    if getattr(value, "ndim", 1) == 0 and kind in "biuf" and kind:
-        return {"b": bool, "i": int, "u": int, "f": float}[kind](value)
-    return value
+    as_python = {"b": bool, "i": int, "u": int, "f": float}.get(getattr(value.dtype, "kind", ""))
+    return as_python(value) if as_python is not None and getattr(value, "ndim", 1) == 0 else value
 
 
 def as_float32(x: float) -> float:
