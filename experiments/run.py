@@ -505,9 +505,10 @@ def _print_summary(
             f"trained from random initialisation: no ImageNet weights for {arch} ({why}); "
             "these numbers are not a fine-tuning's"
         )
-    for r in records:
-        print(f"record: {results.record_path_of(r, out)}")
-    models = [results.record_path_of(r, out).parent / "best" for r in records]
+    paths = [results.record_path_of(r, out) for r in records]
+    for path in paths:
+        print(f"record: {path}")
+    models = [path.parent / "best" for path in paths]
     if len({float(r["config"]["lr"]) for r in records}) == 1 and all(m.is_dir() for m in models):
         # The folder predict takes: a user left to find it among the run's files.
         print("model (predict --checkpoint): " + ", ".join(map(str, models)))
@@ -517,7 +518,11 @@ def _print_summary(
         picked = [r for r in chosen if r["config"]["lr"] == lr]
         print(
             f"the chosen lr {lr_text(lr)}'s models (predict --checkpoint): "
-            + ", ".join(str(results.record_path_of(r, out).parent / "best") for r in picked)
+            + ", ".join(
+                str(path.parent / "best")
+                for r, path in zip(records, paths, strict=True)
+                if any(r is p for p in picked)
+            )
         )
 
 

@@ -149,7 +149,8 @@ def test_a_sigterm_during_runs_closing_summary_lets_it_finish_and_says_so(
     argv += ["--batch-size", "8", "--image-size", "32", "--no-progress", "--dataset", "demo"]
     assert run_cli.main([*argv, "--out", str(tmp_path / "runs")]) == 143
     printed = capsys.readouterr()
-    assert printed.out.rstrip().splitlines()[-1].startswith("record: ")
+    *_, record, model = printed.out.rstrip().splitlines()  # the summary printed whole
+    assert record.startswith("record: ") and model.startswith("model (predict --checkpoint): ")
     assert printed.err.endswith(
         "terminated (SIGTERM) as it finished: its work is done and written\n"
     )
