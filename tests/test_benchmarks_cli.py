@@ -280,12 +280,18 @@ def test_models_rejects_a_malformed_setting():
             "--torch-compile applies to the bf16 table",
             marks=pytest.mark.slow,
         ),
-        (  # was exit 1 with no error: prefix
+        pytest.param(  # was exit 1 with no error: prefix
             "models.py",
             ["--settings", "abc"],
             "error: --settings 'abc': expected SIZExBATCH",
+            marks=pytest.mark.slow,
         ),
-        ("strategies.py", ["--arch", "bogus"], "--arch 'bogus': unknown arch"),
+        pytest.param(  # (the fast tier's flag-error check of strategies.py is the next test's)
+            "strategies.py",
+            ["--arch", "bogus"],
+            "--arch 'bogus': unknown arch",
+            marks=pytest.mark.slow,
+        ),
         pytest.param(
             "strategies.py",
             ["--strategies", "lp", "bogus"],

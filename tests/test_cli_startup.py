@@ -56,6 +56,7 @@ def test_a_mistyped_flag_is_refused_before_jax_loads(module):
     assert _probe(module, "--archh", "resnet50") == "heavy: none exit: 2"
 
 
+@pytest.mark.slow  # a process importing JAX (~2 s)
 def test_the_port_api_still_loads_on_first_use():
     done = subprocess.run(
         [

@@ -658,7 +658,13 @@ def test_t1w_one_unzipped_part_of_the_release_is_refused(tmp_path):
         _parse("t1w_mri", part)
 
 
-@pytest.mark.parametrize("extra", ["1 (1).mat", "01.mat", "notes.mat", "\u00b9.mat"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "1 (1).mat",
+        *(pytest.param(x, marks=pytest.mark.slow) for x in ("01.mat", "notes.mat", "\u00b9.mat")),
+    ],
+)  # (each ~2 s: one in the fast tier)
 def test_t1w_release_cut_short_with_an_extra_name_is_refused_naming_it(tmp_path, extra):
     """2,000 of the release's names and no cvind.mat: refused as a zip part cut short, but
     one other name beside them (a Windows copy ``1 (1).mat``, ``notes.mat``) turned the check

@@ -419,6 +419,7 @@ def _cache_kwargs(demo, roots, calls):
     )
 
 
+@pytest.mark.slow  # two processes (~5 s)
 def test_a_second_process_waits_for_the_first_and_reads_its_features(demo, tmp_path):
     import threading
 

@@ -343,6 +343,7 @@ def _notes_of_a_runs_checkpoint(run: Path, capsys, **meta) -> str:
     return capsys.readouterr().err
 
 
+@pytest.mark.slow  # three predict commands (~3 s)
 def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys):
     """A run's best parameters record the decoding version its images were decoded by;
     predict under another (a DICOM padded with -2000 decoded otherwise before version 8)
