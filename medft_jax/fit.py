@@ -618,9 +618,11 @@ def _prepare(
         variables = pretrained.merge(variables, start, spec.partition)
     steps_per_epoch = ds.steps_per_epoch(config.batch_size)
     if steps_per_epoch < 1:
+        source = data_source_of(ds)
+        where = f" {source.get('csv_file', source['root'])}" if source else ""
         raise data.DataError(
             f"--batch-size {config.batch_size} is larger than the {ds.num_examples('train')} "
-            f"training examples of {config.dataset}"
+            f"training examples of {config.dataset}{where}"
         )
     with warnings.catch_warnings():
         # Auto-RGN's all-zero tensors (a random init's BatchNorm biases) are handled as the

@@ -833,8 +833,30 @@ def test_a_batch_larger_than_the_listed_training_split_is_refused_before_decodin
     assert run_cli.main([*argv, "--data-dir", str(data_dir), "--out", str(out)]) == 2
     line = _one_error_line(capsys)
     assert re.fullmatch(r"error: --batch-size 64 is larger than the \d+ training examples of "
-                        r"folder", line), line  # fmt: skip
+                        r"folder " + re.escape(str(images)), line), line  # fmt: skip
     assert not data_dir.exists() and not out.exists()
+
+
+@pytest.mark.slow  # decodes a folder
+def test_a_batch_above_the_training_images_left_after_skipping_names_the_folder(tmp_path, capsys):
+    """Corrupt files --skip-bad-images drops can leave fewer training images than the batch
+    the listing allowed: the refusal names the folder, not only "folder"."""
+    images = _folder(tmp_path / "imgs", shift=4)
+    for c in ("a", "b"):
+        for i in range(2):
+            (images / c / f"bad{i}.png").write_bytes(b"not a png")
+    out, data_dir = tmp_path / "runs", tmp_path / "data"
+    argv = [*RUN, "--dataset", "folder", "--manual-dir", str(images), "--skip-bad-images"]
+    argv += ["--val-fraction", "0.3"]
+    big = ["64" if argv[i - 1] == "--batch-size" else a for i, a in enumerate(argv)]
+    assert run_cli.main([*big, "--data-dir", str(data_dir), "--out", str(out)]) == 2
+    listed = int(re.search(r"than the (\d+) training", _one_error_line(capsys))[1])
+    argv = [str(listed) if argv[i - 1] == "--batch-size" else a for i, a in enumerate(argv)]
+    assert run_cli.main([*argv, "--data-dir", str(data_dir), "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    kept = int(re.search(r"than the (\d+) training", line)[1])
+    assert kept < listed and line.endswith(f"training examples of folder {images.resolve()}")
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -323,7 +323,8 @@ def load_local(
     listed = len(splits.get("train", ()))
     if batch_size is not None and batch_size > listed:
         raise BatchTooLarge(
-            f"--batch-size {batch_size} is larger than the {listed} training examples of {kind}"
+            f"--batch-size {batch_size} is larger than the {listed} training examples of "
+            f"{kind} {manual_dir}"
         )
     class_names, multilabel = plan.class_names, plan.multilabel
     bits_stored, window, options = plan.bits_stored, plan.window, plan.options
