@@ -57,6 +57,11 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path} is a folder, expected a file") from None
     nul = data.find(b"\0")
     if nul >= 0:
+        if data.startswith((b"\xff\xfe\0\0", b"\0\0\xfe\xff")) or b"\0\0\0" in (
+            data[:3],
+            data[1:4],
+        ):
+            raise DataError(f"{path}: UTF-32 text; expected a UTF-8 text file: save it as UTF-8")
         if data.startswith((b"\xff\xfe", b"\xfe\xff")) or nul < 2:  # Excel's "Unicode Text"
             raise DataError(
                 f"{path}: UTF-16 text (Excel's 'Unicode Text'?); expected a UTF-8 text file: "
