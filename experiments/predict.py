@@ -63,6 +63,7 @@ from medft_jax.errors import (
     ArgumentParser,
     UserError,
     cli_main,
+    exit_statuses,
     naming_os_errors,
     raise_if_stopped,
 )
@@ -818,7 +819,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    p = ArgumentParser(prog="python -m experiments.predict", description=__doc__.split("\n")[0])
+    p = ArgumentParser(
+        prog="python -m experiments.predict",
+        description=__doc__.split("\n")[0],
+        epilog=exit_statuses(s0="predicted"),
+    )
     p.add_argument(
         "--checkpoint",
         required=True,

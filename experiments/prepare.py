@@ -30,12 +30,16 @@ from experiments.common import (
 )
 from medft_jax.config import RunConfig, check_value
 from medft_jax.data.cache import skipped_counts, skipped_note
-from medft_jax.errors import ArgumentParser, UserError, cli_main, writable_dir
+from medft_jax.errors import ArgumentParser, UserError, cli_main, exit_statuses, writable_dir
 from medft_jax.names import ARCHS, DEMO, TEST_ARCHS, dataset_name_error, dataset_names, same_data
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(prog="python -m experiments.prepare", description=__doc__)
+    p = ArgumentParser(
+        prog="python -m experiments.prepare",
+        description=__doc__,
+        epilog=exit_statuses(s0="prepared, or already prepared"),
+    )
     p.add_argument("--dataset", required=True, help="one of: " + ", ".join(dataset_names()))
     size = p.add_mutually_exclusive_group()
     size.add_argument(

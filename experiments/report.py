@@ -32,7 +32,7 @@ from pathlib import Path
 
 from medft_jax import grid as gridlib
 from medft_jax import locks, plans, results
-from medft_jax.errors import ArgumentParser, UserError, cli_main, path_flag
+from medft_jax.errors import ArgumentParser, UserError, cli_main, exit_statuses, path_flag
 from medft_jax.plans import PLANS_DIR
 from medft_jax.report import collect, write_report
 from medft_jax.report.cells import check_record
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m experiments.report",
         description="Write the tables and figures of a sweep's finished runs.",
+        epilog=exit_statuses(s0="written"),
     )
     p.add_argument(
         "--runs",

@@ -42,6 +42,7 @@ from medft_jax.errors import (
     check_data_dir,
     cli_main,
     deferred_stops,
+    exit_statuses,
     path_flag,
     plain_number,
     writable_dir,
@@ -93,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m experiments.run",
         description="Fine-tune a pretrained CNN on a medical image task with one strategy.",
-        epilog="exit status: 0 done, or skipped because its record exists; 1 a run diverged "
-        "or ran out of memory or disk; 2 bad input; 75 a run skipped because another process "
-        "is running it (try again later)",
+        epilog=exit_statuses(
+            s0="done, or skipped because its record exists",
+            s1="the run diverged, or out of memory or disk",
+            s75="skipped because another process is running it (try again later)",
+        ),
     )
     p.add_argument(
         "--strategy",

@@ -47,6 +47,7 @@ from medft_jax.errors import (
     UserError,
     check_data_dir,
     cli_main,
+    exit_statuses,
     path_flag,
     writable_dir,
 )
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m experiments.select",
         description="Successive halving over strategies x learning rates for one dataset and arch.",
+        epilog=exit_statuses(
+            s0="done", s75="an arm is being trained by another process: give each its own --out"
+        ),
     )
     p.add_argument(
         "--config",

@@ -57,6 +57,7 @@ from medft_jax.errors import (
     UserError,
     check_data_dir,
     cli_main,
+    exit_statuses,
     no_file_in_the_way,
     one_line,
     path_flag,
@@ -82,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m experiments.sweep",
         description="Run a grid of datasets x archs x strategies x learning rates x seeds.",
+        epilog=exit_statuses(
+            s0="every selected run finished, now or before (a diverged run is a result: its "
+            "failed.json; --retry-failed runs it again)",
+            s1="a run refused, unable to resume or with a damaged record, or a dataset "
+            "unavailable (each named again at the end; the other runs went on), or out of "
+            "memory or disk",
+            s75="runs still running in another process, without a record yet",
+        ),
     )
     p.add_argument(
         "--config",

@@ -233,12 +233,31 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+"""Exit status after a Ctrl-C (130, as a shell reports it)."""
+
+
+def exit_statuses(**own: str) -> str:
+    """A command's ``--help`` epilog: its exit statuses, its own (``s0="done"``,
+    ``s75=...``) over the ones every command shares (bad input, a full disk or memory,
+    Ctrl-C, SIGTERM); why: a script (``sweep && report``, a SLURM requeue) branches on them,
+    and they were listed by ``run`` alone."""
+    shared = {
+        EXIT_FAILED: "out of memory or disk",
+        EXIT_BAD_INPUT: "bad input (one line naming it, nothing written)",
+        EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+        EXIT_TERMINATED: "terminated (SIGTERM)",
+    }
+    statuses = {**shared, **{int(key.removeprefix("s")): text for key, text in own.items()}}
+    return "exit status: " + "; ".join(f"{n} {statuses[n]}" for n in sorted(statuses))
+
+
 def _stop_said() -> tuple[str, int]:
     """How a command stopped by this command's signals ends: ``terminated (SIGTERM)`` and
     143 with a SIGTERM among them, else ``interrupted`` and 130 (a Ctrl-C)."""
     if signal.SIGTERM in _received:
         return "terminated (SIGTERM)", EXIT_TERMINATED
-    return "interrupted", 130
+    return "interrupted", EXIT_INTERRUPTED
 
 
 def _wraps_a_stop(error: BaseException) -> bool:

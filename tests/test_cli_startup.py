@@ -7,6 +7,7 @@ this one has JAX loaded already.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,20 @@ def test_the_port_api_still_loads_on_first_use():
         timeout=120,
     )
     assert done.stdout.split() == ["True", "weights_port.porting", "True"], done.stderr
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_help_lists_the_exit_statuses_a_script_branches_on(module):
+    """``sweep && report`` and a SLURM requeue branch on the status: each command's help
+    lists its statuses, the bad-input one being the status a mistyped flag gets."""
+    helped = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    text = " ".join(helped.stdout.split())
+    assert helped.returncode == 0 and "exit status: 0 " in text, text
+    statuses = dict(re.findall(r"(?:^ |; )(\d+) ([^;]+)", text.split("exit status:")[1]))
+    assert {"0", "1", "2", "130", "143"} <= statuses.keys(), statuses
+    bad = _probe(module, "--no-such-flag").rsplit("exit: ", 1)[1]
+    assert statuses[bad].startswith("bad input"), (bad, statuses)
+    busy = {"experiments.run", "experiments.sweep", "experiments.select"}
+    assert ("75" in statuses) == (module in busy), statuses

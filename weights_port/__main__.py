@@ -14,6 +14,7 @@ from medft_jax.errors import (
     ArgumentParser,
     UserError,
     cli_main,
+    exit_statuses,
     os_error_line,
     path_flag,
 )
@@ -25,6 +26,7 @@ def _port_parser() -> argparse.ArgumentParser:
         prog="python -m weights_port",
         description="Port a torchvision checkpoint to a medft-jax (orbax) model checkpoint. "
         "Use `python -m weights_port export --help` for the way back.",
+        epilog=exit_statuses(s0="ported"),
     )
     p.add_argument(
         "--arch",
@@ -92,6 +94,7 @@ def _export_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m weights_port export",
         description="Write a medft-jax model checkpoint as a torchvision state_dict.",
+        epilog=exit_statuses(s0="written"),
     )
     p.add_argument(
         "--checkpoint",
