@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -1781,3 +1782,33 @@ def test_a_class_the_carve_left_out_of_training_says_what_would_help(tmp_path):
     assert str(err.value).endswith(
         "class 'pos' has no examples in the training split; every class needs training examples"
     )
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_an_empty_split_folder_is_refused_not_carved_from_train(tmp_path, split):
+    """An empty test/ (its images not copied yet, or in a format not read) was "no test
+    split": a carve of train/ became the test set without a word, while --test-fraction was
+    refused because "test/ gives the test split"."""
+    root = tmp_path / "imgs"
+    for s in ("train", "val", "test"):
+        _folder(root / s)
+    folder = root / split
+    for c in folder.iterdir():
+        for f in c.iterdir():
+            f.unlink()
+    with pytest.raises(DataError) as err:
+        _load_folder(root, tmp_path / "out")
+    assert _one_line(err) == (
+        f"{folder}: the {split} split folder holds no image in its subfolders (cat, dog); "
+        f"expected its class folders of images, or no {split}/ (to carve {split} from train/)"
+    )
+    (folder / "dog" / "scan.heic").write_bytes(b"\0")
+    with pytest.raises(DataError, match=r"holds no image, only 1 file\(s\) not read as images "):
+        _load_folder(root, tmp_path / "out")
+    for c in list(folder.iterdir()):
+        shutil.rmtree(c)
+    with pytest.raises(DataError, match=rf"the {split} split folder is empty; expected"):
+        _load_folder(root, tmp_path / "out")
+    _no_cache_written(tmp_path / "out")
+    shutil.rmtree(folder)  # no folder: carved, as documented
+    assert _load_folder(root, tmp_path / "out").num_examples(split) > 0

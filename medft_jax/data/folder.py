@@ -209,8 +209,10 @@ def _scan(
         if others is not None:
             others.update(here)
         if not files and split == "train":
-            held = f"holds no image, only {_counted(here)}" if here else _nothing_read(folder)
-            raise DataError(f"class folder {folder} {held}; expected {'/'.join(IMAGE_SUFFIXES)}")
+            raise DataError(
+                f"class folder {folder} {_no_image(folder, here)}; "
+                f"expected {'/'.join(IMAGE_SUFFIXES)}"
+            )
         for p in files:
             inside = p.relative_to(folder).parts
             id_ = p.relative_to(base).as_posix()
@@ -247,6 +249,12 @@ def _counted(others: Counter[str], fate: str = "") -> str:
         else ""
     )
     return f"{sum(others.values())} file(s) not read as images {fate}({each}{why})"
+
+
+def _no_image(folder: Path, others: Counter[str]) -> str:
+    """Why ``folder`` lists no image: the files under it not read as images (``others``,
+    counted by suffix), else :func:`_nothing_read`."""
+    return f"holds no image, only {_counted(others)}" if others else _nothing_read(folder)
 
 
 def _nothing_read(folder: Path) -> str:
@@ -398,6 +406,15 @@ def parse_folder(
             s: _scan(p, root, class_names, s, others, patient_folders, nested[s])
             for s, p in folders.items()
         }
+        for split, members in given.items():
+            if not members:  # not "no test/": the user's test set was carved from train/
+                folder, here = folders[split], Counter[str]()
+                image_files(root, folder, here)
+                raise DataError(
+                    f"{folder}: the {split} split folder {_no_image(folder, here)}; "
+                    f"expected its class folders of images, or no {folder.name}/ (to carve "
+                    f"{split} from train/)"
+                )
         _check_nothing_left_out(root, given)
         say_left_out(root, others)
         train = given["train"]
