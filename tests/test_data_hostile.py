@@ -1227,30 +1227,57 @@ def test_classes_each_of_their_own_file_kind_are_noted(tmp_path, capsys):
         p.unlink()
     _load_folder(root, tmp_path / "out")
     assert [x for x in capsys.readouterr().err.splitlines() if "kind" in x] == [
-        f"note: {root}: each class's files are of a kind no other class has (cat: .jpg; "
-        "dog: .png); a model can tell the classes by how the files were made rather than "
-        "by what they show: convert them to one format"
+        f"note: {root}: each class's files are of a kind no other class has (cat: .jpg "
+        "8-bit colour; dog: .png 8-bit colour); a model can tell the classes by how the "
+        "files were made rather than by what they show: convert them to one format"
     ]
     image(99, (20, 18)).save(root / "dog" / "99.jpg")  # one kind shared: nothing to say
     _load_folder(root, tmp_path / "out")
     assert "kind" not in capsys.readouterr().err
 
 
-def test_photos_turned_by_their_exif_orientation_are_noted(tmp_path, capsys):
-    """A phone's photo stored sideways with an EXIF orientation is read as stored (as
-    torchvision reads it), not as a viewer shows it: that was said nowhere."""
+def test_classes_each_of_their_own_bit_depth_are_noted(tmp_path, capsys):
+    """8-bit PNGs in one class, 16-bit PNGs in the other: one suffix, yet a model tells the
+    classes by the quantisation; the note compared suffixes alone and said nothing."""
     from PIL import Image
 
     root = tmp_path / "imgs"
     _folder(root)
-    for name, orientation in (("p1.jpg", 6), ("p2.jpg", 1), ("p3.jpg", 3)):
+    for p in (root / "dog").iterdir():
+        grey = np.asarray(Image.open(p).convert("L"), dtype=np.uint16)
+        Image.fromarray(grey * 257 + int(p.stem)).save(p)  # 16-bit, full range
+    out = tmp_path / "out"
+    for _ in range(2):  # when the cache is written, and when it is read
+        _load_folder(root, out)
+        assert [x for x in capsys.readouterr().err.splitlines() if "kind" in x] == [
+            f"note: {root}: each class's files are of a kind no other class has (cat: .png "
+            "8-bit colour; dog: .png 16-bit grey); a model can tell the classes by how the "
+            "files were made rather than by what they show: convert them to one format"
+        ]
+    Image.open(root / "cat" / "0.png").convert("L").save(root / "cat" / "0.png")
+    _load_folder(root, out)  # cat's 8-bit grey and colour share nothing with dog's 16-bit
+    assert "(cat: .png 8-bit colour, .png 8-bit grey; dog" in capsys.readouterr().err
+    Image.open(root / "cat" / "0.png").save(root / "dog" / "cat0.png")
+    _load_folder(root, out)  # one kind shared: nothing to say
+    assert "kind" not in capsys.readouterr().err
+
+
+def test_photos_turned_by_their_exif_orientation_are_noted(tmp_path, capsys):
+    """A phone's photo stored sideways with an EXIF orientation is read as stored (as
+    torchvision reads it), not as a viewer shows it: that was said nowhere (a PNG's eXIf
+    chunk was not read for it)."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    _folder(root)
+    for name, orientation in (("p1.jpg", 6), ("p2.jpg", 1), ("p3.jpg", 3), ("p4.png", 8)):
         exif = Image.Exif()
         exif[0x0112] = orientation
         image(500 + orientation, (20, 18)).convert("RGB").save(root / "dog" / name, exif=exif)
     for _ in range(2):  # when the cache is written, and when it is read
         _load_folder(root, tmp_path / "out")
         assert [x for x in capsys.readouterr().err.splitlines() if "EXIF" in x] == [
-            f"note: {root}: 2 image(s) carry an EXIF orientation other than upright (e.g. "
+            f"note: {root}: 3 image(s) carry an EXIF orientation other than upright (e.g. "
             "dog/p1.jpg); they are read as stored, as torchvision reads them, not turned as a "
             "photo viewer shows them: save them upright if that matters (exiftran -ai)"
         ]

@@ -635,6 +635,19 @@ def _stored_samples(image: Image.Image) -> str | None:
     return raw
 
 
+def sample_kind(image: Image.Image) -> str:
+    """How an opened file stores its samples, from its header alone: ``8-bit colour``,
+    ``16-bit grey``, ``1-bit grey``, ``float grey``... Two classes each of their own kind
+    (8-bit PNGs and 16-bit PNGs) can be told apart by it: the file-kind note names it."""
+    mode, samples = image.mode, _stored_samples(image)
+    if mode.startswith("I;16") or (samples is not None and "16" in samples):
+        depth = "16-bit"
+    else:
+        depth = {"1": "1-bit", "I": "32-bit", "F": "float"}.get(mode, "8-bit")
+    grey = mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16")
+    return f"{depth} {'grey' if grey else 'colour'}"
+
+
 def _colour16(mode: str, samples: str | None) -> bool:
     """16-bit colour (or greyscale+alpha, which Pillow opens as RGBA of high bytes)."""
     return mode in ("RGB", "RGBA") and samples is not None

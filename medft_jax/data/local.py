@@ -40,6 +40,7 @@ from medft_jax.data.images import (
     IMAGE_SUFFIXES,
     ImageReader,
     open_image,
+    sample_kind,
     takes_bits_stored,
 )
 from medft_jax.data.locations import NOT_PREPARED, cache_dir, variant_name
@@ -366,7 +367,7 @@ def load_local(
                     "dicom_patients_across_groups": _dicom_patients_across_splits(
                         splits, stated=True
                     ),
-                    "exif_turned": _exif_turned(splits),
+                    **_headers(splits),
                 }
                 cache.write_cache(
                     target,
@@ -384,7 +385,7 @@ def load_local(
     for key, template in _FOUND_AT_BUILD.items():
         cache.note_found(root, meta.get(key), template)
     if not multilabel:
-        _note_file_kind_by_class(root, splits, class_names)
+        _note_file_kind_by_class(root, splits, class_names, meta.get("file_kinds"))
     return Dataset(
         name=kind,
         splits=splits_arrays,
@@ -503,27 +504,36 @@ def _label_key(label: Any) -> Any:
     return tuple(values.ravel().tolist()) if values.ndim else values.item()
 
 
-_EXIF_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".webp")
+_EXIF_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".webp", ".png")
 _ORIENTATION = 0x0112
 
 
-def _exif_turned(splits: dict[str, list[Example]]) -> list[Any] | None:
-    """``[count, id]`` of the images whose EXIF orientation is not upright (a phone's or a
-    dermatoscope's photos); None when none. Headers only; an unreadable file is left to
-    decoding, which names it."""
-    turned = []
+def _headers(splits: dict[str, list[Example]]) -> dict[str, Any]:
+    """What the files' headers say, read once at the cache's build (no decoding):
+    ``exif_turned``, ``[count, id]`` of the images whose EXIF orientation is not upright
+    (a phone's or a dermatoscope's photos; None when none), and ``file_kinds``, each
+    class's kinds of file (suffix, sample depth, grey or colour), for
+    :func:`_note_file_kind_by_class`. An unreadable file is left to decoding, which names
+    it; one Pillow cannot open (DICOM) is of its suffix's kind."""
+    turned, kinds = [], {}
     for members in splits.values():
         for ex in members:
-            if ex.path.suffix.lower() not in _EXIF_SUFFIXES:
-                continue
+            suffix = ex.path.suffix.lower()
+            kind = ".jpg" if suffix == ".jpeg" else suffix or "(no suffix)"
             try:
                 with Image.open(ex.path) as image:
-                    orientation = image.getexif().get(_ORIENTATION, 1)
+                    exif = image.getexif() if suffix in _EXIF_SUFFIXES else {}
+                    if exif.get(_ORIENTATION, 1) not in (1, None):
+                        turned.append(ex.id)
+                    kind = f"{kind} {sample_kind(image)}"
             except Exception:  # a header check only: decoding names the damaged file
-                continue
-            if orientation not in (1, None):
-                turned.append(ex.id)
-    return [len(turned), min(turned)] if turned else None
+                pass
+            if np.ndim(ex.label) == 0:  # a multilabel image is of no one class
+                kinds.setdefault(str(int(ex.label)), set()).add(kind)
+    return {
+        "exif_turned": [len(turned), min(turned)] if turned else None,
+        "file_kinds": {c: sorted(k) for c, k in sorted(kinds.items())},
+    }
 
 
 _FOUND_AT_BUILD = {
@@ -539,21 +549,26 @@ _FOUND_AT_BUILD = {
     "viewer shows them: save them upright if that matters (exiftran -ai)",
 }
 """The notes of what a cache's build found in the files (:func:`_dicom_patients_across_splits`,
-:func:`_exif_turned`), said at every load."""
+:func:`_headers`), said at every load."""
 
 
 def _note_file_kind_by_class(
-    root: Path, splits: dict[str, list[Example]], class_names: list[str]
+    root: Path, splits: dict[str, list[Example]], class_names: list[str], built: Any
 ) -> None:
-    """A note when every class's files are of a kind (suffix) no other class has: JPEG
-    photos in one class and 16-bit PNGs in the other, say. A model tells such classes
-    apart by how their files were made (compression, bit depth, colour), whatever they
-    show, and scores near 1 on a test split made the same way."""
+    """A note when every class's files are of a kind no other class has: JPEG photos in
+    one class and 16-bit PNGs in the other, say, or 8-bit and 16-bit PNGs, or grey and
+    colour JPEGs. A model tells such classes apart by how their files were made
+    (compression, bit depth, colour), whatever they show, and scores near 1 on a test split
+    made the same way. ``built``: the kinds the cache's build read from the headers
+    (:func:`_headers`); a cache from before it recorded them, by suffix alone."""
     kinds: dict[int, set[str]] = {}
-    for members in splits.values():
-        for ex in members:
-            suffix = ex.path.suffix.lower()
-            kinds.setdefault(int(ex.label), set()).add(".jpg" if suffix == ".jpeg" else suffix)
+    if isinstance(built, dict):
+        kinds = {int(c): set(k) for c, k in built.items()}
+    else:
+        for members in splits.values():
+            for ex in members:
+                suffix = ex.path.suffix.lower()
+                kinds.setdefault(int(ex.label), set()).add(".jpg" if suffix == ".jpeg" else suffix)
     if len(kinds) < 2 or any(kinds[a] & kinds[b] for a in kinds for b in kinds if a < b):
         return
     each = "; ".join(
