@@ -1004,6 +1004,23 @@ def test_partition_head_naming_one_leaf_of_its_layer_is_refused():
         with pytest.raises(ValueError, match=r"leaving 'top/head/bias' of the same layer") as e:
             make(name, toy_params(), one_leaf, learning_rate=LR)
         assert "name the head's layer ('top/head')" in str(e.value)
+    # A flat dict of a converted state_dict: the head can only be one leaf; told to nest.
+    flat = {k.replace("/", "."): v for k, v in flatten(toy_params()).items()}
+    dotted = dataclasses.replace(
+        TOY,
+        blocks=tuple(dataclasses.replace(b, prefixes=tuple(
+            k for k in flat if any(k.startswith(p.replace("/", ".")) for p in b.prefixes)
+        )) for b in TOY.blocks),
+        head="top.head.kernel",
+    )  # fmt: skip
+    for name in ("lp", "l2_sp"):
+        with pytest.raises(ValueError) as e:
+            make(name, flat, dotted, learning_rate=LR)
+        assert str(e.value).endswith(
+            "names one parameter, leaving 'top.head.bias' of the same layer outside the head; "
+            "nest the flat keys (flax.traverse_util.unflatten_dict(params, sep='.')) and name "
+            "the head's layer ('top.head')"
+        ), e.value
     # A head that is the layer's only leaf is a whole layer: accepted.
     params = toy_params()
     del params["top"]["head"]["bias"]
@@ -1196,6 +1213,14 @@ def test_staged_refuses_a_labelling_under_which_nothing_ever_trains():
         ValueError, match=r"^staged: the labels that ever train \(\['head'\]\) marks none"
     ):
         tx.init(params)
+    # Every start None: said as such, not blamed on a params wrapper or a pattern.
+    never = staged(optax.adam(LR), labels, {"backbone": None, "head": None})
+    with pytest.raises(ValueError) as err:
+        never.init(params)
+    assert str(err.value) == (
+        "staged: every start step is None (['backbone', 'head']), so nothing ever trains; "
+        "give the head's label 0"
+    )
     # Inside a partition group whose other leaves are masked, all-frozen is someone's choice.
     frozen = staged(optax.adam(LR), lambda p: jax.tree.map(lambda _: "f", p), {"f": None})
     groups = {

@@ -273,16 +273,24 @@ def _check_partition(name: str, params: PyTree, partition: Any) -> None:
         )
     # A head naming one leaf ('fc/kernel') leaves its siblings ('fc/bias') in the backbone:
     # frozen under LP, pulled to their random init under SP, silently.
-    if partition.head in paths and "/" in partition.head:
-        module = partition.head.rsplit("/", 1)[0]
+    # A flat dict of a converted state_dict ('fc.weight', 'fc.bias') has no path naming the
+    # layer: its head can only be one leaf, and is refused alike, told to nest the keys.
+    sep = "/" if "/" in partition.head else "."
+    if partition.head in paths and sep in partition.head:
+        module = partition.head.rsplit(sep, 1)[0]
         sibling = next(
-            (p for p in paths if p.startswith(module + "/") and not partition.is_head(p)), None
+            (p for p in paths if p.startswith(module + sep) and not partition.is_head(p)), None
         )
         if sibling is not None:
+            fix = (
+                f"name the head's layer ({module!r})"
+                if sep == "/"
+                else f"nest the flat keys (flax.traverse_util.unflatten_dict(params, "
+                f"sep='.')) and name the head's layer ({module!r})"
+            )
             raise ValueError(
                 f"{where}: partition.head {partition.head!r} ({partition.arch}) names one "
-                f"parameter, leaving {sibling!r} of the same layer outside the head; name the "
-                f"head's layer ({module!r})"
+                f"parameter, leaving {sibling!r} of the same layer outside the head; {fix}"
             )
     # Each block is a stage of G-LF/G-FL: a name given twice would merge or skip stages,
     # a block owning nothing would be an epoch that unfreezes nothing.

@@ -229,6 +229,11 @@ def staged(
         if not is_masked_group(params):  # a partition group may hold only frozen labels
             # A head label that matches no parameter: every update zero, without a word.
             trains = sorted(str(g) for g, start in start_steps.items() if start is not None)
+            if not trains:
+                raise ValueError(
+                    f"staged: every start step is None ({sorted(map(str, start_steps))}), so "
+                    "nothing ever trains; give the head's label 0"
+                )
             marks = jax.tree.map(lambda g: start_steps[g] is not None, resolved)
             require_marks_some("staged", f"the labels that ever train ({trains})", marks, params)
         return routed.init(params)
