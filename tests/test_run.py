@@ -294,6 +294,37 @@ def test_a_resume_whose_best_was_deleted_is_refused_before_it_trains(ported_tiny
 
 
 @pytest.mark.slow
+def test_a_resume_whose_best_is_another_runs_is_refused_before_it_trains(
+    ported_tiny, demo, tmp_path
+):
+    """Another seed's best/ copied in (or a backup restored): sound, of the right epoch, it
+    was tested as this run's, its test metrics beside this run's validation in one record."""
+    import dataclasses
+    import shutil
+
+    from medft_jax.checkpoints.run import ResumeError
+
+    config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
+    other = dataclasses.replace(config, seed=1)
+    out = tmp_path / "runs"
+    spe = demo.steps_per_epoch(config.batch_size)
+    for c in (config, other):
+        assert fit.run_one(c, out, dataset=demo, progress=False, stop_after_steps=spe) == {}
+    run, theirs = (out / results.run_name(fit.identify(c, demo).to_dict()) for c in (config, other))
+    shutil.rmtree(run / "best")
+    shutil.copytree(theirs / "best", run / "best")
+    with pytest.raises(ResumeError) as e:
+        fit.run_one(config, out, dataset=demo, progress=False)
+    assert str(e.value) == (
+        f"{run / 'best'}: saved by run {theirs.name}, not by this run {run.name} (copied "
+        "in?); put this run's own best/ back, or start the run over with experiments.run "
+        "--force"
+    )
+    assert len(RunCheckpoints(run).read_progress()["epochs"]) == 1  # nothing trained
+    assert not (run / "record.json").exists()
+
+
+@pytest.mark.slow
 def test_a_resume_whose_best_was_corrupted_is_refused_before_it_trains(ported_tiny, demo, tmp_path):
     """A flipped byte in best/'s arrays was found at the end, after the remaining epochs were
     trained, in a line without a remedy; its content hash is checked at the resume."""

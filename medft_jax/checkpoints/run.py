@@ -350,8 +350,24 @@ class RunCheckpoints:
                 f"{self.run_dir}"
             )
         with _best_damaged():
-            if load_metadata(self.best_dir).get("content_sha256") is not None:
+            metadata = load_metadata(self.best_dir)
+        self._check_own(metadata)
+        with _best_damaged():
+            if metadata.get("content_sha256") is not None:
                 load_model(self.best_dir)  # checks the arrays against it
+
+    def _check_own(self, metadata: dict[str, Any]) -> None:
+        """Refuses a ``best/`` another run saved (copied in by hand, or restored from a
+        backup): sound and of the right epoch number, its test metrics would go into this
+        run's record beside this run's validation, without a word. Its metadata's
+        ``source`` names the run that saved it (one written before it did says nothing)."""
+        own = f"run {self.run_dir.name}"
+        source = metadata.get("source")
+        if source is not None and source != own:
+            raise ResumeError(
+                f"{self.best_dir}: saved by {source}, not by this {own} (copied in?); put "
+                f"this run's own best/ back, or {START_OVER}"
+            )
 
     def load_best_of_epoch(self, sharding: Any = None) -> tuple[dict[str, Any], Any]:
         """The best epoch's ``{'params', 'batch_stats'}`` (on ``sharding`` when given) and
@@ -360,6 +376,7 @@ class RunCheckpoints:
         A damaged ``best/`` raises :class:`ResumeError`, its line saying what to do."""
         with _best_damaged():
             variables, metadata = load_model(self.best_dir)
+        self._check_own(metadata)
         if sharding is not None:
             variables = jax.device_put(variables, sharding)
         return variables, metadata.get("epoch")
