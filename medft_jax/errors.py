@@ -52,10 +52,12 @@ _OS_REASONS = {
     errno.ENAMETOOLONG: "file name too long",
     errno.ELOOP: "a symbolic link that loops (or too many links in a row)",
     errno.EFBIG: "file too large (over the filesystem's or the process's file size limit)",
+    errno.EIO: "input/output error (a failing disk, or a network filesystem's fault)",
+    errno.ESTALE: "stale file handle (a network filesystem's file changed under it)",
 }
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.ESTALE)
 """Refusals of a write whose input was fine: exit 1, not 2 (the same command may succeed
-with more room, or elsewhere)."""
+with more room, or elsewhere, or once the disk or network filesystem is mended)."""
 
 
 class UserError(ValueError):

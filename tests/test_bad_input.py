@@ -720,6 +720,26 @@ def test_cli_main_keeps_real_bugs_and_maps_disk_errors(capsys):
     assert cli_main(full) == 1
     assert _one_error_line(capsys) == "error: /data/x.npy: no space left on the device"
 
+    def faulty(argv):  # a failing disk, a network filesystem's hiccup: was a traceback
+        try:
+            raise OSError(errno.EIO, "Input/output error", "/runs/r/record.json.tmp")
+        except OSError as e:
+            raise RuntimeError("orbax wrapped it") from e
+
+    assert cli_main(faulty) == 1
+    assert _one_error_line(capsys) == (
+        "error: /runs/r/record.json.tmp: input/output error (a failing disk, or a network "
+        "filesystem's fault)"
+    )
+
+    def stale(argv):
+        raise ValueError(
+            "Failed to write 184 bytes to file 5: Stale file handle [os_error_code=116]"
+        )
+
+    assert cli_main(stale) == 1  # tensorstore names the errno in its text only
+    assert "stale file handle" in _one_error_line(capsys)
+
     def huge(argv):  # a DICOM decoded in float64 copies, a CSV of one 1 GB line
         raise MemoryError("Unable to allocate 6.71 GiB for an array with shape (60000, 60000)")
 
