@@ -151,6 +151,17 @@ def note(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def bars_hidden(progress: bool) -> bool:
+    """Whether progress bars stay off: asked off, on a host other than process 0, or
+    stderr not a terminal nor a notebook (a log file, a SLURM job's output, a pipe took
+    every redraw of every bar, ``\\r``-joined). A notebook's stderr is no terminal, yet
+    shows bars."""
+    if not progress or _PROCESS_INDEX != 0:
+        return True
+    shown = getattr(sys.stderr, "isatty", lambda: False)() or "ipykernel" in sys.modules
+    return not shown
+
+
 def env_count(name: str) -> int | None:
     """The whole number ``name`` of :data:`COUNTS` holds, or None when unset (or empty);
     anything else (``two``, ``²``, out of bounds) is refused in one line."""

@@ -54,6 +54,7 @@ from medft_jax.environment import environment_changes, environment_info, numeric
 from medft_jax.errors import (
     Interrupted,
     UserError,
+    bars_hidden,
     deferred_stops,
     env_seconds,
     one_line,
@@ -1073,7 +1074,7 @@ def _run_batches(
         total=len(it),
         initial=position,
         desc=f"epoch {epoch + 1}/{run.config.epochs}",
-        disable=not progress or jax.process_index() != 0,
+        disable=bars_hidden(progress) or jax.process_index() != 0,
         leave=False,
     )
     # Update numbers from the host: reading the state's step would wait for every step.

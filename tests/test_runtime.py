@@ -245,3 +245,27 @@ def test_notes_are_said_by_process_0_of_a_job_only(capsys, monkeypatch):
     note_duplicates("d", meta)
     errors.note("note: anything")
     assert capsys.readouterr().err == ""
+
+
+def test_progress_bars_show_on_a_terminal_or_a_notebook_only(monkeypatch):
+    """A log file, a SLURM job's output or a pipe took every redraw of every epoch's bar
+    (predict's bars were terminal-only already): asked for, bars show where they draw."""
+    import io
+
+    from medft_jax import errors
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no bars
+    assert errors.bars_hidden(True) and errors.bars_hidden(False)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert not errors.bars_hidden(True) and errors.bars_hidden(False)
+    monkeypatch.setattr(errors, "_PROCESS_INDEX", 1)  # another host of a job
+    assert errors.bars_hidden(True)
+    monkeypatch.setattr(errors, "_PROCESS_INDEX", 0)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setitem(sys.modules, "ipykernel", object())  # a notebook's stderr
+    assert not errors.bars_hidden(True)

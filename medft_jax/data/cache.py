@@ -61,7 +61,7 @@ from medft_jax import atomic
 from medft_jax.data.arrays import ArraySplit, file_identity
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import user_cache_base
-from medft_jax.errors import UserError, note, one_line
+from medft_jax.errors import UserError, bars_hidden, note, one_line
 
 META = "meta.json"
 FIELDS = ("labels", "ids", "groups", "patients")
@@ -434,7 +434,9 @@ def _write_images(
     each: list[bytes] = []
     fd = os.open(path, os.O_WRONLY)
     try:
-        with tqdm(total=n, desc=f"caching {name}", unit="img", disable=not progress) as bar:
+        with tqdm(
+            total=n, desc=f"caching {name}", unit="img", disable=bars_hidden(progress)
+        ) as bar:
             for chunk, kept in plan.chunks():
                 contiguous = np.ascontiguousarray(chunk, dtype=np.uint8)
                 if contiguous.shape[1:] != shape or start + len(contiguous) > n:
