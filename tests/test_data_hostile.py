@@ -628,6 +628,14 @@ def test_one_scan_kept_in_two_formats_is_refused(tmp_path):
     with pytest.raises(DataError, match=r": dog/5\.PNG and dog/5\.png differ only in their suffix"):
         _load_folder(root, out)
     (root / "dog" / "5.PNG").unlink()
+    # café.png as macOS (NFD) and Linux (NFC) write it: they print alike, the suffix is one.
+    for name in ("caf\u00e9.png", "cafe\u0301.png"):
+        (root / "dog" / name).write_bytes((root / "dog" / "5.png").read_bytes())
+    with pytest.raises(DataError, match=r": 'dog/cafe\\u0301\.png' and 'dog/caf\\xe9\.png' "
+                       r"differ only in Unicode normalisation \(they print alike\)"):  # fmt: skip
+        _load_folder(root, out)
+    for name in ("caf\u00e9.png", "cafe\u0301.png"):
+        (root / "dog" / name).unlink()
     # A PACS export's IM0001 beside its viewer's IM0001.jpg, in a given split.
     split = tmp_path / "split"
     for name in ("train", "val", "test"):

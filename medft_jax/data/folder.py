@@ -314,8 +314,11 @@ def _refuse_saved_twice(root: Path, examples: list[Example]) -> None:
     pairs = saved_twice([ex.path for ex in examples])
     if pairs:
         a, b = (p.relative_to(root).as_posix() for p in pairs[0])
+        how = "in their suffix"
+        if pairs[0][0].suffix == pairs[0][1].suffix:  # café.png as macOS and Linux write it
+            how, a, b = "in Unicode normalisation (they print alike)", ascii(a), ascii(b)
         raise DataError(
-            f"{root}: {a} and {b} differ only in their suffix ({len(pairs)} such pair(s)): "
+            f"{root}: {a} and {b} differ only {how} ({len(pairs)} such pair(s)): "
             "one image saved twice is two examples, in two splits unless one patient holds "
             "both; keep one file of each pair (move the other out of --manual-dir)"
         )
