@@ -121,6 +121,23 @@ def test_another_flags_data_under_this_flags_name_is_refused(tmp_path):
     _no_cache_written(tmp_path)
 
 
+def test_organ_flags_sizes_are_medmnist_3s():
+    """The Organ{A,C,S} sizes were MedMNIST v2's while the files (MD5s, URL) are v3's: OrganS
+    data saved as organcmnist.npz loaded as OrganCMNIST. medmnist 3.0.2's INFO n_samples:"""
+    from medft_jax.data import medmnist as mm
+
+    published = {
+        "organamnist": (34561, 6491, 17778),
+        "organcmnist": (12975, 2392, 8216),
+        "organsmnist": (13932, 2452, 8827),
+    }
+    assert {f: mm.N_SAMPLES[f] for f in published} == published
+    arrays = {s: (None, np.zeros(n)) for s, n in zip(("train", "val", "test"), published[
+        "organsmnist"], strict=True)}  # fmt: skip
+    with pytest.raises(DataError, match=r"organsmnist's published sizes, not organcmnist's"):
+        mm._refuse_other_flags_sizes(Path("organcmnist.npz"), "organcmnist", {}, arrays)
+
+
 def test_npz_whole_float_labels_are_cast(tmp_path):
     _npz(tmp_path / "breastmnist.npz", _ok_labels(np.float64))
     ds = load("medmnist/breastmnist", data_dir=tmp_path)
