@@ -167,6 +167,22 @@ def test_npz_multilabel_label_never_positive_in_train_is_named(tmp_path):
     _one_line(err)
 
 
+def test_npz_multilabel_label_positive_in_every_training_image_is_named(tmp_path):
+    """Nothing to learn 'atelectasis' from: refused for folders and CSVs, trained here."""
+    checker = (np.add.outer(np.arange(4), np.arange(14)) % 2).astype(np.float32)
+    labels = {s: checker.copy() for s in ("train", "val", "test")}
+    labels["train"] = np.tile(labels["train"], (2, 1))
+    labels["train"][:, 0] = 1
+    _npz(tmp_path / "chestmnist.npz", labels)
+    with pytest.raises(DataError) as err:
+        load("medmnist/chestmnist", data_dir=tmp_path, progress=False, **SIZES)
+    assert _one_line(err) == (
+        f"{tmp_path / 'chestmnist.npz'}: train_labels has label 0 ('atelectasis') positive in "
+        "every training example; every label needs negative training examples"
+    )
+    _no_cache_written(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("name", "sizes", "message"),
     [

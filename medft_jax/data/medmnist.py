@@ -346,6 +346,13 @@ def _check_classes(arrays: dict[str, tuple[np.ndarray, np.ndarray]], info, path:
             f"{path}: train_labels has no {what} {missing[0]} "
             f"({info.labels[missing[0]]!r}); every class needs training examples"
         )
+    # A label positive in every image: nothing to learn it from, as for folders and CSVs.
+    full = [i for i, n in enumerate(seen) if info.multilabel and n == len(labels)]
+    if full:
+        raise DataError(
+            f"{path}: train_labels has label {full[0]} ({info.labels[full[0]]!r}) positive in "
+            "every training example; every label needs negative training examples"
+        )
 
 
 def _resized_chunks(
