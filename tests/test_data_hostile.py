@@ -121,6 +121,31 @@ def test_another_flags_data_under_this_flags_name_is_refused(tmp_path):
     _no_cache_written(tmp_path)
 
 
+def test_npz_with_a_corrupt_deflate_stream_is_one_line(tmp_path):
+    """A flipped bit inside a compressed member was zlib's traceback (a bad CRC was one
+    line): native and resized reads alike."""
+    import zipfile
+
+    arrays = {}
+    for split, n in (("train", 64), ("val", 32), ("test", 32)):
+        arrays[f"{split}_images"] = np.tile(np.arange(28, dtype=np.uint8), (n, 28, 1))
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).astype(np.uint8)[:, None]
+    path = tmp_path / "breastmnist.npz"
+    np.savez_compressed(path, **arrays)
+    with zipfile.ZipFile(path) as z:
+        member = z.getinfo("val_images.npy")
+    data = bytearray(path.read_bytes())
+    start = member.header_offset + 30 + len(member.filename) + len(member.extra)
+    for i in range(start + 40, start + 60):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    for kw in ({}, SIZES):
+        with pytest.raises(DataError) as err:
+            load("medmnist/breastmnist", data_dir=tmp_path, progress=False, **kw)
+        assert _one_line(err).startswith(f"{path}: cannot read array 'val_images' (")
+    _no_cache_written(tmp_path)
+
+
 def test_organ_flags_sizes_are_medmnist_3s():
     """The Organ{A,C,S} sizes were MedMNIST v2's while the files (MD5s, URL) are v3's: OrganS
     data saved as organcmnist.npz loaded as OrganCMNIST. medmnist 3.0.2's INFO n_samples:"""

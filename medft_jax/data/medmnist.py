@@ -21,6 +21,7 @@ import functools
 import hashlib
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -146,6 +147,12 @@ def _near_misses(flag: str, size: int, data_dir: Path) -> str:
     return f"; {'; '.join(said)}" if said else ""
 
 
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+"""What reading a damaged ``.npz`` raises: a bad CRC (``BadZipFile``), a corrupt deflate
+stream (``zlib.error``: a flipped bit copied by hand), a compression method zipfile lacks
+(``NotImplementedError``); each one line naming the file and array."""
+
+
 def read_npz(
     path: Path, flag: str, size: int, *, rgb: bool = True, images: bool = True
 ) -> dict[str, tuple[Any, np.ndarray]]:
@@ -166,7 +173,7 @@ def read_npz(
             raise DataError(f"{path}: not a .npz file (no zip header); expected MedMNIST's .npz")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except _UNREADABLE as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
     with npz:
         for split in SPLITS:
@@ -218,7 +225,7 @@ def stream_images(path: Path, key: str) -> Iterator[np.ndarray]:
                     raise DataError(f"{path}: array {key!r} ends before its {shape[0]} rows")
                 yield from np.frombuffer(data, dtype).reshape((n, *shape[1:]))
                 left -= n
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except _UNREADABLE as err:
         raise DataError(f"{path}: cannot read array {key!r} ({err})") from None
 
 
@@ -228,7 +235,7 @@ def _declared(path: Path, key: str) -> SimpleNamespace:
     try:
         with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
             shape, _, dtype, _ = cache.read_npy_header(f)
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+    except (*_UNREADABLE, KeyError) as err:
         raise DataError(f"{path}: cannot read array {key!r} ({err})") from None
     return SimpleNamespace(dtype=np.dtype(dtype), shape=tuple(shape), ndim=len(shape))
 
@@ -236,7 +243,7 @@ def _declared(path: Path, key: str) -> SimpleNamespace:
 def _array(npz, path: Path, key: str) -> np.ndarray:
     try:
         return npz[key]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except _UNREADABLE as err:
         raise DataError(f"{path}: cannot read array {key!r} ({err})") from None
 
 
