@@ -1232,6 +1232,64 @@ def test_prepared_task_matches_its_layout(layouts, prepared, name):
     assert not any(ds.metadata["skipped_bad_images"].values())
 
 
+def _cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _edit_info(version: Path, edit) -> None:
+    info = json.loads((version / "dataset_info.json").read_text())
+    edit(info)
+    (version / "dataset_info.json").write_text(json.dumps(info))
+
+
+PREPARED_DAMAGE = {  # what TFDS's or array_record's traceback said
+    "val file deleted": (
+        lambda v: (v / "medft_bach-val.array_record-00000-of-00001").unlink(),
+        "its val split: RuntimeError: open() failed: No such file or directory",
+    ),
+    "train file cut short": (
+        lambda v: _cut_short(v / "medft_bach-train.array_record-00000-of-00001"),
+        "its train split: RuntimeError: Corrupted Riegeli/records file",
+    ),
+    "another version's info": (
+        lambda v: _edit_info(v, lambda i: i.update(version="2.0.0")),
+        "it: AssertionError: The constructed DatasetInfo instance and the restored proto "
+        "version do not match",
+    ),
+    "a split dropped from the info": (
+        lambda v: _edit_info(
+            v, lambda i: i.update(splits=[x for x in i["splits"] if x["name"] != "val"])
+        ),
+        "its val split: ValueError: Unknown split 'val'",
+    ),
+}
+
+
+@tf_required
+@pytest.mark.xdist_group("tfds_prepared")
+def test_damaged_prepared_data_is_one_line_saying_to_prepare_again(prepared, tmp_path):
+    """A prepared split file deleted or cut short, or its dataset_info.json edited, was a
+    TFDS or array_record traceback at every load, and prepare, finding it prepared, did the
+    same: one line naming the folder and what to do."""
+    for damage, (harm, detail) in PREPARED_DAMAGE.items():
+        out = tmp_path / damage.replace(" ", "_")
+        shutil.copytree(prepared[0] / "medft_bach", out / "medft_bach")
+        version = next((out / "medft_bach").glob("*/1.0.0"))
+        harm(version)
+        with pytest.raises(DataError) as err:
+            load("bach", data_dir=out, progress=False, **SIZES)
+        line = str(err.value)
+        assert "\n" not in line and line.startswith(
+            f"{version}: prepared data that cannot be read ({detail}"
+        ), (damage, line)
+        assert line.endswith(
+            f"; delete that folder and prepare again: python -m experiments.prepare --dataset "
+            f"bach --manual-dir <folder with bach> --data-dir {out} --resize-size 36 "
+            "--image-size 32"
+        ), line
+        assert not (out / "medft_cache" / "bach" / version.parent.name).exists()
+
+
 @tf_required
 @pytest.mark.slow
 def test_a_builder_decodes_in_threads_what_one_thread_decodes(tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example
 from medft_jax.data.locations import cache_dir
 from medft_jax.data.options import OPTION_OWNERS, split_option_error
-from medft_jax.errors import os_errno_in, quiet_logger
+from medft_jax.errors import UserError, one_line, os_errno_in, quiet_logger
 from medft_jax.names import TASK_NAMES as TASK_NAMES  # the one list of the tasks' names
 
 MANUAL_RECORD = "medft_manual_source.json"
@@ -107,14 +107,45 @@ def make_builder(name: str, data_dir: Path, *, skip_bad_images: bool = False, **
 
     cls = builder_class(name)
     _check_options(name, config)
+    builder_config = MedicalConfig.make(**config)
     # TFDS warns of the custom config and of a variant not prepared yet: both by design.
-    with quiet_logger("absl", logging.ERROR):
+    with quiet_logger("absl", logging.ERROR), _damaged_prepared(name, data_dir, config):
         return cls(
-            config=MedicalConfig.make(**config),
+            config=builder_config,
             data_dir=str(data_dir),
             file_format="array_record",
             skip_bad_images=skip_bad_images,
         )
+
+
+@contextlib.contextmanager
+def _damaged_prepared(
+    name: str, data_dir: Path, config: dict[str, Any], split: str | None = None
+) -> Iterator[None]:
+    """One line for prepared TFDS data that TFDS cannot read (a split file deleted or cut
+    short, ``dataset_info.json`` edited or of another version): TFDS's and array_record's
+    tracebacks (``RuntimeError``, ``AssertionError``, ``ValueError``, protobuf's
+    ``ParseError``) reached the user, and ``prepare``, finding the folder prepared, did not
+    prepare it again. A :class:`UserError` passes; where no prepared folder exists, the
+    error is TFDS's own (a bug, not damaged data) and passes too."""
+    from medft_jax.data.builders import builder_class
+
+    cls = builder_class(name)
+    version_dir = Path(data_dir).expanduser() / cls.name / _variant(name, **config)
+    version_dir = version_dir / str(cls.VERSION)
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:
+        if not version_dir.is_dir():
+            raise
+        what = f"its {split} split" if split else "it"
+        raise DataError(
+            f"{version_dir}: prepared data that cannot be read ({what}: "
+            f"{type(err).__name__}: {one_line(str(err))[:200]}); delete that folder and "
+            f"prepare again: {prepare_command(name, data_dir, **config)}"
+        ) from None
 
 
 def _variant(name: str, **config: Any) -> str:
@@ -138,14 +169,21 @@ def _cache_from_tfds(
     meta = dict(info.metadata)
     meta["source"] = tfds_source(Path(builder.data_dir), data_dir)
     plans = {}
+    bc = builder.builder_config
+    config = {k: getattr(bc, k) for k in ("resize_size", "crop_size", "seed", "val_fraction")}
+    config.update(uncertain=bc.uncertain, split_by=bc.split_by)
     for split in ("train", "val", "test"):
-        source = builder.as_data_source(split)
-        n = len(source)
+        with _damaged_prepared(builder.TASK.name, data_dir, config, split):
+            source = builder.as_data_source(split)
+            n = len(source)
         fields: dict[str, list[Any]] = {"labels": [], "ids": [], "groups": [], "patients": []}
 
-        def chunks(source=source, n=n, fields=fields) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        def chunks(
+            source=source, n=n, fields=fields, split=split
+        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for start in range(0, n, chunk):
-                examples = source.__getitems__(list(range(start, min(start + chunk, n))))
+                with _damaged_prepared(builder.TASK.name, data_dir, config, split):
+                    examples = source.__getitems__(list(range(start, min(start + chunk, n))))
                 for ex in examples:
                     fields["labels"].append(ex["label"])
                     fields["ids"].append(_text(ex["id"]))
