@@ -280,11 +280,19 @@ class Predictor:
         if from_run:
             _note_unfinished(Path(checkpoint), m.get("epoch"), str(m["source"]))
             _note_decoding_version(checkpoint, m.get("decoding_version"))
-            if self.precision == m.get("precision", "fp32"):  # else computed otherwise anyway
+            if self.precision == m.get("precision", "fp32"):
                 numerics = m.get("numerics")
                 if numerics is None:  # an older best/: its run's record beside it may say
                     numerics = _recorded_numerics(Path(checkpoint), str(m["source"]))
                 _note_numerics(checkpoint, self.precision, numerics)
+            else:  # --precision asked otherwise: said, as a smaller difference is above
+                print(
+                    f"note: {checkpoint} was evaluated by its run in "
+                    f"{m.get('precision', 'fp32')}; predict computes {self.precision} "
+                    "(--precision): its probabilities differ from its run's evaluation, and "
+                    "from its record's metrics",
+                    file=sys.stderr,
+                )
         self.bits_stored = _decoding_rule(
             "--bits-stored",
             bits_stored,
@@ -632,7 +640,8 @@ def expand_folders(paths: Sequence[str]) -> list[str]:
     for it, without a word."""
     from collections import Counter
 
-    from medft_jax.data.folder import image_files, say_left_out
+    from medft_jax.data.folder import image_files, reads_as_image, say_left_out, suffix_of
+    from medft_jax.data.images import IMAGE_SUFFIXES
     from medft_jax.data.paths import special_kind
 
     out: list[str] = []
@@ -647,6 +656,14 @@ def expand_folders(paths: Sequence[str]) -> list[str]:
                     f"--images {given}: a {folder.suffix} file, not an image; --images takes "
                     "image files and folders, not a list of them: pass its paths as "
                     "arguments (e.g. with xargs)"
+                )
+            if folder.is_file() and not reads_as_image(folder) and folder.suffix != ".mat":
+                # A MedMNIST .npz, a NIfTI volume: "corrupt ...: --skip-bad-images" (a .mat
+                # is a T1w checkpoint's, refused by the reader for any other)
+                raise PredictError(
+                    f"--images {given}: not a file predict reads as an image (by its suffix "
+                    f"{suffix_of(folder)!r}: {'/'.join(IMAGE_SUFFIXES)}, or a DICOM file); a "
+                    "folder holding it leaves it out"
                 )
             out.append(given)
             continue
@@ -757,6 +774,25 @@ def check_out_not_an_input(out: str, images: Sequence[str], checkpoint: str) -> 
             )
 
 
+def check_out_not_listed(out: str, images: Sequence[str]) -> None:
+    """Refuses an ``--out`` inside an ``--images`` folder that the folder's listing would
+    read as an image (``rows.png``, a suffix-less name): the next predict on that folder
+    failed on it as a corrupt image, or left it out under ``--skip-bad-images``."""
+    from medft_jax.data.images import IMAGE_SUFFIXES
+
+    real = Path(out).expanduser().resolve()
+    if real.exists() or (real.suffix.lower() not in IMAGE_SUFFIXES and real.suffix):
+        return  # one there is an input (check_out_not_an_input), or left out by the listing
+    for given in images:
+        folder = Path(given).expanduser()
+        if given and folder.is_dir() and folder.resolve() in real.parents:
+            raise PredictError(
+                f"--out {out}: inside --images {given}, under a name its listing reads as "
+                "an image (the next predict on it would read the rows as one); write them "
+                "elsewhere, or name them .txt or .jsonl"
+            )
+
+
 def _a_run_file(path: Path, run: Path) -> bool:
     """Whether ``path`` (resolved) is one of the files a run keeps in its folder ``run``
     (``record.json``, ``failed.json``, its lock, ``confirmed.json``) or inside one of its
@@ -800,7 +836,7 @@ def write_rows(text: str, out: str | None) -> None:
     """``text`` to stdout, or whole to ``out`` (a temporary file beside it, renamed into
     place: a full disk leaves the old file, not part of the rows). An ``out`` that is a
     link is written through, as the shell's ``>`` does (the rename replaced the link by a
-    file, leaving the file it pointed to, ``latest.csv -> 2026-12-07.csv``, unchanged). A
+    file, leaving the file it pointed to, ``latest.txt -> 2026-12-07.txt``, unchanged). A
     failed write names where it went (``stdout``), not ``?``."""
     if out is not None:
         from medft_jax.atomic import write_bytes
@@ -888,6 +924,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from medft_jax.runtime import set_up_process
 
     set_up_process(distributed=False)
+    if args.out is not None:
+        check_out_not_listed(args.out, args.images)
     images = expand_folders(args.images)
     if args.out is not None:
         check_out_not_an_input(args.out, images, args.checkpoint)

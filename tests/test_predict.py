@@ -400,6 +400,14 @@ def test_a_bf16_runs_checkpoint_of_another_forward_pass_is_noted(tmp_path, capsy
         return _notes_of_a_runs_checkpoint(tmp_path / name, capsys, **base, **meta)
 
     assert err_of("bf16_now", precision="bf16", numerics=7) == ""
+    # --precision fp32 on it: its rows move off its record's metrics, which was silent.
+    best = tmp_path / "bf16_now" / "best"
+    argv = ["--checkpoint", str(best), "--images", str(tmp_path / "a.png")]
+    assert main([*argv, "--precision", "fp32"]) == 0
+    assert capsys.readouterr().err == (
+        f"note: {best} was evaluated by its run in bf16; predict computes fp32 (--precision): "
+        "its probabilities differ from its run's evaluation, and from its record's metrics\n"
+    )
     err = err_of("bf16_old", precision="bf16", numerics=5)
     assert err == (
         f"note: {tmp_path / 'bf16_old' / 'best'} was evaluated by its run at numerics version "
@@ -606,6 +614,27 @@ def test_a_folder_of_images_is_predicted_as_its_files(tmp_path, capsys):
         f"error: --images {listing}: a .csv file, not an image; --images takes image files "
         "and folders, not a list of them: pass its paths as arguments (e.g. with xargs)\n"
     )
+    # A MedMNIST .npz or a NIfTI volume named alone was "corrupt ...: --skip-bad-images",
+    # though a folder holding it leaves it out as no image.
+    for name in ("breastmnist.npz", "scan.nii.gz"):
+        (tmp_path / name).write_bytes(b"PK\x03\x04")
+        assert main(["--checkpoint", str(ck), "--images", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"error: --images {tmp_path / name}: not a file predict reads as an image (by its "
+            f"suffix {'.npz' if name.endswith('npz') else '.nii.gz'!r}: .jpg/.jpeg/.png/"
+        ) and err.endswith(", or a DICOM file); a folder holding it leaves it out\n"), err
+    # Rows written as an image into a folder it predicts: the next predict read them as one.
+    for out in (scans / "rows.png", scans / "b" / "rows"):
+        assert main(["--checkpoint", str(ck), "--images", str(scans), "--out", str(out)]) == 2
+        assert capsys.readouterr().err == (
+            f"error: --out {out}: inside --images {scans}, under a name its listing reads as "
+            "an image (the next predict on it would read the rows as one); write them "
+            "elsewhere, or name them .txt or .jsonl\n"
+        )
+    rows = ["--out", str(scans / "r.txt")]
+    assert main(["--checkpoint", str(ck), "--images", str(scans), *rows]) == 0
+    assert main(["--checkpoint", str(ck), "--images", str(scans)]) == 0  # r.txt left out
 
 
 def _lines(text):

@@ -141,6 +141,12 @@ def image_files(
     return _images(scan_files(base, folder, links_anywhere=links_anywhere), others)
 
 
+def reads_as_image(path: Path) -> bool:
+    """Whether a folder's listing takes the file at ``path`` for an image (see
+    :func:`image_files`)."""
+    return bool(_images([path]))
+
+
 def _images(files: list[Path], others: Counter[str] | None = None) -> list[Path]:
     images = []
     for p in files:
@@ -151,7 +157,7 @@ def _images(files: list[Path], others: Counter[str] | None = None) -> list[Path]
             # as a PACS file is listed, for its reader to name as a bad file
             images.append(p)
         elif others is not None:
-            others[_suffix(p)] += 1
+            others[suffix_of(p)] += 1
     return images
 
 
@@ -277,7 +283,7 @@ _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 NO_SUFFIX = "(no suffix)"
 
 
-def _suffix(path: Path) -> str:
+def suffix_of(path: Path) -> str:
     """A file's kind for the left-out count: ``.nii.gz``, not ``.gz``; a DICOM export's
     index named as one (counted as a file without a suffix, it was told to be renamed
     ``.png``)."""
