@@ -2964,6 +2964,29 @@ def test_a_paper_csv_may_write_its_table_number_and_small_kappas_as_it_likes():
     assert len(parse_paper(kappas, "p.csv").values) == 3  # one beyond 1: percent
 
 
+def test_a_paper_csv_may_name_cells_as_the_paper_prints_them():
+    """``LP-FT``, ``ResNet-50``, ``Accuracy``, ``BACH``: one transcribing the tables types
+    the paper's labels, which were refused with the ids listed and no hint."""
+    from medft_jax.report.paper import PaperTablesError, parse_paper
+
+    ids = "8,bach,lp_ft,resnet50,accuracy,70,1\n8,bach,g_lf,densenet121,kappa,50,2\n"
+    labels = "8,BACH,LP-FT,ResNet-50,Accuracy,70,1\n8,Bach,G-LF,DenseNet-121,Kappa,50,2\n"
+    want = parse_paper(PAPER_HEADER + ids, "p.csv").values
+    got = parse_paper(PAPER_HEADER + labels, "p.csv").values
+    assert (
+        list(got)
+        == list(want)
+        == [
+            ("bach", "resnet50", "lp_ft", "top1_accuracy"),
+            ("bach", "densenet121", "g_lf", "kappa"),
+        ]
+    )
+    assert [(v.mean, v.se) for v in got.values()] == [(v.mean, v.se) for v in want.values()]
+    with pytest.raises(PaperTablesError) as err:
+        parse_paper(PAPER_HEADER + "8,bach,LPFT,resnet50,accuracy,70,1\n", "p.csv")
+    assert str(err.value).endswith("; did you mean lp_ft?")
+
+
 def test_the_bundled_paper_tables_load_through_importlib_resources():
     from importlib import resources
 

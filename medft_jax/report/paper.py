@@ -18,12 +18,12 @@ import dataclasses
 import io
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
 from medft_jax import metrics, names
-from medft_jax.errors import UserError
+from medft_jax.errors import UserError, did_you_mean
 from medft_jax.report.cells import Summary
 from medft_jax.report.render import NO_SE
 
@@ -78,6 +78,31 @@ def metric_key(dataset: str, paper_metric: str) -> str:
     if paper_metric == "accuracy" and "top1_accuracy" in metrics.TASK_METRICS[dataset]:
         return "top1_accuracy"
     return paper_metric
+
+
+_LABELLED = {
+    **{label: key for key, label in names.STRATEGY_LABELS.items()},
+    **{names.ARCH_LABELS[a]: a for a in names.ARCHS},
+}
+"""The paper's labels of its strategies and archs (``LP-FT``, ``ResNet-50``), as one
+transcribing its tables types them: read as the toolkit's ids."""
+
+
+def _fold(value: str) -> str:
+    return value.lower().replace("-", "_").replace(" ", "_")
+
+
+def _folded(choices: Iterable[str]) -> dict[str, str]:
+    return {_fold(c): c for c in choices}
+
+
+def _known(value: str, choices: Sequence[str]) -> str | None:
+    """``value`` as the toolkit's id: the id, the paper's label (``LP-FT``), or the id in
+    another case or with ``-`` for ``_`` (``BACH``, ``g-lf``); else None."""
+    if value in choices:
+        return value
+    known = _LABELLED.get(value) or _folded(choices).get(_fold(value))
+    return known if known in choices else None
 
 
 def _paper_label(key: str) -> str:
@@ -137,12 +162,22 @@ def parse_paper(text: str, source: str) -> PaperTables:
         if None in row or any(row[c] is None for c in COLUMNS):
             raise bad(line, f"{len(header)} fields expected")
         d, s, a, m = (row[c].strip() for c in ("dataset", "strategy", "arch", "metric"))
-        if d not in names.TASK_NAMES:
-            raise bad(line, f"unknown dataset {d!r}; known: {', '.join(names.TASK_NAMES)}")
-        if s not in names.STRATEGIES:
-            raise bad(line, f"unknown strategy {s!r}; known: {', '.join(names.STRATEGIES)}")
-        if a not in names.ARCHS:
-            raise bad(line, f"unknown arch {a!r}; known: {', '.join(names.ARCHS)}")
+        given = {"dataset": d, "strategy": s, "arch": a}
+        for what, choices in (
+            ("dataset", names.TASK_NAMES),
+            ("strategy", names.STRATEGIES),
+            ("arch", names.ARCHS),
+        ):
+            known = _known(given[what], choices)
+            if known is None:
+                value = given[what]
+                raise bad(
+                    line,
+                    f"unknown {what} {value!r}; known: {', '.join(choices)}"
+                    + did_you_mean(value, choices),
+                )
+            given[what] = known
+        d, s, a = given["dataset"], given["strategy"], given["arch"]
         table = row["table"].strip()
         number = re.fullmatch(r"(?:table\s*)?0*(\d+)(?:\.0*)?", table, re.IGNORECASE)
         if table and (number is None or int(number.group(1)) != table_number(d)):
@@ -150,6 +185,7 @@ def parse_paper(text: str, source: str) -> PaperTables:
                 line, f"table {table!r} for {d}; the paper's table of {d} is {table_number(d)}"
             )
         pair = metrics.TASK_METRICS[d]
+        m = _folded({*pair, *map(_paper_label, pair)}).get(_fold(m), m)  # "AUROC", "Kappa"
         if m not in {*pair, *map(_paper_label, pair)}:
             shown = ", ".join(_paper_label(k) for k in pair)
             raise bad(line, f"unknown metric {m!r} for {d}; its table's metrics: {shown}")
