@@ -2782,6 +2782,37 @@ def test_vs_paper_difference_and_z_of_a_cell_against_a_hand_computation(tmp_path
     assert "- Our cells the paper does not have: 0." in index
 
 
+def test_a_vs_paper_table_says_the_options_a_strategy_ran_with_unlike_the_papers(tmp_path):
+    """L2-SP at the toolkit's default (sp_half = True: half the paper's eq. 3 gradient) was
+    set beside the paper's L2-SP with no word in the table (the index alone said it): a
+    table pasted into a paper could not tell."""
+    from medft_jax.report.paper import compare, load_paper
+    from medft_jax.report.tables import vs_paper_table
+
+    records = [
+        rec(dataset="mura_wrist", strategy=s, seed=k, test=0.70 + 0.02 * k)
+        for s in ("ft", "l2_sp", "lp_ft")
+        for k in range(3)
+    ]
+    for r in records:
+        if r["config"]["strategy"] == "lp_ft":
+            r["config"]["strategy_options"] = {"lp_epochs": 5}  # the paper's
+    summary = collect(records)
+    paper = load_paper(_paper_csv(tmp_path, "".join(
+        f"5,mura_wrist,{s},resnet50,accuracy,69.0,0.5\n" for s in ("ft", "l2_sp", "lp_ft")
+    )))  # fmt: skip
+    notes = vs_paper_table(summary, "mura_wrist", compare(summary, paper), paper).notes
+    assert [n for n in notes if n.startswith("Not the paper's")] == [
+        "Not the paper's options: L2-SP ran with sp_half = True (the paper's: sp_half = False)."
+    ]
+    for r in records:
+        if r["config"]["strategy"] == "l2_sp":
+            r["config"]["strategy_options"] = {"sp_half": False}
+    summary = collect(records)
+    notes = vs_paper_table(summary, "mura_wrist", compare(summary, paper), paper).notes
+    assert not [n for n in notes if n.startswith("Not the paper's")]
+
+
 def test_a_vs_paper_table_counts_the_papers_cells_it_has_no_row_for(tmp_path):
     """A vs_paper table dropped the paper's cells without a value of ours (not run,
     diverged) with no word, and one without any row was a header alone: it read as the

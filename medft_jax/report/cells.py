@@ -34,6 +34,7 @@ from medft_jax import results
 from medft_jax.config import (
     BN_TRAINS_THROUGHOUT,
     NUMERICS_VERSION,
+    PAPER_STRATEGY_OPTIONS,
     RunConfig,
     effective_options,
     numerics_version,
@@ -224,6 +225,31 @@ class Summary:
         return [
             s for s in self.strategies if any((dataset, a, s) in self.cells for a in self.archs)
         ]
+
+    def options_unlike_paper(self, strategy: str) -> str:
+        """``sp_half = True (the paper's: sp_half = False)``, or "" where it ran with the
+        paper's options."""
+        differ = self.unlike_paper(strategy)
+        if not differ:
+            return ""
+        ran = self.strategy_options[strategy]
+        ours = ", ".join(f"{k} = {option_text(ran[k])}" for k in differ)
+        theirs = ", ".join(f"{k} = {option_text(v)}" for k, v in differ.items())
+        return f"{ours} (the paper's: {theirs})"
+
+    def unlike_paper(self, strategy: str) -> dict[str, Any]:
+        """The options ``strategy`` ran with that are not the paper's, each with the
+        paper's value (L2-SP's ``sp_half``, Auto-RGN's ``rgn_mode``): the index's settings
+        and every ``vs_paper`` table say them, since a row names a strategy, not its
+        options."""
+        options = self.strategy_options.get(strategy) or {}
+        paper = effective_options(strategy, PAPER_STRATEGY_OPTIONS.get(strategy))
+        return {k: paper[k] for k, v in options.items() if k in paper and paper[k] != v}
+
+
+def option_text(value: object) -> str:
+    """A strategy option as the report prints it (``0.01``, ``True``, ``prepass``)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # --- collecting ------------------------------------------------------------------------------

@@ -1354,6 +1354,14 @@ def vs_paper_table(
     lines = [_vs_paper_line(summary, x) for x in compared if x.dataset == dataset]
     title = f"{dataset}: ours against the paper's published values (percent)"
     notes = [VS_PAPER_NOTE.format(lr=lr_phrase(summary))]
+    shown = {x.strategy for x in compared if x.dataset == dataset}
+    unlike = [
+        f"{strategy_label(s)} ran with {summary.options_unlike_paper(s)}"
+        for s in summary.strategies
+        if s in shown and summary.unlike_paper(s)
+    ]
+    if unlike:  # a row names a strategy, not its options: this table alone must say them
+        notes.append("Not the paper's options: " + "; ".join(unlike) + ".")
     head = Head(
         f"vs_paper_{slug(dataset)}", title, notes + _left_out_note(summary, dataset, paper, lines)
     )

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from medft_jax import atomic
 from medft_jax.atomic import DIR_MODE
-from medft_jax.config import PAPER_STRATEGY_OPTIONS, effective_options
 from medft_jax.data.options import TASK_VAL_FRACTION
 from medft_jax.errors import UserError, naming_os_errors, no_file_in_the_way
 from medft_jax.report import figures
@@ -31,6 +30,7 @@ from medft_jax.report.cells import (
     PARTIAL,
     UNVALIDATED,
     Summary,
+    option_text,
     paired_vs_ft,
 )
 from medft_jax.report.paper import Z_FLAG, PaperTables, agreements, unmatched
@@ -385,20 +385,13 @@ def _strategy_option_lines(summary: Summary) -> list[str]:
     where they are not the paper's (L2-SP's ½ doubles or halves its penalty's gradient)."""
     lines = []
     for strategy, options in summary.strategy_options.items():
-        shown = ", ".join(md_code(f"{k} = {_option_text(v)}") for k, v in options.items())
-        paper = effective_options(strategy, PAPER_STRATEGY_OPTIONS.get(strategy))
+        shown = ", ".join(md_code(f"{k} = {option_text(v)}") for k, v in options.items())
         differ = [
-            md_code(f"{k} = {_option_text(paper[k])}")
-            for k, v in options.items()
-            if k in paper and paper[k] != v
+            md_code(f"{k} = {option_text(v)}") for k, v in summary.unlike_paper(strategy).items()
         ]
         unlike = f" (the paper's: {', '.join(differ)})" if differ else ""
         lines.append(f"  - {md_escape(strategy_label(strategy))}: {shown}{unlike}.")
     return ["- Strategy options, as run:", *lines] if lines else []
-
-
-def _option_text(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _option_lines(summary: Summary) -> list[str]:
