@@ -224,6 +224,54 @@ def _check_listings(
     return states
 
 
+_SHOWN_SETTINGS = (
+    ("epochs", "at most {} epochs"),
+    ("patience", "patience {}"),
+    ("batch_size", "batch {}"),
+    ("image_size", "{} px"),
+    ("precision", "{}"),
+    ("frozen_bn", "frozen_bn {}"),
+    ("weights", "weights {}"),
+    ("data_seed", "data seed {}"),
+)
+"""The protocol settings a dry run shows: run names hold none of them."""
+
+
+def _settings_lines(runs: Sequence[RunConfig], dataset_options: Any) -> list[str]:
+    """What the selected runs train under, which their names do not say: the protocol
+    settings (each value the runs take), each strategy's options other than its
+    defaults, and each dataset's split or label options (which its prepare must match).
+    Why: a dry run is where a grid file is checked before days of device time."""
+    if not runs:
+        return []
+    shown = []
+    for field, text in _SHOWN_SETTINGS:
+        values = sorted({str(getattr(c, field)) for c in runs}, key=lambda v: (len(v), v))
+        shown.append(text.format("/".join(values)))
+    lines = ["settings: " + ", ".join(shown)]
+    options: dict[str, set[str]] = {}
+    for c in runs:
+        said = ", ".join(f"{k}={v}" for k, v in c.strategy_options) or "defaults"
+        options.setdefault(c.strategy, set()).add(said)
+    changed = [f"{s} {' | '.join(sorted(v))}" for s, v in options.items() if v != {"defaults"}]
+    if changed:
+        lines.append("strategy options: " + "; ".join(changed))
+    from medft_jax.data.options import TASK_VAL_FRACTION, task_options  # names only
+
+    def own(d: str) -> dict[str, Any]:  # the protocol's val fraction goes without saying
+        opts = task_options(d, (dataset_options or {}).get(d)) or {}
+        return {k: v for k, v in opts.items() if (k, v) != ("val_fraction", TASK_VAL_FRACTION)}
+
+    given = [
+        f"{d} {', '.join(f'{k}={v}' for k, v in opts.items())}"
+        for d in dict.fromkeys(c.dataset for c in runs)
+        if d not in LOCAL_KINDS and (opts := own(d))
+    ]
+    if given:
+        lines.append("dataset options: " + "; ".join(given) + " (prepare each with the same flags)")
+    return lines
+
+
 def dry_run(
     g: Grid,
     runs: list[RunConfig],
@@ -342,6 +390,8 @@ def dry_run(
     )
     print(f"grid {g.name}: {g.size} runs ({axes}); selected {len(runs)}", end="")
     print(f"; shard {index}/{count}: {len(mine)}" if count > 1 else "")
+    for line in _settings_lines(runs, g.dataset_options):
+        print(line)
     # '#': the position shards are dealt by (shard i of N holds those of i mod N), the same
     # in every process; the listed order is a grid file's, which a set-built axis changes.
     dealt = {k: rank for rank, k in enumerate(grid_lib.canonical_order(runs))}

@@ -464,6 +464,17 @@ def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
     assert len(rows) == 72 and rows[0][1] == "done" and {r[1] for r in rows[1:]} == {"todo"}
+    # The protocol the names do not say, checkable before days of device time.
+    assert out.splitlines()[1:3] == [
+        "settings: at most 50 epochs, patience 5, batch 64, 224 px, fp32, frozen_bn update, "
+        "weights imagenet, data seed 0",
+        "strategy options: l2_sp sp_half=False; auto_rgn rgn_mode=prepass",
+    ]
+    assert sweep_cli.main(["--config", str(PAPER), "--dry-run", "--out", str(tmp_path)]) == 0
+    assert (
+        "\ndataset options: chexpert uncertain=libauc; isic2020 split_by=image (prepare each "
+        "with the same flags)\n"
+    ) in capsys.readouterr().out
     # BACH: 360 training images x 50 epochs at the measured 600 images/s of VGG-19 at 224 px.
     assert rows[1][2:4] == ["30", "s"]
     # The other strategies of VGG-19 at 224 px are unknown: FT's speed bounds none of them
