@@ -545,21 +545,15 @@ def test_excels_separator_line_is_read_past_and_other_exports_are_named(tmp_path
         f"{csv_file}:1: malformed CSV (',' expected after '\"'); its columns are separated by "
         "';', not ','"
     )
-    for encoding in ("utf-16", "utf-16-le", "utf-16-be"):
-        csv_file.write_bytes(("path,label\n" + "\n".join(rows) + "\n").encode(encoding))
-        with pytest.raises(DataError) as err:
-            _table(tmp_path)
-        assert _one_line(err) == (
-            f"{csv_file}: UTF-16 text (Excel's 'Unicode Text'?); expected a UTF-8 text file: "
-            "save it as 'CSV UTF-8'"
-        )
-    for encoding in ("utf-32", "utf-32-le", "utf-32-be"):
-        csv_file.write_bytes(("path,label\n" + "\n".join(rows) + "\n").encode(encoding))
-        with pytest.raises(DataError) as err:
-            _table(tmp_path)
-        assert _one_line(err) == (
-            f"{csv_file}: UTF-32 text; expected a UTF-8 text file: save it as UTF-8"
-        )
+    utf16 = "UTF-16 text (Excel's 'Unicode Text'?); expected a UTF-8 text file: save it as "
+    utf16 += "'CSV UTF-8'"
+    utf32 = "UTF-32 text; expected a UTF-8 text file: save it as UTF-8"
+    for bits, said in (("16", utf16), ("32", utf32)):
+        for encoding in (f"utf-{bits}", f"utf-{bits}-le", f"utf-{bits}-be"):
+            csv_file.write_bytes(("path,label\n" + "\n".join(rows) + "\n").encode(encoding))
+            with pytest.raises(DataError) as err:
+                _table(tmp_path)
+            assert _one_line(err) == f"{csv_file}: {said}", encoding
 
 
 def test_labels_spelled_as_infinity_are_class_names(tmp_path):

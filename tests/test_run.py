@@ -268,13 +268,23 @@ def test_a_best_newer_than_the_resumed_checkpoint_is_refused_not_tested(
     assert not (run / "record.json").exists()
 
 
+def _refused_at_resume(config, out, demo, run, message: str) -> None:
+    """The resume of ``run`` is refused with ``message`` before it trains: one epoch kept,
+    no record."""
+    from medft_jax.checkpoints.run import ResumeError
+
+    with pytest.raises(ResumeError) as e:
+        fit.run_one(config, out, dataset=demo, progress=False)
+    assert str(e.value) == message
+    assert len(RunCheckpoints(run).read_progress()["epochs"]) == 1  # nothing trained
+    assert not (run / "record.json").exists()
+
+
 @pytest.mark.slow
 def test_a_resume_whose_best_was_deleted_is_refused_before_it_trains(ported_tiny, demo, tmp_path):
     """best/ deleted by hand (to free disk): the run would train its remaining epochs, then
     fail at the test, and each rerun again; it is refused at the resume, saying so."""
     import shutil
-
-    from medft_jax.checkpoints.run import ResumeError
 
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
     out = tmp_path / "runs"
@@ -282,15 +292,11 @@ def test_a_resume_whose_best_was_deleted_is_refused_before_it_trains(ported_tiny
     assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=spe) == {}
     run = out / next(p.name for p in out.iterdir())
     shutil.rmtree(run / "best")
-    with pytest.raises(ResumeError) as e:
-        fit.run_one(config, out, dataset=demo, progress=False)
-    assert str(e.value) == (
+    _refused_at_resume(config, out, demo, run, (
         f"{run / 'best'}: no such checkpoint folder, but the run resumes after 1 epoch whose "
         "best, epoch 1, was saved there (deleted?); start the run over with experiments.run "
         f"--force, or by deleting {run}"
-    )
-    assert len(RunCheckpoints(run).read_progress()["epochs"]) == 1  # nothing trained
-    assert not (run / "record.json").exists()
+    ))  # fmt: skip
 
 
 @pytest.mark.slow
@@ -302,8 +308,6 @@ def test_a_resume_whose_best_is_another_runs_is_refused_before_it_trains(
     import dataclasses
     import shutil
 
-    from medft_jax.checkpoints.run import ResumeError
-
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
     other = dataclasses.replace(config, seed=1)
     out = tmp_path / "runs"
@@ -313,22 +317,17 @@ def test_a_resume_whose_best_is_another_runs_is_refused_before_it_trains(
     run, theirs = (out / results.run_name(fit.identify(c, demo).to_dict()) for c in (config, other))
     shutil.rmtree(run / "best")
     shutil.copytree(theirs / "best", run / "best")
-    with pytest.raises(ResumeError) as e:
-        fit.run_one(config, out, dataset=demo, progress=False)
-    assert str(e.value) == (
+    _refused_at_resume(config, out, demo, run, (
         f"{run / 'best'}: saved by run {theirs.name}, not by this run {run.name} (copied "
         "in?); put this run's own best/ back, or start the run over with experiments.run "
         "--force"
-    )
-    assert len(RunCheckpoints(run).read_progress()["epochs"]) == 1  # nothing trained
-    assert not (run / "record.json").exists()
+    ))  # fmt: skip
 
 
 @pytest.mark.slow
 def test_a_resume_whose_best_was_corrupted_is_refused_before_it_trains(ported_tiny, demo, tmp_path):
     """A flipped byte in best/'s arrays was found at the end, after the remaining epochs were
     trained, in a line without a remedy; its content hash is checked at the resume."""
-    from medft_jax.checkpoints.run import ResumeError
 
     config = _config("lp", ported_tiny, epochs=3, lr=1e-2, arch=TINY)
     out = tmp_path / "runs"
@@ -339,15 +338,11 @@ def test_a_resume_whose_best_was_corrupted_is_refused_before_it_trains(ported_ti
     data = bytearray(max(files, key=lambda p: p.stat().st_size).read_bytes())
     data[len(data) // 2] ^= 0x10
     max(files, key=lambda p: p.stat().st_size).write_bytes(bytes(data))
-    with pytest.raises(ResumeError) as e:
-        fit.run_one(config, out, dataset=demo, progress=False)
-    assert str(e.value) == (
+    _refused_at_resume(config, out, demo, run, (
         f"{run / 'best'}: content hash mismatch: the checkpoint's arrays were modified or "
         "corrupted (they no longer hash to the metadata's content_sha256); the run cannot test "
         "its best epoch; start the run over with experiments.run --force"
-    )
-    assert len(RunCheckpoints(run).read_progress()["epochs"]) == 1  # nothing trained
-    assert not (run / "record.json").exists()
+    ))  # fmt: skip
 
 
 @pytest.mark.slow
