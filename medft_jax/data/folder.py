@@ -135,10 +135,16 @@ def image_files(
     with the DICOM marker (PACS exports name files ``IM0001`` or by UID).
 
     Every other file is counted in ``others`` by suffix, so that the user
-    hears that it was left out (:func:`say_left_out`). ``links_anywhere``: see
+    hears that it was left out (:func:`say_left_out`); so is a hidden image (``.x.png``,
+    as ``hidden .png``), which no listing reads. ``links_anywhere``: see
     :func:`~medft_jax.data.paths.scan_files` (a folder that is no dataset).
     """
-    return _images(scan_files(base, folder, links_anywhere=links_anywhere), others)
+    hidden: list[Path] | None = [] if others is not None else None
+    files = scan_files(base, folder, links_anywhere=links_anywhere, hidden=hidden)
+    for p in hidden or ():  # an image named .x.png is skipped as hidden: counted, not silent
+        if p.suffix.lower() in IMAGE_SUFFIXES and others is not None:
+            others[f"hidden {p.suffix.lower()}"] += 1
+    return _images(files, others)
 
 
 def reads_as_image(path: Path) -> bool:

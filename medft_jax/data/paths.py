@@ -125,6 +125,7 @@ def scan_files(
     *,
     recursive: bool = True,
     links_anywhere: bool = False,
+    hidden: list[Path] | None = None,
 ) -> list[Path]:
     """Sorted files in ``folder`` (and below, if ``recursive``) whose suffix is in ``suffixes``.
 
@@ -144,6 +145,9 @@ def scan_files(
     they lead, and one that loops or points nowhere is listed as a file, for its reader
     to name as the bad file it is. A dataset never passes it: its root is what a shared
     folder promises to read.
+
+    ``hidden``: collects the hidden files skipped (``.x.png``; not macOS's ``._x.png``
+    resource forks), for the left-out note to count.
     """
     wanted = None if suffixes is None else {s.lower() for s in suffixes}
     real_root = resolved(root)
@@ -159,6 +163,8 @@ def scan_files(
         seen.add(real)
         for entry in sorted(os.scandir(current), key=lambda e: e.name):
             if not_listed(entry.name):
+                if hidden is not None and entry.name.startswith(".") and _own_file(entry):
+                    hidden.append(Path(entry.path))
                 continue
             path = Path(entry.path)
             if not links_anywhere:  # a dataset's names become its ids
@@ -205,6 +211,12 @@ def special_kind(path: str | os.PathLike[str]) -> str | None:
         if test(mode):
             return kind
     return "neither a file nor a folder"
+
+
+def _own_file(entry: os.DirEntry[str]) -> bool:
+    """A hidden entry that is a user's file: not a folder, nor macOS's ``._`` resource fork
+    or ``.DS_Store``."""
+    return not entry.name.startswith("._") and entry.name != ".DS_Store" and entry.is_file()
 
 
 def _broken_link(path: Path) -> bool:
