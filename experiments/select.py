@@ -55,7 +55,7 @@ from medft_jax.grid import Grid
 from medft_jax.halving import Arm, rung_budgets, successive_halving, survivors, tiebreak_metric
 from medft_jax.names import lr_text
 from medft_jax.report import collect
-from medft_jax.report.aggregate import mean_se
+from medft_jax.report.aggregate import lr_means, mean_se, same_mean
 
 __all__ = ["Arm", "main", "rung_budgets", "survivors", "tiebreak_metric"]
 
@@ -402,10 +402,17 @@ def compare_with_grid(
         best = {c.strategy for c in tied}
         # None: the grid has no value for the pick's strategy, so it cannot say.
         out["same_strategy"] = pick["strategy"] in best if ran_pick else None
+        # The grid's LR of a strategy is the report's (an exact tie on the primary metric
+        # to the smaller LR); another LR of it equal on both metrics is that same cell by
+        # the selection's rule (grid order chose between them): not "another LR".
         out["same_strategy_and_lr"] = (
             None
             if out["same_strategy"] is None
-            else any(c.strategy == pick["strategy"] and c.lr == pick["lr"] for c in tied)
+            else any(
+                c.strategy == pick["strategy"]
+                and float(pick["lr"]) in _equal_lrs(records, failures, c)
+                for c in tied
+            )
         )
         out["winner_test"] = by_val.mean()
         at_pick = [
@@ -433,6 +440,30 @@ def epochs_text(epochs: float) -> str:
     """``1,234.5``, ``8``, ``2.33``: a count of epochs, fractional where rungs end inside one
     (``:.3g`` printed 1.23e+03)."""
     return f"{epochs:,.2f}".rstrip("0").rstrip(".")
+
+
+def _equal_lrs(
+    records: list[dict[str, Any]], failures: list[dict[str, Any]], cell: Any
+) -> set[float]:
+    """The LRs of ``cell``'s strategy whose mean validation equals that of the cell's own
+    LR on both the primary metric and its tie-breaker (one the records lack counts as
+    equal, as in :func:`_val_rank`): the grid cannot tell them apart by the selection's
+    rule. An LR with a diverged seed is never one (the report never chooses it)."""
+    at = float(cell.lr)
+    own = [r for r in records if r["config"]["strategy"] == cell.strategy]
+    if not own:
+        return {at}
+    diverged = {
+        float(f["config"]["lr"]) for f in failures if f["config"]["strategy"] == cell.strategy
+    }
+    means = [lr_means(own, m) for m in (cell.metric, tiebreak_metric(cell.metric))]
+    return {at} | {
+        lr
+        for lr in means[0]
+        if lr not in diverged
+        and at in means[0]
+        and all(same_mean(_finite(m[lr]), _finite(m[at])) for m in means)
+    }
 
 
 def _val_rank(cell: Any) -> tuple[float, float]:

@@ -1868,6 +1868,29 @@ def test_the_grid_comparison_counts_device_seconds_alike_and_says_when_the_grid_
     assert "; same strategy: unknown (the grid has no value for it); by test: lp" in lines[2]
 
 
+def test_the_picks_lr_equal_to_the_grids_on_both_metrics_is_the_grids_lr():
+    """FT at 1e-3 and 1e-4 equal on both validation metrics: the grid takes the smaller
+    (the report's rule), the selection the first in grid order; "same strategy and lr: no"
+    said the two disagreed where the grid cannot tell them apart."""
+    from tests.test_report import rec
+
+    records = [
+        rec(strategy=strategy, lr=lr, seed=seed, val=val, epochs=2)
+        for strategy, lr, val in (("ft", 1e-3, 0.9), ("ft", 1e-4, 0.9), ("lp", 1e-3, 0.5))
+        for seed in (0, 1)
+    ]
+    outcome = {"pick": {"strategy": "ft", "lr": 1e-3}, "dataset": "bach", "arch": "resnet50"}
+    outcome["cost"] = {"epochs": 2.5, "seconds": 2.0, "device_seconds": 2.0}
+    got = select_cli.compare_with_grid(records, [], 6, outcome)
+    assert got["winner_by_val"] == {"strategy": "ft", "lr": 1e-4}
+    assert got["same_strategy"] is True and got["same_strategy_and_lr"] is True
+    for r in records:  # 1e-3 behind on the tie-breaker (AUROC): another LR than the grid's
+        r["val"]["auroc"] = 0.8 if r["config"]["lr"] == 1e-3 else 0.9
+        r["test"]["auroc"] = 0.5
+    got = select_cli.compare_with_grid(records, [], 6, outcome)
+    assert got["same_strategy"] is True and got["same_strategy_and_lr"] is False
+
+
 def test_a_tie_of_grid_cells_is_named_not_its_first_cell(capsys):
     """Five strategies at val mAP 1.0 and AUROC 1.0 (12 validation images): the first in
     cell order was "the grid winner", and "same strategy: yes" an artefact of that order."""
