@@ -41,6 +41,7 @@ from medft_jax.checkpoints.model import (
     variables_hash,
 )
 from medft_jax.data.preprocess import normalize
+from medft_jax.errors import Terminated
 from medft_jax.models import variable_shapes
 from medft_jax.models.blocks import flatten, unflatten
 from tests.torch_ref import torch  # skips the module without torch
@@ -853,11 +854,14 @@ def test_orbax_racing_its_managers_close_is_not_reported_other_errors_are(caplog
     quiet_reported_failures()
     absl = logging.getLogger("absl")
     race = RuntimeError("cannot schedule new futures after shutdown")
+    # A SIGTERM raised while orbax's finalize thread was joined: the command's own line
+    # says it ("terminated (SIGTERM): ..."), after orbax's 14-line traceback of it.
+    stopped = Terminated()
     with caplog.at_level(logging.ERROR, logger="absl"):
-        for error in (race, RuntimeError("something else")):
+        for error in (race, stopped, RuntimeError("something else")):
             try:
                 raise error
-            except RuntimeError as e:
+            except (RuntimeError, Terminated) as e:
                 absl.error("_SignalingThread.run() raised an exception: %s", e, exc_info=True)
     assert [r.exc_info[1] for r in caplog.records] == [caplog.records[0].exc_info[1]]
     assert str(caplog.records[0].exc_info[1]) == "something else"

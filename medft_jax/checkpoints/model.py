@@ -867,12 +867,16 @@ while that thread still starts, and the one ``error:`` line came with a tracebac
 
 class _DropReportedOsErrors(logging.Filter):
     """Drops orbax's ERROR logs of an OS error that :func:`naming_os_errors` re-raises,
-    and of its background thread racing the manager's close (:data:`_SHUTDOWN_RACE`)."""
+    of its background thread racing the manager's close (:data:`_SHUTDOWN_RACE`), and of
+    a Ctrl-C or SIGTERM raised while it waited for a save (the command says that one in
+    its own line: "terminated (SIGTERM): ... rerunning resumes")."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
             return True
         error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, KeyboardInterrupt):  # errors.Terminated and Interrupted too
+            return False
         if _SHUTDOWN_RACE in record.getMessage() or _SHUTDOWN_RACE in str(error or ""):
             return False
         if record.exc_info and record.exc_info[1] is not None:
