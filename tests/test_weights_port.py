@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import weights_port
-from medft_jax.checkpoints.model import load_metadata, load_model
+from medft_jax.checkpoints.model import CheckpointError, load_metadata, load_model
 from tests.torch_ref import random_torchvision, state_dict_numpy, torch, torchvision
 from weights_port import fetch as dl
 from weights_port.__main__ import main
@@ -1047,6 +1047,33 @@ def test_an_export_into_the_checkpoint_it_reads_is_refused(tmp_path):
     mine = tmp_path / "mine" / "best"
     shutil.copytree(ck, mine)
     assert weights_port.export(mine, mine.parent / "model.safetensors")
+
+
+def test_a_port_into_a_checkpoint_or_a_run_folder_is_refused(tmp_path):
+    """Ported into a run's best/ or beside it, or into another checkpoint: a later
+    ``run --force`` deleted it without a word (export and predict refused those places)."""
+    from medft_jax.checkpoints.model import save_model
+    from medft_jax.models import create, init_variables
+
+    variables = init_variables(create("resnet_tiny", 3), 0, image_size=32)
+    meta = {"arch": "resnet_tiny", "num_classes": 3, "resize_size": 36, "crop_size": 32}
+    run = tmp_path / "runs" / "demo-resnet_tiny-ft-lr0.001-s0-0123456789abcdef"
+    best = save_model(run / "best", variables["params"], variables["batch_stats"], meta)
+    missing = tmp_path / "missing.pth"  # the place is judged before the file is read
+    for out, where in (
+        (best / "ported", f"the checkpoint folder {best.resolve()}, a folder the toolkit "
+         "replaces whole"),
+        (run / "ported", f"the run folder {run.resolve()}, which a run --force clears"),
+    ):  # fmt: skip
+        with pytest.raises(CheckpointError) as err:
+            weights_port.port("resnet50", missing, out)
+        assert str(err.value) == f"--out {out}: inside {where}; write the port elsewhere"
+        assert not out.exists()
+    # A user's own folder holding a best/ is no run folder: the file is what is wrong there.
+    mine = tmp_path / "mine"
+    (mine / "best").mkdir(parents=True)
+    with pytest.raises(PortError, match=r"missing\.pth"):
+        weights_port.port("resnet50", missing, mine / "ported")
 
 
 @pytest.mark.slow  # seconds: the fast tier stays under 2 minutes

@@ -259,6 +259,7 @@ def _check_free(out: str | Path, force: bool) -> None:
     replace either (a file, a folder that is not a checkpoint) is named as what it is, not
     told to pass a flag that then fails on it."""
     path = Path(out).expanduser()
+    _refuse_out_in_a_toolkit_folder(out)
     if not path.exists() or force:
         return
     if not path.is_dir():
@@ -269,6 +270,27 @@ def _check_free(out: str | Path, force: bool) -> None:
             "checkpoint, choose another folder"
         )
     raise CheckpointError(f"--out {out} already exists; pass --force to overwrite it")
+
+
+def _refuse_out_in_a_toolkit_folder(out: str | Path) -> None:
+    """A port written inside another checkpoint folder (one the toolkit replaces whole: a
+    run's ``best/`` under ``run --force``) or inside a run's folder (which ``run --force``
+    clears) was deleted later without a word; export and predict refuse those places
+    already."""
+    target = Path(out).expanduser().resolve()
+    for above in target.parents:
+        if is_checkpoint(above):
+            raise CheckpointError(
+                f"--out {out}: inside the checkpoint folder {above}, a folder the toolkit "
+                "replaces whole; write the port elsewhere"
+            )
+        if named_as_a_run(above) and any(
+            (above / name).exists() for name in ("best", "record.json", "checkpoints")
+        ):
+            raise CheckpointError(
+                f"--out {out}: inside the run folder {above}, which a run --force clears; "
+                "write the port elsewhere"
+            )
 
 
 def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> list[Path]:
