@@ -846,3 +846,29 @@ def test_bfloat16_reads_as_torch_widens_it_to_float32(fmt, tmp_path):
         got = tensors[key].array
         assert got.dtype == np.float32 and got.flags.c_contiguous, key
         assert got.tobytes() == tensor.contiguous().numpy().tobytes(), key
+
+
+def test_a_safetensors_file_with_a_header_past_its_end_or_no_json_says_so(tmp_path):
+    """A PNG renamed .safetensors, or a length field of 2**35, was "not a readable
+    .safetensors file ()" (a MemoryError's empty text) after allocating the length."""
+    from weights_port.keymap import PortError
+
+    cases = {
+        "png.safetensors": (
+            b"\x89PNG\r\n\x1a\n" + b"\0" * 40,
+            "its first 8 bytes give a header of 727905341920923785 bytes, the file holds 40 after",
+        ),
+        "long.safetensors": (
+            (2**35).to_bytes(8, "little") + b"{}",
+            f"its first 8 bytes give a header of {2**35} bytes, the file holds 2 after them",
+        ),
+        "text.safetensors": ((4).to_bytes(8, "little") + b"\xce\xce{}", "its header is no JSON"),
+        "list.safetensors": ((2).to_bytes(8, "little") + b"[]", "its header is no JSON object"),
+    }
+    for name, (data, said) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(PortError) as err:
+            read_state_dict(tmp_path / name)
+        line = str(err.value)
+        assert line.startswith(f"{tmp_path / name}: not a .safetensors file (") and said in line
+        assert "\n" not in line, line

@@ -174,6 +174,11 @@ def test_num_batches_tracked_dropped_and_restored(resnet_state):
     bad = {**resnet_state, "bn1.num_batches_tracked": np.array([1, 2], np.int64)}
     with pytest.raises(PortError, match=r"'bn1.num_batches_tracked' has shape \(2,\) and dtype"):
         torch_to_flax(bad, "resnet50")
+    # A negative count was blamed on "the flags given" (none were) by the metadata check.
+    bad = {**resnet_state, "bn1.num_batches_tracked": np.array(-3, np.int64)}
+    with pytest.raises(PortError) as err:
+        torch_to_flax(bad, "resnet50", source="x.pth")
+    assert str(err.value) == "x.pth: key 'bn1.num_batches_tracked' is -3, expected a count >= 0"
 
 
 def test_an_oddly_keyed_pth_is_one_line(tmp_path):
@@ -907,6 +912,14 @@ def test_a_sequential_head_is_named_with_what_the_file_needs():
     del state["classifier.6.0.weight"], state["features.0.bias"]  # another key amiss: no hint
     with pytest.raises(PortError, match=r"^seq.pth: missing key 'classifier.6.bias' .*\)$"):
         torch_to_flax(state, "vgg19", source="seq.pth")
+    # The head's bias missing alone: no nested key, no "Sequential of 0 layers".
+    state = {k: np.zeros(shape, np.float32) for k, (shape, _, _) in _template("vgg19", 3).items()}
+    del state["classifier.6.bias"]
+    with pytest.raises(PortError) as e:
+        torch_to_flax(state, "vgg19", source="seq.pth")
+    assert str(e.value) == (
+        "seq.pth: missing key 'classifier.6.bias' expected by vgg19 (1 missing, 0 unexpected)"
+    )
 
 
 def _half_state(dtype) -> dict[str, np.ndarray]:

@@ -263,6 +263,8 @@ def _tracked_count(value: np.ndarray, key: str, source: str) -> int:
             f"{source}: key {key!r} has shape {value.shape} and dtype {value.dtype}, "
             "expected one integer"
         )
+    if int(value) < 0:  # refused later as "the flags given" when no flag was
+        raise PortError(f"{source}: key {key!r} is {int(value)}, expected a count >= 0")
     return int(value)
 
 
@@ -292,8 +294,8 @@ def _sequential_head_hint(arch: str, missing: list[str], extra: list[str]) -> st
     fine-tuning head): what the file would need. Not mapped silently: what else the
     Sequential holds (a ReLU and a second Linear, a Sigmoid) is not in the state_dict."""
     head = head_key(arch).removesuffix(".weight")
-    if not missing or any(not k.startswith(f"{head}.") for k in (*missing, *extra)):
-        return ""
+    if not missing or not extra or any(not k.startswith(f"{head}.") for k in (*missing, *extra)):
+        return ""  # no nested key (a head's bias missing alone): no Sequential to speak of
     linears = sorted({k.removeprefix(f"{head}.").split(".")[0] for k in extra})
     if len(linears) != 1:
         return (

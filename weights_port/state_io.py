@@ -223,8 +223,8 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         from safetensors import safe_open
     except ImportError as e:  # pragma: no cover - depends on the install
         raise PortError(f"{path}: reading .safetensors needs `pip install safetensors`") from e
+    header = _safetensors_header(path)
     try:
-        header = _safetensors_header(path)
         with safe_open(str(path), "np") as f:
             names = f.keys()  # safe_open is no mapping: no `in f`
             return {
@@ -237,10 +237,25 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def _safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a ``.safetensors`` file (its length in 8 little-endian bytes,
-    then the header): each tensor's dtype, shape and byte range after it."""
+    then the header): each tensor's dtype, shape and byte range after it. A length past
+    the file's end (a PNG renamed, a cut copy) or a header that is no JSON object is one
+    line saying so: it was "not a readable .safetensors file ()" (a MemoryError's text)."""
+    total = path.stat().st_size
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
+        if total < 8 or size > total - 8:
+            raise PortError(
+                f"{path}: not a .safetensors file (its first 8 bytes give a header of {size} "
+                f"bytes, the file holds {max(total - 8, 0)} after them)"
+            )
+        try:
+            header = json.loads(f.read(size))
+        except ValueError as e:  # UnicodeDecodeError too
+            raise PortError(
+                f"{path}: not a .safetensors file (its header is no JSON: {e})"
+            ) from None
+    if not isinstance(header, dict):
+        raise PortError(f"{path}: not a .safetensors file (its header is no JSON object)")
     header.pop("__metadata__", None)
     return {**header, "__start__": 8 + size}
 
