@@ -221,7 +221,9 @@ def test_pickled_code_is_never_run(tmp_path, capsys):
     upper.write_bytes(b"junk")
     from weights_port.state_io import read_state_dict
 
-    with pytest.raises(PortError, match=r"x\.SAFETENSORS: not a readable \.safetensors file"):
+    with pytest.raises(
+        PortError, match=r"x\.SAFETENSORS: not a \.safetensors file \(its first 8 bytes"
+    ):
         read_state_dict(upper)
 
 
