@@ -113,10 +113,12 @@ def device_tag() -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", tag).strip("-")
 
 
-VERSION_KEYS = ("format", "numerics", "jax", "batch_size")
+VERSION_KEYS = ("format", "numerics", "jax", "batch_size", "devices")
 """What computes the features otherwise without changing the weights or the images: the
 batch they were computed in too (a convolution over 7 images rounds otherwise than over
-16: a run reusing another batch size's set wrote a record of another run's last bits)."""
+16: a run reusing another batch size's set wrote a record of another run's last bits),
+and the devices it was split over (4 devices convolve a quarter of it each: features
+6e-7 off a 1-device set's, which a 4-device run then read)."""
 
 
 def location(
@@ -408,6 +410,7 @@ def cached_features(
         "jax": f"{jax.__version__}/{jax.lib.__version__}",
         "backbone_sha256": backbone,
         "batch_size": int(batch_size),
+        "devices": jax.local_device_count(),
         "data_fingerprint": str(ds.metadata["fingerprint"]),
         "images": images_signature(ds),
     }

@@ -641,6 +641,18 @@ def test_features_are_keyed_by_the_batch_they_were_computed_in(demo, tmp_path):
     assert info["reused"] and again.directory == found.directory and len(calls) == 4
 
 
+def test_features_are_keyed_by_the_devices_they_were_computed_on(demo, tmp_path, monkeypatch):
+    """Over 4 devices each convolves a quarter of the batch: features 6e-7 off a 1-device
+    set's, which a 4-device run read (one record's last bits depended on who came first)."""
+    calls = []
+    kw = _cache_kwargs(demo, (tmp_path / "features",), calls)
+    found, _ = features.cached_features(demo, **kw)
+    assert json.loads((found.directory / "meta.json").read_text())["devices"] == 1
+    monkeypatch.setattr(features.jax, "local_device_count", lambda: 4)
+    other, info = features.cached_features(demo, **kw)
+    assert not info["reused"] and other.directory != found.directory and len(calls) == 4
+
+
 def test_a_root_whose_filesystem_refuses_locks_gives_way_to_the_next(demo, tmp_path, monkeypatch):
     """Prepared data on an NFS mount without its lock daemon: features go under --out."""
     real = locks.waiting_lock
