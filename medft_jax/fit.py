@@ -459,15 +459,21 @@ def run_one(
             lock.clear_folder(keep=results.PREVIOUS_NAMES)
         t = time.perf_counter()
         metrics.import_sklearn()  # set-up's second, not the first validation's
+        stop_at = math.inf if stop_after_steps is None else stop_after_steps
         run = _prepare(
-            config, ds, ckpts, eval_batch_size=eval_batch_size, trainers=trainers, said=said
+            config,
+            ds,
+            ckpts,
+            eval_batch_size=eval_batch_size,
+            trainers=trainers,
+            said=said,
+            stop_at=stop_at,
         )
         run.started, run.wall_before = started, run.progress.seconds.get("wall", 0.0)
         run.compilations_before = run.progress.compilations
         run.progress.add("setup", time.perf_counter() - t + loading)
         if feature_cache:
             run.feature_roots = features_lib.roots_for(ds, out_dir)
-        stop_at = math.inf if stop_after_steps is None else stop_after_steps
         try:
             trained = _train_epochs(run, ckpts, run_dir.name, progress=progress, stop_at=stop_at)
         except NonFiniteLossError as e:
@@ -609,8 +615,10 @@ def _prepare(
     eval_batch_size: int | None,
     trainers: dict[TrainerKey, Trainer] | None,
     said: set[str] | None = None,
+    stop_at: float = math.inf,
 ) -> _Run:
-    """The model, strategy, trainer and state of a run, resumed from its checkpoint if any."""
+    """The model, strategy, trainer and state of a run, resumed from its checkpoint if any
+    (``stop_at``: this call's step budget, :func:`run_one`'s ``stop_after_steps``)."""
     spec = get_arch(config.arch)
     start, weights_used = pretrained.resolve(config.weights, config.arch)
     model = spec.build(num_classes=ds.num_classes, dtype=COMPUTE_DTYPES[config.precision])
@@ -668,7 +676,9 @@ def _prepare(
         except (TypeError, ValueError, AttributeError) as e:
             raise ckpts.damaged_progress(str(e)) from None
         ckpts.check_best_kept(progress.stopper.best_epoch, len(progress.epochs))
-        if jax.process_index() == 0:  # a kill or a step budget: not trained from scratch
+        # A kill or a step budget: not trained from scratch. Unsaid where this call's budget
+        # is spent already (a selection re-run reading its arms: nothing resumes).
+        if jax.process_index() == 0 and not _budget_spent(progress, steps_per_epoch, stop_at):
             print(_resuming(progress, ckpts), file=sys.stderr, flush=True)
         changed = _environment_changed(progress, progress.steps_done(steps_per_epoch))
         if changed and jax.process_index() == 0:
@@ -747,6 +757,16 @@ def _environment_changed(progress: Progress, steps_done: int) -> str | None:
     )
 
 
+def _budget_spent(progress: Progress, steps_per_epoch: int, stop_at: float) -> bool:
+    """Whether a call with step budget ``stop_at`` has nothing left to do: the budget's
+    steps trained and validated. A Ctrl-C or SIGTERM in the budget's last step saved it
+    unvalidated: validated now (a select rung scored without it, and the same call
+    returning at once, kept it so)."""
+    part = progress.partial
+    unvalidated = part is not None and part.steps > 0 and not part.val
+    return progress.steps_done(steps_per_epoch) >= stop_at and not unvalidated
+
+
 def _resuming(progress: Progress, ckpts: RunCheckpoints) -> str:
     """The line a resumed run says: where it goes on from, and from which checkpoint."""
     done, part = len(progress.epochs), progress.partial
@@ -801,10 +821,7 @@ def _train_epochs(
 ) -> bool:
     """Trains epochs from where the run stands; False when a step budget ended this call."""
     p, spe = run.progress, run.steps_per_epoch
-    # A Ctrl-C or SIGTERM in the budget's last step saved it unvalidated: validated now (a
-    # select rung scored without it, and the same call returning at once, kept it so).
-    unvalidated = p.partial is not None and p.partial.steps > 0 and not p.partial.val
-    if p.steps_done(spe) >= stop_at and not unvalidated:
+    if _budget_spent(p, spe, stop_at):
         return False
     run.best_meta = _best_metadata(run, name)
     run.last_save = time.perf_counter()

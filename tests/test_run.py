@@ -177,6 +177,9 @@ def test_rgn_prepass_runs_before_each_epoch_and_resumes(
     calls.clear()
     fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=6)
     assert "resuming" not in capsys.readouterr().err
+    # The same budget again (a selection re-run reading its arms): nothing resumes, unsaid.
+    fit.run_one(config, tmp_path / "b", dataset=demo, progress=False, stop_after_steps=6)
+    assert "resuming" not in capsys.readouterr().err
     resumed = fit.run_one(config, tmp_path / "b", dataset=demo, progress=False)
     said = re.findall(r"note: resuming after .*", capsys.readouterr().err)
     assert len(said) == 1 and re.fullmatch(
