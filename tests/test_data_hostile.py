@@ -1328,6 +1328,34 @@ def test_classes_each_of_their_own_bit_depth_are_noted(tmp_path, capsys):
     assert "kind" not in capsys.readouterr().err
 
 
+def test_classes_of_8_and_16_bit_colour_pngs_and_uid_named_dicoms_are_told_apart(tmp_path, capsys):
+    """16-bit colour PNGs were called 8-bit colour (getexif decoded the file before its
+    depth was read), so 8- and 16-bit colour classes said nothing; DICOM files named by UID
+    were of a "kind" per UID number, so two DICOM classes were "each of its own kind"."""
+    from PIL import Image
+
+    from tests.test_image_decoding import _png16_rgb
+
+    root = tmp_path / "imgs"
+    _folder(root)
+    for p in (root / "dog").iterdir():
+        rgb = np.asarray(Image.open(p).convert("RGB"), dtype=np.uint16) * 257
+        _png16_rgb(p, rgb)
+    _load_folder(root, tmp_path / "out")
+    assert "(cat: .png 8-bit colour; dog: .png 16-bit colour)" in capsys.readouterr().err
+    dicoms = tmp_path / "dicoms"
+    marked = b"\0" * 128 + b"DICM" + b"\0" * 64
+    for c, uid in (("a", "1.2.840.113619.2.55"), ("b", "1.2.840.113619.2.77")):
+        (dicoms / c).mkdir(parents=True)
+        for i in range(4):
+            (dicoms / c / f"{uid}.{i}{c}").write_bytes(marked)
+    from medft_jax.data import local
+
+    _, splits = local.parse_folder(dicoms)
+    local._note_file_kind_by_class(dicoms, splits, ["a", "b"], None)
+    assert "kind" not in capsys.readouterr().err  # both DICOM
+
+
 def test_photos_turned_by_their_exif_orientation_are_noted(tmp_path, capsys):
     """A phone's photo stored sideways with an EXIF orientation is read as stored (as
     torchvision reads it), not as a viewer shows it: that was said nowhere (a PNG's eXIf

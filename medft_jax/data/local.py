@@ -518,14 +518,12 @@ def _headers(splits: dict[str, list[Example]]) -> dict[str, Any]:
     turned, kinds = [], {}
     for members in splits.values():
         for ex in members:
-            suffix = ex.path.suffix.lower()
-            kind = ".jpg" if suffix == ".jpeg" else suffix or "(no suffix)"
+            kind = _kind_by_suffix(ex.path)
             try:
                 with Image.open(ex.path) as image:
-                    exif = image.getexif() if suffix in _EXIF_SUFFIXES else {}
-                    if exif.get(_ORIENTATION, 1) not in (1, None):
+                    kind = f"{kind} {sample_kind(image)}"  # before getexif, which may decode
+                    if _exif_orientation(image, ex.path) not in (1, None):
                         turned.append(ex.id)
-                    kind = f"{kind} {sample_kind(image)}"
             except Exception:  # a header check only: decoding names the damaged file
                 pass
             if np.ndim(ex.label) == 0:  # a multilabel image is of no one class
@@ -534,6 +532,26 @@ def _headers(splits: dict[str, list[Example]]) -> dict[str, Any]:
         "exif_turned": [len(turned), min(turned)] if turned else None,
         "file_kinds": {c: sorted(k) for c, k in sorted(kinds.items())},
     }
+
+
+def _kind_by_suffix(path: Path) -> str:
+    """A file's kind by its suffix (``.jpeg`` is ``.jpg``); a file listed without an image
+    suffix is DICOM (a PACS export's ``IM0001`` or UID-named file, whose "suffix" is its
+    UID's last number: every class's files were of a kind of their own)."""
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        return "DICOM"
+    return ".jpg" if suffix == ".jpeg" else suffix
+
+
+def _exif_orientation(image: Image.Image, path: Path) -> Any:
+    """The EXIF orientation of an opened file, from its header: a PNG's eXIf chunk only
+    where Pillow met it before the pixels (its ``getexif`` decodes the whole image to look
+    for one after them, an image's decode per PNG at every cache build)."""
+    suffix = path.suffix.lower()
+    if suffix not in _EXIF_SUFFIXES or (suffix == ".png" and "exif" not in image.info):
+        return 1
+    return image.getexif().get(_ORIENTATION, 1)
 
 
 _FOUND_AT_BUILD = {
@@ -567,8 +585,7 @@ def _note_file_kind_by_class(
     else:
         for members in splits.values():
             for ex in members:
-                suffix = ex.path.suffix.lower()
-                kinds.setdefault(int(ex.label), set()).add(".jpg" if suffix == ".jpeg" else suffix)
+                kinds.setdefault(int(ex.label), set()).add(_kind_by_suffix(ex.path))
     if len(kinds) < 2 or any(kinds[a] & kinds[b] for a in kinds for b in kinds if a < b):
         return
     each = "; ".join(
