@@ -657,7 +657,12 @@ def expand_folders(paths: Sequence[str]) -> list[str]:
                     "image files and folders, not a list of them: pass its paths as "
                     "arguments (e.g. with xargs)"
                 )
-            if folder.is_file() and not reads_as_image(folder) and folder.suffix != ".mat":
+            if (
+                folder.is_file()
+                and folder.suffix  # one without is for the reader (a DICOM, or named)
+                and folder.suffix.lower() != ".mat"
+                and not reads_as_image(folder)
+            ):
                 # A MedMNIST .npz, a NIfTI volume: "corrupt ...: --skip-bad-images" (a .mat
                 # is a T1w checkpoint's, refused by the reader for any other)
                 raise PredictError(
@@ -776,12 +781,13 @@ def check_out_not_an_input(out: str, images: Sequence[str], checkpoint: str) -> 
 
 def check_out_not_listed(out: str, images: Sequence[str]) -> None:
     """Refuses an ``--out`` inside an ``--images`` folder that the folder's listing would
-    read as an image (``rows.png``, a suffix-less name): the next predict on that folder
+    read as an image (``rows.png``; not ``rows``, nor a hidden ``.rows.png``, which it
+    leaves out): the next predict on that folder
     failed on it as a corrupt image, or left it out under ``--skip-bad-images``."""
     from medft_jax.data.images import IMAGE_SUFFIXES
 
     real = Path(out).expanduser().resolve()
-    if real.exists() or (real.suffix.lower() not in IMAGE_SUFFIXES and real.suffix):
+    if real.exists() or real.suffix.lower() not in IMAGE_SUFFIXES or real.name.startswith("."):
         return  # one there is an input (check_out_not_an_input), or left out by the listing
     for given in images:
         folder = Path(given).expanduser()

@@ -1290,6 +1290,24 @@ def test_damaged_prepared_data_is_one_line_saying_to_prepare_again(prepared, tmp
         assert not (out / "medft_cache" / "bach" / version.parent.name).exists()
 
 
+def test_memory_and_os_errors_reading_prepared_data_are_not_called_damage(tmp_path):
+    """Out of memory, or a read the disk or permissions refused, is not the prepared data's
+    fault: "delete that folder and prepare again" would send the user the wrong way."""
+    import errno
+
+    from medft_jax.data import tasks
+
+    config = tasks._config_kwargs(36, 32, 0, 0.1, None)
+    version = tmp_path / "medft_bach" / tasks._variant("bach", **config) / "1.0.0"
+    version.mkdir(parents=True)
+    for error in (MemoryError(), PermissionError(errno.EACCES, "denied", str(version))):
+        with pytest.raises(type(error)), tasks._damaged_prepared("bach", tmp_path, config):
+            raise error
+    damaged = pytest.raises(DataError, match=r"prepared data that cannot be read \(its val ")
+    with damaged, tasks._damaged_prepared("bach", tmp_path, config, "val"):
+        raise RuntimeError("Corrupted Riegeli/records file")
+
+
 @tf_required
 @pytest.mark.slow
 def test_a_builder_decodes_in_threads_what_one_thread_decodes(tmp_path, monkeypatch):

@@ -624,16 +624,22 @@ def test_a_folder_of_images_is_predicted_as_its_files(tmp_path, capsys):
             f"error: --images {tmp_path / name}: not a file predict reads as an image (by its "
             f"suffix {'.npz' if name.endswith('npz') else '.nii.gz'!r}: .jpg/.jpeg/.png/"
         ) and err.endswith(", or a DICOM file); a folder holding it leaves it out\n"), err
+    # A T1w .mat (any case) and a file without a suffix (a DICOM) are the reader's to judge.
+    for name in ("vol.MAT", "IM0001"):
+        (tmp_path / name).write_bytes(b"junk")
+        assert main(["--checkpoint", str(ck), "--images", str(tmp_path / name)]) == 2
+        assert "not a file predict reads as an image" not in capsys.readouterr().err
     # Rows written as an image into a folder it predicts: the next predict read them as one.
-    for out in (scans / "rows.png", scans / "b" / "rows"):
+    for out in (scans / "rows.png", scans / "b" / "rows.JPG"):
         assert main(["--checkpoint", str(ck), "--images", str(scans), "--out", str(out)]) == 2
         assert capsys.readouterr().err == (
             f"error: --out {out}: inside --images {scans}, under a name its listing reads as "
             "an image (the next predict on it would read the rows as one); write them "
             "elsewhere, or name them .txt or .jsonl\n"
         )
-    rows = ["--out", str(scans / "r.txt")]
-    assert main(["--checkpoint", str(ck), "--images", str(scans), *rows]) == 0
+    for name in ("r.txt", "rows", ".rows.png"):  # none of them listed as an image
+        rows = ["--out", str(scans / name)]
+        assert main(["--checkpoint", str(ck), "--images", str(scans), *rows]) == 0
     assert main(["--checkpoint", str(ck), "--images", str(scans)]) == 0  # r.txt left out
 
 

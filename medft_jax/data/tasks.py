@@ -127,7 +127,8 @@ def _damaged_prepared(
     tracebacks (``RuntimeError``, ``AssertionError``, ``ValueError``, protobuf's
     ``ParseError``) reached the user, and ``prepare``, finding the folder prepared, did not
     prepare it again. A :class:`UserError` passes; where no prepared folder exists, the
-    error is TFDS's own (a bug, not damaged data) and passes too."""
+    error is TFDS's own (a bug, not damaged data) and passes too; so do running out of
+    memory and an OS error the command line explains (a full disk, permission denied)."""
     from medft_jax.data.builders import builder_class
 
     cls = builder_class(name)
@@ -138,7 +139,9 @@ def _damaged_prepared(
     except UserError:
         raise
     except Exception as err:
-        if not version_dir.is_dir():
+        # Not the data's: no folder (TFDS's own error), the host's memory, or the disk or
+        # permissions refusing a read (one line from the handler, exit 1 or 2 as it is).
+        if not version_dir.is_dir() or isinstance(err, MemoryError) or os_errno_in(err):
             raise
         what = f"its {split} split" if split else "it"
         raise DataError(
