@@ -630,19 +630,20 @@ def check_batch_size(batch_size: int) -> None:
         )
 
 
-def expand_folders(paths: Sequence[str]) -> list[str]:
+def expand_folders(paths: Sequence[str], mat: bool = False) -> list[str]:
     """``--images`` with each folder replaced by the images under it, sorted, listed as a
     ``folder`` dataset's are (image suffixes or the DICOM marker; hidden entries and
     ``__MACOSX`` skipped; other files counted in one ``note:`` line). Links are followed
     wherever they lead, as a link given as a file is: a folder of links into a PACS export
     is no dataset whose root must hold its files; one that loops or points nowhere is
     listed, a bad file. A folder without an image is refused: nothing would be predicted
-    for it, without a word."""
+    for it, without a word. ``mat``: the checkpoint's run read T1w ``.mat`` files, which
+    a folder then lists too (it listed none: "a folder with no image under it")."""
     from collections import Counter
 
     from medft_jax.data.folder import image_files, reads_as_image, say_left_out, suffix_of
     from medft_jax.data.images import IMAGE_SUFFIXES
-    from medft_jax.data.paths import special_kind
+    from medft_jax.data.paths import scan_files, special_kind
 
     out: list[str] = []
     for given in paths:
@@ -675,6 +676,9 @@ def expand_folders(paths: Sequence[str]) -> list[str]:
         others: Counter[str] = Counter()
         try:
             found = image_files(folder, folder, others, links_anywhere=True)
+            if mat:
+                found = sorted(found + scan_files(folder, folder, (".mat",), links_anywhere=True))
+                others.pop(".mat", None)
         except DataError as e:
             raise PredictError(f"--images {given}: {e}") from None
         say_left_out(folder, others)
@@ -777,6 +781,17 @@ def check_out_not_an_input(out: str, images: Sequence[str], checkpoint: str) -> 
                 f"--out {out}: is the input image {image}, which the rows would overwrite; "
                 "write them elsewhere"
             )
+
+
+def _reads_mat(checkpoint: str) -> bool:
+    """Whether the checkpoint's run read T1w ``.mat`` files (a folder of them is then
+    listed); a checkpoint that cannot be read says so later, when it is loaded."""
+    from medft_jax.checkpoints.model import load_metadata
+
+    try:
+        return load_metadata(checkpoint).get("decoder") == "t1w_mri"
+    except Exception:  # named by Predictor, in its one line
+        return False
 
 
 def check_out_not_listed(out: str, images: Sequence[str]) -> None:
@@ -932,7 +947,7 @@ def _main(argv: Sequence[str] | None) -> int:
     set_up_process(distributed=False)
     if args.out is not None:
         check_out_not_listed(args.out, args.images)
-    images = expand_folders(args.images)
+    images = expand_folders(args.images, mat=_reads_mat(args.checkpoint))
     if args.out is not None:
         check_out_not_an_input(args.out, images, args.checkpoint)
     predictor = Predictor(args.checkpoint, args.bits_stored, args.precision, args.dicom_window)

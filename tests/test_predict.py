@@ -237,8 +237,13 @@ def test_a_t1w_run_predicts_from_its_mat_files_as_it_trained(tmp_path, capsys):
     seen = load_image(tmp_path / "1.mat", 33, 32, decoder="t1w_mri")
     assert np.array_equal(seen, resize_and_crop(decode(tmp_path / "1.mat"), 33, 32))
     assert seen.mean() > 64  # min-max scaled: mid-grey on average, not a dark 16-bit read
-    assert main(["--checkpoint", str(ck), "--images", str(tmp_path / "1.mat")]) == 0
-    capsys.readouterr()
+    assert main(["--checkpoint", str(ck), "--images", str(tmp_path / "1.mat"), "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    # A folder of .mat files was "a folder with no image under it" for a T1w checkpoint.
+    (tmp_path / "vols").mkdir()
+    shutil.copy(tmp_path / "1.mat", tmp_path / "vols" / "1.mat")
+    assert main(["--checkpoint", str(ck), "--images", str(tmp_path / "vols"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["probs"] == alone["probs"]
     assert main(["--checkpoint", str(ck), "--images", str(tmp_path / "1.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1.png: the checkpoint's run read T1w MRI .mat files" in err
