@@ -1210,6 +1210,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         **_decoding(ds),
         **_skipped_images(ds),
         **_duplicates(ds),
+        **_patients_across_splits(ds),
         "split_sizes": {split: ds.num_examples(split) for split in ("train", "val", "test")},
         **_scored_units(ds),
         "steps_per_epoch": run.steps_per_epoch,
@@ -1418,6 +1419,19 @@ def _duplicates(ds: data.Dataset) -> dict[str, Any]:
         return {}
     rule = copies_rule(ds.metadata)  # absent: an older cache, copies of any label counted
     return {"eval_copies_of_train": counts, **({"eval_copies_rule": rule} if rule else {})}
+
+
+def _patients_across_splits(ds: data.Dataset) -> dict[str, Any]:
+    """``{"dicom_patients_across_splits": [n, example]}`` when the DICOM headers of a
+    user's folder or CSV put a PatientID's files in more than one split: the load said so
+    once, the record and so the report did not, whose numbers are then inflated (a
+    patient's images in training and evaluation) without a mark."""
+    found = {}
+    for key in ("dicom_patients_across_splits", "dicom_patients_across_groups"):
+        value = ds.metadata.get(key)
+        if isinstance(value, list | tuple) and len(value) == 2 and int(value[0]) > 0:
+            found["dicom_patients_across_splits"] = [int(value[0]), str(value[1])]
+    return found
 
 
 def found_done(run_dir: Path) -> None:

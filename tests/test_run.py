@@ -1220,3 +1220,21 @@ def test_a_metric_that_rounds_to_zero_prints_without_a_minus():
         "-0.0001",
         "nan",
     ]
+
+
+def test_a_records_data_says_the_dicom_patients_its_splits_share():
+    """The load noted DICOM PatientIDs in more than one split once; the record kept nothing
+    of it, so the report marked the inflated numbers of copies but not of a patient leak."""
+    from types import SimpleNamespace
+
+    def said(**meta):
+        return fit._patients_across_splits(SimpleNamespace(metadata=meta))
+
+    assert said() == {} and said(dicom_patients_across_splits=None) == {}
+    leak = ["3", "'P1': a/0.dcm, b/2.dcm"]
+    assert said(dicom_patients_across_splits=leak) == {
+        "dicom_patients_across_splits": [3, "'P1': a/0.dcm, b/2.dcm"]
+    }
+    assert said(dicom_patients_across_groups=[2, "'P9': x, y"]) == {
+        "dicom_patients_across_splits": [2, "'P9': x, y"]
+    }

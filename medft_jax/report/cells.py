@@ -826,6 +826,9 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
         r.get("eval_copies_of_train") and r.get("eval_copies_rule") != COPIES_RULE for r in runs
     )
     protocol["skipped"] = _split_counts(runs, "skipped_bad_images")
+    leaks = [r.get("dicom_patients_across_splits") for r in runs]
+    leaks = [x for x in leaks if isinstance(x, list | tuple) and len(x) == 2]
+    protocol["patients_across"] = max(leaks, key=lambda x: int(x[0])) if leaks else None
     files = [r.get("medmnist_file") for r in runs]
     protocol["unofficial"] = sorted(
         {str(f.get("md5")) for f in files if isinstance(f, Mapping) and f.get("official") is False}

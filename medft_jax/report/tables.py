@@ -465,6 +465,15 @@ def data_notes(protocol: Mapping[str, Any]) -> list[str]:
             f"Inflated: {each} image(s) are copies of training images{whose}, scored as if "
             "unseen: these scores are higher than on independent images."
         )
+    leaked = protocol.get("patients_across")
+    if leaked:
+        n, example = leaked
+        notes.append(
+            f"Inflated: {n} DICOM PatientID(s) have files in more than one split (e.g. "
+            f"{example}): a patient's images in training and evaluation, scored as if unseen; "
+            "these scores are higher than on independent patients (group the files by patient "
+            "and run again)."
+        )
     skipped = protocol.get("skipped") or {}
     if skipped:
         each = ", ".join(f"{split} {n}" for split, n in skipped.items())
