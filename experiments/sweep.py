@@ -259,13 +259,15 @@ def _settings_lines(runs: Sequence[RunConfig], dataset_options: Any) -> list[str
     from medft_jax.data.options import TASK_VAL_FRACTION, task_options  # names only
 
     def own(d: str) -> dict[str, Any]:  # the protocol's val fraction goes without saying
+        if d in LOCAL_KINDS:  # the grid's as given: patient grouping, window, columns
+            return dict((dataset_options or {}).get(d) or {})
         opts = task_options(d, (dataset_options or {}).get(d)) or {}
         return {k: v for k, v in opts.items() if (k, v) != ("val_fraction", TASK_VAL_FRACTION)}
 
     given = [
         f"{d} {', '.join(f'{k}={v}' for k, v in opts.items())}"
         for d in dict.fromkeys(c.dataset for c in runs)
-        if d not in LOCAL_KINDS and (opts := own(d))
+        if (opts := own(d))
     ]
     if given:
         lines.append("dataset options: " + "; ".join(given) + " (prepare each with the same flags)")

@@ -451,6 +451,19 @@ def test_a_dry_run_piped_into_head_ends_quietly(tmp_path):
     assert proc.stderr.read() == ""
 
 
+def test_a_dry_run_shows_a_user_datasets_grid_options():
+    """The patient grouping and the DICOM window of a folder grid were left out of the
+    dry run's settings: what a radiology user most needs to check before a long sweep."""
+    from medft_jax.config import RunConfig
+
+    options = {"folder": {"manual_dir": "/x", "patient_folders": True, "dicom_window": "40,400"}}
+    lines = sweep_cli._settings_lines([RunConfig(strategy="ft", dataset="folder")], options)
+    assert lines[-1] == (
+        "dataset options: folder manual_dir=/x, patient_folders=True, dicom_window=40,400 "
+        "(prepare each with the same flags)"
+    )
+
+
 def test_dry_run_lists_runs_status_and_cost(tmp_path, capsys):
     g = grid_lib.load_grid(PAPER)
     done = g.config("bach", "vgg19", "ft", 1e-3, 0)
