@@ -465,6 +465,11 @@ def _elsewhere(unknown: Sequence[str]) -> str:
         first = OPTION_STRATEGIES[key][0]
         where = f"strategy_options={{{first!r}: {{{key!r}: ...}}}}"
         return f"; {key} is a strategy option: give it as {where}"
+    if key in ("data_dir", "name"):  # "did you mean data_seed?"
+        return f"; {key} is the grid's own: give it as Grid({key}=...) beside settings"
+    if key in ("manual_dir", "csv_file", "patient_folders", "dicom_window", "bits_stored"):
+        where = f"dataset_options={{'folder': {{{key!r}: ...}}}}"
+        return f"; {key} is a dataset option: give it as {where} (or 'csv')"
     return did_you_mean(key, SETTINGS)
 
 

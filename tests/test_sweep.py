@@ -2023,6 +2023,15 @@ def test_a_hand_edited_grids_slips_are_pointed_where_they_belong(tmp_path, capsy
         ({"settings": {"lr": 1e-3}}, "lr is an axis: give it as lrs=(...) beside settings"),
         ({"settings": {"seeds": (1,)}}, "seeds is an axis: give it as seeds=(...) beside settings"),
         ({"settings": {"epoch": 2}}, "did you mean epochs?"),
+        (  # was "did you mean data_seed?"
+            {"settings": {"data_dir": "/data"}},
+            "data_dir is the grid's own: give it as Grid(data_dir=...) beside settings",
+        ),
+        (
+            {"settings": {"patient_folders": True}},
+            "patient_folders is a dataset option: give it as dataset_options={'folder': "
+            "{'patient_folders': ...}} (or 'csv')",
+        ),
         ({"strategies": ("lp-ft",)}, "strategy 'lp-ft' unknown; known: "),
         ({"archs": ("ResNet50",)}, "arch 'ResNet50' unknown; known: resnet50, densenet121, vgg19"),
     ):
