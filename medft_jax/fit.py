@@ -325,6 +325,9 @@ class _Run:
     next resume checkpoint, or at the finish, never later (see :func:`_train_epochs`)."""
     last_save: float = 0.0
     """``time.perf_counter()`` of this call's last resume checkpoint (or its start)."""
+    compiled_at_save: float = 0.0
+    """The trainer's compile seconds at :attr:`last_save`: compiling is no training a kill
+    would lose (:func:`_save_due`)."""
     feature_roots: tuple[Path, ...] = ()
     """Where head-only epochs may cache the backbone's features, in order (empty: never)."""
     features: Any = None
@@ -824,7 +827,7 @@ def _train_epochs(
     if _budget_spent(p, spe, stop_at):
         return False
     run.best_meta = _best_metadata(run, name)
-    run.last_save = time.perf_counter()
+    run.last_save, run.compiled_at_save = time.perf_counter(), run.trainer.compile_seconds
     for epoch in range(len(p.epochs), run.config.epochs):
         if p.stopped:
             break
@@ -854,7 +857,7 @@ def _train_epochs(
             break  # finishing: no resume point needed (a kill now redoes only this epoch)
         budget_spent = (epoch + 1) * spe >= stop_at
         # Process 0's clock decides for every process: the save is collective.
-        due = process_0_says(time.perf_counter() - run.last_save >= checkpoint_seconds())
+        due = process_0_says(_save_due(run))
         if budget_spent or due:
             _save_latest(run, ckpts, (epoch + 1) * spe)
         if budget_spent:
@@ -893,6 +896,15 @@ def _best_metadata(run: _Run, name: str) -> dict[str, Any]:
     return meta
 
 
+def _save_due(run: _Run) -> bool:
+    """Whether :func:`checkpoint_seconds` of training passed since the last resume
+    checkpoint: the wall clock less the compiling in it (a cold CPU run's first epochs
+    compiled for over a minute, and saved a checkpoint the finish then deleted)."""
+    interval = checkpoint_seconds()
+    compiled = run.trainer.compile_seconds - run.compiled_at_save
+    return interval <= 0 or time.perf_counter() - run.last_save - compiled >= interval
+
+
 def checkpoint_seconds() -> float:
     """Seconds of training between resume checkpoints: ``MEDFT_JAX_CHECKPOINT_SECONDS``,
     default 60 (0: after every epoch).
@@ -922,7 +934,7 @@ def _save_latest(run: _Run, ckpts: RunCheckpoints, step: int) -> None:
     run.progress.seconds["wall"] = run.wall()
     run.progress.compilations = run.compilations()
     ckpts.save_latest(step, run.state, run.progress.to_dict())
-    run.last_save = time.perf_counter()
+    run.last_save, run.compiled_at_save = time.perf_counter(), run.trainer.compile_seconds
     run.progress.add("checkpoints", run.last_save - t)
 
 

@@ -1238,3 +1238,21 @@ def test_a_records_data_says_the_dicom_patients_its_splits_share():
     assert said(dicom_patients_across_groups=[2, "'P9': x, y"]) == {
         "dicom_patients_across_splits": [2, "'P9': x, y"]
     }
+
+
+def test_a_resume_checkpoint_is_due_after_training_time_not_compile_time(monkeypatch):
+    """A cold run's first epochs compiled for a minute on CPU: the 60 s clock counted it
+    and saved a resume checkpoint (1.5-4 s) that the finish then deleted."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("MEDFT_JAX_CHECKPOINT_SECONDS", "60")
+    now = [1000.0]
+    monkeypatch.setattr(fit.time, "perf_counter", lambda: now[0])
+    run = SimpleNamespace(
+        last_save=1000.0, compiled_at_save=5.0, trainer=SimpleNamespace(compile_seconds=5.0)
+    )
+    now[0] = 1070.0  # 70 s since the save, 50 of them compiling: 20 s of training
+    run.trainer.compile_seconds = 55.0
+    assert not fit._save_due(run)
+    now[0] = 1111.0  # 61 s of training
+    assert fit._save_due(run)
