@@ -2106,14 +2106,15 @@ def test_folder_lists_every_readable_format_and_says_what_it_left_out(tmp_path, 
     (root / "a" / ".DS_Store").write_bytes(b"\0" * 20)
     (root / "a" / "._0.png").write_bytes(b"\0" * 20)
     Image.new("L", (8, 8)).save(root / "b" / ".5.png")
+    Image.new("L", (8, 8)).save(root / ".cover.png")  # beside the class folders too
     _, splits = parse_folder(root)
     listed = sorted(ex.id for ex in splits["train"] + splits["val"] + splits["test"])
     assert len(listed) == 14 and "a/IM0001" in listed and "b/1.2.840.10008.3" in listed
     assert "a/2.webp" in listed and "b/1.pgm" in listed and "a/4.jp2" in listed
     err = capsys.readouterr().err
     assert (
-        f"note: {root}: 5 file(s) not read as images left out (.csv 1, .db 1, .txt 2, "
-        "hidden .png 1)"
+        f"note: {root}: 6 file(s) not read as images left out (.csv 1, .db 1, .txt 2, "
+        "hidden .png 2)"
     ) in err
     assert open_image(root / "a" / "IM0001").size == (64, 64)
 

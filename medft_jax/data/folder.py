@@ -129,7 +129,12 @@ def _classes(root: Path, base: Path) -> list[str]:
 
 
 def image_files(
-    base: Path, folder: Path, others: Counter[str] | None = None, *, links_anywhere: bool = False
+    base: Path,
+    folder: Path,
+    others: Counter[str] | None = None,
+    *,
+    links_anywhere: bool = False,
+    recursive: bool = True,
 ) -> list[Path]:
     """The images under ``folder``: by suffix (:data:`IMAGE_SUFFIXES`), or any file
     with the DICOM marker (PACS exports name files ``IM0001`` or by UID).
@@ -140,7 +145,9 @@ def image_files(
     :func:`~medft_jax.data.paths.scan_files` (a folder that is no dataset).
     """
     hidden: list[Path] | None = [] if others is not None else None
-    files = scan_files(base, folder, links_anywhere=links_anywhere, hidden=hidden)
+    files = scan_files(
+        base, folder, links_anywhere=links_anywhere, recursive=recursive, hidden=hidden
+    )
     for p in hidden or ():  # an image named .x.png is skipped as hidden: counted, not silent
         if p.suffix.lower() in IMAGE_SUFFIXES and others is not None:
             others[f"hidden {p.suffix.lower()}"] += 1
@@ -184,7 +191,7 @@ def _check_no_loose_images(root: Path, folder: Path, others: Counter[str]) -> No
     none, and would be left out without a word. Other files there (a README, the
     labels' CSV) are counted in ``others``, as those inside class folders are.
     """
-    loose = _images(scan_files(root, folder, recursive=False), others)
+    loose = image_files(root, folder, others, recursive=False)
     if loose:
         raise DataError(
             f"{folder}: {len(loose)} image(s) outside every class folder (e.g. {loose[0].name}); "
