@@ -120,7 +120,11 @@ def make_builder(name: str, data_dir: Path, *, skip_bad_images: bool = False, **
 
 @contextlib.contextmanager
 def _damaged_prepared(
-    name: str, data_dir: Path, config: dict[str, Any], split: str | None = None
+    name: str,
+    data_dir: Path,
+    config: dict[str, Any],
+    split: str | None = None,
+    version_dir: Path | None = None,
 ) -> Iterator[None]:
     """One line for prepared TFDS data that TFDS cannot read (a split file deleted or cut
     short, ``dataset_info.json`` edited or of another version): TFDS's and array_record's
@@ -128,12 +132,15 @@ def _damaged_prepared(
     ``ParseError``) reached the user, and ``prepare``, finding the folder prepared, did not
     prepare it again. A :class:`UserError` passes; where no prepared folder exists, the
     error is TFDS's own (a bug, not damaged data) and passes too; so do running out of
-    memory and an OS error the command line explains (a full disk, permission denied)."""
-    from medft_jax.data.builders import builder_class
+    memory and an OS error the command line explains (a full disk, permission denied).
+    ``version_dir``: the folder read (a builder's, the new data a prepare writes beside the
+    old), by default the variant's under ``data_dir``."""
+    if version_dir is None:
+        from medft_jax.data.builders import builder_class
 
-    cls = builder_class(name)
-    version_dir = Path(data_dir).expanduser() / cls.name / _variant(name, **config)
-    version_dir = version_dir / str(cls.VERSION)
+        cls = builder_class(name)
+        version_dir = Path(data_dir).expanduser() / cls.name / _variant(name, **config)
+        version_dir = version_dir / str(cls.VERSION)
     try:
         yield
     except UserError:
@@ -175,8 +182,9 @@ def _cache_from_tfds(
     bc = builder.builder_config
     config = {k: getattr(bc, k) for k in ("resize_size", "crop_size", "seed", "val_fraction")}
     config.update(uncertain=bc.uncertain, split_by=bc.split_by)
+    read = Path(builder.data_dir)  # a re-prepare's new data, beside the old: named as read
     for split in ("train", "val", "test"):
-        with _damaged_prepared(builder.TASK.name, data_dir, config, split):
+        with _damaged_prepared(builder.TASK.name, data_dir, config, split, read):
             source = builder.as_data_source(split)
             n = len(source)
         fields: dict[str, list[Any]] = {"labels": [], "ids": [], "groups": [], "patients": []}
@@ -185,7 +193,7 @@ def _cache_from_tfds(
             source=source, n=n, fields=fields, split=split
         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for start in range(0, n, chunk):
-                with _damaged_prepared(builder.TASK.name, data_dir, config, split):
+                with _damaged_prepared(builder.TASK.name, data_dir, config, split, read):
                     examples = source.__getitems__(list(range(start, min(start + chunk, n))))
                 for ex in examples:
                     fields["labels"].append(ex["label"])
