@@ -267,6 +267,9 @@ def test_a_training_checkpoint_dict_is_unwrapped_or_named(tmp_path):
     torch.save({"weights": sd, "epoch": 3}, other)
     with pytest.raises(PortError, match=r"other.pth: expected a state_dict .*\('weights' is a di"):
         read_state_dict(other)
+    torch.save({"epoch": 3, "weights": sd}, other)  # "is a int" read wrong
+    with pytest.raises(PortError, match=r"other.pth: expected a state_dict .*\('epoch' is an int"):
+        read_state_dict(other)
     (tmp_path / "folder.pth").mkdir()
     with pytest.raises(PortError, match=r"folder.pth: a folder, expected a .pth or .safetensors"):
         read_state_dict(tmp_path / "folder.pth")

@@ -297,6 +297,12 @@ def type_name(value: Any) -> str:
     return getattr(value, "torch_type", None) or type(value).__name__
 
 
+def a_type(value: Any) -> str:
+    """:func:`type_name` with its article: ``a Tensor``, ``an int``, ``an OrderedDict``."""
+    name = type_name(value)
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 # --- the functions the whitelisted rebuild globals stand for ---------------------------------
 
 
@@ -314,7 +320,7 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
 
 def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str, metadata: Any) -> Tensor:
     if not isinstance(storage, _Storage):
-        raise Corrupt(f"a tensor's storage is a {type_name(storage)}")
+        raise Corrupt(f"a tensor's storage is {a_type(storage)}")
     offset, size, stride = _int(offset, "offset"), _ints(size, "size"), _ints(stride, "stride")
     if len(size) != len(stride):
         raise Corrupt(f"a tensor of size {short(size)} has strides {short(stride)}")
@@ -414,7 +420,7 @@ def _rebuild_tensor_v3(
     storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
 ):
     if not isinstance(dtype, _Marker) or dtype.torch_type != "dtype":
-        raise Corrupt(f"a tensor's dtype is a {type_name(dtype)}")
+        raise Corrupt(f"a tensor's dtype is {a_type(dtype)}")
     return _tensor(storage, storage_offset, size, stride, dtype.name, metadata)
 
 

@@ -326,7 +326,7 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
             else None
         )
         which = (
-            f" ({pth_reader.short(first)} is a {pth_reader.type_name(obj[first])})"
+            f" ({pth_reader.short(first)} is {pth_reader.a_type(obj[first])})"
             if first is not None
             else ""
         )
