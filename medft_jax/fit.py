@@ -1438,12 +1438,16 @@ def _patients_across_splits(ds: data.Dataset) -> dict[str, Any]:
     user's folder or CSV put a PatientID's files in more than one split: the load said so
     once, the record and so the report did not, whose numbers are then inflated (a
     patient's images in training and evaluation) without a mark."""
-    found = {}
-    for key in ("dicom_patients_across_splits", "dicom_patients_across_groups"):
-        value = ds.metadata.get(key)
-        if isinstance(value, list | tuple) and len(value) == 2 and int(value[0]) > 0:
-            found["dicom_patients_across_splits"] = [int(value[0]), str(value[1])]
-    return found
+    found = [
+        value
+        for key in ("dicom_patients_across_splits", "dicom_patients_across_groups")
+        if isinstance(value := ds.metadata.get(key), list | tuple)
+        and len(value) == 2
+        and int(value[0]) > 0
+    ]  # the loose images' and the one-image groups' (disjoint): counted together
+    if not found:
+        return {}
+    return {"dicom_patients_across_splits": [sum(int(n) for n, _ in found), str(found[0][1])]}
 
 
 def found_done(run_dir: Path) -> None:

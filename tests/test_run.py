@@ -1238,6 +1238,8 @@ def test_a_records_data_says_the_dicom_patients_its_splits_share():
     assert said(dicom_patients_across_groups=[2, "'P9': x, y"]) == {
         "dicom_patients_across_splits": [2, "'P9': x, y"]
     }
+    both = said(dicom_patients_across_splits=leak, dicom_patients_across_groups=[2, "'P9'"])
+    assert both == {"dicom_patients_across_splits": [5, "'P1': a/0.dcm, b/2.dcm"]}
 
 
 def test_a_resume_checkpoint_is_due_after_training_time_not_compile_time(monkeypatch):
