@@ -546,6 +546,12 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def spelling(name: str) -> str:
+    """``name`` without its case and ``-``/``_`` slips (``G-LF`` is ``g_lf``): what
+    :func:`did_you_mean` and the paper CSV's reading compare."""
+    return name.lower().replace("-", "_")
+
+
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """``"; did you mean g_lf?"`` for a value near one of ``choices`` (``g-lf``), else ``""``.
 
@@ -554,8 +560,8 @@ def did_you_mean(value: object, choices: Iterable[str]) -> str:
     import difflib
 
     choices = list(choices)
-    fold = {c.lower().replace("-", "_"): c for c in choices}
-    same = fold.get(str(value).lower().replace("-", "_"))
+    fold = {spelling(c): c for c in choices}
+    same = fold.get(spelling(str(value)))
     if same is not None and same != value:
         return f"; did you mean {same}?"
     near = difflib.get_close_matches(str(value).lower(), list(fold), n=1, cutoff=0.6)

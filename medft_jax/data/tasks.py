@@ -180,8 +180,9 @@ def _cache_from_tfds(
     meta["source"] = tfds_source(Path(builder.data_dir), data_dir)
     plans = {}
     bc = builder.builder_config
-    config = {k: getattr(bc, k) for k in ("resize_size", "crop_size", "seed", "val_fraction")}
-    config.update(uncertain=bc.uncertain, split_by=bc.split_by)
+    config = _config_kwargs(
+        bc.resize_size, bc.crop_size, bc.seed, bc.val_fraction, bc.uncertain, bc.split_by
+    )
     read = Path(builder.data_dir)  # a re-prepare's new data, beside the old: named as read
     for split in ("train", "val", "test"):
         with _damaged_prepared(builder.TASK.name, data_dir, config, split, read):

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from medft_jax import metrics, names
-from medft_jax.errors import UserError, did_you_mean
+from medft_jax.errors import UserError, did_you_mean, spelling
 from medft_jax.report.cells import Summary
 from medft_jax.report.render import NO_SE
 
@@ -89,7 +89,7 @@ transcribing its tables types them: read as the toolkit's ids."""
 
 
 def _fold(value: str) -> str:
-    return value.lower().replace("-", "_").replace(" ", "_")
+    return spelling(value).replace(" ", "_")
 
 
 def _folded(choices: Iterable[str]) -> dict[str, str]:
