@@ -1788,8 +1788,35 @@ def test_dicom_patients_across_splits_are_noted_though_a_csv_grouped_the_files(t
     )  # fmt: skip
     notes = [x for x in capsys.readouterr().err.splitlines() if "PatientID" in x]
     assert len(notes) == 1 and "although the layout grouped the files" in notes[0], notes
-    # Groups of several images are the user's grouping (headers anonymised to one value
-    # across them, say): not contradicted; nor is one PatientID that most files share.
+    # Study groups (files of one PatientID each): a patient's studies in train and test
+    # leak as split files do. Five patients of two studies of two files each per class.
+    for c in "ab":
+        shutil.rmtree(root / c)
+    _dicom_classes(root, 7, patients=lambda name, i: f"P{name}{i // 4}")
+    rows = [f"{c}/{i}.dcm,{c},S{c}{i // 2}" for c in "ab" for i in range(10)]
+    (root / "studies.csv").write_text("path,label,study\n" + "\n".join(rows) + "\n")
+    ds = load(
+        "csv", manual_dir=root, data_dir=tmp_path / "out", progress=False,
+        csv_file="studies.csv", group_column="study", **_sizes(),
+    )  # fmt: skip
+    split_of = {i: s for s, arrays in ds.splits.items() for i in arrays.ids}
+    crossing = {
+        f"P{c}{i // 4}" for c in "ab" for i in range(10)
+        if split_of[f"{c}/{i}.dcm"] != split_of[f"{c}/{i // 4 * 4}.dcm"]
+    }  # fmt: skip
+    notes = [x for x in capsys.readouterr().err.splitlines() if "PatientID" in x]
+    assert crossing and len(notes) == 1, (crossing, notes)
+    assert (
+        f"{len(crossing)} DICOM PatientID(s) have files in more than one split although"
+        in (notes[0])
+        and f"(e.g. '{min(crossing)}': " in notes[0]
+    )
+    # Groups of several PatientIDs each are the user's grouping, coarser than the headers'
+    # patients (or headers anonymised to a few values): not contradicted; nor is one
+    # PatientID that most files share.
+    for c in "ab":
+        shutil.rmtree(root / c)
+    _dicom_classes(root, 7, patients=lambda name, i: f"P{i % 2}")
     rows = [f"{c}/{i}.dcm,{c},G{c}{i // 2}" for c in "ab" for i in range(10)]
     (root / "pairs.csv").write_text("path,label,group\n" + "\n".join(rows) + "\n")
     (root / "same.csv").write_text("path,label,accession\n" + "\n".join(

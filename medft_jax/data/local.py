@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -459,26 +458,33 @@ def _dicom_patients_across_splits(
     one split, among examples of no stated patient (a folder's loose images, a CSV's
     rows without a patient column); None when none. Split file by file, the slices of
     one patient's scan land in train and test, and nothing else in the layout says so.
-    ``stated``: among the examples of a stated group of one image instead (a group
-    column of one id per image, accession numbers, groups nothing, and silenced this
-    note); groups of several images are the user's grouping, not contradicted here.
+    ``stated``: among the examples of a stated group instead: a group of one image (a
+    group column of one id per image, accession numbers, groups nothing), or of several
+    whose files all hold one PatientID (a study: a patient's two studies in train and
+    test leak as split files do). A group whose files hold several PatientIDs is coarser
+    than the headers' patients, or the headers are not patients': the user's grouping,
+    not contradicted here.
     A PatientID held by more than half of the files looked at, across every class, is no
     patient's (headers anonymised to one value) and is left out; one patient's many
     slices of one finding are kept."""
-    group_sizes = Counter(ex.patient for members in splits.values() for ex in members)
-    ids: dict[str, list[tuple[str, str]]] = {}
+    found: list[tuple[str, str, str, Any, str]] = []  # (split, id, group, label, PatientID)
     for split in sorted(splits):
         for ex in splits[split]:
             if (ex.patient != ex.id) != stated:  # a stated patient (folder, CSV column)
-                continue
-            if stated and group_sizes[ex.patient] > 1:
                 continue
             suffix = ex.path.suffix.lower()
             if suffix in IMAGE_SUFFIXES and suffix not in dicom.DICOM_SUFFIXES:
                 continue  # a .png: not opened to look for a DICOM marker
             patient = dicom.patient_id(ex.path)
             if patient is not None:
-                ids.setdefault(patient, []).append((split, ex.id, _label_key(ex.label)))
+                found.append((split, ex.id, ex.patient, _label_key(ex.label), patient))
+    held: dict[str, set[str]] = {}  # a stated group's PatientIDs
+    for *_, group, _, patient in found:
+        held.setdefault(group, set()).add(patient)
+    ids: dict[str, list[tuple[str, str, Any]]] = {}
+    for split, ex_id, group, label, patient in found:
+        if not stated or len(held[group]) == 1:
+            ids.setdefault(patient, []).append((split, ex_id, label))
     looked = sum(len(v) for v in ids.values())
     classes = {c for where in ids.values() for *_, c in where}
 
@@ -560,8 +566,9 @@ _FOUND_AT_BUILD = {
     "each patient's files in a subfolder and pass --patient-folders, or a CSV patient column",
     "dicom_patients_across_groups": "{n} DICOM PatientID(s) have files in more than one "
     "split although the layout grouped the files (e.g. {example}): the groups are not the "
-    "files' patients (one id per image groups nothing), and one patient in train and test "
-    "inflates the test scores: group by the patient (a CSV column holding the PatientID)",
+    "files' patients (an image's or a study's id leaves a patient's other files free), and "
+    "one patient in train and test inflates the test scores: group by the patient (a CSV "
+    "column holding the PatientID)",
     "exif_turned": "{n} image(s) carry an EXIF orientation other than upright (e.g. "
     "{example}); they are read as stored, as torchvision reads them, not turned as a photo "
     "viewer shows them: save them upright if that matters (exiftran -ai)",
