@@ -275,8 +275,16 @@ class Trainer:
         BatchNorm mode and shapes; only the update program is this trainer's.
         """
         key = _stage_key(trainable, bn_train, from_features)
+        return self._stage_programs(key, state, images, labels)[1]
+
+    def _stage_programs(
+        self, key: tuple, state: TrainState, images: jax.Array, labels: jax.Array
+    ) -> tuple[tuple[Any, Any], float]:
+        """The stage's (gradient, update) programs for this batch's shapes, and their compile
+        seconds (0 if built). Keyed by the batch's shapes too: a loop of the user's own
+        whose last batch is smaller got the full batch's program, and XLA's TypeError."""
         build = functools.partial(self._build_stage, key, state, images, labels)
-        return self._built(self._train_steps, key, build)[1]
+        return self._built(self._train_steps, (key, _shapes((images, labels))), build)
 
     def _built(self, programs: dict, key: tuple, build: Callable[[], Any]) -> tuple[Any, float]:
         """``programs[key]``, built, kept (and its seconds counted as compilation) if missing."""
@@ -331,8 +339,7 @@ class Trainer:
         update is the one the images would give when only the head trains.
         """
         key = _stage_key(trainable, bn_train, from_features)  # once per step: walks the mask
-        build = functools.partial(self._build_stage, key, state, images, labels)
-        grad, update = self._built(self._train_steps, key, build)[0]
+        grad, update = self._stage_programs(key, state, images, labels)[0]
         loss, grads, changed = grad(
             state.params, state.batch_stats, state.step, images, labels, self._hyper["rng"]
         )
@@ -488,8 +495,7 @@ class Trainer:
         total, n = None, 0
         for batch in batches:
             x, y = self.shard_batch(batch["image"]), self.shard_batch(batch["label"])
-            build = functools.partial(self._build_stage, key, state, x, y)
-            _, grads, _ = self._built(self._train_steps, key, build)[0][0](
+            _, grads, _ = self._stage_programs(key, state, x, y)[0][0](
                 state.params, state.batch_stats, state.step, x, y, self._hyper["rng"]
             )
             if total is None:

@@ -245,7 +245,7 @@ def test_strategies_share_the_gradient_program_and_match_one_fused_step(monkeypa
     mask = jax.tree.map(lambda _: True, variables["params"])
     state, loss = adam.train_step(adam.init_state(variables), x, y, trainable=mask, bn_train=True)
     sgd.compile_stage(sgd.init_state(variables), x, y, trainable=mask, bn_train=True)
-    key = train._stage_key(mask, True, False)
+    key = train._stage_key(mask, True, False), train._shapes((x, y))
     assert len(train._GRAD_PROGRAMS) == 1
     assert sgd._train_steps[key][0] is adam._train_steps[key][0]
     assert sgd._train_steps[key][1] is not adam._train_steps[key][1]
@@ -286,6 +286,47 @@ class TinyNet(nn.Module):
         x = nn.Conv(4, (3, 3), use_bias=False, name="conv")(x)
         x = nn.BatchNorm(use_running_average=not bn_train, momentum=0.9, name="bn")(x)
         return nn.Dense(2, name="fc")(nn.relu(x).mean(axis=(1, 2)))
+
+
+@pytest.mark.slow
+def test_train_step_takes_a_smaller_last_batch():
+    """A loop of the user's own whose last batch is smaller got the full batch's compiled
+    program (keyed by the stage alone), and XLA's TypeError; its step is SGD's by hand."""
+    model = TinyNet()
+    variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+    trainer = Trainer(model, optax.sgd(0.1), multilabel=False)
+    mask = jax.tree.map(lambda _: True, variables["params"])
+    rng = np.random.default_rng(0)
+    n = jax.device_count()
+    x = rng.integers(0, 256, (6 * n, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 2, 6 * n).astype(np.int32)
+    state = trainer.init_state(variables)
+    state, _ = trainer.train_step(
+        state, trainer.shard_batch(x[: 4 * n]), trainer.shard_batch(y[: 4 * n]),
+        trainable=mask, bn_train=True,
+    )  # fmt: skip
+    before = jax.device_get((state.params, state.batch_stats))
+    state, loss = trainer.train_step(
+        state, trainer.shard_batch(x[4 * n :]), trainer.shard_batch(y[4 * n :]),
+        trainable=mask, bn_train=True,
+    )  # fmt: skip
+
+    def loss_fn(p):
+        logits, _ = model.apply(
+            {"params": p, "batch_stats": before[1]},
+            train.normalize(jnp.asarray(x[4 * n :]), jnp.float32),
+            bn_train=True,
+            deterministic=False,
+            mutable=["batch_stats"],
+        )
+        return train.classification_loss(logits, jnp.asarray(y[4 * n :]), False)
+
+    value, grads = jax.value_and_grad(loss_fn)(before[0])
+    np.testing.assert_allclose(loss, value, rtol=1e-6)
+    want = jax.tree.map(lambda p, g: p - 0.1 * g, before[0], grads)
+    for got, w in zip(jax.tree.leaves(state.params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+    assert trainer.num_compilations == 2
 
 
 @pytest.mark.slow
