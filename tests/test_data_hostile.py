@@ -1017,6 +1017,10 @@ def test_cholect50_fractional_or_text_instrument_is_refused(tmp_path, value, mes
 
 CSV_CASES = [
     (b"path,label\nimg/0.png,caf\xe9\n", r"labels\.csv:2: byte b'\\xe9' is not UTF-8"),
+    (  # Excel's "CSV UTF-8" with a pasted latin-1 byte: its offset was counted past the BOM
+        b"\xef\xbb\xbfpath,label\r\nimg/0.png,a\r\nimg/1.png,caf\xe9\r\n",
+        r"labels\.csv:3: byte b'\\xe9' is not UTF-8",
+    ),
     (b"path,label\nimg/0.png,a\nimg/1.png,b\x00\n", r"labels\.csv:3: NUL byte"),
     (
         b"path,label\nimg/0.png,a\nimg/1.png\n",

@@ -9,6 +9,7 @@ the dataset root and may not escape it.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import math
@@ -69,8 +70,10 @@ def read_text(path: Path) -> str:
             )
         line = _line_at(data, nul)
         raise DataError(f"{path}:{line}: NUL byte; expected a UTF-8 text file")
+    if data.startswith(codecs.BOM_UTF8):  # Excel's "CSV UTF-8": dropped, as utf-8-sig does
+        data = data[len(codecs.BOM_UTF8) :]  # here, so an error's offset is this text's
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = _line_at(data, err.start)
         bad = data[err.start : err.start + 1]
