@@ -292,6 +292,32 @@ def test_chexpert_view_other_than_frontal_or_lateral_is_refused_naming_its_line(
     assert str(err.value) == f"{path}:3: Frontal/Lateral 'FRONTAL' is not Frontal or Lateral"
 
 
+def test_chexpert_path_listed_twice_or_with_backslashes_is_refused_naming_its_line(tmp_path):
+    """valid.csv with a copy of a row (other labels) before the original: the copy's labels
+    stood for the official test image, the release's dropped without a word. A Windows
+    tool's backslashes were "no patientN folder" though the patient is in the path."""
+    fakes.make_chexpert(tmp_path, 10, 4)
+    path = tmp_path / "CheXpert-v1.0-small" / "valid.csv"
+    text = path.read_text()
+    header, first, *rest = text.splitlines()
+    copy = ",".join(first.split(",")[:5] + ["0.0"] * (len(first.split(",")) - 5))
+    path.write_text("\n".join([header, copy, first, *rest]) + "\n")
+    rel = first.split(",")[0]
+    with pytest.raises(DataError) as err:
+        _parse("chexpert", tmp_path)
+    assert str(err.value) == (
+        f"{path}:3: Path {rel!r} is listed again (first on line 2); expected each Path once "
+        "(a line pasted twice?)"
+    )
+    windows = rel.replace("/", "\\")
+    path.write_text("\n".join([header, first.replace(rel, windows), *rest]) + "\n")
+    with pytest.raises(DataError) as err:
+        _parse("chexpert", tmp_path)
+    assert str(err.value) == f"{path}:2: Path {windows!r} uses backslashes; expected '/'"
+    path.write_text(text)
+    assert len(_parse("chexpert", tmp_path)["test"]) == 4
+
+
 def test_chexpert_csv_without_a_frontal_row_is_named(tmp_path):
     fakes.make_chexpert(tmp_path, 4, 2)
     path = tmp_path / "CheXpert-v1.0-small" / "valid.csv"
@@ -1787,6 +1813,30 @@ def test_mura_image_of_a_listed_study_missing_from_the_listing_is_refused(tmp_pa
         "such image(s) in the listed studies); expected the listing to name every image of "
         "its studies (a lost line? a partial copy of the listing?)"
     )
+
+
+def test_mura_study_folder_in_neither_listing_is_refused(tmp_path):
+    """A study whose lines both listings lost (cut short alike, a hand-edited pair) left
+    the official test set without a word; a file or a folder of another name beside the
+    studies is not one."""
+    fakes.make_mura(tmp_path, ("XR_SHOULDER",), 3, 3)
+    base = tmp_path / "MURA-v1.1"
+    study = "MURA-v1.1/valid/XR_SHOULDER/patient11001/study1_negative"
+    (tmp_path / study).with_name("notes").mkdir()
+    (tmp_path / study).with_name("study9.txt").write_text("")
+    before = len(_parse("mura_shoulder", tmp_path)["test"])
+    for name in ("valid_image_paths.csv", "valid_labeled_studies.csv"):
+        path = base / name
+        path.write_text("".join(ln for ln in path.read_text().splitlines(True) if study not in ln))
+    with pytest.raises(DataError) as err:
+        _parse("mura_shoulder", tmp_path)
+    assert str(err.value) == (
+        f"{(tmp_path / study).parent}: study folder 'study1_negative' is in neither "
+        "valid_labeled_studies.csv nor valid_image_paths.csv (1 such folder(s)); expected "
+        "the listings to name every study (lost lines? partial copies of the listings?)"
+    )
+    shutil.rmtree(tmp_path / study)
+    assert len(_parse("mura_shoulder", tmp_path)["test"]) < before
 
 
 def test_cholect50_subsampled_frame_without_an_annotation_is_refused(tmp_path):

@@ -30,7 +30,7 @@ from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task, re
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
 from medft_jax.data.paths import listed_path, safe_join
-from medft_jax.data.table import read_csv
+from medft_jax.data.table import read_csv, refuse_listed_again
 
 CLASS_NAMES = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
 HEADER = [
@@ -128,13 +128,18 @@ def label_value(text: str, policy: str, where: str, finding: str = "") -> float:
 def read_split(csv_path: Path, policy: str) -> list[Example]:
     """One frontal image per patient, in CSV order (ids: the CSV's paths, as listed)."""
     rows = read_csv(csv_path, ["Path", "Frontal/Lateral", *CLASS_NAMES], HEADER)
-    examples, seen, listed = [], set(), set()
+    examples, seen, listed, first = [], set(), set(), {}
     for row in rows:
         where = f"{csv_path}:{row.line}"
         listed.update(p for p in row["Path"].split("/") if p.startswith("patient"))
+        rel = listed_path(row["Path"].strip(), source=where)
+        if "\\" in rel:  # a Windows tool's export: no file, no patient folder would match
+            raise DataError(f"{where}: Path {rel!r} uses backslashes; expected '/'")
+        # A row pasted twice with other labels: the first frontal row stood for the
+        # patient, the second's labels dropped without a word.
+        refuse_listed_again(first, rel, csv_path, row.line, "Path")
         if not is_frontal(row["Frontal/Lateral"], where):
             continue
-        rel = listed_path(row["Path"].strip(), source=where)
         parts = rel.split("/")
         patient = next((p for p in parts if p.startswith("patient")), None)
         if patient is None:

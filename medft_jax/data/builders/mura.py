@@ -136,8 +136,36 @@ def read_split(folder: Path, split: str, part: str) -> list[Example]:
             f"MURA-v1.1/{split}/{part}/patient00001/study1_positive/image1.png)"
         )
     _refuse_studies_without_images(paths_csv, split, part, studies, examples)
+    _refuse_unlisted_studies(split, examples)
     _refuse_unlisted_images(paths_csv, examples)
     return examples
+
+
+def _refuse_unlisted_studies(split: str, examples: list[Example]) -> None:
+    """Refuse a study folder (``patientN/studyM_*``) of the body part's folder that neither
+    listing names, naming the first and counting them: both listings cut short alike (or
+    a hand-edited pair) dropped the study, of the official test set for ``valid``, without
+    a word. Folder names only: nothing is read."""
+    listed = {ex.path.parent for ex in examples}
+    unlisted: list[Path] = []
+    for part_dir in sorted({study.parent.parent for study in listed}):
+        with os.scandir(part_dir) as patients:
+            for patient in sorted(e.path for e in patients if e.name.startswith("patient")):
+                if not os.path.isdir(patient):
+                    continue
+                with os.scandir(patient) as studies:
+                    unlisted += sorted(
+                        Path(e.path)
+                        for e in studies
+                        if e.name.startswith("study") and e.is_dir() and Path(e.path) not in listed
+                    )
+    if unlisted:
+        raise DataError(
+            f"{unlisted[0].parent}: study folder {unlisted[0].name!r} is in neither "
+            f"{split}_labeled_studies.csv nor {split}_image_paths.csv ({len(unlisted)} such "
+            "folder(s)); expected the listings to name every study (lost lines? partial "
+            "copies of the listings?)"
+        )
 
 
 def _refuse_unlisted_images(paths_csv: Path, examples: list[Example]) -> None:
