@@ -415,6 +415,15 @@ def test_a_partly_downloaded_copy_is_refused_before_any_decoding(tmp_path):
         rf"{tmp_path / first} \(a partly downloaded or moved copy\?\); --skip-bad-images",
     ):
         _parse("mura_wrist", tmp_path)
+    # CholecT50 frames re-encoded as .jpg (some copies): the names are at fault.
+    fakes.make_cholect50(tmp_path / "cholec", (1, 2, 8, 6), 25)
+    frame = tmp_path / "cholec" / "videos" / "VID06" / "000010.png"
+    frame.rename(frame.with_suffix(".jpg"))
+    with pytest.raises(DataError) as err:
+        _parse("cholect50_instrument", tmp_path / "cholec")
+    assert f"{frame} (but '000010.jpg' is there: renamed or re-encoded? expected the listed " in (
+        str(err.value)
+    ) and "names); --skip-bad-images" in str(err.value)
 
 
 def test_mura_listing_no_image_of_the_part_says_why(tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 
 from medft_jax.data import cache
 from medft_jax.data.errors import DataError
-from medft_jax.data.images import ImageReader
+from medft_jax.data.images import IMAGE_SUFFIXES, ImageReader
 from medft_jax.data.paths import special_kind
 from medft_jax.data.splits import carve, check_disjoint
 from medft_jax.errors import note
@@ -352,9 +352,29 @@ def _check_files_exist(splits: dict[str, list[Example]], where: str) -> None:
     if missing:
         raise DataError(
             f"{where}: {len(missing)} of the {len(listed)} listed images do not exist, e.g. "
-            f"{missing[0].path} (a partly downloaded or moved copy?); --skip-bad-images "
+            f"{missing[0].path} ({_renamed(missing[0].path)}); --skip-bad-images "
             "skips corrupt files, not missing ones"
         )
+
+
+def _renamed(path: Path) -> str:
+    """Why a listed image may be missing: another image of its name beside it (frames
+    re-encoded as ``.jpg``, ``.PNG`` for ``.png``) says the names, not a download, are at
+    fault."""
+    try:
+        with os.scandir(path.parent) as entries:
+            beside = sorted(
+                e.name
+                for e in entries
+                if e.name != path.name
+                and Path(e.name).stem == path.stem
+                and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+            )
+    except OSError:
+        beside = []
+    if beside:
+        return f"but {beside[0]!r} is there: renamed or re-encoded? expected the listed names"
+    return "a partly downloaded or moved copy?"
 
 
 def _check_label(ex: Example, class_names: Sequence[str], multilabel: bool, where: str) -> None:
