@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -48,6 +47,7 @@ from medft_jax.errors import (
     check_data_dir,
     cli_main,
     exit_statuses,
+    json_loads,
     path_flag,
     writable_dir,
 )
@@ -223,7 +223,7 @@ def _check_grid_runs(path: str, out: str) -> None:
 def _is_outcome(path: Path) -> bool:
     """Whether ``path`` holds an outcome ``--json`` wrote (so rewriting it loses nothing)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json_loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: not one
         return False
     return isinstance(data, dict) and {"pick", "rungs", "cost"} <= data.keys()

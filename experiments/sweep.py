@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
-import json
 import os
 import shlex
 import sys
@@ -58,6 +57,7 @@ from medft_jax.errors import (
     check_data_dir,
     cli_main,
     exit_statuses,
+    json_loads,
     no_file_in_the_way,
     one_line,
     path_flag,
@@ -500,7 +500,7 @@ def _damaged_runs(damaged: list[results.RecordError], out: str) -> tuple[set[str
         if path is None or Path(path).parent.parent.resolve() != Path(out).resolve():
             continue
         try:
-            keys.add(results.settings_hash(json.loads(Path(path).read_text())["config"]))
+            keys.add(results.settings_hash(json_loads(Path(path).read_text())["config"]))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             names.append(Path(path).parent.name)
     return keys, names

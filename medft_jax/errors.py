@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -68,6 +69,17 @@ class BusyError(UserError):
     """Another process holds what a command needs (a run it trains now): the input is
     fine and the same command may succeed later. :func:`cli_main` prints it as one
     ``error:`` line and exits :data:`EXIT_BUSY`, as ``experiments.run`` does for a busy run."""
+
+
+def json_loads(text: str | bytes, **kw: Any) -> Any:
+    """``json.loads``, with JSON nested too deeply for Python's parser (a damaged or
+    hostile file: ``[[[[...``) a ``json.JSONDecodeError`` like any other file that is not
+    JSON: it was a ``RecursionError`` traceback where every reader names the file."""
+    try:
+        return json.loads(text, **kw)
+    except RecursionError:
+        doc = text if isinstance(text, str) else text.decode("utf-8", "replace")
+        raise json.JSONDecodeError("nested too deeply", doc, 0) from None
 
 
 def one_line(text: object) -> str:

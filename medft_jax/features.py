@@ -54,7 +54,7 @@ from medft_jax.config import numerics_version
 from medft_jax.data import pipeline
 from medft_jax.data.cache import reserve_space
 from medft_jax.data.dataset import Dataset
-from medft_jax.errors import one_line
+from medft_jax.errors import json_loads, one_line
 from medft_jax.models.blocks import BlockPartition, flatten, unflatten
 
 FORMAT = 2
@@ -230,7 +230,7 @@ def open_features(
             said.append(f"{directory}: no meta.json")
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json_loads(meta_path.read_text())
     except (OSError, ValueError) as e:
         said.append(f"{meta_path}: unreadable ({type(e).__name__})")
         return None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from medft_jax import atomic, results
 from medft_jax.config import RunConfig
 from medft_jax.data.errors import DataError
-from medft_jax.errors import BusyError, UserError
+from medft_jax.errors import BusyError, UserError, json_loads
 from medft_jax.names import lr_text
 from medft_jax.outcomes import BUSY, DIVERGED, DONE, STOPPED
 
@@ -398,7 +398,7 @@ def _write_kept(path: Path, kept: dict[int, dict[str, Any]]) -> None:
 def _read_kept(path: Path) -> dict[int, dict[str, Any]]:
     """The kept validations; files written before they carried a hash are read unchecked."""
     try:
-        body = json.loads(path.read_text())
+        body = json_loads(path.read_text())
         recorded = body.pop(_KEPT_HASH, None)
         if recorded is not None and recorded != results.content_hash(body):
             raise ValueError("its contents hash to another value than the one saved")

@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medft_jax.errors import UserError, env_switch
+from medft_jax.errors import UserError, env_switch, json_loads
 
 try:
     import fcntl
@@ -289,7 +289,7 @@ def held_settings(run_dir: str | os.PathLike[str]) -> str | None:
     folder is running (an edited grid's run of the same name is another cell).
     """
     try:
-        info = json.loads((Path(run_dir) / LOCK_NAME).read_text(encoding="utf-8"))
+        info = json_loads((Path(run_dir) / LOCK_NAME).read_text(encoding="utf-8"))
         settings = info.get("settings") if isinstance(info, dict) else None
     except (OSError, ValueError):
         return None
@@ -317,7 +317,7 @@ def holder_of(run_dir: str | os.PathLike[str]) -> str | None:
     path = Path(run_dir) / LOCK_NAME
     try:
         written = path.stat().st_mtime
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json_loads(path.read_text(encoding="utf-8"))
         pid, host = int(info["pid"]), str(info["host"])
     except FileNotFoundError:
         return None
@@ -408,7 +408,7 @@ def _holder(path: Path, wait: float = 1.0) -> tuple[int | None, str | None]:
     deadline = time.monotonic() + wait
     while True:
         try:
-            info = json.loads(path.read_text(encoding="utf-8"))
+            info = json_loads(path.read_text(encoding="utf-8"))
             return int(info["pid"]), str(info["host"])
         except (OSError, ValueError, KeyError, TypeError):
             if time.monotonic() >= deadline:

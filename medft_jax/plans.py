@@ -27,6 +27,7 @@ from typing import Any
 
 from medft_jax import locks
 from medft_jax.atomic import write_bytes
+from medft_jax.errors import json_loads
 from medft_jax.names import STRATEGIES, dataset_name_error, is_known_arch
 from medft_jax.results import RecordError, config_hash, jsonable
 
@@ -114,7 +115,7 @@ def write_plan(
 def _read(path: Path) -> dict[str, Any] | None:
     """The plan at ``path``, or None where it is not one this version writes."""
     try:
-        plan = json.loads(path.read_text())
+        plan = json_loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return plan if _problem(plan) is None else None
@@ -132,7 +133,7 @@ def load_plans(out_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
         if path.name.startswith("."):
             continue
         try:
-            plan = json.loads(path.read_text())
+            plan = json_loads(path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise RecordError(
                 f"{path}: not a readable sweep plan ({type(e).__name__}); delete it (a report "

@@ -97,7 +97,7 @@ import numpy as np
 from medft_jax import locks
 from medft_jax.atomic import write_bytes
 from medft_jax.data.paths import not_listed  # the data listings' rule
-from medft_jax.errors import UserError
+from medft_jax.errors import UserError, json_loads
 from medft_jax.names import ARCHS, STRATEGIES, TEST_ARCHS, recorded_dataset_error
 
 RECORD_NAME = "record.json"
@@ -124,7 +124,7 @@ def _confirmed_at(run_dir: Path) -> str | None:
     """The time in ``run_dir``'s :data:`CONFIRMED_NAME`; None if absent or unreadable
     (it orders runs only: a damaged one is no reason to refuse a report)."""
     try:
-        value = json.loads((run_dir / CONFIRMED_NAME).read_text()).get(CONFIRMED_KEY)
+        value = json_loads((run_dir / CONFIRMED_NAME).read_text()).get(CONFIRMED_KEY)
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None
@@ -358,7 +358,7 @@ def read_record(path: str | Path) -> dict[str, Any]:
 def _read_record(path: Path) -> tuple[dict[str, Any], bool]:
     """:func:`read_record`, and whether the file carried :data:`SEAL_KEY`."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        record = json_loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordError(f"{path}: not a readable run record ({e})") from e
     except ValueError as e:  # NaN or Infinity: never written (they are null), so edited

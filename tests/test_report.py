@@ -1940,6 +1940,8 @@ def test_a_read_only_out_is_named_not_the_temporary_folder(tmp_path, capsys, mon
         ("file", "is a file, expected the runs' folder"),
         ("empty", "no run records"),
         ("corrupt", "record.json: not a readable run record"),
+        # A RecursionError's traceback, from JSON nested deeper than Python's parser goes.
+        ("nested", "record.json: not a readable run record"),
         ("filter", "--only"),
         # A value no run has: seed 7 would vanish from a report that says "2 of 2 expected".
         ("typo", "--only seed=7: no run has it (the runs' seeds: 0)"),
@@ -1967,7 +1969,7 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case
         runs.write_text("")
     elif case != "missing":
         runs.mkdir()
-    if case in ("corrupt", "filter", "typo", "threshold", "config"):
+    if case in ("corrupt", "nested", "filter", "typo", "threshold", "config"):
         _write_runs(runs, [rec()])
     edits = ("value", "seed", "seconds", "range", "dropped", "untimed", "nan", "features")
     if case in edits:  # hand-edited values, in a folder not named by hash
@@ -1991,10 +1993,12 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case
         (runs / "lp-run").mkdir()
         bad = runs / "lp-run" / "record.json"
         bad.mkdir() if case == "folder" else bad.symlink_to(bad)
-    if case == "corrupt":
+    if case in ("corrupt", "nested"):
         bad = runs / "bach-broken" / "record.json"
         bad.parent.mkdir()
-        bad.write_text('{"config": {"dataset": ')
+        bad.write_text(
+            '{"config": {"dataset": ' if case == "corrupt" else "[" * 10**5 + "]" * 10**5
+        )
         expected = str(bad) + ": not a readable"
     args = {
         "filter": ["--only", "colour=red"],

@@ -496,3 +496,29 @@ def test_a_results_walk_does_not_descend_into_a_run_folders_checkpoints(tmp_path
     (killed / "checkpoints" / "7").mkdir(parents=True)
     assert results.unfinished_runs(tmp_path / "runs") == [(killed, 0)]
     assert not [w for w in walked if w.startswith(f"{run.name}/")], walked
+
+
+def test_json_nested_too_deeply_is_a_file_that_is_not_json(tmp_path):
+    """JSON nested deeper than Python's parser goes (a damaged or hostile file) was a
+    RecursionError traceback where each reader names a file that is not JSON: here a
+    confirmation stamp (ignored: it orders runs only) and a sweep plan (named)."""
+    from medft_jax import plans
+    from medft_jax.errors import json_loads
+
+    deep = "[" * 10**5 + "]" * 10**5
+    with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+        json_loads(deep)
+    with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+        json_loads(deep.encode())
+    assert json_loads("[[1]]") == [[1]]
+    (tmp_path / results.CONFIRMED_NAME).write_text(deep)
+    assert results._confirmed_at(tmp_path) is None
+    (tmp_path / results.CONFIRMED_NAME).write_text(json.dumps({results.CONFIRMED_KEY: "2026"}))
+    assert results._confirmed_at(tmp_path) == "2026"
+    (tmp_path / plans.PLANS_DIR).mkdir()
+    (tmp_path / plans.PLANS_DIR / "a.json").write_text(deep)
+    with pytest.raises(results.RecordError) as err:
+        plans.load_plans(tmp_path)
+    assert str(err.value).startswith(
+        f"{tmp_path / plans.PLANS_DIR / 'a.json'}: not a readable sweep plan (JSONDecodeError)"
+    )

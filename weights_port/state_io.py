@@ -36,7 +36,7 @@ import numpy as np
 
 from medft_jax.atomic import file_sha256, replace_all, stage_bytes
 from medft_jax.checkpoints.model import METADATA_HASH, metadata_hash
-from medft_jax.errors import writable_dir
+from medft_jax.errors import json_loads, writable_dir
 from weights_port import pth_reader
 from weights_port.keymap import PortError
 
@@ -195,7 +195,7 @@ def read_export_metadata(path: str | Path, *, note_unsealed: bool = True) -> dic
     if raw is None:
         return None
     try:
-        value = json.loads(raw)
+        value = json_loads(raw)
     except json.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
@@ -249,7 +249,7 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
                 f"bytes, the file holds {max(total - 8, 0)} after them)"
             )
         try:
-            header = json.loads(f.read(size))
+            header = json_loads(f.read(size))
         except ValueError as e:  # UnicodeDecodeError too
             raise PortError(
                 f"{path}: not a .safetensors file (its header is no JSON: {e})"

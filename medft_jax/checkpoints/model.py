@@ -51,7 +51,14 @@ from medft_jax import locks
 from medft_jax.config import PRECISIONS
 from medft_jax.data.options import option_value_error
 from medft_jax.data.pixels import BITS_STORED
-from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in, quiet_logger
+from medft_jax.errors import (
+    UserError,
+    json_loads,
+    naming_os_errors,
+    one_line,
+    os_errno_in,
+    quiet_logger,
+)
 from medft_jax.models import ARCHS, get_arch, is_known_arch, variable_shapes
 from medft_jax.models.blocks import flatten
 
@@ -498,7 +505,7 @@ def _read_metadata(directory: Path) -> dict[str, Any]:
     if not text.strip():
         raise CheckpointError(f"{path}: the metadata file is empty (a truncated checkpoint)")
     try:
-        metadata = json.loads(text)
+        metadata = json_loads(text)
     except json.JSONDecodeError as e:
         raise CheckpointError(
             f"{path}: unreadable metadata JSON ({e.msg} at line {e.lineno} column {e.colno})"

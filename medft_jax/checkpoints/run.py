@@ -55,7 +55,7 @@ from medft_jax.checkpoints.model import (
     storage_read_error,
     tree_hash,
 )
-from medft_jax.errors import UserError, naming_os_errors, one_line, os_errno_in
+from medft_jax.errors import UserError, json_loads, naming_os_errors, one_line, os_errno_in
 from medft_jax.results import content_hash
 
 __all__ = [
@@ -268,7 +268,7 @@ class RunCheckpoints:
         so that a truncated or missing file is named in the error."""
         path = self.latest_dir.joinpath(str(step), *_PROGRESS_FILE)
         try:
-            progress = json.loads(path.read_bytes().decode("utf-8"))
+            progress = json_loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise self._damaged(path, "missing") from None
         except OSError as e:

@@ -61,7 +61,7 @@ from medft_jax import atomic
 from medft_jax.data.arrays import ArraySplit, file_identity
 from medft_jax.data.errors import DataError
 from medft_jax.data.locations import user_cache_base
-from medft_jax.errors import UserError, bars_hidden, note, one_line
+from medft_jax.errors import UserError, bars_hidden, json_loads, note, one_line
 
 META = "meta.json"
 FIELDS = ("labels", "ids", "groups", "patients")
@@ -650,7 +650,7 @@ def _checked_record(cache_dir: Path, meta: Mapping[str, Any]) -> Path:
 def _read_checked(record: Path) -> dict[str, Any]:
     """The stats :func:`_check_unchanged` kept in ``record``; none when absent or unreadable."""
     try:
-        stats = json.loads(record.read_text()).get("file_stats")
+        stats = json_loads(record.read_text()).get("file_stats")
     except (OSError, ValueError, AttributeError):
         return {}
     return stats if isinstance(stats, dict) else {}
@@ -685,7 +685,7 @@ def read_meta(cache_dir: Path) -> dict[str, Any]:
     """The full ``meta.json`` of a finished cache (unreadable JSON is one line naming it)."""
     path = Path(cache_dir) / META
     try:
-        meta = json.loads(path.read_text())
+        meta = json_loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: unreadable cache metadata ({err}); delete {cache_dir}") from None
     if not isinstance(meta, dict):

@@ -49,7 +49,7 @@ from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example
 from medft_jax.data.locations import cache_dir
 from medft_jax.data.options import OPTION_OWNERS, split_option_error
-from medft_jax.errors import UserError, one_line, os_errno_in, quiet_logger
+from medft_jax.errors import UserError, json_loads, one_line, os_errno_in, quiet_logger
 from medft_jax.names import TASK_NAMES as TASK_NAMES  # the one list of the tasks' names
 
 MANUAL_RECORD = "medft_manual_source.json"
@@ -329,7 +329,7 @@ def _same_copy(
 
 def _read_manual_record(tfds_dir: Path) -> dict[str, Any] | None:
     try:
-        record = json.loads((Path(tfds_dir) / MANUAL_RECORD).read_text())
+        record = json_loads((Path(tfds_dir) / MANUAL_RECORD).read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return record if isinstance(record, dict) else None

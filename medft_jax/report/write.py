@@ -21,7 +21,7 @@ from pathlib import Path
 from medft_jax import atomic
 from medft_jax.atomic import DIR_MODE
 from medft_jax.data.options import TASK_VAL_FRACTION
-from medft_jax.errors import UserError, naming_os_errors, no_file_in_the_way
+from medft_jax.errors import UserError, json_loads, naming_os_errors, no_file_in_the_way
 from medft_jax.report import figures
 from medft_jax.report.cells import (
     COMPLETE,
@@ -224,7 +224,7 @@ def _old_report_files(out: Path, shown: str | Path) -> list[str] | None:
 def _read_marker(path: Path) -> list[str] | None:
     """The files a report's marker lists, or None when it is missing or not one of ours."""
     try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
+        marker = json_loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not isinstance(marker, dict) or marker.get("written_by") != "experiments.report":

@@ -24,6 +24,7 @@ from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example
 from medft_jax.data.paths import safe_join, scan_files
+from medft_jax.errors import json_loads
 
 CLASS_NAMES = ("grasper", "bipolar", "hook", "scissors", "clipper", "irrigator")
 VIDEOS = {
@@ -81,7 +82,7 @@ def frame_labels(path: Path) -> dict[int, tuple[float, ...]]:
     try:
         # utf-8-sig: a BOM (a copy saved by a Windows editor) is read as the CSVs are.
         text = path.read_text(encoding="utf-8-sig")
-        annotations = json.loads(text, object_pairs_hook=_unique_keys(path))["annotations"]
+        annotations = json_loads(text, object_pairs_hook=_unique_keys(path))["annotations"]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     except (KeyError, TypeError):
