@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CSV",
         help="set our numbers beside published ones: per dataset a table "
         "tables/vs_paper_<dataset> (ours, the paper's, the difference in percentage points, "
-        "z = diff / sqrt(se_ours^2 + se_paper^2), |z| > 2 flagged) and a section 'Against the "
+        "z = diff / sqrt(se_ours^2 + se_paper^2), the paper's SE plus half a unit of its "
+        "last printed digit, as it cuts its SEs off, |z| > 2 flagged) and a section 'Against the "
         "paper' in index.md (cells compared, mean |diff|, |z| > 2, Spearman rho of the "
         "strategy ranking per arch). CSV: columns table,dataset,strategy,arch,metric,mean,se, "
         "mean and se in percent; without it, the paper's Tables 3-10 bundled with the package",

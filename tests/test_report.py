@@ -2810,6 +2810,7 @@ def test_a_vs_paper_table_says_the_options_a_strategy_ran_with_unlike_the_papers
     table pasted into a paper could not tell."""
     from medft_jax.report.paper import compare, load_paper
     from medft_jax.report.tables import vs_paper_table
+    from medft_jax.report.write import paper_lines
 
     records = [
         rec(dataset="mura_wrist", strategy=s, seed=k, test=0.70 + 0.02 * k)
@@ -2833,6 +2834,18 @@ def test_a_vs_paper_table_says_the_options_a_strategy_ran_with_unlike_the_papers
     summary = collect(records)
     notes = vs_paper_table(summary, "mura_wrist", compare(summary, paper), paper).notes
     assert not [n for n in notes if n.startswith("Not the paper's")]
+    # Runs of another protocol (a quick grid's): every |z| > 2 read as the strategies'.
+    for r in records:
+        r["config"].update(image_size=32, epochs=2, weights="none", precision="bf16")
+    summary = collect(records)
+    notes = vs_paper_table(summary, "mura_wrist", compare(summary, paper), paper).notes
+    said = (
+        "Not the paper's protocol: 32 px (the paper's 224 px), at most 2 epochs (the paper's "
+        "at most 50 epochs), bf16 compute (the paper's fp32 compute), random weights (the "
+        "paper's pretrained weights); a difference may be its."
+    )
+    assert [n for n in notes if n.startswith("Not the paper's")] == [said]
+    assert f"  {said}" in paper_lines(summary, paper)
 
 
 def test_a_vs_paper_table_counts_the_papers_cells_it_has_no_row_for(tmp_path):

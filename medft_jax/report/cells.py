@@ -836,6 +836,41 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return protocol
 
 
+PAPER_PROTOCOL: dict[str, Any] = {
+    "image_size": 224,
+    "batch_size": 64,
+    "epochs": 50,
+    "patience": 5,
+    "precision": "fp32",
+    "frozen_bn": "update",
+    "start": "pretrained",
+}
+"""The paper's protocol in :func:`_protocol`'s terms (RunConfig's defaults)."""
+
+_PROTOCOL_WORDS = {
+    "image_size": "{} px",
+    "batch_size": "batch {}",
+    "epochs": "at most {} epochs",
+    "patience": "patience {}",
+    "precision": "{} compute",
+    "frozen_bn": "frozen_bn={}",
+    "start": "{} weights",
+}
+
+
+def protocol_unlike_paper(protocol: Mapping[str, Any]) -> str | None:
+    """What of a dataset's :func:`_protocol` is not the paper's, each beside the paper's
+    (``"32 px (the paper's 224 px), random weights (the paper's pretrained weights)"``);
+    None when all is. Said with the published values: a difference from them may be the
+    protocol's, not the strategies'."""
+    unlike = [
+        f"{words.format(protocol[k])} (the paper's {words.format(PAPER_PROTOCOL[k])})"
+        for k, words in _PROTOCOL_WORDS.items()
+        if k in protocol and protocol[k] != PAPER_PROTOCOL[k]
+    ]
+    return ", ".join(unlike) or None
+
+
 def _split_counts(runs: Sequence[Mapping[str, Any]], key: str) -> dict[str, int]:
     """Split -> the most images any of ``runs`` counts under ``key`` (a record's
     ``eval_copies_of_train`` or ``skipped_bad_images``: properties of the data, equal

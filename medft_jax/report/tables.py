@@ -48,6 +48,7 @@ from medft_jax.report.cells import (
     filters_text,
     no_baseline,
     paired_vs_ft,
+    protocol_unlike_paper,
     relative_improvement,
 )
 from medft_jax.report.paper import Z_FLAG, Compared, PaperTables, compare, table_number
@@ -1315,8 +1316,8 @@ VS_PAPER_NOTE = (
     "cut-off digits stand for, plus half a unit of its last printed digit: 1.6 as 1.65, 0.0 "
     "as 0.05); n/a "
     "where the paper gives no SE or ours is a single seed. Bold with ! marks |z| > 2: a "
-    "difference larger than the seeds' spread explains (with 3 seeds per side the SEs are "
-    "rough, so expect some by chance)."
+    "difference larger than the seeds' spread explains (over 3 seeds, the paper's, the SEs "
+    "are rough, so expect some by chance)."
 )
 
 
@@ -1371,6 +1372,9 @@ def vs_paper_table(
     ]
     if unlike:  # a row names a strategy, not its options: this table alone must say them
         notes.append("Not the paper's options: " + "; ".join(unlike) + ".")
+    protocol = protocol_unlike_paper(summary.protocol.get(dataset) or {})
+    if protocol:  # every |z| > 2 read as the strategies' when it may be the protocol's
+        notes.append(f"Not the paper's protocol: {protocol}; a difference may be its.")
     head = Head(
         f"vs_paper_{slug(dataset)}", title, notes + _left_out_note(summary, dataset, paper, lines)
     )

@@ -32,6 +32,7 @@ from medft_jax.report.cells import (
     Summary,
     option_text,
     paired_vs_ft,
+    protocol_unlike_paper,
 )
 from medft_jax.report.paper import Z_FLAG, PaperTables, agreements, unmatched
 from medft_jax.report.render import (
@@ -436,6 +437,11 @@ def paper_lines(summary: Summary, paper: PaperTables) -> list[str]:
             f"{g.flagged} with |z| > {Z_FLAG:g}{md_escape(ranking)} "
             f"([table](tables/vs_paper_{slug(g.dataset)}.md))."
         )
+        protocol = protocol_unlike_paper(summary.protocol.get(g.dataset) or {})
+        if protocol:
+            lines.append(
+                f"  Not the paper's protocol: {md_escape(protocol)}; a difference may be its."
+            )
         if g.headline not in summary.metrics[g.dataset]:  # records from before it was kept
             lines.append(
                 f"  Our {md_escape(metric_label(summary.headline(g.dataset)))} is not the "
