@@ -2563,6 +2563,18 @@ def test_table11_tie_note_says_a_later_cell_is_named_for_its_mean_before_roundin
         "FT); it is named for its higher mean before rounding (85.0049 against LP, "
         "ResNet-50's 85.0040)."
     )
+    # G-LF of L2-SP's very mean, before it in the order: named over it by the order alone.
+    means["g_lf"] = 0.850049
+    summary = summary_from_means(
+        {("bach", "resnet50", s): {"top1_accuracy": (m, 0.01)} for s, m in means.items()}
+    )
+    assert best_per_dataset(summary)[0].cell.strategy == "g_lf"
+    note = table11(summary).notes[-1]
+    assert note.endswith(
+        "it is named for its higher mean before rounding (85.0049 against LP, ResNet-50's "
+        "85.0040), and over L2-SP, ResNet-50, of the same mean, as the first in the table's "
+        "order."
+    )
 
 
 def test_table11_tie_note_writes_a_gain_that_rounds_to_zero_as_plus_zero():

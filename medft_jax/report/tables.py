@@ -30,6 +30,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from medft_jax.report.aggregate import same_mean
 from medft_jax.report.cells import (
     ALPHA,
     BASELINE,
@@ -980,6 +981,11 @@ def _tied_with_best(summary: Summary, bests: Sequence[Best]) -> list[str]:
         if not others:
             continue
         first = next(c for c in cells if c.key in tied or c.key == b.cell.key)
+        same = [  # tied before rounding too: named over them by the order alone
+            f"{strategy_label(c.strategy)}, {arch_label(c.arch)}"
+            for c in cells
+            if c.key in tied and same_mean(c.mean(b.metric), b.cell.mean(b.metric))
+        ]
         why = (
             "the first in the table's order is named"
             if first.key == b.cell.key
@@ -988,6 +994,12 @@ def _tied_with_best(summary: Summary, bests: Sequence[Best]) -> list[str]:
                 "it is named for its higher mean before rounding "
                 f"({100 * b.cell.mean(b.metric):.4f} against {strategy_label(first.strategy)}, "
                 f"{arch_label(first.arch)}'s {100 * first.mean(b.metric):.4f})"
+                + (
+                    f", and over {'; '.join(same)}, of the same mean, as the first in the "
+                    "table's order"
+                    if same
+                    else ""
+                )
             )
         )
         notes.append(
