@@ -35,7 +35,7 @@ from medft_jax import locks, plans, results
 from medft_jax.errors import ArgumentParser, UserError, cli_main, exit_statuses, path_flag
 from medft_jax.plans import PLANS_DIR
 from medft_jax.report import collect, write_report
-from medft_jax.report.cells import check_record
+from medft_jax.report.cells import check_failure, check_record
 from medft_jax.report.paper import load_paper
 from medft_jax.report.write import check_out
 
@@ -131,7 +131,10 @@ def _summary(args: argparse.Namespace):
     for path, record in found:  # a refusal names the file, not only the run
         check_record(path, record)
     records = results.one_record_per_run(found, f"--runs {runs}")
-    failures = results.load_failures(runs)
+    noted = results.load_failures_at(runs)
+    for path, note in noted:  # named by the file, as a record is
+        check_failure(path, note)
+    failures = results.one_record_per_run(noted, f"--runs {runs}", what="failure notes")
     forced: list[Path] = []  # runs whose last record --force set aside
     unfinished = results.unfinished_runs(runs, set_aside=forced)
     if not records and not failures:

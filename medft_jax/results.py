@@ -575,19 +575,21 @@ def one_record_per_run(
     found: Iterable[tuple[Path, dict[str, Any]]],
     where: str,
     key: Callable[[dict[str, Any]], str] = config_hash,
+    what: str = "records",
 ) -> list[dict[str, Any]]:
     """The records of :func:`load_records_at`, refusing a run whose record is found twice
     (a run folder copied by hand, a backup kept inside): counted twice in a mean or a
     cell's cost. The one line names both files, which in a grid's 1,728 folders, or a
     copy nested deeper, the user would otherwise hunt for. ``key``: what one run is
-    (:func:`config_hash`; :func:`settings_hash` for records matched to a grid)."""
+    (:func:`config_hash`; :func:`settings_hash` for records matched to a grid); ``what``
+    the files are (``"failure notes"``)."""
     seen: dict[str, Path] = {}
     records = []
     for path, record in found:
         k = key(record["config"])
         if k in seen:
             raise RecordError(
-                f"{where}: {run_name(record['config'])} has two records, {seen[k]} and "
+                f"{where}: {run_name(record['config'])} has two {what}, {seen[k]} and "
                 f"{path}; expected one per run: move the copy out"
             )
         seen[k] = path
@@ -754,8 +756,13 @@ def write_failure(
 
 def load_failures(out_dir: str | Path) -> list[dict[str, Any]]:
     """Every failure note under ``out_dir`` whose run has no record (a later success wins)."""
+    return [note for _, note in load_failures_at(out_dir)]
+
+
+def load_failures_at(out_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """:func:`load_failures`, each note with its path (for refusals naming the file)."""
     return [
-        read_record(p)
+        (p, read_record(p))
         for p in _find_files(out_dir, FAILURE_NAME)
         if not (p.parent / RECORD_NAME).exists()
     ]

@@ -1428,13 +1428,13 @@ def test_a_version_that_changed_bf16_runs_only_leaves_float32_runs_current():
         collect([rec("bach", numerics=2), bf16_now])
 
 
-def test_a_run_of_a_newer_toolkit_is_refused_naming_it():
+def test_a_run_of_a_newer_toolkit_is_refused_naming_it(tmp_path, capsys):
     """A record of a numerics version this toolkit does not know was reported without a
     word alone, and beside current runs the error told the user to delete the current ones
     as "older"."""
     newer = rec("bach", seed=2, numerics=NUMERICS_VERSION + 1)
     expected = (
-        f"{newer['run']}: written by a newer toolkit (numerics version {NUMERICS_VERSION + 1}; "
+        f"run {newer['run']}: written by a newer toolkit (numerics version {NUMERICS_VERSION + 1}; "
         f"this one knows 1 to {NUMERICS_VERSION}): report it with that toolkit, or move it "
         "out of --runs"
     )
@@ -1442,6 +1442,13 @@ def test_a_run_of_a_newer_toolkit_is_refused_naming_it():
         with pytest.raises(results.RecordError) as e:
             collect(runs)
         assert str(e.value) == expected
+    # The report names the file: in --runs merged from several hosts the run's name alone
+    # left the user searching.
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec("bach"), newer])
+    (path,) = [p for p in runs.rglob("record.json") if f"s{newer['config']['seed']}" in str(p)]
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: {path}: {expected}\n"
 
 
 # --- the report folder -----------------------------------------------------------------------
@@ -3419,3 +3426,34 @@ def test_a_grid_whose_settings_no_record_has_names_the_setting_that_differs():
     )
     # Another dataset's run tells nothing of the grid's settings.
     assert collect([rec(dataset="bach", test=0.9)], grid=grid).left_out_why == ""
+
+
+def test_failure_notes_copied_or_edited_are_refused_naming_the_files(tmp_path, capsys):
+    """A copied failure note's folder was "two records for lr ..., seed ...: run X",
+    naming neither file (and calling notes records); a note's bad config named the run."""
+    runs = tmp_path / "runs"
+    _write_runs(runs, [rec(strategy="ft")])
+    note = results.write_failure(runs, rec(strategy="lp", lr=1e-3)["config"], "nonfinite", "nan")
+    first = runs / note["run"] / results.FAILURE_NAME
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "ok")]) == 0
+    capsys.readouterr()
+    copy = runs / "bak" / note["run"]
+    shutil.copytree(first.parent, copy)
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
+    pair = sorted([first, copy / results.FAILURE_NAME])
+    assert capsys.readouterr().err == (
+        f"error: --runs {runs}: {note['run']} has two failure notes, {pair[0]} and {pair[1]}; "
+        "expected one per run: move the copy out\n"
+    )
+    shutil.rmtree(runs / "bak")
+    edited = json.loads(first.read_text())
+    edited["config"]["lr"] = "0.001"
+    del edited["run"], edited[results.SEAL_KEY]  # hand-made: no name or seal to contradict
+    shutil.rmtree(first.parent)
+    hand = runs / "hand-made" / results.FAILURE_NAME  # a folder not named by the hash
+    hand.parent.mkdir()
+    hand.write_text(json.dumps(edited))
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {hand}: run ?: config.lr is '0.001', not a number\n"
+    )

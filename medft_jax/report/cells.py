@@ -465,6 +465,9 @@ def _check_config(run: dict[str, Any]) -> None:
         raise RecordError(f"run {name}: config.lr is {config['lr']!r}, not a number")
     if not isinstance(config["seed"], int) or isinstance(config["seed"], bool):
         raise RecordError(f"run {name}: config.seed is {config['seed']!r}, not an integer")
+    numerics = config.get("numerics", 1)  # absent: written before versions were
+    if not isinstance(numerics, int) or isinstance(numerics, bool) or numerics < 1:
+        raise RecordError(f"run {name}: config.numerics is {numerics!r}, not a version (>= 1)")
 
 
 def _named_by_data(run: dict[str, Any]) -> dict[str, Any]:
@@ -479,6 +482,7 @@ def _named_by_data(run: dict[str, Any]) -> dict[str, Any]:
 def _check_record(record: dict[str, Any]) -> None:
     """A record lacking what the report reads is named now, not as a KeyError deep inside."""
     _check_config(record)
+    _check_newer(record)
     name = record.get("run", "?")
     for key in ("val", "test"):
         if not isinstance(record.get(key), dict):
@@ -519,6 +523,27 @@ def check_record(path: Path, record: dict[str, Any]) -> None:
         _check_record(record)
     except RecordError as err:
         raise RecordError(f"{path}: {err}") from None
+
+
+def check_failure(path: Path, note: dict[str, Any]) -> None:
+    """A failure note's config checked as a record's (:func:`_check_config`,
+    :func:`_check_newer`), the refusal naming the file, as :func:`check_record`'s does."""
+    try:
+        _check_config(note)
+        _check_newer(note)
+    except RecordError as err:
+        raise RecordError(f"{path}: {err}") from None
+
+
+def _check_newer(run: dict[str, Any]) -> None:
+    """Refuses a run of a numerics version this toolkit does not know (a newer toolkit's):
+    computed, and perhaps recorded, in ways this one cannot know."""
+    if numerics_of(run) > NUMERICS_VERSION:
+        raise RecordError(
+            f"run {run.get('run', run['config']['dataset'])}: written by a newer toolkit "
+            f"(numerics version {numerics_of(run)}; this one knows 1 to {NUMERICS_VERSION}): "
+            "report it with that toolkit, or move it out of --runs"
+        )
 
 
 def _is_number(x: Any) -> bool:
@@ -754,13 +779,8 @@ def _check_numerics(runs: list[dict[str, Any]]) -> None:
     Per precision: a float32 run of version 3 and a bf16 run of version 4 are both
     version 4's (it changed bf16 runs only); two bf16 runs of 3 and 4 are not.
     """
-    newer = next((r for r in runs if numerics_of(r) > NUMERICS_VERSION), None)
-    if newer is not None:  # computed, and perhaps recorded, in ways this toolkit cannot know
-        raise RecordError(
-            f"{newer.get('run', newer['config']['dataset'])}: written by a newer toolkit "
-            f"(numerics version {numerics_of(newer)}; this one knows 1 to {NUMERICS_VERSION}): "
-            "report it with that toolkit, or move it out of --runs"
-        )
+    for r in runs:
+        _check_newer(r)
     if not runs or set.intersection(*(_generations(r) for r in runs)):
         return
     versions = sorted({numerics_of(r) for r in runs})
