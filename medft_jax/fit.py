@@ -1525,7 +1525,7 @@ def _metrics(
 ) -> dict[str, float]:
     """The split's metrics from the model's logits (:meth:`Trainer.predict`).
 
-    Probabilities and log-probabilities are made in float64 on the host
+    Probabilities and log-odds are made in float64 on the host
     (:func:`medft_jax.metrics.scores_from_logits`), and an image-level
     task's AUROC and AP rank by the latter; a study's score (MURA) is the
     mean of its images' float64 probabilities.
@@ -1536,9 +1536,9 @@ def _metrics(
             f"the model's {split} outputs became NaN or infinite ({bad} of {len(logits)} "
             f"examples, {when}); {diverged_hint(precision)}"
         )
-    probs, log_probs = metrics.scores_from_logits(logits, ds.multilabel)
+    probs, log_odds = metrics.scores_from_logits(logits, ds.multilabel)
     _, scores, labels = ds.grouped_scores(split, probs)
-    rank = log_probs if ds.eval_grouping == "image" else None
+    rank = log_odds if ds.eval_grouping == "image" else None
     return metrics.compute_metrics(scores, labels, multilabel=ds.multilabel, rank_scores=rank)
 
 

@@ -43,11 +43,12 @@ of floats, the same for validation (early stopping, LR choice) and test
 ``f1``
     Macro F1 (multilabel: per class at the threshold).
 
-The rank metrics (``map``, ``auroc``) rank by log-probabilities in float64 when
+The rank metrics (``map``, ``auroc``) rank by each class's log-odds in float64 when
 given (:func:`scores_from_logits`): float32 probabilities round to exactly 1.0
-once a logit's margin passes about 16.6, and every such example then tied,
-however confident the model was of each, which moved AUROC and AP with the
-ties (a confident model fine-tuned long on small data gets there).
+once a logit's margin passes about 16.6 (float64 log-probabilities to exactly 0 past
+about 745), and every such example then tied, however confident the model was of
+each, which moved AUROC and AP with the ties (a confident model fine-tuned long on
+small data gets there).
 
 Undefined values are NaN, never a crash. A class whose labels take only
 one value in the split has no ROC AUC (and no AP without positives): it
@@ -88,10 +89,18 @@ def import_sklearn() -> None:
     _sk()
 
 
-RANKED_BY = "float64 log-probabilities"
+RANKED_BY = "float64 log-odds"
 """A run record's ``ranked_by``: what its AUROC and AP ranked the examples by. Records
 without it (written before 2026-12-06) ranked by float32 probabilities, which tie past a
-logit margin of about 16.6 (see the module docstring)."""
+logit margin of about 16.6 (see the module docstring); records of
+:data:`LOG_PROBABILITIES_RANKED` (before 2026-12-07's log-odds) by float64
+log-probabilities, the top class's exactly 0 past a margin of about 745."""
+
+LOG_PROBABILITIES_RANKED = "float64 log-probabilities"
+"""The ``ranked_by`` of records between 2026-12-06 and 2026-12-07's log-odds. Not a
+numerics version of its own: the two rankings differ only past a logit margin of about
+745, which a diverging model reaches, not a trained one, and a version would have made
+every such record unreportable beside new ones; the report counts them instead."""
 
 THRESHOLD = 0.5
 """Multilabel decision threshold on sigmoid probabilities."""
@@ -204,27 +213,34 @@ def task_metrics(
 
 
 def scores_from_logits(logits: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities, log_probabilities)`` of ``(N, C)`` logits, both float64: softmax
-    rows (single-label) or independent sigmoids (multilabel).
+    """``(probabilities, log_odds)`` of ``(N, C)`` logits, both float64: softmax rows
+    (single-label) or independent sigmoids (multilabel), and each class's log-odds,
+    ``log(p / (1 - p))``, what the rank metrics rank by (``rank_scores`` of
+    :func:`compute_metrics`); the probabilities decide the thresholded ones.
 
-    The log-probabilities keep the order of confident examples that rounding
-    makes equal probabilities (1 - p below float64's 1.1e-16, or float32's
-    6e-8): ``log p = (z - max) - log1p(sum of the others' exp(z - max))`` for a
-    softmax row, ``-softplus(-z)`` for a sigmoid, so the largest is ``-log1p(tiny)``
-    and not ``log(1 + tiny) = 0``. Rank metrics are read from them
-    (``rank_scores`` of :func:`compute_metrics`); the probabilities, exp of them,
-    decide the thresholded ones.
+    Why log-odds: they keep the order of confident examples that rounding makes equal
+    probabilities (1 - p below float64's 1.1e-16, or float32's 6e-8), and, unlike
+    log-probabilities, of any finite logits: a softmax class's is ``z_c - logsumexp``
+    of the others (a binary task's ``z_1 - z_0``), a sigmoid's is ``z`` itself, where the
+    top class's log-probability ``-log1p(exp(-margin))`` is exactly 0 past a margin of
+    about 745 (a diverging or long-overtrained model): every such example tied, and
+    AUROC fell to 0.5 for a model that ranked them apart.
     """
     z = np.asarray(logits, dtype=np.float64)
     if multilabel:
         log_p = -(np.maximum(-z, 0.0) + np.log1p(np.exp(-np.abs(z))))
-    else:
-        top = z.argmax(axis=1)[:, None]
-        shifted = z - np.take_along_axis(z, top, axis=1)
-        rest = np.exp(shifted)
-        np.put_along_axis(rest, top, 0.0, axis=1)  # the max's own exp(0) = 1, added exactly
-        log_p = shifted - np.log1p(rest.sum(axis=1, keepdims=True))
-    return np.exp(log_p), log_p
+        return np.exp(log_p), z.copy()
+    top = z.argmax(axis=1)[:, None]
+    shifted = z - np.take_along_axis(z, top, axis=1)
+    rest = np.exp(shifted)
+    np.put_along_axis(rest, top, 0.0, axis=1)  # the max's own exp(0) = 1, added exactly
+    log_p = shifted - np.log1p(rest.sum(axis=1, keepdims=True))
+    log_odds = np.empty_like(z)
+    for c in range(z.shape[1]):
+        others = np.delete(z, c, axis=1)
+        peak = others.max(axis=1)
+        log_odds[:, c] = z[:, c] - (peak + np.log(np.exp(others - peak[:, None]).sum(axis=1)))
+    return np.exp(log_p), log_odds
 
 
 def compute_metrics(
@@ -245,8 +261,8 @@ def compute_metrics(
       multilabel: which of the two the task is.
       threshold: multilabel decision threshold (ignored for single-label).
       rank_scores: ``(N, C)``, each column in the order of ``scores``' (its
-        log-probabilities, :func:`scores_from_logits`): what ``map`` and
-        ``auroc`` rank by, where ``scores`` would tie (default: ``scores``).
+        log-odds, :func:`scores_from_logits`): what ``map`` and ``auroc`` rank
+        by, where ``scores`` would tie (default: ``scores``).
 
     Raises:
       ValueError: shapes that do not match, labels out of range,

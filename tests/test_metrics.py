@@ -358,24 +358,41 @@ def test_task_columns_are_the_papers():
         assert metrics.TASK_METRICS[task] == ("map", "auroc")
 
 
-def test_scores_from_logits_are_float64_softmax_and_sigmoid_with_exact_logs():
-    from scipy.special import expit, log_expit, log_softmax, softmax
+def test_scores_from_logits_are_float64_softmax_and_sigmoid_with_exact_log_odds():
+    from scipy.special import expit, logsumexp, softmax
 
     rng = np.random.default_rng(0)
     z = rng.normal(0, 4, (50, 4)).astype(np.float32)
-    for multilabel, p_ref, logp_ref in (
-        (False, softmax(z.astype(np.float64), axis=1), log_softmax(z.astype(np.float64), axis=1)),
-        (True, expit(z.astype(np.float64)), log_expit(z.astype(np.float64))),
+    z64 = z.astype(np.float64)
+    others = np.stack([logsumexp(np.delete(z64, c, axis=1), axis=1) for c in range(4)], axis=1)
+    for multilabel, p_ref, odds_ref in (
+        (False, softmax(z64, axis=1), z64 - others),
+        (True, expit(z64), z64),
     ):
-        p, logp = metrics.scores_from_logits(z, multilabel)
-        assert p.dtype == logp.dtype == np.float64
+        p, odds = metrics.scores_from_logits(z, multilabel)
+        assert p.dtype == odds.dtype == np.float64
         np.testing.assert_allclose(p, p_ref, rtol=1e-12, atol=1e-300)
-        np.testing.assert_allclose(logp, logp_ref, rtol=1e-12, atol=1e-15)
-    # Past float64's own 1 - 1e-16 the logs still order the confident rows.
+        np.testing.assert_allclose(odds, odds_ref, rtol=1e-12, atol=1e-12)
+        # log(p / (1 - p)) where neither rounds away
+        np.testing.assert_allclose(odds, np.log(p_ref) - np.log1p(-p_ref), rtol=1e-9, atol=1e-9)
+    # Past float64's own 1 - 1e-16 the log-odds still order the confident rows: a binary
+    # task's are the margins themselves, exactly.
     margins = np.asarray([20.0, 30.0, 40.0, 60.0], np.float32)
-    _, logp = metrics.scores_from_logits(np.stack([np.zeros(4), margins], axis=1), False)
-    assert np.all(np.diff(logp[:, 1]) > 0)
-    np.testing.assert_allclose(logp[:, 1], -np.exp(-margins.astype(np.float64)), rtol=1e-8)
+    _, odds = metrics.scores_from_logits(np.stack([np.zeros(4), margins], axis=1), False)
+    assert odds[:, 1].tolist() == margins.tolist() and odds[:, 0].tolist() == (-margins).tolist()
+
+
+def test_rank_metrics_keep_the_order_of_margins_past_float64_log_probabilities():
+    """Margins of 800 and 1,000 (a diverging model): both top log-probabilities were
+    exactly 0.0, tied, and AUROC 0.625 for a model that ranks the four apart (0.75 by
+    hand: the positive at margin 20 under the negative at 800 is the one pair wrong)."""
+    z = np.array([[-400.0, 400.0], [-500.0, 500.0], [-10.0, 10.0], [10.0, -10.0]])
+    labels = np.array([0, 1, 1, 0])
+    p, odds = metrics.scores_from_logits(z, False)
+    assert compute_metrics(p, labels, multilabel=False, rank_scores=odds)["auroc"] == 0.75
+    p, odds = metrics.scores_from_logits(z[:, 1:] * 2, True)  # sigmoids of 800, 1000, 20, -20
+    got = compute_metrics(p, labels[:, None], multilabel=True, rank_scores=odds)
+    assert got["auroc"] == 0.75
 
 
 @pytest.mark.parametrize("multilabel", [False, True])

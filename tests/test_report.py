@@ -3240,6 +3240,24 @@ def test_the_index_says_how_many_records_ranked_by_float32_probabilities(tmp_pat
     assert "float32 probabilities" not in index
 
 
+def test_the_index_says_how_many_records_ranked_by_float64_log_probabilities(tmp_path):
+    """Records ranked by log-probabilities (before the log-odds) tie a diverging model's
+    examples past a logit margin of about 745: the index counts them, as it counts
+    float32-ranked ones."""
+    from medft_jax.metrics import LOG_PROBABILITIES_RANKED
+
+    old = rec(strategy="lp")
+    old["ranked_by"] = LOG_PROBABILITIES_RANKED
+    summary = collect([rec(), old])
+    assert (summary.log_probability_ranked, summary.float32_ranked) == (1, 0)
+    index = write_report(summary, tmp_path / "out").read_text()
+    assert "1 record (written before 2026-12-07's log-odds) ranked AUROC and mAP by float64" in (
+        index
+    )
+    index = write_report(collect([rec()]), tmp_path / "again").read_text()
+    assert "log-probabilities" not in index
+
+
 # --- what the report says of cells it cannot show ---------------------------------------------
 
 

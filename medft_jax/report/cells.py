@@ -41,6 +41,7 @@ from medft_jax.config import (
 )
 from medft_jax.data.cache import COPIES_RULE
 from medft_jax.data.options import task_options
+from medft_jax.metrics import LOG_PROBABILITIES_RANKED
 from medft_jax.names import LOCAL_KINDS, same_data
 from medft_jax.report import aggregate
 from medft_jax.results import RecordError
@@ -199,6 +200,10 @@ class Summary:
     float32_ranked: int = 0
     """Records whose AUROC and AP ranked by float32 probabilities (no ``ranked_by``: numerics
     version 4 or earlier), which tie past a logit margin of about 16.6."""
+    log_probability_ranked: int = 0
+    """Records whose AUROC and AP ranked by float64 log-probabilities
+    (:data:`~medft_jax.metrics.LOG_PROBABILITIES_RANKED`), which tie past a logit margin of
+    about 745."""
     dataset_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     """Dataset -> the split and label options its runs used (``task_options``)."""
     protocol: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -405,6 +410,7 @@ def collect(
         left_out_why=left_out_why,
         superseded=superseded,
         float32_ranked=sum("ranked_by" not in r for r in records),
+        log_probability_ranked=sum(r.get("ranked_by") == LOG_PROBABILITIES_RANKED for r in records),
         strategy_options={s: strategy_options[s] for s in strategies if strategy_options.get(s)},
         dataset_options=options,
         protocol=protocol,

@@ -519,6 +519,18 @@ def index_markdown(
             "(and, where one selects, the best epoch and the LR) can differ from what this "
             "toolkit computes; a sweep of the grid runs them again under version 5.",
         ]
+    if summary.log_probability_ranked:
+        n = summary.log_probability_ranked
+        lines += [
+            "",
+            f"{n} record{'s' if n != 1 else ''} (written before 2026-12-07's log-odds) ranked "
+            "AUROC and mAP by float64 log-probabilities, the top class's exactly 0 past a logit "
+            "margin of "
+            "about 745: where a model was that confident (a diverging one, say), its examples "
+            "tied, and those two metrics (and, where one selects, the best epoch and the LR) "
+            "can differ from this toolkit's ranking by log-odds; rerun them (--force) to rank "
+            "alike.",
+        ]
     if summary.superseded:
         n = summary.superseded
         lines += [
