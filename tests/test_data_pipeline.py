@@ -480,7 +480,8 @@ def test_a_worker_reads_a_memmap_view_where_it_lies_in_its_file(tmp_path, view):
 def test_file_stats_names_each_file_by_where_it_resolves(tmp_path):
     """The cache's signature of a user's folder (computed with strings now, as
     ``Path.resolve`` took ten times the stat): names relative to the resolved root, links
-    followed, a file outside the root by its full path, a missing one with -1s."""
+    followed and named with their targets, a file outside the root by its full path, a
+    missing one with -1s."""
     root = tmp_path / "imgs"
     (root / "a" / "b").mkdir(parents=True)
     (root / "a" / "b" / "x.png").write_bytes(b"1")
@@ -494,11 +495,21 @@ def test_file_stats_names_each_file_by_where_it_resolves(tmp_path):
     for given in (root, root / "a" / "..", f"{root}/"):
         stats = cache_mod.file_stats(given, paths)
         assert [(name, size) for name, size, _ in stats] == [
-            (str(outside.resolve()), 3),
-            ("a/b/x.png", 1),
+            ("a/in.png -> a/b/x.png", 1),
+            (f"a/out.png -> {outside.resolve()}", 3),
             ("gone.png", -1),
             ("y.png", 2),
         ]
+    # A link farm relabelled by swapping two links' targets: the same files, other
+    # examples' pixels (named by their targets alone, the signature was the same).
+    (root / "a" / "in2.png").symlink_to("../y.png")
+    farm = [root / "a" / "in.png", root / "a" / "in2.png"]
+    before = cache_mod.file_stats(root, farm)
+    for link, target in (("in.png", "../y.png"), ("in2.png", "b/x.png")):
+        (root / "a" / link).unlink()
+        (root / "a" / link).symlink_to(target)
+    after = cache_mod.file_stats(root, farm)
+    assert sorted(x[1:] for x in before) == sorted(x[1:] for x in after) and before != after
     assert (
         cache_mod.file_stats(root, [root / "y.png"], ctime=True)[0][3]
         == os.stat(root / "y.png").st_ctime_ns

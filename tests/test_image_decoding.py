@@ -2269,3 +2269,31 @@ def test_a_16_bit_colour_ppm_reads_as_its_png_and_pgm_twins_by_the_high_byte(tmp
         with pytest.raises(DataError, match=r"^corrupt or unreadable image .*p3\.ppm: ") as e:
             open_image(plain)
         assert not isinstance(e.value, NotABadFile)
+
+
+def test_a_link_farm_relabelled_by_swapping_link_targets_rebuilds_the_cache(tmp_path):
+    """Class folders of links into a store, regenerated after relabelling (two links'
+    targets swapped): the cache's signature named files by their targets alone, the same
+    set, and each listed image kept its old pixels under its new label, without a word."""
+    root = tmp_path / "farm"
+    store = root / ".store"
+    store.mkdir(parents=True)
+    for c in "ab":
+        (root / c).mkdir()
+        for i in range(6):
+            value = (40 if c == "a" else 200) + i
+            Image.fromarray(np.full((20, 20), value, np.uint8)).save(store / f"{c}{i}.png")
+            (root / c / f"{i}.png").symlink_to(f"../.store/{c}{i}.png")
+    kw = {"manual_dir": root, "data_dir": tmp_path / "out", "progress": False, **_sizes()}
+    kw["val_fraction"], kw["test_fraction"] = 0.2, 0.2
+
+    def pixel_of(ds):
+        return {i: int(s.images[k].mean()) for s in ds.splits.values() for k, i in enumerate(s.ids)}
+
+    first = pixel_of(load("folder", **kw))
+    assert first["a/0.png"] == 40 and first["b/0.png"] == 200
+    for c, target in (("a", "b0"), ("b", "a0")):  # image a0 relabelled b, b0 relabelled a
+        (root / c / "0.png").unlink()
+        (root / c / "0.png").symlink_to(f"../.store/{target}.png")
+    again = pixel_of(load("folder", **kw))
+    assert again["a/0.png"] == 200 and again["b/0.png"] == 40

@@ -711,7 +711,11 @@ def update_meta(cache_dir: Path, changes: Mapping[str, Any]) -> None:
 def file_stats(root: Path, paths: Iterable[Path], *, ctime: bool = False) -> list[list[Any]]:
     """``[[name relative to root, size, mtime_ns(, ctime_ns)], ...]`` sorted; stat only.
 
-    Links are followed (the size and times of what is read). A missing file
+    Links are followed (the size and times of what is read); a listed name that is a
+    link to another file of the folder is named ``"link -> target"``, so that links
+    whose targets were swapped (a link farm regenerated after relabelling) are another
+    signature: named by their targets alone, the sorted list was the same, and the cache
+    kept each example's old pixels. A missing file
     gets size and times -1, so its later appearance changes the signature.
     ``ctime``: also the inode change time, which no copy tool sets back: a
     file replaced by one of the same size and modification time (``cp -p``,
@@ -721,12 +725,19 @@ def file_stats(root: Path, paths: Iterable[Path], *, ctime: bool = False) -> lis
     """
     # Strings, not Paths: Path.resolve and relative_to cost ten times the stat itself
     # (0.6 s a load of a 20,000-file folder); os.path.realpath is what resolve calls.
-    real_root = os.path.realpath(root)
-    prefix = real_root if real_root.endswith(os.sep) else real_root + os.sep
+    real_prefix, listed_prefix = (
+        p if p.endswith(os.sep) else p + os.sep
+        for p in (os.path.realpath(root), os.path.abspath(root))
+    )
     out = []
     for path in paths:
         real = os.path.realpath(path)
-        name = real[len(prefix) :] if real.startswith(prefix) else real
+        name = real[len(real_prefix) :] if real.startswith(real_prefix) else real
+        listed = os.path.abspath(path)
+        if listed != real:  # a link (or below one): which file each listed name reads
+            shown = listed[len(listed_prefix) :] if listed.startswith(listed_prefix) else listed
+            if shown != name:  # two links' targets swapped (a relabelled link farm): the
+                name = f"{shown} -> {name}"  # same files, other examples' pixels
         if os.sep != "/":
             name = name.replace(os.sep, "/")
         try:
