@@ -1519,6 +1519,31 @@ def test_folder_cache_follows_added_removed_and_changed_images(tmp_path, capsys)
     assert changed.metadata["fingerprint"] != ds.metadata["fingerprint"]
 
 
+def test_skip_bad_images_toggled_without_a_bad_image_keeps_the_folder_cache(tmp_path, capsys):
+    """Commands that differ only in --skip-bad-images share one cache folder: with no bad
+    image its arrays are the same either way, and it was rebuilt at each turn (its cached
+    features dropped). A build that skipped an image is rebuilt without the flag, which
+    then names the bad file."""
+    root, out = tmp_path / "imgs", tmp_path / "out"
+    _folder(root, per_class=8)
+    first = _load_folder(root, out)
+    for skip in (True, False, True):
+        again = _load_folder(root, out, skip_bad_images=skip)
+        assert not _rebuilds(capsys)
+        assert again.metadata["fingerprint"] == first.metadata["fingerprint"]
+    (root / "dog" / "bad.png").write_bytes(b"not a png")
+    skipped = _load_folder(root, out, skip_bad_images=True)
+    assert _rebuilds(capsys) == [
+        f"folder cache {_only_cache(out)} is stale: 1 file added; rebuilding"
+    ]
+    assert skipped.metadata["fingerprint"] == first.metadata["fingerprint"]
+    with pytest.raises(DataError, match=r"bad\.png"):
+        _load_folder(root, out)
+    assert _rebuilds(capsys) == [
+        f"folder cache {_only_cache(out)} is stale: --skip-bad-images changed; rebuilding"
+    ]
+
+
 def test_folder_cache_follows_an_added_class(tmp_path, capsys):
     root, out = tmp_path / "imgs", tmp_path / "out"
     _folder(root)

@@ -786,6 +786,12 @@ def stale_reason(cache_dir: Path, source: Mapping[str, Any]) -> str | None:
     old = meta.get("source")
     if not isinstance(old, dict) or not meta.get("fingerprint"):
         return "it predates content checks (no source signature or fingerprint)"
+    key = "skip_bad_images"
+    if key in old and old[key] != source.get(key, old[key]) and not skipped_counts(meta):
+        # A build that skipped nothing holds what a build under the other setting would
+        # (without the flag a bad image stops the build): commands that differ only in it
+        # shared this folder and rebuilt it in turn, and dropped its cached features.
+        source = {**source, key: old[key]}
     return describe_change(old, source)
 
 
