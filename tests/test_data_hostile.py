@@ -1084,6 +1084,16 @@ def test_folder_image_link_out_of_the_root_is_refused(tmp_path):
         _load_folder(root, tmp_path / "out")
     _one_line(err)
     _no_cache_written(tmp_path / "out")
+    # Leading nowhere, outside: "copy the file" could not help.
+    (root / "dog" / "link.png").unlink()
+    (root / "dog" / "link.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DataError) as err:
+        _load_folder(root, tmp_path / "out")
+    assert str(err.value) == (
+        f"{root / 'dog' / 'link.png'} is a symbolic link to {(tmp_path / 'gone.png').resolve()}, "
+        f"which does not exist (and lies outside the dataset root {root.resolve()}); remove "
+        "the link or restore its target"
+    )
 
 
 def test_folder_class_folder_link_out_of_the_root_is_refused(tmp_path):
@@ -1438,9 +1448,8 @@ def test_folder_cache_follows_links_moved_and_files_swapped(tmp_path, capsys):
     _load_folder(root, out)
     (root / "train" / "cat" / "1.png").rename(root / "train" / "dog" / "1.png")
     ds = _load_folder(root, out)
-    assert _rebuilds(capsys) == [
-        f"folder cache {_only_cache(out)} is stale: examples (ids, labels, patients or "
-        "splits) changed; rebuilding"
+    assert _rebuilds(capsys) == [  # the link, a listed file, moved
+        f"folder cache {_only_cache(out)} is stale: 1 file added, 1 removed; rebuilding"
     ]
     labels = {
         i: ds.class_names[label]

@@ -2271,7 +2271,7 @@ def test_a_16_bit_colour_ppm_reads_as_its_png_and_pgm_twins_by_the_high_byte(tmp
         assert not isinstance(e.value, NotABadFile)
 
 
-def test_a_link_farm_relabelled_by_swapping_link_targets_rebuilds_the_cache(tmp_path):
+def test_a_link_farm_relabelled_by_swapping_link_targets_rebuilds_the_cache(tmp_path, capsys):
     """Class folders of links into a store, regenerated after relabelling (two links'
     targets swapped): the cache's signature named files by their targets alone, the same
     set, and each listed image kept its old pixels under its new label, without a word."""
@@ -2297,3 +2297,4 @@ def test_a_link_farm_relabelled_by_swapping_link_targets_rebuilds_the_cache(tmp_
         (root / c / "0.png").symlink_to(f"../.store/{target}.png")
     again = pixel_of(load("folder", **kw))
     assert again["a/0.png"] == 200 and again["b/0.png"] == 40
+    assert "is stale: 2 files changed; rebuilding" in capsys.readouterr().err

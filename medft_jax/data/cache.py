@@ -809,15 +809,18 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
     if rules:
         return "; ".join(rules)
     parts = []
-    before = {f[0]: tuple(f[1:]) for f in old.get("files", [])}
-    after = {f[0]: tuple(f[1:]) for f in new.get("files", [])}
+    before, after = (_by_listed_name(x.get("files", [])) for x in (old, new))
     added = len(after.keys() - before.keys())
     removed = len(before.keys() - after.keys())
     moved = [k for k in after.keys() & before.keys() if after[k] != before[k]]
     # (size, mtime, ctime) with only the ctime moved: a chmod/chown, or a copy that kept
     # size and mtime (cp -p), which cannot be told apart without reading the pixels.
     ctime_only = sum(
-        1 for k in moved if len(after[k]) == 3 and after[k][:2] == tuple(before[k])[:2]
+        1
+        for k in moved
+        if after[k][0] == before[k][0]  # the same target (or none: not a link)
+        and len(after[k][1]) == 3
+        and after[k][1][:2] == before[k][1][:2]
     )
     changed = len(moved) - ctime_only
     counts = [
@@ -844,6 +847,19 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
         facts.remove("examples")  # it changed with the files or facts said
     parts += [f"{FACT_WORDS.get(key, key)} changed" for key in facts]
     return "; ".join(parts) or None
+
+
+def _by_listed_name(
+    files: Iterable[Sequence[Any]],
+) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """:func:`file_stats` entries as ``{listed name: (link target or "", stats)}`` (a
+    ``"link -> target"`` name split): a link given another target is a file changed,
+    not one added and one removed."""
+    out = {}
+    for name, *stats in files:
+        listed, _, target = str(name).partition(" -> ")
+        out[listed] = (target, tuple(stats))
+    return out
 
 
 CTIME_ONLY = (

@@ -96,6 +96,11 @@ def check_inside(root: Path, path: Path) -> Path:
     real_root = resolved(root)
     real = resolved(path)
     if not is_inside(real_root, real):
+        if not os.path.lexists(real):  # dangling: copying it would not help either
+            raise DataError(
+                f"{path} is a symbolic link to {real}, which does not exist (and lies outside "
+                f"the dataset root {real_root}); remove the link or restore its target"
+            )
         what = "folder" if real.is_dir() else "file"
         raise DataError(
             f"{path} is a symbolic link to {real}, outside the dataset root {real_root}; "
