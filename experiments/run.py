@@ -564,8 +564,10 @@ def _note_tested_before_final_stage(shown: list[dict[str, Any]]) -> None:
     print(
         f"note: {r['config']['strategy']}'s final stage begins at epoch "
         f"{int(r['final_stage_epoch']) + 1}, and {runs} tested with parameters from "
-        "before it (the best epoch came earlier, or the run ended first): these are not "
-        "the whole strategy's numbers (the report marks such cells ¶)"
+        "before it (the best epoch came earlier, or the run ended first): the strategy's "
+        "numbers as its protocol picks them (the best validation over the whole run), from "
+        "parameters that never trained as its final stage does (the report marks such "
+        "cells ¶)"
     )
 
 

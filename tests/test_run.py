@@ -695,8 +695,10 @@ def test_test_metrics_from_before_the_final_stage_are_noted(capsys):
     _note_tested_before_final_stage([record(0)])
     assert capsys.readouterr().out == (
         "note: lp_ft's final stage begins at epoch 6, and its run was tested with parameters "
-        "from before it (the best epoch came earlier, or the run ended first): these are not "
-        "the whole strategy's numbers (the report marks such cells ¶)\n"
+        "from before it (the best epoch came earlier, or the run ended first): the strategy's "
+        "numbers as its protocol picks them (the best validation over the whole run), from "
+        "parameters that never trained as its final stage does (the report marks such "
+        "cells ¶)\n"
     )
     _note_tested_before_final_stage([record(6), record(3, 1), record(5, 2)])
     assert ", and 1 of its 3 runs were tested with" in capsys.readouterr().out
