@@ -1222,7 +1222,7 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
         **_decoding(ds),
         **_skipped_images(ds),
         **_duplicates(ds),
-        **_patients_across_splits(ds),
+        **patients_across_splits(ds),
         "split_sizes": {split: ds.num_examples(split) for split in ("train", "val", "test")},
         **_scored_units(ds),
         "steps_per_epoch": run.steps_per_epoch,
@@ -1433,7 +1433,11 @@ def _duplicates(ds: data.Dataset) -> dict[str, Any]:
     return {"eval_copies_of_train": counts, **({"eval_copies_rule": rule} if rule else {})}
 
 
-def _patients_across_splits(ds: data.Dataset) -> dict[str, Any]:
+PATIENTS_ACROSS = "dicom_patients_across_splits"
+"""The record's count of DICOM PatientIDs with files in more than one split."""
+
+
+def patients_across_splits(ds: data.Dataset) -> dict[str, Any]:
     """``{"dicom_patients_across_splits": [n, example]}`` when the DICOM headers of a
     user's folder or CSV put a PatientID's files in more than one split: the load said so
     once, the record and so the report did not, whose numbers are then inflated (a
@@ -1447,7 +1451,7 @@ def _patients_across_splits(ds: data.Dataset) -> dict[str, Any]:
     ]  # the loose images' and the one-image groups' (disjoint): counted together
     if not found:
         return {}
-    return {"dicom_patients_across_splits": [sum(int(n) for n, _ in found), str(found[0][1])]}
+    return {PATIENTS_ACROSS: [sum(int(n) for n, _ in found), str(found[0][1])]}
 
 
 def found_done(run_dir: Path) -> None:

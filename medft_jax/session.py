@@ -237,6 +237,7 @@ class Session:
             except results.RecordError as e:  # this run's file: the others can go on
                 return Outcome(config, DAMAGED, error=str(e), exception=e)
             fit.found_done(results.run_dir(self.out, config.to_dict()))
+            self._note_headers_since(config, path, record)
             return Outcome(config, SKIPPED, record=record)
         if state == "failed" and not (self.retry_failed or self.force):
             return Outcome(config, FAILED_BEFORE)
@@ -244,6 +245,27 @@ class Session:
         outcome = self._train(config, stop_after_steps, started)
         outcome.seconds = time.perf_counter() - t
         return outcome
+
+    def _note_headers_since(self, config: RunConfig, path: Path, record: dict[str, Any]) -> None:
+        """Says once per dataset where a done run's record keeps another count of DICOM
+        PatientIDs across splits than its data's headers give now (a header edited, the
+        pixels, labels and splits not: the same run; or a record from before the count):
+        the report reads the record, and marked its numbers inflated, or not, by the
+        headers of its day."""
+        now = fit.patients_across_splits(self.dataset(config)).get(fit.PATIENTS_ACROSS)
+        then = record.get(fit.PATIENTS_ACROSS)
+        count_now, count_then = (int(x[0]) if x else 0 for x in (now, then))
+        said = ("headers since", self._load_key(config))
+        if count_now == count_then or said in self.said:
+            return
+        self.said.add(said)
+        note(
+            f"note: {path}: its record counts {count_then} DICOM PatientID(s) with files in more "
+            f"than one split, the files' headers now {count_now} (the pixels, labels and "
+            "splits are the same: the same run): the report reads the record and marks the "
+            "numbers inflated by it; rerun with --force to record the headers' count (said "
+            "once for the dataset's runs)"
+        )
 
     def _train(
         self,

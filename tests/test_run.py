@@ -1230,7 +1230,7 @@ def test_a_records_data_says_the_dicom_patients_its_splits_share():
     from types import SimpleNamespace
 
     def said(**meta):
-        return fit._patients_across_splits(SimpleNamespace(metadata=meta))
+        return fit.patients_across_splits(SimpleNamespace(metadata=meta))
 
     assert said() == {} and said(dicom_patients_across_splits=None) == {}
     leak = ["3", "'P1': a/0.dcm, b/2.dcm"]
@@ -1242,6 +1242,39 @@ def test_a_records_data_says_the_dicom_patients_its_splits_share():
     }
     both = said(dicom_patients_across_splits=leak, dicom_patients_across_groups=[2, "'P9'"])
     assert both == {"dicom_patients_across_splits": [5, "'P1': a/0.dcm, b/2.dcm"]}
+
+
+def test_a_done_run_whose_data_headers_count_other_patients_across_splits_is_noted(capsys):
+    """A DICOM PatientID edited after a run (the pixels, labels and splits not: the same
+    run, skipped as done): each load noted the leak, but the record kept the old count and
+    the report marked nothing, while the same grid run anew marked it inflated."""
+    from types import SimpleNamespace
+
+    from medft_jax.session import Session
+
+    session = object.__new__(Session)
+    meta = {"dicom_patients_across_splits": [2, "'P1': a/0.dcm, b/2.dcm"]}
+    session.said = set()
+    session.dataset = lambda config: SimpleNamespace(metadata=meta)
+    session._load_key = lambda config: ("folder", "imgs")
+    record = {"config": {}}
+    session._note_headers_since(None, Path("/runs/r1/record.json"), record)
+    assert capsys.readouterr().err == (
+        "note: /runs/r1/record.json: its record counts 0 DICOM PatientID(s) with files in more "
+        "than one split, the files' headers now 2 (the pixels, labels and splits are the same: "
+        "the same run): the report reads the record and marks the numbers inflated by it; "
+        "rerun with --force to record the headers' count (said once for the dataset's runs)\n"
+    )
+    session._note_headers_since(None, Path("/runs/r2/record.json"), record)
+    assert capsys.readouterr().err == ""  # once for the dataset
+    session.said = set()
+    record["dicom_patients_across_splits"] = [2, "'P1': a/0.dcm, b/2.dcm"]
+    session._note_headers_since(None, Path("/runs/r1/record.json"), record)
+    meta.clear()  # headers mended since a record that counted a leak
+    session._note_headers_since(None, Path("/runs/r1/record.json"), {"config": {}})
+    assert capsys.readouterr().err == ""
+    session._note_headers_since(None, Path("/runs/r1/record.json"), record)
+    assert "its record counts 2 DICOM PatientID(s)" in capsys.readouterr().err
 
 
 def test_a_resume_checkpoint_is_due_after_training_time_not_compile_time(monkeypatch):
