@@ -1047,11 +1047,41 @@ def test_malformed_csv_is_one_line_with_file_and_line(tmp_path, data, message):
 
 
 def test_csv_rows_know_their_lines(tmp_path):
-    text = 'path,label\n\nimg/0.png,a\n"img/\n1.png",b\n\nimg/2.png,c\n'
+    text = 'path,label,note\n\nimg/0.png,a,\nimg/1.png,b,"two, a\nnote"\n\nimg/2.png,c,\n'
     (tmp_path / "l.csv").write_text(text)
     rows = read_csv(tmp_path / "l.csv", ["path", "label"])
     assert [(r["label"], r.line) for r in rows] == [("a", 3), ("b", 4), ("c", 7)]
-    assert rows[1]["path"] == "img/\n1.png"
+    assert rows[1]["note"] == "two, a\nnote"  # a free-text note may run over lines
+
+
+SWALLOWED = [f"img/{i}.png,{'ab'[i % 2]},ok" for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        # A note's stray quote closed three lines below: rows 3-4 vanished without a word.
+        (
+            {1: 'img/1.png,b,"lesion 6', 4: 'img/4.png,a,see note"'},
+            "labels.csv:4: column 'note' runs over lines 4-7 and holds what reads as rows "
+            "('img/2.png,a,ok'): an unclosed quote on line 4?; expected one line per row",
+        ),
+        # In a label: a class named by the rows it swallowed, refused as a split's gap.
+        (
+            {1: 'img/1.png,"b,ok', 2: 'img/2.png,a",ok'},
+            "labels.csv:4: column 'label' holds a line break (the row runs over lines 4-5: "
+            "an unclosed quote?); expected one line per row",
+        ),
+        # Never closed: named where it opens, not past the last row.
+        ({1: 'img/1.png,"b,ok'}, "labels.csv:4: malformed CSV (a quote opened in this row is "),
+    ],
+)
+def test_a_stray_quote_swallowing_rows_is_refused_naming_its_line(tmp_path, rows, message):
+    lines = [rows.get(i, row) for i, row in enumerate(SWALLOWED)]
+    (tmp_path / "labels.csv").write_text("path,label,note\n\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        read_csv(tmp_path / "labels.csv", ["path", "label"])
+    assert str(err.value).startswith(f"{tmp_path}/{message}"), str(err.value)
 
 
 def test_builder_label_files_with_bad_bytes(tmp_path):

@@ -131,6 +131,8 @@ def read_csv(
                     f"{path}:{start}: {len(fields)} fields, {few} than the header's "
                     f"{len(found)} ({','.join(found)})"
                 )
+            if last > start:  # a quoted cell over several lines: a stray quote's swallow?
+                _refuse_swallowed_rows(path, found, fields, required, start, last)
             row = Row(zip(found, fields, strict=True))
             row.line = start
             rows.append(row)
@@ -138,12 +140,48 @@ def read_csv(
         hint = ""
         if found is None and ";" in text.partition("\n")[0]:  # R's write.csv2: "";"path"
             hint = "; its columns are separated by ';', not ','"
+        if "unexpected end of data" in str(err):  # named at its row's first line, not the end
+            raise DataError(
+                f"{path}:{last + 1}: malformed CSV (a quote opened in this row is never "
+                f"closed){hint}"
+            ) from None
         raise DataError(f"{path}:{reader.line_num}: malformed CSV ({err}){hint}") from None
     if found is None:
         raise DataError(f"{path}:1: empty file; expected the header {expected}")
     if not rows:
         raise DataError(f"{path}:{last + 1}: only a header, no rows")
     return rows
+
+
+def _refuse_swallowed_rows(
+    path: Path,
+    header: Sequence[str],
+    fields: Sequence[str],
+    required: Sequence[str],
+    start: int,
+    end: int,
+) -> None:
+    """Refuse a row read over lines ``start``-``end`` whose multi-line cell is a stray
+    quote's swallow: a quote opened in one cell and closed lines below read the rows
+    between as one cell, and those images vanished without a word (or made a patient id,
+    a class, of them). A cell the toolkit reads (a path, label, group or split) holds no
+    line break; another (a free-text note) may, unless a line of it after the first
+    reads as a whole row."""
+    for column, value in zip(header, fields, strict=True):
+        if "\n" not in value and "\r" not in value:
+            continue
+        if column in required:
+            raise DataError(
+                f"{path}:{start}: column {column!r} holds a line break (the row runs over "
+                f"lines {start}-{end}: an unclosed quote?); expected one line per row"
+            )
+        for line in value.splitlines()[1:]:
+            if len(next(csv.reader([line]), [])) == len(header):
+                raise DataError(
+                    f"{path}:{start}: column {column!r} runs over lines {start}-{end} and holds "
+                    f"what reads as rows ({line.strip()!r}): an unclosed quote on line "
+                    f"{start}?; expected one line per row"
+                )
 
 
 def refuse_listed_again(first: dict[str, int], key: str, path: Path, line: int, what: str) -> None:
