@@ -775,3 +775,28 @@ def test_a_listed_file_that_is_no_image_is_named_by_its_line(tmp_path):
         f"{tmp_path / 'labels.csv'}:14: 'imgs/readme.txt' is not an image file (no image "
         f"suffix, {'/'.join(IMAGE_SUFFIXES)}, and no DICOM marker)"
     )
+
+
+def test_integer_class_ids_past_two_to_the_53_are_told_apart_and_ordered(tmp_path):
+    """Long codes as class ids: 9007199254740992 and ...993 are one float, so they were
+    refused as "the same id", and ordered by their floats."""
+    from medft_jax.data.table import Row, class_names_of
+
+    def rows(values):
+        out = []
+        for i, v in enumerate(values):
+            row = Row({"label": v})
+            row.line = i + 2
+            out.append(row)
+        return out
+
+    big = ["9007199254740993", "9007199254740992", "18014398509481985", "1e3", "7"]
+    assert class_names_of(rows(big), "label", tmp_path / "l.csv") == [
+        "7", "1e3", "9007199254740992", "9007199254740993", "18014398509481985",
+    ]  # fmt: skip
+    with pytest.raises(DataError, match=r"l\.csv:3: labels '9007199254740993' and "):
+        class_names_of(
+            rows(["9007199254740993", "9007199254740993.0"]), "label", tmp_path / "l.csv"
+        )
+    with pytest.raises(DataError, match=r"l\.csv:2: label '9007199254740992\.5' is a number but"):
+        class_names_of(rows(["9007199254740992.5", "1"]), "label", tmp_path / "l.csv")

@@ -19,6 +19,7 @@ import shlex
 import stat
 import unicodedata
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 
 from medft_jax.data.class_names import patient_twin, refuse_twins
@@ -278,8 +279,11 @@ def class_names_of(rows: Sequence[Row], label_column: str, csv_path: Path) -> li
     ids = {v: x for v, x in numbers.items() if x is not None}
     if not ids:
         return sorted(first)
-    for v, x in ids.items():
-        if not (math.isfinite(x) and x.is_integer()):
+    # Compared and ordered exactly: floats collapse ids past 2**53 (long codes used as
+    # class ids), refused as "the same id" and ordered wrongly.
+    exact = {v: Decimal(v) for v in ids}
+    for v, x in exact.items():
+        if x != x.to_integral_value():
             raise DataError(
                 f"{csv_path}:{first[v]}: label {v!r} is a number but not an integer class id"
             )
@@ -290,12 +294,12 @@ def class_names_of(rows: Sequence[Row], label_column: str, csv_path: Path) -> li
             f"{csv_path}:{line}: column {label_column!r} mixes class ids ({next(iter(ids))!r}) "
             f"and class names ({names[0]!r})"
         )
-    spelled: dict[float, str] = {}
-    for v, x in ids.items():
+    spelled: dict[Decimal, str] = {}
+    for v, x in exact.items():
         other = spelled.setdefault(x, v)
         if other != v:
             raise DataError(f"{csv_path}:{first[v]}: labels {other!r} and {v!r} are the same id")
-    return sorted(ids, key=lambda v: ids[v])
+    return sorted(exact, key=lambda v: exact[v])
 
 
 def _shell(word: str) -> str:
