@@ -665,7 +665,17 @@ def test_csv_multilabel_and_split_column(tmp_path):
             ["img/0.jpg,benign", "img/1.jpg,malignant"],
             {},
             r"labels\.csv: --test-fraction 0\.2: the test split takes 0 of the 2 images, "
-            r"leaving 2 to train and validate on; expected a fraction that leaves both",
+            r"leaving 2 to train and validate on; expected more images: class 0 has all its "
+            r"images here from one image, which one split or the other takes whole, so no "
+            r"fraction leaves it in both; add images of it, or drop the class",
+        ),
+        (  # a pilot of two patients, one per class: "a fraction that leaves both" misled
+            "path,label,patient",
+            [f"img/{i}.jpg,{'ab'[i // 3]},P{i // 3}" for i in range(6)],
+            {"group_column": "patient"},
+            r"labels\.csv: --test-fraction 0\.2: the test split takes 6 of the 6 images, "
+            r"leaving 0 to train and validate on; expected more patients: class 0 has all its "
+            r"images here from one patient, which one split or the other takes whole",
         ),
     ],
 )

@@ -16,6 +16,7 @@ import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -162,6 +163,16 @@ def carve_checked(
         expected = "more images" if fixed else "a fraction that leaves both"
         if test_carve is not None and not fixed and not test_carve[3]:  # both fractions flags
             expected = "fractions that leave images in train, val and test"
+        # Each class is carved by its own share: no fraction fits a class of one unit (where
+        # no test carve came first, whose fraction may have left the class so few).
+        lone = _class_of_one_unit(examples) if stratify and test_carve is None else None
+        if lone is not None:
+            label, unit = lone
+            expected = (
+                f"more {unit}s: class {label} has all its images here from one {unit}, which "
+                f"one split or the other takes whole, so no fraction leaves it in both; add "
+                f"{unit}s of it, or drop the class"
+            )
         raise DataError(
             f"{where + ': ' if where else ''}{named} {fraction:g}: the {split} split "
             f"takes {len(carved)} of the {len(examples)} images{after}, leaving {len(rest)} to "
@@ -181,6 +192,17 @@ def carve_checked(
             _CARVE_NOTES_SAID.add(said)
             note(said)
     return rest, carved
+
+
+def _class_of_one_unit(examples: Sequence[Example]) -> tuple[Any, str] | None:
+    """The first class (label, in label order) whose examples are of one patient (group),
+    or one image where images are the units, and the unit's word; None when none is."""
+    units: dict[Any, set[str]] = {}
+    grouped = any(ex.patient != ex.id for ex in examples)
+    for ex in examples:
+        units.setdefault(ex.label, set()).add(ex.patient)
+    lone = sorted((label for label, u in units.items() if len(u) < 2), key=str)
+    return (lone[0], "patient" if grouped else "image") if lone else None
 
 
 def carve_missing(
