@@ -48,7 +48,7 @@ from medft_jax import grid as grid_lib
 from medft_jax import locks, plans, results
 from medft_jax.config import RunConfig, may_cache_features
 from medft_jax.data.errors import DataError
-from medft_jax.data.locations import NOT_PREPARED
+from medft_jax.data.locations import NOT_PREPARED, resolve_data_dir
 from medft_jax.data.paths import refuse_listed_output
 from medft_jax.errors import (
     EXIT_BUSY,
@@ -334,6 +334,9 @@ def dry_run(
             continue
         if run_options(r) != task_options(d, g.dataset_options.get(d)):
             changed.setdefault(results.settings_hash(r["config"]), "other split or label options")
+        why = _medmnist_file_changed(r, data_dir)
+        if why is not None:
+            changed.setdefault(results.settings_hash(r["config"]), why)
 
     broken_keys, broken_names = _damaged_runs(damaged, out)
     # Folders a live process holds (another shard training them now): the sweep skips them.
@@ -583,6 +586,29 @@ def _data_changed(
         elif fingerprint is not None and fingerprint not in recorded[key]:
             out[key] = f"{c.dataset}: other images than recorded"
     return out
+
+
+def _medmnist_file_changed(record: dict[str, Any], data_dir: str | None) -> str | None:
+    """Why a MedMNIST run's record is of another ``.npz`` than the one in ``data_dir`` now
+    (its MD5 differs: a label flipped, another copy), or None (the same file, none there
+    yet, or not MedMNIST): the dry run called such runs done, and the sweep, whose data
+    fingerprint finds them, trained them all again without a word. Hashed as a load
+    hashes it (a large file takes seconds)."""
+    kept = record.get("medmnist_file")
+    name = record["config"]["dataset"]
+    if not isinstance(kept, dict) or not str(name).startswith("medmnist/"):
+        return None
+    from medft_jax.data import medmnist
+
+    try:
+        flag, size = medmnist.parse_name(name)
+        found = medmnist.find_local(flag, size, resolve_data_dir(data_dir))
+        md5 = None if found is None else medmnist.file_source(found, flag, size)["md5"]
+    except (DataError, OSError):
+        return None  # named when the sweep loads it
+    if md5 is None or md5 == kept.get("md5"):
+        return None
+    return f"{name}: {found} is another file (MD5 {md5}) than recorded ({kept.get('md5')})"
 
 
 _PLUGINS = ("jax_cuda", "jax_rocm", "libtpu")

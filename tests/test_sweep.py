@@ -2081,3 +2081,52 @@ def test_a_grids_data_dir_is_checked_as_the_flag_is(tmp_path, capsys, monkeypatc
             else f"{where}: an empty path; expected a folder\n"
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_says_a_medmnist_file_changed_since_the_records(tmp_path, capsys):
+    """One label flipped in the .npz: the dry run said "done, nothing to run" (runs matched
+    by settings), and the sweep trained every run again under new names without a word."""
+    import hashlib
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    arrays = {
+        f"{s}_{k}": (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) if k == "images"
+                     else np.arange(n)[:, None] % 2)
+        for s, n in (("train", 8), ("val", 4), ("test", 4))
+        for k in ("images", "labels")
+    }  # fmt: skip
+    np.savez(data / "breastmnist.npz", **arrays)
+    config = tmp_path / "g.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='m', datasets=('medmnist/breastmnist',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
+        "                settings={'weights': 'none', 'image_size': 32},\n"
+        f"                data_dir={str(data)!r})\n"
+    )
+    (c,) = grid_lib.load_grid(config).configs()
+    c = dataclasses.replace(c, data_fingerprint="f" * 64, weights_fingerprint="none")
+    out = tmp_path / "runs"
+    md5 = hashlib.md5((data / "breastmnist.npz").read_bytes()).hexdigest()
+    results.write_record(
+        results.record_path(out, c.to_dict()),
+        {"config": c.to_dict(), "medmnist_file": {"md5": md5, "official": False}},
+    )
+
+    def listed() -> str:
+        assert sweep_cli.main(["--config", str(config), "--out", str(out), "--dry-run"]) == 0
+        return capsys.readouterr().out
+
+    assert "done 1, failed 0, to run 0" in listed()
+    arrays["train_labels"][0] = 1 - arrays["train_labels"][0]
+    np.savez(data / "breastmnist.npz", **arrays)
+    now = hashlib.md5((data / "breastmnist.npz").read_bytes()).hexdigest()
+    text = listed()
+    assert "changed" in text and "done 0, failed 0, to run 1" in text
+    assert (
+        f"(medmnist/breastmnist: {data / 'breastmnist.npz'} is another file (MD5 {now}) than "
+        f"recorded ({md5}))"
+    ) in text
