@@ -57,6 +57,7 @@ from medft_jax.errors import (
     bars_hidden,
     deferred_stops,
     env_seconds,
+    json_loads,
     one_line,
     raise_if_stopped,
     stop_requested,
@@ -666,9 +667,13 @@ def _prepare(
     if restored is None:
         stopper = EarlyStopping(patience=config.patience, start_epoch=final)
         progress = Progress([], stopper, attempts=[{"from_step": 0, **numerics_environment()}])
-        left = _left_by_other_data(ckpts.run_dir) if jax.process_index() == 0 else None
-        if left:
-            print(left, file=sys.stderr, flush=True)
+        if jax.process_index() == 0:
+            for line in (
+                _left_by_other_data(ckpts.run_dir),
+                _recorded_on_other_data(ckpts.run_dir, config),
+            ):
+                if line:
+                    print(line, file=sys.stderr, flush=True)
     else:
         state, saved = restored
         try:
@@ -734,6 +739,41 @@ def _left_by_other_data(run_dir: Path) -> str | None:
         f"of the same name on other data, weights or settings (the data edited since it "
         f"stopped, say){more}: it is not resumed, {run_dir.name} starts from scratch; unless "
         "you mean to finish it under its own settings, delete it to free the space"
+    )
+
+
+def _recorded_on_other_data(run_dir: Path, config: RunConfig) -> str | None:
+    """The note a run starting from scratch says when a folder of its name with another
+    hash holds a finished record of the same settings: the data (or the weights) changed
+    since, so the run is another one, trained anew under a new name; nothing said so (a
+    sweep over an edited MedMNIST file trained every run again in silence). One glob of
+    the run's siblings; None when there is no such record."""
+    stem, _, _ = run_dir.name.rpartition("-")
+    settings = results.settings_hash(config.to_dict())
+    found = []
+    for other in sorted(run_dir.parent.glob(f"{glob.escape(stem)}-*")):
+        if other == run_dir or other.name.rpartition("-")[0] != stem:
+            continue
+        try:
+            recorded = json_loads((other / results.RECORD_NAME).read_text())["config"]
+            if results.settings_hash(recorded) == settings:
+                found.append((other, recorded))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no record, or one the report names
+    if not found:
+        return None
+    other, recorded = found[0]
+    what = [
+        word
+        for key, word in (("data_fingerprint", "data"), ("weights_fingerprint", "weights"))
+        if recorded.get(key) != getattr(config, key)
+    ]
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return (
+        f"note: {other} holds a finished record of these settings on other "
+        f"{' and '.join(what) or 'data'}{more}: the {' and '.join(what) or 'data'} changed since, "
+        f"so {run_dir.name} is another run and trains from scratch (the report takes one "
+        "of the two: --latest, or move the older folder out)"
     )
 
 

@@ -1086,8 +1086,19 @@ def test_a_fresh_run_names_the_checkpoints_a_run_of_its_name_on_other_data_left(
     finished = out / (name.rpartition("-")[0] + "-fedcba9876543210")  # has a record: not named
     (finished / "checkpoints" / "4").mkdir(parents=True)
     (finished / "record.json").write_text("{}")
+    # A finished record of these settings on other data (a MedMNIST file edited since): the
+    # run trained anew under a new name in silence.
+    before = {**fit.identify(config, demo).to_dict(), "data_fingerprint": "0" * 64}
+    recorded = out / (name.rpartition("-")[0] + "-aaaaaaaaaaaaaaaa")
+    recorded.mkdir()
+    (recorded / "record.json").write_text(json.dumps({"config": before}))
     assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=1) == {}
     err = capsys.readouterr().err
+    assert (
+        f"note: {recorded} holds a finished record of these settings on other data: the data "
+        f"changed since, so {name} is another run and trains from scratch (the report takes "
+        "one of the two: --latest, or move the older folder out)\n"
+    ) in err
     assert (
         f"note: {killed} (2.0 MB) holds the resume checkpoints of a stopped run of the same "
         "name on other data, weights or settings (the data edited since it stopped, say): it "
