@@ -18,6 +18,8 @@ The command lines only print outcomes.
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import os
 import time
 from collections import OrderedDict
@@ -34,7 +36,7 @@ from medft_jax.data import DataError
 from medft_jax.data.cache import skipped_note
 from medft_jax.data.errors import BatchTooLarge
 from medft_jax.data.options import task_options
-from medft_jax.errors import UserError, note
+from medft_jax.errors import UserError, json_loads, note
 from medft_jax.locks import RunLocked
 from medft_jax.names import same_data
 from medft_jax.outcomes import (
@@ -229,6 +231,10 @@ class Session:
         except DataError as e:
             return Outcome(config, UNAVAILABLE, error=str(e), exception=e)
         state = self.status(config)
+        if state == "todo" and not self.force:
+            twin = self._weights_spelt_otherwise(config)
+            if twin is not None:
+                config, state = twin, self.status(twin)
         if state == "done" and not self.force:
             path = results.record_path(self.out, config.to_dict())
             try:
@@ -245,6 +251,39 @@ class Session:
         outcome = self._train(config, stop_after_steps, started)
         outcome.seconds = time.perf_counter() - t
         return outcome
+
+    def _weights_spelt_otherwise(self, config: RunConfig) -> RunConfig | None:
+        """``config`` as a finished run of it spelt its ``--weights`` path (relative,
+        absolute, through a link; the same checkpoint by its content hash), or None: each
+        spelling was a run of its own, trained again, and the report then refused the
+        folder for two records of one run. One glob of the run's siblings."""
+        if config.weights in ("auto", "imagenet", "none") or config.weights_fingerprint in (
+            "",
+            "none",
+        ):
+            return None
+        mine = config.to_dict()
+        stem = results.run_name(mine).rpartition("-")[0]
+        for other in sorted(Path(self.out).glob(f"{glob.escape(stem)}-*")):
+            try:
+                recorded = json_loads((other / results.RECORD_NAME).read_text())["config"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # no record, or one the report names
+            if not isinstance(recorded, dict) or recorded.get("weights") == config.weights:
+                continue
+            if {**recorded, "weights": config.weights} != mine:
+                continue
+            twin = dataclasses.replace(config, weights=str(recorded["weights"]))
+            if results.config_hash(twin.to_dict()) != results.config_hash(recorded):
+                continue
+            if self.main_process:
+                note(
+                    f"note: {other}: this run's record, its --weights spelt "
+                    f"{recorded['weights']!r} (the same checkpoint by its content as "
+                    f"{config.weights!r})"
+                )
+            return twin
+        return None
 
     def _note_headers_since(self, config: RunConfig, path: Path, record: dict[str, Any]) -> None:
         """Says once per dataset where a done run's record keeps another count of DICOM

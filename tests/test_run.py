@@ -1304,3 +1304,28 @@ def test_a_resume_checkpoint_is_due_after_training_time_not_compile_time(monkeyp
     assert not fit._save_due(run)
     now[0] = 1111.0  # 61 s of training
     assert fit._save_due(run)
+
+
+@pytest.mark.slow
+def test_one_checkpoint_spelt_otherwise_is_the_same_run_skipped(
+    ported_tiny, tmp_path, capsys, monkeypatch
+):
+    """--weights as an absolute path, a relative one and through a link: three runs, each
+    trained, whose report was then refused as two records of one run."""
+    out = tmp_path / "runs"
+    common = ["--strategy", "lp", "--arch", TINY, "--epochs", "1", "--image-size", "32"]
+    common += ["--batch-size", "16", "--out", str(out), "--no-progress"]
+    assert main([*common, "--weights", str(ported_tiny)]) == 0
+    (first,) = [p for p in out.iterdir() if p.is_dir()]
+    capsys.readouterr()
+    monkeypatch.chdir(ported_tiny.parent)
+    (tmp_path / "link").symlink_to(ported_tiny.parent)
+    for spelt in (ported_tiny.name, str(tmp_path / "link" / ported_tiny.name)):
+        assert main([*common, "--weights", spelt]) == 0
+        said = capsys.readouterr()
+        assert f"skipped: record exists (use --force): {first / 'record.json'}" in said.out
+        assert (
+            f"note: {first}: this run's record, its --weights spelt {str(ported_tiny)!r} (the "
+            f"same checkpoint by its content as {spelt!r})"
+        ) in said.err
+    assert [p for p in out.iterdir() if p.is_dir()] == [first]
