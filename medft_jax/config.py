@@ -32,6 +32,7 @@ from medft_jax.names import (
     BLOCKS,
     HEAD_ALONE_BLOCK,
     STRATEGIES,
+    TEST_ARCHS,
     WEIGHTS_CHOICES,
     is_known_arch,
     same_data,
@@ -127,7 +128,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "patience": (0, 10_000),
     "batch_size": (1, 8_192),
     "image_size": (32, 1_024),
-    "lp_epochs": (0, 10_000),
+    "lp_epochs": (1, 10_000),  # 0: FT under LP-FT's name, refused saying so
     "epochs_per_stage": (1, 10_000),
     "alpha": (0.0, 1e6),
     "beta": (0.0, 1e6),
@@ -428,9 +429,10 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
             + did_you_mean(config.strategy, STRATEGIES)
         )
     if not is_known_arch(config.arch):
+        known = [*ARCHS, *TEST_ARCHS]  # the test archs run too: --help offers them
         raise UserError(
-            f"{name('arch')} {config.arch!r} is unknown; valid: {', '.join(ARCHS)}"
-            + did_you_mean(config.arch, ARCHS)
+            f"{name('arch')} {config.arch!r} is unknown; valid: {', '.join(known)}"
+            + did_you_mean(config.arch, known)
         )
     if config.precision not in PRECISIONS:
         raise UserError(f"{name('precision')} must be one of {', '.join(PRECISIONS)}")
@@ -482,10 +484,16 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
             )
         if key == "rgn_mode" and value not in RGN_MODES:
             raise UserError(f"{name(key)} must be one of {', '.join(RGN_MODES)}, got {value!r}")
-        if key == "lr_decay" and type(value) in (int, float) and value == 1:
+        if key == "lr_decay" and type(value) in (int, float) and as_float32(value) == 1:
+            shown = "1" if value == 1 else f"{value!r} (1 in float32, where the step computes)"
             raise UserError(
-                f"{name(key)} 1: LLRD without decay is FT under LLRD's name; expected "
+                f"{name(key)} {shown}: LLRD without decay is FT under LLRD's name; expected "
                 "a factor below 1"
+            )
+        if key == "lp_epochs" and type(value) is int and value == 0:
+            raise UserError(
+                f"{name('lp_epochs')} 0: LP-FT without head-only epochs is FT under "
+                "LP-FT's name; expected at least 1"
             )
         check_value(key, value, name(key))
     _refuse_another_strategy(config, name)
@@ -549,10 +557,17 @@ def _refuse_another_strategy(config: RunConfig, name: Callable[[str], str]) -> N
                 f"{decay:g}^{blocks - 1} = {first:.3g}, is 0 in float32; expected a factor "
                 f"that leaves it at least {tiny}"
             )
-    if strategy in ("l1_sp", "l2_sp") and options["alpha"] == options["beta"] == 0:
+    alpha, beta = options["alpha"], options["beta"]
+    if strategy in ("l1_sp", "l2_sp") and alpha == beta == 0:
         raise UserError(
             f"{name('alpha')} 0 and {name('beta')} 0: {strategy} without its penalty is FT "
             "under its name; expected a coefficient above 0"
+        )
+    if strategy in ("l1_sp", "l2_sp") and max(alpha, beta) < FLOAT32_TINY:  # 1e-300: 0 there
+        raise UserError(
+            f"{name('alpha')} {alpha:g} and {name('beta')} {beta:g} are 0 in float32, where the "
+            f"penalty computes: {strategy} without its penalty is FT under its name; expected "
+            f"a coefficient of at least {tiny}"
         )
     if strategy in ("g_lf", "g_fl") and config.epochs <= options["epochs_per_stage"]:
         only = "last block" if strategy == "g_lf" else "first block and the head"

@@ -221,6 +221,20 @@ def test_freezing_bn_where_no_block_freezes_is_the_update_run():
         ),
         ("l2_sp", {}, {"alpha": 0.0, "beta": 0.0}, r"^--alpha 0 and --beta 0: l2_sp without"),
         ("l1_sp", {}, {"alpha": 0, "beta": 0}, r"^--alpha 0 and --beta 0: l1_sp without"),
+        # 0 in float32, where the penalty and the step compute: FT and FT-like under a name
+        (
+            "l2_sp",
+            {},
+            {"alpha": 1e-300, "beta": 1e-300},
+            r"^--alpha 1e-300 and --beta 1e-300 are 0 in float32, where the penalty computes: "
+            r"l2_sp without its penalty is FT",
+        ),
+        (
+            "llrd",
+            {},
+            {"lr_decay": 0.99999999},
+            r"^--lr-decay 0\.99999999 \(1 in float32, where the step computes\): LLRD without",
+        ),
         ("g_lf", {"epochs": 1}, {}, r"^--epochs 1 ends within g_lf's first stage .*only its last"),
         (
             "g_fl",
@@ -278,7 +292,7 @@ def test_huge_integers_and_numpy_or_negative_zero_defaults_are_one_line_or_one_r
     huge = 10**400
     with pytest.raises(UserError) as e:
         check_config(RunConfig(strategy="lp_ft", strategy_options=(("lp_epochs", huge),)))
-    assert str(e.value) == "--lp-epochs must be in [0, 10000], got an integer of 401 digits"
+    assert str(e.value) == "--lp-epochs must be in [1, 10000], got an integer of 401 digits"
     with pytest.raises(UserError, match=r"^--alpha must be in .*, got an integer of 401 digits$"):
         check_config(RunConfig(strategy="l2_sp", strategy_options=(("alpha", huge),)))
     with pytest.raises(UserError, match=r"^--epochs must be .*, got a negative integer of 401 "):
@@ -399,7 +413,7 @@ def get_config():
             {},
             (1e-3,),
             {"lp_ft": {"lp_epochs": -1}},
-            "error: grid 'bad': strategy_options['lp_ft']['lp_epochs'] must be in [0, 10000]",
+            "error: grid 'bad': strategy_options['lp_ft']['lp_epochs'] must be in [1, 10000]",
         ),
         (
             {"epochs": 3},
@@ -1242,7 +1256,9 @@ def test_a_misspelt_flag_or_value_names_the_one_it_is_near(capsys):
     )
     with pytest.raises(UserError, match=r"valid: ft, .*, bitfit; did you mean g_lf\?$"):
         check_config(RunConfig(dataset="demo", arch="resnet50", strategy="g-lf"))
-    with pytest.raises(UserError, match=r"valid: resnet50, densenet121, vgg19$"):
+    with pytest.raises(
+        UserError, match=r"valid: resnet50, densenet121, vgg19, resnet_tiny, vgg_tiny$"
+    ):
         check_config(RunConfig(dataset="demo", arch="alexnet", strategy="ft"))
 
 

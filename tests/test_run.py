@@ -841,7 +841,12 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
         (["--strategy", "ft", "--batch-size", "0"], "error: --batch-size must be in [1, 8192]"),
         (["--strategy", "ft", "--patience", "-1"], "error: --patience must be in [0, 10000]"),
         (["--strategy", "ft", "--seeds", "0", "-3"], "error: --seeds must be in [0, 2147483647]"),
-        (["--strategy", "lp_ft", "--lp-epochs", "-1"], "error: --lp-epochs must be in [0, 10000]"),
+        (["--strategy", "lp_ft", "--lp-epochs", "-1"], "error: --lp-epochs must be in [1, 10000]"),
+        (  # a test arch misspelt: "did you mean resnet50?", the test archs not listed
+            ["--strategy", "ft", "--arch", "resnet-tiny"],
+            "error: --arch 'resnet-tiny' is unknown; valid: resnet50, densenet121, vgg19, "
+            "resnet_tiny, vgg_tiny; did you mean resnet_tiny?",
+        ),
         (["--strategy", "l2_sp", "--alpha", "inf"], "error: --alpha must be a finite number"),
         (["--strategy", "ft", "--dataset", "bach", "--csv-file", "x.csv"], "error: --csv-file"),
         (["--strategy", "ft", "--val-fraction", "1.5"], "error: --val-fraction must be in (0, 1)"),
