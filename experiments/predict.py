@@ -65,6 +65,7 @@ from medft_jax.errors import (
     cli_main,
     exit_statuses,
     naming_os_errors,
+    path_flag,
     raise_if_stopped,
 )
 from medft_jax.metrics import scores_from_logits
@@ -884,6 +885,7 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument(
         "--checkpoint",
         required=True,
+        type=path_flag("a model checkpoint folder"),
         metavar="DIR",
         help="model checkpoint folder (from weights_port or a run's best parameters)",
     )

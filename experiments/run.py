@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         default="auto",
+        type=path_flag("auto, imagenet, none or a model checkpoint folder"),
         help=f"{', '.join(WEIGHTS_CHOICES)} or a model checkpoint folder. auto: cached ported "
         "ImageNet weights, downloaded and ported when online, else random init with a warning",
     )

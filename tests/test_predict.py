@@ -208,6 +208,13 @@ def test_an_empty_image_path_is_named(tmp_path, capsys):
     _, ck = _zeros_checkpoint(tmp_path / "ck", resize_size=32, crop_size=32)
     assert main(["--checkpoint", str(ck), "--images", ""]) == 2
     assert capsys.readouterr().err == "error: --images: an empty path; expected an image file\n"
+    # --checkpoint '' was read as the current folder: "<cwd>: not a medft-jax checkpoint"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", "", "--images", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "error: argument --checkpoint: an empty path; expected a model checkpoint folder"
+    )
 
 
 def test_a_resize_below_the_unsaid_crop_is_refused(tmp_path):

@@ -918,6 +918,17 @@ def test_bad_flags_are_named(argv, message, tmp_path, capsys):
     assert not any(tmp_path.rglob("record.json"))
 
 
+def test_an_empty_weights_path_is_named(capsys):
+    """--weights '' said only "must be auto, imagenet, none or a checkpoint folder"."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--strategy", "ft", "--weights", ""])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "error: argument --weights: an empty path; expected auto, imagenet, none or a model "
+        "checkpoint folder"
+    )
+
+
 def test_strategy_option_flags_reach_the_config():
     from experiments.run import build_parser, make_configs
 
