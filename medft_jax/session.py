@@ -381,7 +381,12 @@ class Session:
 
 
 def _first_name(configs: Sequence[RunConfig]) -> str:
-    return results.run_name(configs[0].to_dict()) if configs else "none"
+    """The first run's name with ``*`` for its hash, as the dry run lists it: the configs
+    are not identified yet (no data or weights fingerprint), and their hash named a
+    folder no run writes."""
+    if not configs:
+        return "none"
+    return results.run_name(configs[0].to_dict()).rpartition("-")[0] + "-*"
 
 
 def _agree(digest: str, what: str, here: str) -> None:
