@@ -418,6 +418,7 @@ def dry_run(
         else ""
     )
     print(f"done {done}, failed {failed}, {damaged_text}to run {todo}: {cost}")
+    _say_plan_replaced(out, g)
     kept, peak = grid_lib.disk_bytes(runs)
     if kept:
         print(
@@ -588,6 +589,60 @@ def _data_changed(
     return out
 
 
+def _say_plan_replaced(out: str, g: Grid) -> None:
+    """What the sweep will say of the grid's plan in ``out``, said by the dry run, where a
+    grid file is checked before a long sweep: that it replaces one of another definition
+    (the grid edited since), or one it cannot read."""
+    path = plans.plan_path(out, g.name)
+    if not path.is_file():
+        return
+    old = plans.read_plan(path)
+    if old is None:
+        print(f"{plans.DAMAGED_NOTE.format(path=path)}; the sweep replaces it", file=sys.stderr)
+        return
+    every = [c.to_dict() for c in g.configs()]
+    new, same = _plan_hashes(g, every)
+    if old.get("grid_hash") not in (new, *same):
+        said = _plan_replaced(out, g, old, every)
+        print(said.replace("; replaced by this one.", "; the sweep replaces it."), file=sys.stderr)
+
+
+def _plan_hashes(g: Grid, every: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
+    """The grid's plan hash, and the other hashes plans of its definition were written
+    under: before the hash held dataset_options (and before it was of the runs as a set:
+    their listed order), the same grid, taken over with the new hash."""
+    listed = results.config_hash({"runs": every})
+    return plans.grid_hash_of(every, g.dataset_options), (listed, plans.grid_hash_of(every))
+
+
+def _plan_replaced(out: str, g: Grid, old: dict[str, Any], every: list[dict[str, Any]]) -> str:
+    """The note a sweep says replacing ``old``, the plan of another definition of grid
+    ``g`` in ``out`` (the dry run says it will)."""
+
+    def hashes(runs: list[dict], drop: str = "") -> set[str]:
+        return {results.config_hash({k: v for k, v in r.items() if k != drop}) for r in runs}
+
+    # The old plan's runs (a --only slice of it, too) are this grid's but for their
+    # numerics: an upgrade that computes otherwise (bf16 numerics 6 -> 7), not an edit of
+    # the grid file, as the line said. Its runs as they are: the edit was elsewhere (the
+    # dataset_options the plan's hash holds).
+    upgrade = hashes(old["runs"], "numerics") <= hashes(every, "numerics") and not (
+        hashes(old["runs"]) <= hashes(every)
+    )
+    why = (
+        "the same runs computed by an older medft-jax's numerics version: they are run again"
+        if upgrade
+        else "the grid file was edited since, or another grid file has its name"
+    )
+    return (
+        f"note: {plans.plan_path(out, g.name)} held the plan of another definition of grid "
+        f"{g.name!r} ({len(old['runs'])} runs: {why}); replaced by this one. Records of runs "
+        "this grid lacks still count in a report without --config (a dropped LR in its LR "
+        "choice): move their folders out, or report with --config (and give each grid file "
+        "its own name)"
+    )
+
+
 def _medmnist_file_changed(record: dict[str, Any], data_dir: str | None) -> str | None:
     """Why a MedMNIST run's record is of another ``.npz`` than the one in ``data_dir`` now
     (its MD5 differs: a label flipped, another copy), or None (the same file, none there
@@ -732,35 +787,10 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
             return
         planned = True
         every = [c.to_dict() for c in g.configs()]
-        listed = results.config_hash({"runs": every})  # plans before grid_hash_of: listed order
+        grid_hash, same = _plan_hashes(g, every)
 
         def replaced(old: dict) -> None:
-            def hashes(runs: list[dict], drop: str = "") -> set[str]:
-                return {results.config_hash({k: v for k, v in r.items() if k != drop})
-                        for r in runs}  # fmt: skip
-
-            # The old plan's runs (a --only slice of it, too) are this grid's but for their
-            # numerics: an upgrade that computes otherwise (bf16 numerics 6 -> 7), not an
-            # edit of the grid file, as the line said. Its runs as they are: the edit was
-            # elsewhere (the dataset_options the plan's hash holds).
-            upgrade = hashes(old["runs"], "numerics") <= hashes(every, "numerics") and not (
-                hashes(old["runs"]) <= hashes(every)
-            )
-            why = (
-                "the same runs computed by an older medft-jax's numerics version: they are run "
-                "again"
-                if upgrade
-                else "the grid file was edited since, or another grid file has its name"
-            )
-            print(
-                f"note: {plans.plan_path(args.out, g.name)} held the plan of another "
-                f"definition of grid {g.name!r} ({len(old['runs'])} runs: {why}); replaced by "
-                "this one. "
-                "Records of runs this grid lacks still count in a report without --config "
-                "(a dropped LR in its LR choice): move their folders out, or report with "
-                "--config (and give each grid file its own name)",
-                file=sys.stderr,
-            )
+            print(_plan_replaced(args.out, g, old, every), file=sys.stderr)
 
         try:
             plans.write_plan(
@@ -768,10 +798,8 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
                 g.name,
                 args.only or [],
                 [c.to_dict() for c in runs],
-                plans.grid_hash_of(every, g.dataset_options),
-                # Plans written before the hash held dataset_options (and before it was of
-                # the runs as a set): the same grid, taken over with the new hash.
-                same=(listed, plans.grid_hash_of(every)),
+                grid_hash,
+                same=same,
                 on_replace=replaced,
             )
         except (OSError, UserError) as e:  # the plan is an aid: the runs go on

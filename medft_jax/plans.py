@@ -27,7 +27,7 @@ from typing import Any
 
 from medft_jax import locks
 from medft_jax.atomic import write_bytes
-from medft_jax.errors import json_loads
+from medft_jax.errors import json_loads, note
 from medft_jax.names import STRATEGIES, dataset_name_error, is_known_arch
 from medft_jax.results import RecordError, config_hash, jsonable
 
@@ -93,6 +93,8 @@ def write_plan(
     path.parent.mkdir(parents=True, exist_ok=True)
     with locks.waiting_lock(path.parent / _LOCK):
         old = _read(path) if path.is_file() else None
+        if old is None and path.is_file():  # its other slices' or shards' runs go with it
+            note(f"{DAMAGED_NOTE.format(path=path)}; replaced by this sweep's")
         if old is not None and old.get("grid_hash") not in (grid_hash, *same) and on_replace:
             on_replace(old)
         if old is not None and old.get("grid_hash") in (grid_hash, *same):
@@ -110,6 +112,18 @@ def write_plan(
         if plan != old:  # every shard of one sweep: the same plan, written once
             write_bytes(path, (json.dumps(plan, sort_keys=True) + "\n").encode())
     return path
+
+
+DAMAGED_NOTE = (
+    "note: {path}: not a readable sweep plan (damaged, or another version's): the runs it "
+    "listed are expected by a report no more"
+)
+"""The note of a plan a sweep replaces unread (the dry run says it will)."""
+
+
+def read_plan(path: Path) -> dict[str, Any] | None:
+    """The plan at ``path``, or None where there is none this version reads."""
+    return _read(path) if path.is_file() else None
 
 
 def _read(path: Path) -> dict[str, Any] | None:

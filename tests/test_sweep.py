@@ -1448,8 +1448,16 @@ def test_only_slices_of_one_grid_listed_in_two_orders_add_up_and_another_grid_is
     [(_, plan)] = plans.load_plans(out)
     assert plan["only"] == ["seed=0", "seed=1"] and len(plan["runs"]) == 4
     assert "note:" not in capsys.readouterr().err
-    # Another grid of the name: replaced, and said so.
+    # Another grid of the name: replaced, and said so; by its dry run first, where a grid
+    # file is checked before a sweep (it said nothing).
     third = _grid_file(tmp_path, "c", strategies=("ft",), **axes)
+    assert sweep_cli.main(["--config", str(third), "--out", str(out), "--dry-run"]) == 0
+    dry = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note:")]
+    assert len(dry) == 1 and dry[0].startswith(
+        f"note: {path} held the plan of another definition of grid 'tiny' (4 runs: the grid "
+        "file was edited since, or another grid file has its name); the sweep replaces it. "
+    )
+    assert len(plans.load_plans(out)[0][1]["runs"]) == 4  # a dry run writes nothing
     assert sweep_cli.main(["--config", str(third), "--out", str(out)]) == 1
     [(_, plan)] = plans.load_plans(out)
     assert len(plan["runs"]) == 2
@@ -2130,3 +2138,28 @@ def test_dry_run_says_a_medmnist_file_changed_since_the_records(tmp_path, capsys
         f"(medmnist/breastmnist: {data / 'breastmnist.npz'} is another file (MD5 {now}) than "
         f"recorded ({md5}))"
     ) in text
+
+
+def test_a_damaged_plan_replaced_by_a_sweep_is_said(tmp_path, monkeypatch, capsys):
+    """A plan that is no JSON was overwritten by the next sweep without a word, and the
+    runs it listed (its other shards', never started) were expected by a report no more."""
+    from medft_jax import outcomes
+
+    def refused(self, config, **kw):
+        return outcomes.Outcome(config, outcomes.REFUSED, error="not trained here")
+
+    monkeypatch.setattr(Session, "run", refused)
+    out = tmp_path / "o"
+    grid = _grid_file(tmp_path, "a", strategies=("ft",), lrs=(1e-3,), seeds=(0,), epochs=1)
+    path = plans.plan_path(out, "tiny")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"grid": "tiny", "runs": [')
+    said = (
+        f"note: {path}: not a readable sweep plan (damaged, or another version's): the runs "
+        "it listed are expected by a report no more"
+    )
+    assert sweep_cli.main(["--config", str(grid), "--out", str(out), "--dry-run"]) == 0
+    assert f"{said}; the sweep replaces it\n" in capsys.readouterr().err
+    assert sweep_cli.main(["--config", str(grid), "--out", str(out)]) == 1
+    assert f"{said}; replaced by this sweep's\n" in capsys.readouterr().err
+    assert len(plans.load_plans(out)[0][1]["runs"]) == 1
