@@ -233,6 +233,11 @@ def effective_options(strategy: str, options: Mapping[str, Any] | None) -> dict[
     }
 
 
+FLOAT32_OPTIONS = ("alpha", "beta", "lr_decay", "rgn_eps")
+"""Options the step computes with in float32: held as their float32's short decimal, as a
+learning rate is (:func:`run_lr`), so two spellings of one float32 are one run."""
+
+
 def canonical_options(
     strategy: str, options: tuple[tuple[str, Any], ...]
 ) -> tuple[tuple[str, Any], ...]:
@@ -256,6 +261,8 @@ def canonical_options(
                 value = float(value)
         if isinstance(value, float):  # numpy's float64 is a float; -0.0 is 0.0: one run
             value = float(value) + 0.0
+            if key in FLOAT32_OPTIONS:  # 0.010000000000000002 is 0.01 where it computes
+                value = run_lr(value)
         default = OPTION_DEFAULTS.get(key, _NO_DEFAULT)
         if (
             strategy in OPTION_STRATEGIES.get(key, ())
@@ -484,10 +491,9 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
             )
         if key == "rgn_mode" and value not in RGN_MODES:
             raise UserError(f"{name(key)} must be one of {', '.join(RGN_MODES)}, got {value!r}")
-        if key == "lr_decay" and type(value) in (int, float) and as_float32(value) == 1:
-            shown = "1" if value == 1 else f"{value!r} (1 in float32, where the step computes)"
-            raise UserError(
-                f"{name(key)} {shown}: LLRD without decay is FT under LLRD's name; expected "
+        if key == "lr_decay" and type(value) in (int, float) and value == 1:  # float32's too:
+            raise UserError(  # canonical_options held 0.99999999 as 1
+                f"{name(key)} 1: LLRD without decay is FT under LLRD's name; expected "
                 "a factor below 1"
             )
         if key == "lp_epochs" and type(value) is int and value == 0:

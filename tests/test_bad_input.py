@@ -229,12 +229,7 @@ def test_freezing_bn_where_no_block_freezes_is_the_update_run():
             r"^--alpha 1e-300 and --beta 1e-300 are 0 in float32, where the penalty computes: "
             r"l2_sp without its penalty is FT",
         ),
-        (
-            "llrd",
-            {},
-            {"lr_decay": 0.99999999},
-            r"^--lr-decay 0\.99999999 \(1 in float32, where the step computes\): LLRD without",
-        ),
+        ("llrd", {}, {"lr_decay": 0.99999999}, r"^--lr-decay 1: LLRD without"),  # float32's 1
         ("g_lf", {"epochs": 1}, {}, r"^--epochs 1 ends within g_lf's first stage .*only its last"),
         (
             "g_fl",
@@ -1512,3 +1507,19 @@ def test_help_shows_no_rest_markup(capsys):
             parse(["--help"])
         text = capsys.readouterr().out
         assert text.startswith("usage: ") and "``" not in text
+
+
+def test_two_spellings_of_one_float32_option_are_one_run():
+    """--alpha 0.010000000000000002 is 0.01 in float32, where the penalty computes: it was
+    another run than the default's, trained again bit for bit (as np.logspace LRs were)."""
+    assert RunConfig(
+        strategy="l2_sp", strategy_options=(("alpha", 0.010000000000000002),)
+    ) == RunConfig(strategy="l2_sp")
+    decay = RunConfig(strategy="llrd", strategy_options=(("lr_decay", 0.50000001),))
+    assert decay.strategy_options == (("lr_decay", 0.5),)
+    # Not one float32: another run, kept as written.
+    kept = RunConfig(strategy="l2_sp", strategy_options=(("alpha", 0.0100001),))
+    assert kept.strategy_options == (("alpha", 0.0100001),)
+    assert RunConfig(
+        strategy="auto_rgn", strategy_options=(("rgn_eps", 3e-9),)
+    ).strategy_options == (("rgn_eps", 3e-9),)
