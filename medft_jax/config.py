@@ -373,6 +373,10 @@ class RunConfig:
         # is the default), which was trained twice and reported as two datasets.
         if isinstance(self.dataset, str):
             object.__setattr__(self, "dataset", same_data(self.dataset))
+        # A mapping, as a record holds them (RunConfig(**record["config"])) and as one
+        # writes them: its pairs (it was unpacked later as pairs: "too many values").
+        if isinstance(self.strategy_options, Mapping):
+            object.__setattr__(self, "strategy_options", tuple(self.strategy_options.items()))
         # An option at its default, or an int for a float, is not another run either.
         if isinstance(self.strategy_options, tuple) and all(
             isinstance(kv, tuple) and len(kv) == 2 for kv in self.strategy_options

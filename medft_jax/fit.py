@@ -63,7 +63,7 @@ from medft_jax.errors import (
     stop_requested,
 )
 from medft_jax.models import COMPUTE_DTYPES, ArchSpec, get_arch, init_variables
-from medft_jax.names import LOCAL_KINDS, dataset_base
+from medft_jax.names import LOCAL_KINDS, dataset_base, same_data
 from medft_jax.results import RunRecord
 from medft_jax.runtime import process_0_says
 from medft_jax.strategies import Schedule
@@ -428,6 +428,13 @@ def run_one(
         else load_dataset(config, data_dir, batch_size=config.batch_size)
     )
     _check_image_size(ds, config)
+    if dataset is not None and same_data(ds.name) != same_data(config.dataset):
+        # The run's folder, record and report name the config's dataset: arrays of
+        # another named so were grouped with that dataset's runs without a word.
+        raise data.DataError(
+            f"RunConfig.dataset is {config.dataset!r}, but the dataset given is {ds.name!r}; "
+            "expected the config to name the data it trains on"
+        )
     config = identify(config, ds)
     loading = time.perf_counter() - started
     cfg = config.to_dict()

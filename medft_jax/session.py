@@ -104,6 +104,13 @@ class Session:
       keep_trainers: how many compiled trainers (one per arch, strategy, data shape) to
         keep for later runs, the least recently used dropped: a sweep in grid order reuses
         only the last one's (the default, 1), a selection its arms' strategies'.
+
+    Constructing one sets up the process, once, for good (:func:`runtime.set_up_process`):
+    JAX's persistent compilation cache under ``$MEDFT_JAX_CACHE/xla`` (every later
+    compilation of a host program goes there too; ``MEDFT_JAX_XLA_CACHE=0`` leaves JAX's
+    own setting), and on a CPU synchronous dispatch and glibc's ``mallopt`` keeping freed
+    memory (``MEDFT_JAX_TUNE_CPU_HOST=0`` leaves both), and multi-host start-up under
+    ``MEDFT_DISTRIBUTED=1``. Notes are printed to stderr (process 0 only), not logged.
     """
 
     def __init__(
@@ -202,9 +209,11 @@ class Session:
     def status(self, config: RunConfig) -> str:
         """``done`` (record), ``failed`` (a failure note, no record) or ``todo``.
 
-        ``config`` must be identified: a record of the same settings on other data or
-        weights is another run.
+        ``config`` must be identified (:meth:`identify`, or an :class:`Outcome`'s): a record
+        of the same settings on other data or weights is another run, and an unidentified
+        config's hash names a folder no run writes ("todo" of a finished run).
         """
+        _refuse_unidentified(config, "status")
         cfg = config.to_dict()
         if results.record_path(self.out, cfg).exists():
             state = 0
@@ -224,6 +233,16 @@ class Session:
         """Runs ``config`` unless it is done; ``on_start(config)`` once this process holds
         the run (its lock taken, no record yet), just before training."""
         t = time.perf_counter()
+        outcome = self._run(config, on_start, stop_after_steps)
+        outcome.seconds = time.perf_counter() - t  # every outcome's, a skipped run's too
+        return outcome
+
+    def _run(
+        self,
+        config: RunConfig,
+        on_start: Callable[[RunConfig], None] | None,
+        stop_after_steps: int | None,
+    ) -> Outcome:
         try:
             config = self.identify(config)
         except BatchTooLarge as e:  # as found while training: this run's only
@@ -248,9 +267,7 @@ class Session:
         if state == "failed" and not (self.retry_failed or self.force):
             return Outcome(config, FAILED_BEFORE)
         started = None if on_start is None else (lambda: on_start(config))
-        outcome = self._train(config, stop_after_steps, started)
-        outcome.seconds = time.perf_counter() - t
-        return outcome
+        return self._train(config, stop_after_steps, started)
 
     def _weights_spelt_otherwise(self, config: RunConfig) -> RunConfig | None:
         """``config`` as a finished run of it spelt its ``--weights`` path (relative,
@@ -376,8 +393,19 @@ class Session:
         )
 
     def path_of(self, config: RunConfig) -> Path:
-        """Where ``config``'s record is (or will be)."""
+        """Where ``config``'s record is (or will be); ``config`` identified, as for
+        :meth:`status`."""
+        _refuse_unidentified(config, "path_of")
         return results.record_path(self.out, config.to_dict())
+
+
+def _refuse_unidentified(config: RunConfig, method: str) -> None:
+    if not config.identified:
+        raise ValueError(
+            f"Session.{method}: the config is not identified (no data or weights "
+            "fingerprint), so its hash names no run's folder; give Session.identify(config) "
+            "or the Outcome's config"
+        )
 
 
 def _first_name(configs: Sequence[RunConfig]) -> str:

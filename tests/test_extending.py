@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import jax
@@ -73,6 +74,15 @@ def test_a_dataset_held_in_memory_trains_and_names_its_run_by_its_arrays(tmp_pat
         fit.run_one(
             config, tmp_path, dataset=Dataset.from_arrays("my_arrays", mixed, ("neg", "pos"))
         )
+    # Arrays of another name under a config naming a paper dataset: the run's folder,
+    # record and report called them medmnist/breastmnist, beside that dataset's runs.
+    named = dataclasses.replace(config, dataset="medmnist/breastmnist")
+    with pytest.raises(DataError) as err:
+        fit.run_one(named, tmp_path, dataset=ds, progress=False)
+    assert str(err.value) == (
+        "RunConfig.dataset is 'medmnist/breastmnist', but the dataset given is 'my_arrays'; "
+        "expected the config to name the data it trains on"
+    )
 
 
 @pytest.mark.xdist_group("resnet_tiny")
@@ -163,3 +173,15 @@ def test_a_pattern_mask_inside_staged_sees_one_group_and_may_pass_strict_false()
     np.testing.assert_allclose(updates["fc"]["kernel"], 0.5 * params["fc"]["kernel"])
     np.testing.assert_array_equal(updates["fc"]["bias"], 0.0)
     assert not any(np.any(u) for u in jax.tree.leaves(updates["layer1"]))
+
+
+def test_a_run_config_takes_its_strategy_options_as_a_mapping():
+    """A dict (as records hold them: RunConfig(**record["config"])) was accepted, then a
+    bare "too many values to unpack" at the run."""
+    as_dict = RunConfig(strategy="lp_ft", strategy_options={"lp_epochs": 2, "zzz": 1})
+    assert as_dict.strategy_options == (("lp_epochs", 2), ("zzz", 1))
+    assert RunConfig(strategy="lp_ft", strategy_options={"lp_epochs": 5}) == RunConfig(
+        strategy="lp_ft"
+    )  # at its default: the run without it
+    again = RunConfig(**RunConfig(strategy="l2_sp", strategy_options={"alpha": 0.1}).to_dict())
+    assert again.strategy_options == (("alpha", 0.1),)

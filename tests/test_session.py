@@ -218,3 +218,30 @@ def test_a_session_keeps_only_the_trainers_it_may_reuse(tmp_path):
     for c in configs:
         assert session.run(c).kind == "done"
         assert len(session.trainers) == 1  # the last run's
+
+
+def test_status_and_path_of_refuse_an_unidentified_config_and_every_outcome_is_timed(
+    tmp_path, monkeypatch
+):
+    """Session.status said "todo" of a finished run given the config passed to run (its
+    hash, without fingerprints, names no run's folder), and path_of named a file never
+    written; Outcome.seconds was 0.0 for a skipped run, though the call took time."""
+    import time
+
+    session = Session(tmp_path / "runs")
+    bare = RunConfig(strategy="ft")
+    for method in (session.status, session.path_of):
+        with pytest.raises(ValueError, match=r"the config is not identified"):
+            method(bare)
+    known = dataclasses.replace(bare, data_fingerprint="d", weights_fingerprint="w")
+    assert session.status(known) == "todo"
+    assert session.path_of(known) == results.record_path(tmp_path / "runs", known.to_dict())
+
+    def slow_identify(config):
+        time.sleep(0.05)
+        return known
+
+    monkeypatch.setattr(session, "identify", slow_identify)
+    results.write_record(session.path_of(known), {"config": known.to_dict()})
+    outcome = session.run(bare)  # a record found: no training
+    assert outcome.kind in (outcomes.SKIPPED, outcomes.DAMAGED) and outcome.seconds >= 0.05

@@ -65,9 +65,14 @@ class BlockPartition:
         """The block owning a parameter path such as ``layer1/0/conv1/kernel``."""
         owners = [b.name for b in self.blocks if b.owns(path)]
         if len(owners) != 1:
+            wrapped = (
+                "; params wrapped as {'params': ...}? give variables['params']"
+                if not owners and path.startswith("params/")
+                else ""
+            )
             raise KeyError(
                 f"{self.arch}: parameter {path!r} belongs to {len(owners)} blocks "
-                f"({owners}), expected exactly one of {list(self.names)}"
+                f"({owners}), expected exactly one of {list(self.names)}{wrapped}"
             )
         return owners[0]
 
