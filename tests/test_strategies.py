@@ -1651,3 +1651,11 @@ def test_a_numpy_steps_per_epoch_gives_plain_int_start_steps():
     steps = made.schedule.start_steps
     assert {type(v) for v in steps.values() if v is not None} == {int}
     assert max(v for v in steps.values() if v is not None) >= 2
+
+
+def test_params_wrapped_as_flax_variables_are_hinted():
+    """tx.init({'params': params}) (linen's variables, not their params) raised a KeyError
+    naming 0 blocks and no cause; SP's penalty names the cause for the same slip."""
+    tx = make("g_lf", toy_params(), TOY, learning_rate=LR, steps_per_epoch=2).tx
+    with pytest.raises(KeyError, match=r"params wrapped as \{'params': \.\.\.\}\? give "):
+        tx.init({"params": toy_params()})
