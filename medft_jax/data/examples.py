@@ -165,7 +165,10 @@ def carve_checked(
             expected = "fractions that leave images in train, val and test"
         # Each class is carved by its own share: no fraction fits a class of one unit (where
         # no test carve came first, whose fraction may have left the class so few).
-        lone = _class_of_one_unit(examples) if stratify and test_carve is None else None
+        # A paper task's classes and share are fixed: "more images" is all there is to say.
+        lone = (
+            _class_of_one_unit(examples) if stratify and test_carve is None and not fixed else None
+        )
         if lone is not None:
             label, unit = lone
             expected = (
