@@ -81,7 +81,9 @@ def fetch(url: str, path: Path, *, algorithm: str, timeout: float, label: str) -
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        raise DownloadError(url, _reason(e), connected=False) from None
+        # An HTTP error status is the server's answer (a 500, a moved file), not "offline?"
+        answered = isinstance(e, urllib.error.HTTPError)
+        raise DownloadError(url, _reason(e), connected=answered) from None
     headers = getattr(response, "headers", None) or {}
     with response:
         if str(headers.get("Content-Type", "")).startswith("text/html"):

@@ -18,6 +18,7 @@ import pytest
 
 import weights_port
 from medft_jax.checkpoints.model import CheckpointError, load_metadata, load_model
+from medft_jax.errors import UserError
 from tests.torch_ref import random_torchvision, state_dict_numpy, torch, torchvision
 from weights_port import fetch as dl
 from weights_port.__main__ import main
@@ -507,6 +508,21 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     assert err.endswith(f"weights_port --arch resnet50 --torch-weights FILE --out {mine}\n")
 
 
+def test_an_http_error_status_is_the_servers_answer_not_offline(tmp_path, monkeypatch, capsys):
+    """A 500 (or 404) was "offline?", and --weights auto trained from random weights."""
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path))
+    url = dl.WEIGHTS_URLS["resnet50"]
+
+    def status_500(*a, **k):
+        raise urllib.error.HTTPError(url, 500, "Internal Server Error", {}, None)
+
+    monkeypatch.setattr(urllib.request, "urlopen", status_500)
+    assert main(["--arch", "resnet50", "--download"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot download {url} (HTTP 500 Internal Server Error; try again)\n"
+    )
+
+
 def test_a_download_cut_off_is_one_line_saying_try_again(tmp_path, monkeypatch, capsys):
     """A reset or stall after the headers was a traceback (the read loop was unguarded);
     it is not "offline?" either: the server answered."""
@@ -539,8 +555,17 @@ def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
     monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path))
     payload = resnet_file.read_bytes()
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: _FakeResponse(payload))
-    with pytest.raises(PortError, match="does not start with 11ad3fa6"):
+    # Not a PortError: --weights auto took that for "unavailable" and trained a whole
+    # sweep from random weights, for a download cut off without a length or corrupted.
+    from medft_jax.download import DownloadError
+
+    with pytest.raises(DownloadError, match="does not start with 11ad3fa6; the download is"):
         dl.download("resnet50")
+    from medft_jax.checkpoints import pretrained
+
+    monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
+    with pytest.raises(DownloadError, match="corrupt, try again"):
+        pretrained.resolve("auto", "resnet50")
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
     import hashlib
 
@@ -556,8 +581,9 @@ def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
     # A cached file damaged or replaced since is checked as a download is, not ported
     # (under the ImageNet file's name) from the cache.
     path.write_bytes(payload[:-1] + bytes([payload[-1] ^ 1]))
-    with pytest.raises(PortError) as e:
+    with pytest.raises(UserError) as e:
         dl.download("resnet50")
+    assert not isinstance(e.value, PortError)  # auto stops: no random-init fallback
     assert str(e.value).startswith(f"{path}: sha256 ")
     assert str(e.value).endswith(
         f"does not start with {digest[:8]}, the hash in its torchvision name: the cached "

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from medft_jax import download as download_lib
+from medft_jax.errors import UserError
 from weights_port.keymap import PortError
 from weights_port.state_io import sha256
 
@@ -88,8 +89,8 @@ def download(arch: str, *, timeout: float = 30.0, out: Path | None = None) -> Pa
         # Checked as a fresh download is: a cached file damaged or replaced since (another
         # model copied over it) was ported, and recorded, as torchvision's ImageNet weights.
         found = sha256(target)
-        if not found.startswith(prefix):
-            raise PortError(
+        if not found.startswith(prefix):  # not a PortError: --weights auto stops, no fallback
+            raise UserError(
                 f"{target}: sha256 {found[:16]}... does not start with {prefix}, the hash in "
                 "its torchvision name: the cached download is damaged or was replaced; delete "
                 "it and run --download again"
@@ -116,10 +117,12 @@ def download(arch: str, *, timeout: float = 30.0, out: Path | None = None) -> Pa
                 f"{e}; offline? Download it elsewhere, then python -m weights_port --arch "
                 f"{arch} --torch-weights FILE --out {ported}"
             ) from None
-        if not digest.startswith(prefix):
-            raise PortError(
-                f"{url}: sha256 {digest[:16]}... does not start with {prefix}; "
-                "the download is corrupt, try again"
+        if not digest.startswith(prefix):  # cut off without a length, or corrupted: the
+            raise download_lib.DownloadError(  # server answered, so --weights auto stops
+                url,  # (its PortError fallback trained a whole sweep from random weights)
+                f"sha256 {digest[:16]}... does not start with {prefix}; the download is "
+                "corrupt, try again",
+                connected=True,
             )
         os.replace(tmp, target)
         done = True
