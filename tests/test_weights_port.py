@@ -636,6 +636,20 @@ def test_only_torchvisions_file_fills_the_imagenet_slot(tmp_path, monkeypatch, r
     assert capsys.readouterr().out == (
         f"found {slot} (checked: resnet50's ImageNet weights, ported before)\n"
     )
+    # Its arrays cut short since: --download said "found (checked)" of it, reading the
+    # metadata alone, and runs refused it naming no remedy.
+    largest = max(
+        (p for p in (slot / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    assert main(["--arch", "resnet50", "--download"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {slot}") and err.endswith("; port again with --force\n")
+    with pytest.raises(CheckpointError) as e:
+        pretrained.resolve("auto", "resnet50")
+    assert str(e.value).endswith(
+        "; port them again: python -m weights_port --download --arch resnet50 --force"
+    )
     weights_port.port("resnet50", resnet_file, slot, force=True)
 
 

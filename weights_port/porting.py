@@ -239,8 +239,11 @@ def ported_imagenet(arch: str, out: str | Path, *, force: bool = False) -> bool:
         return False
     try:
         metadata = load_metadata(out)
+        # The arrays too (their content hash): a slot cut short or damaged since was
+        # "found (checked)", and the runs then refused it with no word of the remedy.
+        load_model(out)
     except CheckpointError as err:
-        raise PortError(f"{out}: {err}; port again with --force") from None
+        raise PortError(f"{err}; port again with --force") from None
     problem = imagenet_slot_problem(arch, metadata)
     if problem:
         raise PortError(

@@ -130,7 +130,15 @@ def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:
     if path is None:
         used = "random initialisation" if weights == "none" else "ImageNet weights unavailable"
         return None, f"none ({used})"
-    variables, metadata = load_model(path)
+    try:
+        variables, metadata = load_model(path)
+    except CheckpointError as err:
+        if weights not in ("auto", "imagenet"):
+            raise
+        # The ImageNet slot the toolkit ported: say how it is ported again.
+        raise CheckpointError(
+            f"{err}; port them again: python -m weights_port --download --arch {arch} --force"
+        ) from None
     if weights in ("auto", "imagenet"):
         import weights_port
 
