@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import shutil
 import urllib.error
@@ -1211,3 +1212,26 @@ def test_a_port_with_resize_size_predicts_as_torchvisions_resize_and_crop(
     # Found 2e-7 apart; at Resize(166), the arch's rule, 3e-5 (a random model's outputs
     # are near uniform): the tolerance tells the two apart.
     np.testing.assert_allclose(ours, theirs, atol=2e-6)
+
+
+def test_a_killed_downloads_part_file_goes_once_the_file_is_cached(tmp_path, monkeypatch):
+    """A download killed (SIGKILL) left its .part; a later download cached the file, and
+    every call after returned the cached file before looking: the .part stayed for good."""
+    import hashlib
+    import time
+
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path))
+    payload = b"weights"
+    digest = hashlib.sha256(payload).hexdigest()
+    monkeypatch.setitem(dl.WEIGHTS_URLS, "resnet50", f"https://x.invalid/resnet50-{digest[:8]}.pth")
+    target = tmp_path / "torchvision" / f"resnet50-{digest[:8]}.pth"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(payload)
+    killed = target.with_name(f".{target.name}.abc123.part")
+    live = target.with_name(f".{target.name}.def456.part")
+    for part in (killed, live):
+        part.write_bytes(b"x" * 10)
+    old = time.time() - 3600
+    os.utime(killed, (old, old))
+    assert dl.download("resnet50") == target
+    assert not killed.exists() and live.exists()  # a live one (touched lately) stays

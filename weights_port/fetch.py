@@ -86,6 +86,7 @@ def download(arch: str, *, timeout: float = 30.0, out: Path | None = None) -> Pa
     target = cache_dir() / "torchvision" / url.rsplit("/", 1)[-1]
     prefix = expected_hash_prefix(url)
     if target.is_file():
+        download_lib.remove_killed(target)
         # Checked as a fresh download is: a cached file damaged or replaced since (another
         # model copied over it) was ported, and recorded, as torchvision's ImageNet weights.
         found = sha256(target)

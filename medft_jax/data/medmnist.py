@@ -110,6 +110,8 @@ def find_or_download(flag: str, size: int, data_dir: Path, *, allow_download: bo
     stem = file_stem(flag, size)
     for candidate in (data_dir / f"{stem}.npz", data_dir / "medmnist" / f"{stem}.npz"):
         if candidate.is_file():
+            if allow_download:  # a killed download's .part beside it (not a dry run's look)
+                download_lib.remove_killed(data_dir / "medmnist" / f"{stem}.npz")
             return candidate
         if candidate.exists() or candidate.is_symlink():  # a folder, or a broken link
             raise DataError(f"{candidate}: not a file; expected MedMNIST's {stem}.npz")
