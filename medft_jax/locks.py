@@ -177,17 +177,35 @@ def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
         yield
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
+            os.close(fd)
             _refuse_unsupported(e, path)
             raise
+        if _still_the_file(fd, path):
+            break
+        # The holder removed the file it held (a failed build: :func:`build_lock`): this
+        # lock is of no file now, and a newcomer may hold the new one. Lock that instead
+        # (both built at once, and the second was told its folder "already exists").
+        os.close(fd)
+    try:
         yield
     finally:
         os.close(fd)  # drops the flock
+
+
+def _still_the_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the one at ``path`` (not removed or replaced)."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def held_elsewhere(path: str | os.PathLike[str]) -> bool:

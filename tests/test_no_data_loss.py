@@ -305,6 +305,32 @@ def test_a_waiter_stopped_while_waiting_leaves_the_holders_build_lock(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def test_a_waiter_whose_holder_failed_locks_the_file_a_newcomer_holds(tmp_path):
+    """The holder's failed build removed the file it held: its waiter then held a lock of
+    no file while a newcomer locked a new one, and both built at once (the second told
+    its slot "already exists; pass --force")."""
+    import threading
+
+    lock = tmp_path / "slot.lock"
+    spans: list[tuple[float, float]] = []
+
+    def build() -> None:
+        with locks.waiting_lock(lock):
+            start = time.monotonic()
+            time.sleep(0.3)
+            spans.append((start, time.monotonic()))
+
+    with pytest.raises(RuntimeError), locks.build_lock(lock):
+        waiter = threading.Thread(target=build)
+        waiter.start()
+        time.sleep(0.3)  # the waiter blocks in flock on the holder's file
+        raise RuntimeError("download failed")
+    build()  # the newcomer, at once: whichever locks the new file first, one at a time
+    waiter.join(10)
+    first, second = sorted(spans)
+    assert first[1] <= second[0], spans
+
+
 def _no_flock(fd, flags):
     raise OSError(errno.ENOLCK, "No locks available")
 
