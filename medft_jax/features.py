@@ -452,6 +452,13 @@ def cached_features(
             with contextlib.suppress(OSError):
                 directory.parent.rmdir()  # only if empty
             continue
+        if errors and str(directory) not in _FELL_BACK:  # once a process: a sweep's runs
+            _FELL_BACK.add(str(directory))  # each read the set there
+            print(
+                f"note: cached features kept in {directory}, not beside the data "
+                f"({'; '.join(errors)}): runs with another --out compute their own",
+                file=sys.stderr,
+            )
         return found, _info(found, reused=reused, started=t)
     print(
         f"warning: cannot write the cached features ({'; '.join(errors)}); "
@@ -459,6 +466,11 @@ def cached_features(
         file=sys.stderr,
     )
     return None, {"used": False, "reason": f"cannot write: {'; '.join(errors)}"}
+
+
+_FELL_BACK: set[str] = set()
+"""Feature folders this process said it kept in a run's --out, its data's folder failing
+(a full disk, or read-only: said, where it went without a word)."""
 
 
 def _info(found: FeatureSet, *, reused: bool, started: float) -> dict[str, Any]:

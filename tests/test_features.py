@@ -324,7 +324,7 @@ def test_batch_statistics_mode_caches_nothing(demo, tmp_path, trainers):
 
 @pytest.mark.slow  # two runs
 def test_features_of_read_only_prepared_data_go_under_the_runs_folder(
-    demo, tmp_path, trainers, monkeypatch
+    demo, tmp_path, trainers, monkeypatch, capsys
 ):
     # A file where the prepared data's folder would be: no folder can be made in
     # it, whoever runs the test (a read-only folder does not stop root).
@@ -332,15 +332,27 @@ def test_features_of_read_only_prepared_data_go_under_the_runs_folder(
     blocked.write_text("")
     out = tmp_path / "runs" / "features"
     monkeypatch.setattr(features, "roots_for", lambda ds, out_dir: (blocked / "features", out))
+    monkeypatch.setattr(features, "_FELL_BACK", set())
     kw = {"dataset": demo, "progress": False, "trainers": trainers}
     first = fit.run_one(_config("lp"), tmp_path / "runs", **kw)
     assert first["features"]["used"] and not first["features"]["reused"]
     assert first["features"]["directory"].startswith(str(out))
+    # Said (a full data disk went without a word: every --out computed its own), once.
+    notes = [x for x in capsys.readouterr().err.splitlines() if "not beside the data" in x]
+    assert (
+        len(notes) == 1
+        and notes[0].startswith(
+            f"note: cached features kept in {first['features']['directory']}, not beside the "
+            f"data ({blocked / 'features'}"
+        )
+        and notes[0].endswith("runs with another --out compute their own")
+    )
     again = fit.run_one(_config("lp"), tmp_path / "runs", force=True, **kw)
     assert (
         again["features"]["reused"]
         and again["features"]["directory"] == first["features"]["directory"]
     )
+    assert "not beside the data" not in capsys.readouterr().err
     np.testing.assert_allclose(_numbers(again), _numbers(first), rtol=1e-6)
 
 
