@@ -186,7 +186,7 @@ def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             os.close(fd)
             _refuse_unsupported(e, path)
             raise
-        if _still_the_file(fd, path):
+        if _same_file(fd, path):
             break
         # The holder removed the file it held (a failed build: :func:`build_lock`): this
         # lock is of no file now, and a newcomer may hold the new one. Lock that instead
@@ -196,16 +196,6 @@ def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # drops the flock
-
-
-def _still_the_file(fd: int, path: Path) -> bool:
-    """Whether the open file ``fd`` is still the one at ``path`` (not removed or replaced)."""
-    try:
-        at_path = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def held_elsewhere(path: str | os.PathLike[str]) -> bool:
@@ -404,6 +394,7 @@ def _acquire_for_all_processes(run_dir: Path, settings: str | None) -> RunLock:
 
 
 def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the one at ``path`` (not removed or replaced)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:

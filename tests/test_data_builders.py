@@ -1804,6 +1804,11 @@ def test_chexpert_patient_folder_without_a_csv_row_is_refused_naming_it(tmp_path
         path.write_text(text)
 
 
+def _drop_lines(path: Path, holding: str) -> None:
+    """Removes ``path``'s lines that hold ``holding`` (a listing that lost them)."""
+    path.write_text("".join(ln for ln in path.read_text().splitlines(True) if holding not in ln))
+
+
 def test_mura_image_of_a_listed_study_missing_from_the_listing_is_refused(tmp_path):
     """A lost line of valid_image_paths.csv dropped an image of a test study: the study's
     score (the mean over its images) changed without a word."""
@@ -1813,8 +1818,7 @@ def test_mura_image_of_a_listed_study_missing_from_the_listing_is_refused(tmp_pa
     assert (tmp_path / gone).is_file()
     (tmp_path / gone).with_name("._image9.png").write_bytes(b"")  # macOS: ignored
     _parse("mura_shoulder", tmp_path)
-    path = base / "valid_image_paths.csv"
-    path.write_text("".join(ln for ln in path.read_text().splitlines(True) if gone not in ln))
+    _drop_lines(base / "valid_image_paths.csv", gone)
     with pytest.raises(DataError) as err:
         _parse("mura_shoulder", tmp_path)
     assert str(err.value) == (
@@ -1835,8 +1839,7 @@ def test_mura_study_folder_in_neither_listing_is_refused(tmp_path):
     (tmp_path / study).with_name("study9.txt").write_text("")
     before = len(_parse("mura_shoulder", tmp_path)["test"])
     for name in ("valid_image_paths.csv", "valid_labeled_studies.csv"):
-        path = base / name
-        path.write_text("".join(ln for ln in path.read_text().splitlines(True) if study not in ln))
+        _drop_lines(base / name, study)
     with pytest.raises(DataError) as err:
         _parse("mura_shoulder", tmp_path)
     assert str(err.value) == (
