@@ -7,6 +7,7 @@ disk now, or that the content fingerprint follows the bytes and nothing else.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
 import json
@@ -1052,6 +1053,22 @@ def test_csv_rows_know_their_lines(tmp_path):
     rows = read_csv(tmp_path / "l.csv", ["path", "label"])
     assert [(r["label"], r.line) for r in rows] == [("a", 3), ("b", 4), ("c", 7)]
     assert rows[1]["note"] == "two, a\nnote"  # a free-text note may run over lines
+    # ... and hold a line of the header's count of fields, a note's, not a row's.
+    with open(tmp_path / "n.csv", "w", newline="") as f:
+        csv.writer(f).writerows(
+            [["path", "label", "note"], ["a.png", "0", "seen\nbiopsy, left arm, 3mm"]]
+        )
+    assert read_csv(tmp_path / "n.csv", ["path", "label"])[0]["note"].endswith("3mm")
+    # A quote never closed in a listing past the csv module's field limit: named where it
+    # opens, not as "field larger than field limit" lines below.
+    rows = ["path,label"] + [f"img{i:06d}.png,{i % 2}" for i in range(20_000)]
+    rows[5] = '"img5.png,1'
+    (tmp_path / "big.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError) as err:
+        read_csv(tmp_path / "big.csv", ["path", "label"])
+    assert str(err.value) == (
+        f"{tmp_path / 'big.csv'}:6: malformed CSV (a quote opened in this row is never closed)"
+    )
 
 
 SWALLOWED = [f"img/{i}.png,{'ab'[i % 2]},ok" for i in range(6)]

@@ -141,7 +141,9 @@ def read_csv(
         hint = ""
         if found is None and ";" in text.partition("\n")[0]:  # R's write.csv2: "";"path"
             hint = "; its columns are separated by ';', not ','"
-        if "unexpected end of data" in str(err):  # named at its row's first line, not the end
+        # An open quote reads to the end, or past the csv module's field limit (a large
+        # listing): named at its row's first line, not where the reading gave up.
+        if "unexpected end of data" in str(err) or "field larger than field limit" in str(err):
             raise DataError(
                 f"{path}:{last + 1}: malformed CSV (a quote opened in this row is never "
                 f"closed){hint}"
@@ -176,13 +178,22 @@ def _refuse_swallowed_rows(
                 f"{path}:{start}: column {column!r} holds a line break (the row runs over "
                 f"lines {start}-{end}: an unclosed quote?); expected one line per row"
             )
+        listed_at = list(header).index(required[0]) if required else 0  # the path column
         for line in value.splitlines()[1:]:
-            if len(next(csv.reader([line]), [])) == len(header):
+            fields = next(csv.reader([line]), [])
+            # A swallowed row: the header's fields, an image file where the path goes (a
+            # note's "biopsy, left arm, 3mm" has the fields, not the path).
+            if len(fields) == len(header) and _names_an_image(fields[listed_at]):
                 raise DataError(
                     f"{path}:{start}: column {column!r} runs over lines {start}-{end} and holds "
                     f"what reads as rows ({line.strip()!r}): an unclosed quote on line "
                     f"{start}?; expected one line per row"
                 )
+
+
+def _names_an_image(text: str) -> bool:
+    """Whether a cell reads as an image file's path (``img/x006.png``)."""
+    return os.path.splitext(text.strip())[1].lower() in IMAGE_SUFFIXES
 
 
 def refuse_listed_again(first: dict[str, int], key: str, path: Path, line: int, what: str) -> None:
