@@ -495,8 +495,8 @@ def test_file_stats_names_each_file_by_where_it_resolves(tmp_path):
     for given in (root, root / "a" / "..", f"{root}/"):
         stats = cache_mod.file_stats(given, paths)
         assert [(name, size) for name, size, _ in stats] == [
-            ("a/in.png -> a/b/x.png", 1),
-            (f"a/out.png -> {outside.resolve()}", 3),
+            ("a/in.png\0a/b/x.png", 1),
+            (f"a/out.png\0{outside.resolve()}", 3),
             ("gone.png", -1),
             ("y.png", 2),
         ]
@@ -510,6 +510,18 @@ def test_file_stats_names_each_file_by_where_it_resolves(tmp_path):
         (root / "a" / link).symlink_to(target)
     after = cache_mod.file_stats(root, farm)
     assert sorted(x[1:] for x in before) == sorted(x[1:] for x in after) and before != after
+    assert cache_mod.describe_change({"files": before}, {"files": after}) == "2 files changed"
+    # A record of the older form, links named by their targets alone: rebuilt once, saying
+    # why (it said "2 files added, 2 removed" of data nobody touched).
+    older = [[name.split("\0")[1], *rest] for name, *rest in before]
+    assert cache_mod.describe_change({"files": older}, {"files": before}) == (
+        "its record of 2 linked file(s) predates naming links with their targets (so that "
+        "swapping two links' targets counts)"
+    )
+    # A file named "x -> 1.png" is no link: two such names are two entries.
+    plain = [["c/x -> 1.png", 10, 1], ["c/x -> 2.png", 10, 1]]
+    edited = [["c/x -> 1.png", 99, 2], ["c/x -> 2.png", 10, 1]]
+    assert cache_mod.describe_change({"files": plain}, {"files": edited}) == "1 file changed"
     assert (
         cache_mod.file_stats(root, [root / "y.png"], ctime=True)[0][3]
         == os.stat(root / "y.png").st_ctime_ns

@@ -712,7 +712,8 @@ def file_stats(root: Path, paths: Iterable[Path], *, ctime: bool = False) -> lis
     """``[[name relative to root, size, mtime_ns(, ctime_ns)], ...]`` sorted; stat only.
 
     Links are followed (the size and times of what is read); a listed name that is a
-    link to another file of the folder is named ``"link -> target"``, so that links
+    link to another file of the folder is named with its target (:data:`LINK_MARK`
+    between), so that links
     whose targets were swapped (a link farm regenerated after relabelling) are another
     signature: named by their targets alone, the sorted list was the same, and the cache
     kept each example's old pixels. A missing file
@@ -737,7 +738,7 @@ def file_stats(root: Path, paths: Iterable[Path], *, ctime: bool = False) -> lis
         if listed != real:  # a link (or below one): which file each listed name reads
             shown = listed[len(listed_prefix) :] if listed.startswith(listed_prefix) else listed
             if shown != name:  # two links' targets swapped (a relabelled link farm): the
-                name = f"{shown} -> {name}"  # same files, other examples' pixels
+                name = f"{shown}{LINK_MARK}{name}"  # same files, other examples' pixels
         if os.sep != "/":
             name = name.replace(os.sep, "/")
         try:
@@ -810,6 +811,16 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
         return "; ".join(rules)
     parts = []
     before, after = (_by_listed_name(x.get("files", [])) for x in (old, new))
+    named_by_target = {target: v for target, v in after.values() if target}
+    if (
+        named_by_target
+        and set(before) - set(after) == set(named_by_target)
+        and not any(LINK_MARK in str(f[0]) for f in old.get("files", []))
+    ):  # links recorded by their targets alone, before their names were: a rebuild, once
+        return (
+            f"its record of {len(named_by_target)} linked file(s) predates naming links with "
+            "their targets (so that swapping two links' targets counts)"
+        )
     added = len(after.keys() - before.keys())
     removed = len(before.keys() - after.keys())
     moved = [k for k in after.keys() & before.keys() if after[k] != before[k]]
@@ -849,15 +860,21 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
     return "; ".join(parts) or None
 
 
+LINK_MARK = "\0"
+"""Between a listed link's name and its target's in :func:`file_stats` (a NUL: no path
+holds one, where a file named ``x -> 1.png`` was split as a link, and two such names
+were one entry)."""
+
+
 def _by_listed_name(
     files: Iterable[Sequence[Any]],
 ) -> dict[str, tuple[str, tuple[Any, ...]]]:
     """:func:`file_stats` entries as ``{listed name: (link target or "", stats)}`` (a
-    ``"link -> target"`` name split): a link given another target is a file changed,
-    not one added and one removed."""
+    link's name split at :data:`LINK_MARK`): a link given another target is a file
+    changed, not one added and one removed."""
     out = {}
     for name, *stats in files:
-        listed, _, target = str(name).partition(" -> ")
+        listed, _, target = str(name).partition(LINK_MARK)
         out[listed] = (target, tuple(stats))
     return out
 
