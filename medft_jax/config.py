@@ -233,9 +233,11 @@ def effective_options(strategy: str, options: Mapping[str, Any] | None) -> dict[
     }
 
 
-FLOAT32_OPTIONS = ("alpha", "beta", "lr_decay", "rgn_eps")
+FLOAT32_OPTIONS = ("alpha", "beta", "rgn_eps")
 """Options the step computes with in float32: held as their float32's short decimal, as a
-learning rate is (:func:`run_lr`), so two spellings of one float32 are one run."""
+learning rate is (:func:`run_lr`), so two spellings of one float32 are one run. Not
+``lr_decay``: its powers are taken in float64 (0.7 and 0.700000015, one float32, give
+other factors from the third block down)."""
 
 
 def canonical_options(
@@ -495,8 +497,8 @@ def check_config(config: RunConfig, name: Callable[[str], str] = flag_name) -> N
             )
         if key == "rgn_mode" and value not in RGN_MODES:
             raise UserError(f"{name(key)} must be one of {', '.join(RGN_MODES)}, got {value!r}")
-        if key == "lr_decay" and type(value) in (int, float) and value == 1:  # float32's too:
-            raise UserError(  # canonical_options held 0.99999999 as 1
+        if key == "lr_decay" and type(value) in (int, float) and value == 1:
+            raise UserError(
                 f"{name(key)} 1: LLRD without decay is FT under LLRD's name; expected "
                 "a factor below 1"
             )

@@ -235,6 +235,8 @@ def scores_from_logits(logits: np.ndarray, multilabel: bool) -> tuple[np.ndarray
     rest = np.exp(shifted)
     np.put_along_axis(rest, top, 0.0, axis=1)  # the max's own exp(0) = 1, added exactly
     log_p = shifted - np.log1p(rest.sum(axis=1, keepdims=True))
+    if z.shape[1] < 2:  # one class: no other to be odds against (ranks nothing)
+        return np.exp(log_p), log_p
     log_odds = np.empty_like(z)
     for c in range(z.shape[1]):
         others = np.delete(z, c, axis=1)

@@ -451,3 +451,10 @@ def test_a_runs_metrics_rank_its_confident_examples_by_their_logits():
     assert got["auroc"] == 1.0
     with pytest.raises(fit.NonFiniteOutputError, match="test outputs became NaN"):
         fit._metrics(ds, "test", np.full((12, 2), np.nan, np.float32), "epoch 1", "fp32")
+
+
+def test_scores_of_one_class_logits_need_no_other_class():
+    """A library caller's one-column logits: log-odds against no other class raised numpy's
+    "zero-size array" error (the CLI refuses one-class data before)."""
+    p, ranks = metrics.scores_from_logits(np.array([[3.0], [-1.0]]), False)
+    assert p.tolist() == [[1.0], [1.0]] and ranks.shape == (2, 1)
