@@ -368,9 +368,15 @@ class RunConfig:
         if self.frozen_bn == "freeze" and self.strategy in BN_TRAINS_THROUGHOUT:
             object.__setattr__(self, "frozen_bn", "update")
         # One folder, one spelling: "w/best/" and "w/best" (a shell's tab completion) are
-        # one checkpoint, and were two runs' names and a report's "different settings".
+        # one checkpoint, and were two runs' names and a report's "different settings";
+        # so are a relative path, an absolute one and one through a link (three runs, each
+        # trained, a grid's dry run and report --config then matching one). A path that
+        # does not exist stays as typed, for the refusal to name it so.
         if isinstance(self.weights, str) and self.weights and self.weights not in WEIGHTS_CHOICES:
-            object.__setattr__(self, "weights", os.path.normpath(self.weights))
+            spelt = os.path.normpath(self.weights)
+            object.__setattr__(
+                self, "weights", os.path.realpath(spelt) if os.path.exists(spelt) else spelt
+            )
         # One dataset, one name: "medmnist/breastmnist@28" is "medmnist/breastmnist" (28 px
         # is the default), which was trained twice and reported as two datasets.
         if isinstance(self.dataset, str):

@@ -290,7 +290,8 @@ class Session:
                 continue
             if {**recorded, "weights": config.weights} != mine:
                 continue
-            twin = dataclasses.replace(config, weights=str(recorded["weights"]))
+            twin = dataclasses.replace(config)  # the recorded spelling as it is (a
+            object.__setattr__(twin, "weights", str(recorded["weights"]))  # new one resolves)
             if results.config_hash(twin.to_dict()) != results.config_hash(recorded):
                 continue
             if self.main_process:

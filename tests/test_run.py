@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -1327,7 +1328,12 @@ def test_one_checkpoint_spelt_otherwise_is_the_same_run_skipped(
     ported_tiny, tmp_path, capsys, monkeypatch
 ):
     """--weights as an absolute path, a relative one and through a link: three runs, each
-    trained, whose report was then refused as two records of one run."""
+    trained, whose report was then refused as two records of one run. One spelling now
+    (the resolved path); a record of another spelling (written before) is found by its
+    checkpoint's content and skipped."""
+    from medft_jax import results
+    from medft_jax.session import Session
+
     out = tmp_path / "runs"
     common = ["--strategy", "lp", "--arch", TINY, "--epochs", "1", "--image-size", "32"]
     common += ["--batch-size", "16", "--out", str(out), "--no-progress"]
@@ -1338,10 +1344,21 @@ def test_one_checkpoint_spelt_otherwise_is_the_same_run_skipped(
     (tmp_path / "link").symlink_to(ported_tiny.parent)
     for spelt in (ported_tiny.name, str(tmp_path / "link" / ported_tiny.name)):
         assert main([*common, "--weights", spelt]) == 0
-        said = capsys.readouterr()
-        assert f"skipped: record exists (use --force): {first / 'record.json'}" in said.out
-        assert (
-            f"note: {first}: this run's record, its --weights spelt {str(ported_tiny)!r} (the "
-            f"same checkpoint by its content as {spelt!r})"
-        ) in said.err
+        assert f"skipped: record exists (use --force): {first / 'record.json'}" in (
+            capsys.readouterr().out
+        )
     assert [p for p in out.iterdir() if p.is_dir()] == [first]
+    # A record of the same checkpoint spelt otherwise (a relative path, before spellings
+    # were resolved): found by the weights' content hash.
+    record = json.loads((first / "record.json").read_text())
+    record["config"]["weights"] = ported_tiny.name
+    older = results.record_path(out, record["config"])
+    results.write_record(older, record, sealed=True)
+    shutil.rmtree(first)
+    session = Session(out)
+    config = fit.RunConfig(**{**record["config"], "weights": str(ported_tiny)})
+    twin = session._weights_spelt_otherwise(config)
+    assert twin is not None and session.path_of(twin) == older
+    assert f"note: {older.parent}: this run's record, its --weights spelt " in (
+        capsys.readouterr().err
+    )
