@@ -1759,6 +1759,7 @@ def test_no_progress_keeps_tensorflows_startup_lines_off_stderr(tmp_path):
     assert "oneDNN" in loud.stderr
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 @tf_required
 @pytest.mark.xdist_group("tfds_prepared")
 def test_a_failed_prepare_of_changed_data_leaves_no_old_cache_served(tmp_path):

@@ -1104,6 +1104,7 @@ def test_dicom_of_one_value_without_a_window_is_refused_not_black(tmp_path):
     assert (np.asarray(open_image(own)) == 128).all()  # its own window: a grey, as before
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_predict_does_not_ask_for_a_window_flag_its_checkpoint_refuses(tmp_path):
     """A run that declared no --dicom-window refuses the flag at predict, so a blank
     slice's refusal must not ask for it there: it says how the run showed DICOM files.

@@ -1293,6 +1293,7 @@ def _edit_progress(step: Path, edit, rehash: bool = True) -> None:
     path.write_text(json.dumps(progress))
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 @pytest.mark.xdist_group("killed_run")
 def test_a_resume_checkpoint_without_its_state_hash_is_refused(killed_run, tmp_path):
     """Deleting the key alone turned the arrays' check off: a flipped bit then resumed."""

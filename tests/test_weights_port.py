@@ -1108,6 +1108,7 @@ def test_an_export_into_the_checkpoint_it_reads_is_refused(tmp_path):
     assert weights_port.export(mine, mine.parent / "model.safetensors")
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_a_port_into_a_checkpoint_or_a_run_folder_is_refused(tmp_path):
     """Ported into a run's best/ or beside it, or into another checkpoint: a later
     ``run --force`` deleted it without a word (export and predict refused those places)."""
