@@ -311,7 +311,10 @@ class Session:
         headers of its day."""
         now = fit.patients_across_splits(self.dataset(config)).get(fit.PATIENTS_ACROSS)
         then = record.get(fit.PATIENTS_ACROSS)
-        count_now, count_then = (int(x[0]) if x else 0 for x in (now, then))
+        count_now, count_then = (
+            int(x[0]) if isinstance(x, list | tuple) and x and str(x[0]).isdigit() else 0
+            for x in (now, then)
+        )
         said = ("headers since", self._load_key(config))
         if count_now == count_then or said in self.said:
             return
