@@ -57,7 +57,6 @@ from medft_jax.errors import (
     bars_hidden,
     deferred_stops,
     env_seconds,
-    json_loads,
     one_line,
     raise_if_stopped,
     stop_requested,
@@ -725,11 +724,8 @@ def _left_by_other_data(run_dir: Path) -> str | None:
     in another process, say: :func:`locks.maybe_running`), and one holding a record
     ``--force`` set aside (a forced rerun, going on or killed, that the report names).
     """
-    stem, _, _ = run_dir.name.rpartition("-")
     left = []
-    for other in sorted(run_dir.parent.glob(f"{glob.escape(stem)}-*")):
-        if other == run_dir or other.name.rpartition("-")[0] != stem:
-            continue
+    for other in results.same_name_runs(run_dir):
         done = (results.RECORD_NAME, results.FAILURE_NAME, *results.PREVIOUS_NAMES)
         if any((other / name).exists() for name in done) or locks.maybe_running(other):
             continue
@@ -755,18 +751,13 @@ def _recorded_on_other_data(run_dir: Path, config: RunConfig) -> str | None:
     since, so the run is another one, trained anew under a new name; nothing said so (a
     sweep over an edited MedMNIST file trained every run again in silence). One glob of
     the run's siblings; None when there is no such record."""
-    stem, _, _ = run_dir.name.rpartition("-")
     settings = results.settings_hash(config.to_dict())
-    found = []
-    for other in sorted(run_dir.parent.glob(f"{glob.escape(stem)}-*")):
-        if other == run_dir or other.name.rpartition("-")[0] != stem:
-            continue
-        try:
-            recorded = json_loads((other / results.RECORD_NAME).read_text())["config"]
-            if results.settings_hash(recorded) == settings:
-                found.append((other, recorded))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # no record, or one the report names
+    found = [
+        (other, recorded)
+        for other in results.same_name_runs(run_dir)
+        if (recorded := results.recorded_config(other)) is not None
+        and results.settings_hash(recorded) == settings
+    ]
     if not found:
         return None
     other, recorded = found[0]

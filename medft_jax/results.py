@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import glob
 import hashlib
 import json
 import math
@@ -293,6 +294,29 @@ def run_name(config: dict[str, Any]) -> str:
 def run_dir(out_dir: str | Path, config: dict[str, Any]) -> Path:
     """The run's folder (checkpoints and record) under ``out_dir``; not created here."""
     return Path(out_dir) / run_name(config)
+
+
+def same_name_runs(run_dir: str | Path) -> list[Path]:
+    """The folders beside ``run_dir`` of the same run name but another hash (the same
+    dataset, arch, strategy, lr and seed on other data, weights or settings), in name
+    order: one glob, whose matches are checked for the exact stem."""
+    run_dir = Path(run_dir)
+    stem = run_dir.name.rpartition("-")[0]
+    return [
+        other
+        for other in sorted(run_dir.parent.glob(f"{glob.escape(stem)}-*"))
+        if other != run_dir and other.name.rpartition("-")[0] == stem
+    ]
+
+
+def recorded_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The config of ``run_dir``'s record, or None where it has none readable (a record
+    the report names, not this look-up)."""
+    try:
+        config = json_loads((Path(run_dir) / RECORD_NAME).read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def record_path(out_dir: str | Path, config: dict[str, Any]) -> Path:

@@ -19,7 +19,6 @@ The command lines only print outcomes.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import time
 from collections import OrderedDict
@@ -36,7 +35,7 @@ from medft_jax.data import DataError
 from medft_jax.data.cache import skipped_note
 from medft_jax.data.errors import BatchTooLarge
 from medft_jax.data.options import task_options
-from medft_jax.errors import UserError, json_loads, note
+from medft_jax.errors import UserError, note
 from medft_jax.locks import RunLocked
 from medft_jax.names import same_data
 from medft_jax.outcomes import (
@@ -280,13 +279,9 @@ class Session:
         ):
             return None
         mine = config.to_dict()
-        stem = results.run_name(mine).rpartition("-")[0]
-        for other in sorted(Path(self.out).glob(f"{glob.escape(stem)}-*")):
-            try:
-                recorded = json_loads((other / results.RECORD_NAME).read_text())["config"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # no record, or one the report names
-            if not isinstance(recorded, dict) or recorded.get("weights") == config.weights:
+        for other in results.same_name_runs(results.run_dir(self.out, mine)):
+            recorded = results.recorded_config(other)
+            if recorded is None or recorded.get("weights") == config.weights:
                 continue
             if {**recorded, "weights": config.weights} != mine:
                 continue
