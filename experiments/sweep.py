@@ -647,8 +647,9 @@ def _medmnist_file_changed(record: dict[str, Any], data_dir: str | None) -> str 
     """Why a MedMNIST run's record is of another ``.npz`` than the one in ``data_dir`` now
     (its MD5 differs: a label flipped, another copy), or None (the same file, none there
     yet, or not MedMNIST): the dry run called such runs done, and the sweep, whose data
-    fingerprint finds them, trained them all again without a word. Hashed as a load
-    hashes it (a large file takes seconds)."""
+    fingerprint finds them, trained them all again without a word. The MD5 a resized cache
+    recorded at the file's present stat is taken; otherwise the file is hashed (seconds
+    for a large one)."""
     kept = record.get("medmnist_file")
     name = record["config"]["dataset"]
     if not isinstance(kept, dict) or not str(name).startswith("medmnist/"):
@@ -657,8 +658,9 @@ def _medmnist_file_changed(record: dict[str, Any], data_dir: str | None) -> str 
 
     try:
         flag, size = medmnist.parse_name(name)
-        found = medmnist.find_local(flag, size, resolve_data_dir(data_dir))
-        md5 = None if found is None else medmnist.file_source(found, flag, size)["md5"]
+        root = resolve_data_dir(data_dir)
+        found = medmnist.find_local(flag, size, root)
+        md5 = None if found is None else medmnist.file_md5(found, flag, size, root)
     except (DataError, OSError):
         return None  # named when the sweep loads it
     if md5 is None or md5 == kept.get("md5"):

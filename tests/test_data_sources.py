@@ -264,6 +264,14 @@ def _folder(root: Path, per_class: int = 10) -> None:
             image(100 * c + i).save(root / name / f"{i}.png")
 
 
+def test_folder_carve_refusal_names_the_lone_class(tmp_path):
+    """A class of one image, which no fraction leaves in both train and test, was named by
+    its index ("class 0"): the folder's name says which."""
+    _folder(tmp_path / "imgs", per_class=1)
+    with pytest.raises(DataError, match=r"expected more images: class 'cat' has all its images"):
+        load("folder", manual_dir=tmp_path / "imgs", data_dir=tmp_path / "out", **SIZES)
+
+
 def test_folder_counts_labels_and_splits(tmp_path):
     _folder(tmp_path / "imgs")
     ds = load(
@@ -665,7 +673,7 @@ def test_csv_multilabel_and_split_column(tmp_path):
             ["img/0.jpg,benign", "img/1.jpg,malignant"],
             {},
             r"labels\.csv: --test-fraction 0\.2: the test split takes 0 of the 2 images, "
-            r"leaving 2 to train and validate on; expected more images: class 0 has all its "
+            r"leaving 2 to train and validate on; expected more images: class 'benign' has all its "
             r"images here from one image, which one split or the other takes whole, so no "
             r"fraction leaves it in both; add images of it, or drop the class",
         ),
@@ -674,7 +682,7 @@ def test_csv_multilabel_and_split_column(tmp_path):
             [f"img/{i}.jpg,{'ab'[i // 3]},P{i // 3}" for i in range(6)],
             {"group_column": "patient"},
             r"labels\.csv: --test-fraction 0\.2: the test split takes 6 of the 6 images, "
-            r"leaving 0 to train and validate on; expected more patients: class 0 has all its "
+            r"leaving 0 to train and validate on; expected more patients: class 'a' has all its "
             r"images here from one patient, which one split or the other takes whole",
         ),
     ],

@@ -2140,6 +2140,39 @@ def test_dry_run_says_a_medmnist_file_changed_since_the_records(tmp_path, capsys
     ) in text
 
 
+def test_medmnist_md5_is_taken_from_a_cache_built_at_the_same_stat(tmp_path, monkeypatch):
+    """The dry run hashed every MedMNIST .npz its records name at each call (seconds for the
+    224 px files) though a resized cache keeps the file's MD5 at its stat; a file rewritten
+    since (its stat changed) is hashed again."""
+    import hashlib
+
+    from medft_jax.data import medmnist
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    arrays = {
+        f"{s}_{k}": (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) if k == "images"
+                     else np.arange(n)[:, None] % 2)
+        for s, n in (("train", 8), ("val", 4), ("test", 4))
+        for k in ("images", "labels")
+    }  # fmt: skip
+    path = data / "breastmnist.npz"
+    np.savez(path, **arrays)
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    medmnist.load_medmnist("medmnist/breastmnist", data_dir=data, crop_size=32, progress=False)
+    hashed = []
+    real = medmnist.file_source
+    monkeypatch.setattr(medmnist, "file_source", lambda *a: hashed.append(a) or real(*a))
+    assert medmnist.file_md5(path, "breastmnist", 28, data) == md5
+    assert hashed == []
+    arrays["train_labels"][0] = 1 - arrays["train_labels"][0]
+    np.savez(path, **arrays)
+    now = hashlib.md5(path.read_bytes()).hexdigest()
+    assert medmnist.file_md5(path, "breastmnist", 28, data) == now != md5
+    assert len(hashed) == 1
+
+
 def test_a_damaged_plan_replaced_by_a_sweep_is_said(tmp_path, monkeypatch, capsys):
     """A plan that is no JSON was overwritten by the next sweep without a word, and the
     runs it listed (its other shards', never started) were expected by a report no more."""

@@ -141,6 +141,7 @@ def carve_checked(
     where: str = "",
     fixed: bool = False,
     test_carve: tuple[float, int, int, bool] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[list[Example], list[Example]]:
     """:func:`carve_examples` of ``split`` for data seed ``seed`` (its stream:
     :func:`carve_stream`), refusing a carve that leaves ``split`` or what remains empty
@@ -149,7 +150,8 @@ def carve_checked(
     ``fixed``: the fraction is the task's own (a paper task's test share), no flag's.
     ``test_carve``: for the val carve, the test carve before it (its fraction, images
     taken, images it was taken from, fixed), named where too few are left: a large
-    ``--test-fraction`` was told as a fault of the default ``--val-fraction``."""
+    ``--test-fraction`` was told as a fault of the default ``--val-fraction``.
+    ``class_names``: what a refusal calls a class by its label (else its index)."""
     rest, carved = carve_examples(examples, fraction, carve_stream(split, seed), stratify=stratify)
     named = f"the task's fixed {split} share" if fixed else f"--{split}-fraction"
     need = 2 if split == "test" else 1
@@ -171,8 +173,15 @@ def carve_checked(
         )
         if lone is not None:
             label, unit = lone
+            named_class = (
+                repr(class_names[label])
+                if class_names is not None
+                and isinstance(label, int)
+                and 0 <= label < len(class_names)
+                else str(label)
+            )
             expected = (
-                f"more {unit}s: class {label} has all its images here from one {unit}, which "
+                f"more {unit}s: class {named_class} has all its images here from one {unit}, which "
                 f"one split or the other takes whole, so no fraction leaves it in both; add "
                 f"{unit}s of it, or drop the class"
             )
@@ -204,7 +213,10 @@ def _class_of_one_unit(examples: Sequence[Example]) -> tuple[Any, str] | None:
     grouped = any(ex.patient != ex.id for ex in examples)
     for ex in examples:
         units.setdefault(ex.label, set()).add(ex.patient)
-    lone = sorted((label for label, u in units.items() if len(u) < 2), key=str)
+    lone = sorted(
+        (label for label, u in units.items() if len(u) < 2),
+        key=lambda v: (0, v, "") if isinstance(v, int) else (1, 0, str(v)),  # 2 before 10
+    )
     return (lone[0], "patient" if grouped else "image") if lone else None
 
 
@@ -215,15 +227,22 @@ def carve_missing(
     *,
     stratify: bool,
     where: str,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """Carves ``test``, then ``val``, from ``splits["train"]`` where ``splits`` has none
     (in place; a user's folder or CSV giving some splits): :func:`carve_checked` each,
-    the val carve told of the test carve before it."""
+    the val carve told of the test carve before it; ``class_names`` name a class refused."""
     before = None
     if not splits.get("test"):
         total = len(splits["train"])
         splits["train"], splits["test"] = carve_checked(
-            splits["train"], "test", fractions["test"], seed, stratify=stratify, where=where
+            splits["train"],
+            "test",
+            fractions["test"],
+            seed,
+            stratify=stratify,
+            where=where,
+            class_names=class_names,
         )
         before = (fractions["test"], len(splits["test"]), total, False)
     if not splits.get("val"):
@@ -235,6 +254,7 @@ def carve_missing(
             stratify=stratify,
             where=where,
             test_carve=before,
+            class_names=class_names,
         )
 
 

@@ -454,7 +454,9 @@ def parse_folder(
         _refuse_saved_twice(root, [ex for members in given.values() for ex in members])
         _refuse_patient_twins(root, [ex for members in given.values() for ex in members])
         given["train"] = train
-        carve_missing(given, fraction, seed, stratify=True, where=str(root))
+        carve_missing(
+            given, fraction, seed, stratify=True, where=str(root), class_names=class_names
+        )
         return class_names, {s: given[s] for s in SPLIT_DIRS}
     class_names = _classes(root, root)
     _refuse_split_like_classes(root, class_names)
@@ -469,5 +471,5 @@ def parse_folder(
         "val": fraction_for("val", val_fraction, None, str(root)),
     }
     splits = {"train": examples}
-    carve_missing(splits, fractions, seed, stratify=True, where=str(root))
+    carve_missing(splits, fractions, seed, stratify=True, where=str(root), class_names=class_names)
     return class_names, {s: splits[s] for s in SPLIT_DIRS}

@@ -597,6 +597,29 @@ def _note_unofficial(source: dict[str, Any], flag: str, size: int) -> None:
     )
 
 
+def file_md5(path: Path, flag: str, size: int, data_dir: Path) -> str:
+    """The MD5 of ``path`` (this dataset's ``.npz``), hashed only when no resized cache of it
+    under ``data_dir`` recorded it at the file's present stat (path, size, mtime and inode
+    change time, as :func:`_stale_reason` trusts them): a dry run asks of every MedMNIST
+    record, and the 224 px files take seconds each to hash."""
+    st = os.stat(path)
+    stat = [str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    root = cache_dir(data_dir, f"medmnist/{flag}@{size}", "x").parent
+    with contextlib.suppress(OSError):
+        for variant in sorted(root.iterdir()):
+            if not cache.is_complete(variant):
+                continue
+            try:
+                old = cache.read_meta(variant).get("source")
+            except DataError:
+                continue
+            if not isinstance(old, dict) or not isinstance(old.get("md5"), str):
+                continue
+            if stat == [old.get(k) for k in ("file", "size", "mtime_ns", "ctime_ns")]:
+                return old["md5"]
+    return str(file_source(path, flag, size)["md5"])
+
+
 def _stale_reason(target: Path, found: Path | None, flag: str, size: int) -> str | None:
     """Why the cache in ``target`` no longer matches the ``.npz`` found now (None: it does).
 

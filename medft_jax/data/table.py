@@ -497,7 +497,9 @@ def parse_table(
     }
     if by_split["test"] and by_split["val"]:
         refuse_unused_seed(seed, f"the values of column {split_column!r}", str(csv_path))
-    carve_missing(by_split, fraction, seed, stratify=stratify, where=str(csv_path))
+    carve_missing(
+        by_split, fraction, seed, stratify=stratify, where=str(csv_path), class_names=names
+    )
     return names, multilabel, by_split
 
 
