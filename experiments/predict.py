@@ -50,6 +50,7 @@ from medft_jax.data.cache import reserve_space
 from medft_jax.data.dicom import WINDOW_BLANKED, OneValueUnwindowed, WindowOnColour
 from medft_jax.data.errors import DataError, ImageMissing, NotABadFile
 from medft_jax.data.images import DECODING_VERSION, decode_threads, open_image
+from medft_jax.data.paths import special_kind
 from medft_jax.data.pixels import (
     BitsExceeded,
     BitsOnColour,
@@ -644,7 +645,7 @@ def expand_folders(paths: Sequence[str], mat: bool = False) -> list[str]:
 
     from medft_jax.data.folder import image_files, reads_as_image, say_left_out, suffix_of
     from medft_jax.data.images import IMAGE_SUFFIXES
-    from medft_jax.data.paths import scan_files, special_kind
+    from medft_jax.data.paths import scan_files
 
     out: list[str] = []
     for given in paths:
@@ -653,6 +654,11 @@ def expand_folders(paths: Sequence[str], mat: bool = False) -> list[str]:
             kind = special_kind(folder) if given else None
             if kind is not None:  # a reader would block on a pipe for ever
                 raise PredictError(f"--images {given}: {kind}, not an image file")
+            if not os.path.lexists(given) and any(c in given for c in "*?["):
+                raise PredictError(  # was "image file not found", the pattern unsaid
+                    f"--images {given}: no such file; predict does not expand patterns: "
+                    "leave them unquoted for the shell to expand, or give the folder"
+                )
             if folder.suffix.lower() in PATH_LISTS:  # was "corrupt ...: --skip-bad-images"
                 raise PredictError(
                     f"--images {given}: a {folder.suffix} file, not an image; --images takes "
@@ -706,8 +712,7 @@ def check_flags(args: argparse.Namespace) -> None:
             "--top with --json: --json writes every class's probability; leave one out"
         )
     check_checkpoint_is_folder(args.checkpoint)
-    if args.out is not None:
-        check_out_file(args.out)
+    check_out_file(args.out)
 
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -729,14 +734,36 @@ def check_checkpoint_is_folder(checkpoint: str) -> None:
 
 def check_out_file(out: str) -> None:
     """Refuses an ``--out`` that cannot be written, before any model work: an empty path,
-    a folder, or a parent folder that is missing or not writable (where the rows are
-    written whole, then renamed into place). A link is judged by the file it points to,
-    where the rows go (:func:`write_rows`): a dangling one's missing folder was made."""
+    a folder (or a path ending in ``/``), a link that loops, a socket, a file not writable,
+    or a parent folder that is missing or not writable (where the rows are written whole,
+    then renamed into place). A link is judged by the file it points to, where the rows go
+    (:func:`write_rows`): a dangling one's missing folder was made. A device or named pipe
+    (``/dev/null``) is written to, as the shell's ``>`` does: only its own permission
+    counts. With no ``--out``, a closed stdout is refused here, not after the compute."""
+    if out is None:
+        if sys.stdout is None:
+            raise PredictError("stdout is closed; give --out FILE to write the rows to")
+        return
     if not out:
         raise PredictError("--out '': an empty path; expected a file to write the rows to")
+    if out.endswith(("/", os.sep)):
+        raise PredictError(f"--out {out}: a folder's path (it ends in /), expected a file")
+    try:
+        os.path.realpath(Path(out).expanduser(), strict=True)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PredictError(f"--out {out}: a link that loops; expected a file") from None
     path = Path(os.path.realpath(Path(out).expanduser()))
     if path.is_dir():
         raise PredictError(f"--out {out!r}: expected a file to write the rows to, not a folder")
+    kind = special_kind(path)
+    if kind == "a socket":
+        raise PredictError(f"--out {out}: {kind}, expected a file to write the rows to")
+    if kind is not None or path.exists():
+        if not os.access(path, os.W_OK):
+            raise PredictError(f"--out {out}: not writable (its permissions), expected a file")
+        if kind is not None:
+            return  # written to in place (write_rows), not replaced: its folder is /dev's
     parent = path.parent
     for above in (parent, *parent.parents):  # a file on the way is named as one
         if above.exists() and not above.is_dir():
@@ -858,14 +885,24 @@ def write_rows(text: str, out: str | None) -> None:
     """``text`` to stdout, or whole to ``out`` (a temporary file beside it, renamed into
     place: a full disk leaves the old file, not part of the rows). An ``out`` that is a
     link is written through, as the shell's ``>`` does (the rename replaced the link by a
-    file, leaving the file it pointed to, ``latest.txt -> 2026-12-07.txt``, unchanged). A
-    failed write names where it went (``stdout``), not ``?``."""
+    file, leaving the file it pointed to, ``latest.txt -> 2026-12-07.txt``, unchanged); a
+    file replaced keeps its mode and owner (a private 0600 file became 0644). A device or
+    named pipe (``/dev/null``) is written to in place: the rename made it a plain file
+    (``/dev/null`` of the whole machine, as root). A failed write names where it went
+    (``stdout``), not ``?``."""
     if out is not None:
         from medft_jax.atomic import write_bytes
 
         target = Path(os.path.realpath(Path(out).expanduser()))
-        write_bytes(target, text.encode("utf-8", "surrogateescape"))
+        data = text.encode("utf-8", "surrogateescape")
+        if special_kind(target) is not None:
+            with naming_os_errors(out), open(target, "wb") as f:
+                f.write(data)
+            return
+        write_bytes(target, data, like_existing=True)
         return
+    if sys.stdout is None:
+        raise PredictError("stdout is closed; give --out FILE to write the rows to")
     with naming_os_errors("stdout"):
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import uuid
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+def write_bytes(path: str | os.PathLike[str], data: bytes, *, like_existing: bool = False) -> Path:
     """Writes ``data`` at ``path`` atomically; returns the path.
 
     The bytes go to a temporary file in the same folder (same filesystem,
@@ -48,10 +49,13 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     the next write of ``path`` on this host removes it), and an OSError of the write
     itself (a full disk) is raised naming ``path``. The file gets the mode
     ``open()`` would give it, not ``mkstemp``'s private 0600, so a shared
-    group can read it.
+    group can read it; with ``like_existing``, a file already at ``path`` gives its mode
+    (and owner, where this process may set it) instead, as the shell's ``>`` keeps them.
     """
     path = Path(path)
     tmp = stage_bytes(path, data)
+    if like_existing:
+        _take_mode_and_owner(tmp, path)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -60,6 +64,23 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _take_mode_and_owner(tmp: Path, existing: Path) -> None:
+    """Gives ``tmp`` the mode and owner of the file at ``existing`` (nothing there: none)."""
+    try:
+        st = os.stat(existing)
+    except OSError:
+        return
+    try:
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        with contextlib.suppress(OSError):  # only root may give a file away
+            if hasattr(os, "chown") and (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+                os.chown(tmp, st.st_uid, st.st_gid)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def stage_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

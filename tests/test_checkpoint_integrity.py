@@ -40,6 +40,7 @@ from medft_jax.checkpoints.model import (
     staging_paths,
     variables_hash,
 )
+from medft_jax.data.images import DECODING_VERSION
 from medft_jax.data.preprocess import normalize
 from medft_jax.errors import Terminated
 from medft_jax.models import variable_shapes
@@ -262,6 +263,23 @@ def test_edited_metadata_is_refused_not_read_as_other_labels(saved, tmp_path):
             read(path)
     _edit_metadata(path, metadata_sha256=_DELETE)  # written before the hash was: unchecked
     assert load_metadata(path)["class_names"] == ["b", "a", "c"]
+    # ... unless it holds a key first written after the hash was: then the hash was deleted.
+    _edit_metadata(path, decoding_version=DECODING_VERSION)
+    with pytest.raises(CheckpointError, match=r"metadata: the metadata lacks its metadata_sha"):
+        load_metadata(path)
+
+
+def test_class_names_given_twice_are_refused_on_save_and_load(saved, tmp_path):
+    """Predict's rows read "a 0.55, a 0.45": which output is which could not be told."""
+    variables = saved[1]
+    params, stats = variables["params"], variables["batch_stats"]
+    with pytest.raises(CheckpointError, match=r"class_names names 'a' twice; expected one name"):
+        save_model(tmp_path / "ck", params, stats, {**META, "class_names": ["a", "b", "a"]})
+    assert not (tmp_path / "ck").exists()
+    path = save_model(tmp_path / "ck", params, stats, {**META, "class_names": ["a", "b", "c"]})
+    _edit_metadata(path, class_names=["a", "b", "a"])
+    with pytest.raises(CheckpointError, match=r"class_names names 'a' twice"):
+        load_model(path)
 
 
 _DELETE = object()

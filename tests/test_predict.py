@@ -721,6 +721,60 @@ def test_out_writes_every_row_or_leaves_the_old_file(tmp_path, capsys, monkeypat
     assert err == "error: --out '': an empty path; expected a file to write the rows to\n"
 
 
+def test_out_keeps_a_files_mode_writes_pipes_in_place_and_refuses_what_is_no_file(
+    tmp_path, capsys, monkeypatch
+):
+    """``--out`` renamed its rows over whatever was there: a named pipe (or, as root,
+    ``/dev/null``) became a plain file, a private 0600 file became 0644; ``rows.txt/``
+    wrote ``rows.txt``; a closed stdout was a traceback after the compute."""
+    import os
+    import stat
+    import sys
+    import threading
+
+    ck = _random_checkpoint(tmp_path / "ck", 3)
+    paths = _images(tmp_path, 2)
+    base = ["--checkpoint", str(ck), "--images", *paths]
+    assert main(base) == 0
+    printed = capsys.readouterr().out
+    private = tmp_path / "private.txt"
+    private.write_text("old\n")
+    private.chmod(0o600)
+    assert main([*base, "--out", str(private)]) == 0
+    assert private.read_text() == printed and stat.S_IMODE(private.stat().st_mode) == 0o600
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    assert main([*base, "--out", str(fifo)]) == 0
+    reader.join(10)
+    assert got == [printed] and stat.S_ISFIFO(fifo.lstat().st_mode)
+    for out, said in [
+        (f"{tmp_path}/new.txt/", f"--out {tmp_path}/new.txt/: a folder's path (it ends in /)"),
+    ]:
+        assert main([*base, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {said}, expected a file\n"
+    assert not (tmp_path / "new.txt").exists()
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert main([*base, "--out", str(loop)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {loop}: a link that loops; expected a file\n"
+    assert main(["--checkpoint", str(ck), "--images", f"{tmp_path}/*.png"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --images {tmp_path}/*.png: no such file; predict does not expand patterns: "
+        "leave them unquoted for the shell to expand, or give the folder\n"
+    )
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(base) == 2
+    monkeypatch.undo()
+    assert capsys.readouterr().err == (
+        "error: stdout is closed; give --out FILE to write the rows to\n"
+    )
+
+
 def test_a_failed_write_to_stdout_names_stdout_in_one_line(tmp_path, capsys, monkeypatch):
     """EFBIG on stdout was a 15-line traceback; a full disk said ``?: no space left``."""
     import errno

@@ -83,6 +83,9 @@ METADATA_HASH = "metadata_sha256"
 was: those load unchecked, as those without ``content_sha256`` do). Like that one, a check
 against corruption and careless edits, not a signature: whoever rewrites the metadata can
 rewrite its hash."""
+_WRITTEN_WITH_THE_HASH = ("decoding_version", "numerics")
+"""Metadata keys first written after :data:`METADATA_HASH`: a checkpoint holding one and not
+the hash lost it to an edit (one that swapped class names, say), not to its age."""
 _METADATA_FILE = ("metadata", "metadata")
 """Where orbax's JsonSave puts the metadata item, relative to the checkpoint folder."""
 
@@ -515,6 +518,13 @@ def _read_metadata(directory: Path) -> dict[str, Any]:
             f"{path}: the metadata is a JSON {type(metadata).__name__}, expected an object"
         )
     recorded = metadata.get(METADATA_HASH)
+    newer = [k for k in _WRITTEN_WITH_THE_HASH if k in metadata]
+    if recorded is None and newer:
+        raise CheckpointError(
+            f"{path}: the metadata lacks its {METADATA_HASH}, which every checkpoint holding "
+            f"{newer[0]!r} was written with: edited; its class names and preprocessing are "
+            "the predictions' meaning: restore the file"
+        )
     if recorded is not None and recorded != metadata_hash(metadata):
         raise CheckpointError(
             f"{path}: the metadata was edited or corrupted (it no longer hashes to its "
@@ -757,6 +767,11 @@ def _check_other_fields(metadata: Mapping[str, Any], num_classes: int, where: An
         if len(names) != num_classes:
             raise CheckpointError(
                 f"{where}: metadata class_names has {len(names)} names for {num_classes} classes"
+            )
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:  # which output is which could not be told in predict's rows
+            raise CheckpointError(
+                f"{where}: metadata class_names names {twice!r} twice; expected one name per output"
             )
     if not isinstance(metadata.get("multilabel", False), bool):
         raise CheckpointError(
