@@ -48,7 +48,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,14 +164,18 @@ def run_lock(run_dir: str | os.PathLike[str], settings: str | None = None) -> It
 
 
 @contextlib.contextmanager
-def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+def waiting_lock(
+    path: str | os.PathLike[str], waiting: Callable[[], None] | None = None
+) -> Iterator[None]:
     """Holds an exclusive lock on the file ``path`` for the ``with`` block, waiting for it.
 
     For work that every process needs done once, where the others may
     simply wait (porting the ImageNet weights into the shared cache): each
     re-checks, inside the block, whether the work is already done. The file
     stays (removing it would let a third process lock a new one meanwhile);
-    it is empty. Without ``fcntl`` (Windows) nothing is locked.
+    it is empty. Without ``fcntl`` (Windows) nothing is locked. ``waiting`` is
+    called once, if another process holds the lock, before waiting for it: a
+    prepare waiting hours for another one's said nothing and looked hung.
     """
     if not _locking():
         yield
@@ -181,7 +185,15 @@ def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                if waiting is not None:
+                    waiting()
+                    waiting = None
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
             os.close(fd)
             _refuse_unsupported(e, path)

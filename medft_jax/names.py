@@ -144,6 +144,9 @@ def dataset_name_error(name: object) -> str | None:
         return known + (
             f"; for your own images: --dataset folder --manual-dir {name} (or csv with --csv-file)"
         )
+    starting = [n for n in TASK_NAMES if n.startswith(lower.replace("-", "_") + "_")]
+    if len(starting) > 1:  # mura: close to none of its three by spelling
+        return known + f"; did you mean one of {', '.join(starting)}?"
     return known + did_you_mean(name, (DEMO, *TASK_NAMES, *LOCAL_KINDS))
 
 

@@ -30,7 +30,7 @@ from medft_jax.data.builders import BUILDERS, builder_class
 from medft_jax.data.builders.base import MedicalConfig
 from medft_jax.data.builders.cholect50 import VIDEOS
 from medft_jax.data.builders.t1w_mri import decode as decode_mat
-from medft_jax.data.images import ImageReader
+from medft_jax.data.images import SKIP_HINT, ImageReader
 
 SIZES = {"resize_size": 36, "crop_size": 32}
 CONFIG = MedicalConfig.make(**SIZES)
@@ -721,6 +721,19 @@ def test_t1w_release_cut_short_with_an_extra_name_is_refused_naming_it(tmp_path,
 
 
 @needs_h5py
+def test_t1w_without_h5py_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    """h5py is the [prepare] extra's: without it the listing was a ModuleNotFoundError
+    traceback, before the TensorFlow check that names the extra."""
+    import sys
+
+    fakes.make_t1w_mri(tmp_path)
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py raises ImportError
+    with pytest.raises(DataError, match=r"^reading T1w MRI's \.mat files needs h5py \(.*\); "
+                       r"pip install 'medft-jax\[prepare\]'$"):  # fmt: skip
+        _parse("t1w_mri", tmp_path)
+
+
+@needs_h5py
 def test_t1w_unreadable_mat_is_named_or_skipped_and_counted(tmp_path):
     """A truncated .mat fails while the listing is read (its label and patient are in it):
     named in one line, or with --skip-bad-images left out and counted, as a bad image is."""
@@ -730,7 +743,7 @@ def test_t1w_unreadable_mat_is_named_or_skipped_and_counted(tmp_path):
     with pytest.raises(DataError) as err:
         _parse("t1w_mri", tmp_path)
     assert str(err.value).startswith(f"cannot read {bad} as MATLAB v7.3 (HDF5): ")
-    assert "\n" not in str(err.value)
+    assert str(err.value).endswith(SKIP_HINT) and "\n" not in str(err.value)
     skipped: list[str] = []
     splits = builder_class("t1w_mri").TASK.parse_checked(tmp_path, CONFIG, skipped=skipped)
     assert skipped == ["brainTumorDataPublic_1-766/3.mat"]
@@ -1695,13 +1708,13 @@ def test_a_prepare_that_finished_while_this_one_waited_is_reused(tmp_path, monke
     other_ran = []
 
     @contextlib.contextmanager
-    def lock_after_the_other(path):
+    def lock_after_the_other(path, waiting=None):
         if not other_ran:  # the other process, which held the lock first
             other_ran.append(True)
             tasks.prepare_task("bach", manual_dir=tmp_path / "bach", data_dir=out,
                                progress=False, **SIZES)  # fmt: skip
             tasks.cache.retire(tasks.cache_dir(out, "bach", "r36_c32_s0"))  # not built yet
-        with real_lock(path):
+        with real_lock(path, waiting):
             yield
 
     monkeypatch.setattr(tasks.locks, "waiting_lock", lock_after_the_other)

@@ -103,6 +103,14 @@ def test_prepare_task_with_arch_resize(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "bach: train 32, val 4, test 4; 4 classes; images (224, 224, 3)" in out
     assert "Generating splits" not in err  # TFDS's bars too: --no-progress
+    assert "already prepared" not in err
+    # A second prepare printed the first's summary alone: nothing said it did nothing.
+    assert main(argv) == 0
+    out2, err = capsys.readouterr()
+    version = tmp_path / "out" / "medft_bach" / "r232_c224_s0" / "1.0.0"
+    assert out2 == out and err == (
+        f"bach: already prepared in {version} from this copy of the data; reused\n"
+    )
     from tensorflow_datasets.core.utils import tqdm_utils
 
     assert tqdm_utils._active  # TFDS's setting is as it was
@@ -111,7 +119,7 @@ def test_prepare_task_with_arch_resize(tmp_path, capsys):
 
 
 @pytest.mark.slow  # a paper task's first prepare, with its bars
-def test_a_first_prepare_prints_no_tfds_warning_about_its_own_design(tmp_path, caplog):
+def test_a_first_prepare_prints_no_tfds_warning_about_its_own_design(tmp_path, caplog, capsys):
     """TFDS warned twice per first prepare that the variant folder "has no
     dataset_info.json" (not prepared yet: by design), and before the one-line error of a
     prepare without TensorFlow; and that the cache's PNGs decode with Pillow."""
@@ -124,6 +132,8 @@ def test_a_first_prepare_prints_no_tfds_warning_about_its_own_design(tmp_path, c
         assert main(argv) == 0
     said = [r.getMessage() for r in caplog.records if r.name == "absl"]
     assert said and not [m for m in said if m.startswith(("Variant folder", "OpenCV"))], said
+    # TFDS's "prepared to <dir>" named the temporary folder, removed a moment later.
+    assert "Subsequent calls will reuse" not in capsys.readouterr().out
     # A run whose cache is built again from the prepared data (a copied --data-dir) too: in
     # a new process, as TFDS says it once per process.
     shutil.rmtree(tmp_path / "out" / "medft_cache")

@@ -144,6 +144,11 @@ def test_a_misspelt_dataset_name_gets_the_name_it_is_near():
         assert dataset_name_error(name).endswith(f"csv; did you mean {near}?"), name
     assert dataset_name_error("medmnist/brestmnist").endswith("; did you mean breastmnist?")
     assert "did you mean" not in dataset_name_error("xray_set")
+    # MURA's three tasks: "mura" is near none of them by spelling, and got no suggestion.
+    for name in ("mura", "MURA"):
+        assert dataset_name_error(name).endswith(
+            "csv; did you mean one of mura_shoulder, mura_wrist, mura_humerus?"
+        )
 
 
 def test_did_you_mean_sees_case_and_dash_slips():

@@ -305,6 +305,31 @@ def test_a_waiter_stopped_while_waiting_leaves_the_holders_build_lock(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def test_a_waiter_is_told_once_that_another_holds_the_lock(tmp_path):
+    """A prepare waiting hours for another one's lock said nothing and looked hung."""
+    import threading
+
+    lock = tmp_path / "slot.lock"
+    told: list[str] = []
+    with locks.waiting_lock(lock, lambda: told.append("first")):
+        pass
+    assert told == []  # free: nothing to say
+    got: list[float] = []
+    with locks.waiting_lock(lock):
+
+        def wait() -> None:
+            with locks.waiting_lock(lock, lambda: told.append("waits")):
+                got.append(time.monotonic())
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.3)
+        assert told == ["waits"] and got == []  # told, then waiting
+        released = time.monotonic()
+    waiter.join(10)
+    assert told == ["waits"] and got and got[0] >= released
+
+
 def test_a_waiter_whose_holder_failed_locks_the_file_a_newcomer_holds(tmp_path):
     """The holder's failed build removed the file it held: its waiter then held a lock of
     no file while a newcomer locked a new one, and both built at once (the second told

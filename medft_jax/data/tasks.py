@@ -437,7 +437,18 @@ def _prepare_task(
     target = cache_dir(data_dir, name, _variant(name, **config))
     if not builder.is_prepared():
         _require_tensorflow(name)  # before the lock's folders are made
-    with locks.waiting_lock(prepare_lock(version_dir)):  # a second prepare waits, then reuses
+
+    def waiting() -> None:
+        print(
+            f"{name}: another process is preparing {version_dir}; waiting for it (its data "
+            "is then checked and reused)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    fresh = False
+    # A second prepare waits, then reuses.
+    with locks.waiting_lock(prepare_lock(version_dir), waiting):
         atomic.remove_abandoned(version_dir)  # killed prepares' new data, unfinished
         _remove_incomplete(version_dir)
         # Made again under the lock: the one made before it saw the folder as it was then,
@@ -453,7 +464,8 @@ def _prepare_task(
                 (version_dir / STALE_MARK).unlink(missing_ok=True)  # the copy was put back
             else:
                 same_copy = _same_copy(recorded, manual, manual_dir, splits)
-        if reason or not builder.is_prepared():
+        fresh = not reason and builder.is_prepared()
+        if not fresh:
             _require_tensorflow(name)  # before the old data is marked
             if reason:
                 print(  # every process: this host's prepared copy, not the job's
@@ -471,6 +483,12 @@ def _prepare_task(
                 config, progress=progress,
             )  # fmt: skip
             builder = make_builder(name, data_dir, skip_bad_images=skip_bad_images, **config)
+    if fresh:  # a second prepare printed the first's summary alone: was anything done?
+        print(
+            f"{name}: already prepared in {version_dir} from this copy of the data; reused",
+            file=sys.stderr,
+            flush=True,
+        )
     _ensure_cache(name, builder, target, data_dir, progress=progress)
     return target
 

@@ -251,6 +251,11 @@ class MedicalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.skip_bad_images = skip_bad_images
         super().__init__(**kwargs)
 
+    def _log_download_done(self) -> None:
+        """Says nothing: TFDS's "prepared to <dir>. Subsequent calls will reuse this data"
+        named the temporary folder a prepare writes into (``.1.0.0.tmp-PID@host/...``),
+        removed once swapped into place; ``experiments.prepare`` says what was prepared."""
+
     def _info(self) -> tfds.core.DatasetInfo:
         task, config = self.TASK, self.builder_config
         c = config.crop_size

@@ -25,6 +25,7 @@ from PIL import Image
 from medft_jax.data.builders.base import MedicalBuilder, MedicalConfig, Task, name_runs
 from medft_jax.data.errors import DataError
 from medft_jax.data.examples import Example, standard_splits
+from medft_jax.data.images import SKIP_HINT
 from medft_jax.data.paths import scan_files
 from medft_jax.data.pixels import check_finite, check_size, minmax_to_uint8
 
@@ -44,13 +45,24 @@ class UnreadableMat(DataError):
     which ``--skip-bad-images`` skips, unlike a readable file with a wrong label."""
 
 
-def _open(path: Path):
-    import h5py
+def _h5py():
+    """h5py (the ``[prepare]`` extra): without it, one line naming the install, not a
+    traceback from inside the listing."""
+    try:
+        import h5py
+    except ImportError as e:
+        raise DataError(
+            f"reading T1w MRI's .mat files needs h5py ({e}); pip install 'medft-jax[prepare]'"
+        ) from None
+    return h5py
 
+
+def _open(path: Path):
+    h5py = _h5py()
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise UnreadableMat(f"cannot read {path} as MATLAB v7.3 (HDF5): {err}") from None
+        raise UnreadableMat(f"cannot read {path} as MATLAB v7.3 (HDF5): {err}{SKIP_HINT}") from None
 
 
 def _field(f, path: Path, name: str) -> np.ndarray:
@@ -59,7 +71,7 @@ def _field(f, path: Path, name: str) -> np.ndarray:
     except KeyError:
         raise DataError(f"{path}: missing field cjdata/{name}") from None
     except (OSError, RuntimeError, ValueError) as err:  # h5py's errors of a damaged file
-        raise UnreadableMat(f"cannot read {path}: cjdata/{name}: {err}") from None
+        raise UnreadableMat(f"cannot read {path}: cjdata/{name}: {err}{SKIP_HINT}") from None
 
 
 def read_meta(path: Path) -> tuple[int, str]:
@@ -72,7 +84,7 @@ def read_meta(path: Path) -> tuple[int, str]:
         try:
             empty = bool(f["cjdata"]["PID"].attrs.get("MATLAB_empty", 0))
         except (OSError, RuntimeError) as err:
-            raise UnreadableMat(f"cannot read {path}: cjdata/PID: {err}") from None
+            raise UnreadableMat(f"cannot read {path}: cjdata/PID: {err}{SKIP_HINT}") from None
     pid = "" if empty else "".join(chr(int(c)) for c in pid_codes).strip("\x00 \t\r\n")
     if not pid:
         raise DataError(
@@ -130,9 +142,8 @@ def fold_id_count(path: Path) -> int:
     naming it: silently passed over, it would let a partial copy through.
     """
     arrays: dict[str, np.ndarray] = {}
+    h5py = _h5py()
     try:
-        import h5py
-
         with h5py.File(path, "r") as f:
             arrays = {k: np.asarray(v) for k, v in f.items() if isinstance(v, h5py.Dataset)}
     except (OSError, RuntimeError, ValueError):
