@@ -61,7 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     # before the grid: a bad flag found after hours of runs would waste them
     select_cli.check_halving(args.min_epochs, args.eta)
-    grid_lib.load_grid(args.config)
+    g = grid_lib.load_grid(args.config)
+    for dataset in g.datasets:
+        for arch in g.archs:
+            select_cli.check_selections(
+                args.config, [f"dataset={dataset},arch={arch}"], args.min_epochs
+            )
     no_file_in_the_way(args.work, "--work")
     if args.grid_runs and not Path(args.grid_runs).is_dir():
         raise UserError(f"--grid-runs {args.grid_runs}: no such folder (expected a sweep's --out)")

@@ -128,6 +128,25 @@ def check_halving(min_epochs: float, eta: int) -> None:
         raise grid_lib.GridError(f"--eta must be in [2, 100], got {eta}")
 
 
+def check_first_rung(min_epochs: float, max_epochs: int) -> None:
+    """Refuses a first rung as long as a run: one rung of the whole grid is no halving."""
+    if min_epochs >= max_epochs:
+        raise grid_lib.GridError(
+            f"--min-epochs {min_epochs:g} is not under the grid's {max_epochs} epochs; "
+            "the first rung must be shorter than a run"
+        )
+
+
+def check_selections(config: str, only: Sequence[str], min_epochs: float) -> None:
+    """What select refuses of each ``--only`` selection of grid file ``config`` before it
+    loads data (one dataset and arch, two arms or more, a first rung under a run), for a
+    caller that sweeps the grid first (``benchmarks/select_vs_grid.py``): found after the
+    sweep, such a flag wasted its hours."""
+    args = argparse.Namespace(config=config, only=list(only), seed=None)
+    _, _, max_epochs = _arms(args)
+    check_first_rung(min_epochs, max_epochs)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     check_halving(args.min_epochs, args.eta)
@@ -135,11 +154,7 @@ def _main(argv: Sequence[str] | None) -> int:
         check_value("seed", args.seed, "--seed")
     g, arms, max_epochs = _arms(args)
     g.check_manual_dirs((a.config.dataset for a in arms), args.config)
-    if args.min_epochs >= max_epochs:  # one rung of the whole grid: not halving at all
-        raise grid_lib.GridError(
-            f"--min-epochs {args.min_epochs:g} is not under the grid's {max_epochs} epochs; "
-            "the first rung must be shorter than a run"
-        )
+    check_first_rung(args.min_epochs, max_epochs)
     refuse_data_dir_for_demo(args.data_dir, {a.config.dataset for a in arms}, DEMO_OF_GRID)
     # Paths the end of the selection reads or writes, checked before hours of training.
     if args.grid_runs is not None:
@@ -375,6 +390,9 @@ def compare_with_grid(
     out: dict[str, Any] = {
         "runs": len(records),
         "runs_expected": runs_expected,
+        # Diverged runs (failure notes) keep no cost: the grid's epochs and seconds leave
+        # theirs out, so the fractions below are upper bounds where there are any.
+        "runs_failed": len(failures),
         # Every run of the grid recorded or noted as failed: its cost and winner are the
         # grid's, not those of the runs that happened to be there.
         "complete": len(records) + len(failures) >= runs_expected,
@@ -501,6 +519,12 @@ def _print_outcome(o: dict[str, Any]) -> None:
             f"{epochs_text(gr['epochs'])} epochs, {gr['device_seconds']:,.0f} device-s; "
             f"selection spent {gr['fraction_epochs']:.1%} of its epochs, "
             f"{gr['fraction_seconds']:.1%} of its device-seconds"
+            + (
+                f" (at most: the {gr['runs_failed']} diverged run(s) are counted without the "
+                "epochs they trained, which their failure notes do not keep)"
+                if gr.get("runs_failed")
+                else ""
+            )
         )
     else:
         print(

@@ -241,6 +241,12 @@ def test_models_rejects_a_malformed_setting():
             "--min-epochs must be a finite number > 0",
             marks=pytest.mark.slow,
         ),
+        pytest.param(  # select's own refusal, found after the whole grid was swept
+            "select_vs_grid.py",
+            ["--min-epochs", "2"],
+            "--min-epochs 2 is not under the grid's 2 epochs; the first rung must be shorter",
+            marks=pytest.mark.slow,
+        ),
         pytest.param(
             "input_pipeline.py",
             ["--images", "-5"],

@@ -1295,7 +1295,7 @@ def test_the_grid_winner_breaks_ties_as_the_selection_does(monkeypatch):
     assert got["winner_by_val"] == {"strategy": "lp", "lr": 1e-3} and got["same_strategy"]
 
 
-def test_the_grid_winner_is_never_an_lr_at_which_a_seed_diverged():
+def test_the_grid_winner_is_never_an_lr_at_which_a_seed_diverged(capsys):
     """FT at 1e-3: two seeds at 0.9, the third diverged; at 1e-4 three at 0.8. The report
     never chooses 1e-3, so neither does the comparison; the pick's test value is the grid's
     at the pick's own LR."""
@@ -1310,6 +1310,16 @@ def test_the_grid_winner_is_never_an_lr_at_which_a_seed_diverged():
     assert got["winner_by_val"] == {"strategy": "ft", "lr": 1e-4}
     assert got["same_strategy"] and not got["same_strategy_and_lr"]
     assert got["winner_test"] == pytest.approx(0.6) and got["pick_test"] == pytest.approx(0.7)
+    # The diverged run's cost is in no note: the fractions are said to be at most that.
+    assert got["complete"] and got["runs_failed"] == 1
+    select_cli._print_outcome({**outcome, "metric_label": "AUROC", "grid": got,
+                               "pick": {**outcome["pick"], "val": 0.9},
+                               "cost": {**outcome["cost"], "arms": 2}})  # fmt: skip
+    (full,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("full grid")]
+    assert full.startswith("full grid (5 of 6 runs recorded): ") and full.endswith(
+        " of its device-seconds (at most: the 1 diverged run(s) are counted without the "
+        "epochs they trained, which their failure notes do not keep)"
+    )
 
 
 # --- what a dry run checks and shows -------------------------------------------------------------
