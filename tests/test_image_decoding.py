@@ -2208,6 +2208,46 @@ def test_16bit_colour_dicom_of_12_bit_values_is_refused_as_colour_pngs_are(tmp_p
     assert np.asarray(open_image(path))[0].tolist() == [[15, 0, 0], [255, 0, 0]]
 
 
+def test_colour_dicom_signed_is_refused_and_under_8_bits_is_stretched_in_any_word(tmp_path):
+    """Signed colour samples: the negative ones became 0 without a word (a signed colour
+    TIFF is refused). 6-bit colour samples came out 0..63 (dark) in 8-bit words, 0..255
+    in 16-bit words: the same values, other pixels by the allocation alone."""
+    signed = np.array([[[-100, 0, 20000], [300, -1, 5]]], np.int16)
+    path = _write_dicom(tmp_path / "s.dcm", signed, photometric="RGB")
+    with pytest.raises(NotABadFile, match=r"s\.dcm: signed colour DICOM \(PixelRepresentation 1"):
+        open_image(path)
+    six = np.array([[[0, 21, 63], [42, 63, 1]]], np.uint8)
+    stretched = np.rint(six * (255 / 63)).astype(int).tolist()  # [[0, 85, 255], [170, 255, 4]]
+    for dtype in (np.uint8, np.uint16):
+        path = _write_dicom(
+            tmp_path / f"six{dtype.__name__}.dcm", six.astype(dtype), photometric="RGB",
+            BitsStored=6, HighBit=5,
+        )  # fmt: skip
+        assert np.asarray(open_image(path)).tolist() == stretched, dtype
+
+
+def test_a_window_that_is_no_number_is_a_sound_files_header(tmp_path):
+    """WindowCenter 'abcd': a DataError, skipped as damaged by --skip-bad-images, even under
+    --dicom-window, which replaces the file's window; BitsStored 0 said "expected HighBit
+    -1"; a rescale past the float range said the pixels were NaN."""
+    path = _write_dicom(tmp_path / "w.dcm", STORED, window=(9999, 201))
+    raw = path.read_bytes()
+    assert raw.count(b"9999") == 1
+    path.write_bytes(raw.replace(b"9999", b"abcd"))  # a DS no writer should have written
+    with pytest.raises(NotABadFile, match=r"w\.dcm: bad DICOM window \(.*\); give --dicom-window"):
+        open_image(path)
+    # LINEAR_EXACT, stored values (no rescale): ((v - 100) / 201 + 0.5) * 255, rounded
+    assert np.asarray(open_image(path, dicom_window=(100, 201)))[0].tolist() == [
+        1, 64, 128, 159, 191, 255
+    ]  # fmt: skip
+    zero = _write_dicom(tmp_path / "z.dcm", STORED, BitsStored=0, HighBit=11)
+    with pytest.raises(DataError, match=r"z\.dcm: bad DICOM image header \(BitsStored 0; expec"):
+        open_image(zero)
+    huge = _write_dicom(tmp_path / "h.dcm", STORED, rescale=(1e308, 0))
+    with pytest.raises(DataError, match=r"h\.dcm: the DICOM rescale \(RescaleSlope, Rescale"):
+        open_image(huge)
+
+
 def test_dicom_intercept_alone_inverse_shape_and_a_zero_slope(tmp_path):
     # An intercept without its slope was ignored: CT numbers 1024 off, and the window with
     # them. x = v - 100 under the LINEAR window c=0, w=201 (c' = -0.5, w' = 200):

@@ -372,7 +372,7 @@ def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys
     )
     config = SimpleNamespace(arch="resnet_tiny", image_size=32, precision="fp32", numerics=5)
     run = SimpleNamespace(config=config, ds=ds, spec=get_arch("resnet_tiny"))
-    assert fit._best_metadata(run, "r")["decoding_version"] == DECODING_VERSION == 11
+    assert fit._best_metadata(run, "r")["decoding_version"] == DECODING_VERSION == 12
     assert fit._best_metadata(run, "r")["numerics"] == 5
     assert "decoding_version" in PREDICTION_KEYS
     Image.new("L", (40, 40)).save(tmp_path / "a.png")
@@ -406,7 +406,12 @@ def test_a_bf16_runs_checkpoint_of_another_forward_pass_is_noted(tmp_path, capsy
 
     assert "numerics" in PREDICTION_KEYS  # kept through an export and a port back
     Image.new("L", (40, 40)).save(tmp_path / "a.png")
-    base = {"resize_size": 32, "crop_size": 32, "source": "run r", "decoding_version": 11}
+    base = {
+        "resize_size": 32,
+        "crop_size": 32,
+        "source": "run r",
+        "decoding_version": DECODING_VERSION,
+    }
 
     def err_of(name, **meta):
         return _notes_of_a_runs_checkpoint(tmp_path / name, capsys, **base, **meta)

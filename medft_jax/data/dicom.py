@@ -276,6 +276,10 @@ def _check_header(ds: Any, path: Path) -> str:
             "export the frame(s) you mean as single-frame files"
         )
     stored, high = ds.get("BitsStored"), ds.get("HighBit")
+    if stored not in (None, "") and int(stored) < 1:  # "expected HighBit -1" misled
+        raise DataError(
+            f"{path}: bad DICOM image header (BitsStored {int(stored)}; expected 1 or more)"
+        )
     if stored not in (None, "") and high not in (None, "") and int(high) != int(stored) - 1:
         # pydicom keeps the low BitsStored bits: values stored high (HighBit 15 of 12 bits,
         # as some older scanners wrote) come out cut mid-value, their grey levels scrambled.
@@ -366,8 +370,14 @@ def _grey(
     pixels: np.ndarray, ds: Any, path: Path, photometric: str, fixed: DicomWindow | None
 ) -> np.ndarray:
     values = _modality(pixels, ds, path)
-    check_finite(values, path)
-    window = _window(ds)
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        if np.issubdtype(pixels.dtype, np.integer) or np.isfinite(pixels).all():
+            raise DataError(  # the header's, not the pixels': "N values are NaN" misled
+                f"{path}: the DICOM rescale (RescaleSlope, RescaleIntercept) or Modality "
+                "LUT takes pixel values past the float range: a damaged header"
+            )
+        check_finite(values, path)
+    window = None if fixed is not None else _window_or_refuse(ds, path)
     if fixed is not None:
         image = window_to_uint8(values, *fixed, "LINEAR_EXACT")
     elif ds.get("VOILUTSequence"):
@@ -532,6 +542,19 @@ def _modality_output_signed(ds: Any, path: Path) -> bool:
     return min(low * slope + intercept, high * slope + intercept) < 0
 
 
+def _window_or_refuse(ds: Any, path: Path) -> tuple[float, float, str] | None:
+    """:func:`_window`, a value that is no number (``abcd``) refused as the other bad
+    windows are: a sound file's header, read with ``--dicom-window``, never skipped as
+    damaged (``--skip-bad-images`` dropped such files, often one site's or one class's)."""
+    try:
+        return _window(ds)
+    except (TypeError, ValueError) as err:
+        raise NotABadFile(
+            f"{path}: bad DICOM window ({one_line(err)}); give --dicom-window CENTER,WIDTH "
+            "to read it"
+        ) from None
+
+
 def _window(ds: Any) -> tuple[float, float, str] | None:
     """The first WindowCenter/WindowWidth and its VOILUTFunction, top level or from an
     enhanced file's Frame VOI LUT; None when there is none (an empty value is none)."""
@@ -639,9 +662,15 @@ def _look_up(values: np.ndarray, table: np.ndarray, first: int) -> np.ndarray:
 def _colour(pixels: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarray:
     if photometric == "PALETTE COLOR":
         return _palette(pixels, ds, path)
-    if pixels.dtype == np.uint8:
-        return pixels
+    if pixels.dtype.kind == "i":
+        # Negative samples clipped to black without a word; signed colour TIFFs are refused.
+        raise NotABadFile(
+            f"{path}: signed colour DICOM (PixelRepresentation 1) cannot be converted "
+            "faithfully to 8-bit colour; save it as unsigned colour"
+        )
     bits = int(ds.get("BitsStored") or pixels.dtype.itemsize * 8)
+    if pixels.dtype == np.uint8 and bits >= 8:
+        return pixels  # 6-bit samples in 8-bit words are stretched, as in 16-bit words
     if bits == 16 and int(pixels.max()) < 1 << UNDECLARED_FLOOR_BITS:
         # As a 16-bit colour PNG or TIFF so filled is refused: 12-bit values in a file
         # that says 16 bits came out nearly black (at most 64 levels a channel).

@@ -99,7 +99,7 @@ def saved_twice(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-DECODING_VERSION = 11
+DECODING_VERSION = 12
 """Bumped whenever the same file can decode to other pixels (2: 16-bit, float
 and DICOM conversion, instead of Pillow's clipping ``convert("RGB")``; 3:
 ``bits_stored``, and 16-bit files of 14 bits or fewer refused without it; 4:
@@ -125,7 +125,11 @@ where it was clipped to white, and a TIFF of 9-15 bits per sample or a JPEG 2000
 by its samples' high bytes, as PNG/TIFF and its greyscale PGM twin, where Pillow rounded
 to 8 bits (one grey level apart in about a quarter of the samples), and a sound file of
 a kind not read (a 12-bit JPEG, a float64 TIFF, a DICOM dataset without its file header)
-refused, where ``--skip-bad-images`` skipped it as damaged): a cache built under another
+refused, where ``--skip-bad-images`` skipped it as damaged; 12: a signed colour DICOM
+refused, where its negative samples became 0, colour DICOM samples of fewer than 8 bits
+in 8-bit words stretched to 0..255 as in 16-bit words, where they stayed dark, and a DICOM
+window that is no number refused as a sound file's header, where ``--skip-bad-images``
+skipped it, or read under ``--dicom-window``, which replaces it): a cache built under another
 version is stale (rebuilt; its content fingerprint stays where no pixel changed)."""
 
 _UNSIGNED16 = ("I;16", "I;16B", "I;16L", "I;16N")
