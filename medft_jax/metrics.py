@@ -237,11 +237,16 @@ def scores_from_logits(logits: np.ndarray, multilabel: bool) -> tuple[np.ndarray
     log_p = shifted - np.log1p(rest.sum(axis=1, keepdims=True))
     if z.shape[1] < 2:  # one class: no other to be odds against (ranks nothing)
         return np.exp(log_p), log_p
+    # From the rows shifted by their maximum, as the probabilities are, the other classes
+    # summed in sorted order: rows of equal probabilities (logits shifted by a constant, or
+    # the other classes' logits in another order) got log-odds a last bit apart, and that
+    # rounding ordered ties (AUROC 1.0 of four examples of one probability).
     log_odds = np.empty_like(z)
     for c in range(z.shape[1]):
-        others = np.delete(z, c, axis=1)
-        peak = others.max(axis=1)
-        log_odds[:, c] = z[:, c] - (peak + np.log(np.exp(others - peak[:, None]).sum(axis=1)))
+        others = np.sort(np.delete(shifted, c, axis=1), axis=1)
+        peak = others[:, -1]
+        spread = np.exp(others - peak[:, None]).sum(axis=1)
+        log_odds[:, c] = shifted[:, c] - (peak + np.log(spread))
     return np.exp(log_p), log_odds
 
 
@@ -335,8 +340,11 @@ def _validate(
         return scores, labels.astype(np.int64)
     if labels.shape != (n,):
         raise ValueError(f"single-label labels must be (N,) = {(n,)} class ids; got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= c:
+    if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"single-label labels must be integers in [0, {c}); got {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= c:  # the value, not the type, at fault
+        bad = labels[(labels < 0) | (labels >= c)][0]
+        raise ValueError(f"single-label labels must be class ids in [0, {c}); got {int(bad)}")
     return scores, np.eye(c, dtype=np.int64)[labels]
 
 

@@ -295,7 +295,7 @@ def test_kappa_undefined_when_everything_is_one_class():
     ("scores", "labels", "multilabel", "match"),
     [
         (np.ones((3, 2)) / 2, np.array([0, 1]), False, "labels must be"),
-        (np.ones((2, 2)) / 2, np.array([0, 2]), False, "integers in"),
+        (np.ones((2, 2)) / 2, np.array([0, 2]), False, r"class ids in \[0, 2\); got 2$"),
         (np.array([[np.nan, 1.0]]), np.array([1]), False, "NaN"),
         (np.ones((2, 2)) / 2, np.array([0, 1]), True, r"\(N, C\)"),
         (np.ones(3), np.array([0, 1, 1]), False, r"\(N, C\)"),
@@ -380,6 +380,33 @@ def test_scores_from_logits_are_float64_softmax_and_sigmoid_with_exact_log_odds(
     margins = np.asarray([20.0, 30.0, 40.0, 60.0], np.float32)
     _, odds = metrics.scores_from_logits(np.stack([np.zeros(4), margins], axis=1), False)
     assert odds[:, 1].tolist() == margins.tolist() and odds[:, 0].tolist() == (-margins).tolist()
+
+
+def test_examples_of_equal_probabilities_keep_equal_log_odds():
+    """Rows of one probability (logits shifted by a constant, or the other classes' logits
+    in another order) got log-odds a last bit apart: rounding ordered the ties, class 0's
+    AUROC and AP 1.0 where four examples of one probability give 0.5 (sklearn's ties)."""
+    base = np.array([0.0, 1.0, 2.0])
+    z = np.stack([base - 10, base - 10, base - 6.25, base - 6.25]).astype(np.float32)
+    labels = np.array([0, 0, 1, 2])
+    p, odds = metrics.scores_from_logits(z, False)
+    assert len(set(p[:, 0].tolist())) == 1 and len(set(odds[:, 0].tolist())) == 1
+    got = compute_metrics(p, labels, multilabel=False, rank_scores=odds)
+    ranked = compute_metrics(p, labels, multilabel=False)  # by the probabilities
+    assert got["auroc"] == ranked["auroc"] and got["map"] == ranked["map"]
+    # Four classes: the others of class 0 in another order, the row shifted by a whole
+    # number (exact in binary): one probability of class 0 per kind of row, one log-odds.
+    rng = np.random.default_rng(3)
+    rows, kinds = [], []
+    for _ in range(60):
+        kind = int(rng.integers(2))
+        rest = rng.permutation([0.25, 1.75, 0.5])
+        rows.append(np.array([1.0 + 0.5 * kind, *rest]) + rng.integers(-40, 40))
+        kinds.append(kind)
+    p, odds = metrics.scores_from_logits(np.asarray(rows), False)
+    for kind in (0, 1):
+        mine = [i for i, k in enumerate(kinds) if k == kind]
+        assert len({odds[i, 0] for i in mine}) == 1, sorted({odds[i, 0] for i in mine})
 
 
 def test_rank_metrics_keep_the_order_of_margins_past_float64_log_probabilities():
