@@ -221,6 +221,20 @@ def _check_listings(
             if strict:
                 raise UserError(f"dataset {c.dataset}: {e}") from None
             states[at] = None  # not this shard's: its cost unknown here
+    if strict:  # each run refused alone by the sweep (exit 1), its dry run "to run"
+        listed = {**(read or {}), **states}
+        for c in local:
+            # One listing per dataset and data seed (the sizes change no example's split)
+            state = next(
+                (v for at, v in listed.items() if (at[0], at[3]) == (c.dataset, c.data_seed)),
+                None,
+            )
+            if state is not None and c.batch_size > state.train_images:
+                raise UserError(
+                    f"dataset {c.dataset}: batch_size {c.batch_size} is larger than its "
+                    f"{state.train_images} training examples; every run of it at that batch "
+                    "size would be refused: give the grid a smaller batch_size"
+                )
     return states
 
 

@@ -290,6 +290,7 @@ def test_a_csv_grid_whose_listing_is_wrong_stops_the_dry_run(tmp_path, capsys):
             "def get_config():\n"
             "    return Grid(name='c', datasets=('csv',), archs=('resnet_tiny',),\n"
             "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
+            "                settings={'batch_size': 8},\n"
             f"                data_dir={str(tmp_path / 'data')!r},\n"
             f"                dataset_options={{'csv': {{'manual_dir': {str(imgs)!r}, "
             f"'csv_file': 'labels.csv', 'label_columns': {columns!r}, 'val_fraction': 0.3}}}})\n"
@@ -535,10 +536,19 @@ def test_select_refuses_a_seed_its_only_filter_leaves_out(tmp_path, monkeypatch,
 def test_the_own_folder_grid_runs_on_the_folder_it_is_given(tmp_path, monkeypatch, capsys):
     """The README's grid for one's own folder: where the docs named none, a user read the
     Grid docstring to learn how a sweep or a selection finds their images."""
-    imgs, _ = _folder_grid(tmp_path, (0,))
+    small, _ = _folder_grid(tmp_path / "small", (0,))
     config = ROOT / "experiments" / "configs" / "own_folder.py"
-    monkeypatch.setenv("MEDFT_FOLDER", str(imgs))
     argv = ["--config", str(config), "--out", str(tmp_path / "runs"), "--dry-run"]
+    # Its batch of 64 over 14 training images: the dry run said "to run 216", and the sweep
+    # then refused each run alone (exit 1).
+    monkeypatch.setenv("MEDFT_FOLDER", str(small))
+    assert sweep_cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "error: dataset folder: batch_size 64 is larger than its 14 training examples; every "
+        "run of it at that batch size would be refused: give the grid a smaller batch_size\n"
+    )
+    imgs, _ = _folder_grid(tmp_path, (0,), per_class=50)
+    monkeypatch.setenv("MEDFT_FOLDER", str(imgs))
     assert sweep_cli.main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("grid own_folder: 216 runs (1 dataset x 3 archs x 8 strategies x ")
@@ -595,16 +605,17 @@ def test_a_shards_dry_run_costs_every_shards_folder_runs(tmp_path, monkeypatch, 
     assert sorted(codes) == [0, 2]
 
 
-def _folder_grid(tmp_path: Path, seeds: tuple[int, ...]) -> tuple[Path, Path]:
-    """A ``folder`` dataset of two classes of ten 20 px PNGs, and a grid file of FT on it
-    (resnet_tiny, 32 px, no weights) over ``seeds``: ``(images folder, grid file)``."""
+def _folder_grid(tmp_path: Path, seeds: tuple[int, ...], per_class: int = 10) -> tuple[Path, Path]:
+    """A ``folder`` dataset of two classes of ``per_class`` 20 px PNGs, and a grid file of
+    FT on it (resnet_tiny, 32 px, batch 4, no weights) over ``seeds``: ``(images folder,
+    grid file)``."""
     from PIL import Image
 
     imgs = tmp_path / "imgs"
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         (imgs / c).mkdir(parents=True)
-        for i in range(10):
+        for i in range(per_class):
             pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(imgs / c / f"{i}.png")
     config = tmp_path / "f.py"
@@ -613,7 +624,7 @@ def _folder_grid(tmp_path: Path, seeds: tuple[int, ...]) -> tuple[Path, Path]:
         "def get_config():\n"
         "    return Grid(name='f', datasets=('folder',), archs=('resnet_tiny',),\n"
         f"                strategies=('ft',), lrs=(1e-3,), seeds={seeds!r},\n"
-        "                settings={'weights': 'none', 'image_size': 32},\n"
+        "                settings={'weights': 'none', 'image_size': 32, 'batch_size': 4},\n"
         f"                data_dir={str(tmp_path / 'data')!r},\n"
         f"                dataset_options={{'folder': {{'manual_dir': {str(imgs)!r}}}}})\n"
     )
@@ -747,7 +758,7 @@ def test_dry_run_finds_a_labels_csv_whose_rows_were_only_reordered(tmp_path, cap
         "def get_config():\n"
         "    return Grid(name='c', datasets=('csv',), archs=('resnet_tiny',),\n"
         "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
-        "                settings={'weights': 'none', 'image_size': 32},\n"
+        "                settings={'weights': 'none', 'image_size': 32, 'batch_size': 4},\n"
         f"                data_dir={str(tmp_path / 'data')!r},\n"
         f"                dataset_options={{'csv': {{'manual_dir': {str(imgs)!r}, "
         "'csv_file': 'labels.csv'}})\n"

@@ -15,7 +15,8 @@ grid. The options the run command takes as flags go into ``dataset_options``, un
 the dataset's name (``folder``; a labels CSV is ``csv``, with ``csv_file`` and
 ``group_column``): below, commented out, each patient's images in one subfolder of its
 class (``--patient-folders``) and 12-bit values in 16-bit files (``--bits-stored 12``);
-uncomment what applies. BUILD.md "Preparing data" lists every option.
+uncomment what applies. BUILD.md "Preparing data" describes the options, and "What the toolkit
+refuses, and why" the decoding ones (``dicom_window``, ``bits_stored``) and ``test_fraction``.
 """
 
 import os
