@@ -732,7 +732,7 @@ def check_checkpoint_is_folder(checkpoint: str) -> None:
         )
 
 
-def check_out_file(out: str) -> None:
+def check_out_file(out: str | None) -> None:
     """Refuses an ``--out`` that cannot be written, before any model work: an empty path,
     a folder (or a path ending in ``/``), a link that loops, a socket, a file not writable,
     or a parent folder that is missing or not writable (where the rows are written whole,
