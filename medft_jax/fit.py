@@ -898,7 +898,7 @@ def _train_epochs(
         due = process_0_says(_save_due(run))
         if budget_spent or due:
             _save_latest(run, ckpts, (epoch + 1) * spe)
-        if budget_spent:
+        if budget_spent or stop_requested():  # a signal deferred while it saved
             return False
     return True
 
@@ -967,13 +967,22 @@ def _save_latest(run: _Run, ckpts: RunCheckpoints, step: int) -> None:
     kill came between the two (``best/`` is then newer, and the finish refuses
     it unless the epochs trained again write it again).
     """
-    _save_best(run, ckpts)
-    t = time.perf_counter()
-    run.progress.seconds["wall"] = run.wall()
-    run.progress.compilations = run.compilations()
-    ckpts.save_latest(step, run.state, run.progress.to_dict())
+    with _saving():
+        _save_best(run, ckpts)
+        t = time.perf_counter()
+        run.progress.seconds["wall"] = run.wall()
+        run.progress.compilations = run.compilations()
+        ckpts.save_latest(step, run.state, run.progress.to_dict())
     run.last_save, run.compiled_at_save = time.perf_counter(), run.trainer.compile_seconds
     run.progress.add("checkpoints", run.last_save - t)
+
+
+def _saving() -> contextlib.AbstractContextManager[None]:
+    """A Ctrl-C or SIGTERM while a checkpoint is written is deferred until it is written
+    (one process; a multi-host job's save is collective): raised inside, it deleted
+    ``best/``'s unfinished folder under orbax's writer threads, whose tracebacks (30 lines)
+    came before the run's one line; the caller stops once it is written."""
+    return deferred_stops() if jax.process_count() == 1 else contextlib.nullcontext()
 
 
 def _save_best(run: _Run, ckpts: RunCheckpoints) -> None:
@@ -1219,7 +1228,9 @@ def _finish(run: _Run, ckpts: RunCheckpoints, name: str, record_file: Path) -> d
             f"run {name}: no epoch had a finite validation {run.primary}; the val split "
             "cannot score it (does it hold both outcomes of every class?)"
         )
-    _save_best(run, ckpts)  # on disk before the record says the run is done
+    with _saving():
+        _save_best(run, ckpts)  # on disk before the record says the run is done
+    raise_if_stopped()
     # The best epoch was trained in this call (a device copy), or before a restart.
     variables = run.best_variables
     if variables is None:

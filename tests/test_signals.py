@@ -299,3 +299,40 @@ def test_a_run_ended_by_sigterm_mid_epoch_is_named_unlocked_and_resumed(tmp_path
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"note: resuming after 1 epoch, from {run / 'checkpoints'}" in again.stderr
     assert (run / "record.json").is_file()
+
+
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
+def test_a_sigterm_while_a_checkpoint_is_written_waits_for_it(tmp_path, monkeypatch, capsys):
+    """Raised inside the write of best/, it deleted the unfinished folder under orbax's
+    writer threads (their 30-line tracebacks before the run's line), and the epoch's resume
+    checkpoint was never written: the rerun began again. Written first, then stopped."""
+    from experiments import run as run_cli
+    from medft_jax.checkpoints.run import RunCheckpoints
+
+    real = RunCheckpoints.save_best
+    sent = []
+
+    def save_best(self, variables, metadata):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the write is under way
+        return real(self, variables, metadata)
+
+    monkeypatch.setattr(RunCheckpoints, "save_best", save_best)
+    monkeypatch.setenv("MEDFT_JAX_CHECKPOINT_SECONDS", "0")
+    out = tmp_path / "runs"
+    argv = ["--strategy", "ft", "--dataset", "demo", "--arch", "resnet_tiny", "--weights"]
+    argv += ["none", "--epochs", "3", "--image-size", "32", "--batch-size", "16"]
+    argv += ["--no-progress", "--out", str(out)]
+    assert run_cli.main(argv) == 143
+    err = capsys.readouterr().err
+    run = next(p for p in out.iterdir() if p.is_dir())
+    assert "Traceback" not in err and "ERROR" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"terminated (SIGTERM): {run}: rerunning the same command resumes it from its last "
+        "checkpoint"
+    )
+    assert sent and (run / "best").is_dir() and not list(run.glob(".best*"))
+    monkeypatch.setattr(RunCheckpoints, "save_best", real)
+    assert run_cli.main(argv) == 0
+    assert f"note: resuming after 1 epoch, from {run / 'checkpoints'}" in capsys.readouterr().err
