@@ -85,7 +85,8 @@ def resize_for(arch: str, image_size: int) -> int:
 def load_dataset(config: RunConfig, data_dir: str | None = None, **options: Any) -> data.Dataset:
     """The dataset of ``config``, prepared at its arch's resize size for its crop. A run's
     load gives ``batch_size=config.batch_size`` among ``options``: a user's folder/csv whose
-    listed training split is under the batch is refused before any image is decoded."""
+    listed training split (a MedMNIST dataset's published one) is under the batch is refused
+    before any image is decoded."""
     return data.load(
         config.dataset,
         data_dir=data_dir,

@@ -865,6 +865,24 @@ def test_a_batch_larger_than_the_listed_training_split_is_refused_before_decodin
     assert not data_dir.exists() and not out.exists()
 
 
+def test_a_batch_above_a_medmnist_training_split_is_refused_before_its_file_is_read(
+    tmp_path, capsys, monkeypatch
+):
+    """BreastMNIST has 546 training images: --batch-size 600 was refused only after its
+    .npz was read and its resized cache built (for the 224 px files, minutes)."""
+    from medft_jax.data import registry
+
+    monkeypatch.setattr(registry, "load_medmnist", lambda *a, **k: pytest.fail("read"))
+    data_dir, out = tmp_path / "data", tmp_path / "runs"
+    argv = ["600" if RUN[i - 1] == "--batch-size" else a for i, a in enumerate(RUN)]
+    argv += ["--dataset", "medmnist/breastmnist", "--data-dir", str(data_dir), "--out", str(out)]
+    assert run_cli.main(argv) == 2
+    assert _one_error_line(capsys) == (
+        "error: --batch-size 600 is larger than the 546 training examples of medmnist/breastmnist"
+    )
+    assert not out.exists()
+
+
 @pytest.mark.slow  # decodes a folder
 def test_a_batch_above_the_training_images_left_after_skipping_names_the_folder(tmp_path, capsys):
     """Corrupt files --skip-bad-images drops can leave fewer training images than the batch

@@ -18,7 +18,7 @@ from typing import Any
 
 from medft_jax.data.dataset import Dataset
 from medft_jax.data.demo import load_demo
-from medft_jax.data.errors import DataError
+from medft_jax.data.errors import BatchTooLarge, DataError
 from medft_jax.data.local import KINDS, LocalState, load_local, local_state
 from medft_jax.data.locations import resolve_data_dir
 from medft_jax.data.medmnist import load_medmnist
@@ -88,8 +88,9 @@ def load(
       seed: the seed of everything random in the dataset itself (split
         carving; demo images). Shuffling takes its own seed in ``train_iter``.
       skip_bad_images: skip (and count in ``metadata``) undecodable images.
-      batch_size: the run's, for ``folder``/``csv``: one larger than the listed training
-        split is refused before any image is decoded (others: ignored here).
+      batch_size: the run's, for ``folder``/``csv`` and MedMNIST: one larger than the
+        listed (published) training split is refused before any image is decoded (others:
+        ignored here).
       options: source-specific (tasks: ``val_fraction``, ``uncertain``, ``split_by``; csv/
         folder: see :func:`medft_jax.data.local.load_local`).
     """
@@ -102,6 +103,7 @@ def load(
     if name.startswith("medmnist/"):
         if options:
             raise DataError(f"medmnist takes no options; got {sorted(options)[0]!r}")
+        _refuse_batch_over_medmnist(name, batch_size)  # before a 224 px cache is built
         resize = resize_size if crop_size is not None else None
         return load_medmnist(
             name, data_dir=root, resize_size=resize, crop_size=crop_size, progress=progress
@@ -127,6 +129,20 @@ def load(
             **_local_args(name, manual_dir, root, (resize, crop), options),
         )
     raise _unknown(name)
+
+
+def _refuse_batch_over_medmnist(name: str, batch_size: int | None) -> None:
+    """A ``batch_size`` above a MedMNIST dataset's published training count, refused before
+    its file is read or its cache built (the run refused it only after both)."""
+    from medft_jax.data.medmnist import parse_name
+    from medft_jax.data.medmnist_info import N_SAMPLES
+
+    flag, _ = parse_name(name)
+    train = N_SAMPLES.get(flag, (None,))[0]
+    if batch_size is not None and train is not None and batch_size > train:
+        raise BatchTooLarge(
+            f"--batch-size {batch_size} is larger than the {train} training examples of {name}"
+        )
 
 
 def _local_args(
