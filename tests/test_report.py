@@ -2865,6 +2865,27 @@ def test_a_vs_paper_table_says_the_options_a_strategy_ran_with_unlike_the_papers
     )
     assert [n for n in notes if n.startswith("Not the paper's")] == [said]
     assert f"  {said}" in paper_lines(summary, paper)
+    # CheXpert's uncertain labels counted positive (U-Ones), the paper's mapped as LibAUC
+    # does: other test labels, which the table's note left unsaid; one epoch, not "1 epochs".
+    records = [
+        rec(dataset="chexpert", strategy=s, seed=k, test=0.70 + 0.02 * k)
+        for s in ("ft", "lp")
+        for k in range(3)
+    ]
+    for r in records:
+        r["dataset_options"] = {"uncertain": "ones"}
+        r["config"].update(epochs=1)
+    summary = collect(records)
+    paper = load_paper(_paper_csv(tmp_path, "".join(
+        f"3,chexpert,{s},resnet50,{m},69.0,0.5\n" for s in ("ft", "lp") for m in ("map", "auroc")
+    )))  # fmt: skip
+    notes = vs_paper_table(summary, "chexpert", compare(summary, paper), paper).notes
+    said = (
+        "Not the paper's protocol: at most 1 epoch (the paper's at most 50 epochs), "
+        "uncertain = ones (the paper's libauc); a difference may be its."
+    )
+    assert [n for n in notes if n.startswith("Not the paper's")] == [said]
+    assert f"  {said}" in paper_lines(summary, paper)
 
 
 def test_a_vs_paper_table_counts_the_papers_cells_it_has_no_row_for(tmp_path):

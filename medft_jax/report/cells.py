@@ -40,7 +40,7 @@ from medft_jax.config import (
     numerics_version,
 )
 from medft_jax.data.cache import COPIES_RULE
-from medft_jax.data.options import task_options
+from medft_jax.data.options import TASK_VAL_FRACTION, task_options
 from medft_jax.metrics import LOG_PROBABILITIES_RANKED
 from medft_jax.names import LOCAL_KINDS, same_data
 from medft_jax.report import aggregate
@@ -884,17 +884,40 @@ _PROTOCOL_WORDS = {
 }
 
 
-def protocol_unlike_paper(protocol: Mapping[str, Any]) -> str | None:
-    """What of a dataset's :func:`_protocol` is not the paper's, each beside the paper's
-    (``"32 px (the paper's 224 px), random weights (the paper's pretrained weights)"``);
-    None when all is. Said with the published values: a difference from them may be the
-    protocol's, not the strategies'."""
+PAPER_DATASET_OPTIONS: dict[str, Any] = {
+    "uncertain": "libauc",
+    "split_by": "image",
+    "val_fraction": TASK_VAL_FRACTION,
+}
+"""The paper tasks' options as the paper ran them (CheXpert's uncertain labels mapped as
+LibAUC does, ISIC 2020 split by image) and the protocol's validation share."""
+
+
+def protocol_unlike_paper(
+    protocol: Mapping[str, Any], options: Mapping[str, Any] | None = None
+) -> str | None:
+    """What of a dataset's :func:`_protocol` and its task ``options`` (its split and label
+    options: U-Ones where the paper mapped CheXpert's uncertain labels as LibAUC does) is
+    not the paper's, each beside the paper's (``"32 px (the paper's 224 px), random weights
+    (the paper's pretrained weights)"``); None when all is. Said with the published values:
+    a difference from them may be the protocol's or the labels', not the strategies'."""
     unlike = [
-        f"{words.format(protocol[k])} (the paper's {words.format(PAPER_PROTOCOL[k])})"
+        f"{_said(words, protocol[k])} (the paper's {_said(words, PAPER_PROTOCOL[k])})"
         for k, words in _PROTOCOL_WORDS.items()
         if k in protocol and protocol[k] != PAPER_PROTOCOL[k]
     ]
+    unlike += [
+        f"{k} = {v} (the paper's {PAPER_DATASET_OPTIONS[k]})"
+        for k, v in (options or {}).items()
+        if k in PAPER_DATASET_OPTIONS and v != PAPER_DATASET_OPTIONS[k]
+    ]
     return ", ".join(unlike) or None
+
+
+def _said(words: str, value: Any) -> str:
+    """``words`` of ``value``, its plural's ``s`` dropped for one (``at most 1 epoch``)."""
+    text = words.format(value)
+    return text[:-1] if value == 1 and text.endswith("epochs") else text
 
 
 def _split_counts(runs: Sequence[Mapping[str, Any]], key: str) -> dict[str, int]:

@@ -1384,7 +1384,9 @@ def vs_paper_table(
     ]
     if unlike:  # a row names a strategy, not its options: this table alone must say them
         notes.append("Not the paper's options: " + "; ".join(unlike) + ".")
-    protocol = protocol_unlike_paper(summary.protocol.get(dataset) or {})
+    protocol = protocol_unlike_paper(
+        summary.protocol.get(dataset) or {}, summary.dataset_options.get(dataset)
+    )
     if protocol:  # every |z| > 2 read as the strategies' when it may be the protocol's
         notes.append(f"Not the paper's protocol: {protocol}; a difference may be its.")
     head = Head(

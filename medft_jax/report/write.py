@@ -437,7 +437,9 @@ def paper_lines(summary: Summary, paper: PaperTables) -> list[str]:
             f"{g.flagged} with |z| > {Z_FLAG:g}{md_escape(ranking)} "
             f"([table](tables/vs_paper_{slug(g.dataset)}.md))."
         )
-        protocol = protocol_unlike_paper(summary.protocol.get(g.dataset) or {})
+        protocol = protocol_unlike_paper(
+            summary.protocol.get(g.dataset) or {}, summary.dataset_options.get(g.dataset)
+        )
         if protocol:
             lines.append(
                 f"  Not the paper's protocol: {md_escape(protocol)}; a difference may be its."
