@@ -753,17 +753,20 @@ def check_out_file(out: str | None) -> None:
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise PredictError(f"--out {out}: a link that loops; expected a file") from None
+    # Judged through links by stat, not by the resolved name: /dev/stdout into a pipe
+    # resolves to /proc/<pid>/fd/pipe:[N], a name no file has.
+    kind = special_kind(Path(out).expanduser())
+    if kind == "a socket":
+        raise PredictError(f"--out {out}: {kind}, expected a file to write the rows to")
+    if kind is not None:
+        if not os.access(Path(out).expanduser(), os.W_OK):
+            raise PredictError(f"--out {out}: not writable (its permissions), expected a file")
+        return  # written to in place (write_rows), not replaced: its folder is /dev's
     path = Path(os.path.realpath(Path(out).expanduser()))
     if path.is_dir():
         raise PredictError(f"--out {out!r}: expected a file to write the rows to, not a folder")
-    kind = special_kind(path)
-    if kind == "a socket":
-        raise PredictError(f"--out {out}: {kind}, expected a file to write the rows to")
-    if kind is not None or path.exists():
-        if not os.access(path, os.W_OK):
-            raise PredictError(f"--out {out}: not writable (its permissions), expected a file")
-        if kind is not None:
-            return  # written to in place (write_rows), not replaced: its folder is /dev's
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PredictError(f"--out {out}: not writable (its permissions), expected a file")
     parent = path.parent
     for above in (parent, *parent.parents):  # a file on the way is named as one
         if above.exists() and not above.is_dir():
@@ -893,12 +896,12 @@ def write_rows(text: str, out: str | None) -> None:
     if out is not None:
         from medft_jax.atomic import write_bytes
 
-        target = Path(os.path.realpath(Path(out).expanduser()))
         data = text.encode("utf-8", "surrogateescape")
-        if special_kind(target) is not None:
-            with naming_os_errors(out), open(target, "wb") as f:
+        if special_kind(Path(out).expanduser()) is not None:  # through links: /dev/stdout
+            with naming_os_errors(out), open(Path(out).expanduser(), "wb") as f:
                 f.write(data)
             return
+        target = Path(os.path.realpath(Path(out).expanduser()))
         write_bytes(target, data, like_existing=True)
         return
     if sys.stdout is None:

@@ -897,9 +897,11 @@ def _train_epochs(
         budget_spent = (epoch + 1) * spe >= stop_at
         # Process 0's clock decides for every process: the save is collective.
         due = process_0_says(_save_due(run))
-        if budget_spent or due:
+        # A stop already requested (one a gc callback swallowed during validation) saves
+        # too: this epoch is the resume point, not one trained again.
+        if budget_spent or due or stop_requested():
             _save_latest(run, ckpts, (epoch + 1) * spe)
-        if budget_spent or stop_requested():  # a signal deferred while it saved
+        if budget_spent or stop_requested():  # or one deferred while it saved
             return False
     return True
 

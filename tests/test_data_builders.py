@@ -733,6 +733,22 @@ def test_t1w_without_h5py_is_one_line_naming_the_extra(tmp_path, monkeypatch):
         _parse("t1w_mri", tmp_path)
 
 
+def test_a_readers_error_that_names_skip_bad_images_names_it_once(tmp_path):
+    """T1w's .mat reader names --skip-bad-images (its listing reads files too); an image
+    it could not decode then said it twice, as the image reader adds it."""
+    from medft_jax.data.builders.t1w_mri import UnreadableMat
+
+    path = tmp_path / "1.mat"
+    path.write_bytes(b"x")
+
+    def decode(p):
+        raise UnreadableMat(f"cannot read {p}: cjdata/image: damaged{SKIP_HINT}")
+
+    with pytest.raises(DataError) as err:
+        ImageReader(8, 8, decode=decode).read_many([path])
+    assert str(err.value) == f"cannot read {path}: cjdata/image: damaged{SKIP_HINT}"
+
+
 @needs_h5py
 def test_t1w_unreadable_mat_is_named_or_skipped_and_counted(tmp_path):
     """A truncated .mat fails while the listing is read (its label and patient are in it):

@@ -351,3 +351,18 @@ def test_a_paper_tasks_val_carve_left_too_few_names_its_fixed_test_share():
         "(the task's fixed test share 0.2 took 2 of 6), leaving 4 to train on; expected a "
         "fraction that leaves both"
     )
+
+
+def test_a_task_carve_refusal_names_the_class_by_its_name(tmp_path):
+    """A paper task's refusal said "class 0" (T1w's label 0 is its class 1 in the release):
+    the task's class names say which."""
+    from medft_jax.data import DataError
+    from medft_jax.data.examples import Example, standard_splits
+
+    train = [Example(tmp_path / f"{i}.png", i, f"{i}.png") for i in (0, 1)]
+    test = [Example(tmp_path / f"t{i}.png", i, f"t{i}.png") for i in (0, 1)]
+    with pytest.raises(DataError, match=r"class 'meningioma' has all its images here"):
+        standard_splits(
+            train, test, val_fraction=0.1, seed=0, stratify=True,
+            class_names=("meningioma", "glioma"),
+        )  # fmt: skip

@@ -755,6 +755,16 @@ def test_out_keeps_a_files_mode_writes_pipes_in_place_and_refuses_what_is_no_fil
     assert main([*base, "--out", str(fifo)]) == 0
     reader.join(10)
     assert got == [printed] and stat.S_ISFIFO(fifo.lstat().st_mode)
+    # /dev/stdout into a pipe: its resolved name (/proc/<pid>/fd/pipe:[N]) is no file's,
+    # and the rows' temporary beside it failed after the compute.
+    if Path("/proc/self/fd").is_dir():
+        r, w = os.pipe()
+        try:
+            assert main([*base, "--out", f"/proc/self/fd/{w}"]) == 0
+            assert os.read(r, 1 << 16).decode() == printed
+        finally:
+            os.close(r)
+            os.close(w)
     for out, said in [
         (f"{tmp_path}/new.txt/", f"--out {tmp_path}/new.txt/: a folder's path (it ends in /)"),
     ]:

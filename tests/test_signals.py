@@ -336,3 +336,37 @@ def test_a_sigterm_while_a_checkpoint_is_written_waits_for_it(tmp_path, monkeypa
     monkeypatch.setattr(RunCheckpoints, "save_best", real)
     assert run_cli.main(argv) == 0
     assert f"note: resuming after 1 epoch, from {run / 'checkpoints'}" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
+def test_a_stop_swallowed_during_validation_keeps_the_epoch_as_the_resume_point(
+    tmp_path, monkeypatch, capsys
+):
+    """A SIGTERM a gc callback swallowed during an epoch's validation, no checkpoint due:
+    the run stopped after the epoch without saving it ("no checkpoint yet"), and the rerun
+    trained it again. It is saved, then the run stops."""
+    from experiments import run as run_cli
+
+    real = fit._train_epoch
+
+    def train_epoch(run, epoch, **kw):
+        entry = real(run, epoch, **kw)
+        if epoch == 0:
+            errors._received.append(signal.SIGTERM)  # received, its exception lost
+        return entry
+
+    monkeypatch.setattr(fit, "_train_epoch", train_epoch)
+    monkeypatch.setenv("MEDFT_JAX_CHECKPOINT_SECONDS", "3600")  # no save due
+    out = tmp_path / "runs"
+    argv = ["--strategy", "ft", "--dataset", "demo", "--arch", "resnet_tiny", "--weights"]
+    argv += ["none", "--epochs", "3", "--image-size", "32", "--batch-size", "16"]
+    argv += ["--no-progress", "--out", str(out)]
+    assert run_cli.main(argv) == 143
+    run = next(p for p in out.iterdir() if p.is_dir())
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"terminated (SIGTERM): {run}: rerunning the same command resumes it from its last "
+        "checkpoint"
+    )
+    monkeypatch.setattr(fit, "_train_epoch", real)
+    assert run_cli.main(argv) == 0
+    assert f"note: resuming after 1 epoch, from {run / 'checkpoints'}" in capsys.readouterr().err

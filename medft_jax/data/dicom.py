@@ -498,7 +498,8 @@ def _modality(pixels: np.ndarray, ds: Any, path: Path) -> np.ndarray:
     if rescale is None:
         return pixels
     slope, intercept = rescale
-    return pixels.astype(np.float64) * slope + intercept
+    with np.errstate(over="ignore", invalid="ignore"):  # past float range: named by _grey
+        return pixels.astype(np.float64) * slope + intercept
 
 
 def _rescale(ds: Any, path: Path) -> tuple[float, float] | None:

@@ -270,11 +270,13 @@ def standard_splits(
     test_fraction: float | None = None,
     seed: int,
     stratify: bool,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, list[Example]]:
     """``train``/``val``/``test``: ``test`` given (official) or carved, then ``val`` carved.
 
     Test is carved, then val from what remains (their streams: :func:`carve_stream`),
-    both disjoint by patient.
+    both disjoint by patient. ``class_names``: what a refusal calls a class (T1w's label 0
+    is its class 1 in the release: an index misled).
     """
     rest = list(train)
     if test is None:
@@ -282,12 +284,16 @@ def standard_splits(
             raise DataError("no official test split: a test fraction is needed")
         total = len(rest)
         rest, test = carve_checked(  # the paper's share: no flag sets it
-            rest, "test", test_fraction, seed, stratify=stratify, fixed=True
-        )
+            rest, "test", test_fraction, seed, stratify=stratify, fixed=True,
+            class_names=class_names,
+        )  # fmt: skip
         before = (test_fraction, len(test), total, True)
     else:
         before = None
-    rest, val = carve_checked(rest, "val", val_fraction, seed, stratify=stratify, test_carve=before)
+    rest, val = carve_checked(
+        rest, "val", val_fraction, seed, stratify=stratify, test_carve=before,
+        class_names=class_names,
+    )  # fmt: skip
     return {"train": rest, "val": val, "test": list(test)}
 
 

@@ -831,7 +831,8 @@ class ImageReader:
             ) from None
         except DataError as err:
             if not self.skip_bad_images:  # named as predict names it: the way past one bad file
-                raise DataError(f"{err}{SKIP_HINT}") from None
+                said = str(err)  # a task's reader (T1w's .mat) may have said it already
+                raise DataError(said if said.endswith(SKIP_HINT) else said + SKIP_HINT) from None
             self.skipped.append(os.fspath(path))
             return None
         for part in seen:

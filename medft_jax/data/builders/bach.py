@@ -161,6 +161,7 @@ def parse(manual_dir: Path, config: MedicalConfig) -> dict[str, list[Example]]:
         test_fraction=TEST_FRACTION,
         seed=config.seed,
         stratify=True,
+        class_names=CLASS_NAMES,
     )
 
 

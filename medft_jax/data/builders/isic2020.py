@@ -196,6 +196,7 @@ def split_examples(
             test_fraction=TEST_FRACTION,
             seed=seed,
             stratify=True,
+            class_names=CLASS_NAMES,
         )
     if split_by != "image":
         raise DataError(f"--split-by must be one of {SPLIT_BY}, got {split_by!r}")
@@ -205,7 +206,9 @@ def split_examples(
     mask = carve_images(labels, TEST_FRACTION, seed, ids=[ex.id for ex in examples])
     rest = [ex for ex, m in zip(examples, mask, strict=True) if not m]
     test = [ex for ex, m in zip(examples, mask, strict=True) if m]
-    return standard_splits(rest, test, val_fraction=val_fraction, seed=seed, stratify=True)
+    return standard_splits(
+        rest, test, val_fraction=val_fraction, seed=seed, stratify=True, class_names=CLASS_NAMES
+    )
 
 
 BENIGN_MALIGNANT = {"benign": 0, "malignant": 1}

@@ -236,7 +236,12 @@ def make_parse(part: str):
         train = read_split(folder, "train", BODY_PARTS[part])
         test = read_split(folder, "valid", BODY_PARTS[part])
         return standard_splits(
-            train, test, val_fraction=config.val_fraction, seed=config.seed, stratify=True
+            train,
+            test,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            stratify=True,
+            class_names=CLASS_NAMES,
         )
 
     return parse

@@ -310,6 +310,7 @@ def parse(
         test_fraction=TEST_FRACTION,
         seed=config.seed,
         stratify=True,
+        class_names=CLASS_NAMES,
     )
 
 
