@@ -1333,6 +1333,14 @@ def test_dicom_voi_lut_sequence_by_its_bit_depth(tmp_path):
     stored = np.array([[0, 1, 2, 3, 9]], np.uint16)
     path = _write_dicom(tmp_path / "a.dcm", stored, voi_lut=([4, 0, 12], [0, 1000, 2000, 4095]))
     assert np.asarray(open_image(path))[0].tolist() == [0, 62, 125, 255, 255]  # >> 4
+    # A window beside it that is no number: the LUT is what shows the file, the window
+    # unread (it was refused).
+    path = _write_dicom(
+        tmp_path / "b.dcm", stored, voi_lut=([4, 0, 12], [0, 1000, 2000, 4095]),
+        window=(9999, 201),
+    )  # fmt: skip
+    path.write_bytes(path.read_bytes().replace(b"9999", b"abcd"))
+    assert np.asarray(open_image(path))[0].tolist() == [0, 62, 125, 255, 255]
 
 
 def _voi_item(descriptor: list[int], data: np.ndarray):

@@ -377,7 +377,9 @@ def _grey(
                 "LUT takes pixel values past the float range: a damaged header"
             )
         check_finite(values, path)
-    window = None if fixed is not None else _window_or_refuse(ds, path)
+    # Read only where it is used: --dicom-window, or a VOI LUT, takes its place.
+    unused = fixed is not None or bool(ds.get("VOILUTSequence"))
+    window = None if unused else _window_or_refuse(ds, path)
     if fixed is not None:
         image = window_to_uint8(values, *fixed, "LINEAR_EXACT")
     elif ds.get("VOILUTSequence"):
