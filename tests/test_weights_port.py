@@ -1175,6 +1175,34 @@ def test_resize_size_is_checked_against_the_crop_and_an_exports_header(tmp_path,
     assert "--resize-size: ImageNet weights' head is known" in capsys.readouterr().err
 
 
+def test_a_known_files_own_resize_and_a_linked_out_are_said_before_the_port(
+    tmp_path, capsys, monkeypatch
+):
+    """torchvision's ResNet-50 IMAGENET1K_V1 (known by its hash) is evaluated at Resize(256),
+    but its port recorded the arch's 232 without a word. An --out that is a link was
+    told "pass --force", which then refused it after the whole file was converted."""
+    from safetensors.numpy import load_file, save_file
+
+    from weights_port import fetch, porting
+    from weights_port.fetch import sha256
+
+    plain = tmp_path / "plain.safetensors"
+    save_file(load_file(str(_tiny_export(tmp_path))), str(plain))
+    assert load_metadata(weights_port.port("resnet_tiny", plain, tmp_path / "a"))[
+        "resize_size"
+    ] == 232  # fmt: skip
+    monkeypatch.setitem(fetch.KNOWN_RESIZE, sha256(plain)[:8], 256)
+    assert load_metadata(weights_port.port("resnet_tiny", plain, tmp_path / "b"))[
+        "resize_size"
+    ] == 256  # fmt: skip
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    monkeypatch.setattr(porting, "read_state_dict", lambda *a: pytest.fail("read"))
+    argv = ["--arch", "resnet_tiny", "--torch-weights", str(plain), "--out"]
+    for flags in ([], ["--force"]):
+        assert main([*argv, str(tmp_path / "link"), *flags]) == 2
+        assert capsys.readouterr().err.startswith(f"error: --out {tmp_path / 'link'} is a link;")
+
+
 @pytest.mark.slow  # a full-size port and predict
 def test_a_port_with_resize_size_predicts_as_torchvisions_resize_and_crop(
     resnet_file, tmp_path, capsys

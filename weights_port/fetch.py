@@ -47,6 +47,9 @@ def require_known(arch: str) -> None:
 
 OTHER_KNOWN = {"0676ba61": "resnet50 IMAGENET1K_V1 (torchvision's pretrained=True; resize 256)"}
 """Hash prefixes of torchvision files that are not the ones :data:`WEIGHTS_URLS` names."""
+KNOWN_RESIZE = {"0676ba61": 256}
+"""The resize (shorter side before the 224 crop) torchvision evaluates those files at,
+where it is not their arch's rule."""
 
 
 def imagenet_source_problem(arch: str, digest: str | None) -> str | None:

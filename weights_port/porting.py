@@ -6,6 +6,7 @@ Imported by the package on first use of one of its names (``weights_port.port``)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from medft_jax.checkpoints.model import (
 from medft_jax.models import get_arch
 from medft_jax.results import named_as_a_run
 from weights_port.fetch import (
+    KNOWN_RESIZE,
     WEIGHTS_NAMES,
     cache_dir,
     download,
@@ -126,6 +128,11 @@ def port(
             metadata[key] = value
     if image_size is not None and resize_size is None and "crop_size" not in exported:
         metadata["resize_size"] = spec.resize_for(image_size)  # an export keeps its own
+    known = KNOWN_RESIZE.get(digest[:8])
+    if known is not None and (image_size, resize_size) == (None, None) and not exported:
+        # torchvision's ResNet-50 IMAGENET1K_V1 is evaluated at Resize(256): the arch's
+        # rule (232, V2's) read its images otherwise than torchvision does, unsaid.
+        metadata["resize_size"] = known
     _check_resize(resize_size, metadata["crop_size"], image_size)
     if metadata["num_classes"] == 1 and multilabel is None and "multilabel" not in exported:
         metadata["multilabel"] = True  # one logit: trained with a sigmoid (BCE)
@@ -263,6 +270,11 @@ def _check_free(out: str | Path, force: bool) -> None:
     told to pass a flag that then fails on it."""
     path = Path(out).expanduser()
     _refuse_out_in_a_toolkit_folder(out)
+    if path.is_symlink():  # the save refuses it, after the whole file was read: said first
+        raise CheckpointError(
+            f"--out {out} is a link; give the folder it points to "
+            f"({os.path.realpath(path)}), or another"
+        )
     if not path.exists() or force:
         return
     if not path.is_dir():
