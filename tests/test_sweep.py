@@ -2112,6 +2112,17 @@ def test_a_grids_data_dir_is_checked_as_the_flag_is(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "o").exists()
 
 
+def _breastmnist_arrays() -> dict[str, np.ndarray]:
+    """A BreastMNIST-shaped .npz's arrays: 8/4/4 random 28 px images, labels 0, 1, 0, ..."""
+    rng = np.random.default_rng(0)
+    return {
+        f"{s}_{k}": (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) if k == "images"
+                     else np.arange(n)[:, None] % 2)
+        for s, n in (("train", 8), ("val", 4), ("test", 4))
+        for k in ("images", "labels")
+    }  # fmt: skip
+
+
 def test_dry_run_says_a_medmnist_file_changed_since_the_records(tmp_path, capsys):
     """One label flipped in the .npz: the dry run said "done, nothing to run" (runs matched
     by settings), and the sweep trained every run again under new names without a word."""
@@ -2119,13 +2130,7 @@ def test_dry_run_says_a_medmnist_file_changed_since_the_records(tmp_path, capsys
 
     data = tmp_path / "data"
     data.mkdir()
-    rng = np.random.default_rng(0)
-    arrays = {
-        f"{s}_{k}": (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) if k == "images"
-                     else np.arange(n)[:, None] % 2)
-        for s, n in (("train", 8), ("val", 4), ("test", 4))
-        for k in ("images", "labels")
-    }  # fmt: skip
+    arrays = _breastmnist_arrays()
     np.savez(data / "breastmnist.npz", **arrays)
     config = tmp_path / "g.py"
     config.write_text(
@@ -2171,13 +2176,7 @@ def test_medmnist_md5_is_taken_from_a_cache_built_at_the_same_stat(tmp_path, mon
 
     data = tmp_path / "data"
     data.mkdir()
-    rng = np.random.default_rng(0)
-    arrays = {
-        f"{s}_{k}": (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) if k == "images"
-                     else np.arange(n)[:, None] % 2)
-        for s, n in (("train", 8), ("val", 4), ("test", 4))
-        for k in ("images", "labels")
-    }  # fmt: skip
+    arrays = _breastmnist_arrays()
     path = data / "breastmnist.npz"
     np.savez(path, **arrays)
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
