@@ -726,6 +726,7 @@ def test_out_writes_every_row_or_leaves_the_old_file(tmp_path, capsys, monkeypat
     assert err == "error: --out '': an empty path; expected a file to write the rows to\n"
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_out_keeps_a_files_mode_writes_pipes_in_place_and_refuses_what_is_no_file(
     tmp_path, capsys, monkeypatch
 ):

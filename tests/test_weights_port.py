@@ -1175,6 +1175,7 @@ def test_resize_size_is_checked_against_the_crop_and_an_exports_header(tmp_path,
     assert "--resize-size: ImageNet weights' head is known" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # seconds: the fast tier stays under 2 minutes
 def test_a_known_files_own_resize_and_a_linked_out_are_said_before_the_port(
     tmp_path, capsys, monkeypatch
 ):
