@@ -767,6 +767,22 @@ def _recorded_on_other_data(run_dir: Path, config: RunConfig) -> str | None:
         for key, word in (("data_fingerprint", "data"), ("weights_fingerprint", "weights"))
         if recorded.get(key) != getattr(config, key)
     ]
+    then = results.recorded_field(other, "decoding_version")
+    if what == ["data"] and isinstance(then, int) and then != DECODING_VERSION:
+        # Not an edit: this toolkit decodes some of the files otherwise now (each run said
+        # "the data changed since", a sweep's every run of the dataset).
+        said = (config.dataset, then)
+        if said in _UPGRADES_SAID:
+            return None
+        _UPGRADES_SAID.add(said)
+        return (
+            f"note: {other} holds a finished record of these settings on images decoded by "
+            f"decoding version {then}; version {DECODING_VERSION} decodes some of "
+            f"{config.dataset}'s files otherwise (an upgrade of medft-jax, not an edit of "
+            f"the data), so {run_dir.name} trains from scratch, as will its other runs so "
+            "recorded (the report takes one of each two: --latest, or move the older "
+            "folders out)"
+        )
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     return (
         f"note: {other} holds a finished record of these settings on other "
@@ -774,6 +790,10 @@ def _recorded_on_other_data(run_dir: Path, config: RunConfig) -> str | None:
         f"so {run_dir.name} is another run and trains from scratch (the report takes one "
         "of the two: --latest, or move the older folder out)"
     )
+
+
+_UPGRADES_SAID: set[tuple[str, int]] = set()
+"""(dataset, decoding version of the older records) this process said an upgrade of."""
 
 
 def _environment_changed(progress: Progress, steps_done: int) -> str | None:

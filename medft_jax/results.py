@@ -312,11 +312,18 @@ def same_name_runs(run_dir: str | Path) -> list[Path]:
 def recorded_config(run_dir: str | Path) -> dict[str, Any] | None:
     """The config of ``run_dir``'s record, or None where it has none readable (a record
     the report names, not this look-up)."""
-    try:
-        config = json_loads((Path(run_dir) / RECORD_NAME).read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    config = recorded_field(run_dir, "config")
     return config if isinstance(config, dict) else None
+
+
+def recorded_field(run_dir: str | Path, key: str) -> Any:
+    """The top-level ``key`` of ``run_dir``'s record, or None where it has no readable
+    record or no such field."""
+    try:
+        record = json_loads((Path(run_dir) / RECORD_NAME).read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    return record.get(key) if isinstance(record, dict) else None
 
 
 def record_path(out_dir: str | Path, config: dict[str, Any]) -> Path:

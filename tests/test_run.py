@@ -1087,7 +1087,7 @@ def test_a_folder_runs_record_and_best_checkpoint_name_its_folder(tmp_path, monk
 
 @pytest.mark.slow
 def test_a_fresh_run_names_the_checkpoints_a_run_of_its_name_on_other_data_left(
-    demo, tmp_path, capsys
+    demo, tmp_path, capsys, monkeypatch
 ):
     """Killed, then the data edited, the same command starts another run (its hash covers
     the data): right, but nothing said that the killed run was not resumed, nor that its
@@ -1123,6 +1123,31 @@ def test_a_fresh_run_names_the_checkpoints_a_run_of_its_name_on_other_data_left(
         "own settings, delete it to free the space\n"
     ) in err
     assert str(finished) not in err
+    # Recorded on images decoded by an older decoding version: an upgrade, said once a
+    # dataset, not "the data changed since" at every run.
+    import dataclasses
+
+    from medft_jax.data.images import DECODING_VERSION
+
+    monkeypatch.setattr(fit, "_UPGRADES_SAID", set())
+    for seed in (3, 4):
+        other = dataclasses.replace(config, seed=seed)
+        mine = results.run_name(fit.identify(other, demo).to_dict())
+        older = out / (mine.rpartition("-")[0] + "-bbbbbbbbbbbbbbbb")
+        older.mkdir()
+        (older / "record.json").write_text(json.dumps(
+            {"config": {**before, "seed": seed}, "decoding_version": DECODING_VERSION - 1}
+        ))  # fmt: skip
+        fit.run_one(other, out, dataset=demo, progress=False, stop_after_steps=1)
+        err = capsys.readouterr().err
+        said = (
+            f"note: {older} holds a finished record of these settings on images decoded "
+            f"by decoding version {DECODING_VERSION - 1}; version {DECODING_VERSION} decodes "
+            f"some of demo's files otherwise (an upgrade of medft-jax, not an edit of the "
+            "data)"
+        )
+        assert (said in err) == (seed == 3), err
+        assert "the data changed since" not in err
     # Resumed, the run says where from, not this again.
     assert fit.run_one(config, out, dataset=demo, progress=False, stop_after_steps=2) == {}
     assert str(killed) not in capsys.readouterr().err
