@@ -170,7 +170,8 @@ def _note_decoding_version(checkpoint: str | Path, version: Any) -> None:
     """One note line when a run's checkpoint was trained under other decoding rules than
     predict's (:data:`~medft_jax.data.images.DECODING_VERSION`), or does not say which:
     a 16-bit, float or DICOM file that decodes otherwise now reaches the model unlike its
-    training images did (its run's own cache rebuilt; the checkpoint cannot)."""
+    training images did (its run's own cache rebuilt; the checkpoint cannot). Said only
+    where an image given is not an 8-bit PNG or JPEG."""
     if version == DECODING_VERSION:
         return
     said = (
@@ -184,6 +185,27 @@ def _note_decoding_version(checkpoint: str | Path, version: Any) -> None:
         "each version's changes) reaches the model unlike its training images",
         file=sys.stderr,
     )
+
+
+_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
+
+
+def _decodes_alike_in_every_version(path: str) -> bool:
+    """Whether ``path`` is a single-frame 8-bit JPEG or PNG (read by its header alone),
+    which every decoding version has decoded alike; anything else (16-bit, DICOM, TIFF,
+    a file that cannot be read here) may not have."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jpg", ".jpeg"):
+        return True
+    if suffix != ".png":
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode in _EIGHT_BIT_MODES and getattr(image, "n_frames", 1) == 1
+    except Exception:  # named by the reader, in its one line
+        return False
 
 
 def _recorded_numerics(checkpoint: Path, source: str) -> int | None:
@@ -277,11 +299,14 @@ class Predictor:
         )
         from_run = str(m.get("source", "")).startswith("run ")
         self.from_run = from_run
+        self._decoding_note: tuple[str | Path, Any] | None = None
         self.trained_bits_stored = m.get("bits_stored")
         self.trained_dicom_window = parse_dicom_window(m.get("dicom_window"))
         if from_run:
             _note_unfinished(Path(checkpoint), m.get("epoch"), str(m["source"]))
-            _note_decoding_version(checkpoint, m.get("decoding_version"))
+            # Said where an image given could decode otherwise (predict_files): of 8-bit
+            # PNGs and JPEGs, which every version decodes alike, it misled.
+            self._decoding_note = (checkpoint, m.get("decoding_version"))
             if self.precision == m.get("precision", "fp32"):
                 numerics = m.get("numerics")
                 if numerics is None:  # an older best/: its run's record beside it may say
@@ -413,6 +438,13 @@ class Predictor:
         the reading and one for the compute, on a terminal's stderr only (20,000 files were
         75 s of silence)."""
         check_batch_size(batch_size)
+        note, self._decoding_note = self._decoding_note, None  # said once
+        if (
+            note is not None
+            and note[1] != DECODING_VERSION
+            and not all(_decodes_alike_in_every_version(p) for p in paths)
+        ):
+            _note_decoding_version(*note)
         size = (
             self.resize_size,
             self.crop_size,

@@ -345,12 +345,12 @@ def test_out_refuses_the_files_of_the_checkpoints_run(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def _notes_of_a_runs_checkpoint(run: Path, capsys, **meta) -> str:
+def _notes_of_a_runs_checkpoint(run: Path, capsys, image: str = "a.png", **meta) -> str:
     """What predict says on stderr of a zero-weights run checkpoint of ``meta`` in ``run``
-    (beside a record, as a run leaves it), predicting ``a.png`` beside ``run``."""
+    (beside a record, as a run leaves it), predicting ``image`` beside ``run``."""
     _zeros_checkpoint(run / "best", **meta)
     (run / "record.json").write_text("{}")
-    argv = ["--checkpoint", str(run / "best"), "--images", str(run.parent / "a.png")]
+    argv = ["--checkpoint", str(run / "best"), "--images", str(run.parent / image)]
     assert main(argv) == 0
     return capsys.readouterr().err
 
@@ -376,12 +376,16 @@ def test_a_runs_checkpoint_of_another_decoding_version_is_noted(tmp_path, capsys
     assert fit._best_metadata(run, "r")["numerics"] == 5
     assert "decoding_version" in PREDICTION_KEYS
     Image.new("L", (40, 40)).save(tmp_path / "a.png")
-    base = {"resize_size": 32, "crop_size": 32, "source": "run r"}
+    wide = np.linspace(0, 65535, 1600).astype(np.uint16).reshape(40, 40)
+    Image.fromarray(wide).save(tmp_path / "b.png")  # 16-bit: its rules have changed
+    base = {"resize_size": 32, "crop_size": 32, "source": "run r", "image": "b.png"}
 
     def err_of(name, **meta):
-        return _notes_of_a_runs_checkpoint(tmp_path / name, capsys, **base, **meta)
+        return _notes_of_a_runs_checkpoint(tmp_path / name, capsys, **{**base, **meta})
 
     assert "note:" not in err_of("same", decoding_version=DECODING_VERSION)
+    # An 8-bit PNG decodes alike under every version: nothing to say of it.
+    assert "note:" not in err_of("old8", decoding_version=7, image="a.png")
     err = err_of("old", decoding_version=7)
     assert err.count("\n") == 1
     assert err.startswith(
