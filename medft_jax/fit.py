@@ -918,10 +918,12 @@ def _train_epochs(
         # Process 0's clock decides for every process: the save is collective.
         due = process_0_says(_save_due(run))
         # A stop already requested (one a gc callback swallowed during validation) saves
-        # too: this epoch is the resume point, not one trained again.
-        if budget_spent or due or stop_requested():
+        # too: this epoch is the resume point, not one trained again. One process only: a
+        # multi-host job's save is collective, and the others did not see this signal.
+        alone = jax.process_count() == 1
+        if budget_spent or due or (alone and stop_requested()):
             _save_latest(run, ckpts, (epoch + 1) * spe)
-        if budget_spent or stop_requested():  # or one deferred while it saved
+        if budget_spent or (alone and stop_requested()):  # or one deferred while it saved
             return False
     return True
 
