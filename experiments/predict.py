@@ -194,16 +194,20 @@ def _decodes_alike_in_every_version(path: str) -> bool:
     """Whether ``path`` is a single-frame 8-bit JPEG or PNG (read by its header alone),
     which every decoding version has decoded alike; anything else (16-bit, DICOM, TIFF,
     a file that cannot be read here) may not have."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".jpg", ".jpeg"):
-        return True
-    if suffix != ".png":
+    if Path(path).suffix.lower() not in (".jpg", ".jpeg", ".png"):
         return False
     from PIL import Image
 
-    try:
+    from medft_jax.data.images import sample_kind
+
+    try:  # by content, not name: a DICOM or 16-bit PNG named .jpg is read as what it is
         with Image.open(path) as image:
-            return image.mode in _EIGHT_BIT_MODES and getattr(image, "n_frames", 1) == 1
+            return (
+                image.format in ("JPEG", "PNG")
+                and image.mode in _EIGHT_BIT_MODES
+                and sample_kind(image).startswith(("8-bit", "1-bit"))  # 16-bit grey+alpha
+                and getattr(image, "n_frames", 1) == 1
+            )
     except Exception:  # named by the reader, in its one line
         return False
 
@@ -916,6 +920,10 @@ def _rows(
     return "".join(f"{line}\n" for line in lines)
 
 
+_STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+"""``--out`` names of this process's stdout, written as stdout is (never replaced)."""
+
+
 def write_rows(text: str, out: str | None) -> None:
     """``text`` to stdout, or whole to ``out`` (a temporary file beside it, renamed into
     place: a full disk leaves the old file, not part of the rows). An ``out`` that is a
@@ -925,6 +933,8 @@ def write_rows(text: str, out: str | None) -> None:
     named pipe (``/dev/null``) is written to in place: the rename made it a plain file
     (``/dev/null`` of the whole machine, as root). A failed write names where it went
     (``stdout``), not ``?``."""
+    if out is not None and os.path.normpath(out) in _STDOUT_NAMES:
+        out = None  # the shell's stdout as it is (`>> log` appends; a rename replaced log)
     if out is not None:
         from medft_jax.atomic import write_bytes
 

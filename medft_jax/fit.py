@@ -768,7 +768,7 @@ def _recorded_on_other_data(run_dir: Path, config: RunConfig) -> str | None:
         if recorded.get(key) != getattr(config, key)
     ]
     then = results.recorded_field(other, "decoding_version")
-    if what == ["data"] and isinstance(then, int) and then != DECODING_VERSION:
+    if what == ["data"] and isinstance(then, int) and then < DECODING_VERSION:
         # Not an edit: this toolkit decodes some of the files otherwise now (each run said
         # "the data changed since", a sweep's every run of the dataset).
         said = (config.dataset, then)
@@ -778,8 +778,9 @@ def _recorded_on_other_data(run_dir: Path, config: RunConfig) -> str | None:
         return (
             f"note: {other} holds a finished record of these settings on images decoded by "
             f"decoding version {then}; version {DECODING_VERSION} decodes some of "
-            f"{config.dataset}'s files otherwise (an upgrade of medft-jax, not an edit of "
-            f"the data), so {run_dir.name} trains from scratch, as will its other runs so "
+            f"{config.dataset}'s files otherwise (an upgrade of medft-jax, whether or not "
+            f"the data was edited too), so {run_dir.name} trains from scratch, as will its "
+            "other runs so "
             "recorded (the report takes one of each two: --latest, or move the older "
             "folders out)"
         )

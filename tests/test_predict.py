@@ -1089,3 +1089,44 @@ def test_images_decoded_on_threads_keep_their_order_notes_and_first_error(capsys
     with pytest.raises(KeyboardInterrupt):
         predict._read_images(paths, store, interrupted, None)
     assert len(started) <= 8, started  # those running (4 threads), not the window of 16
+
+
+def test_only_single_frame_8_bit_pngs_and_jpegs_by_content_decode_alike_in_every_version(
+    tmp_path,
+):
+    """The decoding-version note is left out for those alone: a 16-bit grey+alpha PNG
+    (Pillow opens it as 8-bit RGBA) or a 16-bit PNG named .jpg were taken for 8-bit."""
+    import struct
+    import zlib
+
+    from experiments.predict import _decodes_alike_in_every_version as alike
+
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.jpg")
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(tmp_path / "c.png")
+    (tmp_path / "c.png").rename(tmp_path / "c.jpg")
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    rows = b"".join(b"\0" + b"\x0f\xff\xff\xff" * 4 for _ in range(4))  # 16-bit grey+alpha
+    (tmp_path / "la16.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 16, 4, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    (tmp_path / "d.dcm").write_bytes(b"x")
+    got = {n: alike(str(tmp_path / n)) for n in ("a.png", "b.jpg", "c.jpg", "la16.png", "d.dcm")}
+    assert got == {"a.png": True, "b.jpg": True, "c.jpg": False, "la16.png": False, "d.dcm": False}
+
+
+def test_out_naming_stdout_writes_to_stdout_as_it_is(capsys):
+    """``--out /dev/stdout >> log.txt``: the rows were renamed over the log (its earlier
+    lines gone), as over any file; stdout is written as without --out."""
+    from experiments.predict import write_rows
+
+    for name in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "/dev//stdout"):
+        write_rows("rows\n", name)
+        assert capsys.readouterr().out == "rows\n", name

@@ -1143,8 +1143,8 @@ def test_a_fresh_run_names_the_checkpoints_a_run_of_its_name_on_other_data_left(
         said = (
             f"note: {older} holds a finished record of these settings on images decoded "
             f"by decoding version {DECODING_VERSION - 1}; version {DECODING_VERSION} decodes "
-            f"some of demo's files otherwise (an upgrade of medft-jax, not an edit of the "
-            "data)"
+            "some of demo's files otherwise (an upgrade of medft-jax, whether or not the "
+            "data was edited too)"
         )
         assert (said in err) == (seed == 3), err
         assert "the data changed since" not in err

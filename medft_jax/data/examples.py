@@ -275,8 +275,8 @@ def standard_splits(
     """``train``/``val``/``test``: ``test`` given (official) or carved, then ``val`` carved.
 
     Test is carved, then val from what remains (their streams: :func:`carve_stream`),
-    both disjoint by patient. ``class_names``: what a refusal calls a class (T1w's label 0
-    is its class 1 in the release: an index misled).
+    both disjoint by patient. ``class_names``: what a refusal calls a class (MURA's val
+    carve beside its official test: "class 0" said less than "class 'normal'").
     """
     rest = list(train)
     if test is None:
