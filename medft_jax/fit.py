@@ -780,9 +780,8 @@ def _recorded_on_other_data(run_dir: Path, config: RunConfig) -> str | None:
             f"decoding version {then}; version {DECODING_VERSION} decodes some of "
             f"{config.dataset}'s files otherwise (an upgrade of medft-jax, whether or not "
             f"the data was edited too), so {run_dir.name} trains from scratch, as will its "
-            "other runs so "
-            "recorded (the report takes one of each two: --latest, or move the older "
-            "folders out)"
+            "other runs so recorded (the report takes one of each two: --latest, or move "
+            "the older folders out)"
         )
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     return (

@@ -322,7 +322,7 @@ def test_a_sigterm_while_a_checkpoint_is_written_waits_for_it(tmp_path, monkeypa
     monkeypatch.setenv("MEDFT_JAX_CHECKPOINT_SECONDS", "0")
     out = tmp_path / "runs"
     argv = ["--strategy", "ft", "--dataset", "demo", "--arch", "resnet_tiny", "--weights"]
-    argv += ["none", "--epochs", "3", "--image-size", "32", "--batch-size", "16"]
+    argv += ["none", "--epochs", "2", "--image-size", "32", "--batch-size", "32"]
     argv += ["--no-progress", "--out", str(out)]
     assert run_cli.main(argv) == 143
     err = capsys.readouterr().err
@@ -359,7 +359,7 @@ def test_a_stop_swallowed_during_validation_keeps_the_epoch_as_the_resume_point(
     monkeypatch.setenv("MEDFT_JAX_CHECKPOINT_SECONDS", "3600")  # no save due
     out = tmp_path / "runs"
     argv = ["--strategy", "ft", "--dataset", "demo", "--arch", "resnet_tiny", "--weights"]
-    argv += ["none", "--epochs", "3", "--image-size", "32", "--batch-size", "16"]
+    argv += ["none", "--epochs", "2", "--image-size", "32", "--batch-size", "32"]
     argv += ["--no-progress", "--out", str(out)]
     assert run_cli.main(argv) == 143
     run = next(p for p in out.iterdir() if p.is_dir())
