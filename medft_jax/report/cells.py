@@ -42,7 +42,7 @@ from medft_jax.config import (
 from medft_jax.data.cache import COPIES_RULE
 from medft_jax.data.options import task_options
 from medft_jax.metrics import LOG_PROBABILITIES_RANKED
-from medft_jax.names import LOCAL_KINDS, same_data
+from medft_jax.names import LOCAL_KINDS, lr_text, same_data
 from medft_jax.report import aggregate
 from medft_jax.results import RecordError
 
@@ -839,6 +839,9 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
         k: (freezing if k == "frozen_bn" else configs)[0].get(k, defaults[k]) for k in PROTOCOL
     }
     protocol["start"] = start_of(configs[0])
+    # the grid the cells chose among: z and ρ against the paper read its 3 seeds × 3 LRs
+    protocol["lrs"] = tuple(sorted({float(c["lr"]) for c in configs}, reverse=True))
+    protocol["seeds"] = len({c["seed"] for c in configs})
     protocol["numerics"] = numerics_of(runs[0])  # one a report: _check_numerics
     source = data_source_of(runs[0]) or {}
     protocol["source"] = source.get("csv_file") or source.get("root")
@@ -870,8 +873,11 @@ PAPER_PROTOCOL: dict[str, Any] = {
     "precision": "fp32",
     "frozen_bn": "update",
     "start": "pretrained",
+    "lrs": (1e-3, 1e-4, 1e-5),
+    "seeds": 3,
 }
-"""The paper's protocol in :func:`_protocol`'s terms (RunConfig's defaults)."""
+"""The paper's protocol in :func:`_protocol`'s terms (RunConfig's defaults, the grid's
+LRs and seeds)."""
 
 _PROTOCOL_WORDS = {
     "image_size": "{} px",
@@ -881,6 +887,8 @@ _PROTOCOL_WORDS = {
     "precision": "{} compute",
     "frozen_bn": "frozen_bn={}",
     "start": "{} weights",
+    "lrs": "LRs {}",
+    "seeds": "{} seeds",
 }
 
 
@@ -901,7 +909,7 @@ def protocol_unlike_paper(
     unlike = [
         f"{_said(words, protocol[k])} (the paper's {_said(words, PAPER_PROTOCOL[k])})"
         for k, words in _PROTOCOL_WORDS.items()
-        if k in protocol and protocol[k] != PAPER_PROTOCOL[k]
+        if k in protocol and not _same_setting(protocol[k], PAPER_PROTOCOL[k])
     ]
     unlike += [
         f"{k} = {v} (the paper's {PAPER_DATASET_OPTIONS[k]})"
@@ -911,10 +919,25 @@ def protocol_unlike_paper(
     return ", ".join(unlike) or None
 
 
+def _same_setting(value: Any, paper: Any) -> bool:
+    """``value`` is the paper's; LRs equal up to float32 rounding (a grid of float32
+    rates) are the same LRs."""
+    if isinstance(paper, tuple):
+        return (
+            isinstance(value, tuple)
+            and len(value) == len(paper)
+            and all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(value, paper, strict=True))
+        )
+    return value == paper
+
+
 def _said(words: str, value: Any) -> str:
-    """``words`` of ``value``, its plural's ``s`` dropped for one (``at most 1 epoch``)."""
+    """``words`` of ``value``, its plural's ``s`` dropped for one (``at most 1 epoch``,
+    ``1 seed``); LRs as ``0.001, 0.0001``."""
+    if isinstance(value, tuple):
+        value = ", ".join(lr_text(x) for x in value)
     text = words.format(value)
-    return text[:-1] if value == 1 and text.endswith("epochs") else text
+    return text[:-1] if value == 1 and text.endswith(("epochs", "seeds")) else text
 
 
 def _split_counts(runs: Sequence[Mapping[str, Any]], key: str) -> dict[str, int]:
@@ -1647,8 +1670,8 @@ def no_baseline(summary: Summary, dataset: str) -> str | None:
 def relative_improvement(
     summary: Summary, dataset: str, arch: str, strategy: str, metric: str | None = None
 ) -> float:
-    """100·(m − m_FT)/m_FT of the mean test ``metric`` (default: the headline); NaN when
-    either has no value."""
+    """100·(m − m_FT)/|m_FT| of the mean test ``metric`` (default: the headline); NaN when
+    either has no value or FT's mean is 0 (named under Tables 11 and 12)."""
     return _gain_over_ft(summary, dataset, arch, strategy, metric, relative=True)
 
 
@@ -1671,7 +1694,8 @@ def _gain_over_ft(
         return math.nan
     if aggregate.same_mean(m, m_ft):  # equal up to rounding: no gain, not a 1e-14 % one
         return 0.0
-    return 100.0 * (m - m_ft) / (m_ft if relative else 1.0)
+    # |m_FT|: a κ below 0 (counted by a caller's choice) would turn a gain into a loss
+    return 100.0 * (m - m_ft) / (abs(m_ft) if relative else 1.0)
 
 
 def improvement_se(

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from medft_jax import metrics, names
 from medft_jax.errors import UserError, did_you_mean, spelling
+from medft_jax.report.aggregate import same_mean
 from medft_jax.report.cells import Summary
 from medft_jax.report.render import NO_SE
 
@@ -123,15 +124,14 @@ def table_number(dataset: str) -> int | None:
 def load_paper(path: str | Path | None = None) -> PaperTables:
     """The published cells of ``path`` (None: the bundled Tables 3-10).
 
-    Raises :class:`PaperTablesError`, one line naming the file and line, for a
-    file that cannot be read, missing columns, a mean or SE that is not a
-    number (or an SE below 0), a mean outside [0, 100] percent ([-100, 100] for
-    κ), a mean that looks like a fraction, not percent (every mean at most 1; of a file
-    of κ only, every κ within [-1, 1], two or more; of a file partly in percent, a non-κ
-    mean at most 1 or every κ of a dataset, two or more, within [-1, 1]), a table number
-    that is not
-    the dataset's, an unknown dataset, strategy, arch or metric, a cell given twice,
-    or no cells at all.
+    Raises :class:`PaperTablesError`, one line naming the file and line, for a file that
+    cannot be read, missing columns, a mean or SE that is not a number (or an SE below 0, or
+    above half the range a mean may take), a mean outside [0, 100] percent ([-100, 100] for
+    κ), a mean that looks like a fraction, not percent (every mean at most 1; of a file of κ
+    only, every κ within [-1, 1], two or more; of a file partly in percent, a non-κ mean at
+    most 1 or every κ of a dataset, two or more, within [-1, 1]), a table number that is not
+    the dataset's, an unknown dataset, strategy, arch or metric, a cell given twice, or no
+    cells at all.
     """
     if path is None:
         source, text = bundled_text()
@@ -200,6 +200,13 @@ def parse_paper(text: str, source: str) -> PaperTables:
         se = _number(row["se"], "se", bad, line)
         if se is not None and (se < 0 or row["se"].strip().startswith("-")):  # -0.0 too
             raise bad(line, f"se {row['se'].strip()!r} is negative")
+        most = (100 - low) / 2  # the SE of two values at the ends of the range: z ≈ 0 above it
+        if se is not None and se > most:
+            raise bad(
+                line,
+                f"se {row['se'].strip()!r} is above {most:g}, the most the SE of means within "
+                f"[{low:g}, 100] can be (percent, {m})",
+            )
         key = (d, a, s, metric_key(d, m))
         if key in values:
             raise bad(line, f"{d} {s} {a} {m} is given twice (first on line {values[key].line})")
@@ -369,12 +376,30 @@ def compare(summary: Summary, paper: PaperTables) -> list[Compared]:
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Spearman's rank correlation (ties share their mean rank); None for fewer than 3
-    pairs or a side whose values are all equal."""
+    pairs or a side whose values are all equal.
+
+    Values equal up to float rounding (:func:`~medft_jax.report.aggregate.same_mean`:
+    equal totals of correct answers give 0.5416666666666666 and …667) are one tie, as
+    in every other table: their last bit would otherwise rank one strategy above another.
+    """
     from scipy import stats
 
+    xs, ys = _ties_snapped(xs), _ties_snapped(ys)
     if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
         return None
     return float(stats.spearmanr(xs, ys).statistic)
+
+
+def _ties_snapped(values: Sequence[float]) -> list[float]:
+    """``values`` with each run of neighbours (in sorted order) equal up to float
+    rounding set to its smallest."""
+    out = list(values)
+    first = None
+    for i in sorted(range(len(out)), key=out.__getitem__):
+        if first is None or not same_mean(out[i], first):
+            first = out[i]
+        out[i] = first
+    return out
 
 
 def agreements(summary: Summary, paper: PaperTables) -> list[Agreement]:

@@ -1037,6 +1037,11 @@ def table11(summary: Summary) -> Table:
         )
     notes += _unsettled_notes(summary, bests)
     notes += _tied_with_best(summary, bests)
+    notes += [
+        f"{b.dataset}: FT's mean is 0, so the improvement relative to it is undefined (—)."
+        for b in bests
+        if b.cell is not None and b.ft is not None and b.ft.mean(b.metric) == 0
+    ]
     title = "Table 11: best configuration per dataset and its gain over FT"
     lines = [_best_line(summary, b) for b in bests]
     return _long_table(Head("table11", title, notes), BestLine, lines, TABLE11_SLOTS)
@@ -1135,14 +1140,16 @@ def table12(
         "or partial), or finished without one in the counted metric, or has only failed runs "
         "(these did not beat FT); datasets not run are left out."
     ]
-    notes += _caveats_counted(summary, count_metrics)
+    notes += _caveats_counted(summary, count_metrics, points)
     strategies = [s for s in summary.strategies if s != BASELINE]
     return _wide_table(
         Head("table12", title, notes), CountLine, lines, slots, strategies, attrgetter("arch")
     )
 
 
-def _caveats_counted(summary: Summary, count_metrics: Mapping[str, str] | None = None) -> list[str]:
+def _caveats_counted(
+    summary: Summary, count_metrics: Mapping[str, str] | None = None, points: bool = False
+) -> list[str]:
     """What Table 12's counts rest on that its k/n cannot mark: the cells (FT's among
     them) with runs missing, an LR left out, or runs tested from before their final stage;
     and the experiments it cannot count (FT without a value in the counted metric, a
@@ -1170,11 +1177,12 @@ def _caveats_counted(summary: Summary, count_metrics: Mapping[str, str] | None =
                 f"Counted with {len(marked)} cell(s) {what} ({mark} in the datasets' tables): "
                 f"{shown}."
             )
-    uncounted = _without_ft(summary, count_metrics)
+    uncounted = _without_ft(summary, count_metrics, points)
     if uncounted:
         notes.append(
-            f"Not counted, FT having no value there: {', '.join(uncounted)} (n is smaller "
-            "by one for each strategy with a value of that arch)."
+            "Not counted, FT having no value to compare with there: "
+            f"{', '.join(uncounted)} (n is smaller by one for each strategy with a value of "
+            "that arch)."
         )
     unvalidated = sorted(
         f"{c.dataset}/{c.arch}/{c.strategy}"
@@ -1196,17 +1204,21 @@ def _caveats_counted(summary: Summary, count_metrics: Mapping[str, str] | None =
     return notes
 
 
-def _without_ft(summary: Summary, count_metrics: Mapping[str, str] | None = None) -> list[str]:
+def _without_ft(
+    summary: Summary, count_metrics: Mapping[str, str] | None = None, points: bool = False
+) -> list[str]:
     """``dataset/arch (why)`` where other strategies have values but FT none in the counted
     metric (diverged, failed, unvalidated, not run, or the metric undefined for every
-    seed): Table 12 cannot count those, and its n shrinks without a word."""
+    seed), or (a relative count) FT's mean is 0: Table 12 cannot count those, and its n
+    shrinks without a word."""
     out = []
     for d in summary.datasets:
         metric = count_metric(summary, d, count_metrics)
         for a in summary.archs:
             ft = summary.cells.get((d, a, BASELINE))
             undefined = ft is not None and ft.has_value and not math.isfinite(ft.mean(metric))
-            if ft is not None and ft.has_value and not undefined:
+            zero = ft is not None and ft.has_value and not points and ft.mean(metric) == 0
+            if ft is not None and ft.has_value and not undefined and not zero:
                 continue
             others = [
                 c
@@ -1217,6 +1229,11 @@ def _without_ft(summary: Summary, count_metrics: Mapping[str, str] | None = None
                 why = "not run" if ft is None or ft.status == MISSING else ft.failure_text
                 if undefined:
                     why = f"its {metric_label(metric)} undefined for every seed"
+                if zero:
+                    why = (
+                        f"its mean {metric_label(metric)} is 0, so no relative improvement; "
+                        "--beat-points counts it"
+                    )
                 if baseline_filtered_out(summary):
                     why = "not shown under --only"
                 out.append(f"{d}/{a} ({why})")

@@ -91,8 +91,9 @@ def make(
     Args:
       name: one of :data:`STRATEGIES` (the paper's eight, then the extras).
       params: the model's parameters (the pretrained weights with the new
-        head); only their tree structure and paths are read (no values:
-        SP's ω0 is ``pretrained``, or else the params given to ``tx.init``).
+        head); their tree structure, paths and dtypes are read (integer leaves are
+        refused), and Auto-RGN's values only to warn of an all-zero tensor: SP's
+        ω0 is ``pretrained``, or else the params given to ``tx.init``.
       partition: the architecture's blocks and head path, a
         :class:`~medft_jax.models.blocks.BlockPartition` (for a named arch:
         ``medft_jax.models.get_arch(name).partition``). Its ``head`` must
