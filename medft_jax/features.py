@@ -434,7 +434,8 @@ def cached_features(
             # would both compute the same features: the second waits, then
             # reads the first's.
             lock = directory.parent / f".{directory.name}.lock"
-            with locks.waiting_lock(lock):
+            waiting = locks.waiting_note(f"computing the features {directory}")
+            with locks.waiting_lock(lock, waiting):
                 found = open_features(directory, ds, expected)
                 reused = found is not None
                 if found is None:

@@ -232,9 +232,22 @@ def held_elsewhere(path: str | os.PathLike[str]) -> bool:
     return False
 
 
+def waiting_note(what: str) -> Callable[[], None]:
+    """A ``waiting`` for :func:`waiting_lock` saying ``note: another process is <what>;
+    waiting for it`` on stderr: a run waiting minutes for another's cache looked hung."""
+
+    def say() -> None:
+        print(f"note: another process is {what}; waiting for it", file=sys.stderr, flush=True)
+
+    return say
+
+
 @contextlib.contextmanager
-def build_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+def build_lock(path: str | os.PathLike[str], what: str | None = None) -> Iterator[None]:
     """:func:`waiting_lock` for building something once; a failed build leaves nothing.
+
+    ``what`` (``building the cache <folder>``): said once if another process holds the
+    lock (:func:`waiting_note`).
 
     The folders made for the lock file, and the file itself, are removed when
     the block raises in the holder (a dataset refused for a corrupt image
@@ -244,7 +257,8 @@ def build_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """
     path = Path(path)
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    with waiting_lock(path):  # a waiter interrupted here removes nothing: not its lock
+    waiting = None if what is None else waiting_note(what)
+    with waiting_lock(path, waiting):  # a waiter interrupted here removes nothing: not its lock
         try:
             yield
         except BaseException:

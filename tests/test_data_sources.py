@@ -289,7 +289,7 @@ def test_folder_counts_labels_and_splits(tmp_path):
     assert np.array_equal(first.images[0], expected)
 
 
-def test_loads_that_meet_build_the_folder_cache_once(tmp_path, monkeypatch):
+def test_loads_that_meet_build_the_folder_cache_once(tmp_path, monkeypatch, capfd):
     """A multi-host job's processes (or a sweep's workers) each decoded every image; the
     second now waits on the cache's lock and reads the first's (flock excludes two opens
     of the file even in one process, so threads stand in for processes)."""
@@ -319,8 +319,16 @@ def test_loads_that_meet_build_the_folder_cache_once(tmp_path, monkeypatch):
         t.join()
     assert len(builds) == 1 and len(loaded) == 2
     assert loaded[0].metadata["fingerprint"] == loaded[1].metadata["fingerprint"]
+    # The one waiting says so, once (a large folder's minutes of silence looked hung).
+    waited = [x for x in capfd.readouterr().err.splitlines() if "waiting for it" in x]
+    assert len(waited) == 1 and waited[0].endswith("; waiting for it")
+    assert waited[0].startswith(
+        f"note: another process is building the folder cache {tmp_path / 'out'}/"
+    )
     # A fresh cache is read without the lock: a read-only --data-dir still loads.
-    monkeypatch.setattr("medft_jax.locks.waiting_lock", lambda path: pytest.fail("locked"))
+    monkeypatch.setattr(
+        "medft_jax.locks.waiting_lock", lambda path, waiting=None: pytest.fail("locked")
+    )
     assert (
         load("folder", **kw, **SIZES).metadata["fingerprint"] == loaded[0].metadata["fingerprint"]
     )

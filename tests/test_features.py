@@ -670,10 +670,10 @@ def test_a_root_whose_filesystem_refuses_locks_gives_way_to_the_next(demo, tmp_p
     real = locks.waiting_lock
     nfs = tmp_path / "nfs" / "features"
 
-    def waiting_lock(path):
+    def waiting_lock(path, waiting=None):
         if str(path).startswith(str(nfs)):
             raise locks.LocksUnsupported(f"{path}: this filesystem refuses file locks")
-        return real(path)
+        return real(path, waiting)
 
     monkeypatch.setattr(locks, "waiting_lock", waiting_lock)
     calls = []

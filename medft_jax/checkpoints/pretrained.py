@@ -121,7 +121,7 @@ def one_porter(checkpoint: Path) -> contextlib.AbstractContextManager[None]:
 
     if jax.process_count() > 1:
         return contextlib.nullcontext()
-    return build_lock(checkpoint.parent / f".{checkpoint.name}.lock")
+    return build_lock(checkpoint.parent / f".{checkpoint.name}.lock", f"porting {checkpoint}")
 
 
 def resolve(weights: str, arch: str) -> tuple[dict[str, Any] | None, str]:

@@ -333,7 +333,8 @@ def load_local(
     # fresh cache is read without the lock: a shared --data-dir may be read-only.
     fresh = cache.is_complete(target) and not cache.stale_reason(target, source)
     if not fresh:
-        with locks.build_lock(target.parent / f".{target.name}.lock"):
+        lock = target.parent / f".{target.name}.lock"
+        with locks.build_lock(lock, f"building the {kind} cache {target}"):
             reason = cache.stale_reason(target, source) if cache.is_complete(target) else None
             if reason:
                 cache.announce_rebuild(kind, target, reason)

@@ -420,7 +420,8 @@ def load_medmnist(
         # One process builds (a sweep's workers, prepare twice): each built the whole cache
         # and its swap deleted the other's, under the readers of it. A fresh cache is read
         # without the lock: a shared --data-dir may be read-only.
-        with locks.build_lock(target.parent / f".{target.name}.lock"):
+        lock = target.parent / f".{target.name}.lock"
+        with locks.build_lock(lock, f"building the {flag} cache {target}"):
             _build_cache(
                 name,
                 target,
