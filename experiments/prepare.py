@@ -79,7 +79,7 @@ def sizes(args: argparse.Namespace) -> tuple[int | None, int | None]:
     else:
         resize = args.resize_size
     if args.resize_size is not None:
-        check_value("image_size", args.resize_size, "--resize-size")
+        check_value("resize_size", args.resize_size, "--resize-size")
         if crop is not None and args.resize_size < crop:
             raise UserError(f"--resize-size {args.resize_size} must be >= --image-size {crop}")
     check_value("seed", args.seed, "--seed")

@@ -128,6 +128,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "patience": (0, 10_000),
     "batch_size": (1, 8_192),
     "image_size": (32, 1_024),
+    "resize_size": (32, 2_048),  # an arch's rule makes 1,170 of the largest crop
     "lp_epochs": (1, 10_000),  # 0: FT under LP-FT's name, refused saying so
     "epochs_per_stage": (1, 10_000),
     "alpha": (0.0, 1e6),
@@ -153,6 +154,7 @@ FLOAT32_TINY = 2.0**-126
 """float32's smallest normal number: a rate below it is 0, or nearly, where the step computes."""
 
 INT_FIELDS = (
+    "resize_size",
     "seed",
     "data_seed",
     "epochs",

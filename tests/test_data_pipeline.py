@@ -133,6 +133,53 @@ def test_state_resumes_exactly_mid_epoch():
     assert all(len(x) == 8 and set(x) <= set(y) for x, y in zip(rest, full[5:], strict=True))
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "said"),
+    [
+        # shard 2 of 2 read no rows: a host silently training and scoring on nothing
+        (
+            {"shard_index": 2, "shard_count": 2},
+            r"shard_index must be an integer in \[0, 1\], got 2",
+        ),
+        ({"shard_index": -1, "shard_count": 2}, r"shard_index must be .* got -1"),
+        ({"shard_index": 0, "shard_count": 0}, r"shard_count must be an integer >= 1, got 0"),
+        ({"shard_index": 1}, "give shard_index and shard_count together, or neither"),
+        ({"shard_index": 0, "shard_count": 1, "num_workers": -1}, "num_workers must be an intege"),
+        ({"shard_index": 0, "shard_count": 1, "num_threads": -2}, "num_threads must be an intege"),
+        ({"shard_index": 0, "shard_count": 1, "prefetch": -1}, "prefetch must be an integer >= 0"),
+        ({"batch_size": 2.5}, r"batch_size must be an integer >= 1, got 2\.5"),
+        ({"batch_size": True}, "batch_size must be an integer >= 1, got True"),
+    ],
+)
+def test_bad_iterator_arguments_are_one_line_naming_the_argument(kwargs, said):
+    images, labels = _toy_arrays(10)
+    kw = {"batch_size": 4, **ONE_HOST, **kwargs}
+    if "shard_count" not in kwargs and "shard_index" in kwargs:
+        del kw["shard_count"]
+    batch_size = kw.pop("batch_size")
+    for make in (
+        lambda: pipeline.array_train_batches(images, labels, "t", batch_size, seed=0, **kw),
+        lambda: pipeline.array_eval_batches(images, labels, "t", batch_size, **kw),
+    ):
+        with pytest.raises(DataError, match=said):
+            make()
+
+
+@pytest.mark.parametrize(
+    ("position", "said"),
+    [(None, "position None is not"), (1.7, "position 1.7 is not"), ("2", "position '2' is not")],
+)
+def test_a_damaged_iterator_state_position_is_refused(position, said):
+    """A missing position was a KeyError, 1.7 read as 1 and "2" as 2."""
+    images, labels = _toy_arrays(10)
+    it = pipeline.array_train_batches(images, labels, "t", 2, seed=0, **ONE_HOST)
+    state = {k: v for k, v in it.get_state().items() if k != "position"}
+    if position is not None:
+        state["position"] = position
+    with pytest.raises(DataError, match=said):
+        it.set_state(state)
+
+
 @pytest.mark.slow  # starts worker processes
 def test_worker_processes_give_the_same_batches(tmp_path):
     splits = {"train": make_split(*_toy_arrays(40))}

@@ -298,3 +298,24 @@ def test_prepare_names_a_medmnist_dataset_as_runs_name_it(tmp_path, capsys):
     argv = ["--dataset", "medmnist/pneumoniamnist@28", "--data-dir", str(tmp_path)]
     assert main([*argv, "--image-size", "32", "--resize-size", "36", "--no-progress"]) == 0
     assert capsys.readouterr().out.startswith("medmnist/pneumoniamnist: train 10, val 4, test 6;")
+
+
+def test_resize_size_takes_every_size_an_arch_rule_makes():
+    """``--arch resnet50 --image-size 1024`` prepares at 1061, which ``--resize-size 1061``
+    refused (the crop's limit, 1024)."""
+    import argparse
+
+    from experiments.prepare import sizes
+    from medft_jax.errors import UserError
+    from medft_jax.models import get_arch
+
+    def args(**kw):
+        return argparse.Namespace(
+            **{"arch": None, "resize_size": None, "image_size": 1024, "seed": 0, **kw}
+        )
+
+    made = max(get_arch(a).resize_for(1024) for a in ("resnet50", "densenet121", "vgg19"))
+    assert made > 1024
+    assert sizes(args(dataset="folder", resize_size=made)) == (made, 1024)
+    with pytest.raises(UserError, match=r"--resize-size must be in \[32, 2048\], got 4096"):
+        sizes(args(dataset="folder", resize_size=4096))

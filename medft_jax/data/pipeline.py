@@ -202,6 +202,13 @@ class BatchIterator(Iterator[Batch]):
         prefetch: int = 4,
         num_workers: int = 0,
     ) -> None:
+        for key, value in (
+            ("num_threads", num_threads),
+            ("prefetch", prefetch),
+            ("num_workers", num_workers),
+        ):
+            if not (_whole(value) and value >= 0):  # -1 ran as 0 without a word
+                raise DataError(f"{key} must be an integer >= 0, got {value!r}")
         self._plan = plan
         self._source = source
         self._options = (num_threads, prefetch, num_workers)
@@ -260,10 +267,12 @@ class BatchIterator(Iterator[Batch]):
                     f"{value!r}; restore a state saved from the same split, batch size, seed, "
                     "epoch"
                 )
-        position = int(state["position"])
-        if not 0 <= position <= len(self._source):
-            raise DataError(f"iterator state position {position} outside 0..{len(self._source)}")
-        self._position = position
+        position = state.get("position")
+        if not (_whole(position) and 0 <= position <= len(self._source)):
+            raise DataError(
+                f"iterator state position {position!r} is not an integer in 0..{len(self._source)}"
+            )
+        self._position = int(position)
         self._it = None
 
 
@@ -275,9 +284,33 @@ def _absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _whole(value: Any) -> bool:
+    """An int (numpy's too), not a bool: 2.5 read as a batch size of 2."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    """This host's (index, count): both given, in range, or neither (:func:`host_shard`).
+
+    Shard 2 of 2 read no rows, a silent host training on nothing; one of the two
+    given alone was dropped for shard 0 of 1.
+    """
+    if shard_index is None and shard_count is None:
+        return host_shard()
+    if shard_index is None or shard_count is None:
+        raise DataError("give shard_index and shard_count together, or neither")
+    if not (_whole(shard_count) and shard_count >= 1):
+        raise DataError(f"shard_count must be an integer >= 1, got {shard_count!r}")
+    if not (_whole(shard_index) and 0 <= shard_index < shard_count):
+        raise DataError(
+            f"shard_index must be an integer in [0, {shard_count - 1}], got {shard_index!r}"
+        )
+    return int(shard_index), int(shard_count)
+
+
 def _check_batch(batch_size: int, shard_count: int) -> None:
-    if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if not _whole(batch_size) or batch_size < 1:
+        raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if batch_size % shard_count:
         raise DataError(
             f"batch_size {batch_size} is not divisible by the number of hosts {shard_count}"
@@ -331,8 +364,7 @@ def array_train_batches(
     The same plan as the images' iterator, so the same batches, and states
     that resume either one.
     """
-    if shard_index is None or shard_count is None:
-        shard_index, shard_count = host_shard()
+    shard_index, shard_count = _shard(shard_index, shard_count)
     _check_batch(batch_size, shard_count)
     n = len(inputs)
     if batch_size > n:
@@ -392,8 +424,7 @@ def array_eval_batches(
     **options: int,
 ) -> BatchIterator:
     """:func:`eval_batches` over any per-example array."""
-    if shard_index is None or shard_count is None:
-        shard_index, shard_count = host_shard()
+    shard_index, shard_count = _shard(shard_index, shard_count)
     _check_batch(batch_size, shard_count)
     n = len(inputs)
     num_batches = -(-n // batch_size)
