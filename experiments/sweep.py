@@ -47,7 +47,7 @@ from experiments.common import DEMO_OF_GRID, refuse_data_dir_for_demo
 from medft_jax import grid as grid_lib
 from medft_jax import locks, plans, results
 from medft_jax.config import RunConfig, may_cache_features
-from medft_jax.data.errors import DataError
+from medft_jax.data.errors import BatchTooLarge, DataError
 from medft_jax.data.locations import NOT_PREPARED, resolve_data_dir
 from medft_jax.data.paths import refuse_listed_output
 from medft_jax.errors import (
@@ -189,6 +189,28 @@ def _state_key(c: RunConfig) -> tuple[Any, ...]:
     return (c.dataset, fit.resize_for(c.arch, c.image_size), c.image_size, c.data_seed)
 
 
+def _check_medmnist_batches(runs: list[RunConfig]) -> None:
+    """A grid's batch_size above a MedMNIST dataset's published training count: every run
+    of it would be refused alone by the sweep (exit 1) where its dry run said "to run"."""
+    from medft_jax.data.registry import refuse_batch_over_medmnist
+
+    for c in runs:
+        if c.dataset.startswith("medmnist/"):
+            try:
+                refuse_batch_over_medmnist(c.dataset, c.batch_size)
+            except BatchTooLarge as e:
+                raise _batch_over(c, e.examples) from None
+
+
+def _batch_over(c: RunConfig, examples: int) -> UserError:
+    """The dry run's refusal of a grid's batch_size above a dataset's training examples."""
+    return UserError(
+        f"dataset {c.dataset}: batch_size {c.batch_size} is larger than its {examples} "
+        "training examples; every run of it at that batch size would be refused: give the "
+        "grid a smaller batch_size"
+    )
+
+
 def _check_listings(
     runs: list[RunConfig],
     data_dir: str | None,
@@ -230,11 +252,7 @@ def _check_listings(
                 None,
             )
             if state is not None and c.batch_size > state.train_images:
-                raise UserError(
-                    f"dataset {c.dataset}: batch_size {c.batch_size} is larger than its "
-                    f"{state.train_images} training examples; every run of it at that batch "
-                    "size would be refused: give the grid a smaller batch_size"
-                )
+                raise _batch_over(c, state.train_images)
     return states
 
 
@@ -327,6 +345,7 @@ def dry_run(
     # it: another shard's unreadable one is its own dry run's to name.
     own = [runs[k] for k in grid_lib.shard_positions(runs, index, count)]
     listings = _check_listings(own, data_dir, g.dataset_options)
+    _check_medmnist_batches(own)
     listings.update(_check_listings(runs, data_dir, g.dataset_options, listings, strict=False))
     unbuilt: dict[str, str] = {}
     changed = _data_changed(
@@ -342,15 +361,27 @@ def dry_run(
     from medft_jax.data.options import task_options
     from medft_jax.report.cells import run_options  # names only: no JAX
 
+    # Changed only where no record of the settings is of the present data: a run already
+    # rerun on an edited file beside its older record is done, as the sweep finds it.
+    stale: dict[str, str] = {}
+    current: set[str] = set()
     for r in records:
         d = r["config"]["dataset"]
         if d in LOCAL_KINDS or not results.record_path(out, r["config"]).is_file():
             continue
-        if run_options(r) != task_options(d, g.dataset_options.get(d)):
-            changed.setdefault(results.settings_hash(r["config"]), "other split or label options")
-        why = _medmnist_file_changed(r, data_dir)
-        if why is not None:
-            changed.setdefault(results.settings_hash(r["config"]), why)
+        key = results.settings_hash(r["config"])
+        why = (
+            "other split or label options"
+            if run_options(r) != task_options(d, g.dataset_options.get(d))
+            else _medmnist_file_changed(r, data_dir)
+        )
+        if why is None:
+            current.add(key)
+        else:
+            stale.setdefault(key, why)
+    for key, why in stale.items():
+        if key not in current:
+            changed.setdefault(key, why)
 
     broken_keys, broken_names = _damaged_runs(damaged, out)
     # Folders a live process holds (another shard training them now): the sweep skips them.
@@ -648,10 +679,11 @@ def _plan_replaced(out: str, g: Grid, old: dict[str, Any], every: list[dict[str,
         if upgrade
         else "the grid file was edited since, or another grid file has its name"
     )
+    n = len(old["runs"])
     return (
         f"note: {plans.plan_path(out, g.name)} held the plan of another definition of grid "
-        f"{g.name!r} ({len(old['runs'])} runs: {why}); replaced by this one. Records of runs "
-        "this grid lacks still count in a report without --config (a dropped LR in its LR "
+        f"{g.name!r} ({n} run{'s' if n != 1 else ''}: {why}); replaced by this one. Records of "
+        "runs this grid lacks still count in a report without --config (a dropped LR in its LR "
         "choice): move their folders out, or report with --config (and give each grid file "
         "its own name)"
     )
@@ -875,8 +907,11 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
             continue
         write_plan()
         if o.kind == REFUSED:  # this run's settings only: the dataset's other runs go on
-            errors.append(f"{o.name}: {o.error}")
-            say(f"{at} {o.name}: refused ({o.error})")
+            why = o.error
+            if isinstance(o.exception, BatchTooLarge):  # a sweep has no --batch-size
+                why = o.exception.said(f"--config {args.config}: settings['batch_size']")
+            errors.append(f"{o.name}: {why}")
+            say(f"{at} {o.name}: refused ({why})")
             continue
         identified.append(o.config)
         if o.kind in tally:

@@ -532,9 +532,12 @@ def parse_only(specs: Iterable[str] | None) -> Filters:
                 raise GridError(f"--only {part!r}: expected key=value, e.g. dataset=bach")
             if key not in AXES:
                 raise GridError(f"--only {part!r}: unknown key {key!r}; keys: {', '.join(AXES)}")
-            values = {_canonical(key, v.strip()) for v in value.split("|") if v.strip()}
-            if not values:  # "strategy=|": alternatives, all empty
-                raise GridError(f"--only {part!r}: expected key=value, e.g. {key}=a|b")
+            if any(not v.strip() for v in value.split("|")):  # "ft|": a value left out?
+                raise GridError(
+                    f"--only {part!r}: an empty alternative; expected values between the |, "
+                    f"e.g. {key}=a|b"
+                )
+            values = {_canonical(key, v.strip()) for v in value.split("|")}
             out[key] = out[key] & values if key in out else values
             given.setdefault(key, []).append(part)
             if not out[key]:

@@ -140,7 +140,8 @@ def test_only_filters():
         ("dataset", "expected key=value"),
         ("strategy=nope", "strategy=nope: not in grid 'paper'"),
         ("lr=fast", "lr=fast: not a number"),
-        ("strategy=|", "--only 'strategy=|': expected key=value, e.g. strategy=a|b"),
+        ("strategy=|", "--only 'strategy=|': an empty alternative; expected values between"),
+        ("strategy=ft|", "--only 'strategy=ft|': an empty alternative"),  # lp left out?
         (  # several values of one key: |, not the comma between keys
             "strategy=lp,bitfit",
             "--only 'strategy=lp,bitfit': 'bitfit' is no key=value; several values of one key "
@@ -1495,7 +1496,7 @@ def test_only_slices_of_one_grid_listed_in_two_orders_add_up_and_another_grid_is
     # said); the same runs under another hash (dataset_options edited): no upgrade.
     configs = [c.to_dict() for c in grid_lib.load_grid(third).configs()]
     for runs, said in (
-        ([{**configs[0], "numerics": 1}], "1 runs: the same runs computed by an older "
+        ([{**configs[0], "numerics": 1}], "1 run: the same runs computed by an older "
          "medft-jax's numerics version: they are run again); replaced"),
         (configs, "2 runs: the grid file was edited since, or another grid file has its name)"),
     ):  # fmt: skip
@@ -2164,6 +2165,15 @@ def test_dry_run_says_a_medmnist_file_changed_since_the_records(tmp_path, capsys
         f"(medmnist/breastmnist: {data / 'breastmnist.npz'} is another file (MD5 {now}) than "
         f"recorded ({md5}))"
     ) in text
+    # Rerun on the new file (a record of it beside the older one): done, as the sweep finds
+    # it, not "changed" and counted to run because an older record of its settings is.
+    rerun = dataclasses.replace(c, data_fingerprint="e" * 64)
+    results.write_record(
+        results.record_path(out, rerun.to_dict()),
+        {"config": rerun.to_dict(), "medmnist_file": {"md5": now, "official": False}},
+    )
+    text = listed()
+    assert "    0  done  " in text and "done 1, failed 0, to run 0" in text
 
 
 def test_medmnist_md5_is_taken_from_a_cache_built_at_the_same_stat(tmp_path, monkeypatch):
@@ -2216,3 +2226,35 @@ def test_a_damaged_plan_replaced_by_a_sweep_is_said(tmp_path, monkeypatch, capsy
     assert sweep_cli.main(["--config", str(grid), "--out", str(out)]) == 1
     assert f"{said}; replaced by this sweep's\n" in capsys.readouterr().err
     assert len(plans.load_plans(out)[0][1]["runs"]) == 1
+
+
+def test_a_grid_batch_over_a_medmnist_training_count_is_refused_naming_the_grid(tmp_path, capsys):
+    """BreastMNIST's 546 training images at a grid's batch_size 600: the dry run listed
+    every run "to run" (exit 0), and the sweep refused each naming --batch-size, a flag it
+    does not have."""
+    config = tmp_path / "g.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='m', datasets=('medmnist/breastmnist',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft', 'lp'), lrs=(1e-3,), seeds=(0,),\n"
+        "                settings={'weights': 'none', 'image_size': 32, 'batch_size': 600},\n"
+        f"                data_dir={str(tmp_path / 'data')!r})\n"
+    )
+    argv = ["--config", str(config), "--out", str(tmp_path / "runs")]
+    assert sweep_cli.main([*argv, "--dry-run"]) == 2
+    assert capsys.readouterr().err == (
+        "error: dataset medmnist/breastmnist: batch_size 600 is larger than its 546 training "
+        "examples; every run of it at that batch size would be refused: give the grid a "
+        "smaller batch_size\n"
+    )
+    assert sweep_cli.main(argv) == 1
+    said = capsys.readouterr()
+    said, text = (
+        (
+            f"--config {config}: settings['batch_size'] 600 is larger than the 546 training "
+            "examples of medmnist/breastmnist"
+        ),
+        said.out + said.err,
+    )
+    assert text.count(said) == 4 and "--batch-size" not in text  # per run, and at the end

@@ -18,6 +18,18 @@ class BatchTooLarge(DataError):
     """A run's ``--batch-size`` larger than its training split: that run's setting, not the
     data's fault (a run of the same session at a smaller batch may use the data)."""
 
+    def __init__(self, batch_size: int, examples: int, of: str) -> None:
+        self.batch_size, self.examples, self.of = batch_size, examples, of
+        super().__init__(self.said("--batch-size"))
+
+    def said(self, setting: str) -> str:
+        """The refusal naming the ``setting`` at fault (a sweep has a grid's
+        ``batch_size``, no ``--batch-size``)."""
+        return (
+            f"{setting} {self.batch_size} is larger than the {self.examples} training "
+            f"examples of {self.of}"
+        )
+
 
 class ImageMissing(DataError):
     """A listed image file is not on disk: a moved or partial copy, never skipped as bad."""

@@ -322,10 +322,7 @@ def load_local(
     root, target, source, splits = plan.root, plan.target, plan.source, plan.splits
     listed = len(splits.get("train", ()))
     if batch_size is not None and batch_size > listed:
-        raise BatchTooLarge(
-            f"--batch-size {batch_size} is larger than the {listed} training examples of "
-            f"{kind} {manual_dir}"
-        )
+        raise BatchTooLarge(batch_size, listed, f"{kind} {manual_dir}")
     class_names, multilabel = plan.class_names, plan.multilabel
     bits_stored, window, options = plan.bits_stored, plan.window, plan.options
     # Processes building one cache at once (a multi-host job's, a sweep's workers) would

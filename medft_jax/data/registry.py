@@ -103,7 +103,7 @@ def load(
     if name.startswith("medmnist/"):
         if options:
             raise DataError(f"medmnist takes no options; got {sorted(options)[0]!r}")
-        _refuse_batch_over_medmnist(name, batch_size)  # before a 224 px cache is built
+        refuse_batch_over_medmnist(name, batch_size)  # before a 224 px cache is built
         resize = resize_size if crop_size is not None else None
         return load_medmnist(
             name, data_dir=root, resize_size=resize, crop_size=crop_size, progress=progress
@@ -131,7 +131,7 @@ def load(
     raise _unknown(name)
 
 
-def _refuse_batch_over_medmnist(name: str, batch_size: int | None) -> None:
+def refuse_batch_over_medmnist(name: str, batch_size: int | None) -> None:
     """A ``batch_size`` above a MedMNIST dataset's published training count, refused before
     its file is read or its cache built (the run refused it only after both)."""
     from medft_jax.data.medmnist import parse_name
@@ -140,9 +140,7 @@ def _refuse_batch_over_medmnist(name: str, batch_size: int | None) -> None:
     flag, _ = parse_name(name)
     train = N_SAMPLES.get(flag, (None,))[0]
     if batch_size is not None and train is not None and batch_size > train:
-        raise BatchTooLarge(
-            f"--batch-size {batch_size} is larger than the {train} training examples of {name}"
-        )
+        raise BatchTooLarge(batch_size, train, name)
 
 
 def _local_args(
