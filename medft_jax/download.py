@@ -28,9 +28,16 @@ from medft_jax import atomic
 from medft_jax.errors import UserError, naming_os_errors
 
 STALE_SECONDS = 600.0
-"""A temporary file untouched this long is a killed download's (a live one writes every
-MiB, so one slower than 1.7 KB/s could be taken for one), and is removed when the file is
+"""A temporary file untouched this long is a killed download's (a live one writes what
+arrives, and :data:`SLOW_WINDOW_BYTES` ends one slower), and is removed when the file is
 next asked for (:func:`remove_killed`)."""
+
+
+SLOW_WINDOW_SECONDS = 120.0
+SLOW_WINDOW_BYTES = 256 * 1024
+"""A download that receives fewer than this many bytes in this many seconds is given up
+(about 2 KB/s): a server trickling a byte at a time never met the per-read timeout, and
+a 548 MB file would have taken months without a word."""
 
 
 class DownloadError(UserError):
@@ -83,7 +90,8 @@ def _reason(err: BaseException) -> str:
 def fetch(url: str, path: Path, *, algorithm: str, timeout: float, label: str) -> str:
     """Writes the body at ``url`` into ``path``; returns its ``algorithm`` hex digest.
 
-    ``timeout``: seconds any one connect or read may wait. A progress bar
+    ``timeout``: seconds any one connect or read may wait; besides, fewer than
+    :data:`SLOW_WINDOW_BYTES` in :data:`SLOW_WINDOW_SECONDS` gives up. A progress bar
     (``label``) shows on a terminal only.
     """
     digest = hashlib.new(algorithm)
@@ -102,6 +110,10 @@ def fetch(url: str, path: Path, *, algorithm: str, timeout: float, label: str) -
         length = str(headers.get("Content-Length") or "").strip()
         announced = int(length) if length.isdigit() and int(length) > 0 else None
         got = 0
+        # What has arrived, not a whole MiB at a time: a stall's "after N bytes" counts
+        # what came before it, and the slow-server rule sees each byte.
+        read = response.read1 if isinstance(response, http.client.HTTPResponse) else response.read
+        window_start, window_got = time.monotonic(), 0
         with (
             naming_os_errors(path),  # the write's, and the close's flush
             open(path, "wb") as f,
@@ -109,7 +121,7 @@ def fetch(url: str, path: Path, *, algorithm: str, timeout: float, label: str) -
         ):
             while True:
                 try:
-                    chunk = response.read(1 << 20)
+                    chunk = read(1 << 20)
                 except (http.client.HTTPException, OSError) as e:
                     why = f"{_reason(e)}, after {got:,} bytes"
                     raise DownloadError(url, why, connected=True) from None
@@ -119,6 +131,15 @@ def fetch(url: str, path: Path, *, algorithm: str, timeout: float, label: str) -
                 digest.update(chunk)
                 got += len(chunk)
                 bar.update(len(chunk))
+                window_got += len(chunk)
+                if window_got >= SLOW_WINDOW_BYTES:
+                    window_start, window_got = time.monotonic(), 0
+                elif time.monotonic() - window_start > SLOW_WINDOW_SECONDS:
+                    why = (
+                        f"the server sent {window_got:,} bytes in the last "
+                        f"{SLOW_WINDOW_SECONDS:.0f} s, after {got:,} bytes: too slow to finish"
+                    )
+                    raise DownloadError(url, why, connected=True)
     if announced is not None and got < announced:
         why = f"the server sent {got:,} of the {announced:,} bytes it announced"
         raise DownloadError(url, why, connected=True)

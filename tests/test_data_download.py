@@ -228,3 +228,74 @@ def test_a_malformed_content_length_is_no_traceback(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"breastmnist\.npz.*: MD5 [0-9a-f]{32} does not match"):
         mm.download("breastmnist", 28, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_downloads_part_is_removed_where_the_file_or_the_ported_weights_are_found(
+    tmp_path, monkeypatch
+):
+    """Loads and runs find the .npz (or the ported weights) and never ask for the download
+    again, which alone removed a killed one's .part: a 548 MB VGG-19 part stayed for good.
+    A dry run's look changes nothing."""
+    import os
+
+    import numpy as np
+
+    import weights_port
+    from medft_jax import download
+    from medft_jax.checkpoints import pretrained
+
+    def stale_part(folder: Path, name: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / f".{name}.x1y2.part"
+        part.write_bytes(b"partial")
+        when = part.stat().st_mtime - download.STALE_SECONDS - 1
+        os.utime(part, (when, when))
+        return part
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    (data / "medmnist").mkdir(parents=True)
+    np.savez(
+        data / "medmnist" / "breastmnist.npz",
+        **{
+            f"{s}_{k}": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+            if k == "images"
+            else np.arange(n)[:, None] % 2
+            for s, n in (("train", 8), ("val", 4), ("test", 4))
+            for k in ("images", "labels")
+        },
+    )
+    part = stale_part(data / "medmnist", "breastmnist.npz")
+    assert mm.find_local("breastmnist", 28, data) is not None and part.exists()  # a look
+    mm.load_medmnist("medmnist/breastmnist", data_dir=data, crop_size=32, progress=False)
+    assert not part.exists()
+
+    monkeypatch.setenv("MEDFT_JAX_CACHE", str(tmp_path / "cache"))
+    slot = weights_port.default_checkpoint("resnet50")
+    slot.parent.mkdir(parents=True, exist_ok=True)
+    slot.write_bytes(b"ported")  # found by its existence, as a run finds it
+    name = weights_port.fetch.WEIGHTS_URLS["resnet50"].rsplit("/", 1)[-1]
+    part = stale_part(tmp_path / "cache" / "torchvision", name)
+    assert pretrained._imagenet("resnet50", warn=False) == slot
+    assert not part.exists()
+
+
+def test_a_server_trickling_bytes_is_given_up_in_one_line(tmp_path, monkeypatch):
+    """A byte every half second met every per-read timeout: a 548 MB file would have taken
+    months without a word. Fewer than 256 KiB in 120 s gives up, naming what came."""
+    from medft_jax import download
+
+    class Trickle(_Served):
+        def read(self, size: int = -1) -> bytes:
+            return b"x"
+
+    clock = iter(range(0, 10**6, 7))  # seconds: 7 between reads
+    monkeypatch.setattr(download.time, "monotonic", lambda: float(next(clock)))
+    served = Trickle(b"", {"Content-Length": "1000000"})
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: served)
+    with pytest.raises(DataError) as e:
+        mm.download("breastmnist", 28, tmp_path)
+    assert "the server sent 18 bytes in the last 120 s, after 18 bytes: too slow to finish" in str(
+        e.value
+    )
+    assert list(tmp_path.iterdir()) == []

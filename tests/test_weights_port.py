@@ -519,8 +519,11 @@ def test_an_http_error_status_is_the_servers_answer_not_offline(tmp_path, monkey
 
     monkeypatch.setattr(urllib.request, "urlopen", status_500)
     assert main(["--arch", "resnet50", "--download"]) == 2
+    # A 403 or a proxy's HTML page never passes by trying again: the manual port is said.
     assert capsys.readouterr().err == (
-        f"error: cannot download {url} (HTTP 500 Internal Server Error; try again)\n"
+        f"error: cannot download {url} (HTTP 500 Internal Server Error; try again, or "
+        "download it elsewhere, then python -m weights_port --arch resnet50 --torch-weights "
+        f"FILE --out {tmp_path / 'flax' / 'resnet50_IMAGENET1K_V2'})\n"
     )
 
 
@@ -542,7 +545,8 @@ def test_a_download_cut_off_is_one_line_saying_try_again(tmp_path, monkeypatch, 
     assert main(["--arch", "resnet50", "--download"]) == 2
     assert capsys.readouterr().err == (
         f"error: cannot download {dl.WEIGHTS_URLS['resnet50']} (timed out, after 40 bytes; "
-        "try again)\n"
+        "try again, or download it elsewhere, then python -m weights_port --arch resnet50 "
+        f"--torch-weights FILE --out {tmp_path / 'flax' / 'resnet50_IMAGENET1K_V2'})\n"
     )
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
@@ -565,7 +569,7 @@ def test_download_checks_hash_and_caches(tmp_path, monkeypatch, resnet_file):
     from medft_jax.checkpoints import pretrained
 
     monkeypatch.setattr(pretrained, "_UNAVAILABLE", {})
-    with pytest.raises(DownloadError, match="corrupt, try again"):
+    with pytest.raises(DownloadError, match="corrupt: try again, or download it elsewhere"):
         pretrained.resolve("auto", "resnet50")
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
     import hashlib

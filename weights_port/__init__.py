@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         port,
         port_imagenet,
         ported_imagenet,
+        remove_killed_downloads,
     )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "port",
     "port_imagenet",
     "ported_imagenet",
+    "remove_killed_downloads",
 ]
 
 

@@ -78,6 +78,16 @@ def expected_hash_prefix(url: str) -> str:
     return m.group(1)
 
 
+def remove_killed_downloads(arch: str) -> None:
+    """Removes what killed downloads of ``arch``'s torchvision file left (10 minutes old or
+    more): called where the ported weights are found too, which never ask for the file
+    again (a 548 MB VGG-19 ``.part`` stayed for good beside a ported slot)."""
+    if arch in WEIGHTS_URLS:
+        download_lib.remove_killed(
+            cache_dir() / "torchvision" / WEIGHTS_URLS[arch].rsplit("/", 1)[-1]
+        )
+
+
 def download(arch: str, *, timeout: float = 30.0, out: Path | None = None) -> Path:
     """The cached torchvision checkpoint of ``arch``, downloaded first if needed.
 
@@ -105,6 +115,11 @@ def download(arch: str, *, timeout: float = 30.0, out: Path | None = None) -> Pa
     made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = download_lib.temporary(target)
+    ported = out or cache_dir() / "flax" / f"{arch}_{WEIGHTS_NAMES[arch]}"
+    manual = (
+        f"download it elsewhere, then python -m weights_port --arch {arch} --torch-weights "
+        f"FILE --out {ported}"
+    )
     done = False
     try:
         try:
@@ -112,20 +127,17 @@ def download(arch: str, *, timeout: float = 30.0, out: Path | None = None) -> Pa
                 url, tmp, algorithm="sha256", timeout=timeout, label=target.name
             )
         except download_lib.DownloadError as e:
-            if e.connected:  # cut off or malformed: a retry may do (not "offline?")
+            if e.connected:  # cut off or malformed: a retry may do (not "offline?"); a
+                # 403 or a proxy's HTML page never will: the manual port is said too
                 raise download_lib.DownloadError(
-                    url, f"{e.why}; try again", connected=True
+                    url, f"{e.why}; try again, or {manual}", connected=True
                 ) from None
-            ported = out or cache_dir() / "flax" / f"{arch}_{WEIGHTS_NAMES[arch]}"
-            raise PortError(
-                f"{e}; offline? Download it elsewhere, then python -m weights_port --arch "
-                f"{arch} --torch-weights FILE --out {ported}"
-            ) from None
+            raise PortError(f"{e}; offline? {manual[0].upper()}{manual[1:]}") from None
         if not digest.startswith(prefix):  # cut off without a length, or corrupted: the
             raise download_lib.DownloadError(  # server answered, so --weights auto stops
                 url,  # (its PortError fallback trained a whole sweep from random weights)
                 f"sha256 {digest[:16]}... does not start with {prefix}; the download is "
-                "corrupt, try again",
+                f"corrupt: try again, or {manual}",
                 connected=True,
             )
         os.replace(tmp, target)

@@ -29,6 +29,7 @@ from weights_port.fetch import (
     cache_dir,
     download,
     imagenet_source_problem,
+    remove_killed_downloads,
     require_known,
 )
 from weights_port.keymap import PortError, flax_to_torch, torch_to_flax
@@ -221,6 +222,7 @@ def port_imagenet(arch: str, out: str | Path | None = None, *, force: bool = Fal
     """Downloads (or reuses) torchvision's ImageNet weights of ``arch`` and ports them."""
     out = Path(out) if out is not None else default_checkpoint(arch)
     if ported_imagenet(arch, out, force=force):
+        remove_killed_downloads(arch)
         return out
     _check_free(out, force)  # before a 100 MB download that would then be refused
     return port(arch, download(arch, out=out), out, force=force)

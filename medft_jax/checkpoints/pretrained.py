@@ -74,6 +74,7 @@ def _imagenet(arch: str, *, warn: bool) -> Path | None:
     try:
         path = weights_port.default_checkpoint(arch)
         if path.exists():
+            weights_port.remove_killed_downloads(arch)
             return path
         if arch not in _UNAVAILABLE:
             with one_porter(path):  # two runs starting at once would port over each other

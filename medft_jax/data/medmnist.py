@@ -80,6 +80,10 @@ def download(flag: str, size: int, dest_dir: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = download_lib.temporary(dest)
     url = URL.format(stem=stem)
+    manual = (
+        f"download {stem}.npz yourself (or copy it from ~/.medmnist, where the medmnist "
+        "package keeps it) into the data dir"
+    )
     done = False
     try:
         got = download_lib.fetch(url, tmp, algorithm="md5", timeout=60, label=dest.name)
@@ -87,15 +91,12 @@ def download(flag: str, size: int, dest_dir: Path) -> Path:
         if got != expected:
             raise DataError(
                 f"{url}: MD5 {got} does not match the expected {expected}; the download is "
-                "corrupt, try again"
+                f"corrupt: try again, or {manual}"
             )
         os.replace(tmp, dest)
         done = True
     except download_lib.DownloadError as err:  # the network's failure; a full disk is the disk's
-        raise DataError(
-            f"{err}; download {stem}.npz yourself (or copy it from ~/.medmnist, where the "
-            "medmnist package keeps it) into the data dir"
-        ) from None
+        raise DataError(f"{err}; {manual}") from None
     finally:
         tmp.unlink(missing_ok=True)
         for folder in [] if done else made:
@@ -106,11 +107,15 @@ def download(flag: str, size: int, dest_dir: Path) -> Path:
     return dest
 
 
-def find_or_download(flag: str, size: int, data_dir: Path, *, allow_download: bool = True) -> Path:
+def find_or_download(
+    flag: str, size: int, data_dir: Path, *, allow_download: bool = True, tidy: bool | None = None
+) -> Path:
+    """``tidy`` (default: ``allow_download``): remove what killed downloads left beside the
+    file found (a load's look, not a dry run's)."""
     stem = file_stem(flag, size)
     for candidate in (data_dir / f"{stem}.npz", data_dir / "medmnist" / f"{stem}.npz"):
         if candidate.is_file():
-            if allow_download:  # a killed download's .part beside it (not a dry run's look)
+            if allow_download if tidy is None else tidy:
                 download_lib.remove_killed(data_dir / "medmnist" / f"{stem}.npz")
             return candidate
         if candidate.exists() or candidate.is_symlink():  # a folder, or a broken link
@@ -414,7 +419,7 @@ def load_medmnist(
         return _dataset(name, splits, info, {**facts, "source": source}, fingerprint, flag)
     resize_size = resize_size or crop_size
     target = cache_dir(data_dir, f"medmnist/{flag}@{size}", variant_name(resize_size, crop_size))
-    found = find_local(flag, size, data_dir)
+    found = find_local(flag, size, data_dir, tidy=True)
     fresh = cache.is_complete(target) and not _stale_reason(target, found, flag, size)
     if not fresh:
         # One process builds (a sweep's workers, prepare twice): each built the whole cache
@@ -457,7 +462,7 @@ def _build_cache(
 ) -> None:
     """Writes ``target``'s resized cache from the ``.npz``, unless another process built
     a fresh one while this one waited for the lock (the caller holds it)."""
-    found = find_local(flag, size, data_dir)
+    found = find_local(flag, size, data_dir, tidy=True)
     reason = _stale_reason(target, found, flag, size) if cache.is_complete(target) else None
     if reason:
         cache.announce_rebuild(name, target, reason)
@@ -535,10 +540,15 @@ def _dataset(
     )
 
 
-def find_local(flag: str, size: int, data_dir: Path) -> Path | None:
-    """The ``.npz`` in ``data_dir`` (or its ``medmnist/``), or None; never downloads."""
+def find_local(flag: str, size: int, data_dir: Path, *, tidy: bool = False) -> Path | None:
+    """The ``.npz`` in ``data_dir`` (or its ``medmnist/``), or None; never downloads.
+
+    ``tidy``: a load's look, which removes a killed download's ``.part`` beside it (a
+    load finds the file here, and never asked for it where that was done: a 10-minute-old
+    part stayed for good); a dry run's look changes nothing.
+    """
     try:
-        return find_or_download(flag, size, data_dir, allow_download=False)
+        return find_or_download(flag, size, data_dir, allow_download=False, tidy=tidy)
     except DataError:
         return None
 
