@@ -202,6 +202,27 @@ def _check_medmnist_batches(runs: list[RunConfig]) -> None:
                 raise _batch_over(c, e.examples) from None
 
 
+def _note_medmnist_absent(runs: list[RunConfig], data_dir: str | None) -> None:
+    """A note per MedMNIST dataset whose file the data dir lacks: the sweep downloads it
+    then (or, offline, skips the dataset's runs and exits 1), where its dry run said
+    nothing."""
+    from medft_jax.data import medmnist
+
+    for name in sorted({c.dataset for c in runs if c.dataset.startswith("medmnist/")}):
+        try:
+            flag, size = medmnist.parse_name(name)
+            root = resolve_data_dir(data_dir)
+        except (DataError, OSError):
+            continue  # named when the sweep loads it
+        if medmnist.find_local(flag, size, root) is None:
+            stem = medmnist.file_stem(flag, size)
+            print(
+                f"note: {name}: {stem}.npz is in neither {root} nor {root / 'medmnist'}: the "
+                "sweep downloads it (offline, its runs are not run: place the file there)",
+                file=sys.stderr,
+            )
+
+
 def _batch_over(c: RunConfig, examples: int) -> UserError:
     """The dry run's refusal of a grid's batch_size above a dataset's training examples."""
     return UserError(
@@ -346,6 +367,7 @@ def dry_run(
     own = [runs[k] for k in grid_lib.shard_positions(runs, index, count)]
     listings = _check_listings(own, data_dir, g.dataset_options)
     _check_medmnist_batches(own)
+    _note_medmnist_absent(own, data_dir)
     listings.update(_check_listings(runs, data_dir, g.dataset_options, listings, strict=False))
     unbuilt: dict[str, str] = {}
     changed = _data_changed(

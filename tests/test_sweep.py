@@ -2258,3 +2258,29 @@ def test_a_grid_batch_over_a_medmnist_training_count_is_refused_naming_the_grid(
         said.out + said.err,
     )
     assert text.count(said) == 4 and "--batch-size" not in text  # per run, and at the end
+
+
+def test_dry_run_notes_a_medmnist_file_the_data_dir_lacks(tmp_path, capsys):
+    """The dry run listed the runs "todo" without a word; the sweep then tried to download
+    the file and, offline, skipped every run of it (exit 1)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "g.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='m', datasets=('medmnist/breastmnist',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
+        "                settings={'weights': 'none', 'image_size': 32},\n"
+        f"                data_dir={str(data)!r})\n"
+    )
+    argv = ["--config", str(config), "--out", str(tmp_path / "runs"), "--dry-run"]
+    assert sweep_cli.main(argv) == 0
+    assert capsys.readouterr().err == (
+        f"note: medmnist/breastmnist: breastmnist.npz is in neither {data} nor "
+        f"{data / 'medmnist'}: the sweep downloads it (offline, its runs are not run: place "
+        "the file there)\n"
+    )
+    np.savez(data / "breastmnist.npz", **_breastmnist_arrays())
+    assert sweep_cli.main(argv) == 0
+    assert capsys.readouterr().err == ""
