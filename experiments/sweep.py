@@ -955,7 +955,10 @@ def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse
     still_running = sum(
         results.run_name(c.to_dict()) in busy and session.status(c) == "todo" for c in identified
     )
-    running = f", {len(busy)} running in another process" if busy else ""
+    # Said as they stand at the end: one another process finished meanwhile is not running.
+    running = f", {still_running} running in another process" if still_running else ""
+    if len(busy) > still_running:
+        running += f", {len(busy) - still_running} run by another process meanwhile"
     damaged = f", {tally[UNRESUMABLE]} cannot resume" if tally[UNRESUMABLE] else ""
     damaged += f", {tally[DAMAGED]} damaged records" if tally[DAMAGED] else ""
     say(
