@@ -97,8 +97,9 @@ def test_the_resized_cache_is_built_by_one_process_under_a_lock(tmp_path, monkey
     )
 
     @contextlib.contextmanager
-    def another_built_it_meanwhile(path):
+    def another_built_it_meanwhile(path, what=None):
         assert path.name.startswith(".") and path.name.endswith(".lock")
+        assert what == f"building the pneumoniamnist cache {path.parent / path.name[1:-5]}"
         with monkeypatch.context() as m:  # the other process, holding the lock first
             m.setattr(medmnist.locks, "build_lock", real_lock)
             load("medmnist/pneumoniamnist", data_dir=tmp_path, progress=False, **SIZES)
