@@ -1,6 +1,9 @@
 """Stops a run mid-epoch, then resumes it, under jax.distributed; run by test_parallel.py.
 
-    python -m tests.resume_worker OUT --process I --of K --port P [--frozen-bn freeze]
+    python -m tests.resume_worker OUT --process I --of K --port P [--frozen-bn MODE ...]
+
+Each ``--frozen-bn`` mode's run goes into ``OUT/<mode>``, one after the other in the
+same job (one start of JAX's distributed runtime for all).
 
 Process 0 alone writes the run's progress, so every process resumes from
 process 0's saved iterator state.
@@ -18,7 +21,7 @@ def main() -> None:
     p.add_argument("--process", type=int, required=True)
     p.add_argument("--of", type=int, required=True)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--frozen-bn", default="update")
+    p.add_argument("--frozen-bn", nargs="+", default=["update"])
     args = p.parse_args()
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
@@ -31,10 +34,12 @@ def main() -> None:
     )
     from medft_jax import fit
 
-    config, ds = run_config(args.frozen_bn)
-    stopped = fit.run_one(config, args.out, dataset=ds, progress=False, stop_after_steps=9)
-    assert stopped == {}, stopped  # 6 steps an epoch: stopped inside epoch 1
-    fit.run_one(config, args.out, dataset=ds, progress=False)
+    for mode in args.frozen_bn:
+        config, ds = run_config(mode)
+        out = os.path.join(args.out, mode)
+        stopped = fit.run_one(config, out, dataset=ds, progress=False, stop_after_steps=9)
+        assert stopped == {}, stopped  # 6 steps an epoch: stopped inside epoch 1
+        fit.run_one(config, out, dataset=ds, progress=False)
 
 
 def run_config(frozen_bn: str = "update"):

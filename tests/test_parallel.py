@@ -87,9 +87,9 @@ def test_two_processes_equal_one(four_and_one, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("parallel")
-@pytest.mark.parametrize("frozen_bn", ["update", "freeze"])
-def test_two_processes_resume_a_run_stopped_mid_epoch(tmp_path, frozen_bn):
-    """Select's rungs stop runs inside an epoch; every host must resume from process 0's state."""
+def test_two_processes_resume_a_run_stopped_mid_epoch(tmp_path):
+    """Select's rungs stop runs inside an epoch; every host must resume from process 0's
+    state. Both BatchNorm modes in one 2-process job (one distributed start for both)."""
     from medft_jax import fit, results
     from tests.resume_worker import run_config
 
@@ -97,20 +97,22 @@ def test_two_processes_resume_a_run_stopped_mid_epoch(tmp_path, frozen_bn):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     out = tmp_path / "two"
-    args = ("--of", "2", "--port", str(port), "--frozen-bn", frozen_bn)
+    modes = ("update", "freeze")
+    args = ("--of", "2", "--port", str(port), "--frozen-bn", *modes)
     procs = [_worker(out, "--process", str(i), *args, module="tests.resume_worker") for i in (0, 1)]
     _run(*procs)
-    (resumed,) = results.load_records(out)
-    config, ds = run_config(frozen_bn)
-    straight = fit.run_one(config, tmp_path / "one", dataset=ds, progress=False)
-    # Under freeze the one process trains LP from cached features, several steps a
-    # call; two processes train it from the images (each would need its own rows).
-    assert not any(e.get("from_features") for e in resumed["epochs"])
-    assert all(e.get("from_features") for e in straight["epochs"]) == (frozen_bn == "freeze")
-    for a, b in zip(resumed["epochs"], straight["epochs"], strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["val"] == pytest.approx(b["val"], abs=1e-5)
-    assert resumed["test"] == pytest.approx(straight["test"], abs=1e-5)
+    for frozen_bn in modes:
+        (resumed,) = results.load_records(out / frozen_bn)
+        config, ds = run_config(frozen_bn)
+        straight = fit.run_one(config, tmp_path / "one" / frozen_bn, dataset=ds, progress=False)
+        # Under freeze the one process trains LP from cached features, several steps a
+        # call; two processes train it from the images (each would need its own rows).
+        assert not any(e.get("from_features") for e in resumed["epochs"])
+        assert all(e.get("from_features") for e in straight["epochs"]) == (frozen_bn == "freeze")
+        for a, b in zip(resumed["epochs"], straight["epochs"], strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+            assert a["val"] == pytest.approx(b["val"], abs=1e-5)
+        assert resumed["test"] == pytest.approx(straight["test"], abs=1e-5)
 
 
 _SMALL_EVAL = """
