@@ -462,8 +462,8 @@ def _print_summary(
         r = chosen[0]
         print(
             f"\n{r['config']['strategy']} on {r['config']['dataset']} ({r['config']['arch']}), "
-            f"lr {lr_text(r['config']['lr'])}, seed {r['config']['seed']}: best epoch "
-            f"{r['best_epoch'] + 1} of {len(r['epochs'])} by validation {shown}; test metrics:"
+            f"lr {lr_text(r['config']['lr'])}, seed {r['config']['seed']}: "
+            f"{results.best_epoch_text(r)} by validation {shown}; test metrics:"
         )
         print(
             format_table([(metrics.metric_name(k, *task), _fmt(v)) for k, v in r["test"].items()])

@@ -1008,8 +1008,7 @@ def _outcome_text(o: Outcome) -> str:
     # A resumed run: its overhead (below) is of every call, as the record's wall time is.
     earlier = f" ({wall:.0f} s with its earlier calls)" if wall > o.seconds + 1 else ""
     return (
-        f"done in {o.seconds:.0f} s{earlier}, best epoch {r['best_epoch'] + 1} of "
-        f"{len(r['epochs'])}, "
+        f"done in {o.seconds:.0f} s{earlier}, {results.best_epoch_text(r)}, "
         f"test {metric_name(key, multilabel, num_classes)} {shown}{_overhead_text(r)}"
     )
 

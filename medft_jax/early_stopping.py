@@ -36,6 +36,8 @@ import dataclasses
 import math
 from typing import Any
 
+from medft_jax.errors import whole_number
+
 MODES = ("max", "min")
 STATE_VERSION = 1
 
@@ -76,12 +78,12 @@ class EarlyStopping:
         start_epoch: int = 0,
         min_delta: float = 0.0,
     ) -> None:
-        if patience is not None and (isinstance(patience, bool) or int(patience) < 0):
+        if patience is not None and not (whole_number(patience) and patience >= 0):  # 1.9 read as 1
             raise ValueError(f"patience must be an integer >= 0 (0: off) or None; got {patience!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-        if int(start_epoch) < 0:
-            raise ValueError(f"start_epoch must be >= 0; got {start_epoch!r}")
+        if not (whole_number(start_epoch) and start_epoch >= 0):
+            raise ValueError(f"start_epoch must be an integer >= 0; got {start_epoch!r}")
         if not (math.isfinite(min_delta) and min_delta >= 0):
             raise ValueError(f"min_delta must be a finite number >= 0; got {min_delta!r}")
         self.patience = None if patience is None else int(patience)

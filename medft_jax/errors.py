@@ -82,6 +82,14 @@ def json_loads(text: str | bytes, **kw: Any) -> Any:
         raise json.JSONDecodeError("nested too deeply", doc, 0) from None
 
 
+def whole_number(value: object) -> bool:
+    """An integer (numpy's too), not a bool or a float: a library argument of 2.5 or True
+    read by ``int()`` as 2 or 1 without a word."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def one_line(text: object) -> str:
     """``text`` with every run of whitespace (newlines included) as one space."""
     return " ".join(str(text).split())

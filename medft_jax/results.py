@@ -238,6 +238,15 @@ class RecordError(UserError):
 # --- names and paths ---------------------------------------------------------------------------
 
 
+def best_epoch_text(record: Mapping[str, Any]) -> str:
+    """``best epoch 5 of 6 (stopped early, of at most 50)``: a run whose patience ended it
+    read as one given 6 epochs ("5 of 6" of a run given 12)."""
+    ran, best = len(record["epochs"]), record["best_epoch"] + 1
+    most = (record.get("config") or {}).get("epochs")
+    early = f" (stopped early, of at most {most})" if isinstance(most, int) and ran < most else ""
+    return f"best epoch {best} of {ran}{early}"
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """A stable short hex hash of ``config``: SHA-256 of its canonical JSON, 16 characters.
 

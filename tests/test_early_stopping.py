@@ -129,10 +129,19 @@ def test_epochs_must_increase():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"patience": -1}, {"mode": "maximum"}, {"start_epoch": -1}, {"min_delta": -0.1}],
+    [
+        {"patience": -1},
+        {"mode": "maximum"},
+        {"start_epoch": -1},
+        {"min_delta": -0.1},
+        # read by int() as 1 and 2 without a word
+        {"patience": 1.9},
+        {"start_epoch": 2.7},
+        {"patience": True},
+    ],
 )
 def test_bad_settings_are_refused(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"^{next(iter(kwargs))} must be"):
         EarlyStopping(**kwargs)
 
 

@@ -550,7 +550,11 @@ def test_the_run_summary_names_eq6_accuracy_apart_from_top1(
     offline = records[0] | {"weights_used": "none (ImageNet weights unavailable)"}
     run_cli._print_summary([offline], str(tmp_path), [])
     out = capsys.readouterr().out
-    assert f"seed 0: best epoch 1 of 3 by validation {name}; test metrics:" in out, out
+    # Three epochs of at most 50: its patience ended it, said (it read as a run of three).
+    assert (
+        f"seed 0: best epoch 1 of 3 (stopped early, of at most 50) by validation {name}; "
+        "test metrics:"
+    ) in out, out
     assert (
         "trained from random initialisation: no ImageNet weights for resnet50 (none ported, "
         "and none could be downloaded when the run trained); these numbers are not a "

@@ -1729,7 +1729,7 @@ def test_a_sweep_line_shows_the_reports_headline_named_as_run_names_it(
     from medft_jax.config import RunConfig
     from medft_jax.outcomes import DONE, Outcome
 
-    config = RunConfig(dataset=dataset, arch="resnet_tiny", strategy="ft")
+    config = RunConfig(dataset=dataset, arch="resnet_tiny", strategy="ft", epochs=1)
     record = {
         "config": config.to_dict(),
         "primary_metric": "map" if multilabel else "accuracy",
@@ -1748,6 +1748,10 @@ def test_a_sweep_line_shows_the_reports_headline_named_as_run_names_it(
         f"done in 6 s (20 s with its earlier calls), best epoch 1 of 1, {shown}; overhead "
         "15.0 s = 75% (setup 9.0, compile 6.0)"
     )
+    # Ended by its patience before its epochs: said (a run given 12 read as one given 6).
+    record["config"]["epochs"], record["epochs"], record["best_epoch"] = 12, [{}] * 6, 0
+    line = sweep_cli._outcome_text(Outcome(config, DONE, record, seconds=6.0))
+    assert "best epoch 1 of 6 (stopped early, of at most 12), " in line
 
 
 def test_a_dry_run_on_a_cpu_host_says_the_assumed_throughput_is_an_accelerators(

@@ -35,6 +35,7 @@ import numpy as np
 
 from medft_jax.data.arrays import ArraySplit, file_identity
 from medft_jax.data.errors import DataError
+from medft_jax.errors import whole_number
 
 Batch = dict[str, np.ndarray]
 
@@ -207,7 +208,7 @@ class BatchIterator(Iterator[Batch]):
             ("prefetch", prefetch),
             ("num_workers", num_workers),
         ):
-            if not (_whole(value) and value >= 0):  # -1 ran as 0 without a word
+            if not (whole_number(value) and value >= 0):  # -1 ran as 0 without a word
                 raise DataError(f"{key} must be an integer >= 0, got {value!r}")
         self._plan = plan
         self._source = source
@@ -268,7 +269,7 @@ class BatchIterator(Iterator[Batch]):
                     "epoch"
                 )
         position = state.get("position")
-        if not (_whole(position) and 0 <= position <= len(self._source)):
+        if not (whole_number(position) and 0 <= position <= len(self._source)):
             raise DataError(
                 f"iterator state position {position!r} is not an integer in 0..{len(self._source)}"
             )
@@ -284,11 +285,6 @@ def _absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _whole(value: Any) -> bool:
-    """An int (numpy's too), not a bool: 2.5 read as a batch size of 2."""
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     """This host's (index, count): both given, in range, or neither (:func:`host_shard`).
 
@@ -299,9 +295,9 @@ def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
         return host_shard()
     if shard_index is None or shard_count is None:
         raise DataError("give shard_index and shard_count together, or neither")
-    if not (_whole(shard_count) and shard_count >= 1):
+    if not (whole_number(shard_count) and shard_count >= 1):
         raise DataError(f"shard_count must be an integer >= 1, got {shard_count!r}")
-    if not (_whole(shard_index) and 0 <= shard_index < shard_count):
+    if not (whole_number(shard_index) and 0 <= shard_index < shard_count):
         raise DataError(
             f"shard_index must be an integer in [0, {shard_count - 1}], got {shard_index!r}"
         )
@@ -309,7 +305,7 @@ def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
 
 
 def _check_batch(batch_size: int, shard_count: int) -> None:
-    if not _whole(batch_size) or batch_size < 1:
+    if not whole_number(batch_size) or batch_size < 1:
         raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if batch_size % shard_count:
         raise DataError(
