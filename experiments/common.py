@@ -19,8 +19,9 @@ from medft_jax.errors import UserError, path_flag
 from medft_jax.names import DEMO, LOCAL_KINDS
 
 
-def add_dataset_flags(p: argparse.ArgumentParser) -> None:
-    """``--data-dir``, ``--manual-dir`` and the folder/csv/task options."""
+def add_dataset_flags(p: argparse.ArgumentParser, *, prepares_tasks: bool = False) -> None:
+    """``--data-dir``, ``--manual-dir`` and the folder/csv/task options. ``prepares_tasks``:
+    ``--manual-dir`` takes a paper task's official layout too (prepare's, not run's)."""
     p.add_argument(
         "--data-dir",
         type=path_flag("a folder"),
@@ -29,7 +30,12 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--manual-dir",
         type=path_flag("a folder"),
-        help="your copy of the dataset (official layout, or images)",
+        help=(
+            "your copy of the dataset: a paper task's official layout, or your folder/csv images"
+            if prepares_tasks
+            else "your images (folder and csv datasets; a paper task's official layout goes "
+            "to experiments.prepare, a MedMNIST .npz into --data-dir)"
+        ),
     )
     p.add_argument(
         "--val-fraction",
@@ -193,6 +199,12 @@ def local_options(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(
                 f"{flag} applies to folder and csv datasets; demo is generated in memory "
                 "from a seed and reads no files"
+            )
+        if args.dataset.startswith("medmnist/"):  # no prepare step, and no flag of it
+            raise UserError(
+                f"{flag} applies to folder and csv datasets; {args.dataset} reads its .npz "
+                "from --data-dir (or its medmnist/ folder): put the file there, or let the "
+                "run download it"
             )
         # A no-op here: the images were decoded (or skipped) when prepared.
         raise UserError(

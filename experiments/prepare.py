@@ -53,7 +53,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     size.add_argument("--resize-size", type=int, help="shorter side before the centre crop")
     p.add_argument("--image-size", type=int, default=None, help="centre crop side (default 224)")
     p.add_argument("--seed", type=int, default=0, help="seed of the val/test carving")
-    add_dataset_flags(p)
+    add_dataset_flags(p, prepares_tasks=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -89,6 +89,12 @@ def sizes(args: argparse.Namespace) -> tuple[int | None, int | None]:
 def _refuse_image_file_flags(args: argparse.Namespace) -> None:
     """``--manual-dir`` and ``--skip-bad-images`` for a dataset that has no image files of
     the user's (demo is generated, MedMNIST's arrays are downloaded): refused, not ignored."""
+    if args.manual_dir is not None and args.dataset.startswith("medmnist/"):
+        raise UserError(
+            f"--manual-dir applies to the paper tasks, folder and csv only; {args.dataset} "
+            "reads its .npz from --data-dir (or its medmnist/ folder): put the file there, "
+            "or let prepare download it"
+        )
     files = {"manual_dir": args.manual_dir, "skip_bad_images": args.skip_bad_images or None}
     refuse_unused(args.dataset, files, "the paper tasks, folder and csv")
 

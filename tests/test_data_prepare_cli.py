@@ -79,6 +79,17 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path, capsys):
             f"error: {flag} applies to the paper tasks, folder and csv only, not to --dataset "
             f"{dataset}"
         )
+    # MedMNIST's file is no prepare's --manual-dir either: where it goes is said.
+    argv = ["--dataset", "medmnist/breastmnist", "--manual-dir", str(tmp_path)]
+    assert main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "medmnist/breastmnist reads its .npz from --data-dir (or its medmnist/ folder): put "
+            "the file there, or let prepare download it"
+        )
+    )
     assert not (tmp_path / "d").exists()
     # demo: nothing to prepare, and a flag that would mean something is refused, as run does.
     for flags, said in (

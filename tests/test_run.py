@@ -895,7 +895,14 @@ def test_an_arch_without_imagenet_weights_is_said_not_a_crash(tmp_path, capsys, 
         (  # prepare refuses it for MedMNIST too: no "give it to experiments.prepare"
             ["--strategy", "ft", "--dataset", "medmnist/breastmnist", "--skip-bad-images"],
             "error: --skip-bad-images applies to folder and csv datasets; medmnist/breastmnist "
-            "reads what experiments.prepare wrote into --data-dir\n",
+            "reads its .npz from --data-dir (or its medmnist/ folder): put the file there, or "
+            "let the run download it\n",
+        ),
+        (  # was sent to experiments.prepare, which refuses --manual-dir for MedMNIST
+            ["--strategy", "ft", "--dataset", "medmnist/breastmnist", "--manual-dir", "/tmp"],
+            "error: --manual-dir applies to folder and csv datasets; medmnist/breastmnist "
+            "reads its .npz from --data-dir (or its medmnist/ folder): put the file there, or "
+            "let the run download it\n",
         ),
         (
             ["--strategy", "ft", "--weights", __file__],  # a file: a torch .pth, say
