@@ -174,6 +174,21 @@ def test_a_single_seed_shows_no_se_and_device_seconds_count_devices():
     )
 
 
+def test_throughput_is_a_runs_images_over_its_train_seconds_not_a_mean_of_epoch_rates():
+    """G-LF's head-only epoch at 1,210 img/s beside a full one at 714: the cell said 962
+    (the mean of the rates) where the run's 2 x 512 images took 0.423 + 0.717 s, 898/s."""
+    r = rec(strategy="g_lf", epochs=2)
+    r["epochs"] = [
+        {"images_per_s": 512 / 0.423, "train_seconds": 0.423, "seconds": 0.5},
+        {"images_per_s": 512 / 0.717, "train_seconds": 0.717, "seconds": 0.8},
+    ]
+    cell = collect([r]).cell("bach", "resnet50", "g_lf")
+    assert cell.cost.images_per_s == pytest.approx(1024 / (0.423 + 0.717))
+    del r["epochs"][0]["train_seconds"]  # an older record: the mean of the rates, as before
+    cell = collect([r]).cell("bach", "resnet50", "g_lf")
+    assert cell.cost.images_per_s == pytest.approx((512 / 0.423 + 512 / 0.717) / 2)
+
+
 def test_cost_charges_cached_feature_extraction_and_leaves_head_steps_out_of_throughput():
     """An LP run on cached features: its epochs are head steps (fast), but the features
     cost what their extraction took, charged to the run that computed them and to the
@@ -2970,7 +2985,7 @@ def test_a_vs_paper_table_counts_the_papers_cells_it_has_no_row_for(tmp_path):
     assert any(n.startswith("—: not run yet or left out by --only (in Cost") for n in table.notes)
 
 
-def test_vs_paper_index_counts_mean_diff_and_spearman_of_a_hand_made_ranking(tmp_path):
+def test_vs_paper_index_counts_mean_diff_and_spearman_of_a_hand_made_ranking(tmp_path, capsys):
     """Single seeds (z n/a). Accuracy, ours: FT 80, LP 70, G-LF 85, G-FL 75 (ranks 3 1 4 2);
     the paper's: 80, 72, 78, 70 (ranks 4 2 3 1): Σd² = 4, ρ = 1 − 6·4/(4·15) = 0.6.
     |diff|: 0, 2, 7, 5 → mean 3.5. Our four κ cells are not in the paper; its BACH cell
@@ -2993,10 +3008,16 @@ def test_vs_paper_index_counts_mean_diff_and_spearman_of_a_hand_made_ranking(tmp
     assert "nothing to compare" not in index
     # None of the paper's datasets: said, not an empty section of counts.
     records = [rec(dataset="folder", strategy=s, test=v) for s, v in ours.items()]
+    capsys.readouterr()
     index = (_vs_paper_report(tmp_path / "own", records, rows) / "index.md").read_text()
     assert (
         "- None of this report's datasets (folder) is in the published tables: nothing to compare."
     ) in index
+    # On the terminal too: a comparison asked for that compared nothing exited 0 unsaid.
+    assert capsys.readouterr().err == (
+        "note: --vs-paper: none of these datasets (folder) is in the published tables "
+        "(mura_wrist, bach): nothing compared\n"
+    )
     lines = read_csv((out / "tables" / "vs_paper_mura_wrist.csv").read_text())
     assert [float(r["diff_pp"]) for r in lines] == pytest.approx([0.0, -2.0, 7.0, 5.0])
     # LaTeX's text-mode hyphen is no minus: -2.00 beside +7.00 printed with a short dash.

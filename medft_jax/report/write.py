@@ -593,7 +593,8 @@ def index_markdown(
         "- Cost: device-seconds = (train_seconds, the epochs' steps, data waits and "
         "validation, + the extraction of the cached features that head-only epochs trained "
         "from, charged to every run that used them) × number of devices (compilation "
-        "excluded); images/s counts epochs that ran the images through the model.",
+        "excluded); images/s is the images of the epochs that ran them through the model "
+        "over those epochs' train seconds.",
         "- Metrics, per table (each dataset's first column is its headline metric: the "
         "figures' relative improvements, Table 11 and the paired comparison use it):",
         *_metric_lines(summary),
