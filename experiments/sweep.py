@@ -794,8 +794,8 @@ def _to_run_cost(states: list[str], seconds: list[float | None], short: bool = F
         return (
             f"device time unknown for all {unknown} (no training-set size or throughput to "
             "estimate from: a dataset without a published size or listing, or an arch "
-            "without a reference speed measured on no run of this size; a record's seconds "
-            "say what a run took)"
+            "without a reference speed (the tests' stand-ins) and no finished run of its "
+            "settings at this size; a record's seconds say what a run took)"
         )
     extra = f" (+{unknown} of unknown cost)" if unknown else ""
     if short:

@@ -895,8 +895,8 @@ def test_dry_run_with_no_cost_known_says_so(tmp_path, capsys):
     assert (
         "to run 2: device time unknown for all 2 (no training-set size or throughput to "
         "estimate from: a dataset without a published size or listing, or an arch without a "
-        "reference speed measured on no run of this size; a record's seconds say what a run "
-        "took)"
+        "reference speed (the tests' stand-ins) and no finished run of its settings at this "
+        "size; a record's seconds say what a run took)"
     ) in out
     assert "of device time" not in out
     assert "assumed H100 throughput" not in out  # no estimate rests on it
