@@ -788,7 +788,8 @@ def _recorded_on_other_data(run_dir: Path, config: RunConfig) -> str | None:
         f"note: {other} holds a finished record of these settings on other "
         f"{' and '.join(what) or 'data'}{more}: the {' and '.join(what) or 'data'} changed since, "
         f"so {run_dir.name} is another run and trains from scratch (the report takes one "
-        "of the two: --latest, or move the older folder out)"
+        "of the two: --latest, once the dataset's other runs are rerun on it too, or move "
+        "the older folder out)"
     )
 
 

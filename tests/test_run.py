@@ -1121,7 +1121,8 @@ def test_a_fresh_run_names_the_checkpoints_a_run_of_its_name_on_other_data_left(
     assert (
         f"note: {recorded} holds a finished record of these settings on other data: the data "
         f"changed since, so {name} is another run and trains from scratch (the report takes "
-        "one of the two: --latest, or move the older folder out)\n"
+        "one of the two: --latest, once the dataset's other runs are rerun on it too, or "
+        "move the older folder out)\n"
     ) in err
     assert (
         f"note: {killed} (2.0 MB) holds the resume checkpoints of a stopped run of the same "
