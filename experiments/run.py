@@ -45,6 +45,7 @@ from medft_jax.errors import (
     exit_statuses,
     path_flag,
     plain_number,
+    stops_held,
     writable_dir,
 )
 from medft_jax.names import ARCHS, STRATEGIES, WEIGHTS_CHOICES, dataset_name_error
@@ -343,7 +344,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.data_dir is not None:
         check_data_dir(args.data_dir)
     # The one import of JAX, here and not at the top: --help and a bad flag stay fast.
-    from medft_jax.session import Session
+    with stops_held():  # a Ctrl-C raised inside JAX's C++ start-up aborted the process
+        from medft_jax.session import Session
 
     session = Session(
         args.out,

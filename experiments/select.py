@@ -49,6 +49,7 @@ from medft_jax.errors import (
     exit_statuses,
     json_loads,
     path_flag,
+    stops_held,
     writable_dir,
 )
 from medft_jax.grid import Grid
@@ -167,7 +168,8 @@ def _main(argv: Sequence[str] | None) -> int:
     elif g.data_dir is not None:  # as --data-dir is, named so
         check_data_dir(g.data_dir, f"--config {args.config}: grid {g.name!r} data_dir")
     # The one import of JAX, here and not at the top: --help and a bad flag stay fast.
-    from medft_jax.session import Session
+    with stops_held():  # a Ctrl-C raised inside JAX's C++ start-up aborted the process
+        from medft_jax.session import Session
 
     session = Session(
         args.out,

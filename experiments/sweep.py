@@ -61,6 +61,7 @@ from medft_jax.errors import (
     no_file_in_the_way,
     one_line,
     path_flag,
+    stops_held,
     writable_dir,
 )
 from medft_jax.grid import Grid
@@ -831,7 +832,8 @@ def _duration(seconds: float | None) -> str:
 def sweep(g: Grid, runs: list[RunConfig], index: int, count: int, args: argparse.Namespace) -> int:
     """Runs this shard's unfinished runs in grid order; returns the exit status."""
     # The one import of JAX, here and not at the top: --dry-run and a bad flag stay fast.
-    from medft_jax.session import Session
+    with stops_held():  # a Ctrl-C raised inside JAX's C++ start-up aborted the process
+        from medft_jax.session import Session
 
     session = Session(
         args.out,
