@@ -426,8 +426,9 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
                 done = ": its work is done and written" if status == 0 else ""
                 print(f"{word} as it finished{done}", file=sys.stderr)
                 status = status or stopped
-        with naming_os_errors("stdout"):  # a full disk under `> file` names what filled it
-            sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
+        if sys.stdout is not None:  # None under `>&-`: prints went nowhere, and said nothing
+            with naming_os_errors("stdout"):  # a full disk under `> file` names what filled it
+                sys.stdout.flush()  # a closed pipe is found here, not as a traceback at exit
         return status
     except BrokenPipeError:  # `... --dry-run | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -461,6 +462,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
             if code is None:
                 raise
             os_err = OSError(code, os.strerror(code))
+        if os_err.filename is None and _stdout_fails():  # a print's flush into `> /dev/full`
+            os_err = OSError(os_err.errno, os_err.strerror, "stdout")
         print(f"error: {os_error_line(os_err)}", file=sys.stderr)
         return EXIT_FAILED if os_err.errno in _FULL else EXIT_BAD_INPUT
     finally:
@@ -469,6 +472,21 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
             _remove_created_if_empty()
         if argv is None and status in (EXIT_INTERRUPTED, EXIT_TERMINATED):
             _exit_stopped(status)
+
+
+def _stdout_fails() -> bool:
+    """Whether stdout cannot take what it holds (an error without a file name, from a
+    print's flush, read "?: no space left"); if so it is pointed at /dev/null, so that the
+    exit's own flush adds no "Exception ignored" lines."""
+    if sys.stdout is None:
+        return False
+    try:
+        sys.stdout.flush()
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return True
+    return False
 
 
 def _exit_stopped(status: int) -> None:

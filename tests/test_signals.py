@@ -397,3 +397,21 @@ def test_a_stopped_command_line_ends_without_the_interpreters_shutdown(called):
     )
     assert done.returncode == 130 and done.stderr == "interrupted\n"
     assert done.stdout == ("working\n" if called == "command" else "working\nshut down\n")
+
+
+def test_stdout_full_or_closed_is_named_or_passed_over(monkeypatch, capsys):
+    """`> /dev/full`: a print's flush failed with no file name, "error: ?: no space left"
+    (the outputs were written: users took their results for failed); `>&-` (no stdout at
+    all) ended a finished command with an AttributeError traceback."""
+
+    def main(argv):
+        print("tables: report --runs out", flush=True)
+        return 0
+
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        assert cli_main(main, []) == 1
+        monkeypatch.undo()
+    assert capsys.readouterr().err == "error: stdout: no space left on the device\n"
+    monkeypatch.setattr(sys, "stdout", None)
+    assert cli_main(main, []) == 0
