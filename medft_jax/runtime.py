@@ -37,9 +37,28 @@ def set_up_process(distributed: bool = True) -> None:
         set_process_index(jax.process_index())  # notes said once per job
     elif distributed:
         _refuse_layout_without_switch()
+    check_backend()
     tune_cpu_host()
     enable_compilation_cache()
     _SET_UP = True
+
+
+def check_backend() -> str:
+    """JAX's default backend, started here: a ``JAX_PLATFORMS`` this machine cannot start
+    (``cuda`` without a GPU, a misspelt ``bogus``) is one line naming the variable, where it
+    was JAX's traceback (a bare AssertionError for ``cuda``) from the first computation."""
+    try:
+        return jax.default_backend()
+    except (RuntimeError, AssertionError, ValueError) as e:
+        setting = os.environ.get("JAX_PLATFORMS")
+        if not setting:
+            raise
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"JAX_PLATFORMS={setting}: JAX cannot start that backend on this machine "
+            f"({why}); expected one it has (cpu, or cuda/tpu with their jaxlib and a device), "
+            "or leave JAX_PLATFORMS unset"
+        ) from None
 
 
 def check_even_devices(devices: Sequence[Any]) -> None:

@@ -269,3 +269,26 @@ def test_progress_bars_show_on_a_terminal_or_a_notebook_only(monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     monkeypatch.setitem(sys.modules, "ipykernel", object())  # a notebook's stderr
     assert not errors.bars_hidden(True)
+
+
+def test_a_backend_jax_platforms_names_that_this_machine_lacks_is_one_line(monkeypatch):
+    """``JAX_PLATFORMS=cuda`` on a CPU machine was JAX's traceback (a bare AssertionError)
+    from the first computation, in run, sweep and predict."""
+    from medft_jax import runtime
+    from medft_jax.errors import UserError
+
+    def no_such_backend():
+        raise RuntimeError("Unable to initialize backend 'cuda': no GPU\nmore lines")
+
+    monkeypatch.setattr(runtime.jax, "default_backend", no_such_backend)
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    with pytest.raises(UserError) as e:
+        runtime.check_backend()
+    assert str(e.value) == (
+        "JAX_PLATFORMS=cuda: JAX cannot start that backend on this machine (Unable to "
+        "initialize backend 'cuda': no GPU); expected one it has (cpu, or cuda/tpu with their "
+        "jaxlib and a device), or leave JAX_PLATFORMS unset"
+    )
+    monkeypatch.delenv("JAX_PLATFORMS")  # not the user's setting: JAX's own error stands
+    with pytest.raises(RuntimeError):
+        runtime.check_backend()
