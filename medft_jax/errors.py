@@ -528,6 +528,11 @@ def path_flag(expected: str, *, output: bool = False) -> Callable[[str], str]:
     def check(value: str) -> str:
         if value == "":
             raise argparse.ArgumentTypeError(f"an empty path; expected {expected}")
+        if not utf8_name(value):  # orbax and the caches failed on it after the work
+            raise argparse.ArgumentTypeError(
+                f"{value!a} is not UTF-8 text (as the file system gives it); expected "
+                f"{expected} whose name reads as UTF-8"
+            )
         if output and any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise argparse.ArgumentTypeError(
                 f"{value!r} holds a control character (a newline, a tab, ...); expected "
@@ -537,6 +542,16 @@ def path_flag(expected: str, *, output: bool = False) -> Callable[[str], str]:
 
     check.__name__ = expected
     return check
+
+
+def utf8_name(path: str) -> bool:
+    """Whether ``path`` (as :func:`os.fsdecode` gives it: undecodable bytes as surrogates)
+    is UTF-8 text."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refuse_empty(path: str | os.PathLike[str], flag: str) -> None:

@@ -1541,3 +1541,21 @@ def test_two_spellings_of_one_float32_option_are_one_run():
     assert RunConfig(
         strategy="auto_rgn", strategy_options=(("rgn_eps", 3e-9),)
     ).strategy_options == (("rgn_eps", 3e-9),)
+
+
+def test_a_path_that_is_not_utf8_is_refused_naming_the_flag_or_variable(monkeypatch):
+    """``--out`` of undecodable bytes failed in orbax after the training (leaving its
+    checkpoints), ``MEDFT_JAX_CACHE`` in the model's setup: one line each, before any work."""
+    import argparse
+    import os
+
+    from medft_jax.data.locations import user_cache_base
+    from medft_jax.errors import UserError, path_flag
+
+    bad = os.fsdecode(b"/tmp/runs\xff")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"is not UTF-8 text"):
+        path_flag("a folder", output=True)(bad)
+    assert path_flag("a folder")("/tmp/日本 é") == "/tmp/日本 é"  # UTF-8 of any script
+    monkeypatch.setenv("MEDFT_JAX_CACHE", bad)
+    with pytest.raises(UserError, match=r"^MEDFT_JAX_CACHE '/tmp/runs\\udcff': not UTF-8 text"):
+        user_cache_base()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medft_jax.errors import UserError
+from medft_jax.errors import UserError, utf8_name
 
 CACHE_ROOT = "medft_cache"
 
@@ -33,6 +33,8 @@ def user_cache_base() -> Path:
     """
     value = os.environ.get(CACHE_VARIABLE, "")
     if value:
+        if not utf8_name(value):  # the compilation cache failed on it in model setup
+            raise UserError(f"{CACHE_VARIABLE} {value!a}: not UTF-8 text; expected a path that is")
         path = Path(value).expanduser()
         if not path.is_absolute():
             raise UserError(f"{CACHE_VARIABLE} {value!r}: expected an absolute path")
