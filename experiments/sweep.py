@@ -219,7 +219,8 @@ def _note_medmnist_absent(runs: list[RunConfig], data_dir: str | None) -> None:
             stem = medmnist.file_stem(flag, size)
             print(
                 f"note: {name}: {stem}.npz is in neither {root} nor {root / 'medmnist'}: the "
-                "sweep downloads it (offline, its runs are not run: place the file there)",
+                "sweep downloads it unless a resized cache of it is there (offline, its runs "
+                "are not run: place the file there)",
                 file=sys.stderr,
             )
 
@@ -461,7 +462,10 @@ def dry_run(
         f"{len(g.axis(a))} {grid_lib.plural(a) if len(g.axis(a)) != 1 else a}"
         for a in grid_lib.AXES
     )
-    print(f"grid {g.name}: {g.size} runs ({axes}); selected {len(runs)}", end="")
+    print(
+        f"grid {g.name}: {g.size} run{'s' if g.size != 1 else ''} ({axes}); selected {len(runs)}",
+        end="",
+    )
     print(f"; shard {index}/{count}: {len(mine)}" if count > 1 else "")
     for line in _settings_lines(runs, g.dataset_options):
         print(line)

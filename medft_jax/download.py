@@ -132,12 +132,14 @@ def fetch(url: str, path: Path, *, algorithm: str, timeout: float, label: str) -
                 got += len(chunk)
                 bar.update(len(chunk))
                 window_got += len(chunk)
+                complete = announced is not None and got >= announced
+                elapsed = time.monotonic() - window_start
                 if window_got >= SLOW_WINDOW_BYTES:
                     window_start, window_got = time.monotonic(), 0
-                elif time.monotonic() - window_start > SLOW_WINDOW_SECONDS:
+                elif elapsed > SLOW_WINDOW_SECONDS and not complete:  # the last chunk: done
                     why = (
-                        f"the server sent {window_got:,} bytes in the last "
-                        f"{SLOW_WINDOW_SECONDS:.0f} s, after {got:,} bytes: too slow to finish"
+                        f"the server sent {window_got:,} bytes in {elapsed:.0f} s, after "
+                        f"{got:,} bytes: too slow to finish"
                     )
                     raise DownloadError(url, why, connected=True)
     if announced is not None and got < announced:

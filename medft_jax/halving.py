@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from medft_jax import atomic, results
 from medft_jax.config import RunConfig
-from medft_jax.data.errors import DataError
+from medft_jax.data.errors import BatchTooLarge, DataError
 from medft_jax.errors import BusyError, UserError, json_loads
 from medft_jax.names import lr_text
 from medft_jax.outcomes import BUSY, DIVERGED, DONE, STOPPED
@@ -148,10 +148,13 @@ def successive_halving(
     rung's scores and the cost actually trained (epochs and seconds; an arm that diverged
     counts its steps up to the divergence and that rung's wall seconds).
     """
-    for arm in arms:  # the runs' identity covers the data and the starting weights
-        arm.config = session.identify(arm.config)  # every process has the data, or none
-    first = arms[0].config
-    dataset = session.dataset(first)
+    try:
+        for arm in arms:  # the runs' identity covers the data and the starting weights
+            arm.config = session.identify(arm.config)  # every process has the data, or none
+        first = arms[0].config
+        dataset = session.dataset(first)
+    except BatchTooLarge as e:  # a selection has no --batch-size
+        raise UserError(e.said("the grid's settings['batch_size']")) from None
     steps_per_epoch = dataset.steps_per_epoch(first.batch_size)
     if min_epochs * steps_per_epoch < 1:
         raise DataError(

@@ -2731,6 +2731,10 @@ def test_a_ft_mean_of_zero_is_named_not_counted_and_a_negative_one_keeps_the_gai
     assert "bach: FT's mean is 0, so the improvement relative to it is undefined (—)." in (
         table11(summary).notes
     )
+    # κs of seeds summing to 0 average to about 1e-17, not 0: the same, not a 10^18 % gain.
+    near = [rec(strategy="ft", seed=k, test=0.5, test2=v) for k, v in enumerate((0.1, 0.2, -0.3))]
+    near += [rec(strategy="lp", seed=k, test=0.5, test2=0.1) for k in range(3)]
+    assert math.isnan(relative_improvement(collect(near), "bach", "resnet50", "lp", "kappa"))
     negative = [rec(strategy="ft", seed=k, test=0.5, test2=-0.2) for k in range(3)]
     negative += [rec(strategy="lp", seed=k, test=0.5, test2=0.1) for k in range(3)]
     gain = relative_improvement(collect(negative), "bach", "resnet50", "lp", "kappa")

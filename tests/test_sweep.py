@@ -2282,9 +2282,28 @@ def test_dry_run_notes_a_medmnist_file_the_data_dir_lacks(tmp_path, capsys):
     assert sweep_cli.main(argv) == 0
     assert capsys.readouterr().err == (
         f"note: medmnist/breastmnist: breastmnist.npz is in neither {data} nor "
-        f"{data / 'medmnist'}: the sweep downloads it (offline, its runs are not run: place "
-        "the file there)\n"
+        f"{data / 'medmnist'}: the sweep downloads it unless a resized cache of it is there "
+        "(offline, its runs are not run: place the file there)\n"
     )
     np.savez(data / "breastmnist.npz", **_breastmnist_arrays())
     assert sweep_cli.main(argv) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_selections_batch_over_a_medmnist_training_count_names_the_grid(tmp_path, capsys):
+    """select said "--batch-size 600 is larger than ...", a flag it does not have."""
+    config = tmp_path / "g.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='m', datasets=('medmnist/breastmnist',), archs=('resnet_tiny',),\n"
+        "                strategies=('ft', 'lp'), lrs=(1e-3,), seeds=(0,),\n"
+        "                settings={'weights': 'none', 'image_size': 32, 'batch_size': 600},\n"
+        f"                data_dir={str(tmp_path / 'data')!r})\n"
+    )
+    assert select_cli.main(["--config", str(config), "--out", str(tmp_path / "sel")]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        "error: the grid's settings['batch_size'] 600 is larger than the 546 training "
+        "examples of medmnist/breastmnist\n"
+    ), err

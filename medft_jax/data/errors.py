@@ -22,6 +22,10 @@ class BatchTooLarge(DataError):
         self.batch_size, self.examples, self.of = batch_size, examples, of
         super().__init__(self.said("--batch-size"))
 
+    def __reduce__(self) -> tuple[type, tuple[int, int, str]]:
+        # An exception pickles as its class and args; this one's are not its __init__'s.
+        return (type(self), (self.batch_size, self.examples, self.of))
+
     def said(self, setting: str) -> str:
         """The refusal naming the ``setting`` at fault (a sweep has a grid's
         ``batch_size``, no ``--batch-size``)."""

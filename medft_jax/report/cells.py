@@ -841,7 +841,10 @@ def _protocol(runs: list[dict[str, Any]]) -> dict[str, Any]:
     protocol["start"] = start_of(configs[0])
     # the grid the cells chose among: z and ρ against the paper read its 3 seeds × 3 LRs
     protocol["lrs"] = tuple(sorted({float(c["lr"]) for c in configs}, reverse=True))
-    protocol["seeds"] = len({c["seed"] for c in configs})
+    cells: dict[tuple[Any, ...], set[Any]] = {}  # seeds per (arch, strategy, lr): the
+    for c in configs:  # paper's 3 is of each, not of the dataset's runs together
+        cells.setdefault((c["arch"], c["strategy"], float(c["lr"])), set()).add(c["seed"])
+    protocol["seeds"] = max(len(s) for s in cells.values())
     protocol["numerics"] = numerics_of(runs[0])  # one a report: _check_numerics
     source = data_source_of(runs[0]) or {}
     protocol["source"] = source.get("csv_file") or source.get("root")
@@ -1690,6 +1693,12 @@ def points_gain(
     return _gain_over_ft(summary, dataset, arch, strategy, metric, relative=False)
 
 
+def ft_mean_zero(m_ft: float) -> bool:
+    """FT's mean is 0 up to float rounding (κs of seeds summing to 0 give ±9e-18): no gain
+    relative to it (one over 9e-18 read as 10^18 %)."""
+    return abs(m_ft) < 1e-12
+
+
 def _gain_over_ft(
     summary: Summary, dataset: str, arch: str, strategy: str, metric: str | None, relative: bool
 ) -> float:
@@ -1697,7 +1706,7 @@ def _gain_over_ft(
     if pair is None:
         return math.nan
     (m, _), (m_ft, _) = pair
-    if not (math.isfinite(m) and math.isfinite(m_ft)) or (relative and m_ft == 0):
+    if not (math.isfinite(m) and math.isfinite(m_ft)) or (relative and ft_mean_zero(m_ft)):
         return math.nan
     if aggregate.same_mean(m, m_ft):  # equal up to rounding: no gain, not a 1e-14 % one
         return 0.0

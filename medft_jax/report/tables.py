@@ -47,6 +47,7 @@ from medft_jax.report.cells import (
     best_per_dataset,
     count_metric,
     filters_text,
+    ft_mean_zero,
     no_baseline,
     paired_vs_ft,
     protocol_unlike_paper,
@@ -1040,7 +1041,7 @@ def table11(summary: Summary) -> Table:
     notes += [
         f"{b.dataset}: FT's mean is 0, so the improvement relative to it is undefined (—)."
         for b in bests
-        if b.cell is not None and b.ft is not None and b.ft.mean(b.metric) == 0
+        if b.cell is not None and b.ft is not None and ft_mean_zero(b.ft.mean(b.metric))
     ]
     title = "Table 11: best configuration per dataset and its gain over FT"
     lines = [_best_line(summary, b) for b in bests]
@@ -1217,7 +1218,7 @@ def _without_ft(
         for a in summary.archs:
             ft = summary.cells.get((d, a, BASELINE))
             undefined = ft is not None and ft.has_value and not math.isfinite(ft.mean(metric))
-            zero = ft is not None and ft.has_value and not points and ft.mean(metric) == 0
+            zero = ft is not None and ft.has_value and not points and ft_mean_zero(ft.mean(metric))
             if ft is not None and ft.has_value and not undefined and not zero:
                 continue
             others = [
