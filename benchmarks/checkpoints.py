@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medft_jax.config import check_value
-from medft_jax.errors import ArgumentParser, cli_main, exit_as_child
+from medft_jax.errors import ArgumentParser, cli_main, exit_as_child, exit_command
 from medft_jax.names import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,4 +70,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    exit_command(cli_main(main))

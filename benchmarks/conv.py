@@ -14,11 +14,10 @@ in ``medft_jax/models/conv.py``.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 
-from medft_jax.errors import ArgumentParser, cli_main
+from medft_jax.errors import ArgumentParser, cli_main, exit_command
 
 # (name, batch, size, in channels, out channels, kernel, stride, padding)
 SHAPES = (
@@ -92,4 +91,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    exit_command(cli_main(main))

@@ -33,7 +33,14 @@ import numpy as np
 
 from medft_jax.config import check_value
 from medft_jax.data.medmnist_info import FLAGS
-from medft_jax.errors import ArgumentParser, UserError, cli_main, did_you_mean, exit_as_child
+from medft_jax.errors import (
+    ArgumentParser,
+    UserError,
+    cli_main,
+    did_you_mean,
+    exit_as_child,
+    exit_command,
+)
 
 SPLITS = {"train": 3882, "val": 524, "test": 624}  # the training-set size
 FLAG = "pneumoniamnist"  # binary, grayscale, 28 px: the MedMNIST chest X-ray set
@@ -202,4 +209,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    exit_command(cli_main(main))

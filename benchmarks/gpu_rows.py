@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed medft_jax wins
-from medft_jax.errors import ArgumentParser, UserError, cli_main  # stdlib only
+from medft_jax.errors import ArgumentParser, UserError, cli_main, exit_command  # stdlib only
 
 STEPS = (
     ("densenet", "models.py, DenseNet-121, JAX bf16 against PyTorch AMP"),
@@ -147,4 +147,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    exit_command(cli_main(main))

@@ -90,7 +90,7 @@ from medft_jax.checkpoints.run import RunCheckpoints
 from medft_jax.data.arrays import make_split
 from medft_jax.data.dataset import Dataset
 from medft_jax.environment import machine_line
-from medft_jax.errors import ArgumentParser, UserError, cli_main
+from medft_jax.errors import ArgumentParser, UserError, cli_main, exit_command
 from medft_jax.fit import checkpoint_seconds
 from medft_jax.grid import NOMINAL_TRAIN_IMAGES, Grid, load_grid
 from medft_jax.models import COMPUTE_DTYPES, create, get_arch, init_variables
@@ -1693,4 +1693,4 @@ def print_report(
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    exit_command(cli_main(main))

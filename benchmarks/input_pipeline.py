@@ -20,14 +20,13 @@ import contextlib
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medft_jax.errors import ArgumentParser, cli_main, writable_dir
+from medft_jax.errors import ArgumentParser, cli_main, exit_command, writable_dir
 
 if TYPE_CHECKING:
     from medft_jax.data.dataset import Dataset
@@ -186,4 +185,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    exit_command(cli_main(main))

@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from medft_jax.errors import ArgumentParser, UserError, cli_main, one_line
+from medft_jax.errors import ArgumentParser, UserError, cli_main, exit_command, one_line
 from medft_jax.models import ARCHS, create, init_variables, layers, vgg
 from medft_jax.models.conv import lax_conv
 from medft_jax.models.pool import lax_max_pool
@@ -473,4 +473,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    exit_command(cli_main(main))

@@ -30,7 +30,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medft_jax.config import check_value
-from medft_jax.errors import ArgumentParser, UserError, cli_main, did_you_mean, exit_as_child
+from medft_jax.errors import (
+    ArgumentParser,
+    UserError,
+    cli_main,
+    did_you_mean,
+    exit_as_child,
+    exit_command,
+)
 from medft_jax.names import ARCHS, is_known_arch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "breastmnist.npz"
@@ -104,4 +111,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    exit_command(cli_main(main))

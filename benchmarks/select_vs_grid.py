@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 from experiments import select as select_cli
 from experiments import sweep as sweep_cli
 from medft_jax import grid as grid_lib
-from medft_jax.errors import ArgumentParser, UserError, cli_main, no_file_in_the_way
+from medft_jax.errors import ArgumentParser, UserError, cli_main, exit_command, no_file_in_the_way
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,4 +145,4 @@ def _row(dataset: str, arch: str, o: dict, wall: float) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    exit_command(cli_main(main))

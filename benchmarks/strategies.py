@@ -21,7 +21,6 @@ Trainer's two programs.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 
@@ -31,7 +30,7 @@ from models import jax_fns, median_seconds  # benchmarks/models.py, beside this 
 
 from medft_jax import strategies
 from medft_jax.environment import machine_line
-from medft_jax.errors import ArgumentParser, cli_main
+from medft_jax.errors import ArgumentParser, cli_main, exit_command
 from medft_jax.fit import HEAD_STEPS_PER_CALL
 from medft_jax.models import ARCHS, create, get_arch, init_variables
 from medft_jax.names import is_known_arch
@@ -244,4 +243,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    exit_command(cli_main(main))

@@ -64,6 +64,7 @@ from medft_jax.errors import (
     ArgumentParser,
     UserError,
     cli_main,
+    exit_command,
     exit_statuses,
     naming_os_errors,
     path_flag,
@@ -1051,4 +1052,4 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

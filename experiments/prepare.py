@@ -30,7 +30,14 @@ from experiments.common import (
 )
 from medft_jax.config import RunConfig, check_value
 from medft_jax.data.cache import skipped_counts, skipped_note
-from medft_jax.errors import ArgumentParser, UserError, cli_main, exit_statuses, writable_dir
+from medft_jax.errors import (
+    ArgumentParser,
+    UserError,
+    cli_main,
+    exit_command,
+    exit_statuses,
+    writable_dir,
+)
 from medft_jax.names import ARCHS, DEMO, TEST_ARCHS, dataset_name_error, dataset_names, same_data
 
 
@@ -165,4 +172,4 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -32,7 +32,14 @@ from pathlib import Path
 
 from medft_jax import grid as gridlib
 from medft_jax import locks, plans, results
-from medft_jax.errors import ArgumentParser, UserError, cli_main, exit_statuses, path_flag
+from medft_jax.errors import (
+    ArgumentParser,
+    UserError,
+    cli_main,
+    exit_command,
+    exit_statuses,
+    path_flag,
+)
 from medft_jax.plans import PLANS_DIR
 from medft_jax.report import collect, write_report
 from medft_jax.report.cells import check_failure, check_record
@@ -297,4 +304,4 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -42,6 +42,7 @@ from medft_jax.errors import (
     check_data_dir,
     cli_main,
     deferred_stops,
+    exit_command,
     exit_statuses,
     path_flag,
     plain_number,
@@ -583,4 +584,4 @@ def _fmt(v: float | None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

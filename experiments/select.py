@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from medft_jax.errors import (
     UserError,
     check_data_dir,
     cli_main,
+    exit_command,
     exit_statuses,
     json_loads,
     path_flag,
@@ -551,4 +551,4 @@ def _print_outcome(o: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

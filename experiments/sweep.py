@@ -56,6 +56,7 @@ from medft_jax.errors import (
     UserError,
     check_data_dir,
     cli_main,
+    exit_command,
     exit_statuses,
     json_loads,
     no_file_in_the_way,
@@ -1035,4 +1036,4 @@ def _overhead_text(record: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -470,8 +470,6 @@ def cli_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         _received.clear()  # a library call after the command is not stopped by its signal
         if status != 0:
             _remove_created_if_empty()
-        if argv is None and status in (EXIT_INTERRUPTED, EXIT_TERMINATED):
-            _exit_stopped(status)
 
 
 def _stdout_fails() -> bool:
@@ -489,15 +487,19 @@ def _stdout_fails() -> bool:
     return False
 
 
-def _exit_stopped(status: int) -> None:
-    """Ends a command line stopped by Ctrl-C or SIGTERM now, its work saved and its line
-    said: an interpreter shutdown after a Ctrl-C that arrived while XLA compiled crashed
-    in XLA's threads (a segmentation fault, exit 139, not 130) in most first runs. Only
-    for a command line (``argv`` None): a caller's ``main([...])`` returns as before."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(status)
+def exit_command(status: int) -> NoReturn:
+    """A command line's exit (``exit_command(main())`` under ``__main__``) with ``status``.
+
+    Stopped by Ctrl-C or SIGTERM (its work saved and its line said), the process ends at
+    once, without the interpreter's shutdown: that shutdown, after a Ctrl-C that arrived
+    while XLA compiled, crashed in XLA's threads (a segmentation fault, exit 139, not 130)
+    in most first runs. A caller of ``main([...])`` gets the status back as before."""
+    if status in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 _created: list[Path] = []

@@ -374,12 +374,13 @@ def test_a_stop_swallowed_during_validation_keeps_the_epoch_as_the_resume_point(
 
 _STOPPED_COMMAND = """
 import atexit, sys
-from medft_jax.errors import cli_main
+from medft_jax.errors import cli_main, exit_command
 atexit.register(lambda: print("shut down", flush=True))
 def main(argv):
     print("working", flush=True)
     raise KeyboardInterrupt
-sys.exit(cli_main(main, None if sys.argv[1] == "command" else []))
+status = cli_main(main, [])
+exit_command(status) if sys.argv[1] == "command" else sys.exit(status)
 """
 
 

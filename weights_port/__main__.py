@@ -14,6 +14,7 @@ from medft_jax.errors import (
     ArgumentParser,
     UserError,
     cli_main,
+    exit_command,
     exit_statuses,
     os_error_line,
     path_flag,
@@ -255,4 +256,4 @@ def _note_decoding_kept(checkpoint: str, written: Sequence[Path]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())
