@@ -2128,6 +2128,20 @@ def _breastmnist_arrays() -> dict[str, np.ndarray]:
     }  # fmt: skip
 
 
+def _breastmnist_grid(tmp_path: Path, data: Path, strategies=("ft",), **settings) -> Path:
+    """A grid file of BreastMNIST at 32 px on resnet_tiny, reading ``data``."""
+    config = tmp_path / "g.py"
+    config.write_text(
+        "from medft_jax.grid import Grid\n"
+        "def get_config():\n"
+        "    return Grid(name='m', datasets=('medmnist/breastmnist',), archs=('resnet_tiny',),\n"
+        f"                strategies={tuple(strategies)!r}, lrs=(1e-3,), seeds=(0,),\n"
+        f"                settings={{'weights': 'none', 'image_size': 32, **{settings!r}}},\n"
+        f"                data_dir={str(data)!r})\n"
+    )
+    return config
+
+
 def test_dry_run_says_a_medmnist_file_changed_since_the_records(tmp_path, capsys):
     """One label flipped in the .npz: the dry run said "done, nothing to run" (runs matched
     by settings), and the sweep trained every run again under new names without a word."""
@@ -2137,15 +2151,7 @@ def test_dry_run_says_a_medmnist_file_changed_since_the_records(tmp_path, capsys
     data.mkdir()
     arrays = _breastmnist_arrays()
     np.savez(data / "breastmnist.npz", **arrays)
-    config = tmp_path / "g.py"
-    config.write_text(
-        "from medft_jax.grid import Grid\n"
-        "def get_config():\n"
-        "    return Grid(name='m', datasets=('medmnist/breastmnist',), archs=('resnet_tiny',),\n"
-        "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
-        "                settings={'weights': 'none', 'image_size': 32},\n"
-        f"                data_dir={str(data)!r})\n"
-    )
+    config = _breastmnist_grid(tmp_path, data, ("ft",))
     (c,) = grid_lib.load_grid(config).configs()
     c = dataclasses.replace(c, data_fingerprint="f" * 64, weights_fingerprint="none")
     out = tmp_path / "runs"
@@ -2236,15 +2242,7 @@ def test_a_grid_batch_over_a_medmnist_training_count_is_refused_naming_the_grid(
     """BreastMNIST's 546 training images at a grid's batch_size 600: the dry run listed
     every run "to run" (exit 0), and the sweep refused each naming --batch-size, a flag it
     does not have."""
-    config = tmp_path / "g.py"
-    config.write_text(
-        "from medft_jax.grid import Grid\n"
-        "def get_config():\n"
-        "    return Grid(name='m', datasets=('medmnist/breastmnist',), archs=('resnet_tiny',),\n"
-        "                strategies=('ft', 'lp'), lrs=(1e-3,), seeds=(0,),\n"
-        "                settings={'weights': 'none', 'image_size': 32, 'batch_size': 600},\n"
-        f"                data_dir={str(tmp_path / 'data')!r})\n"
-    )
+    config = _breastmnist_grid(tmp_path, tmp_path / "data", ("ft", "lp"), batch_size=600)
     argv = ["--config", str(config), "--out", str(tmp_path / "runs")]
     assert sweep_cli.main([*argv, "--dry-run"]) == 2
     assert capsys.readouterr().err == (
@@ -2269,15 +2267,7 @@ def test_dry_run_notes_a_medmnist_file_the_data_dir_lacks(tmp_path, capsys):
     the file and, offline, skipped every run of it (exit 1)."""
     data = tmp_path / "data"
     data.mkdir()
-    config = tmp_path / "g.py"
-    config.write_text(
-        "from medft_jax.grid import Grid\n"
-        "def get_config():\n"
-        "    return Grid(name='m', datasets=('medmnist/breastmnist',), archs=('resnet_tiny',),\n"
-        "                strategies=('ft',), lrs=(1e-3,), seeds=(0,),\n"
-        "                settings={'weights': 'none', 'image_size': 32},\n"
-        f"                data_dir={str(data)!r})\n"
-    )
+    config = _breastmnist_grid(tmp_path, data, ("ft",))
     argv = ["--config", str(config), "--out", str(tmp_path / "runs"), "--dry-run"]
     assert sweep_cli.main(argv) == 0
     assert capsys.readouterr().err == (
@@ -2292,15 +2282,7 @@ def test_dry_run_notes_a_medmnist_file_the_data_dir_lacks(tmp_path, capsys):
 
 def test_a_selections_batch_over_a_medmnist_training_count_names_the_grid(tmp_path, capsys):
     """select said "--batch-size 600 is larger than ...", a flag it does not have."""
-    config = tmp_path / "g.py"
-    config.write_text(
-        "from medft_jax.grid import Grid\n"
-        "def get_config():\n"
-        "    return Grid(name='m', datasets=('medmnist/breastmnist',), archs=('resnet_tiny',),\n"
-        "                strategies=('ft', 'lp'), lrs=(1e-3,), seeds=(0,),\n"
-        "                settings={'weights': 'none', 'image_size': 32, 'batch_size': 600},\n"
-        f"                data_dir={str(tmp_path / 'data')!r})\n"
-    )
+    config = _breastmnist_grid(tmp_path, tmp_path / "data", ("ft", "lp"), batch_size=600)
     assert select_cli.main(["--config", str(config), "--out", str(tmp_path / "sel")]) == 2
     err = capsys.readouterr().err
     assert err.endswith(
