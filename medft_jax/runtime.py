@@ -37,8 +37,8 @@ def set_up_process(distributed: bool = True) -> None:
         set_process_index(jax.process_index())  # notes said once per job
     elif distributed:
         _refuse_layout_without_switch()
+    tune_cpu_host()  # before the backend starts: its dispatch setting must precede it
     check_backend()
-    tune_cpu_host()
     enable_compilation_cache()
     _SET_UP = True
 
@@ -270,7 +270,7 @@ def tune_cpu_host() -> bool:
     # Only single-device CPU computations are affected: a GPU or TPU run's
     # steps, and sharded ones, keep their asynchronous dispatch.
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-    if jax.default_backend() != "cpu":
+    if check_backend() != "cpu":
         return False
     return keep_freed_host_memory()
 
