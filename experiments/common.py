@@ -19,6 +19,15 @@ from medft_jax.errors import UserError, path_flag
 from medft_jax.names import DEMO, LOCAL_KINDS
 
 
+def medmnist_file_place(dataset: str, downloader: str) -> str:
+    """Where a MedMNIST dataset's file goes, said where ``--manual-dir`` is refused for it
+    (run sent the user to prepare, which refused the flag too)."""
+    return (
+        f"{dataset} reads its .npz from --data-dir (or its medmnist/ folder): put the file "
+        f"there, or let {downloader} download it"
+    )
+
+
 def add_dataset_flags(p: argparse.ArgumentParser, *, prepares_tasks: bool = False) -> None:
     """``--data-dir``, ``--manual-dir`` and the folder/csv/task options. ``prepares_tasks``:
     ``--manual-dir`` takes a paper task's official layout too (prepare's, not run's)."""
@@ -202,9 +211,8 @@ def local_options(args: argparse.Namespace) -> dict[str, Any]:
             )
         if args.dataset.startswith("medmnist/"):  # no prepare step, and no flag of it
             raise UserError(
-                f"{flag} applies to folder and csv datasets; {args.dataset} reads its .npz "
-                "from --data-dir (or its medmnist/ folder): put the file there, or let the "
-                "run download it"
+                f"{flag} applies to folder and csv datasets; "
+                + medmnist_file_place(args.dataset, "the run")
             )
         # A no-op here: the images were decoded (or skipped) when prepared.
         raise UserError(

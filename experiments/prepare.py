@@ -24,6 +24,7 @@ import numpy as np
 from experiments.common import (
     add_dataset_flags,
     dataset_options,
+    medmnist_file_place,
     refuse_data_dir_for_demo,
     refuse_split_seed,
     refuse_unused,
@@ -98,9 +99,8 @@ def _refuse_image_file_flags(args: argparse.Namespace) -> None:
     the user's (demo is generated, MedMNIST's arrays are downloaded): refused, not ignored."""
     if args.manual_dir is not None and args.dataset.startswith("medmnist/"):
         raise UserError(
-            f"--manual-dir applies to the paper tasks, folder and csv only; {args.dataset} "
-            "reads its .npz from --data-dir (or its medmnist/ folder): put the file there, "
-            "or let prepare download it"
+            "--manual-dir applies to the paper tasks, folder and csv only; "
+            + medmnist_file_place(args.dataset, "prepare")
         )
     files = {"manual_dir": args.manual_dir, "skip_bad_images": args.skip_bad_images or None}
     refuse_unused(args.dataset, files, "the paper tasks, folder and csv")
